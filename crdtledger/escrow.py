@@ -1,0 +1,114 @@
+"""Escrow rights: the bounded counter that keeps every purse at or above zero.
+
+A purse's balance is the sum of per-node rights. Anyone may raise rights (a top-up
+credits the node where it happens); only a node itself may lower its own rights
+(a debit, or giving rights away), and only while they cover the amount. Because no
+node ever spends more than it holds, the sum cannot go below zero under any
+partition (Balegas et al., EuroSys 2015; AntidoteDB's counter_b).
+
+Everything here is pure: the ledger applies it under its write lock, the simulator
+and the branch node use the same policies to decide who asks whom.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from crdtledger.errors import InsufficientFunds, RightsElsewhere
+
+Delta = tuple[str, str, int]  # (purse, node, change in that node's rights)
+
+
+def check_deltas_authorised(origin: str, deltas: Iterable[Delta]) -> None:
+    """An entry may lower rights only of the node that wrote it.
+
+    Replicas check this on every entry they receive, so a decrement written on
+    behalf of another node is rejected identically everywhere.
+    """
+    for purse, node, change in deltas:
+        if change < 0 and node != origin:
+            raise ValueError(f"entry from {origin} lowers {node}'s rights on {purse}")
+
+
+def require(purse: str, here: str, rights: Mapping[str, int], amount: int) -> None:
+    """Raise unless `here` alone can cover `amount` of `purse`."""
+    balance = sum(rights.values())
+    if amount > balance:
+        raise InsufficientFunds(purse, balance, amount)
+    own = rights.get(here, 0)
+    if amount > own:
+        others = {n: a for n, a in rights.items() if n != here and a > 0}
+        raise RightsElsewhere(purse, amount - own, own, others)
+
+
+@dataclass(frozen=True)
+class Transfer:
+    purse: str
+    giver: str
+    receiver: str
+    amount: int
+
+
+def shortfall_plan(rights: Mapping[str, int], here: str, amount: int, purse: str = "cash") -> list[Transfer]:
+    """Who should give how much so that `here` can spend `amount`: richest first.
+
+    This is the debit's own shortfall, so a holder may be asked for everything it has.
+    """
+    need = amount - rights.get(here, 0)
+    plan: list[Transfer] = []
+    for node, held in sorted(rights.items(), key=lambda kv: (-kv[1], kv[0])):
+        if need <= 0:
+            break
+        if node == here or held <= 0:
+            continue
+        take = min(held, need)
+        plan.append(Transfer(purse, node, here, take))
+        need -= take
+    return plan
+
+
+def grant_amount(available: int, shortfall: int) -> int:
+    """What a holder gives to a branch short of `shortfall`.
+
+    The shortfall itself (a debit is waiting on it, so it may take the last rights),
+    plus a cushion of at most half of what the holder keeps, so the next swipe at
+    that branch does not have to ask again.
+    """
+    if available <= 0 or shortfall <= 0:
+        return 0
+    core = min(available, shortfall)
+    keeps = available - core
+    return core + keeps // 2
+
+
+def rebalance(rights: Mapping[str, int], visits: Mapping[str, int], purse: str = "cash") -> list[Transfer]:
+    """Background moves of rights toward the branches a member visits.
+
+    Target: rights in proportion to visits. A holder only gives surplus above its
+    own target and never gives its last unit: only a debit's shortfall may empty it.
+    """
+    total = sum(max(0, a) for a in rights.values())
+    weight = sum(max(0, v) for v in visits.values())
+    if total <= 0 or weight <= 0:
+        return []
+    nodes = sorted(set(rights) | set(visits))
+    target = {n: total * max(0, visits.get(n, 0)) // weight for n in nodes}
+    surplus = {n: rights.get(n, 0) - target[n] for n in nodes}
+    givers = [(n, min(s, rights.get(n, 0) - 1)) for n, s in surplus.items() if s > 0]
+    takers = [(n, -s) for n, s in surplus.items() if s < 0]
+    givers.sort(key=lambda kv: (-kv[1], kv[0]))
+    takers.sort(key=lambda kv: (-kv[1], kv[0]))
+    plan: list[Transfer] = []
+    gi = 0
+    for taker, want in takers:
+        while want > 0 and gi < len(givers):
+            giver, spare = givers[gi]
+            if spare <= 0:
+                gi += 1
+                continue
+            take = min(spare, want)
+            plan.append(Transfer(purse, giver, taker, take))
+            want -= take
+            givers[gi] = (giver, spare - take)
+    return plan

@@ -1,0 +1,999 @@
+"""The ledger of one node: operations on members, cards and purses, and their views.
+
+Every mutating operation follows one path (`_commit`): check permission and input,
+check escrow rights against the projection, write to the pycrdt document, project
+the change, log the update; all in one SQLite transaction, acknowledged only after
+COMMIT. Remote updates take the same projection path (`apply_remote`), so a replica
+cannot derive different views from the same documents.
+
+One thread owns a Ledger (pycrdt objects are bound to their thread).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+from pycrdt import Array, Map
+
+from crdtledger import escrow, views
+from crdtledger.errors import (
+    ApprovalRequired,
+    CardInactive,
+    CardLost,
+    ClockSkew,
+    InsufficientFunds,
+    InvalidAmount,
+    InvalidInput,
+    LedgerError,
+    NotFound,
+    PermissionDenied,
+    RemoteProtocolError,
+    RightsElsewhere,
+    WrongPin,
+)
+from crdtledger.hlc import HybridClock, check_node_id, decode, id_node, wall_ms
+from crdtledger.model import (
+    BUILTIN_ROLES,
+    CARD_TYPES,
+    DEFAULT_RULES,
+    DOC_NAME,
+    ID,
+    MONEY_PURSES,
+    PERMISSIONS,
+    PURSE,
+    RULE_KINDS,
+    ledger_doc,
+    member_doc,
+)
+from crdtledger.money import (
+    MAX_AMOUNT,
+    apply_rate,
+    check_amount,
+    check_count,
+    format_yuan,
+    points_for,
+)
+from crdtledger.projection import entry_change, record_change
+from crdtledger.storage import LoadedDoc, Storage, dumps
+
+Listener = Callable[[str, bytes, object], None]
+Mutation = Callable[[LoadedDoc], None]
+
+MEMBER_FIELDS = ("name", "phone", "gender", "birthday", "anniversary", "home", "level",
+                 "notes", "deleted")
+PREF_KEYS = ("strength", "service", "technician")
+PHONE = re.compile(r"^\+?[0-9][0-9 -]{4,19}$")
+MAX_TEXT = 200
+# Key stretching for operator passwords and card PINs. A PIN has few digits, so the
+# hash is salted per card and deliberately slow (scrypt, ~30 ms).
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+def hash_secret(secret: str, salt: bytes | None = None) -> str:
+    salt = salt or secrets.token_bytes(16)
+    digest = hashlib.scrypt(secret.encode(), salt=salt, dklen=32, **_SCRYPT)
+    return f"scrypt${salt.hex()}${digest.hex()}"
+
+
+def check_secret(secret: str, stored: str) -> bool:
+    try:
+        _, salt, digest = stored.split("$")
+        got = hashlib.scrypt(secret.encode(), salt=bytes.fromhex(salt), dklen=32, **_SCRYPT)
+    except ValueError:
+        return False
+    return hmac.compare_digest(got.hex(), digest)
+
+
+def owner_of(node: str) -> str:
+    """The built-in operator a node's owner acts as at its own console."""
+    return f"owner@{node}"
+
+
+class Ledger:
+    def __init__(self, storage: Storage, now_ms: Callable[[], int] | None = None) -> None:
+        self.storage = storage
+        self.node = storage.node
+        self.chain = storage.chain
+        self.clock = HybridClock(self.node, int(storage.meta.get("hlc", "0")), now_ms)
+        self.owner = owner_of(self.node)
+        self._listeners: list[Listener] = []
+        self._rules: dict[str, list[tuple[str, str, Any]]] | None = None
+        self.skew_events: list[ClockSkew] = []
+
+    # --- lifecycle ----------------------------------------------------------
+
+    @classmethod
+    def create(cls, data_dir: Path | str, node: str, chain: str = "default",
+               timezone: str = "Asia/Shanghai") -> None:
+        check_node_id(node)
+        if not re.match(r"^[A-Za-z0-9._-]{1,64}$", chain):
+            raise InvalidInput(f"chain id {chain!r} must be 1-64 letters, digits, . _ -")
+        try:
+            Storage.create(Path(data_dir), node, chain, timezone)
+        except (KeyError, ValueError) as e:  # ZoneInfoNotFoundError is a KeyError
+            raise InvalidInput(f"unknown time zone {timezone!r}") from e
+
+    @classmethod
+    def open(cls, data_dir: Path | str, *, synchronous: str = "FULL",
+             now_ms: Callable[[], int] | None = None, lock: bool = True) -> Ledger:
+        return cls(Storage(Path(data_dir), synchronous=synchronous, lock=lock), now_ms)
+
+    def close(self) -> None:
+        self.storage.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener(doc, update, origin)` after each committed change.
+
+        `origin` is None for local operations, else what the caller of apply_remote
+        passed (a sync session), so a session need not echo a peer's own updates.
+        """
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    # --- the one write path -------------------------------------------------
+
+    def _commit(self, writes: Sequence[tuple[str, Mutation]],
+                check: Callable[[], None] | None = None) -> None:
+        st = self.storage
+        committed: list[tuple[str, bytes]] = []
+        with st.transaction():
+            if check is not None:
+                check()
+            for name, mutate in writes:
+                ld = st.doc(name)
+                with ld.doc.transaction():
+                    mutate(ld)
+                updates, change = ld.take()
+                self._project(ld, change)
+                st.record(ld, updates)
+                committed.extend((name, u) for u in updates)
+            st.set_meta("hlc", str(self.clock.last))
+        self._notify(committed, None)
+        for name, _ in writes:
+            st.maybe_compact(name)
+
+    def _notify(self, updates: Iterable[tuple[str, bytes]], origin: object) -> None:
+        for name, update in updates:
+            for fn in list(self._listeners):
+                fn(name, update, origin)
+
+    def _project(self, ld: LoadedDoc, change: Any) -> None:
+        conn, day_of = self.storage.conn, self.storage.day_of
+        rules_changed = False
+        for root, key, old, new in change.added:
+            if root == "entries":
+                entry = entry_change(conn, ld.name, key, old, new, day_of)
+                if entry is not None and entry["node"] != self.node:
+                    try:
+                        self.clock.observe(decode(key.split(".", 1)[0]))
+                    except ClockSkew as e:
+                        self.skew_events.append(e)
+            else:
+                record_change(conn, ld.name, root, key, new, day_of)
+                rules_changed |= root == "rules"
+        for root, key in change.touched:
+            value = ld.roots[root].get(key)
+            if value is not None:
+                record_change(conn, ld.name, root, key, value, day_of)
+        if rules_changed:
+            self._rules = None
+
+    # --- replication --------------------------------------------------------
+
+    def state_vectors(self) -> dict[str, bytes]:
+        return self.storage.state_vectors()
+
+    def diff(self, name: str, state_vector: bytes = b"\x00") -> bytes:
+        """What a peer at `state_vector` lacks of document `name`."""
+        if not DOC_NAME.match(name):
+            raise RemoteProtocolError(f"unknown document {name!r}")
+        try:
+            return bytes(self.storage.doc(name).doc.get_update(state_vector))
+        except ValueError as e:
+            raise RemoteProtocolError(f"bad state vector for {name}: {e}") from None
+
+    def apply_remote(self, updates: Sequence[tuple[str, bytes]], origin: object = None
+                     ) -> list[tuple[str, bytes]]:
+        """Apply updates from a peer or a file, all or nothing.
+
+        Returns what was new, per document (what to relay to other peers). A
+        malformed update raises RemoteProtocolError and nothing is changed.
+        """
+        for name, data in updates:
+            if not isinstance(name, str) or not DOC_NAME.match(name):
+                raise RemoteProtocolError(f"unknown document {name!r}")
+            if not isinstance(data, bytes | bytearray):
+                raise RemoteProtocolError(f"update for {name} is not bytes")
+        st = self.storage
+        new: list[tuple[str, bytes]] = []
+        touched: list[str] = []
+        with st.transaction():
+            for name, data in updates:
+                ld = st.doc(name)
+                before = ld.doc.get_state()
+                try:
+                    ld.doc.apply_update(bytes(data))
+                except BaseException as e:  # pyo3 panics are BaseExceptions
+                    if isinstance(e, KeyboardInterrupt | SystemExit):
+                        raise
+                    raise RemoteProtocolError(f"malformed update for {name}: {e}") from None
+                _, change = ld.take()
+                if ld.doc.get_state() == before:
+                    continue  # nothing new (a duplicate, or still waiting on a dependency)
+                delta = bytes(ld.doc.get_update(before))
+                self._project(ld, change)
+                st.record(ld, [delta])
+                new.append((name, delta))
+                touched.append(name)
+            st.set_meta("hlc", str(self.clock.last))
+        self._notify(new, origin)
+        for name in dict.fromkeys(touched):
+            st.maybe_compact(name)
+        return new
+
+    def remember_peer(self, node: str, states: dict[str, bytes]) -> None:
+        with self.storage.transaction():
+            self.storage.remember_peer(node, states, self.clock._now_ms())
+
+    # --- permissions --------------------------------------------------------
+
+    def permissions(self, operator: str) -> frozenset[str]:
+        if operator == self.owner:
+            return PERMISSIONS
+        row = self.storage.conn.execute(
+            "SELECT body FROM operators WHERE id = ?", (operator,)
+        ).fetchone()
+        if row is None:
+            return frozenset()
+        data = json.loads(row[0])
+        if not data.get("active", True):
+            return frozenset()
+        perms: set[str] = set()
+        for role, on in (data.get("roles") or {}).items():
+            if not on:
+                continue
+            custom = self.storage.conn.execute(
+                "SELECT body FROM roles WHERE name = ?", (role,)
+            ).fetchone()
+            if custom is not None:
+                perms |= {p for p, v in json.loads(custom[0]).items() if v and p in PERMISSIONS}
+            else:
+                perms |= BUILTIN_ROLES.get(role, frozenset())
+        return frozenset(perms)
+
+    def _authorise(self, operator: str, permission: str) -> None:
+        if permission not in self.permissions(operator):
+            raise PermissionDenied(f"operator {operator} may not {permission}")
+
+    def _approve(self, operator: str, approver: tuple[str, str] | None, what: str) -> str:
+        """Large amounts need someone allowed to approve: the operator or an approver."""
+        if "approve" in self.permissions(operator):
+            return operator
+        if approver is None:
+            raise ApprovalRequired(f"{what} needs an approver's password")
+        approver_id = self.authenticate(*approver)
+        if "approve" not in self.permissions(approver_id):
+            raise ApprovalRequired(f"{approver[0]} may not approve {what}")
+        return approver_id
+
+    # --- rules --------------------------------------------------------------
+
+    def rule(self, kind: str, day: str | None = None) -> Any:
+        """The version of a rule in force on `day` (default today), else the default."""
+        if kind not in RULE_KINDS:
+            raise InvalidInput(f"unknown rule kind {kind!r}")
+        if self._rules is None:
+            cache: dict[str, list[tuple[str, str, Any]]] = {}
+            for rid, k, eff, body in self.storage.conn.execute(
+                "SELECT id, kind, effective_from, body FROM rules ORDER BY effective_from, id"
+            ):
+                cache.setdefault(k, []).append((eff, rid, json.loads(body)))
+            self._rules = cache
+        day = day or self.today()
+        current = DEFAULT_RULES[kind]
+        for eff, _rid, body in self._rules.get(kind, []):
+            if eff <= day:
+                current = body
+        return current
+
+    def set_rule(self, operator: str, kind: str, body: Any, effective_from: str | None = None
+                 ) -> str:
+        self._authorise(operator, "rules.manage")
+        if kind not in RULE_KINDS:
+            raise InvalidInput(f"unknown rule kind {kind!r}; one of {sorted(RULE_KINDS)}")
+        _check_rule(kind, body)
+        eff = effective_from or self.today()
+        _check_date(eff, "effective_from")
+        rid = self.clock.mint()
+        record = {"kind": kind, "effective_from": eff, "body": json.dumps(body, sort_keys=True)}
+        self._commit([("rules", lambda ld: ld.roots["rules"].__setitem__(rid, record))])
+        return rid
+
+    def today(self) -> str:
+        return self.storage.day_of(self.clock._now_ms())
+
+    # --- operators ----------------------------------------------------------
+
+    def add_operator(self, operator: str, name: str, password: str,
+                     roles: Iterable[str] = ("cashier",)) -> str:
+        self._authorise(operator, "operators.manage")
+        name = _text(name, "operator name", required=True, limit=40)
+        if len(password) < 6:
+            raise InvalidInput("password must have at least 6 characters")
+        if self._operator_by_name(name) is not None:
+            raise InvalidInput(f"an operator named {name} exists already")
+        role_map = {r: True for r in roles}
+        for r in role_map:
+            self._check_role_exists(r)
+        oid = self.clock.mint()
+        data = {"name": name, "password": hash_secret(password), "active": True,
+                "roles": Map(role_map)}
+        self._commit([("operators", lambda ld: ld.roots["operators"].__setitem__(oid, Map(data)))])
+        return oid
+
+    def set_operator(self, operator: str, target: str, *, password: str | None = None,
+                     roles: Mapping[str, bool] | None = None, active: bool | None = None) -> None:
+        self._authorise(operator, "operators.manage")
+        if self.storage.conn.execute(
+            "SELECT 1 FROM operators WHERE id = ?", (target,)
+        ).fetchone() is None:
+            raise NotFound(f"no operator {target}")
+        for r in roles or {}:
+            self._check_role_exists(r)
+        pw = hash_secret(password) if password is not None else None
+
+        def mutate(ld: LoadedDoc) -> None:
+            m = ld.roots["operators"][target]
+            if pw is not None:
+                m["password"] = pw
+            if active is not None:
+                m["active"] = active
+            for r, on in (roles or {}).items():
+                m["roles"][r] = bool(on)
+
+        self._commit([("operators", mutate)])
+
+    def define_role(self, operator: str, name: str, permissions: Iterable[str]) -> None:
+        self._authorise(operator, "operators.manage")
+        perms = set(permissions)
+        unknown = perms - PERMISSIONS
+        if unknown:
+            raise InvalidInput(f"unknown permissions {sorted(unknown)}")
+        name = _text(name, "role name", required=True, limit=40)
+        roles = self.storage.doc("operators").roots["roles"]
+        exists = name in roles
+
+        def mutate(ld: LoadedDoc) -> None:
+            if exists:
+                role = ld.roots["roles"][name]
+                for p in PERMISSIONS:
+                    role[p] = p in perms
+            else:
+                ld.roots["roles"][name] = Map({p: p in perms for p in PERMISSIONS})
+
+        self._commit([("operators", mutate)])
+
+    def _check_role_exists(self, role: str) -> None:
+        if role in BUILTIN_ROLES:
+            return
+        if self.storage.conn.execute("SELECT 1 FROM roles WHERE name = ?", (role,)).fetchone():
+            return
+        raise InvalidInput(f"unknown role {role!r}")
+
+    def _operator_by_name(self, name: str) -> tuple[str, dict[str, Any]] | None:
+        row = self.storage.conn.execute(
+            "SELECT id, body FROM operators WHERE name = ? ORDER BY id LIMIT 1", (name,)
+        ).fetchone()
+        return (row[0], json.loads(row[1])) if row else None
+
+    def authenticate(self, name: str, password: str) -> str:
+        found = self._operator_by_name(name)
+        if found is None or not found[1].get("active", True) or not check_secret(
+            password, str(found[1].get("password", ""))
+        ):
+            raise PermissionDenied("wrong operator name or password")
+        return found[0]
+
+    # --- members ------------------------------------------------------------
+
+    def add_member(self, operator: str, *, name: str, phone: str, gender: str = "",
+                   birthday: str = "", anniversary: str = "", home: str | None = None,
+                   notes: str = "", tags: Iterable[str] = (),
+                   prefs: Mapping[str, str] | None = None,
+                   custom: Mapping[str, str] | None = None) -> str:
+        self._authorise(operator, "member.add")
+        fields = _member_fields(
+            {"name": name, "phone": phone, "gender": gender, "birthday": birthday,
+             "anniversary": anniversary, "home": home or self.node, "notes": notes},
+            creating=True,
+        )
+        if self.storage.conn.execute(
+            "SELECT id FROM members WHERE phone = ?", (fields["phone"],)
+        ).fetchone():
+            raise InvalidInput(f"phone {fields['phone']} is registered to another member")
+        prefs_d = _prefs(prefs or {})
+        custom_d = {_text(k, "field name", limit=40): _text(v, k) for k, v in
+                    (custom or {}).items()}
+        tag_d = {_text(t, "tag", limit=40): True for t in tags}
+        mid = self.clock.mint()
+
+        def mutate(ld: LoadedDoc) -> None:
+            ld.roots["members"][mid] = Map(
+                {**fields, "created_by": operator, "prefs": Map(prefs_d), "tags": Map(tag_d),
+                 "custom": Map(custom_d)}
+            )
+
+        self._commit([(member_doc(mid), mutate)])
+        return mid
+
+    def edit_member(self, operator: str, member: str, *, fields: Mapping[str, Any] | None = None,
+                    prefs: Mapping[str, str] | None = None,
+                    custom: Mapping[str, str] | None = None,
+                    tags_add: Iterable[str] = (), tags_remove: Iterable[str] = ()) -> None:
+        """Field by field, so concurrent edits of different fields at two branches
+        both survive (each field is its own key in the member's Map)."""
+        self._authorise(operator, "member.edit")
+        self.member(member)
+        fields = dict(fields or {})
+        if "level" in fields:
+            self._authorise(operator, "member.upgrade")
+        if "deleted" in fields:
+            self._authorise(operator, "member.delete")
+        f = _member_fields(fields, creating=False)
+        prefs_d = _prefs(prefs or {})
+        custom_d = {_text(k, "field name", limit=40): _text(v, k) for k, v in
+                    (custom or {}).items()}
+        tags = {_text(t, "tag", limit=40): True for t in tags_add}
+        tags |= {_text(t, "tag", limit=40): False for t in tags_remove}
+
+        def mutate(ld: LoadedDoc) -> None:
+            m = ld.roots["members"][member]
+            for k, v in f.items():
+                m[k] = v
+            for sub, values in (("prefs", prefs_d), ("custom", custom_d), ("tags", tags)):
+                for k, v in values.items():
+                    m[sub][k] = v
+
+        self._commit([(member_doc(member), mutate)])
+
+    def member(self, member: str) -> dict[str, Any]:
+        return views.member(self, member)
+
+    def find_members(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
+        return views.find_members(self.storage.conn, query, limit)
+
+    def _live_member(self, member: str) -> dict[str, Any]:
+        m = self.member(member)
+        if m.get("deleted"):
+            raise InvalidInput(f"member {member} was deleted")
+        return m
+
+    # --- cards --------------------------------------------------------------
+
+    def issue_card(self, operator: str, member: str, card_no: str, *,
+                   card_type: str = "stored_value", pin: str | None = None,
+                   expiry: str = "", fee: int = 0) -> str:
+        self._authorise(operator, "card.issue")
+        self._live_member(member)
+        card_no = _card_no(card_no)
+        if card_type not in CARD_TYPES:
+            raise InvalidInput(f"unknown card type {card_type!r}; one of {CARD_TYPES}")
+        if expiry:
+            _check_date(expiry, "expiry")
+        fee = check_amount(fee, allow_zero=True)
+        self._card_free(card_no)
+        cid = self.clock.mint()
+        card = self._card_record(cid, member, card_no, card_type, pin, expiry)
+        entry = self._entry("card", member, amount=fee, paid=fee, card=cid)
+        self._commit([
+            (member_doc(member), lambda ld: ld.roots["cards"].__setitem__(cid, Map(card))),
+            self._entry_write(entry),
+        ])
+        return cid
+
+    def _card_record(self, cid: str, member: str, card_no: str, card_type: str,
+                     pin: str | None, expiry: str) -> dict[str, Any]:
+        if pin is not None and not re.match(r"^\d{4,8}$", pin):
+            raise InvalidInput("a card PIN is 4 to 8 digits")
+        return {"card_no": card_no, "member": member, "type": card_type,
+                "pin": hash_secret(pin) if pin else "", "expiry": expiry, "node": self.node,
+                "events": Array([[cid, "active", ""]])}
+
+    def _card_free(self, card_no: str) -> None:
+        row = self.storage.conn.execute(
+            "SELECT member FROM cards WHERE card_no = ? AND status IN ('active', 'lost')",
+            (card_no,),
+        ).fetchone()
+        if row:
+            raise InvalidInput(f"card {card_no} is already issued (member {row[0]})")
+
+    def card(self, card_no: str) -> dict[str, Any]:
+        """The card with this number: the active one if any, else the newest."""
+        rows = self.storage.conn.execute(
+            "SELECT id, member, status, body FROM cards WHERE card_no = ? "
+            "ORDER BY status = 'active' DESC, status = 'lost' DESC, id DESC",
+            (card_no,),
+        ).fetchall()
+        if not rows:
+            raise NotFound(f"unknown card {card_no}")
+        cid, member, status, body = rows[0]
+        data = json.loads(body)
+        return {"id": cid, "card_no": card_no, "member": member, "status": status,
+                "type": data.get("type"), "expiry": data.get("expiry", ""),
+                "has_pin": bool(data.get("pin")), "_pin": data.get("pin", "")}
+
+    def use_card(self, card_no: str, pin: str | None = None) -> dict[str, Any]:
+        """Resolve a swiped card to its member, refusing lost, replaced, expired cards
+        and wrong PINs with a message for the cashier."""
+        card = self.card(card_no)
+        if card["status"] == "lost":
+            raise CardLost(f"card {card_no} is reported lost")
+        if card["status"] != "active":
+            raise CardInactive(f"card {card_no} is {card['status']}")
+        if card["expiry"] and card["expiry"] < self.today():
+            raise CardInactive(f"card {card_no} expired on {card['expiry']}")
+        if card["has_pin"] and (pin is None or not check_secret(pin, card["_pin"])):
+            raise WrongPin(f"wrong PIN for card {card_no}")
+        return card
+
+    def _card_event(self, operator: str, permission: str, card_no: str, status: str,
+                    allowed_from: tuple[str, ...], note: str = "") -> str:
+        self._authorise(operator, permission)
+        card = self.card(card_no)
+        if card["status"] not in allowed_from:
+            raise InvalidInput(f"card {card_no} is {card['status']}; cannot mark it {status}")
+        eid = self.clock.mint()
+        self._commit([(member_doc(card["member"]), lambda ld: ld.roots["cards"][card["id"]][
+            "events"].append([eid, status, note]))])
+        return str(card["id"])
+
+    def report_lost(self, operator: str, card_no: str) -> str:
+        return self._card_event(operator, "card.lost", card_no, "lost", ("active",))
+
+    def report_found(self, operator: str, card_no: str) -> str:
+        return self._card_event(operator, "card.lost", card_no, "active", ("lost",))
+
+    def return_card(self, operator: str, card_no: str) -> str:
+        return self._card_event(operator, "card.return", card_no, "returned", ("active", "lost"))
+
+    def replace_card(self, operator: str, old_no: str, new_no: str, *,
+                     pin: str | None = None) -> str:
+        """补卡: a new card for the same member; the purses belong to the member and stay."""
+        self._authorise(operator, "card.replace")
+        old = self.card(old_no)
+        if old["status"] not in ("active", "lost"):
+            raise InvalidInput(f"card {old_no} is {old['status']}; cannot replace it")
+        new_no = _card_no(new_no)
+        self._card_free(new_no)
+        cid = self.clock.mint()
+        eid = self.clock.mint()
+        card = self._card_record(cid, old["member"], new_no, str(old["type"]), pin,
+                                 str(old["expiry"]))
+        card["replaces"] = old["id"]
+
+        def mutate(ld: LoadedDoc) -> None:
+            ld.roots["cards"][old["id"]]["events"].append([eid, "replaced", cid])
+            ld.roots["cards"][cid] = Map(card)
+
+        self._commit([(member_doc(old["member"]), mutate)])
+        return cid
+
+    # --- ledger entries -----------------------------------------------------
+
+    def _entry(self, kind: str, member: str, *, deltas: Sequence[tuple[str, str, int]] = (),
+               amount: int = 0, **extra: Any) -> dict[str, Any]:
+        eid = self.clock.mint()
+        for v in extra.values():
+            if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v <= MAX_AMOUNT:
+                raise InvalidAmount(f"value {v} out of range")
+        entry: dict[str, Any] = {
+            "id": eid, "kind": kind, "member": member, "node": self.node,
+            "op": extra.pop("op", self.owner), "at": wall_ms(decode(eid.split(".")[0])),
+            "amount": amount, "deltas": [list(d) for d in deltas if d[2] != 0],
+        }
+        entry.update({k: v for k, v in extra.items() if v is not None and v != ""})
+        return entry
+
+    def _entry_write(self, entry: dict[str, Any]) -> tuple[str, Mutation]:
+        month = self.storage.day_of(entry["at"])[:7]
+        return ledger_doc(month), lambda ld: ld.roots["entries"].__setitem__(entry["id"], entry)
+
+    def _rights(self, member: str, purse: str) -> dict[str, int]:
+        return {n: a for n, a in self.storage.conn.execute(
+            "SELECT node, amount FROM rights WHERE member = ? AND purse = ?", (member, purse))}
+
+    def _require(self, member: str, purse: str, amount: int) -> None:
+        escrow.require(purse, self.node, self._rights(member, purse), amount)
+
+    def _post(self, entry: dict[str, Any], needs: Mapping[str, int]) -> dict[str, Any]:
+        """Commit an entry after checking, inside the write transaction, that this
+        node's own rights cover every purse it lowers."""
+
+        def check() -> None:
+            for purse, amount in needs.items():
+                if amount > 0:
+                    self._require(entry["member"], purse, amount)
+
+        self._commit([self._entry_write(entry)], check)
+        return entry
+
+    def level(self, member: str) -> dict[str, Any]:
+        return views.level(self, member)
+
+    def topup(self, operator: str, member: str, amount: int, *,
+              approver: tuple[str, str] | None = None, card: str | None = None,
+              pin: str | None = None) -> dict[str, Any]:
+        """充值: the cash paid becomes stored value here, plus any promotion's bonus."""
+        self._authorise(operator, "topup")
+        amount = check_amount(amount)
+        member = self._resolve(member, card, pin)
+        approved = None
+        if amount > int(self.rule("approval")["topup_limit"]):
+            approved = self._approve(operator, approver, f"a top-up of {format_yuan(amount)}")
+        bonus, promo = 0, None
+        for p in self.rule("promotions"):
+            if amount >= int(p["min"]) and int(p["bonus"]) > bonus:
+                bonus, promo = int(p["bonus"]), str(p.get("name", ""))
+        deltas = [("cash", self.node, amount), ("bonus", self.node, bonus)]
+        entry = self._entry("topup", member, deltas=deltas, amount=amount, paid=amount,
+                            bonus=bonus or None, promotion=promo, op=operator,
+                            approver=approved if approved != operator else None)
+        return self._post(entry, {})
+
+    def debit(self, operator: str, member: str | None = None, *, amount: int | None = None,
+              service: str | None = None, qty: int = 1, pay: str = "stored",
+              package: str | None = None, card: str | None = None, pin: str | None = None
+              ) -> dict[str, Any]:
+        """扣费 / 消费. A plain `amount` is charged as given; a `service` from the price
+        list gets the member's level discount. Stored value is spent cash first, then
+        bonus. Points are earned on what is paid, by level multiplier."""
+        self._authorise(operator, "debit")
+        member = self._resolve(member, card, pin)
+        if pay not in ("stored", "package", "cash"):
+            raise InvalidInput("pay must be stored, package or cash")
+        qty = check_count(qty, "quantity")
+        lvl = self.level(member)
+        rate, svc_name = "1", None
+        if service is not None:
+            services = self.rule("services")
+            if service not in services:
+                raise NotFound(f"no service {service} in the price list")
+            gross = int(services[service]["price"]) * qty
+            svc_name = service
+            rate = str(lvl["discount"])
+        elif amount is not None and pay != "package":
+            gross = check_amount(amount)
+        else:
+            raise InvalidInput("give an amount or a service")
+        net = apply_rate(gross, rate) if pay != "package" else 0
+        earn = self.rule("earn")
+        points = points_for(net, str(earn["points_per_yuan"]), str(lvl["points_multiplier"]))
+        deltas: list[tuple[str, str, int]] = []
+        needs: dict[str, int] = {}
+        if pay == "stored":
+            bal = self.balance(member)
+            from_cash = min(net, bal["cash"])
+            from_bonus = net - from_cash
+            if from_bonus > bal["bonus"]:
+                raise InsufficientFunds("cash", bal["cash"] + bal["bonus"], net)
+            needs = {"cash": from_cash, "bonus": from_bonus}
+            deltas = [("cash", self.node, -from_cash), ("bonus", self.node, -from_bonus)]
+        elif pay == "package":
+            package = package or self._find_package(member, service, qty)
+            needs = {f"pkg:{package}": qty}
+            deltas = [(f"pkg:{package}", self.node, -qty)]
+        deltas.append(("points", self.node, points))
+        entry = self._entry(
+            "debit", member, deltas=deltas, amount=net, gross=gross, discount=rate,
+            level=str(lvl["name"]), service=svc_name, qty=qty, pay=pay, package=package,
+            points=points or None, op=operator,
+            expires=self._points_expiry() if points else None,
+        )
+        return self._post(entry, needs)
+
+    def _points_expiry(self) -> str | None:
+        days = int(self.rule("earn").get("expire_days") or 0)
+        if days <= 0:
+            return None
+        return (date.fromisoformat(self.today()) + timedelta(days=days)).isoformat()
+
+    def _find_package(self, member: str, service: str | None, qty: int) -> str:
+        for pkg in views.packages(self, member):
+            if (service is None or pkg["service"] == service) and pkg["remaining"] >= qty:
+                return str(pkg["id"])
+        raise InsufficientFunds("package uses", 0, qty)
+
+    def _resolve(self, member: str | None, card: str | None, pin: str | None) -> str:
+        if card is not None:
+            c = self.use_card(card, pin)
+            if member is not None and member != c["member"]:
+                raise InvalidInput(f"card {card} belongs to another member")
+            member = str(c["member"])
+        if member is None:
+            raise InvalidInput("name a member or a card")
+        self._live_member(member)
+        return member
+
+    def refund(self, operator: str, debit_id: str, amount: int | None = None,
+               reason: str = "") -> dict[str, Any]:
+        """退款. A debit's refund rights stay with the branch that made the debit, so two
+        branches can never both refund the same consumption."""
+        self._authorise(operator, "refund")
+        row = self.storage.conn.execute(
+            "SELECT body FROM entries WHERE id = ? AND kind = 'debit'", (debit_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no debit {debit_id}")
+        debit = json.loads(row[0])
+        prior = [json.loads(b) for (b,) in self.storage.conn.execute(
+            "SELECT body FROM entries WHERE ref = ? AND kind = 'refund'", (debit_id,))]
+        refunded = sum(int(p["amount"]) for p in prior)
+        left = int(debit["amount"]) - refunded
+        if debit.get("pay") == "package":
+            left = int(debit["qty"]) - sum(int(p.get("qty", 0)) for p in prior)
+        amount = left if amount is None else check_amount(amount)
+        if amount <= 0 or amount > left:
+            raise InvalidAmount(f"at most {left} of this debit can still be refunded")
+        if debit["node"] != self.node:
+            raise RightsElsewhere("refund", amount, 0, {debit["node"]: left})
+        member = str(debit["member"])
+        deltas: list[tuple[str, str, int]] = []
+        qty = None
+        if debit.get("pay") == "stored":
+            cash_taken = -sum(c for p, _n, c in debit["deltas"] if p == "cash")
+            cash_back = -sum(c for q in prior for p, _n, c in q["deltas"] if p == "cash")
+            to_cash = min(amount, cash_taken - cash_back)
+            deltas += [("cash", self.node, to_cash), ("bonus", self.node, amount - to_cash)]
+        elif debit.get("pay") == "package":
+            qty = amount
+            deltas.append((f"pkg:{debit['package']}", self.node, amount))
+        points = 0
+        if debit.get("points") and int(debit["amount"]) > 0:
+            due = int(debit["points"]) * amount // int(debit["amount"])
+            points = min(due, max(0, self._rights(member, "points").get(self.node, 0)))
+            deltas.append(("points", self.node, -points))
+        money = 0 if debit.get("pay") == "package" else amount
+        entry = self._entry("refund", member, deltas=deltas, amount=money, ref=debit_id,
+                            qty=qty, points=points or None, reason=_text(reason, "reason"),
+                            op=operator, service=debit.get("service"))
+        return self._post(entry, {"points": points})
+
+    def transfer_rights(self, operator: str, member: str, to: str, amount: int,
+                        purse: str = "cash") -> dict[str, Any]:
+        """Give some of this node's rights on a purse to another branch. Only the holder
+        can give its rights away, so this runs at the giving node."""
+        self._authorise(operator, "rights.transfer")
+        return self._transfer(member, purse, to, check_amount(amount), operator)
+
+    def grant_rights(self, member: str, purse: str, to: str, shortfall: int) -> dict[str, Any] | None:
+        """Answer a peer's request for rights (see escrow.grant_amount); None if none."""
+        if not PURSE.match(purse) or not ID.match(member):
+            raise RemoteProtocolError("bad rights request")
+        check_node_id(to)
+        own = self._rights(member, purse).get(self.node, 0)
+        give = escrow.grant_amount(own, shortfall)
+        if give <= 0 or to == self.node:
+            return None
+        return self._transfer(member, purse, to, give, f"sync@{self.node}")
+
+    def _transfer(self, member: str, purse: str, to: str, amount: int, operator: str
+                  ) -> dict[str, Any]:
+        check_node_id(to)
+        if to == self.node:
+            raise InvalidInput("a branch cannot transfer rights to itself")
+        if not PURSE.match(purse):
+            raise InvalidInput(f"unknown purse {purse!r}")
+        self._live_member(member)
+        entry = self._entry("transfer", member, deltas=[(purse, self.node, -amount),
+                                                        (purse, to, amount)],
+                            amount=amount, to=to, op=operator)
+        own = self._rights(member, purse).get(self.node, 0)
+        if amount > own:
+            raise InsufficientFunds(purse, own, amount)
+        return self._post(entry, {purse: amount})
+
+    def redeem_points(self, operator: str, member: str, points: int, gift: str = ""
+                      ) -> dict[str, Any]:
+        self._authorise(operator, "points.redeem")
+        points = check_count(points, "points")
+        self._live_member(member)
+        entry = self._entry("redeem", member, deltas=[("points", self.node, -points)],
+                            points=points, gift=_text(gift, "gift"), op=operator)
+        return self._post(entry, {"points": points})
+
+    def convert_points(self, operator: str, member: str, points: int) -> dict[str, Any]:
+        """积分转储值: points become bonus value at the chain's conversion rate."""
+        self._authorise(operator, "points.redeem")
+        points = check_count(points, "points")
+        self._live_member(member)
+        per_yuan = int(self.rule("conversion")["points_per_yuan"])
+        value = points * 100 // per_yuan
+        if value <= 0:
+            raise InvalidAmount(f"{points} points are worth less than one fen")
+        entry = self._entry("convert", member, deltas=[("points", self.node, -points),
+                                                       ("bonus", self.node, value)],
+                            amount=value, points=points, op=operator)
+        return self._post(entry, {"points": points})
+
+    def correct(self, operator: str, member: str, purse: str, change: int, reason: str,
+                approver: tuple[str, str] | None = None) -> dict[str, Any]:
+        """An approved manual adjustment; a decrease still needs this node's rights."""
+        self._authorise(operator, "adjust")
+        if not PURSE.match(purse):
+            raise InvalidInput(f"unknown purse {purse!r}")
+        if isinstance(change, bool) or not isinstance(change, int) or change == 0:
+            raise InvalidAmount("a correction is a non-zero whole number")
+        check_amount(abs(change))
+        reason = _text(reason, "reason", required=True)
+        self._live_member(member)
+        approved = None
+        if purse in MONEY_PURSES and abs(change) > int(self.rule("approval")["correction_limit"]):
+            approved = self._approve(operator, approver, f"a correction of {format_yuan(change)}")
+        entry = self._entry("correction", member, deltas=[(purse, self.node, change)],
+                            amount=abs(change), reason=reason, op=operator,
+                            approver=approved if approved != operator else None)
+        return self._post(entry, {purse: -change})
+
+    def sell_package(self, operator: str, member: str, service: str, uses: int, price: int,
+                     pay: str = "cash") -> dict[str, Any]:
+        """计次卡: `uses` of a service, paid at the till or from stored value."""
+        self._authorise(operator, "package.sell")
+        if service not in self.rule("services"):
+            raise NotFound(f"no service {service} in the price list")
+        uses = check_count(uses, "uses")
+        price = check_amount(price, allow_zero=True)
+        self._live_member(member)
+        if pay not in ("cash", "stored"):
+            raise InvalidInput("a package is paid in cash or from stored value")
+        entry = self._entry("package", member, amount=price, service=service, qty=uses, pay=pay,
+                            paid=price if pay == "cash" else 0, op=operator)
+        deltas = [(f"pkg:{entry['id']}", self.node, uses)]
+        needs: dict[str, int] = {}
+        if pay == "stored":
+            bal = self.balance(member)
+            from_cash = min(price, bal["cash"])
+            from_bonus = price - from_cash
+            if from_bonus > bal["bonus"]:
+                raise InsufficientFunds("cash", bal["cash"] + bal["bonus"], price)
+            needs = {"cash": from_cash, "bonus": from_bonus}
+            deltas += [("cash", self.node, -from_cash), ("bonus", self.node, -from_bonus)]
+        entry["deltas"] = [list(d) for d in deltas if d[2]]
+        return self._post(entry, needs)
+
+    def expire_points(self, operator: str, member: str) -> dict[str, Any] | None:
+        """Write off points past their expiry, as far as this node holds them."""
+        self._authorise(operator, "adjust")
+        due = views.points(self, member)["expired_unwritten"]
+        own = self._rights(member, "points").get(self.node, 0)
+        n = min(due, own)
+        if n <= 0:
+            return None
+        entry = self._entry("expiry", member, deltas=[("points", self.node, -n)], points=n,
+                            op=operator)
+        return self._post(entry, {"points": n})
+
+    # --- views --------------------------------------------------------------
+
+    def balance(self, member: str) -> dict[str, Any]:
+        return views.balance(self.storage.conn, member)
+
+    def rights(self, member: str, purse: str = "cash") -> dict[str, int]:
+        return {n: a for n, a in sorted(self._rights(member, purse).items()) if a != 0}
+
+    def history(self, member: str, limit: int = 50) -> list[dict[str, Any]]:
+        return views.history(self.storage.conn, member, limit)
+
+    def entry(self, entry_id: str) -> dict[str, Any]:
+        row = self.storage.conn.execute(
+            "SELECT body FROM entries WHERE id = ?", (entry_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no entry {entry_id}")
+        return dict(json.loads(row[0]))
+
+
+def _text(value: Any, what: str, *, required: bool = False, limit: int = MAX_TEXT) -> str:
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be text")
+    value = value.strip()
+    if required and not value:
+        raise InvalidInput(f"{what} is required")
+    if len(value) > limit:
+        raise InvalidInput(f"{what} is longer than {limit} characters")
+    return value
+
+
+def _check_date(value: str, what: str) -> None:
+    try:
+        date.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{what} must be a date like 2026-11-23, not {value!r}") from None
+
+
+def _card_no(value: str) -> str:
+    value = _text(value, "card number", required=True, limit=40)
+    if not re.match(r"^[0-9A-Za-z:_-]{1,40}$", value):
+        raise InvalidInput(f"card number {value!r} has characters a card cannot carry")
+    return value.upper()
+
+
+def _member_fields(fields: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
+    unknown = set(fields) - set(MEMBER_FIELDS)
+    if unknown:
+        raise InvalidInput(f"unknown member fields {sorted(unknown)}")
+    out: dict[str, Any] = {}
+    for k, v in fields.items():
+        if k == "deleted":
+            out[k] = bool(v)
+            continue
+        out[k] = _text(v, k, required=k == "name" or (creating and k == "phone"))
+    if "phone" in out and out["phone"] and not PHONE.match(out["phone"]):
+        raise InvalidInput(f"phone {out['phone']!r} is not a phone number")
+    if out.get("gender") and out["gender"] not in ("F", "M"):
+        raise InvalidInput("gender is F, M or empty")
+    for k in ("birthday", "anniversary"):
+        if out.get(k) and not re.match(r"^(\d{4}-)?\d{2}-\d{2}$", out[k]):
+            raise InvalidInput(f"{k} must look like 1990-05-17 or 05-17")
+    if "home" in out and out["home"]:
+        check_node_id(out["home"])
+    return out
+
+
+def _prefs(prefs: Mapping[str, str]) -> dict[str, str]:
+    unknown = set(prefs) - set(PREF_KEYS)
+    if unknown:
+        raise InvalidInput(f"unknown preferences {sorted(unknown)}; one of {PREF_KEYS}")
+    return {k: _text(v, k, limit=60) for k, v in prefs.items()}
+
+
+def _check_rule(kind: str, body: Any) -> None:
+    """Enough shape checking that a bad rule cannot break operations at other nodes."""
+    try:
+        if kind == "services":
+            assert isinstance(body, dict) and body
+            for code, svc in body.items():
+                assert re.match(r"^[A-Za-z0-9_-]{1,20}$", code)
+                check_amount(int(svc["price"]), allow_zero=True)
+                assert isinstance(svc.get("name", ""), str)
+        elif kind == "levels":
+            assert isinstance(body, list) and body
+            for lv in body:
+                check_amount(int(lv["threshold"]), allow_zero=True)
+                assert 0 < float(lv["discount"]) <= 1 and float(lv["points_multiplier"]) >= 0
+                assert isinstance(lv["name"], str)
+        elif kind == "promotions":
+            assert isinstance(body, list)
+            for p in body:
+                check_amount(int(p["min"]))
+                check_amount(int(p["bonus"]))
+        elif kind == "earn":
+            assert float(body["points_per_yuan"]) >= 0 and int(body["expire_days"]) >= 0
+        elif kind == "conversion":
+            assert int(body["points_per_yuan"]) > 0
+        elif kind == "approval":
+            check_amount(int(body["topup_limit"]))
+            check_amount(int(body["correction_limit"]))
+        elif kind == "level_basis":
+            assert body["basis"] in ("topped", "spent")
+        else:
+            assert isinstance(body, dict)
+    except (AssertionError, KeyError, TypeError, ValueError, LedgerError) as e:
+        raise InvalidInput(f"rule {kind} is malformed: {e or 'bad shape'}") from None
+
+
+__all__ = ["Ledger", "check_secret", "hash_secret", "id_node", "owner_of"]

@@ -1,0 +1,230 @@
+"""The shape of the replicated data, and the checks every replica applies to it.
+
+Documents (one pycrdt Doc each, synced independently by state vector):
+
+- ``ledger/YYYY-MM``: root Map ``entries``: entry id -> immutable dict. Split by the
+  month of the entry's timestamp, so years of history never have to be in memory.
+- ``members/NN``: root Maps ``members`` (member id -> Map of profile fields) and
+  ``cards`` (card id -> Map). 32 shards keep a member edit from loading every member.
+- ``rules``: root Map ``rules``: rule version id -> immutable dict with effective_from.
+- ``operators``: root Maps ``operators`` (id -> Map) and ``roles`` (name -> Map).
+
+Nothing is ever deleted from a Map: a deletion does not move a state vector, so
+two replicas could differ with equal state vectors. Removal is a written value.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+from crdtledger.escrow import Delta, check_deltas_authorised
+from crdtledger.hlc import NODE_ID
+from crdtledger.money import MAX_AMOUNT, from_crdt
+
+MEMBER_SHARDS = 32
+DOC_NAME = re.compile(r"^(ledger/\d{4}-(0[1-9]|1[0-2])|members/[0-9]{2}|rules|operators)$")
+ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{13}\.[A-Z0-9][A-Z0-9_]{0,15}$")
+PURSE = re.compile(r"^(cash|bonus|points|pkg:[0-9A-HJKMNP-TV-Z]{13}\.[A-Z0-9_]{1,16})$")
+DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+MONEY_PURSES = ("cash", "bonus")
+
+ENTRY_KINDS = frozenset(
+    {
+        "topup",  # value sold: cash (+ bonus from a promotion)
+        "debit",  # value consumed: service or amount, paid from purses or at the till
+        "refund",  # reverses (part of) a debit, at the branch that holds its refund rights
+        "transfer",  # rights moved from the writer to another branch
+        "redeem",  # points spent on a gift
+        "convert",  # points turned into bonus value
+        "correction",  # an approved manual adjustment
+        "expiry",  # points that ran out
+        "package",  # a package (count card) sold
+        "card",  # a card issued (and its fee, if any)
+    }
+)
+
+CARD_TYPES = ("stored_value", "points", "discount", "package", "trial")
+CARD_STATUSES = ("active", "lost", "replaced", "returned")
+
+PERMISSIONS = frozenset(
+    {
+        "member.add",
+        "member.edit",
+        "member.delete",
+        "member.upgrade",
+        "card.issue",
+        "card.lost",
+        "card.replace",
+        "card.return",
+        "topup",
+        "debit",
+        "refund",
+        "adjust",
+        "points.redeem",
+        "package.sell",
+        "rights.transfer",
+        "reports.view",
+        "rules.manage",
+        "operators.manage",
+        "sync",
+        "backup",
+        "approve",
+    }
+)
+
+BUILTIN_ROLES: dict[str, frozenset[str]] = {
+    "owner": PERMISSIONS,
+    "manager": PERMISSIONS - {"operators.manage"},
+    "cashier": frozenset(
+        {
+            "member.add",
+            "member.edit",
+            "card.issue",
+            "card.lost",
+            "topup",
+            "debit",
+            "points.redeem",
+            "package.sell",
+        }
+    ),
+}
+
+# Default rules, used until the chain writes its own version of a kind. Kept in code
+# rather than written at init so that every node starts from the same rules without
+# each writing a copy.
+DEFAULT_RULES: dict[str, dict[str, Any]] = {
+    "services": {
+        "FOOT60": {"name": "足疗 60 分钟", "price": 12800},
+        "BODY90": {"name": "全身按摩 90 分钟", "price": 19800},
+        "HAIR": {"name": "洗剪吹", "price": 6800},
+    },
+    "levels": [
+        {"name": "普通会员", "threshold": 0, "discount": "1", "points_multiplier": "1"},
+        {"name": "银卡", "threshold": 100000, "discount": "0.95", "points_multiplier": "1.2"},
+        {"name": "金卡", "threshold": 500000, "discount": "0.9", "points_multiplier": "1.5"},
+    ],
+    # Levels are reached on cumulative top-ups (the brochures' usual basis).
+    "level_basis": {"basis": "topped"},
+    "earn": {"points_per_yuan": "1", "expire_days": 365},
+    "promotions": [],
+    "conversion": {"points_per_yuan": "100"},
+    "card_types": {t: {"fee": 0} for t in CARD_TYPES},
+    "approval": {"topup_limit": 500000, "correction_limit": 10000},
+    "settings": {"timezone": "Asia/Shanghai"},
+}
+RULE_KINDS = frozenset(DEFAULT_RULES)
+
+
+def member_doc(member_id: str) -> str:
+    """Stable shard of a member (and its cards), the same on every node."""
+    return f"members/{zlib.crc32(member_id.encode()) % MEMBER_SHARDS:02d}"
+
+
+def ledger_doc(month: str) -> str:
+    return f"ledger/{month}"
+
+
+class InvalidRecord(ValueError):
+    """A replicated record that breaks the schema; every replica rejects it alike."""
+
+
+def _int(value: Any, *, lo: int = -MAX_AMOUNT, hi: int = MAX_AMOUNT) -> int:
+    try:
+        n = from_crdt(value)
+    except ValueError as e:
+        raise InvalidRecord(str(e)) from None
+    if not lo <= n <= hi:
+        raise InvalidRecord(f"number {n} out of range")
+    return n
+
+
+def _str(value: Any, limit: int = 200) -> str:
+    if not isinstance(value, str) or len(value) > limit:
+        raise InvalidRecord(f"expected text of at most {limit} characters")
+    return value
+
+
+_OPTIONAL_INTS = ("paid", "gross", "qty", "bonus", "points", "fee")
+_OPTIONAL_STRS = (
+    "ref",
+    "service",
+    "discount",
+    "level",
+    "to",
+    "reason",
+    "approver",
+    "card",
+    "expires",
+    "promotion",
+    "pay",
+    "package",
+    "gift",
+)
+
+
+def normalise_entry(key: str, value: Any) -> dict[str, Any]:
+    """Validate a ledger entry read from a document; return it with exact ints.
+
+    The check depends on the entry alone, so every replica accepts or rejects the
+    same entries and projections converge even when a bad peer wrote one.
+    """
+    if not isinstance(value, Mapping):
+        raise InvalidRecord("entry is not a map")
+    if not ID.match(key) or value.get("id") != key:
+        raise InvalidRecord("entry id does not match its key")
+    kind = value.get("kind")
+    if kind not in ENTRY_KINDS:
+        raise InvalidRecord(f"unknown entry kind {kind!r}")
+    node = _str(value.get("node"), 16)
+    if not NODE_ID.match(node) or key.split(".", 1)[1] != node:
+        raise InvalidRecord("entry node does not match its id")
+    member = _str(value.get("member"), 40)
+    if not ID.match(member):
+        raise InvalidRecord("bad member id")
+    raw_deltas = value.get("deltas")
+    if not isinstance(raw_deltas, list) or len(raw_deltas) > 8:
+        raise InvalidRecord("bad deltas")
+    deltas: list[Delta] = []
+    for d in raw_deltas:
+        if not isinstance(d, list) or len(d) != 3:
+            raise InvalidRecord("bad delta")
+        purse, dnode, change = _str(d[0], 40), _str(d[1], 16), _int(d[2])
+        if not PURSE.match(purse) or not NODE_ID.match(dnode) or change == 0:
+            raise InvalidRecord("bad delta")
+        deltas.append((purse, dnode, change))
+    try:
+        check_deltas_authorised(node, deltas)
+    except ValueError as e:
+        raise InvalidRecord(str(e)) from None
+    out: dict[str, Any] = {
+        "id": key,
+        "kind": kind,
+        "node": node,
+        "member": member,
+        "op": _str(value.get("op"), 60),
+        "at": _int(value.get("at"), lo=0, hi=2**48),
+        "amount": _int(value.get("amount", 0), lo=0),
+        "deltas": [list(d) for d in deltas],
+    }
+    for f in _OPTIONAL_INTS:
+        if f in value:
+            out[f] = _int(value[f], lo=0)
+    for f in _OPTIONAL_STRS:
+        if f in value:
+            out[f] = _str(value[f])
+    return out
+
+
+def normalise(value: Any) -> Any:
+    """Turn a plain value read back from pycrdt into exact Python: integral floats -> int."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and abs(value) <= MAX_AMOUNT else value
+    if isinstance(value, Mapping):
+        return {str(k): normalise(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [normalise(v) for v in value]
+    return value

@@ -1,0 +1,401 @@
+"""One SQLite database per node: the log of pycrdt updates, snapshots, projections.
+
+The replicated truth is the pycrdt documents; SQLite keeps them durable (an append-
+only log of updates, compacted into snapshots) and keeps the projections every read
+uses (rights, entries, members, cards...). A change to a document and the projection
+of that change commit in one SQLite transaction, so after a crash at any instant the
+store reopens with both or neither.
+
+Documents are loaded lazily and evicted freely: reads never go through pycrdt (reading
+a large Doc back is slow, see DESIGN.md), so a node with years of history opens
+without loading any of it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import sqlite3
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pycrdt import Doc, Map
+
+from crdtledger.errors import StoreError, StoreLocked
+from crdtledger.model import DOC_NAME
+
+FORMAT_VERSION = 1
+DB_FILE = "ledger.sqlite3"
+LOCK_FILE = "lock"
+# Compact a document's log into a snapshot once this many updates pile up: loading
+# then replays at most this many small updates (about 20 µs each).
+COMPACT_AFTER = 2000
+# How many documents stay in memory; the current month, a few member shards.
+DOC_CACHE = 48
+LOCK_WAIT_S = 10.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS log(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, doc TEXT NOT NULL, data BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS log_doc ON log(doc, seq);
+CREATE TABLE IF NOT EXISTS docs(
+    name TEXT PRIMARY KEY, sv BLOB NOT NULL, snapshot BLOB,
+    snapshot_seq INTEGER NOT NULL DEFAULT 0, tail INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS peers(node TEXT PRIMARY KEY, states BLOB NOT NULL, seen_at INTEGER);
+CREATE TABLE IF NOT EXISTS entries(
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, member TEXT NOT NULL, node TEXT NOT NULL,
+    op TEXT NOT NULL, at INTEGER NOT NULL, day TEXT NOT NULL, amount INTEGER NOT NULL,
+    paid INTEGER NOT NULL DEFAULT 0, ref TEXT, service TEXT, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS entries_member ON entries(member, id);
+CREATE INDEX IF NOT EXISTS entries_day ON entries(day, kind);
+CREATE INDEX IF NOT EXISTS entries_ref ON entries(ref) WHERE ref IS NOT NULL;
+CREATE TABLE IF NOT EXISTS rights(
+    member TEXT NOT NULL, purse TEXT NOT NULL, node TEXT NOT NULL, amount INTEGER NOT NULL,
+    PRIMARY KEY(member, purse, node)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS totals(
+    member TEXT PRIMARY KEY, spent INTEGER NOT NULL DEFAULT 0,
+    topped INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS members(
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, phone TEXT NOT NULL, home TEXT NOT NULL,
+    created_at INTEGER NOT NULL, day TEXT NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS members_phone ON members(phone);
+CREATE INDEX IF NOT EXISTS members_name ON members(name);
+CREATE INDEX IF NOT EXISTS members_day ON members(day);
+CREATE TABLE IF NOT EXISTS cards(
+    id TEXT PRIMARY KEY, card_no TEXT NOT NULL, member TEXT NOT NULL,
+    status TEXT NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS cards_no ON cards(card_no);
+CREATE INDEX IF NOT EXISTS cards_member ON cards(member);
+CREATE TABLE IF NOT EXISTS rules(
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, effective_from TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS operators(
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS roles(name TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine(
+    doc TEXT NOT NULL, key TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY(doc, key));
+"""
+
+# Root types of each kind of document.
+ROOTS = {"ledger": ("entries",), "members": ("members", "cards"), "rules": ("rules",),
+         "operators": ("operators", "roles")}
+
+
+def roots_of(name: str) -> tuple[str, ...]:
+    return ROOTS[name.split("/", 1)[0]]
+
+
+@dataclass
+class Change:
+    """What one transaction on a document changed, as seen by its root observers."""
+
+    added: list[tuple[str, str, Any, Any]] = field(default_factory=list)  # root, key, old, new
+    touched: set[tuple[str, str]] = field(default_factory=set)  # root, key of nested edits
+
+
+class LoadedDoc:
+    def __init__(self, name: str, client_id: int) -> None:
+        self.name = name
+        self.doc: Doc = Doc(client_id=client_id)
+        self.roots: dict[str, Map] = {r: self.doc.get(r, type=Map) for r in roots_of(name)}
+        self.updates: list[bytes] = []
+        self.change = Change()
+        self._observing = False
+
+    def start_observing(self) -> None:
+        if self._observing:
+            return
+        self._observing = True
+        self.doc.observe(lambda e: self.updates.append(e.update))
+        for root_name, root in self.roots.items():
+            root.observe_deep(self._observer(root_name))
+
+    def _observer(self, root: str) -> Callable[[Any], None]:
+        # One positional parameter only: pycrdt passes the transaction as well to a
+        # callback that accepts two.
+        def on_events(events: Any) -> None:
+            self._on_events(root, events)
+
+        return on_events
+
+    def _on_events(self, root: str, events: Any) -> None:
+        for ev in events:
+            path = list(ev.path)
+            if not path:
+                for key, info in ev.keys.items():
+                    self.change.added.append(
+                        (root, key, info.get("oldValue"), info.get("newValue"))
+                    )
+            else:
+                self.change.touched.add((root, str(path[0])))
+
+    def take(self) -> tuple[list[bytes], Change]:
+        ups, ch = self.updates, self.change
+        self.updates, self.change = [], Change()
+        return ups, ch
+
+
+def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA foreign_keys=OFF")
+    return conn
+
+
+class Storage:
+    """The SQLite file and the in-memory documents of one node (single writer)."""
+
+    def __init__(self, data_dir: Path, *, synchronous: str = "FULL", lock: bool = True) -> None:
+        self.dir = Path(data_dir)
+        db = self.dir / DB_FILE
+        if not db.exists():
+            raise StoreError(f"no crdtledger node in {self.dir} (run: crdtledger init)")
+        self._lock_fd: int | None = self._take_lock() if lock else None
+        try:
+            self.conn = _connect(db, synchronous)
+            self.conn.executescript(SCHEMA)
+            self.meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+            if int(self.meta.get("format", "0")) != FORMAT_VERSION:
+                raise StoreError(
+                    f"{db} is format {self.meta.get('format')}, this program reads "
+                    f"format {FORMAT_VERSION}"
+                )
+            if self.meta.get("rotate_client_id") == "1":
+                # A restored backup must not reuse the client id of the node it copied:
+                # the original may have written updates with the same ids since.
+                self.set_meta("client_id", str(_new_client_id()))
+                self.set_meta("rotate_client_id", "0")
+        except BaseException:
+            self._release_lock()
+            raise
+        self.node: str = self.meta["node"]
+        self.chain: str = self.meta["chain"]
+        self.client_id = int(self.meta["client_id"])
+        self.tz = ZoneInfo(self.meta.get("timezone", "Asia/Shanghai"))
+        self._docs: OrderedDict[str, LoadedDoc] = OrderedDict()
+        self._in_tx = False
+
+    # --- creation and locking -------------------------------------------------
+
+    @staticmethod
+    def create(data_dir: Path, node: str, chain: str, timezone: str) -> None:
+        data_dir = Path(data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        db = data_dir / DB_FILE
+        if db.exists():
+            raise StoreError(f"{data_dir} already holds a node")
+        ZoneInfo(timezone)  # refuse an unknown zone now rather than at first report
+        tmp = data_dir / (DB_FILE + ".new")
+        tmp.unlink(missing_ok=True)
+        conn = _connect(tmp, "FULL")
+        conn.executescript(SCHEMA)
+        with conn:
+            conn.executemany(
+                "INSERT INTO meta VALUES (?, ?)",
+                [("format", str(FORMAT_VERSION)), ("node", node), ("chain", chain),
+                 ("client_id", str(_new_client_id())), ("timezone", timezone),
+                 ("hlc", "0"), ("created_at", str(int(time.time())))],
+            )
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+        # Appear whole or not at all: a crash during init leaves no half-made node.
+        os.replace(tmp, db)
+
+    def _take_lock(self) -> int:
+        fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                    os.close(fd)
+                    raise StoreLocked(
+                        f"data directory {self.dir} is in use by another process "
+                        f"(pid {holder or '?'})"
+                    ) from None
+                time.sleep(0.02)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        return fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def close(self) -> None:
+        self._docs.clear()
+        self.conn.close()
+        self._release_lock()
+
+    # --- meta ---------------------------------------------------------------
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        self.meta[key] = value
+
+    def day_of(self, ms: int) -> str:
+        return datetime.fromtimestamp(ms / 1000, self.tz).date().isoformat()
+
+    # --- transactions -------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT. On any failure the SQLite side rolls back and
+        every document touched is dropped from memory, to be reloaded from what did
+        commit: memory never runs ahead of disk."""
+        if self._in_tx:
+            yield
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._in_tx = True
+        try:
+            yield
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            self._docs.clear()
+            raise
+        finally:
+            self._in_tx = False
+
+    # --- documents ----------------------------------------------------------
+
+    def doc(self, name: str) -> LoadedDoc:
+        if not DOC_NAME.match(name):
+            raise ValueError(f"not a document name: {name!r}")
+        ld = self._docs.get(name)
+        if ld is not None:
+            self._docs.move_to_end(name)
+            return ld
+        ld = LoadedDoc(name, self.client_id)
+        row = self.conn.execute(
+            "SELECT snapshot, snapshot_seq FROM docs WHERE name = ?", (name,)
+        ).fetchone()
+        since = 0
+        if row is not None:
+            snapshot, since = row
+            if snapshot:
+                ld.doc.apply_update(snapshot)
+        for (data,) in self.conn.execute(
+            "SELECT data FROM log WHERE doc = ? AND seq > ? ORDER BY seq", (name, since)
+        ):
+            ld.doc.apply_update(data)
+        ld.start_observing()
+        self._docs[name] = ld
+        while len(self._docs) > DOC_CACHE:
+            self._docs.popitem(last=False)
+        return ld
+
+    def doc_names(self) -> list[str]:
+        return [n for (n,) in self.conn.execute("SELECT name FROM docs ORDER BY name")]
+
+    def state_vectors(self) -> dict[str, bytes]:
+        """Every document's state vector, from SQLite: no document is loaded."""
+        return {n: bytes(sv) for n, sv in self.conn.execute("SELECT name, sv FROM docs")}
+
+    def record(self, ld: LoadedDoc, updates: list[bytes]) -> None:
+        """Append updates of a document to the log (inside a transaction)."""
+        if not updates:
+            return
+        self.conn.executemany(
+            "INSERT INTO log(doc, data) VALUES (?, ?)", [(ld.name, u) for u in updates]
+        )
+        self.conn.execute(
+            "INSERT INTO docs(name, sv, tail) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE "
+            "SET sv = excluded.sv, tail = tail + excluded.tail",
+            (ld.name, ld.doc.get_state(), len(updates)),
+        )
+
+    def maybe_compact(self, name: str) -> None:
+        row = self.conn.execute("SELECT tail FROM docs WHERE name = ?", (name,)).fetchone()
+        if row and row[0] >= COMPACT_AFTER:
+            self.compact(name)
+
+    def compact(self, name: str) -> None:
+        """Fold a document's log into one snapshot. Replaying into a Doc and taking
+        get_update() is linear; pycrdt.merge_updates is quadratic (DESIGN.md)."""
+        ld = self.doc(name)
+        with self.transaction():
+            (last,) = self.conn.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM log WHERE doc = ?", (name,)
+            ).fetchone()
+            self.conn.execute(
+                "UPDATE docs SET snapshot = ?, snapshot_seq = ?, tail = 0 WHERE name = ?",
+                (ld.doc.get_update(), last, name),
+            )
+            self.conn.execute("DELETE FROM log WHERE doc = ? AND seq <= ?", (name, last))
+
+    def evict_all(self) -> None:
+        self._docs.clear()
+
+    # --- peers' known states (for export --for NODE) -------------------------
+
+    def remember_peer(self, node: str, states: dict[str, bytes], now_ms: int) -> None:
+        import msgpack
+
+        self.conn.execute(
+            "INSERT OR REPLACE INTO peers VALUES (?, ?, ?)",
+            (node, msgpack.packb(states), now_ms),
+        )
+
+    def peer_states(self, node: str) -> dict[str, bytes] | None:
+        import msgpack
+
+        row = self.conn.execute("SELECT states FROM peers WHERE node = ?", (node,)).fetchone()
+        if row is None:
+            return None
+        return {str(k): bytes(v) for k, v in msgpack.unpackb(row[0]).items()}
+
+    def backup_to(self, target: Path) -> None:
+        backup(self.dir, target)
+
+
+def backup(data_dir: Path, target: Path) -> None:
+    """A consistent copy while the node keeps working: SQLite's online backup reads
+    one snapshot of the WAL database; it needs no lock on the data directory."""
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    dst_path = target / DB_FILE
+    if dst_path.exists():
+        raise StoreError(f"{target} already holds a node; choose an empty directory")
+    src = sqlite3.connect(f"file:{Path(data_dir) / DB_FILE}?mode=ro", uri=True)
+    tmp = target / (DB_FILE + ".new")
+    tmp.unlink(missing_ok=True)
+    dst = sqlite3.connect(tmp)
+    try:
+        src.backup(dst)
+        dst.execute("INSERT OR REPLACE INTO meta VALUES ('rotate_client_id', '1')")
+        dst.commit()
+        dst.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        dst.close()
+        src.close()
+    os.replace(tmp, dst_path)
+
+
+def _new_client_id() -> int:
+    # 48 random bits: pycrdt accepts it, and with hundreds of nodes (and a new id on
+    # every restored backup) a collision stays around one in a billion.
+    return secrets.randbits(48) | 1
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+Listener = Callable[[str, bytes, object], None]

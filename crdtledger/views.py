@@ -1,0 +1,254 @@
+"""Derived views, computed from the projections only (never by reading pycrdt).
+
+Every figure here is a function of the set of entries and records, not of the order
+they arrived in, so converged replicas print the same reports.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import defaultdict
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any
+
+from crdtledger.errors import NotFound
+
+if TYPE_CHECKING:
+    from crdtledger.ledger import Ledger
+
+
+def mask_phone(phone: str) -> str:
+    """138****5678: lists never show a whole phone number."""
+    digits = phone.replace(" ", "").replace("-", "")
+    if len(digits) < 7:
+        return "*" * len(digits)
+    return f"{digits[:3]}{'*' * (len(digits) - 7)}{digits[-4:]}"
+
+
+def balance(conn: sqlite3.Connection, member: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"cash": 0, "bonus": 0, "points": 0, "packages": {}}
+    for purse, total in conn.execute(
+        "SELECT purse, SUM(amount) FROM rights WHERE member = ? GROUP BY purse", (member,)
+    ):
+        if purse.startswith("pkg:"):
+            out["packages"][purse[4:]] = int(total)
+        else:
+            out[purse] = int(total)
+    return out
+
+
+def member(ledger: Ledger, member_id: str) -> dict[str, Any]:
+    conn = ledger.storage.conn
+    row = conn.execute("SELECT body, home FROM members WHERE id = ?", (member_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"unknown member {member_id}")
+    data = json.loads(row[0])
+    data["id"] = member_id
+    data["tags"] = sorted(t for t, on in (data.get("tags") or {}).items() if on)
+    data["cards"] = [
+        {"id": cid, "card_no": no, "status": status}
+        for cid, no, status in conn.execute(
+            "SELECT id, card_no, status FROM cards WHERE member = ? ORDER BY id", (member_id,)
+        )
+    ]
+    data["level_info"] = level(ledger, member_id)
+    return dict(data)
+
+
+def find_members(conn: sqlite3.Connection, query: str, limit: int = 20) -> list[dict[str, Any]]:
+    """By card number, exact phone, phone tail (last 4+ digits) or name; phones masked."""
+    q = query.strip()
+    ids: list[str] = []
+    if q:
+        ids += [m for (m,) in conn.execute(
+            "SELECT member FROM cards WHERE card_no = ? ORDER BY status = 'active' DESC",
+            (q.upper(),))]
+        ids += [m for (m,) in conn.execute("SELECT id FROM members WHERE id = ?", (q,))]
+        ids += [m for (m,) in conn.execute("SELECT id FROM members WHERE phone = ?", (q,))]
+        if q.isdigit() and len(q) >= 4:
+            ids += [m for (m,) in conn.execute(
+                "SELECT id FROM members WHERE phone LIKE ? LIMIT ?", (f"%{q}", limit))]
+        ids += [m for (m,) in conn.execute(
+            "SELECT id FROM members WHERE name LIKE ? ORDER BY name LIMIT ?",
+            (f"%{q}%", limit))]
+    out = []
+    for mid in dict.fromkeys(ids):
+        row = conn.execute("SELECT name, phone, home, body FROM members WHERE id = ?",
+                           (mid,)).fetchone()
+        if row is None or json.loads(row[3]).get("deleted"):
+            continue
+        out.append({"id": mid, "name": row[0], "phone": mask_phone(row[1]), "home": row[2]})
+    return out[:limit]
+
+
+def level(ledger: Ledger, member_id: str) -> dict[str, Any]:
+    """Highest level whose threshold the member's cumulative basis reaches; a manual
+    upgrade (the member's `level` field) counts if it is higher."""
+    conn = ledger.storage.conn
+    row = conn.execute("SELECT spent, topped FROM totals WHERE member = ?", (member_id,)).fetchone()
+    spent, topped = (int(row[0]), int(row[1])) if row else (0, 0)
+    basis = ledger.rule("level_basis")["basis"]
+    value = topped if basis == "topped" else spent
+    levels = sorted(ledger.rule("levels"), key=lambda lv: int(lv["threshold"]))
+    current = levels[0]
+    for lv in levels:
+        if value >= int(lv["threshold"]):
+            current = lv
+    mrow = conn.execute("SELECT body FROM members WHERE id = ?", (member_id,)).fetchone()
+    manual = json.loads(mrow[0]).get("level") if mrow else None
+    for lv in levels:
+        if lv["name"] == manual and int(lv["threshold"]) > int(current["threshold"]):
+            current = lv
+    return {"name": current["name"], "discount": str(current["discount"]),
+            "points_multiplier": str(current["points_multiplier"]), "spent": spent,
+            "topped": topped}
+
+
+def history(conn: sqlite3.Connection, member_id: str, limit: int = 50) -> list[dict[str, Any]]:
+    return [json.loads(b) for (b,) in conn.execute(
+        "SELECT body FROM entries WHERE member = ? ORDER BY id DESC LIMIT ?", (member_id, limit))]
+
+
+def packages(ledger: Ledger, member_id: str) -> list[dict[str, Any]]:
+    bal = balance(ledger.storage.conn, member_id)["packages"]
+    out = []
+    for pkg_id, remaining in sorted(bal.items()):
+        row = ledger.storage.conn.execute(
+            "SELECT service, body FROM entries WHERE id = ?", (pkg_id,)).fetchone()
+        svc = row[0] if row else None
+        out.append({"id": pkg_id, "service": svc, "remaining": remaining,
+                    "uses": json.loads(row[1]).get("qty") if row else None})
+    return out
+
+
+def points(ledger: Ledger, member_id: str) -> dict[str, Any]:
+    """Points with their expiry: lots earned are used first-in, first-out."""
+    conn = ledger.storage.conn
+    lots: list[list[Any]] = []  # [expires, remaining]
+    used = 0
+    expired_written = 0
+    for (body,) in conn.execute(
+        "SELECT body FROM entries WHERE member = ? ORDER BY id", (member_id,)
+    ):
+        e = json.loads(body)
+        for purse, _node, change in e["deltas"]:
+            if purse != "points":
+                continue
+            if change > 0:
+                lots.append([e.get("expires") or "9999-12-31", change])
+            else:
+                used += -change
+                if e["kind"] == "expiry":
+                    expired_written += -change
+    lots.sort(key=lambda lot: lot[0])
+    remaining_used = used
+    for lot in lots:
+        take = min(lot[1], remaining_used)
+        lot[1] -= take
+        remaining_used -= take
+    today = ledger.today()
+    expired_due = sum(n for exp, n in lots if exp < today)
+    soon = (date.fromisoformat(today) + timedelta(days=30)).isoformat()
+    total = sum(n for _exp, n in lots)
+    return {
+        "total": total,
+        "expired_unwritten": expired_due,
+        "expiring_30_days": sum(n for exp, n in lots if today <= exp <= soon),
+        "lots": [{"expires": exp, "points": n} for exp, n in lots if n > 0],
+    }
+
+
+def daily_report(ledger: Ledger, day: str, node: str | None = None) -> dict[str, Any]:
+    """营业报表 for one day: new members, sales, top-up cash received, cards sold."""
+    conn = ledger.storage.conn
+    where, args = "day = ?", [day]
+    if node:
+        where += " AND node = ?"
+        args.append(node)
+    sums: dict[str, tuple[int, int, int]] = {
+        k: (int(c), int(a or 0), int(p or 0)) for k, c, a, p in conn.execute(
+            f"SELECT kind, COUNT(*), SUM(amount), SUM(paid) FROM entries WHERE {where} "
+            "GROUP BY kind", args)
+    }
+    mwhere = "day = ?" + (" AND home = ?" if node else "")
+    (new_members,) = conn.execute(f"SELECT COUNT(*) FROM members WHERE {mwhere}", args).fetchone()
+    cards = sums.get("card", (0, 0, 0))
+    packages_sold = sums.get("package", (0, 0, 0))
+    debit = sums.get("debit", (0, 0, 0))
+    refund = sums.get("refund", (0, 0, 0))
+    topup = sums.get("topup", (0, 0, 0))
+    return {
+        "day": day,
+        "branch": node or "all",
+        "new_members": int(new_members),
+        "sales": debit[1] - refund[1],
+        "debits": debit[0],
+        "refunds": refund[1],
+        "topup_cash": topup[2],
+        "topups": topup[0],
+        "cards_sold": cards[0] + packages_sold[0],
+        "card_sales": cards[2] + packages_sold[1],
+    }
+
+
+def settlement(ledger: Ledger, start: str | None = None, end: str | None = None
+               ) -> dict[str, Any]:
+    """结算表: stored value moved between branches. A transfer of cash rights A -> B
+    means B will serve value A was paid for: A owes B. Pairs are netted; the
+    per-branch positions sum to zero."""
+    conn = ledger.storage.conn
+    where, args = "kind = 'transfer'", []
+    if start:
+        where += " AND day >= ?"
+        args.append(start)
+    if end:
+        where += " AND day <= ?"
+        args.append(end)
+    flows: dict[tuple[str, str], int] = defaultdict(int)
+    for (body,) in conn.execute(f"SELECT body FROM entries WHERE {where}", args):
+        e = json.loads(body)
+        for purse, node, change in e["deltas"]:
+            if purse == "cash" and change > 0 and node != e["node"]:
+                flows[(e["node"], node)] += change
+    pairs = []
+    position: dict[str, int] = defaultdict(int)
+    for a, b in sorted({tuple(sorted(k)) for k in flows}):
+        net = flows.get((a, b), 0) - flows.get((b, a), 0)
+        if net == 0:
+            continue
+        debtor, creditor = (a, b) if net > 0 else (b, a)
+        pairs.append({"owes": debtor, "to": creditor, "amount": abs(net)})
+        position[debtor] -= abs(net)
+        position[creditor] += abs(net)
+    return {"pairs": pairs, "net": dict(sorted(position.items())),
+            "total": sum(position.values())}
+
+
+def ranking(ledger: Ledger, by: str = "members", start: str | None = None,
+            end: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
+    """消费排名 (by member) and 销量排名 (by service): net of refunds."""
+    conn = ledger.storage.conn
+    key = "member" if by == "members" else "service"
+    where, args = "kind IN ('debit', 'refund')", []
+    if by == "services":
+        where += " AND service IS NOT NULL"
+    if start:
+        where += " AND day >= ?"
+        args.append(start)
+    if end:
+        where += " AND day <= ?"
+        args.append(end)
+    rows = conn.execute(
+        f"SELECT {key}, SUM(CASE kind WHEN 'debit' THEN amount ELSE -amount END), "
+        f"SUM(CASE kind WHEN 'debit' THEN 1 ELSE 0 END) FROM entries WHERE {where} "
+        f"GROUP BY {key} ORDER BY 2 DESC, 1 LIMIT ?", [*args, limit]).fetchall()
+    out = []
+    for k, total, count in rows:
+        item: dict[str, Any] = {key: k, "amount": int(total), "count": int(count)}
+        if by == "members":
+            r = conn.execute("SELECT name, phone FROM members WHERE id = ?", (k,)).fetchone()
+            if r:
+                item["name"], item["phone"] = r[0], mask_phone(r[1])
+        out.append(item)
+    return out
