@@ -59,6 +59,10 @@ class HybridClock:
         self._now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
         self.max_skew_seen_ms = 0
 
+    def wall(self) -> int:
+        """Wall-clock milliseconds as this node sees them (simulated in the simulator)."""
+        return self._now_ms()
+
     def now(self) -> int:
         wall = self._now_ms() << _COUNTER_BITS
         self.last = wall if wall > self.last else self.last + 1

@@ -247,7 +247,7 @@ class Ledger:
 
     def remember_peer(self, node: str, states: dict[str, bytes]) -> None:
         with self.storage.transaction():
-            self.storage.remember_peer(node, states, self.clock._now_ms())
+            self.storage.remember_peer(node, states, self.clock.wall())
 
     # --- permissions --------------------------------------------------------
 
@@ -324,7 +324,7 @@ class Ledger:
         return rid
 
     def today(self) -> str:
-        return self.storage.day_of(self.clock._now_ms())
+        return self.storage.day_of(self.clock.wall())
 
     # --- operators ----------------------------------------------------------
 

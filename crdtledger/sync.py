@@ -1,0 +1,354 @@
+"""The sync protocol between two nodes, without I/O (in the manner of h11).
+
+A `SyncSession` is one side of one connection. The code driving it (the aiohttp
+transport, the simulator, a test) feeds it whole frames with `receive()`, ships what
+`data_to_send()` returns, and reads `next_event()` for what happened. The session
+talks to the local `Ledger` directly: it applies the peer's updates, answers its
+rights requests, and, being subscribed to the ledger, forwards every update
+committed here or learned from another peer, which is how updates travel hop by
+hop. An update that adds nothing is not re-announced, so relays die out.
+
+Conversation (every message: msgpack map with protocol version ``v`` and type ``t``):
+
+    hello   {chain, node, now, digest}    first, and again for each anti-entropy round
+    state   {docs: {name: state vector}}  only when the digests differ
+    update  {doc, data}                   what the peer lacks / each new update
+    rreq    {id, member, purse, amount}   "I am short of rights on this purse"
+    rrep    {id, granted}                 the transfer entry's update was sent before
+
+A round between nodes already in sync is two hellos of under 100 bytes each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from crdtledger.errors import (
+    ForeignChain,
+    LedgerError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from crdtledger.hlc import MAX_CLOCK_SKEW_MS, NODE_ID
+from crdtledger.model import DOC_NAME, ID, PURSE
+
+if TYPE_CHECKING:
+    from crdtledger.ledger import Ledger
+
+PROTOCOL_VERSION = 1
+
+# Limits, so a broken or hostile peer cannot make us allocate without bound.
+# One frame can carry a month's ledger document to a node that has none of it:
+# 1M entries of about 150 bytes (DESIGN.md) is well under this.
+MAX_FRAME_BYTES = 256 * 1024 * 1024
+# Documents: 32 member shards, rules, operators and one ledger per month; forty
+# years of months is about 500. Far more than that is not a crdtledger peer.
+MAX_DOCS = 4096
+# A state vector carries ~3-8 bytes per writer; ten thousand writers per document.
+MAX_STATE_VECTOR_BYTES = 128 * 1024
+# Rights requests awaiting an answer, each way. A counter asks once per swipe.
+MAX_OPEN_REQUESTS = 1024
+
+_EMPTY_UPDATE = b"\x00\x00"
+
+
+@dataclass(frozen=True)
+class PeerHello:
+    node: str
+    chain: str
+    skew_ms: int
+
+
+@dataclass(frozen=True)
+class ClockSkewSeen:
+    node: str
+    skew_ms: int
+
+
+@dataclass(frozen=True)
+class UpdatesApplied:
+    doc: str
+    size: int
+    new: bool
+
+
+@dataclass(frozen=True)
+class RightsGranted:
+    request: int
+    node: str
+    amount: int
+
+
+@dataclass(frozen=True)
+class RightsAnswered:
+    """A peer asked us for rights; `amount` is what we gave (0: nothing to spare)."""
+
+    request: int
+    node: str
+    member: str
+    purse: str
+    amount: int
+
+
+Event = PeerHello | ClockSkewSeen | UpdatesApplied | RightsGranted | RightsAnswered
+
+
+def decode_state_vector(data: bytes) -> dict[int, int]:
+    """Parse a Yjs v1 state vector (varint count, then client/clock varint pairs)."""
+    if not isinstance(data, bytes | bytearray) or len(data) > MAX_STATE_VECTOR_BYTES:
+        raise RemoteProtocolError("state vector is not bytes or too large")
+    pos = 0
+
+    def varint() -> int:
+        nonlocal pos
+        shift = value = 0
+        while True:
+            if pos >= len(data) or shift > 63:
+                raise RemoteProtocolError("truncated state vector")
+            b = data[pos]
+            pos += 1
+            value |= (b & 0x7F) << shift
+            if b < 0x80:
+                return value
+            shift += 7
+
+    out = {}
+    for _ in range(varint()):
+        client = varint()
+        out[client] = varint()
+    if pos != len(data):
+        raise RemoteProtocolError("trailing bytes after state vector")
+    return out
+
+
+def covers(theirs: dict[int, int], ours: dict[int, int]) -> bool:
+    """True if a peer at `theirs` has everything we have at `ours`."""
+    return all(theirs.get(c, 0) >= clock for c, clock in ours.items())
+
+
+def states_digest(states: dict[str, bytes]) -> bytes:
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(states):
+        h.update(name.encode())
+        h.update(b"\x00")
+        h.update(states[name])
+        h.update(b"\x00")
+    return h.digest()
+
+
+def pack(message: dict[str, Any]) -> bytes:
+    return bytes(msgpack.packb({"v": PROTOCOL_VERSION, **message}, use_bin_type=True))
+
+
+def unpack(frame: bytes) -> dict[str, Any]:
+    if not isinstance(frame, bytes | bytearray):
+        raise RemoteProtocolError("frame is not binary")
+    if len(frame) > MAX_FRAME_BYTES:
+        raise RemoteProtocolError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}")
+    try:
+        msg = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+    except Exception as e:  # msgpack raises several unrelated types
+        raise RemoteProtocolError(f"frame is not msgpack: {e}") from None
+    if not isinstance(msg, dict):
+        raise RemoteProtocolError("frame is not a map")
+    if msg.get("v") != PROTOCOL_VERSION:
+        raise RemoteProtocolError(f"protocol version {msg.get('v')!r}, expected {PROTOCOL_VERSION}")
+    return msg
+
+
+def _get(msg: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    value = msg.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise RemoteProtocolError(f"{msg.get('t')} message: field {key!r} missing or malformed")
+    return value
+
+
+class SyncSession:
+    """One side of a sync conversation with one peer."""
+
+    def __init__(self, ledger: Ledger, *, expect_node: str | None = None) -> None:
+        self.ledger = ledger
+        self.expect_node = expect_node
+        self.peer: str | None = None
+        self.closed = False
+        self._started = False
+        self._out: list[bytes] = []
+        self._events: deque[Event] = deque()
+        self._next_request = 1
+        self._open_requests: dict[int, tuple[str, str, int]] = {}
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.rounds = 0
+        self._unsubscribe = ledger.subscribe(self._on_commit)
+
+    # --- driving side --------------------------------------------------------
+
+    def start(self) -> None:
+        """Queue our hello. Call once, before anything else is sent."""
+        if self._started:
+            raise LocalProtocolError("session already started")
+        self._started = True
+        self._send_hello()
+
+    def anti_entropy(self) -> None:
+        """Queue a new round: a hello with our digest; the peer asks only if it differs."""
+        self._require_open()
+        self._send_hello()
+
+    def request_rights(self, member: str, purse: str, amount: int) -> int:
+        """Ask the peer for `amount` of rights on a purse; answered by RightsGranted."""
+        self._require_open()
+        if self.peer is None:
+            raise LocalProtocolError("peer has not said hello yet")
+        if len(self._open_requests) >= MAX_OPEN_REQUESTS:
+            raise LocalProtocolError("too many open rights requests")
+        rid = self._next_request
+        self._next_request += 1
+        self._open_requests[rid] = (member, purse, amount)
+        self._queue({"t": "rreq", "id": rid, "member": member, "purse": purse, "amount": amount})
+        return rid
+
+    def data_to_send(self) -> list[bytes]:
+        out, self._out = self._out, []
+        return out
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def close(self) -> None:
+        """Stop forwarding ledger updates to this peer. Idempotent."""
+        if not self.closed:
+            self.closed = True
+            self._unsubscribe()
+            self._out.clear()
+
+    # --- receiving side ---------------------------------------------------------
+
+    def receive(self, frame: bytes) -> None:
+        """Handle one frame from the peer. Raises RemoteProtocolError on anything
+        malformed or out of order; the caller should then close the connection.
+        Nothing is half-applied either way."""
+        self._require_open()
+        msg = unpack(frame)
+        self.bytes_in += len(frame)
+        kind = msg.get("t")
+        if kind != "hello" and self.peer is None:
+            raise RemoteProtocolError(f"{kind!r} before hello")
+        handler = {
+            "hello": self._on_hello,
+            "state": self._on_state,
+            "update": self._on_update,
+            "rreq": self._on_rights_request,
+            "rrep": self._on_rights_reply,
+        }.get(kind)  # type: ignore[arg-type]
+        if handler is None:
+            raise RemoteProtocolError(f"unknown message type {kind!r}")
+        handler(msg)
+
+    def _on_hello(self, msg: dict[str, Any]) -> None:
+        chain = _get(msg, "chain", str)
+        node = _get(msg, "node", str)
+        now = _get(msg, "now", int)
+        digest = _get(msg, "digest", bytes)
+        if chain != self.ledger.chain:
+            raise ForeignChain(f"peer {node} belongs to chain {chain!r}, not {self.ledger.chain!r}")
+        if not NODE_ID.match(node) or node == self.ledger.node:
+            raise RemoteProtocolError(f"peer claims node id {node!r}")
+        if self.expect_node is not None and node != self.expect_node:
+            raise RemoteProtocolError(f"peer claims {node}, expected {self.expect_node}")
+        if self.peer is not None and node != self.peer:
+            raise RemoteProtocolError(f"peer changed its node id from {self.peer} to {node}")
+        skew = now - self.ledger.clock.wall()
+        if self.peer is None:
+            self.peer = node
+            self._events.append(PeerHello(node, chain, skew))
+        if abs(skew) > MAX_CLOCK_SKEW_MS:
+            self._events.append(ClockSkewSeen(node, skew))
+        self.rounds += 1
+        states = self.ledger.state_vectors()
+        if digest != states_digest(states):
+            self._queue({"t": "state", "docs": states})
+
+    def _on_state(self, msg: dict[str, Any]) -> None:
+        docs = _get(msg, "docs", dict)
+        if len(docs) > MAX_DOCS:
+            raise RemoteProtocolError(f"state names {len(docs)} documents (limit {MAX_DOCS})")
+        theirs: dict[str, bytes] = {}
+        for name, sv in docs.items():
+            if not isinstance(name, str) or not DOC_NAME.match(name):
+                raise RemoteProtocolError(f"unknown document {name!r}")
+            decode_state_vector(sv)
+            theirs[name] = bytes(sv)
+        assert self.peer is not None
+        self.ledger.remember_peer(self.peer, theirs)
+        for name, ours in sorted(self.ledger.state_vectors().items()):
+            their_sv = theirs.get(name, b"\x00")
+            if covers(decode_state_vector(their_sv), decode_state_vector(ours)):
+                continue
+            data = self.ledger.diff(name, their_sv)
+            if data != _EMPTY_UPDATE:
+                self._queue({"t": "update", "doc": name, "data": data})
+
+    def _on_update(self, msg: dict[str, Any]) -> None:
+        name = _get(msg, "doc", str)
+        data = _get(msg, "data", bytes)
+        new = self.ledger.apply_remote([(name, data)], origin=self)
+        self._events.append(UpdatesApplied(name, len(data), bool(new)))
+
+    def _on_rights_request(self, msg: dict[str, Any]) -> None:
+        rid = _get(msg, "id", int)
+        member = _get(msg, "member", str)
+        purse = _get(msg, "purse", str)
+        amount = _get(msg, "amount", int)
+        if not ID.match(member) or not PURSE.match(purse) or not 0 < amount < 2**53:
+            raise RemoteProtocolError("malformed rights request")
+        assert self.peer is not None
+        granted = 0
+        try:
+            entry = self.ledger.grant_rights(member, purse, self.peer, amount)
+            granted = int(entry["amount"]) if entry else 0
+        except LedgerError:
+            granted = 0  # unknown member here, or nothing to spare: answer "none"
+        # The transfer's update was queued by _on_commit during grant_rights, so the
+        # peer holds the rights before it reads this reply.
+        self._queue({"t": "rrep", "id": rid, "granted": granted})
+        self._events.append(RightsAnswered(rid, self.peer, member, purse, granted))
+
+    def _on_rights_reply(self, msg: dict[str, Any]) -> None:
+        rid = _get(msg, "id", int)
+        granted = _get(msg, "granted", int)
+        if rid not in self._open_requests or granted < 0:
+            raise RemoteProtocolError(f"reply to unknown rights request {rid}")
+        del self._open_requests[rid]
+        assert self.peer is not None
+        self._events.append(RightsGranted(rid, self.peer, granted))
+
+    # --- internals -----------------------------------------------------------
+
+    def _on_commit(self, doc: str, update: bytes, origin: object) -> None:
+        if origin is self or self.closed or not self._started:
+            return
+        self._queue({"t": "update", "doc": doc, "data": update})
+
+    def _send_hello(self) -> None:
+        self._queue({
+            "t": "hello", "chain": self.ledger.chain, "node": self.ledger.node,
+            "now": self.ledger.clock.wall(),
+            "digest": states_digest(self.ledger.state_vectors()),
+        })
+
+    def _queue(self, message: dict[str, Any]) -> None:
+        frame = pack(message)
+        self.bytes_out += len(frame)
+        self._out.append(frame)
+
+    def _require_open(self) -> None:
+        if self.closed:
+            raise LocalProtocolError("session is closed")
+        if not self._started:
+            raise LocalProtocolError("call start() first")
