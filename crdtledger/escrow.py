@@ -50,7 +50,9 @@ class Transfer:
     amount: int
 
 
-def shortfall_plan(rights: Mapping[str, int], here: str, amount: int, purse: str = "cash") -> list[Transfer]:
+def shortfall_plan(
+    rights: Mapping[str, int], here: str, amount: int, purse: str = "cash"
+) -> list[Transfer]:
     """Who should give how much so that `here` can spend `amount`: richest first.
 
     This is the debit's own shortfall, so a holder may be asked for everything it has.
@@ -82,7 +84,9 @@ def grant_amount(available: int, shortfall: int) -> int:
     return core + keeps // 2
 
 
-def rebalance(rights: Mapping[str, int], visits: Mapping[str, int], purse: str = "cash") -> list[Transfer]:
+def rebalance(
+    rights: Mapping[str, int], visits: Mapping[str, int], purse: str = "cash"
+) -> list[Transfer]:
     """Background moves of rights toward the branches a member visits.
 
     Target: rights in proportion to visits. A holder only gives surplus above its

@@ -18,6 +18,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +59,12 @@ from crdtledger.money import (
     apply_rate,
     check_amount,
     check_count,
+    format_purse,
     format_yuan,
     points_for,
 )
 from crdtledger.projection import entry_change, record_change
-from crdtledger.storage import LoadedDoc, Storage, dumps
+from crdtledger.storage import LoadedDoc, Storage
 
 Listener = Callable[[str, bytes, object], None]
 Mutation = Callable[[LoadedDoc], None]
@@ -476,11 +478,14 @@ class Ledger:
     def find_members(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
         return views.find_members(self.storage.conn, query, limit)
 
-    def _live_member(self, member: str) -> dict[str, Any]:
-        m = self.member(member)
-        if m.get("deleted"):
+    def _live_member(self, member: str) -> None:
+        # On the debit path: one indexed read, not the whole member view.
+        row = self.storage.conn.execute(
+            "SELECT body FROM members WHERE id = ?", (member,)).fetchone()
+        if row is None:
+            raise NotFound(f"unknown member {member}")
+        if json.loads(row[0]).get("deleted"):
             raise InvalidInput(f"member {member} was deleted")
-        return m
 
     # --- cards --------------------------------------------------------------
 
@@ -534,7 +539,12 @@ class Ledger:
         data = json.loads(body)
         return {"id": cid, "card_no": card_no, "member": member, "status": status,
                 "type": data.get("type"), "expiry": data.get("expiry", ""),
-                "has_pin": bool(data.get("pin")), "_pin": data.get("pin", "")}
+                "has_pin": bool(data.get("pin"))}
+
+    def _pin_hash(self, card_id: str) -> str:
+        row = self.storage.conn.execute(
+            "SELECT body FROM cards WHERE id = ?", (card_id,)).fetchone()
+        return str(json.loads(row[0]).get("pin", "")) if row else ""
 
     def use_card(self, card_no: str, pin: str | None = None) -> dict[str, Any]:
         """Resolve a swiped card to its member, refusing lost, replaced, expired cards
@@ -546,7 +556,8 @@ class Ledger:
             raise CardInactive(f"card {card_no} is {card['status']}")
         if card["expiry"] and card["expiry"] < self.today():
             raise CardInactive(f"card {card_no} expired on {card['expiry']}")
-        if card["has_pin"] and (pin is None or not check_secret(pin, card["_pin"])):
+        pin_hash = self._pin_hash(card["id"]) if card["has_pin"] else ""
+        if pin_hash and (pin is None or not check_secret(pin, pin_hash)):
             raise WrongPin(f"wrong PIN for card {card_no}")
         return card
 
@@ -779,7 +790,8 @@ class Ledger:
         self._authorise(operator, "rights.transfer")
         return self._transfer(member, purse, to, check_amount(amount), operator)
 
-    def grant_rights(self, member: str, purse: str, to: str, shortfall: int) -> dict[str, Any] | None:
+    def grant_rights(self, member: str, purse: str, to: str, shortfall: int
+                     ) -> dict[str, Any] | None:
         """Answer a peer's request for rights (see escrow.grant_amount); None if none."""
         if not PURSE.match(purse) or not ID.match(member):
             raise RemoteProtocolError("bad rights request")
@@ -803,7 +815,9 @@ class Ledger:
                             amount=amount, to=to, op=operator)
         own = self._rights(member, purse).get(self.node, 0)
         if amount > own:
-            raise InsufficientFunds(purse, own, amount)
+            raise InvalidAmount(
+                f"this branch holds {format_purse(purse, own)} of the member's {purse}; "
+                f"it cannot give {format_purse(purse, amount)}")
         return self._post(entry, {purse: amount})
 
     def redeem_points(self, operator: str, member: str, points: int, gift: str = ""
@@ -910,12 +924,12 @@ def _text(value: Any, what: str, *, required: bool = False, limit: int = MAX_TEX
         value = ""
     if not isinstance(value, str):
         raise InvalidInput(f"{what} must be text")
-    value = value.strip()
-    if required and not value:
+    text: str = value.strip()
+    if required and not text:
         raise InvalidInput(f"{what} is required")
-    if len(value) > limit:
+    if len(text) > limit:
         raise InvalidInput(f"{what} is longer than {limit} characters")
-    return value
+    return text
 
 
 def _check_date(value: str, what: str) -> None:
@@ -949,7 +963,7 @@ def _member_fields(fields: Mapping[str, Any], *, creating: bool) -> dict[str, An
     for k in ("birthday", "anniversary"):
         if out.get(k) and not re.match(r"^(\d{4}-)?\d{2}-\d{2}$", out[k]):
             raise InvalidInput(f"{k} must look like 1990-05-17 or 05-17")
-    if "home" in out and out["home"]:
+    if out.get("home"):
         check_node_id(out["home"])
     return out
 
@@ -974,7 +988,8 @@ def _check_rule(kind: str, body: Any) -> None:
             assert isinstance(body, list) and body
             for lv in body:
                 check_amount(int(lv["threshold"]), allow_zero=True)
-                assert 0 < float(lv["discount"]) <= 1 and float(lv["points_multiplier"]) >= 0
+                assert 0 < Decimal(str(lv["discount"])) <= 1
+                assert Decimal(str(lv["points_multiplier"])) >= 0
                 assert isinstance(lv["name"], str)
         elif kind == "promotions":
             assert isinstance(body, list)
@@ -982,7 +997,7 @@ def _check_rule(kind: str, body: Any) -> None:
                 check_amount(int(p["min"]))
                 check_amount(int(p["bonus"]))
         elif kind == "earn":
-            assert float(body["points_per_yuan"]) >= 0 and int(body["expire_days"]) >= 0
+            assert Decimal(str(body["points_per_yuan"])) >= 0 and int(body["expire_days"]) >= 0
         elif kind == "conversion":
             assert int(body["points_per_yuan"]) > 0
         elif kind == "approval":
@@ -992,7 +1007,7 @@ def _check_rule(kind: str, body: Any) -> None:
             assert body["basis"] in ("topped", "spent")
         else:
             assert isinstance(body, dict)
-    except (AssertionError, KeyError, TypeError, ValueError, LedgerError) as e:
+    except (AssertionError, KeyError, TypeError, ValueError, ArithmeticError, LedgerError) as e:
         raise InvalidInput(f"rule {kind} is malformed: {e or 'bad shape'}") from None
 
 

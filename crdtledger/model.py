@@ -96,7 +96,7 @@ BUILTIN_ROLES: dict[str, frozenset[str]] = {
 # Default rules, used until the chain writes its own version of a kind. Kept in code
 # rather than written at init so that every node starts from the same rules without
 # each writing a copy.
-DEFAULT_RULES: dict[str, dict[str, Any]] = {
+DEFAULT_RULES: dict[str, Any] = {
     "services": {
         "FOOT60": {"name": "足疗 60 分钟", "price": 12800},
         "BODY90": {"name": "全身按摩 90 分钟", "price": 19800},

@@ -105,8 +105,8 @@ class Change:
 class LoadedDoc:
     def __init__(self, name: str, client_id: int) -> None:
         self.name = name
-        self.doc: Doc = Doc(client_id=client_id)
-        self.roots: dict[str, Map] = {r: self.doc.get(r, type=Map) for r in roots_of(name)}
+        self.doc: Doc[Any] = Doc(client_id=client_id)
+        self.roots: dict[str, Map[Any]] = {r: self.doc.get(r, type=Map) for r in roots_of(name)}
         self.updates: list[bytes] = []
         self.change = Change()
         self._observing = False

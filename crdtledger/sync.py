@@ -163,7 +163,7 @@ def unpack(frame: bytes) -> dict[str, Any]:
 
 def _get(msg: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     value = msg.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise RemoteProtocolError(f"{msg.get('t')} message: field {key!r} missing or malformed")
     return value
 

@@ -221,7 +221,10 @@ def settlement(ledger: Ledger, start: str | None = None, end: str | None = None
         pairs.append({"owes": debtor, "to": creditor, "amount": abs(net)})
         position[debtor] -= abs(net)
         position[creditor] += abs(net)
-    return {"pairs": pairs, "net": dict(sorted(position.items())),
+    matrix: dict[str, dict[str, int]] = {}
+    for pair in pairs:
+        matrix.setdefault(pair["owes"], {})[pair["to"]] = pair["amount"]
+    return {"pairs": pairs, "matrix": matrix, "net": dict(sorted(position.items())),
             "total": sum(position.values())}
 
 
