@@ -11,7 +11,7 @@ hop. An update that adds nothing is not re-announced, so relays die out.
 Conversation (every message: msgpack map with protocol version ``v`` and type ``t``):
 
     hello   {chain, node, now, digest}    first, and again for each anti-entropy round
-    state   {docs: {name: state vector}}  only when the digests differ
+    state   {docs: {name: state vector}, reply}  when digests differ; answered once
     update  {doc, data}                   what the peer lacks / each new update
     rreq    {id, member, purse, amount}   "I am short of rights on this purse"
     rrep    {id, granted}                 the transfer entry's update was sent before
@@ -286,13 +286,18 @@ class SyncSession:
             theirs[name] = bytes(sv)
         assert self.peer is not None
         self.ledger.remember_peer(self.peer, theirs)
-        for name, ours in sorted(self.ledger.state_vectors().items()):
+        states = self.ledger.state_vectors()
+        for name, ours in sorted(states.items()):
             their_sv = theirs.get(name, b"\x00")
             if covers(decode_state_vector(their_sv), decode_state_vector(ours)):
                 continue
             data = self.ledger.diff(name, their_sv)
             if data != _EMPTY_UPDATE:
                 self._queue({"t": "update", "doc": name, "data": data})
+        # The peer's state answered our hello; answer with ours so it can send what
+        # we lack. A reply is not answered again, which ends the round.
+        if not msg.get("reply") and states != theirs:
+            self._queue({"t": "state", "docs": states, "reply": True})
 
     def _on_update(self, msg: dict[str, Any]) -> None:
         name = _get(msg, "doc", str)
