@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from crdtledger.errors import CorruptSyncFile, ForeignChain, RemoteProtocolError
+from crdtledger.hlc import NODE_ID
 from crdtledger.model import DOC_NAME
 from crdtledger.sync import MAX_DOCS, covers, decode_state_vector
 
@@ -37,9 +38,14 @@ MAGIC = b"CRDTLEDGER-SYNC "
 MAX_FILE_BYTES = 2 * 1024**3
 
 
-def export_file(ledger: Ledger, path: Path | str, for_node: str | None = None) -> dict[str, Any]:
+def export_file(ledger: Ledger, path: Path | str, for_node: str | None = None, *,
+                operator: str | None = None) -> dict[str, Any]:
     """Write what `for_node` lacks (as last seen in a file or session from it), or
-    everything when no node is named or nothing is known of it."""
+    everything when no node is named or nothing is known of it.
+
+    A sync file carries every member's data, so it needs the `sync` permission;
+    `operator` None is the node's owner at its own console."""
+    ledger.authorise(operator or ledger.owner, "sync")
     known = ledger.storage.peer_states(for_node) if for_node else None
     theirs = known or {}
     updates = []
@@ -104,8 +110,10 @@ def read_file(path: Path | str, chain: str) -> dict[str, Any]:
     if not isinstance(states, dict) or not isinstance(updates, list) or len(updates) > MAX_DOCS:
         raise CorruptSyncFile(f"{path} has a damaged body")
     try:
+        if not isinstance(node, str) or not NODE_ID.match(node):
+            raise RemoteProtocolError(f"sender node {str(node)[:40]!r}")
         for name, sv in states.items():
-            if not DOC_NAME.match(name):
+            if not isinstance(name, str) or not DOC_NAME.match(name):
                 raise RemoteProtocolError(name)
             decode_state_vector(sv)
         for item in updates:
@@ -118,8 +126,10 @@ def read_file(path: Path | str, chain: str) -> dict[str, Any]:
             "created": data.get("created")}
 
 
-def import_file(ledger: Ledger, path: Path | str) -> dict[str, Any]:
+def import_file(ledger: Ledger, path: Path | str, *, operator: str | None = None
+                ) -> dict[str, Any]:
     """Apply a sync file all or nothing; returns which documents gained something."""
+    ledger.authorise(operator or ledger.owner, "sync")
     data = read_file(path, ledger.chain)
     try:
         new = ledger.apply_remote(data["updates"], origin="file")

@@ -1,0 +1,74 @@
+"""Shared fixtures: the `crdtledger` CLI run as a real process against real SQLite files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+
+CLI_TIMEOUT_S = 60  # a store lock waits 10 s at most; anything longer is a hang
+
+
+class CliResult(NamedTuple):
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        assert self.code == 0, f"exit {self.code}: {self.err}"
+        return json.loads(self.out)
+
+
+Cli = Callable[..., CliResult]
+
+
+def cli_command(*args: str | os.PathLike[str]) -> list[str]:
+    """The argv of one CLI run; `python -m peer` needs no installed console script."""
+    return [sys.executable, "-m", "peer", *map(str, args)]
+
+
+def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The test's environment minus any CRDTLEDGER_* of the developer's shell."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CRDTLEDGER_")}
+    env["PYTHONIOENCODING"] = "utf-8"
+    env.update(extra or {})
+    return env
+
+
+def run_cli(*args: str | os.PathLike[str], data: Path | None = None,
+            env: Mapping[str, str] | None = None, timeout: float = CLI_TIMEOUT_S,
+            cwd: Path | None = None) -> CliResult:
+    """Run the CLI to completion; `data` appends --data DIR."""
+    argv = cli_command(*args, *(("--data", data) if data is not None else ()))
+    proc = subprocess.run(argv, capture_output=True, text=True, encoding="utf-8",
+                          env=cli_env(env), cwd=cwd, timeout=timeout, check=False)
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> Cli:
+    """cli(*args, data=DIR, env={...}) -> CliResult(code, out, err), run in tmp_path."""
+
+    def run(*args: str | os.PathLike[str], **kwargs: Any) -> CliResult:
+        return run_cli(*args, cwd=tmp_path, **kwargs)
+
+    return run
+
+
+@pytest.fixture
+def make_node(cli: Cli, tmp_path: Path) -> Callable[..., Path]:
+    """make_node("SH01", chain="default") -> the data directory of a new node."""
+
+    def make(node: str, chain: str = "default") -> Path:
+        data = tmp_path / node.lower() if chain == "default" else tmp_path / f"{chain}-{node}"
+        r = cli("init", "--node", node, "--chain", chain, data=data)
+        assert r.code == 0, r.err
+        return data
+
+    return make
