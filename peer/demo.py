@@ -51,22 +51,25 @@ class Demo:
             raise SystemExit(f"demo step failed: {shlex.join(cmd)}\n{out}")
         return proc.stdout
 
-    def json(self, *args: str) -> Any:
-        return json.loads(self.cli(*args, "--json", show=False))
+    def json(self, *args: str, show: bool = False) -> Any:
+        return json.loads(self.cli(*args, "--json", show=show))
 
-    def sync(self, src: str, dst: str) -> None:
+    def sync(self, src: str, dst: str, show: bool = True) -> None:
         self.files.mkdir(parents=True, exist_ok=True)
         f = str(self.files / f"{src}-to-{dst}.sync")
-        self.cli("export", "--data", self.data(src), "--out", f, "--for", dst)
-        self.cli("import", "--data", self.data(dst), f)
+        self.cli("export", "--data", self.data(src), "--out", f, "--for", dst, show=show)
+        self.cli("import", "--data", self.data(dst), f, show=show)
 
     def sync_all(self) -> None:
         print("\n# Every branch exports what the next one lacks; the next one imports it.")
-        order = list(BRANCHES)
-        for a, b in zip(order, order[1:] + order[:1], strict=True):
+        ring = list(BRANCHES)
+        hops = list(zip(ring, ring[1:] + ring[:1], strict=True))
+        for a, b in hops:
             self.sync(a, b)
-        for a, b in zip(order, order[1:] + order[:1], strict=True):
-            self.sync(a, b)
+        # Twice round the ring, so what the last branch had reaches the first ones too.
+        for a, b in hops:
+            self.sync(a, b, show=False)
+        print(f"\n# (and once more round the ring: {' → '.join([*ring, ring[0]])})")
 
     def member_id(self, node: str, phone: str) -> str:
         found = self.json("member", "find", "--data", self.data(node), phone)
@@ -82,7 +85,7 @@ class Demo:
         print("\n# Members register and top up at their home branch.")
         for name, phone, home, amount, card in MEMBERS:
             mid = self.json("member", "add", "--data", self.data(home), "--name", name,
-                            "--phone", phone)["member_id"]
+                            "--phone", phone, show=True)["member_id"]
             self.cli("card", "issue", "--data", self.data(home), "--member", mid, "--card", card)
             self.cli("topup", "--data", self.data(home), "--member", mid, "--amount", amount)
         self.sync_all()
