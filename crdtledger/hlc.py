@@ -21,7 +21,8 @@ _COUNTER_BITS = 16
 _COUNTER_MAX = (1 << _COUNTER_BITS) - 1
 
 _B32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford's alphabet, as in ULID
-NODE_ID = re.compile(r"^[A-Z0-9][A-Z0-9_]{0,15}$")
+# \Z, not $: "$" also matches before a trailing newline ("SH01\n").
+NODE_ID = re.compile(r"^[A-Z0-9][A-Z0-9_]{0,15}\Z")
 
 
 def check_node_id(node: str) -> str:

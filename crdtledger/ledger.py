@@ -22,7 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from pycrdt import Array, Map
+from pycrdt import Array, Doc, Map, get_update
 
 from crdtledger import escrow, views
 from crdtledger.errors import (
@@ -63,8 +63,9 @@ from crdtledger.money import (
     format_yuan,
     points_for,
 )
-from crdtledger.projection import entry_change, record_change
+from crdtledger.projection import entry_change, project_deferred, record_change
 from crdtledger.storage import LoadedDoc, Storage
+from crdtledger.sync import decode_state_vector
 
 Listener = Callable[[str, bytes, object], None]
 Mutation = Callable[[LoadedDoc], None]
@@ -116,7 +117,7 @@ class Ledger:
     def create(cls, data_dir: Path | str, node: str, chain: str = "default",
                timezone: str = "Asia/Shanghai") -> None:
         check_node_id(node)
-        if not re.match(r"^[A-Za-z0-9._-]{1,64}$", chain):
+        if not re.match(r"^[A-Za-z0-9._-]{1,64}\Z", chain):
             raise InvalidInput(f"chain id {chain!r} must be 1-64 letters, digits, . _ -")
         try:
             Storage.create(Path(data_dir), node, chain, timezone)
@@ -228,19 +229,29 @@ class Ledger:
                 ld = st.doc(name)
                 before = ld.doc.get_state()
                 try:
+                    if _skips_clocks(before, bytes(data)):
+                        continue  # wait for the diff that fills the gap (anti-entropy)
                     ld.doc.apply_update(bytes(data))
                 except BaseException as e:  # pyo3 panics are BaseExceptions
                     if isinstance(e, KeyboardInterrupt | SystemExit):
                         raise
                     raise RemoteProtocolError(f"malformed update for {name}: {e}") from None
                 _, change = ld.take()
-                if ld.doc.get_state() == before:
+                # Yrs integrates a Map entry that arrives ahead of its writer's earlier
+                # updates (and fires its event) without moving the state vector, which
+                # counts only each writer's contiguous prefix: such an update is new even
+                # though the state is not. get_update(before) would not carry that entry
+                # (replayed, it is lost), so log and relay the update as received.
+                moved = ld.doc.get_state() != before
+                if not moved and not change.added and not change.touched:
                     continue  # nothing new (a duplicate, or still waiting on a dependency)
-                delta = bytes(ld.doc.get_update(before))
+                delta = bytes(ld.doc.get_update(before)) if moved else bytes(data)
                 self._project(ld, change)
                 st.record(ld, [delta])
                 new.append((name, delta))
                 touched.append(name)
+            if touched:
+                project_deferred(st.conn, st.day_of)  # entries whose funding just came
             st.set_meta("hlc", str(self.clock.last))
         self._notify(new, origin)
         for name in dict.fromkeys(touched):
@@ -277,7 +288,7 @@ class Ledger:
                 perms |= BUILTIN_ROLES.get(role, frozenset())
         return frozenset(perms)
 
-    def _authorise(self, operator: str, permission: str) -> None:
+    def authorise(self, operator: str, permission: str) -> None:
         if permission not in self.permissions(operator):
             raise PermissionDenied(f"operator {operator} may not {permission}")
 
@@ -314,7 +325,7 @@ class Ledger:
 
     def set_rule(self, operator: str, kind: str, body: Any, effective_from: str | None = None
                  ) -> str:
-        self._authorise(operator, "rules.manage")
+        self.authorise(operator, "rules.manage")
         if kind not in RULE_KINDS:
             raise InvalidInput(f"unknown rule kind {kind!r}; one of {sorted(RULE_KINDS)}")
         _check_rule(kind, body)
@@ -332,9 +343,9 @@ class Ledger:
 
     def add_operator(self, operator: str, name: str, password: str,
                      roles: Iterable[str] = ("cashier",)) -> str:
-        self._authorise(operator, "operators.manage")
+        self.authorise(operator, "operators.manage")
         name = _text(name, "operator name", required=True, limit=40)
-        if len(password) < 6:
+        if not isinstance(password, str) or len(password) < 6:
             raise InvalidInput("password must have at least 6 characters")
         if self._operator_by_name(name) is not None:
             raise InvalidInput(f"an operator named {name} exists already")
@@ -349,13 +360,15 @@ class Ledger:
 
     def set_operator(self, operator: str, target: str, *, password: str | None = None,
                      roles: Mapping[str, bool] | None = None, active: bool | None = None) -> None:
-        self._authorise(operator, "operators.manage")
+        self.authorise(operator, "operators.manage")
         if self.storage.conn.execute(
             "SELECT 1 FROM operators WHERE id = ?", (target,)
         ).fetchone() is None:
             raise NotFound(f"no operator {target}")
         for r in roles or {}:
             self._check_role_exists(r)
+        if password is not None and (not isinstance(password, str) or len(password) < 6):
+            raise InvalidInput("password must have at least 6 characters")
         pw = hash_secret(password) if password is not None else None
 
         def mutate(ld: LoadedDoc) -> None:
@@ -370,7 +383,7 @@ class Ledger:
         self._commit([("operators", mutate)])
 
     def define_role(self, operator: str, name: str, permissions: Iterable[str]) -> None:
-        self._authorise(operator, "operators.manage")
+        self.authorise(operator, "operators.manage")
         perms = set(permissions)
         unknown = perms - PERMISSIONS
         if unknown:
@@ -417,7 +430,7 @@ class Ledger:
                    notes: str = "", tags: Iterable[str] = (),
                    prefs: Mapping[str, str] | None = None,
                    custom: Mapping[str, str] | None = None) -> str:
-        self._authorise(operator, "member.add")
+        self.authorise(operator, "member.add")
         fields = _member_fields(
             {"name": name, "phone": phone, "gender": gender, "birthday": birthday,
              "anniversary": anniversary, "home": home or self.node, "notes": notes},
@@ -448,14 +461,18 @@ class Ledger:
                     tags_add: Iterable[str] = (), tags_remove: Iterable[str] = ()) -> None:
         """Field by field, so concurrent edits of different fields at two branches
         both survive (each field is its own key in the member's Map)."""
-        self._authorise(operator, "member.edit")
+        self.authorise(operator, "member.edit")
         self.member(member)
         fields = dict(fields or {})
         if "level" in fields:
-            self._authorise(operator, "member.upgrade")
+            self.authorise(operator, "member.upgrade")
         if "deleted" in fields:
-            self._authorise(operator, "member.delete")
+            self.authorise(operator, "member.delete")
         f = _member_fields(fields, creating=False)
+        if f.get("phone") and self.storage.conn.execute(
+            "SELECT 1 FROM members WHERE phone = ? AND id != ?", (f["phone"], member)
+        ).fetchone():
+            raise InvalidInput(f"phone {f['phone']} is registered to another member")
         prefs_d = _prefs(prefs or {})
         custom_d = {_text(k, "field name", limit=40): _text(v, k) for k, v in
                     (custom or {}).items()}
@@ -492,7 +509,7 @@ class Ledger:
     def issue_card(self, operator: str, member: str, card_no: str, *,
                    card_type: str = "stored_value", pin: str | None = None,
                    expiry: str = "", fee: int = 0) -> str:
-        self._authorise(operator, "card.issue")
+        self.authorise(operator, "card.issue")
         self._live_member(member)
         card_no = _card_no(card_no)
         if card_type not in CARD_TYPES:
@@ -512,7 +529,7 @@ class Ledger:
 
     def _card_record(self, cid: str, member: str, card_no: str, card_type: str,
                      pin: str | None, expiry: str) -> dict[str, Any]:
-        if pin is not None and not re.match(r"^\d{4,8}$", pin):
+        if pin is not None and not re.match(r"^[0-9]{4,8}\Z", pin):
             raise InvalidInput("a card PIN is 4 to 8 digits")
         return {"card_no": card_no, "member": member, "type": card_type,
                 "pin": hash_secret(pin) if pin else "", "expiry": expiry, "node": self.node,
@@ -528,6 +545,7 @@ class Ledger:
 
     def card(self, card_no: str) -> dict[str, Any]:
         """The card with this number: the active one if any, else the newest."""
+        card_no = _card_no(card_no)  # stored upper-case by issue_card
         rows = self.storage.conn.execute(
             "SELECT id, member, status, body FROM cards WHERE card_no = ? "
             "ORDER BY status = 'active' DESC, status = 'lost' DESC, id DESC",
@@ -563,7 +581,7 @@ class Ledger:
 
     def _card_event(self, operator: str, permission: str, card_no: str, status: str,
                     allowed_from: tuple[str, ...], note: str = "") -> str:
-        self._authorise(operator, permission)
+        self.authorise(operator, permission)
         card = self.card(card_no)
         if card["status"] not in allowed_from:
             raise InvalidInput(f"card {card_no} is {card['status']}; cannot mark it {status}")
@@ -584,7 +602,7 @@ class Ledger:
     def replace_card(self, operator: str, old_no: str, new_no: str, *,
                      pin: str | None = None) -> str:
         """补卡: a new card for the same member; the purses belong to the member and stay."""
-        self._authorise(operator, "card.replace")
+        self.authorise(operator, "card.replace")
         old = self.card(old_no)
         if old["status"] not in ("active", "lost"):
             raise InvalidInput(f"card {old_no} is {old['status']}; cannot replace it")
@@ -608,7 +626,9 @@ class Ledger:
     def _entry(self, kind: str, member: str, *, deltas: Sequence[tuple[str, str, int]] = (),
                amount: int = 0, **extra: Any) -> dict[str, Any]:
         eid = self.clock.mint()
-        for v in extra.values():
+        # `amount` too: an entry out of range would be quarantined by every replica
+        # (model.normalise_entry) after the operation was acknowledged here.
+        for v in (amount, *extra.values()):
             if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v <= MAX_AMOUNT:
                 raise InvalidAmount(f"value {v} out of range")
         entry: dict[str, Any] = {
@@ -649,7 +669,7 @@ class Ledger:
               approver: tuple[str, str] | None = None, card: str | None = None,
               pin: str | None = None) -> dict[str, Any]:
         """充值: the cash paid becomes stored value here, plus any promotion's bonus."""
-        self._authorise(operator, "topup")
+        self.authorise(operator, "topup")
         amount = check_amount(amount)
         member = self._resolve(member, card, pin)
         approved = None
@@ -672,7 +692,7 @@ class Ledger:
         """扣费 / 消费. A plain `amount` is charged as given; a `service` from the price
         list gets the member's level discount. Stored value is spent cash first, then
         bonus. Points are earned on what is paid, by level multiplier."""
-        self._authorise(operator, "debit")
+        self.authorise(operator, "debit")
         member = self._resolve(member, card, pin)
         if pay not in ("stored", "package", "cash"):
             raise InvalidInput("pay must be stored, package or cash")
@@ -705,6 +725,11 @@ class Ledger:
             deltas = [("cash", self.node, -from_cash), ("bonus", self.node, -from_bonus)]
         elif pay == "package":
             package = package or self._find_package(member, service, qty)
+            row = self.storage.conn.execute(
+                "SELECT service FROM entries WHERE id = ? AND kind = 'package' AND member = ?",
+                (package, member)).fetchone()
+            if row is None or row[0] != service:
+                raise InvalidInput(f"{package} is not a {service} package of this member")
             needs = {f"pkg:{package}": qty}
             deltas = [(f"pkg:{package}", self.node, -qty)]
         deltas.append(("points", self.node, points))
@@ -743,7 +768,7 @@ class Ledger:
                reason: str = "") -> dict[str, Any]:
         """退款. A debit's refund rights stay with the branch that made the debit, so two
         branches can never both refund the same consumption."""
-        self._authorise(operator, "refund")
+        self.authorise(operator, "refund")
         row = self.storage.conn.execute(
             "SELECT body FROM entries WHERE id = ? AND kind = 'debit'", (debit_id,)
         ).fetchone()
@@ -766,7 +791,8 @@ class Ledger:
         qty = None
         if debit.get("pay") == "stored":
             cash_taken = -sum(c for p, _n, c in debit["deltas"] if p == "cash")
-            cash_back = -sum(c for q in prior for p, _n, c in q["deltas"] if p == "cash")
+            # Earlier refunds credited cash (positive deltas): what is already back.
+            cash_back = sum(c for q in prior for p, _n, c in q["deltas"] if p == "cash")
             to_cash = min(amount, cash_taken - cash_back)
             deltas += [("cash", self.node, to_cash), ("bonus", self.node, amount - to_cash)]
         elif debit.get("pay") == "package":
@@ -787,7 +813,7 @@ class Ledger:
                         purse: str = "cash") -> dict[str, Any]:
         """Give some of this node's rights on a purse to another branch. Only the holder
         can give its rights away, so this runs at the giving node."""
-        self._authorise(operator, "rights.transfer")
+        self.authorise(operator, "rights.transfer")
         return self._transfer(member, purse, to, check_amount(amount), operator)
 
     def grant_rights(self, member: str, purse: str, to: str, shortfall: int
@@ -822,7 +848,7 @@ class Ledger:
 
     def redeem_points(self, operator: str, member: str, points: int, gift: str = ""
                       ) -> dict[str, Any]:
-        self._authorise(operator, "points.redeem")
+        self.authorise(operator, "points.redeem")
         points = check_count(points, "points")
         self._live_member(member)
         entry = self._entry("redeem", member, deltas=[("points", self.node, -points)],
@@ -831,7 +857,7 @@ class Ledger:
 
     def convert_points(self, operator: str, member: str, points: int) -> dict[str, Any]:
         """积分转储值: points become bonus value at the chain's conversion rate."""
-        self._authorise(operator, "points.redeem")
+        self.authorise(operator, "points.redeem")
         points = check_count(points, "points")
         self._live_member(member)
         per_yuan = int(self.rule("conversion")["points_per_yuan"])
@@ -846,7 +872,7 @@ class Ledger:
     def correct(self, operator: str, member: str, purse: str, change: int, reason: str,
                 approver: tuple[str, str] | None = None) -> dict[str, Any]:
         """An approved manual adjustment; a decrease still needs this node's rights."""
-        self._authorise(operator, "adjust")
+        self.authorise(operator, "adjust")
         if not PURSE.match(purse):
             raise InvalidInput(f"unknown purse {purse!r}")
         if isinstance(change, bool) or not isinstance(change, int) or change == 0:
@@ -865,7 +891,7 @@ class Ledger:
     def sell_package(self, operator: str, member: str, service: str, uses: int, price: int,
                      pay: str = "cash") -> dict[str, Any]:
         """计次卡: `uses` of a service, paid at the till or from stored value."""
-        self._authorise(operator, "package.sell")
+        self.authorise(operator, "package.sell")
         if service not in self.rule("services"):
             raise NotFound(f"no service {service} in the price list")
         uses = check_count(uses, "uses")
@@ -890,7 +916,7 @@ class Ledger:
 
     def expire_points(self, operator: str, member: str) -> dict[str, Any] | None:
         """Write off points past their expiry, as far as this node holds them."""
-        self._authorise(operator, "adjust")
+        self.authorise(operator, "adjust")
         due = views.points(self, member)["expired_unwritten"]
         own = self._rights(member, "points").get(self.node, 0)
         n = min(due, own)
@@ -917,6 +943,37 @@ class Ledger:
         if row is None:
             raise NotFound(f"no entry {entry_id}")
         return dict(json.loads(row[0]))
+
+
+def _varuint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _skips_clocks(state: bytes, update: bytes) -> bool:
+    """True if `update` holds a writer's changes past a gap in what we have of that
+    writer (it was sent after updates we never received).
+
+    Yrs integrates such changes behind a hole without moving the state vector and,
+    for later edits inside them, without firing events: the projection would miss
+    them for good. So they are refused whole; the diff of the next hello/state round
+    brings them with what precedes them. Checked on a scratch document that holds our
+    clocks as garbage-collected ranges, so the cost is the update's, not the doc's.
+    """
+    clocks = [(c, k) for c, k in decode_state_vector(state).items() if k > 0]
+    prefix = _varuint(len(clocks)) + b"".join(
+        _varuint(1) + _varuint(c) + _varuint(0) + b"\x00" + _varuint(k) for c, k in clocks
+    ) + b"\x00"
+    probe: Doc[Any] = Doc()
+    probe.apply_update(prefix)
+    probe.apply_update(update)
+    # What the probe holds beyond its own state vector: blocks integrated past a hole.
+    beyond = get_update(probe.get_update(), probe.get_state())
+    return beyond[0] != 0
 
 
 def _text(value: Any, what: str, *, required: bool = False, limit: int = MAX_TEXT) -> str:
@@ -953,7 +1010,9 @@ def _member_fields(fields: Mapping[str, Any], *, creating: bool) -> dict[str, An
     out: dict[str, Any] = {}
     for k, v in fields.items():
         if k == "deleted":
-            out[k] = bool(v)
+            if not isinstance(v, bool):  # bool("false") is True: a form's text must not delete
+                raise InvalidInput(f"deleted must be true or false, not {v!r}")
+            out[k] = v
             continue
         out[k] = _text(v, k, required=k == "name" or (creating and k == "phone"))
     if "phone" in out and out["phone"] and not PHONE.match(out["phone"]):
@@ -975,29 +1034,39 @@ def _prefs(prefs: Mapping[str, str]) -> dict[str, str]:
     return {k: _text(v, k, limit=60) for k, v in prefs.items()}
 
 
+def _whole(value: Any) -> int:
+    """A rule's amount in fen: int() would silently cut 12.7 (or yuan typed as 128.5)."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise InvalidAmount(f"{value!r} is not a whole number of fen")
+    return int(value)
+
+
 def _check_rule(kind: str, body: Any) -> None:
     """Enough shape checking that a bad rule cannot break operations at other nodes."""
     try:
         if kind == "services":
             assert isinstance(body, dict) and body
             for code, svc in body.items():
-                assert re.match(r"^[A-Za-z0-9_-]{1,20}$", code)
-                check_amount(int(svc["price"]), allow_zero=True)
+                assert re.match(r"^[A-Za-z0-9_-]{1,20}\Z", code)
+                check_amount(_whole(svc["price"]), allow_zero=True)
                 assert isinstance(svc.get("name", ""), str)
         elif kind == "levels":
             assert isinstance(body, list) and body
             for lv in body:
                 check_amount(int(lv["threshold"]), allow_zero=True)
                 assert 0 < Decimal(str(lv["discount"])) <= 1
-                assert Decimal(str(lv["points_multiplier"])) >= 0
+                # Bounded, so finite: an "Infinity" multiplier or earn rate would
+                # overflow in every debit at every branch once the rule replicates.
+                assert 0 <= Decimal(str(lv["points_multiplier"])) <= 100
                 assert isinstance(lv["name"], str)
         elif kind == "promotions":
             assert isinstance(body, list)
             for p in body:
-                check_amount(int(p["min"]))
-                check_amount(int(p["bonus"]))
+                check_amount(_whole(p["min"]))
+                check_amount(_whole(p["bonus"]))
         elif kind == "earn":
-            assert Decimal(str(body["points_per_yuan"])) >= 0 and int(body["expire_days"]) >= 0
+            assert 0 <= Decimal(str(body["points_per_yuan"])) <= 1000
+            assert 0 <= int(body["expire_days"]) <= 36500  # far below timedelta's limit
         elif kind == "conversion":
             assert int(body["points_per_yuan"]) > 0
         elif kind == "approval":

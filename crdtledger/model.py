@@ -25,10 +25,11 @@ from crdtledger.hlc import NODE_ID
 from crdtledger.money import MAX_AMOUNT, from_crdt
 
 MEMBER_SHARDS = 32
-DOC_NAME = re.compile(r"^(ledger/\d{4}-(0[1-9]|1[0-2])|members/[0-9]{2}|rules|operators)$")
-ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{13}\.[A-Z0-9][A-Z0-9_]{0,15}$")
-PURSE = re.compile(r"^(cash|bonus|points|pkg:[0-9A-HJKMNP-TV-Z]{13}\.[A-Z0-9_]{1,16})$")
-DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# Anchored with \Z: "$" would also accept a name with a trailing newline ("rules\n").
+DOC_NAME = re.compile(r"^(ledger/[0-9]{4}-(0[1-9]|1[0-2])|members/[0-9]{2}|rules|operators)\Z")
+ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{13}\.[A-Z0-9][A-Z0-9_]{0,15}\Z")
+PURSE = re.compile(r"^(cash|bonus|points|pkg:[0-9A-HJKMNP-TV-Z]{13}\.[A-Z0-9_]{1,16})\Z")
+DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
 
 MONEY_PURSES = ("cash", "bonus")
 
@@ -223,7 +224,9 @@ def normalise(value: Any) -> Any:
     """Turn a plain value read back from pycrdt into exact Python: integral floats -> int."""
     if isinstance(value, float):
         return int(value) if value.is_integer() and abs(value) <= MAX_AMOUNT else value
-    if isinstance(value, Mapping):
+    if isinstance(value, str | int) or value is None:
+        return value  # most leaves: skip the (slow) abstract Mapping check below
+    if isinstance(value, dict | Mapping):
         return {str(k): normalise(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [normalise(v) for v in value]

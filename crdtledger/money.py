@@ -15,7 +15,8 @@ from crdtledger.errors import InvalidAmount
 # 2**64 and above panic inside Rust. Every count or amount we write stays well inside.
 MAX_AMOUNT = 10**13  # 100 billion yuan in fen: far above any card, far below 2**53
 
-_YUAN = re.compile(r"^(\d{1,11})(?:\.(\d{1,2}))?$")
+# ASCII digits only: `\d` would also take full-width and other Unicode digits ("１２").
+_YUAN = re.compile(r"^([0-9]{1,11})(?:\.([0-9]{1,2}))?$")
 
 
 def parse_yuan(text: str) -> int:
@@ -25,7 +26,7 @@ def parse_yuan(text: str) -> int:
     s = text.strip()
     m = _YUAN.match(s)
     if not m:
-        if re.match(r"^\d+\.\d{3,}$", s):
+        if re.match(r"^[0-9]+\.[0-9]{3,}$", s):
             raise InvalidAmount(f"amount {text!r} has more than two decimals (fen)")
         raise InvalidAmount(f"amount {text!r} is not a positive yuan amount like 12.34")
     fen = int(m.group(1)) * 100 + int((m.group(2) or "0").ljust(2, "0"))

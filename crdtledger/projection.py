@@ -53,22 +53,88 @@ def project_entry(conn: sqlite3.Connection, entry: dict[str, Any], day: str, sig
         )
 
 
+def _entry_value(value: Any) -> Any:
+    """An entry is an immutable value. A shared type (a nested Map from a misbehaving
+    peer) could be edited in place later, which no root event reports, so replicas
+    that saw the edits together or apart would project different entries."""
+    if hasattr(value, "to_py"):
+        raise InvalidRecord("entry is a shared type, not an immutable value")
+    return normalise(value)
+
+
 def entry_change(conn: sqlite3.Connection, doc: str, key: str, old: Any, new: Any,
                  day_of: Any) -> dict[str, Any] | None:
     """Project an added (or, from a misbehaving peer, rewritten) entry; None if invalid."""
-    if old is not None:
+    if old is not None and not conn.execute(
+            "DELETE FROM deferred WHERE doc = ? AND key = ?", (doc, key)).rowcount:
         try:
-            prev = normalise_entry(key, _as_plain(old))
+            prev = normalise_entry(key, _entry_value(old))
             project_entry(conn, prev, day_of(prev["at"]), -1)
         except InvalidRecord:
             conn.execute("DELETE FROM quarantine WHERE doc = ? AND key = ?", (doc, key))
     try:
-        entry = normalise_entry(key, _as_plain(new))
+        entry = normalise_entry(key, _entry_value(new))
     except InvalidRecord as e:
         conn.execute("INSERT OR REPLACE INTO quarantine VALUES (?,?,?)", (doc, key, str(e)))
         return None
+    if not _funded(conn, [entry]):
+        conn.execute("INSERT OR REPLACE INTO deferred VALUES (?,?,?)", (doc, key, dumps(entry)))
+        return None
     project_entry(conn, entry, day_of(entry["at"]), +1)
     return entry
+
+
+# Entries reach a replica in no causal order: pycrdt orders each writer's updates,
+# not one writer's against another's, and updates travel by several paths. A debit
+# at B spending rights that A transferred to B can arrive at C before the transfer
+# does; projected at once, C would show B's rights, and the member's balance if C
+# lacks the top-up too, below zero. So an entry that would take a rights row below
+# zero waits in `deferred` until the entries that fund it arrive. Every writer
+# checked its own rights before writing, so once a replica holds all entries, all
+# of them fit: none waits for ever, and converged replicas project the same set.
+
+
+def _funded(conn: sqlite3.Connection, entries: list[dict[str, Any]]) -> bool:
+    """True if projecting `entries` together keeps every rights row they lower >= 0."""
+    change: dict[tuple[str, str, str], int] = {}
+    for e in entries:
+        for purse, node, c in e["deltas"]:
+            key = (e["member"], purse, node)
+            change[key] = change.get(key, 0) + c
+    for (member, purse, node), c in change.items():
+        if c < 0:
+            row = conn.execute(
+                "SELECT amount FROM rights WHERE member = ? AND purse = ? AND node = ?",
+                (member, purse, node)).fetchone()
+            if (row[0] if row else 0) + c < 0:
+                return False
+    return True
+
+
+def project_deferred(conn: sqlite3.Connection, day_of: Any) -> list[dict[str, Any]]:
+    """Project the deferred entries that are now funded; return them.
+
+    One at a time in id (causal) order while any fits; then, should none fit alone,
+    all together: two transfers that fund each other (A gives B, B gives A back, a
+    third replica having projected A's later spending first) fit only as a pair.
+    """
+    waiting = {(doc, key): json.loads(body) for doc, key, body in conn.execute(
+        "SELECT doc, key, body FROM deferred ORDER BY key")}
+    done: dict[tuple[str, str], dict[str, Any]] = {}
+    progress = True
+    while waiting and progress:
+        progress = False
+        for k, entry in list(waiting.items()):
+            if _funded(conn, [entry]):
+                project_entry(conn, entry, day_of(entry["at"]), +1)
+                done[k] = waiting.pop(k)
+                progress = True
+    if waiting and _funded(conn, list(waiting.values())):
+        for entry in waiting.values():
+            project_entry(conn, entry, day_of(entry["at"]), +1)
+        done.update(waiting)
+    conn.executemany("DELETE FROM deferred WHERE doc = ? AND key = ?", list(done))
+    return list(done.values())
 
 
 def _card_status(events: list[Any]) -> str:

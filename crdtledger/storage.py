@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -51,6 +52,11 @@ CREATE INDEX IF NOT EXISTS log_doc ON log(doc, seq);
 CREATE TABLE IF NOT EXISTS docs(
     name TEXT PRIMARY KEY, sv BLOB NOT NULL, snapshot BLOB,
     snapshot_seq INTEGER NOT NULL DEFAULT 0, tail INTEGER NOT NULL DEFAULT 0);
+-- Snapshots live apart from `docs`, whose row every commit rewrites: SQLite rewrites
+-- (and first reads) a whole row on UPDATE, overflow pages included, so a snapshot
+-- kept there made each commit cost in proportion to its document's size.
+-- (docs.snapshot is only read, for stores written before; compaction empties it.)
+CREATE TABLE IF NOT EXISTS snapshots(name TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS peers(node TEXT PRIMARY KEY, states BLOB NOT NULL, seen_at INTEGER);
 CREATE TABLE IF NOT EXISTS entries(
     id TEXT PRIMARY KEY, kind TEXT NOT NULL, member TEXT NOT NULL, node TEXT NOT NULL,
@@ -83,6 +89,9 @@ CREATE TABLE IF NOT EXISTS operators(
 CREATE TABLE IF NOT EXISTS roles(name TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS quarantine(
     doc TEXT NOT NULL, key TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY(doc, key));
+-- Valid entries that arrived before the entries funding them (see projection.py).
+CREATE TABLE IF NOT EXISTS deferred(
+    doc TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY(doc, key));
 """
 
 # Root types of each kind of document.
@@ -110,14 +119,25 @@ class LoadedDoc:
         self.updates: list[bytes] = []
         self.change = Change()
         self._observing = False
+        self._unobserve: list[Callable[[], None]] = []
 
     def start_observing(self) -> None:
         if self._observing:
             return
         self._observing = True
-        self.doc.observe(lambda e: self.updates.append(e.update))
+        sub = self.doc.observe(lambda e: self.updates.append(e.update))
+        self._unobserve.append(partial(self.doc.unobserve, sub))
         for root_name, root in self.roots.items():
-            root.observe_deep(self._observer(root_name))
+            sub = root.observe_deep(self._observer(root_name))
+            self._unobserve.append(partial(root.unobserve, sub))
+
+    def close(self) -> None:
+        """Drop the observers when the document leaves the cache. pycrdt keeps each
+        callback (which refers back to the Doc) inside the Rust document: a cycle that
+        Python's garbage collector cannot see, so an evicted document that kept its
+        observers was never freed (a node leaked every document it ever evicted)."""
+        while self._unobserve:
+            self._unobserve.pop()()
 
     def _observer(self, root: str) -> Callable[[Any], None]:
         # One positional parameter only: pycrdt passes the transaction as well to a
@@ -185,6 +205,8 @@ class Storage:
         self.tz = ZoneInfo(self.meta.get("timezone", "Asia/Shanghai"))
         self._docs: OrderedDict[str, LoadedDoc] = OrderedDict()
         self._in_tx = False
+        self._day_second: int | None = None
+        self._day = ""
 
     # --- creation and locking -------------------------------------------------
 
@@ -238,7 +260,7 @@ class Storage:
             self._lock_fd = None
 
     def close(self) -> None:
-        self._docs.clear()
+        self.evict_all()
         self.conn.close()
         self._release_lock()
 
@@ -249,7 +271,14 @@ class Storage:
         self.meta[key] = value
 
     def day_of(self, ms: int) -> str:
-        return datetime.fromtimestamp(ms / 1000, self.tz).date().isoformat()
+        # Called several times per operation with the same second: remember the last
+        # one. Exact, since a day never changes within a second (zone offsets are
+        # whole minutes).
+        second = ms // 1000
+        if second != self._day_second:
+            self._day = datetime.fromtimestamp(ms / 1000, self.tz).date().isoformat()
+            self._day_second = second
+        return self._day
 
     # --- transactions -------------------------------------------------------
 
@@ -268,7 +297,7 @@ class Storage:
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
-            self._docs.clear()
+            self.evict_all()
             raise
         finally:
             self._in_tx = False
@@ -284,7 +313,8 @@ class Storage:
             return ld
         ld = LoadedDoc(name, self.client_id)
         row = self.conn.execute(
-            "SELECT snapshot, snapshot_seq FROM docs WHERE name = ?", (name,)
+            "SELECT COALESCE((SELECT data FROM snapshots WHERE name = docs.name), snapshot), "
+            "snapshot_seq FROM docs WHERE name = ?", (name,)
         ).fetchone()
         since = 0
         if row is not None:
@@ -298,7 +328,7 @@ class Storage:
         ld.start_observing()
         self._docs[name] = ld
         while len(self._docs) > DOC_CACHE:
-            self._docs.popitem(last=False)
+            self._docs.popitem(last=False)[1].close()
         return ld
 
     def doc_names(self) -> list[str]:
@@ -335,12 +365,18 @@ class Storage:
                 "SELECT COALESCE(MAX(seq), 0) FROM log WHERE doc = ?", (name,)
             ).fetchone()
             self.conn.execute(
-                "UPDATE docs SET snapshot = ?, snapshot_seq = ?, tail = 0 WHERE name = ?",
-                (ld.doc.get_update(), last, name),
+                "INSERT OR REPLACE INTO snapshots(name, data) VALUES (?, ?)",
+                (name, ld.doc.get_update()),
+            )
+            self.conn.execute(
+                "UPDATE docs SET snapshot = NULL, snapshot_seq = ?, tail = 0 WHERE name = ?",
+                (last, name),
             )
             self.conn.execute("DELETE FROM log WHERE doc = ? AND seq <= ?", (name, last))
 
     def evict_all(self) -> None:
+        for ld in self._docs.values():
+            ld.close()
         self._docs.clear()
 
     # --- peers' known states (for export --for NODE) -------------------------
@@ -394,8 +430,11 @@ def _new_client_id() -> int:
     return secrets.randbits(48) | 1
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
 def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    return _ENCODER.encode(value)  # json.dumps with these options, without a new encoder
 
 
 Listener = Callable[[str, bytes, object], None]

@@ -132,11 +132,15 @@ def covers(theirs: dict[int, int], ours: dict[int, int]) -> bool:
 
 
 def states_digest(states: dict[str, bytes]) -> bytes:
+    # Hash the decoded vectors, sorted by client: Yrs encodes the same state vector
+    # with its clients in an order that depends on the doc's history, so replicas in
+    # sync would otherwise see different digests and exchange states every round.
     h = hashlib.blake2b(digest_size=16)
     for name in sorted(states):
         h.update(name.encode())
         h.update(b"\x00")
-        h.update(states[name])
+        for client, clock in sorted(decode_state_vector(states[name]).items()):
+            h.update(f"{client}:{clock},".encode())
         h.update(b"\x00")
     return h.digest()
 

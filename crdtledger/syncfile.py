@@ -135,8 +135,17 @@ def import_file(ledger: Ledger, path: Path | str, *, operator: str | None = None
         new = ledger.apply_remote(data["updates"], origin="file")
     except RemoteProtocolError as e:
         raise CorruptSyncFile(f"{path}: {e}") from None
+    states = {str(k): bytes(v) for k, v in data["states"].items()}
     if data["node"] != ledger.node:
-        ledger.remember_peer(str(data["node"]), {str(k): bytes(v) for k, v in
-                                                  data["states"].items()})
+        ledger.remember_peer(str(data["node"]), states)
+    # An export made `--for` this node assumes what the sender last saw of it. If this
+    # node lacks some of that (restored from a backup, say), updates that build on the
+    # missing part wait, and the sender's state is not reached: say so, by document.
+    ours = ledger.state_vectors()
+    incomplete = sorted(
+        name for name, _ in data["updates"]
+        if not covers(decode_state_vector(ours.get(name, b"\x00")),
+                      decode_state_vector(states.get(name, b"\x00")))
+    )
     return {"file": str(path), "from": data["node"], "documents": len(data["updates"]),
-            "changed": [n for n, _ in new]}
+            "changed": [n for n, _ in new], "incomplete": incomplete}

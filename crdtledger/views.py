@@ -69,9 +69,11 @@ def find_members(conn: sqlite3.Connection, query: str, limit: int = 20) -> list[
         if q.isdigit() and len(q) >= 4:
             ids += [m for (m,) in conn.execute(
                 "SELECT id FROM members WHERE phone LIKE ? LIMIT ?", (f"%{q}", limit))]
+        # Escape LIKE's wildcards: a search for "%" or "_" must not list every member.
+        like = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         ids += [m for (m,) in conn.execute(
-            "SELECT id FROM members WHERE name LIKE ? ORDER BY name LIMIT ?",
-            (f"%{q}%", limit))]
+            "SELECT id FROM members WHERE name LIKE ? ESCAPE '\\' ORDER BY name LIMIT ?",
+            (f"%{like}%", limit))]
     out = []
     for mid in dict.fromkeys(ids):
         row = conn.execute("SELECT name, phone, home, body FROM members WHERE id = ?",
@@ -132,6 +134,8 @@ def points(ledger: Ledger, member_id: str) -> dict[str, Any]:
         "SELECT body FROM entries WHERE member = ? ORDER BY id", (member_id,)
     ):
         e = json.loads(body)
+        if e["kind"] == "transfer":
+            continue  # moves rights between branches; the member's points are unchanged
         for purse, _node, change in e["deltas"]:
             if purse != "points":
                 continue
@@ -212,6 +216,7 @@ def settlement(ledger: Ledger, start: str | None = None, end: str | None = None
             if purse == "cash" and change > 0 and node != e["node"]:
                 flows[(e["node"], node)] += change
     pairs = []
+    matrix: dict[str, dict[str, int]] = {}
     position: dict[str, int] = defaultdict(int)
     for a, b in sorted({tuple(sorted(k)) for k in flows}):
         net = flows.get((a, b), 0) - flows.get((b, a), 0)
@@ -219,11 +224,9 @@ def settlement(ledger: Ledger, start: str | None = None, end: str | None = None
             continue
         debtor, creditor = (a, b) if net > 0 else (b, a)
         pairs.append({"owes": debtor, "to": creditor, "amount": abs(net)})
+        matrix.setdefault(debtor, {})[creditor] = abs(net)
         position[debtor] -= abs(net)
         position[creditor] += abs(net)
-    matrix: dict[str, dict[str, int]] = {}
-    for pair in pairs:
-        matrix.setdefault(pair["owes"], {})[pair["to"]] = pair["amount"]
     return {"pairs": pairs, "matrix": matrix, "net": dict(sorted(position.items())),
             "total": sum(position.values())}
 

@@ -511,7 +511,12 @@ def import_(c: Ctx) -> Result:
     info = import_file(c.ledger, c.args.file, operator=c.operator)
     n = len(info["changed"])
     changed = f"{n} document{'s' if n != 1 else ''} changed" if n else "nothing new"
-    return Result(info, f"imported {info['file']} from {info['from']}: {changed}")
+    text = f"imported {info['file']} from {info['from']}: {changed}"
+    if info["incomplete"]:
+        text += (f"\nwarning: this node lacks earlier changes that the file builds on "
+                 f"({', '.join(info['incomplete'])}); ask {info['from']} for a full export "
+                 f"(without --for)")
+    return Result(info, text)
 
 
 @command("backup", help="a consistent copy of the node, taken while it keeps working",

@@ -1,0 +1,149 @@
+"""Small helpers shared by the unit tests that drive the real library.
+
+- `new_ledger` creates and opens a real SQLite-backed node under a tmp path.
+- `snapshot` captures everything a refused operation must leave alone.
+- `Net` pumps frames between pairs of `SyncSession`s until every queue is empty.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from crdtledger.ledger import Ledger
+from crdtledger.sync import Event, SyncSession
+
+# Durability after a crash is tested elsewhere (tests/test_crash.py); here FULL's
+# fsync per commit only slows a suite of a few thousand commits on a busy machine.
+SYNCHRONOUS = "NORMAL"
+
+
+def tables(ledger: Ledger) -> list[str]:
+    """Every table a refused operation (or frame, or file) must not touch, found in the
+    schema itself so that tables added later are covered too; the log is compared by
+    row count and last sequence number."""
+    return [n for (n,) in ledger.storage.conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+        "AND name != 'log' ORDER BY name")]
+
+
+def new_ledger(root: Path, node: str, chain: str = "default",
+               now_ms: Callable[[], int] | None = None) -> Ledger:
+    path = Path(root) / node.lower()
+    Ledger.create(path, node, chain)
+    return Ledger.open(path, now_ms=now_ms, synchronous=SYNCHRONOUS)
+
+
+class FakeClock:
+    """Wall clock in ms that the test moves by hand (HybridClock takes any callable)."""
+
+    def __init__(self, ms: int = 1_767_225_600_000) -> None:  # 2026-01-01T00:00Z
+        self.ms = ms
+
+    def __call__(self) -> int:
+        return self.ms
+
+    def advance_days(self, days: float) -> None:
+        self.ms += int(days * 86_400_000)
+
+
+def snapshot(ledger: Ledger, members: Iterable[str] = ()) -> dict[str, Any]:
+    """Everything observable about a node: tables, log, state vectors, the documents
+    in memory, and balances / rights / history of the named members."""
+    conn = ledger.storage.conn
+    out: dict[str, Any] = {
+        t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr)
+        for t in tables(ledger)
+    }
+    out["log"] = conn.execute("SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM log").fetchone()
+    svs = ledger.state_vectors()
+    out["state_vectors"] = svs
+    # Memory must never run ahead of disk: each loaded document is at its stored state.
+    out["memory"] = {n: bytes(ledger.storage.doc(n).doc.get_state()) for n in sorted(svs)}
+    for m in members:
+        out[f"balance:{m}"] = ledger.balance(m)
+        out[f"history:{m}"] = ledger.history(m, limit=1000)
+        for purse in ("cash", "bonus", "points"):
+            out[f"rights:{m}:{purse}"] = ledger.rights(m, purse)
+    return out
+
+
+def log_rows(ledger: Ledger) -> int:
+    return int(ledger.storage.conn.execute("SELECT COUNT(*) FROM log").fetchone()[0])
+
+
+def doc_content(ledger: Ledger) -> dict[str, Any]:
+    """Plain content of every document (roots to_py), for comparing replicas."""
+    out: dict[str, Any] = {}
+    for name in sorted(ledger.state_vectors()):
+        ld = ledger.storage.doc(name)
+        out[name] = {r: json.loads(json.dumps(root.to_py(), sort_keys=True, default=str))
+                     for r, root in ld.roots.items()}
+    return out
+
+
+def projections(ledger: Ledger) -> dict[str, Any]:
+    """The derived tables that converged replicas must agree on."""
+    conn = ledger.storage.conn
+    return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall(), key=repr)
+            for t in ("entries", "rights", "totals", "members", "cards", "rules",
+                      "operators", "roles", "quarantine")}
+
+
+class Net:
+    """In-memory links between ledgers, each link a pair of started SyncSessions."""
+
+    def __init__(self) -> None:
+        self.links: list[tuple[SyncSession, SyncSession]] = []
+        self.frames = 0
+
+    def connect(self, a: Ledger, b: Ledger, pump: bool = True) -> tuple[SyncSession, SyncSession]:
+        sa, sb = SyncSession(a, expect_node=b.node), SyncSession(b, expect_node=a.node)
+        sa.start()
+        sb.start()
+        self.links.append((sa, sb))
+        if pump:
+            self.pump()
+        return sa, sb
+
+    def pump(self, limit: int = 10_000) -> int:
+        """Deliver frames until every queue is empty; return how many were delivered."""
+        delivered = 0
+        while True:
+            moved = False
+            for sa, sb in self.links:
+                for src, dst in ((sa, sb), (sb, sa)):
+                    if src.closed or dst.closed:
+                        continue
+                    for frame in src.data_to_send():
+                        dst.receive(frame)
+                        delivered += 1
+                        moved = True
+            if not moved:
+                break
+            if delivered > limit:
+                raise AssertionError(f"sync did not settle after {limit} frames")
+        self.frames += delivered
+        return delivered
+
+    def close(self) -> None:
+        for sa, sb in self.links:
+            sa.close()
+            sb.close()
+        self.links.clear()
+
+
+def sync(a: Ledger, b: Ledger) -> None:
+    """One full exchange between two ledgers, then disconnect."""
+    net = Net()
+    net.connect(a, b)
+    net.close()
+
+
+def events(session: SyncSession) -> list[Event]:
+    out = []
+    while (ev := session.next_event()) is not None:
+        out.append(ev)
+    return out

@@ -1,0 +1,1003 @@
+"""Ledger operations and refusals, through the real library on real SQLite files.
+
+Every refusal asserts the typed error *and* that nothing changed (tables, log,
+state vectors, documents in memory, balances, rights, history).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import FakeClock, Net, doc_content, log_rows, new_ledger, projections, snapshot, sync
+
+from crdtledger import storage, views
+from crdtledger.errors import (
+    ApprovalRequired,
+    CardInactive,
+    CardLost,
+    InsufficientFunds,
+    InvalidAmount,
+    InvalidInput,
+    LedgerError,
+    NotFound,
+    PermissionDenied,
+    RightsElsewhere,
+    StoreError,
+    StoreLocked,
+    WrongPin,
+)
+from crdtledger.ledger import Ledger
+from crdtledger.sync import decode_state_vector
+
+PHONE = "13812345678"
+
+
+@pytest.fixture
+def a(tmp_path: Path) -> Iterator[Ledger]:
+    ledger = new_ledger(tmp_path, "SH01")
+    yield ledger
+    ledger.close()
+
+
+@pytest.fixture
+def b(tmp_path: Path) -> Iterator[Ledger]:
+    ledger = new_ledger(tmp_path, "SH02")
+    yield ledger
+    ledger.close()
+
+
+def member(ledger: Ledger, phone: str = PHONE, name: str = "张三") -> str:
+    return ledger.add_member(ledger.owner, name=name, phone=phone)
+
+
+def refused(ledger: Ledger, members: list[str], exc: type[BaseException], call, match=None):
+    """Assert `call()` raises `exc` and leaves the node exactly as it was."""
+    before = snapshot(ledger, members)
+    with pytest.raises(exc, match=match) as info:
+        call()
+    assert snapshot(ledger, members) == before
+    return info.value
+
+
+# --- top-up, debit, funds ------------------------------------------------------------
+
+
+def test_topup_with_promotion_gives_bonus(a: Ledger) -> None:
+    o = a.owner
+    m = member(a)
+    a.set_rule(o, "promotions", [{"min": 100000, "bonus": 20000, "name": "充1000送200"},
+                                 {"min": 50000, "bonus": 5000, "name": "充500送50"}])
+    e = a.topup(o, m, 100000)
+    assert e["bonus"] == 20000 and e["promotion"] == "充1000送200"
+    assert e["deltas"] == [["cash", "SH01", 100000], ["bonus", "SH01", 20000]]
+    e = a.topup(o, m, 60000)
+    assert e["bonus"] == 5000
+    e = a.topup(o, m, 100)
+    assert "bonus" not in e and "promotion" not in e
+    assert a.balance(m) == {"cash": 160100, "bonus": 25000, "points": 0, "packages": {}}
+    assert a.rights(m, "bonus") == {"SH01": 25000}
+    assert a.level(m)["topped"] == 160100
+
+
+def test_debit_spends_cash_first_then_bonus(a: Ledger) -> None:
+    o = a.owner
+    m = member(a)
+    a.set_rule(o, "promotions", [{"min": 10000, "bonus": 3000}])
+    a.topup(o, m, 10000)
+    e = a.debit(o, m, amount=4000)
+    assert e["deltas"][:1] == [["cash", "SH01", -4000]]
+    e = a.debit(o, m, amount=7000)  # 6000 cash left, then 1000 bonus
+    assert e["deltas"][:2] == [["cash", "SH01", -6000], ["bonus", "SH01", -1000]]
+    e = a.debit(o, m, amount=2000)  # bonus only
+    assert e["deltas"][:1] == [["bonus", "SH01", -2000]]
+    assert a.balance(m)["cash"] == 0 and a.balance(m)["bonus"] == 0
+    refused(a, [m], InsufficientFunds, lambda: a.debit(o, m, amount=1))
+
+
+def test_insufficient_funds_when_whole_balance_is_short(a: Ledger) -> None:
+    o = a.owner
+    m = member(a)
+    a.set_rule(o, "promotions", [{"min": 10000, "bonus": 500}])
+    a.topup(o, m, 10000)
+    err = refused(a, [m], InsufficientFunds, lambda: a.debit(o, m, amount=10501))
+    assert err.balance == 10500 and err.wanted == 10501
+    assert "105.00" in str(err) and "105.01" in str(err)
+    refused(a, [m], InsufficientFunds, lambda: a.debit(o, m, service="BODY90", qty=2))
+    refused(a, [m], InsufficientFunds,
+            lambda: a.sell_package(o, m, "FOOT60", 10, 20000, pay="stored"))
+    refused(a, [m], InsufficientFunds, lambda: a.redeem_points(o, m, 1))
+    refused(a, [m], InvalidAmount, lambda: a.transfer_rights(o, m, "SH02", 10001),
+            match="cannot give")
+    refused(a, [m], InsufficientFunds, lambda: a.correct(o, m, "cash", -10001, "too much",))
+    # Exactly the balance works.
+    a.debit(o, m, amount=10500)
+    assert a.balance(m)["cash"] == 0
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "100", None, True, 10**13 + 1])
+def test_bad_amounts_refused(a: Ledger, bad: object) -> None:
+    o = a.owner
+    m = member(a)
+    a.topup(o, m, 1000)
+    for call in (lambda: a.topup(o, m, bad), lambda: a.debit(o, m, amount=bad),
+                 lambda: a.transfer_rights(o, m, "SH02", bad),
+                 lambda: a.redeem_points(o, m, bad)):
+        refused(a, [m], (InvalidAmount, InvalidInput), call)
+
+
+def test_rights_elsewhere_names_the_holder(a: Ledger, b: Ledger, tmp_path: Path) -> None:
+    m = member(a)
+    a.topup(a.owner, m, 10000)
+    sync(a, b)
+    assert b.balance(m)["cash"] == 10000
+    err = refused(b, [m], RightsElsewhere, lambda: b.debit(b.owner, m, amount=2500))
+    assert err.branch == "SH01" and err.amount == 10000
+    assert err.shortfall == 2500 and err.here == 0
+    assert "SH01" in str(err) and "100.00" in str(err)
+    # Partly held here: the shortfall is what is missing; holders richest first.
+    c = new_ledger(tmp_path, "SH03")
+    try:
+        a.transfer_rights(a.owner, m, "SH02", 300)
+        a.transfer_rights(a.owner, m, "SH03", 4000)
+        sync(a, b)
+        err = refused(b, [m], RightsElsewhere, lambda: b.debit(b.owner, m, amount=1000))
+        assert err.shortfall == 700 and err.here == 300
+        assert list(err.holders.items()) == [("SH01", 5700), ("SH03", 4000)]
+        assert (err.branch, err.amount) == ("SH01", 5700)
+        # Within its own rights B can spend without asking anyone.
+        e = b.debit(b.owner, m, amount=300)
+        assert e["deltas"][0] == ["cash", "SH02", -300]
+    finally:
+        c.close()
+
+
+def test_transfer_rights_validation(a: Ledger) -> None:
+    o = a.owner
+    m = member(a)
+    a.topup(o, m, 1000)
+    refused(a, [m], InvalidInput, lambda: a.transfer_rights(o, m, "SH01", 10))
+    refused(a, [m], InvalidInput, lambda: a.transfer_rights(o, m, "sh02", 10))
+    refused(a, [m], InvalidInput, lambda: a.transfer_rights(o, m, "SH02", 10, purse="gold"))
+    refused(a, [m], NotFound, lambda: a.transfer_rights(o, "0000000000000.SH09", "SH02", 10))
+
+
+# --- refunds ----------------------------------------------------------------------
+
+
+def test_refund_bounds_and_exhaustion(a: Ledger) -> None:
+    o = a.owner
+    m = member(a)
+    a.topup(o, m, 10000)
+    d = a.debit(o, m, amount=3000)
+    for bad in (0, -5, 3001, 2**64):
+        refused(a, [m], InvalidAmount, lambda bad=bad: a.refund(o, d["id"], bad))
+    r1 = a.refund(o, d["id"], 1000, reason="customer unhappy")
+    assert r1["ref"] == d["id"] and r1["amount"] == 1000 and r1["reason"] == "customer unhappy"
+    err = refused(a, [m], InvalidAmount, lambda: a.refund(o, d["id"], 2001))
+    assert "2000" in str(err)
+    a.refund(o, d["id"])  # the rest
+    assert a.balance(m)["cash"] == 10000
+    refused(a, [m], InvalidAmount, lambda: a.refund(o, d["id"]))
+    refused(a, [m], InvalidAmount, lambda: a.refund(o, d["id"], 1))
+    refused(a, [m], NotFound, lambda: a.refund(o, "0000000000000.SH01"))
+    top = a.history(m)[-1]
+    assert top["kind"] == "topup"
+    refused(a, [m], NotFound, lambda: a.refund(o, top["id"]))  # not a debit
+
+
+def test_partial_refunds_return_cash_then_bonus_as_paid(a: Ledger) -> None:
+    """Regression: a second partial refund used to pay bonus value back as cash."""
+    o = a.owner
+    m = member(a)
+    a.set_rule(o, "promotions", [{"min": 10000, "bonus": 5000}])
+    a.topup(o, m, 10000)
+    d = a.debit(o, m, amount=12000)  # 10000 cash + 2000 bonus
+    r1 = a.refund(o, d["id"], 1000)
+    assert r1["deltas"][0] == ["cash", "SH01", 1000]
+    r2 = a.refund(o, d["id"])
+    assert r2["deltas"][:2] == [["cash", "SH01", 9000], ["bonus", "SH01", 2000]]
+    bal = a.balance(m)
+    assert (bal["cash"], bal["bonus"], bal["points"]) == (10000, 5000, 0)
+
+
+def test_refund_takes_back_points_earned(a: Ledger) -> None:
+    o = a.owner
+    m = member(a)
+    a.topup(o, m, 20000)
+    d = a.debit(o, m, amount=10000)
+    assert d["points"] == 100
+    r = a.refund(o, d["id"], 2500)
+    assert r["points"] == 25
+    assert a.balance(m)["points"] == 75
+    # Points already spent elsewhere: the refund takes back only what is left here.
+    a.redeem_points(o, m, 70, gift="towel")
+    r = a.refund(o, d["id"])
+    assert r["points"] == 5 and a.balance(m)["points"] == 0
+
+
+def test_refund_at_another_branch_names_the_debit_branch(a: Ledger, b: Ledger) -> None:
+    m = member(a)
+    a.topup(a.owner, m, 5000)
+    d = a.debit(a.owner, m, amount=2000)
+    sync(a, b)
+    err = refused(b, [m], RightsElsewhere, lambda: b.refund(b.owner, d["id"], 500))
+    assert err.branch == "SH01" and err.amount == 2000 and err.purse == "refund"
+    # At its own branch it works, and B learns it by sync.
+    a.refund(a.owner, d["id"], 500)
+    sync(a, b)
+    assert b.balance(m)["cash"] == a.balance(m)["cash"] == 3500
+    err = refused(b, [m], RightsElsewhere, lambda: b.refund(b.owner, d["id"]))
+    assert err.amount == 1500
+
+
+# --- levels, points, packages --------------------------------------------------------
+
+
+def test_level_discount_and_points_multiplier_on_service_debit(a: Ledger) -> None:
+    o = a.owner
+    m = member(a)
+    a.set_rule(o, "levels", [
+        {"name": "普通", "threshold": 0, "discount": "1", "points_multiplier": "1"},
+        {"name": "VIP", "threshold": 50000, "discount": "0.85", "points_multiplier": "2"},
+    ])
+    a.topup(o, m, 40000)
+    e = a.debit(o, m, service="FOOT60")  # 128.00, no discount yet
+    assert (e["amount"], e["level"], e["points"]) == (12800, "普通", 128)
+    a.topup(o, m, 10000)  # topped 50000: VIP
+    assert a.level(m)["name"] == "VIP"
+    e = a.debit(o, m, service="FOOT60", qty=2)
+    assert e["gross"] == 25600 and e["discount"] == "0.85"
+    assert e["amount"] == 21760  # 25600 * 0.85
+    assert e["points"] == 435  # floor(217.60 * 2)
+    # A plain amount is charged as given (no discount) but earns at the multiplier.
+    e = a.debit(o, m, amount=1001)
+    assert e["amount"] == 1001 and e["points"] == 20
+    refused(a, [m], NotFound, lambda: a.debit(o, m, service="NOPE"))
+    refused(a, [m], InvalidInput, lambda: a.debit(o, m))
+    refused(a, [m], InvalidInput, lambda: a.debit(o, m, amount=100, pay="gold"))
+    refused(a, [m], InvalidAmount, lambda: a.debit(o, m, service="FOOT60", qty=0))
+
+
+def test_level_basis_spent_and_half_up_discount(a: Ledger) -> None:
+    o = a.owner
+    m = member(a)
+    a.set_rule(o, "level_basis", {"basis": "spent"})
+    a.set_rule(o, "services", {"X": {"name": "x", "price": 25}})
+    a.set_rule(o, "levels", [
+        {"name": "L0", "threshold": 0, "discount": "1", "points_multiplier": "1"},
+        {"name": "L1", "threshold": 10000, "discount": "0.9", "points_multiplier": "1"},
+    ])
+    a.topup(o, m, 100000)
+    assert a.level(m)["name"] == "L0"  # top-ups do not count now
+    a.debit(o, m, amount=10000)
+    assert a.level(m)["name"] == "L1"
+    e = a.debit(o, m, service="X")
+    assert e["amount"] == 23  # 22.5 rounds half up
+
+
+def test_manual_upgrade_needs_permission(a: Ledger) -> None:
+    o = a.owner
+    m = member(a)
+    cashier = a.add_operator(o, "alice", "secret1", roles=["cashier"])
+    refused(a, [m], PermissionDenied,
+            lambda: a.edit_member(cashier, m, fields={"level": "金卡"}))
+    a.edit_member(o, m, fields={"level": "金卡"})
+    assert a.level(m)["name"] == "金卡"
+
+
+def test_points_earn_redeem_convert(a: Ledger) -> None:
+    o = a.owner
+    m = member(a)
+    a.set_rule(o, "conversion", {"points_per_yuan": "50"})
+    a.topup(o, m, 50000)
+    a.debit(o, m, amount=30000)
+    assert a.balance(m)["points"] == 300
+    r = a.redeem_points(o, m, 100, gift="毛巾")
+    assert r["deltas"] == [["points", "SH01", -100]] and r["gift"] == "毛巾"
+    c = a.convert_points(o, m, 150)  # 150 / 50 per yuan = 3.00 yuan of bonus
+    assert c["amount"] == 300
+    assert c["deltas"] == [["points", "SH01", -150], ["bonus", "SH01", 300]]
+    assert a.balance(m) == {"cash": 20000, "bonus": 300, "points": 50, "packages": {}}
+    err = refused(a, [m], InsufficientFunds, lambda: a.redeem_points(o, m, 51))
+    assert err.purse == "points" and "50" in str(err)
+    refused(a, [m], InsufficientFunds, lambda: a.convert_points(o, m, 51))
+    a.set_rule(o, "conversion", {"points_per_yuan": "10000"})
+    refused(a, [m], InvalidAmount, lambda: a.convert_points(o, m, 50))  # under one fen
+
+
+def test_points_expiry_lots(tmp_path: Path) -> None:
+    clock = FakeClock()
+    a = new_ledger(tmp_path, "SH01", now_ms=clock)
+    try:
+        o = a.owner
+        m = member(a)
+        a.set_rule(o, "earn", {"points_per_yuan": "1", "expire_days": 30},
+                   effective_from="2025-01-01")
+        a.topup(o, m, 90000)  # below the first level: multiplier 1
+        a.debit(o, m, amount=10000)  # 100 points expiring 2026-01-31
+        clock.advance_days(10)
+        a.debit(o, m, amount=5000)  # 50 points expiring 2026-02-10
+        p = views.points(a, m)
+        assert p["lots"] == [{"expires": "2026-01-31", "points": 100},
+                             {"expires": "2026-02-10", "points": 50}]
+        assert p["expiring_30_days"] == 150 and p["expired_unwritten"] == 0
+        a.redeem_points(o, m, 30)  # first in, first out: from the older lot
+        assert views.points(a, m)["lots"][0] == {"expires": "2026-01-31", "points": 70}
+        assert a.expire_points(o, m) is None  # nothing due yet
+        clock.advance_days(25)  # 2026-02-05
+        p = views.points(a, m)
+        assert p["expired_unwritten"] == 70 and p["total"] == 120
+        e = a.expire_points(o, m)
+        assert e is not None and e["kind"] == "expiry" and e["points"] == 70
+        p = views.points(a, m)
+        assert p["expired_unwritten"] == 0 and p["total"] == 50
+        assert a.balance(m)["points"] == 50
+        assert a.expire_points(o, m) is None
+        cashier = a.add_operator(o, "alice", "secret1", roles=["cashier"])
+        clock.advance_days(30)
+        refused(a, [m], PermissionDenied, lambda: a.expire_points(cashier, m))
+    finally:
+        a.close()
+
+
+def test_points_moved_between_branches_keep_their_expiry(tmp_path: Path) -> None:
+    """Regression: a transfer of points rights counted as 'used' plus a new lot that
+    never expires, so points moved to another branch escaped expiry."""
+    clock = FakeClock()
+    a = new_ledger(tmp_path, "SH01", now_ms=clock)
+    b = new_ledger(tmp_path, "SH02", now_ms=clock)
+    try:
+        o = a.owner
+        m = member(a)
+        a.set_rule(o, "earn", {"points_per_yuan": "1", "expire_days": 30},
+                   effective_from="2025-01-01")
+        a.topup(o, m, 10000)
+        a.debit(o, m, amount=10000)
+        a.transfer_rights(o, m, "SH02", 60, purse="points")
+        assert views.points(a, m)["lots"] == [{"expires": "2026-01-31", "points": 100}]
+        sync(a, b)
+        clock.advance_days(40)
+        assert views.points(a, m)["expired_unwritten"] == 100
+        assert a.expire_points(o, m)["points"] == 40  # what SH01 holds
+        sync(a, b)
+        assert views.points(b, m)["expired_unwritten"] == 60
+        assert b.expire_points(b.owner, m)["points"] == 60
+        sync(a, b)
+        for ledger in (a, b):
+            assert views.points(ledger, m) == {"total": 0, "expired_unwritten": 0,
+                                               "expiring_30_days": 0, "lots": []}
+            assert ledger.balance(m)["points"] == 0
+    finally:
+        a.close()
+        b.close()
+
+
+def test_packages_sold_and_consumed(a: Ledger) -> None:
+    o = a.owner
+    m = member(a)
+    a.topup(o, m, 50000)
+    p = a.sell_package(o, m, "FOOT60", 3, 30000)
+    assert p["paid"] == 30000 and p["deltas"] == [[f"pkg:{p['id']}", "SH01", 3]]
+    assert a.balance(m)["cash"] == 50000  # paid at the till
+    s = a.sell_package(o, m, "HAIR", 2, 10000, pay="stored")
+    assert a.balance(m)["cash"] == 40000 and s["paid"] == 0
+    for left in (2, 1, 0):
+        e = a.debit(o, m, service="FOOT60", pay="package")
+        assert e["amount"] == 0 and e["package"] == p["id"]
+        assert a.balance(m)["packages"][p["id"]] == left
+    err = refused(a, [m], InsufficientFunds, lambda: a.debit(o, m, service="FOOT60", pay="package"))
+    assert "package" in str(err)
+    refused(a, [m], InsufficientFunds,
+            lambda: a.debit(o, m, service="FOOT60", pay="package", package=p["id"]))
+    refused(a, [m], InsufficientFunds,
+            lambda: a.debit(o, m, service="HAIR", pay="package", qty=3))
+    # Regression: a package of another service can't be named explicitly.
+    refused(a, [m], InvalidInput,
+            lambda: a.debit(o, m, service="FOOT60", pay="package", package=s["id"]))
+    refused(a, [m], InvalidInput,
+            lambda: a.debit(o, m, service="HAIR", pay="package", package="0000000000000.SH01"))
+    # A package debit is refunded in uses, not money, and does not count as spend.
+    spent = a.level(m)["spent"]
+    h = a.debit(o, m, service="HAIR", pay="package")
+    assert a.level(m)["spent"] == spent
+    a.refund(o, h["id"])
+    assert a.balance(m)["packages"][s["id"]] == 2
+    refused(a, [m], NotFound, lambda: a.sell_package(o, m, "NOPE", 1, 100))
+    refused(a, [m], InvalidAmount, lambda: a.sell_package(o, m, "HAIR", 0, 100))
+    refused(a, [m], InvalidInput, lambda: a.sell_package(o, m, "HAIR", 1, 100, pay="points"))
+    pk = {x["id"]: (x["service"], x["remaining"], x["uses"]) for x in views.packages(a, m)}
+    assert pk == {p["id"]: ("FOOT60", 0, 3), s["id"]: ("HAIR", 2, 2)}
+
+
+def test_another_members_package_cannot_be_used(a: Ledger) -> None:
+    o = a.owner
+    m1, m2 = member(a), member(a, "13900000000", "李四")
+    p = a.sell_package(o, m1, "FOOT60", 5, 0)
+    refused(a, [m1, m2], InvalidInput,
+            lambda: a.debit(o, m2, service="FOOT60", pay="package", package=p["id"]))
+
+
+# --- cards ------------------------------------------------------------------------
+
+
+def test_card_lost_found_replace(a: Ledger) -> None:
+    o = a.owner
+    m = member(a)
+    a.issue_card(o, m, "CARD-001", pin="2468")
+    a.topup(o, m, 10000, card="CARD-001", pin="2468")
+    a.report_lost(o, "CARD-001")
+    refused(a, [m], CardLost, lambda: a.debit(o, card="CARD-001", pin="2468", amount=100))
+    refused(a, [m], CardLost, lambda: a.topup(o, None, 100, card="CARD-001", pin="2468"))
+    refused(a, [m], InvalidInput, lambda: a.report_lost(o, "CARD-001"))
+    a.report_found(o, "CARD-001")
+    a.debit(o, card="CARD-001", pin="2468", amount=100)
+    refused(a, [m], InvalidInput, lambda: a.report_found(o, "CARD-001"))
+    new = a.replace_card(o, "CARD-001", "CARD-002", pin="1357")
+    assert a.balance(m)["cash"] == 9900  # the purse belongs to the member
+    err = refused(a, [m], CardInactive, lambda: a.debit(o, card="CARD-001", pin="2468", amount=1))
+    assert "replaced" in str(err)
+    e = a.debit(o, card="CARD-002", pin="1357", amount=900)
+    assert e["member"] == m and a.balance(m)["cash"] == 9000
+    cards = {c["card_no"]: c["status"] for c in a.member(m)["cards"]}
+    assert cards == {"CARD-001": "replaced", "CARD-002": "active"}
+    assert a.card("CARD-002")["id"] == new
+    refused(a, [m], InvalidInput, lambda: a.replace_card(o, "CARD-001", "CARD-003"))
+    refused(a, [m], InvalidInput, lambda: a.issue_card(o, m, "CARD-002"))
+    a.return_card(o, "CARD-002")
+    refused(a, [m], CardInactive, lambda: a.use_card("CARD-002", "1357"))
+
+
+def test_lost_card_can_be_replaced(a: Ledger) -> None:
+    o = a.owner
+    m = member(a)
+    a.issue_card(o, m, "C1")
+    a.topup(o, m, 500, card="C1")
+    a.report_lost(o, "C1")
+    a.replace_card(o, "C1", "C2")
+    assert a.use_card("C2")["member"] == m
+    refused(a, [m], CardInactive, lambda: a.use_card("C1"))
+
+
+def test_wrong_pin(a: Ledger) -> None:
+    o = a.owner
+    m = member(a)
+    a.issue_card(o, m, "P1", pin="123456")
+    a.topup(o, m, 1000, card="P1", pin="123456")
+    for pin in ("654321", None, "", "１２３４５６", "123456 "):
+        refused(a, [m], WrongPin, lambda pin=pin: a.debit(o, card="P1", pin=pin, amount=1))
+    for bad in ("12", "123456789", "12ab", "１２３４", "1234\n"):
+        refused(a, [m], InvalidInput, lambda bad=bad: a.issue_card(o, m, "P2", pin=bad))
+
+
+def test_card_number_is_case_insensitive(a: Ledger) -> None:
+    """Regression: issue_card stored 'c-7' as 'C-7', then 'c-7' was an unknown card."""
+    o = a.owner
+    m = member(a)
+    a.issue_card(o, m, "c-7")
+    assert a.use_card("c-7")["card_no"] == "C-7"
+    assert a.use_card(" C-7 ")["member"] == m
+    a.topup(o, None, 100, card="c-7")
+    assert a.balance(m)["cash"] == 100
+    refused(a, [m], InvalidInput, lambda: a.issue_card(o, m, "C-7"))
+
+
+def test_unknown_card_and_member(a: Ledger) -> None:
+    o = a.owner
+    m = member(a)
+    ghost = "0000000000000.SH01"
+    refused(a, [m], NotFound, lambda: a.use_card("NOPE"))
+    refused(a, [m], NotFound, lambda: a.debit(o, card="NOPE", amount=1))
+    refused(a, [m], NotFound, lambda: a.debit(o, ghost, amount=1))
+    refused(a, [m], NotFound, lambda: a.topup(o, ghost, 100))
+    refused(a, [m], NotFound, lambda: a.issue_card(o, ghost, "X1"))
+    refused(a, [m], NotFound, lambda: a.member(ghost))
+    refused(a, [m], NotFound, lambda: a.edit_member(o, ghost, fields={"notes": "x"}))
+    refused(a, [m], NotFound, lambda: a.entry(ghost))
+    refused(a, [m], InvalidInput, lambda: a.use_card("bad card!"))
+    refused(a, [m], InvalidInput, lambda: a.debit(o, amount=1))  # neither member nor card
+    other = member(a, "13900000000", "李四")
+    a.issue_card(o, other, "OTHER")
+    refused(a, [m, other], InvalidInput, lambda: a.debit(o, m, card="OTHER", amount=1))
+
+
+def test_expired_card_refused(a: Ledger) -> None:
+    o = a.owner
+    m = member(a)
+    a.issue_card(o, m, "OLD", expiry="2020-01-31")
+    a.topup(o, m, 1000)
+    err = refused(a, [m], CardInactive, lambda: a.debit(o, card="OLD", amount=1))
+    assert "2020-01-31" in str(err)
+    refused(a, [m], InvalidInput, lambda: a.issue_card(o, m, "NEW", expiry="31/01/2030"))
+    refused(a, [m], InvalidInput, lambda: a.issue_card(o, m, "NEW", card_type="gold"))
+    refused(a, [m], InvalidInput, lambda: a.issue_card(o, m, "", card_type="trial"))
+
+
+# --- operators and permissions -----------------------------------------------------
+
+
+def test_cashier_permissions(a: Ledger) -> None:
+    o = a.owner
+    m = member(a)
+    a.add_operator(o, "alice", "secret1", roles=["cashier"])
+    cashier = a.authenticate("alice", "secret1")
+    a.topup(cashier, m, 10000)
+    d = a.debit(cashier, m, amount=100)
+    assert d["op"] == cashier
+    refused(a, [m], PermissionDenied, lambda: a.refund(cashier, d["id"]))
+    refused(a, [m], PermissionDenied, lambda: a.correct(cashier, m, "cash", 5, "oops"))
+    refused(a, [m], PermissionDenied, lambda: a.set_rule(cashier, "promotions", []))
+    refused(a, [m], PermissionDenied,
+            lambda: a.add_operator(cashier, "eve", "secret2", roles=["owner"]))
+    refused(a, [m], PermissionDenied, lambda: a.transfer_rights(cashier, m, "SH02", 10))
+    refused(a, [m], PermissionDenied, lambda: a.replace_card(cashier, "X", "Y"))
+    refused(a, [m], PermissionDenied, lambda: a.edit_member(cashier, m, fields={"deleted": True}))
+    refused(a, [m], PermissionDenied, lambda: a.topup("nobody", m, 100))
+    refused(a, [m], PermissionDenied, lambda: a.authenticate("alice", "wrong!!"))
+    refused(a, [m], PermissionDenied, lambda: a.authenticate("mallory", "secret1"))
+
+
+def test_large_topup_needs_an_approver(a: Ledger) -> None:
+    o = a.owner
+    m = member(a)
+    cashier = a.add_operator(o, "alice", "secret1", roles=["cashier"])
+    boss = a.add_operator(o, "boss", "bosspass", roles=["manager"])
+    limit = a.rule("approval")["topup_limit"]
+    a.topup(cashier, m, limit)  # at the limit: fine
+    err = refused(a, [m], ApprovalRequired, lambda: a.topup(cashier, m, limit + 1))
+    assert "approver" in str(err)
+    refused(a, [m], ApprovalRequired,
+            lambda: a.topup(cashier, m, limit + 1, approver=("alice", "secret1")))
+    refused(a, [m], PermissionDenied,
+            lambda: a.topup(cashier, m, limit + 1, approver=("boss", "wrongpw")))
+    e = a.topup(cashier, m, limit + 1, approver=("boss", "bosspass"))
+    assert e["approver"] == boss and e["op"] == cashier
+    e = a.topup(boss, m, limit + 1)  # a manager approves itself
+    assert "approver" not in e
+    assert a.balance(m)["cash"] == 3 * limit + 2
+
+
+def test_corrections_over_the_limit_and_custom_roles(a: Ledger) -> None:
+    o = a.owner
+    m = member(a)
+    a.define_role(o, "auditor", ["adjust", "reports.view"])
+    aud = a.add_operator(o, "audrey", "secret3", roles=["auditor"])
+    boss = a.add_operator(o, "boss", "bosspass", roles=["manager"])
+    assert a.permissions(aud) == frozenset({"adjust", "reports.view"})
+    a.correct(aud, m, "cash", 10000, "till miscount")  # at the limit
+    refused(a, [m], ApprovalRequired, lambda: a.correct(aud, m, "cash", 10001, "big"))
+    e = a.correct(aud, m, "cash", 10001, "big", approver=("boss", "bosspass"))
+    assert e["approver"] == boss
+    a.correct(aud, m, "points", 10**6, "points need no approval")
+    refused(a, [m], InvalidInput, lambda: a.correct(aud, m, "cash", 5, ""))
+    refused(a, [m], InvalidAmount, lambda: a.correct(aud, m, "cash", 0, "zero"))
+    refused(a, [m], InvalidInput, lambda: a.correct(aud, m, "gold", 5, "no such purse"))
+    refused(a, [m], InvalidInput, lambda: a.define_role(o, "x", ["fly"]))
+    refused(a, [m], InvalidInput, lambda: a.add_operator(o, "zed", "secret4", roles=["nope"]))
+    refused(a, [m], InvalidInput, lambda: a.add_operator(o, "zed", "short"))
+    refused(a, [m], InvalidInput, lambda: a.add_operator(o, "zed", None))  # was a TypeError
+    refused(a, [m], InvalidInput, lambda: a.set_operator(o, aud, password="12"))  # unchecked
+    refused(a, [m], InvalidInput, lambda: a.set_operator(o, aud, password=123456))
+    a.set_operator(o, aud, password="secret9")
+    assert a.authenticate("audrey", "secret9") == aud
+    refused(a, [m], InvalidInput, lambda: a.add_operator(o, "boss", "another1"))
+    # Deactivated: can neither log in nor act.
+    a.set_operator(o, aud, active=False)
+    refused(a, [m], PermissionDenied, lambda: a.authenticate("audrey", "secret9"))
+    refused(a, [m], PermissionDenied, lambda: a.correct(aud, m, "cash", 5, "x"))
+    refused(a, [m], NotFound, lambda: a.set_operator(o, "0000000000000.SH01", active=False))
+
+
+def test_rule_validation(a: Ledger) -> None:
+    o = a.owner
+    m = member(a)
+    bad_rules = [
+        ("promotions", [{"min": 0, "bonus": 5}]),
+        ("promotions", {"min": 5}),
+        ("levels", []),
+        ("levels", [{"name": "x", "threshold": 0, "discount": "1.5", "points_multiplier": "1"}]),
+        ("levels", [{"name": "x", "threshold": 0, "discount": "0", "points_multiplier": "1"}]),
+        ("services", {}),
+        ("services", {"BAD CODE": {"price": 100}}),
+        ("services", {"FOOT60\n": {"price": 100}}),
+        ("services", {"X": {"price": -1}}),
+        ("conversion", {"points_per_yuan": 0}),
+        ("approval", {"topup_limit": 0, "correction_limit": 1}),
+        ("level_basis", {"basis": "age"}),
+        ("earn", {"points_per_yuan": "-1", "expire_days": 0}),
+        # Regression: these were accepted, then every debit at every branch raised
+        # OverflowError (or InvalidAmount) once the rule had replicated.
+        ("earn", {"points_per_yuan": "inf", "expire_days": 1}),
+        ("earn", {"points_per_yuan": "1e30", "expire_days": 1}),
+        ("earn", {"points_per_yuan": "nan", "expire_days": 1}),
+        ("earn", {"points_per_yuan": "1", "expire_days": 10**9}),
+        ("levels", [{"name": "x", "threshold": 0, "discount": "1",
+                     "points_multiplier": "Infinity"}]),
+        ("levels", [{"name": "x", "threshold": 0, "discount": "NaN", "points_multiplier": "1"}]),
+        ("settings", []),
+        # Regression: a fractional amount was cut by int(): listed 12.7, charged 12.
+        ("services", {"X": {"name": "x", "price": 12.7}}),
+        ("services", {"X": {"name": "x", "price": True}}),
+        ("promotions", [{"min": 100000, "bonus": 200.5}]),
+    ]
+    for kind, body in bad_rules:
+        refused(a, [m], InvalidInput, lambda kind=kind, body=body: a.set_rule(o, kind, body))
+    refused(a, [m], InvalidInput, lambda: a.set_rule(o, "weather", {}))
+    refused(a, [m], InvalidInput,
+            lambda: a.set_rule(o, "promotions", [], effective_from="tomorrow"))
+    refused(a, [m], InvalidInput, lambda: a.rule("weather"))
+
+
+def test_rule_takes_effect_on_its_day(tmp_path: Path) -> None:
+    clock = FakeClock()
+    a = new_ledger(tmp_path, "SH01", now_ms=clock)
+    try:
+        o = a.owner
+        m = member(a)
+        a.set_rule(o, "promotions", [{"min": 100, "bonus": 7}], effective_from="2026-01-03")
+        assert a.topup(o, m, 100).get("bonus") is None
+        clock.advance_days(2)
+        assert a.topup(o, m, 100)["bonus"] == 7
+        assert a.rule("promotions", day="2026-01-02") == []
+    finally:
+        a.close()
+
+
+# --- members ----------------------------------------------------------------------
+
+
+def test_member_fields_validated(a: Ledger) -> None:
+    o = a.owner
+    m = member(a)
+    bad = [
+        dict(name="", phone="13900000001"),
+        dict(name="x", phone=""),
+        dict(name="x", phone="call me"),
+        dict(name="x", phone="13900000001", gender="X"),
+        dict(name="x", phone="13900000001", birthday="May 17"),
+        dict(name="x", phone="13900000001", home="sh01"),
+        dict(name="x" * 201, phone="13900000001"),
+        dict(name="x", phone="13900000001", prefs={"colour": "red"}),
+        dict(name="x", phone=PHONE),  # duplicate phone
+        dict(name="x", phone=f" {PHONE} "),  # the same phone after trimming
+    ]
+    for kw in bad:
+        refused(a, [m], InvalidInput, lambda kw=kw: a.add_member(o, **kw))
+    refused(a, [m], InvalidInput, lambda: a.edit_member(o, m, fields={"salary": "1"}))
+    refused(a, [m], InvalidInput, lambda: a.edit_member(o, m, fields={"name": "  "}))
+    refused(a, [m], InvalidInput, lambda: a.edit_member(o, m, fields={"gender": "Q"}))
+    # Regression: bool("false") is True, so a form's text deleted the member.
+    for text in ("false", "no", "0", 0, None):
+        refused(a, [m], InvalidInput,
+                lambda text=text: a.edit_member(o, m, fields={"deleted": text}))
+    assert not a.member(m).get("deleted")
+
+
+def test_member_profile_and_search(a: Ledger) -> None:
+    o = a.owner
+    m = a.add_member(o, name="王小明", phone="13812345678", gender="M", birthday="05-17",
+                     tags=["VIP", "腰疼"], prefs={"strength": "重", "technician": "8号"},
+                     custom={"车牌": "沪A12345"})
+    a.issue_card(o, m, "NFC-9")
+    info = a.member(m)
+    assert info["name"] == "王小明" and info["tags"] == ["VIP", "腰疼"]
+    assert info["prefs"] == {"strength": "重", "technician": "8号"}
+    assert info["custom"] == {"车牌": "沪A12345"} and info["home"] == "SH01"
+    for q in ("NFC-9", "nfc-9", "13812345678", "5678", "小明", m):
+        hits = a.find_members(q)
+        assert [h["id"] for h in hits] == [m], q
+        assert hits[0]["phone"] == "138****5678"
+    a.edit_member(o, m, tags_remove=["VIP"], tags_add=["常客"])
+    assert a.member(m)["tags"] == ["常客", "腰疼"]
+    a.edit_member(o, m, fields={"deleted": True})
+    assert a.find_members("小明") == []
+    refused(a, [m], InvalidInput, lambda: a.topup(o, m, 100))
+
+
+def test_search_wildcards_are_literal(a: Ledger) -> None:
+    """Regression: '%' or '_' went into LIKE unescaped and listed every member."""
+    names = ["李_四", "五折50%", "a\\b", "王五"]
+    ids = {n: member(a, f"1390000000{i}", n) for i, n in enumerate(names)}
+    found = {q: [h["id"] for h in a.find_members(q)] for q in ("%", "_", "李_", "50%", "\\",
+                                                               "五")}
+    assert found["%"] == [ids["五折50%"]]
+    assert found["_"] == [ids["李_四"]] == found["李_"]
+    assert found["50%"] == [ids["五折50%"]]
+    assert found["\\"] == [ids["a\\b"]]
+    assert sorted(found["五"]) == sorted([ids["五折50%"], ids["王五"]])
+
+
+def test_concurrent_edits_of_different_fields_survive(a: Ledger, b: Ledger) -> None:
+    m = member(a)
+    sync(a, b)
+    a.edit_member(a.owner, m, fields={"notes": "likes tea"}, prefs={"strength": "轻"})
+    b.edit_member(b.owner, m, fields={"name": "张三丰"}, prefs={"technician": "5号"},
+                  tags_add=["VIP"])
+    sync(a, b)
+    for ledger in (a, b):
+        info = ledger.member(m)
+        assert info["notes"] == "likes tea" and info["name"] == "张三丰"
+        assert info["prefs"] == {"strength": "轻", "technician": "5号"}
+        assert info["tags"] == ["VIP"]
+    assert projections(a)["members"] == projections(b)["members"]
+    assert a.find_members("张三丰")[0]["id"] == m
+
+
+def test_duplicate_phone_refused(a: Ledger) -> None:
+    m = member(a)
+    err = refused(a, [m], InvalidInput, lambda: member(a, PHONE, "李四"))
+    assert "registered" in str(err)
+    m2 = member(a, "13900000000", "李四")
+    # Regression: editing a member to a phone registered to another was allowed.
+    refused(a, [m, m2], InvalidInput, lambda: a.edit_member(a.owner, m2, fields={"phone": PHONE}))
+    a.edit_member(a.owner, m2, fields={"phone": "13900000000", "notes": "same phone is fine"})
+    a.edit_member(a.owner, m2, fields={"phone": "13900000009"})
+    assert a.find_members("13900000009")[0]["id"] == m2
+
+
+# --- reports ---------------------------------------------------------------------
+
+
+def test_daily_report(a: Ledger) -> None:
+    o = a.owner
+    m1, m2 = member(a), member(a, "13900000000", "李四")
+    a.issue_card(o, m1, "C1", fee=1000)
+    a.topup(o, m1, 50000)
+    a.topup(o, m2, 20000)
+    d = a.debit(o, m1, amount=8000)
+    a.debit(o, m2, service="HAIR")
+    a.debit(o, m2, amount=3000, pay="cash")
+    a.sell_package(o, m2, "FOOT60", 5, 50000)
+    a.refund(o, d["id"], 2000)
+    rep = views.daily_report(a, a.today())
+    assert rep["new_members"] == 2
+    assert rep["topups"] == 2 and rep["topup_cash"] == 70000
+    assert rep["debits"] == 3 and rep["refunds"] == 2000
+    assert rep["sales"] == 8000 + 6800 + 3000 - 2000
+    assert rep["cards_sold"] == 2 and rep["card_sales"] == 1000 + 50000
+    assert views.daily_report(a, a.today(), node="SH09")["sales"] == 0
+    assert views.daily_report(a, "2000-01-01")["new_members"] == 0
+
+
+def test_settlement_pairs_net_and_sum_to_zero(a: Ledger, b: Ledger, tmp_path: Path) -> None:
+    c = new_ledger(tmp_path, "SH03")
+    try:
+        m = member(a)
+        a.topup(a.owner, m, 100000)
+        sync(a, b)
+        sync(a, c)
+        a.transfer_rights(a.owner, m, "SH02", 50000)
+        a.transfer_rights(a.owner, m, "SH03", 10000)
+        sync(a, b)
+        b.transfer_rights(b.owner, m, "SH01", 20000)
+        b.transfer_rights(b.owner, m, "SH03", 5000)
+        sync(a, b)
+        sync(b, c)
+        for ledger in (a, b, c):
+            s = views.settlement(ledger)
+            assert s["pairs"] == [
+                {"owes": "SH01", "to": "SH02", "amount": 30000},
+                {"owes": "SH01", "to": "SH03", "amount": 10000},
+                {"owes": "SH02", "to": "SH03", "amount": 5000},
+            ]
+            assert s["net"] == {"SH01": -40000, "SH02": 25000, "SH03": 15000}
+            assert s["total"] == 0 == sum(s["net"].values())
+        assert views.settlement(a, start="2000-01-01", end="2000-12-31")["pairs"] == []
+    finally:
+        c.close()
+
+
+def test_rankings_by_member_and_service(a: Ledger) -> None:
+    o = a.owner
+    m1, m2 = member(a), member(a, "13900000000", "李四")
+    a.topup(o, m1, 100000)
+    a.topup(o, m2, 100000)
+    a.debit(o, m1, service="HAIR")
+    a.debit(o, m2, service="FOOT60")
+    d = a.debit(o, m2, service="FOOT60")
+    a.debit(o, m1, amount=50000)
+    a.refund(o, d["id"])
+    # Default levels: 100000 topped is 银卡, 0.95 off services.
+    by_member = views.ranking(a, by="members")
+    assert [(r["member"], r["amount"], r["count"]) for r in by_member] == [
+        (m1, 6460 + 50000, 2), (m2, 12160, 2)]
+    assert by_member[0]["phone"] == "138****5678" and by_member[0]["name"] == "张三"
+    by_service = views.ranking(a, by="services")
+    assert [(r["service"], r["amount"]) for r in by_service] == [("FOOT60", 12160),
+                                                                 ("HAIR", 6460)]
+    assert views.ranking(a, by="members", limit=1)[0]["member"] == m1
+    assert views.ranking(a, start="2099-01-01") == []
+
+
+# --- storage: reopen, backup, compaction, lock --------------------------------------
+
+
+def _busy(a: Ledger) -> list[str]:
+    o = a.owner
+    ms = [member(a, f"1390000000{i}", f"会员{i}") for i in range(3)]
+    a.set_rule(o, "promotions", [{"min": 1000, "bonus": 100}])
+    for i, m in enumerate(ms):
+        a.issue_card(o, m, f"K{i}", pin="1234")
+        a.topup(o, m, 5000 + i)
+        a.debit(o, m, amount=1000 + i)
+        a.sell_package(o, m, "HAIR", 2, 0)
+    a.add_operator(o, "alice", "secret1")
+    return ms
+
+
+def test_reopen_gives_the_same_projections(tmp_path: Path) -> None:
+    a = new_ledger(tmp_path, "SH01")
+    ms = _busy(a)
+    before = snapshot(a, ms)
+    content = doc_content(a)
+    path = a.storage.dir
+    a.close()
+    a = Ledger.open(path)
+    try:
+        assert snapshot(a, ms) == before
+        assert doc_content(a) == content
+        # And it keeps working where it left off.
+        e = a.topup(a.owner, ms[0], 1)
+        assert e["id"] > max(h["id"] for h in before[f"history:{ms[0]}"])
+    finally:
+        a.close()
+
+
+def test_backup_of_an_open_ledger(tmp_path: Path) -> None:
+    a = new_ledger(tmp_path, "SH01")
+    try:
+        ms = _busy(a)
+        storage.backup(a.storage.dir, tmp_path / "bk")
+        a.topup(a.owner, ms[0], 7)  # after the backup: not in it
+        r = Ledger.open(tmp_path / "bk")
+        try:
+            assert r.storage.client_id != a.storage.client_id  # rotated on first open
+            assert r.storage.meta["rotate_client_id"] == "0"
+            assert r.node == "SH01" and r.chain == a.chain
+            for m in ms[1:]:
+                assert r.balance(m) == a.balance(m)
+            assert r.balance(ms[0])["cash"] == a.balance(ms[0])["cash"] - 7
+            assert r.use_card("K1", "1234")["member"] == ms[1]
+            r.topup(r.owner, ms[1], 1)
+            client = r.storage.client_id
+        finally:
+            r.close()
+        r = Ledger.open(tmp_path / "bk")
+        try:
+            assert r.storage.client_id == client  # rotated once, not at every open
+        finally:
+            r.close()
+        with pytest.raises(StoreError):
+            storage.backup(a.storage.dir, tmp_path / "bk")
+    finally:
+        a.close()
+
+
+def test_compaction_keeps_documents_and_balances(tmp_path: Path) -> None:
+    a = new_ledger(tmp_path, "SH01")
+    ms = _busy(a)
+    before = snapshot(a, ms)
+    content = doc_content(a)
+    rows = log_rows(a)
+    for name in a.state_vectors():
+        a.storage.compact(name)
+    assert log_rows(a) == 0 < rows
+    assert a.state_vectors() == before["state_vectors"]
+    path = a.storage.dir
+    a.close()
+    a = Ledger.open(path)
+    try:
+        assert doc_content(a) == content
+        after = snapshot(a, ms)
+        for key in before:
+            if key not in ("log", "docs", "snapshots"):
+                assert after[key] == before[key], key
+        a.topup(a.owner, ms[0], 1)
+        assert log_rows(a) == 1
+    finally:
+        a.close()
+    a = Ledger.open(path)
+    try:
+        assert a.balance(ms[0])["cash"] == before[f"balance:{ms[0]}"]["cash"] + 1
+    finally:
+        a.close()
+
+
+def test_compaction_triggers_after_many_updates(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(storage, "COMPACT_AFTER", 5)
+    a = new_ledger(tmp_path, "SH01")
+    try:
+        m = member(a)
+        for _ in range(12):
+            a.topup(a.owner, m, 10)
+        name = next(n for n in a.state_vectors() if n.startswith("ledger/"))
+        (tail,) = a.storage.conn.execute("SELECT tail FROM docs WHERE name = ?",
+                                         (name,)).fetchone()
+        assert tail < 5
+        path = a.storage.dir
+        a.close()
+        a = Ledger.open(path)
+        assert a.balance(m)["cash"] == 120 and len(a.history(m)) == 12
+    finally:
+        a.close()
+
+
+def test_second_open_of_the_same_directory_is_refused(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(storage, "LOCK_WAIT_S", 0.2)
+    a = new_ledger(tmp_path, "SH01")
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(StoreLocked, match="in use"):
+            Ledger.open(a.storage.dir)
+        assert time.monotonic() - t0 < 2
+        m = member(a)  # the first opener is unaffected
+        assert a.member(m)["name"] == "张三"
+    finally:
+        a.close()
+    Ledger.open(tmp_path / "sh01").close()  # free again after close
+
+
+def test_clock_set_back_across_a_restart(tmp_path: Path) -> None:
+    clock = FakeClock()
+    a = new_ledger(tmp_path, "SH01", now_ms=clock)
+    m = member(a)
+    last = a.topup(a.owner, m, 1)["id"]
+    a.close()
+    clock.advance_days(-1)  # the machine's clock was set back while the node was down
+    a = Ledger.open(tmp_path / "sh01", now_ms=clock)
+    try:
+        e = a.topup(a.owner, m, 1)
+        assert e["id"] > last
+        assert [h["id"] for h in a.history(m)] == sorted((h["id"] for h in a.history(m)),
+                                                        reverse=True)
+    finally:
+        a.close()
+
+
+def test_store_of_a_newer_format_is_refused_and_unlocked(tmp_path: Path) -> None:
+    a = new_ledger(tmp_path, "SH01")
+    a.storage.set_meta("format", "99")
+    a.close()
+    with pytest.raises(StoreError, match="format 99"):
+        Ledger.open(tmp_path / "sh01")
+    with pytest.raises(StoreError, match="format 99"):  # not StoreLocked: lock released
+        Ledger.open(tmp_path / "sh01")
+
+
+def test_create_and_open_refusals(tmp_path: Path) -> None:
+    with pytest.raises(StoreError):
+        Ledger.open(tmp_path / "nothing")
+    Ledger.create(tmp_path / "x", "SH01")
+    with pytest.raises(StoreError):
+        Ledger.create(tmp_path / "x", "SH01")
+    for node in ("sh01", "", "SH01\n", "TOO_LONG_NODE_ID_X"):
+        with pytest.raises(InvalidInput):
+            Ledger.create(tmp_path / "y", node)
+    with pytest.raises(InvalidInput):
+        Ledger.create(tmp_path / "y", "SH01", chain="bad chain")
+    with pytest.raises(InvalidInput):
+        Ledger.create(tmp_path / "y", "SH01", chain="chain\n")
+    with pytest.raises(InvalidInput):
+        Ledger.create(tmp_path / "y", "SH01", timezone="Mars/Olympus")
+    assert not (tmp_path / "y" / "ledger.sqlite3").exists()
+
+
+def test_errors_are_ledger_errors_with_codes() -> None:
+    for exc in (ApprovalRequired, CardInactive, CardLost, InvalidAmount, InvalidInput, NotFound,
+                PermissionDenied, StoreLocked, WrongPin):
+        assert issubclass(exc, LedgerError) and exc.code != LedgerError.code
+
+
+def test_remote_replica_converges_on_everything(a: Ledger, b: Ledger) -> None:
+    ms = _busy(a)
+    net = Net()
+    net.connect(a, b)
+    b.topup(b.owner, ms[0], 3)
+    net.pump()
+    net.close()
+    assert projections(a) == projections(b)
+    assert doc_content(a) == doc_content(b)
+    assert {n: decode_state_vector(v) for n, v in a.state_vectors().items()} == {
+        n: decode_state_vector(v) for n, v in b.state_vectors().items()}
