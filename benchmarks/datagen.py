@@ -45,8 +45,9 @@ from crdtledger.money import apply_rate, points_for
 from crdtledger.storage import DB_FILE
 
 # Bump when the generated content or the storage layout changes, so stale caches
-# are not reused (2: snapshots in their own table; 3: unique card numbers).
-GEN_VERSION = 3
+# are not reused (2: snapshots in their own table; 3: unique card numbers;
+# 4: log keyed by document, no docs.tail).
+GEN_VERSION = 4
 OUT = Path(__file__).resolve().parent / "out"  # git-ignored
 TIMEZONE = "Asia/Shanghai"
 NODES = ("HQ", "B1", "B2", "B3")
@@ -378,7 +379,7 @@ class Generator:
 
     def _compact_all(self) -> None:
         st = self.ledger.storage
-        for (name,) in st.conn.execute("SELECT name FROM docs WHERE tail > 0").fetchall():
+        for (name,) in st.conn.execute("SELECT DISTINCT doc FROM log").fetchall():
             st.compact(name)
             st.evict_all()
 

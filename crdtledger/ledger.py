@@ -17,10 +17,11 @@ import json
 import re
 import secrets
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pycrdt import Array, Doc, Map, get_update
 
@@ -68,7 +69,36 @@ from crdtledger.storage import LoadedDoc, Storage
 from crdtledger.sync import decode_state_vector
 
 Listener = Callable[[str, bytes, object], None]
-Mutation = Callable[[LoadedDoc], None]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Write:
+    """One replicated record changed by a local operation: `mutate` gets the root Map
+    of `doc`; the projection then rewrites that one record (or, for a ledger entry,
+    projects `entry`, the very value written)."""
+
+    doc: str
+    root: str
+    key: str
+    mutate: Callable[[Map[Any]], None]
+    entry: dict[str, Any] | None = None
+
+
+def _put(doc: str, root: str, key: str, value: Any) -> Write:
+    return Write(doc, root, key, lambda r: r.__setitem__(key, value))
+
+
+def _spend(node: str, purses: Mapping[str, Mapping[str, int]], amount: int
+           ) -> list[tuple[str, str, int]]:
+    """Stored value spent at `node`: cash first, then bonus (the named rule)."""
+    cash = sum(purses.get("cash", {}).values())
+    bonus = sum(purses.get("bonus", {}).values())
+    from_cash = min(amount, cash)
+    if amount - from_cash > bonus:
+        raise InsufficientFunds("cash", cash + bonus, amount)
+    return [("cash", node, -from_cash), ("bonus", node, -(amount - from_cash))]
+
 
 MEMBER_FIELDS = ("name", "phone", "gender", "birthday", "anniversary", "home", "level",
                  "notes", "deleted")
@@ -149,25 +179,45 @@ class Ledger:
 
     # --- the one write path -------------------------------------------------
 
-    def _commit(self, writes: Sequence[tuple[str, Mutation]],
-                check: Callable[[], None] | None = None) -> None:
+    def _commit(self, plan: Callable[[], tuple[Sequence[Write], T]]) -> T:
+        """Run `plan` inside the write transaction (so the rights it checks cannot move
+        before its entry commits), write what it returns, project, log, commit; then
+        hand the updates to listeners. Returns the plan's result."""
         st = self.storage
         committed: list[tuple[str, bytes]] = []
         with st.transaction():
-            if check is not None:
-                check()
-            for name, mutate in writes:
-                ld = st.doc(name)
+            writes, result = plan()
+            for w in writes:
+                ld = st.doc(w.doc)
                 with ld.doc.transaction():
-                    mutate(ld)
-                updates, change = ld.take()
-                self._project(ld, change)
+                    w.mutate(ld.roots[w.root])
+                updates = ld.take_updates()
+                self._project_write(ld, w)
                 st.record(ld, updates)
-                committed.extend((name, u) for u in updates)
-            st.set_meta("hlc", str(self.clock.last))
+                committed.extend((w.doc, u) for u in updates)
+            st.keep_clock(self.clock.last)
         self._notify(committed, None)
-        for name, _ in writes:
+        for name in {w.doc for w in writes}:
             st.maybe_compact(name)
+        return result
+
+    def _write(self, *writes: Write) -> None:
+        self._commit(lambda: (writes, None))
+
+    def _project_write(self, ld: LoadedDoc, w: Write) -> None:
+        """Project a local write from what it wrote. pycrdt's observers would tell the
+        same, but converting their events costs more than the rest of a debit's CPU;
+        remote updates, whose content we do not know, go through the observers."""
+        conn, day_of = self.storage.conn, self.storage.day_of
+        if w.entry is not None:
+            if entry_change(conn, ld.name, w.key, None, w.entry, day_of, local=True) is None:
+                # Our own code built an entry that replicas would quarantine: refuse it
+                # here rather than acknowledge what nobody else will count.
+                raise InvalidInput(f"refusing a malformed {w.entry.get('kind')} entry")
+            return
+        record_change(conn, ld.name, w.root, w.key, ld.roots[w.root][w.key], day_of)
+        if w.root == "rules":
+            self._rules = None
 
     def _notify(self, updates: Iterable[tuple[str, bytes]], origin: object) -> None:
         for name, update in updates:
@@ -192,6 +242,7 @@ class Ledger:
             value = ld.roots[root].get(key)
             if value is not None:
                 record_change(conn, ld.name, root, key, value, day_of)
+                rules_changed |= root == "rules"
         if rules_changed:
             self._rules = None
 
@@ -228,15 +279,16 @@ class Ledger:
             for name, data in updates:
                 ld = st.doc(name)
                 before = ld.doc.get_state()
-                try:
-                    if _skips_clocks(before, bytes(data)):
-                        continue  # wait for the diff that fills the gap (anti-entropy)
-                    ld.doc.apply_update(bytes(data))
-                except BaseException as e:  # pyo3 panics are BaseExceptions
-                    if isinstance(e, KeyboardInterrupt | SystemExit):
-                        raise
-                    raise RemoteProtocolError(f"malformed update for {name}: {e}") from None
-                _, change = ld.take()
+                with ld.watching() as change:
+                    try:
+                        if _skips_clocks(before, bytes(data)):
+                            continue  # wait for the diff that fills the gap (anti-entropy)
+                        ld.doc.apply_update(bytes(data))
+                    except BaseException as e:  # pyo3 panics are BaseExceptions
+                        if isinstance(e, KeyboardInterrupt | SystemExit):
+                            raise
+                        raise RemoteProtocolError(f"malformed update for {name}: {e}") from None
+                ld.take()
                 # Yrs integrates a Map entry that arrives ahead of its writer's earlier
                 # updates (and fires its event) without moving the state vector, which
                 # counts only each writer's contiguous prefix: such an update is new even
@@ -252,7 +304,7 @@ class Ledger:
                 touched.append(name)
             if touched:
                 project_deferred(st.conn, st.day_of)  # entries whose funding just came
-            st.set_meta("hlc", str(self.clock.last))
+            st.keep_clock(self.clock.last)
         self._notify(new, origin)
         for name in dict.fromkeys(touched):
             st.maybe_compact(name)
@@ -333,7 +385,7 @@ class Ledger:
         _check_date(eff, "effective_from")
         rid = self.clock.mint()
         record = {"kind": kind, "effective_from": eff, "body": json.dumps(body, sort_keys=True)}
-        self._commit([("rules", lambda ld: ld.roots["rules"].__setitem__(rid, record))])
+        self._write(_put("rules", "rules", rid, record))
         return rid
 
     def today(self) -> str:
@@ -355,7 +407,7 @@ class Ledger:
         oid = self.clock.mint()
         data = {"name": name, "password": hash_secret(password), "active": True,
                 "roles": Map(role_map)}
-        self._commit([("operators", lambda ld: ld.roots["operators"].__setitem__(oid, Map(data)))])
+        self._write(_put("operators", "operators", oid, Map(data)))
         return oid
 
     def set_operator(self, operator: str, target: str, *, password: str | None = None,
@@ -371,8 +423,8 @@ class Ledger:
             raise InvalidInput("password must have at least 6 characters")
         pw = hash_secret(password) if password is not None else None
 
-        def mutate(ld: LoadedDoc) -> None:
-            m = ld.roots["operators"][target]
+        def mutate(root: Map[Any]) -> None:
+            m = root[target]
             if pw is not None:
                 m["password"] = pw
             if active is not None:
@@ -380,7 +432,7 @@ class Ledger:
             for r, on in (roles or {}).items():
                 m["roles"][r] = bool(on)
 
-        self._commit([("operators", mutate)])
+        self._write(Write("operators", "operators", target, mutate))
 
     def define_role(self, operator: str, name: str, permissions: Iterable[str]) -> None:
         self.authorise(operator, "operators.manage")
@@ -392,15 +444,15 @@ class Ledger:
         roles = self.storage.doc("operators").roots["roles"]
         exists = name in roles
 
-        def mutate(ld: LoadedDoc) -> None:
+        def mutate(root: Map[Any]) -> None:
             if exists:
-                role = ld.roots["roles"][name]
+                role = root[name]
                 for p in PERMISSIONS:
                     role[p] = p in perms
             else:
-                ld.roots["roles"][name] = Map({p: p in perms for p in PERMISSIONS})
+                root[name] = Map({p: p in perms for p in PERMISSIONS})
 
-        self._commit([("operators", mutate)])
+        self._write(Write("operators", "roles", name, mutate))
 
     def _check_role_exists(self, role: str) -> None:
         if role in BUILTIN_ROLES:
@@ -446,13 +498,9 @@ class Ledger:
         tag_d = {_text(t, "tag", limit=40): True for t in tags}
         mid = self.clock.mint()
 
-        def mutate(ld: LoadedDoc) -> None:
-            ld.roots["members"][mid] = Map(
-                {**fields, "created_by": operator, "prefs": Map(prefs_d), "tags": Map(tag_d),
-                 "custom": Map(custom_d)}
-            )
-
-        self._commit([(member_doc(mid), mutate)])
+        record = Map({**fields, "created_by": operator, "prefs": Map(prefs_d),
+                      "tags": Map(tag_d), "custom": Map(custom_d)})
+        self._write(_put(member_doc(mid), "members", mid, record))
         return mid
 
     def edit_member(self, operator: str, member: str, *, fields: Mapping[str, Any] | None = None,
@@ -479,15 +527,15 @@ class Ledger:
         tags = {_text(t, "tag", limit=40): True for t in tags_add}
         tags |= {_text(t, "tag", limit=40): False for t in tags_remove}
 
-        def mutate(ld: LoadedDoc) -> None:
-            m = ld.roots["members"][member]
+        def mutate(root: Map[Any]) -> None:
+            m = root[member]
             for k, v in f.items():
                 m[k] = v
             for sub, values in (("prefs", prefs_d), ("custom", custom_d), ("tags", tags)):
                 for k, v in values.items():
                     m[sub][k] = v
 
-        self._commit([(member_doc(member), mutate)])
+        self._write(Write(member_doc(member), "members", member, mutate))
 
     def member(self, member: str) -> dict[str, Any]:
         return views.member(self, member)
@@ -495,14 +543,16 @@ class Ledger:
     def find_members(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
         return views.find_members(self.storage.conn, query, limit)
 
-    def _live_member(self, member: str) -> None:
+    def _live_member(self, member: str) -> dict[str, Any]:
         # On the debit path: one indexed read, not the whole member view.
         row = self.storage.conn.execute(
             "SELECT body FROM members WHERE id = ?", (member,)).fetchone()
         if row is None:
             raise NotFound(f"unknown member {member}")
-        if json.loads(row[0]).get("deleted"):
+        profile: dict[str, Any] = json.loads(row[0])
+        if profile.get("deleted"):
             raise InvalidInput(f"member {member} was deleted")
+        return profile
 
     # --- cards --------------------------------------------------------------
 
@@ -521,10 +571,7 @@ class Ledger:
         cid = self.clock.mint()
         card = self._card_record(cid, member, card_no, card_type, pin, expiry)
         entry = self._entry("card", member, amount=fee, paid=fee, card=cid)
-        self._commit([
-            (member_doc(member), lambda ld: ld.roots["cards"].__setitem__(cid, Map(card))),
-            self._entry_write(entry),
-        ])
+        self._write(_put(member_doc(member), "cards", cid, Map(card)), self._entry_write(entry))
         return cid
 
     def _card_record(self, cid: str, member: str, card_no: str, card_type: str,
@@ -586,9 +633,14 @@ class Ledger:
         if card["status"] not in allowed_from:
             raise InvalidInput(f"card {card_no} is {card['status']}; cannot mark it {status}")
         eid = self.clock.mint()
-        self._commit([(member_doc(card["member"]), lambda ld: ld.roots["cards"][card["id"]][
-            "events"].append([eid, status, note]))])
+        self._write(self._card_status(card, [eid, status, note]))
         return str(card["id"])
+
+    def _card_status(self, card: Mapping[str, Any], event: list[str]) -> Write:
+        """Card status is a growing list of events; the latest (by HLC id) holds."""
+        cid = str(card["id"])
+        return Write(member_doc(str(card["member"])), "cards", cid,
+                     lambda root: root[cid]["events"].append(event))
 
     def report_lost(self, operator: str, card_no: str) -> str:
         return self._card_event(operator, "card.lost", card_no, "lost", ("active",))
@@ -613,12 +665,8 @@ class Ledger:
         card = self._card_record(cid, old["member"], new_no, str(old["type"]), pin,
                                  str(old["expiry"]))
         card["replaces"] = old["id"]
-
-        def mutate(ld: LoadedDoc) -> None:
-            ld.roots["cards"][old["id"]]["events"].append([eid, "replaced", cid])
-            ld.roots["cards"][cid] = Map(card)
-
-        self._commit([(member_doc(old["member"]), mutate)])
+        self._write(self._card_status(old, [eid, "replaced", cid]),
+                    _put(member_doc(str(old["member"])), "cards", cid, Map(card)))
         return cid
 
     # --- ledger entries -----------------------------------------------------
@@ -633,34 +681,43 @@ class Ledger:
                 raise InvalidAmount(f"value {v} out of range")
         entry: dict[str, Any] = {
             "id": eid, "kind": kind, "member": member, "node": self.node,
-            "op": extra.pop("op", self.owner), "at": wall_ms(decode(eid.split(".")[0])),
+            "op": extra.pop("op", self.owner), "at": wall_ms(self.clock.last),
             "amount": amount, "deltas": [list(d) for d in deltas if d[2] != 0],
         }
         entry.update({k: v for k, v in extra.items() if v is not None and v != ""})
         return entry
 
-    def _entry_write(self, entry: dict[str, Any]) -> tuple[str, Mutation]:
+    def _entry_write(self, entry: dict[str, Any]) -> Write:
         month = self.storage.day_of(entry["at"])[:7]
-        return ledger_doc(month), lambda ld: ld.roots["entries"].__setitem__(entry["id"], entry)
+        eid = entry["id"]
+        return Write(ledger_doc(month), "entries", eid,
+                     lambda root: root.__setitem__(eid, entry), entry=entry)
 
     def _rights(self, member: str, purse: str) -> dict[str, int]:
         return {n: a for n, a in self.storage.conn.execute(
             "SELECT node, amount FROM rights WHERE member = ? AND purse = ?", (member, purse))}
 
-    def _require(self, member: str, purse: str, amount: int) -> None:
-        escrow.require(purse, self.node, self._rights(member, purse), amount)
+    def _purses(self, member: str) -> dict[str, dict[str, int]]:
+        """Every purse of a member with its rights per node: one indexed read."""
+        out: dict[str, dict[str, int]] = {}
+        for purse, node, amount in self.storage.conn.execute(
+            "SELECT purse, node, amount FROM rights WHERE member = ?", (member,)
+        ):
+            out.setdefault(purse, {})[node] = amount
+        return out
 
     def _post(self, entry: dict[str, Any], needs: Mapping[str, int]) -> dict[str, Any]:
         """Commit an entry after checking, inside the write transaction, that this
         node's own rights cover every purse it lowers."""
 
-        def check() -> None:
+        def plan() -> tuple[list[Write], dict[str, Any]]:
+            purses = self._purses(entry["member"]) if any(v > 0 for v in needs.values()) else {}
             for purse, amount in needs.items():
                 if amount > 0:
-                    self._require(entry["member"], purse, amount)
+                    escrow.require(purse, self.node, purses.get(purse, {}), amount)
+            return [self._entry_write(entry)], entry
 
-        self._commit([self._entry_write(entry)], check)
-        return entry
+        return self._commit(plan)
 
     def level(self, member: str) -> dict[str, Any]:
         return views.level(self, member)
@@ -671,7 +728,7 @@ class Ledger:
         """充值: the cash paid becomes stored value here, plus any promotion's bonus."""
         self.authorise(operator, "topup")
         amount = check_amount(amount)
-        member = self._resolve(member, card, pin)
+        member, _ = self._resolve(member, card, pin)
         approved = None
         if amount > int(self.rule("approval")["topup_limit"]):
             approved = self._approve(operator, approver, f"a top-up of {format_yuan(amount)}")
@@ -693,11 +750,11 @@ class Ledger:
         list gets the member's level discount. Stored value is spent cash first, then
         bonus. Points are earned on what is paid, by level multiplier."""
         self.authorise(operator, "debit")
-        member = self._resolve(member, card, pin)
+        member, profile = self._resolve(member, card, pin)
         if pay not in ("stored", "package", "cash"):
             raise InvalidInput("pay must be stored, package or cash")
         qty = check_count(qty, "quantity")
-        lvl = self.level(member)
+        lvl = views.level(self, member, profile)
         rate, svc_name = "1", None
         if service is not None:
             services = self.rule("services")
@@ -714,32 +771,34 @@ class Ledger:
         earn = self.rule("earn")
         points = points_for(net, str(earn["points_per_yuan"]), str(lvl["points_multiplier"]))
         deltas: list[tuple[str, str, int]] = []
-        needs: dict[str, int] = {}
-        if pay == "stored":
-            bal = self.balance(member)
-            from_cash = min(net, bal["cash"])
-            from_bonus = net - from_cash
-            if from_bonus > bal["bonus"]:
-                raise InsufficientFunds("cash", bal["cash"] + bal["bonus"], net)
-            needs = {"cash": from_cash, "bonus": from_bonus}
-            deltas = [("cash", self.node, -from_cash), ("bonus", self.node, -from_bonus)]
-        elif pay == "package":
+        if pay == "package":
             package = package or self._find_package(member, service, qty)
             row = self.storage.conn.execute(
                 "SELECT service FROM entries WHERE id = ? AND kind = 'package' AND member = ?",
                 (package, member)).fetchone()
             if row is None or row[0] != service:
                 raise InvalidInput(f"{package} is not a {service} package of this member")
-            needs = {f"pkg:{package}": qty}
             deltas = [(f"pkg:{package}", self.node, -qty)]
-        deltas.append(("points", self.node, points))
-        entry = self._entry(
-            "debit", member, deltas=deltas, amount=net, gross=gross, discount=rate,
-            level=str(lvl["name"]), service=svc_name, qty=qty, pay=pay, package=package,
-            points=points or None, op=operator,
-            expires=self._points_expiry() if points else None,
-        )
-        return self._post(entry, needs)
+        expires = self._points_expiry() if points else None
+
+        def plan() -> tuple[list[Write], dict[str, Any]]:
+            # Inside the write transaction: the balance split and the escrow check read
+            # the rights once, and nothing can move them before the entry commits.
+            purses = self._purses(member)
+            paid = list(deltas)
+            if pay == "stored":
+                paid += _spend(self.node, purses, net)
+            for purse, _node, change in paid:
+                if change < 0:
+                    escrow.require(purse, self.node, purses.get(purse, {}), -change)
+            entry = self._entry(
+                "debit", member, deltas=[*paid, ("points", self.node, points)], amount=net,
+                gross=gross, discount=rate, level=str(lvl["name"]), service=svc_name, qty=qty,
+                pay=pay, package=package, points=points or None, op=operator, expires=expires,
+            )
+            return [self._entry_write(entry)], entry
+
+        return self._commit(plan)
 
     def _points_expiry(self) -> str | None:
         days = int(self.rule("earn").get("expire_days") or 0)
@@ -753,7 +812,9 @@ class Ledger:
                 return str(pkg["id"])
         raise InsufficientFunds("package uses", 0, qty)
 
-    def _resolve(self, member: str | None, card: str | None, pin: str | None) -> str:
+    def _resolve(self, member: str | None, card: str | None, pin: str | None
+                 ) -> tuple[str, dict[str, Any]]:
+        """The member a counter operation is for, and its profile (one read)."""
         if card is not None:
             c = self.use_card(card, pin)
             if member is not None and member != c["member"]:
@@ -761,8 +822,7 @@ class Ledger:
             member = str(c["member"])
         if member is None:
             raise InvalidInput("name a member or a card")
-        self._live_member(member)
-        return member
+        return member, self._live_member(member)
 
     def refund(self, operator: str, debit_id: str, amount: int | None = None,
                reason: str = "") -> dict[str, Any]:
@@ -903,14 +963,10 @@ class Ledger:
                             paid=price if pay == "cash" else 0, op=operator)
         deltas = [(f"pkg:{entry['id']}", self.node, uses)]
         needs: dict[str, int] = {}
-        if pay == "stored":
-            bal = self.balance(member)
-            from_cash = min(price, bal["cash"])
-            from_bonus = price - from_cash
-            if from_bonus > bal["bonus"]:
-                raise InsufficientFunds("cash", bal["cash"] + bal["bonus"], price)
-            needs = {"cash": from_cash, "bonus": from_bonus}
-            deltas += [("cash", self.node, -from_cash), ("bonus", self.node, -from_bonus)]
+        if pay == "stored" and price:
+            spent = _spend(self.node, self._purses(member), price)
+            needs = {purse: -change for purse, _node, change in spent}
+            deltas += spent
         entry["deltas"] = [list(d) for d in deltas if d[2]]
         return self._post(entry, needs)
 

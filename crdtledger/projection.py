@@ -25,7 +25,10 @@ def _as_plain(value: Any) -> Any:
 
 
 def project_entry(conn: sqlite3.Connection, entry: dict[str, Any], day: str, sign: int) -> None:
-    """Add (sign=+1) or take back (sign=-1) one ledger entry's effects."""
+    """Add (sign=+1) or take back (sign=-1) one ledger entry's effects.
+
+    `day` is that of the entry's id (its writer's clock), so that reports can select
+    a period as a range of ids (views._period)."""
     if sign > 0:
         conn.execute(
             "INSERT INTO entries(id, kind, member, node, op, at, day, amount, paid, ref, "
@@ -63,24 +66,26 @@ def _entry_value(value: Any) -> Any:
 
 
 def entry_change(conn: sqlite3.Connection, doc: str, key: str, old: Any, new: Any,
-                 day_of: Any) -> dict[str, Any] | None:
-    """Project an added (or, from a misbehaving peer, rewritten) entry; None if invalid."""
+                 day_of: Any, *, local: bool = False) -> dict[str, Any] | None:
+    """Project an added (or, from a misbehaving peer, rewritten) entry; None if invalid
+    or deferred. `local`: written here, so its numbers are exact Python ints already
+    and its writer has just checked its rights; the schema is checked all the same."""
     if old is not None and not conn.execute(
             "DELETE FROM deferred WHERE doc = ? AND key = ?", (doc, key)).rowcount:
         try:
             prev = normalise_entry(key, _entry_value(old))
-            project_entry(conn, prev, day_of(prev["at"]), -1)
+            project_entry(conn, prev, day_of(id_time_ms(prev["id"])), -1)
         except InvalidRecord:
             conn.execute("DELETE FROM quarantine WHERE doc = ? AND key = ?", (doc, key))
     try:
-        entry = normalise_entry(key, _entry_value(new))
+        entry = normalise_entry(key, new if local else _entry_value(new))
     except InvalidRecord as e:
         conn.execute("INSERT OR REPLACE INTO quarantine VALUES (?,?,?)", (doc, key, str(e)))
         return None
-    if not _funded(conn, [entry]):
+    if not local and not _funded(conn, [entry]):
         conn.execute("INSERT OR REPLACE INTO deferred VALUES (?,?,?)", (doc, key, dumps(entry)))
         return None
-    project_entry(conn, entry, day_of(entry["at"]), +1)
+    project_entry(conn, entry, day_of(id_time_ms(entry["id"])), +1)
     return entry
 
 
@@ -126,12 +131,12 @@ def project_deferred(conn: sqlite3.Connection, day_of: Any) -> list[dict[str, An
         progress = False
         for k, entry in list(waiting.items()):
             if _funded(conn, [entry]):
-                project_entry(conn, entry, day_of(entry["at"]), +1)
+                project_entry(conn, entry, day_of(id_time_ms(entry["id"])), +1)
                 done[k] = waiting.pop(k)
                 progress = True
     if waiting and _funded(conn, list(waiting.values())):
         for entry in waiting.values():
-            project_entry(conn, entry, day_of(entry["at"]), +1)
+            project_entry(conn, entry, day_of(id_time_ms(entry["id"])), +1)
         done.update(waiting)
     conn.executemany("DELETE FROM deferred WHERE doc = ? AND key = ?", list(done))
     return list(done.values())

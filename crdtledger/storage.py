@@ -23,7 +23,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta
+from datetime import time as dt_time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ from zoneinfo import ZoneInfo
 
 from pycrdt import Doc, Map
 
-from crdtledger.errors import StoreError, StoreLocked
+from crdtledger import hlc
+from crdtledger.errors import InvalidInput, StoreError, StoreLocked
 from crdtledger.model import DOC_NAME
 
 FORMAT_VERSION = 1
@@ -43,27 +45,31 @@ COMPACT_AFTER = 2000
 # How many documents stay in memory; the current month, a few member shards.
 DOC_CACHE = 48
 LOCK_WAIT_S = 10.0
+# How far ahead of the clock the persisted ceiling is set (see Storage.keep_clock).
+CLOCK_LEASE_MS = 2000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- Keyed by document: a document loads by one range read, and a commit touches one
+-- b-tree page instead of a table, an index and AUTOINCREMENT's sqlite_sequence.
+-- `seq` comes from a counter kept above every seq and snapshot_seq ever written.
 CREATE TABLE IF NOT EXISTS log(
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, doc TEXT NOT NULL, data BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS log_doc ON log(doc, seq);
+    doc TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY(doc, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS docs(
-    name TEXT PRIMARY KEY, sv BLOB NOT NULL, snapshot BLOB,
-    snapshot_seq INTEGER NOT NULL DEFAULT 0, tail INTEGER NOT NULL DEFAULT 0);
+    name TEXT PRIMARY KEY, sv BLOB NOT NULL, snapshot_seq INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
 -- Snapshots live apart from `docs`, whose row every commit rewrites: SQLite rewrites
 -- (and first reads) a whole row on UPDATE, overflow pages included, so a snapshot
 -- kept there made each commit cost in proportion to its document's size.
--- (docs.snapshot is only read, for stores written before; compaction empties it.)
 CREATE TABLE IF NOT EXISTS snapshots(name TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS peers(node TEXT PRIMARY KEY, states BLOB NOT NULL, seen_at INTEGER);
 CREATE TABLE IF NOT EXISTS entries(
     id TEXT PRIMARY KEY, kind TEXT NOT NULL, member TEXT NOT NULL, node TEXT NOT NULL,
     op TEXT NOT NULL, at INTEGER NOT NULL, day TEXT NOT NULL, amount INTEGER NOT NULL,
-    paid INTEGER NOT NULL DEFAULT 0, ref TEXT, service TEXT, body TEXT NOT NULL);
+    paid INTEGER NOT NULL DEFAULT 0, ref TEXT, service TEXT, body TEXT NOT NULL
+    ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entries_member ON entries(member, id);
-CREATE INDEX IF NOT EXISTS entries_day ON entries(day, kind);
 CREATE INDEX IF NOT EXISTS entries_ref ON entries(ref) WHERE ref IS NOT NULL;
 CREATE TABLE IF NOT EXISTS rights(
     member TEXT NOT NULL, purse TEXT NOT NULL, node TEXT NOT NULL, amount INTEGER NOT NULL,
@@ -118,21 +124,35 @@ class LoadedDoc:
         self.roots: dict[str, Map[Any]] = {r: self.doc.get(r, type=Map) for r in roots_of(name)}
         self.updates: list[bytes] = []
         self.change = Change()
+        self.tail = 0  # updates in the log since the snapshot
         self._observing = False
         self._unobserve: list[Callable[[], None]] = []
 
     def start_observing(self) -> None:
+        """Capture the update of every transaction from now on (what gets logged)."""
         if self._observing:
             return
         self._observing = True
         sub = self.doc.observe(lambda e: self.updates.append(e.update))
         self._unobserve.append(partial(self.doc.unobserve, sub))
-        for root_name, root in self.roots.items():
-            sub = root.observe_deep(self._observer(root_name))
-            self._unobserve.append(partial(root.unobserve, sub))
+
+    @contextmanager
+    def watching(self) -> Iterator[Change]:
+        """Record which records remote updates change, while applying them.
+
+        Only then: pycrdt converts every event to Python before calling back, which
+        costs more than the rest of a local debit, and a local write knows what it
+        changed anyway."""
+        subs = [(root, root.observe_deep(self._observer(name)))
+                for name, root in self.roots.items()]
+        try:
+            yield self.change
+        finally:
+            for root, sub in subs:
+                root.unobserve(sub)
 
     def close(self) -> None:
-        """Drop the observers when the document leaves the cache. pycrdt keeps each
+        """Drop the observer when the document leaves the cache. pycrdt keeps each
         callback (which refers back to the Doc) inside the Rust document: a cycle that
         Python's garbage collector cannot see, so an evicted document that kept its
         observers was never freed (a node leaked every document it ever evicted)."""
@@ -162,6 +182,10 @@ class LoadedDoc:
         ups, ch = self.updates, self.change
         self.updates, self.change = [], Change()
         return ups, ch
+
+    def take_updates(self) -> list[bytes]:
+        ups, self.updates = self.updates, []
+        return ups
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -204,6 +228,9 @@ class Storage:
         self.client_id = int(self.meta["client_id"])
         self.tz = ZoneInfo(self.meta.get("timezone", "Asia/Shanghai"))
         self._docs: OrderedDict[str, LoadedDoc] = OrderedDict()
+        (self._seq,) = self.conn.execute(
+            "SELECT MAX(COALESCE((SELECT MAX(seq) FROM log), 0), "
+            "COALESCE((SELECT MAX(snapshot_seq) FROM docs), 0))").fetchone()
         self._in_tx = False
         self._day_second: int | None = None
         self._day = ""
@@ -270,6 +297,24 @@ class Storage:
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
         self.meta[key] = value
 
+    def keep_clock(self, last: int) -> None:
+        """Persist a ceiling above every timestamp issued (inside the transaction that
+        used them), so a restarted node never issues one again, even if the wall clock
+        went back. A ceiling a little ahead is written once per lease instead of the
+        clock at every commit: one page fewer per debit. The price: after a restart,
+        ids may run up to a lease ahead of the wall clock until it catches up."""
+        if last > int(self.meta["hlc"]):
+            self.set_meta("hlc", str(last + (CLOCK_LEASE_MS << 16)))
+
+    def day_start_id(self, day: str, days_later: int = 0) -> str:
+        """The smallest id minted on `day` (+ `days_later`) in this chain's time zone."""
+        try:
+            start = datetime.combine(date.fromisoformat(day) + timedelta(days=days_later),
+                                     dt_time(0), self.tz)
+        except (TypeError, ValueError):
+            raise InvalidInput(f"not a date like 2026-11-23: {day!r}") from None
+        return hlc.encode(int(start.timestamp() * 1000) << 16)
+
     def day_of(self, ms: int) -> str:
         # Called several times per operation with the same second: remember the last
         # one. Exact, since a day never changes within a second (zone offsets are
@@ -298,6 +343,9 @@ class Storage:
         except BaseException:
             self.conn.execute("ROLLBACK")
             self.evict_all()
+            # The cached meta too: a clock ceiling kept only in memory would let a later
+            # commit skip persisting it, and a restart reissue timestamps.
+            self.meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
             raise
         finally:
             self._in_tx = False
@@ -313,8 +361,8 @@ class Storage:
             return ld
         ld = LoadedDoc(name, self.client_id)
         row = self.conn.execute(
-            "SELECT COALESCE((SELECT data FROM snapshots WHERE name = docs.name), snapshot), "
-            "snapshot_seq FROM docs WHERE name = ?", (name,)
+            "SELECT (SELECT data FROM snapshots WHERE name = docs.name), snapshot_seq "
+            "FROM docs WHERE name = ?", (name,)
         ).fetchone()
         since = 0
         if row is not None:
@@ -325,6 +373,7 @@ class Storage:
             "SELECT data FROM log WHERE doc = ? AND seq > ? ORDER BY seq", (name, since)
         ):
             ld.doc.apply_update(data)
+            ld.tail += 1
         ld.start_observing()
         self._docs[name] = ld
         while len(self._docs) > DOC_CACHE:
@@ -342,18 +391,22 @@ class Storage:
         """Append updates of a document to the log (inside a transaction)."""
         if not updates:
             return
+        first = self._seq + 1
         self.conn.executemany(
-            "INSERT INTO log(doc, data) VALUES (?, ?)", [(ld.name, u) for u in updates]
+            "INSERT INTO log(doc, seq, data) VALUES (?, ?, ?)",
+            [(ld.name, first + i, u) for i, u in enumerate(updates)],
         )
+        self._seq += len(updates)
         self.conn.execute(
-            "INSERT INTO docs(name, sv, tail) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE "
-            "SET sv = excluded.sv, tail = tail + excluded.tail",
-            (ld.name, ld.doc.get_state(), len(updates)),
+            "INSERT INTO docs(name, sv) VALUES (?, ?) ON CONFLICT(name) DO UPDATE "
+            "SET sv = excluded.sv",
+            (ld.name, ld.doc.get_state()),
         )
+        ld.tail += len(updates)
 
     def maybe_compact(self, name: str) -> None:
-        row = self.conn.execute("SELECT tail FROM docs WHERE name = ?", (name,)).fetchone()
-        if row and row[0] >= COMPACT_AFTER:
+        ld = self._docs.get(name)
+        if ld is not None and ld.tail >= COMPACT_AFTER:
             self.compact(name)
 
     def compact(self, name: str) -> None:
@@ -369,10 +422,9 @@ class Storage:
                 (name, ld.doc.get_update()),
             )
             self.conn.execute(
-                "UPDATE docs SET snapshot = NULL, snapshot_seq = ?, tail = 0 WHERE name = ?",
-                (last, name),
-            )
+                "UPDATE docs SET snapshot_seq = ? WHERE name = ?", (last, name))
             self.conn.execute("DELETE FROM log WHERE doc = ? AND seq <= ?", (name, last))
+        ld.tail = 0
 
     def evict_all(self) -> None:
         for ld in self._docs.values():

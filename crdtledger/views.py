@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import defaultdict
+from collections.abc import Mapping
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -84,9 +85,11 @@ def find_members(conn: sqlite3.Connection, query: str, limit: int = 20) -> list[
     return out[:limit]
 
 
-def level(ledger: Ledger, member_id: str) -> dict[str, Any]:
+def level(ledger: Ledger, member_id: str, profile: Mapping[str, Any] | None = None
+          ) -> dict[str, Any]:
     """Highest level whose threshold the member's cumulative basis reaches; a manual
-    upgrade (the member's `level` field) counts if it is higher."""
+    upgrade (the member's `level` field) counts if it is higher. `profile` saves
+    reading the member again when the caller has it."""
     conn = ledger.storage.conn
     row = conn.execute("SELECT spent, topped FROM totals WHERE member = ?", (member_id,)).fetchone()
     spent, topped = (int(row[0]), int(row[1])) if row else (0, 0)
@@ -97,8 +100,10 @@ def level(ledger: Ledger, member_id: str) -> dict[str, Any]:
     for lv in levels:
         if value >= int(lv["threshold"]):
             current = lv
-    mrow = conn.execute("SELECT body FROM members WHERE id = ?", (member_id,)).fetchone()
-    manual = json.loads(mrow[0]).get("level") if mrow else None
+    if profile is None:
+        mrow = conn.execute("SELECT body FROM members WHERE id = ?", (member_id,)).fetchone()
+        profile = json.loads(mrow[0]) if mrow else {}
+    manual = profile.get("level")
     for lv in levels:
         if lv["name"] == manual and int(lv["threshold"]) > int(current["threshold"]):
             current = lv
@@ -163,10 +168,25 @@ def points(ledger: Ledger, member_id: str) -> dict[str, Any]:
     }
 
 
+def _period(ledger: Ledger, start: str | None, end: str | None) -> tuple[str, list[Any]]:
+    """Entries of the days `start`..`end` (inclusive, either open), as a range of ids.
+
+    An entry's id starts with its timestamp and its day is derived from it, so a
+    period is a primary-key range: no index on the day to update at every debit."""
+    where, args = "1", []
+    if start:
+        where += " AND id >= ?"
+        args.append(ledger.storage.day_start_id(start))
+    if end:
+        where += " AND id < ?"
+        args.append(ledger.storage.day_start_id(end, days_later=1))
+    return where, args
+
+
 def daily_report(ledger: Ledger, day: str, node: str | None = None) -> dict[str, Any]:
     """营业报表 for one day: new members, sales, top-up cash received, cards sold."""
     conn = ledger.storage.conn
-    where, args = "day = ?", [day]
+    where, args = _period(ledger, day, day)
     if node:
         where += " AND node = ?"
         args.append(node)
@@ -175,8 +195,10 @@ def daily_report(ledger: Ledger, day: str, node: str | None = None) -> dict[str,
             f"SELECT kind, COUNT(*), SUM(amount), SUM(paid) FROM entries WHERE {where} "
             "GROUP BY kind", args)
     }
+    margs = [day, node] if node else [day]
     mwhere = "day = ?" + (" AND home = ?" if node else "")
-    (new_members,) = conn.execute(f"SELECT COUNT(*) FROM members WHERE {mwhere}", args).fetchone()
+    (new_members,) = conn.execute(f"SELECT COUNT(*) FROM members WHERE {mwhere}",
+                                  margs).fetchone()
     cards = sums.get("card", (0, 0, 0))
     packages_sold = sums.get("package", (0, 0, 0))
     debit = sums.get("debit", (0, 0, 0))
@@ -202,13 +224,8 @@ def settlement(ledger: Ledger, start: str | None = None, end: str | None = None
     means B will serve value A was paid for: A owes B. Pairs are netted; the
     per-branch positions sum to zero."""
     conn = ledger.storage.conn
-    where, args = "kind = 'transfer'", []
-    if start:
-        where += " AND day >= ?"
-        args.append(start)
-    if end:
-        where += " AND day <= ?"
-        args.append(end)
+    where, args = _period(ledger, start, end)
+    where += " AND kind = 'transfer'"
     flows: dict[tuple[str, str], int] = defaultdict(int)
     for (body,) in conn.execute(f"SELECT body FROM entries WHERE {where}", args):
         e = json.loads(body)
@@ -236,15 +253,10 @@ def ranking(ledger: Ledger, by: str = "members", start: str | None = None,
     """消费排名 (by member) and 销量排名 (by service): net of refunds."""
     conn = ledger.storage.conn
     key = "member" if by == "members" else "service"
-    where, args = "kind IN ('debit', 'refund')", []
+    where, args = _period(ledger, start, end)
+    where += " AND kind IN ('debit', 'refund')"
     if by == "services":
         where += " AND service IS NOT NULL"
-    if start:
-        where += " AND day >= ?"
-        args.append(start)
-    if end:
-        where += " AND day <= ?"
-        args.append(end)
     rows = conn.execute(
         f"SELECT {key}, SUM(CASE kind WHEN 'debit' THEN amount ELSE -amount END), "
         f"SUM(CASE kind WHEN 'debit' THEN 1 ELSE 0 END) FROM entries WHERE {where} "

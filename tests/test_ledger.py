@@ -913,7 +913,7 @@ def test_compaction_triggers_after_many_updates(tmp_path: Path, monkeypatch) -> 
         for _ in range(12):
             a.topup(a.owner, m, 10)
         name = next(n for n in a.state_vectors() if n.startswith("ledger/"))
-        (tail,) = a.storage.conn.execute("SELECT tail FROM docs WHERE name = ?",
+        (tail,) = a.storage.conn.execute("SELECT COUNT(*) FROM log WHERE doc = ?",
                                          (name,)).fetchone()
         assert tail < 5
         path = a.storage.dir
