@@ -149,8 +149,8 @@ def _str(value: Any, limit: int = 200) -> str:
     return value
 
 
-_OPTIONAL_INTS = ("paid", "gross", "qty", "bonus", "points", "fee")
-_OPTIONAL_STRS = (
+_OPTIONAL_INTS = frozenset({"paid", "gross", "qty", "bonus", "points", "fee"})
+_OPTIONAL_STRS = frozenset({
     "ref",
     "service",
     "discount",
@@ -164,7 +164,7 @@ _OPTIONAL_STRS = (
     "pay",
     "package",
     "gift",
-)
+})
 
 
 def normalise_entry(key: str, value: Any) -> dict[str, Any]:
@@ -173,7 +173,7 @@ def normalise_entry(key: str, value: Any) -> dict[str, Any]:
     The check depends on the entry alone, so every replica accepts or rejects the
     same entries and projections converge even when a bad peer wrote one.
     """
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict | Mapping):  # dict first: the ABC check is slow
         raise InvalidRecord("entry is not a map")
     if not ID.match(key) or value.get("id") != key:
         raise InvalidRecord("entry id does not match its key")
@@ -211,12 +211,11 @@ def normalise_entry(key: str, value: Any) -> dict[str, Any]:
         "amount": _int(value.get("amount", 0), lo=0),
         "deltas": [list(d) for d in deltas],
     }
-    for f in _OPTIONAL_INTS:
-        if f in value:
-            out[f] = _int(value[f], lo=0)
-    for f in _OPTIONAL_STRS:
-        if f in value:
-            out[f] = _str(value[f])
+    for f, v in value.items():  # other keys are not part of an entry: dropped
+        if f in _OPTIONAL_INTS:
+            out[f] = _int(v, lo=0)
+        elif f in _OPTIONAL_STRS:
+            out[f] = _str(v)
     return out
 
 
