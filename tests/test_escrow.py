@@ -11,7 +11,7 @@ from collections import Counter
 
 import hypothesis.strategies as st
 import pytest
-from hypothesis import assume, example, given
+from hypothesis import assume, example, given, settings
 
 from crdtledger.errors import InsufficientFunds, RightsElsewhere
 from crdtledger.escrow import (
@@ -32,6 +32,8 @@ purse = st.sampled_from(PURSES)
 # Rights as replicas hold them: never negative (test_machine checks that they stay so).
 rights_st = st.dictionaries(node, st.integers(min_value=0, max_value=10**7), max_size=len(NODES))
 amount_st = st.integers(min_value=1, max_value=2 * 10**7)
+# Pure functions: cheap enough to try many more cases than hypothesis' default 100.
+many = settings(max_examples=400)
 
 
 def apply_plan(rights: dict[str, int], plan: list[Transfer]) -> dict[str, int]:
@@ -45,6 +47,7 @@ def apply_plan(rights: dict[str, int], plan: list[Transfer]) -> dict[str, int]:
 # --- shortfall_plan -------------------------------------------------------------
 
 
+@many
 @given(rights=rights_st, here=node, amount=amount_st, purse=purse)
 @example(rights={"SH01": 30, "SH02": 50, "SH03": 50}, here="SH01", amount=100, purse="cash")
 @example(rights={"SH02": 10**7}, here="SH01", amount=1, purse="cash")
@@ -80,6 +83,7 @@ def test_shortfall_plan_covers_and_never_overdraws(rights: dict[str, int], here:
         assert set(richer) <= set(givers)
 
 
+@many
 @given(rights=rights_st, here=node, amount=amount_st)
 def test_shortfall_plan_is_empty_when_here_suffices(rights: dict[str, int], here: str,
                                                     amount: int) -> None:
@@ -90,6 +94,7 @@ def test_shortfall_plan_is_empty_when_here_suffices(rights: dict[str, int], here
 # --- grant_amount -----------------------------------------------------------------
 
 
+@many
 @given(available=st.integers(min_value=-10**7, max_value=10**7),
        shortfall=st.integers(min_value=-10**7, max_value=10**7))
 @example(available=1, shortfall=1)
@@ -110,6 +115,7 @@ def test_grant_amount_bounds(available: int, shortfall: int) -> None:
     assert available - give >= cushion
 
 
+@many
 @given(available=st.integers(min_value=1, max_value=10**7),
        shortfall=st.integers(min_value=1, max_value=10**7))
 def test_grant_then_require_succeeds(available: int, shortfall: int) -> None:
@@ -124,6 +130,7 @@ def test_grant_then_require_succeeds(available: int, shortfall: int) -> None:
 # --- rebalance ----------------------------------------------------------------------
 
 
+@many
 @given(rights=rights_st, visits=st.dictionaries(node, st.integers(min_value=0, max_value=1000)),
        purse=purse)
 @example(rights={"SH01": 1}, visits={"SH02": 5}, purse="cash")
@@ -151,6 +158,7 @@ def test_rebalance_conserves_and_keeps_last_unit(rights: dict[str, int],
         assert after[t.receiver] <= max(target, rights.get(t.receiver, 0))
 
 
+@many
 @given(rights=rights_st, visits=st.dictionaries(node, st.integers(min_value=0, max_value=1000)))
 def test_rebalance_is_a_fixpoint_once_balanced(rights: dict[str, int],
                                                visits: dict[str, int]) -> None:
@@ -165,6 +173,7 @@ def test_rebalance_is_a_fixpoint_once_balanced(rights: dict[str, int],
 # --- require -----------------------------------------------------------------------
 
 
+@many
 @given(rights=rights_st, here=node, amount=amount_st, purse=purse)
 @example(rights={"SH01": 10, "SH02": 60, "SH03": 60}, here="SH01", amount=100, purse="cash")
 @example(rights={"SH01": 10}, here="SH01", amount=11, purse="cash")
@@ -200,6 +209,7 @@ def test_require_names_the_right_refusal(rights: dict[str, int], here: str, amou
 delta_st = st.tuples(purse, node, st.integers(min_value=-10**6, max_value=10**6).filter(bool))
 
 
+@many
 @given(origin=node, deltas=st.lists(delta_st, max_size=8))
 @example(origin="SH01", deltas=[("cash", "SH02", -1)])
 @example(origin="SH01", deltas=[("cash", "SH01", -5), ("cash", "SH02", 5)])
@@ -213,6 +223,7 @@ def test_only_the_writer_lowers_its_rights(origin: str, deltas: list[tuple[str, 
         check_deltas_authorised(origin, deltas)
 
 
+@many
 @given(origin=node, victim=node, change=st.integers(min_value=1, max_value=10**6),
        purse=purse)
 def test_replicas_reject_an_entry_lowering_another_node(origin: str, victim: str, change: int,
