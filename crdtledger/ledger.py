@@ -289,11 +289,8 @@ class Ledger:
                             raise
                         raise RemoteProtocolError(f"malformed update for {name}: {e}") from None
                 ld.take()
-                # Yrs integrates a Map entry that arrives ahead of its writer's earlier
-                # updates (and fires its event) without moving the state vector, which
-                # counts only each writer's contiguous prefix: such an update is new even
-                # though the state is not. get_update(before) would not carry that entry
-                # (replayed, it is lost), so log and relay the update as received.
+                # Past _skips_clocks, new content moves the state vector; a delete-only
+                # update changes records without moving it: log and relay it as received.
                 moved = ld.doc.get_state() != before
                 if not moved and not change.added and not change.touched:
                     continue  # nothing new (a duplicate, or still waiting on a dependency)

@@ -22,7 +22,7 @@ A round between nodes already in sync is two hellos of under 100 bytes each.
 from __future__ import annotations
 
 import hashlib
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -185,6 +185,9 @@ class SyncSession:
         self._events: deque[Event] = deque()
         self._next_request = 1
         self._open_requests: dict[int, tuple[str, str, int]] = {}
+        # What we granted per request id of the peer: a request seen twice (a resent
+        # or duplicated frame) gets the same answer, never a second transfer.
+        self._answered: OrderedDict[int, int] = OrderedDict()
         self.bytes_in = 0
         self.bytes_out = 0
         self.rounds = 0
@@ -317,12 +320,18 @@ class SyncSession:
         if not ID.match(member) or not PURSE.match(purse) or not 0 < amount < 2**53:
             raise RemoteProtocolError("malformed rights request")
         assert self.peer is not None
+        if rid in self._answered:
+            self._queue({"t": "rrep", "id": rid, "granted": self._answered[rid]})
+            return
         granted = 0
         try:
             entry = self.ledger.grant_rights(member, purse, self.peer, amount)
             granted = int(entry["amount"]) if entry else 0
         except LedgerError:
             granted = 0  # unknown member here, or nothing to spare: answer "none"
+        self._answered[rid] = granted
+        if len(self._answered) > MAX_OPEN_REQUESTS:
+            self._answered.popitem(last=False)
         # The transfer's update was queued by _on_commit during grant_rights, so the
         # peer holds the rights before it reads this reply.
         self._queue({"t": "rrep", "id": rid, "granted": granted})
@@ -331,8 +340,10 @@ class SyncSession:
     def _on_rights_reply(self, msg: dict[str, Any]) -> None:
         rid = _get(msg, "id", int)
         granted = _get(msg, "granted", int)
-        if rid not in self._open_requests or granted < 0:
+        if granted < 0 or not 0 < rid < self._next_request:
             raise RemoteProtocolError(f"reply to unknown rights request {rid}")
+        if rid not in self._open_requests:
+            return  # a duplicate of a reply already handled
         del self._open_requests[rid]
         assert self.peer is not None
         self._events.append(RightsGranted(rid, self.peer, granted))

@@ -598,3 +598,28 @@ def test_decode_state_vector() -> None:
     for bad in (b"", b"\x01", b"\x01\x01", b"\x00\x00", b"\x80", "x", b"\xff" * 20):
         with pytest.raises(RemoteProtocolError):
             decode_state_vector(bad)  # type: ignore[arg-type]
+
+
+def test_duplicated_rights_request_grants_once(tmp_path: Path) -> None:
+    """A request frame seen twice gets the same answer and moves rights once; the
+    duplicated reply is ignored rather than treated as a protocol error."""
+    a, b = new_ledger(tmp_path, "SH01"), new_ledger(tmp_path, "SH02")
+    try:
+        m = a.add_member(a.owner, name="客", phone="13800001234")
+        a.topup(a.owner, m, 10000)
+        net = Net()
+        sa, sb = net.connect(a, b)
+        sb.request_rights(m, "cash", 3000)
+        (request,) = sb.data_to_send()
+        sa.receive(request)
+        sa.receive(request)  # duplicated on the way
+        for frame in sa.data_to_send():  # transfer update, reply, reply again
+            sb.receive(frame)
+        net.pump()
+        granted = [e for e in iter(sb.next_event, None) if isinstance(e, RightsGranted)]
+        assert [g.amount for g in granted] == [3000 + (10000 - 3000) // 2]
+        assert a.rights(m) == b.rights(m) == {"SH01": 3500, "SH02": 6500}
+        assert len([e for e in a.history(m) if e["kind"] == "transfer"]) == 1
+    finally:
+        a.close()
+        b.close()
