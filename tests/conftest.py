@@ -1,4 +1,5 @@
-"""Shared fixtures: the `crdtledger` CLI run as a real process against real SQLite files."""
+"""Shared fixtures: the `crdtledger` CLI run as a real process against real SQLite
+files, and branch ledgers opened in-process."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
+from helpers import new_ledger
+
+from crdtledger.ledger import Ledger
 
 CLI_TIMEOUT_S = 60  # a store lock waits 10 s at most; anything longer is a hang
 
@@ -72,3 +76,18 @@ def make_node(cli: Cli, tmp_path: Path) -> Callable[..., Path]:
         return data
 
     return make
+
+
+# Two branch ledgers on real SQLite files, for the library's own tests.
+@pytest.fixture
+def a(tmp_path: Path) -> Iterator[Ledger]:
+    ledger = new_ledger(tmp_path, "SH01")
+    yield ledger
+    ledger.close()
+
+
+@pytest.fixture
+def b(tmp_path: Path) -> Iterator[Ledger]:
+    ledger = new_ledger(tmp_path, "SH02")
+    yield ledger
+    ledger.close()

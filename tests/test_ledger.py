@@ -7,7 +7,6 @@ state vectors, documents in memory, balances, rights, history).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,20 +32,6 @@ from crdtledger.ledger import Ledger
 from crdtledger.sync import decode_state_vector
 
 PHONE = "13812345678"
-
-
-@pytest.fixture
-def a(tmp_path: Path) -> Iterator[Ledger]:
-    ledger = new_ledger(tmp_path, "SH01")
-    yield ledger
-    ledger.close()
-
-
-@pytest.fixture
-def b(tmp_path: Path) -> Iterator[Ledger]:
-    ledger = new_ledger(tmp_path, "SH02")
-    yield ledger
-    ledger.close()
 
 
 def member(ledger: Ledger, phone: str = PHONE, name: str = "张三") -> str:

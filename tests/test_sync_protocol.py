@@ -7,7 +7,6 @@ duplication and loss exactly. A malformed frame must raise RemoteProtocolError
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +36,6 @@ from crdtledger.sync import (
     decode_state_vector,
     pack,
 )
-
-
-@pytest.fixture
-def a(tmp_path: Path) -> Iterator[Ledger]:
-    ledger = new_ledger(tmp_path, "SH01")
-    yield ledger
-    ledger.close()
-
-
-@pytest.fixture
-def b(tmp_path: Path) -> Iterator[Ledger]:
-    ledger = new_ledger(tmp_path, "SH02")
-    yield ledger
-    ledger.close()
 
 
 def populate(ledger: Ledger, phone: str = "13800000000", name: str = "张三") -> str:

@@ -5,7 +5,6 @@ nothing at all (not even the remembered peer states)."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +16,6 @@ from crdtledger import syncfile
 from crdtledger.errors import CorruptSyncFile, ForeignChain, RemoteProtocolError
 from crdtledger.ledger import Ledger
 from crdtledger.sync import decode_state_vector
-
-
-@pytest.fixture
-def a(tmp_path: Path) -> Iterator[Ledger]:
-    ledger = new_ledger(tmp_path, "SH01")
-    yield ledger
-    ledger.close()
-
-
-@pytest.fixture
-def b(tmp_path: Path) -> Iterator[Ledger]:
-    ledger = new_ledger(tmp_path, "SH02")
-    yield ledger
-    ledger.close()
 
 
 def populate(ledger: Ledger, n: int = 5, prefix: str = "138") -> list[str]:
