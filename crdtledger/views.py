@@ -85,14 +85,17 @@ def find_members(conn: sqlite3.Connection, query: str, limit: int = 20) -> list[
     return out[:limit]
 
 
-def level(ledger: Ledger, member_id: str, profile: Mapping[str, Any] | None = None
-          ) -> dict[str, Any]:
+def level(ledger: Ledger, member_id: str, profile: Mapping[str, Any] | None = None,
+          totals: tuple[int, int] | None = None) -> dict[str, Any]:
     """Highest level whose threshold the member's cumulative basis reaches; a manual
-    upgrade (the member's `level` field) counts if it is higher. `profile` saves
-    reading the member again when the caller has it."""
+    upgrade (the member's `level` field) counts if it is higher. `profile` and
+    `totals` (spent, topped) save reading them again when the caller has them."""
     conn = ledger.storage.conn
-    row = conn.execute("SELECT spent, topped FROM totals WHERE member = ?", (member_id,)).fetchone()
-    spent, topped = (int(row[0]), int(row[1])) if row else (0, 0)
+    if totals is None:
+        row = conn.execute("SELECT spent, topped FROM totals WHERE member = ?",
+                           (member_id,)).fetchone()
+        totals = (int(row[0]), int(row[1])) if row else (0, 0)
+    spent, topped = totals
     basis = ledger.rule("level_basis")["basis"]
     value = topped if basis == "topped" else spent
     levels = sorted(ledger.rule("levels"), key=lambda lv: int(lv["threshold"]))
