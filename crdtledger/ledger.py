@@ -41,7 +41,7 @@ from crdtledger.errors import (
     RightsElsewhere,
     WrongPin,
 )
-from crdtledger.hlc import HybridClock, check_node_id, decode, id_node, id_time_ms, wall_ms
+from crdtledger.hlc import HybridClock, check_node_id, decode, id_time_ms, wall_ms
 from crdtledger.model import (
     BUILTIN_ROLES,
     CARD_TYPES,
@@ -1141,4 +1141,4 @@ def _check_rule(kind: str, body: Any) -> None:
         raise InvalidInput(f"rule {kind} is malformed: {e or 'bad shape'}") from None
 
 
-__all__ = ["Ledger", "check_secret", "hash_secret", "id_node", "owner_of"]
+__all__ = ["Ledger", "Write", "check_secret", "hash_secret", "owner_of"]

@@ -29,7 +29,6 @@ MEMBER_SHARDS = 32
 DOC_NAME = re.compile(r"^(ledger/[0-9]{4}-(0[1-9]|1[0-2])|members/[0-9]{2}|rules|operators)\Z")
 ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{13}\.[A-Z0-9][A-Z0-9_]{0,15}\Z")
 PURSE = re.compile(r"^(cash|bonus|points|pkg:[0-9A-HJKMNP-TV-Z]{13}\.[A-Z0-9_]{1,16})\Z")
-DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
 
 MONEY_PURSES = ("cash", "bonus")
 

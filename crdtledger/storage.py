@@ -449,8 +449,6 @@ class Storage:
             return None
         return {str(k): bytes(v) for k, v in msgpack.unpackb(row[0]).items()}
 
-    def backup_to(self, target: Path) -> None:
-        backup(self.dir, target)
 
 
 def backup(data_dir: Path, target: Path) -> None:
@@ -488,5 +486,3 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys
 def dumps(value: Any) -> str:
     return _ENCODER.encode(value)  # json.dumps with these options, without a new encoder
 
-
-Listener = Callable[[str, bytes, object], None]
