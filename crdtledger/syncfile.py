@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from crdtledger.errors import CorruptSyncFile, ForeignChain, RemoteProtocolError
+from crdtledger.errors import CorruptSyncFile, ForeignChain, InvalidInput, RemoteProtocolError
 from crdtledger.hlc import NODE_ID
 from crdtledger.model import DOC_NAME
 from crdtledger.sync import MAX_DOCS, covers, decode_state_vector
@@ -60,14 +60,20 @@ def export_file(ledger: Ledger, path: Path | str, for_node: str | None = None, *
         use_bin_type=True,
     )
     path = Path(path)
+    # Written aside and renamed: a reader never sees half a file under the real name.
     tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as f:
-        f.write(MAGIC + str(FORMAT).encode() + b"\n")
-        f.write(hashlib.sha256(body).digest())
-        f.write(body)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + str(FORMAT).encode() + b"\n")
+            f.write(hashlib.sha256(body).digest())
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
+        raise InvalidInput(f"cannot write {path}: {e.strerror}") from None
     return {"file": str(path), "documents": len(updates), "bytes": path.stat().st_size,
             "for": for_node, "incremental": known is not None}
 

@@ -13,7 +13,7 @@ import pytest
 from helpers import doc_content, new_ledger, projections, snapshot
 
 from crdtledger import syncfile
-from crdtledger.errors import CorruptSyncFile, ForeignChain, RemoteProtocolError
+from crdtledger.errors import CorruptSyncFile, ForeignChain, InvalidInput, RemoteProtocolError
 from crdtledger.ledger import Ledger
 from crdtledger.sync import decode_state_vector
 
@@ -313,3 +313,10 @@ def test_a_minimal_handmade_file_is_accepted(exported, tmp_path: Path) -> None:
     assert got == {"file": str(ok), "from": "SH07", "documents": 0, "changed": [],
                    "incomplete": []}
     assert b.storage.peer_states("SH07") == {"rules": b"\x00"}
+
+
+def test_export_to_an_unwritable_place_names_the_file(a: Ledger, tmp_path: Path) -> None:
+    target = tmp_path / "no-such-dir" / "out.sync"
+    with pytest.raises(InvalidInput, match=r"cannot write .*out\.sync: "):
+        syncfile.export_file(a, target)
+    assert not target.parent.exists()
