@@ -46,8 +46,8 @@ from crdtledger.storage import DB_FILE
 
 # Bump when the generated content or the storage layout changes, so stale caches
 # are not reused (2: snapshots in their own table; 3: unique card numbers;
-# 4: log keyed by document, no docs.tail).
-GEN_VERSION = 4
+# 4: log keyed by document, no docs.tail; 5: state vector on the log row).
+GEN_VERSION = 5
 OUT = Path(__file__).resolve().parent / "out"  # git-ignored
 TIMEZONE = "Asia/Shanghai"
 NODES = ("HQ", "B1", "B2", "B3")

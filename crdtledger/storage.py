@@ -53,8 +53,11 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- Keyed by document: a document loads by one range read, and a commit touches one
 -- b-tree page instead of a table, an index and AUTOINCREMENT's sqlite_sequence.
 -- `seq` comes from a counter kept above every seq and snapshot_seq ever written.
+-- `sv`: the document's state vector after this row's update(s), on the last row of
+-- a commit. The current state vector is that of the newest row, else docs.sv (as of
+-- the snapshot): so a commit writes no `docs` row.
 CREATE TABLE IF NOT EXISTS log(
-    doc TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL,
+    doc TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL, sv BLOB,
     PRIMARY KEY(doc, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS docs(
     name TEXT PRIMARY KEY, sv BLOB NOT NULL, snapshot_seq INTEGER NOT NULL DEFAULT 0
@@ -125,6 +128,7 @@ class LoadedDoc:
         self.updates: list[bytes] = []
         self.change = Change()
         self.tail = 0  # updates in the log since the snapshot
+        self.known = False  # has a row in `docs`
         self._observing = False
         self._unobserve: list[Callable[[], None]] = []
 
@@ -365,6 +369,7 @@ class Storage:
             "FROM docs WHERE name = ?", (name,)
         ).fetchone()
         since = 0
+        ld.known = row is not None
         if row is not None:
             snapshot, since = row
             if snapshot:
@@ -385,23 +390,27 @@ class Storage:
 
     def state_vectors(self) -> dict[str, bytes]:
         """Every document's state vector, from SQLite: no document is loaded."""
-        return {n: bytes(sv) for n, sv in self.conn.execute("SELECT name, sv FROM docs")}
+        return {n: bytes(sv) for n, sv in self.conn.execute(
+            "SELECT name, COALESCE((SELECT sv FROM log WHERE doc = docs.name AND sv IS NOT NULL "
+            "ORDER BY seq DESC LIMIT 1), sv) FROM docs")}
 
     def record(self, ld: LoadedDoc, updates: list[bytes]) -> None:
         """Append updates of a document to the log (inside a transaction)."""
         if not updates:
             return
+        if not ld.known:
+            # The document's first commit here: it gets its row (sv as of no snapshot).
+            self.conn.execute("INSERT OR IGNORE INTO docs(name, sv) VALUES (?, ?)",
+                              (ld.name, b"\x00"))
+            ld.known = True
         first = self._seq + 1
+        last = len(updates) - 1
+        sv = ld.doc.get_state()
         self.conn.executemany(
-            "INSERT INTO log(doc, seq, data) VALUES (?, ?, ?)",
-            [(ld.name, first + i, u) for i, u in enumerate(updates)],
+            "INSERT INTO log(doc, seq, data, sv) VALUES (?, ?, ?, ?)",
+            [(ld.name, first + i, u, sv if i == last else None) for i, u in enumerate(updates)],
         )
         self._seq += len(updates)
-        self.conn.execute(
-            "INSERT INTO docs(name, sv) VALUES (?, ?) ON CONFLICT(name) DO UPDATE "
-            "SET sv = excluded.sv",
-            (ld.name, ld.doc.get_state()),
-        )
         ld.tail += len(updates)
 
     def maybe_compact(self, name: str) -> None:
@@ -422,7 +431,8 @@ class Storage:
                 (name, ld.doc.get_update()),
             )
             self.conn.execute(
-                "UPDATE docs SET snapshot_seq = ? WHERE name = ?", (last, name))
+                "UPDATE docs SET snapshot_seq = ?, sv = ? WHERE name = ?",
+                (last, ld.doc.get_state(), name))
             self.conn.execute("DELETE FROM log WHERE doc = ? AND seq <= ?", (name, last))
         ld.tail = 0
 
