@@ -293,7 +293,7 @@ class Ledger:
                         if isinstance(e, KeyboardInterrupt | SystemExit):
                             raise
                         raise RemoteProtocolError(f"malformed update for {name}: {e}") from None
-                ld.take()
+                ld.take_updates()  # what is logged is the diff, below
                 # Past _skips_clocks, new content moves the state vector; a delete-only
                 # update changes records without moving it: log and relay it as received.
                 moved = ld.doc.get_state() != before
@@ -512,7 +512,9 @@ class Ledger:
         """Field by field, so concurrent edits of different fields at two branches
         both survive (each field is its own key in the member's Map)."""
         self.authorise(operator, "member.edit")
-        self.member(member)
+        if self.storage.conn.execute(
+            "SELECT 1 FROM members WHERE id = ?", (member,)).fetchone() is None:
+            raise NotFound(f"unknown member {member}")  # a deleted one may be edited back
         fields = dict(fields or {})
         if "level" in fields:
             self.authorise(operator, "member.upgrade")

@@ -126,7 +126,7 @@ class LoadedDoc:
         self.doc: Doc[Any] = Doc(client_id=client_id)
         self.roots: dict[str, Map[Any]] = {r: self.doc.get(r, type=Map) for r in roots_of(name)}
         self.updates: list[bytes] = []
-        self.change = Change()
+        self._change: Change | None = None  # set while watching()
         self.tail = 0  # updates in the log since the snapshot
         self.known = False  # has a row in `docs`
         self._observing = False
@@ -147,13 +147,15 @@ class LoadedDoc:
         Only then: pycrdt converts every event to Python before calling back, which
         costs more than the rest of a local debit, and a local write knows what it
         changed anyway."""
+        self._change = change = Change()
         subs = [(root, root.observe_deep(self._observer(name)))
                 for name, root in self.roots.items()]
         try:
-            yield self.change
+            yield change
         finally:
             for root, sub in subs:
                 root.unobserve(sub)
+            self._change = None
 
     def close(self) -> None:
         """Drop the observer when the document leaves the cache. pycrdt keeps each
@@ -172,20 +174,18 @@ class LoadedDoc:
         return on_events
 
     def _on_events(self, root: str, events: Any) -> None:
+        change = self._change
+        if change is None:
+            return
         for ev in events:
             path = list(ev.path)
             if not path:
                 for key, info in ev.keys.items():
-                    self.change.added.append(
+                    change.added.append(
                         (root, key, info.get("oldValue"), info.get("newValue"))
                     )
             else:
-                self.change.touched.add((root, str(path[0])))
-
-    def take(self) -> tuple[list[bytes], Change]:
-        ups, ch = self.updates, self.change
-        self.updates, self.change = [], Change()
-        return ups, ch
+                change.touched.add((root, str(path[0])))
 
     def take_updates(self) -> list[bytes]:
         ups, self.updates = self.updates, []

@@ -214,6 +214,12 @@ class SyncSession:
             raise LocalProtocolError("peer has not said hello yet")
         if len(self._open_requests) >= MAX_OPEN_REQUESTS:
             raise LocalProtocolError("too many open rights requests")
+        # Checked here, so that our own mistake is not sent and then blamed on us by
+        # the peer as a malformed request (which closes the connection).
+        if (not isinstance(member, str) or not ID.match(member) or not isinstance(purse, str)
+                or not PURSE.match(purse) or isinstance(amount, bool)
+                or not isinstance(amount, int) or not 0 < amount < 2**53):
+            raise LocalProtocolError(f"bad rights request: {member!r} {purse!r} {amount!r}")
         rid = self._next_request
         self._next_request += 1
         self._open_requests[rid] = (member, purse, amount)

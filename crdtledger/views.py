@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
-from crdtledger.errors import NotFound
+from crdtledger.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
@@ -254,6 +254,8 @@ def settlement(ledger: Ledger, start: str | None = None, end: str | None = None
 def ranking(ledger: Ledger, by: str = "members", start: str | None = None,
             end: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
     """消费排名 (by member) and 销量排名 (by service): net of refunds."""
+    if by not in ("members", "services"):
+        raise InvalidInput(f"rank by members or services, not {by!r}")
     conn = ledger.storage.conn
     key = "member" if by == "members" else "service"
     where, args = _period(ledger, start, end)

@@ -986,3 +986,20 @@ def test_remote_replica_converges_on_everything(a: Ledger, b: Ledger) -> None:
     assert doc_content(a) == doc_content(b)
     assert {n: decode_state_vector(v) for n, v in a.state_vectors().items()} == {
         n: decode_state_vector(v) for n, v in b.state_vectors().items()}
+
+
+def test_ranking_by_something_unknown_is_refused(a: Ledger) -> None:
+    with pytest.raises(InvalidInput, match="members or services"):
+        views.ranking(a, by="technicians")
+
+
+def test_a_deleted_member_can_be_edited_back(a: Ledger) -> None:
+    m = a.add_member(a.owner, name="退会", phone="13800005555")
+    a.edit_member(a.owner, m, fields={"deleted": True})
+    with pytest.raises(InvalidInput, match="deleted"):
+        a.topup(a.owner, m, 100)
+    a.edit_member(a.owner, m, fields={"deleted": False})
+    a.topup(a.owner, m, 100)
+    assert a.balance(m)["cash"] == 100
+    with pytest.raises(NotFound):
+        a.edit_member(a.owner, "0000000000000.SH09", fields={"name": "无"})

@@ -608,3 +608,16 @@ def test_duplicated_rights_request_grants_once(tmp_path: Path) -> None:
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("member, purse, amount", [
+    ("not-an-id", "cash", 100), (None, "cash", 100), ("M", "gold", 100),
+    ("M", "cash", 0), ("M", "cash", -5), ("M", "cash", True), ("M", "cash", 2**64),
+])
+def test_a_bad_rights_request_is_our_error_and_never_sent(a: Ledger, b: Ledger, member: Any,
+                                                          purse: Any, amount: Any) -> None:
+    m = a.add_member(a.owner, name="客", phone="13800004321")
+    sa, _ = Net().connect(a, b)
+    with pytest.raises(LocalProtocolError, match="bad rights request"):
+        sa.request_rights(m if member == "M" else member, purse, amount)
+    assert sa.data_to_send() == []
