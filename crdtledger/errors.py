@@ -52,9 +52,11 @@ class RightsElsewhere(LedgerError):
 
     code = "rights_elsewhere"
 
-    def __init__(self, purse: str, shortfall: int, here: int, holders: Mapping[str, int]) -> None:
+    def __init__(self, purse: str, shortfall: int, here: int, holders: Mapping[str, int],
+                 member: str | None = None) -> None:
         from crdtledger.money import format_purse
 
+        self.member = member  # so a node can ask the holders for this member's rights
         self.purse = purse
         self.shortfall = shortfall
         self.here = here

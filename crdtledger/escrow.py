@@ -31,7 +31,8 @@ def check_deltas_authorised(origin: str, deltas: Iterable[Delta]) -> None:
             raise ValueError(f"entry from {origin} lowers {node}'s rights on {purse}")
 
 
-def require(purse: str, here: str, rights: Mapping[str, int], amount: int) -> None:
+def require(purse: str, here: str, rights: Mapping[str, int], amount: int,
+            member: str | None = None) -> None:
     """Raise unless `here` alone can cover `amount` of `purse`."""
     balance = sum(rights.values())
     if amount > balance:
@@ -39,7 +40,7 @@ def require(purse: str, here: str, rights: Mapping[str, int], amount: int) -> No
     own = rights.get(here, 0)
     if amount > own:
         others = {n: a for n, a in rights.items() if n != here and a > 0}
-        raise RightsElsewhere(purse, amount - own, own, others)
+        raise RightsElsewhere(purse, amount - own, own, others, member)
 
 
 @dataclass(frozen=True)
@@ -116,3 +117,44 @@ def rebalance(
             want -= take
             givers[gi] = (giver, spare - take)
     return plan
+
+
+class RightsFetch:
+    """One refused spend's wait for rights, without I/O: whom to ask, when to retry.
+
+    The branch node and the simulator drive it the same way: build it from the
+    `RightsElsewhere` the ledger raised and the peers reachable now, send each of
+    `asks` as a rights request to its giver, feed every answer to `answered`, and
+    retry the spend once `done` (or at the deadline, whichever comes first). A giver's
+    transfer entry travels ahead of its answer on the same connection, so when the
+    last answer is in, the rights are already here.
+    """
+
+    def __init__(self, refusal: RightsElsewhere, here: str, reachable: Iterable[str]) -> None:
+        self.member = refusal.member
+        self.purse = refusal.purse
+        reach = set(reachable)
+        rights = {n: a for n, a in refusal.holders.items() if n in reach}
+        rights[here] = refusal.here
+        # The debit's own shortfall, so a holder may be asked for its last rights.
+        self.asks = shortfall_plan(rights, here, refusal.here + refusal.shortfall, refusal.purse)
+        self._waiting = {t.giver for t in self.asks}
+        self.need = refusal.shortfall
+        self.received = 0
+
+    @property
+    def possible(self) -> bool:
+        """Worth waiting for: a request about a real member's purse reaches someone."""
+        return bool(self.asks) and self.member is not None
+
+    def answered(self, giver: str, amount: int) -> None:
+        self._waiting.discard(giver)
+        self.received += max(0, amount)
+
+    def lost(self, giver: str) -> None:
+        """The connection to `giver` went away: no answer will come from it."""
+        self._waiting.discard(giver)
+
+    @property
+    def done(self) -> bool:
+        return not self._waiting or self.received >= self.need

@@ -721,7 +721,8 @@ class Ledger:
             purses = self._purses(entry["member"]) if any(v > 0 for v in needs.values()) else {}
             for purse, amount in needs.items():
                 if amount > 0:
-                    escrow.require(purse, self.node, purses.get(purse, {}), amount)
+                    escrow.require(purse, self.node, purses.get(purse, {}), amount,
+                                   entry["member"])
             return [self._entry_write(entry)], entry
 
         return self._commit(plan)
@@ -797,7 +798,7 @@ class Ledger:
                 paid += _spend(self.node, purses, net)
             for purse, _node, change in paid:
                 if change < 0:
-                    escrow.require(purse, self.node, purses.get(purse, {}), -change)
+                    escrow.require(purse, self.node, purses.get(purse, {}), -change, member)
             entry = self._entry(
                 "debit", member, deltas=[*paid, ("points", self.node, points)], amount=net,
                 gross=gross, discount=rate, level=str(lvl["name"]), service=svc_name, qty=qty,
