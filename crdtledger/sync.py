@@ -126,6 +126,16 @@ def decode_state_vector(data: bytes) -> dict[int, int]:
     return out
 
 
+def missing(theirs: dict[str, bytes], ours: dict[str, bytes]) -> int:
+    """How many operations (clock ticks) of ours a peer at `theirs` lacks."""
+    total = 0
+    for name, sv in ours.items():
+        their = decode_state_vector(theirs.get(name, b"\x00"))
+        for client, clock in decode_state_vector(sv).items():
+            total += max(0, clock - their.get(client, 0))
+    return total
+
+
 def covers(theirs: dict[int, int], ours: dict[int, int]) -> bool:
     """True if a peer at `theirs` has everything we have at `ours`."""
     return all(theirs.get(c, 0) >= clock for c, clock in ours.items())
@@ -191,6 +201,9 @@ class SyncSession:
         self.bytes_in = 0
         self.bytes_out = 0
         self.rounds = 0
+        # The peer's state vectors as of the last round (None before the first): how
+        # far behind either side is, for a node's sync status.
+        self.peer_states: dict[str, bytes] | None = None
         self._unsubscribe = ledger.subscribe(self._on_commit)
 
     # --- driving side --------------------------------------------------------
@@ -286,6 +299,8 @@ class SyncSession:
         states = self.ledger.state_vectors()
         if digest != states_digest(states):
             self._queue({"t": "state", "docs": states})
+        else:
+            self.peer_states = states
 
     def _on_state(self, msg: dict[str, Any]) -> None:
         docs = _get(msg, "docs", dict)
@@ -299,6 +314,7 @@ class SyncSession:
             theirs[name] = bytes(sv)
         assert self.peer is not None
         self.ledger.remember_peer(self.peer, theirs)
+        self.peer_states = theirs
         states = self.ledger.state_vectors()
         for name, ours in sorted(states.items()):
             their_sv = theirs.get(name, b"\x00")
