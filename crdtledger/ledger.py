@@ -1138,6 +1138,12 @@ def _check_rule(kind: str, body: Any) -> None:
             check_amount(int(body["correction_limit"]))
         elif kind == "level_basis":
             assert body["basis"] in ("topped", "spent")
+        elif kind == "revocations":
+            # Base64 text only: whether it is a CRL signed by the chain CA is checked
+            # by each node before installing it (peer/chain.py), not here.
+            assert isinstance(body, dict) and isinstance(body["crl"], str)
+            assert re.match(r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?\Z",
+                            body["crl"])
         else:
             assert isinstance(body, dict)
     except (AssertionError, KeyError, TypeError, ValueError, ArithmeticError, LedgerError) as e:
