@@ -53,6 +53,11 @@ def decode(text: str) -> int:
     return int(text.translate(_TO_INT32), 32)
 
 
+def id_floor(ms: int) -> str:
+    """The smallest id (timestamp part) minted at or after wall-clock `ms`."""
+    return encode(ms << _COUNTER_BITS)
+
+
 def wall_ms(ts: int) -> int:
     return ts >> _COUNTER_BITS
 

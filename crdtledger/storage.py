@@ -317,7 +317,7 @@ class Storage:
                                      dt_time(0), self.tz)
         except (TypeError, ValueError):
             raise InvalidInput(f"not a date like 2026-11-23: {day!r}") from None
-        return hlc.encode(int(start.timestamp() * 1000) << 16)
+        return hlc.id_floor(int(start.timestamp() * 1000))
 
     def day_of(self, ms: int) -> str:
         # Called several times per operation with the same second: remember the last

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from crdtledger import views
 from crdtledger.errors import (
@@ -40,6 +40,12 @@ from crdtledger.model import CARD_TYPES, MONEY_PURSES, RULE_KINDS
 from crdtledger.money import check_count, format_purse, format_yuan, parse_yuan
 from crdtledger.storage import backup as backup_store
 from crdtledger.syncfile import export_file, import_file
+from peer import local
+from peer.chain import CA_CERT, enrol, init_chain, load_chain, revocations_rule, revoke
+from peer.local import Running
+
+if TYPE_CHECKING:
+    from peer.node import Node
 
 PROG = "crdtledger"
 ENV_DATA = "CRDTLEDGER_DATA"
@@ -631,6 +637,37 @@ def add_common(p: argparse.ArgumentParser, *, operator: bool = True,
                        help=f"the operator's password (default: ${ENV_PASSWORD})")
 
 
+def add_node_commands(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The chain, the daemon and its status: outside the table, as they are not
+    ledger operations and never go through a running node."""
+    chain = top.add_parser("chain", help="the chain's certificate authority")
+    actions = chain.add_subparsers(dest="action", metavar="ACTION", required=True)
+    init = actions.add_parser("init", help="create the chain's certificate authority")
+    init.add_argument("--out", required=True, type=Path, metavar="CHAIN_DIR")
+    init.add_argument("--name", help="the chain's id (default: the directory's name)")
+    add_common(init, operator=False, password=False)
+    rev = actions.add_parser("revoke", help="revoke a node's certificates chain-wide "
+                             "(written into this node's ledger, which replicates it)")
+    rev.add_argument("--chain", required=True, type=Path, metavar="CHAIN_DIR")
+    rev.add_argument("--node", required=True, help="the node whose certificates to revoke")
+    add_common(rev)
+
+    node = top.add_parser("node", help="the branch node daemon")
+    actions = node.add_subparsers(dest="action", metavar="ACTION", required=True)
+    run = actions.add_parser("run", help="serve this node: sync with peers, HTTP API, metrics")
+    run.add_argument("--listen", default="0.0.0.0:8470", metavar="HOST:PORT",
+                     help="sync endpoint, mutual TLS (default 0.0.0.0:8470)")
+    run.add_argument("--api", default="127.0.0.1:8480", metavar="HOST:PORT",
+                     help="HTTP API, /metrics and /health (default 127.0.0.1:8480)")
+    run.add_argument("--peer", action="append", default=[], metavar="wss://HOST:PORT",
+                     help="a node to dial (repeatable); shops behind NAT dial out")
+    run.add_argument("--no-mdns", action="store_true", help="no LAN discovery")
+    add_common(run, operator=False, password=False)
+
+    st = top.add_parser("status", help="this node's peers: connected, last contact, lag")
+    add_common(st, operator=False, password=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Member and stored-value ledger of one branch node.")
@@ -639,9 +676,12 @@ def build_parser() -> argparse.ArgumentParser:
     init = top.add_parser("init", help="create a node in an empty data directory")
     add_common(init, operator=False, password=False)
     init.add_argument("--node", required=True, help="this branch's node id, e.g. SH01")
-    init.add_argument("--chain", default="default", help="the chain all its branches share")
+    init.add_argument("--chain", default="default", metavar="CHAIN_DIR",
+                      help="the chain directory from `chain init` (gives the node its "
+                      "certificate), or just a chain name for a node that syncs by files")
     init.add_argument("--timezone", default="Asia/Shanghai")
 
+    add_node_commands(top)
     groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
     for cmd in COMMANDS:
         owner = top
@@ -678,35 +718,169 @@ def refuse(args: argparse.Namespace, code: str, message: str) -> int:
     return EXIT_REFUSED
 
 
-def run(args: argparse.Namespace, data_dir: Path) -> Result:
-    if args.command == "init":
-        Ledger.create(data_dir, args.node, args.chain, args.timezone)
-        return Result({"node": args.node, "chain": args.chain, "data": str(data_dir)},
-                      f"node {args.node} of chain {args.chain} created in {data_dir}")
+class Refused(LedgerError):
+    """A refusal the running node reported for a routed command, with its code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def execute(ledger: Ledger, args: argparse.Namespace) -> Result:
+    """Run a table command against an open ledger: here, or inside a running node."""
     cmd: Command = args.cmd
-    with Ledger.open(data_dir, lock=cmd.access == "write") as ledger:
-        if args.operator is None:
-            return cmd.handler(Ctx(ledger, ledger.owner, args))
-        operator = ledger.authenticate(args.operator, args.auth_password)
-        try:
-            return cmd.handler(Ctx(ledger, operator, args))
-        except PermissionDenied as e:
-            # The library names operators by id; the person at the shell knows the name.
-            raise type(e)(str(e).replace(operator, args.operator)) from None
+    if args.operator is None:
+        return cmd.handler(Ctx(ledger, ledger.owner, args))
+    operator = ledger.authenticate(args.operator, args.auth_password)
+    try:
+        return cmd.handler(Ctx(ledger, operator, args))
+    except PermissionDenied as e:
+        # The library names operators by id; the person at the shell knows the name.
+        raise type(e)(str(e).replace(operator, args.operator)) from None
+
+
+def routed(node: Running, args: argparse.Namespace, argv: Sequence[str]) -> Result:
+    """Hand the command line to the node that holds the directory (peer/local.py)."""
+    reply = local.call(node, "/cli", {"argv": list(argv), "cwd": os.getcwd(),
+                                      "operator": args.operator,
+                                      "password": args.auth_password})
+    if "error" in reply:
+        raise Refused(str(reply["error"]), str(reply.get("message", "")))
+    return Result(reply["data"], str(reply["text"]))
+
+
+def init_node(args: argparse.Namespace, data_dir: Path) -> Result:
+    chain_dir = Path(args.chain)
+    if (chain_dir / CA_CERT).exists():
+        # A chain directory from `chain init`: the node gets a certificate and can run.
+        chain = load_chain(chain_dir)
+        Ledger.create(data_dir, args.node, chain.name, args.timezone)
+        enrol(chain_dir, data_dir, args.node)
+        name, how = chain.name, f" with a certificate of chain {chain.name} ({chain.short})"
+    elif "/" in args.chain or chain_dir.is_dir():
+        raise InvalidInput(f"{chain_dir} is not a chain directory: create one with "
+                           f"`{PROG} chain init --out {chain_dir}`")
+    else:
+        # Just a name: a node that syncs by files only (no certificate, cannot run).
+        Ledger.create(data_dir, args.node, args.chain, args.timezone)
+        name, how = args.chain, " (sync files only: no certificate)"
+    return Result({"node": args.node, "chain": name, "data": str(data_dir)},
+                  f"node {args.node} of chain {name} created in {data_dir}{how}")
+
+
+def chain_command(args: argparse.Namespace) -> Result:
+    if args.action == "init":
+        chain = init_chain(args.out, args.name)
+        return Result({"chain": chain.name, "fingerprint": chain.fingerprint,
+                       "dir": str(args.out)},
+                      f"chain {chain.name} created in {args.out}\n"
+                      f"fingerprint {chain.fingerprint}\n"
+                      f"keep {Path(args.out) / 'ca.key'} off the branch machines")
+    data_dir = data_dir_of(args)
+    node = local.running(data_dir)
+    if node is not None:
+        current = routed(node, args, ["rule", "show", "revocations", "--json"]).data
+    else:
+        with Ledger.open(data_dir, lock=False) as ledger:
+            current = ledger.rule("revocations")
+    crl = revoke(args.chain, args.node, existing_crl=current.get("crl") or None)
+    if node is not None:
+        routed(node, args, ["rule", "set", "revocations",
+                            "--json-body", json.dumps(revocations_rule(crl))])
+    else:
+        with Ledger.open(data_dir) as ledger:
+            ledger.set_rule(ledger.owner, "revocations", revocations_rule(crl))
+    return Result({"revoked": args.node, "crl_bytes": len(crl)},
+                  f"certificates of {args.node} revoked; every node refuses it once the "
+                  "revocation list reaches it")
+
+
+def status(args: argparse.Namespace, data_dir: Path) -> Result:
+    node = local.running(data_dir)
+    data: dict[str, Any]
+    if node is None:
+        with Ledger.open(data_dir, lock=False) as ledger:
+            known = ledger.storage.conn.execute(
+                "SELECT node, seen_at FROM peers ORDER BY node").fetchall()
+            data = {"node": ledger.node, "chain": ledger.chain, "running": False,
+                    "peers": [{"node": n, "connected": False, "last_contact": (s or 0) / 1000,
+                               "behind_in": None, "behind_out": None} for n, s in known]}
+    else:
+        data = {**local.call(node, "/status"), "running": True}
+    lines = [f"node {data['node']} of chain {data['chain']}: "
+             + ("running" if data["running"] else "not running")]
+    for p in data["peers"]:
+        seen = (datetime.fromtimestamp(p["last_contact"]).strftime("%Y-%m-%d %H:%M:%S")
+                if p.get("last_contact") else "never")
+        lag = ("" if p.get("behind_in") is None else
+               f"  we lack {p['behind_in']} ops, it lacks {p['behind_out']}")
+        state = "connected" if p["connected"] else "not connected"
+        lines.append(f"  {p['node']:<8} {state:<14} last contact {seen}{lag}")
+    if not data["peers"]:
+        lines.append("  no peers known yet")
+    return Result(data, "\n".join(lines))
+
+
+def node_run(args: argparse.Namespace, data_dir: Path) -> Result:
+    import asyncio
+    import logging
+
+    from peer.node import Config, parse_address, run_until_signalled
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        config = Config(data_dir, listen=parse_address(args.listen, 8470),
+                        api=parse_address(args.api, 8480), peers=list(args.peer),
+                        mdns=not args.no_mdns)
+    except ValueError as e:
+        raise InvalidInput(str(e)) from None
+
+    def announce(node: Node) -> None:
+        print(f"node {node.node_id} of chain {node.ledger.chain}: sync on port "
+              f"{node.sync_port}, API on http://{args.api.rpartition(':')[0] or '127.0.0.1'}"
+              f":{node.api_port}", flush=True)
+
+    asyncio.run(run_until_signalled(config, announce))
+    return Result({"stopped": True}, "node stopped")
+
+
+def data_dir_of(args: argparse.Namespace) -> Path:
+    data = getattr(args, "data", None) or os.environ.get(ENV_DATA)
+    if not data:
+        raise InvalidInput(f"no data directory: give --data DIR or set {ENV_DATA}")
+    return Path(data)
+
+
+def run(args: argparse.Namespace, data_dir: Path, argv: Sequence[str]) -> Result:
+    if args.command == "init":
+        return init_node(args, data_dir)
+    if args.command == "node":
+        return node_run(args, data_dir)
+    if args.command == "status":
+        return status(args, data_dir)
+    node = local.running(data_dir)
+    if node is not None:
+        return routed(node, args, argv)
+    with Ledger.open(data_dir, lock=args.cmd.access == "write") as ledger:
+        return execute(ledger, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     data = getattr(args, "data", None) or os.environ.get(ENV_DATA)
-    if not data:
+    if not data and args.command != "chain":
         parser.error(f"no data directory: give --data DIR or set {ENV_DATA}")
     args.operator = getattr(args, "operator", None)
     args.auth_password = getattr(args, "auth_password", None) or os.environ.get(ENV_PASSWORD)
     if args.operator is not None and args.auth_password is None:
         parser.error(f"--operator needs --password or {ENV_PASSWORD}")
     try:
-        result = run(args, Path(data))
+        if args.command == "chain":
+            result = chain_command(args)
+        else:
+            result = run(args, Path(str(data)), argv)
     except (LedgerError, RemoteProtocolError) as e:
         return refuse(args, e.code, str(e) or type(e).__name__)
     except OSError as e:  # e.g. --out in a missing or read-only directory

@@ -1,0 +1,159 @@
+"""The owner's local route into a running node, so the CLI never opens a store twice.
+
+While `crdtledger node run` holds a data directory, the store is that process's: a
+second process writing it would hold pycrdt documents the node does not see. So
+the CLI hands its whole command line to the node, which parses it with the same
+parser and runs the same handler against its own ledger (through `Node.perform`,
+so a debit there fetches rights like any other), and sends back what to print.
+
+The node writes `node.run.json` (mode 0600) with its local port and a random
+token: whoever can read the data directory is the node's owner at the console,
+exactly as when the CLI opens the store itself, and nobody else gets in.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hmac
+import json
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from crdtledger.errors import LedgerError, RemoteProtocolError
+from crdtledger.storage import LOCK_FILE
+
+if TYPE_CHECKING:
+    from peer.node import Node
+
+RUN_FILE = "node.run.json"
+TOKEN_HEADER = "X-Crdtledger-Local"
+TIMEOUT_S = 120.0  # an import of a large sync file runs inside the call
+
+
+@dataclass(frozen=True)
+class Running:
+    """How to reach the node that holds a data directory."""
+
+    url: str
+    token: str
+    node: str
+    pid: int
+
+
+def write_run_file(data_dir: Path, *, node: str, host: str, port: int, token: str) -> None:
+    path = data_dir / RUN_FILE
+    tmp = path.with_suffix(".part")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # connectable
+        json.dump({"pid": os.getpid(), "node": node, "api_host": host, "api": port,
+                   "token": token}, f)
+    os.replace(tmp, path)
+
+
+def running(data_dir: Path) -> Running | None:
+    """The node serving `data_dir`, or None if no node holds it.
+
+    A node killed with SIGKILL leaves its run file behind; the directory lock,
+    which dies with the process, tells a live node from a stale file.
+    """
+    try:
+        info = json.loads((data_dir / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not _lock_held(data_dir):
+        return None
+    try:
+        return Running(f"http://{info['api_host']}:{int(info['api'])}", str(info["token"]),
+                       str(info["node"]), int(info["pid"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _lock_held(data_dir: Path) -> bool:
+    try:
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+class NodeUnreachable(LedgerError):
+    code = "node_unreachable"
+
+
+def call(node: Running, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """POST (or GET without a body) to the node's local route; the reply as a dict."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        node.url + "/local" + path, data=data, method="GET" if body is None else "POST",
+        headers={TOKEN_HEADER: node.token, "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+            reply: dict[str, Any] = json.loads(resp.read())
+    except urllib.error.HTTPError as e:
+        reply = json.loads(e.read() or b"{}")
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise NodeUnreachable(f"node {node.node} (pid {node.pid}) did not answer: {e}") from None
+    return reply
+
+
+# --- the node's side ------------------------------------------------------------
+
+
+def local_app(node: Node) -> web.Application:
+    app = web.Application(client_max_size=1024 * 1024)
+
+    @web.middleware
+    async def owner_only(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not hmac.compare_digest(request.headers.get(TOKEN_HEADER, ""), node.local_token):
+            raise web.HTTPForbidden(text="the local route is for the node's owner")
+        return await handler(request)
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response(node.sync_status())
+
+    async def cli(request: web.Request) -> web.Response:
+        from peer.cli import Result, build_parser, execute
+
+        body = await request.json()
+        try:
+            args = build_parser().parse_args(body["argv"])
+        except SystemExit:
+            return web.json_response({"error": "usage", "message": "bad command line"},
+                                     status=400)
+        args.operator = body.get("operator")
+        args.auth_password = body.get("password")
+        # File arguments are relative to where the person typed the command.
+        cwd = Path(body.get("cwd") or "/")
+        for key, value in vars(args).items():
+            if isinstance(value, Path) and not value.is_absolute():
+                setattr(args, key, cwd / value)
+        try:
+            result: Result = await node.perform(lambda: execute(node.ledger, args))
+        except (LedgerError, RemoteProtocolError) as e:
+            return web.json_response({"error": e.code, "message": str(e) or type(e).__name__})
+        except OSError as e:
+            return web.json_response({"error": "io_error",
+                                      "message": f"{e.strerror or e}: {e.filename or ''}"})
+        return web.json_response({"data": result.data, "text": result.text})
+
+    app.middlewares.append(owner_only)
+    app.router.add_get("/status", status)
+    app.router.add_post("/cli", cli)
+    return app
