@@ -45,7 +45,7 @@ from peer.chain import CA_CERT, enrol, init_chain, load_chain, revocations_rule,
 from peer.local import Running
 
 if TYPE_CHECKING:
-    from peer.node import Node
+    from peer.node import Config, Node
 
 PROG = "crdtledger"
 ENV_DATA = "CRDTLEDGER_DATA"
@@ -655,9 +655,9 @@ def add_node_commands(top: argparse._SubParsersAction[argparse.ArgumentParser]) 
     node = top.add_parser("node", help="the branch node daemon")
     actions = node.add_subparsers(dest="action", metavar="ACTION", required=True)
     run = actions.add_parser("run", help="serve this node: sync with peers, HTTP API, metrics")
-    run.add_argument("--listen", default="0.0.0.0:8470", metavar="HOST:PORT",
+    run.add_argument("--listen", metavar="HOST:PORT",
                      help="sync endpoint, mutual TLS (default 0.0.0.0:8470)")
-    run.add_argument("--api", default="127.0.0.1:8480", metavar="HOST:PORT",
+    run.add_argument("--api", metavar="HOST:PORT",
                      help="HTTP API, /metrics and /health (default 127.0.0.1:8480)")
     run.add_argument("--peer", action="append", default=[], metavar="wss://HOST:PORT",
                      help="a node to dial (repeatable); shops behind NAT dial out")
@@ -821,24 +821,54 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
     return Result(data, "\n".join(lines))
 
 
+CONFIG_FILE = "node.toml"
+
+
+def node_config(args: argparse.Namespace, data_dir: Path) -> Config:
+    """The daemon's settings: command line, else DATA/node.toml, else the defaults.
+
+    node.toml (all keys optional), so a shop PC's service needs only --data:
+        listen = "0.0.0.0:8470"
+        api = "127.0.0.1:8480"
+        peers = ["wss://hq.example.com:8470"]
+        mdns = true
+    """
+    import tomllib
+
+    from peer.node import Config, parse_address
+
+    try:
+        with open(data_dir / CONFIG_FILE, "rb") as f:
+            file = tomllib.load(f)
+    except FileNotFoundError:
+        file = {}
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise InvalidInput(f"{data_dir / CONFIG_FILE}: {e}") from None
+    peers = [*file.get("peers", []), *args.peer]
+    try:
+        if not all(isinstance(p, str) and p.startswith("wss://") for p in peers):
+            raise ValueError(f"peers are wss://HOST:PORT addresses, not {peers!r}")
+        return Config(data_dir,
+                      listen=parse_address(args.listen or file.get("listen", "0.0.0.0"), 8470),
+                      api=parse_address(args.api or file.get("api", "127.0.0.1"), 8480),
+                      peers=list(dict.fromkeys(peers)),
+                      mdns=not args.no_mdns and bool(file.get("mdns", True)))
+    except (ValueError, AttributeError) as e:
+        raise InvalidInput(f"node settings: {e}") from None
+
+
 def node_run(args: argparse.Namespace, data_dir: Path) -> Result:
     import asyncio
     import logging
 
-    from peer.node import Config, parse_address, run_until_signalled
+    from peer.node import run_until_signalled
 
+    config = node_config(args, data_dir)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        config = Config(data_dir, listen=parse_address(args.listen, 8470),
-                        api=parse_address(args.api, 8480), peers=list(args.peer),
-                        mdns=not args.no_mdns)
-    except ValueError as e:
-        raise InvalidInput(str(e)) from None
 
     def announce(node: Node) -> None:
         print(f"node {node.node_id} of chain {node.ledger.chain}: sync on port "
-              f"{node.sync_port}, API on http://{args.api.rpartition(':')[0] or '127.0.0.1'}"
-              f":{node.api_port}", flush=True)
+              f"{node.sync_port}, API on http://{config.api[0]}:{node.api_port}", flush=True)
 
     asyncio.run(run_until_signalled(config, announce))
     return Result({"stopped": True}, "node stopped")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import hmac
 import json
+import logging
 import os
 import urllib.error
 import urllib.request
@@ -31,6 +32,8 @@ from crdtledger.storage import LOCK_FILE
 
 if TYPE_CHECKING:
     from peer.node import Node
+
+log = logging.getLogger("crdtledger.node")
 
 RUN_FILE = "node.run.json"
 TOKEN_HEADER = "X-Crdtledger-Local"
@@ -107,7 +110,10 @@ def call(node: Running, path: str, body: dict[str, Any] | None = None) -> dict[s
         with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
             reply: dict[str, Any] = json.loads(resp.read())
     except urllib.error.HTTPError as e:
-        reply = json.loads(e.read() or b"{}")
+        try:
+            reply = json.loads(e.read())
+        except ValueError:
+            reply = {"error": "node_error", "message": f"node {node.node} answered {e}"}
     except (urllib.error.URLError, OSError, ValueError) as e:
         raise NodeUnreachable(f"node {node.node} (pid {node.pid}) did not answer: {e}") from None
     return reply
@@ -151,6 +157,11 @@ def local_app(node: Node) -> web.Application:
         except OSError as e:
             return web.json_response({"error": "io_error",
                                       "message": f"{e.strerror or e}: {e.filename or ''}"})
+        except Exception:
+            log.exception("command %s failed", body["argv"][:2])
+            return web.json_response(
+                {"error": "internal_error", "message": "the node failed; see its log"},
+                status=500)
         return web.json_response({"data": result.data, "text": result.text})
 
     app.middlewares.append(owner_only)

@@ -43,6 +43,7 @@ from crdtledger import escrow
 from crdtledger.errors import (
     ForeignChain,
     LedgerError,
+    LocalProtocolError,
     RemoteProtocolError,
     RightsElsewhere,
 )
@@ -134,6 +135,7 @@ class Link:
 
     async def run(self) -> None:
         self.session.start()
+        self.wake()  # the hello goes out first, before anything is read
         writer = asyncio.create_task(self._write())
         try:
             await self._read()
@@ -259,10 +261,13 @@ class Node:
         keys = []
         for ask in fetch.asks:
             link = self.link(ask.giver)
-            if link is None:
+            try:
+                if link is None:
+                    raise LocalProtocolError(f"no connection to {ask.giver}")
+                rid = link.session.request_rights(fetch.member, fetch.purse, ask.amount)
+            except LocalProtocolError:  # the connection closed since `connected()`
                 fetch.lost(ask.giver)
                 continue
-            rid = link.session.request_rights(fetch.member, fetch.purse, ask.amount)
             keys.append((ask.giver, rid))
             self._waits[(ask.giver, rid)] = wait
             link.wake()
@@ -301,7 +306,9 @@ class Node:
         return state.link if state else None
 
     def connected(self) -> list[str]:
-        return sorted(n for n, p in self.peers.items() if p.link is not None)
+        """Peers with a connection whose hello has arrived: the ones we can ask."""
+        return sorted(n for n, p in self.peers.items()
+                      if p.link is not None and p.link.session.peer is not None)
 
     def peer_seen(self, peer: str) -> None:
         self.peers[peer].last_contact = time.time()

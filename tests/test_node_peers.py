@@ -129,7 +129,9 @@ def test_oversized_frame_closes_the_connection(world: dict[str, Any]) -> None:
     chain = world["chain"].name
     code, _ = asyncio.run(talk(world["a"], client_context(world["root"] / "sh03"),
                                [hello("SH03", chain), b"\x00" * (MAX_FRAME_BYTES + 1)]))
-    assert code == 1009  # message too big
+    # The node closes with 1009 (too big) while the client is still sending, which
+    # the client may only see as the connection dropping (1006).
+    assert code in (1009, 1006)
     still_serving(world)
 
 
