@@ -41,13 +41,18 @@ def test_three_nodes_with_static_peers_converge(tmp_path: Path) -> None:
 
 
 def test_mdns_finds_a_peer_without_any_address(tmp_path: Path) -> None:
-    with cluster(tmp_path) as c:
+    with cluster(tmp_path) as c, cluster(tmp_path, "other-chain") as other:
+        stranger = other.add("FX01", mdns=True).start()  # another chain in the same mall
         a = c.add("SH01", mdns=True).start()
         b = c.add("SH02", mdns=True).start()
         wait_for(lambda: "SH02" in a.connected() and "SH01" in b.connected(),
                  what="mDNS discovery")
         member = member_with_cash(a, "10.00")
         wait_for(lambda: balance(b, member), what="the member at SH02")
+        # Seen on the network, never dialled: its TXT names another chain's CA.
+        assert stranger.status()["peers"] == []
+        assert "FX01" not in a.connected() | b.connected()
+        assert "FX01" not in a.logs() + b.logs()
 
 
 def test_line_topology_relays_hop_by_hop(tmp_path: Path) -> None:
