@@ -545,7 +545,7 @@ class Ledger:
         return views.member(self, member)
 
     def find_members(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
-        return views.find_members(self.storage.conn, query, limit)
+        return views.find_members(self.storage.conn, _text(query, "search"), limit)
 
     def _live_member(self, member: str) -> tuple[dict[str, Any], tuple[int, int]]:
         """The member's profile and cumulative (spent, topped): one indexed read on the
@@ -1046,11 +1046,23 @@ def _text(value: Any, what: str, *, required: bool = False, limit: int = MAX_TEX
     if not isinstance(value, str):
         raise InvalidInput(f"{what} must be text")
     text: str = value.strip()
+    if "\x00" in text or _unencodable(text):
+        # A lone surrogate (valid JSON: "\ud800") makes pycrdt panic and SQLite
+        # refuse; NUL ends strings early in C code that shows them.
+        raise InvalidInput(f"{what} contains characters that are not text")
     if required and not text:
         raise InvalidInput(f"{what} is required")
     if len(text) > limit:
         raise InvalidInput(f"{what} is longer than {limit} characters")
     return text
+
+
+def _unencodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _check_date(value: str, what: str) -> None:

@@ -1003,3 +1003,13 @@ def test_a_deleted_member_can_be_edited_back(a: Ledger) -> None:
     assert a.balance(m)["cash"] == 100
     with pytest.raises(NotFound):
         a.edit_member(a.owner, "0000000000000.SH09", fields={"name": "无"})
+
+
+@pytest.mark.parametrize("text", ["\ud800", "a\x00b"])
+def test_text_that_is_not_text_is_refused_and_changes_nothing(a: Ledger, text: str) -> None:
+    before = snapshot(a)
+    with pytest.raises(InvalidInput):
+        a.add_member(a.owner, name=text, phone="13800000000")
+    with pytest.raises(InvalidInput):
+        a.find_members(text)
+    assert snapshot(a) == before
