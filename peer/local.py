@@ -151,7 +151,8 @@ def local_app(node: Node) -> web.Application:
             if isinstance(value, Path) and not value.is_absolute():
                 setattr(args, key, cwd / value)
         try:
-            result: Result = await node.perform(lambda: execute(node.ledger, args))
+            result: Result = await node.perform(lambda: execute(node.ledger, args),
+                                                " ".join(args.cmd.path))
         except (LedgerError, RemoteProtocolError) as e:
             return web.json_response({"error": e.code, "message": str(e) or type(e).__name__})
         except OSError as e:

@@ -15,7 +15,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         self.operations = Counter(
-            "crdtledger_operations", "Ledger writes committed at this node, by kind",
+            "crdtledger_operations",
+            "Operations done at this node: by command, or by ledger entry kind",
             ["kind"], registry=r)
         self.refused = Counter(
             "crdtledger_refused_operations", "Writes the ledger refused, by reason",

@@ -222,7 +222,7 @@ class Node:
     def node_id(self) -> str:
         return self.ledger.node
 
-    async def perform(self, op: Callable[[], T]) -> T:
+    async def perform(self, op: Callable[[], T], name: str | None = None) -> T:
         """Run one ledger write. If it lacks rights that reachable branches hold,
         ask them (richest first), wait up to the deadline, and try again.
 
@@ -251,8 +251,10 @@ class Node:
         finally:
             if started is not None:
                 self.metrics.rights_fetch.observe(time.monotonic() - started)
-        if isinstance(result, dict) and isinstance(result.get("kind"), str):
-            self.metrics.operations.labels(result["kind"]).inc()
+        if name is None:  # an entry names its kind; anything else is counted as "other"
+            kind = result.get("kind") if isinstance(result, dict) else None
+            name = kind if isinstance(kind, str) else "other"
+        self.metrics.operations.labels(name).inc()
         return result
 
     async def _fetch(self, fetch: escrow.RightsFetch, timeout: float) -> None:

@@ -94,6 +94,7 @@ def test_rights_move_automatically_and_a_dead_holder_is_named(tmp_path: Path) ->
         metrics = b.http("GET", "/metrics")
         assert 'crdtledger_rights_transfers_total{direction="in"}' in metrics
         assert 'crdtledger_refused_operations_total{reason="rights_elsewhere"} 1.0' in metrics
+        assert 'crdtledger_operations_total{kind="debit"} 2.0' in metrics
 
 
 def test_kill9_mid_stream_loses_no_acknowledged_debit(tmp_path: Path) -> None:
