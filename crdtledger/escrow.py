@@ -138,6 +138,12 @@ class RightsFetch:
         rights[here] = refusal.here
         # The debit's own shortfall, so a holder may be asked for its last rights.
         self.asks = shortfall_plan(rights, here, refusal.here + refusal.shortfall, refusal.purse)
+        # What reachable holders cannot cover may sit behind a peer that holds nothing
+        # itself (a hub that shops behind NAT dial): ask one such peer to relay.
+        rest = refusal.shortfall - sum(t.amount for t in self.asks)
+        relays = sorted(reach - set(refusal.holders) - {here})
+        if rest > 0 and relays:
+            self.asks.append(Transfer(refusal.purse, relays[0], here, rest))
         self._waiting = {t.giver for t in self.asks}
         self.need = refusal.shortfall
         self.received = 0

@@ -13,7 +13,7 @@ Conversation (every message: msgpack map with protocol version ``v`` and type ``
     hello   {chain, node, now, digest}    first, and again for each anti-entropy round
     state   {docs: {name: state vector}, reply}  when digests differ; answered once
     update  {doc, data}                   what the peer lacks / each new update
-    rreq    {id, member, purse, amount}   "I am short of rights on this purse"
+    rreq    {id, member, purse, amount, fwd?}  "I am short of rights on this purse"
     rrep    {id, granted}                 the transfer entry's update was sent before
 
 A round between nodes already in sync is two hellos of under 100 bytes each.
@@ -95,7 +95,20 @@ class RightsAnswered:
     amount: int
 
 
-Event = PeerHello | ClockSkewSeen | UpdatesApplied | RightsGranted | RightsAnswered
+@dataclass(frozen=True)
+class RightsRequested:
+    """A peer asks for rights and this session relays (`relay_rights`): the driver may
+    first fetch rights from its other peers, then must call `answer_rights(request)`."""
+
+    request: int
+    node: str
+    member: str
+    purse: str
+    amount: int
+
+
+Event = (PeerHello | ClockSkewSeen | UpdatesApplied | RightsGranted | RightsAnswered
+         | RightsRequested)
 
 
 def decode_state_vector(data: bytes) -> dict[int, int]:
@@ -198,6 +211,13 @@ class SyncSession:
         # What we granted per request id of the peer: a request seen twice (a resent
         # or duplicated frame) gets the same answer, never a second transfer.
         self._answered: OrderedDict[int, int] = OrderedDict()
+        # Requests handed to the driver to relay, until it answers them.
+        self._relaying: dict[int, tuple[str, str, int]] = {}
+        # Shops behind NAT dial a hub, never each other: a hub that holds too little
+        # for a request can fetch the rest from its other peers before answering. A
+        # relayed request is marked `fwd` and is never relayed again, so requests
+        # cannot loop; one hop through a hub is what the deployment needs.
+        self.relay_rights = False
         self.bytes_in = 0
         self.bytes_out = 0
         self.rounds = 0
@@ -220,8 +240,10 @@ class SyncSession:
         self._require_open()
         self._send_hello()
 
-    def request_rights(self, member: str, purse: str, amount: int) -> int:
-        """Ask the peer for `amount` of rights on a purse; answered by RightsGranted."""
+    def request_rights(self, member: str, purse: str, amount: int, *,
+                       forwarded: bool = False) -> int:
+        """Ask the peer for `amount` of rights on a purse; answered by RightsGranted.
+        `forwarded`: asked on behalf of another peer; the peer must not relay it."""
         self._require_open()
         if self.peer is None:
             raise LocalProtocolError("peer has not said hello yet")
@@ -236,8 +258,17 @@ class SyncSession:
         rid = self._next_request
         self._next_request += 1
         self._open_requests[rid] = (member, purse, amount)
-        self._queue({"t": "rreq", "id": rid, "member": member, "purse": purse, "amount": amount})
+        self._queue({"t": "rreq", "id": rid, "member": member, "purse": purse, "amount": amount,
+                     **({"fwd": True} if forwarded else {})})
         return rid
+
+    def answer_rights(self, request: int) -> None:
+        """Grant what we can now to a request handed out as RightsRequested."""
+        self._require_open()
+        if request not in self._relaying:
+            raise LocalProtocolError(f"no rights request {request} is waiting for an answer")
+        member, purse, amount = self._relaying.pop(request)
+        self._grant(request, member, purse, amount)
 
     def data_to_send(self) -> list[bytes]:
         out, self._out = self._out, []
@@ -345,6 +376,18 @@ class SyncSession:
         if rid in self._answered:
             self._queue({"t": "rrep", "id": rid, "granted": self._answered[rid]})
             return
+        if rid in self._relaying:
+            return  # a duplicate of a request being relayed: it is answered once
+        if self.relay_rights and not msg.get("fwd"):
+            if len(self._relaying) >= MAX_OPEN_REQUESTS:
+                raise RemoteProtocolError("too many rights requests at once")
+            self._relaying[rid] = (member, purse, amount)
+            self._events.append(RightsRequested(rid, self.peer, member, purse, amount))
+            return
+        self._grant(rid, member, purse, amount)
+
+    def _grant(self, rid: int, member: str, purse: str, amount: int) -> None:
+        assert self.peer is not None
         granted = 0
         try:
             entry = self.ledger.grant_rights(member, purse, self.peer, amount)

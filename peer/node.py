@@ -56,6 +56,7 @@ from crdtledger.sync import (
     PeerHello,
     RightsAnswered,
     RightsGranted,
+    RightsRequested,
     SyncSession,
     UpdatesApplied,
     missing,
@@ -126,6 +127,7 @@ class Link:
         self.dialer = dialer  # node id of the side that dialled: decides duplicates
         self.cert = cert
         self.session = SyncSession(node.ledger, expect_node=peer)
+        self.session.relay_rights = True  # see Node._relay_rights
         self._wake = asyncio.Event()
         self.closed = False
         self.measured: dict[str, bytes] | None = None  # peer states lag was measured at
@@ -257,7 +259,30 @@ class Node:
         self.metrics.operations.labels(name).inc()
         return result
 
-    async def _fetch(self, fetch: escrow.RightsFetch, timeout: float) -> None:
+    async def _relay_rights(self, link: Link, req: RightsRequested) -> None:
+        """A peer asks for rights: if this node holds too little, first fetch the rest
+        from its other peers (one hop, half the deadline), then grant what it holds."""
+        try:
+            rights = self.ledger.rights(req.member, req.purse)
+            have = rights.get(self.node_id, 0)
+            others = [p for p in self.connected() if p != req.node]
+            if have < req.amount and others:
+                holders = {n: a for n, a in rights.items() if n != self.node_id and a > 0}
+                refusal = RightsElsewhere(req.purse, req.amount - have, have, holders,
+                                          req.member)
+                fetch = escrow.RightsFetch(refusal, self.node_id, others)
+                if fetch.possible:
+                    await self._fetch(fetch, self.config.rights_deadline_s / 2, forwarded=True)
+        except LedgerError as e:  # e.g. a member this node has not heard of yet
+            log.info("relaying rights to %s: %s", req.node, e)
+        finally:
+            if not link.closed:
+                link.session.answer_rights(req.request)
+                self.handle_events(link)
+                link.wake()
+
+    async def _fetch(self, fetch: escrow.RightsFetch, timeout: float,
+                     forwarded: bool = False) -> None:
         assert fetch.member is not None
         wait = _Wait(fetch, asyncio.Event())
         keys = []
@@ -266,7 +291,8 @@ class Node:
             try:
                 if link is None:
                     raise LocalProtocolError(f"no connection to {ask.giver}")
-                rid = link.session.request_rights(fetch.member, fetch.purse, ask.amount)
+                rid = link.session.request_rights(fetch.member, fetch.purse, ask.amount,
+                                                  forwarded=forwarded)
             except LocalProtocolError:  # the connection closed since `connected()`
                 fetch.lost(ask.giver)
                 continue
@@ -331,6 +357,8 @@ class Node:
                         wait.fetch.answered(peer, amount)
                         if wait.fetch.done:
                             wait.done.set()
+                case RightsRequested():
+                    self._spawn(self._relay_rights(link, event))
                 case RightsAnswered(amount=amount):
                     if amount > 0:
                         m.rights_transfers.labels("out").inc()

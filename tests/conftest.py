@@ -13,8 +13,14 @@ from typing import Any, NamedTuple
 
 import pytest
 from helpers import new_ledger
+from hypothesis import settings
 
 from crdtledger.ledger import Ledger
+
+# No per-example deadline: CI machines are shared and noisy, and a slow example is
+# not a wrong one (speed is measured in benchmarks/, never asserted in tests).
+settings.register_profile("crdtledger", deadline=None)
+settings.load_profile("crdtledger")
 
 CLI_TIMEOUT_S = 60  # a store lock waits 10 s at most; anything longer is a hang
 

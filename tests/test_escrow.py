@@ -11,10 +11,11 @@ from collections import Counter
 
 import hypothesis.strategies as st
 import pytest
-from hypothesis import assume, example, given, settings
+from hypothesis import example, given, settings
 
 from crdtledger.errors import InsufficientFunds, RightsElsewhere
 from crdtledger.escrow import (
+    RightsFetch,
     Transfer,
     check_deltas_authorised,
     grant_amount,
@@ -87,7 +88,7 @@ def test_shortfall_plan_covers_and_never_overdraws(rights: dict[str, int], here:
 @given(rights=rights_st, here=node, amount=amount_st)
 def test_shortfall_plan_is_empty_when_here_suffices(rights: dict[str, int], here: str,
                                                     amount: int) -> None:
-    assume(rights.get(here, 0) >= amount)
+    amount = min(amount, rights.get(here, 0))  # here suffices (built, not filtered for)
     assert shortfall_plan(rights, here, amount) == []
 
 
@@ -238,3 +239,14 @@ def test_replicas_reject_an_entry_lowering_another_node(origin: str, victim: str
     else:
         with pytest.raises(InvalidRecord):
             normalise_entry(key, entry)
+
+
+def test_a_fetch_asks_a_relay_for_what_reachable_holders_cannot_cover() -> None:
+    refusal = RightsElsewhere("cash", 3000, 0, {"SH01": 5000, "SH03": 1000}, "M")
+    # SH03 is reachable and gives what it has; SH01 is only behind the hub HQ01.
+    fetch = RightsFetch(refusal, "HZ01", ["SH03", "HQ01"])
+    assert [(t.giver, t.amount) for t in fetch.asks] == [("SH03", 1000), ("HQ01", 2000)]
+    # With the holder itself reachable, no relay is asked.
+    direct = RightsFetch(refusal, "HZ01", ["SH01", "HQ01"])
+    assert [(t.giver, t.amount) for t in direct.asks] == [("SH01", 3000)]
+    assert not RightsFetch(refusal, "HZ01", []).possible

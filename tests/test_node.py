@@ -97,6 +97,23 @@ def test_rights_move_automatically_and_a_dead_holder_is_named(tmp_path: Path) ->
         assert 'crdtledger_operations_total{kind="debit"} 2.0' in metrics
 
 
+def test_rights_reach_a_branch_through_a_hub(tmp_path: Path) -> None:
+    """Shops behind NAT dial a hub and never each other; rights still move, the hub
+    fetching them on the asking shop's behalf."""
+    with cluster(tmp_path) as c:
+        hub = c.add("HQ01").start()
+        a = c.add("SH01", peers=("HQ01",)).start()
+        z = c.add("HZ01", peers=("HQ01",)).start()
+        wait_for(lambda: hub.connected() == {"SH01", "HZ01"}, what="both shops at the hub")
+        member = member_with_cash(a, "100.00")
+        wait_for(lambda: balance(z, member), what="the member at HZ01")
+        r = z.cli("debit", "--member", member, "--amount", "30.00")
+        assert r.code == 0, r.err
+        converged(a, hub, z)
+        rights = a.cli("rights", "show", "--member", member, "--json").json()
+        assert rights["HZ01"] >= 0 and sum(rights.values()) == 7000
+
+
 def test_kill9_mid_stream_loses_no_acknowledged_debit(tmp_path: Path) -> None:
     with cluster(tmp_path) as c:
         a = c.add("SH01").start()

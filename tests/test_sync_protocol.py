@@ -31,6 +31,7 @@ from crdtledger.sync import (
     PeerHello,
     RightsAnswered,
     RightsGranted,
+    RightsRequested,
     SyncSession,
     UpdatesApplied,
     decode_state_vector,
@@ -621,3 +622,36 @@ def test_a_bad_rights_request_is_our_error_and_never_sent(a: Ledger, b: Ledger, 
     with pytest.raises(LocalProtocolError, match="bad rights request"):
         sa.request_rights(m if member == "M" else member, purse, amount)
     assert sa.data_to_send() == []
+
+
+def test_a_relaying_session_hands_requests_to_its_driver_once(tmp_path: Path) -> None:
+    """With relay_rights, a request waits for the driver (a hub fetching from its other
+    peers); a duplicate is answered once; a forwarded request is never relayed again."""
+    a, b = new_ledger(tmp_path, "SH01"), new_ledger(tmp_path, "SH02")
+    try:
+        m = a.add_member(a.owner, name="客", phone="13800001234")
+        a.topup(a.owner, m, 10000)
+        net = Net()
+        sa, sb = net.connect(a, b)
+        sa.relay_rights = True
+        rid = sb.request_rights(m, "cash", 3000)
+        (request,) = sb.data_to_send()
+        sa.receive(request)
+        sa.receive(request)  # duplicated on the way
+        asked = [e for e in iter(sa.next_event, None) if isinstance(e, RightsRequested)]
+        assert asked == [RightsRequested(rid, "SH02", m, "cash", 3000)]
+        assert sa.data_to_send() == [] and a.rights(m) == {"SH01": 10000}
+        sa.answer_rights(rid)
+        with pytest.raises(LocalProtocolError):
+            sa.answer_rights(rid)
+        net.pump()
+        granted = [e for e in iter(sb.next_event, None) if isinstance(e, RightsGranted)]
+        assert [g.amount for g in granted] == [6500]
+        fwd = sb.request_rights(m, "cash", 100, forwarded=True)
+        net.pump()
+        assert not [e for e in iter(sa.next_event, None) if isinstance(e, RightsRequested)]
+        granted = [e for e in iter(sb.next_event, None) if isinstance(e, RightsGranted)]
+        assert [(g.request, g.amount) for g in granted] == [(fwd, 100 + (3500 - 100) // 2)]
+    finally:
+        a.close()
+        b.close()
