@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import datagen, debit, history, scale
+from benchmarks import datagen, debit, history, network, scale
 from benchmarks.common import Config, config
 from benchmarks.report import Report
 
@@ -23,6 +23,8 @@ BENCHMARKS: dict[str, Callable[[Config, Report], None]] = {
     debit.NAME: debit.run,
     history.NAME: history.run,
     scale.NAME: scale.run,
+    network.SYNC: network.run_sync,
+    network.PROPAGATION: network.run_propagation,
 }
 
 
