@@ -224,6 +224,10 @@ class SyncSession:
         # The peer's state vectors as of the last round (None before the first): how
         # far behind either side is, for a node's sync status.
         self.peer_states: dict[str, bytes] | None = None
+        # Per document, the peer state vector we sent a diff against in this round.
+        # When both sides say hello at once, each gets the other's state twice (its
+        # own and the reply) carrying the same vector: the diff goes out only once.
+        self._diffed: dict[str, bytes] = {}
         self._unsubscribe = ledger.subscribe(self._on_commit)
 
     # --- driving side --------------------------------------------------------
@@ -308,6 +312,7 @@ class SyncSession:
         handler(msg)
 
     def _on_hello(self, msg: dict[str, Any]) -> None:
+        self._diffed.clear()  # a new round
         chain = _get(msg, "chain", str)
         node = _get(msg, "node", str)
         now = _get(msg, "now", int)
@@ -351,6 +356,9 @@ class SyncSession:
             their_sv = theirs.get(name, b"\x00")
             if covers(decode_state_vector(their_sv), decode_state_vector(ours)):
                 continue
+            if self._diffed.get(name) == their_sv:
+                continue  # sent this round; what we got since went out live
+            self._diffed[name] = their_sv
             data = self.ledger.diff(name, their_sv)
             if data != _EMPTY_UPDATE:
                 self._queue({"t": "update", "doc": name, "data": data})
@@ -421,6 +429,7 @@ class SyncSession:
         self._queue({"t": "update", "doc": doc, "data": update})
 
     def _send_hello(self) -> None:
+        self._diffed.clear()
         self._queue({
             "t": "hello", "chain": self.ledger.chain, "node": self.ledger.node,
             "now": self.ledger.clock.wall(),

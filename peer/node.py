@@ -428,7 +428,8 @@ class Node:
             raise web.HTTPForbidden(text=str(e)) from None
         if peer == self.node_id:
             raise web.HTTPForbidden(text="a node cannot connect to itself")
-        ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES)
+        ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES,
+                                   compress=True)
         await ws.prepare(request)
         await self._attach(ws, peer, "", peer, der)
         return ws
@@ -452,7 +453,8 @@ class Node:
             try:
                 ws = await self._client.ws_connect(
                     endpoint, ssl=self.identity.client_ssl_context(), heartbeat=HEARTBEAT_S,
-                    max_msg_size=MAX_FRAME_BYTES, timeout=aiohttp.ClientWSTimeout(ws_close=5))
+                    max_msg_size=MAX_FRAME_BYTES, compress=15,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=5))
                 der = ws.get_extra_info("ssl_object").getpeercert(binary_form=True)
                 try:
                     peer = self.identity.check_peer(der, expect_node=node_hint)
@@ -484,15 +486,15 @@ class Node:
     async def _rebalancer(self) -> None:
         while True:
             await asyncio.sleep(self.config.rebalance_s)
-            try:
-                self.rebalance()
-            except LedgerError as e:  # a race with a debit here: try next round
-                log.info("rebalance: %s", e)
+            await self.rebalance()
 
-    def rebalance(self) -> int:
+    async def rebalance(self) -> int:
         """Move this node's surplus rights toward connected branches where members
         have been shopping since the last pass; never empties this node's rights
-        (escrow.rebalance). Returns the number of transfers made."""
+        (escrow.rebalance). Returns the number of transfers made.
+
+        Each transfer is a durable write; the loop is yielded between them so that a
+        pass over many members never holds up a swipe or the sync."""
         conn = self.ledger.storage.conn
         me = self.node_id
         mark = self._rebalance_mark
@@ -514,9 +516,14 @@ class Node:
                     continue
                 for t in escrow.rebalance(rights, visits, purse):
                     if t.giver == me and t.receiver in reachable:
-                        self.ledger.transfer_rights(self.ledger.owner, member, t.receiver,
-                                                    t.amount, purse)
+                        try:
+                            self.ledger.transfer_rights(self.ledger.owner, member,
+                                                        t.receiver, t.amount, purse)
+                        except LedgerError as e:  # spent meanwhile: next pass
+                            log.info("rebalance %s: %s", member, e)
+                            continue
                         moved += 1
+                        await asyncio.sleep(0)
         return moved
 
     # --- lifecycle ------------------------------------------------------------

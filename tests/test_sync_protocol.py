@@ -655,3 +655,27 @@ def test_a_relaying_session_hands_requests_to_its_driver_once(tmp_path: Path) ->
     finally:
         a.close()
         b.close()
+
+
+def test_a_round_started_from_both_sides_sends_each_diff_once(a: Ledger, b: Ledger) -> None:
+    """Both nodes say hello at once (as on every new connection): each then sees the
+    other's state twice, its own and the reply, and must not send the diff twice."""
+    m = a.add_member(a.owner, name="张三", phone="13800000000")
+    a.topup(a.owner, m, 10000)
+    sa, sb = SyncSession(a), SyncSession(b)
+    sa.start()
+    sb.start()
+    sent: list[str] = []
+    while True:
+        out_a, out_b = sa.data_to_send(), sb.data_to_send()
+        if not out_a and not out_b:
+            break
+        for frame in out_a:
+            msg = msgpack.unpackb(frame)
+            if msg["t"] == "update":
+                sent.append(msg["doc"])
+            sb.receive(frame)
+        for frame in out_b:
+            sa.receive(frame)
+    assert sorted(sent) == sorted(set(sent)) and sent, sent
+    assert a.state_vectors() == b.state_vectors()
