@@ -129,6 +129,9 @@ class LoadedDoc:
         self._change: Change | None = None  # set while watching()
         self.tail = 0  # updates in the log since the snapshot
         self.known = False  # has a row in `docs`
+        # Changed in memory since the last commit: what a rollback must drop (and
+        # only that: reloading an untouched month costs a swipe ~100 ms).
+        self.dirty = False
         self._observing = False
         self._unobserve: list[Callable[[], None]] = []
 
@@ -137,8 +140,12 @@ class LoadedDoc:
         if self._observing:
             return
         self._observing = True
-        sub = self.doc.observe(lambda e: self.updates.append(e.update))
+        sub = self.doc.observe(self._captured)
         self._unobserve.append(partial(self.doc.unobserve, sub))
+
+    def _captured(self, event: Any) -> None:
+        self.updates.append(event.update)
+        self.dirty = True
 
     @contextmanager
     def watching(self) -> Iterator[Change]:
@@ -236,6 +243,11 @@ class Storage:
             "SELECT MAX(COALESCE((SELECT MAX(seq) FROM log), 0), "
             "COALESCE((SELECT MAX(snapshot_seq) FROM docs), 0))").fetchone()
         self._in_tx = False
+        self._tx_logged: set[str] = set()  # documents logged in the open transaction
+        self._svs: dict[str, bytes] | None = None  # state_vectors() until the next record
+        # Bumped whenever the state vectors may have changed (a record, a compaction, a
+        # rollback): what is derived from them may be kept while it stands still.
+        self.version = 0
         self._day_second: int | None = None
         self._day = ""
 
@@ -334,19 +346,24 @@ class Storage:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """BEGIN IMMEDIATE ... COMMIT. On any failure the SQLite side rolls back and
-        every document touched is dropped from memory, to be reloaded from what did
-        commit: memory never runs ahead of disk."""
+        every document changed in memory is dropped, to be reloaded from what did
+        commit: memory never runs ahead of disk. (A refused debit changed none.)"""
         if self._in_tx:
             yield
             return
         self.conn.execute("BEGIN IMMEDIATE")
         self._in_tx = True
+        self._tx_logged = set()
         try:
             yield
             self.conn.execute("COMMIT")
+            for ld in self._docs.values():
+                ld.dirty = False
         except BaseException:
             self.conn.execute("ROLLBACK")
-            self.evict_all()
+            self._svs = None
+            self.version += 1
+            self.evict(dirty_only=True)
             # The cached meta too: a clock ceiling kept only in memory would let a later
             # commit skip persisting it, and a restart reissue timestamps.
             self.meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
@@ -389,15 +406,24 @@ class Storage:
         return [n for (n,) in self.conn.execute("SELECT name FROM docs ORDER BY name")]
 
     def state_vectors(self) -> dict[str, bytes]:
-        """Every document's state vector, from SQLite: no document is loaded."""
-        return {n: bytes(sv) for n, sv in self.conn.execute(
-            "SELECT name, COALESCE((SELECT sv FROM log WHERE doc = docs.name AND sv IS NOT NULL "
-            "ORDER BY seq DESC LIMIT 1), sv) FROM docs")}
+        """Every document's state vector, from SQLite: no document is loaded.
+
+        Remembered until the next `record` (or compaction, or rollback): every sync
+        round asks for them on both sides, and they change only when a commit logs
+        an update. A copy is returned, so a caller may keep or change it."""
+        if self._svs is None:
+            self._svs = {n: bytes(sv) for n, sv in self.conn.execute(
+                "SELECT name, COALESCE((SELECT sv FROM log WHERE doc = docs.name AND sv IS NOT "
+                "NULL ORDER BY seq DESC LIMIT 1), sv) FROM docs")}
+        return dict(self._svs)
 
     def record(self, ld: LoadedDoc, updates: list[bytes]) -> None:
         """Append updates of a document to the log (inside a transaction)."""
         if not updates:
             return
+        self._tx_logged.add(ld.name)
+        self._svs = None
+        self.version += 1
         if not ld.known:
             # The document's first commit here: it gets its row (sv as of no snapshot).
             self.conn.execute("INSERT OR IGNORE INTO docs(name, sv) VALUES (?, ?)",
@@ -422,6 +448,8 @@ class Storage:
         """Fold a document's log into one snapshot. Replaying into a Doc and taking
         get_update() is linear; pycrdt.merge_updates is quadratic (DESIGN.md)."""
         ld = self.doc(name)
+        self._svs = None
+        self.version += 1
         with self.transaction():
             (last,) = self.conn.execute(
                 "SELECT COALESCE(MAX(seq), 0) FROM log WHERE doc = ?", (name,)
@@ -437,9 +465,15 @@ class Storage:
         ld.tail = 0
 
     def evict_all(self) -> None:
-        for ld in self._docs.values():
-            ld.close()
-        self._docs.clear()
+        self.evict(dirty_only=False)
+
+    def evict(self, *, dirty_only: bool) -> None:
+        for name, ld in list(self._docs.items()):
+            # A document logged in the failed transaction may have been evicted (cache
+            # full) and reloaded with its uncommitted rows: not dirty, still stale.
+            if ld.dirty or not dirty_only or name in self._tx_logged:
+                ld.close()
+                del self._docs[name]
 
     # --- peers' known states (for export --for NODE) -------------------------
 

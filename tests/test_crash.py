@@ -120,8 +120,11 @@ def test_kill9_never_loses_an_acknowledged_debit(tmp_path: Path) -> None:
 
     rng = random.Random(SEED)
     outcomes: Counter[str] = Counter()
-    for _ in range(RUNS):
-        code, out, _ = debit_killed_after(data, member, rng.uniform(0, 1.5 * window))
+    # A few kills the moment the lock is seen, so that some land before COMMIT even on
+    # a loaded machine, where most of the calibrated window is interpreter teardown.
+    delays = [0.0] * 3 + [rng.uniform(0, 1.5 * window) for _ in range(RUNS - 3)]
+    for delay in delays:
+        code, out, _ = debit_killed_after(data, member, delay)
         eid = acknowledged_id(out)
         if eid:
             acknowledged.append(eid)

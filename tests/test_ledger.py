@@ -28,7 +28,7 @@ from crdtledger.errors import (
     StoreLocked,
     WrongPin,
 )
-from crdtledger.ledger import Ledger
+from crdtledger.ledger import Ledger, Write
 from crdtledger.sync import decode_state_vector
 
 PHONE = "13812345678"
@@ -1013,3 +1013,31 @@ def test_text_that_is_not_text_is_refused_and_changes_nothing(a: Ledger, text: s
     with pytest.raises(InvalidInput):
         a.find_members(text)
     assert snapshot(a) == before
+
+
+def test_a_refused_debit_keeps_loaded_documents_but_a_failed_write_drops_them(
+        a: Ledger) -> None:
+    """Rolling back a refusal that changed nothing in memory keeps the month loaded
+    (reloading it would add ~100 ms to the swipe that follows); a write that fails
+    after changing a document drops that document, so memory never runs ahead of disk."""
+    m = a.add_member(a.owner, name="张三", phone="13800000000")
+    a.topup(a.owner, m, 1000)
+    month = a.storage.doc(views_month(a))
+    with pytest.raises(InsufficientFunds):
+        a.debit(a.owner, m, amount=5000)
+    assert a.storage.doc(views_month(a)) is month
+
+    def plan() -> tuple[list[Write], None]:
+        ld = a.storage.doc(views_month(a))
+        with ld.doc.transaction():
+            ld.roots["entries"]["x"] = "y"  # changed in memory, then the write fails
+        raise InvalidInput("fails after the change")
+
+    with pytest.raises(InvalidInput):
+        a._commit(plan)
+    reloaded = a.storage.doc(views_month(a))
+    assert reloaded is not month and "x" not in reloaded.roots["entries"]
+
+
+def views_month(ledger: Ledger) -> str:
+    return f"ledger/{ledger.today()[:7]}"
