@@ -422,7 +422,6 @@ class Storage:
         if not updates:
             return
         self._tx_logged.add(ld.name)
-        self._svs = None
         self.version += 1
         if not ld.known:
             # The document's first commit here: it gets its row (sv as of no snapshot).
@@ -438,6 +437,10 @@ class Storage:
         )
         self._seq += len(updates)
         ld.tail += len(updates)
+        if self._svs is not None:
+            # Kept current rather than dropped: re-reading every vector (stored after
+            # the large update blobs) cost an anti-entropy round 30-120 ms.
+            self._svs[ld.name] = bytes(sv)
 
     def maybe_compact(self, name: str) -> None:
         ld = self._docs.get(name)
