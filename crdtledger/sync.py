@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -115,6 +117,16 @@ def decode_state_vector(data: bytes) -> dict[int, int]:
     """Parse a Yjs v1 state vector (varint count, then client/clock varint pairs)."""
     if not isinstance(data, bytes | bytearray) or len(data) > MAX_STATE_VECTOR_BYTES:
         raise RemoteProtocolError("state vector is not bytes or too large")
+    # A copy of the remembered parse: callers may keep or change what they get.
+    return dict(_decode_state_vector(bytes(data)))
+
+
+# Every hello and state round decodes every document's state vector, on both sides:
+# with fifty writers that is thousands of varints in Python per round, while most
+# vectors have not changed since the last round. So parses are remembered (by their
+# bytes; a vector is a few bytes per writer, bounded by MAX_STATE_VECTOR_BYTES).
+@lru_cache(maxsize=4096)
+def _decode_state_vector(data: bytes) -> dict[int, int]:
     pos = 0
 
     def varint() -> int:
@@ -158,11 +170,18 @@ def states_digest(states: dict[str, bytes]) -> bytes:
     # Hash the decoded vectors, sorted by client: Yrs encodes the same state vector
     # with its clients in an order that depends on the doc's history, so replicas in
     # sync would otherwise see different digests and exchange states every round.
+    return _states_digest(tuple(sorted((n, bytes(sv)) for n, sv in states.items())))
+
+
+# Remembered: both sides of every anti-entropy round digest their states, which
+# rarely changed since the previous round.
+@lru_cache(maxsize=1024)
+def _states_digest(states: tuple[tuple[str, bytes], ...]) -> bytes:
     h = hashlib.blake2b(digest_size=16)
-    for name in sorted(states):
+    for name, sv in states:
         h.update(name.encode())
         h.update(b"\x00")
-        for client, clock in sorted(decode_state_vector(states[name]).items()):
+        for client, clock in sorted(decode_state_vector(sv).items()):
             h.update(f"{client}:{clock},".encode())
         h.update(b"\x00")
     return h.digest()
@@ -297,6 +316,40 @@ class SyncSession:
         self._require_open()
         msg = unpack(frame)
         self.bytes_in += len(frame)
+        self._dispatch(msg)
+
+    def receive_frames(self, frames: Iterable[bytes]) -> None:
+        """Handle frames that arrived together, in order, as `receive` would one by
+        one, except that consecutive `update` frames are applied in one ledger
+        transaction (all or nothing, like `Ledger.apply_remote`): one commit for a
+        catch-up burst instead of one per frame. Their UpdatesApplied events say
+        `new` for every frame of a document that gained anything in the batch.
+
+        On a malformed frame, what came before it is handled (the pending updates
+        applied) and RemoteProtocolError is raised, as by `receive`."""
+        self._require_open()
+        run: list[tuple[str, bytes]] = []
+        try:
+            for frame in frames:
+                msg = unpack(frame)
+                self.bytes_in += len(frame)
+                if msg.get("t") == "update" and self.peer is not None:
+                    run.append((_get(msg, "doc", str), _get(msg, "data", bytes)))
+                    continue
+                if run:
+                    self._apply_run(run)
+                    run = []
+                self._dispatch(msg)
+        finally:
+            if run:
+                self._apply_run(run)
+
+    def _apply_run(self, run: list[tuple[str, bytes]]) -> None:
+        new = {name for name, _ in self.ledger.apply_remote(run, origin=self)}
+        for name, data in run:
+            self._events.append(UpdatesApplied(name, len(data), name in new))
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
         kind = msg.get("t")
         if kind != "hello" and self.peer is None:
             raise RemoteProtocolError(f"{kind!r} before hello")
@@ -333,7 +386,7 @@ class SyncSession:
             self._events.append(ClockSkewSeen(node, skew))
         self.rounds += 1
         states = self.ledger.state_vectors()
-        if digest != states_digest(states):
+        if digest != self.ledger.states_digest():
             self._queue({"t": "state", "docs": states})
         else:
             self.peer_states = states
@@ -433,7 +486,7 @@ class SyncSession:
         self._queue({
             "t": "hello", "chain": self.ledger.chain, "node": self.ledger.node,
             "now": self.ledger.clock.wall(),
-            "digest": states_digest(self.ledger.state_vectors()),
+            "digest": self.ledger.states_digest(),
         })
 
     def _queue(self, message: dict[str, Any]) -> None:

@@ -1,0 +1,246 @@
+"""The library changes the simulator needed for speed, checked against what they
+replace: a remembered value must equal the computed one after every kind of change,
+and the fast paths must answer as the slow ones do.
+
+- `Storage.state_vectors()` and `Ledger.states_digest()` are kept until the store
+  records an update (or compacts, or rolls back);
+- `decode_state_vector` and `states_digest` remember their parses;
+- `_skips_clocks` answers the usual single-writer update without its probe document;
+- `SyncSession.receive_frames` applies a run of updates in one transaction.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import FakeClock, Net, events, new_ledger
+
+from crdtledger import ledger as ledger_mod
+from crdtledger import storage as storage_mod
+from crdtledger.errors import InsufficientFunds, RemoteProtocolError
+from crdtledger.ledger import Ledger, _single_writer_start, _skips_clocks
+from crdtledger.sync import (
+    SyncSession,
+    UpdatesApplied,
+    decode_state_vector,
+    pack,
+    states_digest,
+)
+
+
+def raw_state_vectors(ledger: Ledger) -> dict[str, bytes]:
+    """What Storage.state_vectors computed before it remembered anything."""
+    return {n: bytes(sv) for n, sv in ledger.storage.conn.execute(
+        "SELECT name, COALESCE((SELECT sv FROM log WHERE doc = docs.name AND sv IS NOT NULL "
+        "ORDER BY seq DESC LIMIT 1), sv) FROM docs")}
+
+
+def assert_fresh(ledger: Ledger) -> None:
+    raw = raw_state_vectors(ledger)
+    assert ledger.state_vectors() == raw
+    assert ledger.states_digest() == states_digest(raw)
+
+
+def test_remembered_state_vectors_follow_every_change(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    a = new_ledger(tmp_path, "SH01", now_ms=clock)
+    b = new_ledger(tmp_path, "SH02", now_ms=clock)
+    assert_fresh(a)
+    member = a.add_member(a.owner, name="王芳", phone="13800000001")
+    assert_fresh(a)
+    a.topup(a.owner, member, 10000)
+    assert_fresh(a)
+    # A caller changing what it got does not change what is remembered.
+    got = a.state_vectors()
+    got.clear()
+    assert_fresh(a)
+    # A refused operation rolls back: nothing changed, and nothing stale is kept.
+    before = a.state_vectors()
+    with pytest.raises(InsufficientFunds):
+        a.debit(a.owner, member, amount=10**6)
+    assert a.state_vectors() == before
+    assert_fresh(a)
+    # Remote updates, through a session.
+    net = Net()
+    net.connect(a, b)
+    assert_fresh(b)
+    b.debit(b.owner, member, amount=100) if b.rights(member).get("SH02") else None
+    a.debit(a.owner, member, amount=100)
+    net.pump()
+    assert_fresh(a)
+    assert_fresh(b)
+    assert a.states_digest() == b.states_digest()
+    # Compaction folds the log into a snapshot: same vectors, read another way.
+    monkeypatch.setattr(storage_mod, "COMPACT_AFTER", 3)
+    for _ in range(4):
+        a.topup(a.owner, member, 100)
+        assert_fresh(a)
+    (logged,) = a.storage.conn.execute("SELECT COUNT(*) FROM log").fetchone()
+    assert logged < 8, "compaction should have run"
+    net.pump()
+    assert_fresh(b)
+    net.close()
+    a.close()
+    b.close()
+
+
+def test_failed_apply_forgets_what_it_saw(tmp_path: Path) -> None:
+    """An apply that fails half-way rolls back, and the remembered vectors with it."""
+    a = new_ledger(tmp_path, "SH01")
+    b = new_ledger(tmp_path, "SH02")
+    ups: list[tuple[str, bytes]] = []
+    a.subscribe(lambda doc, u, origin: ups.append((doc, u)))
+    a.add_member(a.owner, name="李雷", phone="13800000002")
+    before = b.state_vectors()
+    with pytest.raises(RemoteProtocolError):
+        b.apply_remote([*ups, ("rules", b"\xff\xff\xff")])
+    assert b.state_vectors() == before == raw_state_vectors(b)
+    assert_fresh(b)
+    a.close()
+    b.close()
+
+
+def test_decoded_state_vectors_are_fresh_copies() -> None:
+    sv = b"\x02\x05\x07\x09\x03"  # client 5 at 7, client 9 at 3
+    first = decode_state_vector(sv)
+    assert first == {5: 7, 9: 3}
+    first[5] = 0
+    assert decode_state_vector(sv) == {5: 7, 9: 3}
+    with pytest.raises(RemoteProtocolError):
+        decode_state_vector(b"\x02\x05")
+
+
+def _slow_skips(state: bytes, update: bytes, monkeypatch: pytest.MonkeyPatch) -> bool:
+    with monkeypatch.context() as m:
+        m.setattr(ledger_mod, "_single_writer_start", lambda update: None)
+        return ledger_mod._skips_clocks(state, update)
+
+
+def test_skip_fast_path_agrees_with_the_probe(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Updates of three writers delivered to a fourth replica in a shuffled order:
+    for each, the fast answer equals the probe's."""
+    rng = random.Random(7)
+    clock = FakeClock()
+    writers = [new_ledger(tmp_path, f"SH0{i}", now_ms=clock) for i in range(1, 4)]
+    target = new_ledger(tmp_path, "SH09", now_ms=clock)
+    ups: list[tuple[str, bytes]] = []
+    for w in writers:
+        w.subscribe(lambda doc, u, origin: ups.append((doc, u)))
+    members = []
+    for i, w in enumerate(writers):
+        members.append((w, w.add_member(w.owner, name=f"m{i}", phone=f"1390000000{i}")))
+    for k in range(40):
+        clock.ms += 1000
+        w, m = members[k % 3]
+        w.topup(w.owner, m, 100 + k)
+    single = sum(_single_writer_start(u) is not None for _, u in ups)
+    assert single == len(ups), "every local commit is one writer's update"
+    checked = skipped = 0
+    order = list(range(len(ups)))
+    rng.shuffle(order)
+    for i in order:
+        doc, update = ups[i]
+        state = bytes(target.storage.doc(doc).doc.get_state())
+        fast = _skips_clocks(state, update)
+        assert fast == _slow_skips(state, update, monkeypatch), (i, doc)
+        checked += 1
+        skipped += fast
+        if not fast:
+            target.apply_remote([(doc, update)])
+    assert checked == len(ups) and 0 < skipped < checked
+    # Updates that do not parse as one writer's take the general path.
+    assert _single_writer_start(b"") is None
+    assert _single_writer_start(b"\x00\x00") is None
+    assert _single_writer_start(b"\x02\x01") is None
+    for w in writers:
+        w.close()
+    target.close()
+
+
+def fixed_ledger(root: Path, node: str, client_id: int, clock: FakeClock) -> Ledger:
+    """A ledger whose pycrdt client id is fixed, so that two runs write equal updates."""
+    path = root / node.lower()
+    Ledger.create(path, node)
+    with sqlite3.connect(path / storage_mod.DB_FILE) as db:
+        db.execute("UPDATE meta SET value = ? WHERE key = 'client_id'", (str(client_id),))
+    return Ledger.open(path, synchronous="NORMAL", now_ms=clock)
+
+
+def _stream(tmp_path: Path) -> tuple[Ledger, Ledger, list[bytes]]:
+    """Frames SH01's session sends to a fresh SH02 over one connection: its hello,
+    then a burst of updates, a rights request, more updates."""
+    clock = FakeClock()
+    a = fixed_ledger(tmp_path, "SH01", 1001, clock)
+    b = fixed_ledger(tmp_path, "SH02", 2002, clock)
+    sa = SyncSession(a, expect_node="SH02")
+    sa.start()
+    members = [a.add_member(a.owner, name=f"m{i}", phone=f"1380000010{i}") for i in range(3)]
+    for i, m in enumerate(members):
+        a.topup(a.owner, m, 5000 + i)
+    frames = sa.data_to_send()
+    sb = SyncSession(b, expect_node="SH01")
+    sb.start()
+    for f in sb.data_to_send():
+        sa.receive(f)
+    frames += sa.data_to_send()
+    sa.request_rights(members[0], "cash", 100)
+    for m in members:
+        a.debit(a.owner, m, amount=10)
+    frames += sa.data_to_send()
+    sb.close()
+    return a, b, frames
+
+
+def _replica(ledger: Ledger) -> dict[str, Any]:
+    conn = ledger.storage.conn
+    return {"sv": ledger.state_vectors(),
+            "entries": conn.execute("SELECT id, body FROM entries ORDER BY id").fetchall(),
+            "rights": conn.execute("SELECT * FROM rights ORDER BY 1, 2, 3").fetchall(),
+            "members": conn.execute("SELECT id, body FROM members ORDER BY id").fetchall()}
+
+
+def test_receive_frames_equals_receiving_one_by_one(tmp_path: Path) -> None:
+    a1, b1, frames = _stream(tmp_path / "one")
+    s1 = SyncSession(b1, expect_node="SH01")
+    s1.start()
+    for f in frames:
+        s1.receive(f)
+    a2, b2, frames2 = _stream(tmp_path / "batch")
+    s2 = SyncSession(b2, expect_node="SH01")
+    s2.start()
+    s2.receive_frames(frames2)
+    assert _replica(b1) == _replica(b2)
+    assert s1.bytes_in == s2.bytes_in
+    e1, e2 = events(s1), events(s2)
+    assert [type(e) for e in e1] == [type(e) for e in e2]
+    assert [e for e in e1 if not isinstance(e, UpdatesApplied)] == \
+        [e for e in e2 if not isinstance(e, UpdatesApplied)]
+    assert [(e.doc, e.size) for e in e1 if isinstance(e, UpdatesApplied)] == \
+        [(e.doc, e.size) for e in e2 if isinstance(e, UpdatesApplied)]
+    # What each sends back (state, rights reply with its transfer) is the same too.
+    assert [len(f) for f in s1.data_to_send()] == [len(f) for f in s2.data_to_send()]
+    for x in (a1, b1, a2, b2):
+        x.close()
+
+
+def test_receive_frames_handles_what_precedes_a_bad_frame(tmp_path: Path) -> None:
+    a, b, frames = _stream(tmp_path)
+    updates = [f for f in frames[1:] if b'update' in f]
+    s = SyncSession(b, expect_node="SH01")
+    s.start()
+    bad = pack({"t": "update", "doc": "nonsense", "data": b"\x00"})
+    with pytest.raises(RemoteProtocolError):
+        s.receive_frames([frames[0], *updates[:4], b"not msgpack at all \xc1"])
+    applied = b.state_vectors()
+    assert applied, "the updates before the bad frame were applied"
+    with pytest.raises(RemoteProtocolError):
+        s.receive_frames([*updates[4:], bad])  # the whole run is refused with it
+    assert b.state_vectors() == applied
+    a.close()
+    b.close()
