@@ -1,0 +1,202 @@
+"""`python -m sim run|sweep|scenarios`: the simulator's command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sim.config import Config
+from sim.faults import SCENARIOS
+
+
+def _add_run_options(p: argparse.ArgumentParser, *, sweep: bool) -> None:
+    if sweep:
+        p.add_argument("--nodes", default="10",
+                       help="node count, or a comma-separated list (e.g. 5,10,20)")
+        p.add_argument("--scenario", default="all",
+                       help="a scenario, a comma-separated list, or 'all'")
+    else:
+        p.add_argument("--nodes", type=int, default=10)
+        p.add_argument("--scenario", default="steady", choices=sorted(SCENARIOS))
+    p.add_argument("--members", type=int, default=None, help="default: 20 per node")
+    p.add_argument("--days", type=int, default=1)
+    p.add_argument("--topology", default="auto", choices=("auto", "hub", "tree", "mesh"),
+                   help="auto: mesh up to 6 nodes, else hub (see README)")
+    p.add_argument("--hubs", type=int, default=None)
+    p.add_argument("--ops-per-node", type=int, default=Config().ops_per_node,
+                   help="customer arrivals per branch per day")
+    p.add_argument("--hot-members", type=int, default=Config().hot_members)
+    p.add_argument("--ae-interval", type=float, default=Config().ae_interval_s,
+                   help="seconds between anti-entropy rounds")
+    p.add_argument("--on-demand", action="store_true",
+                   help="also dial rights holders directly (instead of only relaying "
+                        "through peers, as the branch node does)")
+    p.add_argument("--dup", type=float, default=0.0,
+                   help="probability a frame reaches the session twice")
+    p.add_argument("--reorder", type=float, default=0.0,
+                   help="probability two frames of a batch reach the session swapped")
+    p.add_argument("--max-ops", type=int, default=None)
+    p.add_argument("--drop-faults", default="", help="fault indexes to switch off (1,3)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--plot", type=Path, default=None, help="write PNG charts and a report")
+    p.add_argument("--no-shrink", action="store_true",
+                   help="on a violation, do not search for a shorter reproduction")
+
+
+def _config(a: argparse.Namespace, *, nodes: int, scenario: str, seed: int) -> Config:
+    mask = frozenset(int(x) for x in a.drop_faults.split(",") if x.strip())
+    return Config(nodes=nodes, members=a.members, days=a.days, seed=seed, scenario=scenario,
+                  topology=a.topology, hubs=a.hubs, ops_per_node=a.ops_per_node,
+                  hot_members=a.hot_members, ae_interval_s=a.ae_interval,
+                  on_demand=a.on_demand, dup=a.dup, reorder=a.reorder,
+                  max_ops=a.max_ops, fault_mask=mask)
+
+
+def _human(result: dict[str, Any]) -> str:
+    r = result
+    conv = r["convergence"]
+    rd = r["refused_debits"]
+    rt = r["rights_transfer"]
+    lines = [
+        f"seed {r['seed']}  scenario {r['scenario']}  {r['nodes']} nodes ({r['topology']}, "
+        f"{r['hubs']} hubs)  {r['days']} day(s)",
+        f"ops {r['ops']}  events {r['events']}  wall {r['wall_seconds']} s",
+        f"violations: {r['violations']}" + (f"  ({r['violation']['kind']}: "
+                                            f"{r['violation']['message']})"
+                                            if r["violation"] else ""),
+        f"converged: {str(r['converged']).lower()}",
+        f"convergence after heals: seconds {conv['seconds']}  rounds {conv['rounds']}"
+        f"  (interrupted {conv['interrupted']})",
+        "refused debits: connected {c[refused_rights]}+{c[refused_funds]}+{c[refused_other]}"
+        " of {c[debits]} ({rate:.3%} for rights); partitioned {p[refused_rights]}+"
+        "{p[refused_funds]}+{p[refused_other]} of {p[debits]}".format(
+            c=rd["connected"], p=rd["partitioned"],
+            rate=rd["connected"]["refused_rights_rate"]),
+        f"rights transfers: {rt['fetches_ok']} fetched, {rt['fetches_failed']} failed, "
+        f"latency ms p50 {rt['latency_ms']['p50']} p99 {rt['latency_ms']['p99']}",
+        "traffic per op: " + ", ".join(f"{k} {v['messages_per_op']} msgs {v['bytes_per_op']} B"
+                                       for k, v in r["traffic"].items()),
+        f"trace_digest: {r['trace_digest']}",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from sim.shrink import report_violation
+    from sim.world import run
+
+    cfg = _config(a, nodes=a.nodes, scenario=a.scenario, seed=a.seed)
+    cfg = cfg.with_(progress=sys.stderr.isatty() and not a.json)
+    result, world = run(cfg)
+    if result["violations"]:
+        report_violation(cfg, result, world, shrink=not a.no_shrink, out=sys.stderr)
+    if a.plot is not None:
+        from sim.report import write_run_report
+
+        write_run_report(a.plot, result, world)
+    print(json.dumps(result, indent=2, ensure_ascii=False) if a.json else _human(result))
+    return 1 if result["violations"] else 0
+
+
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from sim.world import run
+
+    nodes = [int(x) for x in str(a.nodes).split(",")]
+    scenarios = sorted(SCENARIOS) if a.scenario == "all" else a.scenario.split(",")
+    for s in scenarios:
+        if s not in SCENARIOS:
+            raise SystemExit(f"unknown scenario {s!r}; one of {', '.join(SCENARIOS)}")
+    jobs = [(n, s, seed) for n in nodes for s in scenarios
+            for seed in range(a.first_seed, a.first_seed + a.seeds)]
+    results: list[dict[str, Any]] = []
+    tty = sys.stderr.isatty()
+    began = time.monotonic()
+    bad = []
+    for i, (n, s, seed) in enumerate(jobs):
+        result, _world = run(_config(a, nodes=n, scenario=s, seed=seed))
+        results.append(result)
+        if result["violations"]:
+            bad.append(result)
+        done = i + 1
+        elapsed = time.monotonic() - began
+        eta = elapsed / done * (len(jobs) - done)
+        line = (f"[{'#' * (30 * done // len(jobs)):<30}] {done}/{len(jobs)}  "
+                f"{s} n={n} seed={seed}  violations so far {len(bad)}  eta {eta:.0f}s")
+        if tty:
+            sys.stderr.write("\r\033[K" + line)
+        elif done == len(jobs) or done % max(1, len(jobs) // 10) == 0:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+    if tty:
+        sys.stderr.write("\n")
+    summary = _sweep_summary(results)
+    if a.plot is not None:
+        from sim.report import write_sweep_report
+
+        write_sweep_report(a.plot, results, summary)
+    if a.json:
+        print(json.dumps({"summary": summary, "runs": results}, indent=2, ensure_ascii=False))
+    else:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        for r in bad:
+            v = r["violation"]
+            print(f"VIOLATION seed {r['seed']} {r['scenario']} n={r['nodes']}: "
+                  f"{v['kind']}: {v['message']}\n  reproduce: {r['reproduce']}")
+    return 1 if bad else 0
+
+
+def _sweep_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    from collections import Counter
+
+    rounds: Counter[int] = Counter()
+    seconds: list[float] = []
+    conn_debits = conn_refused = part_debits = part_refused = 0
+    for r in results:
+        rounds.update(r["convergence"]["rounds"])
+        seconds += r["convergence"]["seconds"]
+        c = r["refused_debits"]["connected"]
+        p = r["refused_debits"]["partitioned"]
+        conn_debits += c["debits"]
+        conn_refused += c["refused_rights"]
+        part_debits += p["debits"]
+        part_refused += p["refused_rights"]
+    return {
+        "runs": len(results),
+        "violations": sum(r["violations"] for r in results),
+        "not_converged": sum(not r["converged"] for r in results),
+        "violating_seeds": [r["seed"] for r in results if r["violations"]],
+        "convergence_rounds": dict(sorted(rounds.items())),
+        "convergence_seconds_max": max(seconds) if seconds else None,
+        "refused_rights_rate_connected": conn_refused / conn_debits if conn_debits else 0.0,
+        "refused_rights_rate_partitioned": part_refused / part_debits if part_debits else 0.0,
+        "debits": conn_debits + part_debits,
+        "ops": sum(r["ops"] for r in results),
+        "wall_seconds": round(sum(r["wall_seconds"] for r in results), 1),
+        "digests": {f"{r['scenario']}:{r['nodes']}:{r['seed']}": r["trace_digest"]
+                    for r in results},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sim", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_run = sub.add_parser("run", help="one seeded run")
+    p_run.add_argument("--seed", type=int, default=1)
+    _add_run_options(p_run, sweep=False)
+    p_sweep = sub.add_parser("sweep", help="many seeds (and scenarios, node counts)")
+    p_sweep.add_argument("--seeds", type=int, default=10)
+    p_sweep.add_argument("--first-seed", type=int, default=1)
+    _add_run_options(p_sweep, sweep=True)
+    sub.add_parser("scenarios", help="list the scenarios")
+    a = parser.parse_args(argv)
+    if a.cmd == "run":
+        return cmd_run(a)
+    if a.cmd == "sweep":
+        return cmd_sweep(a)
+    for name, text in SCENARIOS.items():
+        print(f"{name:20} {text}")
+    return 0

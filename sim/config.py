@@ -1,0 +1,58 @@
+"""What a run is: every knob, with the defaults the scenarios start from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Config:
+    nodes: int = 10
+    members: int | None = None  # default: 20 per node
+    days: int = 1
+    seed: int = 1
+    scenario: str = "steady"
+    topology: str = "auto"  # auto | hub | tree | mesh
+    hubs: int | None = None  # hub and tree topologies: default 2
+    ops_per_node: int = 1000  # customer arrivals per branch per day
+    hot_members: int = 2
+    ae_interval_s: float = 10.0
+    on_demand: bool = False  # also dial rights holders the node has no session with
+    dup: float = 0.0  # session-level duplicated frames (per frame)
+    reorder: float = 0.0  # session-level swapped frames (per delivered batch)
+    synchronous: str = "OFF"  # a crash is a process crash: every commit survives it
+    max_ops: int | None = None  # stop the workload after this many (shrinking)
+    fault_mask: frozenset[int] = field(default_factory=frozenset)  # faults switched off
+    keep_trace: bool = False
+    quiesce_limit_s: float = 900.0  # after the workload: time allowed to converge
+    check_views_every: int = 1  # final view comparison on every k-th node (1: all)
+    progress: bool = False
+
+    @property
+    def member_count(self) -> int:
+        return self.members if self.members is not None else 20 * self.nodes
+
+    def with_(self, **changes: Any) -> Config:
+        return replace(self, **changes)
+
+    def argv(self) -> list[str]:
+        """The command line that replays this run."""
+        out = ["python", "-m", "sim", "run", "--nodes", str(self.nodes), "--days",
+               str(self.days), "--seed", str(self.seed), "--scenario", self.scenario]
+        if self.members is not None:
+            out += ["--members", str(self.members)]
+        defaults = Config()
+        for name, flag in (("topology", "--topology"), ("hubs", "--hubs"),
+                           ("ops_per_node", "--ops-per-node"),
+                           ("hot_members", "--hot-members"),
+                           ("ae_interval_s", "--ae-interval"), ("dup", "--dup"),
+                           ("reorder", "--reorder"), ("max_ops", "--max-ops")):
+            value = getattr(self, name)
+            if value != getattr(defaults, name):
+                out += [flag, str(value)]
+        if self.on_demand:
+            out.append("--on-demand")
+        if self.fault_mask:
+            out += ["--drop-faults", ",".join(str(i) for i in sorted(self.fault_mask))]
+        return out

@@ -1,0 +1,356 @@
+"""What the tills of a chain do all day, as real ledger operations.
+
+Members have a home branch and visiting habits (a few other branches, mostly in
+their region); branches open 10:00-22:00 local time, give or take an hour; customers
+arrive at each branch as a Poisson process. A customer has a service debited from
+the stored-value card (with the level discount), pays at the till, uses a package,
+tops up (with the promotion of the day), buys a package, gets a refund, redeems or
+converts points, edits preferences, loses a card and gets a replacement. A cashier
+looks at the balance first (`Ledger.balance` on the node), as at a real counter, and
+a customer short of money tops up before the service. A few "hot" members share one
+card across many branches at once (a family or company card).
+
+Every decision is drawn from the workload's own random stream (derived from the
+seed), so faults can be switched off when shrinking without changing what the
+customers do. Card PINs are not used: their scrypt hash takes ~30 ms per swipe and
+its salt is random (see README).
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from crdtledger.ledger import Ledger
+from crdtledger.views import packages, points
+from sim.engine import DAY, HOUR, MINUTE, SECOND
+
+if TYPE_CHECKING:
+    from sim.node import Attempt, Outcome
+    from sim.world import World
+
+SERVICES = ("FOOT60", "BODY90", "HAIR")
+PRICES = {"FOOT60": 12800, "BODY90": 19800, "HAIR": 6800}
+TOPUPS = (50000, 100000, 100000, 200000, 300000)
+PROMOTIONS = (
+    [{"min": 100000, "bonus": 20000, "name": "充1000送200"},
+     {"min": 50000, "bonus": 8000, "name": "充500送80"}],
+    [{"min": 200000, "bonus": 50000, "name": "充2000送500"}],
+    [{"min": 100000, "bonus": 15000, "name": "周末充1000送150"}],
+)
+OPEN_HOUR = 10
+CLOSE_HOUR = 22
+
+
+@dataclass
+class Member:
+    index: int
+    home: int
+    card_no: str
+    service: str
+    hot: bool = False
+    id: str | None = None  # known once registered (acknowledged at home)
+    cards: int = 1
+
+
+@dataclass
+class Branch:
+    index: int
+    open_at: int  # offset in the local day, µs
+    close_at: int
+    visitors: list[int] = field(default_factory=list)  # member indexes
+    weights: list[float] = field(default_factory=list)
+    cum: list[float] = field(default_factory=list)  # cumulative weights
+    debits: deque[str] = field(default_factory=lambda: deque(maxlen=50))
+
+
+class Workload:
+    def __init__(self, world: World) -> None:
+        self.world = world
+        cfg = world.config
+        self.rng = random.Random(f"{cfg.seed}:workload")
+        self.n = cfg.nodes
+        self.ops = 0
+        self.stopped = False
+        self.members: list[Member] = []
+        self.branches: list[Branch] = []
+        rng = self.rng
+        for i in range(self.n):
+            open_at = (OPEN_HOUR * HOUR + rng.choice((-1, 0, 0, 0, 1)) * HOUR)
+            close_at = (CLOSE_HOUR * HOUR + rng.choice((-1, 0, 0, 1)) * HOUR)
+            self.branches.append(Branch(i, open_at, close_at))
+        weights: list[list[tuple[int, float]]] = [[] for _ in range(self.n)]
+        for m in range(cfg.member_count):
+            self._new_member(weights, hot=m < cfg.hot_members)
+        for b in self.branches:
+            self._index(b, weights[b.index])
+        # Arrivals per branch per open hour, so that a day has about ops_per_node ops.
+        self.rate_per_us = [cfg.ops_per_node / max(1, (b.close_at - b.open_at))
+                            for b in self.branches]
+
+    def _new_member(self, weights: list[list[tuple[int, float]]], hot: bool = False) -> Member:
+        rng = self.rng
+        idx = len(self.members)
+        home = rng.randrange(self.n)
+        m = Member(idx, home, f"C{idx:06d}", rng.choice(SERVICES), hot=hot)
+        self.members.append(m)
+        weights[home].append((idx, 1.0))
+        if not hot and rng.random() < 0.5:
+            region = self.world.region_of[home]
+            for _ in range(rng.randint(1, 3)):
+                if rng.random() < 0.6:
+                    peers = [i for i in range(self.n) if self.world.region_of[i] == region]
+                else:
+                    peers = list(range(self.n))
+                other = rng.choice(peers)
+                if other != home:
+                    weights[other].append((idx, rng.uniform(0.05, 0.3)))
+        return m
+
+    @staticmethod
+    def _index(b: Branch, pairs: list[tuple[int, float]]) -> None:
+        total = 0.0
+        b.visitors = []
+        b.weights = []
+        b.cum = []
+        for idx, w in pairs:
+            total += w
+            b.visitors.append(idx)
+            b.weights.append(w)
+            b.cum.append(total)
+
+    # --- schedule -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Register every member at home before the first opening (spread over the
+        small hours, so that they replicate like anything else), then open the shops."""
+        world = self.world
+        spacing = max(1, (2 * HOUR) // max(1, len(self.members)))
+        for i, m in enumerate(self.members):
+            world.engine.at(30 * MINUTE + i * spacing, partial(self._register, m))
+        for b in self.branches:
+            self._next_arrival(b, 0)
+        if self.world.config.hot_members:
+            world.engine.at(self.world.day_start(0) + OPEN_HOUR * HOUR, self._hot_burst)
+        for d in range(world.config.days):
+            world.engine.at(world.day_start(d) + 8 * HOUR, partial(self._daily_rule, d))
+
+    def _next_arrival(self, b: Branch, after: int) -> None:
+        """The next customer at branch b: Poisson while open, else at next opening."""
+        world = self.world
+        t = after + int(self.rng.expovariate(self.rate_per_us[b.index]) + 1)
+        local = world.local_offset(t)
+        if local < b.open_at:
+            t += b.open_at - local
+        elif local >= b.close_at:
+            t += DAY - local + b.open_at
+        if t >= world.workload_end:
+            return
+        world.engine.at(t, lambda: self._arrive(b, t))
+
+    def _budget(self, n: int = 1) -> bool:
+        limit = self.world.config.max_ops
+        if self.stopped or (limit is not None and self.ops + n > limit):
+            self.stopped = True
+            return False
+        return True
+
+    def _arrive(self, b: Branch, t: int) -> None:
+        self._next_arrival(b, t)
+        node = self.world.nodes[b.index]
+        if not node.up or not self._budget():
+            return
+        rng = self.rng
+        if rng.random() < 0.02 or not b.visitors:
+            self._walk_in(b)
+            return
+        m = self.members[b.visitors[bisect.bisect(b.cum, rng.random() * b.cum[-1])]]
+        if m.id is None:
+            return  # registration not acknowledged (crashed home): they come back later
+        self._customer(b, m)
+
+    def _customer(self, b: Branch, m: Member) -> None:
+        rng = self.rng
+        node = self.world.nodes[b.index]
+        ledger = node.ledger
+        assert ledger is not None and m.id is not None
+        mid = m.id
+        r = rng.random()
+        svc = m.service if rng.random() < 0.8 else rng.choice(SERVICES)
+        if r < 0.55:
+            self._debit(b, m, "debit.service", lambda lg: lg.debit(
+                lg.owner, card=m.card_no, service=svc), PRICES[svc])
+        elif r < 0.60:
+            amount = rng.choice((1500, 2800, 5000, 8800, 12000))
+            self._debit(b, m, "debit.amount", lambda lg: lg.debit(
+                lg.owner, card=m.card_no, amount=amount), amount)
+        elif r < 0.63:
+            self._op(b, "debit.cash", lambda lg: lg.debit(lg.owner, mid, service=svc,
+                                                          pay="cash"))
+        elif r < 0.68:
+            pkg = next((p for p in packages(ledger, mid) if p["remaining"] > 0), None)
+            if pkg is None:
+                self._debit(b, m, "debit.service", lambda lg: lg.debit(
+                    lg.owner, card=m.card_no, service=svc), PRICES[svc])
+            else:
+                self._op(b, "debit.package", lambda lg: lg.debit(
+                    lg.owner, mid, service=pkg["service"], pay="package", package=pkg["id"]))
+        elif r < 0.80:
+            amount = rng.choice(TOPUPS)
+            self._op(b, "topup", lambda lg: lg.topup(lg.owner, mid, amount))
+        elif r < 0.83:
+            stored = rng.random() < 0.3 and self._spendable(ledger, mid) >= 100000
+            pay = "stored" if stored else "cash"
+            self._op(b, "package", lambda lg: lg.sell_package(lg.owner, mid, "FOOT60", 10,
+                                                               100000, pay=pay))
+        elif r < 0.85 and b.debits:
+            debit_id = rng.choice(list(b.debits))
+            part = rng.choice((None, 1000))
+            self._op(b, "refund", lambda lg: lg.refund(lg.owner, debit_id, part,
+                                                        reason="customer complaint"))
+        elif r < 0.87:
+            if points(ledger, mid)["total"] >= 1000:
+                self._op(b, "redeem", lambda lg: lg.redeem_points(lg.owner, mid, 1000,
+                                                                  "毛巾"))
+        elif r < 0.88:
+            if points(ledger, mid)["total"] >= 500:
+                self._op(b, "convert", lambda lg: lg.convert_points(lg.owner, mid, 500))
+        elif r < 0.90:
+            strength = rng.choice(("轻", "中", "重"))
+            self._op(b, "edit", lambda lg: lg.edit_member(lg.owner, mid,
+                                                          prefs={"strength": strength}))
+        elif r < 0.905:
+            self._lose_card(b, m)
+        elif r < 0.91:
+            self._op(b, "expire", lambda lg: lg.expire_points(lg.owner, mid))
+        else:
+            self._debit(b, m, "debit.service", lambda lg: lg.debit(
+                lg.owner, card=m.card_no, service=svc), PRICES[svc])
+
+    @staticmethod
+    def _spendable(ledger: Ledger, member: str) -> int:
+        bal = ledger.balance(member)
+        return int(bal["cash"]) + int(bal["bonus"])
+
+    def _debit(self, b: Branch, m: Member, label: str, op: Any, price: int) -> None:
+        """The cashier sees the balance; a customer short of it tops up first."""
+        node = self.world.nodes[b.index]
+        assert node.ledger is not None and m.id is not None
+        mid = m.id
+        if self._spendable(node.ledger, mid) >= price:
+            self._op(b, label, op, debit=True)
+            return
+        amount = self.rng.choice(TOPUPS)
+
+        def then(outcome: Outcome, attempt: Attempt) -> None:
+            if isinstance(outcome, dict) and self._budget():
+                self._op(b, label, op, debit=True)
+
+        self._op(b, "topup", lambda lg: lg.topup(lg.owner, mid, amount), then=then)
+
+    def _op(self, b: Branch, label: str, op: Any, *, debit: bool = False,
+            then: Any = None) -> None:
+        self.ops += 1
+        world = self.world
+
+        def done(outcome: Outcome, attempt: Attempt) -> None:
+            world.op_done(b.index, label, outcome, attempt, debit=debit)
+            if debit and isinstance(outcome, dict) and outcome.get("pay") != "cash":
+                b.debits.append(str(outcome["id"]))
+            if then is not None:
+                then(outcome, attempt)
+
+        world.nodes[b.index].perform(label, op, done)
+
+    def _register(self, m: Member, b: Branch | None = None) -> None:
+        """A new member at the counter: profile, card, first top-up."""
+        if not self._budget(3):
+            return
+        branch = b or self.branches[m.home]
+        node = self.world.nodes[branch.index]
+        if not node.up:
+            self.world.engine.after(10 * MINUTE, lambda: self._register(m, b))
+            return
+        idx = m.index
+        name, phone = f"会员{idx}", f"139{idx:08d}"
+
+        def registered(outcome: Outcome, attempt: Attempt) -> None:
+            if not isinstance(outcome, str):
+                return
+            m.id = outcome
+            amount = 1_000_000 if m.hot else self.rng.choice(TOPUPS)
+            self._op(branch, "card", lambda lg: lg.issue_card(lg.owner, outcome, m.card_no))
+            self._op(branch, "topup", lambda lg: lg.topup(lg.owner, outcome, amount))
+
+        self._op(branch, "member", lambda lg: lg.add_member(
+            lg.owner, name=name, phone=phone, home=node.name, gender="F",
+            prefs={"service": m.service}), then=registered)
+
+    def _walk_in(self, b: Branch) -> None:
+        weights: list[list[tuple[int, float]]] = [[] for _ in range(self.n)]
+        m = self._new_member(weights)
+        m.home = b.index
+        self._index(b, [*zip(b.visitors, b.weights, strict=True), (m.index, 1.0)])
+        self._register(m, b)
+
+    def _lose_card(self, b: Branch, m: Member) -> None:
+        """挂失 then 补卡: the customer carries the new card from now on."""
+        old = m.card_no
+        new = f"C{m.index:06d}-{m.cards}"
+
+        def replaced(outcome: Outcome, attempt: Attempt) -> None:
+            if isinstance(outcome, str):
+                m.card_no = new
+                m.cards += 1
+
+        def lost(outcome: Outcome, attempt: Attempt) -> None:
+            if isinstance(outcome, str) and self._budget():
+                self._op(b, "card.replace", lambda lg: lg.replace_card(lg.owner, old, new),
+                         then=replaced)
+
+        self._op(b, "card.lost", lambda lg: lg.report_lost(lg.owner, old), then=lost)
+
+    def _daily_rule(self, day: int) -> None:
+        """Head office changes the promotion of the day before opening."""
+        body = PROMOTIONS[day % len(PROMOTIONS)]
+        if self._budget() and self.world.nodes[0].up:
+            self._op(self.branches[0], "rule", lambda lg: lg.set_rule(
+                lg.owner, "promotions", body))
+
+    def _hot_burst(self) -> None:
+        """A shared card used at several branches within seconds (a family card)."""
+        world = self.world
+        rng = self.rng
+        hot = [m for m in self.members if m.hot and m.id is not None]
+        nxt = world.engine.now + int(rng.expovariate(1 / (20 * MINUTE)))
+        local = world.local_offset(nxt)
+        if local >= CLOSE_HOUR * HOUR:
+            nxt += DAY - local + OPEN_HOUR * HOUR
+        if nxt < world.workload_end:
+            world.engine.at(nxt, self._hot_burst)
+        if not hot:
+            return
+        m = rng.choice(hot)
+        branches = rng.sample(range(self.n), min(self.n, rng.randint(3, 8)))
+        first = world.nodes[branches[0]]
+        if (first.ledger is not None and m.id is not None and self._budget()
+                and self._spendable(first.ledger, m.id) < 300_000):
+            # The family tops the card up where the burst begins, as it runs low.
+            mid = m.id
+            self._op(self.branches[branches[0]], "topup",
+                     lambda lg: lg.topup(lg.owner, mid, 500_000))
+        for i, bi in enumerate(branches):
+            b = self.branches[bi]
+            svc = rng.choice(SERVICES)
+
+            def swipe(b: Branch = b, svc: str = svc) -> None:
+                node = world.nodes[b.index]
+                if node.up and self._budget():
+                    self._op(b, "debit.hot", lambda lg: lg.debit(
+                        lg.owner, card=m.card_no, service=svc), debit=True)
+
+            world.engine.after(i * int(rng.uniform(0.2, 2.0) * SECOND), swipe)

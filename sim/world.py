@@ -1,0 +1,599 @@
+"""One simulated chain: its nodes, network, workload and faults, run to the end and
+checked. `World(config).run()` returns the result `python -m sim run` prints."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import msgpack
+
+from crdtledger.errors import InsufficientFunds, LedgerError, RightsElsewhere
+from crdtledger.sync import RightsAnswered
+from sim import checks
+from sim.checks import Violation
+from sim.config import Config
+from sim.engine import DAY, HOUR, MINUTE, SECOND, Engine, Trace
+from sim.faults import Fault, schedule
+from sim.metrics import Metrics, Probe
+from sim.net import HUB_UPLINK_BPS, SHOP_UPLINK_BPS, Connection, Network
+from sim.node import ON_DEMAND_IDLE_US, Attempt, Crashed, Outcome, SimNode
+from sim.workload import Workload
+
+ZONE = "Asia/Shanghai"
+TOPOLOGIES = {
+    "hub": "a few always-on hub nodes in a mesh; every shop dials every hub (the default "
+           "above 6 nodes)",
+    "tree": "every shop dials only the hub of its region; hubs in a mesh",
+    "mesh": "every node connected to every other (the default up to 6 nodes)",
+}
+# The run starts at local midnight of a Monday.
+START = datetime(2026, 1, 5, tzinfo=ZoneInfo(ZONE))
+PROBE_EVERY = 250_000  # µs between convergence checks after a heal
+PROBE_LIMIT = 30 * MINUTE
+
+
+def scenario_defaults(cfg: Config) -> Config:
+    """Scenario-specific workload: hot-member has many shared cards."""
+    if cfg.scenario == "hot-member" and cfg.hot_members == Config().hot_members:
+        return cfg.with_(hot_members=max(8, cfg.nodes // 4))
+    return cfg
+
+
+def frame_kind(frame: bytes) -> str:
+    """The message type of a sync frame ({"v": 1, "t": kind, ...}) without unpacking
+    the whole frame; any other layout is unpacked."""
+    if frame[1:3] == b"\xa1v" and frame[4:6] == b"\xa1t" and frame[6] & 0xE0 == 0xA0:
+        return frame[7:7 + (frame[6] & 0x1F)].decode()
+    try:
+        return str(msgpack.unpackb(frame).get("t"))
+    except Exception:
+        return "?"
+
+
+class World:
+    def __init__(self, config: Config) -> None:
+        cfg = self.config = scenario_defaults(config)
+        self.engine = Engine()
+        self.trace = Trace(keep_all=cfg.keep_trace)
+        self.rng_net = random.Random(f"{cfg.seed}:net")
+        self.metrics = Metrics()
+        self.epoch_ms = int(START.timestamp() * 1000)
+        self.workload_end = cfg.days * DAY
+        self.violation: Violation | None = None
+        self.violation_at: int | None = None
+        self.acked_entries: dict[str, str] = {}  # entry id -> node
+        self.acked_by_node: dict[str, int] = {}
+        self.acked_members: set[str] = set()
+        self.acked_cards: set[str] = set()
+        self.acked_rules: set[str] = set()
+        self.converged = False
+        self._down: set[str] = set()
+        self._probing = False
+        self.root = Path(tempfile.mkdtemp(prefix="crdtledger-sim-"))
+        self._build()
+        self.workload = Workload(self)
+        self.faults: list[Fault] = schedule(self)
+
+    # --- the chain ----------------------------------------------------------------
+
+    def _build(self) -> None:
+        cfg = self.config
+        n = cfg.nodes
+        if n < 2:
+            raise ValueError("a chain needs at least 2 nodes")
+        width = max(2, len(str(n)))
+        names = [f"B{i + 1:0{width}d}" for i in range(n)]
+        topo = cfg.topology if cfg.topology != "auto" else ("mesh" if n <= 6 else "hub")
+        if topo not in TOPOLOGIES:
+            raise ValueError(f"unknown topology {topo!r}: one of {', '.join(TOPOLOGIES)}")
+        self.topology = topo
+        hubs = min(n, cfg.hubs or 2) if topo in ("hub", "tree") else 0
+        regions = max(1, hubs) if hubs else 2
+        self.region_of = [i * regions // n for i in range(n)]
+        hub_of = {r: self.region_of.index(r) for r in range(regions)} if hubs else {}
+        is_hub = {hub_of[r] for r in hub_of}
+        # Sites share a LAN: a hub sits with the head-office store next to it, and every
+        # sixth branch is a big store running a second node.
+        site = list(range(n))
+        for i in range(1, n):
+            same_region = self.region_of[i] == self.region_of[i - 1]
+            if same_region and ((i - 1) in is_hub or i % 6 == 5) and site[i - 1] == i - 1:
+                site[i] = site[i - 1]
+        site_of = {names[i]: site[i] for i in range(n)}
+        setup = random.Random(f"{cfg.seed}:setup")
+        client_ids: list[int] = []
+        while len(client_ids) < n:
+            c = setup.getrandbits(48) | 1
+            if c not in client_ids:
+                client_ids.append(c)
+        self.nodes = [SimNode(self, i, names[i], self.root / names[i], client_ids[i],
+                              hub=i in is_hub) for i in range(n)]
+        self.by_name = {node.name: node for node in self.nodes}
+        edges: set[tuple[int, int]] = set()
+        if topo == "mesh":
+            edges = {(i, j) for i in range(n) for j in range(i + 1, n)}
+        else:
+            for i in range(n):
+                # hub: every shop dials every hub (redundant uplinks); tree: only the
+                # hub of its region.
+                targets = sorted(is_hub) if topo == "hub" else [hub_of[self.region_of[i]]]
+                for h in targets:
+                    if i != h and (h, i) not in edges:
+                        edges.add((i, h))
+            hub_list = sorted(is_hub)
+            edges |= {(a, b) for a in hub_list for b in hub_list if a < b}
+            for i in range(n):
+                for j in range(i + 1, n):
+                    if site[i] == site[j] and (j, i) not in edges:
+                        edges.add((i, j))
+        self.edges = sorted(edges)
+        for a, b in self.edges:
+            self.nodes[a].dial_edges.append(names[b])
+        uplink = {node.name: HUB_UPLINK_BPS if node.hub else SHOP_UPLINK_BPS
+                  for node in self.nodes}
+        self.net = Network(self.engine, self.rng_net, site_of, uplink, self._deliver,
+                           self._reset, dup=cfg.dup, reorder=cfg.reorder)
+
+    def day_start(self, day: int) -> int:
+        return day * DAY
+
+    def local_offset(self, t: int) -> int:
+        """Time of day in the chain's zone (Asia/Shanghai has no DST)."""
+        return t % DAY
+
+    # --- what nodes call ----------------------------------------------------------
+
+    def connectivity(self, node: SimNode) -> str:
+        if self._down or node.name in self.net.cut_nodes():
+            return "partitioned"
+        return "connected"
+
+    def dial(self, node: SimNode, peer: str, on_demand: bool) -> None:
+        target = self.by_name[peer]
+        gen = node.gen
+        now = self.engine.now
+        self.trace(now, f"{node.name} dial {peer}{' on-demand' if on_demand else ''}")
+
+        def done(conn: Connection | None) -> None:
+            ok = conn is not None and node.up and node.gen == gen and target.up
+            if ok and not on_demand and node.has_edge(peer):
+                ok = False  # the other side got there first
+            if not ok:
+                if conn is not None:
+                    conn.open = False
+                    self.net.connections.pop(conn.id, None)
+                self.metrics.dial_failures += 1
+                if node.gen != gen or not node.up:
+                    return
+                if on_demand:
+                    node.dial_result(peer, False)
+                elif not node.has_edge(peer):
+                    node.redial(peer, node.next_backoff(peer, None))
+                return
+            assert conn is not None
+            sa = node.attach(conn)
+            sb = target.attach(conn)
+            sa.start()
+            sb.start()
+            self.metrics.connects["on-demand" if on_demand else "regular"] += 1
+            self.trace(self.engine.now, f"{node.name} connected {peer} #{conn.id}")
+            node.after_step()
+            target.after_step()
+            if on_demand:
+                node.dial_result(peer, True)
+
+        self.net.connect(node.name, peer, on_demand, done)
+
+    def _reset(self, conn: Connection, reason: str) -> None:
+        now = self.engine.now
+        self.trace(now, f"reset #{conn.id} {conn.dialer}-{conn.acceptor} {reason}")
+        self.metrics.resets[reason.split(" at ")[0].split(":")[0].replace(
+            conn.dialer, "node").replace(conn.acceptor, "node")] += 1
+        for name in (conn.dialer, conn.acceptor):
+            self.by_name[name].detach(conn)
+        dialer = self.by_name[conn.dialer]
+        if not conn.on_demand and dialer.up:
+            dialer.redial(conn.acceptor, dialer.next_backoff(conn.acceptor,
+                                                             now - conn.opened_at))
+
+    def _deliver(self, conn: Connection, to: str, frames: list[bytes]) -> None:
+        now = self.engine.now
+        m = self.metrics
+        src = conn.other(to)
+        for f in frames:
+            kind = frame_kind(f)
+            m.frames[f"{conn.profile.name}:{kind}"] += 1
+            m.frame_bytes[f"{conn.profile.name}:{kind}"] += len(f)
+            self.trace(now, f"{src}>{to} {kind} {len(f)}")
+        self.by_name[to].receive(conn, frames)
+
+    def protocol_error(self, node: SimNode, conn: Connection, error: Exception) -> None:
+        self.metrics.protocol_errors += 1
+        self.trace(self.engine.now, f"{node.name} protocol error {error}")
+        if not (self.config.reorder or self.config.dup):
+            self.fail(Violation("protocol", f"{node.name} refused a frame from "
+                                            f"{conn.other(node.name)} on an ordered, "
+                                            f"reliable stream: {error}", node.name))
+
+    def rights_answered(self, node: SimNode, event: RightsAnswered) -> None:
+        now = self.engine.now
+        self.trace(now, f"{node.name} gave {event.node} {event.member} {event.purse} "
+                        f"{event.amount}")
+        if event.amount <= 0:
+            self.metrics.transfers_answered_zero += 1
+            return
+        assert node.ledger is not None
+        row = node.ledger.storage.conn.execute(
+            "SELECT id, body FROM entries WHERE node = ? AND kind = 'transfer' AND op = ? "
+            "ORDER BY id DESC LIMIT 1", (node.name, f"sync@{node.name}")).fetchone()
+        if row is None or row[0] in self.acked_entries:
+            self.fail(Violation("grant", f"{node.name} answered a grant of {event.amount} "
+                                         "without a new transfer entry", node.name))
+            return
+        body = json.loads(row[1])
+        if body["amount"] != event.amount or body["to"] != event.node:
+            self.fail(Violation("grant", f"{node.name}'s transfer {row[0]} does not match "
+                                         f"its answer {event}", node.name))
+        self._ack(row[0], node.name)
+        self.metrics.grants += 1
+        self.metrics.granted_amount += event.amount
+
+    def _ack(self, entry_id: str, node: str) -> None:
+        if entry_id in self.acked_entries:
+            self.fail(Violation("duplicate", f"entry {entry_id} acknowledged twice", node))
+        self.acked_entries[entry_id] = node
+        self.acked_by_node[node] = self.acked_by_node.get(node, 0) + 1
+
+    def op_done(self, branch: int, label: str, outcome: Outcome, attempt: Attempt, *,
+                debit: bool) -> None:
+        node = self.nodes[branch]
+        now = self.engine.now
+        m = self.metrics
+        m.ops[label] += 1
+        where = attempt.where
+        if isinstance(outcome, Crashed):
+            m.crashed_in_flight += 1
+            if debit:
+                m.debit(now, where, "crashed")
+            self.trace(now, f"{node.name} {label} lost in crash")
+            return
+        if isinstance(outcome, LedgerError):
+            reason = type(outcome).__name__
+            m.refused[f"{label}:{reason}"] += 1
+            self.trace(now, f"{node.name} {label} refused {reason}")
+            if debit:
+                kind = ("rights" if isinstance(outcome, RightsElsewhere) else
+                        "funds" if isinstance(outcome, InsufficientFunds) else "other")
+                m.debit(now, where, kind)
+            if attempt.started is not None:
+                m.fetch_failed += 1
+            return
+        m.ok[label] += 1
+        if isinstance(outcome, dict) and "id" in outcome:
+            self._ack(str(outcome["id"]), node.name)
+            self.trace(now, f"{node.name} {label} ok {outcome['id']} "
+                            f"{outcome.get('amount', '')}")
+        else:
+            self.trace(now, f"{node.name} {label} ok {outcome}")
+            if label == "member":
+                self.acked_members.add(str(outcome))
+            elif label in ("card", "card.replace"):
+                self.acked_cards.add(str(outcome))
+                if label == "card":
+                    self._ack_card_entry(node, str(outcome))
+            elif label == "rule":
+                self.acked_rules.add(str(outcome))
+        if debit:
+            m.debit(now, where, "ok")
+            waited = attempt.waited_us
+            if waited is not None:
+                m.fetch_latency_ms.append(waited / 1000)
+
+    def _ack_card_entry(self, node: SimNode, card_id: str) -> None:
+        """issue_card returns the card's id; its ledger entry (the card sale) is the
+        newest card entry written here."""
+        assert node.ledger is not None
+        row = node.ledger.storage.conn.execute(
+            "SELECT id, body FROM entries WHERE node = ? AND kind = 'card' "
+            "ORDER BY id DESC LIMIT 1", (node.name,)).fetchone()
+        if row is None or json.loads(row[1]).get("card") != card_id:
+            self.fail(Violation("lost", f"card {card_id} issued without its entry", node.name))
+            return
+        self._ack(row[0], node.name)
+
+    def check_node(self, node: SimNode) -> None:
+        """After every step of a node that wrote anything: no rights row below zero."""
+        if node.ledger is None:
+            return
+        version = node.ledger.storage.version
+        if version == node.checked_version:
+            return
+        node.checked_version = version
+        neg = checks.negative_rights(node.ledger)
+        if neg is not None:
+            self.fail(Violation("negative", f"{node.name} holds a rights row below zero: "
+                                            f"{neg}", node.name))
+
+    def fail(self, violation: Violation) -> None:
+        if self.violation is None:
+            self.violation = violation
+            self.violation_at = self.engine.now
+            self.trace(self.engine.now, f"VIOLATION {violation}")
+        raise violation
+
+    # --- faults -------------------------------------------------------------------
+
+    def _schedule_faults(self) -> None:
+        for i, f in enumerate(self.faults):
+            if i in self.config.fault_mask:
+                continue
+            self.engine.at(f.start, partial(self._fault_begin, i, f))
+            if f.end is not None:
+                self.engine.at(f.end, partial(self._fault_end, i, f))
+            if f.kind in ("partition", "crash"):
+                end = f.end if f.end is not None else self.workload_end
+                self.metrics.partition_spans.append((f.start, end, f.kind))
+
+    def _fault_begin(self, i: int, f: Fault) -> None:
+        now = self.engine.now
+        self.trace(now, f"fault {i} begins: {f.describe()}")
+        if f.kind == "partition":
+            self.net.add_cuts(f.cuts)
+            self._interrupt_probes()
+        elif f.kind == "crash":
+            node = self.by_name[f.nodes[0]]
+            if node.up:
+                node.crash()
+                self._down.add(node.name)
+                self._interrupt_probes()
+        elif f.kind in ("skew", "jump"):
+            self.by_name[f.nodes[0]].skew_ms += f.ms
+
+    def _fault_end(self, i: int, f: Fault) -> None:
+        now = self.engine.now
+        self.trace(now, f"fault {i} ends: {f.describe()}")
+        if f.kind == "partition":
+            self.net.remove_cuts(f.cuts)
+            self._probe(f"{f.label}")
+        elif f.kind == "crash":
+            node = self.by_name[f.nodes[0]]
+            if not node.up:
+                self._restart(node)
+                self._probe("restart")
+        elif f.kind == "jump":
+            self.by_name[f.nodes[0]].skew_ms -= f.ms
+
+    def _restart(self, node: SimNode) -> None:
+        node.restart()
+        self._down.discard(node.name)
+        assert node.ledger is not None
+        (count,) = node.ledger.storage.conn.execute(
+            "SELECT COUNT(*) FROM entries WHERE node = ?", (node.name,)).fetchone()
+        if count != self.acked_by_node.get(node.name, 0):
+            self.fail(Violation("lost", f"{node.name} restarted with {count} of its own "
+                                        f"entries, {self.acked_by_node.get(node.name, 0)} "
+                                        "were acknowledged", node.name))
+
+    # --- convergence after a heal -------------------------------------------------
+
+    def _probe(self, label: str) -> None:
+        up = [n for n in self.nodes if n.up and n.ledger is not None]
+        target: dict[tuple[str, int], int] = {}
+        for n in up:
+            assert n.ledger is not None
+            for k, v in checks.clocks(n.ledger).items():
+                if v > target.get(k, 0):
+                    target[k] = v
+        names = [n.name for n in up]
+        self.metrics.probes.append(Probe(label, self.engine.now, target, names, set(names)))
+        if not self._probing:
+            self._probing = True
+            self.engine.after(PROBE_EVERY, self._check_probes)
+
+    def _interrupt_probes(self) -> None:
+        for p in self.metrics.probes:
+            if p.converged_at is None and not p.interrupted:
+                p.interrupted = True
+
+    def _check_probes(self) -> None:
+        now = self.engine.now
+        pending = False
+        for p in self.metrics.probes:
+            if p.converged_at is not None or p.interrupted:
+                continue
+            if now - p.healed_at > PROBE_LIMIT:
+                continue
+            for name in sorted(p.waiting):
+                node = self.by_name[name]
+                if not node.up or node.ledger is None:
+                    p.interrupted = True
+                    break
+                if checks.covers(node.ledger, p.target):
+                    p.waiting.discard(name)
+            if not p.interrupted:
+                if p.waiting:
+                    pending = True
+                else:
+                    p.converged_at = now
+                    self.trace(now, f"converged after {p.label} in "
+                                    f"{(now - p.healed_at) / 1e6:.3f}s")
+        if pending:
+            self.engine.after(PROBE_EVERY, self._check_probes)
+        else:
+            self._probing = False
+
+    # --- periodic work -------------------------------------------------------------
+
+    def _anti_entropy(self, node: SimNode) -> None:
+        interval = int(self.config.ae_interval_s * SECOND)
+        self.engine.after(interval, lambda: self._anti_entropy(node))
+        if not node.up:
+            return
+        now = self.engine.now
+        for cid in sorted(node.conns):
+            conn = node.conns[cid]
+            if (conn.on_demand and conn.dialer == node.name
+                    and now - conn.last_used > ON_DEMAND_IDLE_US):
+                self.net.close(conn, "idle on-demand session")
+        node.anti_entropy()
+
+    def _snapshot_hot(self) -> None:
+        self.engine.after(HOUR, self._snapshot_hot)
+        hot = [m.id for m in self.workload.members if m.hot and m.id is not None]
+        if not hot:
+            return
+        shot: dict[str, dict[str, int]] = {}
+        for mid in hot:
+            held: dict[str, int] = {}
+            for node in self.nodes:
+                if node.ledger is not None:
+                    own = node.ledger.rights(mid, "cash").get(node.name, 0)
+                    if own:
+                        held[node.name] = own
+            shot[mid] = held
+        self.metrics.hot_rights.append((self.engine.now, shot))
+
+    # --- the run ------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        wall = time.perf_counter()
+        cfg = self.config
+        try:
+            try:
+                self._start()
+                self.engine.run(self.workload_end, progress=self._progress)
+                self._quiesce()
+                if self.violation is None:
+                    for v in checks.final(self):
+                        self.fail(v)
+            except Violation:
+                pass
+        finally:
+            self._close()
+            if cfg.progress:
+                sys.stderr.write("\r\033[K")
+                sys.stderr.flush()
+        return self._result(time.perf_counter() - wall)
+
+    def _start(self) -> None:
+        interval = int(self.config.ae_interval_s * SECOND)
+        setup = random.Random(f"{self.config.seed}:phase")
+        for node in self.nodes:
+            for peer in node.dial_edges:
+                node.redial(peer, setup.randint(0, SECOND))
+            self.engine.at(setup.randint(0, interval), partial(self._anti_entropy, node))
+        self._schedule_faults()
+        self.workload.start()
+        self.engine.at(HOUR, self._snapshot_hot)
+
+    def _progress(self, now: int) -> None:
+        if not self.config.progress:
+            return
+        total = self.workload_end
+        frac = min(1.0, now / total) if total else 1.0
+        bar = "#" * int(frac * 30)
+        sys.stderr.write(f"\r  [{bar:<30}] {now / HOUR:6.1f}h of {total / HOUR:.0f}h  "
+                         f"ops {self.workload.ops}")
+        sys.stderr.flush()
+
+    def _quiesce(self) -> None:
+        """End of the workload: heal every fault, restart every node, and let anti-
+        entropy bring the replicas together; they must agree within the limit."""
+        now = self.engine.now
+        self.trace(now, "heal all")
+        self.net.remove_cuts(list(self.net.cuts))
+        for node in self.nodes:
+            if not node.up:
+                self._restart(node)
+        self._down.clear()
+        self._interrupt_probes()
+        self._probe("final")
+        interval = int(self.config.ae_interval_s * SECOND)
+        limit = now + int(self.config.quiesce_limit_s * SECOND)
+        stable = 0
+        while self.engine.now < limit:
+            self.engine.run(self.engine.now + interval)
+            if self._all_equal():
+                stable += 1
+                if stable >= 2:
+                    self.converged = True
+                    return
+            else:
+                stable = 0
+        states = {n.name: checks.clocks(n.ledger) for n in self.nodes if n.ledger}
+        behind = [name for name, c in states.items()
+                  if c != states[self.nodes[0].name]]
+        self.fail(Violation("convergence", f"replicas still differ "
+                                           f"{self.config.quiesce_limit_s:.0f} s after "
+                                           f"healing: {behind[:5]}"))
+
+    def _all_equal(self) -> bool:
+        if self.net.in_flight():
+            return False
+        first: dict[tuple[str, int], int] | None = None
+        for node in self.nodes:
+            if node.ledger is None or node.attempts:
+                return False
+            c = checks.clocks(node.ledger)
+            if first is None:
+                first = c
+            elif c != first:
+                return False
+        return True
+
+    def _close(self) -> None:
+        for node in self.nodes:
+            for session in node.sessions.values():
+                session.close()
+            if node.ledger is not None:
+                node.ledger.close()
+                node.ledger = None
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _result(self, wall_s: float) -> dict[str, Any]:
+        cfg = self.config
+        m = self.metrics
+        v = self.violation
+        ops = self.workload.ops
+        summary = m.summary(cfg.ae_interval_s, self.net.traffic, ops)
+        return {
+            "seed": cfg.seed,
+            "scenario": cfg.scenario,
+            "nodes": cfg.nodes,
+            "members": cfg.member_count,
+            "days": cfg.days,
+            "topology": self.topology,
+            "hubs": sum(n.hub for n in self.nodes),
+            "violations": 0 if v is None else 1,
+            "violation": None if v is None else {
+                "kind": v.kind, "message": v.message, "node": v.node,
+                "at_s": None if self.violation_at is None else self.violation_at / 1e6},
+            "converged": self.converged and v is None,
+            "trace_digest": self.trace.digest(),
+            "ops": ops,
+            "acknowledged": len(self.acked_entries) + len(self.acked_members),
+            "faults": [f.describe() for i, f in enumerate(self.faults)
+                       if i not in cfg.fault_mask],
+            "sim_seconds": round(self.engine.now / 1e6, 3),
+            "wall_seconds": round(wall_s, 2),
+            "events": self.engine.events,
+            "trace_lines": self.trace.lines,
+            **summary,
+            "reproduce": " ".join(cfg.argv()),
+        }
+
+
+def run(config: Config) -> tuple[dict[str, Any], World]:
+    world = World(config)
+    return world.run(), world
+
