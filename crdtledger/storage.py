@@ -36,7 +36,7 @@ from crdtledger import hlc
 from crdtledger.errors import InvalidInput, StoreError, StoreLocked
 from crdtledger.model import DOC_NAME
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the update log is a rowid table (see _upgrade)
 DB_FILE = "ledger.sqlite3"
 LOCK_FILE = "lock"
 # Compact a document's log into a snapshot once this many updates pile up: loading
@@ -48,17 +48,23 @@ LOCK_WAIT_S = 10.0
 # How far ahead of the clock the persisted ceiling is set (see Storage.keep_clock).
 CLOCK_LEASE_MS = 2000
 
-SCHEMA = """
+LOG_TABLE = ("CREATE TABLE IF NOT EXISTS log("
+             "seq INTEGER PRIMARY KEY, doc TEXT NOT NULL, sv BLOB, data BLOB NOT NULL)")
+LOG_INDEX = "CREATE INDEX IF NOT EXISTS log_doc ON log(doc, seq)"
+
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
--- Keyed by document: a document loads by one range read, and a commit touches one
--- b-tree page instead of a table, an index and AUTOINCREMENT's sqlite_sequence.
--- `seq` comes from a counter kept above every seq and snapshot_seq ever written.
+-- A rowid table with an index by document (a document loads by one range read).
+-- Not WITHOUT ROWID: there a row is its own key, so interior b-tree pages carry
+-- whole rows, and a catch-up's megabyte update made every delete near it (a
+-- compaction) copy it around: 0.5 s stalls. `seq` comes from a counter kept above
+-- every seq and snapshot_seq ever written, and is the rowid.
 -- `sv`: the document's state vector after this row's update(s), on the last row of
--- a commit. The current state vector is that of the newest row, else docs.sv (as of
--- the snapshot): so a commit writes no `docs` row.
-CREATE TABLE IF NOT EXISTS log(
-    doc TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL, sv BLOB,
-    PRIMARY KEY(doc, seq)) WITHOUT ROWID;
+-- a commit; stored before `data` so reading it never walks a blob's overflow pages.
+-- The current state vector is that of the newest row, else docs.sv (as of the
+-- snapshot): so a commit writes no `docs` row.
+{LOG_TABLE};
+{LOG_INDEX};
 CREATE TABLE IF NOT EXISTS docs(
     name TEXT PRIMARY KEY, sv BLOB NOT NULL, snapshot_seq INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID;
@@ -208,6 +214,31 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     return conn
 
 
+def _upgrade(conn: sqlite3.Connection) -> None:
+    """Format 1 -> 2: move the update log out of its WITHOUT ROWID table. One
+    transaction, so an interrupted upgrade leaves format 1 to try again."""
+    def old() -> bool:
+        row = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'log'").fetchone()
+        return row is not None and "WITHOUT ROWID" in row[0].upper()
+
+    if not old():
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if old():  # another process may have upgraded while we waited for the lock
+            conn.execute("ALTER TABLE log RENAME TO log_format1")
+            conn.execute(LOG_TABLE)
+            conn.execute(LOG_INDEX)
+            conn.execute("INSERT INTO log(seq, doc, sv, data) "
+                         "SELECT seq, doc, sv, data FROM log_format1")
+            conn.execute("DROP TABLE log_format1")
+            conn.execute("UPDATE meta SET value = '2' WHERE key = 'format' AND value = '1'")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 class Storage:
     """The SQLite file and the in-memory documents of one node (single writer)."""
 
@@ -219,6 +250,7 @@ class Storage:
         self._lock_fd: int | None = self._take_lock() if lock else None
         try:
             self.conn = _connect(db, synchronous)
+            _upgrade(self.conn)
             self.conn.executescript(SCHEMA)
             self.meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
             if int(self.meta.get("format", "0")) != FORMAT_VERSION:

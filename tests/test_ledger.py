@@ -1041,3 +1041,32 @@ def test_a_refused_debit_keeps_loaded_documents_but_a_failed_write_drops_them(
 
 def views_month(ledger: Ledger) -> str:
     return f"ledger/{ledger.today()[:7]}"
+
+
+def test_a_format_1_store_is_upgraded_on_open_with_nothing_lost(tmp_path: Path) -> None:
+    a = new_ledger(tmp_path, "SH01")
+    m = a.add_member(a.owner, name="张三", phone="13800000000")
+    a.topup(a.owner, m, 1000)
+    before = snapshot(a, [m])
+    conn = a.storage.conn
+    # What format 1 had: the update log as a WITHOUT ROWID table.
+    conn.executescript("""
+        BEGIN;
+        DROP INDEX log_doc;
+        ALTER TABLE log RENAME TO log2;
+        CREATE TABLE log(doc TEXT NOT NULL, seq INTEGER NOT NULL, data BLOB NOT NULL,
+                         sv BLOB, PRIMARY KEY(doc, seq)) WITHOUT ROWID;
+        INSERT INTO log SELECT doc, seq, data, sv FROM log2;
+        DROP TABLE log2;
+        UPDATE meta SET value = '1' WHERE key = 'format';
+        COMMIT;""")
+    a.close()
+    a = Ledger.open(tmp_path / "sh01")
+    try:
+        assert snapshot(a, [m]) == before
+        sql = a.storage.conn.execute("SELECT sql FROM sqlite_master WHERE name = 'log'")
+        assert "WITHOUT ROWID" not in sql.fetchone()[0]
+        assert a.storage.meta["format"] == "2"
+        a.debit(a.owner, m, amount=100)
+    finally:
+        a.close()
