@@ -543,6 +543,10 @@ class Node:
                     f"{identity.chain}, but the store is {self.ledger.node} of "
                     f"{self.ledger.chain}")
             self._load_revocations()
+            # The rebalancer looks at debits from now on: a first pass over a year of
+            # entries would hold the loop for as long as the scan takes.
+            self._rebalance_mark = self.ledger.storage.conn.execute(
+                "SELECT COALESCE(max(id), '') FROM entries").fetchone()[0]
             self.ledger.subscribe(self._on_commit)
             self._client = aiohttp.ClientSession()
             await self._serve()
