@@ -71,7 +71,7 @@ from crdtledger.projection import (
     record_change,
 )
 from crdtledger.storage import LoadedDoc, Storage
-from crdtledger.sync import decode_state_vector, states_digest
+from crdtledger.sync import decode_state_vector, read_varuint, states_digest
 
 Listener = Callable[[str, bytes, object], None]
 T = TypeVar("T")
@@ -1031,28 +1031,14 @@ def _single_writer_start(update: bytes) -> tuple[int, int] | None:
     """(client, first clock) of a v1 update whose structs all come from one writer,
     else None (several writers, none, or bytes that do not parse: the caller then
     takes the general path, which judges them properly)."""
-    pos = 0
-
-    def varuint() -> int:
-        nonlocal pos
-        shift = value = 0
-        while True:
-            b = update[pos]
-            pos += 1
-            value |= (b & 0x7F) << shift
-            if b < 0x80:
-                return value
-            shift += 7
-            if shift > 63:
-                raise ValueError("varint too long")
-
     try:
-        if varuint() != 1:  # number of writers with structs in the update
+        writers, pos = read_varuint(update, 0)
+        if writers != 1:  # number of writers with structs in the update
             return None
-        varuint()  # number of structs
-        client = varuint()
-        return client, varuint()
-    except (IndexError, ValueError):
+        _structs, pos = read_varuint(update, pos)
+        client, pos = read_varuint(update, pos)
+        return client, read_varuint(update, pos)[0]
+    except ValueError:
         return None
 
 

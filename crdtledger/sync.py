@@ -127,28 +127,32 @@ def decode_state_vector(data: bytes) -> dict[int, int]:
 # bytes; a vector is a few bytes per writer, bounded by MAX_STATE_VECTOR_BYTES).
 @lru_cache(maxsize=4096)
 def _decode_state_vector(data: bytes) -> dict[int, int]:
-    pos = 0
-
-    def varint() -> int:
-        nonlocal pos
-        shift = value = 0
-        while True:
-            if pos >= len(data) or shift > 63:
-                raise RemoteProtocolError("truncated state vector")
-            b = data[pos]
-            pos += 1
-            value |= (b & 0x7F) << shift
-            if b < 0x80:
-                return value
-            shift += 7
-
-    out = {}
-    for _ in range(varint()):
-        client = varint()
-        out[client] = varint()
+    try:
+        count, pos = read_varuint(data, 0)
+        out = {}
+        for _ in range(count):
+            client, pos = read_varuint(data, pos)
+            out[client], pos = read_varuint(data, pos)
+    except ValueError:
+        raise RemoteProtocolError("truncated state vector") from None
     if pos != len(data):
         raise RemoteProtocolError("trailing bytes after state vector")
     return out
+
+
+def read_varuint(data: bytes, pos: int) -> tuple[int, int]:
+    """One lib0 unsigned varint at `pos`: (value, position after it). ValueError if
+    the bytes end first or it runs past 64 bits."""
+    shift = value = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ValueError("truncated or overlong varint")
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
 
 
 def missing(theirs: dict[str, bytes], ours: dict[str, bytes]) -> int:
