@@ -646,6 +646,10 @@ def add_node_commands(top: argparse._SubParsersAction[argparse.ArgumentParser]) 
     init.add_argument("--out", required=True, type=Path, metavar="CHAIN_DIR")
     init.add_argument("--name", help="the chain's id (default: the directory's name)")
     add_common(init, operator=False, password=False)
+    renew = actions.add_parser("renew", help="a new certificate for a node (before its "
+                               "old one expires, or after it was revoked)")
+    renew.add_argument("--chain", required=True, type=Path, metavar="CHAIN_DIR")
+    add_common(renew, operator=False, password=False)
     rev = actions.add_parser("revoke", help="revoke a node's certificates chain-wide "
                              "(written into this node's ledger, which replicates it)")
     rev.add_argument("--chain", required=True, type=Path, metavar="CHAIN_DIR")
@@ -777,6 +781,8 @@ def chain_command(args: argparse.Namespace) -> Result:
                       f"fingerprint {chain.fingerprint}\n"
                       f"keep {Path(args.out) / 'ca.key'} off the branch machines")
     data_dir = data_dir_of(args)
+    if args.action == "renew":
+        return renew_certificate(args.chain, data_dir)
     node = local.running(data_dir)
     if node is not None:
         current = routed(node, args, ["rule", "show", "revocations", "--json"]).data
@@ -793,6 +799,30 @@ def chain_command(args: argparse.Namespace) -> Result:
     return Result({"revoked": args.node, "crl_bytes": len(crl)},
                   f"certificates of {args.node} revoked; every node refuses it once the "
                   "revocation list reaches it")
+
+
+def renew_certificate(chain_dir: Path, data_dir: Path) -> Result:
+    """Enrol the node again; the old key and certificate are kept aside, not deleted."""
+    with Ledger.open(data_dir, lock=False) as ledger:
+        node_id, chain_name = ledger.node, ledger.chain
+    if load_chain(chain_dir).name != chain_name:
+        raise InvalidInput(f"{data_dir} belongs to chain {chain_name}, not to {chain_dir}")
+    tls = data_dir / "tls"
+    kept = None
+    if tls.exists():
+        kept = data_dir / f"tls.replaced-{datetime.now():%Y%m%d-%H%M%S}"
+        tls.rename(kept)
+    try:
+        enrol(chain_dir, data_dir, node_id)
+    except BaseException:
+        if kept is not None:
+            kept.rename(tls)
+        raise
+    running = local.running(data_dir)
+    return Result({"node": node_id, "replaced": str(kept) if kept else None},
+                  f"new certificate for {node_id}"
+                  + (f"; the old one is in {kept}" if kept else "")
+                  + ("; restart the node to use it" if running else ""))
 
 
 def status(args: argparse.Namespace, data_dir: Path) -> Result:

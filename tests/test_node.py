@@ -181,3 +181,22 @@ def test_status_without_a_running_node_reads_the_store(tmp_path: Path) -> None:
         st = a.status()
         assert st == {"node": "SH01", "chain": c.chain.name, "running": False, "peers": []}
 
+
+
+def test_a_renewed_certificate_joins_and_the_old_one_is_kept(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    from peer.chain import node_serial
+
+    with cluster(tmp_path) as c:
+        a = c.add("SH01").start()
+        b = c.add("SH02", peers=("SH01",))
+        old = node_serial(b.data)
+        r = b.cli("chain", "renew", "--chain", str(c.chain), "--json")
+        assert r.code == 0, r.err
+        assert node_serial(b.data) != old
+        kept = Path(r.json()["replaced"]) / "node.crt"
+        assert x509.load_pem_x509_certificate(kept.read_bytes()).serial_number == old
+        b.start()
+        wait_for(lambda: "SH01" in b.connected(), what="the renewed node to connect")
+        assert "SH02" in a.connected()
