@@ -65,6 +65,14 @@ class Engine:
         return len(self._queue)
 
 
+def clock(now: int) -> str:
+    """Virtual time as day and local time of day: 'd0 10:00:08.137'."""
+    day, rest = divmod(now, DAY)
+    ms = rest // MS
+    return (f"d{day} {ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}"
+            f".{ms % 1000:03d}")
+
+
 class Trace:
     """The run's history: every line feeds a digest; the last lines are kept for a
     report, all of them only when asked (a day of 50 nodes is millions of lines).
@@ -82,7 +90,7 @@ class Trace:
         self.lines = 0
 
     def __call__(self, now: int, text: str) -> None:
-        line = f"{now // 1000:>12} {text}"
+        line = f"{clock(now)} {text}"
         self._hash.update(line.encode())
         self._hash.update(b"\n")
         self.tail.append(line)

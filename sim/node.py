@@ -120,6 +120,7 @@ class Attempt:
                     node.after_step()
                     return
             if left <= 0 or not fetch.possible:
+                node.after_step()
                 self._finish(refusal)
                 return
             self.started = self.started or now
@@ -143,8 +144,10 @@ class Attempt:
                 node.world.engine.at(self.deadline, self._timeout)
             return
         except LedgerError as e:
+            node.after_step()
             self._finish(e)
             return
+        node.after_step()  # ship the commit at once (the node wakes its links), check
         self._finish(result)
 
     def dial_done(self, holder: str) -> None:

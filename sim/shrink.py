@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, TextIO
 
 from sim.config import Config
+from sim.engine import clock
 
 if TYPE_CHECKING:
     from sim.world import World
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
 BUDGET = 14  # re-runs at most
 
 
-def shrink(cfg: Config, result: dict[str, Any]) -> tuple[Config, dict[str, Any], World | None]:
+def shrink_run(cfg: Config, result: dict[str, Any]
+               ) -> tuple[Config, dict[str, Any], World | None]:
     """The smallest config found that fails like `result`, with its result and world."""
     from sim.world import run
 
@@ -62,26 +64,34 @@ def shrink(cfg: Config, result: dict[str, Any]) -> tuple[Config, dict[str, Any],
     return best_cfg, best, best_world
 
 
-def report_violation(cfg: Config, result: dict[str, Any], world: World, *, shrink_it: bool
-                     = True, out: TextIO, shrink: bool = True) -> None:
+def report_violation(cfg: Config, result: dict[str, Any], world: World, *, out: TextIO,
+                     shrink: bool = True) -> None:
     v = result["violation"]
-    out.write(f"\nVIOLATION ({v['kind']}) at {v['at_s']} s simulated, seed {cfg.seed}: "
+    when = "the end" if v["at_s"] is None else clock(int(v["at_s"] * 1_000_000))
+    out.write(f"\nVIOLATION ({v['kind']}) at {when} (simulated), seed {cfg.seed}: "
               f"{v['message']}\n")
     out.write(f"reproduce: {' '.join(cfg.argv())}\n")
-    if not (shrink and shrink_it):
+    if not shrink:
         out.write("last trace lines:\n")
         for line in world.trace.tail:
             out.write(f"  {line}\n")
         return
-    small_cfg, small, small_world = _shrink(cfg, result)
+    small_cfg, small, small_world = shrink_run(cfg, result)
     out.write(f"shrunk to {small['ops']} ops, faults {small.get('faults')}\n")
     out.write(f"reproduce the short run: {' '.join(small_cfg.argv())}\n")
     trace = (small_world.trace.all if small_world is not None and small_world.trace.all
              is not None else list(world.trace.tail))
-    tail = trace[-60:]
-    out.write(f"its trace ({len(trace)} lines, the last {len(tail)}):\n")
-    for line in tail:
+    out.write(f"its trace has {len(trace)} lines; the last {TAIL} that are not routine "
+              "sync frames (hello, state, update):\n")
+    for line in notable(trace)[-TAIL:]:
         out.write(f"  {line}\n")
 
 
-_shrink = shrink
+ROUTINE = (" hello ", " state ", " update ")
+TAIL = 60
+
+
+def notable(trace: list[str]) -> list[str]:
+    """Operations, rights requests and answers, faults, connections, violations."""
+    return [line for line in trace
+            if not (">" in line.split(" ", 3)[2] and any(r in line for r in ROUTINE))]
