@@ -16,6 +16,7 @@ import hmac
 import json
 import re
 import secrets
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -110,6 +111,8 @@ MEMBER_FIELDS = ("name", "phone", "gender", "birthday", "anniversary", "home", "
 PREF_KEYS = ("strength", "service", "technician")
 PHONE = re.compile(r"^\+?[0-9][0-9 -]{4,19}$")
 MAX_TEXT = 200
+# Remote entries stamped too far ahead of our clock: the latest are kept for a look.
+SKEW_EVENTS_KEPT = 100
 # Key stretching for operator passwords and card PINs. A PIN has few digits, so the
 # hash is salted per card and deliberately slow (scrypt, ~30 ms).
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
@@ -144,7 +147,7 @@ class Ledger:
         self.owner = owner_of(self.node)
         self._listeners: list[Listener] = []
         self._rules: dict[str, list[tuple[str, str, Any]]] | None = None
-        self.skew_events: list[ClockSkew] = []
+        self.skew_events: deque[ClockSkew] = deque(maxlen=SKEW_EVENTS_KEPT)
         self._digest: tuple[int, bytes] | None = None  # (storage.version, states_digest)
 
     # --- lifecycle ----------------------------------------------------------
@@ -240,7 +243,10 @@ class Ledger:
                     try:
                         self.clock.observe(decode(key.split(".", 1)[0]))
                     except ClockSkew as e:
-                        self.skew_events.append(e)
+                        # The latest few, without the traceback, which would keep this
+                        # apply's frames (and its updates) alive for as long as a peer's
+                        # clock stays wrong: one per entry it writes.
+                        self.skew_events.append(e.with_traceback(None))
             else:
                 record_change(conn, ld.name, root, key, new, day_of)
                 rules_changed |= root == "rules"

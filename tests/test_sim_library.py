@@ -244,3 +244,25 @@ def test_receive_frames_handles_what_precedes_a_bad_frame(tmp_path: Path) -> Non
     assert b.state_vectors() == applied
     a.close()
     b.close()
+
+
+def test_clock_skew_events_are_bounded_and_hold_no_frames(tmp_path: Path) -> None:
+    """Found by the simulator's clock-skew scenario: every entry from a peer whose
+    clock runs more than MAX_CLOCK_SKEW_MS ahead appended an exception, with its
+    traceback (the apply's frames), to a list nobody trims: 402 per replica after
+    one simulated day at 300 operations per branch."""
+    ahead = FakeClock()
+    ahead.ms += 10 * 60 * 1000  # ten minutes ahead: beyond the five allowed
+    a = new_ledger(tmp_path, "SH01", now_ms=ahead)
+    b = new_ledger(tmp_path, "SH02", now_ms=FakeClock())
+    ups: list[tuple[str, bytes]] = []
+    a.subscribe(lambda doc, u, origin: ups.append((doc, u)))
+    member = a.add_member(a.owner, name="张伟", phone="13800000009")
+    for i in range(ledger_mod.SKEW_EVENTS_KEPT + 30):
+        a.topup(a.owner, member, 100 + i)
+    b.apply_remote(ups)
+    assert len(b.skew_events) == ledger_mod.SKEW_EVENTS_KEPT
+    assert all(e.__traceback__ is None for e in b.skew_events)
+    assert b.skew_events[-1].skew_ms > 5 * 60 * 1000
+    a.close()
+    b.close()
