@@ -43,6 +43,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, sweep: bool) -> None:
     p.add_argument("--drop-faults", default="", help="fault indexes to switch off (1,3)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--plot", type=Path, default=None, help="write PNG charts and a report")
+    p.add_argument("--progress", action="store_true",
+                   help="progress on stderr even when it is not a terminal")
     p.add_argument("--no-shrink", action="store_true",
                    help="on a violation, do not search for a shorter reproduction")
 
@@ -70,7 +72,8 @@ def _human(result: dict[str, Any]) -> str:
                                             if r["violation"] else ""),
         f"converged: {str(r['converged']).lower()}",
         f"convergence after heals: seconds {conv['seconds']}  rounds {conv['rounds']}"
-        f"  (interrupted {conv['interrupted']})",
+        f"  (interrupted {conv['interrupted']}); from the first reconnection: rounds "
+        f"{conv['rounds_after_reconnect']}",
         "refused debits: connected {c[refused_rights]}+{c[refused_funds]}+{c[refused_other]}"
         " of {c[debits]} ({rate:.3%} for rights); partitioned {p[refused_rights]}+"
         "{p[refused_funds]}+{p[refused_other]} of {p[debits]}".format(
@@ -90,7 +93,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     from sim.world import run
 
     cfg = _config(a, nodes=a.nodes, scenario=a.scenario, seed=a.seed)
-    cfg = cfg.with_(progress=sys.stderr.isatty() and not a.json)
+    cfg = cfg.with_(progress=a.progress or (sys.stderr.isatty() and not a.json))
     result, world = run(cfg)
     if result["violations"]:
         report_violation(cfg, result, world, shrink=not a.no_shrink, out=sys.stderr)
@@ -153,10 +156,12 @@ def _sweep_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
     from collections import Counter
 
     rounds: Counter[int] = Counter()
+    rounds_after: Counter[int] = Counter()
     seconds: list[float] = []
     conn_debits = conn_refused = part_debits = part_refused = 0
     for r in results:
         rounds.update(r["convergence"]["rounds"])
+        rounds_after.update(r["convergence"]["rounds_after_reconnect"])
         seconds += r["convergence"]["seconds"]
         c = r["refused_debits"]["connected"]
         p = r["refused_debits"]["partitioned"]
@@ -170,6 +175,7 @@ def _sweep_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
         "not_converged": sum(not r["converged"] for r in results),
         "violating_seeds": [r["seed"] for r in results if r["violations"]],
         "convergence_rounds": dict(sorted(rounds.items())),
+        "convergence_rounds_after_reconnect": dict(sorted(rounds_after.items())),
         "convergence_seconds_max": max(seconds) if seconds else None,
         "refused_rights_rate_connected": conn_refused / conn_debits if conn_debits else 0.0,
         "refused_rights_rate_partitioned": part_refused / part_debits if part_debits else 0.0,

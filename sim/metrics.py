@@ -22,6 +22,7 @@ class Probe:
     waiting: set[str]
     converged_at: int | None = None
     interrupted: bool = False
+    reconnected_at: int | None = None  # first connection made after the heal
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -85,6 +86,11 @@ class Metrics:
         secs = [(p.converged_at - p.healed_at) / 1e6 for p in done
                 if p.converged_at is not None]
         rounds = [math.ceil(s / ae_interval_s - 1e-9) if s > 0 else 0 for s in secs]
+        # From the first reconnection (or the heal, if no connection had died): what
+        # the protocol needs, without the reconnect backoff.
+        after = [max(0.0, (p.converged_at - (p.reconnected_at or p.healed_at)) / 1e6)
+                 for p in done if p.converged_at is not None]
+        rounds_after = [math.ceil(s / ae_interval_s - 1e-9) if s > 0 else 0 for s in after]
         lat = self.fetch_latency_ms
         ops = max(1, total_ops)
         return {
@@ -97,9 +103,13 @@ class Metrics:
                 "seconds": [round(s, 3) for s in secs],
                 "rounds": rounds,
                 "max_rounds": max(rounds) if rounds else None,
+                "seconds_after_reconnect": [round(s, 3) for s in after],
+                "rounds_after_reconnect": rounds_after,
                 "by_heal": [{"label": p.label, "healed_at_h": round(p.healed_at / HOUR_US, 3),
                              "seconds": None if p.converged_at is None else
                              round((p.converged_at - p.healed_at) / 1e6, 3),
+                             "reconnect_s": None if p.reconnected_at is None else
+                             round((p.reconnected_at - p.healed_at) / 1e6, 3),
                              "interrupted": p.interrupted} for p in self.probes],
             },
             "refused_debits": {"connected": rate(self.debits["connected"]),

@@ -224,8 +224,9 @@ def write_sweep_report(out: Path, results: list[dict[str, Any]], summary: dict[s
         ae = results[0].get("ae_interval_s", 10.0)
         for i in range(1, 4):
             ax.axhline(i * ae, color="#7f8c8d", ls=":", lw=1)
+        ax.set_yscale("log")
         ax.set_xlabel("nodes")
-        ax.set_ylabel("seconds to converge after a heal")
+        ax.set_ylabel("seconds to converge after a heal (log)")
         ax.set_title(f"Convergence time against number of nodes ({len(results)} runs; "
                      f"dotted: 1-3 anti-entropy rounds)", fontsize=10)
         fig.tight_layout()

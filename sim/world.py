@@ -79,6 +79,8 @@ class World:
         self.converged = False
         self._down: set[str] = set()
         self._probing = False
+        self._began = 0.0
+        self._last_hour = -1
         self.root = Path(tempfile.mkdtemp(prefix="crdtledger-sim-"))
         self._build()
         self.workload = Workload(self)
@@ -186,6 +188,9 @@ class World:
             sa.start()
             sb.start()
             self.metrics.connects["on-demand" if on_demand else "regular"] += 1
+            for p in self.metrics.probes:
+                if p.converged_at is None and not p.interrupted and p.reconnected_at is None:
+                    p.reconnected_at = self.engine.now
             self.trace(self.engine.now, f"{node.name} connected {peer} #{conn.id}")
             node.after_step()
             target.after_step()
@@ -401,7 +406,11 @@ class World:
                 if v > target.get(k, 0):
                     target[k] = v
         names = [n.name for n in up]
-        self.metrics.probes.append(Probe(label, self.engine.now, target, names, set(names)))
+        probe = Probe(label, self.engine.now, target, names, set(names))
+        # Another fault still holds some node apart: this heal cannot be measured on
+        # its own (it is counted with the interrupted ones).
+        probe.interrupted = bool(self.net.cuts or self._down)
+        self.metrics.probes.append(probe)
         if not self._probing:
             self._probing = True
             self.engine.after(PROBE_EVERY, self._check_probes)
@@ -472,7 +481,7 @@ class World:
     # --- the run ------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        wall = time.perf_counter()
+        wall = self._began = time.perf_counter()
         cfg = self.config
         try:
             try:
@@ -486,7 +495,7 @@ class World:
                 pass
         finally:
             self._close()
-            if cfg.progress:
+            if cfg.progress and sys.stderr.isatty():
                 sys.stderr.write("\r\033[K")
                 sys.stderr.flush()
         return self._result(time.perf_counter() - wall)
@@ -508,8 +517,13 @@ class World:
         total = self.workload_end
         frac = min(1.0, now / total) if total else 1.0
         bar = "#" * int(frac * 30)
-        sys.stderr.write(f"\r  [{bar:<30}] {now / HOUR:6.1f}h of {total / HOUR:.0f}h  "
-                         f"ops {self.workload.ops}")
+        line = (f"[{bar:<30}] {now / HOUR:6.1f}h of {total / HOUR:.0f}h  ops "
+                f"{self.workload.ops}  wall {time.perf_counter() - self._began:.0f}s")
+        if sys.stderr.isatty():
+            sys.stderr.write("\r\033[K" + line)
+        elif now // HOUR != self._last_hour:
+            self._last_hour = now // HOUR
+            sys.stderr.write(line + "\n")
         sys.stderr.flush()
 
     def _quiesce(self) -> None:
