@@ -24,6 +24,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, sweep: bool) -> None:
         p.add_argument("--scenario", default="steady", choices=sorted(SCENARIOS))
     p.add_argument("--members", type=int, default=None, help="default: 20 per node")
     p.add_argument("--days", type=int, default=1)
+    p.add_argument("--start", default=Config().start,
+                   help="local date the run begins, e.g. 2026-01-30 (a month's end)")
     p.add_argument("--topology", default="auto", choices=("auto", "hub", "tree", "mesh"),
                    help="auto: mesh up to 6 nodes, else hub (see README)")
     p.add_argument("--hubs", type=int, default=None)
@@ -51,7 +53,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, sweep: bool) -> None:
 
 def _config(a: argparse.Namespace, *, nodes: int, scenario: str, seed: int) -> Config:
     mask = frozenset(int(x) for x in a.drop_faults.split(",") if x.strip())
-    return Config(nodes=nodes, members=a.members, days=a.days, seed=seed, scenario=scenario,
+    return Config(nodes=nodes, members=a.members, days=a.days, start=a.start, seed=seed,
+                  scenario=scenario,
                   topology=a.topology, hubs=a.hubs, ops_per_node=a.ops_per_node,
                   hot_members=a.hot_members, ae_interval_s=a.ae_interval,
                   on_demand=a.on_demand, dup=a.dup, reorder=a.reorder,

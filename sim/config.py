@@ -11,6 +11,7 @@ class Config:
     nodes: int = 10
     members: int | None = None  # default: 20 per node
     days: int = 1
+    start: str = "2026-01-05"  # local date the run begins (at midnight, Asia/Shanghai)
     seed: int = 1
     scenario: str = "steady"
     topology: str = "auto"  # auto | hub | tree | mesh
@@ -43,7 +44,7 @@ class Config:
         if self.members is not None:
             out += ["--members", str(self.members)]
         defaults = Config()
-        for name, flag in (("topology", "--topology"), ("hubs", "--hubs"),
+        for name, flag in (("start", "--start"), ("topology", "--topology"), ("hubs", "--hubs"),
                            ("ops_per_node", "--ops-per-node"),
                            ("hot_members", "--hot-members"),
                            ("ae_interval_s", "--ae-interval"), ("dup", "--dup"),

@@ -70,6 +70,11 @@ def schedule(world: World) -> list[Fault]:
     faults: list[Fault] = []
     span = world.workload_end
     name = cfg.scenario
+    # Branches alone on their site: losing the internet cuts them off (a branch on
+    # a hub's LAN would still reach that hub).
+    site = world.net.site_of
+    alone = [n for n in names if sum(site[m] == site[n] for m in names) == 1
+             and not world.by_name[n].hub] or names
 
     if name == "partition-heal":
         regions = sorted(set(world.region_of))
@@ -94,7 +99,7 @@ def schedule(world: World) -> list[Fault]:
                             (deaf,), [Cut(everyone - {deaf}, frozenset({deaf}),
                                           label="one-way")]))
     elif name == "flapping-wan":
-        flappers = rng.sample(names, max(1, len(names) // 4))
+        flappers = rng.sample(alone, max(1, min(len(alone), len(names) // 4)))
         hubs = [n.name for n in world.nodes if n.hub]
         length = min(span - 2 * HOUR, rng.randint(3 * HOUR, 6 * HOUR))
         window = _open_window(world, rng, length)
@@ -115,8 +120,7 @@ def schedule(world: World) -> list[Fault]:
                                     Cut.split({a}, {a, b}, label="hub-link")))
                 t += down + rng.randint(1 * MINUTE, 15 * MINUTE)
     elif name == "branch-offline-week":
-        non_hubs = [n.name for n in world.nodes if not n.hub] or names
-        who = rng.choice(non_hubs)
+        who = rng.choice(alone)
         start = world.day_start(0) + 9 * HOUR
         end = max(start + HOUR, span - 2 * HOUR)
         if cfg.days >= 7:

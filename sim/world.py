@@ -9,7 +9,8 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import datetime
+from datetime import date, datetime
+from datetime import time as dt_time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,15 +30,13 @@ from sim.net import HUB_UPLINK_BPS, SHOP_UPLINK_BPS, Connection, Network
 from sim.node import ON_DEMAND_IDLE_US, Attempt, Crashed, Outcome, SimNode
 from sim.workload import Workload
 
-ZONE = "Asia/Shanghai"
+ZONE = "Asia/Shanghai"  # no daylight saving: a day is always 24 hours
 TOPOLOGIES = {
     "hub": "a few always-on hub nodes in a mesh; every shop dials every hub (the default "
            "above 6 nodes)",
     "tree": "every shop dials only the hub of its region; hubs in a mesh",
     "mesh": "every node connected to every other (the default up to 6 nodes)",
 }
-# The run starts at local midnight of a Monday.
-START = datetime(2026, 1, 5, tzinfo=ZoneInfo(ZONE))
 PROBE_EVERY = 250_000  # µs between convergence checks after a heal
 PROBE_LIMIT = 30 * MINUTE
 
@@ -67,7 +66,8 @@ class World:
         self.trace = Trace(keep_all=cfg.keep_trace)
         self.rng_net = random.Random(f"{cfg.seed}:net")
         self.metrics = Metrics()
-        self.epoch_ms = int(START.timestamp() * 1000)
+        start = datetime.combine(date.fromisoformat(cfg.start), dt_time(0), ZoneInfo(ZONE))
+        self.epoch_ms = int(start.timestamp() * 1000)
         self.workload_end = cfg.days * DAY
         self.violation: Violation | None = None
         self.violation_at: int | None = None
