@@ -34,9 +34,6 @@ def _add_run_options(p: argparse.ArgumentParser, *, sweep: bool) -> None:
     p.add_argument("--hot-members", type=int, default=Config().hot_members)
     p.add_argument("--ae-interval", type=float, default=Config().ae_interval_s,
                    help="seconds between anti-entropy rounds")
-    p.add_argument("--on-demand", action="store_true",
-                   help="also dial rights holders directly (instead of only relaying "
-                        "through peers, as the branch node does)")
     p.add_argument("--dup", type=float, default=0.0,
                    help="probability a frame reaches the session twice")
     p.add_argument("--reorder", type=float, default=0.0,
@@ -57,7 +54,7 @@ def _config(a: argparse.Namespace, *, nodes: int, scenario: str, seed: int) -> C
                   scenario=scenario,
                   topology=a.topology, hubs=a.hubs, ops_per_node=a.ops_per_node,
                   hot_members=a.hot_members, ae_interval_s=a.ae_interval,
-                  on_demand=a.on_demand, dup=a.dup, reorder=a.reorder,
+                  dup=a.dup, reorder=a.reorder,
                   max_ops=a.max_ops, fault_mask=mask)
 
 

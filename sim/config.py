@@ -19,7 +19,6 @@ class Config:
     ops_per_node: int = 1000  # customer arrivals per branch per day
     hot_members: int = 2
     ae_interval_s: float = 10.0
-    on_demand: bool = False  # also dial rights holders the node has no session with
     dup: float = 0.0  # session-level duplicated frames (per frame)
     reorder: float = 0.0  # session-level swapped frames (per delivered batch)
     synchronous: str = "OFF"  # a crash is a process crash: every commit survives it
@@ -52,8 +51,6 @@ class Config:
             value = getattr(self, name)
             if value != getattr(defaults, name):
                 out += [flag, str(value)]
-        if self.on_demand:
-            out.append("--on-demand")
         if self.fault_mask:
             out += ["--drop-faults", ",".join(str(i) for i in sorted(self.fault_mask))]
         return out

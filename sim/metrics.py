@@ -52,7 +52,7 @@ class Metrics:
     clock_skew_seen: int = 0
     protocol_errors: int = 0
     resets: Counter[str] = field(default_factory=Counter)
-    connects: Counter[str] = field(default_factory=Counter)  # regular | on-demand
+    connects: Counter[str] = field(default_factory=Counter)
     dial_failures: int = 0
     frames: Counter[str] = field(default_factory=Counter)  # kind -> count
     frame_bytes: Counter[str] = field(default_factory=Counter)

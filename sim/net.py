@@ -112,13 +112,11 @@ class Pipe:
 class Connection:
     """A websocket between two nodes, one SyncSession at each end."""
 
-    def __init__(self, cid: int, dialer: str, acceptor: str, profile: Profile,
-                 on_demand: bool) -> None:
+    def __init__(self, cid: int, dialer: str, acceptor: str, profile: Profile) -> None:
         self.id = cid
         self.dialer = dialer
         self.acceptor = acceptor
         self.profile = profile
-        self.on_demand = on_demand
         self.sessions: dict[str, SyncSession] = {}
         self.pipes = {dialer: Pipe(dialer, acceptor), acceptor: Pipe(acceptor, dialer)}
         self.open = False
@@ -243,7 +241,7 @@ class Network:
 
     # --- connections ------------------------------------------------------------
 
-    def connect(self, dialer: str, acceptor: str, on_demand: bool,
+    def connect(self, dialer: str, acceptor: str,
                 done: Callable[[Connection | None], None]) -> None:
         """Dial: after the handshake's round trips, `done(conn)` with an open
         connection, or `done(None)` if the peer could not be reached."""
@@ -260,7 +258,7 @@ class Network:
                 done(None)
                 return
             self._next_id += 1
-            conn = Connection(self._next_id, dialer, acceptor, profile, on_demand)
+            conn = Connection(self._next_id, dialer, acceptor, profile)
             conn.open = True
             conn.opened_at = conn.last_used = self.engine.now
             self.connections[conn.id] = conn

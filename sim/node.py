@@ -37,9 +37,6 @@ RIGHTS_DEADLINE_US = 2 * SECOND
 BACKOFF_MIN_US = 250 * MS
 BACKOFF_MAX_US = 30 * SECOND
 HEALTHY_US = 10 * SECOND
-# On-demand sessions to rights holders (see Attempt): closed after this long unused.
-ON_DEMAND_IDLE_US = 300 * SECOND
-ON_DEMAND_MAX = 3  # holders dialled for one refused spend
 
 Outcome = Any  # an operation's result, or the LedgerError that refused it
 Op = Callable[[Ledger], Any]
@@ -59,9 +56,9 @@ class Attempt:
     """One operation at the till that may need rights from other branches.
 
     The same loop as `peer.node.Node.perform`: run it; on RightsElsewhere ask the
-    reachable holders (escrow.RightsFetch), wait for their answers or the deadline,
-    and run it again while something was received. With `on_demand` the node also
-    dials holders it has no session with (see README: hub topologies).
+    reachable holders (escrow.RightsFetch, which also asks one peer to relay what
+    they cannot cover), wait for their answers or the deadline, and run it again
+    while something was received.
     """
 
     def __init__(self, node: SimNode, label: str, op: Op,
@@ -77,8 +74,6 @@ class Attempt:
         self.fetch: escrow.RightsFetch | None = None
         self.refusal: RightsElsewhere | None = None
         self.keys: list[tuple[str, int]] = []
-        self.dialled = False
-        self.dials_pending: set[str] = set()
         self.finished = False
         self.tries = 0
         self.where = node.world.connectivity(node)  # at the swipe: connected or not
@@ -107,18 +102,6 @@ class Attempt:
             left = self.deadline - now
             reachable = node.connected()
             fetch = escrow.RightsFetch(refusal, node.name, reachable)
-            if (left > 0 and not fetch.possible and node.world.config.on_demand
-                    and not self.dialled and refusal.member is not None):
-                missing = [h for h in refusal.holders if h not in reachable][:ON_DEMAND_MAX]
-                if missing:
-                    self.dialled = True
-                    self.started = self.started or now
-                    self.dials_pending = set(missing)
-                    for holder in missing:
-                        node.dial_on_demand(holder, self)
-                    node.world.engine.at(self.deadline, self._timeout)
-                    node.after_step()
-                    return
             if left <= 0 or not fetch.possible:
                 node.after_step()
                 self._finish(refusal)
@@ -149,12 +132,6 @@ class Attempt:
             return
         node.after_step()  # ship the commit at once (the node wakes its links), check
         self._finish(result)
-
-    def dial_done(self, holder: str) -> None:
-        """An on-demand connection came up (its hello arrived) or failed."""
-        self.dials_pending.discard(holder)
-        if not self.dials_pending and self.fetch is None and self.alive():
-            self.step()
 
     def answered(self, giver: str, amount: int) -> None:
         if self.fetch is None or not self.alive():
@@ -188,9 +165,6 @@ class Attempt:
             return
         if self.fetch is not None:
             self._fetched()
-        elif self.dialled:
-            self.dials_pending.clear()
-            self.step()
 
     def _forget_waits(self) -> None:
         for key in self.keys:
@@ -300,7 +274,6 @@ class SimNode:
         self.waits: dict[tuple[str, int], Attempt | Relay] = {}
         self.attempts: dict[int, Attempt] = {}  # by sequence: a set would iterate in
         self.seq = 0  # an order of object addresses, different in every process
-        self.dialling: dict[str, list[Attempt]] = {}  # on-demand dials in progress
         self.dial_edges: list[str] = []  # peers this node keeps a connection to
         self.backoff: dict[str, int] = {}
         self.redial_pending: set[str] = set()
@@ -339,7 +312,6 @@ class SimNode:
             self.attempts[seq].crash()
         self.attempts.clear()
         self.waits.clear()
-        self.dialling.clear()
         self.redial_pending.clear()
         assert self.ledger is not None
         # Storage.close() only closes: evicts the documents from memory, closes the
@@ -361,14 +333,11 @@ class SimNode:
                        if s.peer is not None and not s.closed})
 
     def session_with(self, peer: str) -> SyncSession | None:
-        best: SyncSession | None = None
         for cid in sorted(self.sessions):
             s = self.sessions[cid]
             if s.peer == peer and not s.closed:
-                best = s
-                if not self.conns[cid].on_demand:
-                    break
-        return best
+                return s
+        return None
 
     def redial(self, peer: str, delay: int) -> None:
         """Keep the connection to `peer` open (a configured peer: the hub, the LAN)."""
@@ -381,12 +350,12 @@ class SimNode:
             self.redial_pending.discard(peer)
             if gen != self.gen or not self.up or self.has_edge(peer):
                 return
-            self.world.dial(self, peer, on_demand=False)
+            self.world.dial(self, peer)
 
         self.world.engine.after(delay, attempt)
 
     def has_edge(self, peer: str) -> bool:
-        return any(c.other(self.name) == peer and not c.on_demand for c in self.conns.values())
+        return any(c.other(self.name) == peer for c in self.conns.values())
 
     def next_backoff(self, peer: str, lasted: int | None) -> int:
         """Full jitter over an exponential backoff, reset after a healthy connection."""
@@ -395,20 +364,6 @@ class SimNode:
             b = BACKOFF_MIN_US
         self.backoff[peer] = min(BACKOFF_MAX_US, b * 2)
         return int(self.world.rng_net.uniform(0, b))
-
-    def dial_on_demand(self, holder: str, attempt: Attempt) -> None:
-        waiting = self.dialling.get(holder)
-        if waiting is not None:
-            waiting.append(attempt)
-            return
-        self.dialling[holder] = [attempt]
-        self.world.dial(self, holder, on_demand=True)
-
-    def dial_result(self, holder: str, ok: bool) -> None:
-        if ok:
-            return  # the waiting attempts resume on the peer's hello
-        for attempt in self.dialling.pop(holder, []):
-            attempt.dial_done(holder)
 
     def attach(self, conn: Connection) -> SyncSession:
         assert self.ledger is not None
@@ -466,8 +421,6 @@ class SimNode:
                 continue
             if isinstance(event, PeerHello):
                 world.trace(now, f"{self.name} hello {event.node}")
-                for attempt in self.dialling.pop(event.node, []):
-                    attempt.dial_done(event.node)
             elif isinstance(event, RightsGranted):
                 world.trace(now, f"{self.name} granted {event.node} {event.amount}")
                 waiter = self.waits.pop((event.node, event.request), None)

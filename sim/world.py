@@ -27,7 +27,7 @@ from sim.engine import DAY, HOUR, MINUTE, SECOND, Engine, Trace
 from sim.faults import Fault, schedule
 from sim.metrics import Metrics, Probe
 from sim.net import HUB_UPLINK_BPS, SHOP_UPLINK_BPS, Connection, Network
-from sim.node import ON_DEMAND_IDLE_US, Attempt, Crashed, Outcome, SimNode
+from sim.node import Attempt, Crashed, Outcome, SimNode
 from sim.workload import Workload
 
 ZONE = "Asia/Shanghai"  # no daylight saving: a day is always 24 hours
@@ -160,26 +160,22 @@ class World:
             return "partitioned"
         return "connected"
 
-    def dial(self, node: SimNode, peer: str, on_demand: bool) -> None:
+    def dial(self, node: SimNode, peer: str) -> None:
         target = self.by_name[peer]
         gen = node.gen
         now = self.engine.now
-        self.trace(now, f"{node.name} dial {peer}{' on-demand' if on_demand else ''}")
+        self.trace(now, f"{node.name} dial {peer}")
 
         def done(conn: Connection | None) -> None:
             ok = conn is not None and node.up and node.gen == gen and target.up
-            if ok and not on_demand and node.has_edge(peer):
+            if ok and node.has_edge(peer):
                 ok = False  # the other side got there first
             if not ok:
                 if conn is not None:
                     conn.open = False
                     self.net.connections.pop(conn.id, None)
                 self.metrics.dial_failures += 1
-                if node.gen != gen or not node.up:
-                    return
-                if on_demand:
-                    node.dial_result(peer, False)
-                elif not node.has_edge(peer):
+                if node.gen == gen and node.up and not node.has_edge(peer):
                     node.redial(peer, node.next_backoff(peer, None))
                 return
             assert conn is not None
@@ -187,17 +183,15 @@ class World:
             sb = target.attach(conn)
             sa.start()
             sb.start()
-            self.metrics.connects["on-demand" if on_demand else "regular"] += 1
+            self.metrics.connects["connections"] += 1
             for p in self.metrics.probes:
                 if p.converged_at is None and not p.interrupted and p.reconnected_at is None:
                     p.reconnected_at = self.engine.now
             self.trace(self.engine.now, f"{node.name} connected {peer} #{conn.id}")
             node.after_step()
             target.after_step()
-            if on_demand:
-                node.dial_result(peer, True)
 
-        self.net.connect(node.name, peer, on_demand, done)
+        self.net.connect(node.name, peer, done)
 
     def _reset(self, conn: Connection, reason: str) -> None:
         now = self.engine.now
@@ -207,7 +201,7 @@ class World:
         for name in (conn.dialer, conn.acceptor):
             self.by_name[name].detach(conn)
         dialer = self.by_name[conn.dialer]
-        if not conn.on_demand and dialer.up:
+        if dialer.up:
             dialer.redial(conn.acceptor, dialer.next_backoff(conn.acceptor,
                                                              now - conn.opened_at))
 
@@ -452,15 +446,8 @@ class World:
     def _anti_entropy(self, node: SimNode) -> None:
         interval = int(self.config.ae_interval_s * SECOND)
         self.engine.after(interval, lambda: self._anti_entropy(node))
-        if not node.up:
-            return
-        now = self.engine.now
-        for cid in sorted(node.conns):
-            conn = node.conns[cid]
-            if (conn.on_demand and conn.dialer == node.name
-                    and now - conn.last_used > ON_DEMAND_IDLE_US):
-                self.net.close(conn, "idle on-demand session")
-        node.anti_entropy()
+        if node.up:
+            node.anti_entropy()
 
     def _snapshot_hot(self) -> None:
         self.engine.after(HOUR, self._snapshot_hot)

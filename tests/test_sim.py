@@ -77,7 +77,7 @@ def test_quick_sweep_of_thirty_seeds(capsys: pytest.CaptureFixture[str]) -> None
 def test_a_node_that_spends_rights_it_lacks_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """Break the escrow check (in this test only): a node then debits rights held
     elsewhere. The continuous checker must stop the run with the reproducing seed,
-    and the shrinker must find a shorter run that still fails."""
+    and the shrinker must find a smaller run that still fails."""
 
     def no_check(purse: str, here: str, rights: Any, amount: int,
                  member: str | None = None) -> None:
@@ -95,8 +95,11 @@ def test_a_node_that_spends_rights_it_lacks_is_caught(monkeypatch: pytest.Monkey
     text = out.getvalue()
     assert "VIOLATION (negative)" in text and "seed 4" in text
     assert "reproduce the short run: python -m sim run" in text and "--max-ops" in text
+    # The run stops at the very debit; the shortest reproduction needs no faults.
     shrunk = int(text.split("shrunk to ")[1].split(" ops")[0])
-    assert shrunk < result["ops"]
+    assert shrunk <= result["ops"]
+    assert len(result["faults"]) == 3 and "faults []" in text
+    assert "--drop-faults 0,1,2" in text
     assert "rights row below zero" in text
 
 
