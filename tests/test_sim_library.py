@@ -266,3 +266,67 @@ def test_clock_skew_events_are_bounded_and_hold_no_frames(tmp_path: Path) -> Non
     assert b.skew_events[-1].skew_ms > 5 * 60 * 1000
     a.close()
     b.close()
+
+
+def test_a_transactions_own_update_is_not_what_it_integrated() -> None:
+    """Why apply_remote logs and relays get_update(before), whose cost grows with the
+    document (sim/README.md, finding 1), rather than the transaction's own update,
+    which costs only the change: relaying the latter, a downstream replica keeps
+    member tags its upstream has deleted (the deletions came in updates that could not
+    be integrated yet), where the diff's full delete set passes them on. Three writers
+    edit members; a replica applies their updates shuffled, then in order, refusing
+    those past a gap as apply_remote does, and relays to a mirror each way."""
+    from pycrdt import Doc, Map
+
+    rng = random.Random(3)
+
+    def doc(client: int) -> tuple[Doc[Any], list[bytes]]:
+        d: Doc[Any] = Doc(client_id=client)
+        d.get("members", type=Map)
+        ups: list[bytes] = []
+        d.observe(lambda e: ups.append(bytes(e.update)))
+        return d, ups
+
+    writers = [doc(10 + i) for i in range(3)]
+    updates: list[bytes] = []
+    for _ in range(200):
+        d, ups = rng.choice(writers)
+        members = d.get("members", type=Map)
+        with d.transaction():
+            key = f"m{rng.randrange(6)}"
+            if key not in members:
+                members[key] = Map({"name": "a", "tags": Map({})})
+            else:
+                members[key]["name"] = rng.choice("abcdef")
+                members[key]["tags"][rng.choice("xyz")] = rng.random() < 0.5
+        updates.append(ups[-1])
+        if rng.random() < 0.3:
+            a, b = rng.sample(writers, 2)
+            n = len(a[1])
+            a[0].apply_update(b[0].get_update(a[0].get_state()))
+            updates.extend(a[1][n:])
+    replica, own = doc(99)
+    by_txn: Doc[Any] = Doc(client_id=98)
+    by_diff: Doc[Any] = Doc(client_id=97)
+    order = list(range(len(updates)))
+    rng.shuffle(order)
+    txn_behind = diff_behind = 0  # steps where only that mirror lags the replica
+    for i in order[: len(order) // 2] + list(range(len(updates))):
+        before = replica.get_state()
+        if _skips_clocks(before, updates[i]):
+            continue
+        content = replica.get("members", type=Map).to_py()
+        n = len(own)
+        replica.apply_update(updates[i])
+        if replica.get_state() != before:
+            by_txn.apply_update(own[n])
+            by_diff.apply_update(replica.get_update(before))
+        elif replica.get("members", type=Map).to_py() != content:
+            by_txn.apply_update(updates[i])
+            by_diff.apply_update(updates[i])
+        truth = replica.get("members", type=Map).to_py()
+        txn_ok = by_txn.get("members", type=Map).to_py() == truth
+        diff_ok = by_diff.get("members", type=Map).to_py() == truth
+        txn_behind += diff_ok and not txn_ok
+        diff_behind += txn_ok and not diff_ok
+    assert txn_behind > 0 and diff_behind == 0
