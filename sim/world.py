@@ -9,6 +9,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from datetime import date, datetime
 from datetime import time as dt_time
 from functools import partial
@@ -480,6 +481,13 @@ class World:
                         self.fail(v)
             except Violation:
                 pass
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as e:  # a bug in the code under test (pyo3 panics too)
+                where = "".join(traceback.format_exception(e, limit=-4)).strip()
+                self.violation = Violation("exception", f"{type(e).__name__}: {e}\n{where}")
+                self.violation_at = self.engine.now
+                self.trace(self.engine.now, f"VIOLATION exception {type(e).__name__}: {e}")
         finally:
             self._close()
             if cfg.progress and sys.stderr.isatty():
