@@ -1,0 +1,411 @@
+"""Realistic demo data for the three-branch chain, written before the nodes start.
+
+The three branch stores are opened side by side in this process, each with a clock
+the seeding moves through the past in chronological order (`Ledger.open(now_ms=...)`),
+so every entry carries the time it would have had: members who registered over the
+last weeks, then a few days of top-ups, services, packages, points, a refund, a lost
+card, and members served at branches other than their own. The stores are synced in
+memory with the same state-vector diffs the nodes exchange, and a branch short of a
+member's rights gets them the way a running node would (`Ledger.grant_rights` at the
+holder), so the settlement statement shows what the branches owe each other.
+
+Everything is a function of the seed and of today's date, so two fresh demos hold the
+same members and the same history shifted to their day.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+from crdtledger.errors import InsufficientFunds, RightsElsewhere
+from crdtledger.ledger import Ledger
+from crdtledger.model import RULE_KINDS
+
+T = TypeVar("T")
+
+BRANCHES = {"SH01": "南京西路店", "SH02": "徐家汇店", "HZ01": "杭州西湖店"}
+TIMEZONE = "Asia/Shanghai"
+OWNER = ("demo", "demo1234")  # printed by the demo: the login of a new user
+CASHIER = ("cashier", "cashier1")
+# The card the virtual PC/SC card (tests/vcard.py) presents: swiping it shows 张伟.
+VIRTUAL_CARD_UID = "04A1B2C3D4E5F6"
+
+SERVICES: dict[str, dict[str, Any]] = {
+    "FOOT60": {"name": "足疗 60 分钟", "price": 12800},
+    "FOOT90": {"name": "足疗 90 分钟", "price": 16800},
+    "BODY60": {"name": "全身推拿 60 分钟", "price": 15800},
+    "BODY90": {"name": "全身按摩 90 分钟", "price": 19800},
+    "SPA90": {"name": "精油 SPA 90 分钟", "price": 29800},
+    "HEAD30": {"name": "头疗 30 分钟", "price": 8800},
+    "CUPPING": {"name": "拔罐", "price": 5800},
+    "EAR": {"name": "采耳", "price": 4500},
+}
+LEVELS = [
+    {"name": "普通会员", "threshold": 0, "discount": "1", "points_multiplier": "1"},
+    {"name": "银卡", "threshold": 100000, "discount": "0.95", "points_multiplier": "1.2"},
+    {"name": "金卡", "threshold": 300000, "discount": "0.9", "points_multiplier": "1.5"},
+    {"name": "钻石卡", "threshold": 1000000, "discount": "0.85", "points_multiplier": "2"},
+]
+PROMOTIONS = [
+    {"name": "充500送30", "min": 50000, "bonus": 3000},
+    {"name": "充1000送100", "min": 100000, "bonus": 10000},
+    {"name": "充3000送400", "min": 300000, "bonus": 40000},
+    {"name": "充5000送800", "min": 500000, "bonus": 80000},
+]
+TOPUPS = (50000, 50000, 100000, 100000, 100000, 200000, 300000, 500000)  # fen
+
+# Members a new user is told to look for: (name, phone, home, card, PIN).
+FEATURED = [
+    ("张伟", "13812345678", "SH01", "C10001", None),
+    ("王芳", "13987654321", "SH02", "C10002", "8888"),
+    ("李娜", "13700001111", "HZ01", "C10003", None),
+]
+SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾萧田董潘袁蔡蒋余杜叶程"
+GIVEN_F = ["芳", "娜", "敏", "静", "丽", "艳", "婷", "雪", "慧", "玲", "倩", "颖", "欣怡", "梓涵",
+           "雨桐", "晓燕", "佳琪", "思雨", "美玲", "秀英", "海燕", "丹"]
+GIVEN_M = ["伟", "强", "磊", "军", "洋", "勇", "杰", "涛", "明", "超", "浩然", "子轩", "宇航",
+           "志强", "建国", "俊杰", "国华", "文博", "鹏", "斌", "海波", "立新"]
+STRENGTH = ["轻柔", "适中", "适中", "重一点", "很重"]
+PREFERRED = ["FOOT60", "FOOT90", "BODY60", "BODY90", "SPA90", "HEAD30"]
+TECHNICIANS = {"SH01": ["3号 小王", "7号 阿梅", "12号 老陈"],
+               "SH02": ["5号 小周", "8号 阿芳", "15号 老李"],
+               "HZ01": ["2号 小叶", "6号 阿杰", "9号 老孙"]}
+TAGS = ["常客", "VIP", "商务", "夜场", "周末"]
+NOTES = ["颈椎不好，按肩颈轻一点", "怕冷，空调调高", "喜欢安静，不要推销", "常带朋友来",
+         "对精油过敏", ""]
+
+MEMBERS = 60
+NEW_DURING_HISTORY = 8
+HISTORY_DAYS = 5  # full days before today, plus this morning until shortly before now
+OPEN, CLOSE = time(10, 0), time(22, 0)
+
+
+@dataclass
+class Clock:
+    """The seeding's simulated wall clock, shared by the three stores."""
+
+    now_ms: int = 0
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+@dataclass
+class Member:
+    id: str
+    name: str
+    home: str
+    card: str
+    technician: str
+    preferred: str
+
+
+@dataclass
+class Seeded:
+    """What the demo prints: who to log in as and whom to look for."""
+
+    owner: tuple[str, str] = OWNER
+    cashier: tuple[str, str] = CASHIER
+    members: int = 0
+    entries: int = 0
+    featured: list[tuple[str, str, str, str, str | None]] = field(
+        default_factory=lambda: list(FEATURED))
+    lost_card: str = ""
+    birthdays: list[str] = field(default_factory=list)
+
+
+class DemoChain:
+    """The branch stores opened together, synced in memory."""
+
+    def __init__(self, dirs: Mapping[str, Path], clock: Clock) -> None:
+        self.clock = clock
+        self.ledgers = {node: Ledger.open(d, now_ms=clock) for node, d in dirs.items()}
+        self.tz = ZoneInfo(TIMEZONE)
+
+    def close(self) -> None:
+        for ledger in self.ledgers.values():
+            ledger.close()
+
+    def at(self, when: datetime) -> None:
+        ms = int(when.timestamp() * 1000)
+        self.clock.now_ms = max(ms, self.clock.now_ms + 1)  # never backwards
+
+    def sync(self) -> None:
+        """One full round: each store sends every other what it lacks. Each sends
+        straight to each, so one round leaves all three equal."""
+        for a in self.ledgers.values():
+            for b in self.ledgers.values():
+                if a is b:
+                    continue
+                theirs = b.state_vectors()
+                updates = [(name, a.diff(name, theirs.get(name, b"\x00")))
+                           for name, sv in a.state_vectors().items() if theirs.get(name) != sv]
+                if updates:
+                    b.apply_remote(updates, origin="demo seeding")
+
+    def perform(self, node: str, op: Callable[[Ledger], T]) -> T:
+        """Run a write at a branch; if its rights sit elsewhere, get them from the holders
+        as a running node would (the holder writes the transfer), then run it again."""
+        ledger = self.ledgers[node]
+        for _ in range(len(self.ledgers)):
+            try:
+                return op(ledger)
+            except RightsElsewhere as short:
+                if short.member is None:
+                    raise
+                for holder in short.holders:
+                    self.ledgers[holder].grant_rights(short.member, short.purse, node,
+                                                      short.shortfall)
+                self.sync()
+        return op(ledger)
+
+
+def seed(dirs: Mapping[str, Path], today: date | None = None, rng_seed: int = 6) -> Seeded:
+    """Fill three new branch stores (node id -> data directory) with the demo's data."""
+    clock = Clock()
+    chain = DemoChain(dirs, clock)
+    try:
+        return _Story(chain, random.Random(rng_seed), today).run()
+    finally:
+        chain.close()
+
+
+class _Story:
+    def __init__(self, chain: DemoChain, rng: random.Random, today: date | None) -> None:
+        self.chain = chain
+        self.rng = rng
+        self.now = datetime.now(chain.tz)
+        self.today = today or self.now.date()
+        self.members: list[Member] = []
+        self.operator: dict[str, str] = {}
+        self.out = Seeded()
+
+    def local(self, day: date, at: time) -> datetime:
+        return datetime.combine(day, at, self.chain.tz)
+
+    def run(self) -> Seeded:
+        start = self.today - timedelta(days=HISTORY_DAYS)
+        self.chain.at(self.local(start - timedelta(days=45), time(9, 0)))
+        self.rules_and_operators()
+        self.history(start)
+        self.chain.sync()
+        self.out.members = len(self.members)
+        self.out.entries = sum(
+            ledger.storage.conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+            for ledger in list(self.chain.ledgers.values())[:1])
+        return self.out
+
+    # --- head office, before the branches open ------------------------------
+
+    def rules_and_operators(self) -> None:
+        hq = self.chain.ledgers["SH01"]
+        boss = hq.owner
+        rules: dict[str, Any] = {"services": SERVICES, "levels": LEVELS,
+                                 "promotions": PROMOTIONS}
+        if "branches" in RULE_KINDS:  # display names, where the app's rule kind exists
+            rules["branches"] = BRANCHES
+        for kind, body in rules.items():
+            hq.set_rule(boss, kind, body)  # in force from the (simulated) day it is set
+        self.operator["owner"] = hq.add_operator(boss, OWNER[0], OWNER[1], roles=["owner"])
+        self.operator["cashier"] = hq.add_operator(boss, CASHIER[0], CASHIER[1],
+                                                   roles=["cashier"])
+        self.chain.sync()
+
+    def people(self) -> list[tuple[str, str, str, str, str | None]]:
+        """(name, phone, home, card, PIN) of every member, the featured ones first."""
+        rng = self.rng
+        people = list(FEATURED)
+        names = {p[0] for p in people}
+        phones = {p[1] for p in people}
+        homes = ["SH01"] * 5 + ["SH02"] * 4 + ["HZ01"] * 3
+        while len(people) < MEMBERS:
+            female = rng.random() < 0.6
+            name = rng.choice(SURNAMES) + rng.choice(GIVEN_F if female else GIVEN_M)
+            phone = rng.choice(["13", "15", "18", "17", "19"]) + "".join(
+                rng.choice("0123456789") for _ in range(9))
+            if name in names or phone in phones:
+                continue
+            names.add(name)
+            phones.add(phone)
+            n = len(people) + 1
+            pin = f"{rng.randrange(10000):04d}" if n % 9 == 0 else None
+            people.append((name, phone, rng.choice(homes), f"C1{n:04d}", pin))
+        return people
+
+    def new_member(self, name: str, phone: str, home: str, card: str, pin: str | None,
+                   birthday_today: bool = False, anniversary_today: bool = False) -> None:
+        rng = self.rng
+        ledger = self.chain.ledgers[home]
+        female = name[1:] in GIVEN_F
+        year = rng.choice([1976, 1980, 1984, 1988, 1992, 1996, 2000])  # leap: 02-29 too
+        if birthday_today:
+            birthday = f"{year}-{self.today:%m-%d}"
+            self.out.birthdays.append(name)
+        else:
+            birthday = (date(year, 1, 1) + timedelta(days=rng.randrange(365))).isoformat()
+        technician = rng.choice(TECHNICIANS[home])
+        preferred = rng.choice(PREFERRED)
+        wedding = min(year + rng.randrange(24, 32), self.today.year - 1)
+        anniversary = ""
+        if anniversary_today:
+            anniversary = f"{wedding}-{self.today:%m-%d}"
+        elif rng.random() < 0.3:
+            anniversary = f"{wedding}-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}"
+        mid = ledger.add_member(
+            self.operator["cashier"], name=name, phone=phone, gender="F" if female else "M",
+            birthday=birthday, anniversary=anniversary,
+            notes=rng.choice(NOTES), tags=rng.sample(TAGS, rng.randrange(0, 3)),
+            prefs={"strength": rng.choice(STRENGTH), "service": SERVICES[preferred]["name"],
+                   "technician": technician})
+        ledger.issue_card(self.operator["cashier"], mid, card, pin=pin)
+        if name == "张伟":
+            ledger.issue_card(self.operator["cashier"], mid, VIRTUAL_CARD_UID)
+        ledger.topup(self.operator["cashier"], mid, rng.choice(TOPUPS))
+        self.members.append(Member(mid, name, home, card, technician, preferred))
+
+    def shop_time(self) -> time:
+        minutes = self.rng.randrange(OPEN.hour * 60, CLOSE.hour * 60 - 30)
+        return time(minutes // 60, minutes % 60, self.rng.randrange(60))
+
+    # --- the days shown ------------------------------------------------------
+
+    def history(self, start: date) -> None:
+        """Everything that happens, as timed events run in order of time: members
+        joining (most in the weeks before, a few on the days shown), visits at each
+        branch in opening hours, and the special moments."""
+        rng = self.rng
+        events: list[tuple[datetime, Callable[[], None]]] = []
+        birthdays_today = {5, 17, 33}  # a few members have their birthday today
+        anniversary_today = 41
+        for i, person in enumerate(self.people()):
+            before = i < MEMBERS - NEW_DURING_HISTORY
+            day = (start - timedelta(days=rng.randrange(1, 40)) if before
+                   else start + timedelta(days=rng.randrange(HISTORY_DAYS)))
+            events.append((self.local(day, self.shop_time()),
+                           partial(self.new_member, *person, i in birthdays_today,
+                                   i == anniversary_today)))
+        for d in range(HISTORY_DAYS + 1):
+            day = start + timedelta(days=d)
+            for node in BRANCHES:
+                for _ in range(rng.randrange(8, 15)):
+                    events.append((self.local(day, self.shop_time()), partial(self.visit, node)))
+        events += self.specials(start)
+        for when, action in sorted(events, key=lambda e: e[0]):
+            if when >= self.now - timedelta(minutes=10):
+                continue  # today's history ends shortly before the demo starts
+            self.chain.at(when)
+            action()
+
+    def visitor(self, node: str) -> Member:
+        """Mostly the branch's own members. SH01's members often cross town to SH02
+        (so SH01 ends up owing SH02), a few come the other way, and some Shanghai
+        members visit Hangzhou."""
+        rng = self.rng
+        own = [m for m in self.members if m.home == node]
+        visitors = {"SH01": ("SH02",), "SH02": ("SH01",), "HZ01": ("SH01", "SH02")}[node]
+        others = [m for m in self.members if m.home in visitors]
+        cross = {"SH01": 0.06, "SH02": 0.35, "HZ01": 0.1}[node]
+        return rng.choice(others if rng.random() < cross else own)
+
+    def visit(self, node: str) -> None:
+        rng = self.rng
+        m = self.visitor(node)
+        ledger = self.chain.ledgers[node]
+        if m.home != node:
+            self.chain.sync()  # the visiting member's records reach this branch first
+        cashier = self.operator["cashier"]
+        balance = ledger.balance(m.id)
+        roll = rng.random()
+        try:
+            if roll < 0.12 or (balance["cash"] + balance["bonus"] < 20000 and roll < 0.5):
+                ledger.topup(cashier, m.id, rng.choice(TOPUPS))
+            elif roll < 0.17 and m.home == node:
+                ledger.sell_package(cashier, m.id, "FOOT60", 10, 108000, pay="cash")
+            elif roll < 0.22 and balance["points"] >= 300 and m.home == node:
+                self.chain.perform(node, lambda lg: lg.redeem_points(
+                    cashier, m.id, 300, gift=rng.choice(["精油小样", "足浴包", "毛巾礼盒"])))
+            else:
+                self.serve(node, m, balance)
+        except InsufficientFunds:
+            pass  # a rare combination the story does not need
+
+    def serve(self, node: str, m: Member, balance: Mapping[str, Any]) -> None:
+        cashier = self.operator["cashier"]
+        service = m.preferred if self.rng.random() < 0.7 else self.rng.choice(list(SERVICES))
+        if service == "FOOT60" and any(v > 0 for v in balance["packages"].values()):
+            pay = "package"
+        else:
+            pay = "stored"
+        try:
+            self.chain.perform(node, lambda lg: lg.debit(cashier, m.id, service=service,
+                                                         pay=pay))
+        except InsufficientFunds:
+            self.chain.perform(node, lambda lg: lg.debit(cashier, m.id, service=service,
+                                                         pay="cash"))
+        if self.rng.random() < 0.15:  # 加钟: an extra for the same visit
+            extra = self.rng.choice(["CUPPING", "EAR", "HEAD30"])
+            with suppress(InsufficientFunds):
+                self.chain.perform(node, lambda lg: lg.debit(cashier, m.id, service=extra))
+
+    def specials(self, start: date) -> list[tuple[datetime, Callable[[], None]]]:
+        """The moments a demo should show: a refund, a lost card and a replaced one,
+        points turned into stored value, a top-up big enough for the top promotion."""
+        def named(name: str) -> Member:  # looked up when the moment comes
+            return next(m for m in self.members if m.name == name)
+
+        def other(home: str) -> Member:
+            featured = {f[0] for f in FEATURED}
+            return next(m for m in self.members if m.home == home and m.name not in featured)
+
+        cashier, owner = self.operator["cashier"], self.operator["owner"]
+        ledgers = self.chain.ledgers
+        out: list[tuple[datetime, Callable[[], None]]] = []
+
+        served: dict[str, Any] = {}
+
+        def serve_wang() -> None:
+            served.update(self.chain.perform("SH02", lambda lg: lg.debit(
+                cashier, named("王芳").id, service="BODY90")))
+
+        def refund() -> None:
+            # 王芳's 全身按摩 at SH02 ended early: half of it back, by the owner.
+            ledgers["SH02"].refund(owner, served["id"], amount=int(served["amount"]) // 2,
+                                   reason="技师临时有事，服务只做了一半")
+
+        def lose() -> None:
+            lost = other("SH01")
+            ledgers["SH01"].report_lost(cashier, lost.card)
+            self.out.lost_card = f"{lost.name} ({lost.card})"
+
+        def replace() -> None:
+            replaced = other("SH02")
+            ledgers["SH02"].report_lost(cashier, replaced.card)
+            ledgers["SH02"].replace_card(owner, replaced.card, replaced.card + "R")
+
+        def convert() -> None:
+            # 李娜 (or whoever at HZ01 has the most points) turns 500 points into value.
+            hz = ledgers["HZ01"]
+            who = max((m for m in self.members if m.home == "HZ01"),
+                      key=lambda m: (hz.balance(m.id)["points"] >= 500, m.name == "李娜",
+                                     hz.balance(m.id)["points"]))
+            if hz.balance(who.id)["points"] >= 500:
+                self.chain.perform("HZ01", lambda lg: lg.convert_points(cashier, who.id, 500))
+
+        def big_topup() -> None:
+            ledgers["SH01"].topup(owner, named("张伟").id, 500000)
+
+        out.append((self.local(start + timedelta(days=1), time(11, 5)), big_topup))
+        out.append((self.local(start + timedelta(days=2), time(15, 10)), serve_wang))
+        out.append((self.local(start + timedelta(days=2), time(16, 40)), refund))
+        out.append((self.local(start + timedelta(days=3), time(19, 30)), lose))
+        out.append((self.local(start + timedelta(days=3), time(20, 15)), replace))
+        out.append((self.local(start + timedelta(days=4), time(14, 0)), convert))
+        return out
