@@ -35,8 +35,9 @@ BRANCHES = {"SH01": "南京西路店", "SH02": "徐家汇店", "HZ01": "杭州�
 TIMEZONE = "Asia/Shanghai"
 OWNER = ("demo", "demo1234")  # printed by the demo: the login of a new user
 CASHIER = ("cashier", "cashier1")
-# The card the virtual PC/SC card (tests/vcard.py) presents: swiping it shows 张伟.
-VIRTUAL_CARD_UID = "04A1B2C3D4E5F6"
+# The UID of the virtual PC/SC card in tests/vcard.py's example (`--uid 04A1B2C3`): inserting
+# it while the demo runs shows 张伟 on the counter.
+VIRTUAL_CARD_UID = "04A1B2C3"
 
 SERVICES: dict[str, dict[str, Any]] = {
     "FOOT60": {"name": "足疗 60 分钟", "price": 12800},

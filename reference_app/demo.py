@@ -1,0 +1,278 @@
+"""The demo chain, the project's main job: three branches with their counter pages.
+
+`./run demo` (`python -m reference_app.demo`) creates a chain certificate authority and
+three branches (SH01 南京西路店, SH02 徐家汇店, HZ01 杭州西湖店) in ./demo-data, each in
+its own data directory, fills them with demo members, rules and a few days of history
+(reference_app/demo_data.py), then runs each branch as a real `python -m reference_app`
+process: its node (mutual TLS against the chain CA) and its counter page in one. The
+branches are wired in a line, HZ01 → SH02 → SH01 (each dials the next, as shops behind
+NAT would dial a hub), so what happens at HZ01 reaches SH01 through SH02.
+
+Once all three answer and hold the same data, it prints the three counter URLs and
+the demo operator's login, and keeps them running until Ctrl-C (or SIGTERM), which
+stops them in order. Running it again resumes the same data; --fresh starts over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from crdtledger.ledger import Ledger
+from peer.chain import enrol, init_chain
+from reference_app.demo_data import BRANCHES, Seeded, seed
+
+DIALS = {"SH02": "SH01", "HZ01": "SH02"}  # who dials whom: a line, relayed hop by hop
+CHAIN_NAME = "demo"
+SEEDED_FILE = "demo.json"  # written last: data without it is a creation cut short
+START_TIMEOUT_S = 90.0
+STOP_TIMEOUT_S = 15.0
+
+
+class DemoError(Exception):
+    """The demo could not come up; the message says why (and where the log is)."""
+
+
+class Demo:
+    def __init__(self, root: Path, base_port: int) -> None:
+        self.root = root
+        self.chain = root / "chain"
+        self.logs = root / "logs"
+        # Counter pages first, so their URLs are the memorable base, base+1, base+2.
+        n = len(BRANCHES)
+        self.http = {node: base_port + i for i, node in enumerate(BRANCHES)}
+        self.sync = {node: base_port + n + i for i, node in enumerate(BRANCHES)}
+        self.api = {node: base_port + 2 * n + i for i, node in enumerate(BRANCHES)}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def data(self, node: str) -> Path:
+        return self.root / node
+
+    def url(self, node: str) -> str:
+        return f"http://127.0.0.1:{self.http[node]}"
+
+    # --- creating the chain -------------------------------------------------
+
+    def created(self) -> bool:
+        return (self.root / SEEDED_FILE).exists()
+
+    def create(self) -> Seeded:
+        """The head office makes the chain's CA; each branch gets a store and a
+        certificate; the demo data goes in before any node runs."""
+        if self.root.exists() and any(self.root.iterdir()):
+            if not (self.chain / "chain.json").exists():  # never delete what is not ours
+                raise DemoError(f"{self.root} holds something other than demo data; "
+                                "give another directory with --data")
+            shutil.rmtree(self.root)
+        self.root.mkdir(parents=True)
+        init_chain(self.chain, CHAIN_NAME)
+        for node in BRANCHES:
+            Ledger.create(self.data(node), node, CHAIN_NAME)
+            enrol(self.chain, self.data(node), node)
+        seeded = seed({node: self.data(node) for node in BRANCHES})
+        # One secret signs the session cookies of all three pages: a browser shares
+        # cookies across the ports of 127.0.0.1, so with a secret each, opening one
+        # branch's page would throw away the session of the others.
+        facts = {**asdict(seeded), "storage_secret": secrets.token_urlsafe(24)}
+        (self.root / SEEDED_FILE).write_text(json.dumps(facts, ensure_ascii=False, indent=1),
+                                             encoding="utf-8")
+        return seeded
+
+    def facts(self) -> dict[str, Any]:
+        return dict(json.loads((self.root / SEEDED_FILE).read_text(encoding="utf-8")))
+
+    # --- running the branches -----------------------------------------------
+
+    def argv(self, node: str) -> list[str]:
+        argv = [sys.executable, "-m", "reference_app", "--data", str(self.data(node)),
+                "--http", f"127.0.0.1:{self.http[node]}",
+                "--listen", f"127.0.0.1:{self.sync[node]}",
+                "--api", f"127.0.0.1:{self.api[node]}",
+                "--no-mdns",  # the wiring below is the demo's, not whatever the LAN holds
+                "--storage-secret", str(self.facts()["storage_secret"])]
+        if node in DIALS:
+            argv += ["--peer", f"wss://127.0.0.1:{self.sync[DIALS[node]]}"]
+        return argv
+
+    def start(self) -> None:
+        self.logs.mkdir(exist_ok=True)
+        for node in BRANCHES:
+            with open(self.logs / f"{node}.log", "ab") as log:
+                self.procs[node] = subprocess.Popen(
+                    self.argv(node), stdout=log, stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    # Its own process group: Ctrl-C at the terminal reaches only us, and
+                    # we stop the branches in order; the group lets us clean up after one.
+                    start_new_session=True, preexec_fn=_die_with_parent)
+        for node in BRANCHES:
+            self.wait(partial(self.up, node), f"{node} to start")
+        self.wait(self.in_sync, "the branches to connect and sync")
+
+    def check_running(self, node: str) -> None:
+        if self.procs[node].poll() is not None:
+            log = (self.logs / f"{node}.log").read_text(errors="replace")[-3000:]
+            raise DemoError(f"{node} stopped (exit {self.procs[node].returncode}); the end of "
+                            f"{self.logs / f'{node}.log'}:\n{log}")
+
+    def health(self, node: str) -> dict[str, Any] | None:
+        self.check_running(node)
+        return _get_json(f"http://127.0.0.1:{self.api[node]}/health")
+
+    def up(self, node: str) -> bool:
+        """The node answers its health check and the counter page is served."""
+        return self.health(node) is not None and _status(self.url(node)) == 200
+
+    def in_sync(self) -> bool:
+        states = [self.health(node) for node in BRANCHES]
+        return all(states) and len({s["digest"] for s in states if s}) == 1
+
+    def wait(self, check: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not check():
+            if time.monotonic() > deadline:
+                raise DemoError(f"timed out waiting for {what}; logs in {self.logs}")
+            time.sleep(0.25)
+
+    def watch(self) -> None:
+        """Until interrupted: a branch that dies takes the demo down with a reason."""
+        while True:
+            for node in BRANCHES:
+                self.check_running(node)
+            time.sleep(1)
+
+    def stop(self) -> None:
+        """SIGTERM to every branch (each stops its node and page cleanly), wait, and
+        only then SIGKILL what is left of each process group."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for node, proc in self.procs.items():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"{node} did not stop within {STOP_TIMEOUT_S:.0f} s: killed",
+                      file=sys.stderr)
+            # Children it may have left (a group only we know of): never orphans.
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    # --- telling the user -----------------------------------------------------
+
+    def announce(self, new: bool) -> None:
+        facts = self.facts()
+        owner, cashier = facts["owner"], facts["cashier"]
+        print("\n三店演示已启动 · The three-branch demo is running "
+              f"({'new demo data' if new else 'the same data as last time'}):\n")
+        for node, name in BRANCHES.items():
+            dials = f"  (dials {DIALS[node]})" if node in DIALS else ""
+            print(f"  {node} {name}   {self.url(node)}{dials}")
+        print(f"\n登录 Log in as  {owner[0]} / {owner[1]}  (owner: every page), or "
+              f"{cashier[0]} / {cashier[1]}  (a cashier).")
+        print(f"{facts['members']} members. Look for:")
+        for name, phone, home, card, pin in facts["featured"]:
+            with_pin = f", PIN {pin}" if pin else ""
+            print(f"  {name}  phone {phone}  card {card}{with_pin}  (member of {home} "
+                  f"{BRANCHES[home]})")
+        if facts.get("lost_card"):
+            print(f"  {facts['lost_card']}: a card reported lost")
+        if facts.get("birthdays"):
+            print(f"  birthdays today: {'、'.join(facts['birthdays'])}")
+        print(f"\nTry: top up 张伟 at SH01, then find him at SH02 and serve him there; the "
+              f"settlement statement shows what the branches owe each other.\n"
+              f"The command line works on a running branch too, e.g. "
+              f".venv/bin/crdtledger status --data {self.data('SH02')}\n"
+              f"Logs: {self.logs}. Ctrl-C stops the three branches; ./run demo again "
+              "resumes the same data, ./run demo --fresh starts over.", flush=True)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: if the demo itself is killed outright (no chance to
+    stop its branches), Linux sends the branch a SIGTERM rather than orphan it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        return int(e.code)
+    except OSError:
+        return None
+
+
+def _get_json(url: str) -> dict[str, Any] | None:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return dict(json.loads(r.read()))
+    except (OSError, ValueError):
+        return None
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the branches as cleanly as Ctrl-C
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="./run demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="demo-data", help="where the branches keep data")
+    parser.add_argument("--fresh", action="store_true", help="delete the demo data first")
+    parser.add_argument("--port", type=int, default=8470, metavar="BASE",
+                        help="first of nine ports on 127.0.0.1: the counter pages are BASE, "
+                        "BASE+1, BASE+2 (default 8470)")
+    parser.add_argument("--exit", action="store_true",
+                        help="stop the branches once they are up and in sync (for tests)")
+    args = parser.parse_args(argv)
+    demo = Demo(Path(args.data).resolve(), args.port)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        new = args.fresh or not demo.created()
+        if new:
+            print(f"Creating the demo chain in {demo.root}: a certificate authority, three "
+                  "branches, 60 members and a few days of history...", flush=True)
+            demo.create()
+        else:
+            print(f"Demo data found in {demo.root}: starting the same branches again.",
+                  flush=True)
+        print("Starting the three branches (node and counter page each)...", flush=True)
+        demo.start()
+        demo.announce(new)
+        if not args.exit:
+            demo.watch()
+    except KeyboardInterrupt:
+        pass
+    except DemoError as e:
+        print(f"\ndemo: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if demo.procs:
+            print("\nStopping the three branches...", flush=True)
+            demo.stop()
+            print("Stopped. ./run demo resumes the same data.", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
