@@ -115,6 +115,7 @@ DEFAULT_RULES: dict[str, Any] = {
     "card_types": {t: {"fee": 0} for t in CARD_TYPES},
     "approval": {"topup_limit": 500000, "correction_limit": 10000},
     "settings": {"timezone": "Asia/Shanghai"},
+    "branches": {},  # node id -> display name, e.g. {"SH01": "南京西路店"}; the id if absent
     "revocations": {"crl": ""},  # base64 DER CRL of the chain CA (peer/chain.py); "" = none
 }
 RULE_KINDS = frozenset(DEFAULT_RULES)

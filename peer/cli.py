@@ -659,17 +659,22 @@ def add_node_commands(top: argparse._SubParsersAction[argparse.ArgumentParser]) 
     node = top.add_parser("node", help="the branch node daemon")
     actions = node.add_subparsers(dest="action", metavar="ACTION", required=True)
     run = actions.add_parser("run", help="serve this node: sync with peers, HTTP API, metrics")
-    run.add_argument("--listen", metavar="HOST:PORT",
-                     help="sync endpoint, mutual TLS (default 0.0.0.0:8470)")
-    run.add_argument("--api", metavar="HOST:PORT",
-                     help="HTTP API, /metrics and /health (default 127.0.0.1:8480)")
-    run.add_argument("--peer", action="append", default=[], metavar="wss://HOST:PORT",
-                     help="a node to dial (repeatable); shops behind NAT dial out")
-    run.add_argument("--no-mdns", action="store_true", help="no LAN discovery")
+    add_node_options(run)
     add_common(run, operator=False, password=False)
 
     st = top.add_parser("status", help="this node's peers: connected, last contact, lag")
     add_common(st, operator=False, password=False)
+
+
+def add_node_options(p: argparse.ArgumentParser) -> None:
+    """The daemon's flags (read by `node_config`); the counter app takes the same."""
+    p.add_argument("--listen", metavar="HOST:PORT",
+                   help="sync endpoint, mutual TLS (default 0.0.0.0:8470)")
+    p.add_argument("--api", metavar="HOST:PORT",
+                   help="HTTP API, /metrics and /health (default 127.0.0.1:8480)")
+    p.add_argument("--peer", action="append", default=[], metavar="wss://HOST:PORT",
+                   help="a node to dial (repeatable); shops behind NAT dial out")
+    p.add_argument("--no-mdns", action="store_true", help="no LAN discovery")
 
 
 def build_parser() -> argparse.ArgumentParser:

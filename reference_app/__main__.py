@@ -1,0 +1,3 @@
+from reference_app.app import main
+
+raise SystemExit(main())

@@ -1,0 +1,105 @@
+"""`python -m reference_app --data DIR`: a branch node and its counter pages in one process.
+
+The node is started on NiceGUI's event loop (`app.on_startup`) and stopped with it,
+so the pages call the ledger on the loop that owns it and the store is opened once.
+The node's settings come from the same flags and DATA/node.toml as `crdtledger node
+run` (peer/cli.py's `node_config`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nicegui import app, ui
+
+from crdtledger.errors import LedgerError
+from peer.chain import load_identity
+from peer.cli import add_node_options, node_config
+from peer.node import Config, Node, parse_address
+from reference_app import layout
+from reference_app.shop import Shop, install
+
+if TYPE_CHECKING:
+    from reference_app.readers import Reader
+
+SECRET_FILE = "app-secret"  # signs the browsers' session cookies; kept with the node's data
+SESSIONS_DIR = "app-sessions"  # NiceGUI's per-browser storage (operator, language)
+DEFAULT_HTTP = "127.0.0.1:8080"
+
+
+def build(node_config: Config, *, readers: Sequence[Reader] | None = None) -> Shop:
+    """Register the pages and tie the node's life to the app's. `readers`: None for
+    whatever this machine has; tests pass their own (readers.ScriptedReader)."""
+    from reference_app import counter
+
+    layout.reset()
+    s = Shop(Node(node_config), readers)
+    install(s)
+    app.on_startup(s.start)
+    app.on_shutdown(s.stop)
+    counter.register()
+    try:  # the back office and admin pages are being written alongside
+        from reference_app import admin, backoffice
+    except ImportError:
+        pass
+    else:
+        backoffice.register()
+        admin.register()
+    return s
+
+
+def storage_secret(data_dir: Path) -> str:
+    """A secret made once per data directory, readable by its owner only, so sessions
+    survive restarts and no two shops share one."""
+    path = data_dir / SECRET_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        secret = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret)
+        return secret
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m reference_app",
+                                description="The counter app of one branch node.")
+    p.add_argument("--data", required=True, type=Path, help="the node's data directory")
+    p.add_argument("--http", default=DEFAULT_HTTP, metavar="HOST:PORT",
+                   help=f"where the pages are served (default {DEFAULT_HTTP})")
+    add_node_options(p)
+    p.add_argument("--storage-secret", metavar="S",
+                   help=f"signs session cookies (default: DATA/{SECRET_FILE}, made once)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        if load_identity(args.data) is None:
+            raise LedgerError(
+                f"{args.data} is not a node with a chain certificate (create one with "
+                "`crdtledger init --data DIR --node NODE --chain CHAIN_DIR`)")
+        config = node_config(args, args.data)
+        host, port = parse_address(args.http, 8080)
+    except (LedgerError, ValueError) as e:
+        print(f"reference_app: {e}")
+        return 2
+    from nicegui.storage import Storage
+
+    # Sessions next to the node's data, not in whatever directory the app started in.
+    Storage.path = (args.data / SESSIONS_DIR).resolve()
+    app.storage = Storage()
+    build(config)
+    ui.run(host=host, port=port, reload=False, show=False, title="crdtledger",
+           language="zh-CN", favicon="💳", show_welcome_message=True,
+           storage_secret=args.storage_secret or storage_secret(args.data))
+    return 0

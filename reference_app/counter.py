@@ -1,0 +1,792 @@
+"""The counter (`/`) and the login page: what the front desk works with all day.
+
+A swipe or a search puts the member on screen: balances, level, packages, what they
+like, whether today is their birthday, the card's state, the last visits. Each
+action is a button and a dialog that shows what will happen (discount, points,
+bonus) before the one confirming tap. Every write goes through `Shop.run`; a
+refusal from the library is shown as a sentence and nothing changes. Buttons follow
+the operator's permissions, but only as a courtesy: the library checks them again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+from nicegui import ui
+from nicegui.storage import request_contextvar
+
+from crdtledger import views
+from crdtledger.errors import InvalidAmount, LedgerError
+from crdtledger.money import apply_rate, points_for
+from reference_app.i18n import mask_phone, money, parse_money, tr
+from reference_app.layout import frame
+from reference_app.shop import Shop, can, log_in, operator, shop
+
+T = TypeVar("T")
+
+QUICK_TOPUPS = (10000, 20000, 50000, 100000)  # fen: the amounts people usually top up
+VISITS_SHOWN = 8
+
+
+def register() -> None:
+    @ui.page("/login")
+    def login_page() -> None:
+        _login()
+
+    @ui.page("/")
+    def counter_page() -> None:
+        with frame(tr("收银台", "Counter")):
+            Counter()
+
+
+# --- login ----------------------------------------------------------------------
+
+
+def _login() -> None:
+    s = shop()
+    if operator() is not None:
+        ui.navigate.to("/")
+        return
+    with ui.card().classes("mx-auto mt-24 w-96 p-8 gap-4"):
+        ui.label(s.branch_name(s.node.node_id)).classes("text-2xl font-bold")
+        ui.label(tr("请登录", "Please log in")).classes("text-gray-600")
+        name = ui.input(tr("工号 / 姓名", "Operator name")).props("autofocus outlined") \
+            .classes("w-full").mark("login-name")
+        password = ui.input(tr("密码", "Password"), password=True) \
+            .props("outlined").classes("w-full").mark("login-password")
+        error = ui.label().classes("text-negative")
+
+        def submit() -> None:
+            try:
+                op = s.ledger.authenticate(name.value or "", password.value or "")
+            except LedgerError as e:
+                error.set_text(s.refusal(e))
+                return
+            log_in(op)
+            ui.navigate.to("/")
+
+        password.on("keydown.enter", submit)
+        ui.button(tr("登录", "Log in"), on_click=submit).classes("w-full").mark("login")
+        if not s.ledger.storage.conn.execute("SELECT 1 FROM operators LIMIT 1").fetchone():
+            ui.label(tr("还没有操作员。店主先在命令行添加一个：",
+                        "No operators yet. The owner adds one at the shell first:")) \
+                .classes("text-sm text-gray-600")
+            ui.code(f"crdtledger operator add --data {s.node.data_dir} "
+                    "--name NAME --password PASSWORD --role owner", language="sh") \
+                .classes("w-full text-xs")
+
+
+# --- the counter ----------------------------------------------------------------
+
+
+class Counter:
+    """One counter page: the member on screen and the actions on them."""
+
+    def __init__(self) -> None:
+        self.shop: Shop = shop()
+        self.op: str = operator() or ""
+        self.member: str | None = None
+        self.card_no: str | None = None  # the card swiped, once its PIN (if any) was given
+        self.pin: str | None = None
+        client = ui.context.client
+        request = client.request
+
+        def listener(event: Any) -> None:
+            # Reader events come from no browser request: act as this page's session.
+            request_contextvar.set(request)
+            with client:
+                self.on_reader_event(event)
+
+        self.shop.listeners.add(listener)
+        client.on_delete(lambda: self.shop.listeners.discard(listener))
+        with ui.row().classes("w-full gap-4 items-start no-wrap"):
+            with ui.column().classes("w-80 shrink-0 gap-3"):
+                self._search_box()
+            self.panel = ui.column().classes("grow gap-3 min-w-0")
+        self.dialogs = ui.element("div")
+        self.show()
+
+    # --- finding the member ------------------------------------------------------
+
+    def _search_box(self) -> None:
+        with ui.card().classes("w-full gap-2"):
+            ui.label(tr("刷卡，或输入手机号 / 姓名 / 卡号", "Swipe a card, or type a phone, "
+                        "name or card number")).classes("text-sm text-gray-600")
+            self.query = ui.input(placeholder=tr("搜索会员", "Find a member")) \
+                .props("autofocus outlined clearable dense").classes("w-full").mark("search")
+            self.query.on("keydown.enter", self.search)
+            ui.button(tr("查找", "Search"), icon="search", on_click=self.search) \
+                .classes("w-full").mark("search-go")
+            self.results = ui.column().classes("w-full gap-1")
+        statuses = self.shop.reader_status() or [tr("没有读卡器：请手工输入",
+                                                     "No card reader: type the number")]
+        self.reader_label = ui.label(" · ".join(statuses)).classes("text-xs text-gray-500")
+        if can("member.add"):
+            ui.button(tr("新会员开卡", "New member"), icon="person_add",
+                      on_click=lambda: self.new_member_dialog()) \
+                .props("outline").classes("w-full").mark("new-member")
+
+    def on_reader_event(self, event: Any) -> None:
+        """A card reader's event (readers.ReaderEvent), on the loop, in this page's context."""
+        if event.kind == "card":
+            self.swipe(str(event.value))
+        elif event.kind == "status":
+            self.reader_label.set_text(" · ".join(self.shop.reader_status()) or event.value)
+        elif (event.kind == "code" and self.member is not None
+              and event.value in self.shop.ledger.rule("services")):
+            self.consume_dialog(service=str(event.value))
+
+    def swipe(self, card_no: str) -> None:
+        """A card presented: show its member, asking the PIN first if the card has one."""
+        ledger = self.shop.ledger
+        try:
+            card = ledger.card(card_no)
+        except LedgerError as e:
+            self.refused(e)
+            if can("member.add") and not self.dialogs.default_slot.children:
+                self.new_member_dialog(card_no=card_no.strip().upper())
+            return
+        if card["has_pin"] and card["status"] == "active":
+            self.pin_dialog(str(card["card_no"]))
+            return
+        self.use_card(str(card["card_no"]), None)
+
+    def use_card(self, card_no: str, pin: str | None) -> bool:
+        try:
+            card = self.shop.ledger.use_card(card_no, pin)
+        except LedgerError as e:
+            self.refused(e)
+            try:  # a lost card still shows its member: the cashier must see who it is
+                found = self.shop.ledger.card(card_no)
+            except LedgerError:
+                return False
+            if found["status"] == "lost":
+                self.show(str(found["member"]), card_no=card_no)
+            return False
+        self.show(str(card["member"]), card_no=card_no, pin=pin)
+        return True
+
+    def search(self) -> None:
+        q = (self.query.value or "").strip()
+        self.results.clear()
+        if not q:
+            return
+        try:
+            self.shop.ledger.card(q)
+        except LedgerError:
+            pass
+        else:
+            self.swipe(q)
+            return
+        try:
+            found = self.shop.ledger.find_members(q, limit=12)
+        except LedgerError as e:
+            self.refused(e)
+            return
+        if len(found) == 1:
+            self.show(str(found[0]["id"]))
+            return
+        with self.results:
+            if not found:
+                ui.label(tr("没有找到会员", "No member found")).classes("text-gray-600")
+            for m in found:
+                home = self.shop.branch_name(str(m["home"]))
+                with ui.item(on_click=lambda mid=m["id"]: self.show(str(mid))) \
+                        .classes("w-full rounded hover:bg-teal-50").mark("result"), \
+                        ui.item_section():
+                    ui.item_label(str(m["name"])).classes("font-medium")
+                    ui.item_label(f"{m['phone']} · {home}").props("caption")
+
+    # --- the member on screen ----------------------------------------------------
+
+    def show(self, member: str | None = None, *, card_no: str | None = None,
+             pin: str | None = None) -> None:
+        if member is not None and member != self.member:
+            self.card_no, self.pin = None, None
+        if member is not None:
+            self.member = member
+        if card_no is not None:
+            self.card_no, self.pin = card_no, pin
+        self.results.clear()
+        self.panel.clear()
+        with self.panel:
+            if self.member is None:
+                with ui.card().classes("w-full items-center p-12 bg-grey-1"):
+                    ui.icon("contactless", size="4rem", color="teal-7")
+                    ui.label(tr("请刷会员卡或查找会员", "Swipe a member card or search")) \
+                        .classes("text-xl text-gray-600")
+                return
+            try:
+                MemberPanel(self, self.member)
+            except LedgerError as e:
+                self.refused(e)
+
+    def refused(self, e: LedgerError) -> None:
+        ui.notify(self.shop.refusal(e), type="negative", multi_line=True, close_button=True,
+                  timeout=10000)
+
+    async def act(self, op: Callable[[], T], name: str, done: Callable[[T], str],
+                  error: ui.label | None = None) -> T | None:
+        """One write: refused → the sentence (also in the dialog), nothing else happens."""
+        try:
+            result = await self.shop.run(op, name)
+        except LedgerError as e:
+            if error is not None:
+                error.set_text(self.shop.refusal(e))
+            self.refused(e)
+            return None
+        ui.notify(done(result), type="positive")
+        self.show()
+        return result
+
+    # --- dialogs -----------------------------------------------------------------
+
+    def dialog(self, title: str) -> tuple[ui.dialog, ui.card, ui.label]:
+        """A fresh dialog (the previous one goes), its body, and its refusal line."""
+        self.dialogs.clear()
+        with self.dialogs, ui.dialog() as d, \
+                ui.card().classes("w-[32rem] max-w-full gap-3") as body:
+            ui.label(title).classes("text-xl font-bold")
+            # Last in the card whatever is added after it: next to the buttons.
+            error = ui.label().classes("text-negative order-last").mark("dialog-error")
+        d.open()
+        return d, body, error
+
+    def buttons(self, d: ui.dialog, confirm: str, on_confirm: Callable[[], Awaitable[None]],
+                marker: str) -> None:
+        with ui.row().classes("w-full justify-end gap-2"):
+            ui.button(tr("取消", "Cancel"), on_click=d.close).props("flat")
+            ui.button(confirm, on_click=on_confirm).mark(marker)
+
+    def pin_dialog(self, card_no: str) -> None:
+        d, body, error = self.dialog(tr("请会员输入卡密码", "Card PIN, please"))
+        with body:
+            ui.label(tr("卡号 {no}", "Card {no}", no=card_no)).classes("text-gray-600")
+            pin = ui.input(tr("密码", "PIN"), password=True).props("autofocus outlined") \
+                .classes("w-full").mark("pin")
+
+            async def confirm() -> None:
+                if self.use_card(card_no, pin.value or ""):
+                    d.close()
+                else:
+                    error.set_text(tr("密码不对，请重试。", "Wrong PIN, try again."))
+
+            pin.on("keydown.enter", confirm)
+            self.buttons(d, tr("确定", "OK"), confirm, "pin-ok")
+
+    def consume_dialog(self, service: str | None = None) -> None:
+        assert self.member is not None
+        member = self.member
+        ledger = self.shop.ledger
+        services: dict[str, Any] = ledger.rule("services")
+        lvl = ledger.level(member)
+        earn = ledger.rule("earn")
+        packages = {p["id"]: p for p in views.packages(ledger, member) if p["remaining"] > 0}
+        d, body, error = self.dialog(tr("消费", "Consume a service"))
+        with body:
+            svc = ui.select({code: f"{v.get('name', code)}  {money(int(v['price']))}"
+                             for code, v in services.items()},
+                            value=service or next(iter(services), None),
+                            label=tr("服务项目", "Service")).classes("w-full").mark("service")
+            qty = ui.number(tr("数量", "Quantity"), value=1, min=1, max=99, precision=0) \
+                .classes("w-32").mark("qty")
+            pay = ui.radio({"stored": tr("储值卡", "Stored value"),
+                            "package": tr("套餐次数", "Package uses"),
+                            "cash": tr("现金 / 其他", "Cash / other")},
+                           value="stored").props("inline").mark("pay")
+            preview = ui.label().classes("text-lg").mark("preview")
+
+            def update() -> None:
+                code, n = svc.value, int(qty.value or 1)
+                if code not in services:
+                    preview.set_text("")
+                    return
+                gross = int(services[code]["price"]) * n
+                if pay.value == "package":
+                    left = sum(p["remaining"] for p in packages.values() if p["service"] == code)
+                    preview.set_text(tr("用套餐 {n} 次（剩 {left} 次）", "{n} package use(s) "
+                                        "({left} left)", n=n, left=left))
+                    return
+                net = apply_rate(gross, str(lvl["discount"]))
+                pts = points_for(net, str(earn["points_per_yuan"]), str(lvl["points_multiplier"]))
+                rate = str(lvl["discount"])
+                off = "" if rate in ("1", "1.0", "1.00") else tr(
+                    "{level} {rate} 折，", "{level} discount ×{rate}, ", level=lvl["name"],
+                    rate=_zhe(rate) if _is_zh() else rate)
+                preview.set_text(tr("原价 {gross}，{off}应付 {net}，得 {pts} 积分",
+                                    "List price {gross}, {off}to pay {net}, earns {pts} points",
+                                    gross=money(gross), off=off, net=money(net), pts=pts))
+
+            for el in (svc, qty, pay):
+                el.on_value_change(update)
+            update()
+
+            async def confirm() -> None:
+                code, n, how = svc.value, int(qty.value or 1), str(pay.value)
+                card, pin = self.card_no, self.pin
+                done = await self.act(
+                    lambda: ledger.debit(self.op, member, service=code, qty=n, pay=how,
+                                         card=card, pin=pin),
+                    "debit", lambda e: tr("已消费 {what}，实付 {paid}", "Done: {what}, "
+                                          "paid {paid}", what=self.shop.service_name(code),
+                                          paid=money(int(e["amount"]))), error)
+                if done is not None:
+                    d.close()
+
+            self.buttons(d, tr("确认消费", "Confirm"), confirm, "consume-ok")
+
+    def topup_dialog(self) -> None:
+        assert self.member is not None
+        member = self.member
+        ledger = self.shop.ledger
+        promotions = sorted(ledger.rule("promotions"), key=lambda p: int(p["min"]))
+        limit = int(ledger.rule("approval")["topup_limit"])
+        d, body, error = self.dialog(tr("充值", "Top up"))
+        with body:
+            amount = ui.input(tr("金额（元）", "Amount (yuan)"), placeholder="100.00") \
+                .props("autofocus outlined inputmode=decimal").classes("w-full").mark("amount")
+            with ui.row().classes("gap-2"):
+                for fen in QUICK_TOPUPS:
+                    ui.button(money(fen), on_click=lambda f=fen: amount.set_value(
+                        f"{f // 100}.00")).props("outline dense")
+            for p in promotions:
+                ui.label(tr("活动：充 {min} 送 {bonus}", "Offer: top up {min}, get {bonus}",
+                            min=money(int(p["min"])), bonus=money(int(p["bonus"])))
+                         + (f"（{p['name']}）" if p.get("name") else "")) \
+                    .classes("text-sm text-teal-800")
+            preview = ui.label().classes("text-lg").mark("preview")
+            with ui.column().classes("w-full gap-1") as approval:
+                ui.label(tr("超过 {limit}，需要审批人：", "Above {limit}: an approver must "
+                            "confirm:", limit=money(limit))).classes("text-sm text-orange-800")
+                approver = ui.input(tr("审批人", "Approver")).props("outlined dense") \
+                    .classes("w-full").mark("approver")
+                approver_pw = ui.input(tr("审批人密码", "Approver's password"), password=True) \
+                    .props("outlined dense").classes("w-full").mark("approver-password")
+
+            def parsed() -> int | None:
+                try:
+                    return parse_money(amount.value or "")
+                except InvalidAmount:
+                    return None
+
+            def update() -> None:
+                fen = parsed()
+                needs_approval = fen is not None and fen > limit and not can("approve")
+                approval.set_visibility(needs_approval)
+                if fen is None:
+                    preview.set_text("")
+                    return
+                bonus = max((int(p["bonus"]) for p in promotions if fen >= int(p["min"])),
+                            default=0)
+                preview.set_text(tr("收款 {cash}，赠送 {bonus}，卡内增加 {total}",
+                                    "Take {cash}, bonus {bonus}, the card gets {total}",
+                                    cash=money(fen), bonus=money(bonus), total=money(fen + bonus)))
+
+            amount.on_value_change(update)
+            update()
+
+            async def confirm() -> None:
+                try:
+                    fen = parse_money(amount.value or "")
+                except InvalidAmount as e:
+                    error.set_text(self.shop.refusal(e))
+                    self.refused(e)
+                    return
+                appr = ((approver.value or "", approver_pw.value or "")
+                        if approval.visible and approver.value else None)
+                card, pin = self.card_no, self.pin
+                done = await self.act(
+                    lambda: ledger.topup(self.op, member, fen, approver=appr, card=card, pin=pin),
+                    "topup", lambda e: tr("已充值 {cash}，赠送 {bonus}", "Topped up {cash}, "
+                                          "bonus {bonus}", cash=money(fen),
+                                          bonus=money(int(e.get("bonus", 0)))), error)
+                if done is not None:
+                    d.close()
+
+            self.buttons(d, tr("确认充值", "Confirm top-up"), confirm, "topup-ok")
+
+    def redeem_dialog(self) -> None:
+        assert self.member is not None
+        member = self.member
+        ledger = self.shop.ledger
+        d, body, error = self.dialog(tr("积分兑换", "Redeem points"))
+        with body:
+            ui.label(tr("现有积分 {n}", "{n} points available",
+                        n=ledger.balance(member)["points"])).classes("text-gray-600")
+            points = ui.input(tr("积分", "Points")).props("autofocus outlined inputmode=numeric") \
+                .classes("w-full").mark("points")
+            gift = ui.input(tr("礼品", "Gift")).props("outlined").classes("w-full").mark("gift")
+
+            async def confirm() -> None:
+                text = (points.value or "").strip()
+                if not text.isdigit():
+                    e = InvalidAmount(f"points {text!r}")
+                    error.set_text(tr("积分要填正整数。", "Points are a whole number."))
+                    self.refused(e)
+                    return
+                n = int(text)
+                done = await self.act(
+                    lambda: ledger.redeem_points(self.op, member, n, gift.value or ""),
+                    "redeem", lambda _e: tr("已兑换 {n} 积分", "Redeemed {n} points", n=n), error)
+                if done is not None:
+                    d.close()
+
+            self.buttons(d, tr("确认兑换", "Redeem"), confirm, "redeem-ok")
+
+    def refund_dialog(self, entry: dict[str, Any]) -> None:
+        ledger = self.shop.ledger
+        package = entry.get("pay") == "package"
+        d, body, error = self.dialog(tr("退款", "Refund"))
+        with body:
+            ui.label(f"{self.shop.service_name(entry.get('service'))}  "
+                     + (tr("{n} 次", "{n} use(s)", n=entry.get("qty", 1)) if package
+                        else money(int(entry["amount"])))).classes("text-lg")
+            amount = None
+            if not package:
+                amount = ui.input(tr("退款金额（不填则全部退）", "Amount (empty: all of it)")) \
+                    .props("outlined inputmode=decimal").classes("w-full").mark("refund-amount")
+            reason = ui.input(tr("原因", "Reason")).props("outlined").classes("w-full") \
+                .mark("refund-reason")
+
+            async def confirm() -> None:
+                fen: int | None = None
+                if amount is not None and (amount.value or "").strip():
+                    try:
+                        fen = parse_money(amount.value)
+                    except InvalidAmount as e:
+                        error.set_text(self.shop.refusal(e))
+                        self.refused(e)
+                        return
+                done = await self.act(
+                    lambda: ledger.refund(self.op, str(entry["id"]), fen, reason.value or ""),
+                    "refund", lambda e: tr("已退款", "Refunded") + (
+                        f" {money(int(e['amount']))}" if e.get("amount") else ""), error)
+                if done is not None:
+                    d.close()
+
+            self.buttons(d, tr("确认退款", "Refund"), confirm, "refund-ok")
+
+    def new_member_dialog(self, card_no: str = "") -> None:
+        ledger = self.shop.ledger
+        d, body, error = self.dialog(tr("新会员开卡", "New member and card"))
+        with body:
+            name = ui.input(tr("姓名", "Name")).props("autofocus outlined dense") \
+                .classes("w-full").mark("new-name")
+            phone = ui.input(tr("手机号", "Phone")).props("outlined dense inputmode=tel") \
+                .classes("w-full").mark("new-phone")
+            with ui.row().classes("w-full gap-2 no-wrap"):
+                gender = ui.select({"": "—", "F": tr("女", "female"), "M": tr("男", "male")},
+                                   value="", label=tr("性别", "Gender")).classes("w-28")
+                birthday = ui.input(tr("生日", "Birthday"), placeholder="1990-05-17") \
+                    .props("outlined dense").classes("grow").mark("new-birthday")
+            with ui.row().classes("w-full gap-2 no-wrap"):
+                card = ui.input(tr("卡号（刷卡或输入）", "Card number (swipe or type)"),
+                                value=card_no).props("outlined dense").classes("grow") \
+                    .mark("new-card")
+                pin = ui.input(tr("卡密码（可不设）", "Card PIN (optional)"), password=True) \
+                    .props("outlined dense inputmode=numeric").classes("w-40").mark("new-pin")
+            prefs = self._prefs_inputs({})
+
+            async def confirm() -> None:
+                op = self.op
+                who = str(name.value or "")
+                pref_values = {k: v.value or "" for k, v in prefs.items() if v.value}
+                mid = await self.act(
+                    lambda: ledger.add_member(op, name=who, phone=str(phone.value or ""),
+                                              gender=str(gender.value or ""),
+                                              birthday=str(birthday.value or ""),
+                                              prefs=pref_values), "member",
+                    lambda _m: tr("已登记会员 {name}", "Member {name} registered", name=who),
+                    error)
+                if mid is None:
+                    return
+                self.show(mid)
+                number = (card.value or "").strip()
+                if number:
+                    issued = await self.act(
+                        lambda: ledger.issue_card(op, mid, number, pin=pin.value or None),
+                        "card", lambda _c: tr("已发卡 {no}", "Card {no} issued", no=number.upper()),
+                        error)
+                    if issued is None:
+                        return  # the member exists; the card can be issued from the panel
+                d.close()
+
+            self.buttons(d, tr("登记", "Register"), confirm, "new-member-ok")
+
+    def _prefs_inputs(self, current: dict[str, str]) -> dict[str, ui.input]:
+        labels = {"strength": tr("力度", "Strength"), "service": tr("喜欢的项目", "Service type"),
+                  "technician": tr("指定技师", "Favourite technician")}
+        with ui.row().classes("w-full gap-2 no-wrap"):
+            return {k: ui.input(label, value=current.get(k, "")).props("outlined dense")
+                    .classes("grow").mark(f"pref-{k}") for k, label in labels.items()}
+
+    def edit_dialog(self, profile: dict[str, Any]) -> None:
+        ledger = self.shop.ledger
+        member = str(profile["id"])
+        d, body, error = self.dialog(tr("编辑资料", "Edit profile"))
+        with body:
+            inputs = {
+                "name": ui.input(tr("姓名", "Name"), value=profile.get("name", "")),
+                "phone": ui.input(tr("手机号", "Phone"), value=profile.get("phone", "")),
+                "birthday": ui.input(tr("生日", "Birthday"), value=profile.get("birthday", "")),
+                "anniversary": ui.input(tr("纪念日", "Anniversary"),
+                                        value=profile.get("anniversary", "")),
+                "notes": ui.input(tr("备注", "Notes"), value=profile.get("notes", "")),
+            }
+            for key, el in inputs.items():
+                el.props("outlined dense").classes("w-full").mark(f"edit-{key}")
+            prefs = self._prefs_inputs(dict(profile.get("prefs") or {}))
+
+            async def confirm() -> None:
+                changed = {k: el.value or "" for k, el in inputs.items()
+                           if (el.value or "") != profile.get(k, "")}
+                pref_values = {k: el.value or "" for k, el in prefs.items()}
+                def edit() -> bool:
+                    ledger.edit_member(self.op, member, fields=changed, prefs=pref_values)
+                    return True
+
+                done = await self.act(edit, "member",
+                                      lambda _r: tr("资料已保存", "Profile saved"), error)
+                if done is not None:
+                    d.close()
+
+            self.buttons(d, tr("保存", "Save"), confirm, "edit-ok")
+
+    def card_dialog(self, card: dict[str, Any] | None) -> None:
+        """Report the card lost, cancel the loss, or replace it (补卡) — or issue one."""
+        assert self.member is not None
+        member = self.member
+        ledger = self.shop.ledger
+        no = str(card["card_no"]) if card is not None else ""
+        status = str(card["status"]) if card is not None else ""
+        d, body, error = self.dialog(tr("会员卡", "Member card"))
+        with body:
+            if card is not None:
+                ui.label(tr("卡号 {no}：{status}", "Card {no}: {status}", no=card["card_no"],
+                            status=_card_status(str(card["status"])))).classes("text-lg")
+            new_no = ui.input(tr("新卡号（刷卡或输入）", "New card number (swipe or type)")) \
+                .props("outlined dense").classes("w-full").mark("new-card-no")
+            new_pin = ui.input(tr("新卡密码（可不设）", "New card PIN (optional)"),
+                               password=True).props("outlined dense").classes("w-full")
+            with ui.row().classes("w-full justify-end gap-2"):
+                ui.button(tr("关闭", "Close"), on_click=d.close).props("flat")
+                if status == "active" and can("card.lost"):
+                    async def lost() -> None:
+                        if await self.act(lambda: ledger.report_lost(self.op, no),
+                                          "card", lambda _r: tr("已挂失", "Reported lost"),
+                                          error) is not None:
+                            d.close()
+
+                    ui.button(tr("挂失", "Report lost"), color="negative", on_click=lost) \
+                        .mark("report-lost")
+                if status == "lost" and can("card.lost"):
+                    async def found() -> None:
+                        if await self.act(lambda: ledger.report_found(self.op, no),
+                                          "card", lambda _r: tr("已解除挂失", "Loss cancelled"),
+                                          error) is not None:
+                            d.close()
+
+                    ui.button(tr("解除挂失", "Card found"), on_click=found).props("outline")
+                if status in ("active", "lost") and can("card.replace"):
+                    async def replace() -> None:
+                        number = (new_no.value or "").strip()
+                        if await self.act(
+                                lambda: ledger.replace_card(self.op, no, number,
+                                                            pin=new_pin.value or None),
+                                "card", lambda _r: tr("已补卡 {no}", "Replaced by {no}",
+                                                      no=number.upper()), error) is not None:
+                            d.close()
+
+                    ui.button(tr("补卡", "Replace"), on_click=replace).mark("replace-card")
+                if status not in ("active", "lost") and can("card.issue"):
+                    async def issue() -> None:
+                        number = (new_no.value or "").strip()
+                        if await self.act(
+                                lambda: ledger.issue_card(self.op, member, number,
+                                                          pin=new_pin.value or None),
+                                "card", lambda _r: tr("已发卡 {no}", "Card {no} issued",
+                                                      no=number.upper()), error) is not None:
+                            d.close()
+
+                    ui.button(tr("发卡", "Issue card"), on_click=issue).mark("issue-card")
+
+
+class MemberPanel:
+    """The member at a glance, the action buttons and the last visits."""
+
+    def __init__(self, counter: Counter, member: str) -> None:
+        s = counter.shop
+        ledger = s.ledger
+        profile = ledger.member(member)
+        bal = ledger.balance(member)
+        lvl = profile["level_info"]
+        packages = [p for p in views.packages(ledger, member) if p["remaining"] > 0]
+        card = _current_card(profile["cards"], counter.card_no)
+        today = ledger.today()[5:]
+        self.counter = counter
+
+        if card is not None and card["status"] == "lost":
+            ui.label(tr("⚠ 卡 {no} 已挂失！请核实身份，不要用这张卡消费。",
+                        "⚠ Card {no} is reported LOST! Check who this is; do not serve on "
+                        "this card.", no=card["card_no"])) \
+                .classes("w-full bg-red-700 text-white text-xl font-bold p-3 rounded") \
+                .mark("card-lost")
+        with ui.card().classes("w-full gap-2"):
+            with ui.row().classes("w-full items-center gap-3"):
+                ui.label(str(profile["name"])).classes("text-3xl font-bold").mark("member-name")
+                ui.badge(str(lvl["name"]), color="amber-8").classes("text-base px-2")
+                if profile.get("deleted"):
+                    ui.badge(tr("已删除", "deleted"), color="grey")
+                for key, zh, en in (("birthday", "🎂 今天生日", "🎂 Birthday today"),
+                                    ("anniversary", "💐 今天纪念日", "💐 Anniversary today")):
+                    if str(profile.get(key, ""))[-5:] == today:
+                        ui.badge(tr(zh, en), color="pink-6").classes("text-base px-2") \
+                            .mark(f"{key}-today")
+                ui.space()
+                if card is not None:
+                    color = {"active": "green-7", "lost": "red-7"}.get(str(card["status"]),
+                                                                         "grey-7")
+                    ui.badge(tr("卡 {no} · {status}", "Card {no} · {status}", no=card["card_no"],
+                                status=_card_status(str(card["status"]))), color=color) \
+                        .classes("text-base px-2").mark("card-status")
+                else:
+                    ui.badge(tr("无卡", "no card"), color="grey-7").classes("text-base px-2")
+            ui.label(f"{mask_phone(str(profile.get('phone', '')))} · "
+                     + tr("开卡店：{b}", "home: {b}",
+                          b=s.branch_name(str(profile.get("home", ""))))) \
+                .classes("text-gray-600")
+            with ui.row().classes("w-full gap-3"):
+                _tile(tr("储值余额", "Stored value"), money(int(bal["cash"])), "balance-cash")
+                _tile(tr("赠送余额", "Bonus"), money(int(bal["bonus"])), "balance-bonus")
+                _tile(tr("积分", "Points"), str(bal["points"]), "balance-points")
+                _tile(tr("套餐剩余", "Packages left"),
+                      "、".join(f"{s.service_name(p['service'])} ×{p['remaining']}"
+                               for p in packages) or "—", "packages")
+            prefs = profile.get("prefs") or {}
+            shown = [f"{label}：{prefs[k]}" for k, label in (
+                ("strength", tr("力度", "Strength")), ("service", tr("喜欢", "Likes")),
+                ("technician", tr("技师", "Technician"))) if prefs.get(k)]
+            if shown or profile.get("notes"):
+                ui.label("　".join([*shown, *([str(profile["notes"])]
+                                              if profile.get("notes") else [])])) \
+                    .classes("text-base text-teal-900 bg-teal-50 px-3 py-1 rounded") \
+                    .mark("prefs")
+        self._actions(profile, card)
+        self._visits(member)
+
+    def _actions(self, profile: dict[str, Any], card: dict[str, Any] | None) -> None:
+        c = self.counter
+        with ui.row().classes("w-full gap-3"):
+            if can("debit"):
+                ui.button(tr("消费", "Consume"), icon="spa", on_click=lambda: c.consume_dialog()) \
+                    .props("size=lg").classes("px-8").mark("consume")
+            if can("topup"):
+                ui.button(tr("充值", "Top up"), icon="add_card", color="orange-8",
+                          on_click=c.topup_dialog).props("size=lg").classes("px-8") \
+                    .mark("topup")
+            if can("points.redeem"):
+                ui.button(tr("积分兑换", "Redeem points"), icon="redeem",
+                          on_click=c.redeem_dialog).props("outline size=lg").mark("redeem")
+            if can("card.lost") or can("card.replace") or can("card.issue"):
+                ui.button(tr("挂失 / 补卡", "Lost / replace") if card else tr("发卡", "Issue card"),
+                          icon="credit_card", on_click=lambda: c.card_dialog(card)) \
+                    .props("outline size=lg").mark("card")
+            if can("member.edit"):
+                ui.button(tr("编辑资料", "Edit profile"), icon="edit",
+                          on_click=lambda: c.edit_dialog(profile)) \
+                    .props("outline size=lg").mark("edit")
+
+    def _visits(self, member: str) -> None:
+        c = self.counter
+        s = c.shop
+        tz = ZoneInfo(str(s.ledger.rule("settings").get("timezone") or "Asia/Shanghai"))
+        entries = [e for e in s.ledger.history(member, limit=40) if e["kind"] != "transfer"]
+        refunded = {e.get("ref") for e in entries if e["kind"] == "refund"}
+        with ui.card().classes("w-full gap-1"):
+            ui.label(tr("最近记录", "Last visits")).classes("text-lg font-bold")
+            if not entries:
+                ui.label(tr("还没有记录", "Nothing yet")).classes("text-gray-600")
+            with ui.grid(columns="auto auto 1fr auto auto").classes(
+                    "w-full gap-x-6 gap-y-1 items-center"):
+                for e in entries[:VISITS_SHOWN]:
+                    when = datetime.fromtimestamp(int(e["at"]) / 1000, tz)
+                    ui.label(when.strftime("%m-%d %H:%M")).classes("text-gray-600")
+                    ui.label(s.branch_name(str(e["node"]))).classes("text-gray-600")
+                    ui.label(_describe(s, e))
+                    ui.label(_entry_amount(e)).classes("text-right font-mono")
+                    if e["kind"] == "debit" and can("refund"):
+                        ui.button(tr("退款", "Refund"), on_click=lambda e=e: c.refund_dialog(e)) \
+                            .props("flat dense color=negative" if e["id"] not in refunded
+                                   else "flat dense color=grey").mark("refund")
+                    else:
+                        ui.label("")
+
+
+def _tile(label: str, value: str, marker: str) -> None:
+    with ui.column().classes("gap-0 px-4 py-2 bg-grey-2 rounded min-w-36"):
+        ui.label(label).classes("text-sm text-gray-600")
+        ui.label(value).classes("text-2xl font-bold").mark(marker)
+
+
+def _current_card(cards: list[dict[str, Any]], swiped: str | None) -> dict[str, Any] | None:
+    """The card swiped, else the member's active (or lost) card, else the newest."""
+    for c in cards:
+        if swiped and c["card_no"] == swiped.upper():
+            return c
+    for status in ("active", "lost"):
+        found = [c for c in cards if c["status"] == status]
+        if found:
+            return found[-1]
+    return cards[-1] if cards else None
+
+
+def _card_status(status: str) -> str:
+    return {"active": tr("正常", "active"), "lost": tr("已挂失", "LOST"),
+            "replaced": tr("已补换", "replaced"), "returned": tr("已退卡", "returned")} \
+        .get(status, status)
+
+
+def _describe(s: Shop, e: dict[str, Any]) -> str:
+    kind = str(e["kind"])
+    names = {"topup": tr("充值", "top-up"), "debit": tr("消费", "service"),
+             "refund": tr("退款", "refund"), "redeem": tr("积分兑换", "points redeemed"),
+             "convert": tr("积分转储值", "points to value"), "correction": tr("调整", "correction"),
+             "expiry": tr("积分过期", "points expired"), "package": tr("购买套餐", "package"),
+             "card": tr("发卡", "card issued")}
+    text = names.get(kind, kind)
+    if e.get("service"):
+        text += f" · {s.service_name(str(e['service']))}"
+        if int(e.get("qty") or 1) > 1:
+            text += f" ×{e['qty']}"
+    if kind == "debit" and e.get("pay") == "package":
+        text += tr("（套餐）", " (package)")
+    if kind == "topup" and e.get("bonus"):
+        text += tr("，送 {b}", ", bonus {b}", b=money(int(e["bonus"])))
+    if kind == "redeem" and e.get("gift"):
+        text += f" · {e['gift']}"
+    return text
+
+
+def _entry_amount(e: dict[str, Any]) -> str:
+    kind = e["kind"]
+    if kind in ("redeem", "expiry"):
+        return tr("{n} 积分", "{n} pts", n=e.get("points", 0))
+    if kind == "debit" and e.get("pay") == "package":
+        return tr("{n} 次", "{n} use(s)", n=e.get("qty", 1))
+    sign = "-" if kind == "debit" else ""
+    return f"{sign}{money(int(e.get('amount', 0)))}"
+
+
+def _is_zh() -> bool:
+    return tr("zh", "en") == "zh"
+
+
+def _zhe(rate: str) -> str:
+    """0.95 -> "9.5", 0.9 -> "9": how Chinese shops write a discount (折)."""
+    tenths = float(rate) * 10
+    return f"{tenths:g}"
+
+

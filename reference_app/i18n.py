@@ -1,0 +1,54 @@
+"""What the counter says, in the session's language, and how it writes money.
+
+Simplified Chinese is the default (the people at the desk read it); English is one
+click away and stored per browser in `app.storage.user["lang"]`. Texts sit next to
+the code that shows them, as `tr("中文", "English")` pairs, rather than in a catalogue:
+two languages do not need one, and the pair keeps both in view when either changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from nicegui import app
+
+from crdtledger.money import format_yuan, parse_yuan
+from crdtledger.views import mask_phone as _mask_phone
+
+Lang = Literal["zh", "en"]
+LANGS: dict[Lang, str] = {"zh": "中文", "en": "English"}
+DEFAULT_LANG: Lang = "zh"
+
+
+def lang() -> Lang:
+    """The session's language; the default outside a browser session (e.g. at startup)."""
+    try:
+        value = app.storage.user.get("lang", DEFAULT_LANG)
+    except RuntimeError:  # no request in this context
+        return DEFAULT_LANG
+    return "en" if value == "en" else "zh"
+
+
+def set_lang(value: Lang) -> None:
+    app.storage.user["lang"] = value
+
+
+def tr(zh: str, en: str, **kw: Any) -> str:
+    text = en if lang() == "en" else zh
+    return text.format(**kw) if kw else text
+
+
+def money(fen: int) -> str:
+    """1234 -> "¥12.34", -1234 -> "-¥12.34"."""
+    text = format_yuan(fen)
+    return f"-¥{text[1:]}" if text.startswith("-") else f"¥{text}"
+
+
+def parse_money(text: str) -> int:
+    """A yuan amount typed at the counter, in fen. "12.345", "-5", "abc" and "0" raise
+    InvalidAmount: an amount is exact to the fen and above zero, never rounded."""
+    return parse_yuan(text.strip().lstrip("¥").replace(",", ""))
+
+
+def mask_phone(phone: str) -> str:
+    return _mask_phone(phone)

@@ -1,0 +1,126 @@
+"""The frame around every page: header, navigation, the cut-off banner, and the gate.
+
+A page is `with frame(title, permission=...): ...`. Nobody logged in: the page sends
+the browser to /login. Logged in without the permission: a plain notice instead of
+the page. Either way the body still runs but is built into a detached container
+that is thrown away before anything reaches the browser, so a page needs no guard
+of its own (and the library refuses its writes anyway).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+
+from nicegui import ui
+
+from crdtledger.errors import LedgerError
+from reference_app.i18n import LANGS, lang, set_lang, tr
+from reference_app.shop import can, log_out, operator, shop
+
+
+@dataclass(frozen=True)
+class NavEntry:
+    path: str
+    zh: str
+    en: str
+    permission: str | None
+    icon: str
+
+
+_nav: dict[str, NavEntry] = {}
+_banner_source: Callable[[], str | None] | None = None
+BANNER_REFRESH_S = 2.0
+
+
+def nav(path: str, zh: str, en: str, permission: str | None, icon: str) -> None:
+    """Register a page in the navigation drawer (shown to operators allowed to see it)."""
+    _nav[path] = NavEntry(path, zh, en, permission, icon)
+
+
+def reset() -> None:
+    """Forget registrations: `app.build` starts from nothing (tests build many apps)."""
+    global _banner_source
+    _nav.clear()
+    _banner_source = None
+
+
+def set_banner_source(fn: Callable[[], str | None]) -> None:
+    global _banner_source
+    _banner_source = fn
+
+
+def banner_state() -> str | None:
+    """The cut-off banner's text, or None when this branch is in touch with the others."""
+    return _banner_source() if _banner_source is not None else None
+
+
+@contextmanager
+def frame(title: str, *, permission: str | None = None) -> Iterator[ui.column]:
+    op = operator()
+    allowed = op is not None and (permission is None or can(permission))
+    if op is not None:
+        _header(title, op)
+    if allowed:
+        with ui.column().classes("w-full max-w-screen-2xl mx-auto p-4 gap-4") as body:
+            yield body
+        return
+    if op is None:
+        ui.navigate.to("/login")
+    else:
+        with ui.card().classes("mx-auto mt-16 p-8 items-center"):
+            ui.icon("block", size="3rem", color="negative")
+            ui.label(tr("您没有打开「{title}」的权限，请找店长。",
+                        "You are not allowed to open “{title}”; ask a manager.",
+                        title=title)).classes("text-lg")
+            ui.button(tr("回到收银台", "Back to the counter"),
+                      on_click=lambda: ui.navigate.to("/")).props("flat")
+    # Build the page into a container that never reaches the browser.
+    with ui.column() as hidden, suppress(LedgerError):
+        yield hidden
+    hidden.delete()
+
+
+def _header(title: str, op: str) -> None:
+    s = shop()
+    drawer = ui.left_drawer(value=False).classes("bg-grey-1")
+    with ui.header(elevated=True).classes("items-center gap-3 py-2 px-4 bg-teal-800"):
+        ui.button(icon="menu", on_click=drawer.toggle).props("flat round color=white")
+        ui.label(s.branch_name(s.node.node_id)).classes("text-lg font-bold")
+        ui.label(title).classes("text-lg opacity-80")
+        ui.space()
+        ui.icon("person").classes("text-xl")
+        ui.label(s.operator_name(op)).classes("text-base")
+        ui.toggle(dict(LANGS), value=lang(), on_change=lambda e: _switch(e.value)) \
+            .props("dense no-caps color=teal-9 toggle-color=white toggle-text-color=teal-9"
+                   " text-color=white").classes("ml-2")
+        ui.button(tr("退出", "Log out"), icon="logout", on_click=_logout) \
+            .props("flat color=white no-caps")
+    with drawer:
+        for entry in [NavEntry("/", "收银台", "Counter", None, "point_of_sale"),
+                      *_nav.values()]:
+            if entry.permission is None or can(entry.permission):
+                ui.button(tr(entry.zh, entry.en), icon=entry.icon,
+                          on_click=lambda p=entry.path: ui.navigate.to(p)) \
+                    .props("flat align=left no-caps").classes("w-full")
+    banner = ui.label().classes(
+        "w-full text-center text-white bg-red-700 py-2 text-base font-bold")
+
+    def refresh() -> None:
+        text = banner_state()
+        banner.set_text(text or "")
+        banner.set_visibility(bool(text))
+
+    refresh()
+    ui.timer(BANNER_REFRESH_S, refresh)
+
+
+def _switch(value: str) -> None:
+    set_lang("en" if value == "en" else "zh")
+    ui.navigate.reload()
+
+
+def _logout() -> None:
+    log_out()
+    ui.navigate.to("/login")

@@ -1,0 +1,276 @@
+"""The shop as the app sees it: one branch node, this process's, and who is at the desk.
+
+The app lives inside the node's process and on its event loop, so it never opens
+the store a second time: reads go straight to `shop().ledger` on the loop, writes go
+through `Shop.run` (= `Node.perform`), which also fetches escrow rights from the
+branches holding them before giving up.
+
+Card readers report from their own threads; `Shop.reader_event` hands each event to
+the loop, where every open counter page that listens receives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from nicegui import app
+
+from crdtledger.errors import (
+    ApprovalRequired,
+    CardInactive,
+    CardLost,
+    ClockSkew,
+    InsufficientFunds,
+    InvalidAmount,
+    InvalidInput,
+    LedgerError,
+    NotFound,
+    PermissionDenied,
+    RightsElsewhere,
+    StoreLocked,
+    WrongPin,
+)
+from crdtledger.ledger import Ledger
+from crdtledger.money import format_purse
+from peer.node import Node
+from reference_app.i18n import money, tr
+
+if TYPE_CHECKING:
+    from reference_app.readers import Reader, ReaderEvent
+
+log = logging.getLogger("reference_app")
+T = TypeVar("T")
+Listener = Callable[["ReaderEvent"], None]
+
+
+class Shop:
+    def __init__(self, node: Node, readers: Sequence[Reader] | None = None) -> None:
+        self.node = node
+        # None: whatever readers this machine has (started with the node); tests give theirs.
+        self.readers: list[Reader] = list(readers) if readers is not None else []
+        self._find_readers = readers is None
+        self.listeners: set[Listener] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.node.ledger
+
+    async def run(self, op: Callable[[], T], name: str) -> T:
+        """One ledger write, with the rights it lacks fetched from other branches."""
+        return await self.node.perform(op, name)
+
+    # --- lifecycle (NiceGUI's startup and shutdown, on the loop) ----------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        await self.node.start()
+        if self._find_readers:
+            try:
+                from reference_app.readers import start_readers
+            except ImportError:  # readers not built yet: manual entry only
+                self.readers = []
+            else:
+                self.readers = start_readers(self.reader_event)
+                return
+        for reader in self.readers:
+            reader.start(self.reader_event)
+
+    async def stop(self) -> None:
+        for reader in self.readers:
+            reader.stop()
+        await self.node.stop()
+
+    # --- card readers -----------------------------------------------------------
+
+    def reader_event(self, event: ReaderEvent) -> None:
+        """Called by readers, from any thread: run the listeners on the loop."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._dispatch(event)
+        else:
+            loop.call_soon_threadsafe(self._dispatch, event)
+
+    def _dispatch(self, event: ReaderEvent) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(event)
+            except Exception:  # one broken page must not deafen the others
+                log.exception("reader event %s", event)
+
+    def reader_status(self) -> list[str]:
+        return [r.status for r in self.readers]
+
+    # --- names ------------------------------------------------------------------
+
+    def branch_name(self, node_id: str) -> str:
+        """A branch's display name from the replicated rule `branches`, else its id."""
+        names = self.ledger.rule("branches")
+        name = names.get(node_id) if isinstance(names, dict) else None
+        return str(name) if name else node_id
+
+    def operator_name(self, operator_id: str) -> str:
+        if operator_id == self.ledger.owner:
+            return tr("店主", "owner")
+        # The operators projection: the library has no listing call for it.
+        row = self.ledger.storage.conn.execute(
+            "SELECT body FROM operators WHERE id = ?", (operator_id,)).fetchone()
+        return str(json.loads(row[0]).get("name", operator_id)) if row else operator_id
+
+    def service_name(self, code: str | None) -> str:
+        if not code:
+            return ""
+        svc = self.ledger.rule("services").get(code)
+        return str(svc.get("name") or code) if isinstance(svc, dict) else code
+
+    # --- refusals ---------------------------------------------------------------
+
+    def refusal(self, e: LedgerError) -> str:
+        """A refusal as a plain sentence the cashier can act on, in the session's language."""
+        if isinstance(e, RightsElsewhere):
+            return self._rights_elsewhere(e)
+        if isinstance(e, InsufficientFunds):
+            if e.purse == "package uses":
+                return tr("该会员没有这项服务可用的套餐次数。",
+                          "The member has no package uses left for this service.")
+            return tr("余额不足：{purse}余额 {have}，本次需要 {want}。",
+                      "Not enough {purse}: the balance is {have}, this needs {want}.",
+                      purse=purse_label(e.purse), have=amount(e.purse, e.balance),
+                      want=amount(e.purse, e.wanted))
+        if isinstance(e, CardLost):
+            return tr("此卡已挂失，不能使用。请核实会员身份后补卡，或在找到卡后解除挂失。",
+                      "This card is reported lost and cannot be used. Check the member's "
+                      "identity and replace the card, or cancel the loss if it was found.")
+        if isinstance(e, CardInactive):
+            return tr("此卡已停用（已补换、已退或已过期）：请使用会员的新卡，或按手机号查找。",
+                      "This card is no longer valid (replaced, returned or expired): use "
+                      "the member's new card or search by phone.")
+        if isinstance(e, WrongPin):
+            return tr("卡密码不对，请会员重新输入。",
+                      "Wrong card PIN; ask the member to try again.")
+        if isinstance(e, ApprovalRequired):
+            return tr("金额超过限额，需要有审批权限的人输入姓名和密码。",
+                      "This amount is above the limit: someone allowed to approve must "
+                      "enter their name and password.")
+        if isinstance(e, PermissionDenied):
+            if "wrong operator name or password" in str(e):
+                return tr("姓名或密码不对。", "Wrong name or password.")
+            return tr("您没有这项操作的权限，请找店长。",
+                      "You are not allowed to do this; ask a manager.")
+        if isinstance(e, InvalidAmount):
+            return tr("金额不对：请输入大于零、最多两位小数的金额，例如 12.34。",
+                      "Invalid amount: enter an amount above zero with at most two "
+                      "decimals, e.g. 12.34.")
+        if isinstance(e, NotFound):
+            return tr("找不到：{what}", "Not found: {what}", what=_detail(e))
+        if isinstance(e, InvalidInput):
+            return tr("输入有误：{what}", "Please check the input: {what}", what=_detail(e))
+        if isinstance(e, ClockSkew):
+            return tr("本机时钟与其他分店相差太大，请校准电脑时间。",
+                      "This computer's clock is far off the other branches'; set the time.")
+        if isinstance(e, StoreLocked):
+            return tr("数据正被其他程序占用，请稍后再试。",
+                      "The data is busy in another program; try again in a moment.")
+        return tr("操作被拒绝：{what}", "Refused: {what}", what=_detail(e))
+
+    def _rights_elsewhere(self, e: RightsElsewhere) -> str:
+        connected = set(self.node.connected())
+        if e.purse == "refund":  # a refund belongs to the branch that made the debit
+            branch = e.branch or ""
+            return tr("这笔消费是在{branch}做的，只能在那里退款（{state}）。",
+                      "This consumption was made at {branch}; only it can refund it "
+                      "({state}).", branch=self.branch_name(branch),
+                      state=_reach(branch in connected))
+        if not e.holders:
+            return tr("{short}的{purse}不在本店，也没有别的分店持有。",
+                      "{short} of this {purse} is held by no branch.",
+                      short=amount(e.purse, e.shortfall), purse=purse_label(e.purse))
+        parts = [tr("{branch}（{what}，{state}）", "{branch} ({what}, {state})",
+                    branch=self.branch_name(node), what=amount(e.purse, held),
+                    state=_reach(node in connected))
+                 for node, held in e.holders.items()]
+        if any(node in connected for node in e.holders):
+            hint = tr("对方没有及时回应，请再试一次。", "It did not answer in time; try again.")
+        else:
+            hint = tr("等连上后再试，或付现金。", "Try again once it is back, or pay in cash.")
+        return tr("本次差 {short}：这部分{purse}在{where}，本店只有 {here}。{hint}",
+                  "{short} of this {purse} balance is held at {where}; this branch holds "
+                  "{here}. {hint}", short=amount(e.purse, e.shortfall),
+                  purse=purse_label(e.purse), where=tr("、", ", ").join(parts),
+                  here=amount(e.purse, e.here), hint=hint)
+
+
+def _reach(connected: bool) -> str:
+    return tr("现在连得上", "connected now") if connected else tr("现在连不上",
+                                                                    "unreachable now")
+
+
+def _detail(e: LedgerError) -> str:
+    return str(e) or type(e).__name__
+
+
+def purse_label(purse: str) -> str:
+    if purse == "cash":
+        return tr("储值", "stored value")
+    if purse == "bonus":
+        return tr("赠送金额", "bonus value")
+    if purse == "points":
+        return tr("积分", "points")
+    if purse.startswith("pkg:"):
+        return tr("套餐次数", "package uses")
+    return purse
+
+
+def amount(purse: str, value: int) -> str:
+    return money(value) if purse in ("cash", "bonus") else format_purse(purse, value)
+
+
+# --- the process's shop and the browser session's operator ---------------------
+
+_shop: Shop | None = None
+
+
+def install(s: Shop | None) -> None:
+    global _shop
+    _shop = s
+
+
+def shop() -> Shop:
+    assert _shop is not None, "reference_app.app.build() has not run"
+    return _shop
+
+
+def operator() -> str | None:
+    """The operator logged in in this browser session, if it may still act here."""
+    try:
+        data: dict[str, Any] = dict(app.storage.user.get("operator") or {})
+    except RuntimeError:
+        return None
+    op, node = data.get("id"), data.get("node")
+    s = shop()
+    if not isinstance(op, str) or node != s.node.node_id:
+        return None  # a session from another store (or none)
+    return op if s.ledger.permissions(op) else None  # disabled operators drop out
+
+
+def log_in(operator_id: str) -> None:
+    app.storage.user["operator"] = {"id": operator_id, "node": shop().node.node_id}
+
+
+def log_out() -> None:
+    app.storage.user.pop("operator", None)
+
+
+def can(permission: str) -> bool:
+    op = operator()
+    return op is not None and permission in shop().ledger.permissions(op)
