@@ -14,7 +14,6 @@ import os
 import secrets
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from nicegui import app, ui
 
@@ -23,10 +22,8 @@ from peer.chain import load_identity
 from peer.cli import add_node_options, node_config
 from peer.node import Config, Node, parse_address
 from reference_app import layout
+from reference_app.readers import Reader
 from reference_app.shop import Shop, install
-
-if TYPE_CHECKING:
-    from reference_app.readers import Reader
 
 SECRET_FILE = "app-secret"  # signs the browsers' session cookies; kept with the node's data
 SESSIONS_DIR = "app-sessions"  # NiceGUI's per-browser storage (operator, language)

@@ -23,6 +23,7 @@ from crdtledger.errors import InvalidAmount, LedgerError
 from crdtledger.money import apply_rate, points_for
 from reference_app.i18n import mask_phone, money, parse_money, tr
 from reference_app.layout import frame
+from reference_app.readers import ReaderEvent, WedgeParser
 from reference_app.shop import Shop, can, log_in, operator, shop
 
 T = TypeVar("T")
@@ -94,7 +95,7 @@ class Counter:
         client = ui.context.client
         request = client.request
 
-        def listener(event: Any) -> None:
+        def listener(event: ReaderEvent) -> None:
             # Reader events come from no browser request: act as this page's session.
             request_contextvar.set(request)
             with client:
@@ -129,8 +130,8 @@ class Counter:
                       on_click=lambda: self.new_member_dialog()) \
                 .props("outline").classes("w-full").mark("new-member")
 
-    def on_reader_event(self, event: Any) -> None:
-        """A card reader's event (readers.ReaderEvent), on the loop, in this page's context."""
+    def on_reader_event(self, event: ReaderEvent) -> None:
+        """A card reader's event, on the loop, in this page's context."""
         if event.kind == "card":
             self.swipe(str(event.value))
         elif event.kind == "status":
@@ -174,12 +175,16 @@ class Counter:
         self.results.clear()
         if not q:
             return
-        try:
-            self.shop.ledger.card(q)
-        except LedgerError:
-            pass
-        else:
-            self.swipe(q)
+        # A keyboard-wedge reader or scanner types into this box: a card it read
+        # (magnetic stripe, member QR code) is a swipe; so is a known card number.
+        event = WedgeParser().parse(q)
+        for number in ([event.value] if event is not None and event.kind == "card" else []) + [q]:
+            try:
+                self.shop.ledger.card(number)
+            except LedgerError:
+                continue
+            self.query.set_value("")
+            self.swipe(number)
             return
         try:
             found = self.shop.ledger.find_members(q, limit=12)

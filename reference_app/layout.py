@@ -96,7 +96,7 @@ def _header(title: str, op: str) -> None:
             .props("dense no-caps color=teal-9 toggle-color=white toggle-text-color=teal-9"
                    " text-color=white").classes("ml-2")
         ui.button(tr("退出", "Log out"), icon="logout", on_click=_logout) \
-            .props("flat color=white no-caps")
+            .props("flat color=white no-caps").mark("logout")
     with drawer:
         for entry in [NavEntry("/", "收银台", "Counter", None, "point_of_sale"),
                       *_nav.values()]:

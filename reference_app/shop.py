@@ -15,7 +15,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from nicegui import app
 
@@ -38,13 +38,11 @@ from crdtledger.ledger import Ledger
 from crdtledger.money import format_purse
 from peer.node import Node
 from reference_app.i18n import money, tr
-
-if TYPE_CHECKING:
-    from reference_app.readers import Reader, ReaderEvent
+from reference_app.readers import Reader, ReaderEvent, start_readers
 
 log = logging.getLogger("reference_app")
 T = TypeVar("T")
-Listener = Callable[["ReaderEvent"], None]
+Listener = Callable[[ReaderEvent], None]
 
 
 class Shop:
@@ -70,13 +68,8 @@ class Shop:
         self._loop = asyncio.get_running_loop()
         await self.node.start()
         if self._find_readers:
-            try:
-                from reference_app.readers import start_readers
-            except ImportError:  # readers not built yet: manual entry only
-                self.readers = []
-            else:
-                self.readers = start_readers(self.reader_event)
-                return
+            self.readers = start_readers(self.reader_event)
+            return
         for reader in self.readers:
             reader.start(self.reader_event)
 
@@ -109,7 +102,8 @@ class Shop:
                 log.exception("reader event %s", event)
 
     def reader_status(self) -> list[str]:
-        return [r.status for r in self.readers]
+        """Each reader's state, as a sentence in the session's language."""
+        return [tr(r.status_zh, r.status) for r in self.readers]
 
     # --- names ------------------------------------------------------------------
 

@@ -17,6 +17,9 @@ from hypothesis import settings
 
 from crdtledger.ledger import Ledger
 
+# The counter app's fixtures (NiceGUI's simulated user against a real node).
+pytest_plugins = ["app_fixtures"]
+
 # No per-example deadline: CI machines are shared and noisy, and a slow example is
 # not a wrong one (speed is measured in benchmarks/, never asserted in tests).
 settings.register_profile("crdtledger", deadline=None)
