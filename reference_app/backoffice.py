@@ -1,0 +1,966 @@
+"""The back office: the owner's figures, the branches' sync, and the shop's data files.
+
+Reports read the projections through crdtledger.views on the node's loop (reads need
+no perform); each has a chart and a CSV export. The library leaves read permissions
+to its callers (reports, backups and exports name no operator), so each page and
+each export checks the operator's permission here, not only by hiding the entry.
+
+CSV files are UTF-8 with a byte-order mark: without it Excel on a Chinese Windows
+reads them as GBK and the names come out garbled. Amounts in CSV are plain yuan
+("12.34") so that a spreadsheet can sum them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import tempfile
+import time
+import zipfile
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from nicegui import events, run, ui
+
+from crdtledger import views
+from crdtledger.errors import CorruptSyncFile, ForeignChain, LedgerError, PermissionDenied
+from crdtledger.ledger import PREF_KEYS, Ledger
+from crdtledger.model import member_doc
+from crdtledger.money import format_yuan
+from crdtledger.storage import backup as backup_store
+from crdtledger.syncfile import export_file, import_file, read_file
+from reference_app import layout
+from reference_app.i18n import mask_phone, money, tr
+from reference_app.shop import can, operator, shop
+
+# What an erased member's name becomes: the name is required, and reports that
+# list past sales by member still need a row to show.
+ERASED_NAME = "已删除"
+# Reports list at most this many rows on screen; the CSV carries them all.
+SCREEN_ROWS = 200
+TREND_DAYS = 14
+
+
+# --- shared pieces ------------------------------------------------------------
+
+
+def csv_bytes(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return ("\ufeff" + out.getvalue()).encode("utf-8")
+
+
+def yuan(fen: int) -> str:
+    return format_yuan(fen)
+
+
+def require(permission: str) -> None:
+    """The check the library leaves to callers of reads: a button press from a page
+    opened before the operator lost the permission is refused too."""
+    op = operator()
+    if op is None or permission not in shop().ledger.permissions(op):
+        raise PermissionDenied(f"operator {op} may not {permission}")
+
+
+def refuse(e: LedgerError) -> None:
+    ui.notify(shop().refusal(e), type="negative", multi_line=True)
+
+
+def local_time(ledger: Ledger, ms: int, *, with_day: bool = True) -> str:
+    moment = datetime.fromtimestamp(ms / 1000, ledger.storage.tz)
+    return moment.strftime("%Y-%m-%d %H:%M" if with_day else "%H:%M")
+
+
+def period_ids(ledger: Ledger, start: str, end: str) -> tuple[str, str]:
+    """The id range of the days start..end inclusive (ids begin with their timestamp)."""
+    return ledger.storage.day_start_id(start), ledger.storage.day_start_id(end, days_later=1)
+
+
+def branches(ledger: Ledger, extra: Iterable[str] = ()) -> list[str]:
+    """Branches worth a row: this one, the named ones, peers seen and `extra`."""
+    named = ledger.rule("branches")
+    seen = [n for (n,) in ledger.storage.conn.execute("SELECT node FROM peers")]
+    return sorted({ledger.node, *named, *seen, *extra})
+
+
+def date_field(label: str, value: str) -> ui.input:
+    """A date typed or picked; the views refuse what is not a date."""
+    with ui.input(label, value=value).props("dense outlined").classes("w-44") as field:
+        with ui.menu().props("no-parent-event") as menu:
+            ui.date(mask="YYYY-MM-DD").bind_value(field)
+        with field.add_slot("append"):
+            ui.icon("event").on("click", menu.open).classes("cursor-pointer")
+    return field
+
+
+def export_button(label: str, make: Callable[[], tuple[bytes, str]]) -> ui.button:
+    def download() -> None:
+        try:
+            require("reports.view")
+            data, filename = make()
+        except LedgerError as e:
+            refuse(e)
+            return
+        ui.download.content(data, filename, "text/csv")
+
+    return ui.button(label, icon="download", on_click=download).props("outline dense")
+
+
+def bar_chart(categories: list[str], series: list[tuple[str, list[float]]], *,
+              horizontal: bool = False, stack: bool = False, height: str = "h-72") -> ui.echart:
+    """Money charts plot yuan (floats are fine for drawing; figures shown are exact)."""
+    cat_axis = {"type": "category", "data": categories,
+                "axisLabel": {"interval": 0, "overflow": "truncate", "width": 90}}
+    val_axis = {"type": "value"}
+    options: dict[str, Any] = {
+        "tooltip": {"trigger": "axis"},
+        "legend": {"show": len(series) > 1, "top": 0},
+        "grid": {"left": 8, "right": 16, "top": 32 if len(series) > 1 else 12, "bottom": 8,
+                 "containLabel": True},
+        "xAxis": val_axis if horizontal else cat_axis,
+        "yAxis": {**cat_axis, "inverse": True} if horizontal else val_axis,
+        "series": [{"name": name, "type": "bar", "data": data,
+                    **({"stack": "all"} if stack else {})} for name, data in series],
+    }
+    return ui.echart(options).classes(f"w-full {height}")
+
+
+def fen_to_float(fen: int) -> float:
+    return fen / 100
+
+
+# --- daily summary --------------------------------------------------------------
+
+
+DAILY_FIELDS: list[tuple[str, str, str, bool]] = [
+    # key, zh, en, money?
+    ("new_members", "新会员", "New members", False),
+    ("sales", "消费额", "Sales", True),
+    ("debits", "消费笔数", "Services", False),
+    ("refunds", "退款", "Refunds", True),
+    ("topup_cash", "充值收款", "Top-up cash", True),
+    ("topups", "充值笔数", "Top-ups", False),
+    ("cards_sold", "售卡", "Cards sold", False),
+    ("card_sales", "售卡收入", "Card sales", True),
+]
+
+
+HEADLINE = ("sales", "debits", "topup_cash", "new_members", "cards_sold")
+
+
+def daily_rows(ledger: Ledger, day: str) -> list[dict[str, Any]]:
+    """One row per branch that did anything that day (and this branch), then the total."""
+    lo, hi = period_ids(ledger, day, day)
+    active = [n for (n,) in ledger.storage.conn.execute(
+        "SELECT DISTINCT node FROM entries WHERE id >= ? AND id < ?", (lo, hi))]
+    active += [n for (n,) in ledger.storage.conn.execute(
+        "SELECT DISTINCT home FROM members WHERE day = ?", (day,))]
+    rows = [views.daily_report(ledger, day, node) for node in branches(ledger, active)]
+    rows.append(views.daily_report(ledger, day))
+    return rows
+
+
+def daily_csv(ledger: Ledger, day: str) -> bytes:
+    header = [tr("日期", "Day"), tr("分店", "Branch"),
+              *[tr(zh, en) for _k, zh, en, _m in DAILY_FIELDS]]
+    rows = []
+    for r in daily_rows(ledger, day):
+        name = tr("合计", "Total") if r["branch"] == "all" else shop().branch_name(r["branch"])
+        rows.append([day, name, *[yuan(r[k]) if is_money else r[k]
+                                  for k, _zh, _en, is_money in DAILY_FIELDS]])
+    return csv_bytes(header, rows)
+
+
+def daily_page() -> None:
+    ledger = shop().ledger
+    state = {"day": ledger.today()}
+
+    with ui.row().classes("items-center gap-4"):
+        day_input = date_field(tr("日期", "Day"), state["day"])
+        ui.button(tr("今天", "Today"), on_click=lambda: day_input.set_value(ledger.today())
+                  ).props("flat dense")
+        export_button(tr("导出 CSV", "Export CSV"),
+                      lambda: (daily_csv(ledger, state["day"]), f"daily-{state['day']}.csv"))
+
+    @ui.refreshable
+    def body() -> None:
+        day = state["day"]
+        try:
+            rows = daily_rows(ledger, day)
+        except LedgerError as e:
+            ui.label(shop().refusal(e)).classes("text-negative")
+            return
+        total = rows[-1]
+        with ui.row().classes("w-full gap-4"):
+            for key, zh, en, is_money in [f for f in DAILY_FIELDS if f[0] in HEADLINE]:
+                with ui.card().classes("min-w-40"):
+                    ui.label(tr(zh, en)).classes("text-sm text-grey-7")
+                    value = money(total[key]) if is_money else str(total[key])
+                    ui.label(value).classes("text-2xl font-semibold")
+        columns = [{"name": "branch", "label": tr("分店", "Branch"), "field": "branch",
+                    "align": "left"}]
+        columns += [{"name": k, "label": tr(zh, en), "field": k, "align": "right"}
+                    for k, zh, en, _m in DAILY_FIELDS]
+        table_rows = []
+        for r in rows:
+            name = tr("合计", "Total") if r["branch"] == "all" else shop().branch_name(r["branch"])
+            table_rows.append({"branch": name, **{k: money(r[k]) if m else r[k]
+                                                  for k, _z, _e, m in DAILY_FIELDS}})
+        ui.table(columns=columns, rows=table_rows, row_key="branch").props(
+            "flat bordered dense").classes("w-full")
+        branch_rows = rows[:-1]
+        with ui.row().classes("w-full gap-4 no-wrap max-lg:flex-wrap"):
+            with ui.card().classes("flex-1 min-w-80"):
+                ui.label(tr("{day} 各分店", "Branches on {day}", day=day)).classes("font-medium")
+                bar_chart([shop().branch_name(r["branch"]) for r in branch_rows], [
+                    (tr("消费额", "Sales"), [fen_to_float(r["sales"]) for r in branch_rows]),
+                    (tr("充值收款", "Top-up cash"),
+                     [fen_to_float(r["topup_cash"]) for r in branch_rows]),
+                ])
+            with ui.card().classes("flex-1 min-w-80"):
+                ui.label(tr("近 {n} 天", "Last {n} days", n=TREND_DAYS)).classes("font-medium")
+                days = [(date.fromisoformat(day) - timedelta(days=i)).isoformat()
+                        for i in range(TREND_DAYS - 1, -1, -1)]
+                trend = [views.daily_report(ledger, d) for d in days]
+                chart = bar_chart([d[5:] for d in days], [
+                    (tr("消费额", "Sales"), [fen_to_float(r["sales"]) for r in trend]),
+                    (tr("充值收款", "Top-up cash"), [fen_to_float(r["topup_cash"]) for r in trend]),
+                ])
+                for s in chart.options["series"]:
+                    s["type"] = "line"
+
+    def on_day(e: events.ValueChangeEventArguments[Any]) -> None:
+        state["day"] = str(e.value or "").strip()
+        body.refresh()
+
+    day_input.on_value_change(on_day)
+    body()
+
+
+# --- rankings -----------------------------------------------------------------
+
+
+def default_period(ledger: Ledger, days: int = 30) -> tuple[str, str]:
+    today = date.fromisoformat(ledger.today())
+    return (today - timedelta(days=days - 1)).isoformat(), today.isoformat()
+
+
+def member_label(row: dict[str, Any]) -> str:
+    name = row.get("name") or row["member"]
+    if name == ERASED_NAME:
+        name = tr("已删除会员", "erased member")
+    return f"{name} {row.get('phone', '')}".strip()
+
+
+def service_label(code: str) -> str:
+    return shop().service_name(code) or code
+
+
+def ranking_csv(ledger: Ledger, by: str, start: str, end: str) -> bytes:
+    rows = views.ranking(ledger, by, start, end, limit=10_000)
+    if by == "services":
+        return csv_bytes(
+            [tr("名次", "Rank"), tr("项目代码", "Code"), tr("项目", "Service"),
+             tr("次数", "Count"), tr("金额", "Amount")],
+            [[i, r["service"], service_label(r["service"]), r["count"], yuan(r["amount"])]
+             for i, r in enumerate(rows, 1)])
+    return csv_bytes(
+        [tr("名次", "Rank"), tr("会员号", "Member id"), tr("姓名", "Name"), tr("手机", "Phone"),
+         tr("次数", "Count"), tr("金额", "Amount")],
+        [[i, r["member"], r.get("name", ""), r.get("phone", ""), r["count"], yuan(r["amount"])]
+         for i, r in enumerate(rows, 1)])
+
+
+def ranking_export(ledger: Ledger, by: str, state: dict[str, str]
+                   ) -> Callable[[], tuple[bytes, str]]:
+    return lambda: (ranking_csv(ledger, by, state["start"], state["end"]),
+                    f"ranking-{by}-{state['start']}-{state['end']}.csv")
+
+
+def ranking_page() -> None:
+    ledger = shop().ledger
+    start, end = default_period(ledger)
+    state = {"start": start, "end": end}
+
+    with ui.row().classes("items-center gap-4"):
+        start_in = date_field(tr("从", "From"), start)
+        end_in = date_field(tr("到", "To"), end)
+
+    @ui.refreshable
+    def body() -> None:
+        try:
+            services = views.ranking(ledger, "services", state["start"], state["end"], 10)
+            members = views.ranking(ledger, "members", state["start"], state["end"], 10)
+        except LedgerError as e:
+            ui.label(shop().refusal(e)).classes("text-negative")
+            return
+        with ui.row().classes("w-full gap-4 no-wrap max-lg:flex-wrap items-start"):
+            for by, title, rows, label in (
+                ("services", tr("项目销量排名", "Services by sales"), services,
+                 lambda r: service_label(r["service"])),
+                ("members", tr("会员消费排名", "Members by spending"), members, member_label),
+            ):
+                with ui.card().classes("flex-1 min-w-80"):
+                    with ui.row().classes("w-full items-center justify-between"):
+                        ui.label(title).classes("text-lg font-medium")
+                        export_button("CSV", ranking_export(ledger, by, state))
+                    if not rows:
+                        ui.label(tr("这段时间没有消费", "No sales in this period")
+                                 ).classes("text-grey-7")
+                        continue
+                    labels = [label(r) for r in rows]
+                    short = [r.get("name") or lab for r, lab in zip(rows, labels, strict=True)]
+                    bar_chart(short, [(tr("金额", "Amount"),
+                                        [fen_to_float(r["amount"]) for r in rows])],
+                              horizontal=True, height="h-64")
+                    ui.table(columns=[
+                        {"name": "rank", "label": "#", "field": "rank", "align": "right"},
+                        {"name": "name", "label": title.split()[0] if False else
+                         tr("名称", "Name"), "field": "name", "align": "left"},
+                        {"name": "count", "label": tr("次数", "Count"), "field": "count",
+                         "align": "right"},
+                        {"name": "amount", "label": tr("金额", "Amount"), "field": "amount",
+                         "align": "right"},
+                    ], rows=[{"rank": i, "name": lab, "count": r["count"],
+                              "amount": money(r["amount"])}
+                             for i, (lab, r) in enumerate(zip(labels, rows, strict=True), 1)],
+                        row_key="rank").props("flat dense").classes("w-full")
+
+    def on_change() -> None:
+        state["start"] = str(start_in.value or "").strip()
+        state["end"] = str(end_in.value or "").strip()
+        body.refresh()
+
+    start_in.on_value_change(on_change)
+    end_in.on_value_change(on_change)
+    body()
+
+
+# --- top-up receipts ----------------------------------------------------------------
+
+
+def topups(ledger: Ledger, start: str, end: str) -> list[dict[str, Any]]:
+    """Every top-up of the period, oldest first, with the member's name and masked phone."""
+    lo, hi = period_ids(ledger, start, end)
+    out = []
+    for body, name, phone in ledger.storage.conn.execute(
+        "SELECT e.body, m.name, m.phone FROM entries e LEFT JOIN members m ON m.id = e.member "
+        "WHERE e.id >= ? AND e.id < ? AND e.kind = 'topup' ORDER BY e.id", (lo, hi)
+    ):
+        e = json.loads(body)
+        e["name"] = name or ""
+        e["phone"] = mask_phone(phone or "")
+        out.append(e)
+    return out
+
+
+def topups_csv(ledger: Ledger, start: str, end: str) -> bytes:
+    return csv_bytes(
+        [tr("时间", "Time"), tr("分店", "Branch"), tr("会员号", "Member id"), tr("姓名", "Name"),
+         tr("手机", "Phone"), tr("实收", "Cash received"), tr("赠送", "Bonus"),
+         tr("促销", "Promotion"), tr("操作员", "Operator"), tr("单号", "Entry")],
+        [[local_time(ledger, e["at"]), shop().branch_name(e["node"]), e["member"], e["name"],
+          e["phone"], yuan(e.get("paid", e["amount"])), yuan(e.get("bonus", 0)),
+          e.get("promotion", ""), shop().operator_name(e["op"]), e["id"]]
+         for e in topups(ledger, start, end)])
+
+
+def topups_page() -> None:
+    ledger = shop().ledger
+    start, end = default_period(ledger, 7)
+    state = {"start": start, "end": end}
+    with ui.row().classes("items-center gap-4"):
+        start_in = date_field(tr("从", "From"), start)
+        end_in = date_field(tr("到", "To"), end)
+        export_button(tr("导出 CSV", "Export CSV"), lambda: (
+            topups_csv(ledger, state["start"], state["end"]),
+            f"topups-{state['start']}-{state['end']}.csv"))
+
+    @ui.refreshable
+    def body() -> None:
+        try:
+            rows = topups(ledger, state["start"], state["end"])
+            days = _days(state["start"], state["end"])
+        except (LedgerError, ValueError) as e:
+            ui.label(shop().refusal(e) if isinstance(e, LedgerError) else str(e)
+                     ).classes("text-negative")
+            return
+        cash = sum(int(e.get("paid", e["amount"])) for e in rows)
+        bonus = sum(int(e.get("bonus", 0)) for e in rows)
+        with ui.row().classes("gap-4"):
+            for title, value in ((tr("充值笔数", "Top-ups"), str(len(rows))),
+                                 (tr("实收", "Cash received"), money(cash)),
+                                 (tr("赠送", "Bonus given"), money(bonus))):
+                with ui.card().classes("min-w-40"):
+                    ui.label(title).classes("text-sm text-grey-7")
+                    ui.label(value).classes("text-2xl font-semibold")
+        per: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for t in rows:
+            per[t["node"]][ledger.storage.day_of(t["at"])] += int(t.get("paid", t["amount"]))
+        if len(days) <= 62:
+            with ui.card().classes("w-full"):
+                ui.label(tr("每日充值收款", "Top-up cash per day")).classes("font-medium")
+                bar_chart([d[5:] for d in days],
+                          [(shop().branch_name(n), [fen_to_float(per[n][d]) for d in days])
+                           for n in sorted(per)] or [(tr("实收", "Cash"), [0.0] * len(days))],
+                          stack=True, height="h-64")
+        shown = rows[-SCREEN_ROWS:][::-1]
+        if len(rows) > len(shown):
+            ui.label(tr("显示最近 {n} 笔；CSV 包含全部 {m} 笔",
+                        "Showing the latest {n}; the CSV has all {m}", n=len(shown), m=len(rows))
+                     ).classes("text-sm text-grey-7")
+        ui.table(columns=[
+            {"name": "time", "label": tr("时间", "Time"), "field": "time", "align": "left"},
+            {"name": "branch", "label": tr("分店", "Branch"), "field": "branch", "align": "left"},
+            {"name": "member", "label": tr("会员", "Member"), "field": "member", "align": "left"},
+            {"name": "paid", "label": tr("实收", "Cash"), "field": "paid", "align": "right"},
+            {"name": "bonus", "label": tr("赠送", "Bonus"), "field": "bonus", "align": "right"},
+            {"name": "promotion", "label": tr("促销", "Promotion"), "field": "promotion",
+             "align": "left"},
+            {"name": "op", "label": tr("操作员", "Operator"), "field": "op", "align": "left"},
+        ], rows=[{"id": e["id"], "time": local_time(ledger, e["at"]),
+                  "branch": shop().branch_name(e["node"]),
+                  "member": member_label(e | {"member": e["member"]}),
+                  "paid": money(int(e.get("paid", e["amount"]))),
+                  "bonus": money(int(e.get("bonus", 0))) if e.get("bonus") else "",
+                  "promotion": e.get("promotion", ""), "op": shop().operator_name(e["op"])}
+                 for e in shown], row_key="id", pagination=20).props(
+            "flat bordered dense").classes("w-full")
+
+    def on_change() -> None:
+        state["start"] = str(start_in.value or "").strip()
+        state["end"] = str(end_in.value or "").strip()
+        body.refresh()
+
+    start_in.on_value_change(on_change)
+    end_in.on_value_change(on_change)
+    body()
+
+
+def _days(start: str, end: str) -> list[str]:
+    a, b = date.fromisoformat(start), date.fromisoformat(end)
+    return [(a + timedelta(days=i)).isoformat() for i in range((b - a).days + 1)]
+
+
+# --- settlement -----------------------------------------------------------------
+
+
+def settlement_csv(ledger: Ledger, start: str | None, end: str | None) -> bytes:
+    r = views.settlement(ledger, start, end)
+    rows: list[list[Any]] = [
+        [shop().branch_name(p["owes"]), p["owes"], shop().branch_name(p["to"]), p["to"],
+         yuan(p["amount"])] for p in r["pairs"]]
+    rows.append([])
+    rows.append([tr("分店", "Branch"), tr("分店号", "Node"), tr("净头寸", "Net position")])
+    rows += [[shop().branch_name(n), n, yuan(v)] for n, v in r["net"].items()]
+    return csv_bytes([tr("应付分店", "Owing branch"), tr("分店号", "Node"),
+                      tr("收款分店", "Owed to"), tr("分店号", "Node"), tr("金额", "Amount")], rows)
+
+
+def settlement_page() -> None:
+    ledger = shop().ledger
+    state: dict[str, str] = {"start": "", "end": ""}
+    with ui.row().classes("items-center gap-4"):
+        start_in = date_field(tr("从（空 = 开业起）", "From (empty = ever)"), "")
+        end_in = date_field(tr("到（空 = 至今）", "To (empty = now)"), "")
+        export_button(tr("导出 CSV", "Export CSV"), lambda: (
+            settlement_csv(ledger, state["start"] or None, state["end"] or None),
+            f"settlement-{state['start'] or 'all'}-{state['end'] or ledger.today()}.csv"))
+    ui.label(tr("会员在别的分店消费了在本店充值的储值时，本店把这部分储值的权利转给那家分店："
+                "本店应把对应的钱付给那家分店。",
+                "When a member spends value topped up here at another branch, this branch "
+                "hands that branch the right to it: this branch owes it the money.")
+             ).classes("text-sm text-grey-7 max-w-3xl")
+
+    @ui.refreshable
+    def body() -> None:
+        try:
+            r = views.settlement(ledger, state["start"] or None, state["end"] or None)
+        except LedgerError as e:
+            ui.label(shop().refusal(e)).classes("text-negative")
+            return
+        with ui.row().classes("w-full gap-4 no-wrap max-lg:flex-wrap items-start"):
+            with ui.card().classes("flex-1 min-w-80"):
+                ui.label(tr("应付款", "Who owes whom")).classes("text-lg font-medium")
+                if not r["pairs"]:
+                    ui.label(tr("各分店之间没有需要结算的款项",
+                                "Nothing to settle between branches")).classes("text-grey-7")
+                for p in r["pairs"]:
+                    with ui.row().classes("items-center gap-2 text-base"):
+                        ui.label(shop().branch_name(p["owes"])).classes("font-medium")
+                        ui.label(tr("应付", "owes"))
+                        ui.label(shop().branch_name(p["to"])).classes("font-medium")
+                        ui.label(money(p["amount"])).classes("text-lg font-semibold text-primary")
+            with ui.card().classes("flex-1 min-w-80"):
+                ui.label(tr("各分店净额（合计为零）", "Net position per branch (sums to zero)")
+                         ).classes("text-lg font-medium")
+                ui.label(tr("正数为应收，负数为应付", "Positive: to receive; negative: to pay")
+                         ).classes("text-sm text-grey-7")
+                nets = list(r["net"].items())
+                chart = bar_chart([shop().branch_name(n) for n, _v in nets],
+                                  [(tr("净额", "Net"), [fen_to_float(v) for _n, v in nets])],
+                                  height="h-56")
+                chart.options["series"][0]["data"] = [
+                    {"value": fen_to_float(v), "itemStyle": {"color": "#21BA45" if v >= 0
+                                                             else "#C10015"}} for _n, v in nets]
+                ui.table(columns=[
+                    {"name": "branch", "label": tr("分店", "Branch"), "field": "branch",
+                     "align": "left"},
+                    {"name": "net", "label": tr("净额", "Net"), "field": "net", "align": "right"},
+                ], rows=[{"branch": shop().branch_name(n), "net": money(v)} for n, v in nets]
+                    + [{"branch": tr("合计", "Total"), "net": money(r["total"])}],
+                    row_key="branch").props("flat dense").classes("w-full")
+
+    def on_change() -> None:
+        state["start"] = str(start_in.value or "").strip()
+        state["end"] = str(end_in.value or "").strip()
+        body.refresh()
+
+    start_in.on_value_change(on_change)
+    end_in.on_value_change(on_change)
+    body()
+
+
+# --- members: export and erasure ------------------------------------------------------
+
+
+def members_csv(ledger: Ledger) -> bytes:
+    """Every live member with whole phone numbers: for the owner's own records."""
+    conn = ledger.storage.conn
+    purses: dict[str, dict[str, int]] = defaultdict(dict)
+    for member, purse, total in conn.execute(
+        "SELECT member, purse, SUM(amount) FROM rights WHERE purse IN ('cash', 'bonus', 'points') "
+        "GROUP BY member, purse"
+    ):
+        purses[member][purse] = int(total)
+    rows = []
+    for mid, body, day in conn.execute("SELECT id, body, day FROM members ORDER BY id"):
+        m = json.loads(body)
+        if m.get("deleted"):
+            continue
+        p = purses.get(mid, {})
+        prefs = m.get("prefs") or {}
+        rows.append([
+            mid, m.get("name", ""), m.get("phone", ""), m.get("gender", ""),
+            m.get("birthday", ""), m.get("anniversary", ""),
+            shop().branch_name(m.get("home", "")), views.level(ledger, mid, m)["name"],
+            yuan(p.get("cash", 0)), yuan(p.get("bonus", 0)), p.get("points", 0), day,
+            *[prefs.get(k, "") for k in PREF_KEYS],
+            " ".join(sorted(t for t, on in (m.get("tags") or {}).items() if on)),
+            m.get("notes", ""),
+        ])
+    return csv_bytes([
+        tr("会员号", "Member id"), tr("姓名", "Name"), tr("手机", "Phone"),
+        tr("性别", "Gender"), tr("生日", "Birthday"), tr("纪念日", "Anniversary"),
+        tr("开卡分店", "Home branch"), tr("等级", "Level"), tr("储值", "Cash"),
+        tr("赠送", "Bonus"), tr("积分", "Points"), tr("入会日期", "Joined"),
+        tr("力度", "Strength"), tr("服务偏好", "Service"), tr("技师", "Technician"),
+        tr("标签", "Tags"), tr("备注", "Notes")], rows)
+
+
+def erase_member(ledger: Ledger, op: str, member_id: str) -> None:
+    """Blank a member's personal data on request, keep the ledger's figures.
+
+    Written through the library (member.edit + member.delete): the blanks replicate
+    to every branch. The old values would stay in this store's update log until the
+    document's next compaction; compacting now leaves only the garbage-collected
+    document, which no longer holds them. Other branches drop them when they
+    compact; backups and sync files taken before keep them."""
+    m = ledger.member(member_id)
+    ledger.edit_member(
+        op, member_id,
+        fields={"name": ERASED_NAME, "phone": "", "gender": "", "birthday": "",
+                "anniversary": "", "notes": "", "deleted": True},
+        prefs={k: "" for k in (m.get("prefs") or {})},
+        custom={k: "" for k in (m.get("custom") or {})},
+        tags_remove=m.get("tags") or [],
+    )
+    ledger.storage.compact(member_doc(member_id))
+
+
+def members_page() -> None:
+    ledger = shop().ledger
+    with ui.card().classes("w-full max-w-3xl"):
+        ui.label(tr("会员资料导出", "Member export")).classes("text-lg font-medium")
+        ui.label(tr("全部会员的资料（含完整手机号）和余额，CSV 文件，可用 Excel 打开。请妥善保管。",
+                    "All members' details (whole phone numbers) and balances as CSV for Excel. "
+                    "Keep the file safe.")).classes("text-sm text-grey-7")
+
+        def export() -> None:
+            try:
+                require("backup")
+                data = members_csv(ledger)
+            except LedgerError as e:
+                refuse(e)
+                return
+            ui.download.content(data, f"members-{ledger.today()}.csv", "text/csv")
+
+        ui.button(tr("导出会员 CSV", "Export members CSV"), icon="download", on_click=export
+                  ).props("outline").set_visibility(can("backup"))
+        if not can("backup"):
+            ui.label(tr("需要「备份」权限", "Needs the backup permission")).classes("text-grey-7")
+
+    with ui.card().classes("w-full max-w-3xl"):
+        ui.label(tr("应会员要求删除个人资料", "Erase a member's personal data on request")
+                 ).classes("text-lg font-medium")
+        ui.label(tr(
+            "姓名、手机、生日、纪念日、偏好、标签和备注将被清空，所有分店同步生效；"
+            "消费和充值记录（金额）保留用于对账。本店的历史记录立即清除旧资料，"
+            "其他分店在下次整理存储时清除；之前做的备份和同步文件仍含旧资料。",
+            "Name, phone, birthday, anniversary, preferences, tags and notes are blanked at "
+            "every branch; the entries (amounts) stay for the accounts. This branch's stored "
+            "history drops the old values now, other branches at their next compaction; "
+            "backups and sync files made earlier still hold them.")).classes("text-sm text-grey-7")
+        if not can("member.delete"):
+            ui.label(tr("需要「删除会员」权限", "Needs the member.delete permission")
+                     ).classes("text-grey-7")
+            return
+        found = ui.column().classes("w-full")
+
+        def search() -> None:
+            found.clear()
+            try:
+                hits = ledger.find_members(query.value or "")
+            except LedgerError as e:
+                refuse(e)
+                return
+            with found:
+                if not hits:
+                    ui.label(tr("没有找到会员", "No member found")).classes("text-grey-7")
+                for h in hits:
+                    with ui.row().classes("items-center gap-4"):
+                        ui.label(f"{h['name']}  {h['phone']}  {shop().branch_name(h['home'])}")
+                        ui.button(tr("删除个人资料", "Erase personal data"), color="negative",
+                                  on_click=lambda h=h: confirm(h)).props("dense outline")
+
+        async def confirm(h: dict[str, Any]) -> None:
+            with ui.dialog() as dialog, ui.card():
+                ui.label(tr("确定删除 {name}（{phone}）的个人资料？此操作不能撤销。",
+                            "Erase the personal data of {name} ({phone})? This cannot be undone.",
+                            name=h["name"], phone=h["phone"]))
+                with ui.row():
+                    ui.button(tr("删除", "Erase"), color="negative",
+                              on_click=lambda: dialog.submit(True))
+                    ui.button(tr("取消", "Cancel"), on_click=lambda: dialog.submit(False)
+                              ).props("flat")
+            if not await dialog:
+                return
+            op = operator()
+            try:
+                if op is None:
+                    raise PermissionDenied("nobody is logged in")
+                await shop().run(lambda: erase_member(ledger, op, h["id"]), "erase member")
+            except LedgerError as e:
+                refuse(e)
+                return
+            ui.notify(tr("已删除个人资料", "Personal data erased"), type="positive")
+            search()
+
+        with ui.row().classes("items-center gap-2"):
+            query = ui.input(tr("手机、姓名或卡号", "Phone, name or card number")
+                             ).props("dense outlined").on("keydown.enter", search)
+            ui.button(tr("查找", "Find"), icon="search", on_click=search).props("dense")
+
+
+# --- sync status, banner, sync files, backup -----------------------------------------
+
+
+def ago(seconds: float) -> str:
+    s = max(0, int(seconds))
+    if s < 60:
+        return tr("{n} 秒前", "{n} s ago", n=s)
+    if s < 3600:
+        return tr("{n} 分钟前", "{n} min ago", n=s // 60)
+    if s < 86400:
+        return tr("{n} 小时前", "{n} h ago", n=s // 3600)
+    return tr("{n} 天前", "{n} days ago", n=s // 86400)
+
+
+def last_contacts(ledger: Ledger, status: dict[str, Any]) -> dict[str, float]:
+    """When each peer was last heard from, in wall seconds: this run's connections, and
+    before them the last sync round or file the store remembers."""
+    out = {str(n): ms / 1000 for n, ms in ledger.storage.conn.execute(
+        "SELECT node, seen_at FROM peers WHERE seen_at IS NOT NULL")}
+    for p in status["peers"]:
+        if p["last_contact"] is not None:
+            out[p["node"]] = max(out.get(p["node"], 0.0), float(p["last_contact"]))
+    return out
+
+
+def cut_off_banner() -> str | None:
+    """The banner's text when no peer is connected though some are known, else None."""
+    try:
+        node = shop().node
+        status = node.sync_status()
+    except (AssertionError, RuntimeError):  # the node is not started (yet)
+        return None
+    ledger = node.ledger
+    if any(p["connected"] for p in status["peers"]):
+        return None
+    seen = last_contacts(ledger, status)
+    if not status["peers"] and not node.config.peers and not seen:
+        return None  # a single branch: nothing to be cut off from
+    since = max(seen.values(), default=None)
+    keep = tr("可以继续收银，恢复后自动同步", "the counter keeps working and syncs once back")
+    if since is None:
+        return tr("本店还没有连上其他分店：{keep}", "This branch has not reached the other "
+                  "branches yet: {keep}", keep=keep)
+    when = local_time(ledger, int(since * 1000),
+                      with_day=ledger.storage.day_of(int(since * 1000)) != ledger.today())
+    return tr("本店与其他分店断开连接（自 {when} 起）：{keep}",
+              "This branch is cut off from the other branches (since {when}): {keep}",
+              when=when, keep=keep)
+
+
+def sync_page() -> None:
+    ledger = shop().ledger
+
+    @ui.refreshable
+    def peers() -> None:
+        status = shop().node.sync_status()
+        seen = last_contacts(ledger, status)
+        now = time.time()
+        live = {p["node"]: p for p in status["peers"]}
+        with ui.row().classes("items-center gap-4 text-sm text-grey-8"):
+            ui.label(tr("本店：{name}（{node}）", "This branch: {name} ({node})",
+                        name=shop().branch_name(status["node"]), node=status["node"]))
+            ui.label(tr("数据指纹 {d}", "Data digest {d}", d=status["digest"][:12]))
+        nodes = sorted(set(live) | set(seen))
+        if not nodes:
+            ui.label(tr("还没有连上过其他分店。", "No other branch has been reached yet.")
+                     ).classes("text-grey-7")
+            return
+        rows = []
+        for n in nodes:
+            p = live.get(n, {})
+            lag = []
+            if p.get("behind_in") is not None:
+                lag.append(tr("待收 {n}", "to receive {n}", n=p["behind_in"]))
+            if p.get("behind_out") is not None:
+                lag.append(tr("待发 {n}", "to send {n}", n=p["behind_out"]))
+            contact = seen.get(n)
+            rows.append({
+                "node": n, "branch": shop().branch_name(n), "address": p.get("address") or "",
+                "connected": bool(p.get("connected")),
+                "state": tr("已连接", "connected") if p.get("connected") else tr("未连接",
+                                                                                "not connected"),
+                "contact": (f"{local_time(ledger, int(contact * 1000))}  ({ago(now - contact)})"
+                            if contact else tr("从未", "never")),
+                "lag": "，".join(lag) if lag else "—",
+            })
+        table = ui.table(columns=[
+            {"name": "branch", "label": tr("分店", "Branch"), "field": "branch", "align": "left"},
+            {"name": "node", "label": tr("分店号", "Node"), "field": "node", "align": "left"},
+            {"name": "state", "label": tr("连接", "Link"), "field": "state", "align": "left"},
+            {"name": "contact", "label": tr("最后联系", "Last contact"), "field": "contact",
+             "align": "left"},
+            {"name": "lag", "label": tr("差距（操作数）", "Lag (operations)"), "field": "lag",
+             "align": "left"},
+            {"name": "address", "label": tr("地址", "Address"), "field": "address",
+             "align": "left"},
+        ], rows=rows, row_key="node").props("flat bordered").classes("w-full")
+        table.add_slot("body-cell-state", """
+            <q-td :props="props">
+              <q-badge :color="props.row.connected ? 'positive' : 'negative'"
+                       :label="props.value" />
+            </q-td>""")
+
+    with ui.card().classes("w-full"):
+        ui.label(tr("分店同步状态", "Branch sync status")).classes("text-lg font-medium")
+        peers()
+        ui.timer(3.0, peers.refresh)
+
+    with ui.row().classes("w-full gap-4 no-wrap max-lg:flex-wrap items-start"):
+        if can("sync"):
+            sync_files_card(ledger)
+        if can("backup"):
+            backup_card(ledger)
+
+
+def sync_files_card(ledger: Ledger) -> None:
+    with ui.card().classes("flex-1 min-w-80"):
+        ui.label(tr("同步文件（无网络的分店）", "Sync files (branches without a network)")
+                 ).classes("text-lg font-medium")
+        ui.label(tr("导出文件，用 U 盘或邮件带到另一家分店，在那里导入。重复导入不会重复记账。",
+                    "Export a file, carry it to the other branch (USB stick, e-mail) and import "
+                    "it there. Importing twice changes nothing.")).classes("text-sm text-grey-7")
+        targets = {"": tr("全部数据", "everything")}
+        targets |= {n: shop().branch_name(n) for n in branches(ledger) if n != ledger.node}
+        target = ui.select(targets, value="", label=tr("给哪家分店", "For branch")
+                           ).props("dense outlined").classes("w-64")
+        progress = ui.linear_progress(value=0, show_value=False).classes("w-full")
+        progress.set_visibility(False)
+        status = ui.label().classes("text-sm")
+
+        async def export() -> None:
+            op = operator()
+            progress.set_visibility(True)
+            progress.set_value(0.2)
+            status.set_text(tr("正在导出…", "Exporting…"))
+            await asyncio.sleep(0.05)  # let the bar show before the loop is busy
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "export.crdtsync"
+                try:
+                    info = export_file(ledger, path, target.value or None, operator=op)
+                    data = path.read_bytes()
+                except LedgerError as e:
+                    progress.set_visibility(False)
+                    status.set_text("")
+                    refuse(e)
+                    return
+            progress.set_value(1.0)
+            who = target.value or "all"
+            name = f"{ledger.node}-for-{who}-{ledger.today()}.crdtsync"
+            status.set_text(tr("已导出 {docs} 个文档，{kb} KB",
+                               "Exported {docs} documents, {kb} KB",
+                               docs=info["documents"], kb=max(1, info["bytes"] // 1024)))
+            ui.download.content(data, name, "application/octet-stream")
+
+        ui.button(tr("导出同步文件", "Export sync file"), icon="file_download", on_click=export
+                  ).props("outline")
+
+        async def import_(e: events.UploadEventArguments) -> None:
+            await import_sync_file(ledger, await e.file.read(), progress, status)
+            upload.reset()
+
+        upload = ui.upload(label=tr("导入同步文件", "Import a sync file"), auto_upload=True,
+                           on_upload=import_, max_file_size=2 * 1024**3
+                           ).props("accept=.crdtsync,*/*").classes("w-full")
+
+
+async def import_sync_file(ledger: Ledger, data: bytes, progress: ui.linear_progress,
+                           status: ui.label) -> dict[str, Any] | None:
+    """Check the file off the loop (the counter keeps serving), then apply it whole."""
+    op = operator()
+    progress.set_visibility(True)
+    progress.set_value(0.2)
+    status.set_text(tr("正在检查文件…", "Checking the file…"))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "import.crdtsync"
+        path.write_bytes(data)
+        try:
+            require("sync")
+            # read_file is pure (no store): checksum and parse in a thread. import_file
+            # checks again before it applies anything, on the loop that owns the ledger.
+            head = await run.io_bound(read_file, path, ledger.chain)
+            if head is None:
+                return None  # the app is shutting down
+            progress.set_value(0.6)
+            status.set_text(tr("正在导入 {name} 的 {n} 个文档…", "Importing {n} documents from "
+                               "{name}…", name=shop().branch_name(head["node"]),
+                               n=len(head["updates"])))
+            await asyncio.sleep(0.05)
+            info = await shop().run(lambda: import_file(ledger, path, operator=op),
+                                    "import sync file")
+        except (CorruptSyncFile, ForeignChain) as e:
+            progress.set_visibility(False)
+            status.set_text(tr("文件被拒绝，未做任何更改：{why}", "File refused, nothing was "
+                               "changed: {why}", why=_why(e)))
+            status.classes(replace="text-sm text-negative")
+            ui.notify(status.text, type="negative", multi_line=True)
+            return None
+        except LedgerError as e:
+            progress.set_visibility(False)
+            status.set_text("")
+            refuse(e)
+            return None
+    progress.set_value(1.0)
+    status.classes(replace="text-sm text-positive")
+    changed = len(info["changed"])
+    text = (tr("已导入 {name} 的文件：{n} 个文档有更新", "Imported the file of {name}: "
+               "{n} documents changed", name=shop().branch_name(info["from"]), n=changed)
+            if changed else tr("已导入：没有新内容", "Imported: nothing new"))
+    if info["incomplete"]:
+        text += tr("。本店缺少该文件所依赖的更早数据，请对方导出「全部数据」",
+                   ". This branch lacks earlier changes the file builds on: ask for an export "
+                   "of everything")
+    status.set_text(text)
+    ui.notify(text, type="positive" if not info["incomplete"] else "warning")
+    return info
+
+
+def _why(e: Exception) -> str:
+    if isinstance(e, ForeignChain):
+        return tr("它来自另一个连锁的分店", "it comes from another chain's branch")
+    text = str(e)
+    if "checksum" in text or "incomplete" in text:
+        return tr("文件已损坏或不完整", "the file is damaged or incomplete")
+    if "not a crdtledger sync file" in text:
+        return tr("这不是同步文件", "this is not a sync file")
+    if "newer" in text:
+        return tr("文件由更新版本的软件生成，请先升级", "a newer version made it: upgrade first")
+    return tr("文件内容损坏", "the file's content is damaged")
+
+
+def backup_card(ledger: Ledger) -> None:
+    with ui.card().classes("flex-1 min-w-80"):
+        ui.label(tr("备份", "Backup")).classes("text-lg font-medium")
+        ui.label(tr("下载本店数据的一致副本（zip）；备份时收银照常进行。",
+                    "Download a consistent copy of this branch's data (zip); the counter keeps "
+                    "working meanwhile.")).classes("text-sm text-grey-7")
+        status = ui.label().classes("text-sm")
+
+        async def backup() -> None:
+            try:
+                require("backup")
+            except LedgerError as e:
+                refuse(e)
+                return
+            status.set_text(tr("正在备份…", "Backing up…"))
+            data = await run.io_bound(backup_zip, ledger.storage.dir)
+            if data is None:
+                return  # the app is shutting down
+            status.set_text(tr("备份完成，{kb} KB", "Backup done, {kb} KB",
+                               kb=max(1, len(data) // 1024)))
+            stamp = datetime.now(ledger.storage.tz).strftime("%Y%m%d-%H%M")
+            ui.download.content(data, f"backup-{ledger.node}-{stamp}.zip", "application/zip")
+
+        ui.button(tr("下载备份", "Download backup"), icon="backup", on_click=backup
+                  ).props("outline")
+
+
+def backup_zip(data_dir: Path) -> bytes:
+    """The library's online backup (its own read-only connection, one snapshot; no
+    lock, so off the loop), zipped for the browser."""
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / "backup"
+        backup_store(data_dir, target)
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+            for f in sorted(target.rglob("*")):
+                if f.is_file():
+                    z.write(f, f"backup/{f.relative_to(target)}")
+        return out.getvalue()
+
+
+# --- registration -----------------------------------------------------------------------
+
+
+def register() -> None:
+    pages: list[tuple[str, str, str, str | None, str, Callable[[], None]]] = [
+        ("/office", "营业日报", "Daily summary", "reports.view", "today", daily_page),
+        ("/office/ranking", "排行榜", "Rankings", "reports.view", "leaderboard", ranking_page),
+        ("/office/topups", "充值收款", "Top-up receipts", "reports.view", "savings", topups_page),
+        ("/office/settlement", "分店结算", "Settlement", "reports.view", "handshake",
+         settlement_page),
+        ("/office/members", "会员资料", "Member data", "reports.view", "badge", members_page),
+        ("/office/sync", "同步与备份", "Sync and backup", None, "sync", sync_page),
+    ]
+    for path, zh, en, permission, icon, build in pages:
+        layout.nav(path, zh, en, permission, icon)
+        _page(path, zh, en, permission, build)
+    layout.set_banner_source(cut_off_banner)
+
+
+def _page(path: str, zh: str, en: str, permission: str | None, build: Callable[[], None]) -> None:
+    @ui.page(path)
+    def page() -> None:
+        with layout.frame(tr(zh, en), permission=permission):
+            build()
