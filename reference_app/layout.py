@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from nicegui import ui
 
 from crdtledger.errors import LedgerError
-from reference_app.i18n import LANGS, lang, set_lang, tr
+from reference_app.i18n import LANGS, Lang, lang, set_lang, tr
 from reference_app.shop import can, log_out, operator, shop
 
 
@@ -92,9 +92,9 @@ def _header(title: str, op: str) -> None:
         ui.space()
         ui.icon("person").classes("text-xl")
         ui.label(s.operator_name(op)).classes("text-base")
-        ui.toggle(dict(LANGS), value=lang(), on_change=lambda e: _switch(e.value)) \
-            .props("dense no-caps color=teal-9 toggle-color=white toggle-text-color=teal-9"
-                   " text-color=white").classes("ml-2")
+        other: Lang = "en" if lang() == "zh" else "zh"
+        ui.button(LANGS[other], icon="translate", on_click=lambda: _switch(other)) \
+            .props("flat color=white no-caps").mark("lang")
         ui.button(tr("退出", "Log out"), icon="logout", on_click=_logout) \
             .props("flat color=white no-caps").mark("logout")
     with drawer:
@@ -116,8 +116,8 @@ def _header(title: str, op: str) -> None:
     ui.timer(BANNER_REFRESH_S, refresh)
 
 
-def _switch(value: str) -> None:
-    set_lang("en" if value == "en" else "zh")
+def _switch(value: Lang) -> None:
+    set_lang(value)
     ui.navigate.reload()
 
 

@@ -1,28 +1,231 @@
-"""The counter page driven as a cashier would, against a real node and store."""
+"""The counter page driven as a cashier would, against a real node and store.
+
+Card swipes come through the ScriptedReader FAKE (the PC/SC path has its own test
+with a virtual reader); everything else is real: the node, its SQLite store, the
+library's checks. A refusal must show a sentence the cashier can act on and leave
+the store exactly as it was (`helpers.snapshot`).
+"""
 
 from __future__ import annotations
 
 import pytest
-from app_fixtures import OWNER, CounterApp
+from app_fixtures import CASHIER, OWNER, CounterApp
+from helpers import snapshot
+
+from crdtledger.errors import PermissionDenied
 
 pytestmark = pytest.mark.asyncio
 
+CARD = "C10001"
 
-def member_with_card(app: CounterApp, card: str = "C10001", cash: int = 0) -> str:
+
+def member_with_card(app: CounterApp, cash: int = 0, pin: str | None = None) -> str:
     ledger = app.ledger
     mid = ledger.add_member(app.node_owner, name="张伟", phone="13812345678",
                             prefs={"strength": "重", "technician": "8号"})
-    ledger.issue_card(app.node_owner, mid, card)
+    ledger.issue_card(app.node_owner, mid, CARD, pin=pin)
     if cash:
         ledger.topup(app.node_owner, mid, cash)
     return mid
 
 
-async def test_swipe_shows_member(counter_app: CounterApp) -> None:
+async def swipe(app: CounterApp, card: str = CARD) -> None:
+    app.reader.insert(card)
+    await app.user.should_see(marker="member-name")
+
+
+async def test_a_swipe_shows_the_member_at_a_glance(counter_app: CounterApp) -> None:
     app = counter_app
     member_with_card(app, cash=50000)
     await app.login(*OWNER)
-    app.reader.insert("C10001")
-    await app.user.should_see("张伟")
-    await app.user.should_see("¥500.00")
-    await app.user.should_see("138****5678")
+    await app.user.should_see("南京西路店")  # the branch's display name, from the rules
+    await swipe(app)
+    for text in ("张伟", "¥500.00", "138****5678", "力度：重", "技师：8号", "普通会员"):
+        await app.user.should_see(text)
+    await app.user.should_not_see("13812345678")  # the whole phone never shows
+
+
+async def test_a_card_with_a_pin_asks_for_it(counter_app: CounterApp) -> None:
+    app = counter_app
+    member_with_card(app, pin="4321")
+    await app.login(*CASHIER)
+    app.reader.insert(CARD)
+    await app.user.should_see(marker="pin")
+    app.user.find(marker="pin").type("0000")
+    app.user.find(marker="pin-ok").click()
+    await app.user.should_see("卡密码不对")
+    await app.user.should_not_see(marker="member-name")
+    app.user.find(marker="pin").clear().type("4321")
+    app.user.find(marker="pin-ok").click()
+    await app.user.should_see(marker="member-name")
+
+
+async def test_a_lost_card_stands_out_and_cannot_be_used(counter_app: CounterApp) -> None:
+    app = counter_app
+    member_with_card(app, cash=50000)
+    app.ledger.report_lost(app.node_owner, CARD)
+    await app.login(*CASHIER)
+    app.reader.insert(CARD)
+    await app.user.should_see("此卡已挂失")
+    await app.user.should_see(marker="card-lost")  # the red banner over the member
+
+
+async def test_search_by_phone_tail_then_consume_a_service(counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    await app.login(*CASHIER)
+    app.user.find(marker="search").type("5678")
+    app.user.find(marker="search-go").click()
+    await app.user.should_see(marker="member-name")
+    app.user.find(marker="consume").click()
+    # Before confirming, the cashier sees the price to pay and the points it earns.
+    await app.user.should_see("原价 ¥128.00，应付 ¥128.00，得 128 积分")
+    app.user.find(marker="consume-ok").click()
+    await app.user.should_see("已消费 足疗 60 分钟")
+    bal = app.ledger.balance(mid)
+    assert (bal["cash"], bal["points"]) == (50000 - 12800, 128)
+    await app.user.should_see("¥372.00")
+
+
+async def test_top_up_shows_the_promotion_and_credits_the_card(counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = member_with_card(app)
+    app.ledger.set_rule(app.node_owner, "promotions",
+                        [{"name": "充千送二百", "min": 100000, "bonus": 20000}])
+    await app.login(*CASHIER)
+    await swipe(app)
+    app.user.find(marker="topup").click()
+    await app.user.should_see("活动：充 ¥1000.00 送 ¥200.00")
+    app.user.find(marker="amount").type("1000")
+    await app.user.should_see("收款 ¥1000.00，赠送 ¥200.00，卡内增加 ¥1200.00")
+    app.user.find(marker="topup-ok").click()
+    await app.user.should_see("已充值 ¥1000.00")
+    bal = app.ledger.balance(mid)
+    assert (bal["cash"], bal["bonus"]) == (100000, 20000)
+
+
+async def test_a_large_top_up_needs_an_approver(counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = member_with_card(app)
+    await app.login(*CASHIER)
+    await swipe(app)
+    app.user.find(marker="topup").click()
+    app.user.find(marker="amount").type("6000")  # above the default limit of 5000.00
+    await app.user.should_see(marker="approver")
+    app.user.find(marker="topup-ok").click()
+    await app.user.should_see("需要有审批权限的人")
+    assert app.ledger.balance(mid)["cash"] == 0
+    app.user.find(marker="approver").type(OWNER[0])
+    app.user.find(marker="approver-password").type(OWNER[1])
+    app.user.find(marker="topup-ok").click()
+    await app.user.should_see("已充值 ¥6000.00")
+    assert app.ledger.balance(mid)["cash"] == 600000
+
+
+@pytest.mark.parametrize("typed", ["12.345", "-5", "abc", "0"])
+async def test_a_bad_amount_is_refused_and_changes_nothing(counter_app: CounterApp,
+                                                           typed: str) -> None:
+    app = counter_app
+    mid = member_with_card(app, cash=1000)
+    await app.login(*CASHIER)
+    await swipe(app)
+    before = snapshot(app.ledger, [mid])
+    app.user.find(marker="topup").click()
+    app.user.find(marker="amount").type(typed)
+    app.user.find(marker="topup-ok").click()
+    await app.user.should_see("金额不对")
+    assert snapshot(app.ledger, [mid]) == before
+
+
+async def test_insufficient_funds_is_a_sentence_and_changes_nothing(
+        counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = member_with_card(app, cash=1000)  # ¥10.00, the service costs ¥128.00
+    await app.login(*CASHIER)
+    await swipe(app)
+    before = snapshot(app.ledger, [mid])
+    app.user.find(marker="consume").click()
+    app.user.find(marker="consume-ok").click()
+    await app.user.should_see("余额不足：储值余额 ¥10.00，本次需要 ¥128.00。")
+    assert snapshot(app.ledger, [mid]) == before
+
+
+async def test_money_held_at_another_branch_names_it(counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    # Every fen of the member's stored value now sits at SH02, which is not connected.
+    app.ledger.transfer_rights(app.node_owner, mid, "SH02", 50000)
+    await app.login(*CASHIER)
+    await swipe(app)
+    before = snapshot(app.ledger, [mid])
+    app.user.find(marker="consume").click()
+    app.user.find(marker="consume-ok").click()
+    await app.user.should_see("本次差 ¥128.00：这部分储值在徐家汇店（¥500.00，现在连不上），"
+                              "本店只有 ¥0.00。等连上后再试，或付现金。")
+    assert snapshot(app.ledger, [mid]) == before
+
+
+async def test_refund_follows_the_operators_permissions(counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    debit = app.ledger.debit(app.node_owner, mid, service="FOOT60")
+    # A cashier has no refund permission: no button, and the library refuses anyway.
+    await app.login(*CASHIER)
+    await swipe(app)
+    await app.user.should_see("足疗 60 分钟")
+    await app.user.should_not_see(marker="refund")
+    with pytest.raises(PermissionDenied):
+        app.ledger.refund(app.cashier_id, debit["id"])
+    with pytest.raises(PermissionDenied):
+        app.ledger.add_operator(app.cashier_id, "mallory", "mallory-pw")
+    # The owner refunds from the last visits.
+    await app.logout()
+    await app.login(*OWNER)
+    await swipe(app)
+    app.user.find(marker="refund").click()
+    app.user.find(marker="refund-ok").click()
+    await app.user.should_see("已退款 ¥128.00")
+    assert app.ledger.balance(mid)["cash"] == 50000
+
+
+async def test_new_member_and_card(counter_app: CounterApp) -> None:
+    app = counter_app
+    await app.login(*CASHIER)
+    app.reader.insert("C20002")  # an unknown card: offered for a new member
+    await app.user.should_see(marker="new-name")
+    app.user.find(marker="new-name").type("李娜")
+    app.user.find(marker="new-phone").type("13700001111")
+    app.user.find(marker="new-member-ok").click()
+    await app.user.should_see("已发卡 C20002")
+    card = app.ledger.card("C20002")
+    assert app.ledger.member(card["member"])["name"] == "李娜"
+
+
+async def test_report_a_card_lost_then_replace_it(counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    await app.login(*OWNER)
+    await swipe(app)
+    app.user.find(marker="card").click()
+    app.user.find(marker="report-lost").click()
+    await app.user.should_see(marker="card-lost")
+    app.user.find(marker="card").click()
+    app.user.find(marker="new-card-no").type("C30003")
+    app.user.find(marker="replace-card").click()
+    await app.user.should_see("已补卡 C30003")
+    assert app.ledger.use_card("C30003")["member"] == mid
+    assert app.ledger.balance(mid)["cash"] == 50000  # the money stays with the member
+
+
+async def test_language_switch(counter_app: CounterApp) -> None:
+    app = counter_app
+    member_with_card(app, cash=50000)
+    await app.login(*CASHIER)
+    await app.user.should_see("收银台")
+    app.user.find(marker="lang").click()
+    await app.user.should_see("Counter")
+    await swipe(app)
+    await app.user.should_see("Stored value")
+    await app.user.should_see("Top up")
+    app.user.find(marker="lang").click()
+    await app.user.should_see("请刷会员卡或查找会员")
