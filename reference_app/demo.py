@@ -104,21 +104,28 @@ class Demo:
                 "--listen", f"127.0.0.1:{self.sync[node]}",
                 "--api", f"127.0.0.1:{self.api[node]}",
                 "--no-mdns",  # the wiring below is the demo's, not whatever the LAN holds
-                "--storage-secret", str(self.facts()["storage_secret"])]
+                f"--storage-secret={self.facts()['storage_secret']}"]  # it may start with -
         if node in DIALS:
             argv += ["--peer", f"wss://127.0.0.1:{self.sync[DIALS[node]]}"]
         return argv
 
-    def start(self) -> None:
+    def launch(self, node: str) -> None:
+        """Start one branch process, its output to logs/NODE.log."""
         self.logs.mkdir(exist_ok=True)
+        # NiceGUI takes PYTEST_CURRENT_TEST to mean it is inside a pytest screen test and
+        # ignores the port it is given; a branch is a program of its own, whoever starts it.
+        env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+        with open(self.logs / f"{node}.log", "ab") as log:
+            self.procs[node] = subprocess.Popen(
+                self.argv(node), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env,
+                # Its own process group: Ctrl-C at the terminal reaches only us, and we
+                # stop the branches in order; the group lets us clean up after one.
+                start_new_session=True, preexec_fn=_die_with_parent)
+
+    def start(self) -> None:
         for node in BRANCHES:
-            with open(self.logs / f"{node}.log", "ab") as log:
-                self.procs[node] = subprocess.Popen(
-                    self.argv(node), stdout=log, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    # Its own process group: Ctrl-C at the terminal reaches only us, and
-                    # we stop the branches in order; the group lets us clean up after one.
-                    start_new_session=True, preexec_fn=_die_with_parent)
+            self.launch(node)
         for node in BRANCHES:
             self.wait(partial(self.up, node), f"{node} to start")
         self.wait(self.in_sync, "the branches to connect and sync")

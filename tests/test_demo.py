@@ -1,19 +1,33 @@
-"""The README's main job, run as a new user would: `./run demo` (here with --exit so
-it stops the nodes after the walk-through instead of waiting for Ctrl-C)."""
+"""The README's main job, run as a new user would: `./run demo` brings up three branch
+processes with their counter pages; Ctrl-C stops them all; a second run resumes the
+same data (here the second run uses --exit, which stops once everything is up)."""
 
 from __future__ import annotations
 
+import json
+import os
+import queue
 import random
 import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import cli_env
 
+from crdtledger.ledger import Ledger
+from reference_app.demo_data import BRANCHES
+
 pytestmark = pytest.mark.slow
+
+UP_TIMEOUT_S = 120  # generous: a hang is a failure, slowness on a shared box is not
 
 
 def free_block(n: int) -> int:
@@ -36,23 +50,106 @@ def free_block(n: int) -> int:
     raise AssertionError("no block of free ports")
 
 
-def run_demo(data: Path, port: int) -> str:
-    proc = subprocess.run([sys.executable, "-m", "peer.demo", "--data", str(data), "--exit",
-                           "--port", str(port)], capture_output=True, text=True,
-                          env=cli_env(), timeout=180, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
+def demo_argv(data: Path, port: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "reference_app.demo", "--data", str(data),
+            "--port", str(port), *extra]
 
 
-def test_demo_runs_a_chain_and_resumes_it(tmp_path: Path) -> None:
-    port = free_block(6)
-    out = run_demo(tmp_path / "demo", port)
-    # 张伟 is served at SH02 and at HZ01 through automatic rights transfer, and the
-    # three branches then show the same balance.
-    assert out.count("charged FOOT60") == 2
-    balances = re.findall(r"\$ crdtledger balance .*\n(balance: .*)", out)
-    assert len(balances) == 3 and len(set(balances)) == 1
-    assert "SH01     connected" in out and "HZ01     connected" in out
-    again = run_demo(tmp_path / "demo", port)
-    assert "Demo data found" in again
-    assert re.findall(r"\$ crdtledger balance .*\n(balance: .*)", again) == balances
+def processes_using(path: Path) -> list[str]:
+    """Command lines of live processes that name `path`: what a stopped demo must not
+    leave behind."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(path) in cmdline:
+            found.append(f"{proc.name}: {cmdline}")
+    return found
+
+
+def lines_of(proc: subprocess.Popen[str]) -> queue.Queue[str | None]:
+    """The process's output lines, read in a thread so the test never blocks on it."""
+    q: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            q.put(line)
+        q.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return q
+
+
+def read_until(q: queue.Queue[str | None], marker: str) -> str:
+    out = ""
+    deadline = time.monotonic() + UP_TIMEOUT_S
+    while marker not in out:
+        try:
+            line = q.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"no {marker!r} in time; output so far:\n{out}") from None
+        if line is None:
+            raise AssertionError(f"the demo ended before {marker!r}:\n{out}")
+        out += line
+    return out
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return int(r.status), r.read()
+
+
+def digest(api_port: int) -> str:
+    return str(json.loads(http_get(f"http://127.0.0.1:{api_port}/health")[1])["digest"])
+
+
+@pytest.fixture
+def demo_dir(tmp_path: Path) -> Iterator[Path]:
+    data = tmp_path / "demo-data"
+    yield data
+    assert processes_using(data) == []
+
+
+def test_demo_runs_three_branches_with_counter_pages_and_resumes(demo_dir: Path) -> None:
+    port = free_block(3 * len(BRANCHES))
+    proc = subprocess.Popen(demo_argv(demo_dir, port), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=cli_env())
+    try:
+        out = read_until(lines_of(proc), "Ctrl-C stops")
+        urls = re.findall(r"(SH01|SH02|HZ01) \S+ +(http://127\.0\.0\.1:\d+)", out)
+        assert [u for _n, u in urls] == [f"http://127.0.0.1:{port + i}" for i in range(3)]
+        assert "demo / demo1234" in out and "张伟" in out
+        # Every counter page answers (the login page, for a browser without a session).
+        for _node, url in urls:
+            status, body = http_get(url)
+            assert status == 200 and b"<html" in body.lower()
+        # The branches hold the same data: the demo printed only once they did.
+        apis = [port + 6 + i for i in range(3)]
+        assert len({digest(api) for api in apis}) == 1
+        assert processes_using(demo_dir)  # the three branches are running
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C at the terminal sends
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert processes_using(demo_dir) == []  # Ctrl-C left no branch behind
+
+    with Ledger.open(demo_dir / "SH01", lock=False) as ledger:
+        before = {r[0] for r in ledger.storage.conn.execute("SELECT id FROM entries")}
+        members = ledger.storage.conn.execute("SELECT COUNT(*) FROM members").fetchone()[0]
+    assert members == 60 and len(before) > 300
+
+    again = subprocess.run(demo_argv(demo_dir, port, "--exit"), capture_output=True,
+                           text=True, env=cli_env(), timeout=UP_TIMEOUT_S, check=False)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "Demo data found" in again.stdout and "Creating" not in again.stdout
+    with Ledger.open(demo_dir / "SH01", lock=False) as ledger:
+        after = {r[0] for r in ledger.storage.conn.execute("SELECT id FROM entries")}
+        assert ledger.storage.conn.execute("SELECT COUNT(*) FROM members").fetchone()[0] == 60
+    assert before <= after  # the same data, not seeded again (new rights moves may add)
