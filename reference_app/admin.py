@@ -202,10 +202,10 @@ def operators_page() -> None:
     with ui.card().classes("w-full max-w-2xl"):
         ui.label(tr("新增操作员", "Add an operator")).classes("text-lg font-medium")
         with ui.row().classes("items-end gap-4"):
-            name = ui.input(tr("姓名/工号", "Name")).props("dense outlined")
+            name = ui.input(tr("姓名/工号", "Name")).props("dense outlined").mark("op-name")
             password = ui.input(tr("密码（至少 6 位）", "Password (6+ characters)"),
                                 password=True, password_toggle_button=True
-                                ).props("dense outlined")
+                                ).props("dense outlined").mark("op-password")
             role = ui.select({r: role_label(r) for r in sorted(roles(ledger))}, value="cashier",
                              label=tr("角色", "Role")).props("dense outlined").classes("w-36")
 
@@ -217,7 +217,7 @@ def operators_page() -> None:
                     password.set_value("")
                     listing.refresh()
 
-            ui.button(tr("添加", "Add"), icon="person_add", on_click=add)
+            ui.button(tr("添加", "Add"), icon="person_add", on_click=add).mark("op-add")
 
 
 def roles_page() -> None:
@@ -329,11 +329,11 @@ class RowsEditor:
             with ui.row().classes("gap-2 no-wrap"):
                 for _key, label, width in self.columns:
                     ui.label(label).classes(f"{width} text-sm text-grey-7")
-            for row in self.rows:
+            for i, row in enumerate(self.rows):
                 with ui.row().classes("gap-2 no-wrap items-center"):
                     for key, _label, width in self.columns:
                         ui.input(value=row.get(key, "")).bind_value(row, key).props(
-                            "dense outlined").classes(width)
+                            "dense outlined").classes(width).mark(f"row-{i}-{key}")
                     ui.button(icon="delete", on_click=lambda r=row: self.remove(r)
                               ).props("flat dense round color=grey-7")
             ui.button(tr("添加一行", "Add a row"), icon="add",
@@ -379,7 +379,7 @@ def services_page() -> None:
             return {"services": out}
 
         ui.button(tr("保存价目表", "Save the price list"), icon="save",
-                  on_click=lambda: save_rules(bodies, effective))
+                  on_click=lambda: save_rules(bodies, effective)).mark("save-rules")
 
 
 def levels_page() -> None:
@@ -457,7 +457,8 @@ def levels_page() -> None:
                              "correction_limit": parse_money(correction_limit.value or "")},
             }
 
-        ui.button(tr("保存", "Save"), icon="save", on_click=lambda: save_rules(bodies, effective))
+        ui.button(tr("保存", "Save"), icon="save",
+                  on_click=lambda: save_rules(bodies, effective)).mark("save-rules")
 
 
 def promotions_page() -> None:
@@ -484,7 +485,7 @@ def promotions_page() -> None:
             return {"promotions": sorted(body, key=lambda p: int(p["min"]))}
 
         ui.button(tr("保存促销", "Save promotions"), icon="save",
-                  on_click=lambda: save_rules(bodies, effective))
+                  on_click=lambda: save_rules(bodies, effective)).mark("save-rules")
 
 
 def branches_page() -> None:
@@ -516,7 +517,8 @@ def branches_page() -> None:
                 out[node] = name
             return {"branches": out}
 
-        ui.button(tr("保存", "Save"), icon="save", on_click=lambda: save_rules(bodies, effective))
+        ui.button(tr("保存", "Save"), icon="save",
+                  on_click=lambda: save_rules(bodies, effective)).mark("save-rules")
 
 
 # --- corrections ------------------------------------------------------------------------

@@ -100,7 +100,8 @@ def date_field(label: str, value: str) -> ui.input:
     return field
 
 
-def export_button(label: str, make: Callable[[], tuple[bytes, str]]) -> ui.button:
+def export_button(label: str, make: Callable[[], tuple[bytes, str]], marker: str
+                  ) -> ui.button:
     def download() -> None:
         try:
             require("reports.view")
@@ -110,7 +111,8 @@ def export_button(label: str, make: Callable[[], tuple[bytes, str]]) -> ui.butto
             return
         ui.download.content(data, filename, "text/csv")
 
-    return ui.button(label, icon="download", on_click=download).props("outline dense")
+    return ui.button(label, icon="download", on_click=download).props("outline dense"
+                                                                       ).mark(marker)
 
 
 def bar_chart(categories: list[str], series: list[tuple[str, list[float]]], *,
@@ -187,7 +189,8 @@ def daily_page() -> None:
         ui.button(tr("今天", "Today"), on_click=lambda: day_input.set_value(ledger.today())
                   ).props("flat dense")
         export_button(tr("导出 CSV", "Export CSV"),
-                      lambda: (daily_csv(ledger, state["day"]), f"daily-{state['day']}.csv"))
+                      lambda: (daily_csv(ledger, state["day"]), f"daily-{state['day']}.csv"),
+                      "export-daily")
 
     @ui.refreshable
     def body() -> None:
@@ -310,7 +313,8 @@ def ranking_page() -> None:
                 with ui.card().classes("flex-1 min-w-80"):
                     with ui.row().classes("w-full items-center justify-between"):
                         ui.label(title).classes("text-lg font-medium")
-                        export_button("CSV", ranking_export(ledger, by, state))
+                        export_button("CSV", ranking_export(ledger, by, state),
+                                      f"export-{by}")
                     if not rows:
                         ui.label(tr("这段时间没有消费", "No sales in this period")
                                  ).classes("text-grey-7")
@@ -381,7 +385,7 @@ def topups_page() -> None:
         end_in = date_field(tr("到", "To"), end)
         export_button(tr("导出 CSV", "Export CSV"), lambda: (
             topups_csv(ledger, state["start"], state["end"]),
-            f"topups-{state['start']}-{state['end']}.csv"))
+            f"topups-{state['start']}-{state['end']}.csv"), "export-topups")
 
     @ui.refreshable
     def body() -> None:
@@ -472,7 +476,8 @@ def settlement_page() -> None:
         end_in = date_field(tr("到（空 = 至今）", "To (empty = now)"), "")
         export_button(tr("导出 CSV", "Export CSV"), lambda: (
             settlement_csv(ledger, state["start"] or None, state["end"] or None),
-            f"settlement-{state['start'] or 'all'}-{state['end'] or ledger.today()}.csv"))
+            f"settlement-{state['start'] or 'all'}-{state['end'] or ledger.today()}.csv"),
+            "export-settlement")
     ui.label(tr("会员在别的分店消费了在本店充值的储值时，本店把这部分储值的权利转给那家分店："
                 "本店应把对应的钱付给那家分店。",
                 "When a member spends value topped up here at another branch, this branch "
@@ -603,7 +608,7 @@ def members_page() -> None:
             ui.download.content(data, f"members-{ledger.today()}.csv", "text/csv")
 
         ui.button(tr("导出会员 CSV", "Export members CSV"), icon="download", on_click=export
-                  ).props("outline").set_visibility(can("backup"))
+                  ).props("outline").mark("export-members").set_visibility(can("backup"))
         if not can("backup"):
             ui.label(tr("需要「备份」权限", "Needs the backup permission")).classes("text-grey-7")
 
@@ -622,8 +627,6 @@ def members_page() -> None:
             ui.label(tr("需要「删除会员」权限", "Needs the member.delete permission")
                      ).classes("text-grey-7")
             return
-        found = ui.column().classes("w-full")
-
         def search() -> None:
             found.clear()
             try:
@@ -638,7 +641,8 @@ def members_page() -> None:
                     with ui.row().classes("items-center gap-4"):
                         ui.label(f"{h['name']}  {h['phone']}  {shop().branch_name(h['home'])}")
                         ui.button(tr("删除个人资料", "Erase personal data"), color="negative",
-                                  on_click=lambda h=h: confirm(h)).props("dense outline")
+                                  on_click=lambda h=h: confirm(h)).props("dense outline"
+                                                                         ).mark("erase")
 
         async def confirm(h: dict[str, Any]) -> None:
             with ui.dialog() as dialog, ui.card():
@@ -647,7 +651,7 @@ def members_page() -> None:
                             name=h["name"], phone=h["phone"]))
                 with ui.row():
                     ui.button(tr("删除", "Erase"), color="negative",
-                              on_click=lambda: dialog.submit(True))
+                              on_click=lambda: dialog.submit(True)).mark("erase-confirm")
                     ui.button(tr("取消", "Cancel"), on_click=lambda: dialog.submit(False)
                               ).props("flat")
             if not await dialog:
@@ -665,8 +669,11 @@ def members_page() -> None:
 
         with ui.row().classes("items-center gap-2"):
             query = ui.input(tr("手机、姓名或卡号", "Phone, name or card number")
-                             ).props("dense outlined").on("keydown.enter", search)
-            ui.button(tr("查找", "Find"), icon="search", on_click=search).props("dense")
+                             ).props("dense outlined").on("keydown.enter", search
+                                                          ).mark("erase-query")
+            ui.button(tr("查找", "Find"), icon="search", on_click=search).props("dense"
+                                                                                ).mark("erase-find")
+        found = ui.column().classes("w-full")
 
 
 # --- sync status, banner, sync files, backup -----------------------------------------
@@ -704,9 +711,10 @@ def cut_off_banner() -> str | None:
     ledger = node.ledger
     if any(p["connected"] for p in status["peers"]):
         return None
+    if not status["peers"] and not node.config.peers:
+        # A single branch, or one that syncs by files only: nothing to be cut off from.
+        return None
     seen = last_contacts(ledger, status)
-    if not status["peers"] and not node.config.peers and not seen:
-        return None  # a single branch: nothing to be cut off from
     since = max(seen.values(), default=None)
     keep = tr("可以继续收银，恢复后自动同步", "the counter keeps working and syncs once back")
     if since is None:
@@ -797,7 +805,7 @@ def sync_files_card(ledger: Ledger) -> None:
                            ).props("dense outlined").classes("w-64")
         progress = ui.linear_progress(value=0, show_value=False).classes("w-full")
         progress.set_visibility(False)
-        status = ui.label().classes("text-sm")
+        status = ui.label().classes("text-sm").mark("sync-status")
 
         async def export() -> None:
             op = operator()
@@ -824,7 +832,7 @@ def sync_files_card(ledger: Ledger) -> None:
             ui.download.content(data, name, "application/octet-stream")
 
         ui.button(tr("导出同步文件", "Export sync file"), icon="file_download", on_click=export
-                  ).props("outline")
+                  ).props("outline").mark("sync-export")
 
         async def import_(e: events.UploadEventArguments) -> None:
             await import_sync_file(ledger, await e.file.read(), progress, status)
@@ -832,7 +840,7 @@ def sync_files_card(ledger: Ledger) -> None:
 
         upload = ui.upload(label=tr("导入同步文件", "Import a sync file"), auto_upload=True,
                            on_upload=import_, max_file_size=2 * 1024**3
-                           ).props("accept=.crdtsync,*/*").classes("w-full")
+                           ).props("accept=.crdtsync,*/*").classes("w-full").mark("sync-import")
 
 
 async def import_sync_file(ledger: Ledger, data: bytes, progress: ui.linear_progress,
@@ -923,7 +931,7 @@ def backup_card(ledger: Ledger) -> None:
             ui.download.content(data, f"backup-{ledger.node}-{stamp}.zip", "application/zip")
 
         ui.button(tr("下载备份", "Download backup"), icon="backup", on_click=backup
-                  ).props("outline")
+                  ).props("outline").mark("backup")
 
 
 def backup_zip(data_dir: Path) -> bytes:

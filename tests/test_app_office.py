@@ -1,0 +1,258 @@
+"""The back office and admin pages, driven as the owner would, against a real node and store."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from app_fixtures import CASHIER, NODE, OWNER, CounterApp
+from nicegui import ui
+from nicegui.elements.upload_files import SmallFileUpload
+
+from crdtledger.ledger import Ledger
+from crdtledger.model import member_doc
+from crdtledger.syncfile import export_file
+from peer.chain import init_chain
+
+pytestmark = pytest.mark.asyncio
+
+
+def seed(app: CounterApp) -> str:
+    """A member who topped up 500.00 (below the first discount level), had a foot
+    massage, and whose 200.00 of stored value this branch handed to SH02 (so SH01
+    owes SH02 200.00)."""
+    ledger, op = app.ledger, app.node_owner
+    mid = ledger.add_member(op, name="王芳", phone="13812345678", birthday="1990-05-17",
+                            prefs={"strength": "重"})
+    ledger.topup(op, mid, 50000)
+    ledger.debit(op, mid, service="FOOT60")
+    ledger.transfer_rights(op, mid, "SH02", 20000)
+    return mid
+
+
+def table_rows(app: CounterApp) -> list[dict[str, Any]]:
+    return [row for t in app.user.find(ui.table).elements for row in t.rows]
+
+
+def parse_csv(data: bytes) -> list[list[str]]:
+    assert data.startswith("\ufeff".encode()), "Excel needs the BOM to read UTF-8"
+    return list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+
+
+async def download(app: CounterApp, marker: str) -> bytes:
+    app.user.find(marker=marker).click()
+    return (await app.user.download.next()).content
+
+
+async def test_reports_show_real_figures_and_export_csv(counter_app: CounterApp) -> None:
+    app = counter_app
+    seed(app)
+    await app.login(*OWNER)
+
+    await app.user.open("/office")
+    await app.user.should_see("营业日报")
+    rows = {r["branch"]: r for r in table_rows(app)}
+    assert rows["南京西路店"]["sales"] == "¥128.00"
+    assert rows["南京西路店"]["topup_cash"] == "¥500.00"
+    assert rows["合计"]["new_members"] == 1
+    daily = parse_csv(await download(app, "export-daily"))
+    assert daily[0][:3] == ["日期", "分店", "新会员"]
+    assert daily[1][1:4] == ["南京西路店", "1", "128.00"]
+
+    await app.user.open("/office/ranking")
+    names = [r["name"] for r in table_rows(app)]
+    assert "足疗 60 分钟" in names and "王芳 138****5678" in names
+    services = parse_csv(await download(app, "export-services"))
+    assert services[1] == ["1", "FOOT60", "足疗 60 分钟", "1", "128.00"]
+
+    await app.user.open("/office/topups")
+    [topup] = table_rows(app)
+    assert (topup["member"], topup["paid"]) == ("王芳 138****5678", "¥500.00")
+    receipts = parse_csv(await download(app, "export-topups"))
+    assert receipts[1][3:6] == ["王芳", "138****5678", "500.00"]
+
+    await app.user.open("/office/settlement")
+    await app.user.should_see("应付")
+    await app.user.should_see("¥200.00")
+    nets = {r["branch"]: r["net"] for r in table_rows(app)}
+    assert nets == {"南京西路店": "-¥200.00", "徐家汇店": "¥200.00", "合计": "¥0.00"}
+    statement = parse_csv(await download(app, "export-settlement"))
+    assert statement[1] == ["南京西路店", NODE, "徐家汇店", "SH02", "200.00"]
+
+    app.ledger.add_member(app.node_owner, name="李娜", phone="13900001111")
+    await app.user.open("/office/members")
+    members = parse_csv(await download(app, "export-members"))
+    assert {(m[1], m[2]) for m in members[1:]} == {("王芳", "13812345678"),
+                                                   ("李娜", "13900001111")}
+
+
+async def test_erasure_blanks_personal_data_and_keeps_the_figures(
+        counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = seed(app)
+    balance = app.ledger.balance(mid)
+    await app.login(*OWNER)
+    await app.user.open("/office/members")
+    app.user.find(marker="erase-query").type("13812345678")
+    app.user.find(marker="erase-find").click()
+    await app.user.should_see("王芳")
+    app.user.find(marker="erase").click()
+    await app.user.should_see(marker="erase-confirm")
+    app.user.find(marker="erase-confirm").click()
+    await app.user.should_see("已删除个人资料")
+
+    member = app.ledger.member(mid)
+    assert (member["name"], member["phone"], member["birthday"]) == ("已删除", "", "")
+    assert member["deleted"] is True and not any(member["prefs"].values())
+    assert app.ledger.find_members("13812345678") == []
+    assert app.ledger.balance(mid) == balance  # the accounts keep their figures
+    doc = member_doc(mid)
+    stored = b"".join(row[0] for row in app.ledger.storage.conn.execute(
+        "SELECT data FROM log WHERE doc = ? UNION ALL SELECT data FROM snapshots WHERE name = ?",
+        (doc, doc)))
+    assert b"13812345678" not in stored and "王芳".encode() not in stored
+
+
+def second_store(root: Path, chain: str = "test") -> Ledger:
+    Ledger.create(root, "SH02", chain)
+    return Ledger.open(root)
+
+
+async def test_sync_file_round_trip_and_bad_files_change_nothing(
+        counter_app: CounterApp, tmp_path: Path) -> None:
+    app = counter_app
+    mid = seed(app)
+    await app.login(*OWNER)
+    await app.user.open("/office/sync")
+
+    # Export here, import at a branch without a network: it holds what we hold.
+    data = await download(app, "sync-export")
+    other = second_store(tmp_path / "sh02")
+    try:
+        (tmp_path / "in.crdtsync").write_bytes(data)
+        from crdtledger.syncfile import import_file
+
+        import_file(other, tmp_path / "in.crdtsync")
+        assert other.state_vectors() == app.ledger.state_vectors()
+        assert other.balance(mid) == app.ledger.balance(mid)
+
+        # The other branch serves a member; its file comes back through the page.
+        other_member = other.add_member(other.owner, name="赵磊", phone="13700002222")
+        export_file(other, tmp_path / "back.crdtsync")
+        upload = app.user.find(ui.upload).elements.pop()
+        good = (tmp_path / "back.crdtsync").read_bytes()
+        await upload.handle_uploads([SmallFileUpload("back.crdtsync", "", good)])
+        await app.user.should_see("已导入")
+        assert app.ledger.member(other_member)["name"] == "赵磊"
+        assert app.ledger.states_digest() == other.states_digest()
+    finally:
+        other.close()
+
+    before = app.ledger.state_vectors()
+    damaged = bytearray(good)
+    damaged[-5] ^= 0xFF
+    await upload.handle_uploads([SmallFileUpload("bad.crdtsync", "", bytes(damaged))])
+    await app.user.should_see("文件已损坏或不完整")
+    await app.user.should_see("未做任何更改")
+    assert app.ledger.state_vectors() == before
+
+    init_chain(tmp_path / "other-chain", "elsewhere")
+    foreign = second_store(tmp_path / "foreign", chain="elsewhere")
+    try:
+        foreign.add_member(foreign.owner, name="陌生人", phone="13600003333")
+        export_file(foreign, tmp_path / "foreign.crdtsync")
+    finally:
+        foreign.close()
+    await upload.handle_uploads([SmallFileUpload(
+        "foreign.crdtsync", "", (tmp_path / "foreign.crdtsync").read_bytes())])
+    await app.user.should_see("另一个连锁")
+    assert app.ledger.state_vectors() == before
+
+
+async def test_backup_downloads_a_store_that_opens(counter_app: CounterApp,
+                                                   tmp_path: Path) -> None:
+    import zipfile
+
+    app = counter_app
+    mid = seed(app)
+    await app.login(*OWNER)
+    await app.user.open("/office/sync")
+    data = await download(app, "backup")
+    zipfile.ZipFile(io.BytesIO(data)).extractall(tmp_path / "restored")
+    with Ledger.open(tmp_path / "restored" / "backup") as restored:
+        assert restored.balance(mid) == app.ledger.balance(mid)
+
+
+async def test_cashier_sees_no_reports_or_admin_and_pages_refuse(
+        counter_app: CounterApp) -> None:
+    app = counter_app
+    seed(app)
+    await app.login(*CASHIER)
+    await app.user.should_not_see("营业日报")
+    await app.user.should_not_see("操作员")
+    for path in ("/office", "/office/settlement", "/admin/operators", "/admin/services"):
+        await app.user.open(path)
+        await app.user.should_see("您没有打开")
+        await app.user.should_not_see(marker="export-daily")
+        await app.user.should_not_see(ui.table)
+    # The sync page is open to all (is the branch connected?), its files are not.
+    await app.user.open("/office/sync")
+    await app.user.should_see("分店同步状态")
+    await app.user.should_not_see(marker="sync-export")
+    await app.user.should_not_see(marker="backup")
+
+
+async def test_owner_adds_an_operator_and_changes_a_price(counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = seed(app)
+    await app.login(*OWNER)
+    await app.user.should_see("营业日报")  # in the navigation
+
+    await app.user.open("/admin/operators")
+    app.user.find(marker="op-name").type("小李")
+    app.user.find(marker="op-password").type("xiaoli-pw")
+    app.user.find(marker="op-add").click()
+    await app.user.should_see("已添加 小李")
+    new_op = app.ledger.authenticate("小李", "xiaoli-pw")
+    assert "debit" in app.ledger.permissions(new_op)
+    assert "reports.view" not in app.ledger.permissions(new_op)
+
+    await app.user.open("/admin/services")
+    codes = {app.user.find(kind=ui.input, marker=f"row-{i}-code").elements.pop().value: i
+             for i in range(3)}
+    price = app.user.find(marker=f"row-{codes['FOOT60']}-price")
+    price.clear().type("150")
+    app.user.find(marker="save-rules").click()
+    await app.user.should_see("已保存")
+    assert app.ledger.rule("services")["FOOT60"]["price"] == 15000
+    assert app.ledger.debit(new_op, mid, service="FOOT60")["amount"] == 15000
+
+    price.clear().type("12.345")
+    app.user.find(marker="save-rules").click()
+    await app.user.should_see("金额不对")
+    assert app.ledger.rule("services")["FOOT60"]["price"] == 15000
+
+
+async def test_cut_off_banner_when_no_peer_is_reachable(counter_app: CounterApp) -> None:
+    import socket
+
+    app = counter_app
+    await app.login(*OWNER)
+    await app.user.should_not_see("断开连接")
+    # A peer to dial whose port nobody listens on (taken and released: closed now).
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"wss://127.0.0.1:{port}"
+    app.shop.node.config.peers.append(url)
+    app.shop.node.dial(url)
+    await app.user.open("/office/sync")
+    await app.user.should_see("本店还没有连上其他分店")
+    # Once the store remembers a sync round with SH02, the banner says since when.
+    app.ledger.remember_peer("SH02", {})
+    await app.user.open("/office/sync")
+    await app.user.should_see("本店与其他分店断开连接（自")
+    await app.user.should_see("可以继续收银")
