@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -22,7 +23,7 @@ from crdtledger import views
 from crdtledger.errors import InvalidAmount, LedgerError
 from crdtledger.money import apply_rate, points_for
 from reference_app.i18n import mask_phone, money, parse_money, tr
-from reference_app.layout import frame
+from reference_app.layout import PRIMARY, frame
 from reference_app.readers import ReaderEvent, WedgeParser
 from reference_app.shop import Shop, can, log_in, operator, shop
 
@@ -48,6 +49,7 @@ def register() -> None:
 
 def _login() -> None:
     s = shop()
+    ui.colors(primary=PRIMARY)
     if operator() is not None:
         ui.navigate.to("/")
         return
@@ -260,6 +262,12 @@ class Counter:
         d.open()
         return d, body, error
 
+    def _who(self) -> str:
+        """The member a dialog acts on, in its title, so nobody confirms for the wrong one."""
+        if self.member is None:
+            return ""
+        return f" — {self.shop.ledger.member(self.member)['name']}"
+
     def buttons(self, d: ui.dialog, confirm: str, on_confirm: Callable[[], Awaitable[None]],
                 marker: str) -> None:
         with ui.row().classes("w-full justify-end gap-2"):
@@ -290,7 +298,7 @@ class Counter:
         lvl = ledger.level(member)
         earn = ledger.rule("earn")
         packages = {p["id"]: p for p in views.packages(ledger, member) if p["remaining"] > 0}
-        d, body, error = self.dialog(tr("消费", "Consume a service"))
+        d, body, error = self.dialog(tr("消费", "Consume a service") + self._who())
         with body:
             svc = ui.select({code: f"{v.get('name', code)}  {money(int(v['price']))}"
                              for code, v in services.items()},
@@ -349,7 +357,7 @@ class Counter:
         ledger = self.shop.ledger
         promotions = sorted(ledger.rule("promotions"), key=lambda p: int(p["min"]))
         limit = int(ledger.rule("approval")["topup_limit"])
-        d, body, error = self.dialog(tr("充值", "Top up"))
+        d, body, error = self.dialog(tr("充值", "Top up") + self._who())
         with body:
             amount = ui.input(tr("金额（元）", "Amount (yuan)"), placeholder="100.00") \
                 .props("autofocus outlined inputmode=decimal").classes("w-full").mark("amount")
@@ -417,7 +425,7 @@ class Counter:
         assert self.member is not None
         member = self.member
         ledger = self.shop.ledger
-        d, body, error = self.dialog(tr("积分兑换", "Redeem points"))
+        d, body, error = self.dialog(tr("积分兑换", "Redeem points") + self._who())
         with body:
             ui.label(tr("现有积分 {n}", "{n} points available",
                         n=ledger.balance(member)["points"])).classes("text-gray-600")
@@ -642,14 +650,20 @@ class MemberPanel:
         with ui.card().classes("w-full gap-2"):
             with ui.row().classes("w-full items-center gap-3"):
                 ui.label(str(profile["name"])).classes("text-3xl font-bold").mark("member-name")
-                ui.badge(str(lvl["name"]), color="amber-8").classes("text-base px-2")
+                rate = str(lvl["discount"])
+                ui.badge(str(lvl["name"]) + ("" if Decimal(rate) == 1 else tr(
+                    " · {r} 折", " · ×{r}", r=_zhe(rate) if _is_zh() else rate)),
+                    color="amber-8").classes("text-base px-2").mark("level")
                 if profile.get("deleted"):
                     ui.badge(tr("已删除", "deleted"), color="grey")
-                for key, zh, en in (("birthday", "🎂 今天生日", "🎂 Birthday today"),
-                                    ("anniversary", "💐 今天纪念日", "💐 Anniversary today")):
+                for key, icon, zh, en in (
+                        ("birthday", "cake", "今天生日", "Birthday today"),
+                        ("anniversary", "favorite", "今天纪念日", "Anniversary today")):
                     if str(profile.get(key, ""))[-5:] == today:
-                        ui.badge(tr(zh, en), color="pink-6").classes("text-base px-2") \
-                            .mark(f"{key}-today")
+                        with ui.badge(color="pink-6").classes("text-base px-2 gap-1") \
+                                .mark(f"{key}-today"):
+                            ui.icon(icon)
+                            ui.label(tr(zh, en))
                 ui.space()
                 if card is not None:
                     color = {"active": "green-7", "lost": "red-7"}.get(str(card["status"]),
@@ -721,11 +735,13 @@ class MemberPanel:
                     ui.label(when.strftime("%m-%d %H:%M")).classes("text-gray-600")
                     ui.label(s.branch_name(str(e["node"]))).classes("text-gray-600")
                     ui.label(_describe(s, e))
-                    ui.label(_entry_amount(e)).classes("text-right font-mono")
+                    text, tone = _entry_amount(e)
+                    ui.label(text).classes(f"text-right tabular-nums {tone}")
                     if e["kind"] == "debit" and can("refund"):
                         ui.button(tr("退款", "Refund"), on_click=lambda e=e: c.refund_dialog(e)) \
-                            .props("flat dense color=negative" if e["id"] not in refunded
-                                   else "flat dense color=grey").mark("refund")
+                            .props("flat dense " + ("color=negative" if e["id"] not in
+                                                    refunded else "color=grey")) \
+                            .classes("text-sm py-0").mark("refund")
                     else:
                         ui.label("")
 
@@ -775,14 +791,20 @@ def _describe(s: Shop, e: dict[str, Any]) -> str:
     return text
 
 
-def _entry_amount(e: dict[str, Any]) -> str:
-    kind = e["kind"]
+def _entry_amount(e: dict[str, Any]) -> tuple[str, str]:
+    """What an entry moved, and its colour: money in green, money spent plain."""
+    kind, amount = e["kind"], int(e.get("amount", 0))
     if kind in ("redeem", "expiry"):
-        return tr("{n} 积分", "{n} pts", n=e.get("points", 0))
+        return tr("{n} 积分", "{n} pts", n=e.get("points", 0)), ""
     if kind == "debit" and e.get("pay") == "package":
-        return tr("{n} 次", "{n} use(s)", n=e.get("qty", 1))
-    sign = "-" if kind == "debit" else ""
-    return f"{sign}{money(int(e.get('amount', 0)))}"
+        return tr("{n} 次", "{n} use(s)", n=e.get("qty", 1)), ""
+    if not amount:
+        return "", ""
+    if kind == "debit":
+        return f"-{money(amount)}", ""
+    if kind in ("topup", "refund", "convert"):
+        return f"+{money(amount)}", "text-green-8"
+    return money(amount), "text-gray-600"  # paid at the till: a package, a card fee
 
 
 def _is_zh() -> bool:

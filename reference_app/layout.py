@@ -32,6 +32,7 @@ class NavEntry:
 _nav: dict[str, NavEntry] = {}
 _banner_source: Callable[[], str | None] | None = None
 BANNER_REFRESH_S = 2.0
+PRIMARY = "#00796b"  # teal, as the header
 
 
 def nav(path: str, zh: str, en: str, permission: str | None, icon: str) -> None:
@@ -84,6 +85,7 @@ def frame(title: str, *, permission: str | None = None) -> Iterator[ui.column]:
 
 def _header(title: str, op: str) -> None:
     s = shop()
+    ui.colors(primary=PRIMARY)
     drawer = ui.left_drawer(value=False).classes("bg-grey-1")
     with ui.header(elevated=True).classes("items-center gap-3 py-2 px-4 bg-teal-800"):
         ui.button(icon="menu", on_click=drawer.toggle).props("flat round color=white")
