@@ -222,13 +222,16 @@ def operators_page() -> None:
 
 def roles_page() -> None:
     ledger = shop().ledger
-    perms = sorted(PERMISSIONS)
+    # Grouped as a shop thinks of them (members, cards, money, back office), not A-Z.
+    perms = [p for p in PERMISSION_LABELS if p in PERMISSIONS]
+    perms += sorted(PERMISSIONS - set(perms))
 
     @ui.refreshable
     def grid() -> None:
         defined = roles(ledger)
         custom = {n for (n,) in ledger.storage.conn.execute("SELECT name FROM roles")}
-        names = sorted(defined, key=lambda r: (r not in BUILTIN_ROLES, r))
+        builtin = list(ROLE_LABELS)  # owner, manager, cashier
+        names = sorted(defined, key=lambda r: (builtin.index(r) if r in builtin else 9, r))
         with ui.card().classes("w-full overflow-x-auto"):
             ui.label(tr("角色与权限", "Roles and permissions")).classes("text-lg font-medium")
             ui.label(tr("勾选后点「保存」。内置角色也可以修改（修改后以新设置为准）。",
@@ -550,22 +553,24 @@ def corrections_page() -> None:
                  ).classes("text-sm text-grey-7")
         with ui.row().classes("items-end gap-2"):
             query = ui.input(tr("手机、姓名或卡号", "Phone, name or card number")
-                             ).props("dense outlined")
-            ui.button(tr("查找", "Find"), icon="search", on_click=lambda: search()).props("dense")
+                             ).props("dense outlined").mark("corr-query")
+            ui.button(tr("查找", "Find"), icon="search", on_click=lambda: search()
+                      ).props("dense").mark("corr-find")
         hits = ui.column()
         who = ui.label(tr("未选会员", "No member chosen")).classes("font-medium")
         with ui.row().classes("items-end gap-4"):
             purse = ui.select({k: tr(*v) for k, v in PURSES.items()}, value="cash",
                               label=tr("账户", "Purse")).props("dense outlined").classes("w-36")
             change = ui.input(tr("调整（如 -12.50）", "Change (e.g. -12.50)")
-                              ).props("dense outlined").classes("w-40")
-            reason = ui.input(tr("原因（必填）", "Reason (required)")).props("dense outlined"
-                                                                          ).classes("w-64")
+                              ).props("dense outlined").classes("w-40").mark("corr-change")
+            reason = ui.input(tr("原因（必填）", "Reason (required)")).props(
+                "dense outlined").classes("w-64").mark("corr-reason")
         approval = ui.row().classes("items-end gap-4")
         with approval:
-            approver = ui.input(tr("审批人", "Approver")).props("dense outlined")
+            approver = ui.input(tr("审批人", "Approver")).props("dense outlined"
+                                                               ).mark("corr-approver")
             approver_pw = ui.input(tr("审批人密码", "Approver's password"), password=True
-                                   ).props("dense outlined")
+                                   ).props("dense outlined").mark("corr-approver-password")
         approval.set_visibility(False)
 
         def needs_approval() -> bool:
@@ -593,7 +598,7 @@ def corrections_page() -> None:
                     ui.label(tr("没有找到会员", "No member found")).classes("text-grey-7")
                 for h in found:
                     ui.button(f"{h['name']}  {h['phone']}", on_click=lambda h=h: pick(h)
-                              ).props("flat dense no-caps")
+                              ).props("flat dense no-caps").mark("corr-pick")
 
         def pick(h: dict[str, Any]) -> None:
             chosen.clear()
@@ -623,7 +628,8 @@ def corrections_page() -> None:
                 approver_pw.set_value("")
                 pick(chosen)
 
-        ui.button(tr("确认调账", "Apply correction"), icon="check", on_click=submit)
+        ui.button(tr("确认调账", "Apply correction"), icon="check", on_click=submit
+                  ).mark("corr-submit")
 
 
 # --- registration -------------------------------------------------------------------------

@@ -740,6 +740,9 @@ def sync_page() -> None:
             ui.label(tr("本店：{name}（{node}）", "This branch: {name} ({node})",
                         name=shop().branch_name(status["node"]), node=status["node"]))
             ui.label(tr("数据指纹 {d}", "Data digest {d}", d=status["digest"][:12]))
+            if shop().node.config.peers:
+                ui.label(tr("拨号地址：{urls}", "Dials: {urls}",
+                            urls=", ".join(shop().node.config.peers)))
         nodes = sorted(set(live) | set(seen))
         if not nodes:
             ui.label(tr("还没有连上过其他分店。", "No other branch has been reached yet.")
@@ -759,7 +762,8 @@ def sync_page() -> None:
                 "connected": bool(p.get("connected")),
                 "state": tr("已连接", "connected") if p.get("connected") else tr("未连接",
                                                                                 "not connected"),
-                "contact": (f"{local_time(ledger, int(contact * 1000))}  ({ago(now - contact)})"
+                "contact": (tr("{at}（{ago}）", "{at} ({ago})",
+                               at=local_time(ledger, int(contact * 1000)), ago=ago(now - contact))
                             if contact else tr("从未", "never")),
                 "lag": "，".join(lag) if lag else "—",
             })

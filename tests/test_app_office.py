@@ -256,3 +256,32 @@ async def test_cut_off_banner_when_no_peer_is_reachable(counter_app: CounterApp)
     await app.user.open("/office/sync")
     await app.user.should_see("本店与其他分店断开连接（自")
     await app.user.should_see("可以继续收银")
+
+
+async def test_large_correction_asks_for_an_approver(counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = seed(app)  # 500.00 topped up, 128.00 spent: 372.00 (172.00 of it held here)
+    ledger = app.ledger
+    ledger.define_role(app.node_owner, "clerk", {"adjust"})
+    ledger.add_operator(app.node_owner, "clerk1", "clerk-secret", ["clerk"])
+    await app.login("clerk1", "clerk-secret")
+    await app.user.open("/admin/corrections")
+    app.user.find(marker="corr-query").type("13812345678")
+    app.user.find(marker="corr-find").click()
+    app.user.find(marker="corr-pick").click()
+    await app.user.should_see("储值 ¥372.00")
+    # 150.00 is above the default correction limit of 100.00: approver fields appear.
+    app.user.find(marker="corr-change").type("-150")
+    app.user.find(marker="corr-reason").type("记错了一笔")
+    await app.user.should_see(marker="corr-approver")
+    app.user.find(marker="corr-submit").click()
+    await app.user.should_see("需要有审批权限的人")
+    assert ledger.balance(mid)["cash"] == 37200
+
+    app.user.find(marker="corr-approver").type(OWNER[0])
+    app.user.find(marker="corr-approver-password").type(OWNER[1])
+    app.user.find(marker="corr-submit").click()
+    await app.user.should_see("已调账")
+    assert ledger.balance(mid)["cash"] == 22200
+    [entry] = [e for e in ledger.history(mid) if e["kind"] == "correction"]
+    assert entry["approver"] == app.owner_id
