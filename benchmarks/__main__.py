@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import datagen, debit, history, network, scale
+from benchmarks import datagen, debit, history, network, plot, scale
 from benchmarks.common import Config, config
 from benchmarks.report import Report
 
@@ -62,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{name}: done in {time.perf_counter() - t0:.1f} s")
     finally:
         shutil.rmtree(cfg.work, ignore_errors=True)
+    # The committed plot is a full run's; other runs draw theirs beside their results.
+    img = plot.IMG if scale_name == "full" and args.out.resolve() == datagen.OUT else \
+        cfg.out / "img"
+    for path in plot.write(report, img):
+        report.note("plots", **{path.stem: str(path)})
+        log(f"plot written to {path}")
     print(report.table())
     suffix = "".join(f"-{n}" for n in args.only or ())  # a partial run keeps its own file
     out = args.json or cfg.out / f"results-{scale_name}{suffix}.json"

@@ -26,13 +26,12 @@ class Config:
     scale: str
     out: Path  # data cache and work copies
     debit_size: Size  # history of the node in the baseline comparison
-    history_small: Size
-    history_large: Size
-    scale_size: Size  # the node opened in a fresh process
+    sizes: tuple[Size, ...]  # the history and scale ladder, smallest first
     debit_rounds: int
+    tills_rounds: int  # debits per till and block in the concurrent-tills comparison
     history_rounds: int
     blocks: int  # the rounds are also cut into this many blocks, for the ratio's spread
-    warm_opens: int
+    warm_opens: int  # fresh processes per size (the largest: also cold ones)
     cold_opens: int
     log: Log = print
 
@@ -42,19 +41,18 @@ class Config:
 
 
 def config(scale: str, out: Path, log: Log = print) -> Config:
-    small = Size(1_000, 10_000)
+    small, mid, large = Size(1_000, 10_000), Size(10_000, 100_000), Size(100_000, 1_000_000)
     if scale == "full":
-        large = Size(100_000, 1_000_000)
-        return Config(scale, out, small, small, large, large, debit_rounds=5000,
-                      history_rounds=3000, blocks=10, warm_opens=10, cold_opens=5, log=log)
+        return Config(scale, out, small, (small, mid, large), debit_rounds=5000,
+                      tills_rounds=100, history_rounds=3000, blocks=10, warm_opens=10,
+                      cold_opens=5, log=log)
     if scale == "quick":
-        large = Size(10_000, 100_000)
-        return Config(scale, out, small, small, large, large, debit_rounds=1000,
+        return Config(scale, out, small, (small, mid), debit_rounds=1000, tills_rounds=25,
                       history_rounds=600, blocks=5, warm_opens=3, cold_opens=2, log=log)
-    if scale == "tiny":  # only proves the benchmarks run (the smoke test)
-        small, large = Size(100, 1_000), Size(300, 3_000)
-        return Config(scale, out, small, small, large, large, debit_rounds=40,
-                      history_rounds=30, blocks=2, warm_opens=1, cold_opens=1, log=log)
+    if scale == "tiny":  # only proves the benchmarks run
+        return Config(scale, out, Size(100, 1_000), (Size(100, 1_000), Size(300, 3_000)),
+                      debit_rounds=40, tills_rounds=5, history_rounds=30, blocks=2,
+                      warm_opens=1, cold_opens=1, log=log)
     raise ValueError(f"unknown scale {scale!r}")
 
 

@@ -18,6 +18,21 @@ The second set times the ledger again, side by side with what it is made of:
 - `ledger, synchronous=OFF`: a second copy of the node, without the fsync: the
   ledger's CPU cost (plus writing WAL pages to the OS cache).
 
+The third set is what a branch with four tills gets when they all swipe at once,
+in blocks A B C D A B C D ... (each till debits back to back, closed loop):
+
+- `ledger, 1 till` / `4 tills`: a real branch node (`peer.node.Node`, started in this
+  process on a copy of the data set) and one asyncio task per till calling
+  `Node.perform(ledger.debit)`, as the node's API handlers do. The node runs its
+  writes one at a time on its event loop, so a till's debit waits for those queued
+  before it. Each request yields to the loop once before it is served (its arrival).
+- `plain SQLite, 1 till` / `4 tills`: one thread and connection per till, each doing
+  the plain debit: four clients of one SQLite file, serialised by its write lock
+  (and SQLite's busy handler, which sleeps while the lock is taken).
+
+Per till and debit: the latency it saw (queueing included); per block: debits per
+second of all tills together.
+
 Interleaving the variants (A B A B ..., A C D E A C D E ...) makes slow drift of the
 machine (other tenants, CPU frequency, the disk's cache) fall on all of them alike,
 so their ratio means something on a noisy two-core box.
@@ -25,17 +40,27 @@ so their ratio means something on a noisy two-core box.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pycrdt import Doc, Map
 
 from benchmarks import datagen
-from benchmarks.common import SERVICE, Config, block_ratios, fund_pool, member_pool
+from benchmarks.common import (
+    POOL_TOPUP,
+    SERVICE,
+    Config,
+    block_ratios,
+    fund_pool,
+    member_pool,
+)
 from benchmarks.report import Report
 from crdtledger.hlc import HybridClock, decode, wall_ms
 from crdtledger.ledger import Ledger
@@ -43,20 +68,27 @@ from crdtledger.ledger import Ledger
 NAME = "debit"
 WARMUP = 30
 POOL = 400  # members debited in turn; each is funded for well over its share
+TILLS = 4  # counters of one branch swiping at once
+AMOUNT = 11520  # the plain baseline's debit: FOOT60 at the 0.9 level discount
 
 
 class PlainSqlite:
     """The baseline: a durable debit in one SQLite table, nothing else."""
 
-    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
-        path.unlink(missing_ok=True)
-        self.conn = sqlite3.connect(path, isolation_level=None)
+    def __init__(self, path: Path, synchronous: str = "FULL", create: bool = True) -> None:
+        if create:
+            path.unlink(missing_ok=True)
+        # Another connection of a till may hold the write lock: wait for it (SQLite's
+        # busy handler), as clients of one database file do.
+        self.conn = sqlite3.connect(path, isolation_level=None, timeout=30,
+                                    check_same_thread=False)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute(f"PRAGMA synchronous={synchronous}")
-        self.conn.execute(
-            "CREATE TABLE ledger(id INTEGER PRIMARY KEY, member TEXT NOT NULL, "
-            "amount INTEGER NOT NULL, at INTEGER NOT NULL)")
-        self.conn.execute("CREATE INDEX ledger_member ON ledger(member)")
+        if create:
+            self.conn.execute(
+                "CREATE TABLE ledger(id INTEGER PRIMARY KEY, member TEXT NOT NULL, "
+                "amount INTEGER NOT NULL, at INTEGER NOT NULL)")
+            self.conn.execute("CREATE INDEX ledger_member ON ledger(member)")
 
     def preload(self, members: list[str], rows: int, credit: int) -> None:
         """As many rows as the ledger has entries, spread over the same members."""
@@ -133,47 +165,52 @@ class PycrdtAppend:
 def run(cfg: Config, report: Report) -> None:
     data = datagen.dataset(cfg.debit_size, cfg.out, cfg.log)
     work = cfg.work / NAME
-    full = Ledger.open(datagen.working_copy(data, work / "full"))
-    off = Ledger.open(datagen.working_copy(data, work / "off"), synchronous="OFF")
+    work.mkdir(parents=True, exist_ok=True)
     plain = PlainSqlite(work / "plain.sqlite3")
-    floor = FsyncFloor(work / "fsync.bin")
-    crdt = PycrdtAppend()
-    times: dict[str, list[float]] = {}
     try:
-        pool = member_pool(full, POOL, "debit")
-        topups = fund_pool(full, pool)
-        fund_pool(off, pool)
-        plain.preload(pool, int(datagen.info(data)["entries"]), 10**12)
+        full = Ledger.open(datagen.working_copy(data, work / "full"))
+        off = Ledger.open(datagen.working_copy(data, work / "off"), synchronous="OFF")
+        floor = FsyncFloor(work / "fsync.bin")
+        crdt = PycrdtAppend()
+        times: dict[str, list[float]] = {}
+        try:
+            pool = member_pool(full, POOL, "debit")
+            topups = fund_pool(full, pool)
+            fund_pool(off, pool)
+            plain.preload(pool, int(datagen.info(data)["entries"]), 10**12)
 
-        def rounds(n: int, variants: dict[str, Callable[[str], object]]) -> None:
-            """n rounds of the variants in turn (after a warm-up), each on the next
-            pool member; every operation timed on its own."""
-            for name in variants:
-                times[name] = []
-            for r in range(WARMUP + n):
-                m = pool[r % len(pool)]
-                for name, fn in variants.items():
-                    t0 = time.perf_counter_ns()
-                    fn(m)
-                    if r >= WARMUP:
-                        times[name].append((time.perf_counter_ns() - t0) / 1000)
+            def rounds(n: int, variants: dict[str, Callable[[str], object]]) -> None:
+                """n rounds of the variants in turn (after a warm-up), each on the next
+                pool member; every operation timed on its own."""
+                for name in variants:
+                    times[name] = []
+                for r in range(WARMUP + n):
+                    m = pool[r % len(pool)]
+                    for name, fn in variants.items():
+                        t0 = time.perf_counter_ns()
+                        fn(m)
+                        if r >= WARMUP:
+                            times[name].append((time.perf_counter_ns() - t0) / 1000)
 
-        n = cfg.debit_rounds
-        cfg.log(f"debit: {n} rounds ledger / plain SQLite, then {n // 2} rounds ledger / "
-                f"fsync / pycrdt / ledger OFF, on a node with {cfg.debit_size.label}")
-        # The target: exactly A B A B ...
-        rounds(n, {"ledger": lambda m: full.debit(full.owner, m, service=SERVICE),
-                   "plain": lambda m: plain.debit(m, 11520)})
-        # What the ledger is made of, side by side with it again.
-        rounds(n // 2, {"ledger2": lambda m: full.debit(full.owner, m, service=SERVICE),
-                        "floor": lambda m: floor.write(),
-                        "pycrdt": crdt.append,
-                        "off": lambda m: off.debit(off.owner, m, service=SERVICE)})
+            n = cfg.debit_rounds
+            cfg.log(f"debit: {n} rounds ledger / plain SQLite, then {n // 2} rounds ledger / "
+                    f"fsync / pycrdt / ledger OFF, on a node with {cfg.debit_size.label}")
+            # The target: exactly A B A B ...
+            rounds(n, {"ledger": lambda m: full.debit(full.owner, m, service=SERVICE),
+                       "plain": lambda m: plain.debit(m, AMOUNT)})
+            # What the ledger is made of, side by side with it again.
+            rounds(n // 2, {"ledger2": lambda m: full.debit(full.owner, m, service=SERVICE),
+                            "floor": lambda m: floor.write(),
+                            "pycrdt": crdt.append,
+                            "off": lambda m: off.debit(off.owner, m, service=SERVICE)})
+        finally:
+            full.close()
+            off.close()
+            floor.close()
+        cfg.log(f"debit: {cfg.blocks} blocks of 1 and {TILLS} tills at once, node / plain SQLite")
+        tills = _tills(cfg, data, work, pool, plain)
     finally:
-        full.close()
-        off.close()
         plain.close()
-        floor.close()
     hist = cfg.debit_size.label
     led = report.figure(NAME, "ledger debit, synchronous=FULL", "µs", times["ledger"],
                         f"node with {hist}; rounds: ledger, plain")
@@ -194,7 +231,115 @@ def run(cfg: Config, report: Report) -> None:
                         "the same path without waiting for the disk")
     report.figure(NAME, "ledger top-up, synchronous=FULL", "µs", topups,
                   f"{len(topups)} pool members funded before the rounds")
-    report.ratio(NAME, "ledger / fsync floor", led2, flo)
+    report.ratio(NAME, "ledger / fsync floor", led2, flo, 5.0, "interleaved A C D E")
     report.ratio(NAME, "ledger / pycrdt append", led2, cr)
     report.ratio(NAME, "ledger FULL / ledger OFF", led2, cpu)
     report.ratio(NAME, "plain SQLite / fsync floor", pla, flo, note="from the two sets")
+    _report_tills(cfg, report, tills)
+
+
+def _tills(cfg: Config, data: Path, work: Path, pool: list[str], plain: PlainSqlite
+           ) -> dict[str, Any]:
+    """Blocks of 1 and TILLS tills debiting at once, through a node and the plain
+    baseline in turn. Returns, per variant, every debit's latency (µs) and each
+    block's throughput (debits/s)."""
+    from benchmarks.network import Chain
+    from peer.node import Config as NodeConfig
+    from peer.node import Node
+
+    chain = Chain(work / "tills")
+    node = Node(NodeConfig(chain.hub(data, "node"), listen=("127.0.0.1", 0),
+                           api=("127.0.0.1", 0), peers=[], mdns=False))
+    conns = [plain] + [PlainSqlite(work / "plain.sqlite3", create=False)
+                       for _ in range(TILLS - 1)]
+    shares = [pool[i::TILLS] for i in range(TILLS)]  # each till serves its own customers
+    out: dict[str, Any] = {}
+
+    def record(variant: str, lat: list[float], seconds: float) -> None:
+        v = out.setdefault(variant, {"us": [], "per_s": []})
+        v["us"] += lat
+        v["per_s"].append(len(lat) / seconds)
+
+    async def node_block(tills: int) -> None:
+        led = node.ledger
+        lat: list[float] = []
+
+        async def till(members: list[str]) -> None:
+            for i in range(cfg.tills_rounds):
+                t0 = time.perf_counter_ns()
+                await asyncio.sleep(0)  # the request arrives: those queued before go first
+                await node.perform(partial(led.debit, led.owner, members[i % len(members)],
+                                           service=SERVICE))
+                lat.append((time.perf_counter_ns() - t0) / 1000)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(till(shares[i]) for i in range(tills)))
+        record(f"node, {tills}", lat, time.perf_counter() - t0)
+
+    def plain_block(tills: int) -> None:
+        lat: list[float] = []
+        start = threading.Barrier(tills + 1)
+
+        def till(conn: PlainSqlite, members: list[str]) -> None:
+            start.wait()
+            for i in range(cfg.tills_rounds):
+                t0 = time.perf_counter_ns()
+                conn.debit(members[i % len(members)], AMOUNT)
+                lat.append((time.perf_counter_ns() - t0) / 1000)
+
+        threads = [threading.Thread(target=till, args=(conns[i], shares[i]))
+                   for i in range(tills)]
+        for t in threads:
+            t.start()
+        start.wait()
+        t0 = time.perf_counter()
+        for t in threads:
+            t.join()
+        record(f"plain, {tills}", lat, time.perf_counter() - t0)
+
+    async def main() -> None:
+        await node.start()
+        try:
+            led = node.ledger
+            for m in pool:
+                await node.perform(partial(led.topup, led.owner, m, POOL_TOPUP))
+            await node_block(1)  # warm-up, not kept
+            await asyncio.to_thread(plain_block, 1)
+            out.clear()
+            for _ in range(cfg.blocks):
+                await node_block(1)
+                await asyncio.to_thread(plain_block, 1)
+                await node_block(TILLS)
+                await asyncio.to_thread(plain_block, TILLS)
+        finally:
+            await node.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        for c in conns[1:]:
+            c.close()
+    return out
+
+
+def _report_tills(cfg: Config, report: Report, tills: dict[str, Any]) -> None:
+    figs = {}
+    for n in (1, TILLS):
+        who = "1 till" if n == 1 else f"{n} tills at once"
+        lat = {k: report.figure(NAME, f"{who}: {label} debit, latency", "µs",
+                                tills[f"{k}, {n}"]["us"], note)
+               for k, label, note in (
+                   ("node", "node", "Node.perform(Ledger.debit) on the node's loop, "
+                    "queueing included"),
+                   ("plain", "plain SQLite", f"{n} connection(s), one thread each"))}
+        thr = {k: report.figure(NAME, f"{who}: {label} throughput", "debits/s",
+                                tills[f"{k}, {n}"]["per_s"],
+                                f"all tills together, per block of {n * cfg.tills_rounds}")
+               for k, label in (("node", "node"), ("plain", "plain SQLite"))}
+        report.ratio(NAME, f"{who}: node / plain SQLite latency (median)", lat["node"],
+                     lat["plain"], note="blocks interleaved")
+        report.ratio(NAME, f"{who}: plain SQLite / node throughput (median)", thr["plain"],
+                     thr["node"], note="above 1: the baseline serves more debits per second")
+        figs[n] = thr
+    report.ratio(NAME, f"node throughput, {TILLS} tills / 1 till", figs[TILLS]["node"],
+                 figs[1]["node"], note="writes are serialised on the loop: about 1")

@@ -109,8 +109,8 @@ def plan(cfg: Config) -> Plan:
     if cfg.scale == "quick":
         return Plan(((small, 1), (large, 1)), rounds=10, wire_debits=200, blocks=4,
                     stream=500, rights=60, live=small)
-    return Plan(((cfg.history_small, 1), (cfg.history_large, 1)), rounds=4, wire_debits=40,
-                blocks=2, stream=100, rights=10, live=cfg.history_small)
+    return Plan(((cfg.sizes[0], 1), (cfg.sizes[-1], 1)), rounds=4, wire_debits=40,
+                blocks=2, stream=100, rights=10, live=cfg.sizes[0])
 
 
 # --- the parent: nodes as child processes ------------------------------------------
@@ -258,6 +258,43 @@ def _members_only(hub: Path, dest: Path) -> int:
     return lacking
 
 
+def _sync_file(data: Path, behind: Path, work: Path, reps: int) -> list[dict[str, Any]]:
+    """The offline way to the same state: the hub, having seen what the node behind
+    holds (a file or a session from it), exports what it lacks (`crdtledger export
+    --for B4`); the file is imported into a fresh copy of the node behind, which
+    must then hold what the hub holds. Timed in this process: library calls, as the
+    CLI makes them."""
+    from crdtledger.ledger import Ledger
+    from crdtledger.syncfile import export_file, import_file
+
+    hub_dir = datagen.working_copy(data, work / "hub")  # remembering a peer writes
+    with contextlib.closing(Ledger.open(behind, lock=False)) as led:
+        theirs = led.state_vectors()
+    runs = []
+    with contextlib.closing(Ledger.open(hub_dir)) as hub:
+        hub.remember_peer(JOINERS[0], theirs)
+        want = hub.states_digest()
+        path = work / "to-B4.sync"
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            exported = export_file(hub, path, JOINERS[0])
+            t1 = time.perf_counter()
+            dest = work / "behind"
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(behind, dest)
+            with contextlib.closing(Ledger.open(dest)) as led:
+                t2 = time.perf_counter()
+                imported = import_file(led, path)
+                t3 = time.perf_counter()
+                if imported["incomplete"] or led.states_digest() != want:
+                    raise RuntimeError(f"sync file: the import did not reach the hub's state "
+                                       f"({imported['incomplete']})")
+            runs.append({"export_s": t1 - t0, "import_s": t3 - t2, "bytes": exported["bytes"],
+                         "documents": exported["documents"]})
+    shutil.rmtree(work, ignore_errors=True)
+    return runs
+
+
 def _ms(ns: list[int] | list[float]) -> list[float]:
     return [x / 1e6 for x in ns]
 
@@ -308,6 +345,8 @@ def run_sync(cfg: Config, report: Report) -> None:
             template = chain.empty(f"behind-{label}", JOINERS[0])
             lacking = _members_only(hub_dir, template)
             last = size == p.catchup[-1][0]
+            cfg.log(f"sync: a sync file of {label} entries, exported and imported, {reps} runs")
+            files = _sync_file(data, template, chain.work / f"file-{label}", reps)
             cfg.log(f"sync: catch-up of {label} entries ({size.label}), {reps} runs")
             hub = chain.start(hub_dir)
             states = hub.call("states")["states"]
@@ -349,8 +388,15 @@ def run_sync(cfg: Config, report: Report) -> None:
                 report.limit(SYNC, f"{name} (worst)", max(secs.samples), "s", 3.0,
                              "issue target: 100k entries <= 3 s" if size.entries >= 100_000
                              else "the target is for 100k entries; a toy size here")
+            name = f"sync file {label} entries"
+            report.figure(SYNC, f"{name}: export", "s", [f["export_s"] for f in files],
+                          "what the joining node lacks (export --for it), written + fsync")
+            report.figure(SYNC, f"{name}: import", "s", [f["import_s"] for f in files],
+                          "read, checked and applied all or nothing (import_file)")
+            report.figure(SYNC, f"{name}: file size", "MB", [f["bytes"] / 1e6 for f in files],
+                          "uncompressed")
             details["catchup"][label] = {"data_set": datagen.info(data), "runs": runs,
-                                         "lacking_bytes": lacking}
+                                         "lacking_bytes": lacking, "sync_file": files}
             if last:
                 details.update(_in_sync(cfg, p, report, hub, behind))
             chain.close()
