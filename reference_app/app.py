@@ -33,7 +33,7 @@ DEFAULT_HTTP = "127.0.0.1:8080"
 def build(node_config: Config, *, readers: Sequence[Reader] | None = None) -> Shop:
     """Register the pages and tie the node's life to the app's. `readers`: None for
     whatever this machine has; tests pass their own (readers.ScriptedReader)."""
-    from reference_app import counter
+    from reference_app import admin, backoffice, counter
 
     layout.reset()
     s = Shop(Node(node_config), readers)
@@ -41,13 +41,8 @@ def build(node_config: Config, *, readers: Sequence[Reader] | None = None) -> Sh
     app.on_startup(s.start)
     app.on_shutdown(s.stop)
     counter.register()
-    try:  # the back office and admin pages are being written alongside
-        from reference_app import admin, backoffice
-    except ImportError:
-        pass
-    else:
-        backoffice.register()
-        admin.register()
+    backoffice.register()
+    admin.register()
     return s
 
 
