@@ -181,6 +181,16 @@ class PcscReader:
 
     def _watch(self, scard: ModuleType, context: int) -> None:
         known: dict[str, int] = {}  # reader name -> its last event state
+        try:
+            self._follow(scard, context, known)
+        finally:
+            # pcscd went away (or we stop): a card on a reader we cannot see is no card.
+            self._unreadable = False
+            for reader, state in known.items():
+                if state & scard.SCARD_STATE_PRESENT:
+                    self._send(ReaderEvent("removed", "", f"pcsc:{reader}"))
+
+    def _follow(self, scard: ModuleType, context: int, known: dict[str, int]) -> None:
         pnp_state = scard.SCARD_STATE_UNAWARE
         while not self._stopping.is_set():
             result, readers = scard.SCardListReaders(context, [])
@@ -209,6 +219,7 @@ class PcscReader:
                 return
             for reader, event, _atr in changed:
                 event &= ~scard.SCARD_STATE_CHANGED
+                log.debug("%s: state %#x", reader, event)
                 if reader == PNP_NOTIFICATION:
                     pnp_state = event
                     continue
@@ -248,6 +259,7 @@ class PcscReader:
 
     def _set_status(self, status: _Status) -> None:
         if status != self._status:
+            log.info("%s", status.en)
             self._status = status
             self._send(ReaderEvent("status", status.en, "pcsc"))
 

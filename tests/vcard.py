@@ -71,8 +71,9 @@ class VirtualCard:
         if thread is not None:
             thread.join(timeout=5)
 
-    def __enter__(self) -> VirtualCard:
-        self.insert()
+    def __enter__(self) -> VirtualCard:  # `with card:` keeps it on the reader
+        if self._sock is None:
+            self.insert()
         return self
 
     def __exit__(self, *exc: object) -> None:
