@@ -63,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(cfg.work, ignore_errors=True)
     # The committed plot is a full run's; other runs draw theirs beside their results.
-    img = plot.IMG if scale_name == "full" and args.out.resolve() == datagen.OUT else \
-        cfg.out / "img"
+    img = plot.IMG if scale_name == "full" else cfg.out / "img"
     for path in plot.write(report, img):
         report.note("plots", **{path.stem: str(path)})
         log(f"plot written to {path}")

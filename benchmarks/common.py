@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import time
@@ -37,7 +38,8 @@ class Config:
 
     @property
     def work(self) -> Path:
-        return self.out / "work"
+        """Scratch space of this run: runs sharing a data cache never share it."""
+        return self.out / f"work-{os.getpid()}"
 
 
 def config(scale: str, out: Path, log: Log = print) -> Config:
