@@ -288,7 +288,8 @@ class WedgeParser:
 
     Wedge devices type their data and finish with Enter. `feed` takes the text as it
     arrives (a keystroke, a chunk, or a whole line) and returns an event once a line is
-    complete:
+    complete (one per call: after a chunk of several lines, `feed("")` gives the next);
+    `parse` takes one line without its Enter, as from a search box:
 
     - magnetic stripe: track 2 `;1234567890=2512?` (or only track 1 `%B1234^NAME^...?`)
       → "card" with the account number;

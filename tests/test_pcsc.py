@@ -119,7 +119,11 @@ def next_event(events: Events, kind: str) -> ReaderEvent:
 
 def wait_status(reader: PcscReader, events: Events, part: str) -> None:
     while part not in reader.status:
-        next_event(events, "status")
+        try:
+            event = events.get(timeout=HANG_GUARD_S)
+        except queue.Empty:
+            pytest.fail(f"the reader's status never said {part!r}; it says {reader.status!r}")
+        assert event.kind == "status", f"unexpected {event} while waiting for {part!r}"
 
 
 def insert(uid: bytes | None) -> VirtualCard:

@@ -100,3 +100,10 @@ def test_pcsc_reader_without_pyscard_says_so_and_stops_cleanly(
         reader.start(events.put)
     reader.stop()
 
+
+
+def test_several_lines_in_one_chunk_come_out_one_per_call() -> None:
+    parser = WedgeParser()
+    assert parser.feed("MC1\nMC2\n") == card("C1")
+    assert parser.feed("") == card("C2")
+    assert parser.feed("") is None
