@@ -24,6 +24,7 @@ import importlib
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import ModuleType
@@ -132,12 +133,15 @@ class PcscReader:
 
     def stop(self) -> None:
         self._stopping.set()
-        with self._lock:
-            if self._context is not None and self._scard is not None:
-                self._scard.SCardCancel(self._context)  # wakes SCardGetStatusChange now
-        if self._thread is not None:
-            self._thread.join(timeout=WAIT_MS / 1000 + 5)
-            self._thread = None
+        thread, self._thread = self._thread, None
+        deadline = time.monotonic() + WAIT_MS / 1000 + 5
+        while thread is not None and thread.is_alive() and time.monotonic() < deadline:
+            # Cancelling wakes SCardGetStatusChange at once; a cancel that lands just
+            # before the thread enters its wait is lost, so cancel until it has ended.
+            with self._lock:
+                if self._context is not None and self._scard is not None:
+                    self._scard.SCardCancel(self._context)
+            thread.join(timeout=0.05)
         self._status = _STOPPED
 
     # The thread: one PC/SC context per "session"; a session ends when pcscd goes away.
