@@ -35,6 +35,7 @@ from typing import Any
 
 from crdtledger.ledger import Ledger
 from peer.chain import enrol, init_chain
+from reference_app.app import SECRET_FILE
 from reference_app.demo_data import BRANCHES, Seeded, seed
 
 DIALS = {"SH02": "SH01", "HZ01": "SH02"}  # who dials whom: a line, relayed hop by hop
@@ -87,10 +88,16 @@ class Demo:
         seeded = seed({node: self.data(node) for node in BRANCHES})
         # One secret signs the session cookies of all three pages: a browser shares
         # cookies across the ports of 127.0.0.1, so with a secret each, opening one
-        # branch's page would throw away the session of the others.
-        facts = {**asdict(seeded), "storage_secret": secrets.token_urlsafe(24)}
-        (self.root / SEEDED_FILE).write_text(json.dumps(facts, ensure_ascii=False, indent=1),
-                                             encoding="utf-8")
+        # branch's page would throw away the session of the others. It goes where
+        # the app looks for it (not on a command line, which every local user can read).
+        secret = secrets.token_urlsafe(32)
+        for node in BRANCHES:
+            fd = os.open(self.data(node) / SECRET_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                         0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secret)
+        (self.root / SEEDED_FILE).write_text(
+            json.dumps(asdict(seeded), ensure_ascii=False, indent=1), encoding="utf-8")
         return seeded
 
     def facts(self) -> dict[str, Any]:
@@ -103,8 +110,7 @@ class Demo:
                 "--http", f"127.0.0.1:{self.http[node]}",
                 "--listen", f"127.0.0.1:{self.sync[node]}",
                 "--api", f"127.0.0.1:{self.api[node]}",
-                "--no-mdns",  # the wiring below is the demo's, not whatever the LAN holds
-                f"--storage-secret={self.facts()['storage_secret']}"]  # it may start with -
+                "--no-mdns"]  # the wiring below is the demo's, not whatever the LAN holds
         if node in DIALS:
             argv += ["--peer", f"wss://127.0.0.1:{self.sync[DIALS[node]]}"]
         return argv
@@ -189,7 +195,8 @@ class Demo:
               f"({'new demo data' if new else 'the same data as last time'}):\n")
         for node, name in BRANCHES.items():
             dials = f"  (dials {DIALS[node]})" if node in DIALS else ""
-            print(f"  {node} {name}   {self.url(node)}{dials}")
+            pad = " " * 2 * (max(map(len, BRANCHES.values())) - len(name))  # CJK: 2 columns
+            print(f"  {node} {name}{pad}   {self.url(node)}{dials}")
         print(f"\n登录 Log in as  {owner[0]} / {owner[1]}  (owner: every page), or "
               f"{cashier[0]} / {cashier[1]}  (a cashier).")
         print(f"{facts['members']} members. Look for:")
@@ -253,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop the branches once they are up and in sync (for tests)")
     args = parser.parse_args(argv)
     demo = Demo(Path(args.data).resolve(), args.port)
+    # Ctrl-C and SIGTERM both stop the branches in order. SIGINT explicitly: a shell
+    # starts background jobs with it ignored, and Python then never raises on it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         new = args.fresh or not demo.created()
@@ -275,8 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         if demo.procs:
-            print("\nStopping the three branches...", flush=True)
-            demo.stop()
+            try:  # (printing can fail, e.g. output piped into `head`: stop them anyway)
+                print("\nStopping the three branches...", flush=True)
+            finally:
+                demo.stop()
             print("Stopped. ./run demo resumes the same data.", flush=True)
     return 0
 
