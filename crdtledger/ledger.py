@@ -308,13 +308,17 @@ class Ledger:
                         if isinstance(e, KeyboardInterrupt | SystemExit):
                             raise
                         raise RemoteProtocolError(f"malformed update for {name}: {e}") from None
-                ld.take_updates()  # what is logged is the diff, below
-                # Past _skips_clocks, new content moves the state vector; a delete-only
-                # update changes records without moving it: log and relay it as received.
-                moved = ld.doc.get_state() != before
-                if not moved and not change.added and not change.touched:
+                ld.take_updates()  # what is logged is the update or the diff, below
+                after = ld.doc.get_state()
+                whole = ld.settle(bytes(data), after)
+                if after == before and not change.added and not change.touched:
                     continue  # nothing new (a duplicate, or still waiting on a dependency)
-                delta = bytes(ld.doc.get_update(before)) if moved else bytes(data)
+                # What changed is logged and relayed: the update as received when it
+                # integrated whole and released nothing held back before, else the diff
+                # against `before`, which costs the document (its delete set is built
+                # from every block) but also carries what Yrs released now and every
+                # deletion we know of (LoadedDoc.settle).
+                delta = bytes(data) if whole else bytes(ld.doc.get_update(before))
                 self._project(ld, change)
                 st.record(ld, [delta])
                 new.append((name, delta))

@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pycrdt import Doc, Map
+from pycrdt import Doc, Map, get_update
 
 from crdtledger import hlc
 from crdtledger.errors import InvalidInput, StoreError, StoreLocked
 from crdtledger.model import DOC_NAME
+from crdtledger.sync import decode_state_vector, read_varuint
 
 FORMAT_VERSION = 2  # 2: the update log is a rowid table (see _upgrade)
 DB_FILE = "ledger.sqlite3"
@@ -45,6 +46,8 @@ COMPACT_AFTER = 2000
 # How many documents stay in memory; the current month, a few member shards.
 DOC_CACHE = 48
 LOCK_WAIT_S = 10.0
+# Parts of remote updates that Yrs holds back, followed per document (LoadedDoc.settle).
+HELD_BACK_KEPT = 64
 # How far ahead of the clock the persisted ceiling is set (see Storage.keep_clock).
 CLOCK_LEASE_MS = 2000
 
@@ -140,6 +143,9 @@ class LoadedDoc:
         self.dirty = False
         self._observing = False
         self._unobserve: list[Callable[[], None]] = []
+        # What remote updates applied to this Doc left unintegrated (see settle);
+        # None: too much to follow.
+        self.held_back: list[bytes] | None = []
 
     def start_observing(self) -> None:
         """Capture the update of every transaction from now on (what gets logged)."""
@@ -200,9 +206,54 @@ class LoadedDoc:
             else:
                 change.touched.add((root, str(path[0])))
 
+    def settle(self, update: bytes, state: bytes) -> bool:
+        """After applying a remote `update` that brought the Doc to `state`: True if
+        all of it integrated and the Doc held nothing back before it, i.e. the Doc
+        changed by exactly `update`, which may then be logged and relayed as is.
+
+        Yrs keeps structs whose dependencies are missing, and deletions of items it
+        has not seen, pending inside the Doc, and integrates them silently in a later
+        apply. Those parts are remembered here (what of each update lies beyond the
+        state it reached, with its delete set) until the state vector covers them:
+        until then every apply may release some, and only the diff against the
+        state before it says what changed. A Doc loaded from the store holds nothing
+        back: its log holds only what integrated."""
+        if self.held_back is None:
+            return False
+        clean = not self.held_back
+        rests = (bytes(get_update(u, state)) for u in (*self.held_back, update))
+        held = list(dict.fromkeys(r for r in rests if not _covered(r, state)))
+        # Past the limit (a dependency long missing, or a peer sending rubbish), stop
+        # checking: every apply takes the diff until the Doc is loaded again.
+        self.held_back = held if len(held) <= HELD_BACK_KEPT else None
+        return clean and not held
+
     def take_updates(self) -> list[bytes]:
         ups, self.updates = self.updates, []
         return ups
+
+
+def _covered(rest: bytes, state: bytes) -> bool:
+    """True if `rest`, what of an update lies beyond `state` (pycrdt.get_update),
+    holds no structs and its delete set names only clocks below `state`, so that
+    every deletion in it found its item (no Doc here has gaps below its state)."""
+    have = decode_state_vector(state)
+    try:
+        writers, pos = read_varuint(rest, 0)
+        if writers:
+            return False
+        clients, pos = read_varuint(rest, pos)
+        for _ in range(clients):
+            client, pos = read_varuint(rest, pos)
+            ranges, pos = read_varuint(rest, pos)
+            for _ in range(ranges):
+                clock, pos = read_varuint(rest, pos)
+                length, pos = read_varuint(rest, pos)
+                if clock + length > have.get(client, 0):
+                    return False
+    except ValueError:
+        return False
+    return True
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
