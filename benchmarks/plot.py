@@ -91,7 +91,7 @@ def _memory(ax: Axes, series: list[dict[str, Any]]) -> None:
                     xytext=(6, -3), fontsize=8)
     ax.axhline(MEMORY_TARGET_MB, color="red", lw=0.8, ls=":", label="target (open): 600 MB")
     ax.set_ylim(0, MEMORY_TARGET_MB * 1.1)
-    ax.set_ylabel("MB resident (fresh process)")
+    ax.set_ylabel("MB resident, fresh process (worst run)")
     ax.set_title("resident memory", fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
 
