@@ -42,7 +42,14 @@ from crdtledger.errors import (
     RightsElsewhere,
     WrongPin,
 )
-from crdtledger.hlc import HybridClock, check_node_id, decode, id_time_ms, wall_ms
+from crdtledger.hlc import (
+    MAX_CLOCK_SKEW_MS,
+    HybridClock,
+    check_node_id,
+    decode,
+    id_time_ms,
+    wall_ms,
+)
 from crdtledger.model import (
     BUILTIN_ROLES,
     CARD_TYPES,
@@ -68,6 +75,7 @@ from crdtledger.money import (
 from crdtledger.projection import (
     entry_change,
     project_deferred,
+    project_entries,
     project_entry,
     record_change,
 )
@@ -236,20 +244,24 @@ class Ledger:
     def _project(self, ld: LoadedDoc, change: Any) -> None:
         conn, day_of = self.storage.conn, self.storage.day_of
         rules_changed = False
+        fresh: list[tuple[str, Any]] = []  # entries new to the document
+        projected: list[dict[str, Any]] = []
         for root, key, old, new in change.added:
             if root == "entries":
+                if old is None:
+                    fresh.append((key, new))
+                    continue
+                # Rewritten (only a misbehaving peer does that): undone and redone.
                 entry = entry_change(conn, ld.name, key, old, new, day_of)
-                if entry is not None and entry["node"] != self.node:
-                    try:
-                        self.clock.observe(decode(key.split(".", 1)[0]))
-                    except ClockSkew as e:
-                        # The latest few, without the traceback, which would keep this
-                        # apply's frames (and its updates) alive for as long as a peer's
-                        # clock stays wrong: one per entry it writes.
-                        self.skew_events.append(e.with_traceback(None))
+                if entry is not None:
+                    projected.append(entry)
             else:
-                record_change(conn, ld.name, root, key, new, day_of)
+                # Read from the document, as pycrdt wraps it (the event's value is
+                # the raw one, see LoadedDoc.watching).
+                record_change(conn, ld.name, root, key, ld.roots[root].get(key), day_of)
                 rules_changed |= root == "rules"
+        projected += project_entries(conn, ld.name, fresh, day_of)
+        self._observe_clocks(projected)
         for root, key in change.touched:
             value = ld.roots[root].get(key)
             if value is not None:
@@ -257,6 +269,27 @@ class Ledger:
                 rules_changed |= root == "rules"
         if rules_changed:
             self._rules = None
+
+    def _observe_clocks(self, entries: list[dict[str, Any]]) -> None:
+        """Move our clock past the remote entries just projected: once, to the latest
+        of them, plus once for each stamped too far ahead, which is refused and kept
+        (the latest few, without the traceback, which would keep this apply's frames
+        and updates alive for as long as a peer's clock stays wrong)."""
+        limit = self.clock.wall() + MAX_CLOCK_SKEW_MS
+        latest = 0
+        for e in entries:
+            if e["node"] == self.node:
+                continue
+            ts = decode(e["id"].split(".", 1)[0])
+            if wall_ms(ts) <= limit:
+                latest = max(latest, ts)
+                continue
+            try:
+                self.clock.observe(ts)
+            except ClockSkew as err:
+                self.skew_events.append(err.with_traceback(None))
+        if latest:
+            self.clock.observe(latest)
 
     # --- replication --------------------------------------------------------
 
@@ -292,6 +325,19 @@ class Ledger:
                 raise RemoteProtocolError(f"unknown document {name!r}")
             if not isinstance(data, bytes | bytearray):
                 raise RemoteProtocolError(f"update for {name} is not bytes")
+        try:
+            return self._apply_remote(updates, origin, probe_first=False)
+        except _GapFound:  # rolled back: again, checking every update before applying it
+            return self._apply_remote(updates, origin, probe_first=True)
+
+    def _apply_remote(self, updates: Sequence[tuple[str, bytes]], origin: object,
+                      probe_first: bool) -> list[tuple[str, bytes]]:
+        """apply_remote. An update past a gap in a writer's clocks is set aside
+        (_skips_clocks). Checking that costs a multi-writer update (a catch-up's diff)
+        more than applying it, so unless `probe_first`, such an update is applied
+        unchecked: if it integrated whole, it cannot have skipped (what integrates
+        past a gap lies beyond the state vector); else it is checked then, and if it
+        skipped, _GapFound rolls the whole call back to be run with `probe_first`."""
         st = self.storage
         new: list[tuple[str, bytes]] = []
         touched: list[str] = []
@@ -299,9 +345,10 @@ class Ledger:
             for name, data in updates:
                 ld = st.doc(name)
                 before = ld.doc.get_state()
+                checked = probe_first or _single_writer_start(bytes(data)) is not None
                 with ld.watching() as change:
                     try:
-                        if _skips_clocks(before, bytes(data)):
+                        if checked and _skips_clocks(before, bytes(data)):
                             continue  # wait for the diff that fills the gap (anti-entropy)
                         ld.doc.apply_update(bytes(data))
                     except BaseException as e:  # pyo3 panics are BaseExceptions
@@ -311,6 +358,8 @@ class Ledger:
                 ld.take_updates()  # what is logged is the update or the diff, below
                 after = ld.doc.get_state()
                 whole = ld.settle(bytes(data), after)
+                if not whole and not checked and _skips_clocks(before, bytes(data)):
+                    raise _GapFound
                 if after == before and not change.added and not change.touched:
                     continue  # nothing new (a duplicate, or still waiting on a dependency)
                 # What changed is logged and relayed: the update as received when it
@@ -1026,6 +1075,10 @@ class Ledger:
         if row is None:
             raise NotFound(f"no entry {entry_id}")
         return dict(json.loads(row[0]))
+
+
+class _GapFound(Exception):
+    """An update applied unchecked turned out to skip clocks (Ledger._apply_remote)."""
 
 
 def _varuint(n: int) -> bytes:

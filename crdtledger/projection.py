@@ -39,30 +39,40 @@ def project_entry(conn: sqlite3.Connection, entry: dict[str, Any], day: str, sig
         )
     else:
         conn.execute("DELETE FROM entries WHERE id = ?", (entry["id"],))
-    conn.executemany(
-        "INSERT INTO rights(member, purse, node, amount) VALUES (?,?,?,?) "
-        "ON CONFLICT(member, purse, node) DO UPDATE SET amount = amount + excluded.amount",
-        [(entry["member"], p, n, sign * c) for p, n, c in entry["deltas"]],
-    )
+    conn.executemany(_ADD_RIGHTS,
+                     [(entry["member"], p, n, sign * c) for p, n, c in entry["deltas"]])
+    spent, topped = _spent_topped(entry)
+    if spent or topped:
+        conn.execute(_ADD_TOTALS, (entry["member"], sign * spent, sign * topped))
+
+
+_ADD_RIGHTS = ("INSERT INTO rights(member, purse, node, amount) VALUES (?,?,?,?) "
+               "ON CONFLICT(member, purse, node) DO UPDATE SET amount = amount + excluded.amount")
+_ADD_TOTALS = ("INSERT INTO totals(member, spent, topped) VALUES (?,?,?) ON CONFLICT(member) "
+               "DO UPDATE SET spent = spent + excluded.spent, topped = topped + excluded.topped")
+
+
+def _spent_topped(entry: dict[str, Any]) -> tuple[int, int]:
+    """What an entry adds to its member's cumulative spend and top-ups (levels)."""
     spent = _SPEND_KINDS.get(entry["kind"], 0) * entry["amount"]
     if entry["kind"] == "debit" and entry.get("pay") == "package":
         spent = 0
     topped = entry.get("paid", 0) if entry["kind"] == "topup" else 0
-    if spent or topped:
-        conn.execute(
-            "INSERT INTO totals(member, spent, topped) VALUES (?,?,?) ON CONFLICT(member) "
-            "DO UPDATE SET spent = spent + excluded.spent, topped = topped + excluded.topped",
-            (entry["member"], sign * spent, sign * topped),
-        )
+    return spent, topped
+
+
+# What pycrdt gives for an immutable value (Yrs `Any`); anything else is a shared type.
+_PLAIN = (dict, list, str, int, float, bytes, type(None))
 
 
 def _entry_value(value: Any) -> Any:
     """An entry is an immutable value. A shared type (a nested Map from a misbehaving
     peer) could be edited in place later, which no root event reports, so replicas
-    that saw the edits together or apart would project different entries."""
-    if hasattr(value, "to_py"):
+    that saw the edits together or apart would project different entries.
+    (normalise_entry reads numbers exactly itself: no `normalise` pass first.)"""
+    if not isinstance(value, _PLAIN):
         raise InvalidRecord("entry is a shared type, not an immutable value")
-    return normalise(value)
+    return value
 
 
 def entry_change(conn: sqlite3.Connection, doc: str, key: str, old: Any, new: Any,
@@ -87,6 +97,66 @@ def entry_change(conn: sqlite3.Connection, doc: str, key: str, old: Any, new: An
         return None
     project_entry(conn, entry, day_of(id_time_ms(entry["id"])), +1)
     return entry
+
+
+def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, Any]],
+                    day_of: Any) -> list[dict[str, Any]]:
+    """Project entries new to a document (key, value as pycrdt gave it), as
+    entry_change would one by one, in a few statements: a catch-up brings a month of
+    them at once. Returns those projected (not quarantined, not deferred).
+
+    Checked in id order (their writers' causal order) against the rights as they
+    stand plus what the batch has projected so far, read once per rights row."""
+    valid: list[dict[str, Any]] = []
+    bad: list[tuple[str, str, str]] = []
+    for key, value in added:
+        try:
+            valid.append(normalise_entry(key, _entry_value(value)))
+        except InvalidRecord as err:
+            bad.append((doc, key, str(err)))
+    valid.sort(key=lambda e: e["id"])
+    rights: dict[tuple[str, str, str], int] = {}
+
+    def held(k: tuple[str, str, str]) -> int:
+        if k not in rights:
+            row = conn.execute("SELECT amount FROM rights WHERE member = ? AND purse = ? "
+                               "AND node = ?", k).fetchone()
+            rights[k] = row[0] if row else 0
+        return rights[k]
+
+    done: list[dict[str, Any]] = []
+    waiting: list[tuple[str, str, str]] = []
+    changed: dict[tuple[str, str, str], int] = {}
+    totals: dict[str, list[int]] = {}
+    for e in valid:
+        change: dict[tuple[str, str, str], int] = {}
+        for purse, node, c in e["deltas"]:
+            k = (e["member"], purse, node)
+            change[k] = change.get(k, 0) + c
+        if any(c < 0 and held(k) + c < 0 for k, c in change.items()):
+            waiting.append((doc, e["id"], dumps(e)))
+            continue
+        for k, c in change.items():
+            rights[k] = held(k) + c
+            changed[k] = changed.get(k, 0) + c
+        spent, topped = _spent_topped(e)
+        if spent or topped:
+            t = totals.setdefault(e["member"], [0, 0])
+            t[0] += spent
+            t[1] += topped
+        done.append(e)
+    conn.executemany("INSERT OR REPLACE INTO quarantine VALUES (?,?,?)", bad)
+    conn.executemany("INSERT OR REPLACE INTO deferred VALUES (?,?,?)", waiting)
+    conn.executemany(
+        "INSERT INTO entries(id, kind, member, node, op, at, day, amount, paid, ref, "
+        "service, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        [(e["id"], e["kind"], e["member"], e["node"], e["op"], e["at"],
+          day_of(id_time_ms(e["id"])), e["amount"], e.get("paid", 0), e.get("ref"),
+          e.get("service"), dumps(e)) for e in done])
+    # Net zero too: a row exists once any entry touched it, as when projected singly.
+    conn.executemany(_ADD_RIGHTS, [(*k, c) for k, c in changed.items()])
+    conn.executemany(_ADD_TOTALS, [(m, s, t) for m, (s, t) in totals.items()])
+    return done
 
 
 # Entries reach a replica in no causal order: pycrdt orders each writer's updates,
