@@ -11,6 +11,7 @@ One thread owns a Ledger (pycrdt objects are bound to their thread).
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import hmac
 import json
@@ -325,10 +326,19 @@ class Ledger:
                 raise RemoteProtocolError(f"unknown document {name!r}")
             if not isinstance(data, bytes | bytearray):
                 raise RemoteProtocolError(f"update for {name} is not bytes")
+        # A catch-up allocates millions of short-lived objects (events, entries), and
+        # each full collection they trigger walks the whole heap: 8% of a catch-up.
+        # They hold no cycles; any made meanwhile are collected after.
+        collecting = gc.isenabled()
+        gc.disable()
         try:
-            return self._apply_remote(updates, origin, probe_first=False)
-        except _GapFound:  # rolled back: again, checking every update before applying it
-            return self._apply_remote(updates, origin, probe_first=True)
+            try:
+                return self._apply_remote(updates, origin, probe_first=False)
+            except _GapFound:  # rolled back: again, checking every update first
+                return self._apply_remote(updates, origin, probe_first=True)
+        finally:
+            if collecting:
+                gc.enable()
 
     def _apply_remote(self, updates: Sequence[tuple[str, bytes]], origin: object,
                       probe_first: bool) -> list[tuple[str, bytes]]:
