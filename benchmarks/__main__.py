@@ -53,25 +53,30 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config(scale_name, args.out.resolve(), log)
     report = Report(scale_name, cfg.out)
     names = args.only or list(BENCHMARKS)
+    suffix = "".join(f"-{n}" for n in args.only or ())  # a partial run keeps its own file
+    out = args.json or cfg.out / f"results-{scale_name}{suffix}.json"
     try:
         for name in names:
             t0 = time.perf_counter()
-            BENCHMARKS[name](cfg, report)
-            shutil.rmtree(cfg.work / name, ignore_errors=True)  # copies of up to 1 GB
+            try:
+                BENCHMARKS[name](cfg, report)
+            except BaseException as e:  # what was measured before it is still written
+                report.note(name, failed=f"{type(e).__name__}: {e}"[:2000])
+                raise
+            finally:
+                shutil.rmtree(cfg.work / name, ignore_errors=True)  # copies of up to 1 GB
             report.note(name, seconds=round(time.perf_counter() - t0, 1))
             log(f"{name}: done in {time.perf_counter() - t0:.1f} s")
+        # The committed plot is a full run's; other runs draw theirs beside their results.
+        img = plot.IMG if scale_name == "full" else cfg.out / "img"
+        for path in plot.write(report, img):
+            report.note("plots", **{path.stem: str(path)})
+            log(f"plot written to {path}")
     finally:
         shutil.rmtree(cfg.work, ignore_errors=True)
-    # The committed plot is a full run's; other runs draw theirs beside their results.
-    img = plot.IMG if scale_name == "full" else cfg.out / "img"
-    for path in plot.write(report, img):
-        report.note("plots", **{path.stem: str(path)})
-        log(f"plot written to {path}")
-    print(report.table())
-    suffix = "".join(f"-{n}" for n in args.only or ())  # a partial run keeps its own file
-    out = args.json or cfg.out / f"results-{scale_name}{suffix}.json"
-    report.write_json(out)
-    log(f"results written to {out}")
+        print(report.table())
+        report.write_json(out)
+        log(f"results written to {out}")
     return 0
 
 
