@@ -91,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Storage.path = (args.data / SESSIONS_DIR).resolve()
     app.storage = Storage()
     build(config)
+    # NiceGUI takes PYTEST_CURRENT_TEST to mean it runs inside a pytest screen test and
+    # ignores the port it is given; this process is a branch of its own, whoever started it.
+    os.environ.pop("PYTEST_CURRENT_TEST", None)
     ui.run(host=host, port=port, reload=False, show=False, title="crdtledger",
            language="zh-CN", favicon="💳", show_welcome_message=True,
            storage_secret=args.storage_secret or storage_secret(args.data))

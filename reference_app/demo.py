@@ -118,13 +118,9 @@ class Demo:
     def launch(self, node: str) -> None:
         """Start one branch process, its output to logs/NODE.log."""
         self.logs.mkdir(exist_ok=True)
-        # NiceGUI takes PYTEST_CURRENT_TEST to mean it is inside a pytest screen test and
-        # ignores the port it is given; a branch is a program of its own, whoever starts it.
-        env = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
         with open(self.logs / f"{node}.log", "ab") as log:
             self.procs[node] = subprocess.Popen(
                 self.argv(node), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env,
                 # Its own process group: Ctrl-C at the terminal reaches only us, and we
                 # stop the branches in order; the group lets us clean up after one.
                 start_new_session=True, preexec_fn=_die_with_parent)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from nicegui import app
 
-from crdtledger.money import format_yuan, parse_yuan
+from crdtledger.money import parse_yuan
 from crdtledger.views import mask_phone as _mask_phone
 
 Lang = Literal["zh", "en"]
@@ -39,9 +39,9 @@ def tr(zh: str, en: str, **kw: Any) -> str:
 
 
 def money(fen: int) -> str:
-    """1234 -> "¥12.34", -1234 -> "-¥12.34"."""
-    text = format_yuan(fen)
-    return f"-¥{text[1:]}" if text.startswith("-") else f"¥{text}"
+    """1234 -> "¥12.34", -123456789 -> "-¥1,234,567.89": grouped, as a price tag reads."""
+    whole, cents = divmod(abs(fen), 100)
+    return f"{'-' if fen < 0 else ''}¥{whole:,}.{cents:02d}"
 
 
 def parse_money(text: str) -> int:

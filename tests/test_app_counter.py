@@ -95,11 +95,11 @@ async def test_top_up_shows_the_promotion_and_credits_the_card(counter_app: Coun
     await app.login(*CASHIER)
     await swipe(app)
     app.user.find(marker="topup").click()
-    await app.user.should_see("活动：充 ¥1000.00 送 ¥200.00")
+    await app.user.should_see("活动：充 ¥1,000.00 送 ¥200.00")
     app.user.find(marker="amount").type("1000")
-    await app.user.should_see("收款 ¥1000.00，赠送 ¥200.00，卡内增加 ¥1200.00")
+    await app.user.should_see("收款 ¥1,000.00，赠送 ¥200.00，卡内增加 ¥1,200.00")
     app.user.find(marker="topup-ok").click()
-    await app.user.should_see("已充值 ¥1000.00")
+    await app.user.should_see("已充值 ¥1,000.00")
     bal = app.ledger.balance(mid)
     assert (bal["cash"], bal["bonus"]) == (100000, 20000)
 
@@ -118,7 +118,7 @@ async def test_a_large_top_up_needs_an_approver(counter_app: CounterApp) -> None
     app.user.find(marker="approver").type(OWNER[0])
     app.user.find(marker="approver-password").type(OWNER[1])
     app.user.find(marker="topup-ok").click()
-    await app.user.should_see("已充值 ¥6000.00")
+    await app.user.should_see("已充值 ¥6,000.00")
     assert app.ledger.balance(mid)["cash"] == 600000
 
 
