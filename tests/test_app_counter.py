@@ -8,6 +8,7 @@ the store exactly as it was (`helpers.snapshot`).
 
 from __future__ import annotations
 
+import aiohttp
 import pytest
 from app_fixtures import CASHIER, OWNER, CounterApp
 from helpers import snapshot
@@ -178,6 +179,16 @@ async def test_refund_follows_the_operators_permissions(counter_app: CounterApp)
         app.ledger.refund(app.cashier_id, debit["id"])
     with pytest.raises(PermissionDenied):
         app.ledger.add_operator(app.cashier_id, "mallory", "mallory-pw")
+    # ...and so does the branch node's HTTP API, which a till could call directly.
+    base = f"http://127.0.0.1:{app.shop.node.api_port}/api"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/login", json=dict(zip(("operator", "password"), CASHIER,
+                                                              strict=True))) as r:
+            token = (await r.json())["token"]
+        async with http.post(f"{base}/refund", json={"debit_id": debit["id"]},
+                             headers={"Authorization": f"Bearer {token}"}) as r:
+            assert r.status == 403, await r.text()
+            assert (await r.json())["error"] == "permission_denied"
     # The owner refunds from the last visits.
     await app.logout()
     await app.login(*OWNER)
