@@ -262,6 +262,13 @@ class Ledger:
                 record_change(conn, ld.name, root, key, ld.roots[root].get(key), day_of)
                 rules_changed |= root == "rules"
         projected += project_entries(conn, ld.name, fresh, day_of)
+        for root in change.unsure:  # LoadedDoc.watching: Yrs could not say which keys
+            if root == "entries":
+                # Entries are written once: only a rewrite (a misbehaving peer) gets
+                # here, and which entries are new cannot be told from the document.
+                raise RemoteProtocolError(f"{ld.name}: a ledger entry rewritten")
+            keys = ld.roots[root].keys()  # pycrdt types Map.__iter__ as an Iterable
+            change.touched.update((root, str(key)) for key in keys)
         self._observe_clocks(projected)
         for root, key in change.touched:
             value = ld.roots[root].get(key)
@@ -370,7 +377,7 @@ class Ledger:
                 whole = ld.settle(bytes(data), after)
                 if not whole and not checked and _skips_clocks(before, bytes(data)):
                     raise _GapFound
-                if after == before and not change.added and not change.touched:
+                if after == before and not (change.added or change.touched or change.unsure):
                     continue  # nothing new (a duplicate, or still waiting on a dependency)
                 # What changed is logged and relayed: the update as received when it
                 # integrated whole and released nothing held back before, else the diff

@@ -127,6 +127,7 @@ class Change:
 
     added: list[tuple[str, str, Any, Any]] = field(default_factory=list)  # root, key, old, new
     touched: set[tuple[str, str]] = field(default_factory=set)  # root, key of nested edits
+    unsure: set[str] = field(default_factory=set)  # roots whose changed keys Yrs cannot tell
 
 
 class LoadedDoc:
@@ -200,7 +201,18 @@ class LoadedDoc:
         for ev in events:
             path = list(ev.path)
             if not path:
-                for key, info in ev.keys.items():
+                try:
+                    keys = ev.keys
+                except BaseException as e:  # pyo3 panics are BaseExceptions
+                    if isinstance(e, KeyboardInterrupt | SystemExit):
+                        raise
+                    # Yrs panics (event_keys unwraps a deleted item's content) when
+                    # a key's newest item arrived already deleted, its overwriter
+                    # still held back: an honest out-of-order rewrite. The caller
+                    # reads the root's records from the document instead.
+                    change.unsure.add(root)
+                    continue
+                for key, info in keys.items():
                     change.added.append(
                         (root, key, info.get("oldValue"), info.get("newValue"))
                     )
