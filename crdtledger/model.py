@@ -174,6 +174,93 @@ def normalise_entry(key: str, value: Any) -> dict[str, Any]:
     The check depends on the entry alone, so every replica accepts or rejects the
     same entries and projections converge even when a bad peer wrote one.
     """
+    # A catch-up checks every entry of a peer's history: take the common well-formed
+    # shape quickly (about 30% cheaper: no call per field), and anything the quick
+    # check is not sure of through the careful one, which alone decides what is
+    # refused and with which message. tests/test_entry_check.py holds them equal.
+    if type(value) is dict:
+        out = _quick_entry(key, value)
+        if out is not None:
+            return out
+    return _checked_entry(key, value)
+
+
+def _quick_int(v: Any, lo: int, hi: int) -> int | None:
+    """What _int(v, lo=lo, hi=hi) returns, for a plain int or float; else None."""
+    t = type(v)
+    if t is float:
+        if not -MAX_AMOUNT <= v <= MAX_AMOUNT or not v.is_integer():
+            return None
+        v = int(v)
+    elif t is not int:
+        return None  # bools, int subclasses, anything else: the careful path
+    return v if lo <= v <= hi else None
+
+
+_SIMPLE_PURSES = frozenset({"cash", "bonus", "points"})  # PURSE matches them: no regex
+
+
+def _quick_entry(key: str, value: dict[str, Any]) -> dict[str, Any] | None:
+    """_checked_entry's result for a plain, well-formed entry; None when unsure.
+
+    Never raises and never refuses: whatever it does not accept goes to the careful
+    path. Only exact builtin types pass (a subclass of str or int, or a bool, is left
+    to the careful path, which may keep it as is)."""
+    get = value.get
+    if type(key) is not str or not ID.match(key) or get("id") != key:
+        return None
+    kind = get("kind")
+    node = get("node")
+    member = get("member")
+    op = get("op")
+    if (type(kind) is not str or kind not in ENTRY_KINDS
+            or type(node) is not str or key.split(".", 1)[1] != node  # so NODE_ID matches
+            or type(member) is not str or not ID.match(member)  # so at most 40 characters
+            or type(op) is not str or len(op) > 60):
+        return None
+    raw_deltas = get("deltas")
+    if type(raw_deltas) is not list or len(raw_deltas) > 8:
+        return None
+    deltas: list[list[Any]] = []
+    for d in raw_deltas:
+        if type(d) is not list or len(d) != 3:
+            return None
+        purse, dnode, change = d
+        if (type(purse) is not str or len(purse) > 40
+                or (purse not in _SIMPLE_PURSES and not PURSE.match(purse))
+                or type(dnode) is not str
+                or (dnode != node and (len(dnode) > 16 or not NODE_ID.match(dnode)))):
+            return None
+        if type(change) is float:  # _quick_int inlined: most numbers of an entry are here
+            if not -MAX_AMOUNT <= change <= MAX_AMOUNT or not change.is_integer():
+                return None
+            change = int(change)
+        elif type(change) is not int or not -MAX_AMOUNT <= change <= MAX_AMOUNT:
+            return None
+        if not change or (change < 0 and dnode != node):  # 0, or another node's rights
+            return None
+        deltas.append([purse, dnode, change])
+    at = _quick_int(get("at"), 0, 2**48)
+    amount = _quick_int(get("amount", 0), 0, MAX_AMOUNT)
+    if at is None or amount is None:
+        return None
+    out: dict[str, Any] = {"id": key, "kind": kind, "node": node, "member": member, "op": op,
+                           "at": at, "amount": amount, "deltas": deltas}
+    for f, v in value.items():  # other keys are not part of an entry: dropped
+        if f in _OPTIONAL_INTS:
+            v = _quick_int(v, 0, MAX_AMOUNT)
+            if v is None:
+                return None
+            out[f] = v
+        elif f in _OPTIONAL_STRS:
+            if type(v) is not str or len(v) > 200:
+                return None
+            out[f] = v
+    return out
+
+
+def _checked_entry(key: str, value: Any) -> dict[str, Any]:
+    """The careful check: every field in turn, with the message a refusal records."""
     if not isinstance(value, dict | Mapping):  # dict first: the ABC check is slow
         raise InvalidRecord("entry is not a map")
     if not ID.match(key) or value.get("id") != key:
