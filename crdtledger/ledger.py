@@ -359,23 +359,24 @@ class Ledger:
         new: list[tuple[str, bytes]] = []
         touched: list[str] = []
         with st.transaction():
-            for name, data in updates:
+            for name, received in updates:
+                data = bytes(received)  # one copy, if a bytearray came
                 ld = st.doc(name)
                 before = ld.doc.get_state()
-                checked = probe_first or _single_writer_start(bytes(data)) is not None
+                checked = probe_first or _single_writer_start(data) is not None
                 with ld.watching() as change:
                     try:
-                        if checked and _skips_clocks(before, bytes(data)):
+                        if checked and _skips_clocks(before, data):
                             continue  # wait for the diff that fills the gap (anti-entropy)
-                        ld.doc.apply_update(bytes(data))
+                        ld.doc.apply_update(data)
                     except BaseException as e:  # pyo3 panics are BaseExceptions
                         if isinstance(e, KeyboardInterrupt | SystemExit):
                             raise
                         raise RemoteProtocolError(f"malformed update for {name}: {e}") from None
                 ld.take_updates()  # what is logged is the update or the diff, below
                 after = ld.doc.get_state()
-                whole = ld.settle(bytes(data), after)
-                if not whole and not checked and _skips_clocks(before, bytes(data)):
+                whole = ld.settle(data, after)
+                if not whole and not checked and _skips_clocks(before, data):
                     raise _GapFound
                 if after == before and not (change.added or change.touched or change.unsure):
                     continue  # nothing new (a duplicate, or still waiting on a dependency)
@@ -384,7 +385,7 @@ class Ledger:
                 # against `before`, which costs the document (its delete set is built
                 # from every block) but also carries what Yrs released now and every
                 # deletion we know of (LoadedDoc.settle).
-                delta = bytes(data) if whole else bytes(ld.doc.get_update(before))
+                delta = data if whole else bytes(ld.doc.get_update(before))
                 self._project(ld, change)
                 st.record(ld, [delta])
                 new.append((name, delta))

@@ -100,6 +100,20 @@ def date_field(label: str, value: str) -> ui.input:
     return field
 
 
+def follow_period(state: dict[str, str], start_in: ui.input, end_in: ui.input,
+                  body: Any) -> None:
+    """Draw `body` now and again whenever either end of the period changes, with the
+    period it reads kept in `state`."""
+    def on_change() -> None:
+        state["start"] = str(start_in.value or "").strip()
+        state["end"] = str(end_in.value or "").strip()
+        body.refresh()
+
+    start_in.on_value_change(on_change)
+    end_in.on_value_change(on_change)
+    body()
+
+
 def export_button(label: str, make: Callable[[], tuple[bytes, str]], marker: str
                   ) -> ui.button:
     def download() -> None:
@@ -337,14 +351,7 @@ def ranking_page() -> None:
                              for i, (lab, r) in enumerate(zip(labels, rows, strict=True), 1)],
                         row_key="rank").props("flat dense").classes("w-full")
 
-    def on_change() -> None:
-        state["start"] = str(start_in.value or "").strip()
-        state["end"] = str(end_in.value or "").strip()
-        body.refresh()
-
-    start_in.on_value_change(on_change)
-    end_in.on_value_change(on_change)
-    body()
+    follow_period(state, start_in, end_in, body)
 
 
 # --- top-up receipts ----------------------------------------------------------------
@@ -438,14 +445,7 @@ def topups_page() -> None:
                  for e in shown], row_key="id", pagination=20).props(
             "flat bordered dense").classes("w-full")
 
-    def on_change() -> None:
-        state["start"] = str(start_in.value or "").strip()
-        state["end"] = str(end_in.value or "").strip()
-        body.refresh()
-
-    start_in.on_value_change(on_change)
-    end_in.on_value_change(on_change)
-    body()
+    follow_period(state, start_in, end_in, body)
 
 
 def _days(start: str, end: str) -> list[str]:
@@ -523,14 +523,7 @@ def settlement_page() -> None:
                     + [{"branch": tr("合计", "Total"), "net": money(r["total"])}],
                     row_key="branch").props("flat dense").classes("w-full")
 
-    def on_change() -> None:
-        state["start"] = str(start_in.value or "").strip()
-        state["end"] = str(end_in.value or "").strip()
-        body.refresh()
-
-    start_in.on_value_change(on_change)
-    end_in.on_value_change(on_change)
-    body()
+    follow_period(state, start_in, end_in, body)
 
 
 # --- members: export and erasure ------------------------------------------------------

@@ -244,12 +244,23 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM stops the branches as cleanly as Ctrl-C
 
 
+def _base_port(text: str) -> int:
+    """The first of the demo's nine ports, refused before anything is created."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1024 <= port <= 65535 - 8:
+        raise argparse.ArgumentTypeError(f"{port}: the nine ports must lie in 1024-65535")
+    return port
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="./run demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="demo-data", help="where the branches keep data")
     parser.add_argument("--fresh", action="store_true", help="delete the demo data first")
-    parser.add_argument("--port", type=int, default=8470, metavar="BASE",
+    parser.add_argument("--port", type=_base_port, default=8470, metavar="BASE",
                         help="first of nine ports on 127.0.0.1: the counter pages are BASE, "
                         "BASE+1, BASE+2 (default 8470)")
     parser.add_argument("--exit", action="store_true",

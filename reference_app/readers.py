@@ -101,7 +101,21 @@ RETRY_S = 3.0  # how often to try again while pyscard/pcscd/a reader is missing
 WAIT_MS = 2000  # longest blocking wait; also bounds how stale the reader list can get
 
 
-class PcscReader:
+class _Stated:
+    """The `Reader.status` pair, read from the one `_Status` a reader keeps current."""
+
+    _status: _Status
+
+    @property
+    def status(self) -> str:
+        return self._status.en
+
+    @property
+    def status_zh(self) -> str:
+        return self._status.zh
+
+
+class PcscReader(_Stated):
     """Every PC/SC reader of this machine, watched by one background thread."""
 
     def __init__(self, *, retry_s: float = RETRY_S) -> None:
@@ -114,14 +128,6 @@ class PcscReader:
         self._context: int | None = None
         self._scard: ModuleType | None = None
         self._unreadable = False  # the status tells of a card that could not be read
-
-    @property
-    def status(self) -> str:
-        return self._status.en
-
-    @property
-    def status_zh(self) -> str:
-        return self._status.zh
 
     def start(self, emit: Emit) -> None:
         if self._thread is not None:
@@ -336,21 +342,13 @@ class WedgeParser:
 # --- the fake ------------------------------------------------------------------------------
 
 
-class ScriptedReader:
+class ScriptedReader(_Stated):
     """FAKE reader for tests: emits exactly what the test asks, on the caller's thread."""
 
     def __init__(self, name: str = "scripted") -> None:
         self.name = name
         self._emit: Emit | None = None
         self._status = _Status(f"Test reader {name} ready", f"测试读卡器 {name} 已就绪")
-
-    @property
-    def status(self) -> str:
-        return self._status.en
-
-    @property
-    def status_zh(self) -> str:
-        return self._status.zh
 
     def start(self, emit: Emit) -> None:
         self._emit = emit
