@@ -51,6 +51,7 @@ from crdtledger.hlc import (
     id_time_ms,
     wall_ms,
 )
+from crdtledger.lib0 import decode_state_vector, read_varuint, states_digest, write_varuint
 from crdtledger.model import (
     BUILTIN_ROLES,
     CARD_TYPES,
@@ -81,7 +82,6 @@ from crdtledger.projection import (
     record_change,
 )
 from crdtledger.storage import LoadedDoc, Storage
-from crdtledger.sync import decode_state_vector, read_varuint, states_digest
 
 Listener = Callable[[str, bytes, object], None]
 T = TypeVar("T")
@@ -1099,15 +1099,6 @@ class _GapFound(Exception):
     """An update applied unchecked turned out to skip clocks (Ledger._apply_remote)."""
 
 
-def _varuint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def _single_writer_start(update: bytes) -> tuple[int, int] | None:
     """(client, first clock) of a v1 update whose structs all come from one writer,
     else None (several writers, none, or bytes that do not parse: the caller then
@@ -1141,8 +1132,9 @@ def _skips_clocks(state: bytes, update: bytes) -> bool:
         # the same, at the cost of a document holding every writer's clock.
         return False
     clocks = [(c, k) for c, k in ours.items() if k > 0]
-    prefix = _varuint(len(clocks)) + b"".join(
-        _varuint(1) + _varuint(c) + _varuint(0) + b"\x00" + _varuint(k) for c, k in clocks
+    prefix = write_varuint(len(clocks)) + b"".join(
+        write_varuint(1) + write_varuint(c) + write_varuint(0) + b"\x00" + write_varuint(k)
+        for c, k in clocks
     ) + b"\x00"
     probe: Doc[Any] = Doc()
     probe.apply_update(prefix)

@@ -34,8 +34,8 @@ from pycrdt import Doc, Map, get_update
 
 from crdtledger import hlc
 from crdtledger.errors import InvalidInput, StoreError, StoreLocked
+from crdtledger.lib0 import decode_state_vector, read_varuint
 from crdtledger.model import DOC_NAME
-from crdtledger.sync import decode_state_vector, read_varuint
 
 FORMAT_VERSION = 2  # 2: the update log is a rowid table (see _upgrade)
 DB_FILE = "ledger.sqlite3"

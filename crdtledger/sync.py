@@ -21,11 +21,9 @@ A round between nodes already in sync is two hellos of under 100 bytes each.
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -37,6 +35,12 @@ from crdtledger.errors import (
     RemoteProtocolError,
 )
 from crdtledger.hlc import MAX_CLOCK_SKEW_MS, NODE_ID
+
+# Also re-exported: peer/, sim/, benchmarks/ and tests/ import them from here.
+from crdtledger.lib0 import covers as covers
+from crdtledger.lib0 import decode_state_vector as decode_state_vector
+from crdtledger.lib0 import missing as missing
+from crdtledger.lib0 import states_digest as states_digest
 from crdtledger.model import DOC_NAME, ID, PURSE
 
 if TYPE_CHECKING:
@@ -51,8 +55,6 @@ MAX_FRAME_BYTES = 256 * 1024 * 1024
 # Documents: 32 member shards, rules, operators and one ledger per month; forty
 # years of months is about 500. Far more than that is not a crdtledger peer.
 MAX_DOCS = 4096
-# A state vector carries ~3-8 bytes per writer; ten thousand writers per document.
-MAX_STATE_VECTOR_BYTES = 128 * 1024
 # Rights requests awaiting an answer, each way. A counter asks once per swipe.
 MAX_OPEN_REQUESTS = 1024
 
@@ -111,84 +113,6 @@ class RightsRequested:
 
 Event = (PeerHello | ClockSkewSeen | UpdatesApplied | RightsGranted | RightsAnswered
          | RightsRequested)
-
-
-def decode_state_vector(data: bytes) -> dict[int, int]:
-    """Parse a Yjs v1 state vector (varint count, then client/clock varint pairs)."""
-    if not isinstance(data, bytes | bytearray) or len(data) > MAX_STATE_VECTOR_BYTES:
-        raise RemoteProtocolError("state vector is not bytes or too large")
-    # A copy of the remembered parse: callers may keep or change what they get.
-    return dict(_decode_state_vector(bytes(data)))
-
-
-# Every hello and state round decodes every document's state vector, on both sides:
-# with fifty writers that is thousands of varints in Python per round, while most
-# vectors have not changed since the last round. So parses are remembered (by their
-# bytes; a vector is a few bytes per writer, bounded by MAX_STATE_VECTOR_BYTES).
-@lru_cache(maxsize=4096)
-def _decode_state_vector(data: bytes) -> dict[int, int]:
-    try:
-        count, pos = read_varuint(data, 0)
-        out = {}
-        for _ in range(count):
-            client, pos = read_varuint(data, pos)
-            out[client], pos = read_varuint(data, pos)
-    except ValueError:
-        raise RemoteProtocolError("truncated state vector") from None
-    if pos != len(data):
-        raise RemoteProtocolError("trailing bytes after state vector")
-    return out
-
-
-def read_varuint(data: bytes, pos: int) -> tuple[int, int]:
-    """One lib0 unsigned varint at `pos`: (value, position after it). ValueError if
-    the bytes end first or it runs past 64 bits."""
-    shift = value = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("truncated or overlong varint")
-        b = data[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, pos
-        shift += 7
-
-
-def missing(theirs: dict[str, bytes], ours: dict[str, bytes]) -> int:
-    """How many operations (clock ticks) of ours a peer at `theirs` lacks."""
-    total = 0
-    for name, sv in ours.items():
-        their = decode_state_vector(theirs.get(name, b"\x00"))
-        for client, clock in decode_state_vector(sv).items():
-            total += max(0, clock - their.get(client, 0))
-    return total
-
-
-def covers(theirs: dict[int, int], ours: dict[int, int]) -> bool:
-    """True if a peer at `theirs` has everything we have at `ours`."""
-    return all(theirs.get(c, 0) >= clock for c, clock in ours.items())
-
-
-def states_digest(states: dict[str, bytes]) -> bytes:
-    # Hash the decoded vectors, sorted by client: Yrs encodes the same state vector
-    # with its clients in an order that depends on the doc's history, so replicas in
-    # sync would otherwise see different digests and exchange states every round.
-    return _states_digest(tuple(sorted((n, bytes(sv)) for n, sv in states.items())))
-
-
-# Remembered: both sides of every anti-entropy round digest their states, which
-# rarely changed since the previous round.
-@lru_cache(maxsize=1024)
-def _states_digest(states: tuple[tuple[str, bytes], ...]) -> bytes:
-    h = hashlib.blake2b(digest_size=16)
-    for name, sv in states:
-        h.update(name.encode())
-        h.update(b"\x00")
-        for client, clock in sorted(decode_state_vector(sv).items()):
-            h.update(f"{client}:{clock},".encode())
-        h.update(b"\x00")
-    return h.digest()
 
 
 def pack(message: dict[str, Any]) -> bytes:

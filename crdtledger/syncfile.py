@@ -26,8 +26,9 @@ import msgpack
 
 from crdtledger.errors import CorruptSyncFile, ForeignChain, InvalidInput, RemoteProtocolError
 from crdtledger.hlc import NODE_ID
+from crdtledger.lib0 import covers, decode_state_vector
 from crdtledger.model import DOC_NAME
-from crdtledger.sync import MAX_DOCS, covers, decode_state_vector
+from crdtledger.sync import MAX_DOCS
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
