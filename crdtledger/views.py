@@ -11,9 +11,10 @@ import sqlite3
 from collections import defaultdict
 from collections.abc import Mapping
 from datetime import date, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from crdtledger.errors import InvalidInput, NotFound
+from crdtledger.model import PERMISSIONS
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
@@ -83,6 +84,228 @@ def find_members(conn: sqlite3.Connection, query: str, limit: int = 20) -> list[
             continue
         out.append({"id": mid, "name": row[0], "phone": mask_phone(row[1]), "home": row[2]})
     return out[:limit]
+
+
+# --- named queries for callers outside the library --------------------------------
+#
+# The projection tables are the library's own business: their columns change with the
+# storage (see docs/design-notes.md, "Storage"). What the node, the counter, the
+# simulator and the benchmarks need to read is declared here, one function per
+# question, so that a change of the tables changes these and nothing outside
+# crdtledger/ (tests/test_layers.py keeps it so).
+
+
+class OperatorInfo(TypedDict):
+    """An operator as a listing shows it: never the password hash."""
+
+    id: str
+    name: str
+    active: bool
+    roles: list[str]
+
+
+class TopupRow(TypedDict):
+    """A top-up entry with who it was for, phone masked (receipts list)."""
+
+    entry: dict[str, Any]
+    name: str
+    phone: str
+
+
+class MemberRecord(TypedDict):
+    """A member's whole profile (phone unmasked) with the day they joined and their
+    cash, bonus and points totals."""
+
+    id: str
+    profile: dict[str, Any]
+    day: str
+    purses: dict[str, int]
+
+
+def has_operators(ledger: Ledger) -> bool:
+    """Whether any operator was ever added. The counter's login page tells the owner
+    how to add the first one when there is none."""
+    return ledger.storage.conn.execute(
+        "SELECT 1 FROM operators LIMIT 1").fetchone() is not None
+
+
+def operators(ledger: Ledger) -> list[OperatorInfo]:
+    """Every operator, by name, with the roles ticked: the back office's operator
+    list. A role that is not ticked any more is not listed."""
+    out: list[OperatorInfo] = []
+    for oid, name, body in ledger.storage.conn.execute(
+        "SELECT id, name, body FROM operators ORDER BY name, id"
+    ):
+        data = json.loads(body)
+        out.append({"id": oid, "name": name, "active": bool(data.get("active", True)),
+                    "roles": sorted(r for r, on in (data.get("roles") or {}).items() if on)})
+    return out
+
+
+def operator_name(ledger: Ledger, operator_id: str) -> str | None:
+    """The display name of an operator, None if unknown (a till prints who served;
+    reports name who wrote an entry). The owner of a node is not in the table."""
+    row = ledger.storage.conn.execute(
+        "SELECT name FROM operators WHERE id = ?", (operator_id,)).fetchone()
+    return str(row[0]) if row else None
+
+
+def defined_roles(ledger: Ledger) -> dict[str, frozenset[str]]:
+    """Roles the chain defined (not the built-in ones unless redefined), each with the
+    permissions ticked and known, as `Ledger.permissions` reads them: the back
+    office's role grid shows and edits these."""
+    return {name: frozenset(p for p, on in json.loads(body).items() if on and p in PERMISSIONS)
+            for name, body in ledger.storage.conn.execute(
+                "SELECT name, body FROM roles ORDER BY name")}
+
+
+def member_exists(ledger: Ledger, member_id: str) -> bool:
+    """Whether a member record exists (erased members too): the API refuses an
+    unknown id where a view alone would show an empty balance."""
+    return ledger.storage.conn.execute(
+        "SELECT 1 FROM members WHERE id = ?", (member_id,)).fetchone() is not None
+
+
+def member_by_phone(ledger: Ledger, phone: str) -> str | None:
+    """The member with exactly this phone number (the oldest id if several), None if
+    none: the command line's `--phone`, where find_members would also match names and
+    phone tails."""
+    row = ledger.storage.conn.execute(
+        "SELECT id FROM members WHERE phone = ? ORDER BY id LIMIT 1", (phone.strip(),)
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+def member_ids(ledger: Ledger) -> list[str]:
+    """Every member id, sorted (erased ones included): the simulator's convergence
+    checks and the benchmarks' customer pools."""
+    return [str(m) for (m,) in ledger.storage.conn.execute("SELECT id FROM members ORDER BY id")]
+
+
+def member_records(ledger: Ledger) -> list[MemberRecord]:
+    """Every live member, by id, with cash, bonus and points: the owner's member
+    export (whole phone numbers: only for a caller allowed to back up)."""
+    conn = ledger.storage.conn
+    purses: dict[str, dict[str, int]] = defaultdict(dict)
+    for mid, purse, total in conn.execute(
+        "SELECT member, purse, SUM(amount) FROM rights WHERE purse IN ('cash', 'bonus', 'points') "
+        "GROUP BY member, purse"
+    ):
+        purses[mid][purse] = int(total)
+    out: list[MemberRecord] = []
+    for mid, body, day in conn.execute("SELECT id, body, day FROM members ORDER BY id"):
+        profile = json.loads(body)
+        if profile.get("deleted"):
+            continue
+        out.append({"id": mid, "profile": profile, "day": day,
+                    "purses": purses.get(mid, {})})
+    return out
+
+
+def peers_seen(ledger: Ledger) -> dict[str, int | None]:
+    """Every peer this store has synced with (network or file), by node id, with when
+    it was last heard from (ms since the epoch; None if never recorded). The back
+    office lists their branches and how long ago each was heard from; the command
+    line's status shows them when the node is not running."""
+    return {str(n): (int(at) if at is not None else None) for n, at in
+            ledger.storage.conn.execute("SELECT node, seen_at FROM peers ORDER BY node")}
+
+
+def active_branches(ledger: Ledger, day: str) -> set[str]:
+    """Branches that wrote an entry on `day` or where a member joined that day: the
+    daily report gives each a row even when no rule names it."""
+    where, args = _period(ledger, day, day)
+    conn = ledger.storage.conn
+    out = {str(n) for (n,) in conn.execute(
+        f"SELECT DISTINCT node FROM entries WHERE {where}", args)}
+    out |= {str(n) for (n,) in conn.execute(
+        "SELECT DISTINCT home FROM members WHERE day = ?", (day,))}
+    return out
+
+
+def topups(ledger: Ledger, start: str, end: str) -> list[TopupRow]:
+    """Every top-up of the days start..end (inclusive), oldest first, with the
+    member's name and masked phone: the top-up receipts (充值明细) report."""
+    where, args = _period(ledger, start, end)
+    return [{"entry": json.loads(body), "name": name or "", "phone": mask_phone(phone or "")}
+            for body, name, phone in ledger.storage.conn.execute(
+                "SELECT e.body, m.name, m.phone FROM (SELECT id, member, body FROM entries "
+                f"WHERE {where} AND kind = 'topup') e LEFT JOIN members m ON m.id = e.member "
+                "ORDER BY e.id", args)]
+
+
+def max_entry_id(ledger: Ledger) -> str:
+    """The greatest entry id this replica holds, '' if none: a mark to ask later what
+    arrived since (the rebalancer starts from it so that it never scans a year of
+    entries; a benchmark times propagation from it)."""
+    (top,) = ledger.storage.conn.execute("SELECT COALESCE(MAX(id), '') FROM entries").fetchone()
+    return str(top)
+
+
+def entry_ids_after(ledger: Ledger, mark: str) -> list[str]:
+    """Ids of the entries greater than `mark`, in order: what reached this replica
+    since a `max_entry_id` mark (ids are minted from the writer's clock, so an entry
+    written earlier elsewhere may still arrive below the mark)."""
+    return [str(e) for (e,) in ledger.storage.conn.execute(
+        "SELECT id FROM entries WHERE id > ? ORDER BY id", (mark,))]
+
+
+def debited_elsewhere_since(ledger: Ledger, node: str, mark: str) -> tuple[list[str], str]:
+    """Members debited at a branch other than `node` in entries above `mark`, and the
+    new mark (the greatest id now held, or `mark` if none): the rebalancer's pass
+    looks only at members who shopped elsewhere since its last pass."""
+    conn = ledger.storage.conn
+    members = [str(m) for (m,) in conn.execute(
+        "SELECT DISTINCT member FROM entries WHERE kind = 'debit' AND node != ? AND id > ? "
+        "ORDER BY member", (node, mark))]
+    return members, max_entry_id(ledger) or mark
+
+
+def visits(ledger: Ledger, member: str, since_id: str) -> dict[str, int]:
+    """Debits of `member` per branch in entries from `since_id` on (an `id_floor` of
+    a day): where the member shops, which the rebalancer moves rights toward."""
+    return {str(n): int(c) for n, c in ledger.storage.conn.execute(
+        "SELECT node, COUNT(*) FROM entries WHERE member = ? AND kind = 'debit' AND id >= ? "
+        "GROUP BY node ORDER BY node", (member, since_id))}
+
+
+def newest_entries(ledger: Ledger, node: str, kind: str, *, member: str | None = None,
+                   op: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest entries of `kind` written by `node` (optionally for one member, by
+    one operator), newest first: the simulator finds the entry behind an operation
+    that returned only an id (a card issued, a rights request granted)."""
+    where, args = "node = ? AND kind = ?", [node, kind]
+    if member is not None:
+        where += " AND member = ?"
+        args.append(member)
+    if op is not None:
+        where += " AND op = ?"
+        args.append(op)
+    return [json.loads(b) for (b,) in ledger.storage.conn.execute(
+        f"SELECT body FROM entries WHERE {where} ORDER BY id DESC LIMIT ?", [*args, limit])]
+
+
+def count_entries(ledger: Ledger, *, node: str | None = None, since_day: str | None = None
+                  ) -> int:
+    """How many entries this replica holds (written by `node`, on `since_day` or
+    later): the simulator checks a restarted node kept every acknowledged entry; the
+    demo and the benchmarks report sizes."""
+    where, args = _period(ledger, since_day, None)
+    if node is not None:
+        where += " AND node = ?"
+        args.append(node)
+    (n,) = ledger.storage.conn.execute(
+        f"SELECT COUNT(*) FROM entries WHERE {where}", args).fetchone()
+    return int(n)
+
+
+def funded_members(ledger: Ledger, node: str, at_least: int, limit: int,
+                   purse: str = "cash") -> list[str]:
+    """Up to `limit` members (by id) whose rights in `purse` held at `node` are at least
+    `at_least`: a benchmark's customers, served there without asking a peer."""
+    return [str(m) for (m,) in ledger.storage.conn.execute(
+        "SELECT member FROM rights WHERE node = ? AND purse = ? AND amount >= ? "
+        "ORDER BY member LIMIT ?", (node, purse, at_least, limit))]
 
 
 def level(ledger: Ledger, member_id: str, profile: Mapping[str, Any] | None = None,
