@@ -28,7 +28,6 @@ import asyncio
 import base64
 import contextlib
 import logging
-import random
 import secrets
 import time
 from collections.abc import Callable
@@ -39,29 +38,29 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from crdtledger import escrow
-from crdtledger.errors import (
-    ForeignChain,
-    LedgerError,
-    LocalProtocolError,
-    RemoteProtocolError,
-    RightsElsewhere,
+from crdtledger.core import (
+    ANTI_ENTROPY_S,
+    HEARTBEAT_S,
+    REBALANCE_S,
+    RIGHTS_DEADLINE_S,
+    Close,
+    Count,
+    Dial,
+    Done,
+    Effect,
+    Failed,
+    Gauge,
+    NodeCore,
+    Observe,
+    Peer,
+    Seen,
+    Send,
+    SetTimer,
+    TimerKey,
 )
-from crdtledger.hlc import id_floor
+from crdtledger.errors import LedgerError, LocalProtocolError
 from crdtledger.ledger import Ledger
-from crdtledger.model import MONEY_PURSES
-from crdtledger.sync import (
-    MAX_FRAME_BYTES,
-    ClockSkewSeen,
-    PeerHello,
-    RightsAnswered,
-    RightsGranted,
-    RightsRequested,
-    SyncSession,
-    UpdatesApplied,
-    missing,
-    states_digest,
-)
+from crdtledger.sync import MAX_FRAME_BYTES, SyncSession, UpdatesApplied, states_digest
 from peer.chain import Identity, PeerRejected, load_identity
 from peer.local import RUN_FILE, local_app, write_run_file
 from peer.metrics import CONTENT_TYPE, Metrics
@@ -70,16 +69,6 @@ log = logging.getLogger("crdtledger.node")
 T = TypeVar("T")
 
 SYNC_PATH = "/sync"
-ANTI_ENTROPY_S = 3.0
-RIGHTS_DEADLINE_S = 2.0
-REBALANCE_S = 60.0
-HEARTBEAT_S = 10.0
-BACKOFF_MIN_S = 0.25
-BACKOFF_MAX_S = 30.0
-# A connection that lasted this long was healthy: the next failure starts the
-# backoff from the beginning again.
-HEALTHY_S = 10.0
-VISIT_WINDOW_DAYS = 30
 
 
 @dataclass
@@ -103,92 +92,80 @@ def parse_address(text: str, default_port: int) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-@dataclass
-class PeerState:
-    """What the node knows of one peer, connected or not (for `status`)."""
-
-    node: str
-    address: str = ""
-    link: Link | None = None
-    last_contact: float | None = None  # wall-clock seconds
-    behind_in: int | None = None
-    behind_out: int | None = None
-
-
 class Link:
-    """One open websocket to a peer, carrying one sync session."""
+    """One open websocket to a peer: moves the frames of the core's session for it.
 
-    def __init__(self, node: Node, ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-                 peer: str, address: str, dialer: str, cert: bytes) -> None:
+    Frames go out in order through one writer task per link, so a slow peer holds up
+    only its own connection; what arrives is handed to the core as it comes."""
+
+    def __init__(self, node: Node, lid: int,
+                 ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+                 peer: str, cert: bytes) -> None:
         self.node = node
+        self.id = lid
         self.ws = ws
         self.peer = peer
-        self.address = address
-        self.dialer = dialer  # node id of the side that dialled: decides duplicates
         self.cert = cert
-        self.session = SyncSession(node.ledger, expect_node=peer)
-        self.session.relay_rights = True  # see Node._relay_rights
+        self._queue: list[bytes] = []
         self._wake = asyncio.Event()
         self.closed = False
-        self.measured: dict[str, bytes] | None = None  # peer states lag was measured at
 
-    def wake(self) -> None:
+    @property
+    def session(self) -> SyncSession:
+        """The core's session on this link (it outlives the link only as closed)."""
+        session = self.node.core.session(self.peer)
+        if session is None:
+            raise LocalProtocolError(f"no session with {self.peer}")
+        return session
+
+    def send(self, frames: list[bytes]) -> None:
+        self._queue.extend(frames)
         self._wake.set()
 
+    def wake(self) -> None:
+        """Ship what the sessions queued (after a call made on a session directly)."""
+        self.node.flush()
+
+    async def close(self, code: int = 1000, message: bytes = b"") -> None:
+        await self.ws.close(code=code, message=message)
+
     async def run(self) -> None:
-        self.session.start()
-        self.wake()  # the hello goes out first, before anything is read
         writer = asyncio.create_task(self._write())
         try:
             await self._read()
         finally:
-            self.session.close()
             self.closed = True
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
             await self.ws.close()
 
-    async def close(self, code: int = 1000, message: bytes = b"") -> None:
-        await self.ws.close(code=code, message=message)
-
     async def _read(self) -> None:
         metrics = self.node.metrics
+        received = metrics.sync_bytes.labels(self.peer, "in")
         async for msg in self.ws:
             if msg.type != WSMsgType.BINARY:
                 if msg.type == WSMsgType.ERROR:
                     log.info("connection to %s failed: %s", self.peer, self.ws.exception())
                     return
-                self.node.metrics.protocol_errors.inc()
+                metrics.protocol_errors.inc()
                 log.warning("peer %s sent a %s frame; closing", self.peer, msg.type.name)
                 await self.close(1003, b"binary frames only")
                 return
-            metrics.sync_bytes.labels(self.peer, "in").inc(len(msg.data))
-            try:
-                self.session.receive(msg.data)
-            except (RemoteProtocolError, ForeignChain) as e:
-                metrics.protocol_errors.inc()
-                log.warning("peer %s broke the protocol (%s); closing", self.peer, e)
-                await self.close(1002, str(e)[:100].encode())
+            received.inc(len(msg.data))
+            self.node.run(self.node.core.receive(self.id, [msg.data], time.monotonic()))
+            if self.closed:
                 return
-            self.node.peer_seen(self.peer)
-            self.node.handle_events(self)
-            self.wake()
 
     async def _write(self) -> None:
         sent = self.node.metrics.sync_bytes.labels(self.peer, "out")
         while True:
             await self._wake.wait()
             self._wake.clear()
-            for frame in self.session.data_to_send():
+            frames, self._queue = self._queue, []
+            for frame in frames:
                 await self.ws.send_bytes(frame)
                 sent.inc(len(frame))
-
-
-@dataclass
-class _Wait:
-    fetch: escrow.RightsFetch
-    done: asyncio.Event
 
 
 class Node:
@@ -197,16 +174,19 @@ class Node:
         self.data_dir = Path(config.data_dir)
         self.identity: Identity | None = None
         self._ledger: Ledger | None = None
+        self._core: NodeCore | None = None
         self.metrics = Metrics()
-        self.peers: dict[str, PeerState] = {}
-        self._waits: dict[tuple[str, int], _Wait] = {}
+        self._links: dict[int, Link] = {}
+        self._next_link = 1
+        self._ops: dict[int, asyncio.Future[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._timers: dict[TimerKey, asyncio.TimerHandle] = {}
         self._runners: list[web.AppRunner] = []
         self._client: aiohttp.ClientSession | None = None
-        self._dialing: dict[str, asyncio.Task[None]] = {}  # by address
+        self._hints: dict[str, str | None] = {}  # dial target -> node id hint
+        self._flush_soon = False
         self._stopping = False
         self._crl = ""
-        self._rebalance_mark = ""
         self.local_token = secrets.token_urlsafe(32)
         self.sync_port = 0
         self.api_port = 0
@@ -221,91 +201,41 @@ class Node:
         return self._ledger
 
     @property
+    def core(self) -> NodeCore:
+        assert self._core is not None, "node not started"
+        return self._core
+
+    @property
     def node_id(self) -> str:
         return self.ledger.node
 
+    @property
+    def peers(self) -> dict[str, Peer]:
+        return self.core.peers
+
     async def perform(self, op: Callable[[], T], name: str | None = None) -> T:
         """Run one ledger write. If it lacks rights that reachable branches hold,
-        ask them (richest first), wait up to the deadline, and try again.
+        the core asks them (richest first) and runs it again when they answer, within
+        the deadline (crdtledger.core).
 
         `op` must be a single ledger write (or retryable as a whole): it may run
         more than once, and only its last run can have committed.
         """
-        deadline = time.monotonic() + self.config.rights_deadline_s
-        started: float | None = None
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        oid, effects = self.core.submit(op, time.monotonic(), name)
+        self._ops[oid] = future
+        self.run(effects)
         try:
-            while True:
-                try:
-                    result = op()
-                    break
-                except RightsElsewhere as refusal:
-                    left = deadline - time.monotonic()
-                    fetch = escrow.RightsFetch(refusal, self.node_id, self.connected())
-                    if left <= 0 or not fetch.possible:
-                        raise
-                    started = started or time.monotonic()
-                    await self._fetch(fetch, left)
-                    if fetch.received <= 0:
-                        raise
-        except LedgerError as e:
-            self.metrics.refused.labels(e.code).inc()
-            raise
+            result: T = await future
         finally:
-            if started is not None:
-                self.metrics.rights_fetch.observe(time.monotonic() - started)
-        if name is None:  # an entry names its kind; anything else is counted as "other"
-            kind = result.get("kind") if isinstance(result, dict) else None
-            name = kind if isinstance(kind, str) else "other"
-        self.metrics.operations.labels(name).inc()
+            self._ops.pop(oid, None)
         return result
 
-    async def _relay_rights(self, link: Link, req: RightsRequested) -> None:
-        """A peer asks for rights: if this node holds too little, first fetch the rest
-        from its other peers (one hop, half the deadline), then grant what it holds."""
-        try:
-            rights = self.ledger.rights(req.member, req.purse)
-            have = rights.get(self.node_id, 0)
-            others = [p for p in self.connected() if p != req.node]
-            if have < req.amount and others:
-                holders = {n: a for n, a in rights.items() if n != self.node_id and a > 0}
-                refusal = RightsElsewhere(req.purse, req.amount - have, have, holders,
-                                          req.member)
-                fetch = escrow.RightsFetch(refusal, self.node_id, others)
-                if fetch.possible:
-                    await self._fetch(fetch, self.config.rights_deadline_s / 2, forwarded=True)
-        except LedgerError as e:  # e.g. a member this node has not heard of yet
-            log.info("relaying rights to %s: %s", req.node, e)
-        finally:
-            if not link.closed:
-                link.session.answer_rights(req.request)
-                self.handle_events(link)
-                link.wake()
-
-    async def _fetch(self, fetch: escrow.RightsFetch, timeout: float,
-                     forwarded: bool = False) -> None:
-        assert fetch.member is not None
-        wait = _Wait(fetch, asyncio.Event())
-        keys = []
-        for ask in fetch.asks:
-            link = self.link(ask.giver)
-            try:
-                if link is None:
-                    raise LocalProtocolError(f"no connection to {ask.giver}")
-                rid = link.session.request_rights(fetch.member, fetch.purse, ask.amount,
-                                                  forwarded=forwarded)
-            except LocalProtocolError:  # the connection closed since `connected()`
-                fetch.lost(ask.giver)
-                continue
-            keys.append((ask.giver, rid))
-            self._waits[(ask.giver, rid)] = wait
-            link.wake()
-        try:
-            if not fetch.done:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wait.done.wait(), timeout)
-        finally:
-            for key in keys:
-                self._waits.pop(key, None)
+    async def rebalance(self) -> int:
+        """A rebalancer pass now; returns the number of transfers made."""
+        moved, effects = self.core.rebalance(time.monotonic())
+        self.run(effects)
+        return moved
 
     def sync_status(self) -> dict[str, Any]:
         return {
@@ -317,7 +247,7 @@ class Node:
                                                             key=lambda p: p.node)],
         }
 
-    def _peer_status(self, p: PeerState) -> dict[str, Any]:
+    def _peer_status(self, p: Peer) -> dict[str, Any]:
         return {
             "node": p.node,
             "address": p.address,
@@ -331,86 +261,94 @@ class Node:
 
     def link(self, peer: str) -> Link | None:
         state = self.peers.get(peer)
-        return state.link if state else None
+        return self._links.get(state.link) if state and state.link is not None else None
 
     def connected(self) -> list[str]:
         """Peers with a connection whose hello has arrived: the ones we can ask."""
-        return sorted(n for n, p in self.peers.items()
-                      if p.link is not None and p.link.session.peer is not None)
+        return self.core.connected()
 
-    def peer_seen(self, peer: str) -> None:
-        self.peers[peer].last_contact = time.time()
+    # --- the core's effects -----------------------------------------------------
 
-    def handle_events(self, link: Link) -> None:
+    def run(self, effects: list[Effect]) -> None:
+        """Carry out what the core decided."""
         m = self.metrics
-        while (event := link.session.next_event()) is not None:
-            match event:
-                case PeerHello(node=peer, skew_ms=skew):
-                    m.clock_skew.labels(peer).set(skew / 1000)
-                case ClockSkewSeen(node=peer):
-                    m.clock_skew_seen.labels(peer).inc()
-                case RightsGranted(request=rid, node=peer, amount=amount):
-                    if amount > 0:
-                        m.rights_transfers.labels("in").inc()
-                    wait = self._waits.pop((peer, rid), None)
-                    if wait is not None:
-                        wait.fetch.answered(peer, amount)
-                        if wait.fetch.done:
-                            wait.done.set()
-                case RightsRequested():
-                    self._spawn(self._relay_rights(link, event))
-                case RightsAnswered(amount=amount):
-                    if amount > 0:
-                        m.rights_transfers.labels("out").inc()
-                case UpdatesApplied(doc=doc, new=True) if doc == "rules":
+        for e in effects:
+            match e:
+                case Send(link=lid, frames=frames):
+                    link = self._links.get(lid)
+                    if link is not None:
+                        link.send(frames)
+                case Close(link=lid, code=code, reason=reason):
+                    link = self._links.get(lid)
+                    if link is not None:
+                        self._spawn(link.close(code, reason.encode()[:120]))
+                case Dial(target=url):
+                    self._spawn(self._dial(url))
+                case SetTimer(key=key, token=token, delay=delay):
+                    old = self._timers.pop(key, None)
+                    if old is not None:
+                        old.cancel()
+                    self._timers[key] = asyncio.get_running_loop().call_later(
+                        delay, self._fire, key, token)
+                case Done(op=oid, result=result, error=error):
+                    future = self._ops.get(oid)
+                    if future is not None and not future.done():
+                        if error is not None:
+                            future.set_exception(error)
+                        else:
+                            future.set_result(result)
+                case Seen(event=UpdatesApplied(doc="rules", new=True)):
                     self._load_revocations()
+                case Failed(peer=peer, error=error):
+                    log.warning("peer %s broke the protocol (%s); closing", peer, error)
+                case Count(name="operations", labels=labels):
+                    m.operations.labels(*labels).inc()
+                case Count(name="refused", labels=labels):
+                    m.refused.labels(*labels).inc()
+                case Count(name="rights_transfers", labels=labels):
+                    m.rights_transfers.labels(*labels).inc()
+                case Count(name="clock_skew_seen", labels=labels):
+                    m.clock_skew_seen.labels(*labels).inc()
+                case Count(name="protocol_errors"):
+                    m.protocol_errors.inc()
+                case Gauge(name="peers_connected", value=value):
+                    m.peers_connected.set(value)
+                case Gauge(name="peer_lag", labels=labels, value=value):
+                    m.peer_lag.labels(*labels).set(value)
+                case Gauge(name="clock_skew", labels=labels, value=value):
+                    m.clock_skew.labels(*labels).set(value)
+                case Observe(name="rights_fetch", value=value):
+                    m.rights_fetch.observe(value)
                 case _:
                     pass
-        theirs = link.session.peer_states
-        if theirs is not None and theirs is not link.measured:
-            link.measured = theirs
-            self._measure_lag(link, theirs)
 
-    def _measure_lag(self, link: Link, theirs: dict[str, bytes]) -> None:
-        """Lag at the start of the round that just began: a round then sends what
-        either side lacks, so a healthy pair reads 0 from the next round on."""
-        ours = self.ledger.state_vectors()
-        state = self.peers[link.peer]
-        state.behind_out = missing(theirs, ours)
-        state.behind_in = missing(ours, theirs)
-        self.metrics.peer_lag.labels(link.peer, "out").set(state.behind_out)
-        self.metrics.peer_lag.labels(link.peer, "in").set(state.behind_in)
+    def flush(self) -> None:
+        if self._core is not None:
+            self.run(self.core.flush())
+
+    def _fire(self, key: TimerKey, token: int) -> None:
+        self._timers.pop(key, None)
+        if self._core is not None and not self._stopping:
+            self.run(self.core.fire(key, token, time.monotonic()))
 
     async def _attach(self, ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-                      peer: str, address: str, dialer: str, cert: bytes) -> None:
-        """Run a connection to `peer` until it closes, unless a better one exists."""
-        state = self.peers.setdefault(peer, PeerState(peer))
-        old = state.link
-        if old is not None:
-            # Both sides dialled: keep the connection the smaller node id dialled.
-            keep_new = dialer == min(self.node_id, peer) and old.dialer != dialer
-            if not keep_new:
-                await ws.close(code=1000, message=b"already connected")
-                return
-            await old.close(1000, b"replaced")
-        link = Link(self, ws, peer, address, dialer, cert)
-        state.link = link
-        if address:
-            state.address = address
-        state.last_contact = time.time()
-        self.metrics.peers_connected.set(len(self.connected()))
+                      peer: str, address: str, dialer: str, cert: bytes,
+                      target: str | None = None) -> None:
+        """Run a connection to `peer` until it closes (the core may refuse it at once
+        as the duplicate of a better one)."""
+        lid = self._next_link
+        self._next_link += 1
+        link = Link(self, lid, ws, peer, cert)
+        self._links[lid] = link
         log.info("connected to %s (%s)", peer, address or "inbound")
         try:
+            self.run(self.core.link_opened(lid, peer, dialer=dialer, now=time.monotonic(),
+                                           address=address, target=target))
             await link.run()
         finally:
-            if state.link is link:
-                state.link = None
-            self.metrics.peers_connected.set(len(self.connected()))
-            for (giver, _rid), wait in list(self._waits.items()):
-                if giver == peer:
-                    wait.fetch.lost(peer)
-                    if wait.fetch.done:
-                        wait.done.set()
+            self._links.pop(lid, None)
+            if self._core is not None:
+                self.run(self.core.link_closed(lid, time.monotonic()))
             log.info("disconnected from %s", peer)
 
     # --- sync listener --------------------------------------------------------
@@ -437,94 +375,34 @@ class Node:
     # --- dialling -------------------------------------------------------------
 
     def dial(self, url: str, node_hint: str | None = None) -> None:
-        """Keep a connection to `url` open, reconnecting with backoff, until stop."""
-        if url not in self._dialing and not self._stopping:
-            self._dialing[url] = self._spawn(self._dial_loop(url, node_hint))
+        """Keep a connection to `url` open, reconnecting with the core's backoff."""
+        if not self._stopping and self._core is not None:
+            self._hints.setdefault(url, node_hint)
+            self.run(self.core.add_target(url, node_hint, time.monotonic()))
 
-    async def _dial_loop(self, url: str, node_hint: str | None) -> None:
+    async def _dial(self, url: str) -> None:
+        """One attempt; the core decides when to try again."""
         assert self.identity is not None and self._client is not None
-        backoff = BACKOFF_MIN_S
         endpoint = url.rstrip("/") + SYNC_PATH
-        while not self._stopping:
-            if node_hint and self.link(node_hint) is not None:
-                await asyncio.sleep(self.config.anti_entropy_s)  # already reached
-                continue
-            began = time.monotonic()
+        try:
+            ws = await self._client.ws_connect(
+                endpoint, ssl=self.identity.client_ssl_context(), heartbeat=HEARTBEAT_S,
+                max_msg_size=MAX_FRAME_BYTES, compress=15,
+                timeout=aiohttp.ClientWSTimeout(ws_close=5))
+            der = ws.get_extra_info("ssl_object").getpeercert(binary_form=True)
             try:
-                ws = await self._client.ws_connect(
-                    endpoint, ssl=self.identity.client_ssl_context(), heartbeat=HEARTBEAT_S,
-                    max_msg_size=MAX_FRAME_BYTES, compress=15,
-                    timeout=aiohttp.ClientWSTimeout(ws_close=5))
-                der = ws.get_extra_info("ssl_object").getpeercert(binary_form=True)
-                try:
-                    peer = self.identity.check_peer(der, expect_node=node_hint)
-                except PeerRejected as e:
-                    log.warning("refused %s: %s", url, e)
-                    await ws.close()
-                    raise
-                node_hint = peer
-                await self._attach(ws, peer, url, self.node_id, der)
-            except (aiohttp.ClientError, OSError, PeerRejected, TimeoutError) as e:
-                log.debug("dial %s: %s", url, e)
-            if time.monotonic() - began > HEALTHY_S:
-                backoff = BACKOFF_MIN_S
-            # Full jitter: peers that lost the same hub do not come back in lockstep.
-            await asyncio.sleep(random.uniform(0, backoff))
-            backoff = min(BACKOFF_MAX_S, backoff * 2)
-
-    # --- background rounds ----------------------------------------------------
-
-    async def _anti_entropy(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.anti_entropy_s)
-            for peer in self.connected():
-                link = self.link(peer)
-                if link is not None and not link.closed and link.session.peer is not None:
-                    link.session.anti_entropy()
-                    link.wake()
-
-    async def _rebalancer(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.rebalance_s)
-            await self.rebalance()
-
-    async def rebalance(self) -> int:
-        """Move this node's surplus rights toward connected branches where members
-        have been shopping since the last pass; never empties this node's rights
-        (escrow.rebalance). Returns the number of transfers made.
-
-        Each transfer is a durable write; the loop is yielded between them so that a
-        pass over many members never holds up a swipe or the sync."""
-        conn = self.ledger.storage.conn
-        me = self.node_id
-        mark = self._rebalance_mark
-        rows = conn.execute(
-            "SELECT DISTINCT member FROM entries WHERE kind = 'debit' AND node != ? AND id > ?",
-            (me, mark)).fetchall()
-        last = conn.execute("SELECT max(id) FROM entries").fetchone()[0]
-        self._rebalance_mark = last or mark
-        reachable = set(self.connected())
-        since = id_floor(self.ledger.clock.wall() - VISIT_WINDOW_DAYS * 86_400_000)
-        moved = 0
-        for (member,) in rows:
-            visits = dict(conn.execute(
-                "SELECT node, count(*) FROM entries WHERE member = ? AND kind = 'debit' "
-                "AND id >= ? GROUP BY node", (member, since)).fetchall())
-            for purse in (*sorted(MONEY_PURSES), "points"):
-                rights = self.ledger.rights(member, purse)
-                if rights.get(me, 0) <= 1:
-                    continue
-                for t in escrow.rebalance(rights, visits, purse):
-                    if t.giver == me and t.receiver in reachable:
-                        try:
-                            self.ledger.transfer_rights(self.ledger.owner, member,
-                                                        t.receiver, t.amount, purse)
-                        except LedgerError as e:  # spent meanwhile: next pass
-                            log.info("rebalance %s: %s", member, e)
-                            continue
-                        moved += 1
-                        await asyncio.sleep(0)
-        return moved
+                peer = self.identity.check_peer(der, expect_node=self._hints.get(url))
+            except PeerRejected as e:
+                log.warning("refused %s: %s", url, e)
+                await ws.close()
+                raise
+            self._hints[url] = peer
+        except (aiohttp.ClientError, OSError, PeerRejected, TimeoutError) as e:
+            log.debug("dial %s: %s", url, e)
+            if self._core is not None and not self._stopping:
+                self.run(self.core.dial_failed(url, time.monotonic()))
+            return
+        await self._attach(ws, peer, url, self.node_id, der, target=url)
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -543,24 +421,25 @@ class Node:
                     f"{identity.chain}, but the store is {self.ledger.node} of "
                     f"{self.ledger.chain}")
             self._load_revocations()
-            # The rebalancer looks at debits from now on: a first pass over a year of
-            # entries would hold the loop for as long as the scan takes.
-            self._rebalance_mark = self.ledger.storage.conn.execute(
-                "SELECT COALESCE(max(id), '') FROM entries").fetchone()[0]
+            # The rebalancer looks at debits from now on (the core's mark starts at
+            # the newest entry): a first pass over a year of entries would hold the
+            # loop for as long as the scan takes.
+            self._core = NodeCore(self.ledger, anti_entropy_s=self.config.anti_entropy_s,
+                                  rights_deadline_s=self.config.rights_deadline_s,
+                                  rebalance_s=self.config.rebalance_s)
             self.ledger.subscribe(self._on_commit)
             self._client = aiohttp.ClientSession()
             await self._serve()
             write_run_file(self.data_dir, node=self.node_id, host=self.config.api[0],
                            port=self.api_port, token=self.local_token)
             for url in self.config.peers:
-                self.dial(url)
+                self._hints.setdefault(url, None)
+            self.run(self.core.start(time.monotonic(), [(u, None) for u in self.config.peers]))
             if self.config.mdns:
                 from peer.discovery import Discovery
 
                 self.discovery = Discovery(self)
                 await self.discovery.start()
-            self._spawn(self._anti_entropy())
-            self._spawn(self._rebalancer())
         except BaseException:
             await self.stop()
             raise
@@ -594,9 +473,15 @@ class Node:
         self._stopping = True
         if self.discovery is not None:
             await self.discovery.stop()
-        for state in list(self.peers.values()):
-            if state.link is not None:
-                await state.link.close(1001, b"node stopping")
+        if self._core is not None:
+            self.run(self.core.stop())
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        for future in self._ops.values():
+            future.cancel()
+        for link in list(self._links.values()):
+            await link.close(1001, b"node stopping")
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -619,13 +504,18 @@ class Node:
     # --- the store's changes --------------------------------------------------
 
     def _on_commit(self, doc: str, update: bytes, origin: object) -> None:
-        # The sessions queued the update already (they subscribe to the ledger);
-        # their writers only need waking.
-        for state in self.peers.values():
-            if state.link is not None:
-                state.link.wake()
+        # The sessions queued the update already (they subscribe to the ledger). A
+        # commit made inside a core call ships with that call's effects; one made
+        # elsewhere (an import, a direct write) ships at the loop's next turn.
+        if not self._flush_soon:
+            self._flush_soon = True
+            asyncio.get_running_loop().call_soon(self._flush_queued)
         if doc == "rules" and origin is None:
             self._load_revocations()
+
+    def _flush_queued(self) -> None:
+        self._flush_soon = False
+        self.flush()
 
     def _load_revocations(self) -> None:
         """Install the chain's revocation list from the replicated rules and drop
@@ -640,10 +530,7 @@ class Node:
         except (LedgerError, ValueError) as e:
             log.warning("ignored a revocation list: %s", e)
             return
-        for state in self.peers.values():
-            link = state.link
-            if link is None:
-                continue
+        for link in list(self._links.values()):
             try:
                 self.identity.check_peer(link.cert)
             except PeerRejected as e:

@@ -82,7 +82,7 @@ def test_a_debit_waits_no_longer_than_the_deadline_for_a_silent_holder(
             # SH01 goes silent without closing the connection: its loop is busy.
             link = a.link("SH02")
             assert link is not None
-            link.session.receive = lambda frame: None  # type: ignore[method-assign]
+            link.session.receive_frames = lambda frames: None  # type: ignore[method-assign]
             started = time.monotonic()
             with pytest.raises(RightsElsewhere) as refused:
                 await b.perform(lambda: b.ledger.debit(b.ledger.owner, mid, amount=3000))

@@ -1,0 +1,716 @@
+"""A branch node's policies without I/O: the h11 pattern one level above `sync`.
+
+`NodeCore` is everything a node decides, and nothing it does. It owns one
+`SyncSession` per open link, the rule that picks one of two crossing connections,
+when to redial a peer (exponential backoff with full jitter), the anti-entropy
+and rebalancer ticks, and a till's operation: run it, and when the rights it
+needs sit at other branches, ask for them, wait until the answers or the deadline,
+and run it again; a peer's rights request that this node cannot cover is relayed
+one hop to its other peers first.
+
+It takes the time and events (`link_opened`, `receive`, `link_closed`,
+`dial_failed`, `submit`, `fire` for a timer it asked for) and returns effects
+(`Send`, `Close`, `Dial`, `SetTimer`, `Done`, `Count`/`Gauge`/`Observe`, and
+`Seen` for what a session reported). Two drivers run it: `peer.node` with asyncio,
+websockets and wall time, and `sim.node` with a seeded virtual network and
+virtual time. So what the simulator checks is what runs in the shop; the
+constants below exist nowhere else.
+
+Links are small integers the driver chooses; a timer is a key and a token, and a
+timer whose token is no longer current is ignored, so a driver never cancels one.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from crdtledger import escrow, views
+from crdtledger.errors import (
+    ForeignChain,
+    LedgerError,
+    LocalProtocolError,
+    RemoteProtocolError,
+    RightsElsewhere,
+)
+from crdtledger.hlc import id_floor
+from crdtledger.model import MONEY_PURSES
+from crdtledger.sync import (
+    ClockSkewSeen,
+    Event,
+    PeerHello,
+    RightsAnswered,
+    RightsGranted,
+    RightsRequested,
+    SyncSession,
+    missing,
+)
+
+if TYPE_CHECKING:
+    from crdtledger.ledger import Ledger
+
+# Seconds between anti-entropy rounds: a hello with a digest, a few bytes when in sync.
+ANTI_ENTROPY_S = 3.0
+# How long a till waits for rights from other branches before refusing the sale:
+# a cashier notices anything longer, and a healthy fetch takes tens of milliseconds.
+RIGHTS_DEADLINE_S = 2.0
+# Seconds between rebalancer passes (rights follow the member's visits).
+REBALANCE_S = 60.0
+# Visits that count for the rebalancer's targets.
+VISIT_WINDOW_DAYS = 30
+# Reconnect backoff: full jitter between 0 and a bound that doubles per failure up to
+# the maximum ("Exponential Backoff And Jitter", AWS Architecture Blog, 2015), so
+# shops that lost the same hub do not come back in lockstep.
+BACKOFF_MIN_S = 0.25
+BACKOFF_MAX_S = 30.0
+# A connection that lasted this long was healthy: the next failure starts the
+# backoff from the beginning again.
+HEALTHY_S = 10.0
+# The transport's liveness check: a websocket ping every HEARTBEAT_S; a pong later
+# than half of that closes the link (aiohttp's rule), so a silent cut is noticed
+# 10-15 s in. The simulator's network models the same.
+HEARTBEAT_S = 10.0
+
+Link = int
+TimerKey = tuple[str | int, ...]  # ("ae",), ("dial", target), ("op", id), ("relay", link, id)
+
+
+# --- effects ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    link: Link
+    frames: list[bytes]
+
+
+@dataclass(frozen=True)
+class Close:
+    link: Link
+    code: int  # websocket close codes: 1000 normal, 1002 protocol error, 1008 policy
+    reason: str
+
+
+@dataclass(frozen=True)
+class Dial:
+    """Open a connection to a configured target (a URL, or a simulated peer)."""
+
+    target: str
+
+
+@dataclass(frozen=True)
+class SetTimer:
+    """Call `fire(key, token)` after `delay` seconds."""
+
+    key: TimerKey
+    token: int
+    delay: float
+
+
+@dataclass(frozen=True)
+class Done:
+    """A till's operation finished: `result`, or `error` when it was refused.
+    `fetched_s`: how long it waited for rights from other branches (None: it did not)."""
+
+    op: int
+    result: Any
+    error: LedgerError | None
+    fetched_s: float | None
+
+
+@dataclass(frozen=True)
+class Seen:
+    """Something a session reported about its peer, for the driver's metrics,
+    logs and checks (a hello with its clock skew, a grant given or received...)."""
+
+    link: Link
+    peer: str
+    event: Event
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The peer on `link` broke the protocol; the link is being closed."""
+
+    link: Link
+    peer: str
+    error: Exception
+
+
+@dataclass(frozen=True)
+class Count:
+    name: str
+    labels: tuple[str, ...] = ()
+    amount: float = 1
+
+
+@dataclass(frozen=True)
+class Gauge:
+    name: str
+    labels: tuple[str, ...]
+    value: float
+
+
+@dataclass(frozen=True)
+class Observe:
+    name: str
+    value: float
+
+
+Effect = Send | Close | Dial | SetTimer | Done | Seen | Failed | Count | Gauge | Observe
+
+
+# --- state --------------------------------------------------------------------
+
+
+@dataclass
+class Peer:
+    """What the node knows of one peer, connected or not (for `status`)."""
+
+    node: str
+    address: str = ""
+    link: Link | None = None
+    last_contact: float | None = None  # wall-clock seconds
+    behind_in: int | None = None
+    behind_out: int | None = None
+
+
+@dataclass
+class _Link:
+    id: Link
+    peer: str
+    dialer: str  # node id of the side that dialled: decides duplicates
+    address: str
+    target: str | None  # the dial target this link came from, if we dialled
+    opened_at: float
+    session: SyncSession
+    measured: dict[str, bytes] | None = None  # peer states lag was measured at
+
+
+@dataclass
+class _Target:
+    key: str
+    node: str | None  # the node behind it, once known
+    backoff: float = BACKOFF_MIN_S
+    dialing: bool = False
+
+
+@dataclass
+class _Wait:
+    """A rights fetch in flight, for a till's operation or a relayed request."""
+
+    fetch: escrow.RightsFetch
+    keys: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass
+class _Op:
+    id: int
+    run: Callable[[], Any]
+    name: str | None
+    deadline: float
+    refusal: RightsElsewhere | None = None
+    wait: _Wait | None = None
+    started: float | None = None  # first fetch
+
+
+@dataclass
+class _Relay:
+    link: Link
+    request: RightsRequested
+    wait: _Wait | None = None
+
+
+Kind = Literal["op", "relay"]
+
+
+class NodeCore:
+    """One branch node's decisions, given its ledger. See the module docstring."""
+
+    def __init__(self, ledger: Ledger, *, rng: random.Random | None = None,
+                 anti_entropy_s: float = ANTI_ENTROPY_S,
+                 rights_deadline_s: float = RIGHTS_DEADLINE_S,
+                 rebalance_s: float = REBALANCE_S) -> None:
+        self.ledger = ledger
+        self.node = ledger.node
+        self.rng = rng if rng is not None else random.Random()
+        self.anti_entropy_s = anti_entropy_s
+        self.rights_deadline_s = rights_deadline_s
+        self.rebalance_s = rebalance_s
+        self.peers: dict[str, Peer] = {}
+        self.decisions: list[str] = []  # what was decided, in order, without times
+        self._links: dict[Link, _Link] = {}
+        self._targets: dict[str, _Target] = {}
+        self._timers: dict[TimerKey, int] = {}
+        self._token = 0
+        self._ops: dict[int, _Op] = {}
+        self._next_op = 1
+        self._relays: dict[tuple[Link, int], _Relay] = {}
+        # (giver, request id) -> what waits for that answer
+        self._asked: dict[tuple[str, int], tuple[Kind, Any]] = {}
+        self._out: list[Effect] = []
+        self._rebalance_mark = views.max_entry_id(ledger)
+        self._rebalance_queue: list[str] = []
+        self._started = False
+
+    # --- driving side ---------------------------------------------------------
+
+    def start(self, now: float, targets: Iterable[tuple[str, str | None]] = ()) -> list[Effect]:
+        """Begin: dial each (target, node behind it if known), start the ticks. The
+        first anti-entropy round comes at a random phase, so nodes started together
+        do not all say hello in the same instant."""
+        if self._started:
+            raise LocalProtocolError("node core already started")
+        self._started = True
+        for key, node in targets:
+            self._add_target(key, node, 0.0)
+        self._timer(("ae",), self.rng.uniform(0, self.anti_entropy_s))
+        self._timer(("rebalance",), self.rebalance_s)
+        return self._effects()
+
+    def add_target(self, key: str, node: str | None, now: float,
+                   delay: float | None = None) -> list[Effect]:
+        """Keep a connection to `key` open (a configured peer, a discovered one)."""
+        self._add_target(key, node, 0.0 if delay is None else delay)
+        return self._effects()
+
+    def _add_target(self, key: str, node: str | None, delay: float) -> None:
+        if key not in self._targets:
+            self._targets[key] = _Target(key, node)
+            self._timer(("dial", key), delay)
+
+    def link_opened(self, link: Link, peer: str, *, dialer: str, now: float,
+                    address: str = "", target: str | None = None) -> list[Effect]:
+        """A connection to `peer` is up (its identity already checked by the
+        transport). Two nodes that dial each other keep the connection the smaller
+        node id dialled; both sides apply the same rule, so they agree unasked."""
+        if target is not None and target in self._targets:
+            t = self._targets[target]
+            t.dialing = False
+            t.node = peer
+        state = self.peers.setdefault(peer, Peer(peer))
+        old = self._links.get(state.link) if state.link is not None else None
+        if old is not None:
+            keep_new = dialer == min(self.node, peer) and old.dialer != dialer
+            if not keep_new:
+                self._decide(f"{peer}: keep the link {old.dialer} dialled")
+                self._out.append(Close(link, 1000, "already connected"))
+                return self._effects()
+            self._decide(f"{peer}: replace the link {old.dialer} dialled")
+            self._out.append(Close(old.id, 1000, "replaced"))
+            self._drop(old, now)
+        session = SyncSession(self.ledger, expect_node=peer)
+        session.relay_rights = True  # see _relay
+        self._links[link] = _Link(link, peer, dialer, address, target, now, session)
+        state.link = link
+        if address:
+            state.address = address
+        state.last_contact = self._wall()
+        self._decide(f"{peer}: connected, dialled by {dialer}")
+        session.start()
+        self._gauge_connected()
+        return self._effects()
+
+    def receive(self, link: Link, frames: list[bytes], now: float) -> list[Effect]:
+        """Frames that arrived together on `link`, in order."""
+        lk = self._links.get(link)
+        if lk is None or lk.session.closed:
+            return self._effects()
+        try:
+            lk.session.receive_frames(frames)
+        except (RemoteProtocolError, ForeignChain) as e:
+            self._out.append(Count("protocol_errors"))
+            self._out.append(Failed(link, lk.peer, e))
+            self._out.append(Close(link, 1002, str(e)[:100]))
+            self._events(lk, now)
+            self._drop(lk, now)
+            return self._effects()
+        self.peers[lk.peer].last_contact = self._wall()
+        self._events(lk, now)
+        return self._effects()
+
+    def link_closed(self, link: Link, now: float) -> list[Effect]:
+        """The connection is gone (closed by either side, reset, timed out)."""
+        lk = self._links.get(link)
+        if lk is None:  # refused as a duplicate, or dropped by the core already
+            return self._effects()
+        self._drop(lk, now)
+        if lk.target is not None and lk.target in self._targets:
+            t = self._targets[lk.target]
+            if now - lk.opened_at > HEALTHY_S:
+                t.backoff = BACKOFF_MIN_S
+        # Any target behind that peer needs dialling again: ours, or one that waited
+        # because the peer had dialled us.
+        if self._link_to(lk.peer) is None:
+            for t in self._targets.values():
+                if (t.node == lk.peer or t.key == lk.target) and not t.dialing:
+                    self._redial(t)
+        return self._effects()
+
+    def dial_failed(self, target: str, now: float) -> list[Effect]:
+        t = self._targets.get(target)
+        if t is not None:
+            t.dialing = False
+            self._out.append(Count("dial_failures"))
+            self._redial(t)
+        return self._effects()
+
+    def submit(self, run: Callable[[], Any], now: float, name: str | None = None
+               ) -> tuple[int, list[Effect]]:
+        """A till's operation: one ledger write, retried as a whole after rights
+        arrive (so only its last run can have committed). Its `Done` may be among
+        the effects returned here, or come later from `receive` or `fire`."""
+        op = _Op(self._next_op, run, name, now + self.rights_deadline_s)
+        self._next_op += 1
+        self._ops[op.id] = op
+        self._step(op, now)
+        return op.id, self._effects()
+
+    def fire(self, key: TimerKey, token: int, now: float) -> list[Effect]:
+        if self._timers.get(key) != token:
+            return []  # replaced or no longer wanted
+        del self._timers[key]
+        kind = key[0]
+        if kind == "ae":
+            self._timer(("ae",), self.anti_entropy_s)
+            for lk in self._open_links():
+                lk.session.anti_entropy()
+        elif kind == "rebalance":
+            self._timer(("rebalance",), self.rebalance_s)
+            self._rebalance_plan()
+            if self._rebalance_queue:
+                self._timer(("rebalance-step",), 0.0)
+        elif kind == "rebalance-step":
+            self._rebalance_step()
+            if self._rebalance_queue:
+                self._timer(("rebalance-step",), 0.0)
+        elif kind == "dial":
+            t = self._targets.get(str(key[1]))
+            if t is not None and not t.dialing:
+                if t.node is not None and self._link_to(t.node) is not None:
+                    pass  # reached already (perhaps it dialled us); redialled on close
+                else:
+                    t.dialing = True
+                    self._out.append(Dial(t.key))
+        elif kind == "op":
+            op = self._ops.get(int(key[1]))
+            if op is not None and op.wait is not None:
+                self._fetched(op, now)
+        elif kind == "relay":
+            relay = self._relays.get((int(key[1]), int(key[2])))
+            if relay is not None:
+                self._answer(relay)
+        return self._effects()
+
+    def rebalance(self, now: float) -> tuple[int, list[Effect]]:
+        """A whole rebalancer pass now (the owner's command, tests); returns the number
+        of transfers made."""
+        self._rebalance_plan()
+        moved = 0
+        while self._rebalance_queue:
+            moved += self._rebalance_step()
+        return moved, self._effects()
+
+    def flush(self) -> list[Effect]:
+        """Frames the sessions queued outside the core's own calls (a write that did
+        not come through `submit`, such as a sync file's import)."""
+        return self._effects()
+
+    def stop(self) -> list[Effect]:
+        """Close every link and forget every timer; pending operations are refused."""
+        self._asked.clear()  # nothing is retried while stopping
+        for lk in list(self._links.values()):
+            self._out.append(Close(lk.id, 1001, "node stopping"))
+            self._drop(lk, 0.0)
+        self._timers.clear()
+        self._targets.clear()
+        return self._effects()
+
+    # --- reading ----------------------------------------------------------------
+
+    def connected(self) -> list[str]:
+        """Peers with a connection whose hello has arrived: the ones we can ask."""
+        return sorted(lk.peer for lk in self._open_links())
+
+    def session(self, peer: str) -> SyncSession | None:
+        lk = self._link_to(peer)
+        return lk.session if lk is not None else None
+
+    def links(self) -> list[Link]:
+        return sorted(self._links)
+
+    def pending(self) -> list[int]:
+        """Operations submitted and not yet done."""
+        return sorted(self._ops)
+
+    # --- operations -------------------------------------------------------------
+
+    def _step(self, op: _Op, now: float) -> None:
+        try:
+            result = op.run()
+        except RightsElsewhere as refusal:
+            op.refusal = refusal
+            fetch = escrow.RightsFetch(refusal, self.node, self.connected())
+            if now >= op.deadline or not fetch.possible:
+                self._finish(op, None, refusal, now)
+                return
+            op.started = op.started if op.started is not None else now
+            op.wait = self._ask(fetch, ("op", op), forwarded=False)
+            if fetch.done:
+                self._fetched(op, now)
+            else:
+                self._timer(("op", op.id), op.deadline - now)
+            return
+        except LedgerError as e:
+            self._finish(op, None, e, now)
+            return
+        self._finish(op, result, None, now)
+
+    def _fetched(self, op: _Op, now: float) -> None:
+        """The wait is over (all answered, enough received, or the deadline): retry,
+        unless nothing came, which stands by the refusal."""
+        wait, op.wait = op.wait, None
+        assert wait is not None
+        self._forget(wait)
+        self._timers.pop(("op", op.id), None)
+        if wait.fetch.received <= 0:
+            assert op.refusal is not None
+            self._finish(op, None, op.refusal, now)
+        else:
+            self._step(op, now)
+
+    def _finish(self, op: _Op, result: Any, error: LedgerError | None, now: float) -> None:
+        self._ops.pop(op.id, None)
+        waited = None if op.started is None else now - op.started
+        if waited is not None:
+            self._out.append(Observe("rights_fetch", waited))
+        if error is not None:
+            self._out.append(Count("refused", (error.code,)))
+        else:
+            name = op.name
+            if name is None:  # an entry names its kind; anything else is "other"
+                kind = result.get("kind") if isinstance(result, dict) else None
+                name = kind if isinstance(kind, str) else "other"
+            self._out.append(Count("operations", (name,)))
+        self._out.append(Done(op.id, result, error, waited))
+
+    def _ask(self, fetch: escrow.RightsFetch, waiter: tuple[Kind, Any], *,
+             forwarded: bool) -> _Wait:
+        wait = _Wait(fetch)
+        assert fetch.member is not None
+        for ask in fetch.asks:
+            lk = self._link_to(ask.giver)
+            try:
+                if lk is None:
+                    raise LocalProtocolError(f"no connection to {ask.giver}")
+                rid = lk.session.request_rights(fetch.member, fetch.purse, ask.amount,
+                                                forwarded=forwarded)
+            except LocalProtocolError:  # gone since `connected()`
+                fetch.lost(ask.giver)
+                continue
+            self._decide(f"ask {ask.giver} for {ask.amount} {fetch.purse} of {fetch.member}"
+                         + (" (relayed)" if forwarded else ""))
+            wait.keys.append((ask.giver, rid))
+            self._asked[(ask.giver, rid)] = waiter
+        return wait
+
+    def _forget(self, wait: _Wait) -> None:
+        for key in wait.keys:
+            self._asked.pop(key, None)
+        wait.keys = []
+
+    def _answered(self, giver: str, rid: int, amount: int | None, now: float) -> None:
+        """An answer (or, with None, the loss of the link it would come on)."""
+        waiter = self._asked.pop((giver, rid), None)
+        if waiter is None:
+            return
+        kind, obj = waiter
+        wait: _Wait | None = obj.wait
+        if wait is None:
+            return
+        if amount is None:
+            wait.fetch.lost(giver)
+        else:
+            wait.fetch.answered(giver, amount)
+        if not wait.fetch.done:
+            return
+        if kind == "op":
+            self._fetched(obj, now)
+        else:
+            self._answer(obj)
+
+    # --- relaying a peer's request ------------------------------------------------
+
+    def _relay(self, lk: _Link, req: RightsRequested) -> None:
+        """A peer asks for rights: if this node holds too little, first fetch the rest
+        from its other peers (one hop, marked so it is never relayed again, half the
+        deadline), then grant what it holds. Shops behind NAT reach each other's
+        rights through a hub so."""
+        fetch = None
+        try:
+            rights = self.ledger.rights(req.member, req.purse)
+            have = rights.get(self.node, 0)
+            others = [p for p in self.connected() if p != req.node]
+            if have < req.amount and others:
+                holders = {n: a for n, a in rights.items() if n != self.node and a > 0}
+                refusal = RightsElsewhere(req.purse, req.amount - have, have, holders,
+                                          req.member)
+                fetch = escrow.RightsFetch(refusal, self.node, others)
+        except LedgerError:  # e.g. a member this node has not heard of yet
+            fetch = None
+        relay = _Relay(lk.id, req)
+        if fetch is None or not fetch.possible:
+            self._answer(relay)
+            return
+        self._decide(f"relay {req.node}'s request for {req.amount} {req.purse} "
+                     f"of {req.member}")
+        relay.wait = self._ask(fetch, ("relay", relay), forwarded=True)
+        self._relays[(lk.id, req.request)] = relay
+        if fetch.done:
+            self._answer(relay)
+        else:
+            self._timer(("relay", lk.id, req.request), self.rights_deadline_s / 2)
+
+    def _answer(self, relay: _Relay) -> None:
+        self._relays.pop((relay.link, relay.request.request), None)
+        self._timers.pop(("relay", relay.link, relay.request.request), None)
+        if relay.wait is not None:
+            self._forget(relay.wait)
+        lk = self._links.get(relay.link)
+        if lk is not None and not lk.session.closed:
+            lk.session.answer_rights(relay.request.request)
+
+    # --- sessions -----------------------------------------------------------------
+
+    def _events(self, lk: _Link, now: float) -> None:
+        session = lk.session
+        while (event := session.next_event()) is not None:
+            match event:
+                case PeerHello(skew_ms=skew):
+                    self._gauge_connected()
+                    self._out.append(Gauge("clock_skew", (lk.peer,), skew / 1000))
+                case ClockSkewSeen():
+                    self._out.append(Count("clock_skew_seen", (lk.peer,)))
+                case RightsGranted(request=rid, node=peer, amount=amount):
+                    if amount > 0:
+                        self._out.append(Count("rights_transfers", ("in",)))
+                    self._decide(f"{peer} granted {amount}")
+                    self._answered(peer, rid, amount, now)
+                case RightsRequested():
+                    self._relay(lk, event)
+                case RightsAnswered(amount=amount, node=peer):
+                    if amount > 0:
+                        self._out.append(Count("rights_transfers", ("out",)))
+                    self._decide(f"gave {peer} {amount}")
+                case _:
+                    pass
+            self._out.append(Seen(lk.id, lk.peer, event))
+        theirs = session.peer_states
+        if theirs is not None and theirs is not lk.measured:
+            lk.measured = theirs
+            self._measure_lag(lk, theirs)
+
+    def _measure_lag(self, lk: _Link, theirs: dict[str, bytes]) -> None:
+        """Lag at the start of the round that just began: a round then sends what
+        either side lacks, so a healthy pair reads 0 from the next round on."""
+        ours = self.ledger.state_vectors()
+        state = self.peers[lk.peer]
+        state.behind_out = missing(theirs, ours)
+        state.behind_in = missing(ours, theirs)
+        self._out.append(Gauge("peer_lag", (lk.peer, "out"), state.behind_out))
+        self._out.append(Gauge("peer_lag", (lk.peer, "in"), state.behind_in))
+
+    def _drop(self, lk: _Link, now: float) -> None:
+        """Forget a link: its session stops, and nobody waits for answers on it."""
+        self._links.pop(lk.id, None)
+        lk.session.close()
+        state = self.peers.get(lk.peer)
+        if state is not None and state.link == lk.id:
+            state.link = None
+        for key in [k for k in self._relays if k[0] == lk.id]:
+            relay = self._relays.pop(key)
+            self._timers.pop(("relay", *key), None)
+            if relay.wait is not None:
+                self._forget(relay.wait)
+        if self._link_to(lk.peer) is None:
+            for (giver, rid) in sorted(k for k in self._asked if k[0] == lk.peer):
+                self._answered(giver, rid, None, now)
+        self._gauge_connected()
+
+    def _open_links(self) -> list[_Link]:
+        return [lk for _, lk in sorted(self._links.items())
+                if lk.session.peer is not None and not lk.session.closed]
+
+    def _link_to(self, peer: str) -> _Link | None:
+        state = self.peers.get(peer)
+        if state is None or state.link is None:
+            return None
+        lk = self._links.get(state.link)
+        return lk if lk is not None and not lk.session.closed else None
+
+    # --- rebalancer -----------------------------------------------------------------
+
+    def _rebalance_plan(self) -> None:
+        """Members debited at other branches since the last pass: their rights may
+        need to follow them (escrow.rebalance)."""
+        members, self._rebalance_mark = views.debited_elsewhere_since(
+            self.ledger, self.node, self._rebalance_mark)
+        self._rebalance_queue.extend(m for m in members if m not in self._rebalance_queue)
+
+    def _rebalance_step(self) -> int:
+        """One member per step, each transfer a durable write: a pass over many
+        members never holds up a swipe or the sync for long."""
+        moved = 0
+        member = self._rebalance_queue.pop(0)
+        reachable = set(self.connected())
+        since = id_floor(self.ledger.clock.wall() - VISIT_WINDOW_DAYS * 86_400_000)
+        visits = views.visits(self.ledger, member, since)
+        for purse in (*sorted(MONEY_PURSES), "points"):
+            rights = self.ledger.rights(member, purse)
+            if rights.get(self.node, 0) <= 1:
+                continue
+            for t in escrow.rebalance(rights, visits, purse):
+                if t.giver != self.node or t.receiver not in reachable:
+                    continue
+                try:
+                    self.ledger.transfer_rights(self.ledger.owner, member, t.receiver,
+                                                t.amount, purse)
+                except LedgerError:  # spent meanwhile: the next pass
+                    continue
+                self._decide(f"rebalance {t.amount} {purse} of {member} to {t.receiver}")
+                self._out.append(Count("rebalanced", (purse,)))
+                moved += 1
+        return moved
+
+    # --- internals --------------------------------------------------------------------
+
+    def _redial(self, t: _Target) -> None:
+        delay = self.rng.uniform(0, t.backoff)
+        t.backoff = min(BACKOFF_MAX_S, t.backoff * 2)
+        self._timer(("dial", t.key), delay)
+
+    def _timer(self, key: TimerKey, delay: float) -> None:
+        self._token += 1
+        self._timers[key] = self._token
+        self._out.append(SetTimer(key, self._token, max(0.0, delay)))
+
+    def _gauge_connected(self) -> None:
+        self._out.append(Gauge("peers_connected", (), len(self.connected())))
+
+    def _decide(self, what: str) -> None:
+        self.decisions.append(what)
+
+    def _wall(self) -> float:
+        return self.ledger.clock.wall() / 1000
+
+    def _effects(self) -> list[Effect]:
+        """What the calls so far decided, then every frame the sessions queued (a
+        local commit queues its update on every session)."""
+        out, self._out = self._out, []
+        for lk in sorted(self._links.values(), key=lambda x: x.id):
+            frames = lk.session.data_to_send()
+            if frames:
+                out.append(Send(lk.id, frames))
+        return out
