@@ -50,6 +50,15 @@ ENTRY_KINDS = frozenset(
 CARD_TYPES = ("stored_value", "points", "discount", "package", "trial")
 CARD_STATUSES = ("active", "lost", "replaced", "returned")
 
+# What a person may type for a card, its PIN, a service code, a member's gender and a
+# day of the year: the ledger's checks and the operation table's parameters both
+# read these (crdtledger/operations.py), so the API and the CLI cannot retype them.
+CARD_NO = re.compile(r"^[0-9A-Za-z:_-]{1,40}\Z")  # stored upper-case
+PIN = re.compile(r"^[0-9]{4,8}\Z")
+SERVICE_CODE = re.compile(r"^[A-Za-z0-9_-]{1,20}\Z")
+GENDERS = ("F", "M")
+PARTIAL_DATE = re.compile(r"^([0-9]{4}-)?[0-9]{2}-[0-9]{2}\Z")  # 1990-05-17 or 05-17
+
 PERMISSIONS = frozenset(
     {
         "member.add",

@@ -2,14 +2,20 @@
 
 Each invocation opens the node's store, does one thing and closes it. An operation
 is reported done only after the store committed it, so the command may be killed
-at any moment and whatever it printed as done survives.
+at any moment and whatever it printed as done survives. While a node runs, the
+store is the node's: the command sends the operation's name and parameters to it
+(peer/local.py), and the node runs the same operation.
 
 Exit codes: 0 done; 1 refused (by the ledger, or a damaged or foreign sync file);
 2 usage error (argparse). A refusal is one line on stderr; with --json it is also
 ``{"error": code, "message": ...}`` on stdout, so scripts read one stream.
 
-Commands are registered in a table (`@command`), each with its own options and a
-small handler that calls one `Ledger` method and returns what to print.
+The subcommands that work on the ledger are generated from the operation table
+(`crdtledger.operations.TABLE`), which the HTTP API is generated from too: an
+operation "points.redeem" is `crdtledger points redeem`, each parameter an option.
+What is not a ledger operation stays here: creating a node, the chain's
+certificates, running the node, its status, and sync files and backups (files on
+this machine, which the HTTP API must not reach).
 """
 
 from __future__ import annotations
@@ -20,24 +26,17 @@ import os
 import re
 import sqlite3
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any
 
-from crdtledger import views
-from crdtledger.errors import (
-    InvalidAmount,
-    InvalidInput,
-    LedgerError,
-    NotFound,
-    PermissionDenied,
-    RemoteProtocolError,
-)
+from crdtledger import operations, views
+from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
 from crdtledger.ledger import Ledger
-from crdtledger.model import CARD_TYPES, MONEY_PURSES, RULE_KINDS
-from crdtledger.money import check_count, format_purse, format_yuan, parse_yuan
+from crdtledger.operations import TABLE, Operation, Param
+from crdtledger.schema import Schema
 from crdtledger.storage import backup as backup_store
 from crdtledger.syncfile import export_file, import_file
 from peer import local
@@ -52,13 +51,6 @@ ENV_DATA = "CRDTLEDGER_DATA"
 ENV_PASSWORD = "CRDTLEDGER_PASSWORD"
 EXIT_REFUSED = 1  # argparse owns 2 for usage errors
 
-# How a command uses the store. Views open it without the directory lock, so a
-# balance can be read while a daemon (or another CLI) holds the node for writing.
-Access = Literal["write", "read"]
-
-
-# --- the command table ------------------------------------------------------
-
 
 @dataclass(frozen=True)
 class Result:
@@ -66,455 +58,28 @@ class Result:
     text: str  # printed for a person otherwise
 
 
-@dataclass(frozen=True)
-class Ctx:
-    ledger: Ledger
-    operator: str  # operator id the library checks permissions against
-    args: argparse.Namespace
+# --- sync files and backups: files on this machine, not ledger operations ------------
 
-
-class _Adder(Protocol):
-    """A parser or an argument group: anything options can be added to."""
-
-    def add_argument(self, *flags: str, **kwargs: Any) -> argparse.Action: ...
-
-
-ArgSpec = Callable[[_Adder], object]
-Handler = Callable[[Ctx], Result]
+Params = dict[str, Any]
 
 
 @dataclass(frozen=True)
-class Command:
-    path: tuple[str, ...]
+class FileCommand:
+    name: str
     help: str
-    args: tuple[ArgSpec, ...]
-    handler: Handler
-    access: Access
+    add: Callable[[argparse.ArgumentParser], None]  # its options; dests are parameter names
+    handler: Callable[[Ledger, str, Params], Result]
+    write: bool
 
 
-COMMANDS: list[Command] = []
-
-
-def command(*path: str, help: str, args: Sequence[ArgSpec] = (), access: Access = "write"
-            ) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        COMMANDS.append(Command(path, help, tuple(args), fn, access))
-        return fn
-
-    return register
-
-
-def arg(*flags: str, **kwargs: Any) -> ArgSpec:
-    return lambda p: p.add_argument(*flags, **kwargs)
-
-
-def one_of(*specs: ArgSpec, required: bool = True) -> ArgSpec:
-    def add(p: _Adder) -> None:
-        # Only real parsers make groups; every table entry is added to one.
-        assert isinstance(p, argparse.ArgumentParser)
-        group = p.add_mutually_exclusive_group(required=required)
-        for spec in specs:
-            spec(group)
-
-    return add
-
-
-# --- argument types (argparse turns their ValueErrors into usage errors) -----
-
-
-def card_number(text: str) -> str:
-    # As the ledger stores it (upper-case), so output names the card the same way.
-    return text.strip().upper()
-
-
-def key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected key=value, not {text!r}")
-    return key.strip(), value
-
-
-MEMBER = arg("--member", metavar="ID", required=True, help="member id")
-PIN = arg("--pin", help="card PIN, if the card has one")
-# Either a member id or a card number (or, to look someone up, a phone number).
-_MEMBER_ALT = arg("--member", metavar="ID", help="member id")
-_CARD_ALT = arg("--card", metavar="NO", type=card_number, help="card number")
-WHO = one_of(_MEMBER_ALT, _CARD_ALT, arg("--phone", help="member's phone number"))
-PAYER = one_of(_MEMBER_ALT, _CARD_ALT)
-AMOUNT = arg("--amount", required=True, metavar="YUAN", help="amount in yuan, e.g. 12.34")
-APPROVER = (
-    arg("--approver", metavar="NAME", help="operator approving a large amount"),
-    arg("--approver-password", metavar="PW"),
-)
-PERIOD = (arg("--from", dest="start", metavar="YYYY-MM-DD"),
-          arg("--to", dest="end", metavar="YYYY-MM-DD"))
-
-
-# --- input the ledger judges (refusals, exit 1) -------------------------------
-
-
-def yuan(text: str, *, allow_zero: bool = False) -> int:
-    """A yuan amount for the ledger: exact to the fen, refused (not rounded) otherwise.
-
-    parse_yuan refuses zero, which is right for money moved; a fee or a price may be free.
-    """
-    if allow_zero and re.fullmatch(r"0+(\.0{1,2})?", text.strip()):
-        return 0
-    return parse_yuan(text)
-
-
-def purse_amount(purse: str, text: str) -> int:
-    """Money purses take yuan; points and package uses are whole counts."""
-    if purse in MONEY_PURSES:
-        return yuan(text)
-    try:
-        return check_count(int(text), purse)
-    except ValueError:
-        raise InvalidAmount(f"{purse} amount {text!r} is not a whole number") from None
-
-
-def signed_amount(purse: str, text: str) -> int:
-    s = text.strip()
-    sign = -1 if s.startswith("-") else 1
-    return sign * purse_amount(purse, s[1:] if s[:1] in ("+", "-") else s)
-
-
-def approver_of(args: argparse.Namespace) -> tuple[str, str] | None:
-    if args.approver is None:
-        return None
-    if args.approver_password is None:
-        raise InvalidInput("--approver needs --approver-password")
-    return str(args.approver), str(args.approver_password)
-
-
-def require(c: Ctx, permission: str) -> None:
-    """For reads the library leaves to its callers: reports and backups read the
-    store without naming an operator, so the CLI checks them here."""
-    if permission not in c.ledger.permissions(c.operator):
-        name = c.args.operator or c.operator
-        raise PermissionDenied(f"operator {name} may not {permission}")
-
-
-def member_of(c: Ctx) -> str:
-    """The member named by --member, --card or --phone (checked to exist)."""
-    a = c.args
-    if getattr(a, "card", None):
-        return str(c.ledger.card(a.card)["member"])
-    if getattr(a, "phone", None):
-        # Exact match: find_members also matches names and phone tails.
-        row = c.ledger.storage.conn.execute(
-            "SELECT id FROM members WHERE phone = ?", (a.phone.strip(),)).fetchone()
-        if row is None:
-            raise NotFound(f"no member with phone {a.phone.strip()}")
-        return str(row[0])
-    c.ledger.member(a.member)  # NotFound names the unknown id
-    return str(a.member)
-
-
-# --- human output -------------------------------------------------------------
-
-
-def show_balance(bal: Mapping[str, Any]) -> str:
-    line = (f"balance: cash {format_yuan(bal['cash'])}  bonus {format_yuan(bal['bonus'])}"
-            f"  points {bal['points']}")
-    packages = "  ".join(f"{pid} {left} left" for pid, left in bal["packages"].items() if left)
-    return f"{line}\npackages: {packages}" if packages else line
-
-
-def show_entry(entry: Mapping[str, Any], when: str = "") -> str:
-    """One line per ledger entry: what changed in the member's money and points."""
-    # A transfer moves rights between branches; the member's money does not change.
-    money = 0 if entry["kind"] == "transfer" else sum(
-        c for p, _n, c in entry["deltas"] if p in MONEY_PURSES)
-    points = sum(c for p, _n, c in entry["deltas"] if p == "points")
-    parts = [when, entry["node"], f"{entry['kind']:<10}"]
-    if money:
-        parts.append(f"{'+' if money > 0 else '-'}{format_yuan(abs(money))}")
-    elif entry["kind"] in ("debit", "card", "package") and entry.get("amount"):
-        parts.append(f"{format_yuan(entry['amount'])} paid at the till")
-    if entry["kind"] == "transfer":
-        purse = next(p for p, _n, _c in entry["deltas"])
-        parts.append(f"{format_purse(purse, entry['amount'])} {purse} rights "
-                     f"{entry['node']}→{entry['to']}")
-    elif points:
-        parts.append(f"points {points:+d}")
-    for key in ("service", "reason", "gift"):
-        if entry.get(key):
-            parts.append(f"{key} {entry[key]}")
-    parts.append(f"[{entry['id']}]")
-    return "  ".join(p for p in parts if p)
-
-
-def done(c: Ctx, entry: Mapping[str, Any], what: str) -> Result:
-    """An entry-writing operation: the entry for scripts, the new balance for people."""
-    bal = c.ledger.balance(str(entry["member"]))
-    return Result(dict(entry), f"{what} [{entry['id']}]\n{show_balance(bal)}")
-
-
-# --- members ------------------------------------------------------------------
-
-PROFILE = ("gender", "birthday", "anniversary", "notes")
-
-
-@command("member", "add", help="register a member", args=(
-    arg("--name", required=True), arg("--phone", required=True),
-    arg("--gender", choices=("F", "M"), default=""), arg("--birthday", default=""),
-    arg("--anniversary", default=""), arg("--notes", default=""),
-    arg("--tag", action="append", default=[], help="repeatable"),
-    arg("--pref", action="append", type=key_value, default=[], metavar="KEY=VALUE",
-        help="strength, service or technician; repeatable"),
-    arg("--custom", action="append", type=key_value, default=[], metavar="KEY=VALUE"),
-))
-def member_add(c: Ctx) -> Result:
-    a = c.args
-    mid = c.ledger.add_member(
-        c.operator, name=a.name, phone=a.phone, tags=a.tag, prefs=dict(a.pref),
-        custom=dict(a.custom), **{k: getattr(a, k) for k in PROFILE})
-    return Result({"member_id": mid}, f"member {a.name} added: {mid}")
-
-
-@command("member", "show", help="one member's profile, cards and balance", args=(WHO,),
-         access="read")
-def member_show(c: Ctx) -> Result:
-    m = c.ledger.member(member_of(c))
-    m["balance"] = c.ledger.balance(m["id"])
-    lines = [f"{m['name']}  {m['phone']}  home {m['home']}  level {m['level_info']['name']}"
-             f"{'  (deleted)' if m.get('deleted') else ''}  [{m['id']}]"]
-    lines += [f"card {k['card_no']} {k['status']}" for k in m["cards"]]
-    if m["tags"]:
-        lines.append(f"tags: {', '.join(m['tags'])}")
-    for label in ("prefs", "custom"):
-        if m.get(label):
-            lines.append(f"{label}: {', '.join(f'{k}={v}' for k, v in m[label].items())}")
-    lines.append(show_balance(m["balance"]))
-    return Result(m, "\n".join(lines))
-
-
-@command("member", "find", help="by card number, phone, phone tail or name (phones masked)",
-         args=(arg("query"), arg("--limit", type=int, default=20)), access="read")
-def member_find(c: Ctx) -> Result:
-    found = c.ledger.find_members(c.args.query, c.args.limit)
-    lines = [f"{m['name']}  {m['phone']}  home {m['home']}  [{m['id']}]" for m in found]
-    return Result(found, "\n".join(lines) or f"no member matches {c.args.query!r}")
-
-
-EDITABLE = ("name", "phone", "gender", "birthday", "anniversary", "notes", "home", "level")
-
-
-@command("member", "edit", help="change profile fields, preferences, tags or level", args=(
-    MEMBER, *(arg(f"--{f}") for f in EDITABLE),
-    arg("--pref", action="append", type=key_value, default=[], metavar="KEY=VALUE"),
-    arg("--custom", action="append", type=key_value, default=[], metavar="KEY=VALUE"),
-    arg("--tag-add", action="append", default=[], metavar="TAG"),
-    arg("--tag-remove", action="append", default=[], metavar="TAG"),
-    arg("--delete", action="store_true", help="mark the member deleted"),
-))
-def member_edit(c: Ctx) -> Result:
-    a = c.args
-    fields: dict[str, Any] = {f: getattr(a, f) for f in EDITABLE if getattr(a, f) is not None}
-    if a.delete:
-        fields["deleted"] = True
-    if not (fields or a.pref or a.custom or a.tag_add or a.tag_remove):
-        raise InvalidInput("nothing to change: give a field, --pref, --tag-add or --tag-remove")
-    c.ledger.edit_member(c.operator, a.member, fields=fields, prefs=dict(a.pref),
-                         custom=dict(a.custom), tags_add=a.tag_add, tags_remove=a.tag_remove)
-    return Result({"member_id": a.member}, f"member {a.member} updated")
-
-
-# --- cards --------------------------------------------------------------------
-
-
-@command("card", "issue", help="issue a card to a member", args=(
-    MEMBER, arg("--card", required=True, type=card_number),
-    arg("--type", dest="card_type", choices=CARD_TYPES, default="stored_value"), PIN,
-    arg("--expiry", default="", metavar="YYYY-MM-DD"),
-    arg("--fee", default="0", metavar="YUAN", help="card fee paid at the till"),
-))
-def card_issue(c: Ctx) -> Result:
-    a = c.args
-    cid = c.ledger.issue_card(c.operator, a.member, a.card, card_type=a.card_type,
-                              pin=a.pin, expiry=a.expiry, fee=yuan(a.fee, allow_zero=True))
-    return Result({"card_id": cid, "card_no": a.card}, f"card {a.card} issued [{cid}]")
-
-
-# 挂失 / 取消挂失 / 退卡: the same shape, one Ledger method each.
-CARD_EVENTS: dict[str, tuple[str, str, str]] = {
-    "lost": ("report_lost", "reported lost", "report a card lost"),
-    "found": ("report_found", "active again", "cancel a loss report"),
-    "return": ("return_card", "returned", "take a card back"),
-}
-
-
-def _card_event(method: str, outcome: str) -> Handler:
-    def handler(c: Ctx) -> Result:
-        cid = getattr(c.ledger, method)(c.operator, c.args.card)
-        return Result({"card_id": cid, "card_no": c.args.card}, f"card {c.args.card} {outcome}")
-
-    return handler
-
-
-for _name, (_method, _outcome, _help) in CARD_EVENTS.items():
-    command("card", _name, help=_help, args=(arg("--card", required=True, type=card_number),)
-            )(_card_event(_method, _outcome))
-
-
-@command("card", "replace", help="补卡: a new card for the same member; balances stay", args=(
-    arg("--card", required=True, type=card_number, help="the old card"),
-    arg("--new", required=True, type=card_number, help="the new card"), PIN,
-))
-def card_replace(c: Ctx) -> Result:
-    a = c.args
-    cid = c.ledger.replace_card(c.operator, a.card, a.new, pin=a.pin)
-    bal = c.ledger.balance(str(c.ledger.card(a.new)["member"]))
-    return Result({"card_id": cid, "card_no": a.new, "replaces": a.card},
-                  f"card {a.card} replaced by {a.new} [{cid}]\n{show_balance(bal)}")
-
-
-# --- money --------------------------------------------------------------------
-
-
-@command("topup", help="充值: stored value paid for here", args=(PAYER, PIN, AMOUNT, *APPROVER))
-def topup(c: Ctx) -> Result:
-    a = c.args
-    amount = yuan(a.amount)
-    member = a.member or str(c.ledger.card(a.card)["member"])  # topup re-checks card and PIN
-    entry = c.ledger.topup(c.operator, member, amount, approver=approver_of(a), card=a.card,
-                           pin=a.pin)
-    bonus = f" + bonus {format_yuan(entry['bonus'])}" if entry.get("bonus") else ""
-    return done(c, entry, f"topped up {format_yuan(amount)}{bonus}")
-
-
-@command("debit", help="扣费: charge an amount or a service from the price list", args=(
-    PAYER, PIN,
-    one_of(arg("--amount", metavar="YUAN"), arg("--service", metavar="CODE")),
-    arg("--qty", type=int, default=1),
-    arg("--pay", choices=("stored", "package", "cash"), default="stored"),
-    arg("--package", metavar="ID", help="which package to use (default: the first that fits)"),
-))
-def debit(c: Ctx) -> Result:
-    a = c.args
-    amount = yuan(a.amount) if a.amount is not None else None
-    entry = c.ledger.debit(c.operator, a.member, amount=amount, service=a.service, qty=a.qty,
-                           pay=a.pay, package=a.package, card=a.card, pin=a.pin)
-    what = f"{a.service} x{a.qty}: " if a.service else ""
-    return done(c, entry, f"charged {what}{format_yuan(entry['amount'])} ({a.pay})")
-
-
-@command("refund", help="退款: reverse all or part of a debit made at this branch", args=(
-    arg("--debit", required=True, metavar="ENTRY_ID"),
-    one_of(arg("--amount", metavar="YUAN"), arg("--qty", type=int, help="package uses"),
-           required=False),
-    arg("--reason", default=""),
-))
-def refund(c: Ctx) -> Result:
-    a = c.args
-    amount = yuan(a.amount) if a.amount is not None else a.qty
-    entry = c.ledger.refund(c.operator, a.debit, amount, reason=a.reason)
-    what = f"{entry['qty']} uses" if entry.get("qty") else format_yuan(entry["amount"])
-    return done(c, entry, f"refunded {what} of {a.debit}")
-
-
-@command("history", help="a member's ledger entries, newest first",
-         args=(WHO, arg("--limit", type=int, default=50)), access="read")
-def history(c: Ctx) -> Result:
-    entries = c.ledger.history(member_of(c), c.args.limit)
-    tz = c.ledger.storage.tz
-
-    def when(e: Mapping[str, Any]) -> str:
-        return datetime.fromtimestamp(e["at"] / 1000, tz).strftime("%Y-%m-%d %H:%M")
-
-    return Result(entries, "\n".join(show_entry(e, when(e)) for e in entries) or "no entries")
-
-
-@command("balance", help="cash (stored value), bonus, points and packages", args=(WHO,),
-         access="read")
-def balance(c: Ctx) -> Result:
-    bal = c.ledger.balance(member_of(c))
-    return Result(bal, show_balance(bal))
-
-
-PURSE = arg("--purse", default="cash", help="cash, bonus, points or pkg:ID")
-
-
-@command("rights", "show", help="which branch holds how much of a purse", args=(WHO, PURSE),
-         access="read")
-def rights_show(c: Ctx) -> Result:
-    purse = c.args.purse
-    held = c.ledger.rights(member_of(c), purse)
-    text = "  ".join(f"{n} {format_purse(purse, v)}" for n, v in held.items())
-    return Result(held, f"{purse} rights: {text or 'none held'}")
-
-
-@command("rights", "transfer", help="give some of this branch's rights to another branch",
-         args=(MEMBER, PURSE, arg("--to", required=True, metavar="NODE"), AMOUNT))
-def rights_transfer(c: Ctx) -> Result:
-    a = c.args
-    entry = c.ledger.transfer_rights(c.operator, a.member, a.to, purse_amount(a.purse, a.amount),
-                                     purse=a.purse)
-    moved = format_purse(a.purse, entry["amount"])
-    return done(c, entry, f"moved {moved} of {a.purse} rights {c.ledger.node} → {a.to}")
-
-
-POINTS = arg("--points", required=True, type=int)
-
-
-@command("points", "redeem", help="积分兑换: spend points on a gift",
-         args=(MEMBER, POINTS, arg("--gift", default="")))
-def points_redeem(c: Ctx) -> Result:
-    entry = c.ledger.redeem_points(c.operator, c.args.member, c.args.points, c.args.gift)
-    return done(c, entry, f"redeemed {c.args.points} points")
-
-
-@command("points", "convert", help="积分转储值: turn points into bonus value",
-         args=(MEMBER, POINTS))
-def points_convert(c: Ctx) -> Result:
-    entry = c.ledger.convert_points(c.operator, c.args.member, c.args.points)
-    return done(c, entry, f"converted {c.args.points} points into {format_yuan(entry['amount'])}")
-
-
-@command("package", "sell", help="计次卡: sell a number of uses of a service", args=(
-    MEMBER, arg("--service", required=True, metavar="CODE"),
-    arg("--uses", required=True, type=int),
-    arg("--price", required=True, metavar="YUAN"),
-    arg("--pay", choices=("cash", "stored"), default="cash"),
-))
-def package_sell(c: Ctx) -> Result:
-    a = c.args
-    entry = c.ledger.sell_package(c.operator, a.member, a.service, a.uses,
-                                  yuan(a.price, allow_zero=True), pay=a.pay)
-    return done(c, entry, f"sold {a.uses} x {a.service} for {format_yuan(entry['amount'])}")
-
-
-@command("correct", help="an approved manual adjustment of a purse", args=(
-    MEMBER, PURSE, arg("--change", required=True, metavar="[-]AMOUNT",
-                       help="signed: yuan for cash/bonus, a count otherwise"),
-    arg("--reason", required=True), *APPROVER,
-))
-def correct(c: Ctx) -> Result:
-    a = c.args
-    change = signed_amount(a.purse, a.change)
-    entry = c.ledger.correct(c.operator, a.member, a.purse, change, a.reason,
-                             approver=approver_of(a))
-    return done(c, entry, f"corrected {a.purse} by {a.change.strip()}")
-
-
-# --- sync files and backups ---------------------------------------------------
-
-
-@command("export", help="write a sync file for another branch (USB stick, e-mail)", args=(
-    arg("--out", required=True, type=Path, metavar="FILE"),
-    arg("--for", dest="for_node", metavar="NODE", help="only what NODE lacks, as last seen"),
-))
-def export(c: Ctx) -> Result:
-    info = export_file(c.ledger, c.args.out, c.args.for_node, operator=c.operator)
+def _export(ledger: Ledger, operator: str, p: Params) -> Result:
+    info = export_file(ledger, Path(p["out"]), p.get("for_node"), operator=operator)
     return Result(info, f"wrote {info['file']}: {info['documents']} documents, "
                         f"{info['bytes']} bytes")
 
 
-@command("import", help="apply a sync file; importing it again changes nothing",
-         args=(arg("file", type=Path),))
-def import_(c: Ctx) -> Result:
-    info = import_file(c.ledger, c.args.file, operator=c.operator)
+def _import(ledger: Ledger, operator: str, p: Params) -> Result:
+    info = import_file(ledger, Path(p["file"]), operator=operator)
     n = len(info["changed"])
     changed = f"{n} document{'s' if n != 1 else ''} changed" if n else "nothing new"
     text = f"imported {info['file']} from {info['from']}: {changed}"
@@ -525,97 +90,153 @@ def import_(c: Ctx) -> Result:
     return Result(info, text)
 
 
-@command("backup", help="a consistent copy of the node, taken while it keeps working",
-         args=(arg("--out", required=True, type=Path, metavar="DIR"),), access="read")
-def backup(c: Ctx) -> Result:
-    require(c, "backup")
-    backup_store(c.ledger.storage.dir, c.args.out)
-    return Result({"backup": str(c.args.out)},
-                  f"backup written to {c.args.out} (open it with --data {c.args.out})")
+def _backup(ledger: Ledger, operator: str, p: Params) -> Result:
+    # The store is read without naming an operator, so the permission is checked here.
+    if "backup" not in ledger.permissions(operator):
+        raise PermissionDenied(f"operator {operator} may not backup")
+    backup_store(ledger.storage.dir, Path(p["out"]))
+    return Result({"backup": p["out"]},
+                  f"backup written to {p['out']} (open it with --data {p['out']})")
 
 
-# --- reports ------------------------------------------------------------------
+def _export_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, type=Path, metavar="FILE")
+    p.add_argument("--for", dest="for_node", metavar="NODE",
+                   help="only what NODE lacks, as last seen")
 
 
-@command("report", "daily", help="营业报表: one day's members, sales, top-ups, cards",
-         args=(arg("--day", metavar="YYYY-MM-DD"), arg("--branch", metavar="NODE")),
-         access="read")
-def report_daily(c: Ctx) -> Result:
-    require(c, "reports.view")
-    r = views.daily_report(c.ledger, c.args.day or c.ledger.today(), c.args.branch)
-    return Result(r, "\n".join((
-        f"{r['day']}  branch {r['branch']}",
-        f"new members   {r['new_members']}",
-        f"sales         {format_yuan(r['sales'])}  ({r['debits']} debits, "
-        f"refunds {format_yuan(r['refunds'])})",
-        f"top-up cash   {format_yuan(r['topup_cash'])}  ({r['topups']} top-ups)",
-        f"cards sold    {r['cards_sold']}  ({format_yuan(r['card_sales'])})",
-    )))
+def _import_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", type=Path)
 
 
-@command("report", "settlement", help="结算表: who owes whom for value served elsewhere",
-         args=PERIOD, access="read")
-def report_settlement(c: Ctx) -> Result:
-    require(c, "reports.view")
-    r = views.settlement(c.ledger, c.args.start, c.args.end)
-    lines = [f"{p['owes']} owes {p['to']} {format_yuan(p['amount'])}" for p in r["pairs"]]
-    return Result(r, "\n".join(lines) or "nothing to settle")
+def _backup_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, type=Path, metavar="DIR")
 
 
-@command("report", "ranking", help="消费排名 by member or 销量排名 by service", args=(
-    arg("--by", choices=("members", "services"), default="members"), *PERIOD,
-    arg("--limit", type=int, default=10),
-), access="read")
-def report_ranking(c: Ctx) -> Result:
-    require(c, "reports.view")
-    a = c.args
-    rows = views.ranking(c.ledger, a.by, a.start, a.end, a.limit)
-    key = "member" if a.by == "members" else "service"
-    lines = [f"{i:>3}. {r.get('name') or r[key]}  {format_yuan(r['amount'])}  ({r['count']}x)"
-             for i, r in enumerate(rows, 1)]
-    return Result(rows, "\n".join(lines) or "no sales yet")
+FILE_COMMANDS: dict[str, FileCommand] = {c.name: c for c in (
+    FileCommand("export", "write a sync file for another branch (USB stick, e-mail)",
+                _export_options, _export, True),
+    FileCommand("import", "apply a sync file; importing it again changes nothing",
+                _import_options, _import, True),
+    FileCommand("backup", "a consistent copy of the node, taken while it keeps working",
+                _backup_options, _backup, False),
+)}
+_FILE_PARAMS = ("out", "for_node", "file")
 
 
-# --- operators and rules ------------------------------------------------------
+# --- the operation table as subcommands --------------------------------------------
 
 
-@command("operator", "add", help="an operator (工号) with a password and roles", args=(
-    arg("--name", required=True),
-    # This command's --password is the new operator's; who acts gives theirs before
-    # the command (crdtledger --operator boss --password .. operator add ..) or by env.
-    arg("--password", dest="new_password", required=True),
-    arg("--role", action="append", help="owner, manager, cashier or a defined role; repeatable"),
-))
-def operator_add(c: Ctx) -> Result:
-    a = c.args
-    oid = c.ledger.add_operator(c.operator, a.name, a.new_password, a.role or ["cashier"])
-    return Result({"operator_id": oid}, f"operator {a.name} added [{oid}]")
+def key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected key=value, not {text!r}")
+    return key.strip(), value
 
 
-@command("rule", "set", help="a new version of a rule, in force from a day", args=(
-    arg("kind", choices=sorted(RULE_KINDS)),
-    arg("--json-body", required=True, metavar="JSON"),
-    arg("--effective-from", metavar="YYYY-MM-DD"),
-))
-def rule_set(c: Ctx) -> Result:
-    a = c.args
-    try:
-        body = json.loads(a.json_body)
-    except json.JSONDecodeError as e:
-        raise InvalidInput(f"--json-body is not JSON: {e}") from None
-    rid = c.ledger.set_rule(c.operator, a.kind, body, a.effective_from)
-    return Result({"rule_id": rid}, f"rule {a.kind} set [{rid}]")
+def _flag(p: Param) -> str:
+    return p.flag or f"--{p.name.replace('_', '-')}"
 
 
-@command("rule", "show", help="the version of a rule in force",
-         args=(arg("kind", choices=sorted(RULE_KINDS)), arg("--day", metavar="YYYY-MM-DD")),
-         access="read")
-def rule_show(c: Ctx) -> Result:
-    body = c.ledger.rule(c.args.kind, c.args.day)
-    return Result(body, json.dumps(body, ensure_ascii=False, indent=2))
+def _dest(p: Param) -> str:
+    return f"p_{p.name}"  # apart from the common options (--operator, --json, --data)
 
 
-# --- the parser ---------------------------------------------------------------
+def add_operation(leaf: argparse.ArgumentParser, op: Operation) -> None:
+    """One option per parameter a person types; alternatives as exclusive groups."""
+    owner: dict[str, Any] = {}
+    required = {p.name for p in op.params if p.required}
+    for form in op.forms:
+        typed = [k for k in form.keys if op.param(k).flag is not None]
+        if len(typed) == 1 and not form.optional:
+            required.add(typed[0])  # the other form is integer fen, for programs
+        elif len(typed) > 1:
+            group = leaf.add_mutually_exclusive_group(required=not form.optional)
+            owner |= {k: group for k in typed}
+    for p in op.params:
+        if p.flag is None:
+            continue
+        target = owner.get(p.name, leaf)
+        if p.name == "approver":  # an object of two fields: two options
+            target.add_argument("--approver", dest="p_approver_name", metavar="NAME",
+                                help=p.help)
+            target.add_argument("--approver-password", dest="p_approver_password",
+                                metavar="PW")
+            continue
+        kwargs: dict[str, Any] = {"help": p.help or p.schema.get("description")}
+        kind = p.schema.get("type")
+        if p.switch:
+            kwargs |= {"action": "store_true", "default": None}
+        elif kind == "array":
+            kwargs |= {"action": "append"}
+            if "enum" in p.schema["items"]:
+                kwargs["choices"] = p.schema["items"]["enum"]
+        elif kind == "object":
+            kwargs |= {"action": "append", "type": key_value, "metavar": "KEY=VALUE"}
+        elif "enum" in p.schema:
+            kwargs["choices"] = p.schema["enum"]
+        elif p.name.endswith("yuan"):
+            kwargs["metavar"] = "YUAN"
+        else:
+            kwargs["metavar"] = p.name.upper()
+        if not p.flag or p.flag.startswith("-"):
+            target.add_argument(_flag(p), dest=_dest(p), required=p.name in required and
+                                target is leaf, **kwargs)
+        else:  # positional: its name is its dest
+            kwargs.setdefault("metavar", p.flag if "choices" not in kwargs else None)
+            target.add_argument(_dest(p), **kwargs)
+
+
+def _value(schema: Schema, raw: Any, flag: str) -> Any:
+    """What a person typed, as the parameter's JSON type. Text that does not convert
+    is passed on as typed, for the operation to refuse with its own code."""
+    kind = schema.get("type")
+    if isinstance(raw, list) and kind == "array":
+        return [_value(schema["items"], x, flag) for x in raw]
+    if isinstance(raw, list) and kind == "object":
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        return {k: _value(props.get(k) or (extra if isinstance(extra, dict) else {}), v, flag)
+                for k, v in raw}
+    if not isinstance(raw, str):
+        return raw
+    if kind == "integer" and re.fullmatch(r"[+-]?[0-9]{1,18}", raw.strip()):
+        return int(raw)
+    if kind == "boolean":
+        return {"true": True, "yes": True, "false": False, "no": False}.get(raw.lower(), raw)
+    if kind is None:  # any JSON, e.g. a rule's body
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise InvalidInput(f"{flag} is not JSON: {e}") from None
+    return raw
+
+
+def params_of(op: Operation, args: argparse.Namespace) -> Params:
+    out: Params = {}
+    for p in op.params:
+        if p.name == "approver":
+            name, password = getattr(args, "p_approver_name", None), getattr(
+                args, "p_approver_password", None)
+            if name is not None and password is None:
+                raise InvalidInput("--approver needs --approver-password")
+            if name is not None:
+                out["approver"] = {"name": name, "password": password}
+            continue
+        raw = getattr(args, _dest(p), None)
+        if p.flag is not None and raw is not None:
+            out[p.name] = _value(p.schema, raw, _flag(p))
+    return out
+
+
+def request_of(args: argparse.Namespace) -> tuple[str, Params]:
+    """The operation the command line asks for, and its parameters."""
+    cmd: Operation | FileCommand = args.cmd
+    if isinstance(cmd, FileCommand):
+        # Absolute: a running node resolves them, and its working directory is not ours.
+        return cmd.name, {k: str(Path(v).absolute()) if isinstance(v, Path) else v
+                          for k in _FILE_PARAMS if (v := getattr(args, k, None)) is not None}
+    return cmd.name, params_of(cmd, args)
 
 
 def add_common(p: argparse.ArgumentParser, *, operator: bool = True,
@@ -692,19 +313,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_node_commands(top)
     groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
-    for cmd in COMMANDS:
+    for op in TABLE.values():
+        *group, leaf_name = op.name.split(".")
         owner = top
-        if len(cmd.path) == 2:
-            group = cmd.path[0]
-            if group not in groups:
-                gp = top.add_parser(group, help=f"{group} commands")
-                groups[group] = gp.add_subparsers(dest="action", metavar="ACTION",
-                                                  required=True)
-            owner = groups[group]
-        leaf = owner.add_parser(cmd.path[-1], help=cmd.help, description=cmd.help)
-        add_common(leaf, password=cmd.path != ("operator", "add"))
-        for spec in cmd.args:
-            spec(leaf)
+        if group:
+            if group[0] not in groups:
+                gp = top.add_parser(group[0], help=f"{group[0]} commands")
+                groups[group[0]] = gp.add_subparsers(dest="action", metavar="ACTION",
+                                                     required=True)
+            owner = groups[group[0]]
+        help = op.summary[:1].lower() + op.summary[1:]
+        leaf = owner.add_parser(leaf_name, help=help, description=op.summary)
+        # An operation with a password of its own (a new operator's) takes the acting
+        # operator's before the command or from the environment.
+        add_common(leaf, password=not any(_flag(p) == "--password" for p in op.params))
+        add_operation(leaf, op)
+        leaf.set_defaults(cmd=op)
+    for cmd in FILE_COMMANDS.values():
+        leaf = top.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        add_common(leaf)
+        cmd.add(leaf)
         leaf.set_defaults(cmd=cmd)
     return parser
 
@@ -735,24 +363,28 @@ class Refused(LedgerError):
         self.code = code
 
 
-def execute(ledger: Ledger, args: argparse.Namespace) -> Result:
-    """Run a table command against an open ledger: here, or inside a running node."""
-    cmd: Command = args.cmd
-    if args.operator is None:
-        return cmd.handler(Ctx(ledger, ledger.owner, args))
-    operator = ledger.authenticate(args.operator, args.auth_password)
+def execute(ledger: Ledger, name: str, params: Params, operator: str | None = None,
+            password: str | None = None) -> Result:
+    """Run an operation (or a file command) against an open ledger: here, or inside a
+    running node. `operator` None is the node's owner at its own console."""
+    who = ledger.owner if operator is None else ledger.authenticate(operator, password or "")
     try:
-        return cmd.handler(Ctx(ledger, operator, args))
+        if name in FILE_COMMANDS:
+            return FILE_COMMANDS[name].handler(ledger, who, params)
+        data = operations.run(ledger, who, name, params)
+        return Result(data, operations.show(ledger, name, data, params))
     except PermissionDenied as e:
+        if operator is None:
+            raise
         # The library names operators by id; the person at the shell knows the name.
-        raise type(e)(str(e).replace(operator, args.operator)) from None
+        raise type(e)(operations.describe(e, {who: operator}).sentence) from None
 
 
-def routed(node: Running, args: argparse.Namespace, argv: Sequence[str]) -> Result:
-    """Hand the command line to the node that holds the directory (peer/local.py)."""
-    reply = local.call(node, "/cli", {"argv": list(argv), "cwd": os.getcwd(),
-                                      "operator": args.operator,
-                                      "password": args.auth_password})
+def routed(node: Running, args: argparse.Namespace, name: str, params: Params) -> Result:
+    """Hand the operation to the node that holds the directory (peer/local.py)."""
+    reply = local.call(node, "/op", {"op": name, "params": params,
+                                     "operator": args.operator,
+                                     "password": args.auth_password})
     if "error" in reply:
         raise Refused(str(reply["error"]), str(reply.get("message", "")))
     return Result(reply["data"], str(reply["text"]))
@@ -789,18 +421,19 @@ def chain_command(args: argparse.Namespace) -> Result:
     if args.action == "renew":
         return renew_certificate(args.chain, data_dir)
     node = local.running(data_dir)
+    show = ("rule.show", {"kind": "revocations"})
     if node is not None:
-        current = routed(node, args, ["rule", "show", "revocations", "--json"]).data
+        current = routed(node, args, *show).data
     else:
         with Ledger.open(data_dir, lock=False) as ledger:
-            current = ledger.rule("revocations")
+            current = execute(ledger, *show, args.operator, args.auth_password).data
     crl = revoke(args.chain, args.node, existing_crl=current.get("crl") or None)
+    change = ("rule.set", {"kind": "revocations", "body": revocations_rule(crl)})
     if node is not None:
-        routed(node, args, ["rule", "set", "revocations",
-                            "--json-body", json.dumps(revocations_rule(crl))])
+        routed(node, args, *change)
     else:
         with Ledger.open(data_dir) as ledger:
-            ledger.set_rule(ledger.owner, "revocations", revocations_rule(crl))
+            execute(ledger, *change, args.operator, args.auth_password)
     return Result({"revoked": args.node, "crl_bytes": len(crl)},
                   f"certificates of {args.node} revoked; every node refuses it once the "
                   "revocation list reaches it")
@@ -835,11 +468,10 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
     data: dict[str, Any]
     if node is None:
         with Ledger.open(data_dir, lock=False) as ledger:
-            known = ledger.storage.conn.execute(
-                "SELECT node, seen_at FROM peers ORDER BY node").fetchall()
             data = {"node": ledger.node, "chain": ledger.chain, "running": False,
                     "peers": [{"node": n, "connected": False, "last_contact": (s or 0) / 1000,
-                               "behind_in": None, "behind_out": None} for n, s in known]}
+                               "behind_in": None, "behind_out": None}
+                              for n, s in views.peers_seen(ledger).items()]}
     else:
         data = {**local.call(node, "/status"), "running": True}
     lines = [f"node {data['node']} of chain {data['chain']}: "
@@ -916,18 +548,20 @@ def data_dir_of(args: argparse.Namespace) -> Path:
     return Path(data)
 
 
-def run(args: argparse.Namespace, data_dir: Path, argv: Sequence[str]) -> Result:
+def run(args: argparse.Namespace, data_dir: Path) -> Result:
     if args.command == "init":
         return init_node(args, data_dir)
     if args.command == "node":
         return node_run(args, data_dir)
     if args.command == "status":
         return status(args, data_dir)
+    name, params = request_of(args)
     node = local.running(data_dir)
     if node is not None:
-        return routed(node, args, argv)
-    with Ledger.open(data_dir, lock=args.cmd.access == "write") as ledger:
-        return execute(ledger, args)
+        return routed(node, args, name, params)
+    write = args.cmd.write
+    with Ledger.open(data_dir, lock=write) as ledger:
+        return execute(ledger, name, params, args.operator, args.auth_password)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -942,10 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.operator is not None and args.auth_password is None:
         parser.error(f"--operator needs --password or {ENV_PASSWORD}")
     try:
-        if args.command == "chain":
-            result = chain_command(args)
-        else:
-            result = run(args, Path(str(data)), argv)
+        result = chain_command(args) if args.command == "chain" else run(args, Path(str(data)))
     except (LedgerError, RemoteProtocolError) as e:
         return refuse(args, e.code, str(e) or type(e).__name__)
     except OSError as e:  # e.g. --out in a missing or read-only directory

@@ -2,9 +2,10 @@
 
 While `crdtledger node run` holds a data directory, the store is that process's: a
 second process writing it would hold pycrdt documents the node does not see. So
-the CLI hands its whole command line to the node, which parses it with the same
-parser and runs the same handler against its own ledger (through `Node.perform`,
-so a debit there fetches rights like any other), and sends back what to print.
+the CLI sends the node the operation's name and its parameters (never its command
+line: the node needs no parser), and the node runs the same operation against its
+own ledger (through `Node.perform`, so a debit there fetches rights like any
+other), and sends back the result and what to print.
 
 The node writes `node.run.json` (mode 0600) with its local port and a random
 token: whoever can read the data directory is the node's owner at the console,
@@ -134,32 +135,28 @@ def local_app(node: Node) -> web.Application:
     async def status(request: web.Request) -> web.Response:
         return web.json_response(node.sync_status())
 
-    async def cli(request: web.Request) -> web.Response:
-        from peer.cli import Result, build_parser, execute
+    async def op(request: web.Request) -> web.Response:
+        """One operation by name with its parameters (and who acts), as the command
+        line sent it: the node runs it through `perform` like any write of its own."""
+        from peer.cli import Result, execute
 
-        body = await request.json()
         try:
-            args = build_parser().parse_args(body["argv"])
-        except SystemExit:
-            return web.json_response({"error": "usage", "message": "bad command line"},
+            body = await request.json()
+            name, params = str(body["op"]), dict(body.get("params") or {})
+            operator, password = body.get("operator"), body.get("password")
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": "usage", "message": "bad operation request"},
                                      status=400)
-        args.operator = body.get("operator")
-        args.auth_password = body.get("password")
-        # File arguments are relative to where the person typed the command.
-        cwd = Path(body.get("cwd") or "/")
-        for key, value in vars(args).items():
-            if isinstance(value, Path) and not value.is_absolute():
-                setattr(args, key, cwd / value)
         try:
-            result: Result = await node.perform(lambda: execute(node.ledger, args),
-                                                " ".join(args.cmd.path))
+            result: Result = await node.perform(
+                lambda: execute(node.ledger, name, params, operator, password), name)
         except (LedgerError, RemoteProtocolError) as e:
             return web.json_response({"error": e.code, "message": str(e) or type(e).__name__})
         except OSError as e:
             return web.json_response({"error": "io_error",
                                       "message": f"{e.strerror or e}: {e.filename or ''}"})
         except Exception:
-            log.exception("command %s failed", body["argv"][:2])
+            log.exception("operation %s failed", name)
             return web.json_response(
                 {"error": "internal_error", "message": "the node failed; see its log"},
                 status=500)
@@ -167,5 +164,5 @@ def local_app(node: Node) -> web.Application:
 
     app.middlewares.append(owner_only)
     app.router.add_get("/status", status)
-    app.router.add_post("/cli", cli)
+    app.router.add_post("/op", op)
     return app

@@ -1,0 +1,899 @@
+"""Every operation on a node's ledger, declared once.
+
+An operation is a name ("debit", "points.redeem"), its parameters as JSON Schema built
+from the model's own constraints, the permission it takes, whether it writes, the
+handler (ledger, operator, checked parameters -> a JSON-able result) and how its
+result reads to a person. `describe` says how every refusal reads. From this one
+table `peer/api.py` makes its routes and OpenAPI document, `peer/cli.py` its
+subcommands (and the call to a running node, which sends the name and the
+parameters), and the counter app calls `run` for its writes: so they cannot drift.
+
+Money parameters come in two forms: integer fen (`amount`) or the yuan a person
+typed (`yuan`, "12.34"), parsed exactly by `parse_yuan`; a third decimal or a sign
+is refused, never rounded, and no float is ever involved.
+
+No I/O, no aiohttp, no argparse: this is the library's side.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from crdtledger import views
+from crdtledger.errors import (
+    CardInactive,
+    CardLost,
+    InsufficientFunds,
+    InvalidAmount,
+    InvalidInput,
+    LedgerError,
+    NotFound,
+    PermissionDenied,
+    RemoteProtocolError,
+    RightsElsewhere,
+    WrongPin,
+)
+from crdtledger.hlc import NODE_ID
+from crdtledger.ledger import MAX_TEXT, PHONE, PREF_KEYS, Ledger
+from crdtledger.model import (
+    CARD_NO,
+    CARD_STATUSES,
+    CARD_TYPES,
+    GENDERS,
+    ID,
+    MONEY_PURSES,
+    PARTIAL_DATE,
+    PERMISSIONS,
+    PIN,
+    PURSE,
+    RULE_KINDS,
+    SERVICE_CODE,
+)
+from crdtledger.money import MAX_AMOUNT, check_count, format_purse, format_yuan, parse_yuan
+from crdtledger.schema import Schema, array, check, ecma, obj, one_of, or_empty, text
+
+Params = dict[str, Any]
+
+# --- parameter schemas, from the model's constraints --------------------------------
+
+MEMBER_ID = text(40, pattern=ecma(ID), description="a member id like 01J5Q8ZK3T7XM.SH01")
+ENTRY_ID = text(40, pattern=ecma(ID), description="a ledger entry id like 01J5Q8ZK3T7XM.SH01")
+OPERATOR_ID = text(40, pattern=ecma(ID), description="an operator id")
+NODE = text(16, pattern=ecma(NODE_ID), description="a branch node id like SH01")
+CARD = text(40, pattern=ecma(CARD_NO),
+            description="a card number: letters, digits, colon, dash or underscore")
+CARD_PIN = text(8, pattern=ecma(PIN), description="a card PIN of 4 to 8 digits")
+SERVICE = text(20, pattern=ecma(SERVICE_CODE), description="a service code from the price list")
+PURSE_NAME = text(40, pattern=ecma(PURSE), description="cash, bonus, points or pkg:ID")
+DAY = text(10, format="date", description="a date like 2026-11-23")
+DAY_OF_YEAR = text(10, pattern=or_empty(ecma(PARTIAL_DATE)),
+                   description="a date like 1990-05-17 or 05-17")
+FEN = {"type": "integer", "minimum": 1, "maximum": MAX_AMOUNT, "x-error": "invalid_amount",
+       "description": "a whole number of fen above zero"}
+FEE = {**FEN, "minimum": 0, "description": "a whole number of fen, zero or more"}
+COUNT = {**FEN, "description": "a whole number above zero"}
+SIGNED = {**FEN, "minimum": -MAX_AMOUNT,
+          "description": "a signed whole number: fen for cash and bonus, a count otherwise"}
+_DIGITS = "[0-9]{1,11}(\\.[0-9]{1,2})?"
+YUAN = text(15, pattern=f"^{_DIGITS}$", **{"x-error": "invalid_amount"},
+            description="a yuan amount like 12.34, at most two decimals")
+SIGNED_TEXT = text(16, pattern=f"^[+-]?{_DIGITS}$", **{"x-error": "invalid_amount"},
+                   description="a signed amount like -1.50 (yuan) or 3 (points)")
+TAGS = array(text(40, minLength=1), 50)
+PREFS = obj({}, {k: text(60) for k in PREF_KEYS})
+CUSTOM = {"type": "object", "additionalProperties": text(MAX_TEXT), "maxProperties": 50,
+          "propertyNames": text(40, minLength=1)}
+LIMIT = {"type": "integer", "minimum": 1, "maximum": 100}
+APPROVER = obj({"name": text(40), "password": text(200)},
+               description="an operator allowed to approve an amount above the limit")
+
+# --- result schemas (documentation; schemathesis holds the API to them) -------------
+
+INT = {"type": "integer"}
+STR = {"type": "string"}
+ANY_OBJECT = {"type": "object"}
+AMOUNTS = {"type": "object", "additionalProperties": INT}
+ENTRY = {
+    "type": "object",
+    "required": ["id", "kind", "member", "node", "op", "at", "amount", "deltas"],
+    "properties": {
+        "id": STR, "kind": STR, "member": STR, "node": STR, "op": STR, "at": INT,
+        "amount": INT,
+        "deltas": {"type": "array", "description": "[purse, node, change]: rights moved",
+                   "items": {"type": "array", "minItems": 3, "maxItems": 3}},
+    },
+}
+BALANCE = {"type": "object", "required": ["cash", "bonus", "points", "packages"],
+           "properties": {"cash": INT, "bonus": INT, "points": INT, "packages": AMOUNTS}}
+CARD_VIEW = {"type": "object", "required": ["id", "card_no", "member", "status", "type"],
+             "properties": {"id": STR, "card_no": STR, "member": STR,
+                            "status": {"type": "string", "enum": list(CARD_STATUSES)},
+                            "type": STR, "expiry": STR, "has_pin": {"type": "boolean"}}}
+LEVEL = {"type": "object",
+         "required": ["name", "discount", "points_multiplier", "spent", "topped"],
+         "properties": {"name": STR, "discount": STR, "points_multiplier": STR, "spent": INT,
+                        "topped": INT}}
+MEMBER_VIEW = {"type": "object",
+          "required": ["id", "name", "phone", "home", "tags", "cards", "level_info",
+                       "balance"],
+          "properties": {"id": STR, "name": STR, "phone": STR, "home": STR,
+                         "tags": {"type": "array", "items": STR},
+                         "cards": {"type": "array", "items": ANY_OBJECT},
+                         "level_info": LEVEL, "balance": BALANCE}}
+MEMBER_LINE = {"type": "object", "required": ["id", "name", "phone", "home"],
+               "properties": {"id": STR, "name": STR, "home": STR,
+                              "phone": {"type": "string", "description": "masked"}}}
+DAILY = {"type": "object",
+         "required": ["day", "branch", "new_members", "sales", "debits", "refunds",
+                      "topup_cash", "topups", "cards_sold", "card_sales"],
+         "properties": {"day": STR, "branch": STR, **{k: INT for k in (
+             "new_members", "sales", "debits", "refunds", "topup_cash", "topups",
+             "cards_sold", "card_sales")}}}
+SETTLEMENT = {"type": "object", "required": ["pairs", "matrix", "net", "total"],
+              "properties": {
+                  "pairs": {"type": "array", "items": {
+                      "type": "object", "required": ["owes", "to", "amount"],
+                      "properties": {"owes": STR, "to": STR, "amount": INT}}},
+                  "matrix": {"type": "object", "additionalProperties": AMOUNTS},
+                  "net": AMOUNTS, "total": INT}}
+RANKING = {"type": "array", "items": {"type": "object", "required": ["amount", "count"],
+                                      "properties": {"amount": INT, "count": INT}}}
+
+
+def _id_of(key: str) -> Schema:
+    return {"type": "object", "required": [key], "properties": {key: STR}}
+
+
+# --- the declaration ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    schema: Schema
+    required: bool = False
+    default: Any = None  # what the handler gets when the parameter is not given
+    # The command line's spelling: "" for --name (underscores as dashes), a word
+    # without dashes for a positional argument, None for no option at all (the
+    # integer-fen form of an amount: a person types the yuan).
+    flag: str | None = ""
+    # False where the HTTP path already names the member (GET /members/{member}/...):
+    # the command line may name them by card or phone instead.
+    http: bool = True
+    switch: bool = False  # a boolean the command line sets with a bare flag (--delete)
+    help: str = ""
+
+
+@dataclass(frozen=True)
+class Form:
+    """Exactly one of these parameters (at most one if optional)."""
+
+    keys: tuple[str, ...]
+    optional: bool = False
+
+
+Handler = Callable[[Ledger, str, Params], Any]
+Show = Callable[[Ledger, Any, Params], str]
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str  # "points.redeem"; the command line's words, split at the dot
+    summary: str
+    needs: frozenset[str]  # any one of these permissions; empty: any operator
+    write: bool
+    params: tuple[Param, ...]
+    handler: Handler
+    show: Show
+    method: str  # HTTP
+    path: str  # HTTP, below /api; {name} names a parameter
+    forms: tuple[Form, ...] = ()
+    result: Schema = field(default_factory=lambda: ANY_OBJECT)
+    status: int = 200  # HTTP status when done
+    # OpenAPI links: which later operation takes what from this result (a debit's id
+    # for its refund), so a client and schemathesis's stateful phase can chain them.
+    links: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def param(self, name: str) -> Param:
+        return next(p for p in self.params if p.name == name)
+
+    def schema(self, names: Sequence[str] | None = None) -> Schema:
+        """The parameters (or those named) as one JSON object schema with its forms."""
+        chosen = [p for p in self.params if names is None or p.name in names]
+        s = obj({p.name: p.schema for p in chosen if p.required},
+                {p.name: p.schema for p in chosen if not p.required})
+        keys = {p.name for p in chosen}
+        forms = [one_of(*(k for k in f.keys if k in keys), optional=f.optional)
+                 for f in self.forms if len([k for k in f.keys if k in keys]) > 1]
+        if len(forms) == 1:
+            s.update(forms[0])
+        elif forms:
+            s["allOf"] = forms
+        return s
+
+
+TABLE: dict[str, Operation] = {}
+
+
+def operation(name: str, summary: str, *, params: Sequence[Param] = (),
+              permission: str | None = None, needs: frozenset[str] | None = None,
+              http: str, show: Show, forms: Sequence[Form] = (), result: Schema = ANY_OBJECT,
+              status: int = 200, links: Mapping[str, Mapping[str, Any]] | None = None
+              ) -> Callable[[Handler], Handler]:
+    """Declare an operation. A write names its `permission` (the ledger checks it too);
+    a read names the permissions any one of which lets an operator see it (`needs`),
+    since the ledger leaves read permissions to its callers."""
+    method, path = http.split(" ", 1)
+
+    def register(fn: Handler) -> Handler:
+        assert name not in TABLE, name
+        TABLE[name] = Operation(
+            name, summary, frozenset({permission}) if permission else needs or frozenset(),
+            permission is not None, tuple(params), fn, show, method, path, tuple(forms),
+            result, status, links or {})
+        return fn
+
+    return register
+
+
+# --- running one ----------------------------------------------------------------------
+
+
+def authorise(ledger: Ledger, operator: str, op: Operation) -> None:
+    """Refuse an operator who holds none of the operation's permissions. A write is
+    checked by the ledger as well; checking here first refuses it before any parameter
+    is looked at, so a refusal has the same code whatever else is wrong."""
+    if op.needs and not op.needs & ledger.permissions(operator):
+        raise PermissionDenied(f"operator {operator} may not {' or '.join(sorted(op.needs))}")
+
+
+def validate(op: Operation, params: Mapping[str, Any]) -> Params:
+    """The parameters checked against the declaration, defaults filled in."""
+    check(dict(params), op.schema(), "")
+    out = dict(params)
+    for p in op.params:
+        if p.name not in out and p.default is not None:
+            out[p.name] = p.default
+    return out
+
+
+def run(ledger: Ledger, operator: str, name: str, params: Mapping[str, Any]) -> Any:
+    """Run operation `name` as `operator`: permission, parameters, then the handler.
+    A write must run where its node's writes run (`Node.perform`)."""
+    op = TABLE.get(name)
+    if op is None:
+        raise NotFound(f"no operation {name!r}")
+    authorise(ledger, operator, op)
+    return op.handler(ledger, operator, validate(op, params))
+
+
+def show(ledger: Ledger, name: str, result: Any, params: Mapping[str, Any]) -> str:
+    """How the result of operation `name` reads to a person."""
+    op = TABLE[name]
+    return op.show(ledger, result, validate(op, params))
+
+
+# --- refusals -------------------------------------------------------------------------
+
+
+class Refusal(NamedTuple):
+    code: str  # what a program branches on
+    status: int  # the HTTP status
+    sentence: str  # what a person reads: one line
+
+
+# 409: the request is fine but the member's state refuses it now; 422: the request
+# names something wrong for this card or debit. Other refusals: 422 as well.
+_STATUS: dict[type[Exception], int] = {
+    InvalidAmount: 400,
+    InvalidInput: 400,
+    PermissionDenied: 403,
+    NotFound: 404,
+    InsufficientFunds: 409,
+    RightsElsewhere: 409,
+    CardLost: 409,
+    CardInactive: 409,
+    WrongPin: 422,
+}
+
+
+def describe(error: LedgerError | RemoteProtocolError,
+             names: Mapping[str, str] | None = None) -> Refusal:
+    """How a refusal reads: its code, HTTP status and one sentence. `names` maps
+    operator ids to the names people know them by (the library names ids)."""
+    status = next((_STATUS[c] for c in type(error).__mro__ if c in _STATUS), 422)
+    sentence = " ".join((str(error) or type(error).__name__).split())
+    for oid, name in (names or {}).items():
+        sentence = sentence.replace(oid, name)
+    return Refusal(error.code, status, sentence)
+
+
+def details(error: Exception) -> dict[str, Any]:
+    """What a program needs beyond the code: which branch holds the rights, which
+    balance was too low."""
+    if isinstance(error, RightsElsewhere):
+        return {"branch": error.branch, "holders": error.holders, "purse": error.purse,
+                "shortfall": error.shortfall}
+    if isinstance(error, InsufficientFunds):
+        return {"purse": error.purse, "balance": error.balance, "wanted": error.wanted}
+    return {}
+
+
+# --- shared pieces ----------------------------------------------------------------------
+
+# Reading a member's data (privacy: the design asks that it be guarded) takes a
+# permission that serves members; an operator who only runs backups or sync may not.
+SERVES_MEMBERS = frozenset({
+    "member.add", "member.edit", "member.delete", "member.upgrade", "card.issue",
+    "card.lost", "card.replace", "card.return", "topup", "debit", "refund", "adjust",
+    "points.redeem", "package.sell", "rights.transfer", "reports.view",
+})
+REPORTS = frozenset({"reports.view"})
+
+
+def yuan(text_: str, *, allow_zero: bool = False) -> int:
+    """Typed yuan, exact to the fen. parse_yuan refuses zero, right for money moved;
+    a fee or a price may be free."""
+    if allow_zero and re.fullmatch(r"0+(\.0{1,2})?", text_.strip()):
+        return 0
+    return parse_yuan(text_)
+
+
+def amount_of(p: Params, fen: str, typed: str, *, allow_zero: bool = False) -> int | None:
+    """An amount given as integer fen or as typed yuan; None if neither."""
+    if typed in p:
+        return yuan(p[typed], allow_zero=allow_zero)
+    value = p.get(fen)
+    return None if value is None else int(value)
+
+
+def purse_amount(purse: str, typed: str) -> int:
+    """Money purses take yuan; points and package uses are whole counts."""
+    if purse in MONEY_PURSES:
+        return yuan(typed)
+    try:
+        return check_count(int(typed), purse)
+    except ValueError:
+        raise InvalidAmount(f"{purse} amount {typed!r} is not a whole number") from None
+
+
+def signed_amount(purse: str, typed: str) -> int:
+    s = typed.strip()
+    sign = -1 if s.startswith("-") else 1
+    return sign * purse_amount(purse, s[1:] if s[:1] in ("+", "-") else s)
+
+
+def member_of(ledger: Ledger, p: Params) -> str:
+    """The member named by id, card number or phone, checked to exist."""
+    if p.get("card"):
+        return str(ledger.card(p["card"])["member"])
+    if p.get("phone"):
+        found = views.member_by_phone(ledger, p["phone"])
+        if found is None:
+            raise NotFound(f"no member with phone {p['phone'].strip()}")
+        return found
+    member = str(p["member"])
+    if not views.member_exists(ledger, member):
+        raise NotFound(f"unknown member {member}")
+    return member
+
+
+def approver_of(p: Params) -> tuple[str, str] | None:
+    a = p.get("approver")
+    return (str(a["name"]), str(a["password"])) if a else None
+
+
+def member_view(ledger: Ledger, member: str) -> dict[str, Any]:
+    m = ledger.member(member)
+    m["balance"] = ledger.balance(member)
+    return m
+
+
+def show_balance(bal: Mapping[str, Any]) -> str:
+    line = (f"balance: cash {format_yuan(bal['cash'])}  bonus {format_yuan(bal['bonus'])}"
+            f"  points {bal['points']}")
+    packages = "  ".join(f"{pid} {left} left" for pid, left in bal["packages"].items() if left)
+    return f"{line}\npackages: {packages}" if packages else line
+
+
+def show_entry(entry: Mapping[str, Any], when: str = "") -> str:
+    """One line per ledger entry: what changed in the member's money and points."""
+    # A transfer moves rights between branches; the member's money does not change.
+    money = 0 if entry["kind"] == "transfer" else sum(
+        c for p, _n, c in entry["deltas"] if p in MONEY_PURSES)
+    points = sum(c for p, _n, c in entry["deltas"] if p == "points")
+    parts = [when, entry["node"], f"{entry['kind']:<10}"]
+    if money:
+        parts.append(f"{'+' if money > 0 else '-'}{format_yuan(abs(money))}")
+    elif entry["kind"] in ("debit", "card", "package") and entry.get("amount"):
+        parts.append(f"{format_yuan(entry['amount'])} paid at the till")
+    if entry["kind"] == "transfer":
+        purse = next(p for p, _n, _c in entry["deltas"])
+        parts.append(f"{format_purse(purse, entry['amount'])} {purse} rights "
+                     f"{entry['node']}→{entry['to']}")
+    elif points:
+        parts.append(f"points {points:+d}")
+    for key in ("service", "reason", "gift"):
+        if entry.get(key):
+            parts.append(f"{key} {entry[key]}")
+    parts.append(f"[{entry['id']}]")
+    return "  ".join(p for p in parts if p)
+
+
+def _done(what: Callable[[Mapping[str, Any], Params], str]) -> Show:
+    """An entry-writing operation reads as what was done and the balance it left."""
+    def show(ledger: Ledger, entry: Any, p: Params) -> str:
+        bal = ledger.balance(str(entry["member"]))
+        return f"{what(entry, p)} [{entry['id']}]\n{show_balance(bal)}"
+
+    return show
+
+
+def _says(template: str) -> Show:
+    """A result that reads as one sentence of its own fields."""
+    return lambda _ledger, result, p: template.format(**{**p, **result})
+
+
+# Who a read is about: the HTTP path names the member; a person may give a card or
+# a phone number instead.
+WHO = (Param("member", MEMBER_ID, flag="--member", help="member id"),
+       Param("card", CARD, http=False, help="card number"),
+       Param("phone", text(20), http=False, help="member's phone number"))
+WHO_FORM = Form(("member", "card", "phone"))
+# Who pays: a member id, or a card (with its PIN if it has one).
+PAYER = (Param("member", MEMBER_ID, help="member id"), Param("card", CARD, help="card number"),
+         Param("pin", CARD_PIN, help="card PIN, if the card has one"))
+PAYER_FORM = Form(("member", "card"))
+MEMBER = Param("member", MEMBER_ID, required=True, help="member id")
+# Amounts: the fen a program sends, or the yuan a person types (--amount 12.34).
+AMOUNT = (Param("amount", FEN, flag=None),
+          Param("yuan", YUAN, flag="--amount", help="amount in yuan, e.g. 12.34"))
+PERIOD = (Param("from", DAY, help="first day, YYYY-MM-DD"),
+          Param("to", DAY, help="last day, YYYY-MM-DD"))
+APPROVAL = Param("approver", APPROVER, help="an operator approving a large amount")
+SAME_CARD = {"parameters": {"card_no": "$response.body#/card_no"}}
+
+# --- members ----------------------------------------------------------------------------
+
+PROFILE = (
+    Param("gender", {"type": "string", "enum": ["", *GENDERS]}),
+    Param("birthday", DAY_OF_YEAR),
+    Param("anniversary", DAY_OF_YEAR),
+    Param("home", NODE, help="the member's home branch (default: this one)"),
+    Param("notes", text()),
+)
+
+
+@operation("member.add", "Register a member", permission="member.add",
+           http="POST /members", status=201, result=_id_of("member_id"),
+           params=(Param("name", text(MAX_TEXT, minLength=1), required=True),
+                   Param("phone", text(20, pattern=ecma(PHONE)), required=True),
+                   *PROFILE,
+                   Param("tags", TAGS, flag="--tag", help="repeatable"),
+                   Param("prefs", PREFS, flag="--pref",
+                         help=f"{', '.join(PREF_KEYS)}=VALUE; repeatable"),
+                   Param("custom", CUSTOM, flag="--custom", help="KEY=VALUE; repeatable")),
+           show=_says("member {name} added: {member_id}"),
+           links={"topup": {"requestBody": {"member": "$response.body#/member_id",
+                                            "yuan": "100.00"}},
+                  "debit": {"requestBody": {"member": "$response.body#/member_id",
+                                            "amount": 100, "pay": "cash"}}})
+def member_add(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    mid = ledger.add_member(
+        operator, name=p["name"], phone=p["phone"], tags=p.get("tags", ()),
+        prefs=p.get("prefs"), custom=p.get("custom"),
+        **{k.name: p[k.name] for k in PROFILE if k.name in p})
+    return {"member_id": mid}
+
+
+def _show_member(_ledger: Ledger, m: Any, _p: Params) -> str:
+    lines = [f"{m['name']}  {m['phone']}  home {m['home']}  level {m['level_info']['name']}"
+             f"{'  (deleted)' if m.get('deleted') else ''}  [{m['id']}]"]
+    lines += [f"card {k['card_no']} {k['status']}" for k in m["cards"]]
+    if m["tags"]:
+        lines.append(f"tags: {', '.join(m['tags'])}")
+    for label in ("prefs", "custom"):
+        if m.get(label):
+            lines.append(f"{label}: {', '.join(f'{k}={v}' for k, v in m[label].items())}")
+    lines.append(show_balance(m["balance"]))
+    return "\n".join(lines)
+
+
+@operation("member.show", "A member's profile, cards, level and balance", needs=SERVES_MEMBERS,
+           http="GET /members/{member}", params=WHO, forms=(WHO_FORM,), result=MEMBER_VIEW,
+           show=_show_member)
+def member_show(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return member_view(ledger, member_of(ledger, p))
+
+
+@operation("member.find", "Find members by card number, phone, phone tail or name "
+           "(phones masked)", needs=SERVES_MEMBERS, http="GET /members",
+           params=(Param("q", text(100, minLength=1), required=True, flag="query"),
+                   Param("limit", LIMIT, default=20)),
+           result=array({"type": "object", **{k: v for k, v in MEMBER_LINE.items()
+                                              if k != "type"}}),
+           show=lambda _l, found, p: "\n".join(
+               f"{m['name']}  {m['phone']}  home {m['home']}  [{m['id']}]" for m in found)
+           or f"no member matches {p['q']!r}")
+def member_find(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]:
+    return ledger.find_members(p["q"], p["limit"])
+
+
+EDIT = (
+    Param("name", text(MAX_TEXT, minLength=1)),
+    Param("phone", text(20, pattern=or_empty(ecma(PHONE)))),
+    *PROFILE,
+    Param("level", text(MAX_TEXT, description="a level name: a manual upgrade")),
+    Param("deleted", {"type": "boolean"}, flag="--delete", switch=True,
+          help="mark the member deleted"),
+)
+
+
+@operation("member.edit", "Change profile fields, preferences, tags, level (member.upgrade) "
+           "or deleted (member.delete)", permission="member.edit",
+           http="PATCH /members/{member}", result=MEMBER_VIEW,
+           params=(MEMBER, *EDIT, Param("prefs", PREFS, flag="--pref"),
+                   Param("custom", CUSTOM, flag="--custom"),
+                   Param("tags_add", TAGS, flag="--tag-add"),
+                   Param("tags_remove", TAGS, flag="--tag-remove")),
+           show=lambda _l, m, _p: f"member {m['id']} updated")
+def member_edit(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    if set(p) <= {"member"}:
+        raise InvalidInput("nothing to change: give a field, prefs, tags to add or remove")
+    ledger.edit_member(operator, p["member"],
+                       fields={k.name: p[k.name] for k in EDIT if k.name in p},
+                       prefs=p.get("prefs"), custom=p.get("custom"),
+                       tags_add=p.get("tags_add", ()), tags_remove=p.get("tags_remove", ()))
+    return member_view(ledger, p["member"])
+
+
+@operation("balance", "Cash (stored value), bonus, points and package uses left, in fen "
+           "and counts", needs=SERVES_MEMBERS, http="GET /members/{member}/balance",
+           params=WHO, forms=(WHO_FORM,), result=BALANCE,
+           show=lambda _l, bal, _p: show_balance(bal))
+def balance(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.balance(member_of(ledger, p))
+
+
+def _show_history(ledger: Ledger, entries: Any, _p: Params) -> str:
+    tz = ledger.storage.tz
+
+    def when(e: Mapping[str, Any]) -> str:
+        return datetime.fromtimestamp(e["at"] / 1000, tz).strftime("%Y-%m-%d %H:%M")
+
+    return "\n".join(show_entry(e, when(e)) for e in entries) or "no entries"
+
+
+@operation("history", "The member's ledger entries, newest first", needs=SERVES_MEMBERS,
+           http="GET /members/{member}/history",
+           params=(*WHO, Param("limit", {**LIMIT, "maximum": 500}, default=50)),
+           forms=(WHO_FORM,), result=array(ENTRY, 500), show=_show_history)
+def history(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]:
+    return ledger.history(member_of(ledger, p), p["limit"])
+
+
+@operation("rights.show", "Which branch holds how much of a purse (escrow rights)",
+           needs=SERVES_MEMBERS, http="GET /members/{member}/rights",
+           params=(*WHO, Param("purse", PURSE_NAME, default="cash")), forms=(WHO_FORM,),
+           result=AMOUNTS,
+           show=lambda _l, held, p: f"{p['purse']} rights: " + (
+               "  ".join(f"{n} {format_purse(p['purse'], v)}" for n, v in held.items())
+               or "none held"))
+def rights_show(ledger: Ledger, operator: str, p: Params) -> dict[str, int]:
+    return ledger.rights(member_of(ledger, p), p["purse"])
+
+
+@operation("level", "The member's level, discount and the totals it is reached on",
+           needs=SERVES_MEMBERS, http="GET /members/{member}/level", params=WHO,
+           forms=(WHO_FORM,), result=LEVEL,
+           show=lambda _l, lv, _p: f"level {lv['name']}  discount {lv['discount']}  points "
+           f"x{lv['points_multiplier']}  topped up {format_yuan(lv['topped'])}  spent "
+           f"{format_yuan(lv['spent'])}")
+def level(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.level(member_of(ledger, p))
+
+
+# --- cards ------------------------------------------------------------------------------
+
+CARD_NUMBER = Param("card_no", CARD, required=True, flag="--card", help="card number")
+
+
+@operation("card.issue", "Issue a card to a member", permission="card.issue", status=201,
+           http="POST /members/{member}/cards", result=CARD_VIEW,
+           params=(MEMBER, CARD_NUMBER,
+                   Param("type", {"type": "string", "enum": list(CARD_TYPES)},
+                         default="stored_value"),
+                   Param("pin", CARD_PIN), Param("expiry", DAY),
+                   Param("fee", FEE, flag=None),
+                   Param("fee_yuan", YUAN, flag="--fee", help="card fee paid at the till")),
+           forms=(Form(("fee", "fee_yuan"), optional=True),),
+           show=_says("card {card_no} issued [{id}]"),
+           links={"card.lost": SAME_CARD, "card.return": SAME_CARD})
+def card_issue(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    ledger.issue_card(operator, p["member"], p["card_no"], card_type=p["type"],
+                      pin=p.get("pin"), expiry=p.get("expiry", ""),
+                      fee=amount_of(p, "fee", "fee_yuan", allow_zero=True) or 0)
+    return ledger.card(p["card_no"])
+
+
+@operation("card.show", "The card with this number (the active one, else the newest)",
+           needs=SERVES_MEMBERS, http="GET /cards/{card_no}", params=(CARD_NUMBER,),
+           result=CARD_VIEW, show=_says("card {card_no} {status}: member {member} [{id}]"))
+def card_show(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.card(p["card_no"])
+
+
+# 挂失 / 取消挂失 / 退卡: one Ledger method each, the same shape.
+for _event, _method, _permission, _summary, _outcome, _next in (
+    ("lost", "report_lost", "card.lost", "Report a card lost (挂失)", "reported lost",
+     ("card.found", "card.replace")),
+    ("found", "report_found", "card.lost", "Cancel a loss report", "active again", ()),
+    ("return", "return_card", "card.return", "Take a card back (退卡)", "returned", ()),
+):
+    def _card_event(ledger: Ledger, operator: str, p: Params, method: str = _method
+                    ) -> dict[str, Any]:
+        getattr(ledger, method)(operator, p["card_no"])
+        return ledger.card(p["card_no"])
+
+    operation(f"card.{_event}", _summary, permission=_permission,
+              http=f"POST /cards/{{card_no}}/{_event}", params=(CARD_NUMBER,),
+              result=CARD_VIEW, show=_says("card {card_no} " + _outcome),
+              links={n: SAME_CARD for n in _next})(_card_event)
+
+
+@operation("card.replace", "Replace a card (补卡); balances stay with the member",
+           permission="card.replace", http="POST /cards/{card_no}/replace", result=CARD_VIEW,
+           params=(Param("card_no", CARD, required=True, flag="--card", help="the old card"),
+                   Param("new_no", CARD, required=True, flag="--new", help="the new card"),
+                   Param("pin", CARD_PIN, help="the new card's PIN")),
+           show=lambda ledger, card, p: f"card {p['card_no'].upper()} replaced by "
+           f"{card['card_no']} [{card['id']}]\n{show_balance(ledger.balance(card['member']))}")
+def card_replace(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    ledger.replace_card(operator, p["card_no"], p["new_no"], pin=p.get("pin"))
+    return ledger.card(p["new_no"])
+
+
+# --- money ------------------------------------------------------------------------------
+
+
+@operation("topup", "Top up stored value (充值): paid here, held here", permission="topup",
+           http="POST /topup", params=(*PAYER, *AMOUNT, APPROVAL),
+           forms=(PAYER_FORM, Form(("amount", "yuan"))), result=ENTRY,
+           show=_done(lambda e, _p: f"topped up {format_yuan(e['amount'])}" + (
+               f" + bonus {format_yuan(e['bonus'])}" if e.get("bonus") else "")),
+           links={"debit": {"requestBody": {"member": "$response.body#/member",
+                                            "amount": 100}}})
+def topup(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    amount = amount_of(p, "amount", "yuan")
+    assert amount is not None  # the form asks for one
+    # Ledger.topup wants the member; it checks the card (status, PIN) against it.
+    member = p["member"] if "member" in p else str(ledger.card(p["card"])["member"])
+    return ledger.topup(operator, member, amount, card=p.get("card"), pin=p.get("pin"),
+                        approver=approver_of(p))
+
+
+@operation("debit", "Charge (扣费): an amount as given, or a service from the price list at "
+           "the member's level discount (pay=package: uses of a package of the service)",
+           permission="debit", http="POST /debit",
+           params=(*PAYER, *AMOUNT, Param("service", SERVICE, help="a service code"),
+                   Param("qty", COUNT, default=1),
+                   Param("pay", {"type": "string", "enum": ["stored", "package", "cash"]},
+                         default="stored"),
+                   Param("package", ENTRY_ID,
+                         help="which package to use (default: the first that fits)")),
+           forms=(PAYER_FORM, Form(("amount", "yuan", "service"))), result=ENTRY,
+           show=_done(lambda e, p: "charged " + (f"{e['service']} x{e['qty']}: "
+                                                 if e.get("service") else "")
+                      + f"{format_yuan(e['amount'])} ({p['pay']})"),
+           links={"refund": {"requestBody": {"debit_id": "$response.body#/id"}}})
+def debit(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.debit(operator, p.get("member"), amount=amount_of(p, "amount", "yuan"),
+                        service=p.get("service"), qty=p["qty"], pay=p["pay"],
+                        package=p.get("package"), card=p.get("card"), pin=p.get("pin"))
+
+
+@operation("refund", "Refund (退款) all or part of a debit made at this branch: what is "
+           "left of it by default; qty for uses of a package", permission="refund",
+           http="POST /refund",
+           params=(Param("debit_id", ENTRY_ID, required=True, flag="--debit"), *AMOUNT,
+                   Param("qty", COUNT, help="package uses"), Param("reason", text())),
+           forms=(Form(("amount", "yuan", "qty"), optional=True),), result=ENTRY,
+           show=_done(lambda e, p: "refunded " + (
+               f"{e['qty']} uses" if e.get("qty") else format_yuan(e["amount"]))
+               + f" of {p['debit_id']}"))
+def refund(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    amount = p["qty"] if "qty" in p else amount_of(p, "amount", "yuan")
+    return ledger.refund(operator, p["debit_id"], amount, reason=p.get("reason", ""))
+
+
+PURSE_PARAM = Param("purse", PURSE_NAME, default="cash")
+
+
+@operation("rights.transfer", "Give some of this branch's rights on a member's purse to "
+           "another branch", permission="rights.transfer", http="POST /rights/transfer",
+           params=(MEMBER, PURSE_PARAM, Param("to", NODE, required=True),
+                   Param("amount", {**COUNT, "description": "fen for cash and bonus, a "
+                                    "whole count otherwise"}, flag=None),
+                   Param("yuan", YUAN, flag="--amount",
+                         help="yuan for cash and bonus, a whole count otherwise")),
+           forms=(Form(("amount", "yuan")),), result=ENTRY,
+           show=_done(lambda e, p: f"moved {format_purse(p['purse'], e['amount'])} of "
+                      f"{p['purse']} rights {e['node']} → {e['to']}"))
+def rights_transfer(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    amount = purse_amount(p["purse"], p["yuan"]) if "yuan" in p else int(p["amount"])
+    return ledger.transfer_rights(operator, p["member"], p["to"], amount, purse=p["purse"])
+
+
+POINTS = Param("points", COUNT, required=True)
+
+
+@operation("points.redeem", "积分兑换: spend points on a gift", permission="points.redeem",
+           http="POST /points/redeem", params=(MEMBER, POINTS, Param("gift", text())),
+           result=ENTRY, show=_done(lambda e, _p: f"redeemed {e['points']} points"))
+def points_redeem(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.redeem_points(operator, p["member"], p["points"], p.get("gift", ""))
+
+
+@operation("points.convert", "积分转储值: turn points into bonus value",
+           permission="points.redeem", http="POST /points/convert", params=(MEMBER, POINTS),
+           result=ENTRY, show=_done(lambda e, _p: f"converted {e['points']} points into "
+                                    f"{format_yuan(e['amount'])}"))
+def points_convert(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.convert_points(operator, p["member"], p["points"])
+
+
+@operation("package.sell", "计次卡: sell a number of uses of a service",
+           permission="package.sell", http="POST /packages",
+           params=(MEMBER, Param("service", SERVICE, required=True),
+                   Param("uses", COUNT, required=True), Param("price", FEE, flag=None),
+                   Param("price_yuan", YUAN, flag="--price", help="price in yuan"),
+                   Param("pay", {"type": "string", "enum": ["cash", "stored"]},
+                         default="cash")),
+           forms=(Form(("price", "price_yuan")),), result=ENTRY,
+           show=_done(lambda e, _p: f"sold {e['qty']} x {e['service']} for "
+                      f"{format_yuan(e['amount'])}"))
+def package_sell(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    price = amount_of(p, "price", "price_yuan", allow_zero=True)
+    assert price is not None  # the form asks for one
+    return ledger.sell_package(operator, p["member"], p["service"], p["uses"], price,
+                               pay=p["pay"])
+
+
+@operation("correct", "An approved manual adjustment of a purse", permission="adjust",
+           http="POST /corrections",
+           params=(MEMBER, PURSE_PARAM, Param("change", SIGNED, flag=None),
+                   Param("change_text", SIGNED_TEXT, flag="--change",
+                         help="signed: yuan for cash/bonus, a count otherwise"),
+                   Param("reason", text(MAX_TEXT, minLength=1), required=True), APPROVAL),
+           forms=(Form(("change", "change_text")),), result=ENTRY,
+           show=_done(lambda e, p: f"corrected {p['purse']} by " + (
+               p["change_text"].strip() if "change_text" in p
+               else format_purse(p["purse"], p["change"]))))
+def correct(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    change = (signed_amount(p["purse"], p["change_text"]) if "change_text" in p
+              else int(p["change"]))
+    return ledger.correct(operator, p["member"], p["purse"], change, p["reason"],
+                          approver=approver_of(p))
+
+
+# --- reports ----------------------------------------------------------------------------
+
+
+def _show_daily(_ledger: Ledger, r: Any, _p: Params) -> str:
+    return "\n".join((
+        f"{r['day']}  branch {r['branch']}",
+        f"new members   {r['new_members']}",
+        f"sales         {format_yuan(r['sales'])}  ({r['debits']} debits, "
+        f"refunds {format_yuan(r['refunds'])})",
+        f"top-up cash   {format_yuan(r['topup_cash'])}  ({r['topups']} top-ups)",
+        f"cards sold    {r['cards_sold']}  ({format_yuan(r['card_sales'])})",
+    ))
+
+
+@operation("report.daily", "营业报表: one day's new members, sales, top-up cash, cards sold",
+           needs=REPORTS, http="GET /reports/daily",
+           params=(Param("day", DAY), Param("branch", NODE)), result=DAILY, show=_show_daily)
+def report_daily(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return views.daily_report(ledger, p.get("day") or ledger.today(), p.get("branch"))
+
+
+@operation("report.settlement", "结算表: who owes whom for value served at another branch",
+           needs=REPORTS, http="GET /reports/settlement", params=PERIOD, result=SETTLEMENT,
+           show=lambda _l, r, _p: "\n".join(
+               f"{x['owes']} owes {x['to']} {format_yuan(x['amount'])}" for x in r["pairs"])
+           or "nothing to settle")
+def report_settlement(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return views.settlement(ledger, p.get("from"), p.get("to"))
+
+
+def _show_ranking(_ledger: Ledger, rows: Any, p: Params) -> str:
+    key = "member" if p["by"] == "members" else "service"
+    return "\n".join(f"{i:>3}. {r.get('name') or r[key]}  {format_yuan(r['amount'])}  "
+                     f"({r['count']}x)" for i, r in enumerate(rows, 1)) or "no sales yet"
+
+
+@operation("report.ranking", "消费排名 by member or 销量排名 by service, net of refunds",
+           needs=REPORTS, http="GET /reports/ranking",
+           params=(Param("by", {"type": "string", "enum": ["members", "services"]},
+                         default="members"), *PERIOD, Param("limit", LIMIT, default=10)),
+           result=RANKING, show=_show_ranking)
+def report_ranking(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]:
+    return views.ranking(ledger, p["by"], p.get("from"), p.get("to"), p["limit"])
+
+
+# --- rules, operators, roles --------------------------------------------------------------
+
+RULE_KIND = Param("kind", {"type": "string", "enum": sorted(RULE_KINDS)}, required=True,
+                  flag="kind")
+
+
+@operation("rule.show", "The version of a rule in force on a day (default today)",
+           http="GET /rules/{kind}", params=(RULE_KIND, Param("day", DAY)), result={},
+           show=lambda _l, body, _p: json.dumps(body, ensure_ascii=False, indent=2))
+def rule_show(ledger: Ledger, operator: str, p: Params) -> Any:
+    return ledger.rule(p["kind"], p.get("day"))
+
+
+@operation("rule.set", "A new version of a rule, in force from a day (default today)",
+           permission="rules.manage", http="POST /rules", result=_id_of("rule_id"),
+           params=(RULE_KIND, Param("body", {"description": "the rule, as JSON"}, required=True,
+                                    flag="--json-body"),
+                   Param("effective_from", DAY)),
+           show=_says("rule {kind} set [{rule_id}]"))
+def rule_set(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return {"rule_id": ledger.set_rule(operator, p["kind"], p["body"], p.get("effective_from"))}
+
+
+ROLE_NAME = text(40, minLength=1)
+
+
+@operation("operator.add", "An operator (工号) with a password and roles",
+           permission="operators.manage", http="POST /operators", status=201,
+           params=(Param("name", text(40, minLength=1), required=True),
+                   Param("password", text(200), required=True),
+                   Param("roles", array(ROLE_NAME, 20), default=["cashier"], flag="--role",
+                         help="owner, manager, cashier or a defined role; repeatable")),
+           result=_id_of("operator_id"), show=_says("operator {name} added [{operator_id}]"))
+def operator_add(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return {"operator_id": ledger.add_operator(operator, p["name"], p["password"], p["roles"])}
+
+
+@operation("operator.set", "Change an operator's password, roles (role=true|false) or "
+           "whether they may log in", permission="operators.manage",
+           http="PATCH /operators/{id}",
+           params=(Param("id", OPERATOR_ID, required=True, help="the operator's id"),
+                   Param("password", text(200)),
+                   Param("roles", {"type": "object", "additionalProperties": {"type": "boolean"},
+                                   "maxProperties": 20, "propertyNames": ROLE_NAME},
+                         flag="--role"),
+                   Param("active", {"type": "boolean"})),
+           result=_id_of("operator_id"), show=_says("operator {operator_id} updated"))
+def operator_set(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    if set(p) <= {"id"}:
+        raise InvalidInput("nothing to change: give a password, roles or active")
+    ledger.set_operator(operator, p["id"], password=p.get("password"), roles=p.get("roles"),
+                        active=p.get("active"))
+    return {"operator_id": p["id"]}
+
+
+@operation("role.define", "Define a role (or redefine one) as a set of permissions",
+           permission="operators.manage", http="POST /roles",
+           params=(Param("name", ROLE_NAME, required=True),
+                   Param("permissions", array({"type": "string", "enum": sorted(PERMISSIONS)},
+                                              len(PERMISSIONS)),
+                         default=[], flag="--permission", help="repeatable")),
+           result={"type": "object", "required": ["role", "permissions"],
+                   "properties": {"role": STR, "permissions": {"type": "array", "items": STR}}},
+           show=lambda _l, r, _p: f"role {r['role']}: {', '.join(r['permissions']) or 'nothing'}")
+def role_define(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    ledger.define_role(operator, p["name"], p["permissions"])
+    return {"role": p["name"].strip(), "permissions": sorted(set(p["permissions"]))}
+
+
+__all__ = ["TABLE", "Form", "Operation", "Param", "Refusal", "authorise", "describe",
+           "details", "run", "show", "validate"]

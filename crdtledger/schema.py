@@ -1,0 +1,154 @@
+"""The small subset of JSON Schema the operation table declares its parameters in.
+
+One description serves three readers: `check` refuses what does not fit (with the
+ledger's own error classes, so a refusal has the same code wherever it is made),
+the HTTP API publishes it as its OpenAPI document, and the command line builds its
+options from it. No I/O here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from datetime import date
+from typing import Any
+
+from crdtledger.errors import InvalidAmount, InvalidInput, LedgerError
+from crdtledger.money import MAX_AMOUNT
+
+Schema = dict[str, Any]
+
+
+def ecma(pattern: re.Pattern[str]) -> str:
+    """A library pattern as JSON Schema (ECMA-262) has it: `\\Z` is Python's only."""
+    return pattern.pattern.removesuffix(r"\Z").removesuffix("$") + "$"
+
+
+def or_empty(pattern: str) -> str:
+    return f"^(?:{pattern.removeprefix('^').removesuffix('$')})?$"
+
+
+def text(limit: int = 200, **more: Any) -> Schema:
+    return {"type": "string", "maxLength": limit, **more}
+
+
+def obj(required: Mapping[str, Schema], optional: Mapping[str, Schema] | None = None,
+        **more: Any) -> Schema:
+    s: Schema = {"type": "object", "properties": {**required, **(optional or {})},
+                 "additionalProperties": False, **more}
+    if required:
+        s["required"] = sorted(required)
+    return s
+
+
+def array(items: Schema, limit: int = 100) -> Schema:
+    return {"type": "array", "items": items, "maxItems": limit}
+
+
+def one_of(*keys: str, optional: bool = False) -> Schema:
+    """Exactly one of these fields (at most one, if `optional`), as JSON Schema says it."""
+    forms: list[Schema] = [{"required": [k]} for k in keys]
+    if optional:
+        forms.append({"not": {"anyOf": [{"required": [k]} for k in keys]}})
+    return {"oneOf": forms}
+
+
+_TYPES: dict[str, Callable[[Any], bool]] = {
+    "object": lambda v: isinstance(v, dict),
+    "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+}
+_TYPE_NAMES = {"object": "a JSON object", "array": "a list", "string": "text",
+               "integer": "a whole number", "boolean": "true or false"}
+
+
+def check(value: Any, schema: Schema, where: str) -> None:
+    """Refuse `value` unless it fits `schema`. `where` names it in the refusal; ""
+    is the whole request, whose fields are then named bare."""
+    kind = schema.get("type")
+    # "x-error" makes a malformed amount refused as invalid_amount, the ledger's code
+    # for the same mistake made past this check.
+    error = InvalidAmount if schema.get("x-error") == "invalid_amount" else InvalidInput
+    wanted = schema.get("description") or (
+        f"one of {', '.join(map(str, schema['enum']))}" if "enum" in schema
+        else _TYPE_NAMES.get(kind or "", "valid"))
+    if kind is not None and not _TYPES[kind](value):
+        raise error(f"{where or 'the request'} must be {wanted}, not {show(value)}")
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:  # lone surrogates: JSON allows them, pycrdt panics
+            raise InvalidInput(f"{where} is not valid Unicode text") from None
+        if len(value) > schema.get("maxLength", len(value)):
+            raise error(f"{where} is longer than {schema['maxLength']} characters")
+        if len(value) < schema.get("minLength", 0):
+            raise error(f"{where} must not be empty")
+        if not ((re.fullmatch(schema["pattern"], value) if "pattern" in schema else True)
+                and value in schema.get("enum", [value])
+                and (schema.get("format") != "date" or is_date(value))):
+            raise error(f"{where} must be {wanted}, not {show(value)}")
+    elif isinstance(value, int) and kind == "integer":
+        if not schema.get("minimum", -MAX_AMOUNT) <= value <= schema.get("maximum", MAX_AMOUNT):
+            raise error(f"{where} must be {wanted}, not {value}")
+    elif isinstance(value, list) and "items" in schema:
+        if len(value) > schema.get("maxItems", len(value)):
+            raise InvalidInput(f"{where} has more than {schema['maxItems']} items")
+        for i, item in enumerate(value):
+            check(item, schema["items"], f"{where}[{i}]")
+    elif isinstance(value, dict) and kind in ("object", None):  # None: {"required": [..]}
+        _check_object(value, schema, where)
+    for part in schema.get("allOf", ()):
+        check(value, part, where)
+    if "oneOf" in schema and sum(_fits(value, s) for s in schema["oneOf"]) != 1:
+        keys = [k for s in schema["oneOf"] for k in s.get("required", ())]
+        at_most = "at most " if any("not" in s for s in schema["oneOf"]) else ""
+        raise InvalidInput(f"give {at_most}one of {', '.join(keys)}")
+    if "anyOf" in schema and not any(_fits(value, s) for s in schema["anyOf"]):
+        raise InvalidInput(f"{where} fits none of the forms allowed")
+    if "not" in schema and _fits(value, schema["not"]):
+        raise InvalidInput(f"{where} has a form that is not allowed")
+
+
+def _fits(value: Any, schema: Schema) -> bool:
+    try:
+        check(value, schema, "")
+    except LedgerError:
+        return False
+    return True
+
+
+def _check_object(value: dict[str, Any], schema: Schema, where: str) -> None:
+    props: dict[str, Schema] = schema.get("properties", {})
+    missing = [k for k in schema.get("required", ()) if k not in value]
+    if missing:
+        raise InvalidInput(f"{where or 'the request'} lacks {', '.join(missing)}")
+    extra = schema.get("additionalProperties", True)
+    for k, v in value.items():
+        if k in props:
+            check(v, props[k], f"{where}.{k}" if where else k)
+        elif extra is False:
+            raise InvalidInput(f"unknown field {show(k)} in {where or 'the request'}; "
+                               f"expected {', '.join(sorted(props))}")
+        elif isinstance(extra, dict):
+            check(k, schema.get("propertyNames", {}), f"a key of {where}")
+            check(v, extra, f"{where}.{k}" if where else k)
+    if len(value) > schema.get("maxProperties", len(value)):
+        raise InvalidInput(f"{where} has more than {schema['maxProperties']} fields")
+    if len(value) < schema.get("minProperties", 0):
+        raise InvalidInput(f"{where or 'the request'} is empty: nothing to change")
+
+
+def is_date(value: str) -> bool:
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        return False
+    return re.fullmatch("[0-9]{4}-[0-9]{2}-[0-9]{2}", value) is not None
+
+
+def show(value: Any) -> str:
+    shown = json.dumps(value, ensure_ascii=False)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
