@@ -8,13 +8,13 @@ force from the day chosen (today by default), and replicates to every branch.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from nicegui import ui
 
+from crdtledger import views
 from crdtledger.errors import InvalidAmount, InvalidInput, LedgerError, PermissionDenied
 from crdtledger.hlc import check_node_id
 from crdtledger.ledger import Ledger
@@ -81,22 +81,12 @@ def role_label(role: str) -> str:
 def roles(ledger: Ledger) -> dict[str, frozenset[str]]:
     """Every role with its permissions: a defined role of a built-in name replaces it,
     as Ledger.permissions reads them."""
-    out = dict(BUILTIN_ROLES)
-    for name, body in ledger.storage.conn.execute("SELECT name, body FROM roles ORDER BY name"):
-        out[name] = frozenset(p for p, on in json.loads(body).items() if on and p in PERMISSIONS)
-    return out
+    return {**BUILTIN_ROLES, **views.defined_roles(ledger)}
 
 
 def operators(ledger: Ledger) -> list[dict[str, Any]]:
-    """The operators projection (the library has no listing call); never the hashes."""
-    out = []
-    for oid, name, body in ledger.storage.conn.execute(
-        "SELECT id, name, body FROM operators ORDER BY name"
-    ):
-        data = json.loads(body)
-        out.append({"id": oid, "name": name, "active": bool(data.get("active", True)),
-                    "roles": sorted(r for r, on in (data.get("roles") or {}).items() if on)})
-    return out
+    """Every operator by name with the roles ticked; never the hashes."""
+    return [dict(o) for o in views.operators(ledger)]
 
 
 def yuan_text(fen: int) -> str:
@@ -229,7 +219,7 @@ def roles_page() -> None:
     @ui.refreshable
     def grid() -> None:
         defined = roles(ledger)
-        custom = {n for (n,) in ledger.storage.conn.execute("SELECT name FROM roles")}
+        custom = set(views.defined_roles(ledger))
         builtin = list(ROLE_LABELS)  # owner, manager, cashier
         names = sorted(defined, key=lambda r: (builtin.index(r) if r in builtin else 9, r))
         with ui.card().classes("w-full overflow-x-auto"):
@@ -495,7 +485,7 @@ def branches_page() -> None:
     ledger = shop().ledger
     names = dict(ledger.rule("branches"))
     known = {ledger.node, *names,
-             *(n for (n,) in ledger.storage.conn.execute("SELECT node FROM peers"))}
+             *views.peers_seen(ledger)}
     with ui.card().classes("w-full max-w-2xl"):
         ui.label(tr("分店名称", "Branch names")).classes("text-lg font-medium")
         ui.label(tr("分店号是证书里的节点号，不能改；名称显示在收银台、报表和结算表上。",

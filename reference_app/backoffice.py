@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-import json
 import tempfile
 import time
 import zipfile
@@ -35,7 +34,7 @@ from crdtledger.money import format_yuan
 from crdtledger.storage import backup as backup_store
 from crdtledger.syncfile import export_file, import_file, read_file
 from reference_app import layout
-from reference_app.i18n import mask_phone, money, tr
+from reference_app.i18n import money, tr
 from reference_app.shop import can, operator, shop
 
 # What an erased member's name becomes: the name is required, and reports that
@@ -78,16 +77,10 @@ def local_time(ledger: Ledger, ms: int, *, with_day: bool = True) -> str:
     return moment.strftime("%Y-%m-%d %H:%M" if with_day else "%H:%M")
 
 
-def period_ids(ledger: Ledger, start: str, end: str) -> tuple[str, str]:
-    """The id range of the days start..end inclusive (ids begin with their timestamp)."""
-    return ledger.storage.day_start_id(start), ledger.storage.day_start_id(end, days_later=1)
-
-
 def branches(ledger: Ledger, extra: Iterable[str] = ()) -> list[str]:
     """Branches worth a row: this one, the named ones, peers seen and `extra`."""
     named = ledger.rule("branches")
-    seen = [n for (n,) in ledger.storage.conn.execute("SELECT node FROM peers")]
-    return sorted({ledger.node, *named, *seen, *extra})
+    return sorted({ledger.node, *named, *views.peers_seen(ledger), *extra})
 
 
 def date_field(label: str, value: str) -> ui.input:
@@ -173,11 +166,7 @@ HEADLINE = ("sales", "debits", "topup_cash", "new_members", "cards_sold")
 
 def daily_rows(ledger: Ledger, day: str) -> list[dict[str, Any]]:
     """One row per branch that did anything that day (and this branch), then the total."""
-    lo, hi = period_ids(ledger, day, day)
-    active = [n for (n,) in ledger.storage.conn.execute(
-        "SELECT DISTINCT node FROM entries WHERE id >= ? AND id < ?", (lo, hi))]
-    active += [n for (n,) in ledger.storage.conn.execute(
-        "SELECT DISTINCT home FROM members WHERE day = ?", (day,))]
+    active = views.active_branches(ledger, day)
     rows = [views.daily_report(ledger, day, node) for node in branches(ledger, active)]
     rows.append(views.daily_report(ledger, day))
     return rows
@@ -359,17 +348,8 @@ def ranking_page() -> None:
 
 def topups(ledger: Ledger, start: str, end: str) -> list[dict[str, Any]]:
     """Every top-up of the period, oldest first, with the member's name and masked phone."""
-    lo, hi = period_ids(ledger, start, end)
-    out = []
-    for body, name, phone in ledger.storage.conn.execute(
-        "SELECT e.body, m.name, m.phone FROM entries e LEFT JOIN members m ON m.id = e.member "
-        "WHERE e.id >= ? AND e.id < ? AND e.kind = 'topup' ORDER BY e.id", (lo, hi)
-    ):
-        e = json.loads(body)
-        e["name"] = name or ""
-        e["phone"] = mask_phone(phone or "")
-        out.append(e)
-    return out
+    return [{**t["entry"], "name": t["name"], "phone": t["phone"]}
+            for t in views.topups(ledger, start, end)]
 
 
 def topups_csv(ledger: Ledger, start: str, end: str) -> bytes:
@@ -531,19 +511,9 @@ def settlement_page() -> None:
 
 def members_csv(ledger: Ledger) -> bytes:
     """Every live member with whole phone numbers: for the owner's own records."""
-    conn = ledger.storage.conn
-    purses: dict[str, dict[str, int]] = defaultdict(dict)
-    for member, purse, total in conn.execute(
-        "SELECT member, purse, SUM(amount) FROM rights WHERE purse IN ('cash', 'bonus', 'points') "
-        "GROUP BY member, purse"
-    ):
-        purses[member][purse] = int(total)
     rows = []
-    for mid, body, day in conn.execute("SELECT id, body, day FROM members ORDER BY id"):
-        m = json.loads(body)
-        if m.get("deleted"):
-            continue
-        p = purses.get(mid, {})
+    for rec in views.member_records(ledger):
+        mid, m, day, p = rec["id"], rec["profile"], rec["day"], rec["purses"]
         prefs = m.get("prefs") or {}
         rows.append([
             mid, m.get("name", ""), m.get("phone", ""), m.get("gender", ""),
@@ -686,8 +656,7 @@ def ago(seconds: float) -> str:
 def last_contacts(ledger: Ledger, status: dict[str, Any]) -> dict[str, float]:
     """When each peer was last heard from, in wall seconds: this run's connections, and
     before them the last sync round or file the store remembers."""
-    out = {str(n): ms / 1000 for n, ms in ledger.storage.conn.execute(
-        "SELECT node, seen_at FROM peers WHERE seen_at IS NOT NULL")}
+    out = {n: ms / 1000 for n, ms in views.peers_seen(ledger).items() if ms is not None}
     for p in status["peers"]:
         if p["last_contact"] is not None:
             out[p["node"]] = max(out.get(p["node"], 0.0), float(p["last_contact"]))

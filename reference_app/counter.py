@@ -73,7 +73,7 @@ def _login() -> None:
 
         password.on("keydown.enter", submit)
         ui.button(tr("登录", "Log in"), on_click=submit).classes("w-full").mark("login")
-        if not s.ledger.storage.conn.execute("SELECT 1 FROM operators LIMIT 1").fetchone():
+        if not views.has_operators(s.ledger):
             ui.label(tr("还没有操作员。店主先在命令行添加一个：",
                         "No operators yet. The owner adds one at the shell first:")) \
                 .classes("text-sm text-gray-600")

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
+from crdtledger import views
 from crdtledger.errors import InsufficientFunds, RightsElsewhere
 from crdtledger.ledger import Ledger
 from crdtledger.model import RULE_KINDS
@@ -199,9 +200,8 @@ class _Story:
         self.history(start)
         self.chain.sync()
         self.out.members = len(self.members)
-        self.out.entries = sum(
-            ledger.storage.conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
-            for ledger in list(self.chain.ledgers.values())[:1])
+        # Synced: every branch holds them all, so the first one's count is the chain's.
+        self.out.entries = views.count_entries(next(iter(self.chain.ledgers.values())))
         return self.out
 
     # --- head office, before the branches open ------------------------------

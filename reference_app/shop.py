@@ -12,13 +12,13 @@ the loop, where every open counter page that listens receives it.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from nicegui import app
 
+from crdtledger import views
 from crdtledger.errors import (
     ApprovalRequired,
     CardInactive,
@@ -116,10 +116,7 @@ class Shop:
     def operator_name(self, operator_id: str) -> str:
         if operator_id == self.ledger.owner:
             return tr("店主", "owner")
-        # The operators projection: the library has no listing call for it.
-        row = self.ledger.storage.conn.execute(
-            "SELECT body FROM operators WHERE id = ?", (operator_id,)).fetchone()
-        return str(json.loads(row[0]).get("name", operator_id)) if row else operator_id
+        return views.operator_name(self.ledger, operator_id) or operator_id
 
     def service_name(self, code: str | None) -> str:
         if not code:
