@@ -17,7 +17,7 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
-from crdtledger import views
+from crdtledger import audit, views
 from crdtledger.ledger import Ledger
 from crdtledger.sync import decode_state_vector
 
@@ -34,9 +34,7 @@ class Violation(Exception):
 
 
 def negative_rights(ledger: Ledger) -> tuple[Any, ...] | None:
-    row = ledger.storage.conn.execute(
-        "SELECT member, purse, node, amount FROM rights WHERE amount < 0 LIMIT 1").fetchone()
-    return tuple(row) if row is not None else None
+    return audit.negative_rights(ledger)
 
 
 _SV_CACHE: dict[bytes, dict[int, int]] = {}
@@ -73,31 +71,10 @@ def covers(ledger: Ledger, target: dict[tuple[str, int], int]) -> bool:
     return True
 
 
-def _rows(ledger: Ledger, sql: str) -> list[tuple[Any, ...]]:
-    return [tuple(r) for r in ledger.storage.conn.execute(sql)]
-
-
 def _digest(value: Any) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps(value, sort_keys=True, default=str, ensure_ascii=False).encode())
     return h.hexdigest()
-
-
-TABLES = {
-    "entries": "SELECT id, kind, member, node, op, at, day, amount, paid, ref, service, body "
-               "FROM entries ORDER BY id",
-    "rights": "SELECT member, purse, node, amount FROM rights WHERE amount != 0 "
-              "ORDER BY member, purse, node",
-    "totals": "SELECT member, spent, topped FROM totals WHERE spent != 0 OR topped != 0 "
-              "ORDER BY member",
-    "members": "SELECT * FROM members ORDER BY id",
-    "cards": "SELECT * FROM cards ORDER BY id",
-    "rules": "SELECT * FROM rules ORDER BY id",
-    "operators": "SELECT * FROM operators ORDER BY id",
-    "roles": "SELECT * FROM roles ORDER BY name",
-    "quarantine": "SELECT * FROM quarantine ORDER BY doc, key",
-    "deferred": "SELECT doc, key FROM deferred ORDER BY doc, key",
-}
 
 
 def replica_state(ledger: Ledger, days: list[str], nodes: list[str], members: list[str],
@@ -111,8 +88,8 @@ def replica_state(ledger: Ledger, days: list[str], nodes: list[str], members: li
         for root_name, root in sorted(ledger.storage.doc(name).roots.items()):
             keys[f"{name}:{root_name}"] = sorted(root.keys())
     out["document_keys"] = _digest(keys)
-    for table, sql in TABLES.items():
-        out[f"table:{table}"] = _digest(_rows(ledger, sql))
+    for table in audit.REPLICA_TABLES:
+        out[f"table:{table}"] = _digest(audit.replica_rows(ledger, table))
     out["balances"] = _digest({m: ledger.balance(m) for m in members})
     out["settlement"] = _digest(views.settlement(ledger))
     out["daily"] = _digest([views.daily_report(ledger, d) for d in days])
@@ -139,21 +116,20 @@ def projection_matches_documents(ledger: Ledger) -> str | None:
         elif name.startswith("members/"):
             members |= set(roots["members"].keys())
             cards |= set(roots["cards"].keys())
-    projected = {r[0] for r in _rows(ledger, "SELECT id FROM entries")}
+    projected = set(audit.ids(ledger, "entries"))
     if in_docs != projected:
         return (f"entries in documents but not projected: {sorted(in_docs - projected)[:5]}, "
                 f"projected but not in documents: {sorted(projected - in_docs)[:5]}")
-    if members != {r[0] for r in _rows(ledger, "SELECT id FROM members")}:
+    if members != set(audit.ids(ledger, "members")):
         return "members table differs from the member documents"
-    if cards != {r[0] for r in _rows(ledger, "SELECT id FROM cards")}:
+    if cards != set(audit.ids(ledger, "cards")):
         return "cards table differs from the member documents"
     rights: dict[tuple[str, str, str], int] = {}
-    for (body,) in _rows(ledger, "SELECT body FROM entries"):
-        e = json.loads(body)
+    for e in audit.entries(ledger):
         for purse, node, change in e["deltas"]:
             key = (e["member"], purse, node)
             rights[key] = rights.get(key, 0) + change
-    table = {(m, p, n): a for m, p, n, a in _rows(ledger, "SELECT * FROM rights")}
+    table = {(m, p, n): a for m, p, n, a in audit.replica_rows(ledger, "rights")}
     if {k: v for k, v in table.items() if v} != {k: v for k, v in rights.items() if v}:
         return "rights table is not the sum of the entries' deltas"
     return None
@@ -169,8 +145,8 @@ def final(world: World) -> list[Violation]:
     first = nodes[0].ledger
     assert first is not None
     names = [n.name for n in world.nodes]
-    members = sorted(r[0] for r in _rows(first, "SELECT id FROM members"))
-    days = sorted({r[0] for r in _rows(first, "SELECT DISTINCT day FROM entries")})
+    members = audit.ids(first, "members")
+    days = audit.entry_days(first)
     every = max(1, world.config.check_views_every)
     reference: dict[str, str] | None = None
     for i, node in enumerate(nodes):
@@ -186,7 +162,7 @@ def final(world: World) -> list[Violation]:
                                                    f"in {key}", node.name))
                 break
     # Acknowledged, present; present, acknowledged (no duplicates, nothing phantom).
-    ids = [r[0] for r in _rows(first, "SELECT id FROM entries")]
+    ids = audit.ids(first, "entries")
     present = set(ids)
     acked = world.acked_entries
     lost = sorted(set(acked) - present)
@@ -201,11 +177,11 @@ def final(world: World) -> list[Violation]:
     if not world.acked_members <= have_members:
         out.append(Violation("lost", f"acknowledged members missing: "
                                      f"{sorted(world.acked_members - have_members)[:3]}"))
-    have_cards = {r[0] for r in _rows(first, "SELECT id FROM cards")}
+    have_cards = set(audit.ids(first, "cards"))
     if world.acked_cards != have_cards:
         out.append(Violation("lost", f"cards differ from those acknowledged: "
                                      f"{sorted(world.acked_cards ^ have_cards)[:3]}"))
-    have_rules = {r[0] for r in _rows(first, "SELECT id FROM rules")}
+    have_rules = set(audit.ids(first, "rules"))
     if not world.acked_rules <= have_rules:
         out.append(Violation("lost", "an acknowledged rule is missing"))
     # Money.
@@ -215,8 +191,7 @@ def final(world: World) -> list[Violation]:
     # Independently of the view: a branch's position is the cash rights transferred
     # into it minus those it gave away.
     moved: dict[str, int] = {}
-    for (body,) in _rows(first, "SELECT body FROM entries WHERE kind = 'transfer'"):
-        e = json.loads(body)
+    for e in audit.entries(first, "transfer"):
         for purse, node, change in e["deltas"]:
             if purse == "cash":
                 moved[node] = moved.get(node, 0) + change
@@ -224,14 +199,13 @@ def final(world: World) -> list[Violation]:
     if expect != {n: v for n, v in s["net"].items() if v}:
         out.append(Violation("settlement", f"settlement {s['net']} is not the transfers' "
                                            f"net flows {expect}"))
-    neg = _rows(first, "SELECT member, purse, SUM(amount) FROM rights GROUP BY member, purse "
-                       "HAVING SUM(amount) < 0 LIMIT 3")
+    neg = audit.negative_purses(first, limit=3)
     if neg:
         out.append(Violation("negative", f"purse below zero after convergence: {neg}"))
-    q = _rows(first, "SELECT doc, key, reason FROM quarantine LIMIT 3")
+    q = audit.quarantined(first, limit=3)
     if q:
         out.append(Violation("quarantine", f"entries of an honest chain quarantined: {q}"))
-    d = _rows(first, "SELECT doc, key FROM deferred LIMIT 3")
+    d = audit.waiting(first, limit=3)
     if d:
         out.append(Violation("deferred", f"entries still wait for funding after sync: {d}"))
     for node in (nodes[0], nodes[len(nodes) // 2], nodes[-1]):

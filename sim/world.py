@@ -3,7 +3,6 @@ checked. `World(config).run()` returns the result `python -m sim run` prints."""
 
 from __future__ import annotations
 
-import json
 import random
 import shutil
 import sys
@@ -19,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 import msgpack
 
+from crdtledger import views
 from crdtledger.errors import InsufficientFunds, LedgerError, RightsElsewhere
 from crdtledger.sync import RightsAnswered
 from sim import checks
@@ -237,11 +237,9 @@ class World:
         # with this receiver, member, purse and amount (one batch of frames can carry
         # several requests, all granted before their events are read).
         match = None
-        for eid, body in node.ledger.storage.conn.execute(
-                "SELECT id, body FROM entries WHERE node = ? AND kind = 'transfer' AND op = ? "
-                "AND member = ? ORDER BY id DESC LIMIT 50",
-                (node.name, f"sync@{node.name}", event.member)):
-            e = json.loads(body)
+        for e in views.newest_entries(node.ledger, node.name, "transfer", member=event.member,
+                                      op=f"sync@{node.name}", limit=50):
+            eid = e["id"]
             if (eid not in self.acked_entries and e["to"] == event.node
                     and e["amount"] == event.amount
                     and [event.purse, event.node, event.amount] in e["deltas"]):
@@ -309,13 +307,11 @@ class World:
         """issue_card returns the card's id; its ledger entry (the card sale) is the
         newest card entry written here."""
         assert node.ledger is not None
-        row = node.ledger.storage.conn.execute(
-            "SELECT id, body FROM entries WHERE node = ? AND kind = 'card' "
-            "ORDER BY id DESC LIMIT 1", (node.name,)).fetchone()
-        if row is None or json.loads(row[1]).get("card") != card_id:
+        newest = views.newest_entries(node.ledger, node.name, "card", limit=1)
+        if not newest or newest[0].get("card") != card_id:
             self.fail(Violation("lost", f"card {card_id} issued without its entry", node.name))
             return
-        self._ack(row[0], node.name)
+        self._ack(newest[0]["id"], node.name)
 
     def check_node(self, node: SimNode) -> None:
         """After every step of a node that wrote anything: no rights row below zero."""
@@ -383,8 +379,7 @@ class World:
         node.restart()
         self._down.discard(node.name)
         assert node.ledger is not None
-        (count,) = node.ledger.storage.conn.execute(
-            "SELECT COUNT(*) FROM entries WHERE node = ?", (node.name,)).fetchone()
+        count = views.count_entries(node.ledger, node=node.name)
         if count != self.acked_by_node.get(node.name, 0):
             self.fail(Violation("lost", f"{node.name} restarted with {count} of its own "
                                         f"entries, {self.acked_by_node.get(node.name, 0)} "
