@@ -1,0 +1,122 @@
+"""The named queries of the read model (crdtledger.views and crdtledger.audit) answer
+what their callers used to compute with their own SQL: each is checked here against
+the operations that produced the data, on two replicas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from helpers import FakeClock, new_ledger, sync
+
+from crdtledger import audit, views
+from crdtledger.hlc import id_floor
+
+
+def test_people_and_peers(tmp_path: Path) -> None:
+    a = new_ledger(tmp_path, "SH01")
+    assert not views.has_operators(a)
+    assert views.operators(a) == []
+    ann = a.add_operator(a.owner, "Ann", "pw-ann-123", roles=("cashier",))
+    a.add_operator(a.owner, "Bob", "pw-bob-123", roles=("manager", "cashier"))
+    a.define_role(a.owner, "night", ["debit", "topup"])
+    assert views.has_operators(a)
+    ops = views.operators(a)
+    assert [o["name"] for o in ops] == ["Ann", "Bob"]
+    assert ops[1]["roles"] == ["cashier", "manager"] and ops[1]["active"]
+    assert views.operator_name(a, ann) == "Ann"
+    assert views.operator_name(a, "nobody") is None
+    assert views.defined_roles(a) == {"night": frozenset({"debit", "topup"})}
+
+    m = a.add_member(a.owner, name="Li Lei", phone="13800001234")
+    assert views.member_exists(a, m) and not views.member_exists(a, "nobody")
+    assert views.member_by_phone(a, " 13800001234 ") == m
+    assert views.member_by_phone(a, "1234") is None  # a tail is find_members' business
+    assert views.member_ids(a) == [m]
+
+    b = new_ledger(tmp_path, "SH02")
+    assert views.peers_seen(b) == {}
+    sync(a, b)
+    seen = views.peers_seen(b)
+    assert list(seen) == ["SH01"]
+    assert views.member_ids(b) == [m]
+
+
+def test_money_queries(tmp_path: Path) -> None:
+    clock = FakeClock()
+    a = new_ledger(tmp_path, "SH01", now_ms=clock)
+    b = new_ledger(tmp_path, "SH02", now_ms=clock)
+    m = a.add_member(a.owner, name="Han Meimei", phone="13900005678")
+    n = a.add_member(a.owner, name="Wang Fang", phone="13700009999")
+    assert views.max_entry_id(a) == "" and views.entry_ids_after(a, "") == []  # no money yet
+    today = a.today()
+    topup = a.topup(a.owner, m, 100_000)
+    second = a.topup(a.owner, n, 50_000)
+    assert views.entry_ids_after(a, "") == [topup["id"], second["id"]]
+    assert views.entry_ids_after(a, topup["id"]) == [second["id"]]
+    a.transfer_rights(a.owner, m, "SH02", 40_000)
+    sync(a, b)
+    start = views.max_entry_id(a)
+    assert views.debited_elsewhere_since(a, "SH01", start) == ([], start)
+
+    debit = b.debit(b.owner, m, amount=10_000)
+    b.debit(b.owner, m, amount=5_000)
+    sync(a, b)
+    members, new_mark = views.debited_elsewhere_since(a, "SH01", start)
+    assert members == [m] and new_mark == views.max_entry_id(a) > start
+    assert views.debited_elsewhere_since(a, "SH01", new_mark) == ([], new_mark)
+    assert views.debited_elsewhere_since(a, "SH02", start) == ([], new_mark)  # its own
+    assert views.visits(a, m, id_floor(clock.ms - 86_400_000)) == {"SH02": 2}
+    assert views.visits(a, m, id_floor(clock.ms + 86_400_000)) == {}
+    assert debit["id"] in views.entry_ids_after(a, start)
+
+    rows = views.topups(a, today, today)
+    assert [r["entry"]["id"] for r in rows] == [topup["id"], second["id"]]
+    assert rows[0]["name"] == "Han Meimei" and rows[0]["phone"] == "139****5678"
+    assert views.topups(a, "2020-01-01", "2020-01-02") == []
+    assert views.active_branches(a, today) == {"SH01", "SH02"}
+
+    records = {r["id"]: r for r in views.member_records(a)}
+    assert records[m]["purses"]["cash"] == 85_000 and records[m]["day"] == today
+    assert records[m]["profile"]["phone"] == "13900005678"  # the export's whole number
+
+    assert views.count_entries(a) == views.count_entries(b)
+    assert views.count_entries(a, node="SH02") == 2
+    assert views.count_entries(a, since_day="2099-01-01") == 0
+    newest = views.newest_entries(a, "SH02", "debit", member=m, limit=1)
+    assert [e["id"] for e in newest] == [views.entry_ids_after(a, start)[-1]]
+    assert views.funded_members(a, "SH01", at_least=50_000, limit=5) == sorted([m, n])
+    assert views.funded_members(b, "SH02", at_least=1, limit=5) == [m]
+
+
+def test_audit_queries(tmp_path: Path) -> None:
+    a = new_ledger(tmp_path, "SH01")
+    m = a.add_member(a.owner, name="Li Lei", phone="13800001234")
+    a.topup(a.owner, m, 10_000)
+    a.debit(a.owner, m, amount=2_500)
+    assert audit.negative_rights(a) is None
+    assert audit.negative_purses(a) == [] and audit.quarantined(a) == []
+    assert audit.waiting(a) == []
+    assert audit.ids(a, "members") == [m]
+    assert [e["kind"] for e in audit.entries(a)] == ["topup", "debit"]
+    assert [e["kind"] for e in audit.entries(a, "debit")] == ["debit"]
+    assert audit.entry_days(a) == [a.today()]
+    assert (m, "cash", "SH01", 7_500) in audit.replica_rows(a, "rights")
+    stats = audit.store_stats(a)
+    assert (stats["members"], stats["entries"], stats["negative_rights"]) == (1, 2, 0)
+    assert stats["db_bytes"] > 0 and stats["log_rows"] > 0
+    assert set(audit.logged_documents(a)) <= set(a.storage.doc_names())
+    month = max(n for n in a.storage.doc_names() if n.startswith("ledger/"))
+    doc = audit.document_stats(a, month)
+    assert doc["log_updates"] > 0 and doc["log_bytes"] > 0
+    a.storage.compact(month)
+    doc = audit.document_stats(a, month)
+    assert doc["log_updates"] == 0 and doc["snapshot_bytes"] > 0
+    # The check the simulator makes after every step finds a row below zero, by index.
+    plan = a.storage.conn.execute(
+        "EXPLAIN QUERY PLAN SELECT member, purse, node, amount FROM rights WHERE amount < 0 "
+        "LIMIT 1").fetchall()
+    assert "rights_negative" in str(plan)
+    a.storage.conn.execute("UPDATE rights SET amount = -1 WHERE member = ? AND purse = 'cash'",
+                           (m,))
+    assert audit.negative_rights(a) == (m, "cash", "SH01", -1)
+    assert audit.negative_purses(a) == [(m, "cash", -1)]
