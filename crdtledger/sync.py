@@ -150,6 +150,11 @@ class SyncSession:
         self.expect_node = expect_node
         self.peer: str | None = None
         self.closed = False
+        # Why the session failed (a protocol error from the peer), else None. Like
+        # h11's ERROR state: once the conversation is broken nothing later in it can
+        # be trusted, so the session refuses every call itself rather than count on
+        # its driver to close it.
+        self.failed: str | None = None
         self._started = False
         self._out: list[bytes] = []
         self._events: deque[Event] = deque()
@@ -222,6 +227,8 @@ class SyncSession:
         self._grant(request, member, purse, amount)
 
     def data_to_send(self) -> list[bytes]:
+        """Frames to ship, in order. Nothing once closed or failed: what a failed
+        conversation queued (replies to frames before the bad one) is dropped with it."""
         out, self._out = self._out, []
         return out
 
@@ -235,16 +242,28 @@ class SyncSession:
             self._unsubscribe()
             self._out.clear()
 
+    def _fail(self, error: RemoteProtocolError) -> None:
+        """Enter the failed state: closed (so drivers that test `closed` leave it
+        alone), remembering why, so every later call says so."""
+        if self.failed is None:
+            self.failed = str(error) or type(error).__name__
+        self.close()
+
     # --- receiving side ---------------------------------------------------------
 
     def receive(self, frame: bytes) -> None:
         """Handle one frame from the peer. Raises RemoteProtocolError on anything
-        malformed or out of order; the caller should then close the connection.
+        malformed or out of order; the session has then failed (every later call
+        raises LocalProtocolError) and the caller should close the connection.
         Nothing is half-applied either way."""
         self._require_open()
-        msg = unpack(frame)
-        self.bytes_in += len(frame)
-        self._dispatch(msg)
+        try:
+            msg = unpack(frame)
+            self.bytes_in += len(frame)
+            self._dispatch(msg)
+        except RemoteProtocolError as e:  # ForeignChain included
+            self._fail(e)
+            raise
 
     def receive_frames(self, frames: Iterable[bytes]) -> None:
         """Handle frames that arrived together, in order, as `receive` would one by
@@ -254,23 +273,28 @@ class SyncSession:
         `new` for every frame of a document that gained anything in the batch.
 
         On a malformed frame, what came before it is handled (the pending updates
-        applied) and RemoteProtocolError is raised, as by `receive`."""
+        applied) and RemoteProtocolError is raised, as by `receive`; the session has
+        then failed all the same."""
         self._require_open()
         run: list[tuple[str, bytes]] = []
         try:
-            for frame in frames:
-                msg = unpack(frame)
-                self.bytes_in += len(frame)
-                if msg.get("t") == "update" and self.peer is not None:
-                    run.append((_get(msg, "doc", str), _get(msg, "data", bytes)))
-                    continue
+            try:
+                for frame in frames:
+                    msg = unpack(frame)
+                    self.bytes_in += len(frame)
+                    if msg.get("t") == "update" and self.peer is not None:
+                        run.append((_get(msg, "doc", str), _get(msg, "data", bytes)))
+                        continue
+                    if run:
+                        self._apply_run(run)
+                        run = []
+                    self._dispatch(msg)
+            finally:
                 if run:
                     self._apply_run(run)
-                    run = []
-                self._dispatch(msg)
-        finally:
-            if run:
-                self._apply_run(run)
+        except RemoteProtocolError as e:
+            self._fail(e)
+            raise
 
     def _apply_run(self, run: list[tuple[str, bytes]]) -> None:
         new = {name for name, _ in self.ledger.apply_remote(run, origin=self)}
@@ -423,6 +447,8 @@ class SyncSession:
         self._out.append(frame)
 
     def _require_open(self) -> None:
+        if self.failed is not None:
+            raise LocalProtocolError(f"session failed earlier: {self.failed}")
         if self.closed:
             raise LocalProtocolError("session is closed")
         if not self._started:

@@ -22,7 +22,7 @@ from helpers import FakeClock, Net, doc_content, events, new_ledger, projections
 
 from crdtledger import ledger as ledger_mod
 from crdtledger import storage as storage_mod
-from crdtledger.errors import InsufficientFunds, RemoteProtocolError
+from crdtledger.errors import InsufficientFunds, LocalProtocolError, RemoteProtocolError
 from crdtledger.ledger import Ledger, _single_writer_start, _skips_clocks
 from crdtledger.sync import (
     SyncSession,
@@ -240,6 +240,11 @@ def test_receive_frames_handles_what_precedes_a_bad_frame(tmp_path: Path) -> Non
         s.receive_frames([frames[0], *updates[:4], b"not msgpack at all \xc1"])
     applied = b.state_vectors()
     assert applied, "the updates before the bad frame were applied"
+    with pytest.raises(LocalProtocolError, match="failed earlier"):
+        s.receive_frames(updates[4:])  # the session failed with the bad frame
+    s = SyncSession(b, expect_node="SH01")
+    s.start()
+    s.receive(frames[0])
     with pytest.raises(RemoteProtocolError):
         s.receive_frames([*updates[4:], bad])  # the whole run is refused with it
     assert b.state_vectors() == applied

@@ -510,15 +510,17 @@ def test_entry_as_shared_map_edited_in_place_is_quarantined_alike(a: Ledger, b: 
     assert projections(a)["quarantine"] == projections(b)["quarantine"] != []
 
 
-def test_update_before_hello(a: Ledger) -> None:
+@pytest.mark.parametrize("frame", [
+    pack({"t": "update", "doc": "rules", "data": b"\x00\x00"}),
+    pack({"t": "state", "docs": {}}),
+    pack({"t": "rrep", "id": 1, "granted": 1}),
+])
+def test_update_before_hello(a: Ledger, frame: bytes) -> None:
     m = populate(a)
     s = SyncSession(a)
     s.start()
     s.data_to_send()
-    for frame in (pack({"t": "update", "doc": "rules", "data": b"\x00\x00"}),
-                  pack({"t": "state", "docs": {}}),
-                  pack({"t": "rrep", "id": 1, "granted": 1})):
-        _refused(a, s, frame, [m])
+    _refused(a, s, frame, [m])
 
 
 @pytest.mark.parametrize(("over", "exc"), [
@@ -541,8 +543,104 @@ def test_bad_hello_refused(a: Ledger, over: dict[str, Any], exc: type[Exception]
     s.data_to_send()
     _refused(a, s, pack(_hello(a, **over)), [m], exc)
     assert s.peer is None
-    s.receive(pack(_hello(a)))  # a proper hello still works afterwards
-    assert s.peer == "SH02"
+    with pytest.raises(LocalProtocolError, match="session failed earlier"):
+        s.receive(pack(_hello(a)))  # not even a proper hello is heard afterwards
+    assert s.peer is None
+
+
+# --- a failed session (h11's ERROR state) ------------------------------------------
+
+
+def _failed_session(a: Ledger, b: Ledger, bad: bytes,
+                    exc: type[Exception] = RemoteProtocolError
+                    ) -> tuple[SyncSession, SyncSession, Net, str]:
+    """A synced pair whose A side then receives `bad` from B."""
+    m = populate(a)
+    net = Net()
+    sa, sb = net.connect(a, b)
+    events(sa)
+    with pytest.raises(exc) as info:
+        sa.receive(bad)
+    assert sa.failed == str(info.value)
+    return sa, sb, net, m
+
+
+@pytest.mark.parametrize(("bad", "exc"), [
+    (b"\xc1", RemoteProtocolError),
+    (pack({"t": "update", "doc": "weather", "data": b"\x00\x00"}), RemoteProtocolError),
+    (pack({"t": "hello", "chain": "other-chain", "node": "SH02", "now": 0,
+           "digest": b"\x00" * 16}), ForeignChain),
+])
+def test_a_failed_session_refuses_every_later_call(a: Ledger, b: Ledger, bad: bytes,
+                                                   exc: type[Exception]) -> None:
+    """After a protocol error the session says why at every call, whether or not its
+    driver closed it: nothing of a broken conversation is heard or sent again."""
+    sa, _sb, _net, m = _failed_session(a, b, bad, exc)
+    reason = sa.failed
+    assert reason
+    calls = [
+        lambda: sa.receive(pack(_hello(a))),
+        lambda: sa.receive_frames([pack(_hello(a))]),
+        sa.anti_entropy,
+        lambda: sa.request_rights(m, "cash", 100),
+        lambda: sa.answer_rights(1),
+    ]
+    for call in calls:
+        with pytest.raises(LocalProtocolError, match="session failed earlier") as info:
+            call()
+        assert reason in str(info.value)
+    assert sa.closed and sa.data_to_send() == []
+    # Unsubscribed: what the ledger commits now is not queued for the broken peer.
+    a.topup(a.owner, m, 100)
+    assert sa.data_to_send() == []
+    sa.close()  # a driver that closes it anyway: harmless
+    assert sa.failed == reason
+
+
+def test_a_failed_session_drops_what_it_had_queued(a: Ledger, b: Ledger) -> None:
+    """Replies to the frames before the bad one, in the same batch, are not sent."""
+    m = populate(a)
+    sa = SyncSession(a, expect_node="SH02")
+    sa.start()
+    sa.data_to_send()
+    with pytest.raises(RemoteProtocolError):
+        sa.receive_frames([pack(_hello(a)), b"\xc1"])  # the hello's state reply is queued
+    assert sa.peer == "SH02" and sa.failed
+    assert sa.data_to_send() == []
+    with pytest.raises(LocalProtocolError, match="session failed earlier"):
+        sa.request_rights(m, "cash", 1)
+
+
+def test_a_failed_batch_keeps_what_it_applied(a: Ledger, b: Ledger) -> None:
+    """receive_frames applies the updates before a bad frame, then fails as a whole
+    session: the applied updates stay, later frames are not heard."""
+    populate(b, "13800000002", "乙")
+    sb = SyncSession(b)
+    sb.start()
+    hello, *_ = sb.data_to_send()
+    updates = [pack({"t": "update", "doc": n, "data": b.diff(n)})
+               for n in sorted(b.state_vectors())]
+    sa = SyncSession(a)
+    sa.start()
+    with pytest.raises(RemoteProtocolError):
+        sa.receive_frames([hello, *updates, b"\xc1", *updates])
+    assert state_vectors(a) == state_vectors(b)
+    assert [e for e in events(sa) if isinstance(e, UpdatesApplied)]
+    with pytest.raises(LocalProtocolError, match="session failed earlier"):
+        sa.receive_frames(updates)
+
+
+def test_local_misuse_does_not_fail_the_session(a: Ledger, b: Ledger) -> None:
+    """Only the peer's errors break the conversation; our own refused call does not."""
+    m = populate(a)
+    sa, _sb = Net().connect(a, b)
+    with pytest.raises(LocalProtocolError):
+        sa.request_rights(m, "gold", 1)
+    with pytest.raises(LocalProtocolError):
+        sa.answer_rights(42)
+    assert sa.failed is None and not sa.closed
+    sa.anti_entropy()
+    assert sa.data_to_send()
 
 
 def test_hello_changing_node_mid_session(greeted) -> None:
