@@ -14,7 +14,7 @@ from typing import Any
 
 from nicegui import ui
 
-from crdtledger import views
+from crdtledger import operations, views
 from crdtledger.errors import InvalidAmount, InvalidInput, LedgerError, PermissionDenied
 from crdtledger.hlc import check_node_id
 from crdtledger.ledger import Ledger
@@ -71,6 +71,14 @@ async def write(action: Callable[[str], Any], name: str, done: str) -> bool:
         return False
     ui.notify(done, type="positive")
     return True
+
+
+def operation(name: str, /, **params: Any) -> Callable[[str], Any]:
+    """An operation of the table (crdtledger.operations) as `write` runs it: the same
+    checks and permission as the HTTP API and the command line. A parameter given
+    as None is left out."""
+    given = {k: v for k, v in params.items() if v is not None}
+    return lambda op: operations.run(shop().ledger, op, name, given)
 
 
 def role_label(role: str) -> str:
@@ -161,13 +169,13 @@ def operators_page() -> None:
             listing.refresh()
             return
         change = {r: r == role for r in {*o["roles"], role}}
-        await write(lambda op: ledger.set_operator(op, o["id"], roles=change), "operator role",
+        await write(operation("operator.set", id=o["id"], roles=change), "operator role",
                     tr("{name} 现在是{role}", "{name} is now {role}", name=o["name"],
                        role=role_label(role)))
         listing.refresh()
 
     async def set_active(o: dict[str, Any], active: bool) -> None:
-        await write(lambda op: ledger.set_operator(op, o["id"], active=active), "operator state",
+        await write(operation("operator.set", id=o["id"], active=active), "operator state",
                     tr("已启用 {name}", "{name} enabled", name=o["name"]) if active
                     else tr("已停用 {name}", "{name} disabled", name=o["name"]))
         listing.refresh()
@@ -184,7 +192,7 @@ def operators_page() -> None:
         new = await dialog
         if new is None:
             return
-        await write(lambda op: ledger.set_operator(op, o["id"], password=str(new)),
+        await write(operation("operator.set", id=o["id"], password=str(new)),
                     "operator password", tr("密码已更新", "Password changed"))
 
     listing()
@@ -200,8 +208,9 @@ def operators_page() -> None:
                              label=tr("角色", "Role")).props("dense outlined").classes("w-36")
 
             async def add() -> None:
-                if await write(lambda op: ledger.add_operator(
-                        op, name.value or "", password.value or "", [role.value or "cashier"]),
+                if await write(operation(
+                        "operator.add", name=name.value or "", password=password.value or "",
+                        roles=[role.value or "cashier"]),
                         "add operator", tr("已添加 {name}", "{name} added", name=name.value)):
                     name.set_value("")
                     password.set_value("")
@@ -251,7 +260,8 @@ def roles_page() -> None:
                          "You cannot remove “manage operators” from your own role."),
                       type="warning")
             return
-        await write(lambda op: ledger.define_role(op, role, chosen), "define role",
+        await write(operation("role.define", name=role, permissions=sorted(chosen)),
+                    "define role",
                     tr("角色 {role} 已保存", "Role {role} saved", role=role_label(role)))
         grid.refresh()
 
@@ -262,7 +272,7 @@ def roles_page() -> None:
             name = ui.input(tr("角色名称", "Role name")).props("dense outlined")
 
             async def add() -> None:
-                if await write(lambda op: ledger.define_role(op, name.value or "", set()),
+                if await write(operation("role.define", name=name.value or ""),
                                "define role", tr("已新建角色，请勾选权限后保存",
                                                  "Role created: tick its permissions and save")):
                     name.set_value("")
@@ -301,7 +311,8 @@ async def save_rules(bodies: Callable[[], dict[str, Any]], effective: ui.input) 
 
     def apply(op: str) -> None:
         for kind, body in changed.items():
-            ledger.set_rule(op, kind, body, day)
+            operations.run(ledger, op, "rule.set", {"kind": kind, "body": body} | (
+                {"effective_from": day} if day else {}))
 
     return await write(apply, "set rules", tr("已保存，所有分店同步生效",
                                               "Saved; every branch gets it"))
@@ -610,8 +621,9 @@ def corrections_page() -> None:
                 refuse(e)
                 return
             ap = (approver.value or "", approver_pw.value or "") if needs_approval() else None
-            if await write(lambda op: ledger.correct(op, chosen["id"], purse.value, delta,
-                                                     reason.value or "", approver=ap),
+            if await write(operation("correct", member=chosen["id"], purse=purse.value,
+                                     change=delta, reason=reason.value or "",
+                                     approver=ap and {"name": ap[0], "password": ap[1]}),
                            "correction", tr("已调账", "Corrected")):
                 change.set_value("")
                 reason.set_value("")

@@ -26,7 +26,7 @@ from typing import Any
 
 from nicegui import events, run, ui
 
-from crdtledger import views
+from crdtledger import operations, views
 from crdtledger.errors import CorruptSyncFile, ForeignChain, LedgerError, PermissionDenied
 from crdtledger.ledger import PREF_KEYS, Ledger
 from crdtledger.model import member_doc
@@ -542,14 +542,13 @@ def erase_member(ledger: Ledger, op: str, member_id: str) -> None:
     document, which no longer holds them. Other branches drop them when they
     compact; backups and sync files taken before keep them."""
     m = ledger.member(member_id)
-    ledger.edit_member(
-        op, member_id,
-        fields={"name": ERASED_NAME, "phone": "", "gender": "", "birthday": "",
-                "anniversary": "", "notes": "", "deleted": True},
-        prefs={k: "" for k in (m.get("prefs") or {})},
-        custom={k: "" for k in (m.get("custom") or {})},
-        tags_remove=m.get("tags") or [],
-    )
+    operations.run(ledger, op, "member.edit", {
+        "member": member_id, "name": ERASED_NAME, "phone": "", "gender": "", "birthday": "",
+        "anniversary": "", "notes": "", "deleted": True,
+        "prefs": {k: "" for k in (m.get("prefs") or {})},
+        "custom": {k: "" for k in (m.get("custom") or {})},
+        "tags_remove": m.get("tags") or [],
+    })
     ledger.storage.compact(member_doc(member_id))
 
 

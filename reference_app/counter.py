@@ -235,6 +235,12 @@ class Counter:
         ui.notify(self.shop.refusal(e), type="negative", multi_line=True, close_button=True,
                   timeout=10000)
 
+    @staticmethod
+    def _payer(member: str, card: str | None, pin: str | None) -> dict[str, str | None]:
+        """Who pays: the swiped card with its PIN (the ledger finds its member and checks
+        both), else the member picked from a search."""
+        return {"card": card, "pin": pin} if card else {"member": member}
+
     async def act(self, op: Callable[[], T], name: str, done: Callable[[T], str],
                   error: ui.label | None = None) -> T | None:
         """One write: refused → the sentence (also in the dialog), nothing else happens."""
@@ -341,8 +347,8 @@ class Counter:
                 code, n, how = svc.value, int(qty.value or 1), str(pay.value)
                 card, pin = self.card_no, self.pin
                 done = await self.act(
-                    lambda: ledger.debit(self.op, member, service=code, qty=n, pay=how,
-                                         card=card, pin=pin),
+                    self.shop.operation(self.op, "debit", service=code, qty=n, pay=how,
+                                        **self._payer(member, card, pin)),
                     "debit", lambda e: tr("已消费 {what}，实付 {paid}", "Done: {what}, "
                                           "paid {paid}", what=self.shop.service_name(code),
                                           paid=money(int(e["amount"]))), error)
@@ -412,7 +418,10 @@ class Counter:
                         if approval.visible and approver.value else None)
                 card, pin = self.card_no, self.pin
                 done = await self.act(
-                    lambda: ledger.topup(self.op, member, fen, approver=appr, card=card, pin=pin),
+                    self.shop.operation(self.op, "topup", amount=fen,
+                                        approver=appr and dict(zip(("name", "password"), appr,
+                                                                   strict=True)),
+                                        **self._payer(member, card, pin)),
                     "topup", lambda e: tr("已充值 {cash}，赠送 {bonus}", "Topped up {cash}, "
                                           "bonus {bonus}", cash=money(fen),
                                           bonus=money(int(e.get("bonus", 0)))), error)
@@ -442,7 +451,8 @@ class Counter:
                     return
                 n = int(text)
                 done = await self.act(
-                    lambda: ledger.redeem_points(self.op, member, n, gift.value or ""),
+                    self.shop.operation(self.op, "points.redeem", member=member, points=n,
+                                        gift=gift.value or ""),
                     "redeem", lambda _e: tr("已兑换 {n} 积分", "Redeemed {n} points", n=n), error)
                 if done is not None:
                     d.close()
@@ -450,7 +460,6 @@ class Counter:
             self.buttons(d, tr("确认兑换", "Redeem"), confirm, "redeem-ok")
 
     def refund_dialog(self, entry: dict[str, Any]) -> None:
-        ledger = self.shop.ledger
         package = entry.get("pay") == "package"
         d, body, error = self.dialog(tr("退款", "Refund"))
         with body:
@@ -474,7 +483,8 @@ class Counter:
                         self.refused(e)
                         return
                 done = await self.act(
-                    lambda: ledger.refund(self.op, str(entry["id"]), fen, reason.value or ""),
+                    self.shop.operation(self.op, "refund", debit_id=str(entry["id"]),
+                                        amount=fen, reason=reason.value or ""),
                     "refund", lambda e: tr("已退款", "Refunded") + (
                         f" {money(int(e['amount']))}" if e.get("amount") else ""), error)
                 if done is not None:
@@ -483,7 +493,6 @@ class Counter:
             self.buttons(d, tr("确认退款", "Refund"), confirm, "refund-ok")
 
     def new_member_dialog(self, card_no: str = "") -> None:
-        ledger = self.shop.ledger
         d, body, error = self.dialog(tr("新会员开卡", "New member and card"))
         with body:
             name = ui.input(tr("姓名", "Name")).props("autofocus outlined dense") \
@@ -507,20 +516,23 @@ class Counter:
                 op = self.op
                 who = str(name.value or "")
                 pref_values = {k: v.value or "" for k, v in prefs.items() if v.value}
-                mid = await self.act(
-                    lambda: ledger.add_member(op, name=who, phone=str(phone.value or ""),
-                                              gender=str(gender.value or ""),
-                                              birthday=str(birthday.value or ""),
-                                              prefs=pref_values), "member",
+                added = await self.act(
+                    self.shop.operation(op, "member.add", name=who,
+                                        phone=str(phone.value or ""),
+                                        gender=str(gender.value or ""),
+                                        birthday=str(birthday.value or ""),
+                                        prefs=pref_values), "member",
                     lambda _m: tr("已登记会员 {name}", "Member {name} registered", name=who),
                     error)
-                if mid is None:
+                if added is None:
                     return
+                mid = str(added["member_id"])
                 self.show(mid)
                 number = (card.value or "").strip()
                 if number:
                     issued = await self.act(
-                        lambda: ledger.issue_card(op, mid, number, pin=pin.value or None),
+                        self.shop.operation(op, "card.issue", member=mid, card_no=number,
+                                            pin=pin.value or None),
                         "card", lambda _c: tr("已发卡 {no}", "Card {no} issued", no=number.upper()),
                         error)
                     if issued is None:
@@ -537,7 +549,6 @@ class Counter:
                     .classes("grow").mark(f"pref-{k}") for k, label in labels.items()}
 
     def edit_dialog(self, profile: dict[str, Any]) -> None:
-        ledger = self.shop.ledger
         member = str(profile["id"])
         d, body, error = self.dialog(tr("编辑资料", "Edit profile"))
         with body:
@@ -557,10 +568,8 @@ class Counter:
                 changed = {k: el.value or "" for k, el in inputs.items()
                            if (el.value or "") != profile.get(k, "")}
                 pref_values = {k: el.value or "" for k, el in prefs.items()}
-                def edit() -> bool:
-                    ledger.edit_member(self.op, member, fields=changed, prefs=pref_values)
-                    return True
-
+                edit = self.shop.operation(self.op, "member.edit", member=member,
+                                           prefs=pref_values, **changed)
                 done = await self.act(edit, "member",
                                       lambda _r: tr("资料已保存", "Profile saved"), error)
                 if done is not None:
@@ -572,7 +581,6 @@ class Counter:
         """Report the card lost, cancel the loss, or replace it (补卡) — or issue one."""
         assert self.member is not None
         member = self.member
-        ledger = self.shop.ledger
         no = str(card["card_no"]) if card is not None else ""
         status = str(card["status"]) if card is not None else ""
         d, body, error = self.dialog(tr("会员卡", "Member card"))
@@ -588,7 +596,7 @@ class Counter:
                 ui.button(tr("关闭", "Close"), on_click=d.close).props("flat")
                 if status == "active" and can("card.lost"):
                     async def lost() -> None:
-                        if await self.act(lambda: ledger.report_lost(self.op, no),
+                        if await self.act(self.shop.operation(self.op, "card.lost", card_no=no),
                                           "card", lambda _r: tr("已挂失", "Reported lost"),
                                           error) is not None:
                             d.close()
@@ -597,7 +605,8 @@ class Counter:
                         .mark("report-lost")
                 if status == "lost" and can("card.lost"):
                     async def found() -> None:
-                        if await self.act(lambda: ledger.report_found(self.op, no),
+                        if await self.act(self.shop.operation(self.op, "card.found",
+                                                              card_no=no),
                                           "card", lambda _r: tr("已解除挂失", "Loss cancelled"),
                                           error) is not None:
                             d.close()
@@ -607,8 +616,8 @@ class Counter:
                     async def replace() -> None:
                         number = (new_no.value or "").strip()
                         if await self.act(
-                                lambda: ledger.replace_card(self.op, no, number,
-                                                            pin=new_pin.value or None),
+                                self.shop.operation(self.op, "card.replace", card_no=no,
+                                                    new_no=number, pin=new_pin.value or None),
                                 "card", lambda _r: tr("已补卡 {no}", "Replaced by {no}",
                                                       no=number.upper()), error) is not None:
                             d.close()
@@ -618,8 +627,8 @@ class Counter:
                     async def issue() -> None:
                         number = (new_no.value or "").strip()
                         if await self.act(
-                                lambda: ledger.issue_card(self.op, member, number,
-                                                          pin=new_pin.value or None),
+                                self.shop.operation(self.op, "card.issue", member=member,
+                                                    card_no=number, pin=new_pin.value or None),
                                 "card", lambda _r: tr("已发卡 {no}", "Card {no} issued",
                                                       no=number.upper()), error) is not None:
                             d.close()

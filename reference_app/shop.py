@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from nicegui import app
 
-from crdtledger import views
+from crdtledger import operations, views
 from crdtledger.errors import (
     ApprovalRequired,
     CardInactive,
@@ -61,6 +61,13 @@ class Shop:
     async def run(self, op: Callable[[], T], name: str) -> T:
         """One ledger write, with the rights it lacks fetched from other branches."""
         return await self.node.perform(op, name)
+
+    def operation(self, operator: str, name: str, /, **params: Any) -> Callable[[], Any]:
+        """An operation of the table (crdtledger.operations), for `run`: the counter's
+        writes take the same parameters, checks and permissions as the HTTP API and
+        the command line. A parameter given as None is left out (its default holds)."""
+        given = {k: v for k, v in params.items() if v is not None}
+        return lambda: operations.run(self.ledger, operator, name, given)
 
     # --- lifecycle (NiceGUI's startup and shutdown, on the loop) ----------------
 
