@@ -22,7 +22,7 @@ A round between nodes already in sync is two hellos of under 100 bytes each.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -140,6 +140,26 @@ def _get(msg: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise RemoteProtocolError(f"{msg.get('t')} message: field {key!r} missing or malformed")
     return value
+
+
+def lacking(ledger: Ledger, theirs: Mapping[str, bytes], *,
+            skip: Callable[[str, bytes], bool] | None = None) -> list[tuple[str, bytes]]:
+    """What a peer at state vectors `theirs` lacks of ours: (document, update) pairs,
+    in document order. The one answer for every way data travels: a session's
+    round, a sync file made for a node, seeding a demo chain. `skip(name, their_sv)`
+    may pass over a document before its diff is computed (a diff costs in
+    proportion to the document)."""
+    out = []
+    for name, ours in sorted(ledger.state_vectors().items()):
+        their_sv = theirs.get(name, b"\x00")
+        if covers(decode_state_vector(their_sv), decode_state_vector(ours)):
+            continue
+        if skip is not None and skip(name, their_sv):
+            continue
+        data = ledger.diff(name, their_sv)
+        if data != _EMPTY_UPDATE:
+            out.append((name, data))
+    return out
 
 
 class SyncSession:
@@ -357,20 +377,21 @@ class SyncSession:
         self.ledger.remember_peer(self.peer, theirs)
         self.peer_states = theirs
         states = self.ledger.state_vectors()
-        for name, ours in sorted(states.items()):
-            their_sv = theirs.get(name, b"\x00")
-            if covers(decode_state_vector(their_sv), decode_state_vector(ours)):
-                continue
-            if self._diffed.get(name) == their_sv:
-                continue  # sent this round; what we got since went out live
-            self._diffed[name] = their_sv
-            data = self.ledger.diff(name, their_sv)
-            if data != _EMPTY_UPDATE:
-                self._queue({"t": "update", "doc": name, "data": data})
+        for name, data in lacking(self.ledger, theirs, skip=self._sent_this_round):
+            self._queue({"t": "update", "doc": name, "data": data})
         # The peer's state answered our hello; answer with ours so it can send what
         # we lack. A reply is not answered again, which ends the round.
         if not msg.get("reply") and states != theirs:
             self._queue({"t": "state", "docs": states, "reply": True})
+
+    def _sent_this_round(self, name: str, their_sv: bytes) -> bool:
+        """When both sides say hello at once, each gets the other's state twice (its
+        own round's and the reply) with the same vector: the diff goes out once; what
+        we got since went out live."""
+        if self._diffed.get(name) == their_sv:
+            return True
+        self._diffed[name] = their_sv
+        return False
 
     def _on_update(self, msg: dict[str, Any]) -> None:
         name = _get(msg, "doc", str)

@@ -28,7 +28,7 @@ from crdtledger.errors import CorruptSyncFile, ForeignChain, InvalidInput, Remot
 from crdtledger.hlc import NODE_ID
 from crdtledger.lib0 import covers, decode_state_vector
 from crdtledger.model import DOC_NAME
-from crdtledger.sync import MAX_DOCS
+from crdtledger.sync import MAX_DOCS, lacking
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
@@ -49,12 +49,7 @@ def export_file(ledger: Ledger, path: Path | str, for_node: str | None = None, *
     ledger.authorise(operator or ledger.owner, "sync")
     known = ledger.storage.peer_states(for_node) if for_node else None
     theirs = known or {}
-    updates = []
-    for name, ours in sorted(ledger.state_vectors().items()):
-        their_sv = theirs.get(name, b"\x00")
-        if covers(decode_state_vector(their_sv), decode_state_vector(ours)):
-            continue
-        updates.append([name, ledger.diff(name, their_sv)])
+    updates = [[name, data] for name, data in lacking(ledger, theirs)]
     body = msgpack.packb(
         {"chain": ledger.chain, "node": ledger.node, "created": ledger.clock.wall(),
          "states": ledger.state_vectors(), "updates": updates},

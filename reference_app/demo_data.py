@@ -29,6 +29,7 @@ from crdtledger import views
 from crdtledger.errors import InsufficientFunds, RightsElsewhere
 from crdtledger.ledger import Ledger
 from crdtledger.model import RULE_KINDS
+from crdtledger.sync import lacking
 
 T = TypeVar("T")
 
@@ -147,9 +148,7 @@ class DemoChain:
             for b in self.ledgers.values():
                 if a is b:
                     continue
-                theirs = b.state_vectors()
-                updates = [(name, a.diff(name, theirs.get(name, b"\x00")))
-                           for name, sv in a.state_vectors().items() if theirs.get(name) != sv]
+                updates = lacking(a, b.state_vectors())
                 if updates:
                     b.apply_remote(updates, origin="demo seeding")
 
