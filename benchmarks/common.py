@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.datagen import Size
+from crdtledger import views
 from crdtledger.ledger import Ledger
 
 Log = Callable[[str], None]
@@ -61,7 +62,7 @@ def config(scale: str, out: Path, log: Log = print) -> Config:
 def member_pool(ledger: Ledger, n: int, seed: str) -> list[str]:
     """`n` members drawn at random from the whole member table (so their rows are
     spread over the indexes as a day's customers would be)."""
-    ids = [m for (m,) in ledger.storage.conn.execute("SELECT id FROM members ORDER BY id")]
+    ids = views.member_ids(ledger)
     return random.Random(seed).sample(ids, min(n, len(ids)))
 
 

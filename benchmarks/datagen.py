@@ -25,7 +25,6 @@ import bisect
 import json
 import random
 import shutil
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from zoneinfo import ZoneInfo
 
 from pycrdt import Array, Doc, Map
 
+from crdtledger import audit
 from crdtledger.escrow import grant_amount, shortfall_plan
 from crdtledger.hlc import HybridClock, decode, wall_ms
 from crdtledger.ledger import Ledger, owner_of
@@ -226,9 +226,6 @@ class Generator:
             stats = self._check()
         finally:
             self.ledger.close()
-        with sqlite3.connect(self.dir / DB_FILE) as conn:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        stats["db_mb"] = round((self.dir / DB_FILE).stat().st_size / 2**20, 1)
         return stats
 
     def _apply(self, updates: list[tuple[str, bytes]]) -> None:
@@ -379,7 +376,7 @@ class Generator:
 
     def _compact_all(self) -> None:
         st = self.ledger.storage
-        for (name,) in st.conn.execute("SELECT DISTINCT doc FROM log").fetchall():
+        for name in audit.logged_documents(self.ledger):
             st.compact(name)
             st.evict_all()
 
@@ -495,19 +492,9 @@ class Generator:
     # --- checks ----------------------------------------------------------------
 
     def _check(self) -> dict[str, Any]:
-        conn = self.ledger.storage.conn
-
-        def one(sql: str) -> int:
-            return int(conn.execute(sql).fetchone()[0])
-
-        stats = {
-            "members": one("SELECT COUNT(*) FROM members"),
-            "cards": one("SELECT COUNT(*) FROM cards"),
-            "entries": one("SELECT COUNT(*) FROM entries"),
-            "quarantine": one("SELECT COUNT(*) FROM quarantine"),
-            "negative_rights": one("SELECT COUNT(*) FROM rights WHERE amount < 0"),
-            "documents": one("SELECT COUNT(*) FROM docs"),
-            "log_rows": one("SELECT COUNT(*) FROM log"),
+        store = audit.store_stats(self.ledger)
+        stats: dict[str, Any] = {
+            **{k: v for k, v in store.items() if k != "db_bytes"},
             "kinds": dict(sorted(self.kinds.items())),
             "first_day": self._day(self.start),
             "last_day": self._day(self.end),
@@ -523,6 +510,8 @@ class Generator:
                 problems.append(f"{k}: {stats[k]}")
         if problems:
             raise RuntimeError("generated data set is invalid: " + "; ".join(problems))
+        # The pages in use: the file's size once closing has checkpointed the WAL.
+        stats["db_mb"] = round(store["db_bytes"] / 2**20, 1)
         return stats
 
 

@@ -67,6 +67,7 @@ from benchmarks import datagen
 from benchmarks.common import POOL_TOPUP, SERVICE, Config
 from benchmarks.datagen import Size
 from benchmarks.report import Figure, Report
+from crdtledger import views
 from crdtledger.sync import covers, decode_state_vector
 
 SYNC = "sync"
@@ -692,9 +693,7 @@ class Child:
             return
         now = time.monotonic_ns()
         if self.tracking and doc.startswith("ledger/"):
-            rows = self.node.ledger.storage.conn.execute(
-                "SELECT id FROM entries WHERE id > ?", (self.watermark,)).fetchall()
-            for (eid,) in rows:
+            for eid in views.entry_ids_after(self.node.ledger, self.watermark):
                 self.seen_ns.setdefault(eid, now)
                 self.watermark = max(self.watermark, eid)
         if doc in self.pending:
@@ -847,8 +846,7 @@ class Child:
         return {"funded": len(members)}
 
     async def cmd_track(self) -> dict[str, Any]:
-        (top,) = self.node.ledger.storage.conn.execute("SELECT MAX(id) FROM entries").fetchone()
-        self.watermark = top or ""
+        self.watermark = views.max_entry_id(self.node.ledger)
         self.seen_ns.clear()
         self.tracking = True
         return {"watermark": self.watermark}

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,8 @@ from typing import Any
 from benchmarks import datagen
 from benchmarks.common import SERVICE, Config, status_kb
 from benchmarks.report import Figure, Report
+from crdtledger import audit, views
+from crdtledger.ledger import Ledger
 from crdtledger.storage import DB_FILE
 
 NAME = "scale"
@@ -45,8 +46,6 @@ STEADY_DEBITS = 100  # after the first two, before resident memory is read again
 
 
 def _child(data_dir: str, member: str) -> dict[str, Any]:
-    from crdtledger.ledger import Ledger
-
     out: dict[str, Any] = {"rss_before_open_mb": status_kb("VmRSS") / 1024}
     t0 = time.perf_counter()
     ledger = Ledger.open(data_dir)
@@ -90,39 +89,24 @@ def _drop_cache(data_dir: Path) -> None:
             os.close(fd)
 
 
-def _members(data_dir: Path, n: int) -> list[str]:
+def _members(ledger: Ledger, n: int) -> list[str]:
     """Members with enough of their value held at the node under test to be served
     there without asking a peer, so the first debit is the node's own work."""
-    conn = sqlite3.connect(f"file:{data_dir / DB_FILE}?mode=ro", uri=True)
-    try:
-        rows = conn.execute(
-            "SELECT member FROM rights WHERE node = ? AND purse = 'cash' AND amount >= 40000 "
-            "ORDER BY member LIMIT ?", (datagen.BENCH_NODE, n)).fetchall()
-    finally:
-        conn.close()
-    if len(rows) < n:
-        raise RuntimeError(f"only {len(rows)} members are funded at {datagen.BENCH_NODE}")
-    return [str(m) for (m,) in rows]
+    members = views.funded_members(ledger, datagen.BENCH_NODE, at_least=40000, limit=n)
+    if len(members) < n:
+        raise RuntimeError(f"only {len(members)} members are funded at {datagen.BENCH_NODE}")
+    return members
 
 
-def _current_month(data_dir: Path) -> dict[str, Any]:
+def _current_month(ledger: Ledger) -> dict[str, Any]:
     """What the first debit has to load: the current month's ledger document."""
-    conn = sqlite3.connect(f"file:{data_dir / DB_FILE}?mode=ro", uri=True)
-    try:
-        (name,) = conn.execute("SELECT MAX(name) FROM docs WHERE name LIKE 'ledger/%'"
-                               ).fetchone()
-        month = str(name).split("/")[1]
-        (entries,) = conn.execute("SELECT COUNT(*) FROM entries WHERE day >= ?",
-                                  (month + "-01",)).fetchone()
-        (snapshot,) = conn.execute("SELECT COALESCE(SUM(LENGTH(data)), 0) FROM snapshots "
-                                   "WHERE name = ?", (name,)).fetchone()
-        (tail, tail_bytes) = conn.execute(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM log WHERE doc = ?",
-            (name,)).fetchone()
-    finally:
-        conn.close()
-    return {"document": name, "entries": entries, "snapshot_kb": round(snapshot / 1024),
-            "log_tail_updates": tail, "log_tail_kb": round(tail_bytes / 1024)}
+    name = max(n for n in ledger.storage.doc_names() if n.startswith("ledger/"))
+    month = name.split("/")[1]
+    entries = views.count_entries(ledger, since_day=month + "-01")
+    doc = audit.document_stats(ledger, name)
+    return {"document": name, "entries": entries,
+            "snapshot_kb": round(doc["snapshot_bytes"] / 1024),
+            "log_tail_updates": doc["log_updates"], "log_tail_kb": round(doc["log_bytes"] / 1024)}
 
 
 def run(cfg: Config, report: Report) -> None:
@@ -142,8 +126,10 @@ def _size(cfg: Config, report: Report, size: datagen.Size, warm: int, cold: int,
     data = datagen.dataset(size, cfg.out, cfg.log)
     work = datagen.working_copy(data, cfg.work / NAME)
     runs = [("warm", i) for i in range(warm)] + [("cold", i) for i in range(cold)]
-    members = _members(work, len(runs) + 1)
-    month = _current_month(work)
+    # Read before any child starts, and closed: each child opens the node alone.
+    with Ledger.open(work) as ledger:
+        members = _members(ledger, len(runs) + 1)
+        month = _current_month(ledger)
     results: dict[str, list[dict[str, Any]]] = {"warm": [], "cold": []}
     cfg.log(f"scale: opening a node with {size.label} in a fresh process, "
             f"{warm} warm + {cold} cold")
