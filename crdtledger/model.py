@@ -130,6 +130,11 @@ DEFAULT_RULES: dict[str, Any] = {
 RULE_KINDS = frozenset(DEFAULT_RULES)
 
 
+def owner_of(node: str) -> str:
+    """The built-in operator a node's owner acts as at its own console."""
+    return f"owner@{node}"
+
+
 def member_doc(member_id: str) -> str:
     """Stable shard of a member (and its cards), the same on every node."""
     return f"members/{zlib.crc32(member_id.encode()) % MEMBER_SHARDS:02d}"

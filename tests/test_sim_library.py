@@ -21,9 +21,11 @@ import pytest
 from helpers import FakeClock, Net, doc_content, events, new_ledger, projections
 
 from crdtledger import ledger as ledger_mod
+from crdtledger import replica as replica_mod
 from crdtledger import storage as storage_mod
 from crdtledger.errors import InsufficientFunds, LocalProtocolError, RemoteProtocolError
-from crdtledger.ledger import Ledger, _single_writer_start, _skips_clocks
+from crdtledger.ledger import Ledger
+from crdtledger.replica import _single_writer_start, _skips_clocks
 from crdtledger.sync import (
     SyncSession,
     UpdatesApplied,
@@ -118,8 +120,8 @@ def test_decoded_state_vectors_are_fresh_copies() -> None:
 
 def _slow_skips(state: bytes, update: bytes, monkeypatch: pytest.MonkeyPatch) -> bool:
     with monkeypatch.context() as m:
-        m.setattr(ledger_mod, "_single_writer_start", lambda update: None)
-        return ledger_mod._skips_clocks(state, update)
+        m.setattr(replica_mod, "_single_writer_start", lambda update: None)
+        return replica_mod._skips_clocks(state, update)
 
 
 def test_skip_fast_path_agrees_with_the_probe(tmp_path: Path,

@@ -1,0 +1,172 @@
+"""Operators, roles and permissions: who may do what at this node.
+
+Passwords and card PINs are stored as salted scrypt hashes (`hash_secret`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pycrdt import Map
+
+from crdtledger.commit import LedgerBase, Write, put
+from crdtledger.errors import ApprovalRequired, InvalidInput, NotFound, PermissionDenied
+from crdtledger.inputs import check_text
+from crdtledger.model import BUILTIN_ROLES, PERMISSIONS
+
+# Key stretching for operator passwords and card PINs. A PIN has few digits, so the
+# hash is salted per card and deliberately slow (scrypt, ~30 ms).
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+def hash_secret(secret: str, salt: bytes | None = None) -> str:
+    salt = salt or secrets.token_bytes(16)
+    digest = hashlib.scrypt(secret.encode(), salt=salt, dklen=32, **_SCRYPT)
+    return f"scrypt${salt.hex()}${digest.hex()}"
+
+
+def check_secret(secret: str, stored: str) -> bool:
+    try:
+        _, salt, digest = stored.split("$")
+        got = hashlib.scrypt(secret.encode(), salt=bytes.fromhex(salt), dklen=32, **_SCRYPT)
+    except ValueError:
+        return False
+    return hmac.compare_digest(got.hex(), digest)
+
+
+
+
+class Auth(LedgerBase):
+    """Operators and roles (replicated in the `operators` document), permissions,
+    and approvals of large amounts."""
+
+    # --- permissions --------------------------------------------------------
+
+    def permissions(self, operator: str) -> frozenset[str]:
+        if operator == self.owner:
+            return PERMISSIONS
+        row = self.storage.conn.execute(
+            "SELECT body FROM operators WHERE id = ?", (operator,)
+        ).fetchone()
+        if row is None:
+            return frozenset()
+        data = json.loads(row[0])
+        if not data.get("active", True):
+            return frozenset()
+        perms: set[str] = set()
+        for role, on in (data.get("roles") or {}).items():
+            if not on:
+                continue
+            custom = self.storage.conn.execute(
+                "SELECT body FROM roles WHERE name = ?", (role,)
+            ).fetchone()
+            if custom is not None:
+                perms |= {p for p, v in json.loads(custom[0]).items() if v and p in PERMISSIONS}
+            else:
+                perms |= BUILTIN_ROLES.get(role, frozenset())
+        return frozenset(perms)
+
+    def authorise(self, operator: str, permission: str) -> None:
+        if permission not in self.permissions(operator):
+            raise PermissionDenied(f"operator {operator} may not {permission}")
+
+    def _approve(self, operator: str, approver: tuple[str, str] | None, what: str) -> str:
+        """Large amounts need someone allowed to approve: the operator or an approver."""
+        if "approve" in self.permissions(operator):
+            return operator
+        if approver is None:
+            raise ApprovalRequired(f"{what} needs an approver's password")
+        approver_id = self.authenticate(*approver)
+        if "approve" not in self.permissions(approver_id):
+            raise ApprovalRequired(f"{approver[0]} may not approve {what}")
+        return approver_id
+
+    # --- operators ----------------------------------------------------------
+
+    def add_operator(self, operator: str, name: str, password: str,
+                     roles: Iterable[str] = ("cashier",)) -> str:
+        self.authorise(operator, "operators.manage")
+        name = check_text(name, "operator name", required=True, limit=40)
+        if not isinstance(password, str) or len(password) < 6:
+            raise InvalidInput("password must have at least 6 characters")
+        if self._operator_by_name(name) is not None:
+            raise InvalidInput(f"an operator named {name} exists already")
+        role_map = {r: True for r in roles}
+        for r in role_map:
+            self._check_role_exists(r)
+        oid = self.clock.mint()
+        data = {"name": name, "password": hash_secret(password), "active": True,
+                "roles": Map(role_map)}
+        self._write(put("operators", "operators", oid, Map(data)))
+        return oid
+
+    def set_operator(self, operator: str, target: str, *, password: str | None = None,
+                     roles: Mapping[str, bool] | None = None, active: bool | None = None) -> None:
+        self.authorise(operator, "operators.manage")
+        if self.storage.conn.execute(
+            "SELECT 1 FROM operators WHERE id = ?", (target,)
+        ).fetchone() is None:
+            raise NotFound(f"no operator {target}")
+        for r in roles or {}:
+            self._check_role_exists(r)
+        if password is not None and (not isinstance(password, str) or len(password) < 6):
+            raise InvalidInput("password must have at least 6 characters")
+        pw = hash_secret(password) if password is not None else None
+
+        def mutate(root: Map[Any]) -> None:
+            m = root[target]
+            if pw is not None:
+                m["password"] = pw
+            if active is not None:
+                m["active"] = active
+            for r, on in (roles or {}).items():
+                m["roles"][r] = bool(on)
+
+        self._write(Write("operators", "operators", target, mutate))
+
+    def define_role(self, operator: str, name: str, permissions: Iterable[str]) -> None:
+        self.authorise(operator, "operators.manage")
+        perms = set(permissions)
+        unknown = perms - PERMISSIONS
+        if unknown:
+            raise InvalidInput(f"unknown permissions {sorted(unknown)}")
+        name = check_text(name, "role name", required=True, limit=40)
+        roles = self.storage.doc("operators").roots["roles"]
+        exists = name in roles
+
+        def mutate(root: Map[Any]) -> None:
+            if exists:
+                role = root[name]
+                for p in PERMISSIONS:
+                    role[p] = p in perms
+            else:
+                root[name] = Map({p: p in perms for p in PERMISSIONS})
+
+        self._write(Write("operators", "roles", name, mutate))
+
+    def _check_role_exists(self, role: str) -> None:
+        if role in BUILTIN_ROLES:
+            return
+        if self.storage.conn.execute("SELECT 1 FROM roles WHERE name = ?", (role,)).fetchone():
+            return
+        raise InvalidInput(f"unknown role {role!r}")
+
+    def _operator_by_name(self, name: str) -> tuple[str, dict[str, Any]] | None:
+        row = self.storage.conn.execute(
+            "SELECT id, body FROM operators WHERE name = ? ORDER BY id LIMIT 1", (name,)
+        ).fetchone()
+        return (row[0], json.loads(row[1])) if row else None
+
+    def authenticate(self, name: str, password: str) -> str:
+        found = self._operator_by_name(name)
+        if found is None or not found[1].get("active", True) or not check_secret(
+            password, str(found[1].get("password", ""))
+        ):
+            raise PermissionDenied("wrong operator name or password")
+        return found[0]
+

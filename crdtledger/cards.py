@@ -1,0 +1,139 @@
+"""Cards: issue, swipe (status, expiry, PIN), report lost or found, return, replace."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pycrdt import Array, Map
+
+from crdtledger.auth import check_secret, hash_secret
+from crdtledger.commit import Write, put
+from crdtledger.errors import CardInactive, CardLost, InvalidInput, NotFound, WrongPin
+from crdtledger.inputs import check_card_no, check_date
+from crdtledger.members import Members
+from crdtledger.model import CARD_TYPES, member_doc
+from crdtledger.money import check_amount
+
+
+class Cards(Members):
+    """Card status is a growing list of events, the latest (by HLC id) holds, so
+    nothing is ever deleted from a card's Map."""
+
+    # --- cards --------------------------------------------------------------
+
+    def issue_card(self, operator: str, member: str, card_no: str, *,
+                   card_type: str = "stored_value", pin: str | None = None,
+                   expiry: str = "", fee: int = 0) -> str:
+        self.authorise(operator, "card.issue")
+        self._live_member(member)
+        card_no = check_card_no(card_no)
+        if card_type not in CARD_TYPES:
+            raise InvalidInput(f"unknown card type {card_type!r}; one of {CARD_TYPES}")
+        if expiry:
+            check_date(expiry, "expiry")
+        fee = check_amount(fee, allow_zero=True)
+        self._card_free(card_no)
+        cid = self.clock.mint()
+        card = self._card_record(cid, member, card_no, card_type, pin, expiry)
+        entry = self._entry("card", member, amount=fee, paid=fee, card=cid)
+        self._write(put(member_doc(member), "cards", cid, Map(card)), self._entry_write(entry))
+        return cid
+
+    def _card_record(self, cid: str, member: str, card_no: str, card_type: str,
+                     pin: str | None, expiry: str) -> dict[str, Any]:
+        if pin is not None and not re.match(r"^[0-9]{4,8}\Z", pin):
+            raise InvalidInput("a card PIN is 4 to 8 digits")
+        return {"card_no": card_no, "member": member, "type": card_type,
+                "pin": hash_secret(pin) if pin else "", "expiry": expiry, "node": self.node,
+                "events": Array([[cid, "active", ""]])}
+
+    def _card_free(self, card_no: str) -> None:
+        row = self.storage.conn.execute(
+            "SELECT member FROM cards WHERE card_no = ? AND status IN ('active', 'lost')",
+            (card_no,),
+        ).fetchone()
+        if row:
+            raise InvalidInput(f"card {card_no} is already issued (member {row[0]})")
+
+    def card(self, card_no: str) -> dict[str, Any]:
+        """The card with this number: the active one if any, else the newest."""
+        card_no = check_card_no(card_no)  # stored upper-case by issue_card
+        rows = self.storage.conn.execute(
+            "SELECT id, member, status, body FROM cards WHERE card_no = ? "
+            "ORDER BY status = 'active' DESC, status = 'lost' DESC, id DESC",
+            (card_no,),
+        ).fetchall()
+        if not rows:
+            raise NotFound(f"unknown card {card_no}")
+        cid, member, status, body = rows[0]
+        data = json.loads(body)
+        return {"id": cid, "card_no": card_no, "member": member, "status": status,
+                "type": data.get("type"), "expiry": data.get("expiry", ""),
+                "has_pin": bool(data.get("pin"))}
+
+    def _pin_hash(self, card_id: str) -> str:
+        row = self.storage.conn.execute(
+            "SELECT body FROM cards WHERE id = ?", (card_id,)).fetchone()
+        return str(json.loads(row[0]).get("pin", "")) if row else ""
+
+    def use_card(self, card_no: str, pin: str | None = None) -> dict[str, Any]:
+        """Resolve a swiped card to its member, refusing lost, replaced, expired cards
+        and wrong PINs with a message for the cashier."""
+        card = self.card(card_no)
+        if card["status"] == "lost":
+            raise CardLost(f"card {card_no} is reported lost")
+        if card["status"] != "active":
+            raise CardInactive(f"card {card_no} is {card['status']}")
+        if card["expiry"] and card["expiry"] < self.today():
+            raise CardInactive(f"card {card_no} expired on {card['expiry']}")
+        pin_hash = self._pin_hash(card["id"]) if card["has_pin"] else ""
+        if pin_hash and (pin is None or not check_secret(pin, pin_hash)):
+            raise WrongPin(f"wrong PIN for card {card_no}")
+        return card
+
+    def _card_event(self, operator: str, permission: str, card_no: str, status: str,
+                    allowed_from: tuple[str, ...], note: str = "") -> str:
+        self.authorise(operator, permission)
+        card = self.card(card_no)
+        if card["status"] not in allowed_from:
+            raise InvalidInput(f"card {card_no} is {card['status']}; cannot mark it {status}")
+        eid = self.clock.mint()
+        self._write(self._card_status(card, [eid, status, note]))
+        return str(card["id"])
+
+    def _card_status(self, card: Mapping[str, Any], event: list[str]) -> Write:
+        """Card status is a growing list of events; the latest (by HLC id) holds."""
+        cid = str(card["id"])
+        return Write(member_doc(str(card["member"])), "cards", cid,
+                     lambda root: root[cid]["events"].append(event))
+
+    def report_lost(self, operator: str, card_no: str) -> str:
+        return self._card_event(operator, "card.lost", card_no, "lost", ("active",))
+
+    def report_found(self, operator: str, card_no: str) -> str:
+        return self._card_event(operator, "card.lost", card_no, "active", ("lost",))
+
+    def return_card(self, operator: str, card_no: str) -> str:
+        return self._card_event(operator, "card.return", card_no, "returned", ("active", "lost"))
+
+    def replace_card(self, operator: str, old_no: str, new_no: str, *,
+                     pin: str | None = None) -> str:
+        """补卡: a new card for the same member; the purses belong to the member and stay."""
+        self.authorise(operator, "card.replace")
+        old = self.card(old_no)
+        if old["status"] not in ("active", "lost"):
+            raise InvalidInput(f"card {old_no} is {old['status']}; cannot replace it")
+        new_no = check_card_no(new_no)
+        self._card_free(new_no)
+        cid = self.clock.mint()
+        eid = self.clock.mint()
+        card = self._card_record(cid, old["member"], new_no, str(old["type"]), pin,
+                                 str(old["expiry"]))
+        card["replaces"] = old["id"]
+        self._write(self._card_status(old, [eid, "replaced", cid]),
+                    put(member_doc(str(old["member"])), "cards", cid, Map(card)))
+        return cid
+

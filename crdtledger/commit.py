@@ -1,0 +1,150 @@
+"""The one write path of a ledger, shared by every concept's operations.
+
+Every mutating operation follows it (`LedgerBase._commit`): check permission and
+input, check escrow rights against the projection, write to the pycrdt document,
+project the change, log the update; all in one SQLite transaction, acknowledged
+only after COMMIT. The concepts (auth, rules, members, cards, payments, replica)
+are mixins of `LedgerBase`, composed by `crdtledger.ledger.Ledger`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pycrdt import Map
+
+from crdtledger import escrow
+from crdtledger.errors import ClockSkew, InvalidAmount
+from crdtledger.hlc import HybridClock, id_time_ms, wall_ms
+from crdtledger.model import ledger_doc, owner_of
+from crdtledger.money import MAX_AMOUNT
+from crdtledger.projection import project_entry, record_change
+from crdtledger.storage import LoadedDoc, Storage
+
+Listener = Callable[[str, bytes, object], None]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Write:
+    """One replicated record changed by a local operation: `mutate` gets the root Map
+    of `doc`; the projection then rewrites that one record (or, for a ledger entry,
+    projects `entry`, the very value written)."""
+
+    doc: str
+    root: str
+    key: str
+    mutate: Callable[[Map[Any]], None]
+    entry: dict[str, Any] | None = None
+
+
+def put(doc: str, root: str, key: str, value: Any) -> Write:
+    return Write(doc, root, key, lambda r: r.__setitem__(key, value))
+
+# Remote entries stamped too far ahead of our clock: the latest are kept for a look.
+SKEW_EVENTS_KEPT = 100
+
+
+class LedgerBase:
+    """What every concept of a ledger shares: the store, the clock, the listeners and
+    the write path. One thread owns a ledger (pycrdt objects are bound to their
+    thread)."""
+
+    def __init__(self, storage: Storage, now_ms: Callable[[], int] | None = None) -> None:
+        self.storage = storage
+        self.node = storage.node
+        self.chain = storage.chain
+        self.clock = HybridClock(self.node, int(storage.meta.get("hlc", "0")), now_ms)
+        self.owner = owner_of(self.node)
+        self._listeners: list[Listener] = []
+        self._rules: dict[str, list[tuple[str, str, Any]]] | None = None
+        self.skew_events: deque[ClockSkew] = deque(maxlen=SKEW_EVENTS_KEPT)
+        self._digest: tuple[int, bytes] | None = None  # (storage.version, states_digest)
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener(doc, update, origin)` after each committed change.
+
+        `origin` is None for local operations, else what the caller of apply_remote
+        passed (a sync session), so a session need not echo a peer's own updates.
+        """
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    # --- the one write path -------------------------------------------------
+
+    def _commit(self, plan: Callable[[], tuple[Sequence[Write], T]]) -> T:
+        """Run `plan` inside the write transaction (so the rights it checks cannot move
+        before its entry commits), write what it returns, project, log, commit; then
+        hand the updates to listeners. Returns the plan's result."""
+        st = self.storage
+        committed: list[tuple[str, bytes]] = []
+        with st.transaction():
+            writes, result = plan()
+            for w in writes:
+                ld = st.doc(w.doc)
+                with ld.doc.transaction():
+                    w.mutate(ld.roots[w.root])
+                updates = ld.take_updates()
+                self._project_write(ld, w)
+                st.record(ld, updates)
+                committed.extend((w.doc, u) for u in updates)
+            st.keep_clock(self.clock.last)
+        self._notify(committed, None)
+        for name in {w.doc for w in writes}:
+            st.maybe_compact(name)
+        return result
+
+    def _write(self, *writes: Write) -> None:
+        self._commit(lambda: (writes, None))
+
+    def _project_write(self, ld: LoadedDoc, w: Write) -> None:
+        """Project a local write from what it wrote. pycrdt's observers would tell the
+        same, but converting their events costs more than the rest of a debit's CPU;
+        remote updates, whose content we do not know, go through the observers."""
+        conn, day_of = self.storage.conn, self.storage.day_of
+        if w.entry is not None:
+            # Built by _entry (exact ints, ranges checked, rights checked by the plan):
+            # projected as is. Replicas run the full schema check (normalise_entry);
+            # the state machine tests that they never disagree with the writer.
+            project_entry(conn, w.entry, day_of(id_time_ms(w.key)), +1)
+            return
+        record_change(conn, ld.name, w.root, w.key, ld.roots[w.root][w.key], day_of)
+        if w.root == "rules":
+            self._rules = None
+
+    def _notify(self, updates: Iterable[tuple[str, bytes]], origin: object) -> None:
+        for name, update in updates:
+            for fn in list(self._listeners):
+                fn(name, update, origin)
+
+    # --- ledger entries -----------------------------------------------------
+
+    def _entry(self, kind: str, member: str, *, deltas: Sequence[tuple[str, str, int]] = (),
+               amount: int = 0, **extra: Any) -> dict[str, Any]:
+        eid = self.clock.mint()
+        # `amount` too: an entry out of range would be quarantined by every replica
+        # (model.normalise_entry) after the operation was acknowledged here.
+        for v in (amount, *extra.values()):
+            if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v <= MAX_AMOUNT:
+                raise InvalidAmount(f"value {v} out of range")
+        escrow.check_deltas_authorised(self.node, deltas)
+        entry: dict[str, Any] = {
+            "id": eid, "kind": kind, "member": member, "node": self.node,
+            "op": extra.pop("op", self.owner), "at": wall_ms(self.clock.last),
+            "amount": amount, "deltas": [list(d) for d in deltas if d[2] != 0],
+        }
+        entry.update({k: v for k, v in extra.items() if v is not None and v != ""})
+        return entry
+
+    def _entry_write(self, entry: dict[str, Any]) -> Write:
+        month = self.storage.day_of(entry["at"])[:7]
+        eid = entry["id"]
+        return Write(ledger_doc(month), "entries", eid,
+                     lambda root: root.__setitem__(eid, entry), entry=entry)
+
+    def today(self) -> str:
+        return self.storage.day_of(self.clock.wall())
+

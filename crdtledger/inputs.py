@@ -1,0 +1,55 @@
+"""Checks of what a person typed, shared by the operations of every concept:
+refused with InvalidInput before anything is written, so a bad value never reaches
+a replicated document (where every replica would have to refuse it again)."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from typing import Any
+
+from crdtledger.errors import InvalidInput
+
+MAX_TEXT = 200
+
+
+def check_text(value: Any, what: str, *, required: bool = False, limit: int = MAX_TEXT) -> str:
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be text")
+    text: str = value.strip()
+    if "\x00" in text or _unencodable(text):
+        # A lone surrogate (valid JSON: "\ud800") makes pycrdt panic and SQLite
+        # refuse; NUL ends strings early in C code that shows them.
+        raise InvalidInput(f"{what} contains characters that are not text")
+    if required and not text:
+        raise InvalidInput(f"{what} is required")
+    if len(text) > limit:
+        raise InvalidInput(f"{what} is longer than {limit} characters")
+    return text
+
+
+def _unencodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def check_date(value: str, what: str) -> None:
+    try:
+        date.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{what} must be a date like 2026-11-23, not {value!r}") from None
+
+
+def check_card_no(value: str) -> str:
+    value = check_text(value, "card number", required=True, limit=40)
+    if not re.match(r"^[0-9A-Za-z:_-]{1,40}$", value):
+        raise InvalidInput(f"card number {value!r} has characters a card cannot carry")
+    return value.upper()
+
+
+

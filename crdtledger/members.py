@@ -1,0 +1,141 @@
+"""Member profiles: registration, field-by-field edits, search."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pycrdt import Map
+
+from crdtledger import views
+from crdtledger.auth import Auth
+from crdtledger.commit import Write, put
+from crdtledger.errors import InvalidInput, NotFound
+from crdtledger.hlc import check_node_id
+from crdtledger.inputs import check_text
+from crdtledger.model import member_doc
+
+MEMBER_FIELDS = ("name", "phone", "gender", "birthday", "anniversary", "home", "level",
+                 "notes", "deleted")
+PREF_KEYS = ("strength", "service", "technician")
+PHONE = re.compile(r"^\+?[0-9][0-9 -]{4,19}$")
+
+
+class Members(Auth):
+    """A member is a nested Map, so that concurrent edits of different fields at two
+    branches both survive."""
+
+    # --- members ------------------------------------------------------------
+
+    def add_member(self, operator: str, *, name: str, phone: str, gender: str = "",
+                   birthday: str = "", anniversary: str = "", home: str | None = None,
+                   notes: str = "", tags: Iterable[str] = (),
+                   prefs: Mapping[str, str] | None = None,
+                   custom: Mapping[str, str] | None = None) -> str:
+        self.authorise(operator, "member.add")
+        fields = _member_fields(
+            {"name": name, "phone": phone, "gender": gender, "birthday": birthday,
+             "anniversary": anniversary, "home": home or self.node, "notes": notes},
+            creating=True,
+        )
+        if self.storage.conn.execute(
+            "SELECT id FROM members WHERE phone = ?", (fields["phone"],)
+        ).fetchone():
+            raise InvalidInput(f"phone {fields['phone']} is registered to another member")
+        prefs_d = _prefs(prefs or {})
+        custom_d = {check_text(k, "field name", limit=40): check_text(v, k) for k, v in
+                    (custom or {}).items()}
+        tag_d = {check_text(t, "tag", limit=40): True for t in tags}
+        mid = self.clock.mint()
+
+        record = Map({**fields, "created_by": operator, "prefs": Map(prefs_d),
+                      "tags": Map(tag_d), "custom": Map(custom_d)})
+        self._write(put(member_doc(mid), "members", mid, record))
+        return mid
+
+    def edit_member(self, operator: str, member: str, *, fields: Mapping[str, Any] | None = None,
+                    prefs: Mapping[str, str] | None = None,
+                    custom: Mapping[str, str] | None = None,
+                    tags_add: Iterable[str] = (), tags_remove: Iterable[str] = ()) -> None:
+        """Field by field, so concurrent edits of different fields at two branches
+        both survive (each field is its own key in the member's Map)."""
+        self.authorise(operator, "member.edit")
+        if self.storage.conn.execute(
+            "SELECT 1 FROM members WHERE id = ?", (member,)).fetchone() is None:
+            raise NotFound(f"unknown member {member}")  # a deleted one may be edited back
+        fields = dict(fields or {})
+        if "level" in fields:
+            self.authorise(operator, "member.upgrade")
+        if "deleted" in fields:
+            self.authorise(operator, "member.delete")
+        f = _member_fields(fields, creating=False)
+        if f.get("phone") and self.storage.conn.execute(
+            "SELECT 1 FROM members WHERE phone = ? AND id != ?", (f["phone"], member)
+        ).fetchone():
+            raise InvalidInput(f"phone {f['phone']} is registered to another member")
+        prefs_d = _prefs(prefs or {})
+        custom_d = {check_text(k, "field name", limit=40): check_text(v, k) for k, v in
+                    (custom or {}).items()}
+        tags = {check_text(t, "tag", limit=40): True for t in tags_add}
+        tags |= {check_text(t, "tag", limit=40): False for t in tags_remove}
+
+        def mutate(root: Map[Any]) -> None:
+            m = root[member]
+            for k, v in f.items():
+                m[k] = v
+            for sub, values in (("prefs", prefs_d), ("custom", custom_d), ("tags", tags)):
+                for k, v in values.items():
+                    m[sub][k] = v
+
+        self._write(Write(member_doc(member), "members", member, mutate))
+
+    def find_members(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
+        return views.find_members(self.storage.conn, check_text(query, "search"), limit)
+
+    def _live_member(self, member: str) -> tuple[dict[str, Any], tuple[int, int]]:
+        """The member's profile and cumulative (spent, topped): one indexed read on the
+        debit path, not the whole member view."""
+        row = self.storage.conn.execute(
+            "SELECT m.body, t.spent, t.topped FROM members m "
+            "LEFT JOIN totals t ON t.member = m.id WHERE m.id = ?", (member,)).fetchone()
+        if row is None:
+            raise NotFound(f"unknown member {member}")
+        profile: dict[str, Any] = json.loads(row[0])
+        if profile.get("deleted"):
+            raise InvalidInput(f"member {member} was deleted")
+        return profile, (int(row[1] or 0), int(row[2] or 0))
+
+
+def _member_fields(fields: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:
+    unknown = set(fields) - set(MEMBER_FIELDS)
+    if unknown:
+        raise InvalidInput(f"unknown member fields {sorted(unknown)}")
+    out: dict[str, Any] = {}
+    for k, v in fields.items():
+        if k == "deleted":
+            if not isinstance(v, bool):  # bool("false") is True: a form's text must not delete
+                raise InvalidInput(f"deleted must be true or false, not {v!r}")
+            out[k] = v
+            continue
+        out[k] = check_text(v, k, required=k == "name" or (creating and k == "phone"))
+    if "phone" in out and out["phone"] and not PHONE.match(out["phone"]):
+        raise InvalidInput(f"phone {out['phone']!r} is not a phone number")
+    if out.get("gender") and out["gender"] not in ("F", "M"):
+        raise InvalidInput("gender is F, M or empty")
+    for k in ("birthday", "anniversary"):
+        if out.get(k) and not re.match(r"^(\d{4}-)?\d{2}-\d{2}$", out[k]):
+            raise InvalidInput(f"{k} must look like 1990-05-17 or 05-17")
+    if out.get("home"):
+        check_node_id(out["home"])
+    return out
+
+
+def _prefs(prefs: Mapping[str, str]) -> dict[str, str]:
+    unknown = set(prefs) - set(PREF_KEYS)
+    if unknown:
+        raise InvalidInput(f"unknown preferences {sorted(unknown)}; one of {PREF_KEYS}")
+    return {k: check_text(v, k, limit=60) for k, v in prefs.items()}
+
+

@@ -1,0 +1,364 @@
+"""Money and points: top-ups, debits, refunds, rights transfers, points, packages,
+corrections. Each is one immutable ledger entry whose deltas say its effect on every
+purse's rights; an entry that lowers a purse is committed only if this node's own
+rights cover it, checked inside the write transaction (`_post`, `debit`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any, cast
+
+from crdtledger import escrow, views
+from crdtledger.cards import Cards
+from crdtledger.commit import Write
+from crdtledger.errors import (
+    InsufficientFunds,
+    InvalidAmount,
+    InvalidInput,
+    NotFound,
+    RemoteProtocolError,
+    RightsElsewhere,
+)
+from crdtledger.hlc import check_node_id
+from crdtledger.inputs import check_text
+from crdtledger.model import ID, MONEY_PURSES, PURSE
+from crdtledger.money import (
+    apply_rate,
+    check_amount,
+    check_count,
+    format_purse,
+    format_yuan,
+    points_for,
+)
+from crdtledger.rules import Rules
+
+if TYPE_CHECKING:
+    from crdtledger.ledger import Ledger
+
+
+
+
+def _spend(node: str, purses: Mapping[str, Mapping[str, int]], amount: int
+           ) -> list[tuple[str, str, int]]:
+    """Stored value spent at `node`: cash first, then bonus (the named rule)."""
+    cash = sum(purses.get("cash", {}).values())
+    bonus = sum(purses.get("bonus", {}).values())
+    from_cash = min(amount, cash)
+    if amount - from_cash > bonus:
+        raise InsufficientFunds("cash", cash + bonus, amount)
+    return [("cash", node, -from_cash), ("bonus", node, -(amount - from_cash))]
+
+
+
+
+class Payments(Cards, Rules):
+    """The operations on a member's purses, and the reads of them."""
+
+    def _rights(self, member: str, purse: str) -> dict[str, int]:
+        return {n: a for n, a in self.storage.conn.execute(
+            "SELECT node, amount FROM rights WHERE member = ? AND purse = ?", (member, purse))}
+
+    def _purses(self, member: str) -> dict[str, dict[str, int]]:
+        """Every purse of a member with its rights per node: one indexed read."""
+        out: dict[str, dict[str, int]] = {}
+        for purse, node, amount in self.storage.conn.execute(
+            "SELECT purse, node, amount FROM rights WHERE member = ?", (member,)
+        ):
+            out.setdefault(purse, {})[node] = amount
+        return out
+
+    def _post(self, entry: dict[str, Any], needs: Mapping[str, int]) -> dict[str, Any]:
+        """Commit an entry after checking, inside the write transaction, that this
+        node's own rights cover every purse it lowers."""
+
+        def plan() -> tuple[list[Write], dict[str, Any]]:
+            purses = self._purses(entry["member"]) if any(v > 0 for v in needs.values()) else {}
+            for purse, amount in needs.items():
+                if amount > 0:
+                    escrow.require(purse, self.node, purses.get(purse, {}), amount,
+                                   entry["member"])
+            return [self._entry_write(entry)], entry
+
+        return self._commit(plan)
+
+    def topup(self, operator: str, member: str, amount: int, *,
+              approver: tuple[str, str] | None = None, card: str | None = None,
+              pin: str | None = None) -> dict[str, Any]:
+        """充值: the cash paid becomes stored value here, plus any promotion's bonus."""
+        self.authorise(operator, "topup")
+        amount = check_amount(amount)
+        member, _ = self._resolve(member, card, pin)
+        approved = None
+        if amount > int(self.rule("approval")["topup_limit"]):
+            approved = self._approve(operator, approver, f"a top-up of {format_yuan(amount)}")
+        bonus, promo = 0, None
+        for p in self.rule("promotions"):
+            if amount >= int(p["min"]) and int(p["bonus"]) > bonus:
+                bonus, promo = int(p["bonus"]), str(p.get("name", ""))
+        deltas = [("cash", self.node, amount), ("bonus", self.node, bonus)]
+        entry = self._entry("topup", member, deltas=deltas, amount=amount, paid=amount,
+                            bonus=bonus or None, promotion=promo, op=operator,
+                            approver=approved if approved != operator else None)
+        return self._post(entry, {})
+
+    def debit(self, operator: str, member: str | None = None, *, amount: int | None = None,
+              service: str | None = None, qty: int = 1, pay: str = "stored",
+              package: str | None = None, card: str | None = None, pin: str | None = None
+              ) -> dict[str, Any]:
+        """扣费 / 消费. A plain `amount` is charged as given; a `service` from the price
+        list gets the member's level discount. Stored value is spent cash first, then
+        bonus. Points are earned on what is paid, by level multiplier."""
+        self.authorise(operator, "debit")
+        member, (profile, totals) = self._resolve(member, card, pin)
+        if pay not in ("stored", "package", "cash"):
+            raise InvalidInput("pay must be stored, package or cash")
+        qty = check_count(qty, "quantity")
+        lvl = views.level(cast("Ledger", self), member, profile, totals)
+        rate, svc_name = "1", None
+        if service is not None:
+            services = self.rule("services")
+            if service not in services:
+                raise NotFound(f"no service {service} in the price list")
+            gross = int(services[service]["price"]) * qty
+            svc_name = service
+            rate = str(lvl["discount"])
+        elif amount is not None and pay != "package":
+            gross = check_amount(amount)
+        else:
+            raise InvalidInput("give an amount or a service")
+        net = apply_rate(gross, rate) if pay != "package" else 0
+        earn = self.rule("earn")
+        points = points_for(net, str(earn["points_per_yuan"]), str(lvl["points_multiplier"]))
+        deltas: list[tuple[str, str, int]] = []
+        if pay == "package":
+            package = package or self._find_package(member, service, qty)
+            row = self.storage.conn.execute(
+                "SELECT service FROM entries WHERE id = ? AND kind = 'package' AND member = ?",
+                (package, member)).fetchone()
+            if row is None or row[0] != service:
+                raise InvalidInput(f"{package} is not a {service} package of this member")
+            deltas = [(f"pkg:{package}", self.node, -qty)]
+        expires = self._points_expiry() if points else None
+
+        def plan() -> tuple[list[Write], dict[str, Any]]:
+            # Inside the write transaction: the balance split and the escrow check read
+            # the rights once, and nothing can move them before the entry commits.
+            purses = self._purses(member)
+            paid = list(deltas)
+            if pay == "stored":
+                paid += _spend(self.node, purses, net)
+            for purse, _node, change in paid:
+                if change < 0:
+                    escrow.require(purse, self.node, purses.get(purse, {}), -change, member)
+            entry = self._entry(
+                "debit", member, deltas=[*paid, ("points", self.node, points)], amount=net,
+                gross=gross, discount=rate, level=str(lvl["name"]), service=svc_name, qty=qty,
+                pay=pay, package=package, points=points or None, op=operator, expires=expires,
+            )
+            return [self._entry_write(entry)], entry
+
+        return self._commit(plan)
+
+    def _points_expiry(self) -> str | None:
+        days = int(self.rule("earn").get("expire_days") or 0)
+        if days <= 0:
+            return None
+        return (date.fromisoformat(self.today()) + timedelta(days=days)).isoformat()
+
+    def _find_package(self, member: str, service: str | None, qty: int) -> str:
+        for pkg in views.packages(cast("Ledger", self), member):
+            if (service is None or pkg["service"] == service) and pkg["remaining"] >= qty:
+                return str(pkg["id"])
+        raise InsufficientFunds("package uses", 0, qty)
+
+    def _resolve(self, member: str | None, card: str | None, pin: str | None
+                 ) -> tuple[str, tuple[dict[str, Any], tuple[int, int]]]:
+        """The member a counter operation is for, its profile and totals (one read)."""
+        if card is not None:
+            c = self.use_card(card, pin)
+            if member is not None and member != c["member"]:
+                raise InvalidInput(f"card {card} belongs to another member")
+            member = str(c["member"])
+        if member is None:
+            raise InvalidInput("name a member or a card")
+        return member, self._live_member(member)
+
+    def refund(self, operator: str, debit_id: str, amount: int | None = None,
+               reason: str = "") -> dict[str, Any]:
+        """退款. A debit's refund rights stay with the branch that made the debit, so two
+        branches can never both refund the same consumption."""
+        self.authorise(operator, "refund")
+        row = self.storage.conn.execute(
+            "SELECT body FROM entries WHERE id = ? AND kind = 'debit'", (debit_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no debit {debit_id}")
+        debit = json.loads(row[0])
+        prior = [json.loads(b) for (b,) in self.storage.conn.execute(
+            "SELECT body FROM entries WHERE ref = ? AND kind = 'refund'", (debit_id,))]
+        refunded = sum(int(p["amount"]) for p in prior)
+        left = int(debit["amount"]) - refunded
+        if debit.get("pay") == "package":
+            left = int(debit["qty"]) - sum(int(p.get("qty", 0)) for p in prior)
+        amount = left if amount is None else check_amount(amount)
+        if amount <= 0 or amount > left:
+            raise InvalidAmount(f"at most {left} of this debit can still be refunded")
+        if debit["node"] != self.node:
+            raise RightsElsewhere("refund", amount, 0, {debit["node"]: left})
+        member = str(debit["member"])
+        deltas: list[tuple[str, str, int]] = []
+        qty = None
+        if debit.get("pay") == "stored":
+            cash_taken = -sum(c for p, _n, c in debit["deltas"] if p == "cash")
+            # Earlier refunds credited cash (positive deltas): what is already back.
+            cash_back = sum(c for q in prior for p, _n, c in q["deltas"] if p == "cash")
+            to_cash = min(amount, cash_taken - cash_back)
+            deltas += [("cash", self.node, to_cash), ("bonus", self.node, amount - to_cash)]
+        elif debit.get("pay") == "package":
+            qty = amount
+            deltas.append((f"pkg:{debit['package']}", self.node, amount))
+        points = 0
+        if debit.get("points") and int(debit["amount"]) > 0:
+            due = int(debit["points"]) * amount // int(debit["amount"])
+            points = min(due, max(0, self._rights(member, "points").get(self.node, 0)))
+            deltas.append(("points", self.node, -points))
+        money = 0 if debit.get("pay") == "package" else amount
+        entry = self._entry("refund", member, deltas=deltas, amount=money, ref=debit_id,
+                            qty=qty, points=points or None, reason=check_text(reason, "reason"),
+                            op=operator, service=debit.get("service"))
+        return self._post(entry, {"points": points})
+
+    def transfer_rights(self, operator: str, member: str, to: str, amount: int,
+                        purse: str = "cash") -> dict[str, Any]:
+        """Give some of this node's rights on a purse to another branch. Only the holder
+        can give its rights away, so this runs at the giving node."""
+        self.authorise(operator, "rights.transfer")
+        return self._transfer(member, purse, to, check_amount(amount), operator)
+
+    def grant_rights(self, member: str, purse: str, to: str, shortfall: int
+                     ) -> dict[str, Any] | None:
+        """Answer a peer's request for rights (see escrow.grant_amount); None if none."""
+        if not PURSE.match(purse) or not ID.match(member):
+            raise RemoteProtocolError("bad rights request")
+        check_node_id(to)
+        own = self._rights(member, purse).get(self.node, 0)
+        give = escrow.grant_amount(own, shortfall)
+        if give <= 0 or to == self.node:
+            return None
+        return self._transfer(member, purse, to, give, f"sync@{self.node}")
+
+    def _transfer(self, member: str, purse: str, to: str, amount: int, operator: str
+                  ) -> dict[str, Any]:
+        check_node_id(to)
+        if to == self.node:
+            raise InvalidInput("a branch cannot transfer rights to itself")
+        if not PURSE.match(purse):
+            raise InvalidInput(f"unknown purse {purse!r}")
+        self._live_member(member)
+        entry = self._entry("transfer", member, deltas=[(purse, self.node, -amount),
+                                                        (purse, to, amount)],
+                            amount=amount, to=to, op=operator)
+        own = self._rights(member, purse).get(self.node, 0)
+        if amount > own:
+            raise InvalidAmount(
+                f"this branch holds {format_purse(purse, own)} of the member's {purse}; "
+                f"it cannot give {format_purse(purse, amount)}")
+        return self._post(entry, {purse: amount})
+
+    def redeem_points(self, operator: str, member: str, points: int, gift: str = ""
+                      ) -> dict[str, Any]:
+        self.authorise(operator, "points.redeem")
+        points = check_count(points, "points")
+        self._live_member(member)
+        entry = self._entry("redeem", member, deltas=[("points", self.node, -points)],
+                            points=points, gift=check_text(gift, "gift"), op=operator)
+        return self._post(entry, {"points": points})
+
+    def convert_points(self, operator: str, member: str, points: int) -> dict[str, Any]:
+        """积分转储值: points become bonus value at the chain's conversion rate."""
+        self.authorise(operator, "points.redeem")
+        points = check_count(points, "points")
+        self._live_member(member)
+        per_yuan = int(self.rule("conversion")["points_per_yuan"])
+        value = points * 100 // per_yuan
+        if value <= 0:
+            raise InvalidAmount(f"{points} points are worth less than one fen")
+        entry = self._entry("convert", member, deltas=[("points", self.node, -points),
+                                                       ("bonus", self.node, value)],
+                            amount=value, points=points, op=operator)
+        return self._post(entry, {"points": points})
+
+    def correct(self, operator: str, member: str, purse: str, change: int, reason: str,
+                approver: tuple[str, str] | None = None) -> dict[str, Any]:
+        """An approved manual adjustment; a decrease still needs this node's rights."""
+        self.authorise(operator, "adjust")
+        if not PURSE.match(purse):
+            raise InvalidInput(f"unknown purse {purse!r}")
+        if isinstance(change, bool) or not isinstance(change, int) or change == 0:
+            raise InvalidAmount("a correction is a non-zero whole number")
+        check_amount(abs(change))
+        reason = check_text(reason, "reason", required=True)
+        self._live_member(member)
+        approved = None
+        if purse in MONEY_PURSES and abs(change) > int(self.rule("approval")["correction_limit"]):
+            approved = self._approve(operator, approver, f"a correction of {format_yuan(change)}")
+        entry = self._entry("correction", member, deltas=[(purse, self.node, change)],
+                            amount=abs(change), reason=reason, op=operator,
+                            approver=approved if approved != operator else None)
+        return self._post(entry, {purse: -change})
+
+    def sell_package(self, operator: str, member: str, service: str, uses: int, price: int,
+                     pay: str = "cash") -> dict[str, Any]:
+        """计次卡: `uses` of a service, paid at the till or from stored value."""
+        self.authorise(operator, "package.sell")
+        if service not in self.rule("services"):
+            raise NotFound(f"no service {service} in the price list")
+        uses = check_count(uses, "uses")
+        price = check_amount(price, allow_zero=True)
+        self._live_member(member)
+        if pay not in ("cash", "stored"):
+            raise InvalidInput("a package is paid in cash or from stored value")
+        entry = self._entry("package", member, amount=price, service=service, qty=uses, pay=pay,
+                            paid=price if pay == "cash" else 0, op=operator)
+        deltas = [(f"pkg:{entry['id']}", self.node, uses)]
+        needs: dict[str, int] = {}
+        if pay == "stored" and price:
+            spent = _spend(self.node, self._purses(member), price)
+            needs = {purse: -change for purse, _node, change in spent}
+            deltas += spent
+        entry["deltas"] = [list(d) for d in deltas if d[2]]
+        return self._post(entry, needs)
+
+    def expire_points(self, operator: str, member: str) -> dict[str, Any] | None:
+        """Write off points past their expiry, as far as this node holds them."""
+        self.authorise(operator, "adjust")
+        due = views.points(cast("Ledger", self), member)["expired_unwritten"]
+        own = self._rights(member, "points").get(self.node, 0)
+        n = min(due, own)
+        if n <= 0:
+            return None
+        entry = self._entry("expiry", member, deltas=[("points", self.node, -n)], points=n,
+                            op=operator)
+        return self._post(entry, {"points": n})
+
+    # --- views --------------------------------------------------------------
+
+    def balance(self, member: str) -> dict[str, Any]:
+        return views.balance(self.storage.conn, member)
+
+    def rights(self, member: str, purse: str = "cash") -> dict[str, int]:
+        return {n: a for n, a in sorted(self._rights(member, purse).items()) if a != 0}
+
+    def history(self, member: str, limit: int = 50) -> list[dict[str, Any]]:
+        return views.history(self.storage.conn, member, limit)
+
+    def entry(self, entry_id: str) -> dict[str, Any]:
+        row = self.storage.conn.execute(
+            "SELECT body FROM entries WHERE id = ?", (entry_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no entry {entry_id}")
+        return dict(json.loads(row[0]))
+
+
