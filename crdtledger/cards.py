@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,7 +13,7 @@ from crdtledger.commit import Write, put
 from crdtledger.errors import CardInactive, CardLost, InvalidInput, NotFound, WrongPin
 from crdtledger.inputs import check_card_no, check_date
 from crdtledger.members import Members
-from crdtledger.model import CARD_TYPES, member_doc
+from crdtledger.model import CARD_TYPES, PIN, CardStatus, CardType, is_one_of, member_doc
 from crdtledger.money import check_amount
 
 
@@ -30,7 +29,7 @@ class Cards(Members):
         self.authorise(operator, "card.issue")
         self._live_member(member)
         card_no = check_card_no(card_no)
-        if card_type not in CARD_TYPES:
+        if not is_one_of(card_type, CARD_TYPES):
             raise InvalidInput(f"unknown card type {card_type!r}; one of {CARD_TYPES}")
         if expiry:
             check_date(expiry, "expiry")
@@ -42,9 +41,9 @@ class Cards(Members):
         self._write(put(member_doc(member), "cards", cid, Map(card)), self._entry_write(entry))
         return cid
 
-    def _card_record(self, cid: str, member: str, card_no: str, card_type: str,
+    def _card_record(self, cid: str, member: str, card_no: str, card_type: CardType,
                      pin: str | None, expiry: str) -> dict[str, Any]:
-        if pin is not None and not re.match(r"^[0-9]{4,8}\Z", pin):
+        if pin is not None and not PIN.match(pin):
             raise InvalidInput("a card PIN is 4 to 8 digits")
         return {"card_no": card_no, "member": member, "type": card_type,
                 "pin": hash_secret(pin) if pin else "", "expiry": expiry, "node": self.node,
@@ -94,21 +93,23 @@ class Cards(Members):
             raise WrongPin(f"wrong PIN for card {card_no}")
         return card
 
-    def _card_event(self, operator: str, permission: str, card_no: str, status: str,
-                    allowed_from: tuple[str, ...], note: str = "") -> str:
+    def _card_event(self, operator: str, permission: str, card_no: str, status: CardStatus,
+                    allowed_from: tuple[CardStatus, ...], note: str = "") -> str:
         self.authorise(operator, permission)
         card = self.card(card_no)
         if card["status"] not in allowed_from:
             raise InvalidInput(f"card {card_no} is {card['status']}; cannot mark it {status}")
         eid = self.clock.mint()
-        self._write(self._card_status(card, [eid, status, note]))
+        self._write(self._card_status(card, (eid, status, note)))
         return str(card["id"])
 
-    def _card_status(self, card: Mapping[str, Any], event: list[str]) -> Write:
+    def _card_status(self, card: Mapping[str, Any], event: tuple[str, CardStatus, str]
+                     ) -> Write:
         """Card status is a growing list of events; the latest (by HLC id) holds."""
         cid = str(card["id"])
+        row = list(event)
         return Write(member_doc(str(card["member"])), "cards", cid,
-                     lambda root: root[cid]["events"].append(event))
+                     lambda root: root[cid]["events"].append(row))
 
     def report_lost(self, operator: str, card_no: str) -> str:
         return self._card_event(operator, "card.lost", card_no, "lost", ("active",))
@@ -130,10 +131,11 @@ class Cards(Members):
         self._card_free(new_no)
         cid = self.clock.mint()
         eid = self.clock.mint()
-        card = self._card_record(cid, old["member"], new_no, str(old["type"]), pin,
+        # The type as the old card's record holds it (checked where it was issued).
+        card = self._card_record(cid, old["member"], new_no, old["type"], pin,
                                  str(old["expiry"]))
         card["replaces"] = old["id"]
-        self._write(self._card_status(old, [eid, "replaced", cid]),
+        self._write(self._card_status(old, (eid, "replaced", cid)),
                     put(member_doc(str(old["member"])), "cards", cid, Map(card)))
         return cid
 

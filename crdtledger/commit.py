@@ -19,7 +19,7 @@ from pycrdt import Map
 from crdtledger import escrow
 from crdtledger.errors import ClockSkew, InvalidAmount
 from crdtledger.hlc import HybridClock, id_time_ms, wall_ms
-from crdtledger.model import ledger_doc, owner_of
+from crdtledger.model import EntryKind, ledger_doc, owner_of
 from crdtledger.money import MAX_AMOUNT
 from crdtledger.projection import project_entry, record_change
 from crdtledger.storage import LoadedDoc, Storage
@@ -122,7 +122,7 @@ class LedgerBase:
 
     # --- ledger entries -----------------------------------------------------
 
-    def _entry(self, kind: str, member: str, *, deltas: Sequence[tuple[str, str, int]] = (),
+    def _entry(self, kind: EntryKind, member: str, *, deltas: Sequence[tuple[str, str, int]] = (),
                amount: int = 0, **extra: Any) -> dict[str, Any]:
         eid = self.clock.mint()
         # `amount` too: an entry out of range would be quarantined by every replica

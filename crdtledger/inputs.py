@@ -4,11 +4,11 @@ a replicated document (where every replica would have to refuse it again)."""
 
 from __future__ import annotations
 
-import re
 from datetime import date
 from typing import Any
 
 from crdtledger.errors import InvalidInput
+from crdtledger.model import CARD_NO
 
 MAX_TEXT = 200
 
@@ -47,7 +47,7 @@ def check_date(value: str, what: str) -> None:
 
 def check_card_no(value: str) -> str:
     value = check_text(value, "card number", required=True, limit=40)
-    if not re.match(r"^[0-9A-Za-z:_-]{1,40}$", value):
+    if not CARD_NO.match(value):
         raise InvalidInput(f"card number {value!r} has characters a card cannot carry")
     return value.upper()
 

@@ -15,7 +15,7 @@ from crdtledger.commit import Write, put
 from crdtledger.errors import InvalidInput, NotFound
 from crdtledger.hlc import check_node_id
 from crdtledger.inputs import check_text
-from crdtledger.model import member_doc
+from crdtledger.model import GENDERS, PARTIAL_DATE, member_doc
 
 MEMBER_FIELDS = ("name", "phone", "gender", "birthday", "anniversary", "home", "level",
                  "notes", "deleted")
@@ -122,10 +122,10 @@ def _member_fields(fields: Mapping[str, Any], *, creating: bool) -> dict[str, An
         out[k] = check_text(v, k, required=k == "name" or (creating and k == "phone"))
     if "phone" in out and out["phone"] and not PHONE.match(out["phone"]):
         raise InvalidInput(f"phone {out['phone']!r} is not a phone number")
-    if out.get("gender") and out["gender"] not in ("F", "M"):
-        raise InvalidInput("gender is F, M or empty")
+    if out.get("gender") and out["gender"] not in GENDERS:
+        raise InvalidInput(f"gender is {', '.join(GENDERS)} or empty")
     for k in ("birthday", "anniversary"):
-        if out.get(k) and not re.match(r"^(\d{4}-)?\d{2}-\d{2}$", out[k]):
+        if out.get(k) and not PARTIAL_DATE.match(out[k]):
             raise InvalidInput(f"{k} must look like 1990-05-17 or 05-17")
     if out.get("home"):
         check_node_id(out["home"])

@@ -18,11 +18,13 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, TypeGuard, TypeVar, get_args
 
 from crdtledger.escrow import Delta, check_deltas_authorised
 from crdtledger.hlc import NODE_ID
 from crdtledger.money import MAX_AMOUNT, from_crdt
+
+T = TypeVar("T")
 
 MEMBER_SHARDS = 32
 # Anchored with \Z: "$" would also accept a name with a trailing newline ("rules\n").
@@ -30,25 +32,38 @@ DOC_NAME = re.compile(r"^(ledger/[0-9]{4}-(0[1-9]|1[0-2])|members/[0-9]{2}|rules
 ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{13}\.[A-Z0-9][A-Z0-9_]{0,15}\Z")
 PURSE = re.compile(r"^(cash|bonus|points|pkg:[0-9A-HJKMNP-TV-Z]{13}\.[A-Z0-9_]{1,16})\Z")
 
-MONEY_PURSES = ("cash", "bonus")
+# Each closed set of words the ledger uses is one Literal type, and its values at run
+# time are derived from it (typing.get_args), so the two cannot drift apart.
 
-ENTRY_KINDS = frozenset(
-    {
-        "topup",  # value sold: cash (+ bonus from a promotion)
-        "debit",  # value consumed: service or amount, paid from purses or at the till
-        "refund",  # reverses (part of) a debit, at the branch that holds its refund rights
-        "transfer",  # rights moved from the writer to another branch
-        "redeem",  # points spent on a gift
-        "convert",  # points turned into bonus value
-        "correction",  # an approved manual adjustment
-        "expiry",  # points that ran out
-        "package",  # a package (count card) sold
-        "card",  # a card issued (and its fee, if any)
-    }
-)
+MoneyPurse = Literal["cash", "bonus"]
+MONEY_PURSES: tuple[MoneyPurse, ...] = get_args(MoneyPurse)
 
-CARD_TYPES = ("stored_value", "points", "discount", "package", "trial")
-CARD_STATUSES = ("active", "lost", "replaced", "returned")
+EntryKind = Literal[
+    "topup",  # value sold: cash (+ bonus from a promotion)
+    "debit",  # value consumed: service or amount, paid from purses or at the till
+    "refund",  # reverses (part of) a debit, at the branch that holds its refund rights
+    "transfer",  # rights moved from the writer to another branch
+    "redeem",  # points spent on a gift
+    "convert",  # points turned into bonus value
+    "correction",  # an approved manual adjustment
+    "expiry",  # points that ran out
+    "package",  # a package (count card) sold
+    "card",  # a card issued (and its fee, if any)
+]
+ENTRY_KINDS: frozenset[str] = frozenset(get_args(EntryKind))
+
+# How a debit is paid: from stored value, from a package's uses, or at the till.
+PayMethod = Literal["stored", "package", "cash"]
+PAY_METHODS: tuple[PayMethod, ...] = get_args(PayMethod)
+# How a package is paid: at the till or from stored value.
+PackagePay = Literal["cash", "stored"]
+PACKAGE_PAY: tuple[PackagePay, ...] = get_args(PackagePay)
+
+CardType = Literal["stored_value", "points", "discount", "package", "trial"]
+CARD_TYPES: tuple[CardType, ...] = get_args(CardType)
+# A card's status is the latest of its events (projection.card_status).
+CardStatus = Literal["active", "lost", "replaced", "returned"]
+CARD_STATUSES: tuple[CardStatus, ...] = get_args(CardStatus)
 
 # What a person may type for a card, its PIN, a service code, a member's gender and a
 # day of the year: the ledger's checks and the operation table's parameters both
@@ -58,6 +73,10 @@ PIN = re.compile(r"^[0-9]{4,8}\Z")
 SERVICE_CODE = re.compile(r"^[A-Za-z0-9_-]{1,20}\Z")
 GENDERS = ("F", "M")
 PARTIAL_DATE = re.compile(r"^([0-9]{4}-)?[0-9]{2}-[0-9]{2}\Z")  # 1990-05-17 or 05-17
+
+# What a member's level is reached on (rule `level_basis`).
+LevelBasis = Literal["topped", "spent"]
+LEVEL_BASES: tuple[LevelBasis, ...] = get_args(LevelBasis)
 
 PERMISSIONS = frozenset(
     {
@@ -128,6 +147,12 @@ DEFAULT_RULES: dict[str, Any] = {
     "revocations": {"crl": ""},  # base64 DER CRL of the chain CA (peer/chain.py); "" = none
 }
 RULE_KINDS = frozenset(DEFAULT_RULES)
+
+
+def is_one_of(value: object, allowed: tuple[T, ...]) -> TypeGuard[T]:
+    """`value in allowed`, telling the type checker that `value` is then one of the
+    Literal values `allowed` was derived from (PAY_METHODS, CARD_STATUSES...)."""
+    return value in allowed
 
 
 def owner_of(node: str) -> str:

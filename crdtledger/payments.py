@@ -23,7 +23,7 @@ from crdtledger.errors import (
 )
 from crdtledger.hlc import check_node_id
 from crdtledger.inputs import check_text
-from crdtledger.model import ID, MONEY_PURSES, PURSE
+from crdtledger.model import ID, MONEY_PURSES, PACKAGE_PAY, PAY_METHODS, PURSE, is_one_of
 from crdtledger.money import (
     apply_rate,
     check_amount,
@@ -112,8 +112,8 @@ class Payments(Cards, Rules):
         bonus. Points are earned on what is paid, by level multiplier."""
         self.authorise(operator, "debit")
         member, (profile, totals) = self._resolve(member, card, pin)
-        if pay not in ("stored", "package", "cash"):
-            raise InvalidInput("pay must be stored, package or cash")
+        if not is_one_of(pay, PAY_METHODS):
+            raise InvalidInput(f"pay must be one of {', '.join(PAY_METHODS)}")
         qty = check_count(qty, "quantity")
         lvl = views.level(cast("Ledger", self), member, profile, totals)
         rate, svc_name = "1", None
@@ -318,7 +318,7 @@ class Payments(Cards, Rules):
         uses = check_count(uses, "uses")
         price = check_amount(price, allow_zero=True)
         self._live_member(member)
-        if pay not in ("cash", "stored"):
+        if not is_one_of(pay, PACKAGE_PAY):
             raise InvalidInput("a package is paid in cash or from stored value")
         entry = self._entry("package", member, amount=price, service=service, qty=uses, pay=pay,
                             paid=price if pay == "cash" else 0, op=operator)

@@ -12,11 +12,20 @@ import sqlite3
 from typing import Any
 
 from crdtledger.hlc import id_time_ms
-from crdtledger.model import ID, InvalidRecord, normalise, normalise_entry
+from crdtledger.model import (
+    CARD_STATUSES,
+    ID,
+    CardStatus,
+    EntryKind,
+    InvalidRecord,
+    is_one_of,
+    normalise,
+    normalise_entry,
+)
 from crdtledger.storage import dumps
 
 # Which purse change counts toward a member's cumulative spend / top-up (levels).
-_SPEND_KINDS = {"debit": 1, "refund": -1}
+_SPEND_KINDS: dict[EntryKind, int] = {"debit": 1, "refund": -1}
 
 
 def _as_plain(value: Any) -> Any:
@@ -212,10 +221,16 @@ def project_deferred(conn: sqlite3.Connection, day_of: Any) -> list[dict[str, An
     return list(done.values())
 
 
-def _card_status(events: list[Any]) -> str:
-    """The latest status event wins by id (HLC order), the same on every replica."""
-    valid = [e for e in events if isinstance(e, list) and len(e) >= 2 and isinstance(e[0], str)]
-    return str(max(valid, key=lambda e: e[0])[1]) if valid else "active"
+def _card_status(events: list[Any]) -> CardStatus:
+    """The latest status event wins by id (HLC order), the same on every replica. An
+    event naming no status a card can have (only a misbehaving peer writes one) is
+    passed over alike everywhere."""
+    valid = [e for e in events if isinstance(e, list) and len(e) >= 2 and isinstance(e[0], str)
+             and is_one_of(e[1], CARD_STATUSES)]
+    if not valid:
+        return "active"
+    status: CardStatus = max(valid, key=lambda e: e[0])[1]
+    return status
 
 
 def record_change(conn: sqlite3.Connection, doc: str, root: str, key: str, value: Any,

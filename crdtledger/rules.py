@@ -12,7 +12,7 @@ from crdtledger.auth import Auth
 from crdtledger.commit import put
 from crdtledger.errors import InvalidAmount, InvalidInput, LedgerError
 from crdtledger.inputs import check_date
-from crdtledger.model import DEFAULT_RULES, RULE_KINDS
+from crdtledger.model import DEFAULT_RULES, LEVEL_BASES, RULE_KINDS, SERVICE_CODE
 from crdtledger.money import check_amount
 
 
@@ -61,46 +61,60 @@ def _whole(value: Any) -> int:
     return int(value)
 
 
+def _require(ok: bool, what: str) -> None:
+    """A rule check that holds under `python -O` too (which strips `assert`)."""
+    if not ok:
+        raise InvalidInput(what)
+
+
+_BASE64 = re.compile(r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?\Z")
+
+
 def _check_rule(kind: str, body: Any) -> None:
     """Enough shape checking that a bad rule cannot break operations at other nodes."""
     try:
         if kind == "services":
-            assert isinstance(body, dict) and body
+            _require(isinstance(body, dict) and bool(body), "services are a non-empty map")
             for code, svc in body.items():
-                assert re.match(r"^[A-Za-z0-9_-]{1,20}\Z", code)
+                _require(isinstance(code, str) and bool(SERVICE_CODE.match(code)),
+                         f"service code {code!r} is not 1-20 letters, digits, _ or -")
                 check_amount(_whole(svc["price"]), allow_zero=True)
-                assert isinstance(svc.get("name", ""), str)
+                _require(isinstance(svc.get("name", ""), str), f"{code}: name is not text")
         elif kind == "levels":
-            assert isinstance(body, list) and body
+            _require(isinstance(body, list) and bool(body), "levels are a non-empty list")
             for lv in body:
                 check_amount(int(lv["threshold"]), allow_zero=True)
-                assert 0 < Decimal(str(lv["discount"])) <= 1
+                _require(0 < Decimal(str(lv["discount"])) <= 1,
+                         "a discount is above 0 and at most 1")
                 # Bounded, so finite: an "Infinity" multiplier or earn rate would
                 # overflow in every debit at every branch once the rule replicates.
-                assert 0 <= Decimal(str(lv["points_multiplier"])) <= 100
-                assert isinstance(lv["name"], str)
+                _require(0 <= Decimal(str(lv["points_multiplier"])) <= 100,
+                         "a points multiplier is from 0 to 100")
+                _require(isinstance(lv["name"], str), "a level's name is text")
         elif kind == "promotions":
-            assert isinstance(body, list)
+            _require(isinstance(body, list), "promotions are a list")
             for p in body:
                 check_amount(_whole(p["min"]))
                 check_amount(_whole(p["bonus"]))
         elif kind == "earn":
-            assert 0 <= Decimal(str(body["points_per_yuan"])) <= 1000
-            assert 0 <= int(body["expire_days"]) <= 36500  # far below timedelta's limit
+            _require(0 <= Decimal(str(body["points_per_yuan"])) <= 1000,
+                     "points per yuan are from 0 to 1000")
+            _require(0 <= int(body["expire_days"]) <= 36500,  # far below timedelta's limit
+                     "points expire after 0 to 36500 days")
         elif kind == "conversion":
-            assert int(body["points_per_yuan"]) > 0
+            _require(int(body["points_per_yuan"]) > 0, "points per yuan are more than 0")
         elif kind == "approval":
             check_amount(int(body["topup_limit"]))
             check_amount(int(body["correction_limit"]))
         elif kind == "level_basis":
-            assert body["basis"] in ("topped", "spent")
+            _require(body["basis"] in LEVEL_BASES, f"the basis is one of {LEVEL_BASES}")
         elif kind == "revocations":
             # Base64 text only: whether it is a CRL signed by the chain CA is checked
             # by each node before installing it (peer/chain.py), not here.
-            assert isinstance(body, dict) and isinstance(body["crl"], str)
-            assert re.match(r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?\Z",
-                            body["crl"])
+            _require(isinstance(body, dict) and isinstance(body["crl"], str),
+                     "crl is text")
+            _require(bool(_BASE64.match(body["crl"])), "crl is not base64")
         else:
-            assert isinstance(body, dict)
-    except (AssertionError, KeyError, TypeError, ValueError, ArithmeticError, LedgerError) as e:
+            _require(isinstance(body, dict), "the rule is a map")
+    except (KeyError, TypeError, ValueError, ArithmeticError, LedgerError) as e:
         raise InvalidInput(f"rule {kind} is malformed: {e or 'bad shape'}") from None

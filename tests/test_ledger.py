@@ -6,8 +6,12 @@ state vectors, documents in memory, balances, rights, history).
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import FakeClock, Net, doc_content, log_rows, new_ledger, projections, snapshot, sync
@@ -575,44 +579,67 @@ def test_corrections_over_the_limit_and_custom_roles(a: Ledger) -> None:
     refused(a, [m], NotFound, lambda: a.set_operator(o, "0000000000000.SH01", active=False))
 
 
+BAD_RULES: list[tuple[str, Any]] = [
+    ("promotions", [{"min": 0, "bonus": 5}]),
+    ("promotions", {"min": 5}),
+    ("levels", []),
+    ("levels", [{"name": "x", "threshold": 0, "discount": "1.5", "points_multiplier": "1"}]),
+    ("levels", [{"name": "x", "threshold": 0, "discount": "0", "points_multiplier": "1"}]),
+    ("services", {}),
+    ("services", {"BAD CODE": {"price": 100}}),
+    ("services", {"FOOT60\n": {"price": 100}}),
+    ("services", {"X": {"price": -1}}),
+    ("conversion", {"points_per_yuan": 0}),
+    ("approval", {"topup_limit": 0, "correction_limit": 1}),
+    ("level_basis", {"basis": "age"}),
+    ("earn", {"points_per_yuan": "-1", "expire_days": 0}),
+    # Regression: these were accepted, then every debit at every branch raised
+    # OverflowError (or InvalidAmount) once the rule had replicated.
+    ("earn", {"points_per_yuan": "inf", "expire_days": 1}),
+    ("earn", {"points_per_yuan": "1e30", "expire_days": 1}),
+    ("earn", {"points_per_yuan": "nan", "expire_days": 1}),
+    ("earn", {"points_per_yuan": "1", "expire_days": 10**9}),
+    ("levels", [{"name": "x", "threshold": 0, "discount": "1",
+                 "points_multiplier": "Infinity"}]),
+    ("levels", [{"name": "x", "threshold": 0, "discount": "NaN", "points_multiplier": "1"}]),
+    ("settings", []),
+    # Regression: a fractional amount was cut by int(): listed 12.7, charged 12.
+    ("services", {"X": {"name": "x", "price": 12.7}}),
+    ("services", {"X": {"name": "x", "price": True}}),
+    ("promotions", [{"min": 100000, "bonus": 200.5}]),
+]
+
+
 def test_rule_validation(a: Ledger) -> None:
     o = a.owner
     m = member(a)
-    bad_rules = [
-        ("promotions", [{"min": 0, "bonus": 5}]),
-        ("promotions", {"min": 5}),
-        ("levels", []),
-        ("levels", [{"name": "x", "threshold": 0, "discount": "1.5", "points_multiplier": "1"}]),
-        ("levels", [{"name": "x", "threshold": 0, "discount": "0", "points_multiplier": "1"}]),
-        ("services", {}),
-        ("services", {"BAD CODE": {"price": 100}}),
-        ("services", {"FOOT60\n": {"price": 100}}),
-        ("services", {"X": {"price": -1}}),
-        ("conversion", {"points_per_yuan": 0}),
-        ("approval", {"topup_limit": 0, "correction_limit": 1}),
-        ("level_basis", {"basis": "age"}),
-        ("earn", {"points_per_yuan": "-1", "expire_days": 0}),
-        # Regression: these were accepted, then every debit at every branch raised
-        # OverflowError (or InvalidAmount) once the rule had replicated.
-        ("earn", {"points_per_yuan": "inf", "expire_days": 1}),
-        ("earn", {"points_per_yuan": "1e30", "expire_days": 1}),
-        ("earn", {"points_per_yuan": "nan", "expire_days": 1}),
-        ("earn", {"points_per_yuan": "1", "expire_days": 10**9}),
-        ("levels", [{"name": "x", "threshold": 0, "discount": "1",
-                     "points_multiplier": "Infinity"}]),
-        ("levels", [{"name": "x", "threshold": 0, "discount": "NaN", "points_multiplier": "1"}]),
-        ("settings", []),
-        # Regression: a fractional amount was cut by int(): listed 12.7, charged 12.
-        ("services", {"X": {"name": "x", "price": 12.7}}),
-        ("services", {"X": {"name": "x", "price": True}}),
-        ("promotions", [{"min": 100000, "bonus": 200.5}]),
-    ]
-    for kind, body in bad_rules:
+    for kind, body in BAD_RULES:
         refused(a, [m], InvalidInput, lambda kind=kind, body=body: a.set_rule(o, kind, body))
     refused(a, [m], InvalidInput, lambda: a.set_rule(o, "weather", {}))
     refused(a, [m], InvalidInput,
             lambda: a.set_rule(o, "promotions", [], effective_from="tomorrow"))
     refused(a, [m], InvalidInput, lambda: a.rule("weather"))
+
+
+def test_rule_validation_holds_under_python_O() -> None:
+    """`python -O` strips assert statements: the rule checks must not be asserts."""
+    script = (
+        "import json, sys\n"
+        "from crdtledger.errors import InvalidInput\n"
+        "from crdtledger.rules import _check_rule\n"
+        "assert False, 'asserts are on'\n"
+        "accepted = []\n"
+        "for kind, body in json.load(sys.stdin):\n"
+        "    try:\n"
+        "        _check_rule(kind, body)\n"
+        "        accepted.append(kind)\n"
+        "    except InvalidInput:\n"
+        "        pass\n"
+        "print(json.dumps(accepted))\n"
+    )
+    done = subprocess.run([sys.executable, "-O", "-c", script], input=json.dumps(BAD_RULES),
+                          capture_output=True, text=True, check=True, timeout=60)
+    assert json.loads(done.stdout) == []
 
 
 def test_rule_takes_effect_on_its_day(tmp_path: Path) -> None:
