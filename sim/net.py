@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from crdtledger.core import HEARTBEAT_S
 from sim.engine import MS, SECOND, Engine
 
 if TYPE_CHECKING:
@@ -41,9 +42,9 @@ FRAME_OVERHEAD = 2 + 4 + 29 + 52  # ws header, mask, TLS record, TCP/IP headers
 PACKET_PAYLOAD = 1448
 # Linux's minimum retransmission timeout; it doubles on each loss of the same packet.
 RTO_US = 200 * MS
-# aiohttp's heartbeat in the node (peer/node.py HEARTBEAT_S = 10 s) closes a
+# The node's heartbeat (crdtledger.core.HEARTBEAT_S, run by aiohttp) closes a
 # connection whose pong is half a heartbeat late: a cut is noticed 10-15 s in.
-HEARTBEAT_TIMEOUT_US = 15 * SECOND
+HEARTBEAT_TIMEOUT_US = round(HEARTBEAT_S * 1.5 * SECOND)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,22 @@ class Connection:
 
     def key(self) -> tuple[str, str]:
         return (self.dialer, self.acceptor)
+
+
+class End:
+    """One node's end of a Connection: `crdtledger.transport.Transport` over the
+    simulated network, as `peer.node.Link` is over a websocket."""
+
+    def __init__(self, net: Network, conn: Connection, node: str) -> None:
+        self.net = net
+        self.conn = conn
+        self.node = node
+
+    def send(self, frames: list[bytes]) -> None:
+        self.net.send(self.conn, self.node, frames)
+
+    def close(self, code: int, reason: str) -> None:
+        self.net.close(self.conn, f"{reason} at {self.node}")
 
 
 class Network:
