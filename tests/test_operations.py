@@ -31,7 +31,7 @@ from crdtledger.ledger import Ledger
 from crdtledger.model import BUILTIN_ROLES
 from crdtledger.operations import TABLE, Operation
 from peer import cli, local
-from peer.api import Standalone
+from peer.api import ROUTES, Standalone
 
 BOSS_PW, AMY_PW, TECH_PW = "boss-secret", "amy-secret", "tech-secret"
 PHONE = "13812345678"
@@ -106,6 +106,28 @@ SAMPLES: dict[str, Callable[[Shop], Params]] = {
 
 def test_every_operation_has_a_sample() -> None:
     assert list(SAMPLES) and set(SAMPLES) == set(TABLE)
+
+
+def test_the_command_line_is_the_table_and_a_few_file_and_node_commands() -> None:
+    """Whatever the CLI can do to a ledger is an operation, hence also an HTTP route:
+    only creating a node, its certificates, running it, its status and files on its
+    machine (sync files, backups) are the command line's own."""
+    commands: set[str] = set()
+
+    def walk(parser: Any, words: tuple[str, ...]) -> None:
+        actions = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+        if not actions:
+            commands.add(".".join(words))
+        for action in actions:
+            for word, sub in action.choices.items():
+                walk(sub, (*words, word))
+
+    walk(cli.build_parser(), ())
+    own = {"init", "chain.init", "chain.renew", "chain.revoke", "node.run", "status",
+           "export", "import", "backup"}
+    assert commands - own == set(TABLE)
+    routes = {(r.method, r.path) for r in ROUTES}
+    assert all((op.method, op.path) in routes for op in TABLE.values())
 
 
 # --- the two ways in -------------------------------------------------------------------
