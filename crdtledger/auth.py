@@ -25,20 +25,21 @@ _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 
 
 def hash_secret(secret: str, salt: bytes | None = None) -> str:
+    """`scrypt$salt$digest`, what an operator's or card's record keeps of a secret."""
     salt = salt or secrets.token_bytes(16)
     digest = hashlib.scrypt(secret.encode(), salt=salt, dklen=32, **_SCRYPT)
     return f"scrypt${salt.hex()}${digest.hex()}"
 
 
 def check_secret(secret: str, stored: str) -> bool:
+    """Whether `secret` matches what hash_secret stored; False for a malformed hash,
+    compared in constant time."""
     try:
         _, salt, digest = stored.split("$")
         got = hashlib.scrypt(secret.encode(), salt=bytes.fromhex(salt), dklen=32, **_SCRYPT)
     except ValueError:
         return False
     return hmac.compare_digest(got.hex(), digest)
-
-
 
 
 class Auth(LedgerBase):
@@ -169,4 +170,3 @@ class Auth(LedgerBase):
         ):
             raise PermissionDenied("wrong operator name or password")
         return found[0]
-

@@ -138,4 +138,3 @@ class Cards(Members):
         self._write(self._card_status(old, (eid, "replaced", cid)),
                     put(member_doc(str(old["member"])), "cards", cid, Map(card)))
         return cid
-

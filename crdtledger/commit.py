@@ -42,7 +42,9 @@ class Write:
 
 
 def put(doc: str, root: str, key: str, value: Any) -> Write:
+    """A Write that sets one key of a root Map to a new value (a new record)."""
     return Write(doc, root, key, lambda r: r.__setitem__(key, value))
+
 
 # Remote entries stamped too far ahead of our clock: the latest are kept for a look.
 SKEW_EVENTS_KEPT = 100
@@ -147,4 +149,3 @@ class LedgerBase:
 
     def today(self) -> str:
         return self.storage.day_of(self.clock.wall())
-

@@ -50,6 +50,3 @@ def check_card_no(value: str) -> str:
     if not CARD_NO.match(value):
         raise InvalidInput(f"card number {value!r} has characters a card cannot carry")
     return value.upper()
-
-
-

@@ -137,5 +137,3 @@ def _prefs(prefs: Mapping[str, str]) -> dict[str, str]:
     if unknown:
         raise InvalidInput(f"unknown preferences {sorted(unknown)}; one of {PREF_KEYS}")
     return {k: check_text(v, k, limit=60) for k, v in prefs.items()}
-
-

@@ -38,8 +38,6 @@ if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
 
 
-
-
 def _spend(node: str, purses: Mapping[str, Mapping[str, int]], amount: int
            ) -> list[tuple[str, str, int]]:
     """Stored value spent at `node`: cash first, then bonus (the named rule)."""
@@ -49,8 +47,6 @@ def _spend(node: str, purses: Mapping[str, Mapping[str, int]], amount: int
     if amount - from_cash > bonus:
         raise InsufficientFunds("cash", cash + bonus, amount)
     return [("cash", node, -from_cash), ("bonus", node, -(amount - from_cash))]
-
-
 
 
 class Payments(Cards, Rules):
@@ -360,5 +356,3 @@ class Payments(Cards, Rules):
         if row is None:
             raise NotFound(f"no entry {entry_id}")
         return dict(json.loads(row[0]))
-
-

@@ -233,5 +233,3 @@ def _skips_clocks(state: bytes, update: bytes) -> bool:
     # What the probe holds beyond its own state vector: blocks integrated past a hole.
     beyond = get_update(probe.get_update(), probe.get_state())
     return beyond[0] != 0
-
-
