@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from crdtledger import views
-from crdtledger.auth import check_secret, hash_secret
 from crdtledger.commit import SKEW_EVENTS_KEPT, Write
 from crdtledger.errors import InvalidInput
 from crdtledger.hlc import check_node_id
 from crdtledger.inputs import MAX_TEXT
-from crdtledger.members import MEMBER_FIELDS, PHONE, PREF_KEYS
+from crdtledger.members import PHONE, PREF_KEYS
 from crdtledger.model import owner_of
 from crdtledger.payments import Payments
 from crdtledger.replica import Replica
@@ -79,5 +78,4 @@ class Ledger(Payments, Replica):
 
 # Besides Ledger, names peer/, reference_app/, benchmarks/, tests/ and
 # crdtledger.operations import from here, from before the split.
-__all__ = ["MAX_TEXT", "MEMBER_FIELDS", "PHONE", "PREF_KEYS", "SKEW_EVENTS_KEPT", "Ledger",
-           "Write", "check_secret", "hash_secret", "owner_of"]
+__all__ = ["MAX_TEXT", "PHONE", "PREF_KEYS", "SKEW_EVENTS_KEPT", "Ledger", "Write", "owner_of"]
