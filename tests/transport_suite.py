@@ -156,7 +156,7 @@ class Adapter:
                     core.receive = receive  # type: ignore[method-assign]
                     self.cut_done.add(dst)
                     effects = receive(link, frames[:i + 1], now)
-                    return [*effects, Close(link, 1006, "cut mid-round")]
+                    return [*effects, Close(link, 1001, "cut mid-round")]
             return receive(link, frames, now)
 
         core.receive = cut  # type: ignore[method-assign]
