@@ -140,6 +140,22 @@ class Failed:
 
 
 @dataclass(frozen=True)
+class Decided:
+    """A decision, in words and without times (which link survives, whom to ask
+    for what, what to relay, what the rebalancer moves): for logs and traces, and
+    to hold two drivers of one scenario to the same decisions."""
+
+    what: str
+
+
+@dataclass(frozen=True)
+class Rebalanced:
+    """The rebalancer wrote a transfer entry on its own (no till asked for it)."""
+
+    entry: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Count:
     name: str
     labels: tuple[str, ...] = ()
@@ -159,7 +175,8 @@ class Observe:
     value: float
 
 
-Effect = Send | Close | Dial | SetTimer | Done | Seen | Failed | Count | Gauge | Observe
+Effect = (Send | Close | Dial | SetTimer | Done | Seen | Failed | Decided | Rebalanced | Count
+          | Gauge | Observe)
 
 
 # --- state --------------------------------------------------------------------
@@ -240,7 +257,6 @@ class NodeCore:
         self.rights_deadline_s = rights_deadline_s
         self.rebalance_s = rebalance_s
         self.peers: dict[str, Peer] = {}
-        self.decisions: list[str] = []  # what was decided, in order, without times
         self._links: dict[Link, _Link] = {}
         self._targets: dict[str, _Target] = {}
         self._timers: dict[TimerKey, int] = {}
@@ -326,6 +342,10 @@ class NodeCore:
             self._out.append(Close(link, 1002, str(e)[:100]))
             self._events(lk, now)
             self._drop(lk, now)
+            # The driver's close comes back as link_closed of a link dropped already,
+            # so the redial is decided here (with the backoff as it stands: a peer
+            # that keeps breaking the protocol is not hammered).
+            self._redial_behind(lk)
             return self._effects()
         self.peers[lk.peer].last_contact = self._wall()
         self._events(lk, now)
@@ -341,13 +361,16 @@ class NodeCore:
             t = self._targets[lk.target]
             if now - lk.opened_at > HEALTHY_S:
                 t.backoff = BACKOFF_MIN_S
-        # Any target behind that peer needs dialling again: ours, or one that waited
-        # because the peer had dialled us.
+        self._redial_behind(lk)
+        return self._effects()
+
+    def _redial_behind(self, lk: _Link) -> None:
+        """Any target behind the peer of a lost link needs dialling again: ours, or
+        one that waited because the peer had dialled us."""
         if self._link_to(lk.peer) is None:
             for t in self._targets.values():
                 if (t.node == lk.peer or t.key == lk.target) and not t.dialing:
                     self._redial(t)
-        return self._effects()
 
     def dial_failed(self, target: str, now: float) -> list[Effect]:
         t = self._targets.get(target)
@@ -675,12 +698,12 @@ class NodeCore:
                 if t.giver != self.node or t.receiver not in reachable:
                     continue
                 try:
-                    self.ledger.transfer_rights(self.ledger.owner, member, t.receiver,
-                                                t.amount, purse)
+                    entry = self.ledger.transfer_rights(self.ledger.owner, member,
+                                                        t.receiver, t.amount, purse)
                 except LedgerError:  # spent meanwhile: the next pass
                     continue
                 self._decide(f"rebalance {t.amount} {purse} of {member} to {t.receiver}")
-                self._out.append(Count("rebalanced", (purse,)))
+                self._out.append(Rebalanced(entry))
                 moved += 1
         return moved
 
@@ -700,7 +723,7 @@ class NodeCore:
         self._out.append(Gauge("peers_connected", (), len(self.connected())))
 
     def _decide(self, what: str) -> None:
-        self.decisions.append(what)
+        self._out.append(Decided(what))
 
     def _wall(self) -> float:
         return self.ledger.clock.wall() / 1000

@@ -30,6 +30,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ from crdtledger.core import (
     RIGHTS_DEADLINE_S,
     Close,
     Count,
+    Decided,
     Dial,
     Done,
     Effect,
@@ -126,7 +128,12 @@ class Link:
         """Ship what the sessions queued (after a call made on a session directly)."""
         self.node.flush()
 
-    async def close(self, code: int = 1000, message: bytes = b"") -> None:
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """End the link from this side (crdtledger.transport.Transport); the reader
+        then ends, and the node tells the core."""
+        self.node._spawn(self.aclose(code, reason.encode()[:120]))
+
+    async def aclose(self, code: int = 1000, message: bytes = b"") -> None:
         await self.ws.close(code=code, message=message)
 
     async def run(self) -> None:
@@ -150,7 +157,7 @@ class Link:
                     return
                 metrics.protocol_errors.inc()
                 log.warning("peer %s sent a %s frame; closing", self.peer, msg.type.name)
-                await self.close(1003, b"binary frames only")
+                await self.aclose(1003, b"binary frames only")
                 return
             received.inc(len(msg.data))
             self.node.run(self.node.core.receive(self.id, [msg.data], time.monotonic()))
@@ -185,6 +192,9 @@ class Node:
         self._client: aiohttp.ClientSession | None = None
         self._hints: dict[str, str | None] = {}  # dial target -> node id hint
         self._flush_soon = False
+        # The core's recent decisions, for `status` and tests (bounded: a node runs
+        # for months).
+        self.decisions: deque[str] = deque(maxlen=1000)
         self._stopping = False
         self._crl = ""
         self.local_token = secrets.token_urlsafe(32)
@@ -281,7 +291,7 @@ class Node:
                 case Close(link=lid, code=code, reason=reason):
                     link = self._links.get(lid)
                     if link is not None:
-                        self._spawn(link.close(code, reason.encode()[:120]))
+                        link.close(code, reason)
                 case Dial(target=url):
                     self._spawn(self._dial(url))
                 case SetTimer(key=key, token=token, delay=delay):
@@ -299,6 +309,9 @@ class Node:
                             future.set_result(result)
                 case Seen(event=UpdatesApplied(doc="rules", new=True)):
                     self._load_revocations()
+                case Decided(what=what):
+                    self.decisions.append(what)
+                    log.debug("decided: %s", what)
                 case Failed(peer=peer, error=error):
                     log.warning("peer %s broke the protocol (%s); closing", peer, error)
                 case Count(name="operations", labels=labels):
@@ -481,7 +494,7 @@ class Node:
         for future in self._ops.values():
             future.cancel()
         for link in list(self._links.values()):
-            await link.close(1001, b"node stopping")
+            await link.aclose(1001, b"node stopping")
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -535,7 +548,7 @@ class Node:
                 self.identity.check_peer(link.cert)
             except PeerRejected as e:
                 log.warning("dropping %s: %s", link.peer, e)
-                self._spawn(link.close(1008, b"certificate revoked"))
+                link.close(1008, "certificate revoked")
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "node": self.node_id,

@@ -54,6 +54,7 @@ class Metrics:
     resets: Counter[str] = field(default_factory=Counter)
     connects: Counter[str] = field(default_factory=Counter)
     dial_failures: int = 0
+    rebalanced: Counter[str] = field(default_factory=Counter)  # purse -> transfers
     frames: Counter[str] = field(default_factory=Counter)  # kind -> count
     frame_bytes: Counter[str] = field(default_factory=Counter)
     probes: list[Probe] = field(default_factory=list)
@@ -139,4 +140,5 @@ class Metrics:
             "connection_resets": dict(sorted(self.resets.items())),
             "connects": dict(sorted(self.connects.items())),
             "dial_failures": self.dial_failures,
+            "rebalanced": dict(sorted(self.rebalanced.items())),
         }

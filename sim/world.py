@@ -162,35 +162,32 @@ class World:
         return "connected"
 
     def dial(self, node: SimNode, peer: str) -> None:
+        """The core of `node` asked to connect to `peer`: a handshake over the network,
+        then both cores hear of the link (and decide about crossing dials)."""
         target = self.by_name[peer]
         gen = node.gen
         now = self.engine.now
         self.trace(now, f"{node.name} dial {peer}")
 
         def done(conn: Connection | None) -> None:
-            ok = conn is not None and node.up and node.gen == gen and target.up
-            if ok and node.has_edge(peer):
-                ok = False  # the other side got there first
-            if not ok:
+            alive = node.up and node.gen == gen
+            if conn is None or not alive or not target.up:
                 if conn is not None:
                     conn.open = False
                     self.net.connections.pop(conn.id, None)
-                self.metrics.dial_failures += 1
-                if node.gen == gen and node.up and not node.has_edge(peer):
-                    node.redial(peer, node.next_backoff(peer, None))
+                if alive:
+                    node.dial_failed(peer)
                 return
-            assert conn is not None
-            sa = node.attach(conn)
-            sb = target.attach(conn)
-            sa.start()
-            sb.start()
+            node.conns[conn.id] = conn
+            target.conns[conn.id] = conn
             self.metrics.connects["connections"] += 1
             for p in self.metrics.probes:
                 if p.converged_at is None and not p.interrupted and p.reconnected_at is None:
                     p.reconnected_at = self.engine.now
             self.trace(self.engine.now, f"{node.name} connected {peer} #{conn.id}")
-            node.after_step()
-            target.after_step()
+            node.opened(conn, peer, node.name)
+            if conn.open:  # the dialler may have refused it as a duplicate already
+                target.opened(conn, node.name, node.name)
 
         self.net.connect(node.name, peer, done)
 
@@ -200,11 +197,7 @@ class World:
         self.metrics.resets[reason.split(" at ")[0].split(":")[0].replace(
             conn.dialer, "node").replace(conn.acceptor, "node")] += 1
         for name in (conn.dialer, conn.acceptor):
-            self.by_name[name].detach(conn)
-        dialer = self.by_name[conn.dialer]
-        if dialer.up:
-            dialer.redial(conn.acceptor, dialer.next_backoff(conn.acceptor,
-                                                             now - conn.opened_at))
+            self.by_name[name].detach(conn)  # the cores redial as they see fit
 
     def _deliver(self, conn: Connection, to: str, frames: list[bytes]) -> None:
         now = self.engine.now
@@ -251,6 +244,15 @@ class World:
         self._ack(match, node.name)
         self.metrics.grants += 1
         self.metrics.granted_amount += event.amount
+
+    def rebalanced(self, node: SimNode, entry: dict[str, Any]) -> None:
+        """The rebalancer's transfer is acknowledged like a till's write: it committed,
+        so it must survive and reach every replica."""
+        self.trace(self.engine.now, f"{node.name} rebalanced {entry['id']}")
+        self._ack(str(entry["id"]), node.name)
+        for purse, _node, change in entry["deltas"]:
+            if change > 0:
+                self.metrics.rebalanced[str(purse)] += 1
 
     def _ack(self, entry_id: str, node: str) -> None:
         if entry_id in self.acked_entries:
@@ -439,12 +441,6 @@ class World:
 
     # --- periodic work -------------------------------------------------------------
 
-    def _anti_entropy(self, node: SimNode) -> None:
-        interval = int(self.config.ae_interval_s * SECOND)
-        self.engine.after(interval, lambda: self._anti_entropy(node))
-        if node.up:
-            node.anti_entropy()
-
     def _snapshot_hot(self) -> None:
         self.engine.after(HOUR, self._snapshot_hot)
         hot = [m.id for m in self.workload.members if m.hot and m.id is not None]
@@ -491,12 +487,8 @@ class World:
         return self._result(time.perf_counter() - wall)
 
     def _start(self) -> None:
-        interval = int(self.config.ae_interval_s * SECOND)
-        setup = random.Random(f"{self.config.seed}:phase")
         for node in self.nodes:
-            for peer in node.dial_edges:
-                node.redial(peer, setup.randint(0, SECOND))
-            self.engine.at(setup.randint(0, interval), partial(self._anti_entropy, node))
+            node.boot()  # dials its configured peers, sets its anti-entropy and rebalancer
         self._schedule_faults()
         self.workload.start()
         self.engine.at(HOUR, self._snapshot_hot)
@@ -563,11 +555,7 @@ class World:
 
     def _close(self) -> None:
         for node in self.nodes:
-            for session in node.sessions.values():
-                session.close()
-            if node.ledger is not None:
-                node.ledger.close()
-                node.ledger = None
+            node.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _result(self, wall_s: float) -> dict[str, Any]:
