@@ -118,6 +118,8 @@ class MemoryNet:
         self.done: dict[tuple[str, int], Done] = {}
         self.failures: list[Failed] = []
         self.closes: list[tuple[Link, str, int, str]] = []
+        self.dup_injected = 0
+        self.reorder_injected = 0
 
     # --- building ---------------------------------------------------------------
 
@@ -207,9 +209,11 @@ class MemoryNet:
             out.append(f)
             if self.dup and self.rng.random() < self.dup:
                 out.append(f)
+                self.dup_injected += 1
         if self.reorder and len(out) > 1 and self.rng.random() < self.reorder:
             i = self.rng.randrange(len(out) - 1)
             out[i], out[i + 1] = out[i + 1], out[i]
+            self.reorder_injected += 1
         return out
 
     def _connect(self, src: str, dst: str) -> None:

@@ -259,3 +259,39 @@ def test_a_damaged_file_is_refused_whole(files: FileAdapter, damage: str) -> Non
     assert digest(ledger) == before and ledger.storage.version == version
     files.settle()  # a good copy then goes through
     assert digest(ledger) == digest(files.ledger("SH01"))
+
+
+def test_memory_net_duplicating_and_swapping_frames_still_converges(tmp_path: Path) -> None:
+    """MemoryNet's session-level faults, as the simulator's --dup/--reorder: a
+    duplicated frame is absorbed, a swapped pair may break a conversation (that link
+    closes and is redialled), and the stores end up equal all the same."""
+    net = MemoryNet(seed=3, dup=0.3, reorder=0.5)
+    ledgers = []
+    for name in ("SH01", "SH02"):
+        Ledger.create(tmp_path / name, name, "transport-test")
+        ledgers.append(Ledger.open(tmp_path / name, synchronous="NORMAL"))
+    try:
+        a, b = ledgers
+        net.add(a)
+        net.add(b, dials=["SH01"])
+        for i in range(5):
+            mid = a.add_member(a.owner, name="张伟", phone=f"1381234{i:04d}")
+            a.topup(a.owner, mid, 100 + i)
+            b.add_member(b.owner, name="李娜", phone=f"1390000{i:04d}")
+            net.flush("SH01")
+            net.flush("SH02")
+            net.run(1.0)
+        for _ in range(120):
+            if (digest(a) == digest(b) and net.in_flight() == 0
+                    and net.link("SH01", "SH02") is not None):
+                break
+            net.run(1.0)
+        assert digest(a) == digest(b)
+        assert net.dup_injected and net.reorder_injected, "the faults happened"
+        # A swap that broke a conversation closed that link as a protocol error (1002);
+        # nothing else closes a link here.
+        assert len(net.closes) == len(net.failures)
+        assert all(code == 1002 for _, _, code, _ in net.closes)
+    finally:
+        for ledger in ledgers:
+            ledger.close()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
@@ -406,8 +407,16 @@ class WebsocketAdapter(Adapter):
     def inject(self, src: str, dst: str, frames: list[bytes]) -> None:
         link = self.nodes[src].link(dst)
         assert link is not None, f"no link from {src} to {dst}"
+        session = self.core(dst).session(src)
+        assert session is not None
+        enough = session.bytes_in + sum(len(f) for f in frames)
         self.in_loop(lambda: link.send(frames))
-        self.run(0.3)
+        # Until `dst` has read them all, or its session ended (refused), not a fixed
+        # pause: the box may be busy.
+        deadline = time.monotonic() + SETTLE_S
+        while not session.closed and session.bytes_in < enough:
+            assert time.monotonic() < deadline, f"{dst} never read the injected frames"
+            self.run(0.02)
 
     def close(self) -> None:
         for node in reversed(list(self.nodes.values())):
