@@ -847,7 +847,7 @@ def test_edits_sent_ahead_of_the_catch_up_diff_reach_the_projection() -> None:
     Yrs integrated such updates behind a hole in the writer's clocks without moving the
     state vector, and later edits inside them without firing events, so the peer's
     members projection kept the old name for ever (found by the machine; fixed by
-    refusing updates that skip clocks, see ledger._skips_clocks)."""
+    refusing updates that skip clocks, see replica._skips_clocks)."""
     m = _fresh()
     try:
         m.add_member("SH01")
