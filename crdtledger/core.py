@@ -116,7 +116,7 @@ class Done:
 
     op: int
     result: Any
-    error: LedgerError | None
+    error: Exception | None  # a LedgerError, or what else the operation raised
     fetched_s: float | None
 
 
@@ -489,6 +489,9 @@ class NodeCore:
         except LedgerError as e:
             self._finish(op, None, e, now)
             return
+        except Exception as e:  # e.g. a damaged sync file: the caller's to report
+            self._finish(op, None, e, now)
+            return
         self._finish(op, result, None, now)
 
     def _fetched(self, op: _Op, now: float) -> None:
@@ -504,13 +507,13 @@ class NodeCore:
         else:
             self._step(op, now)
 
-    def _finish(self, op: _Op, result: Any, error: LedgerError | None, now: float) -> None:
+    def _finish(self, op: _Op, result: Any, error: Exception | None, now: float) -> None:
         self._ops.pop(op.id, None)
         waited = None if op.started is None else now - op.started
         if waited is not None:
             self._out.append(Observe("rights_fetch", waited))
         if error is not None:
-            self._out.append(Count("refused", (error.code,)))
+            self._out.append(Count("refused", (getattr(error, "code", "error"),)))
         else:
             name = op.name
             if name is None:  # an entry names its kind; anything else is "other"

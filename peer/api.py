@@ -28,6 +28,7 @@ Why it looks like this:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import secrets
@@ -39,10 +40,12 @@ from typing import Any, Protocol, TypeVar
 from aiohttp import web
 
 from crdtledger import operations
-from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied
+from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
 from crdtledger.ledger import Ledger
-from crdtledger.operations import ANY_OBJECT, STR, TABLE, Operation
+from crdtledger.operations import ANY_OBJECT, NODE, STR, TABLE, Operation
 from crdtledger.schema import Schema, check, obj, show, text
+from crdtledger.sync import MAX_FRAME_BYTES
+from peer.files import export_bytes, import_bytes, zip_backup
 
 T = TypeVar("T")
 
@@ -252,6 +255,9 @@ class Route:
     description: str = ""
     # OpenAPI links: which later call takes what from this response.
     links: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Files (sync files, backups) travel as bytes, not JSON.
+    binary_response: bool = False
+    binary_body: bool = False
 
 
 def _operation_id(name: str) -> str:
@@ -314,6 +320,59 @@ async def sync_status(c: Call) -> dict[str, Any]:
     return c.host.sync_status()
 
 
+# Sync files and backups: the counter's back office offers them, so the API does too.
+# A sync file of a large chain is tens of MB (100k entries: 25 MB); an upload is held
+# in memory whole, so it is bounded like a sync frame.
+MAX_UPLOAD = MAX_FRAME_BYTES
+BINARY = {"type": "string", "format": "binary"}
+IMPORTED = {"type": "object", "required": ["from", "documents", "changed"],
+            "properties": {"from": STR, "documents": {"type": "integer"},
+                           "changed": {"type": "array", "items": STR},
+                           "incomplete": {"type": "array", "items": STR}}}
+
+
+def _download(data: bytes, name: str) -> web.Response:
+    return web.Response(body=data, content_type="application/octet-stream",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+async def sync_export(c: Call) -> web.Response:
+    assert c.session is not None
+    ledger, target = c.ledger, c.params.get("for")
+    if target is not None:
+        check(target, NODE, "for")
+    data, _info = export_bytes(ledger, c.session.operator, target)
+    return _download(data, f"{ledger.node}-for-{target or 'all'}-{ledger.today()}.crdtsync")
+
+
+async def sync_import(c: Call) -> dict[str, Any]:
+    assert c.session is not None
+    operator = c.session.operator
+    c.ledger.authorise(operator, "sync")  # before reading a large body from anyone
+    try:
+        data = await c.request.clone(client_max_size=MAX_UPLOAD).read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "body_too_large",
+                       f"a sync file upload is limited to {MAX_UPLOAD} bytes") from None
+    try:
+        info = await c.host.perform(lambda: import_bytes(c.ledger, operator, data),
+                                    "sync.import")
+    except RemoteProtocolError as e:  # damaged, foreign, newer format: nothing applied
+        raise ApiError(400, e.code, f"the sync file was refused, nothing changed: {e}"
+                       ) from None
+    return {k: info[k] for k in ("from", "documents", "changed", "incomplete") if k in info}
+
+
+async def backup(c: Call) -> web.Response:
+    assert c.session is not None
+    ledger = c.ledger
+    ledger.authorise(c.session.operator, "backup")
+    # SQLite's online backup reads its own snapshot: off the loop, the counter works on.
+    data = await asyncio.to_thread(zip_backup, ledger.storage.dir)
+    stamp = ledger.today()
+    return _download(data, f"backup-{ledger.node}-{stamp}.zip")
+
+
 async def openapi_document(c: Call) -> dict[str, Any]:
     # The mount point (the node mounts this app at /api) from the route as matched.
     resource = c.request.match_info.route.resource
@@ -331,6 +390,16 @@ ROUTES: list[Route] = [
     *(_route_of(op) for op in TABLE.values()),
     Route("GET", "/sync/status", "sync_status", sync_status, "This node and its peers: "
           "connected, last contact, operations behind each way", "node", None, {}, {}, SYNC),
+    Route("GET", "/sync/export", "sync_export", sync_export, "A sync file of what a branch "
+          "lacks (as last seen from it), or of everything", "sync", None, {},
+          {"for": Query(NODE)}, BINARY, description="Needs the permission sync.",
+          binary_response=True),
+    Route("POST", "/sync/import", "sync_import", sync_import, "Apply a sync file (the raw "
+          "file as the body), all or nothing; importing it again changes nothing", "sync",
+          None, {}, {}, IMPORTED, description="Needs the permission sync.", binary_body=True),
+    Route("GET", "/backup", "backup", backup, "A consistent copy of this node (zip), taken "
+          "while it keeps working", "node", None, {}, {}, BINARY,
+          description="Needs the permission backup.", binary_response=True),
     Route("GET", "/openapi.json", "openapi_document", openapi_document, "This document",
           "node", None, {}, {}, ANY_OBJECT, auth=False),
 ]
@@ -400,6 +469,8 @@ def _endpoint(r: Route, host: ApiHost, sessions: Sessions
                                    f"the path names it")
             params |= body
         result = await r.handler(Call(host, sessions, request, session, params))
+        if isinstance(result, web.StreamResponse):  # a file
+            return result
         if r.response is None:
             return web.Response(status=r.status)
         return web.json_response(result, status=r.status, dumps=_dumps)
@@ -425,7 +496,7 @@ ERROR_MEANING = {
     404: "No such member, card, debit, service or operator (not_found)",
     409: "The member's state refuses it now: insufficient_funds, rights_elsewhere (with "
          "branch and holders), card_lost, card_inactive",
-    413: "The request body is larger than 64 KB",
+    413: "The request body is too large (64 KB of JSON; a sync file upload 256 MB)",
     415: "The request body is not application/json",
     422: "Refused for this card or debit, e.g. wrong_pin",
 }
@@ -441,6 +512,8 @@ def _refusal_statuses(r: Route) -> set[int]:
         out |= {400, 404, 409, 422}  # whatever the ledger may refuse with
     if r.body is not None:
         out |= {413, 415}
+    if r.binary_body:
+        out |= {413}
     return out
 
 
@@ -458,11 +531,15 @@ def _operation(r: Route) -> dict[str, Any]:
     if r.body is not None:
         op["requestBody"] = {"required": True,
                              "content": {"application/json": {"schema": r.body}}}
+    if r.binary_body:
+        op["requestBody"] = {"required": True,
+                             "content": {"application/octet-stream": {"schema": BINARY}}}
     if not r.auth:
         op["security"] = []
     ok: dict[str, Any] = {"description": "Done"}
     if r.response is not None:
-        ok["content"] = {"application/json": {"schema": r.response}}
+        media = "application/octet-stream" if r.binary_response else "application/json"
+        ok["content"] = {media: {"schema": r.response}}
     if r.links:
         ok["links"] = {name: {**link, "operationId": name} for name, link in r.links.items()}
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}

@@ -17,7 +17,6 @@ import csv
 import io
 import tempfile
 import time
-import zipfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime, timedelta
@@ -31,8 +30,8 @@ from crdtledger.errors import CorruptSyncFile, ForeignChain, LedgerError, Permis
 from crdtledger.ledger import PREF_KEYS, Ledger
 from crdtledger.model import member_doc
 from crdtledger.money import format_yuan
-from crdtledger.storage import backup as backup_store
-from crdtledger.syncfile import export_file, import_file, read_file
+from crdtledger.syncfile import import_file, read_file
+from peer.files import export_bytes, zip_backup
 from reference_app import layout
 from reference_app.i18n import money, tr
 from reference_app.shop import can, operator, shop
@@ -778,16 +777,13 @@ def sync_files_card(ledger: Ledger) -> None:
             progress.set_value(0.2)
             status.set_text(tr("正在导出…", "Exporting…"))
             await asyncio.sleep(0.05)  # let the bar show before the loop is busy
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "export.crdtsync"
-                try:
-                    info = export_file(ledger, path, target.value or None, operator=op)
-                    data = path.read_bytes()
-                except LedgerError as e:
-                    progress.set_visibility(False)
-                    status.set_text("")
-                    refuse(e)
-                    return
+            try:
+                data, info = export_bytes(ledger, op, target.value or None)
+            except LedgerError as e:
+                progress.set_visibility(False)
+                status.set_text("")
+                refuse(e)
+                return
             progress.set_value(1.0)
             who = target.value or "all"
             name = f"{ledger.node}-for-{who}-{ledger.today()}.crdtsync"
@@ -887,7 +883,7 @@ def backup_card(ledger: Ledger) -> None:
                 refuse(e)
                 return
             status.set_text(tr("正在备份…", "Backing up…"))
-            data = await run.io_bound(backup_zip, ledger.storage.dir)
+            data = await run.io_bound(zip_backup, ledger.storage.dir)
             if data is None:
                 return  # the app is shutting down
             status.set_text(tr("备份完成，{kb} KB", "Backup done, {kb} KB",
@@ -897,20 +893,6 @@ def backup_card(ledger: Ledger) -> None:
 
         ui.button(tr("下载备份", "Download backup"), icon="backup", on_click=backup
                   ).props("outline").mark("backup")
-
-
-def backup_zip(data_dir: Path) -> bytes:
-    """The library's online backup (its own read-only connection, one snapshot; no
-    lock, so off the loop), zipped for the browser."""
-    with tempfile.TemporaryDirectory() as tmp:
-        target = Path(tmp) / "backup"
-        backup_store(data_dir, target)
-        out = io.BytesIO()
-        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
-            for f in sorted(target.rglob("*")):
-                if f.is_file():
-                    z.write(f, f"backup/{f.relative_to(target)}")
-        return out.getvalue()
 
 
 # --- registration -----------------------------------------------------------------------

@@ -32,6 +32,7 @@ from crdtledger.core import (
     SetTimer,
     TimerKey,
 )
+from crdtledger.errors import LedgerError
 from crdtledger.ledger import Ledger
 from crdtledger.storage import Storage
 from crdtledger.sync import ClockSkewSeen, PeerHello, RightsAnswered, RightsGranted
@@ -209,6 +210,8 @@ class SimNode:
                                        partial(self._fire, key, token, self.gen))
                 case Done(op=oid, result=result, error=error, fetched_s=fetched):
                     attempt = self.attempts.pop(oid, None)
+                    if error is not None and not isinstance(error, LedgerError):
+                        raise error  # a bug in the code under test: the run reports it
                     if attempt is not None:
                         if fetched is not None:
                             attempt.waited_us = round(fetched * SECOND)

@@ -1,0 +1,63 @@
+"""Sync files and backups as bytes that travel: what the HTTP API and the counter's
+back office hand to a browser or a point-of-sale system, and take back.
+
+The library writes and reads these files on disk (`crdtledger.syncfile`,
+`crdtledger.storage.backup`); here they pass through a private temporary directory,
+so the API and the counter share one path and neither writes where a client
+chose. Permissions are the library's: a sync file needs `sync`, a backup `backup`;
+operator None is the node's owner at its own console.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from crdtledger.errors import CorruptSyncFile
+from crdtledger.ledger import Ledger
+from crdtledger.storage import backup as backup_store
+from crdtledger.syncfile import MAX_FILE_BYTES, export_file, import_file
+
+
+def export_bytes(ledger: Ledger, operator: str | None, for_node: str | None = None
+                 ) -> tuple[bytes, dict[str, Any]]:
+    """A sync file of what `for_node` lacks (or everything), and what it holds."""
+    with tempfile.TemporaryDirectory(prefix="crdtledger-export-") as tmp:
+        path = Path(tmp) / "export.sync"
+        info = export_file(ledger, path, for_node, operator=operator)
+        return path.read_bytes(), info
+
+
+def import_bytes(ledger: Ledger, operator: str | None, data: bytes) -> dict[str, Any]:
+    """Apply a sync file received as bytes, all or nothing (see `import_file`)."""
+    if len(data) > MAX_FILE_BYTES:
+        raise CorruptSyncFile(f"{len(data)} bytes is larger than any sync file")
+    with tempfile.TemporaryDirectory(prefix="crdtledger-import-") as tmp:
+        path = Path(tmp) / "import.sync"
+        path.write_bytes(data)
+        info = import_file(ledger, path, operator=operator)
+    info["file"] = ""  # the temporary name means nothing to the sender
+    return info
+
+
+def backup_zip(ledger: Ledger, operator: str | None) -> bytes:
+    """A consistent copy of the node (SQLite's online backup: one snapshot, no lock,
+    so it may run off the event loop), zipped as `backup/...` for a download."""
+    ledger.authorise(operator or ledger.owner, "backup")
+    return zip_backup(ledger.storage.dir)
+
+
+def zip_backup(data_dir: Path) -> bytes:
+    """The zip of a backup of `data_dir`; the caller checked the permission."""
+    with tempfile.TemporaryDirectory(prefix="crdtledger-backup-") as tmp:
+        target = Path(tmp) / "backup"
+        backup_store(data_dir, target)
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+            for f in sorted(target.rglob("*")):
+                if f.is_file():
+                    z.write(f, f"backup/{f.relative_to(target)}")
+        return out.getvalue()
