@@ -117,6 +117,24 @@ def test_a_rights_request_is_answered(net: Adapter) -> None:
     assert net.ledger("SH01").rights(mid) == net.ledger("SH02").rights(mid)
 
 
+def test_a_rights_request_is_relayed_by_a_hub(net: Adapter) -> None:
+    """Shops behind NAT reach each other only through the hub: C's debit is funded by
+    rights A holds, fetched by the hub on C's behalf."""
+    needs(net, RIGHTS)
+    for n in ("SH01", "SH02", "SH03"):
+        net.add(n)
+    net.dial("SH01", "SH02")
+    net.dial("SH03", "SH02")
+    mid = member(net, "SH01", 10000)
+    net.settle()
+    net.perform("SH03", lambda lg: lg.debit(lg.owner, mid, amount=3000))
+    net.settle()
+    for n in ("SH01", "SH02", "SH03"):
+        assert cash(net.ledger(n), mid) == 7000
+    rights = net.ledger("SH03").rights(mid)
+    assert rights["SH01"] < 10000 and sum(rights.values()) == 7000, "A's rights moved"
+
+
 def test_a_link_cut_in_the_middle_of_a_round_heals_on_reconnect(net: Adapter) -> None:
     net.add("SH01")
     net.add("SH02")
@@ -157,6 +175,8 @@ def test_an_oversized_frame_closes_the_link_and_changes_nothing(
     frame = pack({"t": "update", "doc": "rules", "data": junk})
     assert len(frame) > limit
     net.inject("SH01", "SH02", [frame])
+    refused = net.refusals("SH02")
+    assert refused is None or any("exceeds" in why for why in refused), refused
     assert digest(net.ledger("SH02")) == before
     assert net.ledger("SH02").storage.version == version
     assert not set(links) & set(net.core("SH02").links()), "that link is closed"
@@ -176,6 +196,7 @@ def test_a_duplicated_frame_is_harmless(net: Adapter) -> None:
               for name in sorted(a.state_vectors())]
     net.inject("SH01", "SH02", frames + frames)
     assert net.core("SH02").links() == links, "the link stays up"
+    assert not net.refusals("SH02")
     assert digest(net.ledger("SH02")) == before
     assert cash(net.ledger("SH02"), mid) == 5000
     net.settle()
@@ -189,6 +210,8 @@ def test_an_out_of_order_frame_closes_the_link_not_the_node(net: Adapter) -> Non
     # A reply to a rights request SH02 never made: the conversation is broken.
     net.inject("SH01", "SH02", [pack({"t": "rrep", "id": 7, "granted": 500})])
     assert not set(links) & set(net.core("SH02").links()), "that link is closed"
+    refused = net.refusals("SH02")
+    assert refused is None or any("unknown rights request" in why for why in refused)
     assert digest(net.ledger("SH02")) == before
     assert cash(net.ledger("SH02"), mid) == 5000, "nothing granted"
     # SH02 goes on: a write of its own, and after the reconnect both directions flow.

@@ -114,6 +114,11 @@ class Adapter:
     def close(self) -> None:
         raise NotImplementedError
 
+    def refusals(self, name: str) -> list[str] | None:
+        """Why `name`'s sessions refused frames (None: refused below the session, as
+        aiohttp does with an oversized websocket message, and not reported)."""
+        return None
+
     # --- shared -------------------------------------------------------------------
 
     def dial(self, src: str, dst: str) -> None:
@@ -214,6 +219,10 @@ class MemoryAdapter(Adapter):
     def inject(self, src: str, dst: str, frames: list[bytes]) -> None:
         self.net.inject(src, dst, frames)
         self.net.run(0)
+
+    def refusals(self, name: str) -> list[str] | None:
+        mine = set(self.core(name).peers)
+        return [str(f.error) for f in self.net.failures if f.peer in mine]
 
     def close(self) -> None:
         for ledger in self.ledgers.values():
@@ -332,6 +341,9 @@ class SimAdapter(Adapter):
     def inject(self, src: str, dst: str, frames: list[bytes]) -> None:
         self.world.net.send(self.conn(src, dst), src, frames)
         self.run(1.0)  # WAN latency, and a retransmission or two
+
+    def refusals(self, name: str) -> list[str] | None:
+        return [why for node, _, why in self.world.protocol_errors if node == name]
 
     def close(self) -> None:
         for node in self.world.nodes:
