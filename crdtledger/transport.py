@@ -67,6 +67,36 @@ class Transport(Protocol):
         """End the link; both ends' cores then hear `link_closed`."""
 
 
+@dataclass
+class FrameFaults:
+    """Session-level faults a broken transport could cause, off by default: a frame
+    handed over twice (probability `dup` per frame) or two frames of a batch swapped
+    (`reorder` per batch). Real transports (TCP, a file's checksum) never do this;
+    injected to test that the session tolerates it. Shared by `MemoryNet` and the
+    simulator's network, drawn from the driver's seeded `rng`."""
+
+    rng: random.Random
+    dup: float = 0.0
+    reorder: float = 0.0
+    dup_injected: int = 0
+    reorder_injected: int = 0
+
+    def __call__(self, frames: list[bytes]) -> list[bytes]:
+        if not (self.dup or self.reorder):
+            return frames
+        out: list[bytes] = []
+        for f in frames:
+            out.append(f)
+            if self.dup and self.rng.random() < self.dup:
+                out.append(f)
+                self.dup_injected += 1
+        if self.reorder and len(out) > 1 and self.rng.random() < self.reorder:
+            i = self.rng.randrange(len(out) - 1)
+            out[i], out[i + 1] = out[i + 1], out[i]
+            self.reorder_injected += 1
+        return out
+
+
 class MemoryEnd:
     """One end of an in-memory link: frames go into the net's delivery queue."""
 
@@ -103,8 +133,7 @@ class MemoryNet:
     def __init__(self, *, seed: int = 0, dup: float = 0.0, reorder: float = 0.0) -> None:
         self.seed = seed
         self.rng = random.Random(f"{seed}:memory-net")
-        self.dup = dup
-        self.reorder = reorder
+        self.faults = FrameFaults(self.rng, dup, reorder)
         self.now = 0.0
         self.nodes: dict[str, MemoryNode] = {}
         self._links: dict[Link, tuple[MemoryEnd, MemoryEnd]] = {}
@@ -118,8 +147,6 @@ class MemoryNet:
         self.done: dict[tuple[str, int], Done] = {}
         self.failures: list[Failed] = []
         self.closes: list[tuple[Link, str, int, str]] = []
-        self.dup_injected = 0
-        self.reorder_injected = 0
 
     # --- building ---------------------------------------------------------------
 
@@ -193,28 +220,13 @@ class MemoryNet:
         return self.nodes[src].ends[lid]
 
     def _post(self, link: Link, to: str, frames: list[bytes]) -> None:
-        batch = self._mangle(list(frames))
+        batch = self.faults(list(frames))
         self._queue.append(lambda: self._deliver(link, to, batch))
 
     def _deliver(self, link: Link, to: str, frames: list[bytes]) -> None:
         node = self.nodes.get(to)
         if link in self._links and node is not None and frames:
             self._run(to, node.core.receive(link, frames, self.now))
-
-    def _mangle(self, frames: list[bytes]) -> list[bytes]:
-        if not (self.dup or self.reorder):
-            return frames
-        out: list[bytes] = []
-        for f in frames:
-            out.append(f)
-            if self.dup and self.rng.random() < self.dup:
-                out.append(f)
-                self.dup_injected += 1
-        if self.reorder and len(out) > 1 and self.rng.random() < self.reorder:
-            i = self.rng.randrange(len(out) - 1)
-            out[i], out[i + 1] = out[i + 1], out[i]
-            self.reorder_injected += 1
-        return out
 
     def _connect(self, src: str, dst: str) -> None:
         """A dial succeeds at once if `dst` is on the net; both ends are registered

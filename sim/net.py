@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from crdtledger.core import HEARTBEAT_S
+from crdtledger.transport import FrameFaults
 from sim.engine import MS, SECOND, Engine
 
 if TYPE_CHECKING:
@@ -166,8 +167,7 @@ class Network:
         self.uplink_bps = uplink_bps
         self._deliver = deliver
         self._reset = reset
-        self.dup = dup
-        self.reorder = reorder
+        self.faults = FrameFaults(rng, dup, reorder)
         self.cuts: list[Cut] = []
         self._blocked: dict[tuple[str, str], bool] = {}
         self.connections: dict[int, Connection] = {}
@@ -175,8 +175,6 @@ class Network:
         self._busy: dict[tuple[str, str], int] = {}  # (node, lan|wan) -> uplink free at
         # traffic[profile] = [frames, bytes]
         self.traffic: dict[str, list[int]] = {"lan": [0, 0], "wan": [0, 0]}
-        self.dup_injected = 0
-        self.reorder_injected = 0
 
     # --- reachability ---------------------------------------------------------
 
@@ -338,24 +336,10 @@ class Network:
         while q and q[0][0] <= now:
             frames.append(q.popleft()[1])
         if frames:
-            if self.dup or self.reorder:
-                frames = self._mangle(frames)
+            frames = self.faults(frames)
             self._deliver(conn, pipe.dst, frames)
         if conn.open:
             self._schedule(conn, pipe)
-
-    def _mangle(self, frames: list[bytes]) -> list[bytes]:
-        out: list[bytes] = []
-        for f in frames:
-            out.append(f)
-            if self.dup and self.rng.random() < self.dup:
-                out.append(f)
-                self.dup_injected += 1
-        if self.reorder and len(out) > 1 and self.rng.random() < self.reorder:
-            i = self.rng.randrange(len(out) - 1)
-            out[i], out[i + 1] = out[i + 1], out[i]
-            self.reorder_injected += 1
-        return out
 
     def in_flight(self) -> int:
         return sum(len(p.queue) for c in self.connections.values() for p in c.pipes.values())

@@ -137,6 +137,17 @@ class Adapter:
         return (len(digests) == 1 and self.quiet()
                 and all(self.connected(a, b) for a, b in self.edges))
 
+    def until(self, done: Callable[[], bool], what: str, timeout: float = SETTLE_S) -> None:
+        """Run the nodes until `done()`: a real transport takes its time, and the box may
+        be busy (an anti-entropy hello read meanwhile must not pass for the awaited
+        frame)."""
+        waited = 0.0
+        while not done():
+            if waited > timeout:
+                raise AssertionError(f"{self.name}: {what} not within {timeout} s")
+            self.run(0.05)
+            waited += 0.05
+
     def settle(self, timeout: float = SETTLE_S) -> None:
         """Until every link is up and every store holds the same data."""
         waited = 0.0
