@@ -571,7 +571,9 @@ def _show_history(ledger: Ledger, entries: Any, _p: Params) -> str:
 
 @operation("history", "The member's ledger entries, newest first", needs=SERVES_MEMBERS,
            http="GET /members/{member}/history",
-           params=(*WHO, Param("limit", {**LIMIT, "maximum": 500}, default=50)),
+           # A member's whole history for an owner or an audit (the command line had
+           # no cap); a year of weekly visits is a few hundred.
+           params=(*WHO, Param("limit", {**LIMIT, "maximum": 10_000}, default=50)),
            forms=(WHO_FORM,), result=array(ENTRY, 500), show=_show_history)
 def history(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]:
     return ledger.history(member_of(ledger, p), p["limit"])

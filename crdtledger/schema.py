@@ -91,8 +91,10 @@ def check(value: Any, schema: Schema, where: str) -> None:
                 and (schema.get("format") != "date" or is_date(value))):
             raise error(f"{where} must be {wanted}, not {show(value)}")
     elif isinstance(value, int) and kind == "integer":
-        if not schema.get("minimum", -MAX_AMOUNT) <= value <= schema.get("maximum", MAX_AMOUNT):
-            raise error(f"{where} must be {wanted}, not {value}")
+        low, high = schema.get("minimum", -MAX_AMOUNT), schema.get("maximum", MAX_AMOUNT)
+        if not low <= value <= high:
+            # Say the range: "a whole number" alone reads as nonsense next to 1000.
+            raise error(f"{where} must be {wanted} from {low} to {high}, not {value}")
     elif isinstance(value, list) and "items" in schema:
         if len(value) > schema.get("maxItems", len(value)):
             raise InvalidInput(f"{where} has more than {schema['maxItems']} items")
