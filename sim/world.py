@@ -63,11 +63,19 @@ def frame_kind(frame: bytes) -> str:
 class World:
     def __init__(self, config: Config) -> None:
         cfg = self.config = scenario_defaults(config)
+        start = datetime.combine(date.fromisoformat(cfg.start), dt_time(0), ZoneInfo(ZONE))
+        self._init_state(start, Path(tempfile.mkdtemp(prefix="crdtledger-sim-")))
+        self._build()
+        self.workload = Workload(self)
+        self.faults: list[Fault] = schedule(self)
+
+    def _init_state(self, start: datetime, root: Path) -> None:
+        """The run's clock, trace, metrics and acknowledgements (before any node)."""
+        cfg = self.config
         self.engine = Engine()
         self.trace = Trace(keep_all=cfg.keep_trace)
         self.rng_net = random.Random(f"{cfg.seed}:net")
         self.metrics = Metrics()
-        start = datetime.combine(date.fromisoformat(cfg.start), dt_time(0), ZoneInfo(ZONE))
         self.epoch_ms = int(start.timestamp() * 1000)
         self.workload_end = cfg.days * DAY
         self.violation: Violation | None = None
@@ -82,10 +90,7 @@ class World:
         self._probing = False
         self._began = 0.0
         self._last_hour = -1
-        self.root = Path(tempfile.mkdtemp(prefix="crdtledger-sim-"))
-        self._build()
-        self.workload = Workload(self)
-        self.faults: list[Fault] = schedule(self)
+        self.root = root
 
     # --- the chain ----------------------------------------------------------------
 

@@ -22,7 +22,6 @@ once (tests/test_transports.py) and run against all of them:
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -39,10 +38,8 @@ from crdtledger.transport import MemoryNet
 from peer.chain import enrol, init_chain
 from peer.node import Config as NodeConfig
 from peer.node import Node
-from sim.checks import Violation
 from sim.config import Config as SimConfig
-from sim.engine import SECOND, Engine, Trace
-from sim.metrics import Metrics
+from sim.engine import SECOND
 from sim.net import SHOP_UPLINK_BPS, Connection, Network
 from sim.node import SimNode
 from sim.world import World
@@ -251,24 +248,9 @@ class SmallWorld(World):
     suite injects them on purpose."""
 
     def __init__(self, root: Path, seed: int = 1) -> None:  # no super(): no workload
-        cfg = self.config = SimConfig(nodes=3, seed=seed, ae_interval_s=3.0,
-                                      synchronous="NORMAL")
-        self.engine = Engine()
-        self.trace = Trace(keep_all=True)
-        self.rng_net = random.Random(f"{cfg.seed}:net")
-        self.metrics = Metrics()
-        start = datetime(2026, 1, 5, 10, tzinfo=ZoneInfo("Asia/Shanghai"))
-        self.epoch_ms = int(start.timestamp() * 1000)
-        self.violation: Violation | None = None
-        self.violation_at: int | None = None
-        self.acked_entries: dict[str, str] = {}
-        self.acked_by_node: dict[str, int] = {}
-        self.acked_members: set[str] = set()
-        self.acked_cards: set[str] = set()
-        self.acked_rules: set[str] = set()
-        self.converged = False
-        self._down: set[str] = set()
-        self.root = root
+        self.config = SimConfig(nodes=3, seed=seed, ae_interval_s=3.0, synchronous="NORMAL",
+                                keep_trace=True)
+        self._init_state(datetime(2026, 1, 5, 10, tzinfo=ZoneInfo("Asia/Shanghai")), root)
         self.nodes: list[SimNode] = []
         self.by_name: dict[str, SimNode] = {}
         self.site_of: dict[str, int] = {}
