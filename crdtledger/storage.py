@@ -36,6 +36,7 @@ from crdtledger import hlc
 from crdtledger.errors import InvalidInput, StoreError, StoreLocked
 from crdtledger.lib0 import decode_state_vector, read_varuint
 from crdtledger.model import DOC_NAME
+from crdtledger.private import FILE_MODE, private_dir, private_sqlite_file, tighten, tighten_store
 
 FORMAT_VERSION = 2  # 2: the update log is a rowid table (see _upgrade)
 DB_FILE = "ledger.sqlite3"
@@ -315,6 +316,10 @@ class Storage:
         db = self.dir / DB_FILE
         if not db.exists():
             raise StoreError(f"no crdtledger node in {self.dir} (run: crdtledger init)")
+        # A store made before its files were private (0644, in a 0755 directory) is
+        # tightened here, on every open, before SQLite makes a new WAL after it.
+        tighten_store(self.dir, DB_FILE)
+        tighten(self.dir / LOCK_FILE, FILE_MODE)
         self._lock_fd: int | None = self._take_lock() if lock else None
         try:
             self.conn = _connect(db, synchronous)
@@ -356,14 +361,16 @@ class Storage:
     @staticmethod
     def create(data_dir: Path, node: str, chain: str, timezone: str) -> None:
         data_dir = Path(data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        # 0700 and a 0600 file before SQLite opens it: its WAL and shared memory take
+        # the database file's permissions (crdtledger.private).
+        private_dir(data_dir)
         db = data_dir / DB_FILE
         if db.exists():
             raise StoreError(f"{data_dir} already holds a node")
         ZoneInfo(timezone)  # refuse an unknown zone now rather than at first report
         tmp = data_dir / (DB_FILE + ".new")
         tmp.unlink(missing_ok=True)
-        conn = _connect(tmp, "FULL")
+        conn = _connect(private_sqlite_file(tmp), "FULL")
         conn.executescript(SCHEMA)
         with conn:
             conn.executemany(
@@ -378,7 +385,9 @@ class Storage:
         os.replace(tmp, db)
 
     def _take_lock(self) -> int:
-        fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        # It holds only a pid, but it lives with the store: private like the rest.
+        fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        os.fchmod(fd, FILE_MODE)
         deadline = time.monotonic() + LOCK_WAIT_S
         while True:
             try:
@@ -602,14 +611,14 @@ def backup(data_dir: Path, target: Path) -> None:
     """A consistent copy while the node keeps working: SQLite's online backup reads
     one snapshot of the WAL database; it needs no lock on the data directory."""
     target = Path(target)
-    target.mkdir(parents=True, exist_ok=True)
+    private_dir(target)  # a backup holds every member's data, like the store
     dst_path = target / DB_FILE
     if dst_path.exists():
         raise StoreError(f"{target} already holds a node; choose an empty directory")
     src = sqlite3.connect(f"file:{Path(data_dir) / DB_FILE}?mode=ro", uri=True)
     tmp = target / (DB_FILE + ".new")
     tmp.unlink(missing_ok=True)
-    dst = sqlite3.connect(tmp)
+    dst = sqlite3.connect(private_sqlite_file(tmp))
     try:
         src.backup(dst)
         dst.execute("INSERT OR REPLACE INTO meta VALUES ('rotate_client_id', '1')")

@@ -28,6 +28,7 @@ from crdtledger.errors import CorruptSyncFile, ForeignChain, InvalidInput, Remot
 from crdtledger.hlc import NODE_ID
 from crdtledger.lib0 import covers, decode_state_vector
 from crdtledger.model import DOC_NAME
+from crdtledger.private import private_file_open
 from crdtledger.sync import MAX_DOCS, lacking
 
 if TYPE_CHECKING:
@@ -59,7 +60,8 @@ def export_file(ledger: Ledger, path: Path | str, for_node: str | None = None, *
     # Written aside and renamed: a reader never sees half a file under the real name.
     tmp = path.with_name(path.name + ".part")
     try:
-        with open(tmp, "wb") as f:
+        # 0600 from its first byte: it carries every member's phone and PIN hash.
+        with private_file_open(tmp) as f:
             f.write(MAGIC + str(FORMAT).encode() + b"\n")
             f.write(hashlib.sha256(body).digest())
             f.write(body)
