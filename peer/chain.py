@@ -45,6 +45,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from crdtledger.errors import InvalidInput, LedgerError
 from crdtledger.hlc import MAX_CLOCK_SKEW_MS, NODE_ID, check_node_id
+from crdtledger.private import private_dir, write_private
 
 CA_KEY = "ca.key"
 CA_CERT = "ca.crt"
@@ -102,9 +103,10 @@ class Chain:
 def init_chain(out_dir: Path | str, name: str | None = None, *, days: int = CA_DAYS) -> Chain:
     """Create a chain CA in `out_dir` (for `crdtledger chain init --out DIR [--name]`).
 
-    Writes `ca.key` (0600, PEM, unencrypted: the directory is the secret, keep it
-    at the head office), `ca.crt` and `chain.json`. The name defaults to the
-    directory's name and becomes the chain id of every node enrolled from it.
+    Writes `ca.key` (PEM, unencrypted: the directory is the secret, keep it
+    at the head office), `ca.crt` and `chain.json`, all 0600 in a 0700 directory.
+    The name defaults to the directory's name and becomes the chain id of every
+    node enrolled from it.
     Refuses (ChainError) a directory that already holds a CA, so a second run can
     never orphan the branches enrolled under the first.
     """
@@ -117,7 +119,7 @@ def init_chain(out_dir: Path | str, name: str | None = None, *, days: int = CA_D
     if held:
         raise ChainError(f"{out} already holds a chain CA ({', '.join(held)}); "
                          "choose another directory")
-    out.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_dir(out)
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, name),
@@ -141,11 +143,11 @@ def init_chain(out_dir: Path | str, name: str | None = None, *, days: int = CA_D
                        critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write_new(out / CA_KEY, _key_pem(key), 0o600)
-    _write_new(out / CA_CERT, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write_new(out / CA_KEY, _key_pem(key))
+    _write_new(out / CA_CERT, cert.public_bytes(serialization.Encoding.PEM))
     fingerprint = _fingerprint(cert)
     _write_new(out / CHAIN_FILE, json.dumps({"name": name, "fingerprint": fingerprint},
-                                            indent=1).encode() + b"\n", 0o644)
+                                            indent=1).encode() + b"\n")
     return load_chain(out)
 
 
@@ -169,11 +171,12 @@ def enrol(chain_dir: Path | str, data_dir: Path | str, node: str, *, days: int =
           not_before: dt.datetime | None = None, not_after: dt.datetime | None = None) -> Path:
     """Issue `node` its certificate (for `crdtledger init --data DIR --node N --chain C`).
 
-    Writes `DATA/tls/node.key` (0600, a fresh key that never leaves the node),
-    `node.crt` and the chain's `ca.crt`, and returns that `tls` directory. The node
-    id is in the subject CN and in a SAN URI `urn:crdtledger:node:NODE`; the chain
-    name (which is also the node's ledger chain id) is the subject O. A copy of the
-    certificate stays in `CHAIN/issued/` so that `revoke` can name the node.
+    Writes `DATA/tls/node.key` (a fresh key that never leaves the node),
+    `node.crt` and the chain's `ca.crt` (all 0600, `tls` 0700), and returns that
+    `tls` directory. The node id is in the subject CN and in a SAN URI
+    `urn:crdtledger:node:NODE`; the chain name (which is also the node's ledger
+    chain id) is the subject O. A copy of the certificate stays in `CHAIN/issued/`
+    so that `revoke` can name the node.
     `not_before`/`not_after` override `days` (tests make expired certificates).
     Refuses a data directory that already has an identity.
     """
@@ -215,13 +218,13 @@ def enrol(chain_dir: Path | str, data_dir: Path | str, node: str, *, days: int =
         .sign(ca_key, hashes.SHA256())
     )
     pem = cert.public_bytes(serialization.Encoding.PEM)
-    tls.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_new(tls / NODE_KEY, _key_pem(key), 0o600)
-    _write_new(tls / NODE_CERT, pem, 0o644)
-    _write_new(tls / CA_CERT, chain.ca_cert, 0o644)
+    private_dir(tls)
+    _write_new(tls / NODE_KEY, _key_pem(key))
+    _write_new(tls / NODE_CERT, pem)
+    _write_new(tls / CA_CERT, chain.ca_cert)
     issued = chain.dir / ISSUED_DIR
-    issued.mkdir(mode=0o700, exist_ok=True)
-    _write_new(issued / f"{node}-{cert.serial_number:x}.crt", pem, 0o644)
+    private_dir(issued)
+    _write_new(issued / f"{node}-{cert.serial_number:x}.crt", pem)
     return tls
 
 
@@ -281,7 +284,7 @@ def revoke(chain_dir: Path | str, node_cert_pem_or_serial: int | bytes | str, *,
             x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build())
     der = builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
     tmp = own.with_suffix(".new")
-    tmp.write_bytes(der)
+    write_private(tmp, der, sync=True)
     os.replace(tmp, own)
     return der
 
@@ -460,16 +463,12 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    # O_EXCL with the final mode: a key is never, even briefly, readable by others,
-    # and an existing file is never overwritten.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)  # whatever the umask
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _write_new(path: Path, data: bytes) -> None:
+    # O_EXCL, 0600 from the start whatever the umask: a key is never, even briefly,
+    # readable by others, and an existing file is never overwritten. Certificates
+    # are public, but 0600 like the rest keeps one rule for a chain or data directory
+    # (nothing but the node's own user reads them).
+    write_private(path, data, exclusive=True, sync=True)
 
 
 def _load_ca_key(chain: Chain) -> ec.EllipticCurvePrivateKey:

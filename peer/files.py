@@ -18,6 +18,7 @@ from typing import Any
 
 from crdtledger.errors import CorruptSyncFile
 from crdtledger.ledger import Ledger
+from crdtledger.private import write_private
 from crdtledger.storage import backup as backup_store
 from crdtledger.syncfile import MAX_FILE_BYTES, export_file, import_file
 
@@ -37,7 +38,7 @@ def import_bytes(ledger: Ledger, operator: str | None, data: bytes) -> dict[str,
         raise CorruptSyncFile(f"{len(data)} bytes is larger than any sync file")
     with tempfile.TemporaryDirectory(prefix="crdtledger-import-") as tmp:
         path = Path(tmp) / "import.sync"
-        path.write_bytes(data)
+        write_private(path, data)  # members' data: 0600 even inside a private dir
         info = import_file(ledger, path, operator=operator)
     info["file"] = ""  # the temporary name means nothing to the sender
     return info

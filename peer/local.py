@@ -29,6 +29,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from crdtledger.errors import LedgerError, RemoteProtocolError
+from crdtledger.private import private_text_open
 from crdtledger.storage import LOCK_FILE
 
 if TYPE_CHECKING:
@@ -54,8 +55,8 @@ class Running:
 def write_run_file(data_dir: Path, *, node: str, host: str, port: int, token: str) -> None:
     path = data_dir / RUN_FILE
     tmp = path.with_suffix(".part")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
+    # The token in it lets a caller act as the node's owner: 0600 whatever the umask.
+    with private_text_open(tmp) as f:
         host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host  # connectable
         json.dump({"pid": os.getpid(), "node": node, "api_host": host, "api": port,
                    "token": token}, f)
