@@ -18,6 +18,7 @@ from pathlib import Path
 from nicegui import app, ui
 
 from crdtledger.errors import LedgerError
+from crdtledger.private import private_text_open
 from peer.chain import load_identity
 from peer.cli import add_node_options, node_config
 from peer.node import Config, Node, parse_address
@@ -54,8 +55,7 @@ def storage_secret(data_dir: Path) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         secret = secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
+        with private_text_open(path, exclusive=True) as f:
             f.write(secret)
         return secret
 

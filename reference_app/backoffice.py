@@ -30,6 +30,7 @@ from crdtledger.errors import CorruptSyncFile, ForeignChain, LedgerError, Permis
 from crdtledger.ledger import PREF_KEYS, Ledger
 from crdtledger.model import member_doc
 from crdtledger.money import format_yuan
+from crdtledger.private import write_private
 from crdtledger.syncfile import import_file, read_file
 from peer.files import export_bytes, zip_backup
 from reference_app import layout
@@ -813,7 +814,7 @@ async def import_sync_file(ledger: Ledger, data: bytes, progress: ui.linear_prog
     status.set_text(tr("正在检查文件…", "Checking the file…"))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "import.crdtsync"
-        path.write_bytes(data)
+        write_private(path, data)  # members' data: 0600 even inside a private dir
         try:
             require("sync")
             # read_file is pure (no store): checksum and parse in a thread. import_file

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from crdtledger.ledger import Ledger
+from crdtledger.private import private_dir, private_file_open, private_text_open
 from peer.chain import enrol, init_chain
 from reference_app.app import SECRET_FILE
 from reference_app.demo_data import BRANCHES, Seeded, seed
@@ -80,7 +81,8 @@ class Demo:
                 raise DemoError(f"{self.root} holds something other than demo data; "
                                 "give another directory with --data")
             shutil.rmtree(self.root)
-        self.root.mkdir(parents=True)
+        # Demo members' phones and the shared secret live here: private like a node.
+        private_dir(self.root)
         init_chain(self.chain, CHAIN_NAME)
         for node in BRANCHES:
             Ledger.create(self.data(node), node, CHAIN_NAME)
@@ -92,12 +94,10 @@ class Demo:
         # the app looks for it (not on a command line, which every local user can read).
         secret = secrets.token_urlsafe(32)
         for node in BRANCHES:
-            fd = os.open(self.data(node) / SECRET_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-                         0o600)
-            with os.fdopen(fd, "w") as f:
+            with private_text_open(self.data(node) / SECRET_FILE, exclusive=True) as f:
                 f.write(secret)
-        (self.root / SEEDED_FILE).write_text(
-            json.dumps(asdict(seeded), ensure_ascii=False, indent=1), encoding="utf-8")
+        with private_text_open(self.root / SEEDED_FILE) as f:
+            f.write(json.dumps(asdict(seeded), ensure_ascii=False, indent=1))
         return seeded
 
     def facts(self) -> dict[str, Any]:
@@ -117,8 +117,8 @@ class Demo:
 
     def launch(self, node: str) -> None:
         """Start one branch process, its output to logs/NODE.log."""
-        self.logs.mkdir(exist_ok=True)
-        with open(self.logs / f"{node}.log", "ab") as log:
+        private_dir(self.logs)  # a node's log names members and operators
+        with private_file_open(self.logs / f"{node}.log", append=True) as log:
             self.procs[node] = subprocess.Popen(
                 self.argv(node), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 # Its own process group: Ctrl-C at the terminal reaches only us, and we
