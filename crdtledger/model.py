@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeGuard, TypeVar, get_args
 
 from crdtledger.escrow import Delta, check_deltas_authorised
-from crdtledger.hlc import NODE_ID
+from crdtledger.hlc import NODE_ID, id_time_ms
 from crdtledger.money import MAX_AMOUNT, from_crdt
 
 T = TypeVar("T")
@@ -167,6 +167,13 @@ def member_doc(member_id: str) -> str:
 
 def ledger_doc(month: str) -> str:
     return f"ledger/{month}"
+
+
+def entry_doc(entry_id: str, day_of: Callable[[int], str]) -> str:
+    """The one document an entry may live in: that of its id's month in the chain's
+    time zone (`day_of`), as its writer chose it (commit._entry_write: `at` is the
+    id's wall time). ValueError for an id no month holds (a time past year 9999)."""
+    return ledger_doc(day_of(id_time_ms(entry_id))[:7])
 
 
 class InvalidRecord(ValueError):

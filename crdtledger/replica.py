@@ -8,16 +8,18 @@ is set aside whole (`_skips_clocks`), see docs/design-notes.md (Storage).
 from __future__ import annotations
 
 import gc
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pycrdt import Doc, get_update
 
 from crdtledger.commit import LedgerBase
 from crdtledger.errors import ClockSkew, RemoteProtocolError
-from crdtledger.hlc import MAX_CLOCK_SKEW_MS, decode, wall_ms
+from crdtledger.hlc import MAX_CLOCK_SKEW_MS, decode, id_floor, wall_ms
 from crdtledger.lib0 import decode_state_vector, read_varuint, states_digest, write_varuint
-from crdtledger.model import DOC_NAME
+from crdtledger.model import DOC_NAME, ID, entry_doc
 from crdtledger.projection import entry_change, project_deferred, project_entries, record_change
 from crdtledger.storage import LoadedDoc
 
@@ -44,6 +46,8 @@ class Replica(LedgerBase):
                 # the raw one, see LoadedDoc.watching).
                 record_change(conn, ld.name, root, key, ld.roots[root].get(key), day_of)
                 rules_changed |= root == "rules"
+        if fresh:
+            _check_months(ld.name, [key for key, _ in fresh], day_of)
         projected += project_entries(conn, ld.name, fresh, day_of)
         for root in change.unsure:  # LoadedDoc.watching: Yrs could not say which keys
             if root == "entries":
@@ -169,12 +173,21 @@ class Replica(LedgerBase):
                 # from every block) but also carries what Yrs released now and every
                 # deletion we know of (LoadedDoc.settle).
                 delta = data if whole else bytes(ld.doc.get_update(before))
-                self._project(ld, change)
+                try:
+                    self._project(ld, change)
+                except sqlite3.IntegrityError as e:
+                    # Remote data the checks above let through yet a projection's key
+                    # refuses: the peer's fault, not a broken store (the CLI would say
+                    # "store unusable", a node's loop would stop). Rolled back whole.
+                    raise RemoteProtocolError(f"{name}: refused by the store ({e})") from None
                 st.record(ld, [delta])
                 new.append((name, delta))
                 touched.append(name)
             if touched:
-                project_deferred(st.conn, st.day_of)  # entries whose funding just came
+                try:
+                    project_deferred(st.conn, st.day_of)  # entries whose funding just came
+                except sqlite3.IntegrityError as e:  # as for _project above
+                    raise RemoteProtocolError(f"refused by the store ({e})") from None
             st.keep_clock(self.clock.last)
         self._notify(new, origin)
         for name in dict.fromkeys(touched):
@@ -184,6 +197,36 @@ class Replica(LedgerBase):
     def remember_peer(self, node: str, states: dict[str, bytes]) -> None:
         with self.storage.transaction():
             self.storage.remember_peer(node, states, self.clock.wall())
+
+
+def _check_months(doc: str, keys: Sequence[str], day_of: Callable[[int], str]) -> None:
+    """Refuse (RemoteProtocolError) an update that puts an entry in a document other
+    than that of its id's month (model.entry_doc), the month its writer chose.
+
+    So an id has one possible document: the same entry in two months (a copy of a
+    known entry, or a second entry under a known id) cannot reach the projection,
+    whose key would refuse it, and every replica of the chain judges alike. A key
+    that is no entry id at all is left to the schema check (quarantined, never
+    projected). Ids well inside the month, in every time zone (offsets are under a
+    day), are told by comparing strings: a catch-up brings a month of them."""
+    lo = hi = ""  # before 1970 (or year 0000) no id is that old: each taken carefully
+    year = int(doc[7:11])
+    if year > 1970:  # from the 2nd to the 27th (every month has 28 days), in UTC
+        start = datetime(year, int(doc[12:14]), 2, tzinfo=UTC)
+        lo, hi = (id_floor(int(t.timestamp() * 1000)) for t in (start, start + _26_DAYS))
+    for key in keys:
+        if not isinstance(key, str) or not ID.match(key) or lo <= key[:13] < hi:
+            continue
+        try:
+            home = entry_doc(key, day_of)
+        except (ValueError, OverflowError, OSError):  # a time no calendar holds
+            home = "no month"
+        if home != doc:
+            raise RemoteProtocolError(
+                f"{doc}: ledger entry {key} belongs in {home}, by its id's time")
+
+
+_26_DAYS = timedelta(days=26)
 
 
 class _GapFound(Exception):

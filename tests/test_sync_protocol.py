@@ -25,7 +25,7 @@ from crdtledger.errors import (
 )
 from crdtledger.hlc import MAX_CLOCK_SKEW_MS, HybridClock
 from crdtledger.ledger import Ledger
-from crdtledger.model import member_doc
+from crdtledger.model import entry_doc, member_doc
 from crdtledger.sync import (
     ClockSkewSeen,
     PeerHello,
@@ -433,6 +433,15 @@ def _entry_update(member: str, node: str = "SH02", **fields: Any) -> bytes:
     return bytes(doc.get_update())
 
 
+def _doc_of(update: bytes, ledger: Ledger) -> str:
+    """The document the one entry of `update` belongs in (that of its id's month:
+    anywhere else, the whole update is refused, tests/test_wrong_month.py)."""
+    doc = Doc()
+    doc.apply_update(update)
+    (eid,) = doc.get("entries", type=Map).keys()
+    return entry_doc(eid, ledger.storage.day_of)
+
+
 VALID = pack({"t": "update", "doc": "rules", "data": b"\x00\x00"})
 
 
@@ -481,8 +490,8 @@ def test_update_with_entry_garbage_inside_a_valid_update(greeted) -> None:
     before = a.balance(m)
     for bad in (dict(amount=1.5), dict(amount=-5), dict(deltas=[["cash", "SH01", -5]]),
                 dict(kind="gift"), dict(at=2**60), dict(deltas=[["cash", "SH02", 2**60]])):
-        s.receive(pack({"t": "update", "doc": "ledger/2026-01",
-                        "data": _entry_update(m, **bad)}))
+        data = _entry_update(m, **bad)
+        s.receive(pack({"t": "update", "doc": _doc_of(data, a), "data": data}))
     assert a.balance(m) == before
     (n,) = a.storage.conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()
     assert n == 6
@@ -501,7 +510,7 @@ def test_entry_as_shared_map_edited_in_place_is_quarantined_alike(a: Ledger, b: 
     root[eid] = Map({"id": eid, "kind": "topup", "member": m, "node": "SH09", "op": "x",
                      "at": 1_767_225_600_000, "amount": 5, "deltas": [["cash", "SH09", 5]]})
     root[eid]["deltas"] = [["cash", "SH09", 500000]]
-    name = "ledger/2026-01"
+    name = entry_doc(eid, a.storage.day_of)
     a.apply_remote([(name, ups[0])])
     a.apply_remote([(name, ups[1])])
     b.apply_remote([(name, bytes(evil.get_update()))])
