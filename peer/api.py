@@ -24,6 +24,11 @@ Why it looks like this:
   and no secret is ever written to disk.
 - Everything runs on the event-loop thread that owns the Ledger (pycrdt objects are
   bound to one thread); the SQLite reads behind a view are fast enough to do inline.
+  The one slow step, a login's scrypt (~30 ms), runs in a worker thread on what was
+  read on the loop (`Ledger.login_record`), so logins never stall sync or other tills.
+- Failed logins are throttled per operator name and per client address
+  (`crdtledger.throttle`): a locked-out attempt gets 429 with Retry-After and its
+  password is not even checked.
 """
 
 from __future__ import annotations
@@ -40,11 +45,13 @@ from typing import Any, Protocol, TypeVar
 from aiohttp import web
 
 from crdtledger import operations
+from crdtledger.auth import verify_login
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
 from crdtledger.ledger import Ledger
 from crdtledger.operations import ANY_OBJECT, NODE, STR, TABLE, Operation
 from crdtledger.schema import Schema, check, obj, show, text
 from crdtledger.sync import MAX_FRAME_BYTES
+from crdtledger.throttle import LoginThrottle, too_many_attempts
 from peer.files import export_bytes, import_bytes, zip_backup
 
 T = TypeVar("T")
@@ -108,9 +115,12 @@ class Sessions:
     """Bearer tokens of logged-in operators, in memory."""
 
     def __init__(self, ttl_s: float = TOKEN_TTL_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 throttle: LoginThrottle | None = None) -> None:
         self.ttl_s = ttl_s
         self._clock = clock
+        # Failed logins, on the same clock as the tokens (a test moves both).
+        self.throttle = throttle if throttle is not None else LoginThrottle(clock=clock)
         self._by_token: dict[str, Session] = {}
 
     def open(self, operator: str, name: str) -> str:
@@ -140,10 +150,12 @@ class Sessions:
 class ApiError(Exception):
     """A refusal of the HTTP layer itself (login, token, body), not of the ledger."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str,
+                 headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.headers = dict(headers or {})
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
@@ -169,6 +181,7 @@ async def refusals(request: web.Request,
         return _refusal(e, request.get(SESSION))
     except ApiError as e:
         response = _error(e.status, e.code, str(e))
+        response.headers.update(e.headers)
         if e.status == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
         return response
@@ -301,10 +314,19 @@ def _route_of(op: Operation) -> Route:
 
 async def login(c: Call) -> dict[str, Any]:
     name, password = c.params["operator"], c.params["password"]
+    address = c.request.remote or ""
+    throttle = c.sessions.throttle
+    wait = throttle.begin(name, address)
+    if wait:  # refused before the password is looked at: a guess here teaches nothing
+        raise ApiError(429, "too_many_attempts", too_many_attempts(wait),
+                       {"Retry-After": str(wait)})
+    record = c.ledger.login_record(name)  # on the loop: the store is bound to its thread
     try:
-        operator = c.ledger.authenticate(name, password)
+        # scrypt off the loop: ~30 ms each would otherwise stall every other request.
+        operator = await asyncio.to_thread(verify_login, record, password)
     except PermissionDenied as e:
         raise ApiError(401, "login_failed", str(e)) from None
+    throttle.succeeded(name, address)
     return {"token": c.sessions.open(operator, name), "operator": operator, "name": name,
             "node": c.ledger.node, "permissions": sorted(c.ledger.permissions(operator)),
             "expires_in": int(c.sessions.ttl_s)}
@@ -499,12 +521,14 @@ ERROR_MEANING = {
     413: "The request body is too large (64 KB of JSON; a sync file upload 256 MB)",
     415: "The request body is not application/json",
     422: "Refused for this card or debit, e.g. wrong_pin",
+    429: "Too many failed logins for this operator or from this address "
+         "(too_many_attempts); the Retry-After header says when to try again",
 }
 
 
 def _refusal_statuses(r: Route) -> set[int]:
     if r.name in ("login",):
-        return {400, 401, 413, 415}
+        return {400, 401, 413, 415, 429}
     out: set[int] = set()
     if r.auth:
         out |= {401, 403}
