@@ -16,10 +16,11 @@ from decimal import Decimal
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from nicegui import ui
+from nicegui import run, ui
 from nicegui.storage import request_contextvar
 
 from crdtledger import views
+from crdtledger.auth import verify_login
 from crdtledger.errors import InvalidAmount, LedgerError
 from crdtledger.money import apply_rate, points_for
 from reference_app.i18n import mask_phone, money, parse_money, tr
@@ -60,14 +61,29 @@ def _login() -> None:
             .classes("w-full").mark("login-name")
         password = ui.input(tr("密码", "Password"), password=True) \
             .props("outlined").classes("w-full").mark("login-password")
-        error = ui.label().classes("text-negative")
+        error = ui.label().classes("text-negative").mark("login-error")
 
-        def submit() -> None:
+        async def submit() -> None:
+            who = name.value or ""
+            request = ui.context.client.request
+            address = request.client.host if request.client is not None else ""
+            # The same throttle as the API's logins (crdtledger.throttle): a locked-out
+            # attempt is refused before its password is looked at.
+            wait = s.logins.begin(who, address)
+            if wait:
+                error.set_text(tr("登录失败次数太多，请 {n} 秒后再试。",
+                                  "Too many failed logins; try again in {n} s.", n=wait))
+                return
+            record = s.ledger.login_record(who)  # on the loop, which owns the store
             try:
-                op = s.ledger.authenticate(name.value or "", password.value or "")
+                # scrypt (~30 ms) in a worker thread, so other tills and sync go on.
+                op = await run.io_bound(verify_login, record, password.value or "")
             except LedgerError as e:
                 error.set_text(s.refusal(e))
                 return
+            if op is None:  # the app is stopping
+                return
+            s.logins.succeeded(who, address)
             log_in(op)
             ui.navigate.to("/")
 

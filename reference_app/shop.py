@@ -36,6 +36,7 @@ from crdtledger.errors import (
 )
 from crdtledger.ledger import Ledger
 from crdtledger.money import format_purse
+from crdtledger.throttle import LoginThrottle
 from peer.node import Node
 from reference_app.i18n import money, tr
 from reference_app.readers import Reader, ReaderEvent, start_readers
@@ -53,6 +54,8 @@ class Shop:
         self._find_readers = readers is None
         self.listeners: set[Listener] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Failed logins at the login page, per operator name and browser address.
+        self.logins = LoginThrottle()
 
     @property
     def ledger(self) -> Ledger:

@@ -67,7 +67,9 @@ class CounterApp:
         self.user.find(marker="login-name").type(name)
         self.user.find(marker="login-password").type(password)
         self.user.find(marker="login").click()
-        await self.user.should_see(marker="search")
+        # The password check (scrypt) runs in a worker thread, then the page opens:
+        # on a busy machine that takes longer than should_see's default 0.3 s.
+        await self.user.should_see(marker="search", retries=100)
 
     async def logout(self) -> None:
         self.user.find(marker="logout").click()
