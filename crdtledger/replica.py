@@ -17,9 +17,9 @@ from pycrdt import Doc, get_update
 
 from crdtledger.commit import LedgerBase
 from crdtledger.errors import ClockSkew, RemoteProtocolError
-from crdtledger.hlc import MAX_CLOCK_SKEW_MS, decode, id_floor, wall_ms
+from crdtledger.hlc import MAX_CLOCK_SKEW_MS, decode, id_floor, id_time_ms, wall_ms
 from crdtledger.lib0 import decode_state_vector, read_varuint, states_digest, write_varuint
-from crdtledger.model import DOC_NAME, ID, entry_doc
+from crdtledger.model import DOC_NAME, ID, entry_doc, ledger_doc
 from crdtledger.projection import entry_change, project_deferred, project_entries, record_change
 from crdtledger.storage import LoadedDoc
 
@@ -200,15 +200,20 @@ class Replica(LedgerBase):
 
 
 def _check_months(doc: str, keys: Sequence[str], day_of: Callable[[int], str]) -> None:
-    """Refuse (RemoteProtocolError) an update that puts an entry in a document other
-    than that of its id's month (model.entry_doc), the month its writer chose.
+    """Refuse (RemoteProtocolError) an update that puts an entry in a document no
+    writer could have chosen for it: its writer files it under the month of its id's
+    time in the writer's own time zone (commit._entry_write).
 
-    So an id has one possible document: the same entry in two months (a copy of a
-    known entry, or a second entry under a known id) cannot reach the projection,
-    whose key would refuse it, and every replica of the chain judges alike. A key
-    that is no entry id at all is left to the schema check (quarantined, never
-    projected). Ids well inside the month, in every time zone (offsets are under a
-    day), are told by comparing strings: a catch-up brings a month of them."""
+    The zone is each store's (`init --timezone`), not a chain setting, so a replica
+    accepts the id's month as seen from any zone in use on Earth (UTC-12 to UTC+14):
+    a branch set to another zone is honest, and refusing its entries around a month's
+    turn would fail its link for hours. An id is so held to one month, or to two
+    neighbours within 14 hours of their turn; the projection's key refuses the same
+    entry in both (turned into RemoteProtocolError by the caller). A key that is no
+    entry id at all is left to the schema check (quarantined, never projected). Ids
+    well inside the month (the 2nd to the 27th in UTC) are told by comparing
+    strings: a catch-up brings a month of them. `day_of` is the store's own zone,
+    for the message only."""
     lo = hi = ""  # before 1970 (or year 0000) no id is that old: each taken carefully
     year = int(doc[7:11])
     if year > 1970:  # from the 2nd to the 27th (every month has 28 days), in UTC
@@ -218,12 +223,23 @@ def _check_months(doc: str, keys: Sequence[str], day_of: Callable[[int], str]) -
         if not isinstance(key, str) or not ID.match(key) or lo <= key[:13] < hi:
             continue
         try:
+            homes = _possible_months(key)
             home = entry_doc(key, day_of)
         except (ValueError, OverflowError, OSError):  # a time no calendar holds
-            home = "no month"
-        if home != doc:
+            homes, home = set(), "no month"
+        if doc not in homes:
             raise RemoteProtocolError(
                 f"{doc}: ledger entry {key} belongs in {home}, by its id's time")
+
+
+# The widest offsets of civil time from UTC (Etc/GMT+12, Pacific/Kiritimati).
+_ZONE_SPAN = (timedelta(hours=-12), timedelta(hours=14))
+
+
+def _possible_months(entry_id: str) -> set[str]:
+    """The ledger documents of the id's month in every time zone."""
+    at = datetime.fromtimestamp(id_time_ms(entry_id) / 1000, UTC)
+    return {ledger_doc(f"{t.year:04d}-{t.month:02d}") for t in (at + off for off in _ZONE_SPAN)}
 
 
 _26_DAYS = timedelta(days=26)

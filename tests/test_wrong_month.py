@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -144,9 +144,10 @@ def test_the_right_month_is_accepted(a: Ledger) -> None:
 
 
 def test_every_month_edge_as_the_writer_chose_it(tmp_path: Path) -> None:
-    """Ids at the first and last milliseconds of months (in the chain's zone, and
-    around them) are judged as the writer placed them: accepted in their month,
-    refused in the neighbour's. Asia/Shanghai, and a zone far from UTC each way."""
+    """Ids at the first and last milliseconds of months (in the store's zone, and
+    around them) are accepted in the month their writer placed them in; in the
+    neighbour's month only if some zone's clock (UTC-12 to UTC+14) reads that month
+    at the id's time, else refused. Asia/Shanghai, and a zone far from UTC each way."""
     rng = random.Random(7)
     for zone in ("Asia/Shanghai", "Pacific/Kiritimati", "Pacific/Pago_Pago"):
         path = tmp_path / zone.replace("/", "_")
@@ -162,8 +163,12 @@ def test_every_month_edge_as_the_writer_chose_it(tmp_path: Path) -> None:
                     home = entry_doc(eid, lg.storage.day_of)
                     assert home == f"ledger/{lg.storage.day_of(ms + off)[:7]}"
                     up = _update({eid: _topup(eid, m, "SH02", 1)})
-                    with pytest.raises(RemoteProtocolError, match="belongs in"):
-                        lg.apply_remote([(_other_month(home), up)])
+                    at = datetime.fromtimestamp((ms + off) / 1000, UTC)
+                    seen = {f"ledger/{t:%Y-%m}" for t in (at - timedelta(hours=12),
+                                                          at + timedelta(hours=14))}
+                    if _other_month(home) not in seen:
+                        with pytest.raises(RemoteProtocolError, match="belongs in"):
+                            lg.apply_remote([(_other_month(home), up)])
                     lg.apply_remote([(home, up)])
         finally:
             lg.close()
@@ -300,3 +305,24 @@ def test_months_no_id_can_be_in(a: Ledger, doc: str, ts: int) -> None:
     with pytest.raises(RemoteProtocolError, match="belongs in"):
         a.apply_remote([(doc, _update({eid: _topup(eid, m, "SH02")}))])
     assert snapshot(a, [m]) == before
+
+
+def test_a_branch_in_another_time_zone_is_honest_at_a_months_turn(tmp_path: Path) -> None:
+    """A writer files an entry by its own zone's month; a replica set to another zone
+    accepts it there (each store has its zone: `init --timezone`), so a branch whose
+    zone differs is not cut off for the hours around every month's turn."""
+    Ledger.create(tmp_path / "far", "SH02", timezone="Pacific/Kiritimati")  # UTC+14
+    Ledger.create(tmp_path / "home", "SH01", timezone="Asia/Shanghai")  # UTC+8
+    far, home = Ledger.open(tmp_path / "far"), Ledger.open(tmp_path / "home")
+    try:
+        m = _member(home)
+        # 2026-03-01 02:00 at Kiritimati is still February in Shanghai.
+        ms = int(datetime(2026, 3, 1, 2, tzinfo=far.storage.tz).timestamp() * 1000)
+        eid = f"{encode(ms << 16)}.SH02"
+        doc = entry_doc(eid, far.storage.day_of)
+        assert doc == "ledger/2026-03" != entry_doc(eid, home.storage.day_of)
+        home.apply_remote([(doc, _update({eid: _topup(eid, m, "SH02")}))])
+        assert home.rights(m, "cash")["SH02"] == 500
+    finally:
+        far.close()
+        home.close()
