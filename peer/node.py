@@ -63,6 +63,7 @@ from crdtledger.core import (
 from crdtledger.errors import LedgerError, LocalProtocolError
 from crdtledger.ledger import Ledger
 from crdtledger.sync import MAX_FRAME_BYTES, SyncSession, UpdatesApplied, states_digest
+from crdtledger.throttle import LoginThrottle
 from peer.chain import Identity, PeerRejected, load_identity
 from peer.local import RUN_FILE, local_app, write_run_file
 from peer.metrics import CONTENT_TYPE, Metrics
@@ -198,6 +199,7 @@ class Node:
         self._stopping = False
         self._crl = ""
         self.local_token = secrets.token_urlsafe(32)
+        self.logins = LoginThrottle()
         self.sync_port = 0
         self.api_port = 0
         self.discovery: Any = None
@@ -459,13 +461,15 @@ class Node:
 
     async def _serve(self) -> None:
         assert self.identity is not None
-        from peer.api import api_app
+        from peer.api import Sessions, api_app
 
         sync = web.Application()
         sync.router.add_get(SYNC_PATH, self._accept)
         sync.router.add_get("/health", self._health)
         local = web.Application(client_max_size=1024 * 1024)
-        local.add_subapp("/api", api_app(self))
+        # One count of failed logins for the API and the counter's login page, so a
+        # guesser gains nothing by switching between them.
+        local.add_subapp("/api", api_app(self, sessions=Sessions(throttle=self.logins)))
         local.add_subapp("/local", local_app(self))
         local.router.add_get("/metrics", self._metrics)
         local.router.add_get("/health", self._health)

@@ -54,8 +54,9 @@ class Shop:
         self._find_readers = readers is None
         self.listeners: set[Listener] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Failed logins at the login page, per operator name and browser address.
-        self.logins = LoginThrottle()
+        # Failed logins at the login page, per operator name and browser address: the
+        # node's own count, shared with its HTTP API.
+        self.logins: LoginThrottle = node.logins
 
     @property
     def ledger(self) -> Ledger:
