@@ -364,10 +364,14 @@ class Refused(LedgerError):
 
 
 def execute(ledger: Ledger, name: str, params: Params, operator: str | None = None,
-            password: str | None = None) -> Result:
+            password: str | None = None, *, verified: str | None = None) -> Result:
     """Run an operation (or a file command) against an open ledger: here, or inside a
-    running node. `operator` None is the node's owner at its own console."""
-    who = ledger.owner if operator is None else ledger.authenticate(operator, password or "")
+    running node. `operator` None is the node's owner at its own console; `verified`
+    is the operator id when the caller checked the password already (a node does, off
+    its event loop)."""
+    who = (verified if verified is not None
+           else ledger.owner if operator is None
+           else ledger.authenticate(operator, password or ""))
     try:
         if name in FILE_COMMANDS:
             return FILE_COMMANDS[name].handler(ledger, who, params)

@@ -14,6 +14,7 @@ exactly as when the CLI opens the store itself, and nobody else gets in.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import hmac
 import json
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from crdtledger.auth import verify_login
 from crdtledger.errors import LedgerError, RemoteProtocolError
 from crdtledger.private import private_text_open
 from crdtledger.storage import LOCK_FILE
@@ -149,8 +151,13 @@ def local_app(node: Node) -> web.Application:
             return web.json_response({"error": "usage", "message": "bad operation request"},
                                      status=400)
         try:
+            who = None
+            if operator is not None:  # scrypt off the loop, as for the API's logins
+                record = node.ledger.login_record(str(operator))
+                who = await asyncio.to_thread(verify_login, record, str(password or ""))
             result: Result = await node.perform(
-                lambda: execute(node.ledger, name, params, operator, password), name)
+                lambda: execute(node.ledger, name, params, operator, password, verified=who),
+                name)
         except (LedgerError, RemoteProtocolError) as e:
             return web.json_response({"error": e.code, "message": str(e) or type(e).__name__})
         except OSError as e:

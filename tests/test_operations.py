@@ -385,6 +385,11 @@ def test_the_command_line_sends_a_running_node_the_operation(tmp_path: Path,
                                               ["refund", "--debit", shop.debit])
                 assert (bad.code, bad.data["error"]) == (1, "permission_denied")
                 assert "amy" in bad.data["message"]
+                # A wrong password is refused before anything runs (checked off the loop).
+                before = ledger.balance(shop.member)
+                wrong = await asyncio.to_thread(typed, data, ("amy", "not-her-password"), words)
+                assert (wrong.code, wrong.data["error"]) == (1, "permission_denied")
+                assert ledger.balance(shop.member) == before
             finally:
                 await runner.cleanup()
         finally:
@@ -392,6 +397,6 @@ def test_the_command_line_sends_a_running_node_the_operation(tmp_path: Path,
         assert node.performed == ["debit", "refund"]
 
     asyncio.run(main())
-    assert [s["path"] for s in sent] == ["/op", "/op"]
+    assert [s["path"] for s in sent] == ["/op", "/op", "/op"]
     assert sent[0]["body"] == {"op": "debit", "params": {"member": sent[0]["body"]["params"][
         "member"], "yuan": "12.50"}, "operator": "amy", "password": AMY_PW}
