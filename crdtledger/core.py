@@ -498,12 +498,12 @@ class NodeCore:
         """The wait is over (all answered, enough received, or the deadline): retry,
         unless nothing came, which stands by the refusal."""
         wait, op.wait = op.wait, None
-        assert wait is not None
-        self._forget(wait)
         self._timers.pop(("op", op.id), None)
-        if wait.fetch.received <= 0:
-            assert op.refusal is not None
-            self._finish(op, None, op.refusal, now)
+        if wait is not None:
+            self._forget(wait)
+        if wait is None or wait.fetch.received <= 0:
+            # What refused it before the wait (there is always one: a wait follows it).
+            self._finish(op, None, op.refusal or LocalProtocolError("no refusal"), now)
         else:
             self._step(op, now)
 
@@ -525,13 +525,13 @@ class NodeCore:
     def _ask(self, fetch: escrow.RightsFetch, waiter: tuple[Kind, Any], *,
              forwarded: bool) -> _Wait:
         wait = _Wait(fetch)
-        assert fetch.member is not None
+        member = fetch.member
         for ask in fetch.asks:
             lk = self._link_to(ask.giver)
             try:
-                if lk is None:
+                if lk is None or member is None:  # `possible` rules out the second
                     raise LocalProtocolError(f"no connection to {ask.giver}")
-                rid = lk.session.request_rights(fetch.member, fetch.purse, ask.amount,
+                rid = lk.session.request_rights(member, fetch.purse, ask.amount,
                                                 forwarded=forwarded)
             except LocalProtocolError:  # gone since `connected()`
                 fetch.lost(ask.giver)

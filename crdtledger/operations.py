@@ -231,7 +231,8 @@ def operation(name: str, summary: str, *, params: Sequence[Param] = (),
     method, path = http.split(" ", 1)
 
     def register(fn: Handler) -> Handler:
-        assert name not in TABLE, name
+        if name in TABLE:  # a programming error, found at import
+            raise ValueError(f"operation {name} declared twice")
         TABLE[name] = Operation(
             name, summary, frozenset({permission}) if permission else needs or frozenset(),
             permission is not None, tuple(params), fn, show, method, path, tuple(forms),
@@ -350,6 +351,15 @@ def amount_of(p: Params, fen: str, typed: str, *, allow_zero: bool = False) -> i
         return yuan(p[typed], allow_zero=allow_zero)
     value = p.get(fen)
     return None if value is None else int(value)
+
+
+def required_amount(p: Params, fen: str, typed: str, *, allow_zero: bool = False) -> int:
+    """`amount_of` where the operation cannot go on without one (its form asks for
+    one; this holds even if a caller skips the form)."""
+    amount = amount_of(p, fen, typed, allow_zero=allow_zero)
+    if amount is None:
+        raise InvalidAmount(f"give {fen} (fen) or {typed} (yuan)")
+    return amount
 
 
 def purse_amount(purse: str, typed: str) -> int:
@@ -671,8 +681,7 @@ def card_replace(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
            links={"debit": {"requestBody": {"member": "$response.body#/member",
                                             "amount": 100}}})
 def topup(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
-    amount = amount_of(p, "amount", "yuan")
-    assert amount is not None  # the form asks for one
+    amount = required_amount(p, "amount", "yuan")
     # Ledger.topup wants the member; it checks the card (status, PIN) against it.
     member = p["member"] if "member" in p else str(ledger.card(p["card"])["member"])
     return ledger.topup(operator, member, amount, card=p.get("card"), pin=p.get("pin"),
@@ -760,8 +769,7 @@ def points_convert(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
            show=_done(lambda e, _p: f"sold {e['qty']} x {e['service']} for "
                       f"{format_yuan(e['amount'])}"))
 def package_sell(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
-    price = amount_of(p, "price", "price_yuan", allow_zero=True)
-    assert price is not None  # the form asks for one
+    price = required_amount(p, "price", "price_yuan", allow_zero=True)
     return ledger.sell_package(operator, p["member"], p["service"], p["uses"], price,
                                pay=p["pay"])
 

@@ -373,8 +373,8 @@ class SyncSession:
                 raise RemoteProtocolError(f"unknown document {name!r}")
             decode_state_vector(sv)
             theirs[name] = bytes(sv)
-        assert self.peer is not None
-        self.ledger.remember_peer(self.peer, theirs)
+        peer = self._peer()
+        self.ledger.remember_peer(peer, theirs)
         self.peer_states = theirs
         states = self.ledger.state_vectors()
         for name, data in lacking(self.ledger, theirs, skip=self._sent_this_round):
@@ -406,7 +406,7 @@ class SyncSession:
         amount = _get(msg, "amount", int)
         if not ID.match(member) or not PURSE.match(purse) or not 0 < amount < 2**53:
             raise RemoteProtocolError("malformed rights request")
-        assert self.peer is not None
+        peer = self._peer()
         if rid in self._answered:
             self._queue({"t": "rrep", "id": rid, "granted": self._answered[rid]})
             return
@@ -416,15 +416,15 @@ class SyncSession:
             if len(self._relaying) >= MAX_OPEN_REQUESTS:
                 raise RemoteProtocolError("too many rights requests at once")
             self._relaying[rid] = (member, purse, amount)
-            self._events.append(RightsRequested(rid, self.peer, member, purse, amount))
+            self._events.append(RightsRequested(rid, peer, member, purse, amount))
             return
         self._grant(rid, member, purse, amount)
 
     def _grant(self, rid: int, member: str, purse: str, amount: int) -> None:
-        assert self.peer is not None
+        peer = self._peer()
         granted = 0
         try:
-            entry = self.ledger.grant_rights(member, purse, self.peer, amount)
+            entry = self.ledger.grant_rights(member, purse, peer, amount)
             granted = int(entry["amount"]) if entry else 0
         except LedgerError:
             granted = 0  # unknown member here, or nothing to spare: answer "none"
@@ -434,7 +434,7 @@ class SyncSession:
         # The transfer's update was queued by _on_commit during grant_rights, so the
         # peer holds the rights before it reads this reply.
         self._queue({"t": "rrep", "id": rid, "granted": granted})
-        self._events.append(RightsAnswered(rid, self.peer, member, purse, granted))
+        self._events.append(RightsAnswered(rid, peer, member, purse, granted))
 
     def _on_rights_reply(self, msg: dict[str, Any]) -> None:
         rid = _get(msg, "id", int)
@@ -444,8 +444,8 @@ class SyncSession:
         if rid not in self._open_requests:
             return  # a duplicate of a reply already handled
         del self._open_requests[rid]
-        assert self.peer is not None
-        self._events.append(RightsGranted(rid, self.peer, granted))
+        peer = self._peer()
+        self._events.append(RightsGranted(rid, peer, granted))
 
     # --- internals -----------------------------------------------------------
 
@@ -466,6 +466,12 @@ class SyncSession:
         frame = pack(message)
         self.bytes_out += len(frame)
         self._out.append(frame)
+
+    def _peer(self) -> str:
+        """The peer's node id; only messages after its hello get here (`_dispatch`)."""
+        if self.peer is None:
+            raise RemoteProtocolError("message before hello")
+        return self.peer
 
     def _require_open(self) -> None:
         if self.failed is not None:

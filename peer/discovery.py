@@ -47,8 +47,7 @@ def _addresses(host: str) -> list[str]:
 class Discovery:
     def __init__(self, node: Node) -> None:
         self.node = node
-        assert node.identity is not None
-        self.tag = fingerprint_tag(node.identity.fingerprint)
+        self.tag = fingerprint_tag(node.chain_identity.fingerprint)
         self.addresses = _addresses(node.config.listen[0])
         self._zc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None

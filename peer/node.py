@@ -112,6 +112,12 @@ class Link:
         self._queue: list[bytes] = []
         self._wake = asyncio.Event()
         self.closed = False
+        # A close the core decides while this link's frames are being handled is
+        # carried out by the reader itself, before it reads on: the close frame then
+        # goes out before the handler returns (a spawned close could lose that race,
+        # and the peer would see 1006 instead of the reason).
+        self._receiving = False
+        self._closing: tuple[int, bytes] | None = None
 
     @property
     def session(self) -> SyncSession:
@@ -132,7 +138,11 @@ class Link:
     def close(self, code: int = 1000, reason: str = "") -> None:
         """End the link from this side (crdtledger.transport.Transport); the reader
         then ends, and the node tells the core."""
-        self.node._spawn(self.aclose(code, reason.encode()[:120]))
+        message = reason.encode()[:120]
+        if self._receiving:
+            self._closing = (code, message)
+        else:
+            self.node._spawn(self.aclose(code, message))
 
     async def aclose(self, code: int = 1000, message: bytes = b"") -> None:
         await self.ws.close(code=code, message=message)
@@ -161,7 +171,14 @@ class Link:
                 await self.aclose(1003, b"binary frames only")
                 return
             received.inc(len(msg.data))
-            self.node.run(self.node.core.receive(self.id, [msg.data], time.monotonic()))
+            self._receiving = True
+            try:
+                self.node.run(self.node.core.receive(self.id, [msg.data], time.monotonic()))
+            finally:
+                self._receiving = False
+            if self._closing is not None:
+                await self.aclose(*self._closing)
+                return
             if self.closed:
                 return
 
@@ -209,13 +226,22 @@ class Node:
 
     @property
     def ledger(self) -> Ledger:
-        assert self._ledger is not None, "node not started"
+        if self._ledger is None:
+            raise LocalProtocolError("the node is not started")
         return self._ledger
 
     @property
     def core(self) -> NodeCore:
-        assert self._core is not None, "node not started"
+        if self._core is None:
+            raise LocalProtocolError("the node is not started")
         return self._core
+
+    @property
+    def chain_identity(self) -> Identity:
+        """The certificate and keys, loaded by `start`."""
+        if self.identity is None:
+            raise LocalProtocolError("the node is not started")
+        return self.identity
 
     @property
     def node_id(self) -> str:
@@ -369,13 +395,12 @@ class Node:
     # --- sync listener --------------------------------------------------------
 
     async def _accept(self, request: web.Request) -> web.StreamResponse:
-        assert self.identity is not None
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
         der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
         if not der:
             raise web.HTTPForbidden(text="a client certificate of this chain is required")
         try:
-            peer = self.identity.check_peer(der)
+            peer = self.chain_identity.check_peer(der)
         except PeerRejected as e:
             log.warning("refused a peer: %s", e)
             raise web.HTTPForbidden(text=str(e)) from None
@@ -397,16 +422,17 @@ class Node:
 
     async def _dial(self, url: str) -> None:
         """One attempt; the core decides when to try again."""
-        assert self.identity is not None and self._client is not None
+        if self._client is None:
+            raise LocalProtocolError("the node is not started")
         endpoint = url.rstrip("/") + SYNC_PATH
         try:
             ws = await self._client.ws_connect(
-                endpoint, ssl=self.identity.client_ssl_context(), heartbeat=HEARTBEAT_S,
+                endpoint, ssl=self.chain_identity.client_ssl_context(), heartbeat=HEARTBEAT_S,
                 max_msg_size=MAX_FRAME_BYTES, compress=15,
                 timeout=aiohttp.ClientWSTimeout(ws_close=5))
             der = ws.get_extra_info("ssl_object").getpeercert(binary_form=True)
             try:
-                peer = self.identity.check_peer(der, expect_node=self._hints.get(url))
+                peer = self.chain_identity.check_peer(der, expect_node=self._hints.get(url))
             except PeerRejected as e:
                 log.warning("refused %s: %s", url, e)
                 await ws.close()
@@ -460,7 +486,6 @@ class Node:
             raise
 
     async def _serve(self) -> None:
-        assert self.identity is not None
         from peer.api import Sessions, api_app
 
         sync = web.Application()
@@ -474,7 +499,8 @@ class Node:
         local.router.add_get("/metrics", self._metrics)
         local.router.add_get("/health", self._health)
         host, port = self.config.listen
-        self.sync_port = await self._site(sync, host, port, self.identity.server_ssl_context())
+        tls = self.chain_identity.server_ssl_context()
+        self.sync_port = await self._site(sync, host, port, tls)
         host, port = self.config.api
         self.api_port = await self._site(local, host, port, None)
 
@@ -537,19 +563,18 @@ class Node:
     def _load_revocations(self) -> None:
         """Install the chain's revocation list from the replicated rules and drop
         connections to peers it revokes."""
-        assert self.identity is not None
         crl = str(self.ledger.rule("revocations").get("crl", ""))
         if not crl or crl == self._crl:
             return
         self._crl = crl
         try:
-            self.identity.set_revocations(base64.b64decode(crl))
+            self.chain_identity.set_revocations(base64.b64decode(crl))
         except (LedgerError, ValueError) as e:
             log.warning("ignored a revocation list: %s", e)
             return
         for link in list(self._links.values()):
             try:
-                self.identity.check_peer(link.cert)
+                self.chain_identity.check_peer(link.cert)
             except PeerRejected as e:
                 log.warning("dropping %s: %s", link.peer, e)
                 link.close(1008, "certificate revoked")
