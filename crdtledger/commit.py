@@ -17,14 +17,17 @@ from typing import Any, TypeVar
 from pycrdt import Map
 
 from crdtledger import escrow
-from crdtledger.errors import ClockSkew, InvalidAmount
+from crdtledger.errors import ClockSkew, InvalidAmount, NotCaughtUp
 from crdtledger.hlc import HybridClock, id_time_ms, wall_ms
+from crdtledger.log import Head, Record, record_hash
 from crdtledger.model import EntryKind, ledger_doc, owner_of
 from crdtledger.money import MAX_AMOUNT
 from crdtledger.projection import project_entry, record_change
 from crdtledger.storage import LoadedDoc, Storage
+from crdtledger.trust import Trust, load_trust
+from crdtledger.writerules import check_local
 
-Listener = Callable[[str, bytes, object], None]
+Listener = Callable[[Record, object], None]
 T = TypeVar("T")
 
 
@@ -65,9 +68,19 @@ class LedgerBase:
         self._rules: dict[str, list[tuple[str, str, Any]]] | None = None
         self.skew_events: deque[ClockSkew] = deque(maxlen=SKEW_EVENTS_KEPT)
         self._digest: tuple[int, bytes] | None = None  # (storage.version, states_digest)
+        self.trust: Trust = load_trust(storage.dir, self.chain, self.node)
+        self.trust.pinned = storage.log.pinned()
+        self._own_head: Head | None = None
+        # What was refused from peers and files, and why (the latest): for the node's
+        # log, its metrics and `crdtledger status`. Proven faults are in the store.
+        self.refusals: deque[str] = deque(maxlen=SKEW_EVENTS_KEPT)
+        # Set while a node restored from a backup has not yet caught up with its own
+        # log from a peer: the backup's time. It must not write meanwhile (it could
+        # write at a position of its log that a peer already holds).
+        self.restored: str | None = storage.meta.get("restored_from") or None
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
-        """Call `listener(doc, update, origin)` after each committed change.
+        """Call `listener(record, origin)` after each committed log record.
 
         `origin` is None for local operations, else what the caller of apply_remote
         passed (a sync session), so a session need not echo a peer's own updates.
@@ -82,22 +95,46 @@ class LedgerBase:
         before its entry commits), write what it returns, project, log, commit; then
         hand the updates to listeners. Returns the plan's result."""
         st = self.storage
-        committed: list[tuple[str, bytes]] = []
+        self._check_may_write()
+        committed: list[Record] = []
         with st.transaction():
             writes, result = plan()
             for w in writes:
+                check_local(w.doc, self.trust.governs)
                 ld = st.doc(w.doc)
                 with ld.doc.transaction():
                     w.mutate(ld.roots[w.root])
                 updates = ld.take_updates()
                 self._project_write(ld, w)
                 st.record(ld, updates)
-                committed.extend((w.doc, u) for u in updates)
+                committed.extend(self._log_own(w.doc, u) for u in updates)
             st.keep_clock(self.clock.last)
         self._notify(committed, None)
         for name in {w.doc for w in writes}:
             st.maybe_compact(name)
         return result
+
+    def _check_may_write(self) -> None:
+        if self.restored is not None:
+            raise NotCaughtUp(
+                f"restored from a backup of {self.restored}; connect to another branch "
+                "before selling (it may hold what this branch wrote after the backup)")
+        if self.node in self.storage.log.blocked():
+            raise NotCaughtUp(
+                f"branch {self.node} wrote two different histories (a restored backup or a "
+                "copied disk sold on both): the chain no longer takes its writes; the "
+                "owner must re-enrol it (crdtledger status shows the fork)")
+
+    def _log_own(self, doc: str, data: bytes) -> Record:
+        """This node's next log record, for a committed update (inside the
+        transaction). Its head is signed when sent (Replica.own_head), not here."""
+        log = self.storage.log
+        seq, prev = log.tip(self.node)
+        rec = Record(self.node, seq + 1, doc, data)
+        log.append(rec, record_hash(prev, self.node, rec.seq, doc, data))
+        if log.client_node(self.storage.client_id) is None:
+            log.bind_client(self.storage.client_id, self.node)
+        return rec
 
     def _write(self, *writes: Write) -> None:
         self._commit(lambda: (writes, None))
@@ -117,10 +154,10 @@ class LedgerBase:
         if w.root == "rules":
             self._rules = None
 
-    def _notify(self, updates: Iterable[tuple[str, bytes]], origin: object) -> None:
-        for name, update in updates:
+    def _notify(self, records: Iterable[Record], origin: object) -> None:
+        for rec in records:
             for fn in list(self._listeners):
-                fn(name, update, origin)
+                fn(rec, origin)
 
     # --- ledger entries -----------------------------------------------------
 

@@ -45,7 +45,6 @@ from crdtledger.sync import (
     RightsGranted,
     RightsRequested,
     SyncSession,
-    missing,
 )
 
 if TYPE_CHECKING:
@@ -203,7 +202,7 @@ class _Link:
     target: str | None  # the dial target this link came from, if we dialled
     opened_at: float
     session: SyncSession
-    measured: dict[str, bytes] | None = None  # peer states lag was measured at
+    measured: dict[str, tuple[int, bytes]] | None = None  # peer logs lag was measured at
 
 
 @dataclass
@@ -638,13 +637,14 @@ class NodeCore:
             lk.measured = theirs
             self._measure_lag(lk, theirs)
 
-    def _measure_lag(self, lk: _Link, theirs: dict[str, bytes]) -> None:
-        """Lag at the start of the round that just began: a round then sends what
-        either side lacks, so a healthy pair reads 0 from the next round on."""
-        ours = self.ledger.state_vectors()
+    def _measure_lag(self, lk: _Link, theirs: dict[str, tuple[int, bytes]]) -> None:
+        """Lag at the start of the round that just began, in log records: a round
+        then sends what either side lacks, so a healthy pair reads 0 from the next
+        round on."""
+        ours = self.ledger.positions()
         state = self.peers[lk.peer]
-        state.behind_out = missing(theirs, ours)
-        state.behind_in = missing(ours, theirs)
+        state.behind_out = sum(max(0, s - theirs.get(n, (0, b""))[0]) for n, s in ours.items())
+        state.behind_in = sum(max(0, s - ours.get(n, 0)) for n, (s, _) in theirs.items())
         self._out.append(Gauge("peer_lag", (lk.peer, "out"), state.behind_out))
         self._out.append(Gauge("peer_lag", (lk.peer, "in"), state.behind_in))
 
@@ -734,6 +734,10 @@ class NodeCore:
     def _effects(self) -> list[Effect]:
         """What the calls so far decided, then every frame the sessions queued (a
         local commit queues its update on every session)."""
+        refusals = self.ledger.refusals
+        while refusals:  # records refused from peers and files, reported once each
+            self._out.append(Count("records_refused"))
+            self._decide(refusals.popleft())
         out, self._out = self._out, []
         for lk in sorted(self._links.values(), key=lambda x: x.id):
             frames = lk.session.data_to_send()

@@ -98,6 +98,13 @@ class ClockSkew(LedgerError):
         super().__init__(f"remote clock is {self.skew_ms / 1000:.1f} s ahead of this node")
 
 
+class NotCaughtUp(LedgerError):
+    """This node may not write now: restored from a backup and not yet caught up with
+    its own log from a peer, or caught forking its log."""
+
+    code = "not_caught_up"
+
+
 class StoreLocked(LedgerError):
     code = "store_locked"
 

@@ -56,7 +56,9 @@ class Ledger(Payments, Replica):
     @classmethod
     def open(cls, data_dir: Path | str, *, synchronous: str = "FULL",
              now_ms: Callable[[], int] | None = None, lock: bool = True) -> Ledger:
-        return cls(Storage(Path(data_dir), synchronous=synchronous, lock=lock), now_ms)
+        ledger = cls(Storage(Path(data_dir), synchronous=synchronous, lock=lock), now_ms)
+        ledger.refresh_revocations()
+        return ledger
 
     def close(self) -> None:
         self.storage.close()

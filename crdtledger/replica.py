@@ -1,27 +1,36 @@
-"""Replication: applying a peer's updates (or a sync file's), and what a peer lacks.
+"""Replication: taking a peer's (or a sync file's) signed log records, and what a
+peer lacks.
 
-Remote updates take the same projection as local writes, so a replica cannot derive
-different views from the same documents. An update past a gap in a writer's clocks
-is set aside whole (`_skips_clocks`), see docs/design-notes.md (Storage).
+Records are verified (crdtledger.log: hash chains up to a signed head), judged
+(crdtledger.writerules) and applied in one transaction. Remote updates take the same
+projection as local writes, so a replica cannot derive different views from the
+same documents.
 """
 
 from __future__ import annotations
 
 import gc
+import hashlib
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pycrdt import Doc, get_update
+import msgpack
 
+from crdtledger import views
 from crdtledger.commit import LedgerBase
 from crdtledger.errors import ClockSkew, RemoteProtocolError
 from crdtledger.hlc import MAX_CLOCK_SKEW_MS, decode, id_floor, id_time_ms, wall_ms
-from crdtledger.lib0 import decode_state_vector, read_varuint, states_digest, write_varuint
-from crdtledger.model import DOC_NAME, ID, entry_doc, ledger_doc
+from crdtledger.lib0 import decode_state_vector
+from crdtledger.log import APPLIED, HELD, REFUSED, Batch, Head, Record, head_message, record_hash
+from crdtledger.model import ID, entry_doc, ledger_doc
+from crdtledger.money import format_yuan
 from crdtledger.projection import entry_change, project_deferred, project_entries, record_change
 from crdtledger.storage import LoadedDoc
+from crdtledger.trust import UntrustedSigner
+from crdtledger.writerules import GOVERNANCE_DOCS, RuleBroken, check_change, check_header
 
 
 class Replica(LedgerBase):
@@ -89,114 +98,353 @@ class Replica(LedgerBase):
     # --- replication --------------------------------------------------------
 
     def state_vectors(self) -> dict[str, bytes]:
+        """Every document's pycrdt state vector: what convergence checks compare."""
         return self.storage.state_vectors()
 
+    def positions(self) -> dict[str, int]:
+        """How far this replica holds each node's log (what a peer or file lacks is
+        told by these)."""
+        return self.storage.log.positions()
+
+    def log_view(self) -> dict[str, tuple[int, bytes]]:
+        """Each node's log as held here: (seq, first 8 bytes of its hash). Two
+        replicas at one position with different hashes hold a fork between them."""
+        log = self.storage.log
+        return {n: (s, log.tip(n)[1][:8]) for n, s in log.positions().items()}
+
     def states_digest(self) -> bytes:
-        """sync.states_digest of our state vectors, kept while the store records
-        nothing: both sides of every anti-entropy round ask for it."""
+        """A digest of log_view, kept while the store records nothing: both sides
+        of every anti-entropy round ask for it."""
         version = self.storage.version
         if self._digest is None or self._digest[0] != version:
-            self._digest = (version, states_digest(self.storage.state_vectors()))
+            h = hashlib.blake2b(digest_size=16)
+            for node, (seq, tip) in sorted(self.log_view().items()):
+                h.update(f"{node}\x00{seq}\x00".encode() + tip)
+            self._digest = (version, h.digest())
         return self._digest[1]
 
-    def diff(self, name: str, state_vector: bytes = b"\x00") -> bytes:
-        """What a peer at `state_vector` lacks of document `name`."""
-        if not DOC_NAME.match(name):
-            raise RemoteProtocolError(f"unknown document {name!r}")
-        try:
-            return bytes(self.storage.doc(name).doc.get_update(state_vector))
-        except ValueError as e:
-            raise RemoteProtocolError(f"bad state vector for {name}: {e}") from None
+    def own_head(self) -> Head:
+        """The signed head of this node's own log (signed when it moved, once)."""
+        seq, hash_ = self.storage.log.tip(self.node)
+        if self._own_head is None or self._own_head.seq != seq:
+            sig = self.trust.sign(head_message(self.chain, self.node, seq, hash_))
+            self._own_head = Head(seq, hash_, sig)
+        return self._own_head
 
-    def apply_remote(self, updates: Sequence[tuple[str, bytes]], origin: object = None
-                     ) -> list[tuple[str, bytes]]:
-        """Apply updates from a peer or a file, all or nothing.
+    def batch(self, records: list[Record], *,
+              certs_sent: set[tuple[str, bytes]] | None = None) -> Batch:
+        """Records with the heads that cover them and the certificates of their
+        signers (except those in `certs_sent`, which is updated)."""
+        out = Batch(recs=records)
+        log = self.storage.log
+        for node in dict.fromkeys(r.node for r in records):
+            if node == self.node:
+                head, cert = self.own_head(), self.trust.cert_der
+            else:
+                kept = log.head(node)
+                if kept is None:  # cannot happen: records are kept with their head
+                    raise RemoteProtocolError(f"no signed head of {node} to send")
+                head, cert = kept
+            out.heads[node] = head
+            if certs_sent is None or (node, cert) not in certs_sent:
+                out.certs[node] = cert
+                if certs_sent is not None:
+                    certs_sent.add((node, cert))
+        return out
 
-        Returns what was new, per document (what to relay to other peers). A
-        malformed update raises RemoteProtocolError and nothing is changed.
-        """
-        for name, data in updates:
-            if not isinstance(name, str) or not DOC_NAME.match(name):
-                raise RemoteProtocolError(f"unknown document {name!r}")
-            if not isinstance(data, bytes | bytearray):
-                raise RemoteProtocolError(f"update for {name} is not bytes")
-        # A catch-up allocates millions of short-lived objects (events, entries), and
-        # each full collection they trigger walks the whole heap: 8% of a catch-up.
-        # They hold no cycles; any made meanwhile are collected after.
+    def lacking(self, theirs: Mapping[str, tuple[int, bytes] | int], *,
+                applied_only: bool = False) -> list[Record]:
+        """The records a replica whose logs are `theirs` lacks. A log it holds to a
+        position where its hash differs from ours is sent whole: one of the two is
+        a fork, and both replicas must see both sides to prove it."""
+        log = self.storage.log
+        after: dict[str, int] = {}
+        for node, (seq, tip) in self.log_view().items():
+            held = theirs.get(node, 0)
+            their_seq, their_tip = held if isinstance(held, tuple) else (held, b"")
+            if their_seq > seq:
+                after[node] = seq  # they hold more; ours up to seq may still differ
+                if their_tip and (log.hash_at(node, seq) or b"")[:8] != tip:
+                    after[node] = 0
+                continue
+            after[node] = their_seq
+            if their_tip and their_seq and (log.hash_at(node, their_seq) or b"")[:8] != their_tip:
+                after[node] = 0
+        return log.records_after(after, applied_only=applied_only)
+
+    def apply_batch(self, batch: Batch, origin: object = None, *, strict: bool = False
+                    ) -> list[Record]:
+        """Take a peer's or a file's records: check each log's hash chain up to a head
+        its writer signed, judge every record by the write rules, apply those that
+        pass, all in one transaction. Returns the records new here (to relay).
+
+        A record that breaks a rule is kept (its writer signed it: evidence) but not
+        applied, and its writer is blocked; so is a node caught forking its log.
+        Records that cannot be verified (unknown or revoked signer, altered, broken
+        chain) are dropped and reported in `self.refusals`; with `strict` (a file,
+        which must be taken whole or not at all) they raise RemoteProtocolError."""
         collecting = gc.isenabled()
-        gc.disable()
+        gc.disable()  # see docs/design-notes.md: a catch-up makes millions of objects
         try:
-            try:
-                return self._apply_remote(updates, origin, probe_first=False)
-            except _GapFound:  # rolled back: again, checking every update first
-                return self._apply_remote(updates, origin, probe_first=True)
+            plan = self._verify(batch, strict)
+            refused: dict[tuple[str, int], RuleBroken] = {}
+            single: set[str] = set()
+            while True:
+                try:
+                    return self._apply_plan(plan, origin, refused, single)
+                except _Broken as b:  # rolled back: again, with that record refused
+                    if strict and b.run == 1:
+                        raise RemoteProtocolError(
+                            f"record {b.record.seq} of node {b.record.node} breaks write "
+                            f"rule {b.error.rule}: {b.error.detail}") from None
+                    if b.run > 1:
+                        single.add(b.record.node)
+                    else:
+                        refused[(b.record.node, b.record.seq)] = b.error
         finally:
             if collecting:
                 gc.enable()
 
-    def _apply_remote(self, updates: Sequence[tuple[str, bytes]], origin: object,
-                      probe_first: bool) -> list[tuple[str, bytes]]:
-        """apply_remote. An update past a gap in a writer's clocks is set aside
-        (_skips_clocks). Checking that costs a multi-writer update (a catch-up's diff)
-        more than applying it, so unless `probe_first`, such an update is applied
-        unchecked: if it integrated whole, it cannot have skipped (what integrates
-        past a gap lies beyond the state vector); else it is checked then, and if it
-        skipped, _GapFound rolls the whole call back to be run with `probe_first`."""
-        st = self.storage
-        new: list[tuple[str, bytes]] = []
+    def _verify(self, batch: Batch, strict: bool) -> _Plan:
+        plan = _Plan()
+        by_node: dict[str, list[Record]] = {}
+        for rec in batch.recs:
+            by_node.setdefault(rec.node, []).append(rec)
+        for node, head in batch.heads.items():
+            recs = sorted(by_node.pop(node, []), key=lambda r: r.seq)
+            try:
+                self._verify_log(node, head, recs, batch.certs.get(node), plan)
+            except RemoteProtocolError as e:
+                if strict:
+                    raise
+                self.refusals.append(f"records of {node} refused: {e}")
+        if by_node:
+            stray = ", ".join(sorted(by_node))
+            if strict:
+                raise RemoteProtocolError(f"records of {stray} come without a signed head")
+            self.refusals.append(f"records of {stray} came without a signed head")
+        order = {(r.node, r.seq): i for i, r in enumerate(batch.recs)}
+        plan.accepted.sort(key=lambda rh: order[(rh[0].node, rh[0].seq)])
+        return plan
+
+    def _verify_log(self, node: str, head: Head, recs: list[Record], cert: bytes | None,
+                    plan: _Plan) -> None:
+        log = self.storage.log
+        kept = log.head(node)
+        if cert is None:
+            if node == self.node:
+                cert = self.trust.cert_der
+            elif kept is not None:
+                cert = kept[1]
+            else:
+                raise UntrustedSigner(f"no certificate of node {node} came with its records")
+        self.trust.verify(node, cert, head_message(self.chain, node, head.seq, head.hash),
+                          head.sig)
+        plan.certs[node] = cert
+        if not self.trust.enrolled and node != self.node:
+            plan.pins.append((node, cert))
+        tip_seq, _tip_hash = log.tip(node)
+        # Walk the records from the first one whose predecessor we know.
+        chained: list[tuple[Record, bytes]] = []
+        prev: bytes | None = None
+        expect = 0
+        for rec in recs:
+            if prev is None:
+                prev = log.hash_at(node, rec.seq - 1) if rec.seq - 1 <= tip_seq else None
+                if prev is None:
+                    continue  # beyond a gap: wait for what precedes it
+                expect = rec.seq
+            if rec.seq != expect:
+                break  # a gap in what came: what follows waits
+            hash_ = record_hash(prev, node, rec.seq, rec.doc, rec.data)
+            chained.append((rec, hash_))
+            prev, expect = hash_, rec.seq + 1
+        by_seq = {r.seq: h for r, h in chained}
+        if head.seq <= tip_seq:
+            ours = log.hash_at(node, head.seq)
+            if ours != head.hash:
+                plan.forks.append(self._fork(node, head, cert, chained))
+            return
+        if by_seq.get(head.seq) != head.hash:
+            if head.seq in by_seq or (chained and chained[0][0].seq <= tip_seq):
+                raise RemoteProtocolError(f"node {node}'s records do not match the head it "
+                                          f"signed at {head.seq} (altered on the way)")
+            if chained and chained[0][0].seq == tip_seq + 1:
+                # Its chain from our tip does not reach its head: our log and its
+                # diverge before our tip. The peer sends the whole log when it sees
+                # our hash differ (lacking), which proves the fork.
+                self.refusals.append(f"node {node}'s log as sent does not continue ours")
+            return
+        # Overlap with what we hold: the same positions must hold the same records.
+        for rec, hash_ in chained:
+            if rec.seq > tip_seq:
+                break
+            if log.hash_at(node, rec.seq) != hash_:
+                plan.forks.append(self._fork(node, head, cert, chained))
+                return
+        plan.heads.append((node, head, cert))
+        plan.accepted.extend((r, h) for r, h in chained if tip_seq < r.seq <= head.seq)
+
+    def _fork(self, node: str, head: Head, cert: bytes, chained: list[tuple[Record, bytes]]
+              ) -> _Fork:
+        log = self.storage.log
+        first = head.seq
+        for rec, hash_ in chained:
+            if log.hash_at(node, rec.seq) not in (None, hash_):
+                first = rec.seq
+                break
+        evidence = msgpack.packb({"head": [head.seq, head.hash, head.sig], "cert": cert,
+                                  "recs": [[r.seq, r.doc, r.data] for r, _ in chained
+                                           if r.seq >= first][:16]})
+        return _Fork(node, first, evidence)
+
+    def _apply_plan(self, plan: _Plan, origin: object, refused: dict[tuple[str, int],
+                    RuleBroken], single: set[str]) -> list[Record]:
+        st, log = self.storage, self.storage.log
+        new: list[Record] = []
         touched: list[str] = []
+        now = self.clock.wall()
         with st.transaction():
-            for name, received in updates:
-                data = bytes(received)  # one copy, if a bytearray came
-                ld = st.doc(name)
-                before = ld.doc.get_state()
-                checked = probe_first or _single_writer_start(data) is not None
-                with ld.watching() as change:
-                    try:
-                        if checked and _skips_clocks(before, data):
-                            continue  # wait for the diff that fills the gap (anti-entropy)
-                        ld.doc.apply_update(data)
-                    except BaseException as e:  # pyo3 panics are BaseExceptions
-                        if isinstance(e, KeyboardInterrupt | SystemExit):
-                            raise
-                        raise RemoteProtocolError(f"malformed update for {name}: {e}") from None
-                ld.take_updates()  # what is logged is the update or the diff, below
-                after = ld.doc.get_state()
-                whole = ld.settle(data, after)
-                if not whole and not checked and _skips_clocks(before, data):
-                    raise _GapFound
-                if after == before and not (change.added or change.touched or change.unsure):
-                    continue  # nothing new (a duplicate, or still waiting on a dependency)
-                # What changed is logged and relayed: the update as received when it
-                # integrated whole and released nothing held back before, else the diff
-                # against `before`, which costs the document (its delete set is built
-                # from every block) but also carries what Yrs released now and every
-                # deletion we know of (LoadedDoc.settle).
-                delta = data if whole else bytes(ld.doc.get_update(before))
-                try:
-                    self._project(ld, change)
-                except sqlite3.IntegrityError as e:
-                    # Remote data the checks above let through yet a projection's key
-                    # refuses: the peer's fault, not a broken store (the CLI would say
-                    # "store unusable", a node's loop would stop). Rolled back whole.
-                    raise RemoteProtocolError(f"{name}: refused by the store ({e})") from None
-                st.record(ld, [delta])
-                new.append((name, delta))
-                touched.append(name)
+            for node, cert in plan.pins:
+                log.pin(node, cert)
+            for fork in plan.forks:
+                self._report_fork(fork, now)
+            blocked = log.blocked()
+            i, accepted = 0, plan.accepted
+            while i < len(accepted):
+                rec, hash_ = accepted[i]
+                if rec.node in blocked or (rec.node, rec.seq) in refused:
+                    state = HELD
+                    broken = refused.get((rec.node, rec.seq))
+                    if broken is not None:
+                        state = REFUSED
+                        self._report_rule(rec, broken, now)
+                        blocked.add(rec.node)
+                    log.append(rec, hash_, state)
+                    new.append(rec)
+                    i += 1
+                    continue
+                # A run of one writer's records for one document: applied together.
+                j = i + 1
+                if rec.node not in single:
+                    while (j < len(accepted) and accepted[j][0].node == rec.node
+                           and accepted[j][0].doc == rec.doc
+                           and (rec.node, accepted[j][0].seq) not in refused):
+                        j += 1
+                run = accepted[i:j]
+                self._apply_run(run, plan.certs)
+                for r, h in run:
+                    log.append(r, h, APPLIED)
+                    new.append(r)
+                touched.append(rec.doc)
+                i = j
+            for node, head, cert in plan.heads:
+                log.keep_head(node, head, cert)
             if touched:
                 try:
                     project_deferred(st.conn, st.day_of)  # entries whose funding just came
-                except sqlite3.IntegrityError as e:  # as for _project above
+                except sqlite3.IntegrityError as e:
                     raise RemoteProtocolError(f"refused by the store ({e})") from None
             st.keep_clock(self.clock.last)
+        self.trust.pinned.update(plan.pins)
+        if "rules" in touched:
+            self.refresh_revocations()
         self._notify(new, origin)
         for name in dict.fromkeys(touched):
             st.maybe_compact(name)
         return new
 
-    def remember_peer(self, node: str, states: dict[str, bytes]) -> None:
+    def _apply_run(self, run: list[tuple[Record, bytes]], certs: dict[str, bytes]) -> None:
+        """Apply one writer's consecutive records for one document, judged by the
+        write rules; a broken rule raises _Broken (the caller rolls back)."""
+        st, log = self.storage, self.storage.log
+        first = run[0][0]
+        node, name = first.node, first.doc
+        ld = st.doc(name)
+        may_govern = name not in GOVERNANCE_DOCS or self._may_govern(node, certs.get(node))
+        with ld.watching() as change:
+            for rec, _ in run:
+                have = decode_state_vector(ld.doc.get_state())
+                try:
+                    client = check_header(node, name, rec.data, have, log.client_node)
+                except RuleBroken as e:
+                    raise _Broken(rec, e, 1) from None
+                try:
+                    ld.doc.apply_update(rec.data)
+                except BaseException as e:  # pyo3 panics are BaseExceptions
+                    if isinstance(e, KeyboardInterrupt | SystemExit):
+                        raise
+                    raise _Broken(rec, RuleBroken("own-client", f"malformed update: {e}"),
+                                  1) from None
+                if client is not None:
+                    log.bind_client(client, node)
+        ld.take_updates()  # logged below as received
+        try:
+            check_change(node, name, change, may_govern)
+            self._project(ld, change)
+        except RuleBroken as e:
+            raise _Broken(first, e, len(run)) from None
+        except RemoteProtocolError as e:  # an entry in another month's document
+            raise _Broken(first, RuleBroken("entry-writer", str(e)), len(run)) from None
+        except sqlite3.IntegrityError as e:
+            # Refused by a projection's key (an entry already in another month): the
+            # writer's fault, like any broken rule.
+            raise _Broken(first, RuleBroken("entry-insert-once", f"{name}: {e}"),
+                          len(run)) from None
+        st.record(ld, [rec.data for rec, _ in run])
+
+    def _may_govern(self, node: str, cert: bytes | None) -> bool:
+        """May `node`, whose records were verified under `cert`, write governance?"""
+        if node == self.node:
+            return self.trust.governs
+        return cert is not None and self.trust.may_govern(node, cert)
+
+    def _report_rule(self, rec: Record, broken: RuleBroken, now: int) -> None:
+        detail = f"record {rec.seq} of node {rec.node} broke rule {broken.rule}: {broken.detail}"
+        if self.storage.log.add_fault(rec.node, "rule", rec.seq, broken.rule, detail, now):
+            self.refusals.append(detail)
+
+    def _report_fork(self, fork: _Fork, now: int) -> None:
+        stake = views.rights_held(self.storage.conn, fork.node)
+        detail = (f"node {fork.node} wrote two different records at position {fork.seq} "
+                  f"of its log (a restored backup, a cloned disk or a dishonest branch); "
+                  f"at stake: the rights it held, {format_yuan(stake)}; nothing more it "
+                  "writes is applied until the owner re-enrols it")
+        if self.storage.log.add_fault(fork.node, "fork", fork.seq, "fork", detail, now,
+                                      fork.evidence):
+            self.refusals.append(detail)
+
+    def refresh_revocations(self) -> None:
+        """Install the chain's revocation list from its rule, if newer (trust checks
+        the CA's signature, so a forged list installs nothing)."""
+        body = self.rule("revocations")  # type: ignore[attr-defined]
+        if isinstance(body, dict):
+            self.trust.set_revocations(str(body.get("crl", "")))
+
+    def faults(self) -> list[dict[str, Any]]:
+        """Proven faults of nodes (broken rules, forks), oldest first."""
+        return self.storage.log.faults()
+
+    def remember_peer(self, node: str, positions: Mapping[str, int]) -> None:
         with self.storage.transaction():
-            self.storage.remember_peer(node, states, self.clock.wall())
+            self.storage.remember_peer(node, dict(positions), self.clock.wall())
+
+    def pull(self, other: Replica, origin: object = None) -> list[Record]:
+        """Take from `other` (another ledger in this process) what we lack, as a
+        session's round would: for seeding a demo chain and for tests."""
+        return self.apply_batch(other.batch(other.lacking(self.log_view())), origin)
+
+    def peer_caught_up(self, positions: Mapping[str, Any]) -> None:
+        """A peer (or a file) told how far it holds our own log: if not beyond what we
+        hold, a restored node has caught up with itself and may sell again."""
+        if self.restored is None:
+            return
+        held = positions.get(self.node, 0)
+        seq = held[0] if isinstance(held, tuple | list) else held
+        if isinstance(seq, int) and seq <= self.storage.log.tip(self.node)[0]:
+            with self.storage.transaction():
+                self.storage.set_meta("restored_from", "")
+            self.restored = None
 
 
 def _check_months(doc: str, keys: Sequence[str], day_of: Callable[[int], str]) -> None:
@@ -245,50 +493,30 @@ def _possible_months(entry_id: str) -> set[str]:
 _26_DAYS = timedelta(days=26)
 
 
-class _GapFound(Exception):
-    """An update applied unchecked turned out to skip clocks (Ledger._apply_remote)."""
+@dataclass
+class _Fork:
+    node: str
+    seq: int
+    evidence: bytes
 
 
-def _single_writer_start(update: bytes) -> tuple[int, int] | None:
-    """(client, first clock) of a v1 update whose structs all come from one writer,
-    else None (several writers, none, or bytes that do not parse: the caller then
-    takes the general path, which judges them properly)."""
-    try:
-        writers, pos = read_varuint(update, 0)
-        if writers != 1:  # number of writers with structs in the update
-            return None
-        _structs, pos = read_varuint(update, pos)
-        client, pos = read_varuint(update, pos)
-        return client, read_varuint(update, pos)[0]
-    except ValueError:
-        return None
+@dataclass
+class _Plan:
+    """What verifying a batch decided, before anything is applied."""
+
+    accepted: list[tuple[Record, bytes]] = field(default_factory=list)
+    heads: list[tuple[str, Head, bytes]] = field(default_factory=list)
+    forks: list[_Fork] = field(default_factory=list)
+    pins: list[tuple[str, bytes]] = field(default_factory=list)
+    certs: dict[str, bytes] = field(default_factory=dict)  # each verified log's signer
 
 
-def _skips_clocks(state: bytes, update: bytes) -> bool:
-    """True if `update` holds a writer's changes past a gap in what we have of that
-    writer (it was sent after updates we never received).
+class _Broken(Exception):
+    """A record broke a write rule while a batch was applied (rolled back and run
+    again with it refused). `run`: how many records were applied with it."""
 
-    Yrs integrates such changes behind a hole without moving the state vector and,
-    for later edits inside them, without firing events: the projection would miss
-    them for good. So they are refused whole; the diff of the next hello/state round
-    brings them with what precedes them. Checked on a scratch document that holds our
-    clocks as garbage-collected ranges, so the cost is the update's, not the doc's.
-    """
-    ours = decode_state_vector(state)
-    first = _single_writer_start(update)
-    if first is not None and first[1] <= ours.get(first[0], 0):
-        # The usual update (one commit of one writer) that starts within what we have
-        # of its writer: nothing in it can lie past a hole. The probe below would say
-        # the same, at the cost of a document holding every writer's clock.
-        return False
-    clocks = [(c, k) for c, k in ours.items() if k > 0]
-    prefix = write_varuint(len(clocks)) + b"".join(
-        write_varuint(1) + write_varuint(c) + write_varuint(0) + b"\x00" + write_varuint(k)
-        for c, k in clocks
-    ) + b"\x00"
-    probe: Doc[Any] = Doc()
-    probe.apply_update(prefix)
-    probe.apply_update(update)
-    # What the probe holds beyond its own state vector: blocks integrated past a hole.
-    beyond = get_update(probe.get_update(), probe.get_state())
-    return beyond[0] != 0
+    def __init__(self, record: Record, error: RuleBroken, run: int) -> None:
+        super().__init__(str(error))
+        self.record = record
+        self.error = error
+        self.run = run

@@ -20,7 +20,7 @@ import secrets
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -35,6 +35,8 @@ from pycrdt import Doc, Map, get_update
 from crdtledger import hlc
 from crdtledger.errors import InvalidInput, StoreError, StoreLocked
 from crdtledger.lib0 import decode_state_vector, read_varuint
+from crdtledger.log import SCHEMA as LOG_SCHEMA
+from crdtledger.log import Log
 from crdtledger.model import DOC_NAME
 from crdtledger.private import FILE_MODE, private_dir, private_sqlite_file, tighten, tighten_store
 
@@ -325,6 +327,7 @@ class Storage:
             self.conn = _connect(db, synchronous)
             _upgrade(self.conn)
             self.conn.executescript(SCHEMA)
+            self.conn.executescript(LOG_SCHEMA)
             self.meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
             if int(self.meta.get("format", "0")) != FORMAT_VERSION:
                 raise StoreError(
@@ -347,6 +350,7 @@ class Storage:
         (self._seq,) = self.conn.execute(
             "SELECT MAX(COALESCE((SELECT MAX(seq) FROM log), 0), "
             "COALESCE((SELECT MAX(snapshot_seq) FROM docs), 0))").fetchone()
+        self.log = Log(self.conn)
         self._in_tx = False
         self._tx_logged: set[str] = set()  # documents logged in the open transaction
         self._svs: dict[str, bytes] | None = None  # state_vectors() until the next record
@@ -372,6 +376,7 @@ class Storage:
         tmp.unlink(missing_ok=True)
         conn = _connect(private_sqlite_file(tmp), "FULL")
         conn.executescript(SCHEMA)
+        conn.executescript(LOG_SCHEMA)
         with conn:
             conn.executemany(
                 "INSERT INTO meta VALUES (?, ?)",
@@ -470,6 +475,7 @@ class Storage:
                 ld.dirty = False
         except BaseException:
             self.conn.execute("ROLLBACK")
+            self.log.reset()
             self._svs = None
             self.version += 1
             self.evict(dirty_only=True)
@@ -589,21 +595,23 @@ class Storage:
 
     # --- peers' known states (for export --for NODE) -------------------------
 
-    def remember_peer(self, node: str, states: dict[str, bytes], now_ms: int) -> None:
+    def remember_peer(self, node: str, states: Mapping[str, int], now_ms: int) -> None:
         import msgpack
 
         self.conn.execute(
             "INSERT OR REPLACE INTO peers VALUES (?, ?, ?)",
-            (node, msgpack.packb(states), now_ms),
+            (node, msgpack.packb(dict(states)), now_ms),
         )
 
-    def peer_states(self, node: str) -> dict[str, bytes] | None:
+    def peer_states(self, node: str) -> dict[str, int] | None:
+        """How far `node` held each log when last heard from (a session or a file)."""
         import msgpack
 
         row = self.conn.execute("SELECT states FROM peers WHERE node = ?", (node,)).fetchone()
         if row is None:
             return None
-        return {str(k): bytes(v) for k, v in msgpack.unpackb(row[0]).items()}
+        return {str(k): int(v) for k, v in msgpack.unpackb(row[0]).items()
+                if isinstance(v, int)}
 
 
 

@@ -11,18 +11,23 @@ hop. An update that adds nothing is not re-announced, so relays die out.
 Conversation (every message: msgpack map with protocol version ``v`` and type ``t``):
 
     hello   {chain, node, now, digest}    first, and again for each anti-entropy round
-    state   {docs: {name: state vector}, reply}  when digests differ; answered once
-    update  {doc, data}                   what the peer lacks / each new update
+    state   {logs: {node: [seq, tip]}, reply}  when digests differ; answered once
+    recs    {recs, heads, certs}          log records the peer lacks / each new one,
+                                          with the signed heads that cover them
+                                          (crdtledger.log.Batch)
     rreq    {id, member, purse, amount, fwd?}  "I am short of rights on this purse"
-    rrep    {id, granted}                 the transfer entry's update was sent before
+    rrep    {id, granted}                 the transfer's record was sent before
 
-A round between nodes already in sync is two hellos of under 100 bytes each.
+`tip` is the first 8 bytes of the hash of the last record held of that log: two
+replicas at one position with different tips hold a fork, and each sends the other
+that whole log so that both can prove it (Ledger.lacking). A round between nodes
+already in sync is two hellos of under 100 bytes each.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,12 +46,13 @@ from crdtledger.lib0 import covers as covers
 from crdtledger.lib0 import decode_state_vector as decode_state_vector
 from crdtledger.lib0 import missing as missing
 from crdtledger.lib0 import states_digest as states_digest
-from crdtledger.model import DOC_NAME, ID, PURSE
+from crdtledger.log import Batch, Record
+from crdtledger.model import ID, PURSE
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 # Limits, so a broken or hostile peer cannot make us allocate without bound.
 # One frame can carry a month's ledger document to a node that has none of it:
@@ -55,6 +61,8 @@ MAX_FRAME_BYTES = 256 * 1024 * 1024
 # Documents: 32 member shards, rules, operators and one ledger per month; forty
 # years of months is about 500. Far more than that is not a crdtledger peer.
 MAX_DOCS = 4096
+# Logs named in a state message: one per node that ever wrote, a few hundred.
+MAX_LOGS = 65536
 # Rights requests awaiting an answer, each way. A counter asks once per swipe.
 MAX_OPEN_REQUESTS = 1024
 
@@ -142,24 +150,23 @@ def _get(msg: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     return value
 
 
-def lacking(ledger: Ledger, theirs: Mapping[str, bytes], *,
-            skip: Callable[[str, bytes], bool] | None = None) -> list[tuple[str, bytes]]:
-    """What a peer at state vectors `theirs` lacks of ours: (document, update) pairs,
-    in document order. The one answer for every way data travels: a session's
-    round, a sync file made for a node, seeding a demo chain. `skip(name, their_sv)`
-    may pass over a document before its diff is computed (a diff costs in
-    proportion to the document)."""
-    out = []
-    for name, ours in sorted(ledger.state_vectors().items()):
-        their_sv = theirs.get(name, b"\x00")
-        if covers(decode_state_vector(their_sv), decode_state_vector(ours)):
-            continue
-        if skip is not None and skip(name, their_sv):
-            continue
-        data = ledger.diff(name, their_sv)
-        if data != _EMPTY_UPDATE:
-            out.append((name, data))
+def parse_logs(value: Any) -> dict[str, tuple[int, bytes]]:
+    """A peer's or a file's view of the logs ({node: [seq, tip]}), checked."""
+    if not isinstance(value, dict) or len(value) > MAX_LOGS:
+        raise RemoteProtocolError("state: logs missing or malformed")
+    out: dict[str, tuple[int, bytes]] = {}
+    for node, held in value.items():
+        if (not isinstance(node, str) or not NODE_ID.match(node) or not isinstance(held, list)
+                or len(held) != 2 or isinstance(held[0], bool) or not isinstance(held[0], int)
+                or not 0 <= held[0] < 2**62 or not isinstance(held[1], bytes)
+                or len(held[1]) > 32):
+            raise RemoteProtocolError(f"state: malformed log position of {str(node)[:20]}")
+        out[node] = (held[0], bytes(held[1]))
     return out
+
+
+def wire_logs(view: Mapping[str, tuple[int, bytes]]) -> dict[str, list[Any]]:
+    return {n: [s, t] for n, (s, t) in view.items()}
 
 
 class SyncSession:
@@ -193,13 +200,15 @@ class SyncSession:
         self.bytes_in = 0
         self.bytes_out = 0
         self.rounds = 0
-        # The peer's state vectors as of the last round (None before the first): how
-        # far behind either side is, for a node's sync status.
-        self.peer_states: dict[str, bytes] | None = None
-        # Per document, the peer state vector we sent a diff against in this round.
+        # The peer's view of the logs as of the last round (None before the first):
+        # how far behind either side is, for a node's sync status.
+        self.peer_states: dict[str, tuple[int, bytes]] | None = None
         # When both sides say hello at once, each gets the other's state twice (its
-        # own and the reply) carrying the same vector: the diff goes out only once.
-        self._diffed: dict[str, bytes] = {}
+        # own and the reply) carrying the same view: what it lacks goes out once.
+        self._answered_view: dict[str, tuple[int, bytes]] | None = None
+        # Records committed or learned here since the last frame, sent as one batch.
+        self._pending: list[Record] = []
+        self._certs_sent: set[tuple[str, bytes]] = set()
         self._unsubscribe = ledger.subscribe(self._on_commit)
 
     # --- driving side --------------------------------------------------------
@@ -249,6 +258,7 @@ class SyncSession:
     def data_to_send(self) -> list[bytes]:
         """Frames to ship, in order. Nothing once closed or failed: what a failed
         conversation queued (replies to frames before the bad one) is dropped with it."""
+        self._flush()
         out, self._out = self._out, []
         return out
 
@@ -261,6 +271,7 @@ class SyncSession:
             self.closed = True
             self._unsubscribe()
             self._out.clear()
+            self._pending.clear()
 
     def _fail(self, error: RemoteProtocolError) -> None:
         """Enter the failed state: closed (so drivers that test `closed` leave it
@@ -296,30 +307,36 @@ class SyncSession:
         applied) and RemoteProtocolError is raised, as by `receive`; the session has
         then failed all the same."""
         self._require_open()
-        run: list[tuple[str, bytes]] = []
+        run: list[Batch] = []
         try:
             try:
                 for frame in frames:
                     msg = unpack(frame)
                     self.bytes_in += len(frame)
-                    if msg.get("t") == "update" and self.peer is not None:
-                        run.append((_get(msg, "doc", str), _get(msg, "data", bytes)))
+                    if msg.get("t") == "recs" and self.peer is not None:
+                        run.append(Batch.from_wire(msg))
                         continue
                     if run:
-                        self._apply_run(run)
+                        self._apply(_merge(run))
                         run = []
                     self._dispatch(msg)
             finally:
                 if run:
-                    self._apply_run(run)
+                    self._apply(_merge(run))
         except RemoteProtocolError as e:
             self._fail(e)
             raise
 
-    def _apply_run(self, run: list[tuple[str, bytes]]) -> None:
-        new = {name for name, _ in self.ledger.apply_remote(run, origin=self)}
-        for name, data in run:
-            self._events.append(UpdatesApplied(name, len(data), name in new))
+    def _apply(self, batch: Batch) -> None:
+        new = self.ledger.apply_batch(batch, origin=self)
+        fresh = {r.doc for r in new}
+        sizes: dict[str, int] = {}
+        for rec in batch.recs:
+            sizes[rec.doc] = sizes.get(rec.doc, 0) + len(rec.data)
+        for name, size in sizes.items():
+            self._events.append(UpdatesApplied(name, size, name in fresh))
+        if self.peer_states is not None:
+            self.ledger.peer_caught_up(self.peer_states)
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         kind = msg.get("t")
@@ -328,7 +345,7 @@ class SyncSession:
         handler = {
             "hello": self._on_hello,
             "state": self._on_state,
-            "update": self._on_update,
+            "recs": self._on_recs,
             "rreq": self._on_rights_request,
             "rrep": self._on_rights_reply,
         }.get(kind)  # type: ignore[arg-type]
@@ -337,7 +354,7 @@ class SyncSession:
         handler(msg)
 
     def _on_hello(self, msg: dict[str, Any]) -> None:
-        self._diffed.clear()  # a new round
+        self._answered_view = None  # a new round
         chain = _get(msg, "chain", str)
         node = _get(msg, "node", str)
         now = _get(msg, "now", int)
@@ -357,47 +374,35 @@ class SyncSession:
         if abs(skew) > MAX_CLOCK_SKEW_MS:
             self._events.append(ClockSkewSeen(node, skew))
         self.rounds += 1
-        states = self.ledger.state_vectors()
+        view = self.ledger.log_view()
         if digest != self.ledger.states_digest():
-            self._queue({"t": "state", "docs": states})
+            self._queue({"t": "state", "logs": wire_logs(view)})
         else:
-            self.peer_states = states
+            self.peer_states = view
+            self.ledger.peer_caught_up(view)
 
     def _on_state(self, msg: dict[str, Any]) -> None:
-        docs = _get(msg, "docs", dict)
-        if len(docs) > MAX_DOCS:
-            raise RemoteProtocolError(f"state names {len(docs)} documents (limit {MAX_DOCS})")
-        theirs: dict[str, bytes] = {}
-        for name, sv in docs.items():
-            if not isinstance(name, str) or not DOC_NAME.match(name):
-                raise RemoteProtocolError(f"unknown document {name!r}")
-            decode_state_vector(sv)
-            theirs[name] = bytes(sv)
+        theirs = parse_logs(msg.get("logs"))
         peer = self._peer()
-        self.ledger.remember_peer(peer, theirs)
+        self.ledger.remember_peer(peer, {n: s for n, (s, _) in theirs.items()})
         self.peer_states = theirs
-        states = self.ledger.state_vectors()
-        for name, data in lacking(self.ledger, theirs, skip=self._sent_this_round):
-            self._queue({"t": "update", "doc": name, "data": data})
+        self.ledger.peer_caught_up(theirs)
+        view = self.ledger.log_view()
+        # When both sides say hello at once, each gets the other's state twice with
+        # the same view: what it lacks goes out once; what we got since went live.
+        if theirs != self._answered_view:
+            self._answered_view = theirs
+            records = self.ledger.lacking(theirs)
+            if records:
+                self._flush()
+                self._queue(self._batch_message(records))
         # The peer's state answered our hello; answer with ours so it can send what
         # we lack. A reply is not answered again, which ends the round.
-        if not msg.get("reply") and states != theirs:
-            self._queue({"t": "state", "docs": states, "reply": True})
+        if not msg.get("reply") and view != theirs:
+            self._queue({"t": "state", "logs": wire_logs(view), "reply": True})
 
-    def _sent_this_round(self, name: str, their_sv: bytes) -> bool:
-        """When both sides say hello at once, each gets the other's state twice (its
-        own round's and the reply) with the same vector: the diff goes out once; what
-        we got since went out live."""
-        if self._diffed.get(name) == their_sv:
-            return True
-        self._diffed[name] = their_sv
-        return False
-
-    def _on_update(self, msg: dict[str, Any]) -> None:
-        name = _get(msg, "doc", str)
-        data = _get(msg, "data", bytes)
-        new = self.ledger.apply_remote([(name, data)], origin=self)
-        self._events.append(UpdatesApplied(name, len(data), bool(new)))
+    def _on_recs(self, msg: dict[str, Any]) -> None:
+        self._apply(Batch.from_wire(msg))
 
     def _on_rights_request(self, msg: dict[str, Any]) -> None:
         rid = _get(msg, "id", int)
@@ -449,13 +454,24 @@ class SyncSession:
 
     # --- internals -----------------------------------------------------------
 
-    def _on_commit(self, doc: str, update: bytes, origin: object) -> None:
+    def _on_commit(self, record: Record, origin: object) -> None:
         if origin is self or self.closed or not self._started:
             return
-        self._queue({"t": "update", "doc": doc, "data": update})
+        self._pending.append(record)
+
+    def _flush(self) -> None:
+        """Send the records committed or learned since the last frame, as one batch
+        with the heads that cover them: one signature of our own log per batch."""
+        if self._pending and not self.closed:
+            records, self._pending = self._pending, []
+            self._queue_frame(self._batch_message(records))
+
+    def _batch_message(self, records: list[Record]) -> dict[str, Any]:
+        batch = self.ledger.batch(records, certs_sent=self._certs_sent)
+        return {"t": "recs", **batch.to_wire()}
 
     def _send_hello(self) -> None:
-        self._diffed.clear()
+        self._answered_view = None
         self._queue({
             "t": "hello", "chain": self.ledger.chain, "node": self.ledger.node,
             "now": self.ledger.clock.wall(),
@@ -463,6 +479,10 @@ class SyncSession:
         })
 
     def _queue(self, message: dict[str, Any]) -> None:
+        self._flush()  # records before what may depend on them (a grant's reply)
+        self._queue_frame(message)
+
+    def _queue_frame(self, message: dict[str, Any]) -> None:
         frame = pack(message)
         self.bytes_out += len(frame)
         self._out.append(frame)
@@ -480,3 +500,18 @@ class SyncSession:
             raise LocalProtocolError("session is closed")
         if not self._started:
             raise LocalProtocolError("call start() first")
+
+
+def _merge(batches: list[Batch]) -> Batch:
+    """Consecutive batches as one (applied in one transaction): the records in order,
+    for each log the highest head, which covers the records of the lower ones."""
+    if len(batches) == 1:
+        return batches[0]
+    out = Batch()
+    for b in batches:
+        out.recs.extend(b.recs)
+        out.certs.update(b.certs)
+        for node, head in b.heads.items():
+            if node not in out.heads or head.seq > out.heads[node].seq:
+                out.heads[node] = head
+    return out

@@ -40,6 +40,23 @@ def balance(conn: sqlite3.Connection, member: str) -> dict[str, Any]:
     return out
 
 
+def rights_held(conn: sqlite3.Connection, node: str) -> int:
+    """Stored value (cash and bonus, fen) whose rights `node` holds: what it could
+    spend on its own, so what is at stake if it misbehaves."""
+    (total,) = conn.execute(
+        "SELECT COALESCE(SUM(amount), 0) FROM rights WHERE node = ? AND purse IN "
+        "('cash', 'bonus')", (node,)).fetchone()
+    return int(total)
+
+
+def trust_status(ledger: Ledger) -> dict[str, Any]:
+    """What a node's sync status says about trust: whether it is restored and not
+    yet caught up with itself, the nodes caught breaking a write rule or forking
+    their logs (blocked), and the latest records refused from peers and files."""
+    return {"restored": ledger.restored, "faults": ledger.faults(),
+            "refused": list(ledger.refusals)[-20:]}
+
+
 def member(ledger: Ledger, member_id: str) -> dict[str, Any]:
     conn = ledger.storage.conn
     row = conn.execute("SELECT body, home FROM members WHERE id = ?", (member_id,)).fetchone()

@@ -44,7 +44,7 @@ from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
-from crdtledger import operations
+from crdtledger import operations, views
 from crdtledger.auth import verify_login
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
 from crdtledger.ledger import Ledger
@@ -52,7 +52,7 @@ from crdtledger.operations import ANY_OBJECT, NODE, STR, TABLE, Operation
 from crdtledger.schema import Schema, check, obj, show, text
 from crdtledger.sync import MAX_FRAME_BYTES
 from crdtledger.throttle import LoginThrottle, too_many_attempts
-from peer.files import export_bytes, import_bytes, zip_backup
+from peer.files import export_bytes, import_bytes, sealed_backup
 
 T = TypeVar("T")
 
@@ -95,7 +95,8 @@ class Standalone:
         return op()
 
     def sync_status(self) -> dict[str, Any]:
-        return {"node": self._ledger.node, "chain": self._ledger.chain, "peers": []}
+        return {"node": self._ledger.node, "chain": self._ledger.chain, "peers": [],
+                **views.trust_status(self._ledger)}
 
 
 # --- sessions -------------------------------------------------------------------
@@ -204,8 +205,20 @@ def _dumps(data: Any) -> str:
 
 # --- the routes: the operation table's, and the few of the HTTP itself ------------------
 
+FAULT = {"type": "object", "required": ["node", "kind", "seq", "rule", "detail", "at"],
+         "properties": {"node": STR, "kind": {"type": "string", "enum": ["rule", "fork"]},
+                        "seq": {"type": "integer"}, "rule": STR, "detail": STR,
+                        "at": {"type": "integer", "description": "ms since 1970"}}}
 SYNC = {"type": "object", "required": ["node", "chain", "peers"],
-        "properties": {"node": STR, "chain": STR, "peers": {"type": "array", "items": {
+        "properties": {"node": STR, "chain": STR,
+                       "restored": {"type": "string", "nullable": True, "description":
+                                    "restored from a backup of this time and not yet "
+                                    "caught up with a peer: writes are refused"},
+                       "faults": {"type": "array", "items": FAULT, "description":
+                                  "nodes caught breaking a write rule or forking their "
+                                  "log: nothing more they write is applied"},
+                       "refused": {"type": "array", "items": STR},
+                       "peers": {"type": "array", "items": {
             "type": "object",
             "required": ["node", "address", "connected", "last_contact", "behind_in",
                          "behind_out"],
@@ -393,9 +406,10 @@ async def backup(c: Call) -> web.Response:
     ledger = c.ledger
     ledger.authorise(c.operator, "backup")
     # SQLite's online backup reads its own snapshot: off the loop, the counter works on.
-    data = await asyncio.to_thread(zip_backup, ledger.storage.dir)
+    data = await asyncio.to_thread(sealed_backup, ledger.storage.dir)
     stamp = ledger.today()
-    return _download(data, f"backup-{ledger.node}-{stamp}.zip")
+    # Sealed for the chain (crdtledger.backups); `crdtledger restore --from` takes it.
+    return _download(data, f"backup-{ledger.node}-{stamp}.ledger.backup")
 
 
 async def openapi_document(c: Call) -> dict[str, Any]:

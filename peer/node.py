@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from crdtledger import views
 from crdtledger.core import (
     ANTI_ENTROPY_S,
     HEARTBEAT_S,
@@ -62,6 +63,7 @@ from crdtledger.core import (
 )
 from crdtledger.errors import LedgerError, LocalProtocolError
 from crdtledger.ledger import Ledger
+from crdtledger.log import Record
 from crdtledger.sync import MAX_FRAME_BYTES, SyncSession, UpdatesApplied, states_digest
 from crdtledger.throttle import LoginThrottle
 from peer.chain import Identity, PeerRejected, load_identity
@@ -281,6 +283,7 @@ class Node:
             "chain": self.ledger.chain,
             "listen": self.sync_port,
             "digest": self.digest(),
+            **views.trust_status(self.ledger),
             "peers": [self._peer_status(p) for p in sorted(self.peers.values(),
                                                             key=lambda p: p.node)],
         }
@@ -546,14 +549,14 @@ class Node:
 
     # --- the store's changes --------------------------------------------------
 
-    def _on_commit(self, doc: str, update: bytes, origin: object) -> None:
+    def _on_commit(self, record: Record, origin: object) -> None:
         # The sessions queued the update already (they subscribe to the ledger). A
         # commit made inside a core call ships with that call's effects; one made
         # elsewhere (an import, a direct write) ships at the loop's next turn.
         if not self._flush_soon:
             self._flush_soon = True
             asyncio.get_running_loop().call_soon(self._flush_queued)
-        if doc == "rules" and origin is None:
+        if record.doc == "rules" and origin is None:
             self._load_revocations()
 
     def _flush_queued(self) -> None:

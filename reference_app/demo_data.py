@@ -29,7 +29,6 @@ from crdtledger import views
 from crdtledger.errors import InsufficientFunds, RightsElsewhere
 from crdtledger.ledger import Ledger
 from crdtledger.model import RULE_KINDS
-from crdtledger.sync import lacking
 
 T = TypeVar("T")
 
@@ -148,9 +147,7 @@ class DemoChain:
             for b in self.ledgers.values():
                 if a is b:
                     continue
-                updates = lacking(a, b.state_vectors())
-                if updates:
-                    b.apply_remote(updates, origin="demo seeding")
+                b.pull(a, origin="demo seeding")
 
     def perform(self, node: str, op: Callable[[Ledger], T]) -> T:
         """Run a write at a branch; if its rights sit elsewhere, get them from the holders

@@ -1,0 +1,272 @@
+"""Signed per-node logs: what each node wrote, in order, provably.
+
+Every local commit of a node is a record in its own append-only log: the node, a
+sequence number, the document and the pycrdt update it produced, chained by the
+SHA-256 of the record before it. The node signs the *head* of its log (sequence
+number and hash) with its certified key (crdtledger.trust), not each record: a
+signature costs about 40 µs to make and 50 µs to check here, a record's hash 0.4 µs.
+A replica takes a node's records only when their chain, starting from what it holds
+of that log, reaches a head signed by that node; relays and sync files forward the
+records and heads unchanged, so file and network get one check.
+
+Replicas keep every node's log whole (`records`), even after the documents'
+update logs are compacted into snapshots: they are what a peer or a file gets, and
+what proves who wrote what. A record is `applied` to the documents, `refused` (it
+broke a write rule, crdtledger.writerules) or `held` (its writer is blocked: it broke
+a rule or forked its log before; nothing more of it is applied).
+
+Wire form of a batch: ``{"recs": [[node, seq, doc, data], ...], "heads": {node: [seq,
+hash, sig]}, "certs": {node: der}}``; the hashes are not sent, each replica computes
+them (a record's prev is the hash of the record before it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from crdtledger.errors import RemoteProtocolError
+from crdtledger.hlc import NODE_ID
+from crdtledger.model import DOC_NAME
+
+GENESIS = bytes(32)
+APPLIED, REFUSED, HELD = 0, 1, 2
+STATES = {APPLIED: "applied", REFUSED: "refused", HELD: "held"}
+# A batch may hold a year of a large chain's records (a catch-up, a sync file).
+MAX_BATCH_RECORDS = 4_000_000
+
+SCHEMA = """
+-- Every node's log, as far as this replica holds it; `pos` is the order this
+-- replica learned the records in, which respects every dependency between them
+-- (each was applied whole when it came): the order they are passed on in.
+CREATE TABLE IF NOT EXISTS records(
+    pos INTEGER PRIMARY KEY, node TEXT NOT NULL, seq INTEGER NOT NULL, hash BLOB NOT NULL,
+    doc TEXT NOT NULL, data BLOB NOT NULL, state INTEGER NOT NULL DEFAULT 0);
+CREATE UNIQUE INDEX IF NOT EXISTS records_seq ON records(node, seq);
+-- The latest signed head of each other node's log (ours is signed when asked).
+CREATE TABLE IF NOT EXISTS heads(
+    node TEXT PRIMARY KEY, seq INTEGER NOT NULL, hash BLOB NOT NULL, sig BLOB NOT NULL,
+    cert BLOB NOT NULL) WITHOUT ROWID;
+-- Which node writes with which pycrdt client id: bound by the first record of the
+-- node that uses it; a record of another node using it breaks a write rule.
+CREATE TABLE IF NOT EXISTS clients(client INTEGER PRIMARY KEY, node TEXT NOT NULL);
+-- What a node did wrong, as proven here: a record that broke a write rule, or two
+-- signed records at one position of its log. A node with a fault is blocked.
+CREATE TABLE IF NOT EXISTS faults(
+    node TEXT NOT NULL, kind TEXT NOT NULL, seq INTEGER NOT NULL, rule TEXT NOT NULL,
+    detail TEXT NOT NULL, at INTEGER NOT NULL, evidence BLOB,
+    PRIMARY KEY(node, kind, seq)) WITHOUT ROWID;
+-- Stores without a chain CA: the first certificate seen for each node.
+CREATE TABLE IF NOT EXISTS pins(node TEXT PRIMARY KEY, cert BLOB NOT NULL) WITHOUT ROWID;
+"""
+
+
+def record_hash(prev: bytes, node: str, seq: int, doc: str, data: bytes) -> bytes:
+    h = hashlib.sha256(prev)
+    h.update(f"\x00{node}\x00{seq}\x00{doc}\x00".encode())
+    h.update(data)
+    return h.digest()
+
+
+def head_message(chain: str, node: str, seq: int, hash_: bytes) -> bytes:
+    """What a node signs for the head of its log: bound to the chain, so a head never
+    counts in another chain."""
+    return b"crdtledger head\x00" + f"{chain}\x00{node}\x00{seq}\x00".encode() + hash_
+
+
+@dataclass(frozen=True)
+class Record:
+    node: str
+    seq: int
+    doc: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Head:
+    seq: int
+    hash: bytes
+    sig: bytes
+
+
+@dataclass
+class Batch:
+    """Records in the sender's order, the signed heads that cover them, and the
+    certificates of their signers (those the receiver may not know yet)."""
+
+    recs: list[Record] = field(default_factory=list)
+    heads: dict[str, Head] = field(default_factory=dict)
+    certs: dict[str, bytes] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.recs or self.heads)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"recs": [[r.node, r.seq, r.doc, r.data] for r in self.recs],
+                "heads": {n: [h.seq, h.hash, h.sig] for n, h in self.heads.items()},
+                "certs": dict(self.certs)}
+
+    @classmethod
+    def from_wire(cls, msg: Mapping[str, Any]) -> Batch:
+        """Parse and check the shape of a batch (RemoteProtocolError if malformed)."""
+        recs, heads, certs = msg.get("recs"), msg.get("heads"), msg.get("certs", {})
+        if not isinstance(recs, list) or not isinstance(heads, dict) or not isinstance(
+                certs, dict) or len(recs) > MAX_BATCH_RECORDS:
+            raise RemoteProtocolError("records: malformed batch")
+        batch = cls()
+        for item in recs:
+            if (not isinstance(item, list) or len(item) != 4 or not isinstance(item[0], str)
+                    or not NODE_ID.match(item[0]) or isinstance(item[1], bool)
+                    or not isinstance(item[1], int) or not 0 < item[1] < 2**62
+                    or not isinstance(item[2], str) or not DOC_NAME.match(item[2])
+                    or not isinstance(item[3], bytes)):
+                raise RemoteProtocolError(f"records: malformed record {str(item)[:60]}")
+            batch.recs.append(Record(item[0], item[1], item[2], item[3]))
+        for node, head in heads.items():
+            if (not isinstance(node, str) or not NODE_ID.match(node)
+                    or not isinstance(head, list) or len(head) != 3
+                    or isinstance(head[0], bool) or not isinstance(head[0], int)
+                    or not 0 < head[0] < 2**62 or not isinstance(head[1], bytes)
+                    or len(head[1]) != 32 or not isinstance(head[2], bytes)
+                    or len(head[2]) > 256):
+                raise RemoteProtocolError(f"records: malformed head of {str(node)[:20]}")
+            batch.heads[node] = Head(head[0], head[1], head[2])
+        for node, der in certs.items():
+            if not isinstance(node, str) or not NODE_ID.match(node) or not isinstance(
+                    der, bytes) or len(der) > 16384:
+                raise RemoteProtocolError("records: malformed certificate")
+            batch.certs[node] = der
+        return batch
+
+
+class Log:
+    """The `records`, `heads`, `clients` and `faults` tables of one store, with the
+    tips of the logs cached (one SQLite connection, one thread)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._tips: dict[str, tuple[int, bytes]] = {}
+        self._positions: dict[str, int] | None = None
+        self._blocked: set[str] | None = None
+        self._clients: dict[int, str] = {}
+
+    def reset(self) -> None:
+        """Forget what is cached (a transaction rolled back)."""
+        self._tips.clear()
+        self._positions = None
+        self._blocked = None
+        self._clients.clear()
+
+    # --- reading ------------------------------------------------------------
+
+    def tip(self, node: str) -> tuple[int, bytes]:
+        """(seq, hash) of the last record held of `node`'s log; (0, GENESIS) if none."""
+        tip = self._tips.get(node)
+        if tip is None:
+            row = self.conn.execute(
+                "SELECT seq, hash FROM records WHERE node = ? ORDER BY seq DESC LIMIT 1",
+                (node,)).fetchone()
+            tip = (row[0], bytes(row[1])) if row else (0, GENESIS)
+            self._tips[node] = tip
+        return tip
+
+    def hash_at(self, node: str, seq: int) -> bytes | None:
+        if seq == 0:
+            return GENESIS
+        row = self.conn.execute("SELECT hash FROM records WHERE node = ? AND seq = ?",
+                                (node, seq)).fetchone()
+        return bytes(row[0]) if row else None
+
+    def positions(self) -> dict[str, int]:
+        """How far this replica holds each node's log."""
+        if self._positions is None:
+            self._positions = {n: s for n, s in self.conn.execute(
+                "SELECT node, MAX(seq) FROM records GROUP BY node")}
+        return dict(self._positions)
+
+    def head(self, node: str) -> tuple[Head, bytes] | None:
+        row = self.conn.execute("SELECT seq, hash, sig, cert FROM heads WHERE node = ?",
+                                (node,)).fetchone()
+        if row is None:
+            return None
+        return Head(row[0], bytes(row[1]), bytes(row[2])), bytes(row[3])
+
+    def records_after(self, theirs: Mapping[str, int], *, skip: Iterable[str] = (),
+                      applied_only: bool = False) -> list[Record]:
+        """The records a replica at positions `theirs` lacks, in our order
+        (`applied_only`: not those refused or held)."""
+        only = " AND state = 0" if applied_only else ""
+        ours = self.positions()
+        skipped = set(skip)
+        rows: list[tuple[int, str, int, str, bytes]] = []
+        for node, seq in ours.items():
+            have = theirs.get(node, 0)
+            if seq <= have or node in skipped:
+                continue
+            rows.extend(self.conn.execute(
+                "SELECT pos, node, seq, doc, data FROM records WHERE node = ? AND seq > ?" + only,
+                (node, have)))
+        rows.sort()
+        return [Record(n, s, d, bytes(b)) for _, n, s, d, b in rows]
+
+    def state_of(self, node: str, seq: int) -> int | None:
+        row = self.conn.execute("SELECT state FROM records WHERE node = ? AND seq = ?",
+                                (node, seq)).fetchone()
+        return None if row is None else int(row[0])
+
+    def client_node(self, client: int) -> str | None:
+        node = self._clients.get(client)
+        if node is None:
+            row = self.conn.execute("SELECT node FROM clients WHERE client = ?",
+                                    (client,)).fetchone()
+            if row is None:
+                return None
+            node = self._clients[client] = row[0]
+        return node
+
+    def blocked(self) -> set[str]:
+        """Nodes with a proven fault: nothing more of their logs is applied."""
+        if self._blocked is None:
+            self._blocked = {n for (n,) in self.conn.execute("SELECT DISTINCT node FROM faults")}
+        return set(self._blocked)
+
+    def faults(self) -> list[dict[str, Any]]:
+        return [{"node": n, "kind": k, "seq": s, "rule": r, "detail": d, "at": a}
+                for n, k, s, r, d, a in self.conn.execute(
+                    "SELECT node, kind, seq, rule, detail, at FROM faults ORDER BY at, node")]
+
+    def pinned(self) -> dict[str, bytes]:
+        return {n: bytes(c) for n, c in self.conn.execute("SELECT node, cert FROM pins")}
+
+    # --- writing (inside the store's transaction) ----------------------------
+
+    def append(self, rec: Record, hash_: bytes, state: int = APPLIED) -> None:
+        self.conn.execute(
+            "INSERT INTO records(node, seq, hash, doc, data, state) VALUES (?, ?, ?, ?, ?, ?)",
+            (rec.node, rec.seq, hash_, rec.doc, rec.data, state))
+        self._tips[rec.node] = (rec.seq, hash_)
+        if self._positions is not None:
+            self._positions[rec.node] = rec.seq
+
+    def bind_client(self, client: int, node: str) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO clients VALUES (?, ?)", (client, node))
+        self._clients[client] = node
+
+    def keep_head(self, node: str, head: Head, cert: bytes) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO heads VALUES (?, ?, ?, ?, ?)",
+                          (node, head.seq, head.hash, head.sig, cert))
+
+    def pin(self, node: str, cert: bytes) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO pins VALUES (?, ?)", (node, cert))
+
+    def add_fault(self, node: str, kind: str, seq: int, rule: str, detail: str, at: int,
+                  evidence: bytes | None = None) -> bool:
+        """Record a fault; False if this one was known already."""
+        cur = self.conn.execute("INSERT OR IGNORE INTO faults VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                (node, kind, seq, rule, detail, at, evidence))
+        if self._blocked is not None:
+            self._blocked.add(node)
+        return cur.rowcount > 0

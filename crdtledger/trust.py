@@ -1,0 +1,294 @@
+"""Who wrote a record: node keys, the chain CA that certifies them, and what each may do.
+
+mTLS decides who may connect; it says nothing about who wrote what a peer relays or
+a USB stick carries. So every node signs the heads of its own log (crdtledger.log)
+with the key the chain CA certified for it, and every replica checks those
+signatures itself, for records from a session and from a file alike.
+
+Two kinds of store:
+
+- **Enrolled** (``crdtledger init --chain CHAIN_DIR``, what a shop runs): the key and
+  certificate in ``DATA/tls/`` (peer.chain.enrol), the chain's ``ca.crt`` and its
+  ``chain.key``. A head is accepted only under a certificate the chain CA issued
+  for exactly that node, inside its validity, not on the CA's revocation list.
+  Chain governance (operators, roles, rules, prices, revocations) is written only by
+  a node whose certificate carries the head-office mark (OU ``head-office``), given
+  by ``crdtledger init --chain ... --head-office``.
+- **Open** (no chain CA: a single shop trying it out, library tests): the store makes
+  itself a key and a self-signed certificate in ``DATA/keys/``. With no authority
+  there is nothing to check a stranger's key against, so an open store trusts the
+  first key it sees for each node and refuses any other later (trust on first use),
+  and every node may govern. An enrolled store never accepts a self-signed key.
+
+The chain secret (``chain.key``) is what sync files and backups are encrypted with
+(crdtledger.seal): every branch of the chain holds it, a lost stick does not. An
+open store has no secret; its files are signed but readable by anyone (said where
+they are written).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from crdtledger.errors import RemoteProtocolError
+from crdtledger.hlc import NODE_ID
+from crdtledger.private import private_dir, write_private
+
+TLS_DIR = "tls"  # enrolled: peer.chain.enrol writes it
+OPEN_DIR = "keys"  # open store: made here on first open
+NODE_KEY = "node.key"
+NODE_CERT = "node.crt"
+CA_CERT = "ca.crt"
+CHAIN_KEY = "chain.key"
+NODE_URI = "urn:crdtledger:node:"
+HEAD_OFFICE = "head-office"  # the certificate's OU that grants chain governance
+_ECDSA = ec.ECDSA(hashes.SHA256())
+
+
+class UntrustedSigner(RemoteProtocolError):
+    """A record, head or file is signed by a key this chain does not vouch for."""
+
+    code = "untrusted_signer"
+
+
+@dataclass
+class _Known:
+    node: str
+    key: ec.EllipticCurvePublicKey
+    serial: int
+    not_after: dt.datetime
+    governs: bool
+
+
+@dataclass
+class Trust:
+    """The keys of one store and its judgement of others' keys."""
+
+    chain: str
+    node: str
+    key: ec.EllipticCurvePrivateKey
+    cert_der: bytes
+    seal_key: bytes  # 32 bytes, the chain secret (derived from the chain id when open)
+    ca: x509.Certificate | None  # None: an open store
+    _crl: x509.CertificateRevocationList | None = field(default=None, repr=False)
+    _known: dict[bytes, _Known] = field(default_factory=dict, repr=False)
+    # Open stores: the first certificate seen per node (persisted by the ledger).
+    pinned: dict[str, bytes] = field(default_factory=dict, repr=False)
+    now: Callable[[], dt.datetime] = field(default=lambda: dt.datetime.now(dt.UTC), repr=False)
+
+    @classmethod
+    def for_reading(cls, chain: str, ca_pem: bytes | None, chain_secret: bytes | None
+                    ) -> Trust:
+        """A Trust that checks and opens a chain's sealed files without being a node of
+        it (restoring a backup from the chain directory, where no node key exists yet).
+        `ca_pem` None: an open chain, whose files anyone can open. Its own key is a
+        throwaway that no store trusts: what it signs is refused everywhere."""
+        ca = None if ca_pem is None else x509.load_pem_x509_certificate(ca_pem)
+        if ca is None:
+            secret = b"open store: no chain secret"  # as _open_trust
+        elif chain_secret is None:  # as load_trust for a node enrolled before chain.key
+            secret = ca.public_bytes(serialization.Encoding.DER)
+        else:
+            secret = chain_secret
+        return cls(chain=chain, node="", key=ec.generate_private_key(ec.SECP256R1()),
+                   cert_der=b"", seal_key=_derive(secret, chain), ca=ca)
+
+    @property
+    def enrolled(self) -> bool:
+        return self.ca is not None
+
+    @property
+    def governs(self) -> bool:
+        """May this node write chain governance (operators, roles, rules)?"""
+        return self.may_govern(self.node, self.cert_der)
+
+    def sign(self, message: bytes) -> bytes:
+        return self.key.sign(message, _ECDSA)
+
+    def check_cert(self, node: str, der: bytes) -> _Known:
+        """The key `der` certifies for `node`, or UntrustedSigner saying why not."""
+        known = self._known.get(der)
+        if known is None:
+            known = self._judge(node, der)
+            if len(self._known) > 4096:  # certificates of hundreds of branches, re-enrolled
+                self._known.clear()
+            self._known[der] = known
+        if known.node != node:
+            raise UntrustedSigner(f"a certificate of node {known.node} was given for {node}")
+        if self.now() > known.not_after:
+            raise UntrustedSigner(f"the certificate of node {node} expired on "
+                                  f"{known.not_after:%Y-%m-%d}")
+        if self._crl is not None and (
+                self._crl.get_revoked_certificate_by_serial_number(known.serial) is not None):
+            raise UntrustedSigner(f"the certificate of node {node} (serial {known.serial:x}) "
+                                  "is revoked")
+        return known
+
+    def verify(self, node: str, der: bytes, message: bytes, signature: bytes) -> _Known:
+        known = self.check_cert(node, der)
+        try:
+            known.key.verify(signature, message, _ECDSA)
+        except InvalidSignature:
+            raise UntrustedSigner(f"a signature of node {node} does not match what it signs"
+                                  ) from None
+        return known
+
+    def may_govern(self, node: str, der: bytes) -> bool:
+        if self.ca is None:
+            return True
+        try:
+            return self.check_cert(node, der).governs
+        except UntrustedSigner:
+            return False
+
+    def set_revocations(self, crl_b64: str) -> bool:
+        """Install the chain's revocation list from its rule (base64 DER), if it is
+        signed by our CA and newer than ours. Returns whether it was installed."""
+        if self.ca is None or not crl_b64:
+            return False
+        try:
+            crl = verified_crl(self.ca, base64.b64decode(crl_b64, validate=True))
+        except ValueError:
+            return False
+        if self._crl is not None and crl_number(crl) <= crl_number(self._crl):
+            return False
+        self._crl = crl
+        return True
+
+    def _judge(self, node: str, der: bytes) -> _Known:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+        except ValueError:
+            raise UntrustedSigner(f"the certificate given for node {node} does not parse"
+                                  ) from None
+        if self.ca is None:
+            pinned = self.pinned.get(node)
+            if pinned is not None and pinned != der and node != self.node:
+                raise UntrustedSigner(f"node {node} signed with a key other than the one this "
+                                      "store first saw for it (a store without a chain CA "
+                                      "trusts a node's first key)")
+            if node == self.node and der != self.cert_der:
+                raise UntrustedSigner(f"a key other than this store's own signed as {node}")
+        else:
+            try:
+                cert.verify_directly_issued_by(self.ca)
+            except (ValueError, TypeError, InvalidSignature):
+                raise UntrustedSigner(
+                    f"node {node}'s key is not certified by chain {self.chain}'s CA "
+                    "(a store not enrolled in this chain, or another chain's)") from None
+        named = node_of(cert)
+        if named is None or named != node:
+            raise UntrustedSigner(f"the certificate given for node {node} names {named}")
+        key = cert.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise UntrustedSigner(f"node {node}'s certificate holds no EC key")
+        if self.now() < cert.not_valid_before_utc - dt.timedelta(days=1):
+            raise UntrustedSigner(f"the certificate of node {node} is not valid before "
+                                  f"{cert.not_valid_before_utc:%Y-%m-%d}")
+        ous = [a.value for a in cert.subject.get_attributes_for_oid(
+            NameOID.ORGANIZATIONAL_UNIT_NAME)]
+        return _Known(node=node, key=key, serial=cert.serial_number,
+                      not_after=cert.not_valid_after_utc,
+                      governs=self.ca is None or HEAD_OFFICE in ous)
+
+
+def node_of(cert: x509.Certificate) -> str | None:
+    """The node id a certificate names in its SAN URI, or None."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    nodes = [u.removeprefix(NODE_URI) for u in san.get_values_for_type(
+        x509.UniformResourceIdentifier) if u.startswith(NODE_URI)]
+    if len(nodes) != 1 or not NODE_ID.match(nodes[0]):
+        return None
+    return nodes[0]
+
+
+def verified_crl(ca: x509.Certificate, der: bytes) -> x509.CertificateRevocationList:
+    """A revocation list signed by `ca`, else ValueError saying why."""
+    public_key = ca.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise ValueError("this chain's CA key cannot sign revocation lists")
+    try:
+        crl = x509.load_der_x509_crl(der)
+        signed = crl.issuer == ca.subject and crl.is_signature_valid(public_key)
+        crl_number(crl)
+    except (ValueError, x509.ExtensionNotFound):
+        raise ValueError("the revocation list does not parse or has no number") from None
+    if not signed:
+        raise ValueError("the revocation list is not signed by this chain's CA")
+    return crl
+
+
+def crl_number(crl: x509.CertificateRevocationList) -> int:
+    return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+
+
+def load_trust(data_dir: Path, chain: str, node: str) -> Trust:
+    """The store's keys: enrolled from ``DATA/tls``, else open (made on first use)."""
+    tls = Path(data_dir) / TLS_DIR
+    if (tls / NODE_CERT).exists():
+        try:
+            ca = x509.load_pem_x509_certificate((tls / CA_CERT).read_bytes())
+            cert = x509.load_pem_x509_certificate((tls / NODE_CERT).read_bytes())
+            key = serialization.load_pem_private_key((tls / NODE_KEY).read_bytes(), None)
+        except (OSError, ValueError) as e:
+            raise UntrustedSigner(f"{tls} does not hold a usable node identity: {e}") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise UntrustedSigner(f"{tls / NODE_KEY} is not an EC key")
+        try:
+            secret = (tls / CHAIN_KEY).read_bytes()
+        except OSError:
+            # Enrolled before chains had a secret: the CA certificate, which only the
+            # chain's machines hold, stands in (re-enrol to get a real one).
+            secret = ca.public_bytes(serialization.Encoding.DER)
+        return Trust(chain=chain, node=node, key=key,
+                     cert_der=cert.public_bytes(serialization.Encoding.DER),
+                     seal_key=_derive(secret, chain), ca=ca)
+    return _open_trust(Path(data_dir) / OPEN_DIR, chain, node)
+
+
+def _open_trust(keys: Path, chain: str, node: str) -> Trust:
+    key_path, cert_path = keys / NODE_KEY, keys / NODE_CERT
+    if not cert_path.exists():
+        private_dir(keys)
+        new_key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, chain),
+                          x509.NameAttribute(NameOID.COMMON_NAME, node)])
+        now = dt.datetime.now(dt.UTC)
+        new_cert = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(new_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=36500))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(NODE_URI + node)]), critical=False)
+            .sign(new_key, hashes.SHA256()))
+        write_private(key_path, new_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()), sync=True)
+        write_private(cert_path, new_cert.public_bytes(serialization.Encoding.PEM), sync=True)
+    key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise UntrustedSigner(f"{key_path} is not an EC key")
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    return Trust(chain=chain, node=node, key=key,
+                 cert_der=cert.public_bytes(serialization.Encoding.DER),
+                 seal_key=_derive(b"open store: no chain secret", chain), ca=None)
+
+
+def _derive(secret: bytes, chain: str) -> bytes:
+    return hashlib.sha256(b"crdtledger seal key\x00" + chain.encode() + b"\x00" + secret
+                          ).digest()

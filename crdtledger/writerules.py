@@ -1,0 +1,133 @@
+"""Who may write what: the one table of write rules every replica enforces.
+
+A record (crdtledger.log) is judged before its update touches a document (what the
+update's header says) and by what it changed (the document's events), inside the
+transaction that applies it: a record that breaks any rule is refused whole, on
+every replica alike, nothing of it is applied, and its writer is blocked and
+reported (metric, `crdtledger status`, the counter's sync page, the node's log).
+The writer itself checks the same rules before it commits (`check_local`), so an
+honest node never writes what its peers would refuse.
+
+Every rule depends only on the record and on what precedes it in its writer's log,
+so honest replicas judge alike whatever order the logs reach them in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from crdtledger.errors import PermissionDenied
+from crdtledger.escrow import check_deltas_authorised
+from crdtledger.lib0 import read_varuint
+from crdtledger.model import ID
+
+# Documents of chain governance: operators and roles, rules (prices, services,
+# levels, promotions, branch names, the revocation list).
+GOVERNANCE_DOCS = frozenset({"rules", "operators"})
+
+
+@dataclass(frozen=True)
+class WriteRule:
+    name: str
+    says: str
+
+
+RULES: tuple[WriteRule, ...] = (
+    WriteRule("own-client", "a record carries only structs of its writer's own pycrdt "
+                            "client ids (bound to a node by the first record that uses one)"),
+    WriteRule("in-order", "a record's structs continue its writer's clock in that document"),
+    WriteRule("entry-insert-once", "a ledger entry is written once: never overwritten or "
+                                   "deleted"),
+    WriteRule("entry-writer", "a ledger entry is keyed by its writer (its id and its node "
+                              "name the node whose log carries it)"),
+    WriteRule("own-rights", "a ledger entry lowers no rights but its writer's"),
+    WriteRule("governance", "operators, roles and rules are written only by a node the "
+                            "chain grants governance (the head office's certificate)"),
+)
+RULE_NAMES = frozenset(r.name for r in RULES)
+
+
+class RuleBroken(Exception):
+    """A record broke `rule`; `detail` says how."""
+
+    def __init__(self, rule: str, detail: str) -> None:
+        super().__init__(f"{rule}: {detail}")
+        self.rule = rule
+        self.detail = detail
+
+
+def writers(update: bytes) -> tuple[int, int, int] | None:
+    """(number of clients with structs, first client, its first clock) of a v1 update;
+    (0, 0, 0) for one that only deletes; None if the header does not parse."""
+    try:
+        count, pos = read_varuint(update, 0)
+        if count == 0:
+            return 0, 0, 0
+        _structs, pos = read_varuint(update, pos)
+        client, pos = read_varuint(update, pos)
+        return count, client, read_varuint(update, pos)[0]
+    except ValueError:
+        return None
+
+
+def check_header(node: str, doc: str, update: bytes, have: dict[int, int],
+                 owner_of_client: Callable[[int], str | None]) -> int | None:
+    """Judge a record of `node` from its update's header, before it is applied.
+    `have`: the document's state vector here. Returns the client id it writes with
+    (None if it only deletes); raises RuleBroken."""
+    head = writers(update)
+    if head is None:
+        raise RuleBroken("own-client", f"the update for {doc} does not parse")
+    count, client, clock = head
+    if count == 0:
+        return None
+    if count != 1:
+        raise RuleBroken("own-client", f"one update carries structs of {count} clients")
+    owner = owner_of_client(client)
+    if owner is not None and owner != node:
+        raise RuleBroken("own-client", f"writes as client {client}, which is {owner}'s")
+    if clock != have.get(client, 0):
+        raise RuleBroken("in-order", f"{doc}: client {client} continues at clock {clock}, "
+                                     f"this replica holds it to {have.get(client, 0)}")
+    return client
+
+
+def check_change(node: str, doc: str, change: Any, may_govern: bool) -> None:
+    """Judge what applying a record of `node` changed (storage.Change)."""
+    if doc in GOVERNANCE_DOCS:
+        if not may_govern:
+            raise RuleBroken("governance", f"node {node} changed {doc} without the head "
+                                           "office's grant")
+        return
+    if not doc.startswith("ledger/"):
+        return
+    if change.unsure or change.touched:
+        raise RuleBroken("entry-insert-once", f"{doc}: an entry changed in place")
+    for _root, key, old, new in change.added:
+        if old is not None or new is None:
+            raise RuleBroken("entry-insert-once", f"{doc}: entry {key} overwritten or deleted")
+        if not isinstance(key, str) or not ID.match(key) or key.rsplit(".", 1)[1] != node:
+            raise RuleBroken("entry-writer", f"{doc}: entry {str(key)[:40]} is not keyed by "
+                                             f"{node}")
+        if not isinstance(new, dict) or new.get("node") != node:
+            raise RuleBroken("entry-writer", f"{doc}: entry {key} names node "
+                                             f"{new.get('node') if isinstance(new, dict) else '?'}")
+        deltas = new.get("deltas")
+        if isinstance(deltas, list):
+            try:
+                check_deltas_authorised(node, [tuple(d) for d in deltas
+                                               if isinstance(d, list) and len(d) == 3
+                                               and isinstance(d[2], int | float)])
+            except ValueError as e:
+                raise RuleBroken("own-rights", f"{doc}: entry {key}: {e}") from None
+
+
+def check_local(doc: str, governs: bool) -> None:
+    """The writer's own check before it commits: refuse here what every replica
+    would refuse (PermissionDenied, with the reason)."""
+    if doc in GOVERNANCE_DOCS and not governs:
+        raise PermissionDenied(
+            f"only the head office may change the chain's {doc}: this branch's certificate "
+            "does not grant it (crdtledger init --chain ... --head-office)")
