@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,9 @@ from crdtledger.hlc import NODE_ID
 from crdtledger.model import DOC_NAME
 
 GENESIS = bytes(32)
+# The tip a replica shows (log_view) for a log it caught forking: two replicas that
+# both know stop sending each other that log's proof every round.
+FORK_MARK = b"\xff" * 8
 APPLIED, REFUSED, HELD = 0, 1, 2
 STATES = {APPLIED: "applied", REFUSED: "refused", HELD: "held"}
 # A batch may hold a year of a large chain's records (a catch-up, a sync file).
@@ -194,17 +197,15 @@ class Log:
             return None
         return Head(row[0], bytes(row[1]), bytes(row[2])), bytes(row[3])
 
-    def records_after(self, theirs: Mapping[str, int], *, skip: Iterable[str] = (),
-                      applied_only: bool = False) -> list[Record]:
-        """The records a replica at positions `theirs` lacks, in our order
-        (`applied_only`: not those refused or held)."""
+    def records_after(self, after: Mapping[str, int], *, applied_only: bool = False
+                      ) -> list[Record]:
+        """Our records of each log in `after` past the position given for it, in our
+        order (`applied_only`: not those refused or held)."""
         only = " AND state = 0" if applied_only else ""
         ours = self.positions()
-        skipped = set(skip)
         rows: list[tuple[int, str, int, str, bytes]] = []
-        for node, seq in ours.items():
-            have = theirs.get(node, 0)
-            if seq <= have or node in skipped:
+        for node, have in after.items():
+            if ours.get(node, 0) <= have:
                 continue
             rows.extend(self.conn.execute(
                 "SELECT pos, node, seq, doc, data FROM records WHERE node = ? AND seq > ?" + only,

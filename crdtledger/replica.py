@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,7 +24,17 @@ from crdtledger.commit import LedgerBase
 from crdtledger.errors import ClockSkew, RemoteProtocolError
 from crdtledger.hlc import MAX_CLOCK_SKEW_MS, decode, id_floor, id_time_ms, wall_ms
 from crdtledger.lib0 import decode_state_vector
-from crdtledger.log import APPLIED, HELD, REFUSED, Batch, Head, Record, head_message, record_hash
+from crdtledger.log import (
+    APPLIED,
+    FORK_MARK,
+    HELD,
+    REFUSED,
+    Batch,
+    Head,
+    Record,
+    head_message,
+    record_hash,
+)
 from crdtledger.model import ID, entry_doc, ledger_doc
 from crdtledger.money import format_yuan
 from crdtledger.projection import entry_change, project_deferred, project_entries, record_change
@@ -82,8 +92,8 @@ class Replica(LedgerBase):
         limit = self.clock.wall() + MAX_CLOCK_SKEW_MS
         latest = 0
         for e in entries:
-            if e["node"] == self.node:
-                continue
+            # Our own entries too: a node restored from a backup gets back from its
+            # peers what it wrote after the backup, and must never mint those ids again.
             ts = decode(e["id"].split(".", 1)[0])
             if wall_ms(ts) <= limit:
                 latest = max(latest, ts)
@@ -110,7 +120,9 @@ class Replica(LedgerBase):
         """Each node's log as held here: (seq, first 8 bytes of its hash). Two
         replicas at one position with different hashes hold a fork between them."""
         log = self.storage.log
-        return {n: (s, log.tip(n)[1][:8]) for n, s in log.positions().items()}
+        blocked = log.blocked()
+        return {n: (s, FORK_MARK if n in blocked else log.tip(n)[1][:8])
+                for n, s in log.positions().items()}
 
     def states_digest(self) -> bytes:
         """A digest of log_view, kept while the store records nothing: both sides
@@ -131,13 +143,14 @@ class Replica(LedgerBase):
             self._own_head = Head(seq, hash_, sig)
         return self._own_head
 
-    def batch(self, records: list[Record], *,
+    def batch(self, records: list[Record], *, show: Iterable[str] = (),
               certs_sent: set[tuple[str, bytes]] | None = None) -> Batch:
         """Records with the heads that cover them and the certificates of their
-        signers (except those in `certs_sent`, which is updated)."""
+        signers (except those in `certs_sent`, which is updated); plus our heads of
+        the logs in `show` (see `behind`)."""
         out = Batch(recs=records)
         log = self.storage.log
-        for node in dict.fromkeys(r.node for r in records):
+        for node in dict.fromkeys([*(r.node for r in records), *show]):
             if node == self.node:
                 head, cert = self.own_head(), self.trust.cert_der
             else:
@@ -158,19 +171,31 @@ class Replica(LedgerBase):
         position where its hash differs from ours is sent whole: one of the two is
         a fork, and both replicas must see both sides to prove it."""
         log = self.storage.log
+        blocked = log.blocked()
         after: dict[str, int] = {}
-        for node, (seq, tip) in self.log_view().items():
+        for node, seq in log.positions().items():
             held = theirs.get(node, 0)
             their_seq, their_tip = held if isinstance(held, tuple) else (held, b"")
-            if their_seq > seq:
-                after[node] = seq  # they hold more; ours up to seq may still differ
-                if their_tip and (log.hash_at(node, seq) or b"")[:8] != tip:
-                    after[node] = 0
-                continue
+            if their_seq > seq or (their_tip == FORK_MARK and node in blocked):
+                continue  # they hold more (and `behind` shows our head), or both know
             after[node] = their_seq
-            if their_tip and their_seq and (log.hash_at(node, their_seq) or b"")[:8] != their_tip:
+            if (their_tip and their_tip != FORK_MARK and their_seq
+                    and (log.hash_at(node, their_seq) or b"")[:8] != their_tip):
                 after[node] = 0
         return log.records_after(after, applied_only=applied_only)
+
+    def behind(self, theirs: Mapping[str, tuple[int, bytes] | int]) -> list[str]:
+        """The logs a replica whose logs are `theirs` holds further than we do. Our
+        signed heads of those go to it: if our log differs from its below our tip
+        (a fork), that head proves it there; if not, it costs one check."""
+        out = []
+        blocked = self.storage.log.blocked()
+        for node, seq in self.positions().items():
+            held = theirs.get(node, 0)
+            their_seq, their_tip = held if isinstance(held, tuple) else (held, b"")
+            if their_seq > seq and not (their_tip == FORK_MARK and node in blocked):
+                out.append(node)
+        return out
 
     def apply_batch(self, batch: Batch, origin: object = None, *, strict: bool = False
                     ) -> list[Record]:
@@ -432,7 +457,9 @@ class Replica(LedgerBase):
     def pull(self, other: Replica, origin: object = None) -> list[Record]:
         """Take from `other` (another ledger in this process) what we lack, as a
         session's round would: for seeding a demo chain and for tests."""
-        return self.apply_batch(other.batch(other.lacking(self.log_view())), origin)
+        view = self.log_view()
+        return self.apply_batch(other.batch(other.lacking(view), show=other.behind(view)),
+                                origin)
 
     def peer_caught_up(self, positions: Mapping[str, Any]) -> None:
         """A peer (or a file) told how far it holds our own log: if not beyond what we

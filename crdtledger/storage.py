@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo
 from pycrdt import Doc, Map, get_update
 
 from crdtledger import hlc
+from crdtledger.backups import restore_pending
 from crdtledger.errors import InvalidInput, StoreError, StoreLocked
 from crdtledger.lib0 import decode_state_vector, read_varuint
 from crdtledger.log import SCHEMA as LOG_SCHEMA
@@ -316,6 +317,10 @@ class Storage:
     def __init__(self, data_dir: Path, *, synchronous: str = "FULL", lock: bool = True) -> None:
         self.dir = Path(data_dir)
         db = self.dir / DB_FILE
+        if lock:
+            # A backup's files copied into the data directory by hand: restored as
+            # `crdtledger restore` would, so the store knows it is restored.
+            restore_pending(self.dir)
         if not db.exists():
             raise StoreError(f"no crdtledger node in {self.dir} (run: crdtledger init)")
         # A store made before its files were private (0644, in a 0755 directory) is

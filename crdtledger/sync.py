@@ -393,9 +393,10 @@ class SyncSession:
         if theirs != self._answered_view:
             self._answered_view = theirs
             records = self.ledger.lacking(theirs)
-            if records:
+            show = self.ledger.behind(theirs)
+            if records or show:
                 self._flush()
-                self._queue(self._batch_message(records))
+                self._queue(self._batch_message(records, show))
         # The peer's state answered our hello; answer with ours so it can send what
         # we lack. A reply is not answered again, which ends the round.
         if not msg.get("reply") and view != theirs:
@@ -466,8 +467,9 @@ class SyncSession:
             records, self._pending = self._pending, []
             self._queue_frame(self._batch_message(records))
 
-    def _batch_message(self, records: list[Record]) -> dict[str, Any]:
-        batch = self.ledger.batch(records, certs_sent=self._certs_sent)
+    def _batch_message(self, records: list[Record], show: list[str] | None = None
+                       ) -> dict[str, Any]:
+        batch = self.ledger.batch(records, show=show or (), certs_sent=self._certs_sent)
         return {"t": "recs", **batch.to_wire()}
 
     def _send_hello(self) -> None:

@@ -1,0 +1,144 @@
+"""A node restored from a backup never writes at a position of its log that a peer
+already holds: it catches up with itself before it sells, and refuses to sell while
+it cannot (issue 12, item 4). Real SQLite stores, real sealed backups."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from crdtledger import views
+from crdtledger.backups import restore, write_backup
+from crdtledger.errors import NotCaughtUp, RightsElsewhere
+from crdtledger.ledger import Ledger
+from tests.helpers import new_ledger, sync
+
+
+def _chain(tmp_path: Path) -> tuple[Ledger, Ledger, str]:
+    a = new_ledger(tmp_path, "SH01")
+    b = new_ledger(tmp_path, "SH02")
+    m = a.add_member(a.owner, name="Li", phone="13800000000")
+    a.topup(a.owner, m, 100_000)  # 1,000.00 paid in at SH01
+    sync(a, b)
+    return a, b, m
+
+
+def _spend_after_backup(tmp_path: Path, a: Ledger, b: Ledger, m: str) -> Path:
+    bk = tmp_path / "bk"
+    write_backup(a.storage.dir, bk)
+    a.debit(a.owner, m, amount=60_000)  # 600.00 served at SH01 after the backup
+    a.transfer_rights(a.owner, m, "SH02", 40_000)  # the rest given to SH02
+    sync(a, b)
+    a.close()
+    return bk
+
+
+def _cash(ledger: Ledger, m: str) -> int:
+    return int(views.balance(ledger.storage.conn, m)["cash"])
+
+
+@pytest.mark.parametrize("how", ["command", "copied_by_hand"])
+def test_restored_node_cannot_spend_again(tmp_path: Path, how: str) -> None:
+    a, b, m = _chain(tmp_path)
+    bk = _spend_after_backup(tmp_path, a, b, m)
+    target = tmp_path / "sh01-restored"
+    if how == "command":
+        restore(bk, target)
+    else:
+        target.mkdir()
+        for f in bk.iterdir():
+            shutil.copy(f, target / f.name)
+    r = Ledger.open(target)
+    try:
+        # Offline: the backup says 1,000.00 here, but it refuses to sell on it.
+        assert r.restored
+        with pytest.raises(NotCaughtUp, match=r"restored from a backup of .*connect to anoth"):
+            r.debit(r.owner, m, amount=10_000)
+        assert views.trust_status(r)["restored"]
+        # Online: it first gets back from SH02 what it wrote after the backup.
+        sync(r, b)
+        assert r.restored is None
+        # 1,000.00 in, 600.00 served: 400.00 left, all of it at SH02 now.
+        assert _cash(r, m) == _cash(b, m) == 40_000
+        with pytest.raises(RightsElsewhere, match="SH02"):
+            r.debit(r.owner, m, amount=10_000)
+        # It sells again at the right position of its log: SH02 takes it.
+        r.topup(r.owner, m, 5_000)
+        sync(r, b)
+        assert _cash(b, m) == _cash(r, m) == 45_000
+        assert b.faults() == [] and r.faults() == []
+        assert r.positions() == b.positions()
+    finally:
+        r.close()
+        b.close()
+
+
+def test_a_backup_that_is_current_catches_up_at_once(tmp_path: Path) -> None:
+    a, b, m = _chain(tmp_path)
+    bk = tmp_path / "bk"
+    write_backup(a.storage.dir, bk)
+    a.close()
+    target = tmp_path / "again"
+    restore(bk, target)
+    r = Ledger.open(target)
+    try:
+        assert r.restored
+        sync(r, b)  # nothing to fetch: in sync, and so free to sell
+        assert r.restored is None
+        r.debit(r.owner, m, amount=100)
+    finally:
+        r.close()
+        b.close()
+
+
+def test_a_normal_restart_is_not_a_restore(tmp_path: Path) -> None:
+    a, b, m = _chain(tmp_path)
+    path = a.storage.dir
+    a.close()
+    a = Ledger.open(path)
+    try:
+        assert a.restored is None
+        a.debit(a.owner, m, amount=100)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_fork_made_on_purpose_is_reported_on_every_node(tmp_path: Path) -> None:
+    """The restore check bypassed (the restored flag cleared by hand, as a cloned disk
+    would be): the clone sells at positions SH02 already holds. Each replica that
+    sees both sides reports the fork and blocks the forking node's further writes."""
+    a, b, m = _chain(tmp_path)
+    c = new_ledger(tmp_path, "SH03")
+    sync(a, c)
+    bk = _spend_after_backup(tmp_path, a, b, m)
+    target = tmp_path / "clone"
+    restore(bk, target)
+    r = Ledger.open(target)
+    try:
+        with r.storage.transaction():
+            r.storage.set_meta("restored_from", "")
+        r.restored = None
+        r.debit(r.owner, m, amount=90_000)  # spends the 600.00 again, and more
+        sync(r, c)  # SH03 had only the backup's part: takes the clone's branch
+        sync(b, c)  # SH02 holds the original branch: both see both sides
+        for node in (b, c):
+            forks = [f for f in node.faults() if f["kind"] == "fork"]
+            assert forks and forks[0]["node"] == "SH01", node.node
+            assert "at stake" in forks[0]["detail"]
+        # Honest replicas never go below zero.
+        for node in (b, c):
+            assert views.balance(node.storage.conn, m)["cash"] >= 0
+        # The clone learns it too, and sells no more.
+        sync(r, b)
+        assert [f["node"] for f in r.faults()] == ["SH01"]
+        with pytest.raises(NotCaughtUp, match="two different histories"):
+            r.debit(r.owner, m, amount=100)
+        # Once both sides know, a round no longer sends the proof again.
+        assert b.lacking(c.log_view()) == [] and b.behind(c.log_view()) == []
+    finally:
+        r.close()
+        b.close()
+        c.close()
