@@ -37,11 +37,13 @@ from crdtledger.backups import restore_pending
 from crdtledger.errors import InvalidInput, StoreError, StoreLocked
 from crdtledger.lib0 import decode_state_vector, read_varuint
 from crdtledger.log import SCHEMA as LOG_SCHEMA
-from crdtledger.log import Log
+from crdtledger.log import Log, record_hash
+from crdtledger.log import Record as LogRecord
 from crdtledger.model import DOC_NAME
 from crdtledger.private import FILE_MODE, private_dir, private_sqlite_file, tighten, tighten_store
 
-FORMAT_VERSION = 2  # 2: the update log is a rowid table (see _upgrade)
+# 2: the update log is a rowid table (see _upgrade); 3: signed logs (crdtledger.log)
+FORMAT_VERSION = 3
 DB_FILE = "ledger.sqlite3"
 LOCK_FILE = "lock"
 # Compact a document's log into a snapshot once this many updates pile up: loading
@@ -277,6 +279,48 @@ def _covered(rest: bytes, state: bytes) -> bool:
     return True
 
 
+def _log_lone_store(conn: sqlite3.Connection, meta: dict[str, str]) -> None:
+    """Format 2 -> 3: give a store made before signed logs its own log.
+
+    A store that never synced holds only its own writes: each document becomes one
+    record of its log, whole, which every replica can check like any other. A store
+    that holds other nodes' writes cannot prove who wrote them (nothing was signed),
+    so it is refused: its branch starts afresh from another branch's data."""
+    node, client = meta["node"], int(meta["client_id"])
+    names = [n for (n,) in conn.execute("SELECT name FROM docs ORDER BY name")]
+    docs: list[tuple[str, bytes]] = []
+    for name in names:
+        ld = LoadedDoc(name, client)
+        row = conn.execute("SELECT (SELECT data FROM snapshots WHERE name = ?), snapshot_seq "
+                           "FROM docs WHERE name = ?", (name, name)).fetchone()
+        if row[0]:
+            ld.doc.apply_update(row[0])
+        for (data,) in conn.execute("SELECT data FROM log WHERE doc = ? AND seq > ? "
+                                    "ORDER BY seq", (name, row[1])):
+            ld.doc.apply_update(data)
+        writers = {c for c, k in decode_state_vector(ld.doc.get_state()).items() if k}
+        if writers - {client}:
+            raise StoreError(
+                f"{node}'s store was made by a crdtledger without signed logs and holds "
+                "other branches' data, which cannot be proven to whoever wrote it: make "
+                "this branch afresh (crdtledger init) and let it sync from the others")
+        docs.append((name, bytes(ld.doc.get_update())))
+        ld.close()
+    log = Log(conn)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for seq, (name, data) in enumerate(docs, 1):
+            prev = log.tip(node)[1]
+            log.append(LogRecord(node, seq, name, data), record_hash(prev, node, seq, name, data))
+        if docs:
+            log.bind_client(client, node)
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'format'", (str(FORMAT_VERSION),))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -334,6 +378,9 @@ class Storage:
             self.conn.executescript(SCHEMA)
             self.conn.executescript(LOG_SCHEMA)
             self.meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+            if self.meta.get("format") == "2":
+                _log_lone_store(self.conn, self.meta)
+                self.meta["format"] = str(FORMAT_VERSION)
             if int(self.meta.get("format", "0")) != FORMAT_VERSION:
                 raise StoreError(
                     f"{db} is format {self.meta.get('format')}, this program reads "

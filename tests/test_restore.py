@@ -8,12 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import new_ledger, sync
 
 from crdtledger import views
 from crdtledger.backups import restore, write_backup
 from crdtledger.errors import NotCaughtUp, RightsElsewhere
 from crdtledger.ledger import Ledger
-from tests.helpers import new_ledger, sync
 
 
 def _chain(tmp_path: Path) -> tuple[Ledger, Ledger, str]:
