@@ -100,10 +100,11 @@ class LedgerBase:
         with st.transaction():
             writes, result = plan()
             for w in writes:
-                check_local(w.doc, self.trust.governs)
                 ld = st.doc(w.doc)
                 with ld.doc.transaction():
                     w.mutate(ld.roots[w.root])
+                check_local(w.doc, self.trust.governs, ld.roots[w.root].get(w.key),
+                            self.trust.is_revocation_list)
                 updates = ld.take_updates()
                 self._project_write(ld, w)
                 st.record(ld, updates)

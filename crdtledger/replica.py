@@ -405,7 +405,7 @@ class Replica(LedgerBase):
                     log.bind_client(client, node)
         ld.take_updates()  # logged below as received
         try:
-            check_change(node, name, change, may_govern)
+            check_change(node, name, change, may_govern, self.trust.is_revocation_list)
             self._project(ld, change)
         except RuleBroken as e:
             raise _Broken(first, e, len(run)) from None

@@ -31,9 +31,11 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -151,6 +153,18 @@ class Trust:
             return self.check_cert(node, der).governs
         except UntrustedSigner:
             return False
+
+    def is_revocation_list(self, record: Any) -> bool:
+        """Is a rule record (as replicated) a revocation list signed by our CA? Such a
+        list carries its own authority: any branch may write it."""
+        if self.ca is None or not isinstance(record, dict) or record.get("kind") != "revocations":
+            return False
+        try:
+            body = json.loads(record.get("body") or "")
+            verified_crl(self.ca, base64.b64decode(body["crl"], validate=True))
+        except (ValueError, TypeError, KeyError):
+            return False
+        return True
 
     def set_revocations(self, crl_b64: str) -> bool:
         """Install the chain's revocation list from its rule (base64 DER), if it is

@@ -44,7 +44,8 @@ RULES: tuple[WriteRule, ...] = (
                               "name the node whose log carries it)"),
     WriteRule("own-rights", "a ledger entry lowers no rights but its writer's"),
     WriteRule("governance", "operators, roles and rules are written only by a node the "
-                            "chain grants governance (the head office's certificate)"),
+                            "chain grants governance (the head office's certificate); a "
+                            "revocation list signed by the chain CA, by any branch"),
 )
 RULE_NAMES = frozenset(r.name for r in RULES)
 
@@ -94,13 +95,18 @@ def check_header(node: str, doc: str, update: bytes, have: dict[int, int],
     return client
 
 
-def check_change(node: str, doc: str, change: Any, may_govern: bool) -> None:
-    """Judge what applying a record of `node` changed (storage.Change)."""
+def check_change(node: str, doc: str, change: Any, may_govern: bool,
+                 ca_signed: Callable[[Any], bool]) -> None:
+    """Judge what applying a record of `node` changed (storage.Change). `ca_signed`
+    says whether a rule record is a revocation list the chain CA signed."""
     if doc in GOVERNANCE_DOCS:
-        if not may_govern:
-            raise RuleBroken("governance", f"node {node} changed {doc} without the head "
-                                           "office's grant")
-        return
+        if may_govern or (doc == "rules" and change.added and not change.touched
+                          and not change.unsure
+                          and all(old is None and ca_signed(new)
+                                  for _r, _k, old, new in change.added)):
+            return
+        raise RuleBroken("governance", f"node {node} changed {doc} without the head "
+                                       "office's grant")
     if not doc.startswith("ledger/"):
         return
     if change.unsure or change.touched:
@@ -124,10 +130,11 @@ def check_change(node: str, doc: str, change: Any, may_govern: bool) -> None:
                 raise RuleBroken("own-rights", f"{doc}: entry {key}: {e}") from None
 
 
-def check_local(doc: str, governs: bool) -> None:
-    """The writer's own check before it commits: refuse here what every replica
-    would refuse (PermissionDenied, with the reason)."""
-    if doc in GOVERNANCE_DOCS and not governs:
+def check_local(doc: str, governs: bool, value: Any, ca_signed: Callable[[Any], bool]
+                ) -> None:
+    """The writer's own check of the record it just wrote, before it commits: refuse
+    here what every replica would refuse (PermissionDenied, with the reason)."""
+    if doc in GOVERNANCE_DOCS and not governs and not (doc == "rules" and ca_signed(value)):
         raise PermissionDenied(
             f"only the head office may change the chain's {doc}: this branch's certificate "
             "does not grant it (crdtledger init --chain ... --head-office)")
