@@ -7,10 +7,15 @@ WAN, so an address says nothing about who answers. What makes a peer a branch of
 - `init_chain` makes the CA once, at the head office (`crdtledger chain init`): an
   ECDSA P-256 key (`ca.key`, kept off the branch machines) and a self-signed
   certificate (`ca.crt`). The chain is named by the SHA-256 fingerprint of that
-  certificate, so two chains that both call themselves "default" stay apart.
+  certificate, so two chains that both call themselves "default" stay apart. It
+  also makes the chain secret (`chain.key`, 32 random bytes) that sync files and
+  backups are encrypted with (crdtledger.seal).
 - `enrol` gives one node a key of its own and a certificate naming its node id
   (`crdtledger init --chain CHAIN_DIR`). The node gets `ca.crt` to check others
-  with, never `ca.key`: a stolen branch PC cannot mint new branches.
+  with and `chain.key` to read the chain's files, never `ca.key`: a stolen branch
+  PC cannot mint new branches. The head office's node is enrolled with
+  `head_office=True` (`--head-office`): its certificate carries the OU
+  `head-office`, which alone lets a node write chain governance (crdtledger.trust).
 - Every connection is mutual TLS against that CA alone (no system trust store).
   Hostname checking is off on purpose: peers are dialled by an IP address or a
   name the certificate does not and cannot know (DHCP, NAT, mDNS). What the peer
@@ -29,6 +34,7 @@ WAN, so an address says nothing about who answers. What makes a peer a branch of
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import json
 import os
@@ -43,12 +49,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from crdtledger import trust
 from crdtledger.errors import InvalidInput, LedgerError
 from crdtledger.hlc import MAX_CLOCK_SKEW_MS, NODE_ID, check_node_id
 from crdtledger.private import private_dir, write_private
 
 CA_KEY = "ca.key"
 CA_CERT = "ca.crt"
+CHAIN_KEY = trust.CHAIN_KEY  # the chain secret: 32 random bytes
+CHAIN_SECRET_BYTES = 32
 CHAIN_FILE = "chain.json"
 CRL_FILE = "crl.der"  # the CA's own copy of the last list it signed
 ISSUED_DIR = "issued"  # every node certificate the CA signed, so it can revoke by node id
@@ -104,7 +113,8 @@ def init_chain(out_dir: Path | str, name: str | None = None, *, days: int = CA_D
     """Create a chain CA in `out_dir` (for `crdtledger chain init --out DIR [--name]`).
 
     Writes `ca.key` (PEM, unencrypted: the directory is the secret, keep it
-    at the head office), `ca.crt` and `chain.json`, all 0600 in a 0700 directory.
+    at the head office), `ca.crt`, `chain.key` (the chain secret) and `chain.json`,
+    all 0600 in a 0700 directory.
     The name defaults to the directory's name and becomes the chain id of every
     node enrolled from it.
     Refuses (ChainError) a directory that already holds a CA, so a second run can
@@ -115,7 +125,7 @@ def init_chain(out_dir: Path | str, name: str | None = None, *, days: int = CA_D
     if not CHAIN_NAME.match(name):
         raise InvalidInput(f"chain name {name!r} must be 1-64 letters, digits, . _ - "
                            "(give one with --name)")
-    held = [f for f in (CA_KEY, CA_CERT, CHAIN_FILE) if (out / f).exists()]
+    held = [f for f in (CA_KEY, CA_CERT, CHAIN_KEY, CHAIN_FILE) if (out / f).exists()]
     if held:
         raise ChainError(f"{out} already holds a chain CA ({', '.join(held)}); "
                          "choose another directory")
@@ -145,6 +155,7 @@ def init_chain(out_dir: Path | str, name: str | None = None, *, days: int = CA_D
     )
     _write_new(out / CA_KEY, _key_pem(key))
     _write_new(out / CA_CERT, cert.public_bytes(serialization.Encoding.PEM))
+    _write_new(out / CHAIN_KEY, os.urandom(CHAIN_SECRET_BYTES))
     fingerprint = _fingerprint(cert)
     _write_new(out / CHAIN_FILE, json.dumps({"name": name, "fingerprint": fingerprint},
                                             indent=1).encode() + b"\n")
@@ -168,15 +179,18 @@ def load_chain(chain_dir: Path | str) -> Chain:
 
 
 def enrol(chain_dir: Path | str, data_dir: Path | str, node: str, *, days: int = NODE_DAYS,
-          not_before: dt.datetime | None = None, not_after: dt.datetime | None = None) -> Path:
+          not_before: dt.datetime | None = None, not_after: dt.datetime | None = None,
+          head_office: bool = False) -> Path:
     """Issue `node` its certificate (for `crdtledger init --data DIR --node N --chain C`).
 
     Writes `DATA/tls/node.key` (a fresh key that never leaves the node),
-    `node.crt` and the chain's `ca.crt` (all 0600, `tls` 0700), and returns that
-    `tls` directory. The node id is in the subject CN and in a SAN URI
-    `urn:crdtledger:node:NODE`; the chain name (which is also the node's ledger
-    chain id) is the subject O. A copy of the certificate stays in `CHAIN/issued/`
-    so that `revoke` can name the node.
+    `node.crt`, the chain's `ca.crt` and its secret `chain.key` (all 0600, `tls`
+    0700), and returns that `tls` directory. The node id is in the subject CN and in
+    a SAN URI `urn:crdtledger:node:NODE`; the chain name (which is also the node's
+    ledger chain id) is the subject O; `head_office` adds the OU `head-office`, the
+    right to write chain governance. A copy of the certificate stays in
+    `CHAIN/issued/` so that `revoke` can name the node. A chain directory made before
+    chains had a secret gets its `chain.key` here, on its first enrolment.
     `not_before`/`not_after` override `days` (tests make expired certificates).
     Refuses a data directory that already has an identity.
     """
@@ -185,9 +199,10 @@ def enrol(chain_dir: Path | str, data_dir: Path | str, node: str, *, days: int =
     ca_key = _load_ca_key(chain)
     ca = x509.load_pem_x509_certificate(chain.ca_cert)
     tls = Path(data_dir) / TLS_DIR
-    held = [f for f in (NODE_KEY, NODE_CERT, CA_CERT) if (tls / f).exists()]
+    held = [f for f in (NODE_KEY, NODE_CERT, CA_CERT, CHAIN_KEY) if (tls / f).exists()]
     if held:
         raise ChainError(f"{tls} already holds a node identity ({', '.join(held)})")
+    secret = _chain_secret(chain)
     key = ec.generate_private_key(ec.SECP256R1())
     start = not_before or _now() - BACKDATE
     # A certificate cannot outlive the CA that vouches for it.
@@ -197,6 +212,8 @@ def enrol(chain_dir: Path | str, data_dir: Path | str, node: str, *, days: int =
         x509.CertificateBuilder()
         .subject_name(x509.Name([
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, chain.name),
+            *([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, trust.HEAD_OFFICE)]
+              if head_office else []),
             x509.NameAttribute(NameOID.COMMON_NAME, node),
         ]))
         .issuer_name(ca.subject)
@@ -222,6 +239,7 @@ def enrol(chain_dir: Path | str, data_dir: Path | str, node: str, *, days: int =
     _write_new(tls / NODE_KEY, _key_pem(key))
     _write_new(tls / NODE_CERT, pem)
     _write_new(tls / CA_CERT, chain.ca_cert)
+    _write_new(tls / CHAIN_KEY, secret)
     issued = chain.dir / ISSUED_DIR
     private_dir(issued)
     _write_new(issued / f"{node}-{cert.serial_number:x}.crt", pem)
@@ -471,6 +489,21 @@ def _write_new(path: Path, data: bytes) -> None:
     write_private(path, data, exclusive=True, sync=True)
 
 
+def _chain_secret(chain: Chain) -> bytes:
+    """The chain's secret, made now for a chain directory older than chain secrets
+    (only where the CA key is, so only once: every later node gets the same)."""
+    path = chain.dir / CHAIN_KEY
+    if not path.exists():
+        # Made meanwhile by another enrolment: that one is the secret.
+        with contextlib.suppress(FileExistsError):
+            _write_new(path, os.urandom(CHAIN_SECRET_BYTES))
+    secret = path.read_bytes()
+    if len(secret) != CHAIN_SECRET_BYTES:
+        raise ChainError(f"{path} is not a chain secret ({len(secret)} bytes, not "
+                         f"{CHAIN_SECRET_BYTES})")
+    return secret
+
+
 def _load_ca_key(chain: Chain) -> ec.EllipticCurvePrivateKey:
     if not chain.has_key:
         raise ChainError(f"{chain.dir} has no {CA_KEY}: enrol and revoke where the chain CA "
@@ -482,15 +515,10 @@ def _load_ca_key(chain: Chain) -> ec.EllipticCurvePrivateKey:
 
 
 def _node_of(cert: x509.Certificate) -> str:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        raise PeerRejected("the certificate names no node") from None
-    nodes = [u.removeprefix(NODE_URI) for u in san.get_values_for_type(
-        x509.UniformResourceIdentifier) if u.startswith(NODE_URI)]
-    if len(nodes) != 1 or not NODE_ID.match(nodes[0]):
-        raise PeerRejected(f"the certificate must name exactly one node, not {nodes}")
-    return nodes[0]
+    node = trust.node_of(cert)
+    if node is None:
+        raise PeerRejected("the certificate does not name exactly one node")
+    return node
 
 
 def _serials_to_revoke(chain: Chain, ca: x509.Certificate,
@@ -524,23 +552,14 @@ def _crl_der(crl: bytes | str) -> bytes:
 
 
 def _verified_crl(ca: x509.Certificate, der: bytes) -> x509.CertificateRevocationList:
-    public_key = ca.public_key()
-    if not isinstance(public_key, ec.EllipticCurvePublicKey):  # init_chain makes P-256 CAs
-        raise RevocationRejected("this chain's CA key cannot sign revocation lists")
     try:
-        crl = x509.load_der_x509_crl(der)
-        signed = crl.issuer == ca.subject and crl.is_signature_valid(public_key)
-        _crl_number(crl)
-    except (ValueError, x509.ExtensionNotFound):
-        raise RevocationRejected("the revocation list does not parse or has no number"
-                                 ) from None
-    if not signed:
-        raise RevocationRejected("the revocation list is not signed by this chain's CA")
-    return crl
+        return trust.verified_crl(ca, der)
+    except ValueError as e:
+        raise RevocationRejected(str(e)) from None
 
 
 def _crl_number(crl: x509.CertificateRevocationList) -> int:
-    return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    return trust.crl_number(crl)
 
 
 __all__ = [

@@ -2,7 +2,7 @@
 back office hand to a browser or a point-of-sale system, and take back.
 
 The library writes and reads these files on disk (`crdtledger.syncfile`,
-`crdtledger.storage.backup`); here they pass through a private temporary directory,
+`crdtledger.backups`); here they pass through a private temporary directory,
 so the API and the counter share one path and neither writes where a client
 chose. Permissions are the library's: a sync file needs `sync`, a backup `backup`;
 operator None is the node's owner at its own console.
@@ -10,16 +10,14 @@ operator None is the node's owner at its own console.
 
 from __future__ import annotations
 
-import io
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
+from crdtledger.backups import write_backup
 from crdtledger.errors import CorruptSyncFile
 from crdtledger.ledger import Ledger
 from crdtledger.private import write_private
-from crdtledger.storage import backup as backup_store
 from crdtledger.syncfile import MAX_FILE_BYTES, export_file, import_file
 
 
@@ -44,21 +42,16 @@ def import_bytes(ledger: Ledger, operator: str | None, data: bytes) -> dict[str,
     return info
 
 
-def backup_zip(ledger: Ledger, operator: str | None) -> bytes:
+def backup_bytes(ledger: Ledger, operator: str | None) -> bytes:
     """A consistent copy of the node (SQLite's online backup: one snapshot, no lock,
-    so it may run off the event loop), zipped as `backup/...` for a download."""
+    so it may run off the event loop), sealed as one `ledger.backup` file
+    (crdtledger.backups) for a download."""
     ledger.authorise(operator or ledger.owner, "backup")
-    return zip_backup(ledger.storage.dir)
+    return sealed_backup(ledger.storage.dir)
 
 
-def zip_backup(data_dir: Path) -> bytes:
-    """The zip of a backup of `data_dir`; the caller checked the permission."""
+def sealed_backup(data_dir: Path) -> bytes:
+    """The sealed backup file of `data_dir`; the caller checked the permission.
+    Restore it with `crdtledger restore --from FILE --data DIR [--chain CHAIN_DIR]`."""
     with tempfile.TemporaryDirectory(prefix="crdtledger-backup-") as tmp:
-        target = Path(tmp) / "backup"
-        backup_store(data_dir, target)
-        out = io.BytesIO()
-        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
-            for f in sorted(target.rglob("*")):
-                if f.is_file():
-                    z.write(f, f"backup/{f.relative_to(target)}")
-        return out.getvalue()
+        return write_backup(data_dir, Path(tmp) / "backup").read_bytes()

@@ -32,7 +32,7 @@ from crdtledger.model import member_doc
 from crdtledger.money import format_yuan
 from crdtledger.private import write_private
 from crdtledger.syncfile import import_file, read_file
-from peer.files import export_bytes, zip_backup
+from peer.files import export_bytes, sealed_backup
 from reference_app import layout
 from reference_app.i18n import money, tr
 from reference_app.shop import can, operator, shop
@@ -872,9 +872,11 @@ def _why(e: Exception) -> str:
 def backup_card(ledger: Ledger) -> None:
     with ui.card().classes("flex-1 min-w-80"):
         ui.label(tr("备份", "Backup")).classes("text-lg font-medium")
-        ui.label(tr("下载本店数据的一致副本（zip）；备份时收银照常进行。",
-                    "Download a consistent copy of this branch's data (zip); the counter keeps "
-                    "working meanwhile.")).classes("text-sm text-grey-7")
+        ui.label(tr("下载本店数据的一致副本（已签名并加密，只有本连锁的门店能读取）；"
+                    "备份时收银照常进行。",
+                    "Download a consistent copy of this branch's data (signed and encrypted: "
+                    "only this chain's branches can read it); the counter keeps working "
+                    "meanwhile.")).classes("text-sm text-grey-7")
         status = ui.label().classes("text-sm")
 
         async def backup() -> None:
@@ -884,13 +886,14 @@ def backup_card(ledger: Ledger) -> None:
                 refuse(e)
                 return
             status.set_text(tr("正在备份…", "Backing up…"))
-            data = await run.io_bound(zip_backup, ledger.storage.dir)
+            data = await run.io_bound(sealed_backup, ledger.storage.dir)
             if data is None:
                 return  # the app is shutting down
             status.set_text(tr("备份完成，{kb} KB", "Backup done, {kb} KB",
                                kb=max(1, len(data) // 1024)))
             stamp = datetime.now(ledger.storage.tz).strftime("%Y%m%d-%H%M")
-            ui.download.content(data, f"backup-{ledger.node}-{stamp}.zip", "application/zip")
+            ui.download.content(data, f"backup-{ledger.node}-{stamp}.ledger.backup",
+                                "application/octet-stream")
 
         ui.button(tr("下载备份", "Download backup"), icon="backup", on_click=backup
                   ).props("outline").mark("backup")

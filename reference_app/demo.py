@@ -41,6 +41,7 @@ from reference_app.demo_data import BRANCHES, Seeded, seed
 
 DIALS = {"SH02": "SH01", "HZ01": "SH02"}  # who dials whom: a line, relayed hop by hop
 CHAIN_NAME = "demo"
+HEAD_OFFICE = next(iter(BRANCHES))  # SH01: where demo_data sets the rules and operators
 SEEDED_FILE = "demo.json"  # written last: data without it is a creation cut short
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 15.0
@@ -86,7 +87,8 @@ class Demo:
         init_chain(self.chain, CHAIN_NAME)
         for node in BRANCHES:
             Ledger.create(self.data(node), node, CHAIN_NAME)
-            enrol(self.chain, self.data(node), node)
+            # The first branch is the head office: it alone may change rules and operators.
+            enrol(self.chain, self.data(node), node, head_office=node == HEAD_OFFICE)
         seeded = seed({node: self.data(node) for node in BRANCHES})
         # One secret signs the session cookies of all three pages: a browser shares
         # cookies across the ports of 127.0.0.1, so with a secret each, opening one

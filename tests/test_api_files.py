@@ -4,8 +4,6 @@ the API does too): real aiohttp servers on 127.0.0.1, real ledgers, real bytes."
 from __future__ import annotations
 
 import asyncio
-import io
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +11,7 @@ import aiohttp
 from helpers import new_ledger, snapshot
 from test_api import AMY_PW, BOSS_PW, serving, with_operators
 
+from crdtledger.backups import restore
 from crdtledger.ledger import Ledger
 from peer.api import Standalone
 
@@ -72,7 +71,7 @@ def test_a_sync_file_travels_through_the_api_and_a_bad_one_changes_nothing(
     asyncio.run(main())
 
 
-def test_a_backup_downloads_as_a_zip_that_opens_as_the_node(tmp_path: Path) -> None:
+def test_a_backup_downloads_as_a_sealed_file_that_restores_the_node(tmp_path: Path) -> None:
     async def main() -> None:
         a = with_operators(new_ledger(tmp_path, "SH01"))
         mid = a.add_member(a.owner, name="王芳", phone="13812345678")
@@ -87,10 +86,10 @@ def test_a_backup_downloads_as_a_zip_that_opens_as_the_node(tmp_path: Path) -> N
                 assert status == 200 and kind == "application/octet-stream"
         finally:
             a.close()
-        out = tmp_path / "restored"
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
-            z.extractall(out)
-        copy = Ledger.open(out / "backup")
+        assert data.startswith(b"CRDTLEDGER-SEALED backup 1\n") and b"13812345678" not in data
+        (tmp_path / "download.ledger.backup").write_bytes(data)
+        restore(tmp_path / "download.ledger.backup", tmp_path / "restored")
+        copy = Ledger.open(tmp_path / "restored")
         try:
             got: dict[str, Any] = copy.balance(mid)
             assert got["cash"] == 50_000

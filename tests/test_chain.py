@@ -62,7 +62,7 @@ def world(tmp_path: Path) -> World:
     now = dt.datetime.now(dt.UTC)
     w = World(chain, foreign_chain, tmp_path / "sh01", tmp_path / "sh02", tmp_path / "sh03",
               tmp_path / "foreign-sh02")
-    enrol(chain, w.server, "SH01")
+    enrol(chain, w.server, "SH01", head_office=True)  # may write the revocations rule
     enrol(chain, w.client, "SH02")
     enrol(chain, w.expired, "SH03", not_before=now - dt.timedelta(days=10),
           not_after=now - dt.timedelta(days=1))
@@ -314,7 +314,11 @@ def test_keys_are_private_and_the_node_never_gets_the_ca_key(world: World) -> No
     assert mode(world.chain / "ca.key") == 0o600
     tls = world.client / "tls"
     assert mode(tls / "node.key") == 0o600
-    assert sorted(p.name for p in tls.iterdir()) == ["ca.crt", "node.crt", "node.key"]
+    assert sorted(p.name for p in tls.iterdir()) == ["ca.crt", "chain.key", "node.crt",
+                                                     "node.key"]
+    # The chain secret (sealed files) is every branch's; the CA key is no branch's.
+    assert (tls / "chain.key").read_bytes() == (world.chain / "chain.key").read_bytes()
+    assert mode(tls / "chain.key") == mode(world.chain / "chain.key") == 0o600
     ident = identity(world.client)
     chain = load_chain(world.chain)
     assert (ident.node, ident.chain, ident.fingerprint) == ("SH02", "acme", chain.fingerprint)

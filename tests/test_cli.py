@@ -319,7 +319,10 @@ def test_backup_while_store_is_held(cli: Cli, make_node: Callable[..., Path],
         expected = cli("balance", "--member", member, "--json", data=data).json()
         r = cli("backup", "--out", tmp_path / "bk", data=data)
         assert r.code == 0, r.err
-    assert cli("balance", "--member", member, "--json", data=tmp_path / "bk").json() == expected
+    r = cli("restore", "--from", tmp_path / "bk", data=tmp_path / "restored")
+    assert r.code == 0 and "restored node SH01 from the backup of" in r.out, r.err
+    assert cli("balance", "--member", member, "--json",
+               data=tmp_path / "restored").json() == expected
     assert expected["cash"] == 6660
     assert_refused(cli("backup", "--out", tmp_path / "bk", data=data))  # never overwrites
 

@@ -4,11 +4,9 @@ the usual umask 022 that would otherwise leave them world-readable."""
 
 from __future__ import annotations
 
-import io
 import os
 import sqlite3
 import stat
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from crdtledger.private import private_dir, private_file_open, private_sqlite_fi
 from crdtledger.storage import DB_FILE
 from peer.chain import revoke
 from peer.cli import main
-from peer.files import backup_zip
+from peer.files import backup_bytes
 from peer.local import write_run_file
 
 
@@ -70,14 +68,11 @@ def test_a_node_its_chain_sync_files_and_backups_are_private(
         # they take the database file's permissions.
         assert (sh01 / (DB_FILE + "-wal")).exists() and (sh01 / (DB_FILE + "-shm")).exists()
         assert offenders(sh01) == []
-        zipped = backup_zip(ledger, None)
+        sealed = backup_bytes(ledger, None)
     finally:
         ledger.close()
-    with zipfile.ZipFile(io.BytesIO(zipped)) as z:
-        # unzip restores the recorded modes: a download unpacks private too.
-        loose = [f"{i.filename} {i.external_attr >> 16 & 0o777:o}" for i in z.infolist()
-                 if not i.is_dir() and i.external_attr >> 16 & 0o777 != 0o600]
-    assert loose == []
+    # One sealed file: encrypted for the chain, no member's phone in the clear.
+    assert sealed.startswith(b"CRDTLEDGER-SEALED backup 1\n") and b"13812345678" not in sealed
 
     sync = tmp_path / "out" / "sh01.sync"
     sync.parent.mkdir()
@@ -89,9 +84,11 @@ def test_a_node_its_chain_sync_files_and_backups_are_private(
     capsys.readouterr()
 
     assert (chain / "crl.der").exists() and (sh01 / "node.run.json").exists()
-    assert (tmp_path / "backups" / "sh01" / DB_FILE).exists()
+    assert (tmp_path / "backups" / "sh01" / "ledger.backup").exists()
+    cli("restore", "--from", tmp_path / "backups" / "sh01", "--chain", chain,
+        "--data", tmp_path / "restored" / "sh01")
     assert offenders(chain, tmp_path / "nodes", sh02, tmp_path / "sh03",
-                     tmp_path / "backups", sync) == []
+                     tmp_path / "backups", tmp_path / "restored", sync) == []
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sh01.sync"]  # no .part
 
 

@@ -1,0 +1,363 @@
+"""Backups: one sealed file (crdtledger.seal) that carries what a restore needs.
+
+`write_backup` takes SQLite's online backup of the store (one consistent snapshot
+while the node keeps working, no lock on the data directory), marks the copy as a
+restored node (meta `rotate_client_id` and `restored_from`: the node that opens it
+takes a new Yjs client id and catches up with the chain before it writes), and
+seals it with the node's key files into ``TARGET/ledger.backup``: signed by the node,
+encrypted with the chain secret, so a lost stick leaks no phone and no PIN hash.
+
+`restore` opens that file with whatever keys are at hand: the data directory's own
+(restoring in place), else the chain directory's ``ca.crt`` and ``chain.key``
+(``crdtledger restore --chain``), else none for a store without a chain CA (whose
+backups anyone can read, see crdtledger.seal). It writes the key files back and the
+store under its real name last, so a crash leaves the old store or the new one. A
+store it replaces is kept aside, never deleted.
+
+`restore_pending` is the same restore for a backup copied by hand into a data
+directory (``DATA/ledger.backup``): the store calls it before it opens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import msgpack
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from crdtledger.errors import (
+    CorruptSyncFile,
+    InvalidInput,
+    LedgerError,
+    RemoteProtocolError,
+    StoreError,
+    StoreLocked,
+)
+from crdtledger.private import (
+    FILE_MODE,
+    SQLITE_SUFFIXES,
+    private_dir,
+    private_file_open,
+    private_sqlite_file,
+    write_private,
+)
+from crdtledger.seal import MAX_SEALED_BYTES, peek_header, seal, unseal
+from crdtledger.trust import (
+    CA_CERT,
+    CHAIN_KEY,
+    NODE_CERT,
+    OPEN_DIR,
+    TLS_DIR,
+    Trust,
+    UntrustedSigner,
+    load_trust,
+    node_of,
+)
+
+BACKUP_FILE = "ledger.backup"
+DB_FILE = "ledger.sqlite3"  # crdtledger.storage.DB_FILE (the store imports this module)
+LOCK_FILE = "lock"  # crdtledger.storage.LOCK_FILE
+CHAIN_FILE = "chain.json"  # peer.chain.CHAIN_FILE: {"name": ..., "fingerprint": ...}
+SQLITE_MAGIC = b"SQLite format 3\x00"
+# What a backup's key files may be called: the files of DATA/tls or DATA/keys.
+KEY_PATH = re.compile(r"^(tls|keys)/[A-Za-z0-9._-]{1,64}\Z")
+TIME_FORMAT = "%Y-%m-%d %H:%M"
+
+
+def write_backup(data_dir: Path, target_dir: Path) -> Path:
+    """Seal a consistent copy of the node in `data_dir` into ``target_dir/ledger.backup``
+    (0600, in a 0700 directory) and return its path. Refuses a target that already
+    holds a backup or a store: a backup never overwrites anything."""
+    data_dir, target = Path(data_dir), Path(target_dir)
+    out = target / BACKUP_FILE
+    for held in (out, target / DB_FILE):
+        if held.exists():
+            raise StoreError(f"{target} already holds {'a backup' if held == out else 'a node'}"
+                             "; choose an empty directory")
+    db = data_dir / DB_FILE
+    if not db.exists():
+        raise StoreError(f"no crdtledger node in {data_dir} (run: crdtledger init)")
+    private_dir(target)  # a backup holds every member's data, like the store
+    taken_ms = int(time.time() * 1000)
+    with tempfile.TemporaryDirectory(prefix=".backup-", dir=target) as tmp:
+        copy = Path(tmp) / DB_FILE  # mkdtemp makes the directory 0700
+        src = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
+        dst = sqlite3.connect(private_sqlite_file(copy))
+        try:
+            src.backup(dst)
+            meta = dict(dst.execute("SELECT key, value FROM meta").fetchall())
+            node, chain = meta["node"], meta["chain"]
+            dst.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+                ("rotate_client_id", "1"),
+                ("restored_from", _local(taken_ms, meta.get("timezone")))])
+            dst.commit()
+            dst.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            dst.close()
+            src.close()
+        db_bytes = copy.read_bytes()
+    # The node's identity goes with it (made now for an open store that had none yet).
+    trust = load_trust(data_dir, chain, node)
+    payload = msgpack.packb({"db": db_bytes, "keys": _key_files(data_dir),
+                             "taken_at": taken_ms}, use_bin_type=True)
+    del db_bytes
+    sealed = seal(trust, "backup", payload, taken_ms)
+    del payload
+    part = target / (BACKUP_FILE + ".part")
+    try:
+        # Written aside and renamed: the real name never holds half a backup.
+        with private_file_open(part) as f:
+            f.write(sealed)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(part, out)
+        _sync_dir(target)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
+            lock: bool = True) -> dict[str, Any]:
+    """Make `data_dir` the node a backup holds; returns {node, chain, taken_at, ...}.
+
+    `source` is a backup file or a directory holding ``ledger.backup``. A store
+    already in `data_dir` must be the same node's; it is kept aside as
+    ``ledger.sqlite3.before-restore-<time>`` with its WAL. Key files already in
+    `data_dir` are kept (they are the node's current identity and opened the backup);
+    missing ones are written from the backup. `lock` False: the caller holds the
+    store's lock. Nothing is written unless the backup passes every check."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / BACKUP_FILE
+    data_dir = Path(data_dir)
+    what = f"backup {path}"
+    try:
+        if path.stat().st_size > MAX_SEALED_BYTES:
+            raise CorruptSyncFile(f"{what} is larger than any backup")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise InvalidInput(f"there is no backup at {path}") from None
+    except OSError as e:
+        raise InvalidInput(f"cannot read {path}: {e.strerror}") from None
+    here = _store_of(data_dir)
+    trust = _reading_trust(data, data_dir, chain_dir, what)
+    sealed = unseal(trust, data, "backup", what=what)
+    del data
+    db_bytes, keys, taken_ms = _contents(sealed.payload, what)
+    if here is not None and here[0] != sealed.node:
+        raise StoreError(f"{data_dir} holds node {here[0]}; {what} is of node {sealed.node}: "
+                         "restore it into an empty directory")
+    own_identity = _own_cert(data_dir) is not None
+    private_dir(data_dir)
+    with _locked(data_dir) if lock else contextlib.nullcontext():
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        tmp = data_dir / (DB_FILE + ".restoring")
+        try:
+            with private_file_open(tmp) as f:
+                f.write(db_bytes)
+                f.flush()
+                os.fsync(f.fileno())
+            del db_bytes
+            meta = _meta(tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if meta is None or meta.get("node") != sealed.node or meta.get("chain") != trust.chain:
+            tmp.unlink(missing_ok=True)
+            raise CorruptSyncFile(f"{what} is signed by node {sealed.node} of chain "
+                                  f"{trust.chain} but holds another store")
+        if not own_identity:
+            for rel, content in keys.items():
+                private_dir((data_dir / rel).parent)
+                write_private(data_dir / rel, content, sync=True)
+        kept = None
+        db = data_dir / DB_FILE
+        if db.exists():
+            kept = data_dir / f"{DB_FILE}.before-restore-{stamp}"
+            for suffix in SQLITE_SUFFIXES[1:]:  # companions first: the store goes last
+                if (data_dir / (DB_FILE + suffix)).exists():
+                    os.replace(data_dir / (DB_FILE + suffix), data_dir / (kept.name + suffix))
+            os.replace(db, kept)
+        else:
+            for suffix in SQLITE_SUFFIXES[1:]:  # a WAL left without its store is no one's
+                (data_dir / (DB_FILE + suffix)).unlink(missing_ok=True)
+        os.replace(tmp, db)
+        _sync_dir(data_dir)
+    return {"node": sealed.node, "chain": trust.chain,
+            "taken_at": meta.get("restored_from") or _local(taken_ms, meta.get("timezone")),
+            "taken_at_ms": taken_ms, "kept": str(kept) if kept else None,
+            "keys": "kept" if own_identity else "restored" if keys else "none",
+            "data": str(data_dir)}
+
+
+def restore_pending(data_dir: Path, *, lock: bool = True) -> bool:
+    """Restore a backup copied by hand into the data directory (``DATA/ledger.backup``),
+    in place, and rename it ``ledger.backup.restored-<time>``. Returns whether one was
+    restored. A backup that does not pass is refused with the reason and left where
+    it is, so the store does not open as if nothing had been asked."""
+    pending = Path(data_dir) / BACKUP_FILE
+    if not pending.is_file():
+        return False
+    try:
+        restore(pending, data_dir, lock=lock)
+    except (LedgerError, RemoteProtocolError) as e:
+        raise type(e)(f"{e} (or move {pending} out of the data directory to open the store "
+                      "as it is)") from None
+    pending.rename(pending.with_name(
+        f"{BACKUP_FILE}.restored-{datetime.now():%Y%m%d-%H%M%S}"))
+    return True
+
+
+# --- helpers ------------------------------------------------------------------
+
+
+def _local(ms: int, timezone: str | None) -> str:
+    """A time as the shop reads it: ISO 8601 to the minute, in the store's zone."""
+    try:
+        zone = ZoneInfo(timezone) if timezone else None
+    except (ValueError, KeyError):
+        zone = None
+    when = datetime.fromtimestamp(ms / 1000, zone) if zone else datetime.fromtimestamp(ms / 1000)
+    return when.strftime(TIME_FORMAT)
+
+
+def _key_files(data_dir: Path) -> dict[str, bytes]:
+    """The node's identity: every file of DATA/tls, or else of DATA/keys."""
+    for sub in (TLS_DIR, OPEN_DIR):
+        d = data_dir / sub
+        if (d / NODE_CERT).exists():
+            return {f"{sub}/{f.name}": f.read_bytes() for f in sorted(d.iterdir())
+                    if f.is_file() and KEY_PATH.match(f"{sub}/{f.name}")}
+    return {}
+
+
+def _own_cert(data_dir: Path) -> x509.Certificate | None:
+    for sub in (TLS_DIR, OPEN_DIR):
+        path = data_dir / sub / NODE_CERT
+        if path.exists():
+            try:
+                return x509.load_pem_x509_certificate(path.read_bytes())
+            except (OSError, ValueError) as e:
+                raise StoreError(f"{path} is not a usable certificate: {e}") from None
+    return None
+
+
+def _store_of(data_dir: Path) -> tuple[str, str] | None:
+    """(node, chain) of the store in `data_dir`, None if there is none or it does not
+    read (a damaged store is a reason to restore)."""
+    db = data_dir / DB_FILE
+    if not db.exists():
+        return None
+    meta = _meta(db)
+    if meta is None or "node" not in meta or "chain" not in meta:
+        return None
+    return meta["node"], meta["chain"]
+
+
+def _meta(db: Path) -> dict[str, str] | None:
+    # immutable: no shared-memory or WAL file is made beside it (the meta rows that
+    # matter here, node and chain, are written once when the store is created).
+    try:
+        conn = sqlite3.connect(db.resolve().as_uri() + "?mode=ro&immutable=1", uri=True)
+        try:
+            return dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+
+
+def _reading_trust(data: bytes, data_dir: Path, chain_dir: Path | None, what: str) -> Trust:
+    """The keys to open a backup with: the data directory's own, else the chain
+    directory's, else (a store without a chain CA) none but the chain's name."""
+    cert = _own_cert(data_dir)
+    if cert is not None:
+        node = node_of(cert)
+        chains = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+        if node is None or not chains:
+            raise StoreError(f"the certificate in {data_dir} names no node or chain")
+        try:
+            return load_trust(data_dir, str(chains[0].value), node)
+        except UntrustedSigner as e:
+            raise StoreError(str(e)) from None
+    if chain_dir is not None:
+        chain_dir = Path(chain_dir)
+        try:
+            name = json.loads((chain_dir / CHAIN_FILE).read_text(encoding="utf-8"))["name"]
+            ca_pem = (chain_dir / CA_CERT).read_bytes()
+            secret = (chain_dir / CHAIN_KEY).read_bytes() if (chain_dir / CHAIN_KEY).exists(
+            ) else None
+            return Trust.for_reading(str(name), ca_pem, secret)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise InvalidInput(f"{chain_dir} is not a chain directory (crdtledger chain "
+                               f"init): {e}") from None
+    header = peek_header(data)
+    if header is None:  # let the checks say what is wrong with it
+        unseal(Trust.for_reading("", None, None), data, "backup", what=what)
+        raise CorruptSyncFile(f"{what} is damaged")
+    try:
+        signer = x509.load_der_x509_certificate(header["cert"])
+        enrolled = signer.issuer != signer.subject
+    except ValueError:
+        enrolled = False
+    if enrolled:
+        raise InvalidInput(
+            f"{what} is of node {header['node']} of chain {header['chain']}, sealed with the "
+            "chain's secret: restore it with --chain CHAIN_DIR (the chain directory), or "
+            "into the node's data directory if its tls/ directory is still there")
+    return Trust.for_reading(header["chain"], None, None)
+
+
+def _contents(payload: bytes, what: str) -> tuple[bytes, dict[str, bytes], int]:
+    try:
+        body = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        db, keys, taken = body["db"], body["keys"], body["taken_at"]
+    except Exception:
+        raise CorruptSyncFile(f"{what} does not hold a backup") from None
+    if (not isinstance(db, bytes) or not db.startswith(SQLITE_MAGIC)
+            or not isinstance(keys, dict) or not isinstance(taken, int)
+            or not all(isinstance(k, str) and KEY_PATH.match(k) and isinstance(v, bytes)
+                       for k, v in keys.items())):
+        raise CorruptSyncFile(f"{what} does not hold a backup of a crdtledger store")
+    return db, keys, taken
+
+
+@contextlib.contextmanager
+def _locked(data_dir: Path) -> Iterator[None]:
+    """The store's own lock (crdtledger.storage): no node has the store open while
+    it is replaced."""
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
+                 FILE_MODE)
+    try:
+        os.fchmod(fd, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreLocked(f"data directory {data_dir} is in use by a running node: stop "
+                              "it before restoring") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,250 @@
+"""Sealed backups (crdtledger.backups): taken while the node works, restored into a new
+data directory from the chain directory, in place, or by copying the backup's file
+into the data directory by hand; private on disk and unreadable off the chain.
+
+Real chains (peer.chain) and real SQLite stores in tmp_path, umask 022 throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import Cli
+
+from crdtledger.backups import BACKUP_FILE, DB_FILE, restore, restore_pending, write_backup
+from crdtledger.errors import (
+    CorruptSyncFile,
+    InvalidInput,
+    RemoteProtocolError,
+    StoreError,
+    StoreLocked,
+)
+from crdtledger.ledger import Ledger
+from peer.chain import enrol, init_chain
+
+PHONE = "13812345678"
+PIN = "4321"
+
+
+@pytest.fixture(autouse=True)
+def umask_022() -> Iterator[None]:
+    old = os.umask(0o022)  # the common default: files 0644 unless made private
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@dataclass
+class Shop:
+    chain: Path | None  # None: a store without a chain CA
+    data: Path
+    member: str
+    pin_hash: str
+
+    def balance(self, data: Path | None = None) -> int:
+        with Ledger.open(data or self.data, lock=False) as ledger:
+            return int(ledger.balance(self.member)["cash"])
+
+
+def make_shop(root: Path, *, enrolled: bool = True, node: str = "SH01") -> Shop:
+    chain = root / "acme" if enrolled else None
+    if chain is not None and not (chain / "ca.crt").exists():
+        init_chain(chain)
+    data = root / node.lower()
+    Ledger.create(data, node, "acme" if enrolled else "trial")
+    if chain is not None:
+        enrol(chain, data, node)
+    with Ledger.open(data) as ledger:
+        member = ledger.add_member(ledger.owner, name="王芳", phone=PHONE)
+        ledger.issue_card(ledger.owner, member, f"{node}-K1", pin=PIN)
+        ledger.topup(ledger.owner, member, 12_345)
+        (body,) = ledger.storage.conn.execute("SELECT body FROM cards").fetchone()
+    pin_hash = json.loads(body)["pin"]
+    assert pin_hash and PIN not in pin_hash
+    return Shop(chain, data, member, pin_hash)
+
+
+def modes(*roots: Path) -> list[str]:
+    """Everything under `roots` that is not 0600 (files) or 0700 (directories)."""
+    loose = []
+    for root in roots:
+        for p in [root, *root.rglob("*")]:
+            want = 0o700 if p.is_dir() else 0o600
+            if stat.S_IMODE(p.stat().st_mode) != want:
+                loose.append(f"{p} {stat.S_IMODE(p.stat().st_mode):o}")
+    return loose
+
+
+# --- taking a backup ---------------------------------------------------------------
+
+
+def test_a_backup_is_one_sealed_private_file_without_members_in_the_clear(
+        tmp_path: Path) -> None:
+    shop = make_shop(tmp_path)
+    path = write_backup(shop.data, tmp_path / "usb" / "bk")
+    assert path == tmp_path / "usb" / "bk" / BACKUP_FILE
+    assert sorted(p.name for p in path.parent.iterdir()) == [BACKUP_FILE]  # no .part left
+    assert modes(tmp_path / "usb" / "bk") == []
+    raw = path.read_bytes()
+    assert raw.startswith(b"CRDTLEDGER-SEALED backup 1\n")
+    for secret in (PHONE.encode(), "王芳".encode(), shop.pin_hash.encode(),
+                   (shop.data / "tls" / "node.key").read_bytes()[30:60], b"SQLite format 3"):
+        assert secret not in raw
+    # A backup never overwrites: not another backup, not a store.
+    with pytest.raises(StoreError, match="already holds a backup"):
+        write_backup(shop.data, tmp_path / "usb" / "bk")
+    with pytest.raises(StoreError, match="already holds a node"):
+        write_backup(shop.data, shop.data)
+
+
+def test_an_open_store_backup_is_signed_but_not_secret(tmp_path: Path) -> None:
+    shop = make_shop(tmp_path, enrolled=False)
+    raw = write_backup(shop.data, tmp_path / "bk").read_bytes()
+    assert PHONE.encode() not in raw  # encrypted, under a key derived from the chain id
+    assert modes(tmp_path / "bk", shop.data / "keys") == []
+
+
+# --- restoring ------------------------------------------------------------------
+
+
+def test_restore_into_a_new_directory_from_the_chain_directory(tmp_path: Path) -> None:
+    shop = make_shop(tmp_path)
+    bk = tmp_path / "bk"
+    write_backup(shop.data, bk)
+    with Ledger.open(shop.data) as ledger:  # after the backup: not in it
+        ledger.topup(ledger.owner, shop.member, 5)
+    fresh = tmp_path / "new" / "sh01"
+    # Without its keys or the chain directory, there is nothing to open it with.
+    with pytest.raises(InvalidInput, match="--chain"):
+        restore(bk, fresh)
+    assert not fresh.exists()
+    info = restore(bk, fresh, chain_dir=shop.chain)
+    assert info["node"] == "SH01" and info["chain"] == "acme" and info["kept"] is None
+    assert info["keys"] == "restored" and len(info["taken_at"]) == len("2026-12-01 10:02")
+    assert shop.balance(fresh) == 12_345
+    for f in ("node.key", "node.crt", "ca.crt", "chain.key"):
+        assert (fresh / "tls" / f).read_bytes() == (shop.data / "tls" / f).read_bytes()
+    assert modes(tmp_path / "new") == []
+    assert sorted(p.name for p in fresh.iterdir()) == [DB_FILE, "lock", "tls"]
+    with Ledger.open(fresh, lock=False) as ledger:
+        assert ledger.storage.meta["restored_from"] == info["taken_at"]
+
+
+def test_restore_in_place_keeps_the_replaced_store(tmp_path: Path) -> None:
+    shop = make_shop(tmp_path)
+    write_backup(shop.data, tmp_path / "bk")
+    with Ledger.open(shop.data) as ledger:
+        ledger.topup(ledger.owner, shop.member, 5)
+    before = (shop.data / DB_FILE).read_bytes()
+    key = (shop.data / "tls" / "node.key").read_bytes()
+    info = restore(tmp_path / "bk" / BACKUP_FILE, shop.data)  # a file, or its directory
+    assert info["keys"] == "kept" and info["kept"]
+    assert Path(info["kept"]).read_bytes() == before
+    assert Path(info["kept"]).name.startswith(f"{DB_FILE}.before-restore-")
+    assert shop.balance() == 12_345
+    assert (shop.data / "tls" / "node.key").read_bytes() == key
+    assert modes(shop.data) == []
+
+
+def test_a_damaged_store_is_restored_in_place(tmp_path: Path) -> None:
+    shop = make_shop(tmp_path)
+    write_backup(shop.data, tmp_path / "bk")
+    (shop.data / DB_FILE).write_bytes(b"not a database any more")
+    restore(tmp_path / "bk", shop.data)
+    assert shop.balance() == 12_345
+
+
+def test_restore_refuses_another_node_a_locked_store_and_an_altered_backup(
+        tmp_path: Path) -> None:
+    shop = make_shop(tmp_path)
+    other = make_shop(tmp_path, node="SH02")
+    bk = tmp_path / "bk"
+    write_backup(shop.data, bk)
+    before = sorted(other.data.iterdir())
+    with pytest.raises(StoreError, match=r"holds node SH02.*of node SH01"):
+        restore(bk, other.data)
+    assert sorted(other.data.iterdir()) == before
+    with Ledger.open(shop.data), pytest.raises(StoreLocked, match="stop it"):
+        restore(bk, shop.data)
+    raw = bytearray((bk / BACKUP_FILE).read_bytes())
+    raw[len(raw) // 2] ^= 1
+    (bk / BACKUP_FILE).write_bytes(bytes(raw))
+    with pytest.raises(CorruptSyncFile, match="altered"):
+        restore(bk, tmp_path / "x", chain_dir=shop.chain)
+    assert not (tmp_path / "x").exists()
+    (bk / BACKUP_FILE).write_bytes(bytes(raw[:1000]))
+    with pytest.raises(CorruptSyncFile, match="incomplete"):
+        restore(bk, tmp_path / "x", chain_dir=shop.chain)
+    # Another chain's directory does not open it.
+    foreign = tmp_path / "elsewhere" / "acme"
+    init_chain(foreign)
+    write_backup(shop.data, tmp_path / "bk2")
+    with pytest.raises(RemoteProtocolError, match="not certified by chain acme"):
+        restore(tmp_path / "bk2", tmp_path / "x", chain_dir=foreign)
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_backup_copied_by_hand_is_restored_when_the_store_opens(tmp_path: Path) -> None:
+    # A store without a chain CA: the backup is all a restore needs.
+    shop = make_shop(tmp_path, enrolled=False)
+    write_backup(shop.data, tmp_path / "bk")
+    empty = tmp_path / "copied"
+    empty.mkdir()
+    shutil.copy(tmp_path / "bk" / BACKUP_FILE, empty)
+    assert restore_pending(empty)
+    assert not (empty / BACKUP_FILE).exists()
+    assert [p.name for p in empty.glob(f"{BACKUP_FILE}.restored-*")]
+    assert restore_pending(empty) is False  # once
+    assert shop.balance(empty) == 12_345
+    assert (empty / "keys" / "node.key").read_bytes() == (
+        shop.data / "keys" / "node.key").read_bytes()
+    assert modes(empty / "keys", empty / DB_FILE) == []
+    assert restore_pending(tmp_path / "nothing-here") is False
+
+
+def test_an_enrolled_backup_copied_by_hand_needs_the_node_keys(tmp_path: Path) -> None:
+    shop = make_shop(tmp_path)
+    write_backup(shop.data, tmp_path / "bk")
+    # Into the node's own directory (its tls/ survived, its store did not): restored.
+    (shop.data / DB_FILE).unlink()
+    shutil.copy(tmp_path / "bk" / BACKUP_FILE, shop.data)
+    assert restore_pending(shop.data)
+    assert shop.balance() == 12_345
+    # Into an empty directory: sealed with the chain secret, which is not there.
+    empty = tmp_path / "copied"
+    empty.mkdir()
+    shutil.copy(tmp_path / "bk" / BACKUP_FILE, empty)
+    with pytest.raises(InvalidInput, match=r"--chain.*move"):
+        restore_pending(empty)
+    assert (empty / BACKUP_FILE).exists() and not (empty / DB_FILE).exists()
+
+
+# --- the command line ------------------------------------------------------------
+
+
+def test_backup_and_restore_at_the_command_line(cli: Cli, tmp_path: Path) -> None:
+    chain = tmp_path / "acme"
+    assert cli("chain", "init", "--out", chain).code == 0
+    data = tmp_path / "sh01"
+    r = cli("init", "--node", "SH01", "--chain", chain, "--head-office", data=data)
+    assert r.code == 0 and "as the head office" in r.out, r.err
+    r = cli("backup", "--out", tmp_path / "bk", data=data)
+    assert r.code == 0 and "encrypted" in r.out and "--chain" in r.out, r.err
+    r = cli("restore", "--from", tmp_path / "bk", data=tmp_path / "new")
+    assert r.code == 1 and "--chain" in r.err
+    r = cli("restore", "--from", tmp_path / "bk", "--chain", chain, data=tmp_path / "new")
+    assert r.code == 0, r.err
+    assert r.out.startswith("restored node SH01 from the backup of ")
+    assert "catch up with the chain before it sells" in r.out
+    assert modes(tmp_path / "new") == []
+    r = cli("init", "--node", "SH02", "--chain", "trial", "--head-office",
+            data=tmp_path / "sh02")
+    assert r.code == 1 and "--head-office needs a chain directory" in r.err
