@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crdtledger import operations, views
+from crdtledger.backups import restore, write_backup
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
 from crdtledger.ledger import Ledger
 from crdtledger.operations import TABLE, Operation, Param
 from crdtledger.schema import Schema
-from crdtledger.storage import backup as backup_store
 from crdtledger.syncfile import export_file, import_file
 from peer import local
 from peer.chain import CA_CERT, enrol, init_chain, load_chain, revocations_rule, revoke
@@ -94,9 +94,13 @@ def _backup(ledger: Ledger, operator: str, p: Params) -> Result:
     # The store is read without naming an operator, so the permission is checked here.
     if "backup" not in ledger.permissions(operator):
         raise PermissionDenied(f"operator {operator} may not backup")
-    backup_store(ledger.storage.dir, Path(p["out"]))
-    return Result({"backup": p["out"]},
-                  f"backup written to {p['out']} (open it with --data {p['out']})")
+    path = write_backup(ledger.storage.dir, Path(p["out"]))
+    enrolled = (ledger.storage.dir / "tls" / "node.crt").exists()
+    how = ("signed, and encrypted for this chain's branches" if enrolled else
+           "signed, but readable by anyone who has it: this node has no chain certificate")
+    return Result({"backup": str(path), "encrypted": enrolled},
+                  f"backup written to {path} ({how}); restore it with `{PROG} restore "
+                  f"--from {path} --data DIR" + (" --chain CHAIN_DIR`" if enrolled else "`"))
 
 
 def _export_options(p: argparse.ArgumentParser) -> None:
@@ -310,6 +314,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the chain directory from `chain init` (gives the node its "
                       "certificate), or just a chain name for a node that syncs by files")
     init.add_argument("--timezone", default="Asia/Shanghai")
+    init.add_argument("--head-office", action="store_true",
+                      help="this node is the head office: it alone may change operators, "
+                      "roles, rules, prices and revocations (needs a chain directory)")
+    res = top.add_parser("restore", help="make a data directory the node a backup holds",
+                         description="make a data directory the node a backup holds; a "
+                         "store already there is kept aside, not deleted")
+    add_common(res, operator=False, password=False)
+    res.add_argument("--from", dest="source", required=True, type=Path, metavar="BACKUP",
+                     help="a ledger.backup file, or the directory `backup --out` wrote")
+    res.add_argument("--chain", type=Path, metavar="CHAIN_DIR",
+                     help="the chain directory, to open the backup where the node's own "
+                     "keys are gone (a new or emptied data directory)")
 
     add_node_commands(top)
     groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
@@ -400,17 +416,35 @@ def init_node(args: argparse.Namespace, data_dir: Path) -> Result:
         # A chain directory from `chain init`: the node gets a certificate and can run.
         chain = load_chain(chain_dir)
         Ledger.create(data_dir, args.node, chain.name, args.timezone)
-        enrol(chain_dir, data_dir, args.node)
+        enrol(chain_dir, data_dir, args.node, head_office=args.head_office)
         name, how = chain.name, f" with a certificate of chain {chain.name} ({chain.short})"
+        if args.head_office:
+            how += ", as the head office"
     elif "/" in args.chain or chain_dir.is_dir():
         raise InvalidInput(f"{chain_dir} is not a chain directory: create one with "
                            f"`{PROG} chain init --out {chain_dir}`")
+    elif args.head_office:
+        raise InvalidInput("--head-office needs a chain directory (--chain CHAIN_DIR): "
+                           "without a chain CA every node may change the chain's rules")
     else:
         # Just a name: a node that syncs by files only (no certificate, cannot run).
         Ledger.create(data_dir, args.node, args.chain, args.timezone)
         name, how = args.chain, " (sync files only: no certificate)"
     return Result({"node": args.node, "chain": name, "data": str(data_dir)},
                   f"node {args.node} of chain {name} created in {data_dir}{how}")
+
+
+def restore_node(args: argparse.Namespace, data_dir: Path) -> Result:
+    """`crdtledger restore`: never while a node serves the directory."""
+    node = local.running(data_dir)
+    if node is not None:
+        raise InvalidInput(f"a node is running on {data_dir}: stop it before restoring")
+    info = restore(args.source, data_dir, chain_dir=args.chain)
+    text = (f"restored node {info['node']} from the backup of {info['taken_at']}; it will "
+            "catch up with the chain before it sells")
+    if info["kept"]:
+        text += f"\nthe store it replaced is kept as {info['kept']}"
+    return Result(info, text)
 
 
 def chain_command(args: argparse.Namespace) -> Result:
@@ -555,6 +589,8 @@ def data_dir_of(args: argparse.Namespace) -> Path:
 def run(args: argparse.Namespace, data_dir: Path) -> Result:
     if args.command == "init":
         return init_node(args, data_dir)
+    if args.command == "restore":
+        return restore_node(args, data_dir)
     if args.command == "node":
         return node_run(args, data_dir)
     if args.command == "status":

@@ -174,15 +174,19 @@ async def test_sync_file_round_trip_and_bad_files_change_nothing(
 
 async def test_backup_downloads_a_store_that_opens(counter_app: CounterApp,
                                                    tmp_path: Path) -> None:
-    import zipfile
+    from crdtledger.backups import restore
 
     app = counter_app
     mid = seed(app)
     await app.login(*OWNER)
     await app.user.open("/office/sync")
     data = await download(app, "backup")
-    zipfile.ZipFile(io.BytesIO(data)).extractall(tmp_path / "restored")
-    with Ledger.open(tmp_path / "restored" / "backup") as restored:
+    assert data.startswith(b"CRDTLEDGER-SEALED backup 1\n")
+    (tmp_path / "download.ledger.backup").write_bytes(data)
+    # Sealed with the chain's secret: opened with the chain directory (make_store's).
+    restore(tmp_path / "download.ledger.backup", tmp_path / "restored",
+            chain_dir=tmp_path / "chain")
+    with Ledger.open(tmp_path / "restored") as restored:
         assert restored.balance(mid) == app.ledger.balance(mid)
 
 
