@@ -74,6 +74,7 @@ class LedgerBase:
         # What was refused from peers and files, and why (the latest): for the node's
         # log, its metrics and `crdtledger status`. Proven faults are in the store.
         self.refusals: deque[str] = deque(maxlen=SKEW_EVENTS_KEPT)
+        self.refused_total = 0  # refusals ever appended (a driver reports the new ones)
         # Set while a node restored from a backup has not yet caught up with its own
         # log from a peer: the backup's time. It must not write meanwhile (it could
         # write at a position of its log that a peer already holds).

@@ -174,8 +174,16 @@ class Observe:
     value: float
 
 
+@dataclass(frozen=True)
+class Refused:
+    """Records from a peer or a file were refused, and why (a broken write rule, a
+    fork, an unverifiable signer): for the node's log, at warning level."""
+
+    what: str
+
+
 Effect = (Send | Close | Dial | SetTimer | Done | Seen | Failed | Decided | Rebalanced | Count
-          | Gauge | Observe)
+          | Gauge | Observe | Refused)
 
 
 # --- state --------------------------------------------------------------------
@@ -269,6 +277,7 @@ class NodeCore:
         self._rebalance_mark = views.max_entry_id(ledger)
         self._rebalance_queue: list[str] = []
         self._started = False
+        self._refused_seen = ledger.refused_total
 
     # --- driving side ---------------------------------------------------------
 
@@ -734,10 +743,12 @@ class NodeCore:
     def _effects(self) -> list[Effect]:
         """What the calls so far decided, then every frame the sessions queued (a
         local commit queues its update on every session)."""
-        refusals = self.ledger.refusals
-        while refusals:  # records refused from peers and files, reported once each
-            self._out.append(Count("records_refused"))
-            self._decide(refusals.popleft())
+        fresh = self.ledger.refused_total - self._refused_seen
+        if fresh:  # records refused from peers and files, reported once each
+            self._refused_seen = self.ledger.refused_total
+            for what in list(self.ledger.refusals)[-fresh:]:
+                self._out.append(Count("records_refused"))
+                self._out.append(Refused(what))
         out, self._out = self._out, []
         for lk in sorted(self._links.values(), key=lambda x: x.id):
             frames = lk.session.data_to_send()

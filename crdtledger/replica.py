@@ -242,12 +242,12 @@ class Replica(LedgerBase):
             except RemoteProtocolError as e:
                 if strict:
                     raise
-                self.refusals.append(f"records of {node} refused: {e}")
+                self._refuse(f"records of {node} refused: {e}")
         if by_node:
             stray = ", ".join(sorted(by_node))
             if strict:
                 raise RemoteProtocolError(f"records of {stray} come without a signed head")
-            self.refusals.append(f"records of {stray} came without a signed head")
+            self._refuse(f"records of {stray} came without a signed head")
         order = {(r.node, r.seq): i for i, r in enumerate(batch.recs)}
         plan.accepted.sort(key=lambda rh: order[(rh[0].node, rh[0].seq)])
         return plan
@@ -298,7 +298,7 @@ class Replica(LedgerBase):
                 # Its chain from our tip does not reach its head: our log and its
                 # diverge before our tip. The peer sends the whole log when it sees
                 # our hash differ (lacking), which proves the fork.
-                self.refusals.append(f"node {node}'s log as sent does not continue ours")
+                self._refuse(f"node {node}'s log as sent does not continue ours")
             return
         # Overlap with what we hold: the same positions must hold the same records.
         for rec, hash_ in chained:
@@ -427,7 +427,7 @@ class Replica(LedgerBase):
     def _report_rule(self, rec: Record, broken: RuleBroken, now: int) -> None:
         detail = f"record {rec.seq} of node {rec.node} broke rule {broken.rule}: {broken.detail}"
         if self.storage.log.add_fault(rec.node, "rule", rec.seq, broken.rule, detail, now):
-            self.refusals.append(detail)
+            self._refuse(detail)
 
     def _report_fork(self, fork: _Fork, now: int) -> None:
         stake = views.rights_held(self.storage.conn, fork.node)
@@ -437,7 +437,7 @@ class Replica(LedgerBase):
                   "writes is applied until the owner re-enrols it")
         if self.storage.log.add_fault(fork.node, "fork", fork.seq, "fork", detail, now,
                                       fork.evidence):
-            self.refusals.append(detail)
+            self._refuse(detail)
 
     def refresh_revocations(self) -> None:
         """Install the chain's revocation list from its rule, if newer (trust checks
@@ -445,6 +445,10 @@ class Replica(LedgerBase):
         body = self.rule("revocations")  # type: ignore[attr-defined]
         if isinstance(body, dict):
             self.trust.set_revocations(str(body.get("crl", "")))
+
+    def _refuse(self, what: str) -> None:
+        self.refusals.append(what)
+        self.refused_total += 1
 
     def faults(self) -> list[dict[str, Any]]:
         """Proven faults of nodes (broken rules, forks), oldest first."""

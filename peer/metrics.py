@@ -49,6 +49,11 @@ class Metrics:
         self.protocol_errors = Counter(
             "crdtledger_peer_protocol_errors",
             "Connections closed because the peer broke the protocol", registry=r)
+        self.records_refused = Counter(
+            "crdtledger_records_refused",
+            "Log records refused from peers and files: unverifiable (unknown or revoked "
+            "signer, altered), breaking a write rule, or a fork; the node's log and "
+            "/sync/status say which", registry=r)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -56,6 +56,7 @@ from crdtledger.core import (
     NodeCore,
     Observe,
     Peer,
+    Refused,
     Seen,
     Send,
     SetTimer,
@@ -343,6 +344,10 @@ class Node:
                 case Decided(what=what):
                     self.decisions.append(what)
                     log.debug("decided: %s", what)
+                case Count(name="records_refused"):
+                    m.records_refused.inc()
+                case Refused(what=what):
+                    log.warning("refused: %s", what)
                 case Failed(peer=peer, error=error):
                     log.warning("peer %s broke the protocol (%s); closing", peer, error)
                 case Count(name="operations", labels=labels):

@@ -486,7 +486,8 @@ def test_sync_status_is_the_hosts(tmp_path: Path) -> None:
     async def go(ledger: Ledger, api: Api) -> None:
         amy = await api.login("amy", AMY_PW)
         assert await api.call("GET", "/sync/status", token=amy) == (
-            200, {"node": "SH01", "chain": "default", "peers": []})
+            200, {"node": "SH01", "chain": "default", "peers": [], "restored": None,
+                  "faults": [], "refused": []})
 
     drive(tmp_path, go)
 

@@ -40,7 +40,7 @@ def test_a_sync_file_travels_through_the_api_and_a_bad_one_changes_nothing(
                 status, data, kind = await raw(http, "GET", api_a.base + "/sync/export?for=SH02",
                                                boss_a)
                 assert status == 200 and kind == "application/octet-stream"
-                assert data.startswith(b"CRDTLEDGER-SYNC ")
+                assert data.startswith(b"CRDTLEDGER-SEALED sync ")
 
                 before = snapshot(b)
                 # A cashier may not import (sync permission), and nothing is read.

@@ -179,7 +179,8 @@ def test_status_without_a_running_node_reads_the_store(tmp_path: Path) -> None:
     with cluster(tmp_path) as c:
         a = c.add("SH01")
         st = a.status()
-        assert st == {"node": "SH01", "chain": c.chain.name, "running": False, "peers": []}
+        assert st == {"node": "SH01", "chain": c.chain.name, "running": False, "peers": [],
+                      "restored": None, "faults": [], "refused": []}
 
 
 
