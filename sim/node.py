@@ -82,6 +82,10 @@ class SimNode:
         self.conns: dict[int, Connection] = {}
         self.attempts: dict[int, Attempt] = {}  # by the core's operation id
         self.dial_edges: list[str] = []  # peers this node keeps a connection to
+        # Effects decided while earlier ones are carried out (an operation's outcome
+        # starts the next one at once): carried out after them, in the core's order.
+        self._queued: list[Effect] = []
+        self._running = False
         Ledger.create(path, name, "simchain", "Asia/Shanghai")
         # pycrdt client ids are random per store (storage._new_client_id); fixed from
         # the seed here, so that concurrent Map writes (won by the higher client id)
@@ -130,6 +134,7 @@ class SimNode:
             return
         self.up = False
         self.gen += 1
+        self._queued = []  # what the dead process had yet to do is not done
         for conn in sorted(self.conns.values(), key=lambda c: c.id):
             self.world.net.close(conn, f"{self.name} crashed")
         for oid in sorted(self.attempts):
@@ -190,6 +195,25 @@ class SimNode:
     # --- the core's effects -----------------------------------------------------------
 
     def run(self, effects: list[Effect]) -> None:
+        """Carry out the core's effects in the order it decided them. An operation's
+        outcome may start the next one (the workload chains a card and a top-up to a
+        new member): its effects wait until those before them are carried out, else
+        its frames would overtake frames sent before them on the same connection,
+        which a real connection (an ordered stream) never does."""
+        self._queued.extend(effects)
+        if self._running:
+            return
+        self._running = True
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                self._run(batch)
+        finally:
+            self._running = False
+            self._queued = []
+        self.world.check_node(self)
+
+    def _run(self, effects: list[Effect]) -> None:
         world = self.world
         now = world.engine.now
         for e in effects:
@@ -230,7 +254,6 @@ class SimNode:
                     world.rebalanced(self, entry)
                 case _:
                     pass
-        world.check_node(self)
 
     def _fire(self, key: TimerKey, token: int, gen: int) -> None:
         if gen == self.gen and self.up and self.core is not None:

@@ -82,12 +82,12 @@ def report_violation(cfg: Config, result: dict[str, Any], world: World, *, out: 
     trace = (small_world.trace.all if small_world is not None and small_world.trace.all
              is not None else list(world.trace.tail))
     out.write(f"its trace has {len(trace)} lines; the last {TAIL} that are not routine "
-              "sync frames (hello, state, update):\n")
+              "sync frames (hello, state, recs):\n")
     for line in notable(trace)[-TAIL:]:
         out.write(f"  {line}\n")
 
 
-ROUTINE = (" hello ", " state ", " update ")
+ROUTINE = (" hello ", " state ", " recs ")
 TAIL = 60
 
 

@@ -82,7 +82,7 @@ def make_store(root: Path) -> tuple[Path, str, str]:
     chain = root / "chain"
     init_chain(chain, "test")
     Ledger.create(data, NODE, "test")
-    enrol(chain, data, NODE)
+    enrol(chain, data, NODE, head_office=True)  # its owner adds operators: governance
     with Ledger.open(data) as ledger:
         owner = ledger.add_operator(ledger.owner, *OWNER, roles=["owner"])
         cashier = ledger.add_operator(ledger.owner, *CASHIER, roles=["cashier"])

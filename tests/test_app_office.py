@@ -15,7 +15,7 @@ from nicegui.elements.upload_files import SmallFileUpload
 from crdtledger.ledger import Ledger
 from crdtledger.model import member_doc
 from crdtledger.syncfile import export_file
-from peer.chain import init_chain
+from peer.chain import enrol, init_chain
 
 pytestmark = pytest.mark.asyncio
 
@@ -116,8 +116,11 @@ async def test_erasure_blanks_personal_data_and_keeps_the_figures(
     assert b"13812345678" not in stored and "王芳".encode() not in stored
 
 
-def second_store(root: Path, chain: str = "test") -> Ledger:
+def second_store(root: Path, chain_dir: Path, chain: str = "test") -> Ledger:
+    """Another branch, enrolled in `chain_dir`'s chain: an enrolled store takes records
+    only from keys its chain certifies (an open store's are self-signed)."""
     Ledger.create(root, "SH02", chain)
+    enrol(chain_dir, root, "SH02")
     return Ledger.open(root)
 
 
@@ -130,7 +133,7 @@ async def test_sync_file_round_trip_and_bad_files_change_nothing(
 
     # Export here, import at a branch without a network: it holds what we hold.
     data = await download(app, "sync-export")
-    other = second_store(tmp_path / "sh02")
+    other = second_store(tmp_path / "sh02", tmp_path / "chain")  # make_store's chain
     try:
         (tmp_path / "in.crdtsync").write_bytes(data)
         from crdtledger.syncfile import import_file
@@ -160,7 +163,7 @@ async def test_sync_file_round_trip_and_bad_files_change_nothing(
     assert app.ledger.state_vectors() == before
 
     init_chain(tmp_path / "other-chain", "elsewhere")
-    foreign = second_store(tmp_path / "foreign", chain="elsewhere")
+    foreign = second_store(tmp_path / "foreign", tmp_path / "other-chain", chain="elsewhere")
     try:
         foreign.add_member(foreign.owner, name="陌生人", phone="13600003333")
         export_file(foreign, tmp_path / "foreign.crdtsync")

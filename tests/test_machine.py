@@ -846,8 +846,9 @@ def test_edits_sent_ahead_of_the_catch_up_diff_reach_the_projection() -> None:
     The edit reaches the peer ahead of the writer's earlier updates of that document.
     Yrs integrated such updates behind a hole in the writer's clocks without moving the
     state vector, and later edits inside them without firing events, so the peer's
-    members projection kept the old name for ever (found by the machine; fixed by
-    refusing updates that skip clocks, see replica._skips_clocks)."""
+    members projection kept the old name for ever (found by the machine; fixed then by
+    refusing updates that skip clocks; now each writer's records are taken only in the
+    order of its log, and those past a gap wait: Replica._verify_log)."""
     m = _fresh()
     try:
         m.add_member("SH01")
@@ -883,7 +884,7 @@ def test_a_debit_seen_before_its_funding_waits_for_it() -> None:
         m.retry_waiting_debit("SH02", 0)
         q = m.queues[("SH02", "SH03")]
         kinds = [unpack(f)["t"] for f in q]
-        assert kinds == ["update", "update"], kinds  # the relayed transfer, the debit
+        assert kinds == ["recs", "recs"], kinds  # the relayed transfer, the debit
         m.deliver_reordered(("SH02", "SH03"), 1)  # the debit first
         sh03 = m.ledgers["SH03"]
         assert len(_rows(sh03, "SELECT key FROM deferred")) == 1

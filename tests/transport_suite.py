@@ -158,15 +158,15 @@ class Adapter:
             waited += 0.05
 
     def cut_mid_round(self, dst: str) -> None:
-        """The next batch of frames `dst` receives that carries an update is its last
-        on that link: the frames up to and including the first update arrive, then
+        """The next batch of frames `dst` receives that carries log records is its last
+        on that link: the frames up to and including the first `recs` arrive, then
         the connection dies (a cable pulled in the middle of a catch-up)."""
         core = self.core(dst)
         receive = core.receive
 
         def cut(link: Link, frames: list[bytes], now: float) -> list[Effect]:
             for i, f in enumerate(frames):
-                if kind(f) == "update":
+                if kind(f) == "recs":
                     core.receive = receive  # type: ignore[method-assign]
                     self.cut_done.add(dst)
                     effects = receive(link, frames[:i + 1], now)
