@@ -253,6 +253,8 @@ class Log:
             self._positions[rec.node] = rec.seq
 
     def bind_client(self, client: int, node: str) -> None:
+        if self._clients.get(client) == node:
+            return
         self.conn.execute("INSERT OR IGNORE INTO clients VALUES (?, ?)", (client, node))
         self._clients[client] = node
 

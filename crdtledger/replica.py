@@ -40,7 +40,13 @@ from crdtledger.money import format_yuan
 from crdtledger.projection import entry_change, project_deferred, project_entries, record_change
 from crdtledger.storage import LoadedDoc
 from crdtledger.trust import UntrustedSigner
-from crdtledger.writerules import GOVERNANCE_DOCS, RuleBroken, check_change, check_header
+from crdtledger.writerules import (
+    GOVERNANCE_DOCS,
+    InOrder,
+    RuleBroken,
+    check_change,
+    check_header,
+)
 
 
 class Replica(LedgerBase):
@@ -387,11 +393,13 @@ class Replica(LedgerBase):
         node, name = first.node, first.doc
         ld = st.doc(name)
         may_govern = name not in GOVERNANCE_DOCS or self._may_govern(node, certs.get(node))
+        order = InOrder(name, decode_state_vector(ld.doc.get_state()))
         with ld.watching() as change:
             for rec, _ in run:
-                have = decode_state_vector(ld.doc.get_state())
                 try:
-                    client = check_header(node, name, rec.data, have, log.client_node)
+                    written = check_header(node, name, rec.data, log.client_node)
+                    if written is not None:
+                        order.record(*written)
                 except RuleBroken as e:
                     raise _Broken(rec, e, 1) from None
                 try:
@@ -401,10 +409,11 @@ class Replica(LedgerBase):
                         raise
                     raise _Broken(rec, RuleBroken("own-client", f"malformed update: {e}"),
                                   1) from None
-                if client is not None:
-                    log.bind_client(client, node)
+                if written is not None:
+                    log.bind_client(written[0], node)
         ld.take_updates()  # logged below as received
         try:
+            order.settle(decode_state_vector(ld.doc.get_state()))
             check_change(node, name, change, may_govern, self.trust.is_revocation_list)
             self._project(ld, change)
         except RuleBroken as e:
