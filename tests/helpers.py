@@ -3,6 +3,8 @@
 - `new_ledger` creates and opens a real SQLite-backed node under a tmp path.
 - `snapshot` captures everything a refused operation must leave alone.
 - `Net` pumps frames between pairs of `SyncSession`s until every queue is empty.
+- `Forger` writes records as a dishonest node would: its own pycrdt client id, its
+  own log's hash chain, its own key; what it writes is the test's choice.
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from pycrdt import Doc
+
 from crdtledger.ledger import Ledger
-from crdtledger.sync import Event, SyncSession
+from crdtledger.log import Batch, Head, Record, head_message, record_hash
+from crdtledger.sync import Event, SyncSession, pack
 
 # Durability after a crash is tested elsewhere (tests/test_crash.py); here FULL's
 # fsync per commit only slows a suite of a few thousand commits on a busy machine.
@@ -67,6 +72,20 @@ def snapshot(ledger: Ledger, members: Iterable[str] = ()) -> dict[str, Any]:
         out[f"history:{m}"] = ledger.history(m, limit=1000)
         for purse in ("cash", "bonus", "points"):
             out[f"rights:{m}:{purse}"] = ledger.rights(m, purse)
+    return out
+
+
+# The tables of the signed logs (crdtledger.log): a record refused by a write rule is
+# kept there as evidence and its writer's fault recorded, while nothing else moves.
+LOG_TABLES = ("records", "heads", "clients", "faults", "pins")
+
+
+def data_snapshot(ledger: Ledger, members: Iterable[str] = ()) -> dict[str, Any]:
+    """`snapshot` without the log tables: what a record refused by a write rule (kept
+    as evidence, crdtledger.replica) must leave alone."""
+    out = snapshot(ledger, members)
+    for t in LOG_TABLES:
+        out.pop(t)
     return out
 
 
@@ -147,3 +166,76 @@ def events(session: SyncSession) -> list[Event]:
     while (ev := session.next_event()) is not None:
         out.append(ev)
     return out
+
+
+class Forger:
+    """A dishonest node writing its log by hand, as a real one could: with pycrdt Docs
+    of its own client id (each starting from its ledger's copy of the document), its
+    records chained from its own tip (crdtledger.log.record_hash), the head signed
+    with its own key (a forger holds its own key, never another node's). What it
+    writes is up to the test: `write` mutates a document, `record` takes raw bytes."""
+
+    def __init__(self, ledger: Ledger, *, after: tuple[int, bytes] | None = None) -> None:
+        """`after`: the (seq, hash) its log goes on from, if not its ledger's tip."""
+        self.ledger = ledger
+        self.node = ledger.node
+        self.seq, self.tip = after or ledger.storage.log.tip(ledger.node)
+        self.records: list[Record] = []
+        self._hashes: dict[int, bytes] = {self.seq: self.tip}
+        self._docs: dict[str, Doc[Any]] = {}
+
+    def doc(self, name: str) -> Doc[Any]:
+        d = self._docs.get(name)
+        if d is None:
+            d = Doc(client_id=self.ledger.storage.client_id)
+            d.apply_update(self.ledger.storage.doc(name).doc.get_update())
+            self._docs[name] = d
+        return d
+
+    def write(self, name: str, mutate: Callable[[Doc[Any]], None]) -> Record:
+        """The next record: what `mutate` does to the forger's copy of `name`."""
+        d = self.doc(name)
+        before = d.get_state()
+        with d.transaction():
+            mutate(d)
+        return self.record(name, bytes(d.get_update(before)))
+
+    def record(self, doc: str, data: bytes) -> Record:
+        """The next record of the forger's log, carrying `data` as it is."""
+        self.seq += 1
+        rec = Record(self.node, self.seq, doc, data)
+        self.tip = record_hash(self.tip, self.node, self.seq, doc, data)
+        self._hashes[self.seq] = self.tip
+        self.records.append(rec)
+        return rec
+
+    def head(self, seq: int | None = None) -> Head:
+        """The forger's signed head at `seq` (its tip if None)."""
+        seq = self.seq if seq is None else seq
+        hash_ = self._hashes[seq]
+        msg = head_message(self.ledger.chain, self.node, seq, hash_)
+        return Head(seq, hash_, self.ledger.trust.sign(msg))
+
+    def batch(self, records: Iterable[Record] | None = None) -> Batch:
+        """`records` (all written so far if None) under the forger's head signed at
+        the last of them."""
+        recs = list(self.records if records is None else records)
+        head = self.head(max((r.seq for r in recs), default=self.seq))
+        return Batch(recs=recs, heads={self.node: head},
+                     certs={self.node: self.ledger.trust.cert_der})
+
+    def frame(self, records: Iterable[Record] | None = None) -> bytes:
+        """A `recs` frame of `batch(records)`, as the forger's session would send it."""
+        return pack({"t": "recs", **self.batch(records).to_wire()})
+
+    def copy(self) -> Forger:
+        """A forger at this one's position whose writes this one does not see: to try
+        a record that will be refused, then go on as if it were never written."""
+        other = Forger(self.ledger)
+        other.seq, other.tip, other.records = self.seq, self.tip, list(self.records)
+        other._hashes = dict(self._hashes)
+        for name, d in self._docs.items():
+            clone: Doc[Any] = Doc(client_id=self.ledger.storage.client_id)
+            clone.apply_update(d.get_update())
+            other._docs[name] = clone
+        return other

@@ -2,20 +2,37 @@
 
 Frames are moved by hand (tests/helpers.Net), so every test controls order,
 duplication and loss exactly. A malformed frame must raise RemoteProtocolError
-(or ForeignChain) and leave the node exactly as it was.
+(or ForeignChain) and leave the node exactly as it was. Well-formed records that
+cannot be verified are dropped and reported, the session going on; a verified
+record that breaks a write rule is refused, kept as evidence, and its writer
+blocked. Such records are forged as a dishonest branch would (tests/helpers.Forger).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
-from helpers import Net, doc_content, events, log_rows, new_ledger, projections, snapshot, sync
-from pycrdt import Doc, Map
+from helpers import (
+    Forger,
+    Net,
+    data_snapshot,
+    doc_content,
+    events,
+    log_rows,
+    new_ledger,
+    projections,
+    snapshot,
+    sync,
+)
+from pycrdt import Doc, Map, merge_updates
 
 from crdtledger import escrow
+from crdtledger import log as log_mod
 from crdtledger import sync as sync_mod
 from crdtledger.errors import (
     ForeignChain,
@@ -25,6 +42,7 @@ from crdtledger.errors import (
 )
 from crdtledger.hlc import MAX_CLOCK_SKEW_MS, HybridClock
 from crdtledger.ledger import Ledger
+from crdtledger.log import HELD, REFUSED, Head, Record
 from crdtledger.model import entry_doc, member_doc
 from crdtledger.sync import (
     ClockSkewSeen,
@@ -167,23 +185,44 @@ def _projection_matches_documents(ledger: Ledger) -> None:
                 assert ledger.member(mid)["prefs"] == body["prefs"], mid
 
 
+def _one_frame_each(session: SyncSession, *operations: Callable[[], Any]) -> list[bytes]:
+    """Run each operation and take what the session queued for it: one `recs` frame
+    per operation, as a live session sends them when frames are shipped in between."""
+    frames = []
+    for op in operations:
+        op()
+        (frame,) = session.data_to_send()
+        frames.append(frame)
+    return frames
+
+
+def _held(ledger: Ledger, node: str) -> int:
+    return ledger.positions().get(node, 0)
+
+
 def test_out_of_order_updates_converge(a: Ledger, b: Ledger) -> None:
+    """Records that arrive after a gap in their writer's log wait (are not applied nor
+    kept) until what precedes them comes; anti-entropy fills the gap."""
     m = populate(a)
     net = Net()
     sa, sb = net.connect(a, b)
-    for i in range(4):  # dependent updates of one document from one writer
-        a.topup(a.owner, m, 100 + i)
-    a.edit_member(a.owner, m, fields={"notes": "late"})
-    frames = sa.data_to_send()
-    assert len(frames) == 5
+    ops = [lambda i=i: a.topup(a.owner, m, 100 + i) for i in range(4)]
+    ops.append(lambda: a.edit_member(a.owner, m, fields={"notes": "late"}))
+    frames = _one_frame_each(sa, *ops)  # dependent records of one writer
+    synced = _held(b, "SH01")
     for frame in reversed(frames):
         sb.receive(frame)
         _projection_matches_documents(b)  # never a document ahead of its projection
+        if frame is not frames[0]:  # beyond the gap: nothing of it taken yet
+            assert _held(b, "SH01") == synced
+    assert _held(b, "SH01") == synced + 1  # the first came last: only it is taken
+    assert not sb.failed
     sa.anti_entropy()
     sb.anti_entropy()
     net.pump()
     assert b.balance(m) == a.balance(m)
     assert b.member(m)["notes"] == "late"
+    assert _held(b, "SH01") == _held(a, "SH01")
     assert_converged(a, b)
     _projection_matches_documents(b)
     net.close()
@@ -193,29 +232,33 @@ def test_member_edit_ahead_of_a_gap(a: Ledger, b: Ledger) -> None:
     """Regression (found by tests/test_machine.py): a member created and edited ahead
     of a gap in its writer's updates to that shard. Yrs integrated the edit without an
     event and without moving the state vector, so the projection kept the old name
-    for good although the documents converged."""
+    for good although the documents converged. Now what comes after a gap in its
+    writer's log waits for the gap, and the edit is projected when it is applied."""
     net = Net()
     sa, sb = net.connect(a, b)
     created: list[str] = []
     shard: dict[str, str] = {}
     first = second = ""
+    frames: list[bytes] = []
     for i in range(64):  # two members of B's in one shard (one document)
         mid = b.add_member(b.owner, name=f"M{i}", phone=f"1390000{i:04d}")
+        (frame,) = sb.data_to_send()  # one frame per operation, in order
+        frames.append(frame)
         created.append(mid)
         if member_doc(mid) in shard:
             first, second = shard[member_doc(mid)], mid
             break
         shard[member_doc(mid)] = mid
     assert first and second
-    b.edit_member(b.owner, second, fields={"name": "Wang"}, prefs={"service": "s0"})
-    frames = sb.data_to_send()
-    assert len(frames) == len(created) + 1  # one frame per operation, in order
+    frames += _one_frame_each(sb, lambda: b.edit_member(
+        b.owner, second, fields={"name": "Wang"}, prefs={"service": "s0"}))
     gap = created.index(first)
     # Everything except the first member's creation, then that creation last.
     for i, frame in enumerate(frames):
         if i != gap:
             sa.receive(frame)
             _projection_matches_documents(a)
+    assert _held(a, "SH02") == gap  # what came after the gap waits
     sa.receive(frames[gap])
     _projection_matches_documents(a)
     sa.anti_entropy()
@@ -228,21 +271,20 @@ def test_member_edit_ahead_of_a_gap(a: Ledger, b: Ledger) -> None:
 
 
 def test_out_of_order_then_restart_before_the_gap_fills(tmp_path: Path) -> None:
-    """An update that arrives ahead of its writer's earlier ones, then a restart, then
+    """A record that arrives ahead of its writer's earlier ones, then a restart, then
     anti-entropy: every entry counted exactly once, before and after reopening."""
     a, b = new_ledger(tmp_path, "SH01"), new_ledger(tmp_path, "SH02")
     try:
         m = populate(a)
         net = Net()
         sa, sb = net.connect(a, b)
-        for amount in (100, 200, 400):
-            a.topup(a.owner, m, amount)
-        _first, _second, third = sa.data_to_send()
-        sb.receive(third)  # arrives ahead of its writer's two earlier updates
+        _first, _second, third = _one_frame_each(
+            sa, *(lambda x=x: a.topup(a.owner, m, x) for x in (100, 200, 400)))
+        sb.receive(third)  # arrives ahead of its writer's two earlier records
         sb.receive(third)  # and again
         _projection_matches_documents(b)
         early = b.balance(m)
-        assert early["cash"] in (8766, 8766 + 400)  # set aside, or counted once
+        assert early["cash"] == 8766  # it waits for the gap: not counted yet
         net.close()
         b.close()
         b = Ledger.open(tmp_path / "sh02")
@@ -276,6 +318,85 @@ def test_duplicated_frames_are_harmless(a: Ledger, b: Ledger) -> None:
     assert sb.data_to_send() == []  # nothing new, nothing relayed
     assert_converged(a, b)
     net.close()
+
+
+def test_a_round_answer_overlapping_live_records_in_one_burst(a: Ledger, b: Ledger) -> None:
+    """Frames that arrive together are applied as one batch (receive_frames). A round
+    answers with every record the peer lacked when it sent its state, so records
+    committed meanwhile go out twice: live, then in the answer. Both frames in one
+    burst must bring the records, as they do one by one, and must not be reported as
+    a log that does not continue ours."""
+    m = populate(a)
+    net = Net()
+    sa, sb = net.connect(a, b)
+    a.topup(a.owner, m, 7)
+    assert sa.data_to_send()  # lost on the way: B lacks it
+    sb.anti_entropy()
+    for frame in sb.data_to_send():
+        sa.receive(frame)  # B's hello: the digests differ, A sends its state ...
+    for frame in sa.data_to_send():
+        sb.receive(frame)  # ... and B replies with its own, which lacks the top-up
+    *shown, reply = sb.data_to_send()  # (B's heads of the logs A holds further)
+    assert msgpack.unpackb(reply)["t"] == "state"
+    for frame in shown:
+        sa.receive(frame)
+    a.topup(a.owner, m, 5)  # two sales at A before B's reply is read: sent live
+    a.debit(a.owner, m, amount=3)
+    sa.receive(reply)  # the answer: the lost top-up and the two sales again
+    frames = sa.data_to_send()
+    assert len(frames) == 2
+    sb.receive_frames(frames)
+    assert b.positions() == a.positions()
+    assert b.balance(m) == a.balance(m)
+    assert list(b.refusals) == []
+    assert_converged(a, b)
+    net.close()
+
+
+def test_records_that_cannot_be_verified_are_dropped_and_reported(
+        a: Ledger, b: Ledger, tmp_path: Path) -> None:
+    """Records are taken only when their chain reaches a head their writer signed with
+    the key this store knows for it: a stranger writing in B's name, a record altered
+    on the way, records without a head, a head signed for another chain or by no
+    known key are each dropped whole and reported, and the session goes on (a relay
+    may pass on what it cannot check)."""
+    m = populate(b, "13800000002", "乙")
+    sync(a, b)  # A now knows B's key (a store without a chain CA trusts the first)
+    impostor = Forger(new_ledger(tmp_path / "elsewhere", "SH02"))
+    impostor.write(member_doc(m), lambda doc: doc.get("members", type=Map).__setitem__(
+        m, {"name": "stolen"}))
+    forger = Forger(b)
+    rec = forger.write(member_doc(m), lambda doc: doc.get("members", type=Map).__setitem__(
+        m, {"name": "changed"}))
+    altered = forger.batch()
+    altered.recs = [Record(rec.node, rec.seq, rec.doc, rec.data.replace(b"changed", b"chanGed"))]
+    headless = forger.batch()
+    headless.heads = {}
+    other_chain = forger.batch()
+    other_chain.heads["SH02"] = Head(forger.seq, forger.tip, b.trust.sign(
+        log_mod.head_message("other-chain", "SH02", forger.seq, forger.tip)))
+    stranger = Forger(new_ledger(tmp_path, "SH03"))
+    stranger.write("members/00", lambda doc: doc.get("members", type=Map).__setitem__(
+        "0000000000001.SH03", {"name": "x"}))
+    uncertified = stranger.batch()
+    uncertified.certs = {}
+    cases = [(impostor.batch(), "a key other than the one this store first saw"),
+             (altered, "altered on the way"), (headless, "without a signed head"),
+             (other_chain, "does not match what it signs"),
+             (uncertified, "no certificate of node SH03")]
+    s = _greet(a, "SH02")
+    for batch, reason in cases:
+        before = snapshot(a, [m])
+        a.refusals.clear()
+        s.receive(pack({"t": "recs", **batch.to_wire()}))
+        assert not s.failed
+        assert snapshot(a, [m]) == before
+        assert [r for r in a.refusals if reason in r], (reason, list(a.refusals))
+        assert a.faults() == []  # nothing proven against B: anyone could send these
+    s.receive(forger.frame())  # the genuine record still comes through
+    assert a.member(m)["name"] == "changed"
+    for lg in (impostor.ledger, stranger.ledger):
+        lg.close()
 
 
 def test_session_resumed_after_restart(tmp_path: Path) -> None:
@@ -418,56 +539,55 @@ def _raw(msg: Any) -> bytes:
     return msgpack.packb(msg, use_bin_type=True)
 
 
-_CLOCKS: dict[str, HybridClock] = {}
+VALID = pack({"t": "recs", "recs": [], "heads": {}})
+H32 = b"\x00" * 32
 
 
-def _entry_update(member: str, node: str = "SH02", **fields: Any) -> bytes:
-    """A pycrdt update, made outside any ledger, that adds one ledger entry."""
-    doc = Doc()
-    entries = doc.get("entries", type=Map)
-    eid = _CLOCKS.setdefault(node, HybridClock(node)).mint()  # one clock: unique ids
-    entry = {"id": eid, "kind": "topup", "member": member, "node": node, "op": "x",
-             "at": 1_767_225_600_000, "amount": 5, "deltas": [["cash", node, 5]]}
-    entry.update(fields)
-    entries[eid] = entry
-    return bytes(doc.get_update())
+def _recs(recs: Any = (), heads: Any = None, **over: Any) -> bytes:
+    msg = {"t": "recs", "recs": list(recs), "heads": {} if heads is None else heads}
+    msg.update(over)
+    return pack(msg)
 
 
-def _doc_of(update: bytes, ledger: Ledger) -> str:
-    """The document the one entry of `update` belongs in (that of its id's month:
-    anywhere else, the whole update is refused, tests/test_wrong_month.py)."""
-    doc = Doc()
-    doc.apply_update(update)
-    (eid,) = doc.get("entries", type=Map).keys()
-    return entry_doc(eid, ledger.storage.day_of)
-
-
-VALID = pack({"t": "update", "doc": "rules", "data": b"\x00\x00"})
+def _state(logs: Any) -> bytes:
+    return pack({"t": "state", "logs": logs})
 
 
 @pytest.mark.parametrize("frame", [
     b"", b"\xc1", b"\x93\x01", VALID + b"x", "not bytes", None,
     _raw([1, 2, 3]), _raw("hello"), _raw(7), _raw(None),
-    _raw({"t": "hello"}), _raw({"v": 2, "t": "update", "doc": "rules", "data": b""}),
-    _raw({"v": "1", "t": "update"}), _raw({"v": True, "t": "update"}),
+    _raw({"t": "hello"}), _raw({"v": 3, "t": "recs", "recs": [], "heads": {}}),
+    _raw({"v": 1, "t": "recs", "recs": [], "heads": {}}),
+    _raw({"v": "2", "t": "recs"}), _raw({"v": True, "t": "recs"}),
     pack({"t": "bye"}), pack({"t": None}), pack({}),
-    pack({"t": "state"}), pack({"t": "state", "docs": []}),
-    pack({"t": "state", "docs": {"nope": b"\x00"}}),
-    pack({"t": "state", "docs": {"rules\n": b"\x00"}}),
-    pack({"t": "state", "docs": {"ledger/2026-13": b"\x00"}}),
-    pack({"t": "state", "docs": {"rules": b"\x02\x05"}}),  # truncated state vector
-    pack({"t": "state", "docs": {"rules": b"\x01\x05\x01\x00"}}),  # trailing byte
-    pack({"t": "state", "docs": {"rules": b"\x01\x85"}}),
-    pack({"t": "state", "docs": {"rules": "\x00"}}),
-    pack({"t": "state", "docs": {"rules": 0}}),
-    pack({"t": "update", "doc": "rules", "data": b"\x01\x02\x03garbage"}),
-    pack({"t": "update", "doc": "rules", "data": b""}),
-    pack({"t": "update", "doc": "rules", "data": "text"}),
-    pack({"t": "update", "doc": "weather", "data": b"\x00\x00"}),
-    pack({"t": "update", "doc": "rules\n", "data": b"\x00\x00"}),
-    pack({"t": "update", "doc": "operators ", "data": b"\x00\x00"}),
-    pack({"t": "update", "doc": "ledger/２０２６-01", "data": b"\x00\x00"}),
-    pack({"t": "update", "doc": 5, "data": b"\x00\x00"}),
+    # Messages of protocol version 1, in a version-2 frame.
+    pack({"t": "update", "doc": "rules", "data": b"\x00\x00"}),
+    pack({"t": "state", "docs": {"rules": b"\x00"}}),
+    # state: each node's log position and tip.
+    pack({"t": "state"}), _state([]), _state({"nope": [1, b""]}), _state({"SH01\n": [1, b""]}),
+    _state({"sh01": [1, b""]}), _state({"SH01": [1]}), _state({"SH01": [1, b"", 0]}),
+    _state({"SH01": "1"}), _state({"SH01": [-1, b""]}), _state({"SH01": [True, b""]}),
+    _state({"SH01": [1.0, b""]}), _state({"SH01": [2**62, b""]}), _state({"SH01": [1, "tip"]}),
+    _state({"SH01": [1, b"x" * 33]}),
+    # recs: records, heads and certificates.
+    pack({"t": "recs"}), pack({"t": "recs", "heads": {}}), pack({"t": "recs", "recs": []}),
+    pack({"t": "recs", "recs": {}, "heads": {}}), pack({"t": "recs", "recs": [], "heads": []}),
+    _recs(certs=[]), pack({"t": "recs", "recs": "abc", "heads": {}}),
+    _recs([["SH02"]]), _recs([["SH02", 1, "rules"]]), _recs([["SH02", 1, "rules", b"", 0]]),
+    _recs([[b"SH02", 1, "rules", b""]]),
+    _recs([["sh02", 1, "rules", b""]]), _recs([["SH02\n", 1, "rules", b""]]),
+    _recs([["SH02", 0, "rules", b""]]), _recs([["SH02", -1, "rules", b""]]),
+    _recs([["SH02", True, "rules", b""]]), _recs([["SH02", 2**62, "rules", b""]]),
+    _recs([["SH02", "1", "rules", b""]]), _recs([["SH02", 1, "weather", b""]]),
+    _recs([["SH02", 1, "rules\n", b""]]), _recs([["SH02", 1, "operators ", b""]]),
+    _recs([["SH02", 1, "ledger/２０２６-01", b""]]), _recs([["SH02", 1, 5, b""]]),
+    _recs([["SH02", 1, "rules", "text"]]),
+    _recs(heads={"sh02": [1, H32, b"sig"]}), _recs(heads={"SH02": [1, H32]}),
+    _recs(heads={"SH02": [0, H32, b"sig"]}), _recs(heads={"SH02": [True, H32, b"sig"]}),
+    _recs(heads={"SH02": [1, H32[:31], b"sig"]}), _recs(heads={"SH02": [1, "h" * 32, b"sig"]}),
+    _recs(heads={"SH02": [1, H32, b"s" * 257]}), _recs(heads={"SH02": [1, H32, "sig"]}),
+    _recs(heads={"SH02": "head"}), _recs(certs={"sh02": b"der"}), _recs(certs={"SH02": "der"}),
+    _recs(certs={"SH02": b"d" * 16385}),
     pack({"t": "rrep", "id": 99, "granted": 5}),
     pack({"t": "rrep", "id": "1", "granted": 5}),
     pack({"t": "rreq", "id": 1, "member": "nobody", "purse": "cash", "amount": 5}),
@@ -483,48 +603,243 @@ def test_malformed_frames_change_nothing(greeted, frame: bytes) -> None:
     _refused(a, s, frame, [m])
 
 
-def test_update_with_entry_garbage_inside_a_valid_update(greeted) -> None:
-    a, s, m = greeted
-    # pycrdt-valid updates whose entry breaks the schema are kept apart (quarantined),
-    # identically at every replica; the balance is untouched.
-    before = a.balance(m)
-    for bad in (dict(amount=1.5), dict(amount=-5), dict(deltas=[["cash", "SH01", -5]]),
-                dict(kind="gift"), dict(at=2**60), dict(deltas=[["cash", "SH02", 2**60]])):
-        data = _entry_update(m, **bad)
-        s.receive(pack({"t": "update", "doc": _doc_of(data, a), "data": data}))
-    assert a.balance(m) == before
-    (n,) = a.storage.conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()
-    assert n == 6
+def _entry(member: str, node: str, eid: str, **fields: Any) -> dict[str, Any]:
+    entry = {"id": eid, "kind": "topup", "member": member, "node": node, "op": "x",
+             "at": 1_767_225_600_000, "amount": 5, "deltas": [["cash", node, 5]]}
+    entry.update(fields)
+    return entry
 
 
-def test_entry_as_shared_map_edited_in_place_is_quarantined_alike(a: Ledger, b: Ledger) -> None:
-    """Regression: an entry written as a nested Map and edited in place later was
-    projected with its first value at one replica and its last at another."""
+def _put(key: str, value: Any) -> Callable[[Doc[Any]], None]:
+    """A forger's write: `key` of the document's `entries` set to `value`."""
+    return lambda doc: doc.get("entries", type=Map).__setitem__(key, value)
+
+
+def test_a_record_with_entry_garbage_is_quarantined_alike(a: Ledger, b: Ledger,
+                                                         tmp_path: Path) -> None:
+    """Signed records of node X whose entry (keyed by X, naming X) breaks the schema
+    are applied to the document and kept apart (quarantined), identically at every
+    replica; an entry lowering another node's rights breaks a write rule and is
+    refused. Balances and rights are untouched either way."""
     m = populate(a)
     sync(a, b)
-    evil = Doc()
-    root = evil.get("entries", type=Map)
-    ups: list[bytes] = []
-    evil.observe(lambda e: ups.append(e.update))
-    eid = _CLOCKS.setdefault("SH09", HybridClock("SH09")).mint()
-    root[eid] = Map({"id": eid, "kind": "topup", "member": m, "node": "SH09", "op": "x",
-                     "at": 1_767_225_600_000, "amount": 5, "deltas": [["cash", "SH09", 5]]})
-    root[eid]["deltas"] = [["cash", "SH09", 500000]]
+    before = a.balance(m), a.rights(m)
+    bad: list[Callable[[str], dict[str, Any]]] = [
+        lambda node: {"amount": 1.5}, lambda node: {"amount": -5},
+        lambda node: {"kind": "gift"}, lambda node: {"at": 2**60},
+        lambda node: {"deltas": [["cash", node, 2**60]]},
+        lambda node: {"deltas": [["cash", "SH01", -5]]}]  # breaks rule own-rights
+    for i, fields in enumerate(bad):
+        forger = Forger(new_ledger(tmp_path, f"SH1{i}"))  # each its own node and key
+        node = forger.node
+        eid = HybridClock(node).mint()
+        entry = _entry(m, node, eid, **fields(node))
+        forger.write(entry_doc(eid, a.storage.day_of), _put(eid, entry))
+        frame = forger.frame()
+        for replica in (a, b):
+            s = SyncSession(replica)
+            s.start()
+            s.receive(pack(_hello(replica, node=node)))
+            s.receive(frame)
+            assert not s.failed
+            s.close()
+        forger.ledger.close()
+    for replica in (a, b):
+        assert (replica.balance(m), replica.rights(m)) == before
+        (n,) = replica.storage.conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()
+        assert n == 5
+        (fault,) = replica.faults()
+        assert (fault["node"], fault["rule"]) == ("SH15", "own-rights")
+    assert projections(a) == projections(b)
+
+
+def test_an_entry_as_a_shared_map_then_edited_in_place_is_refused_alike(
+        a: Ledger, b: Ledger, tmp_path: Path) -> None:
+    """Regression: an entry written as a nested Map and edited in place later was
+    projected with its first value at one replica and its last at another. Now the
+    first record is refused (an entry is a plain value naming its writer) and what
+    follows it in that log is held, whether the records come one by one or together."""
+    m = populate(a)
+    sync(a, b)
+    forger = Forger(new_ledger(tmp_path, "SH09"))
+    eid = HybridClock("SH09").mint()
     name = entry_doc(eid, a.storage.day_of)
-    a.apply_remote([(name, ups[0])])
-    a.apply_remote([(name, ups[1])])
-    b.apply_remote([(name, bytes(evil.get_update()))])
-    assert a.balance(m) == b.balance(m)
-    assert a.rights(m) == b.rights(m) == {"SH01": 8766}
-    assert projections(a)["quarantine"] == projections(b)["quarantine"] != []
+    first = forger.write(name, _put(eid, Map(_entry(m, "SH09", eid))))
+    forger.write(name, lambda doc: doc.get("entries", type=Map)[eid].__setitem__(
+        "deltas", [["cash", "SH09", 500000]]))
+    a.apply_batch(forger.batch([first]))
+    a.apply_batch(forger.batch())
+    b.apply_batch(forger.batch())
+    for replica in (a, b):
+        assert replica.rights(m) == {"SH01": 8766}
+        assert [(f["node"], f["seq"], f["rule"]) for f in replica.faults()] == [
+            ("SH09", 1, "entry-writer")]
+        assert _states(replica, "SH09") == [REFUSED, HELD]
+    assert projections(a) == projections(b)
+    forger.ledger.close()
+
+
+def _states(ledger: Ledger, node: str) -> list[int]:
+    return [s for (s,) in ledger.storage.conn.execute(
+        "SELECT state FROM records WHERE node = ? ORDER BY seq", (node,))]
+
+
+def _greet(ledger: Ledger, peer: str) -> SyncSession:
+    """A session of `ledger` that has heard a hello from `peer`."""
+    s = SyncSession(ledger)
+    s.start()
+    s.receive(pack(_hello(ledger, node=peer)))
+    s.data_to_send()
+    events(s)
+    return s
+
+
+def test_a_record_breaking_a_write_rule_is_refused_everywhere_alike(tmp_path: Path) -> None:
+    """A branch with a valid key rewrites another's entry: the record is refused whole
+    by each replica, kept as evidence (its writer signed it) and passed on, so every
+    replica refuses it alike; its writer is blocked and what it writes after is held,
+    not applied. No session fails: the relay did nothing wrong."""
+    a, evil, c = (new_ledger(tmp_path, n) for n in ("SH01", "SH02", "SH03"))
+    try:
+        m = populate(a)
+        sync(a, evil)
+        sync(a, c)
+        eid, body = a.storage.conn.execute(
+            "SELECT id, body FROM entries WHERE node = 'SH01' AND kind = 'topup'").fetchone()
+        forger = Forger(evil)
+        rewrite = json.loads(body) | {"amount": 1, "deltas": [["cash", "SH01", 1]]}
+        forger.write(entry_doc(eid, a.storage.day_of), _put(eid, rewrite))
+        forger.write(member_doc(m), lambda doc: doc.get("members", type=Map).__setitem__(
+            m, {"name": "stolen"}))  # harmless in itself, but after a broken rule
+        net = Net()
+        sa, sc = net.connect(a, c)
+        before = {lg.node: data_snapshot(lg, [m]) for lg in (a, c)}
+        s = _greet(a, "SH02")
+        s.receive(forger.frame())
+        assert not s.failed
+        net.pump()  # A passes the records on to C, which judges them itself
+        for replica in (a, c):
+            assert data_snapshot(replica, [m]) == before[replica.node]
+            assert [(f["node"], f["seq"], f["rule"]) for f in replica.faults()] == [
+                ("SH02", forger.seq - 1, "entry-insert-once")]
+            assert _states(replica, "SH02")[-2:] == [REFUSED, HELD]
+            assert replica.positions()["SH02"] == forger.seq
+        assert any("entry-insert-once" in r for r in a.refusals)
+        assert not sa.failed and not sc.failed
+        net.close()
+    finally:
+        for lg in (a, evil, c):
+            lg.close()
+
+
+Forge = Callable[[Ledger, Forger, dict[str, Any]], None]
+
+
+def _other_client(a: Ledger, f: Forger, own: dict[str, Any]) -> None:
+    """Structs written with the victim's own pycrdt client id."""
+    doc: Doc[Any] = Doc(client_id=a.storage.client_id)
+    doc.apply_update(a.storage.doc("members/00").doc.get_update())
+    before = doc.get_state()
+    doc.get("members", type=Map)["x"] = 1
+    f.record("members/00", bytes(doc.get_update(before)))
+
+
+def _two_clients(a: Ledger, f: Forger, own: dict[str, Any]) -> None:
+    """One update with structs of the forger's client and of another."""
+    stranger: Doc[Any] = Doc()
+    stranger.get("members", type=Map)["y"] = 2
+    mine = f.doc("members/00")
+    before = mine.get_state()
+    mine.get("members", type=Map)["x"] = 1
+    f.record("members/00", merge_updates(bytes(mine.get_update(before)),
+                                         bytes(stranger.get_update())))
+
+
+def _skips_a_clock(a: Ledger, f: Forger, own: dict[str, Any]) -> None:
+    """A struct the forger never sent, so its next record does not continue its clock."""
+    eid = HybridClock(f.node).mint()
+    name = entry_doc(eid, a.storage.day_of)
+    f.doc(name).get("entries", type=Map)["unsent"] = 1
+    f.write(name, _put(eid, _entry(own["member"], f.node, eid)))
+
+
+def _fresh(a: Ledger, f: Forger, own: dict[str, Any], key: str, **fields: Any) -> None:
+    """A new entry of the forger, its id minted as node `key`, with `fields`."""
+    eid = HybridClock(key).mint()
+    f.write(entry_doc(eid, a.storage.day_of),
+            _put(eid, _entry(own["member"], f.node, eid) | fields))
+
+
+def _theirs(a: Ledger) -> str:
+    (eid,) = a.storage.conn.execute(
+        "SELECT id FROM entries WHERE node = 'SH01' AND kind = 'topup'").fetchone()
+    return str(eid)
+
+
+def _rewrite(a: Ledger, f: Forger, eid: str, value: Any) -> None:
+    def change(doc: Doc[Any]) -> None:
+        if value is None:
+            del doc.get("entries", type=Map)[eid]
+        else:
+            doc.get("entries", type=Map)[eid] = value
+    f.write(entry_doc(eid, a.storage.day_of), change)
+
+
+WRITE_RULES: dict[str, tuple[str, Forge]] = {
+    "rewrites its own entry": ("entry-insert-once", lambda a, f, own: _rewrite(
+        a, f, own["id"], {k: v for k, v in own.items() if k != "bonus"} | {"amount": 9999})),
+    "deletes its own entry": ("entry-insert-once",
+                              lambda a, f, own: _rewrite(a, f, own["id"], None)),
+    "rewrites another's entry": ("entry-insert-once",
+                                 lambda a, f, own: _rewrite(a, f, _theirs(a), {"amount": 1})),
+    "deletes another's entry": ("entry-insert-once",
+                                lambda a, f, own: _rewrite(a, f, _theirs(a), None)),
+    "keys an entry by another": ("entry-writer",
+                                 lambda a, f, own: _fresh(a, f, own, "SH01", node="SH01")),
+    "names another in its entry": ("entry-writer",
+                                   lambda a, f, own: _fresh(a, f, own, f.node, node="SH01")),
+    "lowers another's rights": ("own-rights", lambda a, f, own: _fresh(
+        a, f, own, f.node, deltas=[["cash", "SH01", -5], ["cash", f.node, 5]])),
+    "writes as another's client": ("own-client", _other_client),
+    "writes as two clients": ("own-client", _two_clients),
+    "skips a clock": ("in-order", _skips_a_clock),
+    "carries no update": ("own-client", lambda a, f, own: f.record("members/00", b"\xc1")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRITE_RULES))
+def test_each_write_rule_refuses_a_record_from_a_session(a: Ledger, b: Ledger,
+                                                         case: str) -> None:
+    """A branch with a valid key (B) writes what the write rules forbid: the record is
+    refused, kept, its writer blocked; nothing else changes and the session goes on."""
+    rule, forge = WRITE_RULES[case]
+    m = populate(a)
+    sync(a, b)
+    own = b.topup(b.owner, m, 500)
+    sync(a, b)
+    forger = Forger(b)
+    forge(a, forger, own)
+    before = data_snapshot(a, [m])
+    s = _greet(a, "SH02")
+    s.receive(forger.frame())
+    assert not s.failed
+    assert data_snapshot(a, [m]) == before
+    assert [(f["node"], f["seq"], f["rule"]) for f in a.faults()] == [("SH02", forger.seq, rule)]
+    assert _states(a, "SH02")[-1] == REFUSED
+    # B is blocked: even an honest record of it is held from now on.
+    forger.write(member_doc(m), lambda doc: doc.get("members", type=Map).__setitem__(
+        "0000000000001.SH02", {"name": "x"}))
+    s.receive(forger.frame(forger.records[-1:]))
+    assert _states(a, "SH02")[-1] == HELD
+    assert data_snapshot(a, [m]) == before
 
 
 @pytest.mark.parametrize("frame", [
-    pack({"t": "update", "doc": "rules", "data": b"\x00\x00"}),
-    pack({"t": "state", "docs": {}}),
+    VALID,
+    _state({}),
     pack({"t": "rrep", "id": 1, "granted": 1}),
 ])
-def test_update_before_hello(a: Ledger, frame: bytes) -> None:
+def test_records_before_hello(a: Ledger, frame: bytes) -> None:
     m = populate(a)
     s = SyncSession(a)
     s.start()
@@ -576,7 +891,7 @@ def _failed_session(a: Ledger, b: Ledger, bad: bytes,
 
 @pytest.mark.parametrize(("bad", "exc"), [
     (b"\xc1", RemoteProtocolError),
-    (pack({"t": "update", "doc": "weather", "data": b"\x00\x00"}), RemoteProtocolError),
+    (_recs([["SH02", 1, "weather", b"\x00\x00"]]), RemoteProtocolError),
     (pack({"t": "hello", "chain": "other-chain", "node": "SH02", "now": 0,
            "digest": b"\x00" * 16}), ForeignChain),
 ])
@@ -621,22 +936,22 @@ def test_a_failed_session_drops_what_it_had_queued(a: Ledger, b: Ledger) -> None
 
 
 def test_a_failed_batch_keeps_what_it_applied(a: Ledger, b: Ledger) -> None:
-    """receive_frames applies the updates before a bad frame, then fails as a whole
-    session: the applied updates stay, later frames are not heard."""
+    """receive_frames applies the records before a bad frame, then fails as a whole
+    session: the applied records stay, later frames are not heard."""
     populate(b, "13800000002", "乙")
     sb = SyncSession(b)
     sb.start()
     hello, *_ = sb.data_to_send()
-    updates = [pack({"t": "update", "doc": n, "data": b.diff(n)})
-               for n in sorted(b.state_vectors())]
+    recs = pack({"t": "recs", **b.batch(b.lacking({})).to_wire()})
     sa = SyncSession(a)
     sa.start()
     with pytest.raises(RemoteProtocolError):
-        sa.receive_frames([hello, *updates, b"\xc1", *updates])
+        sa.receive_frames([hello, recs, b"\xc1", recs])
+    assert a.positions() == b.positions()
     assert state_vectors(a) == state_vectors(b)
     assert [e for e in events(sa) if isinstance(e, UpdatesApplied)]
     with pytest.raises(LocalProtocolError, match="session failed earlier"):
-        sa.receive_frames(updates)
+        sa.receive_frames([recs])
 
 
 def test_local_misuse_does_not_fail_the_session(a: Ledger, b: Ledger) -> None:
@@ -664,25 +979,53 @@ def test_hello_changing_node_mid_session(greeted) -> None:
 
 def test_oversized_frame(greeted, monkeypatch) -> None:
     a, s, m = greeted
-    frame = pack({"t": "update", "doc": "rules", "data": b"\x00\x00" + b"\x00" * 200})
+    frame = _recs([["SH02", 1, "rules", b"\x00\x00" + b"\x00" * 200]])
     monkeypatch.setattr(sync_mod, "MAX_FRAME_BYTES", 100)
     err = _refused(a, s, frame, [m])
     assert "exceeds" in str(err)
 
 
-def test_too_many_documents_in_state(greeted, monkeypatch) -> None:
+def test_too_many_logs_in_state(greeted, monkeypatch) -> None:
     a, s, m = greeted
-    monkeypatch.setattr(sync_mod, "MAX_DOCS", 3)
-    docs = {f"members/{i:02d}": b"\x00" for i in range(4)}
-    _refused(a, s, pack({"t": "state", "docs": docs}), [m])
+    monkeypatch.setattr(sync_mod, "MAX_LOGS", 3)
+    logs = {f"SH{i:02d}": [1, b""] for i in range(4)}
+    _refused(a, s, _state(logs), [m])
+
+
+def test_too_many_records_in_a_batch(greeted, monkeypatch) -> None:
+    a, s, m = greeted
+    monkeypatch.setattr(log_mod, "MAX_BATCH_RECORDS", 2)
+    _refused(a, s, _recs([["SH02", i, "rules", b"\x00\x00"] for i in (1, 2, 3)]), [m])
+
+
+def _sent(frames: list[bytes]) -> list[dict[str, Any]]:
+    return [msgpack.unpackb(f) for f in frames]
 
 
 def test_valid_state_is_remembered(greeted) -> None:
+    """A peer's view of the logs is remembered (for `export --for`), and answered with
+    the records it lacks, under the heads that cover them."""
     a, s, _m = greeted
-    s.receive(pack({"t": "state", "docs": {"rules": b"\x00"}}))
-    assert a.storage.peer_states("SH02") == {"rules": b"\x00"}
-    sent = [msgpack.unpackb(f) for f in s.data_to_send()]
-    assert {f["t"] for f in sent} >= {"update"}  # everything SH02 lacks
+    held = a.positions()["SH01"]
+    assert held > 1
+    tip1 = a.storage.log.hash_at("SH01", 1)
+    assert tip1
+    s.receive(_state({"SH01": [1, tip1[:8]]}))
+    assert a.storage.peer_states("SH02") == {"SH01": 1}
+    (sent,) = [f for f in _sent(s.data_to_send()) if f["t"] == "recs"]
+    assert [(r[0], r[1]) for r in sent["recs"]] == [("SH01", i) for i in range(2, held + 1)]
+    assert sent["heads"]["SH01"][0] == held and sent["certs"]["SH01"] == a.trust.cert_der
+
+
+def test_a_log_whose_tip_differs_is_sent_whole(greeted) -> None:
+    """A peer at the same position of our log but with another hash there holds a fork
+    of it (a restored backup, a cloned disk): it gets that whole log, so that it can
+    prove the fork."""
+    a, s, _m = greeted
+    held = a.positions()["SH01"]
+    s.receive(_state({"SH01": [held, b"\x00" * 8]}))
+    (sent,) = [f for f in _sent(s.data_to_send()) if f["t"] == "recs"]
+    assert [r[1] for r in sent["recs"]] == list(range(1, held + 1))
 
 
 def test_decode_state_vector() -> None:
@@ -766,23 +1109,24 @@ def test_a_relaying_session_hands_requests_to_its_driver_once(tmp_path: Path) ->
 
 def test_a_round_started_from_both_sides_sends_each_diff_once(a: Ledger, b: Ledger) -> None:
     """Both nodes say hello at once (as on every new connection): each then sees the
-    other's state twice, its own and the reply, and must not send the diff twice."""
+    other's state twice, its own and the reply, and must not send a record twice."""
     m = a.add_member(a.owner, name="张三", phone="13800000000")
     a.topup(a.owner, m, 10000)
     sa, sb = SyncSession(a), SyncSession(b)
     sa.start()
     sb.start()
-    sent: list[str] = []
+    sent: list[str] = []  # node:seq of every record A sent
     while True:
         out_a, out_b = sa.data_to_send(), sb.data_to_send()
         if not out_a and not out_b:
             break
         for frame in out_a:
             msg = msgpack.unpackb(frame)
-            if msg["t"] == "update":
-                sent.append(msg["doc"])
+            if msg["t"] == "recs":
+                sent += [f"{r[0]}:{r[1]}" for r in msg["recs"]]
             sb.receive(frame)
         for frame in out_b:
             sa.receive(frame)
     assert sorted(sent) == sorted(set(sent)) and sent, sent
+    assert len(sent) == a.positions()["SH01"]
     assert a.state_vectors() == b.state_vectors()

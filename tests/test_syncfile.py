@@ -1,21 +1,29 @@
 """Offline sync files (crdtledger.syncfile): export, import, and every way a file
-can be wrong. A refused file raises CorruptSyncFile or ForeignChain and changes
-nothing at all (not even the remembered peer states)."""
+can be wrong. A refused file raises CorruptSyncFile, ForeignChain or UntrustedSigner
+and changes nothing at all (not even the remembered peer states).
+
+The seal itself (signature, encryption, its every byte) is tested in
+tests/test_seal.py; here, what a sealed file carries: a Batch of signed log records,
+checked as a session's records are and taken all or nothing."""
 
 from __future__ import annotations
 
-import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import pytest
-from helpers import doc_content, new_ledger, projections, snapshot
+from helpers import Forger, doc_content, new_ledger, projections, snapshot
+from pycrdt import Map
 
-from crdtledger import syncfile
+from crdtledger import log as log_mod
+from crdtledger import seal, syncfile
 from crdtledger.errors import CorruptSyncFile, ForeignChain, InvalidInput, RemoteProtocolError
 from crdtledger.ledger import Ledger
-from crdtledger.sync import decode_state_vector
+from crdtledger.log import Batch, Record
+from crdtledger.model import entry_doc, member_doc
+from crdtledger.sync import decode_state_vector, wire_logs
 
 
 def populate(ledger: Ledger, n: int = 5, prefix: str = "138") -> list[str]:
@@ -37,14 +45,14 @@ def svs(ledger: Ledger) -> dict[str, dict[int, int]]:
 
 def converged(x: Ledger, y: Ledger) -> bool:
     return (svs(x) == svs(y) and projections(x) == projections(y)
-            and doc_content(x) == doc_content(y))
+            and doc_content(x) == doc_content(y) and x.log_view() == y.log_view())
 
 
-def write_sync(path: Path, body: Any, *, fmt: bytes = b"1", digest: bytes | None = None) -> Path:
-    """A sync file made by hand: header, SHA-256 of the body, body."""
+def write_sync(path: Path, signer: Ledger, body: Any) -> Path:
+    """A sync file made by hand and sealed by `signer` (a node of the chain, with its
+    own key): a well-sealed file whose content is whatever the test says."""
     raw = body if isinstance(body, bytes) else msgpack.packb(body, use_bin_type=True)
-    path.write_bytes(b"CRDTLEDGER-SYNC " + fmt + b"\n"
-                     + (digest if digest is not None else hashlib.sha256(raw).digest()) + raw)
+    path.write_bytes(seal.seal(signer.trust, syncfile.KIND, raw, 0))
     return path
 
 
@@ -66,16 +74,18 @@ def test_full_export_import(a: Ledger, b: Ledger, tmp_path: Path) -> None:
     f = tmp_path / "a.sync"
     info = syncfile.export_file(a, f)
     assert info["incremental"] is False and info["documents"] == len(a.state_vectors())
+    assert info["records"] == sum(a.positions().values())
     assert info["bytes"] == f.stat().st_size
-    assert f.read_bytes().startswith(b"CRDTLEDGER-SYNC 1\n")
+    assert f.read_bytes().startswith(b"CRDTLEDGER-SEALED sync 1\n")
     assert not list(tmp_path.glob("*.part"))
     got = syncfile.import_file(b, f)
     assert got["from"] == "SH01" and sorted(got["changed"]) == sorted(a.state_vectors())
+    assert got["records"] == info["records"] and got["incomplete"] == []
     assert converged(a, b)
     for m in ms:
         assert b.balance(m) == a.balance(m)
     assert b.use_card("SH01-138-2")["member"] == ms[2]
-    assert b.storage.peer_states("SH01") is not None
+    assert b.storage.peer_states("SH01") == a.positions()
 
 
 def test_reimport_changes_nothing(a: Ledger, b: Ledger, tmp_path: Path) -> None:
@@ -129,8 +139,8 @@ def test_incremental_export_for_a_node(a: Ledger, b: Ledger, tmp_path: Path) -> 
 
 def test_incremental_file_into_a_node_that_lost_data_says_so(tmp_path: Path) -> None:
     """A node restored from scratch cannot use a file made for what it used to have:
-    the import applies nothing it cannot build on and names the documents; a full
-    export then completes it."""
+    the import applies nothing it cannot build on (the records after the gap in a
+    node's log wait) and names the logs it lacks; a full export then completes it."""
     a = new_ledger(tmp_path, "SH01")
     ms = populate(a, 2)
     b = new_ledger(tmp_path, "SH02")
@@ -144,7 +154,7 @@ def test_incremental_file_into_a_node_that_lost_data_says_so(tmp_path: Path) -> 
     syncfile.export_file(a, tmp_path / "inc.sync", for_node="SH02")
     got = syncfile.import_file(b, tmp_path / "inc.sync")
     assert got["changed"] == []
-    assert got["incomplete"] and all(n.startswith("ledger/") for n in got["incomplete"])
+    assert got["incomplete"] == ["SH01"] and got["records"] == 0
     assert b.balance(ms[0])["cash"] == 0  # nothing half-applied
     syncfile.export_file(a, tmp_path / "full.sync")
     full = syncfile.import_file(b, tmp_path / "full.sync")
@@ -176,6 +186,16 @@ def exported(a: Ledger, b: Ledger, tmp_path: Path) -> tuple[Ledger, Path]:
     return b, f
 
 
+@pytest.fixture
+def stranger(tmp_path: Path) -> Any:
+    """SH07, a node of the chain that B has never heard of: its files are sealed with
+    a key B has no reason to doubt (a store without a chain CA trusts a node's first
+    key), so what they carry is judged on its own."""
+    ledger = new_ledger(tmp_path, "SH07")
+    yield ledger
+    ledger.close()
+
+
 def test_flipped_byte_anywhere_is_refused(exported, tmp_path: Path) -> None:
     b, f = exported
     raw = f.read_bytes()
@@ -185,7 +205,7 @@ def test_flipped_byte_anywhere_is_refused(exported, tmp_path: Path) -> None:
         damaged[pos] ^= 0x01
         bad = tmp_path / f"flip{pos}.sync"
         bad.write_bytes(bytes(damaged))
-        refused(b, bad, match="damaged or incomplete")
+        refused(b, bad, match="altered|damaged|incomplete")
     damaged = bytearray(raw)
     damaged[2] ^= 0x20  # in the magic
     bad = tmp_path / "flipmagic.sync"
@@ -210,6 +230,10 @@ def test_truncated_and_empty_files_are_refused(exported, tmp_path: Path) -> None
     b"hello world\n", b'{"chain": "default"}', b"\x00" * 100, "会员,余额\n张三,100\n".encode(),
     b"CRDTLEDGER-SYNC", b"CRDTLEDGER-SYNC x\n", b"CRDTLEDGER-SYNC \n", b"crdtledger-sync 1\n",
     b"CRDTLEDGER-SYNC 1.0\n" + b"\x00" * 40, b"PK\x03\x04 a zip file",
+    # A file of the format before sync files were sealed: header, SHA-256, body.
+    b"CRDTLEDGER-SYNC 1\n" + bytes(32) + msgpack.packb(
+        {"chain": "default", "node": "SH01", "created": 0, "states": {}, "updates": []}),
+    b"CRDTLEDGER-SEALED sync\n", b"CRDTLEDGER-SEALED  1\n", b"CRDTLEDGER-SEALED 1 sync\n",
 ])
 def test_not_a_sync_file(exported, tmp_path: Path, content: bytes) -> None:
     b, _ = exported
@@ -235,68 +259,104 @@ def test_newer_and_unknown_formats(exported, tmp_path: Path) -> None:
     b, f = exported
     raw = f.read_bytes()
     rest = raw[raw.index(b"\n") + 1:]
-    for fmt, match in ((b"2", "newer"), (b"99", "newer"), (b"0", "does not read"),
-                       (b"-1", "does not read")):
-        bad = tmp_path / f"fmt{fmt.decode()}.sync"
-        bad.write_bytes(b"CRDTLEDGER-SYNC " + fmt + b"\n" + rest)
+    for line, match in ((b"sync 2", "newer"), (b"sync 99", "newer"),
+                        (b"sync 0", "does not read"), (b"sync -1", "unreadable format"),
+                        (b"backup 1", "backup file, not a sync file"),
+                        (b"photo 1", "unknown kind")):
+        bad = tmp_path / f"fmt{line.decode().replace(' ', '')}.sync"
+        bad.write_bytes(b"CRDTLEDGER-SEALED " + line + b"\n" + rest)
         err = refused(b, bad, match=match)
         if match == "newer":
             assert "upgrade" in str(err)
 
 
-def _body(ledger: Ledger, **over: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"chain": ledger.chain, "node": "SH07", "created": 0,
-                            "states": {}, "updates": []}
+def _body(signer: Ledger, **over: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"chain": signer.chain, "node": signer.node, "created": 0,
+                            "logs": {}, "recs": [], "heads": {}}
     body.update(over)
     return body
 
 
-def test_damaged_body_with_a_valid_checksum(exported, tmp_path: Path) -> None:
-    b, f = exported
-    good = syncfile.read_file(f, b.chain)
-    valid_update = good["updates"][0]
+def _member_record(forger: Forger, mid: str = "0000000000001.SH07") -> Record:
+    return forger.write(member_doc(mid), lambda doc: doc.get("members", type=Map).__setitem__(
+        mid, {"name": "x"}))
+
+
+def test_damaged_body_with_a_valid_seal(exported, stranger: Ledger, tmp_path: Path) -> None:
+    """A file sealed by a node of the chain whose content is malformed, or whose
+    records cannot be taken, is refused whole: one bad record refuses the others."""
+    b, _f = exported
+    forger = Forger(stranger)
+    rec = _member_record(forger)
+    good = forger.batch().to_wire()
+    head = good["heads"]["SH07"]
+    cert = good["certs"]
+    junk = b"\x01\x02\x03garbage"
+    alone = Forger(stranger)  # garbage as SH07's first record ...
+    alone_head = alone.batch([alone.record("members/01", junk)]).to_wire()["heads"]
+    later = Forger(stranger, after=(forger.seq, forger.tip))  # ... or as its second
+    garbage_head = later.batch([later.record("members/01", junk)]).to_wire()["heads"]
     bodies: list[Any] = [
         b"\xc1 not msgpack",
         b"\x93\x01",  # truncated msgpack
         msgpack.packb([1, 2, 3]),
         msgpack.packb("text"),
         {"chain": b.chain},
-        _body(b, states=[]),
-        _body(b, updates={}),
-        _body(b, states={"nope": b"\x00"}),
-        _body(b, states={"rules\n": b"\x00"}),
-        _body(b, states={b"rules": b"\x00"}),  # regression: was a TypeError
-        _body(b, states={"rules": b"\x02\x01"}),
-        _body(b, states={"rules": "text"}),
-        _body(b, node=["SH07"]),  # regression: was remembered as peer "['SH07']"
-        _body(b, node="not a node"),
-        _body(b, node="SH01\n"),
-        _body(b, updates=[["rules"]]),
-        _body(b, updates=[["rules", "text"]]),
-        _body(b, updates=[["weather", b"\x00\x00"]]),
-        _body(b, updates=[[b"rules", b"\x00\x00"]]),
-        _body(b, updates=[["rules", b"\x01\x02\x03garbage"]]),
-        # All or nothing: a valid update followed by a garbage one applies neither.
-        _body(b, updates=[list(valid_update), ["rules", b"\x01\x02\x03garbage"]]),
-        _body(b, updates=[list(valid_update), ["members/01", b""]]),
+        _body(stranger, node=["SH07"]),  # regression: was remembered as peer "['SH07']"
+        _body(stranger, node="not a node"),
+        _body(stranger, node="SH07\n"),
+        _body(stranger, node="SH01"),  # sealed by SH07, claims to be SH01's
+        _body(stranger, logs=[]),
+        _body(stranger, logs={"nope": [1, b""]}),
+        _body(stranger, logs={"SH01\n": [1, b""]}),
+        _body(stranger, logs={b"SH01": [1, b""]}),  # regression: was a TypeError
+        _body(stranger, logs={"SH01": [1]}),
+        _body(stranger, logs={"SH01": [-1, b""]}),
+        _body(stranger, logs={"SH01": "text"}),
+        _body(stranger, recs={}),
+        _body(stranger, heads=[]),
+        _body(stranger, certs=[]),
+        _body(stranger, recs=[["SH07"]]),
+        _body(stranger, recs=[["SH07", 1, "members/00", "text"]]),
+        _body(stranger, recs=[["SH07", 1, "weather", b"\x00\x00"]]),
+        _body(stranger, recs=[[b"SH07", 1, "members/00", b"\x00\x00"]]),
+        _body(stranger, recs=[["SH07", 0, "members/00", b"\x00\x00"]]),
+        _body(stranger, heads={"SH07": [1, b"short", b"sig"]}),
+        # Well formed, but not to be taken: without its head, its head altered or
+        # signed by no one, its certificate missing, its data no update.
+        _body(stranger, recs=good["recs"], certs=cert),
+        _body(stranger, recs=good["recs"], heads={"SH07": [head[0], bytes(32), head[2]]},
+              certs=cert),
+        _body(stranger, recs=good["recs"], heads={"SH07": [head[0], head[1], b"\x00" * 70]},
+              certs=cert),
+        _body(stranger, recs=good["recs"], heads=good["heads"]),
+        _body(stranger, recs=[["SH07", 1, "members/01", junk]], heads=alone_head, certs=cert),
+        # All or nothing: a valid record followed by a garbage one applies neither.
+        _body(stranger, recs=[*good["recs"], ["SH07", 2, "members/01", junk]],
+              heads=garbage_head, certs=cert),
     ]
     for i, body in enumerate(bodies):
-        bad = write_sync(tmp_path / f"body{i}.sync", body)
+        bad = write_sync(tmp_path / f"body{i}.sync", stranger, body)
         refused(b, bad)
+    assert rec.seq == 1
+    # The same records, whole, are taken: the files above were refused for their faults.
+    ok = write_sync(tmp_path / "ok.sync", stranger, _body(stranger, **good))
+    assert syncfile.import_file(b, ok)["records"] == 1
+    assert b.member("0000000000001.SH07")["name"] == "x"
 
 
-def test_wrong_checksum_on_a_good_body(exported, tmp_path: Path) -> None:
+def test_a_body_of_another_chain_under_this_chains_seal(exported, stranger: Ledger,
+                                                        tmp_path: Path) -> None:
     b, _f = exported
-    body = msgpack.packb(_body(b))
-    refused(b, write_sync(tmp_path / "x.sync", body, digest=b"\x00" * 32))
-    refused(b, write_sync(tmp_path / "y.sync", body, digest=hashlib.sha256(body).digest()[:31]))
+    bad = write_sync(tmp_path / "chain.sync", stranger, _body(stranger, chain="other-chain"))
+    refused(b, bad, ForeignChain, match="other-chain")
 
 
-def test_too_many_documents(exported, tmp_path: Path, monkeypatch) -> None:
+def test_too_many_records(exported, stranger: Ledger, tmp_path: Path, monkeypatch) -> None:
     b, _ = exported
-    monkeypatch.setattr(syncfile, "MAX_DOCS", 2)
-    body = _body(b, updates=[["rules", b"\x00\x00"]] * 3)
-    refused(b, write_sync(tmp_path / "many.sync", body))
+    monkeypatch.setattr(log_mod, "MAX_BATCH_RECORDS", 2)
+    body = _body(stranger, recs=[["SH07", i, "members/00", b"\x00\x00"] for i in (1, 2, 3)])
+    refused(b, write_sync(tmp_path / "many.sync", stranger, body), match="malformed batch")
 
 
 def test_oversized_file_refused_before_reading(exported, tmp_path: Path, monkeypatch) -> None:
@@ -305,14 +365,77 @@ def test_oversized_file_refused_before_reading(exported, tmp_path: Path, monkeyp
     refused(b, f, match="larger than any sync file")
 
 
-def test_a_minimal_handmade_file_is_accepted(exported, tmp_path: Path) -> None:
+def test_a_minimal_handmade_file_is_accepted(exported, stranger: Ledger,
+                                             tmp_path: Path) -> None:
     """The checks above refuse damage, not valid files made by other tools."""
     b, _ = exported
-    ok = write_sync(tmp_path / "ok.sync", _body(b, states={"rules": b"\x00"}))
+    ok = write_sync(tmp_path / "ok.sync", stranger,
+                    _body(stranger, logs=wire_logs(b.log_view())))
     got = syncfile.import_file(b, ok)
-    assert got == {"file": str(ok), "from": "SH07", "documents": 0, "changed": [],
-                   "incomplete": []}
-    assert b.storage.peer_states("SH07") == {"rules": b"\x00"}
+    assert got == {"file": str(ok), "from": "SH07", "records": 0, "documents": 0,
+                   "changed": [], "incomplete": []}
+    assert b.storage.peer_states("SH07") == b.positions()
+
+
+def test_a_relay_cannot_alter_or_forge_what_it_carries(a: Ledger, b: Ledger, stranger: Ledger,
+                                                       tmp_path: Path) -> None:
+    """A file carries other nodes' records under their own signed heads: the node
+    that seals it (here SH07, which holds A's records) cannot alter them, nor sign
+    records in A's name, nor pass off another key as A's. Each such file is refused
+    whole; the genuine records, relayed by the same node, are taken."""
+    m = populate(a, 1)[0]
+    f = tmp_path / "a.sync"
+    syncfile.export_file(a, f)
+    syncfile.import_file(b, f)  # B knows A's key from now on
+    a.topup(a.owner, m, 1)
+    stranger.pull(a)  # SH07 holds A's records and A's signed head
+    real = stranger.batch(stranger.lacking(b.log_view()))
+    (rec,) = real.recs
+    assert rec.node == "SH01"
+    altered = Batch([Record(rec.node, rec.seq, rec.doc, rec.data[:-1] + b"\x07")],
+                    real.heads, real.certs)
+    before = (rec.seq - 1, a.storage.log.hash_at("SH01", rec.seq - 1) or b"")
+    # SH07 writes in A's name and signs the head itself, with A's certificate beside.
+    in_a_name = Forger(stranger, after=before)
+    in_a_name.node = "SH01"
+    in_a_name.record(rec.doc, rec.data[:-1] + b"\x07")
+    signed_by_sh07 = in_a_name.batch()
+    signed_by_sh07.certs = {"SH01": a.trust.cert_der}
+    # Another store that calls itself SH01, with its own key.
+    impostor = Forger(new_ledger(tmp_path / "elsewhere", "SH01"), after=before)
+    impostor.record(rec.doc, rec.data[:-1] + b"\x07")
+    for batch, match in ((altered, "altered on the way"),
+                         (signed_by_sh07, "does not match what it signs"),
+                         (impostor.batch(), "key other than the one this store first saw")):
+        bad = write_sync(tmp_path / "relayed.sync", stranger, _body(stranger, **batch.to_wire()))
+        refused(b, bad, match=match)
+    good = write_sync(tmp_path / "relayed.sync", stranger, _body(stranger, **real.to_wire()))
+    assert syncfile.import_file(b, good)["records"] == 1
+    assert b.balance(m) == a.balance(m)
+    impostor.ledger.close()
+
+
+def test_a_file_with_a_record_breaking_a_write_rule_is_refused_whole(
+        a: Ledger, b: Ledger, tmp_path: Path) -> None:
+    """B, with a valid key, writes in its own sealed file a record rewriting A's entry,
+    after an honest one: the file is refused whole, and nothing is held against B
+    (a file is taken all or nothing, so its records are not kept as evidence)."""
+    m = populate(a, 1)[0]
+    f = tmp_path / "a.sync"
+    syncfile.export_file(a, f)
+    syncfile.import_file(b, f)
+    forger = Forger(b)
+    _member_record(forger, "0000000000001.SH02")
+    eid, body = a.storage.conn.execute(
+        "SELECT id, body FROM entries WHERE kind = 'topup'").fetchone()
+    forger.write(entry_doc(eid, a.storage.day_of), lambda doc: doc.get(
+        "entries", type=Map).__setitem__(eid, json.loads(body) | {"amount": 1}))
+    bad = write_sync(tmp_path / "b.sync", b, _body(b, logs=wire_logs(b.log_view()),
+                                                   **forger.batch().to_wire()))
+    err = refused(a, bad, match="refused whole")
+    assert "entry-insert-once" in str(err)
+    assert a.faults() == []
+    assert a.balance(m)["cash"] == 10000 - 100
 
 
 def test_export_to_an_unwritable_place_names_the_file(a: Ledger, tmp_path: Path) -> None:
