@@ -10,13 +10,23 @@ the books are those a real chain could have written.
 
 Each branch writes into its own scratch `pycrdt.Doc` per document (its own client
 id, entry dicts exactly as `Ledger._entry` makes them, ids minted by
-`crdtledger.hlc`), and the node under test (branch B1) receives the updates with
-`Ledger.apply_remote`, batch by batch: the same code path, projections and log as
-live sync. Past documents are then compacted as a long-running node would have
-done; the current month keeps a tail of single-entry updates, as live sync leaves
-it. The result is checked (every entry projected, none quarantined, no branch's
-rights below zero) and cached under `benchmarks/out/data/`, keyed by size and by the
-month it ends in, so later runs reuse it and only copy it.
+`crdtledger.hlc`). Each branch keeps its own signed log, one record per ledger entry
+as a node's log has one per operation (a member shard's profiles and cards: one
+record per branch) (crdtledger.log: records chained by hash, heads signed with the
+key the data set's chain CA certified for it), and the node under test (branch B1)
+receives the records with `Ledger.apply_batch(strict=True)`, batch by batch: the
+same verification, write rules, projections and log as live sync and sync files.
+Past documents are then compacted as a long-running node would have done; the
+current month keeps a tail of single-entry updates, as live sync leaves it. The
+result is checked (every entry projected, none quarantined, no branch's rights below
+zero) and cached under `benchmarks/out/data/`, keyed by size and by the month it
+ends in, so later runs reuse it and only copy it.
+
+A data set is a chain of its own: `chain/` holds its CA (HQ enrolled as head office,
+B1 as the store itself, `tls/`), `keys/` the other writers' identities, and
+`members.batch` the records up to the end of the members (rules and member shards,
+with heads signed there): what a node that knows the members but none of the ledger
+holds (benchmarks.network's joining node).
 """
 
 from __future__ import annotations
@@ -34,20 +44,25 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import msgpack
 from pycrdt import Array, Doc, Map
 
 from crdtledger import audit
 from crdtledger.escrow import grant_amount, shortfall_plan
 from crdtledger.hlc import HybridClock, decode, wall_ms
 from crdtledger.ledger import Ledger, owner_of
+from crdtledger.log import GENESIS, Batch, Head, Record, head_message, record_hash
 from crdtledger.model import DEFAULT_RULES, ledger_doc, member_doc
 from crdtledger.money import apply_rate, points_for
-from crdtledger.storage import DB_FILE
+from crdtledger.storage import DB_FILE, FORMAT_VERSION
+from crdtledger.trust import TLS_DIR, Trust, load_trust
 
 # Bump when the generated content or the storage layout changes, so stale caches
 # are not reused (2: snapshots in their own table; 3: unique card numbers;
-# 4: log keyed by document, no docs.tail; 5: state vector on the log row).
-GEN_VERSION = 5
+# 4: log keyed by document, no docs.tail; 5: state vector on the log row;
+# 6: signed per-node logs, the data set its own chain CA, members.batch;
+# 7: one log record per ledger entry).
+GEN_VERSION = 7
 OUT = Path(__file__).resolve().parent / "out"  # git-ignored
 TIMEZONE = "Asia/Shanghai"
 NODES = ("HQ", "B1", "B2", "B3")
@@ -57,7 +72,11 @@ MONTHS = 24
 # The current month ends with this many entries as single-entry updates (at most a
 # tenth of the month): the uncompacted log tail a live node carries.
 LIVE_TAIL = 1000
-BATCH = 2000  # entries per apply_remote call while back-filling
+BATCH = 2000  # entries (one record each) per apply_batch call while back-filling
+CHAIN = "bench"  # the chain id (and CA name) of every data set
+CHAIN_DIR = "chain"  # inside a data set: its chain CA
+KEYS_DIR = "keys"  # inside a data set: the identities of the writers other than B1
+MEMBERS_BATCH = "members.batch"  # inside a data set: msgpack of a Batch's wire form
 
 PROMOTIONS: list[dict[str, Any]] = [
     {"name": "充1000送100", "min": 100000, "bonus": 10000},
@@ -84,7 +103,9 @@ class Size:
         return f"{_short(self.members)} members / {_short(self.entries)} entries"
 
     def key(self, anchor: str) -> str:
-        return f"v{GEN_VERSION}-{self.members}m-{self.entries}e-{self.months}mo-{anchor}"
+        # The store's format too: a library that changed it cannot open the old cache.
+        return (f"v{GEN_VERSION}-{self.members}m-{self.entries}e-{self.months}mo-{anchor}"
+                f"-f{FORMAT_VERSION}")
 
 
 def _short(n: int) -> str:
@@ -131,11 +152,20 @@ def info(data_dir: Path) -> dict[str, Any]:
 
 
 def working_copy(data_dir: Path, dest: Path) -> Path:
-    """A private copy to write to; the cached original stays as generated."""
+    """A private copy to write to (the store and its identity as B1 of the data set's
+    chain); the cached original stays as generated."""
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
     shutil.copyfile(data_dir / DB_FILE, dest / DB_FILE)
+    shutil.copytree(data_dir / TLS_DIR, dest / TLS_DIR)
     return dest
+
+
+def members_batch(data_dir: Path) -> Batch:
+    """The records of the rules and member documents, with heads signed where they
+    end: what a node holds that knows the members and none of the ledger."""
+    return Batch.from_wire(msgpack.unpackb((data_dir / MEMBERS_BATCH).read_bytes(),
+                                           raw=False, strict_map_key=True))
 
 
 # --- generation --------------------------------------------------------------------
@@ -153,8 +183,9 @@ class _Member:
 class _Writer:
     """One branch's replica of one document: its own client id, updates as diffs."""
 
-    def __init__(self, name: str, client_id: int, roots: tuple[str, ...]) -> None:
+    def __init__(self, name: str, node: str, client_id: int, roots: tuple[str, ...]) -> None:
         self.name = name
+        self.node = node
         self.doc: Doc[Any] = Doc(client_id=client_id)
         self.roots: dict[str, Map[Any]] = {r: self.doc.get(r, type=Map) for r in roots}
         self.sent = self.doc.get_state()
@@ -165,13 +196,33 @@ class _Writer:
             self.roots[root][key] = value
         self.dirty = True
 
-    def take(self) -> tuple[str, bytes] | None:
+    def take(self) -> tuple[str, str, bytes] | None:
         if not self.dirty:
             return None
         update = bytes(self.doc.get_update(self.sent))
         self.sent = self.doc.get_state()
         self.dirty = False
-        return self.name, update
+        return self.node, self.name, update
+
+
+class _SignedLog:
+    """One branch's log: its records chained by hash, its head signed with its key."""
+
+    def __init__(self, trust: Trust, chain: str) -> None:
+        self.trust = trust
+        self.chain = chain
+        self.seq = 0
+        self.tip = GENESIS
+
+    def record(self, doc: str, data: bytes) -> Record:
+        self.seq += 1
+        rec = Record(self.trust.node, self.seq, doc, data)
+        self.tip = record_hash(self.tip, rec.node, rec.seq, doc, data)
+        return rec
+
+    def head(self) -> Head:
+        msg = head_message(self.chain, self.trust.node, self.seq, self.tip)
+        return Head(self.seq, self.tip, self.trust.sign(msg))
 
 
 class Generator:
@@ -202,6 +253,7 @@ class Generator:
         self.kinds: dict[str, int] = {}
         self.clocks: dict[str, HybridClock] = {}
         self.writers: dict[str, _Writer] = {}
+        self.queue: list[tuple[str, str, bytes]] = []  # records of entries, in order
         self.index: dict[str, int] = {}
         self.ledger: Ledger
 
@@ -217,25 +269,60 @@ class Generator:
     # --- the run ---------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        Ledger.create(self.dir, BENCH_NODE, "bench", TIMEZONE)
+        from peer.chain import enrol, init_chain
+
+        chain_dir = self.dir / CHAIN_DIR
+        init_chain(chain_dir, name=CHAIN)
+        Ledger.create(self.dir, BENCH_NODE, CHAIN, TIMEZONE)
+        enrol(chain_dir, self.dir, BENCH_NODE)
         self.ledger = Ledger.open(self.dir, synchronous="OFF")
+        self.logs: dict[str, _SignedLog] = {}
+        for node in NODES:
+            if node == BENCH_NODE:
+                trust = self.ledger.trust
+            else:
+                home = self.dir / KEYS_DIR / node
+                enrol(chain_dir, home, node, head_office=node == "HQ")
+                trust = load_trust(home, CHAIN, node)
+            self.logs[node] = _SignedLog(trust, CHAIN)
+        self.members_wire: dict[str, Any] = {"recs": [], "heads": {}, "certs": {}}
         try:
             self._rules()
             self._members()
+            (self.dir / MEMBERS_BATCH).write_bytes(
+                msgpack.packb(self.members_wire, use_bin_type=True))
+            self.members_wire = {}
+            members_positions = {n: lg.seq for n, lg in self.logs.items() if lg.seq}
             self._ledger()
             stats = self._check()
+            stats["log_positions"] = self.ledger.positions()
+            stats["members_positions"] = members_positions
         finally:
             self.ledger.close()
         return stats
 
-    def _apply(self, updates: list[tuple[str, bytes]]) -> None:
-        if updates:
-            self.ledger.apply_remote(updates)
+    def _apply(self, updates: list[tuple[str, str, bytes]]) -> None:
+        """Each writer's updates as the next records of its log, with its head signed
+        after them, applied at B1 as a session's batch (all or nothing)."""
+        if not updates:
+            return
+        batch = Batch()
+        for node, doc, data in updates:
+            batch.recs.append(self.logs[node].record(doc, data))
+        for node in dict.fromkeys(n for n, _, _ in updates):
+            batch.heads[node] = self.logs[node].head()
+            batch.certs[node] = self.logs[node].trust.cert_der
+        self.ledger.apply_batch(batch, strict=True)
+        if self.members_wire:  # still in the members: kept for the joining node
+            wire = batch.to_wire()
+            self.members_wire["recs"] += wire["recs"]
+            self.members_wire["heads"].update(wire["heads"])
+            self.members_wire["certs"].update(wire["certs"])
 
     def _rules(self) -> None:
         clock = self._clock("HQ")
         self.sim_ms = self.start
-        w = _Writer("rules", self.client_ids["HQ"], ("rules",))
+        w = _Writer("rules", "HQ", self.client_ids["HQ"], ("rules",))
         w.set("rules", clock.mint(), {"kind": "promotions", "effective_from": self._day(self.start),
                                       "body": json.dumps(PROMOTIONS, sort_keys=True)})
         self._apply([u for u in [w.take()] if u])
@@ -263,7 +350,7 @@ class Generator:
             self.created.append(t)
             shards.setdefault(member_doc(mid), []).append((m, self._profile(i, m)))
         for n, (name, items) in enumerate(sorted(shards.items())):
-            writers = {node: _Writer(name, self.client_ids[node], ("members", "cards"))
+            writers = {node: _Writer(name, node, self.client_ids[node], ("members", "cards"))
                        for node in NODES}
             for m, profile in items:
                 node = NODES[m.home]
@@ -334,10 +421,10 @@ class Generator:
     def _month(self, month: str, lo: int, hi: int, quota: int, cards: list[_Member],
                live: bool) -> None:
         name = ledger_doc(month)
-        self.writers = {n: _Writer(name, self.client_ids[n], ("entries",)) for n in NODES}
+        self.writers = {n: _Writer(name, n, self.client_ids[n], ("entries",)) for n in NODES}
         tail = min(LIVE_TAIL, quota // 10) if live else 0
         live_mode = False  # in the live tail: one update per entry, as live sync sends
-        pending: list[tuple[str, bytes]] = []
+        pending: list[tuple[str, str, bytes]] = []
         batched = self.written
         t = float(lo)
         ci = 0
@@ -368,10 +455,11 @@ class Generator:
         self._flush(pending + self._take())
         self.ledger.storage.evict_all()
 
-    def _take(self) -> list[tuple[str, bytes]]:
-        return [u for w in self.writers.values() if (u := w.take()) is not None]
+    def _take(self) -> list[tuple[str, str, bytes]]:
+        out, self.queue = self.queue, []
+        return out + [u for w in self.writers.values() if (u := w.take()) is not None]
 
-    def _flush(self, updates: list[tuple[str, bytes]]) -> None:
+    def _flush(self, updates: list[tuple[str, str, bytes]]) -> None:
         self._apply(updates)
 
     def _compact_all(self) -> None:
@@ -393,6 +481,10 @@ class Generator:
         }
         entry.update({k: v for k, v in extra.items() if v is not None and v != ""})
         self.writers[node].set("entries", eid, entry)
+        # One record per entry, as a node's log has one per operation it commits.
+        taken = self.writers[node].take()
+        if taken is not None:
+            self.queue.append(taken)
         self.written += 1
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
         return entry

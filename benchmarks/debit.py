@@ -18,7 +18,19 @@ The second set times the ledger again, side by side with what it is made of:
 - `ledger, synchronous=OFF`: a second copy of the node, without the fsync: the
   ledger's CPU cost (plus writing WAL pages to the OS cache).
 
-The third set is what a branch with four tills gets when they all swipe at once,
+The third set is what the signed log costs a debit (issue 12), exactly A B A B:
+
+- `ledger`: as above, which appends the debit's record to the node's own log
+  (crdtledger.log: hash-chained to the one before; `LedgerBase._log_own`);
+- `ledger, no log record`: a third copy of the node whose `_log_own` is replaced, on
+  that Ledger object only and in this process only, by one that returns the record
+  without hashing or storing it: the debit as it was before signed logs.
+
+and after each `ledger` debit, `Ledger.own_head()`, which signs the moved head of
+the node's log (ECDSA P-256): what a session does once per batch it sends, so once
+per debit at a counter's pace.
+
+The fourth set is what a branch with four tills gets when they all swipe at once,
 in blocks A B C D A B C D ... (each till debits back to back, closed loop):
 
 - `ledger, 1 till` / `4 tills`: a real branch node (`peer.node.Node`, started in this
@@ -64,6 +76,7 @@ from benchmarks.common import (
 from benchmarks.report import Report
 from crdtledger.hlc import HybridClock, decode, wall_ms
 from crdtledger.ledger import Ledger
+from crdtledger.log import Record
 
 NAME = "debit"
 WARMUP = 30
@@ -170,6 +183,13 @@ def run(cfg: Config, report: Report) -> None:
     try:
         full = Ledger.open(datagen.working_copy(data, work / "full"))
         off = Ledger.open(datagen.working_copy(data, work / "off"), synchronous="OFF")
+        nolog = Ledger.open(datagen.working_copy(data, work / "nolog"))
+        unlogged = nolog.node
+
+        def no_log_record(doc: str, data: bytes) -> Record:
+            return Record(unlogged, 0, doc, data)
+
+        nolog._log_own = no_log_record  # type: ignore[method-assign]
         floor = FsyncFloor(work / "fsync.bin")
         crdt = PycrdtAppend()
         times: dict[str, list[float]] = {}
@@ -177,6 +197,7 @@ def run(cfg: Config, report: Report) -> None:
             pool = member_pool(full, POOL, "debit")
             topups = fund_pool(full, pool)
             fund_pool(off, pool)
+            fund_pool(nolog, pool)
             plain.preload(pool, int(datagen.info(data)["entries"]), 10**12)
 
             def rounds(n: int, variants: dict[str, Callable[[str], object]]) -> None:
@@ -203,9 +224,26 @@ def run(cfg: Config, report: Report) -> None:
                             "floor": lambda m: floor.write(),
                             "pycrdt": crdt.append,
                             "off": lambda m: off.debit(off.owner, m, service=SERVICE)})
+            cfg.log(f"debit: {n // 2} rounds ledger (+ head signature) / ledger without its "
+                    "log record")
+
+            def debit_signed(m: str) -> None:
+                full.debit(full.owner, m, service=SERVICE)
+                t0 = time.perf_counter_ns()
+                full.own_head()
+                times["sign"].append((time.perf_counter_ns() - t0) / 1000)
+
+            times["sign"] = []
+            rounds(n // 2, {"ledger3": debit_signed,
+                            "nolog": lambda m: nolog.debit(nolog.owner, m, service=SERVICE)})
+            times["sign"] = times["sign"][-len(times["ledger3"]):]  # the warm-up's dropped
+            # The debit alone: the head is signed after it (as a session does), not in it.
+            times["ledger3"] = [t - s for t, s in zip(times["ledger3"], times["sign"],
+                                                      strict=True)]
         finally:
             full.close()
             off.close()
+            nolog.close()
             floor.close()
         cfg.log(f"debit: {cfg.blocks} blocks of 1 and {TILLS} tills at once, node / plain SQLite")
         tills = _tills(cfg, data, work, pool, plain)
@@ -235,6 +273,20 @@ def run(cfg: Config, report: Report) -> None:
     report.ratio(NAME, "ledger / pycrdt append", led2, cr)
     report.ratio(NAME, "ledger FULL / ledger OFF", led2, cpu)
     report.ratio(NAME, "plain SQLite / fsync floor", pla, flo, note="from the two sets")
+    led3 = report.figure(NAME, "ledger debit, synchronous=FULL (3rd set)", "µs",
+                         times["ledger3"], "rounds: ledger (+ head signed after), ledger "
+                         "without log record")
+    nol = report.figure(NAME, "ledger debit without its log record", "µs", times["nolog"],
+                        "LedgerBase._log_own patched out on that ledger, in this process")
+    sig = report.figure(NAME, "head signature after a debit (own_head)", "µs", times["sign"],
+                        "ECDSA P-256 over the moved head: once per batch a session sends")
+    report.ratio(NAME, "debit with log record / without (median)", led3, nol, 1.05,
+                 "issue 12: the log record adds <= 5%")
+    report.ratio(NAME, "head signature / debit without log record (median)", sig, nol,
+                 note="a session signs once per batch: once per debit at a counter's pace")
+    report.limit(NAME, "log record + one head signature, added to a debit",
+                 (led3.median - nol.median + sig.median) / nol.median, "x", 0.05,
+                 "issue 12: signing and the log record add <= 5% (medians)")
     _report_tills(cfg, report, tills)
 
 
@@ -247,8 +299,8 @@ def _tills(cfg: Config, data: Path, work: Path, pool: list[str], plain: PlainSql
     from peer.node import Config as NodeConfig
     from peer.node import Node
 
-    chain = Chain(work / "tills")
-    node = Node(NodeConfig(chain.hub(data, "node"), listen=("127.0.0.1", 0),
+    chain = Chain(work / "tills", data)
+    node = Node(NodeConfig(chain.hub("node"), listen=("127.0.0.1", 0),
                            api=("127.0.0.1", 0), peers=[], mdns=False))
     conns = [plain] + [PlainSqlite(work / "plain.sqlite3", create=False)
                        for _ in range(TILLS - 1)]

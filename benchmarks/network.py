@@ -37,7 +37,8 @@ Two benchmarks, the sections "sync" and "propagation" of the benchmark-suite iss
   A pause (`RIGHTS_GAP_S`) separates operations, as swipes at a counter are.
 
 A (`B1`) starts from a copy of a generated data set; the other nodes start empty
-(B4, B5) and join by catching up, so every node carries the same history.
+(B4, B5), enrolled in the data set's own chain CA (its writers' heads are signed
+under it), and join by catching up, so every node carries the same history.
 """
 
 from __future__ import annotations
@@ -63,17 +64,19 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from benchmarks import datagen
 from benchmarks.common import POOL_TOPUP, SERVICE, Config
 from benchmarks.datagen import Size
 from benchmarks.report import Figure, Report
 from crdtledger import views
-from crdtledger.sync import covers, decode_state_vector
+from crdtledger.log import Record
 
 SYNC = "sync"
 PROPAGATION = "propagation"
 ROOT = Path(__file__).resolve().parent.parent
-CHAIN = "bench"  # the chain id of datagen's data sets
+CHAIN = datagen.CHAIN  # the chain id of datagen's data sets
 HUB = datagen.BENCH_NODE  # B1: the node whose store datagen wrote
 JOINERS = ("B4", "B5")  # not among datagen's writers (HQ, B1, B2, B3)
 RATE = 100.0  # debits per second in the propagation and bytes-per-debit streams
@@ -88,6 +91,9 @@ SAMPLE_S = 0.005
 HEARTBEAT_S = 0.005
 STACK_DEPTH = 6
 START_TIMEOUT_S = 60.0
+# The sync file of the 100k data set before nodes wrote signed logs (full run at
+# 0b9bbc0, benchmarks/README.md before f2f8a86): issue 12's bar is 1.2x this.
+FILE_100K_BEFORE_MB = 25.1
 CALL_TIMEOUT_S = 600.0
 
 
@@ -184,25 +190,21 @@ class NodeProc:
 
 
 class Chain:
-    """The chain CA of a run, the data directories of its nodes, the running nodes."""
+    """The chain CA of a data set (a copy: enrolling writes to it), the data
+    directories of its nodes, the running nodes."""
 
-    def __init__(self, work: Path) -> None:
-        from peer.chain import init_chain
-
+    def __init__(self, work: Path, data_set: Path) -> None:
         self.work = work
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         self.dir = work / "chain"
-        init_chain(self.dir, name=CHAIN)
+        shutil.copytree(data_set / datagen.CHAIN_DIR, self.dir)
+        self.data_set = data_set
         self.running: list[NodeProc] = []
 
-    def hub(self, data_set: Path, name: str) -> Path:
-        """A copy of a generated data set, as node B1 of this chain."""
-        from peer.chain import enrol
-
-        dest = datagen.working_copy(data_set, self.work / name)
-        enrol(self.dir, dest, HUB)
-        return dest
+    def hub(self, name: str) -> Path:
+        """A copy of the data set: node B1 of this chain, enrolled when generated."""
+        return datagen.working_copy(self.data_set, self.work / name)
 
     def empty(self, name: str, node: str) -> Path:
         from crdtledger.ledger import Ledger
@@ -230,33 +232,28 @@ class Chain:
 
 
 @contextmanager
-def _chain(work: Path) -> Iterator[Chain]:
-    chain = Chain(work)
+def _chain(work: Path, data_set: Path) -> Iterator[Chain]:
+    chain = Chain(work, data_set)
     try:
         yield chain
     finally:
         chain.close()
 
 
-def _members_only(hub: Path, dest: Path) -> int:
-    """Give `dest` (an empty node) every document of `hub` but the ledger months: a
-    node that knows the members and lacks all of their entries. Returns the size of
-    what it lacks (the diffs of the ledger documents): the least a catch-up sends."""
+def _members_only(data_set: Path, hub: Path, dest: Path) -> int:
+    """Give `dest` (an empty node) the records of the rules and member documents,
+    with the heads their writers signed there (`datagen.members_batch`): a node that
+    knows the members and lacks all of their entries. Returns the size of what it
+    lacks (its records' wire form, without heads or certificates): the least a
+    catch-up sends."""
     from crdtledger.ledger import Ledger
 
-    src = Ledger.open(hub, lock=False)
-    dst = Ledger.open(dest)
-    lacking = 0
-    try:
-        for name in sorted(src.state_vectors()):
-            if name.startswith("ledger/"):
-                lacking += len(src.diff(name))
-            else:
-                dst.apply_remote([(name, src.diff(name))])
-    finally:
-        src.close()
-        dst.close()
-    return lacking
+    with contextlib.closing(Ledger.open(dest)) as dst:
+        dst.apply_batch(datagen.members_batch(data_set), strict=True)
+        view = dst.log_view()
+    with contextlib.closing(Ledger.open(hub, lock=False)) as src:
+        return len(msgpack.packb([[r.node, r.seq, r.doc, r.data] for r in src.lacking(view)],
+                                 use_bin_type=True))
 
 
 def _sync_file(data: Path, behind: Path, work: Path, reps: int) -> list[dict[str, Any]]:
@@ -270,7 +267,7 @@ def _sync_file(data: Path, behind: Path, work: Path, reps: int) -> list[dict[str
 
     hub_dir = datagen.working_copy(data, work / "hub")  # remembering a peer writes
     with contextlib.closing(Ledger.open(behind, lock=False)) as led:
-        theirs = led.state_vectors()
+        theirs = led.positions()
     runs = []
     with contextlib.closing(Ledger.open(hub_dir)) as hub:
         hub.remember_peer(JOINERS[0], theirs)
@@ -283,7 +280,7 @@ def _sync_file(data: Path, behind: Path, work: Path, reps: int) -> list[dict[str
             dest = work / "behind"
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(behind, dest)
-            with contextlib.closing(Ledger.open(dest)) as led:
+            with contextlib.closing(Ledger.open(dest)) as led, verify_timer() as spent:
                 t2 = time.perf_counter()
                 imported = import_file(led, path)
                 t3 = time.perf_counter()
@@ -291,9 +288,43 @@ def _sync_file(data: Path, behind: Path, work: Path, reps: int) -> list[dict[str
                     raise RuntimeError(f"sync file: the import did not reach the hub's state "
                                        f"({imported['incomplete']})")
             runs.append({"export_s": t1 - t0, "import_s": t3 - t2, "bytes": exported["bytes"],
-                         "documents": exported["documents"]})
+                         "documents": exported["documents"], "records": exported["records"],
+                         **spent})
     shutil.rmtree(work, ignore_errors=True)
     return runs
+
+
+@contextmanager
+def verify_timer() -> Iterator[dict[str, float]]:
+    """Seconds spent verifying records (`Replica._verify`: hash chains, head
+    signatures, certificates) and judging them by the write rules
+    (`writerules.check_header` and `check_change`, as `crdtledger.replica` calls
+    them), accumulated by perf counters wrapped around them for the duration; in this
+    process only. The wrappers cost about 0.2 µs per call (one per record)."""
+    from crdtledger import replica
+
+    spent = {"verify_s": 0.0, "rules_s": 0.0}
+    orig_verify = replica.Replica._verify
+    orig_header, orig_change = vars(replica)["check_header"], vars(replica)["check_change"]
+
+    def timed(fn: Any, key: str) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - t0
+        return wrapper
+
+    replica.Replica._verify = timed(orig_verify, "verify_s")  # type: ignore[method-assign]
+    setattr(replica, "check_header", timed(orig_header, "rules_s"))  # noqa: B010
+    setattr(replica, "check_change", timed(orig_change, "rules_s"))  # noqa: B010
+    try:
+        yield spent
+    finally:
+        replica.Replica._verify = orig_verify  # type: ignore[method-assign]
+        setattr(replica, "check_header", orig_header)  # noqa: B010
+        setattr(replica, "check_change", orig_change)  # noqa: B010
 
 
 def _ms(ns: list[int] | list[float]) -> list[float]:
@@ -338,13 +369,13 @@ def _code() -> dict[str, Any]:
 def run_sync(cfg: Config, report: Report) -> None:
     p = plan(cfg)
     details: dict[str, Any] = {"code": _code(), "load_before": _load(), "catchup": {}}
-    with _chain(cfg.work / SYNC) as chain:
-        for size, reps in p.catchup:
-            data = datagen.dataset(size, cfg.out, cfg.log)
-            label = datagen._short(size.entries)
-            hub_dir = chain.hub(data, f"hub-{label}")
+    for size, reps in p.catchup:
+        data = datagen.dataset(size, cfg.out, cfg.log)
+        label = datagen._short(size.entries)
+        with _chain(cfg.work / SYNC / label, data) as chain:
+            hub_dir = chain.hub(f"hub-{label}")
             template = chain.empty(f"behind-{label}", JOINERS[0])
-            lacking = _members_only(hub_dir, template)
+            lacking = _members_only(data, hub_dir, template)
             last = size == p.catchup[-1][0]
             cfg.log(f"sync: a sync file of {label} entries, exported and imported, {reps} runs")
             files = _sync_file(data, template, chain.work / f"file-{label}", reps)
@@ -377,7 +408,7 @@ def run_sync(cfg: Config, report: Report) -> None:
                           "sync protocol frames (crdtledger_sync_bytes)")
             report.figure(SYNC, f"{name}: payload / what it lacked", "x",
                           [r["bytes"]["payload_in"] / lacking for r in runs],
-                          f"lacked: the ledger documents' diffs, {lacking / 1e6:.2f} MB")
+                          f"lacked: the records it lacked, {lacking / 1e6:.2f} MB as msgpack")
             report.figure(SYNC, f"{name}: on the wire, both ways", "MB",
                           [(r["bytes"]["tcp_in"] + r["bytes"]["tcp_out"]) / 1e6 for r in runs],
                           "TCP payload: TLS records, websocket frames, handshakes")
@@ -385,17 +416,42 @@ def run_sync(cfg: Config, report: Report) -> None:
                           [r["cpu_total_s"] for r in runs])
             report.figure(SYNC, f"{name}: CPU of the node it joins", "s",
                           [r["hub_cpu_s"] for r in runs])
+            ver = report.figure(SYNC, f"{name}: verifying, in the joining node", "s",
+                                [r["verify"]["verify_s"] for r in runs],
+                                "Replica._verify: hash chains, head signatures, certificates")
+            rules = report.figure(SYNC, f"{name}: write rules, in the joining node", "s",
+                                  [r["verify"]["rules_s"] for r in runs],
+                                  "writerules.check_header + check_change")
+            share = report.figure(
+                SYNC, f"{name}: verifying + write rules / dial -> digests equal", "x",
+                [(r["verify"]["verify_s"] + r["verify"]["rules_s"]) / (r["done_ns"] / 1e9)
+                 for r in runs], "perf counters around the checks, in the joining node")
+            report.figure(SYNC, f"{name}: verifying + write rules / CPU of the joining node",
+                          "x", [(r["verify"]["verify_s"] + r["verify"]["rules_s"])
+                                / r["cpu_total_s"] for r in runs])
             if size.entries >= 100_000 or last:
                 report.limit(SYNC, f"{name} (worst)", max(secs.samples), "s", 3.0,
                              "issue target: 100k entries <= 3 s" if size.entries >= 100_000
                              else "the target is for 100k entries; a toy size here")
+                report.limit(SYNC, f"{name}: verifying share (worst)", max(share.samples), "x",
+                             0.10, f"issue 12: verifying <= 10% of the catch-up (median "
+                             f"{ver.median:.2f} s verify + {rules.median:.2f} s rules)")
             name = f"sync file {label} entries"
             report.figure(SYNC, f"{name}: export", "s", [f["export_s"] for f in files],
                           "what the joining node lacks (export --for it), written + fsync")
             report.figure(SYNC, f"{name}: import", "s", [f["import_s"] for f in files],
                           "read, checked and applied all or nothing (import_file)")
-            report.figure(SYNC, f"{name}: file size", "MB", [f["bytes"] / 1e6 for f in files],
-                          "uncompressed")
+            size_mb = report.figure(SYNC, f"{name}: file size", "MB",
+                                    [f["bytes"] / 1e6 for f in files],
+                                    "sealed: signed and encrypted (not compressible)")
+            report.figure(SYNC, f"{name}: import, verifying + write rules", "s",
+                          [f["verify_s"] + f["rules_s"] for f in files],
+                          "the same perf counters as the catch-up's")
+            if size.entries == 100_000:
+                report.limit(SYNC, f"{name}: size / before signed logs", size_mb.median
+                             / FILE_100K_BEFORE_MB, "x", 1.2,
+                             f"issue 12: <= 1.2x the {FILE_100K_BEFORE_MB} MB of the full "
+                             "run at 0b9bbc0 (per-document diffs, unsealed)")
             details["catchup"][label] = {"data_set": datagen.info(data), "runs": runs,
                                          "lacking_bytes": lacking, "sync_file": files}
             if last:
@@ -411,6 +467,10 @@ def _in_sync(cfg: Config, p: Plan, report: Report, a: NodeProc, b: NodeProc
             f"{RATE:.0f}/s for the bytes per debit")
     if a.digest() != b.digest():
         raise RuntimeError("sync: nodes not in sync before the anti-entropy rounds")
+    # A catch-up can lose its link (its batch holds the loop for seconds): the joining
+    # node redials; the rounds need the link up at both ends.
+    a.call("wait", peers=[b.node])
+    b.call("wait", peers=[a.node])
     wire: list[float] = []
     payload: list[float] = []
     took: list[float] = []
@@ -475,8 +535,8 @@ def run_propagation(cfg: Config, report: Report) -> None:
     data = datagen.dataset(p.live, cfg.out, cfg.log)
     details: dict[str, Any] = {"code": _code(), "load_before": _load(),
                                "data_set": datagen.info(data)}
-    with _chain(cfg.work / PROPAGATION) as chain:
-        a = chain.start(chain.hub(data, "a"))
+    with _chain(cfg.work / PROPAGATION, data) as chain:
+        a = chain.start(chain.hub("a"))
         b = chain.start(chain.empty("b", JOINERS[0]))
         cfg.log(f"propagation: {b.node} joins {a.node} ({p.live.label})")
         details["b_joins_a"] = b.call("catchup", url=a.url, states=a.call("states")["states"])
@@ -678,33 +738,28 @@ class Child:
         self.tracking = False
         self.watermark = ""
         self.seen_ns: dict[str, int] = {}
-        # During a catch-up: the documents whose state vector is not yet the target's
-        # (decoded: Yrs orders a vector's clients by history).
-        self.target: dict[str, dict[int, int]] = {}
-        self.target_all: dict[str, dict[int, int]] = {}
+        # During a catch-up: the logs not yet held as far as the peer held them.
+        self.target: dict[str, int] = {}
         self.pending: set[str] = set()
         self.reached = asyncio.Event()
         self.reached_ns = 0
         self.watch = StallWatch()
 
-    # Called after every commit at this node, local or remote (Ledger.subscribe).
-    def on_commit(self, doc: str, update: bytes, origin: object) -> None:
+    # Called after every log record committed here, local or remote (Ledger.subscribe):
+    # a batch's records one after the other, once it is applied whole.
+    def on_commit(self, record: Record, origin: object) -> None:
         if origin is None:
             return
-        now = time.monotonic_ns()
-        if self.tracking and doc.startswith("ledger/"):
+        if self.tracking and record.doc.startswith("ledger/"):
+            now = time.monotonic_ns()
             for eid in views.entry_ids_after(self.node.ledger, self.watermark):
                 self.seen_ns.setdefault(eid, now)
                 self.watermark = max(self.watermark, eid)
-        if doc in self.pending:
-            # The document was just applied, so it is loaded: its state costs nothing,
-            # where the store's state_vectors() may read the whole log.
-            state = self.node.ledger.storage.doc(doc).doc.get_state()
-            if decode_state_vector(state) == self.target[doc]:
-                self.pending.discard(doc)
-                if not self.pending:
-                    self.reached_ns = now
-                    self.reached.set()
+        if record.node in self.pending and record.seq >= self.target[record.node]:
+            self.pending.discard(record.node)
+            if not self.pending:
+                self.reached_ns = time.monotonic_ns()
+                self.reached.set()
 
     async def main(self) -> None:
         node = self.node
@@ -790,28 +845,34 @@ class Child:
         return {"connected": self.node.connected()}
 
     async def cmd_states(self) -> dict[str, Any]:
-        return {"states": {n: sv.hex() for n, sv in self.node.ledger.state_vectors().items()}}
+        """How far this node holds each log (what a joining node must reach)."""
+        return {"states": self.node.ledger.positions()}
 
-    async def cmd_catchup(self, url: str, states: dict[str, str], timeout: float = 300.0
+    async def cmd_catchup(self, url: str, states: dict[str, int], timeout: float = 300.0
                           ) -> dict[str, Any]:
-        """Dial `url` and time until this node holds `states` (the peer's)."""
+        """Dial `url` and time until this node holds every log as far as `states`
+        (the peer's positions). Verifying and the write rules are timed meanwhile
+        (`verify_timer`)."""
         node = self.node
-        ours = node.ledger.state_vectors()
-        self.target = {n: decode_state_vector(bytes.fromhex(sv)) for n, sv in states.items()}
-        self.target_all = dict(self.target)
-        self.pending = {n for n, sv in self.target.items()
-                        if decode_state_vector(ours.get(n, b"\x00")) != sv}
+        ours = node.ledger.positions()
+        self.target = dict(states)
+        self.pending = {n for n, seq in self.target.items() if ours.get(n, 0) < seq}
         self.reached_ns = 0
         self.reached.clear()
-        cpu0 = await self.cmd_cpu()
-        t0, wall0 = time.monotonic_ns(), time.time()
-        node.dial(url)
-        while not node.connected():
-            await asyncio.sleep(0.001)
-        connected = time.monotonic_ns()
-        await asyncio.wait_for(self.reached.wait(), timeout)
-        cpu1 = await self.cmd_cpu()
-        self.target = {}
+        with verify_timer() as spent:
+            cpu0 = await self.cmd_cpu()
+            t0, wall0 = time.monotonic_ns(), time.time()
+            node.dial(url)
+            while not node.connected():
+                await asyncio.sleep(0.001)
+            connected = time.monotonic_ns()
+            first = node.link(node.connected()[0])
+            if self.pending:
+                await asyncio.wait_for(self.reached.wait(), timeout)
+            else:
+                self.reached_ns = connected
+            cpu1 = await self.cmd_cpu()
+            verify = dict(spent)
         peer = node.connected()[0]
         # The rest of the round: frames the peer queued before it knew we had it all.
         last = node.peers[peer].last_contact
@@ -823,12 +884,16 @@ class Child:
         cpu2 = await self.cmd_cpu()
         # The peer may have moved on meanwhile (a rights transfer, its rebalancer): what
         # we hold must cover what it held when asked, and may hold more.
-        ours = node.ledger.state_vectors()
-        short = [n for n, sv in self.target_all.items()
-                 if not covers(decode_state_vector(ours.get(n, b"\x00")), sv)]
+        ours = node.ledger.positions()
+        short = [n for n, seq in self.target.items() if ours.get(n, 0) < seq]
+        self.target = {}
         if short:
-            raise RuntimeError(f"caught up by the applied documents, yet short of {short}")
+            raise RuntimeError(f"caught up by the applied records, yet short of {short}")
+        refused = list(node.ledger.refusals)
+        if refused:
+            raise RuntimeError(f"records refused during the catch-up: {refused[:3]}")
         return {"connected_ns": connected - t0, "done_ns": self.reached_ns - t0,
+                "verify": verify, "same_link": node.link(peer) is first,
                 "last_frame_ns": int(((last or wall0) - wall0) * 1e9),
                 "cpu_s": cpu1["cpu_s"] - cpu0["cpu_s"],
                 "cpu_total_s": cpu2["cpu_s"] - cpu0["cpu_s"], "peer": peer,

@@ -39,8 +39,13 @@ def test_quick_benchmark_run(tmp_path: Path) -> None:
                 "sync/catch-up 100k entries (worst)", "sync/in-sync round on the wire (worst)",
                 "sync/bytes per debit on the wire (median)", "propagation/A -> B, 2 nodes: p99",
                 "propagation/A -> B -> C, 3 in a line: p99",
-                "propagation/rights fetch: added to a debit, p99"):
+                "propagation/rights fetch: added to a debit, p99",
+                # Issue 12: what signed logs cost.
+                "sync/catch-up 100k entries: verifying share (worst)",
+                "sync/sync file 100k entries: size / before signed logs",
+                "debit/log record + one head signature, added to a debit"):
         assert isinstance(limits[key]["ok"], bool), key
+    assert isinstance(ratios["debit/debit with log record / without (median)"]["ok"], bool)
     # One and four tills, each through the node and the plain baseline.
     for who in ("1 till", "4 tills at once"):
         for what in ("node debit, latency", "plain SQLite debit, latency",
