@@ -2,8 +2,8 @@
 
 `write_backup` takes SQLite's online backup of the store (one consistent snapshot
 while the node keeps working, no lock on the data directory), marks the copy as a
-restored node (meta `rotate_client_id` and `restored_from`: the node that opens it
-takes a new Yjs client id and catches up with the chain before it writes), and
+restored node (meta `restored_from`: the node that opens it catches up with the
+chain before it writes, then takes a new epoch of its pycrdt client id), and
 seals it with the node's key files into ``TARGET/ledger.backup``: signed by the node,
 encrypted with the chain secret, so a lost stick leaks no phone and no PIN hash.
 
@@ -100,9 +100,8 @@ def write_backup(data_dir: Path, target_dir: Path) -> Path:
             src.backup(dst)
             meta = dict(dst.execute("SELECT key, value FROM meta").fetchall())
             node, chain = meta["node"], meta["chain"]
-            dst.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
-                ("rotate_client_id", "1"),
-                ("restored_from", _local(taken_ms, meta.get("timezone")))])
+            dst.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                        ("restored_from", _local(taken_ms, meta.get("timezone"))))
             dst.commit()
             dst.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:

@@ -71,6 +71,7 @@ class LedgerBase:
         self.trust: Trust = load_trust(storage.dir, self.chain, self.node)
         self.trust.pinned = storage.log.pinned()
         self._own_head: Head | None = None
+        self._certs_seen: dict[str, bytes] = {}  # node -> certificate its head verified under
         # What was refused from peers and files, and why (the latest): for the node's
         # log, its metrics and `crdtledger status`. Proven faults are in the store.
         self.refusals: deque[str] = deque(maxlen=SKEW_EVENTS_KEPT)
@@ -134,8 +135,6 @@ class LedgerBase:
         seq, prev = log.tip(self.node)
         rec = Record(self.node, seq + 1, doc, data)
         log.append(rec, record_hash(prev, self.node, rec.seq, doc, data))
-        if log.client_node(self.storage.client_id) is None:
-            log.bind_client(self.storage.client_id, self.node)
         return rec
 
     def _write(self, *writes: Write) -> None:

@@ -118,3 +118,26 @@ def _states_digest(states: tuple[tuple[str, bytes], ...]) -> bytes:
 
 __all__ = ["MAX_STATE_VECTOR_BYTES", "covers", "decode_state_vector", "missing",
            "read_varuint", "states_digest", "write_varuint"]
+
+
+def covered(rest: bytes, have: dict[int, int]) -> bool:
+    """True if `rest`, what of an update lies beyond a document's state (pycrdt's
+    `get_update(update, state)`), holds no structs and its delete set names only
+    clocks below `have` (that state, decoded): every part of the update was
+    integrated, none is held back waiting for what it builds on."""
+    try:
+        writers, pos = read_varuint(rest, 0)
+        if writers:
+            return False
+        clients, pos = read_varuint(rest, pos)
+        for _ in range(clients):
+            client, pos = read_varuint(rest, pos)
+            ranges, pos = read_varuint(rest, pos)
+            for _ in range(ranges):
+                clock, pos = read_varuint(rest, pos)
+                length, pos = read_varuint(rest, pos)
+                if clock + length > have.get(client, 0):
+                    return False
+    except ValueError:
+        return False
+    return True

@@ -12,8 +12,10 @@ records and heads unchanged, so file and network get one check.
 Replicas keep every node's log whole (`records`), even after the documents'
 update logs are compacted into snapshots: they are what a peer or a file gets, and
 what proves who wrote what. A record is `applied` to the documents, `refused` (it
-broke a write rule, crdtledger.writerules) or `held` (its writer is blocked: it broke
-a rule or forked its log before; nothing more of it is applied).
+broke a write rule, crdtledger.writerules), `held` (its writer is blocked: it broke
+a rule or forked its log before; nothing more of it is applied) or `waiting` (it
+builds on another writer's records not here yet, as a record relayed ahead of them
+does: applied as soon as they come).
 
 Wire form of a batch: ``{"recs": [[node, seq, doc, data], ...], "heads": {node: [seq,
 hash, sig]}, "certs": {node: der}}``; the hashes are not sent, each replica computes
@@ -36,8 +38,8 @@ GENESIS = bytes(32)
 # The tip a replica shows (log_view) for a log it caught forking: two replicas that
 # both know stop sending each other that log's proof every round.
 FORK_MARK = b"\xff" * 8
-APPLIED, REFUSED, HELD = 0, 1, 2
-STATES = {APPLIED: "applied", REFUSED: "refused", HELD: "held"}
+APPLIED, REFUSED, HELD, WAITING = 0, 1, 2, 3
+STATES = {APPLIED: "applied", REFUSED: "refused", HELD: "held", WAITING: "waiting"}
 # A batch may hold a year of a large chain's records (a catch-up, a sync file).
 MAX_BATCH_RECORDS = 4_000_000
 
@@ -49,13 +51,16 @@ CREATE TABLE IF NOT EXISTS records(
     pos INTEGER PRIMARY KEY, node TEXT NOT NULL, seq INTEGER NOT NULL, hash BLOB NOT NULL,
     doc TEXT NOT NULL, data BLOB NOT NULL, state INTEGER NOT NULL DEFAULT 0);
 CREATE UNIQUE INDEX IF NOT EXISTS records_seq ON records(node, seq);
+-- Records that build on another writer's records not here yet (pycrdt would hold
+-- them back): kept, applied as soon as what they build on comes.
+CREATE INDEX IF NOT EXISTS records_waiting ON records(pos) WHERE state = 3;
+-- Records that build on another writer's records not here yet (pycrdt would hold
+-- them back): kept, applied as soon as what they build on comes.
+CREATE INDEX IF NOT EXISTS records_waiting ON records(pos) WHERE state = 3;
 -- The latest signed head of each other node's log (ours is signed when asked).
 CREATE TABLE IF NOT EXISTS heads(
     node TEXT PRIMARY KEY, seq INTEGER NOT NULL, hash BLOB NOT NULL, sig BLOB NOT NULL,
     cert BLOB NOT NULL) WITHOUT ROWID;
--- Which node writes with which pycrdt client id: bound by the first record of the
--- node that uses it; a record of another node using it breaks a write rule.
-CREATE TABLE IF NOT EXISTS clients(client INTEGER PRIMARY KEY, node TEXT NOT NULL);
 -- What a node did wrong, as proven here: a record that broke a write rule, or two
 -- signed records at one position of its log. A node with a fault is blocked.
 CREATE TABLE IF NOT EXISTS faults(
@@ -146,7 +151,7 @@ class Batch:
 
 
 class Log:
-    """The `records`, `heads`, `clients` and `faults` tables of one store, with the
+    """The `records`, `heads`, `faults` and `pins` tables of one store, with the
     tips of the logs cached (one SQLite connection, one thread)."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -154,14 +159,12 @@ class Log:
         self._tips: dict[str, tuple[int, bytes]] = {}
         self._positions: dict[str, int] | None = None
         self._blocked: set[str] | None = None
-        self._clients: dict[int, str] = {}
 
     def reset(self) -> None:
         """Forget what is cached (a transaction rolled back)."""
         self._tips.clear()
         self._positions = None
         self._blocked = None
-        self._clients.clear()
 
     # --- reading ------------------------------------------------------------
 
@@ -218,15 +221,18 @@ class Log:
                                 (node, seq)).fetchone()
         return None if row is None else int(row[0])
 
-    def client_node(self, client: int) -> str | None:
-        node = self._clients.get(client)
-        if node is None:
-            row = self.conn.execute("SELECT node FROM clients WHERE client = ?",
-                                    (client,)).fetchone()
-            if row is None:
-                return None
-            node = self._clients[client] = row[0]
-        return node
+    def waiting(self) -> list[tuple[Record, bytes]]:
+        """Records kept `waiting`, in the order they came."""
+        return [(Record(n, s, d, bytes(b)), bytes(h)) for n, s, d, b, h in self.conn.execute(
+            "SELECT node, seq, doc, data, hash FROM records WHERE state = 3 ORDER BY pos")]
+
+    def waiting_nodes(self) -> set[str]:
+        return {n for (n,) in self.conn.execute(
+            "SELECT DISTINCT node FROM records WHERE state = 3")}
+
+    def set_state(self, node: str, seq: int, state: int) -> None:
+        self.conn.execute("UPDATE records SET state = ? WHERE node = ? AND seq = ?",
+                          (state, node, seq))
 
     def blocked(self) -> set[str]:
         """Nodes with a proven fault: nothing more of their logs is applied."""
@@ -251,12 +257,6 @@ class Log:
         self._tips[rec.node] = (rec.seq, hash_)
         if self._positions is not None:
             self._positions[rec.node] = rec.seq
-
-    def bind_client(self, client: int, node: str) -> None:
-        if self._clients.get(client) == node:
-            return
-        self.conn.execute("INSERT OR IGNORE INTO clients VALUES (?, ?)", (client, node))
-        self._clients[client] = node
 
     def keep_head(self, node: str, head: Head, cert: bytes) -> None:
         self.conn.execute("INSERT OR REPLACE INTO heads VALUES (?, ?, ?, ?, ?)",

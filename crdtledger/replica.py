@@ -18,17 +18,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgpack
+from pycrdt import get_update
 
 from crdtledger import views
 from crdtledger.commit import LedgerBase
 from crdtledger.errors import ClockSkew, RemoteProtocolError
 from crdtledger.hlc import MAX_CLOCK_SKEW_MS, decode, id_floor, id_time_ms, wall_ms
-from crdtledger.lib0 import decode_state_vector
+from crdtledger.lib0 import covered, decode_state_vector
 from crdtledger.log import (
     APPLIED,
     FORK_MARK,
     HELD,
     REFUSED,
+    WAITING,
     Batch,
     Head,
     Record,
@@ -46,6 +48,9 @@ from crdtledger.writerules import (
     RuleBroken,
     check_change,
     check_header,
+    client_id_for,
+    epoch_of,
+    owns_client,
 )
 
 
@@ -223,8 +228,15 @@ class Replica(LedgerBase):
             while True:
                 try:
                     return self._apply_plan(plan, origin, refused, single)
+                except _Waits as w:  # rolled back: again, with that writer waiting
+                    if w.run > 1:
+                        single.add(w.record.node)
+                    elif w.stored:
+                        plan.still_waiting.add(w.record.node)
+                    else:
+                        plan.wait_from[w.record.node] = w.record.seq
                 except _Broken as b:  # rolled back: again, with that record refused
-                    if strict and b.run == 1:
+                    if strict and b.run == 1 and not b.released:
                         raise RemoteProtocolError(
                             f"record {b.record.seq} of node {b.record.node} breaks write "
                             f"rule {b.error.rule}: {b.error.detail}") from None
@@ -242,9 +254,11 @@ class Replica(LedgerBase):
         for rec in batch.recs:
             by_node.setdefault(rec.node, []).append(rec)
         for node, head in batch.heads.items():
-            recs = sorted(by_node.pop(node, []), key=lambda r: r.seq)
+            # Sorted by position, one per position (merged frames may repeat one).
+            recs = sorted({r.seq: r for r in by_node.pop(node, [])}.values(),
+                          key=lambda r: r.seq)
             try:
-                self._verify_log(node, head, recs, batch.certs.get(node), plan)
+                self._verify_log(node, head, recs, batch.certs.get(node), plan, strict)
             except RemoteProtocolError as e:
                 if strict:
                     raise
@@ -254,24 +268,41 @@ class Replica(LedgerBase):
             if strict:
                 raise RemoteProtocolError(f"records of {stray} come without a signed head")
             self._refuse(f"records of {stray} came without a signed head")
-        order = {(r.node, r.seq): i for i, r in enumerate(batch.recs)}
-        plan.accepted.sort(key=lambda rh: order[(rh[0].node, rh[0].seq)])
+        # The sender's order, except that each log's records go in log order (a relay
+        # may have shuffled them): the k-th record of a node in the batch's order
+        # becomes its k-th lowest.
+        by_writer: dict[str, list[tuple[Record, bytes]]] = {}
+        for rh in sorted(plan.accepted, key=lambda rh: rh[0].seq):
+            by_writer.setdefault(rh[0].node, []).append(rh)
+        taken = {(r.node, r.seq) for r, _ in plan.accepted}
+        nexts = {node: iter(rhs) for node, rhs in by_writer.items()}
+        accepted = []
+        for r in batch.recs:
+            if (r.node, r.seq) in taken:
+                taken.discard((r.node, r.seq))  # a record sent twice counts once
+                accepted.append(next(nexts[r.node]))
+        plan.accepted = accepted
         return plan
 
     def _verify_log(self, node: str, head: Head, recs: list[Record], cert: bytes | None,
-                    plan: _Plan) -> None:
+                    plan: _Plan, strict: bool) -> None:
         log = self.storage.log
-        kept = log.head(node)
         if cert is None:
+            kept = log.head(node)
             if node == self.node:
                 cert = self.trust.cert_der
             elif kept is not None:
                 cert = kept[1]
+            elif node in self._certs_seen:
+                cert = self._certs_seen[node]
             else:
                 raise UntrustedSigner(f"no certificate of node {node} came with its records")
         self.trust.verify(node, cert, head_message(self.chain, node, head.seq, head.hash),
                           head.sig)
         plan.certs[node] = cert
+        # Kept even if none of its records are taken now (past a gap): a session sends
+        # a certificate once, and the records it covers come later.
+        self._certs_seen[node] = cert
         if not self.trust.enrolled and node != self.node:
             plan.pins.append((node, cert))
         tip_seq, _tip_hash = log.tip(node)
@@ -300,6 +331,11 @@ class Replica(LedgerBase):
             if head.seq in by_seq or (chained and chained[0][0].seq <= tip_seq):
                 raise RemoteProtocolError(f"node {node}'s records do not match the head it "
                                           f"signed at {head.seq} (altered on the way)")
+            if strict and chained:
+                raise RemoteProtocolError(
+                    f"node {node}'s records from {chained[0][0].seq} do not reach the head "
+                    f"it signed at {head.seq}: record {chained[-1][0].seq + 1} is missing "
+                    "or altered (or its log forked)")
             if chained and chained[0][0].seq == tip_seq + 1:
                 # Its chain from our tip does not reach its head: our log and its
                 # diverge before our tip. The peer sends the whole log when it sees
@@ -341,9 +377,18 @@ class Replica(LedgerBase):
             for fork in plan.forks:
                 self._report_fork(fork, now)
             blocked = log.blocked()
+            waiting = log.waiting_nodes()
             i, accepted = 0, plan.accepted
             while i < len(accepted):
                 rec, hash_ = accepted[i]
+                if rec.node not in blocked and (
+                        rec.node in waiting or rec.seq >= plan.wait_from.get(rec.node, 1 << 62)):
+                    # After a record that waits, its writer's next ones wait too.
+                    log.append(rec, hash_, WAITING)
+                    waiting.add(rec.node)
+                    new.append(rec)
+                    i += 1
+                    continue
                 if rec.node in blocked or (rec.node, rec.seq) in refused:
                     state = HELD
                     broken = refused.get((rec.node, rec.seq))
@@ -360,7 +405,8 @@ class Replica(LedgerBase):
                 if rec.node not in single:
                     while (j < len(accepted) and accepted[j][0].node == rec.node
                            and accepted[j][0].doc == rec.doc
-                           and (rec.node, accepted[j][0].seq) not in refused):
+                           and (rec.node, accepted[j][0].seq) not in refused
+                           and accepted[j][0].seq < plan.wait_from.get(rec.node, 1 << 62)):
                         j += 1
                 run = accepted[i:j]
                 self._apply_run(run, plan.certs)
@@ -371,6 +417,8 @@ class Replica(LedgerBase):
                 i = j
             for node, head, cert in plan.heads:
                 log.keep_head(node, head, cert)
+            if waiting:
+                touched += self._release(plan, refused, blocked, now)
             if touched:
                 try:
                     project_deferred(st.conn, st.day_of)  # entries whose funding just came
@@ -385,19 +433,53 @@ class Replica(LedgerBase):
             st.maybe_compact(name)
         return new
 
+    def _release(self, plan: _Plan, refused: dict[tuple[str, int], RuleBroken],
+                 blocked: set[str], now: int) -> list[str]:
+        """Apply the waiting records whose writers' dependencies came, in the order
+        they came, each writer's in its log's order, until one still waits. Returns
+        the documents changed."""
+        log = self.storage.log
+        stuck = set(plan.still_waiting) | blocked
+        touched = []
+        for rec, hash_ in log.waiting():
+            if rec.node in stuck:
+                continue
+            broken = refused.get((rec.node, rec.seq))
+            if broken is not None:
+                log.set_state(rec.node, rec.seq, REFUSED)
+                self._report_rule(rec, broken, now)
+                stuck.add(rec.node)
+                continue
+            cert = plan.certs.get(rec.node) or self._certs_seen.get(rec.node)
+            kept = log.head(rec.node)
+            try:
+                self._apply_run([(rec, hash_)], {rec.node: cert or (kept[1] if kept else b"")})
+            except _Waits as w:
+                w.stored = True
+                raise
+            except _Broken as b:  # judged now, but it came earlier: not this batch's fault
+                b.released = True
+                raise
+            log.set_state(rec.node, rec.seq, APPLIED)
+            touched.append(rec.doc)
+        return touched
+
     def _apply_run(self, run: list[tuple[Record, bytes]], certs: dict[str, bytes]) -> None:
         """Apply one writer's consecutive records for one document, judged by the
         write rules; a broken rule raises _Broken (the caller rolls back)."""
-        st, log = self.storage, self.storage.log
+        st = self.storage
         first = run[0][0]
         node, name = first.node, first.doc
         ld = st.doc(name)
         may_govern = name not in GOVERNANCE_DOCS or self._may_govern(node, certs.get(node))
         order = InOrder(name, decode_state_vector(ld.doc.get_state()))
+        # Dropped if the transaction rolls back, even if nothing integrated: what Yrs
+        # holds back inside the Doc would otherwise be released later, unjudged.
+        ld.dirty = True
         with ld.watching() as change:
             for rec, _ in run:
                 try:
-                    written = check_header(node, name, rec.data, log.client_node)
+                    written = check_header(node, name, rec.data)
                     if written is not None:
                         order.record(*written)
                 except RuleBroken as e:
@@ -409,11 +491,16 @@ class Replica(LedgerBase):
                         raise
                     raise _Broken(rec, RuleBroken("own-client", f"malformed update: {e}"),
                                   1) from None
-                if written is not None:
-                    log.bind_client(written[0], node)
         ld.take_updates()  # logged below as received
+        # Each record must have integrated whole: one that builds on another writer's
+        # records not here yet is held back by pycrdt; it waits (the caller rolls back
+        # and keeps it `waiting`), it did nothing wrong.
+        after = ld.doc.get_state()
+        have = decode_state_vector(after)
+        for rec, _ in run:
+            if not covered(get_update(rec.data, after), have):
+                raise _Waits(rec, len(run))
         try:
-            order.settle(decode_state_vector(ld.doc.get_state()))
             check_change(node, name, change, may_govern, self.trust.is_revocation_list)
             self._project(ld, change)
         except RuleBroken as e:
@@ -448,12 +535,22 @@ class Replica(LedgerBase):
                                       fork.evidence):
             self._refuse(detail)
 
+    def revocation_list(self) -> str:
+        """The chain's revocation list in force (base64 DER, "" for none): of every
+        version of the `revocations` rule, the highest-numbered list the chain CA
+        signed. Not the latest written: any branch may write a CA-signed list, and one
+        replaying an older list must not un-revoke anyone."""
+        best, number = "", -1
+        for _eff, _rid, body in self._versions("revocations"):  # type: ignore[attr-defined]
+            crl = str(body.get("crl", "")) if isinstance(body, dict) else ""
+            n = self.trust.crl_number_of(crl)
+            if n is not None and n >= number:
+                best, number = crl, n
+        return best
+
     def refresh_revocations(self) -> None:
-        """Install the chain's revocation list from its rule, if newer (trust checks
-        the CA's signature, so a forged list installs nothing)."""
-        body = self.rule("revocations")  # type: ignore[attr-defined]
-        if isinstance(body, dict):
-            self.trust.set_revocations(str(body.get("crl", "")))
+        """Install the chain's revocation list in force (revocation_list)."""
+        self.trust.set_revocations(self.revocation_list())
 
     def _refuse(self, what: str) -> None:
         self.refusals.append(what)
@@ -471,8 +568,10 @@ class Replica(LedgerBase):
         """Take from `other` (another ledger in this process) what we lack, as a
         session's round would: for seeding a demo chain and for tests."""
         view = self.log_view()
-        return self.apply_batch(other.batch(other.lacking(view), show=other.behind(view)),
-                                origin)
+        new = self.apply_batch(other.batch(other.lacking(view), show=other.behind(view)),
+                               origin)
+        self.peer_caught_up(other.log_view())
+        return new
 
     def peer_caught_up(self, positions: Mapping[str, Any]) -> None:
         """A peer (or a file) told how far it holds our own log: if not beyond what we
@@ -482,8 +581,18 @@ class Replica(LedgerBase):
         held = positions.get(self.node, 0)
         seq = held[0] if isinstance(held, tuple | list) else held
         if isinstance(seq, int) and seq <= self.storage.log.tip(self.node)[0]:
-            with self.storage.transaction():
-                self.storage.set_meta("restored_from", "")
+            # A new epoch of our client id, past every one our log holds: what the
+            # node wrote after the backup came back under the old one, and it must not
+            # write those clocks again.
+            st = self.storage
+            epochs = [epoch_of(c) for sv in st.state_vectors().values()
+                      for c in decode_state_vector(sv) if owns_client(self.node, c)]
+            client = client_id_for(self.node, max(epochs, default=-1) + 1)
+            with st.transaction():
+                st.set_meta("restored_from", "")
+                st.set_meta("client_id", str(client))
+            st.client_id = client
+            st.evict_all()  # loaded documents write with the old id
             self.restored = None
 
 
@@ -549,6 +658,19 @@ class _Plan:
     forks: list[_Fork] = field(default_factory=list)
     pins: list[tuple[str, bytes]] = field(default_factory=list)
     certs: dict[str, bytes] = field(default_factory=dict)  # each verified log's signer
+    wait_from: dict[str, int] = field(default_factory=dict)  # node -> first record that waits
+    still_waiting: set[str] = field(default_factory=set)  # writers whose kept records wait
+
+
+class _Waits(Exception):
+    """A record did not integrate whole: it builds on records not here yet. `run`: how
+    many records were applied with it; `stored`: it was already kept waiting."""
+
+    def __init__(self, record: Record, run: int) -> None:
+        super().__init__(f"record {record.seq} of {record.node} waits")
+        self.record = record
+        self.run = run
+        self.stored = False
 
 
 class _Broken(Exception):
@@ -560,3 +682,4 @@ class _Broken(Exception):
         self.record = record
         self.error = error
         self.run = run
+        self.released = False  # a record kept waiting from an earlier batch

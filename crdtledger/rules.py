@@ -26,6 +26,19 @@ class Rules(Auth):
         """The version of a rule in force on `day` (default today), else the default."""
         if kind not in RULE_KINDS:
             raise InvalidInput(f"unknown rule kind {kind!r}")
+        if kind == "revocations":
+            # Not the latest written: the highest-numbered list the chain CA signed
+            # (Replica.revocation_list).
+            return {"crl": self.revocation_list()}  # type: ignore[attr-defined]
+        day = day or self.today()
+        current = DEFAULT_RULES[kind]
+        for eff, _rid, body in self._versions(kind):
+            if eff <= day:
+                current = body
+        return current
+
+    def _versions(self, kind: str) -> list[tuple[str, str, Any]]:
+        """Every version of a rule: (effective_from, id, body), in that order."""
         if self._rules is None:
             cache: dict[str, list[tuple[str, str, Any]]] = {}
             for rid, k, eff, body in self.storage.conn.execute(
@@ -33,12 +46,7 @@ class Rules(Auth):
             ):
                 cache.setdefault(k, []).append((eff, rid, json.loads(body)))
             self._rules = cache
-        day = day or self.today()
-        current = DEFAULT_RULES[kind]
-        for eff, _rid, body in self._rules.get(kind, []):
-            if eff <= day:
-                current = body
-        return current
+        return self._rules.get(kind, [])
 
     def set_rule(self, operator: str, kind: str, body: Any, effective_from: str | None = None
                  ) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import secrets
 import sqlite3
 import time
 from collections import OrderedDict
@@ -30,17 +29,18 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from pycrdt import Doc, Map, get_update
+from pycrdt import Array, Doc, Map
 
 from crdtledger import hlc
 from crdtledger.backups import restore_pending
 from crdtledger.errors import InvalidInput, StoreError, StoreLocked
-from crdtledger.lib0 import decode_state_vector, read_varuint
+from crdtledger.lib0 import decode_state_vector
 from crdtledger.log import SCHEMA as LOG_SCHEMA
 from crdtledger.log import Log, record_hash
 from crdtledger.log import Record as LogRecord
 from crdtledger.model import DOC_NAME
 from crdtledger.private import FILE_MODE, private_dir, private_sqlite_file, tighten, tighten_store
+from crdtledger.writerules import client_id_for
 
 # 2: the update log is a rowid table (see _upgrade); 3: signed logs (crdtledger.log)
 FORMAT_VERSION = 3
@@ -52,8 +52,6 @@ COMPACT_AFTER = 2000
 # How many documents stay in memory; the current month, a few member shards.
 DOC_CACHE = 48
 LOCK_WAIT_S = 10.0
-# Parts of remote updates that Yrs holds back, followed per document (LoadedDoc.settle).
-HELD_BACK_KEPT = 64
 # How far ahead of the clock the persisted ceiling is set (see Storage.keep_clock).
 CLOCK_LEASE_MS = 2000
 
@@ -154,9 +152,6 @@ class LoadedDoc:
         self.dirty = False
         self._observing = False
         self._unobserve: list[Callable[[], None]] = []
-        # What remote updates applied to this Doc left unintegrated (see settle);
-        # None: too much to follow.
-        self.held_back: list[bytes] | None = []
 
     def start_observing(self) -> None:
         """Capture the update of every transaction from now on (what gets logged)."""
@@ -229,54 +224,9 @@ class LoadedDoc:
             else:
                 change.touched.add((root, str(path[0])))
 
-    def settle(self, update: bytes, state: bytes) -> bool:
-        """After applying a remote `update` that brought the Doc to `state`: True if
-        all of it integrated and the Doc held nothing back before it, i.e. the Doc
-        changed by exactly `update`, which may then be logged and relayed as is.
-
-        Yrs keeps structs whose dependencies are missing, and deletions of items it
-        has not seen, pending inside the Doc, and integrates them silently in a later
-        apply. Those parts are remembered here (what of each update lies beyond the
-        state it reached, with its delete set) until the state vector covers them:
-        until then every apply may release some, and only the diff against the
-        state before it says what changed. A Doc loaded from the store holds nothing
-        back: its log holds only what integrated."""
-        if self.held_back is None:
-            return False
-        clean = not self.held_back
-        rests = (bytes(get_update(u, state)) for u in (*self.held_back, update))
-        held = list(dict.fromkeys(r for r in rests if not _covered(r, state)))
-        # Past the limit (a dependency long missing, or a peer sending rubbish), stop
-        # checking: every apply takes the diff until the Doc is loaded again.
-        self.held_back = held if len(held) <= HELD_BACK_KEPT else None
-        return clean and not held
-
     def take_updates(self) -> list[bytes]:
         ups, self.updates = self.updates, []
         return ups
-
-
-def _covered(rest: bytes, state: bytes) -> bool:
-    """True if `rest`, what of an update lies beyond `state` (pycrdt.get_update),
-    holds no structs and its delete set names only clocks below `state`, so that
-    every deletion in it found its item (no Doc here has gaps below its state)."""
-    have = decode_state_vector(state)
-    try:
-        writers, pos = read_varuint(rest, 0)
-        if writers:
-            return False
-        clients, pos = read_varuint(rest, pos)
-        for _ in range(clients):
-            client, pos = read_varuint(rest, pos)
-            ranges, pos = read_varuint(rest, pos)
-            for _ in range(ranges):
-                clock, pos = read_varuint(rest, pos)
-                length, pos = read_varuint(rest, pos)
-                if clock + length > have.get(client, 0):
-                    return False
-    except ValueError:
-        return False
-    return True
 
 
 def _log_lone_store(conn: sqlite3.Connection, meta: dict[str, str]) -> None:
@@ -287,8 +237,9 @@ def _log_lone_store(conn: sqlite3.Connection, meta: dict[str, str]) -> None:
     that holds other nodes' writes cannot prove who wrote them (nothing was signed),
     so it is refused: its branch starts afresh from another branch's data."""
     node, client = meta["node"], int(meta["client_id"])
+    own = client_id_for(node, 0)  # its writes are redone under its derived client id
     names = [n for (n,) in conn.execute("SELECT name FROM docs ORDER BY name")]
-    docs: list[tuple[str, bytes]] = []
+    docs: list[tuple[str, bytes, bytes]] = []
     for name in names:
         ld = LoadedDoc(name, client)
         row = conn.execute("SELECT (SELECT data FROM snapshots WHERE name = ?), snapshot_seq "
@@ -304,21 +255,39 @@ def _log_lone_store(conn: sqlite3.Connection, meta: dict[str, str]) -> None:
                 f"{node}'s store was made by a crdtledger without signed logs and holds "
                 "other branches' data, which cannot be proven to whoever wrote it: make "
                 "this branch afresh (crdtledger init) and let it sync from the others")
-        docs.append((name, bytes(ld.doc.get_update())))
+        fresh = LoadedDoc(name, own)
+        with fresh.doc.transaction():
+            for root, values in ld.roots.items():
+                for key, value in values.items():
+                    fresh.roots[root][key] = _copy(value)
+        docs.append((name, bytes(fresh.doc.get_update()), bytes(fresh.doc.get_state())))
         ld.close()
+        fresh.close()
     log = Log(conn)
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for seq, (name, data) in enumerate(docs, 1):
+        for seq, (name, data, sv) in enumerate(docs, 1):
             prev = log.tip(node)[1]
             log.append(LogRecord(node, seq, name, data), record_hash(prev, node, seq, name, data))
-        if docs:
-            log.bind_client(client, node)
+            conn.execute("INSERT OR REPLACE INTO snapshots VALUES (?, ?)", (name, data))
+            conn.execute("DELETE FROM log WHERE doc = ?", (name,))
+            conn.execute("UPDATE docs SET sv = ? WHERE name = ?", (sv, name))
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'client_id'", (str(own),))
+        meta["client_id"] = str(own)
         conn.execute("UPDATE meta SET value = ? WHERE key = 'format'", (str(FORMAT_VERSION),))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+def _copy(value: Any) -> Any:
+    """A value read from one document, to be written into another."""
+    if isinstance(value, Map):
+        return Map({k: _copy(v) for k, v in value.items()})
+    if isinstance(value, Array):
+        return Array([_copy(v) for v in value])
+    return value
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -386,11 +355,6 @@ class Storage:
                     f"{db} is format {self.meta.get('format')}, this program reads "
                     f"format {FORMAT_VERSION}"
                 )
-            if self.meta.get("rotate_client_id") == "1":
-                # A restored backup must not reuse the client id of the node it copied:
-                # the original may have written updates with the same ids since.
-                self.set_meta("client_id", str(_new_client_id()))
-                self.set_meta("rotate_client_id", "0")
         except BaseException:
             self._release_lock()
             raise
@@ -433,7 +397,7 @@ class Storage:
             conn.executemany(
                 "INSERT INTO meta VALUES (?, ?)",
                 [("format", str(FORMAT_VERSION)), ("node", node), ("chain", chain),
-                 ("client_id", str(_new_client_id())), ("timezone", timezone),
+                 ("client_id", str(client_id_for(node, 0))), ("timezone", timezone),
                  ("hlc", "0"), ("created_at", str(int(time.time())))],
             )
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -665,35 +629,6 @@ class Storage:
         return {str(k): int(v) for k, v in msgpack.unpackb(row[0]).items()
                 if isinstance(v, int)}
 
-
-
-def backup(data_dir: Path, target: Path) -> None:
-    """A consistent copy while the node keeps working: SQLite's online backup reads
-    one snapshot of the WAL database; it needs no lock on the data directory."""
-    target = Path(target)
-    private_dir(target)  # a backup holds every member's data, like the store
-    dst_path = target / DB_FILE
-    if dst_path.exists():
-        raise StoreError(f"{target} already holds a node; choose an empty directory")
-    src = sqlite3.connect(f"file:{Path(data_dir) / DB_FILE}?mode=ro", uri=True)
-    tmp = target / (DB_FILE + ".new")
-    tmp.unlink(missing_ok=True)
-    dst = sqlite3.connect(private_sqlite_file(tmp))
-    try:
-        src.backup(dst)
-        dst.execute("INSERT OR REPLACE INTO meta VALUES ('rotate_client_id', '1')")
-        dst.commit()
-        dst.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        dst.close()
-        src.close()
-    os.replace(tmp, dst_path)
-
-
-def _new_client_id() -> int:
-    # 48 random bits: pycrdt accepts it, and with hundreds of nodes (and a new id on
-    # every restored backup) a collision stays around one in a billion.
-    return secrets.randbits(48) | 1
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)

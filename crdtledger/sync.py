@@ -396,7 +396,9 @@ class SyncSession:
             show = self.ledger.behind(theirs)
             if records or show:
                 self._flush()
-                self._queue(self._batch_message(records, show))
+                # With every certificate: a round is what heals a session that lost
+                # a frame, the one that first carried a certificate included.
+                self._queue(self._batch_message(records, show, every_cert=True))
         # The peer's state answered our hello; answer with ours so it can send what
         # we lack. A reply is not answered again, which ends the round.
         if not msg.get("reply") and view != theirs:
@@ -467,9 +469,10 @@ class SyncSession:
             records, self._pending = self._pending, []
             self._queue_frame(self._batch_message(records))
 
-    def _batch_message(self, records: list[Record], show: list[str] | None = None
-                       ) -> dict[str, Any]:
-        batch = self.ledger.batch(records, show=show or (), certs_sent=self._certs_sent)
+    def _batch_message(self, records: list[Record], show: list[str] | None = None,
+                       every_cert: bool = False) -> dict[str, Any]:
+        batch = self.ledger.batch(records, show=show or (),
+                                  certs_sent=None if every_cert else self._certs_sent)
         return {"t": "recs", **batch.to_wire()}
 
     def _send_hello(self) -> None:

@@ -166,6 +166,16 @@ class Trust:
             return False
         return True
 
+    def crl_number_of(self, crl_b64: str) -> int | None:
+        """The number of a revocation list our CA signed, else None (in an open store,
+        which has no CA, every list counts as 0: the latest written is in force)."""
+        if self.ca is None:
+            return 0 if crl_b64 else None
+        try:
+            return crl_number(verified_crl(self.ca, base64.b64decode(crl_b64, validate=True)))
+        except ValueError:
+            return None
+
     def set_revocations(self, crl_b64: str) -> bool:
         """Install the chain's revocation list from its rule (base64 DER), if it is
         signed by our CA and newer than ours. Returns whether it was installed."""

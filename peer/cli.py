@@ -507,6 +507,7 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
     if node is None:
         with Ledger.open(data_dir, lock=False) as ledger:
             data = {"node": ledger.node, "chain": ledger.chain, "running": False,
+                    **views.trust_status(ledger),
                     "peers": [{"node": n, "connected": False, "last_contact": (s or 0) / 1000,
                                "behind_in": None, "behind_out": None}
                               for n, s in views.peers_seen(ledger).items()]}
@@ -523,6 +524,11 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
         lines.append(f"  {p['node']:<8} {state:<14} last contact {seen}{lag}")
     if not data["peers"]:
         lines.append("  no peers known yet")
+    if data.get("restored"):
+        lines.append(f"RESTORED from a backup of {data['restored']}: not selling until it "
+                     "has caught up with another branch")
+    for f in data.get("faults") or []:
+        lines.append(f"BLOCKED {f['node']}: {f['detail']}")
     return Result(data, "\n".join(lines))
 
 

@@ -571,7 +571,7 @@ class Node:
     def _load_revocations(self) -> None:
         """Install the chain's revocation list from the replicated rules and drop
         connections to peers it revokes."""
-        crl = str(self.ledger.rule("revocations").get("crl", ""))
+        crl = self.ledger.revocation_list()
         if not crl or crl == self._crl:
             return
         self._crl = crl

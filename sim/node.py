@@ -66,7 +66,7 @@ class Attempt:
 
 
 class SimNode:
-    def __init__(self, world: World, index: int, name: str, path: Path, client_id: int,
+    def __init__(self, world: World, index: int, name: str, path: Path,
                  hub: bool) -> None:
         self.world = world
         self.index = index
@@ -87,12 +87,8 @@ class SimNode:
         self._queued: list[Effect] = []
         self._running = False
         Ledger.create(path, name, "simchain", "Asia/Shanghai")
-        # pycrdt client ids are random per store (storage._new_client_id); fixed from
-        # the seed here, so that concurrent Map writes (won by the higher client id)
-        # resolve alike in every run of a seed.
         store = Storage(path, lock=False)
         try:
-            store.set_meta("client_id", str(client_id))
             store.set_meta("created_at", "0")
         finally:
             store.close()

@@ -118,14 +118,9 @@ class World:
             if same_region and ((i - 1) in is_hub or i % 6 == 5) and site[i - 1] == i - 1:
                 site[i] = site[i - 1]
         site_of = {names[i]: site[i] for i in range(n)}
-        setup = random.Random(f"{cfg.seed}:setup")
-        client_ids: list[int] = []
-        while len(client_ids) < n:
-            c = setup.getrandbits(48) | 1
-            if c not in client_ids:
-                client_ids.append(c)
-        self.nodes = [SimNode(self, i, names[i], self.root / names[i], client_ids[i],
-                              hub=i in is_hub) for i in range(n)]
+        # (pycrdt client ids are derived from node ids: the same in every run.)
+        self.nodes = [SimNode(self, i, names[i], self.root / names[i], hub=i in is_hub)
+                      for i in range(n)]
         self.by_name = {node.name: node for node in self.nodes}
         edges: set[tuple[int, int]] = set()
         if topo == "mesh":

@@ -49,6 +49,7 @@ from crdtledger.log import Batch
 from crdtledger.model import PERMISSIONS, ledger_doc, owner_of
 from crdtledger.sync import parse_logs
 from crdtledger.trust import Trust, UntrustedSigner, load_trust
+from crdtledger.writerules import client_id_for
 from peer.chain import enrol, init_chain, load_identity, revocations_rule, revoke
 
 CHAIN = "acme"
@@ -333,8 +334,8 @@ VARIANTS = ("own-log", "sh01-client", "sh01-log", "open-store")
 
 
 def forger_client(node: str) -> int:
-    """The pycrdt client id a forger writes with: its own, one per forger."""
-    return 0x5EED_0000 + int.from_bytes(node.encode(), "big") % 0xFFFF
+    """The pycrdt client id a forger writes with: its own (derived from its node id)."""
+    return client_id_for(node, 0)
 
 
 def may_be_taken(attack: str, variant: str) -> bool:
