@@ -26,12 +26,18 @@ from typing import Any
 from nicegui import events, run, ui
 
 from crdtledger import operations, views
-from crdtledger.errors import CorruptSyncFile, ForeignChain, LedgerError, PermissionDenied
+from crdtledger.errors import (
+    ForeignChain,
+    LedgerError,
+    PermissionDenied,
+    RemoteProtocolError,
+)
 from crdtledger.ledger import PREF_KEYS, Ledger
 from crdtledger.model import member_doc
 from crdtledger.money import format_yuan
 from crdtledger.private import write_private
 from crdtledger.syncfile import import_file, read_file
+from crdtledger.trust import UntrustedSigner
 from peer.files import export_bytes, sealed_backup
 from reference_app import layout
 from reference_app.i18n import money, tr
@@ -663,13 +669,25 @@ def last_contacts(ledger: Ledger, status: dict[str, Any]) -> dict[str, float]:
 
 
 def cut_off_banner() -> str | None:
-    """The banner's text when no peer is connected though some are known, else None."""
+    """The banner's text when this branch may not sell (restored from a backup and not
+    caught up yet, or caught forking its log), or when no peer is connected though
+    some are known; else None."""
     try:
         node = shop().node
         status = node.sync_status()
     except (AssertionError, RuntimeError):  # the node is not started (yet)
         return None
     ledger = node.ledger
+    if status.get("restored"):
+        return tr("本店由 {when} 的备份恢复：连上其他分店、取回备份之后的数据之前，不能收银",
+                  "Restored from a backup of {when}: this branch cannot sell until it has "
+                  "reached another branch and fetched what it wrote after the backup",
+                  when=status["restored"])
+    if any(f["node"] == status["node"] for f in status.get("faults") or []):
+        return tr("本店的数据出现两份不同的历史（备份恢复或复制的硬盘）：各分店已停止接收本店的"
+                  "写入，请联系总部重新登记", "This branch wrote two different histories (a "
+                  "restored backup or a copied disk): the chain no longer takes its writes; "
+                  "ask the head office to enrol it again")
     if any(p["connected"] for p in status["peers"]):
         return None
     if not status["peers"] and not node.config.peers:
@@ -704,6 +722,11 @@ def sync_page() -> None:
             if shop().node.config.peers:
                 ui.label(tr("拨号地址：{urls}", "Dials: {urls}",
                             urls=", ".join(shop().node.config.peers)))
+        for f in status.get("faults") or []:
+            ui.label(tr("已停止接收 {branch}（{node}）的写入：{detail}",
+                        "No longer taking what {branch} ({node}) writes: {detail}",
+                        branch=shop().branch_name(f["node"]), node=f["node"],
+                        detail=f["detail"])).classes("text-negative text-sm").mark("fault")
         nodes = sorted(set(live) | set(seen))
         if not nodes:
             ui.label(tr("还没有连上过其他分店。", "No other branch has been reached yet.")
@@ -817,19 +840,20 @@ async def import_sync_file(ledger: Ledger, data: bytes, progress: ui.linear_prog
         write_private(path, data)  # members' data: 0600 even inside a private dir
         try:
             require("sync")
-            # read_file is pure (no store): checksum and parse in a thread. import_file
-            # checks again before it applies anything, on the loop that owns the ledger.
-            head = await run.io_bound(read_file, path, ledger.chain)
+            # read_file touches no document: the seal (signature, decryption) and the
+            # parse run in a thread. import_file checks again before it applies
+            # anything, on the loop that owns the ledger.
+            head = await run.io_bound(read_file, ledger, path)
             if head is None:
                 return None  # the app is shutting down
             progress.set_value(0.6)
-            status.set_text(tr("正在导入 {name} 的 {n} 个文档…", "Importing {n} documents from "
+            status.set_text(tr("正在导入 {name} 的 {n} 条记录…", "Importing {n} records from "
                                "{name}…", name=shop().branch_name(head["node"]),
-                               n=len(head["updates"])))
+                               n=len(head["batch"].recs)))
             await asyncio.sleep(0.05)
             info = await shop().run(lambda: import_file(ledger, path, operator=op),
                                     "import sync file")
-        except (CorruptSyncFile, ForeignChain) as e:
+        except RemoteProtocolError as e:  # damaged, foreign, untrusted, breaking a rule
             progress.set_visibility(False)
             status.set_text(tr("文件被拒绝，未做任何更改：{why}", "File refused, nothing was "
                                "changed: {why}", why=_why(e)))
@@ -843,9 +867,9 @@ async def import_sync_file(ledger: Ledger, data: bytes, progress: ui.linear_prog
             return None
     progress.set_value(1.0)
     status.classes(replace="text-sm text-positive")
-    changed = len(info["changed"])
-    text = (tr("已导入 {name} 的文件：{n} 个文档有更新", "Imported the file of {name}: "
-               "{n} documents changed", name=shop().branch_name(info["from"]), n=changed)
+    changed = info["records"]
+    text = (tr("已导入 {name} 的文件：{n} 条新记录", "Imported the file of {name}: "
+               "{n} new records", name=shop().branch_name(info["from"]), n=changed)
             if changed else tr("已导入：没有新内容", "Imported: nothing new"))
     if info["incomplete"]:
         text += tr("。本店缺少该文件所依赖的更早数据，请对方导出「全部数据」",
@@ -859,8 +883,14 @@ async def import_sync_file(ledger: Ledger, data: bytes, progress: ui.linear_prog
 def _why(e: Exception) -> str:
     if isinstance(e, ForeignChain):
         return tr("它来自另一个连锁的分店", "it comes from another chain's branch")
+    if isinstance(e, UntrustedSigner) or "not certified" in str(e) or "revoked" in str(e):
+        return tr("签名者不是本连锁登记的分店（或已被吊销）：{e}",
+                  "it is signed by a store not enrolled in this chain, or revoked: {e}", e=e)
     text = str(e)
-    if "checksum" in text or "incomplete" in text:
+    if "breaks write rule" in text:
+        return tr("文件里有违反写入规则的记录：{e}", "a record in it breaks a write rule: {e}",
+                  e=e)
+    if "altered" in text or "incomplete" in text:
         return tr("文件已损坏或不完整", "the file is damaged or incomplete")
     if "not a crdtledger sync file" in text:
         return tr("这不是同步文件", "this is not a sync file")
