@@ -47,7 +47,7 @@ from zoneinfo import ZoneInfo
 import msgpack
 from pycrdt import Array, Doc, Map
 
-from crdtledger import audit
+from crdtledger import audit, writerules
 from crdtledger.escrow import grant_amount, shortfall_plan
 from crdtledger.hlc import HybridClock, decode, wall_ms
 from crdtledger.ledger import Ledger, owner_of
@@ -90,6 +90,8 @@ SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗"
 GIVEN = "伟芳娜秀敏静丽强磊军洋勇艳杰娟涛明超秀兰霞平刚桂英"
 
 Log = Callable[[str], None]
+# crdtledger.writerules.client_id_for(node, epoch), in libraries that have it.
+_CLIENT_ID_FOR: Callable[[str, int], int] | None = getattr(writerules, "client_id_for", None)
 
 
 @dataclass(frozen=True)
@@ -103,9 +105,10 @@ class Size:
         return f"{_short(self.members)} members / {_short(self.entries)} entries"
 
     def key(self, anchor: str) -> str:
-        # The store's format too: a library that changed it cannot open the old cache.
+        # The store's format and the client-id scheme too: a library that changed
+        # either refuses the old cache.
         return (f"v{GEN_VERSION}-{self.members}m-{self.entries}e-{self.months}mo-{anchor}"
-                f"-f{FORMAT_VERSION}")
+                f"-f{FORMAT_VERSION}{'-cid' if _CLIENT_ID_FOR else ''}")
 
 
 def _short(n: int) -> str:
@@ -238,7 +241,10 @@ class Generator:
         for _ in range(size.months - 1):
             first = (first - timedelta(days=1)).replace(day=1)
         self.start = self._ms(first)
-        self.client_ids = {n: self.rng.getrandbits(47) * 2 + 1 for n in NODES}
+        # As the nodes' own where the library derives a node's client ids from its id
+        # (a write rule then refuses any other), else random as before.
+        self.client_ids = {n: _CLIENT_ID_FOR(n, 0) if _CLIENT_ID_FOR else
+                           self.rng.getrandbits(47) * 2 + 1 for n in NODES}
         self.sim_ms = self.start
         self.members: list[_Member] = []
         self.created: list[int] = []
