@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from crdtledger import audit, views
 from crdtledger.ledger import Ledger
+from crdtledger.log import APPLIED
 from crdtledger.sync import decode_state_vector
+from crdtledger.writerules import GOVERNANCE_DOCS
 
 if TYPE_CHECKING:
     from sim.world import World
@@ -135,13 +137,60 @@ def projection_matches_documents(ledger: Ledger) -> str | None:
     return None
 
 
+def blocked_anywhere(world: World) -> set[str]:
+    """Nodes some honest replica holds a proven fault of (a broken rule, a fork)."""
+    out: set[str] = set()
+    for n in world.honest_nodes():
+        if n.ledger is not None:
+            out |= n.ledger.storage.log.blocked()
+    return out
+
+
+def honest_view(ledger: Ledger, excluded: set[str] | None = None) -> dict[str, Any]:
+    """What honest replicas must agree on once converged, in a run with Byzantine
+    nodes: `log_view()` without the logs of blocked nodes (those `excluded`, else
+    this replica's blocked ones). A blocked log's position is not exchanged any more
+    once both sides know (Replica.lacking), so it may stop at different records on
+    different replicas; what of it was applied is checked apart (byzantine_final)."""
+    skip = ledger.storage.log.blocked() if excluded is None else excluded
+    return {n: v for n, v in ledger.log_view().items() if n not in skip}
+
+
+def forked_state(ledger: Ledger, excluded_logs: set[str], fork_entries: set[str]
+                 ) -> dict[str, str]:
+    """replica_state for a run where a node forked its log: the two sides of a fork
+    stay applied where each came first (the library cannot undo them; it stops taking
+    more), so honest replicas are compared without them: the logs of blocked nodes,
+    the fork's own entries and their deltas in the rights (the views derived from
+    those entries, balances, totals, reports and settlement, are not compared)."""
+    out: dict[str, str] = {"logs": _digest(honest_view(ledger, excluded_logs))}
+    out["table:entries"] = _digest([r for r in audit.replica_rows(ledger, "entries")
+                                    if r[0] not in fork_entries])
+    rights = {(m, p, n): a for m, p, n, a in audit.replica_rows(ledger, "rights")}
+    for e in audit.entries(ledger):
+        if e["id"] in fork_entries:
+            for purse, node, change in e["deltas"]:
+                key = (e["member"], purse, node)
+                rights[key] = rights.get(key, 0) - change
+    out["rights"] = _digest(sorted((k, v) for k, v in rights.items() if v))
+    for table in audit.REPLICA_TABLES:
+        if table not in ("entries", "rights", "totals", "members"):
+            out[f"table:{table}"] = _digest(audit.replica_rows(ledger, table))
+    return out
+
+
 def final(world: World) -> list[Violation]:
-    """The end-of-run checks, on converged replicas."""
+    """The end-of-run checks, on converged replicas (the honest ones, in a run with
+    Byzantine nodes)."""
     out: list[Violation] = []
     nodes = [n for n in world.nodes if n.up and n.ledger is not None]
     if len(nodes) != len(world.nodes):
         out.append(Violation("liveness", "a node is still down at the end"))
         return out
+    byz = world.byz
+    nodes = [n for n in nodes if world.honest(n.name)]
+    fork_entries = byz.fork_entries() if byz is not None else set()
+    excluded = blocked_anywhere(world) if byz is not None else set()
     first = nodes[0].ledger
     assert first is not None
     names = [n.name for n in world.nodes]
@@ -152,7 +201,8 @@ def final(world: World) -> list[Violation]:
     for i, node in enumerate(nodes):
         assert node.ledger is not None
         full = i == 0 or i == len(nodes) - 1 or i % every == 0
-        state = replica_state(node.ledger, days, names, members, full)
+        state = (forked_state(node.ledger, excluded, fork_entries) if fork_entries
+                 else replica_state(node.ledger, days, names, members, full))
         if reference is None:
             reference = state
             continue
@@ -165,8 +215,10 @@ def final(world: World) -> list[Violation]:
     ids = audit.ids(first, "entries")
     present = set(ids)
     acked = world.acked_entries
-    lost = sorted(set(acked) - present)
-    phantom = sorted(present - set(acked))
+    missing = set(acked) - present
+    excused = byz.lost_to_restore(missing) if byz is not None else set()
+    lost = sorted(missing - excused)
+    phantom = sorted(present - set(acked) - fork_entries)
     if lost:
         out.append(Violation("lost", f"{len(lost)} acknowledged entries missing, e.g. "
                                      f"{lost[:3]}"))
@@ -174,11 +226,16 @@ def final(world: World) -> list[Violation]:
         out.append(Violation("phantom", f"{len(phantom)} entries nobody acknowledged "
                                         f"(a duplicate?), e.g. {phantom[:3]}"))
     have_members = set(members)
-    if not world.acked_members <= have_members:
+    # What a restored node acknowledged may be lost with it (sim.byzantine).
+    restored = set(byz.restores) if byz is not None else set()
+    if not world.acked_members - have_members <= {
+            m for m in world.acked_members if world.acked_where.get(m) in restored}:
         out.append(Violation("lost", f"acknowledged members missing: "
                                      f"{sorted(world.acked_members - have_members)[:3]}"))
     have_cards = set(audit.ids(first, "cards"))
-    if world.acked_cards != have_cards:
+    unexcused = {c for c in world.acked_cards - have_cards
+                 if world.acked_where.get(c) not in restored}
+    if unexcused or have_cards - world.acked_cards:
         out.append(Violation("lost", f"cards differ from those acknowledged: "
                                      f"{sorted(world.acked_cards ^ have_cards)[:3]}"))
     have_rules = set(audit.ids(first, "rules"))
@@ -213,4 +270,115 @@ def final(world: World) -> list[Violation]:
         problem = projection_matches_documents(node.ledger)
         if problem:
             out.append(Violation("projection", f"{node.name}: {problem}", node.name))
+    if byz is not None:
+        out += byzantine_final(world, nodes)
     return out
+
+
+# --- Byzantine runs (sim.byzantine) ---------------------------------------------------
+
+
+def byzantine_now(world: World) -> list[Violation]:
+    """Cheap enough to run every quarter hour: no honest replica has applied a record
+    the simulator forged (each breaks a write rule), and none holds a fault of an
+    honest node (a broken rule or a fork nobody made)."""
+    byz = world.byz
+    out: list[Violation] = []
+    if byz is None:
+        return out
+    for n in world.honest_nodes():
+        if n.ledger is None:
+            continue
+        log = n.ledger.storage.log
+        for f in byz.forged:
+            if log.state_of(f.node, f.seq) == APPLIED:
+                out.append(Violation("rule", f"{n.name} applied record {f.seq} of {f.node}, "
+                                             f"forged ({f.kind}) to break rule "
+                                             f"{f.kind}", n.name))
+        for fault in log.faults():
+            if world.honest(fault["node"]):
+                out.append(Violation("blamed", f"{n.name} holds a fault of honest node "
+                                               f"{fault['node']}: {fault['detail']}", n.name))
+    return out
+
+
+def byzantine_final(world: World, honest: list[Any]) -> list[Violation]:
+    """At the end, on every honest replica: (1) nothing that breaks a write rule is
+    applied: of each Byzantine writer only the records before its first forgery (or up
+    to its fork), none in a governance document, and every entry keyed by and naming
+    one node and lowering no other node's rights; (2) every fork is known to every
+    honest replica holding either side of it while another honest replica holds the
+    other; every forger is known to every honest replica; (4) no purse below zero."""
+    byz = world.byz
+    assert byz is not None
+    out = byzantine_now(world)
+    sides: dict[int, set[bytes]] = {}
+    for i, f in enumerate(byz.forks):
+        sides[i] = {h for n in honest if n.ledger is not None
+                    for h in [n.ledger.storage.log.hash_at(f.node, f.seq)] if h in f.hashes}
+    for k, n in enumerate(honest):
+        lg = n.ledger
+        assert lg is not None
+        log = lg.storage.log
+        for writer, role in sorted(byz.roles.items()):
+            if role not in ("forger", "equivocator"):
+                continue
+            forged = [f.seq for f in byz.forged if f.node == writer]
+            limit = min(forged) - 1 if forged else None
+            for f in byz.forks:
+                if f.node == writer:
+                    limit = f.last
+            for rec in log.records_after({writer: 0}, applied_only=True):
+                if limit is not None and rec.seq > limit:
+                    out.append(Violation("rule", f"{n.name} applied record {rec.seq} of "
+                                                 f"{writer} ({role}), past {limit}", n.name))
+                    break
+                if rec.doc in GOVERNANCE_DOCS:
+                    out.append(Violation("rule", f"{n.name} applied a governance record "
+                                                 f"{rec.seq} of {writer}", n.name))
+                    break
+        faults = log.faults()
+        for i, f in enumerate(byz.forks):
+            held = log.hash_at(f.node, f.seq)
+            known = any(x["node"] == f.node and x["kind"] == "fork" for x in faults)
+            if held in f.hashes and len(sides[i]) == 2 and not known:
+                out.append(Violation("fork", f"{n.name} holds one side of {f.node}'s fork at "
+                                             f"record {f.seq}, another honest replica the "
+                                             "other, and it has not detected the fork",
+                                     n.name))
+        for forger in sorted({f.node for f in byz.forged}):
+            if not any(x["node"] == forger for x in faults):
+                out.append(Violation("rule", f"{n.name} never detected forger {forger}",
+                                     n.name))
+        neg = audit.negative_purses(lg, limit=3)
+        if neg:
+            out.append(Violation("negative", f"{n.name}: purse below zero: {neg}", n.name))
+        if k in (0, len(honest) // 2, len(honest) - 1):  # the entries, re-judged
+            for e in audit.entries(lg):
+                writer = str(e["id"]).rsplit(".", 1)[-1]
+                lowered = {str(node) for _p, node, change in e["deltas"] if change < 0}
+                if e["node"] != writer or not lowered <= {writer}:
+                    out.append(Violation("rule", f"{n.name} holds entry {e['id']} of "
+                                                 f"{e['node']} lowering {sorted(lowered)}",
+                                         n.name))
+                    break
+    return out
+
+
+def byzantine_report(world: World) -> dict[str, Any]:
+    """What the Byzantine nodes did and what the honest replicas found."""
+    byz = world.byz
+    assert byz is not None
+    detected: dict[str, list[dict[str, Any]]] = {}
+    for n in world.honest_nodes():
+        if n.ledger is not None:
+            detected[n.name] = [{"node": x["node"], "kind": x["kind"], "rule": x["rule"],
+                                 "seq": x["seq"]} for x in n.ledger.faults()]
+    acked = world.acked_entries
+    first = world.honest_nodes()[0].ledger
+    present = set(audit.ids(first, "entries")) if first is not None else set()
+    return {**byz.summary(),
+            "faults_detected": {k: len(v) for k, v in detected.items()},
+            "faults": detected,
+            "records_refused": dict(sorted(world.records_refused.items())),
+            "lost_to_restore": len(byz.lost_to_restore(set(acked) - present))}

@@ -39,6 +39,14 @@ def _add_run_options(p: argparse.ArgumentParser, *, sweep: bool) -> None:
     p.add_argument("--reorder", type=float, default=0.0,
                    help="probability two frames of a batch reach the session swapped")
     p.add_argument("--max-ops", type=int, default=None)
+    p.add_argument("--forger", type=int, default=0,
+                   help="branches that write records breaking the write rules")
+    p.add_argument("--equivocator", type=int, default=0,
+                   help="branches that fork their log (two records at one position)")
+    p.add_argument("--restored", type=int, default=0,
+                   help="branches restored from a backup taken earlier in the run")
+    p.add_argument("--byzantine", default="",
+                   help="the same as a list, e.g. forger:1,equivocator:1,restored:1")
     p.add_argument("--drop-faults", default="", help="fault indexes to switch off (1,3)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--plot", type=Path, default=None, help="write PNG charts and a report")
@@ -50,12 +58,18 @@ def _add_run_options(p: argparse.ArgumentParser, *, sweep: bool) -> None:
 
 def _config(a: argparse.Namespace, *, nodes: int, scenario: str, seed: int) -> Config:
     mask = frozenset(int(x) for x in a.drop_faults.split(",") if x.strip())
+    byz = {"forger": a.forger, "equivocator": a.equivocator, "restored": a.restored}
+    for item in (x.strip() for x in a.byzantine.split(",") if x.strip()):
+        role, _, count = item.partition(":")
+        if role not in byz:
+            raise SystemExit(f"unknown Byzantine role {role!r}: forger, equivocator or restored")
+        byz[role] = int(count or "1")
     return Config(nodes=nodes, members=a.members, days=a.days, start=a.start, seed=seed,
                   scenario=scenario,
                   topology=a.topology, hubs=a.hubs, ops_per_node=a.ops_per_node,
                   hot_members=a.hot_members, ae_interval_s=a.ae_interval,
                   dup=a.dup, reorder=a.reorder,
-                  max_ops=a.max_ops, fault_mask=mask)
+                  max_ops=a.max_ops, fault_mask=mask, **byz)
 
 
 def _human(result: dict[str, Any]) -> str:
@@ -85,6 +99,12 @@ def _human(result: dict[str, Any]) -> str:
                                        for k, v in r["traffic"].items()),
         f"trace_digest: {r['trace_digest']}",
     ]
+    b = r.get("byzantine")
+    if b is not None:
+        lines.append(f"byzantine: {b['nodes']}; forged {len(b['forged'])}, forks "
+                     f"{len(b['forks'])}, restores {len(b['restores'])}; faults detected "
+                     f"per honest node {b.get('faults_detected')}; records refused "
+                     f"{b.get('records_refused')}; lost to restore {b.get('lost_to_restore')}")
     return "\n".join(lines)
 
 

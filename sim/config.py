@@ -28,6 +28,10 @@ class Config:
     quiesce_limit_s: float = 900.0  # after the workload: time allowed to converge
     check_views_every: int = 1  # final view comparison on every k-th node (1: all)
     progress: bool = False
+    # Byzantine branches (sim.byzantine), chosen by the seed: how many of each.
+    forger: int = 0
+    equivocator: int = 0
+    restored: int = 0
 
     @property
     def member_count(self) -> int:
@@ -47,7 +51,9 @@ class Config:
                            ("ops_per_node", "--ops-per-node"),
                            ("hot_members", "--hot-members"),
                            ("ae_interval_s", "--ae-interval"), ("dup", "--dup"),
-                           ("reorder", "--reorder"), ("max_ops", "--max-ops")):
+                           ("reorder", "--reorder"), ("max_ops", "--max-ops"),
+                           ("forger", "--forger"), ("equivocator", "--equivocator"),
+                           ("restored", "--restored")):
             value = getattr(self, name)
             if value != getattr(defaults, name):
                 out += [flag, str(value)]

@@ -26,10 +26,12 @@ TCP), so that faults reach the sync protocol in the form they would in a shop:
 from __future__ import annotations
 
 import random
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import msgpack
 
 from crdtledger.core import HEARTBEAT_S
 from crdtledger.transport import FrameFaults
@@ -46,6 +48,37 @@ RTO_US = 200 * MS
 # The node's heartbeat (crdtledger.core.HEARTBEAT_S, run by aiohttp) closes a
 # connection whose pong is half a heartbeat late: a cut is noticed 10-15 s in.
 HEARTBEAT_TIMEOUT_US = round(HEARTBEAT_S * 1.5 * SECOND)
+# An ECDSA P-256 signature in DER is 70 to 72 bytes (r and s lose a leading zero, or
+# gain a sign byte, at random): a signed head is counted at the longest.
+SIGNATURE_BYTES = 72
+_SIZES: OrderedDict[int, tuple[bytes, int]] = OrderedDict()
+
+
+def frame_size(frame: bytes) -> int:
+    """A frame's length as the run counts it (bandwidth, traffic, the trace): its
+    length, except that the signatures of log heads in a `recs` frame count as
+    SIGNATURE_BYTES whatever their DER length. That length is random (the signing
+    nonce), so counting it as it is would make one seed's runs differ in timing and
+    digest; a frame's content is never changed. Remembered by identity: a frame is
+    sized when sent and again when delivered."""
+    hit = _SIZES.get(id(frame))
+    if hit is not None and hit[0] is frame:
+        return hit[1]
+    size = len(frame)
+    if frame[6:11] == b"\xa4recs":
+        try:
+            msg: Any = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+            heads = msg.get("heads") if isinstance(msg, dict) else None
+            if isinstance(heads, dict):
+                for head in heads.values():
+                    if isinstance(head, list) and len(head) == 3 and isinstance(head[2], bytes):
+                        size += SIGNATURE_BYTES - len(head[2])
+        except Exception:
+            pass
+    _SIZES[id(frame)] = (frame, size)
+    if len(_SIZES) > 4096:
+        _SIZES.popitem(last=False)
+    return size
 
 
 @dataclass(frozen=True)
@@ -302,7 +335,7 @@ class Network:
         stats = self.traffic[kind]
         rng = self.rng
         for frame in frames:
-            size = len(frame)
+            size = frame_size(frame)
             wire = size + FRAME_OVERHEAD * (1 + size // PACKET_PAYLOAD)
             free += wire * 8 * 1_000_000 // bps
             arrival = max(free + conn.profile.delay(rng, size), pipe.last_arrival)

@@ -87,6 +87,8 @@ class SimNode:
         self._queued: list[Effect] = []
         self._running = False
         Ledger.create(path, name, "simchain", "Asia/Shanghai")
+        # Enrolled in the chain's CA, as a shop is; the first node is the head office.
+        world.ca.enrol(path, name, head_office=index == 0)
         store = Storage(path, lock=False)
         try:
             store.set_meta("created_at", "0")
@@ -246,6 +248,8 @@ class SimNode:
                     world.trace(now, f"{self.name} {what}")
                 case Count(name="dial_failures"):
                     world.metrics.dial_failures += 1
+                case Count(name="records_refused"):
+                    world.refused_records(self)
                 case Rebalanced(entry=entry):
                     world.rebalanced(self, entry)
                 case _:

@@ -22,12 +22,14 @@ from crdtledger import views
 from crdtledger.errors import InsufficientFunds, LedgerError, RightsElsewhere
 from crdtledger.sync import RightsAnswered
 from sim import checks
+from sim.byzantine import Byzantine
+from sim.chainca import ChainCA
 from sim.checks import Violation
 from sim.config import Config
 from sim.engine import DAY, HOUR, MINUTE, SECOND, Engine, Trace
 from sim.faults import Fault, schedule
 from sim.metrics import Metrics, Probe
-from sim.net import HUB_UPLINK_BPS, SHOP_UPLINK_BPS, Connection, Network
+from sim.net import HUB_UPLINK_BPS, SHOP_UPLINK_BPS, Connection, Network, frame_size
 from sim.node import Attempt, Crashed, Outcome, SimNode
 from sim.workload import Workload
 
@@ -68,6 +70,9 @@ class World:
         self._build()
         self.workload = Workload(self)
         self.faults: list[Fault] = schedule(self)
+        counts = {"forger": cfg.forger, "equivocator": cfg.equivocator,
+                  "restored": cfg.restored}
+        self.byz: Byzantine | None = Byzantine(self, counts) if any(counts.values()) else None
 
     def _init_state(self, start: datetime, root: Path) -> None:
         """The run's clock, trace, metrics and acknowledgements (before any node)."""
@@ -85,12 +90,15 @@ class World:
         self.acked_members: set[str] = set()
         self.acked_cards: set[str] = set()
         self.acked_rules: set[str] = set()
+        self.acked_where: dict[str, str] = {}  # member or card id -> node that acknowledged it
+        self.records_refused: dict[str, int] = {}  # node -> records it refused from peers
         self.converged = False
         self._down: set[str] = set()
         self._probing = False
         self._began = 0.0
         self._last_hour = -1
         self.root = root
+        self.ca = ChainCA("simchain", cfg.seed)
 
     # --- the chain ----------------------------------------------------------------
 
@@ -205,9 +213,10 @@ class World:
         src = conn.other(to)
         for f in frames:
             kind = frame_kind(f)
+            size = frame_size(f)
             m.frames[f"{conn.profile.name}:{kind}"] += 1
-            m.frame_bytes[f"{conn.profile.name}:{kind}"] += len(f)
-            self.trace(now, f"{src}>{to} {kind} {len(f)}")
+            m.frame_bytes[f"{conn.profile.name}:{kind}"] += size
+            self.trace(now, f"{src}>{to} {kind} {size}")
         self.by_name[to].receive(conn, frames)
 
     def protocol_error(self, node: SimNode, conn: Connection, error: Exception) -> None:
@@ -291,6 +300,7 @@ class World:
                             f"{outcome.get('amount', '')}")
         else:
             self.trace(now, f"{node.name} {label} ok {outcome}")
+            self.acked_where[str(outcome)] = node.name
             if label == "member":
                 self.acked_members.add(str(outcome))
             elif label in ("card", "card.replace"):
@@ -324,9 +334,33 @@ class World:
             return
         node.checked_version = version
         neg = checks.negative_rights(node.ledger)
-        if neg is not None:
+        if neg is not None and self.honest(node.name):
             self.fail(Violation("negative", f"{node.name} holds a rights row below zero: "
                                             f"{neg}", node.name))
+
+    def honest(self, name: str) -> bool:
+        return self.byz is None or self.byz.honest(name)
+
+    def honest_nodes(self) -> list[SimNode]:
+        return [n for n in self.nodes if self.honest(n.name)]
+
+    def refused_records(self, node: SimNode) -> None:
+        self.records_refused[node.name] = self.records_refused.get(node.name, 0) + 1
+
+    def node_down(self, node: SimNode) -> None:
+        """A node taken down outside the scheduled faults (a restore)."""
+        self._down.add(node.name)
+        self._interrupt_probes()
+
+    def node_restarted(self, node: SimNode, *, check: bool = True) -> None:
+        self._restart(node, check=check)
+        self._probe("restart")
+
+    def _byzantine_tick(self) -> None:
+        """Cheap Byzantine checks every simulated quarter hour (the rest at the end)."""
+        self.engine.after(15 * MINUTE, self._byzantine_tick)
+        for v in checks.byzantine_now(self):
+            self.fail(v)
 
     def fail(self, violation: Violation) -> None:
         if self.violation is None:
@@ -374,13 +408,18 @@ class World:
             if not node.up:
                 self._restart(node)
                 self._probe("restart")
+                self._down.discard(node.name)
         elif f.kind == "jump":
             self.by_name[f.nodes[0]].skew_ms -= f.ms
 
-    def _restart(self, node: SimNode) -> None:
+    def _restart(self, node: SimNode, *, check: bool = True) -> None:
         node.restart()
         self._down.discard(node.name)
         assert node.ledger is not None
+        # A restored node lost what it acknowledged after its backup and never sent
+        # (checked at the end instead: sim.byzantine.Byzantine.lost_to_restore).
+        if not check or (self.byz is not None and node.name in self.byz.restores):
+            return
         count = views.count_entries(node.ledger, node=node.name)
         if count != self.acked_by_node.get(node.name, 0):
             self.fail(Violation("lost", f"{node.name} restarted with {count} of its own "
@@ -390,7 +429,7 @@ class World:
     # --- convergence after a heal -------------------------------------------------
 
     def _probe(self, label: str) -> None:
-        up = [n for n in self.nodes if n.up and n.ledger is not None]
+        up = [n for n in self.honest_nodes() if n.up and n.ledger is not None]
         target: dict[tuple[str, int], int] = {}
         for n in up:
             assert n.ledger is not None
@@ -480,6 +519,11 @@ class World:
                 self.violation_at = self.engine.now
                 self.trace(self.engine.now, f"VIOLATION exception {type(e).__name__}: {e}")
         finally:
+            if self.byz is not None:
+                try:
+                    self._byz_report: dict[str, Any] = checks.byzantine_report(self)
+                except Exception as e:  # a node that died with the run's violation
+                    self._byz_report = {**self.byz.summary(), "error": repr(e)}
             self._close()
             if cfg.progress and sys.stderr.isatty():
                 sys.stderr.write("\r\033[K")
@@ -490,6 +534,9 @@ class World:
         for node in self.nodes:
             node.boot()  # dials its configured peers, sets its anti-entropy and rebalancer
         self._schedule_faults()
+        if self.byz is not None:
+            self.byz.schedule()
+            self.engine.after(15 * MINUTE, self._byzantine_tick)
         self.workload.start()
         self.engine.at(HOUR, self._snapshot_hot)
 
@@ -532,9 +579,15 @@ class World:
                     return
             else:
                 stable = 0
-        states = {n.name: checks.clocks(n.ledger) for n in self.nodes if n.ledger}
-        behind = [name for name, c in states.items()
-                  if c != states[self.nodes[0].name]]
+        if self.byz is not None:
+            views_ = {n.name: checks.honest_view(n.ledger) for n in self.honest_nodes()
+                      if n.ledger}
+            ref = next(iter(views_.values()))
+            behind = [name for name, c in views_.items() if c != ref]
+        else:
+            states = {n.name: checks.clocks(n.ledger) for n in self.nodes if n.ledger}
+            behind = [name for name, c in states.items()
+                      if c != states[self.nodes[0].name]]
         self.fail(Violation("convergence", f"replicas still differ "
                                            f"{self.config.quiesce_limit_s:.0f} s after "
                                            f"healing: {behind[:5]}"))
@@ -542,11 +595,16 @@ class World:
     def _all_equal(self) -> bool:
         if self.net.in_flight():
             return False
-        first: dict[tuple[str, int], int] | None = None
+        first: Any = None
         for node in self.nodes:
             if node.ledger is None or node.attempts:
                 return False
-            c = checks.clocks(node.ledger)
+            if not self.honest(node.name):
+                continue
+            # With Byzantine nodes: the honest replicas' logs, except those blocked
+            # (checks.honest_view); else every replica's state vectors.
+            c = (checks.clocks(node.ledger) if self.byz is None
+                 else checks.honest_view(node.ledger))
             if first is None:
                 first = c
             elif c != first:
@@ -588,6 +646,7 @@ class World:
             "events": self.engine.events,
             "trace_lines": self.trace.lines,
             **summary,
+            **({} if self.byz is None else {"byzantine": self._byz_report}),
             "reproduce": " ".join(cfg.argv()),
         }
 

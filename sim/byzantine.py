@@ -1,0 +1,395 @@
+"""Byzantine branches: a forger, an equivocator, a branch restored from an old backup.
+
+Honest nodes run exactly the production core; so do the Byzantine ones for their
+normal traffic (they sell, relay and answer rights requests like everyone). What
+makes them Byzantine is done here, at seeded times, with the node's own key (a
+dishonest branch holds its own key, never another's):
+
+- **forger**: every 30-90 minutes of business hours, a record of its own log that
+  breaks a write rule, in turn (from a seeded start): an entry keyed by and naming
+  another branch (`entry-writer`), an entry of its own moving another branch's
+  rights to itself (`own-rights`), a rewrite or a deletion of another branch's
+  entry (`entry-insert-once`), a new owner operator (`governance`: the sim chain is
+  enrolled with a CA and only the head office, the first node, governs). Built as
+  tests/helpers.Forger builds one (a pycrdt document of the forger's client id from
+  its own copy, chained from its tip, its head signed with its key), sent as a
+  `recs` frame on every link it has, and taken into its own store too, so that its
+  log stays one line (its own replica refuses it and blocks itself: nothing it
+  writes later is applied anywhere, which is what honest replicas do too).
+- **equivocator**: once, at a seeded time, two different records at the same
+  position of its log: record B is a debit (or, if it holds no rights, a top-up) made
+  on a copy of its store, sent as a crafted frame to half of its peers; record A is
+  another debit made on its store, which its sessions send to everyone. It then
+  takes B into its own store, which proves the fork there and blocks its own writes.
+- **restored**: a backup (crdtledger.backups.write_backup) taken between 10:30 and
+  12:00; one to four hours later the node dies and its store is replaced by that
+  backup (crdtledger.backups.restore), and it restarts: honest from then on, it
+  refuses to sell until it has caught up with its own log from a peer.
+
+Nodes are chosen by the seed among the branches that are neither a hub nor the head
+office, one role each.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pycrdt import Map
+
+from crdtledger import audit
+from crdtledger.backups import restore, write_backup
+from crdtledger.errors import LedgerError
+from crdtledger.hlc import id_time_ms
+from crdtledger.ledger import Ledger
+from crdtledger.log import Batch, Head, Record, head_message, record_hash
+from crdtledger.model import entry_doc, owner_of
+from crdtledger.storage import LoadedDoc
+from crdtledger.sync import pack
+from sim.engine import HOUR, MINUTE, SECOND
+from sim.net import End
+
+if TYPE_CHECKING:
+    from sim.node import SimNode
+    from sim.world import World
+
+ROLES = ("forger", "equivocator", "restored")
+FORGERIES = ("entry-as-other", "others-rights", "rewrite", "delete", "governance")
+# The rule each forgery breaks (crdtledger.writerules.RULES).
+BREAKS = {"entry-as-other": "entry-writer", "others-rights": "own-rights",
+          "rewrite": "entry-insert-once", "delete": "entry-insert-once",
+          "governance": "governance"}
+Mutate = Callable[[dict[str, Map[Any]]], None]
+
+
+@dataclass
+class Forged:
+    node: str
+    seq: int
+    hash: bytes
+    kind: str
+    doc: str
+    at: int
+
+
+@dataclass
+class Fork:
+    node: str
+    seq: int  # the first position holding two records
+    last: int  # the highest position either side reached
+    entries: set[str]  # the entries the two sides carry (not acknowledged to anyone)
+    hashes: tuple[bytes, bytes]  # of side A's and side B's records at `seq`
+    sent_to: list[str]  # peers that got side B first
+    at: int
+
+
+@dataclass
+class Restored:
+    node: str
+    backup: Path
+    backup_at: int
+    acked_at_backup: set[str]
+    restored_at: int | None = None
+    window: set[str] = field(default_factory=set)  # acknowledged after the backup
+
+
+class Byzantine:
+    """The Byzantine roles of one run and what they did."""
+
+    def __init__(self, world: World, counts: dict[str, int]) -> None:
+        self.world = world
+        cfg = world.config
+        self.rng = random.Random(f"{cfg.seed}:byzantine")
+        eligible = [n.name for n in world.nodes if not n.hub and n.index != 0]
+        wanted = sum(counts.values())
+        if wanted > len(eligible):
+            raise ValueError(f"{wanted} Byzantine branches asked for, but only {len(eligible)} "
+                             "branches are neither a hub nor the head office")
+        chosen = self.rng.sample(eligible, wanted)
+        self.roles: dict[str, str] = {}
+        for role in ROLES:
+            for _ in range(counts.get(role, 0)):
+                self.roles[chosen.pop(0)] = role
+        self.forged: list[Forged] = []
+        self.forks: list[Fork] = []
+        self.restores: dict[str, Restored] = {}
+
+    # --- who is what ------------------------------------------------------------
+
+    def honest(self, name: str) -> bool:
+        """Forgers and equivocators are not; a restored branch is (after its restore
+        it runs the honest node as it is)."""
+        return self.roles.get(name) not in ("forger", "equivocator")
+
+    def role(self, name: str) -> str | None:
+        return self.roles.get(name)
+
+    # --- schedule ---------------------------------------------------------------
+
+    def schedule(self) -> None:
+        w = self.world
+        end = w.workload_end
+        for name, role in sorted(self.roles.items()):
+            rng = random.Random(f"{w.config.seed}:byzantine:{name}")
+            node = w.by_name[name]
+            if role == "forger":
+                start = rng.randrange(len(FORGERIES))
+                t = 11 * HOUR + rng.randrange(4 * HOUR)
+                i = 0
+                while t < end - HOUR:
+                    if w.local_offset(t) < 22 * HOUR:
+                        kind = FORGERIES[(start + i) % len(FORGERIES)]
+                        w.engine.at(t, partial(self._forge, node, kind, rng))
+                        i += 1
+                    t += 30 * MINUTE + rng.randrange(60 * MINUTE)
+            elif role == "equivocator":
+                t = 11 * HOUR + rng.randrange(5 * HOUR)
+                w.engine.at(min(t, end - HOUR), partial(self._equivocate, node, rng))
+            elif role == "restored":
+                t = 10 * HOUR + 30 * MINUTE + rng.randrange(90 * MINUTE)
+                later = t + HOUR + rng.randrange(3 * HOUR)
+                down = 30 * SECOND + rng.randrange(90 * SECOND)
+                w.engine.at(min(t, end - 2 * HOUR), partial(self._backup, node))
+                w.engine.at(min(later, end - HOUR), partial(self._die, node, down))
+
+    # --- the forger -------------------------------------------------------------
+
+    def _forge(self, node: SimNode, kind: str, rng: random.Random) -> None:
+        w = self.world
+        if not node.up or node.ledger is None or node.core is None:
+            return
+        lg = node.ledger
+        node.run(node.core.flush())
+        built = self._forgery(lg, kind, rng)
+        if built is None:
+            w.trace(w.engine.now, f"{node.name} byzantine forgery {kind} skipped: nothing "
+                                  "to forge from yet")
+            return
+        doc, data = built
+        seq, prev = lg.storage.log.tip(node.name)
+        rec = Record(node.name, seq + 1, doc, data)
+        hash_ = record_hash(prev, node.name, rec.seq, doc, data)
+        batch = Batch([rec], {node.name: Head(rec.seq, hash_, lg.trust.sign(
+            head_message(lg.chain, node.name, rec.seq, hash_)))},
+            {node.name: lg.trust.cert_der})
+        self.forged.append(Forged(node.name, rec.seq, hash_, kind, doc, w.engine.now))
+        sent = self._inject(node, pack({"t": "recs", **batch.to_wire()}), None)
+        w.trace(w.engine.now, f"{node.name} byzantine forged {kind} as record {rec.seq} of "
+                              f"{doc}, sent to {','.join(sent) or 'nobody'}")
+        lg.apply_batch(batch)  # its own log stays one line (and refuses it: blocked)
+        node.run(node.core.flush())
+
+    def _forgery(self, lg: Ledger, kind: str, rng: random.Random) -> tuple[str, bytes] | None:
+        me = lg.node
+        others = [n.name for n in self.world.nodes if n.name != me]
+        victim = rng.choice(others)
+        members = audit.ids(lg, "members")
+        if not members:
+            return None
+        member = rng.choice(members)
+        if kind in ("entry-as-other", "others-rights"):
+            base = lg.clock.mint().rsplit(".", 1)[0]
+            if kind == "entry-as-other":
+                eid = f"{base}.{victim}"
+                entry: dict[str, Any] = {
+                    "id": eid, "kind": "topup", "member": member, "node": victim,
+                    "op": owner_of(victim), "at": id_time_ms(eid), "amount": 100_000_000,
+                    "paid": 100_000_000, "deltas": [["cash", victim, 100_000_000]]}
+            else:
+                eid = f"{base}.{me}"
+                held = [(m, lg.rights(m, "cash").get(victim, 0)) for m in members[:200]]
+                held = [(m, a) for m, a in held if a > 0]
+                member, amount = held[0] if held else (member, 10_000)
+                entry = {"id": eid, "kind": "transfer", "member": member, "node": me,
+                         "op": f"sync@{me}", "at": id_time_ms(eid), "amount": amount,
+                         "to": me, "deltas": [["cash", victim, -amount], ["cash", me, amount]]}
+
+            def put(roots: dict[str, Map[Any]]) -> None:
+                roots["entries"][eid] = entry
+
+            return self._update(lg, entry_doc(eid, lg.storage.day_of), put)
+        if kind in ("rewrite", "delete"):
+            docs = sorted(n for n in lg.state_vectors() if n.startswith("ledger/"))
+            if not docs:
+                return None
+            doc = docs[-1]
+            keys = sorted(str(k) for k in lg.storage.doc(doc).roots["entries"].keys()  # noqa: SIM118
+                          if not str(k).endswith(f".{me}"))
+            if not keys:
+                return None
+            target = rng.choice(keys)
+
+            def change(roots: dict[str, Map[Any]]) -> None:
+                if kind == "delete":
+                    del roots["entries"][target]
+                    return
+                old = dict(roots["entries"][target])
+                old.update(amount=50_000_000)
+                roots["entries"][target] = old
+
+            return self._update(lg, doc, change)
+        oid = lg.clock.mint()
+
+        def owner(roots: dict[str, Map[Any]]) -> None:
+            roots["operators"][oid] = Map({"name": "mallory", "password": "x" * 20,
+                                           "active": True, "roles": Map({"owner": True})})
+
+        return self._update(lg, "operators", owner)
+
+    @staticmethod
+    def _update(lg: Ledger, doc: str, mutate: Mutate) -> tuple[str, bytes]:
+        """The update a node writing as its own client makes when it runs `mutate` on
+        its copy of `doc` (as tests/forgery.forge_update)."""
+        ld = LoadedDoc(doc, lg.storage.client_id)
+        ld.doc.apply_update(lg.storage.doc(doc).doc.get_update())
+        before = ld.doc.get_state()
+        with ld.doc.transaction():
+            mutate(ld.roots)
+        return doc, bytes(ld.doc.get_update(before))
+
+    def _inject(self, node: SimNode, frame: bytes, only: list[str] | None) -> list[str]:
+        """Send a crafted frame on the node's links to its peers (all, or `only`),
+        behind what its sessions sent before. Returns the peers."""
+        assert node.core is not None
+        sent = []
+        for peer in node.core.connected():
+            if only is not None and peer not in only:
+                continue
+            state = node.core.peers.get(peer)
+            conn = node.conns.get(state.link) if state is not None and state.link is not None \
+                else None
+            if conn is not None:
+                End(self.world.net, conn, node.name).send([frame])
+                sent.append(peer)
+        return sent
+
+    # --- the equivocator ----------------------------------------------------------
+
+    def _equivocate(self, node: SimNode, rng: random.Random) -> None:
+        w = self.world
+        if not node.up or node.ledger is None or node.core is None or not node.core.connected():
+            w.engine.after(MINUTE, partial(self._equivocate, node, rng))  # needs a peer
+            return
+        lg = node.ledger
+        node.run(node.core.flush())
+        seq, _ = lg.storage.log.tip(node.name)
+        members = audit.ids(lg, "members")
+        rights = sorted(((lg.rights(m, "cash").get(node.name, 0), m) for m in members),
+                        reverse=True)
+        held, member = rights[0] if rights else (0, "")
+        if not member:
+            w.engine.after(MINUTE, partial(self._equivocate, node, rng))
+            return
+
+        def spend(ledger: Ledger, amount: int) -> dict[str, Any]:
+            if held >= 200:  # the same rights spent twice
+                return ledger.debit(ledger.owner, member, amount=amount)
+            return ledger.topup(ledger.owner, member, amount)
+
+        # Side B, on a copy of its store (its key files included).
+        copy = w.root / f"{node.name}-fork-{w.engine.now}"
+        shutil.copytree(node.path, copy, ignore=shutil.ignore_patterns("lock"))
+        clone = Ledger.open(copy, synchronous="OFF", now_ms=node.now_ms, lock=False)
+        try:
+            side_b = spend(clone, held - 100 if held >= 200 else 20_000)
+            batch_b = clone.batch(clone.storage.log.records_after({node.name: seq}))
+            hash_b = clone.storage.log.hash_at(node.name, seq + 1) or b""
+        finally:
+            clone.close()
+            shutil.rmtree(copy, ignore_errors=True)
+        peers = node.core.connected()
+        first = rng.sample(peers, max(1, len(peers) // 2))
+        sent = self._inject(node, pack({"t": "recs", **batch_b.to_wire()}), first)
+        # Side A, on its store: its sessions send it to every peer (behind B for those).
+        try:
+            side_a = spend(lg, held if held >= 200 else 10_000)
+        except LedgerError as e:
+            w.trace(w.engine.now, f"{node.name} byzantine fork side A refused: {e}")
+            return
+        node.run(node.core.flush())
+        last = max(lg.storage.log.tip(node.name)[0], max(r.seq for r in batch_b.recs))
+        hash_a = lg.storage.log.hash_at(node.name, seq + 1) or b""
+        self.forks.append(Fork(node.name, seq + 1, last, {str(side_a["id"]), str(side_b["id"])},
+                               (hash_a, hash_b), sorted(sent), w.engine.now))
+        w.trace(w.engine.now, f"{node.name} byzantine fork at record {seq + 1}: "
+                              f"{side_a['id']} to all, {side_b['id']} first to "
+                              f"{','.join(sorted(sent))}")
+        lg.apply_batch(batch_b)  # proves the fork in its own store: it stops writing
+        node.run(node.core.flush())
+
+    # --- the restored branch ----------------------------------------------------------
+
+    def _acked(self, name: str) -> set[str]:
+        return {e for e, n in self.world.acked_entries.items() if n == name}
+
+    def _backup(self, node: SimNode) -> None:
+        w = self.world
+        if not node.up:
+            w.engine.after(MINUTE, partial(self._backup, node))
+            return
+        target = w.root / "backups" / node.name
+        path = write_backup(node.path, target)
+        self.restores[node.name] = Restored(node.name, path, w.engine.now,
+                                            self._acked(node.name))
+        w.trace(w.engine.now, f"{node.name} byzantine backup taken")
+
+    def _die(self, node: SimNode, down: int) -> None:
+        w = self.world
+        r = self.restores.get(node.name)
+        if r is None:
+            return
+        if node.up:
+            node.crash()
+        w.node_down(node)
+        w.trace(w.engine.now, f"{node.name} byzantine dies; restored from its backup in "
+                              f"{down / SECOND:.0f}s")
+        w.engine.after(down, partial(self._restore, node, r))
+
+    def _restore(self, node: SimNode, r: Restored) -> None:
+        w = self.world
+        if node.up:  # a scheduled crash's end restarted it meanwhile
+            node.crash()
+        restore(r.backup, node.path, lock=False)
+        r.restored_at = w.engine.now
+        r.window = self._acked(node.name) - r.acked_at_backup
+        w.trace(w.engine.now, f"{node.name} byzantine restored from the backup of "
+                              f"{r.backup_at / SECOND:.0f}s ({len(r.window)} entries "
+                              "acknowledged since)")
+        w.node_restarted(node, check=False)
+
+    # --- the report --------------------------------------------------------------------
+
+    def lost_to_restore(self, missing: set[str]) -> set[str]:
+        """Of the acknowledged entries missing at the end, those a restore may lose:
+        written by the restored node after its backup, before its restore (and never
+        sent to a peer)."""
+        out: set[str] = set()
+        for r in self.restores.values():
+            out |= missing & r.window
+        return out
+
+    def fork_entries(self) -> set[str]:
+        out: set[str] = set()
+        for f in self.forks:
+            out |= f.entries
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "nodes": dict(sorted(self.roles.items())),
+            "forged": [{"node": f.node, "seq": f.seq, "kind": f.kind, "breaks": BREAKS[f.kind],
+                        "doc": f.doc, "at_s": f.at / SECOND} for f in self.forged],
+            "forks": [{"node": f.node, "seq": f.seq, "entries": sorted(f.entries),
+                       "side_b_first_to": f.sent_to, "at_s": f.at / SECOND}
+                      for f in self.forks],
+            "restores": [{"node": r.node, "backup_at_s": r.backup_at / SECOND,
+                          "restored_at_s": None if r.restored_at is None
+                          else r.restored_at / SECOND,
+                          "acknowledged_since_backup": len(r.window)}
+                         for r in self.restores.values()],
+        }
