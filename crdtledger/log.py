@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS records(
 CREATE UNIQUE INDEX IF NOT EXISTS records_seq ON records(node, seq);
 -- Records that build on another writer's records not here yet (pycrdt would hold
 -- them back): kept, applied as soon as what they build on comes.
-CREATE INDEX IF NOT EXISTS records_waiting ON records(pos) WHERE state = 3;
+CREATE INDEX IF NOT EXISTS records_waiting ON records(node, pos) WHERE state = 3;
 -- Records that build on another writer's records not here yet (pycrdt would hold
 -- them back): kept, applied as soon as what they build on comes.
 CREATE INDEX IF NOT EXISTS records_waiting ON records(pos) WHERE state = 3;
@@ -159,12 +159,14 @@ class Log:
         self._tips: dict[str, tuple[int, bytes]] = {}
         self._positions: dict[str, int] | None = None
         self._blocked: set[str] | None = None
+        self._waiting: set[str] | None = None
 
     def reset(self) -> None:
         """Forget what is cached (a transaction rolled back)."""
         self._tips.clear()
         self._positions = None
         self._blocked = None
+        self._waiting = None
 
     # --- reading ------------------------------------------------------------
 
@@ -227,12 +229,17 @@ class Log:
             "SELECT node, seq, doc, data, hash FROM records WHERE state = 3 ORDER BY pos")]
 
     def waiting_nodes(self) -> set[str]:
-        return {n for (n,) in self.conn.execute(
-            "SELECT DISTINCT node FROM records WHERE state = 3")}
+        """Writers with records kept waiting (asked at every batch: remembered)."""
+        if self._waiting is None:
+            self._waiting = {n for (n,) in self.conn.execute(
+                "SELECT DISTINCT node FROM records INDEXED BY records_waiting "
+                "WHERE state = 3")}
+        return set(self._waiting)
 
     def set_state(self, node: str, seq: int, state: int) -> None:
         self.conn.execute("UPDATE records SET state = ? WHERE node = ? AND seq = ?",
                           (state, node, seq))
+        self._waiting = None
 
     def blocked(self) -> set[str]:
         """Nodes with a proven fault: nothing more of their logs is applied."""
@@ -254,9 +261,17 @@ class Log:
         self.conn.execute(
             "INSERT INTO records(node, seq, hash, doc, data, state) VALUES (?, ?, ?, ?, ?, ?)",
             (rec.node, rec.seq, hash_, rec.doc, rec.data, state))
-        self._tips[rec.node] = (rec.seq, hash_)
+        # Records of different documents may be appended out of their log's order:
+        # the tip moves only forward, and is read again when unknown.
+        known = self._tips.get(rec.node)
+        if known is not None and rec.seq == known[0] + 1:
+            self._tips[rec.node] = (rec.seq, hash_)
+        else:
+            self._tips.pop(rec.node, None)
         if self._positions is not None:
-            self._positions[rec.node] = rec.seq
+            self._positions[rec.node] = max(rec.seq, self._positions.get(rec.node, 0))
+        if state == WAITING and self._waiting is not None:
+            self._waiting.add(rec.node)
 
     def keep_head(self, node: str, head: Head, cert: bytes) -> None:
         self.conn.execute("INSERT OR REPLACE INTO heads VALUES (?, ?, ?, ?, ?)",

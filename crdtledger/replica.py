@@ -371,6 +371,11 @@ class Replica(LedgerBase):
         new: list[Record] = []
         touched: list[str] = []
         now = self.clock.wall()
+        # By document (records of different documents commute; within one, the
+        # sender's order, which respects what each builds on): one projection per
+        # document, not one per writer's turn, in a catch-up where writers interleave.
+        order = {name: i for i, name in enumerate(dict.fromkeys(r.doc for r, _ in plan.accepted))}
+        accepted = sorted(plan.accepted, key=lambda rh: order[rh[0].doc])
         with st.transaction():
             for node, cert in plan.pins:
                 log.pin(node, cert)
@@ -378,18 +383,18 @@ class Replica(LedgerBase):
                 self._report_fork(fork, now)
             blocked = log.blocked()
             waiting = log.waiting_nodes()
-            i, accepted = 0, plan.accepted
-            while i < len(accepted):
-                rec, hash_ = accepted[i]
+            run: list[tuple[Record, bytes]] = []
+            for rec, hash_ in accepted:
+                if run and (run[0][0].doc != rec.doc or single):
+                    self._apply_run(run, plan.certs)
+                    touched.append(run[0][0].doc)
+                    run = []
                 if rec.node not in blocked and (
                         rec.node in waiting or rec.seq >= plan.wait_from.get(rec.node, 1 << 62)):
                     # After a record that waits, its writer's next ones wait too.
                     log.append(rec, hash_, WAITING)
                     waiting.add(rec.node)
-                    new.append(rec)
-                    i += 1
-                    continue
-                if rec.node in blocked or (rec.node, rec.seq) in refused:
+                elif rec.node in blocked or (rec.node, rec.seq) in refused:
                     state = HELD
                     broken = refused.get((rec.node, rec.seq))
                     if broken is not None:
@@ -397,24 +402,13 @@ class Replica(LedgerBase):
                         self._report_rule(rec, broken, now)
                         blocked.add(rec.node)
                     log.append(rec, hash_, state)
-                    new.append(rec)
-                    i += 1
-                    continue
-                # A run of one writer's records for one document: applied together.
-                j = i + 1
-                if rec.node not in single:
-                    while (j < len(accepted) and accepted[j][0].node == rec.node
-                           and accepted[j][0].doc == rec.doc
-                           and (rec.node, accepted[j][0].seq) not in refused
-                           and accepted[j][0].seq < plan.wait_from.get(rec.node, 1 << 62)):
-                        j += 1
-                run = accepted[i:j]
+                else:
+                    run.append((rec, hash_))
+                    log.append(rec, hash_, APPLIED)
+            new = [rec for rec, _ in plan.accepted]  # every one is kept, in the sender's order
+            if run:
                 self._apply_run(run, plan.certs)
-                for r, h in run:
-                    log.append(r, h, APPLIED)
-                    new.append(r)
-                touched.append(rec.doc)
-                i = j
+                touched.append(run[0][0].doc)
             for node, head, cert in plan.heads:
                 log.keep_head(node, head, cert)
             if waiting:
@@ -465,25 +459,28 @@ class Replica(LedgerBase):
         return touched
 
     def _apply_run(self, run: list[tuple[Record, bytes]], certs: dict[str, bytes]) -> None:
-        """Apply one writer's consecutive records for one document, judged by the
-        write rules; a broken rule raises _Broken (the caller rolls back)."""
+        """Apply consecutive records for one document (of any writers), each judged by
+        the write rules on what it alone changed; project them together. A broken
+        rule raises _Broken, a record that cannot integrate yet _Waits (the caller
+        rolls back and runs the batch again without it)."""
         st = self.storage
-        first = run[0][0]
-        node, name = first.node, first.doc
+        name = run[0][0].doc
         ld = st.doc(name)
-        may_govern = name not in GOVERNANCE_DOCS or self._may_govern(node, certs.get(node))
+        governs: dict[str, bool] = {}
         order = InOrder(name, decode_state_vector(ld.doc.get_state()))
         # Dropped if the transaction rolls back, even if nothing integrated: what Yrs
         # holds back inside the Doc would otherwise be released later, unjudged.
         ld.dirty = True
         with ld.watching() as change:
             for rec, _ in run:
+                node = rec.node
                 try:
                     written = check_header(node, name, rec.data)
                     if written is not None:
                         order.record(*written)
                 except RuleBroken as e:
                     raise _Broken(rec, e, 1) from None
+                first, other = len(change.added), change.other
                 try:
                     ld.doc.apply_update(rec.data)
                 except BaseException as e:  # pyo3 panics are BaseExceptions
@@ -491,26 +488,36 @@ class Replica(LedgerBase):
                         raise
                     raise _Broken(rec, RuleBroken("own-client", f"malformed update: {e}"),
                                   1) from None
+                if node not in governs:
+                    governs[node] = (name not in GOVERNANCE_DOCS
+                                     or self._may_govern(node, certs.get(node)))
+                added = change.added[first:]
+                try:
+                    check_change(node, name, added, change.other - other,
+                                 governs[node], self.trust.is_revocation_list)
+                    if name.startswith("ledger/"):
+                        _check_months(name, [key for _r, key, _o, _n in added], st.day_of)
+                except RuleBroken as e:
+                    raise _Broken(rec, e, 1) from None
+                except RemoteProtocolError as e:  # an entry in another month's document
+                    raise _Broken(rec, RuleBroken("entry-writer", str(e)), 1) from None
         ld.take_updates()  # logged below as received
         # Each record must have integrated whole: one that builds on another writer's
         # records not here yet is held back by pycrdt; it waits (the caller rolls back
-        # and keeps it `waiting`), it did nothing wrong.
+        # and keeps it `waiting`), it did nothing wrong. The first such is the one:
+        # any after it that wait too may build on it.
         after = ld.doc.get_state()
         have = decode_state_vector(after)
         for rec, _ in run:
             if not covered(get_update(rec.data, after), have):
-                raise _Waits(rec, len(run))
+                raise _Waits(rec, 1)
         try:
-            check_change(node, name, change, may_govern, self.trust.is_revocation_list)
             self._project(ld, change)
-        except RuleBroken as e:
-            raise _Broken(first, e, len(run)) from None
-        except RemoteProtocolError as e:  # an entry in another month's document
-            raise _Broken(first, RuleBroken("entry-writer", str(e)), len(run)) from None
-        except sqlite3.IntegrityError as e:
+        except (RemoteProtocolError, sqlite3.IntegrityError) as e:
             # Refused by a projection's key (an entry already in another month): the
-            # writer's fault, like any broken rule.
-            raise _Broken(first, RuleBroken("entry-insert-once", f"{name}: {e}"),
+            # writer's fault, like any broken rule; run again one record at a time to
+            # tell whose.
+            raise _Broken(run[0][0], RuleBroken("entry-insert-once", f"{name}: {e}"),
                           len(run)) from None
         st.record(ld, [rec.data for rec, _ in run])
 

@@ -136,6 +136,10 @@ class Change:
     added: list[tuple[str, str, Any, Any]] = field(default_factory=list)  # root, key, old, new
     touched: set[tuple[str, str]] = field(default_factory=set)  # root, key of nested edits
     unsure: set[str] = field(default_factory=set)  # roots whose changed keys Yrs cannot tell
+    # Changes other than records set or removed (edits inside one, keys Yrs could not
+    # tell), counted: what one update among several changed is the difference
+    # before and after it (replica._apply_run judges each record by it).
+    other: int = 0
 
 
 class LoadedDoc:
@@ -216,6 +220,7 @@ class LoadedDoc:
                     # still held back: an honest out-of-order rewrite. The caller
                     # reads the root's records from the document instead.
                     change.unsure.add(root)
+                    change.other += 1
                     continue
                 for key, info in keys.items():
                     change.added.append(
@@ -223,6 +228,7 @@ class LoadedDoc:
                     )
             else:
                 change.touched.add((root, str(path[0])))
+                change.other += 1
 
     def take_updates(self) -> list[bytes]:
         ups, self.updates = self.updates, []

@@ -142,23 +142,24 @@ class InOrder:
         self.starts[client] = clock
 
 
-def check_change(node: str, doc: str, change: Any, may_govern: bool,
-                 ca_signed: Callable[[Any], bool]) -> None:
-    """Judge what applying a record of `node` changed (storage.Change). `ca_signed`
+def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], other: int,
+                 may_govern: bool, ca_signed: Callable[[Any], bool]) -> None:
+    """Judge what applying one record of `node` changed: the records it set or
+    removed (root, key, old, new, as storage.Change has them) and the number of
+    `other` changes (edits inside a record, or keys Yrs could not tell). `ca_signed`
     says whether a rule record is a revocation list the chain CA signed."""
     if doc in GOVERNANCE_DOCS:
-        if may_govern or (doc == "rules" and change.added and not change.touched
-                          and not change.unsure
+        if may_govern or (doc == "rules" and not other
                           and all(old is None and ca_signed(new)
-                                  for _r, _k, old, new in change.added)):
+                                  for _r, _k, old, new in added)):
             return
         raise RuleBroken("governance", f"node {node} changed {doc} without the head "
                                        "office's grant")
     if not doc.startswith("ledger/"):
         return
-    if change.unsure or change.touched:
+    if other:
         raise RuleBroken("entry-insert-once", f"{doc}: an entry changed in place")
-    for _root, key, old, new in change.added:
+    for _root, key, old, new in added:
         if old is not None or new is None:
             raise RuleBroken("entry-insert-once", f"{doc}: entry {key} overwritten or deleted")
         if not isinstance(key, str) or not ID.match(key) or key.rsplit(".", 1)[1] != node:

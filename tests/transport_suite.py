@@ -263,7 +263,7 @@ class SmallWorld(World):
         i = len(self.nodes)
         self.site_of[name] = i  # each on its own site: WAN latency and loss
         self.uplink[name] = SHOP_UPLINK_BPS
-        node = SimNode(self, i, name, self.root / name, 1000 + 2 * i + 1, hub=False)
+        node = SimNode(self, i, name, self.root / name, hub=False)
         self.nodes.append(node)
         self.by_name[name] = node
         node.boot()
