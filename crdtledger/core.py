@@ -73,7 +73,8 @@ HEALTHY_S = 10.0
 HEARTBEAT_S = 10.0
 
 Link = int
-TimerKey = tuple[str | int, ...]  # ("ae",), ("dial", target), ("op", id), ("relay", link, id)
+# ("ae",), ("dial", target), ("op", id), ("relay", link, id), ("resume", link)
+TimerKey = tuple[str | int, ...]
 
 
 # --- effects ------------------------------------------------------------------
@@ -342,8 +343,14 @@ class NodeCore:
         lk = self._links.get(link)
         if lk is None or lk.session.closed:
             return self._effects()
+        return self._feed(lk, lambda: lk.session.receive_frames(frames), now)
+
+    def _feed(self, lk: _Link, handle: Callable[[], None], now: float) -> list[Effect]:
+        """Let the link's session handle what came (or the next slice of a long batch,
+        resumed at the driver's next turn so that its loop keeps answering)."""
+        link = lk.id
         try:
-            lk.session.receive_frames(frames)
+            handle()
         except (RemoteProtocolError, ForeignChain) as e:
             self._out.append(Count("protocol_errors"))
             self._out.append(Failed(link, lk.peer, e))
@@ -357,6 +364,8 @@ class NodeCore:
             return self._effects()
         self.peers[lk.peer].last_contact = self._wall()
         self._events(lk, now)
+        if lk.session.busy:
+            self._timer(("resume", link), 0.0)
         return self._effects()
 
     def link_closed(self, link: Link, now: float) -> list[Effect]:
@@ -433,6 +442,10 @@ class NodeCore:
             relay = self._relays.get((int(key[1]), int(key[2])))
             if relay is not None:
                 self._answer(relay)
+        elif kind == "resume":
+            busy = self._links.get(int(key[1]))
+            if busy is not None and not busy.session.closed:
+                return self._feed(busy, busy.session.resume, now)
         return self._effects()
 
     def rebalance(self, now: float) -> tuple[int, list[Effect]]:

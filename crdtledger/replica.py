@@ -219,19 +219,31 @@ class Replica(LedgerBase):
         Records that cannot be verified (unknown or revoked signer, altered, broken
         chain) are dropped and reported in `self.refusals`; with `strict` (a file,
         which must be taken whole or not at all) they raise RemoteProtocolError."""
+        new = self.apply_verified(self.verify_batch(batch, strict), origin, strict=strict)
+        return new or []
+
+    def verify_batch(self, batch: Batch, strict: bool = False) -> VerifiedBatch:
+        """Check a batch (hash chains, signed heads, certificates) without applying
+        anything: what `apply_verified` then applies, at once or in slices."""
+        return self._verify(batch, strict)
+
+    def apply_verified(self, plan: VerifiedBatch, origin: object = None, *, strict: bool = False,
+                       limit: int | None = None) -> list[Record] | None:
+        """Apply the next `limit` records of a verified batch (all when None), in one
+        transaction. Returns the records new here once the whole batch is applied
+        (listeners hear of them then), None while some remain: a driver applies a
+        long catch-up in slices, so that its loop keeps answering in between."""
         collecting = gc.isenabled()
         gc.disable()  # see docs/design-notes.md: a catch-up makes millions of objects
         try:
-            plan = self._verify(batch, strict)
-            refused: dict[tuple[str, int], RuleBroken] = {}
-            single: set[str] = set()
+            hi = len(plan.accepted) if limit is None else min(len(plan.accepted),
+                                                               plan.done + limit)
             while True:
                 try:
-                    return self._apply_plan(plan, origin, refused, single)
+                    self._apply_plan(plan, plan.done, hi)
+                    break
                 except _Waits as w:  # rolled back: again, with that writer waiting
-                    if w.run > 1:
-                        single.add(w.record.node)
-                    elif w.stored:
+                    if w.stored:
                         plan.still_waiting.add(w.record.node)
                     else:
                         plan.wait_from[w.record.node] = w.record.seq
@@ -241,15 +253,26 @@ class Replica(LedgerBase):
                             f"record {b.record.seq} of node {b.record.node} breaks write "
                             f"rule {b.error.rule}: {b.error.detail}") from None
                     if b.run > 1:
-                        single.add(b.record.node)
+                        plan.single = True
                     else:
-                        refused[(b.record.node, b.record.seq)] = b.error
+                        plan.refused[(b.record.node, b.record.seq)] = b.error
+            plan.done = hi
+            if hi < len(plan.accepted):
+                return None
         finally:
             if collecting:
                 gc.enable()
+        new = [rec for rec, _ in plan.accepted]  # every one is kept, in the sender's order
+        self.trust.pinned.update(plan.pins)
+        if "rules" in plan.touched:
+            self.refresh_revocations()
+        self._notify(new, origin)
+        for name in dict.fromkeys(plan.touched):
+            self.storage.maybe_compact(name)
+        return new
 
-    def _verify(self, batch: Batch, strict: bool) -> _Plan:
-        plan = _Plan()
+    def _verify(self, batch: Batch, strict: bool) -> VerifiedBatch:
+        plan = VerifiedBatch()
         by_node: dict[str, list[Record]] = {}
         for rec in batch.recs:
             by_node.setdefault(rec.node, []).append(rec)
@@ -285,7 +308,7 @@ class Replica(LedgerBase):
         return plan
 
     def _verify_log(self, node: str, head: Head, recs: list[Record], cert: bytes | None,
-                    plan: _Plan, strict: bool) -> None:
+                    plan: VerifiedBatch, strict: bool) -> None:
         log = self.storage.log
         if cert is None:
             kept = log.head(node)
@@ -365,27 +388,31 @@ class Replica(LedgerBase):
                                            if r.seq >= first][:16]})
         return _Fork(node, first, evidence)
 
-    def _apply_plan(self, plan: _Plan, origin: object, refused: dict[tuple[str, int],
-                    RuleBroken], single: set[str]) -> list[Record]:
+    def _apply_plan(self, plan: VerifiedBatch, lo: int, hi: int) -> None:
+        """Apply plan.accepted[lo:hi] in one transaction; the first slice also records
+        the forks found, the last one the heads and what was waiting."""
         st, log = self.storage, self.storage.log
-        new: list[Record] = []
         touched: list[str] = []
         now = self.clock.wall()
+        last = hi == len(plan.accepted)
         # By document (records of different documents commute; within one, the
         # sender's order, which respects what each builds on): one projection per
         # document, not one per writer's turn, in a catch-up where writers interleave.
-        order = {name: i for i, name in enumerate(dict.fromkeys(r.doc for r, _ in plan.accepted))}
-        accepted = sorted(plan.accepted, key=lambda rh: order[rh[0].doc])
+        part = plan.accepted[lo:hi]
+        order = {name: i for i, name in enumerate(dict.fromkeys(r.doc for r, _ in part))}
+        part.sort(key=lambda rh: order[rh[0].doc])
+        refused = plan.refused
         with st.transaction():
-            for node, cert in plan.pins:
-                log.pin(node, cert)
-            for fork in plan.forks:
-                self._report_fork(fork, now)
+            if lo == 0:
+                for node, cert in plan.pins:
+                    log.pin(node, cert)
+                for fork in plan.forks:
+                    self._report_fork(fork, now)
             blocked = log.blocked()
             waiting = log.waiting_nodes()
             run: list[tuple[Record, bytes]] = []
-            for rec, hash_ in accepted:
-                if run and (run[0][0].doc != rec.doc or single):
+            for rec, hash_ in part:
+                if run and (run[0][0].doc != rec.doc or plan.single):
                     self._apply_run(run, plan.certs)
                     touched.append(run[0][0].doc)
                     run = []
@@ -405,29 +432,23 @@ class Replica(LedgerBase):
                 else:
                     run.append((rec, hash_))
                     log.append(rec, hash_, APPLIED)
-            new = [rec for rec, _ in plan.accepted]  # every one is kept, in the sender's order
             if run:
                 self._apply_run(run, plan.certs)
                 touched.append(run[0][0].doc)
-            for node, head, cert in plan.heads:
-                log.keep_head(node, head, cert)
-            if waiting:
-                touched += self._release(plan, refused, blocked, now)
+            if last:
+                for node, head, cert in plan.heads:
+                    log.keep_head(node, head, cert)
+                if waiting:
+                    touched += self._release(plan, refused, blocked, now)
             if touched:
                 try:
                     project_deferred(st.conn, st.day_of)  # entries whose funding just came
                 except sqlite3.IntegrityError as e:
                     raise RemoteProtocolError(f"refused by the store ({e})") from None
             st.keep_clock(self.clock.last)
-        self.trust.pinned.update(plan.pins)
-        if "rules" in touched:
-            self.refresh_revocations()
-        self._notify(new, origin)
-        for name in dict.fromkeys(touched):
-            st.maybe_compact(name)
-        return new
+        plan.touched += touched
 
-    def _release(self, plan: _Plan, refused: dict[tuple[str, int], RuleBroken],
+    def _release(self, plan: VerifiedBatch, refused: dict[tuple[str, int], RuleBroken],
                  blocked: set[str], now: int) -> list[str]:
         """Apply the waiting records whose writers' dependencies came, in the order
         they came, each writer's in its log's order, until one still waits. Returns
@@ -657,7 +678,7 @@ class _Fork:
 
 
 @dataclass
-class _Plan:
+class VerifiedBatch:
     """What verifying a batch decided, before anything is applied."""
 
     accepted: list[tuple[Record, bytes]] = field(default_factory=list)
@@ -667,7 +688,10 @@ class _Plan:
     certs: dict[str, bytes] = field(default_factory=dict)  # each verified log's signer
     wait_from: dict[str, int] = field(default_factory=dict)  # node -> first record that waits
     still_waiting: set[str] = field(default_factory=set)  # writers whose kept records wait
-
+    refused: dict[tuple[str, int], RuleBroken] = field(default_factory=dict)
+    single: bool = False  # apply one record per run (to tell whose a projection refused)
+    done: int = 0  # accepted records applied so far (slices)
+    touched: list[str] = field(default_factory=list)  # documents changed so far
 
 class _Waits(Exception):
     """A record did not integrate whole: it builds on records not here yet. `run`: how

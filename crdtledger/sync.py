@@ -26,6 +26,7 @@ already in sync is two hellos of under 100 bytes each.
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ from crdtledger.model import ID, PURSE
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
+    from crdtledger.replica import VerifiedBatch
 
 PROTOCOL_VERSION = 2
 
@@ -58,13 +60,14 @@ PROTOCOL_VERSION = 2
 # One frame can carry a month's ledger document to a node that has none of it:
 # 1M entries of about 150 bytes (DESIGN.md) is well under this.
 MAX_FRAME_BYTES = 256 * 1024 * 1024
-# Documents: 32 member shards, rules, operators and one ledger per month; forty
-# years of months is about 500. Far more than that is not a crdtledger peer.
-MAX_DOCS = 4096
 # Logs named in a state message: one per node that ever wrote, a few hundred.
 MAX_LOGS = 65536
 # Rights requests awaiting an answer, each way. A counter asks once per swipe.
 MAX_OPEN_REQUESTS = 1024
+# Records applied per transaction of a large batch, between which the driver's loop
+# gets a turn (SyncSession.resume): about 0.3 s here. A 100k catch-up in one go held
+# a node's loop 15 s, past its peer's heartbeat, which closed the link.
+APPLY_SLICE = 4000
 
 _EMPTY_UPDATE = b"\x00\x00"
 
@@ -209,6 +212,9 @@ class SyncSession:
         # Records committed or learned here since the last frame, sent as one batch.
         self._pending: list[Record] = []
         self._certs_sent: set[tuple[str, bytes]] = set()
+        # A batch being applied in slices, and the frames that came meanwhile.
+        self._applying: tuple[VerifiedBatch, Batch] | None = None
+        self._backlog: list[bytes] = []
         self._unsubscribe = ledger.subscribe(self._on_commit)
 
     # --- driving side --------------------------------------------------------
@@ -272,6 +278,8 @@ class SyncSession:
             self._unsubscribe()
             self._out.clear()
             self._pending.clear()
+            self._applying = None
+            self._backlog.clear()
 
     def _fail(self, error: RemoteProtocolError) -> None:
         """Enter the failed state: closed (so drivers that test `closed` leave it
@@ -288,6 +296,9 @@ class SyncSession:
         raises LocalProtocolError) and the caller should close the connection.
         Nothing is half-applied either way."""
         self._require_open()
+        if self._applying is not None:  # after the batch being applied (resume)
+            self._backlog.append(frame)
+            return
         try:
             msg = unpack(frame)
             self.bytes_in += len(frame)
@@ -298,37 +309,87 @@ class SyncSession:
 
     def receive_frames(self, frames: Iterable[bytes]) -> None:
         """Handle frames that arrived together, in order, as `receive` would one by
-        one, except that consecutive `update` frames are applied in one ledger
-        transaction (all or nothing, like `Ledger.apply_remote`): one commit for a
-        catch-up burst instead of one per frame. Their UpdatesApplied events say
-        `new` for every frame of a document that gained anything in the batch.
+        one, except that consecutive `recs` frames are taken as one batch (one
+        verification, one transaction per slice): one commit for a catch-up burst
+        instead of one per frame.
 
-        On a malformed frame, what came before it is handled (the pending updates
+        A batch of more than APPLY_SLICE records is applied a slice at a time: after
+        the first, `busy` is True and the driver must call `resume()` (at its loop's
+        next turn, so that it keeps answering meanwhile) until it is False; frames
+        received meanwhile wait their turn.
+
+        On a malformed frame, what came before it is handled (the pending records
         applied) and RemoteProtocolError is raised, as by `receive`; the session has
         then failed all the same."""
         self._require_open()
+        if self._applying is not None:
+            self._backlog.extend(frames)
+            return
+        pending = list(frames)
         run: list[Batch] = []
         try:
             try:
-                for frame in frames:
+                for i, frame in enumerate(pending):
                     msg = unpack(frame)
-                    self.bytes_in += len(frame)
                     if msg.get("t") == "recs" and self.peer is not None:
+                        self.bytes_in += len(frame)
                         run.append(Batch.from_wire(msg))
                         continue
                     if run:
-                        self._apply(_merge(run))
-                        run = []
+                        batch, run = _merge(run), []
+                        if not self._apply(batch):
+                            self._backlog = pending[i:]  # after the batch's last slice
+                            return
+                    self.bytes_in += len(frame)
                     self._dispatch(msg)
             finally:
-                if run:
-                    self._apply(_merge(run))
+                if run:  # the end of the frames, or a malformed one: apply what came
+                    self._apply(_merge(run), whole=sys.exc_info()[0] is not None)
         except RemoteProtocolError as e:
             self._fail(e)
             raise
 
-    def _apply(self, batch: Batch) -> None:
-        new = self.ledger.apply_batch(batch, origin=self)
+    @property
+    def busy(self) -> bool:
+        """A batch is being applied in slices: call `resume()`."""
+        return self._applying is not None
+
+    def resume(self) -> None:
+        """Apply the next slice of the batch being applied; once it is done, handle
+        the frames that waited for it."""
+        self._require_open()
+        if self._applying is None:
+            return
+        try:
+            if not self._step():
+                return
+        except RemoteProtocolError as e:
+            self._fail(e)
+            raise
+        backlog, self._backlog = self._backlog, []
+        if backlog:
+            self.receive_frames(backlog)
+
+    def _apply(self, batch: Batch, whole: bool = False) -> bool:
+        """Start applying a batch; True if it is all applied already."""
+        self._applying = (self.ledger.verify_batch(batch), batch)
+        while not self._step():
+            if not whole:
+                return False
+        return True
+
+    def _step(self) -> bool:
+        if self._applying is None:
+            return True
+        plan, batch = self._applying
+        try:
+            new = self.ledger.apply_verified(plan, origin=self, limit=APPLY_SLICE)
+        except BaseException:
+            self._applying = None
+            raise
+        if new is None:
+            return False
+        self._applying = None
         fresh = {r.doc for r in new}
         sizes: dict[str, int] = {}
         for rec in batch.recs:
@@ -337,6 +398,7 @@ class SyncSession:
             self._events.append(UpdatesApplied(name, size, name in fresh))
         if self.peer_states is not None:
             self.ledger.peer_caught_up(self.peer_states)
+        return True
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         kind = msg.get("t")
@@ -405,7 +467,7 @@ class SyncSession:
             self._queue({"t": "state", "logs": wire_logs(view), "reply": True})
 
     def _on_recs(self, msg: dict[str, Any]) -> None:
-        self._apply(Batch.from_wire(msg))
+        self._apply(Batch.from_wire(msg), whole=True)  # one frame: `receive` has no resume
 
     def _on_rights_request(self, msg: dict[str, Any]) -> None:
         rid = _get(msg, "id", int)
