@@ -52,6 +52,7 @@ from crdtledger.private import (
     private_dir,
     private_file_open,
     private_sqlite_file,
+    replace_private,
     write_private,
 )
 from crdtledger.seal import MAX_SEALED_BYTES, peek_header, seal, unseal
@@ -115,18 +116,7 @@ def write_backup(data_dir: Path, target_dir: Path) -> Path:
     del db_bytes
     sealed = seal(trust, "backup", payload, taken_ms)
     del payload
-    part = target / (BACKUP_FILE + ".part")
-    try:
-        # Written aside and renamed: the real name never holds half a backup.
-        with private_file_open(part) as f:
-            f.write(sealed)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(part, out)
-        _sync_dir(target)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
+    replace_private(out, sealed)
     return out
 
 

@@ -91,6 +91,26 @@ def write_private(path: Path | str, data: bytes, *, exclusive: bool = False,
             os.fsync(f.fileno())
 
 
+def replace_private(path: Path | str, data: bytes) -> None:
+    """Write `data` to `path` whole or not at all: 0600 into `path.part`, synced, then
+    renamed over `path`, so that a reader never sees half a file under the real name
+    (a sync file, a backup). The `.part` file is removed if anything fails."""
+    path = Path(path)
+    part = path.with_name(path.name + ".part")
+    try:
+        write_private(part, data, sync=True)
+        os.replace(part, path)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the rename itself survives a power cut
+        finally:
+            os.close(fd)
+    except BaseException:
+        if part.parent.is_dir():
+            part.unlink(missing_ok=True)
+        raise
+
+
 def private_sqlite_file(path: Path | str) -> Path:
     """Make sure the database file exists and is 0600 before SQLite opens it.
 

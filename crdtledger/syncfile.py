@@ -18,7 +18,6 @@ has no secret: its files are signed but readable, see crdtledger.trust.)
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +25,7 @@ import msgpack
 
 from crdtledger.errors import CorruptSyncFile, ForeignChain, InvalidInput, RemoteProtocolError
 from crdtledger.log import Batch
-from crdtledger.private import private_file_open
+from crdtledger.private import replace_private
 from crdtledger.seal import seal, unseal
 from crdtledger.sync import parse_logs, wire_logs
 
@@ -58,17 +57,9 @@ def export_file(ledger: Ledger, path: Path | str, for_node: str | None = None, *
                          use_bin_type=True)
     sealed = seal(ledger.trust, KIND, body, ledger.clock.wall())
     path = Path(path)
-    # Written aside and renamed: a reader never sees half a file under the real name.
-    tmp = path.with_name(path.name + ".part")
     try:
-        with private_file_open(tmp) as f:  # 0600 from its first byte
-            f.write(sealed)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        replace_private(path, sealed)
     except OSError as e:
-        if tmp.parent.is_dir():
-            tmp.unlink(missing_ok=True)
         raise InvalidInput(f"cannot write {path}: {e.strerror}") from None
     return {"file": str(path), "records": len(records),
             "documents": len({r.doc for r in records}), "bytes": path.stat().st_size,
