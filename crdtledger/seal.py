@@ -44,7 +44,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -143,23 +144,30 @@ def unseal(trust: Trust, data: bytes, kind: str, *, what: str) -> Sealed:
                           pos + sig_len > len(view) else "bytes follow its signature")
     signature = bytes(view[pos:])
     header = _header(header_raw, what)
-    # 4. This chain's.
+    node, created = header["node"], header["created"]
+    # 4. Every byte as the key in its header signed it: an altered file is told as
+    # such, before its (perhaps altered) chain or signer is judged.
+    try:
+        signer_key = x509.load_der_x509_certificate(header["cert"]).public_key()
+        if not isinstance(signer_key, ec.EllipticCurvePublicKey):
+            raise ValueError("not an EC key")
+        signer_key.verify(signature, _signed(view[:body_end]), _ECDSA)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise CorruptSyncFile(f"{what} is damaged (the signer's certificate in it does not "
+                              "parse)") from None
+    except InvalidSignature:
+        raise CorruptSyncFile(f"{what} was altered after it was signed (the signature "
+                              f"of node {node}, as it says, does not match its content); "
+                              "ask for it again") from None
+    # 5. This chain's.
     if header["chain"] != trust.chain:
         raise ForeignChain(f"{what} comes from chain {header['chain'][:80]!r}, this node is in "
                            f"chain {trust.chain!r}; it was not made for this chain")
-    node, created = header["node"], header["created"]
-    # 5. A signer this chain vouches for.
+    # 6. A signer this chain vouches for (the key that signed it is that signer's).
     try:
-        known = trust.check_cert(node, header["cert"])
+        trust.check_cert(node, header["cert"])
     except UntrustedSigner as e:
         raise UntrustedSigner(f"{what} is refused: {e}") from None
-    # 6. Every byte as the signer wrote it.
-    try:
-        known.key.verify(signature, _signed(view[:body_end]), _ECDSA)
-    except InvalidSignature:
-        raise CorruptSyncFile(f"{what} was altered after node {node} signed it (its "
-                              "signature does not match its content); ask for it again"
-                              ) from None
     # 7. Readable with this chain's secret.
     try:
         payload = AESGCM(trust.seal_key).decrypt(header["nonce"],
