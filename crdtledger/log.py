@@ -30,6 +30,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 from crdtledger.errors import RemoteProtocolError
 from crdtledger.hlc import NODE_ID
 from crdtledger.model import DOC_NAME
@@ -108,21 +110,29 @@ class Batch:
     recs: list[Record] = field(default_factory=list)
     heads: dict[str, Head] = field(default_factory=dict)
     certs: dict[str, bytes] = field(default_factory=dict)
+    # Heads of the other side of a fork the sender proved (a node's signed head that
+    # contradicts the sender's own copy of its log): so that a replica holding the
+    # same side as the sender learns of the fork too.
+    proofs: dict[str, Head] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.recs or self.heads)
+        return bool(self.recs or self.heads or self.proofs)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"recs": [[r.node, r.seq, r.doc, r.data] for r in self.recs],
-                "heads": {n: [h.seq, h.hash, h.sig] for n, h in self.heads.items()},
-                "certs": dict(self.certs)}
+        out = {"recs": [[r.node, r.seq, r.doc, r.data] for r in self.recs],
+               "heads": {n: [h.seq, h.hash, h.sig] for n, h in self.heads.items()},
+               "certs": dict(self.certs)}
+        if self.proofs:
+            out["proofs"] = {n: [h.seq, h.hash, h.sig] for n, h in self.proofs.items()}
+        return out
 
     @classmethod
     def from_wire(cls, msg: Mapping[str, Any]) -> Batch:
         """Parse and check the shape of a batch (RemoteProtocolError if malformed)."""
         recs, heads, certs = msg.get("recs"), msg.get("heads"), msg.get("certs", {})
+        proofs = msg.get("proofs", {})
         if not isinstance(recs, list) or not isinstance(heads, dict) or not isinstance(
-                certs, dict) or len(recs) > MAX_BATCH_RECORDS:
+                certs, dict) or not isinstance(proofs, dict) or len(recs) > MAX_BATCH_RECORDS:
             raise RemoteProtocolError("records: malformed batch")
         batch = cls()
         for item in recs:
@@ -133,15 +143,16 @@ class Batch:
                     or not isinstance(item[3], bytes)):
                 raise RemoteProtocolError(f"records: malformed record {str(item)[:60]}")
             batch.recs.append(Record(item[0], item[1], item[2], item[3]))
-        for node, head in heads.items():
-            if (not isinstance(node, str) or not NODE_ID.match(node)
-                    or not isinstance(head, list) or len(head) != 3
-                    or isinstance(head[0], bool) or not isinstance(head[0], int)
-                    or not 0 < head[0] < 2**62 or not isinstance(head[1], bytes)
-                    or len(head[1]) != 32 or not isinstance(head[2], bytes)
-                    or len(head[2]) > 256):
-                raise RemoteProtocolError(f"records: malformed head of {str(node)[:20]}")
-            batch.heads[node] = Head(head[0], head[1], head[2])
+        for kind, given in (("heads", heads), ("proofs", proofs)):
+            for node, head in given.items():
+                if (not isinstance(node, str) or not NODE_ID.match(node)
+                        or not isinstance(head, list) or len(head) != 3
+                        or isinstance(head[0], bool) or not isinstance(head[0], int)
+                        or not 0 < head[0] < 2**62 or not isinstance(head[1], bytes)
+                        or len(head[1]) != 32 or not isinstance(head[2], bytes)
+                        or len(head[2]) > 256):
+                    raise RemoteProtocolError(f"records: malformed head of {str(node)[:20]}")
+                getattr(batch, kind)[node] = Head(head[0], head[1], head[2])
         for node, der in certs.items():
             if not isinstance(node, str) or not NODE_ID.match(node) or not isinstance(
                     der, bytes) or len(der) > 16384:
@@ -246,6 +257,20 @@ class Log:
         if self._blocked is None:
             self._blocked = {n for (n,) in self.conn.execute("SELECT DISTINCT node FROM faults")}
         return set(self._blocked)
+
+    def fork_proofs(self) -> dict[str, tuple[Head, bytes]]:
+        """For each node caught forking here: the signed head of the other side (and
+        the certificate it was signed under), from the fault's evidence."""
+        out: dict[str, tuple[Head, bytes]] = {}
+        for node, evidence in self.conn.execute(
+                "SELECT node, evidence FROM faults WHERE kind = 'fork' AND evidence IS NOT NULL"):
+            try:
+                found = msgpack.unpackb(evidence)
+                seq, hash_, sig = found["head"]
+                out[node] = (Head(int(seq), bytes(hash_), bytes(sig)), bytes(found["cert"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return out
 
     def faults(self) -> list[dict[str, Any]]:
         return [{"node": n, "kind": k, "seq": s, "rule": r, "detail": d, "at": a}

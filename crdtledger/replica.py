@@ -155,12 +155,18 @@ class Replica(LedgerBase):
         return self._own_head
 
     def batch(self, records: list[Record], *, show: Iterable[str] = (),
+              prove: Iterable[str] = (),
               certs_sent: set[tuple[str, bytes]] | None = None) -> Batch:
         """Records with the heads that cover them and the certificates of their
         signers (except those in `certs_sent`, which is updated); plus our heads of
-        the logs in `show` (see `behind`)."""
+        the logs in `show` (see `behind`) and the proofs of the forks in `prove`."""
         out = Batch(recs=records)
         log = self.storage.log
+        if prove:
+            proofs = log.fork_proofs()
+            for node in prove:
+                if node in proofs:
+                    out.proofs[node], out.certs[node] = proofs[node]
         for node in dict.fromkeys([*(r.node for r in records), *show]):
             if node == self.node:
                 head, cert = self.own_head(), self.trust.cert_der
@@ -194,6 +200,18 @@ class Replica(LedgerBase):
                     and (log.hash_at(node, their_seq) or b"")[:8] != their_tip):
                 after[node] = 0
         return log.records_after(after, applied_only=applied_only)
+
+    def to_prove(self, theirs: Mapping[str, tuple[int, bytes] | int]) -> list[str]:
+        """The logs we caught forking that a replica whose logs are `theirs` holds
+        without knowing (its tip is not the fork's mark): the other side's signed head
+        goes to it, which proves the fork there if it holds our side."""
+        blocked = self.storage.log.blocked()
+        out = []
+        for node, held in theirs.items():
+            tip = held[1] if isinstance(held, tuple) else b""
+            if node in blocked and tip != FORK_MARK:
+                out.append(node)
+        return out
 
     def behind(self, theirs: Mapping[str, tuple[int, bytes] | int]) -> list[str]:
         """The logs a replica whose logs are `theirs` holds further than we do. Our
@@ -286,6 +304,11 @@ class Replica(LedgerBase):
                 if strict:
                     raise
                 self._refuse(f"records of {node} refused: {e}")
+        for node, proof in batch.proofs.items():
+            try:
+                self._check_proof(node, proof, batch.certs.get(node), plan)
+            except RemoteProtocolError as e:
+                self._refuse(f"a proof of a fork of {node} refused: {e}")
         if by_node:
             stray = ", ".join(sorted(by_node))
             if strict:
@@ -374,6 +397,22 @@ class Replica(LedgerBase):
                 return
         plan.heads.append((node, head, cert))
         plan.accepted.extend((r, h) for r, h in chained if tip_seq < r.seq <= head.seq)
+
+    def _check_proof(self, node: str, head: Head, cert: bytes | None,
+                     plan: VerifiedBatch) -> None:
+        """A head of `node` that a peer holds as the other side of a fork: if it is
+        signed by `node` and contradicts our copy of its log, the fork is proven here."""
+        log = self.storage.log
+        if cert is None:
+            kept = log.head(node)
+            cert = kept[1] if kept else self._certs_seen.get(node)
+        if cert is None:
+            raise UntrustedSigner(f"no certificate of node {node} came with it")
+        self.trust.verify(node, cert, head_message(self.chain, node, head.seq, head.hash),
+                          head.sig)
+        ours = log.hash_at(node, head.seq) if head.seq <= log.tip(node)[0] else None
+        if ours is not None and ours != head.hash and node not in log.blocked():
+            plan.forks.append(self._fork(node, head, cert, []))
 
     def _fork(self, node: str, head: Head, cert: bytes, chained: list[tuple[Record, bytes]]
               ) -> _Fork:
@@ -562,6 +601,7 @@ class Replica(LedgerBase):
         if self.storage.log.add_fault(fork.node, "fork", fork.seq, "fork", detail, now,
                                       fork.evidence):
             self._refuse(detail)
+            self.storage.version += 1  # its log now shows FORK_MARK: a new digest
 
     def revocation_list(self) -> str:
         """The chain's revocation list in force (base64 DER, "" for none): of every
@@ -596,8 +636,8 @@ class Replica(LedgerBase):
         """Take from `other` (another ledger in this process) what we lack, as a
         session's round would: for seeding a demo chain and for tests."""
         view = self.log_view()
-        new = self.apply_batch(other.batch(other.lacking(view), show=other.behind(view)),
-                               origin)
+        new = self.apply_batch(other.batch(other.lacking(view), show=other.behind(view),
+                                           prove=other.to_prove(view)), origin)
         self.peer_caught_up(other.log_view())
         return new
 

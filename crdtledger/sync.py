@@ -456,11 +456,12 @@ class SyncSession:
             self._answered_view = theirs
             records = self.ledger.lacking(theirs)
             show = self.ledger.behind(theirs)
-            if records or show:
+            prove = self.ledger.to_prove(theirs)
+            if records or show or prove:
                 self._flush()
                 # With every certificate: a round is what heals a session that lost
                 # a frame, the one that first carried a certificate included.
-                self._queue(self._batch_message(records, show, every_cert=True))
+                self._queue(self._batch_message(records, show, prove, every_cert=True))
         # The peer's state answered our hello; answer with ours so it can send what
         # we lack. A reply is not answered again, which ends the round.
         if not msg.get("reply") and view != theirs:
@@ -532,8 +533,9 @@ class SyncSession:
             self._queue_frame(self._batch_message(records))
 
     def _batch_message(self, records: list[Record], show: list[str] | None = None,
-                       every_cert: bool = False) -> dict[str, Any]:
-        batch = self.ledger.batch(records, show=show or (),
+                       prove: list[str] | None = None, every_cert: bool = False
+                       ) -> dict[str, Any]:
+        batch = self.ledger.batch(records, show=show or (), prove=prove or (),
                                   certs_sent=None if every_cert else self._certs_sent)
         return {"t": "recs", **batch.to_wire()}
 
@@ -581,4 +583,5 @@ def _merge(batches: list[Batch]) -> Batch:
         for node, head in b.heads.items():
             if node not in out.heads or head.seq > out.heads[node].seq:
                 out.heads[node] = head
+        out.proofs.update(b.proofs)
     return out

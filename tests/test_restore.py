@@ -112,8 +112,10 @@ def test_a_fork_made_on_purpose_is_reported_on_every_node(tmp_path: Path) -> Non
     sees both sides reports the fork and blocks the forking node's further writes."""
     a, b, m = _chain(tmp_path)
     c = new_ledger(tmp_path, "SH03")
+    d = new_ledger(tmp_path, "SH04")  # will hold the same side as SH02
     sync(a, c)
     bk = _spend_after_backup(tmp_path, a, b, m)
+    sync(b, d)
     target = tmp_path / "clone"
     restore(bk, target)
     r = Ledger.open(target)
@@ -131,6 +133,10 @@ def test_a_fork_made_on_purpose_is_reported_on_every_node(tmp_path: Path) -> Non
         # Honest replicas never go below zero.
         for node in (b, c):
             assert views.balance(node.storage.conn, m)["cash"] >= 0
+        # SH04 holds SH02's side: nothing differs between them but SH02's proof.
+        assert not d.faults()
+        sync(b, d)
+        assert [f["node"] for f in d.faults()] == ["SH01"]
         # The clone learns it too, and sells no more.
         sync(r, b)
         assert [f["node"] for f in r.faults()] == ["SH01"]
@@ -142,3 +148,4 @@ def test_a_fork_made_on_purpose_is_reported_on_every_node(tmp_path: Path) -> Non
         r.close()
         b.close()
         c.close()
+        d.close()
