@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sqlite3
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -55,7 +54,7 @@ from crdtledger.errors import (
 from crdtledger.ledger import Ledger
 from crdtledger.model import ID
 from crdtledger.projection import _as_plain
-from crdtledger.storage import DB_FILE, dumps
+from crdtledger.storage import dumps
 from crdtledger.sync import (
     ClockSkewSeen,
     RightsAnswered,
@@ -92,12 +91,10 @@ EXAMPLES = int(os.environ.get("MACHINE_EXAMPLES", "1000"))
 STEPS = 60
 REFUSED = object()
 # Histories must replay exactly (hypothesis shrinks by replaying), so the wall clock
-# and the pycrdt client ids are fixed: 2026-03-01 10:00 in Shanghai, one simulated
-# millisecond per reading, shared by all nodes as on one LAN with NTP.
+# is fixed: 2026-03-01 10:00 in Shanghai, one simulated millisecond per reading,
+# shared by all nodes as on one LAN with NTP. (The pycrdt client ids are derived from
+# the node ids, writerules.client_id_for: the same in every run.)
 START_MS = 1_772_330_400_000
-# 48-bit ids as Storage.create draws them; with these, Yrs encodes a state vector's
-# clients in an order that depends on the history (as with most random ids).
-CLIENT_IDS = {"SH01": 0x2E81_A3D9_F0C5, "SH02": 0x9B44_C1E2_A7D3, "SH03": 0x6AD7_F35B_1C19}
 
 
 class SimClock:
@@ -176,9 +173,6 @@ class LedgerMachine(RuleBasedStateMachine):
         self.clock = SimClock()
         for node in NODES:
             Ledger.create(self.tmp / node, node)
-            with sqlite3.connect(self.tmp / node / DB_FILE) as db:
-                db.execute("UPDATE meta SET value = ? WHERE key = 'client_id'",
-                           (str(CLIENT_IDS[node]),))
             # synchronous=NORMAL with WAL loses no committed transaction when the
             # *process* dies (the WAL is in the OS page cache); only a power cut can
             # lose the last commits. A crash here is a process crash, so acknowledged
