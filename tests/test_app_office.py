@@ -12,6 +12,7 @@ from app_fixtures import CASHIER, NODE, OWNER, CounterApp
 from nicegui import ui
 from nicegui.elements.upload_files import SmallFileUpload
 
+from crdtledger.errors import NotCaughtUp
 from crdtledger.ledger import Ledger
 from crdtledger.model import member_doc
 from crdtledger.syncfile import export_file
@@ -292,3 +293,29 @@ async def test_large_correction_asks_for_an_approver(counter_app: CounterApp) ->
     assert ledger.balance(mid)["cash"] == 22200
     [entry] = [e for e in ledger.history(mid) if e["kind"] == "correction"]
     assert entry["approver"] == app.owner_id
+
+
+async def test_a_restored_branch_says_it_cannot_sell_yet(counter_app: CounterApp) -> None:
+    """The counter shows what the library enforces: a store restored from a backup
+    refuses to sell until it has caught up with another branch."""
+    app = counter_app
+    mid = seed(app)
+    await app.login(*OWNER)
+    await app.user.should_not_see("备份恢复")
+    app.ledger.restored = "2026-12-01 10:02"  # as a store opened from a backup says
+    await app.user.open("/office/sync")
+    await app.user.should_see("本店由 2026-12-01 10:02 的备份恢复")
+    with pytest.raises(NotCaughtUp, match="connect to another branch before selling"):
+        app.ledger.debit(app.node_owner, mid, amount=100)
+
+
+async def test_the_sync_page_names_a_blocked_branch(counter_app: CounterApp) -> None:
+    app = counter_app
+    await app.login(*OWNER)
+    with app.ledger.storage.transaction():
+        app.ledger.storage.log.add_fault(
+            "SH09", "rule", 3, "entry-writer",
+            "record 3 of node SH09 broke rule entry-writer: an entry in SH01's name", 0)
+    await app.user.open("/office/sync")
+    await app.user.should_see(marker="fault")
+    await app.user.should_see("SH09")
