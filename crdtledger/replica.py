@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 import msgpack
@@ -294,10 +295,13 @@ class Replica(LedgerBase):
         by_node: dict[str, list[Record]] = {}
         for rec in batch.recs:
             by_node.setdefault(rec.node, []).append(rec)
+        in_order = True  # each log's records came in its order, once each (as sent)
         for node, head in batch.heads.items():
-            # Sorted by position, one per position (merged frames may repeat one).
-            recs = sorted({r.seq: r for r in by_node.pop(node, [])}.values(),
-                          key=lambda r: r.seq)
+            recs = by_node.pop(node, [])
+            if any(a.seq >= b.seq for a, b in pairwise(recs)):
+                # Sorted by position, one per position (merged frames may repeat one).
+                recs = sorted({r.seq: r for r in recs}.values(), key=lambda r: r.seq)
+                in_order = False
             try:
                 self._verify_log(node, head, recs, batch.certs.get(node), plan, strict)
             except RemoteProtocolError as e:
@@ -314,6 +318,11 @@ class Replica(LedgerBase):
             if strict:
                 raise RemoteProtocolError(f"records of {stray} come without a signed head")
             self._refuse(f"records of {stray} came without a signed head")
+        if in_order:  # back in the sender's order (verified log by log)
+            taken_at = {(r.node, r.seq): rh for rh in plan.accepted for r in (rh[0],)}
+            plan.accepted = [taken_at[k] for k in ((r.node, r.seq) for r in batch.recs)
+                             if k in taken_at]
+            return plan
         # The sender's order, except that each log's records go in log order (a relay
         # may have shuffled them): the k-th record of a node in the batch's order
         # becomes its k-th lowest.
