@@ -84,8 +84,8 @@ class LedgerBase:
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call `listener(record, origin)` after each committed log record.
 
-        `origin` is None for local operations, else what the caller of apply_remote
-        passed (a sync session), so a session need not echo a peer's own updates.
+        `origin` is None for local operations, else what the caller of apply_batch
+        passed (a sync session), so a session need not echo a peer's own records.
         """
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
