@@ -159,7 +159,8 @@ def test_the_created_time_and_the_signer_are_covered_too(world: World) -> None:
     # before its signer is judged.
     forged = header.replace(b"SH01", b"SH02", 1)
     e = refused(world.trust("SH02"), data[:h0] + forged + data[h1:])
-    assert isinstance(e, CorruptSyncFile) and "altered after it was signed (the signature of node SH02" in str(e)
+    assert isinstance(e, CorruptSyncFile)
+    assert "altered after it was signed (the signature of node SH02" in str(e)
     # Another time.
     packed = msgpack.packb(CREATED)
     later = header.replace(packed, msgpack.packb(CREATED + 3_600_000), 1)
