@@ -1,8 +1,8 @@
 """lib0 encoding as Yjs and Yrs write it, and what we compute from state vectors.
 
-It sits below both `storage` (which reads the delete set of an update) and `sync`
-and the replica (which compare state vectors and read an update's first writer), so
-neither has to import the other for a varint.
+It sits below `storage`, `sync`, the replica and the write rules (which read state
+vectors, an update's first writer and what of an update is left unintegrated), so
+none of them has to import another for a varint.
 """
 
 from __future__ import annotations
@@ -31,16 +31,6 @@ def read_varuint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def write_varuint(n: int) -> bytes:
-    """`n` as one lib0 unsigned varint (the inverse of read_varuint)."""
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def decode_state_vector(data: bytes) -> dict[int, int]:
     """Parse a Yjs v1 state vector (varint count, then client/clock varint pairs)."""
     # A copy of the remembered parse: callers may keep or change what they get.
@@ -66,33 +56,11 @@ def _decode_state_vector(data: bytes) -> dict[int, int]:
     return out
 
 
-def missing(theirs: dict[str, bytes], ours: dict[str, bytes]) -> int:
-    """How many operations (clock ticks) of ours a peer at `theirs` lacks."""
-    # Measured at the start of every round with every peer: documents whose vectors
-    # are the same bytes (most, between peers in sync) cost one comparison, and the
-    # remembered parses are read, not copied.
-    total = 0
-    for name, sv in ours.items():
-        their_sv = theirs.get(name, b"\x00")
-        if their_sv == sv:
-            continue
-        their = _decode_state_vector(bytes(decode_checked(their_sv)))
-        for client, clock in _decode_state_vector(bytes(decode_checked(sv))).items():
-            if clock > their.get(client, 0):
-                total += clock - their.get(client, 0)
-    return total
-
-
 def decode_checked(data: bytes) -> bytes:
     """`data`, if it may be parsed as a state vector at all (bytes, bounded)."""
     if not isinstance(data, bytes | bytearray) or len(data) > MAX_STATE_VECTOR_BYTES:
         raise RemoteProtocolError("state vector is not bytes or too large")
     return data
-
-
-def covers(theirs: dict[int, int], ours: dict[int, int]) -> bool:
-    """True if a peer at `theirs` has everything we have at `ours`."""
-    return all(theirs.get(c, 0) >= clock for c, clock in ours.items())
 
 
 def states_digest(states: dict[str, bytes]) -> bytes:
@@ -116,8 +84,6 @@ def _states_digest(states: tuple[tuple[str, bytes], ...]) -> bytes:
     return h.digest()
 
 
-__all__ = ["MAX_STATE_VECTOR_BYTES", "covers", "decode_state_vector", "missing",
-           "read_varuint", "states_digest", "write_varuint"]
 
 
 def covered(rest: bytes, have: dict[int, int]) -> bool:
@@ -141,3 +107,7 @@ def covered(rest: bytes, have: dict[int, int]) -> bool:
     except ValueError:
         return False
     return True
+
+
+__all__ = ["MAX_STATE_VECTOR_BYTES", "covered", "decode_state_vector", "read_varuint",
+           "states_digest"]

@@ -41,7 +41,6 @@ GENESIS = bytes(32)
 # both know stop sending each other that log's proof every round.
 FORK_MARK = b"\xff" * 8
 APPLIED, REFUSED, HELD, WAITING = 0, 1, 2, 3
-STATES = {APPLIED: "applied", REFUSED: "refused", HELD: "held", WAITING: "waiting"}
 # A batch may hold a year of a large chain's records (a catch-up, a sync file).
 MAX_BATCH_RECORDS = 4_000_000
 

@@ -43,9 +43,7 @@ from crdtledger.errors import (
 from crdtledger.hlc import MAX_CLOCK_SKEW_MS, NODE_ID
 
 # Also re-exported: peer/, sim/, benchmarks/ and tests/ import them from here.
-from crdtledger.lib0 import covers as covers
 from crdtledger.lib0 import decode_state_vector as decode_state_vector
-from crdtledger.lib0 import missing as missing
 from crdtledger.lib0 import states_digest as states_digest
 from crdtledger.log import Batch, Record
 from crdtledger.model import ID, PURSE

@@ -48,7 +48,6 @@ RULES: tuple[WriteRule, ...] = (
                             "chain grants governance (the head office's certificate); a "
                             "revocation list signed by the chain CA, by any branch"),
 )
-RULE_NAMES = frozenset(r.name for r in RULES)
 
 # A node's pycrdt client ids are derived from its node id, so that whose they are is
 # a fact every replica computes alike, whatever reaches it first (a binding learned
