@@ -271,6 +271,11 @@ class Log:
                 continue
         return out
 
+    def is_blocked(self, node: str) -> bool:
+        if self._blocked is None:
+            self.blocked()
+        return node in (self._blocked or ())
+
     def faults(self) -> list[dict[str, Any]]:
         return [{"node": n, "kind": k, "seq": s, "rule": r, "detail": d, "at": a}
                 for n, k, s, r, d, a in self.conn.execute(
