@@ -170,9 +170,18 @@ class Log:
         self._positions: dict[str, int] | None = None
         self._blocked: set[str] | None = None
         self._waiting: set[str] | None = None
+        self._written = False  # in the open transaction
+
+    def begin(self) -> None:
+        """A transaction begins: nothing written in it yet."""
+        self._written = False
 
     def reset(self) -> None:
-        """Forget what is cached (a transaction rolled back)."""
+        """A transaction rolled back: forget what is cached, if it wrote anything (a
+        refused debit writes nothing here, and reading every log's position again
+        walks the whole `records` index)."""
+        if not self._written:
+            return
         self._tips.clear()
         self._positions = None
         self._blocked = None
@@ -247,6 +256,7 @@ class Log:
         return set(self._waiting)
 
     def set_state(self, node: str, seq: int, state: int) -> None:
+        self._written = True
         self.conn.execute("UPDATE records SET state = ? WHERE node = ? AND seq = ?",
                           (state, node, seq))
         self._waiting = None
@@ -287,6 +297,7 @@ class Log:
     # --- writing (inside the store's transaction) ----------------------------
 
     def append(self, rec: Record, hash_: bytes, state: int = APPLIED) -> None:
+        self._written = True
         self.conn.execute(
             "INSERT INTO records(node, seq, hash, doc, data, state) VALUES (?, ?, ?, ?, ?, ?)",
             (rec.node, rec.seq, hash_, rec.doc, rec.data, state))
@@ -307,11 +318,13 @@ class Log:
                           (node, head.seq, head.hash, head.sig, cert))
 
     def pin(self, node: str, cert: bytes) -> None:
+        self._written = True
         self.conn.execute("INSERT OR IGNORE INTO pins VALUES (?, ?)", (node, cert))
 
     def add_fault(self, node: str, kind: str, seq: int, rule: str, detail: str, at: int,
                   evidence: bytes | None = None) -> bool:
         """Record a fault; False if this one was known already."""
+        self._written = True
         cur = self.conn.execute("INSERT OR IGNORE INTO faults VALUES (?, ?, ?, ?, ?, ?, ?)",
                                 (node, kind, seq, rule, detail, at, evidence))
         if self._blocked is not None:

@@ -488,6 +488,7 @@ class Storage:
             yield
             return
         self.conn.execute("BEGIN IMMEDIATE")
+        self.log.begin()
         self._in_tx = True
         self._tx_logged = set()
         try:
