@@ -57,6 +57,9 @@ ANTI_ENTROPY_S = 3.0
 RIGHTS_DEADLINE_S = 2.0
 # Seconds between rebalancer passes (rights follow the member's visits).
 REBALANCE_S = 60.0
+# Seconds between looks at the calendar: the daily housekeeping (Ledger.housekeeping:
+# expired points written off) runs at start and at the first look of each new day.
+HOUSEKEEPING_S = 600.0
 # Visits that count for the rebalancer's targets.
 VISIT_WINDOW_DAYS = 30
 # Reconnect backoff: full jitter between 0 and a bound that doubles per failure up to
@@ -277,6 +280,7 @@ class NodeCore:
         self._out: list[Effect] = []
         self._rebalance_mark = views.max_entry_id(ledger)
         self._rebalance_queue: list[str] = []
+        self._housekept: str | None = None  # the day the last housekeeping pass ran
         self._started = False
         self._refused_seen = ledger.refused_total
 
@@ -293,6 +297,7 @@ class NodeCore:
             self._add_target(key, node, 0.0)
         self._timer(("ae",), self.rng.uniform(0, self.anti_entropy_s))
         self._timer(("rebalance",), self.rebalance_s)
+        self._timer(("housekeeping",), 0.0)
         return self._effects()
 
     def add_target(self, key: str, node: str | None, now: float,
@@ -422,6 +427,9 @@ class NodeCore:
             self._rebalance_plan()
             if self._rebalance_queue:
                 self._timer(("rebalance-step",), 0.0)
+        elif kind == "housekeeping":
+            self._timer(("housekeeping",), HOUSEKEEPING_S)
+            self._housekeeping()
         elif kind == "rebalance-step":
             self._rebalance_step()
             if self._rebalance_queue:
@@ -697,6 +705,19 @@ class NodeCore:
             return None
         lk = self._links.get(state.link)
         return lk if lk is not None and not lk.session.closed else None
+
+    def _housekeeping(self) -> None:
+        day = self.ledger.today()
+        if day == self._housekept:
+            return
+        try:
+            written = self.ledger.housekeeping()
+        except LedgerError as e:  # e.g. a restored node not caught up yet: next look
+            self._decide(f"housekeeping deferred: {e}")
+            return
+        self._housekept = day
+        if written:
+            self._out.append(Count("housekeeping_entries", amount=len(written)))
 
     # --- rebalancer -----------------------------------------------------------------
 

@@ -31,7 +31,7 @@ class NotFound(LedgerError):
 class InsufficientFunds(LedgerError):
     code = "insufficient_funds"
 
-    def __init__(self, purse: str, balance: int, wanted: int) -> None:
+    def __init__(self, purse: str, balance: int, wanted: int, note: str = "") -> None:
         from crdtledger.money import format_purse
 
         self.purse = purse
@@ -39,7 +39,7 @@ class InsufficientFunds(LedgerError):
         self.wanted = wanted
         super().__init__(
             f"insufficient {purse}: balance {format_purse(purse, balance)}, "
-            f"asked for {format_purse(purse, wanted)}"
+            f"asked for {format_purse(purse, wanted)}{note}"
         )
 
 

@@ -77,6 +77,14 @@ class Ledger(Payments, Replica):
     def level(self, member: str) -> dict[str, Any]:
         return views.level(self, member)
 
+    # --- housekeeping -------------------------------------------------------
+
+    def housekeeping(self) -> list[dict[str, Any]]:
+        """What this node owes the chain on a schedule, without a till asking: it
+        writes off the expired points it holds. The node core runs it at start and
+        once a day (core.HOUSEKEEPING_S); returns the entries written."""
+        return self.expire_due_points()
+
 
 # Besides Ledger, names peer/, reference_app/, benchmarks/, tests/ and
 # crdtledger.operations import from here, from before the split.

@@ -11,7 +11,7 @@ from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from crdtledger import escrow, views
-from crdtledger.cards import Cards
+from crdtledger.merge import Merges
 from crdtledger.commit import Write
 from crdtledger.errors import (
     InsufficientFunds,
@@ -23,7 +23,7 @@ from crdtledger.errors import (
 )
 from crdtledger.hlc import check_node_id
 from crdtledger.inputs import check_text
-from crdtledger.model import ID, MONEY_PURSES, PACKAGE_PAY, PAY_METHODS, PURSE, is_one_of
+from crdtledger.model import ID, MONEY_PURSES, PURSE, PURSE_METHODS
 from crdtledger.money import (
     apply_rate,
     check_amount,
@@ -49,7 +49,15 @@ def _spend(node: str, purses: Mapping[str, Mapping[str, int]], amount: int
     return [("cash", node, -from_cash), ("bonus", node, -(amount - from_cash))]
 
 
-class Payments(Cards, Rules):
+def _refund_share(taken: int, whole: int, refunded: int) -> int:
+    """What refunds totalling `refunded` of a debit of `whole` have given back of the
+    `taken` points it earned. The named rounding rule is a cumulative floor: each part
+    takes the difference of two floors, and the part that reaches `whole` takes the
+    rest, so the parts of a split refund add up to exactly what the debit earned."""
+    return taken * refunded // whole if whole else 0
+
+
+class Payments(Merges, Rules):
     """The operations on a member's purses, and the reads of them."""
 
     def _rights(self, member: str, purse: str) -> dict[str, int]:
@@ -79,12 +87,25 @@ class Payments(Cards, Rules):
 
         return self._commit(plan)
 
+    def _pay(self, pay: str | None, purses: tuple[str, ...] = ()) -> str:
+        """How an entry is paid, checked: one of `purses` (paid from the member's
+        purses) or a payment method of the rule in force; None is the rule's first."""
+        methods = self.payment_methods()
+        if pay is None:
+            return methods[0]
+        if pay not in purses and pay not in methods:
+            raise InvalidInput(f"pay must be one of {', '.join((*purses, *methods))}, "
+                               f"not {str(pay)[:20]!r}")
+        return pay
+
     def topup(self, operator: str, member: str, amount: int, *,
               approver: tuple[str, str] | None = None, card: str | None = None,
-              pin: str | None = None) -> dict[str, Any]:
-        """充值: the cash paid becomes stored value here, plus any promotion's bonus."""
+              pin: str | None = None, pay: str | None = None) -> dict[str, Any]:
+        """充值: what the till took, by one of the chain's payment methods (`pay`, the
+        rule's first by default), becomes stored value here, plus any promotion's bonus."""
         self.authorise(operator, "topup")
         amount = check_amount(amount)
+        pay = self._pay(pay)
         member, _ = self._resolve(member, card, pin)
         approved = None
         if amount > int(self.rule("approval")["topup_limit"]):
@@ -95,8 +116,8 @@ class Payments(Cards, Rules):
                 bonus, promo = int(p["bonus"]), str(p.get("name", ""))
         deltas = [("cash", self.node, amount), ("bonus", self.node, bonus)]
         entry = self._entry("topup", member, deltas=deltas, amount=amount, paid=amount,
-                            bonus=bonus or None, promotion=promo, op=operator,
-                            approver=approved if approved != operator else None)
+                            pay=pay, bonus=bonus or None, promotion=promo, op=operator,
+                            approver=approved)
         return self._post(entry, {})
 
     def debit(self, operator: str, member: str | None = None, *, amount: int | None = None,
@@ -104,12 +125,13 @@ class Payments(Cards, Rules):
               package: str | None = None, card: str | None = None, pin: str | None = None
               ) -> dict[str, Any]:
         """扣费 / 消费. A plain `amount` is charged as given; a `service` from the price
-        list gets the member's level discount. Stored value is spent cash first, then
-        bonus. Points are earned on what is paid, by level multiplier."""
+        list gets the member's level discount. Paid from stored value (`pay` "stored":
+        cash first, then bonus), from a package's uses ("package"), or at the till by
+        a payment method of the rule ("cash", "wechat"...). Points are earned on what
+        is paid, by level multiplier."""
         self.authorise(operator, "debit")
+        pay = self._pay(pay, PURSE_METHODS)
         member, (profile, totals) = self._resolve(member, card, pin)
-        if not is_one_of(pay, PAY_METHODS):
-            raise InvalidInput(f"pay must be one of {', '.join(PAY_METHODS)}")
         qty = check_count(qty, "quantity")
         lvl = views.level(cast("Ledger", self), member, profile, totals)
         rate, svc_name = "1", None
@@ -131,9 +153,11 @@ class Payments(Cards, Rules):
         if pay == "package":
             package = package or self._find_package(member, service, qty)
             row = self.storage.conn.execute(
-                "SELECT service FROM entries WHERE id = ? AND kind = 'package' AND member = ?",
-                (package, member)).fetchone()
-            if row is None or row[0] != service:
+                "SELECT service, member FROM entries WHERE id = ? AND kind = 'package'",
+                (package,)).fetchone()
+            # A package sold to a member merged into this one is this one's.
+            if (row is None or row[0] != service
+                    or views.canonical(self.storage.conn, row[1]) != member):
                 raise InvalidInput(f"{package} is not a {service} package of this member")
             deltas = [(f"pkg:{package}", self.node, -qty)]
         expires = self._points_expiry() if points else None
@@ -171,15 +195,18 @@ class Payments(Cards, Rules):
 
     def _resolve(self, member: str | None, card: str | None, pin: str | None
                  ) -> tuple[str, tuple[dict[str, Any], tuple[int, int]]]:
-        """The member a counter operation is for, its profile and totals (one read)."""
+        """The member a counter operation is for (a merged member's survivor, its
+        card acting for the survivor: crdtledger.merge), its profile and totals."""
         if card is not None:
             c = self.use_card(card, pin)
-            if member is not None and member != c["member"]:
+            if member is not None and member != c["member"] and (
+                    views.canonical(self.storage.conn, member)
+                    != views.canonical(self.storage.conn, str(c["member"]))):
                 raise InvalidInput(f"card {card} belongs to another member")
             member = str(c["member"])
         if member is None:
             raise InvalidInput("name a member or a card")
-        return member, self._live_member(member)
+        return self._acting(member)
 
     def refund(self, operator: str, debit_id: str, amount: int | None = None,
                reason: str = "") -> dict[str, Any]:
@@ -200,25 +227,33 @@ class Payments(Cards, Rules):
             left = int(debit["qty"]) - sum(int(p.get("qty", 0)) for p in prior)
         amount = left if amount is None else check_amount(amount)
         if amount <= 0 or amount > left:
-            raise InvalidAmount(f"at most {left} of this debit can still be refunded")
+            rest = f"{left} uses" if debit.get("pay") == "package" else format_yuan(left)
+            raise InvalidAmount(f"at most {rest} of this debit can still be refunded")
         if debit["node"] != self.node:
             raise RightsElsewhere("refund", amount, 0, {debit["node"]: left})
-        member = str(debit["member"])
+        # A debit of a member merged since is refunded to the survivor.
+        member = self._survivor(str(debit["member"]))[0]
+        whole = int(debit["qty"]) if debit.get("pay") == "package" else int(debit["amount"])
+        done = whole - left  # refunded before this one, in the debit's own unit
+
         deltas: list[tuple[str, str, int]] = []
         qty = None
         if debit.get("pay") == "stored":
+            # Principal comes back first, then bonus: the parts add up to what it took.
             cash_taken = -sum(c for p, _n, c in debit["deltas"] if p == "cash")
-            # Earlier refunds credited cash (positive deltas): what is already back.
             cash_back = sum(c for q in prior for p, _n, c in q["deltas"] if p == "cash")
             to_cash = min(amount, cash_taken - cash_back)
             deltas += [("cash", self.node, to_cash), ("bonus", self.node, amount - to_cash)]
         elif debit.get("pay") == "package":
             qty = amount
             deltas.append((f"pkg:{debit['package']}", self.node, amount))
-        points = 0
-        if debit.get("points") and int(debit["amount"]) > 0:
-            due = int(debit["points"]) * amount // int(debit["amount"])
-            points = min(due, max(0, self._rights(member, "points").get(self.node, 0)))
+        earned = int(debit.get("points") or 0)
+        points = (_refund_share(earned, whole, done + amount)
+                  - sum(int(p.get("points") or 0) for p in prior))
+        # Points the member has spent since cannot come back: take what is left. The
+        # rights to them may sit at another branch: the escrow check asks for them.
+        points = min(points, max(0, views.balance(self.storage.conn, member)["points"]))
+        if points:
             deltas.append(("points", self.node, -points))
         money = 0 if debit.get("pay") == "package" else amount
         entry = self._entry("refund", member, deltas=deltas, amount=money, ref=debit_id,
@@ -267,7 +302,8 @@ class Payments(Cards, Rules):
                       ) -> dict[str, Any]:
         self.authorise(operator, "points.redeem")
         points = check_count(points, "points")
-        self._live_member(member)
+        member, _ = self._acting(member)
+        self._usable_points(member, points)
         entry = self._entry("redeem", member, deltas=[("points", self.node, -points)],
                             points=points, gift=check_text(gift, "gift"), op=operator)
         return self._post(entry, {"points": points})
@@ -276,11 +312,12 @@ class Payments(Cards, Rules):
         """积分转储值: points become bonus value at the chain's conversion rate."""
         self.authorise(operator, "points.redeem")
         points = check_count(points, "points")
-        self._live_member(member)
+        member, _ = self._acting(member)
         per_yuan = int(self.rule("conversion")["points_per_yuan"])
         value = points * 100 // per_yuan
         if value <= 0:
             raise InvalidAmount(f"{points} points are worth less than one fen")
+        self._usable_points(member, points)
         entry = self._entry("convert", member, deltas=[("points", self.node, -points),
                                                        ("bonus", self.node, value)],
                             amount=value, points=points, op=operator)
@@ -296,28 +333,28 @@ class Payments(Cards, Rules):
             raise InvalidAmount("a correction is a non-zero whole number")
         check_amount(abs(change))
         reason = check_text(reason, "reason", required=True)
-        self._live_member(member)
+        member, _ = self._acting(member)
         approved = None
         if purse in MONEY_PURSES and abs(change) > int(self.rule("approval")["correction_limit"]):
             approved = self._approve(operator, approver, f"a correction of {format_yuan(change)}")
         entry = self._entry("correction", member, deltas=[(purse, self.node, change)],
                             amount=abs(change), reason=reason, op=operator,
-                            approver=approved if approved != operator else None)
+                            approver=approved)
         return self._post(entry, {purse: -change})
 
     def sell_package(self, operator: str, member: str, service: str, uses: int, price: int,
-                     pay: str = "cash") -> dict[str, Any]:
-        """计次卡: `uses` of a service, paid at the till or from stored value."""
+                     pay: str | None = None) -> dict[str, Any]:
+        """计次卡: `uses` of a service, paid from stored value ("stored") or at the till
+        by a payment method of the rule (the rule's first by default)."""
         self.authorise(operator, "package.sell")
         if service not in self.rule("services"):
             raise NotFound(f"no service {service} in the price list")
         uses = check_count(uses, "uses")
         price = check_amount(price, allow_zero=True)
-        self._live_member(member)
-        if not is_one_of(pay, PACKAGE_PAY):
-            raise InvalidInput("a package is paid in cash or from stored value")
+        member, _ = self._acting(member)
+        pay = self._pay(pay, ("stored",))
         entry = self._entry("package", member, amount=price, service=service, qty=uses, pay=pay,
-                            paid=price if pay == "cash" else 0, op=operator)
+                            paid=price if pay != "stored" else 0, op=operator)
         deltas = [(f"pkg:{entry['id']}", self.node, uses)]
         needs: dict[str, int] = {}
         if pay == "stored" and price:
@@ -330,14 +367,41 @@ class Payments(Cards, Rules):
     def expire_points(self, operator: str, member: str) -> dict[str, Any] | None:
         """Write off points past their expiry, as far as this node holds them."""
         self.authorise(operator, "adjust")
+        return self._write_off_points(member, operator)
+
+    def expire_due_points(self) -> list[dict[str, Any]]:
+        """The node's own write-offs (housekeeping): every member whose expired points
+        this node holds. Each branch writes off only its own rights, so together the
+        chain writes off each expired point once, wherever its rights sit."""
+        done = []
+        for member in views.members_with_expired_points(cast("Ledger", self), self.node,
+                                                        self.today()):
+            entry = self._write_off_points(member, f"expiry@{self.node}")
+            if entry is not None:
+                done.append(entry)
+        return done
+
+    def _write_off_points(self, member: str, operator: str) -> dict[str, Any] | None:
         due = views.points(cast("Ledger", self), member)["expired_unwritten"]
-        own = self._rights(member, "points").get(self.node, 0)
-        n = min(due, own)
+        n = min(due, self._rights(member, "points").get(self.node, 0))
         if n <= 0:
             return None
         entry = self._entry("expiry", member, deltas=[("points", self.node, -n)], points=n,
                             op=operator)
         return self._post(entry, {"points": n})
+
+    def _usable_points(self, member: str, wanted: int) -> None:
+        """Points are spent only from lots still valid today, wherever their rights sit:
+        a redemption beyond the valid points is refused (and changes nothing), on every
+        branch alike; else what expired is written off here first, as far as this node
+        holds it, so the redemption cannot spend the expired points' rights."""
+        pts = views.points(cast("Ledger", self), member)
+        if wanted > pts["usable"]:
+            expired = pts["expired_unwritten"]
+            raise InsufficientFunds("points", pts["usable"], wanted,
+                                    f" ({expired} more have expired)" if expired else "")
+        if pts["expired_unwritten"]:
+            self._write_off_points(member, f"expiry@{self.node}")
 
     # --- views --------------------------------------------------------------
 

@@ -14,7 +14,10 @@ from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from crdtledger.errors import InvalidInput, NotFound
+from crdtledger.hlc import id_time_ms
 from crdtledger.model import PERMISSIONS
+from crdtledger.settlement import KINDS as SETTLED_KINDS
+from crdtledger.settlement import Statement, settle
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
@@ -28,10 +31,134 @@ def mask_phone(phone: str) -> str:
     return f"{digits[:3]}{'*' * (len(digits) - 7)}{digits[-4:]}"
 
 
+# --- merged members (crdtledger.merge) ---------------------------------------------
+
+
+def _merged_into(conn: sqlite3.Connection, member: str) -> str | None:
+    """Whom `member` was merged into, if that is a member this replica holds."""
+    row = conn.execute(
+        "SELECT t.id FROM members m JOIN members t ON t.id = json_extract(m.body, "
+        "'$.merged_into') WHERE m.id = ?", (member,)).fetchone()
+    return str(row[0]) if row else None
+
+
+def canonical(conn: sqlite3.Connection, member: str) -> str:
+    """The member `member` acts as: its `merged_into` pointers followed to a member not
+    merged. A cycle (two branches merged A into B and B into A at once) ends at the
+    smallest id in it, on every replica alike. A pointer to a member this replica does
+    not hold yet is not followed: the merge takes effect here when the survivor comes."""
+    path = [member]
+    while (target := _merged_into(conn, path[-1])) is not None:
+        if target in path:
+            return min(path[path.index(target):])
+        path.append(target)
+    return path[-1]
+
+
+def member_group(conn: sqlite3.Connection, member: str) -> list[str]:
+    """The survivor `member` acts as, then every member merged into it (directly or
+    through another merged member), by id: whose purses, cards and history are one
+    member's. One indexed read for a member nobody was merged into."""
+    head = canonical(conn, member)
+    seen, todo = {head}, [head]
+    while todo:
+        for (m,) in conn.execute("SELECT id FROM members WHERE json_extract(body, "
+                                 "'$.merged_into') = ?", (todo.pop(),)):
+            if m not in seen:
+                seen.add(m)
+                todo.append(m)
+    return [head, *sorted(seen - {head})]
+
+
+def merged_members(ledger: Ledger) -> dict[str, str]:
+    """Every member merged into another, with the survivor it acts as now (a cycle's
+    smallest id is no one's merged member): the sweep moves their rights to it."""
+    conn = ledger.storage.conn
+    out = {}
+    for (m,) in conn.execute("SELECT id FROM members WHERE json_extract(body, "
+                             "'$.merged_into') IS NOT NULL ORDER BY id"):
+        head = canonical(conn, m)
+        if head != m:
+            out[str(m)] = head
+    return out
+
+
+def phone_key(phone: str) -> str:
+    """A phone as duplicates compare it: digits only, China's +86 / 0086 dropped
+    ("+86 138-0013-8000" and "13800138000" are one phone)."""
+    digits = "".join(c for c in phone if c.isdigit())
+    if digits.startswith("0086"):
+        return digits[4:]
+    if digits.startswith("86") and len(digits) == 13:
+        return digits[2:]
+    return digits
+
+
+def duplicates(ledger: Ledger) -> list[dict[str, Any]]:
+    """Live members (neither merged nor deleted) who look like one person: the same
+    phone (phone_key) or the same ID card number. A group is every member linked to
+    another by either, its members by id, the groups by their first member: the
+    same order on every converged replica. Phones and ID numbers masked."""
+    conn = ledger.storage.conn
+    merged = merged_members(ledger)
+    rows: dict[str, tuple[Any, ...]] = {}
+    by_key: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for mid, name, phone, home, day, id_no, deleted in conn.execute(
+            "SELECT id, name, phone, home, day, json_extract(body, '$.id_no'), "
+            "json_extract(body, '$.deleted') FROM members ORDER BY id"):
+        if deleted or mid in merged:
+            continue
+        rows[mid] = (name, phone, home, day, id_no if isinstance(id_no, str) else "")
+        if len(key := phone_key(phone)) >= 5:
+            by_key[("phone", key)].append(mid)
+        if rows[mid][4]:
+            by_key[("id_no", rows[mid][4].upper())].append(mid)
+    # Union-find over the shared keys: A and B share a phone, B and C an ID number.
+    parent: dict[str, str] = {}
+
+    def root(m: str) -> str:
+        while parent.get(m, m) != m:
+            m = parent[m]
+        return m
+
+    for ids in by_key.values():
+        for other in ids[1:]:
+            a, b = sorted((root(ids[0]), root(other)))
+            parent[b] = a  # the smaller root stays: a group's root is its first member
+    groups: dict[str, list[str]] = defaultdict(list)
+    for mid in rows:
+        groups[root(mid)].append(mid)
+    reasons: dict[str, set[str]] = defaultdict(set)
+    for (what, _key), ids in by_key.items():
+        if len(ids) > 1:
+            reasons[root(ids[0])].add(what)
+    out = []
+    for head, ids in sorted(groups.items()):
+        if len(ids) < 2:
+            continue
+        out.append({"shared": sorted(reasons[head]), "members": [
+            {"id": mid, "name": rows[mid][0], "phone": mask_phone(rows[mid][1]),
+             "home": rows[mid][2], "day": rows[mid][3], "id_no": mask_id_no(rows[mid][4]),
+             "balance": balance(conn, mid)} for mid in sorted(ids)]})
+    return out
+
+
+def mask_id_no(id_no: str) -> str:
+    """An ID card number as a list shows it: the last four characters only."""
+    return "*" * max(0, len(id_no) - 4) + id_no[-4:] if id_no else ""
+
+
+def _in(ids: list[str]) -> str:
+    return f"IN ({','.join('?' * len(ids))})"
+
+
 def balance(conn: sqlite3.Connection, member: str) -> dict[str, Any]:
+    """A member's purses, summed over the member's group (crdtledger.merge): a
+    survivor's balance includes the rights of merged members not yet swept into it."""
     out: dict[str, Any] = {"cash": 0, "bonus": 0, "points": 0, "packages": {}}
+    ids = member_group(conn, member)
     for purse, total in conn.execute(
-        "SELECT purse, SUM(amount) FROM rights WHERE member = ? GROUP BY purse", (member,)
+        f"SELECT purse, SUM(amount) FROM rights WHERE member {_in(ids)} GROUP BY purse", ids
     ):
         if purse.startswith("pkg:"):
             out["packages"][purse[4:]] = int(total)
@@ -63,12 +190,22 @@ def member(ledger: Ledger, member_id: str) -> dict[str, Any]:
     if row is None:
         raise NotFound(f"unknown member {member_id}")
     data = json.loads(row[0])
+    data.pop(EDITS, None)  # who changed what: the audit trail's (crdtledger.audit.trail)
     data["id"] = member_id
     data["tags"] = sorted(t for t, on in (data.get("tags") or {}).items() if on)
+    # A merged member's cards act for the survivor: the survivor lists its group's.
+    group = member_group(conn, member_id)
+    for k in ("merged_into", "merged_by", "merged_at"):
+        data.pop(k, None)
+    if group[0] != member_id:
+        data["merged_into"] = group[0]
+    else:
+        data["merged"] = group[1:]
+    ids = group if group[0] == member_id else [member_id]
     data["cards"] = [
         {"id": cid, "card_no": no, "status": status}
         for cid, no, status in conn.execute(
-            "SELECT id, card_no, status FROM cards WHERE member = ? ORDER BY id", (member_id,)
+            f"SELECT id, card_no, status FROM cards WHERE member {_in(ids)} ORDER BY id", ids
         )
     ]
     data["level_info"] = level(ledger, member_id)
@@ -94,7 +231,8 @@ def find_members(conn: sqlite3.Connection, query: str, limit: int = 20) -> list[
             "SELECT id FROM members WHERE name LIKE ? ESCAPE '\\' ORDER BY name LIMIT ?",
             (f"%{like}%", limit))]
     out = []
-    for mid in dict.fromkeys(ids):
+    # A merged member is found as the survivor it acts as (its card, its phone).
+    for mid in dict.fromkeys(canonical(conn, m) for m in ids):
         row = conn.execute("SELECT name, phone, home, body FROM members WHERE id = ?",
                            (mid,)).fetchone()
         if row is None or json.loads(row[3]).get("deleted"):
@@ -204,15 +342,18 @@ def member_records(ledger: Ledger) -> list[MemberRecord]:
     export (whole phone numbers: only for a caller allowed to back up)."""
     conn = ledger.storage.conn
     purses: dict[str, dict[str, int]] = defaultdict(dict)
+    merged = merged_members(ledger)
     for mid, purse, total in conn.execute(
         "SELECT member, purse, SUM(amount) FROM rights WHERE purse IN ('cash', 'bonus', 'points') "
         "GROUP BY member, purse"
     ):
-        purses[mid][purse] = int(total)
+        # A merged member's purses not yet swept are its survivor's.
+        into = purses[merged.get(mid, mid)]
+        into[purse] = into.get(purse, 0) + int(total)
     out: list[MemberRecord] = []
     for mid, body, day in conn.execute("SELECT id, body, day FROM members ORDER BY id"):
         profile = json.loads(body)
-        if profile.get("deleted"):
+        if profile.get("deleted") or mid in merged:
             continue
         out.append({"id": mid, "profile": profile, "day": day,
                     "purses": purses.get(mid, {})})
@@ -333,9 +474,9 @@ def level(ledger: Ledger, member_id: str, profile: Mapping[str, Any] | None = No
     `totals` (spent, topped) save reading them again when the caller has them."""
     conn = ledger.storage.conn
     if totals is None:
-        row = conn.execute("SELECT spent, topped FROM totals WHERE member = ?",
-                           (member_id,)).fetchone()
-        totals = (int(row[0]), int(row[1])) if row else (0, 0)
+        group = member_group(conn, member_id)
+        member_id = group[0]
+        totals = group_totals(conn, group)
     spent, topped = totals
     basis = ledger.rule("level_basis")["basis"]
     value = topped if basis == "topped" else spent
@@ -356,9 +497,20 @@ def level(ledger: Ledger, member_id: str, profile: Mapping[str, Any] | None = No
             "topped": topped}
 
 
+def group_totals(conn: sqlite3.Connection, group: list[str]) -> tuple[int, int]:
+    """Cumulative (spent, topped) of a member's group (member_group): a survivor's level
+    counts what its merged members spent and topped up."""
+    row = conn.execute(f"SELECT SUM(spent), SUM(topped) FROM totals WHERE member {_in(group)}",
+                       group).fetchone()
+    return int(row[0] or 0), int(row[1] or 0)
+
+
 def history(conn: sqlite3.Connection, member_id: str, limit: int = 50) -> list[dict[str, Any]]:
+    """Newest first, the member's group's entries together (crdtledger.merge)."""
+    ids = member_group(conn, member_id)
     return [json.loads(b) for (b,) in conn.execute(
-        "SELECT body FROM entries WHERE member = ? ORDER BY id DESC LIMIT ?", (member_id, limit))]
+        f"SELECT body FROM entries WHERE member {_in(ids)} ORDER BY id DESC LIMIT ?",
+        [*ids, limit])]
 
 
 def packages(ledger: Ledger, member_id: str) -> list[dict[str, Any]]:
@@ -374,42 +526,68 @@ def packages(ledger: Ledger, member_id: str) -> list[dict[str, Any]]:
 
 
 def points(ledger: Ledger, member_id: str) -> dict[str, Any]:
-    """Points with their expiry: lots earned are used first-in, first-out."""
+    """Points with their expiry, replayed in id order (the same on every replica).
+
+    Each point earned is a lot with the expiry its debit stated. A point spent (a
+    redemption, a conversion, a correction) takes the lot that expires first among
+    those still valid on the day it was spent; a refund takes back first what its own
+    debit earned; a write-off (kind `expiry`) takes lots already expired on its day.
+    So a redemption never uses up an expired lot on paper, and what is expired and not
+    yet written off is exactly what is due (`expired_unwritten`). Transfers move
+    rights between branches and leave the member's points as they are."""
     conn = ledger.storage.conn
-    lots: list[list[Any]] = []  # [expires, remaining]
-    used = 0
-    expired_written = 0
+    day_of = ledger.storage.day_of
+    lots: list[list[Any]] = []  # [expires, remaining, earned by entry id]
     for (body,) in conn.execute(
-        "SELECT body FROM entries WHERE member = ? ORDER BY id", (member_id,)
+        "SELECT body FROM entries WHERE member = ? AND kind != 'transfer' ORDER BY id",
+        (member_id,),
     ):
         e = json.loads(body)
-        if e["kind"] == "transfer":
-            continue  # moves rights between branches; the member's points are unchanged
-        for purse, _node, change in e["deltas"]:
-            if purse != "points":
-                continue
-            if change > 0:
-                lots.append([e.get("expires") or "9999-12-31", change])
-            else:
-                used += -change
-                if e["kind"] == "expiry":
-                    expired_written += -change
-    lots.sort(key=lambda lot: lot[0])
-    remaining_used = used
-    for lot in lots:
-        take = min(lot[1], remaining_used)
-        lot[1] -= take
-        remaining_used -= take
+        change = sum(c for purse, _node, c in e["deltas"] if purse == "points")
+        if change > 0:
+            lots.append([e.get("expires") or "9999-12-31", change, e["id"]])
+        elif change < 0:
+            _take_points(lots, -change, e, day_of(id_time_ms(e["id"])))
+    lots.sort(key=lambda lot: (lot[0], lot[2]))
     today = ledger.today()
-    expired_due = sum(n for exp, n in lots if exp < today)
     soon = (date.fromisoformat(today) + timedelta(days=30)).isoformat()
-    total = sum(n for _exp, n in lots)
     return {
-        "total": total,
-        "expired_unwritten": expired_due,
-        "expiring_30_days": sum(n for exp, n in lots if today <= exp <= soon),
-        "lots": [{"expires": exp, "points": n} for exp, n in lots if n > 0],
+        "total": sum(lot[1] for lot in lots),
+        "expired_unwritten": sum(n for exp, n, _ in lots if exp < today),
+        "usable": sum(n for exp, n, _ in lots if exp >= today),
+        "expiring_30_days": sum(n for exp, n, _ in lots if today <= exp <= soon),
+        "lots": [{"expires": exp, "points": n} for exp, n, _ in lots if n > 0],
     }
+
+
+def members_with_expired_points(ledger: Ledger, node: str, today: str) -> list[str]:
+    """Members with a lot of points that expired before `today` and points rights at
+    `node`: those whose write-off `node` may owe (the daily housekeeping pass). A
+    scan of the entries' bodies, once a day, not on any till's path."""
+    return [m for (m,) in ledger.storage.conn.execute(
+        "SELECT DISTINCT e.member FROM entries e JOIN rights r ON r.member = e.member "
+        "AND r.purse = 'points' AND r.node = ? AND r.amount > 0 "
+        "WHERE json_extract(e.body, '$.expires') < ? ORDER BY 1", (node, today))]
+
+
+def _take_points(lots: list[list[Any]], n: int, entry: Mapping[str, Any], day: str) -> None:
+    """Take `n` points from the lots for `entry`, written on `day` (views.points)."""
+    by_expiry = sorted(lots, key=lambda lot: (lot[0], lot[2]))
+    if entry["kind"] == "expiry":
+        order = [lot for lot in by_expiry if lot[0] < day]
+    else:
+        order = [lot for lot in by_expiry if lot[0] >= day]
+        if entry["kind"] == "refund":
+            order = [lot for lot in order if lot[2] == entry.get("ref")] + [
+                lot for lot in order if lot[2] != entry.get("ref")]
+    # What the preferred lots cannot cover (a writer that did not know of a lot yet)
+    # comes from the others, soonest expiry first: the sum stays exact.
+    for lot in order + [lot for lot in by_expiry if lot not in order]:
+        take = min(lot[1], n)
+        lot[1] -= take
+        n -= take
+        if not n:
+            return
 
 
 def _period(ledger: Ledger, start: str | None, end: str | None) -> tuple[str, list[Any]]:
@@ -459,37 +637,53 @@ def daily_report(ledger: Ledger, day: str, node: str | None = None) -> dict[str,
         "topups": topup[0],
         "cards_sold": cards[0] + packages_sold[0],
         "card_sales": cards[2] + packages_sold[1],
+        **_till_by_method(conn, where, args),
     }
 
 
+# An entry's payment method; a top-up written before methods were recorded was cash.
+_METHOD = "COALESCE(json_extract(body, '$.pay'), 'cash')"
+
+
+def _till_by_method(conn: sqlite3.Connection, where: str, args: list[Any]
+                    ) -> dict[str, dict[str, int]]:
+    """What the till took in the entries of `where`, by payment method (fen per code):
+    `topup_by_method` splits top-up cash received; `till_by_method` the packages and
+    services paid at the till, less what refunds of such services gave back (on the
+    refund's day, by the method the service was paid with). Stored value and package
+    uses are not taken at the till; card fees name no method and stay out."""
+    topup = {str(m): int(v) for m, v in conn.execute(
+        f"SELECT {_METHOD}, SUM(paid) FROM entries WHERE {where} AND kind = 'topup' "
+        "GROUP BY 1 ORDER BY 1", args) if v}
+    till: dict[str, int] = defaultdict(int)
+    for m, v in conn.execute(
+            f"SELECT {_METHOD}, SUM(CASE kind WHEN 'package' THEN paid ELSE amount END) "
+            f"FROM entries WHERE {where} AND kind IN ('package', 'debit') "
+            f"AND {_METHOD} NOT IN ('stored', 'package') GROUP BY 1", args):
+        till[str(m)] += int(v or 0)
+    for m, v in conn.execute(
+            "SELECT json_extract(d.body, '$.pay'), SUM(r.amount) FROM (SELECT ref, amount "
+            f"FROM entries WHERE {where} AND kind = 'refund') r JOIN entries d ON d.id = r.ref "
+            "WHERE d.kind = 'debit' AND json_extract(d.body, '$.pay') NOT IN "
+            "('stored', 'package') GROUP BY 1", args):
+        till[str(m)] -= int(v or 0)
+    return {"topup_by_method": topup,
+            "till_by_method": {m: v for m, v in sorted(till.items()) if v}}
+
+
 def settlement(ledger: Ledger, start: str | None = None, end: str | None = None
-               ) -> dict[str, Any]:
-    """结算表: stored value moved between branches. A transfer of cash rights A -> B
-    means B will serve value A was paid for: A owes B. Pairs are netted; the
-    per-branch positions sum to zero."""
-    conn = ledger.storage.conn
-    where, args = _period(ledger, start, end)
-    where += " AND kind = 'transfer'"
-    flows: dict[tuple[str, str], int] = defaultdict(int)
-    for (body,) in conn.execute(f"SELECT body FROM entries WHERE {where}", args):
-        e = json.loads(body)
-        for purse, node, change in e["deltas"]:
-            if purse == "cash" and change > 0 and node != e["node"]:
-                flows[(e["node"], node)] += change
-    pairs = []
-    matrix: dict[str, dict[str, int]] = {}
-    position: dict[str, int] = defaultdict(int)
-    for a, b in sorted({tuple(sorted(k)) for k in flows}):
-        net = flows.get((a, b), 0) - flows.get((b, a), 0)
-        if net == 0:
-            continue
-        debtor, creditor = (a, b) if net > 0 else (b, a)
-        pairs.append({"owes": debtor, "to": creditor, "amount": abs(net)})
-        matrix.setdefault(debtor, {})[creditor] = abs(net)
-        position[debtor] -= abs(net)
-        position[creditor] += abs(net)
-    return {"pairs": pairs, "matrix": matrix, "net": dict(sorted(position.items())),
-            "total": sum(position.values())}
+               ) -> Statement:
+    """结算表 of the days start..end (inclusive, either open), by value served: the rule
+    is crdtledger/settlement.py's. One read of the kinds that change principal, in id
+    order (the primary key's: every member's entries interleaved as they were written,
+    so a merge moves lots at its moment), up to the period's end."""
+    lo = ledger.storage.day_start_id(start) if start else None
+    hi = ledger.storage.day_start_id(end, days_later=1) if end else None
+    kinds = ", ".join(f"'{k}'" for k in SETTLED_KINDS)
+    rows = ledger.storage.conn.execute(
+        f"SELECT body FROM entries WHERE kind IN ({kinds}) AND id < ? ORDER BY id",
+        (hi or "~",))  # "~" sorts after every id
+    return settle((json.loads(b) for (b,) in rows), lo, hi)
 
 
 def ranking(ledger: Ledger, by: str = "members", start: str | None = None,

@@ -360,6 +360,8 @@ class Node:
                     m.clock_skew_seen.labels(*labels).inc()
                 case Count(name="protocol_errors"):
                     m.protocol_errors.inc()
+                case Count(name="housekeeping_entries", amount=n):
+                    log.info("housekeeping: %d expired points write-offs", n)
                 case Gauge(name="peers_connected", value=value):
                     m.peers_connected.set(value)
                 case Gauge(name="peer_lag", labels=labels, value=value):

@@ -1,0 +1,259 @@
+"""The books an owner signs: points that expire, refunds that return exactly what a
+debit took, approvals that bind everyone, card replacement that carries the PIN.
+
+Each test is one finding of issue 13, through the library on real SQLite files and
+through the command line on a real data directory (a real process)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import Cli
+from helpers import FakeClock, new_ledger, snapshot, sync
+
+from crdtledger import views
+from crdtledger.core import NodeCore, SetTimer
+from crdtledger.errors import ApprovalRequired, InsufficientFunds, PermissionDenied, WrongPin
+from crdtledger.ledger import Ledger
+
+PHONE = "13812345678"
+
+
+def member(ledger: Ledger) -> str:
+    return ledger.add_member(ledger.owner, name="张伟", phone=PHONE)
+
+
+def refused(ledger: Ledger, members: list[str], exc: type[Exception], call, match=None):
+    before = snapshot(ledger, members)
+    with pytest.raises(exc, match=match) as info:
+        call()
+    assert snapshot(ledger, members) == before
+    return info.value
+
+
+def earn_expiring_points(data: Path, node: str = "SH01") -> tuple[Ledger, str, FakeClock]:
+    """150 points earned on 2026-01-01 that expire 30 days later."""
+    clock = FakeClock()
+    ledger = new_ledger(data, node, now_ms=clock)
+    m = member(ledger)
+    ledger.set_rule(ledger.owner, "earn", {"points_per_yuan": "1", "expire_days": 30},
+                    effective_from="2025-01-01")
+    ledger.topup(ledger.owner, m, 20000)
+    ledger.debit(ledger.owner, m, amount=15000)
+    assert views.points(ledger, m)["lots"] == [{"expires": "2026-01-31", "points": 150}]
+    return ledger, m, clock
+
+
+def new_member(cli: Cli, data: Path) -> str:
+    r = cli("member", "add", "--name", "张伟", "--phone", PHONE, "--json", data=data)
+    return str(r.json()["member_id"])
+
+
+# --- points expire ------------------------------------------------------------------
+
+
+def test_expired_points_cannot_be_redeemed_or_converted(tmp_path: Path) -> None:
+    a, m, clock = earn_expiring_points(tmp_path)
+    try:
+        clock.advance_days(40)
+        err = refused(a, [m], InsufficientFunds, lambda: a.redeem_points(a.owner, m, 150))
+        assert "150 more have expired" in str(err)
+        refused(a, [m], InsufficientFunds, lambda: a.convert_points(a.owner, m, 100))
+        assert views.points(a, m)["usable"] == 0
+    finally:
+        a.close()
+
+
+def test_a_redemption_spends_valid_lots_and_leaves_the_expired_ones_due(tmp_path: Path) -> None:
+    """Regression: lots were used soonest-expiry first without regard to the day, so a
+    redemption of valid points 'used' an expired lot on paper and hid it from expiry."""
+    a, m, clock = earn_expiring_points(tmp_path)
+    try:
+        a.set_rule(a.owner, "earn", {"points_per_yuan": "1", "expire_days": 365})
+        clock.advance_days(40)
+        a.debit(a.owner, m, amount=5000)  # 50 points valid until next year
+        r = a.redeem_points(a.owner, m, 50)
+        assert r["points"] == 50
+        pts = views.points(a, m)
+        assert (pts["total"], pts["usable"], pts["expired_unwritten"]) == (0, 0, 0)
+        # the redemption wrote the 150 expired points off first, visibly
+        kinds = [(e["kind"], e.get("points")) for e in a.history(m, 3)]
+        assert kinds[:2] == [("redeem", 50), ("expiry", 150)]
+        assert a.balance(m)["points"] == 0
+    finally:
+        a.close()
+
+
+def test_housekeeping_writes_off_what_each_branch_holds(tmp_path: Path) -> None:
+    a, m, clock = earn_expiring_points(tmp_path)
+    b = new_ledger(tmp_path, "SH02", now_ms=clock)
+    try:
+        a.transfer_rights(a.owner, m, "SH02", 60, purse="points")
+        sync(a, b)
+        clock.advance_days(40)
+        assert [e["points"] for e in a.housekeeping()] == [90]
+        assert a.housekeeping() == []  # nothing left to write off here
+        sync(a, b)
+        assert [e["points"] for e in b.housekeeping()] == [60]
+        sync(a, b)
+        for ledger in (a, b):
+            assert ledger.balance(m)["points"] == 0
+            assert views.points(ledger, m)["expired_unwritten"] == 0
+            ops = {e["op"] for e in ledger.history(m) if e["kind"] == "expiry"}
+            assert ops == {"expiry@SH01", "expiry@SH02"}  # who wrote off, in the history
+    finally:
+        a.close()
+        b.close()
+
+
+def test_the_node_core_runs_housekeeping_at_start_and_once_a_day(tmp_path: Path) -> None:
+    a, m, clock = earn_expiring_points(tmp_path)
+    try:
+        clock.advance_days(40)
+        core = NodeCore(a)
+        effects = core.start(0.0)
+        timer = next(e for e in effects if isinstance(e, SetTimer) and e.key == ("housekeeping",))
+        assert timer.delay == 0.0
+        effects = core.fire(timer.key, timer.token, 0.0)
+        assert a.balance(m)["points"] == 0
+        again = next(e for e in effects if isinstance(e, SetTimer) and e.key == ("housekeeping",))
+        a.debit(a.owner, m, amount=1000)  # 10 more points; same day: no second pass
+        core.fire(again.key, again.token, 600.0)
+        assert a.balance(m)["points"] == 10
+    finally:
+        a.close()
+
+
+def test_the_cli_refuses_expired_points(tmp_path: Path, cli: Cli) -> None:
+    a, m, _clock = earn_expiring_points(tmp_path)
+    data = a.storage.dir
+    a.close()
+    r = cli("points", "redeem", "--member", m, "--points", "150", data=data)
+    assert r.code != 0 and "expired" in r.err
+    r = cli("history", "--member", m, "--json", data=data)
+    assert all(e["kind"] != "redeem" for e in r.json())
+
+
+# --- refunds return exactly ----------------------------------------------------------
+
+
+def test_a_refund_in_parts_returns_every_point(tmp_path: Path) -> None:
+    """Regression: 145 points earned on 121.60; refunds of 50.00 and 71.60 took back
+    59 + 85 points and left one behind."""
+    a = new_ledger(tmp_path, "SH01")
+    try:
+        m = member(a)
+        a.set_rule(a.owner, "earn", {"points_per_yuan": "1.2", "expire_days": 365})
+        a.topup(a.owner, m, 20000)
+        d = a.debit(a.owner, m, amount=12160)
+        assert d["points"] == 145
+        r1 = a.refund(a.owner, d["id"], 5000)
+        r2 = a.refund(a.owner, d["id"], 7160)
+        assert (r1["points"], r2["points"]) == (59, 86)
+        bal = a.balance(m)
+        assert (bal["cash"], bal["bonus"], bal["points"]) == (20000, 0, 0)
+        assert views.points(a, m)["total"] == 0
+    finally:
+        a.close()
+
+
+def test_three_part_refund_through_the_cli_adds_up(tmp_path: Path, cli: Cli) -> None:
+    data = tmp_path / "sh01"
+    assert cli("init", "--node", "SH01", data=data).code == 0
+    m = new_member(cli, data)
+    assert cli("topup", "--member", m, "--amount", "300.00", data=data).code == 0
+    d = cli("debit", "--member", m, "--amount", "142.20", "--json", data=data).json()
+    assert d["points"] == 142
+    parts = [cli("refund", "--debit", d["id"], "--amount", y, "--json", data=data).json()
+             for y in ("33.33", "33.33", "75.54")]
+    assert sum(p.get("points", 0) for p in parts) == 142
+    bal = cli("balance", "--member", m, "--json", data=data).json()
+    assert (bal["cash"], bal["points"]) == (30000, 0)
+
+
+# --- approvals bind everyone ---------------------------------------------------------
+
+
+def test_the_builtin_owner_needs_another_approver(tmp_path: Path) -> None:
+    a = new_ledger(tmp_path, "SH01")
+    try:
+        m = member(a)
+        a.topup(a.owner, m, 100000)
+        refused(a, [m], ApprovalRequired,
+                lambda: a.correct(a.owner, m, "cash", -50000, reason="typo"))
+        boss = a.add_operator(a.owner, "boss", "boss-pass", roles=["owner"])
+        a.add_operator(a.owner, "amy", "amy-pass", roles=["cashier"])
+        mgr = a.add_operator(a.owner, "mgr", "mgr-pass", roles=["manager"])
+        refused(a, [m], ApprovalRequired, match="own",
+                call=lambda: a.correct(boss, m, "cash", -50000, "typo",
+                                       approver=("boss", "boss-pass")))
+        refused(a, [m], ApprovalRequired, match="may not approve",
+                call=lambda: a.correct(boss, m, "cash", -50000, "typo",
+                                       approver=("amy", "amy-pass")))
+        refused(a, [m], PermissionDenied,
+                call=lambda: a.correct(boss, m, "cash", -50000, "typo",
+                                       approver=("mgr", "wrong")))
+        e = a.correct(a.owner, m, "cash", -50000, "typo", approver=("mgr", "mgr-pass"))
+        assert e["approver"] == mgr and e["op"] == a.owner
+        # a large top-up by an operator who may approve is no exception either
+        refused(a, [m], ApprovalRequired, lambda: a.topup(boss, m, 600000))
+        t = a.topup(boss, m, 600000, approver=("mgr", "mgr-pass"))
+        assert t["approver"] == mgr
+        # below the limit nobody is asked
+        assert a.correct(a.owner, m, "cash", -100, "typo").get("approver") is None
+    finally:
+        a.close()
+
+
+def test_the_cli_owner_cannot_correct_above_the_limit_alone(tmp_path: Path, cli: Cli) -> None:
+    data = tmp_path / "sh01"
+    assert cli("init", "--node", "SH01", data=data).code == 0
+    m = new_member(cli, data)
+    assert cli("topup", "--member", m, "--amount", "1000.00", data=data).code == 0
+    r = cli("correct", "--member", m, "--purse", "cash", "--change", "500.00",
+            "--reason", "goodwill", data=data)
+    assert r.code != 0 and "approval" in r.err
+    assert cli("balance", "--member", m, "--json", data=data).json()["cash"] == 100000
+    assert cli("operator", "add", "--name", "mgr", "--password", "mgr-pass", "--role",
+               "manager", data=data).code == 0
+    r = cli("correct", "--member", m, "--purse", "cash", "--change", "500.00",
+            "--reason", "goodwill", "--approver", "mgr", "--approver-password", "mgr-pass",
+            "--json", data=data)
+    entry = r.json()
+    assert entry["approver"] and entry["op"] == "owner@SH01"
+    assert cli("balance", "--member", m, "--json", data=data).json()["cash"] == 150000
+
+
+# --- card replacement keeps the PIN ---------------------------------------------------
+
+
+def test_a_replaced_card_keeps_its_pin_type_and_expiry(tmp_path: Path) -> None:
+    a = new_ledger(tmp_path, "SH01")
+    try:
+        m = member(a)
+        a.issue_card(a.owner, m, "P1", card_type="discount", pin="4321", expiry="2030-12-31")
+        a.topup(a.owner, m, 10000)
+        a.replace_card(a.owner, "P1", "P2")
+        new = a.card("P2")
+        assert (new["type"], new["expiry"], new["has_pin"]) == ("discount", "2030-12-31", True)
+        refused(a, [m], WrongPin, lambda: a.debit(a.owner, card="P2", amount=100))
+        a.debit(a.owner, card="P2", pin="4321", amount=100)
+        a.replace_card(a.owner, "P2", "P3", pin="9876")  # a new PIN when asked for one
+        refused(a, [m], WrongPin, lambda: a.debit(a.owner, card="P3", pin="4321", amount=100))
+        a.debit(a.owner, card="P3", pin="9876", amount=100)
+    finally:
+        a.close()
+
+
+def test_cli_card_replace_keeps_the_pin(tmp_path: Path, cli: Cli) -> None:
+    data = tmp_path / "sh01"
+    assert cli("init", "--node", "SH01", data=data).code == 0
+    m = new_member(cli, data)
+    assert cli("card", "issue", "--member", m, "--card", "P1", "--pin", "4321",
+               data=data).code == 0
+    assert cli("topup", "--member", m, "--amount", "100.00", data=data).code == 0
+    assert cli("card", "replace", "--card", "P1", "--new", "P2", data=data).code == 0
+    r = cli("debit", "--card", "P2", "--amount", "1.00", data=data)
+    assert r.code != 0 and "PIN" in r.err
+    assert cli("debit", "--card", "P2", "--pin", "4321", "--amount", "1.00", data=data).code == 0
