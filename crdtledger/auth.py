@@ -15,7 +15,7 @@ from typing import Any
 
 from pycrdt import Map
 
-from crdtledger.commit import LedgerBase, Write, put
+from crdtledger.commit import EDITS, LedgerBase, Write, note_edit, put
 from crdtledger.errors import ApprovalRequired, InvalidInput, NotFound, PermissionDenied
 from crdtledger.inputs import check_text
 from crdtledger.model import BUILTIN_ROLES, PERMISSIONS
@@ -104,12 +104,16 @@ class Auth(LedgerBase):
             raise PermissionDenied(f"operator {operator} may not {permission}")
 
     def _approve(self, operator: str, approver: tuple[str, str] | None, what: str) -> str:
-        """Large amounts need someone allowed to approve: the operator or an approver."""
-        if "approve" in self.permissions(operator):
-            return operator
+        """Amounts above a limit need a second person: another operator allowed to
+        approve, who types their own password at this till. It binds everyone, the
+        built-in owner at the console included, and nobody approves their own
+        operation: the approver is recorded on the entry."""
         if approver is None:
-            raise ApprovalRequired(f"{what} needs an approver's password")
+            raise ApprovalRequired(f"{what} needs another operator's approval "
+                                   "(their name and password)")
         approver_id = self.authenticate(*approver)
+        if approver_id == operator:
+            raise ApprovalRequired(f"{approver[0]} cannot approve their own {what}")
         if "approve" not in self.permissions(approver_id):
             raise ApprovalRequired(f"{approver[0]} may not approve {what}")
         return approver_id
@@ -129,7 +133,7 @@ class Auth(LedgerBase):
             self._check_role_exists(r)
         oid = self.clock.mint()
         data = {"name": name, "password": hash_secret(password), "active": True,
-                "roles": Map(role_map)}
+                "roles": Map(role_map), "created_by": operator, EDITS: Map()}
         self._write(put("operators", "operators", oid, Map(data)))
         return oid
 
@@ -145,6 +149,10 @@ class Auth(LedgerBase):
         if password is not None and (not isinstance(password, str) or len(password) < 6):
             raise InvalidInput("password must have at least 6 characters")
         pw = hash_secret(password) if password is not None else None
+        change = self.clock.mint()
+        changed = [*(["password"] if pw is not None else []),
+                   *([f"active={str(bool(active)).lower()}"] if active is not None else []),
+                   *(f"roles.{r}={str(bool(on)).lower()}" for r, on in (roles or {}).items())]
 
         def mutate(root: Map[Any]) -> None:
             m = root[target]
@@ -154,6 +162,7 @@ class Auth(LedgerBase):
                 m["active"] = active
             for r, on in (roles or {}).items():
                 m["roles"][r] = bool(on)
+            note_edit(m, change, operator, changed)
 
         self._write(Write("operators", "operators", target, mutate))
 
@@ -166,14 +175,20 @@ class Auth(LedgerBase):
         name = check_text(name, "role name", required=True, limit=40)
         roles = self.storage.doc("operators").roots["roles"]
         exists = name in roles
+        change = self.clock.mint()
 
         def mutate(root: Map[Any]) -> None:
+            # A role's Map holds its permissions and, beside them, who changed which
+            # (EDITS: not a permission, so permission checks pass it over).
+            was = {p: bool(root[name].get(p)) for p in PERMISSIONS} if exists else {}
             if exists:
-                role = root[name]
                 for p in PERMISSIONS:
-                    role[p] = p in perms
+                    root[name][p] = p in perms
             else:
                 root[name] = Map({p: p in perms for p in PERMISSIONS})
+            note_edit(root[name], change, operator, [
+                f"{p}={str(p in perms).lower()}" for p in PERMISSIONS
+                if was.get(p, False) != (p in perms)])
 
         self._write(Write("operators", "roles", name, mutate))
 

@@ -37,7 +37,7 @@ class Cards(Members):
         self._card_free(card_no)
         cid = self.clock.mint()
         card = self._card_record(cid, member, card_no, card_type, pin, expiry)
-        entry = self._entry("card", member, amount=fee, paid=fee, card=cid)
+        entry = self._entry("card", member, amount=fee, paid=fee, card=cid, op=operator)
         self._write(put(member_doc(member), "cards", cid, Map(card)), self._entry_write(entry))
         return cid
 
@@ -100,12 +100,14 @@ class Cards(Members):
         if card["status"] not in allowed_from:
             raise InvalidInput(f"card {card_no} is {card['status']}; cannot mark it {status}")
         eid = self.clock.mint()
-        self._write(self._card_status(card, (eid, status, note)))
+        self._write(self._card_status(card, (eid, status, note, operator)))
         return str(card["id"])
 
-    def _card_status(self, card: Mapping[str, Any], event: tuple[str, CardStatus, str]
+    def _card_status(self, card: Mapping[str, Any], event: tuple[str, CardStatus, str, str]
                      ) -> Write:
-        """Card status is a growing list of events; the latest (by HLC id) holds."""
+        """Card status is a growing list of events [id, status, note, operator]; the
+        latest (by HLC id) holds. Events written before the audit trail have no
+        operator (projection._card_status reads only the first two)."""
         cid = str(card["id"])
         row = list(event)
         return Write(member_doc(str(card["member"])), "cards", cid,
@@ -122,7 +124,9 @@ class Cards(Members):
 
     def replace_card(self, operator: str, old_no: str, new_no: str, *,
                      pin: str | None = None) -> str:
-        """补卡: a new card for the same member; the purses belong to the member and stay."""
+        """补卡: a new card for the same member, carrying everything the old one did
+        (type, expiry, PIN and any other field; packages and purses belong to the
+        member and stay). `pin` gives the new card a new PIN instead of the old one."""
         self.authorise(operator, "card.replace")
         old = self.card(old_no)
         if old["status"] not in ("active", "lost"):
@@ -131,10 +135,17 @@ class Cards(Members):
         self._card_free(new_no)
         cid = self.clock.mint()
         eid = self.clock.mint()
-        # The type as the old card's record holds it (checked where it was issued).
-        card = self._card_record(cid, old["member"], new_no, old["type"], pin,
-                                 str(old["expiry"]))
+        row = self.storage.conn.execute(
+            "SELECT body FROM cards WHERE id = ?", (old["id"],)).fetchone()
+        carried = {k: v for k, v in json.loads(row[0]).items()
+                   if k not in ("card_no", "member", "node", "events", "replaces")}
+        # The type and expiry as the old card's record holds them (checked where it was
+        # issued); its PIN hash as it is, so the member's PIN keeps working.
+        card = {**carried, **self._card_record(cid, old["member"], new_no, old["type"], pin,
+                                               str(old["expiry"]))}
+        if pin is None:
+            card["pin"] = str(carried.get("pin", ""))
         card["replaces"] = old["id"]
-        self._write(self._card_status(old, (eid, "replaced", cid)),
+        self._write(self._card_status(old, (eid, "replaced", cid, operator)),
                     put(member_doc(str(old["member"])), "cards", cid, Map(card)))
         return cid

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from crdtledger import views
+from crdtledger import settlement, views
 from crdtledger.errors import (
     CardInactive,
     CardLost,
@@ -134,12 +134,15 @@ DAILY = {"type": "object",
          "properties": {"day": STR, "branch": STR, **{k: INT for k in (
              "new_members", "sales", "debits", "refunds", "topup_cash", "topups",
              "cards_sold", "card_sales")}}}
-SETTLEMENT = {"type": "object", "required": ["pairs", "matrix", "net", "total"],
+SETTLEMENT = {"type": "object", "required": ["pairs", "branches", "net", "total"],
               "properties": {
                   "pairs": {"type": "array", "items": {
-                      "type": "object", "required": ["owes", "to", "amount"],
-                      "properties": {"owes": STR, "to": STR, "amount": INT}}},
-                  "matrix": {"type": "object", "additionalProperties": AMOUNTS},
+                      "type": "object", "required": ["owes", "to", *settlement.PAIR_FIGURES],
+                      "properties": {"owes": STR, "to": STR,
+                                     **{k: INT for k in settlement.PAIR_FIGURES}}}},
+                  "branches": {"type": "object", "additionalProperties": {
+                      "type": "object", "required": list(settlement.BRANCH_FIGURES),
+                      "properties": {k: INT for k in settlement.BRANCH_FIGURES}}},
                   "net": AMOUNTS, "total": INT}}
 RANKING = {"type": "array", "items": {"type": "object", "required": ["amount", "count"],
                                       "properties": {"amount": INT, "count": INT}}}
@@ -198,6 +201,8 @@ class Operation:
     # OpenAPI links: which later operation takes what from this result (a debit's id
     # for its refund), so a client and schemathesis's stateful phase can chain them.
     links: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # The result as a table, for the command line's --csv (a report's rows); None: none.
+    table: Callable[[Any], list[list[str]]] | None = None
 
     def param(self, name: str) -> Param:
         return next(p for p in self.params if p.name == name)
@@ -223,7 +228,8 @@ TABLE: dict[str, Operation] = {}
 def operation(name: str, summary: str, *, params: Sequence[Param] = (),
               permission: str | None = None, needs: frozenset[str] | None = None,
               http: str, show: Show, forms: Sequence[Form] = (), result: Schema = ANY_OBJECT,
-              status: int = 200, links: Mapping[str, Mapping[str, Any]] | None = None
+              status: int = 200, links: Mapping[str, Mapping[str, Any]] | None = None,
+              table: Callable[[Any], list[list[str]]] | None = None
               ) -> Callable[[Handler], Handler]:
     """Declare an operation. A write names its `permission` (the ledger checks it too);
     a read names the permissions any one of which lets an operator see it (`needs`),
@@ -236,7 +242,7 @@ def operation(name: str, summary: str, *, params: Sequence[Param] = (),
         TABLE[name] = Operation(
             name, summary, frozenset({permission}) if permission else needs or frozenset(),
             permission is not None, tuple(params), fn, show, method, path, tuple(forms),
-            result, status, links or {})
+            result, status, links or {}, table)
         return fn
 
     return register
@@ -662,7 +668,8 @@ for _event, _method, _permission, _summary, _outcome, _next in (
            permission="card.replace", http="POST /cards/{card_no}/replace", result=CARD_VIEW,
            params=(Param("card_no", CARD, required=True, flag="--card", help="the old card"),
                    Param("new_no", CARD, required=True, flag="--new", help="the new card"),
-                   Param("pin", CARD_PIN, help="the new card's PIN")),
+                   Param("pin", CARD_PIN,
+                         help="a new PIN for the new card (else the old card's PIN is kept)")),
            show=lambda ledger, card, p: f"card {p['card_no'].upper()} replaced by "
            f"{card['card_no']} [{card['id']}]\n{show_balance(ledger.balance(card['member']))}")
 def card_replace(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
@@ -812,12 +819,23 @@ def report_daily(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return views.daily_report(ledger, p.get("day") or ledger.today(), p.get("branch"))
 
 
-@operation("report.settlement", "结算表: who owes whom for value served at another branch",
+def _show_settlement(_ledger: Ledger, r: Any, _p: Params) -> str:
+    owed = [f"{x['owes']} owes {x['to']} {format_yuan(x['amount'])}  ({x['to']} served "
+            f"{format_yuan(x['served'])} of {x['owes']}'s value, {x['owes']} served "
+            f"{format_yuan(x['served_back'])} of {x['to']}'s)" for x in r["pairs"]]
+    rows = settlement.csv_rows(r)
+    table = rows[rows.index([]) + 1:]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join([*(owed or ["nothing to settle"]), "", *(
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        for row in table)])
+
+
+@operation("report.settlement", "结算表: who owes whom for stored value paid in at one branch "
+           "and served at another (rights transfers are no debt)",
            needs=REPORTS, http="GET /reports/settlement", params=PERIOD, result=SETTLEMENT,
-           show=lambda _l, r, _p: "\n".join(
-               f"{x['owes']} owes {x['to']} {format_yuan(x['amount'])}" for x in r["pairs"])
-           or "nothing to settle")
-def report_settlement(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+           show=_show_settlement, table=settlement.csv_rows)
+def report_settlement(ledger: Ledger, operator: str, p: Params) -> settlement.Statement:
     return views.settlement(ledger, p.get("from"), p.get("to"))
 
 

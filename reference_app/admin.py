@@ -28,6 +28,7 @@ PERMISSION_LABELS: dict[str, tuple[str, str]] = {
     "member.edit": ("修改会员资料", "edit members"),
     "member.delete": ("删除会员资料", "erase members"),
     "member.upgrade": ("调整会员等级", "change member levels"),
+    "member.merge": ("合并重复会员", "merge duplicate members"),
     "card.issue": ("发卡", "issue cards"),
     "card.lost": ("挂失/解挂", "report cards lost"),
     "card.replace": ("补卡", "replace cards"),
@@ -579,7 +580,7 @@ def corrections_page() -> None:
                 amount = abs(parse_change(purse.value, change.value or ""))
             except LedgerError:
                 return False
-            return purse.value != "points" and amount > limit and not can("approve")
+            return purse.value != "points" and amount > limit
 
         def update_approval() -> None:
             approval.set_visibility(needs_approval())

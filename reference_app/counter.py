@@ -409,7 +409,7 @@ class Counter:
 
             def update() -> None:
                 fen = parsed()
-                needs_approval = fen is not None and fen > limit and not can("approve")
+                needs_approval = fen is not None and fen > limit
                 approval.set_visibility(needs_approval)
                 if fen is None:
                     preview.set_text("")

@@ -197,6 +197,10 @@ class Demo:
             print(f"  {node} {name}{pad}   {self.url(node)}{dials}")
         print(f"\n登录 Log in as  {owner[0]} / {owner[1]}  (owner: every page), or "
               f"{cashier[0]} / {cashier[1]}  (a cashier).")
+        if facts.get("manager"):  # demo data seeded before approvals bound the owner
+            manager = facts["manager"]
+            print(f"A manager, {manager[0]} / {manager[1]}, approves the owner's large "
+                  "corrections and top-ups: nobody approves their own.")
         print(f"{facts['members']} members. Look for:")
         for name, phone, home, card, pin in facts["featured"]:
             with_pin = f", PIN {pin}" if pin else ""

@@ -36,6 +36,9 @@ BRANCHES = {"SH01": "南京西路店", "SH02": "徐家汇店", "HZ01": "杭州�
 TIMEZONE = "Asia/Shanghai"
 OWNER = ("demo", "demo1234")  # printed by the demo: the login of a new user
 CASHIER = ("cashier", "cashier1")
+# A manager: the second person who approves the owner's large corrections and top-ups
+# (nobody approves their own).
+MANAGER = ("manager", "manager1")
 # The UID of the virtual PC/SC card in tests/vcard.py's example (`--uid 04A1B2C3`): inserting
 # it while the demo runs shows 张伟 on the counter.
 VIRTUAL_CARD_UID = "04A1B2C3"
@@ -116,6 +119,7 @@ class Seeded:
 
     owner: tuple[str, str] = OWNER
     cashier: tuple[str, str] = CASHIER
+    manager: tuple[str, str] = MANAGER
     members: int = 0
     entries: int = 0
     featured: list[tuple[str, str, str, str, str | None]] = field(
@@ -214,6 +218,8 @@ class _Story:
         self.operator["owner"] = hq.add_operator(boss, OWNER[0], OWNER[1], roles=["owner"])
         self.operator["cashier"] = hq.add_operator(boss, CASHIER[0], CASHIER[1],
                                                    roles=["cashier"])
+        self.operator["manager"] = hq.add_operator(boss, MANAGER[0], MANAGER[1],
+                                                   roles=["manager"])
         self.chain.sync()
 
     def people(self) -> list[tuple[str, str, str, str, str | None]]:
