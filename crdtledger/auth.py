@@ -15,10 +15,10 @@ from typing import Any
 
 from pycrdt import Map
 
-from crdtledger.commit import EDITS, LedgerBase, Write, note_edit, put
+from crdtledger.commit import LedgerBase, Write, note_edit, put
 from crdtledger.errors import ApprovalRequired, InvalidInput, NotFound, PermissionDenied
 from crdtledger.inputs import check_text
-from crdtledger.model import BUILTIN_ROLES, PERMISSIONS
+from crdtledger.model import BUILTIN_ROLES, EDITS, PERMISSIONS
 
 # Key stretching for operator passwords and card PINs. A PIN has few digits, so the
 # hash is salted per card and deliberately slow (scrypt, ~30 ms).
@@ -109,8 +109,8 @@ class Auth(LedgerBase):
         built-in owner at the console included, and nobody approves their own
         operation: the approver is recorded on the entry."""
         if approver is None:
-            raise ApprovalRequired(f"{what} needs another operator's approval "
-                                   "(their name and password)")
+            raise ApprovalRequired(f"{what} needs an approver: another operator allowed "
+                                   "to approve, with their name and password")
         approver_id = self.authenticate(*approver)
         if approver_id == operator:
             raise ApprovalRequired(f"{approver[0]} cannot approve their own {what}")

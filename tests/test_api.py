@@ -401,12 +401,15 @@ def test_card_loss_replacement_and_pin(tmp_path: Path) -> None:
 
         assert (await api.call("POST", "/cards/C1/found", token=boss))[1]["status"] == "active"
         status, new = await api.call("POST", "/cards/C1/replace", {"new_no": "C2"}, token=boss)
-        assert (status, new["card_no"], new["member"], new["has_pin"]) == (200, "C2", mid, False)
+        # the new card carries the old card's PIN (issue 13)
+        assert (status, new["card_no"], new["member"], new["has_pin"]) == (200, "C2", mid, True)
         assert (await api.call("GET", "/cards/C1", token=boss))[1]["status"] == "replaced"
         status, body = await api.call("POST", "/debit", pay, token=boss)
         assert (status, body["error"]) == (409, "card_inactive")
         status, body = await api.call("POST", "/debit", {"card": "C2", "amount": 500},
                                       token=boss)
+        assert (status, body["error"]) == (422, "wrong_pin")
+        status, body = await api.call("POST", "/debit", {**pay, "card": "C2"}, token=boss)
         assert (status, body["member"]) == (200, mid)
         assert ledger.balance(mid)["cash"] == 9500  # the balance stayed
         status, card = await api.call("POST", "/cards/C2/return", token=boss)
@@ -447,7 +450,7 @@ def test_reports(tmp_path: Path) -> None:
         mid = await topped_up(api, boss, "300.00")
         await api.call("POST", "/debit", {"member": mid, "service": "FOOT60"}, token=boss)
         await api.call("POST", "/debit", {"member": mid, "amount": 2000}, token=boss)
-        ledger.transfer_rights(ledger.owner, mid, "SH02", 5000)  # SH01 now owes SH02 50.00
+        ledger.transfer_rights(ledger.owner, mid, "SH02", 5000)  # rights moved: no debt
         today = ledger.today()
 
         status, daily = await api.call("GET", "/reports/daily", token=boss)
@@ -469,8 +472,12 @@ def test_reports(tmp_path: Path) -> None:
 
         status, settlement = await api.call("GET", "/reports/settlement", token=boss)
         assert status == 200
-        assert settlement["pairs"] == [{"owes": "SH01", "to": "SH02", "amount": 5000}]
-        assert settlement["total"] == 0
+        assert settlement["pairs"] == [] and settlement["total"] == 0
+        # SH01 served its own member 148.00; 152.00 of what it collected is still prepaid.
+        assert settlement["branches"] == {"SH01": {
+            "opening": 0, "collected": 30000, "served_own": 14800, "served_for_others": 0,
+            "served_by_others": 0, "net": 0, "removed": 0, "unspent": 15200,
+            "bonus_served": 0, "unattributed": 0}}
 
         for query in ("/reports/daily?day=2026-13-01", "/reports/daily?day=20260101",
                       "/reports/settlement?from=yesterday", "/reports/ranking?by=cats",

@@ -101,7 +101,9 @@ def test_insufficient_funds_when_whole_balance_is_short(a: Ledger) -> None:
     refused(a, [m], InsufficientFunds, lambda: a.redeem_points(o, m, 1))
     refused(a, [m], InvalidAmount, lambda: a.transfer_rights(o, m, "SH02", 10001),
             match="cannot give")
-    refused(a, [m], InsufficientFunds, lambda: a.correct(o, m, "cash", -10001, "too much",))
+    a.add_operator(o, "mgr", "mgr-pass", roles=["manager"])
+    refused(a, [m], InsufficientFunds, lambda: a.correct(o, m, "cash", -10001, "too much",
+                                                         approver=("mgr", "mgr-pass")))
     # Exactly the balance works.
     a.debit(o, m, amount=10500)
     assert a.balance(m)["cash"] == 0
@@ -544,9 +546,11 @@ def test_large_topup_needs_an_approver(a: Ledger) -> None:
             lambda: a.topup(cashier, m, limit + 1, approver=("boss", "wrongpw")))
     e = a.topup(cashier, m, limit + 1, approver=("boss", "bosspass"))
     assert e["approver"] == boss and e["op"] == cashier
-    e = a.topup(boss, m, limit + 1)  # a manager approves itself
-    assert "approver" not in e
-    assert a.balance(m)["cash"] == 3 * limit + 2
+    # Nobody approves their own: a manager asks another operator who may approve.
+    refused(a, [m], ApprovalRequired, lambda: a.topup(boss, m, limit + 1))
+    refused(a, [m], ApprovalRequired,
+            lambda: a.topup(boss, m, limit + 1, approver=("boss", "bosspass")), match="own")
+    assert a.balance(m)["cash"] == 2 * limit + 1
 
 
 def test_corrections_over_the_limit_and_custom_roles(a: Ledger) -> None:
