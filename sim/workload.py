@@ -282,9 +282,11 @@ class Workload:
             if not isinstance(outcome, str):
                 return
             m.id = outcome
-            amount = 1_000_000 if m.hot else self.rng.choice(TOPUPS)
             self._op(branch, "card", lambda lg: lg.issue_card(lg.owner, outcome, m.card_no))
-            self._op(branch, "topup", lambda lg: lg.topup(lg.owner, outcome, amount))
+            # A hot (shared) card starts with 10,000.00: two top-ups at the approval
+            # limit, which the owner at the console cannot pass alone either.
+            for amount in (500_000, 500_000) if m.hot else (self.rng.choice(TOPUPS),):
+                self._op(branch, "topup", lambda lg, a=amount: lg.topup(lg.owner, outcome, a))
 
         self._op(branch, "member", lambda lg: lg.add_member(
             lg.owner, name=name, phone=phone, home=node.name, gender="F",
