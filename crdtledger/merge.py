@@ -1,0 +1,146 @@
+"""Duplicate members folded into one (会员合并).
+
+During a partition the same person can be registered at two branches (the phone
+check at registration sees only what has arrived). The owner lists such members
+(`views.duplicates`: the same phone or ID card number) and merges one into another.
+
+The merge is a fact on the merged member's profile (`merged_into` = the survivor,
+with `merged_by` and `merged_at`), written like any profile field. Everything reads
+through `views.canonical`, which follows those pointers: the same merge made at two
+branches writes the same value, and two opposite merges made at once form a cycle
+whose smallest id survives, on every replica alike.
+
+Money cannot follow by itself: only a branch may lower its own rights (escrow), so
+the merging branch cannot move what another branch holds for the merged member.
+Each branch therefore *sweeps* its own rights of merged members to their survivor,
+every purse (cash, bonus, points, pkg:ID), as a pair of `merge` entries in one
+commit: "out" (member = merged, its rights here lowered, `to` = survivor) and "in"
+(member = survivor, the same rights raised here, `ref` = the out entry). The pair
+nets to zero at the sweeping branch, so no money appears or vanishes, and the "in"
+entry only raises rights, so it is always funded. A branch sweeps right after it
+merges, at every housekeeping pass (`Ledger.housekeeping`), and before an operation
+acts for a survivor (`_acting`): a debit spends what this branch held for either
+member. Until then reads add the merged members' unswept rights to the survivor's
+(`views.member_group`), so the member sees his whole money at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, cast
+
+from pycrdt import Map
+
+from crdtledger import views
+from crdtledger.cards import Cards
+from crdtledger.commit import Write
+from crdtledger.errors import InvalidInput
+from crdtledger.model import ID, member_doc
+
+if TYPE_CHECKING:
+    from crdtledger.ledger import Ledger
+
+# model.normalise_entry refuses an entry with more deltas: a member with many
+# packages is swept in several pairs (all in the one commit).
+MAX_DELTAS = 8
+
+
+class Merges(Cards):
+    """Member merge, and the sweep of merged members' rights held here."""
+
+    def merge_member(self, operator: str, member: str, into: str) -> dict[str, Any]:
+        """Fold `member` into `into` (or into the member `into` was merged into): its
+        cards, purses, packages, points and history then act for the survivor. This
+        branch sweeps its own rights of it at once; the others when they learn of it."""
+        self.authorise(operator, "member.merge")
+        for m in (member, into):
+            if not isinstance(m, str) or not ID.match(m):
+                raise InvalidInput(f"{str(m)[:40]!r} is not a member id")
+        if member == into:
+            raise InvalidInput("a member cannot be merged into itself")
+        conn = self.storage.conn
+        self._live_member(member)  # NotFound for an unknown id, refused if deleted
+        self._live_member(into)
+        head = views.canonical(conn, member)
+        if head != member:
+            raise InvalidInput(f"member {member} is already merged into {head}")
+        survivor = views.canonical(conn, into)
+        if survivor == member:
+            raise InvalidInput(f"member {into} is merged into {member}: merging {member} "
+                               f"into it would make a cycle")
+        self._live_member(survivor)
+        folded = views.member_group(conn, member)  # with whoever was merged into it
+        at = self.clock.wall()
+
+        def mutate(root: Map[Any]) -> None:
+            m = root[member]
+            m["merged_into"] = survivor
+            m["merged_by"] = operator
+            m["merged_at"] = at
+
+        self._write(Write(member_doc(member), "members", member, mutate))
+        moved = self._sweep(folded, operator)
+        return {"member": member, "into": survivor, "asked_into": into,
+                "group": views.member_group(conn, survivor), "entries": moved}
+
+    def survivor_of(self, member: str) -> str:
+        """The member `member` acts as (itself unless merged): views.canonical."""
+        return views.canonical(self.storage.conn, member)
+
+    def sweep_merged(self) -> list[dict[str, Any]]:
+        """Housekeeping: move every merged member's rights this branch holds to the
+        survivor; returns the entries written (none when nothing is left here)."""
+        return self._sweep(views.merged_members(cast("Ledger", self)))
+
+    def _held(self, member: str) -> list[tuple[str, int]]:
+        return [(str(p), int(a)) for p, a in self.storage.conn.execute(
+            "SELECT purse, amount FROM rights WHERE member = ? AND node = ? AND amount > 0 "
+            "ORDER BY purse", (member, self.node))]
+
+    def _sweep(self, members: Iterable[str], operator: str | None = None
+               ) -> list[dict[str, Any]]:
+        """This branch's rights of each merged member in `members`, moved to its
+        survivor in pairs of `merge` entries, all in one commit."""
+        conn = self.storage.conn
+        todo = [(m, head) for m in members
+                if (head := views.canonical(conn, m)) != m and self._held(m)]
+        if not todo:
+            return []
+        op = operator or f"merge@{self.node}"
+
+        def plan() -> tuple[list[Write], list[dict[str, Any]]]:
+            writes: list[Write] = []
+            done: list[dict[str, Any]] = []
+            for m, head in todo:
+                held = self._held(m)  # inside the write transaction: nothing moves them
+                for i in range(0, len(held), MAX_DELTAS):
+                    chunk = held[i:i + MAX_DELTAS]
+                    # `amount`: the cash (stored value paid in) moved, as a transfer's.
+                    cash = sum(a for p, a in chunk if p == "cash")
+                    out = self._entry("merge", m, amount=cash, to=head, op=op,
+                                      deltas=[(p, self.node, -a) for p, a in chunk])
+                    into = self._entry("merge", head, amount=cash, ref=out["id"], op=op,
+                                       deltas=[(p, self.node, a) for p, a in chunk])
+                    writes += [self._entry_write(out), self._entry_write(into)]
+                    done += [out, into]
+            return writes, done
+
+        return self._commit(plan)
+
+    def _survivor(self, member: str) -> list[str]:
+        """The group of the member an operation on `member` acts for, survivor first
+        (views.member_group), with this branch's rights of the members merged into it
+        swept to it first: its own rights here are then all the group holds here."""
+        group = views.member_group(self.storage.conn, member)
+        if len(group) > 1:
+            self._sweep(group[1:])
+        return group
+
+    def _acting(self, member: str) -> tuple[str, tuple[dict[str, Any], tuple[int, int]]]:
+        """The survivor `member` acts as (`_survivor`), its profile (refused if deleted)
+        and its group's cumulative (spent, topped), which its level is reached on."""
+        group = self._survivor(member)
+        profile, totals = self._live_member(group[0])
+        if len(group) > 1:
+            totals = views.group_totals(self.storage.conn, group)
+        return group[0], (profile, totals)
