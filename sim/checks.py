@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from crdtledger import audit, views
 from crdtledger.ledger import Ledger
 from crdtledger.log import APPLIED
+from crdtledger.settlement import reconciles
 from crdtledger.sync import decode_state_vector
 from crdtledger.writerules import GOVERNANCE_DOCS
 
@@ -245,17 +246,29 @@ def final(world: World) -> list[Violation]:
     s = views.settlement(first)
     if s["total"] != 0:
         out.append(Violation("settlement", f"settlement positions sum to {s['total']}"))
-    # Independently of the view: a branch's position is the cash rights transferred
-    # into it minus those it gave away.
-    moved: dict[str, int] = {}
-    for e in audit.entries(first, "transfer"):
-        for purse, node, change in e["deltas"]:
-            if purse == "cash":
-                moved[node] = moved.get(node, 0) + change
-    expect = {n: v for n, v in sorted(moved.items()) if v}
-    if expect != {n: v for n, v in s["net"].items() if v}:
-        out.append(Violation("settlement", f"settlement {s['net']} is not the transfers' "
-                                           f"net flows {expect}"))
+    # Settlement is by value served (crdtledger/settlement.py): each branch's figures
+    # reconcile, and independently of the view, the cash each branch collected is what
+    # its top-ups and positive corrections say, and the value still prepaid at all
+    # branches together is every member's cash. Honest writers never spend cash that
+    # no top-up paid for, so nothing is unattributed.
+    collected: dict[str, int] = {}
+    cash = 0
+    for e in audit.entries(first):
+        change = sum(c for purse, _node, c in e["deltas"] if purse == "cash")
+        cash += change
+        if e["kind"] == "topup" or (e["kind"] == "correction" and change > 0):
+            collected[e["node"]] = collected.get(e["node"], 0) + change
+    figures = s["branches"]
+    if collected != {n: f["collected"] for n, f in figures.items() if f["collected"]}:
+        out.append(Violation("settlement", f"settlement collected {s['branches']} is not "
+                                           f"what the top-ups took {collected}"))
+    if sum(f["unspent"] for f in figures.values()) != cash:
+        out.append(Violation("settlement", f"settlement leaves {s['branches']} unspent, "
+                                           f"members hold {cash}"))
+    wrong = [n for n, f in figures.items() if not reconciles(f) or f["unattributed"]]
+    if wrong:
+        out.append(Violation("settlement", f"settlement of {wrong} does not reconcile: "
+                                           f"{[figures[n] for n in wrong]}"))
     neg = audit.negative_purses(first, limit=3)
     if neg:
         out.append(Violation("negative", f"purse below zero after convergence: {neg}"))
