@@ -824,11 +824,11 @@ def _show_settlement(_ledger: Ledger, r: Any, _p: Params) -> str:
             f"{format_yuan(x['served'])} of {x['owes']}'s value, {x['owes']} served "
             f"{format_yuan(x['served_back'])} of {x['to']}'s)" for x in r["pairs"]]
     rows = settlement.csv_rows(r)
-    table = rows[rows.index([]) + 1:]
+    table = rows[rows.index([]) + 1:]  # the branches, as --csv has them
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    return "\n".join([*(owed or ["nothing to settle"]), "", *(
-        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-        for row in table)])
+    lines = ["  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(
+        row[1:], widths[1:], strict=True))]) for row in table]
+    return "\n".join([*(owed or ["nothing to settle"]), "", *lines])
 
 
 @operation("report.settlement", "结算表: who owes whom for stored value paid in at one branch "

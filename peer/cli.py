@@ -21,6 +21,7 @@ this machine, which the HTTP API must not reach).
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import re
@@ -344,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
         # operator's before the command or from the environment.
         add_common(leaf, password=not any(_flag(p) == "--password" for p in op.params))
         add_operation(leaf, op)
+        if op.table is not None:
+            leaf.add_argument("--csv", action="store_true",
+                              help="the result as CSV (amounts in yuan), for a spreadsheet")
         leaf.set_defaults(cmd=op)
     for cmd in FILE_COMMANDS.values():
         leaf = top.add_parser(cmd.name, help=cmd.help, description=cmd.help)
@@ -357,7 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def emit(args: argparse.Namespace, result: Result) -> None:
-    if getattr(args, "json", False):
+    cmd = getattr(args, "cmd", None)
+    if getattr(args, "csv", False) and isinstance(cmd, Operation) and cmd.table is not None:
+        csv.writer(sys.stdout, lineterminator="\n").writerows(cmd.table(result.data))
+    elif getattr(args, "json", False):
         print(json.dumps(result.data, ensure_ascii=False, sort_keys=True))
     elif result.text:
         print(result.text)

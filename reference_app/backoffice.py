@@ -18,14 +18,14 @@ import io
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from nicegui import events, run, ui
 
-from crdtledger import operations, views
+from crdtledger import operations, settlement, views
 from crdtledger.errors import (
     ForeignChain,
     LedgerError,
@@ -442,16 +442,41 @@ def _days(start: str, end: str) -> list[str]:
 # --- settlement -----------------------------------------------------------------
 
 
+def figure_labels() -> dict[str, str]:
+    """The settlement statement's figures (crdtledger.settlement) as the counter names
+    them."""
+    return {
+        "opening": tr("期初未消费储值", "Prepaid at start"),
+        "collected": tr("充值本金", "Collected"),
+        "served_own": tr("本店充值本店消费", "Served own"),
+        "served_for_others": tr("为他店会员服务", "Served for others"),
+        "served_by_others": tr("他店为本店会员服务", "Served by others"),
+        "net": tr("净额", "Net"),
+        "removed": tr("调减本金", "Corrected away"),
+        "unspent": tr("期末未消费储值（预收负债）", "Unspent (prepaid liability)"),
+        "bonus_served": tr("赠送金额消费（不结算）", "Bonus served (not settled)"),
+        "unattributed": tr("无来源消费", "Unattributed"),
+        "served": tr("对方代为服务", "Served by the creditor"),
+        "served_back": tr("本方代为服务", "Served back by the debtor"),
+        "amount": tr("应付净额", "Owed, net"),
+    }
+
+
 def settlement_csv(ledger: Ledger, start: str | None, end: str | None) -> bytes:
+    """The same figures as `crdtledger report settlement --csv`, branches by name."""
     r = views.settlement(ledger, start, end)
+    labels, name = figure_labels(), shop().branch_name
     rows: list[list[Any]] = [
-        [shop().branch_name(p["owes"]), p["owes"], shop().branch_name(p["to"]), p["to"],
-         yuan(p["amount"])] for p in r["pairs"]]
+        [name(p["owes"]), p["owes"], name(p["to"]), p["to"],
+         *settlement.yuan(p, settlement.PAIR_FIGURES)] for p in r["pairs"]]
     rows.append([])
-    rows.append([tr("分店", "Branch"), tr("分店号", "Node"), tr("净头寸", "Net position")])
-    rows += [[shop().branch_name(n), n, yuan(v)] for n, v in r["net"].items()]
+    rows.append([tr("分店", "Branch"), tr("分店号", "Node"),
+                 *(labels[k] for k in settlement.BRANCH_FIGURES)])
+    rows += [[name(n), n, *settlement.yuan(f, settlement.BRANCH_FIGURES)]
+             for n, f in r["branches"].items()]
     return csv_bytes([tr("应付分店", "Owing branch"), tr("分店号", "Node"),
-                      tr("收款分店", "Owed to"), tr("分店号", "Node"), tr("金额", "Amount")], rows)
+                      tr("收款分店", "Owed to"), tr("分店号", "Node"),
+                      *(labels[k] for k in settlement.PAIR_FIGURES)], rows)
 
 
 def settlement_page() -> None:
@@ -464,10 +489,12 @@ def settlement_page() -> None:
             settlement_csv(ledger, state["start"] or None, state["end"] or None),
             f"settlement-{state['start'] or 'all'}-{state['end'] or ledger.today()}.csv"),
             "export-settlement")
-    ui.label(tr("会员在别的分店消费了在本店充值的储值时，本店把这部分储值的权利转给那家分店："
-                "本店应把对应的钱付给那家分店。",
-                "When a member spends value topped up here at another branch, this branch "
-                "hands that branch the right to it: this branch owes it the money.")
+    ui.label(tr("按实际服务结算：会员在甲店充值的本金在乙店消费，甲店应付乙店这笔钱（先充先用）。"
+                "分店之间调拨储值权利不产生欠款；赠送金额不结算；退款冲回原消费。",
+                "Settled by value served: when principal a member paid in at branch A is "
+                "spent at branch B, A owes B that amount (oldest top-up first). Moving "
+                "rights between branches creates no debt; bonus value is not settled; a "
+                "refund reverses what its debit took.")
              ).classes("text-sm text-grey-7 max-w-3xl")
 
     @ui.refreshable
@@ -477,37 +504,55 @@ def settlement_page() -> None:
         except LedgerError as e:
             ui.label(shop().refusal(e)).classes("text-negative")
             return
+        name, labels = shop().branch_name, figure_labels()
         with ui.row().classes("w-full gap-4 no-wrap max-lg:flex-wrap items-start"):
             with ui.card().classes("flex-1 min-w-80"):
                 ui.label(tr("应付款", "Who owes whom")).classes("text-lg font-medium")
-                if not r["pairs"]:
+                if not any(p["amount"] for p in r["pairs"]):
                     ui.label(tr("各分店之间没有需要结算的款项",
                                 "Nothing to settle between branches")).classes("text-grey-7")
                 for p in r["pairs"]:
                     with ui.row().classes("items-center gap-2 text-base"):
-                        ui.label(shop().branch_name(p["owes"])).classes("font-medium")
+                        ui.label(name(p["owes"])).classes("font-medium")
                         ui.label(tr("应付", "owes"))
-                        ui.label(shop().branch_name(p["to"])).classes("font-medium")
+                        ui.label(name(p["to"])).classes("font-medium")
                         ui.label(money(p["amount"])).classes("text-lg font-semibold text-primary")
+                    ui.label(tr("{b}为{a}的会员服务 {s}，{a}为{b}的会员服务 {t}",
+                                "{b} served {s} of {a}'s value, {a} served {t} of {b}'s",
+                                a=name(p["owes"]), b=name(p["to"]), s=money(p["served"]),
+                                t=money(p["served_back"]))).classes("text-sm text-grey-7")
             with ui.card().classes("flex-1 min-w-80"):
                 ui.label(tr("各分店净额（合计为零）", "Net position per branch (sums to zero)")
                          ).classes("text-lg font-medium")
                 ui.label(tr("正数为应收，负数为应付", "Positive: to receive; negative: to pay")
                          ).classes("text-sm text-grey-7")
                 nets = list(r["net"].items())
-                chart = bar_chart([shop().branch_name(n) for n, _v in nets],
+                chart = bar_chart([name(n) for n, _v in nets],
                                   [(tr("净额", "Net"), [fen_to_float(v) for _n, v in nets])],
                                   height="h-56")
                 chart.options["series"][0]["data"] = [
                     {"value": fen_to_float(v), "itemStyle": {"color": "#21BA45" if v >= 0
                                                              else "#C10015"}} for _n, v in nets]
-                ui.table(columns=[
-                    {"name": "branch", "label": tr("分店", "Branch"), "field": "branch",
-                     "align": "left"},
-                    {"name": "net", "label": tr("净额", "Net"), "field": "net", "align": "right"},
-                ], rows=[{"branch": shop().branch_name(n), "net": money(v)} for n, v in nets]
-                    + [{"branch": tr("合计", "Total"), "net": money(r["total"])}],
-                    row_key="branch").props("flat dense").classes("w-full")
+        with ui.card().classes("w-full"):
+            ui.label(tr("各分店明细", "Per branch")).classes("text-lg font-medium")
+            ui.label(tr("对账：期初未消费 + 充值本金 − 本店服务 − 为他店服务 − 调减本金 = "
+                        "期末未消费 − 净额",
+                        "Reconciliation: prepaid at start + collected − served own − served "
+                        "for others − corrected away = unspent − net")
+                     ).classes("text-sm text-grey-7")
+            columns = [{"name": "branch", "label": tr("分店", "Branch"), "field": "branch",
+                        "align": "left"}]
+            columns += [{"name": k, "label": labels[k], "field": k, "align": "right"}
+                        for k in settlement.BRANCH_FIGURES]
+            columns.append({"name": "check", "label": tr("对账", "Reconciles"),
+                            "field": "check", "align": "center"})
+            shown = [*((name(n), f) for n, f in r["branches"].items()),
+                     (tr("合计", "Total"), settlement.chain_total(r))]
+            rows = [{"branch": label, "check": "✓" if settlement.reconciles(f) else "✗",
+                     **{k: money(v) for k, v in cast(Mapping[str, int], f).items()}}
+                    for label, f in shown]
+            ui.table(columns=columns, rows=rows, row_key="branch").props(
+                "flat dense wrap-cells").classes("w-full")
 
     follow_period(state, start_in, end_in, body)
 

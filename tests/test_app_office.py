@@ -12,10 +12,11 @@ from app_fixtures import CASHIER, NODE, OWNER, CounterApp
 from nicegui import ui
 from nicegui.elements.upload_files import SmallFileUpload
 
+from crdtledger import settlement, views
 from crdtledger.errors import NotCaughtUp
 from crdtledger.ledger import Ledger
 from crdtledger.model import member_doc
-from crdtledger.syncfile import export_file
+from crdtledger.syncfile import export_file, import_file
 from peer.chain import enrol, init_chain
 
 pytestmark = pytest.mark.asyncio
@@ -23,8 +24,8 @@ pytestmark = pytest.mark.asyncio
 
 def seed(app: CounterApp) -> str:
     """A member who topped up 500.00 (below the first discount level), had a foot
-    massage, and whose 200.00 of stored value this branch handed to SH02 (so SH01
-    owes SH02 200.00)."""
+    massage, and the rights to 200.00 of whose stored value this branch handed to
+    SH02 (logistics: no debt until SH02 serves him)."""
     ledger, op = app.ledger, app.node_owner
     mid = ledger.add_member(op, name="王芳", phone="13812345678", birthday="1990-05-17",
                             prefs={"strength": "重"})
@@ -48,9 +49,10 @@ async def download(app: CounterApp, marker: str) -> bytes:
     return (await app.user.download.next()).content
 
 
-async def test_reports_show_real_figures_and_export_csv(counter_app: CounterApp) -> None:
+async def test_reports_show_real_figures_and_export_csv(counter_app: CounterApp,
+                                                        tmp_path: Path) -> None:
     app = counter_app
-    seed(app)
+    mid = seed(app)
     await app.login(*OWNER)
 
     await app.user.open("/office")
@@ -76,12 +78,31 @@ async def test_reports_show_real_figures_and_export_csv(counter_app: CounterApp)
     assert receipts[1][3:6] == ["王芳", "138****5678", "500.00"]
 
     await app.user.open("/office/settlement")
+    await app.user.should_see("各分店之间没有需要结算的款项")  # rights moved, nobody served
+    # SH02 serves the member 200.00 of what SH01 collected: now SH01 owes SH02.
+    export_file(app.ledger, tmp_path / "to-sh02.crdtsync")
+    other = second_store(tmp_path / "sh02", tmp_path / "chain")
+    try:
+        import_file(other, tmp_path / "to-sh02.crdtsync")
+        other.debit(other.owner, mid, amount=20000)
+        export_file(other, tmp_path / "from-sh02.crdtsync")
+    finally:
+        other.close()
+    import_file(app.ledger, tmp_path / "from-sh02.crdtsync")
+    await app.user.open("/office/settlement")
     await app.user.should_see("应付")
-    await app.user.should_see("¥200.00")
-    nets = {r["branch"]: r["net"] for r in table_rows(app)}
-    assert nets == {"南京西路店": "-¥200.00", "徐家汇店": "¥200.00", "合计": "¥0.00"}
+    await app.user.should_see("徐家汇店为南京西路店的会员服务 ¥200.00")
+    rows = {r["branch"]: r for r in table_rows(app)}
+    assert {b: r["net"] for b, r in rows.items()} == {
+        "南京西路店": "-¥200.00", "徐家汇店": "¥200.00", "合计": "¥0.00"}
+    # 500.00 collected, 128.00 served here, 200.00 there: 172.00 still prepaid here.
+    assert (rows["南京西路店"]["collected"], rows["南京西路店"]["served_own"],
+            rows["南京西路店"]["unspent"]) == ("¥500.00", "¥128.00", "¥172.00")
+    assert {r["check"] for r in rows.values()} == {"✓"}
     statement = parse_csv(await download(app, "export-settlement"))
-    assert statement[1] == ["南京西路店", NODE, "徐家汇店", "SH02", "200.00"]
+    assert statement[1] == ["南京西路店", NODE, "徐家汇店", "SH02", "200.00", "0.00", "200.00"]
+    assert statement[4][:2] == ["南京西路店", NODE]
+    assert statement[4][2:] == settlement.csv_rows(views.settlement(app.ledger))[4][1:]
 
     app.ledger.add_member(app.node_owner, name="李娜", phone="13900001111")
     await app.user.open("/office/members")
@@ -137,8 +158,6 @@ async def test_sync_file_round_trip_and_bad_files_change_nothing(
     other = second_store(tmp_path / "sh02", tmp_path / "chain")  # make_store's chain
     try:
         (tmp_path / "in.crdtsync").write_bytes(data)
-        from crdtledger.syncfile import import_file
-
         import_file(other, tmp_path / "in.crdtsync")
         assert other.state_vectors() == app.ledger.state_vectors()
         assert other.balance(mid) == app.ledger.balance(mid)
