@@ -174,8 +174,12 @@ class _Replay:
             self.booking = True
             self.opening = dict(self.unspent)
         kind, node = e["kind"], e["node"]
-        cash = sum(c for p, _n, c in e["deltas"] if p == "cash")
-        bonus = sum(c for p, _n, c in e["deltas"] if p == "bonus")
+        cash = bonus = 0
+        for purse, _node, change in e["deltas"]:  # one loop: a report reads every entry
+            if purse == "cash":
+                cash += change
+            elif purse == "bonus":
+                bonus += change
         if kind in ("debit", "package", "refund"):
             self.book(node, "bonus_served", -bonus)
         if kind == "topup" or (kind == "correction" and cash > 0):
