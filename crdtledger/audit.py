@@ -1,17 +1,27 @@
-"""Reads that check or measure a store rather than serve a shop.
+"""Reads that check or audit a store rather than serve a shop.
 
 The simulator asserts invariants after every step and compares converged replicas;
 the benchmarks report how big a store is. They used to read the projection tables
 with their own SQL, which made the tables an API nobody declared. These are the
 questions they ask, declared here beside the schema (crdtledger/storage.py) so that
 a change of the tables changes them too. Shop features read through `views`.
+
+The audit trail (`trail`, at the end) is the owner's question of the same kind: who
+did what, when and at which branch, read from what every record says of its writer.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
+
+from crdtledger import views
+from crdtledger.errors import InvalidInput
+from crdtledger.hlc import id_time_ms
+from crdtledger.model import EDITS, ENTRY_KINDS
+from crdtledger.money import format_purse, format_yuan
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
@@ -156,3 +166,224 @@ def document_stats(ledger: Ledger, name: str) -> DocumentStats:
     ).fetchone()
     return {"snapshot_bytes": int(snapshot), "log_updates": int(tail),
             "log_bytes": int(tail_bytes)}
+
+
+# --- the audit trail ---------------------------------------------------------------
+
+# What the trail calls an action: a ledger entry by its kind; a change of a member,
+# card, operator, role or rule by the operation that makes it.
+RECORD_ACTIONS = ("member.add", "member.edit", "card.lost", "card.found", "card.return",
+                  "card.replace", "operator.add", "operator.set", "role.define", "rule.set")
+ACTIONS: tuple[str, ...] = (*sorted(ENTRY_KINDS), *RECORD_ACTIONS)
+# A card's status event, by the status it sets (the first, at issue, is the card entry).
+_CARD_ACTIONS = {"lost": "card.lost", "active": "card.found", "returned": "card.return",
+                 "replaced": "card.replace"}
+TRAIL_LIMIT = 10_000
+
+
+class AuditRow(TypedDict):
+    """One action. `id` is the entry's or the change's own (it sorts by time); ""
+    where a record does not say (a change written before the trail has no operator)."""
+
+    id: str
+    time: str  # in the chain's time zone, to the second
+    branch: str  # the node that wrote it
+    action: str  # one of ACTIONS
+    operator: str  # operator id (owner@NODE for a node's owner)
+    operator_name: str
+    approver: str
+    approver_name: str
+    member: str
+    amount: int  # fen (an entry's amount); 0 for a change of a record
+    pay: str  # how it was paid: stored, package or a payment method code
+    service: str
+    reason: str
+    ref: str  # the debit a refund refunds
+    detail: str  # what else the record says: purse moved, fields changed, card number
+
+
+def trail(ledger: Ledger, operator: str | None = None, branch: str | None = None,
+          kind: str | None = None, start: str | None = None, end: str | None = None,
+          limit: int = 500) -> list[AuditRow]:
+    """Who did what, when, at which branch: the newest `limit` actions of the days
+    start..end (inclusive, either open), written at `branch`, of `kind` (one of
+    ACTIONS), done or approved by `operator` (an id), newest first.
+
+    Ledger entries name their operator and approver; members, operators and roles
+    list who changed them (model.EDITS); card events and rule versions carry theirs;
+    a member or an operator names who created it. Every id (an entry's, a change's)
+    is minted by the branch that wrote it, from its clock: it says where and when."""
+    if kind is not None and kind not in ACTIONS:
+        raise InvalidInput(f"kind must be one of {', '.join(ACTIONS)}")
+    limit = max(1, min(int(limit), TRAIL_LIMIT))
+    st = ledger.storage
+    lo = st.day_start_id(start) if start else ""
+    hi = st.day_start_id(end, days_later=1) if end else "~"  # "~" sorts after any id
+    conn = st.conn
+    # The same filters on a change id (its branch is its suffix) and on who made it,
+    # as SQL over `key` and `who`: each query returns at most `limit` rows.
+    suffix = f"%.{branch}" if branch is not None else "%"
+
+    def filtered(sql: str, key: str, who: str, *args: Any) -> list[tuple[Any, ...]]:
+        sql += f" AND {key} >= ? AND {key} < ? AND {key} LIKE ?"
+        args = (*args, lo, hi, suffix)
+        if operator is not None:
+            sql += f" AND {who} = ?"
+            args = (*args, operator)
+        return conn.execute(f"{sql} ORDER BY {key} DESC LIMIT ?", (*args, limit)).fetchall()
+
+    rows: list[dict[str, Any]] = []
+    if kind is None or kind in ENTRY_KINDS:
+        rows += _entry_actions(ledger, operator, branch, kind, lo, hi, limit)
+    if kind in (None, "member.add"):
+        rows += [{"id": mid, "action": "member.add", "operator": who or "", "member": mid}
+                 for mid, who in filtered(
+                     "SELECT id, json_extract(body, '$.created_by') FROM members WHERE 1",
+                     "id", "json_extract(body, '$.created_by')")]
+    if kind in (None, "member.edit"):
+        rows += [_noted(cid, "member.edit", note, member=mid) for mid, cid, note in filtered(
+            "SELECT m.id, e.key, e.value FROM members m, json_each(m.body, ?) e WHERE 1",
+            "e.key", "json_extract(e.value, '$.op')", f"$.{EDITS}")]
+    wanted = [s for s, a in _CARD_ACTIONS.items() if kind in (None, a)]
+    if wanted:
+        event_id = "json_extract(e.value, '$[0]')"
+        for no, mid, event in filtered(
+                "SELECT c.card_no, c.member, e.value FROM cards c, "
+                f"json_each(c.body, '$.events') e WHERE {event_id} != c.id "  # != its issue
+                f"AND json_extract(e.value, '$[1]') IN ({', '.join('?' * len(wanted))})",
+                event_id, "json_extract(e.value, '$[3]')", *wanted):
+            ev = json.loads(event)
+            action = _CARD_ACTIONS[ev[1]]
+            detail = f"card {no}"
+            if action == "card.replace":
+                new = conn.execute("SELECT card_no FROM cards WHERE id = ?", (ev[2],)).fetchone()
+                detail += f" → {new[0] if new else ev[2]}"
+            rows.append({"id": str(ev[0]), "action": action, "member": mid, "detail": detail,
+                         "operator": str(ev[3]) if len(ev) > 3 else ""})
+    if kind in (None, "operator.add", "operator.set", "role.define", "rule.set"):
+        rows += _governance(ledger, kind)
+    rows = [r for r in rows if r and lo <= r["id"] < hi
+            and (branch is None or r["id"].rsplit(".", 1)[-1] == branch)
+            and (operator is None or operator in (r.get("operator"), r.get("approver")))]
+    rows.sort(key=lambda r: r["id"], reverse=True)
+    names = {o["id"]: o["name"] for o in views.operators(ledger)}
+    out: list[AuditRow] = []
+    for r in rows[:limit]:
+        at = int(r.get("at") or id_time_ms(r["id"]))
+        who, approver = str(r.get("operator") or ""), str(r.get("approver") or "")
+        out.append({
+            "id": r["id"],
+            "time": datetime.fromtimestamp(at / 1000, st.tz).strftime("%Y-%m-%d %H:%M:%S"),
+            "branch": r["id"].rsplit(".", 1)[-1], "action": r["action"],
+            "operator": who, "operator_name": names.get(who, who),
+            "approver": approver, "approver_name": names.get(approver, approver),
+            "member": str(r.get("member") or ""), "amount": int(r.get("amount") or 0),
+            "pay": str(r.get("pay") or ""), "service": str(r.get("service") or ""),
+            "reason": str(r.get("reason") or ""), "ref": str(r.get("ref") or ""),
+            "detail": str(r.get("detail") or ""),
+        })
+    return out
+
+
+COLUMNS = ("time", "branch", "action", "operator", "approver", "member", "amount", "pay",
+           "service", "reason", "ref", "detail", "id")
+
+
+def table(rows: Sequence[AuditRow]) -> list[list[str]]:
+    """The trail as one table, a header then a line per action (amounts in yuan,
+    operators by name): the command line's --csv and its text. The back office's
+    export has the same columns, its headers in the counter's language."""
+    return [list(COLUMNS), *([
+        r["time"], r["branch"], r["action"], r["operator_name"], r["approver_name"],
+        r["member"], format_yuan(r["amount"]) if r["amount"] else "", r["pay"], r["service"],
+        r["reason"], r["ref"], r["detail"], r["id"]] for r in rows)]
+
+
+def _governance(ledger: Ledger, kind: str | None) -> list[dict[str, Any]]:
+    """Operators added and changed, roles defined, rules set (few: read whole)."""
+    conn = ledger.storage.conn
+    rows: list[dict[str, Any]] = []
+    if kind in (None, "operator.add", "operator.set"):
+        for oid, name, body in conn.execute("SELECT id, name, body FROM operators"):
+            data = json.loads(body)
+            if kind in (None, "operator.add"):
+                rows.append({"id": oid, "action": "operator.add", "detail": f"operator {name}",
+                             "operator": str(data.get("created_by") or "")})
+            if kind in (None, "operator.set"):
+                rows += [_noted(cid, "operator.set", note, detail=f"operator {name}")
+                         for cid, note in (data.get(EDITS) or {}).items()]
+    if kind in (None, "role.define"):
+        for role, body in conn.execute("SELECT name, body FROM roles"):
+            rows += [_noted(cid, "role.define", note, detail=f"role {role}")
+                     for cid, note in (json.loads(body).get(EDITS) or {}).items()]
+    if kind in (None, "rule.set"):
+        # The projection keeps a version's body only; who set it is in the record, read
+        # from the rules document (a few dozen versions).
+        for rid, rec in ledger.storage.doc("rules").roots["rules"].items():
+            if isinstance(rec, dict):
+                rows.append({"id": rid, "action": "rule.set", "operator": str(rec.get("by", "")),
+                             "detail": f"{rec.get('kind')} from {rec.get('effective_from')}"})
+    return rows
+
+
+def _noted(change_id: str, action: str, note: Any, **row: str) -> dict[str, Any]:
+    """A change noted in a record's EDITS (commit.note_edit), as a trail row; {} for a
+    note of another shape (only a misbehaving writer makes one)."""
+    n = json.loads(note) if isinstance(note, str) else note
+    if not isinstance(n, dict) or not isinstance(change_id, str):
+        return {}
+    fields = ", ".join(str(f) for f in n.get("fields") or [])
+    detail = "  ".join(d for d in (row.pop("detail", ""), fields) if d)
+    return {"id": change_id, "action": action, "operator": str(n.get("op") or ""),
+            "detail": detail, **row}
+
+
+def _entry_actions(ledger: Ledger, operator: str | None, branch: str | None,
+                   kind: str | None, lo: str, hi: str, limit: int) -> list[dict[str, Any]]:
+    """The newest ledger entries of the filters, as trail rows."""
+    where, args = "id >= ? AND id < ?", [lo, hi]
+    if kind is not None:
+        where += " AND kind = ?"
+        args.append(kind)
+    if branch is not None:
+        where += " AND node = ?"
+        args.append(branch)
+    if operator is not None:
+        where += " AND (op = ? OR json_extract(body, '$.approver') = ?)"
+        args += [operator, operator]
+    conn = ledger.storage.conn
+    out = []
+    for (body,) in conn.execute(
+            f"SELECT body FROM entries WHERE {where} ORDER BY id DESC LIMIT ?", [*args, limit]):
+        e = json.loads(body)
+        detail = _entry_detail(e)
+        if e["kind"] == "card":  # the card issued, by its number
+            no = conn.execute("SELECT card_no FROM cards WHERE id = ?", (e.get("card"),)
+                              ).fetchone()
+            detail = f"card {no[0] if no else e.get('card', '')}"
+        out.append({"id": e["id"], "at": e["at"], "action": e["kind"], "operator": e["op"],
+                    "approver": e.get("approver", ""), "member": e["member"],
+                    "amount": e["amount"], "pay": e.get("pay"), "service": e.get("service"),
+                    "reason": e.get("reason"), "ref": e.get("ref"), "detail": detail})
+    return out
+
+
+def _entry_detail(e: dict[str, Any]) -> str:
+    """What an entry moved beyond its amount, in a few words."""
+    kind, parts = e["kind"], []
+    if kind == "correction":
+        parts += [f"{p} {'+' if c > 0 else '-'}{format_purse(p, abs(c))}"
+                  for p, _n, c in e["deltas"]]
+    elif kind == "transfer":
+        purse = e["deltas"][0][0] if e["deltas"] else "cash"
+        parts.append(f"{purse} rights → {e.get('to', '')}")
+    if e.get("qty") and (int(e["qty"]) > 1 or kind == "package"):
+        parts.append(f"x{e['qty']}")
+    if e.get("bonus"):
+        parts.append(f"bonus {format_yuan(int(e['bonus']))}")
+    if e.get("points") and kind in ("redeem", "convert", "expiry"):
+        parts.append(f"points {e['points']}")
+    for key in ("promotion", "gift", "package"):
+        if e.get(key):
+            parts.append(f"{key} {e[key]}")
+    return "  ".join(parts)

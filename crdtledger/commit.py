@@ -20,7 +20,7 @@ from crdtledger import escrow
 from crdtledger.errors import ClockSkew, InvalidAmount, NotCaughtUp
 from crdtledger.hlc import HybridClock, id_time_ms, wall_ms
 from crdtledger.log import Head, Record, record_hash
-from crdtledger.model import EntryKind, ledger_doc, owner_of
+from crdtledger.model import EDITS, EntryKind, ledger_doc, owner_of
 from crdtledger.money import MAX_AMOUNT
 from crdtledger.projection import project_entry, record_change
 from crdtledger.storage import LoadedDoc, Storage
@@ -49,6 +49,18 @@ def put(doc: str, root: str, key: str, value: Any) -> Write:
     return Write(doc, root, key, lambda r: r.__setitem__(key, value))
 
 
+def note_edit(record: Map[Any], change_id: str, operator: str, fields: Iterable[str]) -> None:
+    """Note in `record` (inside the write's mutate) who changed which fields, under
+    model.EDITS. A record made before the audit trail gets that Map at its first
+    change: two branches changing such a record for the first time while apart both
+    create it, and one of their two notes is lost (the fields themselves are not)."""
+    note = {"op": operator, "fields": sorted(set(fields))}
+    if EDITS in record:
+        record[EDITS][change_id] = note
+    else:
+        record[EDITS] = Map({change_id: note})
+
+
 # Remote entries stamped too far ahead of our clock: the latest are kept for a look.
 SKEW_EVENTS_KEPT = 100
 
@@ -62,7 +74,8 @@ class LedgerBase:
         self.storage = storage
         self.node = storage.node
         self.chain = storage.chain
-        self.clock = HybridClock(self.node, int(storage.meta.get("hlc", "0")), now_ms)
+        self.clock = HybridClock(self.node, int(storage.meta.get("hlc", "0")), now_ms,
+                                 storage.meta.get("hlc_eras"))
         self.owner = owner_of(self.node)
         self._listeners: list[Listener] = []
         self._rules: dict[str, list[tuple[str, str, Any]]] | None = None
@@ -112,7 +125,7 @@ class LedgerBase:
                 self._project_write(ld, w)
                 st.record(ld, updates)
                 committed.extend(self._log_own(w.doc, u) for u in updates)
-            st.keep_clock(self.clock.last)
+            st.keep_clock(self.clock.last, self.clock.eras_text)
         self._notify(committed, None)
         for name in {w.doc for w in writes}:
             st.maybe_compact(name)

@@ -11,16 +11,20 @@ from pycrdt import Map
 
 from crdtledger import views
 from crdtledger.auth import Auth
-from crdtledger.commit import Write, put
+from crdtledger.commit import Write, note_edit, put
 from crdtledger.errors import InvalidInput, NotFound
 from crdtledger.hlc import check_node_id
 from crdtledger.inputs import check_text
-from crdtledger.model import GENDERS, PARTIAL_DATE, member_doc
+from crdtledger.model import EDITS, GENDERS, PARTIAL_DATE, member_doc
 
 MEMBER_FIELDS = ("name", "phone", "gender", "birthday", "anniversary", "home", "level",
-                 "notes", "deleted")
+                 "notes", "deleted", "id_no")
 PREF_KEYS = ("strength", "service", "technician")
 PHONE = re.compile(r"^\+?[0-9][0-9 -]{4,19}$")
+# A resident ID card number (居民身份证号): 18 characters, the last a check digit or X
+# (GB 11643, ISO 7064 MOD 11-2), or the old 15 digits. Optional; duplicates compare it.
+ID_NO = re.compile(r"^([0-9]{17}[0-9Xx]|[0-9]{15})\Z")
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 
 
 class Members(Auth):
@@ -33,11 +37,12 @@ class Members(Auth):
                    birthday: str = "", anniversary: str = "", home: str | None = None,
                    notes: str = "", tags: Iterable[str] = (),
                    prefs: Mapping[str, str] | None = None,
-                   custom: Mapping[str, str] | None = None) -> str:
+                   custom: Mapping[str, str] | None = None, id_no: str = "") -> str:
         self.authorise(operator, "member.add")
         fields = _member_fields(
             {"name": name, "phone": phone, "gender": gender, "birthday": birthday,
-             "anniversary": anniversary, "home": home or self.node, "notes": notes},
+             "anniversary": anniversary, "home": home or self.node, "notes": notes,
+             **({"id_no": id_no} if id_no else {})},
             creating=True,
         )
         if self.storage.conn.execute(
@@ -51,7 +56,7 @@ class Members(Auth):
         mid = self.clock.mint()
 
         record = Map({**fields, "created_by": operator, "prefs": Map(prefs_d),
-                      "tags": Map(tag_d), "custom": Map(custom_d)})
+                      "tags": Map(tag_d), "custom": Map(custom_d), EDITS: Map()})
         self._write(put(member_doc(mid), "members", mid, record))
         return mid
 
@@ -80,6 +85,9 @@ class Members(Auth):
                     (custom or {}).items()}
         tags = {check_text(t, "tag", limit=40): True for t in tags_add}
         tags |= {check_text(t, "tag", limit=40): False for t in tags_remove}
+        change = self.clock.mint()
+        changed = [*f, *(f"prefs.{k}" for k in prefs_d), *(f"custom.{k}" for k in custom_d),
+                   *(["tags"] if tags else [])]
 
         def mutate(root: Map[Any]) -> None:
             m = root[member]
@@ -88,6 +96,7 @@ class Members(Auth):
             for sub, values in (("prefs", prefs_d), ("custom", custom_d), ("tags", tags)):
                 for k, v in values.items():
                     m[sub][k] = v
+            note_edit(m, change, operator, changed)
 
         self._write(Write(member_doc(member), "members", member, mutate))
 
@@ -129,7 +138,23 @@ def _member_fields(fields: Mapping[str, Any], *, creating: bool) -> dict[str, An
             raise InvalidInput(f"{k} must look like 1990-05-17 or 05-17")
     if out.get("home"):
         check_node_id(out["home"])
+    if out.get("id_no"):
+        out["id_no"] = check_id_no(out["id_no"])
     return out
+
+
+def check_id_no(id_no: str) -> str:
+    """An ID card number as stored (X upper-case), or InvalidInput: a typo in the check
+    digit would hide a duplicate."""
+    if not ID_NO.match(id_no):
+        raise InvalidInput("an ID card number is 18 characters (17 digits and a digit or X) "
+                           "or 15 digits")
+    id_no = id_no.upper()
+    if len(id_no) == 18:
+        total = sum(int(c) * w for c, w in zip(id_no, _ID_WEIGHTS, strict=False))
+        if "10X98765432"[total % 11] != id_no[-1]:
+            raise InvalidInput(f"ID card number {id_no} has a wrong check digit")
+    return id_no
 
 
 def _prefs(prefs: Mapping[str, str]) -> dict[str, str]:

@@ -49,19 +49,34 @@ EntryKind = Literal[
     "expiry",  # points that ran out
     "package",  # a package (count card) sold
     "card",  # a card issued (and its fee, if any)
+    # A merged member's rights moved by their holder to the survivor: a pair in one
+    # commit, "out" (member = merged, `to` = survivor, the holder's rights lowered) and
+    # "in" (member = survivor, `ref` = the out entry, the same rights raised). Only the
+    # holder may lower its rights, so every branch sweeps its own (crdtledger.merge).
+    "merge",
 ]
 ENTRY_KINDS: frozenset[str] = frozenset(get_args(EntryKind))
 
-# How a debit is paid: from stored value, from a package's uses, or at the till.
-PayMethod = Literal["stored", "package", "cash"]
-PAY_METHODS: tuple[PayMethod, ...] = get_args(PayMethod)
-# How a package is paid: at the till or from stored value.
-PackagePay = Literal["cash", "stored"]
-PACKAGE_PAY: tuple[PackagePay, ...] = get_args(PackagePay)
+# How something is paid (an entry's `pay`): from the member's purses, the fixed part
+# (a debit from stored value or a package's uses; a package sold from stored value),
+# or at the till by one of the chain's payment methods, the codes of the rule
+# `payment_methods` (cash, wechat, alipay, card, other by default). A top-up is paid at
+# the till only. The rule is checked when an entry is written; a replica accepts any
+# short code it reads (one the chain has since dropped, or added after its own rule).
+PurseMethod = Literal["stored", "package"]
+PURSE_METHODS: tuple[PurseMethod, ...] = get_args(PurseMethod)
+PAY_CODE = re.compile(r"^[a-z][a-z0-9_]{0,15}\Z")  # a method code of the rule
+
+# A member's, operator's or role's Map keeps who changed it under this key: change id
+# -> {"op": operator, "fields": [names]} (commit.note_edit). The id, minted for the
+# change, says when and at which branch. Field names only, never values: an erased
+# member's old data is not kept here. (A card's events carry their operator; a rule
+# version its `by`; an entry its `op` and `approver`.)
+EDITS = "edits"
 
 CardType = Literal["stored_value", "points", "discount", "package", "trial"]
 CARD_TYPES: tuple[CardType, ...] = get_args(CardType)
-# A card's status is the latest of its events (projection.card_status).
+# A card's status is that of the events no later one has seen (projection.card_frontier).
 CardStatus = Literal["active", "lost", "replaced", "returned"]
 CARD_STATUSES: tuple[CardStatus, ...] = get_args(CardStatus)
 
@@ -84,6 +99,7 @@ PERMISSIONS = frozenset(
         "member.edit",
         "member.delete",
         "member.upgrade",
+        "member.merge",  # fold a duplicate member into another (owner, manager)
         "card.issue",
         "card.lost",
         "card.replace",
@@ -101,6 +117,7 @@ PERMISSIONS = frozenset(
         "sync",
         "backup",
         "approve",
+        "audit.view",  # the audit trail: who did what, when, where (owner, manager)
     }
 )
 
@@ -145,13 +162,22 @@ DEFAULT_RULES: dict[str, Any] = {
     "settings": {"timezone": "Asia/Shanghai"},
     "branches": {},  # node id -> display name, e.g. {"SH01": "南京西路店"}; the id if absent
     "revocations": {"crl": ""},  # base64 DER CRL of the chain CA (peer/chain.py); "" = none
+    # How the till takes money, in the order the counter offers them (the first is the
+    # default): a top-up, a package or a service paid at the till names one.
+    "payment_methods": [
+        {"code": "cash", "name_zh": "现金", "name_en": "cash"},
+        {"code": "wechat", "name_zh": "微信", "name_en": "WeChat Pay"},
+        {"code": "alipay", "name_zh": "支付宝", "name_en": "Alipay"},
+        {"code": "card", "name_zh": "银行卡", "name_en": "bank card"},
+        {"code": "other", "name_zh": "其他", "name_en": "other"},
+    ],
 }
 RULE_KINDS = frozenset(DEFAULT_RULES)
 
 
 def is_one_of(value: object, allowed: tuple[T, ...]) -> TypeGuard[T]:
     """`value in allowed`, telling the type checker that `value` is then one of the
-    Literal values `allowed` was derived from (PAY_METHODS, CARD_STATUSES...)."""
+    Literal values `allowed` was derived from (PURSE_METHODS, CARD_STATUSES...)."""
     return value in allowed
 
 

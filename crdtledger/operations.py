@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from crdtledger import settlement, views
+from crdtledger import audit, settlement, views
 from crdtledger.errors import (
     CardInactive,
     CardLost,
@@ -40,6 +40,7 @@ from crdtledger.errors import (
 )
 from crdtledger.hlc import NODE_ID
 from crdtledger.ledger import MAX_TEXT, PHONE, PREF_KEYS, Ledger
+from crdtledger.members import ID_NO
 from crdtledger.model import (
     CARD_NO,
     CARD_STATUSES,
@@ -48,6 +49,7 @@ from crdtledger.model import (
     ID,
     MONEY_PURSES,
     PARTIAL_DATE,
+    PAY_CODE,
     PERMISSIONS,
     PIN,
     PURSE,
@@ -130,10 +132,17 @@ MEMBER_LINE = {"type": "object", "required": ["id", "name", "phone", "home"],
                               "phone": {"type": "string", "description": "masked"}}}
 DAILY = {"type": "object",
          "required": ["day", "branch", "new_members", "sales", "debits", "refunds",
-                      "topup_cash", "topups", "cards_sold", "card_sales"],
+                      "topup_cash", "topups", "cards_sold", "card_sales", "topup_by_method",
+                      "till_by_method"],
          "properties": {"day": STR, "branch": STR, **{k: INT for k in (
              "new_members", "sales", "debits", "refunds", "topup_cash", "topups",
-             "cards_sold", "card_sales")}}}
+             "cards_sold", "card_sales")},
+             "topup_by_method": {**AMOUNTS, "description": "top-up cash by payment method"},
+             "till_by_method": {**AMOUNTS, "description": "packages and services paid at "
+                                "the till by payment method, less refunds of such services"}}}
+AUDIT_ROW = {"type": "object", "required": list(audit.AuditRow.__annotations__),
+             "properties": {k: INT if k == "amount" else STR
+                            for k in audit.AuditRow.__annotations__}}
 SETTLEMENT = {"type": "object", "required": ["pairs", "branches", "net", "total"],
               "properties": {
                   "pairs": {"type": "array", "items": {
@@ -276,13 +285,32 @@ def run(ledger: Ledger, operator: str, name: str, params: Mapping[str, Any]) -> 
     if op is None:
         raise NotFound(f"no operation {name!r}")
     authorise(ledger, operator, op)
-    return op.handler(ledger, operator, validate(op, params))
+    p = validate(op, params)
+    # An operation naming a merged member acts for its survivor (crdtledger.merge) and
+    # says so, rather than failing on a member whose purses have moved.
+    asked = p.get("member")
+    if isinstance(asked, str) and name not in _OWN_RECORD:
+        p["member"] = ledger.survivor_of(asked)
+    result = op.handler(ledger, operator, p)
+    if isinstance(asked, str) and p["member"] != asked and isinstance(result, dict):
+        result = {**result, "acted_for": {"asked": asked, "member": p["member"]}}
+    return result
+
+
+# Operations on the very member record named, merged or not: a profile edit (an
+# erasure of a merged member's own data) and the merge itself.
+_OWN_RECORD = frozenset({"member.edit", "member.merge"})
 
 
 def show(ledger: Ledger, name: str, result: Any, params: Mapping[str, Any]) -> str:
     """How the result of operation `name` reads to a person."""
     op = TABLE[name]
-    return op.show(ledger, result, validate(op, params))
+    text_ = op.show(ledger, result, validate(op, params))
+    if isinstance(result, dict) and "acted_for" in result:
+        a = result["acted_for"]
+        text_ = f"member {a['asked']} was merged into {a['member']}: done for {a['member']}\n" \
+            + text_
+    return text_
 
 
 # --- refusals -------------------------------------------------------------------------
@@ -385,18 +413,20 @@ def signed_amount(purse: str, typed: str) -> int:
 
 
 def member_of(ledger: Ledger, p: Params) -> str:
-    """The member named by id, card number or phone, checked to exist."""
+    """The member named by id, card number or phone, checked to exist; a merged
+    member's survivor (crdtledger.merge)."""
     if p.get("card"):
-        return str(ledger.card(p["card"])["member"])
-    if p.get("phone"):
+        member = str(ledger.card(p["card"])["member"])
+    elif p.get("phone"):
         found = views.member_by_phone(ledger, p["phone"])
         if found is None:
             raise NotFound(f"no member with phone {p['phone'].strip()}")
-        return found
-    member = str(p["member"])
-    if not views.member_exists(ledger, member):
-        raise NotFound(f"unknown member {member}")
-    return member
+        member = found
+    else:
+        member = str(p["member"])
+        if not views.member_exists(ledger, member):
+            raise NotFound(f"unknown member {member}")
+    return ledger.survivor_of(member)
 
 
 def approver_of(p: Params) -> tuple[str, str] | None:
@@ -419,8 +449,9 @@ def show_balance(bal: Mapping[str, Any]) -> str:
 
 def show_entry(entry: Mapping[str, Any], when: str = "") -> str:
     """One line per ledger entry: what changed in the member's money and points."""
-    # A transfer moves rights between branches; the member's money does not change.
-    money = 0 if entry["kind"] == "transfer" else sum(
+    # A transfer moves rights between branches, a merge pair between the members of
+    # one group (crdtledger.merge): the member's money does not change.
+    money = 0 if entry["kind"] in ("transfer", "merge") else sum(
         c for p, _n, c in entry["deltas"] if p in MONEY_PURSES)
     points = sum(c for p, _n, c in entry["deltas"] if p == "points")
     parts = [when, entry["node"], f"{entry['kind']:<10}"]
@@ -428,13 +459,17 @@ def show_entry(entry: Mapping[str, Any], when: str = "") -> str:
         parts.append(f"{'+' if money > 0 else '-'}{format_yuan(abs(money))}")
     elif entry["kind"] in ("debit", "card", "package") and entry.get("amount"):
         parts.append(f"{format_yuan(entry['amount'])} paid at the till")
-    if entry["kind"] == "transfer":
+    if entry["kind"] == "merge":
+        moved = ", ".join(f"{p} {format_purse(p, abs(c))}" for p, _n, c in entry["deltas"])
+        parts.append(f"{moved} moved from {entry['member']} to {entry['to']}" if "to" in entry
+                     else f"{moved} moved in [{entry.get('ref')}]")
+    elif entry["kind"] == "transfer":
         purse = next(p for p, _n, _c in entry["deltas"])
         parts.append(f"{format_purse(purse, entry['amount'])} {purse} rights "
                      f"{entry['node']}→{entry['to']}")
     elif points:
         parts.append(f"points {points:+d}")
-    for key in ("service", "reason", "gift"):
+    for key in ("service", "pay", "reason", "gift"):  # pay: how it was paid, and by what
         if entry.get(key):
             parts.append(f"{key} {entry[key]}")
     parts.append(f"[{entry['id']}]")
@@ -472,6 +507,10 @@ AMOUNT = (Param("amount", FEN, flag=None),
 PERIOD = (Param("from", DAY, help="first day, YYYY-MM-DD"),
           Param("to", DAY, help="last day, YYYY-MM-DD"))
 APPROVAL = Param("approver", APPROVER, help="an operator approving a large amount")
+# How the till was paid: a code of the rule payment_methods, which the ledger checks
+# against the rule in force (the chain may add or drop methods at any time).
+METHODS = "a payment method of the rule payment_methods (cash, wechat, alipay, card, other)"
+PAY_TEXT = text(16, pattern=ecma(PAY_CODE))
 SAME_CARD = {"parameters": {"card_no": "$response.body#/card_no"}}
 
 # --- members ----------------------------------------------------------------------------
@@ -482,6 +521,9 @@ PROFILE = (
     Param("anniversary", DAY_OF_YEAR),
     Param("home", NODE, help="the member's home branch (default: this one)"),
     Param("notes", text()),
+    Param("id_no", text(18, pattern=or_empty(ecma(ID_NO)),
+                        description="a resident ID card number (18 characters) or empty"),
+          help="ID card number (duplicates are found by it too)"),
 )
 
 
@@ -566,6 +608,58 @@ def member_edit(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
                        prefs=p.get("prefs"), custom=p.get("custom"),
                        tags_add=p.get("tags_add", ()), tags_remove=p.get("tags_remove", ()))
     return member_view(ledger, p["member"])
+
+
+# --- duplicate members and their merge (crdtledger.merge) --------------------------------
+
+DUPLICATES = array({"type": "object", "required": ["shared", "members"], "properties": {
+    "shared": {"type": "array", "items": {"type": "string", "enum": ["phone", "id_no"]}},
+    "members": {"type": "array", "items": {
+        "type": "object", "required": ["id", "name", "phone", "home", "day", "balance"],
+        "properties": {"id": STR, "name": STR, "home": STR, "day": STR, "balance": BALANCE,
+                       "phone": {"type": "string", "description": "masked"},
+                       "id_no": {"type": "string", "description": "masked"}}}}}}, 10_000)
+MERGED = {"type": "object", "required": ["member", "into", "group", "entries"],
+          "properties": {"member": STR, "into": STR, "asked_into": STR,
+                         "group": {"type": "array", "items": STR},
+                         "entries": {"type": "array", "items": ENTRY}}}
+
+
+def _show_duplicates(_ledger: Ledger, groups: Any, _p: Params) -> str:
+    lines = []
+    for i, g in enumerate(groups, 1):
+        lines.append(f"group {i}: same {' and '.join(g['shared'])}")
+        lines += [f"  {m['name']}  {m['phone']}  home {m['home']}  joined {m['day']}  "
+                  f"cash {format_yuan(m['balance']['cash'])}  points {m['balance']['points']}"
+                  f"  [{m['id']}]" for m in g["members"]]
+    return "\n".join(lines) or "no duplicate members"
+
+
+@operation("member.duplicates", "Members who look like one person (the same phone or ID "
+           "card number), in groups to merge", needs=frozenset({"member.merge", "reports.view"}),
+           http="GET /duplicates", result=DUPLICATES, show=_show_duplicates)
+def member_duplicates(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]:
+    return views.duplicates(ledger)
+
+
+def _show_merged(ledger: Ledger, r: Any, _p: Params) -> str:
+    moved: dict[str, int] = {}
+    for e in r["entries"]:
+        for purse, _node, change in e["deltas"] if "to" in e else ():
+            moved[purse] = moved.get(purse, 0) - change
+    here = ", ".join(f"{purse} {format_purse(purse, n)}" for purse, n in moved.items())
+    return (f"member {r['member']} merged into {r['into']} (one member now: "
+            f"{', '.join(r['group'])})" + (f"; this branch's rights moved: {here}" if here else "")
+            + f"\n{show_balance(ledger.balance(r['into']))}")
+
+
+@operation("member.merge", "Fold a duplicate member into another: cards, purses, packages, "
+           "points and history then belong to the one who stays", permission="member.merge",
+           http="POST /members/{member}/merge", result=MERGED, show=_show_merged,
+           params=(Param("member", MEMBER_ID, required=True, help="the member to fold"),
+                   Param("into", MEMBER_ID, required=True, help="the member who stays")))
+def member_merge(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.merge_member(operator, p["member"], p["into"])
 
 
 @operation("balance", "Cash (stored value), bonus, points and package uses left, in fen "
@@ -681,9 +775,12 @@ def card_replace(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
 
 
 @operation("topup", "Top up stored value (充值): paid here, held here", permission="topup",
-           http="POST /topup", params=(*PAYER, *AMOUNT, APPROVAL),
+           http="POST /topup",
+           params=(*PAYER, *AMOUNT, APPROVAL,
+                   Param("pay", {**PAY_TEXT, "description": f"how the till was paid: {METHODS}; "
+                                 "default the rule's first"})),
            forms=(PAYER_FORM, Form(("amount", "yuan"))), result=ENTRY,
-           show=_done(lambda e, _p: f"topped up {format_yuan(e['amount'])}" + (
+           show=_done(lambda e, _p: f"topped up {format_yuan(e['amount'])} ({e['pay']})" + (
                f" + bonus {format_yuan(e['bonus'])}" if e.get("bonus") else "")),
            links={"debit": {"requestBody": {"member": "$response.body#/member",
                                             "amount": 100}}})
@@ -692,7 +789,7 @@ def topup(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     # Ledger.topup wants the member; it checks the card (status, PIN) against it.
     member = p["member"] if "member" in p else str(ledger.card(p["card"])["member"])
     return ledger.topup(operator, member, amount, card=p.get("card"), pin=p.get("pin"),
-                        approver=approver_of(p))
+                        approver=approver_of(p), pay=p.get("pay"))
 
 
 @operation("debit", "Charge (扣费): an amount as given, or a service from the price list at "
@@ -700,14 +797,15 @@ def topup(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
            permission="debit", http="POST /debit",
            params=(*PAYER, *AMOUNT, Param("service", SERVICE, help="a service code"),
                    Param("qty", COUNT, default=1),
-                   Param("pay", {"type": "string", "enum": ["stored", "package", "cash"]},
+                   Param("pay", {**PAY_TEXT, "description": "stored (stored value), package "
+                                 f"(a package's uses) or at the till by {METHODS}"},
                          default="stored"),
                    Param("package", ENTRY_ID,
                          help="which package to use (default: the first that fits)")),
            forms=(PAYER_FORM, Form(("amount", "yuan", "service"))), result=ENTRY,
            show=_done(lambda e, p: "charged " + (f"{e['service']} x{e['qty']}: "
                                                  if e.get("service") else "")
-                      + f"{format_yuan(e['amount'])} ({p['pay']})"),
+                      + f"{format_yuan(e['amount'])} ({e['pay']})"),
            links={"refund": {"requestBody": {"debit_id": "$response.body#/id"}}})
 def debit(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return ledger.debit(operator, p.get("member"), amount=amount_of(p, "amount", "yuan"),
@@ -770,15 +868,15 @@ def points_convert(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
            params=(MEMBER, Param("service", SERVICE, required=True),
                    Param("uses", COUNT, required=True), Param("price", FEE, flag=None),
                    Param("price_yuan", YUAN, flag="--price", help="price in yuan"),
-                   Param("pay", {"type": "string", "enum": ["cash", "stored"]},
-                         default="cash")),
+                   Param("pay", {**PAY_TEXT, "description": "stored (from stored value) or "
+                                 f"at the till by {METHODS}; default the rule's first"})),
            forms=(Form(("price", "price_yuan")),), result=ENTRY,
            show=_done(lambda e, _p: f"sold {e['qty']} x {e['service']} for "
-                      f"{format_yuan(e['amount'])}"))
+                      f"{format_yuan(e['amount'])} ({e['pay']})"))
 def package_sell(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     price = required_amount(p, "price", "price_yuan", allow_zero=True)
     return ledger.sell_package(operator, p["member"], p["service"], p["uses"], price,
-                               pay=p["pay"])
+                               pay=p.get("pay"))
 
 
 @operation("correct", "An approved manual adjustment of a purse", permission="adjust",
@@ -808,8 +906,15 @@ def _show_daily(_ledger: Ledger, r: Any, _p: Params) -> str:
         f"sales         {format_yuan(r['sales'])}  ({r['debits']} debits, "
         f"refunds {format_yuan(r['refunds'])})",
         f"top-up cash   {format_yuan(r['topup_cash'])}  ({r['topups']} top-ups)",
+        f"  by method   {_by_method(r['topup_by_method'])}",
+        f"at the till   {_by_method(r['till_by_method'])}  (packages and services, "
+        "less their refunds)",
         f"cards sold    {r['cards_sold']}  ({format_yuan(r['card_sales'])})",
     ))
+
+
+def _by_method(split: Mapping[str, int]) -> str:
+    return "  ".join(f"{m} {format_yuan(v)}" for m, v in split.items()) or "-"
 
 
 @operation("report.daily", "营业报表: one day's new members, sales, top-up cash, cards sold",
@@ -921,6 +1026,46 @@ def operator_set(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
 def role_define(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     ledger.define_role(operator, p["name"], p["permissions"])
     return {"role": p["name"].strip(), "permissions": sorted(set(p["permissions"]))}
+
+
+# --- the audit trail ---------------------------------------------------------------------
+
+AUDIT = frozenset({"audit.view"})
+
+
+def operator_id(ledger: Ledger, who: str) -> str:
+    """An operator named by id (or a node's owner, owner@NODE) or by name."""
+    if ID.match(who) or "@" in who:
+        return who
+    found = [o["id"] for o in views.operators(ledger) if o["name"] == who.strip()]
+    if not found:
+        raise NotFound(f"no operator named {who.strip()}")
+    return found[0]
+
+
+def _show_audit(_ledger: Ledger, rows: Any, _p: Params) -> str:
+    table = [[c for c in r[:-1]] for r in audit.table(rows)]  # without the id column
+    if len(table) == 1:
+        return "no actions"
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in table)
+
+
+@operation("audit", "The audit trail: who did what, when, at which branch (operator, "
+           "approver, action, member, amounts), newest first", needs=AUDIT, http="GET /audit",
+           params=(Param("operator", text(60, minLength=1),
+                         help="an operator's name or id: what they did or approved"),
+                   Param("branch", NODE),
+                   Param("kind", {"type": "string", "enum": list(audit.ACTIONS),
+                                  "description": "an entry kind or a change of a record"}),
+                   *PERIOD, Param("limit", {**LIMIT, "maximum": audit.TRAIL_LIMIT},
+                                  default=500)),
+           result=array(AUDIT_ROW, audit.TRAIL_LIMIT), show=_show_audit, table=audit.table)
+def audit_trail(ledger: Ledger, operator: str, p: Params) -> list[audit.AuditRow]:
+    who = operator_id(ledger, p["operator"]) if "operator" in p else None
+    return audit.trail(ledger, who, p.get("branch"), p.get("kind"), p.get("from"), p.get("to"),
+                       p["limit"])
 
 
 __all__ = ["TABLE", "Form", "Operation", "Param", "Refusal", "authorise", "describe",

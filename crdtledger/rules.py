@@ -12,7 +12,14 @@ from crdtledger.auth import Auth
 from crdtledger.commit import put
 from crdtledger.errors import InvalidAmount, InvalidInput, LedgerError
 from crdtledger.inputs import check_date
-from crdtledger.model import DEFAULT_RULES, LEVEL_BASES, RULE_KINDS, SERVICE_CODE
+from crdtledger.model import (
+    DEFAULT_RULES,
+    LEVEL_BASES,
+    PAY_CODE,
+    PURSE_METHODS,
+    RULE_KINDS,
+    SERVICE_CODE,
+)
 from crdtledger.money import check_amount
 
 
@@ -37,6 +44,11 @@ class Rules(Auth):
                 current = body
         return current
 
+    def payment_methods(self, day: str | None = None) -> tuple[str, ...]:
+        """The codes of the till's payment methods in force, in the rule's order (the
+        first is the default)."""
+        return tuple(str(m["code"]) for m in self.rule("payment_methods", day))
+
     def _versions(self, kind: str) -> list[tuple[str, str, Any]]:
         """Every version of a rule: (effective_from, id, body), in that order."""
         if self._rules is None:
@@ -57,7 +69,9 @@ class Rules(Auth):
         eff = effective_from or self.today()
         check_date(eff, "effective_from")
         rid = self.clock.mint()
-        record = {"kind": kind, "effective_from": eff, "body": json.dumps(body, sort_keys=True)}
+        # `by`: who set it, for the audit trail (the projection keeps only the body).
+        record = {"kind": kind, "effective_from": eff, "body": json.dumps(body, sort_keys=True),
+                  "by": operator}
         self._write(put("rules", "rules", rid, record))
         return rid
 
@@ -116,6 +130,21 @@ def _check_rule(kind: str, body: Any) -> None:
             check_amount(int(body["correction_limit"]))
         elif kind == "level_basis":
             _require(body["basis"] in LEVEL_BASES, f"the basis is one of {LEVEL_BASES}")
+        elif kind == "payment_methods":
+            _require(isinstance(body, list) and 0 < len(body) <= 20,
+                     "payment methods are a list of 1 to 20")
+            codes: set[str] = set()
+            for m in body:
+                code = m["code"]
+                _require(isinstance(code, str) and bool(PAY_CODE.match(code)),
+                         f"method code {code!r} is not 1-16 lower-case letters, digits or _")
+                _require(code not in PURSE_METHODS,
+                         f"{code} is paid from the member's purses, not at the till")
+                _require(code not in codes, f"method {code} appears twice")
+                codes.add(code)
+                for k in ("name_zh", "name_en"):
+                    _require(isinstance(m.get(k, ""), str) and len(m.get(k, "")) <= 40,
+                             f"{code}: {k} is text of at most 40 characters")
         elif kind == "revocations":
             # Base64 text only: whether it is a CRL signed by the chain CA is checked
             # by each node before installing it (peer/chain.py), not here.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from crdtledger.errors import InvalidInput, NotFound
 from crdtledger.hlc import id_time_ms
-from crdtledger.model import PERMISSIONS
+from crdtledger.model import EDITS, PERMISSIONS
 from crdtledger.settlement import KINDS as SETTLED_KINDS
 from crdtledger.settlement import Statement, settle
 
@@ -148,7 +148,8 @@ def mask_id_no(id_no: str) -> str:
     return "*" * max(0, len(id_no) - 4) + id_no[-4:] if id_no else ""
 
 
-def _in(ids: list[str]) -> str:
+def in_(ids: list[str]) -> str:
+    """`IN (?,?,...)` for a list of ids (a member's group)."""
     return f"IN ({','.join('?' * len(ids))})"
 
 
@@ -158,7 +159,7 @@ def balance(conn: sqlite3.Connection, member: str) -> dict[str, Any]:
     out: dict[str, Any] = {"cash": 0, "bonus": 0, "points": 0, "packages": {}}
     ids = member_group(conn, member)
     for purse, total in conn.execute(
-        f"SELECT purse, SUM(amount) FROM rights WHERE member {_in(ids)} GROUP BY purse", ids
+        f"SELECT purse, SUM(amount) FROM rights WHERE member {in_(ids)} GROUP BY purse", ids
     ):
         if purse.startswith("pkg:"):
             out["packages"][purse[4:]] = int(total)
@@ -205,7 +206,7 @@ def member(ledger: Ledger, member_id: str) -> dict[str, Any]:
     data["cards"] = [
         {"id": cid, "card_no": no, "status": status}
         for cid, no, status in conn.execute(
-            f"SELECT id, card_no, status FROM cards WHERE member {_in(ids)} ORDER BY id", ids
+            f"SELECT id, card_no, status FROM cards WHERE member {in_(ids)} ORDER BY id", ids
         )
     ]
     data["level_info"] = level(ledger, member_id)
@@ -500,8 +501,9 @@ def level(ledger: Ledger, member_id: str, profile: Mapping[str, Any] | None = No
 def group_totals(conn: sqlite3.Connection, group: list[str]) -> tuple[int, int]:
     """Cumulative (spent, topped) of a member's group (member_group): a survivor's level
     counts what its merged members spent and topped up."""
-    row = conn.execute(f"SELECT SUM(spent), SUM(topped) FROM totals WHERE member {_in(group)}",
-                       group).fetchone()
+    row = conn.execute(
+        f"SELECT SUM(spent), SUM(topped) FROM totals WHERE member {in_(group)}", group
+    ).fetchone()
     return int(row[0] or 0), int(row[1] or 0)
 
 
@@ -509,7 +511,7 @@ def history(conn: sqlite3.Connection, member_id: str, limit: int = 50) -> list[d
     """Newest first, the member's group's entries together (crdtledger.merge)."""
     ids = member_group(conn, member_id)
     return [json.loads(b) for (b,) in conn.execute(
-        f"SELECT body FROM entries WHERE member {_in(ids)} ORDER BY id DESC LIMIT ?",
+        f"SELECT body FROM entries WHERE member {in_(ids)} ORDER BY id DESC LIMIT ?",
         [*ids, limit])]
 
 
@@ -534,13 +536,18 @@ def points(ledger: Ledger, member_id: str) -> dict[str, Any]:
     debit earned; a write-off (kind `expiry`) takes lots already expired on its day.
     So a redemption never uses up an expired lot on paper, and what is expired and not
     yet written off is exactly what is due (`expired_unwritten`). Transfers move
-    rights between branches and leave the member's points as they are."""
+    rights between branches and leave the member's points as they are.
+
+    A member's group (crdtledger.merge) is replayed as one member: the lots of a
+    merged member keep their expiries, and the merge pairs, which move rights from
+    one member of the group to another, are passed over like transfers."""
     conn = ledger.storage.conn
     day_of = ledger.storage.day_of
     lots: list[list[Any]] = []  # [expires, remaining, earned by entry id]
+    ids = member_group(conn, member_id)
     for (body,) in conn.execute(
-        "SELECT body FROM entries WHERE member = ? AND kind != 'transfer' ORDER BY id",
-        (member_id,),
+        f"SELECT body FROM entries WHERE member {in_(ids)} AND kind NOT IN ('transfer', "
+        "'merge') ORDER BY id", ids,
     ):
         e = json.loads(body)
         change = sum(c for purse, _node, c in e["deltas"] if purse == "points")
@@ -563,11 +570,16 @@ def points(ledger: Ledger, member_id: str) -> dict[str, Any]:
 def members_with_expired_points(ledger: Ledger, node: str, today: str) -> list[str]:
     """Members with a lot of points that expired before `today` and points rights at
     `node`: those whose write-off `node` may owe (the daily housekeeping pass). A
-    scan of the entries' bodies, once a day, not on any till's path."""
-    return [m for (m,) in ledger.storage.conn.execute(
-        "SELECT DISTINCT e.member FROM entries e JOIN rights r ON r.member = e.member "
-        "AND r.purse = 'points' AND r.node = ? AND r.amount > 0 "
-        "WHERE json_extract(e.body, '$.expires') < ? ORDER BY 1", (node, today))]
+    scan of the entries' bodies, once a day, not on any till's path. A merged
+    member's lots are its survivor's, and so are its rights once swept (the pass
+    sweeps first: Ledger.housekeeping)."""
+    conn = ledger.storage.conn
+    expired = {canonical(conn, m) for (m,) in conn.execute(
+        "SELECT DISTINCT member FROM entries WHERE json_extract(body, '$.expires') < ?",
+        (today,))}
+    return [m for (m,) in conn.execute(
+        "SELECT member FROM rights WHERE purse = 'points' AND node = ? AND amount > 0 "
+        "ORDER BY member", (node,)) if m in expired]
 
 
 def _take_points(lots: list[list[Any]], n: int, entry: Mapping[str, Any], day: str) -> None:

@@ -44,6 +44,7 @@ class Shop:
     member: str
     debit: str
     tech: str  # an operator whose only permission is sync
+    twin: str  # the member again, the phone typed another way: a duplicate to merge
 
 
 def furnish(ledger: Ledger) -> Shop:
@@ -56,7 +57,8 @@ def furnish(ledger: Ledger) -> Shop:
     ledger.issue_card(owner, member, "C1", pin="1357")
     ledger.topup(owner, member, 100000)
     debit = ledger.debit(owner, member, amount=20000)["id"]
-    return Shop(member, str(debit), tech)
+    twin = ledger.add_member(owner, name="王芳", phone="138 1234 5678")
+    return Shop(member, str(debit), tech, twin)
 
 
 Params = dict[str, Any]
@@ -71,6 +73,8 @@ SAMPLES: dict[str, Callable[[Shop], Params]] = {
     "member.show": lambda s: {"member": s.member},
     "member.find": lambda s: {"q": "5678", "limit": 5},
     "member.edit": lambda s: {"member": s.member, "notes": "喜欢安静", "tags_add": ["常客"]},
+    "member.duplicates": lambda s: {},
+    "member.merge": lambda s: {"member": s.twin, "into": s.member},
     "balance": lambda s: {"member": s.member},
     "history": lambda s: {"member": s.member, "limit": 2},
     "rights.show": lambda s: {"member": s.member, "purse": "points"},
@@ -82,14 +86,14 @@ SAMPLES: dict[str, Callable[[Shop], Params]] = {
     "card.found": lambda s: {"card_no": "c2"},
     "card.replace": lambda s: {"card_no": "C2", "new_no": "C3", "pin": "1111"},
     "card.return": lambda s: {"card_no": "C3"},
-    "topup": lambda s: {"card": "C1", "pin": "1357", "yuan": "50.00"},
+    "topup": lambda s: {"card": "C1", "pin": "1357", "yuan": "50.00", "pay": "wechat"},
     "debit": lambda s: {"member": s.member, "service": "HAIR", "qty": 1, "pay": "stored"},
     "refund": lambda s: {"debit_id": s.debit, "yuan": "1.00", "reason": "早退"},
     "rights.transfer": lambda s: {"member": s.member, "to": "SH02", "yuan": "2.00"},
     "points.redeem": lambda s: {"member": s.member, "points": 5, "gift": "毛巾"},
     "points.convert": lambda s: {"member": s.member, "points": 100},
     "package.sell": lambda s: {"member": s.member, "service": "FOOT60", "uses": 3,
-                               "price_yuan": "300.00", "pay": "cash"},
+                               "price_yuan": "300.00", "pay": "alipay"},
     "correct": lambda s: {"member": s.member, "purse": "cash", "change_text": "-1.50",
                           "reason": "typo"},
     "report.daily": lambda s: {"branch": "SH01"},
@@ -101,6 +105,7 @@ SAMPLES: dict[str, Callable[[Shop], Params]] = {
     "operator.add": lambda s: {"name": "bob", "password": "bob-secret", "roles": ["cashier"]},
     "operator.set": lambda s: {"id": s.tech, "roles": {"it": True}, "active": True},
     "role.define": lambda s: {"name": "front", "permissions": ["member.add", "topup"]},
+    "audit": lambda s: {"operator": "boss", "kind": "debit", "limit": 5},
 }
 
 
