@@ -21,7 +21,7 @@ from crdtledger.ledger import Ledger
 from crdtledger.model import BUILTIN_ROLES, PERMISSIONS
 from reference_app import layout
 from reference_app.i18n import money, parse_money, tr
-from reference_app.shop import can, operator, shop
+from reference_app.shop import operator, shop
 
 PERMISSION_LABELS: dict[str, tuple[str, str]] = {
     "member.add": ("新建会员", "add members"),
@@ -46,6 +46,7 @@ PERMISSION_LABELS: dict[str, tuple[str, str]] = {
     "sync": ("同步文件", "sync files"),
     "backup": ("备份与导出", "backups and exports"),
     "approve": ("审批大额", "approve large amounts"),
+    "audit.view": ("查看操作日志", "view the audit trail"),
 }
 ROLE_LABELS = {"owner": ("店主", "owner"), "manager": ("店长", "manager"),
                "cashier": ("收银员", "cashier")}
@@ -526,6 +527,38 @@ def branches_page() -> None:
                   on_click=lambda: save_rules(bodies, effective)).mark("save-rules")
 
 
+def payment_methods_page() -> None:
+    """How the till takes money: the counter offers these, in this order (the first is
+    the default), and the daily report splits what it took by them."""
+    ledger = shop().ledger
+    with ui.card().classes("w-full max-w-2xl"):
+        ui.label(tr("收款方式", "Payment methods")).classes("text-lg font-medium")
+        ui.label(tr("充值、售套餐和现场付款的消费记下收款方式，营业日报按方式分列，便于和钱箱、"
+                    "微信、支付宝对账。代码用于记账，第一项为默认。",
+                    "Top-ups, packages and services paid at the till record the method; the "
+                    "daily summary splits by it, to reconcile with the drawer and the payment "
+                    "apps. The code is what the books keep; the first is the default.")
+                 ).classes("text-sm text-grey-7")
+        editor = RowsEditor(
+            [("code", tr("代码", "Code"), "w-32"),
+             ("name_zh", tr("中文名", "Chinese name"), "w-40"),
+             ("name_en", tr("英文名", "English name"), "w-40")],
+            [{k: str(m.get(k, "")) for k in ("code", "name_zh", "name_en")}
+             for m in ledger.rule("payment_methods")])
+        effective = effective_field()
+
+        def bodies() -> dict[str, Any]:
+            methods = [{"code": r["code"].strip().lower(), "name_zh": r["name_zh"].strip(),
+                        "name_en": r["name_en"].strip()}
+                       for r in editor.rows if r["code"].strip()]
+            if not methods:
+                raise InvalidInput("the till needs at least one payment method")
+            return {"payment_methods": methods}
+
+        ui.button(tr("保存收款方式", "Save the payment methods"), icon="save",
+                  on_click=lambda: save_rules(bodies, effective)).mark("save-rules")
+
+
 # --- corrections ------------------------------------------------------------------------
 
 
@@ -650,6 +683,8 @@ def register() -> None:
         ("/admin/promotions", "充值促销", "Promotions", "rules.manage", "redeem",
          promotions_page),
         ("/admin/branches", "分店名称", "Branch names", "rules.manage", "store", branches_page),
+        ("/admin/payments", "收款方式", "Payment methods", "rules.manage", "payments",
+         payment_methods_page),
         ("/admin/corrections", "调账", "Corrections", "adjust", "build", corrections_page),
     ]
     for path, zh, en, permission, icon, build in pages:

@@ -227,6 +227,8 @@ class Counter:
 
     def show(self, member: str | None = None, *, card_no: str | None = None,
              pin: str | None = None) -> None:
+        if member is not None:  # a merged member's card shows the one it was merged into
+            member = self.shop.ledger.survivor_of(member)
         if member is not None and member != self.member:
             self.card_no, self.pin = None, None
         if member is not None:
@@ -328,9 +330,11 @@ class Counter:
                             label=tr("服务项目", "Service")).classes("w-full").mark("service")
             qty = ui.number(tr("数量", "Quantity"), value=1, min=1, max=99, precision=0) \
                 .classes("w-32").mark("qty")
+            # From the card, from a package, or paid at the till by one of the
+            # chain's methods (the history then says so, and the card is untouched).
             pay = ui.radio({"stored": tr("储值卡", "Stored value"),
                             "package": tr("套餐次数", "Package uses"),
-                            "cash": tr("现金 / 其他", "Cash / other")},
+                            **self.shop.pay_methods()},
                            value="stored").props("inline").mark("pay")
             preview = ui.label().classes("text-lg").mark("preview")
 
@@ -392,6 +396,10 @@ class Counter:
                             min=money(int(p["min"])), bonus=money(int(p["bonus"])))
                          + (f"（{p['name']}）" if p.get("name") else "")) \
                     .classes("text-sm text-teal-800")
+            methods = self.shop.pay_methods()
+            ui.label(tr("收款方式", "Paid by")).classes("text-sm text-gray-600")
+            method = ui.radio(methods, value=next(iter(methods))).props("inline") \
+                .mark("topup-pay")
             preview = ui.label().classes("text-lg").mark("preview")
             with ui.column().classes("w-full gap-1") as approval:
                 ui.label(tr("超过 {limit}，需要审批人：", "Above {limit}: an approver must "
@@ -434,7 +442,7 @@ class Counter:
                         if approval.visible and approver.value else None)
                 card, pin = self.card_no, self.pin
                 done = await self.act(
-                    self.shop.operation(self.op, "topup", amount=fen,
+                    self.shop.operation(self.op, "topup", amount=fen, pay=str(method.value),
                                         approver=appr and dict(zip(("name", "password"), appr,
                                                                    strict=True)),
                                         **self._payer(member, card, pin)),
@@ -445,6 +453,42 @@ class Counter:
                     d.close()
 
             self.buttons(d, tr("确认充值", "Confirm top-up"), confirm, "topup-ok")
+
+    def package_dialog(self) -> None:
+        """计次卡: uses of a service, paid from the card or at the till."""
+        assert self.member is not None
+        member = self.member
+        services: dict[str, Any] = self.shop.ledger.rule("services")
+        methods = self.shop.pay_methods()
+        d, body, error = self.dialog(tr("售套餐", "Sell a package") + self._who())
+        with body:
+            svc = ui.select({code: str(v.get("name", code)) for code, v in services.items()},
+                            value=next(iter(services), None), label=tr("服务项目", "Service")) \
+                .classes("w-full").mark("package-service")
+            uses = ui.number(tr("次数", "Uses"), value=10, min=1, max=999, precision=0) \
+                .classes("w-32").mark("package-uses")
+            price = ui.input(tr("价格（元）", "Price (yuan)"), placeholder="1000.00") \
+                .props("outlined inputmode=decimal").classes("w-full").mark("package-price")
+            pay = ui.radio({"stored": tr("储值卡", "Stored value"), **methods},
+                           value=next(iter(methods))).props("inline").mark("package-pay")
+
+            async def confirm() -> None:
+                try:
+                    fen = parse_money(price.value or "")
+                except InvalidAmount as e:
+                    error.set_text(self.shop.refusal(e))
+                    self.refused(e)
+                    return
+                code, n = str(svc.value), int(uses.value or 1)
+                done = await self.act(
+                    self.shop.operation(self.op, "package.sell", member=member, service=code,
+                                        uses=n, price=fen, pay=str(pay.value)),
+                    "package", lambda _e: tr("已售套餐 {what} ×{n}", "Sold {what} ×{n}",
+                                             what=self.shop.service_name(code), n=n), error)
+                if done is not None:
+                    d.close()
+
+            self.buttons(d, tr("确认售出", "Sell"), confirm, "package-ok")
 
     def redeem_dialog(self) -> None:
         assert self.member is not None
@@ -731,6 +775,10 @@ class MemberPanel:
                 ui.button(tr("充值", "Top up"), icon="add_card", color="orange-8",
                           on_click=c.topup_dialog).props("size=lg").classes("px-8") \
                     .mark("topup")
+            if can("package.sell"):
+                ui.button(tr("售套餐", "Sell a package"), icon="confirmation_number",
+                          on_click=c.package_dialog).props("outline size=lg") \
+                    .mark("sell-package")
             if can("points.redeem"):
                 ui.button(tr("积分兑换", "Redeem points"), icon="redeem",
                           on_click=c.redeem_dialog).props("outline size=lg").mark("redeem")
@@ -747,7 +795,9 @@ class MemberPanel:
         c = self.counter
         s = c.shop
         tz = ZoneInfo(str(s.ledger.rule("settings").get("timezone") or "Asia/Shanghai"))
-        entries = [e for e in s.ledger.history(member, limit=40) if e["kind"] != "transfer"]
+        # Rights moved between branches or between merged members: no money changed.
+        entries = [e for e in s.ledger.history(member, limit=40)
+                   if e["kind"] not in ("transfer", "merge")]
         refunded = {e.get("ref") for e in entries if e["kind"] == "refund"}
         with ui.card().classes("w-full gap-1"):
             ui.label(tr("最近记录", "Last visits")).classes("text-lg font-bold")
@@ -809,6 +859,9 @@ def _describe(s: Shop, e: dict[str, Any]) -> str:
             text += f" ×{e['qty']}"
     if kind == "debit" and e.get("pay") == "package":
         text += tr("（套餐）", " (package)")
+    elif kind in ("debit", "topup", "package") and e.get("pay"):
+        # How it was paid: from the card (储值) or at the till, and by what.
+        text += f" · {s.pay_label(str(e['pay']))}"
     if kind == "topup" and e.get("bonus"):
         text += tr("，送 {b}", ", bonus {b}", b=money(int(e["bonus"])))
     if kind == "redeem" and e.get("gift"):
@@ -825,11 +878,12 @@ def _entry_amount(e: dict[str, Any]) -> tuple[str, str]:
         return tr("{n} 次", "{n} use(s)", n=e.get("qty", 1)), ""
     if not amount:
         return "", ""
-    if kind == "debit":
+    if kind in ("debit", "package") and e.get("pay") == "stored":  # off the card
         return f"-{money(amount)}", ""
     if kind in ("topup", "refund", "convert"):
         return f"+{money(amount)}", "text-green-8"
-    return money(amount), "text-gray-600"  # paid at the till: a package, a card fee
+    # Paid at the till (a service, a package, a card fee): the card is untouched.
+    return money(amount), "text-gray-600"
 
 
 def _is_zh() -> bool:

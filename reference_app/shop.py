@@ -35,6 +35,7 @@ from crdtledger.errors import (
     WrongPin,
 )
 from crdtledger.ledger import Ledger
+from crdtledger.model import DEFAULT_RULES
 from crdtledger.money import format_purse
 from crdtledger.throttle import LoginThrottle
 from peer.node import Node
@@ -134,6 +135,24 @@ class Shop:
             return ""
         svc = self.ledger.rule("services").get(code)
         return str(svc.get("name") or code) if isinstance(svc, dict) else code
+
+    def pay_methods(self) -> dict[str, str]:
+        """The till's payment methods in force (code -> name), the default first."""
+        return {str(m["code"]): self.pay_label(str(m["code"]))
+                for m in self.ledger.rule("payment_methods")}
+
+    def pay_label(self, code: str | None) -> str:
+        """How something was paid, as the counter says it: from stored value, from a
+        package, or by a method of the rule (of the default rule, for an old entry
+        whose method the chain has since dropped; else its code)."""
+        if code == "stored":
+            return tr("储值", "stored value")
+        if code == "package":
+            return tr("套餐", "package")
+        for m in [*self.ledger.rule("payment_methods"), *DEFAULT_RULES["payment_methods"]]:
+            if m.get("code") == code:
+                return tr(str(m.get("name_zh") or code), str(m.get("name_en") or code))
+        return code or ""
 
     # --- refusals ---------------------------------------------------------------
 
