@@ -341,9 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
             owner = groups[group[0]]
         help = op.summary[:1].lower() + op.summary[1:]
         leaf = owner.add_parser(leaf_name, help=help, description=op.summary)
-        # An operation with a password of its own (a new operator's) takes the acting
-        # operator's before the command or from the environment.
-        add_common(leaf, password=not any(_flag(p) == "--password" for p in op.params))
+        # An operation with a password of its own (a new operator's), or an operator of
+        # its own (the audit trail's filter), takes the acting operator's before the
+        # command (and the password from the environment).
+        flags = {_flag(p) for p in op.params}
+        add_common(leaf, operator="--operator" not in flags, password="--password" not in flags)
         add_operation(leaf, op)
         if op.table is not None:
             leaf.add_argument("--csv", action="store_true",
