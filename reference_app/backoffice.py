@@ -25,7 +25,7 @@ from typing import Any, cast
 
 from nicegui import events, run, ui
 
-from crdtledger import operations, settlement, views
+from crdtledger import audit, operations, settlement, views
 from crdtledger.errors import (
     ForeignChain,
     LedgerError,
@@ -113,11 +113,11 @@ def follow_period(state: dict[str, str], start_in: ui.input, end_in: ui.input,
     body()
 
 
-def export_button(label: str, make: Callable[[], tuple[bytes, str]], marker: str
-                  ) -> ui.button:
+def export_button(label: str, make: Callable[[], tuple[bytes, str]], marker: str,
+                  permission: str = "reports.view") -> ui.button:
     def download() -> None:
         try:
-            require("reports.view")
+            require(permission)
             data, filename = make()
         except LedgerError as e:
             refuse(e)
@@ -178,15 +178,47 @@ def daily_rows(ledger: Ledger, day: str) -> list[dict[str, Any]]:
     return rows
 
 
+# The daily report's splits by payment method: key, zh, en.
+SPLITS = (("topup_by_method", "充值", "Top-up"), ("till_by_method", "收银", "Till"))
+
+
+def methods_in(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The payment methods a report names: the rule's, in its order, then any other
+    an entry used (one the chain has since dropped)."""
+    seen = [m for r in rows for key, _zh, _en in SPLITS for m in r[key]]
+    return list(dict.fromkeys([*shop().pay_methods(), *seen]))
+
+
 def daily_csv(ledger: Ledger, day: str) -> bytes:
+    rows = daily_rows(ledger, day)
+    methods = methods_in(rows)
     header = [tr("日期", "Day"), tr("分店", "Branch"),
-              *[tr(zh, en) for _k, zh, en, _m in DAILY_FIELDS]]
-    rows = []
-    for r in daily_rows(ledger, day):
+              *[tr(zh, en) for _k, zh, en, _m in DAILY_FIELDS],
+              *[f"{tr(zh, en)} {shop().pay_label(m)}" for _k, zh, en in SPLITS for m in methods]]
+    out = []
+    for r in rows:
         name = tr("合计", "Total") if r["branch"] == "all" else shop().branch_name(r["branch"])
-        rows.append([day, name, *[yuan(r[k]) if is_money else r[k]
-                                  for k, _zh, _en, is_money in DAILY_FIELDS]])
-    return csv_bytes(header, rows)
+        out.append([day, name, *[yuan(r[k]) if is_money else r[k]
+                                 for k, _zh, _en, is_money in DAILY_FIELDS],
+                    *[yuan(r[k].get(m, 0)) for k, _zh, _en in SPLITS for m in methods]])
+    return csv_bytes(header, out)
+
+
+def methods_card(total: dict[str, Any]) -> None:
+    """当天收款方式: what the till took by method, to reconcile with the drawer and the
+    payment apps: top-ups, and packages and services paid at the till (less refunds)."""
+    with ui.card().classes("min-w-96"):
+        ui.label(tr("收款方式", "By payment method")).classes("font-medium")
+        with ui.grid(columns=4).classes("gap-x-6 gap-y-1 items-center").mark("by-method"):
+            for text in (tr("方式", "Method"), tr("充值收款", "Top-ups"),
+                         tr("收银（服务、套餐）", "Till (services, packages)"),
+                         tr("合计", "Total")):
+                ui.label(text).classes("text-sm text-grey-7")
+            for m in methods_in([total]):
+                topup, till = total["topup_by_method"].get(m, 0), total["till_by_method"].get(m, 0)
+                ui.label(shop().pay_label(m))
+                for fen in (topup, till, topup + till):
+                    ui.label(money(fen)).classes("text-right tabular-nums")
 
 
 def daily_page() -> None:
@@ -216,6 +248,7 @@ def daily_page() -> None:
                     ui.label(tr(zh, en)).classes("text-sm text-grey-7")
                     value = money(total[key]) if is_money else str(total[key])
                     ui.label(value).classes("text-2xl font-semibold")
+        methods_card(total)
         columns = [{"name": "branch", "label": tr("分店", "Branch"), "field": "branch",
                     "align": "left"}]
         columns += [{"name": k, "label": tr(zh, en), "field": k, "align": "right"}
@@ -974,6 +1007,117 @@ def backup_card(ledger: Ledger) -> None:
                   ).props("outline").mark("backup")
 
 
+# --- audit trail ------------------------------------------------------------------------
+
+
+def action_labels() -> dict[str, str]:
+    """The audit trail's actions (crdtledger.audit.ACTIONS) as the counter names them."""
+    return {
+        "topup": tr("充值", "top-up"), "debit": tr("消费", "service"),
+        "refund": tr("退款", "refund"), "transfer": tr("转移储值权利", "rights moved"),
+        "redeem": tr("积分兑换", "points redeemed"), "convert": tr("积分转储值", "points to value"),
+        "correction": tr("调账", "correction"), "expiry": tr("积分过期", "points expired"),
+        "package": tr("售套餐", "package sold"), "card": tr("发卡", "card issued"),
+        "merge": tr("合并会员", "members merged"), "member.add": tr("新会员", "member added"),
+        "member.edit": tr("修改会员资料", "member edited"), "card.lost": tr("挂失", "card lost"),
+        "card.found": tr("解除挂失", "card found"), "card.return": tr("退卡", "card returned"),
+        "card.replace": tr("补卡", "card replaced"),
+        "operator.add": tr("添加操作员", "operator added"),
+        "operator.set": tr("修改操作员", "operator changed"),
+        "role.define": tr("设置角色权限", "role defined"), "rule.set": tr("修改规则", "rule set"),
+    }
+
+
+AUDIT_HEADERS = (("time", "时间", "Time"), ("branch", "分店", "Branch"),
+                 ("action", "操作", "Action"), ("operator", "操作员", "Operator"),
+                 ("approver", "审批人", "Approver"), ("member", "会员", "Member"),
+                 ("amount", "金额", "Amount"), ("pay", "支付方式", "Paid by"),
+                 ("service", "项目", "Service"), ("reason", "原因", "Reason"),
+                 ("ref", "关联单号", "Refers to"), ("detail", "详情", "Detail"),
+                 ("id", "单号", "Entry"))
+
+
+def audit_rows(ledger: Ledger, f: Mapping[str, str]) -> list[list[str]]:
+    """The trail with the filters `f` (empty: any), as the counter shows and exports
+    it: the columns of `crdtledger audit --csv` (audit.COLUMNS), branches, actions,
+    methods and services by name, members by name and id."""
+    params = {"operator": f.get("operator"), "branch": f.get("branch"), "kind": f.get("kind"),
+              "from": f.get("start"), "to": f.get("end")}
+    rows = operations.run(ledger, operator() or "", "audit", {
+        "limit": audit.TRAIL_LIMIT, **{k: v for k, v in params.items() if v}})
+    labels, names = action_labels(), {}
+    out = []
+    for r in rows:
+        mid = r["member"]
+        if mid and mid not in names:
+            found = ledger.find_members(mid, limit=1)
+            names[mid] = f"{found[0]['name']} ({mid})" if found else mid
+        out.append([r["time"], shop().branch_name(r["branch"]),
+                    labels.get(r["action"], r["action"]),
+                    shop().operator_name(r["operator"]) if r["operator"] else "",
+                    shop().operator_name(r["approver"]) if r["approver"] else "",
+                    names.get(mid, ""), yuan(r["amount"]) if r["amount"] else "",
+                    shop().pay_label(r["pay"]), shop().service_name(r["service"]),
+                    r["reason"], r["ref"], r["detail"], r["id"]])
+    return out
+
+
+def audit_page() -> None:
+    ledger = shop().ledger
+    start, end = default_period(ledger, 7)
+    state = {"start": start, "end": end, "operator": "", "branch": "", "kind": ""}
+    labels = action_labels()
+    with ui.row().classes("items-center gap-4"):
+        start_in = date_field(tr("从", "From"), start)
+        end_in = date_field(tr("到", "To"), end)
+        everyone = {"": tr("全部", "all")}
+        who = ui.select({**everyone, **{o["id"]: o["name"] for o in views.operators(ledger)},
+                         ledger.owner: shop().operator_name(ledger.owner)},
+                        value="", label=tr("操作员", "Operator")).props("dense outlined") \
+            .classes("w-44").mark("audit-operator")
+        where = ui.select({**everyone, **{n: shop().branch_name(n) for n in branches(ledger)}},
+                          value="", label=tr("分店", "Branch")).props("dense outlined") \
+            .classes("w-44").mark("audit-branch")
+        kind = ui.select({**everyone, **{a: labels.get(a, a) for a in audit.ACTIONS}},
+                         value="", label=tr("操作", "Action")).props("dense outlined") \
+            .classes("w-44").mark("audit-kind")
+        export_button(tr("导出 CSV", "Export CSV"), lambda: (
+            csv_bytes([tr(zh, en) for _k, zh, en in AUDIT_HEADERS], audit_rows(ledger, state)),
+            f"audit-{state['start'] or 'all'}-{state['end'] or ledger.today()}.csv"),
+            "export-audit", permission="audit.view")
+
+    @ui.refreshable
+    def body() -> None:
+        try:
+            require("audit.view")
+            rows = audit_rows(ledger, state)
+        except LedgerError as e:
+            ui.label(shop().refusal(e)).classes("text-negative")
+            return
+        shown = rows[:SCREEN_ROWS]
+        if len(rows) > len(shown):
+            ui.label(tr("显示最近 {n} 条；CSV 包含全部 {m} 条",
+                        "Showing the latest {n}; the CSV has all {m}", n=len(shown), m=len(rows))
+                     ).classes("text-sm text-grey-7")
+        keys = [k for k, _zh, _en in AUDIT_HEADERS]
+        ui.table(columns=[{"name": k, "label": tr(zh, en), "field": k,
+                           "align": "right" if k == "amount" else "left"}
+                          for k, zh, en in AUDIT_HEADERS if k not in ("ref", "id")],
+                 rows=[dict(zip(keys, r, strict=True)) for r in shown], row_key="id",
+                 pagination=50).props("flat bordered dense").classes("w-full").mark("audit")
+
+    def choose(key: str) -> Callable[[events.ValueChangeEventArguments[Any]], None]:
+        def on_change(e: events.ValueChangeEventArguments[Any]) -> None:
+            state[key] = str(e.value or "")
+            body.refresh()
+
+        return on_change
+
+    for field, key in ((who, "operator"), (where, "branch"), (kind, "kind")):
+        field.on_value_change(choose(key))
+    follow_period(state, start_in, end_in, body)
+
+
 # --- registration -----------------------------------------------------------------------
 
 
@@ -985,6 +1129,7 @@ def register() -> None:
         ("/office/settlement", "分店结算", "Settlement", "reports.view", "handshake",
          settlement_page),
         ("/office/members", "会员资料", "Member data", "reports.view", "badge", members_page),
+        ("/office/audit", "操作日志", "Audit trail", "audit.view", "policy", audit_page),
         ("/office/sync", "同步与备份", "Sync and backup", None, "sync", sync_page),
     ]
     for path, zh, en, permission, icon, build in pages:
