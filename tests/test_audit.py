@@ -20,12 +20,14 @@ import pytest
 from app_fixtures import CASHIER, OWNER, CounterApp
 from conftest import Cli
 from helpers import FakeClock, new_ledger, snapshot, sync
+from pycrdt import Map
 from test_api import AMY_PW, BOSS_PW, Api, serving, with_operators
 
 from crdtledger import audit
+from crdtledger.commit import Write, put
 from crdtledger.errors import InvalidInput, PermissionDenied
 from crdtledger.ledger import Ledger
-from crdtledger.model import BUILTIN_ROLES
+from crdtledger.model import BUILTIN_ROLES, member_doc
 from crdtledger.operations import run
 from peer.api import Standalone
 
@@ -112,6 +114,30 @@ def test_reading_the_trail_needs_audit_view(a: Ledger) -> None:
         run(a, amy, "audit", {})
     assert [r["action"] for r in run(a, boss, "audit", {"operator": "amy"})] == []
     assert len(run(a, boss, "audit", {})) == 3  # the three operators added
+
+
+def test_records_written_before_the_trail_still_read(a: Ledger, b: Ledger) -> None:
+    """A member without the `edits` Map and a card event without an operator, as a
+    version before the trail wrote them: replicas read them, the trail lists the event
+    with no operator, and the member's first change creates the Map."""
+    boss, _eve, _amy = staffed(a)
+    mid = a.clock.mint()
+    a._write(put(member_doc(mid), "members", mid, Map({
+        "name": "老会员", "phone": "13900000000", "home": "SH01", "created_by": a.owner,
+        "prefs": Map(), "tags": Map(), "custom": Map()})))
+    a.issue_card(a.owner, mid, "OLD1")
+    cid, eid = a.card("OLD1")["id"], a.clock.mint()
+    a._write(Write(member_doc(mid), "cards", cid,
+                   lambda root: root[cid]["events"].append([eid, "lost", ""])))
+    assert a.card("OLD1")["status"] == "lost"
+    a.edit_member(boss, mid, fields={"notes": "常客"})
+    sync(a, b)
+    for ledger in (a, b):
+        rows = audit.trail(ledger, kind="card.lost") + audit.trail(ledger, kind="member.edit")
+        assert [(r["action"], r["operator"], r["detail"]) for r in rows] == [
+            ("card.lost", "", "card OLD1"), ("member.edit", boss, "notes")]
+        assert ledger.card("OLD1")["status"] == "lost"
+    assert audit.trail(a, operator=boss, kind="card.lost") == []
 
 
 # --- the command line ----------------------------------------------------------------
