@@ -1,13 +1,21 @@
 """Hybrid logical clock and node-minted ids.
 
 A timestamp is 48 bits of wall-clock milliseconds and a 16-bit counter, so it sorts
-like time yet never repeats or runs backwards on one node (Kulkarni et al., 2014).
-Paired with the node id it is globally unique, which is all an id needs to be: only
-the node that creates a thing mints its id, so two nodes never claim the same key.
+like time (Kulkarni et al., 2014). Paired with the node id it is globally unique,
+which is all an id needs to be: only the node that creates a thing mints its id, so
+two nodes never claim the same key.
+
+A node never mints one timestamp twice. Within an *era* its timestamps only grow; the
+counter's top ERA_BITS name the era, so timestamps of two eras never meet. A node
+whose clock went back by more than MAX_CLOCK_SKEW_MS (it ran ahead and was fixed,
+or the chain's time corrected it: crdtledger.peerclock) starts a new era at the
+right time instead of minting ahead until real time catches up; an era is taken
+again only once the wall clock has passed everything minted in it.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
@@ -15,10 +23,22 @@ from collections.abc import Callable
 from crdtledger.errors import ClockSkew, InvalidInput
 
 # A remote clock further ahead than this is not adopted: one branch with a wrong
-# clock must not drag every other branch's timestamps into the future.
+# clock must not drag every other branch's timestamps into the future. So a clock
+# further ahead of its own wall clock than this went back itself (see `now`).
 MAX_CLOCK_SKEW_MS = 5 * 60 * 1000
+# A branch whose clock differs from the chain's by more than this is told so, and
+# mints by the chain's time (crdtledger.peerclock). Clocks kept by NTP differ by
+# milliseconds; a till set by hand drifts minutes a year.
+CLOCK_OFF_LIMIT_MS = 2 * 60 * 1000
 _COUNTER_BITS = 16
 _COUNTER_MAX = (1 << _COUNTER_BITS) - 1
+# 64 eras of 1,024 timestamps per millisecond: a till mints one or two per sale.
+ERA_BITS = 6
+ERAS = 1 << ERA_BITS
+_SEQ_BITS = _COUNTER_BITS - ERA_BITS
+_SEQ_MAX = (1 << _SEQ_BITS) - 1
+# The eras of a store made with eras: the first, nothing minted in any other.
+FRESH_ERAS = '{"era": 0, "max": {}}'
 
 _B32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford's alphabet, as in ULID
 _B32_SET = frozenset(_B32)
@@ -62,28 +82,88 @@ def wall_ms(ts: int) -> int:
     return ts >> _COUNTER_BITS
 
 
+def era_of(ts: int) -> int:
+    return (ts & _COUNTER_MAX) >> _SEQ_BITS
+
+
 class HybridClock:
-    def __init__(self, node: str, last: int = 0, now_ms: Callable[[], int] | None = None) -> None:
+    """`eras`: what the store kept of the clock's eras (`eras_text`); None for a store
+    made before eras, whose ids may use any counter: every other era then counts as
+    used up to `last`."""
+
+    def __init__(self, node: str, last: int = 0, now_ms: Callable[[], int] | None = None,
+                 eras: str | None = FRESH_ERAS) -> None:
         self.node = check_node_id(node)
         self.last = last
         self._now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
         self.max_skew_seen_ms = 0
+        # The chain's time minus this machine's clock, when this machine's is off
+        # (set by the node core from what its peers say: crdtledger.peerclock).
+        self.offset_ms = 0
+        # How many nodes' clocks agree with this one's time, itself included: told
+        # to peers in the hello, so a branch that reaches only a hub can tell whose
+        # clock is wrong.
+        self.agree = 1
+        self.era = 0
+        # The highest timestamp minted (or adopted) in each other era: the current
+        # era's is `last`.
+        self.era_max: dict[int, int] = {}
+        if eras is None:
+            self.era_max = {e: last for e in range(1, ERAS)}
+        else:
+            kept = json.loads(eras)
+            self.era = int(kept["era"])
+            self.era_max = {int(e): int(m) for e, m in kept["max"].items()}
+        self.eras_text = self._eras_text()
 
-    def wall(self) -> int:
-        """Wall-clock milliseconds as this node sees them (simulated in the simulator)."""
+    def _eras_text(self) -> str:
+        return json.dumps({"era": self.era, "max": {str(e): m for e, m in
+                                                    sorted(self.era_max.items())}})
+
+    def raw_wall(self) -> int:
+        """This machine's clock in ms (simulated in the simulator)."""
         return self._now_ms()
 
+    def wall(self) -> int:
+        """Wall-clock milliseconds as the chain sees them: this machine's clock,
+        corrected when it is off (`offset_ms`)."""
+        return self._now_ms() + self.offset_ms
+
     def now(self) -> int:
-        wall = self._now_ms() << _COUNTER_BITS
-        self.last = wall if wall > self.last else self.last + 1
-        if self.last & _COUNTER_MAX == _COUNTER_MAX:
-            # 65k ids in one millisecond: borrow the next millisecond rather than wrap.
-            self.last += 1
+        wall = self.wall()
+        if wall_ms(self.last) - wall > MAX_CLOCK_SKEW_MS:
+            self._new_era(wall)
+        self.last = self._after(max(self.last, (wall << _COUNTER_BITS) - 1))
         return self.last
+
+    def _after(self, ts: int) -> int:
+        """The smallest timestamp of the current era above `ts`: 1,024 per
+        millisecond, then the next millisecond is borrowed."""
+        base = self.era << _SEQ_BITS
+        counter = ts & _COUNTER_MAX
+        if counter < base:
+            return ts - counter + base
+        if counter < base | _SEQ_MAX:
+            return ts + 1
+        return ts - counter + (1 << _COUNTER_BITS) + base
+
+    def _new_era(self, wall: int) -> None:
+        """The clock went back: mint from `wall` again, in an era whose timestamps are
+        all below it. If every era holds some above it, go on from `last` (the ids
+        run ahead until the wall clock catches up, as they did before eras)."""
+        floor = wall << _COUNTER_BITS
+        free = [e for e in range(ERAS) if e != self.era and self.era_max.get(e, 0) < floor]
+        if not free:
+            return
+        self.era_max[self.era] = self.last
+        self.era = free[0]
+        self.era_max.pop(self.era, None)
+        self.last = floor - 1
+        self.eras_text = self._eras_text()
 
     def observe(self, remote: int) -> None:
         """Move past a timestamp seen from a peer, unless it is implausibly far ahead."""
-        local_ms = self._now_ms()
+        local_ms = self.wall()
         skew = wall_ms(remote) - local_ms
         if skew > self.max_skew_seen_ms:
             self.max_skew_seen_ms = skew
@@ -91,6 +171,18 @@ class HybridClock:
             raise ClockSkew(wall_ms(remote), local_ms)
         if remote > self.last:
             self.last = remote
+
+    def minted(self, ts: int) -> None:
+        """A timestamp this node minted, come back from a peer (a node restored from a
+        backup gets back what it wrote after it): never mint it again, however far
+        ahead it is. One of the current era is adopted (a new era starts at the
+        next id if it is far ahead); one of another era raises that era's mark."""
+        era = era_of(ts)
+        if era == self.era:
+            self.last = max(self.last, ts)
+        elif ts > self.era_max.get(era, 0):
+            self.era_max[era] = ts
+            self.eras_text = self._eras_text()
 
     def mint(self) -> str:
         """A new globally unique, time-sortable id: '<13 base32 chars>.<node>'."""

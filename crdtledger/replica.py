@@ -104,9 +104,13 @@ class Replica(LedgerBase):
         limit = self.clock.wall() + MAX_CLOCK_SKEW_MS
         latest = 0
         for e in entries:
-            # Our own entries too: a node restored from a backup gets back from its
-            # peers what it wrote after the backup, and must never mint those ids again.
             ts = decode(e["id"].split(".", 1)[0])
+            if e["node"] == self.node:
+                # Our own, come back: a node restored from a backup gets back what it
+                # wrote after the backup, and must never mint those ids again,
+                # however far ahead its clock ran then (hlc: eras).
+                self.clock.minted(ts)
+                continue
             if wall_ms(ts) <= limit:
                 latest = max(latest, ts)
                 continue
@@ -493,7 +497,7 @@ class Replica(LedgerBase):
                     project_deferred(st.conn, st.day_of)  # entries whose funding just came
                 except sqlite3.IntegrityError as e:
                     raise RemoteProtocolError(f"refused by the store ({e})") from None
-            st.keep_clock(self.clock.last)
+            st.keep_clock(self.clock.last, self.clock.eras_text)
         plan.touched += touched
 
     def _release(self, plan: VerifiedBatch, refused: dict[tuple[str, int], RuleBroken],

@@ -103,6 +103,10 @@ CREATE TABLE IF NOT EXISTS members(
 CREATE INDEX IF NOT EXISTS members_phone ON members(phone);
 CREATE INDEX IF NOT EXISTS members_name ON members(name);
 CREATE INDEX IF NOT EXISTS members_day ON members(day);
+-- Members merged into another (crdtledger.merge): who was folded into whom is asked on
+-- every debit (a survivor's group), so it is an index, holding merged members only.
+CREATE INDEX IF NOT EXISTS members_merged ON members(json_extract(body, '$.merged_into'))
+    WHERE json_extract(body, '$.merged_into') IS NOT NULL;
 CREATE TABLE IF NOT EXISTS cards(
     id TEXT PRIMARY KEY, card_no TEXT NOT NULL, member TEXT NOT NULL,
     status TEXT NOT NULL, body TEXT NOT NULL);
@@ -404,7 +408,8 @@ class Storage:
                 "INSERT INTO meta VALUES (?, ?)",
                 [("format", str(FORMAT_VERSION)), ("node", node), ("chain", chain),
                  ("client_id", str(client_id_for(node, 0))), ("timezone", timezone),
-                 ("hlc", "0"), ("created_at", str(int(time.time())))],
+                 ("hlc", "0"), ("hlc_eras", hlc.FRESH_ERAS),
+                 ("created_at", str(int(time.time())))],
             )
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
@@ -449,13 +454,18 @@ class Storage:
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
         self.meta[key] = value
 
-    def keep_clock(self, last: int) -> None:
+    def keep_clock(self, last: int, eras: str | None = None) -> None:
         """Persist a ceiling above every timestamp issued (inside the transaction that
         used them), so a restarted node never issues one again, even if the wall clock
         went back. A ceiling a little ahead is written once per lease instead of the
         clock at every commit: one page fewer per debit. The price: after a restart,
-        ids may run up to a lease ahead of the wall clock until it catches up."""
-        if last > int(self.meta["hlc"]):
+        ids may run up to a lease ahead of the wall clock until it catches up.
+        `eras` (HybridClock.eras_text): when the clock changed era, the ceiling is the
+        new era's, lower than the old one's, which `eras` keeps."""
+        if eras is not None and eras != self.meta.get("hlc_eras"):
+            self.set_meta("hlc_eras", eras)
+            self.set_meta("hlc", str(last + (CLOCK_LEASE_MS << 16)))
+        elif last > int(self.meta["hlc"]):
             self.set_meta("hlc", str(last + (CLOCK_LEASE_MS << 16)))
 
     def day_start_id(self, day: str, days_later: int = 0) -> str:
