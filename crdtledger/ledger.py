@@ -9,7 +9,8 @@ path (`commit.LedgerBase._commit`):
 - `rules`: rule versions and their shape checks;
 - `members`, `cards`: profiles and cards;
 - `payments`: top-ups, debits, refunds, rights transfers, points, packages,
-  corrections, and the reads of a member's purses.
+  corrections, and the reads of a member's purses;
+- `merge`: duplicate members folded into one, and the sweep of their rights.
 
 Mixins rather than delegating objects: a debit is benchmarked, and a method found
 through the class's MRO costs nothing per call, where a forwarding call would. And
@@ -81,9 +82,11 @@ class Ledger(Payments, Replica):
 
     def housekeeping(self) -> list[dict[str, Any]]:
         """What this node owes the chain on a schedule, without a till asking: it
-        writes off the expired points it holds. The node core runs it at start and
-        once a day (core.HOUSEKEEPING_S); returns the entries written."""
-        return self.expire_due_points()
+        sweeps the rights it holds of merged members to their survivors
+        (crdtledger.merge), then writes off the expired points it holds. The node core
+        runs it at start and once a day (core.HOUSEKEEPING_S); returns the entries
+        written."""
+        return [*self.sweep_merged(), *self.expire_due_points()]
 
 
 # Besides Ledger, names peer/, reference_app/, benchmarks/, tests/ and

@@ -4,8 +4,8 @@ During a partition the same person can be registered at two branches (the phone
 check at registration sees only what has arrived). The owner lists such members
 (`views.duplicates`: the same phone or ID card number) and merges one into another.
 
-The merge is a fact on the merged member's profile (`merged_into` = the survivor,
-with `merged_by` and `merged_at`), written like any profile field. Everything reads
+The merge is a fact on the merged member's profile (`merged_into` = the survivor),
+written like any profile field, who and when in its audit notes (commit.note_edit). Everything reads
 through `views.canonical`, which follows those pointers: the same merge made at two
 branches writes the same value, and two opposite merges made at once form a cycle
 whose smallest id survives, on every replica alike.
@@ -33,7 +33,7 @@ from pycrdt import Map
 
 from crdtledger import views
 from crdtledger.cards import Cards
-from crdtledger.commit import Write
+from crdtledger.commit import Write, note_edit
 from crdtledger.errors import InvalidInput
 from crdtledger.model import ID, member_doc
 
@@ -70,13 +70,12 @@ class Merges(Cards):
                                f"into it would make a cycle")
         self._live_member(survivor)
         folded = views.member_group(conn, member)  # with whoever was merged into it
-        at = self.clock.wall()
+        change = self.clock.mint()
 
         def mutate(root: Map[Any]) -> None:
             m = root[member]
             m["merged_into"] = survivor
-            m["merged_by"] = operator
-            m["merged_at"] = at
+            note_edit(m, change, operator, ["merged_into"])  # who and when: the trail
 
         self._write(Write(member_doc(member), "members", member, mutate))
         moved = self._sweep(folded, operator)

@@ -11,7 +11,6 @@ from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from crdtledger import escrow, views
-from crdtledger.merge import Merges
 from crdtledger.commit import Write
 from crdtledger.errors import (
     InsufficientFunds,
@@ -23,6 +22,7 @@ from crdtledger.errors import (
 )
 from crdtledger.hlc import check_node_id
 from crdtledger.inputs import check_text
+from crdtledger.merge import Merges
 from crdtledger.model import ID, MONEY_PURSES, PURSE, PURSE_METHODS
 from crdtledger.money import (
     apply_rate,
@@ -65,12 +65,18 @@ class Payments(Merges, Rules):
             "SELECT node, amount FROM rights WHERE member = ? AND purse = ?", (member, purse))}
 
     def _purses(self, member: str) -> dict[str, dict[str, int]]:
-        """Every purse of a member with its rights per node: one indexed read."""
+        """Every purse of a member with its rights per node: one indexed read. Rights
+        other branches hold for members merged into it count as theirs (they sweep them
+        to it when asked: crdtledger.merge); here only its own, which alone it may spend."""
         out: dict[str, dict[str, int]] = {}
-        for purse, node, amount in self.storage.conn.execute(
-            "SELECT purse, node, amount FROM rights WHERE member = ?", (member,)
+        group = views.member_group(self.storage.conn, member)
+        for m, purse, node, amount in self.storage.conn.execute(
+            f"SELECT member, purse, node, amount FROM rights WHERE member {views.in_(group)}",
+            group
         ):
-            out.setdefault(purse, {})[node] = amount
+            if m == member or node != self.node:
+                held = out.setdefault(purse, {})
+                held[node] = held.get(node, 0) + amount
         return out
 
     def _post(self, entry: dict[str, Any], needs: Mapping[str, int]) -> dict[str, Any]:
@@ -274,6 +280,7 @@ class Payments(Merges, Rules):
         if not PURSE.match(purse) or not ID.match(member):
             raise RemoteProtocolError("bad rights request")
         check_node_id(to)
+        self._survivor(member)  # rights held here for members merged into it are its own
         own = self._rights(member, purse).get(self.node, 0)
         give = escrow.grant_amount(own, shortfall)
         if give <= 0 or to == self.node:

@@ -196,8 +196,7 @@ def member(ledger: Ledger, member_id: str) -> dict[str, Any]:
     data["tags"] = sorted(t for t, on in (data.get("tags") or {}).items() if on)
     # A merged member's cards act for the survivor: the survivor lists its group's.
     group = member_group(conn, member_id)
-    for k in ("merged_into", "merged_by", "merged_at"):
-        data.pop(k, None)
+    data.pop("merged_into", None)  # the survivor it acts as, below (a cycle has none)
     if group[0] != member_id:
         data["merged_into"] = group[0]
     else:

@@ -1,0 +1,367 @@
+"""Duplicate members and member merge (crdtledger.merge), through the library, the
+command line and the HTTP API.
+
+Two real branch ledgers in tmp_path register the same person while apart, each
+with money, a card, points and (at one) a package; after sync the owner sees them
+as duplicates and folds one into the other. Money moves only by entries each holder
+writes for its own rights (a sweep), so the tests check the whole balance is there
+at once, that cards of both act for the survivor, that history and points lots are
+the group's, that money totals are kept, and that the same or opposite merges made
+at two branches at once converge to one result.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from app_fixtures import CASHIER, OWNER, CounterApp
+from conftest import Cli
+from helpers import FakeClock, new_ledger, projections, snapshot, sync
+from test_api import AMY_PW, BOSS_PW, Api, drive, new_member
+
+from crdtledger import audit, operations, views
+from crdtledger.errors import InvalidInput, NotFound, PermissionDenied, RightsElsewhere
+from crdtledger.ledger import Ledger
+
+PHONE = "13800138000"
+
+
+def totals(ledger: Ledger) -> dict[str, int]:
+    """Every purse's rights summed over all members and branches: what a merge and
+    its sweeps must leave as they are."""
+    return {p: int(n) for p, n in ledger.storage.conn.execute(
+        "SELECT purse, SUM(amount) FROM rights GROUP BY purse ORDER BY purse")}
+
+
+def own_rights(ledger: Ledger, member: str) -> dict[str, int]:
+    return {p: int(n) for p, n in ledger.storage.conn.execute(
+        "SELECT purse, SUM(amount) FROM rights WHERE member = ? AND amount != 0 "
+        "GROUP BY purse", (member,))}
+
+
+class Apart:
+    """SH01 and HZ01, each registering the same person while they cannot reach each
+    other: SH01 a member with a top-up, a card, a package and points earned on day
+    0; HZ01 (ten days later, the phone typed another way) one with a top-up, a card
+    and points; then they sync."""
+
+    def __init__(self, root: Path) -> None:
+        self.clock = FakeClock()
+        self.sh = new_ledger(root, "SH01", now_ms=self.clock)
+        self.hz = new_ledger(root, "HZ01", now_ms=self.clock)
+        sh, hz = self.sh, self.hz
+        self.a = sh.add_member(sh.owner, name="张三", phone=PHONE)
+        sh.topup(sh.owner, self.a, 100000)
+        sh.issue_card(sh.owner, self.a, "SH-1")
+        self.pkg = sh.sell_package(sh.owner, self.a, "FOOT60", 10, 100000)["id"]
+        sh.debit(sh.owner, self.a, service="FOOT60")  # earns points expiring in a year
+        self.clock.advance_days(10)
+        self.b = hz.add_member(hz.owner, name="张三", phone="+86 138-0013-8000")
+        hz.topup(hz.owner, self.b, 50000)
+        hz.issue_card(hz.owner, self.b, "HZ-1")
+        hz.debit(hz.owner, self.b, amount=10000)
+        sync(sh, hz)
+        self.whole = sh.balance(self.a)["cash"] + sh.balance(self.b)["cash"]
+        self.points = sh.balance(self.a)["points"] + sh.balance(self.b)["points"]
+        self.totals = totals(sh)
+        self.entry_ids = {e["id"] for m in (self.a, self.b) for e in sh.history(m, 1000)}
+
+    def close(self) -> None:
+        self.sh.close()
+        self.hz.close()
+
+
+@pytest.fixture
+def apart(tmp_path: Path) -> Any:
+    w = Apart(tmp_path)
+    yield w
+    w.close()
+
+
+def test_duplicates_are_listed_on_both_branches_after_sync(apart: Apart) -> None:
+    for ledger in (apart.sh, apart.hz):
+        groups = views.duplicates(ledger)
+        assert [[m["id"] for m in g["members"]] for g in groups] == [
+            sorted([apart.a, apart.b])]
+        assert groups[0]["shared"] == ["phone"]
+        rows = {m["id"]: m for m in groups[0]["members"]}
+        assert rows[apart.a]["home"] == "SH01" and rows[apart.b]["home"] == "HZ01"
+        assert rows[apart.a]["phone"] == "138****8000"  # masked
+        assert rows[apart.b]["day"] == "2026-01-11"
+        assert rows[apart.b]["balance"]["cash"] == 40000
+    assert views.duplicates(apart.sh) == views.duplicates(apart.hz)
+
+
+def test_merge_at_one_branch_gives_one_member_with_everything(apart: Apart) -> None:
+    sh, hz, a, b = apart.sh, apart.hz, apart.a, apart.b
+    lots_before = {(lot["expires"], lot["points"]) for m in (a, b)
+                   for lot in views.points(sh, m)["lots"]}
+    result = sh.merge_member(sh.owner, b, a)
+    assert result["into"] == a and result["group"] == [a, b]
+    assert result["entries"] == []  # SH01 held nothing of b's: HZ01 holds it
+    sync(sh, hz)
+    for ledger in (sh, hz):
+        # The whole balance at once, before HZ01 swept anything, by either id.
+        for m in (a, b):
+            bal = ledger.balance(m)
+            assert bal["cash"] == apart.whole and bal["points"] == apart.points
+            assert bal["packages"] == {apart.pkg: 10}
+        assert ledger.member(b)["merged_into"] == a
+        assert ledger.member(a)["merged"] == [b]
+        assert sorted(c["card_no"] for c in ledger.member(a)["cards"]) == ["HZ-1", "SH-1"]
+        assert views.duplicates(ledger) == []
+        assert [m["id"] for m in ledger.find_members(PHONE)] == [a]
+        # Points lots keep their expiries: a year from each debit's day.
+        lots = {(lot["expires"], lot["points"]) for lot in views.points(ledger, a)["lots"]}
+        assert lots == lots_before and {e for e, _ in lots} == {"2027-01-01", "2027-01-11"}
+    assert totals(hz) == apart.totals
+    # HZ01's swipe of b's own card is the survivor's, paid from what HZ01 held for b.
+    debit = hz.debit(hz.owner, card="HZ-1", amount=30000)
+    assert debit["member"] == a
+    assert own_rights(hz, b) == {}  # swept into a just before the debit
+    sweep = [e for e in hz.history(a, 1000) if e["kind"] == "merge"]
+    out = next(e for e in sweep if e["member"] == b)
+    into = next(e for e in sweep if e["member"] == a)
+    assert out["to"] == a and into["ref"] == out["id"] and out["node"] == into["node"] == "HZ01"
+    assert sorted(d[0] for d in out["deltas"]) == ["cash", "points"]
+    assert [[p, n, -c] for p, n, c in out["deltas"]] == into["deltas"]
+    # SH01's card works at HZ01 for the same member, and a's package there too.
+    assert hz.debit(hz.owner, card="SH-1", amount=100)["member"] == a
+    sync(sh, hz)
+    assert projections(sh) == projections(hz)
+    bal = sh.balance(a)
+    assert bal["cash"] == apart.whole - 30000 - 100
+    # History is the group's: both members' entries, merge pair included.
+    ids = {e["id"] for e in sh.history(a, 1000)}
+    assert apart.entry_ids <= ids and out["id"] in ids
+    assert sh.history(b, 1000) == sh.history(a, 1000)
+    # Level counts both members' top-ups (1,000 + 500 yuan reaches 银卡).
+    assert sh.level(a)["topped"] == 150000 and sh.level(a)["name"] == "银卡"
+
+
+def test_a_package_of_the_merged_member_is_used_for_the_survivor(apart: Apart) -> None:
+    sh, hz, a, b = apart.sh, apart.hz, apart.a, apart.b
+    hz.merge_member(hz.owner, a, b)  # this time b survives; the package was a's at SH01
+    sync(sh, hz)
+    used = sh.debit(sh.owner, card="SH-1", service="FOOT60", pay="package")
+    assert used["member"] == b and used["package"] == apart.pkg
+    assert sh.balance(b)["packages"] == {apart.pkg: 9}
+    assert own_rights(sh, a) == {}
+    # HZ01 sweeps on its daily pass what it holds for a: nothing (a's money sits at SH01).
+    assert hz.housekeeping() == []
+
+
+def test_rights_of_the_merged_member_elsewhere_are_fetched_for_the_survivor(
+        apart: Apart) -> None:
+    sh, hz, a, b = apart.sh, apart.hz, apart.a, apart.b
+    hz.merge_member(hz.owner, a, b)  # b survives; a's money sits at SH01, not swept yet
+    sync(sh, hz)
+    held_here = hz.rights(b)["HZ01"]
+    with pytest.raises(RightsElsewhere) as refused:
+        hz.debit(hz.owner, b, amount=held_here + 5000)
+    assert refused.value.holders == {"SH01": sh.rights(a)["SH01"]}
+    assert refused.value.member == b
+    # SH01, asked for b's cash (as the node's rights fetch asks), gives what it held
+    # for a: it sweeps a into b first, then grants.
+    granted = sh.grant_rights(b, "cash", "HZ01", refused.value.shortfall)
+    assert granted is not None and granted["member"] == b
+    assert own_rights(sh, a) == {}
+    sync(sh, hz)
+    assert hz.debit(hz.owner, b, amount=held_here + 5000)["member"] == b
+    assert totals(hz)["cash"] == apart.totals["cash"] - held_here - 5000
+
+
+def test_housekeeping_sweeps_what_a_branch_holds(apart: Apart) -> None:
+    sh, hz, a, b = apart.sh, apart.hz, apart.a, apart.b
+    sh.merge_member(sh.owner, b, a)
+    sync(sh, hz)
+    swept = hz.housekeeping()
+    assert {(e["member"], e["kind"]) for e in swept} == {(a, "merge"), (b, "merge")}
+    assert own_rights(hz, b) == {}
+    assert hz.housekeeping() == []  # nothing left: nothing written
+    sync(sh, hz)
+    assert own_rights(sh, b) == {} and totals(sh) == apart.totals
+    assert sh.balance(a)["cash"] == apart.whole
+    assert projections(sh) == projections(hz)
+
+
+def test_the_same_merge_at_two_branches_at_once_converges(apart: Apart) -> None:
+    sh, hz, a, b = apart.sh, apart.hz, apart.a, apart.b
+    sh.merge_member(sh.owner, b, a)
+    hz.merge_member(hz.owner, b, a)  # before either hears of the other's
+    sync(sh, hz)
+    for ledger in (sh, hz):
+        assert ledger.survivor_of(b) == a
+        assert ledger.balance(a)["cash"] == apart.whole
+        assert own_rights(ledger, b) == {}  # each swept its own, nothing twice
+        assert ledger.housekeeping() == []
+    assert totals(sh) == totals(hz) == apart.totals
+    assert projections(sh) == projections(hz)
+    assert sh.history(a, 1000) == hz.history(a, 1000)
+
+
+def test_opposite_merges_at_once_converge_on_the_smaller_id(apart: Apart) -> None:
+    sh, hz, a, b = apart.sh, apart.hz, apart.a, apart.b
+    sh.merge_member(sh.owner, b, a)
+    hz.merge_member(hz.owner, a, b)
+    sync(sh, hz)
+    first = min(a, b)
+    for ledger in (sh, hz):
+        assert ledger.survivor_of(a) == ledger.survivor_of(b) == first
+        assert ledger.balance(first)["cash"] == apart.whole
+    for ledger in (sh, hz):
+        ledger.housekeeping()
+    sync(sh, hz)
+    other = max(a, b)
+    for ledger in (sh, hz):
+        assert own_rights(ledger, other) == {}
+        assert own_rights(ledger, first)["cash"] == apart.whole
+        assert ledger.member(first)["merged"] == [other]
+        assert ledger.member(other)["merged_into"] == first
+    assert totals(sh) == totals(hz) == apart.totals
+    assert projections(sh) == projections(hz)
+
+
+def test_refusals_change_nothing(apart: Apart) -> None:
+    sh, a, b = apart.sh, apart.a, apart.b
+    sh.add_operator(sh.owner, "amy", "amy-secret", ["cashier"])
+    amy = sh.authenticate("amy", "amy-secret")
+    c = sh.add_member(sh.owner, name="李四", phone="13900139000")
+    before = snapshot(sh, [a, b, c])
+    with pytest.raises(InvalidInput, match="itself"):
+        sh.merge_member(sh.owner, a, a)
+    with pytest.raises(NotFound):
+        sh.merge_member(sh.owner, a, "036VPVAM0ZZZZ.SH01")
+    with pytest.raises(InvalidInput, match="not a member id"):
+        sh.merge_member(sh.owner, a, "nobody")
+    with pytest.raises(PermissionDenied):
+        sh.merge_member(amy, b, a)
+    with pytest.raises(PermissionDenied):
+        operations.run(sh, amy, "member.duplicates", {})
+    assert snapshot(sh, [a, b, c]) == before
+    sh.merge_member(sh.owner, b, a)
+    [noted] = [r for r in audit.trail(sh) if r["detail"] == "merged_into"]  # who, when
+    assert noted["member"] == b and noted["operator"] == sh.owner
+    after = snapshot(sh, [a, b, c])
+    with pytest.raises(InvalidInput, match="cycle"):
+        sh.merge_member(sh.owner, a, b)
+    with pytest.raises(InvalidInput, match="already merged"):
+        sh.merge_member(sh.owner, b, c)
+    assert snapshot(sh, [a, b, c]) == after
+    # Into a merged member: into the member it was merged into.
+    assert sh.merge_member(sh.owner, c, b)["into"] == a
+    assert views.member_group(sh.storage.conn, c) == [a, *sorted([b, c])]
+
+
+def test_operations_naming_a_merged_member_act_for_the_survivor(apart: Apart) -> None:
+    sh, a, b = apart.sh, apart.a, apart.b
+    operations.run(sh, sh.owner, "member.merge", {"member": b, "into": a})
+    entry = operations.run(sh, sh.owner, "topup", {"member": b, "yuan": "10.00"})
+    assert entry["member"] == a and entry["acted_for"] == {"asked": b, "member": a}
+    text = operations.show(sh, "topup", entry, {"member": b, "yuan": "10.00"})
+    assert text.startswith(f"member {b} was merged into {a}")
+    shown = operations.run(sh, sh.owner, "member.show", {"member": b})
+    assert shown["id"] == a and shown["balance"]["cash"] == apart.whole + 1000
+    # Editing names the record itself: a merged member's own data can still be erased.
+    operations.run(sh, sh.owner, "member.edit", {"member": b, "phone": ""})
+    assert sh.member(b)["phone"] == "" and sh.member(a)["phone"] == PHONE
+
+
+def test_an_id_card_number_finds_duplicates_and_is_checked(tmp_path: Path) -> None:
+    ledger = new_ledger(tmp_path, "SH01")
+    try:
+        x = ledger.add_member(ledger.owner, name="王芳", phone="13700000001",
+                              id_no="11010519491231002x")
+        y = ledger.add_member(ledger.owner, name="王芳", phone="13700000002")
+        ledger.edit_member(ledger.owner, y, fields={"id_no": "11010519491231002X"})
+        groups = views.duplicates(ledger)
+        assert [[m["id"] for m in g["members"]] for g in groups] == [[x, y]]
+        assert groups[0]["shared"] == ["id_no"]
+        assert groups[0]["members"][0]["id_no"] == "**************002X"
+        before = snapshot(ledger, [x, y])
+        with pytest.raises(InvalidInput, match="check digit"):
+            ledger.edit_member(ledger.owner, y, fields={"id_no": "110105194912310021"})
+        with pytest.raises(InvalidInput, match="18 characters"):
+            ledger.add_member(ledger.owner, name="赵六", phone="13700000003", id_no="12345")
+        assert snapshot(ledger, [x, y]) == before
+    finally:
+        ledger.close()
+
+
+def test_command_line_lists_and_merges_on_a_real_data_dir(cli: Cli, make_node: Any) -> None:
+    data = make_node("SH01")
+    # The same phone typed two ways: the registration check compares text as typed.
+    first = cli("member", "add", "--name", "张三", "--phone", PHONE, "--json", data=data).json()
+    second = cli("member", "add", "--name", "张三", "--phone", "138 0013 8000", "--json",
+                 data=data).json()
+    a, b = sorted([first["member_id"], second["member_id"]])
+    assert cli("topup", "--member", a, "--amount", "100.00", data=data).code == 0
+    assert cli("topup", "--member", b, "--amount", "20.00", data=data).code == 0
+    assert cli("card", "issue", "--member", b, "--card", "B-1", data=data).code == 0
+    groups = cli("member", "duplicates", "--json", data=data).json()
+    assert [[m["id"] for m in g["members"]] for g in groups] == [[a, b]]
+    assert groups[0]["shared"] == ["phone"]
+    refused = cli("member", "merge", "--member", a, "--into", a, "--json", data=data)
+    assert refused.code != 0 and "itself" in refused.err
+    done = cli("member", "merge", "--member", b, "--into", a, "--json", data=data).json()
+    assert done["into"] == a and done["group"] == [a, b]
+    assert {e["member"] for e in done["entries"]} == {a, b}  # this branch swept b's cash
+    text = cli("member", "merge", "--member", b, "--into", a, data=data)
+    assert text.code != 0 and "already merged" in text.err
+    assert cli("balance", "--member", b, "--json", data=data).json()["cash"] == 12000
+    debit = cli("debit", "--card", "B-1", "--amount", "115.00", "--json", data=data).json()
+    assert debit["member"] == a
+    assert cli("member", "duplicates", "--json", data=data).json() == []
+    shown = cli("member", "duplicates", data=data)
+    assert shown.code == 0 and "no duplicate members" in shown.out
+
+
+def test_http_api_merges_and_lists(tmp_path: Path) -> None:
+    async def go(ledger: Ledger, api: Api) -> None:
+        boss = await api.login("boss", BOSS_PW)
+        amy = await api.login("amy", AMY_PW)
+        a = await new_member(api, boss, phone=PHONE)
+        b = await new_member(api, boss, phone="+86 13800138000")
+        status, body = await api.call("GET", "/duplicates", token=boss)
+        assert status == 200 and [m["id"] for m in body[0]["members"]] == sorted([a, b])
+        before = snapshot(ledger, [a, b])
+        status, body = await api.call("POST", f"/members/{b}/merge", {"into": a}, token=amy)
+        assert status == 403
+        status, body = await api.call("POST", f"/members/{b}/merge", {"into": b}, token=boss)
+        assert status == 400 and body["error"] == "invalid_input"
+        assert snapshot(ledger, [a, b]) == before
+        status, body = await api.call("POST", f"/members/{b}/merge", {"into": a}, token=boss)
+        assert status == 200 and body["into"] == a
+        status, body = await api.call("GET", f"/members/{b}", token=boss)
+        assert status == 200 and body["id"] == a and body["merged"] == [b]
+
+    drive(tmp_path, go)
+
+
+
+@pytest.mark.asyncio
+async def test_back_office_lists_duplicates_and_merges_after_confirmation(
+        counter_app: CounterApp) -> None:
+    app = counter_app
+    ledger, op = app.ledger, app.node_owner
+    a = ledger.add_member(op, name="张三", phone=PHONE)
+    b = ledger.add_member(op, name="张三", phone="138-0013-8000")
+    ledger.topup(op, b, 20000)
+    await app.login(*CASHIER)
+    await app.user.open("/office/duplicates")
+    await app.user.should_see("您没有打开")  # a cashier may not merge
+    await app.user.should_not_see(marker="dup-group")
+    await app.logout()
+    await app.login(*OWNER)
+    await app.user.open("/office/duplicates")
+    await app.user.should_see(marker="dup-group")
+    await app.user.should_see("¥200.00")
+    app.user.find(marker=f"keep-{a}").click()
+    await app.user.should_see(marker="merge-confirm")
+    app.user.find(marker="merge-confirm").click()
+    await app.user.should_see("已合并")
+    await app.user.should_see("没有疑似重复的会员")
+    assert ledger.survivor_of(b) == a and ledger.balance(a)["cash"] == 20000
+    assert own_rights(ledger, b) == {}  # this branch swept b's money to a at once
