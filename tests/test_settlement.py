@@ -395,10 +395,11 @@ def world() -> Iterator[World]:
             w.close()
 
 
-FEW = settings(max_examples=50, suppress_health_check=[HealthCheck.too_slow])
+# Each example opens three real stores and runs up to 23 steps: about 40-80 ms.
+MODEST = settings(max_examples=50, suppress_health_check=[HealthCheck.too_slow])
 
 
-@FEW
+@MODEST
 @given(steps, st.permutations((0, 1, 2)))
 def test_every_replica_prints_one_statement_that_reconciles(
         script: list[Step], order: list[int]) -> None:
@@ -426,7 +427,7 @@ def test_every_replica_prints_one_statement_that_reconciles(
                 assert (was[k] if was else 0) + (now[k] if now else 0) == f[k], k
 
 
-@FEW
+@MODEST
 @given(steps, st.lists(st.tuples(st.integers(0, 21), st.integers(0, 2), st.integers(0, 1),
                                  st.integers(1, 100), st.integers(1, 2)), max_size=6))
 def test_rights_transfers_that_serve_nobody_change_nothing(
