@@ -137,9 +137,16 @@ class Merges(Cards):
 
     def _acting(self, member: str) -> tuple[str, tuple[dict[str, Any], tuple[int, int]]]:
         """The survivor `member` acts as (`_survivor`), its profile (refused if deleted)
-        and its group's cumulative (spent, topped), which its level is reached on."""
-        group = self._survivor(member)
-        profile, totals = self._live_member(group[0])
+        and its group's cumulative (spent, topped), which its level is reached on.
+        On a debit's path: for a member neither merged nor merged into, one indexed
+        read beyond the profile's."""
+        conn = self.storage.conn
+        profile, totals = self._live_member(member)
+        if "merged_into" in profile:  # rare: read the survivor's instead
+            member = views.canonical(conn, member)
+            profile, totals = self._live_member(member)
+        group = views.folded_into(conn, member)
         if len(group) > 1:
-            totals = views.group_totals(self.storage.conn, group)
-        return group[0], (profile, totals)
+            self._sweep(group[1:])
+            totals = views.group_totals(conn, group)
+        return member, (profile, totals)

@@ -58,8 +58,13 @@ def canonical(conn: sqlite3.Connection, member: str) -> str:
 def member_group(conn: sqlite3.Connection, member: str) -> list[str]:
     """The survivor `member` acts as, then every member merged into it (directly or
     through another merged member), by id: whose purses, cards and history are one
-    member's. One indexed read for a member nobody was merged into."""
-    head = canonical(conn, member)
+    member's. Two indexed reads for a member nobody was merged into."""
+    return folded_into(conn, canonical(conn, member))
+
+
+def folded_into(conn: sqlite3.Connection, head: str) -> list[str]:
+    """`head`, then every member merged into it, directly or through another, by id
+    (`member_group` of a survivor): one indexed read when there is none."""
     seen, todo = {head}, [head]
     while todo:
         for (m,) in conn.execute("SELECT id FROM members WHERE json_extract(body, "
