@@ -15,11 +15,12 @@ from crdtledger.inputs import check_card_no, check_date
 from crdtledger.members import Members
 from crdtledger.model import CARD_TYPES, PIN, CardStatus, CardType, is_one_of, member_doc
 from crdtledger.money import check_amount
+from crdtledger.projection import SEEN, card_frontier
 
 
 class Cards(Members):
-    """Card status is a growing list of events, the latest (by HLC id) holds, so
-    nothing is ever deleted from a card's Map."""
+    """Card status is a growing list of events, so nothing is ever deleted from a
+    card's Map; the status is that of the events no later one has seen."""
 
     # --- cards --------------------------------------------------------------
 
@@ -105,13 +106,19 @@ class Cards(Members):
 
     def _card_status(self, card: Mapping[str, Any], event: tuple[str, CardStatus, str, str]
                      ) -> Write:
-        """Card status is a growing list of events [id, status, note, operator]; the
-        latest (by HLC id) holds. Events written before the audit trail have no
-        operator (projection._card_status reads only the first two)."""
+        """Card status is a growing list of events [id, status, note, operator, seen]:
+        `seen`, the ids of the events this writer knew of that no other had seen
+        (read from the document inside the write), makes the event win over them
+        whatever the clocks say (projection.card_frontier). Events written before the
+        audit trail have no operator, those before causality no `seen`."""
         cid = str(card["id"])
-        row = list(event)
-        return Write(member_doc(str(card["member"])), "cards", cid,
-                     lambda root: root[cid]["events"].append(row))
+        row = [*event, *[""] * (SEEN - len(event))]
+
+        def append(root: Map[Any]) -> None:
+            events = root[cid]["events"]
+            events.append([*row, [e[0] for e in card_frontier(events.to_py())]])
+
+        return Write(member_doc(str(card["member"])), "cards", cid, append)
 
     def report_lost(self, operator: str, card_no: str) -> str:
         return self._card_event(operator, "card.lost", card_no, "lost", ("active",))

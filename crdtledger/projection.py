@@ -221,15 +221,81 @@ def project_deferred(conn: sqlite3.Connection, day_of: Any) -> list[dict[str, An
     return list(done.values())
 
 
-def _card_status(events: list[Any]) -> CardStatus:
-    """The latest status event wins by id (HLC order), the same on every replica. An
-    event naming no status a card can have (only a misbehaving peer writes one) is
-    passed over alike everywhere."""
-    valid = [e for e in events if isinstance(e, list) and len(e) >= 2 and isinstance(e[0], str)
-             and is_one_of(e[1], CARD_STATUSES)]
+# Where a card's status event lists the events its writer had seen (cards.Cards).
+SEEN = 4
+
+
+def _status_events(events: list[Any]) -> list[list[Any]]:
+    """The events naming a status a card can have (only a misbehaving peer writes
+    another), passed over alike everywhere."""
+    return [e for e in events if isinstance(e, list) and len(e) >= 2 and isinstance(e[0], str)
+            and is_one_of(e[1], CARD_STATUSES)]
+
+
+def card_frontier(events: list[Any]) -> list[list[Any]]:
+    """The status events no other event has seen: what a writer knew of a card's
+    status is what it saw, so an event made after seeing another wins over it, whatever
+    the clocks said (a branch whose clock ran ahead must not keep a card lost that
+    the owner found at a branch with the right clock).
+
+    An event lists the ids of the events its writer had seen at index SEEN (the
+    frontier, from which the rest follow). The first event, written with the card,
+    has seen nothing; an event written before events listed what they saw has seen
+    every such event with a smaller id (the rule of its time), and none that lists
+    (an old writer would have let a larger id win anyway). "Seen" is followed
+    through; two events that each come to have seen the other (only a misbehaving
+    writer lists an event it could not have seen) are concurrent. Every replica holds
+    the same events, so every replica computes the same frontier."""
+    valid = sorted(_status_events(events), key=lambda e: e[0])
     if not valid:
+        return []
+    first = events[0][0] if isinstance(events[0], list) and events[0] else None
+    index = {e[0]: i for i, e in enumerate(valid)}
+    seen: list[int] = []  # a bit per event seen, by position in id order
+    old = 0  # the events so far that list nothing
+    for i, e in enumerate(valid):
+        listed = e[SEEN] if len(e) > SEEN else None
+        if isinstance(listed, list):
+            bits = 0
+            for ident in listed:
+                j = index.get(ident) if isinstance(ident, str) else None
+                if j is not None and j != i:
+                    bits |= 1 << j
+            seen.append(bits)
+        else:
+            seen.append(0 if e[0] == first else old)
+            old |= 1 << i
+    changed = True
+    while changed:  # through what the seen events saw
+        changed = False
+        for i, bits in enumerate(seen):
+            wider, rest = bits, bits
+            while rest:
+                low = rest & -rest
+                wider |= seen[low.bit_length() - 1]
+                rest ^= low
+            wider &= ~(1 << i)
+            if wider != bits:
+                seen[i] = wider
+                changed = True
+    hidden = 0
+    for i, bits in enumerate(seen):
+        rest = bits
+        while rest:
+            low = rest & -rest
+            if not seen[low.bit_length() - 1] >> i & 1:  # seen, and did not see back
+                hidden |= low
+            rest ^= low
+    return [e for i, e in enumerate(valid) if not hidden >> i & 1]
+
+
+def _card_status(events: list[Any]) -> CardStatus:
+    """The status of the frontier (card_frontier); among concurrent events there, the
+    larger id (its writer's clock, then its node) wins, the same on every replica."""
+    frontier = card_frontier(events)
+    if not frontier:
         return "active"
-    status: CardStatus = max(valid, key=lambda e: e[0])[1]
+    status: CardStatus = frontier[-1][1]
     return status
 
 
