@@ -37,7 +37,9 @@ from crdtledger.errors import (
 )
 from crdtledger.hlc import id_floor
 from crdtledger.model import MONEY_PURSES
+from crdtledger.peerclock import ClockVerdict, PeerClocks
 from crdtledger.sync import (
+    ClockHeard,
     ClockSkewSeen,
     Event,
     PeerHello,
@@ -186,8 +188,17 @@ class Refused:
     what: str
 
 
+@dataclass(frozen=True)
+class ClockJudged:
+    """What the peers say of this machine's clock changed: it is off (and the node
+    now mints by the chain's time), or in step again, or a peer's clock disagrees
+    with it. Once per change, for the node's log (crdtledger.peerclock)."""
+
+    verdict: ClockVerdict
+
+
 Effect = (Send | Close | Dial | SetTimer | Done | Seen | Failed | Decided | Rebalanced | Count
-          | Gauge | Observe | Refused)
+          | Gauge | Observe | Refused | ClockJudged)
 
 
 # --- state --------------------------------------------------------------------
@@ -283,6 +294,8 @@ class NodeCore:
         self._housekept: str | None = None  # the day the last housekeeping pass ran
         self._started = False
         self._refused_seen = ledger.refused_total
+        self.clocks = PeerClocks()
+        self._clock_told = self.clocks.verdict.worth_telling()
 
     # --- driving side ---------------------------------------------------------
 
@@ -316,6 +329,7 @@ class NodeCore:
         """A connection to `peer` is up (its identity already checked by the
         transport). Two nodes that dial each other keep the connection the smaller
         node id dialled; both sides apply the same rule, so they agree unasked."""
+        self._tick(now)
         if target is not None and target in self._targets:
             t = self._targets[target]
             t.dialing = False
@@ -345,6 +359,7 @@ class NodeCore:
 
     def receive(self, link: Link, frames: list[bytes], now: float) -> list[Effect]:
         """Frames that arrived together on `link`, in order."""
+        self._tick(now)
         lk = self._links.get(link)
         if lk is None or lk.session.closed:
             return self._effects()
@@ -375,6 +390,7 @@ class NodeCore:
 
     def link_closed(self, link: Link, now: float) -> list[Effect]:
         """The connection is gone (closed by either side, reset, timed out)."""
+        self._tick(now)
         lk = self._links.get(link)
         if lk is None:  # refused as a duplicate, or dropped by the core already
             return self._effects()
@@ -407,6 +423,7 @@ class NodeCore:
         """A till's operation: one ledger write, retried as a whole after rights
         arrive (so only its last run can have committed). Its `Done` may be among
         the effects returned here, or come later from `receive` or `fire`."""
+        self._tick(now)  # before the operation mints its ids
         op = _Op(self._next_op, run, name, now + self.rights_deadline_s)
         self._next_op += 1
         self._ops[op.id] = op
@@ -417,6 +434,7 @@ class NodeCore:
         if self._timers.get(key) != token:
             return []  # replaced or no longer wanted
         del self._timers[key]
+        self._tick(now)
         kind = key[0]
         if kind == "ae":
             self._timer(("ae",), self.anti_entropy_s)
@@ -648,6 +666,8 @@ class NodeCore:
                     self._out.append(Gauge("clock_skew", (lk.peer,), skew / 1000))
                 case ClockSkewSeen():
                     self._out.append(Count("clock_skew_seen", (lk.peer,)))
+                case ClockHeard(node=peer, offset_ms=offset, agree=agree):
+                    self._clock_update(self.clocks.heard(peer, offset, agree))
                 case RightsGranted(request=rid, node=peer, amount=amount):
                     if amount > 0:
                         self._out.append(Count("rights_transfers", ("in",)))
@@ -693,6 +713,7 @@ class NodeCore:
         if self._link_to(lk.peer) is None:
             for (giver, rid) in sorted(k for k in self._asked if k[0] == lk.peer):
                 self._answered(giver, rid, None, now)
+            self._clock_update(self.clocks.forget(lk.peer))
         self._gauge_connected()
 
     def _open_links(self) -> list[_Link]:
@@ -773,6 +794,33 @@ class NodeCore:
 
     def _wall(self) -> float:
         return self.ledger.clock.wall() / 1000
+
+    # --- this machine's clock, as the peers see it ----------------------------------
+
+    def clock_status(self) -> dict[str, Any]:
+        """For `status`: how far this machine's clock is off the chain's time (0: not
+        by more than the limit), and the peers whose clocks differ from it."""
+        v = self.clocks.verdict
+        return {"off_ms": v.off_ms, "limit_ms": self.clocks.limit_ms, "peers": v.peers,
+                "disagree": {p: self.clocks.samples[p][0] for p in v.disagree
+                             if p in self.clocks.samples}}
+
+    def _tick(self, now: float) -> None:
+        self._clock_update(self.clocks.tick(self.ledger.clock.raw_wall(), now))
+
+    def _clock_update(self, changed: bool) -> None:
+        """Mint by the verdict, tell peers how many agree, and say so once when what is
+        worth telling changed."""
+        clock = self.ledger.clock
+        clock.agree = self.clocks.agree()
+        if not changed:
+            return
+        verdict = self.clocks.verdict
+        clock.offset_ms = verdict.off_ms
+        told = verdict.worth_telling()
+        if told != self._clock_told:
+            self._clock_told = told
+            self._out.append(ClockJudged(verdict))
 
     def _effects(self) -> list[Effect]:
         """What the calls so far decided, then every frame the sessions queued (a

@@ -10,7 +10,11 @@ hop. An update that adds nothing is not re-announced, so relays die out.
 
 Conversation (every message: msgpack map with protocol version ``v`` and type ``t``):
 
-    hello   {chain, node, now, digest}    first, and again for each anti-entropy round
+    hello   {chain, node, now, digest, agree?}  first, and again for each anti-entropy
+                                          round; `now` is the sender's time (the
+                                          chain's, if its own clock is off), `agree`
+                                          how many nodes' clocks agree with it
+                                          (crdtledger.peerclock; absent: 1)
     state   {logs: {node: [seq, tip]}, reply}  when digests differ; answered once
     recs    {recs, heads, certs}          log records the peer lacks / each new one,
                                           with the signed heads that cover them
@@ -47,6 +51,7 @@ from crdtledger.lib0 import decode_state_vector as decode_state_vector
 from crdtledger.lib0 import states_digest as states_digest
 from crdtledger.log import Batch, Record
 from crdtledger.model import ID, PURSE
+from crdtledger.peerclock import MAX_AGREE
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
@@ -81,6 +86,16 @@ class PeerHello:
 class ClockSkewSeen:
     node: str
     skew_ms: int
+
+
+@dataclass(frozen=True)
+class ClockHeard:
+    """Every hello: the peer's time minus this machine's clock, and how many nodes'
+    clocks agree with the peer's (crdtledger.peerclock)."""
+
+    node: str
+    offset_ms: int
+    agree: int
 
 
 @dataclass(frozen=True)
@@ -120,8 +135,8 @@ class RightsRequested:
     amount: int
 
 
-Event = (PeerHello | ClockSkewSeen | UpdatesApplied | RightsGranted | RightsAnswered
-         | RightsRequested)
+Event = (PeerHello | ClockSkewSeen | ClockHeard | UpdatesApplied | RightsGranted
+         | RightsAnswered | RightsRequested)
 
 
 def pack(message: dict[str, Any]) -> bytes:
@@ -427,12 +442,18 @@ class SyncSession:
             raise RemoteProtocolError(f"peer claims {node}, expected {self.expect_node}")
         if self.peer is not None and node != self.peer:
             raise RemoteProtocolError(f"peer changed its node id from {self.peer} to {node}")
-        skew = now - self.ledger.clock.wall()
+        agree = msg.get("agree", 1)  # optional: peers before it tell nothing
+        if isinstance(agree, bool) or not isinstance(agree, int) or not 0 < agree <= MAX_AGREE:
+            raise RemoteProtocolError("hello message: field 'agree' malformed")
+        # Against this machine's own clock, not the corrected one: the correction is
+        # made from these offsets and must not feed back into them.
+        skew = now - self.ledger.clock.raw_wall()
         if self.peer is None:
             self.peer = node
             self._events.append(PeerHello(node, chain, skew))
         if abs(skew) > MAX_CLOCK_SKEW_MS:
             self._events.append(ClockSkewSeen(node, skew))
+        self._events.append(ClockHeard(node, skew, agree))
         self.rounds += 1
         view = self.ledger.log_view()
         if digest != self.ledger.states_digest():
@@ -543,6 +564,7 @@ class SyncSession:
             "t": "hello", "chain": self.ledger.chain, "node": self.ledger.node,
             "now": self.ledger.clock.wall(),
             "digest": self.ledger.states_digest(),
+            **({"agree": self.ledger.clock.agree} if self.ledger.clock.agree > 1 else {}),
         })
 
     def _queue(self, message: dict[str, Any]) -> None:

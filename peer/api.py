@@ -96,7 +96,7 @@ class Standalone:
 
     def sync_status(self) -> dict[str, Any]:
         return {"node": self._ledger.node, "chain": self._ledger.chain, "peers": [],
-                **views.trust_status(self._ledger)}
+                "clock": None, **views.trust_status(self._ledger)}
 
 
 # --- sessions -------------------------------------------------------------------
@@ -218,6 +218,24 @@ SYNC = {"type": "object", "required": ["node", "chain", "peers"],
                                   "nodes caught breaking a write rule or forking their "
                                   "log: nothing more they write is applied"},
                        "refused": {"type": "array", "items": STR},
+                       "clock": {"type": "object", "nullable": True, "description":
+                                 "this machine's clock as its peers see it "
+                                 "(crdtledger.peerclock); null without a node",
+                                 "required": ["off_ms", "limit_ms", "peers", "disagree"],
+                                 "properties": {
+                                     "off_ms": {"type": "integer", "description":
+                                                "the chain's time minus this clock when "
+                                                "most peers say it is off by more than "
+                                                "limit_ms (ids and sales then go by the "
+                                                "chain's time), else 0"},
+                                     "limit_ms": {"type": "integer"},
+                                     "peers": {"type": "integer",
+                                               "description": "peers whose hello counted"},
+                                     "disagree": {"type": "object", "description":
+                                                  "peer -> its clock minus this one, ms, "
+                                                  "for peers off by more than limit_ms",
+                                                  "additionalProperties": {
+                                                      "type": "integer"}}}},
                        "peers": {"type": "array", "items": {
             "type": "object",
             "required": ["node", "address", "connected", "last_contact", "behind_in",

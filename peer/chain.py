@@ -51,7 +51,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from crdtledger import trust
 from crdtledger.errors import InvalidInput, LedgerError
-from crdtledger.hlc import MAX_CLOCK_SKEW_MS, NODE_ID, check_node_id
+from crdtledger.hlc import NODE_ID, check_node_id
 from crdtledger.private import private_dir, write_private
 
 CA_KEY = "ca.key"
@@ -71,9 +71,19 @@ SHORT_FINGERPRINT = 16  # hex digits in mDNS TXT records: 64 bits tell chains ap
 NODE_URI = "urn:crdtledger:node:"
 # Same rule as Ledger.create's chain id, since the chain name becomes that id.
 CHAIN_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
-# Certificates start this far in the past, so that a branch whose clock is behind
-# by as much as the ledger tolerates still accepts a freshly issued certificate.
-BACKDATE = dt.timedelta(milliseconds=MAX_CLOCK_SKEW_MS)
+# Certificates start this far in the past, and a peer's is taken this long before
+# it starts (check_peer): shop clocks set by hand are off by minutes to hours, and a
+# branch enrolled at the head office on a PC whose clock ran ahead must still connect
+# the same day. (Five minutes, the ledger's own tolerance, locked out a freshly
+# enrolled branch whose clock was a few minutes behind.)
+BACKDATE = dt.timedelta(days=1)
+CLOCK_MARGIN = dt.timedelta(days=1)
+# X509_V_FLAG_NO_CHECK_TIME (OpenSSL 1.1.0; Python names no constant for it): the
+# handshake leaves dates to check_peer, which allows CLOCK_MARGIN and says that a
+# clock is the likely cause. OpenSSL's own refusal is logged by asyncio at debug
+# level only, so a branch whose clock was behind could not connect and nothing said
+# why.
+_NO_CHECK_TIME = 0x200000
 
 
 class ChainError(LedgerError):
@@ -371,6 +381,7 @@ class Identity:
         # Strict RFC 5280 checks (Python 3.13's default) keep our certificates
         # acceptable to stricter verifiers than today's.
         ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+        ctx.verify_flags |= _NO_CHECK_TIME
         # The chain CA is the only trust anchor: no system store, no public CA.
         ctx.load_verify_locations(cadata=self.ca_cert.public_bytes(
             serialization.Encoding.PEM).decode("ascii"))
@@ -388,9 +399,10 @@ class Identity:
 
         Raises PeerRejected if the certificate is not issued by this chain's CA, is
         outside its validity, is revoked by the installed list, or names another
-        node than `expect_node`. The handshake already checked issuer and dates;
-        they are checked again so that this check holds on its own, whatever
-        context produced the certificate.
+        node than `expect_node`. The handshake already checked the issuer; it is
+        checked again so that this check holds on its own, whatever context produced
+        the certificate. The dates are checked here only (see _NO_CHECK_TIME), a
+        certificate being taken from CLOCK_MARGIN before it starts.
         """
         if not der_cert:
             raise PeerRejected("the peer presented no certificate")
@@ -405,10 +417,17 @@ class Identity:
                                f"({self.short})") from None
         node = _node_of(cert)
         now = _now()
-        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            raise PeerRejected(f"the certificate of node {node} is valid only from "
-                               f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} to "
-                               f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+        if not cert.not_valid_before_utc - CLOCK_MARGIN <= now <= cert.not_valid_after_utc:
+            early = now < cert.not_valid_before_utc
+            raise PeerRejected(
+                f"the certificate of node {node} is valid only from "
+                f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} to "
+                f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, and this machine's clock "
+                f"reads {now:%Y-%m-%d %H:%M} UTC: "
+                + ("if it was issued just now, this clock is behind (or the CA's was "
+                   "ahead): check the clocks" if early else
+                   "renew it (crdtledger chain renew --chain CHAIN_DIR), or check this "
+                   "machine's clock"))
         if self._crl is not None and (
                 self._crl.get_revoked_certificate_by_serial_number(cert.serial_number)
                 is not None):

@@ -33,7 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crdtledger import operations, views
+from crdtledger import operations, peerclock, views
 from crdtledger.backups import restore, write_backup
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
 from crdtledger.ledger import Ledger
@@ -538,6 +538,9 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
                      "has caught up with another branch")
     for f in data.get("faults") or []:
         lines.append(f"BLOCKED {f['node']}: {f['detail']}")
+    clock = peerclock.tell(data["clock"]) if data.get("clock") else None
+    if clock:
+        lines.append(f"CLOCK: {clock}")
     return Result(data, "\n".join(lines))
 
 

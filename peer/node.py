@@ -39,12 +39,13 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from crdtledger import views
+from crdtledger import peerclock, views
 from crdtledger.core import (
     ANTI_ENTROPY_S,
     HEARTBEAT_S,
     REBALANCE_S,
     RIGHTS_DEADLINE_S,
+    ClockJudged,
     Close,
     Count,
     Decided,
@@ -75,6 +76,8 @@ log = logging.getLogger("crdtledger.node")
 T = TypeVar("T")
 
 SYNC_PATH = "/sync"
+# Why the sync listener refused a dialler's certificate (PeerRejected), for its log.
+REFUSED_HEADER = "X-Crdtledger-Refused"
 
 
 @dataclass
@@ -212,6 +215,7 @@ class Node:
         self._runners: list[web.AppRunner] = []
         self._client: aiohttp.ClientSession | None = None
         self._hints: dict[str, str | None] = {}  # dial target -> node id hint
+        self._dial_told: dict[str, str] = {}  # dial target -> the last failure logged
         self._flush_soon = False
         # The core's recent decisions, for `status` and tests (bounded: a node runs
         # for months).
@@ -285,6 +289,7 @@ class Node:
             "listen": self.sync_port,
             "digest": self.digest(),
             **views.trust_status(self.ledger),
+            "clock": self.core.clock_status(),
             "peers": [self._peer_status(p) for p in sorted(self.peers.values(),
                                                             key=lambda p: p.node)],
         }
@@ -348,6 +353,12 @@ class Node:
                     m.records_refused.inc()
                 case Refused(what=what):
                     log.warning("refused: %s", what)
+                case ClockJudged():
+                    said = peerclock.tell(self.core.clock_status())
+                    if said:
+                        log.warning("clock: %s", said)
+                    else:
+                        log.info("clock: in step with the peers again")
                 case Failed(peer=peer, error=error):
                     log.warning("peer %s broke the protocol (%s); closing", peer, error)
                 case Count(name="operations", labels=labels):
@@ -413,7 +424,9 @@ class Node:
             peer = self.chain_identity.check_peer(der)
         except PeerRejected as e:
             log.warning("refused a peer: %s", e)
-            raise web.HTTPForbidden(text=str(e)) from None
+            # The reason in a header too: the dialler's websocket client reads no body.
+            raise web.HTTPForbidden(text=str(e), headers={
+                REFUSED_HEADER: str(e).encode("ascii", "replace").decode()}) from None
         if peer == self.node_id:
             raise web.HTTPForbidden(text="a node cannot connect to itself")
         ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES,
@@ -449,11 +462,35 @@ class Node:
                 raise
             self._hints[url] = peer
         except (aiohttp.ClientError, OSError, PeerRejected, TimeoutError) as e:
-            log.debug("dial %s: %s", url, e)
+            self._dial_failed(url, e)
             if self._core is not None and not self._stopping:
                 self.run(self.core.dial_failed(url, time.monotonic()))
             return
         await self._attach(ws, peer, url, self.node_id, der, target=url)
+
+    def _dial_failed(self, url: str, error: BaseException) -> None:
+        """Log why a dial failed: at warning level when the peer refused us, or the TLS
+        handshake failed on a certificate (the cause is then usually a clock, and a
+        shop must be able to read it), once per reason; a peer that is down is
+        routine (debug)."""
+        said = None
+        if isinstance(error, aiohttp.WSServerHandshakeError) and error.status == 403:
+            reason = error.headers.get(REFUSED_HEADER) if error.headers is not None else None
+            said = f"{url} refused this node: {reason or 'no reason given'}"
+        elif isinstance(error, aiohttp.ClientConnectorCertificateError):
+            said = (f"the TLS handshake with {url} failed on a certificate "
+                    f"({error.certificate_error}): a peer of another chain, or a clock off "
+                    "by more than a day on either side")
+        elif isinstance(error, aiohttp.ClientSSLError):
+            said = (f"the TLS handshake with {url} failed ({error}): the peer may not "
+                    "accept this node's certificate (another chain, revoked, or its clock "
+                    "off by more than a day); see its log")
+        if said is None or self._dial_told.get(url) == said:
+            log.debug("dial %s: %s", url, error)
+        else:
+            log.warning("%s", said)
+        if said is not None:
+            self._dial_told[url] = said
 
     # --- lifecycle ------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from crdtledger.syncfile import import_file, read_file
 from crdtledger.trust import UntrustedSigner
 from peer.files import export_bytes, sealed_backup
 from reference_app import layout
-from reference_app.i18n import money, tr
+from reference_app.i18n import duration, money, tr
 from reference_app.shop import can, operator, shop
 
 # What an erased member's name becomes: the name is required, and reports that
@@ -624,16 +624,18 @@ def erase_member(ledger: Ledger, op: str, member_id: str) -> None:
     to every branch. The old values would stay in this store's update log until the
     document's next compaction; compacting now leaves only the garbage-collected
     document, which no longer holds them. Other branches drop them when they
-    compact; backups and sync files taken before keep them."""
-    m = ledger.member(member_id)
-    operations.run(ledger, op, "member.edit", {
-        "member": member_id, "name": ERASED_NAME, "phone": "", "gender": "", "birthday": "",
-        "anniversary": "", "notes": "", "deleted": True,
-        "prefs": {k: "" for k in (m.get("prefs") or {})},
-        "custom": {k: "" for k in (m.get("custom") or {})},
-        "tags_remove": m.get("tags") or [],
-    })
-    ledger.storage.compact(member_doc(member_id))
+    compact; backups and sync files taken before keep them. Members merged into this
+    one (crdtledger.merge) are the same person: their records are blanked too."""
+    for mid in [member_id, *ledger.member(member_id).get("merged", [])]:
+        m = ledger.member(mid)
+        operations.run(ledger, op, "member.edit", {
+            "member": mid, "name": ERASED_NAME, "phone": "", "gender": "", "birthday": "",
+            "anniversary": "", "notes": "", "id_no": "", "deleted": True,
+            "prefs": {k: "" for k in (m.get("prefs") or {})},
+            "custom": {k: "" for k in (m.get("custom") or {})},
+            "tags_remove": m.get("tags") or [],
+        })
+        ledger.storage.compact(member_doc(mid))
 
 
 def members_page() -> None:
@@ -662,10 +664,11 @@ def members_page() -> None:
         ui.label(tr("应会员要求删除个人资料", "Erase a member's personal data on request")
                  ).classes("text-lg font-medium")
         ui.label(tr(
-            "姓名、手机、生日、纪念日、偏好、标签和备注将被清空，所有分店同步生效；"
+            "姓名、手机、身份证号、生日、纪念日、偏好、标签和备注将被清空，所有分店同步生效；"
             "消费和充值记录（金额）保留用于对账。本店的历史记录立即清除旧资料，"
             "其他分店在下次整理存储时清除；之前做的备份和同步文件仍含旧资料。",
-            "Name, phone, birthday, anniversary, preferences, tags and notes are blanked at "
+            "Name, phone, ID number, birthday, anniversary, preferences, tags and notes are "
+            "blanked at "
             "every branch; the entries (amounts) stay for the accounts. This branch's stored "
             "history drops the old values now, other branches at their next compaction; "
             "backups and sync files made earlier still hold them.")).classes("text-sm text-grey-7")
@@ -722,6 +725,76 @@ def members_page() -> None:
         found = ui.column().classes("w-full")
 
 
+# --- duplicate members -------------------------------------------------------------------
+
+
+def merge_group(ledger: Ledger, op: str, keep: str, others: Iterable[str]) -> None:
+    """Fold every other member of a duplicate group into `keep` (member.merge, the same
+    checks and permission as the API and the command line)."""
+    for other in others:
+        operations.run(ledger, op, "member.merge", {"member": other, "into": keep})
+
+
+def duplicates_page() -> None:
+    ledger = shop().ledger
+    ui.label(tr("同一个人在不同分店（或以不同写法的手机号）登记了两次时，会员会重复。选择保留哪一位，"
+                "其余的合并到他名下：卡、储值、积分、套餐和消费记录都归他所有，各分店同步后生效。"
+                "合并不能撤销。",
+                "When one person was registered twice (at two branches, or with the phone "
+                "typed another way), pick the member to keep and fold the others into them: "
+                "cards, stored value, points, packages and history become theirs at every "
+                "branch once synced. A merge cannot be undone.")
+             ).classes("text-sm text-grey-7 max-w-3xl")
+
+    @ui.refreshable
+    def listing() -> None:
+        groups = views.duplicates(ledger)
+        if not groups:
+            ui.label(tr("没有疑似重复的会员", "No duplicate members")).classes("text-grey-7")
+        for g in groups:
+            why = "、".join(tr("手机号", "phone") if k == "phone" else tr("身份证号", "ID number")
+                           for k in g["shared"])
+            with ui.card().classes("w-full max-w-3xl").mark("dup-group"):
+                ui.label(tr("相同{why}", "Same {why}", why=why)).classes("font-medium")
+                for m in g["members"]:
+                    with ui.row().classes("items-center gap-4"):
+                        ui.label(f"{m['name']}  {m['phone']}  {shop().branch_name(m['home'])}"
+                                 f"  {m['day']}")
+                        ui.label(tr("储值 {cash} 积分 {points}", "cash {cash} points {points}",
+                                    cash=money(m["balance"]["cash"]),
+                                    points=m["balance"]["points"])).classes("text-grey-7")
+                        ui.button(tr("保留此会员", "Keep this one"),
+                                  on_click=lambda g=g, m=m: confirm(g, m)
+                                  ).props("dense outline").mark(f"keep-{m['id']}")
+
+    async def confirm(group: dict[str, Any], keep: dict[str, Any]) -> None:
+        others = [m["id"] for m in group["members"] if m["id"] != keep["id"]]
+        with ui.dialog() as dialog, ui.card():
+            ui.label(tr("将其余 {n} 位会员合并到 {name}（{phone}）名下？合并不能撤销。",
+                        "Fold the other {n} member(s) into {name} ({phone})? A merge cannot "
+                        "be undone.", n=len(others), name=keep["name"], phone=keep["phone"]))
+            with ui.row():
+                ui.button(tr("合并", "Merge"), color="negative",
+                          on_click=lambda: dialog.submit(True)).mark("merge-confirm")
+                ui.button(tr("取消", "Cancel"), on_click=lambda: dialog.submit(False)
+                          ).props("flat")
+        if not await dialog:
+            return
+        op = operator()
+        try:
+            if op is None:
+                raise PermissionDenied("nobody is logged in")
+            await shop().run(lambda: merge_group(ledger, op, keep["id"], others),
+                             "merge members")
+        except LedgerError as e:
+            refuse(e)
+            return
+        ui.notify(tr("已合并", "Merged"), type="positive")
+        listing.refresh()
+
+    listing()
+
+
 # --- sync status, banner, sync files, backup -----------------------------------------
 
 
@@ -766,6 +839,9 @@ def cut_off_banner() -> str | None:
                   "写入，请联系总部重新登记", "This branch wrote two different histories (a "
                   "restored backup or a copied disk): the chain no longer takes its writes; "
                   "ask the head office to enrol it again")
+    clock = clock_banner(status.get("clock"))
+    if clock is not None:
+        return clock
     if any(p["connected"] for p in status["peers"]):
         return None
     if not status["peers"] and not node.config.peers:
@@ -782,6 +858,27 @@ def cut_off_banner() -> str | None:
     return tr("本店与其他分店断开连接（自 {when} 起）：{keep}",
               "This branch is cut off from the other branches (since {when}): {keep}",
               when=when, keep=keep)
+
+
+def clock_banner(clock: Mapping[str, Any] | None) -> str | None:
+    """What the peers say of this machine's clock (crdtledger.peerclock), when it is off
+    or some peer's clock disagrees with it: selling goes on either way."""
+    if not clock:
+        return None
+    off = int(clock.get("off_ms") or 0)
+    if off:
+        return tr("本机时钟比连锁时间{side} {d}：收银照常，单据按连锁时间记账；请校准本机时钟",
+                  "This machine's clock is {d} {side_en} the chain's time: the counter keeps "
+                  "working and books sales by the chain's time; please set this clock right",
+                  side="快" if off < 0 else "慢", side_en="ahead of" if off < 0 else "behind",
+                  d=duration(off))
+    disagree = clock.get("disagree") or {}
+    if disagree:
+        peer, diff = sorted(disagree.items())[0]
+        return tr("本机时钟与 {branch} 相差 {d}：其中一台的时钟不准，请核对两边的时钟",
+                  "This machine's clock and {branch}'s differ by {d}: one of them is wrong; "
+                  "please check both clocks", branch=shop().branch_name(peer), d=duration(diff))
+    return None
 
 
 def sync_page() -> None:
@@ -1130,6 +1227,8 @@ def register() -> None:
          settlement_page),
         ("/office/members", "会员资料", "Member data", "reports.view", "badge", members_page),
         ("/office/audit", "操作日志", "Audit trail", "audit.view", "policy", audit_page),
+        ("/office/duplicates", "重复会员", "Duplicate members", "member.merge", "merge",
+         duplicates_page),
         ("/office/sync", "同步与备份", "Sync and backup", None, "sync", sync_page),
     ]
     for path, zh, en, permission, icon, build in pages:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from nicegui import app
 
 from crdtledger.money import parse_yuan
+from crdtledger.peerclock import span
 from crdtledger.views import mask_phone as _mask_phone
 
 Lang = Literal["zh", "en"]
@@ -52,3 +53,15 @@ def parse_money(text: str) -> int:
 
 def mask_phone(phone: str) -> str:
     return _mask_phone(phone)
+
+
+def duration(ms: int) -> str:
+    """A clock difference: "2 天 3 小时" / "2 d 3 h" (crdtledger.peerclock.span)."""
+    ms = abs(ms)
+    if lang() == "en":
+        return span(ms)
+    if ms >= 86_400_000:
+        return f"{ms // 86_400_000} 天 {ms % 86_400_000 // 3_600_000} 小时"
+    if ms >= 3_600_000:
+        return f"{ms // 3_600_000} 小时 {ms % 3_600_000 // 60_000} 分钟"
+    return f"{ms // 60_000} 分 {ms % 60_000 // 1000} 秒"

@@ -1,0 +1,512 @@
+"""Clocks that are wrong (issue 13): card status follows causality, not timestamps; a
+branch whose clock is off is told so and books by the chain's time; a clock set back
+after running ahead mints at the right time at once and never repeats an id;
+certificates tolerate the clocks shops have.
+
+Each through the library and through the command line, the HTTP API, a real node's
+log or the counter: real stores in tmp_path, real TLS on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+import aiohttp
+import pytest
+from app_fixtures import OWNER, CounterApp
+from conftest import cli_command, cli_env, run_cli
+from cryptography import x509
+from helpers import FakeClock, new_ledger, sync
+from test_api import Api, serving, with_operators
+from test_chain import Reply, call, identity
+
+from crdtledger import views
+from crdtledger.hlc import (
+    CLOCK_OFF_LIMIT_MS,
+    FRESH_ERAS,
+    HybridClock,
+    era_of,
+    id_time_ms,
+)
+from crdtledger.ledger import Ledger
+from crdtledger.peerclock import PeerClocks
+from crdtledger.projection import _card_status
+from crdtledger.storage import Storage
+from peer.api import Standalone
+from peer.chain import enrol, init_chain
+from peer.node import Config, Node
+
+DAY = 86_400_000
+
+
+def real_ms() -> int:
+    return int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+
+
+def ledgers(root: Path, *clocks: tuple[str, Callable[[], int]]) -> list[Ledger]:
+    return [new_ledger(root, node, now_ms=clock) for node, clock in clocks]
+
+
+# --- card status follows causality ----------------------------------------------------
+
+
+def test_a_card_found_at_a_branch_with_the_right_clock_stays_found_everywhere(
+        tmp_path: Path) -> None:
+    """SH01's clock runs two days ahead: it reports the card lost; the owner at SH02
+    (right clock) then reports it found. Found, everywhere, whatever the order the
+    events reach a replica in (SH03 hears of both at once, from SH02)."""
+    right, ahead = FakeClock(), FakeClock()
+    ahead.advance_days(2)
+    a, b, c = ledgers(tmp_path, ("SH01", ahead), ("SH02", right), ("SH03", right))
+    try:
+        m = b.add_member(b.owner, name="张伟", phone="13800000009")
+        b.issue_card(b.owner, m, "C1")
+        sync(a, b)
+        a.report_lost(a.owner, "C1")
+        sync(a, b)
+        assert b.card("C1")["status"] == "lost"
+        b.report_found(b.owner, "C1")  # an id two days older than the loss
+        sync(b, c)
+        sync(a, b)
+        for ledger in (a, b, c):
+            assert ledger.card("C1")["status"] == "active", ledger.node
+        assert b.use_card("C1")["member"] == m
+        # And lost again at the branch whose clock is ahead: the latest seen wins.
+        a.report_lost(a.owner, "C1")
+        sync(a, b)
+        sync(b, c)
+        assert [x.card("C1")["status"] for x in (a, b, c)] == ["lost"] * 3
+    finally:
+        for x in (a, b, c):
+            x.close()
+
+
+def test_concurrent_status_events_are_settled_by_their_clocks_alike_everywhere(
+        tmp_path: Path) -> None:
+    """Two branches that have not heard of each other's change: neither saw the other,
+    so the later clock wins, the same at both."""
+    clock = FakeClock()
+    a, b = ledgers(tmp_path, ("SH01", clock), ("SH02", clock))
+    try:
+        m = a.add_member(a.owner, name="张伟", phone="13800000009")
+        a.issue_card(a.owner, m, "C1")
+        sync(a, b)
+        b.return_card(b.owner, "C1")
+        clock.ms += 1000
+        a.report_lost(a.owner, "C1")  # later, but without seeing the return
+        sync(a, b)
+        assert a.card("C1")["status"] == b.card("C1")["status"] == "lost"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_status_events_from_before_causality_still_read_by_id() -> None:
+    """Events written by earlier versions have no `seen`: each has seen every such
+    event with a smaller id (the old rule). A new event wins over what it saw, even
+    with a smaller id (its writer's clock is behind); one that did not see a later old
+    event is concurrent with it, and the larger id wins, as it did."""
+    card, e1, e2 = "0000000000000.SH01", "0000000000010.SH01", "0000000000020.SH02"
+    old = [[card, "active", ""], [e1, "lost", "", "op"], [e2, "active", "", "op"]]
+    assert _card_status(old) == "active"
+    assert _card_status(old[:2]) == "lost"
+    behind = "0000000000005.SH03"  # a clock behind: its id is the smallest but one
+    assert _card_status([*old, [behind, "returned", "", "op", [e2]]]) == "returned"
+    assert _card_status([*old[:2], [behind, "active", "", "op", [card]]]) == "lost"
+    # Malformed events (only a misbehaving peer writes them) are passed over alike.
+    assert _card_status([*old, [behind, "bogus", "", "op", [e2]], ["x"], 5]) == "active"
+
+
+def test_found_through_the_api_after_a_loss_reported_from_a_clock_ahead(
+        tmp_path: Path) -> None:
+    right, ahead = FakeClock(), FakeClock()
+    ahead.advance_days(2)
+
+    async def main() -> None:
+        a, b = (with_operators(x) for x in ledgers(tmp_path, ("SH01", ahead), ("SH02", right)))
+        try:
+            async with serving(Standalone(a)) as api_a, serving(Standalone(b)) as api_b:
+                boss_a, boss_b = await api_a.login("boss", "boss-secret"), await api_b.login(
+                    "boss", "boss-secret")
+                status, body = await api_b.call("POST", "/members", {
+                    "name": "王芳", "phone": "13812345678"}, token=boss_b)
+                assert status == 201, body
+                await api_b.call("POST", f"/members/{body['member_id']}/cards",
+                                 {"card_no": "C1"}, token=boss_b)
+                sync(a, b)
+                status, card = await api_a.call("POST", "/cards/C1/lost", token=boss_a)
+                assert (status, card["status"]) == (200, "lost")
+                sync(a, b)
+                status, card = await api_b.call("POST", "/cards/C1/found", token=boss_b)
+                assert (status, card["status"]) == (200, "active")
+                sync(a, b)
+                for api, token in ((api_a, boss_a), (api_b, boss_b)):
+                    status, card = await api.call("GET", "/cards/C1", token=token)
+                    assert (status, card["status"]) == (200, "active")
+        finally:
+            a.close()
+            b.close()
+
+    asyncio.run(main())
+
+
+# --- a clock set back after running ahead -------------------------------------------------
+
+
+def test_a_clock_fixed_after_running_ahead_mints_at_the_right_time_at_once(
+        tmp_path: Path) -> None:
+    """SH01's clock ran two days ahead, then was set right. Its next sales are booked
+    today, not two days ahead until real time catches up; no id repeats, in this run
+    or the next, and SH02 takes every record (no rule of its breaks)."""
+    clock, other = FakeClock(), FakeClock()
+    clock.advance_days(2)
+    a, b = ledgers(tmp_path, ("SH01", clock), ("SH02", other))
+    try:
+        m = a.add_member(a.owner, name="张伟", phone="13800000009")
+        ahead = [a.topup(a.owner, m, 1000 + i) for i in range(3)]
+        sync(a, b)
+        clock.advance_days(-2)  # the owner sets the clock right
+        fixed = [a.topup(a.owner, m, 100 + i) for i in range(3)]
+        a.issue_card(a.owner, m, "C1")
+        for e in fixed:
+            assert abs(id_time_ms(e["id"]) - clock.ms) < 1000
+            assert a.storage.day_of(e["at"]) == a.today()
+        sync(a, b)
+        assert a.faults() == b.faults() == []
+        assert b.balance(m) == a.balance(m)
+        assert b.balance(m)["cash"] == sum(e["amount"] for e in ahead + fixed)
+        today = views.daily_report(b, a.today())
+        assert today["topup_cash"] == sum(e["amount"] for e in fixed)
+        a.close()
+        # A restart keeps the new era: the next ids are still today's, and new.
+        a = Ledger.open(tmp_path / "sh01", now_ms=clock)
+        again = a.topup(a.owner, m, 7)
+        assert abs(id_time_ms(again["id"]) - clock.ms) < 3000
+        ids = [e["id"] for e in ahead + fixed + [again]]
+        assert len(set(ids)) == len(ids)
+        sync(a, b)
+        assert b.faults() == [] and b.balance(m) == a.balance(m)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_eras_never_give_an_id_twice_however_the_clock_jumps() -> None:
+    clock = FakeClock()
+    hlc = HybridClock("SH01", now_ms=clock)
+    seen: set[int] = set()
+    for step in [2 * DAY, -2 * DAY, 3 * DAY, -DAY, -DAY, 0, 5 * DAY, -5 * DAY] * 10:
+        clock.ms += step
+        for _ in range(5):
+            ts = hlc.now()
+            assert ts not in seen
+            seen.add(ts)
+    # An era is taken again only once the wall clock has passed what it minted.
+    assert len({era_of(ts) for ts in seen}) <= 64
+
+
+def test_own_ids_that_come_back_from_peers_are_never_minted_again() -> None:
+    """A node restored from a backup gets back what it wrote after it, perhaps in
+    another era, perhaps far ahead: the clock marks them minted."""
+    clock = FakeClock()
+    hlc = HybridClock("SH01", now_ms=clock, eras=FRESH_ERAS)
+    other_era = (clock.ms << 16) | (1 << 10)  # era 1, at the wall clock
+    hlc.minted(other_era)
+    far = (clock.ms + 3 * DAY) << 16  # this era, three days ahead
+    hlc.minted(far)
+    minted = [hlc.now() for _ in range(3)]
+    assert far not in minted and other_era not in minted
+    assert abs((minted[0] >> 16) - clock.ms) < 10  # a new era, at the right time
+    assert era_of(minted[0]) not in (0, 1)
+
+
+def test_the_command_line_books_at_the_right_time_after_the_clock_is_fixed(
+        tmp_path: Path) -> None:
+    data = tmp_path / "sh01"
+    assert run_cli("init", "--node", "SH01", data=data).code == 0
+    # The store's clock ran two days ahead before the machine's clock was fixed.
+    store = Storage(data)
+    with store.transaction():
+        store.set_meta("hlc", str((real_ms() + 2 * DAY) << 16))
+    store.close()
+    member = run_cli("member", "add", "--name", "李雷", "--phone", "13700001111", "--json",
+                     data=data).json()["member_id"]
+    entry = run_cli("topup", "--member", member, "--amount", "10.00", "--json",
+                    data=data).json()
+    assert abs(entry["at"] - real_ms()) < 60_000, entry
+    assert abs(id_time_ms(entry["id"]) - real_ms()) < 60_000
+    report = run_cli("report", "daily", "--json", data=data).json()
+    assert report["topup_cash"] == 1000
+
+
+# --- what the peers say of a clock ------------------------------------------------------
+
+
+def test_two_branches_that_disagree_are_both_told_and_neither_follows() -> None:
+    a = PeerClocks()
+    assert a.heard("SH02", 2 * DAY, 1) is True
+    assert not a.verdict.off and a.verdict.disagree == ("SH02",)
+    assert a.agree() == 1
+
+
+def test_a_majority_corrects_a_clock_and_a_hub_speaks_for_its_branches() -> None:
+    c = PeerClocks()
+    c.heard("HQ", -2 * DAY, 3)  # the hub, with two branches agreeing with it
+    assert c.verdict.off_ms == -2 * DAY
+    assert c.agree() == 2  # the hub agrees with the corrected time
+    three = PeerClocks()
+    three.heard("A", 5 * 60_000, 1)
+    three.heard("B", 5 * 60_000 + 30, 1)
+    assert three.verdict.off_ms == 5 * 60_000
+    three.heard("C", 0, 1)  # now two say 0 (with this one): in step again
+    assert not three.verdict.off and three.verdict.disagree == ("A", "B")
+    small = PeerClocks()
+    small.heard("A", CLOCK_OFF_LIMIT_MS - 1, 5)
+    assert not small.verdict.off and small.verdict.disagree == ()
+
+
+def test_a_clock_set_right_needs_no_correction_at_once_and_a_lost_peer_keeps_it() -> None:
+    c = PeerClocks()
+    c.tick(1_000_000 + 2 * DAY, 100.0)
+    c.heard("HQ", -2 * DAY, 4)
+    assert c.verdict.off_ms == -2 * DAY
+    c.forget("HQ")  # the link drops: the correction holds
+    assert c.verdict.off_ms == -2 * DAY
+    c.tick(1_000_000 + 2 * DAY + 10_000, 110.0)  # ten seconds, nothing set
+    assert c.verdict.off_ms == -2 * DAY
+    assert c.tick(1_000_000 + 20_000, 120.0) is True  # the owner set the clock right
+    assert c.verdict.off_ms == 0
+    c.heard("HQ", 50, 4)
+    assert not c.verdict.off
+
+
+# --- nodes on real TLS, in one event loop ---------------------------------------------------
+
+
+class SkewedLedger(Ledger):
+    """Ledger.open as a node calls it, with a machine clock per data directory."""
+
+    clocks: ClassVar[dict[str, Callable[[], int]]] = {}
+
+    @classmethod
+    def open(cls, data_dir: Path | str, *args: Any, **kwargs: Any) -> Ledger:
+        clock = cls.clocks.get(Path(data_dir).name)
+        if clock is not None:
+            kwargs["now_ms"] = clock
+        return Ledger.open(data_dir, *args, **kwargs)
+
+
+@pytest.fixture
+def skewed(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Callable[[], int]]]:
+    clocks: dict[str, Callable[[], int]] = {}
+    monkeypatch.setattr(SkewedLedger, "clocks", clocks)
+    monkeypatch.setattr("peer.node.Ledger", SkewedLedger)
+    yield clocks
+
+
+class Shifted:
+    """This machine's clock: the real one moved by `ms`, which the test changes."""
+
+    def __init__(self, ms: int) -> None:
+        self.ms = ms
+
+    def __call__(self) -> int:
+        return real_ms() + self.ms
+
+
+def make_store(root: Path, chain: Path, node: str) -> Path:
+    data = root / node
+    Ledger.create(data, node, "test")
+    enrol(chain, data, node, head_office=node == "HQ")
+    if node == "HQ":  # the others learn of the owner by sync
+        with Ledger.open(data) as ledger:
+            ledger.add_operator(ledger.owner, *OWNER, roles=["owner"])
+    return data
+
+
+@asynccontextmanager
+async def running(data: Path, *peers: Node) -> AsyncIterator[Node]:
+    node = Node(Config(data, listen=("127.0.0.1", 0), api=("127.0.0.1", 0), mdns=False,
+                       anti_entropy_s=0.1,
+                       peers=[f"wss://127.0.0.1:{p.sync_port}" for p in peers]))
+    await node.start()
+    try:
+        yield node
+    finally:
+        await node.stop()
+
+
+async def until(check: Callable[[], bool], what: str) -> None:
+    for _ in range(300):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@asynccontextmanager
+async def api_of(node: Node) -> AsyncIterator[tuple[Api, str]]:
+    async with aiohttp.ClientSession() as http:
+        api = Api(http, f"http://127.0.0.1:{node.api_port}/api")
+        yield api, await api.login(*OWNER)
+
+
+async def cli_status(data: Path) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *cli_command("status", "--data", data), env=cli_env(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+def clock_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.WARNING
+            and r.getMessage().startswith("clock: this machine's clock is")]
+
+
+def test_a_branch_whose_clock_runs_ahead_is_told_and_books_by_the_chain(
+        tmp_path: Path, skewed: dict[str, Callable[[], int]],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """SH03's clock runs two days ahead; it reaches only the hub HQ, whose clock and
+    SH02's agree. SH03 is told (one warning in its log, `status`, the API), mints and
+    books by the chain's time, and stops doing so as soon as its clock is set right."""
+    caplog.set_level(logging.INFO, logger="crdtledger.node")
+    chain = tmp_path / "chain"
+    init_chain(chain, "test")
+    hq, sh02, sh03 = (make_store(tmp_path, chain, n) for n in ("HQ", "SH02", "SH03"))
+    wrong = Shifted(2 * DAY)
+    skewed["SH03"] = wrong
+
+    async def main() -> None:
+        async with running(hq) as a, running(sh02, a):
+            await until(lambda: a.ledger.clock.agree == 2, "HQ and SH02 agreeing")
+            async with running(sh03, a) as c:
+                await until(lambda: c.core.clock_status()["off_ms"] != 0, "SH03 told")
+                assert abs(c.core.clock_status()["off_ms"] + 2 * DAY) < 60_000
+                assert a.core.clock_status()["off_ms"] == 0
+                assert abs(c.ledger.clock.wall() - real_ms()) < 60_000
+                # Its sales are booked by the chain's time.
+                mid = await c.perform(lambda: c.ledger.add_member(
+                    c.ledger.owner, name="张伟", phone="13812345678"))
+                entry = await c.perform(lambda: c.ledger.topup(c.ledger.owner, mid, 5000))
+                assert abs(entry["at"] - real_ms()) < 60_000
+                await until(lambda: a.digest() == c.digest(), "HQ has SH03's sale")
+                today = a.ledger.storage.day_of(real_ms())
+                assert views.daily_report(a.ledger, today)["topup_cash"] == 5000
+                # The API and the command line say so.
+                async with api_of(c) as (api, token):
+                    status, body = await api.call("GET", "/sync/status", token=token)
+                    assert status == 200 and abs(body["clock"]["off_ms"] + 2 * DAY) < 60_000
+                    assert body["clock"]["limit_ms"] == CLOCK_OFF_LIMIT_MS
+                out = await cli_status(sh03)
+                assert "CLOCK: this machine's clock is 2 d 0 h ahead of the chain's time" in out
+                assert "CLOCK" not in await cli_status(hq)
+                assert len(clock_warnings(caplog)) == 1, clock_warnings(caplog)
+                # The owner sets the clock right: no correction any more, at once.
+                wrong.ms = 0
+                await until(lambda: c.core.clock_status()["off_ms"] == 0, "in step again")
+                again = await c.perform(lambda: c.ledger.topup(c.ledger.owner, mid, 1))
+                assert abs(entry["at"] - again["at"]) < 60_000
+                assert len(clock_warnings(caplog)) == 1
+                assert any(r.getMessage() == "clock: in step with the peers again"
+                           for r in caplog.records)
+
+    asyncio.run(main())
+
+
+@pytest.mark.asyncio
+async def test_the_counter_says_when_this_machines_clock_is_off(
+        counter_app: CounterApp, skewed: dict[str, Callable[[], int]]) -> None:
+    """SH01 runs the counter; the two branches it hears from agree on a time two days
+    behind its clock. The banner says so in the counter's language; selling goes on,
+    booked by the chain's time."""
+    app = counter_app
+    await app.login(*OWNER)
+    await app.user.should_not_see("本机时钟")
+    root = app.data_dir.parent
+    for name in ("SH02", "SH03"):
+        Ledger.create(root / name, name, "test")
+        enrol(root / "chain", root / name, name)
+        skewed[name] = Shifted(-2 * DAY)
+    node = app.shop.node
+    async with running(root / "SH02", node), running(root / "SH03", node):
+        await until(lambda: node.core.clock_status()["off_ms"] != 0, "SH01 told")
+        await app.user.open("/office/sync")
+        await app.user.should_see("本机时钟比连锁时间快 2 天 0 小时")
+        await app.user.should_see("收银照常")
+        mid = app.ledger.add_member(app.node_owner, name="张伟", phone="13812345678")
+        entry = app.ledger.topup(app.node_owner, mid, 100)
+        assert abs(entry["at"] - (real_ms() - 2 * DAY)) < 60_000
+
+
+# --- certificates and the clocks shops have ---------------------------------------------
+
+
+def cert_of(data: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate((data / "tls" / "node.crt").read_bytes())
+
+
+def test_a_certificate_starts_a_day_before_it_is_issued(tmp_path: Path) -> None:
+    """A branch whose clock is hours behind the head office's PC accepts the
+    certificates enrolled there today (they used to start five minutes back)."""
+    assert run_cli("chain", "init", "--out", tmp_path / "chain", "--name", "test").code == 0
+    assert run_cli("init", "--node", "SH01", "--chain", tmp_path / "chain",
+                   data=tmp_path / "sh01").code == 0
+    now = dt.datetime.now(dt.UTC)
+    assert cert_of(tmp_path / "sh01").not_valid_before_utc <= now - dt.timedelta(hours=23)
+    ca = x509.load_pem_x509_certificate((tmp_path / "chain" / "ca.crt").read_bytes())
+    assert ca.not_valid_before_utc <= now - dt.timedelta(hours=23)
+
+
+def test_a_peer_whose_clock_is_behind_its_certificate_still_connects(
+        tmp_path: Path) -> None:
+    """Over real TLS: a certificate that starts ten minutes from now on this machine's
+    clock (the CA's PC ran ahead, or this one is behind) is taken."""
+    chain = tmp_path / "chain"
+    init_chain(chain, "test")
+    enrol(chain, tmp_path / "server", "SH01")
+    enrol(chain, tmp_path / "early", "SH02",
+          not_before=dt.datetime.now(dt.UTC) + dt.timedelta(minutes=10))
+    reply, seen = call(identity(tmp_path / "server"),
+                       identity(tmp_path / "early").client_ssl_context())
+    assert isinstance(reply, Reply), reply
+    assert seen == ["SH02"]
+
+
+def test_a_certificate_refused_for_its_dates_is_logged_naming_the_clock(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Beyond the margin the peer is refused, and both logs say why at warning level
+    (OpenSSL's refusal was logged at debug only); the dialler says it once, not at
+    every redial."""
+    caplog.set_level(logging.DEBUG, logger="crdtledger.node")
+    chain = tmp_path / "chain"
+    init_chain(chain, "test")
+    Ledger.create(tmp_path / "SH01", "SH01", "test")
+    enrol(chain, tmp_path / "SH01", "SH01")
+    Ledger.create(tmp_path / "SH02", "SH02", "test")
+    enrol(chain, tmp_path / "SH02", "SH02",
+          not_before=dt.datetime.now(dt.UTC) + dt.timedelta(days=3))
+
+    def warned(text: str) -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING and text in r.getMessage()]
+
+    async def main() -> None:
+        async with running(tmp_path / "SH01") as a, running(tmp_path / "SH02", a):
+            await until(lambda: len(warned("refused a peer")) >= 3, "three dials refused")
+            assert "this clock is behind" in warned("refused a peer")[0]
+            told = warned("refused this node")
+            assert len(told) == 1, told
+            assert "the certificate of node SH02 is valid only from" in told[0]
+            assert "check the clocks" in told[0]
+            assert a.connected() == []
+
+    asyncio.run(main())
