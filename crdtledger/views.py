@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -317,6 +317,19 @@ def defined_roles(ledger: Ledger) -> dict[str, frozenset[str]]:
     return {name: frozenset(p for p, on in json.loads(body).items() if on and p in PERMISSIONS)
             for name, body in ledger.storage.conn.execute(
                 "SELECT name, body FROM roles ORDER BY name")}
+
+
+def member_names(ledger: Ledger, member_ids: Iterable[str]) -> dict[str, str]:
+    """The names of these members (by id, one indexed read each, erased ones as their
+    blanked name; an unknown id is left out): a listing that names who an action was
+    for, as the audit trail's page does."""
+    conn = ledger.storage.conn
+    out: dict[str, str] = {}
+    for mid in dict.fromkeys(member_ids):
+        row = conn.execute("SELECT name FROM members WHERE id = ?", (mid,)).fetchone()
+        if row is not None:
+            out[mid] = str(row[0])
+    return out
 
 
 def member_exists(ledger: Ledger, member_id: str) -> bool:

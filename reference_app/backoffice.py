@@ -1134,26 +1134,29 @@ AUDIT_HEADERS = (("time", "时间", "Time"), ("branch", "分店", "Branch"),
                  ("id", "单号", "Entry"))
 
 
-def audit_rows(ledger: Ledger, f: Mapping[str, str]) -> list[list[str]]:
-    """The trail with the filters `f` (empty: any), as the counter shows and exports
-    it: the columns of `crdtledger audit --csv` (audit.COLUMNS), branches, actions,
-    methods and services by name, members by name and id."""
+def audit_rows(ledger: Ledger, f: Mapping[str, str], limit: int = audit.TRAIL_LIMIT
+               ) -> list[list[str]]:
+    """The newest `limit` actions of the trail with the filters `f` (empty: any), as the
+    counter shows and exports them: the columns of `crdtledger audit --csv`
+    (audit.COLUMNS), branches, actions, methods and services by name, members by name
+    and id."""
     params = {"operator": f.get("operator"), "branch": f.get("branch"), "kind": f.get("kind"),
               "from": f.get("start"), "to": f.get("end")}
     rows = operations.run(ledger, operator() or "", "audit", {
-        "limit": audit.TRAIL_LIMIT, **{k: v for k, v in params.items() if v}})
-    labels, names = action_labels(), {}
+        "limit": limit, **{k: v for k, v in params.items() if v}})
+    labels = action_labels()
+    names = views.member_names(ledger, (r["member"] for r in rows if r["member"]))
     out = []
     for r in rows:
         mid = r["member"]
-        if mid and mid not in names:
-            found = ledger.find_members(mid, limit=1)
-            names[mid] = f"{found[0]['name']} ({mid})" if found else mid
+        who = names.get(mid, "")
+        if who == ERASED_NAME:
+            who = tr("已删除会员", "erased member")
         out.append([r["time"], shop().branch_name(r["branch"]),
                     labels.get(r["action"], r["action"]),
                     shop().operator_name(r["operator"]) if r["operator"] else "",
                     shop().operator_name(r["approver"]) if r["approver"] else "",
-                    names.get(mid, ""), yuan(r["amount"]) if r["amount"] else "",
+                    f"{who} ({mid})" if who else mid, yuan(r["amount"]) if r["amount"] else "",
                     shop().pay_label(r["pay"]), shop().service_name(r["service"]),
                     r["reason"], r["ref"], r["detail"], r["id"]])
     return out
@@ -1187,15 +1190,15 @@ def audit_page() -> None:
     def body() -> None:
         try:
             require("audit.view")
-            rows = audit_rows(ledger, state)
+            rows = audit_rows(ledger, state, SCREEN_ROWS + 1)  # one more: are there more?
         except LedgerError as e:
             ui.label(shop().refusal(e)).classes("text-negative")
             return
         shown = rows[:SCREEN_ROWS]
         if len(rows) > len(shown):
-            ui.label(tr("显示最近 {n} 条；CSV 包含全部 {m} 条",
-                        "Showing the latest {n}; the CSV has all {m}", n=len(shown), m=len(rows))
-                     ).classes("text-sm text-grey-7")
+            ui.label(tr("显示最近 {n} 条；CSV 包含全部（最多 {m} 条）",
+                        "Showing the latest {n}; the CSV has them all (up to {m})",
+                        n=len(shown), m=audit.TRAIL_LIMIT)).classes("text-sm text-grey-7")
         keys = [k for k, _zh, _en in AUDIT_HEADERS]
         ui.table(columns=[{"name": k, "label": tr(zh, en), "field": k,
                            "align": "right" if k == "amount" else "left"}
