@@ -189,6 +189,13 @@ class _Story:
         self.members: list[Member] = []
         self.operator: dict[str, str] = {}
         self.out = Seeded()
+        # How customers pay at the till, from a stream of its own: the story's other
+        # draws (who visits, what they buy) stay as they were before methods existed.
+        self.till = random.Random(repr(rng.getstate()))  # seeded without drawing
+
+    def method(self) -> str:
+        """A payment method as a Shanghai shop sees them: mostly WeChat Pay and Alipay."""
+        return self.till.choices(("wechat", "alipay", "cash", "card"), (5, 3, 1, 1))[0]
 
     def local(self, day: date, at: time) -> datetime:
         return datetime.combine(day, at, self.chain.tz)
@@ -271,7 +278,7 @@ class _Story:
         if name == "张伟":  # first, so the counter shows his printed card as the current one
             ledger.issue_card(self.operator["cashier"], mid, VIRTUAL_CARD_UID)
         ledger.issue_card(self.operator["cashier"], mid, card, pin=pin)
-        ledger.topup(self.operator["cashier"], mid, rng.choice(TOPUPS))
+        ledger.topup(self.operator["cashier"], mid, rng.choice(TOPUPS), pay=self.method())
         self.members.append(Member(mid, name, home, card, technician, preferred))
 
     def shop_time(self) -> time:
@@ -329,9 +336,9 @@ class _Story:
         roll = rng.random()
         try:
             if roll < 0.12 or (balance["cash"] + balance["bonus"] < 20000 and roll < 0.5):
-                ledger.topup(cashier, m.id, rng.choice(TOPUPS))
+                ledger.topup(cashier, m.id, rng.choice(TOPUPS), pay=self.method())
             elif roll < 0.17 and m.home == node:
-                ledger.sell_package(cashier, m.id, "FOOT60", 10, 108000, pay="cash")
+                ledger.sell_package(cashier, m.id, "FOOT60", 10, 108000, pay=self.method())
             elif roll < 0.22 and balance["points"] >= 300 and m.home == node:
                 self.chain.perform(node, lambda lg: lg.redeem_points(
                     cashier, m.id, 300, gift=rng.choice(["精油小样", "足浴包", "毛巾礼盒"])))
@@ -352,7 +359,7 @@ class _Story:
                                                          pay=pay))
         except InsufficientFunds:
             self.chain.perform(node, lambda lg: lg.debit(cashier, m.id, service=service,
-                                                         pay="cash"))
+                                                         pay=self.method()))
         if self.rng.random() < 0.15:  # 加钟: an extra for the same visit
             extra = self.rng.choice(["CUPPING", "EAR", "HEAD30"])
             with suppress(InsufficientFunds):
