@@ -255,7 +255,7 @@ def trail(ledger: Ledger, operator: str | None = None, branch: str | None = None
             ev = json.loads(event)
             action = _CARD_ACTIONS[ev[1]]
             detail = f"card {no}"
-            if action == "card.replace":
+            if action == "card.replace" and len(ev) > 2:  # the note: the new card's id
                 new = conn.execute("SELECT card_no FROM cards WHERE id = ?", (ev[2],)).fetchone()
                 detail += f" → {new[0] if new else ev[2]}"
             rows.append({"id": str(ev[0]), "action": action, "member": mid, "detail": detail,
