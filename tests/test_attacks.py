@@ -417,14 +417,14 @@ def test_open_store_records_relayed_in_an_enrolled_branchs_file_are_refused(
 
 def test_the_open_stores_own_export_is_refused_by_the_cli(world: World, tmp_path: Path) -> None:
     """As a new user would try it: `crdtledger init --node SH01 --chain acme` without a
-    certificate, a member and a 1,000,000.00 top-up there, exported, imported at a
+    certificate, a member and a 5,000.00 top-up there, exported, imported at a
     branch with `crdtledger import`: refused with a sentence, nothing changed."""
     open_data = world.root / "open-sh01"
     r = run_cli("member", "add", "--name", "李四", "--phone", "13900000009", "--json",
                 data=open_data)
     assert r.code == 0, r.err
     member = r.json()["member_id"]
-    r = run_cli("topup", "--member", member, "--amount", "1000000.00", data=open_data)
+    r = run_cli("topup", "--member", member, "--amount", "5000.00", data=open_data)
     assert r.code == 0, r.err
     path = tmp_path / "open.sync"
     r = run_cli("export", "--out", path, data=open_data)

@@ -236,6 +236,8 @@ def test_large_values_and_negative_transfer_deltas_are_exact(tmp_path) -> None:
     """Values near 2**33 and the negative delta of a transfer come back exact."""
     a = new_ledger(tmp_path, "SH01")
     m = a.add_member(a.owner, name="李", phone="13800000002")
+    # a chain that takes such top-ups without a second person (approvals bind the owner)
+    a.set_rule(a.owner, "approval", {"topup_limit": 10**10, "correction_limit": 10_000})
     a.topup(a.owner, m, 9_007_199_254)  # large but valid
     a.transfer_rights(a.owner, m, "SH02", 9_007_199_000)
     r = a.rights(m)
