@@ -9,7 +9,6 @@ line (a real data directory, --csv), the HTTP API and the back office.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
@@ -21,7 +20,7 @@ from app_fixtures import CASHIER, OWNER, CounterApp
 from conftest import Cli
 from helpers import FakeClock, new_ledger, snapshot, sync
 from pycrdt import Map
-from test_api import AMY_PW, BOSS_PW, Api, serving, with_operators
+from test_api import AMY_PW, BOSS_PW, Api, drive
 
 from crdtledger import audit
 from crdtledger.commit import Write, put
@@ -29,7 +28,6 @@ from crdtledger.errors import InvalidInput, PermissionDenied
 from crdtledger.ledger import Ledger
 from crdtledger.model import BUILTIN_ROLES, member_doc
 from crdtledger.operations import run
-from peer.api import Standalone
 
 
 def actions(rows: list[audit.AuditRow]) -> list[tuple[str, str]]:
@@ -213,15 +211,7 @@ def test_the_api_serves_the_trail_to_whoever_may_read_it(tmp_path: Path) -> None
         assert status == 400
         assert snapshot(ledger) == before  # reading changes nothing
 
-    async def main() -> None:
-        ledger = with_operators(new_ledger(tmp_path, "SH01"))
-        try:
-            async with serving(Standalone(ledger)) as api:
-                await go(ledger, api)
-        finally:
-            ledger.close()
-
-    asyncio.run(main())
+    drive(tmp_path, go)
 
 
 # --- the back office -------------------------------------------------------------------

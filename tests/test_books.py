@@ -45,9 +45,13 @@ def earn_expiring_points(data: Path, node: str = "SH01") -> tuple[Ledger, str, F
     return ledger, m, clock
 
 
-def new_member(cli: Cli, data: Path) -> str:
+@pytest.fixture
+def shop(cli: Cli, tmp_path: Path) -> tuple[Path, str]:
+    """A branch SH01 made by the command line, with one member: (data dir, member)."""
+    data = tmp_path / "sh01"
+    assert cli("init", "--node", "SH01", data=data).code == 0
     r = cli("member", "add", "--name", "张伟", "--phone", PHONE, "--json", data=data)
-    return str(r.json()["member_id"])
+    return data, str(r.json()["member_id"])
 
 
 # --- points expire ------------------------------------------------------------------
@@ -158,10 +162,8 @@ def test_a_refund_in_parts_returns_every_point(tmp_path: Path) -> None:
         a.close()
 
 
-def test_three_part_refund_through_the_cli_adds_up(tmp_path: Path, cli: Cli) -> None:
-    data = tmp_path / "sh01"
-    assert cli("init", "--node", "SH01", data=data).code == 0
-    m = new_member(cli, data)
+def test_three_part_refund_through_the_cli_adds_up(shop: tuple[Path, str], cli: Cli) -> None:
+    data, m = shop
     assert cli("topup", "--member", m, "--amount", "300.00", data=data).code == 0
     d = cli("debit", "--member", m, "--amount", "142.20", "--json", data=data).json()
     assert d["points"] == 142
@@ -206,14 +208,13 @@ def test_the_builtin_owner_needs_another_approver(tmp_path: Path) -> None:
         a.close()
 
 
-def test_the_cli_owner_cannot_correct_above_the_limit_alone(tmp_path: Path, cli: Cli) -> None:
-    data = tmp_path / "sh01"
-    assert cli("init", "--node", "SH01", data=data).code == 0
-    m = new_member(cli, data)
+def test_the_cli_owner_cannot_correct_above_the_limit_alone(shop: tuple[Path, str],
+                                                            cli: Cli) -> None:
+    data, m = shop
     assert cli("topup", "--member", m, "--amount", "1000.00", data=data).code == 0
     r = cli("correct", "--member", m, "--purse", "cash", "--change", "500.00",
             "--reason", "goodwill", data=data)
-    assert r.code != 0 and "approval" in r.err
+    assert r.code != 0 and "approver" in r.err
     assert cli("balance", "--member", m, "--json", data=data).json()["cash"] == 100000
     assert cli("operator", "add", "--name", "mgr", "--password", "mgr-pass", "--role",
                "manager", data=data).code == 0
@@ -246,10 +247,8 @@ def test_a_replaced_card_keeps_its_pin_type_and_expiry(tmp_path: Path) -> None:
         a.close()
 
 
-def test_cli_card_replace_keeps_the_pin(tmp_path: Path, cli: Cli) -> None:
-    data = tmp_path / "sh01"
-    assert cli("init", "--node", "SH01", data=data).code == 0
-    m = new_member(cli, data)
+def test_cli_card_replace_keeps_the_pin(shop: tuple[Path, str], cli: Cli) -> None:
+    data, m = shop
     assert cli("card", "issue", "--member", m, "--card", "P1", "--pin", "4321",
                data=data).code == 0
     assert cli("topup", "--member", m, "--amount", "100.00", data=data).code == 0

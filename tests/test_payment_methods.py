@@ -9,7 +9,6 @@ command line (a real data directory), the HTTP API and the counter.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -17,14 +16,13 @@ from pathlib import Path
 import pytest
 from app_fixtures import CASHIER, OWNER, CounterApp
 from conftest import Cli
-from helpers import new_ledger, snapshot, sync
+from helpers import snapshot, sync
 from nicegui import ui
-from test_api import BOSS_PW, Api, serving, with_operators
+from test_api import BOSS_PW, Api, drive
 
 from crdtledger import views
 from crdtledger.errors import InvalidInput
 from crdtledger.ledger import Ledger
-from peer.api import Standalone
 
 METHODS = [{"code": "cash", "name_zh": "现金", "name_en": "cash"},
            {"code": "meituan", "name_zh": "美团", "name_en": "Meituan"}]
@@ -158,15 +156,7 @@ def test_the_api_takes_a_method_and_refuses_an_unknown_one(tmp_path: Path) -> No
         status, daily = await api.call("GET", "/reports/daily", token=boss)
         assert (status, daily["topup_by_method"]) == (200, {"alipay": 30000})
 
-    async def main() -> None:
-        ledger = with_operators(new_ledger(tmp_path, "SH01"))
-        try:
-            async with serving(Standalone(ledger)) as api:
-                await go(ledger, api)
-        finally:
-            ledger.close()
-
-    asyncio.run(main())
+    drive(tmp_path, go)
 
 
 # --- the counter -----------------------------------------------------------------------
