@@ -617,6 +617,28 @@ def members_csv(ledger: Ledger) -> bytes:
         tr("标签", "Tags"), tr("备注", "Notes")], rows)
 
 
+async def confirmed_run(question: str, yes: str, marker: str, write: Callable[[str], Any],
+                        what: str) -> bool:
+    """Ask before a write that cannot be undone (an erasure, a merge), then run it as
+    the logged-in operator on the node's thread; False if declined or refused."""
+    with ui.dialog() as dialog, ui.card():
+        ui.label(question)
+        with ui.row():
+            ui.button(yes, color="negative", on_click=lambda: dialog.submit(True)).mark(marker)
+            ui.button(tr("取消", "Cancel"), on_click=lambda: dialog.submit(False)).props("flat")
+    if not await dialog:
+        return False
+    op = operator()
+    try:
+        if op is None:
+            raise PermissionDenied("nobody is logged in")
+        await shop().run(lambda: write(op), what)
+    except LedgerError as e:
+        refuse(e)
+        return False
+    return True
+
+
 def erase_member(ledger: Ledger, op: str, member_id: str) -> None:
     """Blank a member's personal data on request, keep the ledger's figures.
 
@@ -694,27 +716,14 @@ def members_page() -> None:
                                                                          ).mark("erase")
 
         async def confirm(h: dict[str, Any]) -> None:
-            with ui.dialog() as dialog, ui.card():
-                ui.label(tr("确定删除 {name}（{phone}）的个人资料？此操作不能撤销。",
-                            "Erase the personal data of {name} ({phone})? This cannot be undone.",
-                            name=h["name"], phone=h["phone"]))
-                with ui.row():
-                    ui.button(tr("删除", "Erase"), color="negative",
-                              on_click=lambda: dialog.submit(True)).mark("erase-confirm")
-                    ui.button(tr("取消", "Cancel"), on_click=lambda: dialog.submit(False)
-                              ).props("flat")
-            if not await dialog:
-                return
-            op = operator()
-            try:
-                if op is None:
-                    raise PermissionDenied("nobody is logged in")
-                await shop().run(lambda: erase_member(ledger, op, h["id"]), "erase member")
-            except LedgerError as e:
-                refuse(e)
-                return
-            ui.notify(tr("已删除个人资料", "Personal data erased"), type="positive")
-            search()
+            question = tr("确定删除 {name}（{phone}）的个人资料？此操作不能撤销。",
+                          "Erase the personal data of {name} ({phone})? This cannot be undone.",
+                          name=h["name"], phone=h["phone"])
+            if await confirmed_run(question, tr("删除", "Erase"), "erase-confirm",
+                                   lambda op: erase_member(ledger, op, h["id"]),
+                                   "erase member"):
+                ui.notify(tr("已删除个人资料", "Personal data erased"), type="positive")
+                search()
 
         with ui.row().classes("items-center gap-2"):
             query = ui.input(tr("手机、姓名或卡号", "Phone, name or card number")
@@ -769,28 +778,14 @@ def duplicates_page() -> None:
 
     async def confirm(group: dict[str, Any], keep: dict[str, Any]) -> None:
         others = [m["id"] for m in group["members"] if m["id"] != keep["id"]]
-        with ui.dialog() as dialog, ui.card():
-            ui.label(tr("将其余 {n} 位会员合并到 {name}（{phone}）名下？合并不能撤销。",
-                        "Fold the other {n} member(s) into {name} ({phone})? A merge cannot "
-                        "be undone.", n=len(others), name=keep["name"], phone=keep["phone"]))
-            with ui.row():
-                ui.button(tr("合并", "Merge"), color="negative",
-                          on_click=lambda: dialog.submit(True)).mark("merge-confirm")
-                ui.button(tr("取消", "Cancel"), on_click=lambda: dialog.submit(False)
-                          ).props("flat")
-        if not await dialog:
-            return
-        op = operator()
-        try:
-            if op is None:
-                raise PermissionDenied("nobody is logged in")
-            await shop().run(lambda: merge_group(ledger, op, keep["id"], others),
-                             "merge members")
-        except LedgerError as e:
-            refuse(e)
-            return
-        ui.notify(tr("已合并", "Merged"), type="positive")
-        listing.refresh()
+        question = tr("将其余 {n} 位会员合并到 {name}（{phone}）名下？合并不能撤销。",
+                      "Fold the other {n} member(s) into {name} ({phone})? A merge cannot "
+                      "be undone.", n=len(others), name=keep["name"], phone=keep["phone"])
+        if await confirmed_run(question, tr("合并", "Merge"), "merge-confirm",
+                               lambda op: merge_group(ledger, op, keep["id"], others),
+                               "merge members"):
+            ui.notify(tr("已合并", "Merged"), type="positive")
+            listing.refresh()
 
     listing()
 
