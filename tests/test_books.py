@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 from conftest import Cli
-from helpers import FakeClock, new_ledger, snapshot, sync
+from helpers import FakeClock, new_ledger, sync
+from test_ledger import refused
 
 from crdtledger import views
 from crdtledger.core import NodeCore, SetTimer
@@ -22,14 +23,6 @@ PHONE = "13812345678"
 
 def member(ledger: Ledger) -> str:
     return ledger.add_member(ledger.owner, name="张伟", phone=PHONE)
-
-
-def refused(ledger: Ledger, members: list[str], exc: type[Exception], call, match=None):
-    before = snapshot(ledger, members)
-    with pytest.raises(exc, match=match) as info:
-        call()
-    assert snapshot(ledger, members) == before
-    return info.value
 
 
 def earn_expiring_points(data: Path, node: str = "SH01") -> tuple[Ledger, str, FakeClock]:
