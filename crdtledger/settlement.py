@@ -33,9 +33,13 @@ The rule (docs/design-notes.md, "Settlement by value served"):
   The survivor's matching `merge` entry (field `ref`) only mirrors it and is not
   read. A cash-lowering `merge` without `to` removes the value, as a correction.
 - Transfers (rights) are ignored entirely; points and package uses are not money.
-- Cash consumed (or corrected away, or merged) with no lot left to take, which an
-  honest chain never writes but a replica must not crash on, is counted against the
-  branch that wrote the entry, with no debt, as `unattributed`.
+- Cash consumed with no lot left to take is *owed* by the member's next lot: a branch
+  whose clock was set back after running ahead (hlc.py, eras) mints ids below those it
+  minted while ahead, so a debit can sort before the top-up it spent. The first lot
+  opened later covers it, oldest debt first, booked on that lot's day; until then (and
+  for cash corrected away or merged with no lot, which an honest chain never writes
+  but a replica must not crash on) the value counts against the branch that wrote the
+  entry, with no debt, as `unattributed`.
 - Period: debts, service, collection and removal are booked on the day of the entry
   that caused them (a refund's reversal on the refund's day). Lots are computed from
   all earlier history. `opening` and `unspent` are the value still prepaid at each
@@ -123,6 +127,9 @@ class _Book:
 
     lots: dict[str, _Lot] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)  # keys of `lots`, oldest first
+    # Debits' parts that no lot covered yet (a _Taking and its [None, server, fen]
+    # part), oldest first: the next lots opened cover them (_Replay.cover).
+    owed: list[tuple[_Taking, list[Any]]] = field(default_factory=list)
 
     def put(self, key: str, collector: str, amount: int) -> None:
         lot = self.lots.get(key)
@@ -187,6 +194,7 @@ class _Replay:
                 self.books[e["member"]].put(e["id"], node, cash)
                 self.unspent[node] += cash
                 self.book(node, "collected", cash)
+                self.cover(self.books[e["member"]])
         elif kind in ("debit", "package") and cash < 0:
             self.consume(e, -cash)
         elif kind == "refund" and cash > 0:
@@ -213,6 +221,28 @@ class _Replay:
         if short:
             parts.append([None, server, short])
         self.takings[e["id"]] = _Taking(server, parts)
+        if short:
+            self.books[e["member"]].owed.append((self.takings[e["id"]], parts[-1]))
+
+    def cover(self, book: _Book) -> None:
+        """Lots just opened pay what earlier-sorted debits took with no lot behind
+        them: the covered share becomes a part taken from that lot (so a refund gives
+        it back there), served now."""
+        while book.owed and book.order:
+            taking, part = book.owed[0]
+            if part[2]:
+                taken, _ = book.take(part[2])
+                at = taking.parts.index(part)
+                for key, collector, n in taken:
+                    self.unspent[collector] -= n
+                    self.serve(collector, taking.server, n)
+                    self.book(taking.server, "unattributed", -n)
+                    part[2] -= n
+                    taking.parts.insert(at, [key, collector, n])
+                    at += 1
+            if part[2] == 0:
+                book.owed.pop(0)
+                taking.parts = [p for p in taking.parts if p is not part]
 
     def give_back(self, e: Mapping[str, Any], amount: int) -> None:
         taking = self.takings.get(str(e.get("ref")))

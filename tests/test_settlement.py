@@ -267,6 +267,31 @@ def test_cash_no_lot_covers_is_shown_unattributed_and_owes_nothing() -> None:
     assert figures(s, "SH02") == {"unattributed": 1500}
 
 
+def test_a_debit_sorted_before_the_top_up_it_spent_is_covered_by_it() -> None:
+    """A branch whose clock ran ahead and was set back (hlc eras) mints ids below the
+    ones it minted while ahead: a member tops up at SH01 while its clock is two days
+    ahead, then is served at SH02 with the right time. The debit sorts first; the top-up
+    covers it when it comes, and the books show SH01 owing SH02, nothing unattributed,
+    nothing left prepaid; a refund of the debit goes back to that lot."""
+    def entry(i: int, kind: str, node: str, cash: int, **more: Any) -> dict[str, Any]:
+        return {"id": f"{i:013d}.{node}", "kind": kind, "node": node, "member": "M",
+                "deltas": [["cash", node, cash]], **more}
+
+    debit = entry(1, "debit", "SH02", -600)
+    s = settlement.settle([debit, entry(5, "topup", "SH01", 1000)])
+    assert_sound(s)
+    assert s["pairs"] == [{"owes": "SH01", "to": "SH02", "amount": 600, "served": 600,
+                           "served_back": 0}]
+    assert figures(s, "SH01")["unspent"] == 400
+    s = settlement.settle([debit, entry(5, "topup", "SH01", 1000),
+                           entry(6, "refund", "SH02", 600, ref=debit["id"])])
+    assert_sound(s)
+    assert figures(s, "SH01") == {"collected": 1000, "unspent": 1000}
+    # Covered in part: what the lot could not pay stays unattributed, and shows.
+    s = settlement.settle([debit, entry(5, "topup", "SH01", 250)])
+    assert figures(s, "SH02") == {"served_for_others": 250, "net": 250, "unattributed": 350}
+
+
 # --- properties --------------------------------------------------------------------
 
 # (what, branch, member, amount or fraction, other branch)
