@@ -37,7 +37,7 @@ from crdtledger.ledger import Ledger
 from crdtledger.private import private_dir, private_file_open, private_text_open
 from peer.chain import enrol, init_chain
 from reference_app.app import SECRET_FILE
-from reference_app.demo_data import BRANCHES, Seeded, seed
+from reference_app.demo_data import BRANCHES, DUPLICATE, MEMBERS, Seeded, seed
 
 DIALS = {"SH02": "SH01", "HZ01": "SH02"}  # who dials whom: a line, relayed hop by hop
 CHAIN_NAME = "demo"
@@ -210,6 +210,9 @@ class Demo:
             print(f"  {facts['lost_card']}: a card reported lost")
         if facts.get("birthdays"):
             print(f"  birthdays today: {'、'.join(facts['birthdays'])}")
+        if facts.get("members", 0) > MEMBERS:  # demo data from before it had one
+            print(f"  {DUPLICATE[0]} ({DUPLICATE[1]}): registered at SH01 and HZ01 alike, "
+                  "a duplicate member to merge (back office, 重复会员)")
         print(f"\nTry: top up 张伟 at SH01, then find him at SH02 and serve him there; the "
               f"settlement statement shows what the branches owe each other.\n"
               f"The command line works on a running branch too, e.g. "

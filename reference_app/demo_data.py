@@ -88,6 +88,8 @@ NOTES = ["颈椎不好，按肩颈轻一点", "怕冷，空调调高", "喜欢�
          "对精油过敏", ""]
 
 MEMBERS = 60
+# Registered at two branches at once (Demo.specials): a duplicate for the owner to merge.
+DUPLICATE = ("周敏", "13600002222")
 NEW_DURING_HISTORY = 8
 HISTORY_DAYS = 5  # full days before today, plus this morning until shortly before now
 OPEN, CLOSE = time(10, 0), time(22, 0)
@@ -206,9 +208,10 @@ class _Story:
         self.rules_and_operators()
         self.history(start)
         self.chain.sync()
-        self.out.members = len(self.members)
         # Synced: every branch holds them all, so the first one's count is the chain's.
-        self.out.entries = views.count_entries(next(iter(self.chain.ledgers.values())))
+        first = next(iter(self.chain.ledgers.values()))
+        self.out.members = len(views.member_ids(first))
+        self.out.entries = views.count_entries(first)
         return self.out
 
     # --- head office, before the branches open ------------------------------
@@ -412,10 +415,20 @@ class _Story:
         def big_topup() -> None:
             ledgers["SH01"].topup(owner, named("张伟").id, 500000)
 
+        def twice() -> None:
+            # The same customer registered at SH01 and at HZ01 before the two had
+            # synced (as during a partition): the back office lists them as duplicate
+            # members for the owner to merge.
+            for node, amount in (("SH01", 100000), ("HZ01", 50000)):
+                mid = ledgers[node].add_member(cashier, name=DUPLICATE[0], phone=DUPLICATE[1],
+                                               gender="F", home=node)
+                ledgers[node].topup(cashier, mid, amount, pay="wechat")
+
         out.append((self.local(start + timedelta(days=1), time(11, 5)), big_topup))
         out.append((self.local(start + timedelta(days=2), time(15, 10)), serve_wang))
         out.append((self.local(start + timedelta(days=2), time(16, 40)), refund))
         out.append((self.local(start + timedelta(days=3), time(19, 30)), lose))
         out.append((self.local(start + timedelta(days=3), time(20, 15)), replace))
         out.append((self.local(start + timedelta(days=4), time(14, 0)), convert))
+        out.append((self.local(start + timedelta(days=4), time(17, 20)), twice))
         return out

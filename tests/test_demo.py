@@ -23,7 +23,7 @@ import pytest
 from conftest import cli_env
 
 from crdtledger.ledger import Ledger
-from reference_app.demo_data import BRANCHES
+from reference_app.demo_data import BRANCHES, MEMBERS
 
 pytestmark = pytest.mark.slow
 
@@ -143,7 +143,7 @@ def test_demo_runs_three_branches_with_counter_pages_and_resumes(demo_dir: Path)
     with Ledger.open(demo_dir / "SH01", lock=False) as ledger:
         before = {r[0] for r in ledger.storage.conn.execute("SELECT id FROM entries")}
         members = ledger.storage.conn.execute("SELECT COUNT(*) FROM members").fetchone()[0]
-    assert members == 60 and len(before) > 300
+    assert members == MEMBERS + 2 and len(before) > 300  # and a duplicate registered twice
 
     again = subprocess.run(demo_argv(demo_dir, port, "--exit"), capture_output=True,
                            text=True, env=cli_env(), timeout=UP_TIMEOUT_S, check=False)
@@ -151,5 +151,6 @@ def test_demo_runs_three_branches_with_counter_pages_and_resumes(demo_dir: Path)
     assert "Demo data found" in again.stdout and "Creating" not in again.stdout
     with Ledger.open(demo_dir / "SH01", lock=False) as ledger:
         after = {r[0] for r in ledger.storage.conn.execute("SELECT id FROM entries")}
-        assert ledger.storage.conn.execute("SELECT COUNT(*) FROM members").fetchone()[0] == 60
+        (count,) = ledger.storage.conn.execute("SELECT COUNT(*) FROM members").fetchone()
+        assert count == MEMBERS + 2
     assert before <= after  # the same data, not seeded again (new rights moves may add)
