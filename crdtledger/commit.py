@@ -79,6 +79,9 @@ class LedgerBase:
         self.owner = owner_of(self.node)
         self._listeners: list[Listener] = []
         self._rules: dict[str, list[tuple[str, str, Any]]] | None = None
+        # Members others were merged into (merge.Merges._folded), read once: a debit
+        # then asks nothing more for the members (nearly all) nobody was merged into.
+        self._merge_targets: frozenset[str] | None = None
         self.skew_events: deque[ClockSkew] = deque(maxlen=SKEW_EVENTS_KEPT)
         self._digest: tuple[int, bytes] | None = None  # (storage.version, states_digest)
         self.trust: Trust = load_trust(storage.dir, self.chain, self.node)
@@ -112,20 +115,24 @@ class LedgerBase:
         st = self.storage
         self._check_may_write()
         committed: list[Record] = []
-        with st.transaction():
-            writes, result = plan()
-            for w in writes:
-                ld = st.doc(w.doc)
-                with ld.doc.transaction():
-                    w.mutate(ld.roots[w.root])
-                if w.doc in GOVERNANCE_DOCS:  # a debit reads nothing back
-                    check_local(w.doc, self.trust.governs, ld.roots[w.root].get(w.key),
-                                self.trust.is_revocation_list)
-                updates = ld.take_updates()
-                self._project_write(ld, w)
-                st.record(ld, updates)
-                committed.extend(self._log_own(w.doc, u) for u in updates)
-            st.keep_clock(self.clock.last, self.clock.eras_text)
+        try:  # free unless raised
+            with st.transaction():
+                writes, result = plan()
+                for w in writes:
+                    ld = st.doc(w.doc)
+                    with ld.doc.transaction():
+                        w.mutate(ld.roots[w.root])
+                    if w.doc in GOVERNANCE_DOCS:  # a debit reads nothing back
+                        check_local(w.doc, self.trust.governs, ld.roots[w.root].get(w.key),
+                                    self.trust.is_revocation_list)
+                    updates = ld.take_updates()
+                    self._project_write(ld, w)
+                    st.record(ld, updates)
+                    committed.extend(self._log_own(w.doc, u) for u in updates)
+                st.keep_clock(self.clock.last, self.clock.eras_text)
+        except BaseException:  # rolled back: it may have written a merge read since
+            self._merge_targets = None
+            raise
         self._notify(committed, None)
         for name in {w.doc for w in writes}:
             st.maybe_compact(name)
@@ -168,6 +175,8 @@ class LedgerBase:
         record_change(conn, ld.name, w.root, w.key, ld.roots[w.root][w.key], day_of)
         if w.root == "rules":
             self._rules = None
+        elif w.root == "members":
+            self._merge_targets = None
 
     def _notify(self, records: Iterable[Record], origin: object) -> None:
         for rec in records:

@@ -145,8 +145,17 @@ class Merges(Cards):
         if "merged_into" in profile:  # rare: read the survivor's instead
             member = views.canonical(conn, member)
             profile, totals = self._live_member(member)
-        group = views.folded_into(conn, member)
+        group = self._folded(member)
         if len(group) > 1:
             self._sweep(group[1:])
             totals = views.group_totals(conn, group)
         return member, (profile, totals)
+
+    def _folded(self, member: str) -> list[str]:
+        """views.folded_into(member), asking the store only for a member someone was
+        merged into: the debit's path, for the members (nearly all) nobody was."""
+        if self._merge_targets is None:
+            self._merge_targets = views.merge_targets(self.storage.conn)
+        if member not in self._merge_targets:
+            return [member]
+        return views.folded_into(self.storage.conn, member)

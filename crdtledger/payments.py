@@ -69,7 +69,7 @@ class Payments(Merges, Rules):
         other branches hold for members merged into it count as theirs (they sweep them
         to it when asked: crdtledger.merge); here only its own, which alone it may spend."""
         out: dict[str, dict[str, int]] = {}
-        group = views.folded_into(self.storage.conn, member)
+        group = self._folded(member)
         for m, purse, node, amount in self.storage.conn.execute(
             f"SELECT member, purse, node, amount FROM rights WHERE member {views.in_(group)}",
             group

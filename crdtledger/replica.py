@@ -93,6 +93,8 @@ class Replica(LedgerBase):
             if value is not None:
                 record_change(conn, ld.name, root, key, value, day_of)
                 rules_changed |= root == "rules"
+                if root == "members":
+                    self._merge_targets = None
         if rules_changed:
             self._rules = None
 

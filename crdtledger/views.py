@@ -62,6 +62,14 @@ def member_group(conn: sqlite3.Connection, member: str) -> list[str]:
     return folded_into(conn, canonical(conn, member))
 
 
+def merge_targets(conn: sqlite3.Connection) -> frozenset[str]:
+    """Every member some other member was merged into (a survivor, or a link of a
+    chain of merges): one read of the merged members' index."""
+    return frozenset(t for (t,) in conn.execute(
+        "SELECT DISTINCT json_extract(body, '$.merged_into') FROM members "
+        "WHERE json_extract(body, '$.merged_into') IS NOT NULL"))
+
+
 def folded_into(conn: sqlite3.Connection, head: str) -> list[str]:
     """`head`, then every member merged into it, directly or through another, by id
     (`member_group` of a survivor): one indexed read when there is none."""
