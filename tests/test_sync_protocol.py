@@ -40,7 +40,7 @@ from crdtledger.errors import (
     RemoteProtocolError,
     RightsElsewhere,
 )
-from crdtledger.hlc import MAX_CLOCK_SKEW_MS, HybridClock
+from crdtledger.hlc import MAX_CLOCK_SKEW_MS, HybridClock, decode
 from crdtledger.ledger import Ledger
 from crdtledger.log import HELD, REFUSED, Head, Record
 from crdtledger.model import entry_doc, member_doc
@@ -764,8 +764,10 @@ def _skips_a_clock(a: Ledger, f: Forger, own: dict[str, Any]) -> None:
 
 
 def _fresh(a: Ledger, f: Forger, own: dict[str, Any], key: str, **fields: Any) -> None:
-    """A new entry of the forger, its id minted as node `key`, with `fields`."""
-    eid = HybridClock(key).mint()
+    """A new entry of the forger, its id minted as node `key`, with `fields`: after its
+    own entry's (a fresh clock could mint that very id in the same millisecond, and the
+    record would then break insert-once rather than the rule under test)."""
+    eid = HybridClock(key, decode(own["id"].split(".", 1)[0])).mint()
     f.write(entry_doc(eid, a.storage.day_of),
             _put(eid, _entry(own["member"], f.node, eid) | fields))
 
