@@ -60,8 +60,11 @@ RIGHTS_DEADLINE_S = 2.0
 # Seconds between rebalancer passes (rights follow the member's visits).
 REBALANCE_S = 60.0
 # Seconds between looks at the calendar: the daily housekeeping (Ledger.housekeeping:
-# expired points written off) runs at start and at the first look of each new day.
+# expired points written off, merged members swept) runs a minute after start, not in
+# it (it reads the entries once: a big store's start stays quick), then at the first
+# look of each new day.
 HOUSEKEEPING_S = 600.0
+HOUSEKEEPING_FIRST_S = 60.0
 # Visits that count for the rebalancer's targets.
 VISIT_WINDOW_DAYS = 30
 # Reconnect backoff: full jitter between 0 and a bound that doubles per failure up to
@@ -310,7 +313,7 @@ class NodeCore:
             self._add_target(key, node, 0.0)
         self._timer(("ae",), self.rng.uniform(0, self.anti_entropy_s))
         self._timer(("rebalance",), self.rebalance_s)
-        self._timer(("housekeeping",), 0.0)
+        self._timer(("housekeeping",), HOUSEKEEPING_FIRST_S)
         return self._effects()
 
     def add_target(self, key: str, node: str | None, now: float,

@@ -84,7 +84,7 @@ class Ledger(Payments, Replica):
         """What this node owes the chain on a schedule, without a till asking: it
         sweeps the rights it holds of merged members to their survivors
         (crdtledger.merge), then writes off the expired points it holds. The node core
-        runs it at start and once a day (core.HOUSEKEEPING_S); returns the entries
+        runs it a minute after start and once a day (core.HOUSEKEEPING_S); returns the entries
         written."""
         return [*self.sweep_merged(), *self.expire_due_points()]
 
