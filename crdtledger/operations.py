@@ -863,6 +863,19 @@ def points_convert(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return ledger.convert_points(operator, p["member"], p["points"])
 
 
+@operation("points.expire", "积分过期: write off the expired points this branch holds, for "
+           "one member or all (the node also does it daily)", permission="adjust",
+           http="POST /points/expire",
+           params=(Param("member", MEMBER_ID, help="one member (default: every member)"),),
+           result=array(ENTRY, 500),
+           show=lambda _ledger, entries, _p: f"{sum(e['points'] for e in entries)} expired "
+           f"points written off for {len(entries)} member(s)")
+def points_expire(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]:
+    if "member" in p:
+        return [e for e in [ledger.expire_points(operator, p["member"])] if e is not None]
+    return ledger.expire_due_points(operator)
+
+
 @operation("package.sell", "计次卡: sell a number of uses of a service",
            permission="package.sell", http="POST /packages",
            params=(MEMBER, Param("service", SERVICE, required=True),

@@ -376,14 +376,17 @@ class Payments(Merges, Rules):
         self.authorise(operator, "adjust")
         return self._write_off_points(member, operator)
 
-    def expire_due_points(self) -> list[dict[str, Any]]:
-        """The node's own write-offs (housekeeping): every member whose expired points
-        this node holds. Each branch writes off only its own rights, so together the
-        chain writes off each expired point once, wherever its rights sit."""
+    def expire_due_points(self, operator: str | None = None) -> list[dict[str, Any]]:
+        """The node's own write-offs (housekeeping, or an operator allowed to adjust):
+        every member whose expired points this node holds. Each branch writes off only
+        its own rights, so together the chain writes off each expired point once,
+        wherever its rights sit."""
+        if operator is not None:
+            self.authorise(operator, "adjust")
         done = []
         for member in views.members_with_expired_points(cast("Ledger", self), self.node,
                                                         self.today()):
-            entry = self._write_off_points(member, f"expiry@{self.node}")
+            entry = self._write_off_points(member, operator or f"expiry@{self.node}")
             if entry is not None:
                 done.append(entry)
         return done

@@ -130,6 +130,11 @@ def test_the_cli_refuses_expired_points(tmp_path: Path, cli: Cli) -> None:
     assert r.code != 0 and "expired" in r.err
     r = cli("history", "--member", m, "--json", data=data)
     assert all(e["kind"] != "redeem" for e in r.json())
+    # the owner need not wait for the node's daily pass
+    r = cli("points", "expire", "--json", data=data)
+    assert [(e["kind"], e["points"], e["op"]) for e in r.json()] == [("expiry", 150, "owner@SH01")]
+    assert cli("points", "expire", "--member", m, "--json", data=data).json() == []
+    assert cli("balance", "--member", m, "--json", data=data).json()["points"] == 0
 
 
 # --- refunds return exactly ----------------------------------------------------------
