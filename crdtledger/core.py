@@ -670,7 +670,10 @@ class NodeCore:
                 case ClockSkewSeen():
                     self._out.append(Count("clock_skew_seen", (lk.peer,)))
                 case ClockHeard(node=peer, offset_ms=offset, agree=agree):
-                    self._clock_update(self.clocks.heard(peer, offset, agree))
+                    # A branch speaks for its own clock; only the hub for the others
+                    # that agree with it (Replica.speaks_for_chain).
+                    weight = agree if agree == 1 or self.ledger.speaks_for_chain(peer) else 1
+                    self._clock_update(self.clocks.heard(peer, offset, weight))
                 case RightsGranted(request=rid, node=peer, amount=amount):
                     if amount > 0:
                         self._out.append(Count("rights_transfers", ("in",)))

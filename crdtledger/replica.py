@@ -596,6 +596,14 @@ class Replica(LedgerBase):
                           len(run)) from None
         st.record(ld, [rec.data for rec, _ in run])
 
+    def speaks_for_chain(self, node: str) -> bool:
+        """May `node`'s word on how many clocks agree with it be taken (peerclock)? Only
+        a head-office node's (the chain's hub): an ordinary branch that lied about it
+        could otherwise move every branch it talks to onto its own clock. Judged by the
+        certificate of its signed log, as a governance write is."""
+        kept = self.storage.log.head(node)
+        return self._may_govern(node, kept[1] if kept else self._certs_seen.get(node))
+
     def _may_govern(self, node: str, cert: bytes | None) -> bool:
         """May `node`, whose records were verified under `cert`, write governance?"""
         if node == self.node:

@@ -27,6 +27,7 @@ from test_api import Api, serving, with_operators
 from test_chain import Reply, call, identity
 
 from crdtledger import views
+from crdtledger.core import NodeCore
 from crdtledger.hlc import (
     CLOCK_OFF_LIMIT_MS,
     FRESH_ERAS,
@@ -38,6 +39,7 @@ from crdtledger.ledger import Ledger
 from crdtledger.peerclock import PeerClocks
 from crdtledger.projection import _card_status
 from crdtledger.storage import Storage
+from crdtledger.sync import SyncSession
 from peer.api import Standalone
 from peer.chain import enrol, init_chain
 from peer.node import Config, Node
@@ -284,6 +286,46 @@ def test_a_clock_set_right_needs_no_correction_at_once_and_a_lost_peer_keeps_it(
     assert c.verdict.off_ms == 0
     c.heard("HQ", 50, 4)
     assert not c.verdict.off
+
+
+@pytest.mark.parametrize("hub", [False, True])
+def test_a_branch_that_claims_many_clocks_agree_moves_nobody(tmp_path: Path, hub: bool
+                                                             ) -> None:
+    """A lying branch (valid certificate) says its time, two days ahead, is what a
+    thousand clocks agree on. Its word is taken for its own clock only: the branch
+    that hears it is told they disagree and keeps its own time. The chain's hub (a
+    head-office certificate) is believed when it speaks for the branches behind it."""
+    chain = tmp_path / "chain"
+    init_chain(chain, "test")
+    for node in ("SH01", "SH02"):
+        Ledger.create(tmp_path / node, node, "test")
+        enrol(chain, tmp_path / node, node, head_office=hub and node == "SH02")
+    a = Ledger.open(tmp_path / "SH01")
+    liar = Ledger.open(tmp_path / "SH02", now_ms=Shifted(2 * DAY))
+    try:
+        liar.add_member(liar.owner, name="x", phone="13800000000")
+        sync(a, liar)  # SH01 holds SH02's signed log, hence its certificate
+        liar.clock.agree = 1000  # what its hellos will say
+        core = NodeCore(a)
+        core.start(0.0)
+        core.link_opened(1, "SH02", dialer="SH01", now=0.0)
+        theirs = SyncSession(liar, expect_node="SH01")
+        theirs.start()
+        mine = core.session("SH02")
+        assert mine is not None
+        for _ in range(4):  # a few rounds of hellos both ways
+            core.receive(1, theirs.data_to_send(), 1.0)
+            for frame in mine.data_to_send():
+                theirs.receive(frame)
+        status = core.clock_status()
+        if hub:
+            assert abs(status["off_ms"] - 2 * DAY) < 60_000
+        else:
+            assert status["off_ms"] == 0 and "SH02" in status["disagree"]
+            assert abs(a.clock.wall() - real_ms()) < 60_000
+    finally:
+        a.close()
+        liar.close()
 
 
 # --- nodes on real TLS, in one event loop ---------------------------------------------------
