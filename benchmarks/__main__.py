@@ -1,4 +1,5 @@
-"""python -m benchmarks run [--quick | --tiny] [--only NAME] [--json FILE] [--out DIR]
+"""python -m benchmarks run [--quick | --tiny] [--only NAME] [--chain-size N] [--json FILE]
+                            [--out DIR]
 
 Runs the benchmarks, prints a table of figures and of ratios against their targets,
 and writes the same as JSON (default: benchmarks/out/results-<scale>.json). Exit
@@ -9,13 +10,14 @@ machines are noisy); it is non-zero only if a benchmark fails to run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import datagen, debit, history, network, plot, scale
+from benchmarks import chain, datagen, debit, history, network, plot, scale
 from benchmarks.common import Config, config
 from benchmarks.report import Report
 
@@ -25,6 +27,7 @@ BENCHMARKS: dict[str, Callable[[Config, Report], None]] = {
     scale.NAME: scale.run,
     network.SYNC: network.run_sync,
     network.PROPAGATION: network.run_propagation,
+    chain.NAME: chain.run,
 }
 
 
@@ -40,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="toy sizes: only proves the benchmarks run (smoke test)")
     run.add_argument("--only", action="append", choices=sorted(BENCHMARKS), metavar="NAME",
                      help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}")
+    run.add_argument("--chain-size", action="append", type=int, metavar="ENTRIES",
+                     help="the chain benchmark at these sizes instead (repeatable; ten "
+                          "entries per member): 10000000 is the issue's 10M / 1M")
     run.add_argument("--json", type=Path, metavar="FILE", help="write the results here")
     run.add_argument("--out", type=Path, default=datagen.OUT, metavar="DIR",
                      help="cache of generated data sets and scratch space "
@@ -51,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     cfg = config(scale_name, args.out.resolve(), log)
+    if args.chain_size:
+        cfg = dataclasses.replace(cfg, chain_sizes=tuple(
+            datagen.Size(n // 10, n) for n in sorted(args.chain_size)))
     report = Report(scale_name, cfg.out)
     names = args.only or list(BENCHMARKS)
     suffix = "".join(f"-{n}" for n in args.only or ())  # a partial run keeps its own file

@@ -36,6 +36,7 @@ class Config:
     warm_opens: int  # fresh processes per size (the largest: also cold ones)
     cold_opens: int
     log: Log = print
+    chain_sizes: tuple[Size, ...] = ()  # `--chain-size`: the `chain` ladder, else its own
 
     @property
     def work(self) -> Path:

@@ -848,10 +848,11 @@ class Child:
         """How far this node holds each log (what a joining node must reach)."""
         return {"states": self.node.ledger.positions()}
 
-    async def cmd_catchup(self, url: str, states: dict[str, int], timeout: float = 300.0
+    async def cmd_catchup(self, url: str, states: dict[str, int], wait_s: float = 300.0
                           ) -> dict[str, Any]:
         """Dial `url` and time until this node holds every log as far as `states`
-        (the peer's positions). Verifying and the write rules are timed meanwhile
+        (the peer's positions), at most `wait_s` (not `timeout`: `NodeProc.call` takes
+        that name for itself). Verifying and the write rules are timed meanwhile
         (`verify_timer`)."""
         node = self.node
         ours = node.ledger.positions()
@@ -868,7 +869,7 @@ class Child:
             connected = time.monotonic_ns()
             first = node.link(node.connected()[0])
             if self.pending:
-                await asyncio.wait_for(self.reached.wait(), timeout)
+                await asyncio.wait_for(self.reached.wait(), wait_s)
             else:
                 self.reached_ns = connected
             cpu1 = await self.cmd_cpu()

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = {"debit", "history", "scale", "sync", "propagation"}
+BENCHES = {"debit", "history", "scale", "sync", "propagation", "chain"}
 
 
 def test_quick_benchmark_run(tmp_path: Path) -> None:
