@@ -88,11 +88,18 @@ class Trace:
         self.tail: deque[str] = deque(maxlen=keep)
         self.all: list[str] | None = [] if keep_all else None
         self.lines = 0
+        # Lines come in runs of one instant (a batch's frames, a node's effects): its
+        # time stamp is formatted once. The digest is that of the same lines.
+        self._stamp_ms = -1
+        self._stamp = ""
 
     def __call__(self, now: int, text: str) -> None:
-        line = f"{clock(now)} {text}"
-        self._hash.update(line.encode())
-        self._hash.update(b"\n")
+        ms = now // MS
+        if ms != self._stamp_ms:
+            self._stamp_ms = ms
+            self._stamp = clock(now)
+        line = f"{self._stamp} {text}"
+        self._hash.update(f"{line}\n".encode())
         self.tail.append(line)
         if self.all is not None:
             self.all.append(line)

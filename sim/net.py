@@ -60,21 +60,23 @@ def frame_size(frame: bytes) -> int:
     SIGNATURE_BYTES whatever their DER length. That length is random (the signing
     nonce), so counting it as it is would make one seed's runs differ in timing and
     digest; a frame's content is never changed. Remembered by identity: a frame is
-    sized when sent and again when delivered."""
+    sized when sent and again when delivered (only `recs` frames: any other is
+    counted at its length, which is cheaper than the look-up)."""
+    size = len(frame)
+    if frame[6:11] != b"\xa4recs":
+        return size
     hit = _SIZES.get(id(frame))
     if hit is not None and hit[0] is frame:
         return hit[1]
-    size = len(frame)
-    if frame[6:11] == b"\xa4recs":
-        try:
-            msg: Any = msgpack.unpackb(frame, raw=False, strict_map_key=False)
-            heads = msg.get("heads") if isinstance(msg, dict) else None
-            if isinstance(heads, dict):
-                for head in heads.values():
-                    if isinstance(head, list) and len(head) == 3 and isinstance(head[2], bytes):
-                        size += SIGNATURE_BYTES - len(head[2])
-        except Exception:
-            pass
+    try:
+        msg: Any = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+        heads = msg.get("heads") if isinstance(msg, dict) else None
+        if isinstance(heads, dict):
+            for head in heads.values():
+                if isinstance(head, list) and len(head) == 3 and isinstance(head[2], bytes):
+                    size += SIGNATURE_BYTES - len(head[2])
+    except Exception:
+        pass
     _SIZES[id(frame)] = (frame, size)
     if len(_SIZES) > 4096:
         _SIZES.popitem(last=False)
