@@ -96,10 +96,12 @@ class Payments(Merges, Rules):
     def _pay(self, pay: str | None, purses: tuple[str, ...] = ()) -> str:
         """How an entry is paid, checked: one of `purses` (paid from the member's
         purses) or a payment method of the rule in force; None is the rule's first."""
+        if pay is not None and pay in purses:  # from stored value: no rule to read
+            return pay
         methods = self.payment_methods()
         if pay is None:
             return methods[0]
-        if pay not in purses and pay not in methods:
+        if pay not in methods:
             raise InvalidInput(f"pay must be one of {', '.join((*purses, *methods))}, "
                                f"not {str(pay)[:20]!r}")
         return pay
@@ -391,8 +393,12 @@ class Payments(Merges, Rules):
                 done.append(entry)
         return done
 
-    def _write_off_points(self, member: str, operator: str) -> dict[str, Any] | None:
-        due = views.points(cast("Ledger", self), member)["expired_unwritten"]
+    def _write_off_points(self, member: str, operator: str, due: int | None = None
+                          ) -> dict[str, Any] | None:
+        """Write off up to `due` expired points (views.points reads them if not given)
+        as far as this node holds them."""
+        if due is None:
+            due = int(views.points(cast("Ledger", self), member)["expired_unwritten"])
         n = min(due, self._rights(member, "points").get(self.node, 0))
         if n <= 0:
             return None
@@ -411,7 +417,7 @@ class Payments(Merges, Rules):
             raise InsufficientFunds("points", pts["usable"], wanted,
                                     f" ({expired} more have expired)" if expired else "")
         if pts["expired_unwritten"]:
-            self._write_off_points(member, f"expiry@{self.node}")
+            self._write_off_points(member, f"expiry@{self.node}", pts["expired_unwritten"])
 
     # --- views --------------------------------------------------------------
 
