@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -297,10 +297,22 @@ class Log:
     # --- writing (inside the store's transaction) ----------------------------
 
     def append(self, rec: Record, hash_: bytes, state: int = APPLIED) -> None:
+        self.extend([(rec, hash_, state)])
+
+    def extend(self, items: Sequence[tuple[Record, bytes, int]]) -> None:
+        """Append records (record, hash, state) in this order: one statement for a
+        catch-up's run of them."""
+        if not items:
+            return
         self._written = True
-        self.conn.execute(
+        self.conn.executemany(
             "INSERT INTO records(node, seq, hash, doc, data, state) VALUES (?, ?, ?, ?, ?, ?)",
-            (rec.node, rec.seq, hash_, rec.doc, rec.data, state))
+            [(rec.node, rec.seq, hash_, rec.doc, rec.data, state)
+             for rec, hash_, state in items])
+        for rec, hash_, state in items:
+            self._appended(rec, hash_, state)
+
+    def _appended(self, rec: Record, hash_: bytes, state: int) -> None:
         # Records of different documents may be appended out of their log's order:
         # the tip moves only forward, and is read again when unknown.
         known = self._tips.get(rec.node)

@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from itertools import pairwise
 from typing import Any
 
@@ -60,9 +61,13 @@ class Replica(LedgerBase):
 
     def _project(self, ld: LoadedDoc, change: Any) -> None:
         conn, day_of = self.storage.conn, self.storage.day_of
-        rules_changed = False
         fresh: list[tuple[str, Any]] = []  # entries new to the document
         projected: list[dict[str, Any]] = []
+        # Records (members, cards, rules, ...) set, removed or edited inside: each
+        # projected once from the document as it now stands, however many of the
+        # batch's updates touched it (a catch-up brings a member and then each of
+        # its edits).
+        records: dict[tuple[str, str], bool] = {}
         for root, key, old, new in change.added:
             if root == "entries":
                 if old is None:
@@ -73,12 +78,9 @@ class Replica(LedgerBase):
                 if entry is not None:
                     projected.append(entry)
             else:
-                # Read from the document, as pycrdt wraps it (the event's value is
-                # the raw one, see LoadedDoc.watching).
-                record_change(conn, ld.name, root, key, ld.roots[root].get(key), day_of)
-                rules_changed |= root == "rules"
-        if fresh:
-            _check_months(ld.name, [key for key, _ in fresh], day_of)
+                records[(root, key)] = True  # removed ones too: quarantined, as before
+        # Each fresh entry's month was checked with the record that carried it
+        # (_apply_run): not again here.
         projected += project_entries(conn, ld.name, fresh, day_of)
         for root in change.unsure:  # LoadedDoc.watching: Yrs could not say which keys
             if root == "entries":
@@ -88,14 +90,20 @@ class Replica(LedgerBase):
             keys = ld.roots[root].keys()  # pycrdt types Map.__iter__ as an Iterable
             change.touched.update((root, str(key)) for key in keys)
         self._observe_clocks(projected)
-        for root, key in change.touched:
-            value = ld.roots[root].get(key)
-            if value is not None:
+        for rk in change.touched:
+            records.setdefault(rk, False)  # an edit inside: projected only if still there
+        if not records:
+            return
+        values = ld.plain_values(list(records))
+        roots: set[str] = set()
+        for (root, key), removed_too in records.items():
+            value = values.get((root, key))
+            if value is not None or removed_too:
                 record_change(conn, ld.name, root, key, value, day_of)
-                rules_changed |= root == "rules"
-                if root == "members":
-                    self._merge_targets = None
-        if rules_changed:
+                roots.add(root)
+        if "members" in roots:
+            self._merge_targets = None
+        if "rules" in roots:
             self._rules = None
 
     def _observe_clocks(self, entries: list[dict[str, Any]]) -> None:
@@ -465,15 +473,18 @@ class Replica(LedgerBase):
             blocked = log.blocked()
             waiting = log.waiting_nodes()
             run: list[tuple[Record, bytes]] = []
+            kept: list[tuple[Record, bytes, int]] = []  # appended to the log in this order
             for rec, hash_ in part:
                 if run and (run[0][0].doc != rec.doc or plan.single):
+                    log.extend(kept)
+                    kept = []
                     self._apply_run(run, plan.certs)
                     touched.append(run[0][0].doc)
                     run = []
                 if rec.node not in blocked and (
                         rec.node in waiting or rec.seq >= plan.wait_from.get(rec.node, 1 << 62)):
                     # After a record that waits, its writer's next ones wait too.
-                    log.append(rec, hash_, WAITING)
+                    kept.append((rec, hash_, WAITING))
                     waiting.add(rec.node)
                 elif rec.node in blocked or (rec.node, rec.seq) in refused:
                     state = HELD
@@ -482,10 +493,11 @@ class Replica(LedgerBase):
                         state = REFUSED
                         self._report_rule(rec, broken, now)
                         blocked.add(rec.node)
-                    log.append(rec, hash_, state)
+                    kept.append((rec, hash_, state))
                 else:
                     run.append((rec, hash_))
-                    log.append(rec, hash_, APPLIED)
+                    kept.append((rec, hash_, APPLIED))
+            log.extend(kept)
             if run:
                 self._apply_run(run, plan.certs)
                 touched.append(run[0][0].doc)
@@ -702,11 +714,7 @@ def _check_months(doc: str, keys: Sequence[str], day_of: Callable[[int], str]) -
     well inside the month (the 2nd to the 27th in UTC) are told by comparing
     strings: a catch-up brings a month of them. `day_of` is the store's own zone,
     for the message only."""
-    lo = hi = ""  # before 1970 (or year 0000) no id is that old: each taken carefully
-    year = int(doc[7:11])
-    if year > 1970:  # from the 2nd to the 27th (every month has 28 days), in UTC
-        start = datetime(year, int(doc[12:14]), 2, tzinfo=UTC)
-        lo, hi = (id_floor(int(t.timestamp() * 1000)) for t in (start, start + _26_DAYS))
+    lo, hi = _inner_ids(doc)
     for key in keys:
         if not isinstance(key, str) or not ID.match(key) or lo <= key[:13] < hi:
             continue
@@ -718,6 +726,19 @@ def _check_months(doc: str, keys: Sequence[str], day_of: Callable[[int], str]) -
         if doc not in homes:
             raise RemoteProtocolError(
                 f"{doc}: ledger entry {key} belongs in {home}, by its id's time")
+
+
+@lru_cache(maxsize=256)
+def _inner_ids(doc: str) -> tuple[str, str]:
+    """The id prefixes (13 characters) of the 2nd to the 27th of the month of a ledger
+    document, in UTC: ids in that range belong to it in every zone. ("", "") before
+    1970 (or year 0000): no id is that old, each is taken carefully."""
+    year = int(doc[7:11])
+    if year <= 1970:
+        return "", ""
+    start = datetime(year, int(doc[12:14]), 2, tzinfo=UTC)
+    lo, hi = (id_floor(int(t.timestamp() * 1000)) for t in (start, start + _26_DAYS))
+    return lo, hi
 
 
 # The widest offsets of civil time from UTC (Etc/GMT+12, Pacific/Kiritimati).

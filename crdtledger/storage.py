@@ -169,6 +169,26 @@ class LoadedDoc:
         sub = self.doc.observe(self._captured)
         self._unobserve.append(partial(self.doc.unobserve, sub))
 
+    def plain_values(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Any]:
+        """The records at (root, key), as plain JSON values, in one read transaction;
+        keys not there are left out. Read through Yrs' own JSON encoding: pycrdt's
+        `to_py` walks a record in Python, 4-5x slower, and a catch-up reads every
+        member and card. The two agree on everything a writer checks in (strings,
+        numbers, lists, maps); they differ only on what no honest writer stores
+        (bytes come back as lists of ints, NaN as null), the same on every replica."""
+        out: dict[tuple[str, str], Any] = {}
+        with self.doc.transaction() as t:
+            txn = t._txn  # pycrdt's raw transaction: the raw Map wants it
+            for root, key in keys:
+                raw = self.roots[root].integrated
+                try:
+                    value = raw.get(txn, key)
+                except ValueError:  # not there (removed)
+                    continue
+                to_json = getattr(value, "to_json", None)
+                out[(root, key)] = json.loads(to_json(txn)) if to_json else value
+        return out
+
     def _captured(self, event: Any) -> None:
         self.updates.append(event.update)
         self.dirty = True

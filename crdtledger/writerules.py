@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from crdtledger.errors import PermissionDenied
@@ -58,6 +59,7 @@ EPOCH_BITS = 10
 _NODE_BITS = 38
 
 
+@lru_cache(maxsize=4096)  # every record's header is checked against it
 def _node_part(node: str) -> int:
     digest = hashlib.sha256(b"crdtledger client\x00" + node.encode()).digest()
     return int.from_bytes(digest[:8], "big") >> (64 - _NODE_BITS)
