@@ -32,6 +32,7 @@ import base64
 import datetime as dt
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,17 @@ CHAIN_KEY = "chain.key"
 NODE_URI = "urn:crdtledger:node:"
 HEAD_OFFICE = "head-office"  # the certificate's OU that grants chain governance
 _ECDSA = ec.ECDSA(hashes.SHA256())
+# Signatures this process has verified, keyed by the exact bytes (certificate DER,
+# message, signature). Whether a signature matches is a fact of those bytes alone (the
+# key is the one the certificate holds), so it is remembered process-wide: every
+# record reaches a shop through both hubs, and a simulated chain runs 20-50 stores in
+# one process, each verifying the same head. Only the signature check is remembered:
+# whether this store trusts the certificate (its CA, the node it names, its validity,
+# the revocation list in force) is judged on every call, before the memo is read, so a
+# certificate revoked after its signatures were remembered is still refused. Bounded,
+# oldest first out: a head is re-verified within seconds of its first arrival.
+VERIFIED_MAX = 8192
+_verified: OrderedDict[tuple[bytes, bytes, bytes], None] = OrderedDict()
 
 
 class UntrustedSigner(RemoteProtocolError):
@@ -138,12 +150,18 @@ class Trust:
         return known
 
     def verify(self, node: str, der: bytes, message: bytes, signature: bytes) -> _Known:
-        known = self.check_cert(node, der)
+        known = self.check_cert(node, der)  # every time: revocation is not remembered
+        memo = (der, message, signature)
+        if memo in _verified:
+            return known
         try:
             known.key.verify(signature, message, _ECDSA)
         except InvalidSignature:
             raise UntrustedSigner(f"a signature of node {node} does not match what it signs"
                                   ) from None
+        _verified[memo] = None  # only what verified: a refusal is judged again each time
+        while len(_verified) > VERIFIED_MAX:
+            _verified.popitem(last=False)
         return known
 
     def may_govern(self, node: str, der: bytes) -> bool:

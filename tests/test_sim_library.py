@@ -17,6 +17,7 @@ as written).
 
 from __future__ import annotations
 
+import base64
 import random
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,14 @@ from helpers import FakeClock, Net, events, new_ledger
 
 from crdtledger import ledger as ledger_mod
 from crdtledger import storage as storage_mod
+from crdtledger import trust as trust_mod
 from crdtledger.errors import InsufficientFunds, LocalProtocolError, RemoteProtocolError
 from crdtledger.ledger import Ledger
 from crdtledger.log import Batch, Head, Record, head_message, record_hash
 from crdtledger.sync import SyncSession, UpdatesApplied, decode_state_vector, pack, unpack
+from crdtledger.trust import UntrustedSigner, load_trust
 from crdtledger.writerules import writers
+from peer.chain import enrol, init_chain, revoke
 
 
 def raw_state_vectors(ledger: Ledger) -> dict[str, bytes]:
@@ -497,3 +501,50 @@ def test_entries_projected_in_bulk_as_one_by_one(tmp_path: Path) -> None:
         assert got[0] == got[1]
         assert not got[1]["deferred"] and len(got[1]["entries"]) == 200
         assert any(amount == 0 for *_, amount in got[1]["rights"])
+
+
+def test_a_remembered_signature_is_still_refused_once_its_certificate_is_revoked(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Trust.verify` remembers the signatures it verified (process-wide, by their exact
+    bytes); whether the certificate is trusted (its CA, its node, its revocation) is
+    still judged on every call, and a signature that failed is never remembered."""
+    monkeypatch.setattr(trust_mod, "_verified", type(trust_mod._verified)())
+    init_chain(tmp_path / "simchain")
+    init_chain(tmp_path / "otherchain")
+    for node in ("SH01", "SH02"):
+        enrol(tmp_path / "simchain", tmp_path / node, node)
+    enrol(tmp_path / "otherchain", tmp_path / "X", "SH02")
+    writer = load_trust(tmp_path / "SH01", "simchain", "SH01")
+    reader = load_trust(tmp_path / "SH02", "simchain", "SH02")
+    foreign = load_trust(tmp_path / "X", "otherchain", "SH02")
+    message = head_message("simchain", "SH01", 7, b"\x01" * 32)
+    sig = writer.sign(message)
+    der = writer.cert_der
+
+    reader.verify("SH01", der, message, sig)
+    assert (der, message, sig) in trust_mod._verified
+    reader.verify("SH01", der, message, sig)  # remembered: the same answer
+    with pytest.raises(UntrustedSigner, match="SH01 was given for SH02"):
+        reader.verify("SH02", der, message, sig)  # not the node the certificate names
+    with pytest.raises(UntrustedSigner, match="not certified"):
+        foreign.verify("SH01", der, message, sig)  # another chain's store: its own CA
+
+    bad = sig[:-1] + bytes([sig[-1] ^ 1])
+    for _ in range(2):
+        with pytest.raises(UntrustedSigner, match="does not match"):
+            reader.verify("SH01", der, message, bad)
+    assert (der, message, bad) not in trust_mod._verified
+    with pytest.raises(UntrustedSigner, match="does not match"):
+        reader.verify("SH01", der, message + b"x", sig)
+
+    crl = revoke(tmp_path / "simchain", "SH01")
+    assert reader.set_revocations(base64.b64encode(crl).decode())
+    with pytest.raises(UntrustedSigner, match="revoked"):
+        reader.verify("SH01", der, message, sig)
+
+    monkeypatch.setattr(trust_mod, "VERIFIED_MAX", 3)
+    other = load_trust(tmp_path / "SH02", "simchain", "SH02")
+    for seq in range(6):
+        m = head_message("simchain", "SH01", seq, b"\x02" * 32)
+        other.verify("SH01", der, m, writer.sign(m))
+        assert len(trust_mod._verified) <= 3
