@@ -79,6 +79,8 @@ class LedgerBase:
         self.owner = owner_of(self.node)
         self._listeners: list[Listener] = []
         self._rules: dict[str, list[tuple[str, str, Any]]] | None = None
+        # ((day, expire_days), that day's points expiry date): payments._points_expiry.
+        self._expiry_memo: tuple[tuple[str, int], str] | None = None
         # Members others were merged into (merge.Merges._folded), read once: a debit
         # then asks nothing more for the members (nearly all) nobody was merged into.
         self._merge_targets: frozenset[str] | None = None

@@ -54,13 +54,17 @@ def check_node_id(node: str) -> str:
     return node
 
 
+# Two base32 digits per 10 bits: an id is minted on every write (a debit's path), and
+# seven lookups cost a third of thirteen shifts and appends.
+_B32_PAIRS = tuple(a + b for a in _B32 for b in _B32)
+
+
 def encode(ts: int) -> str:
-    """64-bit timestamp -> 13 sortable base32 characters."""
-    out = []
-    for _ in range(13):
-        out.append(_B32[ts & 31])
-        ts >>= 5
-    return "".join(reversed(out))
+    """64-bit timestamp -> 13 sortable base32 characters (its low 65 bits, 5 per digit)."""
+    p = _B32_PAIRS
+    return (_B32[(ts >> 60) & 31] + p[(ts >> 50) & 1023] + p[(ts >> 40) & 1023]
+            + p[(ts >> 30) & 1023] + p[(ts >> 20) & 1023] + p[(ts >> 10) & 1023]
+            + p[ts & 1023])
 
 
 # Crockford's digits as the ones int(..., 32) reads, so decoding runs in C.

@@ -494,19 +494,20 @@ def funded_members(ledger: Ledger, node: str, at_least: int, limit: int,
 
 
 def level(ledger: Ledger, member_id: str, profile: Mapping[str, Any] | None = None,
-          totals: tuple[int, int] | None = None) -> dict[str, Any]:
+          totals: tuple[int, int] | None = None, day: str | None = None) -> dict[str, Any]:
     """Highest level whose threshold the member's cumulative basis reaches; a manual
     upgrade (the member's `level` field) counts if it is higher. `profile` and
-    `totals` (spent, topped) save reading them again when the caller has them."""
+    `totals` (spent, topped) save reading them again when the caller has them; `day`
+    (default today) is the day whose rules apply."""
     conn = ledger.storage.conn
     if totals is None:
         group = member_group(conn, member_id)
         member_id = group[0]
         totals = group_totals(conn, group)
     spent, topped = totals
-    basis = ledger.rule("level_basis")["basis"]
+    basis = ledger.rule("level_basis", day)["basis"]
     value = topped if basis == "topped" else spent
-    levels = sorted(ledger.rule("levels"), key=lambda lv: int(lv["threshold"]))
+    levels = sorted(ledger.rule("levels", day), key=lambda lv: int(lv["threshold"]))
     current = levels[0]
     for lv in levels:
         if value >= int(lv["threshold"]):
