@@ -598,13 +598,20 @@ class Storage:
             ld.known = True
         first = self._seq + 1
         last = len(updates) - 1
-        sv = ld.doc.get_state()
-        self.conn.executemany(
-            "INSERT INTO log(doc, seq, data, sv) VALUES (?, ?, ?, ?)",
-            [(ld.name, first + i, u, sv if i == last else None) for i, u in enumerate(updates)],
-        )
         self._seq += len(updates)
-        ld.tail += len(updates)
+        if ld.tail + len(updates) >= COMPACT_AFTER:
+            # Folded into the snapshot now, as compact() would do right after the
+            # commit: a catch-up's thousands of updates are then not written here only
+            # to be deleted (the signed log keeps each record anyway).
+            sv = self._fold(ld, self._seq)
+        else:
+            sv = ld.doc.get_state()
+            self.conn.executemany(
+                "INSERT INTO log(doc, seq, data, sv) VALUES (?, ?, ?, ?)",
+                [(ld.name, first + i, u, sv if i == last else None)
+                 for i, u in enumerate(updates)],
+            )
+            ld.tail += len(updates)
         if self._svs is not None:
             # Kept current rather than dropped: re-reading every vector (stored after
             # the large update blobs) cost an anti-entropy round 30-120 ms.
@@ -625,15 +632,19 @@ class Storage:
             (last,) = self.conn.execute(
                 "SELECT COALESCE(MAX(seq), 0) FROM log WHERE doc = ?", (name,)
             ).fetchone()
-            self.conn.execute(
-                "INSERT OR REPLACE INTO snapshots(name, data) VALUES (?, ?)",
-                (name, ld.doc.get_update()),
-            )
-            self.conn.execute(
-                "UPDATE docs SET snapshot_seq = ?, sv = ? WHERE name = ?",
-                (last, ld.doc.get_state(), name))
-            self.conn.execute("DELETE FROM log WHERE doc = ? AND seq <= ?", (name, last))
+            self._fold(ld, last)
+
+    def _fold(self, ld: LoadedDoc, last: int) -> bytes:
+        """Replace a document's log up to `last` by a snapshot of it as loaded (inside
+        a transaction); returns its state vector."""
+        sv = ld.doc.get_state()
+        self.conn.execute("INSERT OR REPLACE INTO snapshots(name, data) VALUES (?, ?)",
+                          (ld.name, ld.doc.get_update()))
+        self.conn.execute("UPDATE docs SET snapshot_seq = ?, sv = ? WHERE name = ?",
+                          (last, sv, ld.name))
+        self.conn.execute("DELETE FROM log WHERE doc = ? AND seq <= ?", (ld.name, last))
         ld.tail = 0
+        return sv
 
     def evict_all(self) -> None:
         self.evict(dirty_only=False)
