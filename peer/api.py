@@ -48,10 +48,11 @@ from crdtledger import operations, views
 from crdtledger.auth import verify_login
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
 from crdtledger.ledger import Ledger
-from crdtledger.operations import ANY_OBJECT, NODE, STR, TABLE, Operation
+from crdtledger.operations import ANY_OBJECT, ENTRY_ID, NODE, STR, TABLE, Operation
 from crdtledger.schema import Schema, check, obj, show, text
 from crdtledger.sync import MAX_FRAME_BYTES
 from crdtledger.throttle import LoginThrottle, too_many_attempts
+from peer import receipts
 from peer.files import export_bytes, import_bytes, sealed_backup
 
 T = TypeVar("T")
@@ -430,6 +431,43 @@ async def backup(c: Call) -> web.Response:
     return _download(data, f"backup-{ledger.node}-{stamp}.ledger.backup")
 
 
+# Receipts (peer/receipts.py): a till shows or reprints one; printing goes to this
+# node's own printer, off the loop, and a printer that is off is a reason, not an error.
+RECEIPT = {"type": "object", "required": ["entry", "shop", "branch", "time", "lines", "text"],
+           "properties": {"entry": STR, "shop": STR, "branch": STR, "time": STR,
+                          "lines": {"type": "array", "items": ANY_OBJECT},
+                          "purses": {"type": "array", "items": ANY_OBJECT},
+                          "text": {"type": "string", "description": "as printed"}}}
+PRINTED = {"type": "object", "required": ["entry", "printed", "reason", "printer"],
+           "properties": {"entry": STR, "printed": {"type": "boolean"},
+                          "reason": {"type": "string", "description": "why not printed"},
+                          "printer": {"type": "string", "description": "empty: this node "
+                                      "has no receipt printer"}}}
+
+
+def _receipt_entry(c: Call) -> str:
+    receipts.authorise(c.ledger, c.operator)
+    entry = c.params["entry"]
+    check(entry, ENTRY_ID, "entry")
+    return str(entry)
+
+
+async def receipt_show(c: Call) -> dict[str, Any]:
+    entry = _receipt_entry(c)
+    config = receipts.load_config(c.ledger.storage.dir)
+    r = receipts.build(c.ledger, entry, title=config.title if config else "")
+    return {**r.as_dict(), "text": receipts.text(r, config.columns if config else 32)}
+
+
+async def receipt_print(c: Call) -> dict[str, Any]:
+    entry = _receipt_entry(c)
+    done = await receipts.print_entry(c.ledger, entry, reprint=True)
+    if done is None:
+        receipts.build(c.ledger, entry)  # an unknown entry is 404 all the same
+        done = receipts.Printed(False, "this branch has no receipt printer")
+    return {"entry": entry, **done.as_dict()}
+
+
 async def openapi_document(c: Call) -> dict[str, Any]:
     # The mount point (the node mounts this app at /api) from the route as matched.
     resource = c.request.match_info.route.resource
@@ -457,6 +495,15 @@ ROUTES: list[Route] = [
     Route("GET", "/backup", "backup", backup, "A consistent copy of this node (zip), taken "
           "while it keeps working", "node", None, {}, {}, BINARY,
           description="Needs the permission backup.", binary_response=True),
+    Route("GET", "/receipts/{entry}", "receipt_show", receipt_show, "A ledger entry's "
+          "receipt: shop, branch, time, operator, lines, payment, purses before and after",
+          "receipts", None, {"entry": ENTRY_ID}, {}, RECEIPT,
+          description="Needs a permission that serves members."),
+    Route("POST", "/receipts/{entry}/print", "receipt_print", receipt_print, "Print a "
+          "ledger entry's receipt again on this branch's printer (a reprint)", "receipts",
+          None, {"entry": ENTRY_ID}, {}, PRINTED,
+          description="Needs a permission that serves members. A printer that is off or "
+          "absent gives printed false and the reason."),
     Route("GET", "/openapi.json", "openapi_document", openapi_document, "This document",
           "node", None, {}, {}, ANY_OBJECT, auth=False),
 ]

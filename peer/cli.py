@@ -40,7 +40,7 @@ from crdtledger.ledger import Ledger
 from crdtledger.operations import TABLE, Operation, Param
 from crdtledger.schema import Schema
 from crdtledger.syncfile import export_file, import_file
-from peer import local
+from peer import local, receipts
 from peer.chain import CA_CERT, enrol, init_chain, load_chain, revocations_rule, revoke
 from peer.local import Running
 
@@ -104,6 +104,22 @@ def _backup(ledger: Ledger, operator: str, p: Params) -> Result:
                   f"--from {path} --data DIR" + (" --chain CHAIN_DIR`" if enrolled else "`"))
 
 
+def _receipt(ledger: Ledger, operator: str, p: Params) -> Result:
+    """A ledger entry's receipt as data and text (peer/receipts.py); the printing is
+    done by the command itself, in its own process: see `receipt_command`."""
+    receipts.authorise(ledger, operator)
+    config = receipts.load_config(ledger.storage.dir)
+    receipt = receipts.build(ledger, p["entry"], title=config.title if config else "")
+    width = config.columns if config else receipts.COLUMNS[58]
+    return Result(receipt.as_dict(), receipts.text(receipt, width))
+
+
+def _receipt_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=("print", "show"),
+                   help="print: on this PC's receipt printer (a reprint); show: as text")
+    p.add_argument("--entry", required=True, metavar="ID", help="the ledger entry's id")
+
+
 def _export_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, metavar="FILE")
     p.add_argument("--for", dest="for_node", metavar="NODE",
@@ -125,6 +141,8 @@ FILE_COMMANDS: dict[str, FileCommand] = {c.name: c for c in (
                 _import_options, _import, True),
     FileCommand("backup", "a consistent copy of the node, taken while it keeps working",
                 _backup_options, _backup, False),
+    FileCommand("receipt", "a sale's receipt again: print it (a reprint) or show it",
+                _receipt_options, _receipt, False),
 )}
 _FILE_PARAMS = ("out", "for_node", "file")
 
@@ -329,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "keys are gone (a new or emptied data directory)")
 
     add_node_commands(top)
+    printer = top.add_parser("printer", help="this PC's receipt printer (ESC/POS): set, "
+                             "show, test, off")
+    add_common(printer, operator=False, password=False)
+    receipts.printer_options(printer)
     groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
     for op in TABLE.values():
         *group, leaf_name = op.name.split(".")
@@ -544,6 +566,31 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
     return Result(data, "\n".join(lines))
 
 
+def receipt_command(args: argparse.Namespace, data_dir: Path) -> Result:
+    """`crdtledger receipt print|show --entry ID`: the receipt read where the store is
+    (the running node, else here), printed from this process, so a printer that is
+    off never holds up the node's loop."""
+    params = {"entry": args.entry}
+    node = local.running(data_dir)
+    if node is not None:
+        shown = routed(node, args, "receipt", params)
+    else:
+        with Ledger.open(data_dir, lock=False) as ledger:
+            shown = execute(ledger, "receipt", params, args.operator, args.auth_password)
+    if args.action == "show":
+        return shown
+    config = receipts.load_config(data_dir)
+    if config is None:
+        raise receipts.PrinterError("no receipt printer is set on this PC: `crdtledger "
+                                    "printer set --net HOST:9100 --width 58`")
+    receipt = receipts.Receipt.from_dict(shown.data, reprint=True)
+    done = receipts.print_receipt(config, receipt)
+    if not done.printed:
+        raise receipts.PrinterError(f"receipt not printed: {done.reason}")
+    return Result({**done.as_dict(), "entry": receipt.entry},
+                  f"receipt of {receipt.entry} printed on {done.printer}")
+
+
 CONFIG_FILE = "node.toml"
 
 
@@ -613,6 +660,10 @@ def run(args: argparse.Namespace, data_dir: Path) -> Result:
         return node_run(args, data_dir)
     if args.command == "status":
         return status(args, data_dir)
+    if args.command == "printer":
+        return Result(*receipts.printer_command(args, data_dir))
+    if args.command == "receipt":
+        return receipt_command(args, data_dir)
     name, params = request_of(args)
     node = local.running(data_dir)
     if node is not None:

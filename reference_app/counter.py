@@ -23,6 +23,7 @@ from crdtledger import views
 from crdtledger.auth import verify_login
 from crdtledger.errors import InvalidAmount, LedgerError
 from crdtledger.money import apply_rate, points_for
+from peer import receipts
 from reference_app.i18n import mask_phone, money, parse_money, tr
 from reference_app.layout import PRIMARY, frame
 from reference_app.readers import ReaderEvent, WedgeParser
@@ -124,7 +125,12 @@ class Counter:
         with ui.row().classes("w-full gap-4 items-start no-wrap"):
             with ui.column().classes("w-80 shrink-0 gap-3"):
                 self._search_box()
-            self.panel = ui.column().classes("grow gap-3 min-w-0")
+            with ui.column().classes("grow gap-3 min-w-0"):
+                # Whether the last receipt printed (and Reprint when it did not): apart
+                # from the member panel, which every write redraws.
+                self.receipt_bar = ui.row().classes("w-full items-center gap-3")
+                self.receipt_bar.set_visibility(False)
+                self.panel = ui.column().classes("w-full gap-3 min-w-0")
         self.dialogs = ui.element("div")
         self.show()
 
@@ -273,6 +279,40 @@ class Counter:
         self.show()
         return result
 
+    async def print_receipt(self, entry_id: str, *, reprint: bool = False) -> None:
+        """The receipt of a sale just committed (or a reprint), on this PC's printer:
+        rendered and sent in a worker thread with a short timeout, so a printer that
+        is off delays nothing; the bar says whether it printed and offers Reprint."""
+        done: receipts.Printed | None
+        try:
+            done = await receipts.print_entry(self.shop.ledger, entry_id, reprint=reprint)
+        except LedgerError as e:  # e.g. an entry this branch does not hold
+            done = receipts.Printed(False, self.shop.refusal(e))
+        bar = self.receipt_bar
+        bar.clear()
+        if done is None:  # no printer at this branch: nothing to say after a sale
+            bar.set_visibility(False)
+            if reprint:
+                ui.notify(tr("本店没有设置小票打印机（crdtledger printer set）。",
+                             "This branch has no receipt printer (crdtledger printer "
+                             "set)."), type="warning")
+            return
+        bar.set_visibility(True)
+        with bar:
+            if done.printed:
+                ui.icon("print", color="green-7")
+                ui.label(tr("小票已打印", "Receipt printed")).classes("text-green-8") \
+                    .mark("receipt-printed")
+                return
+            with ui.row().classes("w-full items-center gap-3 px-3 py-2 rounded bg-orange-1"):
+                ui.icon("print_disabled", color="orange-9")
+                ui.label(tr("小票未打印：{reason}", "Receipt not printed: {reason}",
+                            reason=done.reason)).classes("text-orange-10 grow") \
+                    .mark("receipt-failed")
+                ui.button(tr("重打小票", "Reprint"), icon="print",
+                          on_click=lambda: self.print_receipt(entry_id, reprint=True)) \
+                    .props("outline dense").mark("reprint-last")
+
     # --- dialogs -----------------------------------------------------------------
 
     def dialog(self, title: str) -> tuple[ui.dialog, ui.card, ui.label]:
@@ -374,6 +414,7 @@ class Counter:
                                           paid=money(int(e["amount"]))), error)
                 if done is not None:
                     d.close()
+                    await self.print_receipt(str(done["id"]))
 
             self.buttons(d, tr("确认消费", "Confirm"), confirm, "consume-ok")
 
@@ -451,6 +492,7 @@ class Counter:
                                           bonus=money(int(e.get("bonus", 0)))), error)
                 if done is not None:
                     d.close()
+                    await self.print_receipt(str(done["id"]))
 
             self.buttons(d, tr("确认充值", "Confirm top-up"), confirm, "topup-ok")
 
@@ -487,6 +529,7 @@ class Counter:
                                              what=self.shop.service_name(code), n=n), error)
                 if done is not None:
                     d.close()
+                    await self.print_receipt(str(done["id"]))
 
             self.buttons(d, tr("确认售出", "Sell"), confirm, "package-ok")
 
@@ -549,6 +592,7 @@ class Counter:
                         f" {money(int(e['amount']))}" if e.get("amount") else ""), error)
                 if done is not None:
                     d.close()
+                    await self.print_receipt(str(done["id"]))
 
             self.buttons(d, tr("确认退款", "Refund"), confirm, "refund-ok")
 
@@ -803,7 +847,7 @@ class MemberPanel:
             ui.label(tr("最近记录", "Last visits")).classes("text-lg font-bold")
             if not entries:
                 ui.label(tr("还没有记录", "Nothing yet")).classes("text-gray-600")
-            with ui.grid(columns="auto auto 1fr auto auto").classes(
+            with ui.grid(columns="auto auto 1fr auto auto auto").classes(
                     "w-full gap-x-6 gap-y-1 items-center"):
                 for e in entries[:VISITS_SHOWN]:
                     when = datetime.fromtimestamp(int(e["at"]) / 1000, tz)
@@ -819,6 +863,10 @@ class MemberPanel:
                             .classes("text-sm py-0").mark("refund")
                     else:
                         ui.label("")
+                    # 重打小票: the receipt of any visit, printed again.
+                    ui.button(icon="print", on_click=lambda e=e: c.print_receipt(
+                        str(e["id"]), reprint=True)).props("flat dense round size=sm") \
+                        .tooltip(tr("重打小票", "Reprint the receipt")).mark("reprint")
 
 
 def _tile(label: str, value: str, marker: str) -> None:

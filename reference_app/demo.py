@@ -36,6 +36,8 @@ from typing import Any
 from crdtledger.ledger import Ledger
 from crdtledger.private import private_dir, private_file_open, private_text_open
 from peer.chain import enrol, init_chain
+from peer.printer_listener import PrinterListener, Printout, show
+from peer.receipts import PrinterConfig, save_config
 from reference_app.app import SECRET_FILE
 from reference_app.demo_data import BRANCHES, DUPLICATE, MEMBERS, Seeded, seed
 
@@ -43,6 +45,12 @@ DIALS = {"SH02": "SH01", "HZ01": "SH02"}  # who dials whom: a line, relayed hop 
 CHAIN_NAME = "demo"
 HEAD_OFFICE = next(iter(BRANCHES))  # SH01: where demo_data sets the rules and operators
 SEEDED_FILE = "demo.json"  # written last: data without it is a creation cut short
+# The demo's receipt printer (peer/printer_listener.py): port 9100 as a network
+# printer's, else any free port; every branch prints there, HZ01 on 80 mm paper.
+PRINTER_PORT = 9100
+PRINTER_WIDTHS = {"HZ01": 80}
+SHOP_TITLE = "悦康养生（演示）"
+RECEIPTS_FILE = Path("printer") / "receipts.txt"
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 15.0
 
@@ -62,6 +70,7 @@ class Demo:
         self.sync = {node: base_port + n + i for i, node in enumerate(BRANCHES)}
         self.api = {node: base_port + 2 * n + i for i, node in enumerate(BRANCHES)}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.printer: PrinterListener | None = None
 
     def data(self, node: str) -> Path:
         return self.root / node
@@ -127,7 +136,28 @@ class Demo:
                 # stop the branches in order; the group lets us clean up after one.
                 start_new_session=True, preexec_fn=_die_with_parent)
 
+    def start_printer(self) -> None:
+        """A receipt printer the user can watch: each receipt a branch prints shows
+        in this terminal and in printer/receipts.txt. Every branch's printer setting
+        (a node-local file) points at it, before the branches start."""
+        out = self.root / RECEIPTS_FILE
+        private_dir(out.parent)  # receipts name members
+
+        def echo(p: Printout) -> None:
+            print(f"\n----- 小票 receipt printed -----\n{show(p)}", flush=True)
+
+        try:
+            self.printer = PrinterListener("127.0.0.1", PRINTER_PORT, out=out, echo=echo)
+        except OSError:  # 9100 taken (a real printer service, another demo)
+            self.printer = PrinterListener("127.0.0.1", 0, out=out, echo=echo)
+        self.printer.start()
+        for node in BRANCHES:
+            save_config(self.data(node), PrinterConfig(
+                host="127.0.0.1", port=self.printer.port,
+                width=PRINTER_WIDTHS.get(node, 58), title=SHOP_TITLE))
+
     def start(self) -> None:
+        self.start_printer()
         for node in BRANCHES:
             self.launch(node)
         for node in BRANCHES:
@@ -183,6 +213,9 @@ class Demo:
             with suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        if self.printer is not None:
+            self.printer.stop()
+            self.printer = None
 
     # --- telling the user -----------------------------------------------------
 
@@ -213,6 +246,11 @@ class Demo:
         if facts.get("members", 0) > MEMBERS:  # demo data from before it had one
             print(f"  {DUPLICATE[0]} ({DUPLICATE[1]}): registered at SH01 and HZ01 alike, "
                   "a duplicate member to merge (back office, 重复会员)")
+        if self.printer is not None:
+            print(f"\n小票打印机 Receipt printer: {self.printer.address} (all three branches; "
+                  f"HZ01 on 80 mm paper). Receipts of sales at the counters show here and "
+                  f"in {self.root / RECEIPTS_FILE}; `crdtledger printer show --data "
+                  f"{self.data('SH01')}` shows a branch's setting.")
         print(f"\nTry: top up 张伟 at SH01, then find him at SH02 and serve him there; the "
               f"settlement statement shows what the branches owe each other.\n"
               f"The command line works on a running branch too, e.g. "

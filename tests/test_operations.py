@@ -130,7 +130,7 @@ def test_the_command_line_is_the_table_and_a_few_file_and_node_commands() -> Non
 
     walk(cli.build_parser(), ())
     own = {"init", "chain.init", "chain.renew", "chain.revoke", "node.run", "status",
-           "export", "import", "backup", "restore"}
+           "export", "import", "backup", "restore", "printer", "receipt"}
     assert commands - own == set(TABLE)
     routes = {(r.method, r.path) for r in ROUTES}
     assert all((op.method, op.path) in routes for op in TABLE.values())

@@ -1,0 +1,656 @@
+"""Printed receipts (小票) on ESC/POS thermal printers: what a sale prints, and where.
+
+Why it looks like this:
+
+- A `Receipt` is data, built from one ledger entry and the member's balances around
+  it: the shop, the branch's display name (rule `branches`), the branch's local time,
+  the operator, lines (items, discount, bonus), the total, how it was paid, the purses
+  before and after, and the entry id for the QR code. Lines have a kind, so goods,
+  stock and coupons (issue 15, parts 1-2) add their lines ("item" with a quantity, a
+  negative "coupon") without a new layout.
+- The purses "after" are the member's purses summed over their entries up to and
+  including this one in id order (the chain's order), "before" that less the entry's
+  own change. A reprint a week later shows what the first print showed, whatever the
+  member did since (only a branch cut off at the time that later delivers entries
+  from before it can change it, and then the receipt follows the books).
+- Rendering and sending are apart: `render` makes the bytes with python-escpos (its
+  `Dummy` printer collects them), `deliver` sends them with python-escpos's `Network`
+  or `Usb` printer. A test, and the demo's printer, read exactly what a printer gets.
+- Chinese: the text goes out as GB18030 bytes after FS & (Chinese character mode),
+  the code page of the thermal printers sold in China (Xprinter, GPrinter, Epson's
+  Chinese models). python-escpos's magic encoder would send GB18030 only for text
+  with a Han character and switch single-byte code pages (ESC t) for the rest, so
+  "：", "→" or "¥" on a line without a Han character come out as "?" or as another
+  code page's glyphs; one encoding for every line avoids both.
+- Widths: font A is 12 dots wide, a Chinese character 24: 58 mm paper (384 dots)
+  holds 32 columns, 80 mm (576 dots) 48; every non-ASCII character takes two.
+- The printer is this PC's (DATA/printer.toml), not a chain rule: another branch's
+  printer is none of the chain's business, and a branch without one prints nothing.
+- Printing never holds up a sale: callers print after the commit, off the event loop,
+  with a short timeout, and a printer that is off, absent or refusing is a reason in
+  the result (`Printed`), never an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from crdtledger import views
+from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied
+from crdtledger.ledger import Ledger
+from crdtledger.model import DEFAULT_RULES
+from crdtledger.money import format_yuan
+from crdtledger.private import private_text_open
+
+CONFIG_FILE = "printer.toml"
+COLUMNS = {58: 32, 80: 48}  # paper width (mm) -> columns of font A
+DEFAULT_PORT = 9100  # the raw-printing port of network receipt printers (JetDirect)
+TIMEOUT_S = 3.0  # connect and send: a printer that is off must not keep the cashier
+ENTER_CHINESE = b"\x1c\x26"  # FS &: Chinese character mode (two-byte GB18030 text)
+INIT = b"\x1b\x40"  # ESC @: the printer's defaults, whatever the last job left
+# Reading a receipt shows a member's name and balances: the permissions that serve
+# members (crdtledger.operations.SERVES_MEMBERS) let an operator see one.
+SERVES = frozenset({"debit", "topup", "refund", "package.sell", "points.redeem",
+                    "member.add", "member.edit", "reports.view"})
+
+
+class PrinterError(LedgerError):
+    """No receipt printed: the reason says why (no printer set, off, refusing)."""
+
+    code = "printer_unavailable"
+
+
+# --- this PC's printer --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrinterConfig:
+    """Where this branch's receipts go: a network printer (host:port) or a USB one."""
+
+    host: str = ""
+    port: int = DEFAULT_PORT
+    usb: tuple[int, int] | None = None  # (vendor id, product id)
+    width: int = 58  # paper, mm
+    title: str = ""  # the receipt's header; default the chain's shop name
+
+    @property
+    def columns(self) -> int:
+        return COLUMNS[self.width]
+
+    def describe(self) -> str:
+        where = (f"USB {self.usb[0]:04x}:{self.usb[1]:04x}" if self.usb
+                 else f"{self.host}:{self.port}")
+        return f"{where}, {self.width} mm"
+
+
+def parse_net(text: str) -> tuple[str, int]:
+    """'192.168.1.50' or '192.168.1.50:9100' -> (host, port)."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep:
+        host, port = text.strip(), str(DEFAULT_PORT)
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidInput(f"a network printer is HOST:PORT (port 9100 usually), not {text!r}")
+    return host, int(port)
+
+
+def parse_usb(text: str) -> tuple[int, int]:
+    """'0416:5011' (vendor:product, hex, as lsusb prints them) -> (0x0416, 0x5011)."""
+    m = re.fullmatch(r"(?:0x)?([0-9a-fA-F]{1,4}):(?:0x)?([0-9a-fA-F]{1,4})", text.strip())
+    if not m:
+        raise InvalidInput(f"a USB printer is VENDOR:PRODUCT in hex as lsusb shows it "
+                           f"(e.g. 0416:5011), not {text!r}")
+    return int(m.group(1), 16), int(m.group(2), 16)
+
+
+def load_config(data_dir: Path) -> PrinterConfig | None:
+    """This PC's printer, None if none is set (then nothing is printed)."""
+    path = Path(data_dir) / CONFIG_FILE
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise PrinterError(f"{path}: {e}") from None
+    try:
+        width = int(raw.get("width", 58))
+        if width not in COLUMNS:
+            raise ValueError(f"width is 58 or 80 (mm), not {width}")
+        title = str(raw.get("title", ""))
+        if raw.get("usb"):
+            return PrinterConfig(usb=parse_usb(str(raw["usb"])), width=width, title=title)
+        host, port = parse_net(f"{raw['host']}:{int(raw.get('port', DEFAULT_PORT))}")
+        return PrinterConfig(host=host, port=port, width=width, title=title)
+    except (KeyError, TypeError, ValueError, InvalidInput) as e:
+        raise PrinterError(f"{path}: {e}") from None
+
+
+def save_config(data_dir: Path, config: PrinterConfig | None) -> None:
+    """Write (or, for None, remove) this PC's printer setting."""
+    path = Path(data_dir) / CONFIG_FILE
+    if config is None:
+        path.unlink(missing_ok=True)
+        return
+    lines = ["# This PC's receipt printer: crdtledger printer set / show / test / off"]
+    if config.usb:
+        lines.append(f'usb = "{config.usb[0]:04x}:{config.usb[1]:04x}"')
+    else:
+        lines += [f"host = {json.dumps(config.host)}", f"port = {config.port}"]
+    lines.append(f"width = {config.width}")
+    if config.title:
+        # A JSON string is a TOML basic string (the same escapes).
+        lines.append(f"title = {json.dumps(config.title, ensure_ascii=False)}")
+    tmp = path.with_suffix(".part")
+    with private_text_open(tmp) as f:
+        f.write("\n".join(lines) + "\n")
+    tmp.replace(path)
+
+
+# --- the receipt as data --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of what was sold or taken off. `amount` in fen (negative for a
+    discount or a coupon), None where no money moved (a package use, points)."""
+
+    kind: str  # item, discount, coupon, bonus, points
+    label: str
+    amount: int | None = None
+    qty: int = 1
+    unit: str = ""  # of qty: "" (×n), 次 (uses), 积分 (points)
+
+
+@dataclass(frozen=True)
+class Purse:
+    label: str
+    before: int
+    after: int
+    money: bool  # fen (shown as yuan), else a count
+
+
+@dataclass(frozen=True)
+class Receipt:
+    shop: str
+    branch: str  # display name
+    branch_id: str
+    time: str  # the branch's local time
+    operator: str
+    title: str  # 消费, 充值, 退款...
+    kind: str
+    entry: str
+    lines: tuple[Line, ...]
+    total: int | None  # fen; None: nothing to pay (a package use, points)
+    paid_by: str
+    member: str = ""  # name; "" for a walk-in customer
+    purses: tuple[Purse, ...] = ()
+    ref: str = ""  # a refund's debit
+    reprint: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], **changes: Any) -> Receipt:
+        fields = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        fields["lines"] = tuple(Line(**x) for x in d.get("lines", ()))
+        fields["purses"] = tuple(Purse(**x) for x in d.get("purses", ()))
+        return cls(**{**fields, **changes})
+
+
+TITLES = {"debit": "消费", "topup": "充值", "refund": "退款", "package": "购买套餐",
+          "redeem": "积分兑换", "convert": "积分转储值", "card": "办卡",
+          "correction": "调整", "expiry": "积分过期", "sale": "销售"}
+
+
+def authorise(ledger: Ledger, operator: str) -> None:
+    if not SERVES & ledger.permissions(operator):
+        raise PermissionDenied(f"operator {operator} may not see receipts")
+
+
+def build(ledger: Ledger, entry_id: str, *, title: str = "", reprint: bool = False
+          ) -> Receipt:
+    """The receipt of one ledger entry, as this branch's books have it."""
+    e = ledger.entry(entry_id)
+    kind = str(e["kind"])
+    member = str(e.get("member") or "")
+    branch_id = str(e["node"])
+    branches = ledger.rule("branches")
+    settings = ledger.rule("settings")
+    shop = title or str(settings.get("shop_name") or "") or ledger.chain
+    when = datetime.fromtimestamp(int(e["at"]) / 1000, ledger.storage.tz)
+    lines, total = _lines(ledger, e)
+    ref = str(e.get("ref") or "")
+    return Receipt(
+        shop=shop, branch=str(branches.get(branch_id) or branch_id) if isinstance(
+            branches, dict) else branch_id, branch_id=branch_id,
+        time=when.strftime("%Y-%m-%d %H:%M:%S"), operator=_operator(ledger, str(e["op"])),
+        title=TITLES.get(kind, kind), kind=kind, entry=entry_id, lines=tuple(lines),
+        total=total, paid_by=_paid_by(ledger, e), member=_member_name(ledger, member),
+        purses=_purses(ledger, e) if member else (), ref=ref, reprint=reprint)
+
+
+def _operator(ledger: Ledger, op: str) -> str:
+    if op == ledger.owner:
+        return "店主"
+    return views.operator_name(ledger, op) or op.split("@")[0]
+
+
+def _member_name(ledger: Ledger, member: str) -> str:
+    if not member:
+        return ""
+    return views.member_names(ledger, [member]).get(member, "") or member
+
+
+def _service(ledger: Ledger, code: Any) -> str:
+    svc = ledger.rule("services").get(str(code)) if code else None
+    return str(svc.get("name") or code) if isinstance(svc, dict) else str(code or "")
+
+
+def _zhe(rate: str) -> str:
+    """"0.9" -> "9折": how Chinese shops write a discount."""
+    tenths = float(rate) * 10
+    return f"{tenths:g}折"
+
+
+def _lines(ledger: Ledger, e: Mapping[str, Any]) -> tuple[list[Line], int | None]:
+    kind, amount = str(e["kind"]), int(e.get("amount") or 0)
+    qty = int(e.get("qty") or 1)
+    name = _service(ledger, e.get("service"))
+    if kind == "debit":
+        if e.get("pay") == "package":
+            return [Line("item", f"{name}（套餐）", None, qty, "次")], None
+        gross = int(e.get("gross") or amount)
+        lines = [Line("item", name or "消费", gross, qty)]
+        if gross != amount:
+            rate = str(e.get("discount") or "1")
+            lines.append(Line("discount", f"{e.get('level') or '会员'} {_zhe(rate)}",
+                              amount - gross))
+        return lines, amount
+    if kind == "topup":
+        lines = [Line("item", "充值", amount)]
+        if e.get("bonus"):
+            promotion = f"（{e['promotion']}）" if e.get("promotion") else ""
+            lines.append(Line("bonus", f"赠送{promotion}", int(e["bonus"])))
+        return lines, int(e.get("paid") or amount)
+    if kind == "package":
+        return [Line("item", f"套餐 {name}", amount, qty, "次")], amount
+    if kind == "refund":
+        if e.get("qty"):
+            return [Line("item", f"退 {name}（套餐）", None, int(e["qty"]), "次")], None
+        return [Line("item", f"退 {name}" if name else "退款", amount)], amount
+    if kind in ("redeem", "expiry"):
+        gift = str(e.get("gift") or "")
+        return [Line("points", gift or TITLES[kind], None, int(e.get("points") or 0),
+                     "积分")], None
+    if kind == "convert":
+        return [Line("points", "积分", None, int(e.get("points") or 0), "积分"),
+                Line("bonus", "转为赠送金额", amount)], None
+    return [Line("item", TITLES.get(kind, kind), amount or None)], amount or None
+
+
+def _paid_by(ledger: Ledger, e: Mapping[str, Any]) -> str:
+    pay = str(e.get("pay") or "")
+    if e["kind"] == "refund" and e.get("ref"):
+        try:
+            pay = str(ledger.entry(str(e["ref"])).get("pay") or "")
+        except LedgerError:
+            pay = ""
+        return {"stored": "退回储值", "package": "退回套餐次数"}.get(
+            pay, f"退回 {_method(ledger, pay)}" if pay else "")
+    if pay == "stored":
+        return "储值卡"
+    if pay == "package":
+        return "套餐次数"
+    return _method(ledger, pay)
+
+
+def _method(ledger: Ledger, code: str) -> str:
+    for m in [*ledger.rule("payment_methods"), *DEFAULT_RULES["payment_methods"]]:
+        if m.get("code") == code:
+            return str(m.get("name_zh") or code)
+    return code
+
+
+def _purses(ledger: Ledger, e: Mapping[str, Any]) -> tuple[Purse, ...]:
+    """The member's purses after this entry in the chain's order, and before it."""
+    member = ledger.survivor_of(str(e["member"]))
+    eid = str(e["id"])
+    after: dict[str, int] = {}
+    # Newest first, the member's group together (crdtledger.merge): a visit a week
+    # is a few hundred entries a year, read once per print.
+    for x in ledger.history(member, limit=1_000_000):
+        if x["id"] <= eid:
+            for purse, _node, delta in x["deltas"]:
+                after[purse] = after.get(purse, 0) + int(delta)
+    change: dict[str, int] = {}
+    for purse, _node, delta in e["deltas"]:
+        change[purse] = change.get(purse, 0) + int(delta)
+    if e["kind"] in ("transfer", "merge"):
+        change = {}  # rights moved; the member's purses did not change
+    out = [Purse("储值余额", after.get("cash", 0) - change.get("cash", 0),
+                 after.get("cash", 0), True)]
+    if after.get("bonus") or change.get("bonus"):
+        out.append(Purse("赠送余额", after.get("bonus", 0) - change.get("bonus", 0),
+                          after.get("bonus", 0), True))
+    out.append(Purse("积分", after.get("points", 0) - change.get("points", 0),
+                     after.get("points", 0), False))
+    for purse in change:
+        if purse.startswith("pkg:"):
+            try:
+                name = _service(ledger, ledger.entry(purse[4:]).get("service"))
+            except LedgerError:
+                name = ""
+            out.append(Purse(f"套餐 {name} 剩余次数".replace("  ", " "),
+                             after.get(purse, 0) - change[purse], after.get(purse, 0), False))
+    return tuple(out)
+
+
+# --- layout -----------------------------------------------------------------------------
+
+
+def cols(text: str) -> int:
+    """Columns a string takes in Chinese mode: ASCII one, everything else two."""
+    return sum(1 if ord(c) < 0x80 else 2 for c in text)
+
+
+def _cut(text: str, width: int) -> list[str]:
+    """Text in pieces of at most `width` columns."""
+    out, cur = [], ""
+    for c in text:
+        if cols(cur + c) > width:
+            out.append(cur)
+            cur = ""
+        cur += c
+    return [*out, cur] if cur or not out else out
+
+
+def pair(left: str, right: str, width: int) -> list[str]:
+    """`left` at the left, `right` at the right margin; a long left wraps above."""
+    if cols(left) + cols(right) + 1 <= width:
+        return [left + " " * (width - cols(left) - cols(right)) + right]
+    *head, last = _cut(left, width)
+    if cols(last) + cols(right) + 1 > width:
+        head.append(last)
+        last = ""
+    return [*head, last + " " * (width - cols(last) - cols(right)) + right]
+
+
+def center(text: str, width: int) -> list[str]:
+    return [" " * max(0, (width - cols(p)) // 2) + p for p in _cut(text, width)]
+
+
+@dataclass
+class Layout:
+    """The receipt as lines of text with a style each, and the QR code's data."""
+
+    rows: list[tuple[str, str]] = field(default_factory=list)  # (style, text)
+    qr: str = ""
+    footer: list[str] = field(default_factory=list)
+
+    def add(self, style: str, lines: list[str]) -> None:
+        self.rows += [(style, x) for x in lines]
+
+    def text(self) -> str:
+        qr = [f"[二维码 QR: {self.qr}]"] if self.qr else []
+        return "\n".join([*(t for _s, t in self.rows), *qr, *self.footer])
+
+
+def _amount(line: Line) -> str:
+    if line.amount is None:
+        return f"{line.qty}{line.unit}" if line.unit else f"×{line.qty}"
+    text = format_yuan(line.amount)
+    return f"+{text}" if line.kind == "bonus" else text
+
+
+def layout(r: Receipt, width: int) -> Layout:
+    rule = "-" * width
+    out = Layout(qr=r.entry)
+    out.add("title", center(r.shop, width))
+    out.add("center", center(r.branch if r.branch == r.branch_id
+                             else f"{r.branch}（{r.branch_id}）", width))
+    out.add("bold", center(f"{r.title}小票" + ("（重打）" if r.reprint else ""), width))
+    out.add("plain", [rule])
+    out.add("plain", pair("时间", r.time, width))
+    out.add("plain", pair("收银员", r.operator, width))
+    out.add("plain", pair("会员", r.member or "散客", width))
+    out.add("plain", [rule])
+    for line in r.lines:
+        label = line.label
+        if line.amount is not None and line.qty > 1:
+            label += f" ×{line.qty}{line.unit}"
+        out.add("plain", pair(label, _amount(line), width))
+    out.add("plain", [rule])
+    if r.total is not None:
+        out.add("bold", pair("合计（元）", format_yuan(r.total), width))
+    if r.paid_by:
+        out.add("plain", pair("支付方式", r.paid_by, width))
+    if r.ref:
+        out.add("plain", pair("原单", r.ref, width))
+    if r.purses:
+        out.add("plain", [rule])
+        for p in r.purses:
+            shown = [format_yuan(v) if p.money else str(v) for v in (p.before, p.after)]
+            out.add("plain", pair(p.label, f"{shown[0]} → {shown[1]}", width))
+    out.add("plain", [rule])
+    out.footer = [*pair("单号", r.entry, width), *center("谢谢惠顾，欢迎再来", width)]
+    return out
+
+
+def text(r: Receipt, width: int = COLUMNS[58]) -> str:
+    """The receipt as plain text (the command line's `receipt show`, the API)."""
+    return layout(r, width).text()
+
+
+# --- ESC/POS ------------------------------------------------------------------------------
+
+
+def _escpos(lay: Layout) -> bytes:
+    from escpos.constants import QR_ECLEVEL_M
+    from escpos.printer import Dummy
+
+    p = Dummy()
+
+    def say(line: str) -> None:
+        p._raw(line.encode("gb18030", errors="replace") + b"\n")
+
+    p._raw(INIT + ENTER_CHINESE)
+    for style, line in lay.rows:
+        if style == "title":
+            p.set(bold=True, double_height=True)
+        elif style == "bold":
+            p.set(bold=True)
+        say(line)
+        if style in ("title", "bold"):
+            p.set(bold=False, normal_textsize=True)
+    if lay.qr:
+        # Printed by the printer itself (GS ( k): a few bytes rather than an image, and
+        # the data reads back from the byte stream (the demo's printer shows it).
+        p.set(align="center")
+        p.qr(lay.qr, ec=QR_ECLEVEL_M, size=6, native=True)
+        p._raw(b"\n")
+        p.set(align="left")
+    for line in lay.footer:
+        say(line)
+    p.cut()
+    return bytes(p.output)
+
+
+def render(r: Receipt, width_mm: int = 58) -> bytes:
+    """The receipt as the bytes an ESC/POS printer of that paper width takes."""
+    return _escpos(layout(r, COLUMNS[width_mm]))
+
+
+def sample_page(config: PrinterConfig) -> bytes:
+    """What `crdtledger printer test` prints: the header, a ruler of the width, Chinese
+    text and a QR code, so the paper shows whether width and code page are right."""
+    width = config.columns
+    lay = Layout(qr="crdtledger printer test")
+    lay.add("title", center(config.title or "打印测试", width))
+    lay.add("center", center("打印测试 printer test", width))
+    lay.add("plain", ["0123456789" * (width // 10) + "0123456789"[:width % 10]])
+    lay.add("plain", pair("中文：储值余额", "128.00", width))
+    lay.add("plain", pair("纸宽", f"{config.width} mm, {width} 列", width))
+    lay.footer = center("如果上面的尺子正好一行，宽度就对了", width)
+    return _escpos(lay)
+
+
+# --- sending ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Printed:
+    printed: bool
+    reason: str = ""  # why not
+    printer: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def deliver(config: PrinterConfig, data: bytes, timeout: float = TIMEOUT_S) -> Printed:
+    """Send the bytes to the printer; blocking (run it off the event loop)."""
+    where = config.describe()
+    try:
+        if config.usb:
+            _usb(config.usb, data, timeout)
+        else:
+            _network(config.host, config.port, data, timeout)
+    except Exception as e:  # any failure of the printer is a reason, never a crash
+        return Printed(False, _reason(e, config), where)
+    return Printed(True, "", where)
+
+
+def _network(host: str, port: int, data: bytes, timeout: float) -> None:
+    from escpos.printer import Network
+
+    printer = Network(host, port, timeout=timeout)
+    printer.open()
+    try:
+        printer._raw(data)
+    finally:
+        printer.close()
+
+
+def _usb(ids: tuple[int, int], data: bytes, timeout: float) -> None:
+    from escpos.printer import Usb
+
+    if not Usb.is_usable():
+        raise PrinterError("USB printing needs pyusb and libusb on this PC "
+                           "(pip install pyusb; apt install libusb-1.0-0)")
+    printer = Usb(ids[0], ids[1], timeout=int(timeout * 1000))
+    printer.open()
+    try:
+        printer._raw(data)
+    finally:
+        printer.close()
+
+
+def _reason(e: BaseException, config: PrinterConfig) -> str:
+    # python-escpos wraps the socket's error in its own, without `from`: the cause
+    # is the exception it was handling.
+    cause: BaseException | None = e
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    where = config.describe().split(",")[0]
+    if isinstance(cause, ConnectionRefusedError):
+        return f"the printer at {where} refused the connection (is it switched on?)"
+    if isinstance(cause, TimeoutError):
+        return f"the printer at {where} did not answer within {TIMEOUT_S:g} s"
+    if isinstance(cause, OSError):
+        return f"the printer at {where}: {cause.strerror or cause}"
+    return f"the printer at {where}: {' '.join(str(e).split()) or type(e).__name__}"
+
+
+def print_receipt(config: PrinterConfig, receipt: Receipt) -> Printed:
+    """Render and send; blocking (a worker thread's job)."""
+    return deliver(config, render(receipt, config.width))
+
+
+async def print_entry(ledger: Ledger, entry_id: str, *, reprint: bool = False
+                      ) -> Printed | None:
+    """Print an entry's receipt on this PC's printer, None if it has none. Read on
+    the loop (which owns the store), rendered and sent in a worker thread."""
+    try:
+        config = load_config(ledger.storage.dir)
+    except PrinterError as e:
+        return Printed(False, str(e))
+    if config is None:
+        return None
+    receipt = build(ledger, entry_id, title=config.title, reprint=reprint)
+    return await asyncio.to_thread(print_receipt, config, receipt)
+
+
+
+# --- the command line: `crdtledger printer ...` (peer/cli.py wires it in) ---------------
+
+
+def printer_options(p: Any) -> None:
+    """`crdtledger printer set|show|test|off`: this PC's printer, no ledger needed."""
+    p.add_argument("action", choices=("set", "show", "test", "off"),
+                   help="set: where receipts go; show: the setting; test: print a test "
+                   "page; off: print nothing")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--net", metavar="HOST:PORT",
+                       help="a network printer (raw port 9100)")
+    where.add_argument("--usb", metavar="VENDOR:PRODUCT",
+                       help="a USB printer, ids in hex as lsusb shows them")
+    p.add_argument("--width", type=int, choices=sorted(COLUMNS), help="paper width, mm "
+                   "(default 58)")
+    p.add_argument("--title", help="the receipt's header (default: the rule settings' "
+                   "shop_name, else the chain's name)")
+
+
+def printer_command(args: Any, data_dir: Path) -> tuple[dict[str, Any], str]:
+    """What `crdtledger printer ACTION` does: (data for --json, text for a person)."""
+    if not Path(data_dir).is_dir():
+        raise InvalidInput(f"{data_dir} is not a node's data directory")
+    current = load_config(data_dir)
+    if args.action == "set":
+        if args.net is None and args.usb is None and current is None:
+            raise InvalidInput("say where the printer is: --net HOST:PORT or --usb "
+                               "VENDOR:PRODUCT")
+        base = current or PrinterConfig()
+        if args.net is not None:
+            host, port = parse_net(args.net)
+            base = PrinterConfig(host=host, port=port, width=base.width, title=base.title)
+        elif args.usb is not None:
+            base = PrinterConfig(usb=parse_usb(args.usb), width=base.width, title=base.title)
+        config = PrinterConfig(base.host, base.port, base.usb,
+                               args.width or base.width,
+                               base.title if args.title is None else args.title.strip())
+        save_config(data_dir, config)
+        return _shown(config), f"receipts print on {config.describe()}"
+    if args.action == "off":
+        save_config(data_dir, None)
+        return {"printer": None}, "no receipt printer: receipts are not printed"
+    if current is None:
+        text_ = ("no receipt printer: receipts are not printed (set one with "
+                 "`crdtledger printer set --net HOST:9100 --width 58`)")
+        if args.action == "test":
+            raise PrinterError(text_)
+        return {"printer": None}, text_
+    if args.action == "show":
+        return _shown(current), f"receipts print on {current.describe()}" + (
+            f", header {current.title!r}" if current.title else "")
+    done = deliver(current, sample_page(current))
+    if not done.printed:
+        raise PrinterError(f"test page not printed: {done.reason}")
+    return done.as_dict(), f"test page printed on {done.printer}"
+
+
+def _shown(config: PrinterConfig) -> dict[str, Any]:
+    return {"printer": config.describe(), "host": config.host or None,
+            "port": config.port if not config.usb else None,
+            "usb": f"{config.usb[0]:04x}:{config.usb[1]:04x}" if config.usb else None,
+            "width": config.width, "columns": config.columns, "title": config.title}
+
+__all__ = ["COLUMNS", "Line", "Printed", "PrinterConfig", "PrinterError", "Purse", "Receipt",
+           "build", "deliver", "load_config", "print_entry", "render", "save_config", "text"]

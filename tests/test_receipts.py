@@ -1,0 +1,277 @@
+"""Printed receipts (peer/receipts.py) on a real TCP printer listener.
+
+Everything is real: the ledger and its SQLite store, python-escpos rendering the
+bytes, the socket to 127.0.0.1, and peer/printer_listener.py decoding what arrived
+(ESC/POS commands out, GB18030 text in, the QR code's data kept). The issue asks for
+port 9100; the tests take a free port each, so they never meet a real printer or
+another run. Card swipes at the counter come through the ScriptedReader FAKE as in
+test_app_counter.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from app_fixtures import BRANCH, CASHIER, CounterApp
+from conftest import run_cli
+from helpers import new_ledger
+from test_api import BOSS_PW, serving, with_operators
+
+from crdtledger.ledger import Ledger
+from peer.api import Standalone
+from peer.printer_listener import PrinterListener, Printout, decode
+from peer.receipts import (
+    COLUMNS,
+    PrinterConfig,
+    build,
+    cols,
+    load_config,
+    print_entry,
+    render,
+    save_config,
+)
+
+TITLE = "悦康养生"
+CARD = "C10001"
+
+
+@pytest.fixture
+def printer() -> Iterator[PrinterListener]:
+    with PrinterListener("127.0.0.1", 0) as listener:
+        yield listener
+
+
+def closed_port() -> int:
+    """A port of 127.0.0.1 nobody listens on: connecting is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def use_printer(data_dir: Path, port: int, width: int = 58) -> None:
+    save_config(data_dir, PrinterConfig(host="127.0.0.1", port=port, width=width, title=TITLE))
+
+
+def shop(tmp_path: Path) -> tuple[Ledger, str]:
+    """SH01 南京西路店 with a member who topped up 500.00 (and holds no points yet)."""
+    ledger = new_ledger(tmp_path, "SH01")
+    ledger.set_rule(ledger.owner, "branches", {"SH01": BRANCH})
+    mid = ledger.add_member(ledger.owner, name="张伟", phone="13812345678")
+    ledger.topup(ledger.owner, mid, 50000)
+    return ledger, mid
+
+
+def only(listener: PrinterListener, count: int = 1) -> Printout:
+    got = listener.wait(count)
+    assert len(got) == count, f"{len(got)} receipts arrived, expected {count}"
+    return got[-1]
+
+
+def test_a_receipt_printed_to_a_tcp_printer_reads_back(tmp_path: Path,
+                                                        printer: PrinterListener) -> None:
+    ledger, mid = shop(tmp_path)
+    try:
+        use_printer(ledger.storage.dir, printer.port)
+        entry = ledger.debit(ledger.owner, mid, service="FOOT60", qty=2)  # 2 x 128.00
+        done = asyncio.run(print_entry(ledger, entry["id"]))
+    finally:
+        ledger.close()
+    assert done is not None and done.printed, done
+    paper = only(printer)
+    lines = paper.text.splitlines()
+    assert lines[0].strip() == TITLE
+    assert "南京西路店（SH01）" in lines[1]
+    assert "消费小票" in paper.text and "张伟" in paper.text and "足疗 60 分钟 ×2" in paper.text
+    assert any(x.startswith("合计（元）") and x.endswith("256.00") for x in lines)
+    assert any(x.startswith("储值余额") and x.endswith("500.00 → 244.00") for x in lines)
+    assert any(x.startswith("积分") and x.endswith("0 → 256") for x in lines)
+    assert paper.qr == [entry["id"]]  # the QR code's data: the entry id
+    assert paper.cuts == 1
+    assert all(cols(x) <= COLUMNS[58] for x in lines)  # 58 mm: 32 columns
+
+
+def test_widths_and_a_reprint_shows_the_balances_of_its_time(tmp_path: Path) -> None:
+    ledger, mid = shop(tmp_path)
+    try:
+        entry = ledger.debit(ledger.owner, mid, amount=3000, pay="stored")
+        first = build(ledger, entry["id"], title=TITLE)
+        ledger.topup(ledger.owner, mid, 10000)  # later: the receipt does not change
+        again = build(ledger, entry["id"], title=TITLE, reprint=True)
+    finally:
+        ledger.close()
+    assert again.purses == first.purses
+    cash = first.purses[0]
+    assert (cash.label, cash.before, cash.after) == ("储值余额", 50000, 47000)
+    for width in (58, 80):
+        paper = decode(render(again, width))
+        assert "（重打）" in paper.text
+        assert all(cols(x) <= COLUMNS[width] for x in paper.text.splitlines())
+        assert any(cols(x) == COLUMNS[width] for x in paper.text.splitlines())
+
+
+def test_a_printer_that_refuses_does_not_block_the_sale(tmp_path: Path) -> None:
+    ledger, mid = shop(tmp_path)
+    try:
+        use_printer(ledger.storage.dir, closed_port())
+        entry = ledger.debit(ledger.owner, mid, amount=3000, pay="stored")  # committed
+        done = asyncio.run(print_entry(ledger, entry["id"]))
+        assert ledger.balance(mid)["cash"] == 47000
+    finally:
+        ledger.close()
+    assert done is not None and not done.printed
+    assert "refused the connection" in done.reason
+
+
+def test_no_printer_prints_nothing(tmp_path: Path) -> None:
+    ledger, mid = shop(tmp_path)
+    try:
+        entry = ledger.debit(ledger.owner, mid, amount=3000, pay="stored")
+        assert load_config(ledger.storage.dir) is None
+        assert asyncio.run(print_entry(ledger, entry["id"])) is None
+    finally:
+        ledger.close()
+
+
+def test_the_command_line_sets_the_printer_and_reprints(tmp_path: Path,
+                                                       printer: PrinterListener) -> None:
+    ledger, mid = shop(tmp_path)
+    data = ledger.storage.dir
+    entry = ledger.topup(ledger.owner, mid, 20000, pay="wechat")
+    ledger.close()
+    assert run_cli("printer", "show", data=data).out.startswith("no receipt printer")
+    refused = run_cli("receipt", "print", "--entry", entry["id"], data=data)
+    assert refused.code == 1 and "no receipt printer" in refused.err
+    done = run_cli("printer", "set", "--net", f"127.0.0.1:{printer.port}", "--width", "80",
+                   "--title", TITLE, "--json", data=data).json()
+    assert (done["width"], done["columns"], done["port"]) == (80, 48, printer.port)
+    assert run_cli("printer", "test", data=data).code == 0
+    assert "打印测试" in only(printer).text
+    printed = run_cli("receipt", "print", "--entry", entry["id"], "--json", data=data).json()
+    assert printed["printed"] is True
+    paper = only(printer, 2)
+    assert "充值小票（重打）" in paper.text and "微信" in paper.text
+    assert paper.qr == [entry["id"]]
+    assert any(cols(x) == 48 for x in paper.text.splitlines())
+    off = closed_port()
+    run_cli("printer", "set", "--net", f"127.0.0.1:{off}", data=data)
+    failed = run_cli("receipt", "print", "--entry", entry["id"], data=data)
+    assert failed.code == 1 and "refused the connection" in failed.err
+
+
+def test_the_api_shows_and_reprints_a_receipt(tmp_path: Path, printer: PrinterListener) -> None:
+    async def main() -> None:
+        ledger, mid = shop(tmp_path)
+        with_operators(ledger)
+        entry = ledger.debit(ledger.owner, mid, amount=1000, pay="cash")
+        try:
+            async with serving(Standalone(ledger)) as api:
+                status, body = await api.call("POST", "/login",
+                                              {"operator": "boss", "password": BOSS_PW})
+                token = body["token"]
+                status, shown = await api.call("GET", f"/receipts/{entry['id']}", token=token)
+                assert status == 200 and shown["paid_by"] == "现金" and shown["total"] == 1000
+                status, out = await api.call("POST", f"/receipts/{entry['id']}/print",
+                                             token=token)
+                assert (status, out["printed"]) == (200, False)  # no printer set: said so
+                use_printer(ledger.storage.dir, printer.port)
+                status, out = await api.call("POST", f"/receipts/{entry['id']}/print",
+                                             token=token)
+                assert (status, out["printed"]) == (200, True)
+                status, _ = await api.call("GET", "/receipts/0000000000000.SH01", token=token)
+                assert status == 404
+        finally:
+            ledger.close()
+
+    asyncio.run(main())
+    assert only(printer).qr
+
+
+# --- at the counter (NiceGUI's simulated user, a real node) ---------------------------
+
+
+def member_with_card(app: CounterApp, cash: int = 50000) -> str:
+    mid = app.ledger.add_member(app.node_owner, name="张伟", phone="13812345678")
+    app.ledger.issue_card(app.node_owner, mid, CARD)
+    app.ledger.topup(app.node_owner, mid, cash)
+    return mid
+
+
+async def swipe(app: CounterApp) -> None:
+    app.reader.insert(CARD)
+    await app.user.should_see(marker="member-name")
+
+
+async def received(listener: PrinterListener, count: int) -> Printout:
+    got = await asyncio.to_thread(listener.wait, count)
+    assert len(got) == count, f"{len(got)} receipts arrived, expected {count}"
+    return got[-1]
+
+
+@pytest.mark.asyncio
+async def test_the_counter_prints_a_package_sale_and_a_service(
+        counter_app: CounterApp, printer: PrinterListener) -> None:
+    app = counter_app
+    mid = member_with_card(app)
+    use_printer(app.data_dir, printer.port)
+    await app.login(*CASHIER)
+    await swipe(app)
+    app.user.find(marker="sell-package").click()
+    app.user.find(marker="package-price").type("1000.00")
+    app.user.find(marker="package-ok").click()
+    await app.user.should_see(marker="receipt-printed", retries=100)
+    paper = await received(printer, 1)
+    package = app.ledger.history(mid, limit=1)[0]
+    assert package["kind"] == "package" and paper.qr == [package["id"]]
+    assert "购买套餐小票" in paper.text and BRANCH in paper.text and "1000.00" in paper.text
+    app.user.find(marker="consume").click()
+    app.user.find(marker="consume-ok").click()
+    await app.user.should_see("已消费")
+    paper = await received(printer, 2)
+    debit = app.ledger.history(mid, limit=1)[0]
+    assert paper.qr == [debit["id"]] and "储值余额" in paper.text
+    after = app.ledger.balance(mid)["cash"]
+    assert any(x.startswith("储值余额") and x.endswith(f"{after // 100}.{after % 100:02d}")
+               for x in paper.text.splitlines())
+
+
+@pytest.mark.asyncio
+async def test_a_printer_that_is_off_does_not_stop_the_counter(
+        counter_app: CounterApp, printer: PrinterListener) -> None:
+    app = counter_app
+    mid = member_with_card(app)
+    use_printer(app.data_dir, closed_port())
+    await app.login(*CASHIER)
+    await swipe(app)
+    app.user.find(marker="consume").click()
+    app.user.find(marker="consume-ok").click()
+    await app.user.should_see("已消费")  # the sale went through
+    await app.user.should_see(marker="receipt-failed", retries=100)
+    await app.user.should_see("小票未打印")
+    assert app.ledger.balance(mid)["cash"] == 50000 - 12800
+    use_printer(app.data_dir, printer.port)  # switched on: print it again
+    app.user.find(marker="reprint-last").click()
+    await app.user.should_see(marker="receipt-printed", retries=100)
+    paper = await received(printer, 1)
+    assert "消费小票（重打）" in paper.text
+    assert paper.qr == [app.ledger.history(mid, limit=1)[0]["id"]]
+
+
+@pytest.mark.asyncio
+async def test_reprint_from_the_members_history(counter_app: CounterApp,
+                                                printer: PrinterListener) -> None:
+    app = counter_app
+    mid = member_with_card(app)
+    use_printer(app.data_dir, printer.port)
+    await app.login(*CASHIER)
+    await swipe(app)
+    buttons = app.user.find(marker="reprint")  # one per visit shown
+    visits = [e for e in app.ledger.history(mid) if e["kind"] not in ("transfer", "merge")]
+    assert len(buttons.elements) == len(visits)
+    buttons.click()  # the simulated user clicks the first: the newest visit, the top-up
+    paper = await received(printer, 1)
+    assert visits[0]["kind"] == "topup" and paper.qr == [visits[0]["id"]]
+    assert "充值小票（重打）" in paper.text and "0.00 → 500.00" in paper.text
