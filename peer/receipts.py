@@ -348,7 +348,7 @@ def _purses(ledger: Ledger, e: Mapping[str, Any]) -> tuple[Purse, ...]:
                 name = _service(ledger, ledger.entry(purse[4:]).get("service"))
             except LedgerError:
                 name = ""
-            out.append(Purse(f"套餐 {name} 剩余次数".replace("  ", " "),
+            out.append(Purse(f"{name or '套餐'} 剩余",
                              after.get(purse, 0) - change[purse], after.get(purse, 0), False))
     return tuple(out)
 
@@ -438,7 +438,8 @@ def layout(r: Receipt, width: int) -> Layout:
         out.add("plain", [rule])
         for p in r.purses:
             shown = [format_yuan(v) if p.money else str(v) for v in (p.before, p.after)]
-            out.add("plain", pair(p.label, f"{shown[0]} → {shown[1]}", width))
+            unit = "次" if p.label.endswith("剩余") else ""
+            out.add("plain", pair(p.label, f"{shown[0]} → {shown[1]}{unit}", width))
     out.add("plain", [rule])
     out.footer = [*pair("单号", r.entry, width), *center("谢谢惠顾，欢迎再来", width)]
     return out
@@ -508,8 +509,11 @@ def sample_page(config: PrinterConfig) -> bytes:
 @dataclass(frozen=True)
 class Printed:
     printed: bool
-    reason: str = ""  # why not
+    reason: str = ""  # why not, in English (the API's and the command line's)
     printer: str = ""
+    # Why not, for a counter to say in its language: refused (off, or nothing at that
+    # address), timeout, settings (printer.toml unreadable), error (anything else).
+    code: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -524,7 +528,7 @@ def deliver(config: PrinterConfig, data: bytes, timeout: float = TIMEOUT_S) -> P
         else:
             _network(config.host, config.port, data, timeout)
     except Exception as e:  # any failure of the printer is a reason, never a crash
-        return Printed(False, _reason(e, config), where)
+        return Printed(False, _reason(e, config), where, _code(e))
     return Printed(True, "", where)
 
 
@@ -553,12 +557,26 @@ def _usb(ids: tuple[int, int], data: bytes, timeout: float) -> None:
         printer.close()
 
 
-def _reason(e: BaseException, config: PrinterConfig) -> str:
+def _os_error(e: BaseException) -> OSError | None:
     # python-escpos wraps the socket's error in its own, without `from`: the cause
     # is the exception it was handling.
     cause: BaseException | None = e
     while cause is not None and not isinstance(cause, OSError):
         cause = cause.__cause__ or cause.__context__
+    return cause
+
+
+def _code(e: BaseException) -> str:
+    cause = _os_error(e)
+    if isinstance(cause, ConnectionRefusedError):
+        return "refused"
+    if isinstance(cause, TimeoutError):
+        return "timeout"
+    return "error"
+
+
+def _reason(e: BaseException, config: PrinterConfig) -> str:
+    cause = _os_error(e)
     where = config.describe().split(",")[0]
     if isinstance(cause, ConnectionRefusedError):
         return f"the printer at {where} refused the connection (is it switched on?)"
@@ -581,7 +599,7 @@ async def print_entry(ledger: Ledger, entry_id: str, *, reprint: bool = False
     try:
         config = load_config(ledger.storage.dir)
     except PrinterError as e:
-        return Printed(False, str(e))
+        return Printed(False, str(e), code="settings")
     if config is None:
         return None
     receipt = build(ledger, entry_id, title=config.title, reprint=reprint)

@@ -307,7 +307,7 @@ class Counter:
             with ui.row().classes("w-full items-center gap-3 px-3 py-2 rounded bg-orange-1"):
                 ui.icon("print_disabled", color="orange-9")
                 ui.label(tr("小票未打印：{reason}", "Receipt not printed: {reason}",
-                            reason=done.reason)).classes("text-orange-10 grow") \
+                            reason=_printer_trouble(done))).classes("text-orange-10 grow") \
                     .mark("receipt-failed")
                 ui.button(tr("重打小票", "Reprint"), icon="print",
                           on_click=lambda: self.print_receipt(entry_id, reprint=True)) \
@@ -867,6 +867,19 @@ class MemberPanel:
                     ui.button(icon="print", on_click=lambda e=e: c.print_receipt(
                         str(e["id"]), reprint=True)).props("flat dense round size=sm") \
                         .tooltip(tr("重打小票", "Reprint the receipt")).mark("reprint")
+
+
+def _printer_trouble(done: receipts.Printed) -> str:
+    """Why a receipt did not print, in the session's language where it is known."""
+    where = done.printer.split(",")[0]
+    if done.code == "refused":
+        return tr("打印机 {where} 拒绝连接（打印机开着吗？）",
+                  "the printer at {where} refused the connection (is it switched on?)",
+                  where=where)
+    if done.code == "timeout":
+        return tr("打印机 {where} 没有响应", "the printer at {where} did not answer",
+                  where=where)
+    return done.reason
 
 
 def _tile(label: str, value: str, marker: str) -> None:
