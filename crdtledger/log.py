@@ -170,6 +170,9 @@ class Log:
         self._positions: dict[str, int] | None = None
         self._blocked: set[str] | None = None
         self._waiting: set[str] | None = None
+        # Each node's signed head as kept (None: none): read for every batch sent
+        # and every log verified.
+        self._heads: dict[str, tuple[Head, bytes] | None] = {}
         self._written = False  # in the open transaction
 
     def begin(self) -> None:
@@ -186,6 +189,7 @@ class Log:
         self._positions = None
         self._blocked = None
         self._waiting = None
+        self._heads.clear()
 
     # --- reading ------------------------------------------------------------
 
@@ -203,6 +207,9 @@ class Log:
     def hash_at(self, node: str, seq: int) -> bytes | None:
         if seq == 0:
             return GENESIS
+        tip = self._tips.get(node)
+        if tip is not None and tip[0] == seq:  # mostly asked of the tip: where a batch continues
+            return tip[1]
         row = self.conn.execute("SELECT hash FROM records WHERE node = ? AND seq = ?",
                                 (node, seq)).fetchone()
         return bytes(row[0]) if row else None
@@ -215,11 +222,14 @@ class Log:
         return dict(self._positions)
 
     def head(self, node: str) -> tuple[Head, bytes] | None:
+        if node in self._heads:
+            return self._heads[node]
         row = self.conn.execute("SELECT seq, hash, sig, cert FROM heads WHERE node = ?",
                                 (node,)).fetchone()
-        if row is None:
-            return None
-        return Head(row[0], bytes(row[1]), bytes(row[2])), bytes(row[3])
+        kept = None if row is None else (Head(row[0], bytes(row[1]), bytes(row[2])),
+                                         bytes(row[3]))
+        self._heads[node] = kept
+        return kept
 
     def records_after(self, after: Mapping[str, int], *, applied_only: bool = False
                       ) -> list[Record]:
@@ -326,8 +336,10 @@ class Log:
             self._waiting.add(rec.node)
 
     def keep_head(self, node: str, head: Head, cert: bytes) -> None:
+        self._written = True
         self.conn.execute("INSERT OR REPLACE INTO heads VALUES (?, ?, ?, ?, ?)",
                           (node, head.seq, head.hash, head.sig, cert))
+        self._heads[node] = (head, cert)
 
     def pin(self, node: str, cert: bytes) -> None:
         self._written = True
