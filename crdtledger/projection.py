@@ -24,6 +24,9 @@ from crdtledger.model import (
 )
 from crdtledger.storage import dumps
 
+# Above this many members in one projection, their rights rows are read together.
+_PRELOAD_MEMBERS = 32
+
 # Which purse change counts toward a member's cumulative spend / top-up (levels).
 _SPEND_KINDS: dict[EntryKind, int] = {"debit": 1, "refund": -1}
 
@@ -125,12 +128,25 @@ def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, A
             bad.append((doc, key, str(err)))
     valid.sort(key=lambda e: e["id"])
     rights: dict[tuple[str, str, str], int] = {}
+    members = {e["member"] for e in valid}
+    loaded: set[str] = set()  # members whose every rights row is in `rights`
+    if len(members) > _PRELOAD_MEMBERS:  # a catch-up: their rows in a few statements
+        loaded = members
+        few = sorted(members)
+        for i in range(0, len(few), 500):
+            part = few[i:i + 500]
+            rights.update(((m, p, n), a) for m, p, n, a in conn.execute(
+                "SELECT member, purse, node, amount FROM rights WHERE member IN "
+                f"({','.join('?' * len(part))})", part))
 
     def held(k: tuple[str, str, str]) -> int:
         if k not in rights:
-            row = conn.execute("SELECT amount FROM rights WHERE member = ? AND purse = ? "
-                               "AND node = ?", k).fetchone()
-            rights[k] = row[0] if row else 0
+            if k[0] in loaded:
+                rights[k] = 0
+            else:
+                row = conn.execute("SELECT amount FROM rights WHERE member = ? AND purse = ? "
+                                   "AND node = ?", k).fetchone()
+                rights[k] = row[0] if row else 0
         return rights[k]
 
     done: list[dict[str, Any]] = []
