@@ -588,7 +588,6 @@ class Replica(LedgerBase):
                     raise _Broken(rec, e, 1) from None
                 except RemoteProtocolError as e:  # an entry in another month's document
                     raise _Broken(rec, RuleBroken("entry-writer", str(e)), 1) from None
-        ld.take_updates()  # logged below as received
         # Each record must have integrated whole: one that builds on another writer's
         # records not here yet is held back by pycrdt; it waits (the caller rolls back
         # and keeps it `waiting`), it did nothing wrong. The first such is the one:

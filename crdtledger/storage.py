@@ -24,7 +24,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as dt_time
-from functools import partial
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -160,15 +159,24 @@ class LoadedDoc:
         # only that: reloading an untouched month costs a swipe ~100 ms).
         self.dirty = False
         self._observing = False
-        self._unobserve: list[Callable[[], None]] = []
+        self._capturing: Any = None  # the subscription capturing updates, if on
 
     def start_observing(self) -> None:
         """Capture the update of every transaction from now on (what gets logged)."""
         if self._observing:
             return
         self._observing = True
-        sub = self.doc.observe(self._captured)
-        self._unobserve.append(partial(self.doc.unobserve, sub))
+        self._capture(True)
+
+    def _capture(self, on: bool) -> None:
+        """Start or stop capturing each transaction's update. Stopped while remote
+        records are applied (watching): they are logged as received, and Yrs encodes
+        a transaction's update only for a subscriber (a seventh of applying one)."""
+        if on and self._capturing is None:
+            self._capturing = self.doc.observe(self._captured)
+        elif not on and self._capturing is not None:
+            self.doc.unobserve(self._capturing)
+            self._capturing = None
 
     def plain_values(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Any]:
         """The records at (root, key), as plain JSON values, in one read transaction;
@@ -207,20 +215,22 @@ class LoadedDoc:
         self._change = change = Change()
         subs = [root.integrated.observe_deep(self._observer(name))
                 for name, root in self.roots.items()]
+        capturing = self._capturing is not None
+        self._capture(False)
         try:
             yield change
         finally:
             for sub in subs:
                 sub.drop()
             self._change = None
+            self._capture(capturing)
 
     def close(self) -> None:
         """Drop the observer when the document leaves the cache. pycrdt keeps each
         callback (which refers back to the Doc) inside the Rust document: a cycle that
         Python's garbage collector cannot see, so an evicted document that kept its
         observers was never freed (a node leaked every document it ever evicted)."""
-        while self._unobserve:
-            self._unobserve.pop()()
+        self._capture(False)
 
     def _observer(self, root: str) -> Callable[[Any], None]:
         def on_events(events: Any) -> None:
