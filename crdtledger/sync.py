@@ -16,9 +16,10 @@ Conversation (every message: msgpack map with protocol version ``v`` and type ``
                                           how many nodes' clocks agree with it
                                           (crdtledger.peerclock; absent: 1)
     state   {logs: {node: [seq, tip]}, reply}  when digests differ; answered once
-    recs    {recs, heads, certs}          log records the peer lacks / each new one,
+    recs    {recs, heads, certs, more?}   log records the peer lacks / each new one,
                                           with the signed heads that cover them
-                                          (crdtledger.log.Batch)
+                                          (crdtledger.log.Batch); `more`: a slice of
+                                          a long answer, kept until its last slice
     rreq    {id, member, purse, amount, fwd?}  "I am short of rights on this purse"
     rrep    {id, granted}                 the transfer's record was sent before
 
@@ -26,6 +27,15 @@ Conversation (every message: msgpack map with protocol version ``v`` and type ``
 replicas at one position with different tips hold a fork, and each sends the other
 that whole log so that both can prove it (Ledger.lacking). A round between nodes
 already in sync is two hellos of under 100 bytes each.
+
+A long answer to a state (a new branch joining a chain: a million records) goes in
+slices of SEND_SLICE_BYTES / SEND_SLICE_RECORDS, one per turn of the driver's loop
+(`busy`, `resume`), each marked `more` but the last. The receiver keeps the slices
+unapplied until the last and then verifies and applies them as the one batch they
+are: each log's hash chain only reaches the head its writer signed at the end of
+the answer, so no slice before it can be proven on its own (docs/design-notes.md,
+"A join in slices"). Frames that may depend on the answer (new records, a rights
+reply) wait for its last slice; hellos and states do not.
 """
 
 from __future__ import annotations
@@ -49,7 +59,7 @@ from crdtledger.hlc import MAX_CLOCK_SKEW_MS, NODE_ID
 # Also re-exported: peer/, sim/, benchmarks/ and tests/ import them from here.
 from crdtledger.lib0 import decode_state_vector as decode_state_vector
 from crdtledger.lib0 import states_digest as states_digest
-from crdtledger.log import Batch, Record
+from crdtledger.log import MAX_BATCH_RECORDS, Batch, Record
 from crdtledger.model import ID, PURSE
 from crdtledger.peerclock import MAX_AGREE
 
@@ -57,7 +67,9 @@ if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
     from crdtledger.replica import VerifiedBatch
 
-PROTOCOL_VERSION = 2
+# 3: `recs` slices marked `more` (a peer of 2 would apply each slice alone and drop
+# what does not reach its head: refused by version instead).
+PROTOCOL_VERSION = 3
 
 # Limits, so a broken or hostile peer cannot make us allocate without bound.
 # One frame can carry a month's ledger document to a node that has none of it:
@@ -71,6 +83,16 @@ MAX_OPEN_REQUESTS = 1024
 # gets a turn (SyncSession.resume): about 0.3 s here. A 100k catch-up in one go held
 # a node's loop 15 s, past its peer's heartbeat, which closed the link.
 APPLY_SLICE = 4000
+# What one frame of a long answer to a state carries (record data bytes, records):
+# a few MB, packed in a few ms, so the sender's loop answers its heartbeat between
+# slices, and far below MAX_FRAME_BYTES, which a 1M-record answer in one frame broke.
+SEND_SLICE_BYTES = 4 * 1024 * 1024
+SEND_SLICE_RECORDS = 16384
+# The slices of one answer kept before its last one (record data bytes): held in
+# memory, as one frame of it was. Records are bounded by MAX_BATCH_RECORDS (4M).
+MAX_STAGED_BYTES = 2 * 1024**3
+# Per record on top of its data, for slicing by bytes (node, seq, doc and framing).
+_RECORD_OVERHEAD = 48
 
 _EMPTY_UPDATE = b"\x00\x00"
 
@@ -228,6 +250,13 @@ class SyncSession:
         # A batch being applied in slices, and the frames that came meanwhile.
         self._applying: tuple[VerifiedBatch, Batch] | None = None
         self._backlog: list[bytes] = []
+        # A long answer being sent in slices: the whole batch (records, heads as of
+        # when it was read) and how many records went; frames that must follow it.
+        self._sending: tuple[Batch, int] | None = None
+        self._after: list[bytes] = []
+        # Slices of the peer's long answer received so far, and their record bytes.
+        self._staged: list[Batch] = []
+        self._staged_bytes = 0
         self._unsubscribe = ledger.subscribe(self._on_commit)
 
     # --- driving side --------------------------------------------------------
@@ -293,6 +322,9 @@ class SyncSession:
             self._pending.clear()
             self._applying = None
             self._backlog.clear()
+            self._sending = None
+            self._after.clear()
+            self._staged.clear()
 
     def _fail(self, error: RemoteProtocolError) -> None:
         """Enter the failed state: closed (so drivers that test `closed` leave it
@@ -340,6 +372,7 @@ class SyncSession:
             return
         pending = list(frames)
         run: list[Batch] = []
+        more = False  # the run's last frame is a slice of a longer answer
         try:
             try:
                 for i, frame in enumerate(pending):
@@ -347,30 +380,32 @@ class SyncSession:
                     if msg.get("t") == "recs" and self.peer is not None:
                         self.bytes_in += len(frame)
                         run.append(Batch.from_wire(msg))
+                        more = _more(msg)
                         continue
                     if run:
-                        batch, run = _merge(run), []
-                        if not self._apply(batch):
+                        taken, run = run, []
+                        if not self._take(taken, more):
                             self._backlog = pending[i:]  # after the batch's last slice
                             return
                     self.bytes_in += len(frame)
                     self._dispatch(msg)
             finally:
                 if run:  # the end of the frames, or a malformed one: apply what came
-                    self._apply(_merge(run), whole=sys.exc_info()[0] is not None)
+                    self._take(run, more, whole=sys.exc_info()[0] is not None)
         except RemoteProtocolError as e:
             self._fail(e)
             raise
 
     @property
     def busy(self) -> bool:
-        """A batch is being applied in slices: call `resume()`."""
-        return self._applying is not None
+        """A batch is being applied, or a long answer sent, in slices: call `resume()`."""
+        return self._applying is not None or self._sending is not None
 
     def resume(self) -> None:
-        """Apply the next slice of the batch being applied; once it is done, handle
-        the frames that waited for it."""
+        """Queue the next slice of the answer being sent; apply the next slice of the
+        batch being applied, and once it is done, handle the frames that waited."""
         self._require_open()
+        self._send_slice()
         if self._applying is None:
             return
         try:
@@ -382,6 +417,23 @@ class SyncSession:
         backlog, self._backlog = self._backlog, []
         if backlog:
             self.receive_frames(backlog)
+
+    def _take(self, run: list[Batch], more: bool, whole: bool = False) -> bool:
+        """Consecutive `recs` frames: kept if the last is a slice of a longer answer
+        (`more`), else applied with the slices kept before them, as one batch. True if
+        nothing remains to apply (see `_apply`)."""
+        self._staged.extend(run)
+        self._staged_bytes += sum(len(r.data) for b in run for r in b.recs)
+        if (self._staged_bytes > MAX_STAGED_BYTES
+                or sum(len(b.recs) for b in self._staged) > MAX_BATCH_RECORDS):
+            raise RemoteProtocolError(
+                f"records: an answer of more than {MAX_BATCH_RECORDS} records or "
+                f"{MAX_STAGED_BYTES >> 20} MiB (a chain that large needs period closing)")
+        if more:
+            return True
+        batch = _merge(self._staged)
+        self._staged, self._staged_bytes = [], 0
+        return self._apply(batch, whole)
 
     def _apply(self, batch: Batch, whole: bool = False) -> bool:
         """Start applying a batch; True if it is all applied already."""
@@ -471,7 +523,9 @@ class SyncSession:
         view = self.ledger.log_view()
         # When both sides say hello at once, each gets the other's state twice with
         # the same view: what it lacks goes out once; what we got since went live.
-        if theirs != self._answered_view:
+        # A long answer still going out covers this round too: the next round after
+        # its last slice asks again for what came meanwhile.
+        if theirs != self._answered_view and self._sending is None:
             self._answered_view = theirs
             records = self.ledger.lacking(theirs)
             show = self.ledger.behind(theirs)
@@ -479,15 +533,23 @@ class SyncSession:
             if records or show or prove:
                 self._flush()
                 # With every certificate: a round is what heals a session that lost
-                # a frame, the one that first carried a certificate included.
-                self._queue(self._batch_message(records, show, prove, every_cert=True))
+                # a frame, the one that first carried a certificate included. The
+                # heads are read now, with the records: a slice sent later must not
+                # carry a head that moved past what the answer holds.
+                whole = self.ledger.batch(records, show=show, prove=prove)
+                if _fits(records):
+                    self._queue_frame({"t": "recs", **whole.to_wire()})
+                else:
+                    self._sending = (whole, 0)
+                    self._send_slice()
         # The peer's state answered our hello; answer with ours so it can send what
         # we lack. A reply is not answered again, which ends the round.
         if not msg.get("reply") and view != theirs:
             self._queue({"t": "state", "logs": wire_logs(view), "reply": True})
 
     def _on_recs(self, msg: dict[str, Any]) -> None:
-        self._apply(Batch.from_wire(msg), whole=True)  # one frame: `receive` has no resume
+        # One frame: `receive` has no resume.
+        self._take([Batch.from_wire(msg)], _more(msg), whole=True)
 
     def _on_rights_request(self, msg: dict[str, Any]) -> None:
         rid = _get(msg, "id", int)
@@ -551,11 +613,8 @@ class SyncSession:
             records, self._pending = self._pending, []
             self._queue_frame(self._batch_message(records))
 
-    def _batch_message(self, records: list[Record], show: list[str] | None = None,
-                       prove: list[str] | None = None, every_cert: bool = False
-                       ) -> dict[str, Any]:
-        batch = self.ledger.batch(records, show=show or (), prove=prove or (),
-                                  certs_sent=None if every_cert else self._certs_sent)
+    def _batch_message(self, records: list[Record]) -> dict[str, Any]:
+        batch = self.ledger.batch(records, certs_sent=self._certs_sent)
         return {"t": "recs", **batch.to_wire()}
 
     def _send_hello(self) -> None:
@@ -574,7 +633,47 @@ class SyncSession:
     def _queue_frame(self, message: dict[str, Any]) -> None:
         frame = pack(message)
         self.bytes_out += len(frame)
+        # While a long answer goes out, what may depend on it waits for its last
+        # slice (the peer applies nothing before it); hellos and states carry the
+        # time and the view of now.
+        if self._sending is not None and message["t"] not in ("hello", "state"):
+            self._after.append(frame)
+        else:
+            self._out.append(frame)
+
+    def _send_slice(self) -> None:
+        """Queue the next slice of the long answer being sent: its records, the heads
+        (as read with them) and certificates of their logs; the first also carries
+        every head of the answer (those of `show` included) and its proofs. The
+        receiver merges them all: each head is checked once."""
+        if self._sending is None:
+            return
+        whole, start = self._sending
+        recs = whole.recs
+        end, size = start, 0
+        while end < len(recs) and end - start < SEND_SLICE_RECORDS and (
+                end == start or size + len(recs[end].data) + _RECORD_OVERHEAD
+                <= SEND_SLICE_BYTES):
+            size += len(recs[end].data) + _RECORD_OVERHEAD
+            end += 1
+        part = Batch(recs=recs[start:end])
+        logs = dict.fromkeys(r.node for r in part.recs)
+        if start == 0:
+            logs.update(dict.fromkeys(n for n in whole.heads))
+            part.proofs = dict(whole.proofs)
+            part.certs.update({n: c for n, c in whole.certs.items() if n in whole.proofs})
+        part.heads = {n: whole.heads[n] for n in logs}
+        part.certs.update({n: whole.certs[n] for n in logs if n in whole.certs})
+        last = end >= len(recs)
+        frame = pack({"t": "recs", **part.to_wire(), **({} if last else {"more": True})})
+        self.bytes_out += len(frame)
         self._out.append(frame)
+        if last:
+            self._sending = None
+            self._out.extend(self._after)
+            self._after.clear()
+        else:
+            self._sending = (whole, end)
 
     def _peer(self) -> str:
         """The peer's node id; only messages after its hello get here (`_dispatch`)."""
@@ -589,6 +688,20 @@ class SyncSession:
             raise LocalProtocolError("session is closed")
         if not self._started:
             raise LocalProtocolError("call start() first")
+
+
+def _more(msg: dict[str, Any]) -> bool:
+    more = msg.get("more", False)
+    if not isinstance(more, bool):
+        raise RemoteProtocolError("records: field 'more' malformed")
+    return more
+
+
+def _fits(records: list[Record]) -> bool:
+    """Does an answer of these records go in one frame?"""
+    if len(records) > SEND_SLICE_RECORDS:
+        return False
+    return sum(len(r.data) for r in records) + _RECORD_OVERHEAD * len(records) <= SEND_SLICE_BYTES
 
 
 def _merge(batches: list[Batch]) -> Batch:

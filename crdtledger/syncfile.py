@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from crdtledger.errors import CorruptSyncFile, ForeignChain, InvalidInput, RemoteProtocolError
-from crdtledger.log import Batch
+from crdtledger.log import MAX_BATCH_RECORDS, Batch
 from crdtledger.private import replace_private
 from crdtledger.seal import seal, unseal
 from crdtledger.sync import parse_logs, wire_logs
@@ -33,8 +33,15 @@ if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
 
 KIND = "sync"
-# A sync file is read whole into memory; a year of a large chain fits well below.
+# A sync file is sealed (signed and encrypted) whole, and read, opened and parsed
+# whole in memory: about 340 MB per million ledger entries, so a file of everything
+# stops near 6M entries (and 4M records, MAX_BATCH_RECORDS). Streamed sections would
+# each need their own seal and a reader that applies section by section; a chain
+# that large needs period closing first (benchmarks/README.md, chain), so the limit
+# is said instead, when the file is written and when it is read.
 MAX_FILE_BYTES = 2 * 1024**3
+_LIMIT = (f"a sync file holds at most {MAX_FILE_BYTES >> 20} MiB and {MAX_BATCH_RECORDS:,} "
+          "records (about 6M ledger entries)")
 
 
 def export_file(ledger: Ledger, path: Path | str, for_node: str | None = None, *,
@@ -50,12 +57,18 @@ def export_file(ledger: Ledger, path: Path | str, for_node: str | None = None, *
     # Only applied records travel by file: a file is taken whole or refused, and one
     # carrying a blocked node's refused record would be refused everywhere.
     records = ledger.lacking(theirs, applied_only=True)
+    if len(records) > MAX_BATCH_RECORDS:
+        raise InvalidInput(f"{len(records):,} records to write: {_LIMIT}; write it "
+                           "for a node that holds part of it already (--for NODE)")
     batch = ledger.batch(records)
     body = msgpack.packb({"chain": ledger.chain, "node": ledger.node,
                           "created": ledger.clock.wall(),
                           "logs": wire_logs(ledger.log_view()), **batch.to_wire()},
                          use_bin_type=True)
     sealed = seal(ledger.trust, KIND, body, ledger.clock.wall())
+    if len(sealed) > MAX_FILE_BYTES:
+        raise InvalidInput(f"the file would be {len(sealed):,} bytes: {_LIMIT}; write it "
+                           "for a node that holds part of it already (--for NODE)")
     path = Path(path)
     try:
         replace_private(path, sealed)
@@ -72,7 +85,8 @@ def read_file(ledger: Ledger, path: Path | str) -> dict[str, Any]:
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
-            raise CorruptSyncFile(f"{path} is {size} bytes, larger than any sync file")
+            raise CorruptSyncFile(f"{path} is {size:,} bytes, larger than any sync file "
+                                  f"({_LIMIT})")
         raw = path.read_bytes()
     except OSError as e:
         raise CorruptSyncFile(f"cannot read {path}: {e.strerror}") from None

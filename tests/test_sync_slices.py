@@ -1,0 +1,278 @@
+"""A long answer to a state goes out in slices (issue 14: a new branch joining a
+chain of a million records got one frame above MAX_FRAME_BYTES, built while the
+hub's loop missed its heartbeat). The receiver keeps the slices and verifies and
+applies them as the one batch they are, once the last came: each log's chain only
+reaches the head its writer signed at the end of the answer. Real ledgers, real
+sessions (and the real driver core); the slice limits lowered so that a few dozen
+records make many slices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgpack
+import pytest
+from helpers import new_ledger
+
+from crdtledger import sync as sync_mod
+from crdtledger.core import NodeCore, Send, SetTimer
+from crdtledger.errors import LocalProtocolError, RemoteProtocolError
+from crdtledger.ledger import Ledger
+from crdtledger.sync import SyncSession, pack, unpack
+
+
+@pytest.fixture(autouse=True)
+def small_slices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sync_mod, "SEND_SLICE_RECORDS", 6)
+    monkeypatch.setattr(sync_mod, "SEND_SLICE_BYTES", 64 * 1024)
+
+
+def _chain(tmp_path: Path, n: int = 30) -> tuple[Ledger, Ledger, list[str]]:
+    """A hub holding two interleaved logs (its own and a branch's), n top-ups each."""
+    hub, branch = new_ledger(tmp_path, "HQ01"), new_ledger(tmp_path, "SH01")
+    members = [hub.add_member(hub.owner, name=f"m{i}", phone=f"138000001{i:02d}")
+               for i in range(4)]
+    branch.pull(hub)
+    for i in range(n):
+        hub.topup(hub.owner, members[i % 4], 100 + i)
+        branch.topup(branch.owner, members[(i + 1) % 4], 200 + i)
+        if i % 5 == 4:
+            hub.pull(branch)
+    hub.pull(branch)
+    return hub, branch, members
+
+
+def _sessions(a: Ledger, b: Ledger) -> tuple[SyncSession, SyncSession]:
+    sa, sb = SyncSession(a, expect_node=b.node), SyncSession(b, expect_node=a.node)
+    sa.start()
+    sb.start()
+    return sa, sb
+
+
+def _pump(sa: SyncSession, sb: SyncSession, tamper=None, limit: int = 10_000) -> list[dict]:
+    """Deliver frames both ways, a driver's turn at a time: what each has to send,
+    then `resume` for a busy one. Returns the messages sa sent (as received)."""
+    sent: list[dict] = []
+    for _ in range(limit):
+        to_b, to_a = sa.data_to_send(), sb.data_to_send()
+        if tamper is not None:
+            to_b = [tamper(f) for f in to_b]
+        sent += [unpack(f) for f in to_b]
+        if to_b:
+            sb.receive_frames(to_b)
+        if to_a:
+            sa.receive_frames(to_a)
+        busy = [s for s in (sa, sb) if s.busy]
+        for s in busy:
+            s.resume()
+        if not (to_a or to_b or busy):
+            return sent
+    raise AssertionError("did not settle")
+
+
+def _same(a: Ledger, b: Ledger, members: list[str]) -> None:
+    assert b.state_vectors() == a.state_vectors()
+    assert b.log_view() == a.log_view()
+    for m in members:
+        assert b.balance(m) == a.balance(m)
+
+
+def test_a_join_larger_than_a_slice_converges(tmp_path: Path) -> None:
+    hub, _branch, members = _chain(tmp_path)
+    new = new_ledger(tmp_path, "SH09")
+    sa, sb = _sessions(hub, new)
+    sent = _pump(sa, sb)
+    slices = [m for m in sent if m["t"] == "recs"]
+    assert len(slices) >= 10
+    assert all(m.get("more") for m in slices[:-1]) and "more" not in slices[-1]
+    assert all(len(m["recs"]) <= 6 for m in slices)
+    # Each slice carries the signed heads of the logs it holds records of.
+    assert all({r[0] for r in m["recs"]} <= set(m["heads"]) for m in slices)
+    _same(hub, new, members)
+    assert not new.refusals and not new.faults()
+
+
+def test_nothing_is_applied_before_the_last_slice_and_live_records_follow_it(
+        tmp_path: Path) -> None:
+    hub, _branch, members = _chain(tmp_path)
+    new = new_ledger(tmp_path, "SH09")
+    sa, sb = _sessions(hub, new)
+    sb.receive_frames(sa.data_to_send())  # the hub's hello: the new one says its state
+    sa.receive_frames(sb.data_to_send())  # the hub starts its answer
+    assert sa.busy
+    first = sa.data_to_send()
+    assert [unpack(f)["t"] for f in first].count("recs") == 1
+    # A sale at the hub while its answer goes out: it follows the answer's last slice.
+    later = hub.topup(hub.owner, members[0], 7)
+    sb.receive_frames(first)
+    while sa.busy:
+        assert new.positions() == {}  # kept, not applied: nothing proven yet
+        sa.resume()
+        frames = sa.data_to_send()
+        kinds = [unpack(f)["t"] for f in frames]
+        if sa.busy:
+            assert kinds == ["recs"]
+        else:  # the last slice, then the live record in its own frame
+            assert kinds[0] == "recs" and "recs" in kinds[1:]
+        sb.receive_frames(frames)
+        while sb.busy:
+            sb.resume()
+    _pump(sa, sb)
+    _same(hub, new, members)
+    assert any(e["id"] == later["id"] for e in new.history(members[0]))
+
+
+def test_the_same_as_one_frame(tmp_path: Path) -> None:
+    hub, _branch, members = _chain(tmp_path)
+    sliced, whole = new_ledger(tmp_path, "SH08"), new_ledger(tmp_path, "SH09")
+    _pump(*_sessions(hub, sliced))
+    whole.pull(hub)
+    assert sliced.state_vectors() == whole.state_vectors()
+    assert sliced.log_view() == whole.log_view()
+    for m in members:
+        assert sliced.balance(m) == whole.balance(m)
+
+
+def _tamper_in_slice(index: int, node: str):
+    """Alter the data of the first record of `node` in the index-th `recs` frame."""
+    seen = {"recs": 0, "altered": None}
+
+    def tamper(frame: bytes) -> bytes:
+        msg = unpack(frame)
+        if msg["t"] != "recs":
+            return frame
+        seen["recs"] += 1
+        if seen["recs"] != index:
+            return frame
+        for rec in msg["recs"]:
+            if rec[0] == node:
+                rec[3] = rec[3][:-1] + bytes([rec[3][-1] ^ 1])
+                seen["altered"] = rec[1]
+                break
+        del msg["v"]
+        return pack(msg)
+
+    return tamper, seen
+
+
+def test_a_record_altered_in_a_middle_slice_is_refused_with_all_after_it(
+        tmp_path: Path) -> None:
+    hub, _branch, members = _chain(tmp_path)
+    new = new_ledger(tmp_path, "SH09")
+    tamper, seen = _tamper_in_slice(4, "SH01")
+    sa, sb = _sessions(hub, new)
+    _pump(sa, sb, tamper=tamper)
+    assert seen["altered"] is not None and seen["altered"] > 1
+    # Nothing of the altered log is applied, not even what came before the record
+    # (the answer is verified whole), let alone what came after it.
+    assert new.positions().get("SH01", 0) == 0
+    assert any("SH01" in r and "altered" in r for r in new.refusals)
+    assert not new.faults()  # an altered relay is no fault of SH01's
+    # The hub's own log did not depend on it and came whole.
+    assert new.positions()["HQ01"] == hub.positions()["HQ01"]
+    sa.close()
+    sb.close()
+    # An honest round after it brings the rest.
+    _pump(*_sessions(hub, new))
+    _same(hub, new, members)
+
+
+def test_an_answer_cut_short_applies_nothing_of_the_logs_it_cut(tmp_path: Path) -> None:
+    """A dishonest relay ends the answer early (drops `more`): the records came
+    chain from the receiver's tip but do not reach the heads sent, so none is taken:
+    an unproven prefix is never applied."""
+    hub, _branch, members = _chain(tmp_path)
+    new = new_ledger(tmp_path, "SH09")
+    sa, sb = _sessions(hub, new)
+    sb.receive_frames(sa.data_to_send())
+    sa.receive_frames(sb.data_to_send())
+    frames = sa.data_to_send()
+    cut = []
+    for f in frames:
+        msg = unpack(f)
+        if msg["t"] == "recs":
+            assert msg.pop("more")
+            del msg["v"]
+            f = pack(msg)
+        cut.append(f)
+    sb.receive_frames(cut)
+    while sb.busy:
+        sb.resume()
+    assert new.positions() == {}
+    sa.close()
+    sb.close()
+    _pump(*_sessions(hub, new))
+    _same(hub, new, members)
+
+
+def test_the_receiver_bounds_what_it_keeps(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    hub, _branch, _members = _chain(tmp_path)
+    monkeypatch.setattr(sync_mod, "MAX_STAGED_BYTES", 2000)
+    new = new_ledger(tmp_path, "SH09")
+    sa, sb = _sessions(hub, new)
+    with pytest.raises(RemoteProtocolError, match="period closing"):
+        _pump(sa, sb)
+    assert sb.failed and new.positions() == {}
+    with pytest.raises(LocalProtocolError):
+        sb.receive_frames([])
+
+
+def test_more_must_be_a_flag(tmp_path: Path) -> None:
+    hub, _branch, _members = _chain(tmp_path, n=2)
+    new = new_ledger(tmp_path, "SH09")
+    sa, sb = _sessions(hub, new)
+    sb.receive_frames(sa.data_to_send())
+    sa.receive_frames(sb.data_to_send())
+    bad = [msgpack.packb({**unpack(f), "more": 1}) if unpack(f)["t"] == "recs" else f
+           for f in sa.data_to_send()]
+    with pytest.raises(RemoteProtocolError, match="more"):
+        sb.receive_frames(bad)
+
+
+def test_the_core_sends_a_slice_per_turn(tmp_path: Path) -> None:
+    """Through the driver's core (node and simulator): the hub's answer goes out a
+    slice per `resume` timer, the new node applies it in slices as before."""
+    hub, _branch, members = _chain(tmp_path)
+    new = new_ledger(tmp_path, "SH09")
+    ca, cb = NodeCore(hub), NodeCore(new)
+    ca.start(0.0, [])
+    cb.start(0.0, [])
+    out_a = ca.link_opened(1, "SH09", dialer="SH09", now=0.0)
+    out_b = cb.link_opened(1, "HQ01", dialer="SH09", now=0.0)
+    hub_turns = 0
+    for _ in range(500):
+        to_b = [f for e in out_a if isinstance(e, Send) for f in e.frames]
+        to_a = [f for e in out_b if isinstance(e, Send) for f in e.frames]
+        assert sum(unpack(f)["t"] == "recs" for f in to_b) <= 2  # a slice (and live)
+        t_a = [e for e in out_a if isinstance(e, SetTimer) and e.key[0] == "resume"]
+        t_b = [e for e in out_b if isinstance(e, SetTimer) and e.key[0] == "resume"]
+        out_a = ca.receive(1, to_a, 0.0) if to_a else []
+        out_b = cb.receive(1, to_b, 0.0) if to_b else []
+        for t in t_a:
+            hub_turns += 1
+            out_a += ca.fire(t.key, t.token, 0.0)
+        for t in t_b:
+            out_b += cb.fire(t.key, t.token, 0.0)
+        if not (to_a or to_b or t_a or t_b):
+            break
+    assert hub_turns >= 10
+    _same(hub, new, members)
+
+
+def test_a_sync_file_beyond_its_limit_is_refused_with_the_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file is sealed and read whole: past its bounds, writing it says which they
+    are (and nothing is written), rather than a file no node can read."""
+    from crdtledger import syncfile
+    from crdtledger.errors import InvalidInput
+
+    hub, _branch, _members = _chain(tmp_path, n=3)
+    monkeypatch.setattr(syncfile, "MAX_BATCH_RECORDS", 5)
+    with pytest.raises(InvalidInput, match="records to write: a sync file holds at most"):
+        syncfile.export_file(hub, tmp_path / "all.sync")
+    monkeypatch.setattr(syncfile, "MAX_BATCH_RECORDS", 1000)
+    monkeypatch.setattr(syncfile, "MAX_FILE_BYTES", 1000)
+    with pytest.raises(InvalidInput, match="--for NODE"):
+        syncfile.export_file(hub, tmp_path / "all.sync")
+    assert not (tmp_path / "all.sync").exists()
