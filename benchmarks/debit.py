@@ -254,8 +254,8 @@ def run(cfg: Config, report: Report) -> None:
                         f"node with {hist}; rounds: ledger, plain")
     pla = report.figure(NAME, "plain SQLite debit, synchronous=FULL", "µs", times["plain"],
                         "one table, WAL, balance check + insert + commit")
-    report.ratio(NAME, "ledger / plain SQLite (median)", led, pla, 2.0,
-                 "interleaved A B A B")
+    report.ratio(NAME, "ledger / plain SQLite (median)", led, pla, 1.5,
+                 "interleaved A B A B; issue 14: <= 1.5x (goal 1.3x)")
     report.figure(NAME, f"ledger / plain SQLite, per block of {n // cfg.blocks} rounds", "x",
                   block_ratios(times["ledger"], times["plain"], cfg.blocks),
                   "spread of the ratio with the machine's noise")
@@ -389,7 +389,8 @@ def _report_tills(cfg: Config, report: Report, tills: dict[str, Any]) -> None:
                                 f"all tills together, per block of {n * cfg.tills_rounds}")
                for k, label in (("node", "node"), ("plain", "plain SQLite"))}
         report.ratio(NAME, f"{who}: node / plain SQLite latency (median)", lat["node"],
-                     lat["plain"], note="blocks interleaved")
+                     lat["plain"], 1.8 if n == 1 else None,
+                     note="blocks interleaved" + ("; issue 14: <= 1.8x" if n == 1 else ""))
         report.ratio(NAME, f"{who}: plain SQLite / node throughput (median)", thr["plain"],
                      thr["node"], note="above 1: the baseline serves more debits per second")
         figs[n] = thr
