@@ -6,17 +6,27 @@ action is a button and a dialog that shows what will happen (discount, points,
 bonus) before the one confirming tap. Every write goes through `Shop.run`; a
 refusal from the library is shown as a sentence and nothing changes. Buttons follow
 the operator's permissions, but only as a courtesy: the library checks them again.
+
+The member on screen follows the store: after records commit, here or at another
+branch as sync brings them, the page reads the member again and redraws the panel
+if anything it shows changed (`Counter.refresh`, called by `Shop.watchers`). A
+refusal (toast and the dialog's line) stays until the cashier has changed what it
+was about: a valid amount, another input, another member, the dialog closed.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter as Tally
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from nicegui import run, ui
+from nicegui.elements.mixins.value_element import ValueElement
 from nicegui.storage import request_contextvar
 
 from crdtledger import views
@@ -33,6 +43,8 @@ T = TypeVar("T")
 
 QUICK_TOPUPS = (10000, 20000, 50000, 100000)  # fen: the amounts people usually top up
 VISITS_SHOWN = 8
+HISTORY_READ = 40  # entries the panel reads: the visits shown, refunds among them
+TOAST_S = 10  # a refusal's toast, unless fixed or replaced sooner
 
 
 def register() -> None:
@@ -102,6 +114,16 @@ def _login() -> None:
 # --- the counter ----------------------------------------------------------------
 
 
+@dataclass
+class Trouble:
+    """A refusal on screen: its toast, the dialog's line that repeats it, and how to
+    tell that the cashier fixed it (any change of the dialog's inputs, by default)."""
+
+    toast: ui.notification
+    line: ui.label | None
+    fixed: Callable[[], bool]
+
+
 class Counter:
     """One counter page: the member on screen and the actions on them."""
 
@@ -111,6 +133,10 @@ class Counter:
         self.member: str | None = None
         self.card_no: str | None = None  # the card swiped, once its PIN (if any) was given
         self.pin: str | None = None
+        # What the panel shows of the member (PanelData), to tell whether a change in
+        # the store concerns it.
+        self.shown: dict[str, Any] | None = None
+        self.trouble: Trouble | None = None
         client = ui.context.client
         request = client.request
 
@@ -120,8 +146,19 @@ class Counter:
             with client:
                 self.on_reader_event(event)
 
+        def watcher() -> None:  # the store changed (Shop._on_commit): as the reader's
+            request_contextvar.set(request)
+            with client:
+                self.refresh()
+
         self.shop.listeners.add(listener)
-        client.on_delete(lambda: self.shop.listeners.discard(listener))
+        self.shop.watchers.add(watcher)
+
+        def gone() -> None:
+            self.shop.listeners.discard(listener)
+            self.shop.watchers.discard(watcher)
+
+        client.on_delete(gone)
         with ui.row().classes("w-full gap-4 items-start no-wrap"):
             with ui.column().classes("w-80 shrink-0 gap-3"):
                 self._search_box()
@@ -160,9 +197,24 @@ class Counter:
             self.swipe(str(event.value))
         elif event.kind == "status":
             self.reader_label.set_text(" · ".join(self.shop.reader_status()) or event.value)
-        elif (event.kind == "code" and self.member is not None
-              and event.value in self.shop.ledger.rule("services")):
-            self.consume_dialog(service=str(event.value))
+        elif event.kind == "code":
+            self.scanned(str(event.value))
+
+    def scanned(self, code: str) -> bool:
+        """A code a scanner read (or typed into the search box): a service's code with
+        a member on screen opens its consume dialog. False: not a code we know."""
+        services = self.shop.ledger.rule("services")
+        key = next((c for c in services if c.upper() == code.strip().upper()), None)
+        if key is None:
+            return False
+        if self.member is None:
+            self.say_trouble(tr("{what}：请先刷会员卡或查找会员。",
+                                "{what}: swipe a member card or find the member first.",
+                                what=self.shop.service_name(key)))
+            return True
+        if can("debit"):
+            self.consume_dialog(service=key)
+        return True
 
     def swipe(self, card_no: str) -> None:
         """A card presented: show its member, asking the PIN first if the card has one."""
@@ -170,26 +222,26 @@ class Counter:
         try:
             card = ledger.card(card_no)
         except LedgerError as e:
-            self.refused(e)
-            if can("member.add") and not self.dialogs.default_slot.children:
+            if can("member.add") and not self.dialog_open():
                 self.new_member_dialog(card_no=card_no.strip().upper())
+            self.refused(e)  # after the dialog: a new dialog clears what was said before
             return
         if card["has_pin"] and card["status"] == "active":
             self.pin_dialog(str(card["card_no"]))
             return
         self.use_card(str(card["card_no"]), None)
 
-    def use_card(self, card_no: str, pin: str | None) -> bool:
+    def use_card(self, card_no: str, pin: str | None, error: ui.label | None = None) -> bool:
         try:
             card = self.shop.ledger.use_card(card_no, pin)
         except LedgerError as e:
-            self.refused(e)
             try:  # a lost card still shows its member: the cashier must see who it is
                 found = self.shop.ledger.card(card_no)
             except LedgerError:
-                return False
-            if found["status"] == "lost":
+                found = None
+            if found is not None and found["status"] == "lost":
                 self.show(str(found["member"]), card_no=card_no)
+            self.refused(e, error)  # after show: another member clears what was said
             return False
         self.show(str(card["member"]), card_no=card_no, pin=pin)
         return True
@@ -209,6 +261,9 @@ class Counter:
                 continue
             self.query.set_value("")
             self.swipe(number)
+            return
+        if self.scanned(q):  # a service's code (a scanner types into this box too)
+            self.query.set_value("")
             return
         try:
             found = self.shop.ledger.find_members(q, limit=12)
@@ -237,27 +292,97 @@ class Counter:
             member = self.shop.ledger.survivor_of(member)
         if member is not None and member != self.member:
             self.card_no, self.pin = None, None
+            self.clear_trouble()  # what was said was about someone else
         if member is not None:
             self.member = member
         if card_no is not None:
             self.card_no, self.pin = card_no, pin
         self.results.clear()
+        data = None
+        if self.member is not None:
+            try:
+                data = self.read(self.member)
+            except LedgerError as e:
+                self.refused(e)
+                return
+        self.draw(data)
+
+    def read(self, member: str) -> dict[str, Any]:
+        """PanelData: everything the member panel shows of `member`, read once."""
+        ledger = self.shop.ledger
+        return {"profile": ledger.member(member), "balance": ledger.balance(member),
+                "packages": [p for p in views.packages(ledger, member) if p["remaining"] > 0],
+                "history": ledger.history(member, limit=HISTORY_READ)}
+
+    def draw(self, data: dict[str, Any] | None) -> None:
+        self.shown = data
         self.panel.clear()
         with self.panel:
-            if self.member is None:
+            if self.member is None or data is None:
                 with ui.card().classes("w-full items-center p-12 bg-grey-1"):
                     ui.icon("contactless", size="4rem", color="teal-7")
                     ui.label(tr("请刷会员卡或查找会员", "Swipe a member card or search")) \
                         .classes("text-xl text-gray-600")
                 return
-            try:
-                MemberPanel(self, self.member)
-            except LedgerError as e:
-                self.refused(e)
+            MemberPanel(self, self.member, data)
 
-    def refused(self, e: LedgerError) -> None:
-        ui.notify(self.shop.refusal(e), type="negative", multi_line=True, close_button=True,
-                  timeout=10000)
+    def refresh(self) -> None:
+        """The store changed (a sale here, or records from another branch): redraw the
+        member if anything the panel shows of them changed, else leave the page be."""
+        if self.member is None:
+            return
+        try:
+            member = self.shop.ledger.survivor_of(self.member)  # merged meanwhile
+            data = self.read(member)
+        except LedgerError:
+            return  # it says so at the next action; a background look says nothing
+        if member == self.member and data == self.shown:
+            return
+        self.member = member
+        self.draw(data)
+
+    # --- refusals, until fixed ----------------------------------------------------
+
+    def refused(self, e: LedgerError, error: ui.label | None = None,
+                fixed: Callable[[], bool] | None = None) -> None:
+        """A refusal as a toast (and on the dialog's line `error`): it goes once the
+        cashier changed what it was about (`fixed`, checked at every change of the
+        dialog's inputs; by default any change), or the dialog or the member changed."""
+        self.say_trouble(self.shop.refusal(e), error, fixed)
+
+    def say_trouble(self, sentence: str, error: ui.label | None = None,
+                    fixed: Callable[[], bool] | None = None) -> None:
+        self.clear_trouble()
+        if error is not None:
+            error.set_text(sentence)
+        toast = ui.notification(sentence, type="negative", multi_line=True,
+                                close_button=True, timeout=TOAST_S)
+        self.trouble = Trouble(toast, error, fixed or (lambda: True))
+
+    def clear_trouble(self) -> None:
+        t, self.trouble = self.trouble, None
+        if t is None:
+            return
+        if t.line is not None:
+            t.line.set_text("")
+        toast = t.toast
+        if toast.is_deleted:
+            return
+        toast.dismiss()
+        # The browser says when the toast is gone and NiceGUI then deletes it; a page
+        # whose browser went away (or a test's simulated one) never says: delete it a
+        # moment later, not at once (that would unmount it before it is dismissed).
+        asyncio.get_running_loop().call_later(
+            1.0, lambda: None if toast.is_deleted else toast.delete())
+
+    def recheck(self) -> None:
+        """An input of the dialog changed: the refusal goes if that fixed it."""
+        if self.trouble is not None and self.trouble.fixed():
+            self.clear_trouble()
+
+    def dialog_open(self) -> bool:
+        return any(isinstance(el, ui.dialog) and el.value
+                   for el in self.dialogs.default_slot.children)
 
     @staticmethod
     def _payer(member: str, card: str | None, pin: str | None) -> dict[str, str | None]:
@@ -271,9 +396,7 @@ class Counter:
         try:
             result = await self.shop.run(op, name)
         except LedgerError as e:
-            if error is not None:
-                error.set_text(self.shop.refusal(e))
-            self.refused(e)
+            self.refused(e, error)
             return None
         ui.notify(done(result), type="positive")
         self.show()
@@ -316,7 +439,9 @@ class Counter:
     # --- dialogs -----------------------------------------------------------------
 
     def dialog(self, title: str) -> tuple[ui.dialog, ui.card, ui.label]:
-        """A fresh dialog (the previous one goes), its body, and its refusal line."""
+        """A fresh dialog (the previous one goes, and what was said in it), its body, and
+        its refusal line."""
+        self.clear_trouble()
         self.dialogs.clear()
         with self.dialogs, ui.dialog() as d, \
                 ui.card().classes("w-[32rem] max-w-full gap-3") as body:
@@ -334,9 +459,18 @@ class Counter:
 
     def buttons(self, d: ui.dialog, confirm: str, on_confirm: Callable[[], Awaitable[None]],
                 marker: str) -> None:
+        """Cancel and confirm, last in a dialog: then every input above them is known,
+        and a change to any of them may have fixed what a refusal said."""
         with ui.row().classes("w-full justify-end gap-2"):
             ui.button(tr("取消", "Cancel"), on_click=d.close).props("flat")
             ui.button(confirm, on_click=on_confirm).mark(marker)
+        self.watch_inputs(d)
+
+    def watch_inputs(self, d: ui.dialog) -> None:
+        for el in d.descendants():
+            if isinstance(el, ValueElement):
+                el.on_value_change(self.recheck)
+        d.on_value_change(lambda e: None if e.value else self.clear_trouble())
 
     def pin_dialog(self, card_no: str) -> None:
         d, body, error = self.dialog(tr("请会员输入卡密码", "Card PIN, please"))
@@ -346,10 +480,8 @@ class Counter:
                 .classes("w-full").mark("pin")
 
             async def confirm() -> None:
-                if self.use_card(card_no, pin.value or ""):
+                if self.use_card(card_no, pin.value or "", error):
                     d.close()
-                else:
-                    error.set_text(tr("密码不对，请重试。", "Wrong PIN, try again."))
 
             pin.on("keydown.enter", confirm)
             self.buttons(d, tr("确定", "OK"), confirm, "pin-ok")
@@ -362,20 +494,25 @@ class Counter:
         lvl = ledger.level(member)
         earn = ledger.rule("earn")
         packages = {p["id"]: p for p in views.packages(ledger, member) if p["remaining"] > 0}
+        service = service or self.favourite_service(member, services)
+        # A member with uses of this service left uses them first, as they expect.
+        with_package = any(p["service"] == service for p in packages.values())
         d, body, error = self.dialog(tr("消费", "Consume a service") + self._who())
         with body:
             svc = ui.select({code: f"{v.get('name', code)}  {money(int(v['price']))}"
                              for code, v in services.items()},
-                            value=service or next(iter(services), None),
-                            label=tr("服务项目", "Service")).classes("w-full").mark("service")
+                            value=service, label=tr("服务项目", "Service")) \
+                .classes("w-full").mark("service")
             qty = ui.number(tr("数量", "Quantity"), value=1, min=1, max=99, precision=0) \
                 .classes("w-32").mark("qty")
             # From the card, from a package, or paid at the till by one of the
             # chain's methods (the history then says so, and the card is untouched).
+            ui.label(tr("付款方式", "Paid by")).classes("text-sm text-gray-600")
             pay = ui.radio({"stored": tr("储值卡", "Stored value"),
                             "package": tr("套餐次数", "Package uses"),
                             **self.shop.pay_methods()},
-                           value="stored").props("inline").mark("pay")
+                           value="package" if with_package else "stored").props("inline") \
+                .mark("pay")
             preview = ui.label().classes("text-lg").mark("preview")
 
             def update() -> None:
@@ -417,6 +554,27 @@ class Counter:
                     await self.print_receipt(str(done["id"]))
 
             self.buttons(d, tr("确认消费", "Confirm"), confirm, "consume-ok")
+
+    def favourite_service(self, member: str, services: dict[str, Any]) -> str | None:
+        """The service the consume dialog starts on: the one in the member's
+        preferences (its code or name, as typed at the desk), else the one they had
+        most often lately, else the price list's first."""
+        profile = self.shown["profile"] if self.shown else self.shop.ledger.member(member)
+        liked = str((profile.get("prefs") or {}).get("service") or "").strip()
+        if liked:
+            for exact in (True, False):
+                for code, v in services.items():
+                    name = str(v.get("name") or "") if isinstance(v, dict) else ""
+                    if liked.upper() == code.upper() or liked == name or (
+                            not exact and name and (liked in name or name in liked)):
+                        return code
+        history = self.shown["history"] if self.shown else self.shop.ledger.history(
+            member, limit=HISTORY_READ)
+        had = Tally(str(e["service"]) for e in history
+                    if e["kind"] == "debit" and e.get("service") in services)
+        if had:
+            return had.most_common(1)[0][0]
+        return next(iter(services), None)
 
     def topup_dialog(self) -> None:
         assert self.member is not None
@@ -476,8 +634,7 @@ class Counter:
                 try:
                     fen = parse_money(amount.value or "")
                 except InvalidAmount as e:
-                    error.set_text(self.shop.refusal(e))
-                    self.refused(e)
+                    self.refused(e, error, fixed=lambda: parsed() is not None)
                     return
                 appr = ((approver.value or "", approver_pw.value or "")
                         if approval.visible and approver.value else None)
@@ -505,7 +662,8 @@ class Counter:
         d, body, error = self.dialog(tr("售套餐", "Sell a package") + self._who())
         with body:
             svc = ui.select({code: str(v.get("name", code)) for code, v in services.items()},
-                            value=next(iter(services), None), label=tr("服务项目", "Service")) \
+                            value=self.favourite_service(member, services),
+                            label=tr("服务项目", "Service")) \
                 .classes("w-full").mark("package-service")
             uses = ui.number(tr("次数", "Uses"), value=10, min=1, max=999, precision=0) \
                 .classes("w-32").mark("package-uses")
@@ -518,8 +676,7 @@ class Counter:
                 try:
                     fen = parse_money(price.value or "")
                 except InvalidAmount as e:
-                    error.set_text(self.shop.refusal(e))
-                    self.refused(e)
+                    self.refused(e, error, fixed=lambda: _valid_money(price.value))
                     return
                 code, n = str(svc.value), int(uses.value or 1)
                 done = await self.act(
@@ -548,9 +705,8 @@ class Counter:
             async def confirm() -> None:
                 text = (points.value or "").strip()
                 if not text.isdigit():
-                    e = InvalidAmount(f"points {text!r}")
-                    error.set_text(tr("积分要填正整数。", "Points are a whole number."))
-                    self.refused(e)
+                    self.say_trouble(tr("积分要填正整数。", "Points are a whole number."), error,
+                                     fixed=lambda: (points.value or "").strip().isdigit())
                     return
                 n = int(text)
                 done = await self.act(
@@ -579,11 +735,12 @@ class Counter:
             async def confirm() -> None:
                 fen: int | None = None
                 if amount is not None and (amount.value or "").strip():
+                    typed = amount
                     try:
                         fen = parse_money(amount.value)
                     except InvalidAmount as e:
-                        error.set_text(self.shop.refusal(e))
-                        self.refused(e)
+                        self.refused(e, error, fixed=lambda: not (typed.value or "").strip()
+                                     or _valid_money(typed.value))
                         return
                 done = await self.act(
                     self.shop.operation(self.op, "refund", debit_id=str(entry["id"]),
@@ -743,13 +900,13 @@ class Counter:
 class MemberPanel:
     """The member at a glance, the action buttons and the last visits."""
 
-    def __init__(self, counter: Counter, member: str) -> None:
+    def __init__(self, counter: Counter, member: str, data: dict[str, Any]) -> None:
         s = counter.shop
         ledger = s.ledger
-        profile = ledger.member(member)
-        bal = ledger.balance(member)
+        profile = data["profile"]
+        bal = data["balance"]
         lvl = profile["level_info"]
-        packages = [p for p in views.packages(ledger, member) if p["remaining"] > 0]
+        packages = data["packages"]
         card = _current_card(profile["cards"], counter.card_no)
         today = ledger.today()[5:]
         self.counter = counter
@@ -807,7 +964,7 @@ class MemberPanel:
                     .classes("text-base text-teal-900 bg-teal-50 px-3 py-1 rounded") \
                     .mark("prefs")
         self._actions(profile, card)
-        self._visits(member)
+        self._visits(data["history"])
 
     def _actions(self, profile: dict[str, Any], card: dict[str, Any] | None) -> None:
         c = self.counter
@@ -835,13 +992,12 @@ class MemberPanel:
                           on_click=lambda: c.edit_dialog(profile)) \
                     .props("outline size=lg").mark("edit")
 
-    def _visits(self, member: str) -> None:
+    def _visits(self, history: list[dict[str, Any]]) -> None:
         c = self.counter
         s = c.shop
         tz = ZoneInfo(str(s.ledger.rule("settings").get("timezone") or "Asia/Shanghai"))
         # Rights moved between branches or between merged members: no money changed.
-        entries = [e for e in s.ledger.history(member, limit=40)
-                   if e["kind"] not in ("transfer", "merge")]
+        entries = [e for e in history if e["kind"] not in ("transfer", "merge")]
         refunded = {e.get("ref") for e in entries if e["kind"] == "refund"}
         with ui.card().classes("w-full gap-1"):
             ui.label(tr("最近记录", "Last visits")).classes("text-lg font-bold")
@@ -867,6 +1023,14 @@ class MemberPanel:
                     ui.button(icon="print", on_click=lambda e=e: c.print_receipt(
                         str(e["id"]), reprint=True)).props("flat dense round size=sm") \
                         .tooltip(tr("重打小票", "Reprint the receipt")).mark("reprint")
+
+
+def _valid_money(text: str | None) -> bool:
+    try:
+        parse_money(text or "")
+    except InvalidAmount:
+        return False
+    return True
 
 
 def _printer_trouble(done: receipts.Printed) -> str:

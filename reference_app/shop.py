@@ -7,6 +7,11 @@ branches holding them before giving up.
 
 Card readers report from their own threads; `Shop.reader_event` hands each event to
 the loop, where every open counter page that listens receives it.
+
+The store's changes reach the pages the same way: the shop subscribes once to the
+ledger (every committed record, this till's and every other branch's as sync brings
+them) and, a moment after a burst of them, asks each open page to look again
+(`Shop.watchers`). Nothing reads the store on a timer.
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ from reference_app.readers import Reader, ReaderEvent, start_readers
 log = logging.getLogger("reference_app")
 T = TypeVar("T")
 Listener = Callable[[ReaderEvent], None]
+Watcher = Callable[[], None]
+# After the first record of a burst (a catch-up brings thousands, a sale a few), the
+# pages look again once: a page re-reads its member once per burst, not per record.
+CHANGE_SETTLE_S = 0.25
 
 
 class Shop:
@@ -54,6 +63,10 @@ class Shop:
         self.readers: list[Reader] = list(readers) if readers is not None else []
         self._find_readers = readers is None
         self.listeners: set[Listener] = set()
+        # Open pages that show something the store's changes may alter (the counter's
+        # member): called on the loop after records committed (Shop._on_commit).
+        self.watchers: set[Watcher] = set()
+        self._change_due = False
         self._loop: asyncio.AbstractEventLoop | None = None
         # Failed logins at the login page, per operator name and browser address: the
         # node's own count, shared with its HTTP API.
@@ -79,6 +92,7 @@ class Shop:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self.node.start()
+        self.ledger.subscribe(self._on_commit)
         if self._find_readers:
             self.readers = start_readers(self.reader_event)
             return
@@ -89,6 +103,25 @@ class Shop:
         for reader in self.readers:
             reader.stop()
         await self.node.stop()
+
+    # --- the store's changes ------------------------------------------------------
+
+    def _on_commit(self, _record: object, _origin: object) -> None:
+        """Every committed record (local or remote), on the loop that owns the ledger:
+        only notes that the pages should look again, so a catch-up costs nothing here."""
+        loop = self._loop
+        if self._change_due or not self.watchers or loop is None or loop.is_closed():
+            return
+        self._change_due = True
+        loop.call_later(CHANGE_SETTLE_S, self._changed)
+
+    def _changed(self) -> None:
+        self._change_due = False
+        for watcher in list(self.watchers):
+            try:
+                watcher()
+            except Exception:  # one broken page must not blind the others
+                log.exception("refreshing a page after a change")
 
     # --- card readers -----------------------------------------------------------
 

@@ -139,3 +139,51 @@ def test_top_up_through_the_counter_page(branch: Demo, browser: WebDriver) -> No
     shot = ARTIFACTS / "browser-counter-topup.png"
     assert d.save_screenshot(str(shot))
     print(f"screenshot: {shot}")
+
+
+@pytest.fixture
+def branch_with_printer(tmp_path: Path) -> Iterator[Demo]:
+    """As `branch`, with the demo's receipt printer (a TCP listener that decodes what
+    it gets) set as SH01's printer before SH01 starts."""
+    demo = Demo(tmp_path / "demo-data", free_block(9))
+    demo.create()
+    demo.start_printer()
+    demo.launch("SH01")
+    try:
+        demo.wait(lambda: demo.up("SH01"), "SH01 to start")
+        yield demo
+    finally:
+        demo.stop()
+    assert processes_using(demo.root) == []
+
+
+def test_sell_a_package_and_print_its_receipt(branch_with_printer: Demo,
+                                              browser: WebDriver) -> None:
+    demo = branch_with_printer
+    assert demo.printer is not None
+    d = browser
+    d.get(demo.url("SH01"))
+    type_into(d, "//input[@type='text' or not(@type)]", OWNER[0], what="the login page")
+    type_into(d, "//input[@type='password']", OWNER[1], Keys.ENTER, what="the password")
+    type_into(d, "//input[@placeholder='搜索会员']", PHONE, Keys.ENTER, what="the counter")
+    wait_for(d, lambda d: xpath(d, "//div[normalize-space()='张伟']"), "the member panel")
+
+    click(d, "//button[contains(., '售套餐')]", "the package button")
+    type_into(d, "//div[contains(@class, 'q-dialog')]//label[contains(., '价格（元）')]//input",
+              "880.00", what="the price")
+    click(d, "//div[contains(@class, 'q-dialog')]//div[@role='radio'][contains(., '微信')]",
+          "WeChat Pay")
+    click(d, "//button[contains(., '确认售出')]", "the sell button")
+    wait_for(d, lambda d: xpath(d, "//*[normalize-space()='小票已打印']"), "the receipt printed")
+    # The receipt on the paper: the package, its price and how it was paid.
+    printed = wait_for(d, lambda _d: demo.printer.received if demo.printer else None,
+                       "the printer to receive the receipt")
+    text = printed[-1].text
+    assert "套餐" in text and "880.00" in text and "微信" in text, text
+    wait_for(d, lambda d: xpath(d, "//*[contains(., '购买套餐') and contains(., '微信')]"),
+             "the sale in the last visits")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "browser-counter-package-receipt.png"
+    assert d.save_screenshot(str(shot))
+    print(f"screenshot: {shot}")
