@@ -51,7 +51,7 @@ HEARTBEAT_TIMEOUT_US = round(HEARTBEAT_S * 1.5 * SECOND)
 # An ECDSA P-256 signature in DER is 70 to 72 bytes (r and s lose a leading zero, or
 # gain a sign byte, at random): a signed head is counted at the longest.
 SIGNATURE_BYTES = 72
-_SIZES: OrderedDict[int, tuple[bytes, int]] = OrderedDict()
+_SIZES: OrderedDict[bytes, int] = OrderedDict()
 
 
 def frame_size(frame: bytes) -> int:
@@ -59,15 +59,16 @@ def frame_size(frame: bytes) -> int:
     length, except that the signatures of log heads in a `recs` frame count as
     SIGNATURE_BYTES whatever their DER length. That length is random (the signing
     nonce), so counting it as it is would make one seed's runs differ in timing and
-    digest; a frame's content is never changed. Remembered by identity: a frame is
-    sized when sent and again when delivered (only `recs` frames: any other is
-    counted at its length, which is cheaper than the look-up)."""
+    digest; a frame's content is never changed. Remembered by content: a frame is
+    sized when sent and again when delivered, and a hub relays one record to every
+    peer in frames of equal bytes (only `recs` frames: any other is counted at its
+    length, which is cheaper than the look-up)."""
     size = len(frame)
     if frame[6:11] != b"\xa4recs":
         return size
-    hit = _SIZES.get(id(frame))
-    if hit is not None and hit[0] is frame:
-        return hit[1]
+    hit = _SIZES.get(frame)
+    if hit is not None:
+        return hit
     try:
         msg: Any = msgpack.unpackb(frame, raw=False, strict_map_key=False)
         heads = msg.get("heads") if isinstance(msg, dict) else None
@@ -77,7 +78,7 @@ def frame_size(frame: bytes) -> int:
                     size += SIGNATURE_BYTES - len(head[2])
     except Exception:
         pass
-    _SIZES[id(frame)] = (frame, size)
+    _SIZES[frame] = size
     if len(_SIZES) > 4096:
         _SIZES.popitem(last=False)
     return size
