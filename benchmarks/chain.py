@@ -121,7 +121,7 @@ def _size(cfg: Config, report: Report, size: Size) -> dict[str, Any]:
             "data_set": datagen.info(data)}
 
 
-def _join(work: Path, data: Path) -> dict[str, Any]:
+def _join(work: Path, data: Path, *, by_file: bool = True) -> dict[str, Any]:
     with network._chain(work / "join", data) as chain:
         hub_dir = chain.hub("hub")
         with Ledger.open(hub_dir) as led:
@@ -130,11 +130,13 @@ def _join(work: Path, data: Path) -> dict[str, Any]:
             led.topup(led.owner, there, POOL_TOPUP)
         local, remote = [here], [there]
         new_dir = chain.empty("new", network.JOINERS[0])
-        # The offline way first (the hub's copy is not yet running): a sync file of
-        # everything the new branch lacks, exported at the hub and imported there.
-        file = network._sync_file(data, new_dir, chain.work / "file", 1)[0]
-        out: dict[str, Any] = {"file_s": file["export_s"] + file["import_s"],
-                               "file_mb": file["bytes"] / 1e6, "file": file}
+        out: dict[str, Any] = {}
+        if by_file:
+            # The offline way first (the hub's copy is not yet running): a sync file of
+            # everything the new branch lacks, exported at the hub and imported there.
+            file = network._sync_file(data, new_dir, chain.work / "file", 1)[0]
+            out = {"file_s": file["export_s"] + file["import_s"],
+                   "file_mb": file["bytes"] / 1e6, "file": file}
         hub = chain.start(hub_dir)
         new = chain.start(new_dir)
         states = hub.call("states")["states"]
@@ -261,5 +263,7 @@ def profile(data: Path, work: Path, top: int = 30) -> str:
 if __name__ == "__main__":
     if sys.argv[1] == "profile":
         print(profile(Path(sys.argv[2]), Path(sys.argv[3])))
+    elif sys.argv[1] == "join":  # the network join alone: `join DATA_SET WORK_DIR`
+        print(json.dumps(_join(Path(sys.argv[3]), Path(sys.argv[2]), by_file=False)))
     else:
         print(json.dumps(_hour(sys.argv[2], int(sys.argv[3]))))

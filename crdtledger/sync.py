@@ -537,7 +537,7 @@ class SyncSession:
                 # heads are read now, with the records: a slice sent later must not
                 # carry a head that moved past what the answer holds.
                 whole = self.ledger.batch(records, show=show, prove=prove)
-                if _fits(records):
+                if _fits(whole.recs):
                     self._queue_frame({"t": "recs", **whole.to_wire()})
                 else:
                     self._sending = (whole, 0)

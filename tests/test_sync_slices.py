@@ -276,3 +276,37 @@ def test_a_sync_file_beyond_its_limit_is_refused_with_the_limit(
     with pytest.raises(InvalidInput, match="--for NODE"):
         syncfile.export_file(hub, tmp_path / "all.sync")
     assert not (tmp_path / "all.sync").exists()
+
+
+def test_a_link_lost_mid_apply_goes_on_from_what_was_applied(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answer is applied a slice at a time (APPLY_SLICE); the heads are kept with
+    the last slice. A link lost before it leaves records no kept head covers yet:
+    they are passed on to nobody, and the next link brings the rest (it failed,
+    saying it had no signed head to send, and the joiner redialled for ever)."""
+    monkeypatch.setattr(sync_mod, "APPLY_SLICE", 5)
+    hub, _branch, members = _chain(tmp_path)
+    new = new_ledger(tmp_path, "SH09")
+    sa, sb = _sessions(hub, new)
+    for _ in range(100):
+        sb.receive_frames(sa.data_to_send())
+        sa.receive_frames(sb.data_to_send())
+        if sa.busy:
+            sa.resume()
+        elif sb.busy:
+            sb.resume()  # two slices applied, then the link is lost
+            sb.resume()
+            break
+    held = new.positions()
+    assert held and sb.busy
+    sa.close()
+    sb.close()
+    # Another node asking the joiner now gets none of what it cannot prove.
+    third = new_ledger(tmp_path, "SH07")
+    third.pull(new)
+    assert third.positions() == {} and not third.refusals
+    _pump(*_sessions(hub, new))
+    _same(hub, new, members)
+    assert not new.refusals and not new.faults()
+    third.pull(new)
+    _same(hub, third, members)
