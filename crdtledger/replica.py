@@ -210,6 +210,12 @@ class Replica(LedgerBase):
         """The records a replica whose logs are `theirs` lacks. A log it holds to a
         position where its hash differs from ours is sent whole: one of the two is
         a fork, and both replicas must see both sides to prove it."""
+        return self.storage.log.records_after(self.lacking_after(theirs),
+                                              applied_only=applied_only)
+
+    def lacking_after(self, theirs: Mapping[str, tuple[int, bytes] | int]) -> dict[str, int]:
+        """What `lacking` sends, as the position after which each log is sent (a
+        session reads a long answer a slice at a time, sync._Answer)."""
         log = self.storage.log
         blocked = log.blocked()
         after: dict[str, int] = {}
@@ -222,7 +228,7 @@ class Replica(LedgerBase):
             if (their_tip and their_tip != FORK_MARK and their_seq
                     and (log.hash_at(node, their_seq) or b"")[:8] != their_tip):
                 after[node] = 0
-        return log.records_after(after, applied_only=applied_only)
+        return after
 
     def to_prove(self, theirs: Mapping[str, tuple[int, bytes] | int]) -> list[str]:
         """The logs we caught forking that a replica whose logs are `theirs` holds

@@ -252,7 +252,7 @@ class SyncSession:
         self._backlog: list[bytes] = []
         # A long answer being sent in slices: the whole batch (records, heads as of
         # when it was read) and how many records went; frames that must follow it.
-        self._sending: tuple[Batch, int] | None = None
+        self._sending: _Answer | None = None
         self._after: list[bytes] = []
         # Slices of the peer's long answer received so far, and their record bytes.
         self._staged: list[Batch] = []
@@ -527,21 +527,31 @@ class SyncSession:
         # its last slice asks again for what came meanwhile.
         if theirs != self._answered_view and self._sending is None:
             self._answered_view = theirs
-            records = self.ledger.lacking(theirs)
+            after = self.ledger.lacking_after(theirs)
+            held = self.ledger.positions()
             show = self.ledger.behind(theirs)
             prove = self.ledger.to_prove(theirs)
-            if records or show or prove:
+            # With every certificate: a round is what heals a session that lost a
+            # frame, the one that first carried a certificate included. The heads are
+            # read now: a slice sent later must not carry a head that moved past what
+            # the answer holds (records that came meanwhile are sent after it).
+            if sum(held.get(n, 0) - a for n, a in after.items()) > SEND_SLICE_RECORDS:
+                # Long: read a slice at a time from the store (a million records read
+                # at once held the loop for tens of seconds).
                 self._flush()
-                # With every certificate: a round is what heals a session that lost
-                # a frame, the one that first carried a certificate included. The
-                # heads are read now, with the records: a slice sent later must not
-                # carry a head that moved past what the answer holds.
-                whole = self.ledger.batch(records, show=show, prove=prove)
-                if _fits(whole.recs):
-                    self._queue_frame({"t": "recs", **whole.to_wire()})
-                else:
-                    self._sending = (whole, 0)
-                    self._send_slice()
+                whole = self.ledger.batch([], show=[*after, *show], prove=prove)
+                self._sending = _Answer(self.ledger, whole, after)
+                self._send_slice()
+            else:
+                records = self.ledger.storage.log.records_after(after)
+                if records or show or prove:
+                    self._flush()
+                    whole = self.ledger.batch(records, show=show, prove=prove)
+                    if _fits(whole.recs):
+                        self._queue_frame({"t": "recs", **whole.to_wire()})
+                    else:
+                        self._sending = _Answer(self.ledger, whole, None)
+                        self._send_slice()
         # The peer's state answered our hello; answer with ours so it can send what
         # we lack. A reply is not answered again, which ends the round.
         if not msg.get("reply") and view != theirs:
@@ -643,28 +653,23 @@ class SyncSession:
 
     def _send_slice(self) -> None:
         """Queue the next slice of the long answer being sent: its records, the heads
-        (as read with them) and certificates of their logs; the first also carries
-        every head of the answer (those of `show` included) and its proofs. The
-        receiver merges them all: each head is checked once."""
-        if self._sending is None:
+        (as read when the answer began) and certificates of their logs; the first also
+        carries every head of the answer (those of `show` included) and its proofs.
+        The receiver merges them all: each head is checked once."""
+        answer = self._sending
+        if answer is None:
             return
-        whole, start = self._sending
-        recs = whole.recs
-        end, size = start, 0
-        while end < len(recs) and end - start < SEND_SLICE_RECORDS and (
-                end == start or size + len(recs[end].data) + _RECORD_OVERHEAD
-                <= SEND_SLICE_BYTES):
-            size += len(recs[end].data) + _RECORD_OVERHEAD
-            end += 1
-        part = Batch(recs=recs[start:end])
-        logs = dict.fromkeys(r.node for r in part.recs)
-        if start == 0:
-            logs.update(dict.fromkeys(n for n in whole.heads))
+        recs, last = answer.next()
+        whole = answer.whole
+        part = Batch(recs=recs)
+        logs = dict.fromkeys(r.node for r in recs)
+        if answer.first:
+            answer.first = False
+            logs.update(dict.fromkeys(whole.heads))
             part.proofs = dict(whole.proofs)
             part.certs.update({n: c for n, c in whole.certs.items() if n in whole.proofs})
         part.heads = {n: whole.heads[n] for n in logs}
         part.certs.update({n: whole.certs[n] for n in logs if n in whole.certs})
-        last = end >= len(recs)
         frame = pack({"t": "recs", **part.to_wire(), **({} if last else {"more": True})})
         self.bytes_out += len(frame)
         self._out.append(frame)
@@ -672,8 +677,6 @@ class SyncSession:
             self._sending = None
             self._out.extend(self._after)
             self._after.clear()
-        else:
-            self._sending = (whole, end)
 
     def _peer(self) -> str:
         """The peer's node id; only messages after its hello get here (`_dispatch`)."""
@@ -688,6 +691,60 @@ class SyncSession:
             raise LocalProtocolError("session is closed")
         if not self._started:
             raise LocalProtocolError("call start() first")
+
+
+class _Answer:
+    """A long answer being sent, a slice at a time: the heads and certificates read
+    when it began (`whole`), and its records, either in `whole.recs` or, when `after`
+    is given, read from the store in its order (`records.pos`, as `lacking` sorts
+    them): each log past the position in `after` and up to the head read then."""
+
+    def __init__(self, ledger: Ledger, whole: Batch, after: dict[str, int] | None) -> None:
+        self.whole = whole
+        self.first = True
+        self._conn = ledger.storage.log.conn
+        self._after = after
+        self._caps = {n: h.seq for n, h in whole.heads.items()}
+        self._buffer: deque[Record] = deque(whole.recs)
+        self._pos = 0
+        self._done = after is None
+        if after:
+            starts = [row[0] for n, a in after.items() if n in self._caps
+                      for row in self._conn.execute(
+                          "SELECT pos FROM records WHERE node = ? AND seq = ?", (n, a + 1))]
+            self._pos = min(starts, default=0) - 1
+            if not starts:
+                self._done = True
+
+    def _read(self) -> None:
+        """The next SEND_SLICE_RECORDS rows of the store, those of the answer kept."""
+        after, caps = self._after or {}, self._caps
+        rows = self._conn.execute(
+            "SELECT pos, node, seq, doc, data FROM records WHERE pos > ? ORDER BY pos "
+            "LIMIT ?", (self._pos, SEND_SLICE_RECORDS)).fetchall()
+        if not rows:
+            self._done = True
+            return
+        self._pos = rows[-1][0]
+        self._buffer.extend(Record(n, s, d, bytes(b)) for _, n, s, d, b in rows
+                            if n in caps and after.get(n, 1 << 62) < s <= caps[n])
+
+    def next(self) -> tuple[list[Record], bool]:
+        """The next slice's records, and whether it is the answer's last."""
+        while not self._buffer and not self._done:
+            self._read()
+        out: list[Record] = []
+        size = 0
+        while self._buffer and len(out) < SEND_SLICE_RECORDS:
+            rec = self._buffer[0]
+            cost = len(rec.data) + _RECORD_OVERHEAD
+            if out and size + cost > SEND_SLICE_BYTES:
+                break
+            out.append(self._buffer.popleft())
+            size += cost
+        while not self._buffer and not self._done:  # is anything left?
+            self._read()
+        return out, not self._buffer
 
 
 def _more(msg: dict[str, Any]) -> bool:

@@ -310,3 +310,16 @@ def test_a_link_lost_mid_apply_goes_on_from_what_was_applied(
     assert not new.refusals and not new.faults()
     third.pull(new)
     _same(hub, third, members)
+
+
+def test_an_answer_of_few_but_large_records_is_sliced_by_bytes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fewer records than a slice holds, more bytes: read at once, sent in slices."""
+    monkeypatch.setattr(sync_mod, "SEND_SLICE_RECORDS", 10_000)
+    monkeypatch.setattr(sync_mod, "SEND_SLICE_BYTES", 3000)
+    hub, _branch, members = _chain(tmp_path)
+    new = new_ledger(tmp_path, "SH09")
+    sent = _pump(*_sessions(hub, new))
+    slices = [m for m in sent if m["t"] == "recs"]
+    assert len(slices) >= 5 and all(m.get("more") for m in slices[:-1])
+    _same(hub, new, members)
