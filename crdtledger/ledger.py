@@ -10,7 +10,8 @@ path (`commit.LedgerBase._commit`):
 - `members`, `cards`: profiles and cards;
 - `payments`: top-ups, debits, refunds, rights transfers, points, packages,
   corrections, and the reads of a member's purses;
-- `merge`: duplicate members folded into one, and the sweep of their rights.
+- `merge`: duplicate members folded into one, and the sweep of their rights;
+- `goods`: the goods catalogue, stock at each branch, goods sales and gifts.
 
 Mixins rather than delegating objects: a debit is benchmarked, and a method found
 through the class's MRO costs nothing per call, where a forwarding call would. And
@@ -29,16 +30,16 @@ from typing import Any
 from crdtledger import views
 from crdtledger.commit import SKEW_EVENTS_KEPT, Write
 from crdtledger.errors import InvalidInput
+from crdtledger.goods import Goods
 from crdtledger.hlc import check_node_id
 from crdtledger.inputs import MAX_TEXT
 from crdtledger.members import PHONE, PREF_KEYS
 from crdtledger.model import owner_of
-from crdtledger.payments import Payments
 from crdtledger.replica import Replica
 from crdtledger.storage import Storage
 
 
-class Ledger(Payments, Replica):
+class Ledger(Goods, Replica):
     """One node's ledger: members, cards and purses, their operations and views."""
 
     # --- lifecycle ----------------------------------------------------------

@@ -30,7 +30,13 @@ MEMBER_SHARDS = 32
 # Anchored with \Z: "$" would also accept a name with a trailing newline ("rules\n").
 DOC_NAME = re.compile(r"^(ledger/[0-9]{4}-(0[1-9]|1[0-2])|members/[0-9]{2}|rules|operators)\Z")
 ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{13}\.[A-Z0-9][A-Z0-9_]{0,15}\Z")
-PURSE = re.compile(r"^(cash|bonus|points|pkg:[0-9A-HJKMNP-TV-Z]{13}\.[A-Z0-9_]{1,16})\Z")
+PURSE = re.compile(
+    r"^(cash|bonus|points|stock|transit|pkg:[0-9A-HJKMNP-TV-Z]{13}\.[A-Z0-9_]{1,16})\Z")
+# A goods item's units (crdtledger.goods): its escrow "member" is the item's stock id,
+# `stock` the units on a branch's shelf, `transit` those shipped to a branch and not yet
+# received there. Moved only by stock entries (shipping is a stock entry, never a rights
+# transfer: units do not move between shops because a ledger row says so).
+GOODS_PURSES = frozenset({"stock", "transit"})
 
 # Each closed set of words the ledger uses is one Literal type, and its values at run
 # time are derived from it (typing.get_args), so the two cannot drift apart.
@@ -54,6 +60,10 @@ EntryKind = Literal[
     # "in" (member = survivor, `ref` = the out entry, the same rights raised). Only the
     # holder may lower its rights, so every branch sweeps its own (crdtledger.merge).
     "merge",
+    # Units of a goods item at a branch (crdtledger.goods): `member` is the item's stock
+    # id, `goods` its code, `qty` the units, `reason` in, return, adjust, ship, receive,
+    # sale or gift, `ref` the sale's debit or the gift's redeem written with it.
+    "stock",
 ]
 ENTRY_KINDS: frozenset[str] = frozenset(get_args(EntryKind))
 
@@ -118,6 +128,9 @@ PERMISSIONS = frozenset(
         "backup",
         "approve",
         "audit.view",  # the audit trail: who did what, when, where (owner, manager)
+        "goods.write",  # the goods catalogue (a governance rule: head office only)
+        "stock.write",  # purchase in and return, stock-take, shipping and receiving
+        "sale",  # sell goods over the counter (crdtledger.goods)
     }
 )
 
@@ -134,6 +147,7 @@ BUILTIN_ROLES: dict[str, frozenset[str]] = {
             "debit",
             "points.redeem",
             "package.sell",
+            "sale",
         }
     ),
 }
@@ -158,10 +172,15 @@ DEFAULT_RULES: dict[str, Any] = {
     "promotions": [],
     "conversion": {"points_per_yuan": "100"},
     "card_types": {t: {"fee": 0} for t in CARD_TYPES},
-    "approval": {"topup_limit": 500000, "correction_limit": 10000},
+    # stock_adjust_limit: a stock-take adjustment worth more than this at cost (fen)
+    # needs an approver (crdtledger.goods).
+    "approval": {"topup_limit": 500000, "correction_limit": 10000, "stock_adjust_limit": 10000},
     "settings": {"timezone": "Asia/Shanghai"},
     "branches": {},  # node id -> display name, e.g. {"SH01": "南京西路店"}; the id if absent
     "revocations": {"crl": ""},  # base64 DER CRL of the chain CA (peer/chain.py); "" = none
+    # The goods catalogue (crdtledger.goods): code -> item. Each version names only the
+    # items it adds or changes; the catalogue is all versions folded per code.
+    "goods": {},
     # How the till takes money, in the order the counter offers them (the first is the
     # default): a top-up, a package or a service paid at the till names one.
     "payment_methods": [
@@ -237,6 +256,8 @@ _OPTIONAL_STRS = frozenset({
     "pay",
     "package",
     "gift",
+    "goods",  # a sale's or a stock entry's goods code (crdtledger.goods)
+    "note",  # a stock-take's reason (crdtledger.goods)
 })
 
 
@@ -269,7 +290,8 @@ def _quick_int(v: Any, lo: int, hi: int) -> int | None:
     return v if lo <= v <= hi else None
 
 
-_SIMPLE_PURSES = frozenset({"cash", "bonus", "points"})  # PURSE matches them: no regex
+# PURSE matches them: no regex
+_SIMPLE_PURSES = frozenset({"cash", "bonus", "points", "stock", "transit"})
 
 
 def _quick_entry(key: str, value: dict[str, Any]) -> dict[str, Any] | None:

@@ -38,6 +38,7 @@ from crdtledger.errors import (
     RightsElsewhere,
     WrongPin,
 )
+from crdtledger.goods import is_walk_in
 from crdtledger.hlc import NODE_ID
 from crdtledger.ledger import MAX_TEXT, PHONE, PREF_KEYS, Ledger
 from crdtledger.members import ID_NO
@@ -970,6 +971,207 @@ def _show_ranking(_ledger: Ledger, rows: Any, p: Params) -> str:
            result=RANKING, show=_show_ranking)
 def report_ranking(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]:
     return views.ranking(ledger, p["by"], p.get("from"), p.get("to"), p["limit"])
+
+
+# --- goods and stock (crdtledger.goods) -------------------------------------------------
+
+GOODS_CODE = text(40, pattern="^[A-Za-z0-9_-]{1,40}$",
+                  description="a goods code from the catalogue (or its barcode)")
+GOODS = Param("goods", GOODS_CODE, required=True, help="goods code or barcode")
+QTY = Param("qty", COUNT, required=True, help="units")
+UNITS = {**COUNT, "description": "units"}
+GOODS_ITEM = {"type": "object", "required": ["code", "name", "price", "cost", "stock"],
+              "properties": {"code": STR, "name": STR, "price": INT, "cost": INT,
+                             "points_price": INT, "low_stock": INT, "stock": STR,
+                             "barcode": STR, "unit": STR, "category": STR}}
+STOCK_ROW = {"type": "object", "required": ["code", "name", "branch", "qty", "transit",
+                                            "low_stock", "low"],
+             "properties": {"code": STR, "name": STR, "branch": STR, "qty": INT,
+                            "transit": INT, "low_stock": INT, "low": {"type": "boolean"}}}
+GOODS_RANK = {"type": "object", "required": ["code", "name", "qty", "sales", "cost", "profit"],
+              "properties": {"code": STR, "name": STR, "qty": INT, "sales": INT, "cost": INT,
+                             "profit": INT}}
+SALE = {  # an entry, and the stock entry committed with it
+    "type": "object",
+    "required": ["id", "kind", "member", "node", "op", "at", "amount", "deltas", "stock_entry"],
+    "properties": {"id": STR, "kind": STR, "member": STR, "node": STR, "op": STR, "at": INT,
+                   "amount": INT, "deltas": {"type": "array"}, "stock_entry": STR},
+}
+
+
+# Who may read the stock: whoever sells it, moves it, writes the catalogue or reads
+# the reports.
+STOCK_READERS = frozenset({"sale", "stock.write", "goods.write", "points.redeem",
+                           "reports.view"})
+
+
+def _stock_table(rows: Any) -> list[list[str]]:
+    return [["code", "name", "branch", "qty", "transit", "low_stock", "low"],
+            *([r["code"], r["name"], r["branch"], str(r["qty"]), str(r["transit"]),
+               str(r["low_stock"]), "yes" if r["low"] else ""] for r in rows)]
+
+
+def _show_stock(_ledger: Ledger, rows: Any, _p: Params) -> str:
+    return "\n".join(f"{r['code']:<8} {r['name']}  {r['branch']}  {r['qty']}"
+                     + (f"  (+{r['transit']} in transit)" if r["transit"] else "")
+                     + ("  LOW" if r["low"] else "") for r in rows) or "no stock"
+
+
+def _rank_table(rows: Any) -> list[list[str]]:
+    return [["code", "name", "qty", "sales", "cost", "profit"],
+            *([r["code"], r["name"], str(r["qty"]), format_yuan(r["sales"]),
+               format_yuan(r["cost"]), format_yuan(r["profit"])] for r in rows)]
+
+
+def _sold(e: Mapping[str, Any], _p: Params) -> str:
+    """A sale; to a walk-in customer (散客) it has no balance to show."""
+    return (f"sold {e['goods']} x{e['qty']}: {format_yuan(e['amount'])} ({e['pay']})"
+            + (f" [{e['id']}]" if is_walk_in(str(e["member"])) else ""))
+
+
+def _moved(e: Mapping[str, Any], _p: Params) -> str:
+    return f"stock {e['reason']}: {e['goods']} x{e['qty']} [{e['id']}]"
+
+
+@operation("goods.add", "商品资料: add a goods item to the chain's catalogue, or change one "
+           "(head office)", permission="goods.write", http="POST /goods", status=201,
+           params=(Param("code", text(20, pattern=ecma(SERVICE_CODE)), required=True),
+                   Param("name", text(60, minLength=1), required=True),
+                   Param("price", FEE, flag=None),
+                   Param("price_yuan", YUAN, flag="--price", help="sale price in yuan"),
+                   Param("cost", FEE, flag=None),
+                   Param("cost_yuan", YUAN, flag="--cost", help="cost in yuan"),
+                   Param("barcode", text(40)), Param("unit", text(10)),
+                   Param("category", text(40)),
+                   Param("points_price", {**FEE, "description": "points a gift costs; 0: "
+                                          "not a gift"}, default=0),
+                   Param("low_stock", {**FEE, "description": "remind below this many "
+                                       "units"}, default=0)),
+           forms=(Form(("price", "price_yuan")), Form(("cost", "cost_yuan"), optional=True)),
+           result=GOODS_ITEM,
+           show=lambda _l, g, _p: f"goods {g['code']} {g['name']}: price "
+           f"{format_yuan(g['price'])}, cost {format_yuan(g['cost'])} [{g['stock']}]")
+def goods_add(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.add_goods(
+        operator, p["code"], p["name"], required_amount(p, "price", "price_yuan",
+                                                        allow_zero=True),
+        amount_of(p, "cost", "cost_yuan", allow_zero=True) or 0,
+        barcode=p.get("barcode", ""), unit=p.get("unit", ""), category=p.get("category", ""),
+        points_price=p["points_price"], low_stock=p["low_stock"])
+
+
+@operation("goods.list", "The goods catalogue", http="GET /goods",
+           result=array(GOODS_ITEM, 10_000),
+           show=lambda _l, items, _p: "\n".join(
+               f"{g['code']:<8} {g['name']}  {format_yuan(g['price'])}"
+               + (f"  {g['points_price']} points" if g.get("points_price") else "")
+               for g in items) or "no goods")
+def goods_list(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]:
+    return sorted(ledger.catalogue().values(), key=lambda g: g["code"])
+
+
+@operation("stock.in", "商品进货单: units bought in at this branch", permission="stock.write",
+           http="POST /stock/in",
+           params=(GOODS, QTY, Param("cost", FEE, flag=None),
+                   Param("cost_yuan", YUAN, flag="--cost",
+                         help="unit cost in yuan (default the catalogue's)"),
+                   Param("supplier", text(60))),
+           forms=(Form(("cost", "cost_yuan"), optional=True),), result=ENTRY,
+           show=lambda _l, e, p: _moved(e, p))
+def stock_in(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.stock_in(operator, p["goods"], p["qty"],
+                           amount_of(p, "cost", "cost_yuan", allow_zero=True),
+                           p.get("supplier", ""))
+
+
+@operation("stock.return", "商品退货单: units sent back to the supplier",
+           permission="stock.write", http="POST /stock/return",
+           params=(GOODS, QTY, Param("supplier", text(60))), result=ENTRY,
+           show=lambda _l, e, p: _moved(e, p))
+def stock_return(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.stock_return(operator, p["goods"], p["qty"], p.get("supplier", ""))
+
+
+@operation("stock.adjust", "盘点: correct this branch's stock by a signed number of units "
+           "(above the approval rule's stock_adjust_limit at cost: with an approver)",
+           permission="stock.write", http="POST /stock/adjust",
+           params=(GOODS, Param("change", {**SIGNED, "description": "signed units"},
+                                required=True),
+                   Param("reason", text(MAX_TEXT, minLength=1), required=True), APPROVAL),
+           result=ENTRY, show=lambda _l, e, p: _moved(e, p))
+def stock_adjust(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.stock_adjust(operator, p["goods"], p["change"], p["reason"],
+                               approver=approver_of(p))
+
+
+@operation("stock.ship", "调拨: ship units from this branch to another (in transit there "
+           "until received)", permission="stock.write", http="POST /stock/ship",
+           params=(GOODS, QTY, Param("to", NODE, required=True)), result=ENTRY,
+           show=lambda _l, e, p: _moved(e, p) + f" to {e['to']}")
+def stock_ship(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.ship_stock(operator, p["goods"], p["qty"], p["to"])
+
+
+@operation("stock.receive", "调拨: take units shipped to this branch into its stock (all in "
+           "transit by default)", permission="stock.write", http="POST /stock/receive",
+           params=(GOODS, Param("qty", UNITS)), result=ENTRY,
+           show=lambda _l, e, p: _moved(e, p))
+def stock_receive(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.receive_stock(operator, p["goods"], p.get("qty"))
+
+
+@operation("stock.show", "Units of a goods item on hand at this branch (or another)",
+           needs=STOCK_READERS, http="GET /goods/{goods}/stock",
+           params=(GOODS, Param("branch", NODE)),
+           result={"type": "object", "required": ["branch", "qty"],
+                   "properties": {"branch": STR, "qty": INT}},
+           show=_says("{goods} at {branch}: {qty}"))
+def stock_show(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.stock_of(p["goods"], p.get("branch"))
+
+
+@operation("stock.list", "库存: stock on hand of every goods item per branch (low: at or "
+           "below its threshold)", needs=STOCK_READERS, http="GET /stock",
+           params=(Param("branch", NODE), Param("low", {"type": "boolean"}, switch=True,
+                                                help="only what is low (库存提醒)")),
+           result=array(STOCK_ROW, 100_000), show=_show_stock, table=_stock_table)
+def stock_list(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]:
+    return views.stock_levels(ledger, p.get("branch"), low_only=bool(p.get("low")))
+
+
+@operation("sell", "商品销售: sell goods to a member (level discount, points; stored value "
+           "by default) or a walk-in customer (散客: at the till), the stock and the money "
+           "in one commit", permission="sale", http="POST /sales",
+           params=(GOODS, Param("qty", COUNT, default=1), *PAYER,
+                   Param("pay", {**PAY_TEXT, "description": "stored (a member's stored "
+                                 f"value) or at the till by {METHODS}"})),
+           forms=(Form(("member", "card"), optional=True),), result=SALE,
+           show=lambda ledger, e, p: _sold(e, p) if is_walk_in(e["member"])
+           else _done(_sold)(ledger, e, p))
+def sell(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.sell_goods(operator, p["goods"], p["qty"], member=p.get("member"),
+                             pay=p.get("pay"), card=p.get("card"), pin=p.get("pin"))
+
+
+@operation("points.gift", "积分兑换: a goods item for its points price, from this branch's "
+           "stock", permission="points.redeem", http="POST /points/gift",
+           params=(MEMBER, GOODS, Param("qty", COUNT, default=1)), result=SALE,
+           show=_done(lambda e, _p: f"gift {e['gift']} x{e['qty']} for {e['points']} points"))
+def points_gift(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.gift_goods(operator, p["member"], p["goods"], p["qty"])
+
+
+@operation("report.goods", "商品销量排名 (by sales: units) and 商品利润排名 (by profit: sales "
+           "net of refunds less cost)", needs=REPORTS, http="GET /reports/goods",
+           params=(Param("by", {"type": "string", "enum": ["sales", "profit"]},
+                         default="sales"), *PERIOD, Param("limit", LIMIT, default=10)),
+           result=array(GOODS_RANK, 100), table=_rank_table,
+           show=lambda _l, rows, _p: "\n".join(
+               f"{i:>3}. {r['name']} ({r['code']})  {r['qty']} sold  {format_yuan(r['sales'])}"
+               f"  profit {format_yuan(r['profit'])}" for i, r in enumerate(rows, 1))
+           or "no goods sold")
+def report_goods(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]:
+    return views.goods_ranking(ledger, p["by"], p.get("from"), p.get("to"), p["limit"])
 
 
 # --- rules, operators, roles --------------------------------------------------------------

@@ -24,7 +24,7 @@ from crdtledger.errors import (
 from crdtledger.hlc import check_node_id
 from crdtledger.inputs import check_text
 from crdtledger.merge import Merges
-from crdtledger.model import ID, MONEY_PURSES, PURSE, PURSE_METHODS
+from crdtledger.model import GOODS_PURSES, ID, MONEY_PURSES, PURSE, PURSE_METHODS
 from crdtledger.money import (
     apply_rate,
     check_amount,
@@ -303,6 +303,8 @@ class Payments(Merges, Rules):
         """Answer a peer's request for rights (see escrow.grant_amount); None if none."""
         if not PURSE.match(purse) or not ID.match(member):
             raise RemoteProtocolError("bad rights request")
+        if purse in GOODS_PURSES:  # units move by shipping them (crdtledger.goods)
+            return None
         check_node_id(to)
         self._survivor(member)  # rights held here for members merged into it are its own
         own = self._rights(member, purse).get(self.node, 0)
@@ -318,6 +320,8 @@ class Payments(Merges, Rules):
             raise InvalidInput("a branch cannot transfer rights to itself")
         if not PURSE.match(purse):
             raise InvalidInput(f"unknown purse {purse!r}")
+        if purse in GOODS_PURSES:
+            raise InvalidInput("stock moves between branches by shipping it (stock ship)")
         self._live_member(member)
         entry = self._entry("transfer", member, deltas=[(purse, self.node, -amount),
                                                         (purse, to, amount)],
@@ -358,7 +362,7 @@ class Payments(Merges, Rules):
                 approver: tuple[str, str] | None = None) -> dict[str, Any]:
         """An approved manual adjustment; a decrease still needs this node's rights."""
         self.authorise(operator, "adjust")
-        if not PURSE.match(purse):
+        if not PURSE.match(purse) or purse in GOODS_PURSES:  # stock: stock adjust
             raise InvalidInput(f"unknown purse {purse!r}")
         if isinstance(change, bool) or not isinstance(change, int) or change == 0:
             raise InvalidAmount("a correction is a non-zero whole number")

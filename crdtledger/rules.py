@@ -14,6 +14,7 @@ from crdtledger.errors import InvalidAmount, InvalidInput, LedgerError
 from crdtledger.inputs import check_date
 from crdtledger.model import (
     DEFAULT_RULES,
+    ID,
     LEVEL_BASES,
     PAY_CODE,
     PURSE_METHODS,
@@ -38,6 +39,14 @@ class Rules(Auth):
             # (Replica.revocation_list).
             return {"crl": self.revocation_list()}  # type: ignore[attr-defined]
         day = day or self.today()
+        if kind == "goods":
+            # Each version names only the items it adds or changes (crdtledger.goods):
+            # folded per code, so two concurrent additions are both kept.
+            catalogue: dict[str, Any] = {}
+            for eff, _rid, body in self._versions(kind):
+                if eff <= day:
+                    catalogue.update(body)
+            return catalogue
         current = DEFAULT_RULES[kind]
         for eff, _rid, body in self._versions(kind):
             if eff <= day:
@@ -128,6 +137,9 @@ def _check_rule(kind: str, body: Any) -> None:
         elif kind == "approval":
             check_amount(int(body["topup_limit"]))
             check_amount(int(body["correction_limit"]))
+            check_amount(int(body.get("stock_adjust_limit", 1)))
+        elif kind == "goods":
+            _check_goods(body)
         elif kind == "level_basis":
             _require(body["basis"] in LEVEL_BASES, f"the basis is one of {LEVEL_BASES}")
         elif kind == "payment_methods":
@@ -155,3 +167,26 @@ def _check_rule(kind: str, body: Any) -> None:
             _require(isinstance(body, dict), "the rule is a map")
     except (KeyError, TypeError, ValueError, ArithmeticError, LedgerError) as e:
         raise InvalidInput(f"rule {kind} is malformed: {e or 'bad shape'}") from None
+
+
+_GOODS_TEXT = {"name": 60, "barcode": 40, "unit": 10, "category": 40}
+
+
+def _check_goods(body: Any) -> None:
+    """A version of the goods catalogue: code -> item (crdtledger.goods), each item
+    whole, so that a sale at any branch can read its price, cost and stock id."""
+    _require(isinstance(body, dict) and 0 < len(body) <= 1000,
+             "goods are a map of 1 to 1000 codes")
+    for code, item in body.items():
+        _require(isinstance(code, str) and bool(SERVICE_CODE.match(code)),
+                 f"goods code {code!r} is not 1-20 letters, digits, _ or -")
+        _require(isinstance(item, dict), f"{code}: an item is a map")
+        _require(isinstance(item.get("stock"), str) and bool(ID.match(item["stock"])),
+                 f"{code}: stock is an id like 01J5Q8ZK3T7XM.HQ")
+        _require(isinstance(item.get("name"), str) and 0 < len(item["name"]) <= 60,
+                 f"{code}: name is text of 1 to 60 characters")
+        for k, limit in _GOODS_TEXT.items():
+            _require(isinstance(item.get(k, ""), str) and len(item.get(k, "")) <= limit,
+                     f"{code}: {k} is text of at most {limit} characters")
+        for k in ("price", "cost", "points_price", "low_stock"):
+            check_amount(_whole(item.get(k, 0)), allow_zero=True)

@@ -748,3 +748,60 @@ def ranking(ledger: Ledger, by: str = "members", start: str | None = None,
                 item["name"], item["phone"] = r[0], mask_phone(r[1])
         out.append(item)
     return out
+
+
+# --- goods and stock (crdtledger.goods) ----------------------------------------------
+
+
+def stock_levels(ledger: Ledger, branch: str | None = None, *, low_only: bool = False
+                 ) -> list[dict[str, Any]]:
+    """库存: units of each goods item per branch (and in transit to it), by code then
+    branch; `low` when at or below the item's threshold (库存提醒). The rows are the
+    escrow rights of the items' stock ids: nothing here mistakes them for members."""
+    items = {str(g["stock"]): g for g in ledger.catalogue().values()}
+    held: dict[tuple[str, str], dict[str, int]] = {}
+    for member, purse, node, amount in ledger.storage.conn.execute(
+            "SELECT member, purse, node, amount FROM rights WHERE purse IN ('stock', "
+            "'transit')"):
+        if member in items and (branch is None or node == branch):
+            held.setdefault((str(items[member]["code"]), str(node)), {})[purse] = int(amount)
+    if branch is not None:  # every item has a row at the branch asked about
+        for g in items.values():
+            held.setdefault((str(g["code"]), branch), {})
+    by_code = {str(g["code"]): g for g in items.values()}
+    rows = []
+    for (code, node), q in sorted(held.items()):
+        g = by_code[code]
+        threshold = int(g.get("low_stock", 0))
+        qty = q.get("stock", 0)
+        low = threshold > 0 and qty <= threshold
+        if low or not low_only:
+            rows.append({"code": code, "name": str(g["name"]), "branch": node, "qty": qty,
+                         "transit": q.get("transit", 0), "low_stock": threshold, "low": low})
+    return rows
+
+
+def goods_ranking(ledger: Ledger, by: str = "sales", start: str | None = None,
+                  end: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
+    """商品销量排名 (by units sold) and 商品利润排名 (by profit): the sales of the period
+    (their stock entries, reason `sale`), what their debits took less what was refunded
+    of them, and their cost (the stock entries' amount: cost x units)."""
+    if by not in ("sales", "profit"):
+        raise InvalidInput(f"rank by sales or profit, not {by!r}")
+    where, args = _period(ledger, start, end)
+    names = {code: str(g["name"]) for code, g in ledger.catalogue().items()}
+    rows: dict[str, dict[str, Any]] = {}
+    for code, qty, cost, paid, refunded in ledger.storage.conn.execute(
+            "SELECT json_extract(s.body, '$.goods'), json_extract(s.body, '$.qty'), s.amount, "
+            "d.amount, (SELECT COALESCE(SUM(r.amount), 0) FROM entries r WHERE r.ref = d.id "
+            "AND r.kind = 'refund') FROM (SELECT body, amount, ref FROM entries "
+            f"WHERE {where} AND kind = 'stock') s JOIN entries d ON d.id = s.ref "
+            "WHERE d.kind = 'debit' AND json_extract(s.body, '$.reason') = 'sale'", args):
+        r = rows.setdefault(str(code), {"code": str(code), "name": names.get(str(code), code),
+                                        "qty": 0, "sales": 0, "cost": 0, "profit": 0})
+        r["qty"] += int(qty)
+        r["sales"] += int(paid) - int(refunded)
+        r["cost"] += int(cost)
+        r["profit"] = r["sales"] - r["cost"]
+    key = "qty" if by == "sales" else "profit"
+    return sorted(rows.values(), key=lambda r: (-r[key], r["code"]))[:limit]

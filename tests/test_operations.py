@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 
 import pytest
 from aiohttp import web
-from helpers import new_ledger, snapshot
+from helpers import new_ledger, snapshot, sync
 from test_api import Api, serving
 
 from crdtledger import operations
@@ -58,6 +58,13 @@ def furnish(ledger: Ledger) -> Shop:
     ledger.topup(owner, member, 100000)
     debit = ledger.debit(owner, member, amount=20000)["id"]
     twin = ledger.add_member(owner, name="王芳", phone="138 1234 5678")
+    # Goods, and some shipped here by another branch: stock.receive has units to take.
+    ledger.add_goods(owner, "G01", "精油", 8800, 3000, points_price=5, low_stock=2)
+    with new_ledger(ledger.storage.dir.parent / "sender", "SH02") as sender:
+        sync(ledger, sender)
+        sender.stock_in(sender.owner, "G01", 5)
+        sender.ship_stock(sender.owner, "G01", 3, "SH01")
+        sync(ledger, sender)
     return Shop(member, str(debit), tech, twin)
 
 
@@ -97,6 +104,19 @@ SAMPLES: dict[str, Callable[[Shop], Params]] = {
                                "price_yuan": "300.00", "pay": "alipay"},
     "correct": lambda s: {"member": s.member, "purse": "cash", "change_text": "-1.50",
                           "reason": "typo"},
+    "goods.add": lambda s: {"code": "G02", "name": "毛巾", "price_yuan": "15.00",
+                            "cost_yuan": "5.00", "points_price": 100, "low_stock": 5},
+    "goods.list": lambda s: {},
+    "stock.receive": lambda s: {"goods": "G01"},
+    "stock.in": lambda s: {"goods": "G02", "qty": 10, "cost_yuan": "5.50", "supplier": "甲"},
+    "stock.return": lambda s: {"goods": "G02", "qty": 1, "supplier": "甲"},
+    "stock.adjust": lambda s: {"goods": "G02", "change": -1, "reason": "盘点少一条"},
+    "stock.ship": lambda s: {"goods": "G02", "qty": 2, "to": "SH02"},
+    "sell": lambda s: {"goods": "G01", "qty": 1, "member": s.member, "pay": "stored"},
+    "points.gift": lambda s: {"member": s.member, "goods": "G01"},
+    "stock.show": lambda s: {"goods": "G01"},
+    "stock.list": lambda s: {"branch": "SH01"},
+    "report.goods": lambda s: {"by": "profit", "limit": 5},
     "report.daily": lambda s: {"branch": "SH01"},
     "report.settlement": lambda s: {},
     "report.ranking": lambda s: {"by": "services", "limit": 3},
