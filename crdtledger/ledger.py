@@ -11,7 +11,8 @@ path (`commit.LedgerBase._commit`):
 - `payments`: top-ups, debits, refunds, rights transfers, points, packages,
   corrections, and the reads of a member's purses;
 - `merge`: duplicate members folded into one, and the sweep of their rights;
-- `goods`: the goods catalogue, stock at each branch, goods sales and gifts.
+- `goods`: the goods catalogue, stock at each branch, goods sales and gifts;
+- `coupons`: coupons issued to members, each redeemed at most once chain-wide.
 
 Mixins rather than delegating objects: a debit is benchmarked, and a method found
 through the class's MRO costs nothing per call, where a forwarding call would. And
@@ -29,6 +30,7 @@ from typing import Any
 
 from crdtledger import views
 from crdtledger.commit import SKEW_EVENTS_KEPT, Write
+from crdtledger.coupons import Coupons
 from crdtledger.errors import InvalidInput
 from crdtledger.goods import Goods
 from crdtledger.hlc import check_node_id
@@ -39,7 +41,7 @@ from crdtledger.replica import Replica
 from crdtledger.storage import Storage
 
 
-class Ledger(Goods, Replica):
+class Ledger(Coupons, Goods, Replica):
     """One node's ledger: members, cards and purses, their operations and views."""
 
     # --- lifecycle ----------------------------------------------------------

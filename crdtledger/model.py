@@ -31,7 +31,8 @@ MEMBER_SHARDS = 32
 DOC_NAME = re.compile(r"^(ledger/[0-9]{4}-(0[1-9]|1[0-2])|members/[0-9]{2}|rules|operators)\Z")
 ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{13}\.[A-Z0-9][A-Z0-9_]{0,15}\Z")
 PURSE = re.compile(
-    r"^(cash|bonus|points|stock|transit|pkg:[0-9A-HJKMNP-TV-Z]{13}\.[A-Z0-9_]{1,16})\Z")
+    r"^(cash|bonus|points|stock|transit|(pkg|cpn):[0-9A-HJKMNP-TV-Z]{13}\.[A-Z0-9_]{1,16})\Z")
+# pkg:ID a package's uses; cpn:ID a coupon's one right to be redeemed (crdtledger.coupons).
 # A goods item's units (crdtledger.goods): its escrow "member" is the item's stock id,
 # `stock` the units on a branch's shelf, `transit` those shipped to a branch and not yet
 # received there. Moved only by stock entries (shipping is a stock entry, never a rights
@@ -60,6 +61,11 @@ EntryKind = Literal[
     # "in" (member = survivor, `ref` = the out entry, the same rights raised). Only the
     # holder may lower its rights, so every branch sweeps its own (crdtledger.merge).
     "merge",
+    # A coupon issued (crdtledger.coupons): its terms, and one unit of rights on
+    # cpn:<its id> at the issuing branch. Redeemed by the entry that lowers that unit:
+    # "coupon_use" on its own, or the debit it discounts (field `coupon`).
+    "coupon",
+    "coupon_use",
     # Units of a goods item at a branch (crdtledger.goods): `member` is the item's stock
     # id, `goods` its code, `qty` the units, `reason` in, return, adjust, ship, receive,
     # sale or gift, `ref` the sale's debit or the gift's redeem written with it.
@@ -128,6 +134,8 @@ PERMISSIONS = frozenset(
         "backup",
         "approve",
         "audit.view",  # the audit trail: who did what, when, where (owner, manager)
+        "coupon.issue",  # give a member a coupon (owner, manager)
+        "coupon.redeem",  # take a coupon, on its own or off a sale (cashiers too)
         "goods.write",  # the goods catalogue (a governance rule: head office only)
         "stock.write",  # purchase in and return, stock-take, shipping and receiving
         "sale",  # sell goods over the counter (crdtledger.goods)
@@ -147,6 +155,7 @@ BUILTIN_ROLES: dict[str, frozenset[str]] = {
             "debit",
             "points.redeem",
             "package.sell",
+            "coupon.redeem",
             "sale",
         }
     ),
@@ -241,7 +250,8 @@ def _str(value: Any, limit: int = 200) -> str:
     return value
 
 
-_OPTIONAL_INTS = frozenset({"paid", "gross", "qty", "bonus", "points", "fee"})
+_OPTIONAL_INTS = frozenset({"percent", "min_spend", "off",  # coupons
+                            "paid", "gross", "qty", "bonus", "points", "fee"})
 _OPTIONAL_STRS = frozenset({
     "ref",
     "service",
@@ -256,6 +266,9 @@ _OPTIONAL_STRS = frozenset({
     "pay",
     "package",
     "gift",
+    "coupon",  # the coupon an entry redeems; a coupon's first and last days:
+    "valid_from",
+    "valid_to",
     "goods",  # a sale's or a stock entry's goods code (crdtledger.goods)
     "note",  # a stock-take's reason (crdtledger.goods)
 })

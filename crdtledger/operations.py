@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from crdtledger import audit, settlement, views
+from crdtledger.coupons import COUPON_REASONS, COUPON_STATUSES, CouponRefused, describe_status
 from crdtledger.errors import (
     CardInactive,
     CardLost,
@@ -72,7 +73,8 @@ CARD = text(40, pattern=ecma(CARD_NO),
             description="a card number: letters, digits, colon, dash or underscore")
 CARD_PIN = text(8, pattern=ecma(PIN), description="a card PIN of 4 to 8 digits")
 SERVICE = text(20, pattern=ecma(SERVICE_CODE), description="a service code from the price list")
-PURSE_NAME = text(40, pattern=ecma(PURSE), description="cash, bonus, points or pkg:ID")
+PURSE_NAME = text(40, pattern=ecma(PURSE),
+                  description="cash, bonus, points, pkg:ID (a package) or cpn:ID (a coupon)")
 DAY = text(10, format="date", description="a date like 2026-11-23")
 DAY_OF_YEAR = text(10, pattern=or_empty(ecma(PARTIAL_DATE)),
                    description="a date like 1990-05-17 or 05-17")
@@ -335,6 +337,7 @@ _STATUS: dict[type[Exception], int] = {
     CardLost: 409,
     CardInactive: 409,
     WrongPin: 422,
+    CouponRefused: 409,  # expired, redeemed, another member's...: the coupon's state
 }
 
 
@@ -368,6 +371,7 @@ SERVES_MEMBERS = frozenset({
     "member.add", "member.edit", "member.delete", "member.upgrade", "card.issue",
     "card.lost", "card.replace", "card.return", "topup", "debit", "refund", "adjust",
     "points.redeem", "package.sell", "rights.transfer", "reports.view",
+    "coupon.issue", "coupon.redeem",
 })
 REPORTS = frozenset({"reports.view"})
 
@@ -470,7 +474,7 @@ def show_entry(entry: Mapping[str, Any], when: str = "") -> str:
                      f"{entry['node']}→{entry['to']}")
     elif points:
         parts.append(f"points {points:+d}")
-    for key in ("service", "pay", "reason", "gift"):  # pay: how it was paid, and by what
+    for key in ("service", "pay", "reason", "gift", "coupon"):  # pay: how it was paid
         if entry.get(key):
             parts.append(f"{key} {entry[key]}")
     parts.append(f"[{entry['id']}]")
@@ -802,7 +806,9 @@ def topup(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
                                  f"(a package's uses) or at the till by {METHODS}"},
                          default="stored"),
                    Param("package", ENTRY_ID,
-                         help="which package to use (default: the first that fits)")),
+                         help="which package to use (default: the first that fits)"),
+                   Param("coupon", ENTRY_ID, help="a coupon of the member's that this "
+                         "charge redeems: its discount comes off the price")),
            forms=(PAYER_FORM, Form(("amount", "yuan", "service"))), result=ENTRY,
            show=_done(lambda e, p: "charged " + (f"{e['service']} x{e['qty']}: "
                                                  if e.get("service") else "")
@@ -811,7 +817,8 @@ def topup(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
 def debit(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return ledger.debit(operator, p.get("member"), amount=amount_of(p, "amount", "yuan"),
                         service=p.get("service"), qty=p["qty"], pay=p["pay"],
-                        package=p.get("package"), card=p.get("card"), pin=p.get("pin"))
+                        package=p.get("package"), card=p.get("card"), pin=p.get("pin"),
+                        coupon=p.get("coupon"))
 
 
 @operation("refund", "Refund (退款) all or part of a debit made at this branch: what is "
@@ -1144,13 +1151,16 @@ def stock_list(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]
            "in one commit", permission="sale", http="POST /sales",
            params=(GOODS, Param("qty", COUNT, default=1), *PAYER,
                    Param("pay", {**PAY_TEXT, "description": "stored (a member's stored "
-                                 f"value) or at the till by {METHODS}"})),
+                                 f"value) or at the till by {METHODS}"}),
+                   Param("coupon", ENTRY_ID, help="a coupon of the member's that this sale "
+                         "redeems (its discount comes off)")),
            forms=(Form(("member", "card"), optional=True),), result=SALE,
            show=lambda ledger, e, p: _sold(e, p) if is_walk_in(e["member"])
            else _done(_sold)(ledger, e, p))
 def sell(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return ledger.sell_goods(operator, p["goods"], p["qty"], member=p.get("member"),
-                             pay=p.get("pay"), card=p.get("card"), pin=p.get("pin"))
+                             pay=p.get("pay"), card=p.get("card"), pin=p.get("pin"),
+                             coupon=p.get("coupon"))
 
 
 @operation("points.gift", "积分兑换: a goods item for its points price, from this branch's "
@@ -1281,6 +1291,88 @@ def audit_trail(ledger: Ledger, operator: str, p: Params) -> list[audit.AuditRow
     who = operator_id(ledger, p["operator"]) if "operator" in p else None
     return audit.trail(ledger, who, p.get("branch"), p.get("kind"), p.get("from"), p.get("to"),
                        p["limit"])
+
+
+# --- coupons (crdtledger.coupons) ---------------------------------------------------------
+
+COUPON_ID = text(40, pattern=ecma(ID), description="a coupon id like 01J5Q8ZK3T7XM.SH01")
+COUPON = {
+    "type": "object",
+    "required": ["coupon", "member", "kind", "off", "percent", "service", "min_spend",
+                 "valid_from", "valid_to", "reason", "issued_at", "issued_on", "terms",
+                 "status", "at", "on", "entry"],
+    "properties": {
+        "coupon": STR, "member": STR,
+        "kind": {"type": "string", "enum": ["amount", "percent", "service"]},
+        "off": {**INT, "description": "fen off (an amount coupon)"},
+        "percent": INT, "service": STR, "min_spend": {**INT, "description": "fen"},
+        "valid_from": STR, "valid_to": STR, "reason": STR, "issued_at": STR,
+        "issued_on": STR, "terms": STR,
+        "status": {"type": "string", "enum": list(COUPON_STATUSES)},
+        "at": {**STR, "description": "the branch holding it, or where it was redeemed"},
+        "on": {**STR, "description": "the day it was redeemed"},
+        "entry": {**STR, "description": "the entry that redeemed it"}}}
+SAME_COUPON = {"parameters": {"coupon": "$response.body#/coupon"}}
+
+
+@operation("coupon.issue", "优惠券: give a member a coupon (an amount off, a percent off or a "
+           "free service), redeemable once in the whole chain", permission="coupon.issue",
+           http="POST /coupons", status=201, result=COUPON,
+           params=(MEMBER, Param("off", FEN, flag=None),
+                   Param("off_yuan", YUAN, flag="--off", help="yuan off, e.g. 10.00"),
+                   Param("percent", {"type": "integer", "minimum": 1, "maximum": 100,
+                                     "x-error": "invalid_amount",
+                                     "description": "percent off, 1 to 100"}),
+                   Param("service", SERVICE, help="a free service (a code of the price list)"),
+                   Param("min_spend", FEE, flag=None),
+                   Param("min_spend_yuan", YUAN, flag="--min-spend",
+                         help="the least the sale must come to, in yuan"),
+                   Param("valid_from", DAY, help="first day it may be used, YYYY-MM-DD"),
+                   Param("valid_to", DAY, help="last day it may be used, YYYY-MM-DD"),
+                   Param("reason", {"type": "string", "enum": list(COUPON_REASONS)},
+                         default="owner")),
+           forms=(Form(("off", "off_yuan", "percent", "service")),
+                  Form(("min_spend", "min_spend_yuan"), optional=True)),
+           show=lambda _l, c, _p: f"coupon {c['coupon']}: {describe_status(c)}",
+           links={"coupon.redeem": SAME_COUPON, "coupon.show": SAME_COUPON})
+def coupon_issue(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.issue_coupon(
+        operator, p["member"], off=amount_of(p, "off", "off_yuan"), percent=p.get("percent"),
+        service=p.get("service"),
+        min_spend=amount_of(p, "min_spend", "min_spend_yuan", allow_zero=True) or 0,
+        valid_from=p.get("valid_from"), valid_to=p.get("valid_to"), reason=p["reason"])
+
+
+@operation("coupon.redeem", "Redeem a coupon on its own (a sale in the ledger takes it with "
+           "debit --coupon): only the branch holding it may, which asks for it if another "
+           "does", permission="coupon.redeem", http="POST /coupons/{coupon}/redeem",
+           params=(Param("coupon", COUPON_ID, required=True, flag="--coupon"),
+                   Param("member", MEMBER_ID, help="the member presenting it (checked)"),
+                   Param("spend", FEE, flag=None),
+                   Param("spend_yuan", YUAN, flag="--spend",
+                         help="the bill at the till, in yuan (for a minimum spend)")),
+           forms=(Form(("spend", "spend_yuan"), optional=True),), result=ENTRY,
+           show=_done(lambda e, _p: f"coupon {e['coupon']} redeemed" + (
+               f": {format_yuan(e['off'])} off" if e.get("off") else "")))
+def coupon_redeem(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.redeem_coupon(operator, p["coupon"], member=p.get("member"),
+                                spend=amount_of(p, "spend", "spend_yuan", allow_zero=True))
+
+
+@operation("coupon.list", "A member's coupons: available at a branch, redeemed where and when, "
+           "or expired", needs=SERVES_MEMBERS, http="GET /members/{member}/coupons",
+           params=WHO, forms=(WHO_FORM,), result=array(COUPON, 10_000),
+           show=lambda _l, cs, _p: "\n".join(describe_status(c) for c in cs) or "no coupons")
+def coupon_list(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]:
+    return ledger.coupons(member_of(ledger, p))
+
+
+@operation("coupon.show", "One coupon: its terms and where it stands", needs=SERVES_MEMBERS,
+           http="GET /coupons/{coupon}",
+           params=(Param("coupon", COUPON_ID, required=True, flag="--coupon"),),
+           result=COUPON, show=lambda _l, c, _p: describe_status(c))
+def coupon_show(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.coupon_view(p["coupon"])
 
 
 __all__ = ["TABLE", "Form", "Operation", "Param", "Refusal", "authorise", "describe",

@@ -140,13 +140,14 @@ class Payments(Merges, Rules):
 
     def debit(self, operator: str, member: str | None = None, *, amount: int | None = None,
               service: str | None = None, qty: int = 1, pay: str = "stored",
-              package: str | None = None, card: str | None = None, pin: str | None = None
-              ) -> dict[str, Any]:
+              package: str | None = None, card: str | None = None, pin: str | None = None,
+              coupon: str | None = None) -> dict[str, Any]:
         """扣费 / 消费. A plain `amount` is charged as given; a `service` from the price
         list gets the member's level discount. Paid from stored value (`pay` "stored":
         cash first, then bonus), from a package's uses ("package"), or at the till by
         a payment method of the rule ("cash", "wechat"...). Points are earned on what
-        is paid, by level multiplier."""
+        is paid, by level multiplier. A `coupon` takes its discount off the price after
+        the level discount and is redeemed by this same entry (crdtledger.coupons)."""
         self.authorise(operator, "debit")
         pay = self._pay(pay, PURSE_METHODS)
         member, (profile, totals) = self._resolve(member, card, pin)
@@ -169,6 +170,12 @@ class Payments(Merges, Rules):
         else:
             raise InvalidInput("give an amount or a service")
         net = _discounted(gross, rate) if pay != "package" else 0
+        use = None
+        if coupon is not None:  # checked here, its right in the transaction (plan)
+            use = cast("Ledger", self)._coupon_for_debit(
+                operator, coupon, member, day, net=net, service=svc_name, pay=pay,
+                unit=_discounted(gross // qty, rate) if svc_name else 0)
+            net -= use.off
         earn = self.rule("earn", day)
         points = _points_earned(net, str(earn["points_per_yuan"]),
                                 str(lvl["points_multiplier"]))
@@ -183,6 +190,8 @@ class Payments(Merges, Rules):
                     or views.canonical(self.storage.conn, row[1]) != member):
                 raise InvalidInput(f"{package} is not a {service} package of this member")
             deltas = [(f"pkg:{package}", self.node, -qty)]
+        if use is not None:
+            deltas.append((use.purse, self.node, -1))
         expires = self._points_expiry(day, earn) if points else None
 
         def plan() -> tuple[list[Write], dict[str, Any]]:
@@ -192,6 +201,8 @@ class Payments(Merges, Rules):
             lowers = pay == "stored" or any(c < 0 for _p, _n, c in deltas)
             purses = self._purses(member) if lowers else {}
             paid = list(deltas)
+            if use is not None:  # redeemed or held elsewhere: say so (and fetch it)
+                cast("Ledger", self)._hold(use, member, purses)
             if pay == "stored":
                 paid += _spend(self.node, purses, net)
             for purse, _node, change in paid:
@@ -201,6 +212,7 @@ class Payments(Merges, Rules):
                 "debit", member, deltas=[*paid, ("points", self.node, points)], amount=net,
                 gross=gross, discount=rate, level=str(lvl["name"]), service=svc_name, qty=qty,
                 pay=pay, package=package, points=points or None, op=operator, expires=expires,
+                **({} if use is None else {"coupon": use.id, "off": use.off}),
             )
             return [self._entry_write(entry)], entry
 

@@ -176,6 +176,8 @@ def balance(conn: sqlite3.Connection, member: str) -> dict[str, Any]:
     ):
         if purse.startswith("pkg:"):
             out["packages"][purse[4:]] = int(total)
+        elif purse.startswith("cpn:"):  # a coupon is no balance: crdtledger.coupons
+            continue
         else:
             out[purse] = int(total)
     return out

@@ -45,6 +45,7 @@ class Shop:
     debit: str
     tech: str  # an operator whose only permission is sync
     twin: str  # the member again, the phone typed another way: a duplicate to merge
+    coupon: str = ""  # the member's coupon, to show and redeem
 
 
 def furnish(ledger: Ledger) -> Shop:
@@ -65,7 +66,8 @@ def furnish(ledger: Ledger) -> Shop:
         sender.stock_in(sender.owner, "G01", 5)
         sender.ship_stock(sender.owner, "G01", 3, "SH01")
         sync(ledger, sender)
-    return Shop(member, str(debit), tech, twin)
+    coupon = ledger.issue_coupon(owner, member, off=500)["coupon"]
+    return Shop(member, str(debit), tech, twin, str(coupon))
 
 
 Params = dict[str, Any]
@@ -104,6 +106,11 @@ SAMPLES: dict[str, Callable[[Shop], Params]] = {
                                "price_yuan": "300.00", "pay": "alipay"},
     "correct": lambda s: {"member": s.member, "purse": "cash", "change_text": "-1.50",
                           "reason": "typo"},
+    "coupon.issue": lambda s: {"member": s.member, "off_yuan": "10.00",
+                               "min_spend_yuan": "20.00", "valid_to": "2099-12-31"},
+    "coupon.list": lambda s: {"member": s.member},
+    "coupon.show": lambda s: {"coupon": s.coupon},
+    "coupon.redeem": lambda s: {"coupon": s.coupon, "member": s.member, "spend_yuan": "30.00"},
     "goods.add": lambda s: {"code": "G02", "name": "毛巾", "price_yuan": "15.00",
                             "cost_yuan": "5.00", "points_price": 100, "low_stock": 5},
     "goods.list": lambda s: {},
