@@ -45,6 +45,7 @@ from typing import Any
 
 from crdtledger import views
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied
+from crdtledger.goods import is_walk_in
 from crdtledger.ledger import Ledger
 from crdtledger.model import DEFAULT_RULES
 from crdtledger.money import format_yuan
@@ -221,6 +222,8 @@ def build(ledger: Ledger, entry_id: str, *, title: str = "", reprint: bool = Fal
     e = ledger.entry(entry_id)
     kind = str(e["kind"])
     member = str(e.get("member") or "")
+    if is_walk_in(member):  # 散客: nobody's name, nobody's purses
+        member = ""
     branch_id = str(e["node"])
     branches = ledger.rule("branches")
     settings = ledger.rule("settings")
@@ -232,7 +235,8 @@ def build(ledger: Ledger, entry_id: str, *, title: str = "", reprint: bool = Fal
         shop=shop, branch=str(branches.get(branch_id) or branch_id) if isinstance(
             branches, dict) else branch_id, branch_id=branch_id,
         time=when.strftime("%Y-%m-%d %H:%M:%S"), operator=_operator(ledger, str(e["op"])),
-        title=TITLES.get(kind, kind), kind=kind, entry=entry_id, lines=tuple(lines),
+        title=TITLES.get("sale" if e.get("goods") else kind, kind), kind=kind,
+        entry=entry_id, lines=tuple(lines),
         total=total, paid_by=_paid_by(ledger, e), member=_member_name(ledger, member),
         purses=_purses(ledger, e) if member else (), ref=ref, reprint=reprint)
 
@@ -254,6 +258,11 @@ def _service(ledger: Ledger, code: Any) -> str:
     return str(svc.get("name") or code) if isinstance(svc, dict) else str(code or "")
 
 
+def _goods(ledger: Ledger, code: Any) -> str:
+    item = ledger.catalogue().get(str(code)) if code else None
+    return str(item.get("name") or code) if item else str(code or "")
+
+
 def _zhe(rate: str) -> str:
     """"0.9" -> "9折": how Chinese shops write a discount."""
     tenths = float(rate) * 10
@@ -263,16 +272,19 @@ def _zhe(rate: str) -> str:
 def _lines(ledger: Ledger, e: Mapping[str, Any]) -> tuple[list[Line], int | None]:
     kind, amount = str(e["kind"]), int(e.get("amount") or 0)
     qty = int(e.get("qty") or 1)
-    name = _service(ledger, e.get("service"))
+    name = _service(ledger, e.get("service")) or _goods(ledger, e.get("goods"))
     if kind == "debit":
         if e.get("pay") == "package":
             return [Line("item", f"{name}（套餐）", None, qty, "次")], None
         gross = int(e.get("gross") or amount)
         lines = [Line("item", name or "消费", gross, qty)]
-        if gross != amount:
+        off = int(e.get("off") or 0) if e.get("coupon") else 0  # after the level's
+        if gross != amount + off:
             rate = str(e.get("discount") or "1")
             lines.append(Line("discount", f"{e.get('level') or '会员'} {_zhe(rate)}",
-                              amount - gross))
+                              amount + off - gross))
+        if off:
+            lines.append(Line("coupon", "优惠券", -off))
         return lines, amount
     if kind == "topup":
         lines = [Line("item", "充值", amount)]

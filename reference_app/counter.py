@@ -31,7 +31,9 @@ from nicegui.storage import request_contextvar
 
 from crdtledger import views
 from crdtledger.auth import verify_login
+from crdtledger.coupons import discount as coupon_discount
 from crdtledger.errors import InvalidAmount, LedgerError
+from crdtledger.model import ID
 from crdtledger.money import apply_rate, points_for
 from peer import receipts
 from reference_app.i18n import mask_phone, money, parse_money, tr
@@ -190,6 +192,11 @@ class Counter:
             ui.button(tr("新会员开卡", "New member"), icon="person_add",
                       on_click=lambda: self.new_member_dialog()) \
                 .props("outline").classes("w-full").mark("new-member")
+        if can("sale"):
+            # 散客: goods sold to someone without a card, whoever is on screen.
+            ui.button(tr("散客购物", "Walk-in sale"), icon="shopping_cart",
+                      on_click=lambda: self.goods_dialog(walk_in=True)) \
+                .props("outline").classes("w-full").mark("walk-in")
 
     def on_reader_event(self, event: ReaderEvent) -> None:
         """A card reader's event, on the loop, in this page's context."""
@@ -202,11 +209,27 @@ class Counter:
 
     def scanned(self, code: str) -> bool:
         """A code a scanner read (or typed into the search box): a service's code with
-        a member on screen opens its consume dialog. False: not a code we know."""
+        a member on screen opens its consume dialog; a goods item's code or barcode
+        opens its sale, to the member on screen or else to a walk-in customer.
+        False: not a code we know."""
         services = self.shop.ledger.rule("services")
         key = next((c for c in services if c.upper() == code.strip().upper()), None)
+        if key is None and self.member is not None and ID.match(code.strip()):
+            # A coupon's id (its QR code, as printed or sent to the member's phone).
+            try:
+                view = self.shop.ledger.coupon_view(code.strip())
+            except LedgerError:
+                view = None
+            if view is not None and can("debit"):
+                self.consume_dialog(coupon=str(view["coupon"]))
+                return True
         if key is None:
-            return False
+            item = self.shop.find_goods(code)
+            if item is None:
+                return False
+            if can("sale"):
+                self.goods_dialog(str(item["code"]))
+            return True
         if self.member is None:
             self.say_trouble(tr("{what}：请先刷会员卡或查找会员。",
                                 "{what}: swipe a member card or find the member first.",
@@ -312,6 +335,7 @@ class Counter:
         ledger = self.shop.ledger
         return {"profile": ledger.member(member), "balance": ledger.balance(member),
                 "packages": [p for p in views.packages(ledger, member) if p["remaining"] > 0],
+                "coupons": [c for c in ledger.coupons(member) if c["status"] == "available"],
                 "history": ledger.history(member, limit=HISTORY_READ)}
 
     def draw(self, data: dict[str, Any] | None) -> None:
@@ -391,12 +415,15 @@ class Counter:
         return {"card": card, "pin": pin} if card else {"member": member}
 
     async def act(self, op: Callable[[], T], name: str, done: Callable[[T], str],
-                  error: ui.label | None = None) -> T | None:
-        """One write: refused → the sentence (also in the dialog), nothing else happens."""
+                  error: ui.label | None = None,
+                  explain: Callable[[LedgerError], str | None] | None = None) -> T | None:
+        """One write: refused → the sentence (also in the dialog), nothing else happens.
+        `explain`: a sentence of the dialog's own for a refusal, where it knows more."""
         try:
             result = await self.shop.run(op, name)
         except LedgerError as e:
-            self.refused(e, error)
+            said = explain(e) if explain is not None else None
+            self.say_trouble(said or self.shop.refusal(e), error)
             return None
         ui.notify(done(result), type="positive")
         self.show()
@@ -486,7 +513,7 @@ class Counter:
             pin.on("keydown.enter", confirm)
             self.buttons(d, tr("确定", "OK"), confirm, "pin-ok")
 
-    def consume_dialog(self, service: str | None = None) -> None:
+    def consume_dialog(self, service: str | None = None, coupon: str | None = None) -> None:
         assert self.member is not None
         member = self.member
         ledger = self.shop.ledger
@@ -496,7 +523,8 @@ class Counter:
         packages = {p["id"]: p for p in views.packages(ledger, member) if p["remaining"] > 0}
         service = service or self.favourite_service(member, services)
         # A member with uses of this service left uses them first, as they expect.
-        with_package = any(p["service"] == service for p in packages.values())
+        with_package = coupon is None and any(p["service"] == service
+                                              for p in packages.values())
         d, body, error = self.dialog(tr("消费", "Consume a service") + self._who())
         with body:
             svc = ui.select({code: f"{v.get('name', code)}  {money(int(v['price']))}"
@@ -513,10 +541,20 @@ class Counter:
                             **self.shop.pay_methods()},
                            value="package" if with_package else "stored").props("inline") \
                 .mark("pay")
+            ticket, coupons = self._coupon_select(member)
+            if coupon is not None:
+                if coupon not in coupons:  # another member's, used, or expired: say so
+                    view = ledger.coupon_view(coupon)
+                    self.say_trouble(tr("这张券不能用：{state}", "This coupon cannot be used: "
+                                        "{state}", state=_coupon_state(self.shop, view)), error)
+                else:
+                    ticket.set_value(coupon)
             preview = ui.label().classes("text-lg").mark("preview")
 
             def update() -> None:
                 code, n = svc.value, int(qty.value or 1)
+                # A package's uses pay nothing a coupon could take off.
+                ticket.set_visibility(bool(coupons) and pay.value != "package")
                 if code not in services:
                     preview.set_text("")
                     return
@@ -526,26 +564,22 @@ class Counter:
                     preview.set_text(tr("用套餐 {n} 次（剩 {left} 次）", "{n} package use(s) "
                                         "({left} left)", n=n, left=left))
                     return
-                net = apply_rate(gross, str(lvl["discount"]))
-                pts = points_for(net, str(earn["points_per_yuan"]), str(lvl["points_multiplier"]))
-                rate = str(lvl["discount"])
-                off = "" if rate in ("1", "1.0", "1.00") else tr(
-                    "{level} {rate} 折，", "{level} discount ×{rate}, ", level=lvl["name"],
-                    rate=_zhe(rate) if _is_zh() else rate)
-                preview.set_text(tr("原价 {gross}，{off}应付 {net}，得 {pts} 积分",
-                                    "List price {gross}, {off}to pay {net}, earns {pts} points",
-                                    gross=money(gross), off=off, net=money(net), pts=pts))
+                unit = apply_rate(int(services[code]["price"]), str(lvl["discount"]))
+                off = self._coupon_off(coupons.get(str(ticket.value or "")),
+                                       apply_rate(gross, str(lvl["discount"])), unit, code)
+                preview.set_text(self._price_line(gross, lvl, earn, off))
 
-            for el in (svc, qty, pay):
+            for el in (svc, qty, pay, ticket):
                 el.on_value_change(update)
             update()
 
             async def confirm() -> None:
                 code, n, how = svc.value, int(qty.value or 1), str(pay.value)
                 card, pin = self.card_no, self.pin
+                cid = (ticket.value or None) if how != "package" else None
                 done = await self.act(
                     self.shop.operation(self.op, "debit", service=code, qty=n, pay=how,
-                                        **self._payer(member, card, pin)),
+                                        coupon=cid, **self._payer(member, card, pin)),
                     "debit", lambda e: tr("已消费 {what}，实付 {paid}", "Done: {what}, "
                                           "paid {paid}", what=self.shop.service_name(code),
                                           paid=money(int(e["amount"]))), error)
@@ -554,6 +588,135 @@ class Counter:
                     await self.print_receipt(str(done["id"]))
 
             self.buttons(d, tr("确认消费", "Confirm"), confirm, "consume-ok")
+
+    def goods_dialog(self, code: str | None = None, *, walk_in: bool = False) -> None:
+        """商品销售: goods from this branch's stock, to the member on screen (level
+        discount and points, from stored value or at the till) or to a walk-in
+        customer (散客: at the till, list price, no points). The stock and the money
+        commit together or not at all (crdtledger.goods)."""
+        ledger = self.shop.ledger
+        items = self.shop.goods()
+        member = None if walk_in else self.member
+        card, pin = (self.card_no, self.pin) if member else (None, None)
+        d, body, error = self.dialog(tr("商品销售", "Sell goods") + (
+            self._who() if member else tr(" — 散客", " — walk-in customer")))
+        with body:
+            if not items:
+                ui.label(tr("还没有商品资料：总店先添加商品（crdtledger goods add）。",
+                            "The goods catalogue is empty: head office adds goods first "
+                            "(crdtledger goods add).")).classes("text-gray-600")
+                with ui.row().classes("w-full justify-end"):
+                    ui.button(tr("关闭", "Close"), on_click=d.close).props("flat")
+                return
+            pick = ui.select({c: f"{i['name']}  {money(int(i['price']))}"
+                              for c, i in items.items()},
+                             value=code if code in items else next(iter(items)),
+                             label=tr("商品", "Goods"), with_input=True) \
+                .classes("w-full").mark("goods")
+            with ui.row().classes("w-full items-center gap-4"):
+                qty = ui.number(tr("数量", "Quantity"), value=1, min=1, max=999, precision=0) \
+                    .classes("w-32").mark("goods-qty")
+                stock = ui.label().classes("text-gray-600").mark("stock-here")
+            methods = self.shop.pay_methods()
+            ui.label(tr("付款方式", "Paid by")).classes("text-sm text-gray-600")
+            pay = ui.radio({**({"stored": tr("储值卡", "Stored value")} if member else {}),
+                            **methods}, value="stored" if member else next(iter(methods))) \
+                .props("inline").mark("goods-pay")
+            ticket, coupons = self._coupon_select(member, services=False) if member \
+                else (None, {})
+            preview = ui.label().classes("text-lg").mark("goods-preview")
+            lvl = ledger.level(member) if member else None
+            earn = ledger.rule("earn")
+
+            def update() -> None:
+                item, n = items.get(str(pick.value)), int(qty.value or 1)
+                if item is None:
+                    preview.set_text("")
+                    stock.set_text("")
+                    return
+                unit = str(item.get("unit") or "")
+                have = int(ledger.stock_of(str(item["code"]))["qty"])
+                stock.set_text(tr("本店库存 {n}{unit}", "{n}{unit} in stock here", n=have,
+                                  unit=unit))
+                stock.classes(replace="text-negative" if have < n else "text-gray-600")
+                gross = int(item["price"]) * n
+                if lvl is None:
+                    preview.set_text(tr("应付 {net}（散客：原价，不积分）",
+                                        "To pay {net} (walk-in: list price, no points)",
+                                        net=money(gross)))
+                    return
+                chosen = coupons.get(str(ticket.value or "")) if ticket is not None else None
+                off = self._coupon_off(chosen, apply_rate(gross, str(lvl["discount"])), 0, None)
+                preview.set_text(self._price_line(gross, lvl, earn, off))
+
+            for el in (pick, qty, *([ticket] if ticket is not None else [])):
+                el.on_value_change(update)
+            update()
+
+            async def confirm() -> None:
+                c, n, how = str(pick.value), int(qty.value or 1), str(pay.value)
+                payer = self._payer(member, card, pin) if member else {}
+                cid = (ticket.value or None) if ticket is not None else None
+                done = await self.act(
+                    self.shop.operation(self.op, "sell", goods=c, qty=n, pay=how, coupon=cid,
+                                        **payer),
+                    "sell", lambda e: tr("已售 {what} ×{n}，实收 {paid}", "Sold {what} ×{n}, "
+                                         "paid {paid}", what=self.shop.goods_name(c), n=n,
+                                         paid=money(int(e["amount"]))), error,
+                    lambda e: self.shop.out_of_stock(e, items[c]))
+                if done is not None:
+                    d.close()
+                    await self.print_receipt(str(done["id"]))
+
+            self.buttons(d, tr("确认售出", "Sell"), confirm, "goods-ok")
+
+    def _coupon_select(self, member: str, *, services: bool = True
+                       ) -> tuple[ui.select, dict[str, dict[str, Any]]]:
+        """The member's coupons that can be used (wherever their right sits: the node
+        fetches it), to pick one for this sale; hidden when there are none.
+        `services`: whether free-service coupons apply (not to goods)."""
+        coupons = {str(c["coupon"]): c for c in self.shop.ledger.coupons(member)
+                   if c["status"] == "available" and (services or not c["service"])}
+        here = self.shop.node.node_id
+        options = {"": tr("不用优惠券", "No coupon")}
+        for cid, c in coupons.items():
+            label = coupon_terms(self.shop, c["off"], c["percent"], c["service"],
+                                 c["min_spend"])
+            if c.get("valid_to"):
+                label += tr("（至 {d}）", " (until {d})", d=c["valid_to"])
+            if c.get("at") and c["at"] != here:
+                label += tr("，在{b}", ", held at {b}", b=self.shop.branch_name(str(c["at"])))
+            options[cid] = label
+        select = ui.select(options, value="", label=tr("优惠券（{n} 张可用）", "Coupon ({n} "
+                                                      "available)", n=len(coupons))) \
+            .classes("w-full").mark("coupon")
+        select.set_visibility(bool(coupons))
+        return select, coupons
+
+    @staticmethod
+    def _coupon_off(c: dict[str, Any] | None, net: int, unit: int, service: str | None) -> int:
+        """What a coupon (a coupon.list view) takes off `net`, by the library's rule
+        (crdtledger.coupons.discount); 0 where the library will refuse it (another
+        service's free coupon, a minimum spend not met): the refusal says why."""
+        if c is None or (c["service"] and c["service"] != service) or net < c["min_spend"]:
+            return 0
+        terms = {"amount": c["off"], "percent": c["percent"], "service": c["service"]}
+        return coupon_discount(terms, net, unit)
+
+    def _price_line(self, gross: int, lvl: dict[str, Any], earn: dict[str, Any],
+                    off: int = 0) -> str:
+        """What the member pays for `gross` at their level, less a coupon's `off`, and
+        the points it earns: the library's own arithmetic (crdtledger.money)."""
+        net = max(0, apply_rate(gross, str(lvl["discount"])) - off)
+        pts = points_for(net, str(earn["points_per_yuan"]), str(lvl["points_multiplier"]))
+        rate = str(lvl["discount"])
+        level = "" if Decimal(rate) == 1 else tr(
+            "{level} {rate} 折，", "{level} discount ×{rate}, ", level=lvl["name"],
+            rate=_zhe(rate) if _is_zh() else rate)
+        coupon = tr("券减 {off}，", "coupon {off} off, ", off=money(off)) if off else ""
+        return tr("原价 {gross}，{level}{coupon}应付 {net}，得 {pts} 积分",
+                  "List price {gross}, {level}{coupon}to pay {net}, earns {pts} points",
+                  gross=money(gross), level=level, coupon=coupon, net=money(net), pts=pts)
 
     def favourite_service(self, member: str, services: dict[str, Any]) -> str | None:
         """The service the consume dialog starts on: the one in the member's
@@ -698,11 +861,37 @@ class Counter:
         with body:
             ui.label(tr("现有积分 {n}", "{n} points available",
                         n=ledger.balance(member)["points"])).classes("text-gray-600")
-            points = ui.input(tr("积分", "Points")).props("autofocus outlined inputmode=numeric") \
-                .classes("w-full").mark("points")
-            gift = ui.input(tr("礼品", "Gift")).props("outlined").classes("w-full").mark("gift")
+            # Goods that are gifts for points (a points price in the catalogue) come
+            # out of this branch's stock with the points (points.gift); anything else
+            # is a number of points and what was given, as before.
+            gifts = {c: i for c, i in self.shop.goods().items() if int(i["points_price"]) > 0}
+            item = ui.select({"": tr("其他礼品（填积分）", "Another gift (enter points)"),
+                              **{c: tr("{name}  {p} 积分", "{name}  {p} points",
+                                       name=i["name"], p=i["points_price"])
+                                 for c, i in gifts.items()}},
+                             value="", label=tr("兑换商品", "Goods gift")) \
+                .classes("w-full").mark("gift-goods")
+            item.set_visibility(bool(gifts))
+            with ui.column().classes("w-full gap-3") as free:
+                points = ui.input(tr("积分", "Points")) \
+                    .props("autofocus outlined inputmode=numeric").classes("w-full") \
+                    .mark("points")
+                gift = ui.input(tr("礼品", "Gift")).props("outlined").classes("w-full") \
+                    .mark("gift")
+            item.on_value_change(lambda e: free.set_visibility(not e.value))
 
             async def confirm() -> None:
+                if item.value:
+                    code = str(item.value)
+                    if await self.act(
+                            self.shop.operation(self.op, "points.gift", member=member,
+                                                goods=code),
+                            "redeem", lambda e: tr("已兑换 {what}，用 {n} 积分",
+                                                   "Gave {what} for {n} points",
+                                                   what=gifts[code]["name"], n=e["points"]),
+                            error, lambda e: self.shop.out_of_stock(e, gifts[code])) is not None:
+                        d.close()
+                    return
                 text = (points.value or "").strip()
                 if not text.isdigit():
                     self.say_trouble(tr("积分要填正整数。", "Points are a whole number."), error,
@@ -954,6 +1143,9 @@ class MemberPanel:
                 _tile(tr("套餐剩余", "Packages left"),
                       "、".join(f"{s.service_name(p['service'])} ×{p['remaining']}"
                                for p in packages) or "—", "packages")
+                if data["coupons"]:
+                    _tile(tr("优惠券", "Coupons"), tr("{n} 张", "{n}", n=len(data["coupons"])),
+                          "coupons")
             prefs = profile.get("prefs") or {}
             shown = [f"{label}：{prefs[k]}" for k, label in (
                 ("strength", tr("力度", "Strength")), ("service", tr("喜欢", "Likes")),
@@ -976,6 +1168,10 @@ class MemberPanel:
                 ui.button(tr("充值", "Top up"), icon="add_card", color="orange-8",
                           on_click=c.topup_dialog).props("size=lg").classes("px-8") \
                     .mark("topup")
+            if can("sale") and c.shop.goods():
+                ui.button(tr("卖商品", "Sell goods"), icon="shopping_bag",
+                          on_click=lambda: c.goods_dialog()).props("outline size=lg") \
+                    .mark("sell-goods")
             if can("package.sell"):
                 ui.button(tr("售套餐", "Sell a package"), icon="confirmation_number",
                           on_click=c.package_dialog).props("outline size=lg") \
@@ -1076,9 +1272,21 @@ def _describe(s: Shop, e: dict[str, Any]) -> str:
              "refund": tr("退款", "refund"), "redeem": tr("积分兑换", "points redeemed"),
              "convert": tr("积分转储值", "points to value"), "correction": tr("调整", "correction"),
              "expiry": tr("积分过期", "points expired"), "package": tr("购买套餐", "package"),
-             "card": tr("发卡", "card issued")}
+             "card": tr("发卡", "card issued"), "coupon": tr("获得优惠券", "coupon received"),
+             "coupon_use": tr("使用优惠券", "coupon used")}
     text = names.get(kind, kind)
-    if e.get("service"):
+    if kind == "debit" and e.get("goods"):
+        text = tr("商品", "goods")
+    if kind == "coupon":
+        terms = coupon_terms(s, e.get("amount"), e.get("percent"), e.get("service"),
+                             e.get("min_spend"))
+        until = tr("，至 {d}", ", until {d}", d=e["valid_to"]) if e.get("valid_to") else ""
+        return f"{text} · {terms}{until}"
+    if e.get("goods"):
+        text += f" · {s.goods_name(str(e['goods']))}"
+        if int(e.get("qty") or 1) > 1:
+            text += f" ×{e['qty']}"
+    elif e.get("service"):
         text += f" · {s.service_name(str(e['service']))}"
         if int(e.get("qty") or 1) > 1:
             text += f" ×{e['qty']}"
@@ -1089,14 +1297,47 @@ def _describe(s: Shop, e: dict[str, Any]) -> str:
         text += f" · {s.pay_label(str(e['pay']))}"
     if kind == "topup" and e.get("bonus"):
         text += tr("，送 {b}", ", bonus {b}", b=money(int(e["bonus"])))
-    if kind == "redeem" and e.get("gift"):
+    if kind == "redeem" and e.get("gift") and not e.get("goods"):
         text += f" · {e['gift']}"
+    if e.get("coupon") and e.get("off"):
+        text += tr("，券减 {off}", ", coupon {off} off", off=money(int(e["off"])))
     return text
+
+
+def _coupon_state(s: Shop, v: dict[str, Any]) -> str:
+    """Why a coupon (a coupon.list view) is not among those a member can use now."""
+    status = str(v["status"])
+    if status == "redeemed":
+        return tr("已于 {on} 在{at}使用", "used on {on} at {at}", on=v["on"],
+                  at=s.branch_name(str(v["at"])))
+    if status == "expired":
+        return tr("已于 {d} 过期", "expired on {d}", d=v["valid_to"])
+    if status == "not_yet_valid":
+        return tr("{d} 起才能用", "valid from {d}", d=v["valid_from"])
+    return tr("不是这位会员的券", "it is another member's")
+
+
+def coupon_terms(s: Shop, off: Any, percent: Any, service: Any, min_spend: Any) -> str:
+    """What a coupon gives, as the desk says it: ¥10.00 off, 8.5 折 (15% off), a
+    free service; with its minimum spend."""
+    if percent:
+        pct = int(percent)
+        what = tr("{zhe} 折", "{p}% off", zhe=f"{(100 - pct) / 10:g}", p=pct)
+    elif service:
+        what = tr("免费 {svc}", "a free {svc}", svc=s.service_name(str(service)))
+    else:
+        what = tr("减 {off}", "{off} off", off=money(int(off or 0)))
+    if min_spend:
+        what = tr("满 {m} {what}", "{what} on {m} or more", m=money(int(min_spend)),
+                  what=what)
+    return what
 
 
 def _entry_amount(e: dict[str, Any]) -> tuple[str, str]:
     """What an entry moved, and its colour: money in green, money spent plain."""
     kind, amount = e["kind"], int(e.get("amount", 0))
+    if kind in ("coupon", "coupon_use"):  # a coupon's terms, not money that moved
+        return "", ""
     if kind in ("redeem", "expiry"):
         return tr("{n} 积分", "{n} pts", n=e.get("points", 0)), ""
     if kind == "debit" and e.get("pay") == "package":

@@ -18,12 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from nicegui import app
 
 from crdtledger import operations, views
+from crdtledger.coupons import (
+    CouponElsewhere,
+    CouponExpired,
+    CouponMinSpend,
+    CouponNotYetValid,
+    CouponOtherMember,
+    CouponRedeemed,
+    CouponRefused,
+)
 from crdtledger.errors import (
     ApprovalRequired,
     CardInactive,
@@ -39,6 +48,7 @@ from crdtledger.errors import (
     StoreLocked,
     WrongPin,
 )
+from crdtledger.goods import OutOfStock
 from crdtledger.ledger import Ledger
 from crdtledger.model import DEFAULT_RULES
 from crdtledger.money import format_purse
@@ -169,6 +179,23 @@ class Shop:
         svc = self.ledger.rule("services").get(code)
         return str(svc.get("name") or code) if isinstance(svc, dict) else code
 
+    def goods(self) -> dict[str, dict[str, Any]]:
+        """The goods catalogue in force (code -> item), empty before any was added."""
+        return self.ledger.catalogue()
+
+    def find_goods(self, code: str) -> dict[str, Any] | None:
+        """A goods item by its code (any case) or barcode, as a scanner types them."""
+        code = code.strip()
+        for item in self.goods().values():
+            if code and (str(item["code"]).upper() == code.upper()
+                         or item.get("barcode") == code):
+                return item
+        return None
+
+    def goods_name(self, code: str | None) -> str:
+        item = self.goods().get(code or "")
+        return str(item["name"]) if item else code or ""
+
     def pay_methods(self) -> dict[str, str]:
         """The till's payment methods in force (code -> name), the default first."""
         return {str(m["code"]): self.pay_label(str(m["code"]))
@@ -191,8 +218,16 @@ class Shop:
 
     def refusal(self, e: LedgerError) -> str:
         """A refusal as a plain sentence the cashier can act on, in the session's language."""
+        if isinstance(e, CouponElsewhere):
+            return self._coupon_elsewhere(e)
         if isinstance(e, RightsElsewhere):
             return self._rights_elsewhere(e)
+        if isinstance(e, CouponRefused):
+            return _coupon_refused(e)
+        if isinstance(e, OutOfStock):  # the counter names the item (Shop.out_of_stock)
+            return tr("库存不足：本店只有 {have}，本次要 {want}。",
+                      "Not enough in stock: this branch has {have}, this needs {want}.",
+                      have=e.balance, want=e.wanted)
         if isinstance(e, InsufficientFunds):
             if e.purse == "package uses":
                 return tr("该会员没有这项服务可用的套餐次数。",
@@ -237,6 +272,33 @@ class Shop:
                       "The data is busy in another program; try again in a moment.")
         return tr("操作被拒绝：{what}", "Refused: {what}", what=_detail(e))
 
+    def out_of_stock(self, e: LedgerError, item: Mapping[str, Any]) -> str | None:
+        """A sale refused for want of stock, naming the item and where there is some
+        (units never move by themselves: another branch ships them, 调拨)."""
+        if not isinstance(e, OutOfStock) or e.purse != "stock":
+            return None
+        unit = str(item.get("unit") or "")
+        held = self.ledger.stock_held(item)
+        others = tr("、", ", ").join(f"{self.branch_name(n)} {q}{unit}"
+                                    for n, q in held.items() if n != self.node.node_id and q > 0)
+        return tr("库存不足：{name}，本店只有 {have}{unit}，本次要 {want}{unit}。{hint}",
+                  "Not enough {name} in stock: this branch has {have}{unit}, this needs "
+                  "{want}{unit}. {hint}", name=item["name"], have=e.balance, want=e.wanted,
+                  unit=unit, hint=tr("其他分店有：{o}（需先调拨过来）。", "Other branches have "
+                                     "{o} (to be shipped here first).", o=others)
+                  if others else "")
+
+    def _coupon_elsewhere(self, e: CouponElsewhere) -> str:
+        connected = set(self.node.connected())
+        where = tr("、", ", ").join(
+            tr("{branch}（{state}）", "{branch} ({state})", branch=self.branch_name(n),
+               state=_reach(n in connected)) for n in e.holders) or tr("别的分店", "another branch")
+        return tr("这张优惠券在{where}：只有持有它的分店能用，本店没能从那里取来。"
+                  "等连上后再试，或到那里使用。",
+                  "This coupon is held at {where}: only the branch holding it may take it, "
+                  "and this branch could not get it from there. Try again once connected, "
+                  "or use it there.", where=where)
+
     def _rights_elsewhere(self, e: RightsElsewhere) -> str:
         connected = set(self.node.connected())
         if e.purse == "refund":  # a refund belongs to the branch that made the debit
@@ -262,6 +324,22 @@ class Shop:
                   "{here}. {hint}", short=amount(e.purse, e.shortfall),
                   purse=purse_label(e.purse), where=tr("、", ", ").join(parts),
                   here=amount(e.purse, e.here), hint=hint)
+
+
+def _coupon_refused(e: CouponRefused) -> str:
+    if isinstance(e, CouponRedeemed):
+        return tr("这张优惠券已经用过了。", "This coupon was used already.")
+    if isinstance(e, CouponExpired):
+        return tr("这张优惠券已过期。", "This coupon has expired.")
+    if isinstance(e, CouponNotYetValid):
+        return tr("这张优惠券还没到可用的日期。", "This coupon is not valid yet.")
+    if isinstance(e, CouponOtherMember):
+        return tr("这张优惠券是别的会员的。", "This coupon is another member's.")
+    if isinstance(e, CouponMinSpend):
+        return tr("没有达到这张优惠券的最低消费。",
+                  "This sale does not reach the coupon's minimum spend.")
+    return tr("这张优惠券不能用于这笔：{what}", "This coupon cannot be used here: {what}",
+              what=_detail(e))
 
 
 def _reach(connected: bool) -> str:

@@ -10,16 +10,22 @@ same chain, its records brought by a sync file, as a branch without a network wo
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from app_fixtures import CASHIER, OWNER, CounterApp
+from helpers import snapshot
 from nicegui.elements.mixins.value_element import ValueElement
 from test_app_counter import CARD, member_with_card, swipe
 from test_app_office import second_store
 
+from crdtledger.goods import walk_in
 from crdtledger.ledger import Ledger
 from crdtledger.syncfile import export_file, import_file
+from peer.printer_listener import PrinterListener
+from peer.receipts import PrinterConfig, save_config
 
 pytestmark = pytest.mark.asyncio
 
@@ -187,3 +193,177 @@ async def test_a_refusal_goes_when_the_dialog_closes(counter_app: CounterApp) ->
     await app.user.should_see("余额不足")
     app.user.find("取消").click()
     await app.user.should_not_see("余额不足", retries=SETTLE)
+
+
+# --- goods: scanned, sold to a member or a walk-in customer ------------------------------
+
+BARCODE = "6901234567892"
+
+
+def with_goods(app: CounterApp, units: int = 10) -> None:
+    """精油 at 88.00 (cost 30.00), `units` of it in this branch's stock."""
+    app.ledger.add_goods(app.node_owner, "G01", "精油", 8800, 3000, barcode=BARCODE, unit="瓶")
+    app.ledger.stock_in(app.node_owner, "G01", units)
+
+
+def stock(app: CounterApp) -> int:
+    return int(app.ledger.stock_of("G01")["qty"])
+
+
+async def test_a_scanned_barcode_sells_to_the_member_on_screen(counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    with_goods(app)
+    await app.login(*CASHIER)
+    await swipe(app)
+    app.reader.scan(BARCODE)
+    await app.user.should_see("本店库存 10瓶")
+    await app.user.should_see("原价 ¥88.00，应付 ¥88.00，得 88 积分")
+    app.user.find(marker="goods-ok").click()
+    await app.user.should_see("已售 精油 ×1，实收 ¥88.00")
+    bal = app.ledger.balance(mid)
+    assert (bal["cash"], bal["points"], stock(app)) == (50000 - 8800, 88, 9)
+    await app.user.should_see("商品 · 精油 · 储值")  # in the last visits
+
+
+async def test_a_walk_in_customer_pays_at_the_till(counter_app: CounterApp) -> None:
+    app = counter_app
+    with_goods(app)
+    await app.login(*CASHIER)
+    app.user.find(marker="search").type("g01")  # no member on screen: a walk-in sale
+    app.user.find(marker="search-go").click()
+    await app.user.should_see("散客")
+    await app.user.should_not_see("没有找到会员")
+    app.user.find(marker="goods-qty").clear().type("2")
+    await app.user.should_see("应付 ¥176.00（散客：原价，不积分）")
+    choose(app, "goods-pay", "wechat")
+    app.user.find(marker="goods-ok").click()
+    await app.user.should_see("已售 精油 ×2，实收 ¥176.00")
+    assert stock(app) == 8
+    [sale] = [e for e in app.ledger.history(walk_in(app.ledger.node), limit=5)
+              if e["kind"] == "debit"]
+    assert (sale["amount"], sale["pay"], sale["goods"]) == (17600, "wechat", "G01")
+
+
+async def test_a_sale_beyond_the_stock_is_refused_and_changes_nothing(
+        counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    with_goods(app, units=2)
+    await app.login(*CASHIER)
+    await swipe(app)
+    app.user.find(marker="walk-in").click()  # 散客 even with a member on screen
+    await app.user.should_see("散客")
+    app.user.find(marker="goods-qty").clear().type("3")
+    before = snapshot(app.ledger, [mid])
+    app.user.find(marker="goods-ok").click()
+    await app.user.should_see("精油")
+    await app.user.should_see("本店只有 2瓶", retries=SETTLE)
+    assert snapshot(app.ledger, [mid]) == before and stock(app) == 2
+    app.user.find(marker="goods-qty").clear().type("2")  # fixed: the refusal goes
+    await app.user.should_not_see("本店只有", retries=SETTLE)
+
+
+# --- coupons at the counter, and the receipts of it all ---------------------------------
+
+
+@pytest.fixture
+def paper() -> Iterator[PrinterListener]:
+    """The branch's receipt printer: a TCP listener that decodes what it gets."""
+    with PrinterListener("127.0.0.1", 0) as listener:
+        yield listener
+
+
+async def printed(listener: PrinterListener, count: int) -> str:
+    got = await asyncio.to_thread(listener.wait, count)
+    assert len(got) == count, f"{len(got)} receipts arrived, expected {count}"
+    return got[-1].text
+
+
+async def test_a_coupon_off_a_service_with_its_receipt(counter_app: CounterApp,
+                                                       paper: PrinterListener) -> None:
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    coupon = app.ledger.issue_coupon(app.node_owner, mid, off=1000)["coupon"]
+    app.ledger.issue_coupon(app.node_owner, mid, service="HAIR")  # not for FOOT60
+    save_config(app.data_dir, PrinterConfig(host="127.0.0.1", port=paper.port))
+    await app.login(*CASHIER)
+    await swipe(app)
+    await app.user.should_see("获得优惠券 · 减 ¥10.00")  # in the last visits
+    app.user.find(marker="consume").click()
+    await app.user.should_see("优惠券（2 张可用）")
+    choose(app, "coupon", coupon)
+    await app.user.should_see("原价 ¥128.00，券减 ¥10.00，应付 ¥118.00，得 118 积分")
+    app.user.find(marker="consume-ok").click()
+    await app.user.should_see("已消费 足疗 60 分钟，实付 ¥118.00")
+    assert app.ledger.balance(mid)["cash"] == 50000 - 11800
+    assert app.ledger.coupon_view(coupon)["status"] == "redeemed"
+    text = await printed(paper, 1)
+    assert "优惠券" in text and "-10.00" in text and "118.00" in text, text
+    # Used: the next sale lists only the one left.
+    app.user.find(marker="consume").click()
+    await app.user.should_see("优惠券（1 张可用）")
+
+
+async def test_a_walk_in_sale_prints_a_receipt_without_a_member(
+        counter_app: CounterApp, paper: PrinterListener) -> None:
+    app = counter_app
+    with_goods(app)
+    save_config(app.data_dir, PrinterConfig(host="127.0.0.1", port=paper.port))
+    await app.login(*CASHIER)
+    app.user.find(marker="walk-in").click()
+    choose(app, "goods-pay", "alipay")
+    app.user.find(marker="goods-ok").click()
+    await app.user.should_see(marker="receipt-printed", retries=SETTLE)
+    text = await printed(paper, 1)
+    assert "精油" in text and "88.00" in text and "支付宝" in text, text
+    assert "储值余额" not in text and "积分" not in text, text  # nobody's purses
+
+
+async def test_a_goods_gift_for_points_comes_out_of_the_stock(counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    app.ledger.add_goods(app.node_owner, "G09", "毛巾", 1500, 500, unit="条", points_price=100)
+    app.ledger.stock_in(app.node_owner, "G09", 3)
+    app.ledger.debit(app.node_owner, mid, service="FOOT60")  # 128 points
+    await app.login(*CASHIER)
+    await swipe(app)
+    app.user.find(marker="redeem").click()
+    choose(app, "gift-goods", "G09")
+    app.user.find(marker="redeem-ok").click()
+    await app.user.should_see("已兑换 毛巾，用 100 积分")
+    assert app.ledger.balance(mid)["points"] == 28
+    assert app.ledger.stock_of("G09")["qty"] == 2
+    await app.user.should_see("积分兑换 · 毛巾")
+
+
+async def test_a_scanned_coupon_opens_the_sale_with_it(counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    coupon = app.ledger.issue_coupon(app.node_owner, mid, percent=20)["coupon"]
+    await app.login(*CASHIER)
+    await swipe(app)
+    app.reader.scan(coupon)  # the QR code of the coupon, on paper or a phone
+    await app.user.should_see("原价 ¥128.00，券减 ¥25.60，应付 ¥102.40，得 102 积分")
+    app.user.find(marker="consume-ok").click()
+    await app.user.should_see("实付 ¥102.40")
+    app.reader.scan(coupon)  # used: the dialog says where and when
+    await app.user.should_see("这张券不能用：已于")
+
+
+async def test_a_coupon_held_at_a_branch_out_of_reach_names_it(
+        counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    coupon = app.ledger.issue_coupon(app.node_owner, mid, off=1000)["coupon"]
+    # Its right to be redeemed now sits at SH02, which is not connected.
+    app.ledger.transfer_rights(app.node_owner, mid, "SH02", 1, purse=f"cpn:{coupon}")
+    await app.login(*CASHIER)
+    await swipe(app)
+    app.user.find(marker="consume").click()
+    choose(app, "coupon", coupon)
+    await app.user.should_see("减 ¥10.00，在徐家汇店")  # where it is, as it is picked
+    before = snapshot(app.ledger, [mid])
+    app.user.find(marker="consume-ok").click()
+    await app.user.should_see("这张优惠券在徐家汇店（现在连不上）", retries=SETTLE)
+    assert snapshot(app.ledger, [mid]) == before
