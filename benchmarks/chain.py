@@ -263,7 +263,9 @@ def profile(data: Path, work: Path, top: int = 30) -> str:
 if __name__ == "__main__":
     if sys.argv[1] == "profile":
         print(profile(Path(sys.argv[2]), Path(sys.argv[3])))
-    elif sys.argv[1] == "join":  # the network join alone: `join DATA_SET WORK_DIR`
+    elif sys.argv[1] == "join":  # the network join alone: `join DATA_SET WORK_DIR [WAIT_S]`
+        if len(sys.argv) > 4:  # a loaded machine's join, measured past the bar
+            JOIN_LIMIT_S = float(sys.argv[4])
         print(json.dumps(_join(Path(sys.argv[3]), Path(sys.argv[2]), by_file=False)))
     else:
         print(json.dumps(_hour(sys.argv[2], int(sys.argv[3]))))
