@@ -251,13 +251,15 @@ class Goods(Payments):
     # --- sales and gifts --------------------------------------------------------
 
     def sell_goods(self, operator: str, code: str, qty: int = 1, member: str | None = None,
-                   pay: str | None = None, card: str | None = None, pin: str | None = None
-                   ) -> dict[str, Any]:
+                   pay: str | None = None, card: str | None = None, pin: str | None = None,
+                   coupon: str | None = None) -> dict[str, Any]:
         """商品销售: `qty` of an item at its catalogue price. To a member (by id or card):
         the level discount and points as for a service, paid from stored value
         (default) or at the till. To a walk-in customer (no member): at the till (the
-        rule's first method by default), no discount, no points. The money entry and
-        the stock entry commit together, or nothing does."""
+        rule's first method by default), no discount, no points. A member's `coupon`
+        comes off after the level discount and is redeemed by the sale's debit, as for
+        a service (crdtledger.coupons). The money entry and the stock entry commit
+        together, or nothing does."""
         self.authorise(operator, "sale")
         item = self.goods_item(code)
         qty = check_count(qty, "quantity")
@@ -276,6 +278,13 @@ class Goods(Payments):
             lvl = views.level(cast("Ledger", self), member, profile, totals, day)
             rate = str(lvl["discount"])
         net = apply_rate(gross, rate)
+        use = None
+        if coupon is not None:
+            if lvl is None:
+                raise InvalidInput("a coupon is a member's: name the member or the card")
+            use = cast("Ledger", self)._coupon_for_debit(
+                operator, coupon, member, day, net=net, unit=0, service=None, pay=pay)
+            net -= use.off
         if lvl is not None:  # a member earns points on what is paid, as for a service
             earn = self.rule("earn", day)
             points = points_for(net, str(earn["points_per_yuan"]),
@@ -287,16 +296,20 @@ class Goods(Payments):
         def plan() -> tuple[list[Write], dict[str, Any]]:
             self._require_stock(item, qty)
             paid: list[tuple[str, str, int]] = []
+            purses = self._purses(buyer) if pay == "stored" or use is not None else {}
             if pay == "stored":
-                purses = self._purses(buyer)
                 paid = _spend(self.node, purses, net)
                 for purse, _node, change in paid:
                     if change < 0:
                         escrow.require(purse, self.node, purses.get(purse, {}), -change, buyer)
+            if use is not None:  # redeemed, or held elsewhere (then the node fetches it)
+                cast("Ledger", self)._hold(use, buyer, purses)
+                paid.append((use.purse, self.node, -1))
             debit = self._entry(
                 "debit", buyer, deltas=[*paid, ("points", self.node, points)], amount=net,
                 gross=gross, discount=rate, level=lvl_name, qty=qty, pay=pay,
-                points=points or None, op=operator, expires=expires, goods=str(item["code"]))
+                points=points or None, op=operator, expires=expires, goods=str(item["code"]),
+                **({} if use is None else {"coupon": use.id, "off": use.off}))
             stock = self._stock_entry(item, qty, "sale", [("stock", self.node, -qty)],
                                       operator, ref=debit["id"])
             return self._together(debit, stock), {**debit, "stock_entry": stock["id"]}

@@ -1151,13 +1151,16 @@ def stock_list(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]
            "in one commit", permission="sale", http="POST /sales",
            params=(GOODS, Param("qty", COUNT, default=1), *PAYER,
                    Param("pay", {**PAY_TEXT, "description": "stored (a member's stored "
-                                 f"value) or at the till by {METHODS}"})),
+                                 f"value) or at the till by {METHODS}"}),
+                   Param("coupon", ENTRY_ID, help="a coupon of the member's that this sale "
+                         "redeems (its discount comes off)")),
            forms=(Form(("member", "card"), optional=True),), result=SALE,
            show=lambda ledger, e, p: _sold(e, p) if is_walk_in(e["member"])
            else _done(_sold)(ledger, e, p))
 def sell(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return ledger.sell_goods(operator, p["goods"], p["qty"], member=p.get("member"),
-                             pay=p.get("pay"), card=p.get("card"), pin=p.get("pin"))
+                             pay=p.get("pay"), card=p.get("card"), pin=p.get("pin"),
+                             coupon=p.get("coupon"))
 
 
 @operation("points.gift", "积分兑换: a goods item for its points price, from this branch's "

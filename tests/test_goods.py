@@ -428,3 +428,22 @@ def test_goods_on_running_nodes_of_a_chain(tmp_path: Path) -> None:
             "branch": "SH01", "qty": 8}
         wait_for(lambda: hq.cli("stock", "show", "--goods", "G01", "--branch", "SH01",
                                 "--json").json()["qty"] == 8, what="SH01's stock at HQ")
+
+
+def test_a_coupon_comes_off_a_goods_sale_once(shop: Ledger) -> None:
+    """A member's coupon taken off a goods sale is redeemed by the sale's own debit;
+    presented again it is refused and neither money nor stock moves."""
+    owner = shop.owner
+    member = shop.add_member(owner, name="李雷", phone="13700000001")
+    shop.topup(owner, member, 100000)
+    shop.stock_in(owner, "G01", 5)
+    coupon = shop.issue_coupon(owner, member, off=1000)["coupon"]
+    sale = shop.sell_goods(owner, "G01", 1, member=member, coupon=coupon)
+    assert (sale["coupon"], sale["off"], sale["amount"]) == (coupon, 1000, 8360 - 1000)  # 95折
+    before = snapshot(shop, [member])
+    with pytest.raises(LedgerError, match="redeemed"):
+        shop.sell_goods(owner, "G01", 1, member=member, coupon=coupon)
+    assert snapshot(shop, [member]) == before
+    with pytest.raises(InvalidInput, match="member"):
+        shop.sell_goods(owner, "G01", 1, coupon=coupon, pay="cash")
+    assert shop.stock_of("G01")["qty"] == 4
