@@ -351,6 +351,26 @@ async def test_a_scanned_coupon_opens_the_sale_with_it(counter_app: CounterApp) 
     await app.user.should_see("这张券不能用：已于")
 
 
+async def test_a_coupon_off_a_goods_sale(counter_app: CounterApp, paper: PrinterListener) -> None:
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    with_goods(app)
+    coupon = app.ledger.issue_coupon(app.node_owner, mid, off=1000)["coupon"]
+    app.ledger.issue_coupon(app.node_owner, mid, service="HAIR")  # not for goods
+    save_config(app.data_dir, PrinterConfig(host="127.0.0.1", port=paper.port))
+    await app.login(*CASHIER)
+    await swipe(app)
+    app.user.find(marker="sell-goods").click()
+    await app.user.should_see("优惠券（1 张可用）")
+    choose(app, "coupon", coupon)
+    await app.user.should_see("原价 ¥88.00，券减 ¥10.00，应付 ¥78.00，得 78 积分")
+    app.user.find(marker="goods-ok").click()
+    await app.user.should_see("已售 精油 ×1，实收 ¥78.00")
+    assert app.ledger.balance(mid)["cash"] == 50000 - 7800 and stock(app) == 9
+    text = await printed(paper, 1)
+    assert "销售小票" in text and "精油" in text and "优惠券" in text and "-10.00" in text, text
+
+
 async def test_a_coupon_held_at_a_branch_out_of_reach_names_it(
         counter_app: CounterApp) -> None:
     app = counter_app
