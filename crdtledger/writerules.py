@@ -28,6 +28,8 @@ from crdtledger.model import ID
 # Documents of chain governance: operators and roles, rules (prices, services,
 # levels, promotions, branch names, the revocation list).
 GOVERNANCE_DOCS = frozenset({"rules", "operators"})
+# A coupon's purse (crdtledger.coupons): cpn:<the id of the entry that issued it>.
+COUPON_PREFIX = "cpn:"
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,9 @@ RULES: tuple[WriteRule, ...] = (
     WriteRule("entry-writer", "a ledger entry is keyed by its writer (its id and its node "
                               "name the node whose log carries it)"),
     WriteRule("own-rights", "a ledger entry lowers no rights but its writer's"),
+    WriteRule("coupon-unit", "a coupon's one unit is created only by the entry that issues "
+                             "it (purse cpn:<that entry's id>); every other record moves or "
+                             "spends units and never adds any"),
     WriteRule("governance", "operators, roles and rules are written only by a node the "
                             "chain grants governance (the head office's certificate); a "
                             "revocation list signed by the chain CA, by any branch"),
@@ -160,6 +165,8 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
         return
     if other:
         raise RuleBroken("entry-insert-once", f"{doc}: an entry changed in place")
+    coupons: dict[str, float] = {}  # units of each coupon this record adds (net)
+    issued: set[str] = set()  # the coupons it issues
     for _root, key, old, new in added:
         if old is not None or new is None:
             raise RuleBroken("entry-insert-once", f"{doc}: entry {key} overwritten or deleted")
@@ -171,12 +178,24 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
                                              f"{new.get('node') if isinstance(new, dict) else '?'}")
         deltas = new.get("deltas")
         if isinstance(deltas, list):
+            counted = [tuple(d) for d in deltas if isinstance(d, list) and len(d) == 3
+                       and isinstance(d[2], int | float)]
             try:
-                check_deltas_authorised(node, [tuple(d) for d in deltas
-                                               if isinstance(d, list) and len(d) == 3
-                                               and isinstance(d[2], int | float)])
+                check_deltas_authorised(node, counted)
             except ValueError as e:
                 raise RuleBroken("own-rights", f"{doc}: entry {key}: {e}") from None
+            for purse, _n, change in counted:
+                if isinstance(purse, str) and purse.startswith(COUPON_PREFIX):
+                    coupons[purse] = coupons.get(purse, 0) + change
+        if new.get("kind") == "coupon":
+            issued.add(COUPON_PREFIX + key)
+    # Like money, a coupon moves between branches and is spent; unlike money, nobody
+    # may make more of it: one unit, made by its issue. (A branch could otherwise
+    # give itself a new unit of a coupon already redeemed, in any member's name.)
+    for purse, added_units in coupons.items():
+        if added_units > (1 if purse in issued else 0):
+            raise RuleBroken("coupon-unit", f"{doc}: node {node} adds {added_units:g} "
+                                            f"unit(s) of coupon {purse[len(COUPON_PREFIX):]}")
 
 
 def check_local(doc: str, governs: bool, value: Any, ca_signed: Callable[[Any], bool]

@@ -328,6 +328,34 @@ def test_a_forged_entry_lowering_sh01s_coupon_right_is_refused(
     assert sh01.redeem_coupon(sh01.owner, c)["node"] == "SH01"
 
 
+def test_a_branch_cannot_make_itself_a_new_unit_of_a_redeemed_coupon(
+        chain: dict[str, Ledger]) -> None:
+    """SH02, with its own valid key, gives itself a fresh unit of a coupon SH01 issued
+    and redeemed (a `coupon` entry of its own raising that coupon's purse, which no
+    rule on rights forbids: raising is what a top-up does): the write rule
+    coupon-unit refuses the record at every replica, and the coupon stays redeemed."""
+    sh01, sh02, hz01 = chain["SH01"], chain["SH02"], chain["HZ01"]
+    m = member_with_cash(sh01)
+    c = sh01.issue_coupon(sh01.owner, m, off=1000)["coupon"]
+    sh01.redeem_coupon(sh01.owner, c)
+    sync_all(chain)
+    forger = Forger(sh02)
+    eid = HybridClock("SH02").mint()
+    forged = {"id": eid, "kind": "coupon", "member": m, "node": "SH02", "op": "x",
+              "at": id_time_ms(eid), "amount": 1000, "deltas": [[f"cpn:{c}", "SH02", 1]]}
+
+    def put(doc: Doc[Any]) -> None:
+        doc.get("entries", type=Map)[eid] = forged
+
+    forger.write(entry_doc(eid, sh01.storage.day_of), put)
+    for victim in (sh01, hz01):
+        before = data_snapshot(victim, [m])
+        victim.apply_batch(forger.batch())
+        assert [(f["node"], f["rule"]) for f in victim.faults()] == [("SH02", "coupon-unit")]
+        assert data_snapshot(victim, [m]) == before
+        assert victim.coupon_view(c)["status"] == "redeemed"
+
+
 # A hypothesis property: any interleaving of attempts at three partitioned branches,
 # with some of them meeting and the right moving, then everyone syncing.
 NODES = ("SH01", "SH02", "HZ01")
