@@ -42,6 +42,9 @@ PROMOTIONS = (
     [{"min": 200000, "bonus": 50000, "name": "充2000送500"}],
     [{"min": 100000, "bonus": 15000, "name": "周末充1000送150"}],
 )
+# One goods item (crdtledger.goods), written to the catalogue by the head office on the
+# first morning: branches buy it in when their shelf is nearly empty and sell it.
+GOODS, GOODS_PRICE = "G01", 8800
 OPEN_HOUR = 10
 CLOSE_HOUR = 22
 
@@ -227,9 +230,26 @@ class Workload:
             self._lose_card(b, m)
         elif r < 0.91:
             self._op(b, "expire", lambda lg: lg.expire_points(lg.owner, mid))
+        elif r < 0.93:
+            self._goods(b, m)
         else:
             self._debit(b, m, "debit.service", lambda lg: lg.debit(
                 lg.owner, card=m.card_no, service=svc), PRICES[svc])
+
+    def _goods(self, b: Branch, m: Member) -> None:
+        """A goods item over the counter: bought in (20) when the shelf is nearly empty,
+        else one sold to the member, from stored value when they have enough."""
+        ledger = self.world.nodes[b.index].ledger
+        assert ledger is not None and m.id is not None
+        mid = m.id
+        if GOODS not in ledger.catalogue():  # the head office's catalogue not here yet
+            return
+        if ledger.stock_of(GOODS)["qty"] < 2:
+            self._op(b, "stock.in", lambda lg: lg.stock_in(lg.owner, GOODS, 20))
+            return
+        pay = "stored" if self._spendable(ledger, mid) >= GOODS_PRICE else "cash"
+        self._op(b, "sell", lambda lg: lg.sell_goods(lg.owner, GOODS, 1, member=mid, pay=pay),
+                 debit=True)
 
     @staticmethod
     def _spendable(ledger: Ledger, member: str) -> int:
@@ -322,6 +342,9 @@ class Workload:
         if self._budget() and self.world.nodes[0].up:
             self._op(self.branches[0], "rule", lambda lg: lg.set_rule(
                 lg.owner, "promotions", body))
+            if day == 0 and self._budget():  # the catalogue's goods rule (a rule id)
+                self._op(self.branches[0], "rule", lambda lg: lg.add_goods(
+                    lg.owner, GOODS, "精油", GOODS_PRICE, 3000)["rule_id"])
 
     def _hot_burst(self) -> None:
         """A shared card used at several branches within seconds (a family card)."""

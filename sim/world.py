@@ -296,6 +296,8 @@ class World:
         m.ok[label] += 1
         if isinstance(outcome, dict) and "id" in outcome:
             self._ack(str(outcome["id"]), node.name)
+            if "stock_entry" in outcome:  # a goods sale's stock entry, in the same commit
+                self._ack(str(outcome["stock_entry"]), node.name)
             self.trace(now, f"{node.name} {label} ok {outcome['id']} "
                             f"{outcome.get('amount', '')}")
         else:
