@@ -232,6 +232,8 @@ class Workload:
             self._op(b, "expire", lambda lg: lg.expire_points(lg.owner, mid))
         elif r < 0.93:
             self._goods(b, m)
+        elif r < 0.945:
+            self._coupon(b, m, svc)
         else:
             self._debit(b, m, "debit.service", lambda lg: lg.debit(
                 lg.owner, card=m.card_no, service=svc), PRICES[svc])
@@ -250,6 +252,25 @@ class Workload:
         pay = "stored" if self._spendable(ledger, mid) >= GOODS_PRICE else "cash"
         self._op(b, "sell", lambda lg: lg.sell_goods(lg.owner, GOODS, 1, member=mid, pay=pay),
                  debit=True)
+
+    def _coupon(self, b: Branch, m: Member, svc: str) -> None:
+        """A coupon: the member's first available one comes off a service here (its
+        unit fetched by the node from the branch holding it, as rights are), else this
+        branch issues one (10.00 off). Used at most once chain-wide is checked by the
+        rights checkers: one unit, never below zero anywhere."""
+        ledger = self.world.nodes[b.index].ledger
+        assert ledger is not None and m.id is not None
+        mid = m.id
+        ready = [c["coupon"] for c in ledger.coupons(mid) if c["status"] == "available"]
+        if not ready:
+            # Acknowledged by its entry's id, as every other write (the view calls it
+            # `coupon`).
+            self._op(b, "coupon.issue", lambda lg: {
+                "id": lg.issue_coupon(lg.owner, mid, off=1000)["coupon"]})
+            return
+        cid = ready[0]
+        self._debit(b, m, "debit.coupon", lambda lg: lg.debit(
+            lg.owner, card=m.card_no, service=svc, coupon=cid), PRICES[svc])
 
     @staticmethod
     def _spendable(ledger: Ledger, member: str) -> int:
