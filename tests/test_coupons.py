@@ -305,27 +305,35 @@ def test_a_forged_entry_lowering_sh01s_coupon_right_is_refused(
     """SH02, with its own valid key, writes a redemption that lowers SH01's right:
     the write rule own-rights refuses the record at every replica, and the coupon
     stays SH01's to redeem."""
-    sh01, sh02, hz01 = chain["SH01"], chain["SH02"], chain["HZ01"]
+    sh01, hz01 = chain["SH01"], chain["HZ01"]
     m = member_with_cash(sh01)
     c = sh01.issue_coupon(sh01.owner, m, off=1000)["coupon"]
     sync_all(chain)
-    forger = Forger(sh02)
+    _forged_by_sh02(chain, m, {"kind": "coupon_use", "amount": 0, "coupon": c,
+                                "deltas": [[f"cpn:{c}", "SH01", -1]]}, "own-rights")
+    for victim in (sh01, hz01):
+        assert victim.coupon_view(c)["status"] == "available"
+    assert sh01.redeem_coupon(sh01.owner, c)["node"] == "SH01"
+
+
+def _forged_by_sh02(chain: dict[str, Ledger], member: str, fields: dict[str, Any],
+                    rule: str) -> None:
+    """SH02 signs a record of one forged entry (`fields` for `member`): SH01 and HZ01
+    refuse it by `rule`, block SH02, and change nothing."""
+    forger = Forger(chain["SH02"])
     eid = HybridClock("SH02").mint()
-    forged = {"id": eid, "kind": "coupon_use", "member": m, "node": "SH02", "op": "x",
-              "at": id_time_ms(eid), "amount": 0, "coupon": c,
-              "deltas": [[f"cpn:{c}", "SH01", -1]]}
+    forged = {"id": eid, "member": member, "node": "SH02", "op": "x", "at": id_time_ms(eid),
+              **fields}
 
     def put(doc: Doc[Any]) -> None:
         doc.get("entries", type=Map)[eid] = forged
 
-    forger.write(entry_doc(eid, sh01.storage.day_of), put)
-    for victim in (sh01, hz01):
-        before = data_snapshot(victim, [m])
+    forger.write(entry_doc(eid, chain["SH01"].storage.day_of), put)
+    for victim in (chain["SH01"], chain["HZ01"]):
+        before = data_snapshot(victim, [member])
         victim.apply_batch(forger.batch())
-        assert [(f["node"], f["rule"]) for f in victim.faults()] == [("SH02", "own-rights")]
-        assert data_snapshot(victim, [m]) == before
-        assert victim.coupon_view(c)["status"] == "available"
-    assert sh01.redeem_coupon(sh01.owner, c)["node"] == "SH01"
+        assert [(f["node"], f["rule"]) for f in victim.faults()] == [("SH02", rule)]
+        assert data_snapshot(victim, [member]) == before
 
 
 def test_a_branch_cannot_make_itself_a_new_unit_of_a_redeemed_coupon(
@@ -334,25 +342,14 @@ def test_a_branch_cannot_make_itself_a_new_unit_of_a_redeemed_coupon(
     and redeemed (a `coupon` entry of its own raising that coupon's purse, which no
     rule on rights forbids: raising is what a top-up does): the write rule
     coupon-unit refuses the record at every replica, and the coupon stays redeemed."""
-    sh01, sh02, hz01 = chain["SH01"], chain["SH02"], chain["HZ01"]
+    sh01, hz01 = chain["SH01"], chain["HZ01"]
     m = member_with_cash(sh01)
     c = sh01.issue_coupon(sh01.owner, m, off=1000)["coupon"]
     sh01.redeem_coupon(sh01.owner, c)
     sync_all(chain)
-    forger = Forger(sh02)
-    eid = HybridClock("SH02").mint()
-    forged = {"id": eid, "kind": "coupon", "member": m, "node": "SH02", "op": "x",
-              "at": id_time_ms(eid), "amount": 1000, "deltas": [[f"cpn:{c}", "SH02", 1]]}
-
-    def put(doc: Doc[Any]) -> None:
-        doc.get("entries", type=Map)[eid] = forged
-
-    forger.write(entry_doc(eid, sh01.storage.day_of), put)
+    _forged_by_sh02(chain, m, {"kind": "coupon", "amount": 1000,
+                                "deltas": [[f"cpn:{c}", "SH02", 1]]}, "coupon-unit")
     for victim in (sh01, hz01):
-        before = data_snapshot(victim, [m])
-        victim.apply_batch(forger.batch())
-        assert [(f["node"], f["rule"]) for f in victim.faults()] == [("SH02", "coupon-unit")]
-        assert data_snapshot(victim, [m]) == before
         assert victim.coupon_view(c)["status"] == "redeemed"
 
 
