@@ -40,6 +40,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -265,8 +266,8 @@ def _goods(ledger: Ledger, code: Any) -> str:
 
 def _zhe(rate: str) -> str:
     """"0.9" -> "9折": how Chinese shops write a discount."""
-    tenths = float(rate) * 10
-    return f"{tenths:g}折"
+    tenths = (Decimal(rate) * 10).normalize()  # rates are Decimal, never float
+    return f"{tenths:f}折"
 
 
 def _lines(ledger: Ledger, e: Mapping[str, Any]) -> tuple[list[Line], int | None]:
