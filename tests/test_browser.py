@@ -39,8 +39,14 @@ PHONE = "13812345678"  # 张伟, a member of SH01 in the demo data
 @pytest.fixture
 def branch(tmp_path: Path) -> Iterator[Demo]:
     """The demo's stores, with SH01 running as `python -m reference_app` (node + pages)."""
+    yield from _sh01(tmp_path, printer=False)
+
+
+def _sh01(tmp_path: Path, *, printer: bool) -> Iterator[Demo]:
     demo = Demo(tmp_path / "demo-data", free_block(9))
     demo.create()
+    if printer:
+        demo.start_printer()
     demo.launch("SH01")
     try:
         demo.wait(lambda: demo.up("SH01"), "SH01 to start")
@@ -145,16 +151,7 @@ def test_top_up_through_the_counter_page(branch: Demo, browser: WebDriver) -> No
 def branch_with_printer(tmp_path: Path) -> Iterator[Demo]:
     """As `branch`, with the demo's receipt printer (a TCP listener that decodes what
     it gets) set as SH01's printer before SH01 starts."""
-    demo = Demo(tmp_path / "demo-data", free_block(9))
-    demo.create()
-    demo.start_printer()
-    demo.launch("SH01")
-    try:
-        demo.wait(lambda: demo.up("SH01"), "SH01 to start")
-        yield demo
-    finally:
-        demo.stop()
-    assert processes_using(demo.root) == []
+    yield from _sh01(tmp_path, printer=True)
 
 
 def test_sell_a_package_and_print_its_receipt(branch_with_printer: Demo,
