@@ -16,10 +16,12 @@ Conversation (every message: msgpack map with protocol version ``v`` and type ``
                                           how many nodes' clocks agree with it
                                           (crdtledger.peerclock; absent: 1)
     state   {logs: {node: [seq, tip]}, reply}  when digests differ; answered once
-    recs    {recs, heads, certs, more?}   log records the peer lacks / each new one,
+    recs    {recs, heads, certs, proofs?, more?}  log records the peer lacks / each new one,
                                           with the signed heads that cover them
-                                          (crdtledger.log.Batch); `more`: a slice of
-                                          a long answer, kept until its last slice
+                                          (crdtledger.log.Batch); `proofs`: the other
+                                          side's signed head of a fork caught; `more`:
+                                          a slice of a long answer, kept until its
+                                          last slice
     rreq    {id, member, purse, amount, fwd?}  "I am short of rights on this purse"
     rrep    {id, granted}                 the transfer's record was sent before
 

@@ -56,13 +56,14 @@ _SIZES: OrderedDict[bytes, int] = OrderedDict()
 
 def frame_size(frame: bytes) -> int:
     """A frame's length as the run counts it (bandwidth, traffic, the trace): its
-    length, except that the signatures of log heads in a `recs` frame count as
-    SIGNATURE_BYTES whatever their DER length. That length is random (the signing
-    nonce), so counting it as it is would make one seed's runs differ in timing and
-    digest; a frame's content is never changed. Remembered by content: a frame is
-    sized when sent and again when delivered, and a hub relays one record to every
-    peer in frames of equal bytes (only `recs` frames: any other is counted at its
-    length, which is cheaper than the look-up)."""
+    length, except that the signatures of log heads (and of the heads that prove a
+    fork) in a `recs` frame count as SIGNATURE_BYTES whatever their DER length.
+    That length is random (the signing nonce), so counting it as it is would make
+    one seed's runs differ in timing and digest; a frame's content is never
+    changed. Remembered by content: a frame is sized when sent and again when
+    delivered, and a hub relays one record to every peer in frames of equal bytes
+    (only `recs` frames: any other is counted at its length, which is cheaper than
+    the look-up)."""
     size = len(frame)
     if frame[6:11] != b"\xa4recs":
         return size
@@ -71,11 +72,12 @@ def frame_size(frame: bytes) -> int:
         return hit
     try:
         msg: Any = msgpack.unpackb(frame, raw=False, strict_map_key=False)
-        heads = msg.get("heads") if isinstance(msg, dict) else None
-        if isinstance(heads, dict):
-            for head in heads.values():
-                if isinstance(head, list) and len(head) == 3 and isinstance(head[2], bytes):
-                    size += SIGNATURE_BYTES - len(head[2])
+        for field in ("heads", "proofs"):  # a proof of a fork is a signed head too
+            heads = msg.get(field) if isinstance(msg, dict) else None
+            if isinstance(heads, dict):
+                for head in heads.values():
+                    if isinstance(head, list) and len(head) == 3 and isinstance(head[2], bytes):
+                        size += SIGNATURE_BYTES - len(head[2])
     except Exception:
         pass
     _SIZES[frame] = size
