@@ -382,6 +382,193 @@ def ranking_page() -> None:
     follow_period(state, start_in, end_in, body)
 
 
+# --- goods: sales and profit rankings, stock on hand ---------------------------------
+#
+# The figures are the library's: `report.goods` (商品销量排名 / 商品利润排名) and
+# `stock.list` (库存, low: at or below the item's threshold), run through the operation
+# table as the command line and the HTTP API run them, so the page, its CSV and
+# `crdtledger report goods --csv` / `stock list --csv` cannot disagree. Nothing here
+# adds up sales or stock itself.
+
+GOODS_ON_SCREEN = 10  # the CLI's default --limit; the CSV carries every item sold
+
+
+def _period_params(start: str, end: str) -> dict[str, str]:
+    """An end left empty is open, as on the command line."""
+    return {k: v for k, v in (("from", start), ("to", end)) if v}
+
+
+def goods_ranking(ledger: Ledger, by: str, start: str, end: str,
+                  limit: int = GOODS_ON_SCREEN) -> list[dict[str, Any]]:
+    """The first `limit` of `report goods --by sales|profit` for the period, with the
+    operation's own permission (reports.view) and parameter checks."""
+    return cast(list[dict[str, Any]], operations.run(
+        ledger, operator() or "", "report.goods",
+        {"by": by, "limit": limit, **_period_params(start, end)}))
+
+
+def goods_label(row: Mapping[str, Any]) -> str:
+    return f"{row['name']} ({row['code']})"
+
+
+def goods_csv(ledger: Ledger, by: str, start: str, end: str) -> bytes:
+    """`crdtledger report goods --by BY --csv` for every item sold in the period (the
+    command line stops at 100), with a rank and the header in the session's language."""
+    require("reports.view")
+    rows = views.goods_ranking(ledger, by, start or None, end or None, limit=1_000_000)
+    table = operations.TABLE["report.goods"].table
+    assert table is not None  # declared with the operation
+    return csv_bytes(
+        [tr("名次", "Rank"), tr("商品代码", "Code"), tr("商品", "Goods"), tr("销量", "Units"),
+         tr("销售额", "Sales"), tr("成本", "Cost"), tr("利润", "Profit")],
+        [[i, *row] for i, row in enumerate(table(rows)[1:], 1)])
+
+
+def stock_rows(ledger: Ledger) -> list[dict[str, Any]]:
+    """`stock list`: every goods item per branch that ever held or was shipped it."""
+    return cast(list[dict[str, Any]], operations.run(ledger, operator() or "", "stock.list",
+                                                     {}))
+
+
+def stock_csv(ledger: Ledger) -> bytes:
+    """`crdtledger stock list --csv`, with the branch's name beside its node id."""
+    table = operations.TABLE["stock.list"].table
+    assert table is not None
+    rows = table(stock_rows(ledger))[1:]
+    return csv_bytes(
+        [tr("商品代码", "Code"), tr("商品", "Goods"), tr("分店", "Branch"), tr("分店号", "Node"),
+         tr("库存", "On hand"), tr("在途", "In transit"), tr("提醒下限", "Low at"),
+         tr("库存不足", "Low")],
+        [[code, name, shop().branch_name(node), node, qty, transit, low_at,
+          tr("是", "yes") if low else ""]
+         for code, name, node, qty, transit, low_at, low in rows])
+
+
+def stock_matrix(ledger: Ledger, rows: Sequence[Mapping[str, Any]]
+                 ) -> tuple[list[str], list[dict[str, Any]]]:
+    """The stock rows as goods x branches: the branches (named ones too, so an empty
+    column says a branch holds none) and one table row per item, a cell's text being
+    its units on hand (and in transit), `low` the columns the library marked low. A
+    branch that never held an item has no row in `stock list`: its cell is "—", not a
+    reminder."""
+    nodes = branches(ledger, {str(r["branch"]) for r in rows})
+    items: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        item = items.setdefault(str(r["code"]), {
+            "code": r["code"], "name": r["name"], "low_stock": r["low_stock"] or "",
+            "low": [], **{n: "—" for n in nodes}})
+        cell = str(r["qty"])
+        if r["transit"]:
+            cell += tr("（在途 {n}）", " (+{n} in transit)", n=r["transit"])
+        item[str(r["branch"])] = cell
+        if r["low"]:
+            item["low"].append(str(r["branch"]))
+    return nodes, list(items.values())
+
+
+# A cell of a low item at a branch stands out; `low` lists the row's low columns.
+LOW_CELL = r"""
+<q-td :props="props" :class="(props.row.low || []).includes(props.col.name)
+                             ? 'bg-red-1 text-negative text-weight-bold' : ''">
+  {{ props.value }}
+</q-td>
+"""
+
+
+def ranking_card(ledger: Ledger, by: str, rows: list[dict[str, Any]],
+                 state: dict[str, str]) -> None:
+    sales = by == "sales"
+    title = tr("商品销量排名", "Goods by units sold") if sales else tr("商品利润排名",
+                                                                   "Goods by profit")
+    with ui.card().classes("flex-1 min-w-80"):
+        with ui.row().classes("w-full items-center justify-between"):
+            ui.label(title).classes("text-lg font-medium")
+            export_button("CSV", lambda: (goods_csv(ledger, by, state["start"], state["end"]),
+                                          f"goods-{by}-{state['start']}-{state['end']}.csv"),
+                          f"export-goods-{by}")
+        if not rows:
+            ui.label(tr("这段时间没有卖出商品", "No goods sold in this period")
+                     ).classes("text-grey-7").mark(f"no-goods-{by}")
+            return
+        bar_chart([r["name"] for r in rows],
+                  [(tr("销量", "Units"), [float(r["qty"]) for r in rows])] if sales else
+                  [(tr("利润", "Profit"), [fen_to_float(r["profit"]) for r in rows])],
+                  horizontal=True, height="h-64").mark(f"chart-goods-{by}")
+        figures = (("qty", tr("销量", "Units"), False), ("sales", tr("销售额", "Sales"), True),
+                   *((("cost", tr("成本", "Cost"), True), ("profit", tr("利润", "Profit"), True))
+                     if not sales else ()))
+        ui.table(columns=[
+            {"name": "rank", "label": "#", "field": "rank", "align": "right"},
+            {"name": "name", "label": tr("商品", "Goods"), "field": "name", "align": "left"},
+            *({"name": k, "label": label, "field": k, "align": "right"}
+              for k, label, _m in figures),
+        ], rows=[{"rank": i, "code": r["code"], "name": goods_label(r),
+                  **{k: money(r[k]) if is_money else r[k] for k, _l, is_money in figures}}
+                 for i, r in enumerate(rows, 1)],
+            row_key="rank").props("flat dense").classes("w-full").mark(f"goods-{by}")
+
+
+def stock_card(ledger: Ledger) -> None:
+    with ui.card().classes("w-full"):
+        with ui.row().classes("w-full items-center justify-between"):
+            ui.label(tr("各分店库存", "Stock on hand per branch")).classes("text-lg font-medium")
+            export_button("CSV", lambda: (stock_csv(ledger), f"stock-{ledger.today()}.csv"),
+                          "export-stock")
+        try:
+            rows = stock_rows(ledger)
+        except LedgerError as e:
+            ui.label(shop().refusal(e)).classes("text-negative")
+            return
+        if not rows:
+            ui.label(tr("还没有库存", "No stock yet")).classes("text-grey-7")
+            return
+        low = [r for r in rows if r["low"]]
+        if low:
+            with ui.row().classes("w-full items-center gap-2 text-negative").mark("low-stock"):
+                ui.icon("warning")
+                ui.label(tr("库存提醒：", "Low stock: ") + tr("，", ", ").join(
+                    tr("{goods} {branch} 剩 {qty}（下限 {limit}）",
+                       "{goods} at {branch}: {qty} (remind at {limit})", goods=r["name"],
+                       branch=shop().branch_name(r["branch"]), qty=r["qty"],
+                       limit=r["low_stock"]) for r in low))
+        nodes, items = stock_matrix(ledger, rows)
+        table = ui.table(columns=[
+            {"name": "name", "label": tr("商品", "Goods"), "field": "name", "align": "left"},
+            {"name": "code", "label": tr("代码", "Code"), "field": "code", "align": "left"},
+            *({"name": n, "label": shop().branch_name(n), "field": n, "align": "right"}
+              for n in nodes),
+            {"name": "low_stock", "label": tr("提醒下限", "Low at"), "field": "low_stock",
+             "align": "right"},
+        ], rows=items, row_key="code", pagination=50).props("flat bordered dense") \
+            .classes("w-full").mark("stock")
+        table.add_slot("body-cell", LOW_CELL)
+
+
+def goods_page() -> None:
+    ledger = shop().ledger
+    start, end = default_period(ledger)
+    state = {"start": start, "end": end}
+
+    with ui.row().classes("items-center gap-4"):
+        start_in = date_field(tr("从", "From"), start).mark("goods-from")
+        end_in = date_field(tr("到", "To"), end).mark("goods-to")
+
+    @ui.refreshable
+    def body() -> None:
+        try:
+            ranked = {by: goods_ranking(ledger, by, state["start"], state["end"])
+                      for by in ("sales", "profit")}
+        except LedgerError as e:
+            ui.label(shop().refusal(e)).classes("text-negative")
+            return
+        with ui.row().classes("w-full gap-4 no-wrap max-lg:flex-wrap items-start"):
+            for by, rows in ranked.items():
+                ranking_card(ledger, by, rows, state)
+
+    follow_period(state, start_in, end_in, body)
+    stock_card(ledger)  # what is on the shelves now, whatever the period
+
+
 # --- top-up receipts ----------------------------------------------------------------
 
 
@@ -1220,6 +1407,7 @@ def register() -> None:
     pages: list[tuple[str, str, str, str | None, str, Callable[[], None]]] = [
         ("/office", "营业日报", "Daily summary", "reports.view", "today", daily_page),
         ("/office/ranking", "排行榜", "Rankings", "reports.view", "leaderboard", ranking_page),
+        ("/office/goods", "商品报表", "Goods reports", "reports.view", "inventory_2", goods_page),
         ("/office/topups", "充值收款", "Top-up receipts", "reports.view", "savings", topups_page),
         ("/office/settlement", "分店结算", "Settlement", "reports.view", "handshake",
          settlement_page),
