@@ -451,7 +451,8 @@ def stock_matrix(ledger: Ledger, rows: Sequence[Mapping[str, Any]]
     its units on hand (and in transit), `low` the columns the library marked low. A
     branch that never held an item has no row in `stock list`: its cell is "—", not a
     reminder."""
-    nodes = branches(ledger, {str(r["branch"]) for r in rows})
+    others = branches(ledger, {str(r["branch"]) for r in rows})
+    nodes = [ledger.node, *(n for n in others if n != ledger.node)]  # this branch first
     items: dict[str, dict[str, Any]] = {}
     for r in rows:
         item = items.setdefault(str(r["code"]), {
@@ -486,6 +487,11 @@ def ranking_card(ledger: Ledger, by: str, rows: list[dict[str, Any]],
             export_button("CSV", lambda: (goods_csv(ledger, by, state["start"], state["end"]),
                                           f"goods-{by}-{state['start']}-{state['end']}.csv"),
                           f"export-goods-{by}")
+        ui.label(tr("按卖出件数排名；图为件数", "Ranked by units sold; the chart shows units")
+                 if sales else
+                 tr("利润 = 销售额（已扣退款）− 成本；图为利润（元）",
+                    "Profit = sales (less refunds) − cost; the chart shows profit in yuan")
+                 ).classes("text-sm text-grey-7")
         if not rows:
             ui.label(tr("这段时间没有卖出商品", "No goods sold in this period")
                      ).classes("text-grey-7").mark(f"no-goods-{by}")
@@ -524,23 +530,26 @@ def stock_card(ledger: Ledger) -> None:
             return
         low = [r for r in rows if r["low"]]
         if low:
-            with ui.row().classes("w-full items-center gap-2 text-negative").mark("low-stock"):
-                ui.icon("warning")
-                ui.label(tr("库存提醒：", "Low stock: ") + tr("，", ", ").join(
-                    tr("{goods} {branch} 剩 {qty}（下限 {limit}）",
-                       "{goods} at {branch}: {qty} (remind at {limit})", goods=r["name"],
-                       branch=shop().branch_name(r["branch"]), qty=r["qty"],
-                       limit=r["low_stock"]) for r in low))
+            with ui.row().classes("w-full items-center gap-2").mark("low-stock"):
+                ui.icon("warning", color="negative").classes("text-xl")
+                ui.label(tr("库存提醒", "Low stock")).classes("text-negative font-medium")
+                for r in low:
+                    ui.label(tr("{goods} {branch} 剩 {qty}（下限 {limit}）",
+                                "{goods} at {branch}: {qty} (remind at {limit})",
+                                goods=r["name"], branch=shop().branch_name(r["branch"]),
+                                qty=r["qty"], limit=r["low_stock"])
+                             ).classes("text-sm text-negative bg-red-1 rounded px-2 py-0.5")
         nodes, items = stock_matrix(ledger, rows)
         table = ui.table(columns=[
-            {"name": "name", "label": tr("商品", "Goods"), "field": "name", "align": "left"},
             {"name": "code", "label": tr("代码", "Code"), "field": "code", "align": "left"},
+            {"name": "name", "label": tr("商品", "Goods"), "field": "name", "align": "left"},
             *({"name": n, "label": shop().branch_name(n), "field": n, "align": "right"}
               for n in nodes),
             {"name": "low_stock", "label": tr("提醒下限", "Low at"), "field": "low_stock",
              "align": "right"},
-        ], rows=items, row_key="code", pagination=50).props("flat bordered dense") \
-            .classes("w-full").mark("stock")
+        ], rows=items, row_key="code", pagination=SCREEN_ROWS).props(
+            "flat bordered dense" + (" hide-bottom" if len(items) <= SCREEN_ROWS else "")
+        ).classes("w-full").mark("stock")
         table.add_slot("body-cell", LOW_CELL)
 
 

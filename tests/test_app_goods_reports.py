@@ -86,7 +86,8 @@ async def test_stock_per_branch_with_the_low_items_marked(counter_app: CounterAp
     await app.login(*OWNER)
     await app.user.open("/office/goods")
     await app.user.should_see("各分店库存")
-    await app.user.should_see("库存提醒：精油 南京西路店 剩 2（下限 3）")
+    await app.user.should_see("库存提醒")
+    await app.user.should_see("精油 南京西路店 剩 2（下限 3）")
     rows = {r["code"]: r for r in table(app, "stock")}
     assert set(rows) == {"G01", "T01"}  # 面膜 was never at any branch
     assert (rows["G01"][NODE], rows["G01"]["SH02"], rows["G01"]["low"]) == ("2", "—", [NODE])
@@ -125,7 +126,7 @@ async def test_the_page_reads_in_english(counter_app: CounterApp) -> None:
     app.user.find(marker="lang").click()
     await app.user.open("/office/goods")
     await app.user.should_see("Goods by units sold")
-    await app.user.should_see("Low stock: 精油 at 南京西路店: 2 (remind at 3)")
+    await app.user.should_see("精油 at 南京西路店: 2 (remind at 3)")
     assert table(app, "goods-sales")[0]["name"] == "毛巾 (T01)"
 
 
