@@ -5,7 +5,10 @@ sales over the counter (to a member or a walk-in customer) and gifts for points.
   only), each naming the items it adds or changes; `Rules.rule("goods")` folds them
   per code, so two concurrent additions are both kept. An item gets a stock id
   (minted when it is first added, an ID like 01J5Q8ZK3T7XM.HQ) that later versions
-  keep.
+  keep. Two head offices adding one code before they sync mint two stock ids: the
+  item's stock is then the smallest id any version of the code ever carried, and its
+  units are the rows under all of them (`stocks`, that one first): nothing taken in
+  under the other id is lost (docs/design-notes.md).
 - Stock is escrow, as stored value is (crdtledger.escrow): the item's stock id is the
   rights' "member", purse `stock`, one row per branch. A branch's stock is raised by
   anyone (a shipment raises the receiver's `transit`) and lowered only by that branch,
@@ -21,7 +24,7 @@ sales over the counter (to a member or a walk-in customer) and gifts for points.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 from crdtledger import escrow, views
@@ -31,25 +34,34 @@ from crdtledger.hlc import check_node_id
 from crdtledger.inputs import check_text
 from crdtledger.model import SERVICE_CODE
 from crdtledger.money import apply_rate, check_amount, check_count, format_yuan, points_for
+
+# The walk-in customer is the payments' (a service sold at the till has one too); it
+# is named here as well, where the goods sales that began it are.
 from crdtledger.payments import Payments, _spend
+from crdtledger.payments import is_walk_in as is_walk_in
+from crdtledger.payments import walk_in as walk_in
 from crdtledger.rules import _check_goods
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
 
 # Why a stock entry moves units (its `reason`).
-STOCK_REASONS = ("in", "return", "adjust", "ship", "receive", "sale", "gift")
+STOCK_REASONS = ("in", "return", "adjust", "ship", "receive", "sale", "gift", "refund")
 
 
-def walk_in(node: str) -> str:
-    """The walk-in customer (散客) of a branch: a fixed pseudo-member its till sales
-    without a member are written for. Never a member record, so nothing can top it
-    up or pay from it; it earns no points and gets no level discount."""
-    return f"{'0' * 13}.{node}"
+def _item(code: str, item: Mapping[str, Any], carried: Mapping[str, list[str]]
+          ) -> dict[str, Any]:
+    """A catalogue item as the fold kept it, with its code, its canonical stock id and
+    every stock id its code carried (Goods.catalogue)."""
+    ids = carried.get(code) or [str(item["stock"])]
+    return {**item, "code": code, "stock": ids[0], "stocks": ids}
 
 
-def is_walk_in(member: str) -> bool:
-    return member.startswith("0" * 13 + ".")
+def _with_stock(entry: dict[str, Any], stock: list[dict[str, Any]]) -> dict[str, Any]:
+    """A sale's or a gift's result: its entry and the stock entry written with it (all
+    of them, when the units came from more than one of the item's stock ids)."""
+    return {**entry, "stock_entry": stock[0]["id"],
+            **({"stock_entries": [s["id"] for s in stock]} if len(stock) > 1 else {})}
 
 
 class OutOfStock(InsufficientFunds):
@@ -75,21 +87,47 @@ class OutOfStock(InsufficientFunds):
 class Goods(Payments):
     """The goods catalogue, stock movements, goods sales and gifts for points."""
 
+    # The goods versions last read and the stock ids their codes carried.
+    _carried: tuple[list[Any], dict[str, list[str]]] | None = None
+
     # --- the catalogue --------------------------------------------------------
 
     def catalogue(self, day: str | None = None) -> dict[str, dict[str, Any]]:
-        """Every goods item in force (code -> item, its code included)."""
-        return {str(code): {**item, "code": str(code)}
+        """Every goods item in force (code -> item, its code included). Its `stock` is
+        the smallest stock id any version of the code carried, `stocks` every one of
+        them, that one first: the same on every replica once they hold the same
+        versions, whichever version the fold kept for the rest of the item."""
+        carried = self._carried_stock_ids()
+        return {str(code): _item(str(code), item, carried)
                 for code, item in self.rule("goods", day).items() if isinstance(item, dict)}
+
+    def _carried_stock_ids(self) -> dict[str, list[str]]:
+        """Code -> every stock id a version of it carried, sorted. Two head offices
+        adding a code concurrently each mint one; units taken in under either are the
+        item's. Remembered for the versions read (a new list whenever a rule arrives:
+        Rules._versions), as a sale reads the catalogue and rescanning every version
+        doubled what that costs."""
+        versions = self._versions("goods")
+        if self._carried is not None and self._carried[0] is versions:
+            return self._carried[1]
+        ids: dict[str, set[str]] = {}
+        for _eff, _rid, body in versions:
+            for code, item in body.items():
+                if isinstance(item, dict) and isinstance(item.get("stock"), str):
+                    ids.setdefault(str(code), set()).add(item["stock"])
+        carried = {code: sorted(s) for code, s in ids.items()}
+        self._carried = (versions, carried)
+        return carried
 
     def goods_item(self, code: str) -> dict[str, Any]:
         """An item of the catalogue by its code or its barcode."""
-        items = self.catalogue()
-        if code in items:
-            return items[code]
-        for item in items.values():
-            if code and item.get("barcode") == code:
-                return item
+        # Only the one item is built (a sale's path): not the whole catalogue.
+        items, carried = self.rule("goods"), self._carried_stock_ids()
+        if isinstance(items.get(code), dict):
+            return _item(code, items[code], carried)
+        for c, item in items.items():
+            if code and isinstance(item, dict) and item.get("barcode") == code:
+                return _item(str(c), item, carried)
         raise NotFound(f"no goods {code} in the catalogue")
 
     def add_goods(self, operator: str, code: str, name: str, price: int, cost: int = 0, *,
@@ -123,55 +161,91 @@ class Goods(Payments):
 
     # --- stock ----------------------------------------------------------------
 
+    @staticmethod
+    def _stock_ids(item: Mapping[str, Any]) -> list[str]:
+        """The item's stock ids, its canonical one first (catalogue)."""
+        return [str(s) for s in item.get("stocks") or [item["stock"]]]
+
+    def _held_by_id(self, item: Mapping[str, Any], purse: str
+                    ) -> list[tuple[str, dict[str, int]]]:
+        return [(sid, self._rights(sid, purse)) for sid in self._stock_ids(item)]
+
     def stock_held(self, item: Mapping[str, Any], purse: str = "stock") -> dict[str, int]:
-        """Units of an item per branch (non-zero rows)."""
-        return {n: a for n, a in sorted(self._rights(str(item["stock"]), purse).items()) if a}
+        """Units of an item per branch (non-zero rows), over all its stock ids."""
+        held: dict[str, int] = {}
+        for _sid, rows in self._held_by_id(item, purse):
+            for n, a in rows.items():
+                held[n] = held.get(n, 0) + a
+        return {n: a for n, a in sorted(held.items()) if a}
 
     def _branch_name(self, node: str) -> str:
         name = self.rule("branches").get(node)
         return f"{name} ({node})" if name else node
 
-    def _require_stock(self, item: Mapping[str, Any], qty: int, purse: str = "stock") -> None:
-        """Inside the write transaction: this branch's own units cover `qty`."""
-        held = self._rights(str(item["stock"]), purse)
+    def _require_stock(self, item: Mapping[str, Any], qty: int, purse: str = "stock"
+                       ) -> list[tuple[str, int]]:
+        """Inside the write transaction: this branch's own units cover `qty`. Returns
+        what to take from which stock id: the canonical one first, then the others
+        (each row lowered by at most what it holds here, so none goes below zero)."""
+        by_id = self._held_by_id(item, purse)
+        held: dict[str, int] = {}
+        for _sid, rows in by_id:
+            for n, a in rows.items():
+                held[n] = held.get(n, 0) + a
         have = held.get(self.node, 0)
         if qty > have:
             others = {n: a for n, a in held.items() if n != self.node}
             raise OutOfStock(item, self._branch_name(self.node), have, qty,
                              others if purse == "stock" else {}, purse)
+        parts, left = [], qty
+        for sid, rows in by_id:
+            take = min(left, max(0, rows.get(self.node, 0)))
+            if take:
+                parts.append((sid, take))
+                left -= take
+        return parts
 
-    def _together(self, first: dict[str, Any], second: dict[str, Any]) -> list[Write]:
-        """Two entries written as one log record, so that every replica takes them
-        together (a sale's money and its stock): the first write sets both keys in
-        one pycrdt transaction, the second only has its entry projected (it changes
-        nothing more, so it adds no record). Entries of two months (a sale at
-        midnight on the last of a month) are two documents, so two records, in order:
-        each stands alone (funded, never below zero), and a replica between the two
-        shows the money taken a moment before the stock."""
-        one, two = self._entry_write(first), self._entry_write(second)
-        if one.doc != two.doc:
-            return [one, two]
+    def _together(self, *entries: dict[str, Any]) -> list[Write]:
+        """Entries written as one log record, so that every replica takes them together
+        (a sale's money and its stock): the first write sets every key in one pycrdt
+        transaction, the others only have their entry projected (they change nothing
+        more, so they add no record). Entries of two months (a sale at midnight on the
+        last of a month) are two documents, so separate records, in order: each stands
+        alone (funded, never below zero), and a replica between them shows the money
+        taken a moment before the stock."""
+        writes = [self._entry_write(e) for e in entries]
+        if len(writes) == 1 or any(w.doc != writes[0].doc for w in writes):
+            return writes
 
-        def both(root: Any) -> None:
-            root[first["id"]] = first
-            root[second["id"]] = second
+        def every(root: Any) -> None:
+            for e in entries:
+                root[e["id"]] = e
 
-        return [Write(one.doc, one.root, one.key, both, entry=first),
-                Write(two.doc, two.root, two.key, lambda _root: None, entry=second)]
+        first = writes[0]
+        return [Write(first.doc, first.root, first.key, every, entry=entries[0]),
+                *(Write(w.doc, w.root, w.key, lambda _root: None, entry=w.entry)
+                  for w in writes[1:])]
 
     def _stock_entry(self, item: Mapping[str, Any], qty: int, reason: str,
-                     deltas: list[tuple[str, str, int]], operator: str, **extra: Any
-                     ) -> dict[str, Any]:
-        return self._entry("stock", str(item["stock"]), deltas=deltas,
+                     deltas: list[tuple[str, str, int]], operator: str,
+                     stock_id: str | None = None, **extra: Any) -> dict[str, Any]:
+        return self._entry("stock", stock_id or str(item["stock"]), deltas=deltas,
                            amount=int(item.get("cost", 0)) * qty, qty=qty, reason=reason,
                            goods=str(item["code"]), op=operator, **extra)
 
-    def _post_stock(self, item: Mapping[str, Any], entry: dict[str, Any],
-                    lowers: Mapping[str, int]) -> dict[str, Any]:
+    def _post_stock(self, item: Mapping[str, Any], qty: int, lowers: str | None,
+                    make: Callable[[str, int], dict[str, Any]]) -> dict[str, Any]:
+        """Commit a stock movement of `qty` units: `make(stock id, units)` is its entry.
+        One that lowers purse `lowers` here takes the units from the item's stock ids
+        as _require_stock splits them (one entry each, as one record); one that only
+        raises writes under the canonical id."""
         def plan() -> tuple[list[Write], dict[str, Any]]:
-            for purse, qty in lowers.items():
-                self._require_stock(item, qty, purse)
-            return [self._entry_write(entry)], entry
+            parts = ([(str(item["stock"]), qty)] if lowers is None
+                     else self._require_stock(item, qty, lowers))
+            entries = [make(sid, n) for sid, n in parts]
+            result = entries[0] if len(entries) == 1 else {  # all the units, every entry
+                **entries[0], "qty": qty, "stock_entries": [e["id"] for e in entries]}
+            return self._together(*entries), result
 
         return self._commit(plan)
 
@@ -184,9 +258,9 @@ class Goods(Payments):
         qty = check_count(qty, "quantity")
         if cost is not None:
             item = {**item, "cost": check_amount(cost, allow_zero=True)}
-        entry = self._stock_entry(item, qty, "in", [("stock", self.node, qty)], operator,
-                                  to=check_text(supplier, "supplier", limit=60))
-        return self._post_stock(item, entry, {})
+        supplier = check_text(supplier, "supplier", limit=60)
+        return self._post_stock(item, qty, None, lambda sid, n: self._stock_entry(
+            item, n, "in", [("stock", self.node, n)], operator, sid, to=supplier))
 
     def stock_return(self, operator: str, code: str, qty: int, supplier: str = ""
                      ) -> dict[str, Any]:
@@ -194,9 +268,9 @@ class Goods(Payments):
         self.authorise(operator, "stock.write")
         item = self.goods_item(code)
         qty = check_count(qty, "quantity")
-        entry = self._stock_entry(item, qty, "return", [("stock", self.node, -qty)], operator,
-                                  to=check_text(supplier, "supplier", limit=60))
-        return self._post_stock(item, entry, {"stock": qty})
+        supplier = check_text(supplier, "supplier", limit=60)
+        return self._post_stock(item, qty, "stock", lambda sid, n: self._stock_entry(
+            item, n, "return", [("stock", self.node, -n)], operator, sid, to=supplier))
 
     def stock_adjust(self, operator: str, code: str, change: int, note: str,
                      approver: tuple[str, str] | None = None) -> dict[str, Any]:
@@ -215,9 +289,11 @@ class Goods(Payments):
             approved = self._approve(operator, approver, f"a stock adjustment of {change:+d} "
                                      f"{item['name']} ({format_yuan(qty * int(item['cost']))} "
                                      "at cost)")
-        entry = self._stock_entry(item, qty, "adjust", [("stock", self.node, change)], operator,
-                                  note=note, approver=approved)
-        return self._post_stock(item, entry, {"stock": qty} if change < 0 else {})
+        sign = 1 if change > 0 else -1
+        return self._post_stock(item, qty, None if change > 0 else "stock",
+                                lambda sid, n: self._stock_entry(
+                                    item, n, "adjust", [("stock", self.node, sign * n)],
+                                    operator, sid, note=note, approver=approved))
 
     def ship_stock(self, operator: str, code: str, qty: int, to: str) -> dict[str, Any]:
         """调拨 out: units leave this branch's stock and are in transit to `to`, which
@@ -228,10 +304,9 @@ class Goods(Payments):
         check_node_id(to)
         if to == self.node:
             raise InvalidInput("a branch cannot ship stock to itself")
-        entry = self._stock_entry(item, qty, "ship",
-                                  [("stock", self.node, -qty), ("transit", to, qty)],
-                                  operator, to=to)
-        return self._post_stock(item, entry, {"stock": qty})
+        return self._post_stock(item, qty, "stock", lambda sid, n: self._stock_entry(
+            item, n, "ship", [("stock", self.node, -n), ("transit", to, n)], operator, sid,
+            to=to))
 
     def receive_stock(self, operator: str, code: str, qty: int | None = None
                       ) -> dict[str, Any]:
@@ -243,10 +318,9 @@ class Goods(Payments):
             if qty <= 0:
                 raise OutOfStock(item, self._branch_name(self.node), 0, 1, {}, "transit")
         qty = check_count(qty, "quantity")
-        entry = self._stock_entry(item, qty, "receive",
-                                  [("transit", self.node, -qty), ("stock", self.node, qty)],
-                                  operator)
-        return self._post_stock(item, entry, {"transit": qty})
+        return self._post_stock(item, qty, "transit", lambda sid, n: self._stock_entry(
+            item, n, "receive", [("transit", self.node, -n), ("stock", self.node, n)],
+            operator, sid))
 
     # --- sales and gifts --------------------------------------------------------
 
@@ -294,7 +368,7 @@ class Goods(Payments):
         buyer = member
 
         def plan() -> tuple[list[Write], dict[str, Any]]:
-            self._require_stock(item, qty)
+            parts = self._require_stock(item, qty)
             paid: list[tuple[str, str, int]] = []
             purses = self._purses(buyer) if pay == "stored" or use is not None else {}
             if pay == "stored":
@@ -310,9 +384,9 @@ class Goods(Payments):
                 gross=gross, discount=rate, level=lvl_name, qty=qty, pay=pay,
                 points=points or None, op=operator, expires=expires, goods=str(item["code"]),
                 **({} if use is None else {"coupon": use.id, "off": use.off}))
-            stock = self._stock_entry(item, qty, "sale", [("stock", self.node, -qty)],
-                                      operator, ref=debit["id"])
-            return self._together(debit, stock), {**debit, "stock_entry": stock["id"]}
+            stock = [self._stock_entry(item, n, "sale", [("stock", self.node, -n)], operator,
+                                       sid, ref=debit["id"]) for sid, n in parts]
+            return self._together(debit, *stock), _with_stock(debit, stock)
 
         return self._commit(plan)
 
@@ -331,17 +405,38 @@ class Goods(Payments):
         self._usable_points(member, points)
 
         def plan() -> tuple[list[Write], dict[str, Any]]:
-            self._require_stock(item, qty)
+            parts = self._require_stock(item, qty)
             escrow.require("points", self.node, self._purses(member).get("points", {}),
                            points, member)
             redeem = self._entry("redeem", member, deltas=[("points", self.node, -points)],
                                  points=points, qty=qty, gift=str(item["name"]),
                                  goods=str(item["code"]), op=operator)
-            stock = self._stock_entry(item, qty, "gift", [("stock", self.node, -qty)],
-                                      operator, ref=redeem["id"])
-            return self._together(redeem, stock), {**redeem, "stock_entry": stock["id"]}
+            stock = [self._stock_entry(item, n, "gift", [("stock", self.node, -n)], operator,
+                                       sid, ref=redeem["id"]) for sid, n in parts]
+            return self._together(redeem, *stock), _with_stock(redeem, stock)
 
         return self._commit(plan)
+
+    def _refund_stock(self, debit: Mapping[str, Any], qty: int, operator: str
+                      ) -> dict[str, Any]:
+        """The stock entry of a goods sale's refund: `qty` units back on this branch's
+        shelf (the canonical stock id), at the unit cost the sale took them out at, so
+        that the profit ranking nets exactly what the sale counted. Written with the
+        refund, in the same commit (Payments.refund)."""
+        code = str(debit["goods"])
+        item = self.catalogue().get(code)
+        if item is None:
+            raise NotFound(f"no goods {code} in the catalogue")
+        units = cost = 0
+        for (body,) in self.storage.conn.execute(
+                "SELECT body FROM entries WHERE ref = ? AND kind = 'stock'", (debit["id"],)):
+            e = json.loads(body)
+            if e.get("reason") == "sale":
+                units += int(e["qty"])
+                cost += int(e["amount"])
+        unit_cost = cost // units if units else int(item.get("cost", 0))
+        return self._stock_entry({**item, "cost": unit_cost}, qty, "refund",
+                                 [("stock", self.node, qty)], operator, ref=str(debit["id"]))
 
     # --- reads ------------------------------------------------------------------
 

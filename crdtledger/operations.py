@@ -484,6 +484,8 @@ def show_entry(entry: Mapping[str, Any], when: str = "") -> str:
 def _done(what: Callable[[Mapping[str, Any], Params], str]) -> Show:
     """An entry-writing operation reads as what was done and the balance it left."""
     def show(ledger: Ledger, entry: Any, p: Params) -> str:
+        if is_walk_in(str(entry["member"])):  # a walk-in customer has no balance
+            return f"{what(entry, p)} [{entry['id']}]"
         bal = ledger.balance(str(entry["member"]))
         return f"{what(entry, p)} [{entry['id']}]\n{show_balance(bal)}"
 
@@ -798,7 +800,8 @@ def topup(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
 
 
 @operation("debit", "Charge (扣费): an amount as given, or a service from the price list at "
-           "the member's level discount (pay=package: uses of a package of the service)",
+           "the member's level discount (pay=package: uses of a package of the service); "
+           "no member nor card, paid at the till: to a walk-in customer (散客)",
            permission="debit", http="POST /debit",
            params=(*PAYER, *AMOUNT, Param("service", SERVICE, help="a service code"),
                    Param("qty", COUNT, default=1),
@@ -809,8 +812,8 @@ def topup(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
                          help="which package to use (default: the first that fits)"),
                    Param("coupon", ENTRY_ID, help="a coupon of the member's that this "
                          "charge redeems: its discount comes off the price")),
-           forms=(PAYER_FORM, Form(("amount", "yuan", "service"))), result=ENTRY,
-           show=_done(lambda e, p: "charged " + (f"{e['service']} x{e['qty']}: "
+           forms=(Form(("member", "card"), optional=True), Form(("amount", "yuan", "service"))),
+           result=ENTRY, show=_done(lambda e, p: "charged " + (f"{e['service']} x{e['qty']}: "
                                                  if e.get("service") else "")
                       + f"{format_yuan(e['amount'])} ({e['pay']})"),
            links={"refund": {"requestBody": {"debit_id": "$response.body#/id"}}})
@@ -822,17 +825,20 @@ def debit(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
 
 
 @operation("refund", "Refund (退款) all or part of a debit made at this branch: what is "
-           "left of it by default; qty for uses of a package", permission="refund",
+           "left of it by default; qty for uses of a package or units of a goods sale (they "
+           "go back into this branch's stock)", permission="refund",
            http="POST /refund",
            params=(Param("debit_id", ENTRY_ID, required=True, flag="--debit"), *AMOUNT,
-                   Param("qty", COUNT, help="package uses"), Param("reason", text())),
+                   Param("qty", COUNT, help="package uses, or goods units"),
+                   Param("reason", text())),
            forms=(Form(("amount", "yuan", "qty"), optional=True),), result=ENTRY,
            show=_done(lambda e, p: "refunded " + (
-               f"{e['qty']} uses" if e.get("qty") else format_yuan(e["amount"]))
+               f"{e['goods']} x{e['qty']}: {format_yuan(e['amount'])}" if e.get("goods")
+               else f"{e['qty']} uses" if e.get("qty") else format_yuan(e["amount"]))
                + f" of {p['debit_id']}"))
 def refund(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
-    amount = p["qty"] if "qty" in p else amount_of(p, "amount", "yuan")
-    return ledger.refund(operator, p["debit_id"], amount, reason=p.get("reason", ""))
+    return ledger.refund(operator, p["debit_id"], amount_of(p, "amount", "yuan"),
+                         reason=p.get("reason", ""), qty=p.get("qty"))
 
 
 PURSE_PARAM = Param("purse", PURSE_NAME, default="cash")

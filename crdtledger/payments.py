@@ -45,6 +45,18 @@ _discounted = lru_cache(maxsize=4096)(apply_rate)
 _points_earned = lru_cache(maxsize=4096)(points_for)
 
 
+def walk_in(node: str) -> str:
+    """The walk-in customer (散客) of a branch: a fixed pseudo-member its till sales
+    without a member (goods, services, plain amounts) are written for. Never a member
+    record, so nothing can top it up or pay from it; it earns no points and gets no
+    level discount."""
+    return f"{'0' * 13}.{node}"
+
+
+def is_walk_in(member: str) -> bool:
+    return member.startswith("0" * 13 + ".")
+
+
 def _spend(node: str, purses: Mapping[str, Mapping[str, int]], amount: int
            ) -> list[tuple[str, str, int]]:
     """Stored value spent at `node`: cash first, then bonus (the named rule)."""
@@ -147,16 +159,28 @@ class Payments(Merges, Rules):
         cash first, then bonus), from a package's uses ("package"), or at the till by
         a payment method of the rule ("cash", "wechat"...). Points are earned on what
         is paid, by level multiplier. A `coupon` takes its discount off the price after
-        the level discount and is redeemed by this same entry (crdtledger.coupons)."""
+        the level discount and is redeemed by this same entry (crdtledger.coupons).
+        No member nor card, paid at the till: sold to the walk-in customer (散客,
+        walk_in), at the list price, no points, no coupon (coupons are members')."""
         self.authorise(operator, "debit")
         pay = self._pay(pay, PURSE_METHODS)
-        member, (profile, totals) = self._resolve(member, card, pin)
         qty = check_count(qty, "quantity")
         # The rules in force today, the day asked once: five reads of a rule each
         # asked the clock and the time zone again (and a sale at midnight could mix
         # two days' rules).
         day = self.today()
-        lvl = views.level(cast("Ledger", self), member, profile, totals, day)
+        lvl: dict[str, Any] | None = None
+        if member is None and card is None:
+            if pay in PURSE_METHODS:
+                raise InvalidInput(
+                    "name a member or a card: a walk-in customer (散客) pays at the till "
+                    f"(pay {', '.join(self.payment_methods())})")
+            if coupon is not None:
+                raise InvalidInput("a coupon is a member's: name the member or the card")
+            member = walk_in(self.node)
+        else:
+            member, (profile, totals) = self._resolve(member, card, pin)
+            lvl = views.level(cast("Ledger", self), member, profile, totals, day)
         rate, svc_name = "1", None
         if service is not None:
             services = self.rule("services", day)
@@ -164,7 +188,7 @@ class Payments(Merges, Rules):
                 raise NotFound(f"no service {service} in the price list")
             gross = int(services[service]["price"]) * qty
             svc_name = service
-            rate = str(lvl["discount"])
+            rate = str(lvl["discount"]) if lvl is not None else "1"
         elif amount is not None and pay != "package":
             gross = check_amount(amount)
         else:
@@ -177,8 +201,8 @@ class Payments(Merges, Rules):
                 unit=_discounted(gross // qty, rate) if svc_name else 0)
             net -= use.off
         earn = self.rule("earn", day)
-        points = _points_earned(net, str(earn["points_per_yuan"]),
-                                str(lvl["points_multiplier"]))
+        points = 0 if lvl is None else _points_earned(net, str(earn["points_per_yuan"]),
+                                                      str(lvl["points_multiplier"]))
         deltas: list[tuple[str, str, int]] = []
         if pay == "package":
             package = package or self._find_package(member, service, qty)
@@ -210,7 +234,8 @@ class Payments(Merges, Rules):
                     escrow.require(purse, self.node, purses.get(purse, {}), -change, member)
             entry = self._entry(
                 "debit", member, deltas=[*paid, ("points", self.node, points)], amount=net,
-                gross=gross, discount=rate, level=str(lvl["name"]), service=svc_name, qty=qty,
+                gross=gross, discount=rate, level=None if lvl is None else str(lvl["name"]),
+                service=svc_name, qty=qty,
                 pay=pay, package=package, points=points or None, op=operator, expires=expires,
                 **({} if use is None else {"coupon": use.id, "off": use.off}),
             )
@@ -251,9 +276,13 @@ class Payments(Merges, Rules):
         return self._acting(member)
 
     def refund(self, operator: str, debit_id: str, amount: int | None = None,
-               reason: str = "") -> dict[str, Any]:
+               reason: str = "", *, qty: int | None = None) -> dict[str, Any]:
         """退款. A debit's refund rights stay with the branch that made the debit, so two
-        branches can never both refund the same consumption."""
+        branches can never both refund the same consumption. A package's debit is
+        refunded by uses (`qty`, or `amount` as before), a goods sale by units (`qty`):
+        the units go back on this branch's shelf in the same commit as the money, which
+        is that share of what the sale took (the last refund takes the rest). Nothing
+        given: all that is left."""
         self.authorise(operator, "refund")
         row = self.storage.conn.execute(
             "SELECT body FROM entries WHERE id = ? AND kind = 'debit'", (debit_id,)
@@ -264,44 +293,74 @@ class Payments(Merges, Rules):
         prior = [json.loads(b) for (b,) in self.storage.conn.execute(
             "SELECT body FROM entries WHERE ref = ? AND kind = 'refund'", (debit_id,))]
         refunded = sum(int(p["amount"]) for p in prior)
-        left = int(debit["amount"]) - refunded
-        if debit.get("pay") == "package":
-            left = int(debit["qty"]) - sum(int(p.get("qty", 0)) for p in prior)
-        amount = left if amount is None else check_amount(amount)
+        package, goods = debit.get("pay") == "package", debit.get("goods") is not None
+        if goods and amount is not None:
+            raise InvalidInput("a goods sale is refunded by quantity (qty): its money is "
+                               "that share of what was paid")
+        if not (package or goods) and qty is not None:
+            raise InvalidInput("qty refunds a package's uses or a goods sale's units; "
+                               "this debit is refunded by amount")
+        if package or goods:  # by uses or units
+            left = int(debit["qty"]) - sum(int(p.get("qty") or 0) for p in prior)
+            asked = qty if qty is not None else amount if package else None
+            amount = left if asked is None else check_count(asked, "uses" if package
+                                                             else "units")
+        else:
+            left = int(debit["amount"]) - refunded
+            amount = left if amount is None else check_amount(amount)
         if amount <= 0 or amount > left:
-            rest = f"{left} uses" if debit.get("pay") == "package" else format_yuan(left)
+            rest = (f"{left} uses" if package else f"{left} units" if goods
+                    else format_yuan(left))
             raise InvalidAmount(f"at most {rest} of this debit can still be refunded")
         if debit["node"] != self.node:
             raise RightsElsewhere("refund", amount, 0, {debit["node"]: left})
         # A debit of a member merged since is refunded to the survivor.
         member = self._survivor(str(debit["member"]))[0]
-        whole = int(debit["qty"]) if debit.get("pay") == "package" else int(debit["amount"])
+        units = amount if package or goods else None
+        sold_units = amount
+        if goods:  # the money of `units`: a cumulative floor, the last part the rest
+            sold, paid = int(debit["qty"]), int(debit["amount"])
+            back = paid if amount == left else paid * (sold - left + amount) // sold
+            amount = max(0, min(paid - refunded, back - refunded))
+            left = paid - refunded
+        whole = int(debit["qty"]) if package else int(debit["amount"])
         done = whole - left  # refunded before this one, in the debit's own unit
 
         deltas: list[tuple[str, str, int]] = []
-        qty = None
         if debit.get("pay") == "stored":
             # Principal comes back first, then bonus: the parts add up to what it took.
             cash_taken = -sum(c for p, _n, c in debit["deltas"] if p == "cash")
             cash_back = sum(c for q in prior for p, _n, c in q["deltas"] if p == "cash")
             to_cash = min(amount, cash_taken - cash_back)
             deltas += [("cash", self.node, to_cash), ("bonus", self.node, amount - to_cash)]
-        elif debit.get("pay") == "package":
-            qty = amount
+        elif package:
             deltas.append((f"pkg:{debit['package']}", self.node, amount))
         earned = int(debit.get("points") or 0)
         points = (_refund_share(earned, whole, done + amount)
                   - sum(int(p.get("points") or 0) for p in prior))
         # Points the member has spent since cannot come back: take what is left. The
         # rights to them may sit at another branch: the escrow check asks for them.
-        points = min(points, max(0, views.balance(self.storage.conn, member)["points"]))
+        if points:
+            points = min(points, max(0, views.balance(self.storage.conn, member)["points"]))
         if points:
             deltas.append(("points", self.node, -points))
-        money = 0 if debit.get("pay") == "package" else amount
+        money = 0 if package else amount
         entry = self._entry("refund", member, deltas=deltas, amount=money, ref=debit_id,
-                            qty=qty, points=points or None, reason=check_text(reason, "reason"),
-                            op=operator, service=debit.get("service"))
-        return self._post(entry, {"points": points})
+                            qty=units, points=points or None,
+                            reason=check_text(reason, "reason"), op=operator,
+                            service=debit.get("service"), goods=debit.get("goods"))
+        if not goods:
+            return self._post(entry, {"points": points})
+        stock = cast("Ledger", self)._refund_stock(debit, sold_units, operator)
+
+        def plan() -> tuple[list[Write], dict[str, Any]]:
+            if points > 0:
+                escrow.require("points", self.node,
+                               self._purses(member).get("points", {}), points, member)
+            return (cast("Ledger", self)._together(entry, stock),
+                    {**entry, "stock_entry": stock["id"]})
+
+        return self._commit(plan)
 
     def transfer_rights(self, operator: str, member: str, to: str, amount: int,
                         purse: str = "cash") -> dict[str, Any]:

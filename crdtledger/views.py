@@ -760,13 +760,15 @@ def stock_levels(ledger: Ledger, branch: str | None = None, *, low_only: bool = 
     """库存: units of each goods item per branch (and in transit to it), by code then
     branch; `low` when at or below the item's threshold (库存提醒). The rows are the
     escrow rights of the items' stock ids: nothing here mistakes them for members."""
-    items = {str(g["stock"]): g for g in ledger.catalogue().values()}
+    # Every stock id an item's code carried counts (two concurrent additions: goods).
+    items = {str(s): g for g in ledger.catalogue().values() for s in g["stocks"]}
     held: dict[tuple[str, str], dict[str, int]] = {}
     for member, purse, node, amount in ledger.storage.conn.execute(
             "SELECT member, purse, node, amount FROM rights WHERE purse IN ('stock', "
             "'transit')"):
         if member in items and (branch is None or node == branch):
-            held.setdefault((str(items[member]["code"]), str(node)), {})[purse] = int(amount)
+            q = held.setdefault((str(items[member]["code"]), str(node)), {})
+            q[purse] = q.get(purse, 0) + int(amount)
     if branch is not None:  # every item has a row at the branch asked about
         for g in items.values():
             held.setdefault((str(g["code"]), branch), {})
@@ -787,18 +789,26 @@ def goods_ranking(ledger: Ledger, by: str = "sales", start: str | None = None,
                   end: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
     """商品销量排名 (by units sold) and 商品利润排名 (by profit): the sales of the period
     (their stock entries, reason `sale`), what their debits took less what was refunded
-    of them, and their cost (the stock entries' amount: cost x units)."""
+    of them, and their cost (the stock entries' amount: cost x units), less the units
+    refunded and their cost (the refunds' stock entries, reason `refund`)."""
     if by not in ("sales", "profit"):
         raise InvalidInput(f"rank by sales or profit, not {by!r}")
     where, args = _period(ledger, start, end)
     names = {code: str(g["name"]) for code, g in ledger.catalogue().items()}
     rows: dict[str, dict[str, Any]] = {}
+    # One row per sale (its units may be several stock entries: goods), then what its
+    # refunds gave back: money (refund entries) and units at cost (stock, reason refund).
     for code, qty, cost, paid, refunded in ledger.storage.conn.execute(
-            "SELECT json_extract(s.body, '$.goods'), json_extract(s.body, '$.qty'), s.amount, "
-            "d.amount, (SELECT COALESCE(SUM(r.amount), 0) FROM entries r WHERE r.ref = d.id "
-            "AND r.kind = 'refund') FROM (SELECT body, amount, ref FROM entries "
-            f"WHERE {where} AND kind = 'stock') s JOIN entries d ON d.id = s.ref "
-            "WHERE d.kind = 'debit' AND json_extract(s.body, '$.reason') = 'sale'", args):
+            "SELECT json_extract(d.body, '$.goods'), SUM(json_extract(s.body, '$.qty')) "
+            "- (SELECT COALESCE(SUM(json_extract(x.body, '$.qty')), 0) FROM entries x "
+            "WHERE x.ref = d.id AND x.kind = 'stock' AND json_extract(x.body, '$.reason') "
+            "= 'refund'), SUM(s.amount) - (SELECT COALESCE(SUM(x.amount), 0) FROM entries x "
+            "WHERE x.ref = d.id AND x.kind = 'stock' AND json_extract(x.body, '$.reason') "
+            "= 'refund'), d.amount, (SELECT COALESCE(SUM(r.amount), 0) FROM entries r "
+            "WHERE r.ref = d.id AND r.kind = 'refund') FROM (SELECT body, amount, ref FROM "
+            f"entries WHERE {where} AND kind = 'stock') s JOIN entries d ON d.id = s.ref "
+            "WHERE d.kind = 'debit' AND json_extract(s.body, '$.reason') = 'sale' "
+            "GROUP BY d.id", args):
         r = rows.setdefault(str(code), {"code": str(code), "name": names.get(str(code), code),
                                         "qty": 0, "sales": 0, "cost": 0, "profit": 0})
         r["qty"] += int(qty)
