@@ -213,8 +213,10 @@ class Workload:
         elif r < 0.85 and b.debits:
             debit_id = rng.choice(list(b.debits))
             part = rng.choice((None, 1000))
-            self._op(b, "refund", lambda lg: lg.refund(lg.owner, debit_id, part,
-                                                        reason="customer complaint"))
+            # A goods sale is refunded by units (all of it: its unit back on the shelf).
+            self._op(b, "refund", lambda lg: lg.refund(
+                lg.owner, debit_id, None if "goods" in lg.entry(debit_id) else part,
+                reason="customer complaint"))
         elif r < 0.87:
             if points(ledger, mid)["total"] >= 1000:
                 self._op(b, "redeem", lambda lg: lg.redeem_points(lg.owner, mid, 1000,
