@@ -197,6 +197,11 @@ class Counter:
             ui.button(tr("散客购物", "Walk-in sale"), icon="shopping_cart",
                       on_click=lambda: self.goods_dialog(walk_in=True)) \
                 .props("outline").classes("w-full").mark("walk-in")
+        if can("debit"):
+            # 散客: a service paid at the till by someone without a card.
+            ui.button(tr("散客消费", "Walk-in service"), icon="spa",
+                      on_click=lambda: self.consume_dialog(walk_in=True)) \
+                .props("outline").classes("w-full").mark("walk-in-service")
 
     def on_reader_event(self, event: ReaderEvent) -> None:
         """A card reader's event, on the loop, in this page's context."""
@@ -513,19 +518,31 @@ class Counter:
             pin.on("keydown.enter", confirm)
             self.buttons(d, tr("确定", "OK"), confirm, "pin-ok")
 
-    def consume_dialog(self, service: str | None = None, coupon: str | None = None) -> None:
-        assert self.member is not None
-        member = self.member
+    def consume_dialog(self, service: str | None = None, coupon: str | None = None, *,
+                       walk_in: bool = False) -> None:
+        """消费: a service to the member on screen (stored value, a package's uses or
+        the till; level discount, points, coupons), or to a walk-in customer (散客:
+        at the till only, list price, no points, no coupon: the library refuses the
+        rest without a member)."""
+        member = None if walk_in else self.member
+        assert walk_in or member is not None
         ledger = self.shop.ledger
         services: dict[str, Any] = ledger.rule("services")
-        lvl = ledger.level(member)
+        if not services and member is None:
+            self.say_trouble(tr("还没有服务项目。", "The price list has no services."))
+            return
+        lvl = ledger.level(member) if member else None
         earn = ledger.rule("earn")
-        packages = {p["id"]: p for p in views.packages(ledger, member) if p["remaining"] > 0}
-        service = service or self.favourite_service(member, services)
+        packages = ({p["id"]: p for p in views.packages(ledger, member) if p["remaining"] > 0}
+                    if member else {})
+        service = service or (self.favourite_service(member, services) if member
+                               else next(iter(services), None))
         # A member with uses of this service left uses them first, as they expect.
         with_package = coupon is None and any(p["service"] == service
                                               for p in packages.values())
-        d, body, error = self.dialog(tr("消费", "Consume a service") + self._who())
+        card, pin = (self.card_no, self.pin) if member else (None, None)
+        d, body, error = self.dialog(tr("消费", "Consume a service") + (
+            self._who() if member else tr(" — 散客", " — walk-in customer")))
         with body:
             svc = ui.select({code: f"{v.get('name', code)}  {money(int(v['price']))}"
                              for code, v in services.items()},
@@ -536,13 +553,14 @@ class Counter:
             # From the card, from a package, or paid at the till by one of the
             # chain's methods (the history then says so, and the card is untouched).
             ui.label(tr("付款方式", "Paid by")).classes("text-sm text-gray-600")
-            pay = ui.radio({"stored": tr("储值卡", "Stored value"),
-                            "package": tr("套餐次数", "Package uses"),
-                            **self.shop.pay_methods()},
-                           value="package" if with_package else "stored").props("inline") \
-                .mark("pay")
-            ticket, coupons = self._coupon_select(member)
-            if coupon is not None:
+            methods = self.shop.pay_methods()
+            pay = ui.radio({**({"stored": tr("储值卡", "Stored value"),
+                                "package": tr("套餐次数", "Package uses")} if member else {}),
+                            **methods},
+                           value="package" if with_package else "stored" if member
+                           else next(iter(methods))).props("inline").mark("pay")
+            ticket, coupons = self._coupon_select(member) if member else (None, {})
+            if coupon is not None and ticket is not None:
                 if coupon not in coupons:  # another member's, used, or expired: say so
                     view = ledger.coupon_view(coupon)
                     self.say_trouble(tr("这张券不能用：{state}", "This coupon cannot be used: "
@@ -554,32 +572,41 @@ class Counter:
             def update() -> None:
                 code, n = svc.value, int(qty.value or 1)
                 # A package's uses pay nothing a coupon could take off.
-                ticket.set_visibility(bool(coupons) and pay.value != "package")
+                if ticket is not None:
+                    ticket.set_visibility(bool(coupons) and pay.value != "package")
                 if code not in services:
                     preview.set_text("")
                     return
                 gross = int(services[code]["price"]) * n
+                if lvl is None:
+                    preview.set_text(tr("应付 {net}（散客：原价，不积分）",
+                                        "To pay {net} (walk-in: list price, no points)",
+                                        net=money(gross)))
+                    return
                 if pay.value == "package":
                     left = sum(p["remaining"] for p in packages.values() if p["service"] == code)
                     preview.set_text(tr("用套餐 {n} 次（剩 {left} 次）", "{n} package use(s) "
                                         "({left} left)", n=n, left=left))
                     return
                 unit = apply_rate(int(services[code]["price"]), str(lvl["discount"]))
-                off = self._coupon_off(coupons.get(str(ticket.value or "")),
-                                       apply_rate(gross, str(lvl["discount"])), unit, code)
+                chosen = coupons.get(str(ticket.value or "")) if ticket is not None else None
+                off = self._coupon_off(chosen, apply_rate(gross, str(lvl["discount"])), unit,
+                                       code)
                 preview.set_text(self._price_line(gross, lvl, earn, off))
 
-            for el in (svc, qty, pay, ticket):
+            for el in (svc, qty, pay, *([ticket] if ticket is not None else [])):
                 el.on_value_change(update)
             update()
 
             async def confirm() -> None:
                 code, n, how = svc.value, int(qty.value or 1), str(pay.value)
-                card, pin = self.card_no, self.pin
-                cid = (ticket.value or None) if how != "package" else None
+                cid = (ticket.value or None) if ticket is not None and how != "package" \
+                    else None
+                # No member nor card: the library sells to this branch's walk-in customer.
+                payer = self._payer(member, card, pin) if member else {}
                 done = await self.act(
                     self.shop.operation(self.op, "debit", service=code, qty=n, pay=how,
-                                        coupon=cid, **self._payer(member, card, pin)),
+                                        coupon=cid, **payer),
                     "debit", lambda e: tr("已消费 {what}，实付 {paid}", "Done: {what}, "
                                           "paid {paid}", what=self.shop.service_name(code),
                                           paid=money(int(e["amount"]))), error)
@@ -907,15 +934,30 @@ class Counter:
 
             self.buttons(d, tr("确认兑换", "Redeem"), confirm, "redeem-ok")
 
-    def refund_dialog(self, entry: dict[str, Any]) -> None:
+    def refund_dialog(self, entry: dict[str, Any], units_left: int | None = None) -> None:
+        """退款. A goods sale is refunded by units (the library refuses an amount: its
+        money is that share of what was paid, and the units go back on the shelf);
+        `units_left`: its units not yet refunded, the default. A package by uses, the
+        rest by an amount."""
         package = entry.get("pay") == "package"
+        goods = entry.get("goods") is not None
         d, body, error = self.dialog(tr("退款", "Refund"))
         with body:
-            ui.label(f"{self.shop.service_name(entry.get('service'))}  "
-                     + (tr("{n} 次", "{n} use(s)", n=entry.get("qty", 1)) if package
-                        else money(int(entry["amount"])))).classes("text-lg")
+            if goods:
+                ui.label(f"{self.shop.goods_name(str(entry['goods']))} ×{entry.get('qty', 1)}  "
+                         + money(int(entry["amount"]))).classes("text-lg")
+            else:
+                ui.label(f"{self.shop.service_name(entry.get('service'))}  "
+                         + (tr("{n} 次", "{n} use(s)", n=entry.get("qty", 1)) if package
+                            else money(int(entry["amount"])))).classes("text-lg")
             amount = None
-            if not package:
+            units = None
+            if goods:
+                left = int(entry.get("qty", 1)) if units_left is None else units_left
+                units = ui.number(tr("退货数量（退回库存）", "Units returned (back to stock)"),
+                                  value=max(1, left), min=1, max=max(1, left), precision=0) \
+                    .classes("w-48").mark("refund-qty")
+            elif not package:
                 amount = ui.input(tr("退款金额（不填则全部退）", "Amount (empty: all of it)")) \
                     .props("outlined inputmode=decimal").classes("w-full").mark("refund-amount")
             reason = ui.input(tr("原因", "Reason")).props("outlined").classes("w-full") \
@@ -931,9 +973,10 @@ class Counter:
                         self.refused(e, error, fixed=lambda: not (typed.value or "").strip()
                                      or _valid_money(typed.value))
                         return
+                n = int(units.value or 1) if units is not None else None
                 done = await self.act(
                     self.shop.operation(self.op, "refund", debit_id=str(entry["id"]),
-                                        amount=fen, reason=reason.value or ""),
+                                        amount=fen, qty=n, reason=reason.value or ""),
                     "refund", lambda e: tr("已退款", "Refunded") + (
                         f" {money(int(e['amount']))}" if e.get("amount") else ""), error)
                 if done is not None:
@@ -1195,6 +1238,12 @@ class MemberPanel:
         # Rights moved between branches or between merged members: no money changed.
         entries = [e for e in history if e["kind"] not in ("transfer", "merge")]
         refunded = {e.get("ref") for e in entries if e["kind"] == "refund"}
+        # A goods sale's units already refunded, so its refund offers the rest.
+        units_back: dict[str, int] = {}
+        for e in entries:
+            if e["kind"] == "refund" and e.get("goods"):
+                units_back[str(e.get("ref"))] = units_back.get(str(e.get("ref")), 0) \
+                    + int(e.get("qty") or 0)
         with ui.card().classes("w-full gap-1"):
             ui.label(tr("最近记录", "Last visits")).classes("text-lg font-bold")
             if not entries:
@@ -1209,7 +1258,9 @@ class MemberPanel:
                     text, tone = _entry_amount(e)
                     ui.label(text).classes(f"text-right tabular-nums {tone}")
                     if e["kind"] == "debit" and can("refund"):
-                        ui.button(tr("退款", "Refund"), on_click=lambda e=e: c.refund_dialog(e)) \
+                        ui.button(tr("退款", "Refund"), on_click=lambda e=e: c.refund_dialog(
+                            e, int(e.get("qty") or 1) - units_back.get(str(e["id"]), 0)
+                            if e.get("goods") else None)) \
                             .props("flat dense " + ("color=negative" if e["id"] not in
                                                     refunded else "color=grey")) \
                             .classes("text-sm py-0").mark("refund")

@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 from app_fixtures import CASHIER, OWNER, CounterApp
 from helpers import snapshot
+from nicegui import ui
 from nicegui.elements.mixins.value_element import ValueElement
 from test_app_counter import CARD, member_with_card, swipe
 from test_app_office import second_store
 
+from crdtledger import views
 from crdtledger.goods import walk_in
 from crdtledger.ledger import Ledger
 from crdtledger.syncfile import export_file, import_file
@@ -387,3 +389,56 @@ async def test_a_coupon_held_at_a_branch_out_of_reach_names_it(
     app.user.find(marker="consume-ok").click()
     await app.user.should_see("这张优惠券在徐家汇店（现在连不上）", retries=SETTLE)
     assert snapshot(app.ledger, [mid]) == before
+
+
+# --- issue 15: a goods sale refunded by units; a service sold to a walk-in customer -----
+
+async def test_a_goods_refund_by_one_unit_puts_it_back_on_the_shelf(
+        counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    with_goods(app)
+    await app.login(*OWNER)  # a cashier may not refund
+    await swipe(app)
+    app.reader.scan(BARCODE)
+    app.user.find(marker="goods-qty").clear().type("2")
+    app.user.find(marker="goods-ok").click()
+    await app.user.should_see("已售 精油 ×2，实收 ¥176.00")
+    assert stock(app) == 8
+    await app.user.should_see("商品 · 精油 ×2 · 储值")
+    app.user.find(marker="refund").click()
+    # By units, not an amount (the library refuses one for goods): both left by default.
+    await app.user.should_see(marker="refund-qty")
+    await app.user.should_not_see(marker="refund-amount")
+    [units] = app.user.find(marker="refund-qty").elements
+    assert isinstance(units, ValueElement) and units.value == 2
+    app.user.find(marker="refund-qty").clear().type("1")
+    app.user.find(marker="refund-ok").click()
+    await app.user.should_see("已退款 ¥88.00")
+    assert stock(app) == 9  # the unit is back on this branch's shelf
+    [refund] = [e for e in app.ledger.history(mid, limit=5) if e["kind"] == "refund"]
+    assert (refund["amount"], refund["qty"], refund["goods"]) == (8800, 1, "G01")
+    assert app.ledger.balance(mid)["cash"] == 50000 - 17600 + 8800
+
+
+async def test_a_walk_in_service_paid_in_cash_is_in_the_days_report(
+        counter_app: CounterApp) -> None:
+    app = counter_app
+    await app.login(*CASHIER)
+    app.user.find(marker="walk-in-service").click()  # no member on screen
+    await app.user.should_see("散客")
+    choose(app, "service", "FOOT60")
+    # Till methods only: no stored value, no package, no coupon without a member.
+    [pay] = app.user.find(marker="pay").elements
+    assert isinstance(pay, ui.radio)
+    assert not {"stored", "package"} & set(pay.options), pay.options
+    await app.user.should_not_see(marker="coupon")
+    await app.user.should_see("应付 ¥128.00（散客：原价，不积分）")
+    choose(app, "pay", "cash")
+    app.user.find(marker="consume-ok").click()
+    await app.user.should_see("已消费 足疗 60 分钟，实付 ¥128.00")
+    [sale] = [e for e in app.ledger.history(walk_in(app.ledger.node), limit=5)
+              if e["kind"] == "debit"]
+    assert (sale["amount"], sale["pay"], sale["service"]) == (12800, "cash", "FOOT60")
+    report = views.daily_report(app.ledger, app.ledger.today(), app.ledger.node)
+    assert report["sales"] == 12800 and report["till_by_method"] == {"cash": 12800}
