@@ -43,6 +43,17 @@ MANAGER = ("manager", "manager1")
 # it while the demo runs shows 张伟 on the counter.
 VIRTUAL_CARD_UID = "04A1B2C3"
 
+# The goods the shops sell over the counter (code, name, unit, price, cost, barcode,
+# points price, low-stock line), and what each branch bought in before the history.
+GOODS: list[tuple[str, str, str, int, int, str, int, int]] = [
+    ("G01", "薰衣草精油", "瓶", 8800, 3000, "6901234567892", 1800, 5),
+    ("G02", "玫瑰精油", "瓶", 12800, 4500, "6901234567908", 0, 3),
+    ("G03", "艾草足浴包", "盒", 2500, 800, "6901234567915", 500, 10),
+    ("G04", "补水面膜", "盒", 6800, 2200, "6901234567922", 0, 5),
+    ("G05", "红枣养生茶", "袋", 3800, 1200, "6901234567939", 800, 5),
+]
+GOODS_STOCKED = {"SH01": 20, "SH02": 14, "HZ01": 10}
+
 SERVICES: dict[str, dict[str, Any]] = {
     "FOOT60": {"name": "足疗 60 分钟", "price": 12800},
     "FOOT90": {"name": "足疗 90 分钟", "price": 16800},
@@ -194,10 +205,12 @@ class _Story:
         # How customers pay at the till, from a stream of its own: the story's other
         # draws (who visits, what they buy) stay as they were before methods existed.
         self.till = random.Random(repr(rng.getstate()))  # seeded without drawing
+        # Goods sales too (they came after the story was written).
+        self.shelf = random.Random(repr(rng.getstate()) + "goods")
 
-    def method(self) -> str:
+    def method(self, rng: random.Random | None = None) -> str:
         """A payment method as a Shanghai shop sees them: mostly WeChat Pay and Alipay."""
-        return self.till.choices(("wechat", "alipay", "cash", "card"), (5, 3, 1, 1))[0]
+        return (rng or self.till).choices(("wechat", "alipay", "cash", "card"), (5, 3, 1, 1))[0]
 
     def local(self, day: date, at: time) -> datetime:
         return datetime.combine(day, at, self.chain.tz)
@@ -230,7 +243,15 @@ class _Story:
                                                    roles=["cashier"])
         self.operator["manager"] = hq.add_operator(boss, MANAGER[0], MANAGER[1],
                                                    roles=["manager"])
+        for code, name, unit, price, cost, barcode, points_price, low in GOODS:
+            hq.add_goods(boss, code, name, price, cost, unit=unit, barcode=barcode,
+                         category="精油" if "精油" in name else "养生",
+                         points_price=points_price, low_stock=low)
         self.chain.sync()
+        for node, qty in GOODS_STOCKED.items():
+            for item in GOODS:
+                self.chain.ledgers[node].stock_in(self.operator["manager"], item[0], qty,
+                                                  supplier="上海芳香供应链")
 
     def people(self) -> list[tuple[str, str, str, str, str | None]]:
         """(name, phone, home, card, PIN) of every member, the featured ones first."""
@@ -310,6 +331,13 @@ class _Story:
             for node in BRANCHES:
                 for _ in range(rng.randrange(8, 15)):
                     events.append((self.local(day, self.shop_time()), partial(self.visit, node)))
+        shelf = self.shelf
+        for d in range(HISTORY_DAYS + 1):
+            day = start + timedelta(days=d)
+            for node in BRANCHES:
+                for _ in range(shelf.randrange(1, 4)):
+                    at = time(shelf.randrange(10, 21), shelf.randrange(60))
+                    events.append((self.local(day, at), partial(self.sell_goods, node)))
         events += self.specials(start)
         for when, action in sorted(events, key=lambda e: e[0]):
             if when >= self.now - timedelta(minutes=10):
@@ -349,6 +377,18 @@ class _Story:
                 self.serve(node, m, balance)
         except InsufficientFunds:
             pass  # a rare combination the story does not need
+
+    def sell_goods(self, node: str) -> None:
+        """A goods sale at the till: to a walk-in customer (散客) or a member of the
+        branch, paid at the till."""
+        shelf = self.shelf
+        code = shelf.choice(GOODS)[0]
+        own = [m.id for m in self.members if m.home == node]
+        member = shelf.choice(own) if own and shelf.random() < 0.5 else None
+        qty, pay = shelf.choice((1, 1, 1, 2)), self.method(shelf)
+        with suppress(InsufficientFunds):  # sold out: the shelf is empty until restocked
+            self.chain.perform(node, lambda lg: lg.sell_goods(
+                self.operator["cashier"], code, qty, member=member, pay=pay))
 
     def serve(self, node: str, m: Member, balance: Mapping[str, Any]) -> None:
         cashier = self.operator["cashier"]
