@@ -560,8 +560,8 @@ def _usb(ids: tuple[int, int], data: bytes, timeout: float) -> None:
     from escpos.printer import Usb
 
     if not Usb.is_usable():
-        raise PrinterError("USB printing needs pyusb and libusb on this PC "
-                           "(pip install pyusb; apt install libusb-1.0-0)")
+        raise PrinterError("USB printing needs libusb on this PC "
+                           "(apt install libusb-1.0-0)")
     printer = Usb(ids[0], ids[1], timeout=int(timeout * 1000))
     printer.open()
     try:
@@ -579,8 +579,16 @@ def _os_error(e: BaseException) -> OSError | None:
     return cause
 
 
+def _not_plugged_in(e: BaseException) -> bool:
+    from escpos.exceptions import DeviceNotFoundError, USBNotFoundError
+
+    return isinstance(e, (DeviceNotFoundError, USBNotFoundError))
+
+
 def _code(e: BaseException) -> str:
     cause = _os_error(e)
+    if _not_plugged_in(e):
+        return "not_found"
     if isinstance(cause, ConnectionRefusedError):
         return "refused"
     if isinstance(cause, TimeoutError):
@@ -591,6 +599,9 @@ def _code(e: BaseException) -> str:
 def _reason(e: BaseException, config: PrinterConfig) -> str:
     cause = _os_error(e)
     where = config.describe().split(",")[0]
+    if _not_plugged_in(e):
+        return (f"no printer {where} is plugged into this PC (check its cable and "
+                "power: `lsusb` lists it when it is there)")
     if isinstance(cause, ConnectionRefusedError):
         return f"the printer at {where} refused the connection (is it switched on?)"
     if isinstance(cause, TimeoutError):

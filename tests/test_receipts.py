@@ -162,6 +162,24 @@ def test_the_command_line_sets_the_printer_and_reprints(tmp_path: Path,
     assert failed.code == 1 and "refused the connection" in failed.err
 
 
+def test_a_usb_printer_that_is_not_plugged_in_is_named(tmp_path: Path) -> None:
+    """The USB path runs for real up to the bus (pyusb over libusb): no printer is
+    plugged into this machine, and none can be (a USB gadget needs the kernel's
+    dummy_hcd), so what is tested is that its absence is a sentence, not a crash."""
+    ledger, mid = shop(tmp_path)
+    data = ledger.storage.dir
+    entry = ledger.topup(ledger.owner, mid, 20000, pay="cash")
+    ledger.close()
+    bad = run_cli("printer", "set", "--usb", "0416", data=data)
+    assert bad.code != 0 and "VENDOR:PRODUCT" in bad.err
+    assert run_cli("printer", "set", "--usb", "0416:5011", data=data).code == 0
+    assert "USB 0416:5011" in run_cli("printer", "show", data=data).out
+    tried = run_cli("printer", "test", data=data)
+    assert tried.code == 1 and "no printer USB 0416:5011 is plugged into this PC" in tried.err
+    failed = run_cli("receipt", "print", "--entry", entry["id"], "--json", data=data)
+    assert failed.code == 1
+
+
 def test_the_api_shows_and_reprints_a_receipt(tmp_path: Path, printer: PrinterListener) -> None:
     async def main() -> None:
         ledger, mid = shop(tmp_path)
