@@ -562,8 +562,13 @@ def _usb(ids: tuple[int, int], data: bytes, timeout: float) -> None:
     if not Usb.is_usable():
         raise PrinterError("USB printing needs libusb on this PC "
                            "(apt install libusb-1.0-0)")
+    from escpos.exceptions import DeviceNotFoundError, USBNotFoundError
+
     printer = Usb(ids[0], ids[1], timeout=int(timeout * 1000))
-    printer.open()
+    try:
+        printer.open()
+    except (DeviceNotFoundError, USBNotFoundError) as e:
+        raise _NotPluggedIn() from e
     try:
         printer._raw(data)
     finally:
@@ -579,15 +584,14 @@ def _os_error(e: BaseException) -> OSError | None:
     return cause
 
 
-def _not_plugged_in(e: BaseException) -> bool:
-    from escpos.exceptions import DeviceNotFoundError, USBNotFoundError
-
-    return isinstance(e, (DeviceNotFoundError, USBNotFoundError))
+class _NotPluggedIn(Exception):
+    """No USB device with the printer's ids (python-escpos raises the same error for
+    a network printer that refuses, so only `_usb` can tell)."""
 
 
 def _code(e: BaseException) -> str:
     cause = _os_error(e)
-    if _not_plugged_in(e):
+    if isinstance(e, _NotPluggedIn):
         return "not_found"
     if isinstance(cause, ConnectionRefusedError):
         return "refused"
@@ -599,7 +603,7 @@ def _code(e: BaseException) -> str:
 def _reason(e: BaseException, config: PrinterConfig) -> str:
     cause = _os_error(e)
     where = config.describe().split(",")[0]
-    if _not_plugged_in(e):
+    if isinstance(e, _NotPluggedIn):
         return (f"no printer {where} is plugged into this PC (check its cable and "
                 "power: `lsusb` lists it when it is there)")
     if isinstance(cause, ConnectionRefusedError):
