@@ -30,6 +30,8 @@ MEMBER_SHARDS = 32
 # Anchored with \Z: "$" would also accept a name with a trailing newline ("rules\n").
 DOC_NAME = re.compile(r"^(ledger/[0-9]{4}-(0[1-9]|1[0-2])|members/[0-9]{2}|rules|operators)\Z")
 ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{13}\.[A-Z0-9][A-Z0-9_]{0,15}\Z")
+# The walk-in customer (散客) of branch N is WALK_IN + N (crdtledger.payments.walk_in).
+WALK_IN = "0" * 13 + "."
 PURSE = re.compile(
     r"^(cash|bonus|points|stock|transit|(pkg|cpn):[0-9A-HJKMNP-TV-Z]{13}\.[A-Z0-9_]{1,16})\Z")
 # pkg:ID a package's uses; cpn:ID a coupon's one right to be redeemed (crdtledger.coupons).

@@ -24,7 +24,7 @@ from crdtledger.errors import (
 from crdtledger.hlc import check_node_id
 from crdtledger.inputs import check_text
 from crdtledger.merge import Merges
-from crdtledger.model import GOODS_PURSES, ID, MONEY_PURSES, PURSE, PURSE_METHODS
+from crdtledger.model import GOODS_PURSES, ID, MONEY_PURSES, PURSE, PURSE_METHODS, WALK_IN
 from crdtledger.money import (
     apply_rate,
     check_amount,
@@ -50,11 +50,11 @@ def walk_in(node: str) -> str:
     without a member (goods, services, plain amounts) are written for. Never a member
     record, so nothing can top it up or pay from it; it earns no points and gets no
     level discount."""
-    return f"{'0' * 13}.{node}"
+    return WALK_IN + node
 
 
 def is_walk_in(member: str) -> bool:
-    return member.startswith("0" * 13 + ".")
+    return member.startswith(WALK_IN)
 
 
 def _spend(node: str, purses: Mapping[str, Mapping[str, int]], amount: int

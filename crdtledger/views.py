@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from crdtledger.errors import InvalidInput, NotFound
 from crdtledger.hlc import id_time_ms
-from crdtledger.model import EDITS, PERMISSIONS
+from crdtledger.model import EDITS, PERMISSIONS, WALK_IN
 from crdtledger.settlement import KINDS as SETTLED_KINDS
 from crdtledger.settlement import Statement, settle
 
@@ -737,6 +737,8 @@ def ranking(ledger: Ledger, by: str = "members", start: str | None = None,
     where += " AND kind IN ('debit', 'refund')"
     if by == "services":
         where += " AND service IS NOT NULL"
+    else:  # 散客 are nobody: a till sale to a walk-in customer ranks no member
+        where += f" AND member NOT LIKE '{WALK_IN}%'"
     rows = conn.execute(
         f"SELECT {key}, SUM(CASE kind WHEN 'debit' THEN amount ELSE -amount END), "
         f"SUM(CASE kind WHEN 'debit' THEN 1 ELSE 0 END) FROM entries WHERE {where} "

@@ -291,6 +291,11 @@ def test_a_service_sold_to_a_walk_in_customer(tmp_path: Path) -> None:
         day = views.daily_report(ledger, ledger.today(), "SH01")
         assert day["till_by_method"] == {"alipay": 1500, "cash": price - 2800}
         assert day["sales"] == price + 1500 - 2800
+        ledger.topup(owner, member, 20000, pay="cash")
+        spent = ledger.debit(owner, member, amount=900)["amount"]
+        # 散客 is nobody: the member ranking lists members only.
+        assert [(r["member"], r["amount"]) for r in views.ranking(ledger, "members")] == [
+            (member, spent)]
     finally:
         ledger.close()
 
