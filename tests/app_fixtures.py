@@ -13,6 +13,8 @@ tests/conftest.py loads this module as a plugin; tests mark themselves
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -111,3 +113,14 @@ async def counter_app(tmp_path: Path) -> AsyncIterator[CounterApp]:
             ui.navigate = Navigate()
             ui.notify = notify
             ui.download = download
+
+
+def parse_csv(data: bytes) -> list[list[str]]:
+    assert data.startswith("\ufeff".encode()), "Excel needs the BOM to read UTF-8"
+    return list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+
+
+async def downloaded(app: CounterApp, marker: str) -> bytes:
+    """What the page hands the browser when the button marked `marker` is clicked."""
+    app.user.find(marker=marker).click()
+    return (await app.user.download.next()).content

@@ -4,12 +4,10 @@ driven as the owner would against a real node and store."""
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Any
 
 import pytest
-from app_fixtures import CASHIER, NODE, OWNER, CounterApp
+from app_fixtures import CASHIER, NODE, OWNER, CounterApp, downloaded, parse_csv
 from nicegui import ui
 
 from crdtledger import operations, views
@@ -37,16 +35,6 @@ def table(app: CounterApp, marker: str) -> list[dict[str, Any]]:
     return list(t.rows)
 
 
-def parse_csv(data: bytes) -> list[list[str]]:
-    assert data.startswith("\ufeff".encode()), "Excel needs the BOM to read UTF-8"
-    return list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
-
-
-async def download(app: CounterApp, marker: str) -> bytes:
-    app.user.find(marker=marker).click()
-    return (await app.user.download.next()).content
-
-
 async def test_rankings_in_order_with_the_library_figures_and_csv(
         counter_app: CounterApp) -> None:
     app = counter_app
@@ -71,7 +59,7 @@ async def test_rankings_in_order_with_the_library_figures_and_csv(
     # The CSVs are `crdtledger report goods --by ... --csv`'s rows, ranked.
     for by, first in (("sales", ["1", "T01", "毛巾", "5", "50.00", "20.00", "30.00"]),
                       ("profit", ["1", "G01", "精油", "2", "176.00", "60.00", "116.00"])):
-        rows = parse_csv(await download(app, f"export-goods-{by}"))
+        rows = parse_csv(await downloaded(app, f"export-goods-{by}"))
         assert rows[0] == ["名次", "商品代码", "商品", "销量", "销售额", "成本", "利润"]
         assert rows[1] == first
         cli = operations.TABLE["report.goods"].table
@@ -93,7 +81,7 @@ async def test_stock_per_branch_with_the_low_items_marked(counter_app: CounterAp
     assert (rows["G01"][NODE], rows["G01"]["SH02"], rows["G01"]["low"]) == ("2", "—", [NODE])
     assert (rows["T01"][NODE], rows["T01"]["SH02"], rows["T01"]["low"]) == (
         "4", "0（在途 1）", [])
-    data = parse_csv(await download(app, "export-stock"))
+    data = parse_csv(await downloaded(app, "export-stock"))
     assert data[0][:5] == ["商品代码", "商品", "分店", "分店号", "库存"]
     cli = operations.TABLE["stock.list"].table
     assert cli is not None
@@ -115,7 +103,7 @@ async def test_a_period_without_sales_says_so(counter_app: CounterApp) -> None:
     await app.user.should_see("这段时间没有卖出商品")
     await app.user.should_not_see(marker="goods-sales")
     # The CSV of that period has the header only.
-    assert parse_csv(await download(app, "export-goods-profit"))[1:] == []
+    assert parse_csv(await downloaded(app, "export-goods-profit"))[1:] == []
     await app.user.should_see(marker="stock")  # the shelves are not a period's
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Any
 
 import pytest
-from app_fixtures import CASHIER, NODE, OWNER, CounterApp
+from app_fixtures import CASHIER, NODE, OWNER, CounterApp, downloaded, parse_csv
 from nicegui import ui
 from nicegui.elements.upload_files import SmallFileUpload
 
@@ -39,16 +37,6 @@ def table_rows(app: CounterApp) -> list[dict[str, Any]]:
     return [row for t in app.user.find(ui.table).elements for row in t.rows]
 
 
-def parse_csv(data: bytes) -> list[list[str]]:
-    assert data.startswith("\ufeff".encode()), "Excel needs the BOM to read UTF-8"
-    return list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
-
-
-async def download(app: CounterApp, marker: str) -> bytes:
-    app.user.find(marker=marker).click()
-    return (await app.user.download.next()).content
-
-
 async def test_reports_show_real_figures_and_export_csv(counter_app: CounterApp,
                                                         tmp_path: Path) -> None:
     app = counter_app
@@ -61,20 +49,20 @@ async def test_reports_show_real_figures_and_export_csv(counter_app: CounterApp,
     assert rows["南京西路店"]["sales"] == "¥128.00"
     assert rows["南京西路店"]["topup_cash"] == "¥500.00"
     assert rows["合计"]["new_members"] == 1
-    daily = parse_csv(await download(app, "export-daily"))
+    daily = parse_csv(await downloaded(app, "export-daily"))
     assert daily[0][:3] == ["日期", "分店", "新会员"]
     assert daily[1][1:4] == ["南京西路店", "1", "128.00"]
 
     await app.user.open("/office/ranking")
     names = [r["name"] for r in table_rows(app)]
     assert "足疗 60 分钟" in names and "王芳 138****5678" in names
-    services = parse_csv(await download(app, "export-services"))
+    services = parse_csv(await downloaded(app, "export-services"))
     assert services[1] == ["1", "FOOT60", "足疗 60 分钟", "1", "128.00"]
 
     await app.user.open("/office/topups")
     [topup] = table_rows(app)
     assert (topup["member"], topup["paid"]) == ("王芳 138****5678", "¥500.00")
-    receipts = parse_csv(await download(app, "export-topups"))
+    receipts = parse_csv(await downloaded(app, "export-topups"))
     assert receipts[1][3:6] == ["王芳", "138****5678", "500.00"]
 
     await app.user.open("/office/settlement")
@@ -99,14 +87,14 @@ async def test_reports_show_real_figures_and_export_csv(counter_app: CounterApp,
     assert (rows["南京西路店"]["collected"], rows["南京西路店"]["served_own"],
             rows["南京西路店"]["unspent"]) == ("¥500.00", "¥128.00", "¥172.00")
     assert {r["check"] for r in rows.values()} == {"✓"}
-    statement = parse_csv(await download(app, "export-settlement"))
+    statement = parse_csv(await downloaded(app, "export-settlement"))
     assert statement[1] == ["南京西路店", NODE, "徐家汇店", "SH02", "200.00", "0.00", "200.00"]
     assert statement[4][:2] == ["南京西路店", NODE]
     assert statement[4][2:] == settlement.csv_rows(views.settlement(app.ledger))[4][1:]
 
     app.ledger.add_member(app.node_owner, name="李娜", phone="13900001111")
     await app.user.open("/office/members")
-    members = parse_csv(await download(app, "export-members"))
+    members = parse_csv(await downloaded(app, "export-members"))
     assert {(m[1], m[2]) for m in members[1:]} == {("王芳", "13812345678"),
                                                    ("李娜", "13900001111")}
 
@@ -154,7 +142,7 @@ async def test_sync_file_round_trip_and_bad_files_change_nothing(
     await app.user.open("/office/sync")
 
     # Export here, import at a branch without a network: it holds what we hold.
-    data = await download(app, "sync-export")
+    data = await downloaded(app, "sync-export")
     other = second_store(tmp_path / "sh02", tmp_path / "chain")  # make_store's chain
     try:
         (tmp_path / "in.crdtsync").write_bytes(data)
@@ -203,7 +191,7 @@ async def test_backup_downloads_a_store_that_opens(counter_app: CounterApp,
     mid = seed(app)
     await app.login(*OWNER)
     await app.user.open("/office/sync")
-    data = await download(app, "backup")
+    data = await downloaded(app, "backup")
     assert data.startswith(b"CRDTLEDGER-SEALED backup 1\n")
     (tmp_path / "download.ledger.backup").write_bytes(data)
     # Sealed with the chain's secret: opened with the chain directory (make_store's).
