@@ -69,6 +69,7 @@ from crdtledger.log import Record
 from crdtledger.sync import MAX_FRAME_BYTES, SyncSession, UpdatesApplied, states_digest
 from crdtledger.throttle import LoginThrottle
 from peer.chain import Identity, PeerRejected, load_identity
+from peer.gateways import Gateway, gateways_from_config
 from peer.local import RUN_FILE, local_app, write_run_file
 from peer.metrics import CONTENT_TYPE, Metrics
 
@@ -228,6 +229,10 @@ class Node:
         self.api_port = 0
         self.discovery: Any = None
         self.started_at = time.time()
+        # channel -> Gateway, from DATA/node.toml's [notify] (peer.gateways); read at
+        # start, empty for a node that sends nothing. Others (the members' pages) send
+        # through it too: `await node.gateways["sms"].send(Message(...))`.
+        self.gateways: dict[str, Gateway] = {}
 
     # --- what the API and the CLI route use -----------------------------------
 
@@ -501,6 +506,7 @@ class Node:
                 f"{self.data_dir} has no chain certificate: create the node with "
                 "`crdtledger init --data DIR --node NODE --chain CHAIN_DIR`")
         self.identity = identity
+        self.gateways = gateways_from_config(self.data_dir)  # bad settings: refused here
         self._ledger = Ledger.open(self.data_dir)
         try:
             if self.ledger.node != identity.node or self.ledger.chain != identity.chain:
