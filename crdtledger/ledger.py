@@ -12,7 +12,8 @@ path (`commit.LedgerBase._commit`):
   corrections, and the reads of a member's purses;
 - `merge`: duplicate members folded into one, and the sweep of their rights;
 - `goods`: the goods catalogue, stock at each branch, goods sales and gifts;
-- `coupons`: coupons issued to members, each redeemed at most once chain-wide.
+- `coupons`: coupons issued to members, each redeemed at most once chain-wide;
+- `membership`: referral (two approvals), check-in activities, member exit and return.
 
 Mixins rather than delegating objects: a debit is benchmarked, and a method found
 through the class's MRO costs nothing per call, where a forwarding call would. And
@@ -30,18 +31,18 @@ from typing import Any
 
 from crdtledger import views
 from crdtledger.commit import SKEW_EVENTS_KEPT, Write
-from crdtledger.coupons import Coupons
 from crdtledger.errors import InvalidInput
 from crdtledger.goods import Goods
 from crdtledger.hlc import check_node_id
 from crdtledger.inputs import MAX_TEXT
 from crdtledger.members import PHONE, PREF_KEYS
+from crdtledger.membership import Membership
 from crdtledger.model import owner_of
 from crdtledger.replica import Replica
 from crdtledger.storage import Storage
 
 
-class Ledger(Coupons, Goods, Replica):
+class Ledger(Membership, Goods, Replica):
     """One node's ledger: members, cards and purses, their operations and views."""
 
     # --- lifecycle ----------------------------------------------------------
@@ -89,7 +90,10 @@ class Ledger(Coupons, Goods, Replica):
         (crdtledger.merge), then writes off the expired points it holds. The node core
         runs it a minute after start and once a day (core.HOUSEKEEPING_S); returns the entries
         written."""
-        return [*self.sweep_merged(), *self.expire_due_points()]
+        # Then the referral rewards this branch owes (approved at other branches) and
+        # the surplus check-ins it wrote while cut off (crdtledger.membership).
+        return [*self.sweep_merged(), *self.expire_due_points(),
+                *self.grant_due_referrals(), *self.reconcile_checkins()]
 
 
 # Besides Ledger, names peer/, reference_app/, benchmarks/, tests/ and

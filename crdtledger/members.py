@@ -114,6 +114,9 @@ class Members(Auth):
         profile: dict[str, Any] = json.loads(row[0])
         if profile.get("deleted"):
             raise InvalidInput(f"member {member} was deleted")
+        if profile.get("exited"):  # an approved exit (crdtledger.membership)
+            raise InvalidInput(f"member {member} has left (退会): nothing can be sold to or "
+                               "for them until a return is approved")
         return profile, (int(row[1] or 0), int(row[2] or 0))
 
 

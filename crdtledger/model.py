@@ -72,6 +72,18 @@ EntryKind = Literal[
     # id, `goods` its code, `qty` the units, `reason` in, return, adjust, ship, receive,
     # sale or gift, `ref` the sale's debit or the gift's redeem written with it.
     "stock",
+    # Membership workflows (crdtledger.membership): a member's referrer (`referrer`);
+    # an approval or rejection (`ref` the referral or application, `step`); a
+    # referral's reward, written only by the branch that recorded the referral (write
+    # rule referral-reward); a check-in at an activity (`activity`; with `ref`, the
+    # reversal of a surplus one); an exit or return application (`step`); the stored
+    # value settled when an exit is approved (`step` refund or forfeit, `paid` cash).
+    "referral",
+    "approval",
+    "reward",
+    "checkin",
+    "exit",
+    "exit_settle",
 ]
 ENTRY_KINDS: frozenset[str] = frozenset(get_args(EntryKind))
 
@@ -141,6 +153,11 @@ PERMISSIONS = frozenset(
         "goods.write",  # the goods catalogue (a governance rule: head office only)
         "stock.write",  # purchase in and return, stock-take, shipping and receiving
         "sale",  # sell goods over the counter (crdtledger.goods)
+        "referral.approve1",  # a referral's first level of approval (store manager)
+        "referral.approve2",  # its second level, by another operator (head office)
+        "checkin",  # check a member in at an activity (签到; cashiers too)
+        "member.exit",  # apply for a member's exit (退会) or return (cashiers too)
+        "member.exit.approve",  # decide an exit or return application (owner, manager)
     }
 )
 
@@ -159,6 +176,8 @@ BUILTIN_ROLES: dict[str, frozenset[str]] = {
             "package.sell",
             "coupon.redeem",
             "sale",
+            "checkin",
+            "member.exit",
         }
     ),
 }
@@ -201,6 +220,13 @@ DEFAULT_RULES: dict[str, Any] = {
         {"code": "card", "name_zh": "银行卡", "name_en": "bank card"},
         {"code": "other", "name_zh": "其他", "name_en": "other"},
     ],
+    # Membership workflows (crdtledger.membership): the referrer's reward once a
+    # referral is approved twice (none, points, bonus fen or a coupon of `off` fen),
+    # the check-in activities (code -> window, points, repeat), and what an approved
+    # exit does with the remaining principal (refund in cash, or forfeit).
+    "referral": {"reward": "none"},
+    "checkin": {},
+    "exit": {"stored_value": "refund"},
 }
 RULE_KINDS = frozenset(DEFAULT_RULES)
 
@@ -273,6 +299,9 @@ _OPTIONAL_STRS = frozenset({
     "valid_to",
     "goods",  # a sale's or a stock entry's goods code (crdtledger.goods)
     "note",  # a stock-take's reason (crdtledger.goods)
+    "referrer",  # a referral's referrer; a check-in's activity; an approval's or
+    "activity",  # application's step (crdtledger.membership)
+    "step",
 })
 
 

@@ -163,6 +163,10 @@ def _check_rule(kind: str, body: Any) -> None:
             _require(isinstance(body, dict) and isinstance(body["crl"], str),
                      "crl is text")
             _require(bool(_BASE64.match(body["crl"])), "crl is not base64")
+        elif kind in ("referral", "checkin", "exit"):
+            from crdtledger.membership import RULE_CHECKS  # it builds on this module
+
+            RULE_CHECKS[kind](body)
         else:
             _require(isinstance(body, dict), "the rule is a map")
     except (KeyError, TypeError, ValueError, ArithmeticError, LedgerError) as e:

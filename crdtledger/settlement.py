@@ -32,6 +32,10 @@ The rule (docs/design-notes.md, "Settlement by value served"):
   branch and its place in FIFO order, to the survivor, at the moment of that entry.
   The survivor's matching `merge` entry (field `ref`) only mirrors it and is not
   read. A cash-lowering `merge` without `to` removes the value, as a correction.
+- Member exit (crdtledger.membership): an `exit_settle` entry with `step` refund pays
+  the principal back in cash at its branch, read like a debit (the collecting branch
+  owes the paying one); with `step` forfeit it is read like a negative correction (the
+  value leaves the books as the collecting branch's income, `removed`).
 - Transfers (rights) are ignored entirely; points and package uses are not money.
 - Cash consumed with no lot left to take is *owed* by the member's next lot: a branch
   whose clock was set back after running ahead (hlc.py, eras) mints ids below those it
@@ -71,7 +75,7 @@ from crdtledger.money import format_yuan
 
 # The entry kinds that can change a member's prepaid principal. views.settlement reads
 # only these.
-KINDS = ("topup", "debit", "package", "refund", "correction", "merge")
+KINDS = ("topup", "debit", "package", "refund", "correction", "merge", "exit_settle")
 
 # The figures of a branch, in the order the statement's table shows them.
 BRANCH_FIGURES = ("opening", "collected", "served_own", "served_for_others",
@@ -195,11 +199,14 @@ class _Replay:
                 self.unspent[node] += cash
                 self.book(node, "collected", cash)
                 self.cover(self.books[e["member"]])
-        elif kind in ("debit", "package") and cash < 0:
+        elif (kind in ("debit", "package") or (kind == "exit_settle"
+                                                and e.get("step") == "refund")) and cash < 0:
+            # An exit's refund is value paid out at its branch like value served: the
+            # branch that collected it owes the one that paid it back.
             self.consume(e, -cash)
         elif kind == "refund" and cash > 0:
             self.give_back(e, cash)
-        elif kind in ("correction", "merge") and cash < 0:
+        elif kind in ("correction", "merge", "exit_settle") and cash < 0:  # exit: forfeit
             taken, short = self.books[e["member"]].take(-cash)
             target = self.books[e["to"]] if kind == "merge" and e.get("to") else None
             for key, collector, n in taken:

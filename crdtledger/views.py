@@ -250,7 +250,8 @@ def find_members(conn: sqlite3.Connection, query: str, limit: int = 20) -> list[
     for mid in dict.fromkeys(canonical(conn, m) for m in ids):
         row = conn.execute("SELECT name, phone, home, body FROM members WHERE id = ?",
                            (mid,)).fetchone()
-        if row is None or json.loads(row[3]).get("deleted"):
+        body = json.loads(row[3]) if row is not None else {}
+        if row is None or body.get("deleted") or body.get("exited"):  # exited: 退会
             continue
         out.append({"id": mid, "name": row[0], "phone": mask_phone(row[1]), "home": row[2]})
     return out[:limit]

@@ -50,6 +50,10 @@ RULES: tuple[WriteRule, ...] = (
     WriteRule("coupon-unit", "a coupon's one unit is created only by the entry that issues "
                              "it (purse cpn:<that entry's id>); every other record moves or "
                              "spends units and never adds any"),
+    WriteRule("referral-reward", "a referral's reward (a `reward` entry, or a coupon naming "
+                                 "a referral in `ref`) is written only by the branch that "
+                                 "recorded the referral, so it is granted once "
+                                 "(crdtledger.membership)"),
     WriteRule("governance", "operators, roles and rules are written only by a node the "
                             "chain grants governance (the head office's certificate); a "
                             "revocation list signed by the chain CA, by any branch"),
@@ -189,6 +193,11 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
                     coupons[purse] = coupons.get(purse, 0) + change
         if new.get("kind") == "coupon":
             issued.add(COUPON_PREFIX + key)
+        # The referral's id names its writer: a pure check, the same on every replica.
+        if (new.get("kind") == "reward" or (new.get("kind") == "coupon" and "ref" in new)) and (
+                not isinstance(new.get("ref"), str) or new["ref"].rsplit(".", 1)[-1] != node):
+            raise RuleBroken("referral-reward", f"{doc}: entry {key}: node {node} rewards a "
+                                                "referral another branch recorded")
     # Like money, a coupon moves between branches and is spent; unlike money, nobody
     # may make more of it: one unit, made by its issue. (A branch could otherwise
     # give itself a new unit of a coupon already redeemed, in any member's name.)

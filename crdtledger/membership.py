@@ -1,0 +1,647 @@
+"""Membership workflows: referral (老带新), check-in activities (签到), member exit (退会).
+
+All three are ledger entries (immutable, keyed by their writer, replicated like any
+entry), so every replica derives the same state from the same entries whatever order
+they reach it in; the few things a branch must decide alone are decided by the one
+branch that may (the escrow idea again).
+
+Referral (老带新)
+    A `referral` entry records the referrer of a member (field `referrer`), written
+    when the member joins (member.add --referrer) or right after. One referrer per
+    member: a second referral is refused where the first is known; two written
+    concurrently at cut-off branches are both kept and the first by id counts (the
+    other shows as `void`, and is never rewarded). The reward (rule `referral`: points,
+    bonus value or a coupon, for the referrer) needs two levels of approval, each by an
+    `approval` entry (`ref` = the referral, `step` "1", "2" or "reject"): level 1 by an
+    operator holding `referral.approve1`, level 2 by another operator holding
+    `referral.approve2`; never by the operator who recorded the referral. Two
+    permissions, not one: a chain can give level 1 to its store managers and level 2 to
+    head office only, which is what two levels of approval are for; the built-in
+    owner and manager roles hold both, and the two approvers must still differ.
+    Who grants: only the branch that recorded the referral (its entry's node) writes the
+    reward (a `reward` entry, or a `coupon` entry with `reason` referral, `ref` = the
+    referral), checking in its write transaction that none exists; the write rule
+    `referral-reward` refuses on every replica a reward whose referral another branch
+    wrote. So a referral approved twice, or at two branches at once, is rewarded once.
+    The recording branch grants in the commit of the level-2 approval when it gives it,
+    else when the approvals reach it (Ledger.housekeeping, `referral.grant`, or its
+    back-office page). A rejection seen before the grant means nothing is granted.
+
+Check-in activities (签到)
+    Set by head office as the rule `checkin` (code -> name, window `from`-`to` in the
+    chain's local time, `points`, `repeat` "once" or "daily" with `per_day` times a
+    day). A check-in is a `checkin` entry of this branch (field `activity`) whose
+    points are this branch's rights, expiring like earned points. Refused outside the
+    window and past the limit as this branch sees it. While branches are cut off a
+    member could check in at two of them beyond the limit; once they see each other
+    the surplus ones (the later ones by id) are reversed by the branch that wrote them
+    (a `checkin` entry taking the points back, `ref` = the surplus one: each branch
+    lowers only its own rights), at housekeeping or `checkin.reconcile`. The
+    attendance report marks them.
+
+Member exit (退会)
+    An `exit` entry is an application (`step` "exit" or "return", `reason`), by an
+    operator holding `member.exit`; an `approval` entry (`step` "approve" or "reject")
+    decides it, by another operator holding `member.exit.approve`. Approving an exit
+    settles the stored value by the rule `exit` (`stored_value`: "refund" pays the
+    principal back in cash, money out of the till; "forfeit" makes it income; bonus
+    value is never paid out, it is forfeited either way) in an `exit_settle` entry
+    (`step` refund or forfeit, `paid` the cash paid back) that lowers the member's
+    cash, bonus and points. Only rights held here can be lowered, so the approving
+    branch first gathers the member's value held at other branches (RightsElsewhere:
+    the node asks the holders for it, as for a debit, and the approval runs again);
+    cut off from a holder, the approval is refused with the holder named. Settlement
+    (crdtledger.settlement) reads a refund like a sale (value collected at A and paid
+    back at B: A owes B) and a forfeit like a negative correction (the collecting
+    branch keeps it). The member's profile then says `exited` (hidden from the
+    counter's search, refused for sales: members._live_member); a `return` approved
+    clears it. Erasure of personal data is a separate operation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta
+from typing import Any, Literal, get_args
+
+from pycrdt import Map
+
+from crdtledger import escrow, views
+from crdtledger.commit import Write, note_edit
+from crdtledger.coupons import Coupons, purse_of
+from crdtledger.errors import InvalidInput, NotFound, PermissionDenied
+from crdtledger.inputs import check_text
+from crdtledger.model import ID, SERVICE_CODE, member_doc
+from crdtledger.money import check_amount
+
+# --- rules -------------------------------------------------------------------------------
+
+RewardKind = Literal["none", "points", "bonus", "coupon"]
+REWARD_KINDS: tuple[RewardKind, ...] = get_args(RewardKind)
+Repeat = Literal["once", "daily"]
+REPEATS: tuple[Repeat, ...] = get_args(Repeat)
+ExitRule = Literal["refund", "forfeit"]
+EXIT_RULES: tuple[ExitRule, ...] = get_args(ExitRule)
+
+ReferralStatus = Literal["pending", "approved1", "approved", "granted", "rejected", "void"]
+ExitStatus = Literal["pending", "approved", "rejected"]
+
+MINUTE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}\Z")
+
+
+def _ok(cond: bool, what: str) -> None:
+    if not cond:
+        raise InvalidInput(what)
+
+
+def _whole(value: Any, what: str, *, zero: bool = True) -> int:
+    _ok(isinstance(value, int) and not isinstance(value, bool), f"{what} is a whole number")
+    return check_amount(value, allow_zero=zero)
+
+
+def check_referral_rule(body: Any) -> None:
+    """The rule `referral`: what the referrer gets once a referral is approved twice."""
+    _ok(isinstance(body, dict), "the referral rule is a map")
+    kind = body.get("reward")
+    _ok(kind in REWARD_KINDS, f"reward is one of {', '.join(REWARD_KINDS)}")
+    if kind == "points":
+        _ok(_whole(body.get("points"), "points", zero=False) > 0, "points above 0")
+    elif kind == "bonus":
+        _whole(body.get("bonus"), "bonus (fen)", zero=False)
+    elif kind == "coupon":
+        _whole(body.get("off"), "off (fen)", zero=False)
+        _ok(1 <= _whole(body.get("valid_days", 30), "valid_days") <= 3650,
+            "valid_days from 1 to 3650")
+
+
+def check_activity(code: Any, a: Any) -> None:
+    _ok(isinstance(code, str) and bool(SERVICE_CODE.match(code)),
+        f"activity code {code!r} is not 1-20 letters, digits, _ or -")
+    _ok(isinstance(a, dict), f"{code}: an activity is a map")
+    _ok(isinstance(a.get("name"), str) and 0 < len(a["name"]) <= 60,
+        f"{code}: name is text of 1 to 60 characters")
+    for k in ("from", "to"):
+        _ok(isinstance(a.get(k), str) and bool(MINUTE.match(a[k])),
+            f"{code}: {k} is a local time like 2026-12-03T09:00")
+        try:
+            datetime.fromisoformat(a[k])
+        except ValueError:
+            raise InvalidInput(f"{code}: {k} {a[k]} is not a time") from None
+    _ok(a["from"] < a["to"], f"{code}: the window ends before it starts")
+    _whole(a.get("points", 0), f"{code}: points")
+    _ok(a.get("repeat") in REPEATS, f"{code}: repeat is once or daily")
+    if a["repeat"] == "daily":
+        _ok(1 <= _whole(a.get("per_day", 1), f"{code}: per_day") <= 100,
+            f"{code}: per_day from 1 to 100")
+
+
+def check_checkin_rule(body: Any) -> None:
+    """The rule `checkin`: activity code -> activity, the whole set in each version."""
+    _ok(isinstance(body, dict) and len(body) <= 200, "check-in activities are a map of "
+                                                     "at most 200")
+    for code, a in body.items():
+        check_activity(code, a)
+
+
+def check_exit_rule(body: Any) -> None:
+    _ok(isinstance(body, dict) and body.get("stored_value") in EXIT_RULES,
+        f"stored_value is one of {', '.join(EXIT_RULES)}")
+
+
+RULE_CHECKS = {"referral": check_referral_rule, "checkin": check_checkin_rule,
+               "exit": check_exit_rule}
+
+
+# --- pure derivations: the same on every replica -------------------------------------------
+
+
+def referral_status(approvals: list[dict[str, Any]], granted: bool) -> tuple[
+        ReferralStatus, dict[str, str]]:
+    """A referral's status from its approvals in id order, and who gave each level.
+    Level 1 is the first "1"; level 2 the first "2" after it by another operator. A
+    rejection counts unless the reward was granted already (then it came too late)."""
+    who: dict[str, str] = {}
+    rejected = False
+    for a in approvals:
+        step = a.get("step")
+        if step == "reject":
+            rejected = True
+            who.setdefault("reject", str(a["op"]))
+        elif step == "1" and "1" not in who:
+            who["1"] = str(a["op"])
+        elif step == "2" and "1" in who and "2" not in who and a["op"] != who["1"]:
+            who["2"] = str(a["op"])
+    if granted:
+        return "granted", who
+    if rejected:
+        return "rejected", who
+    if "2" in who:
+        return "approved", who
+    return ("approved1" if "1" in who else "pending"), who
+
+
+def allowed_today(activity: Mapping[str, Any], earlier: list[str], day: str) -> int:
+    """How many more check-ins the activity allows a member who checked in on the days
+    `earlier` (one item per check-in) on `day`."""
+    if activity["repeat"] == "once":
+        return 0 if earlier else 1
+    return max(0, int(activity.get("per_day", 1)) - sum(1 for d in earlier if d == day))
+
+
+class Membership(Coupons):
+    """Referral, check-in and exit (composed into crdtledger.ledger.Ledger)."""
+
+    # --- shared reads ------------------------------------------------------------------
+
+    def _entries(self, where: str, args: list[Any]) -> list[dict[str, Any]]:
+        return [dict(json.loads(b)) for (b,) in self.storage.conn.execute(
+            f"SELECT body FROM entries WHERE {where} ORDER BY id", args)]
+
+    def _known(self, member: str) -> dict[str, Any]:
+        """The member's profile (exited or not), or NotFound."""
+        if not isinstance(member, str) or not ID.match(member):
+            raise InvalidInput(f"{str(member)[:40]!r} is not a member id")
+        row = self.storage.conn.execute(
+            "SELECT body FROM members WHERE id = ?", (member,)).fetchone()
+        if row is None:
+            raise NotFound(f"unknown member {member}")
+        profile: dict[str, Any] = json.loads(row[0])
+        if profile.get("deleted"):
+            raise InvalidInput(f"member {member} was deleted")
+        return profile
+
+    def _local_minute(self) -> str:
+        """Now in the chain's time zone, to the minute, as activities' windows are."""
+        return datetime.fromtimestamp(self.clock.wall() / 1000, self.storage.tz).strftime(
+            "%Y-%m-%dT%H:%M")
+
+    def _check_distinct(self, operator: str, other: str, what: str) -> None:
+        if operator == other:
+            raise PermissionDenied(f"operator {operator} {what}: another operator must")
+
+    def _earn_expiry(self) -> str | None:
+        return self._points_expiry(self.today(), self.rule("earn"))
+
+    # --- referral ----------------------------------------------------------------------
+
+    def check_referrer(self, referrer: str) -> str:
+        """The referrer named, checked: a live member (a merged one acts as its
+        survivor). For member.add, before it adds anyone."""
+        self._known(referrer)
+        survivor = views.canonical(self.storage.conn, referrer)
+        if self._known(survivor).get("exited"):
+            raise InvalidInput(f"member {survivor} has left (退会) and cannot refer anyone")
+        return survivor
+
+    def referral_of(self, member: str) -> dict[str, Any] | None:
+        """The member's referral that counts (the first by id), or None."""
+        found = self._entries("member = ? AND kind = 'referral'", [member])
+        return found[0] if found else None
+
+    def refer(self, operator: str, member: str, referrer: str) -> dict[str, Any]:
+        """Record who referred `member` (once; never themself)."""
+        self.authorise(operator, "member.add")
+        self._known(member)
+        referrer = self.check_referrer(referrer)
+        if views.canonical(self.storage.conn, member) == referrer:
+            raise InvalidInput("a member cannot refer themself")
+        entry = self._entry("referral", member, referrer=referrer, op=operator)
+
+        def plan() -> tuple[list[Write], dict[str, Any]]:
+            first = self.referral_of(member)  # in the transaction: one per member here
+            if first is not None:
+                raise InvalidInput(f"member {member} was referred already, by "
+                                   f"{first['referrer']} ({first['id']})")
+            return [self._entry_write(entry)], entry
+
+        return self._commit(plan)
+
+    def _referral(self, referral: str) -> dict[str, Any]:
+        if not isinstance(referral, str) or not ID.match(referral):
+            raise InvalidInput(f"{str(referral)[:40]!r} is not a referral id")
+        row = self.storage.conn.execute(
+            "SELECT body FROM entries WHERE id = ? AND kind = 'referral'", (referral,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no referral {referral} at this branch")
+        return dict(json.loads(row[0]))
+
+    def _grant_of(self, referral: str) -> dict[str, Any] | None:
+        found = self._entries("ref = ? AND kind IN ('reward', 'coupon')", [referral])
+        return found[0] if found else None
+
+    def referral_view(self, referral: str) -> dict[str, Any]:
+        r = self._referral(referral)
+        approvals = self._entries("ref = ? AND kind = 'approval'", [referral])
+        grant = self._grant_of(referral)
+        first = self.referral_of(str(r["member"]))
+        status, who = referral_status(approvals, grant is not None)
+        if first is not None and first["id"] != r["id"]:
+            status = "void"
+        return {"referral": r["id"], "member": r["member"], "referrer": r["referrer"],
+                "branch": r["node"], "recorded_by": r["op"],
+                "on": self.storage.day_of(int(r["at"])), "status": status,
+                "level1": who.get("1", ""), "level2": who.get("2", ""),
+                "rejected_by": who.get("reject", "") if status == "rejected" else "",
+                "reward": "" if grant is None else grant["id"]}
+
+    def referrals(self, status: str | None = None, member: str | None = None
+                  ) -> list[dict[str, Any]]:
+        """Referrals, newest first; of a member (as referee or referrer) if named."""
+        args: list[Any] = []
+        where = "kind = 'referral'"
+        if member:
+            where += " AND (member = ? OR json_extract(body, '$.referrer') = ?)"
+            args += [member, member]
+        out = [self.referral_view(str(e["id"])) for e in reversed(self._entries(where, args))]
+        return [v for v in out if status is None or v["status"] == status]
+
+    def approve_referral(self, operator: str, referral: str, *, reject: bool = False,
+                         reason: str = "") -> dict[str, Any]:
+        """The next level of approval of a referral (level 1, then level 2 by another
+        operator), or its rejection. Granted here at once if this branch recorded it."""
+        r = self._referral(referral)
+        view = self.referral_view(referral)
+        status = view["status"]
+        perms = self.permissions(operator)
+        if status in ("granted", "rejected", "void"):
+            raise InvalidInput(f"referral {referral} is {status} already")
+        if operator == r["op"]:
+            raise PermissionDenied(f"operator {operator} recorded referral {referral} and "
+                                   "cannot approve it: another operator must")
+        if reject:
+            if not perms & {"referral.approve1", "referral.approve2"}:
+                raise PermissionDenied(f"operator {operator} may not approve referrals")
+            step = "reject"
+        elif status == "pending":
+            self.authorise(operator, "referral.approve1")
+            step = "1"
+        elif status == "approved1":
+            self.authorise(operator, "referral.approve2")
+            if operator == view["level1"]:
+                raise PermissionDenied(f"operator {operator} gave level 1 of referral "
+                                       f"{referral}: level 2 needs another operator")
+            step = "2"
+        else:
+            raise InvalidInput(f"referral {referral} was approved twice already; its reward "
+                               f"is granted by {r['node']}, where it was recorded")
+        entry = self._entry("approval", str(r["member"]), ref=referral, step=step,
+                            reason=check_text(reason, "reason"), op=operator)
+
+        def plan() -> tuple[list[Write], dict[str, Any]]:
+            writes = [self._entry_write(entry)]
+            if step == "2" and r["node"] == self.node:
+                reward = self._reward(r)
+                if reward is not None:
+                    writes.append(self._entry_write(reward))
+            return writes, entry
+
+        self._commit(plan)
+        return self.referral_view(referral)
+
+    def _reward(self, r: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The reward entry of referral `r` by the rule in force, or None if the rule
+        gives nothing (or it was granted already). Called inside the write transaction."""
+        if self._grant_of(str(r["id"])) is not None:
+            return None
+        rule = self.rule("referral")
+        to = views.canonical(self.storage.conn, str(r["referrer"]))
+        op = f"referral@{self.node}"
+        kind = rule.get("reward")
+        if kind == "points":
+            pts = int(rule["points"])
+            return self._entry("reward", to, deltas=[("points", self.node, pts)],
+                               points=pts, ref=r["id"], reason="referral", op=op,
+                               expires=self._earn_expiry())
+        if kind == "bonus":
+            bonus = int(rule["bonus"])
+            return self._entry("reward", to, deltas=[("bonus", self.node, bonus)],
+                               bonus=bonus, ref=r["id"], reason="referral", op=op)
+        if kind == "coupon":
+            last = (date.fromisoformat(self.today())
+                    + timedelta(days=int(rule.get("valid_days", 30)) - 1)).isoformat()
+            c = self._entry("coupon", to, amount=int(rule["off"]), ref=r["id"],
+                            valid_to=last, reason="referral", op=op)
+            c["deltas"] = [[purse_of(str(c["id"])), self.node, 1]]
+            return c
+        return None
+
+    def grant_due_referrals(self, operator: str | None = None) -> list[dict[str, Any]]:
+        """Rewards of the referrals this branch recorded that are approved twice and not
+        yet granted (approvals given at other branches): the recording branch alone
+        grants, once."""
+        if operator is not None:
+            self.authorise(operator, "referral.approve2")
+        done = []
+        for r in self._entries("kind = 'referral' AND node = ?", [self.node]):
+            if self.referral_view(str(r["id"]))["status"] != "approved":
+                continue
+
+            def plan(r: dict[str, Any] = r) -> tuple[list[Write], dict[str, Any] | None]:
+                reward = self._reward(r)
+                return ([] if reward is None else [self._entry_write(reward)]), reward
+
+            got = self._commit(plan)
+            if got is not None:
+                done.append(got)
+        return done
+
+    # --- check-in ----------------------------------------------------------------------
+
+    def activities(self) -> dict[str, Any]:
+        return dict(self.rule("checkin"))
+
+    def set_activity(self, operator: str, code: str, activity: Mapping[str, Any]) -> str:
+        """Add or change one activity: a new version of the rule `checkin` holding the
+        others as they are (head office: rules are governance)."""
+        self.authorise(operator, "rules.manage")
+        a = dict(activity)
+        check_activity(code, a)
+        return str(self.set_rule(operator, "checkin", {**self.activities(), code: a}))
+
+    def _activity(self, code: str) -> dict[str, Any]:
+        a = self.activities().get(code)
+        if a is None:
+            raise NotFound(f"no check-in activity {code}")
+        return dict(a)
+
+    def checkin(self, operator: str, activity: str, member: str | None = None, *,
+                card: str | None = None, pin: str | None = None) -> dict[str, Any]:
+        """签到: the member (by id or card) checks in at the activity, within its window
+        and limit; its points are this branch's."""
+        self.authorise(operator, "checkin")
+        a = self._activity(activity)
+        now = self._local_minute()
+        if not a["from"] <= now < a["to"]:
+            raise InvalidInput(f"activity {activity} ({a['name']}) runs from "
+                               f"{a['from'].replace('T', ' ')} to "
+                               f"{a['to'].replace('T', ' ')}; it is {now.replace('T', ' ')}")
+        member, _ = self._resolve(member, card, pin)
+        day = self.today()
+        pts = int(a.get("points", 0))
+        entry = self._entry("checkin", member, activity=activity, op=operator,
+                            deltas=[("points", self.node, pts)], points=pts or None,
+                            expires=self._earn_expiry() if pts else None)
+
+        def plan() -> tuple[list[Write], dict[str, Any]]:
+            earlier = self._checkin_days(member, activity)
+            if allowed_today(a, earlier, day) <= 0:
+                raise InvalidInput(
+                    f"member {member} checked in at {activity} already" + (
+                        "" if a["repeat"] == "once" else
+                        f" {a.get('per_day', 1)} time(s) today, the most it allows"))
+            return [self._entry_write(entry)], entry
+
+        return self._commit(plan)
+
+    def _checkins(self, member: str | None, activity: str) -> list[dict[str, Any]]:
+        """The check-ins that count (not reversals, not reversed), in id order."""
+        where = "kind = 'checkin' AND json_extract(body, '$.activity') = ?"
+        args: list[Any] = [activity]
+        if member is not None:
+            group = views.member_group(self.storage.conn, member)
+            where += f" AND member {views.in_(group)}"
+            args += group
+        rows = self._entries(where, args)
+        reversed_ = {str(e["ref"]) for e in rows if e.get("ref")}
+        return [e for e in rows if not e.get("ref") and e["id"] not in reversed_]
+
+    def _checkin_days(self, member: str, activity: str) -> list[str]:
+        return [self.storage.day_of(int(e["at"])) for e in self._checkins(member, activity)]
+
+    def _surplus(self, activity: str) -> list[dict[str, Any]]:
+        """Check-ins beyond the activity's limit, by id order per member (only branches
+        cut off from each other write them)."""
+        a = self.activities().get(activity)
+        if a is None:
+            return []
+        seen: dict[str, list[str]] = {}
+        out = []
+        for e in self._checkins(None, activity):
+            m = views.canonical(self.storage.conn, str(e["member"]))
+            day = self.storage.day_of(int(e["at"]))
+            earlier = seen.setdefault(m, [])
+            if allowed_today(a, earlier, day) <= 0:
+                out.append(e)
+            else:
+                earlier.append(day)
+        return out
+
+    def reconcile_checkins(self, operator: str | None = None) -> list[dict[str, Any]]:
+        """Reverse the surplus check-ins this branch wrote (their points are its own
+        rights, as far as it still holds them)."""
+        if operator is not None:
+            self.authorise(operator, "checkin")
+        done = []
+        for code in self.activities():
+            for e in self._surplus(code):
+                if e["node"] != self.node:
+                    continue
+                member = str(e["member"])
+                pts = min(int(e.get("points") or 0),
+                          self._rights(member, "points").get(self.node, 0))
+                rev = self._entry("checkin", member, activity=code, ref=e["id"],
+                                  deltas=[("points", self.node, -pts)], points=pts or None,
+                                  reason="surplus", op=f"checkin@{self.node}")
+                done.append(self._post(rev, {"points": pts}))
+        return done
+
+    def attendance(self, activity: str, day_from: str | None = None,
+                   day_to: str | None = None) -> list[dict[str, Any]]:
+        """签到记录: every check-in at the activity (surplus ones marked), oldest first."""
+        self._activity(activity)  # NotFound for an unknown code
+        surplus = {e["id"] for e in self._surplus(activity)}
+        rows = []
+        conn = self.storage.conn
+        for e in self._checkins(None, activity):
+            day = self.storage.day_of(int(e["at"]))
+            if (day_from and day < day_from) or (day_to and day > day_to):
+                continue
+            name = conn.execute("SELECT name FROM members WHERE id = ?",
+                                (e["member"],)).fetchone()
+            rows.append({
+                "entry": e["id"], "member": e["member"], "name": name[0] if name else "",
+                "branch": e["node"], "day": day,
+                "time": datetime.fromtimestamp(int(e["at"]) / 1000,
+                                               self.storage.tz).strftime("%H:%M"),
+                "points": int(e.get("points") or 0),
+                "status": "surplus" if e["id"] in surplus else "ok"})
+        return rows
+
+    # --- exit and return -----------------------------------------------------------------
+
+    def _applications(self, member: str) -> list[dict[str, Any]]:
+        return self._entries("member = ? AND kind = 'exit'", [member])
+
+    def _decision(self, application: str) -> dict[str, Any] | None:
+        found = self._entries("ref = ? AND kind = 'approval'", [application])
+        return found[0] if found else None
+
+    def exit_view(self, application: str) -> dict[str, Any]:
+        if not isinstance(application, str) or not ID.match(application):
+            raise InvalidInput(f"{str(application)[:40]!r} is not an application id")
+        row = self.storage.conn.execute(
+            "SELECT body FROM entries WHERE id = ? AND kind = 'exit'", (application,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no exit or return application {application} at this branch")
+        e = json.loads(row[0])
+        d = self._decision(application)
+        settle = self._entries("ref = ? AND kind = 'exit_settle'", [application])
+        status: ExitStatus = ("pending" if d is None else
+                              "approved" if d["step"] == "approve" else "rejected")
+        return {"application": e["id"], "member": e["member"], "step": e["step"],
+                "reason": e.get("reason", ""), "by": e["op"], "branch": e["node"],
+                "on": self.storage.day_of(int(e["at"])), "status": status,
+                "decided_by": "" if d is None else d["op"],
+                "settled": settle[0]["step"] if settle else "",
+                "paid": int(settle[0].get("paid") or 0) if settle else 0,
+                "forfeited": (sum(-c for p, _n, c in settle[0]["deltas"]
+                                  if p in ("cash", "bonus")) - int(settle[0].get("paid") or 0)
+                              if settle else 0)}
+
+    def exits(self, status: str | None = None) -> list[dict[str, Any]]:
+        out = [self.exit_view(str(e["id"])) for e in reversed(self._entries(
+            "kind = 'exit'", []))]
+        return [v for v in out if status is None or v["status"] == status]
+
+    def exited(self) -> list[dict[str, Any]]:
+        """Members who have left, for the back office (the counter's search hides them)."""
+        return [{"id": m, "name": n, "phone": views.mask_phone(p), "home": h}
+                for m, n, p, h, b in self.storage.conn.execute(
+                    "SELECT id, name, phone, home, body FROM members ORDER BY id")
+                if json.loads(b).get("exited")]
+
+    def apply_exit(self, operator: str, member: str, reason: str, *,
+                   step: Literal["exit", "return"] = "exit") -> dict[str, Any]:
+        """退会申请 (or a return's): an operator for the member, with a reason."""
+        self.authorise(operator, "member.exit")
+        reason = check_text(reason, "reason", required=True)
+        profile = self._known(member)
+        if step == "exit" and profile.get("exited"):
+            raise InvalidInput(f"member {member} has left already")
+        if step == "return" and not profile.get("exited"):
+            raise InvalidInput(f"member {member} has not left: nothing to return from")
+        if step == "exit" and "merged_into" in profile:
+            raise InvalidInput(f"member {member} was merged into another: apply for "
+                               f"{views.canonical(self.storage.conn, member)}")
+        for a in self._applications(member):
+            if self._decision(str(a["id"])) is None:
+                raise InvalidInput(f"member {member} has an application waiting already "
+                                   f"({a['id']}, {a['step']})")
+        entry = self._entry("exit", member, step=step, reason=reason, op=operator)
+        self._post(entry, {})
+        return self.exit_view(str(entry["id"]))
+
+    def decide_exit(self, operator: str, application: str, *, reject: bool = False,
+                    reason: str = "", pay: str | None = None) -> dict[str, Any]:
+        """Approve (or reject) an exit or return application: another operator holding
+        `member.exit.approve`. An exit approved settles the stored value by the rule
+        `exit` here (gathering what other branches hold first) and marks the member."""
+        self.authorise(operator, "member.exit.approve")
+        view = self.exit_view(application)
+        if view["status"] != "pending":
+            raise InvalidInput(f"application {application} was {view['status']} already, "
+                               f"by {view['decided_by']}")
+        self._check_distinct(operator, view["by"], f"applied for {application} and cannot "
+                                                    "decide it")
+        member = str(view["member"])
+        reason = check_text(reason, "reason")
+        decision = self._entry("approval", member, ref=application, reason=reason,
+                               step="reject" if reject else "approve", op=operator)
+        if reject:
+            self._post(decision, {})
+            return self.exit_view(application)
+        profile = self._known(member)
+        if view["step"] == "exit" and profile.get("exited"):
+            raise InvalidInput(f"member {member} has left already")
+        if view["step"] == "return" and not profile.get("exited"):
+            raise InvalidInput(f"member {member} has not left")
+        exiting = view["step"] == "exit"
+        rule = str(self.rule("exit")["stored_value"])
+        method = self._pay(pay) if exiting and rule == "refund" else None
+        if exiting:
+            self._acting(member)  # sweeps a merged member's rights held here to it
+        change = self.clock.mint()
+
+        def mark(root: Map[Any]) -> None:
+            m = root[member]
+            m["exited"] = exiting
+            note_edit(m, change, operator, ["exited"])
+
+        def plan() -> tuple[list[Write], dict[str, Any]]:
+            writes = [self._entry_write(decision)]
+            if exiting:
+                purses = self._purses(member)
+                out = []
+                for purse in ("cash", "bonus", "points"):
+                    held = purses.get(purse, {})
+                    total = sum(held.values())
+                    if total > 0:  # all of it must be here: else the node fetches it
+                        escrow.require(purse, self.node, held, total, member)
+                        out.append((purse, self.node, -total))
+                if out:
+                    cash = -sum(c for p, _n, c in out if p == "cash")
+                    paid = cash if rule == "refund" else 0
+                    settle = self._entry(
+                        "exit_settle", member, deltas=out, ref=application, step=rule,
+                        amount=-sum(c for p, _n, c in out if p in ("cash", "bonus")),
+                        paid=paid or None, pay=method if paid else None, op=operator)
+                    writes.append(self._entry_write(settle))
+            writes.append(Write(member_doc(member), "members", member, mark))
+            return writes, decision
+
+        self._commit(plan)
+        return self.exit_view(application)
+
+
+def attendance_csv_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+    head = ["day", "time", "branch", "member", "name", "points", "status", "entry"]
+    return [head, *([str(r[k]) for k in ("day", "time", "branch", "member", "name", "points",
+                                          "status", "entry")] for r in rows)]
+
+
+__all__ = ["EXIT_RULES", "REPEATS", "REWARD_KINDS", "RULE_CHECKS", "Membership",
+           "allowed_today", "attendance_csv_rows", "check_activity", "referral_status"]
