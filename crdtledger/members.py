@@ -9,7 +9,7 @@ from typing import Any
 
 from pycrdt import Map
 
-from crdtledger import views
+from crdtledger import erasure, views
 from crdtledger.auth import Auth
 from crdtledger.commit import Write, note_edit, put
 from crdtledger.errors import InvalidInput, NotFound
@@ -70,6 +70,8 @@ class Members(Auth):
         if self.storage.conn.execute(
             "SELECT 1 FROM members WHERE id = ?", (member,)).fetchone() is None:
             raise NotFound(f"unknown member {member}")  # a deleted one may be edited back
+        if views.member(self, member).get("erased"):  # type: ignore[arg-type]
+            raise InvalidInput(f"member {member} was erased: its data cannot be written again")
         fields = dict(fields or {})
         if "level" in fields:
             self.authorise(operator, "member.upgrade")
@@ -99,6 +101,10 @@ class Members(Auth):
             note_edit(m, change, operator, changed)
 
         self._write(Write(member_doc(member), "members", member, mutate))
+
+    def erase_member(self, operator: str, member: str) -> dict[str, Any]:
+        """Erase a member's personal data on every replica (crdtledger.erasure)."""
+        return erasure.erase_member(self, operator, member)  # type: ignore[arg-type]
 
     def find_members(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
         return views.find_members(self.storage.conn, check_text(query, "search"), limit)

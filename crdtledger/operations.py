@@ -302,7 +302,7 @@ def run(ledger: Ledger, operator: str, name: str, params: Mapping[str, Any]) -> 
 
 # Operations on the very member record named, merged or not: a profile edit (an
 # erasure of a merged member's own data) and the merge itself.
-_OWN_RECORD = frozenset({"member.edit", "member.merge"})
+_OWN_RECORD = frozenset({"member.edit", "member.merge", "member.erase"})
 
 
 def show(ledger: Ledger, name: str, result: Any, params: Mapping[str, Any]) -> str:
@@ -667,6 +667,20 @@ def _show_merged(ledger: Ledger, r: Any, _p: Params) -> str:
                    Param("into", MEMBER_ID, required=True, help="the member who stays")))
 def member_merge(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return ledger.merge_member(operator, p["member"], p["into"])
+
+
+ERASED = {"type": "object", "required": ["member", "erased", "change"],
+          "properties": {"member": STR, "erased": {"type": "array", "items": STR},
+                         "change": STR}}
+
+
+@operation("member.erase", "Erase a member's personal data on every branch (PIPL): "
+           "refused while it holds stored value; its figures stay, without a name",
+           permission="member.delete", http="POST /members/{member}/erase", result=ERASED,
+           params=(Param("member", MEMBER_ID, required=True, help="the member to erase"),),
+           show=lambda _l, r, _p: f"erased the personal data of {', '.join(r['erased'])}")
+def member_erase(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.erase_member(operator, p["member"])
 
 
 @operation("balance", "Cash (stored value), bonus, points and package uses left, in fen "

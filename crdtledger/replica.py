@@ -24,6 +24,7 @@ from pycrdt import get_update
 
 from crdtledger import views
 from crdtledger.commit import LedgerBase
+from crdtledger.erasure import recently_erased
 from crdtledger.errors import ClockSkew, RemoteProtocolError
 from crdtledger.hlc import MAX_CLOCK_SKEW_MS, decode, id_floor, id_time_ms, wall_ms
 from crdtledger.lib0 import covered, decode_state_vector
@@ -316,6 +317,14 @@ class Replica(LedgerBase):
         self._notify(new, origin)
         for name in dict.fromkeys(plan.touched):
             self.storage.maybe_compact(name)
+        # An erasure came, or an edit a branch wrote into a member before it heard of
+        # the erasure (it lands in the deleted Map): the old values leave this store.
+        members = {n for n in plan.touched if n.startswith("members/")}
+        erased = members and members & recently_erased(self.storage.conn, self.clock.wall())
+        if erased:
+            for name in sorted(erased):
+                self.storage.compact(name)
+            self.storage.forget_freed()
         return new
 
     def _verify(self, batch: Batch, strict: bool) -> VerifiedBatch:

@@ -103,6 +103,9 @@ CREATE TABLE IF NOT EXISTS members(
 CREATE INDEX IF NOT EXISTS members_phone ON members(phone);
 CREATE INDEX IF NOT EXISTS members_name ON members(name);
 CREATE INDEX IF NOT EXISTS members_day ON members(day);
+-- Erased members (crdtledger.erasure), few: which documents to compact again.
+CREATE INDEX IF NOT EXISTS members_erased ON members(id)
+    WHERE json_extract(body, '$.erased') IS NOT NULL;
 -- Members merged into another (crdtledger.merge): who was folded into whom is asked on
 -- every debit (a survivor's group), so it is an index, holding merged members only.
 CREATE INDEX IF NOT EXISTS members_merged ON members(json_extract(body, '$.merged_into'))
@@ -337,6 +340,9 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=10000")
     conn.execute("PRAGMA foreign_keys=OFF")
+    # Deleted content is overwritten, not left in free pages: an erased member's old
+    # values (crdtledger.erasure) must not stay readable in the file.
+    conn.execute("PRAGMA secure_delete=ON")
     return conn
 
 
@@ -644,6 +650,13 @@ class Storage:
                 "SELECT COALESCE(MAX(seq), 0) FROM log WHERE doc = ?", (name,)
             ).fetchone()
             self._fold(ld, last)
+
+    def forget_freed(self) -> None:
+        """Checkpoint the WAL and truncate it: the frames of pages that held erased
+        data (crdtledger.erasure) would otherwise stay in the -wal file until SQLite
+        reused them. A reader still on an old snapshot keeps the WAL: then it is
+        truncated at a later checkpoint."""
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _fold(self, ld: LoadedDoc, last: int) -> bytes:
         """Replace a document's log up to `last` by a snapshot of it as loaded (inside

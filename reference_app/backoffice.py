@@ -33,7 +33,6 @@ from crdtledger.errors import (
     RemoteProtocolError,
 )
 from crdtledger.ledger import PREF_KEYS, Ledger
-from crdtledger.model import member_doc
 from crdtledger.money import format_yuan
 from crdtledger.private import write_private
 from crdtledger.syncfile import import_file, read_file
@@ -43,7 +42,8 @@ from reference_app import layout
 from reference_app.i18n import duration, money, tr
 from reference_app.shop import can, operator, shop
 
-# What an erased member's name becomes: the name is required, and reports that
+# What an erased member's name became before erasure was the library's
+# (crdtledger.erasure blanks it): such a member reads as erased too. Reports that
 # list past sales by member still need a row to show.
 ERASED_NAME = "已删除"
 # Reports list at most this many rows on screen; the CSV carries them all.
@@ -298,9 +298,8 @@ def default_period(ledger: Ledger, days: int = 30) -> tuple[str, str]:
 
 
 def member_label(row: dict[str, Any]) -> str:
-    name = row.get("name") or row["member"]
-    if name == ERASED_NAME:
-        name = tr("已删除会员", "erased member")
+    name = row.get("name")
+    name = tr("已删除会员", "erased member") if name in ("", ERASED_NAME) else name or row["member"]
     return f"{name} {row.get('phone', '')}".strip()
 
 
@@ -835,27 +834,6 @@ async def confirmed_run(question: str, yes: str, marker: str, write: Callable[[s
     return True
 
 
-def erase_member(ledger: Ledger, op: str, member_id: str) -> None:
-    """Blank a member's personal data on request, keep the ledger's figures.
-
-    Written through the library (member.edit + member.delete): the blanks replicate
-    to every branch. The old values would stay in this store's update log until the
-    document's next compaction; compacting now leaves only the garbage-collected
-    document, which no longer holds them. Other branches drop them when they
-    compact; backups and sync files taken before keep them. Members merged into this
-    one (crdtledger.merge) are the same person: their records are blanked too."""
-    for mid in [member_id, *ledger.member(member_id).get("merged", [])]:
-        m = ledger.member(mid)
-        operations.run(ledger, op, "member.edit", {
-            "member": mid, "name": ERASED_NAME, "phone": "", "gender": "", "birthday": "",
-            "anniversary": "", "notes": "", "id_no": "", "deleted": True,
-            "prefs": {k: "" for k in (m.get("prefs") or {})},
-            "custom": {k: "" for k in (m.get("custom") or {})},
-            "tags_remove": m.get("tags") or [],
-        })
-        ledger.storage.compact(member_doc(mid))
-
-
 def members_page() -> None:
     ledger = shop().ledger
     with ui.card().classes("w-full max-w-3xl"):
@@ -916,7 +894,8 @@ def members_page() -> None:
                           "Erase the personal data of {name} ({phone})? This cannot be undone.",
                           name=h["name"], phone=h["phone"])
             if await confirmed_run(question, tr("删除", "Erase"), "erase-confirm",
-                                   lambda op: erase_member(ledger, op, h["id"]),
+                                   lambda op: operations.run(
+                                       ledger, op, "member.erase", {"member": h["id"]}),
                                    "erase member"):
                 ui.notify(tr("已删除个人资料", "Personal data erased"), type="positive")
                 search()
@@ -1341,7 +1320,7 @@ def audit_rows(ledger: Ledger, f: Mapping[str, str], limit: int = audit.TRAIL_LI
     for r in rows:
         mid = r["member"]
         who = names.get(mid, "")
-        if who == ERASED_NAME:
+        if mid in names and who in ("", ERASED_NAME):
             who = tr("已删除会员", "erased member")
         out.append([r["time"], shop().branch_name(r["branch"]),
                     labels.get(r["action"], r["action"]),

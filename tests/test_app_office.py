@@ -11,7 +11,7 @@ from nicegui import ui
 from nicegui.elements.upload_files import SmallFileUpload
 
 from crdtledger import settlement, views
-from crdtledger.errors import NotCaughtUp
+from crdtledger.errors import InvalidInput, NotCaughtUp
 from crdtledger.ledger import Ledger
 from crdtledger.model import member_doc
 from crdtledger.syncfile import export_file, import_file
@@ -102,8 +102,16 @@ async def test_reports_show_real_figures_and_export_csv(counter_app: CounterApp,
 async def test_erasure_blanks_personal_data_and_keeps_the_figures(
         counter_app: CounterApp) -> None:
     app = counter_app
-    mid = seed(app)
-    balance = app.ledger.balance(mid)
+    ledger, op = app.ledger, app.node_owner
+    mid = ledger.add_member(op, name="王芳", phone="13812345678", birthday="1990-05-17",
+                            prefs={"strength": "重"})
+    ledger.topup(op, mid, 12800)
+    # Refused while the member holds stored value: the owner settles it first.
+    with pytest.raises(InvalidInput, match="settle it first"):
+        ledger.erase_member(op, mid)
+    ledger.debit(op, mid, service="FOOT60")
+    balance = ledger.balance(mid)
+    assert balance["cash"] == 0
     await app.login(*OWNER)
     await app.user.open("/office/members")
     app.user.find(marker="erase-query").type("13812345678")
@@ -115,8 +123,8 @@ async def test_erasure_blanks_personal_data_and_keeps_the_figures(
     await app.user.should_see("已删除个人资料")
 
     member = app.ledger.member(mid)
-    assert (member["name"], member["phone"], member["birthday"]) == ("已删除", "", "")
-    assert member["deleted"] is True and not any(member["prefs"].values())
+    assert (member["name"], member["phone"], member.get("birthday")) == ("", "", None)
+    assert member["deleted"] is True and member["erased"] and not member.get("prefs")
     assert app.ledger.find_members("13812345678") == []
     assert app.ledger.balance(mid) == balance  # the accounts keep their figures
     doc = member_doc(mid)
