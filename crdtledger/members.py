@@ -16,9 +16,10 @@ from crdtledger.errors import InvalidInput, NotFound
 from crdtledger.hlc import check_node_id
 from crdtledger.inputs import check_text
 from crdtledger.model import EDITS, GENDERS, PARTIAL_DATE, member_doc
+from crdtledger.notices import NOTICE_FIELDS, check_notice_fields
 
 MEMBER_FIELDS = ("name", "phone", "gender", "birthday", "anniversary", "home", "level",
-                 "notes", "deleted", "id_no")
+                 "notes", "deleted", "id_no", *NOTICE_FIELDS)
 PREF_KEYS = ("strength", "service", "technician")
 PHONE = re.compile(r"^\+?[0-9][0-9 -]{4,19}$")
 # A resident ID card number (居民身份证号): 18 characters, the last a check digit or X
@@ -37,12 +38,14 @@ class Members(Auth):
                    birthday: str = "", anniversary: str = "", home: str | None = None,
                    notes: str = "", tags: Iterable[str] = (),
                    prefs: Mapping[str, str] | None = None,
-                   custom: Mapping[str, str] | None = None, id_no: str = "") -> str:
+                   custom: Mapping[str, str] | None = None, id_no: str = "",
+                   **notice: str) -> str:
+        """`notice`: email, lang, promo (crdtledger.notices.NOTICE_FIELDS)."""
         self.authorise(operator, "member.add")
         fields = _member_fields(
             {"name": name, "phone": phone, "gender": gender, "birthday": birthday,
              "anniversary": anniversary, "home": home or self.node, "notes": notes,
-             **({"id_no": id_no} if id_no else {})},
+             **({"id_no": id_no} if id_no else {}), **notice},
             creating=True,
         )
         if self.storage.conn.execute(
@@ -149,6 +152,7 @@ def _member_fields(fields: Mapping[str, Any], *, creating: bool) -> dict[str, An
         check_node_id(out["home"])
     if out.get("id_no"):
         out["id_no"] = check_id_no(out["id_no"])
+    check_notice_fields(out)
     return out
 
 

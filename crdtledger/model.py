@@ -153,6 +153,7 @@ PERMISSIONS = frozenset(
         "goods.write",  # the goods catalogue (a governance rule: head office only)
         "stock.write",  # purchase in and return, stock-take, shipping and receiving
         "sale",  # sell goods over the counter (crdtledger.goods)
+        "notice.broadcast",  # send a promotion to a segment of members (owner, manager)
         "referral.approve1",  # a referral's first level of approval (store manager)
         "referral.approve2",  # its second level, by another operator (head office)
         "checkin",  # check a member in at an activity (签到; cashiers too)
@@ -207,6 +208,9 @@ DEFAULT_RULES: dict[str, Any] = {
     "approval": {"topup_limit": 500000, "correction_limit": 10000, "stock_adjust_limit": 10000},
     "settings": {"timezone": "Asia/Shanghai"},
     "branches": {},  # node id -> display name, e.g. {"SH01": "南京西路店"}; the id if absent
+    # Who is told what, when (crdtledger.notices.DEFAULT_RULE fills what a version
+    # leaves out; the gateways are each node's own: peer.gateways).
+    "notifications": {},
     "revocations": {"crl": ""},  # base64 DER CRL of the chain CA (peer/chain.py); "" = none
     # The goods catalogue (crdtledger.goods): code -> item. Each version names only the
     # items it adds or changes; the catalogue is all versions folded per code.

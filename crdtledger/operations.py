@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from crdtledger import audit, settlement, views
+from crdtledger import audit, outbox, settlement, views
 from crdtledger.coupons import COUPON_REASONS, COUPON_STATUSES, CouponRefused, describe_status
 from crdtledger.errors import (
     CardInactive,
@@ -531,6 +531,13 @@ PROFILE = (
     Param("id_no", text(18, pattern=or_empty(ecma(ID_NO)),
                         description="a resident ID card number (18 characters) or empty"),
           help="ID card number (duplicates are found by it too)"),
+    # Notices (crdtledger.notices): where and in which language, and promotional
+    # consent, which nobody has until they give it (PIPL).
+    Param("email", text(254), help="e-mail address for notices"),
+    Param("lang", {"type": "string", "enum": ["", "zh-CN", "en"]},
+          help="language of the member's notices (default: the chain's)"),
+    Param("promo", {"type": "string", "enum": ["", "yes", "no"]},
+          help="promotional messages: yes (consented), no (opted out); empty: never asked"),
 )
 
 
@@ -1276,6 +1283,54 @@ def role_define(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
 # --- the audit trail ---------------------------------------------------------------------
 
 AUDIT = frozenset({"audit.view"})
+
+
+# --- notices (crdtledger.notices, crdtledger.outbox) ------------------------------------
+
+NOTICE_ROW = {"type": "object", "required": ["key", "kind", "channel", "to", "status"],
+              "properties": {"key": STR, "kind": STR, "channel": STR, "to": STR,
+                             "member": STR, "subject": STR, "due": INT, "attempts": INT,
+                             "sent": {"type": ["integer", "null"]}, "error": STR,
+                             "status": {"type": "string", "enum": ["sent", "due", "failing"]}}}
+SEGMENT = (Param("level", text(40), help="members of this level (its name)"),
+           Param("home", NODE, help="members whose home branch this is"),
+           Param("dormant_days", {**COUNT, "maximum": 3650},
+                 help="members with no visit in this many days"),
+           Param("tags", TAGS, flag="--tag", help="members with every one of these tags"))
+
+
+def _show_notices(_ledger: Ledger, rows: Any, _p: Params) -> str:
+    return "\n".join(
+        f"{r['status']:8} {r['kind']:12} {r['channel']:5} {r['to']}  {r['subject']}"
+        + (f"  ({r['error']})" if r["error"] else "") for r in rows) or "nothing sent yet"
+
+
+@operation("notice.history", "What this node sent (or has due) to whom: notices it sends "
+           "as their one sender in the chain", needs=REPORTS, http="GET /notices",
+           params=(Param("member", MEMBER_ID), Param("kind", text(20)),
+                   Param("limit", LIMIT, default=100)),
+           result=array(NOTICE_ROW, 100), show=_show_notices)
+def notice_history(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]:
+    return outbox.history(ledger, member=p.get("member"), kind=p.get("kind"),
+                          limit=p["limit"])
+
+
+@operation("notice.broadcast", "Send a promotion to a segment (level, home branch, dormant "
+           "days, tags): only members who consented get it (PIPL); {name} in the text is "
+           "the member's name", permission="notice.broadcast", http="POST /notices/broadcast",
+           status=201,
+           params=(Param("subject", text(80, minLength=1), required=True),
+                   Param("text", text(500, minLength=1), required=True),
+                   *SEGMENT),
+           result={"type": "object", "required": ["broadcast", "segment", "queued"],
+                   "properties": {"broadcast": STR, "segment": INT, "queued": INT,
+                                  "without_consent_or_contact": INT}},
+           show=_says("broadcast {broadcast}: {queued} of {segment} members queued "
+                      "({without_consent_or_contact} without consent or contact)"))
+def notice_broadcast(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    ledger.authorise(operator, "notice.broadcast")
+    segment = {k.name: p[k.name] for k in SEGMENT if p.get(k.name)}
+    return outbox.broadcast(ledger, segment, p["subject"], p["text"], ledger.clock.wall())
 
 
 def operator_id(ledger: Ledger, who: str) -> str:

@@ -8,6 +8,7 @@ import re
 from decimal import Decimal
 from typing import Any
 
+from crdtledger import notices
 from crdtledger.auth import Auth
 from crdtledger.commit import put
 from crdtledger.errors import InvalidAmount, InvalidInput, LedgerError
@@ -157,6 +158,8 @@ def _check_rule(kind: str, body: Any) -> None:
                 for k in ("name_zh", "name_en"):
                     _require(isinstance(m.get(k, ""), str) and len(m.get(k, "")) <= 40,
                              f"{code}: {k} is text of at most 40 characters")
+        elif kind == "notifications":
+            notices.check_rule(body)
         elif kind == "revocations":
             # Base64 text only: whether it is a CRL signed by the chain CA is checked
             # by each node before installing it (peer/chain.py), not here.

@@ -72,6 +72,7 @@ from peer.chain import Identity, PeerRejected, load_identity
 from peer.gateways import Gateway, gateways_from_config
 from peer.local import RUN_FILE, local_app, write_run_file
 from peer.metrics import CONTENT_TYPE, Metrics
+from peer.notifier import Notifier
 
 log = logging.getLogger("crdtledger.node")
 T = TypeVar("T")
@@ -91,6 +92,10 @@ class Config:
     anti_entropy_s: float = ANTI_ENTROPY_S
     rights_deadline_s: float = RIGHTS_DEADLINE_S
     rebalance_s: float = REBALANCE_S
+    # The notifier's wall clock in ms (peer.notifier), None for the machine's: a test
+    # sets the hour a daily report is due without touching the ledger's clock.
+    notify_clock: Callable[[], int] | None = None
+    notify_interval_s: float = 30.0
 
 
 def parse_address(text: str, default_port: int) -> tuple[str, int]:
@@ -233,6 +238,7 @@ class Node:
         # start, empty for a node that sends nothing. Others (the members' pages) send
         # through it too: `await node.gateways["sms"].send(Message(...))`.
         self.gateways: dict[str, Gateway] = {}
+        self.notifier: Notifier | None = None
 
     # --- what the API and the CLI route use -----------------------------------
 
@@ -529,6 +535,10 @@ class Node:
             for url in self.config.peers:
                 self._hints.setdefault(url, None)
             self.run(self.core.start(time.monotonic(), [(u, None) for u in self.config.peers]))
+            if self.gateways:  # a node with no [notify] sends nothing
+                self.notifier = Notifier(self, self.config.notify_clock,
+                                         self.config.notify_interval_s)
+                self._spawn(self.notifier.run())
             if self.config.mdns:
                 from peer.discovery import Discovery
 

@@ -1,0 +1,322 @@
+"""A node's outbox of notices: what is due (crdtledger.notices decides), kept durably
+in this store before it is sent and marked once sent, and the reads that feed the
+decision.
+
+Local, not replicated. Each notice has one sender (crdtledger.notices), so whether it
+was sent is that node's business alone; writing "due" and "sent" marks into the
+replicated ledger would put two signed records per birthday into every branch's log
+forever, to tell branches something none of them acts on. The outbox is a table of
+this node's store (one SQLite file, fsync'd like the rest), created on first use, so
+it survives restarts and goes with the store's backups: a notice is inserted under
+its key before any attempt, INSERT OR IGNORE (so a notice found due again after a
+restart is the same row), and marked sent after the gateway took it. A crash between
+the gateway taking it and the mark sends it once more, with the same key (the
+provider's duplicate check sees the same Message-ID / SessionContext).
+
+A failed send is kept with its sentence and tried again later (backoff up to an hour),
+never dropped.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from crdtledger import notices, views
+from crdtledger.errors import LocalProtocolError
+from crdtledger.hlc import id_floor, id_time_ms
+from crdtledger.notices import Notice
+
+if TYPE_CHECKING:
+    from crdtledger.ledger import Ledger
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS outbox(key TEXT PRIMARY KEY, kind TEXT NOT NULL, "
+    "channel TEXT NOT NULL, recipient TEXT NOT NULL, member TEXT NOT NULL, "
+    "subject TEXT NOT NULL, body TEXT NOT NULL, promotional INTEGER NOT NULL, "
+    "due INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_try INTEGER NOT NULL, "
+    "sent INTEGER, error TEXT NOT NULL DEFAULT '')",
+    "CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox(next_try) WHERE sent IS NULL",
+    "CREATE INDEX IF NOT EXISTS outbox_member ON outbox(member, due)",
+    "CREATE TABLE IF NOT EXISTS outbox_marks(name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
+RETRY_FIRST_S = 60
+RETRY_MAX_S = 3600
+# Debits are looked at again this far back: one made elsewhere reaches the member's
+# home branch later than its id's time (a key makes a second look harmless).
+DEBIT_LOOKBACK_MS = 3_600_000
+
+
+class Outgoing(NamedTuple):
+    key: str
+    kind: str
+    channel: str
+    to: str
+    member: str
+    subject: str
+    body: str
+    attempts: int
+
+
+def _conn(ledger: Ledger) -> sqlite3.Connection:
+    st = ledger.storage
+    if getattr(st, "_in_tx", False):
+        # Its statements would commit or roll back with a ledger write's.
+        raise LocalProtocolError("the outbox is written outside a ledger transaction")
+    for sql in _SCHEMA:
+        st.conn.execute(sql)
+    return st.conn
+
+
+def enqueue(ledger: Ledger, due: Iterable[Notice], now_ms: int) -> int:
+    """Keep each notice as due (once per key: a key already kept is left as it is);
+    returns how many are new."""
+    conn = _conn(ledger)
+    new = 0
+    for n in due:
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO outbox(key, kind, channel, recipient, member, subject, "
+            "body, promotional, due, next_try) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (n.key, n.kind, n.channel, n.to, n.member, n.subject, n.body,
+             int(n.promotional), now_ms, now_ms))
+        new += cur.rowcount
+    return new
+
+
+def pending(ledger: Ledger, now_ms: int, limit: int = 50) -> list[Outgoing]:
+    """Notices not yet sent whose next try has come, oldest first."""
+    return [Outgoing(*r) for r in _conn(ledger).execute(
+        "SELECT key, kind, channel, recipient, member, subject, body, attempts FROM outbox "
+        "WHERE sent IS NULL AND next_try <= ? ORDER BY next_try, key LIMIT ?",
+        (now_ms, limit))]
+
+
+def mark_sent(ledger: Ledger, key: str, now_ms: int) -> None:
+    _conn(ledger).execute("UPDATE outbox SET sent = ?, attempts = attempts + 1, error = '' "
+                          "WHERE key = ?", (now_ms, key))
+
+
+def mark_failed(ledger: Ledger, key: str, error: str, now_ms: int) -> int:
+    """Keep the failure's sentence and when to try again; returns that delay (s)."""
+    conn = _conn(ledger)
+    row = conn.execute("SELECT attempts FROM outbox WHERE key = ?", (key,)).fetchone()
+    attempts = int(row[0]) if row else 0
+    delay: int = min(RETRY_FIRST_S * 2 ** min(attempts, 10), RETRY_MAX_S)
+    conn.execute("UPDATE outbox SET attempts = attempts + 1, error = ?, next_try = ? "
+                 "WHERE key = ?", (error[:500], now_ms + delay * 1000, key))
+    return delay
+
+
+def history(ledger: Ledger, *, member: str | None = None, kind: str | None = None,
+            limit: int = 100) -> list[dict[str, Any]]:
+    """What this node sent or has due, newest first: to whom, when, and why not yet."""
+    where, args = ["1 = 1"], []
+    if member:
+        where.append("member = ?")
+        args.append(member)
+    if kind:
+        where.append("kind = ?")
+        args.append(kind)
+    rows = _conn(ledger).execute(
+        "SELECT key, kind, channel, recipient, member, subject, due, sent, attempts, error "
+        f"FROM outbox WHERE {' AND '.join(where)} ORDER BY due DESC, key LIMIT ?",
+        [*args, limit])
+    return [{"key": k, "kind": kd, "channel": c, "to": to, "member": m, "subject": s,
+             "due": d, "sent": se, "attempts": a, "error": e,
+             "status": "sent" if se is not None else "failing" if e else "due"}
+            for k, kd, c, to, m, s, d, se, a, e in rows]
+
+
+def _mark(ledger: Ledger, name: str) -> str | None:
+    row = _conn(ledger).execute("SELECT value FROM outbox_marks WHERE name = ?",
+                                (name,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _set_mark(ledger: Ledger, name: str, value: str) -> None:
+    _conn(ledger).execute("INSERT OR REPLACE INTO outbox_marks(name, value) VALUES (?, ?)",
+                          (name, value))
+
+
+def _kept(ledger: Ledger, prefix: str) -> bool:
+    return _conn(ledger).execute("SELECT 1 FROM outbox WHERE key >= ? AND key < ? LIMIT 1",
+                                 (prefix, prefix + "\uffff")).fetchone() is not None
+
+
+# --- what is due at this node ---------------------------------------------------------
+
+
+def rule_in_force(ledger: Ledger) -> tuple[dict[str, Any], str]:
+    """The rule `notifications` in force today, and its version's id ("" if none)."""
+    today = ledger.today()
+    rid, body = "", None
+    for eff, vid, b in ledger._versions("notifications"):
+        if eff <= today:
+            rid, body = vid, b
+    return notices.rule_of(body), rid
+
+
+def _local(ledger: Ledger, now_ms: int) -> datetime:
+    return datetime.fromtimestamp(now_ms / 1000, ledger.storage.tz)
+
+
+class Due(NamedTuple):
+    notices: list[Notice]
+    marks: dict[str, str]  # scan marks to keep once the notices are kept
+
+
+def collect(ledger: Ledger, now_ms: int, channels: Sequence[str]) -> Due:
+    """Every notice this node owes at `now_ms` and has not kept yet (crdtledger.notices
+    decides which; this reads the store for it)."""
+    rule, rid = rule_in_force(ledger)
+    node = ledger.node
+    now = _local(ledger, now_ms)
+    out: list[Notice] = []
+    marks: dict[str, str] = {}
+    branches: Mapping[str, str] = ledger.rule("branches") or {}
+    for due in notices.daily_due(rule, rid, node, now):
+        if _kept(ledger, due.key + ":"):
+            continue
+        report = views.daily_report(ledger, due.day, None if due.branch == "all"
+                                    else due.branch)
+        name = (("全部门店" if rule["language"] == "zh-CN" else "all branches")
+                if due.branch == "all" else branches.get(due.branch, due.branch))
+        out += [n._replace(sender=node) for n in
+                notices.daily_notices(due, report, rule, name, channels)]
+    day = notices.greetings_due(rule, now)
+    if day is not None and _mark(ledger, "greetings") != day:
+        out += notices.member_day_notices(node, day, _home_members(ledger, day, rule),
+                                          rule, channels, rule["shop"] or ledger.chain)
+        # The mark only spares a second scan that day: the keys keep each notice once.
+        marks["greetings"] = day
+    debits, top = _recent_debits(ledger)
+    if top:
+        marks["debits"] = top
+    out += notices.low_balance_notices(node, debits, rule, channels)
+    out += notices.reminder_notices(node, _bookings_soon(ledger, now_ms, rule), rule, channels)
+    return Due(out, marks)
+
+
+def keep(ledger: Ledger, due: Due, now_ms: int) -> int:
+    """Keep what `collect` found, then its scan marks (a crash between the two scans
+    again, and the keys make that harmless); returns how many notices are new."""
+    new = enqueue(ledger, due.notices, now_ms)
+    for name, value in due.marks.items():
+        _set_mark(ledger, name, value)
+    return new
+
+
+def _home_members(ledger: Ledger, day: str, rule: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """This node's members, with what of theirs expires within the rule's days."""
+    until = (date.fromisoformat(day) + timedelta(days=int(rule["expiry_days"]))).isoformat()
+    out = []
+    for m in views.member_records(ledger):
+        p = m["profile"]
+        if p.get("home") != ledger.node:
+            continue
+        expiring: list[dict[str, Any]] = []
+        if rule["expiry_days"] and m["purses"].get("points", 0) > 0:
+            lots: dict[str, int] = {}
+            for lot in views.points(ledger, m["id"])["lots"]:
+                if day <= lot["expires"] <= until:
+                    lots[lot["expires"]] = lots.get(lot["expires"], 0) + int(lot["points"])
+            expiring += [{"what": "points", "n": n, "expires": exp}
+                         for exp, n in sorted(lots.items())]
+        if rule["expiry_days"]:
+            expiring += [{"what": "coupon", "coupon": c["coupon"], "terms": c["terms"],
+                          "expires": c["valid_to"]} for c in ledger.coupons(m["id"])
+                         if c["status"] == "available" and c["valid_to"]
+                         and day <= c["valid_to"] <= until]
+        out.append({"id": m["id"], "profile": p, "expiring": expiring})
+    return out
+
+
+def _recent_debits(ledger: Ledger) -> tuple[list[dict[str, Any]], str]:
+    """Debits of this node's members that took stored value, since the last look
+    (less DEBIT_LOOKBACK_MS), and the new mark; the first look starts at the newest
+    entry (no notices for history)."""
+    conn = ledger.storage.conn
+    mark = _mark(ledger, "debits")
+    top = views.max_entry_id(ledger)
+    if mark is None:
+        return [], top or "0"
+    since = id_floor(max(0, id_time_ms(mark) - DEBIT_LOOKBACK_MS)) if mark != "0" else ""
+    out = []
+    for eid, member, body in conn.execute(
+            "SELECT e.id, e.member, e.body FROM entries e JOIN members m ON m.id = e.member "
+            "WHERE e.id > ? AND e.kind = 'debit' AND m.home = ? ORDER BY e.id",
+            (since, ledger.node)):
+        e = json.loads(body)
+        paid = -sum(int(c) for purse, _n, c in e["deltas"] if purse in ("cash", "bonus"))
+        if paid <= 0:
+            continue
+        bal = views.balance(conn, member)
+        prof = conn.execute("SELECT body FROM members WHERE id = ?", (member,)).fetchone()
+        out.append({"entry": eid, "member": member, "profile": json.loads(prof[0]),
+                    "paid": paid, "balance": int(bal["cash"]) + int(bal["bonus"])})
+    return out, (top if top > mark else "")
+
+
+def _bookings_soon(ledger: Ledger, now_ms: int, rule: Mapping[str, Any]
+                   ) -> list[dict[str, Any]]:
+    """Bookings starting within the rule's remind_minutes, from helper A's
+    crdtledger.bookings.starting(ledger, from_ms, to_ms) when that module has it.
+    HOOK: until then (or if its rows lack a field used here) there are no reminders."""
+    minutes = int(rule["remind_minutes"])
+    if not minutes:
+        return []
+    try:
+        starting = importlib.import_module("crdtledger.bookings").starting
+    except (ImportError, AttributeError):
+        return []
+    out = []
+    conn = ledger.storage.conn
+    for b in starting(ledger, now_ms, now_ms + minutes * 60_000):
+        member = b.get("member")
+        row = conn.execute("SELECT body FROM members WHERE id = ?", (member,)).fetchone()
+        if row is None or "booking" not in b or "branch" not in b:
+            continue
+        out.append({**b, "profile": json.loads(row[0])})
+    return out
+
+
+# --- broadcasts --------------------------------------------------------------------------
+
+
+def segment_members(ledger: Ledger, segment: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The live members in `segment` (crdtledger.notices.in_segment)."""
+    notices.check_segment(segment)
+    conn = ledger.storage.conn
+    last = {str(m): str(d) for m, d in conn.execute(
+        "SELECT member, MAX(day) FROM entries WHERE kind IN ('debit', 'topup') "
+        "GROUP BY member")}
+    today = ledger.today()
+    out = []
+    for m in views.member_records(ledger):
+        row = {"id": m["id"], "profile": m["profile"], "last_visit": last.get(m["id"], "")}
+        if segment.get("level"):
+            row["level"] = views.level(ledger, m["id"], m["profile"])["name"]
+        if notices.in_segment(row, segment, today):
+            out.append(row)
+    return out
+
+
+def broadcast(ledger: Ledger, segment: Mapping[str, Any], subject: str, text: str,
+              now_ms: int) -> dict[str, Any]:
+    """Keep a broadcast's notices in this node's outbox (its notifier sends them)."""
+    bid = ledger.clock.mint()
+    members = segment_members(ledger, segment)
+    rule, _ = rule_in_force(ledger)
+    due, skipped = notices.broadcast_notices(bid, ledger.node, members, subject, text, rule,
+                                             notices.CHANNELS)
+    enqueue(ledger, due, now_ms)
+    return {"broadcast": bid, "segment": len(members), "queued": len(due),
+            "without_consent_or_contact": skipped}
+
+
+def today_of(ledger: Ledger, now_ms: int) -> str:
+    return _local(ledger, now_ms).date().isoformat()

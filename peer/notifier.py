@@ -1,0 +1,90 @@
+"""The node's notices: every half minute it asks what this node owes
+(crdtledger.outbox.collect, which asks crdtledger.notices), keeps that in the store's
+outbox under each notice's key, and sends what is kept and unsent through the node's
+gateways (peer.gateways), marking each sent.
+
+Runs on the node's event loop like everything that touches the ledger. A gateway
+failure is a sentence kept with the notice and tried again later (crdtledger.outbox);
+a notice for a channel this node has no gateway for waits the same way, so one set
+up later still goes. The simulator has no notifier: nothing it runs sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from crdtledger import outbox
+from crdtledger.errors import LedgerError
+from peer.gateways import GatewayError, Message
+
+if TYPE_CHECKING:
+    from peer.node import Node
+
+log = logging.getLogger("crdtledger.notify")
+
+INTERVAL_S = 30.0
+SEND_TIMEOUT_S = 60.0
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Notifier:
+    def __init__(self, node: Node, clock: Callable[[], int] | None = None,
+                 interval_s: float = INTERVAL_S) -> None:
+        self.node = node
+        self.clock = clock or wall_ms  # the notifier's wall clock (Config.notify_clock)
+        self.interval_s = interval_s
+        self._lock = asyncio.Lock()
+
+    async def tick(self) -> int:
+        """One pass: keep what is due, send what is kept and unsent; returns how many
+        were sent. Passes never overlap (a slow mail server holds up the next)."""
+        async with self._lock:
+            ledger = self.node.ledger
+            now = self.clock()
+            channels = sorted(self.node.gateways)
+            due = outbox.collect(ledger, now, channels)
+            new = outbox.keep(ledger, due, now)
+            if new:
+                log.info("notices: %d due", new)
+            sent = 0
+            for o in outbox.pending(ledger, now):
+                if await self._send(o):
+                    outbox.mark_sent(self.node.ledger, o.key, self.clock())
+                    sent += 1
+            return sent
+
+    async def _send(self, o: outbox.Outgoing) -> bool:
+        gateway = self.node.gateways.get(o.channel)
+        if gateway is None:
+            error = (f"this node has no {o.channel} gateway: set [notify.{o.channel}] in "
+                     "its node.toml; kept until then")
+        else:
+            try:
+                await asyncio.wait_for(gateway.send(
+                    Message(o.key, o.channel, o.to, o.subject, o.body)), SEND_TIMEOUT_S)
+                return True
+            except GatewayError as e:
+                error = str(e)
+            except TimeoutError:
+                error = (f"the {o.channel} gateway took over {SEND_TIMEOUT_S:.0f} s to answer; "
+                         "it will be tried again")
+        delay = outbox.mark_failed(self.node.ledger, o.key, error, self.clock())
+        log.warning("notice %s to %s not sent: %s (again in %d s)", o.key, o.to, error, delay)
+        return False
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except LedgerError as e:
+                log.warning("notices: %s", e)
+            except Exception:  # the loop must outlive one bad pass; said in the log
+                log.exception("notices: a pass failed")
+            await asyncio.sleep(self.interval_s)
