@@ -80,11 +80,13 @@ class Notifier:
         return False
 
     async def run(self) -> None:
+        """A pass every interval, the first one interval after start (the node has had
+        that long to hear from its peers what they hold)."""
         while True:
+            await asyncio.sleep(self.interval_s)
             try:
                 await self.tick()
             except LedgerError as e:
                 log.warning("notices: %s", e)
             except Exception:  # the loop must outlive one bad pass; said in the log
                 log.exception("notices: a pass failed")
-            await asyncio.sleep(self.interval_s)

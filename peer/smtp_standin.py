@@ -1,0 +1,72 @@
+"""A local SMTP stand-in for a mail server: a real aiosmtpd server on 127.0.0.1 that
+keeps every message it receives (and prints it, if asked). The demo starts one so the
+owner's daily report is seen arriving; the tests send to one. Not a mail server: it
+delivers nothing anywhere.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import socket
+import threading
+from collections.abc import Callable
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.controller import Controller
+
+
+class _Keeper:
+    def __init__(self, standin: SmtpStandIn) -> None:
+        self.standin = standin
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        raw = envelope.content if isinstance(envelope.content, bytes) else \
+            str(envelope.content).encode()
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
+        with self.standin.lock:
+            self.standin.received.append(msg)
+        if self.standin.on_message is not None:
+            self.standin.on_message(msg)
+        return "250 Message accepted for delivery"
+
+
+class SmtpStandIn:
+    """`with SmtpStandIn() as smtp:` ... `smtp.port`, `smtp.received`."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0,
+                 on_message: Callable[[EmailMessage], None] | None = None) -> None:
+        self.host = host
+        self.received: list[EmailMessage] = []
+        self.lock = threading.Lock()
+        self.on_message = on_message
+        if port == 0:  # aiosmtpd checks it is up by connecting to the port it was given
+            with socket.socket() as sock:
+                sock.bind((host, 0))
+                port = int(sock.getsockname()[1])
+        self.port = port
+        self.controller = Controller(_Keeper(self), hostname=host, port=port)
+
+    def start(self) -> SmtpStandIn:
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+    def __enter__(self) -> SmtpStandIn:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def messages(self) -> list[EmailMessage]:
+        with self.lock:
+            return list(self.received)
+
+
+def text_of(msg: EmailMessage) -> str:
+    body = msg.get_body(("plain",))
+    return str(body.get_content()) if body is not None else ""
