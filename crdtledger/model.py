@@ -84,6 +84,18 @@ EntryKind = Literal[
     "checkin",
     "exit",
     "exit_settle",
+    # Appointments (crdtledger.bookings), no deltas: they move no money. `member` is the
+    # technician's id (minted at the branch the technician belongs to, so its node part
+    # names that branch), so a technician's whole book is one range of an index.
+    # "technician" a version of a technician (code, name, services, hours; `ref` is
+    # "technicians"); "booking" a slot asked for (`ref` the member, `service`, `start`
+    # ms, `minutes`), confirmed by itself when its writer is the technician's branch;
+    # "booking_decision" the technician's branch deciding on one (`ref` the booking,
+    # `status`); "booking_cancel" a cancellation, by any branch.
+    "technician",
+    "booking",
+    "booking_decision",
+    "booking_cancel",
 ]
 ENTRY_KINDS: frozenset[str] = frozenset(get_args(EntryKind))
 
@@ -159,6 +171,8 @@ PERMISSIONS = frozenset(
         "checkin",  # check a member in at an activity (签到; cashiers too)
         "member.exit",  # apply for a member's exit (退会) or return (cashiers too)
         "member.exit.approve",  # decide an exit or return application (owner, manager)
+        "technician.manage",  # add or change this branch's technicians (crdtledger.bookings)
+        "booking.write",  # book, cancel, record a no-show (crdtledger.bookings)
     }
 )
 
@@ -179,6 +193,7 @@ BUILTIN_ROLES: dict[str, frozenset[str]] = {
             "sale",
             "checkin",
             "member.exit",
+            "booking.write",
         }
     ),
 }
@@ -188,9 +203,11 @@ BUILTIN_ROLES: dict[str, frozenset[str]] = {
 # each writing a copy.
 DEFAULT_RULES: dict[str, Any] = {
     "services": {
-        "FOOT60": {"name": "足疗 60 分钟", "price": 12800},
-        "BODY90": {"name": "全身按摩 90 分钟", "price": 19800},
-        "HAIR": {"name": "洗剪吹", "price": 6800},
+        # minutes: how long a booking of it holds a technician (crdtledger.bookings);
+        # a service without it cannot be booked.
+        "FOOT60": {"name": "足疗 60 分钟", "price": 12800, "minutes": 60},
+        "BODY90": {"name": "全身按摩 90 分钟", "price": 19800, "minutes": 90},
+        "HAIR": {"name": "洗剪吹", "price": 6800, "minutes": 45},
     },
     "levels": [
         {"name": "普通会员", "threshold": 0, "discount": "1", "points_multiplier": "1"},
@@ -283,7 +300,8 @@ def _str(value: Any, limit: int = 200) -> str:
 
 
 _OPTIONAL_INTS = frozenset({"percent", "min_spend", "off",  # coupons
-                            "paid", "gross", "qty", "bonus", "points", "fee"})
+                            "paid", "gross", "qty", "bonus", "points", "fee",
+                            "start", "minutes"})  # a booking's slot (crdtledger.bookings)
 _OPTIONAL_STRS = frozenset({
     "ref",
     "service",
@@ -306,6 +324,13 @@ _OPTIONAL_STRS = frozenset({
     "referrer",  # a referral's referrer; a check-in's activity; an approval's or
     "activity",  # application's step (crdtledger.membership)
     "step",
+    # a technician's code, name, services and hours; a booking decision's status
+    # (crdtledger.bookings)
+    "code",
+    "name",
+    "services",
+    "hours",
+    "status",
 })
 
 

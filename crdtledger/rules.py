@@ -112,6 +112,11 @@ def _check_rule(kind: str, body: Any) -> None:
                          f"service code {code!r} is not 1-20 letters, digits, _ or -")
                 check_amount(_whole(svc["price"]), allow_zero=True)
                 _require(isinstance(svc.get("name", ""), str), f"{code}: name is not text")
+                # How long a booking holds a technician (crdtledger.bookings); optional:
+                # a service without it is sold but not booked.
+                _require("minutes" not in svc or (
+                    type(svc["minutes"]) is int and 5 <= svc["minutes"] <= 720),
+                    f"{code}: minutes are a whole number from 5 to 720")
         elif kind == "levels":
             _require(isinstance(body, list) and bool(body), "levels are a non-empty list")
             for lv in body:

@@ -30,6 +30,8 @@ from crdtledger.model import ID
 GOVERNANCE_DOCS = frozenset({"rules", "operators"})
 # A coupon's purse (crdtledger.coupons): cpn:<the id of the entry that issued it>.
 COUPON_PREFIX = "cpn:"
+# Entries only a technician's own branch writes (crdtledger.bookings).
+BRANCH_KINDS = frozenset({"technician", "booking_decision"})
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,10 @@ RULES: tuple[WriteRule, ...] = (
                                  "a referral in `ref`) is written only by the branch that "
                                  "recorded the referral, so it is granted once "
                                  "(crdtledger.membership)"),
+    WriteRule("booking-branch", "a technician's versions and the decisions on its bookings "
+                                "(confirmed, refused, released, no-show) are written only by "
+                                "the branch it belongs to: the node part of the technician's "
+                                "id, which is the entry's member"),
     WriteRule("governance", "operators, roles and rules are written only by a node the "
                             "chain grants governance (the head office's certificate); a "
                             "revocation list signed by the chain CA, by any branch"),
@@ -193,6 +199,14 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
                     coupons[purse] = coupons.get(purse, 0) + change
         if new.get("kind") == "coupon":
             issued.add(COUPON_PREFIX + key)
+        elif new.get("kind") in BRANCH_KINDS:
+            # Only a technician's own branch decides its slots (crdtledger.bookings), so
+            # two branches cut off from each other can never both confirm one slot.
+            tech = new.get("member")
+            if not isinstance(tech, str) or tech.rpartition(".")[2] != node:
+                raise RuleBroken("booking-branch", f"{doc}: entry {key}: node {node} decides "
+                                                   f"for technician {str(tech)[:40]}, which "
+                                                   "belongs to another branch")
         # The referral's id names its writer: a pure check, the same on every replica.
         if (new.get("kind") == "reward" or (new.get("kind") == "coupon" and "ref" in new)) and (
                 not isinstance(new.get("ref"), str) or new["ref"].rsplit(".", 1)[-1] != node):

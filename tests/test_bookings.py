@@ -1,0 +1,334 @@
+"""Appointments (crdtledger.bookings): technicians, bookings, never double-booked.
+
+Real SQLite stores synced by real sessions (helpers.sync); a forger signing its own
+log for the write rule; the command line as a real process for the --json shapes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import FakeClock, Forger, data_snapshot, new_ledger, sync
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pycrdt import Doc, Map
+
+from crdtledger import bookings, views
+from crdtledger.bookings import BookingRefused, SlotTaken
+from crdtledger.errors import InvalidInput, NotFound, PermissionDenied
+from crdtledger.hlc import HybridClock, id_time_ms
+from crdtledger.ledger import Ledger
+from crdtledger.model import entry_doc
+
+DAY = "2026-01-02"  # the day after FakeClock's start (2026-01-01 08:00 in Shanghai)
+NODES = ("SH01", "SH02", "HZ01")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def chain(tmp_path: Path, clock: FakeClock) -> Iterator[dict[str, Ledger]]:
+    ledgers = {n: new_ledger(tmp_path, n, now_ms=clock) for n in NODES}
+    yield ledgers
+    for ledger in ledgers.values():
+        ledger.close()
+
+
+def sync_all(ledgers: dict[str, Ledger]) -> None:
+    names = sorted(ledgers)
+    for _ in range(2):
+        for i, x in enumerate(names):
+            for y in names[i + 1:]:
+                sync(ledgers[x], ledgers[y])
+
+
+def settle(ledgers: dict[str, Ledger]) -> None:
+    """Everyone syncs, every technician's branch decides what reached it, everyone
+    syncs again: what the node core does on its own when records arrive."""
+    sync_all(ledgers)
+    for ledger in ledgers.values():
+        bookings.decide(ledger)
+    sync_all(ledgers)
+
+
+def setup_chain(chain: dict[str, Ledger]) -> str:
+    """小李 T01 at SH02 (FOOT60, 10:00-22:00), a member of SH01; synced."""
+    sh01, sh02 = chain["SH01"], chain["SH02"]
+    bookings.add_technician(sh02, sh02.owner, "T01", "小李", ["FOOT60", "BODY90"],
+                            "10:00-22:00")
+    m = sh01.add_member(sh01.owner, name="张伟", phone="13800138000")
+    sync_all(chain)
+    return m
+
+
+def test_at_the_technicians_branch_a_free_slot_is_confirmed_at_once(
+        chain: dict[str, Ledger]) -> None:
+    m = setup_chain(chain)
+    sh02 = chain["SH02"]
+    b = bookings.book(sh02, sh02.owner, m, "T01", "FOOT60", f"{DAY}T14:00")
+    assert (b["status"], b["technician"], b["branch"], b["minutes"], b["at"], b["end"]) == (
+        "confirmed", "T01", "SH02", 60, f"{DAY}T14:00", "15:00")
+    # 14:30 overlaps it: refused at once, nothing written.
+    before = data_snapshot(sh02, [m])
+    with pytest.raises(SlotTaken, match="booked 14:00-15:00"):
+        bookings.book(sh02, sh02.owner, m, "T01", "FOOT60", f"{DAY}T14:30")
+    assert data_snapshot(sh02, [m]) == before
+    # Right after it is free.
+    assert bookings.book(sh02, sh02.owner, m, "T01", "FOOT60", f"{DAY}T15:00")["status"] \
+        == "confirmed"
+    assert "14:00" not in bookings.slots(sh02, "T01", DAY, "FOOT60")
+    assert "16:00" in bookings.slots(sh02, "T01", DAY, "FOOT60")
+
+
+def test_elsewhere_a_booking_is_pending_until_the_branch_decides(
+        chain: dict[str, Ledger]) -> None:
+    m = setup_chain(chain)
+    sh01, sh02 = chain["SH01"], chain["SH02"]
+    b = bookings.book(sh01, sh01.owner, m, "T01@SH02", "FOOT60", f"{DAY}T14:00")
+    assert b["status"] == "pending"
+    assert bookings.decide(sh01) == []  # not SH01's technician: nothing to decide there
+    settle(chain)
+    for ledger in chain.values():
+        assert bookings.show(ledger, b["booking"])["status"] == "confirmed"
+    # Cancelled at SH01 (the member's call): cancelled everywhere, and SH02 frees it.
+    assert bookings.cancel(sh01, sh01.owner, b["booking"], member=m)["status"] == "cancelled"
+    sync_all(chain)
+    released = bookings.decide(sh02)
+    assert [(d["status"], d["ref"]) for d in released] == [("released", b["booking"])]
+    assert bookings.book(sh02, sh02.owner, m, "T01", "FOOT60", f"{DAY}T14:00")["status"] \
+        == "confirmed"
+
+
+def test_partitioned_branches_booking_one_slot_confirm_it_at_most_once(
+        chain: dict[str, Ledger]) -> None:
+    """SH01 asks for T01's 14:00 while cut off; SH02 books the same slot at its
+    counter. Once they meet: one confirmed (SH02's, decided first), the other
+    refused with the reason, on every replica."""
+    m = setup_chain(chain)
+    sh01, sh02 = chain["SH01"], chain["SH02"]
+    asked = bookings.book(sh01, sh01.owner, m, "T01", "FOOT60", f"{DAY}T14:00")
+    there = bookings.book(sh02, sh02.owner, m, "T01", "FOOT60", f"{DAY}T14:30")
+    assert (asked["status"], there["status"]) == ("pending", "confirmed")
+    settle(chain)
+    for ledger in chain.values():
+        assert bookings.show(ledger, there["booking"])["status"] == "confirmed"
+        refused = bookings.show(ledger, asked["booking"])
+        assert refused["status"] == "refused"
+        assert "was booked 14:30-15:30 already" in refused["reason"]
+        assert bookings.double_booked(ledger) == []
+
+
+def test_refusals_say_why_and_change_nothing(chain: dict[str, Ledger],
+                                             clock: FakeClock) -> None:
+    m = setup_chain(chain)
+    sh01, sh02 = chain["SH01"], chain["SH02"]
+    b = bookings.book(sh02, sh02.owner, m, "T01", "FOOT60", f"{DAY}T14:00")
+    cases: list[tuple[Ledger, dict[str, Any], type[Exception], str]] = [
+        (sh02, {"when": f"{DAY}T21:30"}, BookingRefused, "outside technician T01's hours"),
+        (sh02, {"when": f"{DAY}T09:00"}, BookingRefused, "outside"),
+        (sh02, {"service": "HAIR"}, BookingRefused, "does not do HAIR"),
+        (sh02, {"service": "NOPE"}, NotFound, "not in the price list"),
+        (sh02, {"technician": "T99"}, NotFound, "no technician T99"),
+        (sh02, {"member": "01J5Q8ZK3T7XM.SH01"}, NotFound, "unknown member"),
+        (sh02, {"when": "2025-12-31T14:00"}, BookingRefused, "has passed"),
+        (sh02, {"when": "2026-01-02 25:00"}, InvalidInput, "not like|not a real"),
+        (sh02, {"when": "tomorrow"}, InvalidInput, "not like 2026-12-03T14:00"),
+        (sh02, {"when": "2026-02-30T14:00"}, InvalidInput, "not a real date"),
+        (sh02, {"when": f"{DAY}T14:15"}, SlotTaken, "booked 14:00-15:00"),
+    ]
+    for ledger, change, error, says in cases:
+        args = {"member": m, "technician": "T01", "service": "FOOT60",
+                "when": f"{DAY}T16:00", **change}
+        before = data_snapshot(ledger, [m])
+        with pytest.raises(error, match=says):
+            bookings.book(ledger, ledger.owner, args["member"], args["technician"],
+                          args["service"], args["when"])
+        assert data_snapshot(ledger, [m]) == before, change
+    # Cancels: someone else's, an unknown one, twice; a no-show elsewhere or too early.
+    other = sh01.add_member(sh01.owner, name="李四", phone="13900139000")
+    sync_all(chain)
+    before = data_snapshot(sh01, [m])
+    with pytest.raises(PermissionDenied, match="not member"):
+        bookings.cancel(sh01, sh01.owner, b["booking"], member=other)
+    with pytest.raises(NotFound, match="no booking"):
+        bookings.cancel(sh01, sh01.owner, "01J5Q8ZK3T7XM.SH01")
+    with pytest.raises(BookingRefused, match="only SH02"):
+        bookings.noshow(sh01, sh01.owner, b["booking"])
+    with pytest.raises(BookingRefused, match="not started"):
+        bookings.noshow(sh02, sh02.owner, b["booking"])
+    assert data_snapshot(sh01, [m]) == before
+    # A technician with bad hours or an unknown service is not added.
+    with pytest.raises(InvalidInput, match="must end after they start"):
+        bookings.add_technician(sh01, sh01.owner, "T02", "王", ["FOOT60"], "22:00-10:00")
+    with pytest.raises(NotFound, match="price list"):
+        bookings.add_technician(sh01, sh01.owner, "T02", "王", ["MASSAGE"], "10:00-22:00")
+    # The appointment passes: a no-show at SH02, and a cancel is then refused.
+    clock.advance_days(1.3)  # 2026-01-02 15:12 in Shanghai
+    assert bookings.noshow(sh02, sh02.owner, b["booking"])["status"] == "no_show"
+    with pytest.raises(BookingRefused, match="no_show"):
+        bookings.cancel(sh02, sh02.owner, b["booking"])
+
+
+def test_a_code_at_two_branches_needs_the_branch(chain: dict[str, Ledger]) -> None:
+    m = setup_chain(chain)
+    sh01 = chain["SH01"]
+    bookings.add_technician(sh01, sh01.owner, "T01", "小王", ["FOOT60"], "09:00-18:00")
+    with pytest.raises(InvalidInput, match="T01@SH01"):
+        bookings.book(sh01, sh01.owner, m, "T01", "FOOT60", f"{DAY}T14:00")
+    assert bookings.book(sh01, sh01.owner, m, "T01@SH01", "FOOT60",
+                         f"{DAY}T14:00")["status"] == "confirmed"
+    # A new version of SH01's T01 (other hours) keeps its id and its book.
+    t = bookings.add_technician(sh01, sh01.owner, "T01", "小王", ["FOOT60"], "12:00-20:00")
+    assert [x["hours"] for x in bookings.technicians(sh01, "SH01")] == ["12:00-20:00"]
+    assert bookings.list_bookings(sh01, technician=t["id"])[0]["status"] == "confirmed"
+
+
+def test_money_reports_do_not_change_with_bookings(chain: dict[str, Ledger]) -> None:
+    m = setup_chain(chain)
+    sh01, sh02 = chain["SH01"], chain["SH02"]
+    sh01.topup(sh01.owner, m, 100_000)
+    sync_all(chain)
+    before = {n: (views.daily_report(x, "2026-01-01"), x.history(m), x.balance(m))
+              for n, x in chain.items()}
+    bookings.book(sh01, sh01.owner, m, "T01", "FOOT60", f"{DAY}T14:00")
+    bookings.book(sh02, sh02.owner, m, "T01", "BODY90", f"{DAY}T16:00")
+    settle(chain)
+    after = {n: (views.daily_report(x, "2026-01-01"), x.history(m), x.balance(m))
+             for n, x in chain.items()}
+    assert after == before
+    assert len(bookings.list_bookings(sh01, member=m)) == 2
+
+
+def _forge(chain: dict[str, Ledger], writer: str, fields: dict[str, Any]) -> list[str]:
+    """`writer` signs a record of one forged entry; every other replica refuses it by
+    the rule it names (returned), blocks the writer and changes nothing."""
+    forger = Forger(chain[writer])
+    eid = HybridClock(writer).mint()
+    forged = {"id": eid, "node": writer, "op": "x", "at": id_time_ms(eid), "amount": 0,
+              "deltas": [], **fields}
+
+    def put(doc: Doc[Any]) -> None:
+        doc.get("entries", type=Map)[eid] = forged
+
+    forger.write(entry_doc(eid, chain[writer].storage.day_of), put)
+    rules = []
+    for name, victim in chain.items():
+        if name == writer:
+            continue
+        before = data_snapshot(victim, [])
+        victim.apply_batch(forger.batch())
+        rules += [f["rule"] for f in victim.faults() if f["node"] == writer]
+        assert data_snapshot(victim, []) == before
+    return rules
+
+
+def test_a_decision_forged_by_another_branch_is_refused_everywhere(
+        chain: dict[str, Ledger]) -> None:
+    """SH01 (a valid key of its own) confirms a request for SH02's technician, and
+    writes itself a version of that technician: the write rule booking-branch refuses
+    both at every replica; the request stays pending until SH02 decides."""
+    m = setup_chain(chain)
+    sh01, hz01 = chain["SH01"], chain["HZ01"]
+    b = bookings.book(hz01, hz01.owner, m, "T01", "FOOT60", f"{DAY}T14:00")
+    sync_all(chain)
+    tech = b["technician_id"]
+    assert _forge(chain, "SH01", {"kind": "booking_decision", "member": tech,
+                                  "ref": b["booking"], "status": "confirmed",
+                                  "start": b["start"], "minutes": 60}) \
+        == ["booking-branch", "booking-branch"]
+    for ledger in (chain["SH02"], hz01):
+        assert bookings.show(ledger, b["booking"])["status"] == "pending"
+    assert bookings.show(sh01, b["booking"])["status"] == "pending"
+
+
+def test_a_forged_technician_version_is_refused_everywhere(chain: dict[str, Ledger]) -> None:
+    setup_chain(chain)
+    tech = bookings.technician(chain["SH01"], "T01")["id"]
+    assert _forge(chain, "HZ01", {"kind": "technician", "member": tech, "ref": "technicians",
+                                  "code": "T01", "name": "假", "services": "FOOT60",
+                                  "hours": "00:00-24:00"}) == ["booking-branch", "booking-branch"]
+    assert bookings.technician(chain["SH02"], "T01")["hours"] == "10:00-22:00"
+
+
+def test_starting_lists_what_a_reminder_is_for(chain: dict[str, Ledger]) -> None:
+    m = setup_chain(chain)
+    sh01, sh02 = chain["SH01"], chain["SH02"]
+    b1 = bookings.book(sh02, sh02.owner, m, "T01", "FOOT60", f"{DAY}T14:00")
+    b2 = bookings.book(sh01, sh01.owner, m, "T01", "FOOT60", f"{DAY}T18:00")
+    b3 = bookings.book(sh02, sh02.owner, m, "T01", "FOOT60", f"{DAY}T19:00")
+    bookings.cancel(sh02, sh02.owner, b3["booking"])
+    t0 = bookings.parse_when(sh02, f"{DAY}T12:00")
+    t1 = bookings.parse_when(sh02, f"{DAY}T20:00")
+    assert [(v["booking"], v["status"]) for v in bookings.starting(sh02, t0, t1)] == [
+        (b1["booking"], "confirmed")]
+    sync_all(chain)
+    assert [(v["booking"], v["status"]) for v in bookings.starting(sh01, t0, t1)] == [
+        (b1["booking"], "confirmed"), (b2["booking"], "pending")]
+
+
+# --- a hypothesis property over interleavings -------------------------------------------
+
+TIMES = [f"{DAY}T{h}" for h in ("10:00", "10:30", "11:00", "12:00", "12:30")]
+steps = st.lists(st.one_of(
+    st.tuples(st.just("book"), st.sampled_from(NODES), st.sampled_from(("T01", "T02")),
+              st.sampled_from(TIMES), st.sampled_from(("FOOT60", "BODY90"))),
+    st.tuples(st.just("cancel"), st.sampled_from(NODES), st.integers(0, 20)),
+    st.tuples(st.just("sync"), st.sampled_from(NODES), st.sampled_from(NODES)),
+    st.tuples(st.just("decide"), st.sampled_from(NODES)),
+), min_size=1, max_size=25)
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(steps=steps)
+def test_any_interleaving_converges_and_never_double_books(
+        tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[Any, ...]]) -> None:
+    root = tmp_path_factory.mktemp("bk")
+    clock = FakeClock()
+    chain = {n: new_ledger(root, n, now_ms=clock) for n in NODES}
+    try:
+        bookings.add_technician(chain["SH02"], "owner@SH02", "T01", "小李",
+                                ["FOOT60", "BODY90"], "10:00-22:00")
+        bookings.add_technician(chain["HZ01"], "owner@HZ01", "T02", "小张",
+                                ["FOOT60"], "10:00-22:00")
+        m = chain["SH01"].add_member("owner@SH01", name="张伟", phone="13800138000")
+        sync_all(chain)
+        made: list[str] = []
+        for step in steps:
+            ledger = chain[step[1]]
+            try:
+                if step[0] == "book":
+                    made.append(bookings.book(ledger, ledger.owner, m, step[2], step[4],
+                                              step[3])["booking"])
+                elif step[0] == "cancel" and made:
+                    bookings.cancel(ledger, ledger.owner, made[step[2] % len(made)])
+                elif step[0] == "sync" and step[1] != step[2]:
+                    sync(ledger, chain[step[2]])
+                elif step[0] == "decide":
+                    bookings.decide(ledger)
+            except (BookingRefused, NotFound):
+                pass  # a refusal: a slot known taken, not synced here yet, cancelled...
+            for x in chain.values():  # never, on any replica, at any step
+                assert bookings.double_booked(x) == []
+        settle(chain)
+        seen = {n: json.dumps(bookings.list_bookings(x, day=DAY), sort_keys=True)
+                for n, x in chain.items()}
+        assert len(set(seen.values())) == 1, seen
+        final = bookings.list_bookings(chain["SH01"], day=DAY)
+        assert {v["status"] for v in final} <= {"confirmed", "refused", "cancelled"}
+        for tech in ("T01", "T02"):
+            mine = [(v["start"], v["start"] + v["minutes"] * 60_000) for v in final
+                    if v["technician"] == tech and v["status"] == "confirmed"]
+            mine.sort()
+            assert all(a[1] <= b[0] for a, b in itertools.pairwise(mine))
+    finally:
+        for x in chain.values():
+            x.close()
