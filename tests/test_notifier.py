@@ -160,7 +160,7 @@ def test_a_mail_server_that_is_down_is_tried_again_later_and_nothing_is_lost(
 
     async def scenario() -> None:
         clock.at("2026-12-03T20:00:00")
-        async with chain_nodes(tmp_path, clock) as (hq, sh):
+        async with chain_nodes(tmp_path, clock) as (hq, _sh):
             await run_op(hq, "rule.set", {"kind": "notifications", "body": REPORTS})
             clock.at("2026-12-03T21:00:00")
             assert await tick(hq) == 0
@@ -171,7 +171,7 @@ def test_a_mail_server_that_is_down_is_tried_again_later_and_nothing_is_lost(
         clock.at("2026-12-03T21:00:30")
         smtp.start()
         try:
-            async with chain_nodes(tmp_path, clock) as (hq, sh):
+            async with chain_nodes(tmp_path, clock) as (hq, _sh):
                 assert await tick(hq) == 0, "not before its retry time"
                 clock.at("2026-12-03T21:02:00")
                 assert await tick(hq) == 1
