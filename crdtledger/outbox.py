@@ -198,7 +198,10 @@ def collect(ledger: Ledger, now_ms: int, channels: Sequence[str]) -> Due:
         marks["debits"] = top
     out += notices.low_balance_notices(node, debits, rule, channels)
     out += notices.reminder_notices(node, _bookings_soon(ledger, now_ms, rule), rule, channels)
-    return Due(out, marks)
+    conn = _conn(ledger)
+    fresh = [n for n in out if conn.execute("SELECT 1 FROM outbox WHERE key = ?",
+                                            (n.key,)).fetchone() is None]
+    return Due(fresh, marks)
 
 
 def keep(ledger: Ledger, due: Due, now_ms: int) -> int:

@@ -1,0 +1,294 @@
+"""Notices: what is due and who sends it (crdtledger.notices), consent, templates in
+both languages, the outbox's keys (crdtledger.outbox), the rule `notifications`, and
+the gateways against real servers: aiosmtpd (the local SMTP stand-in) and a local
+HTTP server standing in for the SMS provider (Tencent Cloud SMS API 3.0's SendSms)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from aiohttp import web
+
+from crdtledger import notices, operations, outbox
+from crdtledger.errors import InvalidInput
+from crdtledger.ledger import Ledger
+from peer.gateways import (
+    GatewayError,
+    Message,
+    SettingsError,
+    gateways_from_settings,
+    tc3_authorization,
+)
+from peer.smtp_standin import SmtpStandIn, text_of
+
+NOW = int(datetime(2026, 12, 3, 10, 30, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp() * 1000)
+BOTH = ["email", "sms"]
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Iterator[Ledger]:
+    Ledger.create(tmp_path / "SH01", "SH01")
+    with Ledger.open(tmp_path / "SH01") as led:
+        yield led
+
+
+def op(ledger: Ledger, operation: str, /, **params: Any) -> Any:
+    return operations.run(ledger, ledger.owner, operation, params)
+
+
+def members(ledger: Ledger) -> dict[str, str]:
+    """Three members born on 12-03: one who consented (English, by e-mail), one never
+    asked, one who opted out."""
+    return {
+        "yes": op(ledger, "member.add", name="Alice", phone="13800000001", birthday="12-03",
+                  email="alice@example.com", lang="en", promo="yes")["member_id"],
+        "never": op(ledger, "member.add", name="张伟", phone="13800000002",
+                    birthday="1990-12-03")["member_id"],
+        "no": op(ledger, "member.add", name="李娜", phone="13800000003", birthday="12-03",
+                 promo="no")["member_id"],
+    }
+
+
+def test_templates_say_each_notice_in_chinese_and_english() -> None:
+    fields = {"day": "2026-12-03", "branch_name": "南京西路店", "new_members": 3,
+              "sales": "1280.00", "topup_cash": "500.00", "topups": 2, "cards_sold": 1,
+              "card_sales": "20.00"}
+    zh = notices.render("daily", "zh-CN", **fields)
+    en = notices.render("daily", "en", **fields)
+    assert zh[0] == "南京西路店 营业日报 2026-12-03"
+    assert "当天新增会员 3 人" in zh[1] and "当天充值实收 500.00" in zh[1]
+    assert en[0] == "Daily report 2026-12-03: 南京西路店"
+    assert "New members: 3" in en[1] and "Top-up cash received: 500.00" in en[1]
+    for kind, t in notices.TEMPLATES.items():
+        assert set(t) == set(notices.LANGS), kind
+    assert "验证码" in notices.render("otp", "zh-CN", code="123456", minutes=5)[1]
+    assert "123456" in notices.render("otp", "en", code="123456", minutes=5)[1]
+
+
+def test_no_promotion_without_consent_but_service_notices_reach_everyone(
+        ledger: Ledger) -> None:
+    m = members(ledger)
+    due = outbox.collect(ledger, NOW, BOTH)
+    greetings = [n for n in due.notices if n.kind == "birthday"]
+    assert [(n.member, n.channel, n.to, n.subject) for n in greetings] == [
+        (m["yes"], "email", "alice@example.com", "Happy birthday")]
+    assert greetings[0].key == f"birthday:{m['yes']}:2026" and greetings[0].promotional
+    outbox.keep(ledger, due, NOW)
+
+    # A broadcast to everyone reaches only the one who consented.
+    done = op(ledger, "notice.broadcast", subject="双12", text="{name}，全场八折")
+    assert (done["segment"], done["queued"], done["without_consent_or_contact"]) == (3, 1, 2)
+    sent_to = {h["member"] for h in outbox.history(ledger, kind="broadcast")}
+    assert sent_to == {m["yes"]}
+
+    # Low balance is a service notice: the member never asked about promotion gets it.
+    op(ledger, "topup", member=m["never"], amount=10000, pay="cash")
+    op(ledger, "debit", member=m["never"], amount=6000)
+    due = outbox.collect(ledger, NOW + 60_000, BOTH)
+    [low] = [n for n in due.notices if n.kind == "low_balance"]
+    assert (low.member, low.channel, low.to) == (m["never"], "sms", "13800000002")
+    assert "40.00" in low.body and "50.00" in low.body and not low.promotional
+    outbox.keep(ledger, due, NOW + 60_000)
+    assert not outbox.collect(ledger, NOW + 120_000, BOTH).notices, "each once"
+
+    # Consent given later counts; withdrawn, it stops.
+    op(ledger, "member.edit", member=m["never"], promo="yes")
+    op(ledger, "member.edit", member=m["yes"], promo="no")
+    done = op(ledger, "notice.broadcast", subject="元旦", text="新年好")
+    assert done["queued"] == 1
+    assert {h["member"] for h in outbox.history(ledger, kind="broadcast")} == {
+        m["yes"], m["never"]}
+    assert op(ledger, "member.show", member=m["yes"])["promo"] == "no"
+
+
+def test_a_segment_by_level_home_dormancy_and_tags(ledger: Ledger) -> None:
+    a = op(ledger, "member.add", name="A", phone="13800000011", promo="yes",
+           tags=["vip"])["member_id"]
+    op(ledger, "member.add", name="B", phone="13800000012", promo="yes", home="SH02")
+    op(ledger, "topup", member=a, amount=10000, pay="cash")
+    assert [x["id"] for x in outbox.segment_members(ledger, {"tags": ["vip"]})] == [a]
+    assert len(outbox.segment_members(ledger, {"home": "SH01"})) == 1
+    assert len(outbox.segment_members(ledger, {"level": "普通会员"})) == 2
+    dormant = outbox.segment_members(ledger, {"dormant_days": 30})
+    assert a not in [x["id"] for x in dormant], "visited today"
+    with pytest.raises(InvalidInput, match="unknown segment field 'age'"):
+        outbox.segment_members(ledger, {"age": 30})
+
+
+def test_who_sends_what_once_per_chain() -> None:
+    rule = notices.rule_of({"daily": [{"branch": "all", "at": "21:00", "to": ["b@x.cn"]},
+                                      {"branch": "SH02", "at": "21:30", "to": ["c@x.cn"]}]})
+    at = datetime(2026, 12, 3, 21, 45, tzinfo=ZoneInfo("Asia/Shanghai"))
+    rid = "038HS9BR9T000.HQ"  # written by HQ: HQ sends the chain's report
+    assert [d.key for d in notices.daily_due(rule, rid, "HQ", at)] == ["daily:CHAIN:2026-12-03"]
+    assert [d.key for d in notices.daily_due(rule, rid, "SH02", at)] == [
+        "daily:SH02:2026-12-03"]
+    assert notices.daily_due(rule, rid, "SH01", at) == []
+    named = {**rule, "sender": "SH01"}
+    assert [d.key for d in notices.daily_due(named, rid, "SH01", at)] == [
+        "daily:CHAIN:2026-12-03"]
+    early = at.replace(hour=20)
+    assert notices.daily_due(rule, rid, "HQ", early) == []
+    next_morning = at.replace(day=4, hour=8)
+    assert [d.key for d in notices.daily_due(rule, rid, "HQ", next_morning)] == [
+        "daily:CHAIN:2026-12-03"], "a node off at 21:00 still sends it within 12 hours"
+    assert notices.daily_due(rule, rid, "HQ", at.replace(day=4, hour=10)) == []
+    # A member's notices are its home branch's.
+    m = {"id": "X", "profile": {"home": "SH02", "birthday": "12-03", "promo": "yes",
+                                "phone": "13800000001", "name": "A"}}
+    assert notices.member_day_notices("SH01", "2026-12-03", [m], rule, BOTH, "店") == []
+    assert len(notices.member_day_notices("SH02", "2026-12-03", [m], rule, BOTH, "店")) == 1
+
+
+@pytest.mark.parametrize(("body", "says"), [
+    ({"daily": [{"branch": "all", "at": "25:00", "to": ["b@x.cn"]}]}, "a time like 21:00"),
+    ({"daily": [{"branch": "all", "at": "21:00", "to": ["nobody"]}]},
+     "neither an e-mail address nor a phone number"),
+    ({"daily": [{"branch": "all", "at": "21:00", "to": []}]}, "1 to 10 addresses"),
+    ({"language": "fr"}, "language is one of zh-CN, en"),
+    ({"low_balance": -1}, "low_balance is a whole number"),
+    ({"greet_at": "noon"}, "greet_at is a time like 10:00"),
+    ({"daily_at": "21:00"}, "unknown setting 'daily_at'"),
+])
+def test_bad_notification_rules_are_refused_with_a_sentence_and_change_nothing(
+        ledger: Ledger, body: dict[str, Any], says: str) -> None:
+    before = ledger.rule("notifications")
+    with pytest.raises(InvalidInput, match=says):
+        op(ledger, "rule.set", kind="notifications", body=body)
+    assert ledger.rule("notifications") == before
+
+
+def test_bad_member_notice_fields_are_refused(ledger: Ledger) -> None:
+    with pytest.raises(InvalidInput, match="not an e-mail address"):
+        op(ledger, "member.add", name="A", phone="13800000021", email="alice-at-example")
+    with pytest.raises(InvalidInput, match="promo must be one of"):
+        op(ledger, "member.add", name="A", phone="13800000021", promo="ok")
+    assert ledger.find_members("13800000021") == []
+
+
+def test_the_outbox_keeps_a_notice_until_marked_sent_under_one_key(ledger: Ledger) -> None:
+    n = notices.Notice("daily:CHAIN:2026-12-03:b@x.cn", "daily", "SH01", "email", "b@x.cn",
+                       "s", "b")
+    assert outbox.enqueue(ledger, [n, n], NOW) == 1
+    # "Sent" by a gateway, then the node died before marking it: due again, same key.
+    assert [o.key for o in outbox.pending(ledger, NOW)] == [n.key]
+    assert outbox.enqueue(ledger, [n], NOW + 1000) == 0, "found due again: the same row"
+    assert [o.key for o in outbox.pending(ledger, NOW + 1000)] == [n.key]
+    delay = outbox.mark_failed(ledger, n.key, "the mail server said no", NOW + 1000)
+    assert delay == 60 and outbox.pending(ledger, NOW + 2000) == []
+    assert [o.key for o in outbox.pending(ledger, NOW + 61_000)] == [n.key]
+    outbox.mark_sent(ledger, n.key, NOW + 61_000)
+    assert outbox.pending(ledger, NOW + 10**9) == []
+    [row] = outbox.history(ledger)
+    assert (row["status"], row["attempts"]) == ("sent", 2)
+
+
+# --- gateways against real servers -----------------------------------------------------
+
+
+def test_smtp_gateway_sends_to_a_real_server_with_the_key_as_message_id() -> None:
+    with SmtpStandIn() as smtp:
+        gw = gateways_from_settings({"email": {
+            "kind": "smtp", "host": "127.0.0.1", "port": smtp.port, "starttls": False,
+            "sender": "南京西路店 <shop@example.com>"}})["email"]
+        msg = Message("birthday:01J5Q8ZK3T7XM.SH01:2026", "email", "alice@example.com",
+                      "生日快乐", "Alice，祝您生日快乐！")
+        asyncio.run(gw.send(msg))
+        asyncio.run(gw.send(msg))  # a resend after a crash: the same Message-ID
+        first, again = smtp.messages()
+        assert first["Subject"] == "生日快乐" and first["To"] == "alice@example.com"
+        assert text_of(first).strip() == "Alice，祝您生日快乐！"
+        assert first["Message-ID"] == again["Message-ID"] == (
+            "<birthday.01J5Q8ZK3T7XM.SH01.2026@example.com>")
+    with pytest.raises(GatewayError, match="cannot reach the mail server"):
+        asyncio.run(gw.send(msg))
+
+
+class SmsProviderStandIn:
+    """A local HTTP server standing in for the SMS provider (Tencent Cloud SMS API 3.0
+    SendSms): it checks the TC3-HMAC-SHA256 signature as the provider does and keeps
+    what it was asked to send; `refuse` makes it answer with the provider's error."""
+
+    def __init__(self, secret_id: str, secret_key: str) -> None:
+        self.secret_id, self.secret_key = secret_id, secret_key
+        self.received: list[dict[str, Any]] = []
+        self.refuse = False
+
+    async def handle(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        expected = tc3_authorization(self.secret_id, self.secret_key, request.host, raw,
+                                     int(request.headers["X-TC-Timestamp"]))
+        if not hmac.compare_digest(expected, request.headers.get("Authorization", "")):
+            return web.json_response({"Response": {"Error": {
+                "Code": "AuthFailure.SignatureFailure", "Message": "signature wrong"},
+                "RequestId": "r"}})
+        assert request.headers["X-TC-Action"] == "SendSms"
+        body = json.loads(raw)
+        if self.refuse:
+            return web.json_response({"Response": {"Error": {
+                "Code": "FailedOperation.InsufficientBalanceInSmsPackage",
+                "Message": "package used up"}, "RequestId": "r"}})
+        self.received.append(body)
+        return web.json_response({"Response": {"SendStatusSet": [
+            {"SerialNo": hashlib.sha1(raw).hexdigest(), "PhoneNumber": p, "Fee": 1,
+             "SessionContext": body.get("SessionContext", ""), "Code": "Ok",
+             "Message": "send success", "IsoCode": "CN"} for p in body["PhoneNumberSet"]],
+            "RequestId": "r"}})
+
+
+def test_sms_gateway_posts_the_providers_signed_request_to_a_real_http_server() -> None:
+    provider = SmsProviderStandIn("AKIDtest", "secret")
+
+    async def scenario() -> None:
+        app = web.Application()
+        app.router.add_post("/", provider.handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        settings = {"kind": "tencent", "url": f"http://127.0.0.1:{port}/",
+                    "secret_id": "AKIDtest", "secret_key": "secret", "sdk_app_id": "1400000000",
+                    "sign_name": "某某足疗", "template_id": "1234567"}
+        try:
+            gw = gateways_from_settings({"sms": settings})["sms"]
+            await gw.send(Message("otp:13800000001:1", "sms", "13800000001", "验证码",
+                                  "您的验证码是 123456"))
+            [sent] = provider.received
+            assert sent["PhoneNumberSet"] == ["+8613800000001"]
+            assert sent["TemplateParamSet"] == ["您的验证码是 123456"]
+            assert sent["SessionContext"] == "otp:13800000001:1"
+            provider.refuse = True
+            with pytest.raises(GatewayError, match="InsufficientBalanceInSmsPackage"):
+                await gw.send(Message("k", "sms", "13800000001", "s", "b"))
+            wrong = gateways_from_settings({"sms": {**settings, "secret_key": "guess"}})
+            with pytest.raises(GatewayError, match="SignatureFailure"):
+                await wrong["sms"].send(Message("k", "sms", "13800000001", "s", "b"))
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("settings", "says"), [
+    ({"email": {"kind": "smtp", "host": "h", "sender": "nobody"}}, "not an e-mail address"),
+    ({"email": {"kind": "smtp", "host": "h", "sender": "a@b.cn", "username": "u"}},
+     "username and password go together"),
+    ({"email": {"kind": "smtp", "host": "h", "sender": "a@b.cn", "port": "25"}},
+     "port is a int"),
+    ({"sms": {"kind": "tencent", "url": "ftp://x", "secret_id": "a", "secret_key": "b",
+              "sdk_app_id": "c", "sign_name": "d", "template_id": "e"}}, "not an http"),
+])
+def test_bad_gateway_settings_are_refused_with_a_sentence(
+        settings: dict[str, Any], says: str) -> None:
+    with pytest.raises(SettingsError, match=says):
+        gateways_from_settings(settings)
