@@ -98,6 +98,7 @@ def _ok(cond: bool, what: str) -> None:
 
 def _whole(value: Any, what: str, *, zero: bool = True) -> int:
     _ok(isinstance(value, int) and not isinstance(value, bool), f"{what} is a whole number")
+    _ok(value >= (0 if zero else 1), f"{what} is {'zero or more' if zero else 'above zero'}")
     return check_amount(value, allow_zero=zero)
 
 
@@ -298,35 +299,37 @@ class Membership(Coupons):
         out = [self.referral_view(str(e["id"])) for e in reversed(self._entries(where, args))]
         return [v for v in out if status is None or v["status"] == status]
 
-    def approve_referral(self, operator: str, referral: str, *, reject: bool = False,
-                         reason: str = "") -> dict[str, Any]:
-        """The next level of approval of a referral (level 1, then level 2 by another
-        operator), or its rejection. Granted here at once if this branch recorded it."""
+    def approve_referral(self, operator: str, referral: str, level: int, *,
+                         reject: bool = False, reason: str = "") -> dict[str, Any]:
+        """Approval `level` 1 or 2 of a referral (holding `referral.approve1` or
+        `referral.approve2`; level 2 after level 1, by another operator), or its
+        rejection at that level. Granted here at once if this branch recorded it."""
+        if level not in (1, 2):
+            raise InvalidInput("a referral's approval level is 1 or 2")
+        self.authorise(operator, f"referral.approve{level}")
         r = self._referral(referral)
         view = self.referral_view(referral)
         status = view["status"]
-        perms = self.permissions(operator)
         if status in ("granted", "rejected", "void"):
             raise InvalidInput(f"referral {referral} is {status} already")
         if operator == r["op"]:
             raise PermissionDenied(f"operator {operator} recorded referral {referral} and "
                                    "cannot approve it: another operator must")
         if reject:
-            if not perms & {"referral.approve1", "referral.approve2"}:
-                raise PermissionDenied(f"operator {operator} may not approve referrals")
             step = "reject"
-        elif status == "pending":
-            self.authorise(operator, "referral.approve1")
-            step = "1"
-        elif status == "approved1":
-            self.authorise(operator, "referral.approve2")
-            if operator == view["level1"]:
-                raise PermissionDenied(f"operator {operator} gave level 1 of referral "
-                                       f"{referral}: level 2 needs another operator")
-            step = "2"
-        else:
+        elif status == "approved":
             raise InvalidInput(f"referral {referral} was approved twice already; its reward "
                                f"is granted by {r['node']}, where it was recorded")
+        elif level == 1 and status != "pending":
+            raise InvalidInput(f"referral {referral} has its level 1 approval already; it "
+                               "waits for level 2")
+        elif level == 2 and status == "pending":
+            raise InvalidInput(f"referral {referral} waits for its level 1 approval first")
+        elif level == 2 and operator == view["level1"]:
+            raise PermissionDenied(f"operator {operator} gave level 1 of referral "
+                                   f"{referral}: level 2 needs another operator")
+        else:
+            step = str(level)
         entry = self._entry("approval", str(r["member"]), ref=referral, step=step,
                             reason=check_text(reason, "reason"), op=operator)
 

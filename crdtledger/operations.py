@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from crdtledger import audit, outbox, settlement, views
+from crdtledger import audit, membership, outbox, settlement, views
+from crdtledger import bookings as booking_lib
+from crdtledger.bookings import BOOKING_STATUSES
 from crdtledger.coupons import COUPON_REASONS, COUPON_STATUSES, CouponRefused, describe_status
 from crdtledger.errors import (
     CardInactive,
@@ -338,6 +340,7 @@ _STATUS: dict[type[Exception], int] = {
     CardInactive: 409,
     WrongPin: 422,
     CouponRefused: 409,  # expired, redeemed, another member's...: the coupon's state
+    booking_lib.BookingRefused: 409,  # a slot taken, passed, outside the hours...
 }
 
 
@@ -549,17 +552,23 @@ PROFILE = (
                    Param("tags", TAGS, flag="--tag", help="repeatable"),
                    Param("prefs", PREFS, flag="--pref",
                          help=f"{', '.join(PREF_KEYS)}=VALUE; repeatable"),
-                   Param("custom", CUSTOM, flag="--custom", help="KEY=VALUE; repeatable")),
+                   Param("custom", CUSTOM, flag="--custom", help="KEY=VALUE; repeatable"),
+                   Param("referrer", MEMBER_ID,
+                         help="the member who referred them (老带新; crdtledger.membership)")),
            show=_says("member {name} added: {member_id}"),
            links={"topup": {"requestBody": {"member": "$response.body#/member_id",
                                             "yuan": "100.00"}},
                   "debit": {"requestBody": {"member": "$response.body#/member_id",
                                             "amount": 100, "pay": "cash"}}})
 def member_add(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    if p.get("referrer"):  # checked first: a refused referrer adds nobody
+        ledger.check_referrer(p["referrer"])
     mid = ledger.add_member(
         operator, name=p["name"], phone=p["phone"], tags=p.get("tags", ()),
         prefs=p.get("prefs"), custom=p.get("custom"),
         **{k.name: p[k.name] for k in PROFILE if k.name in p})
+    if p.get("referrer"):
+        return {"member_id": mid, "referral": ledger.refer(operator, mid, p["referrer"])["id"]}
     return {"member_id": mid}
 
 
@@ -1331,6 +1340,365 @@ def notice_broadcast(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]
     ledger.authorise(operator, "notice.broadcast")
     segment = {k.name: p[k.name] for k in SEGMENT if p.get(k.name)}
     return outbox.broadcast(ledger, segment, p["subject"], p["text"], ledger.clock.wall())
+
+# --- membership workflows: referral, check-in, exit (crdtledger.membership) -----------------
+
+REFERRAL_ID = text(40, pattern=ecma(ID), description="a referral id like 01J5Q8ZK3T7XM.SH01")
+APPLICATION_ID = text(40, pattern=ecma(ID),
+                      description="an exit or return application id like 01J5Q8ZK3T7XM.SH01")
+ACTIVITY = text(20, pattern=ecma(SERVICE_CODE), description="a check-in activity's code")
+LOCAL_MINUTE = text(16, pattern=ecma(membership.MINUTE),
+                    description="a local time like 2026-12-03T09:00")
+REFERRAL = {"type": "object",
+            "required": ["referral", "member", "referrer", "branch", "status", "level1",
+                         "level2", "reward"],
+            "properties": {k: STR for k in (
+                "referral", "member", "referrer", "branch", "recorded_by", "on", "status",
+                "level1", "level2", "rejected_by", "reward")}}
+EXIT_VIEW = {"type": "object",
+             "required": ["application", "member", "step", "status", "paid", "forfeited"],
+             "properties": {**{k: STR for k in ("application", "member", "step", "reason",
+                                                 "by", "branch", "on", "status",
+                                                 "decided_by", "settled")},
+                            "paid": INT, "forfeited": INT}}
+ATTENDANCE_ROW = {"type": "object",
+                  "required": ["entry", "member", "name", "branch", "day", "time", "points",
+                               "status"],
+                  "properties": {**{k: STR for k in ("entry", "member", "name", "branch",
+                                                      "day", "time", "status")},
+                                 "points": INT}}
+_REASON = Param("reason", text(MAX_TEXT), help="why (kept with the decision)")
+
+
+def _show_referral(_l: Ledger, v: Any, _p: Params) -> str:
+    levels = "  ".join(f"{k} {v[k]}" for k in ("level1", "level2", "rejected_by") if v.get(k))
+    return (f"referral {v['referral']}: {v['referrer']} referred {v['member']} at "
+            f"{v['branch']}: {v['status']}" + (f"  ({levels})" if levels else "")
+            + (f"  reward {v['reward']}" if v.get("reward") else ""))
+
+
+def _show_exit(_l: Ledger, v: Any, _p: Params) -> str:
+    text_ = (f"{v['step']} application {v['application']} for {v['member']}: {v['status']}"
+             + (f" by {v['decided_by']}" if v.get("decided_by") else ""))
+    if v.get("settled") == "refund":
+        text_ += f"; {format_yuan(v['paid'])} paid back in cash"
+    if v.get("forfeited"):
+        text_ += f"; {format_yuan(v['forfeited'])} forfeited"
+    return text_
+
+
+@operation("referral.add", "老带新: record who referred a member (once; never themself)",
+           permission="member.add", http="POST /referrals", status=201, result=REFERRAL,
+           params=(MEMBER, Param("referrer", MEMBER_ID, required=True,
+                                 help="the member who brought them")),
+           show=_show_referral)
+def referral_add(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    entry = ledger.refer(operator, p["member"], p["referrer"])
+    return ledger.referral_view(str(entry["id"]))
+
+
+def _approve(level: int) -> Handler:
+    def handler(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+        return ledger.approve_referral(operator, p["referral"], level,
+                                       reject=bool(p.get("reject")), reason=p.get("reason", ""))
+    return handler
+
+
+for _level in (1, 2):
+    operation(
+        f"referral.approve{_level}",
+        f"A referral's level {_level} approval" + (
+            " (by another operator than level 1): the reward is granted by the branch that "
+            "recorded it" if _level == 2 else "") + "; --reject rejects it (nothing granted)",
+        permission=f"referral.approve{_level}",
+        http=f"POST /referrals/{{referral}}/approve{_level}", result=REFERRAL,
+        params=(Param("referral", REFERRAL_ID, required=True, flag="--referral"),
+                Param("reject", {"type": "boolean"}, switch=True, help="reject it instead"),
+                _REASON),
+        show=_show_referral)(_approve(_level))
+
+
+@operation("referral.show", "A referral: its status (pending, approved1, approved, granted, "
+           "rejected, void), approvers and reward", needs=SERVES_MEMBERS,
+           http="GET /referrals/{referral}",
+           params=(Param("referral", REFERRAL_ID, required=True, flag="--referral"),),
+           result=REFERRAL, show=_show_referral)
+def referral_show(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.referral_view(p["referral"])
+
+
+@operation("referral.list", "Referrals, newest first: all, of a status, or of a member (as "
+           "referred or referrer)", needs=SERVES_MEMBERS, http="GET /referrals",
+           params=(Param("member", MEMBER_ID, help="member id"),
+                   Param("status", {"type": "string", "enum": [
+                       "pending", "approved1", "approved", "granted", "rejected", "void"]})),
+           result=array(REFERRAL, 100_000),
+           show=lambda lg, vs, p: "\n".join(_show_referral(lg, v, p) for v in vs)
+           or "no referrals")
+def referral_list(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]:
+    return ledger.referrals(p.get("status"), p.get("member"))
+
+
+@operation("referral.grant", "Grant the rewards of the referrals this branch recorded that "
+           "were approved twice elsewhere (the node does it at housekeeping too)",
+           permission="referral.approve2", http="POST /referrals/grant",
+           result=array(ENTRY, 100_000),
+           show=lambda _l, es, _p: f"{len(es)} reward(s) granted")
+def referral_grant(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]:
+    return ledger.grant_due_referrals(operator)
+
+
+@operation("checkin", "签到: check a member in at an activity (its window and limit; its "
+           "points are this branch's)", permission="checkin", http="POST /checkins",
+           status=201, result=ENTRY,
+           params=(Param("activity", ACTIVITY, required=True), *PAYER),
+           forms=(PAYER_FORM,),
+           show=_done(lambda e, _p: f"checked in at {e['activity']}"
+                      + (f": +{e['points']} points" if e.get("points") else "")))
+def checkin(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.checkin(operator, p["activity"], p.get("member"), card=p.get("card"),
+                          pin=p.get("pin"))
+
+
+@operation("activity.set", "Set a check-in activity (head office): its window in local "
+           "time, points, and whether it repeats (once, or daily up to per-day times)",
+           permission="rules.manage", http="PUT /activities/{code}", result=_id_of("rule"),
+           params=(Param("code", ACTIVITY, required=True),
+                   Param("name", text(60, minLength=1), required=True),
+                   Param("from", LOCAL_MINUTE, required=True, help="opens, e.g. 2026-12-01T09:00"),
+                   Param("to", LOCAL_MINUTE, required=True, help="closes, e.g. 2026-12-31T21:00"),
+                   Param("points", {**FEE, "description": "points a check-in gives"},
+                         default=0),
+                   Param("repeat", {"type": "string", "enum": list(membership.REPEATS)},
+                         default="once"),
+                   Param("per_day", {**COUNT, "maximum": 100}, default=1,
+                         help="check-ins a day when it repeats daily")),
+           show=_says("activity {code} set (rule {rule})"))
+def activity_set(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    a = {k: p[k] for k in ("name", "from", "to", "points", "repeat")}
+    if p["repeat"] == "daily":
+        a["per_day"] = p["per_day"]
+    return {"rule": ledger.set_activity(operator, p["code"], a)}
+
+
+@operation("activity.list", "The check-in activities in force", needs=frozenset(),
+           http="GET /activities", result=ANY_OBJECT,
+           show=lambda _l, acts, _p: "\n".join(
+               f"{c}  {a['name']}  {a['from']} - {a['to']}  {a.get('points', 0)} points  "
+               + ("once" if a["repeat"] == "once" else f"{a.get('per_day', 1)} a day")
+               for c, a in sorted(acts.items())) or "no activities")
+def activity_list(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.activities()
+
+
+@operation("activity.report", "签到记录: who checked in at an activity, when and where "
+           "(surplus check-ins of cut-off branches marked)", needs=REPORTS,
+           http="GET /activities/{activity}/report",
+           params=(Param("activity", ACTIVITY, required=True, flag="--activity"), *PERIOD),
+           result=array(ATTENDANCE_ROW, 1_000_000),
+           show=lambda _l, rows, _p: "\n".join(
+               f"{r['day']} {r['time']}  {r['branch']}  {r['name']}  +{r['points']}  "
+               f"{r['status']}  [{r['member']}]" for r in rows) or "no check-ins",
+           table=membership.attendance_csv_rows)
+def activity_report(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]:
+    return ledger.attendance(p["activity"], p.get("from"), p.get("to"))
+
+
+@operation("activity.reconcile", "Reverse the check-ins this branch wrote beyond an "
+           "activity's limit while cut off (the node does it at housekeeping too)",
+           permission="checkin", http="POST /activities/reconcile",
+           result=array(ENTRY, 100_000),
+           show=lambda _l, es, _p: f"{len(es)} surplus check-in(s) reversed")
+def activity_reconcile(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]:
+    return ledger.reconcile_checkins(operator)
+
+
+@operation("exit.apply", "退会申报: apply for a member's exit, with a reason (approved by "
+           "another operator)", permission="member.exit", http="POST /exits", status=201,
+           params=(MEMBER, Param("reason", text(MAX_TEXT, minLength=1), required=True)),
+           result=EXIT_VIEW, show=_show_exit)
+def exit_apply(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.apply_exit(operator, p["member"], p["reason"])
+
+
+@operation("exit.return", "Apply for the return of a member who left, with a reason "
+           "(approved by another operator)", permission="member.exit",
+           http="POST /exits/return", status=201,
+           params=(MEMBER, Param("reason", text(MAX_TEXT, minLength=1), required=True)),
+           result=EXIT_VIEW, show=_show_exit)
+def exit_return(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.apply_exit(operator, p["member"], p["reason"], step="return")
+
+
+@operation("exit.approve", "退会审核: approve (or --reject) an exit or return application; an "
+           "exit refunds the principal in cash or forfeits it, by the rule `exit`",
+           permission="member.exit.approve", http="POST /exits/{application}/approve",
+           params=(Param("application", APPLICATION_ID, required=True, flag="--application"),
+                   Param("reject", {"type": "boolean"}, switch=True, help="reject it instead"),
+                   _REASON,
+                   Param("pay", text(16, pattern=ecma(PAY_CODE)),
+                         help="how the refund is paid back (a payment method; the first)")),
+           result=EXIT_VIEW, show=_show_exit)
+def exit_approve(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.decide_exit(operator, p["application"], reject=bool(p.get("reject")),
+                              reason=p.get("reason", ""), pay=p.get("pay"))
+
+
+@operation("exit.show", "An exit or return application and its decision",
+           needs=SERVES_MEMBERS, http="GET /exits/{application}",
+           params=(Param("application", APPLICATION_ID, required=True, flag="--application"),),
+           result=EXIT_VIEW, show=_show_exit)
+def exit_show(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.exit_view(p["application"])
+
+
+@operation("exit.list", "Exit and return applications, newest first (pending: those waiting)",
+           needs=SERVES_MEMBERS, http="GET /exits",
+           params=(Param("status", {"type": "string",
+                                    "enum": ["pending", "approved", "rejected"]}),),
+           result=array(EXIT_VIEW, 100_000),
+           show=lambda lg, vs, p: "\n".join(_show_exit(lg, v, p) for v in vs)
+           or "no applications")
+def exit_list(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]:
+    return ledger.exits(p.get("status"))
+
+
+# --- appointments (crdtledger.bookings) ---------------------------------------------------
+
+TECH_REF = text(40, pattern="^[A-Za-z0-9_.-]{1,40}(@[A-Z0-9][A-Z0-9_]{0,15})?$",
+                description="a technician's code (T01), code at a branch (T01@SH02) or id")
+BOOKING_ID = text(40, pattern=ecma(ID), description="a booking id like 01J5Q8ZK3T7XM.SH01")
+WHEN_TEXT = text(16, pattern="^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}$",
+                 description="the start, the branch's local time, like 2026-12-03T14:00")
+TECHNICIAN = {"type": "object",
+              "required": ["id", "code", "name", "branch", "ref", "services", "hours", "active"],
+              "properties": {"id": STR, "code": STR, "name": STR, "branch": STR, "ref": STR,
+                             "services": {"type": "array", "items": STR}, "hours": STR,
+                             "active": {"type": "boolean"}}}
+BOOKING = {
+    "type": "object",
+    "required": ["booking", "status", "member", "technician", "technician_id",
+                 "technician_name", "branch", "service", "service_name", "at", "day", "end",
+                 "start", "minutes", "made_at", "op", "reason"],
+    "properties": {
+        "booking": STR, "status": {"type": "string", "enum": list(BOOKING_STATUSES)},
+        "member": STR, "technician": {**STR, "description": "the technician's code"},
+        "technician_id": STR, "technician_name": STR,
+        "branch": {**STR, "description": "the technician's branch, which decides"},
+        "service": STR, "service_name": STR,
+        "at": {**STR, "description": "the start, local time"}, "day": STR,
+        "end": {**STR, "description": "HH:MM"}, "start": {**INT, "description": "ms"},
+        "minutes": INT, "made_at": {**STR, "description": "the branch that booked"},
+        "op": STR, "reason": {**STR, "description": "why it was refused"}}}
+SAME_BOOKING = {"parameters": {"booking": "$response.body#/booking"}}
+BOOKING_READERS = SERVES_MEMBERS | {"booking.write", "technician.manage"}
+_STATUS_ZH = {"pending": "待确认", "confirmed": "已确认", "refused": "已拒绝",
+              "cancelled": "已取消", "no_show": "爽约", "done": "已完成"}
+
+
+def _show_booking(_ledger: Ledger, b: Any, _p: Params) -> str:
+    line = (f"{b['at']}-{b['end']} {b['technician']}@{b['branch']} {b['technician_name']} "
+            f"{b['service']} member {b['member']}: {b['status']} "
+            f"({_STATUS_ZH.get(b['status'], '')}) [{b['booking']}]")
+    return line + (f"\n  {b['reason']}" if b.get("reason") else "")
+
+
+@operation("technician.add", "技师: add a technician to this branch (or change one of its "
+           "own: same code), with the services they do and their working hours",
+           permission="technician.manage", http="POST /technicians", status=201,
+           params=(Param("code", text(16, pattern="^[A-Za-z0-9_-]{1,16}$"), required=True,
+                         help="the technician's code at this branch, e.g. T01"),
+                   Param("name", text(40, minLength=1), required=True),
+                   Param("services", text(400, minLength=1), required=True,
+                         help="service codes of the price list, comma-separated: "
+                         "FOOT60,BODY90"),
+                   Param("hours", text(11, pattern=booking_lib.HOURS.pattern.replace("\\Z", "$")),
+                         default="10:00-22:00", help="working hours, e.g. 10:00-22:00")),
+           result=TECHNICIAN,
+           show=lambda _l, t, _p: f"technician {t['ref']} {t['name']}: "
+           f"{','.join(t['services'])} {t['hours']} [{t['id']}]")
+def technician_add(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return booking_lib.add_technician(ledger, operator, p["code"], p["name"],
+                                   p["services"].split(","), p["hours"])
+
+
+@operation("technician.list", "The technicians (of a branch)", needs=BOOKING_READERS,
+           http="GET /technicians", params=(Param("branch", NODE),),
+           result=array(TECHNICIAN, 10_000),
+           show=lambda _l, ts, _p: "\n".join(
+               f"{t['ref']:<10} {t['name']}  {','.join(t['services'])}  {t['hours']}"
+               for t in ts) or "no technicians")
+def technician_list(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]:
+    return booking_lib.technicians(ledger, p.get("branch"))
+
+
+@operation("booking.add", "预约: book a technician's slot for a member; confirmed at once at "
+           "the technician's branch if free, elsewhere pending until that branch decides",
+           permission="booking.write", http="POST /bookings", status=201, result=BOOKING,
+           params=(MEMBER, Param("technician", TECH_REF, required=True),
+                   Param("service", SERVICE, required=True),
+                   Param("at", WHEN_TEXT, required=True)),
+           show=_show_booking,
+           links={"booking.show": SAME_BOOKING, "booking.cancel": SAME_BOOKING})
+def booking_add(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return booking_lib.book(ledger, operator, p["member"], p["technician"], p["service"],
+                         p["at"])
+
+
+BOOKING_PARAM = Param("booking", BOOKING_ID, required=True, flag="--booking")
+
+
+@operation("booking.show", "One booking and its status (pending, confirmed, refused, "
+           "cancelled, no_show, done) as this branch knows it", needs=BOOKING_READERS,
+           http="GET /bookings/{booking}", params=(BOOKING_PARAM,), result=BOOKING,
+           show=_show_booking)
+def booking_show(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return booking_lib.show(ledger, p["booking"])
+
+
+@operation("booking.cancel", "Cancel a booking (at any branch; the technician's branch frees "
+           "the slot when it hears of it)", permission="booking.write",
+           http="POST /bookings/{booking}/cancel", result=BOOKING,
+           params=(BOOKING_PARAM,
+                   Param("member", MEMBER_ID, help="the member asking (checked: their own)")),
+           show=_show_booking)
+def booking_cancel(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return booking_lib.cancel(ledger, operator, p["booking"], member=p.get("member"))
+
+
+@operation("booking.noshow", "爽约: the member did not come (at the technician's branch, once "
+           "the slot has started)", permission="booking.write",
+           http="POST /bookings/{booking}/noshow", params=(BOOKING_PARAM,), result=BOOKING,
+           show=_show_booking)
+def booking_noshow(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return booking_lib.noshow(ledger, operator, p["booking"])
+
+
+@operation("booking.list", "Bookings by member, technician, technician's branch and day "
+           "(default: today's)", needs=BOOKING_READERS, http="GET /bookings",
+           params=(Param("member", MEMBER_ID, flag="--member"), Param("technician", TECH_REF),
+                   Param("branch", NODE), Param("day", DAY)),
+           result=array(BOOKING, 10_000),
+           show=lambda l_, bs, p: "\n".join(_show_booking(l_, b, p) for b in bs)
+           or "no bookings")
+def booking_list(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]:
+    day = p.get("day")
+    if not any(p.get(k) for k in ("member", "technician", "branch", "day")):
+        day = ledger.today()
+    return booking_lib.list_bookings(ledger, member=p.get("member"),
+                                  technician=p.get("technician"), branch=p.get("branch"),
+                                  day=day)
+
+
+@operation("booking.slots", "A technician's free start times on a day (for a service: "
+           "default 60 minutes), as this branch knows the technician's book",
+           needs=BOOKING_READERS, http="GET /slots", result=array(STR, 1000),
+           params=(Param("technician", TECH_REF, required=True),
+                   Param("day", DAY, required=True), Param("service", SERVICE)),
+           show=lambda _l, free, _p: " ".join(a[-5:] for a in free) or "no free time")
+def booking_slots(ledger: Ledger, operator: str, p: Params) -> list[str]:
+    return [f"{p['day']}T{hm}" for hm in booking_lib.slots(ledger, p["technician"], p["day"],
+                                                        p.get("service"))]
 
 
 def operator_id(ledger: Ledger, who: str) -> str:

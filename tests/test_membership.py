@@ -1,0 +1,397 @@
+"""Membership workflows (issue 16, parts 4-6): referral with two approvals, check-in
+activities, member exit and return.
+
+Real components: library ledgers on real SQLite files, two replicas synced by real
+sessions (helpers.sync) and partitioned by simply not syncing them, a forger writing
+its own signed log (helpers.Forger), and the `crdtledger` command line as a process on
+a real data directory. Every refusal is checked to change nothing (test_ledger.refused).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Cli
+from helpers import FakeClock, Forger, data_snapshot, new_ledger, sync
+from test_ledger import refused
+from test_sync_protocol import _fresh, _greet
+
+from crdtledger import views
+from crdtledger.errors import InvalidInput, NotFound, PermissionDenied, RightsElsewhere
+from crdtledger.ledger import Ledger
+
+# FakeClock starts at 2026-01-01T00:00Z: 08:00 in Shanghai, the chain's time zone.
+OPEN = {"name": "晨练打卡", "from": "2025-12-31T09:00", "to": "2026-01-10T21:00",
+        "points": 10, "repeat": "daily", "per_day": 1}
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def a(tmp_path: Path, clock: FakeClock) -> Iterator[Ledger]:
+    ledger = new_ledger(tmp_path, "SH01", now_ms=clock)
+    yield ledger
+    ledger.close()
+
+
+@pytest.fixture
+def b(tmp_path: Path, clock: FakeClock) -> Iterator[Ledger]:
+    ledger = new_ledger(tmp_path, "SH02", now_ms=clock)
+    yield ledger
+    ledger.close()
+
+
+class Staff:
+    """Operators of the chain: two managers, a cashier, a level-2-only approver."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        o = ledger.owner
+        ledger.define_role(o, "hq", ["referral.approve2", "member.exit.approve"])
+        self.mgr = ledger.add_operator(o, "mgr", "secret1", ["manager"])
+        self.mgr2 = ledger.add_operator(o, "mgr2", "secret2", ["manager"])
+        self.cashier = ledger.add_operator(o, "cashier", "secret3", ["cashier"])
+        self.hq = ledger.add_operator(o, "hq", "secret4", ["hq"])
+
+
+def two_members(ledger: Ledger) -> tuple[str, str]:
+    old = ledger.add_member(ledger.owner, name="老王", phone="13800000001")
+    new = ledger.add_member(ledger.owner, name="小李", phone="13800000002")
+    return old, new
+
+
+def rewards(ledger: Ledger, referral: str) -> list[dict[str, Any]]:
+    return [json.loads(b) for (b,) in ledger.storage.conn.execute(
+        "SELECT body FROM entries WHERE ref = ? AND kind IN ('reward', 'coupon')", (referral,))]
+
+
+# --- referral --------------------------------------------------------------------------------
+
+
+def test_a_referral_is_rewarded_after_two_approvals_by_two_operators(a: Ledger) -> None:
+    staff = Staff(a)
+    a.set_rule(a.owner, "referral", {"reward": "points", "points": 200})
+    old, new = two_members(a)
+    r = a.refer(staff.cashier, new, old)["id"]
+    assert a.referral_view(r)["status"] == "pending"
+    # level 2 before level 1, level 1 by the operator who recorded it: refused
+    refused(a, [old, new], InvalidInput, lambda: a.approve_referral(staff.mgr, r, 2),
+            match="level 1 approval first")
+    assert a.approve_referral(staff.mgr, r, 1)["status"] == "approved1"
+    assert a.balance(old)["points"] == 0
+    # the level-1 approver cannot give level 2; a cashier holds neither permission
+    refused(a, [old, new], PermissionDenied, lambda: a.approve_referral(staff.mgr, r, 2),
+            match="level 2 needs another operator")
+    refused(a, [old, new], PermissionDenied, lambda: a.approve_referral(staff.cashier, r, 2))
+    refused(a, [old, new], InvalidInput, lambda: a.approve_referral(staff.mgr2, r, 1),
+            match="level 1 approval already")
+    v = a.approve_referral(staff.hq, r, 2)
+    assert v["status"] == "granted" and (v["level1"], v["level2"]) == (staff.mgr, staff.hq)
+    assert a.balance(old)["points"] == 200 and a.balance(new)["points"] == 0
+    # approved twice: nothing more to approve, and nothing granted twice
+    refused(a, [old, new], InvalidInput, lambda: a.approve_referral(staff.mgr2, r, 2))
+    assert a.grant_due_referrals() == []
+    assert len(rewards(a, r)) == 1
+
+
+def test_referral_refusals_change_nothing(a: Ledger) -> None:
+    staff = Staff(a)
+    old, new = two_members(a)
+    refused(a, [old], InvalidInput, lambda: a.refer(a.owner, old, old), match="themself")
+    refused(a, [old], NotFound, lambda: a.refer(a.owner, new, "0000000000009.SH01"))
+    refused(a, [old], NotFound, lambda: a.refer(a.owner, "0000000000009.SH01", old))
+    r = a.refer(a.owner, new, old)["id"]
+    third = a.add_member(a.owner, name="小张", phone="13800000003")
+    refused(a, [old, new], InvalidInput, lambda: a.refer(a.owner, new, third),
+            match="referred already")
+    refused(a, [old, new], PermissionDenied, lambda: a.approve_referral(a.owner, r, 1),
+            match="recorded referral")
+    refused(a, [old, new], PermissionDenied, lambda: a.approve_referral(staff.hq, r, 1))
+
+
+def test_a_rejected_referral_gives_nothing(a: Ledger) -> None:
+    staff = Staff(a)
+    a.set_rule(a.owner, "referral", {"reward": "bonus", "bonus": 5000})
+    old, new = two_members(a)
+    r = a.refer(a.owner, new, old)["id"]
+    a.approve_referral(staff.mgr, r, 1)
+    v = a.approve_referral(staff.hq, r, 2, reject=True, reason="同一家人")
+    assert v["status"] == "rejected" and v["rejected_by"] == staff.hq
+    refused(a, [old, new], InvalidInput, lambda: a.approve_referral(staff.mgr2, r, 2),
+            match="rejected already")
+    assert a.grant_due_referrals() == [] and rewards(a, r) == []
+    assert a.balance(old)["bonus"] == 0
+
+
+def test_a_coupon_reward_is_a_coupon_of_the_referrer(a: Ledger) -> None:
+    staff = Staff(a)
+    a.set_rule(a.owner, "referral", {"reward": "coupon", "off": 2000, "valid_days": 30})
+    old, new = two_members(a)
+    r = a.refer(a.owner, new, old)["id"]
+    a.approve_referral(staff.mgr, r, 1)
+    a.approve_referral(staff.mgr2, r, 2)
+    [c] = a.coupons(old)
+    assert (c["off"], c["reason"], c["status"], c["valid_to"]) == (2000, "referral",
+                                                                   "available", "2026-01-30")
+
+
+def test_approvals_at_two_cut_off_branches_grant_once(a: Ledger, b: Ledger) -> None:
+    """Level 2 given at SH01 and at SH02 while they are cut off: only SH01, which
+    recorded the referral, grants; SH02's approval only adds a second 'yes'."""
+    staff = Staff(a)
+    a.set_rule(a.owner, "referral", {"reward": "points", "points": 300})
+    old, new = two_members(a)
+    r = a.refer(a.owner, new, old)["id"]
+    a.approve_referral(staff.mgr, r, 1)
+    sync(a, b)
+    # partitioned: both give level 2, by different operators
+    b.approve_referral(staff.hq, r, 2)
+    assert b.referral_view(r)["status"] == "approved"  # SH02 does not grant
+    assert b.grant_due_referrals() == []  # not its referral
+    a.approve_referral(staff.mgr2, r, 2)
+    assert a.referral_view(r)["status"] == "granted"
+    sync(a, b)
+    assert a.grant_due_referrals() == [] and b.grant_due_referrals() == []
+    for x in (a, b):
+        assert len(rewards(x, r)) == 1 and x.balance(old)["points"] == 300
+        assert x.referral_view(r)["status"] == "granted"
+
+
+def test_the_recording_branch_grants_when_approvals_reach_it(a: Ledger, b: Ledger) -> None:
+    staff = Staff(a)
+    a.set_rule(a.owner, "referral", {"reward": "points", "points": 100})
+    old, new = two_members(a)
+    r = a.refer(a.owner, new, old)["id"]
+    sync(a, b)
+    b.approve_referral(staff.mgr, r, 1)
+    b.approve_referral(staff.hq, r, 2)
+    sync(a, b)
+    assert a.referral_view(r)["status"] == "approved"
+    [got] = a.housekeeping()  # the node's daily pass (and `referral grant`) grants it
+    assert got["kind"] == "reward" and got["node"] == "SH01"
+    sync(a, b)
+    assert b.referral_view(r)["status"] == "granted" and b.balance(old)["points"] == 100
+
+
+def test_concurrent_referrals_of_one_member_count_the_first(a: Ledger, b: Ledger) -> None:
+    old, new = two_members(a)
+    third = a.add_member(a.owner, name="小张", phone="13800000003")
+    sync(a, b)
+    r1 = a.refer(a.owner, new, old)["id"]
+    r2 = b.refer(b.owner, new, third)["id"]
+    sync(a, b)
+    first, second = sorted([r1, r2])
+    for x in (a, b):
+        assert x.referral_view(first)["status"] == "pending"
+        assert x.referral_view(second)["status"] == "void"
+
+
+def test_a_forged_reward_for_another_branchs_referral_is_refused(a: Ledger, b: Ledger) -> None:
+    """SH02 writes a reward for a referral SH01 recorded: every replica refuses it
+    (write rule referral-reward) and blocks the writer. An honest SH02 never writes it."""
+    old, new = two_members(a)
+    r = a.refer(a.owner, new, old)["id"]
+    sync(a, b)
+    own = b.topup(b.owner, old, 500)
+    sync(a, b)
+    forger = Forger(b)
+    _fresh(a, forger, own, "SH02", kind="reward", deltas=[["points", "SH02", 99]], points=99,
+           ref=r, reason="referral")
+    before = data_snapshot(a, [old])
+    s = _greet(a, "SH02")
+    s.receive(forger.frame())
+    assert not s.failed
+    assert data_snapshot(a, [old]) == before
+    assert [(f["node"], f["rule"]) for f in a.faults()] == [("SH02", "referral-reward")]
+
+
+# --- check-in --------------------------------------------------------------------------------
+
+
+def test_checkin_in_window_and_limit(a: Ledger, clock: FakeClock) -> None:
+    staff = Staff(a)
+    a.set_activity(a.owner, "MORNING", OPEN)
+    a.set_activity(a.owner, "ONCE", {**OPEN, "repeat": "once", "points": 50})
+    old, _ = two_members(a)
+    # 08:00 in Shanghai on 2026-01-01: inside the window
+    e = a.checkin(staff.cashier, "MORNING", old)
+    assert e["deltas"] == [["points", "SH01", 10]] and a.balance(old)["points"] == 10
+    refused(a, [old], InvalidInput, lambda: a.checkin(staff.cashier, "MORNING", old),
+            match="1 time\\(s\\) today")
+    a.checkin(staff.cashier, "ONCE", old)
+    clock.advance_days(1)
+    a.checkin(staff.cashier, "MORNING", old)  # a new day
+    refused(a, [old], InvalidInput, lambda: a.checkin(staff.cashier, "ONCE", old),
+            match="already")
+    refused(a, [old], NotFound, lambda: a.checkin(staff.cashier, "NOPE", old))
+    refused(a, [old], NotFound, lambda: a.checkin(staff.cashier, "ONCE", "0000000000009.SH01"))
+    clock.advance_days(30)
+    refused(a, [old], InvalidInput, lambda: a.checkin(staff.cashier, "MORNING", old),
+            match="runs from")
+    rows = a.attendance("MORNING")
+    assert [(r["day"], r["time"], r["points"], r["status"]) for r in rows] == [
+        ("2026-01-01", "08:00", 10, "ok"), ("2026-01-02", "08:00", 10, "ok")]
+
+
+def test_a_bad_activity_is_refused(a: Ledger) -> None:
+    for bad in ({**OPEN, "to": "2025-01-01T00:00"}, {**OPEN, "repeat": "weekly"},
+                {**OPEN, "from": "tomorrow"}, {**OPEN, "points": -1}):
+        refused(a, [], InvalidInput, lambda bad=bad: a.set_activity(a.owner, "X", bad))
+
+
+def test_check_ins_beyond_the_limit_at_cut_off_branches_are_reversed(a: Ledger, b: Ledger
+                                                                     ) -> None:
+    """Cut off, each branch allows the once-only check-in; once they see each other the
+    later one is surplus, and its writer takes its points back."""
+    a.set_activity(a.owner, "ONCE", {**OPEN, "repeat": "once", "points": 50})
+    old, _ = two_members(a)
+    sync(a, b)
+    e1 = a.checkin(a.owner, "ONCE", old)
+    e2 = b.checkin(b.owner, "ONCE", old)
+    sync(a, b)
+    assert a.balance(old)["points"] == 100
+    later = max(e1["id"], e2["id"])
+    writer = a if later.endswith("SH01") else b
+    other = b if writer is a else a
+    assert other.reconcile_checkins() == []
+    [rev] = writer.reconcile_checkins()
+    assert rev["ref"] == later and rev["deltas"] == [["points", writer.node, -50]]
+    sync(a, b)
+    for x in (a, b):
+        assert x.balance(old)["points"] == 50
+        assert [r["status"] for r in x.attendance("ONCE")] == ["ok"]
+    assert writer.reconcile_checkins() == []
+
+
+# --- exit and return ----------------------------------------------------------------------
+
+
+def test_exit_refunds_hides_and_refuses_sales_then_return(a: Ledger) -> None:
+    staff = Staff(a)
+    a.set_rule(a.owner, "promotions", [{"min": 10000, "bonus": 2000, "name": "充100送20"}])
+    _, new = two_members(a)
+    a.topup(a.owner, new, 10000)
+    refused(a, [new], InvalidInput, lambda: a.apply_exit(staff.cashier, new, ""))
+    app = a.apply_exit(staff.cashier, new, "搬家")["application"]
+    refused(a, [new], InvalidInput, lambda: a.apply_exit(staff.cashier, new, "again"),
+            match="waiting already")
+    refused(a, [new], PermissionDenied, lambda: a.decide_exit(staff.cashier, app),
+            match="may not")
+    v = a.decide_exit(staff.mgr, app)
+    assert (v["status"], v["settled"], v["paid"], v["forfeited"]) == ("approved", "refund",
+                                                                       10000, 2000)
+    assert a.balance(new) == {"cash": 0, "bonus": 0, "points": 0, "packages": {}}
+    assert a.find_members("小李") == [] and a.find_members("13800000002") == []
+    refused(a, [new], InvalidInput, lambda: a.debit(a.owner, new, amount=100, pay="cash"),
+            match="has left")
+    refused(a, [new], InvalidInput, lambda: a.topup(a.owner, new, 100), match="has left")
+    refused(a, [new], InvalidInput, lambda: a.apply_exit(staff.cashier, new, "x"),
+            match="left already")
+    refused(a, [new], InvalidInput, lambda: a.decide_exit(staff.mgr2, app),
+            match="approved already")
+    assert [m["id"] for m in a.exited()] == [new]
+    back = a.apply_exit(staff.cashier, new, "回来了", step="return")["application"]
+    refused(a, [new], PermissionDenied, lambda: a.decide_exit(staff.cashier, back))
+    assert a.decide_exit(staff.mgr, back)["status"] == "approved"
+    assert [m["id"] for m in a.find_members("小李")] == [new]
+    a.topup(a.owner, new, 100)
+
+
+def test_the_applicant_cannot_approve_and_a_rejection_changes_nothing(a: Ledger) -> None:
+    staff = Staff(a)
+    _, new = two_members(a)
+    app = a.apply_exit(staff.mgr, new, "不想要了")["application"]
+    refused(a, [new], PermissionDenied, lambda: a.decide_exit(staff.mgr, app),
+            match="cannot decide")
+    assert a.decide_exit(staff.mgr2, app, reject=True)["status"] == "rejected"
+    assert a.find_members("小李") and a.balance(new)["cash"] == 0
+    refused(a, [new], InvalidInput, lambda: a.apply_exit(staff.cashier, new, "x", step="return"),
+            match="has not left")
+
+
+def test_forfeit_is_income_and_value_held_elsewhere_is_gathered_first(a: Ledger, b: Ledger
+                                                                       ) -> None:
+    """Value topped up at SH01 and SH02; the exit approved at SH02 forfeits it. SH02
+    lowers only its own rights: it is refused naming SH01 until SH01's rights move to
+    it (the node asks for them, as for a debit), then settles all. Settlement books the
+    forfeit as removed at each collecting branch, and the books reconcile."""
+    staff = Staff(a)
+    a.set_rule(a.owner, "exit", {"stored_value": "forfeit"})
+    _, new = two_members(a)
+    a.topup(a.owner, new, 3000)
+    sync(a, b)
+    b.topup(b.owner, new, 5000)
+    app = b.apply_exit(staff.cashier, new, "去外地")["application"]
+    err = refused(b, [new], RightsElsewhere, lambda: b.decide_exit(staff.mgr, app))
+    assert err.branch == "SH01"
+    sync(a, b)
+    a.grant_rights(new, "cash", "SH02", 3000)  # what SH01 does when SH02 asks
+    sync(a, b)
+    v = b.decide_exit(staff.mgr, app)
+    assert (v["settled"], v["paid"], v["forfeited"]) == ("forfeit", 0, 8000)
+    sync(a, b)
+    st = views.settlement(a)
+    assert st["branches"]["SH01"]["removed"] == 3000 and st["branches"]["SH02"]["removed"] == 5000
+    assert st["branches"]["SH01"]["unspent"] == 0 == st["branches"]["SH02"]["unspent"]
+    assert st["total"] == 0 and views.settlement(b) == st
+
+
+def test_a_refund_at_another_branch_is_owed_by_the_collecting_one(a: Ledger, b: Ledger) -> None:
+    staff = Staff(a)
+    _, new = two_members(a)
+    a.topup(a.owner, new, 4000)
+    sync(a, b)
+    a.grant_rights(new, "cash", "SH02", 4000)
+    sync(a, b)
+    app = b.apply_exit(staff.cashier, new, "退卡")["application"]
+    v = b.decide_exit(staff.mgr, app, pay="wechat")
+    assert (v["settled"], v["paid"]) == ("refund", 4000)
+    sync(a, b)
+    st = views.settlement(a)
+    assert st["pairs"][0]["owes"] == "SH01" and st["pairs"][0]["to"] == "SH02"
+    assert st["pairs"][0]["amount"] == 4000 and st["total"] == 0
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def test_cli_json_shapes(cli: Cli, tmp_path: Path) -> None:
+    data = tmp_path / "sh01"
+    assert cli("init", "--node", "SH01", data=data).code == 0
+    old = cli("member", "add", "--name", "老王", "--phone", "13800000001", "--json",
+              data=data).json()["member_id"]
+    r = cli("member", "add", "--name", "小李", "--phone", "13800000002", "--referrer", old,
+            "--json", data=data).json()
+    new, ref = r["member_id"], r["referral"]
+    bad = cli("member", "add", "--name", "小张", "--phone", "13800000003", "--referrer",
+              "0000000000009.SH01", "--json", data=data)
+    assert bad.code != 0 and json.loads(bad.out)["error"] == "not_found"
+    assert "no member matches" in cli("member", "find", "小张", data=data).out
+    v = cli("referral", "show", "--referral", ref, "--json", data=data).json()
+    assert (v["status"], v["referrer"], v["member"]) == ("pending", old, new)
+    bad = cli("referral", "add", "--member", old, "--referrer", old, "--json", data=data)
+    refusal = json.loads(bad.out)
+    assert refusal["error"] == "invalid_input" and "themself" in refusal["message"]
+    act = cli("activity", "set", "--code", "MORNING", "--name", "晨练", "--from",
+              "2020-01-01T00:00", "--to", "2099-01-01T00:00", "--points", "5", "--json",
+              data=data)
+    assert act.code == 0 and "rule" in act.json()
+    e = cli("checkin", "--activity", "MORNING", "--member", new, "--json", data=data).json()
+    assert e["kind"] == "checkin" and e["points"] == 5
+    again = cli("checkin", "--activity", "MORNING", "--member", new, "--json", data=data)
+    assert json.loads(again.out)["error"] == "invalid_input"
+    rows = cli("activity", "report", "--activity", "MORNING", "--csv", data=data).out
+    assert rows.splitlines()[0].startswith("day,time,branch,member") and new in rows
+    app = cli("exit", "apply", "--member", new, "--reason", "搬家", "--json", data=data).json()
+    assert (app["status"], app["step"]) == ("pending", "exit")
+    # the owner at its console applied: it cannot approve its own application
+    self_ok = cli("exit", "approve", "--application", app["application"], "--json", data=data)
+    assert json.loads(self_ok.out)["error"] == "permission_denied"
+    listed = cli("exit", "list", "--status", "pending", "--json", data=data).json()
+    assert [x["application"] for x in listed] == [app["application"]]
