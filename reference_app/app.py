@@ -23,6 +23,7 @@ from peer.chain import load_identity
 from peer.cli import add_node_options, node_config
 from peer.node import Config, Node, parse_address
 from reference_app import layout
+from reference_app.members_portal import MembersConfig, members_config
 from reference_app.readers import Reader
 from reference_app.shop import Shop, install
 
@@ -31,10 +32,13 @@ SESSIONS_DIR = "app-sessions"  # NiceGUI's per-browser storage (operator, langua
 DEFAULT_HTTP = "127.0.0.1:8080"
 
 
-def build(node_config: Config, *, readers: Sequence[Reader] | None = None) -> Shop:
+def build(node_config: Config, *, readers: Sequence[Reader] | None = None,
+          members: MembersConfig | None = None, member_pages: bool = False) -> Shop:
     """Register the pages and tie the node's life to the app's. `readers`: None for
-    whatever this machine has; tests pass their own (readers.ScriptedReader)."""
-    from reference_app import admin, backoffice, counter
+    whatever this machine has; tests pass their own (readers.ScriptedReader).
+    `members`: the member self-service port (members_portal), off by default;
+    `member_pages`: their pages without a port of their own (tests)."""
+    from reference_app import admin, backoffice, counter, members_portal
 
     layout.reset()
     s = Shop(Node(node_config), readers)
@@ -44,6 +48,8 @@ def build(node_config: Config, *, readers: Sequence[Reader] | None = None) -> Sh
     counter.register()
     backoffice.register()
     admin.register()
+    if members is not None or member_pages:
+        members_portal.install(s, members)
     return s
 
 
@@ -67,6 +73,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--http", default=DEFAULT_HTTP, metavar="HOST:PORT",
                    help=f"where the pages are served (default {DEFAULT_HTTP})")
     add_node_options(p)
+    p.add_argument("--members", metavar="HOST:PORT",
+                   help="also serve the member self-service pages (/m) over HTTPS on this "
+                   "port, e.g. 0.0.0.0:8443 (off by default)")
+    p.add_argument("--members-cert", type=Path, metavar="PEM",
+                   help="the member port's certificate (default: DATA/tls/members.crt, "
+                   "made by `python -m reference_app.members_portal`)")
+    p.add_argument("--members-key", type=Path, metavar="PEM", help="its private key")
     p.add_argument("--storage-secret", metavar="S",
                    help=f"signs session cookies (default: DATA/{SECRET_FILE}, made once)")
     return p
@@ -82,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "`crdtledger init --data DIR --node NODE --chain CHAIN_DIR`)")
         config = node_config(args, args.data)
         host, port = parse_address(args.http, 8080)
+        members = None if args.members is None else members_config(
+            args.data, args.members, args.members_cert, args.members_key)
     except (LedgerError, ValueError) as e:
         print(f"reference_app: {e}")
         return 2
@@ -90,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Sessions next to the node's data, not in whatever directory the app started in.
     Storage.path = (args.data / SESSIONS_DIR).resolve()
     app.storage = Storage()
-    build(config)
+    build(config, members=members)
     # NiceGUI takes PYTEST_CURRENT_TEST to mean it runs inside a pytest screen test and
     # ignores the port it is given; this process is a branch of its own, whoever started it.
     os.environ.pop("PYTEST_CURRENT_TEST", None)

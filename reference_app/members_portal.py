@@ -1,0 +1,998 @@
+"""Member self-service (会员自助): a member's own pages, on a port of their own, over HTTPS.
+
+`python -m reference_app --data DIR --members 0.0.0.0:8443` serves, beside the counter,
+the pages under `/m` on that port only. A member signs in with the phone number the
+shop has on file and a one-time code sent to it through the node's notification
+gateways (`Node.gateways`, peer/gateways.py), or with a card number and its PIN, and
+then sees their own balance, bonus, points with expiry, packages, coupons, history and
+appointments, and books or cancels appointments.
+
+Two ports, one app. NiceGUI 3.18 runs one uvicorn server (`ui.run`); the member port is
+a second `uvicorn.Server` on the same FastAPI app and the same event loop, started by
+the app's startup hook (so the pages read the ledger on the loop that owns it), with
+its own TLS certificate, no lifespan of its own (NiceGUI's runs once, on the counter's
+server) and no signal handlers (the counter's server keeps Ctrl-C/SIGTERM and stops
+this one from its shutdown hook). It serves `MembersSide(app)`: an ASGI wrapper that
+marks every request as come in on the member port and lets through only the member
+pages and what NiceGUI needs to draw them (its versioned static files and its
+socket.io endpoint); every other path (the counter, the back office, admin pages,
+/login, the API, uploads) gets a plain 404 there. `CounterSide`, a middleware on the
+app itself, refuses the member pages to any request without that mark, so they are
+not on the counter's port. NiceGUI addresses a page's events by its client id alone
+(not by the socket that carries them), so on the member port every socket.io packet
+is read too and one naming a client that is not a member page closes the socket.
+
+Who is signed in lives in the browser's server-side session (`app.storage.user`,
+key "member"): the member id, this node, and until when. No page takes a member id
+from the browser; bookings are listed, made and cancelled for the session's member
+only (a booking id of someone else's is refused as unknown).
+
+Codes: 6 digits from `secrets`, kept only as a SHA-256 digest, good for 5 minutes and
+once, void after 5 wrong tries; asking for codes and trying codes or PINs are
+throttled per phone (or card) and per client address with crdtledger.throttle, as the
+counter's logins are. Whether a phone belongs to a member is not told: the answer to
+"send me a code" is the same either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import secrets
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from nicegui import Client, app, ui
+from nicegui import __version__ as nicegui_version
+
+from crdtledger import operations, views
+from crdtledger.errors import CardInactive, CardLost, LedgerError, NotFound, WrongPin
+from crdtledger.members import PHONE
+from crdtledger.model import owner_of
+from crdtledger.private import private_dir
+from crdtledger.throttle import LoginThrottle
+from peer import chain as chain_mod
+from reference_app.i18n import LANGS, Lang, lang, mask_phone, money, set_lang, tr
+from reference_app.shop import Shop, shop
+
+log = logging.getLogger("reference_app.members")
+
+PATH = "/m"  # the member pages; nothing else is served on the member port
+SCOPE_KEY = "crdtledger.members_port"  # set by MembersSide on every request it passes
+CODE_DIGITS = 6
+CODE_TTL_S = 300.0  # 5 minutes: long enough for a slow SMS, short for a stolen one
+CODE_TRIES = 5  # wrong tries before a code is void (the throttle counts them too)
+SESSION_S = 2 * 3600.0  # a member's sign-in lasts two hours, then asks again
+CERT_FILE, KEY_FILE = "members.crt", "members.key"  # under DATA/tls, made by `issue_cert`
+CERT_DAYS = 397  # what browsers accept for a server certificate
+HISTORY_SHOWN = 20
+BOOK_DAYS = 7  # how far ahead the booking dialog offers days
+PRIMARY = "#00796b"
+# NiceGUI's own routes a member page needs: its versioned static files, libraries,
+# components and resources (not uploads or anything under /_nicegui/client).
+_ASSETS = tuple(f"/_nicegui/{nicegui_version}/{k}/" for k in (
+    "static", "libraries", "components", "resources", "dynamic_resources", "esm"))
+_SOCKET = "/_nicegui_ws/"
+_MAX_POLL_BODY = 1 << 20  # a socket.io polling POST read whole before it is passed on
+
+
+# --- which port a request came in on --------------------------------------------------
+
+def is_member_path(path: str) -> bool:
+    return path == PATH or path.startswith(PATH + "/")
+
+
+def allowed_on_member_port(path: str) -> bool:
+    return (is_member_path(path) or path.startswith(_ASSETS) or path.startswith(_SOCKET)
+            or path == "/favicon.ico")
+
+
+def _member_client(client_id: object) -> bool:
+    """Whether `client_id` names a page built for the member pages."""
+    client = Client.instances.get(client_id) if isinstance(client_id, str) else None
+    return client is not None and is_member_path(str(client.page.path))
+
+
+def _client_ids(value: Any) -> Iterator[Any]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k == "client_id":
+                yield v
+            yield from _client_ids(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _client_ids(v)
+
+
+def socket_packet_ok(text: str) -> bool:
+    """An engine.io message carrying a socket.io packet, as the member port lets it
+    through: each client id it names (at any depth of its JSON, after JSON decoding,
+    so an escaped key counts as well) must be a member page's. Binary packets, which
+    NiceGUI does not use, and packets that do not parse are refused."""
+    if not text.startswith("4"):  # engine.io open/ping/pong/close/upgrade: no data
+        return True
+    body = text[1:]
+    if not body or body[0] in "5" "6":  # binary event / ack
+        return False
+    i = 1
+    if i < len(body) and body[i] == "/":  # a namespace: "/ns,"
+        comma = body.find(",", i)
+        if comma < 0:
+            return True  # a bare namespace connect/disconnect: no data
+        i = comma + 1
+    while i < len(body) and body[i].isdigit():  # an ack id
+        i += 1
+    payload = body[i:]
+    if not payload:
+        return True
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return False
+    return all(_member_client(c) for c in _client_ids(data))
+
+
+def polling_body_ok(body: bytes) -> bool:
+    """A socket.io polling POST: engine.io packets separated by the record separator."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return all(socket_packet_ok(p) for p in text.split("\x1e") if p)
+
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+async def _not_here(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = b"Not found\n"
+    await send({"type": "http.response.start", "status": 404,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class MembersSide:
+    """The member port's app: marks each request as come in there, and lets through
+    the member pages and what they need only."""
+
+    def __init__(self, inner: ASGIApp) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.inner(scope, receive, send)
+            return
+        path = str(scope.get("path", ""))
+        if not allowed_on_member_port(path):
+            await _not_here(scope, receive, send)
+            return
+        scope = {**scope, SCOPE_KEY: True}
+        if not path.startswith(_SOCKET):
+            await self.inner(scope, receive, send)
+            return
+        query = dict(p.split("=", 1) for p in bytes(scope.get("query_string", b""))
+                     .decode("latin-1").split("&") if "=" in p)
+        if "client_id" in query and not _member_client(query["client_id"]):
+            await _not_here(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await self.inner(scope, _checked_frames(receive), send)
+            return
+        if scope.get("method") == "POST":
+            body = await _whole_body(receive)
+            if body is None or not polling_body_ok(body):
+                await _not_here(scope, receive, send)
+                return
+            await self.inner(scope, _replay(body, receive), send)
+            return
+        await self.inner(scope, receive, send)
+
+
+def _checked_frames(receive: Receive) -> Receive:
+    async def checked() -> MutableMapping[str, Any]:
+        message = await receive()
+        if message["type"] == "websocket.receive":
+            text = message.get("text")
+            if (text is None and message.get("bytes")) or \
+                    (text is not None and not socket_packet_ok(text)):
+                log.warning("member port: a socket.io packet for a page that is not a "
+                            "member page; socket closed")
+                return {"type": "websocket.disconnect", "code": 1008}
+        return message
+    return checked
+
+
+async def _whole_body(receive: Receive) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = bytes(message.get("body", b""))
+        size += len(chunk)
+        if size > _MAX_POLL_BODY:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def again() -> MutableMapping[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+    return again
+
+
+class CounterSide:
+    """Middleware on the app: the member pages only for requests MembersSide marked."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and not scope.get(SCOPE_KEY) \
+                and is_member_path(str(scope.get("path", ""))):
+            await _not_here(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+# --- the certificate -----------------------------------------------------------------
+
+def issue_cert(chain_dir: Path | str, data_dir: Path | str, hosts: Sequence[str], *,
+               days: int = CERT_DAYS) -> tuple[Path, Path]:
+    """A server certificate for the member port, signed by the chain's CA (where its
+    key is: the head office's chain directory), naming `hosts` (DNS names and IP
+    addresses) as browsers check them. Written to DATA/tls/members.crt and .key (0600)
+    and found there by `--members` without --members-cert. Replaces an older one."""
+    chain = chain_mod.load_chain(chain_dir)
+    ca_key = chain_mod._load_ca_key(chain)
+    ca = x509.load_pem_x509_certificate(chain.ca_cert)
+    names: list[x509.GeneralName] = []
+    for h in dict.fromkeys(h.strip() for h in hosts if h.strip()):
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            names.append(x509.DNSName(h))
+    if not names:
+        raise LedgerError("the member port's certificate needs a host name or address")
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = chain_mod._now() - chain_mod.BACKDATE
+    end = min(start + dt.timedelta(days=days), ca.not_valid_after_utc)
+    ca_ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, chain.name),
+            x509.NameAttribute(NameOID.COMMON_NAME, hosts[0] if hosts else "members"),
+        ]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start).not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                       critical=False)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    tls = Path(data_dir) / chain_mod.TLS_DIR
+    private_dir(tls)
+    cert_path, key_path = tls / CERT_FILE, tls / KEY_FILE
+    for path, data in ((key_path, chain_mod._key_pem(key)),
+                       (cert_path, cert.public_bytes(serialization.Encoding.PEM))):
+        path.unlink(missing_ok=True)
+        chain_mod._write_new(path, data)
+    return cert_path, key_path
+
+
+@dataclass(frozen=True)
+class MembersConfig:
+    """Where the member pages are served and with which certificate."""
+
+    host: str
+    port: int
+    cert: Path
+    key: Path
+
+
+def members_config(data_dir: Path, address: str, cert: Path | None,
+                   key: Path | None) -> MembersConfig:
+    """From `--members HOST:PORT [--members-cert F --members-key F]`: the owner's
+    certificate, else the one `issue_cert` left in DATA/tls; refused with how to
+    make one when there is neither."""
+    from peer.node import parse_address
+
+    host, port = parse_address(address, 8443)
+    if (cert is None) != (key is None):
+        raise LedgerError("give --members-cert and --members-key together")
+    if cert is None or key is None:
+        cert = data_dir / chain_mod.TLS_DIR / CERT_FILE
+        key = data_dir / chain_mod.TLS_DIR / KEY_FILE
+        if not cert.exists() or not key.exists():
+            raise LedgerError(
+                "the member pages need an HTTPS certificate: give --members-cert and "
+                "--members-key, or make one from the chain's CA at the head office with "
+                f"`python -m reference_app.members_portal --chain CHAIN_DIR --data {data_dir} "
+                "--host NAME_OR_IP`")
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        raise LedgerError(f"cannot use {cert} / {key} as the member port's certificate: "
+                          f"{e}") from None
+    return MembersConfig(host, port, cert, key)
+
+
+# --- one-time codes and sign-in ----------------------------------------------------------
+
+class SignInRefused(Exception):
+    """A sign-in or code request refused; the message is for the member, in their language."""
+
+
+@dataclass
+class _Code:
+    digest: bytes
+    until: float
+    tries: int = 0
+
+
+def _digest(code: str) -> bytes:
+    return hashlib.sha256(code.encode()).digest()
+
+
+def normal_phone(text: str) -> str:
+    return "".join(text.split())
+
+
+@dataclass
+class Portal:
+    shop: Shop
+    config: MembersConfig | None
+    clock: Callable[[], float] = time.monotonic
+    codes: dict[str, _Code] = field(default_factory=dict)
+    # Asking for codes: 5 free per phone and per address, then a growing wait.
+    sends: LoginThrottle = field(default_factory=lambda: LoginThrottle(
+        free_failures=5, first_delay_s=60.0, max_delay_s=3600.0))
+    # Wrong codes and wrong PINs: as the counter's logins.
+    checks: LoginThrottle = field(default_factory=LoginThrottle)
+    server: uvicorn.Server | None = None
+    port: int | None = None  # the member port as bound (a test asks for port 0)
+    _task: asyncio.Task[None] | None = None
+
+    @property
+    def operator(self) -> str:
+        """Who writes a member's own booking: this node's built-in owner, acting for
+        the signed-in member only (the pages name no other member)."""
+        return owner_of(self.shop.node.node_id)
+
+    # --- the member port ----------------------------------------------------------
+
+    async def start(self) -> None:
+        c = self.config
+        if c is None:
+            return
+        family = socket.AF_INET6 if ":" in c.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((c.host, c.port))  # here, so a port in use is an error we can say
+        except OSError:
+            sock.close()
+            raise
+        sock.listen(128)
+        sock.setblocking(False)
+        self.port = int(sock.getsockname()[1])
+        config = uvicorn.Config(MembersSide(app), ssl_certfile=str(c.cert),
+                                ssl_keyfile=str(c.key), lifespan="off", log_config=None,
+                                timeout_graceful_shutdown=2, proxy_headers=False)
+        config.load()
+        self.server = _MemberServer(config)
+        self._task = asyncio.create_task(self.server.serve(sockets=[sock]))
+        log.info("member pages on https://%s:%d%s", c.host, self.port, PATH)
+
+    async def stop(self) -> None:
+        if self.server is not None and self._task is not None:
+            self.server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.server = self._task = None
+
+    # --- codes ----------------------------------------------------------------------
+
+    async def send_code(self, phone: str, address: str) -> None:
+        """Send a code to `phone` if it is a member's; the same answer if it is not.
+        Raises SignInRefused when asked too often or when no gateway could send it."""
+        from peer.gateways import GatewayError, Message
+
+        phone = normal_phone(phone)
+        if not PHONE.match(phone):
+            raise SignInRefused(tr("请输入正确的手机号。", "Enter a valid phone number."))
+        wait = self.sends.begin(f"phone:{phone}", address)
+        if wait:
+            raise SignInRefused(tr("验证码请求太频繁，请 {n} 秒后再试。",
+                                   "Too many codes asked for; try again in {n} s.", n=wait))
+        ledger = self.shop.ledger
+        member = views.member_by_phone(ledger, phone)
+        if member is None or _closed(ledger, member):
+            return  # said as if sent: whether a phone is a member's is not told
+        gateways = dict(getattr(self.shop.node, "gateways", None) or {})
+        email = str(ledger.member(member).get("email") or "")
+        if "sms" in gateways:
+            channel, to = "sms", phone
+        elif "email" in gateways and email:
+            channel, to = "email", email
+        else:
+            raise SignInRefused(tr("本店还没有开通验证码短信，请用卡号和密码登录。",
+                                   "This shop cannot send codes yet; sign in with your "
+                                   "card number and PIN."))
+        code = f"{secrets.randbelow(10 ** CODE_DIGITS):0{CODE_DIGITS}d}"
+        minutes = int(CODE_TTL_S // 60)
+        body = tr("您的会员登录验证码：{code}，{m} 分钟内有效。请勿告诉他人。",
+                  "Your member sign-in code: {code}. It is valid for {m} minutes; do not "
+                  "share it.", code=code, m=minutes)
+        key = f"member-code:{phone}:{secrets.token_hex(8)}"  # a new code, a new message
+        try:
+            await gateways[channel].send(Message(key, channel, to, tr("登录验证码",
+                                                                     "Sign-in code"), body))
+        except GatewayError as e:
+            log.warning("member code to %s not sent: %s", mask_phone(phone), e)
+            raise SignInRefused(tr("验证码没有发出去，请稍后再试或用卡号和密码登录。",
+                                   "The code could not be sent; try again later or sign "
+                                   "in with your card number and PIN.")) from None
+        self.codes[phone] = _Code(_digest(code), self.clock() + CODE_TTL_S)
+
+    def check_code(self, phone: str, code: str, address: str) -> str:
+        """The member whose phone this code was sent to, the code used up."""
+        phone = normal_phone(phone)
+        key = f"phone:{phone}"
+        wait = self.checks.begin(key, address)
+        if wait:
+            raise SignInRefused(_too_many(wait))
+        held = self.codes.get(phone)
+        wrong = SignInRefused(tr("验证码不对或已过期。", "Wrong or expired code."))
+        if held is None or held.until < self.clock():
+            self.codes.pop(phone, None)
+            raise wrong
+        if not hmac.compare_digest(held.digest, _digest(code.strip())):
+            held.tries += 1
+            if held.tries >= CODE_TRIES:
+                del self.codes[phone]
+            raise wrong
+        del self.codes[phone]  # once only
+        ledger = self.shop.ledger
+        member = views.member_by_phone(ledger, phone)
+        if member is None or _closed(ledger, member):
+            raise wrong
+        self.checks.succeeded(key, address)
+        self.sends.succeeded(key, address)
+        return ledger.survivor_of(member)
+
+    def check_card(self, card_no: str, pin: str, address: str) -> str:
+        """The member of this card, its PIN right (a card without a PIN cannot sign in)."""
+        key = f"card:{card_no.strip().upper()}"
+        wait = self.checks.begin(key, address)
+        if wait:
+            raise SignInRefused(_too_many(wait))
+        wrong = SignInRefused(tr("卡号或密码不对。", "Wrong card number or PIN."))
+        ledger = self.shop.ledger
+        try:
+            card = ledger.card(card_no)
+            if card["status"] == "active" and not card["has_pin"]:
+                raise SignInRefused(tr("这张卡没有设密码，请用手机验证码登录，或到门店设置卡密码。",
+                                       "This card has no PIN: sign in with your phone, or "
+                                       "have a PIN set at a branch."))
+            card = ledger.use_card(card_no, pin.strip())  # lost, replaced, expired, PIN
+        except CardLost:
+            raise SignInRefused(tr("此卡已挂失，不能登录。请到门店补卡，或用手机验证码登录。",
+                                   "This card is reported lost and cannot sign in: have it "
+                                   "replaced at a branch, or sign in with your phone.")) \
+                from None
+        except CardInactive:
+            raise SignInRefused(tr("此卡已停用，请用新卡或手机验证码登录。",
+                                   "This card is no longer valid: use your new card or "
+                                   "your phone.")) from None
+        except (WrongPin, NotFound):
+            raise wrong from None
+        except LedgerError:  # a malformed number
+            raise wrong from None
+        member = ledger.survivor_of(str(card["member"]))
+        if _closed(ledger, member):
+            raise wrong
+        self.checks.succeeded(key, address)
+        return member
+
+
+class _MemberServer(uvicorn.Server):
+    """The member port's server: the counter's server keeps the process's signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _too_many(wait: int) -> str:
+    return tr("尝试次数太多，请 {n} 秒后再试。", "Too many tries; try again in {n} s.", n=wait)
+
+
+def _closed(ledger: Any, member: str) -> bool:
+    """A member who may not sign in: deleted (erased) records."""
+    try:
+        profile = ledger.member(member)
+    except LedgerError:
+        return True
+    return bool(profile.get("deleted"))
+
+
+# --- the process's portal and the browser's member ---------------------------------------
+
+_portal: Portal | None = None
+
+
+def portal() -> Portal:
+    assert _portal is not None, "members_portal.install() has not run"
+    return _portal
+
+
+def signed_in() -> str | None:
+    """The member signed in in this browser session, while the sign-in lasts."""
+    try:
+        data: dict[str, Any] = dict(app.storage.user.get("member") or {})
+    except RuntimeError:
+        return None
+    member, node, until = data.get("id"), data.get("node"), data.get("until")
+    s = shop()
+    if not isinstance(member, str) or node != s.node.node_id or not isinstance(until, float) \
+            or until < time.time():
+        return None
+    if _closed(s.ledger, member):
+        return None
+    return s.ledger.survivor_of(member)
+
+
+def sign_in(member: str) -> None:
+    app.storage.user["member"] = {"id": member, "node": shop().node.node_id,
+                                  "until": time.time() + SESSION_S}
+
+
+def sign_out() -> None:
+    app.storage.user.pop("member", None)
+
+
+# --- pages -------------------------------------------------------------------------------
+
+def install(s: Shop, config: MembersConfig | None) -> Portal:
+    """The portal of this process; its pages and its gate. Called by app.build, before
+    the app starts (middleware cannot be added later)."""
+    global _portal
+    _portal = Portal(s, config)
+    app.add_middleware(CounterSide)
+    app.on_startup(_portal.start)
+    app.on_shutdown(_portal.stop)
+
+    @ui.page(PATH, title="会员中心 · Members")
+    def members_page() -> None:
+        _page()
+
+    return _portal
+
+
+def _address() -> str:
+    request = ui.context.client.request
+    return request.client.host if request.client is not None else ""
+
+
+def _page() -> None:
+    ui.colors(primary=PRIMARY)
+    ui.add_head_html('<meta name="viewport" content="width=device-width, initial-scale=1">')
+    member = signed_in()
+    s = shop()
+    with ui.header().classes("items-center gap-2 py-2 px-3 bg-teal-800"):
+        ui.label(tr("会员中心", "Members")).classes("text-lg font-bold")
+        ui.label(s.branch_name(s.node.node_id)).classes("text-sm opacity-80")
+        ui.space()
+        other: Lang = "en" if lang() == "zh" else "zh"
+        ui.button(LANGS[other], on_click=lambda: _switch(other)) \
+            .props("flat dense color=white no-caps").mark("lang")
+        if member is not None:
+            ui.button(icon="logout", on_click=_sign_out).props("flat dense round color=white") \
+                .mark("sign-out")
+    with ui.column().classes("w-full max-w-md mx-auto p-3 gap-3"):
+        if member is None:
+            _sign_in_form()
+        else:
+            Home(member)
+
+
+def _switch(value: Lang) -> None:
+    set_lang(value)
+    ui.navigate.reload()
+
+
+def _sign_out() -> None:
+    sign_out()
+    ui.navigate.to(PATH)
+
+
+def _sign_in_form() -> None:
+    p = portal()
+    with ui.tabs().classes("w-full") as tabs:
+        by_phone = ui.tab(tr("手机验证码", "Phone code")).mark("tab-phone")
+        by_card = ui.tab(tr("卡号 + 密码", "Card + PIN")).mark("tab-card")
+    with ui.tab_panels(tabs, value=by_phone).classes("w-full"):
+        with ui.tab_panel(by_phone).classes("gap-3 p-1"):
+            phone = ui.input(tr("手机号", "Phone number")) \
+                .props('outlined inputmode=tel autocomplete=tel').classes("w-full") \
+                .mark("phone")
+            sent = ui.label().classes("text-sm text-gray-700").mark("code-sent")
+            code = ui.input(tr("验证码（6 位）", "Code (6 digits)")) \
+                .props('outlined inputmode=numeric autocomplete=one-time-code maxlength=6') \
+                .classes("w-full").mark("code")
+            phone_error = ui.label().classes("text-negative").mark("phone-error")
+
+            async def ask() -> None:
+                phone_error.set_text("")
+                try:
+                    await p.send_code(phone.value or "", _address())
+                except SignInRefused as e:
+                    phone_error.set_text(str(e))
+                    return
+                sent.set_text(tr("如果这个手机号是会员的，验证码已发到 {p}，{m} 分钟内有效。",
+                                 "If this phone is a member's, a code was sent to {p}; it "
+                                 "is valid for {m} minutes.", p=mask_phone(
+                                     normal_phone(phone.value or "")),
+                                 m=int(CODE_TTL_S // 60)))
+
+            def enter() -> None:
+                try:
+                    member = p.check_code(phone.value or "", code.value or "", _address())
+                except SignInRefused as e:
+                    phone_error.set_text(str(e))
+                    return
+                sign_in(member)
+                ui.navigate.to(PATH)
+
+            ui.button(tr("获取验证码", "Send me a code"), on_click=ask) \
+                .props("outline no-caps").classes("w-full").mark("send-code")
+            code.on("keydown.enter", enter)
+            ui.button(tr("登录", "Sign in"), on_click=enter).props("no-caps") \
+                .classes("w-full").mark("sign-in-phone")
+        with ui.tab_panel(by_card).classes("gap-3 p-1"):
+            card = ui.input(tr("卡号", "Card number")).props("outlined").classes("w-full") \
+                .mark("card")
+            pin = ui.input(tr("卡密码", "PIN"), password=True) \
+                .props("outlined inputmode=numeric").classes("w-full").mark("pin")
+            card_error = ui.label().classes("text-negative").mark("card-error")
+
+            def enter_card() -> None:
+                try:
+                    member = p.check_card(card.value or "", pin.value or "", _address())
+                except SignInRefused as e:
+                    card_error.set_text(str(e))
+                    return
+                sign_in(member)
+                ui.navigate.to(PATH)
+
+            pin.on("keydown.enter", enter_card)
+            ui.button(tr("登录", "Sign in"), on_click=enter_card).props("no-caps") \
+                .classes("w-full").mark("sign-in-card")
+
+
+def _bookings_available() -> bool:
+    return all(n in operations.TABLE for n in ("booking.add", "booking.cancel",
+                                                "booking.list", "booking.slots"))
+
+
+class Home:
+    """The signed-in member's page: theirs only, read from the session's member."""
+
+    def __init__(self, member: str) -> None:
+        self.member = member
+        self.shop = shop()
+        self.portal = portal()
+        self.body = ui.column().classes("w-full gap-3")
+        self.dialog = ui.dialog()
+        self.draw()
+
+    def run(self, name: str, **params: Any) -> Awaitable[Any]:
+        """One of the table's operations, as this node's owner, for this member only."""
+        return self.shop.run(self.shop.operation(self.portal.operator, name, **params), name)
+
+    def read(self, name: str, **params: Any) -> Any:
+        return operations.run(self.shop.ledger, self.portal.operator, name,
+                              {k: v for k, v in params.items() if v is not None})
+
+    def draw(self) -> None:
+        ledger = self.shop.ledger
+        m = self.member
+        profile = ledger.member(m)
+        bal = ledger.balance(m)
+        pts = views.points(ledger, m)
+        self.body.clear()
+        with self.body:
+            with ui.card().classes("w-full gap-1"):
+                ui.label(str(profile.get("name") or "")).classes("text-xl font-bold") \
+                    .mark("member-name")
+                lvl = profile.get("level_info") or {}
+                ui.label(f"{lvl.get('name', '')} · {mask_phone(str(profile.get('phone') or ''))}"
+                         ).classes("text-gray-600")
+            with ui.grid(columns=2).classes("w-full gap-2"):
+                _tile(tr("储值余额", "Stored value"), money(int(bal["cash"])), "cash")
+                _tile(tr("赠送金额", "Bonus"), money(int(bal["bonus"])), "bonus")
+                _tile(tr("可用积分", "Points"), str(pts["usable"]), "points")
+                _tile(tr("30 天内到期", "Expiring in 30 days"), str(pts["expiring_30_days"]),
+                      "points-expiring")
+            self._points(pts)
+            self._packages()
+            self._coupons()
+            if _bookings_available():
+                self._bookings()
+            self._history()
+
+    def _section(self, title: str) -> ui.card:
+        card = ui.card().classes("w-full gap-1")
+        with card:
+            ui.label(title).classes("text-base font-bold")
+        return card
+
+    def _points(self, pts: dict[str, Any]) -> None:
+        lots = [lot for lot in pts["lots"] if lot["expires"] >= self.shop.ledger.today()]
+        if not lots:
+            return
+        with self._section(tr("积分有效期", "Points and when they expire")):
+            for lot in lots:
+                until = lot["expires"] if lot["expires"] != "9999-12-31" \
+                    else tr("长期有效", "no expiry")
+                with ui.row().classes("w-full justify-between"):
+                    ui.label(tr("{n} 积分", "{n} points", n=lot["points"]))
+                    ui.label(tr("到期：{d}", "expires {d}", d=until)).classes("text-gray-600") \
+                        .mark("points-expiry")
+
+    def _packages(self) -> None:
+        packages = [p for p in views.packages(self.shop.ledger, self.member)
+                    if p["remaining"] > 0]
+        with self._section(tr("套餐", "Packages")):
+            if not packages:
+                ui.label(tr("没有可用的套餐", "No packages")).classes("text-gray-600")
+            for pk in packages:
+                with ui.row().classes("w-full justify-between"):
+                    ui.label(self.shop.service_name(pk["service"]) or tr("套餐", "package"))
+                    ui.label(tr("剩 {n} 次", "{n} uses left", n=pk["remaining"])) \
+                        .mark("package-left")
+
+    def _coupons(self) -> None:
+        from reference_app.counter import coupon_terms
+
+        coupons = [c for c in self.shop.ledger.coupons(self.member)
+                   if c["status"] in ("available", "not_yet_valid")]
+        with self._section(tr("优惠券", "Coupons")):
+            if not coupons:
+                ui.label(tr("没有可用的优惠券", "No coupons")).classes("text-gray-600")
+            for c in coupons:
+                with ui.column().classes("w-full gap-0"):
+                    ui.label(coupon_terms(self.shop, c["off"], c["percent"], c["service"],
+                                          c["min_spend"])).mark("coupon")
+                    until = tr("有效期至 {d}", "valid until {d}", d=c["valid_to"]) \
+                        if c["valid_to"] else tr("长期有效", "no end date")
+                    ui.label(until).classes("text-sm text-gray-600")
+
+    def _history(self) -> None:
+        from reference_app.counter import _describe, _entry_amount
+
+        s = self.shop
+        tz = ZoneInfo(str(s.ledger.rule("settings").get("timezone") or "Asia/Shanghai"))
+        entries = [e for e in s.ledger.history(self.member, limit=HISTORY_SHOWN * 2)
+                   if e["kind"] not in ("transfer", "merge")][:HISTORY_SHOWN]
+        with self._section(tr("消费记录", "History")):
+            if not entries:
+                ui.label(tr("还没有记录", "Nothing yet")).classes("text-gray-600")
+            for e in entries:
+                when = datetime.fromtimestamp(int(e["at"]) / 1000, tz).strftime("%m-%d %H:%M")
+                text, tone = _entry_amount(e)
+                with ui.row().classes("w-full justify-between no-wrap gap-2"):
+                    with ui.column().classes("gap-0"):
+                        ui.label(_describe(s, e)).mark("history")
+                        ui.label(f"{when} · {s.branch_name(str(e['node']))}") \
+                            .classes("text-xs text-gray-600")
+                    ui.label(text).classes(f"tabular-nums {tone}")
+
+    # --- appointments (helper A's operations, for this member only) ---------------
+
+    def _bookings(self) -> None:
+        try:
+            rows = list(self.read("booking.list", member=self.member))
+        except LedgerError as e:
+            log.warning("booking.list for a member: %s", e)
+            rows = []
+        today = self.shop.ledger.today()
+        upcoming = [b for b in rows if str(b.get("at", ""))[:10] >= today
+                    and b.get("status") in ("confirmed", "pending")]
+        upcoming.sort(key=lambda b: str(b.get("at", "")))
+        with self._section(tr("我的预约", "My appointments")):
+            if not upcoming:
+                ui.label(tr("没有预约", "No appointments")).classes("text-gray-600")
+            for b in upcoming:
+                with ui.row().classes("w-full items-center justify-between no-wrap"):
+                    with ui.column().classes("gap-0"):
+                        ui.label(f"{str(b.get('at', '')).replace('T', ' ')} · "
+                                 f"{self.shop.service_name(str(b.get('service') or ''))}") \
+                            .mark("booking")
+                        ui.label(f"{b.get('technician_name') or b.get('technician', '')} · "
+                                 f"{self.shop.branch_name(str(b.get('branch') or ''))} · "
+                                 f"{_status(str(b.get('status')))}") \
+                            .classes("text-xs text-gray-600").mark("booking-status")
+                    ui.button(tr("取消", "Cancel"),
+                              on_click=lambda b=b: self.cancel(str(b["booking"]))) \
+                        .props("flat dense color=negative no-caps").mark("cancel-booking")
+            ui.button(tr("预约服务", "Book a service"), icon="event",
+                      on_click=self.book_dialog).props("no-caps").classes("w-full") \
+                .mark("book")
+
+    async def cancel(self, booking: str) -> None:
+        try:
+            shown = self.read("booking.show", booking=booking)
+            if self.shop.ledger.survivor_of(str(shown.get("member"))) != self.member:
+                raise NotFound(f"unknown booking {booking}")  # not theirs: as unknown
+            await self.run("booking.cancel", booking=booking)
+        except LedgerError as e:
+            ui.notify(self.shop.refusal(e), type="negative")
+            return
+        ui.notify(tr("预约已取消", "Appointment cancelled"), type="positive")
+        self.draw()
+
+    def book_dialog(self) -> None:
+        s = self.shop
+        services = {str(k): str(v.get("name") or k) for k, v in
+                    s.ledger.rule("services").items() if isinstance(v, dict)}
+        try:
+            techs = [t for t in self.read("technician.list") if isinstance(t, dict)]
+        except LedgerError:
+            techs = []
+        today = dt.date.fromisoformat(s.ledger.today())
+        days = {(today + dt.timedelta(days=i)).isoformat():
+                (today + dt.timedelta(days=i)).strftime("%m-%d") for i in range(BOOK_DAYS)}
+        self.dialog.clear()
+        with self.dialog, ui.card().classes("w-full max-w-md gap-2"):
+            ui.label(tr("预约服务", "Book a service")).classes("text-lg font-bold")
+            service = ui.select(services, label=tr("服务", "Service")) \
+                .props("outlined").classes("w-full").mark("book-service")
+            tech = ui.select({}, label=tr("技师", "Technician")).props("outlined") \
+                .classes("w-full").mark("book-technician")
+            day = ui.select(days, value=next(iter(days)), label=tr("日期", "Day")) \
+                .props("outlined").classes("w-full").mark("book-day")
+            slot = ui.select({}, label=tr("时间", "Time")).props("outlined") \
+                .classes("w-full").mark("book-slot")
+            error = ui.label().classes("text-negative").mark("book-error")
+
+            def tech_key(t: dict[str, Any]) -> str:
+                code, branch = str(t.get("code") or ""), str(t.get("branch") or "")
+                same = [x for x in techs if str(x.get("code")) == code]
+                return f"{code}@{branch}" if len(same) > 1 and branch else code
+
+            def techs_for_service() -> None:
+                chosen = str(service.value or "")
+                tech.set_options({tech_key(t): f"{t.get('name') or t.get('code')} · "
+                                  f"{s.branch_name(str(t.get('branch') or ''))}"
+                                  for t in techs
+                                  if not chosen or chosen in (t.get("services") or [chosen])},
+                                 value=None)
+                slots()
+
+            def slots() -> None:
+                slot.set_options({}, value=None)
+                if not tech.value or not day.value:
+                    return
+                try:
+                    free = self.read("booking.slots", technician=tech.value, day=day.value)
+                except LedgerError as e:
+                    error.set_text(s.refusal(e))
+                    return
+                if isinstance(free, dict):
+                    free = free.get("slots") or free.get("free") or []
+                opts = {}
+                for t in free:
+                    at = str(t) if "T" in str(t) else f"{day.value}T{t}"
+                    opts[at] = at[11:16]
+                slot.set_options(opts, value=None)
+
+            service.on_value_change(lambda _: techs_for_service())
+            tech.on_value_change(lambda _: slots())
+            day.on_value_change(lambda _: slots())
+            techs_for_service()
+
+            async def confirm() -> None:
+                if not (service.value and tech.value and slot.value):
+                    error.set_text(tr("请选择服务、技师和时间。",
+                                      "Choose a service, a technician and a time."))
+                    return
+                try:
+                    done = await self.run("booking.add", member=self.member,
+                                          technician=tech.value, service=service.value,
+                                          at=slot.value)
+                except LedgerError as e:
+                    error.set_text(s.refusal(e))
+                    return
+                self.dialog.close()
+                ui.notify(tr("已预约：{at}（{st}）", "Booked: {at} ({st})",
+                             at=str(done.get("at", slot.value)).replace("T", " "),
+                             st=_status(str(done.get("status")))), type="positive")
+                self.draw()
+
+            with ui.row().classes("w-full justify-end"):
+                ui.button(tr("取消", "Cancel"), on_click=self.dialog.close).props("flat no-caps")
+                ui.button(tr("确认预约", "Book"), on_click=confirm).props("no-caps") \
+                    .mark("book-ok")
+        self.dialog.open()
+
+
+def _status(status: str) -> str:
+    return {"confirmed": tr("已确认", "confirmed"),
+            "pending": tr("待门店确认", "pending: the branch confirms it when it gets it"),
+            "refused": tr("未能预约", "refused"), "cancelled": tr("已取消", "cancelled"),
+            "no_show": tr("未到店", "no-show"), "done": tr("已完成", "done")}.get(status, status)
+
+
+def _tile(label: str, value: str, marker: str) -> None:
+    with ui.column().classes("gap-0 px-3 py-2 bg-grey-2 rounded"):
+        ui.label(label).classes("text-xs text-gray-600")
+        ui.label(value).classes("text-xl font-bold").mark(marker)
+
+
+# --- `python -m reference_app.members_portal`: the certificate --------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m reference_app.members_portal",
+        description="Make the member port's HTTPS certificate from the chain's CA (at the "
+        "head office, where CHAIN_DIR holds ca.key); `python -m reference_app --members "
+        "HOST:PORT` then finds it in DATA/tls.")
+    p.add_argument("--chain", required=True, type=Path, help="the chain directory")
+    p.add_argument("--data", required=True, type=Path, help="the node's data directory")
+    p.add_argument("--host", action="append", required=True, metavar="NAME_OR_IP",
+                   help="a name or address members reach the node by (repeatable)")
+    args = p.parse_args(argv)
+    try:
+        cert, _key = issue_cert(args.chain, args.data, args.host)
+    except LedgerError as e:
+        print(f"members_portal: {e}")
+        return 2
+    print(f"certificate for {', '.join(args.host)}: {cert}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,430 @@
+"""Member self-service pages (reference_app/members_portal.py) against a real node.
+
+NiceGUI's simulated user opens the member pages through `MembersSide`, the very
+ASGI wrapper the member port serves, so the gate is the production one; the
+counter's port is the app without it. One-time codes go through the node's real
+gateways as DATA/node.toml configures them: the log gateway for SMS (peer.gateways,
+the demo's) and SMTP to a real aiosmtpd server on 127.0.0.1. The HTTPS port is a
+real uvicorn server checked with aiohttp trusting the chain's CA only, and one
+headless Chromium walk-through drives the pages on a phone-sized window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import re
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from pathlib import Path
+
+import aiohttp
+import httpx
+import pytest
+import pytest_asyncio
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from app_fixtures import make_store
+from nicegui import core, ui
+from nicegui.functions.download import download
+from nicegui.functions.navigate import Navigate
+from nicegui.functions.notify import notify
+from nicegui.testing.general import nicegui_reset_globals, prepare_simulation
+from nicegui.testing.user import User
+
+from crdtledger.ledger import Ledger, owner_of
+from peer.node import Config
+from reference_app.app import build
+from reference_app.members_portal import (
+    MembersConfig,
+    MembersSide,
+    Portal,
+    issue_cert,
+    socket_packet_ok,
+)
+from reference_app.readers import ScriptedReader
+from reference_app.shop import Shop
+
+pytestmark = pytest.mark.asyncio
+
+PHONE_A, PHONE_B = "13812345678", "13900001111"
+CARD_A, CARD_B, PIN = "C10001", "C20002", "4321"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+class Mailbox:
+    """What the aiosmtpd stand-in received (an SMTP server for real, on 127.0.0.1)."""
+
+    def __init__(self) -> None:
+        self.mails: list[Envelope] = []
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.mails.append(envelope)
+        return "250 OK"
+
+
+@dataclass
+class PortalApp:
+    user: User  # the member port (through MembersSide)
+    counter: httpx.AsyncClient  # the counter's port: the app without the member gate
+    members: httpx.AsyncClient
+    shop: Shop
+    portal: Portal
+    data_dir: Path
+    mailbox: Mailbox
+    ids: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ledger(self) -> Ledger:
+        return self.shop.ledger
+
+    def last_sms_code(self) -> str:
+        sent = self.shop.node.gateways["sms"].sent  # type: ignore[attr-defined]
+        return code_in(str(sent[-1].body))
+
+    async def ask_code(self, phone: str) -> None:
+        await self.user.open("/m")
+        self.user.find(marker="phone").type(phone)
+        self.user.find(marker="send-code").click()
+        # The answer is the same whether the phone is a member's (and the code sent) or not.
+        await self.user.should_see("如果这个手机号是会员的", retries=100)
+
+    async def enter_code(self, code: str) -> None:
+        self.user.find(marker="code").clear().type(code)
+        self.user.find(marker="sign-in-phone").click()
+
+    async def card_sign_in(self, card: str, pin: str) -> None:
+        await self.user.open("/m")
+        self.user.find(marker="tab-card").click()
+        self.user.find(marker="card").clear().type(card)
+        self.user.find(marker="pin").clear().type(pin)
+        self.user.find(marker="sign-in-card").click()
+
+
+def code_in(text: str) -> str:
+    match = re.search(r"\b(\d{6})\b", text)
+    assert match, text
+    return match.group(1)
+
+
+def write_notify(data: Path, smtp_port: int) -> None:
+    (data / "node.toml").write_text(
+        '[notify.sms]\nkind = "log"\n\n'
+        f'[notify.email]\nkind = "smtp"\nhost = "127.0.0.1"\nport = {smtp_port}\n'
+        'starttls = false\nsender = "shop@example.com"\n', encoding="utf-8")
+
+
+def seed_members(data: Path) -> dict[str, str]:
+    with Ledger.open(data) as ledger:
+        owner = ledger.owner
+        a = ledger.add_member(owner, name="张伟", phone=PHONE_A)
+        ledger.issue_card(owner, a, CARD_A, pin=PIN)
+        ledger.topup(owner, a, 50000)
+        b = ledger.add_member(owner, name="李娜", phone=PHONE_B)
+        ledger.issue_card(owner, b, CARD_B, pin=PIN)
+        ledger.topup(owner, b, 9900)
+        c = ledger.add_member(owner, name="王芳", phone="13700002222")
+        ledger.issue_card(owner, c, "C30003")  # no PIN
+    return {"a": a, "b": b, "c": c}
+
+
+@pytest_asyncio.fixture
+async def portal_app(tmp_path: Path) -> AsyncIterator[PortalApp]:
+    async for app in _portal_app(tmp_path, port=False):
+        yield app
+
+
+async def _portal_app(tmp_path: Path, *, port: bool) -> AsyncIterator[PortalApp]:
+    data, _owner, _cashier = make_store(tmp_path)
+    ids = seed_members(data)
+    mailbox = Mailbox()
+    loop = asyncio.get_running_loop()
+    smtp = await loop.create_server(lambda: SMTP(mailbox), "127.0.0.1", 0)
+    write_notify(data, smtp.sockets[0].getsockname()[1])
+    members = None
+    if port:
+        cert, key = issue_cert(tmp_path / "chain", data, ["127.0.0.1", "localhost"])
+        members = MembersConfig("127.0.0.1", 0, cert, key)
+    config = Config(data, listen=("127.0.0.1", 0), api=("127.0.0.1", 0), mdns=False)
+    with nicegui_reset_globals():
+        os.environ["NICEGUI_USER_SIMULATION"] = "true"
+        try:
+            prepare_simulation()
+            shop = build(config, readers=[ScriptedReader()], members=members,
+                         member_pages=True)
+            ui.run(storage_secret="test secret")
+            async with core.app.router.lifespan_context(core.app), \
+                    httpx.AsyncClient(transport=httpx.ASGITransport(MembersSide(core.app)),
+                                      base_url="https://members.test") as m, \
+                    httpx.AsyncClient(transport=httpx.ASGITransport(core.app),
+                                      base_url="http://counter.test") as c:
+                # NiceGUI's reset drops the modules that define pages, so the portal is
+                # that of the module build() imported just now, not of ours.
+                portal = importlib.import_module("reference_app.members_portal").portal()
+                yield PortalApp(User(m), c, m, shop, portal, data, mailbox, ids)
+        finally:
+            os.environ.pop("NICEGUI_USER_SIMULATION", None)
+            ui.navigate = Navigate()
+            ui.notify = notify
+            ui.download = download
+            smtp.close()
+
+
+# --- signing in -------------------------------------------------------------------------
+
+
+async def test_sign_in_with_the_code_from_the_sms_gateway_shows_own_balance(
+        portal_app: PortalApp) -> None:
+    app = portal_app
+    await app.ask_code(PHONE_A)
+    await app.user.should_see("验证码已发到 138****5678")
+    sent = app.shop.node.gateways["sms"].sent  # type: ignore[attr-defined]
+    assert sent[-1].to == PHONE_A and sent[-1].channel == "sms"
+    await app.enter_code(app.last_sms_code())
+    await app.user.should_see(marker="member-name")
+    for text in ("张伟", "¥500.00", "138****5678"):
+        await app.user.should_see(text)
+    for text in ("李娜", "¥99.00", PHONE_A):  # another member, the whole phone: never
+        await app.user.should_not_see(text)
+
+
+async def test_sign_in_with_the_code_mailed_through_smtp(portal_app: PortalApp) -> None:
+    app = portal_app
+    app.ledger.edit_member(owner_of("SH01"), app.ids["b"], fields={"email": "lina@example.com"})
+    app.shop.node.gateways.pop("sms")  # a shop with e-mail only
+    await app.ask_code(PHONE_B)
+    assert len(app.mailbox.mails) == 1
+    mail = app.mailbox.mails[0]
+    assert mail.rcpt_tos == ["lina@example.com"]
+    assert isinstance(mail.content, bytes)
+    body = message_from_bytes(mail.content).get_payload(decode=True)
+    assert isinstance(body, bytes)
+    await app.enter_code(code_in(body.decode()))
+    await app.user.should_see("李娜")
+    await app.user.should_see("¥99.00")
+    await app.user.should_not_see("张伟")
+
+
+async def test_an_unknown_phone_is_told_the_same_and_nothing_is_sent(
+        portal_app: PortalApp) -> None:
+    app = portal_app
+    await app.ask_code("13600009999")
+    await app.user.should_see("如果这个手机号是会员的")
+    assert not app.shop.node.gateways["sms"].sent  # type: ignore[attr-defined]
+
+
+async def test_a_wrong_code_is_refused_then_throttled_and_a_code_works_once(
+        portal_app: PortalApp) -> None:
+    app = portal_app
+    await app.ask_code(PHONE_A)
+    right = app.last_sms_code()
+    wrong = f"{(int(right) + 1) % 1_000_000:06d}"
+    for _ in range(4):
+        await app.enter_code(wrong)
+        await app.user.should_see("验证码不对或已过期")
+        await app.user.should_not_see(marker="member-name")
+    await app.enter_code(right)  # four wrong tries: the code still stands
+    await app.user.should_see(marker="member-name")
+    app.user.find(marker="sign-out").click()
+    await app.user.should_see(marker="send-code")
+    app.user.find(marker="phone").type(PHONE_A)
+    await app.enter_code(right)  # used once already
+    await app.user.should_see("验证码不对或已过期")
+    for _ in range(5):
+        await app.enter_code(wrong)
+    await app.user.should_see("尝试次数太多")
+    await app.ask_code(PHONE_A)
+    await app.enter_code(app.last_sms_code())  # locked: even a right code waits
+    await app.user.should_see("尝试次数太多")
+    await app.user.should_not_see(marker="member-name")
+
+
+async def test_asking_for_codes_is_throttled(portal_app: PortalApp) -> None:
+    app = portal_app
+    for _ in range(5):
+        await app.ask_code(PHONE_A)
+    await app.user.open("/m")
+    app.user.find(marker="phone").type(PHONE_A)
+    app.user.find(marker="send-code").click()
+    await app.user.should_see("验证码请求太频繁")
+    assert len(app.shop.node.gateways["sms"].sent) == 5  # type: ignore[attr-defined]
+
+
+async def test_card_and_pin(portal_app: PortalApp) -> None:
+    app = portal_app
+    await app.card_sign_in(CARD_A, "0000")
+    await app.user.should_see("卡号或密码不对")
+    await app.card_sign_in("C99999", PIN)  # no such card: the same words
+    await app.user.should_see("卡号或密码不对")
+    await app.card_sign_in("C30003", "")  # a card without a PIN cannot sign in
+    await app.user.should_see("这张卡没有设密码")
+    await app.card_sign_in(CARD_A, PIN)
+    await app.user.should_see("¥500.00")
+    await app.user.should_see("张伟")
+
+
+async def test_a_wrong_pin_is_throttled(portal_app: PortalApp) -> None:
+    app = portal_app
+    for _ in range(5):
+        await app.card_sign_in(CARD_B, "0000")
+        await app.user.should_see("卡号或密码不对")
+    await app.card_sign_in(CARD_B, PIN)
+    await app.user.should_see("尝试次数太多")
+    await app.user.should_not_see(marker="member-name")
+
+
+async def test_a_lost_card_is_refused(portal_app: PortalApp) -> None:
+    app = portal_app
+    app.ledger.report_lost(owner_of("SH01"), CARD_A)
+    await app.card_sign_in(CARD_A, PIN)
+    await app.user.should_see("此卡已挂失")
+    await app.user.should_not_see(marker="member-name")
+
+
+# --- one member's pages, nobody else's ------------------------------------------------------
+
+
+async def test_a_member_never_sees_another_members_data(portal_app: PortalApp) -> None:
+    app = portal_app
+    await app.card_sign_in(CARD_A, PIN)
+    await app.user.should_see("¥500.00")
+    # A crafted request naming the other member: the page reads the session only.
+    for crafted in (f"/m?member={app.ids['b']}", f"/m?id={app.ids['b']}&phone={PHONE_B}"):
+        await app.user.open(crafted)
+        await app.user.should_see("张伟")
+        await app.user.should_not_see("李娜")
+        await app.user.should_not_see("¥99.00")
+    # A second browser (its own cookie) signed in as the other member sees only hers.
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(MembersSide(core.app)),
+                                 base_url="https://members.test") as other_client:
+        other = User(other_client)
+        await other.open("/m")
+        other.find(marker="tab-card").click()
+        other.find(marker="card").type(CARD_B)
+        other.find(marker="pin").type(PIN)
+        other.find(marker="sign-in-card").click()
+        await other.should_see("李娜")
+        await other.should_see("¥99.00")
+        await other.should_not_see("张伟")
+        await other.should_not_see("¥500.00")
+    # And the first browser still shows its own member only.
+    await app.user.open("/m")
+    await app.user.should_see("张伟")
+    await app.user.should_not_see("李娜")
+
+
+async def test_nobody_signed_in_sees_nothing(portal_app: PortalApp) -> None:
+    app = portal_app
+    await app.user.open(f"/m?member={app.ids['a']}")
+    await app.user.should_see(marker="send-code")
+    await app.user.should_not_see("张伟")
+    await app.user.should_not_see("¥500.00")
+
+
+# --- the two ports --------------------------------------------------------------------------
+
+
+OPERATOR_PATHS = ("/", "/login", "/office", "/admin", "/reports", "/settlement", "/goods",
+                  "/api", "/docs", "/openapi.json", "/health", "/_nicegui/auto/x",
+                  "/_nicegui/client/x/upload/y", "/mx", "/%6Dx")
+
+
+async def test_operator_paths_are_refused_on_the_member_port(portal_app: PortalApp) -> None:
+    app = portal_app
+    for path in OPERATOR_PATHS:
+        r = await app.members.get(path)
+        assert r.status_code == 404, path
+        assert "client_id" not in r.text, path
+    assert (await app.members.get("/m")).status_code == 200
+
+
+async def test_member_pages_are_not_on_the_counter_port(portal_app: PortalApp) -> None:
+    app = portal_app
+    for path in ("/m", "/m/", "/m?x=1"):
+        r = await app.counter.get(path)
+        assert r.status_code == 404, path
+    assert (await app.counter.get("/login")).status_code == 200
+
+
+async def test_socket_packets_for_an_operator_page_are_refused(portal_app: PortalApp) -> None:
+    app = portal_app
+    operator_page = re.search(r"'client_id': '([0-9a-f-]+)'",
+                              (await app.counter.get("/login")).text)
+    member_page = re.search(r"'client_id': '([0-9a-f-]+)'", (await app.members.get("/m")).text)
+    assert operator_page and member_page
+    op, mine = operator_page.group(1), member_page.group(1)
+    assert socket_packet_ok(f'42["event",{{"client_id":"{mine}","id":1}}]')
+    assert not socket_packet_ok(f'42["event",{{"client_id":"{op}","id":1}}]')
+    # An escaped key is the same key to the JSON decoder, and so to the gate.
+    assert not socket_packet_ok(f'42["event",{{"client\\u005fid":"{op}"}}]')
+    assert not socket_packet_ok(f'421["handshake",{{"x":[{{"client_id":"{op}"}}]}}]')
+    assert not socket_packet_ok("451-[\"event\",{\"_placeholder\":true,\"num\":0}]")
+    assert socket_packet_ok("2") and socket_packet_ok("3probe")
+    # Through the member port: a polling POST or a socket naming the operator page.
+    r = await app.members.post("/_nicegui_ws/socket.io/?EIO=4&transport=polling&sid=x",
+                               content=f'42["event",{{"client_id":"{op}"}}]')
+    assert r.status_code == 404
+    r = await app.members.get(f"/_nicegui_ws/socket.io/?client_id={op}&EIO=4"
+                              "&transport=polling")
+    assert r.status_code == 404
+
+
+@pytest_asyncio.fixture
+async def served(tmp_path: Path) -> AsyncIterator[PortalApp]:
+    async for app in _portal_app(tmp_path, port=True):
+        yield app
+
+
+async def test_the_member_port_is_https_with_the_chains_certificate(served: PortalApp,
+                                                                     tmp_path: Path) -> None:
+    app = served
+    # NiceGUI runs the startup hooks (the node's, the member port's) as tasks.
+    for _ in range(600):
+        if app.portal.server is not None and app.portal.server.started:
+            break
+        await asyncio.sleep(0.05)
+    assert app.portal.port
+    base = f"https://127.0.0.1:{app.portal.port}"
+    trust = ssl.create_default_context(cafile=str(tmp_path / "chain" / "ca.crt"))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as http:
+        async with http.get(f"{base}/m") as r:  # the name checked: the IP is in the SAN
+            assert r.status == 200
+            assert "client_id" in await r.text()
+        for path in OPERATOR_PATHS:
+            async with http.get(f"{base}{path}") as r:
+                assert r.status == 404, path
+    # Plain HTTP is not spoken there, and a client trusting other roots refuses it.
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.ClientError):
+            async with http.get(f"http://127.0.0.1:{app.portal.port}/m") as r:
+                await r.read()
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            async with http.get(f"{base}/m") as r:
+                await r.read()
+
+
+async def test_the_certificate_names_its_hosts_and_is_signed_by_the_chain(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    data, _o, _c = make_store(tmp_path)
+    cert_path, key_path = issue_cert(tmp_path / "chain", data, ["shop.example.com", "10.0.0.5"])
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["shop.example.com"]
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.5"]
+    ca = x509.load_pem_x509_certificate((tmp_path / "chain" / "ca.crt").read_bytes())
+    cert.verify_directly_issued_by(ca)
+    assert key_path.stat().st_mode & 0o077 == 0
+
+
+async def test_members_flag_without_a_certificate_is_refused_with_how(tmp_path: Path) -> None:
+    from crdtledger.errors import LedgerError
+    from reference_app.members_portal import members_config
+
+    data, _o, _c = make_store(tmp_path)
+    with pytest.raises(LedgerError, match="members_portal --chain"):
+        members_config(data, "0.0.0.0:8443", None, None)
+    with pytest.raises(LedgerError, match="together"):
+        members_config(data, "0.0.0.0:8443", data / "x.crt", None)
