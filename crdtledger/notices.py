@@ -395,15 +395,19 @@ def low_balance_notices(node: str, debits: Iterable[Mapping[str, Any]],
 def reminder_notices(node: str, bookings: Iterable[Mapping[str, Any]],
                      rule: Mapping[str, Any], channels: Sequence[str]) -> list[Notice]:
     """Reminders of confirmed bookings starting soon, sent by the booking's branch
-    (the one that confirmed it): {"booking", "member", "profile", "branch",
-    "service", "at" (local text), "status"}."""
+    (the one that confirmed it; a booking still pending there is not reminded of):
+    crdtledger.bookings' views {"booking", "member", "branch", "service",
+    "service_name", "at" (local), "status"} with the member's "profile" and the
+    branch's "branch_name"."""
     out: list[Notice] = []
     for b in bookings:
         if b.get("branch") != node or b.get("status", "confirmed") != "confirmed":
             continue
         n = _member_notice("reminder", f"reminder:{b['booking']}", node, str(b["member"]),
-                           b["profile"], rule, channels, service=b.get("service", ""),
-                           at=b.get("at", ""), branch=b.get("branch_name", b["branch"]))
+                           b["profile"], rule, channels,
+                           service=b.get("service_name") or b.get("service", ""),
+                           at=str(b.get("at", "")).replace("T", " "),
+                           branch=b.get("branch_name") or b["branch"])
         if n:
             out.append(n)
     return out

@@ -278,12 +278,14 @@ def _bookings_soon(ledger: Ledger, now_ms: int, rule: Mapping[str, Any]
         return []
     out = []
     conn = ledger.storage.conn
+    names: Mapping[str, str] = ledger.rule("branches") or {}
     for b in starting(ledger, now_ms, now_ms + minutes * 60_000):
         member = b.get("member")
         row = conn.execute("SELECT body FROM members WHERE id = ?", (member,)).fetchone()
         if row is None or "booking" not in b or "branch" not in b:
             continue
-        out.append({**b, "profile": json.loads(row[0])})
+        out.append({**b, "profile": json.loads(row[0]),
+                    "branch_name": names.get(str(b["branch"]), str(b["branch"]))})
     return out
 
 

@@ -149,6 +149,21 @@ def test_who_sends_what_once_per_chain() -> None:
     assert len(notices.member_day_notices("SH02", "2026-12-03", [m], rule, BOTH, "店")) == 1
 
 
+def test_an_appointment_reminder_is_a_service_notice_from_the_confirming_branch() -> None:
+    profile = {"name": "张伟", "phone": "13800000002", "home": "SH01"}  # never asked
+    booking = {"booking": "038HS9BR9T000.SH01", "member": "M", "profile": profile,
+               "branch": "SH02", "branch_name": "徐家汇店", "service": "FOOT60",
+               "service_name": "足疗 60 分钟", "at": "2026-12-03T14:00",
+               "status": "confirmed"}
+    rule = notices.rule_of({})
+    assert notices.reminder_notices("SH01", [booking], rule, BOTH) == []
+    [n] = notices.reminder_notices("SH02", [booking], rule, BOTH)
+    assert (n.key, n.channel, n.promotional) == ("reminder:038HS9BR9T000.SH01", "sms", False)
+    assert n.body == "张伟，您预约的足疗 60 分钟将于 2026-12-03 14:00 在 徐家汇店 开始。"
+    pending = {**booking, "status": "pending"}
+    assert notices.reminder_notices("SH02", [pending], rule, BOTH) == []
+
+
 @pytest.mark.parametrize(("body", "says"), [
     ({"daily": [{"branch": "all", "at": "25:00", "to": ["b@x.cn"]}]}, "a time like 21:00"),
     ({"daily": [{"branch": "all", "at": "21:00", "to": ["nobody"]}]},
