@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from crdtledger import escrow, views
+from crdtledger import bookings, escrow, views
 from crdtledger.errors import (
     ForeignChain,
     LedgerError,
@@ -299,6 +299,10 @@ class NodeCore:
         self._refused_seen = ledger.refused_total
         self.clocks = PeerClocks()
         self._clock_told = self.clocks.verdict.worth_telling()
+        # Whether this branch has technicians, whose bookings made elsewhere it decides
+        # (crdtledger.bookings); None: to be read again (after one of its own writes).
+        self._has_technicians: bool | None = None
+        ledger.subscribe(self._applied)
 
     # --- driving side ---------------------------------------------------------
 
@@ -314,6 +318,8 @@ class NodeCore:
         self._timer(("ae",), self.rng.uniform(0, self.anti_entropy_s))
         self._timer(("rebalance",), self.rebalance_s)
         self._timer(("housekeeping",), HOUSEKEEPING_FIRST_S)
+        if self._technicians_here():  # requests may have come by file while it was down
+            self._timer(("bookings",), 0.0)
         return self._effects()
 
     def add_target(self, key: str, node: str | None, now: float,
@@ -451,6 +457,8 @@ class NodeCore:
         elif kind == "housekeeping":
             self._timer(("housekeeping",), HOUSEKEEPING_S)
             self._housekeeping()
+        elif kind == "bookings":
+            self._decide_bookings()
         elif kind == "rebalance-step":
             self._rebalance_step()
             if self._rebalance_queue:
@@ -745,6 +753,37 @@ class NodeCore:
         self._housekept = day
         if written:
             self._out.append(Count("housekeeping_entries", amount=len(written)))
+
+    # --- bookings of this branch's technicians (crdtledger.bookings) ---------------------
+
+    def _technicians_here(self) -> bool:
+        if self._has_technicians is None:
+            self._has_technicians = bool(bookings.technicians(self.ledger, self.node))
+        return self._has_technicians
+
+    def _applied(self, record: Any, origin: object) -> None:
+        """A record was committed: one from elsewhere may be a booking request (or a
+        cancellation) for a technician of this branch, which this branch decides at
+        its next turn (a zero timer: never inside the apply that brought it)."""
+        if not record.doc.startswith("ledger/"):
+            return
+        if record.node == self.node:
+            self._has_technicians = None  # perhaps a technician added here
+            return
+        if self._technicians_here() and ("bookings",) not in self._timers:
+            self._timer(("bookings",), 0.0)
+
+    def _decide_bookings(self) -> None:
+        try:
+            written = bookings.decide(self.ledger)
+        except LedgerError as e:  # e.g. a restored node not caught up yet: next record
+            self._decide(f"bookings deferred: {e}")
+            return
+        for d in written:
+            self._decide(f"booking {d['ref']} {d['status']}"
+                         + (f": {d['reason']}" if d.get("reason") else ""))
+        if written:
+            self._out.append(Count("booking_decisions", amount=len(written)))
 
     # --- rebalancer -----------------------------------------------------------------
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from helpers import FakeClock, Forger, data_snapshot, new_ledger, sync
@@ -332,3 +334,44 @@ def test_any_interleaving_converges_and_never_double_books(
     finally:
         for x in chain.values():
             x.close()
+
+
+# --- the command line, as a person runs it ----------------------------------------------
+
+
+def test_the_command_line_books_shows_lists_and_cancels(cli: Any, make_node: Any) -> None:
+    data = make_node("SH02")
+    added = cli("technician", "add", "--code", "T01", "--name", "小李", "--services",
+                "FOOT60,BODY90", "--hours", "10:00-22:00", "--json", data=data).json()
+    assert (added["ref"], added["services"], added["hours"]) == (
+        "T01@SH02", ["FOOT60", "BODY90"], "10:00-22:00")
+    member = cli("member", "add", "--name", "张伟", "--phone", "13800138000", "--json",
+                 data=data).json()["member_id"]
+    day = (datetime.now(ZoneInfo("Asia/Shanghai")).date() + timedelta(days=1)).isoformat()
+    free = cli("booking", "slots", "--technician", "T01", "--day", day, "--service", "FOOT60",
+               "--json", data=data).json()
+    assert f"{day}T14:00" in free and f"{day}T21:00" in free and f"{day}T21:30" not in free
+    made = cli("booking", "add", "--member", member, "--technician", "T01", "--service",
+               "FOOT60", "--at", f"{day}T14:00", "--json", data=data).json()
+    assert {k: made[k] for k in ("status", "technician", "branch", "service", "at",
+                                 "minutes")} == {
+        "status": "confirmed", "technician": "T01", "branch": "SH02", "service": "FOOT60",
+        "at": f"{day}T14:00", "minutes": 60}
+    shown = cli("booking", "show", "--booking", made["booking"], "--json", data=data).json()
+    assert shown["status"] == "confirmed"
+    listed = cli("booking", "list", "--day", day, "--json", data=data).json()
+    assert [b["booking"] for b in listed] == [made["booking"]]
+    text_ = cli("booking", "list", "--member", member, data=data)
+    assert "confirmed (已确认)" in text_.out and "小李" in text_.out
+    # The same slot again: refused with a code and a sentence, exit status non-zero.
+    again = cli("booking", "add", "--member", member, "--technician", "T01", "--service",
+                "FOOT60", "--at", f"{day}T14:30", "--json", data=data)
+    assert again.code != 0
+    assert json.loads(again.out)["error"] == "slot_taken"
+    bad = cli("booking", "add", "--member", member, "--technician", "T01", "--service",
+              "FOOT60", "--at", "tomorrow 2pm", "--json", data=data)
+    assert bad.code != 0 and json.loads(bad.out)["error"] == "invalid_input"
+    done = cli("booking", "cancel", "--booking", made["booking"], "--json", data=data).json()
+    assert done["status"] == "cancelled"
+    assert cli("booking", "show", "--booking", made["booking"], "--json",
+               data=data).json()["status"] == "cancelled"
