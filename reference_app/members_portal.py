@@ -867,7 +867,7 @@ class Home:
             shown = self.read("booking.show", booking=booking)
             if self.shop.ledger.survivor_of(str(shown.get("member"))) != self.member:
                 raise NotFound(f"unknown booking {booking}")  # not theirs: as unknown
-            await self.run("booking.cancel", booking=booking)
+            await self.run("booking.cancel", booking=booking, member=self.member)
         except LedgerError as e:
             ui.notify(self.shop.refusal(e), type="negative")
             return
@@ -898,17 +898,12 @@ class Home:
                 .classes("w-full").mark("book-slot")
             error = ui.label().classes("text-negative").mark("book-error")
 
-            def tech_key(t: dict[str, Any]) -> str:
-                code, branch = str(t.get("code") or ""), str(t.get("branch") or "")
-                same = [x for x in techs if str(x.get("code")) == code]
-                return f"{code}@{branch}" if len(same) > 1 and branch else code
-
             def techs_for_service() -> None:
                 chosen = str(service.value or "")
-                tech.set_options({tech_key(t): f"{t.get('name') or t.get('code')} · "
+                tech.set_options({str(t["ref"]): f"{t.get('name') or t.get('code')} · "
                                   f"{s.branch_name(str(t.get('branch') or ''))}"
-                                  for t in techs
-                                  if not chosen or chosen in (t.get("services") or [chosen])},
+                                  for t in techs if t.get("active", True)
+                                  and (not chosen or chosen in (t.get("services") or []))},
                                  value=None)
                 slots()
 
@@ -917,17 +912,14 @@ class Home:
                 if not tech.value or not day.value:
                     return
                 try:
-                    free = self.read("booking.slots", technician=tech.value, day=day.value)
+                    free = self.read("booking.slots", technician=tech.value, day=day.value,
+                                     service=service.value or None)
                 except LedgerError as e:
                     error.set_text(s.refusal(e))
                     return
-                if isinstance(free, dict):
-                    free = free.get("slots") or free.get("free") or []
-                opts = {}
-                for t in free:
-                    at = str(t) if "T" in str(t) else f"{day.value}T{t}"
-                    opts[at] = at[11:16]
-                slot.set_options(opts, value=None)
+                error.set_text("" if free else tr("这一天没有空闲时间了。",
+                                                  "No free time that day."))
+                slot.set_options({str(at): str(at)[11:16] for at in free}, value=None)
 
             service.on_value_change(lambda _: techs_for_service())
             tech.on_value_change(lambda _: slots())

@@ -12,6 +12,7 @@ headless Chromium walk-through drives the pages on a phone-sized window.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import importlib
 import os
 import re
@@ -34,6 +35,7 @@ from nicegui.functions.notify import notify
 from nicegui.testing.general import nicegui_reset_globals, prepare_simulation
 from nicegui.testing.user import User
 
+from crdtledger import operations
 from crdtledger.ledger import Ledger, owner_of
 from peer.node import Config
 from reference_app.app import build
@@ -127,6 +129,8 @@ def seed_members(data: Path) -> dict[str, str]:
         ledger.topup(owner, b, 9900)
         c = ledger.add_member(owner, name="王芳", phone="13700002222")
         ledger.issue_card(owner, c, "C30003")  # no PIN
+        operations.run(ledger, owner, "technician.add",
+                       {"code": "T01", "name": "小李", "services": "FOOT60,BODY90"})
     return {"a": a, "b": b, "c": c}
 
 
@@ -321,6 +325,58 @@ async def test_nobody_signed_in_sees_nothing(portal_app: PortalApp) -> None:
     await app.user.should_see(marker="send-code")
     await app.user.should_not_see("张伟")
     await app.user.should_not_see("¥500.00")
+
+
+# --- appointments (crdtledger.bookings' operations, for the signed-in member) -----------------
+
+
+def choose(user: User, marker: str, value: str | None = None) -> str:
+    """Pick an option of the select marked `marker` (the first, if no value given)."""
+    select = next(iter(user.find(marker=marker).elements))
+    assert isinstance(select, ui.select)
+    keys = list(select.options)  # a dict's keys, or the list's values
+    assert keys, f"{marker} has no options"
+    chosen = value if value is not None else str(keys[0])
+    assert chosen in keys, (chosen, keys)
+    select.set_value(chosen)
+    return chosen
+
+
+def tomorrow(ledger: Ledger) -> str:
+    return (dt.date.fromisoformat(ledger.today()) + dt.timedelta(days=1)).isoformat()
+
+
+async def test_book_and_cancel_an_appointment(portal_app: PortalApp) -> None:
+    app = portal_app
+    owner = owner_of("SH01")
+    # Another member's booking the same day: never on this member's page.
+    theirs = operations.run(app.ledger, owner, "booking.add", {
+        "member": app.ids["b"], "technician": "T01", "service": "BODY90",
+        "at": f"{tomorrow(app.ledger)}T10:00"})
+    await app.card_sign_in(CARD_A, PIN)
+    await app.user.should_see(marker="book")
+    await app.user.should_see("没有预约")
+    app.user.find(marker="book").click()
+    await app.user.should_see(marker="book-service")
+    choose(app.user, "book-service", "FOOT60")
+    choose(app.user, "book-technician", "T01@SH01")
+    choose(app.user, "book-day", tomorrow(app.ledger))
+    at = choose(app.user, "book-slot")
+    assert at != theirs["at"]  # the other member's slot is not free
+    app.user.find(marker="book-ok").click()
+    await app.user.should_see("已预约")
+    mine = operations.run(app.ledger, owner, "booking.list", {"member": app.ids["a"]})
+    assert [(b["at"], b["status"], b["service"]) for b in mine] == [(at, "confirmed", "FOOT60")]
+    await app.user.should_see(f"{at.replace('T', ' ')} · 足疗 60 分钟")
+    await app.user.should_see("已确认")
+    await app.user.should_not_see(f"{theirs['at'].replace('T', ' ')}")
+    app.user.find(marker="cancel-booking").click()
+    await app.user.should_see("预约已取消")
+    shown = operations.run(app.ledger, owner, "booking.show", {"booking": mine[0]["booking"]})
+    assert shown["status"] == "cancelled"
+    assert operations.run(app.ledger, owner, "booking.show",
+                          {"booking": theirs["booking"]})["status"] == "confirmed"
+    await app.user.should_see("没有预约")
 
 
 # --- the two ports --------------------------------------------------------------------------
