@@ -38,6 +38,7 @@ from crdtledger.private import private_dir, private_file_open, private_text_open
 from peer.chain import enrol, init_chain
 from peer.printer_listener import PrinterListener, Printout, show
 from peer.receipts import PrinterConfig, save_config
+from reference_app import members_portal
 from reference_app.app import SECRET_FILE
 from reference_app.demo_data import BRANCHES, DUPLICATE, MEMBERS, Seeded, seed
 
@@ -69,6 +70,8 @@ class Demo:
         self.http = {node: base_port + i for i, node in enumerate(BRANCHES)}
         self.sync = {node: base_port + n + i for i, node in enumerate(BRANCHES)}
         self.api = {node: base_port + 2 * n + i for i, node in enumerate(BRANCHES)}
+        # The member self-service pages (members_portal), served by the head office.
+        self.members_port = base_port + 3 * n
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.printer: PrinterListener | None = None
 
@@ -77,6 +80,16 @@ class Demo:
 
     def url(self, node: str) -> str:
         return f"http://127.0.0.1:{self.http[node]}"
+
+    def members_url(self) -> str:
+        return f"https://127.0.0.1:{self.members_port}{members_portal.PATH}"
+
+    def members_cert(self) -> None:
+        """The head office's member port certificate, from the chain's CA (made once;
+        demo data from before it had one gets it here)."""
+        if not (self.data(HEAD_OFFICE) / "tls" / members_portal.CERT_FILE).exists():
+            members_portal.issue_cert(self.chain, self.data(HEAD_OFFICE),
+                                      ["127.0.0.1", "localhost"])
 
     # --- creating the chain -------------------------------------------------
 
@@ -124,11 +137,15 @@ class Demo:
                 "--no-mdns"]  # the wiring below is the demo's, not whatever the LAN holds
         if node in DIALS:
             argv += ["--peer", f"wss://127.0.0.1:{self.sync[DIALS[node]]}"]
+        if node == HEAD_OFFICE:
+            argv += ["--members", f"127.0.0.1:{self.members_port}"]
         return argv
 
     def launch(self, node: str) -> None:
         """Start one branch process, its output to logs/NODE.log."""
         private_dir(self.logs)  # a node's log names members and operators
+        if node == HEAD_OFFICE:
+            self.members_cert()
         with private_file_open(self.logs / f"{node}.log", append=True) as log:
             self.procs[node] = subprocess.Popen(
                 self.argv(node), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -228,6 +245,10 @@ class Demo:
             dials = f"  (dials {DIALS[node]})" if node in DIALS else ""
             pad = " " * 2 * (max(map(len, BRANCHES.values())) - len(name))  # CJK: 2 columns
             print(f"  {node} {name}{pad}   {self.url(node)}{dials}")
+        print(f"\n  会员自助 members' self-service   {self.members_url()}  (served by "
+              f"{HEAD_OFFICE}, HTTPS with the chain's certificate: {self.chain / 'ca.crt'}; "
+              "a member signs in with their phone and the code the demo's gateway "
+              f"prints in {self.logs / (HEAD_OFFICE + '.log')}, or card number and PIN)")
         print(f"\n登录 Log in as  {owner[0]} / {owner[1]}  (owner: every page), or "
               f"{cashier[0]} / {cashier[1]}  (a cashier).")
         if facts.get("manager"):  # demo data seeded before approvals bound the owner
@@ -292,13 +313,13 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _base_port(text: str) -> int:
-    """The first of the demo's nine ports, refused before anything is created."""
+    """The first of the demo's ten ports, refused before anything is created."""
     try:
         port = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 1024 <= port <= 65535 - 8:
-        raise argparse.ArgumentTypeError(f"{port}: the nine ports must lie in 1024-65535")
+    if not 1024 <= port <= 65535 - 9:
+        raise argparse.ArgumentTypeError(f"{port}: the ten ports must lie in 1024-65535")
     return port
 
 
@@ -308,8 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="demo-data", help="where the branches keep data")
     parser.add_argument("--fresh", action="store_true", help="delete the demo data first")
     parser.add_argument("--port", type=_base_port, default=8470, metavar="BASE",
-                        help="first of nine ports on 127.0.0.1: the counter pages are BASE, "
-                        "BASE+1, BASE+2 (default 8470)")
+                        help="first of ten ports on 127.0.0.1: the counter pages are BASE, "
+                        "BASE+1, BASE+2, the member pages BASE+9 (default 8470)")
     parser.add_argument("--exit", action="store_true",
                         help="stop the branches once they are up and in sync (for tests)")
     args = parser.parse_args(argv)
