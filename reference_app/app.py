@@ -22,7 +22,7 @@ from crdtledger.private import private_text_open
 from peer.chain import load_identity
 from peer.cli import add_node_options, node_config
 from peer.node import Config, Node, parse_address
-from reference_app import layout
+from reference_app import bookings_page, layout
 from reference_app.members_portal import MembersConfig, members_config
 from reference_app.readers import Reader
 from reference_app.shop import Shop, install
@@ -46,6 +46,7 @@ def build(node_config: Config, *, readers: Sequence[Reader] | None = None,
     app.on_startup(s.start)
     app.on_shutdown(s.stop)
     counter.register()
+    bookings_page.register()
     backoffice.register()
     admin.register()
     if members is not None or member_pages:
