@@ -375,3 +375,53 @@ def test_the_command_line_books_shows_lists_and_cancels(cli: Any, make_node: Any
     assert done["status"] == "cancelled"
     assert cli("booking", "show", "--booking", made["booking"], "--json",
                data=data).json()["status"] == "cancelled"
+
+
+# --- real node processes: a request decided when it reaches the technician's branch -------
+
+
+@pytest.mark.slow
+def test_nodes_partitioned_confirm_a_slot_once_and_decide_on_reconnect(
+        tmp_path: Path) -> None:
+    from cluster import cluster, wait_for
+    from linkproxy import LinkProxy
+
+    with cluster(tmp_path) as cl, LinkProxy() as to_sh02:
+        sh02 = cl.add("SH02").start()
+        to_sh02.target = sh02.sync_port
+        sh01 = cl.add("SH01")
+        sh01.peers = [f"wss://127.0.0.1:{to_sh02.port}"]
+        sh01.start()
+        sh02.cli("technician", "add", "--code", "T01", "--name", "小李", "--services",
+                 "FOOT60", "--json").json()
+        member = sh01.cli("member", "add", "--name", "张伟", "--phone", "13800138000",
+                          "--json").json()["member_id"]
+        wait_for(lambda: sh01.cli("technician", "list", "--json").json(),
+                 what="T01 at SH01")
+        wait_for(lambda: sh02.cli("member", "show", "--member", member).code == 0,
+                 what="the member at SH02")
+        day = (datetime.now(ZoneInfo("Asia/Shanghai")).date() + timedelta(days=1)).isoformat()
+        # Connected: asked at SH01, confirmed by SH02's node on its own.
+        first = sh01.cli("booking", "add", "--member", member, "--technician", "T01",
+                         "--service", "FOOT60", "--at", f"{day}T11:00", "--json").json()
+        assert first["status"] == "pending"
+        wait_for(lambda: sh01.cli("booking", "show", "--booking", first["booking"],
+                                  "--json").json()["status"] == "confirmed",
+                 what="SH02's confirmation at SH01")
+        # Cut off: both book 14:00; SH01's stays pending, SH02's is confirmed at once.
+        to_sh02.cut()
+        wait_for(lambda: not sh01.connected(), what="the partition")
+        asked = sh01.cli("booking", "add", "--member", member, "--technician", "T01",
+                         "--service", "FOOT60", "--at", f"{day}T14:00", "--json").json()
+        there = sh02.cli("booking", "add", "--member", member, "--technician", "T01",
+                         "--service", "FOOT60", "--at", f"{day}T14:00", "--json").json()
+        assert (asked["status"], there["status"]) == ("pending", "confirmed")
+        to_sh02.heal()
+        wait_for(lambda: sh01.cli("booking", "show", "--booking", asked["booking"],
+                                  "--json").json()["status"] == "refused",
+                 what="SH02's refusal at SH01")
+        for node in (sh01, sh02):
+            got = {b["booking"]: b["status"] for b in node.cli(
+                "booking", "list", "--day", day, "--json").json()}
+            assert got == {first["booking"]: "confirmed", asked["booking"]: "refused",
+                           there["booking"]: "confirmed"}
