@@ -63,6 +63,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from nicegui import Client, app, ui
 from nicegui import __version__ as nicegui_version
+from nicegui.storage import request_contextvar
 
 from crdtledger import operations, views
 from crdtledger.errors import CardInactive, CardLost, LedgerError, NotFound, WrongPin
@@ -718,7 +719,9 @@ def _bookings_available() -> bool:
 
 
 class Home:
-    """The signed-in member's page: theirs only, read from the session's member."""
+    """The signed-in member's page: theirs only, read from the session's member. It
+    follows the store as the counter does (Shop.watchers): a top-up at a branch, a
+    booking confirmed when its branch hears of it, show without a reload."""
 
     def __init__(self, member: str) -> None:
         self.member = member
@@ -726,7 +729,18 @@ class Home:
         self.portal = portal()
         self.body = ui.column().classes("w-full gap-3")
         self.dialog = ui.dialog()
-        self.draw()
+        self.shown: dict[str, Any] | None = None
+        client = ui.context.client
+        request = client.request
+
+        def watcher() -> None:
+            request_contextvar.set(request)  # the session of this page, not of a request
+            with client:
+                self.refresh()
+
+        self.shop.watchers.add(watcher)
+        client.on_delete(lambda: self.shop.watchers.discard(watcher))
+        self.draw(self.read_all())
 
     def run(self, name: str, **params: Any) -> Awaitable[Any]:
         """One of the table's operations, as this node's owner, for this member only."""
@@ -736,12 +750,48 @@ class Home:
         return operations.run(self.shop.ledger, self.portal.operator, name,
                               {k: v for k, v in params.items() if v is not None})
 
-    def draw(self) -> None:
+    def read_all(self) -> dict[str, Any]:
+        """Everything the page shows of the member, read once."""
         ledger = self.shop.ledger
         m = self.member
-        profile = ledger.member(m)
-        bal = ledger.balance(m)
-        pts = views.points(ledger, m)
+        today = ledger.today()
+        bookings: list[dict[str, Any]] = []
+        if _bookings_available():
+            try:
+                bookings = [b for b in self.read("booking.list", member=m)
+                            if str(b.get("day", b.get("at", "")))[:10] >= today
+                            and b.get("status") in ("confirmed", "pending")]
+            except LedgerError as e:
+                log.warning("booking.list for a member: %s", e)
+            bookings.sort(key=lambda b: str(b.get("at", "")))
+        return {
+            "profile": ledger.member(m), "balance": ledger.balance(m),
+            "points": views.points(ledger, m),
+            "packages": [p for p in views.packages(ledger, m) if p["remaining"] > 0],
+            "coupons": [c for c in ledger.coupons(m)
+                        if c["status"] in ("available", "not_yet_valid")],
+            "bookings": bookings,
+            "history": [e for e in ledger.history(m, limit=HISTORY_SHOWN * 2)
+                        if e["kind"] not in ("transfer", "merge")][:HISTORY_SHOWN],
+        }
+
+    def refresh(self) -> None:
+        """The store changed: redraw if anything this member's page shows did."""
+        if signed_in() != self.member:
+            return  # signed out or expired meanwhile: the next action shows the sign-in
+        try:
+            data = self.read_all()
+        except LedgerError:
+            return
+        if data != self.shown:
+            self.draw(data)
+
+    def redraw(self) -> None:
+        self.draw(self.read_all())
+
+    def draw(self, data: dict[str, Any]) -> None:
+        self.shown = data
+        profile, bal, pts = data["profile"], data["balance"], data["points"]
         self.body.clear()
         with self.body:
             with ui.card().classes("w-full gap-1"):
@@ -756,12 +806,12 @@ class Home:
                 _tile(tr("可用积分", "Points"), str(pts["usable"]), "points")
                 _tile(tr("30 天内到期", "Expiring in 30 days"), str(pts["expiring_30_days"]),
                       "points-expiring")
-            self._points(pts)
-            self._packages()
-            self._coupons()
             if _bookings_available():
-                self._bookings()
-            self._history()
+                self._bookings(data["bookings"])
+            self._packages(data["packages"])
+            self._coupons(data["coupons"])
+            self._points(pts)
+            self._history(data["history"])
 
     def _section(self, title: str) -> ui.card:
         card = ui.card().classes("w-full gap-1")
@@ -782,9 +832,7 @@ class Home:
                     ui.label(tr("到期：{d}", "expires {d}", d=until)).classes("text-gray-600") \
                         .mark("points-expiry")
 
-    def _packages(self) -> None:
-        packages = [p for p in views.packages(self.shop.ledger, self.member)
-                    if p["remaining"] > 0]
+    def _packages(self, packages: list[dict[str, Any]]) -> None:
         with self._section(tr("套餐", "Packages")):
             if not packages:
                 ui.label(tr("没有可用的套餐", "No packages")).classes("text-gray-600")
@@ -794,11 +842,9 @@ class Home:
                     ui.label(tr("剩 {n} 次", "{n} uses left", n=pk["remaining"])) \
                         .mark("package-left")
 
-    def _coupons(self) -> None:
+    def _coupons(self, coupons: list[dict[str, Any]]) -> None:
         from reference_app.counter import coupon_terms
 
-        coupons = [c for c in self.shop.ledger.coupons(self.member)
-                   if c["status"] in ("available", "not_yet_valid")]
         with self._section(tr("优惠券", "Coupons")):
             if not coupons:
                 ui.label(tr("没有可用的优惠券", "No coupons")).classes("text-gray-600")
@@ -810,13 +856,11 @@ class Home:
                         if c["valid_to"] else tr("长期有效", "no end date")
                     ui.label(until).classes("text-sm text-gray-600")
 
-    def _history(self) -> None:
+    def _history(self, entries: list[dict[str, Any]]) -> None:
         from reference_app.counter import _describe, _entry_amount
 
         s = self.shop
         tz = ZoneInfo(str(s.ledger.rule("settings").get("timezone") or "Asia/Shanghai"))
-        entries = [e for e in s.ledger.history(self.member, limit=HISTORY_SHOWN * 2)
-                   if e["kind"] not in ("transfer", "merge")][:HISTORY_SHOWN]
         with self._section(tr("消费记录", "History")):
             if not entries:
                 ui.label(tr("还没有记录", "Nothing yet")).classes("text-gray-600")
@@ -832,23 +876,15 @@ class Home:
 
     # --- appointments (helper A's operations, for this member only) ---------------
 
-    def _bookings(self) -> None:
-        try:
-            rows = list(self.read("booking.list", member=self.member))
-        except LedgerError as e:
-            log.warning("booking.list for a member: %s", e)
-            rows = []
-        today = self.shop.ledger.today()
-        upcoming = [b for b in rows if str(b.get("at", ""))[:10] >= today
-                    and b.get("status") in ("confirmed", "pending")]
-        upcoming.sort(key=lambda b: str(b.get("at", "")))
+    def _bookings(self, upcoming: list[dict[str, Any]]) -> None:
         with self._section(tr("我的预约", "My appointments")):
             if not upcoming:
                 ui.label(tr("没有预约", "No appointments")).classes("text-gray-600")
             for b in upcoming:
                 with ui.row().classes("w-full items-center justify-between no-wrap"):
                     with ui.column().classes("gap-0"):
-                        ui.label(f"{str(b.get('at', '')).replace('T', ' ')} · "
+                        ui.label(f"{_day(str(b.get('at', ''))[:10])} "
+                                 f"{str(b.get('at', ''))[11:16]} · "
                                  f"{self.shop.service_name(str(b.get('service') or ''))}") \
                             .mark("booking")
                         ui.label(f"{b.get('technician_name') or b.get('technician', '')} · "
@@ -856,11 +892,31 @@ class Home:
                                  f"{_status(str(b.get('status')))}") \
                             .classes("text-xs text-gray-600").mark("booking-status")
                     ui.button(tr("取消", "Cancel"),
-                              on_click=lambda b=b: self.cancel(str(b["booking"]))) \
+                              on_click=lambda b=b: self.cancel_dialog(b)) \
                         .props("flat dense color=negative no-caps").mark("cancel-booking")
             ui.button(tr("预约服务", "Book a service"), icon="event",
                       on_click=self.book_dialog).props("no-caps").classes("w-full") \
                 .mark("book")
+
+    def cancel_dialog(self, b: dict[str, Any]) -> None:
+        """A mistaken tap must not cancel: the member says so once more."""
+        self.dialog.clear()
+        with self.dialog, ui.card().classes("w-full max-w-md gap-2"):
+            ui.label(tr("取消这个预约？", "Cancel this appointment?")) \
+                .classes("text-lg font-bold")
+            ui.label(f"{_day(str(b.get('at', ''))[:10])} {str(b.get('at', ''))[11:16]} · "
+                     f"{self.shop.service_name(str(b.get('service') or ''))}")
+
+            async def yes() -> None:
+                self.dialog.close()
+                await self.cancel(str(b["booking"]))
+
+            with ui.row().classes("w-full justify-end"):
+                ui.button(tr("保留", "Keep it"), on_click=self.dialog.close) \
+                    .props("flat no-caps")
+                ui.button(tr("取消预约", "Cancel it"), on_click=yes) \
+                    .props("color=negative no-caps").mark("cancel-ok")
+        self.dialog.open()
 
     async def cancel(self, booking: str) -> None:
         try:
@@ -872,7 +928,7 @@ class Home:
             ui.notify(self.shop.refusal(e), type="negative")
             return
         ui.notify(tr("预约已取消", "Appointment cancelled"), type="positive")
-        self.draw()
+        self.redraw()
 
     def book_dialog(self) -> None:
         s = self.shop
@@ -884,7 +940,7 @@ class Home:
             techs = []
         today = dt.date.fromisoformat(s.ledger.today())
         days = {(today + dt.timedelta(days=i)).isoformat():
-                (today + dt.timedelta(days=i)).strftime("%m-%d") for i in range(BOOK_DAYS)}
+                _day((today + dt.timedelta(days=i)).isoformat()) for i in range(BOOK_DAYS)}
         self.dialog.clear()
         with self.dialog, ui.card().classes("w-full max-w-md gap-2"):
             ui.label(tr("预约服务", "Book a service")).classes("text-lg font-bold")
@@ -942,13 +998,22 @@ class Home:
                 ui.notify(tr("已预约：{at}（{st}）", "Booked: {at} ({st})",
                              at=str(done.get("at", slot.value)).replace("T", " "),
                              st=_status(str(done.get("status")))), type="positive")
-                self.draw()
+                self.redraw()
 
             with ui.row().classes("w-full justify-end"):
                 ui.button(tr("取消", "Cancel"), on_click=self.dialog.close).props("flat no-caps")
                 ui.button(tr("确认预约", "Book"), on_click=confirm).props("no-caps") \
                     .mark("book-ok")
         self.dialog.open()
+
+
+def _day(day: str) -> str:
+    """2026-12-04 -> "12-04 周五" / "12-04 Fri": the day as a person picks it."""
+    try:
+        d = dt.date.fromisoformat(day)
+    except ValueError:
+        return day
+    return d.strftime("%m-%d ") + tr("周" + "一二三四五六日"[d.weekday()], d.strftime("%a"))
 
 
 def _status(status: str) -> str:

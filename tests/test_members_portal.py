@@ -16,8 +16,13 @@ import datetime as dt
 import importlib
 import os
 import re
+import signal
 import ssl
-from collections.abc import AsyncIterator
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from pathlib import Path
@@ -34,11 +39,18 @@ from nicegui.functions.navigate import Navigate
 from nicegui.functions.notify import notify
 from nicegui.testing.general import nicegui_reset_globals, prepare_simulation
 from nicegui.testing.user import User
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
+from test_browser import CHROMEDRIVER, CHROMIUM, click, type_into, wait_for, xpath
+from test_demo import free_block
 
 from crdtledger import operations
 from crdtledger.ledger import Ledger, owner_of
 from peer.node import Config
 from reference_app.app import build
+from reference_app.i18n import money
 from reference_app.members_portal import (
     MembersConfig,
     MembersSide,
@@ -367,10 +379,13 @@ async def test_book_and_cancel_an_appointment(portal_app: PortalApp) -> None:
     await app.user.should_see("已预约")
     mine = operations.run(app.ledger, owner, "booking.list", {"member": app.ids["a"]})
     assert [(b["at"], b["status"], b["service"]) for b in mine] == [(at, "confirmed", "FOOT60")]
-    await app.user.should_see(f"{at.replace('T', ' ')} · 足疗 60 分钟")
+    weekday = "一二三四五六日"[dt.date.fromisoformat(at[:10]).weekday()]
+    await app.user.should_see(f"{at[5:10]} 周{weekday} {at[11:]} · 足疗 60 分钟")
     await app.user.should_see("已确认")
-    await app.user.should_not_see(f"{theirs['at'].replace('T', ' ')}")
+    await app.user.should_not_see("全身按摩")  # hers: BODY90
     app.user.find(marker="cancel-booking").click()
+    await app.user.should_see("取消这个预约？")
+    app.user.find(marker="cancel-ok").click()
     await app.user.should_see("预约已取消")
     shown = operations.run(app.ledger, owner, "booking.show", {"booking": mine[0]["booking"]})
     assert shown["status"] == "cancelled"
@@ -484,3 +499,158 @@ async def test_members_flag_without_a_certificate_is_refused_with_how(tmp_path: 
         members_config(data, "0.0.0.0:8443", None, None)
     with pytest.raises(LedgerError, match="together"):
         members_config(data, "0.0.0.0:8443", data / "x.crt", None)
+
+
+# --- a real browser on a phone-sized window ---------------------------------------------------
+
+
+@dataclass
+class Branch:
+    data: Path
+    base: str  # the member pages' origin
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+
+@pytest.fixture
+def branch(tmp_path: Path) -> Iterator[Branch]:
+    """SH01 as `python -m reference_app --members 127.0.0.1:PORT`, a process of its own
+    with the demo's kind of SMS gateway (the log one), the certificate from its chain."""
+    data, _owner, _cashier = make_store(tmp_path)
+    seed_members(data)
+    (data / "node.toml").write_text('[notify.sms]\nkind = "log"\n', encoding="utf-8")
+    issue_cert(tmp_path / "chain", data, ["127.0.0.1"])
+    port = free_block(2)
+    log = tmp_path / "sh01.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "reference_app", "--data", str(data),
+             "--http", f"127.0.0.1:{port}", "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0",
+             "--no-mdns", "--members", f"127.0.0.1:{port + 1}"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    b = Branch(data, f"https://127.0.0.1:{port + 1}", log, proc)
+    trust = ssl.create_default_context(cafile=str(tmp_path / "chain" / "ca.crt"))
+    try:
+        for _ in range(1200):  # up to a minute on a slow box; a hang fails
+            assert proc.poll() is None, log.read_text(errors="replace")
+            try:
+                with urllib.request.urlopen(f"{b.base}/m", context=trust, timeout=3) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise AssertionError("the member port did not answer: " + log.read_text())
+        yield b
+    finally:
+        proc.send_signal(signal.SIGTERM)  # the counter's server stops the member port too
+        try:
+            # uvicorn stops cleanly on SIGTERM, then raises it again: -SIGTERM.
+            assert proc.wait(30) in (0, -signal.SIGTERM), log.read_text(errors="replace")[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def code_from_log(log: Path, phone: str) -> str | None:
+    """The last code the log gateway wrote for `phone` (peer.gateways.LogGateway)."""
+    lines = [ln for ln in log.read_text(errors="replace").splitlines()
+             if f"sms to {phone} " in ln]
+    return code_in(lines[-1]) if lines else None
+
+
+@pytest.mark.slow
+async def test_a_member_signs_in_books_and_cancels_in_chromium(branch: Branch,
+                                                               tmp_path: Path) -> None:
+    await asyncio.to_thread(_walk, branch, tmp_path)
+
+
+def _walk(b: Branch, tmp_path: Path) -> None:
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are needed: ./run setup installs them")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    # The chain's CA is no root Chromium knows; the test above checks the certificate
+    # against it with a real client, so here the browser is told to go on.
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--window-size=390,844",
+                 "--ignore-certificate-errors",
+                 f"--user-data-dir={tmp_path / 'chromium'}", "--lang=zh-CN"):
+        options.add_argument(flag)
+    d = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    def shot(name: str) -> None:
+        assert d.save_screenshot(str(ARTIFACTS / f"members-{name}.png"))
+
+    try:
+        d.get(f"{b.base}/m")
+        type_into(d, "//label[contains(., '手机号')]//input", PHONE_A, what="the sign-in page")
+        shot("sign-in-zh")
+        click(d, "//button[contains(., '获取验证码')]", "the send-code button")
+        wait_for(d, lambda d: xpath(d, "//*[contains(text(), '验证码已发到')]"), "the code sent")
+        code = wait_for(d, lambda _d: code_from_log(b.log, PHONE_A), "the code in the log")
+        type_into(d, "//label[contains(., '验证码')]//input", code, Keys.ENTER, what="the code")
+        cash = wait_for(d, lambda d: _tile(d, "储值余额"), "the balance")
+        with Ledger.open(b.data, lock=False) as ledger:
+            member = ledger.find_members(PHONE_A)[0]["id"]
+            assert cash == money(int(ledger.balance(member)["cash"]))  # as the counter says
+        shot("home-zh")
+
+        click(d, "//button[contains(., '预约服务')]", "the booking button")
+        _pick(d, "服务", "足疗 60 分钟")
+        _pick(d, "技师", "小李")
+        day = _pick(d, "日期", (dt.date.today() + dt.timedelta(days=1)).strftime("%m-%d"))
+        at = _pick(d, "时间", None)
+        shot("booking-zh")
+        click(d, "//button[contains(., '确认预约')]", "the book button")
+        wait_for(d, lambda d: xpath(d, f"//*[contains(text(), '{day} {at}') and "
+                                      "contains(text(), '足疗 60 分钟')]"), "the booking listed")
+        wait_for(d, lambda d: xpath(d, "//*[contains(text(), '已确认')]"), "confirmed")
+        shot("booked-zh")
+        with Ledger.open(b.data, lock=False) as ledger:
+            booked = operations.run(ledger, owner_of("SH01"), "booking.list",
+                                    {"member": member})
+        assert [x["status"] for x in booked] == ["confirmed"]
+
+        click(d, "//button[normalize-space()='English']", "the language button")
+        wait_for(d, lambda d: _tile(d, "Stored value"), "the page in English")
+        shot("home-en")
+        click(d, "//button[normalize-space()='Cancel']", "the cancel button")
+        click(d, "//button[contains(., 'Cancel it')]", "the confirmation")
+        wait_for(d, lambda d: xpath(d, "//*[contains(text(), 'No appointments')]"),
+                 "the booking gone")
+        shot("cancelled-en")
+        with Ledger.open(b.data, lock=False) as ledger:
+            shown = operations.run(ledger, owner_of("SH01"), "booking.show",
+                                   {"booking": booked[0]["booking"]})
+        assert shown["status"] == "cancelled"
+        click(d, "//button[.//i[normalize-space()='logout']]", "sign out")
+        wait_for(d, lambda d: xpath(d, "//button[contains(., 'Send me a code')]"),
+                 "the sign-in page in English")
+        shot("sign-in-en")
+    finally:
+        d.quit()
+
+
+def _tile(d: WebDriver, label: str) -> str:
+    el = xpath(d, f"//div[normalize-space()='{label}']/following-sibling::div[1]")
+    return el.text.strip() if el is not None else ""
+
+
+def _pick(d: WebDriver, label: str, option: str | None) -> str:
+    """Open the dialog's select labelled `label` and click an option (the first, if
+    `option` is None); the option's text."""
+    field_ = f"//div[contains(@class, 'q-dialog')]//label[contains(., '{label}')]"
+    click(d, field_, f"the {label} select")
+    item = "//div[contains(@class, 'q-menu')]//div[contains(@class, 'q-item')]"
+    if option is not None:
+        item += f"[contains(., '{option}')]"
+    el = wait_for(d, lambda d: xpath(d, item), f"an option of {label}")
+    text = str(el.text.strip())
+    el.click()
+    wait_for(d, lambda d: xpath(d, "//div[contains(@class, 'q-menu')]") is None,
+             f"the {label} menu closed")
+    return text
