@@ -267,6 +267,9 @@ class Demo:
         if facts.get("members", 0) > MEMBERS:  # demo data from before it had one
             print(f"  {DUPLICATE[0]} ({DUPLICATE[1]}): registered at SH01 and HZ01 alike, "
                   "a duplicate member to merge (back office, 重复会员)")
+        print("  预约 bookings: 技师 technicians T03 小王 / T07 阿梅 at SH01, T01 小李 (足疗 60 "
+              "分钟 FOOT60) / T05 小周 at SH02, T02 小叶 at HZ01; each branch confirms its "
+              "own technicians' slots (counter page 预约 /bookings)")
         if self.printer is not None:
             print(f"\n小票打印机 Receipt printer: {self.printer.address} (all three branches; "
                   f"HZ01 on 80 mm paper). Receipts of sales at the counters show here and "

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
-from crdtledger import views
+from crdtledger import bookings, views
 from crdtledger.errors import InsufficientFunds, RightsElsewhere
 from crdtledger.ledger import Ledger
 from crdtledger.model import RULE_KINDS
@@ -55,12 +55,13 @@ GOODS: list[tuple[str, str, str, int, int, str, int, int]] = [
 GOODS_STOCKED = {"SH01": 20, "SH02": 14, "HZ01": 10}
 
 SERVICES: dict[str, dict[str, Any]] = {
-    "FOOT60": {"name": "足疗 60 分钟", "price": 12800},
-    "FOOT90": {"name": "足疗 90 分钟", "price": 16800},
-    "BODY60": {"name": "全身推拿 60 分钟", "price": 15800},
-    "BODY90": {"name": "全身按摩 90 分钟", "price": 19800},
-    "SPA90": {"name": "精油 SPA 90 分钟", "price": 29800},
-    "HEAD30": {"name": "头疗 30 分钟", "price": 8800},
+    # minutes: how long a booking holds a technician (crdtledger.bookings)
+    "FOOT60": {"name": "足疗 60 分钟", "price": 12800, "minutes": 60},
+    "FOOT90": {"name": "足疗 90 分钟", "price": 16800, "minutes": 90},
+    "BODY60": {"name": "全身推拿 60 分钟", "price": 15800, "minutes": 60},
+    "BODY90": {"name": "全身按摩 90 分钟", "price": 19800, "minutes": 90},
+    "SPA90": {"name": "精油 SPA 90 分钟", "price": 29800, "minutes": 90},
+    "HEAD30": {"name": "头疗 30 分钟", "price": 8800, "minutes": 30},
     "CUPPING": {"name": "拔罐", "price": 5800},
     "EAR": {"name": "采耳", "price": 4500},
 }
@@ -94,6 +95,13 @@ PREFERRED = ["FOOT60", "FOOT90", "BODY60", "BODY90", "SPA90", "HEAD30"]
 TECHNICIANS = {"SH01": ["3号 小王", "7号 阿梅", "12号 老陈"],
                "SH02": ["5号 小周", "8号 阿芳", "15号 老李"],
                "HZ01": ["2号 小叶", "6号 阿杰", "9号 老孙"]}
+# Technicians members can book (crdtledger.bookings), each added at its own branch:
+# (code, name, services, hours). 小李 T01 at SH02 does 足疗 60 分钟.
+BOOKABLE = {"SH01": [("T03", "小王", "FOOT60,FOOT90,HEAD30", "10:00-22:00"),
+                     ("T07", "阿梅", "BODY60,BODY90,SPA90", "12:00-22:00")],
+            "SH02": [("T01", "小李", "FOOT60,FOOT90,BODY90", "10:00-22:00"),
+                     ("T05", "小周", "FOOT60,HEAD30", "10:00-18:00")],
+            "HZ01": [("T02", "小叶", "FOOT60,BODY60", "10:00-22:00")]}
 TAGS = ["常客", "VIP", "商务", "夜场", "周末"]
 NOTES = ["颈椎不好，按肩颈轻一点", "怕冷，空调调高", "喜欢安静，不要推销", "常带朋友来",
          "对精油过敏", ""]
@@ -248,6 +256,11 @@ class _Story:
                          category="精油" if "精油" in name else "养生",
                          points_price=points_price, low_stock=low)
         self.chain.sync()
+        for node, techs in BOOKABLE.items():  # at its own branch: only it decides its slots
+            for code, name, services, hours in techs:
+                branch = self.chain.ledgers[node]
+                bookings.add_technician(branch, branch.owner, code, name, services.split(","),
+                                        hours)
         for node, qty in GOODS_STOCKED.items():
             for item in GOODS:
                 self.chain.ledgers[node].stock_in(self.operator["manager"], item[0], qty,
