@@ -190,6 +190,11 @@ class MembersSide:
             await self.inner(scope, receive, send)
             return
         path = str(scope.get("path", ""))
+        if path == "/" and scope["type"] == "http":  # the port's address alone: the pages
+            await send({"type": "http.response.start", "status": 307,
+                        "headers": [(b"location", PATH.encode()), (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
         if not allowed_on_member_port(path):
             await _not_here(scope, receive, send)
             return
@@ -619,7 +624,6 @@ def _address() -> str:
 
 def _page() -> None:
     ui.colors(primary=PRIMARY)
-    ui.add_head_html('<meta name="viewport" content="width=device-width, initial-scale=1">')
     member = signed_in()
     s = shop()
     with ui.header().classes("items-center gap-2 py-2 px-3 bg-teal-800"):

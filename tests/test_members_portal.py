@@ -397,7 +397,7 @@ async def test_book_and_cancel_an_appointment(portal_app: PortalApp) -> None:
 # --- the two ports --------------------------------------------------------------------------
 
 
-OPERATOR_PATHS = ("/", "/login", "/office", "/admin", "/reports", "/settlement", "/goods",
+OPERATOR_PATHS = ("/login", "/office", "/admin", "/reports", "/settlement", "/goods",
                   "/api", "/docs", "/openapi.json", "/health", "/_nicegui/auto/x",
                   "/_nicegui/client/x/upload/y", "/mx", "/%6Dx")
 
@@ -409,6 +409,8 @@ async def test_operator_paths_are_refused_on_the_member_port(portal_app: PortalA
         assert r.status_code == 404, path
         assert "client_id" not in r.text, path
     assert (await app.members.get("/m")).status_code == 200
+    root = await app.members.get("/")  # the port's bare address: the member pages
+    assert (root.status_code, root.headers["location"]) == (307, "/m")
 
 
 async def test_member_pages_are_not_on_the_counter_port(portal_app: PortalApp) -> None:
