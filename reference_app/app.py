@@ -38,7 +38,7 @@ def build(node_config: Config, *, readers: Sequence[Reader] | None = None,
     whatever this machine has; tests pass their own (readers.ScriptedReader).
     `members`: the member self-service port (members_portal), off by default;
     `member_pages`: their pages without a port of their own (tests)."""
-    from reference_app import admin, backoffice, counter, members_portal
+    from reference_app import admin, backoffice, counter, members_portal, membership_pages
 
     layout.reset()
     s = Shop(Node(node_config), readers)
@@ -49,6 +49,7 @@ def build(node_config: Config, *, readers: Sequence[Reader] | None = None,
     bookings_page.register()
     backoffice.register()
     admin.register()
+    membership_pages.register()
     if members is not None or member_pages:
         members_portal.install(s, members)
     return s

@@ -46,6 +46,9 @@ class Shop:
     tech: str  # an operator whose only permission is sync
     twin: str  # the member again, the phone typed another way: a duplicate to merge
     coupon: str = ""  # the member's coupon, to show and redeem
+    referral: str = ""  # the twin's referral by the member, recorded by the node's owner
+    leaver: str = ""  # a member with an exit application (by the node's owner) waiting
+    application: str = ""
 
 
 def furnish(ledger: Ledger) -> Shop:
@@ -67,7 +70,11 @@ def furnish(ledger: Ledger) -> Shop:
         sender.ship_stock(sender.owner, "G01", 3, "SH01")
         sync(ledger, sender)
     coupon = ledger.issue_coupon(owner, member, off=500)["coupon"]
-    return Shop(member, str(debit), tech, twin, str(coupon))
+    referral = ledger.refer(owner, twin, member)["id"]
+    leaver = ledger.add_member(owner, name="李雷", phone="13700000009")
+    application = ledger.apply_exit(owner, leaver, "搬家")["application"]
+    return Shop(member, str(debit), tech, twin, str(coupon), str(referral), leaver,
+                str(application))
 
 
 Params = dict[str, Any]
@@ -133,6 +140,25 @@ SAMPLES: dict[str, Callable[[Shop], Params]] = {
     "notice.broadcast": lambda s: {"subject": "双12", "text": "{name}，全场八折",
                                    "tags": ["vip"], "dormant_days": 30},
     "notice.history": lambda s: {"kind": "broadcast", "limit": 5},
+    # membership workflows: the owner recorded the referral and applied, boss decides
+    "referral.add": lambda s: {"member": s.leaver, "referrer": s.member},
+    "referral.approve1": lambda s: {"referral": s.referral, "reason": "核实"},
+    "referral.approve2": lambda s: {"referral": s.referral, "reject": True},
+    "referral.show": lambda s: {"referral": s.referral},
+    "referral.list": lambda s: {"status": "rejected"},
+    "referral.grant": lambda s: {},
+    "activity.set": lambda s: {"code": "MORNING", "name": "晨练", "from": "2020-01-01T00:00",
+                               "to": "2099-01-01T00:00", "points": 5, "repeat": "daily",
+                               "per_day": 2},
+    "activity.list": lambda s: {},
+    "checkin": lambda s: {"activity": "MORNING", "member": s.member},
+    "activity.report": lambda s: {"activity": "MORNING"},
+    "activity.reconcile": lambda s: {},
+    "exit.show": lambda s: {"application": s.application},
+    "exit.approve": lambda s: {"application": s.application, "pay": "cash"},
+    "exit.return": lambda s: {"member": s.leaver, "reason": "回来了"},
+    "exit.list": lambda s: {"status": "pending"},
+    "exit.apply": lambda s: {"member": s.member, "reason": "搬家"},
     "operator.add": lambda s: {"name": "bob", "password": "bob-secret", "roles": ["cashier"]},
     "operator.set": lambda s: {"id": s.tech, "roles": {"it": True}, "active": True},
     "role.define": lambda s: {"name": "front", "permissions": ["member.add", "topup"]},
