@@ -655,7 +655,10 @@ def _sign_out() -> None:
 
 def _sign_in_form() -> None:
     p = portal()
-    with ui.tabs().classes("w-full") as tabs:
+    ui.label(tr("查询余额、积分和预约：请用在门店登记的手机号或会员卡登录。",
+                "Your balance, points and appointments: sign in with the phone number "
+                "the shop has for you, or with your card.")).classes("text-gray-700")
+    with ui.tabs().props("no-caps").classes("w-full") as tabs:
         by_phone = ui.tab(tr("手机验证码", "Phone code")).mark("tab-phone")
         by_card = ui.tab(tr("卡号 + 密码", "Card + PIN")).mark("tab-card")
     with ui.tab_panels(tabs, value=by_phone).classes("w-full"):
