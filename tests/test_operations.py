@@ -17,6 +17,7 @@ import io
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -26,7 +27,7 @@ from aiohttp import web
 from helpers import new_ledger, snapshot, sync
 from test_api import Api, serving
 
-from crdtledger import operations
+from crdtledger import bookings, operations
 from crdtledger.ledger import Ledger
 from crdtledger.model import BUILTIN_ROLES
 from crdtledger.operations import TABLE, Operation
@@ -49,6 +50,9 @@ class Shop:
     referral: str = ""  # the twin's referral by the member, recorded by the node's owner
     leaver: str = ""  # a member with an exit application (by the node's owner) waiting
     application: str = ""
+    booking: str = ""  # the member's booking with T01 tomorrow, to show and cancel
+    started: str = ""  # one whose slot began an hour ago: a no-show to record
+    day: str = ""  # tomorrow, in the store's zone
 
 
 def furnish(ledger: Ledger) -> Shop:
@@ -73,8 +77,21 @@ def furnish(ledger: Ledger) -> Shop:
     referral = ledger.refer(owner, twin, member)["id"]
     leaver = ledger.add_member(owner, name="李雷", phone="13700000009")
     application = ledger.apply_exit(owner, leaver, "搬家")["application"]
+    bookings.add_technician(ledger, owner, "T01", "小李", ["FOOT60", "BODY90"])
+    day = (date.fromisoformat(ledger.today()) + timedelta(days=1)).isoformat()
+    booking = bookings.book(ledger, owner, member, "T01", "FOOT60", f"{day}T11:00")["booking"]
+    # A slot that has begun: booked as if at 10:00 yesterday for 11:00 (the clock's
+    # offset moves its wall time only; ids stay in order), for booking.noshow.
+    yesterday = date.fromisoformat(ledger.today()) - timedelta(days=1)
+    then = datetime.combine(yesterday, time(10), ledger.storage.tz).timestamp() * 1000
+    ledger.clock.offset_ms = int(then) - ledger.clock.raw_wall()
+    try:
+        started = bookings.book(ledger, owner, member, "T01", "FOOT60",
+                                f"{yesterday}T11:00")["booking"]
+    finally:
+        ledger.clock.offset_ms = 0
     return Shop(member, str(debit), tech, twin, str(coupon), str(referral), leaver,
-                str(application))
+                str(application), booking, started, day)
 
 
 Params = dict[str, Any]
@@ -159,6 +176,17 @@ SAMPLES: dict[str, Callable[[Shop], Params]] = {
     "exit.return": lambda s: {"member": s.leaver, "reason": "回来了"},
     "exit.list": lambda s: {"status": "pending"},
     "exit.apply": lambda s: {"member": s.member, "reason": "搬家"},
+    # appointments (crdtledger.bookings)
+    "technician.add": lambda s: {"code": "T02", "name": "小王", "services": "FOOT60,HAIR",
+                                 "hours": "09:00-21:00"},
+    "technician.list": lambda s: {"branch": "SH01"},
+    "booking.add": lambda s: {"member": s.member, "technician": "T01", "service": "FOOT60",
+                              "at": f"{s.day}T15:00"},
+    "booking.show": lambda s: {"booking": s.booking},
+    "booking.list": lambda s: {"day": s.day},
+    "booking.slots": lambda s: {"technician": "T01@SH01", "day": s.day, "service": "BODY90"},
+    "booking.noshow": lambda s: {"booking": s.started},
+    "booking.cancel": lambda s: {"booking": s.booking, "member": s.member},
     "operator.add": lambda s: {"name": "bob", "password": "bob-secret", "roles": ["cashier"]},
     "operator.set": lambda s: {"id": s.tech, "roles": {"it": True}, "active": True},
     "role.define": lambda s: {"name": "front", "permissions": ["member.add", "topup"]},
