@@ -33,6 +33,7 @@ import pytest
 import pytest_asyncio
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from app_fixtures import make_store
+from helpers import sync
 from nicegui import core, ui
 from nicegui.functions.download import download
 from nicegui.functions.navigate import Navigate
@@ -46,8 +47,9 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from test_browser import CHROMEDRIVER, CHROMIUM, click, type_into, wait_for, xpath
 from test_demo import free_block
 
-from crdtledger import operations
+from crdtledger import bookings, operations
 from crdtledger.ledger import Ledger, owner_of
+from peer.chain import enrol
 from peer.node import Config
 from reference_app.app import build
 from reference_app.i18n import money
@@ -392,6 +394,37 @@ async def test_book_and_cancel_an_appointment(portal_app: PortalApp) -> None:
     assert operations.run(app.ledger, owner, "booking.show",
                           {"booking": theirs["booking"]})["status"] == "confirmed"
     await app.user.should_see("没有预约")
+
+
+async def test_a_booking_at_another_branch_is_pending_until_it_decides(
+        portal_app: PortalApp, tmp_path: Path) -> None:
+    """The page at SH01 books 小李 T02 of SH02: pending, shown so, until SH02 hears of
+    it and decides; the page then shows it confirmed by itself (it follows the store)."""
+    app = portal_app
+    Ledger.create(tmp_path / "sh02", "SH02", "test")
+    enrol(tmp_path / "chain", tmp_path / "sh02", "SH02")
+    sh02 = Ledger.open(tmp_path / "sh02")
+    try:
+        await app.card_sign_in(CARD_A, PIN)
+        await app.user.should_see(marker="book")  # the node has started
+        sync(app.ledger, sh02)  # SH02 learns the chain's rules and operators
+        operations.run(sh02, owner_of("SH02"), "technician.add",
+                       {"code": "T02", "name": "小王", "services": "FOOT60"})
+        sync(app.ledger, sh02)
+        app.user.find(marker="book").click()
+        await app.user.should_see(marker="book-service")
+        choose(app.user, "book-service", "FOOT60")
+        choose(app.user, "book-technician", "T02@SH02")
+        choose(app.user, "book-day", tomorrow(app.ledger))
+        choose(app.user, "book-slot")
+        app.user.find(marker="book-ok").click()
+        await app.user.should_see("小王 · 徐家汇店 · 待门店确认")
+        sync(app.ledger, sh02)
+        bookings.decide(sh02)  # what SH02's node does when the request reaches it
+        sync(app.ledger, sh02)
+        await app.user.should_see("小王 · 徐家汇店 · 已确认", retries=100)
+    finally:
+        sh02.close()
 
 
 # --- the two ports --------------------------------------------------------------------------
