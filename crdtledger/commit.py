@@ -84,6 +84,13 @@ class LedgerBase:
         # Members others were merged into (merge.Merges._folded), read once: a debit
         # then asks nothing more for the members (nearly all) nobody was merged into.
         self._merge_targets: frozenset[str] | None = None
+        # Erasures (crdtledger.erasure): redaction entries of other writers applied and
+        # not yet carried out on the records held here; whether an erasure came since
+        # the last housekeeping (which redacts this node's own records); the erased
+        # members whose records this process has looked at.
+        self.redactions_due: list[dict[str, Any]] = []
+        self.erasure_seen = False
+        self.redaction_checked: set[str] = set()
         self.skew_events: deque[ClockSkew] = deque(maxlen=SKEW_EVENTS_KEPT)
         self._digest: tuple[int, bytes] | None = None  # (storage.version, states_digest)
         self.trust: Trust = load_trust(storage.dir, self.chain, self.node)

@@ -743,7 +743,9 @@ class NodeCore:
 
     def _housekeeping(self) -> None:
         day = self.ledger.today()
-        if day == self._housekept:
+        # Once a day, and soon after an erasure came (the records this node wrote into
+        # the member are redacted then: crdtledger.erasure).
+        if day == self._housekept and not self.ledger.erasure_seen:
             return
         try:
             written = self.ledger.housekeeping()

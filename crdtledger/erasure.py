@@ -23,17 +23,21 @@ catch-ups built from them, and backups taken before.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from pycrdt import Map
+from pycrdt import Doc, Map
 
 from crdtledger import views
 from crdtledger.commit import put
-from crdtledger.errors import InvalidInput, NotFound
+from crdtledger.errors import InvalidInput, LedgerError, NotFound
 from crdtledger.hlc import id_time_ms
+from crdtledger.log import APPLIED, Record
 from crdtledger.model import EDITS, ID, member_doc
 from crdtledger.money import format_yuan
+from crdtledger.redaction import NotRedactable, redact
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
@@ -83,17 +87,241 @@ def erase_member(ledger: Ledger, operator: str, member: str) -> dict[str, Any]:
     for doc in dict.fromkeys(member_doc(mid) for mid in erased):
         ledger.storage.compact(doc)
     ledger.storage.forget_freed()
-    return {"member": member, "erased": erased, "change": change}
+    # This node's own records into them, at once; other branches redact theirs when
+    # the erasure reaches them (their housekeeping: redact_erased).
+    redactions = [e["id"] for mid in erased for e in redact_own(ledger, mid)]
+    ledger.redaction_checked.update(erased)
+    return {"member": member, "erased": erased, "change": change, "redactions": redactions}
 
 
-def recently_erased(conn: sqlite3.Connection, now_ms: int) -> set[str]:
-    """The member documents with a member erased in the last RECENT_MS: a record
-    applied to one of them may be an edit written before its branch heard of the
-    erasure, whose values land in the deleted Map, so the document is compacted
-    again. Later such edits (a till offline for longer) lose their values at the
-    document's next regular compaction (Storage.maybe_compact)."""
-    return {member_doc(mid) for mid, change in conn.execute(
+def recently_erased(conn: sqlite3.Connection, now_ms: int) -> dict[str, str]:
+    """Each member erased in the last RECENT_MS, with its document: a record applied
+    to one of them may be an edit written before its branch heard of the erasure,
+    whose values land in the deleted Map, so the document is compacted again. Later
+    such edits (a till offline for longer) lose their values at the document's next
+    regular compaction (Storage.maybe_compact)."""
+    return {mid: member_doc(mid) for mid, change in conn.execute(
         "SELECT id, json_extract(body, '$.erased') FROM members "
         "WHERE json_extract(body, '$.erased') IS NOT NULL")
         if isinstance(change, str) and ID.match(change)
         and id_time_ms(change) > now_ms - RECENT_MS}
+
+
+def after_batch(ledger: Ledger, touched: Iterable[str]) -> None:
+    """What a batch of records applied here owes the erasures (Replica.apply_verified):
+    the documents of members erased lately that it touched are compacted; this node's
+    own records into a member whose erasure just came are redacted and said so, before
+    the other writers' redactions are carried out here (finding its own records
+    replays the document, which needs the others' records as they were written); then
+    those. A node that cannot write yet (restored, not caught up) leaves its own to
+    its next housekeeping."""
+    members = {n for n in touched if n.startswith("members/")}
+    recent = recently_erased(ledger.storage.conn, ledger.clock.wall()) if members else {}
+    docs = members & set(recent.values())
+    if docs:
+        for name in sorted(docs):
+            ledger.storage.compact(name)
+        ledger.storage.forget_freed()
+        for mid, doc in recent.items():
+            if doc in docs:
+                try:
+                    _redact_once(ledger, mid)
+                except LedgerError:
+                    ledger.erasure_seen = True
+    if ledger.redactions_due:
+        due, ledger.redactions_due = ledger.redactions_due, []
+        for problem in apply_redactions(ledger, due):
+            ledger.refusals.append(problem)
+            ledger.refused_total += 1
+
+
+# --- the signed records --------------------------------------------------------------
+
+
+def _changes(doc: Doc[Any], data: bytes) -> tuple[set[str], set[tuple[str, str]]]:
+    """Apply `data` to `doc`: the member ids it set at the root (a new member, or an
+    erasure's new Map), and (root, key) of every member or card entry it changed."""
+    at_root: set[str] = set()
+    seen: set[tuple[str, str]] = set()
+    subs = []
+    for root in ("members", "cards"):
+        def on(events: Any, *_txn: Any, root: str = root) -> None:  # pycrdt passes the txn
+            for ev in events:
+                path = list(ev.path)
+                if path:
+                    seen.add((root, str(path[0])))
+                    continue
+                keys = {str(k) for k in ev.keys}
+                seen.update((root, k) for k in keys)
+                if root == "members":
+                    at_root.update(keys)
+        subs.append(doc.get(root, type=Map).observe_deep(on))
+    try:
+        doc.apply_update(data)
+    finally:
+        for sub in subs:
+            sub.drop()
+    return at_root, seen
+
+
+def own_records_into(ledger: Ledger, member: str) -> list[int]:
+    """The seqs of this node's records that wrote into `member`'s Map and nothing else:
+    the member's document replayed from the records, once to find the erasures (the
+    records that set the member's Map again after the one that made it), then without
+    them, so that an edit this node wrote before it heard of the erasure (into the Map
+    the erasure deleted) shows as one. A record that also wrote another member or a
+    card is left as it is (none of the ledger's writes does)."""
+    rows = [(n, s, bytes(d)) for n, s, d in ledger.storage.conn.execute(
+        "SELECT node, seq, data FROM records WHERE doc = ? AND state = ? ORDER BY pos",
+        (member_doc(member), APPLIED))]
+    first: Doc[Any] = Doc()
+    setting = [(n, s) for n, s, d in rows if member in _changes(first, d)[0]]
+    erasures = set(setting[1:])
+    replay: Doc[Any] = Doc()
+    own: list[int] = []
+    for node, seq, data in rows:
+        if (node, seq) in erasures:
+            continue
+        if _changes(replay, data)[1] == {("members", member)} and node == ledger.node:
+            own.append(seq)
+    return own
+
+
+class Claim(NamedTuple):
+    """A writer's word on one of its records it redacted: its place in the writer's
+    hash chain (the hash before it and its own) and the SHA-256 of its redacted bytes."""
+
+    prev: bytes
+    hash: bytes
+    digest: bytes
+
+
+# Claims per redaction entry: the entry's text stays well under model._LONG_STRS.
+CLAIMS_PER_ENTRY = 250
+
+
+def parse_claims(text: Any) -> dict[int, Claim]:
+    """A redaction entry's `records`; {} if malformed (then nothing it names can be
+    taken redacted: the records must come whole)."""
+    out: dict[int, Claim] = {}
+    if not isinstance(text, str):
+        return {}
+    try:
+        for part in text.split(";"):
+            seq, prev, hash_, digest = part.split(" ")
+            fields = bytes.fromhex(prev), bytes.fromhex(hash_), bytes.fromhex(digest)
+            if not seq.isdigit() or any(len(f) != 32 for f in fields):
+                return {}
+            out[int(seq)] = Claim(*fields)
+    except ValueError:
+        return {}
+    return out
+
+
+def claims_in(records: Iterable[Record], node: str) -> dict[int, Claim]:
+    """What `node`'s redaction entries among `records` (its own, as they came) claim.
+    Each ledger record is read alone in a scratch document: an entry is a new key of
+    the root Map, which needs nothing before it. Asked only when a log's records do
+    not reach the head its writer signed."""
+    out: dict[int, Claim] = {}
+    for rec in records:
+        if rec.node != node or not rec.doc.startswith("ledger/"):
+            continue
+        doc: Doc[Any] = Doc()
+        try:
+            doc.apply_update(rec.data)
+            entries = doc.get("entries", type=Map).to_py() or {}
+        except BaseException as e:  # a malformed update claims nothing (pyo3 panics
+            if isinstance(e, KeyboardInterrupt | SystemExit):  # are BaseExceptions)
+                raise
+            continue
+        for value in entries.values():
+            if (isinstance(value, dict) and value.get("kind") == "redaction"
+                    and value.get("node") == node):
+                # Only about records before it in the chain: a claim must be covered
+                # by the chain from the record it names to the signed head.
+                out.update({s: c for s, c in parse_claims(value.get("records")).items()
+                            if s < rec.seq})
+    return out
+
+
+def redact_own(ledger: Ledger, member: str) -> list[dict[str, Any]]:
+    """Redact this node's records that wrote into the erased `member`'s Map: write the
+    signed entries that say so (the hash chain's places and the redacted bytes'
+    digests), then replace the records' data (apply_redactions). Returns the entries."""
+    log, node = ledger.storage.log, ledger.node
+    claims = []
+    for seq in own_records_into(ledger, member):
+        row = ledger.storage.conn.execute(
+            "SELECT data, hash FROM records WHERE node = ? AND seq = ?", (node, seq)).fetchone()
+        prev = log.hash_at(node, seq - 1)
+        try:
+            red = redact(bytes(row[0]), member)
+        except NotRedactable:
+            continue
+        if red != bytes(row[0]) and prev is not None:
+            claims.append(f"{seq} {prev.hex()} {bytes(row[1]).hex()} "
+                          f"{hashlib.sha256(red).hexdigest()}")
+    entries = []
+    for i in range(0, len(claims), CLAIMS_PER_ENTRY):
+        entry = ledger._entry("redaction", member, op=f"erasure@{node}",
+                              records=";".join(claims[i:i + CLAIMS_PER_ENTRY]))
+        ledger._write(ledger._entry_write(entry))
+        entries.append(entry)
+    apply_redactions(ledger, entries)
+    return entries
+
+
+def apply_redactions(ledger: Ledger, entries: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Replace the data of the records these redaction entries name by their redacted
+    form, each checked: the record held here must be the one the entry names (its
+    hash), and redacting it here must give the digest its writer signed. Returns what
+    did not check (for the node's log); such a record is kept as it is."""
+    conn, problems = ledger.storage.conn, []
+    with ledger.storage.transaction():
+        for e in entries:
+            node, member = e["node"], e["member"]
+            for seq, claim in parse_claims(e.get("records")).items():
+                row = conn.execute("SELECT data, hash FROM records WHERE node = ? AND seq = ?",
+                                   (node, seq)).fetchone()
+                if row is None:
+                    continue  # not here yet: it will come redacted
+                data = bytes(row[0])
+                if hashlib.sha256(data).digest() == claim.digest:
+                    continue  # redacted already
+                try:
+                    red = redact(data, member)
+                except NotRedactable as err:
+                    red, why = b"", str(err)
+                else:
+                    why = "its redaction does not give the digest signed"
+                if bytes(row[1]) != claim.hash or hashlib.sha256(red).digest() != claim.digest:
+                    problems.append(f"record {seq} of {node} not redacted: "
+                                    f"{'another record' if bytes(row[1]) != claim.hash else why}")
+                    continue
+                conn.execute("UPDATE records SET data = ? WHERE node = ? AND seq = ?",
+                             (red, node, seq))
+    if entries:
+        ledger.storage.forget_freed()
+    return problems
+
+
+def redact_erased(ledger: Ledger) -> list[dict[str, Any]]:
+    """Housekeeping: for each member erased in the last RECENT_MS, this node's records
+    into it redacted, once (a member this node never wrote to costs one replay of its
+    document per process)."""
+    written: list[dict[str, Any]] = []
+    for mid in recently_erased(ledger.storage.conn, ledger.clock.wall()):
+        written += _redact_once(ledger, mid)
+    return written
+
+
+def _redact_once(ledger: Ledger, member: str) -> list[dict[str, Any]]:
+    if member in ledger.redaction_checked:
+        return []
+    done = ledger.storage.conn.execute(
+        "SELECT 1 FROM entries WHERE kind = 'redaction' AND node = ? AND member = ?",
+        (ledger.node, member)).fetchone()
+    written = [] if done else redact_own(ledger, member)
+    ledger.redaction_checked.add(member)
+    return written

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from crdtledger import views
+from crdtledger import erasure, views
 from crdtledger.commit import SKEW_EVENTS_KEPT, Write
 from crdtledger.errors import InvalidInput
 from crdtledger.goods import Goods
@@ -90,9 +90,12 @@ class Ledger(Membership, Goods, Replica):
         (crdtledger.merge), then writes off the expired points it holds. The node core
         runs it a minute after start and once a day (core.HOUSEKEEPING_S); returns the entries
         written."""
-        # Then the referral rewards this branch owes (approved at other branches) and
-        # the surplus check-ins it wrote while cut off (crdtledger.membership).
-        return [*self.sweep_merged(), *self.expire_due_points(),
+        # Before those, this node's records into members erased lately are redacted
+        # (crdtledger.erasure); after them, the referral rewards this branch owes
+        # (approved at other branches) and the surplus check-ins it wrote while cut off
+        # (crdtledger.membership).
+        self.erasure_seen = False
+        return [*erasure.redact_erased(self), *self.sweep_merged(), *self.expire_due_points(),
                 *self.grant_due_referrals(), *self.reconcile_checkins()]
 
 

@@ -96,6 +96,11 @@ EntryKind = Literal[
     "booking",
     "booking_decision",
     "booking_cancel",
+    # A node's own records that wrote into an erased member's Map, redacted
+    # (crdtledger.erasure, crdtledger.redaction): `records` lists, for each, "seq prev
+    # hash digest" (hex: its place in the writer's hash chain and the SHA-256 of its
+    # redacted update), ";"-separated, so the records travel redacted and still verify.
+    "redaction",
 ]
 ENTRY_KINDS: frozenset[str] = frozenset(get_args(EntryKind))
 
@@ -334,6 +339,11 @@ _OPTIONAL_STRS = frozenset({
 })
 
 
+# Text fields longer than the others: a redaction's claims (about 200 characters a
+# record).
+_LONG_STRS = {"records": 64 * 1024}
+
+
 def normalise_entry(key: str, value: Any) -> dict[str, Any]:
     """Validate a ledger entry read from a document; return it with exact ints.
 
@@ -423,6 +433,10 @@ def _quick_entry(key: str, value: dict[str, Any]) -> dict[str, Any] | None:
             if type(v) is not str or len(v) > 200:
                 return None
             out[f] = v
+        elif f in _LONG_STRS:
+            if type(v) is not str or len(v) > _LONG_STRS[f]:
+                return None
+            out[f] = v
     return out
 
 
@@ -471,6 +485,8 @@ def _checked_entry(key: str, value: Any) -> dict[str, Any]:
             out[f] = _int(v, lo=0)
         elif f in _OPTIONAL_STRS:
             out[f] = _str(v)
+        elif f in _LONG_STRS:
+            out[f] = _str(v, _LONG_STRS[f])
     return out
 
 

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgpack
 from pycrdt import get_update
 
-from crdtledger import views
+from crdtledger import erasure, views
 from crdtledger.commit import LedgerBase
-from crdtledger.erasure import recently_erased
+from crdtledger.erasure import Claim, claims_in
 from crdtledger.errors import ClockSkew, RemoteProtocolError
 from crdtledger.hlc import MAX_CLOCK_SKEW_MS, decode, id_floor, id_time_ms, wall_ms
 from crdtledger.lib0 import covered, decode_state_vector
@@ -43,6 +43,7 @@ from crdtledger.log import (
 from crdtledger.model import ID, entry_doc, ledger_doc
 from crdtledger.money import format_yuan
 from crdtledger.projection import entry_change, project_deferred, project_entries, record_change
+from crdtledger.redaction import carries_nothing
 from crdtledger.storage import LoadedDoc
 from crdtledger.trust import UntrustedSigner
 from crdtledger.writerules import (
@@ -55,6 +56,9 @@ from crdtledger.writerules import (
     epoch_of,
     owns_client,
 )
+
+if TYPE_CHECKING:
+    from crdtledger.ledger import Ledger
 
 
 class Replica(LedgerBase):
@@ -83,6 +87,7 @@ class Replica(LedgerBase):
         # Each fresh entry's month was checked with the record that carried it
         # (_apply_run): not again here.
         projected += project_entries(conn, ld.name, fresh, day_of)
+        self.redactions_due += (e for e in projected if e["kind"] == "redaction")
         for root in change.unsure:  # LoadedDoc.watching: Yrs could not say which keys
             if root == "entries":
                 # Entries are written once: only a rewrite (a misbehaving peer) gets
@@ -317,14 +322,8 @@ class Replica(LedgerBase):
         self._notify(new, origin)
         for name in dict.fromkeys(plan.touched):
             self.storage.maybe_compact(name)
-        # An erasure came, or an edit a branch wrote into a member before it heard of
-        # the erasure (it lands in the deleted Map): the old values leave this store.
-        members = {n for n in plan.touched if n.startswith("members/")}
-        erased = members and members & recently_erased(self.storage.conn, self.clock.wall())
-        if erased:
-            for name in sorted(erased):
-                self.storage.compact(name)
-            self.storage.forget_freed()
+        # An erasure came, or an edit written before its branch heard of one.
+        erasure.after_batch(cast("Ledger", self), plan.touched)
         return new
 
     def _verify(self, batch: Batch, strict: bool) -> VerifiedBatch:
@@ -398,22 +397,16 @@ class Replica(LedgerBase):
         if not self.trust.enrolled and node != self.node:
             plan.pins.append((node, cert))
         tip_seq, _tip_hash = log.tip(node)
-        # Walk the records from the first one whose predecessor we know.
-        chained: list[tuple[Record, bytes]] = []
-        prev: bytes | None = None
-        expect = 0
-        for rec in recs:
-            if prev is None:
-                prev = log.hash_at(node, rec.seq - 1) if rec.seq - 1 <= tip_seq else None
-                if prev is None:
-                    continue  # beyond a gap: wait for what precedes it
-                expect = rec.seq
-            if rec.seq != expect:
-                break  # a gap in what came: what follows waits
-            hash_ = record_hash(prev, node, rec.seq, rec.doc, rec.data)
-            chained.append((rec, hash_))
-            prev, expect = hash_, rec.seq + 1
+        chained = self._chain(node, recs, tip_seq, {})
         by_seq = {r.seq: h for r, h in chained}
+        if by_seq.get(head.seq) != head.hash and head.seq > tip_seq:
+            # Records its writer redacted after an erasure (crdtledger.erasure) hash
+            # differently: its signed redaction entries, among what came, say where
+            # each sits in its chain. Looked for only when the chain does not reach.
+            claims = claims_in([r for r in recs if r.seq <= head.seq], node)
+            if claims:
+                chained = self._chain(node, recs, tip_seq, claims)
+                by_seq = {r.seq: h for r, h in chained}
         if head.seq <= tip_seq:
             ours = log.hash_at(node, head.seq)
             if ours != head.hash:
@@ -443,6 +436,39 @@ class Replica(LedgerBase):
                 return
         plan.heads.append((node, head, cert))
         plan.accepted.extend((r, h) for r, h in chained if tip_seq < r.seq <= head.seq)
+
+    def _chain(self, node: str, recs: list[Record], tip_seq: int,
+               claims: Mapping[int, Claim]) -> list[tuple[Record, bytes]]:
+        """The records that continue what we hold of `node`'s log, each with its hash:
+        walked from the first one whose predecessor we know, up to a gap. A record its
+        writer claims redacted, and which came redacted (its digest; a member
+        document's record carrying no value: redaction.carries_nothing), takes the
+        hash the claim gives, provided the chain before it reaches the claim's `prev`.
+        The claim sits later in the same chain, at or before the signed head (claims_in
+        takes only claims about earlier records), so that head vouches for it: a claim
+        put in by anyone else breaks the chain after the record."""
+        log = self.storage.log
+        chained: list[tuple[Record, bytes]] = []
+        prev: bytes | None = None
+        expect = 0
+        for rec in recs:
+            if prev is None:
+                prev = log.hash_at(node, rec.seq - 1) if rec.seq - 1 <= tip_seq else None
+                if prev is None:
+                    continue  # beyond a gap: wait for what precedes it
+                expect = rec.seq
+            if rec.seq != expect:
+                break  # a gap in what came: what follows waits
+            claim = claims.get(rec.seq)
+            if (claim is not None and claim.prev == prev and rec.doc.startswith("members/")
+                    and hashlib.sha256(rec.data).digest() == claim.digest
+                    and carries_nothing(rec.data)):
+                hash_ = claim.hash
+            else:
+                hash_ = record_hash(prev, node, rec.seq, rec.doc, rec.data)
+            chained.append((rec, hash_))
+            prev, expect = hash_, rec.seq + 1
+        return chained
 
     def _check_proof(self, node: str, head: Head, cert: bytes | None,
                      plan: VerifiedBatch) -> None:

@@ -8,16 +8,20 @@ and the erasure is refused, changing nothing, while the member holds stored valu
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 
 import pytest
 from conftest import Cli
-from helpers import new_ledger, sync, tables
+from helpers import doc_content, new_ledger, sync, tables
 
 from crdtledger import operations
-from crdtledger.errors import InvalidInput, NotFound, PermissionDenied
+from crdtledger.errors import InvalidInput, NotFound, PermissionDenied, RemoteProtocolError
 from crdtledger.ledger import Ledger
+from crdtledger.log import Record
 from crdtledger.model import member_doc
+from crdtledger.redaction import redact
+from crdtledger.syncfile import export_file, import_file
 
 NAME, PHONE, NOTES = "欧阳娜娜", "13912345678", "对花生过敏"
 SECRETS = [s.encode() for s in (NAME, PHONE, NOTES, "孕妇")]
@@ -132,3 +136,115 @@ def test_the_command_line_erases_and_says_so(cli: Cli, tmp_path: Path) -> None:
     assert shown["name"] == "" and shown["erased"]
     again = cli("member", "erase", "--member", mid, data=data)
     assert again.code != 0 and "erased already" in again.err
+
+
+# --- the signed records (crdtledger.redaction) -----------------------------------------
+
+
+def store_bytes(ledger: Ledger) -> bytes:
+    """The store's files as they are on disk (the WAL checkpointed first)."""
+    ledger.storage.forget_freed()
+    files = sorted(ledger.storage.dir.glob("ledger.sqlite3*"))
+    assert files
+    return b"".join(p.read_bytes() for p in files)
+
+
+def test_erased_values_leave_the_signed_records_of_every_writer(tmp_path: Path) -> None:
+    a, b = new_ledger(tmp_path, "SH01"), new_ledger(tmp_path, "SH02")
+    mid = member_with_data(a)
+    sync(a, b)
+    b.edit_member(b.owner, mid, fields={"notes": "孕妇, seen at SH02"}, tags_add=["VIP"])
+    sync(a, b)
+    assert leaks(store_bytes(a)) and leaks(store_bytes(b))
+
+    erased = a.erase_member(a.owner, mid)
+    assert erased["redactions"]  # SH01's own records into the member, at once
+    sync(a, b)
+    # SH02 redacted its own record as soon as the erasure reached it, and said so.
+    assert b.storage.conn.execute(
+        "SELECT count(*) FROM entries WHERE kind = 'redaction' AND node = 'SH02'"
+    ).fetchone() == (1,)
+    assert b.housekeeping() == []  # nothing left for its daily pass
+    sync(a, b)
+    for ledger in (a, b):
+        assert leaks(store_bytes(ledger)) == [], ledger.node
+        assert ledger.member(mid)["erased"]
+        assert ledger.refusals == deque(), ledger.refusals
+
+    # A branch that joins later takes the redacted records: they verify under their
+    # writers' signed heads, and it never holds the old values.
+    c = new_ledger(tmp_path, "SH03")
+    sync(b, c)
+    assert c.storage.log.positions() == a.storage.log.positions()
+    assert c.member(mid)["erased"] and leaks(store_bytes(c)) == []
+    assert doc_content(c)[member_doc(mid)] == doc_content(a)[member_doc(mid)]
+    # And so does one that joins by sync file.
+    d = new_ledger(tmp_path, "SH04")
+    path = tmp_path / "all.sync"
+    export_file(a, path)
+    import_file(d, path)
+    assert d.member(mid)["erased"] and leaks(store_bytes(d)) == []
+    for ledger in (a, b, c, d):
+        ledger.close()
+
+
+def test_a_redacted_record_is_taken_only_as_its_writer_signed_it(tmp_path: Path) -> None:
+    """A relay cannot pass off other bytes as a redacted record, nor redact a record
+    its writer did not: the chain then misses the signed head and nothing is taken."""
+    a, c = new_ledger(tmp_path, "SH01"), new_ledger(tmp_path, "SH03")
+    mid = member_with_data(a)
+    a.topup(a.owner, mid, 100)
+    a.debit(a.owner, mid, amount=100)
+    a.erase_member(a.owner, mid)
+    records = a.storage.log.records_after({"SH01": 0})
+    redacted = [r for r in records if r.doc == member_doc(mid)
+                and r.data == redact(r.data, mid)]
+    assert redacted
+    # 1. A redacted record's bytes swapped for other content-free bytes.
+    first = redacted[0]
+    other = bytearray(first.data)
+    other[-2] ^= 1  # a GC length one off: still carries nothing, not what was signed
+    forged = [Record(r.node, r.seq, r.doc, bytes(other)) if r == first else r
+              for r in records]
+    # 2. A money record replaced by a content-free update of the same place.
+    sale = next(r for r in records if r.doc.startswith("ledger/"))
+    blank = [Record(r.node, r.seq, r.doc, redact_any(r.data)) if r == sale else r
+             for r in records]
+    for recs in (forged, blank):
+        with pytest.raises(RemoteProtocolError):
+            c.apply_batch(a.batch(recs), strict=True)
+        assert c.storage.log.positions() == {}
+    c.apply_batch(a.batch(records), strict=True)
+    assert c.member(mid)["erased"]
+    a.close()
+    c.close()
+
+
+def redact_any(update: bytes) -> bytes:
+    """Every struct of `update` as a GC struct of its length (what a forger would send
+    to blank a record): redaction's reader, applied to whatever the record wrote."""
+    from crdtledger import redaction
+
+    r = redaction._Reader(update)
+    out = bytearray(redaction.write_varuint(r.uint()))
+    for _ in range(out[0]):
+        n, client, clock = r.uint(), r.uint(), r.uint()
+        out += b"".join(redaction.write_varuint(v) for v in (n, client, clock))
+        for _ in range(n):
+            info = r.raw(1)[0]
+            if info & 0x1F in (redaction.GC, redaction.SKIP):
+                out += bytes([info]) + redaction.write_varuint(r.uint())
+                continue
+            if info & 0x80:
+                r.uint(), r.uint()
+            if info & 0x40:
+                r.uint(), r.uint()
+            if not info & 0xC0:
+                if r.uint() == 1:
+                    r.string()
+                else:
+                    r.uint(), r.uint()
+                if info & 0x20:
+                    r.string()
+            out += bytes([0]) + redaction.write_varuint(r.content_length(info & 0x1F))
+    return bytes(out + r.data[r.pos:])
