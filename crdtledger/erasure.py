@@ -6,9 +6,9 @@ says `erased` (the change id: when and at which branch). Replacing the Map delet
 the old one with every field inside it, so pycrdt's garbage collection drops their
 contents; concurrent edits written into the old Map by a branch that had not heard
 of the erasure land in a deleted Map and are never seen. Every replica that applies
-the write compacts that document once the batch is in (Replica.apply_verified,
-`recently_erased`), so the old values are gone from its update log and snapshot, and the store
-runs with `secure_delete` so the freed pages are zeroed, not left readable.
+the write compacts that document once the batch is in (`after_batch`), so the old
+values are gone from its update log and snapshot, and the store runs with
+`secure_delete` so the freed pages are zeroed, not left readable.
 
 Refused while the member (or a member merged into it: one person) still holds stored
 value, cash, bonus or package uses, anywhere this replica knows of: the owner settles
@@ -16,9 +16,16 @@ it first (a refund through the ledger, or a member exit's forfeit), so the books
 balanced with an anonymous member id in place of a name. An erased member cannot be
 edited back nor sold to; its entries, cards and figures stay.
 
-Not erased here (docs/design-notes.md, "Erasure"): the signed per-node records
-(crdtledger.log) that carried the old values keep them, and so do the sync files and
-catch-ups built from them, and backups taken before.
+The signed per-node records (crdtledger.log) that carried the old values are
+redacted by their writers: each node, when an erasure reaches it, rewrites its own
+records that wrote into the member (crdtledger.redaction: contents out, clocks kept)
+and writes a `redaction` entry naming each one's place in its hash chain and the
+digest of its redacted bytes; every replica holding the original checks that claim by
+redacting it too and then keeps only the redacted bytes, and a replica that never
+held it takes it redacted, verified under the writer's signed head
+(Replica._verify_log). So peers, catch-ups and sync files built later carry none of
+the old values. A branch that never comes back keeps its own records as they were,
+and backups taken before keep everything (docs/design-notes.md, "Erasure").
 """
 
 from __future__ import annotations
