@@ -335,6 +335,9 @@ class MembersConfig:
     port: int
     cert: Path
     key: Path
+    # Bound by members_config before the app starts, so a port in use stops the
+    # process with a sentence rather than a line in the log of a running counter.
+    sock: socket.socket | None = field(default=None, compare=False)
 
 
 def members_config(data_dir: Path, address: str, cert: Path | None,
@@ -361,7 +364,25 @@ def members_config(data_dir: Path, address: str, cert: Path | None,
     except (OSError, ssl.SSLError) as e:
         raise LedgerError(f"cannot use {cert} / {key} as the member port's certificate: "
                           f"{e}") from None
-    return MembersConfig(host, port, cert, key)
+    try:
+        sock = bind(host, port)
+    except OSError as e:
+        raise LedgerError(f"cannot serve the member pages on {host}:{port}: {e}") from None
+    return MembersConfig(host, port, cert, key, sock)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
 
 # --- one-time codes and sign-in ----------------------------------------------------------
@@ -412,20 +433,13 @@ class Portal:
         c = self.config
         if c is None:
             return
-        family = socket.AF_INET6 if ":" in c.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((c.host, c.port))  # here, so a port in use is an error we can say
-        except OSError:
-            sock.close()
-            raise
-        sock.listen(128)
-        sock.setblocking(False)
+        # Our own socket: uvicorn's own bind would sys.exit inside this task.
+        sock = c.sock if c.sock is not None else bind(c.host, c.port)
         self.port = int(sock.getsockname()[1])
         config = uvicorn.Config(MembersSide(app), ssl_certfile=str(c.cert),
                                 ssl_keyfile=str(c.key), lifespan="off", log_config=None,
-                                timeout_graceful_shutdown=2, proxy_headers=False)
+                                timeout_graceful_shutdown=2, proxy_headers=False,
+                                access_log=False)
         config.load()
         self.server = _MemberServer(config)
         self._task = asyncio.create_task(self.server.serve(sockets=[sock]))

@@ -534,6 +534,17 @@ async def test_members_flag_without_a_certificate_is_refused_with_how(tmp_path: 
         members_config(data, "0.0.0.0:8443", None, None)
     with pytest.raises(LedgerError, match="together"):
         members_config(data, "0.0.0.0:8443", data / "x.crt", None)
+    with pytest.raises(LedgerError, match="as the member port's certificate"):
+        members_config(data, "127.0.0.1:0", data / "tls" / "node.crt", data / "x.key")
+    issue_cert(tmp_path / "chain", data, ["127.0.0.1"])
+    taken = members_config(data, "127.0.0.1:0", None, None)  # found in DATA/tls
+    assert taken.sock is not None
+    try:
+        port = taken.sock.getsockname()[1]
+        with pytest.raises(LedgerError, match=f"cannot serve the member pages on 127.0.0.1:{port}"):
+            members_config(data, f"127.0.0.1:{port}", None, None)
+    finally:
+        taken.sock.close()
 
 
 # --- a real browser on a phone-sized window ---------------------------------------------------
