@@ -18,7 +18,7 @@ has its own.
     timeout_s = 15
 
     [notify.sms]
-    kind = "tencent"              # or "log"
+    kind = "tencent"              # or "log" (file = "PATH": each message appended too)
     url = "https://sms.tencentcloudapi.com"   # a stand-in's address in tests
     secret_id = "AKID..."
     secret_key = "..."
@@ -90,14 +90,23 @@ class LogGateway:
     """Writes each message to the log and keeps the last ones (the demo's, and a
     shop's that has no SMTP or SMS account yet: the owner reads them in the log)."""
 
-    def __init__(self, channel: str, keep: int = 200) -> None:
+    def __init__(self, channel: str, keep: int = 200, file: Path | None = None) -> None:
         self.channel = channel
         self.sent: deque[Message] = deque(maxlen=keep)
+        self.file = file  # also appended to, one line a message (the demo shows it)
 
     async def send(self, msg: Message) -> None:
-        log.info("%s to %s [%s]: %s | %s", msg.channel, msg.to, msg.key, msg.subject,
-                 msg.body.replace("\n", " / "))
+        line = (f"{msg.channel} to {msg.to} [{msg.key}]: {msg.subject} | "
+                f"{msg.body.strip().replace(chr(10), ' / ')}")
+        log.info("%s", line)
         self.sent.append(msg)
+        if self.file is not None:
+            try:
+                with open(self.file, "a", encoding="utf-8") as f:
+                    f.write(f"{datetime.now().astimezone():%Y-%m-%d %H:%M:%S} {line}\n")
+            except OSError as e:
+                raise GatewayError(f"cannot write the message log {self.file}: "
+                                   f"{e.strerror or e}") from None
 
 
 # --- e-mail -------------------------------------------------------------------------
@@ -291,7 +300,8 @@ def gateway_from_section(channel: str, section: Mapping[str, Any]) -> Gateway:
         raise SettingsError(f"{where} is a table of settings")
     kind = _get(section, "kind", str, where, "log")
     if kind == "log":
-        return LogGateway(channel)
+        file = _get(section, "file", str, where, "")
+        return LogGateway(channel, file=Path(file) if file else None)
     if channel == "email" and kind == "smtp":
         port = _get(section, "port", int, where, 587)
         if not 0 < port < 65536:

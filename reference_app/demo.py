@@ -38,6 +38,7 @@ from crdtledger.private import private_dir, private_file_open, private_text_open
 from peer.chain import enrol, init_chain
 from peer.printer_listener import PrinterListener, Printout, show
 from peer.receipts import PrinterConfig, save_config
+from peer.smtp_standin import SmtpStandIn, text_of
 from reference_app import members_portal
 from reference_app.app import SECRET_FILE
 from reference_app.demo_data import BRANCHES, DUPLICATE, MEMBERS, Seeded, seed
@@ -52,6 +53,13 @@ PRINTER_PORT = 9100
 PRINTER_WIDTHS = {"HZ01": 80}
 SHOP_TITLE = "悦康养生（演示）"
 RECEIPTS_FILE = Path("printer") / "receipts.txt"
+# The demo's gateways (peer.gateways): e-mail to a local SMTP stand-in (aiosmtpd) on
+# port 2525 (else any free port), SMS to a log gateway; both shown in this terminal
+# and kept in mail/. The owner's daily report is set this many minutes after start.
+SMTP_PORT = 2525
+MAIL_DIR = Path("mail")
+OWNER_MAIL = "owner@demo.example"
+REPORT_AFTER_MIN = 3
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 15.0
 
@@ -74,6 +82,9 @@ class Demo:
         self.members_port = base_port + 3 * n
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.printer: PrinterListener | None = None
+        self.smtp: SmtpStandIn | None = None
+        self.report_at = ""
+        self._sms_seen = 0
 
     def data(self, node: str) -> Path:
         return self.root / node
@@ -173,13 +184,72 @@ class Demo:
                 host="127.0.0.1", port=self.printer.port,
                 width=PRINTER_WIDTHS.get(node, 58), title=SHOP_TITLE))
 
+    def start_mail(self) -> None:
+        """The branches' gateways, in each one's node.toml [notify] before it starts:
+        e-mail to the SMTP stand-in, which shows each message here and keeps it in
+        mail/inbox.txt; SMS to a log gateway writing mail/sms.txt (shown by `watch`)."""
+        box = self.root / MAIL_DIR
+        private_dir(box)  # messages name members
+
+        def arrived(msg: Any) -> None:
+            text = (f"\n----- 邮件 e-mail arrived at the SMTP stand-in -----\nTo: "
+                    f"{msg['To']}\nSubject: {msg['Subject']}\n{text_of(msg).strip()}\n")
+            print(text, flush=True)
+            with open(box / "inbox.txt", "a", encoding="utf-8") as f:
+                f.write(text)
+
+        try:
+            self.smtp = SmtpStandIn(port=SMTP_PORT, on_message=arrived).start()
+        except OSError:  # 2525 taken
+            self.smtp = SmtpStandIn(on_message=arrived).start()
+        sms = box / "sms.txt"
+        self._sms_seen = sms.stat().st_size if sms.exists() else 0
+        for node in BRANCHES:
+            (self.data(node) / "node.toml").write_text(
+                f"[notify.email]\nkind = \"smtp\"\nhost = \"127.0.0.1\"\nport = {self.smtp.port}\n"
+                f"starttls = false\nsender = \"{SHOP_TITLE} <{node.lower()}@demo.example>\"\n"
+                f"[notify.sms]\nkind = \"log\"\nfile = {json.dumps(str(sms))}\n",
+                encoding="utf-8")
+
+    def set_daily_report(self) -> None:
+        """The owner's daily report for the whole chain, a few minutes from now (the
+        chain's time zone), by e-mail: a rule the head office sets on its running node
+        (the command line's route into it), so its node sends it, once."""
+        from datetime import datetime, timedelta
+        from zoneinfo import ZoneInfo
+
+        at = datetime.now(ZoneInfo("Asia/Shanghai")) + timedelta(minutes=REPORT_AFTER_MIN)
+        self.report_at = f"{at:%H:%M}"
+        body = {"daily": [{"branch": "all", "at": self.report_at, "to": [OWNER_MAIL]}],
+                "shop": SHOP_TITLE}
+        done = subprocess.run(
+            [sys.executable, "-m", "peer", "rule", "set", "notifications", "--data",
+             str(self.data(HEAD_OFFICE)), "--json-body", json.dumps(body, ensure_ascii=False)],
+            capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise DemoError(f"setting the daily report failed: {done.stderr or done.stdout}")
+
+    def show_sms(self) -> None:
+        """Print what the log gateway wrote since last time (one-time codes...)."""
+        sms = self.root / MAIL_DIR / "sms.txt"
+        if not sms.exists() or sms.stat().st_size <= self._sms_seen:
+            return
+        with open(sms, "rb") as f:
+            f.seek(self._sms_seen)
+            new = f.read()
+        self._sms_seen += len(new)
+        for line in new.decode("utf-8", "replace").splitlines():
+            print(f"\n----- 短信 SMS (the demo's log gateway) -----\n{line}", flush=True)
+
     def start(self) -> None:
         self.start_printer()
+        self.start_mail()
         for node in BRANCHES:
             self.launch(node)
         for node in BRANCHES:
             self.wait(partial(self.up, node), f"{node} to start")
         self.wait(self.in_sync, "the branches to connect and sync")
+        self.set_daily_report()
 
     def check_running(self, node: str) -> None:
         if self.procs[node].poll() is not None:
@@ -211,6 +281,7 @@ class Demo:
         while True:
             for node in BRANCHES:
                 self.check_running(node)
+            self.show_sms()
             time.sleep(1)
 
     def stop(self) -> None:
@@ -233,6 +304,9 @@ class Demo:
         if self.printer is not None:
             self.printer.stop()
             self.printer = None
+        if self.smtp is not None:
+            self.smtp.stop()
+            self.smtp = None
 
     # --- telling the user -----------------------------------------------------
 
@@ -275,6 +349,14 @@ class Demo:
                   f"HZ01 on 80 mm paper). Receipts of sales at the counters show here and "
                   f"in {self.root / RECEIPTS_FILE}; `crdtledger printer show --data "
                   f"{self.data('SH01')}` shows a branch's setting.")
+        if self.smtp is not None:
+            print(f"\n营业日报 The owner's daily report: at {self.report_at} (Asia/Shanghai, "
+                  f"in {REPORT_AFTER_MIN} minutes) by e-mail to {OWNER_MAIL}, sent once by "
+                  f"{HEAD_OFFICE}'s node to the SMTP stand-in 127.0.0.1:{self.smtp.port}; "
+                  f"it shows here and in {self.root / MAIL_DIR / 'inbox.txt'}. SMS (codes, "
+                  f"reminders) go to the log gateway: here and in "
+                  f"{self.root / MAIL_DIR / 'sms.txt'}. `crdtledger notice history --data "
+                  f"{self.data(HEAD_OFFICE)}` lists what a node sent.")
         print(f"\nTry: top up 张伟 at SH01, then find him at SH02 and serve him there; the "
               f"settlement statement shows what the branches owe each other.\n"
               f"The command line works on a running branch too, e.g. "
