@@ -141,7 +141,7 @@ DAILY = {"type": "object",
                       "till_by_method"],
          "properties": {"day": STR, "branch": STR, **{k: INT for k in (
              "new_members", "sales", "debits", "refunds", "topup_cash", "topups",
-             "cards_sold", "card_sales")},
+             "cards_sold", "card_sales", "exit_refunds")},
              "topup_by_method": {**AMOUNTS, "description": "top-up cash by payment method"},
              "till_by_method": {**AMOUNTS, "description": "packages and services paid at "
                                 "the till by payment method, less refunds of such services"}}}

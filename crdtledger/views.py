@@ -678,6 +678,9 @@ def daily_report(ledger: Ledger, day: str, node: str | None = None) -> dict[str,
         "topups": topup[0],
         "cards_sold": cards[0] + packages_sold[0],
         "card_sales": cards[2] + packages_sold[1],
+        # Principal paid back in cash when an exit (退会) was approved: money out of the
+        # till (crdtledger.membership; settlement reads it as value served there).
+        "exit_refunds": sums.get("exit_settle", (0, 0, 0))[2],
         **_till_by_method(conn, where, args),
     }
 

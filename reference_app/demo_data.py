@@ -244,8 +244,15 @@ class _Story:
                                  "promotions": PROMOTIONS}
         if "branches" in RULE_KINDS:  # display names, where the app's rule kind exists
             rules["branches"] = BRANCHES
+        # 老带新: 500 points to the referrer once two operators approved (membership).
+        rules["referral"] = {"reward": "points", "points": 500}
         for kind, body in rules.items():
             hq.set_rule(boss, kind, body)  # in force from the (simulated) day it is set
+        # 签到: a daily check-in at the counter's reader, open around the demo's today.
+        hq.set_activity(boss, "CHECKIN", {
+            "name": "每日签到送积分", "points": 10, "repeat": "daily", "per_day": 1,
+            "from": f"{(self.today - timedelta(days=7)).isoformat()}T09:00",
+            "to": f"{(self.today + timedelta(days=60)).isoformat()}T22:00"})
         self.operator["owner"] = hq.add_operator(boss, OWNER[0], OWNER[1], roles=["owner"])
         self.operator["cashier"] = hq.add_operator(boss, CASHIER[0], CASHIER[1],
                                                    roles=["cashier"])

@@ -20,7 +20,7 @@ from helpers import FakeClock, Forger, data_snapshot, new_ledger, sync
 from test_ledger import refused
 from test_sync_protocol import _fresh, _greet
 
-from crdtledger import views
+from crdtledger import settlement, views
 from crdtledger.errors import InvalidInput, NotFound, PermissionDenied, RightsElsewhere
 from crdtledger.ledger import Ledger
 
@@ -340,6 +340,8 @@ def test_forfeit_is_income_and_value_held_elsewhere_is_gathered_first(a: Ledger,
     assert st["branches"]["SH01"]["removed"] == 3000 and st["branches"]["SH02"]["removed"] == 5000
     assert st["branches"]["SH01"]["unspent"] == 0 == st["branches"]["SH02"]["unspent"]
     assert st["total"] == 0 and views.settlement(b) == st
+    assert all(settlement.reconciles(f) for f in st["branches"].values())
+    assert views.daily_report(b, b.today())["exit_refunds"] == 0  # nothing paid back
 
 
 def test_a_refund_at_another_branch_is_owed_by_the_collecting_one(a: Ledger, b: Ledger) -> None:
@@ -356,6 +358,11 @@ def test_a_refund_at_another_branch_is_owed_by_the_collecting_one(a: Ledger, b: 
     st = views.settlement(a)
     assert st["pairs"][0]["owes"] == "SH01" and st["pairs"][0]["to"] == "SH02"
     assert st["pairs"][0]["amount"] == 4000 and st["total"] == 0
+    assert all(settlement.reconciles(f) for f in st["branches"].values())
+    # the day's report shows the cash paid back at SH02, and only there
+    today = a.today()
+    assert views.daily_report(a, today, "SH02")["exit_refunds"] == 4000
+    assert views.daily_report(a, today, "SH01")["exit_refunds"] == 0
 
 
 # --- the command line ------------------------------------------------------------------------
