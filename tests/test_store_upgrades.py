@@ -1,0 +1,79 @@
+"""Stores written by released formats open, upgraded, with nothing lost.
+
+tests/fixtures/stores/format-N holds what the release of store format N wrote (made
+once by tests/fixtures/stores/make.py): a head office and a branch of a test chain
+that traded and synced, and what the branch reported then. Each is opened by this
+program from a copy: every entry, member, balance, day's figures and log must be as
+reported; it must take new writes; and a branch enrolled today must take its records
+and verify them under the heads their writers signed back then.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Cli
+from helpers import sync
+
+from crdtledger import operations, views
+from crdtledger.ledger import Ledger
+from crdtledger.storage import FORMAT_VERSION
+from peer.chain import enrol
+
+FIXTURES = sorted((Path(__file__).parent / "fixtures" / "stores").glob("format-*"))
+
+
+def reported(ledger: Ledger, expected: dict[str, Any]) -> dict[str, Any]:
+    """What the fixture's expected.json holds, as this program reports it now."""
+    conn = ledger.storage.conn
+    return {
+        "format": expected["format"],
+        "node": ledger.node,
+        "entries": [json.loads(b) for (b,) in conn.execute(
+            "SELECT body FROM entries ORDER BY id")],
+        "members": {m: {"name": ledger.member(m)["name"], "balance": ledger.balance(m)}
+                    for m in expected["members"]},
+        # The figures reported then (a later release may report more of each day).
+        "daily": {d: {k: v for k, v in views.daily_report(ledger, d, None).items()
+                      if k in want} for d, want in expected["daily"].items()},
+        "positions": ledger.storage.log.positions(),
+    }
+
+
+def test_there_is_a_fixture_of_the_current_format() -> None:
+    """A release that changes the store format adds its fixture (make.py)."""
+    assert f"format-{FORMAT_VERSION}" in {p.name for p in FIXTURES}
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=lambda p: p.name)
+def test_a_released_store_opens_with_everything(fixture: Path, tmp_path: Path,
+                                                cli: Cli) -> None:
+    copy = tmp_path / fixture.name
+    shutil.copytree(fixture, copy)
+    expected = json.loads((copy / "expected.json").read_text())
+    with Ledger.open(copy / "sh01") as sh:
+        assert sh.storage.meta["format"] == str(FORMAT_VERSION)
+        assert reported(sh, expected) == expected
+        # It goes on trading: a new member, a top-up and a sale.
+        mid = operations.run(sh, sh.owner, "member.add",
+                             {"name": "新会员", "phone": "13700000000"})["member_id"]
+        operations.run(sh, sh.owner, "topup", {"member": mid, "yuan": "10.00"})
+        operations.run(sh, sh.owner, "debit", {"member": mid, "yuan": "2.50"})
+        assert sh.balance(mid)["cash"] == 750
+        # A branch enrolled today takes its records and theirs, verified.
+        Ledger.create(tmp_path / "sh02", "SH02", "fixture")
+        enrol(copy / "chain", tmp_path / "sh02", "SH02")
+        with Ledger.open(tmp_path / "sh02") as fresh:
+            sync(sh, fresh)
+            assert fresh.refusals == type(fresh.refusals)()
+            assert fresh.storage.log.positions() == sh.storage.log.positions()
+            assert {m: fresh.balance(m) for m in expected["members"]} == {
+                m: v["balance"] for m, v in expected["members"].items()}
+    # And the command line reads it.
+    amy = next(m for m, v in expected["members"].items() if v["name"] == "王芳")
+    out = cli("balance", "--member", amy, "--json", data=copy / "sh01").json()
+    assert out == expected["members"][amy]["balance"]
