@@ -4,8 +4,9 @@ tests/fixtures/stores/format-N holds what the release of store format N wrote (m
 once by tests/fixtures/stores/make.py): a head office and a branch of a test chain
 that traded and synced, and what the branch reported then. Each is opened by this
 program from a copy: every entry, member, balance, day's figures and log must be as
-reported; it must take new writes; and a branch enrolled today must take its records
-and verify them under the heads their writers signed back then.
+reported; it must take new writes; and a branch enrolled today must take its records,
+from the store or from the sync file that release wrote, and verify them under the
+heads their writers signed back then.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from helpers import sync
 from crdtledger import operations, views
 from crdtledger.ledger import Ledger
 from crdtledger.storage import FORMAT_VERSION
+from crdtledger.syncfile import import_file
 from peer.chain import enrol
 
 FIXTURES = sorted((Path(__file__).parent / "fixtures" / "stores").glob("format-*"))
@@ -73,6 +75,14 @@ def test_a_released_store_opens_with_everything(fixture: Path, tmp_path: Path,
             assert fresh.storage.log.positions() == sh.storage.log.positions()
             assert {m: fresh.balance(m) for m in expected["members"]} == {
                 m: v["balance"] for m, v in expected["members"].items()}
+    # A sync file of that release imports into a branch enrolled today.
+    Ledger.create(tmp_path / "sh03", "SH03", "fixture")
+    enrol(copy / "chain", tmp_path / "sh03", "SH03")
+    with Ledger.open(tmp_path / "sh03") as fresh:
+        import_file(fresh, copy / "sh01.sync")
+        assert fresh.storage.log.positions() == expected["positions"]
+        assert {m: fresh.balance(m) for m in expected["members"]} == {
+            m: v["balance"] for m, v in expected["members"].items()}
     # And the command line reads it.
     amy = next(m for m, v in expected["members"].items() if v["name"] == "王芳")
     out = cli("balance", "--member", amy, "--json", data=copy / "sh01").json()
