@@ -215,8 +215,9 @@ def lang_of(profile: Mapping[str, Any], rule: Mapping[str, Any]) -> str:
 
 
 def may_receive(profile: Mapping[str, Any], promotional: bool) -> bool:
-    """Deleted members get nothing; only a member who consented gets promotion."""
-    if profile.get("deleted") or profile.get("erased"):
+    """Deleted, erased and exited members get nothing; only a member who consented
+    gets promotion."""
+    if profile.get("deleted") or profile.get("erased") or profile.get("exited"):
         return False
     return not promotional or profile.get("promo") == "yes"
 

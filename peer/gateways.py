@@ -343,7 +343,7 @@ def gateways_from_settings(notify: Mapping[str, Any]) -> dict[str, Gateway]:
     """The gateways of a `[notify]` table: a channel without settings has none."""
     if not isinstance(notify, Mapping):
         raise SettingsError("[notify] is a table of settings")
-    unknown = [k for k in notify if k not in (*CHANNELS, "report_to")]
+    unknown = [k for k in notify if k not in CHANNELS]
     if unknown:
         raise SettingsError(f"[notify]: unknown setting {unknown[0]!r} (channels: "
                             "[notify.email], [notify.sms])")
