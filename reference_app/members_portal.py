@@ -42,12 +42,10 @@ import contextlib
 import datetime as dt
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import secrets
 import socket
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -57,10 +55,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import uvicorn
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from nicegui import Client, app, ui
 from nicegui import __version__ as nicegui_version
 from nicegui.storage import request_contextvar
@@ -69,9 +63,9 @@ from crdtledger import operations, views
 from crdtledger.errors import CardInactive, CardLost, LedgerError, NotFound, WrongPin
 from crdtledger.members import PHONE
 from crdtledger.model import owner_of
-from crdtledger.private import private_dir
 from crdtledger.throttle import LoginThrottle
 from peer import chain as chain_mod
+from peer import webcert
 from reference_app.i18n import LANGS, Lang, lang, mask_phone, money, set_lang, tr
 from reference_app.shop import Shop, shop
 
@@ -84,7 +78,7 @@ CODE_TTL_S = 300.0  # 5 minutes: long enough for a slow SMS, short for a stolen 
 CODE_TRIES = 5  # wrong tries before a code is void (the throttle counts them too)
 SESSION_S = 2 * 3600.0  # a member's sign-in lasts two hours, then asks again
 CERT_FILE, KEY_FILE = "members.crt", "members.key"  # under DATA/tls, made by `issue_cert`
-CERT_DAYS = 397  # what browsers accept for a server certificate
+CERT_DAYS = webcert.CERT_DAYS
 HISTORY_SHOWN = 20
 BOOK_DAYS = 7  # how far ahead the booking dialog offers days
 PRIMARY = "#00796b"
@@ -283,48 +277,10 @@ def issue_cert(chain_dir: Path | str, data_dir: Path | str, hosts: Sequence[str]
     """A server certificate for the member port, signed by the chain's CA (where its
     key is: the head office's chain directory), naming `hosts` (DNS names and IP
     addresses) as browsers check them. Written to DATA/tls/members.crt and .key (0600)
-    and found there by `--members` without --members-cert. Replaces an older one."""
-    chain = chain_mod.load_chain(chain_dir)
-    ca_key = chain_mod._load_ca_key(chain)
-    ca = x509.load_pem_x509_certificate(chain.ca_cert)
-    names: list[x509.GeneralName] = []
-    for h in dict.fromkeys(h.strip() for h in hosts if h.strip()):
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(h)))
-        except ValueError:
-            names.append(x509.DNSName(h))
-    if not names:
-        raise LedgerError("the member port's certificate needs a host name or address")
-    key = ec.generate_private_key(ec.SECP256R1())
-    start = chain_mod._now() - chain_mod.BACKDATE
-    end = min(start + dt.timedelta(days=days), ca.not_valid_after_utc)
-    ca_ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, chain.name),
-            x509.NameAttribute(NameOID.COMMON_NAME, hosts[0] if hosts else "members"),
-        ]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                       critical=False)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
-                       critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    tls = Path(data_dir) / chain_mod.TLS_DIR
-    private_dir(tls)
-    cert_path, key_path = tls / CERT_FILE, tls / KEY_FILE
-    for path, data in ((key_path, chain_mod._key_pem(key)),
-                       (cert_path, cert.public_bytes(serialization.Encoding.PEM))):
-        path.unlink(missing_ok=True)
-        chain_mod._write_new(path, data)
-    return cert_path, key_path
+    and found there by `--members` without --members-cert. Replaces an older one.
+    Made by peer.webcert, as the counter's HTTPS certificate is."""
+    return webcert.issue(chain_dir, data_dir, hosts, stem=CERT_FILE.removesuffix(".crt"),
+                         days=days, local=False)
 
 
 @dataclass(frozen=True)
@@ -348,22 +304,16 @@ def members_config(data_dir: Path, address: str, cert: Path | None,
     from peer.node import parse_address
 
     host, port = parse_address(address, 8443)
-    if (cert is None) != (key is None):
-        raise LedgerError("give --members-cert and --members-key together")
-    if cert is None or key is None:
-        cert = data_dir / chain_mod.TLS_DIR / CERT_FILE
-        key = data_dir / chain_mod.TLS_DIR / KEY_FILE
-        if not cert.exists() or not key.exists():
-            raise LedgerError(
-                "the member pages need an HTTPS certificate: give --members-cert and "
-                "--members-key, or make one from the chain's CA at the head office with "
-                f"`python -m reference_app.members_portal --chain CHAIN_DIR --data {data_dir} "
-                "--host NAME_OR_IP`")
-    try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as e:
-        raise LedgerError(f"cannot use {cert} / {key} as the member port's certificate: "
-                          f"{e}") from None
+    # Its own certificate, else the counter's (`crdtledger https-cert`): both name this host.
+    cert, key = webcert.pair(
+        cert, key, [(data_dir / chain_mod.TLS_DIR / CERT_FILE,
+                     data_dir / chain_mod.TLS_DIR / KEY_FILE),
+                    webcert.files(data_dir, webcert.COUNTER)],
+        role="the member port's certificate (--members-cert and --members-key)",
+        missing="the member pages need an HTTPS certificate: give --members-cert and "
+        "--members-key, or make one from the chain's CA at the head office with "
+        f"`python -m reference_app.members_portal --chain CHAIN_DIR --data {data_dir} "
+        "--host NAME_OR_IP`")
     try:
         sock = bind(host, port)
     except OSError as e:
@@ -841,15 +791,18 @@ class Home:
         return card
 
     def _points(self, pts: dict[str, Any]) -> None:
-        lots = [lot for lot in pts["lots"] if lot["expires"] >= self.shop.ledger.today()]
-        if not lots:
+        today = self.shop.ledger.today()
+        by_day: dict[str, int] = {}  # lots expiring the same day read as one line
+        for lot in pts["lots"]:
+            if lot["expires"] >= today:
+                by_day[lot["expires"]] = by_day.get(lot["expires"], 0) + int(lot["points"])
+        if not by_day:
             return
         with self._section(tr("积分有效期", "Points and when they expire")):
-            for lot in lots:
-                until = lot["expires"] if lot["expires"] != "9999-12-31" \
-                    else tr("长期有效", "no expiry")
+            for day, n in sorted(by_day.items()):
+                until = day if day != "9999-12-31" else tr("长期有效", "no expiry")
                 with ui.row().classes("w-full justify-between"):
-                    ui.label(tr("{n} 积分", "{n} points", n=lot["points"]))
+                    ui.label(tr("{n} 积分", "{n} points", n=n))
                     ui.label(tr("到期：{d}", "expires {d}", d=until)).classes("text-gray-600") \
                         .mark("points-expiry")
 
@@ -893,7 +846,7 @@ class Home:
                         ui.label(_describe(s, e)).mark("history")
                         ui.label(f"{when} · {s.branch_name(str(e['node']))}") \
                             .classes("text-xs text-gray-600")
-                    ui.label(text).classes(f"tabular-nums {tone}")
+                    ui.label(text).classes(f"tabular-nums whitespace-nowrap shrink-0 {tone}")
 
     # --- appointments (helper A's operations, for this member only) ---------------
 

@@ -47,7 +47,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from test_browser import CHROMEDRIVER, CHROMIUM, click, type_into, wait_for, xpath
 from test_demo import free_block
 
-from crdtledger import bookings, operations
+from crdtledger import bookings, operations, views
 from crdtledger.ledger import Ledger, owner_of
 from peer.chain import enrol
 from peer.node import Config
@@ -299,6 +299,24 @@ async def test_a_lost_card_is_refused(portal_app: PortalApp) -> None:
     await app.card_sign_in(CARD_A, PIN)
     await app.user.should_see("此卡已挂失")
     await app.user.should_not_see(marker="member-name")
+
+
+async def test_points_with_expiry_packages_and_history(portal_app: PortalApp) -> None:
+    app = portal_app
+    owner = owner_of("SH01")
+    a = app.ids["a"]
+    for _ in range(2):  # two lots expiring the same day: one line
+        operations.run(app.ledger, owner, "debit", {"member": a, "service": "FOOT60"})
+    operations.run(app.ledger, owner, "package.sell",
+                   {"member": a, "service": "BODY90", "uses": 5, "price": 80000})
+    expires = views.points(app.ledger, a)["lots"][0]["expires"]
+    await app.card_sign_in(CARD_A, PIN)
+    await app.user.should_see(marker="member-name")
+    await app.user.should_see("256 积分")
+    await app.user.should_see(f"到期：{expires}")
+    await app.user.should_see("剩 5 次")
+    await app.user.should_see("消费 · 足疗 60 分钟 · 储值")
+    await app.user.should_see("¥244.00")  # 500.00 - 2 × 128.00
 
 
 # --- one member's pages, nobody else's ------------------------------------------------------
