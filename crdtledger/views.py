@@ -403,8 +403,11 @@ def active_branches(ledger: Ledger, day: str) -> set[str]:
     daily report gives each a row even when no rule names it."""
     where, args = _period(ledger, day, day)
     conn = ledger.storage.conn
+    # Appointments move no money (crdtledger.bookings): a branch that only booked that
+    # day gets no row of zeros.
     out = {str(n) for (n,) in conn.execute(
-        f"SELECT DISTINCT node FROM entries WHERE {where}", args)}
+        f"SELECT DISTINCT node FROM entries WHERE {where} AND kind NOT IN ('technician', "
+        "'booking', 'booking_decision', 'booking_cancel')", args)}
     out |= {str(n) for (n,) in conn.execute(
         "SELECT DISTINCT home FROM members WHERE day = ?", (day,))}
     return out

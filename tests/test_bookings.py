@@ -207,6 +207,11 @@ def test_money_reports_do_not_change_with_bookings(chain: dict[str, Ledger]) -> 
              for n, x in chain.items()}
     assert after == before
     assert len(bookings.list_bookings(sh01, member=m)) == 2
+    # SH02 and HZ01 only booked today: no row of zeros for them among the branches.
+    hz01 = chain["HZ01"]
+    bookings.book(hz01, hz01.owner, m, "T01", "FOOT60", f"{DAY}T18:00")
+    settle(chain)
+    assert views.active_branches(sh01, "2026-01-01") == {"SH01"}
 
 
 def _forge(chain: dict[str, Ledger], writer: str, fields: dict[str, Any]) -> list[str]:
