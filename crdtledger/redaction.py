@@ -20,6 +20,8 @@ struct-level access, hence this reader; it refuses what it does not know.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from crdtledger.lib0 import read_varuint
 
 # Struct kinds (Yjs: the low 5 bits of an item's info byte; 0 and 10 on their own).
@@ -134,49 +136,99 @@ class _Reader:
         raise NotRedactable(f"unknown content kind {kind}")
 
 
-def redact(update: bytes, member: str, root: str = "members") -> bytes:
-    """`update` with every value it wrote into `member`'s Map (the entry `member` of
-    the root Map `root`, and everything inside it) taken out; NotRedactable if it
-    wrote anything else at the root (another member, a card) or cannot be read."""
+class Struct(NamedTuple):
+    """One struct of an update, as `parse` reads it."""
+
+    info: int  # the info byte; its low 5 bits are the kind
+    header: bytes  # what follows the info byte up to the content: origins, parent
+    parent_root: str | None  # the root type it names as its parent, if it names one
+    sub: str | None  # its key in a Map parent, when written
+    length: int  # clock ticks
+    content: bytes  # as written (a GC, skip or deleted content: its length)
+
+    @classmethod
+    def gc(cls, length: int) -> Struct:
+        return cls(GC, b"", None, None, length, write_varuint(length))
+
+    def deleted(self) -> Struct:
+        """This item with its content deleted (as Yrs' GC leaves one that it keeps)."""
+        return self._replace(info=(self.info & 0xE0) | DELETED,
+                             content=write_varuint(self.length))
+
+
+def parse(update: bytes) -> tuple[list[tuple[int, int, list[Struct]]], bytes]:
+    """An update's structs, per client block (client, first clock, structs), and the
+    bytes of its delete set (ids only). NotRedactable if it cannot be read whole."""
     r = _Reader(update)
-    out = bytearray()
-    clients = r.uint()
-    out += write_varuint(clients)
-    for _ in range(clients):
+    blocks = []
+    for _ in range(r.uint()):
         n, client, clock = r.uint(), r.uint(), r.uint()
-        out += write_varuint(n) + write_varuint(client) + write_varuint(clock)
+        structs = []
         for _ in range(n):
-            start = r.pos
             info = r.raw(1)[0]
             kind = info & 0x1F
             if kind in (GC, SKIP):
+                start = r.pos
                 length = r.uint()
-                out += bytes([info]) + write_varuint(length)
+                structs.append(Struct(info, b"", None, None, length, update[start:r.pos]))
                 continue
-            parent_root = None
+            start = r.pos
+            parent_root = sub = None
             if info & _ORIGIN:
                 r.uint(), r.uint()
             if info & _RIGHT_ORIGIN:
                 r.uint(), r.uint()
-            if not info & (_ORIGIN | _RIGHT_ORIGIN):
+            if not info & (_ORIGIN | _RIGHT_ORIGIN):  # then the parent is written
                 if r.uint() == 1:
                     parent_root = r.string()
                 else:
                     r.uint(), r.uint()
-            sub = r.string() if info & _PARENT_SUB and not info & (
-                _ORIGIN | _RIGHT_ORIGIN) else None
-            header = update[start + 1:r.pos]
+                if info & _PARENT_SUB:
+                    sub = r.string()
+            header, start = update[start:r.pos], r.pos
             length = r.content_length(kind)
-            if parent_root is None:
-                out += bytes([GC]) + write_varuint(length)
-            elif parent_root == root and sub == member:
+            structs.append(Struct(info, header, parent_root, sub, length, update[start:r.pos]))
+        blocks.append((client, clock, structs))
+    ds_start = r.pos
+    for _ in range(r.uint()):
+        r.uint()
+        for _ in range(r.uint()):
+            r.uint(), r.uint()
+    if r.pos != len(update):
+        raise NotRedactable("bytes after the delete set")
+    return blocks, update[ds_start:]
+
+
+def encode(blocks: list[tuple[int, int, list[Struct]]], delete_set: bytes) -> bytes:
+    """`parse`'s inverse."""
+    out = bytearray(write_varuint(len(blocks)))
+    for client, clock, structs in blocks:
+        out += write_varuint(len(structs)) + write_varuint(client) + write_varuint(clock)
+        for st in structs:
+            out += bytes([st.info]) + st.header + st.content
+    return bytes(out + delete_set)
+
+
+def redact(update: bytes, member: str, root: str = "members") -> bytes:
+    """`update` with every value it wrote into `member`'s Map (the entry `member` of
+    the root Map `root`, and everything inside it) taken out; NotRedactable if it
+    wrote anything else at the root (another member, a card) or cannot be read."""
+    blocks, delete_set = parse(update)
+    out = []
+    for client, clock, structs in blocks:
+        kept = []
+        for st in structs:
+            if st.info & 0x1F in (GC, SKIP):
+                kept.append(st)
+            elif st.parent_root is None:
+                kept.append(Struct.gc(st.length))
+            elif st.parent_root == root and st.sub == member:
                 # The member's own entry in the root Map: kept, its content deleted.
-                out += bytes([(info & 0xE0) | DELETED]) + header + write_varuint(length)
+                kept.append(st.deleted())
             else:
-                raise NotRedactable(f"the update writes {parent_root}[{sub}] too")
-    out += r.data[r.pos:]  # the delete set: ids only
-    _check_delete_set(r)
-    return bytes(out)
+                raise NotRedactable(f"the update writes {st.parent_root}[{st.sub}] too")
+        out.append((client, clock, kept))
+    return encode(out, delete_set)
 
 
 def carries_nothing(update: bytes) -> bool:
@@ -184,40 +236,8 @@ def carries_nothing(update: bytes) -> bool:
     content is deleted, nothing else. What a replica requires of a record that comes
     redacted, since it cannot compare it with the original it never held: a writer
     can take its own values out of its records, never put others in."""
-    r = _Reader(update)
     try:
-        for _ in range(r.uint()):
-            n, _client, _clock = r.uint(), r.uint(), r.uint()
-            for _ in range(n):
-                info = r.raw(1)[0]
-                kind = info & 0x1F
-                if kind in (GC, SKIP):
-                    r.uint()
-                    continue
-                if kind != DELETED:
-                    return False
-                if info & _ORIGIN:
-                    r.uint(), r.uint()
-                if info & _RIGHT_ORIGIN:
-                    r.uint(), r.uint()
-                if not info & (_ORIGIN | _RIGHT_ORIGIN):
-                    if r.uint() == 1:
-                        r.string()
-                    else:
-                        r.uint(), r.uint()
-                    if info & _PARENT_SUB:
-                        r.string()
-                r.uint()
-        _check_delete_set(r)
+        blocks, _ = parse(update)
     except NotRedactable:
         return False
-    return True
-
-
-def _check_delete_set(r: _Reader) -> None:
-    for _ in range(r.uint()):
-        r.uint()
-        for _ in range(r.uint()):
-            r.uint(), r.uint()
-    if r.pos != len(r.data):
-        raise NotRedactable("bytes after the delete set")
+    return all(st.info & 0x1F in (GC, SKIP, DELETED) for _, _, sts in blocks for st in sts)
