@@ -321,8 +321,9 @@ class Demo:
             print(f"  {node} {name}{pad}   {self.url(node)}{dials}")
         print(f"\n  会员自助 members' self-service   {self.members_url()}  (served by "
               f"{HEAD_OFFICE}, HTTPS with the chain's certificate: {self.chain / 'ca.crt'}; "
-              "a member signs in with their phone and the code the demo's gateway "
-              f"prints in {self.logs / (HEAD_OFFICE + '.log')}, or card number and PIN)")
+              "a member signs in with their phone and the code the demo's SMS gateway "
+              f"shows here and in {self.root / MAIL_DIR / 'sms.txt'}, or with card number "
+              "and PIN)")
         print(f"\n登录 Log in as  {owner[0]} / {owner[1]}  (owner: every page), or "
               f"{cashier[0]} / {cashier[1]}  (a cashier).")
         if facts.get("manager"):  # demo data seeded before approvals bound the owner
