@@ -23,6 +23,8 @@ Referral (老带新)
     referral), checking in its write transaction that none exists; the write rule
     `referral-reward` refuses on every replica a reward whose referral another branch
     wrote. So a referral approved twice, or at two branches at once, is rewarded once.
+    An approval counts only if its operator holds that level's permission (as this
+    replica knows the operators) and did not record the referral.
     The recording branch grants in the commit of the level-2 approval when it gives it,
     else when the approvals reach it (Ledger.housekeeping, `referral.grant`, or its
     back-office page). A rejection seen before the grant means nothing is granted.
@@ -73,7 +75,7 @@ from crdtledger.commit import Write, note_edit
 from crdtledger.coupons import Coupons, purse_of
 from crdtledger.errors import InvalidInput, NotFound, PermissionDenied
 from crdtledger.inputs import check_text
-from crdtledger.model import ID, SERVICE_CODE, member_doc
+from crdtledger.model import ID, PERMISSIONS, SERVICE_CODE, member_doc
 from crdtledger.money import check_amount
 
 # --- rules -------------------------------------------------------------------------------
@@ -275,7 +277,11 @@ class Membership(Coupons):
 
     def referral_view(self, referral: str) -> dict[str, Any]:
         r = self._referral(referral)
-        approvals = self._entries("ref = ? AND kind = 'approval'", [referral])
+        # Only approvals that an operator allowed to give them gave count, as this
+        # replica knows the operators, and never the recorder's own (another branch
+        # could write any approval; it cannot make its operator hold the permission).
+        approvals = [a for a in self._entries("ref = ? AND kind = 'approval'", [referral])
+                     if a["op"] != r["op"] and self._may_approve(str(a["op"]), a.get("step"))]
         grant = self._grant_of(referral)
         first = self.referral_of(str(r["member"]))
         status, who = referral_status(approvals, grant is not None)
@@ -287,6 +293,14 @@ class Membership(Coupons):
                 "level1": who.get("1", ""), "level2": who.get("2", ""),
                 "rejected_by": who.get("reject", "") if status == "rejected" else "",
                 "reward": "" if grant is None else grant["id"]}
+
+    def _may_approve(self, op: str, step: Any) -> bool:
+        # A node's built-in owner (owner@NODE) holds every permission at its own node:
+        # the same wherever its approval is read.
+        perms = PERMISSIONS if op.startswith("owner@") else self.permissions(op)
+        if step == "reject":
+            return bool(perms & {"referral.approve1", "referral.approve2"})
+        return f"referral.approve{step}" in perms
 
     def referrals(self, status: str | None = None, member: str | None = None
                   ) -> list[dict[str, Any]]:

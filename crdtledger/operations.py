@@ -1441,7 +1441,7 @@ def referral_list(ledger: Ledger, operator: str, p: Params) -> list[dict[str, An
 
 @operation("referral.grant", "Grant the rewards of the referrals this branch recorded that "
            "were approved twice elsewhere (the node does it at housekeeping too)",
-           permission="referral.approve2", http="POST /referrals/grant",
+           permission="referral.approve2", http="POST /referral-grants",
            result=array(ENTRY, 100_000),
            show=lambda _l, es, _p: f"{len(es)} reward(s) granted")
 def referral_grant(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]:
@@ -1506,7 +1506,7 @@ def activity_report(ledger: Ledger, operator: str, p: Params) -> list[dict[str, 
 
 @operation("activity.reconcile", "Reverse the check-ins this branch wrote beyond an "
            "activity's limit while cut off (the node does it at housekeeping too)",
-           permission="checkin", http="POST /activities/reconcile",
+           permission="checkin", http="POST /checkins/reconcile",
            result=array(ENTRY, 100_000),
            show=lambda _l, es, _p: f"{len(es)} surplus check-in(s) reversed")
 def activity_reconcile(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]:
@@ -1523,7 +1523,7 @@ def exit_apply(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
 
 @operation("exit.return", "Apply for the return of a member who left, with a reason "
            "(approved by another operator)", permission="member.exit",
-           http="POST /exits/return", status=201,
+           http="POST /returns", status=201,
            params=(MEMBER, Param("reason", text(MAX_TEXT, minLength=1), required=True)),
            result=EXIT_VIEW, show=_show_exit)
 def exit_return(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:

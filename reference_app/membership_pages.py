@@ -51,9 +51,8 @@ def member_of(text: str) -> str:
 
 
 def _name(member: str) -> str:
-    row = shop().ledger.storage.conn.execute("SELECT name FROM members WHERE id = ?",
-                                             (member,)).fetchone()
-    return f"{row[0]} [{member}]" if row else member
+    name = views.member_names(shop().ledger, [member]).get(member)
+    return f"{name} [{member}]" if name else member
 
 
 async def _run(op_name: str, /, **params: Any) -> Any:

@@ -179,6 +179,23 @@ def test_the_recording_branch_grants_when_approvals_reach_it(a: Ledger, b: Ledge
     assert b.referral_view(r)["status"] == "granted" and b.balance(old)["points"] == 100
 
 
+def test_an_approval_by_an_operator_without_the_permission_does_not_count(a: Ledger, b: Ledger
+                                                                         ) -> None:
+    """A lying SH02 writes level-1 and level-2 approvals in a cashier's and the
+    recorder's names (its own log: no write rule stops it): they count nowhere, so
+    nothing is granted."""
+    staff = Staff(a)
+    a.set_rule(a.owner, "referral", {"reward": "points", "points": 100})
+    old, new = two_members(a)
+    r = a.refer(a.owner, new, old)["id"]
+    sync(a, b)
+    for op, step in ((staff.cashier, "1"), (a.owner, "1"), (staff.hq, "2")):
+        b._post(b._entry("approval", new, ref=r, step=step, op=op), {})
+    sync(a, b)
+    assert a.referral_view(r)["status"] == "pending"
+    assert a.grant_due_referrals() == [] and a.balance(old)["points"] == 0
+
+
 def test_concurrent_referrals_of_one_member_count_the_first(a: Ledger, b: Ledger) -> None:
     old, new = two_members(a)
     third = a.add_member(a.owner, name="小张", phone="13800000003")
