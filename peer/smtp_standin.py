@@ -15,6 +15,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class _Keeper:
@@ -37,7 +38,10 @@ class SmtpStandIn:
     """`with SmtpStandIn() as smtp:` ... `smtp.port`, `smtp.received`."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0,
-                 on_message: Callable[[EmailMessage], None] | None = None) -> None:
+                 on_message: Callable[[EmailMessage], None] | None = None,
+                 login: tuple[str, str] | None = None) -> None:
+        """`login`: the one user and password it takes, over plain text (a stand-in
+        on loopback); with it, mail is accepted only after AUTH."""
         self.host = host
         self.received: list[EmailMessage] = []
         self.lock = threading.Lock()
@@ -47,7 +51,17 @@ class SmtpStandIn:
                 sock.bind((host, 0))
                 port = int(sock.getsockname()[1])
         self.port = port
-        self.controller = Controller(_Keeper(self), hostname=host, port=port)
+        auth: dict[str, Any] = {}
+        if login is not None:
+            def check(server: Any, session: Any, envelope: Any, mechanism: str,
+                      data: Any) -> AuthResult:
+                ok = isinstance(data, LoginPassword) and (
+                    data.login.decode(), data.password.decode()) == login
+                return AuthResult(success=ok, handled=False)
+
+            auth = {"authenticator": check, "auth_required": True,
+                    "auth_require_tls": False}
+        self.controller = Controller(_Keeper(self), hostname=host, port=port, **auth)
 
     def start(self) -> SmtpStandIn:
         self.controller.start()

@@ -228,6 +228,21 @@ def test_smtp_gateway_sends_to_a_real_server_with_the_key_as_message_id() -> Non
         asyncio.run(gw.send(msg))
 
 
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # loopback
+def test_smtp_gateway_logs_in_and_a_wrong_password_is_a_sentence() -> None:
+    with SmtpStandIn(login=("shop@example.com", "right")) as smtp:
+        settings = {"kind": "smtp", "host": "127.0.0.1", "port": smtp.port,
+                    "starttls": False, "sender": "shop@example.com",
+                    "username": "shop@example.com", "password": "right"}
+        msg = Message("k1", "email", "boss@example.com", "s", "b")
+        asyncio.run(gateways_from_settings({"email": settings})["email"].send(msg))
+        wrong = gateways_from_settings({"email": {**settings, "password": "wrong"}})
+        with pytest.raises(GatewayError, match=r"refused the login of 'shop@example\.com'.*"
+                           r"check \[notify\.email\] username and password"):
+            asyncio.run(wrong["email"].send(msg._replace(key="k2")))
+        assert [m["Message-ID"] for m in smtp.messages()] == ["<k1@example.com>"]
+
+
 class SmsProviderStandIn:
     """A local HTTP server standing in for the SMS provider (Tencent Cloud SMS API 3.0
     SendSms): it checks the TC3-HMAC-SHA256 signature as the provider does and keeps
