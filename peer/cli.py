@@ -40,7 +40,7 @@ from crdtledger.ledger import Ledger
 from crdtledger.operations import TABLE, Operation, Param
 from crdtledger.schema import Schema
 from crdtledger.syncfile import export_file, import_file
-from peer import local, receipts
+from peer import local, receipts, webcert
 from peer.chain import CA_CERT, enrol, init_chain, load_chain, revocations_rule, revoke
 from peer.local import Running
 
@@ -308,6 +308,18 @@ def add_node_commands(top: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     st = top.add_parser("status", help="this node's peers: connected, last contact, lag")
     add_common(st, operator=False, password=False)
+
+    hc = top.add_parser("https-cert", help="the counter's HTTPS certificate, from the chain's "
+                        "CA (at the head office), for `--https` on the LAN",
+                        description="Make DATA/tls/https.crt for the node in DATA, signed by "
+                        "the chain's CA and naming each --host (and localhost, 127.0.0.1). "
+                        "Example: crdtledger https-cert --chain hq/chain --data sh02 "
+                        "--host 192.168.1.20 --host till2.local")
+    hc.add_argument("--chain", required=True, type=Path, metavar="CHAIN_DIR")
+    hc.add_argument("--host", action="append", required=True, metavar="NAME_OR_IP",
+                    help="a name or LAN address tills and tablets open the counter by "
+                    "(repeatable)")
+    add_common(hc, operator=False, password=False)
 
 
 def add_node_options(p: argparse.ArgumentParser) -> None:
@@ -660,6 +672,8 @@ def run(args: argparse.Namespace, data_dir: Path) -> Result:
         return node_run(args, data_dir)
     if args.command == "status":
         return status(args, data_dir)
+    if args.command == "https-cert":
+        return Result(*webcert.command(args.chain, data_dir, args.host))
     if args.command == "printer":
         return Result(*receipts.printer_command(args, data_dir))
     if args.command == "receipt":

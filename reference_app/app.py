@@ -13,12 +13,14 @@ import logging
 import os
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from nicegui import app, ui
 
 from crdtledger.errors import LedgerError
 from crdtledger.private import private_text_open
+from peer import webcert
 from peer.chain import load_identity
 from peer.cli import add_node_options, node_config
 from peer.node import Config, Node, parse_address
@@ -30,6 +32,7 @@ from reference_app.shop import Shop, install
 SECRET_FILE = "app-secret"  # signs the browsers' session cookies; kept with the node's data
 SESSIONS_DIR = "app-sessions"  # NiceGUI's per-browser storage (operator, language)
 DEFAULT_HTTP = "127.0.0.1:8080"
+DEFAULT_HTTPS_PORT = 8443
 
 
 def build(node_config: Config, *, readers: Sequence[Reader] | None = None,
@@ -68,12 +71,63 @@ def storage_secret(data_dir: Path) -> str:
         return secret
 
 
+def session_cookie(node: str, port: int) -> str:
+    """The session cookie's name, this branch's own: browsers keep cookies per host, not
+    per port, so two branches' counters on one host (or a branch and the demo) under
+    one name would overwrite each other's cookie and log each other out."""
+    return f"crdtledger-{node}-{port}"
+
+
+@dataclass(frozen=True)
+class Serving:
+    """Where and how the counter pages are served (`--http`, or `--https` with a
+    certificate)."""
+
+    host: str
+    port: int
+    cert: Path | None = None  # None: plain HTTP
+    key: Path | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.cert is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+
+def serving(args: argparse.Namespace, data_dir: Path) -> Serving:
+    """From --http or --https [--cert --key]; the certificate checked before anything
+    starts, so a missing or bad one is a sentence saying how to make one."""
+    if args.https is None:
+        if args.cert is not None or args.key is not None:
+            raise LedgerError("--cert and --key are for --https HOST:PORT")
+        host, port = parse_address(args.http or DEFAULT_HTTP, 8080)
+        return Serving(host, port)
+    if args.http is not None:
+        raise LedgerError("serve the counter over --http or --https, not both")
+    host, port = parse_address(args.https, DEFAULT_HTTPS_PORT)
+    cert, key = webcert.pair(
+        args.cert, args.key, [webcert.files(data_dir, webcert.COUNTER)],
+        role="the counter's certificate (--cert and --key)",
+        missing="the counter needs an HTTPS certificate for --https: give --cert and "
+        "--key, or make one from the chain's CA at the head office with `crdtledger "
+        f"https-cert --chain CHAIN_DIR --data {data_dir} --host NAME_OR_IP`")
+    return Serving(host, port, cert, key)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m reference_app",
                                 description="The counter app of one branch node.")
     p.add_argument("--data", required=True, type=Path, help="the node's data directory")
-    p.add_argument("--http", default=DEFAULT_HTTP, metavar="HOST:PORT",
-                   help=f"where the pages are served (default {DEFAULT_HTTP})")
+    p.add_argument("--http", metavar="HOST:PORT",
+                   help=f"where the pages are served over plain HTTP (default {DEFAULT_HTTP}: "
+                   "this PC only)")
+    p.add_argument("--https", metavar="HOST:PORT",
+                   help="serve the pages over HTTPS instead, e.g. 0.0.0.0:8443 for a second "
+                   "till or a tablet on the LAN (certificate: DATA/tls/https.crt, made by "
+                   "`crdtledger https-cert` at the head office, or --cert/--key)")
+    p.add_argument("--cert", type=Path, metavar="PEM",
+                   help="with --https: the owner's own certificate (full chain, PEM)")
+    p.add_argument("--key", type=Path, metavar="PEM", help="with --https: its private key")
     add_node_options(p)
     p.add_argument("--members", metavar="HOST:PORT",
                    help="also serve the member self-service pages (/m) over HTTPS on this "
@@ -91,12 +145,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        if load_identity(args.data) is None:
+        identity = load_identity(args.data)
+        if identity is None:
             raise LedgerError(
                 f"{args.data} is not a node with a chain certificate (create one with "
                 "`crdtledger init --data DIR --node NODE --chain CHAIN_DIR`)")
         config = node_config(args, args.data)
-        host, port = parse_address(args.http, 8080)
+        served = serving(args, args.data)
         members = None if args.members is None else members_config(
             args.data, args.members, args.members_cert, args.members_key)
     except (LedgerError, ValueError) as e:
@@ -111,7 +166,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # NiceGUI takes PYTEST_CURRENT_TEST to mean it runs inside a pytest screen test and
     # ignores the port it is given; this process is a branch of its own, whoever started it.
     os.environ.pop("PYTEST_CURRENT_TEST", None)
-    ui.run(host=host, port=port, reload=False, show=False, title="crdtledger",
+    ui.run(host=served.host, port=served.port, reload=False, show=False, title="crdtledger",
            language="zh-CN", favicon="💳", show_welcome_message=True,
-           storage_secret=args.storage_secret or storage_secret(args.data))
+           storage_secret=args.storage_secret or storage_secret(args.data),
+           # Over HTTPS the cookie is sent back over HTTPS only (Secure).
+           session_middleware_kwargs={"session_cookie": session_cookie(identity.node,
+                                                                        served.port),
+                                      "https_only": served.cert is not None},
+           ssl_certfile=None if served.cert is None else str(served.cert),
+           ssl_keyfile=None if served.key is None else str(served.key))
     return 0
