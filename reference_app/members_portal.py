@@ -520,12 +520,13 @@ def _too_many(wait: int) -> str:
 
 
 def _closed(ledger: Any, member: str) -> bool:
-    """A member who may not sign in: deleted (erased) records."""
+    """A member who may not sign in (nor stay signed in): deleted, erased, or who left
+    (退会, crdtledger.membership: an approved exit; a return lets them in again)."""
     try:
         profile = ledger.member(member)
     except LedgerError:
         return True
-    return bool(profile.get("deleted"))
+    return bool(profile.get("deleted") or profile.get("erased") or profile.get("exited"))
 
 
 # --- the process's portal and the browser's member ---------------------------------------

@@ -90,6 +90,7 @@ class PortalApp:
     portal: Portal
     data_dir: Path
     mailbox: Mailbox
+    owner_id: str  # the store's owner operator ("boss"), not the node's built-in one
     ids: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -155,7 +156,7 @@ async def portal_app(tmp_path: Path) -> AsyncIterator[PortalApp]:
 
 
 async def _portal_app(tmp_path: Path, *, port: bool) -> AsyncIterator[PortalApp]:
-    data, _owner, _cashier = make_store(tmp_path)
+    data, owner_id, _cashier = make_store(tmp_path)
     ids = seed_members(data)
     mailbox = Mailbox()
     loop = asyncio.get_running_loop()
@@ -181,7 +182,7 @@ async def _portal_app(tmp_path: Path, *, port: bool) -> AsyncIterator[PortalApp]
                 # NiceGUI's reset drops the modules that define pages, so the portal is
                 # that of the module build() imported just now, not of ours.
                 portal = importlib.import_module("reference_app.members_portal").portal()
-                yield PortalApp(User(m), c, m, shop, portal, data, mailbox, ids)
+                yield PortalApp(User(m), c, m, shop, portal, data, mailbox, owner_id, ids)
         finally:
             os.environ.pop("NICEGUI_USER_SIMULATION", None)
             ui.navigate = Navigate()
@@ -317,6 +318,24 @@ async def test_points_with_expiry_packages_and_history(portal_app: PortalApp) ->
     await app.user.should_see("剩 5 次")
     await app.user.should_see("消费 · 足疗 60 分钟 · 储值")
     await app.user.should_see("¥244.00")  # 500.00 - 2 × 128.00
+
+
+async def test_a_member_who_left_is_signed_out_and_gets_no_code(portal_app: PortalApp) -> None:
+    app = portal_app
+    c = app.ids["c"]
+    await app.ask_code("13700002222")
+    await app.enter_code(app.last_sms_code())
+    await app.user.should_see("王芳")
+    asked = operations.run(app.ledger, owner_of("SH01"), "exit.apply",
+                           {"member": c, "reason": "搬家"})
+    operations.run(app.ledger, app.owner_id, "exit.approve",
+                   {"application": asked["application"]})  # another operator approves
+    await app.user.open("/m")
+    await app.user.should_see(marker="send-code")
+    await app.user.should_not_see("王芳")
+    sent = len(app.shop.node.gateways["sms"].sent)  # type: ignore[attr-defined]
+    await app.ask_code("13700002222")  # told as for anyone; nothing sent
+    assert len(app.shop.node.gateways["sms"].sent) == sent  # type: ignore[attr-defined]
 
 
 # --- one member's pages, nobody else's ------------------------------------------------------
