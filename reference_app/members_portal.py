@@ -52,14 +52,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import uvicorn
 from nicegui import Client, app, ui
 from nicegui import __version__ as nicegui_version
 from nicegui.storage import request_contextvar
 
-from crdtledger import operations, views
+from crdtledger import localtime, operations, views
 from crdtledger.errors import CardInactive, CardLost, LedgerError, NotFound, WrongPin
 from crdtledger.members import PHONE
 from crdtledger.model import owner_of
@@ -737,6 +736,7 @@ class Home:
                 log.warning("booking.list for a member: %s", e)
             bookings.sort(key=lambda b: str(b.get("at", "")))
         return {
+            "checkins": self._open_activities(),
             "profile": ledger.member(m), "balance": ledger.balance(m),
             "points": views.points(ledger, m),
             "packages": [p for p in views.packages(ledger, m) if p["remaining"] > 0],
@@ -746,6 +746,24 @@ class Home:
             "history": [e for e in ledger.history(m, limit=HISTORY_SHOWN * 2)
                         if e["kind"] not in ("transfer", "merge")][:HISTORY_SHOWN],
         }
+
+    def _open_activities(self) -> list[dict[str, Any]]:
+        """Check-in activities (签到, crdtledger.membership) open now, each with how many
+        more check-ins it allows this member today."""
+        ledger = self.shop.ledger
+        if "checkin" not in operations.TABLE:
+            return []
+        from crdtledger.membership import allowed_today
+
+        now = ledger._local_minute()
+        today = ledger.today()
+        out = []
+        for code, a in sorted(ledger.activities().items()):
+            if isinstance(a, dict) and a.get("from", "") <= now < a.get("to", ""):
+                left = allowed_today(a, ledger._checkin_days(self.member, code), today)
+                out.append({"code": code, "name": str(a.get("name") or code),
+                            "points": int(a.get("points") or 0), "left": left})
+        return out
 
     def refresh(self) -> None:
         """The store changed: redraw if anything this member's page shows did."""
@@ -778,12 +796,43 @@ class Home:
                 _tile(tr("可用积分", "Points"), str(pts["usable"]), "points")
                 _tile(tr("30 天内到期", "Expiring in 30 days"), str(pts["expiring_30_days"]),
                       "points-expiring")
+            if data["checkins"]:
+                self._checkins(data["checkins"])
             if _bookings_available():
                 self._bookings(data["bookings"])
             self._packages(data["packages"])
             self._coupons(data["coupons"])
             self._points(pts)
             self._history(data["history"])
+
+    def _checkins(self, activities: list[dict[str, Any]]) -> None:
+        with self._section(tr("签到活动", "Check in")):
+            for a in activities:
+                with ui.row().classes("w-full items-center justify-between no-wrap"):
+                    with ui.column().classes("gap-0"):
+                        ui.label(a["name"])
+                        if a["points"]:
+                            ui.label(tr("签到得 {n} 积分", "{n} points for checking in",
+                                        n=a["points"])).classes("text-xs text-gray-600")
+                    if a["left"] > 0:
+                        ui.button(tr("签到", "Check in"),
+                                  on_click=lambda a=a: self.check_in(str(a["code"]))) \
+                            .props("no-caps").mark("checkin")
+                    else:
+                        ui.label(tr("今天已签到", "Checked in")).classes("text-green-8") \
+                            .mark("checked-in")
+
+    async def check_in(self, activity: str) -> None:
+        try:
+            done = await self.run("checkin", activity=activity, member=self.member)
+        except LedgerError as e:
+            ui.notify(self.shop.refusal(e), type="negative", multi_line=True)
+            self.redraw()
+            return
+        pts = int(done.get("points") or 0) if isinstance(done, dict) else 0
+        ui.notify(tr("签到成功", "Checked in") + (tr("，得 {n} 积分", ": {n} points", n=pts)
+                                               if pts else ""), type="positive")
+        self.redraw()
 
     def _section(self, title: str) -> ui.card:
         card = ui.card().classes("w-full gap-1")
@@ -835,7 +884,7 @@ class Home:
         from reference_app.counter import _describe, _entry_amount
 
         s = self.shop
-        tz = ZoneInfo(str(s.ledger.rule("settings").get("timezone") or "Asia/Shanghai"))
+        tz = localtime.zone(s.ledger)  # the chain's time-zone rule, as the CLI
         with self._section(tr("消费记录", "History")):
             if not entries:
                 ui.label(tr("还没有记录", "Nothing yet")).classes("text-gray-600")
@@ -844,7 +893,9 @@ class Home:
                 text, tone = _entry_amount(e)
                 with ui.row().classes("w-full justify-between no-wrap gap-2"):
                     with ui.column().classes("gap-0"):
-                        ui.label(_describe(s, e)).mark("history")
+                        what = (tr("签到", "check-in") + " · " + _activity_name(s, e)
+                                if e["kind"] == "checkin" else _describe(s, e))
+                        ui.label(what).mark("history")
                         ui.label(f"{when} · {s.branch_name(str(e['node']))}") \
                             .classes("text-xs text-gray-600")
                     ui.label(text).classes(f"tabular-nums whitespace-nowrap shrink-0 {tone}")
@@ -980,6 +1031,13 @@ class Home:
                 ui.button(tr("确认预约", "Book"), on_click=confirm).props("no-caps") \
                     .mark("book-ok")
         self.dialog.open()
+
+
+def _activity_name(s: Shop, e: dict[str, Any]) -> str:
+    code = str(e.get("activity") or "")
+    acts = s.ledger.rule("checkin")
+    a = acts.get(code) if isinstance(acts, dict) else None
+    return str(a.get("name") or code) if isinstance(a, dict) else code
 
 
 def _day(day: str) -> str:

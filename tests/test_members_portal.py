@@ -338,6 +338,29 @@ async def test_a_member_who_left_is_signed_out_and_gets_no_code(portal_app: Port
     assert len(app.shop.node.gateways["sms"].sent) == sent  # type: ignore[attr-defined]
 
 
+async def test_check_in_at_an_activity_once(portal_app: PortalApp) -> None:
+    """签到 through self-service: an activity open now (the head office's rule), once."""
+    app = portal_app
+    today = dt.date.fromisoformat(app.ledger.today())
+    operations.run(app.ledger, owner_of("SH01"), "activity.set", {
+        "code": "OPEN", "name": "开业签到", "points": 20,
+        "from": f"{today - dt.timedelta(days=1)}T00:00",
+        "to": f"{today + dt.timedelta(days=1)}T23:59"})
+    operations.run(app.ledger, owner_of("SH01"), "activity.set", {
+        "code": "LATER", "name": "春节签到", "points": 50,
+        "from": f"{today + dt.timedelta(days=30)}T00:00",
+        "to": f"{today + dt.timedelta(days=31)}T00:00"})
+    await app.card_sign_in(CARD_A, PIN)
+    await app.user.should_see("开业签到")
+    await app.user.should_not_see("春节签到")  # not open yet
+    app.user.find(marker="checkin").click()
+    await app.user.should_see("签到成功，得 20 积分")
+    await app.user.should_see(marker="checked-in")
+    await app.user.should_not_see(marker="checkin")
+    await app.user.should_see("签到 · 开业签到")  # in the history
+    assert views.points(app.ledger, app.ids["a"])["usable"] == 20
+
+
 # --- one member's pages, nobody else's ------------------------------------------------------
 
 
