@@ -104,6 +104,27 @@ def _backup(ledger: Ledger, operator: str, p: Params) -> Result:
                   f"--from {path} --data DIR" + (" --chain CHAIN_DIR`" if enrolled else "`"))
 
 
+def _export_analytics(ledger: Ledger, operator: str, p: Params) -> Result:
+    """Parquet files for head office's tools (crdtledger.analytics): members'
+    attributes anonymised, so `reports.view` is enough."""
+    from crdtledger import analytics
+
+    ledger.authorise(operator, "reports.view")
+    info = analytics.export(ledger, Path(p["out"]), progress=_progress_line)
+    months = info["months_written"]
+    text = (f"{info['out']}: {info['entries']} entries in {len(months) + info['months_unchanged']}"
+            f" months, {info['members']} members; "
+            + (f"written {info['entries_written']} entries of {', '.join(months)}" if months
+               else "no month changed since the last export"))
+    return Result(info, text)
+
+
+def _progress_line(text: str) -> None:
+    """Long work shows where it is, on a terminal only (not in a node's journal)."""
+    if sys.stderr.isatty():
+        print(f"  {text}", file=sys.stderr, flush=True)
+
+
 def _receipt(ledger: Ledger, operator: str, p: Params) -> Result:
     """A ledger entry's receipt as data and text (peer/receipts.py); the printing is
     done by the command itself, in its own process: see `receipt_command`."""
@@ -143,6 +164,10 @@ FILE_COMMANDS: dict[str, FileCommand] = {c.name: c for c in (
                 _backup_options, _backup, False),
     FileCommand("receipt", "a sale's receipt again: print it (a reprint) or show it",
                 _receipt_options, _receipt, False),
+    FileCommand("export-analytics", "entries, goods sales and anonymised members as "
+                "Parquet files for head office's tools (DuckDB, ClickHouse); run again, "
+                "it rewrites only the months that changed (docs/format.md)",
+                _backup_options, _export_analytics, False),
 )}
 _FILE_PARAMS = ("out", "for_node", "file")
 

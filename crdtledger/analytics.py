@@ -1,0 +1,367 @@
+"""Head-office analytics: the ledger as Parquet files for the accountant's tools.
+
+`export(ledger, out)` writes, under `out`:
+
+- ``entries/month=YYYY-MM/part-0.parquet``: every ledger entry of the month, one row
+  each, keyed by its id (docs/format.md lists the columns).
+- ``goods_sales/month=YYYY-MM/part-0.parquet``: one row per goods sale, refund of a
+  goods sale, and goods gift for points, with signed units, money and cost.
+- ``members.parquet``: members' attributes, anonymised (no name, phone, notes, full
+  birthday or card number; the member id replaced by a pseudonym).
+- ``goods.parquet``: the goods catalogue in force.
+- ``crdtledger-analytics.json``: what was written, for the next run.
+
+Incremental and idempotent, keyed by entry id: an entry lives in the month of its id
+(as in the ledger, crdtledger.model.entry_doc) and entries never change, so a month's
+set of ids says everything about its rows. The manifest keeps a digest of each month's
+ids; a run rewrites only the months whose ids changed (entries synced in late from
+another branch land in their own month, which is rewritten whole), each file replaced
+atomically. Running it twice writes nothing the second time and never duplicates a row.
+
+Pseudonyms: HMAC-SHA256 of the member id under a key derived from the chain secret
+(crdtledger.trust), so every branch of a chain and every run give a member the same
+pseudonym, and one who has the files but not a branch's keys cannot map them back to
+member ids. A store without a chain secret (sync by files only) keeps a random key of
+its own in DATA/analytics.key instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa  # type: ignore[import-untyped]  # no stubs shipped
+import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+from crdtledger.errors import InvalidInput
+from crdtledger.private import FILE_MODE
+
+if TYPE_CHECKING:
+    from crdtledger.ledger import Ledger
+
+# The layout of the files; a change to any column bumps it, and every month is
+# written again under the new layout.
+FORMAT = 1
+MANIFEST = "crdtledger-analytics.json"
+KEY_FILE = "analytics.key"
+PART = "part-0.parquet"
+
+# Entry fields copied as columns (crdtledger.model's optional fields). Left out: a
+# stock-take's free-text `note`, a redaction's `records` claims.
+INT_FIELDS = ("paid", "gross", "qty", "bonus", "points", "fee", "percent", "min_spend", "off",
+              "start", "minutes")
+STR_FIELDS = ("ref", "service", "pay", "goods", "package", "coupon", "promotion", "discount",
+              "level", "to", "reason", "approver", "card", "expires", "gift", "valid_from",
+              "valid_to", "referrer", "activity", "step", "code", "name", "services", "hours",
+              "status")
+# Fields that may name a member: replaced by the member's pseudonym when they do.
+MEMBER_FIELDS = ("member", "ref", "referrer", "to")
+
+MS = pa.timestamp("ms", tz="UTC")
+ENTRIES = pa.schema([
+    ("id", pa.string()), ("day", pa.date32()), ("at", MS), ("kind", pa.string()),
+    ("branch", pa.string()), ("member", pa.string()), ("operator", pa.string()),
+    ("amount", pa.int64()),
+    *((f, pa.int64()) for f in INT_FIELDS),
+    *((f, pa.string()) for f in STR_FIELDS),
+    ("deltas", pa.string()),
+])
+GOODS_SALES = pa.schema([
+    ("id", pa.string()), ("day", pa.date32()), ("at", MS), ("kind", pa.string()),
+    ("branch", pa.string()), ("member", pa.string()), ("operator", pa.string()),
+    ("goods", pa.string()), ("qty", pa.int64()), ("amount", pa.int64()),
+    ("cost", pa.int64()), ("pay", pa.string()), ("sale", pa.string()),
+])
+MEMBERS = pa.schema([
+    ("member", pa.string()), ("home", pa.string()), ("joined", pa.date32()),
+    ("gender", pa.string()), ("birth_year", pa.int32()), ("level", pa.string()),
+    ("spent", pa.int64()), ("topped", pa.int64()), ("tags", pa.list_(pa.string())),
+    ("preferred_service", pa.string()), ("erased", pa.bool_()), ("merged_into", pa.string()),
+])
+GOODS = pa.schema([
+    ("code", pa.string()), ("name", pa.string()), ("unit", pa.string()),
+    ("price", pa.int64()), ("cost", pa.int64()), ("barcode", pa.string()),
+])
+
+Progress = Callable[[str], None]
+
+
+def export(ledger: Ledger, out: Path | str, progress: Progress | None = None
+           ) -> dict[str, Any]:
+    """Bring the Parquet files under `out` up to date with this store; returns what was
+    written (months rewritten, rows, months unchanged)."""
+    out = Path(out)
+    tell = progress or (lambda _text: None)
+    manifest = _read_manifest(out, ledger.chain)
+    key = _pseudonym_key(ledger)
+    layout = f"{FORMAT}:{hashlib.sha256(key).hexdigest()[:16]}"
+    if manifest.get("layout") != layout:  # new layout or key: every month again
+        manifest["months"] = {}
+    manifest.update(format=FORMAT, layout=layout, chain=ledger.chain)
+    kept: dict[str, Any] = manifest.setdefault("months", {})
+    conn = ledger.storage.conn
+    own_read = not conn.in_transaction
+    if own_read:  # one snapshot of the store for the whole export (WAL readers)
+        conn.execute("BEGIN")
+    try:
+        members = {m: _pseudonym(key, m) for (m,) in conn.execute("SELECT id FROM members")}
+        months = _months(conn)
+        written: list[str] = []
+        rows = 0
+        for month, (ids_digest, count, lo, hi) in months.items():
+            have = kept.get(month)
+            if (have is not None and have.get("digest") == ids_digest
+                    and (out / "entries" / f"month={month}" / PART).exists()
+                    and (out / "goods_sales" / f"month={month}" / PART).exists()):
+                continue
+            entries = _month_entries(conn, lo, hi)
+            _write(out / "entries" / f"month={month}" / PART,
+                   _entry_table(entries, members))
+            sales = _goods_sales(conn, entries, members)
+            _write(out / "goods_sales" / f"month={month}" / PART, sales)
+            kept[month] = {"digest": ids_digest, "entries": count, "goods_sales": sales.num_rows}
+            written.append(month)
+            rows += count
+            tell(f"{month}: {count} entries, {sales.num_rows} goods sales")
+        # Months no longer there (a restored store of an older state): their files go.
+        for month in sorted(set(kept) - set(months)):
+            for table in ("entries", "goods_sales"):
+                (out / table / f"month={month}" / PART).unlink(missing_ok=True)
+            del kept[month]
+        member_rows = _member_table(ledger, members)
+        goods_rows = _goods_table(ledger)
+    finally:
+        if own_read:
+            conn.execute("COMMIT")
+    others = {}
+    for name, table in (("members", member_rows), ("goods", goods_rows)):
+        digest = _table_digest(table)
+        if manifest.get(name) != digest or not (out / f"{name}.parquet").exists():
+            _write(out / f"{name}.parquet", table)
+            manifest[name] = digest
+            others[name] = table.num_rows
+    _write_manifest(out, manifest)
+    return {"out": str(out), "months_written": written, "entries_written": rows,
+            "months_unchanged": len(months) - len(written),
+            "entries": sum(m[1] for m in months.values()),
+            "members": member_rows.num_rows, "rewritten": sorted(others)}
+
+
+# --- what is in the store ----------------------------------------------------------
+
+
+def _months(conn: Any) -> dict[str, tuple[str, int, str, str]]:
+    """Each month's (digest of its entry ids, count, first id, last id): one scan of
+    the entries' primary key. An entry's day (and so month) follows from its id, so
+    the ids of a month are one range of the key."""
+    out: dict[str, tuple[str, int, str, str]] = {}
+    month, h, n, lo, hi = "", hashlib.sha256(), 0, "", ""
+    for day, eid in conn.execute("SELECT day, id FROM entries ORDER BY id"):
+        m = day[:7]
+        if m != month:
+            if month:
+                out[month] = (h.hexdigest(), n, lo, hi)
+            month, h, n, lo = m, hashlib.sha256(), 0, eid
+        h.update(eid.encode() + b"\n")
+        n += 1
+        hi = eid
+    if month:
+        out[month] = (h.hexdigest(), n, lo, hi)
+    return out
+
+
+def _month_entries(conn: Any, lo: str, hi: str) -> list[tuple[str, dict[str, Any]]]:
+    return [(day, json.loads(body)) for day, body in conn.execute(
+        "SELECT day, body FROM entries WHERE id >= ? AND id <= ? ORDER BY id", (lo, hi))]
+
+
+def _pseudonym_key(ledger: Ledger) -> bytes:
+    trust = ledger.trust
+    if trust.enrolled:
+        return hmac.new(trust.seal_key, b"crdtledger analytics pseudonyms", "sha256").digest()
+    path = ledger.storage.dir / KEY_FILE
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        key = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        with os.fdopen(fd, "w") as f:
+            f.write(key.hex())
+        return key
+
+
+def _pseudonym(key: bytes, member: str) -> str:
+    return "M" + hmac.new(key, member.encode(), "sha256").hexdigest()[:20]
+
+
+def _day(text: str) -> date:
+    return date.fromisoformat(text)
+
+
+def _entry_table(entries: list[tuple[str, dict[str, Any]]], members: Mapping[str, str]
+                 ) -> pa.Table:
+    cols: dict[str, list[Any]] = {f.name: [] for f in ENTRIES}
+    for day, e in entries:
+        e = _masked(e, members)
+        cols["id"].append(e["id"])
+        cols["day"].append(_day(day))
+        cols["at"].append(e["at"])
+        cols["kind"].append(e["kind"])
+        cols["branch"].append(e["node"])
+        cols["member"].append(e["member"])
+        cols["operator"].append(e["op"])
+        cols["amount"].append(e["amount"])
+        for f in INT_FIELDS:
+            cols[f].append(e.get(f))
+        for f in STR_FIELDS:
+            cols[f].append(e.get(f))
+        cols["deltas"].append(json.dumps(e["deltas"], separators=(",", ":")))
+    return pa.table(cols, schema=ENTRIES)
+
+
+def _masked(e: dict[str, Any], members: Mapping[str, str]) -> dict[str, Any]:
+    """The entry with every field that names a member holding its pseudonym instead."""
+    return {**e, **{f: members[e[f]] for f in MEMBER_FIELDS if e.get(f) in members}}
+
+
+def _goods_sales(conn: Any, entries: list[tuple[str, dict[str, Any]]],
+                 members: Mapping[str, str]) -> pa.Table:
+    """Goods sold (a debit naming `goods`), refunded (a refund of such a debit: units,
+    money and cost negative) and given for points (a redeem naming `goods`: no money).
+    Cost is what the stock entries took the units out at (crdtledger.goods); a refund's
+    at the unit cost of its sale, as the refund's own stock entry puts them back."""
+    cols: dict[str, list[Any]] = {f.name: [] for f in GOODS_SALES}
+
+    def stock_cost(ref: str, reason: str) -> tuple[int, int]:
+        units = cost = 0
+        for (body,) in conn.execute("SELECT body FROM entries WHERE ref = ? AND kind = 'stock'",
+                                    (ref,)):
+            s = json.loads(body)
+            if s.get("reason") == reason:
+                units += int(s.get("qty") or 0)
+                cost += int(s["amount"])
+        return units, cost
+
+    for day, e in entries:
+        kind = e["kind"]
+        if kind in ("debit", "redeem") and e.get("goods"):
+            _units, cost = stock_cost(e["id"], "sale" if kind == "debit" else "gift")
+            row = ("sale" if kind == "debit" else "gift", e["goods"], int(e.get("qty") or 0),
+                   e["amount"] if kind == "debit" else 0, cost, e.get("pay"), None)
+        elif kind == "refund" and e.get("ref"):
+            found = conn.execute("SELECT body FROM entries WHERE id = ? AND kind = 'debit'",
+                                 (e["ref"],)).fetchone()
+            sale = json.loads(found[0]) if found else {}
+            if not sale.get("goods"):
+                continue
+            qty = int(e.get("qty") or 0)
+            units, cost = stock_cost(sale["id"], "sale")
+            unit_cost = cost // units if units else 0
+            row = ("refund", sale["goods"], -qty, -e["amount"], -unit_cost * qty,
+                   sale.get("pay"), sale["id"])
+        else:
+            continue
+        masked = _masked(e, members)
+        for name, value in zip(("id", "day", "at", "branch", "member", "operator"),
+                               (e["id"], _day(day), e["at"], e["node"], masked["member"],
+                                e["op"]), strict=True):
+            cols[name].append(value)
+        for name, value in zip(("kind", "goods", "qty", "amount", "cost", "pay", "sale"), row,
+                               strict=True):
+            cols[name].append(value)
+    return pa.table(cols, schema=GOODS_SALES)
+
+
+def _member_table(ledger: Ledger, members: Mapping[str, str]) -> pa.Table:
+    from crdtledger import views
+
+    cols: dict[str, list[Any]] = {f.name: [] for f in MEMBERS}
+    totals = {m: (int(s), int(t)) for m, s, t in ledger.storage.conn.execute(
+        "SELECT member, spent, topped FROM totals")}
+    for mid, home, day, body in ledger.storage.conn.execute(
+            "SELECT id, home, day, body FROM members ORDER BY id"):
+        p = json.loads(body)
+        birthday = str(p.get("birthday") or "")
+        merged = p.get("merged_into")
+        prefs = p.get("prefs") if isinstance(p.get("prefs"), dict) else {}
+        tags = p.get("tags") if isinstance(p.get("tags"), dict) else {}
+        spent, topped = totals.get(mid, (0, 0))
+        cols["member"].append(members[mid])
+        cols["home"].append(home)
+        cols["joined"].append(_day(day))
+        cols["gender"].append(p.get("gender") or None)
+        # Only the year of a full birthday (1990-05-17); a day without a year (05-17) none.
+        cols["birth_year"].append(int(birthday[:4]) if len(birthday) == 10 else None)
+        cols["level"].append(None if p.get("erased") else
+                             views.level(ledger, mid, p, (spent, topped))["name"])
+        cols["spent"].append(spent)
+        cols["topped"].append(topped)
+        cols["tags"].append(sorted(str(t) for t, on in tags.items() if on))
+        cols["preferred_service"].append(prefs.get("service") or None)
+        cols["erased"].append(bool(p.get("erased")))
+        cols["merged_into"].append(members.get(str(merged)) if merged else None)
+    return pa.table(cols, schema=MEMBERS)
+
+
+def _goods_table(ledger: Ledger) -> pa.Table:
+    items = sorted(ledger.catalogue().values(), key=lambda g: str(g["code"]))
+    return pa.table({
+        "code": [str(g["code"]) for g in items],
+        "name": [str(g.get("name", "")) for g in items],
+        "unit": [str(g.get("unit", "")) for g in items],
+        "price": [int(g.get("price", 0)) for g in items],
+        "cost": [int(g.get("cost", 0)) for g in items],
+        "barcode": [str(g.get("barcode", "")) or None for g in items],
+    }, schema=GOODS)
+
+
+# --- files -------------------------------------------------------------------------
+
+
+def _table_digest(table: pa.Table) -> str:
+    h = hashlib.sha256()
+    for row in table.to_pylist():
+        h.update(json.dumps(row, sort_keys=True, default=str, ensure_ascii=False).encode())
+    return h.hexdigest()
+
+
+def _write(path: Path, table: pa.Table) -> None:
+    """Replace `path` whole: a reader (or a crash) sees the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def _read_manifest(out: Path, chain: str) -> dict[str, Any]:
+    if out.exists() and not out.is_dir():
+        raise InvalidInput(f"{out} is a file, not a directory for the analytics export")
+    try:
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if out.is_dir() and any(p.name != MANIFEST for p in out.iterdir()):
+            raise InvalidInput(f"{out} holds other files: give an empty or new directory, "
+                               "or one an earlier export-analytics wrote") from None
+        return {}
+    except (ValueError, OSError) as e:
+        raise InvalidInput(f"{out / MANIFEST} is unreadable ({e}): move the directory "
+                           "aside and export again") from None
+    if manifest.get("chain") not in (None, chain):
+        raise InvalidInput(f"{out} holds the export of chain {manifest.get('chain')!r}, "
+                           f"not of {chain!r}")
+    return dict(manifest)
+
+
+def _write_manifest(out: Path, manifest: Mapping[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, out / MANIFEST)
+

@@ -1,0 +1,168 @@
+"""`crdtledger export-analytics` over the demo chain: Parquet that the README's DuckDB
+query reads, giving the same daily figures as `crdtledger report daily`; a second run
+writes nothing and duplicates nothing; an entry written later, or synced in late into
+an old month, rewrites just its month; members come out without names or phones."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+from conftest import run_cli
+from demo_chain import make_demo_chain
+
+from crdtledger.analytics import MANIFEST
+from crdtledger.ledger import Ledger
+from peer import cli as peer_cli
+from peer.chain import enrol
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    yield make_demo_chain(tmp_path_factory.mktemp("demo"))
+
+
+def readme_query() -> str:
+    """The README's DuckDB query of daily sales per branch, as a reader copies it."""
+    text = README.read_text(encoding="utf-8")
+    blocks = re.findall(r"```sql\n(.*?)```", text, re.S)
+    found = [b for b in blocks if "read_parquet('analytics/entries" in b]
+    assert len(found) == 1, "the README shows one DuckDB query over analytics/entries"
+    return found[0]
+
+
+def export(data: Path, out: Path) -> dict[str, object]:
+    """The real command, in its own process."""
+    r = run_cli("export-analytics", "--out", out, "--json", data=data)
+    assert r.code == 0, r.err
+    return dict(r.json())
+
+
+def report_daily(data: Path, day: str, branch: str, capsys: pytest.CaptureFixture[str]
+                 ) -> dict[str, int]:
+    """`crdtledger report daily --day DAY --branch BRANCH --json` (the command line's
+    own code, run here: one process per day and branch would take a minute)."""
+    capsys.readouterr()
+    assert peer_cli.main(["report", "daily", "--data", str(data), "--day", day,
+                          "--branch", branch, "--json"]) == 0
+    return dict(json.loads(capsys.readouterr().out))
+
+
+def test_readme_duckdb_query_gives_report_daily_figures_and_rerun_duplicates_nothing(
+        demo: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    head = demo["SH01"]
+    out = tmp_path / "analytics"
+    first = export(head, out)
+    with Ledger.open(head, lock=False) as ledger:
+        n_entries = ledger.storage.conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+        n_members = ledger.storage.conn.execute("SELECT COUNT(*) FROM members").fetchone()[0]
+        phones = {p for (p,) in ledger.storage.conn.execute("SELECT phone FROM members")}
+        names = {p for (p,) in ledger.storage.conn.execute("SELECT name FROM members")}
+    assert first["entries"] == first["entries_written"] == n_entries > 300
+    assert first["members"] == n_members
+
+    monkeypatch.chdir(tmp_path)  # the README's query names the relative directory
+    rows = duckdb.sql(readme_query()).fetchall()
+    assert len(rows) >= 10
+    days = sorted({str(day) for day, *_ in rows})
+    checked = 0
+    for day in days:
+        for branch in ("SH01", "SH02", "HZ01"):
+            want = report_daily(head, day, branch, capsys)
+            got = [r for r in rows if str(r[0]) == day and r[1] == branch]
+            sales, topup = (got[0][2], got[0][3]) if got else (0, 0)
+            assert (sales, topup) == (want["sales"], want["topup_cash"]), (day, branch)
+            checked += bool(want["sales"])
+    assert checked >= 10  # days with sales at each branch, not a run of zeros
+
+    # Again: nothing written, nothing duplicated, the same answer.
+    again = export(head, out)
+    assert again["entries_written"] == 0 and again["months_written"] == []
+    assert duckdb.sql(readme_query()).fetchall() == rows
+    ids = duckdb.sql("SELECT id FROM read_parquet('analytics/entries/*/*.parquet')").fetchall()
+    assert len(ids) == len(set(ids)) == n_entries
+
+    # Anonymised: no member's name or phone anywhere in the members' file.
+    members = pq.read_table(out / "members.parquet").to_pylist()
+    assert len(members) == n_members
+    cells = {str(v) for m in members for v in m.values()}
+    assert not cells & phones and not cells & names
+    assert all(re.fullmatch(r"M[0-9a-f]{20}", m["member"]) for m in members)
+    # ...and the entries name members by the same pseudonyms.
+    pseudonyms = {m["member"] for m in members}
+    entry_members = {m for (m,) in duckdb.sql(
+        "SELECT DISTINCT member FROM read_parquet('analytics/entries/*/*.parquet') "
+        "WHERE kind IN ('topup', 'card')").fetchall()}
+    assert entry_members and entry_members <= pseudonyms
+
+    # Goods sales: units and money of the goods debits, the same as the report's.
+    sold = duckdb.sql("SELECT goods, SUM(qty), SUM(amount) FROM "
+                      "read_parquet('analytics/goods_sales/*/*.parquet') GROUP BY goods "
+                      "ORDER BY goods").fetchall()
+    capsys.readouterr()
+    assert peer_cli.main(["report", "goods", "--data", str(head), "--json"]) == 0
+    ranking = {r["code"]: (r["qty"], r["sales"]) for r in json.loads(capsys.readouterr().out)}
+    assert sold and {g: (q, a) for g, q, a in sold} == ranking
+
+
+def test_a_new_entry_or_a_late_one_rewrites_only_its_month(
+        demo: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "analytics"
+    head = demo["SH01"]
+    export(head, out)
+    manifest = json.loads((out / MANIFEST).read_text())
+    months = sorted(manifest["months"])
+    assert len(months) >= 2
+    with Ledger.open(head, lock=False) as ledger:
+        member = ledger.storage.conn.execute(
+            "SELECT id FROM members ORDER BY id LIMIT 1").fetchone()[0]
+    r = run_cli("topup", "--member", member, "--amount", "100.00", "--json", data=head)
+    assert r.code == 0, r.err
+    after = export(head, out)
+    assert after["months_written"] == [months[-1]] and after["entries_written"] == (
+        manifest["months"][months[-1]]["entries"] + 1)
+    [total] = duckdb.sql(f"SELECT COUNT(*), COUNT(DISTINCT id) FROM read_parquet("
+                         f"'{out}/entries/*/*.parquet')").fetchall()
+    assert total[0] == total[1] == after["entries"]
+    # A branch that was cut off since the first month syncs in at last: its entry
+    # lands in that month, which alone is written again.
+    first_day = min(d for d in manifest["months"])  # e.g. 2026-10
+    with Ledger.open(head, lock=False) as ledger:
+        (late_ms,) = ledger.storage.conn.execute(
+            "SELECT MAX(at) FROM entries WHERE day < ?", (f"{months[1]}-01",)).fetchone()
+    chain = head.parent / "chain"
+    late_dir = tmp_path / "SH09"
+    Ledger.create(late_dir, "SH09", "demo")
+    enrol(chain, late_dir, "SH09")
+    with Ledger.open(late_dir, now_ms=lambda: late_ms + 1000) as late:
+        new = late.add_member(late.owner, name="迟到", phone="13900009999")
+        late.topup(late.owner, new, 5000, pay="cash")
+        with Ledger.open(head) as ledger:
+            ledger.pull(late, origin="test")
+    assert first_day == months[0]
+    assert export(head, out)["months_written"] == [months[0]]
+    # A month's file deleted by hand comes back on the next run, and only it.
+    (out / "entries" / f"month={months[0]}" / "part-0.parquet").unlink()
+    assert export(head, out)["months_written"] == [months[0]]
+
+
+def test_another_chains_export_directory_is_refused(demo: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    out = tmp_path / "analytics"
+    out.mkdir()
+    (out / MANIFEST).write_text(json.dumps({"chain": "other"}))
+    r = run_cli("export-analytics", "--out", out, data=demo["SH02"])
+    assert r.code == 1 and "chain 'other'" in r.err
+    stray = tmp_path / "photos"
+    stray.mkdir()
+    (stray / "holiday.jpg").write_bytes(b"x")
+    r = run_cli("export-analytics", "--out", stray, data=demo["SH02"])
+    assert r.code == 1 and "holds other files" in r.err
