@@ -8,7 +8,7 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from crdtledger import notices
+from crdtledger import localtime, notices
 from crdtledger.auth import Auth
 from crdtledger.commit import put
 from crdtledger.errors import InvalidAmount, InvalidInput, LedgerError
@@ -171,6 +171,12 @@ def _check_rule(kind: str, body: Any) -> None:
             _require(isinstance(body, dict) and isinstance(body["crl"], str),
                      "crl is text")
             _require(bool(_BASE64.match(body["crl"])), "crl is not base64")
+        elif kind == "settings":
+            _require(isinstance(body, dict), "the rule is a map")
+            # Every page and command shows times in it (crdtledger.localtime).
+            _require("timezone" not in body or localtime.known_zone(body["timezone"])
+                     is not None, f"timezone {body.get('timezone')!r} is no IANA time "
+                     "zone (e.g. Asia/Shanghai)")
         elif kind in ("referral", "checkin", "exit"):
             from crdtledger.membership import RULE_CHECKS  # it builds on this module
 

@@ -33,7 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crdtledger import operations, peerclock, views
+from crdtledger import localtime, operations, peerclock, views
 from crdtledger.backups import restore, write_backup
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
 from crdtledger.ledger import Ledger
@@ -575,17 +575,19 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
     if node is None:
         with Ledger.open(data_dir, lock=False) as ledger:
             data = {"node": ledger.node, "chain": ledger.chain, "running": False,
-                    **views.trust_status(ledger),
+                    "timezone": localtime.zone(ledger).key, **views.trust_status(ledger),
                     "peers": [{"node": n, "connected": False, "last_contact": (s or 0) / 1000,
                                "behind_in": None, "behind_out": None}
                               for n, s in views.peers_seen(ledger).items()]}
     else:
         data = {**local.call(node, "/status"), "running": True}
+    # Times as the branch reads them (the chain's time-zone rule), the zone said once.
+    tz = str(data.get("timezone") or "")
     lines = [f"node {data['node']} of chain {data['chain']}: "
-             + ("running" if data["running"] else "not running")]
+             + ("running" if data["running"] else "not running")
+             + (f" (times in {tz})" if tz else "")]
     for p in data["peers"]:
-        seen = (datetime.fromtimestamp(p["last_contact"]).strftime("%Y-%m-%d %H:%M:%S")
-                if p.get("last_contact") else "never")
+        seen = (localtime.show(p["last_contact"], tz) if p.get("last_contact") else "never")
         lag = ("" if p.get("behind_in") is None else
                f"  we lack {p['behind_in']} ops, it lacks {p['behind_out']}")
         state = "connected" if p["connected"] else "not connected"

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from crdtledger import peerclock, views
+from crdtledger import localtime, peerclock, views
 from crdtledger.core import (
     ANTI_ENTROPY_S,
     HEARTBEAT_S,
@@ -297,6 +297,7 @@ class Node:
         return {
             "node": self.node_id,
             "chain": self.ledger.chain,
+            "timezone": localtime.zone(self.ledger).key,  # for the times `status` shows
             "listen": self.sync_port,
             "digest": self.digest(),
             **views.trust_status(self.ledger),

@@ -23,13 +23,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
-from zoneinfo import ZoneInfo
 
 from nicegui import run, ui
 from nicegui.elements.mixins.value_element import ValueElement
 from nicegui.storage import request_contextvar
 
-from crdtledger import views
+from crdtledger import localtime, views
 from crdtledger.auth import verify_login
 from crdtledger.coupons import discount as coupon_discount
 from crdtledger.errors import InvalidAmount, LedgerError
@@ -1234,7 +1233,7 @@ class MemberPanel:
     def _visits(self, history: list[dict[str, Any]]) -> None:
         c = self.counter
         s = c.shop
-        tz = ZoneInfo(str(s.ledger.rule("settings").get("timezone") or "Asia/Shanghai"))
+        tz = localtime.zone(s.ledger)  # the chain's time-zone rule, as the CLI
         # Rights moved between branches or between merged members: no money changed.
         entries = [e for e in history if e["kind"] not in ("transfer", "merge")]
         refunded = {e.get("ref") for e in entries if e["kind"] == "refund"}
