@@ -220,8 +220,9 @@ class Demo:
 
         at = datetime.now(ZoneInfo("Asia/Shanghai")) + timedelta(minutes=REPORT_AFTER_MIN)
         self.report_at = f"{at:%H:%M}"
+        # Birthday greetings at the same time: to the members who consented only.
         body = {"daily": [{"branch": "all", "at": self.report_at, "to": [OWNER_MAIL]}],
-                "shop": SHOP_TITLE}
+                "shop": SHOP_TITLE, "greet_at": self.report_at}
         done = subprocess.run(
             [sys.executable, "-m", "peer", "rule", "set", "notifications", "--data",
              str(self.data(HEAD_OFFICE)), "--json-body", json.dumps(body, ensure_ascii=False)],
@@ -357,7 +358,8 @@ class Demo:
                   f"it shows here and in {self.root / MAIL_DIR / 'inbox.txt'}. SMS (codes, "
                   f"reminders) go to the log gateway: here and in "
                   f"{self.root / MAIL_DIR / 'sms.txt'}. `crdtledger notice history --data "
-                  f"{self.data(HEAD_OFFICE)}` lists what a node sent.")
+                  f"{self.data(HEAD_OFFICE)}` lists what a node sent. Birthday greetings "
+                  "go at the same time to the members who consented (promo yes) only.")
         print(f"\nTry: top up 张伟 at SH01, then find him at SH02 and serve him there; the "
               f"settlement statement shows what the branches owe each other.\n"
               f"The command line works on a running branch too, e.g. "

@@ -85,6 +85,7 @@ FEATURED = [
     ("王芳", "13987654321", "SH02", "C10002", "8888"),
     ("李娜", "13700001111", "HZ01", "C10003", None),
 ]
+FEATURED_NAMES = frozenset(f[0] for f in FEATURED)
 SURNAMES = "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾萧田董潘袁蔡蒋余杜叶程"
 GIVEN_F = ["芳", "娜", "敏", "静", "丽", "艳", "婷", "雪", "慧", "玲", "倩", "颖", "欣怡", "梓涵",
            "雨桐", "晓燕", "佳琪", "思雨", "美玲", "秀英", "海燕", "丹"]
@@ -318,7 +319,12 @@ class _Story:
             birthday=birthday, anniversary=anniversary,
             notes=rng.choice(NOTES), tags=rng.sample(TAGS, rng.randrange(0, 3)),
             prefs={"strength": rng.choice(STRENGTH), "service": SERVICES[preferred]["name"],
-                   "technician": technician})
+                   "technician": technician},
+            # Promotional consent (crdtledger.notices): the featured members (who have
+            # an e-mail address too) and those with a birthday today gave it, so the
+            # demo's greetings and broadcasts reach someone; the rest never were asked.
+            promo="yes" if birthday_today or name in FEATURED_NAMES else "",
+            email=f"c{card[1:]}@demo.example" if name in FEATURED_NAMES else "")
         if name == "张伟":  # first, so the counter shows his printed card as the current one
             ledger.issue_card(self.operator["cashier"], mid, VIRTUAL_CARD_UID)
         ledger.issue_card(self.operator["cashier"], mid, card, pin=pin)
