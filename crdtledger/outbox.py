@@ -44,6 +44,9 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS outbox_member ON outbox(member, due)",
     "CREATE TABLE IF NOT EXISTS outbox_marks(name TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
+# What was sent to whom is history for a year and a bit, then goes (PIPL: kept no
+# longer than needed; the sent message named a member and their phone or e-mail).
+KEEP_SENT_DAYS = 400
 RETRY_FIRST_S = 60
 RETRY_MAX_S = 3600
 # Debits are looked at again this far back: one made elsewhere reaches the member's
@@ -206,10 +209,14 @@ def collect(ledger: Ledger, now_ms: int, channels: Sequence[str]) -> Due:
 
 def keep(ledger: Ledger, due: Due, now_ms: int) -> int:
     """Keep what `collect` found, then its scan marks (a crash between the two scans
-    again, and the keys make that harmless); returns how many notices are new."""
+    again, and the keys make that harmless); returns how many notices are new. Sent
+    notices older than KEEP_SENT_DAYS go: none of them can fall due again (a notice is
+    due within hours of its time, and a year's greeting names its year)."""
     new = enqueue(ledger, due.notices, now_ms)
     for name, value in due.marks.items():
         _set_mark(ledger, name, value)
+    _conn(ledger).execute("DELETE FROM outbox WHERE sent IS NOT NULL AND sent < ?",
+                          (now_ms - KEEP_SENT_DAYS * 86_400_000,))
     return new
 
 

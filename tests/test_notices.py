@@ -205,6 +205,11 @@ def test_the_outbox_keeps_a_notice_until_marked_sent_under_one_key(ledger: Ledge
     assert outbox.pending(ledger, NOW + 10**9) == []
     [row] = outbox.history(ledger)
     assert (row["status"], row["attempts"]) == ("sent", 2)
+    later = NOW + outbox.KEEP_SENT_DAYS * 86_400_000
+    outbox.keep(ledger, outbox.Due([], {}), later)
+    assert len(outbox.history(ledger)) == 1, "kept for KEEP_SENT_DAYS"
+    outbox.keep(ledger, outbox.Due([], {}), later + 86_400_000)
+    assert outbox.history(ledger) == [], "then it goes"
 
 
 # --- gateways against real servers -----------------------------------------------------
