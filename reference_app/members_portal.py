@@ -368,6 +368,7 @@ class Portal:
     checks: LoginThrottle = field(default_factory=LoginThrottle)
     server: uvicorn.Server | None = None
     port: int | None = None  # the member port as bound (a test asks for port 0)
+    _sending: set[asyncio.Task[None]] = field(default_factory=set)
     _task: asyncio.Task[None] | None = None
 
     @property
@@ -404,13 +405,19 @@ class Portal:
     # --- codes ----------------------------------------------------------------------
 
     async def send_code(self, phone: str, address: str) -> None:
-        """Send a code to `phone` if it is a member's; the same answer if it is not.
-        Raises SignInRefused when asked too often or when no gateway could send it."""
-        from peer.gateways import GatewayError, Message
-
+        """Send a code to `phone` if it is a member's; the same answer, as fast, if it
+        is not: the message goes out in a task of its own (a gateway's failure is
+        logged for the shop), so neither the words nor the time it takes tell whether
+        a phone is a member's. Raises SignInRefused when asked too often or when this
+        node has no gateway at all (a setting, the same for every phone)."""
         phone = normal_phone(phone)
         if not PHONE.match(phone):
             raise SignInRefused(tr("请输入正确的手机号。", "Enter a valid phone number."))
+        gateways = dict(getattr(self.shop.node, "gateways", None) or {})
+        if not ({"sms", "email"} & set(gateways)):
+            raise SignInRefused(tr("本店还没有开通验证码短信，请用卡号和密码登录。",
+                                   "This shop cannot send codes yet; sign in with your "
+                                   "card number and PIN."))
         wait = self.sends.begin(f"phone:{phone}", address)
         if wait:
             raise SignInRefused(tr("验证码请求太频繁，请 {n} 秒后再试。",
@@ -418,32 +425,38 @@ class Portal:
         ledger = self.shop.ledger
         member = views.member_by_phone(ledger, phone)
         if member is None or _closed(ledger, member):
-            return  # said as if sent: whether a phone is a member's is not told
-        gateways = dict(getattr(self.shop.node, "gateways", None) or {})
+            return  # said as if sent
         email = str(ledger.member(member).get("email") or "")
         if "sms" in gateways:
             channel, to = "sms", phone
-        elif "email" in gateways and email:
+        elif email:
             channel, to = "email", email
         else:
-            raise SignInRefused(tr("本店还没有开通验证码短信，请用卡号和密码登录。",
-                                   "This shop cannot send codes yet; sign in with your "
-                                   "card number and PIN."))
+            log.info("member code for %s: no e-mail on file and no SMS gateway",
+                     mask_phone(phone))
+            return
         code = f"{secrets.randbelow(10 ** CODE_DIGITS):0{CODE_DIGITS}d}"
-        minutes = int(CODE_TTL_S // 60)
+        self.codes[phone] = _Code(_digest(code), self.clock() + CODE_TTL_S)
         body = tr("您的会员登录验证码：{code}，{m} 分钟内有效。请勿告诉他人。",
                   "Your member sign-in code: {code}. It is valid for {m} minutes; do not "
-                  "share it.", code=code, m=minutes)
+                  "share it.", code=code, m=int(CODE_TTL_S // 60))
+        subject = tr("登录验证码", "Sign-in code")
+        task = asyncio.create_task(self._send(gateways[channel], channel, to, phone,
+                                              subject, body))
+        self._sending.add(task)  # held until done (the loop keeps weak references)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, gateway: Any, channel: str, to: str, phone: str, subject: str,
+                    body: str) -> None:
+        from peer.gateways import GatewayError, Message
+
         key = f"member-code:{phone}:{secrets.token_hex(8)}"  # a new code, a new message
         try:
-            await gateways[channel].send(Message(key, channel, to, tr("登录验证码",
-                                                                     "Sign-in code"), body))
+            await gateway.send(Message(key, channel, to, subject, body))
         except GatewayError as e:
             log.warning("member code to %s not sent: %s", mask_phone(phone), e)
-            raise SignInRefused(tr("验证码没有发出去，请稍后再试或用卡号和密码登录。",
-                                   "The code could not be sent; try again later or sign "
-                                   "in with your card number and PIN.")) from None
-        self.codes[phone] = _Code(_digest(code), self.clock() + CODE_TTL_S)
+        except Exception:  # a gateway's bug must not pass silently either
+            log.exception("member code to %s not sent", mask_phone(phone))
 
     def check_code(self, phone: str, code: str, address: str) -> str:
         """The member whose phone this code was sent to, the code used up."""

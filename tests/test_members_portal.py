@@ -90,6 +90,7 @@ class PortalApp:
     portal: Portal
     data_dir: Path
     mailbox: Mailbox
+    smtp: asyncio.Server  # the aiosmtpd stand-in's listener
     owner_id: str  # the store's owner operator ("boss"), not the node's built-in one
     ids: dict[str, str] = field(default_factory=dict)
 
@@ -107,6 +108,8 @@ class PortalApp:
         self.user.find(marker="send-code").click()
         # The answer is the same whether the phone is a member's (and the code sent) or not.
         await self.user.should_see("如果这个手机号是会员的", retries=100)
+        # The message goes out in a task of its own (the answer does not wait for it).
+        await asyncio.gather(*self.portal._sending)
 
     async def enter_code(self, code: str) -> None:
         self.user.find(marker="code").clear().type(code)
@@ -182,7 +185,8 @@ async def _portal_app(tmp_path: Path, *, port: bool) -> AsyncIterator[PortalApp]
                 # NiceGUI's reset drops the modules that define pages, so the portal is
                 # that of the module build() imported just now, not of ours.
                 portal = importlib.import_module("reference_app.members_portal").portal()
-                yield PortalApp(User(m), c, m, shop, portal, data, mailbox, owner_id, ids)
+                yield PortalApp(User(m), c, m, shop, portal, data, mailbox, smtp, owner_id,
+                                ids)
         finally:
             os.environ.pop("NICEGUI_USER_SIMULATION", None)
             ui.navigate = Navigate()
@@ -198,7 +202,7 @@ async def test_sign_in_with_the_code_from_the_sms_gateway_shows_own_balance(
         portal_app: PortalApp) -> None:
     app = portal_app
     await app.ask_code(PHONE_A)
-    await app.user.should_see("验证码已发到 138****5678")
+    await app.user.should_see("验证码已发到 138****5678")  # masked
     sent = app.shop.node.gateways["sms"].sent  # type: ignore[attr-defined]
     assert sent[-1].to == PHONE_A and sent[-1].channel == "sms"
     await app.enter_code(app.last_sms_code())
@@ -224,6 +228,24 @@ async def test_sign_in_with_the_code_mailed_through_smtp(portal_app: PortalApp) 
     await app.user.should_see("李娜")
     await app.user.should_see("¥99.00")
     await app.user.should_not_see("张伟")
+
+
+async def test_a_gateway_failure_is_the_shops_to_read_not_the_askers(
+        portal_app: PortalApp, caplog: pytest.LogCaptureFixture) -> None:
+    app = portal_app
+    app.ledger.edit_member(owner_of("SH01"), app.ids["b"], fields={"email": "lina@example.com"})
+    gateways = app.shop.node.gateways
+    gateways.pop("sms")
+    app.smtp.close()  # the mail server is down
+    await app.smtp.wait_closed()
+    await app.ask_code(PHONE_B)  # the same answer as ever
+    assert "member code to 139****1111 not sent" in caplog.text
+    assert not app.mailbox.mails
+    gateways.clear()  # no gateway at all: a setting, said to everyone alike
+    await app.user.open("/m")
+    app.user.find(marker="phone").type("13600009999")
+    app.user.find(marker="send-code").click()
+    await app.user.should_see("本店还没有开通验证码短信")
 
 
 async def test_an_unknown_phone_is_told_the_same_and_nothing_is_sent(
