@@ -28,7 +28,7 @@ import re
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -78,7 +78,15 @@ KEY_PATH = re.compile(r"^(tls|keys)/[A-Za-z0-9._-]{1,64}\Z")
 TIME_FORMAT = "%Y-%m-%d %H:%M"
 
 
-def write_backup(data_dir: Path, target_dir: Path) -> Path:
+# Told each step of a long backup or restore (the command line shows it: peer/progress.py).
+Progress = Callable[[str], None]
+
+
+def _silent(_text: str) -> None:
+    pass
+
+
+def write_backup(data_dir: Path, target_dir: Path, progress: Progress = _silent) -> Path:
     """Seal a consistent copy of the node in `data_dir` into ``target_dir/ledger.backup``
     (0600, in a 0700 directory) and return its path. Refuses a target that already
     holds a backup or a store: a backup never overwrites anything."""
@@ -98,6 +106,10 @@ def write_backup(data_dir: Path, target_dir: Path) -> Path:
         src = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
         dst = sqlite3.connect(private_sqlite_file(copy))
         try:
+            # One step, one read snapshot (WAL: the node keeps writing meanwhile); a
+            # stepped copy would start again after every write of a busy node.
+            progress(f"copying the store ({db.stat().st_size:,} bytes) while the node "
+                     "keeps working")
             src.backup(dst)
             meta = dict(dst.execute("SELECT key, value FROM meta").fetchall())
             node, chain = meta["node"], meta["chain"]
@@ -111,17 +123,19 @@ def write_backup(data_dir: Path, target_dir: Path) -> Path:
         db_bytes = copy.read_bytes()
     # The node's identity goes with it (made now for an open store that had none yet).
     trust = load_trust(data_dir, chain, node)
+    progress("signing and encrypting the copy")
     payload = msgpack.packb({"db": db_bytes, "keys": _key_files(data_dir),
                              "taken_at": taken_ms}, use_bin_type=True)
     del db_bytes
     sealed = seal(trust, "backup", payload, taken_ms)
     del payload
+    progress(f"writing {len(sealed):,} bytes to {out}")
     replace_private(out, sealed)
     return out
 
 
 def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
-            lock: bool = True) -> dict[str, Any]:
+            lock: bool = True, progress: Progress = _silent) -> dict[str, Any]:
     """Make `data_dir` the node a backup holds; returns {node, chain, taken_at, ...}.
 
     `source` is a backup file or a directory holding ``ledger.backup``. A store
@@ -138,6 +152,7 @@ def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
     try:
         if path.stat().st_size > MAX_SEALED_BYTES:
             raise CorruptSyncFile(f"{what} is larger than any backup")
+        progress(f"reading {path} ({path.stat().st_size:,} bytes)")
         data = path.read_bytes()
     except FileNotFoundError:
         raise InvalidInput(f"there is no backup at {path}") from None
@@ -145,6 +160,7 @@ def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
         raise InvalidInput(f"cannot read {path}: {e.strerror}") from None
     here = _store_of(data_dir)
     trust = _reading_trust(data, data_dir, chain_dir, what)
+    progress("checking its signature and decrypting it")
     sealed = unseal(trust, data, "backup", what=what)
     del data
     db_bytes, keys, taken_ms = _contents(sealed.payload, what)
@@ -156,6 +172,7 @@ def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
     with _locked(data_dir) if lock else contextlib.nullcontext():
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         tmp = data_dir / (DB_FILE + ".restoring")
+        progress(f"writing the store of node {sealed.node} into {data_dir}")
         try:
             with private_file_open(tmp) as f:
                 f.write(db_bytes)

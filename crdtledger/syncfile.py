@@ -18,6 +18,7 @@ has no secret: its files are signed but readable, see crdtledger.trust.)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,12 +41,20 @@ KIND = "sync"
 # that large needs period closing first (benchmarks/README.md, chain), so the limit
 # is said instead, when the file is written and when it is read.
 MAX_FILE_BYTES = 2 * 1024**3
+# Told each step of a long export or import (the command line shows it: peer/progress.py).
+Progress = Callable[[str], None]
+
+
+def _silent(_text: str) -> None:
+    pass
+
+
 _LIMIT = (f"a sync file holds at most {MAX_FILE_BYTES >> 20} MiB and {MAX_BATCH_RECORDS:,} "
           "records (about 6M ledger entries)")
 
 
 def export_file(ledger: Ledger, path: Path | str, for_node: str | None = None, *,
-                operator: str | None = None) -> dict[str, Any]:
+                operator: str | None = None, progress: Progress = _silent) -> dict[str, Any]:
     """Write what `for_node` lacks (as last seen in a file or session from it), or
     everything when no node is named or nothing is known of it.
 
@@ -56,7 +65,10 @@ def export_file(ledger: Ledger, path: Path | str, for_node: str | None = None, *
     theirs: dict[str, Any] = {n: int(s) for n, s in (known or {}).items()}
     # Only applied records travel by file: a file is taken whole or refused, and one
     # carrying a blocked node's refused record would be refused everywhere.
+    progress("gathering the records " + (f"{for_node} lacks" if known is not None else
+                                         "of every branch"))
     records = ledger.lacking(theirs, applied_only=True)
+    progress(f"{len(records):,} records to write; signing and encrypting them")
     if len(records) > MAX_BATCH_RECORDS:
         raise InvalidInput(f"{len(records):,} records to write: {_LIMIT}; write it "
                            "for a node that holds part of it already (--for NODE)")
@@ -70,6 +82,7 @@ def export_file(ledger: Ledger, path: Path | str, for_node: str | None = None, *
         raise InvalidInput(f"the file would be {len(sealed):,} bytes: {_LIMIT}; write it "
                            "for a node that holds part of it already (--for NODE)")
     path = Path(path)
+    progress(f"writing {len(sealed):,} bytes to {path}")
     try:
         replace_private(path, sealed)
     except OSError as e:
@@ -79,7 +92,8 @@ def export_file(ledger: Ledger, path: Path | str, for_node: str | None = None, *
             "for": for_node, "incremental": known is not None}
 
 
-def read_file(ledger: Ledger, path: Path | str) -> dict[str, Any]:
+def read_file(ledger: Ledger, path: Path | str, progress: Progress = _silent
+              ) -> dict[str, Any]:
     """Open, verify the seal of, and parse a sync file without applying anything."""
     path = Path(path)
     try:
@@ -87,9 +101,11 @@ def read_file(ledger: Ledger, path: Path | str) -> dict[str, Any]:
         if size > MAX_FILE_BYTES:
             raise CorruptSyncFile(f"{path} is {size:,} bytes, larger than any sync file "
                                   f"({_LIMIT})")
+        progress(f"reading {path} ({size:,} bytes)")
         raw = path.read_bytes()
     except OSError as e:
         raise CorruptSyncFile(f"cannot read {path}: {e.strerror}") from None
+    progress("checking its signature and decrypting it")
     sealed = unseal(ledger.trust, raw, KIND, what=str(path))
     try:
         data = msgpack.unpackb(sealed.payload, raw=False, strict_map_key=True)
@@ -109,11 +125,13 @@ def read_file(ledger: Ledger, path: Path | str) -> dict[str, Any]:
     return {"node": node, "logs": logs, "batch": batch, "created": data.get("created")}
 
 
-def import_file(ledger: Ledger, path: Path | str, *, operator: str | None = None
-                ) -> dict[str, Any]:
+def import_file(ledger: Ledger, path: Path | str, *, operator: str | None = None,
+                progress: Progress = _silent) -> dict[str, Any]:
     """Apply a sync file all or nothing; returns what it brought."""
     ledger.authorise(operator or ledger.owner, "sync")
-    data = read_file(ledger, path)
+    data = read_file(ledger, path, progress)
+    progress(f"verifying and applying {len(data['batch'].recs):,} records from "
+             f"{data['node']} (all or nothing)")
     try:
         new = ledger.apply_batch(data["batch"], origin="file", strict=True)
     except RemoteProtocolError as e:

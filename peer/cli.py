@@ -21,6 +21,7 @@ this machine, which the HTTP API must not reach).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -40,7 +41,7 @@ from crdtledger.ledger import Ledger
 from crdtledger.operations import TABLE, Operation, Param
 from crdtledger.schema import Schema
 from crdtledger.syncfile import export_file, import_file
-from peer import local, receipts, webcert
+from peer import local, progress, receipts, webcert
 from peer.chain import CA_CERT, enrol, init_chain, load_chain, revocations_rule, revoke
 from peer.local import Running
 
@@ -74,13 +75,14 @@ class FileCommand:
 
 
 def _export(ledger: Ledger, operator: str, p: Params) -> Result:
-    info = export_file(ledger, Path(p["out"]), p.get("for_node"), operator=operator)
+    info = export_file(ledger, Path(p["out"]), p.get("for_node"), operator=operator,
+                       progress=progress.line)
     return Result(info, f"wrote {info['file']}: {info['documents']} documents, "
                         f"{info['bytes']} bytes")
 
 
 def _import(ledger: Ledger, operator: str, p: Params) -> Result:
-    info = import_file(ledger, Path(p["file"]), operator=operator)
+    info = import_file(ledger, Path(p["file"]), operator=operator, progress=progress.line)
     n = len(info["changed"])
     changed = f"{n} document{'s' if n != 1 else ''} changed" if n else "nothing new"
     text = f"imported {info['file']} from {info['from']}: {changed}"
@@ -95,7 +97,7 @@ def _backup(ledger: Ledger, operator: str, p: Params) -> Result:
     # The store is read without naming an operator, so the permission is checked here.
     if "backup" not in ledger.permissions(operator):
         raise PermissionDenied(f"operator {operator} may not backup")
-    path = write_backup(ledger.storage.dir, Path(p["out"]))
+    path = write_backup(ledger.storage.dir, Path(p["out"]), progress.line)
     enrolled = (ledger.storage.dir / "tls" / "node.crt").exists()
     how = ("signed, and encrypted for this chain's branches" if enrolled else
            "signed, but readable by anyone who has it: this node has no chain certificate")
@@ -470,9 +472,10 @@ def execute(ledger: Ledger, name: str, params: Params, operator: str | None = No
 
 def routed(node: Running, args: argparse.Namespace, name: str, params: Params) -> Result:
     """Hand the operation to the node that holds the directory (peer/local.py)."""
-    reply = local.call(node, "/op", {"op": name, "params": params,
-                                     "operator": args.operator,
-                                     "password": args.auth_password})
+    with progress.waiting(name) if name in FILE_COMMANDS else contextlib.nullcontext():
+        reply = local.call(node, "/op", {"op": name, "params": params,
+                                         "operator": args.operator,
+                                         "password": args.auth_password})
     if "error" in reply:
         raise Refused(str(reply["error"]), str(reply.get("message", "")))
     return Result(reply["data"], str(reply["text"]))
@@ -507,7 +510,7 @@ def restore_node(args: argparse.Namespace, data_dir: Path) -> Result:
     node = local.running(data_dir)
     if node is not None:
         raise InvalidInput(f"a node is running on {data_dir}: stop it before restoring")
-    info = restore(args.source, data_dir, chain_dir=args.chain)
+    info = restore(args.source, data_dir, chain_dir=args.chain, progress=progress.line)
     text = (f"restored node {info['node']} from the backup of {info['taken_at']}; it will "
             "catch up with the chain before it sells")
     if info["kept"]:
