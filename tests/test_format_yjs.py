@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -19,10 +20,10 @@ from typing import Any
 import pytest
 from demo_chain import make_demo_chain
 
-from crdtledger import views
+from crdtledger import model, views
 from crdtledger.hlc import id_time_ms
 from crdtledger.ledger import Ledger
-from crdtledger.model import entry_doc, normalise_entry
+from crdtledger.model import ENTRY_KINDS, entry_doc, normalise_entry
 
 JS = Path(__file__).resolve().parent / "js"
 NPM_TIMEOUT_S = 300
@@ -137,3 +138,15 @@ def test_stock_yjs_reads_what_crdtledger_reports(yjs: Path, store: Path,
                             if e["kind"] in ("debit", "refund") and e["node"] == branch
                             and day_of(i) == day)
                 assert sales == views.daily_report(ledger, day, branch)["sales"] > 0
+
+
+def test_format_md_names_every_entry_kind_and_field() -> None:
+    """docs/format.md stays whole as kinds and fields are added to the model."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "format.md").read_text(
+        encoding="utf-8")
+    described = set(re.findall(r"^\| `([a-z_]+)` \|", text, re.M))
+    assert not ENTRY_KINDS - described, sorted(ENTRY_KINDS - described)
+    # The optional fields, as the entries section lists them (between backquotes).
+    listed = set(re.findall(r"`([a-z_]+)`", text.split("## Ledger entries")[1].split("##")[0]))
+    fields = {*model._OPTIONAL_INTS, *model._OPTIONAL_STRS, *model._LONG_STRS}
+    assert not fields - listed, sorted(fields - listed)
