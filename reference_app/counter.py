@@ -1051,6 +1051,14 @@ class Counter:
                 "anniversary": ui.input(tr("纪念日", "Anniversary"),
                                         value=profile.get("anniversary", "")),
                 "notes": ui.input(tr("备注", "Notes"), value=profile.get("notes", "")),
+                # Notices (crdtledger.notices): where to, and promotional consent, which
+                # the member gives or withdraws (PIPL); never asked means none.
+                "email": ui.input(tr("邮箱", "E-mail"), value=profile.get("email", "")),
+                "promo": ui.select(
+                    {"": tr("未询问（不发营销信息）", "Not asked (no promotions)"),
+                     "yes": tr("同意接收营销信息", "Consents to promotions"),
+                     "no": tr("已拒绝营销信息", "Opted out of promotions")},
+                    value=profile.get("promo", ""), label=tr("营销信息", "Promotions")),
             }
             for key, el in inputs.items():
                 el.props("outlined dense").classes("w-full").mark(f"edit-{key}")
