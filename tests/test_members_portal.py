@@ -593,6 +593,42 @@ async def test_the_member_port_is_https_with_the_chains_certificate(served: Port
                 await r.read()
 
 
+async def test_a_socket_on_the_member_port_cannot_drive_an_operator_page(
+        served: PortalApp, tmp_path: Path) -> None:
+    """A real websocket to the member port that names an operator page's client id is
+    closed; one naming a member page's stays open."""
+    app = served
+    for _ in range(600):
+        if app.portal.server is not None and app.portal.server.started:
+            break
+        await asyncio.sleep(0.05)
+    op = re.search(r"'client_id': '([0-9a-f-]+)'", (await app.counter.get("/login")).text)
+    mine = re.search(r"'client_id': '([0-9a-f-]+)'", (await app.members.get("/m")).text)
+    assert op and mine
+    trust = ssl.create_default_context(cafile=str(tmp_path / "chain" / "ca.crt"))
+    url = (f"wss://127.0.0.1:{app.portal.port}/_nicegui_ws/socket.io/?EIO=4"
+           "&transport=websocket")
+
+    async def after(packet: str) -> bool:
+        """Whether the socket is still open after the engine.io handshake and `packet`."""
+        async with aiohttp.ClientSession() as http, http.ws_connect(url, ssl=trust) as ws:
+            assert (await ws.receive_str(timeout=30)).startswith("0")  # engine.io open
+            await ws.send_str("40")  # socket.io connect
+            assert (await ws.receive_str(timeout=30)).startswith("40")
+            await ws.send_str(packet)
+            await ws.send_str("3")  # a pong: something to answer or to close on
+            try:
+                msg = await ws.receive(timeout=2)
+            except TimeoutError:
+                return True
+            return msg.type not in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                                    aiohttp.WSMsgType.CLOSING)
+
+    event = '42["event",{{"client_id":"{}","id":0,"type":"click","args":[]}}]'
+    assert not await after(event.format(op.group(1)))
+    assert await after(event.format(mine.group(1)))
+
+
 async def test_the_certificate_names_its_hosts_and_is_signed_by_the_chain(tmp_path: Path) -> None:
     from cryptography import x509
 
