@@ -211,12 +211,18 @@ def keep(ledger: Ledger, due: Due, now_ms: int) -> int:
     """Keep what `collect` found, then its scan marks (a crash between the two scans
     again, and the keys make that harmless); returns how many notices are new. Sent
     notices older than KEEP_SENT_DAYS go: none of them can fall due again (a notice is
-    due within hours of its time, and a year's greeting names its year)."""
+    due within hours of its time, and a year's greeting names its year); so do erased
+    members' notices."""
     new = enqueue(ledger, due.notices, now_ms)
     for name, value in due.marks.items():
         _set_mark(ledger, name, value)
-    _conn(ledger).execute("DELETE FROM outbox WHERE sent IS NOT NULL AND sent < ?",
-                          (now_ms - KEEP_SENT_DAYS * 86_400_000,))
+    conn = _conn(ledger)
+    conn.execute("DELETE FROM outbox WHERE sent IS NOT NULL AND sent < ?",
+                 (now_ms - KEEP_SENT_DAYS * 86_400_000,))
+    # An erased member's notices go too, sent or not: their address and name are in
+    # them (crdtledger.erasure reaches every replica; this is the sender's own copy).
+    conn.execute("DELETE FROM outbox WHERE member IN (SELECT id FROM members WHERE "
+                 "json_extract(body, '$.erased') IS NOT NULL)")
     return new
 
 

@@ -110,6 +110,16 @@ def test_no_promotion_without_consent_but_service_notices_reach_everyone(
     assert op(ledger, "member.show", member=m["yes"])["promo"] == "no"
 
 
+def test_an_erased_members_notices_leave_the_outbox(ledger: Ledger) -> None:
+    m = members(ledger)
+    outbox.keep(ledger, outbox.collect(ledger, NOW, BOTH), NOW)
+    assert [h["member"] for h in outbox.history(ledger)] == [m["yes"]]
+    op(ledger, "member.erase", member=m["yes"])
+    outbox.keep(ledger, outbox.Due([], {}), NOW + 1000)
+    assert outbox.history(ledger) == []
+    assert outbox.collect(ledger, NOW + 2000, BOTH).notices == [], "and none are due"
+
+
 def test_a_segment_by_level_home_dormancy_and_tags(ledger: Ledger) -> None:
     a = op(ledger, "member.add", name="A", phone="13800000011", promo="yes",
            tags=["vip"])["member_id"]
