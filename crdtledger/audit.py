@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
-from crdtledger import views
+from crdtledger import localtime, views
 from crdtledger.errors import InvalidInput
 from crdtledger.hlc import id_time_ms
 from crdtledger.model import EDITS, ENTRY_KINDS
@@ -267,13 +266,14 @@ def trail(ledger: Ledger, operator: str | None = None, branch: str | None = None
             and (operator is None or operator in (r.get("operator"), r.get("approver")))]
     rows.sort(key=lambda r: r["id"], reverse=True)
     names = {o["id"]: o["name"] for o in views.operators(ledger)}
+    zone = localtime.zone(ledger)  # the branch's clock, as every page and command shows
     out: list[AuditRow] = []
     for r in rows[:limit]:
         at = int(r.get("at") or id_time_ms(r["id"]))
         who, approver = str(r.get("operator") or ""), str(r.get("approver") or "")
         out.append({
             "id": r["id"],
-            "time": datetime.fromtimestamp(at / 1000, st.tz).strftime("%Y-%m-%d %H:%M:%S"),
+            "time": localtime.show(at / 1000, zone),
             "branch": r["id"].rsplit(".", 1)[-1], "action": r["action"],
             "operator": who, "operator_name": names.get(who, who),
             "approver": approver, "approver_name": names.get(approver, approver),

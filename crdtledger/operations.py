@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from crdtledger import audit, membership, outbox, settlement, views
+from crdtledger import audit, localtime, membership, outbox, settlement, views
 from crdtledger import bookings as booking_lib
 from crdtledger.bookings import BOOKING_STATUSES
 from crdtledger.coupons import COUPON_REASONS, COUPON_STATUSES, CouponRefused, describe_status
@@ -708,7 +708,7 @@ def balance(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
 
 
 def _show_history(ledger: Ledger, entries: Any, _p: Params) -> str:
-    tz = ledger.storage.tz
+    tz = localtime.zone(ledger)  # the branch's clock, as the counter shows it
 
     def when(e: Mapping[str, Any]) -> str:
         return datetime.fromtimestamp(e["at"] / 1000, tz).strftime("%Y-%m-%d %H:%M")

@@ -44,7 +44,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from crdtledger import views
+from crdtledger import localtime, views
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied
 from crdtledger.goods import is_walk_in
 from crdtledger.ledger import Ledger
@@ -229,7 +229,7 @@ def build(ledger: Ledger, entry_id: str, *, title: str = "", reprint: bool = Fal
     branches = ledger.rule("branches")
     settings = ledger.rule("settings")
     shop = title or str(settings.get("shop_name") or "") or ledger.chain
-    when = datetime.fromtimestamp(int(e["at"]) / 1000, ledger.storage.tz)
+    when = datetime.fromtimestamp(int(e["at"]) / 1000, localtime.zone(ledger))
     lines, total = _lines(ledger, e)
     ref = str(e.get("ref") or "")
     return Receipt(

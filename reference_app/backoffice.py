@@ -25,7 +25,7 @@ from typing import Any, cast
 
 from nicegui import events, run, ui
 
-from crdtledger import audit, operations, settlement, views
+from crdtledger import audit, localtime, operations, settlement, views
 from crdtledger.errors import (
     ForeignChain,
     LedgerError,
@@ -79,7 +79,7 @@ def refuse(e: LedgerError) -> None:
 
 
 def local_time(ledger: Ledger, ms: int, *, with_day: bool = True) -> str:
-    moment = datetime.fromtimestamp(ms / 1000, ledger.storage.tz)
+    moment = datetime.fromtimestamp(ms / 1000, localtime.zone(ledger))
     return moment.strftime("%Y-%m-%d %H:%M" if with_day else "%H:%M")
 
 

@@ -57,3 +57,18 @@ def test_status_shows_the_last_contact_in_the_branch_zone(tmp_path: Path) -> Non
     assert shown != localtime.show(seen_ms / 1000, ZoneInfo("UTC"))
     assert r.code == 0 and run_cli("status", "--json", data=tmp_path / "sh01").json()[
         "timezone"] == "America/New_York"
+
+
+def test_the_audit_trail_and_receipts_read_the_same_clock(tmp_path: Path) -> None:
+    from crdtledger import audit
+    from crdtledger.hlc import id_time_ms
+
+    a = new_ledger(tmp_path, "SH01")
+    try:
+        a.set_rule(owner_of(a.node), "settings", {"timezone": "America/New_York"})
+        row = audit.trail(a)[0]
+        assert row["action"] == "rule.set"
+        assert row["time"] == localtime.show(id_time_ms(row["id"]) / 1000,
+                                             ZoneInfo("America/New_York"))
+    finally:
+        a.close()
