@@ -510,8 +510,8 @@ def cancel(ledger: Ledger, operator: str, booking: str, member: str | None = Non
         entry = ledger._entry("booking_cancel", b["member"], op=operator, ref=b["id"])
         return [ledger._entry_write(entry)], entry
 
-    ledger._commit(plan)
-    return show(ledger, b["id"])
+    entry = ledger._commit(plan)
+    return {**show(ledger, b["id"]), "entry": entry["id"]}
 
 
 def noshow(ledger: Ledger, operator: str, booking: str) -> dict[str, Any]:
@@ -534,8 +534,8 @@ def noshow(ledger: Ledger, operator: str, booking: str) -> dict[str, Any]:
                               status="no_show")
         return [ledger._entry_write(entry)], entry
 
-    ledger._commit(plan)
-    return show(ledger, b["id"])
+    entry = ledger._commit(plan)
+    return {**show(ledger, b["id"]), "entry": entry["id"]}
 
 
 def decide(ledger: Ledger) -> list[dict[str, Any]]:

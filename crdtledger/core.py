@@ -164,6 +164,14 @@ class Rebalanced:
 
 
 @dataclass(frozen=True)
+class BookingDecided:
+    """This branch decided on a booking of one of its technicians on its own
+    (crdtledger.bookings.decide: a request from another branch, or a slot released)."""
+
+    entry: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Count:
     name: str
     labels: tuple[str, ...] = ()
@@ -200,8 +208,8 @@ class ClockJudged:
     verdict: ClockVerdict
 
 
-Effect = (Send | Close | Dial | SetTimer | Done | Seen | Failed | Decided | Rebalanced | Count
-          | Gauge | Observe | Refused | ClockJudged)
+Effect = (Send | Close | Dial | SetTimer | Done | Seen | Failed | Decided | Rebalanced
+          | BookingDecided | Count | Gauge | Observe | Refused | ClockJudged)
 
 
 # --- state --------------------------------------------------------------------
@@ -784,6 +792,7 @@ class NodeCore:
         for d in written:
             self._decide(f"booking {d['ref']} {d['status']}"
                          + (f": {d['reason']}" if d.get("reason") else ""))
+            self._out.append(BookingDecided(d))
         if written:
             self._out.append(Count("booking_decisions", amount=len(written)))
 

@@ -17,7 +17,7 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
-from crdtledger import audit, views
+from crdtledger import audit, bookings, views
 from crdtledger.ledger import Ledger
 from crdtledger.log import APPLIED
 from crdtledger.settlement import reconciles
@@ -272,6 +272,11 @@ def final(world: World) -> list[Violation]:
     neg = audit.negative_purses(first, limit=3)
     if neg:
         out.append(Violation("negative", f"purse below zero after convergence: {neg}"))
+    for node in nodes:  # a technician's slot confirmed twice (crdtledger.bookings)
+        assert node.ledger is not None
+        twice = bookings.double_booked(node.ledger)
+        if twice:
+            out.append(Violation("double-booked", f"{node.name}: {twice[:3]}", node.name))
     q = audit.quarantined(first, limit=3)
     if q:
         out.append(Violation("quarantine", f"entries of an honest chain quarantined: {q}"))

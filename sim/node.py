@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crdtledger.core import (
+    BookingDecided,
     Close,
     Count,
     Decided,
@@ -252,6 +253,8 @@ class SimNode:
                     world.refused_records(self)
                 case Rebalanced(entry=entry):
                     world.rebalanced(self, entry)
+                case BookingDecided(entry=entry):
+                    world.booking_decided(self, entry)
                 case _:
                     pass
 

@@ -22,9 +22,11 @@ import bisect
 import random
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from crdtledger import bookings
 from crdtledger.ledger import Ledger
 from crdtledger.views import packages, points
 from sim.engine import DAY, HOUR, MINUTE, SECOND
@@ -45,6 +47,9 @@ PROMOTIONS = (
 # One goods item (crdtledger.goods), written to the catalogue by the head office on the
 # first morning: branches buy it in when their shelf is nearly empty and sell it.
 GOODS, GOODS_PRICE = "G01", 8800
+# Branches with a bookable technician (crdtledger.bookings); customers of any branch
+# book them now and then.
+TECHNICIAN_BRANCHES = 3
 OPEN_HOUR = 10
 CLOSE_HOUR = 22
 
@@ -69,6 +74,7 @@ class Branch:
     weights: list[float] = field(default_factory=list)
     cum: list[float] = field(default_factory=list)  # cumulative weights
     debits: deque[str] = field(default_factory=lambda: deque(maxlen=50))
+    booked: deque[str] = field(default_factory=lambda: deque(maxlen=20))  # bookings made here
 
 
 class Workload:
@@ -236,6 +242,8 @@ class Workload:
             self._goods(b, m)
         elif r < 0.945:
             self._coupon(b, m, svc)
+        elif r < 0.955:
+            self._booking(b, m)
         else:
             self._debit(b, m, "debit.service", lambda lg: lg.debit(
                 lg.owner, card=m.card_no, service=svc), PRICES[svc])
@@ -254,6 +262,34 @@ class Workload:
         pay = "stored" if self._spendable(ledger, mid) >= GOODS_PRICE else "cash"
         self._op(b, "sell", lambda lg: lg.sell_goods(lg.owner, GOODS, 1, member=mid, pay=pay),
                  debit=True)
+
+    def _booking(self, b: Branch, m: Member) -> None:
+        """An appointment for tomorrow with a technician this branch knows of (its own:
+        confirmed or refused at once; another branch's: a request that branch decides
+        when it arrives), or a cancellation of one made here."""
+        rng = self.rng
+        ledger = self.world.nodes[b.index].ledger
+        assert ledger is not None and m.id is not None
+        techs = bookings.technicians(ledger)
+        if not techs:
+            return
+        if b.booked and rng.random() < 0.25:
+            bid = b.booked.popleft()
+            self._op(b, "booking.cancel", lambda lg: {
+                "id": bookings.cancel(lg, lg.owner, bid)["entry"]})
+            return
+        tech = rng.choice(techs)
+        service = rng.choice(tech["services"])
+        hour, minute = rng.randrange(10, 21), rng.choice((0, 30))
+        day = date.fromisoformat(ledger.today()) + timedelta(days=1)
+        at, mid = f"{day}T{hour:02d}:{minute:02d}", m.id
+
+        def booked(outcome: Outcome, attempt: Attempt) -> None:
+            if isinstance(outcome, dict):
+                b.booked.append(str(outcome["id"]))
+
+        self._op(b, "booking", lambda lg: {"id": bookings.book(
+            lg, lg.owner, mid, tech["id"], service, at)["booking"]}, then=booked)
 
     def _coupon(self, b: Branch, m: Member, svc: str) -> None:
         """A coupon: the member's first available one comes off a service here (its
@@ -368,6 +404,12 @@ class Workload:
             if day == 0 and self._budget():  # the catalogue's goods rule (a rule id)
                 self._op(self.branches[0], "rule", lambda lg: lg.add_goods(
                     lg.owner, GOODS, "精油", GOODS_PRICE, 3000)["rule_id"])
+        # A bookable technician at each of the first branches, added there (its entry's
+        # id is the technician's): only that branch decides its slots.
+        for b in self.branches[:TECHNICIAN_BRANCHES] if day == 0 else ():
+            if self._budget() and self.world.nodes[b.index].up:
+                self._op(b, "technician", lambda lg: bookings.add_technician(
+                    lg, lg.owner, "T1", "技师", ["FOOT60", "BODY90"], "10:00-22:00"))
 
     def _hot_burst(self) -> None:
         """A shared card used at several branches within seconds (a family card)."""

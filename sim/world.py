@@ -263,6 +263,12 @@ class World:
             if change > 0:
                 self.metrics.rebalanced[str(purse)] += 1
 
+    def booking_decided(self, node: SimNode, entry: dict[str, Any]) -> None:
+        """A technician's branch decided on a booking on its own (crdtledger.bookings):
+        acknowledged like the rebalancer's transfers, it must reach every replica."""
+        self.trace(self.engine.now, f"{node.name} booking {entry['ref']} {entry['status']}")
+        self._ack(str(entry["id"]), node.name)
+
     def _ack(self, entry_id: str, node: str) -> None:
         if entry_id in self.acked_entries:
             self.fail(Violation("duplicate", f"entry {entry_id} acknowledged twice", node))
