@@ -1615,9 +1615,9 @@ def _show_booking(_ledger: Ledger, b: Any, _p: Params) -> str:
                    Param("hours", text(11, pattern=booking_lib.HOURS.pattern.replace("\\Z", "$")),
                          default="10:00-22:00", help="working hours, e.g. 10:00-22:00")),
            result=TECHNICIAN,
-           show=lambda _l, t, _p: f"technician {t['ref']} {t['name']}: "
            links={"booking.add": {"parameters": {"technician": "$response.body#/id"}},
                   "booking.slots": {"parameters": {"technician": "$response.body#/id"}}},
+           show=lambda _l, t, _p: f"technician {t['ref']} {t['name']}: "
            f"{','.join(t['services'])} {t['hours']} [{t['id']}]")
 def technician_add(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return booking_lib.add_technician(ledger, operator, p["code"], p["name"],
