@@ -11,12 +11,14 @@
 - ``goods.parquet``: the goods catalogue in force.
 - ``crdtledger-analytics.json``: what was written, for the next run.
 
-Incremental and idempotent, keyed by entry id: an entry lives in the month of its id
-(as in the ledger, crdtledger.model.entry_doc) and entries never change, so a month's
-set of ids says everything about its rows. The manifest keeps a digest of each month's
-ids; a run rewrites only the months whose ids changed (entries synced in late from
-another branch land in their own month, which is rewritten whole), each file replaced
-atomically. Running it twice writes nothing the second time and never duplicates a row.
+Incremental and idempotent, keyed by entry id: an entry lives in the document of its
+id's month (crdtledger.model.entry_doc) and never changes, so a month's rows change
+only when its document does (its state vector moves) or when entries of it leave the
+`deferred` or `quarantine` tables (projection.py). The manifest keeps that fingerprint
+of each month; a run rewrites only the months whose fingerprint moved (entries synced
+in late from another branch land in their own month, which is rewritten whole), each
+file replaced atomically. So an unchanged chain costs a read of the state vectors, and
+running it twice writes nothing the second time and never duplicates a row.
 
 Pseudonyms: HMAC-SHA256 of the member id under a key derived from the chain secret
 (crdtledger.trust), so every branch of a chain and every run give a member the same
@@ -112,24 +114,25 @@ def export(ledger: Ledger, out: Path | str, progress: Progress | None = None
         conn.execute("BEGIN")
     try:
         members = {m: _pseudonym(key, m) for (m,) in conn.execute("SELECT id FROM members")}
-        months = _months(conn)
+        months = _fingerprints(ledger)
         written: list[str] = []
         rows = 0
-        for month, (ids_digest, count, lo, hi) in months.items():
+        for month, fingerprint in months.items():
             have = kept.get(month)
-            if (have is not None and have.get("digest") == ids_digest
+            if (have is not None and have.get("fingerprint") == fingerprint
                     and (out / "entries" / f"month={month}" / PART).exists()
                     and (out / "goods_sales" / f"month={month}" / PART).exists()):
                 continue
-            entries = _month_entries(conn, lo, hi)
+            entries = _month_entries(ledger, month)
             _write(out / "entries" / f"month={month}" / PART,
                    _entry_table(entries, members))
             sales = _goods_sales(conn, entries, members)
             _write(out / "goods_sales" / f"month={month}" / PART, sales)
-            kept[month] = {"digest": ids_digest, "entries": count, "goods_sales": sales.num_rows}
+            kept[month] = {"fingerprint": fingerprint, "entries": len(entries),
+                           "goods_sales": sales.num_rows}
             written.append(month)
-            rows += count
-            tell(f"{month}: {count} entries, {sales.num_rows} goods sales")
+            rows += len(entries)
+            tell(f"{month}: {len(entries)} entries, {sales.num_rows} goods sales")
         # Months no longer there (a restored store of an older state): their files go.
         for month in sorted(set(kept) - set(months)):
             for table in ("entries", "goods_sales"):
@@ -150,36 +153,42 @@ def export(ledger: Ledger, out: Path | str, progress: Progress | None = None
     _write_manifest(out, manifest)
     return {"out": str(out), "months_written": written, "entries_written": rows,
             "months_unchanged": len(months) - len(written),
-            "entries": sum(m[1] for m in months.values()),
+            "entries": sum(int(m["entries"]) for m in kept.values()),
             "members": member_rows.num_rows, "rewritten": sorted(others)}
 
 
 # --- what is in the store ----------------------------------------------------------
 
 
-def _months(conn: Any) -> dict[str, tuple[str, int, str, str]]:
-    """Each month's (digest of its entry ids, count, first id, last id): one scan of
-    the entries' primary key. An entry's day (and so month) follows from its id, so
-    the ids of a month are one range of the key."""
-    out: dict[str, tuple[str, int, str, str]] = {}
-    month, h, n, lo, hi = "", hashlib.sha256(), 0, "", ""
-    for day, eid in conn.execute("SELECT day, id FROM entries ORDER BY id"):
-        m = day[:7]
-        if m != month:
-            if month:
-                out[month] = (h.hexdigest(), n, lo, hi)
-            month, h, n, lo = m, hashlib.sha256(), 0, eid
-        h.update(eid.encode() + b"\n")
-        n += 1
-        hi = eid
-    if month:
-        out[month] = (h.hexdigest(), n, lo, hi)
+def _fingerprints(ledger: Ledger) -> dict[str, str]:
+    """Month -> what its rows depend on: the state vector of its ledger document, and
+    how many of the document's entries wait in `deferred` (unfunded yet) or were put
+    in `quarantine`. Every entry of the document is either projected or in one of
+    those, and an entry never changes, so equal fingerprints mean equal rows. No
+    entry is read: an unchanged chain costs one read per document."""
+    conn = ledger.storage.conn
+    waiting = {str(d): int(n) for d, n in conn.execute(
+        "SELECT doc, COUNT(*) FROM deferred GROUP BY doc")}
+    refused = {str(d): int(n) for d, n in conn.execute(
+        "SELECT doc, COUNT(*) FROM quarantine GROUP BY doc")}
+    out = {}
+    for name, sv in sorted(ledger.storage.state_vectors().items()):
+        if name.startswith("ledger/"):
+            h = hashlib.sha256(sv)
+            h.update(f"|{waiting.get(name, 0)}|{refused.get(name, 0)}".encode())
+            out[name.removeprefix("ledger/")] = h.hexdigest()
     return out
 
 
-def _month_entries(conn: Any, lo: str, hi: str) -> list[tuple[str, dict[str, Any]]]:
-    return [(day, json.loads(body)) for day, body in conn.execute(
-        "SELECT day, body FROM entries WHERE id >= ? AND id <= ? ORDER BY id", (lo, hi))]
+def _month_entries(ledger: Ledger, month: str) -> list[tuple[str, dict[str, Any]]]:
+    """The month's projected entries, in id order: one range of the primary key (an
+    entry's month is its id's, in the chain's time zone)."""
+    first = date.fromisoformat(f"{month}-01")
+    after = date(first.year + first.month // 12, first.month % 12 + 1, 1)
+    lo = ledger.storage.day_start_id(first.isoformat())
+    hi = ledger.storage.day_start_id(after.isoformat())
+    return [(day, json.loads(body)) for day, body in ledger.storage.conn.execute(
+        "SELECT day, body FROM entries WHERE id >= ? AND id < ? ORDER BY id", (lo, hi))]
 
 
 def _pseudonym_key(ledger: Ledger) -> bytes:
