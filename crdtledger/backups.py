@@ -21,7 +21,6 @@ directory (``DATA/ledger.backup``): the store calls it before it opens.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -38,6 +37,7 @@ import msgpack
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from crdtledger import platform
 from crdtledger.errors import (
     CorruptSyncFile,
     InvalidInput,
@@ -350,12 +350,10 @@ def _locked(data_dir: Path) -> Iterator[None]:
     fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
                  FILE_MODE)
     try:
-        os.fchmod(fd, FILE_MODE)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        platform.fchmod(fd, FILE_MODE)
+        if not platform.try_lock(fd):
             raise StoreLocked(f"data directory {data_dir} is in use by a running node: stop "
-                              "it before restoring") from None
+                              "it before restoring")
         yield
     finally:
         os.close(fd)

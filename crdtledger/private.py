@@ -20,6 +20,8 @@ import stat
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
+from crdtledger import platform
+
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
@@ -45,7 +47,7 @@ def private_dir(path: Path | str) -> Path:
         except FileExistsError:
             pass  # made meanwhile by someone else: tightened below if it is the target
         else:
-            os.chmod(d, DIR_MODE)  # mkdir's mode is masked by the umask
+            platform.chmod(d, DIR_MODE)  # mkdir's mode is masked by the umask
     tighten(path, DIR_MODE)
     return path
 
@@ -60,7 +62,7 @@ def _open_fd(path: Path | str, exclusive: bool, append: bool) -> int:
         flags |= os.O_TRUNC
     fd = os.open(path, flags, FILE_MODE)
     try:
-        os.fchmod(fd, FILE_MODE)  # whatever the umask, and whatever an old file had
+        platform.fchmod(fd, FILE_MODE)  # whatever the umask, and whatever an old file had
     except BaseException:
         os.close(fd)
         raise
@@ -120,7 +122,7 @@ def private_sqlite_file(path: Path | str) -> Path:
     path = Path(path)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
     try:
-        os.fchmod(fd, FILE_MODE)
+        platform.fchmod(fd, FILE_MODE)
     finally:
         os.close(fd)
     return path
@@ -144,7 +146,7 @@ def tighten(path: Path, mode: int) -> None:
     opened by root for a look) must still open it."""
     try:
         if stat.S_IMODE(os.stat(path).st_mode) != mode:
-            os.chmod(path, mode)
+            platform.chmod(path, mode)
     except FileNotFoundError:
         pass
     except OSError as e:

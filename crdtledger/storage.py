@@ -13,7 +13,6 @@ without loading any of it.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sqlite3
@@ -31,7 +30,7 @@ from zoneinfo import ZoneInfo
 import orjson
 from pycrdt import Array, Doc, Map
 
-from crdtledger import hlc
+from crdtledger import hlc, platform
 from crdtledger.backups import restore_pending
 from crdtledger.errors import InvalidInput, StoreError, StoreLocked
 from crdtledger.lib0 import decode_state_vector
@@ -456,23 +455,18 @@ class Storage:
     def _take_lock(self) -> int:
         # It holds only a pid, but it lives with the store: private like the rest.
         fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, FILE_MODE)
-        os.fchmod(fd, FILE_MODE)
+        platform.fchmod(fd, FILE_MODE)
         deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-                    os.close(fd)
-                    raise StoreLocked(
-                        f"data directory {self.dir} is in use by another process "
-                        f"(pid {holder or '?'})"
-                    ) from None
-                time.sleep(0.02)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        while not platform.try_lock(fd):
+            if time.monotonic() > deadline:
+                holder = platform.read_pid(fd)
+                os.close(fd)
+                raise StoreLocked(
+                    f"data directory {self.dir} is in use by another process "
+                    f"(pid {holder or '?'})"
+                )
+            time.sleep(0.02)
+        platform.write_pid(fd)
         return fd
 
     def _release_lock(self) -> None:

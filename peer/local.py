@@ -15,7 +15,6 @@ exactly as when the CLI opens the store itself, and nobody else gets in.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import hmac
 import json
 import logging
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from crdtledger import platform
 from crdtledger.auth import verify_login
 from crdtledger.errors import LedgerError, RemoteProtocolError
 from crdtledger.private import private_text_open
@@ -90,12 +90,7 @@ def _lock_held(data_dir: Path) -> bool:
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
+        return platform.held_elsewhere(fd)
     finally:
         os.close(fd)
 

@@ -1,0 +1,133 @@
+"""Everything that differs between operating systems, in one place.
+
+The rest of the code calls these and never `fcntl`, `msvcrt`, `os.fchmod` or
+`loop.add_signal_handler` itself, so a port to another system is a change here.
+
+* Locks: the store's directory lock (crdtledger.storage, crdtledger.backups,
+  peer.local) through `portalocker`, which takes `fcntl.flock` on Linux and macOS
+  (the very lock releases before 0.2.0 took with fcntl themselves, so an old and a
+  new process still keep out of each other's store) and `msvcrt.locking` or
+  `LockFileEx` on Windows. It locks a descriptor we opened, without truncating or
+  deleting the file, so the lock file keeps holding the pid of whoever holds it.
+  (`filelock`, the other candidate, opens its file with O_TRUNC before it tries the
+  lock, which would wipe the holder's pid from a waiting process, and manages the
+  file's life itself.)
+* Permissions: POSIX modes (0600 files, 0700 directories, crdtledger.private). On
+  Windows a file's access comes from the ACL it inherits from the user's profile
+  directory, where a data directory belongs; `os.chmod` there only sets read-only,
+  so the mode calls do nothing.
+* Stopping: SIGINT and SIGTERM end a node cleanly (systemd sends SIGTERM); Windows
+  has no loop signal handlers, and Ctrl+C (or Ctrl+Break) arrives as
+  KeyboardInterrupt, which `asyncio.run` turns into the same clean stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Callable
+
+import portalocker
+
+WINDOWS = sys.platform == "win32"
+
+_EXCLUSIVE = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
+
+
+def try_lock(fd: int) -> bool:
+    """Take the exclusive lock on the open file `fd` without waiting: True if taken,
+    False if another process (or another descriptor) holds it. The lock lasts until
+    `unlock` or until `fd` is closed (or the process dies, however it dies)."""
+    try:
+        portalocker.lock(fd, _EXCLUSIVE)
+    except portalocker.AlreadyLocked:
+        return False
+    return True
+
+
+def unlock(fd: int) -> None:
+    portalocker.unlock(fd)
+
+
+def held_elsewhere(fd: int) -> bool:
+    """Whether someone else holds the lock of the file open as `fd` (tried and given
+    back at once when free)."""
+    if not try_lock(fd):
+        return True
+    unlock(fd)
+    return False
+
+
+def write_pid(fd: int) -> None:
+    """Record this process as the lock's holder, for the message another one shows."""
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, str(os.getpid()).encode())
+
+
+def read_pid(fd: int) -> str:
+    """The holder's pid as `write_pid` left it ('' if unreadable: on Windows a locked
+    region cannot be read by another process)."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.read(fd, 32).decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def fchmod(fd: int, mode: int) -> None:
+    """`os.fchmod` where modes mean something (see the module's note on Windows)."""
+    if not WINDOWS:
+        os.fchmod(fd, mode)
+
+
+def chmod(path: str | os.PathLike[str], mode: int) -> None:
+    if not WINDOWS:
+        os.chmod(path, mode)
+
+
+def on_stop(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> None:
+    """Call `stop` on the loop when the process is asked to end (SIGINT, SIGTERM)."""
+    if WINDOWS:
+        return  # KeyboardInterrupt instead (see the module's note)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop)
+
+
+# --- accounts (the systemd unit's user: peer.service, Linux only) ---------------------
+
+
+def owner_of(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """The name and uid of who owns `path` (the name is the uid where it has none)."""
+    import pwd
+
+    uid = os.stat(path).st_uid
+    try:
+        return pwd.getpwuid(uid).pw_name, uid
+    except KeyError:
+        return str(uid), uid
+
+
+def account(user: str) -> tuple[int, int, str]:
+    """uid, primary gid and that group's name of `user` (KeyError: no such user)."""
+    import grp
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    try:
+        group = grp.getgrgid(entry.pw_gid).gr_name
+    except KeyError:
+        group = str(entry.pw_gid)
+    return entry.pw_uid, entry.pw_gid, group
+
+
+def chown_tree(path: str | os.PathLike[str], uid: int, gid: int) -> None:
+    """Hand a directory and everything in it to `uid`:`gid` (symlinks themselves)."""
+    os.chown(path, uid, gid, follow_symlinks=False)
+    for root, dirs, files in os.walk(path):
+        for name in (*dirs, *files):
+            os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
