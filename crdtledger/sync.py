@@ -10,11 +10,12 @@ hop. An update that adds nothing is not re-announced, so relays die out.
 
 Conversation (every message: msgpack map with protocol version ``v`` and type ``t``):
 
-    hello   {chain, node, now, digest, agree?}  first, and again for each anti-entropy
-                                          round; `now` is the sender's time (the
-                                          chain's, if its own clock is off), `agree`
-                                          how many nodes' clocks agree with it
-                                          (crdtledger.peerclock; absent: 1)
+    hello   {chain, node, now, digest, agree?, sw?}  first, and again for each
+                                          anti-entropy round; `now` is the sender's
+                                          time (the chain's, if its own clock is off),
+                                          `agree` how many nodes' clocks agree with it
+                                          (crdtledger.peerclock; absent: 1), `sw` the
+                                          sender's release (first hello only)
     state   {logs: {node: [seq, tip]}, reply}  when digests differ; answered once
     recs    {recs, heads, certs, proofs?, more?}  log records the peer lacks / each new one,
                                           with the signed heads that cover them
@@ -50,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
+from crdtledger import __version__
 from crdtledger.errors import (
     ForeignChain,
     LedgerError,
@@ -74,6 +76,8 @@ if TYPE_CHECKING:
 PROTOCOL_VERSION = 3
 
 # Limits, so a broken or hostile peer cannot make us allocate without bound.
+# A release number in a hello ("0.2.0", "1.10.3rc1"): shown on the sync page.
+MAX_RELEASE = 32
 # One frame can carry a month's ledger document to a node that has none of it:
 # 1M entries of about 150 bytes (DESIGN.md) is well under this.
 MAX_FRAME_BYTES = 256 * 1024 * 1024
@@ -163,6 +167,29 @@ Event = (PeerHello | ClockSkewSeen | ClockHeard | UpdatesApplied | RightsGranted
          | RightsAnswered | RightsRequested)
 
 
+class VersionMismatch(RemoteProtocolError):
+    """The peer speaks another version of this protocol: nothing it sends can be read.
+
+    Its message names both sides' protocol and release (the release is in the first
+    hello of a peer from 0.2.0 on), so an owner reading it on the sync page or in the
+    log knows which node to upgrade; the session fails and the node redials with its
+    backoff, which heals by itself once both run releases that speak one version."""
+
+    code = "protocol_version"
+
+    def __init__(self, theirs: object, release: object) -> None:
+        said = (f"crdtledger {release}"
+                if isinstance(release, str) and release.isprintable()
+                and len(release) <= MAX_RELEASE else "an older crdtledger")
+        shown = theirs if isinstance(theirs, int) and not isinstance(theirs, bool) else "?"
+        super().__init__(
+            f"the peer speaks sync protocol {shown} ({said}) and this node "
+            f"protocol {PROTOCOL_VERSION} (crdtledger {__version__}): they cannot sync "
+            "until both run releases that speak one version (see CHANGELOG.md)")
+        self.theirs = theirs
+        self.release = release
+
+
 def pack(message: dict[str, Any]) -> bytes:
     return bytes(msgpack.packb({"v": PROTOCOL_VERSION, **message}, use_bin_type=True))
 
@@ -179,7 +206,7 @@ def unpack(frame: bytes) -> dict[str, Any]:
     if not isinstance(msg, dict):
         raise RemoteProtocolError("frame is not a map")
     if msg.get("v") != PROTOCOL_VERSION:
-        raise RemoteProtocolError(f"protocol version {msg.get('v')!r}, expected {PROTOCOL_VERSION}")
+        raise VersionMismatch(msg.get("v"), msg.get("sw") if msg.get("t") == "hello" else None)
     return msg
 
 
@@ -216,6 +243,8 @@ class SyncSession:
         self.ledger = ledger
         self.expect_node = expect_node
         self.peer: str | None = None
+        # The peer's release as its first hello said (None: a peer before 0.2.0).
+        self.peer_release: str | None = None
         self.closed = False
         # Why the session failed (a protocol error from the peer), else None. Like
         # h11's ERROR state: once the conversation is broken nothing later in it can
@@ -268,7 +297,7 @@ class SyncSession:
         if self._started:
             raise LocalProtocolError("session already started")
         self._started = True
-        self._send_hello()
+        self._send_hello(first=True)
 
     def anti_entropy(self) -> None:
         """Queue a new round: a hello with our digest; the peer asks only if it differs."""
@@ -499,6 +528,11 @@ class SyncSession:
         agree = msg.get("agree", 1)  # optional: peers before it tell nothing
         if isinstance(agree, bool) or not isinstance(agree, int) or not 0 < agree <= MAX_AGREE:
             raise RemoteProtocolError("hello message: field 'agree' malformed")
+        release = msg.get("sw")  # optional: peers before 0.2.0 tell nothing
+        if release is not None:
+            if not isinstance(release, str) or not 0 < len(release) <= MAX_RELEASE:
+                raise RemoteProtocolError("hello message: field 'sw' malformed")
+            self.peer_release = release
         # Against this machine's own clock, not the corrected one: the correction is
         # made from these offsets and must not feed back into them.
         skew = now - self.ledger.clock.raw_wall()
@@ -629,13 +663,16 @@ class SyncSession:
         batch = self.ledger.batch(records, certs_sent=self._certs_sent)
         return {"t": "recs", **batch.to_wire()}
 
-    def _send_hello(self) -> None:
+    def _send_hello(self, first: bool = False) -> None:
         self._answered_view = None
         self._queue({
             "t": "hello", "chain": self.ledger.chain, "node": self.ledger.node,
             "now": self.ledger.clock.wall(),
             "digest": self.ledger.states_digest(),
             **({"agree": self.ledger.clock.agree} if self.ledger.clock.agree > 1 else {}),
+            # Our release, once per connection (rounds stay small): the peer shows it,
+            # and names it if it cannot speak our protocol version.
+            **({"sw": __version__} if first else {}),
         })
 
     def _queue(self, message: dict[str, Any]) -> None:

@@ -212,6 +212,9 @@ FAULT = {"type": "object", "required": ["node", "kind", "seq", "rule", "detail",
                         "at": {"type": "integer", "description": "ms since 1970"}}}
 SYNC = {"type": "object", "required": ["node", "chain", "peers"],
         "properties": {"node": STR, "chain": STR,
+                       "version": {"type": "string", "description": "this node's release"},
+                       "protocol": {"type": "integer",
+                                    "description": "the sync protocol version it speaks"},
                        "restored": {"type": "string", "nullable": True, "description":
                                     "restored from a backup of this time and not yet "
                                     "caught up with a peer: writes are refused"},
@@ -244,7 +247,12 @@ SYNC = {"type": "object", "required": ["node", "chain", "peers"],
             "properties": {"node": STR, "address": STR, "connected": {"type": "boolean"},
                            "last_contact": {"type": "number", "nullable": True},
                            "behind_in": {"type": "integer", "nullable": True},
-                           "behind_out": {"type": "integer", "nullable": True}}}}}}
+                           "behind_out": {"type": "integer", "nullable": True},
+                           "release": {"type": "string", "nullable": True, "description":
+                                       "the peer's crdtledger release (its hello)"},
+                           "incompatible": {"type": "string", "nullable": True,
+                                            "description": "why this node cannot sync "
+                                            "with it: another protocol version"}}}}}}
 LOGIN = {"type": "object",
          "required": ["token", "operator", "name", "node", "permissions", "expires_in"],
          "properties": {"token": STR, "operator": STR, "name": STR, "node": STR,

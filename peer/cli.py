@@ -34,14 +34,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crdtledger import localtime, operations, peerclock, views
+from crdtledger import __version__, localtime, operations, peerclock, views
 from crdtledger.backups import restore, write_backup
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
 from crdtledger.ledger import Ledger
 from crdtledger.operations import TABLE, Operation, Param
 from crdtledger.schema import Schema
+from crdtledger.sync import PROTOCOL_VERSION
 from crdtledger.syncfile import export_file, import_file
-from peer import local, progress, receipts, webcert
+from peer import local, progress, receipts, service, webcert
 from peer.chain import CA_CERT, enrol, init_chain, load_chain, revocations_rule, revoke
 from peer.local import Running
 
@@ -363,6 +364,8 @@ def add_node_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Member and stored-value ledger of one branch node.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__} "
+                        f"(sync protocol {PROTOCOL_VERSION})")
     add_common(parser)
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     init = top.add_parser("init", help="create a node in an empty data directory")
@@ -386,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "keys are gone (a new or emptied data directory)")
 
     add_node_commands(top)
+    service.add_service_commands(top, add_common)
     printer = top.add_parser("printer", help="this PC's receipt printer (ESC/POS): set, "
                              "show, test, off")
     add_common(printer, operator=False, password=False)
@@ -602,6 +606,9 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
                      "has caught up with another branch")
     for f in data.get("faults") or []:
         lines.append(f"BLOCKED {f['node']}: {f['detail']}")
+    for p in data["peers"]:
+        if p.get("incompatible"):
+            lines.append(f"CANNOT SYNC with {p['node']}: {p['incompatible']}")
     clock = peerclock.tell(data["clock"]) if data.get("clock") else None
     if clock:
         lines.append(f"CLOCK: {clock}")
@@ -702,6 +709,8 @@ def run(args: argparse.Namespace, data_dir: Path) -> Result:
         return node_run(args, data_dir)
     if args.command == "status":
         return status(args, data_dir)
+    if args.command == "service":
+        return Result(*service.command(args, data_dir))
     if args.command == "https-cert":
         return Result(*webcert.command(args.chain, data_dir, args.host))
     if args.command == "printer":

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from crdtledger import localtime, peerclock, views
+from crdtledger import __version__, localtime, peerclock, platform, views
 from crdtledger.core import (
     ANTI_ENTROPY_S,
     HEARTBEAT_S,
@@ -66,7 +66,14 @@ from crdtledger.core import (
 from crdtledger.errors import LedgerError, LocalProtocolError
 from crdtledger.ledger import Ledger
 from crdtledger.log import Record
-from crdtledger.sync import MAX_FRAME_BYTES, SyncSession, UpdatesApplied, states_digest
+from crdtledger.sync import (
+    MAX_FRAME_BYTES,
+    PROTOCOL_VERSION,
+    SyncSession,
+    UpdatesApplied,
+    VersionMismatch,
+    states_digest,
+)
 from crdtledger.throttle import LoginThrottle
 from peer.chain import Identity, PeerRejected, load_identity
 from peer.gateways import Gateway, gateways_from_config
@@ -226,6 +233,8 @@ class Node:
         # The core's recent decisions, for `status` and tests (bounded: a node runs
         # for months).
         self.decisions: deque[str] = deque(maxlen=1000)
+        # Peers refused for speaking another protocol version, and the sentence why.
+        self.refusals: dict[str, str] = {}
         self._stopping = False
         self._crl = ""
         self.local_token = secrets.token_urlsafe(32)
@@ -298,6 +307,8 @@ class Node:
             "node": self.node_id,
             "chain": self.ledger.chain,
             "timezone": localtime.zone(self.ledger).key,  # for the times `status` shows
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
             "listen": self.sync_port,
             "digest": self.digest(),
             **views.trust_status(self.ledger),
@@ -307,6 +318,10 @@ class Node:
         }
 
     def _peer_status(self, p: Peer) -> dict[str, Any]:
+        session = self.core.session(p.node)
+        release = session.peer_release if session is not None else None
+        if session is not None and session.peer is not None and not session.failed:
+            self.refusals.pop(p.node, None)  # it said hello in our version since
         return {
             "node": p.node,
             "address": p.address,
@@ -314,6 +329,9 @@ class Node:
             "last_contact": p.last_contact,
             "behind_in": p.behind_in,
             "behind_out": p.behind_out,
+            "release": release,
+            # Why this node will not sync with it (another protocol version), if so.
+            "incompatible": self.refusals.get(p.node),
         }
 
     # --- peers ----------------------------------------------------------------
@@ -371,6 +389,11 @@ class Node:
                         log.warning("clock: %s", said)
                     else:
                         log.info("clock: in step with the peers again")
+                case Failed(peer=peer, error=VersionMismatch() as error):
+                    # Not a broken peer: one of the two needs an upgrade. Kept for the
+                    # sync page and `status` until that peer says hello again.
+                    self.refusals[peer] = str(error)
+                    log.error("cannot sync with %s: %s", peer, error)
                 case Failed(peer=peer, error=error):
                     log.warning("peer %s broke the protocol (%s); closing", peer, error)
                 case Count(name="operations", labels=labels):
@@ -645,6 +668,7 @@ class Node:
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "node": self.node_id,
+                                  "version": __version__, "protocol": PROTOCOL_VERSION,
                                   "peers_connected": len(self.connected()),
                                   "digest": self.digest()})
 
@@ -659,16 +683,12 @@ class Node:
 async def run_until_signalled(config: Config, announce: Callable[[Node], None] | None = None
                               ) -> None:
     """`crdtledger node run`: start, serve until SIGINT/SIGTERM, stop cleanly."""
-    import signal
-
     node = Node(config)
     await node.start()
     if announce is not None:
         announce(node)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    platform.on_stop(asyncio.get_running_loop(), stop.set)
     try:
         await stop.wait()
     finally:

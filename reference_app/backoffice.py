@@ -1072,6 +1072,13 @@ def sync_page() -> None:
                         "No longer taking what {branch} ({node}) writes: {detail}",
                         branch=shop().branch_name(f["node"]), node=f["node"],
                         detail=f["detail"])).classes("text-negative text-sm").mark("fault")
+        for p in status["peers"]:  # another protocol version: one of the two needs upgrading
+            if p.get("incompatible"):
+                ui.label(tr("无法与 {branch}（{node}）同步：{detail}",
+                            "Cannot sync with {branch} ({node}): {detail}",
+                            branch=shop().branch_name(p["node"]), node=p["node"],
+                            detail=p["incompatible"])).classes("text-negative text-sm"
+                                                               ).mark("incompatible")
         nodes = sorted(set(live) | set(seen))
         if not nodes:
             ui.label(tr("还没有连上过其他分店。", "No other branch has been reached yet.")

@@ -1,0 +1,226 @@
+"""Installing and running a release: the built wheel in a fresh virtual environment,
+the systemd unit `crdtledger service install` writes, and two releases that cannot
+speak one sync protocol refusing each other by name (real node processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import site
+import ssl
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from cluster import cluster, free_port, wait_for
+from conftest import cli_env, run_cli
+
+import crdtledger
+from crdtledger.sync import PROTOCOL_VERSION
+
+ROOT = Path(__file__).resolve().parent.parent
+# What the wheel is built from: the project's metadata and its packages, nothing else
+# (a copy, so the build writes no build/ or egg-info into the work tree).
+SOURCES = ["pyproject.toml", "README.md", "crdtledger", "peer", "sim", "benchmarks",
+           "reference_app"]
+
+
+def _run(argv: list[str | os.PathLike[str]], **kw: object) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([str(a) for a in argv], capture_output=True, text=True,
+                          timeout=300, check=False, **kw)  # type: ignore[call-overload]
+    assert done.returncode == 0, f"{argv}: exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done  # type: ignore[no-any-return]
+
+
+def _dependencies_dir(tmp: Path) -> Path:
+    """The project's third-party packages as a plain directory for the fresh venv:
+    links to everything in this venv's site-packages but crdtledger itself (its
+    editable install and metadata) and the .pth hooks. The test machine needs no
+    network; the wheel's own files are what the fresh venv imports crdtledger from."""
+    deps = tmp / "deps"
+    deps.mkdir()
+    for entry in Path(site.getsitepackages()[0]).iterdir():
+        name = entry.name
+        if (name.startswith(("crdtledger", "__editable__", "_distutils_hack"))
+                or name.endswith(".pth") or name == "__pycache__"):
+            continue
+        (deps / name).symlink_to(entry)
+    return deps
+
+
+def test_wheel_in_a_fresh_venv_runs_the_cli_and_the_counter(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in SOURCES:
+        path = ROOT / name
+        if path.is_dir():
+            shutil.copytree(path, src / name, ignore=shutil.ignore_patterns(
+                "__pycache__", "out", "img", "*.png", "*.json"))
+        else:
+            shutil.copy2(path, src / name)
+    wheels = tmp_path / "wheels"
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+          "--no-index", "-q", "-w", wheels, src])
+    (wheel,) = wheels.glob("crdtledger-*.whl")
+    assert wheel.name.startswith(f"crdtledger-{crdtledger.__version__}-")
+
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", venv])
+    py = venv / "bin" / "python"
+    _run([sys.executable, "-m", "pip", "--python", py, "install", "--no-deps", "--no-index",
+          "-q", wheel])
+    purelib = _run([py, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]
+                   ).stdout.strip()
+    deps = _dependencies_dir(tmp_path)
+    (Path(purelib) / "zz-deps.pth").write_text(f"{deps}\n")
+    # Every requirement the wheel declares is met by what this venv can import.
+    _run([sys.executable, "-m", "pip", "--python", py, "check"])
+
+    work = tmp_path / "work"  # no repository file reachable: not the cwd, not a path
+    work.mkdir()
+    env = {k: v for k, v in cli_env().items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    where = _run([py, "-c", "import crdtledger, peer, reference_app; "
+                  "print(crdtledger.__file__, reference_app.__file__)"], cwd=work, env=env)
+    assert str(ROOT) not in where.stdout and purelib in where.stdout, where.stdout
+
+    cli = venv / "bin" / "crdtledger"
+    version = _run([cli, "--version"], cwd=work, env=env).stdout
+    assert version.strip() == f"crdtledger {crdtledger.__version__} (sync protocol " \
+                              f"{PROTOCOL_VERSION})"
+    assert "service" in _run([cli, "--help"], cwd=work, env=env).stdout
+    _run([cli, "chain", "init", "--out", work / "chain", "--name", "wheel-chain"],
+         cwd=work, env=env)
+    _run([cli, "init", "--data", work / "hq", "--node", "HQ", "--chain", work / "chain",
+          "--head-office"], cwd=work, env=env)
+    _run([cli, "init", "--data", work / "sh01", "--node", "SH01", "--chain", work / "chain"],
+         cwd=work, env=env)
+    assert "counter" in _run([venv / "bin" / "crdtledger-counter", "--help"],
+                             cwd=work, env=env).stdout
+
+    # The branch's one process, over HTTPS with a certificate from the chain's CA.
+    _run([cli, "https-cert", "--chain", work / "chain", "--data", work / "sh01",
+          "--host", "127.0.0.1"], cwd=work, env=env)
+    port, api = free_port(), free_port()
+    log = work / "counter.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(venv / "bin" / "crdtledger-counter"), "--data", str(work / "sh01"),
+             "--https", f"127.0.0.1:{port}", "--listen", f"127.0.0.1:{free_port()}",
+             "--api", f"127.0.0.1:{api}", "--no-mdns"],
+            cwd=work, env=env, stdout=out, stderr=out)
+    try:
+        trust = ssl.create_default_context(cafile=str(work / "chain" / "ca.crt"))
+
+        def page() -> str | None:
+            if proc.poll() is not None:
+                raise AssertionError(f"counter exited {proc.returncode}: {log.read_text()}")
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{port}/login", timeout=5,
+                                            context=trust) as resp:
+                    return str(resp.read().decode())
+            except OSError:
+                return None
+
+        html = wait_for(page, 60, "the counter page over HTTPS")
+        assert "crdtledger" in html
+        with urllib.request.urlopen(f"http://127.0.0.1:{api}/health", timeout=5) as resp:
+            health = json.loads(resp.read())
+        assert health["version"] == crdtledger.__version__
+        assert health["protocol"] == PROTOCOL_VERSION and health["node"] == "SH01"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_service_unit_is_accepted_by_systemd_analyze(tmp_path: Path) -> None:
+    r = run_cli("chain", "init", "--out", tmp_path / "chain")
+    assert r.code == 0, r.err
+    data = tmp_path / "sh01"
+    r = run_cli("init", "--node", "SH01", "--chain", tmp_path / "chain", data=data)
+    assert r.code == 0, r.err
+    units = tmp_path / "units"
+    if os.geteuid() == 0:  # the directory is root's: refused unless given to a user
+        r = run_cli("service", "install", "--unit-dir", units, data=data)
+        assert r.code == 1 and "must not run as root" in r.err, r.err
+        user = "nobody"
+    else:
+        user = None  # the data directory's owner: whoever runs the test
+    r = run_cli("service", "install", "--counter", "--unit-dir", units,
+                "--args", "--https 0.0.0.0:8443", *(("--user", user) if user else ()),
+                "--json", data=data)
+    info = r.json()
+    unit = units / "crdtledger-SH01.service"
+    assert info["unit"] == str(unit) and info["enabled"] and not info["started"]
+    text = unit.read_text()
+    assert f"ExecStart={sys.executable} -m reference_app --data {data} --https 0.0.0.0:8443" \
+        in text
+    for line in ("Restart=on-failure", "StandardOutput=journal", "ProtectSystem=strict",
+                 f"ReadWritePaths={data}", "WantedBy=multi-user.target", "UMask=0077"):
+        assert line in text.splitlines(), line
+    owner = user or data.owner()
+    assert f"User={owner}" in text
+    assert data.owner() == owner and data.stat().st_mode & 0o777 == 0o700
+    link = units / "multi-user.target.wants" / unit.name
+    assert link.is_symlink() and link.resolve() == unit
+    verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert verify.returncode == 0, verify.stderr
+    # Nothing but the known complaint about running as "nobody" (a test's stand-in).
+    assert all("nobody" in line for line in verify.stderr.splitlines()), verify.stderr
+
+    r = run_cli("service", "remove", "--unit-dir", units, data=data)
+    assert r.code == 0, r.err
+    assert not unit.exists() and not link.is_symlink()
+    assert (data / "ledger.sqlite3").exists()  # the data stays
+    r = run_cli("service", "remove", "--unit-dir", units, data=data)
+    assert r.code == 1 and "nothing to remove" in r.err
+
+
+# A release that speaks the next protocol version, as a real node process: this very
+# code with the version numbers a future release would have.
+FUTURE = ("import sys, crdtledger, crdtledger.sync as s, peer.node as n; "
+          "s.PROTOCOL_VERSION = 4; s.__version__ = n.__version__ = '9.0.0'; "
+          "from peer.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+@pytest.mark.slow
+def test_nodes_of_two_protocol_versions_refuse_each_other_by_name(tmp_path: Path) -> None:
+    with cluster(tmp_path) as c:
+        sh01 = c.add("SH01").start()
+        sh02 = c.add("SH02")
+        sh02.peers = [sh01.url]
+        log = tmp_path / "sh02.log"
+        with open(log, "wb") as out:
+            future = subprocess.Popen(
+                [sys.executable, "-c", FUTURE, "node", "run", "--data", str(sh02.data),
+                 "--listen", f"127.0.0.1:{sh02.sync_port}", "--api",
+                 f"127.0.0.1:{sh02.api_port}", "--peer", sh01.url, "--no-mdns"],
+                env=cli_env(), stdout=out, stderr=out)
+        try:
+            def refused(node_data: Path) -> str | None:
+                r = run_cli("status", data=node_data)
+                return next((line for line in r.out.splitlines()
+                             if line.startswith("CANNOT SYNC")), None)
+
+            said = wait_for(lambda: refused(sh01.data), 60, "SH01 to refuse SH02")
+            assert said == (
+                f"CANNOT SYNC with SH02: the peer speaks sync protocol 4 (crdtledger 9.0.0) "
+                f"and this node protocol {PROTOCOL_VERSION} (crdtledger "
+                f"{crdtledger.__version__}): they cannot sync until both run releases that "
+                "speak one version (see CHANGELOG.md)")
+            theirs = wait_for(lambda: refused(sh02.data), 60, "SH02 to refuse SH01")
+            assert f"the peer speaks sync protocol {PROTOCOL_VERSION} (crdtledger " \
+                   f"{crdtledger.__version__}) and this node protocol 4 (crdtledger 9.0.0)" \
+                   in theirs
+            status = sh01.status()
+            (peer,) = [p for p in status["peers"] if p["node"] == "SH02"]
+            assert not peer["connected"] and "protocol 4" in peer["incompatible"]
+            assert status["version"] == crdtledger.__version__
+            assert "cannot sync with SH02" in sh01.logs()
+        finally:
+            future.terminate()
+            future.wait(30)
