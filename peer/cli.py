@@ -113,19 +113,13 @@ def _export_analytics(ledger: Ledger, operator: str, p: Params) -> Result:
     from crdtledger import analytics
 
     ledger.authorise(operator, "reports.view")
-    info = analytics.export(ledger, Path(p["out"]), progress=_progress_line)
+    info = analytics.export(ledger, Path(p["out"]), progress=progress.line)
     months = info["months_written"]
     text = (f"{info['out']}: {info['entries']} entries in {len(months) + info['months_unchanged']}"
             f" months, {info['members']} members; "
             + (f"written {info['entries_written']} entries of {', '.join(months)}" if months
                else "no month changed since the last export"))
     return Result(info, text)
-
-
-def _progress_line(text: str) -> None:
-    """Long work shows where it is, on a terminal only (not in a node's journal)."""
-    if sys.stderr.isatty():
-        print(f"  {text}", file=sys.stderr, flush=True)
 
 
 def _receipt(ledger: Ledger, operator: str, p: Params) -> Result:
