@@ -23,7 +23,7 @@ from demo_chain import make_demo_chain
 from crdtledger import model, views
 from crdtledger.hlc import id_time_ms
 from crdtledger.ledger import Ledger
-from crdtledger.model import ENTRY_KINDS, entry_doc, normalise_entry
+from crdtledger.model import ENTRY_KINDS, entry_doc, member_doc, normalise_entry
 
 JS = Path(__file__).resolve().parent / "js"
 NPM_TIMEOUT_S = 300
@@ -43,7 +43,22 @@ def yjs() -> Path:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    yield make_demo_chain(tmp_path_factory.mktemp("demo"))["SH01"]
+    """Head office's store of the demo chain, where some documents are a snapshot
+    followed by log rows (a compaction, then more writes) and others log rows only."""
+    data = make_demo_chain(tmp_path_factory.mktemp("demo"))["SH01"]
+    with Ledger.open(data) as ledger:
+        month = max(n for n in ledger.storage.doc_names() if n.startswith("ledger/"))
+        member = ledger.storage.conn.execute("SELECT id FROM members LIMIT 1").fetchone()[0]
+        for name in (month, member_doc(member), "operators"):
+            ledger.storage.compact(name)
+        ledger.topup(ledger.owner, member, 10000, pay="cash")
+        ledger.edit_member(ledger.owner, member, fields={"notes": "after the snapshot"})
+        (snapshots,) = ledger.storage.conn.execute("SELECT COUNT(*) FROM snapshots").fetchone()
+        (after,) = ledger.storage.conn.execute(
+            "SELECT COUNT(*) FROM log JOIN docs ON docs.name = log.doc "
+            "WHERE docs.snapshot_seq > 0 AND log.seq > docs.snapshot_seq").fetchone()
+        assert snapshots >= 3 and after >= 2
+    yield data
 
 
 def stored_updates(db: Path) -> list[dict[str, Any]]:
@@ -108,7 +123,7 @@ def test_stock_yjs_reads_what_crdtledger_reports(yjs: Path, store: Path,
         assert sorted(read_members) == sorted(ids) and len(ids) > 50
         for mid in ids:
             shown = ledger.member(mid)
-            for field in ("name", "phone", "home", "gender", "birthday"):
+            for field in ("name", "phone", "home", "gender", "birthday", "notes"):
                 assert read_members[mid].get(field, "") == shown.get(field, ""), (mid, field)
         cards = {c: (n, m) for c, n, m in conn.execute("SELECT id, card_no, member FROM cards")}
         assert {c: (v["card_no"], v["member"]) for c, v in read_cards.items()} == cards
