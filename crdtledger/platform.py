@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -96,6 +97,34 @@ def on_stop(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop)
+
+
+# The journal's priorities (sd-daemon(3)): a line starting <3> is an error, and so on.
+_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6,
+             logging.DEBUG: 7}
+
+
+class _JournalPrefix(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        priority = _PRIORITY.get(record.levelno, 6)
+        # One entry per line: a multi-line message (a traceback) keeps its priority.
+        return "\n".join(f"<{priority}>{line}" for line in super().format(record).splitlines())
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Logs an owner can read. Under systemd (which sets $JOURNAL_STREAM when the
+    output goes to the journal) each line carries its level as the journal's priority
+    and no time (the journal stamps it): `journalctl -u crdtledger-SH01 -p warning`
+    shows only what needs a look. Elsewhere (a terminal, a file) the time and the
+    level's name lead each line."""
+    handler = logging.StreamHandler()
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(_JournalPrefix("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
 
 
 # --- accounts (the systemd unit's user: peer.service, Linux only) ---------------------

@@ -34,7 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crdtledger import __version__, localtime, operations, peerclock, views
+from crdtledger import __version__, localtime, operations, peerclock, platform, views
 from crdtledger.backups import restore, write_backup
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
 from crdtledger.ledger import Ledger
@@ -672,12 +672,11 @@ def node_config(args: argparse.Namespace, data_dir: Path) -> Config:
 
 def node_run(args: argparse.Namespace, data_dir: Path) -> Result:
     import asyncio
-    import logging
 
     from peer.node import run_until_signalled
 
     config = node_config(args, data_dir)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    platform.setup_logging()  # the journal's priorities under systemd (peer.service)
 
     def announce(node: Node) -> None:
         print(f"node {node.node_id} of chain {node.ledger.chain}: sync on port "

@@ -9,7 +9,6 @@ run` (peer/cli.py's `node_config`).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import secrets
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from nicegui import app, ui
 
+from crdtledger import platform
 from crdtledger.errors import LedgerError
 from crdtledger.private import private_text_open
 from peer import webcert
@@ -143,7 +143,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    platform.setup_logging()  # the journal's priorities under systemd (peer.service)
     try:
         identity = load_identity(args.data)
         if identity is None:

@@ -224,3 +224,19 @@ def test_nodes_of_two_protocol_versions_refuse_each_other_by_name(tmp_path: Path
         finally:
             future.terminate()
             future.wait(30)
+
+
+def test_logs_carry_the_journals_priorities_under_systemd() -> None:
+    said = ("import logging; from crdtledger import platform; platform.setup_logging(); "
+            "logging.getLogger('crdtledger.node').error('cannot sync\\nwith SH02'); "
+            "logging.getLogger('crdtledger.node').info('connected'); "
+            "logging.getLogger('crdtledger.node').debug('not shown')")
+    journal = subprocess.run([sys.executable, "-c", said], capture_output=True, text=True,
+                             env=cli_env({"JOURNAL_STREAM": "8:12345"}), check=True)
+    assert journal.stderr == ("<3>crdtledger.node: cannot sync\n<3>with SH02\n"
+                              "<6>crdtledger.node: connected\n")
+    outside = {k: v for k, v in cli_env().items() if k != "JOURNAL_STREAM"}
+    terminal = subprocess.run([sys.executable, "-c", said], capture_output=True, text=True,
+                              env=outside, check=True)
+    first, *_ = terminal.stderr.splitlines()
+    assert first.endswith(" ERROR crdtledger.node cannot sync") and not first.startswith("<")
