@@ -110,6 +110,12 @@ def test_readme_duckdb_query_gives_report_daily_figures_and_rerun_duplicates_not
         "WHERE kind IN ('topup', 'card')").fetchall()}
     assert entry_members and entry_members <= pseudonyms
 
+    # Every branch of the chain gives a member the same pseudonym (a key from the
+    # chain secret): head office's files join with a branch's.
+    export(demo["HZ01"], tmp_path / "hz01", capsys)
+    assert {m["member"] for m in pq.read_table(tmp_path / "hz01" / "members.parquet")
+            .to_pylist()} == pseudonyms
+
     # Goods sales: units and money of the goods debits, the same as the report's.
     sold = duckdb.sql("SELECT goods, SUM(qty), SUM(amount) FROM "
                       "read_parquet('analytics/goods_sales/*/*.parquet') GROUP BY goods "
