@@ -839,7 +839,7 @@ class Home:
         try:
             done = await self.run("checkin", activity=activity, member=self.member)
         except LedgerError as e:
-            ui.notify(self.shop.refusal(e), type="negative", multi_line=True)
+            ui.notify(_refusal(self.shop, e), type="negative", multi_line=True)
             self.redraw()
             return
         pts = int(done.get("points") or 0) if isinstance(done, dict) else 0
@@ -964,7 +964,7 @@ class Home:
                 raise NotFound(f"unknown booking {booking}")  # not theirs: as unknown
             await self.run("booking.cancel", booking=booking, member=self.member)
         except LedgerError as e:
-            ui.notify(self.shop.refusal(e), type="negative")
+            ui.notify(_refusal(self.shop, e), type="negative")
             return
         ui.notify(tr("预约已取消", "Appointment cancelled"), type="positive")
         self.redraw()
@@ -1031,7 +1031,8 @@ class Home:
                                           technician=tech.value, service=service.value,
                                           at=slot.value)
                 except LedgerError as e:
-                    error.set_text(s.refusal(e))
+                    slots()  # what is free now (a slot taken meanwhile goes)
+                    error.set_text(_refusal(s, e))
                     return
                 self.dialog.close()
                 ui.notify(tr("已预约：{at}（{st}）", "Booked: {at} ({st})",
@@ -1044,6 +1045,21 @@ class Home:
                 ui.button(tr("确认预约", "Book"), on_click=confirm).props("no-caps") \
                     .mark("book-ok")
         self.dialog.open()
+
+
+def _refusal(s: Shop, e: LedgerError) -> str:
+    """A refusal as the member reads it (the counter's sentences speak to a cashier)."""
+    from crdtledger.bookings import BookingRefused, SlotTaken
+    from crdtledger.errors import PermissionDenied
+
+    if isinstance(e, SlotTaken):
+        return tr("这个时间刚被约走了，请选别的时间。",
+                  "That time was just taken; choose another.")
+    if isinstance(e, (PermissionDenied, NotFound)):
+        return tr("找不到这个预约。", "No such appointment.")
+    if isinstance(e, BookingRefused):
+        return tr("没能完成：{what}", "Not done: {what}", what=str(e))
+    return s.refusal(e)
 
 
 def _activity_name(s: Shop, e: dict[str, Any]) -> str:

@@ -478,6 +478,27 @@ async def test_book_and_cancel_an_appointment(portal_app: PortalApp) -> None:
     await app.user.should_see("没有预约")
 
 
+async def test_a_slot_taken_meanwhile_is_refused_in_the_members_words(
+        portal_app: PortalApp) -> None:
+    app = portal_app
+    await app.card_sign_in(CARD_A, PIN)
+    await app.user.should_see(marker="book")
+    app.user.find(marker="book").click()
+    await app.user.should_see(marker="book-service")
+    choose(app.user, "book-service", "FOOT60")
+    choose(app.user, "book-technician", "T01@SH01")
+    choose(app.user, "book-day", tomorrow(app.ledger))
+    at = choose(app.user, "book-slot")
+    operations.run(app.ledger, owner_of("SH01"), "booking.add", {  # at the counter, first
+        "member": app.ids["b"], "technician": "T01", "service": "FOOT60", "at": at})
+    app.user.find(marker="book-ok").click()
+    await app.user.should_see("这个时间刚被约走了，请选别的时间。")
+    slots = next(iter(app.user.find(marker="book-slot").elements))
+    assert isinstance(slots, ui.select) and at not in slots.options
+    mine = operations.run(app.ledger, owner_of("SH01"), "booking.list", {"member": app.ids["a"]})
+    assert mine == []
+
+
 async def test_a_booking_at_another_branch_is_pending_until_it_decides(
         portal_app: PortalApp, tmp_path: Path) -> None:
     """The page at SH01 books 小李 T02 of SH02: pending, shown so, until SH02 hears of
