@@ -89,6 +89,7 @@ class LedgerBase:
         # the last housekeeping (which redacts this node's own records); the erased
         # members whose records this process has looked at.
         self.redactions_due: list[dict[str, Any]] = []
+        self.erased_now: set[str] = set()  # member documents an applied batch erased in
         self.erasure_seen = False
         self.redaction_checked: set[str] = set()
         self.skew_events: deque[ClockSkew] = deque(maxlen=SKEW_EVENTS_KEPT)

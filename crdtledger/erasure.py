@@ -31,6 +31,7 @@ and backups taken before keep everything (docs/design-notes.md, "Erasure").
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -44,7 +45,7 @@ from crdtledger.hlc import id_time_ms
 from crdtledger.log import APPLIED, Record
 from crdtledger.model import EDITS, ID, member_doc
 from crdtledger.money import format_yuan
-from crdtledger.redaction import NotRedactable, redact
+from crdtledger.redaction import NotRedactable, records_into, redact
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
@@ -107,16 +108,22 @@ def recently_erased(conn: sqlite3.Connection, now_ms: int) -> dict[str, str]:
     whose values land in the deleted Map, so the document is compacted again. Later
     such edits (a till offline for longer) lose their values at the document's next
     regular compaction (Storage.maybe_compact)."""
-    return {mid: member_doc(mid) for mid, change in conn.execute(
+    return {mid: member_doc(mid) for mid, change in _erased(conn)
+            if id_time_ms(change) > now_ms - RECENT_MS}
+
+
+def _erased(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """(member, the erasure's change id) of every erased member (a partial index)."""
+    return [(mid, change) for mid, change in conn.execute(
         "SELECT id, json_extract(body, '$.erased') FROM members "
         "WHERE json_extract(body, '$.erased') IS NOT NULL")
-        if isinstance(change, str) and ID.match(change)
-        and id_time_ms(change) > now_ms - RECENT_MS}
+        if isinstance(change, str) and ID.match(change)]
 
 
 def after_batch(ledger: Ledger, touched: Iterable[str]) -> None:
     """What a batch of records applied here owes the erasures (Replica.apply_verified):
-    the documents of members erased lately that it touched are compacted; this node's
+    the member documents it erased in, and those of members erased lately that it
+    touched, are compacted; this node's
     own records into a member whose erasure just came are redacted and said so, before
     the other writers' redactions are carried out here (finding its own records
     replays the document, which needs the others' records as they were written); then
@@ -124,13 +131,16 @@ def after_batch(ledger: Ledger, touched: Iterable[str]) -> None:
     its next housekeeping."""
     members = {n for n in touched if n.startswith("members/")}
     recent = recently_erased(ledger.storage.conn, ledger.clock.wall()) if members else {}
-    docs = members & set(recent.values())
+    # An erasure applied now, however old (a node restored from a backup taken before
+    # it, catching up), or a late edit into a member erased lately.
+    docs = (members & set(recent.values())) | ledger.erased_now
+    ledger.erased_now = set()
     if docs:
         for name in sorted(docs):
             ledger.storage.compact(name)
         ledger.storage.forget_freed()
-        for mid, doc in recent.items():
-            if doc in docs:
+        for mid, _change in _erased(ledger.storage.conn):
+            if member_doc(mid) in docs:
                 try:
                     _redact_once(ledger, mid)
                 except LedgerError:
@@ -145,53 +155,20 @@ def after_batch(ledger: Ledger, touched: Iterable[str]) -> None:
 # --- the signed records --------------------------------------------------------------
 
 
-def _changes(doc: Doc[Any], data: bytes) -> tuple[set[str], set[tuple[str, str]]]:
-    """Apply `data` to `doc`: the member ids it set at the root (a new member, or an
-    erasure's new Map), and (root, key) of every member or card entry it changed."""
-    at_root: set[str] = set()
-    seen: set[tuple[str, str]] = set()
-    subs = []
-    for root in ("members", "cards"):
-        def on(events: Any, *_txn: Any, root: str = root) -> None:  # pycrdt passes the txn
-            for ev in events:
-                path = list(ev.path)
-                if path:
-                    seen.add((root, str(path[0])))
-                    continue
-                keys = {str(k) for k in ev.keys}
-                seen.update((root, k) for k in keys)
-                if root == "members":
-                    at_root.update(keys)
-        subs.append(doc.get(root, type=Map).observe_deep(on))
-    try:
-        doc.apply_update(data)
-    finally:
-        for sub in subs:
-            sub.drop()
-    return at_root, seen
-
-
 def own_records_into(ledger: Ledger, member: str) -> list[int]:
-    """The seqs of this node's records that wrote into `member`'s Map and nothing else:
-    the member's document replayed from the records, once to find the erasures (the
-    records that set the member's Map again after the one that made it), then without
-    them, so that an edit this node wrote before it heard of the erasure (into the Map
-    the erasure deleted) shows as one. A record that also wrote another member or a
-    card is left as it is (none of the ledger's writes does)."""
-    rows = [(n, s, bytes(d)) for n, s, d in ledger.storage.conn.execute(
+    """The seqs of this node's records that wrote into `member`'s Map and nothing else
+    (crdtledger.redaction.records_into: by the ids their items refer to, so an edit
+    this node wrote before it heard of the erasure counts, and so does a record whose
+    neighbours other writers have redacted already)."""
+    conn = ledger.storage.conn
+    rows = [(n, s, bytes(d)) for n, s, d in conn.execute(
         "SELECT node, seq, data FROM records WHERE doc = ? AND state = ? ORDER BY pos",
         (member_doc(member), APPLIED))]
-    first: Doc[Any] = Doc()
-    setting = [(n, s) for n, s, d in rows if member in _changes(first, d)[0]]
-    erasures = set(setting[1:])
-    replay: Doc[Any] = Doc()
-    own: list[int] = []
-    for node, seq, data in rows:
-        if (node, seq) in erasures:
-            continue
-        if _changes(replay, data)[1] == {("members", member)} and node == ledger.node:
-            own.append(seq)
-    return own
+    redacted = {(node, seq) for node, text in conn.execute(
+        "SELECT node, json_extract(body, '$.records') FROM entries "
+        "WHERE kind = 'redaction' AND member = ?", (member,))
+        for seq in parse_claims(text)}
+    return [seq for node, seq in records_into(rows, member, redacted) if node == ledger.node]
 
 
 class Claim(NamedTuple):
@@ -324,11 +301,19 @@ def redact_erased(ledger: Ledger) -> list[dict[str, Any]]:
 
 
 def _redact_once(ledger: Ledger, member: str) -> list[dict[str, Any]]:
+    """This node's redaction of `member`, once: written if it is not yet, carried out
+    on the records if it is (a crash between the entry and the records leaves them
+    whole: this finishes it)."""
     if member in ledger.redaction_checked:
         return []
-    done = ledger.storage.conn.execute(
-        "SELECT 1 FROM entries WHERE kind = 'redaction' AND node = ? AND member = ?",
-        (ledger.node, member)).fetchone()
-    written = [] if done else redact_own(ledger, member)
+    done = [json.loads(body) for (body,) in ledger.storage.conn.execute(
+        "SELECT body FROM entries WHERE kind = 'redaction' AND node = ? AND member = ?",
+        (ledger.node, member))]
+    written: list[dict[str, Any]] = []
+    if done:
+        for problem in apply_redactions(ledger, done):
+            ledger.refusals.append(problem)
+    else:
+        written = redact_own(ledger, member)
     ledger.redaction_checked.add(member)
     return written

@@ -20,6 +20,7 @@ struct-level access, hence this reader; it refuses what it does not know.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 from crdtledger.lib0 import read_varuint
@@ -145,6 +146,9 @@ class Struct(NamedTuple):
     sub: str | None  # its key in a Map parent, when written
     length: int  # clock ticks
     content: bytes  # as written (a GC, skip or deleted content: its length)
+    # The ids (client, clock) it refers to: its left and right origins, or the type
+    # it names as its parent.
+    refs: tuple[tuple[int, int], ...] = ()
 
     @classmethod
     def gc(cls, length: int) -> Struct:
@@ -174,20 +178,22 @@ def parse(update: bytes) -> tuple[list[tuple[int, int, list[Struct]]], bytes]:
                 continue
             start = r.pos
             parent_root = sub = None
+            refs = []
             if info & _ORIGIN:
-                r.uint(), r.uint()
+                refs.append((r.uint(), r.uint()))
             if info & _RIGHT_ORIGIN:
-                r.uint(), r.uint()
+                refs.append((r.uint(), r.uint()))
             if not info & (_ORIGIN | _RIGHT_ORIGIN):  # then the parent is written
                 if r.uint() == 1:
                     parent_root = r.string()
                 else:
-                    r.uint(), r.uint()
+                    refs.append((r.uint(), r.uint()))
                 if info & _PARENT_SUB:
                     sub = r.string()
             header, start = update[start:r.pos], r.pos
             length = r.content_length(kind)
-            structs.append(Struct(info, header, parent_root, sub, length, update[start:r.pos]))
+            structs.append(Struct(info, header, parent_root, sub, length, update[start:r.pos],
+                                  tuple(refs)))
         blocks.append((client, clock, structs))
     ds_start = r.pos
     for _ in range(r.uint()):
@@ -241,3 +247,73 @@ def carries_nothing(update: bytes) -> bool:
     except NotRedactable:
         return False
     return all(st.info & 0x1F in (GC, SKIP, DELETED) for _, _, sts in blocks for st in sts)
+
+
+class _Ranges:
+    """Sets of ids, as clock ranges per client."""
+
+    def __init__(self) -> None:
+        self._by: dict[int, list[tuple[int, int]]] = {}
+
+    def add(self, client: int, clock: int, length: int) -> None:
+        self._by.setdefault(client, []).append((clock, clock + length))
+
+    def __contains__(self, id_: tuple[int, int]) -> bool:
+        client, clock = id_
+        return any(lo <= clock < hi for lo, hi in self._by.get(client, ()))
+
+
+def records_into(rows: Iterable[tuple[str, int, bytes]], member: str,
+                 redacted: set[tuple[str, int]], root: str = "members") -> list[tuple[str, int]]:
+    """The records among `rows` (node, seq, update of one member document, in the order
+    they were applied) that wrote into `member`'s Map and nothing else: told by the
+    ids their items refer to, not by applying them, so a record whose neighbours are
+    redacted already is still found. `redacted`: records whose writers said they
+    redacted them for this member (their GC structs were in its Map).
+
+    The member's Map is the item its adding record set at the root under its id; an
+    item whose origin is such an entry sets the member's Map again (an erasure): not
+    inside it, and its record is not one of these. An item refers into the Map when
+    its parent or an origin is an id inside it (or the Map itself)."""
+    entries = _Ranges()  # the member's root entries: its Map, then erasures' new Maps
+    inside = _Ranges()
+    found = []
+    for node, seq, data in rows:
+        try:
+            blocks, _ = parse(data)
+        except NotRedactable:
+            continue
+        into = other = False
+        for client, clock, structs in blocks:
+            for st in structs:
+                at, clock = clock, clock + st.length
+                if st.info & 0x1F in (GC, SKIP):
+                    if (node, seq) in redacted:
+                        inside.add(client, at, st.length)
+                        into = True
+                    continue
+                if st.parent_root is not None:  # a root entry, with no origin
+                    if st.parent_root == root and st.sub == member:
+                        entries.add(client, at, st.length)
+                        into = True
+                    else:
+                        other = True
+                elif st.info & (_ORIGIN | _RIGHT_ORIGIN):  # placed by its neighbours
+                    if any(ref in entries for ref in st.refs):
+                        # Next to the member's root entry: the same key set again (an
+                        # erasure): not inside the Map, and not this member's data.
+                        entries.add(client, at, st.length)
+                        other = True
+                    elif any(ref in inside for ref in st.refs):
+                        inside.add(client, at, st.length)
+                        into = True
+                    else:
+                        other = True
+                elif st.refs and (st.refs[0] in entries or st.refs[0] in inside):
+                    inside.add(client, at, st.length)  # the first item of a key in it
+                    into = True
+                else:
+                    other = True
+        if into and not other:
+            found.append((node, seq))
+    return found

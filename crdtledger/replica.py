@@ -107,6 +107,8 @@ class Replica(LedgerBase):
             if value is not None or removed_too:
                 record_change(conn, ld.name, root, key, value, day_of)
                 roots.add(root)
+                if root == "members" and isinstance(value, dict) and value.get("erased"):
+                    self.erased_now.add(ld.name)  # compacted after the batch, however old
         if "members" in roots:
             self._merge_targets = None
         if "rules" in roots:

@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 from conftest import Cli
-from helpers import doc_content, new_ledger, sync, tables
+from helpers import FakeClock, doc_content, new_ledger, sync, tables
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pycrdt import Array, Doc, Map, Text
 
 from crdtledger import operations
+from crdtledger.backups import restore, write_backup
 from crdtledger.errors import InvalidInput, NotFound, PermissionDenied, RemoteProtocolError
 from crdtledger.ledger import Ledger
 from crdtledger.log import Record
@@ -284,3 +285,35 @@ def test_a_record_of_another_member_or_a_card_is_not_redacted_as_this_one() -> N
     assert not carries_nothing(updates[0]) and carries_nothing(redact(updates[0], "M2"))
     with pytest.raises(NotRedactable):
         parse(updates[0] + b"\x00")
+
+
+def test_a_backup_taken_before_the_erasure_loses_the_values_when_restored(
+        tmp_path: Path) -> None:
+    """Months later, SH02 is restored from a backup taken before the erasure: the
+    restored node catches up with the chain before it sells, and the erasure and
+    every writer's redaction come with it, whatever their age."""
+    clock = FakeClock()
+    a = new_ledger(tmp_path, "SH01", now_ms=clock)
+    b = new_ledger(tmp_path, "SH02", now_ms=clock)
+    mid = member_with_data(a)
+    sync(a, b)
+    b.edit_member(b.owner, mid, fields={"notes": "孕妇"})
+    sync(a, b)
+    write_backup(b.storage.dir, tmp_path / "bk")
+    b.close()
+    a.erase_member(a.owner, mid)
+    clock.advance_days(90)
+    restore(tmp_path / "bk", tmp_path / "sh02-restored")
+    r = Ledger.open(tmp_path / "sh02-restored", now_ms=clock)
+    assert leaks(store_bytes(r))  # the backup holds them, until it is restored and syncs
+    sync(a, r)  # the erasure reaches it as it catches up with itself
+    # It redacts its own record and says so, at once or, if it could not write yet,
+    # at its node's next housekeeping (HOUSEKEEPING_S after `erasure_seen`).
+    r.housekeeping()
+    assert r.storage.conn.execute("SELECT count(*) FROM entries WHERE kind = 'redaction' "
+                                  "AND node = 'SH02'").fetchone() == (1,)
+    sync(a, r)
+    for ledger in (a, r):
+        assert leaks(store_bytes(ledger)) == [], ledger.node
+    a.close()
+    r.close()

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
@@ -46,7 +46,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from crdtledger import views
+from crdtledger import erasure, views
 from crdtledger.errors import (
     LedgerError,
     RemoteProtocolError,
@@ -204,6 +204,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.waiting: dict[str, list[tuple[str, int]]] = {n: [] for n in NODES}
         self.packages: dict[str, list[str]] = {}  # member -> package ids
         self.granted: dict[str, int] = {n: 0 for n in NODES}
+        self.phones: dict[str, str] = {}  # member -> phone (unique: what erasure removes)
+        self.erased: set[str] = set()
         self.serial = 0
         self.faults = 0
 
@@ -322,6 +324,10 @@ class LedgerMachine(RuleBasedStateMachine):
                 self.queues[(a, b)].clear()
         self.ledgers[node].close()
         self.ledgers[node] = self._open(node)
+        # What its node core does a minute after start (housekeeping): finish the
+        # redaction of its own records into members erased lately.
+        for entry in erasure.redact_erased(self.ledgers[node]):
+            self.acked[node].add(entry["id"])
         for other in NODES:
             if other != node:
                 self._connect(node, other)
@@ -363,6 +369,7 @@ class LedgerMachine(RuleBasedStateMachine):
         mid = self._op(node, self.ledgers[node].add_member, self.owner(node),
                        name=f"M{self.serial}", phone=f"139{self.serial:08d}")
         assert mid is not REFUSED and ID.match(mid)
+        self.phones[mid] = f"139{self.serial:08d}"
         self.members.append(mid)
         self.member_home[mid] = node
 
@@ -619,6 +626,22 @@ class LedgerMachine(RuleBasedStateMachine):
             self.fields[(member, field)] = value
             self.prefs[(member, pref)] = pvalue
 
+    @precondition(lambda self: self.members)
+    @rule(node=node_st, m=pick)
+    def erase_member(self, node: str, m: int) -> None:
+        """Refused while the member holds stored value (most do); the owner erases one
+        whose value this branch sees settled (added without a top-up, or spent to
+        zero), amid edits, top-ups and syncs at other branches."""
+        ledger = self.ledgers[node]
+        settled = [x for x in self.members if x not in self.erased
+                   and not any(v for k, v in ledger.balance(x).items() if k != "points")]
+        done = self._op(node, ledger.erase_member, self.owner(node),
+                        settled[m % len(settled)] if settled else self._member(m))
+        event("erasure " + ("refused" if done is REFUSED else "done"))
+        if done is not REFUSED:
+            self.erased.update(done["erased"])
+            self.acked[node].update(done["redactions"])
+
     @rule()
     def heal(self) -> None:
         """The whole network comes back for a while: sync to quiescence, then check."""
@@ -688,12 +711,12 @@ class LedgerMachine(RuleBasedStateMachine):
             for cid, eid in self.events_at[node]:
                 assert eid in self._card_event_ids(ledger, cid), f"{node} lost card event"
             for (member, field), value in self.fields.items():
-                if FIELD_OWNER[node] == field:
+                if FIELD_OWNER[node] == field and member not in self.erased:
                     row = ledger.storage.conn.execute(
                         "SELECT body FROM members WHERE id = ?", (member,)).fetchone()
                     assert json.loads(row[0]).get(field) == value, (node, member, field)
             for (member, pref), value in self.prefs.items():
-                if PREF_OWNER[node] == pref:
+                if PREF_OWNER[node] == pref and member not in self.erased:
                     row = ledger.storage.conn.execute(
                         "SELECT body FROM members WHERE id = ?", (member,)).fetchone()
                     assert json.loads(row[0])["prefs"].get(pref) == value, (node, member)
@@ -777,16 +800,30 @@ class LedgerMachine(RuleBasedStateMachine):
         all_acked = set().union(*self.acked.values())
         ids = [r[0] for r in first["entries"]]
         assert len(ids) == len(set(ids))
-        assert set(ids) == all_acked, (
-            f"lost {all_acked - set(ids)}, unexpected {set(ids) - all_acked}")
+        # A node writes its redaction entries itself when an erasure reaches it.
+        redactions = {r[0] for r in first["entries"] if r[1] == "redaction"}
+        assert set(ids) - redactions == all_acked - redactions, (
+            f"lost {all_acked - set(ids)}, unexpected {set(ids) - all_acked - redactions}")
         assert {r[0] for r in first["members"]} == set(self.members)
         assert {r[0] for r in first["cards"]} == {c for c, _ in self.cards}
         for cid, events in self.card_events.items():
             assert self._card_event_ids(self.ledgers[NODES[0]], cid) == events, cid
         for (member, field), value in self.fields.items():
-            assert first["member_views"][member].get(field) == value, (member, field)
+            if member not in self.erased:
+                assert first["member_views"][member].get(field) == value, (member, field)
         for (member, pref), value in self.prefs.items():
-            assert first["member_views"][member]["prefs"].get(pref) == value, (member, pref)
+            if member not in self.erased:
+                assert first["member_views"][member]["prefs"].get(pref) == value, member
+        # Erased: in no replica's signed records, documents or projections any more.
+        for member in self.erased:
+            assert first["member_views"][member]["erased"], member
+            phone = self.phones[member].encode()
+            for n in NODES:
+                stored = _rows(self.ledgers[n], "SELECT data FROM records UNION ALL "
+                               "SELECT data FROM log UNION ALL SELECT data FROM snapshots "
+                               "UNION ALL SELECT body FROM members")
+                assert not any(phone in bytes(d[0], "utf-8") if isinstance(d[0], str)
+                               else phone in d[0] for d in stored), (n, member)
         for n in NODES:
             self._check_projection_matches_documents(self.ledgers[n])
         assert first["settlement"]["total"] == 0
