@@ -307,9 +307,9 @@ class NodeCore:
         self._refused_seen = ledger.refused_total
         self.clocks = PeerClocks()
         self._clock_told = self.clocks.verdict.worth_telling()
-        # Whether this branch has technicians, whose bookings made elsewhere it decides
-        # (crdtledger.bookings); None: to be read again (after one of its own writes).
-        self._has_technicians: bool | None = None
+        # The ids of this branch's technicians, whose bookings made elsewhere it decides
+        # (crdtledger.bookings), as bytes; None: to be read again (after its own writes).
+        self._technician_ids: list[bytes] | None = None
         ledger.subscribe(self._applied)
 
     # --- driving side ---------------------------------------------------------
@@ -766,10 +766,11 @@ class NodeCore:
 
     # --- bookings of this branch's technicians (crdtledger.bookings) ---------------------
 
-    def _technicians_here(self) -> bool:
-        if self._has_technicians is None:
-            self._has_technicians = bool(bookings.technicians(self.ledger, self.node))
-        return self._has_technicians
+    def _technicians_here(self) -> list[bytes]:
+        if self._technician_ids is None:
+            self._technician_ids = [t["id"].encode()
+                                    for t in bookings.technicians(self.ledger, self.node)]
+        return self._technician_ids
 
     def _applied(self, record: Any, origin: object) -> None:
         """A record was committed: one from elsewhere may be a booking request (or a
@@ -778,9 +779,14 @@ class NodeCore:
         if not record.doc.startswith("ledger/"):
             return
         if record.node == self.node:
-            self._has_technicians = None  # perhaps a technician added here
+            self._technician_ids = None  # perhaps a technician added here
             return
-        if self._technicians_here() and ("bookings",) not in self._timers:
+        # Only a record that carries a booking entry of one of our technicians: its kind
+        # and the technician's id (the entry's member) are plain strings in the update,
+        # so a byte search tells, and a catch-up of other entries costs one search each.
+        data = record.data
+        if (("bookings",) not in self._timers and b"booking" in data
+                and any(tid in data for tid in self._technicians_here())):
             self._timer(("bookings",), 0.0)
 
     def _decide_bookings(self) -> None:
