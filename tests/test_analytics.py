@@ -13,6 +13,7 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+from cluster import NodeProc, free_port
 from conftest import run_cli
 from demo_chain import make_demo_chain
 
@@ -182,3 +183,25 @@ def test_another_chains_export_directory_is_refused(
     stray.mkdir()
     (stray / "holiday.jpg").write_bytes(b"x")
     assert "holds other files" in refusal(stray)
+
+
+def test_export_while_the_node_runs_reads_the_store_beside_it(
+        demo: dict[str, Path], tmp_path: Path) -> None:
+    """The export reads in its own process, not on the running node's loop (a long
+    one would stall the tills): it sees what the node just wrote, and the node keeps
+    serving."""
+    node = NodeProc("HZ01", demo["HZ01"], free_port(), free_port()).start()
+    try:
+        member = node.cli("member", "add", "--name", "晚到", "--phone", "13700009999",
+                          "--json").json()["member_id"]
+        topup = node.cli("topup", "--member", member, "--amount", "88.00", "--json").json()
+        out = tmp_path / "analytics"
+        info = export(node.data, out)
+        assert info["entries_written"] == info["entries"]
+        [row] = duckdb.sql(f"SELECT kind, amount, branch FROM read_parquet("
+                           f"'{out}/entries/*/*.parquet') WHERE id = "
+                           f"'{topup['id']}'").fetchall()
+        assert row == ("topup", 8800, "HZ01")
+        assert node.http("GET", "/health")["status"] == "ok"
+    finally:
+        assert node.stop() == 0
