@@ -333,6 +333,10 @@ async def test_points_with_expiry_packages_and_history(portal_app: PortalApp) ->
     operations.run(app.ledger, owner, "package.sell",
                    {"member": a, "service": "BODY90", "uses": 5, "price": 80000})
     expires = views.points(app.ledger, a)["lots"][0]["expires"]
+    until = (dt.date.fromisoformat(app.ledger.today()) + dt.timedelta(days=30)).isoformat()
+    operations.run(app.ledger, owner, "coupon.issue", {"member": a, "off": 2000,
+                                                      "valid_to": until})
+    operations.run(app.ledger, owner, "coupon.issue", {"member": app.ids["b"], "off": 3300})
     await app.card_sign_in(CARD_A, PIN)
     await app.user.should_see(marker="member-name")
     await app.user.should_see("256 积分")
@@ -340,6 +344,9 @@ async def test_points_with_expiry_packages_and_history(portal_app: PortalApp) ->
     await app.user.should_see("剩 5 次")
     await app.user.should_see("消费 · 足疗 60 分钟 · 储值")
     await app.user.should_see("¥244.00")  # 500.00 - 2 × 128.00
+    await app.user.should_see(f"有效期至 {until}")  # her coupon, and not the other's
+    await app.user.should_see(marker="coupon")
+    assert len(app.user.find(marker="coupon").elements) == 1
 
 
 async def test_a_member_who_left_is_signed_out_and_gets_no_code(portal_app: PortalApp) -> None:
