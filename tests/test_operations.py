@@ -201,7 +201,8 @@ def test_every_operation_has_a_sample() -> None:
 def test_the_command_line_is_the_table_and_a_few_file_and_node_commands() -> None:
     """Whatever the CLI can do to a ledger is an operation, hence also an HTTP route:
     only creating a node, its certificates, running it, its status and files on its
-    machine (sync files, backups) are the command line's own."""
+    machine (sync files, backups, the analytics export, its service unit, the
+    counter's HTTPS certificate) are the command line's own."""
     commands: set[str] = set()
 
     def walk(parser: Any, words: tuple[str, ...]) -> None:
@@ -214,7 +215,8 @@ def test_the_command_line_is_the_table_and_a_few_file_and_node_commands() -> Non
 
     walk(cli.build_parser(), ())
     own = {"init", "chain.init", "chain.renew", "chain.revoke", "node.run", "status",
-           "export", "import", "backup", "restore", "printer", "receipt"}
+           "export", "import", "backup", "restore", "printer", "receipt",
+           "export-analytics", "service.install", "service.remove", "https-cert"}
     assert commands - own == set(TABLE)
     routes = {(r.method, r.path) for r in ROUTES}
     assert all((op.method, op.path) in routes for op in TABLE.values())
