@@ -336,6 +336,10 @@ def bind(host: str, port: int) -> socket.socket:
 
 # --- one-time codes and sign-in ----------------------------------------------------------
 
+class SignedOut(LedgerError):
+    """A page's member is no longer signed in in this browser."""
+
+
 class SignInRefused(Exception):
     """A sign-in or code request refused; the message is for the member, in their language."""
 
@@ -726,9 +730,15 @@ class Home:
         client.on_delete(lambda: self.shop.watchers.discard(watcher))
         self.draw(self.read_all())
 
-    def run(self, name: str, **params: Any) -> Awaitable[Any]:
-        """One of the table's operations, as this node's owner, for this member only."""
-        return self.shop.run(self.shop.operation(self.portal.operator, name, **params), name)
+    async def run(self, name: str, **params: Any) -> Any:
+        """One of the table's operations, as this node's owner, for this member only,
+        while the sign-in lasts: a page left open past it (or signed out in another tab)
+        writes nothing and goes back to the sign-in."""
+        if signed_in() != self.member:
+            ui.navigate.to(PATH)
+            raise SignedOut("the member's sign-in has ended")
+        return await self.shop.run(self.shop.operation(self.portal.operator, name, **params),
+                                   name)
 
     def read(self, name: str, **params: Any) -> Any:
         return operations.run(self.shop.ledger, self.portal.operator, name,
@@ -1052,6 +1062,8 @@ def _refusal(s: Shop, e: LedgerError) -> str:
     from crdtledger.bookings import BookingRefused, SlotTaken
     from crdtledger.errors import PermissionDenied
 
+    if isinstance(e, SignedOut):
+        return tr("登录已过期，请重新登录。", "Your sign-in has ended; sign in again.")
     if isinstance(e, SlotTaken):
         return tr("这个时间刚被约走了，请选别的时间。",
                   "That time was just taken; choose another.")

@@ -506,6 +506,26 @@ async def test_a_slot_taken_meanwhile_is_refused_in_the_members_words(
     assert mine == []
 
 
+async def test_a_page_left_open_past_its_sign_in_writes_nothing(
+        portal_app: PortalApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = portal_app
+    await app.card_sign_in(CARD_A, PIN)
+    await app.user.should_see(marker="book")
+    app.user.find(marker="book").click()
+    await app.user.should_see(marker="book-service")
+    choose(app.user, "book-service", "FOOT60")
+    choose(app.user, "book-technician", "T01@SH01")
+    choose(app.user, "book-day", tomorrow(app.ledger))
+    choose(app.user, "book-slot")
+    # The two hours pass (or another tab signs out) while the dialog is open.
+    portal_module = importlib.import_module("reference_app.members_portal")
+    monkeypatch.setattr(portal_module, "signed_in", lambda: None)
+    app.user.find(marker="book-ok").click()
+    await app.user.should_see(marker="send-code")  # back at the sign-in
+    assert operations.run(app.ledger, owner_of("SH01"), "booking.list",
+                          {"member": app.ids["a"]}) == []
+
+
 async def test_a_booking_at_another_branch_is_pending_until_it_decides(
         portal_app: PortalApp, tmp_path: Path) -> None:
     """The page at SH01 books 小李 T02 of SH02: pending, shown so, until SH02 hears of
