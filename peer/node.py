@@ -208,7 +208,12 @@ class Link:
             self._wake.clear()
             frames, self._queue = self._queue, []
             for frame in frames:
-                await self.ws.send_bytes(frame)
+                try:
+                    await self.ws.send_bytes(frame)
+                except ConnectionResetError:
+                    # The peer closed first (it refused our version, say): the reader
+                    # ends the link; this is no error of ours to log as a traceback.
+                    return
                 sent.inc(len(frame))
 
 

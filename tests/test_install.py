@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from app_fixtures import CounterApp
 from cluster import cluster, free_port, wait_for
 from conftest import cli_env, run_cli
 
@@ -224,6 +225,7 @@ def test_nodes_of_two_protocol_versions_refuse_each_other_by_name(tmp_path: Path
         finally:
             future.terminate()
             future.wait(30)
+        assert "Traceback" not in sh01.logs() + log.read_text()
 
 
 def test_logs_carry_the_journals_priorities_under_systemd() -> None:
@@ -240,3 +242,36 @@ def test_logs_carry_the_journals_priorities_under_systemd() -> None:
                               env=outside, check=True)
     first, *_ = terminal.stderr.splitlines()
     assert first.endswith(" ERROR crdtledger.node cannot sync") and not first.startswith("<")
+
+
+@pytest.mark.asyncio
+async def test_counters_sync_page_says_which_branch_speaks_another_version(
+        counter_app: CounterApp, tmp_path: Path) -> None:
+    from app_fixtures import OWNER
+
+    from crdtledger.ledger import Ledger
+    from peer.chain import enrol
+
+    app = counter_app
+    sh02 = tmp_path / "sh02"
+    Ledger.create(sh02, "SH02", "test")
+    enrol(tmp_path / "chain", sh02, "SH02")  # make_store's chain
+    await app.login(*OWNER)  # the node has started by then: its sync port is known
+    log = tmp_path / "sh02.log"
+    with open(log, "wb") as out:
+        future = subprocess.Popen(
+            [sys.executable, "-c", FUTURE, "node", "run", "--data", str(sh02), "--listen",
+             "127.0.0.1:0", "--api", "127.0.0.1:0", "--no-mdns",
+             "--peer", f"wss://127.0.0.1:{app.shop.node.sync_port}"],
+            env=cli_env(), stdout=out, stderr=out)
+    try:
+        await app.user.open("/office/sync")
+        await app.user.should_see(marker="incompatible", retries=600)
+        shown = " ".join(app.user.find(marker="incompatible").elements.pop().text.split())
+        assert shown.startswith("无法与 徐家汇店（SH02）同步：the peer speaks sync protocol 4 "
+                                "(crdtledger 9.0.0)"), shown
+    finally:
+        future.terminate()
+        future.wait(30)
+    said = log.read_text()
+    assert "cannot sync with SH01" in said and "Traceback" not in said, said
