@@ -43,7 +43,7 @@ def branch(tmp_path: Path) -> Iterator[Demo]:
 
 
 def _sh01(tmp_path: Path, *, printer: bool) -> Iterator[Demo]:
-    demo = Demo(tmp_path / "demo-data", free_block(9))
+    demo = Demo(tmp_path / "demo-data", free_block(10))  # the member pages: BASE+9
     demo.create()
     if printer:
         demo.start_printer()

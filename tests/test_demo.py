@@ -116,7 +116,7 @@ def demo_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_demo_runs_three_branches_with_counter_pages_and_resumes(demo_dir: Path) -> None:
-    port = free_block(3 * len(BRANCHES))
+    port = free_block(3 * len(BRANCHES) + 1)  # and the member pages
     proc = subprocess.Popen(demo_argv(demo_dir, port), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=cli_env())
     try:
