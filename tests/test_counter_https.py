@@ -30,6 +30,11 @@ import pytest
 from cluster import wait_for
 from conftest import run_cli
 from cryptography import x509
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.keys import Keys
+from test_browser import CHROMEDRIVER, CHROMIUM, type_into, xpath
+from test_browser import wait_for as wait_for_page
 from test_demo import free_block
 
 from crdtledger.errors import LedgerError
@@ -38,6 +43,7 @@ from reference_app import app as counter_app
 from reference_app.members_portal import members_config
 
 LAN = "127.0.0.2"  # "another address on the host", as a till on the LAN would use
+OWNER = ("王店长", "owner-pass-1")  # added at the head office, reaches SH02 by a sync file
 
 
 @dataclass
@@ -67,6 +73,14 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, list
             r = run_cli("https-cert", "--chain", root / "chain", "--host", LAN, data=data)
             assert r.code == 0, r.err
             assert "trusts" in r.out and str(root / "chain" / "ca.crt") in r.out
+            if i == 0:
+                r = run_cli("operator", "add", "--name", OWNER[0], "--password", OWNER[1],
+                            "--role", "owner", data=data)
+                assert r.code == 0, r.err
+                assert run_cli("export", "--out", root / "hq.sync", data=data).code == 0
+            else:
+                r = run_cli("import", root / "hq.sync", data=data)
+                assert r.code == 0, r.err
             log = root / f"{node}.log"
             with log.open("wb") as out:
                 proc = subprocess.Popen(
@@ -212,3 +226,39 @@ def test_https_flags_are_refused_with_how_to_make_a_certificate(tmp_path: Path) 
 def test_cookie_names_differ_by_branch_and_port() -> None:
     names = {counter_app.session_cookie(n, p) for n in ("SH01", "SH02") for p in (8080, 8443)}
     assert len(names) == 4
+
+
+@pytest.mark.slow
+def test_logged_in_at_both_branches_in_one_browser(chain: tuple[Path, list[Counter]],
+                                                   tmp_path: Path) -> None:
+    """What the owner saw: log in at SH01, then at SH02 in the same browser, and SH01's
+    counter is still open (with one cookie name for both, SH02's login replaced SH01's
+    cookie and SH01 asked for the login again)."""
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are needed: ./run setup installs them")
+    _root, (sh01, sh02) = chain
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    # The certificate is checked against the chain's CA by the test above; Chromium
+    # here does not know that CA.
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--window-size=1400,1000",
+                 "--ignore-certificate-errors", f"--user-data-dir={tmp_path / 'chromium'}",
+                 "--lang=zh-CN"):
+        options.add_argument(flag)
+    d = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    counter = "//input[@placeholder='搜索会员']"
+    try:
+        for c in (sh01, sh02):
+            d.get(f"{c.url()}/")  # no session yet there: the login page
+            type_into(d, "//input[@type='text' or not(@type)]", OWNER[0],
+                      what=f"{c.node}'s login page")
+            type_into(d, "//input[@type='password']", OWNER[1], Keys.ENTER,
+                      what="the password")
+            wait_for_page(d, lambda d: xpath(d, counter), f"{c.node}'s counter")
+        d.get(f"{sh01.url()}/")
+        wait_for_page(d, lambda d: xpath(d, counter), "SH01's counter, still logged in")
+        assert xpath(d, "//input[@type='password']") is None
+    finally:
+        d.quit()
