@@ -360,8 +360,4 @@ def _locked(data_dir: Path) -> Iterator[None]:
 
 
 def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    platform.sync_dir(path)

@@ -16,6 +16,8 @@ The rest of the code calls these and never `fcntl`, `msvcrt`, `os.fchmod` or
   Windows a file's access comes from the ACL it inherits from the user's profile
   directory, where a data directory belongs; `os.chmod` there only sets read-only,
   so the mode calls do nothing.
+* Durability: a rename is made durable by fsyncing its directory on POSIX; Windows
+  opens no directory as a file (NTFS journals the rename itself).
 * Stopping: SIGINT and SIGTERM end a node cleanly (systemd sends SIGTERM); Windows
   has no loop signal handlers, and Ctrl+C (or Ctrl+Break) arrives as
   KeyboardInterrupt, which `asyncio.run` turns into the same clean stop.
@@ -88,6 +90,19 @@ def fchmod(fd: int, mode: int) -> None:
 def chmod(path: str | os.PathLike[str], mode: int) -> None:
     if not WINDOWS:
         os.chmod(path, mode)
+
+
+def sync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a rename or a new file in directory `path` survive a power cut. POSIX
+    needs the directory itself fsynced; Windows cannot open a directory as a file,
+    and NTFS journals its metadata, so there it does nothing."""
+    if WINDOWS:
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def on_stop(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> None:

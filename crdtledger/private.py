@@ -102,11 +102,7 @@ def replace_private(path: Path | str, data: bytes) -> None:
     try:
         write_private(part, data, sync=True)
         os.replace(part, path)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # the rename itself survives a power cut
-        finally:
-            os.close(fd)
+        platform.sync_dir(path.parent)  # the rename itself survives a power cut
     except BaseException:
         if part.parent.is_dir():
             part.unlink(missing_ok=True)

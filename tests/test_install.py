@@ -275,3 +275,27 @@ async def test_counters_sync_page_says_which_branch_speaks_another_version(
         future.wait(30)
     said = log.read_text()
     assert "cannot sync with SH01" in said and "Traceback" not in said, said
+
+
+def test_store_lock_keeps_another_process_out_and_names_its_holder(tmp_path: Path) -> None:
+    """The lock through portalocker (crdtledger.platform), between real processes."""
+    from crdtledger.ledger import Ledger
+
+    Ledger.create(tmp_path / "sh01", "SH01", "test")
+    other = ("import sys; from crdtledger import storage; from crdtledger.ledger import "
+             "Ledger; from peer.local import _lock_held; storage.LOCK_WAIT_S = 0\n"
+             "print(_lock_held(storage.Path(sys.argv[1])))\n"
+             "try:\n    Ledger.open(sys.argv[1]).close()\n"
+             "except storage.StoreLocked as e:\n    print(e)\n")
+
+    def try_it() -> list[str]:
+        done = subprocess.run([sys.executable, "-c", other, str(tmp_path / "sh01")],
+                              capture_output=True, text=True, env=cli_env(), check=True)
+        return done.stdout.splitlines()
+
+    with Ledger.open(tmp_path / "sh01"):
+        held, refused = try_it()
+        assert held == "True"
+        assert refused == f"data directory {tmp_path / 'sh01'} is in use by another " \
+                          f"process (pid {os.getpid()})"
+    assert try_it() == ["False"]  # closed: free again, and the other opens it
