@@ -72,3 +72,15 @@ def test_the_audit_trail_and_receipts_read_the_same_clock(tmp_path: Path) -> Non
                                              ZoneInfo("America/New_York"))
     finally:
         a.close()
+
+
+def test_a_running_node_tells_status_its_zone(tmp_path: Path) -> None:
+    from cluster import cluster
+
+    with cluster(tmp_path) as c:
+        node = c.add("SH01").start()
+        assert node.status()["timezone"] == "Asia/Shanghai"
+        r = run_cli("status", data=node.data, env={"TZ": "UTC"})
+        assert r.code == 0, r.err
+        assert r.out.splitlines()[0] == \
+            "node SH01 of chain demo-chain: running (times in Asia/Shanghai)"
