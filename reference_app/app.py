@@ -22,7 +22,7 @@ from crdtledger.errors import LedgerError
 from crdtledger.private import private_text_open
 from peer import webcert
 from peer.chain import load_identity
-from peer.cli import add_node_options, node_config
+from peer.cli import CONFIG_FILE, add_node_options, node_config
 from peer.node import Config, Node, parse_address
 from reference_app import bookings_page, layout
 from reference_app.members_portal import MembersConfig, members_config
@@ -94,9 +94,40 @@ class Serving:
         return f"{scheme}://{self.host}:{self.port}"
 
 
+def counter_file(data_dir: Path) -> dict[str, str]:
+    """DATA/node.toml's [counter] table, so a service needs only --data:
+        [counter]
+        https = "0.0.0.0:8443"   # or http = "127.0.0.1:8080"
+        cert = "/etc/ssl/shop.crt"   # optional, with key: the owner's own pair
+        key = "/etc/ssl/shop.key"
+    """
+    import tomllib
+
+    path = data_dir / CONFIG_FILE
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f).get("counter", {})
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise LedgerError(f"{path}: {e}") from None
+    unknown = sorted(set(table) - {"http", "https", "cert", "key"}) if isinstance(
+        table, dict) else ["(not a table)"]
+    if unknown or not all(isinstance(v, str) for v in table.values()):
+        raise LedgerError(f"{path}: [counter] takes http, https, cert and key as text, not "
+                          f"{', '.join(unknown) or 'other values'}")
+    return dict(table)
+
+
 def serving(args: argparse.Namespace, data_dir: Path) -> Serving:
-    """From --http or --https [--cert --key]; the certificate checked before anything
-    starts, so a missing or bad one is a sentence saying how to make one."""
+    """From --http or --https [--cert --key], else DATA/node.toml's [counter]; the
+    certificate checked before anything starts, so a missing or bad one is a sentence
+    saying how to make one. Flags on the command line win over the file."""
+    file = counter_file(data_dir)
+    if args.http is None and args.https is None:
+        args.http, args.https = file.get("http"), file.get("https")
+        if args.cert is None and args.key is None:
+            args.cert, args.key = (Path(file[k]) if k in file else None for k in ("cert", "key"))
     if args.https is None:
         if args.cert is not None or args.key is not None:
             raise LedgerError("--cert and --key are for --https HOST:PORT")
@@ -124,7 +155,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--https", metavar="HOST:PORT",
                    help="serve the pages over HTTPS instead, e.g. 0.0.0.0:8443 for a second "
                    "till or a tablet on the LAN (certificate: DATA/tls/https.crt, made by "
-                   "`crdtledger https-cert` at the head office, or --cert/--key)")
+                   "`crdtledger https-cert` at the head office, or --cert/--key); the "
+                   "same as `https`, `cert`, `key` under [counter] in DATA/node.toml")
     p.add_argument("--cert", type=Path, metavar="PEM",
                    help="with --https: the owner's own certificate (full chain, PEM)")
     p.add_argument("--key", type=Path, metavar="PEM", help="with --https: its private key")

@@ -216,6 +216,19 @@ def test_https_flags_are_refused_with_how_to_make_a_certificate(tmp_path: Path) 
     assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == \
         ["192.168.1.20", "127.0.0.1"]
     assert made.key is not None and made.key.stat().st_mode & 0o077 == 0
+    # DATA/node.toml's [counter] is enough for a service started with --data alone;
+    # the command line wins over it.
+    (data / "node.toml").write_text('[counter]\nhttps = "0.0.0.0:9443"\n', encoding="utf-8")
+    assert serving().url == "https://0.0.0.0:9443" and serving().cert == made.cert
+    assert serving("--http", "127.0.0.1:8081").url == "http://127.0.0.1:8081"
+    (data / "node.toml").write_text(f'[counter]\nhttps = "0.0.0.0:9443"\ncert = "{made.cert}"\n',
+                                    encoding="utf-8")
+    with pytest.raises(LedgerError, match="together"):
+        serving()
+    (data / "node.toml").write_text('[counter]\nport = 8443\n', encoding="utf-8")
+    with pytest.raises(LedgerError, match=r"\[counter\] takes http, https, cert and key"):
+        serving()
+    (data / "node.toml").unlink()
     # The member port takes the counter's certificate when it has none of its own.
     members = members_config(data, "127.0.0.1:0", None, None)
     assert members.sock is not None
