@@ -11,15 +11,17 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from nicegui import app, ui
 
-from crdtledger import platform
+from crdtledger import __version__, platform
 from crdtledger.errors import LedgerError
 from crdtledger.private import private_text_open
+from crdtledger.sync import PROTOCOL_VERSION
 from peer import webcert
 from peer.chain import load_identity
 from peer.cli import CONFIG_FILE, add_node_options, node_config
@@ -146,8 +148,13 @@ def serving(args: argparse.Namespace, data_dir: Path) -> Serving:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m reference_app",
-                                description="The counter app of one branch node.")
+    # The installed console script, or `python -m reference_app` from a checkout.
+    prog = "crdtledger-counter" if Path(sys.argv[0]).stem == "crdtledger-counter" \
+        else "python -m reference_app"
+    p = argparse.ArgumentParser(prog=prog, description="The counter app of one branch node: "
+                                "its node and the counter pages, in one process.")
+    p.add_argument("--version", action="version", version=f"{prog} {__version__} "
+                   f"(sync protocol {PROTOCOL_VERSION})")
     p.add_argument("--data", required=True, type=Path, help="the node's data directory")
     p.add_argument("--http", metavar="HOST:PORT",
                    help=f"where the pages are served over plain HTTP (default {DEFAULT_HTTP}: "

@@ -99,8 +99,8 @@ def test_wheel_in_a_fresh_venv_runs_the_cli_and_the_counter(tmp_path: Path) -> N
           "--head-office"], cwd=work, env=env)
     _run([cli, "init", "--data", work / "sh01", "--node", "SH01", "--chain", work / "chain"],
          cwd=work, env=env)
-    assert "counter" in _run([venv / "bin" / "crdtledger-counter", "--help"],
-                             cwd=work, env=env).stdout
+    assert _run([venv / "bin" / "crdtledger-counter", "--version"], cwd=work, env=env
+                ).stdout.strip() == version.strip().replace("crdtledger", "crdtledger-counter")
 
     # The branch's one process, over HTTPS with a certificate from the chain's CA.
     _run([cli, "https-cert", "--chain", work / "chain", "--data", work / "sh01",
