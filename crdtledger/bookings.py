@@ -194,6 +194,14 @@ def _book(ledger: Ledger, tech_id: str, since: str = "") -> list[dict[str, Any]]
         "SELECT body FROM entries WHERE member = ? AND id >= ? ORDER BY id", (tech_id, since))]
 
 
+def _slot_ok(e: Mapping[str, Any]) -> bool:
+    """Whether a booking (or confirmation) names a slot: a start and 5-720 minutes.
+    A replica accepts entries without them (the fields are optional in the schema), so
+    one a lying branch wrote is passed over here, never a crash of a listing or a pass."""
+    return isinstance(e.get("start"), int) and isinstance(e.get("minutes"), int) \
+        and 5 <= e["minutes"] <= 720
+
+
 def held(entries: Iterable[Mapping[str, Any]], tech_id: str) -> dict[str, tuple[int, int]]:
     """Booking id -> (start ms, end ms) of the slots holding the technician, read only
     from the records of the technician's own branch: its own bookings and confirmed
@@ -204,7 +212,8 @@ def held(entries: Iterable[Mapping[str, Any]], tech_id: str) -> dict[str, tuple[
         if e["node"] != branch or e["member"] != tech_id:
             continue
         kind = e["kind"]
-        if kind == "booking" or (kind == "booking_decision" and e.get("status") == "confirmed"):
+        if (kind == "booking" or (kind == "booking_decision" and e.get("status") == "confirmed")
+                ) and _slot_ok(e):
             bid = e["id"] if kind == "booking" else str(e.get("ref"))
             out[bid] = (int(e["start"]), int(e["start"]) + int(e["minutes"]) * 60_000)
         elif kind == "booking_cancel" or (
@@ -313,6 +322,7 @@ def _related(ledger: Ledger, ids: list[str]) -> list[dict[str, Any]]:
 
 
 def _views(ledger: Ledger, bookings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    bookings = [b for b in bookings if _slot_ok(b)]
     techs = {t["id"]: t for t in technicians(ledger)}
     related = _related(ledger, [b["id"] for b in bookings])
     by_ref: dict[str, list[dict[str, Any]]] = {}
@@ -336,7 +346,10 @@ def _booking_entry(ledger: Ledger, booking: str) -> dict[str, Any]:
 
 def show(ledger: Ledger, booking: str) -> dict[str, Any]:
     """One booking and its status as this replica knows it."""
-    return _views(ledger, [_booking_entry(ledger, booking)])[0]
+    b = _booking_entry(ledger, booking)
+    if not _slot_ok(b):
+        raise NotFound(f"booking {b['id']} names no valid slot (written by {b['node']})")
+    return _views(ledger, [b])[0]
 
 
 def list_bookings(ledger: Ledger, *, member: str | None = None, technician: str | None = None,
@@ -379,7 +392,7 @@ def starting(ledger: Ledger, from_ms: int, to_ms: int) -> list[dict[str, Any]]:
     reminder before the appointment is for (crdtledger.notices)."""
     since = id_floor(max(0, from_ms - (HORIZON_DAYS + 1) * 86_400_000))
     rows = [e for t in technicians(ledger) for e in _book(ledger, t["id"], since)
-            if e["kind"] == "booking" and from_ms <= int(e["start"]) < to_ms]
+            if e["kind"] == "booking" and _slot_ok(e) and from_ms <= e["start"] < to_ms]
     return [v for v in _views(ledger, rows) if v["status"] in ("confirmed", "pending")]
 
 
@@ -405,7 +418,7 @@ def slots(ledger: Ledger, technician_ref: str, day: str, service: str | None = N
                if e["kind"] == "booking_decision" and e["node"] == tech["branch"]}
     for e in book:  # requests not decided yet: not offered to someone else meanwhile
         if (e["kind"] == "booking" and e["id"] not in decided and e["id"] not in cancelled
-                and e["node"] != tech["branch"]):
+                and e["node"] != tech["branch"] and _slot_ok(e)):
             taken[e["id"]] = (int(e["start"]), int(e["start"]) + int(e["minutes"]) * 60_000)
     midnight = datetime.combine(the_day, time(0), ledger.storage.tz)
     out = []
@@ -562,11 +575,13 @@ def decide(ledger: Ledger) -> list[dict[str, Any]]:
                 if (e["kind"] != "booking" or e["node"] == ledger.node or e["id"] in decided
                         or e["id"] in cancelled):
                     continue
+                if not _slot_ok(e):  # a malformed request: refused, never confirmed
+                    out.append(ledger._entry("booking_decision", tech["id"], ref=e["id"],
+                                             status="refused", reason="no valid slot"))
+                    continue
                 start, minutes = int(e["start"]), int(e["minutes"])
                 if start <= now:
                     why: str | None = f"the time had passed when {ledger.node} heard of it"
-                elif not 5 <= minutes <= 720:
-                    why = f"{minutes} minutes is not a booking's length"
                 else:
                     why = _fits(ledger, tech, str(e.get("service", "")), start, minutes)
                 if why is None:

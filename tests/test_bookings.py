@@ -256,6 +256,33 @@ def test_a_decision_forged_by_another_branch_is_refused_everywhere(
     assert bookings.show(sh01, b["booking"])["status"] == "pending"
 
 
+def test_a_request_without_a_slot_is_refused_and_breaks_no_listing(
+        chain: dict[str, Ledger]) -> None:
+    """SH01 signs a booking for SH02's technician with no start (no write rule
+    forbids it: the fields are optional): every replica keeps it, no listing or pass
+    crashes on it, and SH02 refuses it."""
+    m = setup_chain(chain)
+    tech = bookings.technician(chain["SH01"], "T01")["id"]
+    forger = Forger(chain["SH01"])
+    eid = HybridClock("SH01").mint()
+
+    def put(doc: Doc[Any]) -> None:
+        doc.get("entries", type=Map)[eid] = {
+            "id": eid, "kind": "booking", "member": tech, "node": "SH01", "op": "x",
+            "at": id_time_ms(eid), "amount": 0, "deltas": [], "ref": m, "service": "FOOT60"}
+
+    forger.write(entry_doc(eid, chain["SH01"].storage.day_of), put)
+    for victim in (chain["SH02"], chain["HZ01"]):
+        victim.apply_batch(forger.batch())
+        assert victim.faults() == []
+        assert bookings.list_bookings(victim, member=m) == []
+        with pytest.raises(NotFound, match="no valid slot"):
+            bookings.show(victim, eid)
+    [refused] = bookings.decide(chain["SH02"])
+    assert (refused["ref"], refused["status"]) == (eid, "refused")
+    assert bookings.decide(chain["SH02"]) == []
+
+
 def test_a_forged_technician_version_is_refused_everywhere(chain: dict[str, Ledger]) -> None:
     setup_chain(chain)
     tech = bookings.technician(chain["SH01"], "T01")["id"]
