@@ -138,11 +138,13 @@ def test_wheel_in_a_fresh_venv_runs_the_cli_and_the_counter(tmp_path: Path) -> N
 
 
 def test_service_unit_is_accepted_by_systemd_analyze(tmp_path: Path) -> None:
-    r = run_cli("chain", "init", "--out", tmp_path / "chain")
-    assert r.code == 0, r.err
+    from crdtledger.ledger import Ledger
+    from peer.chain import enrol, init_chain
+
+    init_chain(tmp_path / "chain", "test")
     data = tmp_path / "sh01"
-    r = run_cli("init", "--node", "SH01", "--chain", tmp_path / "chain", data=data)
-    assert r.code == 0, r.err
+    Ledger.create(data, "SH01", "test")
+    enrol(tmp_path / "chain", data, "SH01")
     units = tmp_path / "units"
     if os.geteuid() == 0:  # the directory is root's: refused unless given to a user
         r = run_cli("service", "install", "--unit-dir", units, data=data)
