@@ -1537,7 +1537,8 @@ def exit_return(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
                    Param("reject", {"type": "boolean"}, switch=True, help="reject it instead"),
                    _REASON,
                    Param("pay", text(16, pattern=ecma(PAY_CODE)),
-                         help="how the refund is paid back (a payment method; the first)")),
+                         help="how a refund is paid back: a payment method (the rule's first "
+                         "by default)")),
            result=EXIT_VIEW, show=_show_exit)
 def exit_approve(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return ledger.decide_exit(operator, p["application"], reject=bool(p.get("reject")),
