@@ -191,6 +191,8 @@ SAMPLES: dict[str, Callable[[Shop], Params]] = {
     "operator.set": lambda s: {"id": s.tech, "roles": {"it": True}, "active": True},
     "role.define": lambda s: {"name": "front", "permissions": ["member.add", "topup"]},
     "audit": lambda s: {"operator": "boss", "kind": "debit", "limit": 5},
+    # Last: the member who left (no stored value) has their personal data erased.
+    "member.erase": lambda s: {"member": s.leaver},
 }
 
 
