@@ -490,6 +490,12 @@ class _Story:
                                                gender="F", home=node)
                 ledgers[node].topup(cashier, mid, amount, pay="wechat")
 
+        def referred() -> None:
+            # 老带新: 张伟 brought a friend to SH01; the referral waits for its two
+            # approvals in the back office (推荐审批, crdtledger.membership).
+            ledgers["SH01"].refer(cashier, other("SH01").id, named("张伟").id)
+
+        out.append((self.local(start + timedelta(days=4), time(18, 0)), referred))
         out.append((self.local(start + timedelta(days=1), time(11, 5)), big_topup))
         out.append((self.local(start + timedelta(days=2), time(15, 10)), serve_wang))
         out.append((self.local(start + timedelta(days=2), time(16, 40)), refund))
