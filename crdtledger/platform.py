@@ -169,6 +169,28 @@ def account(user: str) -> tuple[int, int, str]:
     return entry.pw_uid, entry.pw_gid, group
 
 
+def closed_to(path: str | os.PathLike[str], user: str) -> str | None:
+    """The first directory on the way to `path` (its real path, links followed) that
+    `user` may not enter, or `path` itself if it is a file that user may not run or
+    read; None if the user reaches it. By the mode bits: owner, group, others."""
+    import stat
+
+    uid, gid, _ = account(user)
+    groups = set(os.getgrouplist(user, gid))
+    real = os.path.realpath(path)
+    steps = [real]
+    while (up := os.path.dirname(steps[-1])) != steps[-1]:
+        steps.append(up)
+    for step in reversed(steps):
+        st = os.stat(step)
+        need = (stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH) if stat.S_ISDIR(st.st_mode) \
+            else (stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
+        bit = need[0] if st.st_uid == uid else need[1] if st.st_gid in groups else need[2]
+        if uid != 0 and not st.st_mode & bit:
+            return step
+    return None
+
+
 def chown_tree(path: str | os.PathLike[str], uid: int, gid: int) -> None:
     """Hand a directory and everything in it to `uid`:`gid` (symlinks themselves)."""
     os.chown(path, uid, gid, follow_symlinks=False)

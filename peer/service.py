@@ -13,8 +13,9 @@ What the unit says, and why:
 * `Restart=on-failure` after 5 s: a crash or a machine that came up before its disk
   restarts by itself; a clean stop (SIGTERM from `systemctl stop`) stays stopped.
 * `ProtectSystem=strict` with `ReadWritePaths=` the data directory, `UMask=0077`,
-  `NoNewPrivileges=`, `PrivateTmp=`: the node can write its own directory and
-  nothing else of the machine.
+  `NoNewPrivileges=`, `PrivateTmp=`: the node can write its own directory, its
+  cache directory (/var/cache/crdtledger-NODE: matplotlib's font cache) and nothing
+  else of the machine.
 * Logs go to the journal (`journalctl -u crdtledger-SH01`), at INFO: connections,
   refusals and clock warnings an owner can read; the journal rotates them.
 * `ExecStart=` this very Python (`sys.executable`), so the unit runs the release
@@ -33,6 +34,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,9 @@ def add_service_commands(top: argparse._SubParsersAction[argparse.ArgumentParser
                       "(node settings are best kept in DATA/node.toml)")
     inst.add_argument("--no-start", action="store_true",
                       help="enable only: start on the next boot")
+    inst.add_argument("--python", type=Path, metavar="PATH",
+                      help="the Python the unit runs, with crdtledger installed (default: "
+                      "this one, i.e. the virtual environment this command comes from)")
     rem = actions.add_parser("remove", help="stop, disable and delete the unit (the data "
                              "directory is kept)")
     add_common(rem, operator=False, password=False)
@@ -84,7 +89,7 @@ def command(args: argparse.Namespace, data_dir: Path) -> tuple[dict[str, Any], s
     if args.action == "install":
         return install(data_dir, counter=args.counter, user=args.user,
                        extra=shlex.split(args.args), unit_dir=args.unit_dir,
-                       start=not args.no_start)
+                       start=not args.no_start, python=args.python)
     return remove(data_dir, unit_dir=args.unit_dir)
 
 
@@ -126,10 +131,11 @@ def _quote(arg: str) -> str:
 
 
 def unit_text(data_dir: Path, node: str, user: str, group: str, *, counter: bool,
-              extra: list[str]) -> str:
+              extra: list[str], python: Path | None = None) -> str:
     module = "reference_app" if counter else "peer"
     run = [] if counter else ["node", "run"]
-    argv = [sys.executable, "-m", module, *run, "--data", str(data_dir), *extra]
+    argv = [str(python or sys.executable), "-m", module, *run, "--data", str(data_dir),
+            *extra]
     what = "node and counter pages" if counter else "node"
     return "\n".join([
         "# Written by `crdtledger service install`; `crdtledger service remove` deletes it.",
@@ -145,6 +151,12 @@ def unit_text(data_dir: Path, node: str, user: str, group: str, *, counter: bool
         f"ExecStart={' '.join(_quote(a) for a in argv)}",
         f"WorkingDirectory={_quote(str(data_dir))}",
         "Environment=PYTHONUNBUFFERED=1",
+        # The rest of the system is read-only to it (ProtectSystem=strict), and a system
+        # user's home may not exist: caches (matplotlib's fonts) go to its own
+        # /var/cache directory, which systemd makes and gives to the user.
+        f"CacheDirectory=crdtledger-{node}",
+        f"Environment=XDG_CACHE_HOME=%C/crdtledger-{node} "
+        f"MPLCONFIGDIR=%C/crdtledger-{node}/matplotlib",
         "Restart=on-failure",
         "RestartSec=5s",
         "TimeoutStopSec=30s",
@@ -176,9 +188,11 @@ def _systemctl(*argv: str) -> None:
 
 def install(data_dir: Path, *, counter: bool = False, user: str | None = None,
             extra: list[str] | None = None, unit_dir: Path | None = None,
-            start: bool = True) -> tuple[dict[str, Any], str]:
+            start: bool = True, python: Path | None = None) -> tuple[dict[str, Any], str]:
     data_dir = data_dir.resolve()
     node = node_of(data_dir)
+    if python is not None and not (python.is_absolute() and os.access(python, os.X_OK)):
+        raise ServiceError(f"--python {python}: not an absolute path to a program")
     owner = platform.owner_of(data_dir)
     user = user or owner[0]
     try:
@@ -188,8 +202,22 @@ def install(data_dir: Path, *, counter: bool = False, user: str | None = None,
                            "`adduser --system --group crdtledger`)") from None
     if uid == 0:
         raise ServiceError(
-            f"{data_dir} belongs to root, and a node must not run as root: create a user "
+            f"a node must not run as root ({data_dir} belongs to {owner[0]}): create a user "
             "(`adduser --system --group crdtledger`) and pass --user crdtledger")
+    # A unit whose user cannot reach its Python or its data would fail at every start
+    # (a venv made in /root, say): refused now, with where it is closed.
+    reach = [("the Python the unit runs", python or Path(sys.executable)),
+             ("the data directory", data_dir.parent)]
+    if python is None:
+        reach.append(("crdtledger's packages", Path(sysconfig.get_path("purelib"))))
+    for what, path in reach:
+        closed = platform.closed_to(path, user)
+        if closed is not None:
+            raise ServiceError(
+                f"user {user} cannot reach {what}, {path} ({closed} is closed to it): "
+                f"install crdtledger where {user} can read it, e.g. `python3 -m venv "
+                "/opt/crdtledger` then `/opt/crdtledger/bin/pip install crdtledger-*.whl`, "
+                f"and keep the data in a directory {user} can enter, e.g. /srv/crdtledger")
     if owner[1] != uid:
         if os.geteuid() != 0:
             raise ServiceError(f"{data_dir} belongs to {owner[0]}, not {user}: run this as "
@@ -201,7 +229,7 @@ def install(data_dir: Path, *, counter: bool = False, user: str | None = None,
     directory.mkdir(parents=True, exist_ok=True)
     unit = directory / name
     unit.write_text(unit_text(data_dir, node, user, group, counter=counter,
-                              extra=extra or []))
+                              extra=extra or [], python=python))
     unit.chmod(0o644)  # systemd's units are world-readable; it holds no secret
     # Enabled exactly as `systemctl enable` does it: the target wants the unit.
     wants = directory / WANTS

@@ -11,6 +11,7 @@ import site
 import ssl
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from cluster import cluster, free_port, wait_for
 from conftest import cli_env, run_cli
 
 import crdtledger
+from crdtledger import platform
 from crdtledger.sync import PROTOCOL_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,7 +139,8 @@ def test_wheel_in_a_fresh_venv_runs_the_cli_and_the_counter(tmp_path: Path) -> N
         proc.wait(30)
 
 
-def test_service_unit_is_accepted_by_systemd_analyze(tmp_path: Path) -> None:
+def test_service_unit_is_accepted_by_systemd_analyze(tmp_path: Path,
+                                                    request: pytest.FixtureRequest) -> None:
     from crdtledger.ledger import Ledger
     from peer.chain import enrol, init_chain
 
@@ -146,20 +149,35 @@ def test_service_unit_is_accepted_by_systemd_analyze(tmp_path: Path) -> None:
     Ledger.create(data, "SH01", "test")
     enrol(tmp_path / "chain", data, "SH01")
     units = tmp_path / "units"
+    python: list[str] = []
     if os.geteuid() == 0:  # the directory is root's: refused unless given to a user
         r = run_cli("service", "install", "--unit-dir", units, data=data)
         assert r.code == 1 and "must not run as root" in r.err, r.err
         user = "nobody"
+        # pytest's temporary directories are 0700: closed to nobody, refused by name.
+        r = run_cli("service", "install", "--unit-dir", units, "--user", user, data=data)
+        assert r.code == 1 and "user nobody cannot reach" in r.err, r.err
+        assert "is closed to it" in r.err and "/opt/crdtledger" in r.err
+        # Somewhere nobody can enter, with a Python it can run (this test's own may live
+        # under /root): the system's.
+        shared = Path(tempfile.mkdtemp(prefix="crdtledger-service-", dir="/tmp"))
+        request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
+        shared.chmod(0o755)
+        data = Path(shutil.move(data, shared / "sh01"))
+        system_python = Path("/usr/bin/python3")
+        assert platform.closed_to(system_python, user) is None
+        python = ["--python", str(system_python)]
     else:
         user = None  # the data directory's owner: whoever runs the test
     r = run_cli("service", "install", "--counter", "--unit-dir", units,
                 "--args", "--https 0.0.0.0:8443", *(("--user", user) if user else ()),
-                "--json", data=data)
+                *python, "--json", data=data)
     info = r.json()
     unit = units / "crdtledger-SH01.service"
     assert info["unit"] == str(unit) and info["enabled"] and not info["started"]
     text = unit.read_text()
-    assert f"ExecStart={sys.executable} -m reference_app --data {data} --https 0.0.0.0:8443" \
+    interpreter = python[1] if python else sys.executable
+    assert f"ExecStart={interpreter} -m reference_app --data {data} --https 0.0.0.0:8443" \
         in text
     for line in ("Restart=on-failure", "StandardOutput=journal", "ProtectSystem=strict",
                  f"ReadWritePaths={data}", "WantedBy=multi-user.target", "UMask=0077"):
