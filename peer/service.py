@@ -86,6 +86,11 @@ def add_service_commands(top: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def command(args: argparse.Namespace, data_dir: Path) -> tuple[dict[str, Any], str]:
+    if platform.WINDOWS or sys.platform == "darwin":
+        raise ServiceError(
+            "`crdtledger service` writes systemd units (Linux): on this system start "
+            f"`crdtledger-counter --data {data_dir}` with the system's own start-up "
+            "tool (Task Scheduler at start-up on Windows, a launchd agent on macOS)")
     if args.action == "install":
         return install(data_dir, counter=args.counter, user=args.user,
                        extra=shlex.split(args.args), unit_dir=args.unit_dir,
