@@ -61,6 +61,7 @@ from crdtledger.model import (
     SERVICE_CODE,
 )
 from crdtledger.money import MAX_AMOUNT, check_count, format_purse, format_yuan, parse_yuan
+from crdtledger.rules import rule_help
 from crdtledger.schema import Schema, array, check, ecma, obj, one_of, or_empty, text
 
 Params = dict[str, Any]
@@ -217,6 +218,9 @@ class Operation:
     links: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # The result as a table, for the command line's --csv (a report's rows); None: none.
     table: Callable[[Any], list[list[str]]] | None = None
+    # More for a person than the summary: formats and examples (the command line's
+    # --help ends with it; the OpenAPI description too).
+    more: str = ""
 
     def param(self, name: str) -> Param:
         return next(p for p in self.params if p.name == name)
@@ -243,7 +247,7 @@ def operation(name: str, summary: str, *, params: Sequence[Param] = (),
               permission: str | None = None, needs: frozenset[str] | None = None,
               http: str, show: Show, forms: Sequence[Form] = (), result: Schema = ANY_OBJECT,
               status: int = 200, links: Mapping[str, Mapping[str, Any]] | None = None,
-              table: Callable[[Any], list[list[str]]] | None = None
+              table: Callable[[Any], list[list[str]]] | None = None, more: str = ""
               ) -> Callable[[Handler], Handler]:
     """Declare an operation. A write names its `permission` (the ledger checks it too);
     a read names the permissions any one of which lets an operator see it (`needs`),
@@ -256,7 +260,7 @@ def operation(name: str, summary: str, *, params: Sequence[Param] = (),
         TABLE[name] = Operation(
             name, summary, frozenset({permission}) if permission else needs or frozenset(),
             permission is not None, tuple(params), fn, show, method, path, tuple(forms),
-            result, status, links or {}, table)
+            result, status, links or {}, table, more)
         return fn
 
     return register
@@ -1238,7 +1242,7 @@ def rule_show(ledger: Ledger, operator: str, p: Params) -> Any:
            params=(RULE_KIND, Param("body", {"description": "the rule, as JSON"}, required=True,
                                     flag="--json-body"),
                    Param("effective_from", DAY)),
-           show=_says("rule {kind} set [{rule_id}]"))
+           show=_says("rule {kind} set [{rule_id}]"), more=rule_help())
 def rule_set(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return {"rule_id": ledger.set_rule(operator, p["kind"], p["body"], p.get("effective_from"))}
 

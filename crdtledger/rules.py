@@ -208,3 +208,48 @@ def _check_goods(body: Any) -> None:
                      f"{code}: {k} is text of at most {limit} characters")
         for k in ("price", "cost", "points_price", "low_stock"):
             check_amount(_whole(item.get(k, 0)), allow_zero=True)
+
+
+# What a version of each rule kind looks like (but goods, whose items carry the stock
+# ids `goods add` mints): the command line's `rule set --help`
+# prints them, and tests/test_rules_examples.py sets each one, so they cannot drift
+# from what `_check_rule` takes. A version replaces the kind's previous one whole
+# (amounts in fen; discounts and multipliers as text, exact).
+RULE_EXAMPLES: dict[str, Any] = {
+    "branches": {"SH01": "南京西路店", "SH02": "徐家汇店", "HZ01": "杭州西湖店"},
+    "services": {"FOOT60": {"name": "足疗 60 分钟", "price": 12800, "minutes": 60},
+                 "HEAD30": {"name": "头疗 30 分钟", "price": 6800}},
+    "levels": [{"name": "普通会员", "threshold": 0, "discount": "1", "points_multiplier": "1"},
+               {"name": "金卡", "threshold": 300000, "discount": "0.9",
+                "points_multiplier": "1.5"}],
+    "level_basis": {"basis": "topped"},
+    "promotions": [{"name": "充500送30", "min": 50000, "bonus": 3000}],
+    "earn": {"points_per_yuan": "1", "expire_days": 365},
+    "conversion": {"points_per_yuan": "100"},
+    "card_types": {"stored_value": {"fee": 0}, "points": {"fee": 1000}},
+    "approval": {"topup_limit": 500000, "correction_limit": 10000,
+                 "stock_adjust_limit": 10000},
+    "payment_methods": [{"code": "cash", "name_zh": "现金", "name_en": "cash"},
+                        {"code": "wechat", "name_zh": "微信", "name_en": "WeChat Pay"}],
+    "settings": {"timezone": "Asia/Shanghai"},
+    "notifications": {"daily": [{"branch": "all", "at": "21:00",
+                                 "to": ["owner@example.com"]}], "low_balance": 5000},
+    "referral": {"reward": "points", "points": 500},
+    "checkin": {"OPEN": {"name": "开业签到", "from": "2026-12-01T09:00",
+                         "to": "2026-12-31T21:00", "points": 10, "repeat": "daily",
+                         "per_day": 1}},
+    "exit": {"stored_value": "refund"},
+    "revocations": {"crl": ""},
+}
+
+
+def rule_help() -> str:
+    """The formats of the rule kinds, for `crdtledger rule set --help`."""
+    lines = ["rule formats (each version replaces the kind's last one whole; amounts in "
+             "fen):", ""]
+    for kind in sorted(RULE_EXAMPLES):
+        body = json.dumps(RULE_EXAMPLES[kind], ensure_ascii=False, separators=(",", ":"))
+        lines.append(f"  crdtledger rule set {kind} --json-body '{body}'")
+    lines += ["", "revocations is written by `crdtledger chain revoke`; goods by "
+              "`crdtledger goods add`; checkin by `crdtledger activity set`."]
+    return "\n".join(lines)

@@ -354,7 +354,7 @@ def _route_of(op: Operation) -> Route:
     return Route(op.method, op.path, _operation_id(op.name), handler, op.summary,
                  _TAGS.get(op.name, op.name.split(".")[0]), body,
                  {n: op.param(n).schema for n in in_path}, query, op.result, op.status,
-                 description=needs,
+                 description=f"{needs}\n\n{op.more}" if op.more else needs,
                  links={_operation_id(k): v for k, v in op.links.items()})
 
 

@@ -404,7 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                      required=True)
             owner = groups[group[0]]
         help = op.summary[:1].lower() + op.summary[1:]
-        leaf = owner.add_parser(leaf_name, help=help, description=op.summary)
+        leaf = owner.add_parser(leaf_name, help=help, description=op.summary,
+                                epilog=op.more or None,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
         # An operation with a password of its own (a new operator's), or an operator of
         # its own (the audit trail's filter), takes the acting operator's before the
         # command (and the password from the environment).
