@@ -458,7 +458,8 @@ def test_reports(tmp_path: Path) -> None:
         assert daily == {"day": today, "branch": "all", "new_members": 1, "sales": 14800,
                          "debits": 2, "refunds": 0, "topup_cash": 30000, "topups": 1,
                          "cards_sold": 0, "card_sales": 0,
-                         "topup_by_method": {"cash": 30000}, "till_by_method": {}}
+                         "topup_by_method": {"cash": 30000}, "till_by_method": {},
+                         "exit_refunds": 0}
         status, other = await api.call("GET", "/reports/daily?day=2020-01-01&branch=SH01",
                                        token=boss)
         assert (status, other["sales"], other["branch"]) == (200, 0, "SH01")
