@@ -62,14 +62,14 @@ def add_service_commands(top: argparse._SubParsersAction[argparse.ArgumentParser
         "install", help="write, enable and start the unit",
         description="write crdtledger-NODE.service, enable it and (where systemd runs) "
         "start it. Example: sudo crdtledger service install --data /srv/crdtledger/SH01 "
-        "--counter --args '--http 0.0.0.0:8080'")
+        "--counter --args '--https 0.0.0.0:8443'")
     add_common(inst, operator=False, password=False)
     inst.add_argument("--counter", action="store_true",
                       help="run the node with its counter pages (crdtledger-counter)")
     inst.add_argument("--user", help="the user the node runs as (default: the owner of "
                       "the data directory; never root)")
     inst.add_argument("--args", default="", metavar="'FLAGS'",
-                      help="more flags for the command, e.g. '--http 0.0.0.0:8080' "
+                      help="more flags for the command, e.g. '--https 0.0.0.0:8443' "
                       "(node settings are best kept in DATA/node.toml)")
     inst.add_argument("--no-start", action="store_true",
                       help="enable only: start on the next boot")
