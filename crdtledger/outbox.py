@@ -19,14 +19,13 @@ never dropped.
 
 from __future__ import annotations
 
-import importlib
 import json
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from crdtledger import notices, views
+from crdtledger import bookings, notices, views
 from crdtledger.errors import LocalProtocolError
 from crdtledger.hlc import id_floor, id_time_ms
 from crdtledger.notices import Notice
@@ -279,23 +278,17 @@ def _recent_debits(ledger: Ledger) -> tuple[list[dict[str, Any]], str]:
 
 def _bookings_soon(ledger: Ledger, now_ms: int, rule: Mapping[str, Any]
                    ) -> list[dict[str, Any]]:
-    """Bookings starting within the rule's remind_minutes, from helper A's
-    crdtledger.bookings.starting(ledger, from_ms, to_ms) when that module has it.
-    HOOK: until then (or if its rows lack a field used here) there are no reminders."""
+    """Bookings starting within the rule's remind_minutes (crdtledger.bookings), with
+    the member's profile and the branch's name for the reminder's text."""
     minutes = int(rule["remind_minutes"])
     if not minutes:
-        return []
-    try:
-        starting = importlib.import_module("crdtledger.bookings").starting
-    except (ImportError, AttributeError):
         return []
     out = []
     conn = ledger.storage.conn
     names: Mapping[str, str] = ledger.rule("branches") or {}
-    for b in starting(ledger, now_ms, now_ms + minutes * 60_000):
-        member = b.get("member")
-        row = conn.execute("SELECT body FROM members WHERE id = ?", (member,)).fetchone()
-        if row is None or "booking" not in b or "branch" not in b:
+    for b in bookings.starting(ledger, now_ms, now_ms + minutes * 60_000):
+        row = conn.execute("SELECT body FROM members WHERE id = ?", (b["member"],)).fetchone()
+        if row is None:
             continue
         out.append({**b, "profile": json.loads(row[0]),
                     "branch_name": names.get(str(b["branch"]), str(b["branch"]))})

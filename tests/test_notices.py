@@ -337,3 +337,27 @@ def test_bad_gateway_settings_are_refused_with_a_sentence(
         settings: dict[str, Any], says: str) -> None:
     with pytest.raises(SettingsError, match=says):
         gateways_from_settings(settings)
+
+
+def test_a_booking_confirmed_here_gets_its_reminder_before_it_starts(tmp_path: Path) -> None:
+    """The technician's branch reminds the member of a confirmed booking once it starts
+    within the rule's remind_minutes (120 by default), once: from bookings to outbox."""
+    clock = {"ms": NOW - 3_600_000}  # 09:30 in Shanghai
+    Ledger.create(tmp_path / "SH02", "SH02")
+    with Ledger.open(tmp_path / "SH02", now_ms=lambda: clock["ms"]) as led:
+        mid = op(led, "member.add", name="王芳", phone="13800000009")["member_id"]
+        op(led, "technician.add", code="T01", name="小李", services="FOOT60")
+        booked = op(led, "booking.add", member=mid, technician="T01", service="FOOT60",
+                    at="2026-12-03T13:00")
+        assert booked["status"] == "confirmed"
+        assert not [n for n in outbox.collect(led, clock["ms"], BOTH).notices
+                    if n.kind == "reminder"], "not yet: it starts in three and a half hours"
+        clock["ms"] = NOW + 3_600_000  # 11:30: it starts within two hours
+        due = outbox.collect(led, clock["ms"], BOTH)
+        [r] = [n for n in due.notices if n.kind == "reminder"]
+        assert (r.member, r.channel, r.to, r.key) == (
+            mid, "sms", "13800000009", f"reminder:{booked['booking']}")
+        assert "13:00" in r.body and not r.promotional
+        outbox.keep(led, due, clock["ms"])
+        assert not [n for n in outbox.collect(led, clock["ms"] + 60_000, BOTH).notices
+                    if n.kind == "reminder"], "once"
