@@ -18,7 +18,7 @@ from pycrdt import Map
 from crdtledger.commit import LedgerBase, Write, note_edit, put
 from crdtledger.errors import ApprovalRequired, InvalidInput, NotFound, PermissionDenied
 from crdtledger.inputs import check_text
-from crdtledger.model import BUILTIN_ROLES, EDITS, PERMISSIONS
+from crdtledger.model import BUILTIN_ROLES, EDITS, PERMISSIONS, SELF_SERVICE, self_service_of
 
 # Key stretching for operator passwords and card PINs. A PIN has few digits, so the
 # hash is salted per card and deliberately slow (scrypt, ~30 ms).
@@ -78,6 +78,8 @@ class Auth(LedgerBase):
     def permissions(self, operator: str) -> frozenset[str]:
         if operator == self.owner:
             return PERMISSIONS
+        if operator == self_service_of(self.node):  # a member on the self-service pages
+            return SELF_SERVICE
         row = self.storage.conn.execute(
             "SELECT body FROM operators WHERE id = ?", (operator,)
         ).fetchone()

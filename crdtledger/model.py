@@ -268,6 +268,15 @@ def owner_of(node: str) -> str:
     return f"owner@{node}"
 
 
+# What a member may write on the self-service pages: the built-in operator those
+# pages act as at a node, so the audit trail says a member did it there, not the owner.
+SELF_SERVICE = frozenset({"booking.write", "checkin"})
+
+
+def self_service_of(node: str) -> str:
+    return f"self@{node}"
+
+
 def member_doc(member_id: str) -> str:
     """Stable shard of a member (and its cards), the same on every node."""
     return f"members/{zlib.crc32(member_id.encode()) % MEMBER_SHARDS:02d}"

@@ -61,7 +61,7 @@ from nicegui.storage import request_contextvar
 from crdtledger import localtime, operations, views
 from crdtledger.errors import CardInactive, CardLost, LedgerError, NotFound, WrongPin
 from crdtledger.members import PHONE
-from crdtledger.model import owner_of
+from crdtledger.model import owner_of, self_service_of
 from crdtledger.throttle import LoginThrottle
 from peer import chain as chain_mod
 from peer import webcert
@@ -377,9 +377,16 @@ class Portal:
 
     @property
     def operator(self) -> str:
-        """Who writes a member's own booking: this node's built-in owner, acting for
-        the signed-in member only (the pages name no other member)."""
+        """Who reads for the signed-in member: this node's built-in owner (the pages
+        name no other member)."""
         return owner_of(self.shop.node.node_id)
+
+    @property
+    def writer(self) -> str:
+        """Who writes a member's own booking or check-in: the node's self-service
+        operator, which may do only that (model.SELF_SERVICE), so the audit trail says
+        a member did it on these pages."""
+        return self_service_of(self.shop.node.node_id)
 
     # --- the member port ----------------------------------------------------------
 
@@ -737,7 +744,7 @@ class Home:
         if signed_in() != self.member:
             ui.navigate.to(PATH)
             raise SignedOut("the member's sign-in has ended")
-        return await self.shop.run(self.shop.operation(self.portal.operator, name, **params),
+        return await self.shop.run(self.shop.operation(self.portal.writer, name, **params),
                                    name)
 
     def read(self, name: str, **params: Any) -> Any:

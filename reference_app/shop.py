@@ -171,6 +171,8 @@ class Shop:
     def operator_name(self, operator_id: str) -> str:
         if operator_id == self.ledger.owner:
             return tr("店主", "owner")
+        if operator_id.startswith("self@"):  # model.self_service_of
+            return tr("会员自助", "member self-service")
         return views.operator_name(self.ledger, operator_id) or operator_id
 
     def service_name(self, code: str | None) -> str:

@@ -470,6 +470,10 @@ async def test_book_and_cancel_an_appointment(portal_app: PortalApp) -> None:
     await app.user.should_see("已预约")
     mine = operations.run(app.ledger, owner, "booking.list", {"member": app.ids["a"]})
     assert [(b["at"], b["status"], b["service"]) for b in mine] == [(at, "confirmed", "FOOT60")]
+    # Written by the node's self-service operator, which may book and check in only:
+    # the audit trail says a member did it on these pages.
+    assert mine[0]["op"] == "self@SH01"
+    assert app.ledger.permissions("self@SH01") == {"booking.write", "checkin"}
     weekday = "一二三四五六日"[dt.date.fromisoformat(at[:10]).weekday()]
     await app.user.should_see(f"{at[5:10]} 周{weekday} {at[11:]} · 足疗 60 分钟")
     await app.user.should_see("已确认")
