@@ -467,6 +467,8 @@ class NodeCore:
             self._housekeeping()
         elif kind == "bookings":
             self._decide_bookings()
+        elif kind == "referrals":
+            self._grant_referrals()
         elif kind == "rebalance-step":
             self._rebalance_step()
             if self._rebalance_queue:
@@ -788,6 +790,12 @@ class NodeCore:
         if (("bookings",) not in self._timers and b"booking" in data
                 and any(tid in data for tid in self._technicians_here())):
             self._timer(("bookings",), 0.0)
+        # An approval given elsewhere of a referral this branch recorded (its id ends
+        # in this node's): the reward, if now due, is this branch's to grant, now
+        # rather than at the next housekeeping (crdtledger.membership).
+        if (("referrals",) not in self._timers and b"approval" in data
+                and f".{self.node}".encode() in data):
+            self._timer(("referrals",), 0.0)
 
     def _decide_bookings(self) -> None:
         try:
@@ -801,6 +809,17 @@ class NodeCore:
             self._out.append(BookingDecided(d))
         if written:
             self._out.append(Count("booking_decisions", amount=len(written)))
+
+    def _grant_referrals(self) -> None:
+        try:
+            written = self.ledger.grant_due_referrals()
+        except LedgerError as e:  # e.g. a restored node not caught up yet: housekeeping
+            self._decide(f"referral rewards deferred: {e}")
+            return
+        for r in written:
+            self._decide(f"referral {r.get('ref')} rewarded")
+        if written:
+            self._out.append(Count("referral_rewards", amount=len(written)))
 
     # --- rebalancer -----------------------------------------------------------------
 

@@ -412,7 +412,13 @@ class Node:
                 case Count(name="protocol_errors"):
                     m.protocol_errors.inc()
                 case Count(name="housekeeping_entries", amount=n):
-                    log.info("housekeeping: %d expired points write-offs", n)
+                    log.info("housekeeping: %d entries written (merged members' rights "
+                             "swept, expired points, referral rewards, check-ins over their "
+                             "limit reversed, erased members' records redacted)", n)
+                case Count(name="booking_decisions", amount=n):
+                    log.info("bookings: %d decided for this branch's technicians", n)
+                case Count(name="referral_rewards", amount=n):
+                    log.info("referrals: %d rewards granted (approved at other branches)", n)
                 case Gauge(name="peers_connected", value=value):
                     m.peers_connected.set(value)
                 case Gauge(name="peer_lag", labels=labels, value=value):

@@ -19,6 +19,7 @@ from conftest import Cli
 from helpers import FakeClock, Forger, data_snapshot, new_ledger, sync
 from test_ledger import refused
 from test_sync_protocol import _fresh, _greet
+from transport_suite import SimAdapter
 
 from crdtledger import settlement, views
 from crdtledger.errors import InvalidInput, NotFound, PermissionDenied, RightsElsewhere
@@ -419,3 +420,30 @@ def test_cli_json_shapes(cli: Cli, tmp_path: Path) -> None:
     assert json.loads(self_ok.out)["error"] == "permission_denied"
     listed = cli("exit", "list", "--status", "pending", "--json", data=data).json()
     assert [x["application"] for x in listed] == [app["application"]]
+
+
+def test_approved_elsewhere_the_recording_branch_rewards_on_arrival(tmp_path: Path) -> None:
+    """Both approvals given at SH02: the node core of SH01, which recorded the referral,
+    grants the reward as soon as the second approval reaches it (the simulator's driver
+    of the same core as the shop's node), not only at its next housekeeping."""
+    net = SimAdapter(tmp_path)
+    try:
+        for n in ("SH01", "SH02"):
+            net.add(n)
+        net.dial("SH02", "SH01")
+        sh01 = net.ledger("SH01")
+        net.perform("SH01", lambda led: led.set_rule(
+            led.owner, "referral", {"reward": "points", "points": 300}))
+        old, new = net.perform("SH01", two_members)
+        r = net.perform("SH01", lambda led: led.refer(led.owner, new, old))["id"]
+        staff = net.perform("SH01", Staff)  # SH01 is the head office: operators are its
+        net.settle()
+        net.perform("SH02", lambda led: led.approve_referral(staff.mgr, r, 1))
+        net.perform("SH02", lambda led: led.approve_referral(staff.hq, r, 2))
+        net.until(lambda: bool(rewards(sh01, r)), "the reward written at SH01", timeout=30)
+        [reward] = rewards(sh01, r)
+        assert reward["node"] == "SH01" and reward["member"] == old
+        net.settle()
+        assert net.ledger("SH02").referral_view(r)["status"] == "granted"
+    finally:
+        net.close()
