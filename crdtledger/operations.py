@@ -1620,8 +1620,9 @@ def _show_booking(_ledger: Ledger, b: Any, _p: Params) -> str:
                    Param("hours", text(11, pattern=booking_lib.HOURS.pattern.replace("\\Z", "$")),
                          default="10:00-22:00", help="working hours, e.g. 10:00-22:00")),
            result=TECHNICIAN,
-           links={"booking.add": {"parameters": {"technician": "$response.body#/id"}},
-                  "booking.slots": {"parameters": {"technician": "$response.body#/id"}}},
+           # (booking.add takes the technician in its body, with a member and a time
+           # no response here gives: its stateful calls start from a member instead.)
+           links={"booking.slots": {"parameters": {"technician": "$response.body#/id"}}},
            show=lambda _l, t, _p: f"technician {t['ref']} {t['name']}: "
            f"{','.join(t['services'])} {t['hours']} [{t['id']}]")
 def technician_add(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
