@@ -567,10 +567,7 @@ def decide(ledger: Ledger) -> list[dict[str, Any]]:
         for tech in mine:
             book_ = _book(ledger, tech["id"], since)
             taken = held(book_, tech["id"])
-            decided = {str(e.get("ref")) for e in book_
-                       if e["kind"] == "booking_decision" and e["node"] == ledger.node
-                       and e.get("status") in ("confirmed", "refused")}
-            cancelled = {str(e.get("ref")) for e in book_ if e["kind"] == "booking_cancel"}
+            decided, cancelled = _settled(book_, ledger.node)
             for e in book_:
                 if (e["kind"] != "booking" or e["node"] == ledger.node or e["id"] in decided
                         or e["id"] in cancelled):
@@ -607,15 +604,22 @@ def decide(ledger: Ledger) -> list[dict[str, Any]]:
     return written
 
 
+def _settled(book_: list[dict[str, Any]], node: str) -> tuple[set[str], set[str]]:
+    """The bookings in a technician's book this branch (`node`) has confirmed or refused,
+    and those cancelled anywhere."""
+    decided = {str(e.get("ref")) for e in book_
+               if e["kind"] == "booking_decision" and e["node"] == node
+               and e.get("status") in ("confirmed", "refused")}
+    cancelled = {str(e.get("ref")) for e in book_ if e["kind"] == "booking_cancel"}
+    return decided, cancelled
+
+
 def _anything(ledger: Ledger, mine: list[dict[str, Any]], since: str) -> bool:
     """Whether `decide` has anything to write (read without a write transaction)."""
     for tech in mine:
         book_ = _book(ledger, tech["id"], since)
         taken = held(book_, tech["id"])
-        decided = {str(e.get("ref")) for e in book_
-                   if e["kind"] == "booking_decision" and e["node"] == ledger.node
-                   and e.get("status") in ("confirmed", "refused")}
-        cancelled = {str(e.get("ref")) for e in book_ if e["kind"] == "booking_cancel"}
+        decided, cancelled = _settled(book_, ledger.node)
         if any(e["kind"] == "booking" and e["node"] != ledger.node and e["id"] not in decided
                and e["id"] not in cancelled for e in book_):
             return True
