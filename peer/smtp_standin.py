@@ -26,7 +26,8 @@ class _Keeper:
         raw = envelope.content if isinstance(envelope.content, bytes) else \
             str(envelope.content).encode()
         msg = email.message_from_bytes(raw, policy=email.policy.default)
-        assert isinstance(msg, EmailMessage)
+        if not isinstance(msg, EmailMessage):  # policy.default always makes one
+            return "554 Transaction failed: the message could not be parsed"
         with self.standin.lock:
             self.standin.received.append(msg)
         if self.standin.on_message is not None:
