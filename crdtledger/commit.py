@@ -93,7 +93,8 @@ class LedgerBase:
         self.erasure_seen = False
         self.redaction_checked: set[str] = set()
         self.skew_events: deque[ClockSkew] = deque(maxlen=SKEW_EVENTS_KEPT)
-        self._digest: tuple[int, bytes] | None = None  # (storage.version, states_digest)
+        # (log.changes, log_view, states_digest)
+        self._logs_seen: tuple[int, dict[str, tuple[int, bytes]], bytes] | None = None
         self.trust: Trust = load_trust(storage.dir, self.chain, self.node)
         self.trust.pinned = storage.log.pinned()
         self._own_head: Head | None = None

@@ -23,7 +23,7 @@ timer whose token is no longer current is ignored, so a driver never cancels one
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -236,7 +236,7 @@ class _Link:
     target: str | None  # the dial target this link came from, if we dialled
     opened_at: float
     session: SyncSession
-    measured: dict[str, tuple[int, bytes]] | None = None  # peer logs lag was measured at
+    measured: Mapping[str, tuple[int, bytes]] | None = None  # peer logs lag was measured at
 
 
 @dataclass
@@ -711,7 +711,7 @@ class NodeCore:
             lk.measured = theirs
             self._measure_lag(lk, theirs)
 
-    def _measure_lag(self, lk: _Link, theirs: dict[str, tuple[int, bytes]]) -> None:
+    def _measure_lag(self, lk: _Link, theirs: Mapping[str, tuple[int, bytes]]) -> None:
         """Lag at the start of the round that just began, in log records: a round
         then sends what either side lacks, so a healthy pair reads 0 from the next
         round on."""

@@ -174,6 +174,9 @@ class Log:
         # and every log verified.
         self._heads: dict[str, tuple[Head, bytes] | None] = {}
         self._written = False  # in the open transaction
+        # Moves whenever what log_view shows may have moved (a record appended, a
+        # fault found, a rollback): the key of the views and digests kept of it.
+        self.changes = 0
 
     def begin(self) -> None:
         """A transaction begins: nothing written in it yet."""
@@ -185,6 +188,7 @@ class Log:
         walks the whole `records` index)."""
         if not self._written:
             return
+        self.changes += 1
         self._tips.clear()
         self._positions = None
         self._blocked = None
@@ -315,6 +319,7 @@ class Log:
         if not items:
             return
         self._written = True
+        self.changes += 1
         self.conn.executemany(
             "INSERT INTO records(node, seq, hash, doc, data, state) VALUES (?, ?, ?, ?, ?, ?)",
             [(rec.node, rec.seq, hash_, rec.doc, rec.data, state)
@@ -353,4 +358,5 @@ class Log:
                                 (node, kind, seq, rule, detail, at, evidence))
         if self._blocked is not None:
             self._blocked.add(node)
+        self.changes += 1
         return cur.rowcount > 0

@@ -56,6 +56,7 @@ class PeerClocks:
         self.limit_ms = limit_ms
         self.samples: dict[str, tuple[int, int]] = {}  # peer -> (offset ms, agree)
         self.verdict = ClockVerdict()
+        self._agree = 1  # agree(), judged with the verdict (asked at every tick)
         self._anchor: tuple[int, float] | None = None  # (this clock in ms, monotonic s)
 
     def tick(self, clock_ms: int, monotonic_s: float) -> bool:
@@ -95,10 +96,10 @@ class PeerClocks:
     def agree(self) -> int:
         """How many nodes' clocks agree with this node's time (corrected), itself
         included: what its hello tells its peers."""
-        off = self.verdict.off_ms
-        return 1 + sum(1 for o, _ in self.samples.values() if abs(o - off) <= self.limit_ms)
+        return self._agree
 
     def _judge(self) -> None:
+        self._agree = 1
         if not self.samples:  # nobody to ask: the last judgement holds
             self.verdict = ClockVerdict(self.verdict.off_ms)
             return
@@ -117,6 +118,7 @@ class PeerClocks:
                     break
         disagree = tuple(sorted(p for p, (o, _) in self.samples.items() if abs(o) > limit))
         self.verdict = ClockVerdict(off, disagree, len(self.samples))
+        self._agree = 1 + sum(1 for o, _ in self.samples.values() if abs(o - off) <= limit)
 
 
 def span(ms: int) -> str:

@@ -150,24 +150,31 @@ class Replica(LedgerBase):
         told by these)."""
         return self.storage.log.positions()
 
-    def log_view(self) -> dict[str, tuple[int, bytes]]:
+    def log_view(self) -> Mapping[str, tuple[int, bytes]]:
         """Each node's log as held here: (seq, first 8 bytes of its hash). Two
-        replicas at one position with different hashes hold a fork between them."""
+        replicas at one position with different hashes hold a fork between them.
+
+        The same object while the logs stay as they are (both sides of every
+        anti-entropy round ask for it, and a session's peer view is this one when
+        the digests agree, so what was measured of it is not measured again):
+        read it, never change it."""
         log = self.storage.log
-        blocked = log.blocked()
-        return {n: (s, FORK_MARK if n in blocked else log.tip(n)[1][:8])
-                for n, s in log.positions().items()}
+        if self._logs_seen is None or self._logs_seen[0] != log.changes:
+            blocked = log.blocked()
+            view = {n: (s, FORK_MARK if n in blocked else log.tip(n)[1][:8])
+                    for n, s in log.positions().items()}
+            h = hashlib.blake2b(digest_size=16)
+            for node, (seq, tip) in sorted(view.items()):
+                h.update(f"{node}\x00{seq}\x00".encode() + tip)
+            self._logs_seen = (log.changes, view, h.digest())
+        return self._logs_seen[1]
 
     def states_digest(self) -> bytes:
-        """A digest of log_view, kept while the store records nothing: both sides
-        of every anti-entropy round ask for it."""
-        version = self.storage.version
-        if self._digest is None or self._digest[0] != version:
-            h = hashlib.blake2b(digest_size=16)
-            for node, (seq, tip) in sorted(self.log_view().items()):
-                h.update(f"{node}\x00{seq}\x00".encode() + tip)
-            self._digest = (version, h.digest())
-        return self._digest[1]
+        """A digest of log_view: what a hello carries, so that a peer asks for the
+        view only when it differs."""
+        self.log_view()
+        assert self._logs_seen is not None
+        return self._logs_seen[2]
 
     def own_head(self) -> Head:
         """The signed head of this node's own log (signed when it moved, once)."""
@@ -686,7 +693,6 @@ class Replica(LedgerBase):
         if self.storage.log.add_fault(fork.node, "fork", fork.seq, "fork", detail, now,
                                       fork.evidence):
             self._refuse(detail)
-            self.storage.version += 1  # its log now shows FORK_MARK: a new digest
 
     def revocation_list(self) -> str:
         """The chain's revocation list in force (base64 DER, "" for none): of every

@@ -271,7 +271,7 @@ class SyncSession:
         self.rounds = 0
         # The peer's view of the logs as of the last round (None before the first):
         # how far behind either side is, for a node's sync status.
-        self.peer_states: dict[str, tuple[int, bytes]] | None = None
+        self.peer_states: Mapping[str, tuple[int, bytes]] | None = None
         # When both sides say hello at once, each gets the other's state twice (its
         # own and the reply) carrying the same view: what it lacks goes out once.
         self._answered_view: dict[str, tuple[int, bytes]] | None = None
