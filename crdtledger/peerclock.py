@@ -104,6 +104,12 @@ class PeerClocks:
             self.verdict = ClockVerdict(self.verdict.off_ms)
             return
         limit = self.limit_ms
+        if all(-limit <= o <= limit for o, _ in self.samples.values()):
+            # Every peer agrees with this clock (nearly always, at every hello): what
+            # the votes below would conclude, without weighing them.
+            self.verdict = ClockVerdict(0, (), len(self.samples))
+            self._agree = 1 + len(self.samples)
+            return
         votes = sorted([(0, 1), *self.samples.values()])
         total = sum(w for _, w in votes)
         ahead = sum(w for o, w in votes if o > limit)  # the others run ahead of us

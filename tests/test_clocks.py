@@ -23,6 +23,8 @@ from app_fixtures import OWNER, CounterApp
 from conftest import cli_command, cli_env, run_cli
 from cryptography import x509
 from helpers import FakeClock, new_ledger, sync
+from hypothesis import given
+from hypothesis import strategies as st
 from test_api import Api, serving, with_operators
 from test_chain import Reply, call, identity
 
@@ -286,6 +288,30 @@ def test_a_clock_set_right_needs_no_correction_at_once_and_a_lost_peer_keeps_it(
     assert c.verdict.off_ms == 0
     c.heard("HQ", 50, 4)
     assert not c.verdict.off
+
+
+@given(st.dictionaries(st.sampled_from(["A", "B", "C", "D", "E"]),
+                       st.tuples(st.integers(-3 * DAY, 3 * DAY) | st.integers(
+                           -CLOCK_OFF_LIMIT_MS - 2, CLOCK_OFF_LIMIT_MS + 2),
+                                 st.integers(1, 9)), min_size=1))
+def test_the_verdict_is_the_weighted_vote_of_every_hello(
+        samples: dict[str, tuple[int, int]]) -> None:
+    """Whatever the offsets (the common case, every peer within the limit, is judged
+    without weighing the votes): the verdict and `agree` are those of the rule."""
+    c = PeerClocks()
+    for peer, (offset, agree) in samples.items():
+        c.heard(peer, offset, agree)
+    limit = CLOCK_OFF_LIMIT_MS
+    votes = sorted([(0, 1), *samples.values()])
+    total = sum(w for _, w in votes)
+    off = 0
+    if any(2 * sum(w for o, w in votes if side * o > limit) > total for side in (1, -1)):
+        off = next(o for i, (o, _) in enumerate(votes)
+                   if 2 * sum(w for _, w in votes[:i + 1]) > total)
+    assert c.verdict.off_ms == off
+    assert c.verdict.disagree == tuple(sorted(p for p, (o, _) in samples.items()
+                                              if abs(o) > limit))
+    assert c.agree() == 1 + sum(1 for o, _ in samples.values() if abs(o - off) <= limit)
 
 
 @pytest.mark.parametrize("hub", [False, True])
