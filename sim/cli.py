@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +130,6 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
-    from sim.world import run
-
     nodes = [int(x) for x in str(a.nodes).split(",")]
     scenarios = sorted(SCENARIOS) if a.scenario == "all" else a.scenario.split(",")
     for s in scenarios:
@@ -135,12 +137,15 @@ def cmd_sweep(a: argparse.Namespace) -> int:
             raise SystemExit(f"unknown scenario {s!r}; one of {', '.join(SCENARIOS)}")
     jobs = [(n, s, seed) for n in nodes for s in scenarios
             for seed in range(a.first_seed, a.first_seed + a.seeds)]
+    if a.jobs < 1:
+        raise SystemExit("--jobs must be at least 1")
     results: list[dict[str, Any]] = []
     tty = sys.stderr.isatty()
     began = time.monotonic()
     bad = []
-    for i, (n, s, seed) in enumerate(jobs):
-        result, _world = run(_config(a, nodes=n, scenario=s, seed=seed))
+    configs = [_config(a, nodes=n, scenario=s, seed=seed) for n, s, seed in jobs]
+    for i, ((n, s, seed), result) in enumerate(zip(jobs, _results(configs, a.jobs),
+                                                   strict=True)):
         results.append(result)
         if result["violations"]:
             bad.append(result)
@@ -170,6 +175,25 @@ def cmd_sweep(a: argparse.Namespace) -> int:
             print(f"VIOLATION seed {r['seed']} {r['scenario']} n={r['nodes']}: "
                   f"{v['kind']}: {v['message']}\n  reproduce: {r['reproduce']}")
     return 1 if bad else 0
+
+
+def _run_one(cfg: Config) -> dict[str, Any]:
+    from sim.world import run
+
+    return run(cfg)[0]
+
+
+def _results(configs: list[Config], jobs: int) -> Iterator[dict[str, Any]]:
+    """Each run's result, in the order of `configs`. A run is a function of its
+    config alone, so runs in parallel processes give what one process would: `jobs`
+    only changes how long the sweep takes. Spawned, not forked: the caller may hold
+    threads (a test runner, an event loop) that a fork would copy half-way."""
+    if jobs == 1 or len(configs) == 1:
+        yield from map(_run_one, configs)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(jobs, len(configs)), mp_context=context) as pool:
+        yield from pool.map(_run_one, configs)
 
 
 def _sweep_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -216,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     p_sweep = sub.add_parser("sweep", help="many seeds (and scenarios, node counts)")
     p_sweep.add_argument("--seeds", type=int, default=10)
     p_sweep.add_argument("--first-seed", type=int, default=1)
+    p_sweep.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                         help="runs at once, each in its own process (default: one per "
+                              "CPU); the results do not depend on it")
     _add_run_options(p_sweep, sweep=True)
     sub.add_parser("scenarios", help="list the scenarios")
     a = parser.parse_args(argv)

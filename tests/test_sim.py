@@ -74,6 +74,21 @@ def test_quick_sweep_of_twelve_seeds(capsys: pytest.CaptureFixture[str]) -> None
     assert "12/12" in out.err  # the progress line
 
 
+def test_a_sweep_in_parallel_processes_gives_what_one_process_gives(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["sweep", "--seeds", "2", "--nodes", "4", "--scenario", "steady", "--members", "12",
+            "--ops-per-node", "10", "--ae-interval", "60"]
+    summaries = []
+    for jobs in ("1", "2"):
+        assert main([*argv, "--jobs", jobs]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        del summary["wall_seconds"]
+        summaries.append(summary)
+    assert summaries[0] == summaries[1] and len(summaries[0]["digests"]) == 2
+    with pytest.raises(SystemExit, match="--jobs must be at least 1"):
+        main([*argv, "--jobs", "0"])
+
+
 def test_a_node_that_spends_rights_it_lacks_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """Break the escrow check (in this test only): a node then debits rights held
     elsewhere. The continuous checker must stop the run with the reproducing seed,
