@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +127,8 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
+    from sim.world import results_of
+
     nodes = [int(x) for x in str(a.nodes).split(",")]
     scenarios = sorted(SCENARIOS) if a.scenario == "all" else a.scenario.split(",")
     for s in scenarios:
@@ -144,7 +143,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     began = time.monotonic()
     bad = []
     configs = [_config(a, nodes=n, scenario=s, seed=seed) for n, s, seed in jobs]
-    for i, ((n, s, seed), result) in enumerate(zip(jobs, _results(configs, a.jobs),
+    for i, ((n, s, seed), result) in enumerate(zip(jobs, results_of(configs, a.jobs),
                                                    strict=True)):
         results.append(result)
         if result["violations"]:
@@ -175,25 +174,6 @@ def cmd_sweep(a: argparse.Namespace) -> int:
             print(f"VIOLATION seed {r['seed']} {r['scenario']} n={r['nodes']}: "
                   f"{v['kind']}: {v['message']}\n  reproduce: {r['reproduce']}")
     return 1 if bad else 0
-
-
-def _run_one(cfg: Config) -> dict[str, Any]:
-    from sim.world import run
-
-    return run(cfg)[0]
-
-
-def _results(configs: list[Config], jobs: int) -> Iterator[dict[str, Any]]:
-    """Each run's result, in the order of `configs`. A run is a function of its
-    config alone, so runs in parallel processes give what one process would: `jobs`
-    only changes how long the sweep takes. Spawned, not forked: the caller may hold
-    threads (a test runner, an event loop) that a fork would copy half-way."""
-    if jobs == 1 or len(configs) == 1:
-        yield from map(_run_one, configs)
-        return
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(min(jobs, len(configs)), mp_context=context) as pool:
-        yield from pool.map(_run_one, configs)
 
 
 def _sweep_summary(results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -3,12 +3,15 @@ checked. `World(config).run()` returns the result `python -m sim run` prints."""
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 import shutil
 import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from datetime import date, datetime
 from datetime import time as dt_time
 from functools import partial
@@ -662,4 +665,21 @@ class World:
 def run(config: Config) -> tuple[dict[str, Any], World]:
     world = World(config)
     return world.run(), world
+
+
+def _result(config: Config) -> dict[str, Any]:
+    return run(config)[0]
+
+
+def results_of(configs: Sequence[Config], jobs: int) -> Iterator[dict[str, Any]]:
+    """Each run's result, in the order of `configs`, `jobs` runs at once. A run is a
+    function of its config alone, so runs in parallel processes give what one process
+    would: `jobs` only changes how long it takes. Spawned, not forked: the caller may
+    hold threads (a test runner, an event loop) that a fork would copy half-way."""
+    if jobs == 1 or len(configs) <= 1:
+        yield from map(_result, configs)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(jobs, len(configs)), mp_context=context) as pool:
+        yield from pool.map(_result, configs)
 

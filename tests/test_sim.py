@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from sim.cli import main
 from sim.config import Config
 from sim.faults import SCENARIOS
 from sim.shrink import report_violation
-from sim.world import run
+from sim.world import results_of, run
 
 # Small and quick: 5 branches (a mesh) or 7 (two hubs), 40 customers each a day.
 SMALL = Config(nodes=5, members=30, days=1, ops_per_node=40, ae_interval_s=30.0)
@@ -26,6 +27,11 @@ def go(**changes: Any) -> dict[str, Any]:
     return result
 
 
+def go_all(*changes: dict[str, Any]) -> list[dict[str, Any]]:
+    """Independent runs at once, one per CPU (the suite runs one test at a time)."""
+    return list(results_of([SMALL.with_(**c) for c in changes], os.cpu_count() or 1))
+
+
 def assert_clean(r: dict[str, Any]) -> None:
     assert r["violations"] == 0, (r["violation"], r["reproduce"])
     assert r["converged"] is True, r["reproduce"]
@@ -33,9 +39,9 @@ def assert_clean(r: dict[str, Any]) -> None:
 
 
 def test_same_seed_same_digest_and_different_seeds_differ() -> None:
-    a = go(seed=11, scenario="partition-heal", nodes=7)
-    b = go(seed=11, scenario="partition-heal", nodes=7)
-    c = go(seed=12, scenario="partition-heal", nodes=7)
+    a = go(seed=11, scenario="partition-heal", nodes=7)  # here, and the same in other processes
+    b, c = go_all(dict(seed=11, scenario="partition-heal", nodes=7),
+                  dict(seed=12, scenario="partition-heal", nodes=7))
     assert_clean(a)
     assert a["trace_digest"] == b["trace_digest"]
     assert a["ops"] == b["ops"] and a["events"] == b["events"]
@@ -45,8 +51,8 @@ def test_same_seed_same_digest_and_different_seeds_differ() -> None:
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_every_scenario_runs_clean(scenario: str) -> None:
-    for seed, nodes in ((1, 5), (2, 7), (3, 7)):
-        r = go(seed=seed, scenario=scenario, nodes=nodes)
+    for r in go_all(*(dict(seed=seed, scenario=scenario, nodes=nodes)
+                       for seed, nodes in ((1, 5), (2, 7), (3, 7)))):
         assert_clean(r)
         # Refusals for rights happen only while some node is cut off or down.
         assert r["refused_debits"]["connected"]["refused_rights"] == 0, r["reproduce"]
