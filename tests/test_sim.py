@@ -27,9 +27,9 @@ def go(**changes: Any) -> dict[str, Any]:
     return result
 
 
-def go_all(*changes: dict[str, Any]) -> list[dict[str, Any]]:
+def go_all(*changes: dict[str, Any], base: Config = SMALL) -> list[dict[str, Any]]:
     """Independent runs at once, one per CPU (the suite runs one test at a time)."""
-    return list(results_of([SMALL.with_(**c) for c in changes], os.cpu_count() or 1))
+    return list(results_of([base.with_(**c) for c in changes], os.cpu_count() or 1))
 
 
 def assert_clean(r: dict[str, Any]) -> None:
