@@ -158,6 +158,15 @@ class Replica(LedgerBase):
         anti-entropy round ask for it, and a session's peer view is this one when
         the digests agree, so what was measured of it is not measured again):
         read it, never change it."""
+        return self._logs()[1]
+
+    def states_digest(self) -> bytes:
+        """A digest of log_view: what a hello carries, so that a peer asks for the
+        view only when it differs."""
+        return self._logs()[2]
+
+    def _logs(self) -> tuple[int, dict[str, tuple[int, bytes]], bytes]:
+        """(log.changes, log_view, states_digest), made again when the logs moved."""
         log = self.storage.log
         if self._logs_seen is None or self._logs_seen[0] != log.changes:
             blocked = log.blocked()
@@ -167,14 +176,7 @@ class Replica(LedgerBase):
             for node, (seq, tip) in sorted(view.items()):
                 h.update(f"{node}\x00{seq}\x00".encode() + tip)
             self._logs_seen = (log.changes, view, h.digest())
-        return self._logs_seen[1]
-
-    def states_digest(self) -> bytes:
-        """A digest of log_view: what a hello carries, so that a peer asks for the
-        view only when it differs."""
-        self.log_view()
-        assert self._logs_seen is not None
-        return self._logs_seen[2]
+        return self._logs_seen
 
     def own_head(self) -> Head:
         """The signed head of this node's own log (signed when it moved, once)."""
