@@ -10,7 +10,7 @@ are mixins of `LedgerBase`, composed by `crdtledger.ledger.Ledger`.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -94,7 +94,7 @@ class LedgerBase:
         self.redaction_checked: set[str] = set()
         self.skew_events: deque[ClockSkew] = deque(maxlen=SKEW_EVENTS_KEPT)
         # (log.changes, log_view, states_digest)
-        self._logs_seen: tuple[int, dict[str, tuple[int, bytes]], bytes] | None = None
+        self._logs_seen: tuple[int, Mapping[str, tuple[int, bytes]], bytes] | None = None
         self.trust: Trust = load_trust(storage.dir, self.chain, self.node)
         self.trust.pinned = storage.log.pinned()
         self._own_head: Head | None = None

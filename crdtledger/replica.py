@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from itertools import pairwise
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
 
 import msgpack
@@ -156,8 +157,8 @@ class Replica(LedgerBase):
 
         The same object while the logs stay as they are (both sides of every
         anti-entropy round ask for it, and a session's peer view is this one when
-        the digests agree, so what was measured of it is not measured again):
-        read it, never change it."""
+        the digests agree, so what was measured of it is not measured again), and
+        read-only, since it is shared."""
         return self._logs()[1]
 
     def states_digest(self) -> bytes:
@@ -165,7 +166,7 @@ class Replica(LedgerBase):
         view only when it differs."""
         return self._logs()[2]
 
-    def _logs(self) -> tuple[int, dict[str, tuple[int, bytes]], bytes]:
+    def _logs(self) -> tuple[int, Mapping[str, tuple[int, bytes]], bytes]:
         """(log.changes, log_view, states_digest), made again when the logs moved."""
         log = self.storage.log
         if self._logs_seen is None or self._logs_seen[0] != log.changes:
@@ -175,7 +176,7 @@ class Replica(LedgerBase):
             h = hashlib.blake2b(digest_size=16)
             for node, (seq, tip) in sorted(view.items()):
                 h.update(f"{node}\x00{seq}\x00".encode() + tip)
-            self._logs_seen = (log.changes, view, h.digest())
+            self._logs_seen = (log.changes, MappingProxyType(view), h.digest())
         return self._logs_seen
 
     def own_head(self) -> Head:
