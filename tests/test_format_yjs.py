@@ -47,8 +47,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     followed by log rows (a compaction, then more writes) and others log rows only."""
     data = make_demo_chain(tmp_path_factory.mktemp("demo"))["SH01"]
     with Ledger.open(data) as ledger:
-        month = max(n for n in ledger.storage.doc_names() if n.startswith("ledger/"))
         member = ledger.storage.conn.execute("SELECT id FROM members LIMIT 1").fetchone()[0]
+        # This month's document exists (on the 1st before opening time, only after this).
+        ledger.topup(ledger.owner, member, 10000, pay="cash")
+        month = max(n for n in ledger.storage.doc_names() if n.startswith("ledger/"))
         for name in (month, member_doc(member), "operators"):
             ledger.storage.compact(name)
         ledger.topup(ledger.owner, member, 10000, pay="cash")
