@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -26,6 +26,10 @@ from peer.node import Config, Node
 from peer.smtp_standin import SmtpStandIn, text_of
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
+# The notifier runs on the test's clock, but the ledger mints ids (and so books a new
+# member to a day) on the real one: the test's days are the real today and tomorrow.
+TODAY = datetime.now(SHANGHAI).date()
+TOMORROW = TODAY + timedelta(days=1)
 
 
 class Clock:
@@ -108,24 +112,24 @@ def test_the_daily_report_at_2100_goes_once_per_chain_per_day_across_restarts(
     clock = Clock()
 
     async def scenario(smtp: SmtpStandIn) -> None:
-        clock.at("2026-12-03T20:59:00")
+        clock.at(f"{TODAY}T20:59:00")
         async with chain_nodes(tmp_path, clock) as (hq, sh):
             await run_op(hq, "rule.set", {"kind": "notifications", "body": REPORTS})
             await run_op(sh, "member.add", {"name": "张伟", "phone": "13812345678"})
             await settle(hq, sh)
             assert await tick(hq, sh) == 0, "not yet 21:00"
-            clock.at("2026-12-03T21:00:30")
+            clock.at(f"{TODAY}T21:00:30")
             assert await tick(hq, sh) == 1
             assert await tick(sh, hq) == 0, "sent already: nothing again"
-        assert reports_to(smtp, "boss@example.com") == ["全部门店 营业日报 2026-12-03"]
+        assert reports_to(smtp, "boss@example.com") == [f"全部门店 营业日报 {TODAY}"]
         assert "当天新增会员 1 人" in text_of(smtp.messages()[0])
         message_id = smtp.messages()[0]["Message-ID"]
-        assert "daily.CHAIN.2026-12-03" in message_id, "the key travels as the Message-ID"
+        assert f"daily.CHAIN.{TODAY}" in message_id, "the key travels as the Message-ID"
 
         # Every node restarted, at 21:05 and at 21:31: the chain's report is not sent
         # again; SH01's own report goes once, by SH01.
         for hhmm, sent in (("21:05", 0), ("21:31", 1), ("23:59", 0)):
-            clock.at(f"2026-12-03T{hhmm}:00")
+            clock.at(f"{TODAY}T{hhmm}:00")
             async with chain_nodes(tmp_path, clock) as (hq, sh):
                 await settle(hq, sh)
                 assert await tick(hq, sh) == sent, hhmm
@@ -133,18 +137,18 @@ def test_the_daily_report_at_2100_goes_once_per_chain_per_day_across_restarts(
                     assert [h["kind"] for h in outbox.history(sh.ledger)] == ["daily"]
                     assert [h["to"] for h in outbox.history(hq.ledger)] == [
                         "boss@example.com"]
-        assert reports_to(smtp, "boss@example.com") == ["全部门店 营业日报 2026-12-03"]
-        assert reports_to(smtp, "sh01@example.com") == ["SH01 营业日报 2026-12-03"]
+        assert reports_to(smtp, "boss@example.com") == [f"全部门店 营业日报 {TODAY}"]
+        assert reports_to(smtp, "sh01@example.com") == [f"SH01 营业日报 {TODAY}"]
 
         # The next morning (the night's reports are not sent again), then the next
         # evening: one more each.
-        clock.at("2026-12-04T08:00:00")
+        clock.at(f"{TOMORROW}T08:00:00")
         async with chain_nodes(tmp_path, clock) as (hq, sh):
             assert await tick(hq, sh) == 0
-            clock.at("2026-12-04T21:45:00")
+            clock.at(f"{TOMORROW}T21:45:00")
             assert await tick(hq, sh) == 2
         assert reports_to(smtp, "boss@example.com") == [
-            "全部门店 营业日报 2026-12-03", "全部门店 营业日报 2026-12-04"]
+            f"全部门店 营业日报 {TODAY}", f"全部门店 营业日报 {TOMORROW}"]
         assert len(reports_to(smtp, "sh01@example.com")) == 2
 
     with SmtpStandIn() as smtp:
@@ -159,27 +163,27 @@ def test_a_mail_server_that_is_down_is_tried_again_later_and_nothing_is_lost(
     make_chain(tmp_path, smtp.port)
 
     async def scenario() -> None:
-        clock.at("2026-12-03T20:00:00")
+        clock.at(f"{TODAY}T20:00:00")
         async with chain_nodes(tmp_path, clock) as (hq, _sh):
             await run_op(hq, "rule.set", {"kind": "notifications", "body": REPORTS})
-            clock.at("2026-12-03T21:00:00")
+            clock.at(f"{TODAY}T21:00:00")
             assert await tick(hq) == 0
             [row] = outbox.history(hq.ledger)
             assert row["status"] == "failing"
             assert "cannot reach the mail server" in row["error"]
             assert "tried again" in row["error"]
-        clock.at("2026-12-03T21:00:30")
+        clock.at(f"{TODAY}T21:00:30")
         smtp.start()
         try:
             async with chain_nodes(tmp_path, clock) as (hq, _sh):
                 assert await tick(hq) == 0, "not before its retry time"
-                clock.at("2026-12-03T21:02:00")
+                clock.at(f"{TODAY}T21:02:00")
                 assert await tick(hq) == 1
                 [row] = outbox.history(hq.ledger)
                 assert row["status"] == "sent" and row["attempts"] == 2
         finally:
             smtp.stop()
-        assert [str(m["Subject"]) for m in smtp.messages()] == ["全部门店 营业日报 2026-12-03"]
+        assert [str(m["Subject"]) for m in smtp.messages()] == [f"全部门店 营业日报 {TODAY}"]
 
     asyncio.run(scenario())
 
