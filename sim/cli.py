@@ -134,28 +134,28 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     for s in scenarios:
         if s not in SCENARIOS:
             raise SystemExit(f"unknown scenario {s!r}; one of {', '.join(SCENARIOS)}")
-    jobs = [(n, s, seed) for n in nodes for s in scenarios
-            for seed in range(a.first_seed, a.first_seed + a.seeds)]
     if a.jobs < 1:
         raise SystemExit("--jobs must be at least 1")
+    runs = [(n, s, seed) for n in nodes for s in scenarios
+            for seed in range(a.first_seed, a.first_seed + a.seeds)]
     results: list[dict[str, Any]] = []
     tty = sys.stderr.isatty()
     began = time.monotonic()
     bad = []
-    configs = [_config(a, nodes=n, scenario=s, seed=seed) for n, s, seed in jobs]
-    for i, ((n, s, seed), result) in enumerate(zip(jobs, results_of(configs, a.jobs),
+    configs = [_config(a, nodes=n, scenario=s, seed=seed) for n, s, seed in runs]
+    for i, ((n, s, seed), result) in enumerate(zip(runs, results_of(configs, a.jobs),
                                                    strict=True)):
         results.append(result)
         if result["violations"]:
             bad.append(result)
         done = i + 1
         elapsed = time.monotonic() - began
-        eta = elapsed / done * (len(jobs) - done)
-        line = (f"[{'#' * (30 * done // len(jobs)):<30}] {done}/{len(jobs)}  "
+        eta = elapsed / done * (len(runs) - done)
+        line = (f"[{'#' * (30 * done // len(runs)):<30}] {done}/{len(runs)}  "
                 f"{s} n={n} seed={seed}  violations so far {len(bad)}  eta {eta:.0f}s")
         if tty:
             sys.stderr.write("\r\033[K" + line)
-        elif done == len(jobs) or done % max(1, len(jobs) // 10) == 0:
+        elif done == len(runs) or done % max(1, len(runs) // 10) == 0:
             sys.stderr.write(line + "\n")
         sys.stderr.flush()
     if tty:

@@ -682,4 +682,3 @@ def results_of(configs: Sequence[Config], jobs: int) -> Iterator[dict[str, Any]]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(jobs, len(configs)), mp_context=context) as pool:
         yield from pool.map(_result, configs)
-
