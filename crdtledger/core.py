@@ -291,6 +291,7 @@ class NodeCore:
         self.rebalance_s = rebalance_s
         self.peers: dict[str, Peer] = {}
         self._links: dict[Link, _Link] = {}
+        self._in_order: list[_Link] | None = None  # _links by id, made again when they change
         self._targets: dict[str, _Target] = {}
         self._timers: dict[TimerKey, int] = {}
         self._token = 0
@@ -365,6 +366,7 @@ class NodeCore:
         session = SyncSession(self.ledger, expect_node=peer)
         session.relay_rights = True  # see _relay
         self._links[link] = _Link(link, peer, dialer, address, target, now, session)
+        self._in_order = None
         state.link = link
         if address:
             state.address = address
@@ -725,6 +727,7 @@ class NodeCore:
     def _drop(self, lk: _Link, now: float) -> None:
         """Forget a link: its session stops, and nobody waits for answers on it."""
         self._links.pop(lk.id, None)
+        self._in_order = None
         lk.session.close()
         state = self.peers.get(lk.peer)
         if state is not None and state.link == lk.id:
@@ -913,8 +916,11 @@ class NodeCore:
                 self._out.append(Count("records_refused"))
                 self._out.append(Refused(what))
         out, self._out = self._out, []
-        for lk in sorted(self._links.values(), key=lambda x: x.id):
-            frames = lk.session.data_to_send()
-            if frames:
+        # Called after every frame received: a hub has a link per branch, and mostly
+        # one or none of them has anything to send.
+        if self._in_order is None:
+            self._in_order = sorted(self._links.values(), key=lambda x: x.id)
+        for lk in self._in_order:
+            if lk.session.has_output and (frames := lk.session.data_to_send()):
                 out.append(Send(lk.id, frames))
         return out

@@ -298,6 +298,11 @@ class Replica(LedgerBase):
         transaction. Returns the records new here once the whole batch is applied
         (listeners hear of them then), None while some remain: a driver applies a
         long catch-up in slices, so that its loop keeps answering in between."""
+        if not (plan.accepted or plan.forks or plan.pins):
+            # Nothing came that we lack (a second copy, an answer crossing a relay):
+            # no write transaction. Records kept waiting wait for records, so there is
+            # nothing to release either.
+            return []
         collecting = gc.isenabled()
         gc.disable()  # see docs/design-notes.md: a catch-up makes millions of objects
         try:
@@ -406,12 +411,19 @@ class Replica(LedgerBase):
         # Kept even if none of its records are taken now (past a gap): a session sends
         # a certificate once, and the records it covers come later.
         self._certs_seen[node] = cert
-        if not self.trust.enrolled and node != self.node:
+        if not self.trust.enrolled and node != self.node and self.trust.pinned.get(node) != cert:
             plan.pins.append((node, cert))
         tip_seq, _tip_hash = log.tip(node)
+        if head.seq <= tip_seq:
+            # Nothing new of this log (most often the second copy of a record: both hubs
+            # relay it): no record past the head is taken, so only a fork can come of it.
+            if log.hash_at(node, head.seq) != head.hash:
+                plan.forks.append(self._fork(node, head, cert,
+                                             self._chain(node, recs, tip_seq, {})))
+            return
         chained = self._chain(node, recs, tip_seq, {})
         by_seq = {r.seq: h for r, h in chained}
-        if by_seq.get(head.seq) != head.hash and head.seq > tip_seq:
+        if by_seq.get(head.seq) != head.hash:
             # Records its writer redacted after an erasure (crdtledger.erasure) hash
             # differently: its signed redaction entries, among what came, say where
             # each sits in its chain. Looked for only when the chain does not reach.
@@ -419,11 +431,6 @@ class Replica(LedgerBase):
             if claims:
                 chained = self._chain(node, recs, tip_seq, claims)
                 by_seq = {r.seq: h for r, h in chained}
-        if head.seq <= tip_seq:
-            ours = log.hash_at(node, head.seq)
-            if ours != head.hash:
-                plan.forks.append(self._fork(node, head, cert, chained))
-            return
         if by_seq.get(head.seq) != head.hash:
             if head.seq in by_seq or (chained and chained[0][0].seq <= tip_seq):
                 raise RemoteProtocolError(f"node {node}'s records do not match the head it "

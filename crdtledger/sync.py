@@ -334,6 +334,12 @@ class SyncSession:
         member, purse, amount = self._relaying.pop(request)
         self._grant(request, member, purse, amount)
 
+    @property
+    def has_output(self) -> bool:
+        """Might data_to_send return frames? False means it would not (cheaper to ask
+        than to call it: a hub asks every session after every frame)."""
+        return bool(self._out) or (bool(self._pending) and not self.closed)
+
     def data_to_send(self) -> list[bytes]:
         """Frames to ship, in order. Nothing once closed or failed: what a failed
         conversation queued (replies to frames before the bad one) is dropped with it."""
