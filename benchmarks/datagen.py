@@ -54,7 +54,7 @@ from crdtledger.ledger import Ledger, owner_of
 from crdtledger.log import GENESIS, Batch, Head, Record, head_message, record_hash
 from crdtledger.model import DEFAULT_RULES, ledger_doc, member_doc
 from crdtledger.money import apply_rate, points_for
-from crdtledger.storage import DB_FILE, FORMAT_VERSION
+from crdtledger.storage import DB_FILE, FORMAT_VERSION, PAGE_SIZE
 from crdtledger.trust import TLS_DIR, Trust, load_trust
 
 # Bump when the generated content or the storage layout changes, so stale caches
@@ -105,10 +105,11 @@ class Size:
         return f"{_short(self.members)} members / {_short(self.entries)} entries"
 
     def key(self, anchor: str) -> str:
-        # The store's format and the client-id scheme too: a library that changed
-        # either refuses the old cache.
+        # The store's format, the client-id scheme and a new store's page size too: a
+        # library that changed any of them refuses the old cache (or measures a store
+        # it would no longer make).
         return (f"v{GEN_VERSION}-{self.members}m-{self.entries}e-{self.months}mo-{anchor}"
-                f"-f{FORMAT_VERSION}{'-cid' if _CLIENT_ID_FOR else ''}")
+                f"-f{FORMAT_VERSION}{'-cid' if _CLIENT_ID_FOR else ''}-p{PAGE_SIZE}")
 
 
 def _short(n: int) -> str:

@@ -45,6 +45,12 @@ from crdtledger.writerules import client_id_for
 FORMAT_VERSION = 3
 DB_FILE = "ledger.sqlite3"
 LOCK_FILE = "lock"
+# A new store's page size (SQLite's default is 4096; an existing store keeps its own).
+# A durable commit writes every page it changed to the WAL whole, and a debit changes
+# about ten (entries, rights, totals, the update log, the signed log, their indexes):
+# smaller pages halve the bytes each debit writes and waits for. Measured in
+# docs/design-notes.md, "Page size".
+PAGE_SIZE = 2048
 # Compact a document's log into a snapshot once this many updates pile up: loading
 # then replays at most this many small updates (about 20 µs each).
 COMPACT_AFTER = 2000
@@ -333,8 +339,10 @@ def _copy(value: Any) -> Any:
     return value
 
 
-def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+def _connect(path: Path, synchronous: str, page_size: int | None = None) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    if page_size is not None:  # a new file only: WAL mode fixes the page size
+        conn.execute(f"PRAGMA page_size={int(page_size)}")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=10000")
@@ -436,7 +444,7 @@ class Storage:
         ZoneInfo(timezone)  # refuse an unknown zone now rather than at first report
         tmp = data_dir / (DB_FILE + ".new")
         tmp.unlink(missing_ok=True)
-        conn = _connect(private_sqlite_file(tmp), "FULL")
+        conn = _connect(private_sqlite_file(tmp), "FULL", PAGE_SIZE)
         conn.executescript(SCHEMA)
         conn.executescript(LOG_SCHEMA)
         with conn:

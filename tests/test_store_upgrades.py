@@ -22,7 +22,7 @@ from helpers import sync
 
 from crdtledger import operations, views
 from crdtledger.ledger import Ledger
-from crdtledger.storage import FORMAT_VERSION
+from crdtledger.storage import FORMAT_VERSION, PAGE_SIZE
 from crdtledger.syncfile import import_file
 from peer.chain import enrol
 
@@ -59,6 +59,8 @@ def test_a_released_store_opens_with_everything(fixture: Path, tmp_path: Path,
     expected = json.loads((copy / "expected.json").read_text())
     with Ledger.open(copy / "sh01") as sh:
         assert sh.storage.meta["format"] == str(FORMAT_VERSION)
+        # Made with SQLite's default pages; a store keeps the page size it was made with.
+        assert sh.storage.conn.execute("PRAGMA page_size").fetchone() == (4096,)
         assert reported(sh, expected) == expected
         # It goes on trading: a new member, a top-up and a sale.
         mid = operations.run(sh, sh.owner, "member.add",
@@ -70,6 +72,7 @@ def test_a_released_store_opens_with_everything(fixture: Path, tmp_path: Path,
         Ledger.create(tmp_path / "sh02", "SH02", "fixture")
         enrol(copy / "chain", tmp_path / "sh02", "SH02")
         with Ledger.open(tmp_path / "sh02") as fresh:
+            assert fresh.storage.conn.execute("PRAGMA page_size").fetchone() == (PAGE_SIZE,)
             sync(sh, fresh)
             assert fresh.refusals == type(fresh.refusals)()
             assert fresh.storage.log.positions() == sh.storage.log.positions()
