@@ -111,6 +111,8 @@ def _size(cfg: Config, report: Report, size: Size) -> dict[str, Any]:
                       [join["sold_s"]], "the sale fetches the member's rights from the node "
                       "joined")
         report.figure(NAME, f"{label}: join, CPU of the joining node", "s", [join["cpu_s"]])
+        report.figure(NAME, f"{label}: join, peak RSS of the node joined", "MB",
+                      [join["hub_peak_mb"]], f"{join['hub_rss_mb']:.0f} MB when ready")
     return {"label": label, "entries": size.entries, "members": size.members,
             "db_mb": db_mb, "rss_ready_mb": hour["rss_ready_mb"],
             "rss_hour_mb": hour["rss_hour_mb"], "hwm_hour_mb": hour["hwm_hour_mb"],
@@ -140,6 +142,7 @@ def _join(work: Path, data: Path, *, by_file: bool = True) -> dict[str, Any]:
         hub = chain.start(hub_dir)
         new = chain.start(new_dir)
         states = hub.call("states")["states"]
+        before = hub.call("memory")
         t0 = time.monotonic()
         try:  # waited for as long as the bar: past it, the verdict is known
             r = new.call("catchup", timeout=JOIN_LIMIT_S + 60, url=hub.url, states=states,
@@ -151,7 +154,11 @@ def _join(work: Path, data: Path, *, by_file: bool = True) -> dict[str, Any]:
         # sits at the other branch, fetched for the sale (`cmd_rights`).
         new.call("fund", members=local)
         sale = new.call("rights", local=local, remote=remote, gap=0.0)
+        # What answering costs the node joined: its peak resident memory over the join
+        # against when it was ready (the answer is read a slice at a time as it goes out).
+        peak = hub.call("memory")["peak_mb"]
         return {**out, "caught_up_s": r["done_ns"] / 1e9, "sold_s": time.monotonic() - t0,
+                "hub_rss_mb": before["rss_mb"], "hub_peak_mb": peak,
                 "cpu_s": r["cpu_total_s"], "same_link": r["same_link"],
                 "payload_mb": r["bytes"]["payload_in"] / 1e6,
                 "sale_ms": sale["remote_ns"][0] / 1e6, "fetched": sale["fetched"]}

@@ -67,7 +67,7 @@ from typing import Any
 import msgpack
 
 from benchmarks import datagen
-from benchmarks.common import POOL_TOPUP, SERVICE, Config
+from benchmarks.common import POOL_TOPUP, SERVICE, Config, status_kb
 from benchmarks.datagen import Size
 from benchmarks.report import Figure, Report
 from crdtledger import views
@@ -820,6 +820,10 @@ class Child:
 
     async def cmd_cpu(self) -> dict[str, Any]:
         return {"cpu_s": time.process_time()}
+
+    async def cmd_memory(self) -> dict[str, Any]:
+        """Resident memory now and at its peak (MB)."""
+        return {"rss_mb": status_kb("VmRSS") / 1024, "peak_mb": status_kb("VmHWM") / 1024}
 
     async def cmd_counters(self, peer: str) -> dict[str, Any]:
         return self.counters(peer)

@@ -54,6 +54,10 @@ class Metrics:
             "Log records refused from peers and files: unverifiable (unknown or revoked "
             "signer, altered), breaking a write rule, or a fork; the node's log and "
             "/sync/status say which", registry=r)
+        self.sync_queued = Gauge(
+            "crdtledger_sync_queued_bytes",
+            "Frames waiting to be written to a peer's connection: a long answer is read "
+            "from the store a slice at a time as this drains", ["peer"], registry=r)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -130,6 +130,11 @@ class Link:
         self.cert = cert
         self._queue: list[bytes] = []
         self._wake = asyncio.Event()
+        # Bytes handed to this link and not yet to its socket, and the core's `resume`
+        # held until they are (see Node._fire).
+        self.queued = 0
+        self._queued_gauge = node.metrics.sync_queued.labels(peer)
+        self._held_resume: tuple[TimerKey, int] | None = None
         self.closed = False
         # A close the core decides while this link's frames are being handled is
         # carried out by the reader itself, before it reads on: the close frame then
@@ -148,7 +153,13 @@ class Link:
 
     def send(self, frames: list[bytes]) -> None:
         self._queue.extend(frames)
+        self.queued += sum(map(len, frames))
+        self._queued_gauge.set(self.queued)
         self._wake.set()
+
+    def resume_when_sent(self, key: TimerKey, token: int) -> None:
+        """Fire the core's `resume` once every frame queued so far is on the socket."""
+        self._held_resume = (key, token)
 
     def wake(self) -> None:
         """Ship what the sessions queued (after a call made on a session directly)."""
@@ -175,6 +186,7 @@ class Link:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
+            self._queued_gauge.set(0)
             await self.ws.close()
 
     async def _read(self) -> None:
@@ -215,6 +227,12 @@ class Link:
                     # ends the link; this is no error of ours to log as a traceback.
                     return
                 sent.inc(len(frame))
+                self.queued -= len(frame)
+            self._queued_gauge.set(self.queued)
+            if not self._queue and self._held_resume is not None:
+                key, token = self._held_resume
+                self._held_resume = None
+                self.node._fire_core(key, token)
 
 
 class Node:
@@ -436,6 +454,18 @@ class Node:
 
     def _fire(self, key: TimerKey, token: int) -> None:
         self._timers.pop(key, None)
+        if key[0] == "resume":
+            link = self._links.get(int(key[1]))
+            if link is not None and link.queued:
+                # Back-pressure: the next slice of a long answer is read from the store
+                # once the last one is on the socket, so a peer that reads slowly (a
+                # joining branch busy applying, a thin WAN line) costs a slice or two of
+                # memory here, not the whole answer.
+                link.resume_when_sent(key, token)
+                return
+        self._fire_core(key, token)
+
+    def _fire_core(self, key: TimerKey, token: int) -> None:
         if self._core is not None and not self._stopping:
             self.run(self.core.fire(key, token, time.monotonic()))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -18,11 +18,15 @@ from peer.node import Config, Node
 
 
 @asynccontextmanager
-async def pair(root: Path, **config: float) -> AsyncIterator[tuple[Node, Node]]:
+async def pair(root: Path, before: Callable[[Path], None] | None = None,
+               **config: float) -> AsyncIterator[tuple[Node, Node]]:
+    """SH02 dials SH01; `before(SH01's directory)` writes there before either starts."""
     chain = init_chain(root / "chain")
     for name in ("SH01", "SH02"):
         Ledger.create(root / name, name, chain.name)
         enrol(root / "chain", root / name, name)
+    if before is not None:
+        before(root / "SH01")
     a = Node(Config(root / "SH01", listen=("127.0.0.1", 0), api=("127.0.0.1", 0), mdns=False,
                     **config))  # type: ignore[arg-type]
     await a.start()
@@ -92,5 +96,68 @@ def test_a_debit_waits_no_longer_than_the_deadline_for_a_silent_holder(
             metrics = b.metrics.render().decode()
             assert 'crdtledger_refused_operations_total{reason="rights_elsewhere"} 1.0' in metrics
             assert "crdtledger_rights_fetch_seconds_count 1.0" in metrics
+
+    asyncio.run(scenario())
+
+
+def test_a_long_answer_is_read_from_the_store_no_faster_than_it_goes_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A branch joins over a line that stalls after the first slice of the answer.
+    The answering node reads the next slice from its store only once the last is on
+    the socket, so it holds a slice of the answer, not all of it (at 1M records,
+    hundreds of MB): measured in `benchmarks/README.md`, "Back-pressure"."""
+    from aiohttp import web
+
+    from crdtledger import sync as sync_mod
+    from crdtledger.sync import unpack
+
+    monkeypatch.setattr(sync_mod, "SEND_SLICE_RECORDS", 20)
+    positions: dict[str, int] = {}
+
+    def write(data_dir: Path) -> None:
+        with Ledger.open(data_dir, synchronous="OFF") as led:
+            members = [led.add_member(led.owner, name=f"m{i}", phone=f"1381234{i:04d}")
+                       for i in range(10)]
+            for i in range(400):
+                led.topup(led.owner, members[i % 10], 100 + i)
+            positions.update(led.positions())
+
+    # The line: SH01 answers SH02's dial, so its frames go out through the server side's
+    # websocket; after the answer's first slice the line stops taking bytes (the one
+    # stand-in here: loopback's socket buffers would take the whole answer at once).
+    line = asyncio.Event()
+    slices: list[int] = []
+    real_send = web.WebSocketResponse.send_bytes
+
+    async def send_bytes(ws: web.WebSocketResponse, data: bytes, *args: object) -> None:
+        if unpack(data).get("t") == "recs":
+            if slices:
+                await line.wait()
+            slices.append(len(data))
+        await real_send(ws, data, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(web.WebSocketResponse, "send_bytes", send_bytes)
+
+    async def scenario() -> None:
+        async with pair(tmp_path, write) as (a, b):
+            for _ in range(200):
+                if slices:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.5)  # long enough for a node to read every slice
+            link = a.link("SH02")
+            assert link is not None and link.session.busy, "the answer is still being read"
+            assert 0 < link.queued <= 2 * max(slices)
+            gauge = a.metrics.sync_queued.labels("SH02")._value.get()
+            assert gauge == link.queued
+            line.set()
+            for _ in range(500):
+                if b.ledger.positions() == positions:
+                    break
+                await asyncio.sleep(0.02)
+            assert b.ledger.positions() == positions
+            assert len(slices) >= 400 // 20
+            await settle(a, b)
+            assert link.queued == 0
 
     asyncio.run(scenario())
