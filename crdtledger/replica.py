@@ -12,13 +12,13 @@ from __future__ import annotations
 import gc
 import hashlib
 import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from itertools import pairwise
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import msgpack
 from pycrdt import get_update
@@ -60,6 +60,11 @@ from crdtledger.writerules import (
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
+
+_T = TypeVar("_T")
+# Records hashed per step of a long batch's verification (Replica.verify_steps): about
+# 0.25 s here, as long as applying one slice of it (sync.APPLY_SLICE).
+VERIFY_STEP = 40_000
 
 
 class Replica(LedgerBase):
@@ -290,6 +295,15 @@ class Replica(LedgerBase):
     def verify_batch(self, batch: Batch, strict: bool = False) -> VerifiedBatch:
         """Check a batch (hash chains, signed heads, certificates) without applying
         anything: what `apply_verified` then applies, at once or in slices."""
+        return _finish(self.verify_steps(batch, strict))
+
+    def verify_steps(self, batch: Batch, strict: bool = False
+                     ) -> Generator[None, None, VerifiedBatch]:
+        """`verify_batch` a step at a time, for a driver that must keep answering: each
+        `next` hashes about VERIFY_STEP records (a million took 4-6 s in one call, past
+        the heartbeat); the plan is the generator's return value. A batch shorter than
+        a step is verified by the first `next`. Between steps the store may move on
+        (another session applies records); `apply_verified` skips what is held by then."""
         return self._verify(batch, strict)
 
     def apply_verified(self, plan: VerifiedBatch, origin: object = None, *, strict: bool = False,
@@ -332,7 +346,8 @@ class Replica(LedgerBase):
         finally:
             if collecting:
                 gc.enable()
-        new = [rec for rec, _ in plan.accepted]  # every one is kept, in the sender's order
+        # Every one is kept, in the sender's order: new here unless applied meanwhile.
+        new = [rec for rec, _ in plan.accepted if (rec.node, rec.seq) not in plan.held_meanwhile]
         self.trust.pinned.update(plan.pins)
         if "rules" in plan.touched:
             self.refresh_revocations()
@@ -343,7 +358,7 @@ class Replica(LedgerBase):
         erasure.after_batch(cast("Ledger", self), plan.touched)
         return new
 
-    def _verify(self, batch: Batch, strict: bool) -> VerifiedBatch:
+    def _verify(self, batch: Batch, strict: bool) -> Generator[None, None, VerifiedBatch]:
         plan = VerifiedBatch()
         by_node: dict[str, list[Record]] = {}
         for rec in batch.recs:
@@ -356,7 +371,8 @@ class Replica(LedgerBase):
                 recs = sorted({r.seq: r for r in recs}.values(), key=lambda r: r.seq)
                 in_order = False
             try:
-                self._verify_log(node, head, recs, batch.certs.get(node), plan, strict)
+                yield from self._verify_log(node, head, recs, batch.certs.get(node), plan,
+                                            strict)
             except RemoteProtocolError as e:
                 if strict:
                     raise
@@ -371,6 +387,8 @@ class Replica(LedgerBase):
             if strict:
                 raise RemoteProtocolError(f"records of {stray} come without a signed head")
             self._refuse(f"records of {stray} came without a signed head")
+        if len(batch.recs) > VERIFY_STEP:
+            yield  # the reordering below is a step of its own (1.5 s at 1M records)
         if in_order:  # back in the sender's order (verified log by log)
             taken_at = {(r.node, r.seq): rh for rh in plan.accepted for r in (rh[0],)}
             plan.accepted = [taken_at[k] for k in ((r.node, r.seq) for r in batch.recs)
@@ -393,7 +411,7 @@ class Replica(LedgerBase):
         return plan
 
     def _verify_log(self, node: str, head: Head, recs: list[Record], cert: bytes | None,
-                    plan: VerifiedBatch, strict: bool) -> None:
+                    plan: VerifiedBatch, strict: bool) -> Generator[None, None, None]:
         log = self.storage.log
         if cert is None:
             kept = log.head(node)
@@ -418,10 +436,10 @@ class Replica(LedgerBase):
             # Nothing new of this log (most often the second copy of a record: both hubs
             # relay it): no record past the head is taken, so only a fork can come of it.
             if log.hash_at(node, head.seq) != head.hash:
-                plan.forks.append(self._fork(node, head, cert,
-                                             self._chain(node, recs, tip_seq, {})))
+                chained = yield from self._chain(node, recs, tip_seq, {})
+                plan.forks.append(self._fork(node, head, cert, chained))
             return
-        chained = self._chain(node, recs, tip_seq, {})
+        chained = yield from self._chain(node, recs, tip_seq, {})
         by_seq = {r.seq: h for r, h in chained}
         if by_seq.get(head.seq) != head.hash:
             # Records its writer redacted after an erasure (crdtledger.erasure) hash
@@ -429,7 +447,7 @@ class Replica(LedgerBase):
             # each sits in its chain. Looked for only when the chain does not reach.
             claims = claims_in([r for r in recs if r.seq <= head.seq], node)
             if claims:
-                chained = self._chain(node, recs, tip_seq, claims)
+                chained = yield from self._chain(node, recs, tip_seq, claims)
                 by_seq = {r.seq: h for r, h in chained}
         if by_seq.get(head.seq) != head.hash:
             if head.seq in by_seq or (chained and chained[0][0].seq <= tip_seq):
@@ -456,8 +474,8 @@ class Replica(LedgerBase):
         plan.heads.append((node, head, cert))
         plan.accepted.extend((r, h) for r, h in chained if tip_seq < r.seq <= head.seq)
 
-    def _chain(self, node: str, recs: list[Record], tip_seq: int,
-               claims: Mapping[int, Claim]) -> list[tuple[Record, bytes]]:
+    def _chain(self, node: str, recs: list[Record], tip_seq: int, claims: Mapping[int, Claim]
+               ) -> Generator[None, None, list[tuple[Record, bytes]]]:
         """The records that continue what we hold of `node`'s log, each with its hash:
         walked from the first one whose predecessor we know, up to a gap. A record its
         writer claims redacted, and which came redacted (its digest; a member
@@ -487,6 +505,8 @@ class Replica(LedgerBase):
                 hash_ = record_hash(prev, node, rec.seq, rec.doc, rec.data)
             chained.append((rec, hash_))
             prev, expect = hash_, rec.seq + 1
+            if not len(chained) % VERIFY_STEP:
+                yield  # prev and expect carry the walk on; the store is not read again
         return chained
 
     def _check_proof(self, node: str, head: Head, cert: bytes | None,
@@ -540,9 +560,19 @@ class Replica(LedgerBase):
                     self._report_fork(fork, now)
             blocked = log.blocked()
             waiting = log.waiting_nodes()
+            # Between two slices of this batch another session may have applied some
+            # of its records (both hubs answer a joining branch with the same history):
+            # those are held now. Read before this slice appends anything: a log is
+            # held as a prefix between transactions, not inside one (by document).
+            tips = {node: log.tip(node)[0] for node in {r.node for r, _ in part}}
             run: list[tuple[Record, bytes]] = []
             kept: list[tuple[Record, bytes, int]] = []  # appended to the log in this order
             for rec, hash_ in part:
+                if rec.seq <= tips[rec.node]:
+                    # The same record, verified against the same head chain; or, if
+                    # its hash differs there, a fork that the next round's tips prove.
+                    plan.held_meanwhile.add((rec.node, rec.seq))
+                    continue
                 if run and (run[0][0].doc != rec.doc or plan.single):
                     log.extend(kept)
                     kept = []
@@ -571,7 +601,9 @@ class Replica(LedgerBase):
                 touched.append(run[0][0].doc)
             if last:
                 for node, head, cert in plan.heads:
-                    log.keep_head(node, head, cert)
+                    kept_head = log.head(node)
+                    if kept_head is None or kept_head[0].seq < head.seq:  # not one kept meanwhile
+                        log.keep_head(node, head, cert)
                 if waiting:
                     touched += self._release(plan, refused, blocked, now)
             if touched:
@@ -765,6 +797,15 @@ class Replica(LedgerBase):
             self.restored = None
 
 
+def _finish(steps: Generator[None, None, _T]) -> _T:
+    """Run a computation made of steps to its end, in one go."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return cast("_T", done.value)
+
+
 def _check_months(doc: str, keys: Sequence[str], day_of: Callable[[int], str]) -> None:
     """Refuse (RemoteProtocolError) an update that puts an entry in a document no
     writer could have chosen for it: its writer files it under the month of its id's
@@ -841,6 +882,7 @@ class VerifiedBatch:
     refused: dict[tuple[str, int], RuleBroken] = field(default_factory=dict)
     single: bool = False  # apply one record per run (to tell whose a projection refused)
     done: int = 0  # accepted records applied so far (slices)
+    held_meanwhile: set[tuple[str, int]] = field(default_factory=set)  # by another session
     touched: list[str] = field(default_factory=list)  # documents changed so far
 
 class _Waits(Exception):

@@ -37,15 +37,16 @@ slices of SEND_SLICE_BYTES / SEND_SLICE_RECORDS, one per turn of the driver's lo
 unapplied until the last and then verifies and applies them as the one batch they
 are: each log's hash chain only reaches the head its writer signed at the end of
 the answer, so no slice before it can be proven on its own (docs/design-notes.md,
-"A join in slices"). Frames that may depend on the answer (new records, a rights
-reply) wait for its last slice; hellos and states do not.
+"A join in slices"), a step of verification or a slice of records per turn.
+Frames that may depend on the answer (new records, a rights reply) wait for its
+last slice; hellos and states do not.
 """
 
 from __future__ import annotations
 
 import sys
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -279,7 +280,9 @@ class SyncSession:
         self._pending: list[Record] = []
         self._certs_sent: set[tuple[str, bytes]] = set()
         # A batch being applied in slices, and the frames that came meanwhile.
-        self._applying: tuple[VerifiedBatch, Batch] | None = None
+        # What verifying it decided, or the verification still under way (its steps).
+        self._applying: tuple[VerifiedBatch | Generator[None, None, VerifiedBatch],
+                              Batch] | None = None
         self._backlog: list[bytes] = []
         # A long answer being sent in slices: the whole batch (records, heads as of
         # when it was read) and how many records went; frames that must follow it.
@@ -395,8 +398,9 @@ class SyncSession:
         verification, one transaction per slice): one commit for a catch-up burst
         instead of one per frame.
 
-        A batch of more than APPLY_SLICE records is applied a slice at a time: after
-        the first, `busy` is True and the driver must call `resume()` (at its loop's
+        A batch of more than APPLY_SLICE records is applied a slice at a time (and
+        one of more than replica.VERIFY_STEP verified a step at a time): after the
+        first, `busy` is True and the driver must call `resume()` (at its loop's
         next turn, so that it keeps answering meanwhile) until it is False; frames
         received meanwhile wait their turn.
 
@@ -473,19 +477,28 @@ class SyncSession:
         return self._apply(batch, whole)
 
     def _apply(self, batch: Batch, whole: bool = False) -> bool:
-        """Start applying a batch; True if it is all applied already."""
-        self._applying = (self.ledger.verify_batch(batch), batch)
+        """Start verifying and applying a batch; True if it is all applied already."""
+        self._applying = (self.ledger.verify_steps(batch), batch)
         while not self._step():
             if not whole:
                 return False
         return True
 
     def _step(self) -> bool:
+        """One step of the batch: a step of its verification, or else (a short batch's
+        whole verification included) a slice of its records applied."""
         if self._applying is None:
             return True
-        plan, batch = self._applying
+        work, batch = self._applying
         try:
-            new = self.ledger.apply_verified(plan, origin=self, limit=APPLY_SLICE)
+            if isinstance(work, Generator):
+                try:
+                    next(work)
+                    return False
+                except StopIteration as done:
+                    work = done.value
+                    self._applying = (work, batch)
+            new = self.ledger.apply_verified(work, origin=self, limit=APPLY_SLICE)
         except BaseException:
             self._applying = None
             raise

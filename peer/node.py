@@ -190,6 +190,15 @@ class Link:
             await self.ws.close()
 
     async def _read(self) -> None:
+        try:
+            await self._read_frames()
+        except ConnectionResetError:
+            # aiohttp answers a ping while reading; once its heartbeat has given up on
+            # the peer, that write fails here. The link is gone either way; the node
+            # redials (this was an unretrieved task exception with a traceback).
+            log.info("connection to %s reset", self.peer)
+
+    async def _read_frames(self) -> None:
         metrics = self.node.metrics
         received = metrics.sync_bytes.labels(self.peer, "in")
         async for msg in self.ws:
