@@ -440,16 +440,24 @@ def entry_ids_after(ledger: Ledger, mark: str) -> list[str]:
         "SELECT id FROM entries WHERE id > ? ORDER BY id", (mark,))]
 
 
-def debited_elsewhere_since(ledger: Ledger, node: str, mark: str) -> tuple[list[str], str]:
-    """Members debited at a branch other than `node` in entries above `mark`, and the
-    new mark (the greatest id now held, or `mark` if none): the rebalancer's pass
-    looks only at members who shopped elsewhere since its last pass."""
+def debited_elsewhere_since(ledger: Ledger, node: str, mark: str, limit: int
+                            ) -> tuple[list[str], str, bool]:
+    """Members debited at a branch other than `node` in the next `limit` entries above
+    `mark` who hold more than 1 fen (or point) of rights at `node`: the rebalancer's
+    pass looks only at members who shopped elsewhere since its last pass, and moves
+    only what this branch holds. Returns them, the new mark (the greatest id read, or
+    `mark` if none), and whether entries remain above it (a branch that has just
+    joined holds a million: read `limit` at a time, a turn of the loop each)."""
+    conn = ledger.storage.conn
     # A range of the primary key, deduplicated here: with DISTINCT ... ORDER BY member
     # SQLite walks the member index over the whole table, every pass.
-    members = sorted({str(m) for (m,) in ledger.storage.conn.execute(
-        "SELECT member FROM entries WHERE id > ? AND kind = 'debit' AND node != ?",
-        (mark, node))})
-    return members, max_entry_id(ledger) or mark
+    rows = conn.execute("SELECT id, member, kind, node FROM entries WHERE id > ? "
+                        "ORDER BY id LIMIT ?", (mark, limit)).fetchall()
+    seen = {str(m) for _, m, kind, writer in rows if kind == "debit" and writer != node}
+    members = sorted(m for m in seen if conn.execute(
+        "SELECT 1 FROM rights WHERE member = ? AND node = ? AND amount > 1 LIMIT 1",
+        (m, node)).fetchone())
+    return members, str(rows[-1][0]) if rows else mark, len(rows) == limit
 
 
 def visits(ledger: Ledger, member: str, since_id: str) -> dict[str, int]:
