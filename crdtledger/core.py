@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -68,6 +68,9 @@ REBALANCE_SCAN = 20_000
 # look of each new day.
 HOUSEKEEPING_S = 600.0
 HOUSEKEEPING_FIRST_S = 60.0
+# Members whose expired points a housekeeping step writes off: one step per turn of the
+# loop, each write-off a durable commit (Ledger.housekeeping_steps).
+HOUSEKEEPING_STEP = 50
 # Visits that count for the rebalancer's targets.
 VISIT_WINDOW_DAYS = 30
 # Reconnect backoff: full jitter between 0 and a bound that doubles per failure up to
@@ -307,6 +310,8 @@ class NodeCore:
         self._rebalance_mark = views.max_entry_id(ledger)
         self._rebalance_queue: OrderedDict[str, None] = OrderedDict()  # members, in turn
         self._housekept: str | None = None  # the day the last housekeeping pass ran
+        # The pass under way, a step per turn: (its day, its steps, entries written).
+        self._housekeeping_pass: tuple[str, Iterator[list[dict[str, Any]]], int] | None = None
         self._started = False
         self._refused_seen = ledger.refused_total
         self.clocks = PeerClocks()
@@ -472,6 +477,8 @@ class NodeCore:
         elif kind == "housekeeping":
             self._timer(("housekeeping",), HOUSEKEEPING_S)
             self._housekeeping()
+        elif kind == "housekeeping-step":
+            self._housekeeping_step()
         elif kind == "bookings":
             self._decide_bookings()
         elif kind == "referrals":
@@ -764,16 +771,30 @@ class NodeCore:
         day = self.ledger.today()
         # Once a day, and soon after an erasure came (the records this node wrote into
         # the member are redacted then: crdtledger.erasure).
-        if day == self._housekept and not self.ledger.erasure_seen:
+        if ((day == self._housekept and not self.ledger.erasure_seen)
+                or self._housekeeping_pass is not None):
             return
+        self._housekeeping_pass = (day, self.ledger.housekeeping_steps(HOUSEKEEPING_STEP), 0)
+        self._housekeeping_step()
+
+    def _housekeeping_step(self) -> None:
+        if self._housekeeping_pass is None:
+            return
+        day, steps, total = self._housekeeping_pass
         try:
-            written = self.ledger.housekeeping()
+            written = next(steps)
+        except StopIteration:
+            self._housekeeping_pass = None
+            self._housekept = day
+            if total:
+                self._out.append(Count("housekeeping_entries", amount=total))
+            return
         except LedgerError as e:  # e.g. a restored node not caught up yet: next look
+            self._housekeeping_pass = None
             self._decide(f"housekeeping deferred: {e}")
             return
-        self._housekept = day
-        if written:
-            self._out.append(Count("housekeeping_entries", amount=len(written)))
+        self._housekeeping_pass = (day, steps, total + len(written))
+        self._timer(("housekeeping-step",), 0.0)
 
     # --- bookings of this branch's technicians (crdtledger.bookings) ---------------------
 

@@ -482,9 +482,14 @@ class Payments(Merges, Rules):
         wherever its rights sit."""
         if operator is not None:
             self.authorise(operator, "adjust")
+        return self.write_off_expired(views.members_with_expired_points(
+            cast("Ledger", self), self.node, self.today()), operator)
+
+    def write_off_expired(self, members: list[str], operator: str | None = None
+                          ) -> list[dict[str, Any]]:
+        """The expired points this node holds of each of `members`, written off."""
         done = []
-        for member in views.members_with_expired_points(cast("Ledger", self), self.node,
-                                                        self.today()):
+        for member in members:
             entry = self._write_off_points(member, operator or f"expiry@{self.node}")
             if entry is not None:
                 done.append(entry)
