@@ -152,3 +152,40 @@ def test_a_long_batch_is_verified_a_step_per_turn(tmp_path: Path,
     assert turns >= 4  # 45 records: four steps of hashing, one of ordering
     assert b.positions() == a.positions() and b.balance(members[2]) == a.balance(members[2])
     assert not b.faults() and not b.refusals
+
+
+def test_a_hello_that_waited_for_a_long_batch_says_nothing_of_the_clocks(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames that come while a batch is applied are handled after it: minutes later
+    in a 1M join, where the peer's hello then read as a clock 2 min 20 s behind. Its
+    offset is its wait, so it is not taken for one."""
+    from helpers import FakeClock
+
+    from crdtledger.sync import ClockHeard, ClockSkewSeen
+
+    monkeypatch.setattr(sync_mod, "APPLY_SLICE", 7)
+    clock = FakeClock()
+    a = new_ledger(tmp_path, "SH01", now_ms=clock)
+    members = [a.add_member(a.owner, name=f"m{i}", phone=f"138000001{i:02d}") for i in range(5)]
+    for i in range(30):
+        a.topup(a.owner, members[i % 5], 100 + i)
+    b = new_ledger(tmp_path, "SH02", now_ms=clock)
+    sa, sb = _answered(a, b)
+    while sb.next_event() is not None:
+        pass
+    sb.receive_frames(sa.data_to_send())
+    assert sb.busy
+    sa.anti_entropy()
+    sb.receive_frames(sa.data_to_send())  # a hello, kept until the batch is applied
+    clock.ms += 200_000
+    while sb.busy:
+        sb.resume()
+    events = []
+    while (ev := sb.next_event()) is not None:
+        events.append(ev)
+    assert not any(isinstance(ev, ClockHeard | ClockSkewSeen) for ev in events)
+    assert sb.rounds == 2  # the round itself is answered
+    sa.anti_entropy()
+    sb.receive_frames(sa.data_to_send())  # a hello of now: heard
+    heard = [ev for ev in iter(sb.next_event, None) if isinstance(ev, ClockHeard)]
+    assert [ev.offset_ms for ev in heard] == [0]
