@@ -107,9 +107,12 @@ def _size(cfg: Config, report: Report, size: Size) -> dict[str, Any]:
     else:
         report.figure(NAME, f"{label}: join, dial -> holds everything", "s",
                       [join["caught_up_s"]], "an empty node over mutual TLS, two node processes")
-        report.figure(NAME, f"{label}: join, dial -> first sale durable", "s",
-                      [join["sold_s"]], "the sale fetches the member's rights from the node "
-                      "joined")
+        if "sale_failed" in join:
+            report.note(NAME, **{f"{label}_first_sale": join["sale_failed"]})
+        else:
+            report.figure(NAME, f"{label}: join, dial -> first sale durable", "s",
+                          [join["sold_s"]], "the sale fetches the member's rights from the "
+                          "node joined")
         report.figure(NAME, f"{label}: join, CPU of the joining node", "s", [join["cpu_s"]])
         report.figure(NAME, f"{label}: join, peak RSS of the node joined", "MB",
                       [join["hub_peak_mb"]], f"{join['hub_rss_mb']:.0f} MB when ready")
@@ -150,17 +153,26 @@ def _join(work: Path, data: Path, *, by_file: bool = True) -> dict[str, Any]:
         except RuntimeError as e:
             out["network_failed"] = f"not caught up in {JOIN_LIMIT_S:.0f} s: {str(e)[:300]}"
             return out
-        # A customer tops up at the new branch and is served; then one whose value
-        # sits at the other branch, fetched for the sale (`cmd_rights`).
-        new.call("fund", members=local)
-        sale = new.call("rights", local=local, remote=remote, gap=0.0)
         # What answering costs the node joined: its peak resident memory over the join
         # against when it was ready (the answer is read a slice at a time as it goes out).
         peak = hub.call("memory")["peak_mb"]
-        return {**out, "caught_up_s": r["done_ns"] / 1e9, "sold_s": time.monotonic() - t0,
-                "hub_rss_mb": before["rss_mb"], "hub_peak_mb": peak,
-                "cpu_s": r["cpu_total_s"], "same_link": r["same_link"],
-                "payload_mb": r["bytes"]["payload_in"] / 1e6,
+        # Loop stalls of either node during the join, the longest first: one held past
+        # half the heartbeat closes the link, and the answer comes again.
+        stalls = {name: sorted(({"ms": round(s["ms"]), "where": s["where"]}
+                                for s in proc.call("stalls")["stalls"]),
+                               key=lambda s: -s["ms"])[:3]
+                  for name, proc in (("new", new), ("hub", hub))}
+        joined = {**out, "caught_up_s": r["done_ns"] / 1e9, "cpu_s": r["cpu_total_s"],
+                  "hub_rss_mb": before["rss_mb"], "hub_peak_mb": peak, "stalls": stalls,
+                  "same_link": r["same_link"], "payload_mb": r["bytes"]["payload_in"] / 1e6}
+        # A customer tops up at the new branch and is served; then one whose value
+        # sits at the other branch, fetched for the sale (`cmd_rights`).
+        new.call("fund", members=local)
+        try:
+            sale = new.call("rights", local=local, remote=remote, gap=0.0)
+        except RuntimeError as e:
+            return {**joined, "sale_failed": str(e).splitlines()[0][:300]}
+        return {**joined, "sold_s": time.monotonic() - t0,
                 "sale_ms": sale["remote_ns"][0] / 1e6, "fetched": sale["fetched"]}
 
 
