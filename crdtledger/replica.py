@@ -347,7 +347,7 @@ class Replica(LedgerBase):
             if collecting:
                 gc.enable()
         # Every one is kept, in the sender's order: new here unless applied meanwhile.
-        new = [rec for rec, _ in plan.accepted if (rec.node, rec.seq) not in plan.held_meanwhile]
+        new = [rec for rec, _ in plan.accepted if (rec.node, rec.seq) not in plan.skipped]
         self.trust.pinned.update(plan.pins)
         if "rules" in plan.touched:
             self.refresh_revocations()
@@ -568,10 +568,14 @@ class Replica(LedgerBase):
             run: list[tuple[Record, bytes]] = []
             kept: list[tuple[Record, bytes, int]] = []  # appended to the log in this order
             for rec, hash_ in part:
-                if rec.seq <= tips[rec.node]:
-                    # The same record, verified against the same head chain; or, if
-                    # its hash differs there, a fork that the next round's tips prove.
-                    plan.held_meanwhile.add((rec.node, rec.seq))
+                if rec.seq <= tips[rec.node] or rec.node in plan.diverged:
+                    if rec.node not in plan.diverged and log.hash_at(rec.node,
+                                                                     rec.seq) != hash_:
+                        # Another record held at this position: its writer forked. The
+                        # rest of its log here continues the other side: none of it is
+                        # taken from this batch, and the next round's tips prove it.
+                        plan.diverged.add(rec.node)
+                    plan.skipped.add((rec.node, rec.seq))
                     continue
                 if run and (run[0][0].doc != rec.doc or plan.single):
                     log.extend(kept)
@@ -602,7 +606,8 @@ class Replica(LedgerBase):
             if last:
                 for node, head, cert in plan.heads:
                     kept_head = log.head(node)
-                    if kept_head is None or kept_head[0].seq < head.seq:  # not one kept meanwhile
+                    if node not in plan.diverged and (  # nor one kept meanwhile
+                            kept_head is None or kept_head[0].seq < head.seq):
                         log.keep_head(node, head, cert)
                 if waiting:
                     touched += self._release(plan, refused, blocked, now)
@@ -882,7 +887,8 @@ class VerifiedBatch:
     refused: dict[tuple[str, int], RuleBroken] = field(default_factory=dict)
     single: bool = False  # apply one record per run (to tell whose a projection refused)
     done: int = 0  # accepted records applied so far (slices)
-    held_meanwhile: set[tuple[str, int]] = field(default_factory=set)  # by another session
+    skipped: set[tuple[str, int]] = field(default_factory=set)  # held by then, or past a fork
+    diverged: set[str] = field(default_factory=set)  # logs another session forked from
     touched: list[str] = field(default_factory=list)  # documents changed so far
 
 class _Waits(Exception):

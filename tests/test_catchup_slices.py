@@ -189,3 +189,45 @@ def test_a_hello_that_waited_for_a_long_batch_says_nothing_of_the_clocks(
     sb.receive_frames(sa.data_to_send())  # a hello of now: heard
     heard = [ev for ev in iter(sb.next_event, None) if isinstance(ev, ClockHeard)]
     assert [ev.offset_ms for ev in heard] == [0]
+
+
+def test_two_answers_from_two_sides_of_a_fork_are_not_spliced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SH01 forked (a cloned disk): one hub holds one side, the other hub the other,
+    and a joining branch applies both answers in turns. Where the second finds another
+    record held at a position, it takes nothing more of that log: the branch's copy
+    of SH01's log stays one side, never the first side's records continued by the
+    other's (which the old code could not reach: it failed on the first one held)."""
+    import shutil
+
+    from crdtledger.ledger import Ledger
+
+    monkeypatch.setattr(sync_mod, "APPLY_SLICE", 5)
+    a, members = _writer(tmp_path, 10)
+    a.close()
+    shutil.copytree(tmp_path / "sh01", tmp_path / "clone")
+    a = Ledger.open(tmp_path / "sh01")
+    clone = Ledger.open(tmp_path / "clone")
+    fork_at = a.positions()["SH01"] + 1
+    for i in range(20):  # each side writes on from the copy, SH01's own disk further
+        a.topup(a.owner, members[i % 5], 1)
+        if i < 12:
+            clone.topup(clone.owner, members[i % 5], 2)
+    b = new_ledger(tmp_path, "SH02")
+    s1a, s1b = _answered(a, b)
+    s2a, s2b = _answered(clone, b)
+    s1b.receive_frames(s1a.data_to_send())
+    s2b.receive_frames(s2a.data_to_send())
+    while s1b.busy or s2b.busy:
+        for s in (s1b, s2b):
+            if s.busy:
+                s.resume()
+    held = b.positions()["SH01"]
+    assert held >= fork_at
+    sides = {"a": a, "clone": clone}
+    ours = [b.storage.log.hash_at("SH01", seq) for seq in range(fork_at, held + 1)]
+    side = [name for name, led in sides.items()
+            if ours == [led.storage.log.hash_at("SH01", seq) for seq in range(fork_at, held + 1)]]
+    assert len(side) == 1, "one side of the fork, not a splice of both"
+    kept = b.storage.log.head("SH01")
+    assert kept is not None and kept[0].seq <= held
