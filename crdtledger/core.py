@@ -87,7 +87,10 @@ HEALTHY_S = 10.0
 HEARTBEAT_S = 10.0
 
 Link = int
-# ("ae",), ("dial", target), ("op", id), ("relay", link, id), ("resume", link)
+# ("ae",), ("dial", target), ("op", id), ("relay", link, id), ("resume", link), and the
+# calendar's: ("rebalance",), ("rebalance-scan",), ("rebalance-step",), ("housekeeping",),
+# ("housekeeping-step",), ("bookings",), ("referrals",). A "-scan"/"-step" timer goes on
+# a long pass a turn at a time.
 TimerKey = tuple[str | int, ...]
 
 
