@@ -249,9 +249,14 @@ class Replica(LedgerBase):
                 continue  # they hold more (and `behind` shows our head), or both know
             after[node] = their_seq
             if (their_tip and their_tip != FORK_MARK and their_seq
-                    and (log.hash_at(node, their_seq) or b"")[:8] != their_tip):
+                    and not self.agrees_at(node, their_seq, their_tip)):
                 after[node] = 0
         return after
+
+    def agrees_at(self, node: str, seq: int, tip: bytes) -> bool:
+        """Our log of `node` ends at `seq` in `tip`, the tip a peer showed (log_view):
+        up to there the two replicas hold the same records (a hash chain)."""
+        return tip != FORK_MARK and (self.storage.log.hash_at(node, seq) or b"")[:8] == tip
 
     def to_prove(self, theirs: Mapping[str, tuple[int, bytes] | int]) -> list[str]:
         """The logs we caught forking that a replica whose logs are `theirs` holds

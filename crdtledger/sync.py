@@ -276,6 +276,11 @@ class SyncSession:
         # When both sides say hello at once, each gets the other's state twice (its
         # own and the reply) carrying the same view: what it lacks goes out once.
         self._answered_view: dict[str, tuple[int, bytes]] | None = None
+        # How far each log went out in our answers on this link: a state the peer sent
+        # before they reached it (its round crossed a long answer on the line, or came
+        # while it applied one) does not bring them again. The link is ordered and
+        # reliable, and a lost link starts a new session, with nothing marked.
+        self._sent_through: dict[str, int] = {}
         # Records committed or learned here since the last frame, sent as one batch.
         self._pending: list[Record] = []
         self._certs_sent: set[tuple[str, bytes]] = set()
@@ -591,6 +596,9 @@ class SyncSession:
         if theirs != self._answered_view and self._sending is None:
             self._answered_view = theirs
             after = self.ledger.lacking_after(theirs)
+            for node, sent in self._sent_through.items():
+                if after.get(node, sent) < sent:
+                    after[node] = sent
             held = self.ledger.positions()
             show = self.ledger.behind(theirs)
             prove = self.ledger.to_prove(theirs)
@@ -604,12 +612,14 @@ class SyncSession:
                 self._flush()
                 whole = self.ledger.batch([], show=[*after, *show], prove=prove)
                 self._sending = _Answer(self.ledger, whole, after)
+                self._mark_sent(after, whole)
                 self._send_slice()
             else:
                 records = self.ledger.storage.log.records_after(after)
                 if records or show or prove:
                     self._flush()
                     whole = self.ledger.batch(records, show=show, prove=prove)
+                    self._mark_sent(after, whole)
                     if _fits(whole.recs):
                         self._queue_frame({"t": "recs", **whole.to_wire()})
                     else:
@@ -619,6 +629,12 @@ class SyncSession:
         # we lack. A reply is not answered again, which ends the round.
         if not msg.get("reply") and view != theirs:
             self._queue({"t": "state", "logs": wire_logs(view), "reply": True})
+
+    def _mark_sent(self, after: Mapping[str, int], answer: Batch) -> None:
+        """An answer queued: each log in it goes out up to the head it carries."""
+        for node, head in answer.heads.items():
+            if node in after and head.seq > self._sent_through.get(node, 0):
+                self._sent_through[node] = head.seq
 
     def _on_recs(self, msg: dict[str, Any]) -> None:
         # One frame: `receive` has no resume.
@@ -683,8 +699,31 @@ class SyncSession:
         """Send the records committed or learned since the last frame, as one batch
         with the heads that cover them: one signature of our own log per batch."""
         if self._pending and not self.closed:
-            records, self._pending = self._pending, []
-            self._queue_frame(self._batch_message(records))
+            records, self._pending = self._unheld(self._pending), []
+            if records:
+                self._queue_frame(self._batch_message(records))
+
+    def _unheld(self, records: list[Record]) -> list[Record]:
+        """`records` but those the peer said it holds (its last state): a branch that
+        joined from one hub relayed the whole million-record answer to the other hub,
+        which held it, in one batch built in one turn. A position counts as held only
+        where our log's hash there is the peer's tip: below it, the chains agree, so
+        a side of a fork still goes to the peer. A fresh record lies past the peer's
+        tip and costs a lookup in a dict."""
+        theirs = self.peer_states
+        if not theirs:
+            return records
+        held: dict[str, int] = {}
+        out = []
+        for rec in records:
+            seq, tip = theirs.get(rec.node, (0, b""))
+            if rec.seq <= seq:
+                if rec.node not in held:
+                    held[rec.node] = seq if self.ledger.agrees_at(rec.node, seq, tip) else 0
+                if rec.seq <= held[rec.node]:
+                    continue
+            out.append(rec)
+        return out
 
     def _batch_message(self, records: list[Record]) -> dict[str, Any]:
         batch = self.ledger.batch(records, certs_sent=self._certs_sent)

@@ -231,3 +231,35 @@ def test_two_answers_from_two_sides_of_a_fork_are_not_spliced(
     assert len(side) == 1, "one side of the fork, not a splice of both"
     kept = b.storage.log.head("SH01")
     assert kept is not None and kept[0].seq <= held
+
+
+def test_a_history_learned_from_one_hub_is_not_relayed_to_the_other_that_holds_it(
+        tmp_path: Path) -> None:
+    """A joining branch, told by hub C what C holds, takes the same history from hub
+    A: nothing of it goes back to C (at 1M records that relay was one batch of 317 MB,
+    built in one turn, to a hub that held every record of it)."""
+    a, members = _writer(tmp_path, 30)
+    c = new_ledger(tmp_path, "SH03")
+    sync(a, c)
+    b = new_ledger(tmp_path, "SH02")
+    sc, sbc = SyncSession(c, expect_node="SH02"), SyncSession(b, expect_node="SH03")
+    sc.start()
+    sbc.start()
+    sc.receive_frames(sbc.data_to_send())
+    sbc.receive_frames(sc.data_to_send())
+    sc.receive_frames(sbc.data_to_send())
+    # C's answer and its state are queued: B hears only the state (the answer is
+    # still on the line when A's arrives).
+    sbc.receive_frames([f for f in sc.data_to_send() if unpack(f)["t"] != "recs"])
+    assert sbc.peer_states == c.log_view()
+    sbc.data_to_send()
+    sa, sb = _answered(a, b)
+    sb.receive_frames(sa.data_to_send())
+    while sb.busy:
+        sb.resume()
+    assert b.positions() == a.positions()
+    assert not [f for f in sbc.data_to_send() if unpack(f)["t"] == "recs"]
+    # What C does not hold still goes to it: a top-up written here after the join.
+    b.topup(b.owner, members[0], 5)
+    recs = [unpack(f) for f in sbc.data_to_send() if unpack(f)["t"] == "recs"]
+    assert [len(m["recs"]) for m in recs] == [1]

@@ -323,3 +323,29 @@ def test_an_answer_of_few_but_large_records_is_sliced_by_bytes(
     slices = [m for m in sent if m["t"] == "recs"]
     assert len(slices) >= 5 and all(m.get("more") for m in slices[:-1])
     _same(hub, new, members)
+
+
+def test_a_state_that_crossed_a_long_answer_does_not_bring_it_again(tmp_path: Path) -> None:
+    """The hub's next hello goes out between the slices of its answer; the joining
+    node, still keeping slices, answers it with a state that lacks everything, which
+    reaches the hub after its last slice. That state brought the whole answer again
+    (at 1M records, another 317 MB and minutes of verifying)."""
+    hub, _branch, members = _chain(tmp_path)
+    new = new_ledger(tmp_path, "SH02")
+    sh, sn = _sessions(hub, new)
+    sn.receive_frames(sh.data_to_send())
+    sh.receive_frames(sn.data_to_send())
+    line = sh.data_to_send()  # the answer's first slice
+    sh.anti_entropy()  # the hub's round, between two slices
+    line += sh.data_to_send()
+    while sh.has_output or sh.busy:
+        sh.resume()
+        line += sh.data_to_send()
+    assert sum(unpack(f)["t"] == "recs" for f in line) > 3
+    sn.receive_frames(line)
+    crossed = sn.data_to_send()
+    assert any(unpack(f)["t"] == "state" for f in crossed)  # sent lacking everything
+    sh.receive_frames(crossed)
+    assert not [m for f in sh.data_to_send() if (m := unpack(f))["t"] == "recs" and m["recs"]]
+    _pump(sh, sn)
+    _same(hub, new, members)
