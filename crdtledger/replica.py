@@ -312,11 +312,13 @@ class Replica(LedgerBase):
         return self._verify(batch, strict)
 
     def apply_verified(self, plan: VerifiedBatch, origin: object = None, *, strict: bool = False,
-                       limit: int | None = None) -> list[Record] | None:
-        """Apply the next `limit` records of a verified batch (all when None), in one
-        transaction. Returns the records new here once the whole batch is applied
-        (listeners hear of them then), None while some remain: a driver applies a
-        long catch-up in slices, so that its loop keeps answering in between."""
+                       limit: int | None = None, max_bytes: int | None = None
+                       ) -> list[Record] | None:
+        """Apply the next `limit` records of a verified batch (all when None), fewer if
+        their data passes `max_bytes` (one at least), in one transaction. Returns the
+        records new here once the whole batch is applied (listeners hear of them then),
+        None while some remain: a driver applies a long catch-up in slices, so that
+        its loop keeps answering in between."""
         if not (plan.accepted or plan.forks or plan.pins):
             # Nothing came that we lack (a second copy, an answer crossing a relay):
             # no write transaction. Records kept waiting wait for records, so there is
@@ -327,6 +329,13 @@ class Replica(LedgerBase):
         try:
             hi = len(plan.accepted) if limit is None else min(len(plan.accepted),
                                                                plan.done + limit)
+            if max_bytes is not None:
+                size = 0
+                for i in range(plan.done, hi):
+                    size += len(plan.accepted[i][0].data)
+                    if size > max_bytes and i > plan.done:
+                        hi = i
+                        break
             while True:
                 try:
                     self._apply_plan(plan, plan.done, hi)

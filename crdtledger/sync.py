@@ -90,6 +90,10 @@ MAX_OPEN_REQUESTS = 1024
 # gets a turn (SyncSession.resume): about 0.3 s here. A 100k catch-up in one go held
 # a node's loop 15 s, past its peer's heartbeat, which closed the link.
 APPLY_SLICE = 4000
+# ... and at most this much record data: a chain's members imported in bulk are
+# records of 0.4 MB (780 members each), and the 128 of the 1M data set fell in one
+# slice of 4,000 that took 14 s to project. Ledger records are 260 bytes on average.
+APPLY_SLICE_BYTES = 1024 * 1024
 # What one frame of a long answer to a state carries (record data bytes, records):
 # a few MB, packed in a few ms, so the sender's loop answers its heartbeat between
 # slices, and far below MAX_FRAME_BYTES, which a 1M-record answer in one frame broke.
@@ -510,7 +514,8 @@ class SyncSession:
                 except StopIteration as done:
                     work = done.value
                     self._applying = (work, batch)
-            new = self.ledger.apply_verified(work, origin=self, limit=APPLY_SLICE)
+            new = self.ledger.apply_verified(work, origin=self, limit=APPLY_SLICE,
+                                             max_bytes=APPLY_SLICE_BYTES)
         except BaseException:
             self._applying = None
             raise
