@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import new_ledger, sync
 
+from crdtledger import replica as replica_mod
 from crdtledger import sync as sync_mod
 from crdtledger.core import NodeCore, Send, SetTimer
 from crdtledger.sync import SyncSession, unpack
@@ -284,4 +285,28 @@ def test_a_slice_ends_at_its_bytes_too(tmp_path: Path, monkeypatch: pytest.Monke
     assert held[-1] == len(sizes) and len(held) >= len(sizes) // 2
     for lo, hi in pairwise(held):  # each slice within the bytes, or a single record
         assert hi - lo == 1 or sum(sizes[lo:hi]) <= max(sizes)
+    assert b.balance(members[0]) == a.balance(members[0])
+
+
+def test_listeners_are_told_of_a_long_batch_a_step_per_turn(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Told of a million records in one turn, the joining node's listeners (relays,
+    the core's booking check, the node's flush) held its loop 7.6 s. Once the batch is
+    applied whole, they are told NOTIFY_STEP records per turn, each record once, and
+    the session is busy until the last."""
+    monkeypatch.setattr(sync_mod, "APPLY_SLICE", 1000)
+    monkeypatch.setattr(replica_mod, "NOTIFY_STEP", 7)
+    a, members = _writer(tmp_path, 30)
+    b = new_ledger(tmp_path, "SH02")
+    told: list[list[int]] = []
+    b.subscribe(lambda rec, origin: told[-1].append(rec.seq))
+    sa, sb = _answered(a, b)
+    told.append([])
+    sb.receive_frames(sa.data_to_send())
+    while sb.busy:
+        assert b.positions() == a.positions()  # applied whole in the first turn
+        told.append([])
+        sb.resume()
+    assert [len(t) for t in told] == [7, 7, 7, 7, 7]
+    assert sorted(s for t in told for s in t) == list(range(1, 36))
     assert b.balance(members[0]) == a.balance(members[0])
