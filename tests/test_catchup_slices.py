@@ -151,7 +151,7 @@ def test_a_long_batch_is_verified_a_step_per_turn(tmp_path: Path,
         assert b.positions().get("SH01", 0) == 0
         sb.resume()
         turns += 1
-    assert turns >= 4  # 45 records: four steps of hashing, one of ordering
+    assert turns >= 12  # 45 records: four steps of hashing, eight of ordering
     assert b.positions() == a.positions() and b.balance(members[2]) == a.balance(members[2])
     assert not b.faults() and not b.refusals
 
