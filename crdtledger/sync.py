@@ -373,7 +373,13 @@ class SyncSession:
             self._unsubscribe()
             self._out.clear()
             self._pending.clear()
+            work = self._applying[0] if self._applying is not None else None
             self._applying = None
+            if not isinstance(work, Generator | None) and work.new is not None:
+                # Applied whole, its listeners being told a step per turn: the rest
+                # are told now, and its documents compacted (an erasure in it purged),
+                # as its last step would have done.
+                self.ledger.apply_verified(work, origin=self)
             self._backlog.clear()
             self._sending = None
             self._after.clear()

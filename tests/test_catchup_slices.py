@@ -310,3 +310,17 @@ def test_listeners_are_told_of_a_long_batch_a_step_per_turn(
     assert [len(t) for t in told] == [7, 7, 7, 7, 7]
     assert sorted(s for t in told for s in t) == list(range(1, 36))
     assert b.balance(members[0]) == a.balance(members[0])
+    # A link lost while they are told: the rest are told as it closes, each once.
+    c = new_ledger(tmp_path, "SH03")
+    heard: list[int] = []
+    c.subscribe(lambda rec, origin: heard.append(rec.seq))
+    sa, sc = SyncSession(a, expect_node="SH03"), SyncSession(c, expect_node="SH01")
+    sa.start()
+    sc.start()
+    sc.receive_frames(sa.data_to_send())
+    sa.receive_frames(sc.data_to_send())
+    sc.receive_frames(sa.data_to_send())
+    sc.resume()
+    assert sc.busy and len(heard) == 14
+    sc.close()
+    assert sorted(heard) == list(range(1, 36))
