@@ -13,10 +13,11 @@ from helpers import new_ledger, sync
 from crdtledger import replica as replica_mod
 from crdtledger import sync as sync_mod
 from crdtledger.core import NodeCore, Send, SetTimer
+from crdtledger.ledger import Ledger
 from crdtledger.sync import SyncSession, unpack
 
 
-def _writer(tmp_path: Path, n: int) -> tuple[object, list[str]]:
+def _writer(tmp_path: Path, n: int) -> tuple[Ledger, list[str]]:
     a = new_ledger(tmp_path, "SH01")
     members = [a.add_member(a.owner, name=f"m{i}", phone=f"138000001{i:02d}") for i in range(5)]
     for i in range(n):
@@ -90,9 +91,9 @@ def test_slices_end_where_taking_it_at_once_ends(tmp_path: Path,
     assert b.state_vectors() == c.state_vectors() and b.log_view() == c.log_view()
 
 
-def _answered(a: object, b: object) -> tuple[SyncSession, SyncSession]:
+def _answered(a: Ledger, b: Ledger) -> tuple[SyncSession, SyncSession]:
     """A session pair whose hellos and states are exchanged: A's answer is queued."""
-    sa, sb = SyncSession(a, expect_node="SH02"), SyncSession(b, expect_node="SH01")
+    sa, sb = SyncSession(a, expect_node=b.node), SyncSession(b, expect_node=a.node)
     sa.start()
     sb.start()
     sb.receive_frames(sa.data_to_send())
@@ -244,11 +245,7 @@ def test_a_history_learned_from_one_hub_is_not_relayed_to_the_other_that_holds_i
     c = new_ledger(tmp_path, "SH03")
     sync(a, c)
     b = new_ledger(tmp_path, "SH02")
-    sc, sbc = SyncSession(c, expect_node="SH02"), SyncSession(b, expect_node="SH03")
-    sc.start()
-    sbc.start()
-    sc.receive_frames(sbc.data_to_send())
-    sbc.receive_frames(sc.data_to_send())
+    sbc, sc = _answered(b, c)
     sc.receive_frames(sbc.data_to_send())
     # C's answer and its state are queued: B hears only the state (the answer is
     # still on the line when A's arrives).
@@ -314,11 +311,7 @@ def test_listeners_are_told_of_a_long_batch_a_step_per_turn(
     c = new_ledger(tmp_path, "SH03")
     heard: list[int] = []
     c.subscribe(lambda rec, origin: heard.append(rec.seq))
-    sa, sc = SyncSession(a, expect_node="SH03"), SyncSession(c, expect_node="SH01")
-    sa.start()
-    sc.start()
-    sc.receive_frames(sa.data_to_send())
-    sa.receive_frames(sc.data_to_send())
+    sa, sc = _answered(a, c)
     sc.receive_frames(sa.data_to_send())
     sc.resume()
     assert sc.busy and len(heard) == 14
