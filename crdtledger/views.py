@@ -614,32 +614,32 @@ def members_with_expired_points(ledger: Ledger, node: str, today: str,
     merged member's lots are its survivor's, and so are its rights once swept (the
     pass sweeps first: Ledger.housekeeping). `owners`: what expired_lot_owners found,
     read a range at a time; else all entries are read now."""
+    conn = ledger.storage.conn
     if owners is None:
         owners, _ = expired_lot_owners(ledger, today)
-    return [m for (m,) in ledger.storage.conn.execute(
+    survivors = {canonical(conn, m) for m in owners}
+    return [m for (m,) in conn.execute(
         "SELECT member FROM rights WHERE purse = 'points' AND node = ? AND amount > 0 "
-        "ORDER BY member", (node,)) if m in owners]
+        "ORDER BY member", (node,)) if m in survivors]
 
 
 def expired_lot_owners(ledger: Ledger, today: str, after: str = "",
                        limit: int | None = None) -> tuple[set[str], str | None]:
-    """The members (survivors of merges) with a lot of points that expired before
-    `today`, among `limit` entries after the id `after` (all when None), and the id
-    to go on after (None: read to the end). A scan of the entries' bodies, once a day,
-    not on any till's path; in ranges, because a million entries took 7.7 s, past a
-    peer's heartbeat (Ledger.housekeeping_steps)."""
-    conn = ledger.storage.conn
+    """The members (as the entries name them, merged or not) with a lot of points
+    that expired before `today`, among `limit` entries after the id `after` (all when
+    None), and the id to go on after (None: read to the end). A scan of the entries'
+    bodies, once a day, not on any till's path; in ranges, because a million entries
+    took 7.7 s, past a peer's heartbeat (Ledger.housekeeping_steps). Each row is read
+    once, streamed from the cursor."""
     found: set[str] = set()
     end, n = None, 0
-    # One pass over the range, each row read once (its end found by an OFFSET first
-    # read it twice); rows stream from the cursor, a million of them too.
-    for eid, member, due in conn.execute(
+    for eid, member, due in ledger.storage.conn.execute(
             "SELECT id, member, json_extract(body, '$.expires') < ? FROM entries "
             "WHERE id > ? ORDER BY id LIMIT ?", (today, after, -1 if limit is None else limit)):
         end, n = eid, n + 1
         if due:
             found.add(member)
-    return {canonical(conn, m) for m in found}, end if limit is not None and n == limit else None
+    return found, end if limit is not None and n == limit else None
 
 
 def _take_points(lots: list[list[Any]], n: int, entry: Mapping[str, Any], day: str) -> None:
