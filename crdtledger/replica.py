@@ -704,7 +704,7 @@ class Replica(LedgerBase):
         order = InOrder(name, decode_state_vector(ld.doc.get_state()))
         # Dropped if the transaction rolls back, even if nothing integrated: what Yrs
         # holds back inside the Doc would otherwise be released later, unjudged.
-        ld.dirty = True
+        ld.changed()
         with ld.watching() as change:
             for rec, _ in run:
                 node = rec.node

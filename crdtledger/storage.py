@@ -56,6 +56,15 @@ PAGE_SIZE = 2048
 COMPACT_AFTER = 2000
 # How many documents stay in memory; the current month, a few member shards.
 DOC_CACHE = 48
+# ... and how much of them, counted as the bytes of the updates they were built from:
+# pycrdt holds about 10x that (3 KB an entry of 260 bytes). A branch joining a chain
+# of 1M entries loaded every month of it and kept them all, 3 GB; the least recently
+# used go first once past this, but never one changed and not yet logged (its change
+# would be lost) nor one of the DOC_CACHE_KEPT most recently used (a
+# debit's month may alone be past this at a few hundred branches: reloading it for
+# every sale would cost seconds each).
+DOC_CACHE_BYTES = 32 * 1024 * 1024
+DOC_CACHE_KEPT = 4
 LOCK_WAIT_S = 10.0
 # How far ahead of the clock the persisted ceiling is set (see Storage.keep_clock).
 CLOCK_LEASE_MS = 2000
@@ -162,10 +171,15 @@ class LoadedDoc:
         self.updates: list[bytes] = []
         self._change: Change | None = None  # set while watching()
         self.tail = 0  # updates in the log since the snapshot
+        self.size = 0  # bytes of the updates it was built from (Storage's cache budget)
         self.known = False  # has a row in `docs`
         # Changed in memory since the last commit: what a rollback must drop (and
         # only that: reloading an untouched month costs a swipe ~100 ms).
         self.dirty = False
+        # Changed in memory and not yet logged (Storage.record): the one state in
+        # which closing it would lose a change. Once logged, a reload in the same
+        # transaction reads the change back from SQLite.
+        self.unlogged = False
         self._observing = False
         self._capturing: Any = None  # the subscription capturing updates, if on
 
@@ -208,7 +222,11 @@ class LoadedDoc:
 
     def _captured(self, event: Any) -> None:
         self.updates.append(event.update)
-        self.dirty = True
+        self.changed()
+
+    def changed(self) -> None:
+        """About to change, or changed: dropped on a rollback, kept until logged."""
+        self.dirty = self.unlogged = True
 
     @contextmanager
     def watching(self) -> Iterator[Change]:
@@ -544,7 +562,7 @@ class Storage:
             yield
             self.conn.execute("COMMIT")
             for ld in self._docs.values():
-                ld.dirty = False
+                ld.dirty = ld.unlogged = False
         except BaseException:
             self.conn.execute("ROLLBACK")
             self.log.reset()
@@ -578,16 +596,32 @@ class Storage:
             snapshot, since = row
             if snapshot:
                 ld.doc.apply_update(snapshot)
+                ld.size = len(snapshot)
         for (data,) in self.conn.execute(
             "SELECT data FROM log WHERE doc = ? AND seq > ? ORDER BY seq", (name, since)
         ):
             ld.doc.apply_update(data)
             ld.tail += 1
+            ld.size += len(data)
         ld.start_observing()
         self._docs[name] = ld
-        while len(self._docs) > DOC_CACHE:
-            self._docs.popitem(last=False)[1].close()
+        self._shed()
         return ld
+
+    def _shed(self) -> None:
+        """Close the least recently used documents while the cache holds more than
+        DOC_CACHE of them or DOC_CACHE_BYTES, keeping the DOC_CACHE_KEPT most recent
+        and any changed and not yet logged (see DOC_CACHE_BYTES)."""
+        total = sum(ld.size for ld in self._docs.values())
+        spare = len(self._docs) - DOC_CACHE_KEPT
+        for name, ld in list(self._docs.items())[:max(spare, 0)]:
+            if len(self._docs) <= DOC_CACHE and total <= DOC_CACHE_BYTES:
+                break
+            if ld.unlogged:
+                continue
+            total -= ld.size
+            ld.close()
+            del self._docs[name]
 
     def doc_names(self) -> list[str]:
         return [n for (n,) in self.conn.execute("SELECT name FROM docs ORDER BY name")]
@@ -618,6 +652,8 @@ class Storage:
         first = self._seq + 1
         last = len(updates) - 1
         self._seq += len(updates)
+        ld.size += sum(len(u) for u in updates)
+        ld.unlogged = False
         if ld.tail + len(updates) >= COMPACT_AFTER:
             # Folded into the snapshot now, as compact() would do right after the
             # commit: a catch-up's thousands of updates are then not written here only
