@@ -116,6 +116,8 @@ def _size(cfg: Config, report: Report, size: Size) -> dict[str, Any]:
         report.figure(NAME, f"{label}: join, CPU of the joining node", "s", [join["cpu_s"]])
         report.figure(NAME, f"{label}: join, peak RSS of the node joined", "MB",
                       [join["hub_peak_mb"]], f"{join['hub_rss_mb']:.0f} MB when ready")
+        report.figure(NAME, f"{label}: join, peak RSS of the joining node", "MB",
+                      [join["new_peak_mb"]], f"{join['new_rss_mb']:.0f} MB once caught up")
     return {"label": label, "entries": size.entries, "members": size.members,
             "db_mb": db_mb, "rss_ready_mb": hour["rss_ready_mb"],
             "rss_hour_mb": hour["rss_hour_mb"], "hwm_hour_mb": hour["hwm_hour_mb"],
@@ -156,6 +158,8 @@ def _join(work: Path, data: Path, *, by_file: bool = True) -> dict[str, Any]:
         # What answering costs the node joined: its peak resident memory over the join
         # against when it was ready (the answer is read a slice at a time as it goes out).
         peak = hub.call("memory")["peak_mb"]
+        # ... and holding it: the joining node's peak, and what it keeps once caught up.
+        held = new.call("memory")
         # Loop stalls of either node during the join, the longest first: one held past
         # half the heartbeat closes the link, and the answer comes again.
         stalls = {name: sorted(({"ms": round(s["ms"]), "where": s["where"]}
@@ -164,6 +168,7 @@ def _join(work: Path, data: Path, *, by_file: bool = True) -> dict[str, Any]:
                   for name, proc in (("new", new), ("hub", hub))}
         joined = {**out, "caught_up_s": r["done_ns"] / 1e9, "cpu_s": r["cpu_total_s"],
                   "hub_rss_mb": before["rss_mb"], "hub_peak_mb": peak, "stalls": stalls,
+                  "new_peak_mb": held["peak_mb"], "new_rss_mb": held["rss_mb"],
                   "same_link": r["same_link"], "payload_mb": r["bytes"]["payload_in"] / 1e6}
         # A customer tops up at the new branch and is served; then one whose value
         # sits at the other branch, fetched for the sale (`cmd_rights`).
