@@ -60,11 +60,11 @@ DOC_CACHE = 48
 # pycrdt holds about 10x that (3 KB an entry of 260 bytes). A branch joining a chain
 # of 1M entries loaded every month of it and kept them all, 3 GB; the least recently
 # used go first once past this, but never one changed and not yet logged (its change
-# would be lost) nor one of the DOC_CACHE_KEPT most recently used (a
-# debit's month may alone be past this at a few hundred branches: reloading it for
-# every sale would cost seconds each).
+# would be lost) nor one of the DOC_CACHE_KEPT most recently used (the
+# month a till sells on and the document just asked for: at a few hundred branches a
+# month is past this on its own, and reloading it for every sale would cost seconds).
 DOC_CACHE_BYTES = 32 * 1024 * 1024
-DOC_CACHE_KEPT = 4
+DOC_CACHE_KEPT = 2
 LOCK_WAIT_S = 10.0
 # How far ahead of the clock the persisted ceiling is set (see Storage.keep_clock).
 CLOCK_LEASE_MS = 2000
