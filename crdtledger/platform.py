@@ -18,6 +18,10 @@ The rest of the code calls these and never `fcntl`, `msvcrt`, `os.fchmod` or
   so the mode calls do nothing.
 * Durability: a rename is made durable by fsyncing its directory on POSIX; Windows
   opens no directory as a file (NTFS journals the rename itself).
+* Memory: glibc keeps what a process freed for its next allocations rather than
+  give it back; `give_back_memory` asks it to (`malloc_trim`), after a branch
+  joined a chain and dropped the history it held. Elsewhere (musl, macOS,
+  Windows) it does nothing.
 * Stopping: SIGINT and SIGTERM end a node cleanly (systemd sends SIGTERM); Windows
   has no loop signal handlers, and Ctrl+C (or Ctrl+Break) arrives as
   KeyboardInterrupt, which `asyncio.run` turns into the same clean stop.
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -103,6 +108,20 @@ def sync_dir(path: str | os.PathLike[str]) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def give_back_memory() -> None:
+    """Return the heap's free pages to the system. After a long catch-up the node
+    frees its copy of the answer and the documents it closed, and glibc would keep
+    the pages for later: a branch that joined a chain of 1M entries stayed at 1.3 GB
+    resident for as long as it ran."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # glibc's; musl has none
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 def on_stop(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> None:

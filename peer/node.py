@@ -85,6 +85,9 @@ log = logging.getLogger("crdtledger.node")
 T = TypeVar("T")
 
 SYNC_PATH = "/sync"
+# A batch this large applied (a join, a branch back after weeks): its copy and the
+# documents closed meanwhile are freed, and the heap is given back to the system.
+GIVE_BACK_AFTER_BYTES = 64 * 1024 * 1024
 # Why the sync listener refused a dialler's certificate (PeerRejected), for its log.
 REFUSED_HEADER = "X-Crdtledger-Refused"
 
@@ -381,6 +384,11 @@ class Node:
     def run(self, effects: list[Effect]) -> None:
         """Carry out what the core decided."""
         m = self.metrics
+        applied = sum(e.event.size for e in effects
+                      if isinstance(e, Seen) and isinstance(e.event, UpdatesApplied))
+        if applied >= GIVE_BACK_AFTER_BYTES:
+            # At the next turn: the session drops the batch once this returns.
+            asyncio.get_running_loop().call_soon(platform.give_back_memory)
         for e in effects:
             match e:
                 case Send(link=lid, frames=frames):

@@ -161,3 +161,37 @@ def test_a_long_answer_is_read_from_the_store_no_faster_than_it_goes_out(
             assert link.queued == 0
 
     asyncio.run(scenario())
+
+
+def test_a_joining_node_gives_its_heap_back_once_the_history_is_applied(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a long catch-up the node frees its copy of the answer and the documents it
+    closed; glibc would keep those pages for as long as the node runs (1.1 GB after a
+    1M-entry join), so the node asks for them to be given back, once per large batch
+    and not for the small ones of ordinary trade."""
+    from crdtledger import platform
+    from peer import node as node_mod
+
+    platform.give_back_memory()  # the real one runs here (glibc) and returns
+    given: list[float] = []
+    monkeypatch.setattr(node_mod, "GIVE_BACK_AFTER_BYTES", 20_000)
+    monkeypatch.setattr(platform, "give_back_memory", lambda: given.append(time.monotonic()))
+
+    def write(data_dir: Path) -> None:
+        with Ledger.open(data_dir, synchronous="OFF") as led:
+            members = [led.add_member(led.owner, name=f"m{i}", phone=f"1381234{i:04d}")
+                       for i in range(10)]
+            for i in range(200):
+                led.topup(led.owner, members[i % 10], 100 + i)
+
+    async def scenario() -> None:
+        async with pair(tmp_path, write) as (a, b):
+            await settle(a, b)
+            await asyncio.sleep(0.1)  # the next turn, after the batch is dropped
+            assert len(given) == 1
+            mid = await member_at(a, b, 100)  # ordinary trade: small batches
+            await b.perform(lambda: b.ledger.topup(b.ledger.owner, mid, 5))
+            await settle(a, b)
+            assert len(given) == 1
+
+    asyncio.run(scenario())
