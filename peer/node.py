@@ -384,11 +384,7 @@ class Node:
     def run(self, effects: list[Effect]) -> None:
         """Carry out what the core decided."""
         m = self.metrics
-        applied = sum(e.event.size for e in effects
-                      if isinstance(e, Seen) and isinstance(e.event, UpdatesApplied))
-        if applied >= GIVE_BACK_AFTER_BYTES:
-            # At the next turn: the session drops the batch once this returns.
-            asyncio.get_running_loop().call_soon(platform.give_back_memory)
+        applied = 0  # bytes of records applied in this turn
         for e in effects:
             match e:
                 case Send(link=lid, frames=frames):
@@ -414,8 +410,10 @@ class Node:
                             future.set_exception(error)
                         else:
                             future.set_result(result)
-                case Seen(event=UpdatesApplied(doc="rules", new=True)):
-                    self._load_revocations()
+                case Seen(event=UpdatesApplied(doc=doc, size=size, new=new)):
+                    applied += size
+                    if doc == "rules" and new:
+                        self._load_revocations()
                 case Decided(what=what):
                     self.decisions.append(what)
                     log.debug("decided: %s", what)
@@ -464,6 +462,9 @@ class Node:
                     m.rights_fetch.observe(value)
                 case _:
                     pass
+        if applied >= GIVE_BACK_AFTER_BYTES:
+            # At the next turn: the session drops the batch once this returns.
+            asyncio.get_running_loop().call_soon(platform.give_back_memory)
 
     def flush(self) -> None:
         if self._core is not None:

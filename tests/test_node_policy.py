@@ -44,6 +44,17 @@ async def pair(root: Path, before: Callable[[Path], None] | None = None,
         await a.stop()
 
 
+def _history(data_dir: Path, topups: int) -> dict[str, int]:
+    """Ten members and `topups` top-ups written at a node before it starts; returns
+    its log positions."""
+    with Ledger.open(data_dir, synchronous="OFF") as led:
+        members = [led.add_member(led.owner, name=f"m{i}", phone=f"1381234{i:04d}")
+                   for i in range(10)]
+        for i in range(topups):
+            led.topup(led.owner, members[i % 10], 100 + i)
+        return led.positions()
+
+
 async def settle(a: Node, b: Node) -> None:
     for _ in range(200):
         if a.digest() == b.digest():
@@ -115,12 +126,7 @@ def test_a_long_answer_is_read_from_the_store_no_faster_than_it_goes_out(
     positions: dict[str, int] = {}
 
     def write(data_dir: Path) -> None:
-        with Ledger.open(data_dir, synchronous="OFF") as led:
-            members = [led.add_member(led.owner, name=f"m{i}", phone=f"1381234{i:04d}")
-                       for i in range(10)]
-            for i in range(400):
-                led.topup(led.owner, members[i % 10], 100 + i)
-            positions.update(led.positions())
+        positions.update(_history(data_dir, 400))
 
     # The line: SH01 answers SH02's dial, so its frames go out through the server side's
     # websocket; after the answer's first slice the line stops taking bytes (the one
@@ -177,15 +183,8 @@ def test_a_joining_node_gives_its_heap_back_once_the_history_is_applied(
     monkeypatch.setattr(node_mod, "GIVE_BACK_AFTER_BYTES", 20_000)
     monkeypatch.setattr(platform, "give_back_memory", lambda: given.append(time.monotonic()))
 
-    def write(data_dir: Path) -> None:
-        with Ledger.open(data_dir, synchronous="OFF") as led:
-            members = [led.add_member(led.owner, name=f"m{i}", phone=f"1381234{i:04d}")
-                       for i in range(10)]
-            for i in range(200):
-                led.topup(led.owner, members[i % 10], 100 + i)
-
     async def scenario() -> None:
-        async with pair(tmp_path, write) as (a, b):
+        async with pair(tmp_path, lambda d: _history(d, 200)) as (a, b):
             await settle(a, b)
             await asyncio.sleep(0.1)  # the next turn, after the batch is dropped
             assert len(given) == 1
