@@ -12,7 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import Cli
+
+pytestmark = pytest.mark.slow
 
 
 def state(cli: Cli, data: Path, member: str) -> dict[str, Any]:

@@ -15,10 +15,13 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import new_ledger
 from test_api import BOSS_PW, serving, with_operators
 
 from peer.api import Standalone
+
+pytestmark = pytest.mark.slow
 
 # Every check but one: data that fits the schema may still be refused, rightly, by the
 # ledger (an unknown member is 404, a debit beyond the balance 409).

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -64,6 +65,8 @@ from crdtledger.sync import (
     decode_state_vector,
     unpack,
 )
+
+pytestmark = pytest.mark.slow
 
 NODES = ("SH01", "SH02", "SH03")
 PAIRS = [(a, b) for a in NODES for b in NODES if a != b]

@@ -18,6 +18,8 @@ from sim.faults import SCENARIOS
 from sim.shrink import report_violation
 from sim.world import results_of, run
 
+pytestmark = pytest.mark.slow
+
 # Small and quick: 5 branches (a mesh) or 7 (two hubs), 40 customers each a day.
 SMALL = Config(nodes=5, members=30, days=1, ops_per_node=40, ae_interval_s=30.0)
 

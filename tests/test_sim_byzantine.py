@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from test_sim import go_all
 
 from sim.config import Config
 from sim.world import run
+
+pytestmark = pytest.mark.slow
 
 SMALL = Config(nodes=5, members=30, days=1, ops_per_node=40, ae_interval_s=30.0,
                scenario="partition-heal")
