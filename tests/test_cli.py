@@ -7,6 +7,8 @@ never a traceback, and leaves the store exactly as it was.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -360,3 +362,12 @@ def test_incremental_export_for_a_peer(cli: Cli, make_node: Callable[..., Path],
     assert some["documents"] >= 1
     assert cli("import", tmp_path / "b1.sync", data=a).code == 0
     assert "137****7777" in cli("member", "find", "7777", data=a).out
+
+
+def test_a_command_does_not_load_the_node_server() -> None:
+    """The CLI reaches a running node with urllib (peer.local.call); aiohttp, a third of
+    its start, is for the node's side only. Structural, not timed."""
+    probe = "import sys, peer.cli; print(sorted(m for m in sys.modules if m.startswith('aiohttp')))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert out.strip() == "[]"
