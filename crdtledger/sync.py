@@ -87,10 +87,10 @@ MAX_LOGS = 65536
 # Rights requests awaiting an answer, each way. A counter asks once per swipe.
 MAX_OPEN_REQUESTS = 1024
 # Records applied per transaction of a large batch, between which the driver's loop
-# gets a turn (SyncSession.resume): 0.35 s on average on the 2-core VM (3 December:
-# a 100k sync file's records, 52 slices, 18.5 s; 16.5 s in one transaction; 20.8 s
-# in slices of 1,000), 0.4-0.56 s in a real join beside its hub. A 100k catch-up in one go held
-# a node's loop 15 s, past its peer's heartbeat, which closed the link. A slice's
+# gets a turn (SyncSession.resume): 0.35 s on average on the 2-core VM, 0.4-0.56 s in
+# a real join beside its hub (3 December: a 100k sync file's records in 52 slices took
+# 18.5 s, in one transaction 16.5 s, in slices of 1,000 20.8 s). A 100k catch-up in one
+# go held a node's loop 15 s, past its peer's heartbeat, which closed the link. A slice's
 # commit also checkpoints its WAL (SQLite's, inline): 4,000 records made commits of
 # 2 to 4.6 s in the 1M join on a busy disk, 2,000 at most 2.6 s; the cost, about 7%
 # on a 100k catch-up (more transactions), for twice the margin to the heartbeat.
