@@ -55,9 +55,6 @@ CREATE UNIQUE INDEX IF NOT EXISTS records_seq ON records(node, seq);
 -- Records that build on another writer's records not here yet (pycrdt would hold
 -- them back): kept, applied as soon as what they build on comes.
 CREATE INDEX IF NOT EXISTS records_waiting ON records(node, pos) WHERE state = 3;
--- Records that build on another writer's records not here yet (pycrdt would hold
--- them back): kept, applied as soon as what they build on comes.
-CREATE INDEX IF NOT EXISTS records_waiting ON records(pos) WHERE state = 3;
 -- The latest signed head of each other node's log (ours is signed when asked).
 CREATE TABLE IF NOT EXISTS heads(
     node TEXT PRIMARY KEY, seq INTEGER NOT NULL, hash BLOB NOT NULL, sig BLOB NOT NULL,
