@@ -209,10 +209,12 @@ def _fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
     """Slope and intercept of the line through the two largest sizes: the marginal
     cost of more history, which is what grows to 30M (the small sizes' fixed costs,
     the interpreter's memory, would bend a least-squares line); through the origin
-    from a single point."""
+    from a single point. More history never makes any of these cheaper: a line that
+    falls between the two sizes is noise (a debit's time at 1k and 10k entries, say),
+    read as flat at the larger size, not run on to a negative figure at 30M."""
     if len(xs) == 1:
         return ys[0] / xs[0], 0.0
-    slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+    slope = max((ys[-1] - ys[-2]) / (xs[-1] - xs[-2]), 0.0)
     return slope, ys[-1] - slope * xs[-1]
 
 
