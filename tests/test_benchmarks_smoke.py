@@ -95,3 +95,20 @@ def _processes_under(path: Path) -> list[str]:
         if cmd.startswith(sys.executable) and str(path) in cmd:
             found.append(cmd)
     return found
+
+
+def test_entry_encoding_measurement_runs() -> None:
+    """`python -m benchmarks.encoding` (not part of `run`): it measures each way of
+    holding an entry and prints every figure; sizes are bytes, so they are compared."""
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.encoding", "2500"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result) == {"map", "json", "msgpack"}
+    for figures in result.values():
+        assert set(figures) == {"resident_b", "snapshot_b", "update_b", "apply_observe_us",
+                                "to_dict_us"}
+        assert all(v > 0 for v in figures.values()), figures
+    # The same entries: a JSON text is longer than Yrs' own encoding, msgpack shorter.
+    assert result["msgpack"]["update_b"] < result["map"]["update_b"] < \
+        result["json"]["update_b"]
