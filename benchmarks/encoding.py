@@ -13,8 +13,8 @@ the resident memory a document of ENTRIES entries takes once loaded (a fresh pro
 that applies the snapshot, so no freed memory of an earlier document is reused), the
 snapshot's and one update's bytes per entry, and the time a replica spends on one
 record: applying its update with the root observer that replica.py uses (Yrs' raw
-`observe_deep`, `path` and `keys` read), then turning the value into a dict (medians, with the
-collector off as `Replica._apply_slice` has it).
+`observe_deep`, `path` and `keys` read), then turning the value into a dict (medians,
+with the collector off as `Replica._apply_slice` has it).
 
 Not part of `run`: it measures a choice of format, not this release. Its figures
 and what they would cost (the published format, the protocol version) are in
@@ -23,6 +23,7 @@ benchmarks/README.md, "What an entry costs in its document".
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import statistics
@@ -38,7 +39,7 @@ import msgpack
 from pycrdt import Doc, Map
 
 from benchmarks.common import status_kb
-from crdtledger.hlc import encode
+from crdtledger.hlc import id_floor
 
 START_MS = 1_764_000_000_000
 TIMED = 2_000  # records applied one by one, after the rest
@@ -51,13 +52,15 @@ ENCODINGS: dict[str, tuple[Callable[[dict[str, Any]], Any], Callable[[Any], Any]
 
 def entry(i: int) -> dict[str, Any]:
     """A service debit as `LedgerBase._entry` writes one (ids of the real form)."""
-    eid = f"{encode((START_MS + i * 7_000) << 16)}.B1"
-    return {"id": eid, "kind": "debit", "member": f"{encode(START_MS // 3 + i % 9_973)}.B2",
-            "node": "B1", "op": "owner@B1", "at": START_MS + i * 7_000, "amount": 11_520,
+    at = START_MS + i * 7_000
+    return {"id": f"{id_floor(at)}.B1", "kind": "debit",
+            "member": f"{id_floor(START_MS // 2 + i % 9_973 * 60_000)}.B2",
+            "node": "B1", "op": "owner@B1", "at": at, "amount": 11_520,
             "deltas": [["cash", "B1", -11_520], ["points", "B1", 172]], "service": "FOOT60"}
 
 
-def _updates(kind: str, n: int) -> list[bytes]:
+def _updates(kind: str, n: int) -> tuple[list[bytes], bytes]:
+    """Each entry's update as its writer made it, and the whole document's."""
     pack = ENCODINGS[kind][0]
     doc: Doc[Any] = Doc(client_id=7)
     entries = doc.get("entries", type=Map)
@@ -67,7 +70,7 @@ def _updates(kind: str, n: int) -> list[bytes]:
         e = entry(i)
         entries[e["id"]] = pack(e)
         out.append(doc.get_update(sv))
-    return out
+    return out, doc.get_update()
 
 
 def _resident(snapshot: Path) -> int:
@@ -81,14 +84,9 @@ def _resident(snapshot: Path) -> int:
 
 
 def measure(kind: str, n: int, work: Path) -> dict[str, float]:
-    ups = _updates(kind, n)
-    whole: Doc[Any] = Doc(client_id=9)
-    whole.get("entries", type=Map)
-    for u in ups:
-        whole.apply_update(u)
+    ups, whole = _updates(kind, n)
     snapshot = work / f"{kind}.bin"
-    snapshot.write_bytes(whole.get_update())
-    del whole
+    snapshot.write_bytes(whole)
     child = subprocess.run([sys.executable, "-m", "benchmarks.encoding", "--resident",
                             str(snapshot)], capture_output=True, text=True, check=True)
     # The timed records: applied one by one to a document holding the rest.
@@ -128,13 +126,24 @@ def main(n: int) -> dict[str, dict[str, float]]:
         return {kind: measure(kind, n, Path(tmp)) for kind in ENCODINGS}
 
 
+def _args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.encoding",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("entries", nargs="?", type=int, default=60_000,
+                        help=f"entries in the month's document (over {TIMED:,})")
+    parser.add_argument("--resident", type=Path, help=argparse.SUPPRESS)  # the child's
+    args = parser.parse_args(argv)
+    if args.resident is None and args.entries <= TIMED:
+        parser.error(f"ENTRIES must be over {TIMED:,}: the timed records come after the rest")
+    return args
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--resident"]:
-        print(_resident(Path(sys.argv[2])))
+    args = _args(sys.argv[1:])
+    if args.resident is not None:
+        print(_resident(args.resident))
         sys.exit(0)
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 60_000
-    if count <= TIMED:
-        sys.exit(f"ENTRIES must be over {TIMED} (the timed records come after the rest)")
+    count = args.entries
     results = main(count)
     print(f"{count:,} entries in one month's document, per entry:")
     print(f"{'':8} {'resident':>9} {'snapshot':>9} {'update':>7} {'apply+observe':>14} "
