@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 
 from pycrdt import Map
 
-from crdtledger import escrow
-from crdtledger.errors import ClockSkew, InvalidAmount, NotCaughtUp
+from crdtledger import closing, escrow
+from crdtledger.errors import ClockSkew, InvalidAmount, NotCaughtUp, PermissionDenied
 from crdtledger.hlc import HybridClock, id_time_ms, wall_ms
 from crdtledger.log import Head, Record, record_hash
 from crdtledger.model import EDITS, EntryKind, ledger_doc, owner_of
@@ -107,6 +107,13 @@ class LedgerBase:
         # log from a peer: the backup's time. It must not write meanwhile (it could
         # write at a position of its log that a peer already holds).
         self.restored: str | None = storage.meta.get("restored_from") or None
+        # The latest month this node closed (crdtledger.closing): it writes nothing
+        # more into the ledger of that month or before, and mints no id before the
+        # next month's start.
+        self.closed_through: str | None = None
+        own = storage.log.cuts().get(self.node)
+        if own:
+            self._cut_taken(max(m for _s, m in own))
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call `listener(record, origin)` after each committed log record.
@@ -130,6 +137,11 @@ class LedgerBase:
             with st.transaction():
                 writes, result = plan()
                 for w in writes:
+                    closed = self.closed_through
+                    if w.entry is not None and closed and w.doc[7:] <= closed:
+                        raise PermissionDenied(
+                            f"the books of {w.doc[7:]} are closed at {self.node} (through "
+                            f"{closed}); an entry of that month cannot be written")
                     ld = st.doc(w.doc)
                     with ld.doc.transaction():
                         w.mutate(ld.roots[w.root])
@@ -148,6 +160,12 @@ class LedgerBase:
         for name in {w.doc for w in writes}:
             st.maybe_compact(name)
         return result
+
+    def _cut_taken(self, month: str | None) -> None:
+        """This node closed `month` (its cut written here, or back from a peer)."""
+        if month is not None and (self.closed_through or "") < month:
+            self.closed_through = month
+            self.clock.floor_ms = closing.floor_ms(month, self.storage.tz)
 
     def _check_may_write(self) -> None:
         if self.restored is not None:

@@ -104,6 +104,9 @@ class HybridClock:
         # The chain's time minus this machine's clock, when this machine's is off
         # (set by the node core from what its peers say: crdtledger.peerclock).
         self.offset_ms = 0
+        # No id is minted before this wall time: the start of the month after the
+        # latest one this node closed (crdtledger.closing).
+        self.floor_ms = 0
         # How many nodes' clocks agree with this one's time, itself included: told
         # to peers in the hello, so a branch that reaches only a hub can tell whose
         # clock is wrong.
@@ -134,7 +137,7 @@ class HybridClock:
         return self._now_ms() + self.offset_ms
 
     def now(self) -> int:
-        wall = self.wall()
+        wall = max(self.wall(), self.floor_ms)
         if wall_ms(self.last) - wall > MAX_CLOCK_SKEW_MS:
             self._new_era(wall)
         self.last = self._after(max(self.last, (wall << _COUNTER_BITS) - 1))

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from crdtledger import erasure, views
+from crdtledger import closing, erasure, views
 from crdtledger.commit import SKEW_EVENTS_KEPT, Write
 from crdtledger.errors import InvalidInput
 from crdtledger.goods import Goods
@@ -94,7 +94,8 @@ class Ledger(Membership, Goods, Replica):
         (crdtledger.merge), then writes off the expired points it holds. The node core
         runs it a minute after start and once a day (core.HOUSEKEEPING_S); returns the entries
         written."""
-        # Before those, this node's records into members erased lately are redacted
+        # First it closes the month due (crdtledger.closing). Before those, this
+        # node's records into members erased lately are redacted
         # (crdtledger.erasure); after them, the referral rewards this branch owes
         # (approved at other branches) and the surplus check-ins it wrote while cut off
         # (crdtledger.membership).
@@ -110,6 +111,7 @@ class Ledger(Membership, Goods, Replica):
         comes, so what happened meanwhile (a redemption wrote it off) counts. The
         search for expired points yields after every EXPIRY_SCAN entries read."""
         self.erasure_seen = False
+        closing.close_due_month(self)
         yield [*erasure.redact_erased(self), *self.sweep_merged()]
         today, owners, after = self.today(), set[str](), ""
         while True:

@@ -17,6 +17,13 @@ a rule or forked its log before; nothing more of it is applied) or `waiting` (it
 builds on another writer's records not here yet, as a record relayed ahead of them
 does: applied as soon as they come).
 
+A record whose document is `cut` changes no document: its data is a month
+("2026-11", ASCII), its writer's word that its log up to that record holds all it will
+ever write into the ledger of that month and of every month before
+(crdtledger.closing). Every replica keeps the cuts it holds in `cuts`, so the write
+rule that holds a writer to its word (writerules, `closed-month`) is judged from the
+writer's own log, whatever order records are applied in.
+
 Wire form of a batch: ``{"recs": [[node, seq, doc, data], ...], "heads": {node: [seq,
 hash, sig]}, "certs": {node: der}}``; the hashes are not sent, each replica computes
 them (a record's prev is the hash of the record before it).
@@ -25,6 +32,7 @@ them (a record's prev is the hash of the record before it).
 from __future__ import annotations
 
 import hashlib
+import re
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +43,10 @@ import msgpack
 from crdtledger.errors import RemoteProtocolError
 from crdtledger.hlc import NODE_ID
 from crdtledger.model import DOC_NAME
+
+# The document a month-end cut names, and the month it closes (crdtledger.closing).
+CUT_DOC = "cut"
+MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 
 GENESIS = bytes(32)
 # The tip a replica shows (log_view) for a log it caught forking: two replicas that
@@ -65,6 +77,11 @@ CREATE TABLE IF NOT EXISTS faults(
     node TEXT NOT NULL, kind TEXT NOT NULL, seq INTEGER NOT NULL, rule TEXT NOT NULL,
     detail TEXT NOT NULL, at INTEGER NOT NULL, evidence BLOB,
     PRIMARY KEY(node, kind, seq)) WITHOUT ROWID;
+-- The month-end cuts in every log held (records to `cut`, whatever their state):
+-- the months each writer closed, and where in its log.
+CREATE TABLE IF NOT EXISTS cuts(
+    node TEXT NOT NULL, seq INTEGER NOT NULL, month TEXT NOT NULL,
+    PRIMARY KEY(node, seq)) WITHOUT ROWID;
 -- Stores without a chain CA: the first certificate seen for each node.
 CREATE TABLE IF NOT EXISTS pins(node TEXT PRIMARY KEY, cert BLOB NOT NULL) WITHOUT ROWID;
 """
@@ -75,6 +92,15 @@ def record_hash(prev: bytes, node: str, seq: int, doc: str, data: bytes) -> byte
     h.update(f"\x00{node}\x00{seq}\x00{doc}\x00".encode())
     h.update(data)
     return h.digest()
+
+
+def cut_month(data: bytes) -> str | None:
+    """The month a cut record's data names; None if it names none."""
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    return text if MONTH.fullmatch(text) else None
 
 
 def head_message(chain: str, node: str, seq: int, hash_: bytes) -> bytes:
@@ -135,7 +161,8 @@ class Batch:
             if (not isinstance(item, list) or len(item) != 4 or not isinstance(item[0], str)
                     or not NODE_ID.match(item[0]) or isinstance(item[1], bool)
                     or not isinstance(item[1], int) or not 0 < item[1] < 2**62
-                    or not isinstance(item[2], str) or not DOC_NAME.match(item[2])
+                    or not isinstance(item[2], str)
+                    or not (DOC_NAME.match(item[2]) or item[2] == CUT_DOC)
                     or not isinstance(item[3], bytes)):
                 raise RemoteProtocolError(f"records: malformed record {str(item)[:60]}")
             batch.recs.append(Record(item[0], item[1], item[2], item[3]))
@@ -170,6 +197,8 @@ class Log:
         # Each node's signed head as kept (None: none): read for every batch sent
         # and every log verified.
         self._heads: dict[str, tuple[Head, bytes] | None] = {}
+        # Each writer's cuts (seq, month) in its log's order; None: not read yet.
+        self._cuts: dict[str, list[tuple[int, str]]] | None = None
         self._written = False  # in the open transaction
         # Moves whenever what log_view shows may have moved (a record appended, a
         # fault found, a rollback): the key of the views and digests kept of it.
@@ -191,6 +220,7 @@ class Log:
         self._blocked = None
         self._waiting = None
         self._heads.clear()
+        self._cuts = None
 
     # --- reading ------------------------------------------------------------
 
@@ -231,6 +261,20 @@ class Log:
                                          bytes(row[3]))
         self._heads[node] = kept
         return kept
+
+    def cuts(self) -> dict[str, list[tuple[int, str]]]:
+        """Each writer's month-end cuts held here: (seq, month), in its log's order."""
+        if self._cuts is None:
+            self._cuts = {}
+            for node, seq, month in self.conn.execute(
+                    "SELECT node, seq, month FROM cuts ORDER BY node, seq"):
+                self._cuts.setdefault(node, []).append((seq, month))
+        return self._cuts
+
+    def closed_before(self, node: str, seq: int) -> str | None:
+        """The latest month `node` closed in its log before position `seq`."""
+        months = [m for s, m in self.cuts().get(node, ()) if s < seq]
+        return max(months) if months else None
 
     def records_after(self, after: Mapping[str, int], *, applied_only: bool = False
                       ) -> list[Record]:
@@ -323,6 +367,11 @@ class Log:
              for rec, hash_, state in items])
         for rec, hash_, state in items:
             self._appended(rec, hash_, state)
+        cuts = [(rec.node, rec.seq, month) for rec, _h, _s in items if rec.doc == CUT_DOC
+                for month in (cut_month(rec.data),) if month is not None]
+        if cuts:
+            self.conn.executemany("INSERT OR IGNORE INTO cuts VALUES (?, ?, ?)", cuts)
+            self._cuts = None
 
     def _appended(self, rec: Record, hash_: bytes, state: int) -> None:
         # Records of different documents may be appended out of their log's order:

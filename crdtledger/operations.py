@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from crdtledger import audit, localtime, membership, outbox, settlement, views
+from crdtledger import audit, closing, localtime, membership, outbox, settlement, views
 from crdtledger import bookings as booking_lib
 from crdtledger.bookings import BOOKING_STATUSES
 from crdtledger.coupons import COUPON_REASONS, COUPON_STATUSES, CouponRefused, describe_status
@@ -1003,6 +1003,31 @@ def _show_settlement(_ledger: Ledger, r: Any, _p: Params) -> str:
            show=_show_settlement, table=settlement.csv_rows)
 def report_settlement(ledger: Ledger, operator: str, p: Params) -> settlement.Statement:
     return views.settlement(ledger, p.get("from"), p.get("to"))
+
+
+MONTH_OR_NONE = {"type": ["string", "null"], "pattern": "^[0-9]{4}-(0[1-9]|1[0-2])$"}
+BOOKS = {"type": "object", "required": ["closed_through", "latest", "branches", "behind"],
+         "properties": {"closed_through": MONTH_OR_NONE, "latest": MONTH_OR_NONE,
+                        "branches": {"type": "object", "additionalProperties": MONTH_OR_NONE},
+                        "behind": {"type": "array", "items": STR}}}
+
+
+def _show_books(_ledger: Ledger, r: Any, _p: Params) -> str:
+    head = (f"books closed through {r['closed_through']} at every branch"
+            if r["closed_through"] else "no month is closed at every branch yet")
+    if r["behind"]:
+        head += f"; {r['latest']} waits for {', '.join(r['behind'])}"
+    return "\n".join([head, *(f"  {n:16} {m or 'nothing closed'}"
+                              for n, m in r["branches"].items())])
+
+
+@operation("report.books", "月结: how far each branch has closed its books (its month-end "
+           "cut: nothing more can be written into a closed month, at any branch)",
+           needs=REPORTS, http="GET /reports/books", result=BOOKS, show=_show_books,
+           more="A branch closes a month on the 8th of the next one, in its daily pass. "
+                "A month is final once every branch has closed it.")
+def report_books(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return closing.books(ledger)
 
 
 def _show_ranking(_ledger: Ledger, rows: Any, p: Params) -> str:

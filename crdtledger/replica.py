@@ -31,6 +31,7 @@ from crdtledger.hlc import MAX_CLOCK_SKEW_MS, decode, id_floor, id_time_ms, wall
 from crdtledger.lib0 import covered, decode_state_vector
 from crdtledger.log import (
     APPLIED,
+    CUT_DOC,
     FORK_MARK,
     HELD,
     REFUSED,
@@ -38,6 +39,7 @@ from crdtledger.log import (
     Batch,
     Head,
     Record,
+    cut_month,
     head_message,
     record_hash,
 )
@@ -52,6 +54,7 @@ from crdtledger.writerules import (
     InOrder,
     RuleBroken,
     check_change,
+    check_cut,
     check_header,
     client_id_for,
     epoch_of,
@@ -590,8 +593,11 @@ class Replica(LedgerBase):
         # By document (records of different documents commute; within one, the
         # sender's order, which respects what each builds on): one projection per
         # document, not one per writer's turn, in a catch-up where writers interleave.
+        # Cuts first: they change no document, and the records after them in their
+        # writers' logs are judged by them (log.cuts, as appended).
         part = plan.accepted[lo:hi]
         order = {name: i for i, name in enumerate(dict.fromkeys(r.doc for r, _ in part))}
+        order[CUT_DOC] = -1
         part.sort(key=lambda rh: order[rh[0].doc])
         refused = plan.refused
         with st.transaction():
@@ -659,7 +665,7 @@ class Replica(LedgerBase):
                 except sqlite3.IntegrityError as e:
                     raise RemoteProtocolError(f"refused by the store ({e})") from None
             st.keep_clock(self.clock.last, self.clock.eras_text)
-        plan.touched += touched
+        plan.touched += (name for name in touched if name != CUT_DOC)  # no document
 
     def _release(self, plan: VerifiedBatch, refused: dict[tuple[str, int], RuleBroken],
                  blocked: set[str], now: int) -> list[str]:
@@ -699,6 +705,17 @@ class Replica(LedgerBase):
         rolls back and runs the batch again without it)."""
         st = self.storage
         name = run[0][0].doc
+        closed = st.log.closed_before
+        if name == CUT_DOC:
+            for rec, _ in run:
+                try:
+                    check_cut(rec.node, name, cut_month(rec.data),
+                              closed(rec.node, rec.seq))
+                except RuleBroken as e:
+                    raise _Broken(rec, e, 1) from None
+                if rec.node == self.node:  # our own, back from a peer after a restore
+                    self._cut_taken(cut_month(rec.data))
+            return
         ld = st.doc(name)
         governs: dict[str, bool] = {}
         order = InOrder(name, decode_state_vector(ld.doc.get_state()))
@@ -709,6 +726,7 @@ class Replica(LedgerBase):
             for rec, _ in run:
                 node = rec.node
                 try:
+                    check_cut(node, name, None, closed(node, rec.seq))
                     written = check_header(node, name, rec.data)
                     if written is not None:
                         order.record(*written)

@@ -74,7 +74,8 @@ if TYPE_CHECKING:
 
 # 3: `recs` slices marked `more` (a peer of 2 would apply each slice alone and drop
 # what does not reach its head: refused by version instead).
-PROTOCOL_VERSION = 3
+# 4: month-end cuts in the logs (crdtledger.closing; a peer of 3 refuses the record).
+PROTOCOL_VERSION = 4
 
 # Limits, so a broken or hostile peer cannot make us allocate without bound.
 # A release number in a hello ("0.2.0", "1.10.3rc1"): shown on the sync page.

@@ -23,6 +23,7 @@ from typing import Any
 from crdtledger.errors import PermissionDenied
 from crdtledger.escrow import check_deltas_authorised
 from crdtledger.lib0 import read_varuint
+from crdtledger.log import CUT_DOC
 from crdtledger.model import ID
 
 # Documents of chain governance: operators and roles, rules (prices, services,
@@ -60,6 +61,9 @@ RULES: tuple[WriteRule, ...] = (
                                 "(confirmed, refused, released, no-show) are written only by "
                                 "the branch it belongs to: the node part of the technician's "
                                 "id, which is the entry's member"),
+    WriteRule("closed-month", "a branch closes months in order (each `cut` record names a "
+                              "month later than its cuts before) and writes nothing more "
+                              "into the ledger of a month it closed (crdtledger.closing)"),
     WriteRule("governance", "operators, roles and rules are written only by a node the "
                             "chain grants governance (the head office's certificate); a "
                             "revocation list signed by the chain CA, by any branch"),
@@ -133,6 +137,21 @@ def check_header(node: str, doc: str, update: bytes) -> tuple[int, int] | None:
     if not owns_client(node, client):
         raise RuleBroken("own-client", f"writes as client {client}, which is not {node}'s")
     return client, clock
+
+
+def check_cut(node: str, doc: str, month: str | None, closed: str | None) -> None:
+    """Judge a record of `node` against the months it closed before it in its log
+    (`closed`: the latest): a ledger record must be of a later month, a cut (`month`:
+    what it names, None if it names none) must name a later one."""
+    if doc == CUT_DOC:
+        if month is None:
+            raise RuleBroken("closed-month", f"node {node}'s cut names no month")
+        if closed is not None and month <= closed:
+            raise RuleBroken("closed-month", f"node {node} closes {month} after closing "
+                                             f"{closed}")
+    elif closed is not None and doc.startswith("ledger/") and doc[7:] <= closed:
+        raise RuleBroken("closed-month", f"{doc}: node {node} closed its books through "
+                                         f"{closed}")
 
 
 class InOrder:

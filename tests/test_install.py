@@ -204,7 +204,8 @@ def test_service_unit_is_accepted_by_systemd_analyze(tmp_path: Path,
 # A release that speaks the next protocol version, as a real node process: this very
 # code with the version numbers a future release would have.
 FUTURE = ("import sys, crdtledger, crdtledger.sync as s, peer.node as n; "
-          "s.PROTOCOL_VERSION = 4; s.__version__ = n.__version__ = '9.0.0'; "
+          f"s.PROTOCOL_VERSION = {PROTOCOL_VERSION + 1}; "
+          "s.__version__ = n.__version__ = '9.0.0'; "
           "from peer.cli import main; sys.exit(main(sys.argv[1:]))")
 
 

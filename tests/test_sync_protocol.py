@@ -45,6 +45,7 @@ from crdtledger.ledger import Ledger
 from crdtledger.log import HELD, REFUSED, Head, Record
 from crdtledger.model import entry_doc, member_doc
 from crdtledger.sync import (
+    PROTOCOL_VERSION,
     ClockSkewSeen,
     PeerHello,
     RightsAnswered,
@@ -562,7 +563,8 @@ def _state(logs: Any) -> bytes:
 @pytest.mark.parametrize("frame", [
     b"", b"\xc1", b"\x93\x01", VALID + b"x", "not bytes", None,
     _raw([1, 2, 3]), _raw("hello"), _raw(7), _raw(None),
-    _raw({"t": "hello"}), _raw({"v": 4, "t": "recs", "recs": [], "heads": {}}),
+    _raw({"t": "hello"}),
+    _raw({"v": PROTOCOL_VERSION + 1, "t": "recs", "recs": [], "heads": {}}),
     _raw({"v": 1, "t": "recs", "recs": [], "heads": {}}),
     _raw({"v": "2", "t": "recs"}), _raw({"v": True, "t": "recs"}),
     pack({"t": "bye"}), pack({"t": None}), pack({}),

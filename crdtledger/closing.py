@@ -1,0 +1,96 @@
+"""Month-end cuts: each branch's signed word that its books of a month are final.
+
+Once a branch's clock is past a month and a week (CUT_GRACE_DAYS), its daily pass
+writes a *cut* into its own log: a record naming that month (crdtledger.log,
+CUT_DOC), which says "my log up to here holds all I will ever write into the ledger
+of this month and of every month before". Every replica holds the writer to it: a
+later record of that writer into a closed month breaks the `closed-month` write rule
+(crdtledger.writerules), is refused everywhere and blocks its writer, as any other
+broken rule does. A month is closed for the chain, as far as a replica can tell, once
+every writer it holds a log of has cut it: its books (daily reports, settlement,
+ledger exports) then say the same at every branch that holds those logs, and no
+branch can add to them. Corrections of a closed month are entries of the current one.
+
+An honest branch can never be caught by its own cut: its entries go into the month
+of their id's time, and once it has cut a month its clock mints no id before the
+next month begins (`floor_ms`), even if its machine's clock is then set back (a PC
+whose clock was days ahead at the month's end): its ids run ahead until the clock
+catches up, as they did before clock eras.
+
+This is the first part of period closing (benchmarks/README.md, "Period closing: a
+design sketch"): the cuts a closing is computed from. A branch that never cuts (gone,
+broken) keeps its months open here; closing for it is head office's, and not built.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any
+
+from crdtledger.errors import NotCaughtUp
+from crdtledger.log import CUT_DOC
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
+    from crdtledger.ledger import Ledger
+
+# A month is cut this many days after it ends, in the branch's own time zone: on the
+# 8th, a branch's November is final. Until then a machine whose clock runs some days
+# ahead would close a month its tills are still selling in.
+CUT_GRACE_DAYS = 7
+
+
+def due_month(day: str) -> str:
+    """The latest month a branch closes on its local date `day` (YYYY-MM-DD)."""
+    d = date.fromisoformat(day)
+    year, month = d.year, d.month - (1 if d.day > CUT_GRACE_DAYS else 2)
+    if month < 1:
+        year, month = year - 1, month + 12
+    return f"{year:04d}-{month:02d}"
+
+
+def floor_ms(month: str, tz: ZoneInfo) -> int:
+    """The first millisecond after `month`, in zone `tz`: where the ids of a branch
+    that closed it start."""
+    year, mon = int(month[:4]), int(month[5:7]) + 1
+    if mon > 12:
+        year, mon = year + 1, 1
+    return int(datetime(year, mon, 1, tzinfo=tz).timestamp() * 1000)
+
+
+def close_due_month(ledger: Ledger) -> str | None:
+    """Write this branch's cut of the latest month due (the daily pass does); the month
+    cut, or None if none was due (or this branch may not write yet: restored from a
+    backup and not caught up, or blocked)."""
+    month = due_month(ledger.today())
+    if ledger.closed_through is not None and month <= ledger.closed_through:
+        return None
+    try:
+        ledger._check_may_write()
+    except NotCaughtUp:
+        return None
+    st = ledger.storage
+    with st.transaction():
+        rec = ledger._log_own(CUT_DOC, month.encode("ascii"))
+    ledger._cut_taken(month)
+    ledger._notify([rec], None)
+    return month
+
+
+def books(ledger: Ledger) -> dict[str, Any]:
+    """How far the books are closed, as this replica knows: each writer's latest cut
+    (None: none yet) for this branch and every writer whose log it holds (a branch
+    is heard of once it writes: its first daily pass writes a cut); the month through which all
+    have closed (None until each has cut one); the latest any has closed, and the
+    writers not yet there (who the next month's closing waits for)."""
+    log = ledger.storage.log
+    cuts = log.cuts()
+    branches = {n: max((m for _s, m in cuts[n]), default=None) if n in cuts else None
+                for n in sorted({*log.positions(), ledger.node})}
+    months = [m for m in branches.values() if m is not None]
+    latest = max(months, default=None)
+    through = min(months) if months and len(months) == len(branches) else None
+    return {"closed_through": through, "latest": latest, "branches": branches,
+            "behind": sorted(n for n, m in branches.items()
+                             if latest is not None and (m is None or m < latest))}

@@ -1,0 +1,208 @@
+"""Month-end cuts (crdtledger.closing): a branch closes a month a week after it ends,
+every replica holds it to that, and the books say how far the chain has closed. Real
+SQLite stores and the real sync sessions (helpers.sync); a lying branch writes its
+log by hand with its own key (helpers.Forger)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+from helpers import FakeClock, Forger, data_snapshot, new_ledger, sync
+from pycrdt import Doc, Map
+
+from crdtledger import closing, operations
+from crdtledger.backups import restore, write_backup
+from crdtledger.errors import PermissionDenied
+from crdtledger.hlc import HybridClock, id_time_ms
+from crdtledger.ledger import Ledger
+from crdtledger.log import CUT_DOC
+from crdtledger.model import entry_doc
+
+DAY_MS = 86_400_000
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()  # 2026-01-01 08:00 in Shanghai, the stores' zone
+
+
+@pytest.fixture
+def pair(tmp_path: Path, clock: FakeClock) -> Iterator[tuple[Ledger, Ledger, str]]:
+    a, b = (new_ledger(tmp_path, n, now_ms=clock) for n in ("SH01", "SH02"))
+    m = a.add_member(a.owner, name="王芳", phone="13800000001")
+    a.topup(a.owner, m, 100_000)
+    sync(a, b)
+    yield a, b, m
+    a.close()
+    b.close()
+
+
+@pytest.mark.parametrize(("day", "month"), [
+    ("2026-02-07", "2025-12"), ("2026-02-08", "2026-01"), ("2026-01-31", "2025-12"),
+    ("2026-01-07", "2025-11"), ("2026-01-08", "2025-12"), ("2026-03-01", "2026-01"),
+])
+def test_a_month_is_due_a_week_after_it_ends(day: str, month: str) -> None:
+    assert closing.due_month(day) == month
+
+
+def test_the_daily_pass_closes_the_month_due_once(pair: tuple[Ledger, Ledger, str],
+                                                 clock: FakeClock) -> None:
+    a, b, _m = pair
+    a.housekeeping()
+    assert a.closed_through == "2025-11"
+    tip = a.storage.log.tip("SH01")
+    a.housekeeping()  # nothing more is due the same day
+    assert a.storage.log.tip("SH01") == tip
+    clock.advance_days(38)  # 2026-02-08: January is due
+    a.housekeeping()
+    assert a.closed_through == "2026-01"
+    sync(a, b)
+    books = closing.books(b)
+    assert books == {"closed_through": None, "latest": "2026-01",
+                     "branches": {"SH01": "2026-01", "SH02": None}, "behind": ["SH02"]}
+    b.housekeeping()
+    sync(a, b)
+    for ledger in (a, b):
+        assert closing.books(ledger) == {
+            "closed_through": "2026-01", "latest": "2026-01",
+            "branches": {"SH01": "2026-01", "SH02": "2026-01"}, "behind": []}
+        assert ledger.faults() == []
+
+
+def test_entries_written_before_the_cut_are_taken_with_it_in_one_batch(
+        tmp_path: Path, pair: tuple[Ledger, Ledger, str], clock: FakeClock) -> None:
+    """A replica applies a batch grouped by document, cuts first: the entries its
+    writer made before a cut, in the month it closes, are judged by their place in
+    the log, not by the order they were applied in."""
+    a, _b, m = pair
+    clock.advance_days(30)  # 2026-01-31
+    a.debit(a.owner, m, amount=2_500)
+    clock.advance_days(8)  # 2026-02-08
+    a.housekeeping()
+    assert a.closed_through == "2026-01"
+    a.debit(a.owner, m, amount=1_000)
+    c = new_ledger(tmp_path, "SH03", now_ms=clock)
+    try:
+        sync(a, c)  # everything of SH01, cut included, in one batch
+        assert c.faults() == []
+        assert c.balance(m) == a.balance(m)
+        assert c.balance(m)["cash"] == 100_000 - 2_500 - 1_000
+        assert closing.books(c)["branches"]["SH01"] == "2026-01"
+    finally:
+        c.close()
+
+
+def _forged_topup(forger: Forger, member: str, at_ms: int) -> None:
+    eid = HybridClock(forger.node, now_ms=lambda: at_ms).mint()
+    entry = {"id": eid, "kind": "topup", "member": member, "node": forger.node, "op": "x",
+             "at": id_time_ms(eid), "amount": 50_000, "paid": 50_000,
+             "deltas": [["cash", forger.node, 50_000]]}
+
+    def put(doc: Doc[object]) -> None:
+        doc.get("entries", type=Map)[eid] = entry
+
+    forger.write(entry_doc(eid, forger.ledger.storage.day_of), put)
+
+
+@pytest.mark.parametrize("lie", ["entry into the closed month", "cut going back",
+                                 "cut of no month"])
+def test_a_branch_that_breaks_its_cut_is_refused_and_blocked(
+        pair: tuple[Ledger, Ledger, str], clock: FakeClock, lie: str) -> None:
+    """SH01, with its own valid key, closes January and then writes into it anyway
+    (a back-dated top-up of 500.00), or closes an earlier month again, or writes a
+    cut naming no month: SH02 refuses the record whole, blocks SH01, and its books
+    and balances do not move."""
+    a, b, m = pair
+    clock.advance_days(38)
+    a.housekeeping()
+    sync(a, b)
+    forger = Forger(a)
+    if lie == "entry into the closed month":
+        _forged_topup(forger, m, clock.ms - 20 * DAY_MS)
+    else:
+        forger.record(CUT_DOC, b"2025-12" if lie == "cut going back" else b"Jan.")
+    before = data_snapshot(b, [m])
+    b.apply_batch(forger.batch())
+    faults = b.faults()
+    assert [(f["node"], f["rule"]) for f in faults] == [("SH01", "closed-month")]
+    assert data_snapshot(b, [m]) == before
+    assert b.balance(m)["cash"] == 100_000
+    assert closing.books(b)["branches"]["SH01"] == "2026-01"
+
+
+def test_a_clock_set_back_after_a_cut_does_not_write_into_the_closed_month(
+        pair: tuple[Ledger, Ledger, str], clock: FakeClock) -> None:
+    """A PC whose clock ran three weeks ahead closed January on what it took for
+    8 February; its clock is then put right (19 January). Its sales go on, into
+    February (its ids run ahead until the clock catches up), and every replica
+    takes them."""
+    a, b, m = pair
+    clock.advance_days(38)
+    a.housekeeping()
+    clock.advance_days(-20)
+    sale = a.debit(a.owner, m, amount=1_000)
+    assert entry_doc(str(sale["id"]), a.storage.day_of) == "ledger/2026-02"
+    sync(a, b)
+    assert b.faults() == [] and b.balance(m) == a.balance(m)
+
+
+def test_the_writer_refuses_an_entry_into_a_month_it_closed(
+        pair: tuple[Ledger, Ledger, str], clock: FakeClock) -> None:
+    """The writer's own check, before it commits: what its peers would refuse (here an
+    entry filed by a store whose zone then moved a day back, by hand)."""
+    a, _b, m = pair
+    clock.advance_days(38)
+    a.housekeeping()
+    a.closed_through = "2026-02"  # as if its zone had put February behind it
+    before = data_snapshot(a, [m])
+    with pytest.raises(PermissionDenied, match="books of 2026-02 are closed at SH01"):
+        a.debit(a.owner, m, amount=1_000)
+    assert data_snapshot(a, [m]) == before
+
+
+def test_a_restored_branch_gets_its_cut_back_before_it_sells(
+        tmp_path: Path, pair: tuple[Ledger, Ledger, str], clock: FakeClock) -> None:
+    """A backup taken before SH01 closed January, restored: SH01 catches up with its
+    own log from SH02, cut included, and holds to it."""
+    a, b, m = pair
+    bk = tmp_path / "bk"
+    write_backup(a.storage.dir, bk)
+    clock.advance_days(38)
+    a.housekeeping()
+    sync(a, b)
+    a.close()
+    restore(bk, tmp_path / "again")
+    r = Ledger.open(tmp_path / "again", now_ms=clock)
+    try:
+        assert r.closed_through is None
+        sync(r, b)
+        assert r.restored is None and r.closed_through == "2026-01"
+        clock.advance_days(-20)  # and its clock is wrong as well: February still
+        sale = r.debit(r.owner, m, amount=1_000)
+        assert entry_doc(str(sale["id"]), r.storage.day_of) == "ledger/2026-02"
+        sync(r, b)
+        assert b.faults() == [] and r.faults() == []
+    finally:
+        r.close()
+
+
+def test_the_books_report_as_the_command_line_shows_it(tmp_path: Path) -> None:
+    """`crdtledger report books`, on a real store: each branch's cut, and who the next
+    closing waits for."""
+    data = tmp_path / "sh01"
+    assert run_cli("init", "--node", "SH01", data=data).code == 0
+    with Ledger.open(data) as ledger:
+        ledger.housekeeping()  # today's month due (the real clock)
+        due = closing.due_month(ledger.today())
+        result = operations.run(ledger, ledger.owner, "report.books", {})
+    assert result == {"closed_through": due, "latest": due, "branches": {"SH01": due},
+                      "behind": []}
+    r = run_cli("report", "books", data=data)
+    assert r.code == 0, r.err
+    assert f"books closed through {due} at every branch" in r.out
+    r = run_cli("report", "books", "--json", data=data)
+    assert r.code == 0 and json.loads(r.out) == result
