@@ -82,14 +82,17 @@ def books(ledger: Ledger) -> dict[str, Any]:
     """How far the books are closed, as this replica knows: each writer's latest cut
     (None: none yet) for this branch and every writer whose log it holds (a branch
     is heard of once it writes: its first daily pass writes a cut); the month through which all
-    have closed (None until each has cut one); the latest any has closed, and the
-    writers not yet there (who the next month's closing waits for)."""
+    have closed (None until each has cut one); the latest due month any has closed,
+    and the writers not yet there (who the next month's closing waits for)."""
     log = ledger.storage.log
     cuts = log.cuts()
     branches = {n: max((m for _s, m in cuts[n]), default=None) if n in cuts else None
                 for n in sorted({*log.positions(), ledger.node})}
     months = [m for m in branches.values() if m is not None]
-    latest = max(months, default=None)
+    # A cut of a month not yet due here (a branch whose clock ran far ahead, or that
+    # lies) closes nothing of anyone else's: the next closing is of a month due.
+    due = due_month(ledger.today())
+    latest = max((m for m in months if m <= due), default=None)
     through = min(months) if months and len(months) == len(branches) else None
     return {"closed_through": through, "latest": latest, "branches": branches,
             "behind": sorted(n for n, m in branches.items()

@@ -25,7 +25,7 @@ from typing import Any, cast
 
 from nicegui import events, run, ui
 
-from crdtledger import audit, localtime, operations, settlement, views
+from crdtledger import audit, closing, localtime, operations, settlement, views
 from crdtledger.errors import (
     ForeignChain,
     LedgerError,
@@ -707,6 +707,19 @@ def settlement_csv(ledger: Ledger, start: str | None, end: str | None) -> bytes:
                       *(labels[k] for k in settlement.PAIR_FIGURES)], rows)
 
 
+def books_line(books: Mapping[str, Any], name: Callable[[str], str]) -> str:
+    """How far the month-end closing has come (crdtledger.closing), for the owner."""
+    through = books["closed_through"]
+    line = (tr("月结：{m} 及以前的账所有分店都已结账，不会再变",
+               "Month-end: the books through {m} are closed at every branch and will not "
+               "change", m=through) if through else
+            tr("月结：尚无月份在所有分店结账", "Month-end: no month is closed at every branch yet"))
+    if books["behind"]:
+        line += tr("；{m} 还在等：{b}", "; {m} waits for {b}", m=books["latest"],
+                   b=tr("、", ", ").join(name(n) for n in books["behind"]))
+    return line
+
+
 def settlement_page() -> None:
     ledger = shop().ledger
     state: dict[str, str] = {"start": "", "end": ""}
@@ -733,6 +746,7 @@ def settlement_page() -> None:
             ui.label(shop().refusal(e)).classes("text-negative")
             return
         name, labels = shop().branch_name, figure_labels()
+        ui.label(books_line(closing.books(ledger), name)).classes("text-sm")
         with ui.row().classes("w-full gap-4 no-wrap max-lg:flex-wrap items-start"):
             with ui.card().classes("flex-1 min-w-80"):
                 ui.label(tr("应付款", "Who owes whom")).classes("text-lg font-medium")

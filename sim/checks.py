@@ -17,7 +17,7 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
-from crdtledger import audit, bookings, views
+from crdtledger import audit, bookings, closing, views
 from crdtledger.ledger import Ledger
 from crdtledger.log import APPLIED
 from crdtledger.settlement import reconciles
@@ -94,6 +94,7 @@ def replica_state(ledger: Ledger, days: list[str], nodes: list[str], members: li
     for table in audit.REPLICA_TABLES:
         out[f"table:{table}"] = _digest(audit.replica_rows(ledger, table))
     out["balances"] = _digest({m: ledger.balance(m) for m in members})
+    out["books"] = _digest(closing.books(ledger))
     out["settlement"] = _digest(views.settlement(ledger))
     out["daily"] = _digest([views.daily_report(ledger, d) for d in days])
     out["ranking"] = _digest([views.ranking(ledger, "members", limit=20),

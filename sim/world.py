@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 import msgpack
 
-from crdtledger import views
+from crdtledger import closing, views
 from crdtledger.errors import InsufficientFunds, LedgerError, RightsElsewhere
 from crdtledger.sync import RightsAnswered
 from sim import checks
@@ -96,6 +96,7 @@ class World:
         self.acked_where: dict[str, str] = {}  # member or card id -> node that acknowledged it
         self.records_refused: dict[str, int] = {}  # node -> records it refused from peers
         self.converged = False
+        self._books: dict[str, Any] | None = None
         self._down: set[str] = set()
         self._probing = False
         self._began = 0.0
@@ -535,6 +536,9 @@ class World:
                     self._byz_report: dict[str, Any] = checks.byzantine_report(self)
                 except Exception as e:  # a node that died with the run's violation
                     self._byz_report = {**self.byz.summary(), "error": repr(e)}
+            # How far the books are closed (the end check compared every replica's).
+            self._books = next((closing.books(n.ledger) for n in self.nodes
+                                if n.up and n.ledger is not None), None)
             self._close()
             if cfg.progress and sys.stderr.isatty():
                 sys.stderr.write("\r\033[K")
@@ -647,6 +651,7 @@ class World:
                 "kind": v.kind, "message": v.message, "node": v.node,
                 "at_s": None if self.violation_at is None else self.violation_at / 1e6},
             "converged": self.converged and v is None,
+            "books": self._books and {k: self._books[k] for k in ("closed_through", "behind")},
             "trace_digest": self.trace.digest(),
             "ops": ops,
             "acknowledged": len(self.acked_entries) + len(self.acked_members),

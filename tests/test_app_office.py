@@ -10,7 +10,7 @@ from app_fixtures import CASHIER, NODE, OWNER, CounterApp, downloaded, parse_csv
 from nicegui import ui
 from nicegui.elements.upload_files import SmallFileUpload
 
-from crdtledger import settlement, views
+from crdtledger import closing, settlement, views
 from crdtledger.errors import InvalidInput, NotCaughtUp
 from crdtledger.ledger import Ledger
 from crdtledger.model import member_doc
@@ -77,8 +77,11 @@ async def test_reports_show_real_figures_and_export_csv(counter_app: CounterApp,
     finally:
         other.close()
     import_file(app.ledger, tmp_path / "from-sh02.crdtsync")
+    app.ledger.housekeeping()  # this branch closes the month due; SH02 has not yet
     await app.user.open("/office/settlement")
     await app.user.should_see("应付")
+    await app.user.should_see("月结：尚无月份在所有分店结账；"
+                              f"{closing.due_month(app.ledger.today())} 还在等：徐家汇店")
     await app.user.should_see("徐家汇店为南京西路店的会员服务 ¥200.00")
     rows = {r["branch"]: r for r in table_rows(app)}
     assert {b: r["net"] for b, r in rows.items()} == {

@@ -108,6 +108,23 @@ def _forged_topup(forger: Forger, member: str, at_ms: int) -> None:
     forger.write(entry_doc(eid, forger.ledger.storage.day_of), put)
 
 
+def test_a_cut_of_a_month_to_come_closes_nobody_elses_books(
+        pair: tuple[Ledger, Ledger, str], clock: FakeClock) -> None:
+    """SH01 signs a cut of December 2099 (no rule can tell a month to come: a replica's
+    clock may be wrong): it binds SH01 alone; the books wait for no one on it."""
+    a, b, _m = pair
+    a.housekeeping()
+    b.housekeeping()
+    sync(a, b)
+    forger = Forger(a)
+    forger.record(CUT_DOC, b"2099-12")
+    b.apply_batch(forger.batch())
+    assert b.faults() == []
+    assert closing.books(b) == {"closed_through": "2025-11", "latest": "2025-11",
+                                "branches": {"SH01": "2099-12", "SH02": "2025-11"},
+                                "behind": []}
+
+
 @pytest.mark.parametrize("lie", ["entry into the closed month", "cut going back",
                                  "cut of no month"])
 def test_a_branch_that_breaks_its_cut_is_refused_and_blocked(
