@@ -24,11 +24,12 @@ broken) keeps its months open here; closing for it is head office's, and not bui
 
 from __future__ import annotations
 
+import hashlib
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 from crdtledger.errors import NotCaughtUp
-from crdtledger.log import CUT_DOC
+from crdtledger.log import CLOSING_DOC, CUT_DOC, closing_data
 
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
@@ -78,12 +79,58 @@ def close_due_month(ledger: Ledger) -> str | None:
     return month
 
 
+def sign_closing(ledger: Ledger) -> str | None:
+    """Sign the closing of the latest month every branch has closed, once this branch
+    holds it whole (the daily pass does, after the cut): a `closing` record of its
+    log with the month's digest. Returns the month signed, or None."""
+    through: str | None = books(ledger)["closed_through"]
+    signed = [m for _s, m, _d in ledger.storage.log.closings().get(ledger.node, ())]
+    if through is None or (signed and max(signed) >= through):
+        return None
+    found = digest(ledger, through)
+    if found is None:
+        return None
+    try:
+        ledger._check_may_write()
+    except NotCaughtUp:
+        return None
+    with ledger.storage.transaction():
+        rec = ledger._log_own(CLOSING_DOC, closing_data(through, found))
+    ledger._notify([rec], None)
+    return through
+
+
+def digest(ledger: Ledger, month: str) -> str | None:
+    """The closing digest of `month`: SHA-256 of the chain, the month, and for each
+    writer whose log this replica holds, where its first cut of `month` or later sits
+    in its log and the log's hash there. That hash chains every record before it, so
+    two replicas with the same digest hold the same history up to every branch's
+    word that the month is over: the same books of it and of every month before. A
+    writer whose cut is its log's first record wrote nothing before (a branch newer
+    than the month) and counts for nothing. None while a writer known here has not
+    cut the month."""
+    log = ledger.storage.log
+    cuts = log.cuts()
+    h = hashlib.sha256(b"crdtledger closing\0%s\0%s" % (ledger.chain.encode(),
+                                                         month.encode()))
+    for node in sorted({*log.positions(), ledger.node}):
+        seq = next((s for s, m in cuts.get(node, ()) if m >= month), None)
+        if seq is None:
+            return None
+        if seq > 1:
+            h.update(b"\0%s\0%d\0" % (node.encode(), seq) + (log.hash_at(node, seq) or b""))
+    return h.hexdigest()
+
+
 def books(ledger: Ledger) -> dict[str, Any]:
     """How far the books are closed, as this replica knows: each writer's latest cut
     (None: none yet) for this branch and every writer whose log it holds (a branch
-    is heard of once it writes: its first daily pass writes a cut); the month through which all
-    have closed (None until each has cut one); the latest due month any has closed,
-    and the writers not yet there (who the next month's closing waits for)."""
+    is heard of once it writes: its first daily pass writes a cut); the month through
+    which all have closed (None until each has cut one); the latest due month any has
+    closed, and the writers not yet there (who the next month's closing waits for);
+    and that month's closing: its digest here, the branches that signed the same and
+    those that signed another (their history up to the cuts differs from this one's:
+    a fork, or records of the month that reached one of the two after it signed)."""
     log = ledger.storage.log
     cuts = log.cuts()
     branches = {n: max((m for _s, m in cuts[n]), default=None) if n in cuts else None
@@ -94,6 +141,15 @@ def books(ledger: Ledger) -> dict[str, Any]:
     due = due_month(ledger.today())
     latest = max((m for m in months if m <= due), default=None)
     through = min(months) if months and len(months) == len(branches) else None
+    closing = None
+    if through is not None:
+        ours = digest(ledger, through)
+        said = {n: d for n, signed in log.closings().items()
+                for _s, m, d in signed if m == through}  # each writer's latest
+        closing = {"month": through, "digest": ours,
+                   "agree": sorted(n for n, d in said.items() if d == ours),
+                   "differ": sorted(n for n, d in said.items() if d != ours)}
     return {"closed_through": through, "latest": latest, "branches": branches,
             "behind": sorted(n for n, m in branches.items()
-                             if latest is not None and (m is None or m < latest))}
+                             if latest is not None and (m is None or m < latest)),
+            "closing": closing}

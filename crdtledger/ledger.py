@@ -94,7 +94,8 @@ class Ledger(Membership, Goods, Replica):
         (crdtledger.merge), then writes off the expired points it holds. The node core
         runs it a minute after start and once a day (core.HOUSEKEEPING_S); returns the entries
         written."""
-        # First it closes the month due (crdtledger.closing). Before those, this
+        # First it closes the month due and signs the latest closing it can
+        # (crdtledger.closing). Before those, this
         # node's records into members erased lately are redacted
         # (crdtledger.erasure); after them, the referral rewards this branch owes
         # (approved at other branches) and the surplus check-ins it wrote while cut off
@@ -112,6 +113,7 @@ class Ledger(Membership, Goods, Replica):
         search for expired points yields after every EXPIRY_SCAN entries read."""
         self.erasure_seen = False
         closing.close_due_month(self)
+        closing.sign_closing(self)
         yield [*erasure.redact_erased(self), *self.sweep_merged()]
         today, owners, after = self.today(), set[str](), ""
         while True:

@@ -17,12 +17,15 @@ a rule or forked its log before; nothing more of it is applied) or `waiting` (it
 builds on another writer's records not here yet, as a record relayed ahead of them
 does: applied as soon as they come).
 
-A record whose document is `cut` changes no document: its data is a month
-("2026-11", ASCII), its writer's word that its log up to that record holds all it will
-ever write into the ledger of that month and of every month before
-(crdtledger.closing). Every replica keeps the cuts it holds in `cuts`, so the write
-rule that holds a writer to its word (writerules, `closed-month`) is judged from the
-writer's own log, whatever order records are applied in.
+Two kinds of record change no document; both serve period closing
+(crdtledger.closing). A *cut* (document `cut`, data a month "2026-11", ASCII) is its
+writer's word that its log up to that record holds all it will ever write into the
+ledger of that month and of every month before. A *closing* (document `closing`,
+data "2026-11:" and 64 hex digits) is its writer's signature of the digest of the
+chain's history up to every branch's cut of that month. Every replica keeps the
+ones it holds in `marks`, so the write rule that holds a writer to its cuts
+(writerules, `closed-month`) is judged from the writer's own log, whatever order
+records are applied in.
 
 Wire form of a batch: ``{"recs": [[node, seq, doc, data], ...], "heads": {node: [seq,
 hash, sig]}, "certs": {node: der}}``; the hashes are not sent, each replica computes
@@ -44,9 +47,12 @@ from crdtledger.errors import RemoteProtocolError
 from crdtledger.hlc import NODE_ID
 from crdtledger.model import DOC_NAME
 
-# The document a month-end cut names, and the month it closes (crdtledger.closing).
-CUT_DOC = "cut"
+# The records that change no document (crdtledger.closing): a month-end cut, a
+# closing's signature.
+CUT_DOC, CLOSING_DOC = "cut", "closing"
+MARK_DOCS = frozenset({CUT_DOC, CLOSING_DOC})
 MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
+_CLOSING = re.compile(r"([0-9]{4}-(?:0[1-9]|1[0-2])):([0-9a-f]{64})")
 
 GENESIS = bytes(32)
 # The tip a replica shows (log_view) for a log it caught forking: two replicas that
@@ -77,11 +83,12 @@ CREATE TABLE IF NOT EXISTS faults(
     node TEXT NOT NULL, kind TEXT NOT NULL, seq INTEGER NOT NULL, rule TEXT NOT NULL,
     detail TEXT NOT NULL, at INTEGER NOT NULL, evidence BLOB,
     PRIMARY KEY(node, kind, seq)) WITHOUT ROWID;
--- The month-end cuts in every log held (records to `cut`, whatever their state):
--- the months each writer closed, and where in its log.
-CREATE TABLE IF NOT EXISTS cuts(
-    node TEXT NOT NULL, seq INTEGER NOT NULL, month TEXT NOT NULL,
-    PRIMARY KEY(node, seq)) WITHOUT ROWID;
+-- The cuts and closings in every log held (whatever their records' state): the
+-- months each writer closed and the closings it signed (`digest`, '' for a cut),
+-- and where in its log.
+CREATE TABLE IF NOT EXISTS marks(
+    node TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL, month TEXT NOT NULL,
+    digest TEXT NOT NULL, PRIMARY KEY(node, seq)) WITHOUT ROWID;
 -- Stores without a chain CA: the first certificate seen for each node.
 CREATE TABLE IF NOT EXISTS pins(node TEXT PRIMARY KEY, cert BLOB NOT NULL) WITHOUT ROWID;
 """
@@ -94,13 +101,21 @@ def record_hash(prev: bytes, node: str, seq: int, doc: str, data: bytes) -> byte
     return h.digest()
 
 
-def cut_month(data: bytes) -> str | None:
-    """The month a cut record's data names; None if it names none."""
+def mark_of(doc: str, data: bytes) -> tuple[str, str] | None:
+    """(month, digest) a cut's or a closing's data says (digest '' for a cut); None
+    if it says none."""
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError:
         return None
-    return text if MONTH.fullmatch(text) else None
+    if doc == CUT_DOC:
+        return (text, "") if MONTH.fullmatch(text) else None
+    found = _CLOSING.fullmatch(text)
+    return None if found is None else (found[1], found[2])
+
+
+def closing_data(month: str, digest: str) -> bytes:
+    return f"{month}:{digest}".encode("ascii")
 
 
 def head_message(chain: str, node: str, seq: int, hash_: bytes) -> bytes:
@@ -162,7 +177,7 @@ class Batch:
                     or not NODE_ID.match(item[0]) or isinstance(item[1], bool)
                     or not isinstance(item[1], int) or not 0 < item[1] < 2**62
                     or not isinstance(item[2], str)
-                    or not (DOC_NAME.match(item[2]) or item[2] == CUT_DOC)
+                    or not (DOC_NAME.match(item[2]) or item[2] in MARK_DOCS)
                     or not isinstance(item[3], bytes)):
                 raise RemoteProtocolError(f"records: malformed record {str(item)[:60]}")
             batch.recs.append(Record(item[0], item[1], item[2], item[3]))
@@ -197,8 +212,10 @@ class Log:
         # Each node's signed head as kept (None: none): read for every batch sent
         # and every log verified.
         self._heads: dict[str, tuple[Head, bytes] | None] = {}
-        # Each writer's cuts (seq, month) in its log's order; None: not read yet.
+        # Each writer's cuts (seq, month) and closings (seq, month, digest), in its
+        # log's order; None: not read yet.
         self._cuts: dict[str, list[tuple[int, str]]] | None = None
+        self._closings: dict[str, list[tuple[int, str, str]]] | None = None
         self._written = False  # in the open transaction
         # Moves whenever what log_view shows may have moved (a record appended, a
         # fault found, a rollback): the key of the views and digests kept of it.
@@ -220,7 +237,7 @@ class Log:
         self._blocked = None
         self._waiting = None
         self._heads.clear()
-        self._cuts = None
+        self._cuts = self._closings = None
 
     # --- reading ------------------------------------------------------------
 
@@ -267,9 +284,20 @@ class Log:
         if self._cuts is None:
             self._cuts = {}
             for node, seq, month in self.conn.execute(
-                    "SELECT node, seq, month FROM cuts ORDER BY node, seq"):
+                    "SELECT node, seq, month FROM marks WHERE kind = ? ORDER BY node, seq",
+                    (CUT_DOC,)):
                 self._cuts.setdefault(node, []).append((seq, month))
         return self._cuts
+
+    def closings(self) -> dict[str, list[tuple[int, str, str]]]:
+        """Each writer's signed closings held here: (seq, month, digest), in order."""
+        if self._closings is None:
+            self._closings = {}
+            for node, seq, month, digest in self.conn.execute(
+                    "SELECT node, seq, month, digest FROM marks WHERE kind = ? "
+                    "ORDER BY node, seq", (CLOSING_DOC,)):
+                self._closings.setdefault(node, []).append((seq, month, digest))
+        return self._closings
 
     def closed_before(self, node: str, seq: int) -> str | None:
         """The latest month `node` closed in its log before position `seq`."""
@@ -367,11 +395,11 @@ class Log:
              for rec, hash_, state in items])
         for rec, hash_, state in items:
             self._appended(rec, hash_, state)
-        cuts = [(rec.node, rec.seq, month) for rec, _h, _s in items if rec.doc == CUT_DOC
-                for month in (cut_month(rec.data),) if month is not None]
-        if cuts:
-            self.conn.executemany("INSERT OR IGNORE INTO cuts VALUES (?, ?, ?)", cuts)
-            self._cuts = None
+        marks = [(rec.node, rec.seq, rec.doc, *said) for rec, _h, _s in items
+                 if rec.doc in MARK_DOCS for said in (mark_of(rec.doc, rec.data),) if said]
+        if marks:
+            self.conn.executemany("INSERT OR IGNORE INTO marks VALUES (?, ?, ?, ?, ?)", marks)
+            self._cuts = self._closings = None
 
     def _appended(self, rec: Record, hash_: bytes, state: int) -> None:
         # Records of different documents may be appended out of their log's order:

@@ -1006,10 +1006,17 @@ def report_settlement(ledger: Ledger, operator: str, p: Params) -> settlement.St
 
 
 MONTH_OR_NONE = {"type": ["string", "null"], "pattern": "^[0-9]{4}-(0[1-9]|1[0-2])$"}
-BOOKS = {"type": "object", "required": ["closed_through", "latest", "branches", "behind"],
+NODES = {"type": "array", "items": STR}
+BOOKS = {"type": "object",
+         "required": ["closed_through", "latest", "branches", "behind", "closing"],
          "properties": {"closed_through": MONTH_OR_NONE, "latest": MONTH_OR_NONE,
                         "branches": {"type": "object", "additionalProperties": MONTH_OR_NONE},
-                        "behind": {"type": "array", "items": STR}}}
+                        "behind": NODES,
+                        "closing": {"oneOf": [{"type": "null"}, {
+                            "type": "object",
+                            "required": ["month", "digest", "agree", "differ"],
+                            "properties": {"month": STR, "digest": {"type": ["string", "null"]},
+                                           "agree": NODES, "differ": NODES}}]}}}
 
 
 def _show_books(_ledger: Ledger, r: Any, _p: Params) -> str:
@@ -1017,8 +1024,16 @@ def _show_books(_ledger: Ledger, r: Any, _p: Params) -> str:
             if r["closed_through"] else "no month is closed at every branch yet")
     if r["behind"]:
         head += f"; {r['latest']} waits for {', '.join(r['behind'])}"
-    return "\n".join([head, *(f"  {n:16} {m or 'nothing closed'}"
-                              for n, m in r["branches"].items())])
+    lines = [head]
+    c = r["closing"]
+    if c and c["digest"]:
+        lines.append(f"closing of {c['month']}: digest {c['digest'][:16]}, signed alike by "
+                     f"{', '.join(c['agree']) or 'nobody yet'}")
+        if c["differ"]:
+            lines.append(f"WARNING: {', '.join(c['differ'])} signed another history of "
+                         f"{c['month']} (a fork, or records that reached one side late)")
+    return "\n".join([*lines, *(f"  {n:16} {m or 'nothing closed'}"
+                                for n, m in r["branches"].items())])
 
 
 @operation("report.books", "月结: how far each branch has closed its books (its month-end "

@@ -34,13 +34,14 @@ from crdtledger.log import (
     CUT_DOC,
     FORK_MARK,
     HELD,
+    MARK_DOCS,
     REFUSED,
     WAITING,
     Batch,
     Head,
     Record,
-    cut_month,
     head_message,
+    mark_of,
     record_hash,
 )
 from crdtledger.model import ID, entry_doc, ledger_doc
@@ -54,8 +55,8 @@ from crdtledger.writerules import (
     InOrder,
     RuleBroken,
     check_change,
-    check_cut,
     check_header,
+    check_mark,
     client_id_for,
     epoch_of,
     owns_client,
@@ -665,7 +666,7 @@ class Replica(LedgerBase):
                 except sqlite3.IntegrityError as e:
                     raise RemoteProtocolError(f"refused by the store ({e})") from None
             st.keep_clock(self.clock.last, self.clock.eras_text)
-        plan.touched += (name for name in touched if name != CUT_DOC)  # no document
+        plan.touched += (name for name in touched if name not in MARK_DOCS)  # no document
 
     def _release(self, plan: VerifiedBatch, refused: dict[tuple[str, int], RuleBroken],
                  blocked: set[str], now: int) -> list[str]:
@@ -706,15 +707,15 @@ class Replica(LedgerBase):
         st = self.storage
         name = run[0][0].doc
         closed = st.log.closed_before
-        if name == CUT_DOC:
+        if name in MARK_DOCS:  # a cut or a closing: no document to change
             for rec, _ in run:
+                mark = mark_of(name, rec.data)
                 try:
-                    check_cut(rec.node, name, cut_month(rec.data),
-                              closed(rec.node, rec.seq))
+                    check_mark(rec.node, name, mark, closed(rec.node, rec.seq))
                 except RuleBroken as e:
                     raise _Broken(rec, e, 1) from None
-                if rec.node == self.node:  # our own, back from a peer after a restore
-                    self._cut_taken(cut_month(rec.data))
+                if rec.node == self.node and name == CUT_DOC and mark:
+                    self._cut_taken(mark[0])  # our own, back from a peer after a restore
             return
         ld = st.doc(name)
         governs: dict[str, bool] = {}
@@ -726,7 +727,7 @@ class Replica(LedgerBase):
             for rec, _ in run:
                 node = rec.node
                 try:
-                    check_cut(node, name, None, closed(node, rec.seq))
+                    check_mark(node, name, None, closed(node, rec.seq))
                     written = check_header(node, name, rec.data)
                     if written is not None:
                         order.record(*written)

@@ -23,7 +23,7 @@ from typing import Any
 from crdtledger.errors import PermissionDenied
 from crdtledger.escrow import check_deltas_authorised
 from crdtledger.lib0 import read_varuint
-from crdtledger.log import CUT_DOC
+from crdtledger.log import CLOSING_DOC, CUT_DOC, MARK_DOCS
 from crdtledger.model import ID
 
 # Documents of chain governance: operators and roles, rules (prices, services,
@@ -62,8 +62,9 @@ RULES: tuple[WriteRule, ...] = (
                                 "the branch it belongs to: the node part of the technician's "
                                 "id, which is the entry's member"),
     WriteRule("closed-month", "a branch closes months in order (each `cut` record names a "
-                              "month later than its cuts before) and writes nothing more "
-                              "into the ledger of a month it closed (crdtledger.closing)"),
+                              "month later than its cuts before), writes nothing more "
+                              "into the ledger of a month it closed, and signs the closing "
+                              "only of a month it closed (crdtledger.closing)"),
     WriteRule("governance", "operators, roles and rules are written only by a node the "
                             "chain grants governance (the head office's certificate); a "
                             "revocation list signed by the chain CA, by any branch"),
@@ -139,16 +140,22 @@ def check_header(node: str, doc: str, update: bytes) -> tuple[int, int] | None:
     return client, clock
 
 
-def check_cut(node: str, doc: str, month: str | None, closed: str | None) -> None:
+def check_mark(node: str, doc: str, mark: tuple[str, str] | None, closed: str | None
+               ) -> None:
     """Judge a record of `node` against the months it closed before it in its log
-    (`closed`: the latest): a ledger record must be of a later month, a cut (`month`:
-    what it names, None if it names none) must name a later one."""
-    if doc == CUT_DOC:
-        if month is None:
-            raise RuleBroken("closed-month", f"node {node}'s cut names no month")
-        if closed is not None and month <= closed:
+    (`closed`: the latest). A ledger record must be of a later month; a cut (`mark`:
+    the month and digest it says, None if it says none) must name a later one; a
+    closing must be of a month its writer closed."""
+    if doc in MARK_DOCS:
+        if mark is None:
+            raise RuleBroken("closed-month", f"node {node}'s {doc} record says no month")
+        month = mark[0]
+        if doc == CUT_DOC and closed is not None and month <= closed:
             raise RuleBroken("closed-month", f"node {node} closes {month} after closing "
                                              f"{closed}")
+        if doc == CLOSING_DOC and (closed is None or month > closed):
+            raise RuleBroken("closed-month", f"node {node} signs the closing of {month}, "
+                                             "a month it has not closed")
     elif closed is not None and doc.startswith("ledger/") and doc[7:] <= closed:
         raise RuleBroken("closed-month", f"{doc}: node {node} closed its books through "
                                          f"{closed}")

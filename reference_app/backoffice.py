@@ -717,6 +717,15 @@ def books_line(books: Mapping[str, Any], name: Callable[[str], str]) -> str:
     if books["behind"]:
         line += tr("；{m} 还在等：{b}", "; {m} waits for {b}", m=books["latest"],
                    b=tr("、", ", ").join(name(n) for n in books["behind"]))
+    closing = books["closing"]
+    if closing and closing["differ"]:
+        line += tr("。注意：{b} 签署的 {m} 账目与本店不一致（账本分叉，或有记录迟到）",
+                   ". Warning: {b} signed other books of {m} than this branch holds (a "
+                   "fork, or records that came late)", m=closing["month"],
+                   b=tr("、", ", ").join(name(n) for n in closing["differ"]))
+    elif closing and closing["agree"]:
+        line += tr("（{n} 家分店核对一致）", " ({n} branches signed the same books)",
+                   n=len(closing["agree"]))
     return line
 
 

@@ -77,7 +77,7 @@ def snapshot(ledger: Ledger, members: Iterable[str] = ()) -> dict[str, Any]:
 
 # The tables of the signed logs (crdtledger.log): a record refused by a write rule is
 # kept there as evidence and its writer's fault recorded, while nothing else moves.
-LOG_TABLES = ("records", "heads", "faults", "pins", "cuts")
+LOG_TABLES = ("records", "heads", "faults", "pins", "marks")
 
 
 def data_snapshot(ledger: Ledger, members: Iterable[str] = ()) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from crdtledger.backups import restore, write_backup
 from crdtledger.errors import PermissionDenied
 from crdtledger.hlc import HybridClock, id_time_ms
 from crdtledger.ledger import Ledger
-from crdtledger.log import CUT_DOC
+from crdtledger.log import CLOSING_DOC, CUT_DOC, closing_data
 from crdtledger.model import entry_doc
 
 DAY_MS = 86_400_000
@@ -63,13 +63,20 @@ def test_the_daily_pass_closes_the_month_due_once(pair: tuple[Ledger, Ledger, st
     sync(a, b)
     books = closing.books(b)
     assert books == {"closed_through": None, "latest": "2026-01",
-                     "branches": {"SH01": "2026-01", "SH02": None}, "behind": ["SH02"]}
-    b.housekeeping()
+                     "branches": {"SH01": "2026-01", "SH02": None}, "behind": ["SH02"],
+                     "closing": None}
+    b.housekeeping()  # closes January, and signs its closing: it holds all of it
     sync(a, b)
+    a.housekeeping()  # SH01 signs it too, a day later
+    sync(a, b)
+    digest = closing.digest(a, "2026-01")
+    assert digest is not None and digest == closing.digest(b, "2026-01")
     for ledger in (a, b):
         assert closing.books(ledger) == {
             "closed_through": "2026-01", "latest": "2026-01",
-            "branches": {"SH01": "2026-01", "SH02": "2026-01"}, "behind": []}
+            "branches": {"SH01": "2026-01", "SH02": "2026-01"}, "behind": [],
+            "closing": {"month": "2026-01", "digest": digest, "agree": ["SH01", "SH02"],
+                        "differ": []}}
         assert ledger.faults() == []
 
 
@@ -120,9 +127,9 @@ def test_a_cut_of_a_month_to_come_closes_nobody_elses_books(
     forger.record(CUT_DOC, b"2099-12")
     b.apply_batch(forger.batch())
     assert b.faults() == []
-    assert closing.books(b) == {"closed_through": "2025-11", "latest": "2025-11",
-                                "branches": {"SH01": "2099-12", "SH02": "2025-11"},
-                                "behind": []}
+    books = closing.books(b)
+    assert (books["closed_through"], books["latest"], books["branches"], books["behind"]) == (
+        "2025-11", "2025-11", {"SH01": "2099-12", "SH02": "2025-11"}, [])
 
 
 @pytest.mark.parametrize("lie", ["entry into the closed month", "cut going back",
@@ -216,10 +223,81 @@ def test_the_books_report_as_the_command_line_shows_it(tmp_path: Path) -> None:
         ledger.housekeeping()  # today's month due (the real clock)
         due = closing.due_month(ledger.today())
         result = operations.run(ledger, ledger.owner, "report.books", {})
+    digest = result["closing"]["digest"]
     assert result == {"closed_through": due, "latest": due, "branches": {"SH01": due},
-                      "behind": []}
+                      "behind": [], "closing": {"month": due, "digest": digest,
+                                                "agree": ["SH01"], "differ": []}}
     r = run_cli("report", "books", data=data)
     assert r.code == 0, r.err
     assert f"books closed through {due} at every branch" in r.out
+    assert f"closing of {due}: digest {digest[:16]}, signed alike by SH01" in r.out
     r = run_cli("report", "books", "--json", data=data)
     assert r.code == 0 and json.loads(r.out) == result
+
+
+def test_every_branch_signs_the_same_closing_and_a_lie_shows(
+        tmp_path: Path, pair: tuple[Ledger, Ledger, str], clock: FakeClock) -> None:
+    """Three branches close January and sign its closing: one digest. SH03 then signs
+    a closing of the same month with another digest (its own key, a well-formed
+    record: no rule can tell which history is the true one): every replica takes
+    it and shows it as differing."""
+    a, b, m = pair
+    c = new_ledger(tmp_path, "SH03", now_ms=clock)
+    try:
+        chain = (a, b, c)
+        for x in chain:  # each writes its first cuts: the others hear of it
+            x.housekeeping()
+        sync(a, b), sync(b, c), sync(a, c)
+        a.debit(a.owner, m, amount=1_200)
+        clock.advance_days(38)
+        for _ in range(2):  # close, sync, then sign (a signature needs every cut)
+            for x in chain:
+                x.housekeeping()
+            sync(a, b), sync(b, c), sync(a, c)
+        digests = {closing.digest(x, "2026-01") for x in chain}
+        assert len(digests) == 1 and None not in digests
+        for x in chain:
+            assert closing.books(x)["closing"]["agree"] == ["SH01", "SH02", "SH03"]
+        liar = Forger(c)
+        liar.record(CLOSING_DOC, closing_data("2026-01", "0" * 64))
+        a.apply_batch(liar.batch())
+        assert a.faults() == []
+        assert closing.books(a)["closing"] == {
+            "month": "2026-01", "digest": digests.pop(), "agree": ["SH01", "SH02"],
+            "differ": ["SH03"]}
+    finally:
+        c.close()
+
+
+def test_a_branch_that_has_not_heard_every_cut_has_no_closing(
+        tmp_path: Path, pair: tuple[Ledger, Ledger, str], clock: FakeClock) -> None:
+    a, b, _m = pair
+    b.housekeeping()  # SH02's first cuts: SH01 hears of it
+    sync(a, b)
+    clock.advance_days(38)
+    a.housekeeping()
+    sync(a, b)
+    assert closing.digest(b, "2026-01") is None  # SH02 itself has not closed it
+    b.housekeeping()
+    assert closing.digest(b, "2026-01") is not None
+    assert [m for _s, m, _d in b.storage.log.closings()["SH02"]] == ["2026-01"]
+    assert "2026-01" not in [m for _s, m, _d in a.storage.log.closings()["SH01"]]
+    assert closing.digest(a, "2026-01") is None  # SH02's cut has not reached SH01
+
+
+@pytest.mark.parametrize("bad", [closing_data("2026-02", "0" * 64), b"2026-01:nothing",
+                                 closing_data("2026-01", "0" * 63) + b"\xff"])
+def test_a_closing_its_writer_cannot_sign_is_refused(
+        pair: tuple[Ledger, Ledger, str], clock: FakeClock, bad: bytes) -> None:
+    """A closing of a month its writer has not closed (February, on 8 February), or
+    one that says no digest: refused, its writer blocked, nothing changed."""
+    a, b, m = pair
+    clock.advance_days(38)
+    b.housekeeping()
+    sync(a, b)
+    forger = Forger(b)
+    forger.record(CLOSING_DOC, bad)
+    before = data_snapshot(a, [m])
+    a.apply_batch(forger.batch())
+    assert [(f["node"], f["rule"]) for f in a.faults()] == [("SH02", "closed-month")]
+    assert data_snapshot(a, [m]) == before

@@ -230,17 +230,20 @@ def test_nodes_of_two_protocol_versions_refuse_each_other_by_name(tmp_path: Path
 
             said = wait_for(lambda: refused(sh01.data), 60, "SH01 to refuse SH02")
             assert said == (
-                f"CANNOT SYNC with SH02: the peer speaks sync protocol 4 (crdtledger 9.0.0) "
+                f"CANNOT SYNC with SH02: the peer speaks sync protocol {PROTOCOL_VERSION + 1} "
+                "(crdtledger 9.0.0) "
                 f"and this node protocol {PROTOCOL_VERSION} (crdtledger "
                 f"{crdtledger.__version__}): they cannot sync until both run releases that "
                 "speak one version (see CHANGELOG.md)")
             theirs = wait_for(lambda: refused(sh02.data), 60, "SH02 to refuse SH01")
             assert f"the peer speaks sync protocol {PROTOCOL_VERSION} (crdtledger " \
-                   f"{crdtledger.__version__}) and this node protocol 4 (crdtledger 9.0.0)" \
+                   f"{crdtledger.__version__}) and this node protocol {PROTOCOL_VERSION + 1} " \
+                   "(crdtledger 9.0.0)" \
                    in theirs
             status = sh01.status()
             (peer,) = [p for p in status["peers"] if p["node"] == "SH02"]
-            assert not peer["connected"] and "protocol 4" in peer["incompatible"]
+            assert not peer["connected"]
+            assert f"protocol {PROTOCOL_VERSION + 1}" in peer["incompatible"]
             assert status["version"] == crdtledger.__version__
             assert "cannot sync with SH02" in sh01.logs()
         finally:
@@ -289,8 +292,8 @@ async def test_counters_sync_page_says_which_branch_speaks_another_version(
         await app.user.open("/office/sync")
         await app.user.should_see(marker="incompatible", retries=600)
         shown = " ".join(app.user.find(marker="incompatible").elements.pop().text.split())
-        assert shown.startswith("无法与 徐家汇店（SH02）同步：the peer speaks sync protocol 4 "
-                                "(crdtledger 9.0.0)"), shown
+        assert shown.startswith("无法与 徐家汇店（SH02）同步：the peer speaks sync protocol "
+                                f"{PROTOCOL_VERSION + 1} (crdtledger 9.0.0)"), shown
     finally:
         future.terminate()
         future.wait(30)

@@ -150,6 +150,7 @@ SAMPLES: dict[str, Callable[[Shop], Params]] = {
     "report.goods": lambda s: {"by": "profit", "limit": 5},
     "report.daily": lambda s: {"branch": "SH01"},
     "report.settlement": lambda s: {},
+    "report.books": lambda s: {},
     "report.ranking": lambda s: {"by": "services", "limit": 3},
     "rule.show": lambda s: {"kind": "services"},
     "rule.set": lambda s: {"kind": "promotions",
