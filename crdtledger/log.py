@@ -37,8 +37,10 @@ from __future__ import annotations
 import hashlib
 import re
 import sqlite3
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import msgpack
@@ -216,6 +218,8 @@ class Log:
         # log's order; None: not read yet.
         self._cuts: dict[str, list[tuple[int, str]]] | None = None
         self._closings: dict[str, list[tuple[int, str, str]]] | None = None
+        # Per writer: its cuts' positions, and the latest month closed at each.
+        self._cut_tops: dict[str, tuple[list[int], list[str]]] | None = None
         self._written = False  # in the open transaction
         # Moves whenever what log_view shows may have moved (a record appended, a
         # fault found, a rollback): the key of the views and digests kept of it.
@@ -237,7 +241,7 @@ class Log:
         self._blocked = None
         self._waiting = None
         self._heads.clear()
-        self._cuts = self._closings = None
+        self._cuts = self._closings = self._cut_tops = None
 
     # --- reading ------------------------------------------------------------
 
@@ -300,9 +304,18 @@ class Log:
         return self._closings
 
     def closed_before(self, node: str, seq: int) -> str | None:
-        """The latest month `node` closed in its log before position `seq`."""
-        months = [m for s, m in self.cuts().get(node, ()) if s < seq]
-        return max(months) if months else None
+        """The latest month `node` closed in its log before position `seq` (asked of
+        every ledger record received: a bisection)."""
+        if self._cut_tops is None:
+            self._cut_tops = {}
+            for n, cuts in self.cuts().items():
+                tops = list(accumulate((m for _s, m in cuts), max))
+                self._cut_tops[n] = ([s for s, _m in cuts], tops)
+        found = self._cut_tops.get(node)
+        if found is None:
+            return None
+        i = bisect_left(found[0], seq)
+        return found[1][i - 1] if i else None
 
     def records_after(self, after: Mapping[str, int], *, applied_only: bool = False
                       ) -> list[Record]:
@@ -399,7 +412,7 @@ class Log:
                  if rec.doc in MARK_DOCS for said in (mark_of(rec.doc, rec.data),) if said]
         if marks:
             self.conn.executemany("INSERT OR IGNORE INTO marks VALUES (?, ?, ?, ?, ?)", marks)
-            self._cuts = self._closings = None
+            self._cuts = self._closings = self._cut_tops = None
 
     def _appended(self, rec: Record, hash_: bytes, state: int) -> None:
         # Records of different documents may be appended out of their log's order:

@@ -718,6 +718,7 @@ class Replica(LedgerBase):
                     self._cut_taken(mark[0])  # our own, back from a peer after a restore
             return
         ld = st.doc(name)
+        ledger = name.startswith("ledger/")
         governs: dict[str, bool] = {}
         order = InOrder(name, decode_state_vector(ld.doc.get_state()))
         # Dropped if the transaction rolls back, even if nothing integrated: what Yrs
@@ -727,7 +728,8 @@ class Replica(LedgerBase):
             for rec, _ in run:
                 node = rec.node
                 try:
-                    check_mark(node, name, None, closed(node, rec.seq))
+                    if ledger:
+                        check_mark(node, name, None, closed(node, rec.seq))
                     written = check_header(node, name, rec.data)
                     if written is not None:
                         order.record(*written)
@@ -748,7 +750,7 @@ class Replica(LedgerBase):
                 try:
                     check_change(node, name, added, change.other - other,
                                  governs[node], self.trust.is_revocation_list)
-                    if name.startswith("ledger/"):
+                    if ledger:
                         _check_months(name, [key for _r, key, _o, _n in added], st.day_of)
                 except RuleBroken as e:
                     raise _Broken(rec, e, 1) from None
