@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from crdtledger import closing
 from crdtledger.errors import InvalidInput, NotFound
 from crdtledger.hlc import id_time_ms
 from crdtledger.model import EDITS, PERMISSIONS, WALK_IN
@@ -195,9 +196,14 @@ def rights_held(conn: sqlite3.Connection, node: str) -> int:
 def trust_status(ledger: Ledger) -> dict[str, Any]:
     """What a node's sync status says about trust: whether it is restored and not
     yet caught up with itself, the nodes caught breaking a write rule or forking
-    their logs (blocked), and the latest records refused from peers and files."""
+    their logs (blocked), the latest records refused from peers and files, and the
+    branches that signed another closing of the books than this replica holds
+    (crdtledger.closing: a fork, or records that reached one side late)."""
+    closing_ = closing.books(ledger)["closing"]
+    differ = closing_ and closing_["differ"] and {"month": closing_["month"],
+                                                  "branches": closing_["differ"]}
     return {"restored": ledger.restored, "faults": ledger.faults(),
-            "refused": list(ledger.refusals)[-20:]}
+            "refused": list(ledger.refusals)[-20:], "closing_differs": differ or None}
 
 
 def member(ledger: Ledger, member_id: str) -> dict[str, Any]:

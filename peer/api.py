@@ -61,6 +61,11 @@ T = TypeVar("T")
 # flood early. Set per request (Request.clone): a sub-app's own client_max_size is
 # ignored, the mounting application's applies.
 MAX_BODY = 64 * 1024
+# A request line or header of up to 64 KB reaches the routes, which refuse a query
+# that breaks its schema with a JSON error as documented; aiohttp's own 8 KB limit
+# answered a long one (a list of many values) in plain text before any route saw it.
+# Given to the server's runner as max_line_size and max_field_size.
+MAX_REQUEST_LINE = 64 * 1024
 TOKEN_TTL_S = 12 * 3600  # one working day, opening to closing
 # Logins without logouts (a till that logs in per sale) must not grow memory for
 # the 12 hours until their tokens expire: past this many, the oldest are dropped.
@@ -222,6 +227,14 @@ SYNC = {"type": "object", "required": ["node", "chain", "peers"],
                                   "nodes caught breaking a write rule or forking their "
                                   "log: nothing more they write is applied"},
                        "refused": {"type": "array", "items": STR},
+                       "closing_differs": {
+                           "type": "object", "nullable": True, "description":
+                           "the branches that signed another closing of the books of "
+                           "`month` than this branch holds (a fork, or records that "
+                           "reached one side late: crdtledger.closing)",
+                           "required": ["month", "branches"],
+                           "properties": {"month": STR,
+                                          "branches": {"type": "array", "items": STR}}},
                        "clock": {"type": "object", "nullable": True, "description":
                                  "this machine's clock as its peers see it "
                                  "(crdtledger.peerclock); null without a node",

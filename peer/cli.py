@@ -607,6 +607,11 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
                      "has caught up with another branch")
     for f in data.get("faults") or []:
         lines.append(f"BLOCKED {f['node']}: {f['detail']}")
+    differs = data.get("closing_differs")
+    if differs:
+        lines.append(f"BOOKS of {differs['month']} signed otherwise by "
+                     f"{', '.join(differs['branches'])}: a fork, or records that reached "
+                     "one side late (crdtledger report books)")
     for p in data["peers"]:
         if p.get("incompatible"):
             lines.append(f"CANNOT SYNC with {p['node']}: {p['incompatible']}")

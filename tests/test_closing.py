@@ -14,7 +14,7 @@ from conftest import run_cli
 from helpers import FakeClock, Forger, data_snapshot, new_ledger, sync
 from pycrdt import Doc, Map
 
-from crdtledger import closing, operations
+from crdtledger import closing, operations, views
 from crdtledger.backups import restore, write_backup
 from crdtledger.errors import PermissionDenied
 from crdtledger.hlc import HybridClock, id_time_ms
@@ -265,6 +265,12 @@ def test_every_branch_signs_the_same_closing_and_a_lie_shows(
         assert closing.books(a)["closing"] == {
             "month": "2026-01", "digest": digests.pop(), "agree": ["SH01", "SH02"],
             "differ": ["SH03"]}
+        assert views.trust_status(a)["closing_differs"] == {"month": "2026-01",
+                                                            "branches": ["SH03"]}
+        assert views.trust_status(b)["closing_differs"] is None
+        r = run_cli("status", data=a.storage.dir)  # the owner's look at the branch
+        assert r.code == 0, r.err
+        assert "BOOKS of 2026-01 signed otherwise by SH03: a fork" in r.out
     finally:
         c.close()
 
