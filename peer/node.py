@@ -651,7 +651,10 @@ class Node:
         self.api_port = await self._site(local, host, port, None)
 
     async def _site(self, app: web.Application, host: str, port: int, ssl: Any) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        from peer.api import MAX_REQUEST_LINE
+
+        runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                               max_line_size=MAX_REQUEST_LINE, max_field_size=MAX_REQUEST_LINE)
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, host, port, ssl_context=ssl, reuse_address=True)
