@@ -6,4 +6,4 @@ a node tells it to its peers in its first hello (crdtledger.sync), so a refusal
 between two releases can name both. CHANGELOG.md says what each release changed.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0.dev0"
