@@ -83,6 +83,10 @@ class Rules(Auth):
         record = {"kind": kind, "effective_from": eff, "body": json.dumps(body, sort_keys=True),
                   "by": operator}
         self._write(put("rules", "rules", rid, record))
+        if kind == "revocations":
+            # In force here at once, as a peer's list is when it is applied: the head
+            # office that revoked a branch must not take its records meanwhile.
+            self.refresh_revocations()  # type: ignore[attr-defined]
         return rid
 
 
