@@ -107,19 +107,34 @@ def digest(ledger: Ledger, month: str) -> str | None:
     two replicas with the same digest hold the same history up to every branch's
     word that the month is over: the same books of it and of every month before. A
     writer whose cut is its log's first record wrote nothing before (a branch newer
-    than the month) and counts for nothing. None while a writer known here has not
-    cut the month."""
+    than the month) and counts for nothing. A retired writer that never cut the month
+    counts as far as its log is held here (nothing more of it will be taken; two
+    replicas that hold different lengths of it hold different books). None while
+    another writer known here has not cut the month."""
     log = ledger.storage.log
     cuts = log.cuts()
+    writers, retired = _writers(ledger)
     h = hashlib.sha256(b"crdtledger closing\0%s\0%s" % (ledger.chain.encode(),
                                                          month.encode()))
-    for node in sorted({*log.positions(), ledger.node}):
+    for node in writers:
         seq = next((s for s, m in cuts.get(node, ()) if m >= month), None)
+        if seq is None and node in retired:
+            seq = log.tip(node)[0]
         if seq is None:
             return None
         if seq > 1:
             h.update(b"\0%s\0%d\0" % (node.encode(), seq) + (log.hash_at(node, seq) or b""))
     return h.hexdigest()
+
+
+def _writers(ledger: Ledger) -> tuple[list[str], list[str]]:
+    """This branch and every writer whose log it holds, in order; and those of them
+    retired: a branch whose certificate the chain revoked (a shop closed for good)
+    can add nothing more anywhere, so its months are not waited for."""
+    log = ledger.storage.log
+    writers = sorted({*log.positions(), ledger.node})
+    return writers, [n for n in writers if n != ledger.node and (
+        (kept := log.head(n)) is not None and ledger.trust.revoked(n, kept[1]))]
 
 
 def books(ledger: Ledger) -> dict[str, Any]:
@@ -133,14 +148,16 @@ def books(ledger: Ledger) -> dict[str, Any]:
     a fork, or records of the month that reached one of the two after it signed)."""
     log = ledger.storage.log
     cuts = log.cuts()
+    writers, retired = _writers(ledger)
     branches = {n: max((m for _s, m in cuts[n]), default=None) if n in cuts else None
-                for n in sorted({*log.positions(), ledger.node})}
-    months = [m for m in branches.values() if m is not None]
+                for n in writers}
+    months = [m for n, m in branches.items() if m is not None and n not in retired]
+    active = len(branches) - len(retired)
     # A cut of a month not yet due here (a branch whose clock ran far ahead, or that
     # lies) closes nothing of anyone else's: the next closing is of a month due.
     due = due_month(ledger.today())
     latest = max((m for m in months if m <= due), default=None)
-    through = min(months) if months and len(months) == len(branches) else None
+    through = min(months) if months and len(months) == active else None
     closing = None
     if through is not None:
         ours = digest(ledger, through)
@@ -150,6 +167,6 @@ def books(ledger: Ledger) -> dict[str, Any]:
                    "agree": sorted(n for n, d in said.items() if d == ours),
                    "differ": sorted(n for n, d in said.items() if d != ours)}
     return {"closed_through": through, "latest": latest, "branches": branches,
-            "behind": sorted(n for n, m in branches.items()
-                             if latest is not None and (m is None or m < latest)),
-            "closing": closing}
+            "behind": sorted(n for n, m in branches.items() if n not in retired
+                             and latest is not None and (m is None or m < latest)),
+            "retired": retired, "closing": closing}

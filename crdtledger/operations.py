@@ -1008,10 +1008,11 @@ def report_settlement(ledger: Ledger, operator: str, p: Params) -> settlement.St
 MONTH_OR_NONE = {"type": ["string", "null"], "pattern": "^[0-9]{4}-(0[1-9]|1[0-2])$"}
 NODES = {"type": "array", "items": STR}
 BOOKS = {"type": "object",
-         "required": ["closed_through", "latest", "branches", "behind", "closing"],
+         "required": ["closed_through", "latest", "branches", "behind", "retired",
+                      "closing"],
          "properties": {"closed_through": MONTH_OR_NONE, "latest": MONTH_OR_NONE,
                         "branches": {"type": "object", "additionalProperties": MONTH_OR_NONE},
-                        "behind": NODES,
+                        "behind": NODES, "retired": NODES,
                         "closing": {"oneOf": [{"type": "null"}, {
                             "type": "object",
                             "required": ["month", "digest", "agree", "differ"],
@@ -1024,6 +1025,8 @@ def _show_books(_ledger: Ledger, r: Any, _p: Params) -> str:
             if r["closed_through"] else "no month is closed at every branch yet")
     if r["behind"]:
         head += f"; {r['latest']} waits for {', '.join(r['behind'])}"
+    if r["retired"]:
+        head += f" (not waiting for {', '.join(r['retired'])}: certificates revoked)"
     lines = [head]
     c = r["closing"]
     if c and c["digest"]:

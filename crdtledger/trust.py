@@ -164,6 +164,17 @@ class Trust:
             _verified.popitem(last=False)
         return known
 
+    def revoked(self, node: str, der: bytes) -> bool:
+        """Has the chain revoked this certificate of `node` (a branch closed for good:
+        nothing signed under it is taken any more)?"""
+        if self._crl is None:
+            return False
+        try:
+            known = self._known.get(der) or self._judge(node, der)
+        except UntrustedSigner:
+            return False
+        return self._crl.get_revoked_certificate_by_serial_number(known.serial) is not None
+
     def may_govern(self, node: str, der: bytes) -> bool:
         if self.ca is None:
             return True

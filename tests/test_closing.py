@@ -21,6 +21,7 @@ from crdtledger.hlc import HybridClock, id_time_ms
 from crdtledger.ledger import Ledger
 from crdtledger.log import CLOSING_DOC, CUT_DOC, closing_data
 from crdtledger.model import entry_doc
+from peer.chain import enrol, init_chain, revocations_rule, revoke
 
 DAY_MS = 86_400_000
 
@@ -64,7 +65,7 @@ def test_the_daily_pass_closes_the_month_due_once(pair: tuple[Ledger, Ledger, st
     books = closing.books(b)
     assert books == {"closed_through": None, "latest": "2026-01",
                      "branches": {"SH01": "2026-01", "SH02": None}, "behind": ["SH02"],
-                     "closing": None}
+                     "retired": [], "closing": None}
     b.housekeeping()  # closes January, and signs its closing: it holds all of it
     sync(a, b)
     a.housekeeping()  # SH01 signs it too, a day later
@@ -75,8 +76,8 @@ def test_the_daily_pass_closes_the_month_due_once(pair: tuple[Ledger, Ledger, st
         assert closing.books(ledger) == {
             "closed_through": "2026-01", "latest": "2026-01",
             "branches": {"SH01": "2026-01", "SH02": "2026-01"}, "behind": [],
-            "closing": {"month": "2026-01", "digest": digest, "agree": ["SH01", "SH02"],
-                        "differ": []}}
+            "retired": [], "closing": {"month": "2026-01", "digest": digest,
+                                       "agree": ["SH01", "SH02"], "differ": []}}
         assert ledger.faults() == []
 
 
@@ -225,7 +226,7 @@ def test_the_books_report_as_the_command_line_shows_it(tmp_path: Path) -> None:
         result = operations.run(ledger, ledger.owner, "report.books", {})
     digest = result["closing"]["digest"]
     assert result == {"closed_through": due, "latest": due, "branches": {"SH01": due},
-                      "behind": [], "closing": {"month": due, "digest": digest,
+                      "behind": [], "retired": [], "closing": {"month": due, "digest": digest,
                                                 "agree": ["SH01"], "differ": []}}
     r = run_cli("report", "books", data=data)
     assert r.code == 0, r.err
@@ -307,3 +308,44 @@ def test_a_closing_its_writer_cannot_sign_is_refused(
     a.apply_batch(forger.batch())
     assert [(f["node"], f["rule"]) for f in a.faults()] == [("SH02", "closed-month")]
     assert data_snapshot(a, [m]) == before
+
+
+def test_a_shop_closed_for_good_is_refused_at_once_and_not_waited_for(tmp_path: Path) -> None:
+    """SH02 (enrolled in a chain with a CA) wrote a member and never closed a month;
+    head office revokes its certificate (the shop closed): the chain's books close
+    without it, at every branch, and the report says why."""
+    chain_dir = tmp_path / "acme"
+    init_chain(chain_dir)
+    stores = {}
+    for node in ("HQ", "SH01", "SH02"):
+        Ledger.create(tmp_path / node, node, "acme")
+        enrol(chain_dir, tmp_path / node, node, head_office=node == "HQ")
+        stores[node] = Ledger.open(tmp_path / node)
+    hq, sh01, sh02 = stores.values()
+    try:
+        sh02.add_member(sh02.owner, name="李娜", phone="13900001111")
+        for ledger in (hq, sh01):
+            ledger.housekeeping()  # the real clock: the month due today is closed
+        sync(hq, sh02), sync(hq, sh01), sync(sh01, sh02)
+        due = closing.due_month(sh01.today())
+        assert closing.books(sh01)["behind"] == ["SH02"]
+        assert closing.books(sh01)["closed_through"] is None
+        hq.set_rule(hq.owner, "revocations", revocations_rule(revoke(chain_dir, "SH02")))
+        sync(hq, sh01)
+        # From the moment it revoked SH02, the head office takes nothing more of it.
+        sh02.add_member(sh02.owner, name="王芳", phone="13800000001")
+        sync(hq, sh02)
+        assert hq.positions()["SH02"] < sh02.positions()["SH02"]
+        assert any("is revoked" in r for r in hq.refusals)
+        for ledger in (hq, sh01):
+            books = closing.books(ledger)
+            assert (books["closed_through"], books["behind"], books["retired"]) == (
+                due, [], ["SH02"]), ledger.node
+            ledger.housekeeping()  # and signs the closing, SH02's log counted as held
+        sync(hq, sh01)
+        assert closing.books(sh01)["closing"]["agree"] == ["HQ", "SH01"]
+        r = run_cli("report", "books", data=tmp_path / "SH01")
+        assert r.code == 0 and "not waiting for SH02: certificates revoked" in r.out, r.err
+    finally:
+        for ledger in stores.values():
+            ledger.close()
