@@ -110,6 +110,14 @@ def sync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def physical_memory() -> int | None:
+    """This machine's memory in bytes; None where it cannot be read (Windows)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def give_back_memory() -> None:
     """Return the heap's free pages to the system. After a long catch-up the node
     frees its copy of the answer and the documents it closed, and glibc would keep

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from crdtledger import __version__
+from crdtledger import __version__, platform
 from crdtledger.errors import (
     ForeignChain,
     LedgerError,
@@ -107,7 +107,13 @@ SEND_SLICE_BYTES = 4 * 1024 * 1024
 SEND_SLICE_RECORDS = 16384
 # The slices of one answer kept before its last one (record data bytes): held in
 # memory, as one frame of it was. Records are bounded by MAX_BATCH_RECORDS (4M).
-MAX_STAGED_BYTES = 2 * 1024**3
+# At most an eighth of this machine's memory (2 GiB at the most, 256 MiB at the
+# least): parsed, kept and verified, an answer takes a few times its bytes, and a
+# branch with a valid certificate that lies could otherwise send a 4 GB shop PC
+# 2 GiB of records of its own log, refused only once all had come. A 1M-entry join
+# keeps 317 MB.
+MAX_STAGED_BYTES = min(2 * 1024**3, max(256 * 1024**2,
+                                        (platform.physical_memory() or 1 << 34) // 8))
 # Per record on top of its data, for slicing by bytes (node, seq, doc and framing).
 _RECORD_OVERHEAD = 48
 

@@ -14,6 +14,7 @@ import msgpack
 import pytest
 from helpers import new_ledger
 
+from crdtledger import platform
 from crdtledger import sync as sync_mod
 from crdtledger.core import NodeCore, Send, SetTimer
 from crdtledger.errors import LocalProtocolError, RemoteProtocolError
@@ -216,6 +217,15 @@ def test_the_receiver_bounds_what_it_keeps(tmp_path: Path,
     assert sb.failed and new.positions() == {}
     with pytest.raises(LocalProtocolError):
         sb.receive_frames([])
+
+
+def test_what_a_receiver_keeps_is_bounded_by_this_machines_memory() -> None:
+    """A 4 GB shop PC keeps at most 512 MiB of an answer before its last slice; this
+    machine (CI: 24 GB) the 2 GiB ceiling; a 1M-entry join's 317 MB fits either."""
+    memory = platform.physical_memory()
+    assert memory is not None and memory > 0  # Linux
+    assert min(2 << 30, max(256 << 20, memory // 8)) == sync_mod.MAX_STAGED_BYTES
+    assert min(2 << 30, max(256 << 20, (4 << 30) // 8)) == 512 << 20 > 317_000_000
 
 
 def test_more_must_be_a_flag(tmp_path: Path) -> None:
