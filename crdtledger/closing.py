@@ -17,9 +17,17 @@ next month begins (`floor_ms`), even if its machine's clock is then set back (a 
 whose clock was days ahead at the month's end): its ids run ahead until the clock
 catches up, as they did before clock eras.
 
+Once every branch has cut a month, each signs its *closing* in its own log: the
+digest of every branch's log up to its cut (`digest`). Replicas whose digests agree
+hold the same books of that month and of every month before; one that signed
+another is shown (`books`, `crdtledger status`), since no rule can tell which
+history is the true one.
+
 This is the first part of period closing (benchmarks/README.md, "Period closing: a
-design sketch"): the cuts a closing is computed from. A branch that never cuts (gone,
-broken) keeps its months open here; closing for it is head office's, and not built.
+design sketch"): the cuts, and the digest a joining branch will one day start from.
+A shop closed for good (its certificate revoked) is not waited for; a branch that
+stops without being revoked keeps every later month open. Not built: the balances
+in a closing, a quorum that makes it count, joining from it, months on demand.
 """
 
 from __future__ import annotations

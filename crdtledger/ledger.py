@@ -95,11 +95,10 @@ class Ledger(Membership, Goods, Replica):
         runs it a minute after start and once a day (core.HOUSEKEEPING_S); returns the entries
         written."""
         # First it closes the month due and signs the latest closing it can
-        # (crdtledger.closing). Before those, this
-        # node's records into members erased lately are redacted
-        # (crdtledger.erasure); after them, the referral rewards this branch owes
-        # (approved at other branches) and the surplus check-ins it wrote while cut off
-        # (crdtledger.membership).
+        # (crdtledger.closing). Before the sweep, this node's records into members
+        # erased lately are redacted (crdtledger.erasure); after the write-offs come
+        # the referral rewards this branch owes (approved at other branches) and the
+        # surplus check-ins it wrote while cut off (crdtledger.membership).
         return [e for step in self.housekeeping_steps() for e in step]
 
     def housekeeping_steps(self, budget: int | None = None

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from crdtledger.errors import CorruptSyncFile, ForeignChain, InvalidInput, RemoteProtocolError
-from crdtledger.log import MAX_BATCH_RECORDS, Batch
+from crdtledger.log import MARK_DOCS, MAX_BATCH_RECORDS, Batch
 from crdtledger.private import replace_private
 from crdtledger.seal import seal, unseal
 from crdtledger.sync import parse_logs, wire_logs
@@ -88,7 +88,8 @@ def export_file(ledger: Ledger, path: Path | str, for_node: str | None = None, *
     except OSError as e:
         raise InvalidInput(f"cannot write {path}: {e.strerror}") from None
     return {"file": str(path), "records": len(records),
-            "documents": len({r.doc for r in records}), "bytes": path.stat().st_size,
+            "documents": len({r.doc for r in records} - MARK_DOCS),
+            "bytes": path.stat().st_size,
             "for": for_node, "incremental": known is not None}
 
 
@@ -145,5 +146,5 @@ def import_file(ledger: Ledger, path: Path | str, *, operator: str | None = None
     held = ledger.positions()
     incomplete = sorted(n for n, (s, _) in logs.items() if held.get(n, 0) < s)
     return {"file": str(path), "from": data["node"], "records": len(new),
-            "documents": len({r.doc for r in data["batch"].recs}),
-            "changed": sorted({r.doc for r in new}), "incomplete": incomplete}
+            "documents": len({r.doc for r in data["batch"].recs} - MARK_DOCS),
+            "changed": sorted({r.doc for r in new} - MARK_DOCS), "incomplete": incomplete}
