@@ -10,7 +10,8 @@ dishonest branch holds its own key, never another's):
   another branch (`entry-writer`), an entry of its own moving another branch's
   rights to itself (`own-rights`), a rewrite or a deletion of another branch's
   entry (`entry-insert-once`), a new owner operator (`governance`: the sim chain is
-  enrolled with a CA and only the head office, the first node, governs). Built as
+  enrolled with a CA and only the head office, the first node, governs), a top-up
+  of its own back-dated into a month it has closed (`closed-month`). Built as
   tests/helpers.Forger builds one (a pycrdt document of the forger's client id from
   its own copy, chained from its tip, its head signed with its key), sent as a
   `recs` frame on every link it has, and taken into its own store too, so that its
@@ -42,16 +43,16 @@ from typing import TYPE_CHECKING, Any
 
 from pycrdt import Map
 
-from crdtledger import audit
+from crdtledger import audit, closing
 from crdtledger.backups import restore, write_backup
 from crdtledger.errors import LedgerError
-from crdtledger.hlc import id_time_ms
+from crdtledger.hlc import HybridClock, id_time_ms
 from crdtledger.ledger import Ledger
 from crdtledger.log import Batch, Head, Record, head_message, record_hash
 from crdtledger.model import entry_doc, owner_of
 from crdtledger.storage import LoadedDoc
 from crdtledger.sync import pack
-from sim.engine import HOUR, MINUTE, SECOND
+from sim.engine import DAY, HOUR, MINUTE, MS, SECOND
 from sim.net import End
 
 if TYPE_CHECKING:
@@ -59,11 +60,12 @@ if TYPE_CHECKING:
     from sim.world import World
 
 ROLES = ("forger", "equivocator", "restored")
-FORGERIES = ("entry-as-other", "others-rights", "rewrite", "delete", "governance")
+FORGERIES = ("entry-as-other", "others-rights", "rewrite", "delete", "governance",
+             "closed-month")
 # The rule each forgery breaks (crdtledger.writerules.RULES).
 BREAKS = {"entry-as-other": "entry-writer", "others-rights": "own-rights",
           "rewrite": "entry-insert-once", "delete": "entry-insert-once",
-          "governance": "governance"}
+          "governance": "governance", "closed-month": "closed-month"}
 Mutate = Callable[[dict[str, Map[Any]]], None]
 
 
@@ -192,6 +194,20 @@ class Byzantine:
         if not members:
             return None
         member = rng.choice(members)
+        if kind == "closed-month":
+            if lg.closed_through is None:
+                return None
+            # Ten days before the month after the one it closed: inside that month.
+            at = closing.floor_ms(lg.closed_through, lg.storage.tz) - 10 * DAY // MS
+            eid = HybridClock(me, now_ms=lambda: at).mint()
+            back = {"id": eid, "kind": "topup", "member": member, "node": me,
+                    "op": owner_of(me), "at": id_time_ms(eid), "amount": 100_000,
+                    "paid": 100_000, "deltas": [["cash", me, 100_000]]}
+
+            def back_date(roots: dict[str, Map[Any]]) -> None:
+                roots["entries"][eid] = back
+
+            return self._update(lg, entry_doc(eid, lg.storage.day_of), back_date)
         if kind in ("entry-as-other", "others-rights"):
             base = lg.clock.mint().rsplit(".", 1)[0]
             if kind == "entry-as-other":

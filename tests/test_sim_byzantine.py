@@ -63,6 +63,22 @@ def test_forgeries_of_every_kind_break_the_rule_they_aim_at() -> None:
     assert len(set(seen.values())) >= 3, seen
 
 
+def test_a_top_up_back_dated_into_a_closed_month_is_applied_nowhere() -> None:
+    """B05 closed November at its first daily pass (crdtledger.closing), then, with its
+    own key, tops up 1,000.00 dated 21 November: no honest replica applies it (the
+    end check: nothing of a forger's log past its first forgery is applied anywhere)
+    and every one blocks B05. A replica that gets the forgery alone blames it
+    (`closed-month`); one that gets it in one batch with B05's next forgery may blame
+    that one first, since a batch is applied document by document."""
+    r = go(seed=10, forger=1)
+    b = r["byzantine"]
+    first, second = b["forged"][:2]
+    assert (first["kind"], first["doc"]) == ("closed-month", "ledger/2025-11")
+    blamed = {(f["seq"], f["rule"]) for faults in b["faults"].values() for f in faults[:1]}
+    assert (first["seq"], "closed-month") in blamed
+    assert blamed <= {(first["seq"], "closed-month"), (second["seq"], second["breaks"])}
+
+
 def test_an_equivocators_fork_is_detected_everywhere() -> None:
     r = go(seed=1, equivocator=1)
     b = r["byzantine"]
