@@ -91,13 +91,13 @@ def sign_closing(ledger: Ledger) -> str | None:
     """Sign the closing of the latest month every branch has closed, once this branch
     holds it whole (the daily pass does, after the cut): a `closing` record of its
     log with the month's digest. Returns the month signed, or None."""
-    through: str | None = books(ledger)["closed_through"]
+    closing = books(ledger)["closing"]
     signed = [m for _s, m, _d in ledger.storage.log.closings().get(ledger.node, ())]
-    if through is None or (signed and max(signed) >= through):
+    if closing is None or closing["digest"] is None or (
+            signed and max(signed) >= closing["month"]):
         return None
-    found = digest(ledger, through)
-    if found is None:
-        return None
+    through: str = closing["month"]
+    found: str = closing["digest"]
     try:
         ledger._check_may_write()
     except NotCaughtUp:
@@ -119,9 +119,13 @@ def digest(ledger: Ledger, month: str) -> str | None:
     counts as far as its log is held here (nothing more of it will be taken; two
     replicas that hold different lengths of it hold different books). None while
     another writer known here has not cut the month."""
+    return _digest(ledger, month, *_writers(ledger))
+
+
+def _digest(ledger: Ledger, month: str, writers: list[str], retired: list[str]
+            ) -> str | None:
     log = ledger.storage.log
     cuts = log.cuts()
-    writers, retired = _writers(ledger)
     h = hashlib.sha256(b"crdtledger closing\0%s\0%s" % (ledger.chain.encode(),
                                                          month.encode()))
     for node in writers:
@@ -168,7 +172,7 @@ def books(ledger: Ledger) -> dict[str, Any]:
     through = min(months) if months and len(months) == active else None
     closing = None
     if through is not None:
-        ours = digest(ledger, through)
+        ours = _digest(ledger, through, writers, retired)
         said = {n: d for n, signed in log.closings().items()
                 for _s, m, d in signed if m == through}  # each writer's latest
         closing = {"month": through, "digest": ours,

@@ -47,14 +47,13 @@ import msgpack
 
 from crdtledger.errors import RemoteProtocolError
 from crdtledger.hlc import NODE_ID
-from crdtledger.model import DOC_NAME
+from crdtledger.model import DOC_NAME, MONTH
 
 # The records that change no document (crdtledger.closing): a month-end cut, a
 # closing's signature.
 CUT_DOC, CLOSING_DOC = "cut", "closing"
 MARK_DOCS = frozenset({CUT_DOC, CLOSING_DOC})
-MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
-_CLOSING = re.compile(r"([0-9]{4}-(?:0[1-9]|1[0-2])):([0-9a-f]{64})")
+_CLOSING = re.compile(r"(?P<month>[^:]{7}):(?P<digest>[0-9a-f]{64})")
 
 GENESIS = bytes(32)
 # The tip a replica shows (log_view) for a log it caught forking: two replicas that
@@ -111,9 +110,13 @@ def mark_of(doc: str, data: bytes) -> tuple[str, str] | None:
     except UnicodeDecodeError:
         return None
     if doc == CUT_DOC:
-        return (text, "") if MONTH.fullmatch(text) else None
-    found = _CLOSING.fullmatch(text)
-    return None if found is None else (found[1], found[2])
+        month, digest = text, ""
+    else:
+        found = _CLOSING.fullmatch(text)
+        if found is None:
+            return None
+        month, digest = found["month"], found["digest"]
+    return (month, digest) if MONTH.match(month) else None
 
 
 def closing_data(month: str, digest: str) -> bytes:
@@ -201,6 +204,17 @@ class Batch:
         return batch
 
 
+@dataclass
+class _Marks:
+    """The `marks` table by writer, in each log's order: cuts (seq, month), closings
+    (seq, month, digest), and for the cuts their positions with the latest month
+    closed at each (for a bisection)."""
+
+    cuts: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
+    closings: dict[str, list[tuple[int, str, str]]] = field(default_factory=dict)
+    tops: dict[str, tuple[list[int], list[str]]] = field(default_factory=dict)
+
+
 class Log:
     """The `records`, `heads`, `faults` and `pins` tables of one store, with the
     tips of the logs cached (one SQLite connection, one thread)."""
@@ -214,12 +228,8 @@ class Log:
         # Each node's signed head as kept (None: none): read for every batch sent
         # and every log verified.
         self._heads: dict[str, tuple[Head, bytes] | None] = {}
-        # Each writer's cuts (seq, month) and closings (seq, month, digest), in its
-        # log's order; None: not read yet.
-        self._cuts: dict[str, list[tuple[int, str]]] | None = None
-        self._closings: dict[str, list[tuple[int, str, str]]] | None = None
-        # Per writer: its cuts' positions, and the latest month closed at each.
-        self._cut_tops: dict[str, tuple[list[int], list[str]]] | None = None
+        # The `marks` table as read (_read_marks); None: not read since it moved.
+        self._marks: _Marks | None = None
         self._written = False  # in the open transaction
         # Moves whenever what log_view shows may have moved (a record appended, a
         # fault found, a rollback): the key of the views and digests kept of it.
@@ -241,7 +251,7 @@ class Log:
         self._blocked = None
         self._waiting = None
         self._heads.clear()
-        self._cuts = self._closings = self._cut_tops = None
+        self._marks = None
 
     # --- reading ------------------------------------------------------------
 
@@ -283,35 +293,33 @@ class Log:
         self._heads[node] = kept
         return kept
 
+    def _read_marks(self) -> _Marks:
+        if self._marks is None:
+            marks = _Marks()
+            for node, seq, kind, month, digest in self.conn.execute(
+                    "SELECT node, seq, kind, month, digest FROM marks ORDER BY node, seq"):
+                if kind == CUT_DOC:
+                    marks.cuts.setdefault(node, []).append((seq, month))
+                else:
+                    marks.closings.setdefault(node, []).append((seq, month, digest))
+            for node, cuts in marks.cuts.items():
+                marks.tops[node] = ([s for s, _m in cuts],
+                                    list(accumulate((m for _s, m in cuts), max)))
+            self._marks = marks
+        return self._marks
+
     def cuts(self) -> dict[str, list[tuple[int, str]]]:
         """Each writer's month-end cuts held here: (seq, month), in its log's order."""
-        if self._cuts is None:
-            self._cuts = {}
-            for node, seq, month in self.conn.execute(
-                    "SELECT node, seq, month FROM marks WHERE kind = ? ORDER BY node, seq",
-                    (CUT_DOC,)):
-                self._cuts.setdefault(node, []).append((seq, month))
-        return self._cuts
+        return self._read_marks().cuts
 
     def closings(self) -> dict[str, list[tuple[int, str, str]]]:
         """Each writer's signed closings held here: (seq, month, digest), in order."""
-        if self._closings is None:
-            self._closings = {}
-            for node, seq, month, digest in self.conn.execute(
-                    "SELECT node, seq, month, digest FROM marks WHERE kind = ? "
-                    "ORDER BY node, seq", (CLOSING_DOC,)):
-                self._closings.setdefault(node, []).append((seq, month, digest))
-        return self._closings
+        return self._read_marks().closings
 
     def closed_before(self, node: str, seq: int) -> str | None:
         """The latest month `node` closed in its log before position `seq` (asked of
         every ledger record received: a bisection)."""
-        if self._cut_tops is None:
-            self._cut_tops = {}
-            for n, cuts in self.cuts().items():
-                tops = list(accumulate((m for _s, m in cuts), max))
-                self._cut_tops[n] = ([s for s, _m in cuts], tops)
-        found = self._cut_tops.get(node)
+        found = self._read_marks().tops.get(node)
         if found is None:
             return None
         i = bisect_left(found[0], seq)
@@ -412,7 +420,7 @@ class Log:
                  if rec.doc in MARK_DOCS for said in (mark_of(rec.doc, rec.data),) if said]
         if marks:
             self.conn.executemany("INSERT OR IGNORE INTO marks VALUES (?, ?, ?, ?, ?)", marks)
-            self._cuts = self._closings = self._cut_tops = None
+            self._marks = None
 
     def _appended(self, rec: Record, hash_: bytes, state: int) -> None:
         # Records of different documents may be appended out of their log's order:

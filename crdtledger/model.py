@@ -28,7 +28,9 @@ T = TypeVar("T")
 
 MEMBER_SHARDS = 32
 # Anchored with \Z: "$" would also accept a name with a trailing newline ("rules\n").
-DOC_NAME = re.compile(r"^(ledger/[0-9]{4}-(0[1-9]|1[0-2])|members/[0-9]{2}|rules|operators)\Z")
+_MONTH = r"[0-9]{4}-(?:0[1-9]|1[0-2])"
+MONTH = re.compile(rf"^{_MONTH}\Z")  # of a ledger document, a cut, a closing
+DOC_NAME = re.compile(rf"^(ledger/{_MONTH}|members/[0-9]{{2}}|rules|operators)\Z")
 ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{13}\.[A-Z0-9][A-Z0-9_]{0,15}\Z")
 # The walk-in customer (散客) of branch N is WALK_IN + N (crdtledger.payments.walk_in).
 WALK_IN = "0" * 13 + "."

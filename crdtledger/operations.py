@@ -52,6 +52,7 @@ from crdtledger.model import (
     GENDERS,
     ID,
     MONEY_PURSES,
+    MONTH,
     PARTIAL_DATE,
     PAY_CODE,
     PERMISSIONS,
@@ -1005,7 +1006,7 @@ def report_settlement(ledger: Ledger, operator: str, p: Params) -> settlement.St
     return views.settlement(ledger, p.get("from"), p.get("to"))
 
 
-MONTH_OR_NONE = {"type": ["string", "null"], "pattern": "^[0-9]{4}-(0[1-9]|1[0-2])$"}
+MONTH_OR_NONE = {"type": ["string", "null"], "pattern": ecma(MONTH)}
 NODES = {"type": "array", "items": STR}
 BOOKS = {"type": "object",
          "required": ["closed_through", "latest", "branches", "behind", "retired",

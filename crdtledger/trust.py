@@ -143,11 +143,14 @@ class Trust:
         if self.now() > known.not_after:
             raise UntrustedSigner(f"the certificate of node {node} expired on "
                                   f"{known.not_after:%Y-%m-%d}")
-        if self._crl is not None and (
-                self._crl.get_revoked_certificate_by_serial_number(known.serial) is not None):
+        if self._is_revoked(known):
             raise UntrustedSigner(f"the certificate of node {node} (serial {known.serial:x}) "
                                   "is revoked")
         return known
+
+    def _is_revoked(self, known: _Known) -> bool:
+        return self._crl is not None and (
+            self._crl.get_revoked_certificate_by_serial_number(known.serial) is not None)
 
     def verify(self, node: str, der: bytes, message: bytes, signature: bytes) -> _Known:
         known = self.check_cert(node, der)  # every time: revocation is not remembered
@@ -170,10 +173,9 @@ class Trust:
         if self._crl is None:
             return False
         try:
-            known = self._known.get(der) or self._judge(node, der)
+            return self._is_revoked(self._known.get(der) or self._judge(node, der))
         except UntrustedSigner:
             return False
-        return self._crl.get_revoked_certificate_by_serial_number(known.serial) is not None
 
     def may_govern(self, node: str, der: bytes) -> bool:
         if self.ca is None:
