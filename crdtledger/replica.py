@@ -609,6 +609,16 @@ class Replica(LedgerBase):
                     self._report_fork(fork, now)
             blocked = log.blocked()
             waiting = log.waiting_nodes()
+            # A writer's records are judged by their place in its log, not by the
+            # order documents are applied in: its first record refused in this batch
+            # is the one blamed, and it and all after it are held, while those before
+            # it are applied (as at a replica that got them in another batch). Else a
+            # liar's good record applied here before its bad one was reached would be
+            # held at a replica that got the bad one first.
+            first_refused: dict[str, int] = {}
+            for node, seq in refused:
+                first_refused[node] = min(seq, first_refused.get(node, seq))
+            waiting_before = set(waiting)
             # Between two slices of this batch another session may have applied some
             # of its records (both hubs answer a joining branch with the same history):
             # those are held now. Read before this slice appends anything: a log is
@@ -632,18 +642,16 @@ class Replica(LedgerBase):
                     self._apply_run(run, plan.certs)
                     touched.append(run[0][0].doc)
                     run = []
-                if rec.node not in blocked and (
-                        rec.node in waiting or rec.seq >= plan.wait_from.get(rec.node, 1 << 62)):
+                if rec.node not in blocked and (rec.node in waiting_before or rec.seq
+                                                >= plan.wait_from.get(rec.node, 1 << 62)):
                     # After a record that waits, its writer's next ones wait too.
                     kept.append((rec, hash_, WAITING))
                     waiting.add(rec.node)
-                elif rec.node in blocked or (rec.node, rec.seq) in refused:
+                elif rec.node in blocked or rec.seq >= first_refused.get(rec.node, 1 << 62):
                     state = HELD
-                    broken = refused.get((rec.node, rec.seq))
-                    if broken is not None:
+                    if rec.seq == first_refused.get(rec.node):
                         state = REFUSED
-                        self._report_rule(rec, broken, now)
-                        blocked.add(rec.node)
+                        self._report_rule(rec, refused[(rec.node, rec.seq)], now)
                     kept.append((rec, hash_, state))
                 else:
                     run.append((rec, hash_))
@@ -659,7 +667,8 @@ class Replica(LedgerBase):
                             kept_head is None or kept_head[0].seq < head.seq):
                         log.keep_head(node, head, cert)
                 if waiting:
-                    touched += self._release(plan, refused, blocked, now)
+                    touched += self._release(plan, refused, blocked | first_refused.keys(),
+                                             now)
             if touched:
                 try:
                     project_deferred(st.conn, st.day_of)  # entries whose funding just came

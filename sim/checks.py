@@ -369,6 +369,15 @@ def byzantine_final(world: World, honest: list[Any]) -> list[Violation]:
             if not any(x["node"] == forger for x in faults):
                 out.append(Violation("rule", f"{n.name} never detected forger {forger}",
                                      n.name))
+            # Judged by its place in the log, whatever batch it came in: every replica
+            # blames the same record, the first forged.
+            first = min(f.seq for f in byz.forged if f.node == forger)
+            blamed = sorted(x["seq"] for x in faults
+                            if x["node"] == forger and x["kind"] == "rule")
+            if blamed and blamed != [first]:
+                out.append(Violation("blamed", f"{n.name} blames records {blamed} of "
+                                               f"forger {forger}, not its first forgery "
+                                               f"{first}", n.name))
         neg = audit.negative_purses(lg, limit=3)
         if neg:
             out.append(Violation("negative", f"{n.name}: purse below zero: {neg}", n.name))

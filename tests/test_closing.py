@@ -159,6 +159,42 @@ def test_a_branch_that_breaks_its_cut_is_refused_and_blocked(
     assert closing.books(b)["branches"]["SH01"] == "2026-01"
 
 
+def test_a_liars_records_after_its_first_broken_one_are_held_whatever_the_batch(
+        tmp_path: Path, pair: tuple[Ledger, Ledger, str], clock: FakeClock) -> None:
+    """SH01 closes January, then writes a February top-up, a back-dated January one
+    and another February one. SH02 gets the first two, then the third; SH03 gets all
+    three in one batch, which a replica applies document by document (February's
+    before January's). Both refuse the January record, blame it and no other, and
+    hold the one after it: the same books and the same faults at both."""
+    a, b, m = pair
+    clock.advance_days(38)
+    a.housekeeping()
+    sync(a, b)
+    c = new_ledger(tmp_path, "SH03", now_ms=clock)
+    try:
+        sync(a, c)
+        forger = Forger(a)
+        _forged_topup(forger, m, clock.ms)
+        _forged_topup(forger, m, clock.ms - 20 * DAY_MS)
+        _forged_topup(forger, m, clock.ms + 1)
+        first, lie, after = forger.records
+        b.apply_batch(forger.batch([first, lie]))
+        b.apply_batch(forger.batch())
+        c.apply_batch(forger.batch())
+        for r in (b, c):
+            assert [(f["node"], f["seq"], f["rule"]) for f in r.faults()] == [
+                ("SH01", lie.seq, "closed-month")]
+            assert r.balance(m)["cash"] == 100_000 + 50_000
+        held = [data_snapshot(r, [m]) for r in (b, c)]
+        for k in ("entries", "rights", "totals", "state_vectors", f"history:{m}"):
+            assert held[0][k] == held[1][k], k
+        states = "SELECT seq, state FROM records WHERE node = 'SH01' ORDER BY seq"
+        assert (b.storage.conn.execute(states).fetchall()
+                == c.storage.conn.execute(states).fetchall())
+    finally:
+        c.close()
+
+
 def test_a_clock_set_back_after_a_cut_does_not_write_into_the_closed_month(
         pair: tuple[Ledger, Ledger, str], clock: FakeClock) -> None:
     """A PC whose clock ran three weeks ahead closed January on what it took for
