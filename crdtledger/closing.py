@@ -24,10 +24,11 @@ another is shown (`books`, `crdtledger status`), since no rule can tell which
 history is the true one.
 
 This is the first part of period closing (benchmarks/README.md, "Period closing: a
-design sketch"): the cuts, and the digest a joining branch will one day start from.
+design sketch"): the cuts, and the digest a joining branch will one day start from,
+which counts once a head office and a quorum of branches signed it (`QUORUM`).
 A shop closed for good (its certificate revoked) is not waited for; a branch that
 stops without being revoked keeps every later month open. Not built: the balances
-in a closing, a quorum that makes it count, joining from it, months on demand.
+in a closing, joining from it, months on demand.
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ if TYPE_CHECKING:
 # 8th, a branch's November is final. Until then a machine whose clock runs some days
 # ahead would close a month its tills are still selling in.
 CUT_GRACE_DAYS = 7
+
+# A closing counts (is the chain's checkpoint of its books, the one a joining branch
+# will start from) once a head office and this many other branches signed the same
+# digest, or every branch when the chain has fewer: one honest signer besides head
+# office would be enough to catch head office signing what it does not hold, two
+# let one of them be cut off at month end.
+QUORUM = 2
 
 
 def due_month(day: str) -> str:
@@ -90,11 +98,19 @@ def close_due_month(ledger: Ledger) -> str | None:
 def sign_closing(ledger: Ledger) -> str | None:
     """Sign the closing of the latest month every branch has closed, once this branch
     holds it whole (the daily pass does, after the cut): a `closing` record of its
-    log with the month's digest. Returns the month signed, or None."""
+    log with the month's digest. Returns the month signed, or None.
+
+    Signed again if the digest here has changed since: a branch knows of another
+    once it has its log, so one that signed before it heard of a branch that wrote
+    before its cut (a new store's first pass, a shop cut off at month end) signed a
+    closing of less than the chain's history, and its later, fuller one replaces it
+    (each branch's latest closing of a month is the one read). Only new knowledge
+    changes the digest, so this happens once per branch heard of late, not daily."""
     closing = books(ledger)["closing"]
-    signed = [m for _s, m, _d in ledger.storage.log.closings().get(ledger.node, ())]
-    if closing is None or closing["digest"] is None or (
-            signed and max(signed) >= closing["month"]):
+    signed = {m: d for _s, m, d in ledger.storage.log.closings().get(ledger.node, ())}
+    if closing is None or closing["digest"] is None or any(
+            m > closing["month"] for m in signed) or signed.get(
+            closing["month"]) == closing["digest"]:
         return None
     through: str = closing["month"]
     found: str = closing["digest"]
@@ -149,6 +165,18 @@ def _writers(ledger: Ledger) -> tuple[list[str], list[str]]:
         (kept := log.head(n)) is not None and ledger.trust.revoked(n, kept[1]))]
 
 
+def _counted(ledger: Ledger, agree: list[str], writers: list[str], retired: list[str]
+             ) -> bool:
+    """Did a head office (a node the chain lets write governance) and QUORUM other
+    branches, or every branch, sign this replica's digest? Only branches in good
+    standing here count: not one retired, nor one blocked for a broken rule or a fork
+    (its closing is kept as it came, but a liar's word is not a witness)."""
+    out = {*retired, *ledger.storage.log.blocked()}
+    signers = [n for n in agree if n not in out]
+    return (any(ledger.speaks_for_chain(n) for n in signers)
+            and len(signers) >= min(QUORUM + 1, len([n for n in writers if n not in out])))
+
+
 def books(ledger: Ledger) -> dict[str, Any]:
     """How far the books are closed, as this replica knows: each writer's latest cut
     (None: none yet) for this branch and every writer whose log it holds (a branch
@@ -157,7 +185,8 @@ def books(ledger: Ledger) -> dict[str, Any]:
     closed, and the writers not yet there (who the next month's closing waits for);
     and that month's closing: its digest here, the branches that signed the same and
     those that signed another (their history up to the cuts differs from this one's:
-    a fork, or records of the month that reached one of the two after it signed)."""
+    a fork, or records of the month that reached one of the two after it signed),
+    and whether it counts (`counted`: a head office and a quorum signed it)."""
     log = ledger.storage.log
     cuts = log.cuts()
     writers, retired = _writers(ledger)
@@ -175,9 +204,10 @@ def books(ledger: Ledger) -> dict[str, Any]:
         ours = _digest(ledger, through, writers, retired)
         said = {n: d for n, signed in log.closings().items()
                 for _s, m, d in signed if m == through}  # each writer's latest
-        closing = {"month": through, "digest": ours,
-                   "agree": sorted(n for n, d in said.items() if d == ours),
-                   "differ": sorted(n for n, d in said.items() if d != ours)}
+        agree = sorted(n for n, d in said.items() if d == ours)
+        closing = {"month": through, "digest": ours, "agree": agree,
+                   "differ": sorted(n for n, d in said.items() if d != ours),
+                   "counted": ours is not None and _counted(ledger, agree, writers, retired)}
     return {"closed_through": through, "latest": latest, "branches": branches,
             "behind": sorted(n for n, m in branches.items() if n not in retired
                              and latest is not None and (m is None or m < latest)),

@@ -1016,9 +1016,10 @@ BOOKS = {"type": "object",
                         "behind": NODES, "retired": NODES,
                         "closing": {"oneOf": [{"type": "null"}, {
                             "type": "object",
-                            "required": ["month", "digest", "agree", "differ"],
+                            "required": ["month", "digest", "agree", "differ", "counted"],
                             "properties": {"month": STR, "digest": {"type": ["string", "null"]},
-                                           "agree": NODES, "differ": NODES}}]}}}
+                                           "agree": NODES, "differ": NODES,
+                                           "counted": {"type": "boolean"}}}]}}}
 
 
 def _show_books(_ledger: Ledger, r: Any, _p: Params) -> str:
@@ -1032,7 +1033,9 @@ def _show_books(_ledger: Ledger, r: Any, _p: Params) -> str:
     c = r["closing"]
     if c and c["digest"]:
         lines.append(f"closing of {c['month']}: digest {c['digest'][:16]}, signed alike by "
-                     f"{', '.join(c['agree']) or 'nobody yet'}")
+                     f"{', '.join(c['agree']) or 'nobody yet'}"
+                     + ("; it counts (head office and a quorum signed it)" if c["counted"]
+                        else "; it counts once head office and a quorum sign it"))
         if c["differ"]:
             lines.append(f"WARNING: {', '.join(c['differ'])} signed another history of "
                          f"{c['month']} (a fork, or records that reached one side late)")

@@ -723,9 +723,14 @@ def books_line(books: Mapping[str, Any], name: Callable[[str], str]) -> str:
                    ". Warning: {b} signed other books of {m} than this branch holds (a "
                    "fork, or records that came late)", m=closing["month"],
                    b=tr("、", ", ").join(name(n) for n in closing["differ"]))
+    elif closing and closing["counted"]:
+        line += tr("（{n} 家分店核对一致，含总部：月结生效）",
+                   " ({n} branches signed the same books, head office among them: the "
+                   "closing counts)", n=len(closing["agree"]))
     elif closing and closing["agree"]:
-        line += tr("（{n} 家分店核对一致）", " ({n} branches signed the same books)",
-                   n=len(closing["agree"]))
+        line += tr("（{n} 家分店核对一致，待总部与更多分店签署后生效）",
+                   " ({n} branches signed the same books; it counts once head office and "
+                   "a quorum sign)", n=len(closing["agree"]))
     return line
 
 

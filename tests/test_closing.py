@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from helpers import FakeClock, Forger, data_snapshot, new_ledger, sync
+from helpers import FakeClock, Forger, data_snapshot, log_rows, new_ledger, sync
 from pycrdt import Doc, Map
 
 from crdtledger import closing, operations, views
@@ -19,7 +19,7 @@ from crdtledger.backups import restore, write_backup
 from crdtledger.errors import PermissionDenied
 from crdtledger.hlc import HybridClock, id_time_ms
 from crdtledger.ledger import Ledger
-from crdtledger.log import CLOSING_DOC, CUT_DOC, closing_data
+from crdtledger.log import CLOSING_DOC, CUT_DOC, HELD, closing_data
 from crdtledger.model import entry_doc
 from peer.chain import enrol, init_chain, revocations_rule, revoke
 
@@ -77,7 +77,8 @@ def test_the_daily_pass_closes_the_month_due_once(pair: tuple[Ledger, Ledger, st
             "closed_through": "2026-01", "latest": "2026-01",
             "branches": {"SH01": "2026-01", "SH02": "2026-01"}, "behind": [],
             "retired": [], "closing": {"month": "2026-01", "digest": digest,
-                                       "agree": ["SH01", "SH02"], "differ": []}}
+                                       "agree": ["SH01", "SH02"], "differ": [],
+                                       "counted": True}}  # every branch (no CA: all govern)
         assert ledger.faults() == []
 
 
@@ -185,6 +186,7 @@ def test_a_liars_records_after_its_first_broken_one_are_held_whatever_the_batch(
             assert [(f["node"], f["seq"], f["rule"]) for f in r.faults()] == [
                 ("SH01", lie.seq, "closed-month")]
             assert r.balance(m)["cash"] == 100_000 + 50_000
+            assert r.storage.log.state_of("SH01", after.seq) == HELD
         held = [data_snapshot(r, [m]) for r in (b, c)]
         for k in ("entries", "rights", "totals", "state_vectors", f"history:{m}"):
             assert held[0][k] == held[1][k], k
@@ -263,7 +265,8 @@ def test_the_books_report_as_the_command_line_shows_it(tmp_path: Path) -> None:
     digest = result["closing"]["digest"]
     assert result == {"closed_through": due, "latest": due, "branches": {"SH01": due},
                       "behind": [], "retired": [], "closing": {"month": due, "digest": digest,
-                                                "agree": ["SH01"], "differ": []}}
+                                                "agree": ["SH01"], "differ": [],
+                                                "counted": True}}
     r = run_cli("report", "books", data=data)
     assert r.code == 0, r.err
     assert f"books closed through {due} at every branch" in r.out
@@ -301,7 +304,7 @@ def test_every_branch_signs_the_same_closing_and_a_lie_shows(
         assert a.faults() == []
         assert closing.books(a)["closing"] == {
             "month": "2026-01", "digest": digests.pop(), "agree": ["SH01", "SH02"],
-            "differ": ["SH03"]}
+            "differ": ["SH03"], "counted": False}  # two of the three
         assert views.trust_status(a)["closing_differs"] == {"month": "2026-01",
                                                             "branches": ["SH03"]}
         assert views.trust_status(b)["closing_differs"] is None
@@ -382,6 +385,95 @@ def test_a_shop_closed_for_good_is_refused_at_once_and_not_waited_for(tmp_path: 
         assert closing.books(sh01)["closing"]["agree"] == ["HQ", "SH01"]
         r = run_cli("report", "books", data=tmp_path / "SH01")
         assert r.code == 0 and "not waiting for SH02: certificates revoked" in r.out, r.err
+    finally:
+        for ledger in stores.values():
+            ledger.close()
+
+
+def test_a_closing_counts_once_head_office_and_a_quorum_signed_it(tmp_path: Path) -> None:
+    """An enrolled chain of head office and three shops; SH01 has written before its
+    cut. Each signs a closing at its first pass, knowing only itself: all but SH01's
+    are of less than the chain's history. Once they have heard of each other, each
+    signs again (its digest changed); the three shops' closings alone do not count,
+    head office's with them does (closing.QUORUM)."""
+    chain_dir = tmp_path / "acme"
+    init_chain(chain_dir)
+    stores: dict[str, Ledger] = {}
+    for node in ("HQ", "SH01", "SH02", "SH03"):
+        Ledger.create(tmp_path / node, node, "acme")
+        enrol(chain_dir, tmp_path / node, node, head_office=node == "HQ")
+        stores[node] = Ledger.open(tmp_path / node)
+    hq, sh01, sh02, sh03 = stores.values()
+
+    def spread() -> None:
+        for _ in range(2):
+            for shop in (sh01, sh02, sh03):
+                sync(hq, shop)
+
+    def said(ledger: Ledger) -> tuple[list[str], list[str], bool]:
+        c = closing.books(ledger)["closing"]
+        return c["agree"], c["differ"], c["counted"]
+
+    try:
+        sh01.add_member(sh01.owner, name="王芳", phone="13800000001")
+        for ledger in stores.values():
+            ledger.housekeeping()  # its cut of the month due (the real clock), signed
+        spread()
+        assert said(hq) == (["SH01"], ["HQ", "SH02", "SH03"], False)
+        for shop in (sh01, sh02, sh03):
+            shop.housekeeping()  # SH02 and SH03 sign again; SH01 need not
+        spread()
+        assert all(said(x) == (["SH01", "SH02", "SH03"], ["HQ"], False)
+                   for x in stores.values())
+        hq.housekeeping()
+        spread()
+        assert all(said(x) == (["HQ", "SH01", "SH02", "SH03"], [], True)
+                   for x in stores.values())
+        before = log_rows(hq)
+        hq.housekeeping()  # nothing new: nothing signed again
+        assert log_rows(hq) == before
+        r = run_cli("report", "books", data=tmp_path / "SH02")
+        assert r.code == 0 and "it counts (head office and a quorum signed it)" in r.out, r.err
+    finally:
+        for ledger in stores.values():
+            ledger.close()
+
+
+def test_a_blocked_branchs_closing_is_no_witness(tmp_path: Path) -> None:
+    """Head office, SH01 and SH02 sign; SH01 then writes into a month it closed and
+    is blocked: at SH02 the closing no longer counts (head office and SH02 are two of
+    the three in good standing) until SH03 signs too."""
+    chain_dir = tmp_path / "acme"
+    init_chain(chain_dir)
+    stores: dict[str, Ledger] = {}
+    for node in ("HQ", "SH01", "SH02", "SH03"):
+        Ledger.create(tmp_path / node, node, "acme")
+        enrol(chain_dir, tmp_path / node, node, head_office=node == "HQ")
+        stores[node] = Ledger.open(tmp_path / node)
+    hq, sh01, sh02, sh03 = stores.values()
+    try:
+        m = sh01.add_member(sh01.owner, name="王芳", phone="13800000001")
+        for ledger in stores.values():
+            ledger.housekeeping()
+        for _ in range(2):
+            for shop in (sh01, sh02, sh03):
+                sync(hq, shop)
+        for ledger in (hq, sh02):
+            ledger.housekeeping()
+            sync(hq, sh02)
+            sync(sh01, sh02)
+        books = closing.books(sh02)["closing"]
+        assert books["agree"] == ["HQ", "SH01", "SH02"] and books["counted"]
+        forger = Forger(sh01)
+        _forged_topup(forger, m, sh01.clock.wall() - 70 * DAY_MS)
+        sh02.apply_batch(forger.batch())
+        assert [f["rule"] for f in sh02.faults()] == ["closed-month"]
+        books = closing.books(sh02)["closing"]
+        assert books["agree"] == ["HQ", "SH01", "SH02"] and not books["counted"]
+        sh03.housekeeping()
+        sync(hq, sh03)
+        sync(hq, sh02)
+        assert closing.books(sh02)["closing"]["counted"]
     finally:
         for ledger in stores.values():
             ledger.close()
