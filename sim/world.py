@@ -651,7 +651,10 @@ class World:
                 "kind": v.kind, "message": v.message, "node": v.node,
                 "at_s": None if self.violation_at is None else self.violation_at / 1e6},
             "converged": self.converged and v is None,
-            "books": self._books and {k: self._books[k] for k in ("closed_through", "behind")},
+            "books": self._books and {
+                **{k: self._books[k] for k in ("closed_through", "behind")},
+                "closing": (c := self._books["closing"]) and {
+                    k: c[k] for k in ("month", "counted", "differ")}},
             "trace_digest": self.trace.digest(),
             "ops": ops,
             "acknowledged": len(self.acked_entries) + len(self.acked_members),

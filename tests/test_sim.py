@@ -100,11 +100,13 @@ def test_a_sweep_in_parallel_processes_gives_what_one_process_gives(
 def test_every_branch_closes_december_on_the_eighth_of_january() -> None:
     """Month-end cuts (crdtledger.closing) through the node core's daily pass, across
     a partition: every replica agrees on the books (a digest of the end check), and
-    they are closed through December once the 8th has come everywhere."""
+    they are closed through December once the 8th has come everywhere, every branch
+    has signed the same closing, and it counts."""
     result, _world = run(SMALL.with_(seed=6, scenario="partition-heal", nodes=7,
                                      start="2026-01-07", days=2))
     assert_clean(result)
-    assert result["books"] == {"closed_through": "2025-12", "behind": []}
+    assert result["books"] == {"closed_through": "2025-12", "behind": [], "closing": {
+        "month": "2025-12", "counted": True, "differ": []}}
 
 
 def test_a_node_that_spends_rights_it_lacks_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
