@@ -129,7 +129,7 @@ def head_message(chain: str, node: str, seq: int, hash_: bytes) -> bytes:
     return b"crdtledger head\x00" + f"{chain}\x00{node}\x00{seq}\x00".encode() + hash_
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # a joining branch holds millions
 class Record:
     node: str
     seq: int
@@ -177,6 +177,7 @@ class Batch:
                 certs, dict) or not isinstance(proofs, dict) or len(recs) > MAX_BATCH_RECORDS:
             raise RemoteProtocolError("records: malformed batch")
         batch = cls()
+        names: dict[str, str] = {}
         for item in recs:
             if (not isinstance(item, list) or len(item) != 4 or not isinstance(item[0], str)
                     or not NODE_ID.match(item[0]) or isinstance(item[1], bool)
@@ -185,7 +186,10 @@ class Batch:
                     or not (DOC_NAME.match(item[2]) or item[2] in MARK_DOCS)
                     or not isinstance(item[3], bytes)):
                 raise RemoteProtocolError(f"records: malformed record {str(item)[:60]}")
-            batch.recs.append(Record(item[0], item[1], item[2], item[3]))
+            # One string per name: a joining branch holds a million records of a few
+            # hundred writers and a few dozen documents until they are verified.
+            batch.recs.append(Record(names.setdefault(item[0], item[0]), item[1],
+                                     names.setdefault(item[2], item[2]), item[3]))
         for kind, given in (("heads", heads), ("proofs", proofs)):
             for node, head in given.items():
                 if (not isinstance(node, str) or not NODE_ID.match(node)
