@@ -376,7 +376,8 @@ class Replica(LedgerBase):
                     if w.stored:
                         plan.still_waiting.add(w.record.node)
                     else:
-                        plan.wait_from[w.record.node] = w.record.seq
+                        plan.wait_from[w.record.node] = min(
+                            w.record.seq, plan.wait_from.get(w.record.node, w.record.seq))
                 except _Broken as b:  # rolled back: again, with that record refused
                     if strict and b.run == 1 and not b.released:
                         raise RemoteProtocolError(
@@ -610,15 +611,19 @@ class Replica(LedgerBase):
             blocked = log.blocked()
             waiting = log.waiting_nodes()
             # A writer's records are judged by their place in its log, not by the
-            # order documents are applied in: its first record refused in this batch
-            # is the one blamed, and it and all after it are held, while those before
-            # it are applied (as at a replica that got them in another batch). Else a
-            # liar's good record applied here before its bad one was reached would be
-            # held at a replica that got the bad one first.
-            first_refused: dict[str, int] = {}
-            for node, seq in refused:
-                first_refused[node] = min(seq, first_refused.get(node, seq))
-            waiting_before = set(waiting)
+            # order documents are applied in (else a liar's good record applied here
+            # before its bad one was reached would be held at a replica that got the
+            # bad one first): from its first record that waits, all wait (judged in
+            # order when released); else from its first refused, all are held and
+            # that one alone is refused and blamed; those before are applied.
+            stop: dict[str, tuple[int, bool]] = {}  # writer -> (from seq, waits)
+            for (node, seq) in refused:
+                stop[node] = min((seq, False), stop.get(node, (seq, False)))
+            for node, seq in plan.wait_from.items():
+                stop[node] = min((seq, True), stop.get(node, (seq, True)))
+            for node in waiting:
+                stop[node] = (0, True)
+            newly_blocked: set[str] = set()
             # Between two slices of this batch another session may have applied some
             # of its records (both hubs answer a joining branch with the same history):
             # those are held now. Read before this slice appends anything: a log is
@@ -642,17 +647,17 @@ class Replica(LedgerBase):
                     self._apply_run(run, plan.certs)
                     touched.append(run[0][0].doc)
                     run = []
-                if rec.node not in blocked and (rec.node in waiting_before or rec.seq
-                                                >= plan.wait_from.get(rec.node, 1 << 62)):
-                    # After a record that waits, its writer's next ones wait too.
-                    kept.append((rec, hash_, WAITING))
-                    waiting.add(rec.node)
-                elif rec.node in blocked or rec.seq >= first_refused.get(rec.node, 1 << 62):
+                at, waits = stop.get(rec.node, (1 << 62, False))
+                if rec.node in blocked or (rec.seq >= at and not waits):
                     state = HELD
-                    if rec.seq == first_refused.get(rec.node):
+                    if rec.seq == at and rec.node not in blocked:
                         state = REFUSED
                         self._report_rule(rec, refused[(rec.node, rec.seq)], now)
+                        newly_blocked.add(rec.node)
                     kept.append((rec, hash_, state))
+                elif rec.seq >= at:
+                    kept.append((rec, hash_, WAITING))
+                    waiting.add(rec.node)
                 else:
                     run.append((rec, hash_))
                     kept.append((rec, hash_, APPLIED))
@@ -667,8 +672,7 @@ class Replica(LedgerBase):
                             kept_head is None or kept_head[0].seq < head.seq):
                         log.keep_head(node, head, cert)
                 if waiting:
-                    touched += self._release(plan, refused, blocked | first_refused.keys(),
-                                             now)
+                    touched += self._release(plan, refused, blocked | newly_blocked, now)
             if touched:
                 try:
                     project_deferred(st.conn, st.day_of)  # entries whose funding just came
