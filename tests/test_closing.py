@@ -19,7 +19,7 @@ from crdtledger.backups import restore, write_backup
 from crdtledger.errors import PermissionDenied
 from crdtledger.hlc import HybridClock, id_time_ms
 from crdtledger.ledger import Ledger
-from crdtledger.log import CLOSING_DOC, CUT_DOC, HELD, closing_data
+from crdtledger.log import APPLIED, CLOSING_DOC, CUT_DOC, HELD, WAITING, closing_data
 from crdtledger.model import entry_doc
 from peer.chain import enrol, init_chain, revocations_rule, revoke
 
@@ -195,6 +195,47 @@ def test_a_liars_records_after_its_first_broken_one_are_held_whatever_the_batch(
                 == c.storage.conn.execute(states).fetchall())
     finally:
         c.close()
+
+
+def test_a_liars_record_after_one_that_waits_is_judged_when_that_one_is_applied(
+        tmp_path: Path, clock: FakeClock) -> None:
+    """SH02 edits a member SH01 created, then writes into a month it closed. SH03
+    gets SH02's records before SH01's: the edit waits for what it builds on, and the
+    lie after it waits with it (not judged ahead of its place in the log). Once
+    SH01's records come, the edit is applied and the lie refused: SH03 ends as SH04,
+    which got everything in order."""
+    a, b, c, d = (new_ledger(tmp_path, n, now_ms=clock) for n in ("SH01", "SH02", "SH03",
+                                                                   "SH04"))
+    try:
+        m = a.add_member(a.owner, name="王芳", phone="13800000001")
+        a.topup(a.owner, m, 100_000)
+        clock.advance_days(38)
+        b.housekeeping()  # SH02 closes January
+        sync(a, b)
+        b.topup(b.owner, m, 1_000)
+        b.edit_member(b.owner, m, fields={"name": "王芳芳"})
+        forger = Forger(b)
+        _forged_topup(forger, m, clock.ms - 20 * DAY_MS)
+        (lie,) = forger.records
+        honest = b.storage.log.records_after({"SH02": 0})  # its cut, and those two
+        c.apply_batch(forger.batch([*honest, lie]))
+        states = "SELECT seq, state FROM records WHERE node = 'SH02' ORDER BY seq"
+        assert c.faults() == []
+        assert [s for _q, s in c.storage.conn.execute(states)][-3:] == [
+            APPLIED, WAITING, WAITING]
+        sync(a, c)
+        sync(a, d)
+        d.apply_batch(forger.batch([*honest, lie]))
+        for r in (c, d):
+            assert [(f["node"], f["seq"], f["rule"]) for f in r.faults()] == [
+                ("SH02", lie.seq, "closed-month")]
+            assert r.member(m)["name"] == "王芳芳"
+            assert r.balance(m)["cash"] == 100_000 + 1_000
+        assert (c.storage.conn.execute(states).fetchall()
+                == d.storage.conn.execute(states).fetchall())
+    finally:
+        for x in (a, b, c, d):
+            x.close()
 
 
 def test_a_clock_set_back_after_a_cut_does_not_write_into_the_closed_month(
