@@ -42,6 +42,16 @@ def pair(tmp_path: Path, clock: FakeClock) -> Iterator[tuple[Ledger, Ledger, str
     b.close()
 
 
+def enrolled(tmp_path: Path, *nodes: str) -> list[Ledger]:
+    """Stores of a chain with a CA (`tmp_path/acme`), the first node its head office."""
+    chain_dir = tmp_path / "acme"
+    init_chain(chain_dir)
+    for node in nodes:
+        Ledger.create(tmp_path / node, node, "acme")
+        enrol(chain_dir, tmp_path / node, node, head_office=node == nodes[0])
+    return [Ledger.open(tmp_path / node) for node in nodes]
+
+
 @pytest.mark.parametrize(("day", "month"), [
     ("2026-02-07", "2025-12"), ("2026-02-08", "2026-01"), ("2026-01-31", "2025-12"),
     ("2026-01-07", "2025-11"), ("2026-01-08", "2025-12"), ("2026-03-01", "2026-01"),
@@ -394,14 +404,9 @@ def test_a_shop_closed_for_good_is_refused_at_once_and_not_waited_for(tmp_path: 
     """SH02 (enrolled in a chain with a CA) wrote a member and never closed a month;
     head office revokes its certificate (the shop closed): the chain's books close
     without it, at every branch, and the report says why."""
+    stores = enrolled(tmp_path, "HQ", "SH01", "SH02")
+    hq, sh01, sh02 = stores
     chain_dir = tmp_path / "acme"
-    init_chain(chain_dir)
-    stores = {}
-    for node in ("HQ", "SH01", "SH02"):
-        Ledger.create(tmp_path / node, node, "acme")
-        enrol(chain_dir, tmp_path / node, node, head_office=node == "HQ")
-        stores[node] = Ledger.open(tmp_path / node)
-    hq, sh01, sh02 = stores.values()
     try:
         sh02.add_member(sh02.owner, name="李娜", phone="13900001111")
         for ledger in (hq, sh01):
@@ -427,7 +432,7 @@ def test_a_shop_closed_for_good_is_refused_at_once_and_not_waited_for(tmp_path: 
         r = run_cli("report", "books", data=tmp_path / "SH01")
         assert r.code == 0 and "not waiting for SH02: certificates revoked" in r.out, r.err
     finally:
-        for ledger in stores.values():
+        for ledger in stores:
             ledger.close()
 
 
@@ -437,14 +442,8 @@ def test_a_closing_counts_once_head_office_and_a_quorum_signed_it(tmp_path: Path
     are of less than the chain's history. Once they have heard of each other, each
     signs again (its digest changed); the three shops' closings alone do not count,
     head office's with them does (closing.QUORUM)."""
-    chain_dir = tmp_path / "acme"
-    init_chain(chain_dir)
-    stores: dict[str, Ledger] = {}
-    for node in ("HQ", "SH01", "SH02", "SH03"):
-        Ledger.create(tmp_path / node, node, "acme")
-        enrol(chain_dir, tmp_path / node, node, head_office=node == "HQ")
-        stores[node] = Ledger.open(tmp_path / node)
-    hq, sh01, sh02, sh03 = stores.values()
+    stores = enrolled(tmp_path, "HQ", "SH01", "SH02", "SH03")
+    hq, sh01, sh02, sh03 = stores
 
     def spread() -> None:
         for _ in range(2):
@@ -457,7 +456,7 @@ def test_a_closing_counts_once_head_office_and_a_quorum_signed_it(tmp_path: Path
 
     try:
         sh01.add_member(sh01.owner, name="王芳", phone="13800000001")
-        for ledger in stores.values():
+        for ledger in stores:
             ledger.housekeeping()  # its cut of the month due (the real clock), signed
         spread()
         assert said(hq) == (["SH01"], ["HQ", "SH02", "SH03"], False)
@@ -465,18 +464,18 @@ def test_a_closing_counts_once_head_office_and_a_quorum_signed_it(tmp_path: Path
             shop.housekeeping()  # SH02 and SH03 sign again; SH01 need not
         spread()
         assert all(said(x) == (["SH01", "SH02", "SH03"], ["HQ"], False)
-                   for x in stores.values())
+                   for x in stores)
         hq.housekeeping()
         spread()
         assert all(said(x) == (["HQ", "SH01", "SH02", "SH03"], [], True)
-                   for x in stores.values())
+                   for x in stores)
         before = log_rows(hq)
         hq.housekeeping()  # nothing new: nothing signed again
         assert log_rows(hq) == before
         r = run_cli("report", "books", data=tmp_path / "SH02")
         assert r.code == 0 and "it counts (head office and a quorum signed it)" in r.out, r.err
     finally:
-        for ledger in stores.values():
+        for ledger in stores:
             ledger.close()
 
 
@@ -484,17 +483,11 @@ def test_a_blocked_branchs_closing_is_no_witness(tmp_path: Path) -> None:
     """Head office, SH01 and SH02 sign; SH01 then writes into a month it closed and
     is blocked: at SH02 the closing no longer counts (head office and SH02 are two of
     the three in good standing) until SH03 signs too."""
-    chain_dir = tmp_path / "acme"
-    init_chain(chain_dir)
-    stores: dict[str, Ledger] = {}
-    for node in ("HQ", "SH01", "SH02", "SH03"):
-        Ledger.create(tmp_path / node, node, "acme")
-        enrol(chain_dir, tmp_path / node, node, head_office=node == "HQ")
-        stores[node] = Ledger.open(tmp_path / node)
-    hq, sh01, sh02, sh03 = stores.values()
+    stores = enrolled(tmp_path, "HQ", "SH01", "SH02", "SH03")
+    hq, sh01, sh02, sh03 = stores
     try:
         m = sh01.add_member(sh01.owner, name="王芳", phone="13800000001")
-        for ledger in stores.values():
+        for ledger in stores:
             ledger.housekeeping()
         for _ in range(2):
             for shop in (sh01, sh02, sh03):
@@ -516,5 +509,5 @@ def test_a_blocked_branchs_closing_is_no_witness(tmp_path: Path) -> None:
         sync(hq, sh02)
         assert closing.books(sh02)["closing"]["counted"]
     finally:
-        for ledger in stores.values():
+        for ledger in stores:
             ledger.close()
