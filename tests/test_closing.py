@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -42,14 +43,20 @@ def pair(tmp_path: Path, clock: FakeClock) -> Iterator[tuple[Ledger, Ledger, str
     b.close()
 
 
-def enrolled(tmp_path: Path, *nodes: str) -> list[Ledger]:
+@contextmanager
+def enrolled(tmp_path: Path, *nodes: str) -> Iterator[list[Ledger]]:
     """Stores of a chain with a CA (`tmp_path/acme`), the first node its head office."""
     chain_dir = tmp_path / "acme"
     init_chain(chain_dir)
     for node in nodes:
         Ledger.create(tmp_path / node, node, "acme")
         enrol(chain_dir, tmp_path / node, node, head_office=node == nodes[0])
-    return [Ledger.open(tmp_path / node) for node in nodes]
+    stores = [Ledger.open(tmp_path / node) for node in nodes]
+    try:
+        yield stores
+    finally:
+        for ledger in stores:
+            ledger.close()
 
 
 @pytest.mark.parametrize(("day", "month"), [
@@ -404,10 +411,9 @@ def test_a_shop_closed_for_good_is_refused_at_once_and_not_waited_for(tmp_path: 
     """SH02 (enrolled in a chain with a CA) wrote a member and never closed a month;
     head office revokes its certificate (the shop closed): the chain's books close
     without it, at every branch, and the report says why."""
-    stores = enrolled(tmp_path, "HQ", "SH01", "SH02")
-    hq, sh01, sh02 = stores
-    chain_dir = tmp_path / "acme"
-    try:
+    with enrolled(tmp_path, "HQ", "SH01", "SH02") as stores:
+        hq, sh01, sh02 = stores
+        chain_dir = tmp_path / "acme"
         sh02.add_member(sh02.owner, name="李娜", phone="13900001111")
         for ledger in (hq, sh01):
             ledger.housekeeping()  # the real clock: the month due today is closed
@@ -431,9 +437,6 @@ def test_a_shop_closed_for_good_is_refused_at_once_and_not_waited_for(tmp_path: 
         assert closing.books(sh01)["closing"]["agree"] == ["HQ", "SH01"]
         r = run_cli("report", "books", data=tmp_path / "SH01")
         assert r.code == 0 and "not waiting for SH02: certificates revoked" in r.out, r.err
-    finally:
-        for ledger in stores:
-            ledger.close()
 
 
 def test_a_closing_counts_once_head_office_and_a_quorum_signed_it(tmp_path: Path) -> None:
@@ -442,19 +445,18 @@ def test_a_closing_counts_once_head_office_and_a_quorum_signed_it(tmp_path: Path
     are of less than the chain's history. Once they have heard of each other, each
     signs again (its digest changed); the three shops' closings alone do not count,
     head office's with them does (closing.QUORUM)."""
-    stores = enrolled(tmp_path, "HQ", "SH01", "SH02", "SH03")
-    hq, sh01, sh02, sh03 = stores
+    with enrolled(tmp_path, "HQ", "SH01", "SH02", "SH03") as stores:
+        hq, sh01, sh02, sh03 = stores
 
-    def spread() -> None:
-        for _ in range(2):
-            for shop in (sh01, sh02, sh03):
-                sync(hq, shop)
+        def spread() -> None:
+            for _ in range(2):
+                for shop in (sh01, sh02, sh03):
+                    sync(hq, shop)
 
-    def said(ledger: Ledger) -> tuple[list[str], list[str], bool]:
-        c = closing.books(ledger)["closing"]
-        return c["agree"], c["differ"], c["counted"]
+        def said(ledger: Ledger) -> tuple[list[str], list[str], bool]:
+            c = closing.books(ledger)["closing"]
+            return c["agree"], c["differ"], c["counted"]
 
-    try:
         sh01.add_member(sh01.owner, name="王芳", phone="13800000001")
         for ledger in stores:
             ledger.housekeeping()  # its cut of the month due (the real clock), signed
@@ -474,18 +476,14 @@ def test_a_closing_counts_once_head_office_and_a_quorum_signed_it(tmp_path: Path
         assert log_rows(hq) == before
         r = run_cli("report", "books", data=tmp_path / "SH02")
         assert r.code == 0 and "it counts (head office and a quorum signed it)" in r.out, r.err
-    finally:
-        for ledger in stores:
-            ledger.close()
 
 
 def test_a_blocked_branchs_closing_is_no_witness(tmp_path: Path) -> None:
     """Head office, SH01 and SH02 sign; SH01 then writes into a month it closed and
     is blocked: at SH02 the closing no longer counts (head office and SH02 are two of
     the three in good standing) until SH03 signs too."""
-    stores = enrolled(tmp_path, "HQ", "SH01", "SH02", "SH03")
-    hq, sh01, sh02, sh03 = stores
-    try:
+    with enrolled(tmp_path, "HQ", "SH01", "SH02", "SH03") as stores:
+        hq, sh01, sh02, sh03 = stores
         m = sh01.add_member(sh01.owner, name="王芳", phone="13800000001")
         for ledger in stores:
             ledger.housekeeping()
@@ -508,6 +506,3 @@ def test_a_blocked_branchs_closing_is_no_witness(tmp_path: Path) -> None:
         sync(hq, sh03)
         sync(hq, sh02)
         assert closing.books(sh02)["closing"]["counted"]
-    finally:
-        for ledger in stores:
-            ledger.close()
