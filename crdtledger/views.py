@@ -184,6 +184,21 @@ def balance(conn: sqlite3.Connection, member: str) -> dict[str, Any]:
     return out
 
 
+def purses_after(conn: sqlite3.Connection, member: str, entry_id: str) -> dict[str, int]:
+    """Every purse of the member's group (package and coupon purses too) as it stood
+    just after entry `entry_id`, in the chain's order (by id): the rights now, less
+    what the entries after it changed. A receipt's "balance after" reads the few
+    entries since the sale, not the member's whole history."""
+    ids = member_group(conn, member)
+    out = {purse: int(total) for purse, total in conn.execute(
+        f"SELECT purse, SUM(amount) FROM rights WHERE member {in_(ids)} GROUP BY purse", ids)}
+    for (body,) in conn.execute(
+            f"SELECT body FROM entries WHERE member {in_(ids)} AND id > ?", [*ids, entry_id]):
+        for purse, _node, delta in json.loads(body)["deltas"]:
+            out[purse] = out.get(purse, 0) - int(delta)
+    return out
+
+
 def rights_held(conn: sqlite3.Connection, node: str) -> int:
     """Stored value (cash and bonus, fen) whose rights `node` holds: what it could
     spend on its own, so what is at stake if it misbehaves."""

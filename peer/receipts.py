@@ -334,15 +334,8 @@ def _method(ledger: Ledger, code: str) -> str:
 
 def _purses(ledger: Ledger, e: Mapping[str, Any]) -> tuple[Purse, ...]:
     """The member's purses after this entry in the chain's order, and before it."""
-    member = ledger.survivor_of(str(e["member"]))
-    eid = str(e["id"])
-    after: dict[str, int] = {}
-    # Newest first, the member's group together (crdtledger.merge): a visit a week
-    # is a few hundred entries a year, read once per print.
-    for x in ledger.history(member, limit=1_000_000):
-        if x["id"] <= eid:
-            for purse, _node, delta in x["deltas"]:
-                after[purse] = after.get(purse, 0) + int(delta)
+    after = views.purses_after(ledger.storage.conn, ledger.survivor_of(str(e["member"])),
+                               str(e["id"]))
     change: dict[str, int] = {}
     for purse, _node, delta in e["deltas"]:
         change[purse] = change.get(purse, 0) + int(delta)

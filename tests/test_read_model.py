@@ -162,3 +162,39 @@ def test_the_rebalancer_reads_a_long_history_a_scan_per_turn(
         effects = node.fire(("rebalance-scan",), timers[("rebalance-scan",)].token, 60.0)
     assert scans >= 4  # 12 entries, 2 a turn
     assert set(node._rebalance_queue) == set(members[:2])
+
+
+def test_purses_after_an_entry_are_its_history_summed_up_to_it(tmp_path: Path) -> None:
+    """views.purses_after (a receipt's "balance after") reads the rights now less the
+    entries since; it says what summing the group's history up to the entry says, for
+    every entry: top-ups, debits, a package and its uses, points, rights moved from
+    another branch, and a member merged into another after it all."""
+    a, b = new_ledger(tmp_path, "SH01"), new_ledger(tmp_path, "SH02")
+    try:
+        m = a.add_member(a.owner, name="Li Lei", phone="13800001234")
+        other = a.add_member(a.owner, name="Li Lei", phone="13800004321")
+        a.topup(a.owner, m, 50_000)
+        a.topup(a.owner, other, 20_000)
+        pkg = a.sell_package(a.owner, m, "FOOT60", 5, 30_000, pay="stored")["id"]
+        a.debit(a.owner, m, service="FOOT60", package=pkg)
+        a.debit(a.owner, m, amount=1_234)
+        a.transfer_rights(a.owner, m, "SH02", 5_000)
+        sync(a, b)
+        b.debit(b.owner, m, amount=2_000)
+        sync(a, b)
+        a.merge_member(a.owner, other, m)
+        a.debit(a.owner, m, amount=100)
+        sync(a, b)
+        conn = b.storage.conn
+        history = sorted(b.history(m, limit=1000), key=lambda e: e["id"])
+        assert len(history) >= 8
+        summed: dict[str, int] = {}
+        for e in history:
+            for purse, _node, delta in e["deltas"]:
+                summed[purse] = summed.get(purse, 0) + int(delta)
+            after = views.purses_after(conn, m, e["id"])
+            assert {k: v for k, v in after.items() if v} == {
+                k: v for k, v in summed.items() if v}, e["kind"]
+    finally:
+        a.close()
+        b.close()
