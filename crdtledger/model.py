@@ -255,6 +255,9 @@ DEFAULT_RULES: dict[str, Any] = {
     "referral": {"reward": "none"},
     "checkin": {},
     "exit": {"stored_value": "refund"},
+    # How many days after a debit it may still be refunded, in the branch's dates
+    # (0: no limit). Past it, a manager corrects the member's balance instead.
+    "refunds": {"days": 0},
 }
 RULE_KINDS = frozenset(DEFAULT_RULES)
 

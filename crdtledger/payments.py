@@ -18,10 +18,11 @@ from crdtledger.errors import (
     InvalidAmount,
     InvalidInput,
     NotFound,
+    PermissionDenied,
     RemoteProtocolError,
     RightsElsewhere,
 )
-from crdtledger.hlc import check_node_id
+from crdtledger.hlc import check_node_id, id_time_ms
 from crdtledger.inputs import check_text
 from crdtledger.merge import Merges
 from crdtledger.model import GOODS_PURSES, ID, MONEY_PURSES, PURSE, PURSE_METHODS, WALK_IN
@@ -275,6 +276,19 @@ class Payments(Merges, Rules):
             raise InvalidInput("name a member or a card")
         return self._acting(member)
 
+    def refund_closed(self, debit_id: str) -> str | None:
+        """Why a debit can no longer be refunded by the chain's refund period (rule
+        `refunds`, days after the debit in the branch's dates; 0: no limit), or None.
+        The counter offers no refund then; `refund` refuses it."""
+        days = int(self.rule("refunds").get("days") or 0)
+        if not days:
+            return None
+        made = self.storage.day_of(id_time_ms(debit_id))
+        if (date.fromisoformat(self.today()) - date.fromisoformat(made)).days <= days:
+            return None
+        return (f"the debit of {made} is past the chain's refund period of {days} days "
+                "(rule refunds): a manager corrects the member's balance instead")
+
     def refund(self, operator: str, debit_id: str, amount: int | None = None,
                reason: str = "", *, qty: int | None = None) -> dict[str, Any]:
         """退款. A debit's refund rights stay with the branch that made the debit, so two
@@ -290,6 +304,9 @@ class Payments(Merges, Rules):
         if row is None:
             raise NotFound(f"no debit {debit_id}")
         debit = json.loads(row[0])
+        late = self.refund_closed(debit_id)
+        if late:
+            raise PermissionDenied(late)
         prior = [json.loads(b) for (b,) in self.storage.conn.execute(
             "SELECT body FROM entries WHERE ref = ? AND kind = 'refund'", (debit_id,))]
         refunded = sum(int(p["amount"]) for p in prior)

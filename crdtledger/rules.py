@@ -181,6 +181,9 @@ def _check_rule(kind: str, body: Any) -> None:
             _require("timezone" not in body or localtime.known_zone(body["timezone"])
                      is not None, f"timezone {body.get('timezone')!r} is no IANA time "
                      "zone (e.g. Asia/Shanghai)")
+        elif kind == "refunds":
+            _require(type(body["days"]) is int and 0 <= body["days"] <= 3650,
+                     "days are a whole number from 0 (no limit) to 3650")
         elif kind in ("referral", "checkin", "exit"):
             from crdtledger.membership import RULE_CHECKS  # it builds on this module
 
@@ -243,6 +246,7 @@ RULE_EXAMPLES: dict[str, Any] = {
                          "to": "2026-12-31T21:00", "points": 10, "repeat": "daily",
                          "per_day": 1}},
     "exit": {"stored_value": "refund"},
+    "refunds": {"days": 30},
     "revocations": {"crl": ""},
 }
 

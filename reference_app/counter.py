@@ -1264,7 +1264,10 @@ class MemberPanel:
                     ui.label(_describe(s, e))
                     text, tone = _entry_amount(e)
                     ui.label(text).classes(f"text-right tabular-nums {tone}")
-                    if e["kind"] == "debit" and can("refund"):
+                    # Past the chain's refund period (rule refunds) a manager
+                    # corrects the balance instead: no refund is offered.
+                    if e["kind"] == "debit" and can("refund") and not \
+                            s.ledger.refund_closed(str(e["id"])):
                         ui.button(tr("退款", "Refund"), on_click=lambda e=e: c.refund_dialog(
                             e, int(e.get("qty") or 1) - units_back.get(str(e["id"]), 0)
                             if e.get("goods") else None)) \

@@ -199,6 +199,26 @@ async def test_refund_follows_the_operators_permissions(counter_app: CounterApp)
     assert app.ledger.balance(mid)["cash"] == 50000
 
 
+async def test_no_refund_is_offered_past_the_chains_refund_period(
+        counter_app: CounterApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rule refunds {"days": 30}: 31 days after a debit the owner is offered no refund
+    of it at the counter (and the library refuses one), a newer debit still is."""
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    old = app.ledger.debit(app.node_owner, mid, amount=1000)
+    app.ledger.set_rule(app.node_owner, "refunds", {"days": 30})
+    clock = app.ledger.clock
+    later = clock.raw_wall() + 31 * 86_400_000
+    monkeypatch.setattr(clock, "_now_ms", lambda: later)  # 31 days cannot pass in a test
+    app.ledger.debit(app.node_owner, mid, service="FOOT60")
+    await app.login(*OWNER)
+    await swipe(app)
+    await app.user.should_see("足疗 60 分钟")
+    assert len(app.user.find(marker="refund").elements) == 1  # the new debit's only
+    with pytest.raises(PermissionDenied, match="refund period of 30 days"):
+        app.ledger.refund(app.node_owner, old["id"])
+
+
 async def test_new_member_and_card(counter_app: CounterApp) -> None:
     app = counter_app
     await app.login(*CASHIER)

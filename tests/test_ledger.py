@@ -181,6 +181,34 @@ def test_refund_bounds_and_exhaustion(a: Ledger) -> None:
     refused(a, [m], NotFound, lambda: a.refund(o, top["id"]))  # not a debit
 
 
+def test_a_debit_past_the_refund_period_is_not_refunded(tmp_path: Path) -> None:
+    """With rule refunds {"days": 30}, a debit is refunded up to 30 days after its
+    date at the branch, not on the 31st: refused, naming the period, nothing changed.
+    With no period (0, the default) any debit can be. A malformed period is refused."""
+    clock = FakeClock()
+    a = new_ledger(tmp_path, "SH01", now_ms=clock)
+    try:
+        o, m = a.owner, member(a)
+        a.topup(o, m, 10000)
+        d = a.debit(o, m, amount=3000)
+        for bad in ({"days": -1}, {"days": "30"}, {"days": 3651}, {"days": 1.5}, {}):
+            with pytest.raises(InvalidInput):
+                a.set_rule(o, "refunds", bad)
+        a.set_rule(o, "refunds", {"days": 30})
+        clock.advance_days(30)
+        assert a.refund_closed(d["id"]) is None
+        a.refund(o, d["id"], 1000)
+        clock.advance_days(1)
+        assert "refund period of 30 days" in (a.refund_closed(d["id"]) or "")
+        refused(a, [m], PermissionDenied, lambda: a.refund(o, d["id"], 1000),
+                match="past the chain's refund period of 30 days")
+        a.set_rule(o, "refunds", {"days": 0})
+        a.refund(o, d["id"])
+        assert a.balance(m)["cash"] == 10000
+    finally:
+        a.close()
+
+
 def test_partial_refunds_return_cash_then_bonus_as_paid(a: Ledger) -> None:
     """Regression: a second partial refund used to pay bonus value back as cash."""
     o = a.owner
