@@ -280,8 +280,8 @@ class Payments(Merges, Rules):
         """Why a debit can no longer be refunded by the chain's refund period (rule
         `refunds`, days after the debit in the branch's dates; 0: no limit), or None.
         The counter offers no refund then; `refund` refuses it."""
-        days = int(self.rule("refunds").get("days") or 0)
-        if not days:
+        days = self.rule("refunds").get("days")
+        if type(days) is not int or days <= 0:  # as checked when set; else no limit
             return None
         made = self.storage.day_of(id_time_ms(debit_id))
         if (date.fromisoformat(self.today()) - date.fromisoformat(made)).days <= days:
