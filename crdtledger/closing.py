@@ -107,13 +107,13 @@ def sign_closing(ledger: Ledger) -> str | None:
     (each branch's latest closing of a month is the one read). Only new knowledge
     changes the digest, so this happens once per branch heard of late, not daily."""
     closing = books(ledger)["closing"]
-    signed = {m: d for _s, m, d in ledger.storage.log.closings().get(ledger.node, ())}
-    if closing is None or closing["digest"] is None or any(
-            m > closing["month"] for m in signed) or signed.get(
-            closing["month"]) == closing["digest"]:
+    if closing is None or closing["digest"] is None:
         return None
     through: str = closing["month"]
     found: str = closing["digest"]
+    signed = {m: d for _s, m, d in ledger.storage.log.closings().get(ledger.node, ())}
+    if signed.get(through) == found or any(m > through for m in signed):
+        return None
     try:
         ledger._check_may_write()
     except NotCaughtUp:

@@ -546,7 +546,7 @@ class Payments(Merges, Rules):
     def rights(self, member: str, purse: str = "cash") -> dict[str, int]:
         return {n: a for n, a in sorted(self._rights(member, purse).items()) if a != 0}
 
-    def purses_after(self, entry_id: str, member: str) -> dict[str, int]:
+    def purses_after(self, member: str, entry_id: str) -> dict[str, int]:
         return views.purses_after(self.storage.conn, member, entry_id)
 
     def history(self, member: str, limit: int = 50) -> list[dict[str, Any]]:

@@ -171,17 +171,20 @@ def balance(conn: sqlite3.Connection, member: str) -> dict[str, Any]:
     """A member's purses, summed over the member's group (crdtledger.merge): a
     survivor's balance includes the rights of merged members not yet swept into it."""
     out: dict[str, Any] = {"cash": 0, "bonus": 0, "points": 0, "packages": {}}
-    ids = member_group(conn, member)
-    for purse, total in conn.execute(
-        f"SELECT purse, SUM(amount) FROM rights WHERE member {in_(ids)} GROUP BY purse", ids
-    ):
+    for purse, total in _group_rights(conn, member_group(conn, member)).items():
         if purse.startswith("pkg:"):
-            out["packages"][purse[4:]] = int(total)
+            out["packages"][purse[4:]] = total
         elif purse.startswith("cpn:"):  # a coupon is no balance: crdtledger.coupons
             continue
         else:
-            out[purse] = int(total)
+            out[purse] = total
     return out
+
+
+def _group_rights(conn: sqlite3.Connection, ids: list[str]) -> dict[str, int]:
+    """Each purse's rights summed over the members `ids` (a member's group) and nodes."""
+    return {purse: int(total) for purse, total in conn.execute(
+        f"SELECT purse, SUM(amount) FROM rights WHERE member {in_(ids)} GROUP BY purse", ids)}
 
 
 def purses_after(conn: sqlite3.Connection, member: str, entry_id: str) -> dict[str, int]:
@@ -190,8 +193,7 @@ def purses_after(conn: sqlite3.Connection, member: str, entry_id: str) -> dict[s
     what the entries after it changed. A receipt's "balance after" reads the few
     entries since the sale, not the member's whole history."""
     ids = member_group(conn, member)
-    out = {purse: int(total) for purse, total in conn.execute(
-        f"SELECT purse, SUM(amount) FROM rights WHERE member {in_(ids)} GROUP BY purse", ids)}
+    out = _group_rights(conn, ids)
     for (body,) in conn.execute(
             f"SELECT body FROM entries WHERE member {in_(ids)} AND id > ?", [*ids, entry_id]):
         for purse, _node, delta in json.loads(body)["deltas"]:

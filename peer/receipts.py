@@ -334,7 +334,7 @@ def _method(ledger: Ledger, code: str) -> str:
 
 def _purses(ledger: Ledger, e: Mapping[str, Any]) -> tuple[Purse, ...]:
     """The member's purses after this entry in the chain's order, and before it."""
-    after = ledger.purses_after(str(e["id"]), ledger.survivor_of(str(e["member"])))
+    after = ledger.purses_after(ledger.survivor_of(str(e["member"])), str(e["id"]))
     change: dict[str, int] = {}
     for purse, _node, delta in e["deltas"]:
         change[purse] = change.get(purse, 0) + int(delta)
