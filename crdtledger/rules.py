@@ -182,8 +182,9 @@ def _check_rule(kind: str, body: Any) -> None:
                      is not None, f"timezone {body.get('timezone')!r} is no IANA time "
                      "zone (e.g. Asia/Shanghai)")
         elif kind == "refunds":
-            _require(type(body["days"]) is int and 0 <= body["days"] <= 3650,
-                     "days are a whole number from 0 (no limit) to 3650")
+            _require(isinstance(body, dict) and type(body.get("days")) is int
+                     and 0 <= body["days"] <= 3650, "days are a whole number from 0 (no "
+                     "limit) to 3650, e.g. {\"days\": 30}")
         elif kind in ("referral", "checkin", "exit"):
             from crdtledger.membership import RULE_CHECKS  # it builds on this module
 

@@ -191,7 +191,7 @@ def test_a_debit_past_the_refund_period_is_not_refunded(tmp_path: Path) -> None:
         o, m = a.owner, member(a)
         a.topup(o, m, 10000)
         d = a.debit(o, m, amount=3000)
-        for bad in ({"days": -1}, {"days": "30"}, {"days": 3651}, {"days": 1.5}, {}):
+        for bad in ({"days": -1}, {"days": "30"}, {"days": 3651}, {"days": 1.5}, {}, [30]):
             with pytest.raises(InvalidInput):
                 a.set_rule(o, "refunds", bad)
         a.set_rule(o, "refunds", {"days": 30})
