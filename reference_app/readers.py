@@ -356,6 +356,12 @@ class ScriptedReader(_Stated):
     def stop(self) -> None:
         self._emit = None
 
+    @property
+    def started(self) -> bool:
+        """The shop has started it (NiceGUI runs the shop's start as a background task,
+        so a test may be on its page before that)."""
+        return self._emit is not None
+
     def emit(self, event: ReaderEvent) -> None:
         if self._emit is None:
             raise RuntimeError("the scripted reader is not started")

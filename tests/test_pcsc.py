@@ -5,10 +5,16 @@ onto the reader, and `PcscReader` reading its UID through pyscard.
 The tests start their own `pcscd --foreground` (as root, like CI) and stop it afterwards;
 stopping and restarting it is part of what they check. A pcscd that some other process
 started cannot be stopped by them, and they say so rather than pass without checking.
+
+Their pcscd reads its own copy of vpcd's reader.conf, with vpcd's port moved below the
+kernel's ephemeral range: at the installed 35963, one of the thousands of client sockets
+the other tests open (or one in TIME_WAIT) can hold the port when vpcd binds, and the
+reader never appears (a CI run failed that way).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import queue
 import shutil
@@ -20,13 +26,13 @@ from pathlib import Path
 
 import pytest
 from app_fixtures import CASHIER, CounterApp
-from vcard import GET_UID, VPCD_PORT, VirtualCard
+from vcard import GET_UID, VirtualCard
 
 from reference_app.readers import PcscReader, ReaderEvent
 
 PCSCD_SOCKET = Path("/run/pcscd/pcscd.comm")
 VPCD_CONF = Path("/etc/reader.conf.d/vpcd")
-VPCD_READER = "Virtual PCD 00 00"  # the reader vpcd serves on VPCD_PORT
+VPCD_READER = "Virtual PCD 00 00"  # the reader vpcd serves on the port of its conf
 UID = bytes.fromhex("04A1B2C3D4E5F6")  # a 7-byte NFC UID, as MIFARE DESFire/NTAG have
 HANG_GUARD_S = 20  # every wait ends on an event; this only stops a broken test hanging
 PAGE_RETRIES = HANG_GUARD_S * 10  # NiceGUI's should_see looks every 0.1 s
@@ -51,16 +57,47 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
         time.sleep(0.05)
 
 
+def quiet_port() -> int:
+    """A free TCP port below the range the kernel hands out to sockets bound to port 0."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in range(low - 1, 1024, -1):
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        return port
+    pytest.fail("no free TCP port below the ephemeral range for vpcd")
+
+
+def vpcd_conf(directory: Path, port: int) -> Path:
+    """The installed vpcd reader.conf, listening on `port`, as the only file of a
+    reader.conf.d directory for `pcscd --config`."""
+    lines = []
+    for line in VPCD_CONF.read_text().splitlines():
+        key = line.split(maxsplit=1)[0] if line.strip() else ""
+        if key == "DEVICENAME":
+            line = f"DEVICENAME   /dev/null:{port:#06x}"
+        elif key == "CHANNELID":
+            line = f"CHANNELID    {port:#06x}"
+        lines.append(line)
+    (directory / "vpcd").write_text("\n".join(lines) + "\n")
+    return directory
+
+
 class Pcscd:
     """The pcscd these tests own: started in the foreground, stopped by its pid."""
 
-    def __init__(self) -> None:
+    def __init__(self, conf_dir: Path, vpcd_port: int) -> None:
+        self.conf_dir = conf_dir
+        self.vpcd_port = vpcd_port
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         assert self.process is None
         self.process = subprocess.Popen(
-            [shutil.which("pcscd") or "/usr/sbin/pcscd", "--foreground"],
+            [shutil.which("pcscd") or "/usr/sbin/pcscd", "--foreground",
+             "--config", str(self.conf_dir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         process = self.process
 
@@ -82,7 +119,7 @@ class Pcscd:
 
 
 @pytest.fixture(scope="module")
-def pcscd() -> Iterator[Pcscd]:
+def pcscd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pcscd]:
     if not VPCD_CONF.exists():
         pytest.fail(f"{VPCD_CONF} is missing: install Debian's vsmartcard-vpcd (./run setup)")
     if accepting(PCSCD_SOCKET):
@@ -90,7 +127,8 @@ def pcscd() -> Iterator[Pcscd]:
                     "their own: stop it first (systemctl stop pcscd.socket pcscd.service)")
     if os.geteuid() != 0:
         pytest.fail("starting pcscd needs root (it creates /run/pcscd); run as root, as CI does")
-    daemon = Pcscd()
+    port = quiet_port()
+    daemon = Pcscd(vpcd_conf(tmp_path_factory.mktemp("reader.conf.d"), port), port)
     daemon.start()
     yield daemon
     daemon.stop()
@@ -126,9 +164,9 @@ def wait_status(reader: PcscReader, events: Events, part: str) -> None:
         assert event.kind == "status", f"unexpected {event} while waiting for {part!r}"
 
 
-def insert(uid: bytes | None) -> VirtualCard:
+def insert(pcscd: Pcscd, uid: bytes | None) -> VirtualCard:
     """Put a card on the virtual reader: connect to vpcd once it listens."""
-    card = VirtualCard(uid, port=VPCD_PORT)
+    card = VirtualCard(uid, port=pcscd.vpcd_port)
 
     def connected() -> bool:
         try:
@@ -137,7 +175,7 @@ def insert(uid: bytes | None) -> VirtualCard:
             return False
         return True
 
-    wait_until(connected, f"vpcd listening on port {VPCD_PORT}")
+    wait_until(connected, f"vpcd listening on port {pcscd.vpcd_port}")
     return card
 
 
@@ -147,7 +185,7 @@ def test_inserted_card_gives_its_uid_and_removal_is_reported(
     wait_status(r, events, f"{VPCD_READER}")
     assert "ready" in r.status and "就绪" in r.status_zh
 
-    card = insert(UID)
+    card = insert(pcscd, UID)
     assert next_event(events, "card") == ReaderEvent("card", UID.hex().upper(),
                                                      f"pcsc:{VPCD_READER}")
     # The UID comes from FF CA 00 00 00 and nothing else (other apps on this machine may
@@ -157,7 +195,7 @@ def test_inserted_card_gives_its_uid_and_removal_is_reported(
     assert next_event(events, "removed") == ReaderEvent("removed", "", f"pcsc:{VPCD_READER}")
 
     # A card that refuses the UID command: the cashier is told, nothing is looked up.
-    card = insert(None)
+    card = insert(pcscd, None)
     wait_status(r, events, "could not be read")
     assert "6A81" in r.status and "type the card number" in r.status
     card.remove()
@@ -165,7 +203,7 @@ def test_inserted_card_gives_its_uid_and_removal_is_reported(
     wait_status(r, events, "ready")
 
     # The same card again is read again: a swipe after a swipe is a new lookup.
-    with insert(UID):
+    with insert(pcscd, UID):
         assert next_event(events, "card").value == UID.hex().upper()
     assert next_event(events, "removed").value == ""
 
@@ -174,7 +212,7 @@ def test_reader_tells_pcscd_is_down_and_works_again_when_it_is_back(
         pcscd: Pcscd, reader: tuple[PcscReader, Events]) -> None:
     r, events = reader
     wait_status(r, events, "ready")
-    card = insert(UID)
+    card = insert(pcscd, UID)
     next_event(events, "card")
 
     pcscd.stop()  # with the card on the reader: nobody can vouch for it now
@@ -187,7 +225,7 @@ def test_reader_tells_pcscd_is_down_and_works_again_when_it_is_back(
     # Quietly retrying: once pcscd is back the reader is ready and reads cards again.
     pcscd.start()
     wait_status(r, events, "ready")
-    with insert(UID):
+    with insert(pcscd, UID):
         assert next_event(events, "card").value == UID.hex().upper()
     next_event(events, "removed")
 
@@ -201,7 +239,7 @@ def test_reader_started_before_pcscd_picks_it_up(pcscd: Pcscd) -> None:
         wait_status(r, events, "not running")
         pcscd.start()
         wait_status(r, events, "ready")
-        with insert(UID):
+        with insert(pcscd, UID):
             assert next_event(events, "card").value == UID.hex().upper()
     finally:
         r.stop()
@@ -216,8 +254,14 @@ async def test_inserting_the_card_shows_the_member_on_the_counter(
     member = app.ledger.add_member(app.node_owner, name="李娜", phone="13900001111")
     app.ledger.issue_card(app.node_owner, member, card_no)
     app.ledger.topup(app.node_owner, member, 12345)
-    # The fixture's shop has the scripted FAKE; give it the real PC/SC reader too, started
-    # as the shop starts its readers (and stopped by the shop with them).
+    # The fixture's shop has the scripted FAKE; give it the real PC/SC reader too,
+    # started as the shop starts its readers (and stopped by the shop with them). The
+    # shop's start runs as a background task: once it has started the fixture's reader,
+    # it will not start this one a second time.
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not app.reader.started:
+        assert time.monotonic() < deadline, "the shop never started its readers"
+        await asyncio.sleep(0.01)
     pcsc = PcscReader(retry_s=0.2)
     app.shop.readers.append(pcsc)
     pcsc.start(app.shop.reader_event)
@@ -225,7 +269,7 @@ async def test_inserting_the_card_shows_the_member_on_the_counter(
     await app.user.should_see(marker="search")
     await app.user.should_not_see(marker="member-name")
 
-    with insert(UID):
+    with insert(pcscd, UID):
         await app.user.should_see(marker="member-name", retries=PAGE_RETRIES)
         await app.user.should_see("李娜")
         await app.user.should_see("¥123.45")
