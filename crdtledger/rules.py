@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 
 from crdtledger import localtime, notices
 from crdtledger.auth import Auth
@@ -14,6 +14,7 @@ from crdtledger.commit import put
 from crdtledger.errors import InvalidAmount, InvalidInput, LedgerError
 from crdtledger.inputs import check_date
 from crdtledger.model import (
+    CARD_TYPES,
     DEFAULT_RULES,
     ID,
     LEVEL_BASES,
@@ -97,6 +98,10 @@ def _whole(value: Any) -> int:
     return int(value)
 
 
+def _text(value: Any, limit: int) -> bool:
+    return isinstance(value, str) and len(value) <= limit
+
+
 def _require(ok: bool, what: str) -> None:
     """A rule check that holds under `python -O` too (which strips `assert`)."""
     if not ok:
@@ -137,6 +142,21 @@ def _check_rule(kind: str, body: Any) -> None:
             for p in body:
                 check_amount(_whole(p["min"]))
                 check_amount(_whole(p["bonus"]))
+                _require(_text(p.get("name", ""), 40),
+                         "a promotion's name is text of at most 40 characters")
+        elif kind == "branches":
+            # Shown on receipts, pages and notices at every branch.
+            _require(isinstance(body, dict), "the rule is a map of branch id to name")
+            for node, name in body.items():
+                _require(_text(node, 40) and bool(node) and _text(name, 40) and bool(name),
+                         f"branch {node!r}: its name is text of 1 to 40 characters")
+        elif kind == "card_types":
+            _require(isinstance(body, dict), "the rule is a map of card type to its fee")
+            for t, terms in body.items():
+                _require(t in CARD_TYPES, f"card type {t!r} is one of {list(CARD_TYPES)}")
+                _require(isinstance(terms, dict), f"{t}: the terms are a map, e.g. "
+                         '{"fee": 1000}')
+                check_amount(_whole(terms.get("fee", 0)), allow_zero=True)
         elif kind == "earn":
             _require(0 <= Decimal(str(body["points_per_yuan"])) <= 1000,
                      "points per yuan are from 0 to 1000")
@@ -183,16 +203,29 @@ def _check_rule(kind: str, body: Any) -> None:
                      "zone (e.g. Asia/Shanghai)")
         elif kind == "refunds":
             _require(isinstance(body, dict) and type(body.get("days")) is int
-                     and 0 <= body["days"] <= 3650, "days are a whole number from 0 (no "
-                     "limit) to 3650, e.g. {\"days\": 30}")
+                     and 0 <= body["days"] <= 3650,
+                     "days are a whole number from 0 (no limit) to 3650")
         elif kind in ("referral", "checkin", "exit"):
             from crdtledger.membership import RULE_CHECKS  # it builds on this module
 
             RULE_CHECKS[kind](body)
         else:
             _require(isinstance(body, dict), "the rule is a map")
-    except (KeyError, TypeError, ValueError, ArithmeticError, LedgerError) as e:
-        raise InvalidInput(f"rule {kind} is malformed: {e or 'bad shape'}") from None
+    except KeyError as e:
+        _malformed(kind, f"{e.args[0]} is missing")
+    except (TypeError, ValueError, ArithmeticError):
+        # Python's own words ("'int' object is not subscriptable") tell an owner nothing.
+        _malformed(kind, "a value is not of the kind or form the rule takes")
+    except LedgerError as e:  # ours, and already a sentence
+        _malformed(kind, str(e))
+
+
+def _malformed(kind: str, why: str) -> NoReturn:
+    """A malformed rule is refused with what is wrong and what a good one looks like."""
+    if kind not in RULE_EXAMPLES:  # goods: `crdtledger goods add` writes its versions
+        raise InvalidInput(f"rule {kind} is malformed: {why}")
+    example = json.dumps(RULE_EXAMPLES[kind], ensure_ascii=False, separators=(", ", ": "))
+    raise InvalidInput(f"rule {kind} is malformed: {why}; a version looks like {example}")
 
 
 _GOODS_TEXT = {"name": 60, "barcode": 40, "unit": 10, "category": 40}
