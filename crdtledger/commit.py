@@ -111,6 +111,9 @@ class LedgerBase:
         # more into the ledger of that month or before, and mints no id before the
         # next month's start.
         self.closed_through: str | None = None
+        # The balances at the end of each month a closing was worked out for here, with
+        # the history they were worked out from (crdtledger.closing.month_end).
+        self.month_ends: dict[str, tuple[str, closing.MonthEnd]] = {}
         own = storage.log.cuts().get(self.node)
         if own:
             self._cut_taken(max(m for _s, m in own))

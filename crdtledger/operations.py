@@ -1016,10 +1016,18 @@ BOOKS = {"type": "object",
                         "behind": NODES, "retired": NODES,
                         "closing": {"oneOf": [{"type": "null"}, {
                             "type": "object",
-                            "required": ["month", "digest", "agree", "differ", "counted"],
+                            "required": ["month", "digest", "agree", "differ", "counted",
+                                         "balances"],
                             "properties": {"month": STR, "digest": {"type": ["string", "null"]},
                                            "agree": NODES, "differ": NODES,
-                                           "counted": {"type": "boolean"}}}]}}}
+                                           "counted": {"type": "boolean"},
+                                           "balances": {"oneOf": [{"type": "null"}, {
+                                               "type": "object",
+                                               "required": ["purses", "holders"],
+                                               "properties": {
+                                                   "purses": {"type": "object",
+                                                              "additionalProperties": INT},
+                                                   "holders": INT}}]}}}]}}}
 
 
 def _show_books(_ledger: Ledger, r: Any, _p: Params) -> str:
@@ -1036,11 +1044,27 @@ def _show_books(_ledger: Ledger, r: Any, _p: Params) -> str:
                      f"{', '.join(c['agree']) or 'nobody yet'}"
                      + ("; it counts (head office and a quorum signed it)" if c["counted"]
                         else "; it counts once head office and a quorum sign it"))
+        if c["balances"]:
+            lines.append(f"balances at the end of {c['month']}: "
+                         + _month_end_line(c["balances"]))
         if c["differ"]:
             lines.append(f"WARNING: {', '.join(c['differ'])} signed another history of "
                          f"{c['month']} (a fork, or records that reached one side late)")
     return "\n".join([*lines, *(f"  {n:16} {m or 'nothing closed'}"
                                 for n, m in r["branches"].items())])
+
+
+# What each purse kind's sum is, for an owner and an accountant (model.PURSE).
+_PURSE_KINDS = {"cash": "stored value {}", "bonus": "bonus value {}", "points": "{} points",
+                "pkg": "{} package uses", "cpn": "{} coupons", "stock": "{} goods on shelves",
+                "transit": "{} goods in transit"}
+
+
+def _month_end_line(b: dict[str, Any]) -> str:
+    sums = b["purses"]
+    said = [text.format(format_yuan(sums[k]) if k in MONEY_PURSES else sums[k])
+            for k, text in _PURSE_KINDS.items() if sums.get(k)]
+    return f"{', '.join(said) or 'nothing held'}, held by {b['holders']} members"
 
 
 @operation("report.books", "月结: how far each branch has closed its books (its month-end "

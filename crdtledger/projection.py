@@ -53,7 +53,7 @@ def project_entry(conn: sqlite3.Connection, entry: dict[str, Any], day: str, sig
         conn.execute("DELETE FROM entries WHERE id = ?", (entry["id"],))
     conn.executemany(_ADD_RIGHTS,
                      [(entry["member"], p, n, sign * c) for p, n, c in entry["deltas"]])
-    spent, topped = _spent_topped(entry)
+    spent, topped = spent_topped(entry)
     if spent or topped:
         conn.execute(_ADD_TOTALS, (entry["member"], sign * spent, sign * topped))
 
@@ -64,7 +64,7 @@ _ADD_TOTALS = ("INSERT INTO totals(member, spent, topped) VALUES (?,?,?) ON CONF
                "DO UPDATE SET spent = spent + excluded.spent, topped = topped + excluded.topped")
 
 
-def _spent_topped(entry: dict[str, Any]) -> tuple[int, int]:
+def spent_topped(entry: dict[str, Any]) -> tuple[int, int]:
     """What an entry adds to its member's cumulative spend and top-ups (levels)."""
     spent = _SPEND_KINDS.get(entry["kind"], 0) * entry["amount"]
     if entry["kind"] == "debit" and entry.get("pay") == "package":
@@ -164,7 +164,7 @@ def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, A
         for k, c in change.items():
             rights[k] = held(k) + c
             changed[k] = changed.get(k, 0) + c
-        spent, topped = _spent_topped(e)
+        spent, topped = spent_topped(e)
         if spent or topped:
             t = totals.setdefault(e["member"], [0, 0])
             t[0] += spent

@@ -731,6 +731,16 @@ def books_line(books: Mapping[str, Any], name: Callable[[str], str]) -> str:
         line += tr("（{n} 家分店核对一致，待总部与更多分店签署后生效）",
                    " ({n} branches signed the same books; it counts once head office and "
                    "a quorum sign)", n=len(closing["agree"]))
+    if closing and closing["balances"] and not closing["balances"]["holders"]:
+        line += tr("。{m} 月末：会员无余额", ". At the end of {m}: members held nothing",
+                   m=closing["month"])
+    elif closing and closing["balances"]:  # what that closing's digest covers
+        sums = closing["balances"]["purses"]
+        line += tr("。{m} 月末：储值 {c}，赠送 {b}，积分 {p}，{n} 位会员持有",
+                   ". At the end of {m}: stored value {c}, bonus value {b}, {p} points, "
+                   "held by {n} members", m=closing["month"], c=money(sums.get("cash", 0)),
+                   b=money(sums.get("bonus", 0)), p=sums.get("points", 0),
+                   n=closing["balances"]["holders"])
     return line
 
 

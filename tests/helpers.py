@@ -35,9 +35,10 @@ def tables(ledger: Ledger) -> list[str]:
 
 
 def new_ledger(root: Path, node: str, chain: str = "default",
-               now_ms: Callable[[], int] | None = None) -> Ledger:
+               now_ms: Callable[[], int] | None = None, timezone: str = "Asia/Shanghai"
+               ) -> Ledger:
     path = Path(root) / node.lower()
-    Ledger.create(path, node, chain)
+    Ledger.create(path, node, chain, timezone)
     return Ledger.open(path, now_ms=now_ms, synchronous=SYNCHRONOUS)
 
 

@@ -102,6 +102,26 @@ async def test_reports_show_real_figures_and_export_csv(counter_app: CounterApp,
                                                    ("李娜", "13900001111")}
 
 
+
+async def test_the_settlement_page_says_what_the_closed_months_end_held(
+        counter_app: CounterApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a month is closed and its closing signed, the owner reads on the settlement
+    page what members held at its end: the stored value the chain owes them."""
+    app = counter_app
+    mid = app.ledger.add_member(app.node_owner, name="王芳", phone="13812345678")
+    app.ledger.topup(app.node_owner, mid, 50000)
+    app.ledger.debit(app.node_owner, mid, amount=12800)
+    clock = app.ledger.clock
+    later = clock.raw_wall() + 70 * 86_400_000  # past the 7th of the month after next
+    monkeypatch.setattr(clock, "_now_ms", lambda: later)
+    app.ledger.topup(app.node_owner, mid, 10000)  # after the closed month: not in it
+    app.ledger.housekeeping()  # closes the month due and signs its closing
+    month = closing.books(app.ledger)["closing"]["month"]
+    await app.login(*OWNER)
+    await app.user.open("/office/settlement")
+    await app.user.should_see(f"{month} 月末：储值 ¥372.00，赠送 ¥0.00，积分 128，"
+                              "1 位会员持有")
+
 async def test_erasure_blanks_personal_data_and_keeps_the_figures(
         counter_app: CounterApp) -> None:
     app = counter_app

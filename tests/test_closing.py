@@ -5,7 +5,9 @@ log by hand with its own key (helpers.Forger)."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +24,7 @@ from crdtledger.hlc import HybridClock, id_time_ms
 from crdtledger.ledger import Ledger
 from crdtledger.log import APPLIED, CLOSING_DOC, CUT_DOC, HELD, WAITING, closing_data
 from crdtledger.model import entry_doc
+from crdtledger.storage import DB_FILE
 from peer.chain import enrol, init_chain, revocations_rule, revoke
 
 DAY_MS = 86_400_000
@@ -95,7 +98,9 @@ def test_the_daily_pass_closes_the_month_due_once(pair: tuple[Ledger, Ledger, st
             "branches": {"SH01": "2026-01", "SH02": "2026-01"}, "behind": [],
             "retired": [], "closing": {"month": "2026-01", "digest": digest,
                                        "agree": ["SH01", "SH02"], "differ": [],
-                                       "counted": True}}  # every branch (no CA: all govern)
+                                       "counted": True,  # every branch (no CA: all govern)
+                                       "balances": {"purses": {"cash": 100_000},
+                                                    "holders": 1}}}
         assert ledger.faults() == []
 
 
@@ -324,11 +329,13 @@ def test_the_books_report_as_the_command_line_shows_it(tmp_path: Path) -> None:
     assert result == {"closed_through": due, "latest": due, "branches": {"SH01": due},
                       "behind": [], "retired": [], "closing": {"month": due, "digest": digest,
                                                 "agree": ["SH01"], "differ": [],
-                                                "counted": True}}
+                                                "counted": True, "balances": {
+                                                    "purses": {}, "holders": 0}}}
     r = run_cli("report", "books", data=data)
     assert r.code == 0, r.err
     assert f"books closed through {due} at every branch" in r.out
     assert f"closing of {due}: digest {digest[:16]}, signed alike by SH01" in r.out
+    assert f"balances at the end of {due}: nothing held, held by 0 members" in r.out
     r = run_cli("report", "books", "--json", data=data)
     assert r.code == 0 and json.loads(r.out) == result
 
@@ -360,9 +367,13 @@ def test_every_branch_signs_the_same_closing_and_a_lie_shows(
         liar.record(CLOSING_DOC, closing_data("2026-01", "0" * 64))
         a.apply_batch(liar.batch())
         assert a.faults() == []
+        bal = a.balance(m)  # nothing was written after January
+        assert bal["cash"] == 98_800 and bal["points"] > 0
         assert closing.books(a)["closing"] == {
             "month": "2026-01", "digest": digests.pop(), "agree": ["SH01", "SH02"],
-            "differ": ["SH03"], "counted": False}  # two of the three
+            "differ": ["SH03"], "counted": False,  # two of the three
+            "balances": {"purses": {"cash": 98_800, "points": bal["points"]},
+                         "holders": 1}}
         assert views.trust_status(a)["closing_differs"] == {"month": "2026-01",
                                                             "branches": ["SH03"]}
         assert views.trust_status(b)["closing_differs"] is None
@@ -372,6 +383,70 @@ def test_every_branch_signs_the_same_closing_and_a_lie_shows(
     finally:
         c.close()
 
+
+
+def _close_and_sign(*stores: Ledger) -> None:
+    """Each closes the month due, hears the others' cuts, and signs the closing."""
+    for _ in range(2):
+        for x in stores:
+            x.housekeeping()
+        for x, y in itertools.combinations(stores, 2):
+            sync(x, y)
+
+
+def test_the_balances_at_a_months_end_are_by_document_whatever_the_zone(
+        tmp_path: Path, clock: FakeClock) -> None:
+    """A closing covers the balances at its month's end. SH01 (Shanghai) sells at
+    00:30 on 1 February, its time: the entry is February's. SH02 keeps its store in
+    Los Angeles, where that instant is still 31 January (its reports put it on that
+    day), yet both count it out of January's balances and sign one digest."""
+    a = new_ledger(tmp_path, "SH01", now_ms=clock)
+    b = new_ledger(tmp_path, "SH02", now_ms=clock, timezone="America/Los_Angeles")
+    try:
+        m = a.add_member(a.owner, name="王芳", phone="13800000001")
+        a.topup(a.owner, m, 100_000)  # 1 January, 08:00 in Shanghai
+        clock.ms += 30 * DAY_MS + 16 * 3_600_000 + 30 * 60_000  # 31 Jan 16:30 UTC
+        debit = a.debit(a.owner, m, amount=2_000)
+        assert entry_doc(debit["id"], a.storage.day_of) == "ledger/2026-02"
+        sync(a, b)
+        day = b.storage.conn.execute("SELECT day FROM entries WHERE id = ?",
+                                     (debit["id"],)).fetchone()[0]
+        assert day == "2026-01-31"  # Los Angeles' day, and a January id there
+        clock.ms += 9 * DAY_MS  # 9 February in both zones: January is due
+        _close_and_sign(a, b)
+        books = [closing.books(x)["closing"] for x in (a, b)]
+        assert books[0] == books[1]
+        assert books[0]["month"] == "2026-01" and books[0]["agree"] == ["SH01", "SH02"]
+        assert books[0]["balances"]["purses"]["cash"] == 100_000
+        assert a.balance(m)["cash"] == b.balance(m)["cash"] == 98_000
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_store_edited_by_hand_signs_a_closing_that_differs(
+        tmp_path: Path, pair: tuple[Ledger, Ledger, str], clock: FakeClock) -> None:
+    """SH02's store is edited by hand (a backup put back after someone raised the
+    January top-up to 9,000.00 in its entries table): its log still matches SH01's,
+    but the balances its history gives do not, so its closing differs, at both."""
+    a, b, m = pair
+    data = b.storage.dir
+    b.close()
+    with sqlite3.connect(data / DB_FILE) as conn:
+        assert conn.execute("UPDATE entries SET body = replace(body, '100000', '900000') "
+                            "WHERE member = ?", (m,)).rowcount == 1
+    b = Ledger.open(data, now_ms=clock)
+    try:
+        clock.advance_days(38)  # 8 February: January is due
+        _close_and_sign(a, b)
+        assert b.storage.log.tip("SH01") == a.storage.log.tip("SH01")
+        ours, theirs = closing.books(a)["closing"], closing.books(b)["closing"]
+        assert (ours["agree"], ours["differ"]) == (["SH01"], ["SH02"])
+        assert (theirs["agree"], theirs["differ"]) == (["SH02"], ["SH01"])
+        assert ours["balances"]["purses"]["cash"] == 100_000
+        assert theirs["balances"]["purses"]["cash"] == 900_000
+    finally:
+        b.close()
 
 def test_a_branch_that_has_not_heard_every_cut_has_no_closing(
         tmp_path: Path, pair: tuple[Ledger, Ledger, str], clock: FakeClock) -> None:

@@ -889,6 +889,10 @@ class LedgerMachine(RuleBasedStateMachine):
                 rights[key] = rights.get(key, 0) + change
         table = {(m, p, n): a for m, p, n, a in _rows(ledger, "SELECT * FROM rights")}
         assert {k: v for k, v in table.items() if v} == {k: v for k, v in rights.items() if v}
+        if settled:  # a closing's balances, worked out past every entry, are the tables
+            totals = {m: (s, t) for m, s, t in _rows(ledger, "SELECT * FROM totals")}
+            assert closing.month_end_from_entries(ledger, "9998-12") == closing.MonthEnd.of(
+                "9998-12", table, totals), ledger.node
 
     @invariant()
     def projections_match_documents(self) -> None:
