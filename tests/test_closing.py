@@ -427,14 +427,14 @@ def test_the_balances_at_a_months_end_are_by_document_whatever_the_zone(
 def test_a_store_edited_by_hand_signs_a_closing_that_differs(
         tmp_path: Path, pair: tuple[Ledger, Ledger, str], clock: FakeClock) -> None:
     """SH02's store is edited by hand (a backup put back after someone raised the
-    January top-up to 9,000.00 in its entries table): its log still matches SH01's,
-    but the balances its history gives do not, so its closing differs, at both."""
+    member's stored value to 9,000.00 in its rights table): its log still matches
+    SH01's, but the balances it sells on do not, so its closing differs, at both."""
     a, b, m = pair
     data = b.storage.dir
     b.close()
     with sqlite3.connect(data / DB_FILE) as conn:
-        assert conn.execute("UPDATE entries SET body = replace(body, '100000', '900000') "
-                            "WHERE member = ?", (m,)).rowcount == 1
+        assert conn.execute("UPDATE rights SET amount = amount + 800000 WHERE member = ? "
+                            "AND purse = 'cash'", (m,)).rowcount == 1
     b = Ledger.open(data, now_ms=clock)
     try:
         clock.advance_days(38)  # 8 February: January is due
