@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from crdtledger.errors import NotCaughtUp
+from crdtledger.errors import InvalidInput, NotCaughtUp
 from crdtledger.hlc import id_floor
 from crdtledger.log import CLOSING_DOC, CUT_DOC, WAITING, closing_data
 from crdtledger.model import GOODS_PURSES, ledger_doc
@@ -254,6 +254,46 @@ def month_end_from_tables(ledger: Ledger, month: str) -> MonthEnd:
               for m, s, t in conn.execute(
                   "SELECT member, spent, topped FROM totals ORDER BY member"))
     return MonthEnd.of(month, rights, totals)
+
+
+# What an owner and an accountant read per member at a month's end: the money and
+# points a member can spend (packages and coupons are counted in `MonthEnd.purses`).
+MEMBER_PURSES = ("cash", "bonus", "points")
+
+
+def member_balances(ledger: Ledger, month: str | None = None) -> dict[str, Any]:
+    """Each member's stored value, bonus value and points at the end of `month` (the
+    latest month closed at every branch when None), and their sums: what the chain
+    owes its members, by member, once nothing more can be written into that month.
+    The same rows as the closing's balances (`month_end_from_tables`), summed over
+    the branches holding them. InvalidInput for a month not closed at every branch:
+    its balances could still change."""
+    through = books(ledger)["closed_through"]
+    if through is None:
+        raise InvalidInput("no month is closed at every branch yet (crdtledger report "
+                           "books): a month's balances are final once it is")
+    month = month or through
+    if month > through:
+        raise InvalidInput(f"{month} is not closed at every branch yet (the books are "
+                           f"closed through {through}): its balances can still change")
+    later, _totals = _added_after(ledger, month)
+    less: defaultdict[tuple[str, str], int] = defaultdict(int)
+    for (member, purse, _node), amount in later.items():
+        less[(member, purse)] += amount
+    held: dict[str, dict[str, Any]] = {}
+    for member, name, purse, amount in ledger.storage.conn.execute(
+            "SELECT r.member, m.name, r.purse, SUM(r.amount) FROM rights r LEFT JOIN members "
+            "m ON m.id = r.member WHERE r.purse IN "
+            f"({','.join('?' * len(MEMBER_PURSES))}) GROUP BY r.member, r.purse "
+            "ORDER BY r.member", MEMBER_PURSES):
+        left = amount - less.get((member, purse), 0)
+        if left:
+            row = held.setdefault(member, {"member": member, "name": name or "",
+                                           **dict.fromkeys(MEMBER_PURSES, 0)})
+            row[purse] = left
+    rows = list(held.values())
+    return {"month": month, "members": rows,
+            "total": {k: sum(r[k] for r in rows) for k in MEMBER_PURSES}}
 
 
 def _added_after(ledger: Ledger, month: str) -> tuple[dict[tuple[str, str, str], int],

@@ -80,6 +80,7 @@ SERVICE = text(20, pattern=ecma(SERVICE_CODE), description="a service code from 
 PURSE_NAME = text(40, pattern=ecma(PURSE),
                   description="cash, bonus, points, pkg:ID (a package) or cpn:ID (a coupon)")
 DAY = text(10, format="date", description="a date like 2026-11-23")
+MONTH_TEXT = text(7, pattern=ecma(MONTH), description="a month like 2026-11")
 DAY_OF_YEAR = text(10, pattern=or_empty(ecma(PARTIAL_DATE)),
                    description="a date like 1990-05-17 or 05-17")
 FEN = {"type": "integer", "minimum": 1, "maximum": MAX_AMOUNT, "x-error": "invalid_amount",
@@ -1074,6 +1075,44 @@ def _month_end_line(b: dict[str, Any]) -> str:
                 "A month is final once every branch has closed it.")
 def report_books(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return closing.books(ledger)
+
+
+MEMBER_BALANCE = {"type": "object", "required": ["member", "name", *closing.MEMBER_PURSES],
+                  "properties": {"member": STR, "name": STR,
+                                 **dict.fromkeys(closing.MEMBER_PURSES, INT)}}
+BALANCES = {"type": "object", "required": ["month", "members", "total"],
+            "properties": {"month": STR, "members": {"type": "array", "items": MEMBER_BALANCE},
+                           "total": {"type": "object", "required": list(closing.MEMBER_PURSES),
+                                     "properties": dict.fromkeys(closing.MEMBER_PURSES, INT)}}}
+
+
+def _balances_rows(r: Any) -> list[list[str]]:
+    """One row per member (amounts in yuan, points as counted), then the sums."""
+    def row(first: str, name: str, b: Mapping[str, int]) -> list[str]:
+        return [first, name, format_yuan(b["cash"]), format_yuan(b["bonus"]), str(b["points"])]
+    return [["member", "name", "cash", "bonus", "points"],
+            *(row(m["member"], m["name"], m) for m in r["members"]),
+            row("total", "", r["total"])]
+
+
+def _show_balances(_ledger: Ledger, r: Any, _p: Params) -> str:
+    t = r["total"]
+    head = (f"balances at the end of {r['month']} (closed at every branch), "
+            f"{len(r['members'])} members: stored value {format_yuan(t['cash'])}, "
+            f"bonus value {format_yuan(t['bonus'])}, {t['points']} points")
+    return "\n".join([head, *(f"  {m['member']}  {m['name'] or '-'}  {format_yuan(m['cash'])}"
+                              f"  bonus {format_yuan(m['bonus'])}  {m['points']} points"
+                              for m in r["members"])])
+
+
+@operation("report.balances", "月末余额: every member's stored value, bonus value and points "
+           "at the end of a month closed at every branch (what the chain owes its members "
+           "then, final)", needs=REPORTS, http="GET /reports/balances",
+           params=(Param("month", MONTH_TEXT, help="YYYY-MM; the latest month closed at "
+                                                   "every branch when left out"),),
+           result=BALANCES, show=_show_balances, table=_balances_rows)
+def report_balances(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return closing.member_balances(ledger, p.get("month"))
 
 
 def _show_ranking(_ledger: Ledger, rows: Any, p: Params) -> str:

@@ -19,7 +19,7 @@ from pycrdt import Doc, Map
 
 from crdtledger import closing, operations, views
 from crdtledger.backups import restore, write_backup
-from crdtledger.errors import PermissionDenied
+from crdtledger.errors import InvalidInput, PermissionDenied
 from crdtledger.hlc import HybridClock, id_time_ms
 from crdtledger.ledger import Ledger
 from crdtledger.log import APPLIED, CLOSING_DOC, CUT_DOC, HELD, WAITING, closing_data
@@ -447,6 +447,45 @@ def test_a_store_edited_by_hand_signs_a_closing_that_differs(
         assert theirs["balances"]["purses"]["cash"] == 900_000
     finally:
         b.close()
+
+
+def test_the_balances_report_lists_what_each_member_held_at_the_months_end(
+        tmp_path: Path, pair: tuple[Ledger, Ledger, str], clock: FakeClock) -> None:
+    """`crdtledger report balances`: each member's stored value, bonus value and points
+    at the end of the latest month closed at every branch, and their sums, which are
+    the closing's. A sale after the month's end is not in it; a month not closed at
+    every branch, or no month, is refused with a sentence."""
+    a, b, m = pair
+    with pytest.raises(InvalidInput, match="no month is closed at every branch yet"):
+        operations.run(a, a.owner, "report.balances", {})
+    n = b.add_member(b.owner, name="李娜", phone="13900001111")
+    b.topup(b.owner, n, 30_000)
+    b.debit(b.owner, n, amount=12_800)
+    clock.advance_days(32)  # 2 February
+    a.topup(a.owner, m, 5_000)  # February's
+    clock.advance_days(6)  # 8 February: January is due
+    _close_and_sign(a, b)
+    report = operations.run(a, a.owner, "report.balances", {})
+    points = b.balance(n)["points"]
+    assert report == {"month": "2026-01", "members": sorted([
+        {"member": m, "name": "王芳", "cash": 100_000, "bonus": 0, "points": 0},
+        {"member": n, "name": "李娜", "cash": 17_200, "bonus": 0, "points": points},
+    ], key=lambda r: r["member"]), "total": {"cash": 117_200, "bonus": 0, "points": points}}
+    assert a.balance(m)["cash"] == 105_000  # February's top-up: not January's
+    sums = closing.books(a)["closing"]["balances"]["purses"]
+    assert report["total"] == {k: sums.get(k, 0) for k in ("cash", "bonus", "points")}
+    assert operations.run(b, b.owner, "report.balances", {"month": "2025-12"})["members"] == []
+    with pytest.raises(InvalidInput, match="2026-02 is not closed at every branch yet"):
+        operations.run(a, a.owner, "report.balances", {"month": "2026-02"})
+    with pytest.raises(InvalidInput, match="month"):
+        operations.run(a, a.owner, "report.balances", {"month": "2026-1"})
+    r = run_cli("report", "balances", "--csv", data=a.storage.dir)
+    assert r.code == 0, r.err
+    lines = r.out.splitlines()
+    assert lines[0] == "member,name,cash,bonus,points"
+    assert lines[-1] == f"total,,1172.00,0.00,{points}"
+    r = run_cli("report", "balances", "--month", "2026-02", data=a.storage.dir)
+    assert r.code != 0 and "2026-02 is not closed at every branch yet" in r.err
 
 def test_a_branch_that_has_not_heard_every_cut_has_no_closing(
         tmp_path: Path, pair: tuple[Ledger, Ledger, str], clock: FakeClock) -> None:

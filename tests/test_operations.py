@@ -27,7 +27,7 @@ from aiohttp import web
 from helpers import new_ledger, snapshot, sync
 from test_api import Api, serving
 
-from crdtledger import bookings, operations
+from crdtledger import bookings, closing, operations
 from crdtledger.ledger import Ledger
 from crdtledger.model import BUILTIN_ROLES
 from crdtledger.operations import TABLE, Operation
@@ -72,7 +72,9 @@ def furnish(ledger: Ledger) -> Shop:
         sync(ledger, sender)
         sender.stock_in(sender.owner, "G01", 5)
         sender.ship_stock(sender.owner, "G01", 3, "SH01")
+        closing.close_due_month(sender)  # both close the month due: report.balances
         sync(ledger, sender)
+    closing.close_due_month(ledger)
     coupon = ledger.issue_coupon(owner, member, off=500)["coupon"]
     referral = ledger.refer(owner, twin, member)["id"]
     leaver = ledger.add_member(owner, name="李雷", phone="13700000009")
@@ -151,6 +153,7 @@ SAMPLES: dict[str, Callable[[Shop], Params]] = {
     "report.daily": lambda s: {"branch": "SH01"},
     "report.settlement": lambda s: {},
     "report.books": lambda s: {},
+    "report.balances": lambda s: {},
     "report.ranking": lambda s: {"by": "services", "limit": 3},
     "rule.show": lambda s: {"kind": "services"},
     "rule.set": lambda s: {"kind": "promotions",
