@@ -707,6 +707,20 @@ def settlement_csv(ledger: Ledger, start: str | None, end: str | None) -> bytes:
                       *(labels[k] for k in settlement.PAIR_FIGURES)], rows)
 
 
+def balances_csv(ledger: Ledger) -> tuple[bytes, str]:
+    """Each member's balances at the end of the latest month closed at every branch
+    (`crdtledger report balances --csv`), headers in the counter's language."""
+    r = closing.member_balances(ledger)
+    rows = [[m["member"], m["name"], format_yuan(m["cash"]), format_yuan(m["bonus"]),
+             m["points"]] for m in r["members"]]
+    t = r["total"]
+    rows.append([tr("合计", "Total"), "", format_yuan(t["cash"]), format_yuan(t["bonus"]),
+                 t["points"]])
+    return csv_bytes([tr("会员号", "Member"), tr("姓名", "Name"), tr("储值", "Stored value"),
+                      tr("赠送", "Bonus value"), tr("积分", "Points")], rows), \
+        f"balances-{r['month']}.csv"
+
+
 def books_line(books: Mapping[str, Any], name: Callable[[str], str]) -> str:
     """How far the month-end closing has come (crdtledger.closing), for the owner."""
     through = books["closed_through"]
@@ -770,7 +784,13 @@ def settlement_page() -> None:
             ui.label(shop().refusal(e)).classes("text-negative")
             return
         name, labels = shop().branch_name, figure_labels()
-        ui.label(books_line(closing.books(ledger), name)).classes("text-sm")
+        books = closing.books(ledger)
+        with ui.row().classes("items-center gap-4"):
+            ui.label(books_line(books, name)).classes("text-sm")
+            if books["closed_through"]:  # final figures only: a month closed everywhere
+                export_button(tr("导出 {m} 月末余额", "Export balances at the end of {m}",
+                                 m=books["closed_through"]),
+                              lambda: balances_csv(ledger), "export-month-end")
         with ui.row().classes("w-full gap-4 no-wrap max-lg:flex-wrap items-start"):
             with ui.card().classes("flex-1 min-w-80"):
                 ui.label(tr("应付款", "Who owes whom")).classes("text-lg font-medium")

@@ -121,6 +121,22 @@ async def test_the_settlement_page_says_what_the_closed_months_end_held(
     await app.user.open("/office/settlement")
     await app.user.should_see(f"{month} 月末：储值 ¥372.00，赠送 ¥0.00，积分 128，"
                               "1 位会员持有")
+    # Each member's, for the accountant: `crdtledger report balances --csv`.
+    rows = parse_csv(await downloaded(app, "export-month-end"))
+    assert rows == [["会员号", "姓名", "储值", "赠送", "积分"],
+                    [mid, "王芳", "372.00", "0.00", "128"], ["合计", "", "372.00", "0.00", "128"]]
+
+async def test_month_end_balances_wait_for_a_month_closed_everywhere(
+        counter_app: CounterApp) -> None:
+    """Before any month is closed at every branch the page says so and offers no
+    month-end balances: figures that could still change are not handed out."""
+    app = counter_app
+    await app.login(*OWNER)
+    await app.user.open("/office/settlement")
+    await app.user.should_see("月结：尚无月份在所有分店结账")
+    await app.user.should_see(marker="export-settlement")
+    await app.user.should_not_see(marker="export-month-end")
+
 
 async def test_erasure_blanks_personal_data_and_keeps_the_figures(
         counter_app: CounterApp) -> None:
