@@ -13,7 +13,10 @@ from typing import Any
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import (
+    ElementClickInterceptedException,
+    StaleElementReferenceException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -76,8 +79,11 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
 
 def wait_for(driver: WebDriver, find: Callable[[WebDriver], Any], what: str) -> Any:
     """What `find` returns once it is truthy. The page re-renders parts of itself (the
-    member panel after a top-up), so an element can go stale between two looks."""
-    return WebDriverWait(driver, WAIT_S, ignored_exceptions=[StaleElementReferenceException]) \
+    member panel after a top-up), so an element can go stale between two looks; and a
+    dialog's button is covered while the dialog still slides in (Quasar's transition),
+    so a click can land on what is above it: both are tried again."""
+    return WebDriverWait(driver, WAIT_S, ignored_exceptions=[
+        StaleElementReferenceException, ElementClickInterceptedException]) \
         .until(lambda d: find(d) or None, message=f"waiting for {what}")
 
 
