@@ -266,8 +266,9 @@ def member_balances(ledger: Ledger, month: str | None = None) -> dict[str, Any]:
     latest month closed at every branch when None), and their sums: what the chain
     owes its members, by member, once nothing more can be written into that month.
     The same rows as the closing's balances (`month_end_from_tables`), summed over
-    the branches holding them. InvalidInput for a month not closed at every branch:
-    its balances could still change."""
+    the branches holding them. InvalidInput for a month not closed at every branch,
+    or one this replica cannot close yet (`digest` None): its balances could still
+    change."""
     through = books(ledger)["closed_through"]
     if through is None:
         raise InvalidInput("no month is closed at every branch yet (crdtledger report "
@@ -276,6 +277,9 @@ def member_balances(ledger: Ledger, month: str | None = None) -> dict[str, Any]:
     if month > through:
         raise InvalidInput(f"{month} is not closed at every branch yet (the books are "
                            f"closed through {through}): its balances can still change")
+    if digest(ledger, month) is None:  # as a closing: nothing of the month may wait
+        raise InvalidInput(f"the balances of {month} are not final here yet: records of "
+                           "it wait for others this branch has not received; sync first")
     later, _totals = _added_after(ledger, month)
     less: defaultdict[tuple[str, str], int] = defaultdict(int)
     for (member, purse, _node), amount in later.items():

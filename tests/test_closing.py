@@ -487,6 +487,38 @@ def test_the_balances_report_lists_what_each_member_held_at_the_months_end(
     r = run_cli("report", "balances", "--month", "2026-02", data=a.storage.dir)
     assert r.code != 0 and "2026-02 is not closed at every branch yet" in r.err
 
+
+def test_a_month_whose_records_wait_here_is_not_closed_here_yet(
+        tmp_path: Path, clock: FakeClock) -> None:
+    """SH03 gets SH02's log before SH01's: SH02's January edit of a member SH01 created
+    waits for it, and so does SH02's cut after it. Every branch SH03 knows has closed
+    January, but the balances it would sign are not final: it signs no closing and
+    lists no balances until SH01's records come; then it signs the same as the
+    others."""
+    a, b, c = (new_ledger(tmp_path, n, now_ms=clock) for n in ("SH01", "SH02", "SH03"))
+    try:
+        m = a.add_member(a.owner, name="王芳", phone="13800000001")
+        a.topup(a.owner, m, 100_000)
+        sync(a, b)
+        b.edit_member(b.owner, m, fields={"name": "王芳芳"})
+        clock.advance_days(38)  # 8 February
+        _close_and_sign(a, b)
+        c.apply_batch(Forger(b).batch(b.storage.log.records_after({"SH02": 0})))
+        c.housekeeping()
+        assert closing.books(c)["closed_through"] == "2026-01"
+        assert closing.books(c)["closing"]["digest"] is None
+        assert c.storage.log.closings().get("SH03") is None  # nothing signed
+        with pytest.raises(InvalidInput, match="2026-01 are not final here yet"):
+            operations.run(c, c.owner, "report.balances", {})
+        sync(a, c)
+        c.housekeeping()
+        sync(a, c)
+        assert closing.books(c)["closing"]["agree"] == ["SH01", "SH02", "SH03"]
+        assert operations.run(c, c.owner, "report.balances", {})["total"]["cash"] == 100_000
+    finally:
+        for x in (a, b, c):
+            x.close()
+
 def test_a_branch_that_has_not_heard_every_cut_has_no_closing(
         tmp_path: Path, pair: tuple[Ledger, Ledger, str], clock: FakeClock) -> None:
     a, b, _m = pair
