@@ -38,7 +38,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -145,9 +145,7 @@ def digest(ledger: Ledger, month: str) -> str | None:
     than the month) and counts for nothing. A retired writer that never cut the month
     counts as far as its log is held here (nothing more of it will be taken; two
     replicas that hold different lengths of it hold different books). None while
-    another writer known here has not cut the month, or while a record before a cut
-    waits here, or an entry of the month or before waits for its funding (the
-    balances are not final here yet)."""
+    another writer known here has not cut the month."""
     return _digest(ledger, month, *_writers(ledger))
 
 
@@ -168,8 +166,6 @@ def _digest(ledger: Ledger, month: str, writers: list[str], retired: list[str]
         if seq > 1:
             h.update(b"\0%s\0%d\0" % (node.encode(), seq) + (log.hash_at(node, seq) or b""))
     end = month_end(ledger, month, upto, h.hexdigest())
-    if end is None:
-        return None
     h.update(b"\0balances\0" + end.digest.encode())
     return h.hexdigest()
 
@@ -190,6 +186,9 @@ class MonthEnd:
     digest: str  # SHA-256 of the nonzero rows, sorted (docs/format.md)
     purses: dict[str, int]  # purse kind (cash, bonus, points, pkg, cpn, stock, transit)
     holders: int  # members with any nonzero right (goods items are not members)
+    # Records and entries of the month or before that wait here (`month_end`): not
+    # counted yet; the balances may change when they come in.
+    pending: int = 0
 
     @classmethod
     def of(cls, month: str, rights: Iterable[tuple[tuple[str, str, str], int]],
@@ -216,25 +215,27 @@ class MonthEnd:
         return cls(month, h.hexdigest(), dict(sorted(purses.items())), holders)
 
 
-def month_end(ledger: Ledger, month: str, upto: dict[str, int], key: str
-              ) -> MonthEnd | None:
-    """The balances at the end of `month`, or None while they are not final here: a
-    record of a writer at or before its cut (`upto`) waits, or an entry of the month
-    or before waits for its funding. Remembered per (month, `key`): the history up to
-    the cuts, which fixes the entries of those months once nothing of them waits."""
-    log = ledger.storage.log
+def month_end(ledger: Ledger, month: str, upto: dict[str, int], key: str) -> MonthEnd:
+    """The balances at the end of `month` as this replica holds them, remembered per
+    (month, `key`: the history up to the cuts) and per what of it waits here: records
+    of a writer before its cut kept waiting for what they build on, entries of
+    the month or before deferred for their funding. Those count for nothing yet; when
+    they come in, the balances are worked out again, the digest changes and the
+    branch signs again (`sign_closing`). Not refused meanwhile: a liar can make a
+    record wait, or an entry be deferred, for ever (an overdraft of its own rights),
+    the same at every replica that holds it, and must not keep the chain's months
+    from closing."""
     conn = ledger.storage.conn
-    for node in log.waiting_nodes() & upto.keys():
-        if conn.execute("SELECT 1 FROM records WHERE node = ? AND seq <= ? AND state = ? "
-                        "LIMIT 1", (node, upto[node], WAITING)).fetchone():
-            return None
-    if conn.execute("SELECT 1 FROM deferred WHERE doc >= 'ledger/' AND doc <= ? LIMIT 1",
-                    (ledger_doc(month),)).fetchone():
-        return None
+    waiting = sum(conn.execute("SELECT count(*) FROM records WHERE node = ? AND seq < ? AND "
+                               "state = ?", (node, upto[node], WAITING)).fetchone()[0]
+                  for node in ledger.storage.log.waiting_nodes() & upto.keys())
+    deferred = conn.execute("SELECT count(*) FROM deferred WHERE doc >= 'ledger/' AND "
+                            "doc <= ?", (ledger_doc(month),)).fetchone()[0]
+    key = f"{key}:{waiting}:{deferred}"
     kept = ledger.month_ends.get(month)
     if kept is not None and kept[0] == key:
         return kept[1]
-    end = month_end_from_tables(ledger, month)
+    end = replace(month_end_from_tables(ledger, month), pending=waiting + deferred)
     ledger.month_ends[month] = (key, end)
     return end
 
@@ -266,9 +267,9 @@ def member_balances(ledger: Ledger, month: str | None = None) -> dict[str, Any]:
     latest month closed at every branch when None), and their sums: what the chain
     owes its members, by member, once nothing more can be written into that month.
     The same rows as the closing's balances (`month_end_from_tables`), summed over
-    the branches holding them. InvalidInput for a month not closed at every branch,
-    or one this replica cannot close yet (`digest` None): its balances could still
-    change."""
+    the branches holding them, with what of the month waits here (`pending`, as
+    `month_end` counts it: the figures leave those out until they come). InvalidInput
+    for a month not closed at every branch: its balances could still change."""
     through = books(ledger)["closed_through"]
     if through is None:
         raise InvalidInput("no month is closed at every branch yet (crdtledger report "
@@ -277,9 +278,6 @@ def member_balances(ledger: Ledger, month: str | None = None) -> dict[str, Any]:
     if month > through:
         raise InvalidInput(f"{month} is not closed at every branch yet (the books are "
                            f"closed through {through}): its balances can still change")
-    if digest(ledger, month) is None:  # as a closing: nothing of the month may wait
-        raise InvalidInput(f"the balances of {month} are not final here yet: records of "
-                           "it wait for others this branch has not received; sync first")
     later, _totals = _added_after(ledger, month)
     less: defaultdict[tuple[str, str], int] = defaultdict(int)
     for (member, purse, _node), amount in later.items():
@@ -296,8 +294,10 @@ def member_balances(ledger: Ledger, month: str | None = None) -> dict[str, Any]:
                                            **dict.fromkeys(MEMBER_PURSES, 0)})
             row[purse] = left
     rows = list(held.values())
+    end = _digest(ledger, month, *_writers(ledger)) and ledger.month_ends[month][1]
     return {"month": month, "members": rows,
-            "total": {k: sum(r[k] for r in rows) for k in MEMBER_PURSES}}
+            "total": {k: sum(r[k] for r in rows) for k in MEMBER_PURSES},
+            "pending": end.pending if end else 0}
 
 
 def _added_after(ledger: Ledger, month: str) -> tuple[dict[tuple[str, str, str], int],
@@ -376,8 +376,8 @@ def books(ledger: Ledger) -> dict[str, Any]:
     a fork, or records of the month that reached one of the two after it signed),
     whether it counts (`counted`: a head office and a quorum signed it), and the
     balances at the month's end its digest covers (`balances`: each purse kind's sum
-    over every member, and how many members hold anything; None while not final
-    here)."""
+    over every member, how many members hold anything, and how many records and
+    entries of the month wait here, not counted yet; None without a digest)."""
     log = ledger.storage.log
     cuts = log.cuts()
     writers, retired = _writers(ledger)
@@ -400,7 +400,8 @@ def books(ledger: Ledger) -> dict[str, Any]:
         closing = {"month": through, "digest": ours, "agree": agree,
                    "differ": sorted(n for n, d in said.items() if d != ours),
                    "counted": ours is not None and _counted(ledger, agree, writers, retired),
-                   "balances": end and {"purses": end.purses, "holders": end.holders}}
+                   "balances": end and {"purses": end.purses, "holders": end.holders,
+                                        "pending": end.pending}}
     return {"closed_through": through, "latest": latest, "branches": branches,
             "behind": sorted(n for n, m in branches.items() if n not in retired
                              and latest is not None and (m is None or m < latest)),

@@ -1024,11 +1024,12 @@ BOOKS = {"type": "object",
                                            "counted": {"type": "boolean"},
                                            "balances": {"oneOf": [{"type": "null"}, {
                                                "type": "object",
-                                               "required": ["purses", "holders"],
+                                               "required": ["purses", "holders",
+                                                            "pending"],
                                                "properties": {
                                                    "purses": {"type": "object",
                                                               "additionalProperties": INT},
-                                                   "holders": INT}}]}}}]}}}
+                                                   "holders": INT, "pending": INT}}]}}}]}}}
 
 
 def _show_books(_ledger: Ledger, r: Any, _p: Params) -> str:
@@ -1065,7 +1066,13 @@ def _month_end_line(b: dict[str, Any]) -> str:
     sums = b["purses"]
     said = [text.format(format_yuan(sums[k]) if k in MONEY_PURSES else sums[k])
             for k, text in _PURSE_KINDS.items() if sums.get(k)]
-    return f"{', '.join(said) or 'nothing held'}, held by {b['holders']} members"
+    return (f"{', '.join(said) or 'nothing held'}, held by {b['holders']} members"
+            + _pending(b["pending"]))
+
+
+def _pending(n: int) -> str:
+    return (f" ({n} records or entries of the month wait here for others not received "
+            "yet: not counted)" if n else "")
 
 
 @operation("report.books", "月结: how far each branch has closed its books (its month-end "
@@ -1080,8 +1087,9 @@ def report_books(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
 MEMBER_BALANCE = {"type": "object", "required": ["member", "name", *closing.MEMBER_PURSES],
                   "properties": {"member": STR, "name": STR,
                                  **dict.fromkeys(closing.MEMBER_PURSES, INT)}}
-BALANCES = {"type": "object", "required": ["month", "members", "total"],
-            "properties": {"month": STR, "members": {"type": "array", "items": MEMBER_BALANCE},
+BALANCES = {"type": "object", "required": ["month", "members", "total", "pending"],
+            "properties": {"month": STR, "pending": INT,
+                           "members": {"type": "array", "items": MEMBER_BALANCE},
                            "total": {"type": "object", "required": list(closing.MEMBER_PURSES),
                                      "properties": dict.fromkeys(closing.MEMBER_PURSES, INT)}}}
 
@@ -1099,7 +1107,8 @@ def _show_balances(_ledger: Ledger, r: Any, _p: Params) -> str:
     t = r["total"]
     head = (f"balances at the end of {r['month']} (closed at every branch), "
             f"{len(r['members'])} members: stored value {format_yuan(t['cash'])}, "
-            f"bonus value {format_yuan(t['bonus'])}, {t['points']} points")
+            f"bonus value {format_yuan(t['bonus'])}, {t['points']} points"
+            + _pending(r["pending"]))
     return "\n".join([head, *(f"  {m['member']}  {m['name'] or '-'}  {format_yuan(m['cash'])}"
                               f"  bonus {format_yuan(m['bonus'])}  {m['points']} points"
                               for m in r["members"])])

@@ -755,6 +755,10 @@ def books_line(books: Mapping[str, Any], name: Callable[[str], str]) -> str:
                    "held by {n} members", m=closing["month"], c=money(sums.get("cash", 0)),
                    b=money(sums.get("bonus", 0)), p=sums.get("points", 0),
                    n=closing["balances"]["holders"])
+    if closing and closing["balances"] and closing["balances"]["pending"]:
+        line += tr("（本店尚有 {n} 笔该月记录在等其他分店的数据，未计入）",
+                   " ({n} records of the month wait here for other branches' data: not "
+                   "counted yet)", n=closing["balances"]["pending"])
     return line
 
 

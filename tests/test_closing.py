@@ -100,7 +100,7 @@ def test_the_daily_pass_closes_the_month_due_once(pair: tuple[Ledger, Ledger, st
                                        "agree": ["SH01", "SH02"], "differ": [],
                                        "counted": True,  # every branch (no CA: all govern)
                                        "balances": {"purses": {"cash": 100_000},
-                                                    "holders": 1}}}
+                                                    "holders": 1, "pending": 0}}}
         assert ledger.faults() == []
 
 
@@ -330,7 +330,8 @@ def test_the_books_report_as_the_command_line_shows_it(tmp_path: Path) -> None:
                       "behind": [], "retired": [], "closing": {"month": due, "digest": digest,
                                                 "agree": ["SH01"], "differ": [],
                                                 "counted": True, "balances": {
-                                                    "purses": {}, "holders": 0}}}
+                                                    "purses": {}, "holders": 0,
+                                                    "pending": 0}}}
     r = run_cli("report", "books", data=data)
     assert r.code == 0, r.err
     assert f"books closed through {due} at every branch" in r.out
@@ -373,7 +374,7 @@ def test_every_branch_signs_the_same_closing_and_a_lie_shows(
             "month": "2026-01", "digest": digests.pop(), "agree": ["SH01", "SH02"],
             "differ": ["SH03"], "counted": False,  # two of the three
             "balances": {"purses": {"cash": 98_800, "points": bal["points"]},
-                         "holders": 1}}
+                         "holders": 1, "pending": 0}}
         assert views.trust_status(a)["closing_differs"] == {"month": "2026-01",
                                                             "branches": ["SH03"]}
         assert views.trust_status(b)["closing_differs"] is None
@@ -470,7 +471,8 @@ def test_the_balances_report_lists_what_each_member_held_at_the_months_end(
     assert report == {"month": "2026-01", "members": sorted([
         {"member": m, "name": "王芳", "cash": 100_000, "bonus": 0, "points": 0},
         {"member": n, "name": "李娜", "cash": 17_200, "bonus": 0, "points": points},
-    ], key=lambda r: r["member"]), "total": {"cash": 117_200, "bonus": 0, "points": points}}
+    ], key=lambda r: r["member"]), "total": {"cash": 117_200, "bonus": 0, "points": points},
+        "pending": 0}
     assert a.balance(m)["cash"] == 105_000  # February's top-up: not January's
     sums = closing.books(a)["closing"]["balances"]["purses"]
     assert report["total"] == {k: sums.get(k, 0) for k in ("cash", "bonus", "points")}
@@ -488,36 +490,69 @@ def test_the_balances_report_lists_what_each_member_held_at_the_months_end(
     assert r.code != 0 and "2026-02 is not closed at every branch yet" in r.err
 
 
-def test_a_month_whose_records_wait_here_is_not_closed_here_yet(
+def test_a_month_whose_records_wait_here_is_signed_again_once_they_come(
         tmp_path: Path, clock: FakeClock) -> None:
-    """SH03 gets SH02's log before SH01's: SH02's January edit of a member SH01 created
-    waits for it, and so does SH02's cut after it. Every branch SH03 knows has closed
-    January, but the balances it would sign are not final: it signs no closing and
-    lists no balances until SH01's records come; then it signs the same as the
-    others."""
+    """SH03 gets SH02's log before SH01's: SH02's January edit of a member SH01
+    created waits for it, and so do SH02's top-up and cut after it. Every branch SH03
+    knows has closed January: it signs the balances it holds, saying two records of
+    the month wait; once SH01's records come it counts the top-up, signs again, and
+    agrees with the others."""
     a, b, c = (new_ledger(tmp_path, n, now_ms=clock) for n in ("SH01", "SH02", "SH03"))
     try:
         m = a.add_member(a.owner, name="王芳", phone="13800000001")
         a.topup(a.owner, m, 100_000)
         sync(a, b)
         b.edit_member(b.owner, m, fields={"name": "王芳芳"})
+        b.topup(b.owner, m, 1_000)
         clock.advance_days(38)  # 8 February
         _close_and_sign(a, b)
         c.apply_batch(Forger(b).batch(b.storage.log.records_after({"SH02": 0})))
         c.housekeeping()
-        assert closing.books(c)["closed_through"] == "2026-01"
-        assert closing.books(c)["closing"]["digest"] is None
-        assert c.storage.log.closings().get("SH03") is None  # nothing signed
-        with pytest.raises(InvalidInput, match="2026-01 are not final here yet"):
-            operations.run(c, c.owner, "report.balances", {})
+        books = closing.books(c)
+        assert books["closed_through"] == "2026-01"
+        assert books["closing"]["balances"] == {"purses": {}, "holders": 0, "pending": 2}
+        assert operations.run(c, c.owner, "report.balances", {})["pending"] == 2
         sync(a, c)
         c.housekeeping()
         sync(a, c)
-        assert closing.books(c)["closing"]["agree"] == ["SH01", "SH02", "SH03"]
-        assert operations.run(c, c.owner, "report.balances", {})["total"]["cash"] == 100_000
+        books = closing.books(c)
+        assert books["closing"]["agree"] == ["SH01", "SH02", "SH03"]
+        assert books["closing"]["balances"] == {"purses": {"cash": 101_000}, "holders": 1,
+                                                "pending": 0}
+        assert closing.books(a)["closing"] == books["closing"]
     finally:
         for x in (a, b, c):
             x.close()
+
+
+def test_a_liars_overdraft_that_waits_for_ever_keeps_no_month_open(
+        tmp_path: Path, pair: tuple[Ledger, Ledger, str], clock: FakeClock) -> None:
+    """SH03, with its own valid key, debits 500.00 of rights it never held in January
+    and then closes January: every replica defers the debit for ever (nothing will
+    fund it). The honest branches still close January and sign one closing, the debit
+    counted nowhere."""
+    a, b, m = pair
+    liar = Forger(new_ledger(tmp_path, "SH03", now_ms=clock))
+    try:
+        eid = HybridClock("SH03", now_ms=lambda: clock.ms + DAY_MS).mint()
+        entry = {"id": eid, "kind": "debit", "member": m, "node": "SH03", "op": "x",
+                 "at": id_time_ms(eid), "amount": 50_000,
+                 "deltas": [["cash", "SH03", -50_000]]}
+        liar.write(entry_doc(eid, liar.ledger.storage.day_of),
+                   lambda d: d.get("entries", type=Map).__setitem__(eid, entry))
+        liar.record(CUT_DOC, b"2026-01")
+        for x in (a, b):
+            x.apply_batch(liar.batch())
+            assert x.storage.conn.execute("SELECT key FROM deferred").fetchall() == [(eid,)]
+        clock.advance_days(38)  # 8 February
+        _close_and_sign(a, b)
+        ours = closing.books(a)["closing"]
+        assert ours == closing.books(b)["closing"]
+        assert (ours["month"], ours["agree"]) == ("2026-01", ["SH01", "SH02"])
+        assert ours["balances"] == {"purses": {"cash": 100_000}, "holders": 1, "pending": 1}
+    finally:
+        liar.ledger.close()
+
 
 def test_a_branch_that_has_not_heard_every_cut_has_no_closing(
         tmp_path: Path, pair: tuple[Ledger, Ledger, str], clock: FakeClock) -> None:
