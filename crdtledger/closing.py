@@ -226,16 +226,20 @@ def month_end(ledger: Ledger, month: str, upto: dict[str, int], key: str) -> Mon
     the same at every replica that holds it, and must not keep the chain's months
     from closing."""
     conn = ledger.storage.conn
-    waiting = sum(conn.execute("SELECT count(*) FROM records WHERE node = ? AND seq < ? AND "
-                               "state = ?", (node, upto[node], WAITING)).fetchone()[0]
-                  for node in ledger.storage.log.waiting_nodes() & upto.keys())
-    deferred = conn.execute("SELECT count(*) FROM deferred WHERE doc >= 'ledger/' AND "
-                            "doc <= ?", (ledger_doc(month),)).fetchone()[0]
-    key = f"{key}:{waiting}:{deferred}"
+    # Which ones, not how many: one funded as another is deferred changes the balances.
+    pending = [f"{node}:{seq}" for node in sorted(ledger.storage.log.waiting_nodes()
+                                                  & upto.keys())
+               for (seq,) in conn.execute(
+                   "SELECT seq FROM records WHERE node = ? AND seq < ? AND state = ? "
+                   "ORDER BY seq", (node, upto[node], WAITING))]
+    pending += [k for (k,) in conn.execute(
+        "SELECT key FROM deferred WHERE doc >= 'ledger/' AND doc <= ? ORDER BY key",
+        (ledger_doc(month),))]
+    key = hashlib.sha256("\0".join([key, *pending]).encode()).hexdigest()
     kept = ledger.month_ends.get(month)
     if kept is not None and kept[0] == key:
         return kept[1]
-    end = replace(month_end_from_tables(ledger, month), pending=waiting + deferred)
+    end = replace(month_end_from_tables(ledger, month), pending=len(pending))
     ledger.month_ends[month] = (key, end)
     return end
 
