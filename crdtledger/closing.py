@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -48,6 +48,7 @@ from crdtledger.errors import InvalidInput, NotCaughtUp
 from crdtledger.hlc import id_floor
 from crdtledger.log import CLOSING_DOC, CUT_DOC, WAITING, closing_data
 from crdtledger.model import GOODS_PURSES, ledger_doc
+from crdtledger.money import format_yuan
 from crdtledger.projection import spent_topped
 
 if TYPE_CHECKING:
@@ -298,10 +299,21 @@ def member_balances(ledger: Ledger, month: str | None = None) -> dict[str, Any]:
                                            **dict.fromkeys(MEMBER_PURSES, 0)})
             row[purse] = left
     rows = list(held.values())
-    end = _digest(ledger, month, *_writers(ledger)) and ledger.month_ends[month][1]
+    digest(ledger, month)  # every writer has cut it: its month end is worked out
     return {"month": month, "members": rows,
             "total": {k: sum(r[k] for r in rows) for k in MEMBER_PURSES},
-            "pending": end.pending if end else 0}
+            "pending": ledger.month_ends[month][1].pending}
+
+
+def balance_rows(balances: Mapping[str, Any]) -> list[list[str]]:
+    """`member_balances` as one table (amounts in yuan, points as counted), a row per
+    member and then the sums: the command line's --csv; the back office's export has
+    the same columns, its headers in the counter's language."""
+    def row(first: str, name: str, b: Mapping[str, int]) -> list[str]:
+        return [first, name, format_yuan(b["cash"]), format_yuan(b["bonus"]), str(b["points"])]
+    return [["member", "name", *MEMBER_PURSES],
+            *(row(m["member"], m["name"], m) for m in balances["members"]),
+            row("total", "", balances["total"])]
 
 
 def _added_after(ledger: Ledger, month: str) -> tuple[dict[tuple[str, str, str], int],
@@ -311,9 +323,7 @@ def _added_after(ledger: Ledger, month: str) -> tuple[dict[tuple[str, str, str],
     time zone; the few within a zone's offset of the turn are looked up in the month's
     document (each store reads ids in its own zone: by id, a sale at 00:30 on the 1st
     in Shanghai is the month before in Los Angeles)."""
-    turn = datetime.fromisoformat(f"{_next_month(month)}-01T00:00+00:00")
-    surely, maybe = (id_floor(int(t.timestamp() * 1000))
-                     for t in (turn - _EARLIEST_ZONE, turn + _LATEST_ZONE))
+    surely, maybe = _turn_ids(month)
     rights: defaultdict[tuple[str, str, str], int] = defaultdict(int)
     totals: dict[str, tuple[int, int]] = {}
     near: list[dict[str, Any]] = []
@@ -340,6 +350,18 @@ def _added_after(ledger: Ledger, month: str) -> tuple[dict[tuple[str, str, str],
             if ("entries", e["id"]) not in held:
                 add(e)
     return rights, totals
+
+
+def _turn_ids(month: str) -> tuple[str, str]:
+    """The ids before which every entry is of `month` or before, in every zone, and
+    from which every one is later. A month before 1970 is before every id: a liar's
+    cut may name year 0000, which no calendar can turn."""
+    if month < "1970-01":
+        return "", ""
+    turn = datetime.fromisoformat(f"{_next_month(month)}-01T00:00+00:00")
+    surely, maybe = (id_floor(int(t.timestamp() * 1000))
+                     for t in (turn - _EARLIEST_ZONE, turn + _LATEST_ZONE))
+    return surely, maybe
 
 
 def _next_month(month: str) -> str:

@@ -1094,15 +1094,6 @@ BALANCES = {"type": "object", "required": ["month", "members", "total", "pending
                                      "properties": dict.fromkeys(closing.MEMBER_PURSES, INT)}}}
 
 
-def _balances_rows(r: Any) -> list[list[str]]:
-    """One row per member (amounts in yuan, points as counted), then the sums."""
-    def row(first: str, name: str, b: Mapping[str, int]) -> list[str]:
-        return [first, name, format_yuan(b["cash"]), format_yuan(b["bonus"]), str(b["points"])]
-    return [["member", "name", "cash", "bonus", "points"],
-            *(row(m["member"], m["name"], m) for m in r["members"]),
-            row("total", "", r["total"])]
-
-
 def _show_balances(_ledger: Ledger, r: Any, _p: Params) -> str:
     t = r["total"]
     head = (f"balances at the end of {r['month']} (closed at every branch), "
@@ -1119,7 +1110,7 @@ def _show_balances(_ledger: Ledger, r: Any, _p: Params) -> str:
            "then, final)", needs=REPORTS, http="GET /reports/balances",
            params=(Param("month", MONTH_TEXT, help="YYYY-MM; the latest month closed at "
                                                    "every branch when left out"),),
-           result=BALANCES, show=_show_balances, table=_balances_rows)
+           result=BALANCES, show=_show_balances, table=closing.balance_rows)
 def report_balances(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return closing.member_balances(ledger, p.get("month"))
 

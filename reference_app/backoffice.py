@@ -711,14 +711,10 @@ def balances_csv(ledger: Ledger) -> tuple[bytes, str]:
     """Each member's balances at the end of the latest month closed at every branch
     (`crdtledger report balances --csv`), headers in the counter's language."""
     r = closing.member_balances(ledger)
-    rows = [[m["member"], m["name"], format_yuan(m["cash"]), format_yuan(m["bonus"]),
-             m["points"]] for m in r["members"]]
-    t = r["total"]
-    rows.append([tr("合计", "Total"), "", format_yuan(t["cash"]), format_yuan(t["bonus"]),
-                 t["points"]])
+    _header, *rows, total = closing.balance_rows(r)
     return csv_bytes([tr("会员号", "Member"), tr("姓名", "Name"), tr("储值", "Stored value"),
-                      tr("赠送", "Bonus value"), tr("积分", "Points")], rows), \
-        f"balances-{r['month']}.csv"
+                      tr("赠送", "Bonus value"), tr("积分", "Points")],
+                     [*rows, [tr("合计", "Total"), *total[1:]]]), f"balances-{r['month']}.csv"
 
 
 def books_line(books: Mapping[str, Any], name: Callable[[str], str]) -> str:

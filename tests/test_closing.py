@@ -554,6 +554,27 @@ def test_a_liars_overdraft_that_waits_for_ever_keeps_no_month_open(
         liar.ledger.close()
 
 
+
+def test_a_cut_of_year_0000_breaks_no_replicas_books(
+        tmp_path: Path, pair: tuple[Ledger, Ledger, str], clock: FakeClock) -> None:
+    """SH03's only record is a cut of 0000-01 (a well-formed month, no calendar's): the
+    books of the replica that takes it still read, its balances too (every entry is
+    after such a month), rather than failing on a date no calendar can turn."""
+    a, _b, m = pair
+    liar = Forger(new_ledger(tmp_path, "SH03", now_ms=clock))
+    try:
+        liar.record(CUT_DOC, b"0000-01")
+        a.apply_batch(liar.batch())
+        a.housekeeping()
+        books = closing.books(a)
+        assert books["closed_through"] == "0000-01"
+        assert books["closing"]["balances"] == {"purses": {}, "holders": 0, "pending": 0}
+        report = operations.run(a, a.owner, "report.balances", {"month": "0000-01"})
+        assert (report["members"], report["pending"]) == ([], 0)
+        assert a.balance(m)["cash"] == 100_000
+    finally:
+        liar.ledger.close()
+
 def test_a_branch_that_has_not_heard_every_cut_has_no_closing(
         tmp_path: Path, pair: tuple[Ledger, Ledger, str], clock: FakeClock) -> None:
     a, b, _m = pair
