@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -16,6 +18,35 @@ from helpers import new_ledger
 from hypothesis import settings
 
 from crdtledger.ledger import Ledger
+
+
+def ephemeral_low() -> int:
+    """The first port the kernel hands out to sockets bound to port 0."""
+    return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+
+
+def free_port(n: int = 1) -> int:
+    """A first port of `n` free ones, for a process started later to bind. Below the
+    ephemeral range: a port the kernel handed out and took back can be handed to any
+    of the thousands of client sockets the other tests open before the process binds
+    it (a node exited 'address already in use', vpcd's reader never appeared). Random,
+    so that two test workers seldom try the same one."""
+    rng = random.Random()
+    for _ in range(100):
+        base = rng.randrange(10000, ephemeral_low() - n)
+        socks = []
+        try:
+            for port in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise AssertionError(f"no {n} free ports below the ephemeral range")
 
 # The counter app's fixtures (NiceGUI's simulated user against a real node).
 pytest_plugins = ["app_fixtures"]

@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import os
 import queue
-import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import cli_env
+from conftest import cli_env, free_port
 
 from crdtledger.ledger import Ledger
 from reference_app.demo_data import BRANCHES, MEMBERS
@@ -32,22 +30,7 @@ UP_TIMEOUT_S = 120  # generous: a hang is a failure, slowness on a shared box is
 
 def free_block(n: int) -> int:
     """A first port with n free ports from it (the demo numbers its ports)."""
-    rng = random.Random()
-    for _ in range(50):
-        base = rng.randrange(20000, 60000)
-        socks = []
-        try:
-            for port in range(base, base + n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise AssertionError("no block of free ports")
+    return free_port(n)
 
 
 def demo_argv(data: Path, port: int, *extra: str) -> list[str]:

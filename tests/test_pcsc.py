@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 from app_fixtures import CASHIER, CounterApp
+from conftest import free_port
 from vcard import GET_UID, VirtualCard
 
 from reference_app.readers import PcscReader, ReaderEvent
@@ -55,19 +56,6 @@ def wait_until(condition: Callable[[], bool], what: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"gave up waiting for {what}")
         time.sleep(0.05)
-
-
-def quiet_port() -> int:
-    """A free TCP port below the range the kernel hands out to sockets bound to port 0."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for port in range(low - 1, 1024, -1):
-        with socket.socket() as s:
-            try:
-                s.bind(("", port))
-            except OSError:
-                continue
-        return port
-    pytest.fail("no free TCP port below the ephemeral range for vpcd")
 
 
 def vpcd_conf(directory: Path, port: int) -> Path:
@@ -127,7 +115,7 @@ def pcscd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pcscd]:
                     "their own: stop it first (systemctl stop pcscd.socket pcscd.service)")
     if os.geteuid() != 0:
         pytest.fail("starting pcscd needs root (it creates /run/pcscd); run as root, as CI does")
-    port = quiet_port()
+    port = free_port()  # below the ephemeral range
     daemon = Pcscd(vpcd_conf(tmp_path_factory.mktemp("reader.conf.d"), port), port)
     daemon.start()
     yield daemon
