@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from pycrdt import Map
 
-from crdtledger import closing, escrow
+from crdtledger import closing, escrow, lots
 from crdtledger.errors import ClockSkew, InvalidAmount, NotCaughtUp, PermissionDenied
 from crdtledger.hlc import HybridClock, id_time_ms, wall_ms
 from crdtledger.log import Head, Record, record_hash
@@ -72,6 +72,12 @@ class LedgerBase:
 
     def __init__(self, storage: Storage, now_ms: Callable[[], int] | None = None) -> None:
         self.storage = storage
+        storage.before_commit.append(lambda: lots.settle(storage.conn, storage.day_of))
+        if "points_lots" not in storage.meta:  # a store made before the table
+            with storage.transaction():
+                lots.fill(storage.conn, storage.day_of)
+                storage.conn.execute("INSERT INTO meta VALUES ('points_lots', '1')")
+            storage.meta["points_lots"] = "1"
         self.node = storage.node
         self.chain = storage.chain
         self.clock = HybridClock(self.node, int(storage.meta.get("hlc", "0")), now_ms,
@@ -84,6 +90,9 @@ class LedgerBase:
         # Members others were merged into (merge.Merges._folded), read once: a debit
         # then asks nothing more for the members (nearly all) nobody was merged into.
         self._merge_targets: frozenset[str] | None = None
+        # Entries the open apply transaction projected from peers: their points lots
+        # are settled together before it commits (Replica.apply_verified).
+        self._fresh_entries: list[dict[str, Any]] = []
         # Erasures (crdtledger.erasure): redaction entries of other writers applied and
         # not yet carried out on the records held here; whether an erasure came since
         # the last housekeeping (which redacts this node's own records); the erased

@@ -41,10 +41,6 @@ from crdtledger.model import owner_of
 from crdtledger.replica import Replica
 from crdtledger.storage import Storage
 
-# Entries read per step of the daily pass's search for expired points: a million in
-# one turn held a node 7.7 s (a joining branch's link closed); a range is under 1 s.
-EXPIRY_SCAN = 100_000
-
 
 class Ledger(Membership, Goods, Replica):
     """One node's ledger: members, cards and purses, their operations and views."""
@@ -108,21 +104,12 @@ class Ledger(Membership, Goods, Replica):
         loop takes one per turn (core.HOUSEKEEPING_STEP). The first pass on a store of
         two years wrote thousands of durable write-offs in one turn, 42 s in which the
         node answered nobody. Each member's write-off is worked out when its turn
-        comes, so what happened meanwhile (a redemption wrote it off) counts. The
-        search for expired points yields after every EXPIRY_SCAN entries read."""
+        comes, so what happened meanwhile (a redemption wrote it off) counts."""
         self.erasure_seen = False
         closing.close_due_month(self)
         closing.sign_closing(self)
         yield [*erasure.redact_erased(self), *self.sweep_merged()]
-        today, owners, after = self.today(), set[str](), ""
-        while True:
-            found, end = views.expired_lot_owners(self, today, after, EXPIRY_SCAN)
-            owners |= found
-            if end is None:
-                break
-            after = end
-            yield []
-        due = views.members_with_expired_points(self, self.node, today, owners)
+        due = views.members_with_expired_points(self, self.node, self.today())
         step = budget or len(due) or 1
         for i in range(0, len(due), step):
             yield self.write_off_expired(due[i:i + step])

@@ -56,12 +56,55 @@ def project_entry(conn: sqlite3.Connection, entry: dict[str, Any], day: str, sig
     spent, topped = spent_topped(entry)
     if spent or topped:
         conn.execute(_ADD_TOTALS, (entry["member"], sign * spent, sign * topped))
+    change = points_change(entry)
+    if change > 0 and sign > 0:
+        # A sale's lot, at once, when nothing of the member's group can come after it
+        # (nearly always): one statement on the till's path. Else crdtledger.lots.
+        if not conn.execute(_EARN, (entry["id"], entry["member"], entry.get("expires")
+                                    or NO_EXPIRY, change)).rowcount:
+            touch_points(conn, [entry], sign)
+    elif change:
+        touch_points(conn, [entry], sign)
 
 
 _ADD_RIGHTS = ("INSERT INTO rights(member, purse, node, amount) VALUES (?,?,?,?) "
                "ON CONFLICT(member, purse, node) DO UPDATE SET amount = amount + excluded.amount")
 _ADD_TOTALS = ("INSERT INTO totals(member, spent, topped) VALUES (?,?,?) ON CONFLICT(member) "
                "DO UPDATE SET spent = spent + excluded.spent, topped = topped + excluded.topped")
+
+
+def points_change(entry: dict[str, Any]) -> int:
+    """What `entry` adds to (or takes from) its member's points lots (crdtledger.lots):
+    a transfer or a merge pair moves rights, not points."""
+    if entry["kind"] in ("transfer", "merge"):
+        return 0
+    return sum(c for purse, _node, c in entry["deltas"] if purse == "points")
+
+
+def touch_points(conn: sqlite3.Connection, entries: list[dict[str, Any]], sign: int) -> None:
+    """Note for crdtledger.lots.settle the entries with points just projected (sign
+    +1) or taken back (-1: their group is replayed)."""
+    conn.executemany(_TOUCH, [
+        (e["member"], e["id"] if sign > 0 else None, c, e["kind"], e.get("ref"),
+         e.get("expires")) for e in entries if (c := points_change(e))])
+
+
+def touch_group(conn: sqlite3.Connection, member: str) -> None:
+    """Note that `member`'s group may have changed (a merge): its lots are replayed."""
+    conn.execute(_TOUCH, (member, None, 0, "merge", None, None))
+
+
+# The lot of an entry whose member is in no merge and holds no later entry (with
+# points or not: a sale's own is the latest, nearly always).
+_EARN = ("INSERT INTO points_lots(earned, member, expires, left) SELECT ?1, ?2, ?3, ?4 "
+         "WHERE NOT EXISTS (SELECT 1 FROM entries WHERE member = ?2 AND id > ?1) "
+         "AND NOT EXISTS (SELECT 1 FROM members WHERE id = ?2 "
+         "AND json_extract(body, '$.merged_into') IS NOT NULL) "
+         "AND NOT EXISTS (SELECT 1 FROM members WHERE json_extract(body, '$.merged_into') = ?2)")
+# A lot that never expires (an entry earning points without an expiry).
+NO_EXPIRY = "9999-12-31"
+_TOUCH = ("INSERT INTO temp.points_touched(member, id, change, kind, ref, expires) "
+          "VALUES (?,?,?,?,?,?)")
 
 
 def spent_topped(entry: dict[str, Any]) -> tuple[int, int]:
@@ -118,7 +161,8 @@ def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, A
     them at once. Returns those projected (not quarantined, not deferred).
 
     Checked in id order (their writers' causal order) against the rights as they
-    stand plus what the batch has projected so far, read once per rights row."""
+    stand plus what the batch has projected so far, read once per rights row. Their
+    points lots are the caller's to settle (crdtledger.lots.settle_entries)."""
     valid: list[dict[str, Any]] = []
     bad: list[tuple[str, str, str]] = []
     for key, value in added:
@@ -332,6 +376,12 @@ def record_change(conn: sqlite3.Connection, doc: str, root: str, key: str, value
                 (key, str(data.get("name", "")), str(data.get("phone", "")),
                  str(data.get("home", "")), created, day_of(created), dumps(data)),
             )
+            # Merged into another, or the survivor of a merge that came first: the
+            # group's points lots are one member's.
+            if data.get("merged_into") is not None or conn.execute(
+                    "SELECT 1 FROM members WHERE json_extract(body, '$.merged_into') = ? "
+                    "LIMIT 1", (key,)).fetchone():
+                touch_group(conn, key)
         elif root == "cards":
             if not ID.match(key):
                 raise InvalidRecord("bad card id")

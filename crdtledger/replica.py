@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 import msgpack
 from pycrdt import get_update
 
-from crdtledger import erasure, views
+from crdtledger import erasure, lots, views
 from crdtledger.commit import LedgerBase
 from crdtledger.erasure import Claim, claims_in
 from crdtledger.errors import ClockSkew, RemoteProtocolError
@@ -99,7 +99,9 @@ class Replica(LedgerBase):
                 records[(root, key)] = True  # removed ones too: quarantined, as before
         # Each fresh entry's month was checked with the record that carried it
         # (_apply_run): not again here.
-        projected += project_entries(conn, ld.name, fresh, day_of)
+        fresh_done = project_entries(conn, ld.name, fresh, day_of)
+        self._fresh_entries += fresh_done
+        projected += fresh_done
         self.redactions_due += (e for e in projected if e["kind"] == "redaction")
         for root in change.unsure:  # LoadedDoc.watching: Yrs could not say which keys
             if root == "entries":
@@ -603,6 +605,7 @@ class Replica(LedgerBase):
         part.sort(key=lambda rh: order[rh[0].doc])
         refused = plan.refused
         with st.transaction():
+            self._fresh_entries = []
             if lo == 0:
                 for node, cert in plan.pins:
                     log.pin(node, cert)
@@ -678,6 +681,9 @@ class Replica(LedgerBase):
                     project_deferred(st.conn, st.day_of)  # entries whose funding just came
                 except sqlite3.IntegrityError as e:
                     raise RemoteProtocolError(f"refused by the store ({e})") from None
+            # Their points lots once, after every document's (a catch-up brings each
+            # member's entries in many months' documents).
+            lots.settle_entries(st.conn, self._fresh_entries, st.day_of)
             st.keep_clock(self.clock.last, self.clock.eras_text)
         plan.touched += (name for name in touched if name not in MARK_DOCS)  # no document
 

@@ -136,6 +136,17 @@ CREATE TABLE IF NOT EXISTS operators(
 CREATE TABLE IF NOT EXISTS roles(name TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS quarantine(
     doc TEXT NOT NULL, key TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY(doc, key));
+-- The points each earning has left, with its expiry (crdtledger.lots): lots with
+-- points left only, under the member their earning named. One b-tree: a sale adds a
+-- row to it; the daily search for expired lots scans it (live lots only).
+CREATE TABLE IF NOT EXISTS points_lots(
+    member TEXT NOT NULL, earned TEXT NOT NULL, expires TEXT NOT NULL,
+    left INTEGER NOT NULL, PRIMARY KEY(member, earned)) WITHOUT ROWID;
+-- What a transaction projected that moves points lots, settled before it commits
+-- (crdtledger.lots.settle). Per connection, so never in the file.
+CREATE TEMP TABLE IF NOT EXISTS points_touched(
+    member TEXT NOT NULL, id TEXT, change INTEGER NOT NULL, kind TEXT NOT NULL,
+    ref TEXT, expires TEXT);
 -- Valid entries that arrived before the entries funding them (see projection.py).
 CREATE TABLE IF NOT EXISTS deferred(
     doc TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY(doc, key));
@@ -441,6 +452,9 @@ class Storage:
         self.log = Log(self.conn)
         self._in_tx = False
         self._tx_logged: set[str] = set()  # documents logged in the open transaction
+        # Run inside every write transaction before it commits: projections derived
+        # from several rows at once (crdtledger.lots), brought up to date once.
+        self.before_commit: list[Callable[[], None]] = []
         self._svs: dict[str, bytes] | None = None  # state_vectors() until the next record
         # Bumped whenever the state vectors may have changed (a record, a compaction, a
         # rollback): what is derived from them may be kept while it stands still.
@@ -470,7 +484,7 @@ class Storage:
                 "INSERT INTO meta VALUES (?, ?)",
                 [("format", str(FORMAT_VERSION)), ("node", node), ("chain", chain),
                  ("client_id", str(client_id_for(node, 0))), ("timezone", timezone),
-                 ("hlc", "0"), ("hlc_eras", hlc.FRESH_ERAS),
+                 ("hlc", "0"), ("hlc_eras", hlc.FRESH_ERAS), ("points_lots", "1"),
                  ("created_at", str(int(time.time())))],
             )
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -560,6 +574,8 @@ class Storage:
         self._tx_logged = set()
         try:
             yield
+            for settle in self.before_commit:
+                settle()
             self.conn.execute("COMMIT")
             for ld in self._docs.values():
                 ld.dirty = ld.unlogged = False

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from crdtledger import closing
 from crdtledger.errors import InvalidInput, NotFound
-from crdtledger.hlc import id_time_ms
 from crdtledger.model import EDITS, PERMISSIONS, WALK_IN
 from crdtledger.settlement import KINDS as SETTLED_KINDS
 from crdtledger.settlement import Statement, settle
@@ -591,98 +590,35 @@ def packages(ledger: Ledger, member_id: str) -> list[dict[str, Any]]:
 
 
 def points(ledger: Ledger, member_id: str) -> dict[str, Any]:
-    """Points with their expiry, replayed in id order (the same on every replica).
-
-    Each point earned is a lot with the expiry its debit stated. A point spent (a
-    redemption, a conversion, a correction) takes the lot that expires first among
-    those still valid on the day it was spent; a refund takes back first what its own
-    debit earned; a write-off (kind `expiry`) takes lots already expired on its day.
-    So a redemption never uses up an expired lot on paper, and what is expired and not
-    yet written off is exactly what is due (`expired_unwritten`). Transfers move
-    rights between branches and leave the member's points as they are.
-
-    A member's group (crdtledger.merge) is replayed as one member: the lots of a
-    merged member keep their expiries, and the merge pairs, which move rights from
-    one member of the group to another, are passed over like transfers."""
-    conn = ledger.storage.conn
-    day_of = ledger.storage.day_of
-    lots: list[list[Any]] = []  # [expires, remaining, earned by entry id]
-    ids = member_group(conn, member_id)
-    for (body,) in conn.execute(
-        f"SELECT body FROM entries WHERE member {in_(ids)} AND kind NOT IN ('transfer', "
-        "'merge') ORDER BY id", ids,
-    ):
-        e = json.loads(body)
-        change = sum(c for purse, _node, c in e["deltas"] if purse == "points")
-        if change > 0:
-            lots.append([e.get("expires") or "9999-12-31", change, e["id"]])
-        elif change < 0:
-            _take_points(lots, -change, e, day_of(id_time_ms(e["id"])))
-    lots.sort(key=lambda lot: (lot[0], lot[2]))
+    """Points with their expiry: the lots of the member's group (crdtledger.lots, where
+    what each spending takes is decided), soonest expiry first."""
+    ids = member_group(ledger.storage.conn, member_id)
+    lots = ledger.storage.conn.execute(
+        f"SELECT expires, left FROM points_lots WHERE member {in_(ids)} "
+        "ORDER BY expires, earned", ids).fetchall()
     today = ledger.today()
     soon = (date.fromisoformat(today) + timedelta(days=30)).isoformat()
     return {
-        "total": sum(lot[1] for lot in lots),
-        "expired_unwritten": sum(n for exp, n, _ in lots if exp < today),
-        "usable": sum(n for exp, n, _ in lots if exp >= today),
-        "expiring_30_days": sum(n for exp, n, _ in lots if today <= exp <= soon),
-        "lots": [{"expires": exp, "points": n} for exp, n, _ in lots if n > 0],
+        "total": sum(n for _, n in lots),
+        "expired_unwritten": sum(n for exp, n in lots if exp < today),
+        "usable": sum(n for exp, n in lots if exp >= today),
+        "expiring_30_days": sum(n for exp, n in lots if today <= exp <= soon),
+        "lots": [{"expires": exp, "points": n} for exp, n in lots],
     }
 
 
-def members_with_expired_points(ledger: Ledger, node: str, today: str,
-                                owners: set[str] | None = None) -> list[str]:
+def members_with_expired_points(ledger: Ledger, node: str, today: str) -> list[str]:
     """Members with a lot of points that expired before `today` and points rights at
     `node`: those whose write-off `node` may owe (the daily housekeeping pass). A
     merged member's lots are its survivor's, and so are its rights once swept (the
-    pass sweeps first: Ledger.housekeeping). `owners`: what expired_lot_owners found,
-    read a range at a time; else all entries are read now."""
+    pass sweeps first: Ledger.housekeeping). A scan of the live lots (crdtledger.lots),
+    not of the history."""
     conn = ledger.storage.conn
-    if owners is None:
-        owners, _ = expired_lot_owners(ledger, today)
-    survivors = {canonical(conn, m) for m in owners}
+    survivors = {canonical(conn, m) for (m,) in conn.execute(
+        "SELECT DISTINCT member FROM points_lots WHERE expires < ?", (today,))}
     return [m for (m,) in conn.execute(
         "SELECT member FROM rights WHERE purse = 'points' AND node = ? AND amount > 0 "
         "ORDER BY member", (node,)) if m in survivors]
-
-
-def expired_lot_owners(ledger: Ledger, today: str, after: str = "",
-                       limit: int | None = None) -> tuple[set[str], str | None]:
-    """The members (as the entries name them, merged or not) with a lot of points
-    that expired before `today`, among `limit` entries after the id `after` (all when
-    None), and the id to go on after (None: read to the end). A scan of the entries'
-    bodies, once a day, not on any till's path; in ranges, because a million entries
-    took 7.7 s, past a peer's heartbeat (Ledger.housekeeping_steps). Each row is read
-    once, streamed from the cursor."""
-    found: set[str] = set()
-    end, n = None, 0
-    for eid, member, due in ledger.storage.conn.execute(
-            "SELECT id, member, json_extract(body, '$.expires') < ? FROM entries "
-            "WHERE id > ? ORDER BY id LIMIT ?", (today, after, -1 if limit is None else limit)):
-        end, n = eid, n + 1
-        if due:
-            found.add(member)
-    return found, end if limit is not None and n == limit else None
-
-
-def _take_points(lots: list[list[Any]], n: int, entry: Mapping[str, Any], day: str) -> None:
-    """Take `n` points from the lots for `entry`, written on `day` (views.points)."""
-    by_expiry = sorted(lots, key=lambda lot: (lot[0], lot[2]))
-    if entry["kind"] == "expiry":
-        order = [lot for lot in by_expiry if lot[0] < day]
-    else:
-        order = [lot for lot in by_expiry if lot[0] >= day]
-        if entry["kind"] == "refund":
-            order = [lot for lot in order if lot[2] == entry.get("ref")] + [
-                lot for lot in order if lot[2] != entry.get("ref")]
-    # What the preferred lots cannot cover (a writer that did not know of a lot yet)
-    # comes from the others, soonest expiry first: the sum stays exact.
-    for lot in order + [lot for lot in by_expiry if lot not in order]:
-        take = min(lot[1], n)
-        lot[1] -= take
-        n -= take
-        if not n:
-            return
 
 
 def _period(ledger: Ledger, start: str | None, end: str | None) -> tuple[str, list[Any]]:

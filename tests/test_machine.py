@@ -49,7 +49,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from crdtledger import closing, erasure, views
+from crdtledger import closing, erasure, lots, views
 from crdtledger.errors import (
     LedgerError,
     RemoteProtocolError,
@@ -67,6 +67,7 @@ from crdtledger.sync import (
     decode_state_vector,
     unpack,
 )
+from crdtledger.views import member_group
 
 pytestmark = pytest.mark.slow
 
@@ -911,6 +912,19 @@ class LedgerMachine(RuleBasedStateMachine):
                 rights[key] = rights.get(key, 0) + change
         table = {(m, p, n): a for m, p, n, a in _rows(ledger, "SELECT * FROM rights")}
         assert {k: v for k, v in table.items() if v} == {k: v for k, v in rights.items() if v}
+        # The points lots kept as entries come (crdtledger.lots) are the replay's.
+        kept: dict[str, list[tuple[str, int, str]]] = {}
+        for eid, member, expires, left in _rows(
+                ledger, "SELECT earned, member, expires, left FROM points_lots"):
+            kept.setdefault(member_group(ledger.storage.conn, member)[0], []).append(
+                (expires, left, eid))
+        heads = {member_group(ledger.storage.conn, m)[0]: member_group(ledger.storage.conn, m)
+                 for (m,) in _rows(ledger, "SELECT DISTINCT member FROM entries")}
+        replayed = {h: sorted((e, n, i) for e, n, i in lots.replay(
+                        ledger.storage.conn, g, ledger.storage.day_of) if n)
+                    for h, g in heads.items()}
+        assert {h: sorted(v) for h, v in kept.items()} == {
+            h: v for h, v in replayed.items() if v}, ledger.node
         if settled:  # a closing's balances: the tables less what later months added
             for month in sorted({n[7:] for n in by_doc} | {"2025-11"}):
                 assert closing.month_end_from_tables(ledger, month) == _month_end_by_documents(

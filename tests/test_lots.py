@@ -1,0 +1,136 @@
+"""Points lots kept as a table (crdtledger.lots): whatever order entries and merges
+come in, the table is what a replay of each member group's entries gives, on real
+ledgers in tmp_path synced in memory; a store made before the table gets it filled
+when it is opened."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from helpers import FakeClock, new_ledger, sync
+
+from crdtledger import lots, views
+from crdtledger.ledger import Ledger
+
+
+def kept(ledger: Ledger) -> list[tuple[str, str, str, int]]:
+    return [tuple(r) for r in ledger.storage.conn.execute(
+        "SELECT earned, member, expires, left FROM points_lots ORDER BY earned")]
+
+
+def replayed(ledger: Ledger) -> list[tuple[str, str, str, int]]:
+    """The lots with points left of every group, by replay (the definition)."""
+    conn = ledger.storage.conn
+    groups = {views.member_group(conn, m)[0]: views.member_group(conn, m)
+              for (m,) in conn.execute("SELECT DISTINCT member FROM entries").fetchall()}
+    out = []
+    for group in groups.values():
+        for expires, left, eid in lots.replay(conn, group, ledger.storage.day_of):
+            if left:
+                (owner,) = conn.execute("SELECT member FROM entries WHERE id = ?",
+                                        (eid,)).fetchone()
+                out.append((eid, owner, expires, left))
+    return sorted(out)
+
+
+def earning_chain(tmp_path: Path) -> tuple[Ledger, Ledger, FakeClock, FakeClock]:
+    sh_clock, hz_clock = FakeClock(), FakeClock()
+    sh = new_ledger(tmp_path, "SH01", now_ms=sh_clock)
+    hz = new_ledger(tmp_path, "HZ01", now_ms=hz_clock)
+    sh.set_rule(sh.owner, "earn", {"points_per_yuan": "1", "expire_days": 30},
+                effective_from="2025-01-01")
+    sync(sh, hz)
+    return sh, hz, sh_clock, hz_clock
+
+
+def test_a_debit_that_comes_late_is_replayed_into_its_place(tmp_path: Path) -> None:
+    """HZ01 sells first (by its clock) but syncs last: at SH01 its lot comes after a
+    later redemption, which took the lots it knew of. The table is the replay's, at
+    both branches, and the same."""
+    sh, hz, sh_clock, hz_clock = earning_chain(tmp_path)
+    try:
+        m = sh.add_member(sh.owner, name="张伟", phone="13812345678")
+        sh.topup(sh.owner, m, 50000)
+        sh.debit(sh.owner, m, amount=10000)  # 100 points, expiring 2026-01-31
+        sh.transfer_rights(sh.owner, m, "HZ01", 10000)  # HZ01 may sell to m
+        sync(sh, hz)
+        hz_clock.advance_days(2)
+        sh_clock.advance_days(3)
+        hz_sale = hz.debit(hz.owner, m, amount=5000)  # 50 points, expiring 2026-02-02
+        redeemed = sh.redeem_points(sh.owner, m, 80)  # from the only lot SH01 knows
+        assert hz_sale["id"] < redeemed["id"]
+        assert views.points(sh, m)["lots"] == [{"expires": "2026-01-31", "points": 20}]
+        sync(sh, hz)
+        for ledger in (sh, hz):
+            assert kept(ledger) == replayed(ledger)
+            assert views.points(ledger, m)["total"] == 70
+        assert kept(sh) == kept(hz)
+        assert hz_sale["id"] in {r[0] for r in kept(sh)}
+    finally:
+        sh.close()
+        hz.close()
+
+
+def test_a_refund_takes_back_its_own_debits_lot(tmp_path: Path) -> None:
+    sh, hz, sh_clock, _ = earning_chain(tmp_path)
+    try:
+        m = sh.add_member(sh.owner, name="张伟", phone="13812345678")
+        sh.topup(sh.owner, m, 50000)
+        first = sh.debit(sh.owner, m, amount=10000)
+        sh_clock.advance_days(5)
+        second = sh.debit(sh.owner, m, amount=6000)
+        sh.refund(sh.owner, second["id"])
+        assert [(r[0], r[3]) for r in kept(sh)] == [(first["id"], 100)]
+        assert kept(sh) == replayed(sh)
+        sync(sh, hz)
+        assert kept(hz) == kept(sh)
+    finally:
+        sh.close()
+        hz.close()
+
+
+def test_a_merge_makes_the_groups_lots_one_members_wherever_the_survivor_comes(
+        tmp_path: Path) -> None:
+    """SH01 merges b into a. A third branch first gets the merged member (not its
+    survivor: a pointer it cannot follow yet), then everything: its table is then the
+    group's replay, as at SH01, where b's later redemption took a's lots too."""
+    sh, hz, sh_clock, _ = earning_chain(tmp_path)
+    bj = new_ledger(tmp_path, "BJ01", now_ms=FakeClock())
+    try:
+        a = sh.add_member(sh.owner, name="张伟", phone="13812345678")
+        b = sh.add_member(sh.owner, name="张伟", phone="13812345679")
+        for m, fen in ((a, 10000), (b, 3000)):
+            sh.topup(sh.owner, m, 50000)
+            sh.debit(sh.owner, m, amount=fen)
+        sh.merge_member(sh.owner, b, a)
+        sh_clock.advance_days(1)
+        sh.redeem_points(sh.owner, b, 120)  # the group's 130 points: a's lot too
+        assert views.points(sh, a)["total"] == 10
+        assert kept(sh) == replayed(sh)
+        sync(sh, hz)
+        sync(hz, bj)
+        for ledger in (hz, bj):
+            assert kept(ledger) == replayed(ledger) == kept(sh)
+            assert views.points(ledger, b)["total"] == views.points(ledger, a)["total"] == 10
+    finally:
+        for ledger in (sh, hz, bj):
+            ledger.close()
+
+
+def test_a_store_made_before_the_table_has_it_filled_when_opened(tmp_path: Path) -> None:
+    sh, hz, sh_clock, _ = earning_chain(tmp_path)
+    m = sh.add_member(sh.owner, name="张伟", phone="13812345678")
+    sh.topup(sh.owner, m, 50000)
+    sh.debit(sh.owner, m, amount=10000)
+    sh_clock.advance_days(40)
+    sh.debit(sh.owner, m, amount=2000)
+    before, path = kept(sh), sh.storage.dir
+    assert [r[3] for r in before] == [100, 20]
+    with sh.storage.conn:
+        sh.storage.conn.execute("DELETE FROM points_lots")
+        sh.storage.conn.execute("DELETE FROM meta WHERE key = 'points_lots'")
+    sh.close()
+    hz.close()
+    with Ledger.open(path, now_ms=sh_clock) as again:
+        assert kept(again) == before
+        assert views.members_with_expired_points(again, "SH01", again.today()) == [m]
