@@ -402,18 +402,16 @@ class Goods(Payments):
             raise InvalidInput(f"{item['name']} ({item['code']}) is not a gift for points")
         points = check_count(price * qty, "points")
         member, _ = self._acting(member)
-        self._usable_points(member, points)
 
         def plan() -> tuple[list[Write], dict[str, Any]]:
+            offs = self._spend_points(member, points)
             parts = self._require_stock(item, qty)
-            escrow.require("points", self.node, self._purses(member).get("points", {}),
-                           points, member)
             redeem = self._entry("redeem", member, deltas=[("points", self.node, -points)],
                                  points=points, qty=qty, gift=str(item["name"]),
                                  goods=str(item["code"]), op=operator)
             stock = [self._stock_entry(item, n, "gift", [("stock", self.node, -n)], operator,
                                        sid, ref=redeem["id"]) for sid, n in parts]
-            return self._together(redeem, *stock), _with_stock(redeem, stock)
+            return self._together(*offs, redeem, *stock), _with_stock(redeem, stock)
 
         return self._commit(plan)
 

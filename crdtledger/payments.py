@@ -426,10 +426,15 @@ class Payments(Merges, Rules):
         self.authorise(operator, "points.redeem")
         points = check_count(points, "points")
         member, _ = self._acting(member)
-        self._usable_points(member, points)
-        entry = self._entry("redeem", member, deltas=[("points", self.node, -points)],
-                            points=points, gift=check_text(gift, "gift"), op=operator)
-        return self._post(entry, {"points": points})
+        gift = check_text(gift, "gift")
+
+        def plan() -> tuple[list[Write], dict[str, Any]]:
+            offs = self._spend_points(member, points)
+            entry = self._entry("redeem", member, deltas=[("points", self.node, -points)],
+                                points=points, gift=gift, op=operator)
+            return [self._entry_write(e) for e in (*offs, entry)], entry
+
+        return self._commit(plan)
 
     def convert_points(self, operator: str, member: str, points: int) -> dict[str, Any]:
         """积分转储值: points become bonus value at the chain's conversion rate."""
@@ -440,11 +445,15 @@ class Payments(Merges, Rules):
         value = points * 100 // per_yuan
         if value <= 0:
             raise InvalidAmount(f"{points} points are worth less than one fen")
-        self._usable_points(member, points)
-        entry = self._entry("convert", member, deltas=[("points", self.node, -points),
-                                                       ("bonus", self.node, value)],
-                            amount=value, points=points, op=operator)
-        return self._post(entry, {"points": points})
+
+        def plan() -> tuple[list[Write], dict[str, Any]]:
+            offs = self._spend_points(member, points)
+            entry = self._entry("convert", member, deltas=[("points", self.node, -points),
+                                                           ("bonus", self.node, value)],
+                                amount=value, points=points, op=operator)
+            return [self._entry_write(e) for e in (*offs, entry)], entry
+
+        return self._commit(plan)
 
     def correct(self, operator: str, member: str, purse: str, change: int, reason: str,
                 approver: tuple[str, str] | None = None) -> dict[str, Any]:
@@ -525,18 +534,28 @@ class Payments(Merges, Rules):
                             op=operator)
         return self._post(entry, {"points": n})
 
-    def _usable_points(self, member: str, wanted: int) -> None:
-        """Points are spent only from lots still valid today, wherever their rights sit:
-        a redemption beyond the valid points is refused (and changes nothing), on every
-        branch alike; else what expired is written off here first, as far as this node
-        holds it, so the redemption cannot spend the expired points' rights."""
+    def _spend_points(self, member: str, points: int) -> list[dict[str, Any]]:
+        """Inside a write plan, before the entry spending `points` of `member`'s points
+        is made: refuse the spend unless that many are valid today (wherever their
+        rights sit, so every branch alike) and held here (escrow), and return the
+        write-off of the expired points this node holds, to be written first in the
+        same commit, so that the spend cannot use the expired points' rights. In the
+        spend's own transaction: a refused spend writes nothing, not even the write-off
+        (it used to commit first)."""
         pts = views.points(cast("Ledger", self), member)
-        if wanted > pts["usable"]:
+        if points > pts["usable"]:
             expired = pts["expired_unwritten"]
-            raise InsufficientFunds("points", pts["usable"], wanted,
+            raise InsufficientFunds("points", pts["usable"], points,
                                     f" ({expired} more have expired)" if expired else "")
-        if pts["expired_unwritten"]:
-            self._write_off_points(member, f"expiry@{self.node}", pts["expired_unwritten"])
+        held = dict(self._purses(member).get("points", {}))
+        n = min(int(pts["expired_unwritten"]), held.get(self.node, 0))
+        offs = []
+        if n > 0:
+            offs.append(self._entry("expiry", member, deltas=[("points", self.node, -n)],
+                                    points=n, op=f"expiry@{self.node}"))
+            held[self.node] -= n
+        escrow.require("points", self.node, held, points, member)
+        return offs
 
     # --- views --------------------------------------------------------------
 

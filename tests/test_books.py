@@ -15,7 +15,13 @@ from test_ledger import refused
 
 from crdtledger import views
 from crdtledger.core import Count, NodeCore, SetTimer
-from crdtledger.errors import ApprovalRequired, InsufficientFunds, PermissionDenied, WrongPin
+from crdtledger.errors import (
+    ApprovalRequired,
+    InsufficientFunds,
+    PermissionDenied,
+    RightsElsewhere,
+    WrongPin,
+)
 from crdtledger.ledger import Ledger
 
 PHONE = "13812345678"
@@ -285,3 +291,31 @@ def test_cli_card_replace_keeps_the_pin(shop: tuple[Path, str], cli: Cli) -> Non
     r = cli("debit", "--card", "P2", "--amount", "1.00", data=data)
     assert r.code != 0 and "PIN" in r.err
     assert cli("debit", "--card", "P2", "--pin", "4321", "--amount", "1.00", data=data).code == 0
+
+
+def test_a_spend_refused_for_rights_elsewhere_writes_off_nothing(tmp_path: Path) -> None:
+    """Regression (the state-machine test): a conversion of valid points whose rights
+    sit at another branch wrote off this branch's expired points in a commit of its
+    own, then was refused: a refused operation had changed the store. The write-off
+    now goes in the spend's own commit, and is written with it once the rights come."""
+    a, m, clock = earn_expiring_points(tmp_path)  # 150 points expiring 2026-01-31
+    b = new_ledger(tmp_path, "SH02", now_ms=clock)
+    try:
+        clock.advance_days(10)
+        a.debit(a.owner, m, amount=5000)  # 50 more, expiring 2026-02-10
+        a.transfer_rights(a.owner, m, "SH02", 50, purse="points")
+        clock.advance_days(25)  # 2026-02-05: 150 expired, 50 valid (their rights at SH02)
+        assert views.points(a, m)["usable"] == 50
+        for spend in (lambda: a.convert_points(a.owner, m, 50),
+                      lambda: a.redeem_points(a.owner, m, 50)):
+            refused(a, [m], RightsElsewhere, spend)
+        sync(a, b)
+        b.transfer_rights(b.owner, m, "SH01", 50, purse="points")
+        sync(a, b)
+        done = a.redeem_points(a.owner, m, 50)
+        kinds = [(e["kind"], e["points"]) for e in a.history(m, 2)]
+        assert kinds[:2] == [("redeem", 50), ("expiry", 150)]
+        assert done["kind"] == "redeem" and views.points(a, m)["total"] == 0
+    finally:
+        a.close()
+        b.close()
