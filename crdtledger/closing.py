@@ -29,7 +29,8 @@ design sketch"): the cuts, the month-end balances, and the digest a joining bran
 will one day start from, which counts once a head office and a quorum of branches
 signed it (`QUORUM`). A shop closed for good (its certificate revoked) is not waited
 for; a branch that stops without being revoked keeps every later month open. Not
-built: the rest of what a joining branch needs (points lots, open packages, coupons,
+built: the rest of what a joining branch needs (the points lots, a table every node
+keeps since crdtledger.lots but not yet in the closing; open packages, coupons,
 bookings; benchmarks/README.md), joining from a closing, months on demand.
 """
 
