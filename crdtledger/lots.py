@@ -22,8 +22,8 @@ Kept up to date inside the transaction that projects the entries. A sale's lot i
 inserted at once when its member is in no merge and holds no later entry
 (`projection.project_entry`: one statement on the till's path). Everything else is
 noted (`projection.touch_points`, and a merge by `touch_group`) and settled before
-the transaction commits (`settle`; the entries an apply of peers' records projected
-together, `settle_entries`): each group's new entries taken in id order when none of
+the transaction commits (`settle`, which also takes the entries an apply of peers'
+records projected, not noted): each group's new entries taken in id order when none of
 the group's other entries that move points is later (nearly always), else the group
 replayed (an entry that came late, a merge, a rewrite undone). The state-machine
 test checks the table against the replay after every step.
@@ -84,25 +84,24 @@ def _step(lots: list[Lot], eid: str, change: int, kind: str, ref: str | None,
         take(lots, -change, kind, ref, day_of(id_time_ms(eid)))
 
 
-def settle(conn: sqlite3.Connection, day_of: Callable[[int], str]) -> None:
-    """Bring the lots of every group this transaction touched up to date (what the
-    projections noted in `points_touched`), before it commits."""
-    touched = conn.execute(
-        "SELECT member, id, change, kind, ref, expires FROM temp.points_touched "
-        "ORDER BY id").fetchall()
-    if touched:
-        conn.execute("DELETE FROM temp.points_touched")
-        _update(conn, touched, {row[1] for row in touched}, day_of)
-
-
-def settle_entries(conn: sqlite3.Connection, entries: list[dict[str, Any]],
-                   day_of: Callable[[int], str]) -> None:
-    """The same for a batch of entries just projected from peers, at once: a
-    catch-up's are many, and need no noting."""
-    rows = [(e["member"], e["id"], c, e["kind"], e.get("ref"), e.get("expires"))
-            for e in entries if (c := points_change(e))]
+def settle(conn: sqlite3.Connection, day_of: Callable[[int], str],
+           entries: list[dict[str, Any]] | None = None) -> None:
+    """Bring the lots of every group this transaction touched up to date, before it
+    commits: what the projections noted in `points_touched`, and `entries`, those an
+    apply of peers' records projected in batches (a catch-up's are many: not noted).
+    Both at once: an entry the batch funded (projected from `deferred`, noted) and the
+    batch's own must be settled against one another, not one after the other."""
+    rows = conn.execute(
+        "SELECT member, id, change, kind, ref, expires FROM temp.points_touched").fetchall()
     if rows:
-        _update(conn, sorted(rows, key=lambda r: r[1]), {e["id"] for e in entries}, day_of)
+        conn.execute("DELETE FROM temp.points_touched")
+    seen = {row[1] for row in rows}
+    for e in entries or ():
+        seen.add(e["id"])
+        if c := points_change(e):
+            rows.append((e["member"], e["id"], c, e["kind"], e.get("ref"), e.get("expires")))
+    if rows:
+        _update(conn, sorted(rows, key=lambda r: r[1] or ""), seen, day_of)
 
 
 def _update(conn: sqlite3.Connection, touched: list[tuple[Any, ...]], seen: set[str],

@@ -162,7 +162,7 @@ def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, A
 
     Checked in id order (their writers' causal order) against the rights as they
     stand plus what the batch has projected so far, read once per rights row. Their
-    points lots are the caller's to settle (crdtledger.lots.settle_entries)."""
+    points lots are the caller's to settle (crdtledger.lots.settle)."""
     valid: list[dict[str, Any]] = []
     bad: list[tuple[str, str, str]] = []
     for key, value in added:

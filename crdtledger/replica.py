@@ -682,8 +682,8 @@ class Replica(LedgerBase):
                 except sqlite3.IntegrityError as e:
                     raise RemoteProtocolError(f"refused by the store ({e})") from None
             # Their points lots once, after every document's (a catch-up brings each
-            # member's entries in many months' documents).
-            lots.settle_entries(st.conn, self._fresh_entries, st.day_of)
+            # member's entries in many months' documents), with those noted meanwhile.
+            lots.settle(st.conn, st.day_of, self._fresh_entries)
             st.keep_clock(self.clock.last, self.clock.eras_text)
         plan.touched += (name for name in touched if name not in MARK_DOCS)  # no document
 

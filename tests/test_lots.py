@@ -134,3 +134,45 @@ def test_a_store_made_before_the_table_has_it_filled_when_opened(tmp_path: Path)
     with Ledger.open(path, now_ms=sh_clock) as again:
         assert kept(again) == before
         assert views.members_with_expired_points(again, "SH01", again.today()) == [m]
+
+
+def only_from(src: Ledger, dst: Ledger, writer: str) -> None:
+    """`dst` takes from `src` the records of `writer`'s log only (a hub that relayed
+    them first, the rest to follow)."""
+    recs = [r for r in src.lacking(dst.log_view()) if r.node == writer]
+    dst.apply_batch(src.batch(recs))
+
+
+def test_a_redemption_funded_by_the_batch_with_an_earlier_sale_is_taken_once(
+        tmp_path: Path) -> None:
+    """SH02 redeems points whose rights SH01 gave it. SH03 gets the redemption first
+    (it waits for its funding) and then SH01's log: a sale earlier than the redemption
+    and the transfer that funds it, in one batch. The redemption (from `deferred`) and
+    the batch's sale are settled together: the redemption taken once."""
+    sh, hz, sh_clock, hz_clock = earning_chain(tmp_path)
+    bj = new_ledger(tmp_path, "BJ01", now_ms=sh_clock)
+    try:
+        m = sh.add_member(sh.owner, name="张伟", phone="13812345678")
+        sh.topup(sh.owner, m, 50000)
+        sh.debit(sh.owner, m, amount=10000)  # 100 points
+        sync(sh, hz)
+        sync(sh, bj)
+        sh_clock.advance_days(1)
+        hz_clock.advance_days(1)
+        sh.debit(sh.owner, m, amount=4000)  # 40 more
+        sh.transfer_rights(sh.owner, m, "HZ01", 60, purse="points")
+        sync(sh, hz)
+        hz.redeem_points(hz.owner, m, 60)
+        only_from(hz, bj, "HZ01")
+        assert bj.storage.conn.execute("SELECT count(*) FROM deferred").fetchone() == (1,)
+        only_from(sh, bj, "SH01")
+        assert bj.storage.conn.execute("SELECT count(*) FROM deferred").fetchone() == (0,)
+        assert kept(bj) == replayed(bj)
+        sync(sh, bj)
+        sync(hz, bj)
+        for ledger in (sh, hz, bj):
+            assert kept(ledger) == replayed(ledger)
+            assert views.points(ledger, m)["total"] == 80
+    finally:
+        for ledger in (sh, hz, bj):
+            ledger.close()
