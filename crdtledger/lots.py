@@ -37,7 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from crdtledger.hlc import id_time_ms
-from crdtledger.projection import NO_EXPIRY, points_change
+from crdtledger.projection import IN_MERGE, NO_EXPIRY, points_change
 from crdtledger.views import in_, member_group
 
 Lot = list[Any]  # [expires, left, earned by entry id]
@@ -109,18 +109,13 @@ def _update(conn: sqlite3.Connection, touched: list[tuple[Any, ...]], seen: set[
     """`touched`: (member, entry id or None for a replay, change, kind, ref, expires)
     in id order; `seen`: the entries projected with them (any later entry of a group
     that is not among them and moves points asks for the group's replay)."""
-    # Most members are in no merge: their group is themselves, with no read.
-    merged = dict(conn.execute(
-        "SELECT id, json_extract(body, '$.merged_into') FROM members "
-        "WHERE json_extract(body, '$.merged_into') IS NOT NULL").fetchall())
-    in_merges = set(merged) | set(merged.values())
     group_of: dict[str, list[str]] = {}
     groups: dict[str, tuple[list[str], list[tuple[Any, ...]]]] = {}
     replayed: set[str] = set()
     for row in touched:
         m = row[0]
         if m not in group_of:
-            group_of[m] = member_group(conn, m) if m in in_merges else [m]
+            group_of[m] = _group(conn, m)
         group = group_of[m]
         _, new = groups.setdefault(group[0], (group, []))
         if row[1] is None:  # a merge, or an entry taken back: nothing but a replay does
@@ -149,6 +144,14 @@ def _update(conn: sqlite3.Connection, touched: list[tuple[Any, ...]], seen: set[
             conn.execute(f"DELETE FROM points_lots WHERE member {in_(group)}", group)
             kept += _owned(conn, group, replay(conn, group, day_of))
     conn.executemany(_KEEP, kept)
+
+
+def _group(conn: sqlite3.Connection, member: str) -> list[str]:
+    """`member`'s group (views.member_group): most members are in no merge, which
+    one read says."""
+    if conn.execute(f"SELECT {IN_MERGE}", (member,)).fetchone()[0]:
+        return member_group(conn, member)
+    return [member]
 
 
 def _only_later(conn: sqlite3.Connection, group: list[str], new: list[tuple[Any, ...]],

@@ -60,7 +60,7 @@ def project_entry(conn: sqlite3.Connection, entry: dict[str, Any], day: str, sig
     if change > 0 and sign > 0:
         # A sale's lot, at once, when nothing of the member's group can come after it
         # (nearly always): one statement on the till's path. Else crdtledger.lots.
-        if not conn.execute(_EARN, (entry["id"], entry["member"], entry.get("expires")
+        if not conn.execute(_EARN, (entry["member"], entry["id"], entry.get("expires")
                                     or NO_EXPIRY, change)).rowcount:
             touch_points(conn, [entry], sign)
     elif change:
@@ -96,11 +96,13 @@ def touch_group(conn: sqlite3.Connection, member: str) -> None:
 
 # The lot of an entry whose member is in no merge and holds no later entry (with
 # points or not: a sale's own is the latest, nearly always).
-_EARN = ("INSERT INTO points_lots(earned, member, expires, left) SELECT ?1, ?2, ?3, ?4 "
-         "WHERE NOT EXISTS (SELECT 1 FROM entries WHERE member = ?2 AND id > ?1) "
-         "AND NOT EXISTS (SELECT 1 FROM members WHERE id = ?2 "
-         "AND json_extract(body, '$.merged_into') IS NOT NULL) "
-         "AND NOT EXISTS (SELECT 1 FROM members WHERE json_extract(body, '$.merged_into') = ?2)")
+# Is member ?1 merged into another, or another into it (crdtledger.merge)?
+IN_MERGE = ("EXISTS (SELECT 1 FROM members WHERE id = ?1 "
+            "AND json_extract(body, '$.merged_into') IS NOT NULL) "
+            "OR EXISTS (SELECT 1 FROM members WHERE json_extract(body, '$.merged_into') = ?1)")
+_EARN = ("INSERT INTO points_lots(member, earned, expires, left) SELECT ?1, ?2, ?3, ?4 "
+         "WHERE NOT EXISTS (SELECT 1 FROM entries WHERE member = ?1 AND id > ?2) "
+         f"AND NOT ({IN_MERGE})")
 # A lot that never expires (an entry earning points without an expiry).
 NO_EXPIRY = "9999-12-31"
 _TOUCH = ("INSERT INTO temp.points_touched(member, id, change, kind, ref, expires) "
