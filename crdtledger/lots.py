@@ -40,7 +40,7 @@ from crdtledger.hlc import id_time_ms
 from crdtledger.projection import IN_MERGE, NO_EXPIRY, points_change
 from crdtledger.views import in_, member_group
 
-Lot = list[Any]  # [expires, left, earned by entry id]
+Lot = list[Any]  # [expires, left, earned by entry id, the member that entry names]
 
 
 def take(lots: list[Lot], n: int, kind: str, ref: str | None, day: str) -> None:
@@ -71,15 +71,16 @@ def replay(conn: sqlite3.Connection, group: list[str], day_of: Callable[[int], s
             f"SELECT body FROM entries WHERE member {in_(group)} AND kind NOT IN "
             "('transfer', 'merge') ORDER BY id", group):
         e = json.loads(body)
-        _step(lots, e["id"], points_change(e), e["kind"], e.get("ref"), e.get("expires"),
-              day_of)
+        _step(lots, (e["member"], e["id"], points_change(e), e["kind"], e.get("ref"),
+                     e.get("expires")), day_of)
     return lots
 
 
-def _step(lots: list[Lot], eid: str, change: int, kind: str, ref: str | None,
-          expires: str | None, day_of: Callable[[int], str]) -> None:
+def _step(lots: list[Lot], row: tuple[Any, ...], day_of: Callable[[int], str]) -> None:
+    """One entry, as (member, id, change, kind, ref, expires), folded into `lots`."""
+    member, eid, change, kind, ref, expires = row
     if change > 0:
-        lots.append([expires or NO_EXPIRY, change, eid])
+        lots.append([expires or NO_EXPIRY, change, eid, member])
     elif change < 0:
         take(lots, -change, kind, ref, day_of(id_time_ms(eid)))
 
@@ -122,28 +123,24 @@ def _update(conn: sqlite3.Connection, touched: list[tuple[Any, ...]], seen: set[
             replayed.add(group[0])
         else:
             new.append(row)
-    kept: list[tuple[str, str, str, int]] = []
+    kept: list[Lot] = []
     for head, (group, new) in groups.items():
         if head not in replayed and _only_later(conn, group, new, seen):
-            if all(row[2] > 0 for row in new):  # earnings (sales): new lots, no read
-                kept += _owned(conn, group, [[row[5] or NO_EXPIRY, row[2], row[1]]
-                                             for row in new])
-                continue
-            lots = [list(r) for r in conn.execute(
-                f"SELECT expires, left, earned FROM points_lots WHERE member {in_(group)}",
-                group)]
+            # Earnings alone (sales) only add lots: nothing to read.
+            lots = [] if all(row[2] > 0 for row in new) else [list(r) for r in conn.execute(
+                "SELECT expires, left, earned, member FROM points_lots "
+                f"WHERE member {in_(group)}", group)]
             before = {lot[2]: lot[1] for lot in lots}
-            for _m, eid, change, kind, ref, expires in new:
-                _step(lots, eid, change, kind, ref, expires, day_of)
+            for row in new:
+                _step(lots, row, day_of)
             changed = [lot for lot in lots if before.get(lot[2]) != lot[1]]
-            conn.executemany(
-                f"DELETE FROM points_lots WHERE earned = ? AND member {in_(group)}",
-                [(lot[2], *group) for lot in changed])
-            kept += _owned(conn, group, changed)
+            conn.executemany("DELETE FROM points_lots WHERE member = ? AND earned = ?",
+                             [(lot[3], lot[2]) for lot in changed if lot[2] in before])
+            kept += changed
         else:
             conn.execute(f"DELETE FROM points_lots WHERE member {in_(group)}", group)
-            kept += _owned(conn, group, replay(conn, group, day_of))
-    conn.executemany(_KEEP, kept)
+            kept += replay(conn, group, day_of)
+    _keep(conn, kept)
 
 
 def _group(conn: sqlite3.Connection, member: str) -> list[str]:
@@ -169,22 +166,14 @@ def _only_later(conn: sqlite3.Connection, group: list[str], new: list[tuple[Any,
 # a debit whose points deltas cancel counts; a replay is never wrong)?
 _MOVES = ("SELECT 1 FROM entries WHERE id = ? AND kind NOT IN ('transfer', 'merge') "
           "AND EXISTS (SELECT 1 FROM json_each(body, '$.deltas') "
-          "WHERE value ->> 0 = 'points' AND value ->> 2 != 0)")
+          "WHERE json_extract(value, '$[0]') = 'points' AND json_extract(value, '$[2]') != 0)")
 
 
-def _owned(conn: sqlite3.Connection, group: list[str], lots: list[Lot]
-           ) -> list[tuple[str, str, str, int]]:
-    """The rows of the lots with points left, each under the member its earning named."""
-    def owner(eid: str) -> str:
-        if len(group) == 1:
-            return group[0]
-        row = conn.execute("SELECT member FROM entries WHERE id = ?", (eid,)).fetchone()
-        return str(row[0])
-
-    return [(eid, owner(eid), exp, left) for exp, left, eid in lots if left > 0]
-
-
-_KEEP = "INSERT INTO points_lots(earned, member, expires, left) VALUES (?,?,?,?)"
+def _keep(conn: sqlite3.Connection, lots: list[Lot]) -> None:
+    """Store the lots with points left (those with none are not kept)."""
+    conn.executemany(
+        "INSERT INTO points_lots(expires, left, earned, member) VALUES (?,?,?,?)",
+        [lot for lot in lots if lot[1] > 0])
 
 
 def fill(conn: sqlite3.Connection, day_of: Callable[[int], str]) -> None:
@@ -195,4 +184,4 @@ def fill(conn: sqlite3.Connection, day_of: Callable[[int], str]) -> None:
         group = member_group(conn, m)
         heads.setdefault(group[0], group)
     for group in heads.values():
-        conn.executemany(_KEEP, _owned(conn, group, replay(conn, group, day_of)))
+        _keep(conn, replay(conn, group, day_of))

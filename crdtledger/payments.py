@@ -6,7 +6,7 @@ rights cover it, checked inside the write transaction (`_post`, `debit`)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, cast
@@ -427,14 +427,9 @@ class Payments(Merges, Rules):
         points = check_count(points, "points")
         member, _ = self._acting(member)
         gift = check_text(gift, "gift")
-
-        def plan() -> tuple[list[Write], dict[str, Any]]:
-            offs = self._spend_points(member, points)
-            entry = self._entry("redeem", member, deltas=[("points", self.node, -points)],
-                                points=points, gift=gift, op=operator)
-            return [self._entry_write(e) for e in (*offs, entry)], entry
-
-        return self._commit(plan)
+        return self._post_spend(member, points, lambda: self._entry(
+            "redeem", member, deltas=[("points", self.node, -points)], points=points,
+            gift=gift, op=operator))
 
     def convert_points(self, operator: str, member: str, points: int) -> dict[str, Any]:
         """积分转储值: points become bonus value at the chain's conversion rate."""
@@ -445,15 +440,10 @@ class Payments(Merges, Rules):
         value = points * 100 // per_yuan
         if value <= 0:
             raise InvalidAmount(f"{points} points are worth less than one fen")
-
-        def plan() -> tuple[list[Write], dict[str, Any]]:
-            offs = self._spend_points(member, points)
-            entry = self._entry("convert", member, deltas=[("points", self.node, -points),
-                                                           ("bonus", self.node, value)],
-                                amount=value, points=points, op=operator)
-            return [self._entry_write(e) for e in (*offs, entry)], entry
-
-        return self._commit(plan)
+        return self._post_spend(member, points, lambda: self._entry(
+            "convert", member, deltas=[("points", self.node, -points),
+                                       ("bonus", self.node, value)],
+            amount=value, points=points, op=operator))
 
     def correct(self, operator: str, member: str, purse: str, change: int, reason: str,
                 approver: tuple[str, str] | None = None) -> dict[str, Any]:
@@ -533,6 +523,17 @@ class Payments(Merges, Rules):
         entry = self._entry("expiry", member, deltas=[("points", self.node, -n)], points=n,
                             op=operator)
         return self._post(entry, {"points": n})
+
+    def _post_spend(self, member: str, points: int, make: Callable[[], dict[str, Any]]
+                    ) -> dict[str, Any]:
+        """Commit the entry `make` builds, spending `points` of `member`'s points, after
+        the write-off `_spend_points` owes first, both in one commit."""
+        def plan() -> tuple[list[Write], dict[str, Any]]:
+            offs = self._spend_points(member, points)
+            entry = make()
+            return [self._entry_write(e) for e in (*offs, entry)], entry
+
+        return self._commit(plan)
 
     def _spend_points(self, member: str, points: int) -> list[dict[str, Any]]:
         """Inside a write plan, before the entry spending `points` of `member`'s points

@@ -94,12 +94,12 @@ def touch_group(conn: sqlite3.Connection, member: str) -> None:
     conn.execute(_TOUCH, (member, None, 0, "merge", None, None))
 
 
-# The lot of an entry whose member is in no merge and holds no later entry (with
-# points or not: a sale's own is the latest, nearly always).
 # Is member ?1 merged into another, or another into it (crdtledger.merge)?
 IN_MERGE = ("EXISTS (SELECT 1 FROM members WHERE id = ?1 "
             "AND json_extract(body, '$.merged_into') IS NOT NULL) "
             "OR EXISTS (SELECT 1 FROM members WHERE json_extract(body, '$.merged_into') = ?1)")
+# The lot of an entry whose member is in no merge and holds no later entry (with
+# points or not: a sale's own is the latest, nearly always).
 _EARN = ("INSERT INTO points_lots(member, earned, expires, left) SELECT ?1, ?2, ?3, ?4 "
          "WHERE NOT EXISTS (SELECT 1 FROM entries WHERE member = ?1 AND id > ?2) "
          f"AND NOT ({IN_MERGE})")
@@ -380,9 +380,7 @@ def record_change(conn: sqlite3.Connection, doc: str, root: str, key: str, value
             )
             # Merged into another, or the survivor of a merge that came first: the
             # group's points lots are one member's.
-            if data.get("merged_into") is not None or conn.execute(
-                    "SELECT 1 FROM members WHERE json_extract(body, '$.merged_into') = ? "
-                    "LIMIT 1", (key,)).fetchone():
+            if conn.execute(f"SELECT {IN_MERGE}", (key,)).fetchone()[0]:
                 touch_group(conn, key)
         elif root == "cards":
             if not ID.match(key):

@@ -554,7 +554,6 @@ def test_a_liars_overdraft_that_waits_for_ever_keeps_no_month_open(
         liar.ledger.close()
 
 
-
 def test_a_cut_of_year_0000_breaks_no_replicas_books(
         tmp_path: Path, pair: tuple[Ledger, Ledger, str], clock: FakeClock) -> None:
     """SH03's only record is a cut of 0000-01 (a well-formed month, no calendar's): the
@@ -574,6 +573,7 @@ def test_a_cut_of_year_0000_breaks_no_replicas_books(
         assert a.balance(m)["cash"] == 100_000
     finally:
         liar.ledger.close()
+
 
 def test_a_branch_that_has_not_heard_every_cut_has_no_closing(
         tmp_path: Path, pair: tuple[Ledger, Ledger, str], clock: FakeClock) -> None:

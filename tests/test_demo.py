@@ -28,11 +28,6 @@ pytestmark = pytest.mark.slow
 UP_TIMEOUT_S = 120  # generous: a hang is a failure, slowness on a shared box is not
 
 
-def free_block(n: int) -> int:
-    """A first port with n free ports from it (the demo numbers its ports)."""
-    return free_port(n)
-
-
 def demo_argv(data: Path, port: int, *extra: str) -> list[str]:
     return [sys.executable, "-m", "reference_app.demo", "--data", str(data),
             "--port", str(port), *extra]
@@ -99,7 +94,7 @@ def demo_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_demo_runs_three_branches_with_counter_pages_and_resumes(demo_dir: Path) -> None:
-    port = free_block(3 * len(BRANCHES) + 1)  # and the member pages
+    port = free_port(3 * len(BRANCHES) + 1)  # and the member pages
     proc = subprocess.Popen(demo_argv(demo_dir, port), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=cli_env())
     try:

@@ -25,10 +25,8 @@ def replayed(ledger: Ledger) -> list[tuple[str, str, str, int]]:
               for (m,) in conn.execute("SELECT DISTINCT member FROM entries").fetchall()}
     out = []
     for group in groups.values():
-        for expires, left, eid in lots.replay(conn, group, ledger.storage.day_of):
+        for expires, left, eid, owner in lots.replay(conn, group, ledger.storage.day_of):
             if left:
-                (owner,) = conn.execute("SELECT member FROM entries WHERE id = ?",
-                                        (eid,)).fetchone()
                 out.append((eid, owner, expires, left))
     return sorted(out)
 

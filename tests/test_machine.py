@@ -920,7 +920,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 (expires, left, eid))
         heads = {member_group(ledger.storage.conn, m)[0]: member_group(ledger.storage.conn, m)
                  for (m,) in _rows(ledger, "SELECT DISTINCT member FROM entries")}
-        replayed = {h: sorted((e, n, i) for e, n, i in lots.replay(
+        replayed = {h: sorted((e, n, i) for e, n, i, _m in lots.replay(
                         ledger.storage.conn, g, ledger.storage.day_of) if n)
                     for h, g in heads.items()}
         assert {h: sorted(v) for h, v in kept.items()} == {
