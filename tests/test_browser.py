@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import free_port
 from selenium import webdriver
 from selenium.common.exceptions import (
     ElementClickInterceptedException,
@@ -23,7 +24,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
-from test_demo import free_block, processes_using
+from test_demo import processes_using
 
 from crdtledger.ledger import Ledger
 from reference_app.demo import Demo
@@ -46,7 +47,7 @@ def branch(tmp_path: Path) -> Iterator[Demo]:
 
 
 def _sh01(tmp_path: Path, *, printer: bool) -> Iterator[Demo]:
-    demo = Demo(tmp_path / "demo-data", free_block(10))  # the member pages: BASE+9
+    demo = Demo(tmp_path / "demo-data", free_port(10))  # the member pages: BASE+9
     demo.create()
     if printer:
         demo.start_printer()

@@ -28,14 +28,13 @@ from pathlib import Path
 
 import pytest
 from cluster import wait_for
-from conftest import run_cli
+from conftest import free_port, run_cli
 from cryptography import x509
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.keys import Keys
 from test_browser import CHROMEDRIVER, CHROMIUM, type_into, xpath
 from test_browser import wait_for as wait_for_page
-from test_demo import free_block
 
 from crdtledger.errors import LedgerError
 from peer import webcert
@@ -62,7 +61,7 @@ class Counter:
 def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, list[Counter]]]:
     root = tmp_path_factory.mktemp("https")
     assert run_cli("chain", "init", "--out", root / "chain").code == 0
-    base = free_block(2)
+    base = free_port(2)
     counters: list[Counter] = []
     try:
         for i, node in enumerate(("SH01", "SH02")):

@@ -33,6 +33,7 @@ import pytest
 import pytest_asyncio
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from app_fixtures import make_store
+from conftest import free_port
 from helpers import sync
 from nicegui import core, ui
 from nicegui.functions.download import download
@@ -45,7 +46,6 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from test_browser import CHROMEDRIVER, CHROMIUM, click, type_into, wait_for, xpath
-from test_demo import free_block
 
 from crdtledger import bookings, operations, views
 from crdtledger.ledger import Ledger, owner_of
@@ -737,7 +737,7 @@ def branch(tmp_path: Path) -> Iterator[Branch]:
     seed_members(data)
     (data / "node.toml").write_text('[notify.sms]\nkind = "log"\n', encoding="utf-8")
     issue_cert(tmp_path / "chain", data, ["127.0.0.1"])
-    port = free_block(2)
+    port = free_port(2)
     log = tmp_path / "sh01.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
