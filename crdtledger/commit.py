@@ -90,6 +90,9 @@ class LedgerBase:
         # Members others were merged into (merge.Merges._folded), read once: a debit
         # then asks nothing more for the members (nearly all) nobody was merged into.
         self._merge_targets: frozenset[str] | None = None
+        # A merged member's sweep an operation owes (merge.Merges._owe_sweep): written
+        # by the next commit, in its transaction, before its plan.
+        self._owed: tuple[list[str], list[Write], list[Any], str | None] | None = None
         # Entries the open apply transaction projected from peers: their points lots
         # are settled together before it commits (Replica.apply_verified).
         self._fresh_entries: list[dict[str, Any]] = []
@@ -141,37 +144,52 @@ class LedgerBase:
     def _commit(self, plan: Callable[[], tuple[Sequence[Write], T]]) -> T:
         """Run `plan` inside the write transaction (so the rights it checks cannot move
         before its entry commits), write what it returns, project, log, commit; then
-        hand the updates to listeners. Returns the plan's result."""
+        hand the updates to listeners. Returns the plan's result. What an operation
+        owes first (`_owed_writes`: a merged member's sweep) is written in the same
+        transaction, before the plan reads: a refused operation writes none of it."""
         st = self.storage
         self._check_may_write()
         committed: list[Record] = []
+        docs: set[str] = set()
         try:  # free unless raised
             with st.transaction():
+                self._apply(self._owed_writes(), committed, docs)
                 writes, result = plan()
-                for w in writes:
-                    closed = self.closed_through
-                    if w.entry is not None and closed and w.doc[7:] <= closed:
-                        raise PermissionDenied(
-                            f"the books of {w.doc[7:]} are closed at {self.node} (through "
-                            f"{closed}); an entry of that month cannot be written")
-                    ld = st.doc(w.doc)
-                    with ld.doc.transaction():
-                        w.mutate(ld.roots[w.root])
-                    if w.doc in GOVERNANCE_DOCS:  # a debit reads nothing back
-                        check_local(w.doc, self.trust.governs, ld.roots[w.root].get(w.key),
-                                    self.trust.is_revocation_list)
-                    updates = ld.take_updates()
-                    self._project_write(ld, w)
-                    st.record(ld, updates)
-                    committed.extend(self._log_own(w.doc, u) for u in updates)
+                self._apply(writes, committed, docs)
                 st.keep_clock(self.clock.last, self.clock.eras_text)
         except BaseException:  # rolled back: it may have written a merge read since
             self._merge_targets = None
             raise
         self._notify(committed, None)
-        for name in {w.doc for w in writes}:
+        for name in docs:
             st.maybe_compact(name)
         return result
+
+    def _owed_writes(self) -> Sequence[Write]:
+        """Writes the next commit makes before its plan (none here; merge.Merges)."""
+        return ()
+
+    def _apply(self, writes: Sequence[Write], committed: list[Record], docs: set[str]
+               ) -> None:
+        """Write, project and log `writes` (inside the transaction)."""
+        st = self.storage
+        for w in writes:
+            closed = self.closed_through
+            if w.entry is not None and closed and w.doc[7:] <= closed:
+                raise PermissionDenied(
+                    f"the books of {w.doc[7:]} are closed at {self.node} (through "
+                    f"{closed}); an entry of that month cannot be written")
+            ld = st.doc(w.doc)
+            with ld.doc.transaction():
+                w.mutate(ld.roots[w.root])
+            if w.doc in GOVERNANCE_DOCS:  # a debit reads nothing back
+                check_local(w.doc, self.trust.governs, ld.roots[w.root].get(w.key),
+                            self.trust.is_revocation_list)
+            updates = ld.take_updates()
+            self._project_write(ld, w)
+            st.record(ld, updates)
+            committed.extend(self._log_own(w.doc, u) for u in updates)
+            docs.add(w.doc)
 
     def _cut_taken(self, month: str | None) -> None:
         """This node closed `month` (its cut written here, or back from a peer)."""

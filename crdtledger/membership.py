@@ -620,7 +620,7 @@ class Membership(Coupons):
         rule = str(self.rule("exit")["stored_value"])
         method = self._pay(pay) if exiting and rule == "refund" else None
         if exiting:
-            self._acting(member)  # sweeps a merged member's rights held here to it
+            self._acting(member)  # owes the sweep of merged members' rights held here
         change = self.clock.mint()
 
         def mark(root: Map[Any]) -> None:

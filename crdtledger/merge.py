@@ -18,15 +18,16 @@ commit: "out" (member = merged, its rights here lowered, `to` = survivor) and "i
 (member = survivor, the same rights raised here, `ref` = the out entry). The pair
 nets to zero at the sweeping branch, so no money appears or vanishes, and the "in"
 entry only raises rights, so it is always funded. A branch sweeps right after it
-merges, at every housekeeping pass (`Ledger.housekeeping`), and before an operation
-acts for a survivor (`_acting`): a debit spends what this branch held for either
-member. Until then reads add the merged members' unswept rights to the survivor's
+merges, at every housekeeping pass (`Ledger.housekeeping`), and in the commit of an
+operation that acts for a survivor (`_acting`), before its plan reads the rights: a
+debit spends what this branch held for either member, and a refused one writes no
+sweep. Until then reads add the merged members' unswept rights to the survivor's
 (`views.member_group`), so the member sees his whole money at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from pycrdt import Map
@@ -100,44 +101,75 @@ class Merges(Cards):
                ) -> list[dict[str, Any]]:
         """This branch's rights of each merged member in `members`, moved to its
         survivor in pairs of `merge` entries, all in one commit."""
-        conn = self.storage.conn
-        todo = [(m, head) for m in members
-                if (head := views.canonical(conn, m)) != m and self._held(m)]
-        if not todo:
+        members = list(members)
+        if not self._sweep_writes(members, operator, check=True)[2]:
             return []
+        return self._commit(lambda: self._sweep_writes(members, operator)[:2])
+
+    def _sweep_writes(self, members: Iterable[str], operator: str | None = None, *,
+                      check: bool = False
+                      ) -> tuple[list[Write], list[dict[str, Any]], list[Any]]:
+        """The writes of a sweep of `members`, the entries and what they were built
+        from ((member, survivor, rights held here), equal while nothing moved them);
+        with `check`, only the last (no id minted)."""
+        conn = self.storage.conn
         op = operator or f"merge@{self.node}"
-
-        def plan() -> tuple[list[Write], list[dict[str, Any]]]:
-            writes: list[Write] = []
-            done: list[dict[str, Any]] = []
-            for m, head in todo:
-                held = self._held(m)  # inside the write transaction: nothing moves them
-                for i in range(0, len(held), MAX_DELTAS):
-                    chunk = held[i:i + MAX_DELTAS]
-                    # `amount`: the cash (stored value paid in) moved, as a transfer's.
-                    cash = sum(a for p, a in chunk if p == "cash")
-                    out = self._entry("merge", m, amount=cash, to=head, op=op,
-                                      deltas=[(p, self.node, -a) for p, a in chunk])
-                    into = self._entry("merge", head, amount=cash, ref=out["id"], op=op,
-                                       deltas=[(p, self.node, a) for p, a in chunk])
-                    writes += [self._entry_write(out), self._entry_write(into)]
-                    done += [out, into]
-            return writes, done
-
-        return self._commit(plan)
+        writes: list[Write] = []
+        done: list[dict[str, Any]] = []
+        basis: list[Any] = []
+        for m in members:
+            head = views.canonical(conn, m)
+            held = self._held(m) if head != m else []
+            if not held:
+                continue
+            basis.append((m, head, held))
+            if check:
+                continue
+            for i in range(0, len(held), MAX_DELTAS):
+                chunk = held[i:i + MAX_DELTAS]
+                # `amount`: the cash (stored value paid in) moved, as a transfer's.
+                cash = sum(a for p, a in chunk if p == "cash")
+                out = self._entry("merge", m, amount=cash, to=head, op=op,
+                                  deltas=[(p, self.node, -a) for p, a in chunk])
+                into = self._entry("merge", head, amount=cash, ref=out["id"], op=op,
+                                   deltas=[(p, self.node, a) for p, a in chunk])
+                writes += [self._entry_write(out), self._entry_write(into)]
+                done += [out, into]
+        return writes, done, basis
 
     def _survivor(self, member: str) -> list[str]:
         """The group of the member an operation on `member` acts for, survivor first
         (views.member_group), with this branch's rights of the members merged into it
-        swept to it first: its own rights here are then all the group holds here."""
+        owed to it (`_owe_sweep`): its own rights here are then all the group holds
+        here, once the operation's transaction has begun."""
         group = views.member_group(self.storage.conn, member)
-        if len(group) > 1:
-            self._sweep(group[1:])
+        self._owe_sweep(group[1:])
         return group
 
+    def _owe_sweep(self, members: list[str]) -> None:
+        """Sweep `members` in the next commit's transaction, before its plan reads
+        the rights (commit._commit): an operation refused after this writes nothing.
+        The entries are made now, so their ids come before the operation's own (a
+        settlement replay in id order then moves the lots before the sale takes them)."""
+        if members:
+            writes, _done, basis = self._sweep_writes(members)
+            self._owed = (members, writes, basis, self.closed_through) if writes else None
+
+    def _owed_writes(self) -> Sequence[Write]:
+        """The sweep an operation owes (`_owe_sweep`), inside its transaction: as made
+        if nothing moved those rights since (and no month closed), else made again."""
+        owed, self._owed = self._owed, None
+        if owed is None:
+            return ()
+        members, writes, basis, closed = owed
+        if closed == self.closed_through and self._sweep_writes(members, check=True)[2] == basis:
+            return writes
+        return self._sweep_writes(members)[0]
+
     def _acting(self, member: str) -> tuple[str, tuple[dict[str, Any], tuple[int, int]]]:
-        """The survivor `member` acts as (`_survivor`), its profile (refused if deleted)
-        and its group's cumulative (spent, topped), which its level is reached on.
+        """The survivor `member` acts as, its profile (refused if deleted) and its
+        group's cumulative (spent, topped), which its level is reached on; this
+        branch's rights of the members merged into it are owed to it (`_owe_sweep`).
         On a debit's path: for a member neither merged nor merged into, one indexed
         read beyond the profile's."""
         conn = self.storage.conn
@@ -147,7 +179,7 @@ class Merges(Cards):
             profile, totals = self._live_member(member)
         group = self._folded(member)
         if len(group) > 1:
-            self._sweep(group[1:])
+            self._owe_sweep(group[1:])
             totals = views.group_totals(conn, group)
         return member, (profile, totals)
 

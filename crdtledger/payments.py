@@ -394,7 +394,8 @@ class Payments(Merges, Rules):
         if purse in GOODS_PURSES:  # units move by shipping them (crdtledger.goods)
             return None
         check_node_id(to)
-        self._survivor(member)  # rights held here for members merged into it are its own
+        # Rights held here for members merged into it are its own: swept first.
+        self._sweep(views.member_group(self.storage.conn, member)[1:])
         own = self._rights(member, purse).get(self.node, 0)
         give = escrow.grant_amount(own, shortfall)
         if give <= 0 or to == self.node:

@@ -187,6 +187,31 @@ def test_housekeeping_sweeps_what_a_branch_holds(apart: Apart) -> None:
     assert projections(sh) == projections(hz)
 
 
+def test_an_operation_refused_for_a_merged_member_writes_no_sweep(apart: Apart) -> None:
+    """A branch sweeps what it holds for a merged member before acting for the
+    survivor: in the operation's own commit, so a refused operation writes nothing,
+    and with ids before the operation's entry (settlement replays in id order)."""
+    sh, hz, a, b = apart.sh, apart.hz, apart.a, apart.b
+    sh.merge_member(sh.owner, b, a)
+    sync(sh, hz)  # HZ01 holds b's money and has not swept it yet
+    before = snapshot(hz, [a, b])
+    with pytest.raises(NotFound, match="no service"):
+        hz.debit(hz.owner, a, service="NOSUCH")
+    with pytest.raises(InvalidInput):
+        hz.redeem_points(hz.owner, a, 1, gift="x" * 10_000)
+    with pytest.raises(InvalidInput, match="unknown purse"):
+        hz.correct(hz.owner, b, "nosuch", -1, "typo")
+    assert snapshot(hz, [a, b]) == before
+    sale = hz.debit(hz.owner, a, amount=30000)  # a holds nothing here: b's money
+    swept = [e for e in hz.history(a, 1000) + hz.history(b, 1000)
+             if e["kind"] == "merge" and e["node"] == "HZ01"]
+    assert swept and all(e["id"] < sale["id"] for e in swept)
+    assert own_rights(hz, b) == {}
+    sync(sh, hz)
+    assert totals(sh) == totals(hz)
+    assert projections(sh) == projections(hz)
+
+
 def test_the_same_merge_at_two_branches_at_once_converges(apart: Apart) -> None:
     sh, hz, a, b = apart.sh, apart.hz, apart.a, apart.b
     sh.merge_member(sh.owner, b, a)
