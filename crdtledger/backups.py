@@ -58,6 +58,7 @@ from crdtledger.private import (
 from crdtledger.seal import MAX_SEALED_BYTES, peek_header, seal, unseal
 from crdtledger.trust import (
     CA_CERT,
+    CERT_ERRORS,
     CHAIN_KEY,
     NODE_CERT,
     OPEN_DIR,
@@ -319,7 +320,7 @@ def _reading_trust(data: bytes, data_dir: Path, chain_dir: Path | None, what: st
     try:
         signer = x509.load_der_x509_certificate(header["cert"])
         enrolled = signer.issuer != signer.subject
-    except ValueError:
+    except CERT_ERRORS:
         enrolled = False
     if enrolled:
         raise InvalidInput(

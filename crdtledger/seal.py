@@ -45,14 +45,14 @@ from typing import Any
 
 import msgpack
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from crdtledger.errors import CorruptSyncFile, ForeignChain, InvalidInput
 from crdtledger.hlc import NODE_ID
-from crdtledger.trust import Trust, UntrustedSigner
+from crdtledger.trust import CERT_ERRORS, Trust, UntrustedSigner
 
 FORMAT = 1
 MAGIC = b"CRDTLEDGER-SEALED "
@@ -152,7 +152,7 @@ def unseal(trust: Trust, data: bytes, kind: str, *, what: str) -> Sealed:
         if not isinstance(signer_key, ec.EllipticCurvePublicKey):
             raise ValueError("not an EC key")
         signer_key.verify(signature, _signed(view[:body_end]), _ECDSA)
-    except (ValueError, TypeError, UnsupportedAlgorithm):
+    except CERT_ERRORS:
         raise CorruptSyncFile(f"{what} is damaged (the signer's certificate in it does not "
                               "parse)") from None
     except InvalidSignature:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -47,6 +47,13 @@ from cryptography.x509.oid import NameOID
 from crdtledger.errors import RemoteProtocolError
 from crdtledger.hlc import NODE_ID
 from crdtledger.private import private_dir, write_private
+
+# What cryptography raises for bytes that are not a certificate it can use: at load
+# (a bad version field is InvalidVersion, no ValueError) or at a field's first read
+# (parsed lazily: the key, the names, the extensions, one given twice). Found by
+# flipping each byte of a certificate (tests/test_seal.py).
+CERT_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion,
+               x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
 
 TLS_DIR = "tls"  # enrolled: peer.chain.enrol writes it
 OPEN_DIR = "keys"  # open store: made here on first open
@@ -223,10 +230,12 @@ class Trust:
 
     def _judge(self, node: str, der: bytes) -> _Known:
         try:
-            cert = x509.load_der_x509_certificate(der)
-        except ValueError:
+            return self._judged(node, der, x509.load_der_x509_certificate(der))
+        except CERT_ERRORS:  # someone's bytes: a certificate that does not parse
             raise UntrustedSigner(f"the certificate given for node {node} does not parse"
                                   ) from None
+
+    def _judged(self, node: str, der: bytes, cert: x509.Certificate) -> _Known:
         if self.ca is None:
             pinned = self.pinned.get(node)
             if pinned is not None and pinned != der and node != self.node:

@@ -408,7 +408,7 @@ class Identity:
             raise PeerRejected("the peer presented no certificate")
         try:
             cert = x509.load_der_x509_certificate(der_cert)
-        except ValueError:
+        except trust.CERT_ERRORS:
             raise PeerRejected("the peer's certificate does not parse") from None
         try:
             cert.verify_directly_issued_by(self.ca_cert)
@@ -549,7 +549,7 @@ def _serials_to_revoke(chain: Chain, ca: x509.Certificate,
         try:
             cert = x509.load_pem_x509_certificate(text.encode("ascii"))
             cert.verify_directly_issued_by(ca)
-        except (ValueError, TypeError, InvalidSignature):
+        except (*trust.CERT_ERRORS, InvalidSignature):
             raise ChainError(f"that certificate was not issued by chain {chain.name}") from None
         return [cert.serial_number]
     if isinstance(target, str) and NODE_ID.match(target):

@@ -234,6 +234,44 @@ def test_an_open_store_signs_but_anyone_can_read(tmp_path: Path) -> None:
                       CorruptSyncFile)
 
 
+def flipped(data: bytes, at: int, mask: int) -> bytes:
+    out = bytearray(data)
+    out[at] ^= mask
+    return bytes(out)
+
+
+@pytest.mark.parametrize("chain", ["acme", None], ids=["chain CA", "no chain CA"])
+def test_a_certificate_with_any_byte_flipped_is_refused_with_a_sentence(
+        world: World, tmp_path: Path, chain: str | None) -> None:
+    """A peer's head or a file names its signer's certificate. cryptography raises
+    InvalidVersion (no ValueError) for a bad version field, and ValueError or
+    UnsupportedAlgorithm only when a field is first read (the key, the names): each
+    must be the signer refused, never an exception the session does not expect."""
+    der = world.trust("SH02").cert_der
+    reader = world.trust("SH03") if chain else load_trust(tmp_path / "open", "trial", "SH03")
+    accepted = 0
+    for at in range(len(der)):
+        for mask in (0x01, 0x04, 0x80):
+            try:
+                reader.check_cert("SH02", flipped(der, at, mask))
+                accepted += 1  # a flip in the outer DER that changes nothing signed
+            except UntrustedSigner:
+                pass
+    # With a chain CA every flip breaks the CA's signature or the parse; a store with
+    # none takes a node's first key as it is (crdtledger.trust), flipped or not.
+    assert accepted == 0 if chain else accepted > 0
+
+
+def test_a_sealed_file_whose_certificate_version_is_flipped_is_damaged(world: World) -> None:
+    data = sealed_by(world)
+    der = world.trust("SH01").cert_der
+    # Two SEQUENCE headers, [0] EXPLICIT, INTEGER of length 1: the version, 2 (v3).
+    version = data.index(der) + 12
+    assert data[version:version + 1] == b"\x02"
+    assert isinstance(refused(world.trust("SH02"), flipped(data, version, 0x04)),
+                      CorruptSyncFile)
+
+
 @given(st.data())
 def test_any_flipped_byte_or_cut_is_refused(world: World, data: st.DataObject) -> None:
     original = SEALED_ONCE.setdefault("file", sealed_by(world))
