@@ -65,9 +65,14 @@ async def talk(node: NodeProc, ctx: ssl.SSLContext | None, frames: list[Any]
         for frame in frames:
             await (ws.send_bytes(frame) if isinstance(frame, bytes) else ws.send_str(frame))
         got = []
-        async for msg in ws:
-            if msg.type == aiohttp.WSMsgType.BINARY:
-                got.append(msg.data)
+        try:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    got.append(msg.data)
+        except aiohttp.ClientConnectionResetError:
+            # aiohttp's client answered the node's ping on the connection the node had
+            # just closed: the client sees the connection drop, as a 1006.
+            return 1006, got
         return ws.close_code, got
 
 
