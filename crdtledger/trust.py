@@ -289,7 +289,7 @@ def verified_crl(ca: x509.Certificate, der: bytes) -> x509.CertificateRevocation
         crl = x509.load_der_x509_crl(der)
         signed = crl.issuer == ca.subject and crl.is_signature_valid(public_key)
         crl_number(crl)
-    except (ValueError, x509.ExtensionNotFound):
+    except (*CERT_ERRORS, x509.ExtensionNotFound):
         raise ValueError("the revocation list does not parse or has no number") from None
     if not signed:
         raise ValueError("the revocation list is not signed by this chain's CA")

@@ -9,6 +9,7 @@ head office), SH02 and SH03, a foreign chain also called "acme" with its own SH0
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import stat
 from dataclasses import dataclass
@@ -200,6 +201,19 @@ def test_a_revoked_signer_is_refused(world: World) -> None:
     assert reader.set_revocations(revocations_rule(crl)["crl"])
     e = refused(reader, data)
     assert isinstance(e, UntrustedSigner) and "revoked" in str(e) and "SH03" in str(e)
+
+
+def test_a_revocation_list_with_any_byte_flipped_is_no_list(world: World) -> None:
+    """A liar's `revocations` rule: whatever its bytes, never installed, never raised."""
+    crl = revoke(world.chain, "SH03")  # as the test above: SH03 is revoked already
+    reader = world.trust("SH02")
+    for at in range(len(crl)):
+        for mask in (0x01, 0x04, 0x80):
+            rule = revocations_rule(flipped(crl, at, mask))
+            assert not reader.is_revocation_list({"kind": "revocations",
+                                                  "body": json.dumps(rule)})
+            assert not reader.set_revocations(rule["crl"])
+    assert reader.set_revocations(revocations_rule(crl)["crl"])
 
 
 def test_a_file_sealed_with_another_chain_secret_does_not_open(world: World) -> None:
