@@ -6,9 +6,13 @@ still valid on the day it was spent; a refund takes back first what its own debi
 earned; a write-off (kind `expiry`) takes lots already expired on its day. So a
 redemption never uses up an expired lot on paper, and what is expired and not yet
 written off is exactly what is due. Transfers move rights between branches and leave
-the member's points as they are. A member's group (crdtledger.merge) is one member
-here: the lots of a merged member keep their expiries, and the merge pairs, which
-move rights from one member of the group to another, are passed over like transfers.
+the member's points as they are. A merge (crdtledger.merge) takes effect from the
+merge on: until then each member of a group spends its own lots, as its rights were
+its own; from the id of the change that merged it, its lots and its survivor's are
+one pool, keeping their expiries (`merged_at`). The merge pairs, which move rights
+from one member of the group to another, are passed over like transfers. So a
+branch that starts from a closing's lots (the fold up to a cut) and folds what came
+after holds what a branch that folded from the first entry holds, whenever the merge.
 
 That is a replay of the group's entries in id order (`replay`), the same on every
 replica. The `points_lots` table holds its result, the lots with points left, so
@@ -37,6 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 from crdtledger.hlc import id_time_ms
+from crdtledger.model import EDITS
 from crdtledger.projection import IN_MERGE, NO_EXPIRY, points_change
 from crdtledger.views import in_, member_group
 
@@ -65,15 +70,63 @@ def take(lots: list[Lot], n: int, kind: str, ref: str | None, day: str) -> None:
 
 def replay(conn: sqlite3.Connection, group: list[str], day_of: Callable[[int], str]
            ) -> list[Lot]:
-    """The lots of `group` from its entries, in id order: the definition."""
-    lots: list[Lot] = []
+    """The lots of `group` from its entries, in id order: the definition. Each member
+    folds apart until its merge (`merged_at`), one pool with whom it was merged into
+    from then on: a member's spending before a merge took its own lots, as its
+    rights were its own."""
+    merges = merged_at(conn, group)
+    pools: dict[str, list[Lot]] = {m: [] for m in group}
+    into: dict[str, str] = {}
+
+    def pool(m: str) -> str:
+        while m in into:
+            m = into[m]
+        return m
+
     for (body,) in conn.execute(
             f"SELECT body FROM entries WHERE member {in_(group)} AND kind NOT IN "
             "('transfer', 'merge') ORDER BY id", group):
         e = json.loads(body)
-        _step(lots, (e["member"], e["id"], points_change(e), e["kind"], e.get("ref"),
-                     e.get("expires")), day_of)
-    return lots
+        while merges and merges[0][0] < e["id"]:
+            _, m, target = merges.pop(0)
+            a, b = pool(m), pool(target)
+            if a != b:  # a cycle's last merge (its survivor's pointer) joins nothing
+                into[a] = b
+                pools[b] += pools.pop(a)
+        _step(pools[pool(e["member"])], (e["member"], e["id"], points_change(e), e["kind"],
+                                         e.get("ref"), e.get("expires")), day_of)
+    return [lot for lots in pools.values() for lot in lots]
+
+
+def merged_at(conn: sqlite3.Connection, group: list[str]) -> list[tuple[str, str, str]]:
+    """(when, member, into) of each member of `group` merged into another, by time:
+    when is the id of the first change its audit notes say set `merged_into`
+    (model.EDITS; the same merge made at two branches noted twice), "" for a record
+    with no such note (the member is then one with the group from its first entry).
+    `group[0]`, the survivor, is merged into no one (in a cycle its pointer is not
+    followed: views.canonical)."""
+    out = []
+    for m in group[1:]:
+        row = conn.execute("SELECT json_extract(body, '$.merged_into'), "
+                           f"json_extract(body, '$.{EDITS}') FROM members WHERE id = ?",
+                           (m,)).fetchone()
+        out.append((_first_merge_note(row[1] if row else None), m,
+                    str(row[0]) if row else group[0]))
+    return sorted(out)
+
+
+def _first_merge_note(notes: Any) -> str:
+    """The smallest change id of audit notes (JSON text, as any replica holds them:
+    a liar's may be anything) naming `merged_into`, else ""."""
+    try:
+        found = json.loads(notes) if isinstance(notes, str) else {}
+    except ValueError:
+        return ""
+    if not isinstance(found, dict):
+        return ""
+    return min((str(cid) for cid, note in found.items() if isinstance(note, dict)
+                and isinstance(note.get("fields"), list) and "merged_into" in note["fields"]),
+               default="")
 
 
 def _step(lots: list[Lot], row: tuple[Any, ...], day_of: Callable[[int], str]) -> None:
@@ -156,6 +209,8 @@ def _only_later(conn: sqlite3.Connection, group: list[str], new: list[tuple[Any,
     """Are the new entries later than every other entry of the group that moves
     points (new to this transaction or not)?"""
     first = min(row[1] for row in new)
+    if len(group) > 1 and any(when > first for when, _m, _t in merged_at(conn, group)):
+        return False  # merged since: the new entries fold as one pool, the earlier apart
     return not any(
         eid not in seen and conn.execute(_MOVES, (eid,)).fetchone()
         for m in group for (eid,) in conn.execute(

@@ -115,6 +115,38 @@ def test_a_merge_makes_the_groups_lots_one_members_wherever_the_survivor_comes(
             ledger.close()
 
 
+def test_a_merge_takes_effect_from_the_merge_on(tmp_path: Path) -> None:
+    """b redeemed before it was merged into a: from its own lot, as its rights were
+    its own then (folding the group as one member from its first entry would have
+    taken a's lot, which expires sooner, and left b's). After the merge the group is
+    one pool. The same at a branch that gets it all at once."""
+    sh, hz, sh_clock, _ = earning_chain(tmp_path)
+    try:
+        a = sh.add_member(sh.owner, name="张伟", phone="13812345678")
+        b = sh.add_member(sh.owner, name="张伟", phone="13812345679")
+        sh.topup(sh.owner, a, 50000)
+        sh.debit(sh.owner, a, amount=10000)  # a: 100 points expiring 2026-01-31
+        sh_clock.advance_days(5)
+        sh.topup(sh.owner, b, 50000)
+        sh.debit(sh.owner, b, amount=5000)  # b: 50 points expiring 2026-02-05
+        sh_clock.advance_days(1)
+        sh.redeem_points(sh.owner, b, 30)  # b's own lot: 20 left of it
+        sh_clock.advance_days(1)
+        sh.merge_member(sh.owner, b, a)
+        expect = [(a, "2026-01-31", 100), (b, "2026-02-05", 20)]
+        assert [r[1:] for r in kept(sh)] == expect
+        sh_clock.advance_days(1)
+        sh.redeem_points(sh.owner, a, 110)  # one pool now: a's lot first, then b's
+        assert [r[1:] for r in kept(sh)] == [(b, "2026-02-05", 10)]
+        sync(sh, hz)
+        for ledger in (sh, hz):
+            assert kept(ledger) == replayed(ledger) == kept(sh)
+            assert views.points(ledger, b)["total"] == views.points(ledger, a)["total"] == 10
+    finally:
+        sh.close()
+        hz.close()
+
+
 def test_a_store_made_before_the_table_has_it_filled_when_opened(tmp_path: Path) -> None:
     sh, hz, sh_clock, _ = earning_chain(tmp_path)
     m = sh.add_member(sh.owner, name="张伟", phone="13812345678")

@@ -375,6 +375,10 @@ class LedgerMachine(RuleBasedStateMachine):
                 if a == node:
                     assert session.data_to_send() == [], "a refused operation sent frames"
             return REFUSED
+        # The sweeps of merged members' rights a merge or an operation for a survivor
+        # wrote here (crdtledger.merge) are acknowledged writes too.
+        self.acked[node].update(r[0] for r in _rows(
+            ledger, "SELECT id FROM entries WHERE kind = 'merge' AND node = ?", node))
         self._flush()
         return result
 
@@ -653,6 +657,16 @@ class LedgerMachine(RuleBasedStateMachine):
             self.fields[(member, field)] = value
             self.prefs[(member, pref)] = pvalue
 
+    @precondition(lambda self: len(self.members) > 1)
+    @rule(node=node_st, m=pick, into=pick)
+    def merge_member(self, node: str, m: int, into: int) -> None:
+        """会员合并 amid sales, spends and syncs: the same or opposite merges at two
+        branches at once, sales to a merged member by a branch that has not heard of
+        its merge, each branch sweeping what it holds for it when it acts."""
+        done = self._op(node, self.ledgers[node].merge_member, self.owner(node),
+                        self._member(m), self._member(into))
+        event("merge " + ("refused" if done is REFUSED else "done"))
+
     @precondition(lambda self: self.members)
     @rule(node=node_st, m=pick)
     def erase_member(self, node: str, m: int) -> None:
@@ -851,8 +865,9 @@ class LedgerMachine(RuleBasedStateMachine):
         all_acked = set().union(*self.acked.values())
         ids = [r[0] for r in first["entries"]]
         assert len(ids) == len(set(ids))
-        # A node writes its redaction entries itself when an erasure reaches it.
-        redactions = {r[0] for r in first["entries"] if r[1] == "redaction"}
+        # A node writes its redaction entries itself when an erasure reaches it, and
+        # sweeps merged members' rights when a peer asks it for them (grant_rights).
+        redactions = {r[0] for r in first["entries"] if r[1] in ("redaction", "merge")}
         assert set(ids) - redactions == all_acked - redactions, (
             f"lost {all_acked - set(ids)}, unexpected {set(ids) - all_acked - redactions}")
         assert {r[0] for r in first["members"]} == set(self.members)
