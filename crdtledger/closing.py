@@ -28,10 +28,11 @@ This is the first part of period closing (benchmarks/README.md, "Period closing:
 design sketch"): the cuts, the month-end balances, and the digest a joining branch
 will one day start from, which counts once a head office and a quorum of branches
 signed it (`QUORUM`). A shop closed for good (its certificate revoked) is not waited
-for; a branch that stops without being revoked keeps every later month open. Not
-built: the rest of what a joining branch needs (the points lots, a table every node
-keeps since crdtledger.lots but not yet in the closing; open packages, coupons,
-bookings; benchmarks/README.md), joining from a closing, months on demand.
+for; a branch that stops without being revoked keeps every later month open. The
+balances include the points lots at the month's end, cut by id
+(`month_end_from_tables`). Not built: the rest of what a joining branch needs (open
+packages, coupons, bookings; benchmarks/README.md), joining from a closing, months
+on demand.
 """
 
 from __future__ import annotations
@@ -45,15 +46,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from crdtledger import lots
 from crdtledger.errors import InvalidInput, NotCaughtUp
 from crdtledger.hlc import id_floor
 from crdtledger.log import CLOSING_DOC, CUT_DOC, WAITING, closing_data
 from crdtledger.model import GOODS_PURSES, ledger_doc
 from crdtledger.money import format_yuan
-from crdtledger.projection import spent_topped
+from crdtledger.projection import points_change, spent_topped
 
 if TYPE_CHECKING:
-    from zoneinfo import ZoneInfo
 
     from crdtledger.ledger import Ledger
 
@@ -79,11 +80,17 @@ def due_month(day: str) -> str:
     return f"{year:04d}-{month:02d}"
 
 
-def floor_ms(month: str, tz: ZoneInfo) -> int:
-    """The first millisecond after `month`, in zone `tz`: where the ids of a branch
-    that closed it start."""
+def floor_ms(month: str) -> int:
+    """The first millisecond after `month` in the latest zone (UTC-12): where the ids
+    of a branch that closed it start. After `month` in every zone, so in the next
+    month's document wherever the branch is; and at or past the id the closing's
+    points lots are cut at (`month_end_from_tables`), so that no branch adds to that
+    cut once it has closed the month, even with its clock set back (until 4 December
+    the floor was the month's end in the branch's own zone: a branch east of UTC-12
+    whose clock went back could still mint ids before the cut)."""
     after = _next_month(month)
-    return int(datetime(int(after[:4]), int(after[5:7]), 1, tzinfo=tz).timestamp() * 1000)
+    return int((datetime.fromisoformat(f"{after}-01T00:00+00:00")
+                + _LATEST_ZONE).timestamp() * 1000)
 
 
 def close_due_month(ledger: Ledger) -> str | None:
@@ -181,24 +188,31 @@ _EARLIEST_ZONE, _LATEST_ZONE = timedelta(hours=14), timedelta(hours=12)
 class MonthEnd:
     """The balances at the end of a closed month, from the entries of the ledger
     documents of that month and every month before (each branch's escrow rights per
-    member, purse and holding branch, and each member's cumulative spend and top-ups):
-    what every replica that holds the same history holds, whatever its time zone."""
+    member, purse and holding branch, and each member's cumulative spend and top-ups),
+    and the points lots of the entries with ids before the month's end in the latest
+    zone (lots are folded in id order: `month_end_from_tables`): what every replica
+    that holds the same history holds, whatever its time zone."""
 
     month: str
     digest: str  # SHA-256 of the nonzero rows, sorted (docs/format.md)
     purses: dict[str, int]  # purse kind (cash, bonus, points, pkg, cpn, stock, transit)
     holders: int  # members with any nonzero right (goods items are not members)
+    # Points left in the lots at the month's end (crdtledger.lots), and how many lots.
+    lot_points: int = 0
+    lots: int = 0
     # Records and entries of the month or before that wait here (`month_end`): not
     # counted yet; the balances may change when they come in.
     pending: int = 0
 
     @classmethod
     def of(cls, month: str, rights: Iterable[tuple[tuple[str, str, str], int]],
-           totals: Iterable[tuple[str, tuple[int, int]]]) -> MonthEnd:
+           totals: Iterable[tuple[str, tuple[int, int]]],
+           lots: Iterable[tuple[str, str, str, int]] = ()) -> MonthEnd:
         """From the rows, each sorted by key: rights ((member, purse, node), amount) and
         totals (member, (spent, topped)), as the `rights` and `totals` tables hold
         them; zero rows count for nothing (a table keeps a row once an entry touched
-        it)."""
+        it); and the points lots at the month's end by id (`month_end_from_tables`):
+        (member, earned by entry, expires, points left), those with points left."""
         h = hashlib.sha256(b"crdtledger month end\0%s" % month.encode())
         purses: defaultdict[str, int] = defaultdict(int)
         holders = 0
@@ -214,7 +228,14 @@ class MonthEnd:
         for member, (spent, topped) in totals:
             if spent or topped:
                 h.update(b"T\0%s\0%d\0%d\n" % (member.encode(), spent, topped))
-        return cls(month, h.hexdigest(), dict(sorted(purses.items())), holders)
+        lot_points = count = 0
+        for member, earned, expires, left in lots:
+            h.update(b"L\0%s\0%s\0%s\0%d\n" % (member.encode(), earned.encode(),
+                                                 expires.encode(), left))
+            lot_points += left
+            count += 1
+        return cls(month, h.hexdigest(), dict(sorted(purses.items())), holders,
+                   lot_points, count)
 
 
 def month_end(ledger: Ledger, month: str, upto: dict[str, int], key: str) -> MonthEnd:
@@ -234,9 +255,11 @@ def month_end(ledger: Ledger, month: str, upto: dict[str, int], key: str) -> Mon
                for (seq,) in conn.execute(
                    "SELECT seq FROM records WHERE node = ? AND seq < ? AND state = ? "
                    "ORDER BY seq", (node, upto[node], WAITING))]
+    # Entries of a later month's document with ids before the lots' cut count for
+    # the lots (`month_end_from_tables`): waiting, they are pending too.
     pending += [k for (k,) in conn.execute(
-        "SELECT key FROM deferred WHERE doc >= 'ledger/' AND doc <= ? ORDER BY key",
-        (ledger_doc(month),))]
+        "SELECT key FROM deferred WHERE doc >= 'ledger/' AND (doc <= ? OR key < ?) "
+        "ORDER BY key", (ledger_doc(month), _turn_ids(month)[1]))]
     key = hashlib.sha256("\0".join([key, *pending]).encode()).hexdigest()
     kept = ledger.month_ends.get(month)
     if kept is not None and kept[0] == key:
@@ -253,14 +276,20 @@ def month_end_from_tables(ledger: Ledger, month: str) -> MonthEnd:
     purses_after` reads a receipt's balance the same way). So the closing attests the
     balances this store sells on, and costs a pass over the tables' rows in key order
     (streamed) and over the recent entries, never the whole history."""
-    later_rights, later_totals = _added_after(ledger, month)
+    later_rights, later_totals, moved = _added_after(ledger, month)
     conn = ledger.storage.conn
     rights = (((m, p, n), a - later_rights.get((m, p, n), 0)) for m, p, n, a in conn.execute(
         "SELECT member, purse, node, amount FROM rights ORDER BY member, purse, node"))
     totals = ((m, (s - later_totals.get(m, (0, 0))[0], t - later_totals.get(m, (0, 0))[1]))
               for m, s, t in conn.execute(
                   "SELECT member, spent, topped FROM totals ORDER BY member"))
-    return MonthEnd.of(month, rights, totals)
+    # The points lots are cut by id, not by document: their fold is in id order, and
+    # the prefix of ids before the month's end in the latest zone holds every entry of
+    # the month's document and of those before (docs/design-notes.md, "Points lots as
+    # a table"). Every branch's cut is past it (`floor_ms`), so it is final too.
+    cut = _turn_ids(month)[1]
+    return MonthEnd.of(month, rights, totals,
+                       lots.at(conn, ledger.storage.day_of, cut, moved))
 
 
 # What an owner and an accountant read per member at a month's end: the money and
@@ -284,7 +313,7 @@ def member_balances(ledger: Ledger, month: str | None = None) -> dict[str, Any]:
     if month > through:
         raise InvalidInput(f"{month} is not closed at every branch yet (the books are "
                            f"closed through {through}): its balances can still change")
-    later, _totals = _added_after(ledger, month)
+    later, _totals, _moved = _added_after(ledger, month)
     less: defaultdict[tuple[str, str], int] = defaultdict(int)
     for (member, purse, _node), amount in later.items():
         less[(member, purse)] += amount
@@ -318,16 +347,18 @@ def balance_rows(balances: Mapping[str, Any]) -> list[list[str]]:
 
 
 def _added_after(ledger: Ledger, month: str) -> tuple[dict[tuple[str, str, str], int],
-                                                     dict[str, tuple[int, int]]]:
+                                                     dict[str, tuple[int, int]], set[str]]:
     """What the projected entries of the ledger documents after `month` added to the
-    rights and totals. Ids well before the month's turn are of it or before, in every
-    time zone; the few within a zone's offset of the turn are looked up in the month's
-    document (each store reads ids in its own zone: by id, a sale at 00:30 on the 1st
-    in Shanghai is the month before in Los Angeles)."""
+    rights and totals; and the members whose points lots an entry with an id after the
+    month's end in every zone moved (`lots.at`). Ids well before the month's turn are
+    of it or before, in every time zone; the few within a zone's offset of the turn
+    are looked up in the month's document (each store reads ids in its own zone: by
+    id, a sale at 00:30 on the 1st in Shanghai is the month before in Los Angeles)."""
     surely, maybe = _turn_ids(month)
     rights: defaultdict[tuple[str, str, str], int] = defaultdict(int)
     totals: dict[str, tuple[int, int]] = {}
     near: list[dict[str, Any]] = []
+    moved: set[str] = set()
 
     def add(e: dict[str, Any]) -> None:
         for purse, node, change in e["deltas"]:
@@ -342,6 +373,8 @@ def _added_after(ledger: Ledger, month: str) -> tuple[dict[tuple[str, str, str],
         e = orjson.loads(body)
         if e["id"] >= maybe:
             add(e)
+            if e["kind"] not in ("transfer", "merge") and points_change(e):
+                moved.add(e["member"])
         else:
             near.append(e)
     if near:  # in the month's document, or in the next one's
@@ -350,7 +383,7 @@ def _added_after(ledger: Ledger, month: str) -> tuple[dict[tuple[str, str, str],
         for e in near:
             if ("entries", e["id"]) not in held:
                 add(e)
-    return rights, totals
+    return rights, totals, moved
 
 
 def _turn_ids(month: str) -> tuple[str, str]:
@@ -428,6 +461,7 @@ def books(ledger: Ledger) -> dict[str, Any]:
                    "differ": sorted(n for n, d in said.items() if d != ours),
                    "counted": ours is not None and _counted(ledger, agree, writers, retired),
                    "balances": end and {"purses": end.purses, "holders": end.holders,
+                                        "lots": end.lots, "lot_points": end.lot_points,
                                         "pending": end.pending}}
     return {"closed_through": through, "latest": latest, "branches": branches,
             "behind": sorted(n for n, m in branches.items() if n not in retired

@@ -195,7 +195,7 @@ class LedgerBase:
         """This node closed `month` (its cut written here, or back from a peer)."""
         if month is not None and (self.closed_through or "") < month:
             self.closed_through = month
-            self.clock.floor_ms = closing.floor_ms(month, self.storage.tz)
+            self.clock.floor_ms = closing.floor_ms(month)
 
     def _check_may_write(self) -> None:
         if self.restored is not None:

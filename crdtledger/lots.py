@@ -35,15 +35,16 @@ test checks the table against the replay after every step.
 
 from __future__ import annotations
 
+import heapq
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from crdtledger import views  # a module: views reads closing, which reads this
 from crdtledger.hlc import id_time_ms
 from crdtledger.model import EDITS
 from crdtledger.projection import IN_MERGE, NO_EXPIRY, points_change
-from crdtledger.views import in_, member_group
 
 Lot = list[Any]  # [expires, left, earned by entry id, the member that entry names]
 
@@ -68,12 +69,12 @@ def take(lots: list[Lot], n: int, kind: str, ref: str | None, day: str) -> None:
             return
 
 
-def replay(conn: sqlite3.Connection, group: list[str], day_of: Callable[[int], str]
-           ) -> list[Lot]:
-    """The lots of `group` from its entries, in id order: the definition. Each member
-    folds apart until its merge (`merged_at`), one pool with whom it was merged into
-    from then on: a member's spending before a merge took its own lots, as its
-    rights were its own."""
+def replay(conn: sqlite3.Connection, group: list[str], day_of: Callable[[int], str],
+           before: str | None = None) -> list[Lot]:
+    """The lots of `group` from its entries (those with ids before `before`, if
+    given), in id order: the definition. Each member folds apart until its merge
+    (`merged_at`), one pool with whom it was merged into from then on: a member's
+    spending before a merge took its own lots, as its rights were its own."""
     merges = merged_at(conn, group)
     pools: dict[str, list[Lot]] = {m: [] for m in group}
     into: dict[str, str] = {}
@@ -83,9 +84,11 @@ def replay(conn: sqlite3.Connection, group: list[str], day_of: Callable[[int], s
             m = into[m]
         return m
 
+    bound = "" if before is None else "AND id < ? "
     for (body,) in conn.execute(
-            f"SELECT body FROM entries WHERE member {in_(group)} AND kind NOT IN "
-            "('transfer', 'merge') ORDER BY id", group):
+            f"SELECT body FROM entries WHERE member {views.in_(group)} AND kind NOT IN "
+            f"('transfer', 'merge') {bound}ORDER BY id",
+            group if before is None else [*group, before]):
         e = json.loads(body)
         while merges and merges[0][0] < e["id"]:
             _, m, target = merges.pop(0)
@@ -96,6 +99,34 @@ def replay(conn: sqlite3.Connection, group: list[str], day_of: Callable[[int], s
         _step(pools[pool(e["member"])], (e["member"], e["id"], points_change(e), e["kind"],
                                          e.get("ref"), e.get("expires")), day_of)
     return [lot for lots in pools.values() for lot in lots]
+
+
+def at(conn: sqlite3.Connection, day_of: Callable[[int], str], before: str,
+       moved: set[str]) -> Iterator[tuple[str, str, str, int]]:
+    """(member, earned, expires, left) of every lot with points left after the fold of
+    the entries with ids before `before`, by member and earning entry: the lots a
+    closing carries (closing.month_end_from_tables). The table less what came from
+    `before` on: the groups of `moved` (members whose points an entry from `before` on
+    moved) and of the members merged from `before` on are replayed up to it, every
+    other group's lots are the table's rows. So it costs a replay of the members
+    active since, not of the whole history."""
+    redo: dict[str, list[str]] = {}
+    late = {m for m, notes in conn.execute(
+        f"SELECT id, json_extract(body, '$.{EDITS}') FROM members "
+        "WHERE json_extract(body, '$.merged_into') IS NOT NULL")
+        if _first_merge_note(notes) >= before}
+    for m in sorted(moved | late):
+        if m not in redo:
+            group = views.member_group(conn, m)
+            for x in group:
+                redo[x] = group
+    replayed = sorted((lot[3], lot[2], lot[0], lot[1])
+                      for group in {g[0]: g for g in redo.values()}.values()
+                      for lot in replay(conn, group, day_of, before) if lot[1] > 0)
+    kept = ((m, e, x, n) for m, e, x, n in conn.execute(
+        "SELECT member, earned, expires, left FROM points_lots ORDER BY member, earned")
+        if m not in redo)
+    return heapq.merge(kept, replayed)
 
 
 def merged_at(conn: sqlite3.Connection, group: list[str]) -> list[tuple[str, str, str]]:
@@ -182,7 +213,7 @@ def _update(conn: sqlite3.Connection, touched: list[tuple[Any, ...]], seen: set[
             # Earnings alone (sales) only add lots: nothing to read.
             lots = [] if all(row[2] > 0 for row in new) else [list(r) for r in conn.execute(
                 "SELECT expires, left, earned, member FROM points_lots "
-                f"WHERE member {in_(group)}", group)]
+                f"WHERE member {views.in_(group)}", group)]
             before = {lot[2]: lot[1] for lot in lots}
             for row in new:
                 _step(lots, row, day_of)
@@ -191,7 +222,7 @@ def _update(conn: sqlite3.Connection, touched: list[tuple[Any, ...]], seen: set[
                              [(lot[3], lot[2]) for lot in changed if lot[2] in before])
             kept += changed
         else:
-            conn.execute(f"DELETE FROM points_lots WHERE member {in_(group)}", group)
+            conn.execute(f"DELETE FROM points_lots WHERE member {views.in_(group)}", group)
             kept += replay(conn, group, day_of)
     _keep(conn, kept)
 
@@ -200,7 +231,7 @@ def _group(conn: sqlite3.Connection, member: str) -> list[str]:
     """`member`'s group (views.member_group): most members are in no merge, which
     one read says."""
     if conn.execute(f"SELECT {IN_MERGE}", (member,)).fetchone()[0]:
-        return member_group(conn, member)
+        return views.member_group(conn, member)
     return [member]
 
 
@@ -236,7 +267,7 @@ def fill(conn: sqlite3.Connection, day_of: Callable[[int], str]) -> None:
     conn.execute("DELETE FROM points_lots")
     heads: dict[str, list[str]] = {}
     for (m,) in conn.execute("SELECT DISTINCT member FROM entries").fetchall():
-        group = member_group(conn, m)
+        group = views.member_group(conn, m)
         heads.setdefault(group[0], group)
     for group in heads.values():
         _keep(conn, replay(conn, group, day_of))

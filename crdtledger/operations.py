@@ -1024,12 +1024,13 @@ BOOKS = {"type": "object",
                                            "counted": {"type": "boolean"},
                                            "balances": {"oneOf": [{"type": "null"}, {
                                                "type": "object",
-                                               "required": ["purses", "holders",
-                                                            "pending"],
+                                               "required": ["purses", "holders", "lots",
+                                                            "lot_points", "pending"],
                                                "properties": {
                                                    "purses": {"type": "object",
                                                               "additionalProperties": INT},
-                                                   "holders": INT, "pending": INT}}]}}}]}}}
+                                                   "holders": INT, "lots": INT,
+                                                   "lot_points": INT, "pending": INT}}]}}}]}}}
 
 
 def _show_books(_ledger: Ledger, r: Any, _p: Params) -> str:
@@ -1066,7 +1067,9 @@ def _month_end_line(b: dict[str, Any]) -> str:
     sums = b["purses"]
     said = [text.format(format_yuan(sums[k]) if k in MONEY_PURSES else sums[k])
             for k, text in _PURSE_KINDS.items() if sums.get(k)]
-    return (f"{', '.join(said) or 'nothing held'}, held by {b['holders']} members"
+    lots = (f"; {b['lot_points']} points in {b['lots']} lots not yet spent or expired"
+            if b.get("lots") else "")
+    return (f"{', '.join(said) or 'nothing held'}, held by {b['holders']} members{lots}"
             + _pending(b["pending"]))
 
 

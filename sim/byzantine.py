@@ -198,7 +198,7 @@ class Byzantine:
             if lg.closed_through is None:
                 return None
             # Ten days before the month after the one it closed: inside that month.
-            at = closing.floor_ms(lg.closed_through, lg.storage.tz) - 10 * DAY // MS
+            at = closing.floor_ms(lg.closed_through) - 10 * DAY // MS
             eid = HybridClock(me, now_ms=lambda: at).mint()
             back = {"id": eid, "kind": "topup", "member": member, "node": me,
                     "op": owner_of(me), "at": id_time_ms(eid), "amount": 100_000,

@@ -100,7 +100,8 @@ def test_the_daily_pass_closes_the_month_due_once(pair: tuple[Ledger, Ledger, st
                                        "agree": ["SH01", "SH02"], "differ": [],
                                        "counted": True,  # every branch (no CA: all govern)
                                        "balances": {"purses": {"cash": 100_000},
-                                                    "holders": 1, "pending": 0}}}
+                                                    "holders": 1, "lots": 0,
+                                                    "lot_points": 0, "pending": 0}}}
         assert ledger.faults() == []
 
 
@@ -330,8 +331,8 @@ def test_the_books_report_as_the_command_line_shows_it(tmp_path: Path) -> None:
                       "behind": [], "retired": [], "closing": {"month": due, "digest": digest,
                                                 "agree": ["SH01"], "differ": [],
                                                 "counted": True, "balances": {
-                                                    "purses": {}, "holders": 0,
-                                                    "pending": 0}}}
+                                                    "purses": {}, "holders": 0, "lots": 0,
+                                                    "lot_points": 0, "pending": 0}}}
     r = run_cli("report", "books", data=data)
     assert r.code == 0, r.err
     assert f"books closed through {due} at every branch" in r.out
@@ -374,7 +375,7 @@ def test_every_branch_signs_the_same_closing_and_a_lie_shows(
             "month": "2026-01", "digest": digests.pop(), "agree": ["SH01", "SH02"],
             "differ": ["SH03"], "counted": False,  # two of the three
             "balances": {"purses": {"cash": 98_800, "points": bal["points"]},
-                         "holders": 1, "pending": 0}}
+                         "holders": 1, "lots": 1, "lot_points": bal["points"], "pending": 0}}
         assert views.trust_status(a)["closing_differs"] == {"month": "2026-01",
                                                             "branches": ["SH03"]}
         assert views.trust_status(b)["closing_differs"] is None
@@ -420,6 +421,48 @@ def test_the_balances_at_a_months_end_are_by_document_whatever_the_zone(
         assert books[0]["month"] == "2026-01" and books[0]["agree"] == ["SH01", "SH02"]
         assert books[0]["balances"]["purses"]["cash"] == 100_000
         assert a.balance(m)["cash"] == b.balance(m)["cash"] == 98_000
+    finally:
+        a.close()
+        b.close()
+
+
+def test_the_closing_carries_the_points_lots_cut_by_id_whatever_the_zone(
+        tmp_path: Path, clock: FakeClock) -> None:
+    """The points lots at January's end are the fold of every entry with an id before
+    the month's end in the latest zone (UTC-12: 1 February 12:00 UTC), not by
+    document: SH01 (Shanghai) redeems at 00:30 on 1 February its time, an entry of
+    February's document that the fold of January's lots must still take (a later
+    entry can take a lot before an earlier one is spent, so order matters). SH02 (Los
+    Angeles) signs the same digest. What is spent after the cut leaves the closing's
+    lots as they were, though the table moves on."""
+    a = new_ledger(tmp_path, "SH01", now_ms=clock)
+    b = new_ledger(tmp_path, "SH02", now_ms=clock, timezone="America/Los_Angeles")
+    try:
+        a.set_rule(a.owner, "earn", {"points_per_yuan": "1", "expire_days": 90},
+                   effective_from="2025-01-01")
+        m = a.add_member(a.owner, name="王芳", phone="13800000001")
+        a.topup(a.owner, m, 100_000)
+        a.debit(a.owner, m, amount=10_000)  # 1 January, at the level's multiplier
+        assert views.points(a, m)["total"] == 120
+        clock.ms += 30 * DAY_MS + 16 * 3_600_000 + 30 * 60_000  # 31 Jan 16:30 UTC
+        spent = a.redeem_points(a.owner, m, 30)
+        assert entry_doc(spent["id"], a.storage.day_of) == "ledger/2026-02"
+        sync(a, b)
+        clock.ms += 9 * DAY_MS  # 9 February: January is due
+        _close_and_sign(a, b)
+        books = [closing.books(x)["closing"] for x in (a, b)]
+        assert books[0] == books[1] and books[0]["agree"] == ["SH01", "SH02"]
+        assert books[0]["month"] == "2026-01"
+        assert (books[0]["balances"]["lots"], books[0]["balances"]["lot_points"]) == (1, 90)
+        digest = books[0]["digest"]
+        a.redeem_points(a.owner, m, 50)  # after the cut: the table moves on
+        sync(a, b)
+        assert views.points(b, m)["total"] == 40
+        for x in (a, b):
+            assert closing.books(x)["closing"]["digest"] == digest
+            assert closing.books(x)["closing"]["balances"]["lot_points"] == 90
+        shown = operations.show(a, "report.books", closing.books(a), {})
+        assert "90 points in 1 lots not yet spent or expired" in shown
     finally:
         a.close()
         b.close()
@@ -510,7 +553,8 @@ def test_a_month_whose_records_wait_here_is_signed_again_once_they_come(
         c.housekeeping()
         books = closing.books(c)
         assert books["closed_through"] == "2026-01"
-        assert books["closing"]["balances"] == {"purses": {}, "holders": 0, "pending": 2}
+        assert books["closing"]["balances"] == {"purses": {}, "holders": 0, "lots": 0,
+                                                "lot_points": 0, "pending": 2}
         assert operations.run(c, c.owner, "report.balances", {})["pending"] == 2
         sync(a, c)
         c.housekeeping()
@@ -518,7 +562,7 @@ def test_a_month_whose_records_wait_here_is_signed_again_once_they_come(
         books = closing.books(c)
         assert books["closing"]["agree"] == ["SH01", "SH02", "SH03"]
         assert books["closing"]["balances"] == {"purses": {"cash": 101_000}, "holders": 1,
-                                                "pending": 0}
+                                                "lots": 0, "lot_points": 0, "pending": 0}
         assert closing.books(a)["closing"] == books["closing"]
     finally:
         for x in (a, b, c):
@@ -549,7 +593,8 @@ def test_a_liars_overdraft_that_waits_for_ever_keeps_no_month_open(
         ours = closing.books(a)["closing"]
         assert ours == closing.books(b)["closing"]
         assert (ours["month"], ours["agree"]) == ("2026-01", ["SH01", "SH02"])
-        assert ours["balances"] == {"purses": {"cash": 100_000}, "holders": 1, "pending": 1}
+        assert ours["balances"] == {"purses": {"cash": 100_000}, "holders": 1, "lots": 0,
+                                    "lot_points": 0, "pending": 1}
     finally:
         liar.ledger.close()
 
@@ -567,7 +612,8 @@ def test_a_cut_of_year_0000_breaks_no_replicas_books(
         a.housekeeping()
         books = closing.books(a)
         assert books["closed_through"] == "0000-01"
-        assert books["closing"]["balances"] == {"purses": {}, "holders": 0, "pending": 0}
+        assert books["closing"]["balances"] == {"purses": {}, "holders": 0, "lots": 0,
+                                                "lot_points": 0, "pending": 0}
         report = operations.run(a, a.owner, "report.balances", {"month": "0000-01"})
         assert (report["members"], report["pending"]) == ([], 0)
         assert a.balance(m)["cash"] == 100_000

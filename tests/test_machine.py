@@ -154,7 +154,14 @@ def _month_end_by_documents(ledger: Ledger, month: str, by_doc: dict[str, set[st
         spent, topped = spent_topped(e)
         was = totals.get(e["member"], (0, 0))
         totals[e["member"]] = (was[0] + spent, was[1] + topped)
-    return closing.MonthEnd.of(month, sorted(rights.items()), sorted(totals.items()))
+    # The points lots by id, not by document: every group replayed up to the month's
+    # end in the latest zone.
+    conn, cut = ledger.storage.conn, closing._turn_ids(month)[1]
+    groups = {views.member_group(conn, m)[0]: views.member_group(conn, m)
+              for (m,) in conn.execute("SELECT DISTINCT member FROM entries").fetchall()}
+    held = sorted((lot[3], lot[2], lot[0], lot[1]) for group in groups.values()
+                  for lot in lots.replay(conn, group, ledger.storage.day_of, cut) if lot[1])
+    return closing.MonthEnd.of(month, sorted(rights.items()), sorted(totals.items()), held)
 
 
 def check_entry_signs(entry: dict[str, Any]) -> None:
