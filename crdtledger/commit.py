@@ -259,6 +259,10 @@ class LedgerBase:
             "amount": amount, "deltas": [list(d) for d in deltas if d[2] != 0],
         }
         entry.update({k: v for k, v in extra.items() if v is not None and v != ""})
+        if any(p == "points" and c < 0 for p, _n, c in entry["deltas"]):
+            # The day it spends on, in this branch's zone: every replica takes the
+            # lots still valid that day (crdtledger.lots.spend_day), whatever its zone.
+            entry["day"] = self.storage.day_of(entry["at"])
         return entry
 
     def _entry_write(self, entry: dict[str, Any]) -> Write:

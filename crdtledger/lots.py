@@ -39,6 +39,7 @@ import heapq
 import json
 import sqlite3
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from crdtledger import views  # a module: views reads closing, which reads this
@@ -96,8 +97,7 @@ def replay(conn: sqlite3.Connection, group: list[str], day_of: Callable[[int], s
             if a != b:  # a cycle's last merge (its survivor's pointer) joins nothing
                 into[a] = b
                 pools[b] += pools.pop(a)
-        _step(pools[pool(e["member"])], (e["member"], e["id"], points_change(e), e["kind"],
-                                         e.get("ref"), e.get("expires")), day_of)
+        _step(pools[pool(e["member"])], _row(e, points_change(e)), day_of)
     return [lot for lots in pools.values() for lot in lots]
 
 
@@ -160,13 +160,38 @@ def _first_merge_note(notes: Any) -> str:
                default="")
 
 
+def _row(e: dict[str, Any], change: int) -> tuple[Any, ...]:
+    return (e["member"], e["id"], change, e["kind"], e.get("ref"), e.get("expires"),
+            e.get("day"))
+
+
 def _step(lots: list[Lot], row: tuple[Any, ...], day_of: Callable[[int], str]) -> None:
-    """One entry, as (member, id, change, kind, ref, expires), folded into `lots`."""
-    member, eid, change, kind, ref, expires = row
+    """One entry, as (member, id, change, kind, ref, expires, day), folded into `lots`."""
+    member, eid, change, kind, ref, expires, day = row
     if change > 0:
         lots.append([expires or NO_EXPIRY, change, eid, member])
     elif change < 0:
-        take(lots, -change, kind, ref, day_of(id_time_ms(eid)))
+        take(lots, -change, kind, ref, spend_day(eid, day, day_of))
+
+
+def spend_day(eid: str, said: str | None, day_of: Callable[[int], str]) -> str:
+    """The day a spend was made on (which lots were still valid then): the date its
+    writer gave (`day`, written since 0.3.0: commit._entry), brought within the dates
+    some zone on Earth had at that instant (UTC-12 to UTC+14: a liar's cannot reach
+    further); for an entry without one, written before, the date in this store's
+    zone. The writer's date, not the reader's: two branches in zones a day apart
+    would take different lots for a spend near midnight, and their closings differ."""
+    ms = id_time_ms(eid)
+    if not said:
+        return day_of(ms)
+    return min(max(said, _utc_day(ms - _WEST_MS)), _utc_day(ms + _EAST_MS))
+
+
+_WEST_MS, _EAST_MS = 12 * 3_600_000, 14 * 3_600_000
+
+
+def _utc_day(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).date().isoformat()
 
 
 def settle(conn: sqlite3.Connection, day_of: Callable[[int], str],
@@ -177,14 +202,15 @@ def settle(conn: sqlite3.Connection, day_of: Callable[[int], str],
     Both at once: an entry the batch funded (projected from `deferred`, noted) and the
     batch's own must be settled against one another, not one after the other."""
     rows = conn.execute(
-        "SELECT member, id, change, kind, ref, expires FROM temp.points_touched").fetchall()
+        "SELECT member, id, change, kind, ref, expires, day FROM temp.points_touched"
+    ).fetchall()
     if rows:
         conn.execute("DELETE FROM temp.points_touched")
     seen = {row[1] for row in rows}
     for e in entries or ():
         seen.add(e["id"])
         if c := points_change(e):
-            rows.append((e["member"], e["id"], c, e["kind"], e.get("ref"), e.get("expires")))
+            rows.append(_row(e, c))
     if rows:
         _update(conn, sorted(rows, key=lambda r: r[1] or ""), seen, day_of)
 

@@ -322,6 +322,7 @@ _OPTIONAL_INTS = frozenset({"percent", "min_spend", "off",  # coupons
                             "paid", "gross", "qty", "bonus", "points", "fee",
                             "start", "minutes"})  # a booking's slot (crdtledger.bookings)
 _OPTIONAL_STRS = frozenset({
+    "day",
     "ref",
     "service",
     "discount",

@@ -86,12 +86,12 @@ def touch_points(conn: sqlite3.Connection, entries: list[dict[str, Any]], sign: 
     +1) or taken back (-1: their group is replayed)."""
     conn.executemany(_TOUCH, [
         (e["member"], e["id"] if sign > 0 else None, c, e["kind"], e.get("ref"),
-         e.get("expires")) for e in entries if (c := points_change(e))])
+         e.get("expires"), e.get("day")) for e in entries if (c := points_change(e))])
 
 
 def touch_group(conn: sqlite3.Connection, member: str) -> None:
     """Note that `member`'s group may have changed (a merge): its lots are replayed."""
-    conn.execute(_TOUCH, (member, None, 0, "merge", None, None))
+    conn.execute(_TOUCH, (member, None, 0, "merge", None, None, None))
 
 
 # Is member ?1 merged into another, or another into it (crdtledger.merge)?
@@ -105,8 +105,8 @@ _EARN = ("INSERT INTO points_lots(member, earned, expires, left) SELECT ?1, ?2, 
          f"AND NOT ({IN_MERGE})")
 # A lot that never expires (an entry earning points without an expiry).
 NO_EXPIRY = "9999-12-31"
-_TOUCH = ("INSERT INTO temp.points_touched(member, id, change, kind, ref, expires) "
-          "VALUES (?,?,?,?,?,?)")
+_TOUCH = ("INSERT INTO temp.points_touched(member, id, change, kind, ref, expires, day) "
+          "VALUES (?,?,?,?,?,?,?)")
 
 
 def spent_topped(entry: dict[str, Any]) -> tuple[int, int]:

@@ -146,7 +146,7 @@ CREATE TABLE IF NOT EXISTS points_lots(
 -- (crdtledger.lots.settle). Per connection, so never in the file.
 CREATE TEMP TABLE IF NOT EXISTS points_touched(
     member TEXT NOT NULL, id TEXT, change INTEGER NOT NULL, kind TEXT NOT NULL,
-    ref TEXT, expires TEXT);
+    ref TEXT, expires TEXT, day TEXT);
 -- Valid entries that arrived before the entries funding them (see projection.py).
 CREATE TABLE IF NOT EXISTS deferred(
     doc TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY(doc, key));

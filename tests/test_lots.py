@@ -10,6 +10,7 @@ from pathlib import Path
 from helpers import FakeClock, new_ledger, sync
 
 from crdtledger import lots, views
+from crdtledger.hlc import HybridClock
 from crdtledger.ledger import Ledger
 
 
@@ -145,6 +146,50 @@ def test_a_merge_takes_effect_from_the_merge_on(tmp_path: Path) -> None:
     finally:
         sh.close()
         hz.close()
+
+
+def test_a_spend_near_midnight_takes_the_same_lots_in_every_zone(tmp_path: Path) -> None:
+    """SH02 (Los Angeles) redeems at 20:00 on 31 January, its time, when the lot
+    earned at SH01 on 1 January is still valid there, so the spend takes it. At SH01
+    (Shanghai) that instant is noon on 1 February, when that lot had expired: read in
+    the reader's zone, the spend took the February lot there, and the two branches'
+    lots (and closings) differed. The entry carries its writer's day."""
+    clock = FakeClock()  # 1 January 2026, 00:00 UTC
+    sh = new_ledger(tmp_path, "SH01", now_ms=clock)
+    la = new_ledger(tmp_path, "SH02", now_ms=clock, timezone="America/Los_Angeles")
+    try:
+        sh.set_rule(sh.owner, "earn", {"points_per_yuan": "1", "expire_days": 30},
+                    effective_from="2025-01-01")
+        m = sh.add_member(sh.owner, name="张伟", phone="13812345678")
+        sh.topup(sh.owner, m, 50000)
+        sh.debit(sh.owner, m, amount=5000)  # 50 points, expiring 31 January
+        clock.advance_days(9)
+        sh.debit(sh.owner, m, amount=5000)  # 50 points, expiring 9 February
+        sh.transfer_rights(sh.owner, m, "SH02", 100, "points")
+        sync(sh, la)
+        clock.ms += 22 * 86_400_000 + 4 * 3_600_000  # 1 February, 04:00 UTC
+        assert la.today() == "2026-01-31" and sh.today() == "2026-02-01"
+        spent = la.redeem_points(la.owner, m, 20)
+        assert spent["day"] == "2026-01-31"
+        sync(sh, la)
+        assert kept(la) == kept(sh) == replayed(la) == replayed(sh)
+        assert [r[2:] for r in kept(sh)] == [("2026-01-31", 30), ("2026-02-09", 50)]
+    finally:
+        sh.close()
+        la.close()
+
+
+def test_a_writers_day_is_held_to_the_dates_its_instant_had_somewhere() -> None:
+    """A liar's `day` cannot make a spend take lots by a date no zone had: it is
+    brought within UTC-12 to UTC+14 of the id's instant, the same at every reader."""
+    eid = HybridClock("SH01", now_ms=lambda: 1_769_918_400_000).mint()  # 1 Feb 04:00 UTC
+    def never(_ms: int) -> str:
+        raise AssertionError("a day given is not read in the reader's zone")
+    assert lots.spend_day(eid, "2026-01-31", never) == "2026-01-31"
+    assert lots.spend_day(eid, "1999-01-01", never) == "2026-01-31"
+    assert lots.spend_day(eid, "9999-12-31", never) == "2026-02-01"
+    assert lots.spend_day(eid, "garbage", never) == "2026-02-01"
+    assert lots.spend_day(eid, None, lambda _ms: "2026-01-31") == "2026-01-31"
 
 
 def test_a_store_made_before_the_table_has_it_filled_when_opened(tmp_path: Path) -> None:
