@@ -42,6 +42,17 @@ def new_ledger(root: Path, node: str, chain: str = "default",
     return Ledger.open(path, now_ms=now_ms, synchronous=SYNCHRONOUS)
 
 
+def two_zones(root: Path, clock: Callable[[], int], expire_days: int
+              ) -> tuple[Ledger, Ledger]:
+    """SH01 in Shanghai and SH02 in Los Angeles on one clock, SH01 having set points
+    earned at a point a yuan that expire after `expire_days` (not yet synced)."""
+    sh = new_ledger(root, "SH01", now_ms=clock)
+    la = new_ledger(root, "SH02", now_ms=clock, timezone="America/Los_Angeles")
+    sh.set_rule(sh.owner, "earn", {"points_per_yuan": "1", "expire_days": expire_days},
+                effective_from="2025-01-01")
+    return sh, la
+
+
 class FakeClock:
     """Wall clock in ms that the test moves by hand (HybridClock takes any callable)."""
 

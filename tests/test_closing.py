@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from helpers import FakeClock, Forger, data_snapshot, log_rows, new_ledger, sync
+from helpers import (
+    FakeClock,
+    Forger,
+    data_snapshot,
+    log_rows,
+    new_ledger,
+    sync,
+    two_zones,
+)
 from pycrdt import Doc, Map
 
 from crdtledger import closing, operations, views
@@ -435,11 +443,8 @@ def test_the_closing_carries_the_points_lots_cut_by_id_whatever_the_zone(
     entry can take a lot before an earlier one is spent, so order matters). SH02 (Los
     Angeles) signs the same digest. What is spent after the cut leaves the closing's
     lots as they were, though the table moves on."""
-    a = new_ledger(tmp_path, "SH01", now_ms=clock)
-    b = new_ledger(tmp_path, "SH02", now_ms=clock, timezone="America/Los_Angeles")
+    a, b = two_zones(tmp_path, clock, expire_days=90)
     try:
-        a.set_rule(a.owner, "earn", {"points_per_yuan": "1", "expire_days": 90},
-                   effective_from="2025-01-01")
         m = a.add_member(a.owner, name="王芳", phone="13800000001")
         a.topup(a.owner, m, 100_000)
         a.debit(a.owner, m, amount=10_000)  # 1 January, at the level's multiplier

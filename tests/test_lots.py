@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helpers import FakeClock, new_ledger, sync
+from helpers import FakeClock, new_ledger, sync, two_zones
 
 from crdtledger import lots, views
 from crdtledger.hlc import HybridClock
@@ -155,11 +155,8 @@ def test_a_spend_near_midnight_takes_the_same_lots_in_every_zone(tmp_path: Path)
     the reader's zone, the spend took the February lot there, and the two branches'
     lots (and closings) differed. The entry carries its writer's day."""
     clock = FakeClock()  # 1 January 2026, 00:00 UTC
-    sh = new_ledger(tmp_path, "SH01", now_ms=clock)
-    la = new_ledger(tmp_path, "SH02", now_ms=clock, timezone="America/Los_Angeles")
+    sh, la = two_zones(tmp_path, clock, expire_days=30)
     try:
-        sh.set_rule(sh.owner, "earn", {"points_per_yuan": "1", "expire_days": 30},
-                    effective_from="2025-01-01")
         m = sh.add_member(sh.owner, name="张伟", phone="13812345678")
         sh.topup(sh.owner, m, 50000)
         sh.debit(sh.owner, m, amount=5000)  # 50 points, expiring 31 January
