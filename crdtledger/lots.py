@@ -93,7 +93,7 @@ def replay(conn: sqlite3.Connection, group: list[str], day_of: Callable[[int], s
         e = json.loads(body)
         while merges and merges[0][0] < e["id"]:
             _, m, target = merges.pop(0)
-            a, b = pool(m), pool(target)
+            a, b = pool(m), pool(target if target in pools or target in into else m)
             if a != b:  # a cycle's last merge (its survivor's pointer) joins nothing
                 into[a] = b
                 pools[b] += pools.pop(a)
