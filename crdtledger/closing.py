@@ -50,7 +50,7 @@ from crdtledger import lots
 from crdtledger.errors import InvalidInput, NotCaughtUp
 from crdtledger.hlc import id_floor
 from crdtledger.log import CLOSING_DOC, CUT_DOC, WAITING, closing_data
-from crdtledger.model import GOODS_PURSES, ledger_doc
+from crdtledger.model import GOODS_PURSES, ledger_doc, month_over_ms
 from crdtledger.money import format_yuan
 from crdtledger.projection import points_change, spent_topped
 
@@ -88,9 +88,7 @@ def floor_ms(month: str) -> int:
     cut once it has closed the month, even with its clock set back (until 4 December
     the floor was the month's end in the branch's own zone: a branch east of UTC-12
     whose clock went back could still mint ids before the cut)."""
-    after = _next_month(month)
-    return int((datetime.fromisoformat(f"{after}-01T00:00+00:00")
-                + _LATEST_ZONE).timestamp() * 1000)
+    return month_over_ms(month)
 
 
 def close_due_month(ledger: Ledger) -> str | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeGuard, TypeVar, get_args
 
 from crdtledger.escrow import Delta, check_deltas_authorised
@@ -285,6 +286,21 @@ def self_service_of(node: str) -> str:
 def member_doc(member_id: str) -> str:
     """Stable shard of a member (and its cards), the same on every node."""
     return f"members/{zlib.crc32(member_id.encode()) % MEMBER_SHARDS:02d}"
+
+
+def month_over_ms(month: str) -> int:
+    """The first millisecond after `month` (YYYY-MM) in every time zone: the 1st of
+    the next month, 00:00 in the latest zone (UTC-12), which is 12:00 UTC. A branch
+    that closed `month` mints no id before it (closing.floor_ms), and the closing's
+    points lots are cut there. A month a liar's cut may name that no calendar
+    turns: 0 before 1970, past every id after 9999-11."""
+    if month < "1970-01":
+        return 0
+    if month > "9999-11":
+        return 2**48
+    year, mon = int(month[:4]), int(month[5:7]) + 1
+    after = datetime(year + mon // 13, (mon - 1) % 12 + 1, 1, 12, tzinfo=UTC)
+    return int(after.timestamp() * 1000)
 
 
 def ledger_doc(month: str) -> str:

@@ -56,6 +56,7 @@ from crdtledger.writerules import (
     RuleBroken,
     check_change,
     check_header,
+    check_ids_after_cut,
     check_mark,
     client_id_for,
     epoch_of,
@@ -771,7 +772,9 @@ class Replica(LedgerBase):
                     check_change(node, name, added, change.other - other,
                                  governs[node], self.trust.is_revocation_list)
                     if ledger:
-                        _check_months(name, [key for _r, key, _o, _n in added], st.day_of)
+                        keys = [key for _r, key, _o, _n in added]
+                        _check_months(name, keys, st.day_of)
+                        check_ids_after_cut(node, name, keys, closed(node, rec.seq))
                 except RuleBroken as e:
                     raise _Broken(rec, e, 1) from None
                 except RemoteProtocolError as e:  # an entry in another month's document

@@ -22,9 +22,10 @@ from typing import Any
 
 from crdtledger.errors import PermissionDenied
 from crdtledger.escrow import check_deltas_authorised
+from crdtledger.hlc import id_floor
 from crdtledger.lib0 import read_varuint
 from crdtledger.log import CLOSING_DOC, CUT_DOC, MARK_DOCS
-from crdtledger.model import ID
+from crdtledger.model import ID, month_over_ms
 
 # Documents of chain governance: operators and roles, rules (prices, services,
 # levels, promotions, branch names, the revocation list).
@@ -63,8 +64,9 @@ RULES: tuple[WriteRule, ...] = (
                                 "id, which is the entry's member"),
     WriteRule("closed-month", "a branch closes months in order (each `cut` record names a "
                               "month later than its cuts before), writes nothing more "
-                              "into the ledger of a month it closed, and signs the closing "
-                              "only of a month it closed (crdtledger.closing)"),
+                              "into the ledger of a month it closed nor any entry with an "
+                              "id before that month's end in every time zone, and signs "
+                              "the closing only of a month it closed (crdtledger.closing)"),
     WriteRule("governance", "operators, roles and rules are written only by a node the "
                             "chain grants governance (the head office's certificate); a "
                             "revocation list signed by the chain CA, by any branch"),
@@ -159,6 +161,24 @@ def check_mark(node: str, doc: str, mark: tuple[str, str] | None, closed: str | 
     elif closed is not None and doc.startswith("ledger/") and doc[7:] <= closed:
         raise RuleBroken("closed-month", f"{doc}: node {node} closed its books through "
                                          f"{closed}")
+
+
+def check_ids_after_cut(node: str, doc: str, keys: list[Any], closed: str | None) -> None:
+    """Judge the entries a ledger record of `node` adds against the month it closed
+    before it in its log (`closed`): once it closed a month, its clock mints no id
+    before that month's end in every zone (closing.floor_ms), so an entry of its own
+    below it is written after its word that the month was over, into the fold the
+    closing's points lots are cut from (a later month's document, which the month rule
+    above lets through, in a zone east of UTC-12)."""
+    if closed is None:
+        return
+    floor = id_floor(month_over_ms(closed))
+    own = "." + node
+    for key in keys:
+        if type(key) is str and key.endswith(own) and key < floor:
+            raise RuleBroken("closed-month", f"{doc}: node {node} closed its books through "
+                                             f"{closed}, then wrote entry {key}, before that "
+                                             "month's end in every time zone")
 
 
 class InOrder:

@@ -166,13 +166,16 @@ def test_a_cut_of_a_month_to_come_closes_nobody_elses_books(
 
 
 @pytest.mark.parametrize("lie", ["entry into the closed month", "cut going back",
-                                 "cut of no month"])
+                                 "cut of no month", "entry before the month's end"])
 def test_a_branch_that_breaks_its_cut_is_refused_and_blocked(
         pair: tuple[Ledger, Ledger, str], clock: FakeClock, lie: str) -> None:
     """SH01, with its own valid key, closes January and then writes into it anyway
     (a back-dated top-up of 500.00), or closes an earlier month again, or writes a
-    cut naming no month: SH02 refuses the record whole, blocks SH01, and its books
-    and balances do not move."""
+    cut naming no month, or writes a top-up at 07:00 on 1 February, its time: a
+    February entry, yet before January's end in every zone (12:00 UTC), where its
+    clock mints nothing once it closed January and the closing's points lots are cut.
+    SH02 refuses the record whole, blocks SH01, and its books and balances do not
+    move."""
     a, b, m = pair
     clock.advance_days(38)
     a.housekeeping()
@@ -180,6 +183,8 @@ def test_a_branch_that_breaks_its_cut_is_refused_and_blocked(
     forger = Forger(a)
     if lie == "entry into the closed month":
         _forged_topup(forger, m, clock.ms - 20 * DAY_MS)
+    elif lie == "entry before the month's end":
+        _forged_topup(forger, m, clock.ms - 7 * DAY_MS - 3_600_000)  # 31 Jan 23:00 UTC
     else:
         forger.record(CUT_DOC, b"2025-12" if lie == "cut going back" else b"Jan.")
     before = data_snapshot(b, [m])
