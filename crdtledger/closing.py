@@ -41,7 +41,7 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import date, datetime, timedelta
+from datetime import date
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -177,9 +177,10 @@ def _digest(ledger: Ledger, month: str, writers: list[str], retired: list[str]
     return h.hexdigest()
 
 
-# The widest offsets of civil time from UTC: an entry id within this span of a month's
-# turn (in UTC) belongs to the month before or after, by the zone of its writer.
-_EARLIEST_ZONE, _LATEST_ZONE = timedelta(hours=14), timedelta(hours=12)
+# The widest offsets of civil time from UTC are +14 and -12 hours: an entry id within
+# this span before a month's turn in UTC-12 belongs to the month before or after, by
+# the zone of its writer.
+_ZONES_SPAN_MS = 26 * 3_600_000
 
 
 @dataclass(frozen=True)
@@ -390,15 +391,8 @@ def _turn_ids(month: str) -> tuple[str, str]:
     cut may name year 0000, which no calendar can turn."""
     if month < "1970-01":
         return "", ""
-    turn = datetime.fromisoformat(f"{_next_month(month)}-01T00:00+00:00")
-    surely, maybe = (id_floor(int(t.timestamp() * 1000))
-                     for t in (turn - _EARLIEST_ZONE, turn + _LATEST_ZONE))
-    return surely, maybe
-
-
-def _next_month(month: str) -> str:
-    year, mon = int(month[:4]), int(month[5:7]) + 1
-    return f"{year + mon // 13:04d}-{(mon - 1) % 12 + 1:02d}"
+    over = month_over_ms(month)  # the turn in UTC-12; in UTC+14 it came 26 hours before
+    return id_floor(over - _ZONES_SPAN_MS), id_floor(over)
 
 
 def _writers(ledger: Ledger) -> tuple[list[str], list[str]]:
