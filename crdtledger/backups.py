@@ -259,7 +259,7 @@ def _own_cert(data_dir: Path) -> x509.Certificate | None:
         if path.exists():
             try:
                 return x509.load_pem_x509_certificate(path.read_bytes())
-            except (OSError, ValueError) as e:
+            except (OSError, *CERT_ERRORS) as e:
                 raise StoreError(f"{path} is not a usable certificate: {e}") from None
     return None
 
@@ -310,7 +310,7 @@ def _reading_trust(data: bytes, data_dir: Path, chain_dir: Path | None, what: st
             secret = (chain_dir / CHAIN_KEY).read_bytes() if (chain_dir / CHAIN_KEY).exists(
             ) else None
             return Trust.for_reading(str(name), ca_pem, secret)
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, KeyError, *CERT_ERRORS) as e:
             raise InvalidInput(f"{chain_dir} is not a chain directory (crdtledger chain "
                                f"init): {e}") from None
     header = peek_header(data)

@@ -308,7 +308,7 @@ def load_trust(data_dir: Path, chain: str, node: str) -> Trust:
             ca = x509.load_pem_x509_certificate((tls / CA_CERT).read_bytes())
             cert = x509.load_pem_x509_certificate((tls / NODE_CERT).read_bytes())
             key = serialization.load_pem_private_key((tls / NODE_KEY).read_bytes(), None)
-        except (OSError, ValueError) as e:
+        except (OSError, *CERT_ERRORS) as e:
             raise UntrustedSigner(f"{tls} does not hold a usable node identity: {e}") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise UntrustedSigner(f"{tls / NODE_KEY} is not an EC key")
@@ -344,10 +344,13 @@ def _open_trust(keys: Path, chain: str, node: str) -> Trust:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption()), sync=True)
         write_private(cert_path, new_cert.public_bytes(serialization.Encoding.PEM), sync=True)
-    key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    try:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except (OSError, *CERT_ERRORS) as e:
+        raise UntrustedSigner(f"{keys} does not hold a usable key: {e}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise UntrustedSigner(f"{key_path} is not an EC key")
-    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     return Trust(chain=chain, node=node, key=key,
                  cert_der=cert.public_bytes(serialization.Encoding.DER),
                  seal_key=_derive(b"open store: no chain secret", chain), ca=None)

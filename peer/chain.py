@@ -180,7 +180,7 @@ def load_chain(chain_dir: Path | str) -> Chain:
         pem = (d / CA_CERT).read_bytes()
         cert = x509.load_pem_x509_certificate(pem)
         name, fingerprint = meta["name"], meta["fingerprint"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, KeyError, *trust.CERT_ERRORS) as e:
         raise ChainError(f"{d} is not a chain directory (crdtledger chain init): {e}") from None
     if fingerprint != _fingerprint(cert):
         raise ChainError(f"{d / CA_CERT} is not the CA that {d / CHAIN_FILE} names")
@@ -261,7 +261,7 @@ def node_serial(data_dir: Path | str) -> int:
     path = Path(data_dir) / TLS_DIR / NODE_CERT
     try:
         return x509.load_pem_x509_certificate(path.read_bytes()).serial_number
-    except (OSError, ValueError) as e:
+    except (OSError, *trust.CERT_ERRORS) as e:
         raise ChainError(f"no node certificate at {path}: {e}") from None
 
 
@@ -467,7 +467,7 @@ def load_identity(data_dir: Path | str) -> Identity | None:
         serialization.load_pem_private_key((tls / NODE_KEY).read_bytes(), password=None)
         cert.verify_directly_issued_by(ca)
         chain = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value
-    except (OSError, ValueError, TypeError, IndexError, InvalidSignature) as e:
+    except (OSError, IndexError, InvalidSignature, *trust.CERT_ERRORS) as e:
         raise ChainError(f"{tls} does not hold a usable node identity: {e}") from None
     try:
         node = _node_of(cert)

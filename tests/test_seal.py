@@ -8,9 +8,11 @@ head office), SH02 and SH03, a foreign chain also called "acme" with its own SH0
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import os
+import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from pathlib import Path
 import msgpack
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
@@ -25,7 +28,16 @@ from hypothesis import strategies as st
 from crdtledger.errors import CorruptSyncFile, ForeignChain, RemoteProtocolError
 from crdtledger.seal import FORMAT, MAGIC, Sealed, kind_of, peek_header, seal, unseal
 from crdtledger.trust import HEAD_OFFICE, Trust, UntrustedSigner, load_trust
-from peer.chain import CHAIN_KEY, enrol, init_chain, revocations_rule, revoke
+from peer.chain import (
+    CHAIN_KEY,
+    ChainError,
+    enrol,
+    init_chain,
+    load_chain,
+    load_identity,
+    revocations_rule,
+    revoke,
+)
 
 CREATED = 1_796_000_000_000
 PAYLOAD = "会员 13812345678 PIN-hash ".encode() * 40
@@ -291,6 +303,40 @@ def test_a_sealed_file_whose_certificate_version_is_flipped_is_damaged(world: Wo
     assert data[version:version + 1] == b"\x02"
     assert isinstance(refused(world.trust("SH02"), flipped(data, version, 0x04)),
                       CorruptSyncFile)
+
+
+def damaged_pem(path: Path, dest: Path) -> Path:
+    """A copy of the PEM certificate at `path` whose version field says 6 (a flipped
+    bit, as a disk or a hand-copied backup may give)."""
+    der = x509.load_pem_x509_certificate(path.read_bytes()).public_bytes(Encoding.DER)
+    dest.write_bytes(x509_pem(flipped(der, 12, 0x04)))
+    return dest
+
+
+def x509_pem(der: bytes) -> bytes:
+    body = base64.encodebytes(der).decode("ascii").replace("\n", "")
+    lines = [body[i:i + 64] for i in range(0, len(body), 64)]
+    return ("-----BEGIN CERTIFICATE-----\n" + "\n".join(lines)
+            + "\n-----END CERTIFICATE-----\n").encode("ascii")
+
+
+def test_a_damaged_certificate_file_is_said_so_not_a_traceback(world: World,
+                                                                tmp_path: Path) -> None:
+    """A node's own certificate, or a chain directory's CA, damaged on disk: opening
+    the node's keys, its identity, the chain directory or restoring from it says
+    which file is unusable."""
+    node = tmp_path / "sh02"
+    shutil.copytree(world.data("SH02"), node)
+    damaged_pem(node / "tls" / "node.crt", node / "tls" / "node.crt")
+    with pytest.raises(UntrustedSigner, match="usable"):
+        load_trust(node, "acme", "SH02")
+    with pytest.raises(ChainError, match="usable"):
+        load_identity(node)
+    chain = tmp_path / "chain"
+    shutil.copytree(world.chain, chain)
+    damaged_pem(chain / "ca.crt", chain / "ca.crt")
+    with pytest.raises(ChainError, match="not a chain directory"):
+        load_chain(chain)
 
 
 @given(st.data())
