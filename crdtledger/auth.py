@@ -102,6 +102,9 @@ class Auth(LedgerBase):
         return frozenset(perms)
 
     def authorise(self, operator: str, permission: str) -> None:
+        # Every operation starts here: a sweep an operation refused before its commit
+        # still owed (merge.Merges._owe_sweep) is not this one's to write.
+        self._owed = None
         if permission not in self.permissions(operator):
             raise PermissionDenied(f"operator {operator} may not {permission}")
 

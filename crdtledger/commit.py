@@ -91,7 +91,8 @@ class LedgerBase:
         # then asks nothing more for the members (nearly all) nobody was merged into.
         self._merge_targets: frozenset[str] | None = None
         # A merged member's sweep an operation owes (merge.Merges._owe_sweep): written
-        # by the next commit, in its transaction, before its plan.
+        # by its commit, in its transaction, before its plan (dropped when the next
+        # operation begins, auth.Auth.authorise, if it was refused before its commit).
         self._owed: tuple[list[str], list[Write], list[Any], str | None] | None = None
         # Entries the open apply transaction projected from peers: their points lots
         # are settled together before it commits (Replica.apply_verified).

@@ -194,6 +194,7 @@ def test_an_operation_refused_for_a_merged_member_writes_no_sweep(apart: Apart) 
     sh, hz, a, b = apart.sh, apart.hz, apart.a, apart.b
     sh.merge_member(sh.owner, b, a)
     sync(sh, hz)  # HZ01 holds b's money and has not swept it yet
+    other = hz.add_member(hz.owner, name="李四", phone="13900139000")
     before = snapshot(hz, [a, b])
     with pytest.raises(NotFound, match="no service"):
         hz.debit(hz.owner, a, service="NOSUCH")
@@ -202,6 +203,8 @@ def test_an_operation_refused_for_a_merged_member_writes_no_sweep(apart: Apart) 
     with pytest.raises(InvalidInput, match="unknown purse"):
         hz.correct(hz.owner, b, "nosuch", -1, "typo")
     assert snapshot(hz, [a, b]) == before
+    hz.topup(hz.owner, other, 1000)  # another member's: none of the refused ones' sweep
+    assert not [e for e in hz.history(a, 1000) if e["kind"] == "merge" and e["node"] == "HZ01"]
     sale = hz.debit(hz.owner, a, amount=30000)  # a holds nothing here: b's money
     swept = [e for e in hz.history(a, 1000) + hz.history(b, 1000)
              if e["kind"] == "merge" and e["node"] == "HZ01"]
