@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pycrdt import Doc, Map
 
-from crdtledger import views
+from crdtledger import lots, views
 from crdtledger.commit import put
 from crdtledger.errors import InvalidInput, LedgerError, NotFound
 from crdtledger.hlc import id_time_ms
@@ -81,12 +81,17 @@ def erase_member(ledger: Ledger, operator: str, member: str) -> dict[str, Any]:
     writes = []
     erased = []
     for mid in group:
-        profile = views.member(ledger, mid)
-        if profile.get("erased"):
+        body = json.loads(conn.execute("SELECT body FROM members WHERE id = ?",
+                                       (mid,)).fetchone()[0])
+        if body.get("erased"):
             continue
-        kept = {k: profile[k] for k in KEPT if k in profile}
+        # The record's own pointer, and the notes of when it was merged: the points
+        # lots fold each member apart until then (crdtledger.lots.merged_at).
+        kept = {k: body[k] for k in KEPT if k in body}
+        notes = {**lots.merge_notes(json.dumps(body.get(EDITS))),
+                 change: {"op": operator, "fields": ["erased"]}}
         record = Map({**kept, "name": "", "phone": "", "deleted": True, "erased": change,
-                      EDITS: Map({change: {"op": operator, "fields": ["erased"]}})})
+                      EDITS: Map(notes)})
         writes.append(put(member_doc(mid), "members", mid, record))
         erased.append(mid)
     if not writes:

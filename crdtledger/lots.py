@@ -146,18 +146,23 @@ def merged_at(conn: sqlite3.Connection, group: list[str]) -> list[tuple[str, str
     return sorted(out)
 
 
-def _first_merge_note(notes: Any) -> str:
-    """The smallest change id of audit notes (JSON text, as any replica holds them:
-    a liar's may be anything) naming `merged_into`, else ""."""
+def merge_notes(notes: Any) -> dict[str, Any]:
+    """The audit notes (model.EDITS, as JSON text: a liar's may be anything) that say a
+    change set `merged_into`, by change id: when the member was merged. An erasure
+    keeps them (crdtledger.erasure), so that the lots stay as they were folded."""
     try:
         found = json.loads(notes) if isinstance(notes, str) else {}
     except ValueError:
-        return ""
+        return {}
     if not isinstance(found, dict):
-        return ""
-    return min((str(cid) for cid, note in found.items() if isinstance(note, dict)
-                and isinstance(note.get("fields"), list) and "merged_into" in note["fields"]),
-               default="")
+        return {}
+    return {str(cid): note for cid, note in found.items() if isinstance(note, dict)
+            and isinstance(note.get("fields"), list) and "merged_into" in note["fields"]}
+
+
+def _first_merge_note(notes: Any) -> str:
+    """The smallest change id of `merge_notes`, else ""."""
+    return min(merge_notes(notes), default="")
 
 
 def _row(e: dict[str, Any], change: int) -> tuple[Any, ...]:

@@ -148,6 +148,34 @@ def test_a_merge_takes_effect_from_the_merge_on(tmp_path: Path) -> None:
         hz.close()
 
 
+def test_an_erasure_leaves_a_merged_groups_lots_as_they_were(tmp_path: Path) -> None:
+    """Erasing a merged group's personal data keeps when each member was merged: the
+    lots were folded apart until then, and stay so (a closing already signed over
+    them must not change), at the branch that erases and at one it reaches."""
+    sh, hz, sh_clock, _ = earning_chain(tmp_path)
+    try:
+        a = sh.add_member(sh.owner, name="张伟", phone="13812345678")
+        b = sh.add_member(sh.owner, name="张伟", phone="13812345679")
+        sh.debit(sh.owner, a, amount=10000, pay="cash")  # paid at the till: no stored value
+        sh_clock.advance_days(5)
+        sh.debit(sh.owner, b, amount=5000, pay="cash")
+        sh_clock.advance_days(1)
+        sh.redeem_points(sh.owner, b, 30)  # b's own lot, before the merge
+        sh_clock.advance_days(1)
+        sh.merge_member(sh.owner, b, a)
+        sync(sh, hz)
+        before = kept(sh)
+        assert [r[2:] for r in before] == [("2026-01-31", 100), ("2026-02-05", 20)]
+        sh.erase_member(sh.owner, a)
+        sync(sh, hz)
+        for ledger in (sh, hz):
+            assert views.member(ledger, b)["erased"]
+            assert kept(ledger) == replayed(ledger) == before
+    finally:
+        sh.close()
+        hz.close()
+
+
 def test_a_spend_near_midnight_takes_the_same_lots_in_every_zone(tmp_path: Path) -> None:
     """SH02 (Los Angeles) redeems at 20:00 on 31 January, its time, when the lot
     earned at SH01 on 1 January is still valid there, so the spend takes it. At SH01
