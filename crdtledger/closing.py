@@ -13,7 +13,7 @@ branch can add to them. Corrections of a closed month are entries of the current
 
 An honest branch can never be caught by its own cut: its entries go into the month
 of their id's time, and once it has cut a month its clock mints no id before the
-next month begins (`floor_ms`), even if its machine's clock is then set back (a PC
+next month begins (`model.month_over_ms`), even if its machine's clock is then set back (a PC
 whose clock was days ahead at the month's end): its ids run ahead until the clock
 catches up, as they did before clock eras.
 
@@ -78,17 +78,6 @@ def due_month(day: str) -> str:
     if month < 1:
         year, month = year - 1, month + 12
     return f"{year:04d}-{month:02d}"
-
-
-def floor_ms(month: str) -> int:
-    """The first millisecond after `month` in the latest zone (UTC-12): where the ids
-    of a branch that closed it start. After `month` in every zone, so in the next
-    month's document wherever the branch is; and at or past the id the closing's
-    points lots are cut at (`month_end_from_tables`), so that no branch adds to that
-    cut once it has closed the month, even with its clock set back (until 4 December
-    the floor was the month's end in the branch's own zone: a branch east of UTC-12
-    whose clock went back could still mint ids before the cut)."""
-    return month_over_ms(month)
 
 
 def close_due_month(ledger: Ledger) -> str | None:
@@ -285,7 +274,7 @@ def month_end_from_tables(ledger: Ledger, month: str) -> MonthEnd:
     # The points lots are cut by id, not by document: their fold is in id order, and
     # the prefix of ids before the month's end in the latest zone holds every entry of
     # the month's document and of those before (docs/design-notes.md, "Points lots as
-    # a table"). Every branch's cut is past it (`floor_ms`), so it is final too.
+    # a table"). Every branch's cut is past it (`model.month_over_ms`), so it is final too.
     cut = _turn_ids(month)[1]
     return MonthEnd.of(month, rights, totals,
                        lots.at(conn, ledger.storage.day_of, cut, moved))

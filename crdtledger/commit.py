@@ -20,7 +20,7 @@ from crdtledger import closing, escrow, lots
 from crdtledger.errors import ClockSkew, InvalidAmount, NotCaughtUp, PermissionDenied
 from crdtledger.hlc import HybridClock, id_time_ms, wall_ms
 from crdtledger.log import Head, Record, record_hash
-from crdtledger.model import EDITS, EntryKind, ledger_doc, owner_of
+from crdtledger.model import EDITS, EntryKind, ledger_doc, month_over_ms, owner_of
 from crdtledger.money import MAX_AMOUNT
 from crdtledger.projection import project_entry, record_change
 from crdtledger.storage import LoadedDoc, Storage
@@ -196,7 +196,9 @@ class LedgerBase:
         """This node closed `month` (its cut written here, or back from a peer)."""
         if month is not None and (self.closed_through or "") < month:
             self.closed_through = month
-            self.clock.floor_ms = closing.floor_ms(month)
+            # Nothing before the month's end in any zone: no document of it, nor the
+            # fold the closing's points lots are cut from (model.month_over_ms).
+            self.clock.floor_ms = month_over_ms(month)
 
     def _check_may_write(self) -> None:
         if self.restored is not None:

@@ -88,7 +88,7 @@ def erase_member(ledger: Ledger, operator: str, member: str) -> dict[str, Any]:
         # The record's own pointer, and the notes of when it was merged: the points
         # lots fold each member apart until then (crdtledger.lots.merged_at).
         kept = {k: body[k] for k in KEPT if k in body}
-        notes = {**lots.merge_notes(json.dumps(body.get(EDITS))),
+        notes = {**lots.merge_notes(body.get(EDITS)),
                  change: {"op": operator, "fields": ["erased"]}}
         record = Map({**kept, "name": "", "phone": "", "deleted": True, "erased": change,
                       EDITS: Map(notes)})

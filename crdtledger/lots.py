@@ -147,22 +147,23 @@ def merged_at(conn: sqlite3.Connection, group: list[str]) -> list[tuple[str, str
 
 
 def merge_notes(notes: Any) -> dict[str, Any]:
-    """The audit notes (model.EDITS, as JSON text: a liar's may be anything) that say a
-    change set `merged_into`, by change id: when the member was merged. An erasure
-    keeps them (crdtledger.erasure), so that the lots stay as they were folded."""
-    try:
-        found = json.loads(notes) if isinstance(notes, str) else {}
-    except ValueError:
+    """The audit notes (model.EDITS, as a replica holds them: a liar's may be
+    anything) that say a change set `merged_into`, by change id: when the member was
+    merged. An erasure keeps them (crdtledger.erasure), so that the lots stay as they
+    were folded."""
+    if not isinstance(notes, dict):
         return {}
-    if not isinstance(found, dict):
-        return {}
-    return {str(cid): note for cid, note in found.items() if isinstance(note, dict)
+    return {str(cid): note for cid, note in notes.items() if isinstance(note, dict)
             and isinstance(note.get("fields"), list) and "merged_into" in note["fields"]}
 
 
 def _first_merge_note(notes: Any) -> str:
-    """The smallest change id of `merge_notes`, else ""."""
-    return min(merge_notes(notes), default="")
+    """The smallest change id of `merge_notes`, from their JSON text, else ""."""
+    try:
+        return min(merge_notes(json.loads(notes) if isinstance(notes, str) else None),
+                   default="")
+    except ValueError:
+        return ""
 
 
 def _row(e: dict[str, Any], change: int) -> tuple[Any, ...]:

@@ -102,29 +102,25 @@ class Merges(Cards):
         """This branch's rights of each merged member in `members`, moved to its
         survivor in pairs of `merge` entries, all in one commit."""
         members = list(members)
-        if not self._sweep_writes(members, operator, check=True)[2]:
+        if not self._owing(members):
             return []
-        return self._commit(lambda: self._sweep_writes(members, operator)[:2])
+        return self._commit(lambda: self._sweep_writes(self._owing(members), operator))
 
-    def _sweep_writes(self, members: Iterable[str], operator: str | None = None, *,
-                      check: bool = False
-                      ) -> tuple[list[Write], list[dict[str, Any]], list[Any]]:
-        """The writes of a sweep of `members`, the entries and what they were built
-        from ((member, survivor, rights held here), equal while nothing moved them);
-        with `check`, only the last (no id minted)."""
+    def _owing(self, members: Iterable[str]) -> list[tuple[str, str, list[tuple[str, int]]]]:
+        """(member, its survivor, the rights this branch holds of it) of each merged
+        member of `members` it holds any for: what a sweep moves (no id minted)."""
         conn = self.storage.conn
+        return [(m, head, held) for m in members
+                if (head := views.canonical(conn, m)) != m and (held := self._held(m))]
+
+    def _sweep_writes(self, owing: list[tuple[str, str, list[tuple[str, int]]]],
+                      operator: str | None = None
+                      ) -> tuple[list[Write], list[dict[str, Any]]]:
+        """The writes of a sweep of what `_owing` says, and their entries."""
         op = operator or f"merge@{self.node}"
         writes: list[Write] = []
         done: list[dict[str, Any]] = []
-        basis: list[Any] = []
-        for m in members:
-            head = views.canonical(conn, m)
-            held = self._held(m) if head != m else []
-            if not held:
-                continue
-            basis.append((m, head, held))
-            if check:
-                continue
+        for m, head, held in owing:
             for i in range(0, len(held), MAX_DELTAS):
                 chunk = held[i:i + MAX_DELTAS]
                 # `amount`: the cash (stored value paid in) moved, as a transfer's.
@@ -135,7 +131,7 @@ class Merges(Cards):
                                    deltas=[(p, self.node, a) for p, a in chunk])
                 writes += [self._entry_write(out), self._entry_write(into)]
                 done += [out, into]
-        return writes, done, basis
+        return writes, done
 
     def _survivor(self, member: str) -> list[str]:
         """The group of the member an operation on `member` acts for, survivor first
@@ -151,9 +147,9 @@ class Merges(Cards):
         the rights (commit._commit): an operation refused after this writes nothing.
         The entries are made now, so their ids come before the operation's own (a
         settlement replay in id order then moves the lots before the sale takes them)."""
-        if members:
-            writes, _done, basis = self._sweep_writes(members)
-            self._owed = (members, writes, basis, self.closed_through) if writes else None
+        owing = self._owing(members)
+        writes = self._sweep_writes(owing)[0]
+        self._owed = (members, writes, owing, self.closed_through) if writes else None
 
     def _owed_writes(self) -> Sequence[Write]:
         """The sweep an operation owes (`_owe_sweep`), inside its transaction: as made
@@ -161,10 +157,10 @@ class Merges(Cards):
         owed, self._owed = self._owed, None
         if owed is None:
             return ()
-        members, writes, basis, closed = owed
-        if closed == self.closed_through and self._sweep_writes(members, check=True)[2] == basis:
-            return writes
-        return self._sweep_writes(members)[0]
+        members, writes, owing, closed = owed
+        now = self._owing(members)
+        return writes if closed == self.closed_through and now == owing else (
+            self._sweep_writes(now)[0])
 
     def _acting(self, member: str) -> tuple[str, tuple[dict[str, Any], tuple[int, int]]]:
         """The survivor `member` acts as, its profile (refused if deleted) and its

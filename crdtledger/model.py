@@ -291,7 +291,8 @@ def member_doc(member_id: str) -> str:
 def month_over_ms(month: str) -> int:
     """The first millisecond after `month` (YYYY-MM) in every time zone: the 1st of
     the next month, 00:00 in the latest zone (UTC-12), which is 12:00 UTC. A branch
-    that closed `month` mints no id before it (closing.floor_ms), and the closing's
+    that closed `month` mints no id before it (commit.LedgerBase._cut_taken: even with its
+    clock set back; a branch east of UTC-12 could before 4 December), and the closing's
     points lots are cut there. A month a liar's cut may name that no calendar
     turns: 0 before 1970, past every id after 9999-11."""
     if month < "1970-01":

@@ -748,9 +748,10 @@ class Replica(LedgerBase):
         with ld.watching() as change:
             for rec, _ in run:
                 node = rec.node
+                cut = closed(node, rec.seq) if ledger else None
                 try:
                     if ledger:
-                        check_mark(node, name, None, closed(node, rec.seq))
+                        check_mark(node, name, None, cut)
                     written = check_header(node, name, rec.data)
                     if written is not None:
                         order.record(*written)
@@ -774,7 +775,7 @@ class Replica(LedgerBase):
                     if ledger:
                         keys = [key for _r, key, _o, _n in added]
                         _check_months(name, keys, st.day_of)
-                        check_ids_after_cut(node, name, keys, closed(node, rec.seq))
+                        check_ids_after_cut(node, name, keys, cut)
                 except RuleBroken as e:
                     raise _Broken(rec, e, 1) from None
                 except RemoteProtocolError as e:  # an entry in another month's document

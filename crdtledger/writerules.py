@@ -166,7 +166,7 @@ def check_mark(node: str, doc: str, mark: tuple[str, str] | None, closed: str | 
 def check_ids_after_cut(node: str, doc: str, keys: list[Any], closed: str | None) -> None:
     """Judge the entries a ledger record of `node` adds against the month it closed
     before it in its log (`closed`): once it closed a month, its clock mints no id
-    before that month's end in every zone (closing.floor_ms), so an entry of its own
+    before that month's end in every zone (model.month_over_ms), so an entry of its own
     below it is written after its word that the month was over, into the fold the
     closing's points lots are cut from (a later month's document, which the month rule
     above lets through, in a zone east of UTC-12)."""

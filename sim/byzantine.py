@@ -43,13 +43,13 @@ from typing import TYPE_CHECKING, Any
 
 from pycrdt import Map
 
-from crdtledger import audit, closing
+from crdtledger import audit
 from crdtledger.backups import restore, write_backup
 from crdtledger.errors import LedgerError
 from crdtledger.hlc import HybridClock, id_time_ms
 from crdtledger.ledger import Ledger
 from crdtledger.log import Batch, Head, Record, head_message, record_hash
-from crdtledger.model import entry_doc, owner_of
+from crdtledger.model import entry_doc, month_over_ms, owner_of
 from crdtledger.storage import LoadedDoc
 from crdtledger.sync import pack
 from sim.engine import DAY, HOUR, MINUTE, MS, SECOND
@@ -198,7 +198,7 @@ class Byzantine:
             if lg.closed_through is None:
                 return None
             # Ten days before the month after the one it closed: inside that month.
-            at = closing.floor_ms(lg.closed_through) - 10 * DAY // MS
+            at = month_over_ms(lg.closed_through) - 10 * DAY // MS
             eid = HybridClock(me, now_ms=lambda: at).mint()
             back = {"id": eid, "kind": "topup", "member": member, "node": me,
                     "op": owner_of(me), "at": id_time_ms(eid), "amount": 100_000,
