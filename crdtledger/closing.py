@@ -49,7 +49,7 @@ import orjson
 from crdtledger import lots
 from crdtledger.errors import InvalidInput, NotCaughtUp
 from crdtledger.hlc import id_floor
-from crdtledger.log import CLOSING_DOC, CUT_DOC, WAITING, closing_data
+from crdtledger.log import APPLIED, CLOSING_DOC, CUT_DOC, WAITING, closing_data
 from crdtledger.model import GOODS_PURSES, ledger_doc, month_over_ms
 from crdtledger.money import format_yuan
 from crdtledger.projection import points_change, spent_topped
@@ -163,6 +163,7 @@ def _digest(ledger: Ledger, month: str, writers: list[str], retired: list[str]
             h.update(b"\0%s\0%d\0" % (node.encode(), seq) + (log.hash_at(node, seq) or b""))
     end = month_end(ledger, month, upto, h.hexdigest())
     h.update(b"\0balances\0" + end.digest.encode())
+    h.update(b"\0records\0" + end.whole_digest.encode())
     return h.hexdigest()
 
 
@@ -191,6 +192,10 @@ class MonthEnd:
     # Records and entries of the month or before that wait here (`month_end`): not
     # counted yet; the balances may change when they come in.
     pending: int = 0
+    # The records before the cuts of the documents a branch joining from this closing
+    # takes whole (`whole_records`): how many, and the digest of their hashes.
+    whole: int = 0
+    whole_digest: str = ""
 
     @classmethod
     def of(cls, month: str, rights: Iterable[tuple[tuple[str, str, str], int]],
@@ -252,9 +257,38 @@ def month_end(ledger: Ledger, month: str, upto: dict[str, int], key: str) -> Mon
     kept = ledger.month_ends.get(month)
     if kept is not None and kept[0] == key:
         return kept[1]
-    end = replace(month_end_from_tables(ledger, month), pending=len(pending))
+    whole, whole_digest = whole_records(ledger, month, upto)
+    end = replace(month_end_from_tables(ledger, month), pending=len(pending), whole=whole,
+                  whole_digest=whole_digest)
     ledger.month_ends[month] = (key, end)
     return end
+
+
+def whole_records(ledger: Ledger, month: str, upto: Mapping[str, int]) -> tuple[int, str]:
+    """The records a branch joining from the closing of `month` will take whole, and
+    the SHA-256 of their hashes (docs/format.md): every record applied here, before its
+    writer's cut (`upto`), of a document that is not a ledger month up to `month` (the
+    member documents, the rules and operators, the months after), sorted by document,
+    writer and position. The joining branch gets the closed months' books as the
+    balances at their end, and every writer's records after its cut verified forward
+    from the cut's hash; but a member document's records span the chain's whole life,
+    interleaved in every log with the ledger's, and a month after `month` began before
+    the cuts (a branch cuts on the 8th), so those come as records, each proven by its
+    hash here (docs/design-notes.md, "Joining from a closing: what vouches for the
+    documents"). By the records' chain hashes, not by the documents' content: a hash
+    is the same at every replica that holds the record, however pycrdt encoded the
+    state, and stays the same when an erasure redacts the record later."""
+    h = hashlib.sha256(b"crdtledger whole records\0%s" % month.encode())
+    count = 0
+    for doc, node, seq, hash_ in ledger.storage.conn.execute(
+            "SELECT doc, node, seq, hash FROM records WHERE state = ? AND doc NOT IN (?, ?) "
+            "AND NOT (doc >= 'ledger/' AND doc <= ?) ORDER BY doc, node, seq",
+            (APPLIED, CUT_DOC, CLOSING_DOC, ledger_doc(month))):
+        if seq <= upto.get(node, 0):
+            h.update(b"%s\0%s\0%d\0%s\n" % (doc.encode(), node.encode(), seq,
+                                              bytes(hash_).hex().encode()))
+            count += 1
+    return count, h.hexdigest()
 
 
 def month_end_from_tables(ledger: Ledger, month: str) -> MonthEnd:

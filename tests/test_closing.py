@@ -5,6 +5,7 @@ log by hand with its own key (helpers.Forger)."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import sqlite3
@@ -31,7 +32,7 @@ from crdtledger.errors import InvalidInput, PermissionDenied
 from crdtledger.hlc import HybridClock, id_time_ms
 from crdtledger.ledger import Ledger
 from crdtledger.log import APPLIED, CLOSING_DOC, CUT_DOC, HELD, WAITING, closing_data
-from crdtledger.model import entry_doc
+from crdtledger.model import entry_doc, member_doc
 from crdtledger.storage import DB_FILE
 from peer.chain import enrol, init_chain, revocations_rule, revoke
 
@@ -407,6 +408,56 @@ def _close_and_sign(*stores: Ledger) -> None:
             x.housekeeping()
         for x, y in itertools.combinations(stores, 2):
             sync(x, y)
+
+
+def test_the_closing_names_by_hash_the_records_a_joining_branch_takes_whole(
+        pair: tuple[Ledger, Ledger, str], clock: FakeClock) -> None:
+    """The closing's last part commits to the records before the cuts of every document
+    a branch joining from it takes whole (the member documents, the rules, the months
+    after the one closed), by their chain hashes, as docs/format.md defines it: not the
+    closed month's ledger records, nor any record after a cut. An erasure after the
+    closing redacts records before the cuts and changes none of it."""
+    a, b, m = pair
+    for x in (a, b):
+        x.housekeeping()  # December's cuts: each hears of the other
+    sync(a, b)
+    other = b.add_member(b.owner, name="李雷", phone="13800000002")  # holds nothing
+    a.debit(a.owner, m, amount=1_200)
+    clock.advance_days(33)  # 2026-02-03: February's document begins before the cuts
+    a.topup(a.owner, m, 5_000)
+    sync(a, b)
+    clock.advance_days(5)
+    _close_and_sign(a, b)
+    signed = closing.digest(a, "2026-01")
+    assert signed is not None and closing.books(b)["closing"]["agree"] == ["SH01", "SH02"]
+
+    cuts = a.storage.log.cuts()
+    upto = {n: next(s for s, month in cuts[n] if month >= "2026-01") for n in ("SH01", "SH02")}
+    rows = a.storage.conn.execute(
+        "SELECT doc, node, seq, hash FROM records ORDER BY doc, node, seq").fetchall()
+    whole = [r for r in rows if r[2] < upto[r[1]] and r[0] not in (CUT_DOC, CLOSING_DOC)
+             and r[0] not in ("ledger/2025-12", "ledger/2026-01")]
+    assert {doc.split("/")[0] for doc, *_ in whole} == {"members", "ledger"}
+    assert "ledger/2026-02" in {doc for doc, *_ in whole}  # the top-up of 3 February
+    expected = hashlib.sha256(b"crdtledger whole records\0" + b"2026-01")
+    for doc, node, seq, hash_ in whole:
+        expected.update(f"{doc}\0{node}\0{seq}\0{bytes(hash_).hex()}\n".encode())
+    assert closing.whole_records(a, "2026-01", upto) == (len(whole), expected.hexdigest())
+    assert closing.whole_records(b, "2026-01", upto) == (len(whole), expected.hexdigest())
+
+    redacted = a.storage.conn.execute(
+        "SELECT node, seq, data FROM records WHERE doc = ?", (member_doc(other),)).fetchall()
+    a.erase_member(a.owner, other)
+    a.edit_member(a.owner, m, fields={"notes": "after the closing"})
+    sync(a, b)
+    sync(a, b)
+    after = b.storage.conn.execute(
+        "SELECT node, seq, data FROM records WHERE doc = ?", (member_doc(other),)).fetchall()
+    assert [r for r in after if r[:2] == ("SH02", redacted[-1][1])] != [redacted[-1]]
+    assert redacted[-1][1] < upto["SH02"]  # a record before the cut, redacted since
+    for x in (a, b):
+        assert closing.digest(x, "2026-01") == signed
+        assert closing.books(x)["closing"]["differ"] == []
 
 
 def test_the_balances_at_a_months_end_are_by_document_whatever_the_zone(
