@@ -205,7 +205,7 @@ class MonthEnd:
         totals (member, (spent, topped)), as the `rights` and `totals` tables hold
         them; zero rows count for nothing (a table keeps a row once an entry touched
         it); and the points lots at the month's end by id (`month_end_from_tables`):
-        (member, earned by entry, expires, points left), those with points left."""
+        (member, earned by entry, expires, points left), those with points left or owed."""
         h = hashlib.sha256(b"crdtledger month end\0%s" % month.encode())
         purses: defaultdict[str, int] = defaultdict(int)
         holders = 0

@@ -5,7 +5,13 @@ redemption, a conversion, a correction) takes the lot that expires first among t
 still valid on the day it was spent; a refund takes back first what its own debit
 earned; a write-off (kind `expiry`) takes lots already expired on its day. So a
 redemption never uses up an expired lot on paper, and what is expired and not yet
-written off is exactly what is due. Transfers move rights between branches and leave
+written off is exactly what is due. Points spent before, in id order, the entry that
+earned them are owed: a lot of negative points, never expiring, that the next points
+earned pay first, oldest first. Ids are their writers' clocks, and a branch whose
+clock runs days ahead, or was put back (crdtledger.hlc, eras), mints them out of the
+order things happened in: without the debt the spend took nothing, its earning later
+made a lot of points already spent, and once that lot expired the daily pass wrote
+off points earned since. Transfers move rights between branches and leave
 the member's points as they are. A merge (crdtledger.merge) takes effect from the
 merge on: until then each member of a group spends its own lots, as its rights were
 its own; from the id of the change that merged it, its lots and its survivor's are
@@ -50,9 +56,10 @@ from crdtledger.projection import IN_MERGE, NO_EXPIRY, points_change
 Lot = list[Any]  # [expires, left, earned by entry id, the member that entry names]
 
 
-def take(lots: list[Lot], n: int, kind: str, ref: str | None, day: str) -> None:
-    """Take `n` points from `lots` for an entry of `kind` (and `ref`) on `day`."""
-    by_expiry = sorted(lots, key=lambda lot: (lot[0], lot[2]))
+def take(lots: list[Lot], n: int, kind: str, ref: str | None, day: str) -> int:
+    """Take `n` points from `lots` for an entry of `kind` (and `ref`) on `day`; what
+    no lot had left to cover."""
+    by_expiry = sorted((lot for lot in lots if lot[1] > 0), key=lambda lot: (lot[0], lot[2]))
     if kind == "expiry":
         order = [lot for lot in by_expiry if lot[0] < day]
     else:
@@ -67,7 +74,8 @@ def take(lots: list[Lot], n: int, kind: str, ref: str | None, day: str) -> None:
         lot[1] -= got
         n -= got
         if not n:
-            return
+            break
+    return n
 
 
 def replay(conn: sqlite3.Connection, group: list[str], day_of: Callable[[int], str],
@@ -122,7 +130,7 @@ def at(conn: sqlite3.Connection, day_of: Callable[[int], str], before: str,
                 redo[x] = group
     replayed = sorted((lot[3], lot[2], lot[0], lot[1])
                       for group in {g[0]: g for g in redo.values()}.values()
-                      for lot in replay(conn, group, day_of, before) if lot[1] > 0)
+                      for lot in replay(conn, group, day_of, before) if lot[1])
     kept = ((m, e, x, n) for m, e, x, n in conn.execute(
         "SELECT member, earned, expires, left FROM points_lots ORDER BY member, earned")
         if m not in redo)
@@ -175,9 +183,17 @@ def _step(lots: list[Lot], row: tuple[Any, ...], day_of: Callable[[int], str]) -
     """One entry, as (member, id, change, kind, ref, expires, day), folded into `lots`."""
     member, eid, change, kind, ref, expires, day = row
     if change > 0:
+        for debt in sorted((lot for lot in lots if lot[1] < 0), key=lambda lot: lot[2]):
+            got = min(-debt[1], change)
+            debt[1] += got
+            change -= got
+            if not change:
+                return
         lots.append([expires or NO_EXPIRY, change, eid, member])
     elif change < 0:
-        take(lots, -change, kind, ref, spend_day(eid, day, day_of))
+        short = take(lots, -change, kind, ref, spend_day(eid, day, day_of))
+        if short:  # spent before, in id order, what earned it: owed by the next lots
+            lots.append([NO_EXPIRY, -short, eid, member])
 
 
 def spend_day(eid: str, said: str | None, day_of: Callable[[int], str]) -> str:
@@ -242,10 +258,11 @@ def _update(conn: sqlite3.Connection, touched: list[tuple[Any, ...]], seen: set[
     kept: list[Lot] = []
     for head, (group, new) in groups.items():
         if head not in replayed and _only_later(conn, group, new, seen):
-            # Earnings alone (sales) only add lots: nothing to read.
-            lots = [] if all(row[2] > 0 for row in new) else [list(r) for r in conn.execute(
+            # Earnings alone (sales) only add lots, or pay what is owed: only that to read.
+            owed = " AND left < 0" if all(row[2] > 0 for row in new) else ""
+            lots = [list(r) for r in conn.execute(
                 "SELECT expires, left, earned, member FROM points_lots "
-                f"WHERE member {views.in_(group)}", group)]
+                f"WHERE member {views.in_(group)}{owed}", group)]
             before = {lot[2]: lot[1] for lot in lots}
             for row in new:
                 _step(lots, row, day_of)
@@ -288,10 +305,10 @@ _MOVES = ("SELECT 1 FROM entries WHERE id = ? AND kind NOT IN ('transfer', 'merg
 
 
 def _keep(conn: sqlite3.Connection, lots: list[Lot]) -> None:
-    """Store the lots with points left (those with none are not kept)."""
+    """Store the lots with points left, and what is owed (those with none are not kept)."""
     conn.executemany(
         "INSERT INTO points_lots(expires, left, earned, member) VALUES (?,?,?,?)",
-        [lot for lot in lots if lot[1] > 0])
+        [lot for lot in lots if lot[1]])
 
 
 def fill(conn: sqlite3.Connection, day_of: Callable[[int], str]) -> None:

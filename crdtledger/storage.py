@@ -137,8 +137,8 @@ CREATE TABLE IF NOT EXISTS roles(name TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS quarantine(
     doc TEXT NOT NULL, key TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY(doc, key));
 -- The points each earning has left, with its expiry (crdtledger.lots): lots with
--- points left only, under the member their earning named. One b-tree: a sale adds a
--- row to it; the daily search for expired lots scans it (live lots only).
+-- points left (or owed, negative) only, under the member their entry named. One
+-- b-tree: a sale adds a row to it; the daily search for expired lots scans it.
 CREATE TABLE IF NOT EXISTS points_lots(
     member TEXT NOT NULL, earned TEXT NOT NULL, expires TEXT NOT NULL,
     left INTEGER NOT NULL, PRIMARY KEY(member, earned)) WITHOUT ROWID;

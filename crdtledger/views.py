@@ -603,7 +603,9 @@ def points(ledger: Ledger, member_id: str) -> dict[str, Any]:
         "expired_unwritten": sum(n for exp, n in lots if exp < today),
         "usable": sum(n for exp, n in lots if exp >= today),
         "expiring_30_days": sum(n for exp, n in lots if today <= exp <= soon),
-        "lots": [{"expires": exp, "points": n} for exp, n in lots],
+        # Points owed (spent before what earned them came: crdtledger.lots) count in
+        # the sums, as the rights do; they are no lot to show.
+        "lots": [{"expires": exp, "points": n} for exp, n in lots if n > 0],
     }
 
 

@@ -70,6 +70,55 @@ def test_a_debit_that_comes_late_is_replayed_into_its_place(tmp_path: Path) -> N
         hz.close()
 
 
+def test_points_spent_before_the_entry_that_earned_them_are_owed_not_lost(
+        tmp_path: Path) -> None:
+    """HZ01's clock runs three days ahead: a member earns 100 points there and redeems
+    them at SH01, whose redemption's id sorts before the earning. The redemption is
+    owed and the earning pays it: no lot is left of points already spent, which the
+    daily pass would write off, once expired, from points earned since."""
+    sh, hz, sh_clock, hz_clock = earning_chain(tmp_path)
+    try:
+        hz_clock.advance_days(3)
+        m = sh.add_member(sh.owner, name="张伟", phone="13812345678")
+        sync(sh, hz)
+        hz.topup(hz.owner, m, 20_000)
+        earned = hz.debit(hz.owner, m, amount=10_000)  # 100 points, at HZ01
+        hz.transfer_rights(hz.owner, m, "SH01", 100, purse="points")
+        sync(sh, hz)
+        redeemed = sh.redeem_points(sh.owner, m, 100, gift="毛巾")
+        assert redeemed["id"] < earned["id"]
+        sync(sh, hz)
+        for ledger in (sh, hz):
+            assert ledger.balance(m)["points"] == 0
+            assert views.points(ledger, m)["total"] == views.points(ledger, m)["usable"] == 0
+            assert kept(ledger) == replayed(ledger) == []
+        sh_clock.advance_days(35)
+        hz_clock.advance_days(35)
+        sh.topup(sh.owner, m, 10_000)
+        sh.debit(sh.owner, m, amount=5_000)  # 50 points, valid for 30 days
+        sh_clock.advance_days(1)
+        assert [e for e in sh.housekeeping() if e["kind"] == "expiry"] == []
+        sync(sh, hz)
+        for ledger in (sh, hz):
+            assert ledger.balance(m)["points"] == views.points(ledger, m)["usable"] == 50
+            assert kept(ledger) == replayed(ledger)
+    finally:
+        sh.close()
+        hz.close()
+
+
+def test_an_owed_spend_is_kept_until_its_earning_comes(tmp_path: Path) -> None:
+    """The fold itself: a spend with no lot to take from is owed (a lot of negative
+    points that never expires), and the next points earned pay it first."""
+    owed: list[lots.Lot] = []  # every row below carries its writer's day: no zone needed
+    lots._step(owed, ("M1", "A1", -30, "redeem", None, None, "2026-01-02"), str)
+    assert owed == [["9999-12-31", -30, "A1", "M1"]]
+    lots._step(owed, ("M1", "A2", 20, "debit", None, "2026-02-01", "2026-01-03"), str)
+    assert owed == [["9999-12-31", -10, "A1", "M1"]]
+    lots._step(owed, ("M1", "A3", 25, "debit", None, "2026-02-02", "2026-01-03"), str)
+    assert [lot for lot in owed if lot[1]] == [["2026-02-02", 15, "A3", "M1"]]
+
+
 def test_a_refund_takes_back_its_own_debits_lot(tmp_path: Path) -> None:
     sh, hz, sh_clock, _ = earning_chain(tmp_path)
     try:
