@@ -24,7 +24,10 @@ The rule (docs/design-notes.md, "Settlement by value served"):
 - A `refund` (field `ref` = its debit) gives back exactly what its debit took: its
   cash credit returns to the lots that debit took, the last taken first, and
   reverses the corresponding debt, booked on the refund's day. Cash credited beyond
-  what the debit took (no honest refund does that) goes back to no lot.
+  what the debit took (no honest refund does that) goes back to no lot. A refund
+  whose id sorts before its debit's (a branch whose clock ran ahead when it sold and
+  was put right before it refunded) gives back as soon as the debit has taken,
+  booked on the debit's day.
 - A negative cash correction takes lots FIFO with no debt: the value leaves the
   books (`removed`, booked against the branch that collected it).
 - Member merge: a `merge` entry that lowers `cash` and names the survivor (`to`)
@@ -174,6 +177,10 @@ class _Replay:
         self.lo = lo
         self.books: dict[str, _Book] = defaultdict(_Book)
         self.takings: dict[str, _Taking] = {}
+        # Refunds replayed before their debit (their writer's clock was put back after
+        # running ahead: ids do not always follow the order things happened in): what
+        # each gives back, by debit id, given back as soon as the debit has taken.
+        self.early: dict[str, list[tuple[str, int]]] = defaultdict(list)
         self.unspent: dict[str, int] = defaultdict(int)  # per collector, now
         self.opening: dict[str, int] | None = None if lo else {}
         self.figures: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -230,6 +237,8 @@ class _Replay:
         self.takings[e["id"]] = _Taking(server, parts)
         if short:
             self.books[e["member"]].owed.append((self.takings[e["id"]], parts[-1]))
+        for member, back in self.early.pop(e["id"], ()):
+            self.put_back(self.takings[e["id"]], member, back)
 
     def cover(self, book: _Book) -> None:
         """Lots just opened pay what earlier-sorted debits took with no lot behind
@@ -253,8 +262,14 @@ class _Replay:
 
     def give_back(self, e: Mapping[str, Any], amount: int) -> None:
         taking = self.takings.get(str(e.get("ref")))
-        book = self.books[e["member"]]
-        while amount and taking is not None and taking.parts:
+        if taking is None:
+            self.early[str(e.get("ref"))].append((e["member"], amount))
+        else:
+            self.put_back(taking, e["member"], amount)
+
+    def put_back(self, taking: _Taking, member: str, amount: int) -> None:
+        book = self.books[member]
+        while amount and taking.parts:
             part = taking.parts[-1]
             key, collector, took = part
             n = min(took, amount)

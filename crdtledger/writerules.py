@@ -58,6 +58,13 @@ RULES: tuple[WriteRule, ...] = (
                                  "a referral in `ref`) is written only by the branch that "
                                  "recorded the referral, so it is granted once "
                                  "(crdtledger.membership)"),
+    WriteRule("refund-own", "a refund names in `ref` a debit of its own writer: a debit's "
+                            "refund rights stay with the branch that made it, so no other "
+                            "branch can take back the lots that debit took, nor use up "
+                            "what is left of it to refund"),
+    WriteRule("transfer-balanced", "a rights transfer moves rights: its changes to each "
+                                   "purse sum to zero (rights raised by a transfer of "
+                                   "nothing would spend other branches' prepaid value)"),
     WriteRule("booking-branch", "a technician's versions and the decisions on its bookings "
                                 "(confirmed, refused, released, no-show) are written only by "
                                 "the branch it belongs to: the node part of the technician's "
@@ -243,6 +250,17 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
             for purse, _n, change in counted:
                 if isinstance(purse, str) and purse.startswith(COUPON_PREFIX):
                     coupons[purse] = coupons.get(purse, 0) + change
+            if new.get("kind") == "transfer":
+                net: dict[Any, float] = {}
+                for purse, _n, change in counted:
+                    net[purse] = net.get(purse, 0) + change
+                if any(net.values()):
+                    raise RuleBroken("transfer-balanced", f"{doc}: entry {key}: a transfer "
+                                                          "whose changes do not sum to zero")
+        if new.get("kind") == "refund" and (not isinstance(new.get("ref"), str)
+                                            or new["ref"].rsplit(".", 1)[-1] != node):
+            raise RuleBroken("refund-own", f"{doc}: entry {key}: node {node} refunds a "
+                                           "debit another branch made")
         if new.get("kind") == "coupon":
             issued.add(COUPON_PREFIX + key)
         elif new.get("kind") in BRANCH_KINDS:

@@ -234,6 +234,19 @@ def transfer_sh01_rights(c: Ctx) -> tuple[str, Mutate]:
                                [["cash", "SH01", -TOPUP], ["cash", c.forger, TOPUP]]))
 
 
+def refund_of_sh01s_entry(c: Ctx) -> tuple[str, Mutate]:
+    """A refund to the forger's own rights naming SH01's entry: it would take back the
+    lots SH01's sale took (settlement) and use up what SH01 may still refund."""
+    return put_entry(new_entry(c, c.log_node, "refund", 10_000,
+                               [["cash", c.log_node, 10_000]], ref=c.w.topup_id))
+
+
+def transfer_of_nothing(c: Ctx) -> tuple[str, Mutate]:
+    """Rights raised at the forger by a transfer that lowers nobody's: value no branch
+    collected, which would spend SH01's prepaid lots (settlement is first in, first out)."""
+    return put_entry(new_entry(c, c.log_node, "transfer", TOPUP, [["cash", c.log_node, TOPUP]]))
+
+
 def debit_by_sh01(c: Ctx) -> tuple[str, Mutate]:
     return put_entry(new_entry(c, "SH01", "debit", 10_000, [["cash", "SH01", -10_000]]))
 
@@ -314,6 +327,8 @@ def replace_revocations(c: Ctx) -> tuple[str, Mutate]:
 ATTACKS: dict[str, tuple[Callable[[Ctx], tuple[str, Mutate]], str]] = {
     # name: (build, the rule the forger's own log breaks)
     "transfer SH01's rights to itself": (transfer_sh01_rights, "own-rights"),
+    "refund SH01's entry": (refund_of_sh01s_entry, "refund-own"),
+    "transfer of nothing to itself": (transfer_of_nothing, "transfer-balanced"),
     "debit by SH01": (debit_by_sh01, "entry-writer"),
     "1,000,000.00 top-up by SH01": (million_topup_by_sh01, "entry-writer"),
     "rewrite SH01's top-up to 50,000.00": (rewrite_topup, "entry-insert-once"),

@@ -292,6 +292,38 @@ def test_a_debit_sorted_before_the_top_up_it_spent_is_covered_by_it() -> None:
     assert figures(s, "SH02") == {"served_for_others": 250, "net": 250, "unattributed": 350}
 
 
+def test_a_refund_sorted_before_its_debit_gives_back_what_the_debit_took(
+        tmp_path: Path) -> None:
+    """SH02 serves a member 50.00 of SH01's top-up while its clock runs three days
+    ahead; its clock is put right and it refunds the service whole: the refund's id
+    sorts before the debit's. Nobody owes anybody, and the member's 100.00 is prepaid
+    at SH01 again, at both branches (real ledgers, real sync)."""
+    sh_clock, hz_clock = FakeClock(), FakeClock()
+    a = new_ledger(tmp_path, "SH01", now_ms=sh_clock)
+    b = new_ledger(tmp_path, "SH02", now_ms=hz_clock)
+    try:
+        m = add_member(a)
+        add_member(b, 1)
+        sync(a, b)
+        a.topup(a.owner, m, 10_000)
+        a.transfer_rights(a.owner, m, "SH02", 5_000)
+        sync(a, b)
+        hz_clock.advance_days(3)
+        debit = b.debit(b.owner, m, amount=5_000)
+        hz_clock.advance_days(-3)
+        refund = b.refund(b.owner, debit["id"])
+        assert refund["id"] < debit["id"]
+        sync(a, b)
+        s = same_everywhere(a, b)
+        assert_sound(s)
+        assert s["pairs"] == []
+        assert figures(s, "SH01") == {"collected": 10_000, "unspent": 10_000}
+        assert a.balance(m)["cash"] == b.balance(m)["cash"] == 10_000
+    finally:
+        a.close()
+        b.close()
+
+
 # --- properties --------------------------------------------------------------------
 
 # (what, branch, member, amount or fraction, other branch)
