@@ -27,7 +27,9 @@ technician belongs to decides that technician's slots.**
 - A cancellation may be written anywhere (a member cancels from home); the booking
   reads "cancelled" at once. The slot is freed when the technician's branch knows of
   it: a cancellation written there frees it, and one written elsewhere is answered
-  by a `released` decision when it arrives.
+  by a `released` decision when it arrives. An ending (cancellation, release,
+  no-show) takes effect whatever its id: ids follow the writer's clock, not the
+  order things happened in (`held`, `_book`).
 - No-shows (爽约) are recorded by the technician's branch (decision `no_show`).
 
 Entries with no deltas move no money: reports, balances, settlement and histories
@@ -45,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from crdtledger import views
 from crdtledger.errors import InvalidInput, LedgerError, NotFound, PermissionDenied
-from crdtledger.hlc import id_floor, id_node
+from crdtledger.hlc import id_floor, id_node, id_time_ms
 from crdtledger.inputs import check_text
 from crdtledger.model import ID, SERVICE_CODE
 
@@ -73,7 +75,8 @@ DECISIONS: tuple[Decision, ...] = get_args(Decision)
 
 
 class BookingRefused(LedgerError):
-    """The booking cannot be made, cancelled or marked as asked; nothing changed."""
+    """The booking cannot be made, cancelled or marked as asked, or a technician
+    changed; nothing changed."""
 
     code = "booking_refused"
 
@@ -147,6 +150,14 @@ def technician(ledger: Ledger, ref: str) -> dict[str, Any]:
     return found[0]
 
 
+def _latest_version(ledger: Ledger, tech_id: str) -> str:
+    """The id of the technician's version in force (the largest: `technicians`)."""
+    row = ledger.storage.conn.execute(
+        "SELECT MAX(id) FROM entries WHERE member = ? AND kind = 'technician'", (tech_id,)
+    ).fetchone()
+    return str(row[0] or "")
+
+
 def add_technician(ledger: Ledger, operator: str, code: str, name: str,
                    services: Iterable[str], hours: str = "10:00-22:00",
                    active: bool = True) -> dict[str, Any]:
@@ -173,6 +184,19 @@ def add_technician(ledger: Ledger, operator: str, code: str, name: str,
                               hours=hours.strip(), status="" if active else "inactive")
         # The first version's id is the technician's id; later versions name it.
         entry["member"] = mine[0]["id"] if mine else entry["id"]
+        latest = _latest_version(ledger, mine[0]["id"]) if mine else ""
+        if entry["id"] < latest:
+            # The latest version is the largest id (`_tech_view`), and this one would
+            # sort before the one in force: written while this branch's clock ran
+            # ahead, since put right (a lower era: crdtledger.hlc). Written anyway it
+            # would be acknowledged and never take effect. An entry keeps no field to
+            # order versions by anything else (model.normalise_entry drops unknown
+            # ones), so say so rather than lose the change.
+            raise BookingRefused(
+                f"technician {code}'s last change was written when this branch's clock "
+                f"read {_local(ledger, id_time_ms(latest)):%Y-%m-%d %H:%M}, "
+                "ahead of the time now: a change made now would not take effect before "
+                "then")
         return [ledger._entry_write(entry)], entry
 
     entry = ledger._commit(plan)
@@ -189,9 +213,33 @@ def _floor(ledger: Ledger, now_ms: int | None = None) -> str:
 
 
 def _book(ledger: Ledger, tech_id: str, since: str = "") -> list[dict[str, Any]]:
-    """The technician's entries from `since` on, in id order (one index range)."""
-    return [json.loads(b) for (b,) in ledger.storage.conn.execute(
-        "SELECT body FROM entries WHERE member = ? AND id >= ? ORDER BY id", (tech_id, since))]
+    """The technician's entries from `since` on, in id order (one index range), and
+    the cancellations and decisions naming one of those bookings from before `since`.
+
+    Ids are hybrid-clock times of the writer's PC, and a later entry can have a
+    smaller id than the booking it names: a branch whose clock ran days ahead and was
+    put right mints lower ids (crdtledger.hlc), and a branch behind writes lower ids
+    than one ahead. Reading by id alone, such a cancellation or release drops out of
+    the window before its booking does, and the slot would be held again."""
+    conn = ledger.storage.conn
+    rows = [(i, json.loads(b)) for (i, b) in conn.execute(
+        "SELECT id, body FROM entries WHERE member = ? AND id >= ? ORDER BY id",
+        (tech_id, since))]
+    if since:
+        # The bookings read, and those a decision read names (a confirmation can be
+        # in the window when its request is not): what an ending can name.
+        ids = sorted({e["id"] for _i, e in rows if e["kind"] == "booking"}
+                     | {str(e.get("ref")) for _i, e in rows if e["kind"] == "booking_decision"})
+        for n in range(0, len(ids), 500):
+            part = ids[n:n + 500]
+            # `+member`, `+id`: look them up by ref (a few rows each), not by the
+            # member index, which would walk the technician's whole older history.
+            rows += [(i, json.loads(b)) for (i, b) in conn.execute(
+                f"SELECT id, body FROM entries WHERE ref {views.in_(part)} "
+                "AND kind IN ('booking_decision', 'booking_cancel') "
+                "AND +member = ? AND +id < ?", (*part, tech_id, since))]
+        rows.sort(key=lambda r: r[0])
+    return [e for _i, e in rows]
 
 
 def _slot_ok(e: Mapping[str, Any]) -> bool:
@@ -205,9 +253,20 @@ def _slot_ok(e: Mapping[str, Any]) -> bool:
 def held(entries: Iterable[Mapping[str, Any]], tech_id: str) -> dict[str, tuple[int, int]]:
     """Booking id -> (start ms, end ms) of the slots holding the technician, read only
     from the records of the technician's own branch: its own bookings and confirmed
-    decisions, less what it released, cancelled or marked no-show."""
+    decisions, less what it released, cancelled or marked no-show.
+
+    A set, not a replay in id order: a slot held is never held again once released,
+    cancelled or marked no-show, so an ending wins whichever id is larger. Ids do not
+    follow the order things happened in (a clock put back starts a lower era:
+    crdtledger.hlc), and replayed in id order a release with a smaller id than its
+    booking removed nothing, leaving the slot taken for ever and `decide` releasing it
+    again on every pass. As a set, the result depends on which entries a replica has,
+    never on their order, and every prefix of the branch's log still holds no two
+    overlapping slots (an ending only removes one)."""
     branch = id_node(tech_id)
     out: dict[str, tuple[int, int]] = {}
+    by: dict[str, str] = {}  # booking id -> the entry its slot was read from
+    ended: set[str] = set()
     for e in entries:
         if e["node"] != branch or e["member"] != tech_id:
             continue
@@ -215,10 +274,16 @@ def held(entries: Iterable[Mapping[str, Any]], tech_id: str) -> dict[str, tuple[
         if (kind == "booking" or (kind == "booking_decision" and e.get("status") == "confirmed")
                 ) and _slot_ok(e):
             bid = e["id"] if kind == "booking" else str(e.get("ref"))
-            out[bid] = (int(e["start"]), int(e["start"]) + int(e["minutes"]) * 60_000)
+            # One confirmation a booking, from an honest branch; should there be two,
+            # the smallest id's slot, so the answer does not depend on the order given.
+            if bid not in by or e["id"] < by[bid]:
+                by[bid] = e["id"]
+                out[bid] = (int(e["start"]), int(e["start"]) + int(e["minutes"]) * 60_000)
         elif kind == "booking_cancel" or (
                 kind == "booking_decision" and e.get("status") in ("released", "no_show")):
-            out.pop(str(e.get("ref")), None)
+            ended.add(str(e.get("ref")))
+    for bid in ended:
+        out.pop(bid, None)
     return out
 
 
@@ -257,6 +322,8 @@ def _status(b: Mapping[str, Any], related: Iterable[Mapping[str, Any]], now: int
             st = e.get("status")
             if st == "no_show":
                 no_show = True
+            # One confirmation or refusal a booking (`decide` never decides one twice);
+            # the others are endings, which win whatever their ids (see `held`).
             elif st in ("confirmed", "refused") and decided is None:
                 decided = str(st)
                 reason = str(e.get("reason", ""))
@@ -554,8 +621,9 @@ def noshow(ledger: Ledger, operator: str, booking: str) -> dict[str, Any]:
 def decide(ledger: Ledger) -> list[dict[str, Any]]:
     """The technician's branch's pass: decide every request for its technicians not
     decided yet, in id order (the same order on every run and replay), and release
-    the slots of confirmed bookings cancelled elsewhere. One commit; returns the
-    decisions written (none, most of the time)."""
+    the slots of confirmed bookings cancelled elsewhere, once each (a release ends the
+    hold whatever its id: `held`). One commit; returns the decisions written (none,
+    most of the time)."""
     mine = technicians(ledger, ledger.node)
     if not mine:
         return []
@@ -579,6 +647,13 @@ def decide(ledger: Ledger) -> list[dict[str, Any]]:
                 start, minutes = int(e["start"]), int(e["minutes"])
                 if start <= now:
                     why: str | None = f"the time had passed when {ledger.node} heard of it"
+                elif start > now + HORIZON_DAYS * 86_400_000:
+                    # As book() refuses here: the window `held` is read in assumes a
+                    # confirmation is minted at most HORIZON_DAYS before its slot. A
+                    # requester whose clock ran ahead could ask further out, and once
+                    # its confirmation left the window the slot would be given twice.
+                    why = (f"it was more than {HORIZON_DAYS} days ahead when {ledger.node} "
+                           "heard of it")
                 else:
                     why = _fits(ledger, tech, str(e.get("service", "")), start, minutes)
                 if why is None:

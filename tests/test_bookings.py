@@ -368,6 +368,150 @@ def test_any_interleaving_converges_and_never_double_books(
             x.close()
 
 
+# --- a clock that ran ahead and was put right: ids no longer follow the order of events ---
+
+
+AHEAD = 3 * 86_400_000
+
+
+def _releases(ledger: Ledger, booking: str) -> int:
+    return len(ledger.storage.conn.execute(
+        "SELECT 1 FROM entries WHERE kind = 'booking_decision' AND ref = ? "
+        "AND json_extract(body, '$.status') = 'released'", (booking,)).fetchall())
+
+
+@pytest.mark.parametrize("made_at", ["SH02", "SH01"])
+@pytest.mark.parametrize("cancel_at", ["SH02", "SH01"])
+def test_a_slot_confirmed_by_a_clock_ahead_is_freed_once_cancelled_after_it_is_put_right(
+        tmp_path: Path, made_at: str, cancel_at: str) -> None:
+    """SH02 (T01's branch) runs three days ahead and confirms 14:00 (booked at its
+    counter, or asked for at SH01); its clock is put right, so what it writes next
+    has smaller ids than the confirmation; the booking is cancelled. The slot is free
+    again at both branches, a new booking of it is taken, and SH02's passes release
+    it once, then write nothing (it used to stay taken and be released every pass)."""
+    good, ahead = FakeClock(), FakeClock(FakeClock().ms + AHEAD)
+    ledgers = {"SH01": new_ledger(tmp_path, "SH01", now_ms=good),
+               "SH02": new_ledger(tmp_path, "SH02", now_ms=ahead)}
+    try:
+        sh01, sh02 = ledgers["SH01"], ledgers["SH02"]
+        bookings.add_technician(sh02, sh02.owner, "T01", "小李", ["FOOT60"], "10:00-22:00")
+        m = sh01.add_member(sh01.owner, name="张伟", phone="13800138000")
+        m2 = sh01.add_member(sh01.owner, name="李娜", phone="13800138001")
+        sync_all(ledgers)
+        when = "2026-01-06T14:00"  # 5 days ahead of the real time, 2 of SH02's clock
+        b = bookings.book(ledgers[made_at], ledgers[made_at].owner, m, "T01", "FOOT60",
+                          when)["booking"]
+        settle(ledgers)
+        assert bookings.show(sh01, b)["status"] == "confirmed"
+        ahead.ms = good.ms  # the owner sets SH02's clock right
+        sync_all(ledgers)
+        x = ledgers[cancel_at]
+        assert bookings.cancel(x, x.owner, b)["status"] == "cancelled"
+        sync_all(ledgers)
+        for _ in range(3):
+            bookings.decide(sh02)
+            sync_all(ledgers)
+        for ledger in ledgers.values():
+            assert bookings.show(ledger, b)["status"] == "cancelled"
+            assert "14:00" in bookings.slots(ledger, "T01", "2026-01-06", "FOOT60")
+            # Released by SH02 when cancelled elsewhere, and then only once.
+            assert _releases(ledger, b) == (0 if cancel_at == "SH02" else 1)
+        assert bookings.decide(sh02) == []
+        # What holds T01 is read from the set of SH02's entries, not their order.
+        tid = bookings.technician(sh02, "T01")["id"]
+        book_ = [json.loads(r) for (r,) in sh02.storage.conn.execute(
+            "SELECT body FROM entries WHERE member = ? ORDER BY id", (tid,))]
+        assert bookings.held(book_[::-1], tid) == bookings.held(book_, tid) == {}
+        again = bookings.book(sh02, sh02.owner, m2, "T01", "FOOT60", when)
+        assert again["status"] == "confirmed"
+        assert bookings.decide(sh02) == []
+        for ledger in ledgers.values():
+            assert bookings.double_booked(ledger) == []
+    finally:
+        for ledger in ledgers.values():
+            ledger.close()
+
+
+def test_a_release_written_long_before_its_booking_by_id_still_frees_the_slot(
+        tmp_path: Path) -> None:
+    """SH02 runs 100 days ahead and books a slot 5 days after its clock (105 days
+    from the real time), is put right, and the booking is cancelled at SH01. 92 days
+    on, the release's id is older than the window a book is read in (HORIZON_DAYS +
+    a day) while the booking's is not, and the slot, still to come, stays free."""
+    good, ahead = FakeClock(), FakeClock(FakeClock().ms + 100 * 86_400_000)
+    ledgers = {"SH01": new_ledger(tmp_path, "SH01", now_ms=good),
+               "SH02": new_ledger(tmp_path, "SH02", now_ms=ahead)}
+    try:
+        sh01, sh02 = ledgers["SH01"], ledgers["SH02"]
+        bookings.add_technician(sh02, sh02.owner, "T01", "小李", ["FOOT60"], "10:00-22:00")
+        m = sh01.add_member(sh01.owner, name="张伟", phone="13800138000")
+        sync_all(ledgers)
+        day = (datetime.fromtimestamp(ahead.ms / 1000, ZoneInfo("Asia/Shanghai"))
+               + timedelta(days=5)).date().isoformat()
+        b = bookings.book(sh02, sh02.owner, m, "T01", "FOOT60", f"{day}T14:00")["booking"]
+        ahead.ms = good.ms
+        sync_all(ledgers)
+        bookings.cancel(sh01, sh01.owner, b)
+        settle(ledgers)
+        assert _releases(sh02, b) == 1
+        for c in (good, ahead):
+            c.advance_days(92)
+        assert id_time_ms(b) > good.ms - (bookings.HORIZON_DAYS + 1) * 86_400_000
+        for ledger in ledgers.values():
+            assert "14:00" in bookings.slots(ledger, "T01", day, "FOOT60")
+        assert bookings.decide(sh02) == []
+        assert bookings.book(sh02, sh02.owner, m, "T01", "FOOT60", f"{day}T14:00")[
+            "status"] == "confirmed"
+    finally:
+        for ledger in ledgers.values():
+            ledger.close()
+
+
+def test_a_request_further_ahead_than_the_horizon_is_refused_by_the_branch(
+        tmp_path: Path) -> None:
+    """SH01's clock runs 30 days ahead and asks for a slot 89 days after it. SH02
+    refuses it: confirmed, it would leave the window SH02 reads its book in while
+    still to come, and the slot could be given twice."""
+    good, ahead = FakeClock(), FakeClock(FakeClock().ms + 30 * 86_400_000)
+    ledgers = {"SH01": new_ledger(tmp_path, "SH01", now_ms=ahead),
+               "SH02": new_ledger(tmp_path, "SH02", now_ms=good)}
+    try:
+        sh01, sh02 = ledgers["SH01"], ledgers["SH02"]
+        bookings.add_technician(sh02, sh02.owner, "T01", "小李", ["FOOT60"], "10:00-22:00")
+        m = sh01.add_member(sh01.owner, name="张伟", phone="13800138000")
+        sync_all(ledgers)
+        day = (datetime.fromtimestamp(ahead.ms / 1000, ZoneInfo("Asia/Shanghai"))
+               + timedelta(days=89)).date().isoformat()
+        b = bookings.book(sh01, sh01.owner, m, "T01", "FOOT60", f"{day}T14:00")["booking"]
+        settle(ledgers)
+        got = bookings.show(sh01, b)
+        assert got["status"] == "refused"
+        assert f"more than {bookings.HORIZON_DAYS} days ahead" in got["reason"]
+    finally:
+        for ledger in ledgers.values():
+            ledger.close()
+
+
+def test_a_technician_change_that_would_not_take_effect_is_refused(tmp_path: Path) -> None:
+    """A technician changed while SH02's clock ran ahead, then changed again once it
+    is put right: the second version would sort before the first and never be read,
+    so it is refused with the reason rather than acknowledged and lost."""
+    clock = FakeClock(FakeClock().ms + AHEAD)
+    sh02 = new_ledger(tmp_path, "SH02", now_ms=clock)
+    try:
+        bookings.add_technician(sh02, sh02.owner, "T01", "小李", ["FOOT60"], "10:00-22:00")
+        clock.ms -= AHEAD
+        with pytest.raises(BookingRefused, match="would not take effect"):
+            bookings.add_technician(sh02, sh02.owner, "T01", "小李", ["FOOT60"],
+                                    "12:00-20:00")
+        assert bookings.technician(sh02, "T01")["hours"] == "10:00-22:00"
+        clock.ms += AHEAD + 60_000  # past what was minted ahead: changes take effect
+        bookings.add_technician(sh02, sh02.owner, "T01", "小李", ["FOOT60"], "12:00-20:00")
+        assert bookings.technician(sh02, "T01")["hours"] == "12:00-20:00"
+    finally:
+        sh02.close()
+
+
 # --- the command line, as a person runs it ----------------------------------------------
 
 
