@@ -5,20 +5,25 @@ Passwords and card PINs are stored as salted scrypt hashes (`hash_secret`).
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
 import json
 import secrets
-from collections.abc import Iterable, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from pycrdt import Map
 
 from crdtledger.commit import LedgerBase, Write, note_edit, put
 from crdtledger.errors import ApprovalRequired, InvalidInput, NotFound, PermissionDenied
 from crdtledger.inputs import check_text
+from crdtledger.log import Record
 from crdtledger.model import BUILTIN_ROLES, EDITS, PERMISSIONS, SELF_SERVICE, self_service_of
+from crdtledger.storage import Storage
+from crdtledger.throttle import LoginThrottle
 
 # Key stretching for operator passwords and card PINs. A PIN has few digits, so the
 # hash is salted per card and deliberately slow (scrypt, ~30 ms).
@@ -69,9 +74,134 @@ def verify_login(record: LoginRecord, password: str) -> str:
     return record.operator
 
 
+@dataclass
+class ApprovalCheck:
+    """An approver's password checked ahead of the operation that needs it, so that the
+    slow part runs off the event loop as a login's does: `Auth.check_approver_ahead`
+    (on the ledger's thread) counts the attempt and reads the hash, `run` (any thread)
+    checks it, `Auth.checked_ahead` (on the ledger's thread) counts the outcome. The
+    operation's approval then takes this answer instead of hashing on the ledger's
+    thread, until `Auth.forget_check` (after the operation, retries included)."""
+
+    operator: str  # who asks
+    name: str  # the approver, as typed
+    password: str
+    record: LoginRecord
+    approver: str | None = None  # the approver's id once `run` found the password right
+
+    def run(self) -> None:
+        try:
+            self.approver = verify_login(self.record, self.password)
+        except PermissionDenied:
+            self.approver = None
+
+
+class TooManyAttempts(PermissionDenied):
+    """Refused unchecked: too many wrong passwords of an approver, or wrong PINs of a
+    card, in a row (crdtledger.throttle). `retry_after`: whole seconds to wait."""
+
+    code = "too_many_attempts"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+# Who runs the operation under way (set by `Auth.authorise`, which every operation
+# begins with): the "client" a throttle counts a wrong approver password or card PIN
+# against, next to the name or card. A context variable, not an attribute of the
+# ledger: a card checked outside any operation (the counter's PIN dialog) must not be
+# charged to whoever ran the last operation on another till.
+_ACTING: contextvars.ContextVar[str | None] = contextvars.ContextVar("acting", default=None)
+
+
+def acting_client(fallback: str) -> str:
+    """The throttle's client key of the operation under way: its operator, else
+    `fallback` (a key of the thing checked itself, so no two unrelated checks ever
+    share a lock)."""
+    operator = _ACTING.get()
+    return f"operator:{operator}" if operator is not None else fallback
+
+
+# --- the end of sessions ------------------------------------------------------------
+# A token given at a login must stop working when its operator's password changes or
+# the operator is deactivated, here or at another branch (the change arrives by sync).
+# Each ledger watches its `operators` document (local writes and applied records go
+# through the same listeners) and tells every watcher which operators' credentials
+# changed. Watchers are the session stores (peer.api.Sessions), which hold tokens but
+# no ledger; they register here. Operator ids are unique in the chain, so a watcher
+# told of an operator it has no session of has nothing to do.
+
+
+class CredentialsWatcher(Protocol):
+    def credentials_changed(self, operators: frozenset[str]) -> None: ...
+
+
+_WATCHERS: weakref.WeakSet[CredentialsWatcher] = weakref.WeakSet()
+
+
+def watch_credentials(watcher: CredentialsWatcher) -> None:
+    """Tell `watcher` whenever an operator's password changes or the operator is
+    deactivated (held weakly: a watcher dropped is forgotten)."""
+    _WATCHERS.add(watcher)
+
+
+def _credentials_changed(operators: frozenset[str]) -> None:
+    for watcher in list(_WATCHERS):
+        watcher.credentials_changed(operators)
+
+
+def _credentials(body: Mapping[str, Any]) -> str:
+    """What a session depends on in an operator's record: the password hash (a new
+    salt each time it is set, so even the same password set again counts as a
+    change) and whether the operator is active. Roles are read on every request."""
+    active = bool(body.get("active", True))
+    return hashlib.sha256(f"{active}:{body.get('password', '')}".encode()).hexdigest()
+
+
 class Auth(LedgerBase):
     """Operators and roles (replicated in the `operators` document), permissions,
     and approvals of large amounts."""
+
+    def __init__(self, storage: Storage, now_ms: Callable[[], int] | None = None) -> None:
+        super().__init__(storage, now_ms)
+        # Failed approver passwords, per approver name and per operator asking: the
+        # node gives its login throttle (`logins`), so a name locked at /login is
+        # locked for approvals too and the other way round.
+        self._logins: LoginThrottle | None = None
+        self._ahead: list[ApprovalCheck] = []  # approver checks run off the loop
+        # Wrong card PINs, per card and per operator asking (`use_card`).
+        self.pins = LoginThrottle()
+        self._credentials_seen = self._read_credentials()
+        self.subscribe(self._watch_credentials)
+
+    @property
+    def logins(self) -> LoginThrottle:
+        """The throttle approver checks count their failures in: this ledger's own
+        until the node hands it the one its logins use."""
+        if self._logins is None:
+            self._logins = LoginThrottle()
+        return self._logins
+
+    @logins.setter
+    def logins(self, throttle: LoginThrottle) -> None:
+        self._logins = throttle
+
+    def _read_credentials(self) -> dict[str, str]:
+        return {oid: _credentials(json.loads(body)) for oid, body in
+                self.storage.conn.execute("SELECT id, body FROM operators")}
+
+    def _watch_credentials(self, record: Record, _origin: object) -> None:
+        """After each committed record, local or from a peer: if it touched the
+        operators, end the sessions of those whose password or active flag changed."""
+        if record.doc != "operators":
+            return
+        now = self._read_credentials()
+        changed = frozenset(oid for oid, seen in self._credentials_seen.items()
+                            if now.get(oid) != seen)
+        self._credentials_seen = now
+        if changed:
+            _credentials_changed(changed)
 
     # --- permissions --------------------------------------------------------
 
@@ -105,6 +235,7 @@ class Auth(LedgerBase):
         # Every operation starts here: a sweep an operation refused before its commit
         # still owed (merge.Merges._owe_sweep) is not this one's to write.
         self._owed = None
+        _ACTING.set(operator)  # whom a wrong PIN or approver password counts against
         if permission not in self.permissions(operator):
             raise PermissionDenied(f"operator {operator} may not {permission}")
 
@@ -116,12 +247,67 @@ class Auth(LedgerBase):
         if approver is None:
             raise ApprovalRequired(f"{what} needs an approver: another operator allowed "
                                    "to approve, with their name and password")
-        approver_id = self.authenticate(*approver)
+        # A login by another door: throttled as one (crdtledger.throttle), by the
+        # approver's name and by the operator asking. Locked, it is refused before
+        # the password is looked at, so a guesser learns nothing, not even a right
+        # guess; a wrong password counts against the name's logins too, once the
+        # node shares its login throttle (`logins`).
+        name, password = approver
+        ahead = self._checked_ahead_for(operator, name, password)
+        if ahead is not None:  # checked (and counted) off the loop before the operation
+            if ahead.approver is None:
+                raise PermissionDenied("wrong operator name or password")
+            approver_id = ahead.approver
+        else:
+            client = f"operator:{operator}"
+            wait = self.logins.begin(name, client)
+            if wait:
+                raise TooManyAttempts(
+                    f"too many failed logins or approvals for {name} or by this operator; "
+                    f"try again in {wait} s", wait)
+            # scrypt on this thread (the command line, the counter, an API without
+            # `check_approver_ahead`): an operation is one synchronous ledger write.
+            # The throttle bounds it: a run of wrong passwords costs at most
+            # FREE_FAILURES checks before the name and the asker are locked.
+            approver_id = verify_login(self.login_record(name), password)
+            self.logins.succeeded(name, client)
         if approver_id == operator:
             raise ApprovalRequired(f"{approver[0]} cannot approve their own {what}")
         if "approve" not in self.permissions(approver_id):
             raise ApprovalRequired(f"{approver[0]} may not approve {what}")
         return approver_id
+
+    def check_approver_ahead(self, operator: str, name: str, password: str
+                             ) -> ApprovalCheck | None:
+        """The first half of checking an approver's password before the operation that
+        may need it (see ApprovalCheck), on the ledger's thread: the attempt counted
+        as a failure until `checked_ahead` says otherwise. None while the name or the
+        operator asking is locked out: the operation refuses it then, if it needs an
+        approver at all."""
+        if self.logins.begin(name, f"operator:{operator}"):
+            return None
+        return ApprovalCheck(operator, name, password, self.login_record(name))
+
+    def checked_ahead(self, check: ApprovalCheck) -> None:
+        """The last half, on the ledger's thread once `check.run` is done: a right
+        password forgives the name's and the asker's failures; the answer waits for
+        the operation."""
+        if check.approver is not None:
+            self.logins.succeeded(check.name, f"operator:{check.operator}")
+        self._ahead.append(check)
+
+    def forget_check(self, check: ApprovalCheck) -> None:
+        """The operation is over: its approver check is no one else's."""
+        self._ahead = [c for c in self._ahead if c is not check]
+
+    def _checked_ahead_for(self, operator: str, name: str, password: str
+                           ) -> ApprovalCheck | None:
+        for c in self._ahead:
+            if (c.operator, c.name) == (operator, name) and hmac.compare_digest(
+                    c.password.encode("utf-8", "surrogatepass"),
+                    password.encode("utf-8", "surrogatepass")):
+                return c
+        return None
 
     # --- operators ----------------------------------------------------------
 

@@ -8,14 +8,14 @@ from typing import Any
 
 from pycrdt import Array, Map
 
-from crdtledger.auth import check_secret, hash_secret
+from crdtledger.auth import TooManyAttempts, acting_client, check_secret, hash_secret
 from crdtledger.commit import Write, put
 from crdtledger.errors import CardInactive, CardLost, InvalidInput, NotFound, WrongPin
 from crdtledger.inputs import check_card_no, check_date
 from crdtledger.members import Members
 from crdtledger.model import CARD_TYPES, PIN, CardStatus, CardType, is_one_of, member_doc
 from crdtledger.money import check_amount
-from crdtledger.projection import SEEN, card_frontier
+from crdtledger.projection import CARD_EVENTS_WRITABLE, SEEN, card_frontier
 
 
 class Cards(Members):
@@ -90,8 +90,23 @@ class Cards(Members):
         if card["expiry"] and card["expiry"] < self.today():
             raise CardInactive(f"card {card_no} expired on {card['expiry']}")
         pin_hash = self._pin_hash(card["id"]) if card["has_pin"] else ""
-        if pin_hash and (pin is None or not check_secret(pin, pin_hash)):
+        if not pin_hash:
+            return card
+        if pin is None:  # not typed at all: not a guess, nothing to count
             raise WrongPin(f"wrong PIN for card {card_no}")
+        # Wrong PINs are throttled as logins are (crdtledger.throttle), per card and
+        # per operator asking, at every door that takes a card and its PIN (the API,
+        # the counter, the command line through the node, the members' pages): a
+        # PIN has few digits. Locked, the PIN is not even checked.
+        key = f"card:{card['card_no']}"
+        client = acting_client(key)
+        wait = self.pins.begin(key, client)
+        if wait:
+            raise TooManyAttempts(f"too many wrong PINs for card {card['card_no']} or by "
+                                  f"this operator; try again in {wait} s", wait)
+        if not check_secret(pin, pin_hash):
+            raise WrongPin(f"wrong PIN for card {card_no}")
+        self.pins.succeeded(key, client)
         return card
 
     def _card_event(self, operator: str, permission: str, card_no: str, status: CardStatus,
@@ -100,9 +115,20 @@ class Cards(Members):
         card = self.card(card_no)
         if card["status"] not in allowed_from:
             raise InvalidInput(f"card {card_no} is {card['status']}; cannot mark it {status}")
+        if status in ("lost", "active") and self._card_events(card["id"]) >= CARD_EVENTS_WRITABLE:
+            # Beyond MAX_CARD_EVENTS every replica would refuse the card (projection.py);
+            # returning or replacing it ends it, so those stay open.
+            raise InvalidInput(f"card {card_no} has been reported lost and found too often "
+                               f"({CARD_EVENTS_WRITABLE} changes); replace it (补卡) instead")
         eid = self.clock.mint()
         self._write(self._card_status(card, (eid, status, note, operator)))
         return str(card["id"])
+
+    def _card_events(self, card_id: str) -> int:
+        row = self.storage.conn.execute(
+            "SELECT json_array_length(body, '$.events') FROM cards WHERE id = ?",
+            (card_id,)).fetchone()
+        return int(row[0] or 0) if row else 0
 
     def _card_status(self, card: Mapping[str, Any], event: tuple[str, CardStatus, str, str]
                      ) -> Write:

@@ -287,6 +287,22 @@ def project_deferred(conn: sqlite3.Connection, day_of: Any) -> list[dict[str, An
 # Where a card's status event lists the events its writer had seen (cards.Cards).
 SEEN = 4
 
+# The most events one card's record may hold, and the most ids one event may list as
+# seen: a card beyond either is malformed, quarantined alike by every replica, and no
+# longer a card. They bound what card_frontier does for any record (at most about
+# MAX_CARD_EVENTS * MAX_SEEN steps, milliseconds), whatever a dishonest branch appends
+# to a card it does not own (member documents have no write rule beyond client ids
+# and order). An honest card has a few dozen events at most (issue, losses and finds,
+# a return or a replacement); a writer refuses to report a card lost or found once it
+# holds CARD_EVENTS_WRITABLE (cards.Cards), and a return or a replacement ends a card,
+# so only branches changing one card while apart add to that: ten of them, each
+# toggling it about ninety times before they meet, to pass MAX_CARD_EVENTS. An event
+# lists the events no other had seen where it was written: more than one only when
+# branches changed the card concurrently, one per such branch.
+MAX_CARD_EVENTS = 1000
+MAX_SEEN = 64
+CARD_EVENTS_WRITABLE = MAX_CARD_EVENTS // 10
+
 
 def _status_events(events: list[Any]) -> list[list[Any]]:
     """The events naming a status a card can have (only a misbehaving peer writes
@@ -308,48 +324,95 @@ def card_frontier(events: list[Any]) -> list[list[Any]]:
     (an old writer would have let a larger id win anyway). "Seen" is followed
     through; two events that each come to have seen the other (only a misbehaving
     writer lists an event it could not have seen) are concurrent. Every replica holds
-    the same events, so every replica computes the same frontier."""
+    the same events, so every replica computes the same frontier.
+
+    In graph terms: an event is hidden when an event outside its strongly connected
+    component of the "has seen" graph has seen it, that is when an edge enters its
+    component from outside. One pass of Tarjan's algorithm, linear in the events and
+    the ids they list; a record with more than MAX_CARD_EVENTS events or an event
+    listing more than MAX_SEEN raises InvalidRecord (quarantined by record_change)."""
+    if len(events) > MAX_CARD_EVENTS:
+        raise InvalidRecord(f"card has {len(events)} events, more than {MAX_CARD_EVENTS}")
     valid = sorted(_status_events(events), key=lambda e: e[0])
     if not valid:
         return []
     first = events[0][0] if isinstance(events[0], list) and events[0] else None
+    n = len(valid)
     index = {e[0]: i for i, e in enumerate(valid)}
-    seen: list[int] = []  # a bit per event seen, by position in id order
-    old = 0  # the events so far that list nothing
+    # Nodes 0..n-1 are the events in id order. An event listing nothing has seen every
+    # earlier such event: instead of an edge to each (quadratic), one to node n+k,
+    # which has seen the k-th such event and node n+k-1 (the earlier ones). Those
+    # nodes are in no cycle (they and such events reach only earlier ones), so they
+    # change neither what an event reaches nor the components.
+    succ: list[list[int]] = []
+    chain: list[list[int]] = []  # node n+k: [the k-th event listing nothing, n+k-1]
+    used = 0  # chain nodes some event has seen (those after are dropped: seen by none)
     for i, e in enumerate(valid):
         listed = e[SEEN] if len(e) > SEEN else None
         if isinstance(listed, list):
-            bits = 0
+            if len(listed) > MAX_SEEN:
+                raise InvalidRecord(f"card event {e[0][:40]!r} lists {len(listed)} "
+                                    f"events as seen, more than {MAX_SEEN}")
+            out = []
             for ident in listed:
                 j = index.get(ident) if isinstance(ident, str) else None
                 if j is not None and j != i:
-                    bits |= 1 << j
-            seen.append(bits)
+                    out.append(j)
+            succ.append(out)
         else:
-            seen.append(0 if e[0] == first else old)
-            old |= 1 << i
-    changed = True
-    while changed:  # through what the seen events saw
-        changed = False
-        for i, bits in enumerate(seen):
-            wider, rest = bits, bits
-            while rest:
-                low = rest & -rest
-                wider |= seen[low.bit_length() - 1]
-                rest ^= low
-            wider &= ~(1 << i)
-            if wider != bits:
-                seen[i] = wider
-                changed = True
-    hidden = 0
-    for i, bits in enumerate(seen):
-        rest = bits
-        while rest:
-            low = rest & -rest
-            if not seen[low.bit_length() - 1] >> i & 1:  # seen, and did not see back
-                hidden |= low
-            rest ^= low
-    return [e for i, e in enumerate(valid) if not hidden >> i & 1]
+            if e[0] == first or not chain:
+                succ.append([])
+            else:
+                succ.append([n + len(chain) - 1])
+                used = len(chain)
+            chain.append([i, n + len(chain) - 1] if chain else [i])
+    succ += chain[:used]
+    comp = _components(succ)
+    entered = {comp[w] for v, out in enumerate(succ) for w in out if comp[w] != comp[v]}
+    return [e for i, e in enumerate(valid) if comp[i] not in entered]
+
+
+def _components(succ: list[list[int]]) -> list[int]:
+    """The strongly connected component of each node of a graph (Tarjan's algorithm,
+    iterative: a liar's chain of events must not meet Python's recursion limit)."""
+    n = len(succ)
+    order = [-1] * n  # when the search reached the node
+    low = [0] * n
+    comp = [-1] * n  # -1: not yet in a component (on the stack once reached)
+    stack: list[int] = []
+    reached = found = 0
+    for root in range(n):
+        if order[root] != -1:
+            continue
+        order[root] = low[root] = reached
+        reached += 1
+        stack.append(root)
+        work = [(root, 0)]
+        while work:
+            v, k = work[-1]
+            if k < len(succ[v]):
+                work[-1] = (v, k + 1)
+                w = succ[v][k]
+                if order[w] == -1:
+                    order[w] = low[w] = reached
+                    reached += 1
+                    stack.append(w)
+                    work.append((w, 0))
+                elif comp[w] == -1:
+                    low[v] = min(low[v], order[w])
+                continue
+            work.pop()
+            if work:
+                u = work[-1][0]
+                low[u] = min(low[u], low[v])
+            if low[v] == order[v]:
+                while True:
+                    w = stack.pop()
+                    comp[w] = found
+                    if w == v:
+                        break
+                found += 1
+    return comp
 
 
 def _card_status(events: list[Any]) -> CardStatus:
@@ -386,7 +449,13 @@ def record_change(conn: sqlite3.Connection, doc: str, root: str, key: str, value
         elif root == "cards":
             if not ID.match(key):
                 raise InvalidRecord("bad card id")
-            status = _card_status(data.get("events") or [])
+            try:
+                status = _card_status(data.get("events") or [])
+            except InvalidRecord:
+                # No card, as on a replica that never saw it well-formed: what a
+                # replica holds depends on the record only.
+                conn.execute("DELETE FROM cards WHERE id = ?", (key,))
+                raise
             conn.execute(
                 "INSERT OR REPLACE INTO cards VALUES (?,?,?,?,?)",
                 (key, str(data.get("card_no", "")), str(data.get("member", "")), status,

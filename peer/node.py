@@ -597,6 +597,8 @@ class Node:
         self.identity = identity
         self.gateways = gateways_from_config(self.data_dir)  # bad settings: refused here
         self._ledger = Ledger.open(self.data_dir)
+        # Approver passwords count with logins: one lock per name (crdtledger.auth).
+        self._ledger.logins = self.logins
         try:
             if self.ledger.node != identity.node or self.ledger.chain != identity.chain:
                 raise LedgerError(
