@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 from crdtledger import audit, closing, localtime, membership, outbox, settlement, views
 from crdtledger import bookings as booking_lib
+from crdtledger.auth import TooManyAttempts
 from crdtledger.bookings import BOOKING_STATUSES
 from crdtledger.coupons import COUPON_REASONS, COUPON_STATUSES, CouponRefused, describe_status
 from crdtledger.errors import (
@@ -94,12 +95,37 @@ YUAN = text(15, pattern=f"^{_DIGITS}$", **{"x-error": "invalid_amount"},
             description="a yuan amount like 12.34, at most two decimals")
 SIGNED_TEXT = text(16, pattern=f"^[+-]?{_DIGITS}$", **{"x-error": "invalid_amount"},
                    description="a signed amount like -1.50 (yuan) or 3 (points)")
-TAGS = array(text(40, minLength=1), 50)
-PREFS = obj({}, {k: text(60) for k in PREF_KEYS})
-CUSTOM = {"type": "object", "additionalProperties": text(MAX_TEXT), "maxProperties": 50,
-          "propertyNames": text(40, minLength=1)}
+# Text that must stay on one line: a subject becomes a mail header (a line break there
+# starts a header of the writer's choosing, and the mail library refuses it at every
+# pass of the notifier), names and labels fill lists, receipts, report lines and the
+# command line's tables. No control character, and none of the other characters
+# str.splitlines() breaks at (NEL, U+2028, U+2029). Free text (notes, reasons, a
+# broadcast's text) may break lines and hold tabs, and nothing else of the kind: a NUL
+# ends a string early in C code that shows it.
+ONE_LINE = "^[^\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]*$"
+FREE_TEXT = "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]*$"
+
+
+def line(limit: int = 200, what: str = "", **more: Any) -> Schema:
+    """`text` for a name, a label or a subject (`what`, the schema's title): refused
+    with a sentence if it holds a line break or another control character."""
+    return text(limit, pattern=ONE_LINE, **({"title": what} if what else {}),
+                description="one line of text, without line breaks or control characters",
+                **more)
+
+
+def free_text(limit: int = 200, **more: Any) -> Schema:
+    """`text` that may span lines (notes, reasons, a message's text)."""
+    return text(limit, pattern=FREE_TEXT, description="text: line breaks and tabs, but no "
+                "other control characters", **more)
+
+
+TAGS = array(line(40, "a tag", minLength=1), 50)
+PREFS = obj({}, {k: line(60) for k in PREF_KEYS})
+CUSTOM = {"type": "object", "additionalProperties": free_text(MAX_TEXT), "maxProperties": 50,
+          "propertyNames": line(40, "a field's name", minLength=1)}
 LIMIT = {"type": "integer", "minimum": 1, "maximum": 100}
-APPROVER = obj({"name": text(40), "password": text(200)},
+APPROVER = obj({"name": line(40, "an operator's name"), "password": text(200)},
                description="an operator allowed to approve an amount above the limit")
 
 # --- result schemas (documentation; schemathesis holds the API to them) -------------
@@ -345,6 +371,7 @@ _STATUS: dict[type[Exception], int] = {
     CardLost: 409,
     CardInactive: 409,
     WrongPin: 422,
+    TooManyAttempts: 429,  # wrong PINs or approver passwords: wait (retry_after)
     CouponRefused: 409,  # expired, redeemed, another member's...: the coupon's state
     booking_lib.BookingRefused: 409,  # a slot taken, passed, outside the hours...
 }
@@ -536,13 +563,13 @@ PROFILE = (
     Param("birthday", DAY_OF_YEAR),
     Param("anniversary", DAY_OF_YEAR),
     Param("home", NODE, help="the member's home branch (default: this one)"),
-    Param("notes", text()),
+    Param("notes", free_text()),
     Param("id_no", text(18, pattern=or_empty(ecma(ID_NO)),
                         description="a resident ID card number (18 characters) or empty"),
           help="ID card number (duplicates are found by it too)"),
     # Notices (crdtledger.notices): where and in which language, and promotional
     # consent, which nobody has until they give it (PIPL).
-    Param("email", text(254), help="e-mail address for notices"),
+    Param("email", line(254, "an e-mail address"), help="e-mail address for notices"),
     Param("lang", {"type": "string", "enum": ["", "zh-CN", "en"]},
           help="language of the member's notices (default: the chain's)"),
     Param("promo", {"type": "string", "enum": ["", "yes", "no"]},
@@ -552,7 +579,7 @@ PROFILE = (
 
 @operation("member.add", "Register a member", permission="member.add",
            http="POST /members", status=201, result=_id_of("member_id"),
-           params=(Param("name", text(MAX_TEXT, minLength=1), required=True),
+           params=(Param("name", line(MAX_TEXT, "a name", minLength=1), required=True),
                    Param("phone", text(20, pattern=ecma(PHONE)), required=True),
                    *PROFILE,
                    Param("tags", TAGS, flag="--tag", help="repeatable"),
@@ -612,10 +639,11 @@ def member_find(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]
 
 
 EDIT = (
-    Param("name", text(MAX_TEXT, minLength=1)),
+    Param("name", line(MAX_TEXT, "a name", minLength=1)),
     Param("phone", text(20, pattern=or_empty(ecma(PHONE)))),
     *PROFILE,
-    Param("level", text(MAX_TEXT, description="a level name: a manual upgrade")),
+    Param("level", line(MAX_TEXT, "a level name: a manual upgrade"),
+          help="a level name: a manual upgrade"),
     Param("deleted", {"type": "boolean"}, flag="--delete", switch=True,
           help="mark the member deleted"),
 )
@@ -866,7 +894,7 @@ def debit(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
            http="POST /refund",
            params=(Param("debit_id", ENTRY_ID, required=True, flag="--debit"), *AMOUNT,
                    Param("qty", COUNT, help="package uses, or goods units"),
-                   Param("reason", text())),
+                   Param("reason", free_text())),
            forms=(Form(("amount", "yuan", "qty"), optional=True),), result=ENTRY,
            show=_done(lambda e, p: "refunded " + (
                f"{e['goods']} x{e['qty']}: {format_yuan(e['amount'])}" if e.get("goods")
@@ -899,7 +927,8 @@ POINTS = Param("points", COUNT, required=True)
 
 
 @operation("points.redeem", "积分兑换: spend points on a gift", permission="points.redeem",
-           http="POST /points/redeem", params=(MEMBER, POINTS, Param("gift", text())),
+           http="POST /points/redeem",
+           params=(MEMBER, POINTS, Param("gift", line(what="a gift"))),
            result=ENTRY, show=_done(lambda e, _p: f"redeemed {e['points']} points"))
 def points_redeem(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return ledger.redeem_points(operator, p["member"], p["points"], p.get("gift", ""))
@@ -947,7 +976,7 @@ def package_sell(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
            params=(MEMBER, PURSE_PARAM, Param("change", SIGNED, flag=None),
                    Param("change_text", SIGNED_TEXT, flag="--change",
                          help="signed: yuan for cash/bonus, a count otherwise"),
-                   Param("reason", text(MAX_TEXT, minLength=1), required=True), APPROVAL),
+                   Param("reason", free_text(MAX_TEXT, minLength=1), required=True), APPROVAL),
            forms=(Form(("change", "change_text")),), result=ENTRY,
            show=_done(lambda e, p: f"corrected {p['purse']} by " + (
                p["change_text"].strip() if "change_text" in p
@@ -1196,13 +1225,13 @@ def _moved(e: Mapping[str, Any], _p: Params) -> str:
 @operation("goods.add", "商品资料: add a goods item to the chain's catalogue, or change one "
            "(head office)", permission="goods.write", http="POST /goods", status=201,
            params=(Param("code", text(20, pattern=ecma(SERVICE_CODE)), required=True),
-                   Param("name", text(60, minLength=1), required=True),
+                   Param("name", line(60, "a name", minLength=1), required=True),
                    Param("price", FEE, flag=None),
                    Param("price_yuan", YUAN, flag="--price", help="sale price in yuan"),
                    Param("cost", FEE, flag=None),
                    Param("cost_yuan", YUAN, flag="--cost", help="cost in yuan"),
-                   Param("barcode", text(40)), Param("unit", text(10)),
-                   Param("category", text(40)),
+                   Param("barcode", line(40, "a barcode")), Param("unit", line(10, "a unit")),
+                   Param("category", line(40, "a category")),
                    Param("points_price", {**FEE, "description": "points a gift costs; 0: "
                                           "not a gift"}, default=0),
                    Param("low_stock", {**FEE, "description": "remind below this many "
@@ -1235,7 +1264,7 @@ def goods_list(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]
            params=(GOODS, QTY, Param("cost", FEE, flag=None),
                    Param("cost_yuan", YUAN, flag="--cost",
                          help="unit cost in yuan (default the catalogue's)"),
-                   Param("supplier", text(60))),
+                   Param("supplier", line(60, "a supplier"))),
            forms=(Form(("cost", "cost_yuan"), optional=True),), result=ENTRY,
            show=lambda _l, e, p: _moved(e, p))
 def stock_in(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
@@ -1246,7 +1275,7 @@ def stock_in(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
 
 @operation("stock.return", "商品退货单: units sent back to the supplier",
            permission="stock.write", http="POST /stock/return",
-           params=(GOODS, QTY, Param("supplier", text(60))), result=ENTRY,
+           params=(GOODS, QTY, Param("supplier", line(60, "a supplier"))), result=ENTRY,
            show=lambda _l, e, p: _moved(e, p))
 def stock_return(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return ledger.stock_return(operator, p["goods"], p["qty"], p.get("supplier", ""))
@@ -1257,7 +1286,7 @@ def stock_return(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
            permission="stock.write", http="POST /stock/adjust",
            params=(GOODS, Param("change", {**SIGNED, "description": "signed units"},
                                 required=True),
-                   Param("reason", text(MAX_TEXT, minLength=1), required=True), APPROVAL),
+                   Param("reason", free_text(MAX_TEXT, minLength=1), required=True), APPROVAL),
            result=ENTRY, show=lambda _l, e, p: _moved(e, p))
 def stock_adjust(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return ledger.stock_adjust(operator, p["goods"], p["change"], p["reason"],
@@ -1360,12 +1389,12 @@ def rule_set(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return {"rule_id": ledger.set_rule(operator, p["kind"], p["body"], p.get("effective_from"))}
 
 
-ROLE_NAME = text(40, minLength=1)
+ROLE_NAME = line(40, "a role's name", minLength=1)
 
 
 @operation("operator.add", "An operator (工号) with a password and roles",
            permission="operators.manage", http="POST /operators", status=201,
-           params=(Param("name", text(40, minLength=1), required=True),
+           params=(Param("name", line(40, "an operator's name", minLength=1), required=True),
                    Param("password", text(200), required=True),
                    Param("roles", array(ROLE_NAME, 20), default=["cashier"], flag="--role",
                          help="owner, manager, cashier or a defined role; repeatable")),
@@ -1445,8 +1474,8 @@ def notice_history(ledger: Ledger, operator: str, p: Params) -> list[dict[str, A
            "days, tags): only members who consented get it (PIPL); {name} in the text is "
            "the member's name", permission="notice.broadcast", http="POST /notices/broadcast",
            status=201,
-           params=(Param("subject", text(80, minLength=1), required=True),
-                   Param("text", text(500, minLength=1), required=True),
+           params=(Param("subject", line(80, "a subject", minLength=1), required=True),
+                   Param("text", free_text(500, minLength=1), required=True),
                    *SEGMENT),
            result={"type": "object", "required": ["broadcast", "segment", "queued"],
                    "properties": {"broadcast": STR, "segment": INT, "queued": INT,
@@ -1484,7 +1513,7 @@ ATTENDANCE_ROW = {"type": "object",
                   "properties": {**{k: STR for k in ("entry", "member", "name", "branch",
                                                       "day", "time", "status")},
                                  "points": INT}}
-_REASON = Param("reason", text(MAX_TEXT), help="why (kept with the decision)")
+_REASON = Param("reason", free_text(MAX_TEXT), help="why (kept with the decision)")
 
 
 def _show_referral(_l: Ledger, v: Any, _p: Params) -> str:
@@ -1581,7 +1610,7 @@ def checkin(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
            "time, points, and whether it repeats (once, or daily up to per-day times)",
            permission="rules.manage", http="PUT /activities/{code}", result=_id_of("rule"),
            params=(Param("code", ACTIVITY, required=True),
-                   Param("name", text(60, minLength=1), required=True),
+                   Param("name", line(60, "a name", minLength=1), required=True),
                    Param("from", LOCAL_MINUTE, required=True, help="opens, e.g. 2026-12-01T09:00"),
                    Param("to", LOCAL_MINUTE, required=True, help="closes, e.g. 2026-12-31T21:00"),
                    Param("points", {**FEE, "description": "points a check-in gives"},
@@ -1632,7 +1661,7 @@ def activity_reconcile(ledger: Ledger, operator: str, p: Params) -> list[dict[st
 
 @operation("exit.apply", "退会申报: apply for a member's exit, with a reason (approved by "
            "another operator)", permission="member.exit", http="POST /exits", status=201,
-           params=(MEMBER, Param("reason", text(MAX_TEXT, minLength=1), required=True)),
+           params=(MEMBER, Param("reason", free_text(MAX_TEXT, minLength=1), required=True)),
            result=EXIT_VIEW, show=_show_exit)
 def exit_apply(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return ledger.apply_exit(operator, p["member"], p["reason"])
@@ -1641,7 +1670,7 @@ def exit_apply(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
 @operation("exit.return", "Apply for the return of a member who left, with a reason "
            "(approved by another operator)", permission="member.exit",
            http="POST /returns", status=201,
-           params=(MEMBER, Param("reason", text(MAX_TEXT, minLength=1), required=True)),
+           params=(MEMBER, Param("reason", free_text(MAX_TEXT, minLength=1), required=True)),
            result=EXIT_VIEW, show=_show_exit)
 def exit_return(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return ledger.apply_exit(operator, p["member"], p["reason"], step="return")
@@ -1726,8 +1755,8 @@ def _show_booking(_ledger: Ledger, b: Any, _p: Params) -> str:
            permission="technician.manage", http="POST /technicians", status=201,
            params=(Param("code", text(16, pattern="^[A-Za-z0-9_-]{1,16}$"), required=True,
                          help="the technician's code at this branch, e.g. T01"),
-                   Param("name", text(40, minLength=1), required=True),
-                   Param("services", text(400, minLength=1), required=True,
+                   Param("name", line(40, "a name", minLength=1), required=True),
+                   Param("services", line(400, "service codes", minLength=1), required=True,
                          help="service codes of the price list, comma-separated: "
                          "FOOT60,BODY90"),
                    Param("hours", text(11, pattern=booking_lib.HOURS.pattern.replace("\\Z", "$")),

@@ -45,7 +45,7 @@ from typing import Any, Protocol, TypeVar
 from aiohttp import web
 
 from crdtledger import operations, views
-from crdtledger.auth import verify_login
+from crdtledger.auth import TooManyAttempts, verify_login
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
 from crdtledger.ledger import Ledger
 from crdtledger.operations import ANY_OBJECT, ENTRY_ID, NODE, STR, TABLE, Operation
@@ -119,7 +119,9 @@ SESSION = web.RequestKey("session", Session)  # of the request, for refusals to 
 
 
 class Sessions:
-    """Bearer tokens of logged-in operators, in memory."""
+    """Bearer tokens of logged-in operators, in memory. An operator's tokens end when
+    the operator's password changes or the operator is deactivated, at this branch
+    or at another one (the ledgers tell: `crdtledger.auth.watch_credentials`)."""
 
     def __init__(self, ttl_s: float = TOKEN_TTL_S,
                  clock: Callable[[], float] = time.monotonic,
@@ -129,6 +131,16 @@ class Sessions:
         # Failed logins, on the same clock as the tokens (a test moves both).
         self.throttle = throttle if throttle is not None else LoginThrottle(clock=clock)
         self._by_token: dict[str, Session] = {}
+        from crdtledger.auth import watch_credentials
+
+        watch_credentials(self)
+
+    def credentials_changed(self, operators: frozenset[str]) -> None:
+        """These operators' passwords changed or they were deactivated: their tokens
+        stop working now, not when they expire (a reset password is the usual answer
+        to a leaked one)."""
+        for token in [t for t, s in self._by_token.items() if s.operator in operators]:
+            del self._by_token[token]
 
     def open(self, operator: str, name: str) -> str:
         now = self._clock()
@@ -174,7 +186,10 @@ def _refusal(e: LedgerError, session: Session | None) -> web.Response:
     # The library names operators by id; people know the name they logged in with.
     names = {session.operator: session.name} if session is not None else {}
     code, status, sentence = operations.describe(e, names)
-    return _error(status, code, sentence, **operations.details(e))
+    response = _error(status, code, sentence, **operations.details(e))
+    if isinstance(e, TooManyAttempts):
+        response.headers["Retry-After"] = str(e.retry_after)
+    return response
 
 
 @web.middleware
@@ -352,15 +367,31 @@ def _route_of(op: Operation) -> Route:
     elif rest:
         body = op.schema([p.name for p in rest])
 
+    takes_approver = any(p.name == "approver" for p in op.params)
+
     async def handler(c: Call) -> Any:
         operator = c.operator
 
         def run() -> Any:
             return operations.run(c.ledger, operator, op.name, c.params)
 
-        if op.write:
+        if not op.write:
+            return run()
+        # An approver's password is checked before the operation, off the loop as a
+        # login's is (crdtledger.auth.ApprovalCheck); the operation takes the answer.
+        ahead = None
+        a = c.params.get("approver") if takes_approver else None
+        if isinstance(a, dict) and isinstance(a.get("name"), str) \
+                and isinstance(a.get("password"), str):
+            ahead = c.ledger.check_approver_ahead(operator, a["name"], a["password"])
+            if ahead is not None:
+                await asyncio.to_thread(ahead.run)
+                c.ledger.checked_ahead(ahead)
+        try:
             return await c.host.perform(run, op.name)
-        return run()
+        finally:
+            if ahead is not None:
+                c.ledger.forget_check(ahead)
 
     needs = (f"Needs one of the permissions: {', '.join(sorted(op.needs))}."
              if op.needs else "Any operator.")
@@ -542,11 +573,21 @@ def _bearer(request: web.Request) -> str:
 
 
 def _query_value(name: str, raw: str, param: Query) -> Any:
-    """Query text as the schema's type: the operation checks the value itself."""
-    if param.schema.get("type") == "integer":
+    """Query text as the schema's type: the operation checks the value itself.
+
+    A boolean is true or false (any case), or 1 or 0; a bare name (`?low`, which
+    reads the same as `?low=`) is true, as the command line's switch `--low` is."""
+    kind = param.schema.get("type")
+    if kind == "integer":
         if not re.fullmatch("[0-9]{1,15}", raw):
             raise InvalidInput(f"{name} must be a whole number, not {show(raw)}")
         return int(raw)
+    if kind == "boolean":
+        value = {"true": True, "1": True, "": True, "false": False, "0": False}.get(
+            raw.lower())
+        if value is None:
+            raise InvalidInput(f"{name} must be true or false (or 1 or 0), not {show(raw)}")
+        return value
     return raw
 
 
@@ -624,8 +665,9 @@ ERROR_MEANING = {
     413: "The request body is too large (64 KB of JSON; a sync file upload 256 MB)",
     415: "The request body is not application/json",
     422: "Refused for this card or debit, e.g. wrong_pin",
-    429: "Too many failed logins for this operator or from this address "
-         "(too_many_attempts); the Retry-After header says when to try again",
+    429: "Too many failed logins for this operator or from this address, or wrong "
+         "approver passwords or card PINs (too_many_attempts); the Retry-After header "
+         "says when to try again",
 }
 
 
@@ -636,7 +678,7 @@ def _refusal_statuses(r: Route) -> set[int]:
     if r.auth:
         out |= {401, 403}
     if r.name not in ("logout", "sync_status", "openapi_document"):
-        out |= {400, 404, 409, 422}  # whatever the ledger may refuse with
+        out |= {400, 404, 409, 422, 429}  # whatever the ledger may refuse with
     if r.body is not None:
         out |= {413, 415}
     if r.binary_body:

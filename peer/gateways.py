@@ -44,6 +44,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import time
 import tomllib
 from collections import deque
@@ -96,8 +97,10 @@ class LogGateway:
         self.file = file  # also appended to, one line a message (the demo shows it)
 
     async def send(self, msg: Message) -> None:
-        line = (f"{msg.channel} to {msg.to} [{msg.key}]: {msg.subject} | "
-                f"{msg.body.strip().replace(chr(10), ' / ')}")
+        # One line a message, whatever a stored subject or address holds.
+        line = (f"{msg.channel} to {one_line(msg.to)} [{one_line(msg.key)}]: "
+                f"{one_line(msg.subject)} | "
+                f"{one_line(msg.body.strip().replace(chr(10), ' / '))}")
         log.info("%s", line)
         self.sent.append(msg)
         if self.file is not None:
@@ -132,6 +135,20 @@ def message_id(key: str, sender: str) -> str:
     return f"<{safe}@{domain}>"
 
 
+# Control characters and whatever else str.splitlines() breaks a line at: in a header
+# they would start a header of their own (the mail library refuses CR and LF, and
+# passes a NUL through to the server).
+_NOT_ONE_LINE = re.compile("[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]+")
+
+
+def one_line(value: str) -> str:
+    """A header's text on one line: each run of line breaks or control characters
+    becomes a space. For what the node wrote itself from a stored value (a subject, a
+    branch's name in it) that the API refuses today but an older version, or another
+    branch's record, may have kept: the notice still goes, and only as one header."""
+    return _NOT_ONE_LINE.sub(" ", value).strip()
+
+
 class SmtpGateway:
     channel = "email"
 
@@ -139,23 +156,33 @@ class SmtpGateway:
         self.settings = settings
 
     def _mime(self, msg: Message) -> EmailMessage:
+        """The mail; a recipient that is not one address on one line is a GatewayError
+        (changing it would send the notice to someone else)."""
         s = self.settings
+        if not msg.to or _NOT_ONE_LINE.search(msg.to) or any(c.isspace() for c in msg.to):
+            raise GatewayError(f"{msg.to!r} is not an e-mail address: this notice cannot "
+                               "be sent by mail")
         mail = EmailMessage()
-        mail["From"] = s.sender
-        mail["To"] = msg.to
-        mail["Subject"] = msg.subject
-        mail["Message-ID"] = message_id(msg.key, s.sender) if msg.key else make_msgid()
-        mail["X-Notice-Key"] = msg.key
-        mail.set_content(msg.body)
+        try:
+            mail["From"] = s.sender
+            mail["To"] = msg.to
+            mail["Subject"] = one_line(msg.subject)
+            mail["Message-ID"] = message_id(msg.key, s.sender) if msg.key else make_msgid()
+            mail["X-Notice-Key"] = one_line(msg.key)
+            mail.set_content(msg.body)
+        except (ValueError, TypeError, LookupError) as e:  # the email package's refusals
+            raise GatewayError(f"this notice cannot be put in a mail ({e}); it is kept "
+                               "with this reason") from None
         return mail
 
     async def send(self, msg: Message) -> None:
         import aiosmtplib
 
         s = self.settings
+        mail = self._mime(msg)
         try:
             await aiosmtplib.send(
-                self._mime(msg), hostname=s.host, port=s.port, use_tls=s.tls,
+                mail, hostname=s.host, port=s.port, use_tls=s.tls,
                 start_tls=s.starttls and not s.tls, username=s.username or None,
                 password=s.password or None, timeout=s.timeout_s)
         except aiosmtplib.SMTPAuthenticationError as e:

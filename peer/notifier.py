@@ -49,8 +49,14 @@ class Notifier:
             ledger = self.node.ledger
             now = self.clock()
             channels = sorted(self.node.gateways)
-            due = outbox.collect(ledger, now, channels)
-            new = outbox.keep(ledger, due, now)
+            try:
+                due = outbox.collect(ledger, now, channels)
+                new = outbox.keep(ledger, due, now)
+            except Exception:  # what is kept still goes
+                # Finding what is due reads what every branch wrote; whatever in it
+                # trips the scan, the notices already kept are still sent.
+                log.exception("notices: finding what is due failed")
+                new = 0
             if new:
                 log.info("notices: %d due", new)
             sent = 0
@@ -75,6 +81,12 @@ class Notifier:
             except TimeoutError:
                 error = (f"the {o.channel} gateway took over {SEND_TIMEOUT_S:.0f} s to answer; "
                          "it will be tried again")
+            except Exception as e:  # one notice must not hold up the rest
+                # A notice the gateway could not even build (a stored subject that is no
+                # header, text that is no text): kept with why, and the pass goes on.
+                log.exception("notice %s: the %s gateway failed", o.key, o.channel)
+                error = (f"the {o.channel} gateway could not send this notice "
+                         f"({type(e).__name__}: {e}); it will be tried again")
         delay = outbox.mark_failed(self.node.ledger, o.key, error, self.clock())
         log.warning("notice %s to %s not sent: %s (again in %d s)", o.key, o.to, error, delay)
         return False
