@@ -60,7 +60,7 @@ ANTI_ENTROPY_S = 3.0
 RIGHTS_DEADLINE_S = 2.0
 # Seconds between rebalancer passes (rights follow the member's visits).
 REBALANCE_S = 60.0
-# Entries the rebalancer reads per turn of the loop (views.debited_elsewhere_since).
+# Entries the rebalancer reads per turn of the loop (views.debited_elsewhere_arrived).
 REBALANCE_SCAN = 20_000
 # Seconds between looks at the calendar: the daily housekeeping (Ledger.housekeeping:
 # expired points written off, merged members swept) runs a minute after start, not in
@@ -310,7 +310,7 @@ class NodeCore:
         # (giver, request id) -> what waits for that answer
         self._asked: dict[tuple[str, int], tuple[Kind, Any]] = {}
         self._out: list[Effect] = []
-        self._rebalance_mark = views.max_entry_id(ledger)
+        views.debits_arrived_from_now(ledger)  # the rebalancer's queue (not ids: clocks)
         self._rebalance_queue: OrderedDict[str, None] = OrderedDict()  # members, in turn
         self._housekept: str | None = None  # the day the last housekeeping pass ran
         # The pass under way, a step per turn: (its day, its steps, entries written).
@@ -861,8 +861,7 @@ class NodeCore:
         need to follow them (escrow.rebalance). Reads REBALANCE_SCAN entries; True if
         more remain. (A queue kept as a list, each member tested against it, took 43 s
         of one turn after a branch joined a chain of 1M entries.)"""
-        members, self._rebalance_mark, more = views.debited_elsewhere_since(
-            self.ledger, self.node, self._rebalance_mark, REBALANCE_SCAN)
+        members, more = views.debited_elsewhere_arrived(self.ledger, self.node, REBALANCE_SCAN)
         for m in members:
             self._rebalance_queue.setdefault(m)
         return more

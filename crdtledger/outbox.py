@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from crdtledger import bookings, notices, views
 from crdtledger.errors import LocalProtocolError
-from crdtledger.hlc import id_floor, id_time_ms
 from crdtledger.notices import Notice
 
 if TYPE_CHECKING:
@@ -42,15 +41,28 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox(next_try) WHERE sent IS NULL",
     "CREATE INDEX IF NOT EXISTS outbox_member ON outbox(member, due)",
     "CREATE TABLE IF NOT EXISTS outbox_marks(name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # The debits not yet looked at, in the order they reached this store (a rowid
+    # table: each row goes once looked at). Filled by a trigger, in the transaction
+    # that projects the entry, whatever its id: an id is its writer's clock (a branch
+    # whose clock runs days ahead, or was put back, or that was offline for a week
+    # mints ids far from when they arrive here), and an entry deferred for funding
+    # (crdtledger.projection) is inserted only once funded. Created on first use,
+    # like the rest of the outbox: a store that never sends notices pays nothing.
+    "CREATE TABLE IF NOT EXISTS outbox_debits(pos INTEGER PRIMARY KEY, entry TEXT NOT NULL)",
+    "CREATE TRIGGER IF NOT EXISTS outbox_debit_arrived AFTER INSERT ON entries "
+    "WHEN NEW.kind = 'debit' BEGIN INSERT INTO outbox_debits(entry) VALUES (NEW.id); END",
 )
 # What was sent to whom is history for a year and a bit, then goes (PIPL: kept no
 # longer than needed; the sent message named a member and their phone or e-mail).
 KEEP_SENT_DAYS = 400
 RETRY_FIRST_S = 60
 RETRY_MAX_S = 3600
-# Debits are looked at again this far back: one made elsewhere reaches the member's
-# home branch later than its id's time (a key makes a second look harmless).
-DEBIT_LOOKBACK_MS = 3_600_000
+# Debits looked at per pass, at most (a catch-up brings a month of them): the rest
+# wait in the queue for the next pass.
+DEBIT_SCAN = 20_000
+# The mark saying the debit queue has been looked at (an older store's mark was an
+# entry id: its first look on this code starts afresh, like a new store's).
+DEBITS_QUEUED = "queue"
 
 
 class Outgoing(NamedTuple):
@@ -169,6 +181,7 @@ def _local(ledger: Ledger, now_ms: int) -> datetime:
 class Due(NamedTuple):
     notices: list[Notice]
     marks: dict[str, str]  # scan marks to keep once the notices are kept
+    debits_read: int = 0  # the queued debits looked at (outbox_debits.pos up to this)
 
 
 def collect(ledger: Ledger, now_ms: int, channels: Sequence[str]) -> Due:
@@ -195,15 +208,15 @@ def collect(ledger: Ledger, now_ms: int, channels: Sequence[str]) -> Due:
                                           rule, channels, rule["shop"] or ledger.chain)
         # The mark only spares a second scan that day: the keys keep each notice once.
         marks["greetings"] = day
-    debits, top = _recent_debits(ledger)
-    if top:
-        marks["debits"] = top
+    debits, read = _queued_debits(ledger)
+    if _mark(ledger, "debits") != DEBITS_QUEUED:
+        marks["debits"] = DEBITS_QUEUED
     out += notices.low_balance_notices(node, debits, rule, channels)
     out += notices.reminder_notices(node, _bookings_soon(ledger, now_ms, rule), rule, channels)
     conn = _conn(ledger)
     fresh = [n for n in out if conn.execute("SELECT 1 FROM outbox WHERE key = ?",
                                             (n.key,)).fetchone() is None]
-    return Due(fresh, marks)
+    return Due(fresh, marks, read)
 
 
 def keep(ledger: Ledger, due: Due, now_ms: int) -> int:
@@ -216,6 +229,9 @@ def keep(ledger: Ledger, due: Due, now_ms: int) -> int:
     for name, value in due.marks.items():
         _set_mark(ledger, name, value)
     conn = _conn(ledger)
+    # Only those read: a debit queued since has a greater pos (the rows read are
+    # still there, so a new row's rowid is above them).
+    conn.execute("DELETE FROM outbox_debits WHERE pos <= ?", (due.debits_read,))
     conn.execute("DELETE FROM outbox WHERE sent IS NOT NULL AND sent < ?",
                  (now_ms - KEEP_SENT_DAYS * 86_400_000,))
     # An erased member's notices go too, sent or not: their address and name are in
@@ -250,30 +266,34 @@ def _home_members(ledger: Ledger, day: str, rule: Mapping[str, Any]) -> list[dic
     return out
 
 
-def _recent_debits(ledger: Ledger) -> tuple[list[dict[str, Any]], str]:
-    """Debits of this node's members that took stored value, since the last look
-    (less DEBIT_LOOKBACK_MS), and the new mark; the first look starts at the newest
-    entry (no notices for history)."""
-    conn = ledger.storage.conn
-    mark = _mark(ledger, "debits")
-    top = views.max_entry_id(ledger)
-    if mark is None:
-        return [], top or "0"
-    since = id_floor(max(0, id_time_ms(mark) - DEBIT_LOOKBACK_MS)) if mark != "0" else ""
+def _queued_debits(ledger: Ledger) -> tuple[list[dict[str, Any]], int]:
+    """Debits of this node's members that took stored value, among the (at most
+    DEBIT_SCAN) oldest in the queue of those not yet looked at, and the queue's pos up
+    to which they were read (`keep` takes them off then). Each debit that reaches
+    this store is looked at once, in the order it came, whatever its id; the first
+    look takes what is queued off unread (no notices for history)."""
+    conn = _conn(ledger)
+    rows = conn.execute("SELECT pos, entry FROM outbox_debits ORDER BY pos LIMIT ?",
+                        (DEBIT_SCAN,)).fetchall()
+    if not rows or _mark(ledger, "debits") != DEBITS_QUEUED:
+        top = conn.execute("SELECT COALESCE(MAX(pos), 0) FROM outbox_debits").fetchone()[0]
+        return [], int(top)
     out = []
-    for eid, member, body in conn.execute(
-            "SELECT e.id, e.member, e.body FROM entries e JOIN members m ON m.id = e.member "
-            "WHERE e.id > ? AND e.kind = 'debit' AND m.home = ? ORDER BY e.id",
-            (since, ledger.node)):
+    for _pos, eid in rows:
+        row = conn.execute(
+            "SELECT e.member, e.body, m.body FROM entries e JOIN members m ON m.id = e.member "
+            "WHERE e.id = ? AND m.home = ?", (eid, ledger.node)).fetchone()
+        if row is None:  # another branch's member (or an entry rewritten since)
+            continue
+        member, body, prof = row
         e = json.loads(body)
         paid = -sum(int(c) for purse, _n, c in e["deltas"] if purse in ("cash", "bonus"))
         if paid <= 0:
             continue
         bal = views.balance(conn, member)
-        prof = conn.execute("SELECT body FROM members WHERE id = ?", (member,)).fetchone()
-        out.append({"entry": eid, "member": member, "profile": json.loads(prof[0]),
+        out.append({"entry": eid, "member": member, "profile": json.loads(prof),
                     "paid": paid, "balance": int(bal["cash"]) + int(bal["bonus"])})
-    return out, (top if top > mark else "")
+    return out, int(rows[-1][0])
 
 
 def _bookings_soon(ledger: Ledger, now_ms: int, rule: Mapping[str, Any]

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from aiohttp import web
+from helpers import FakeClock, new_ledger, sync
 
 from crdtledger import notices, operations, outbox
 from crdtledger.errors import InvalidInput
@@ -361,3 +362,91 @@ def test_a_booking_confirmed_here_gets_its_reminder_before_it_starts(tmp_path: P
         outbox.keep(led, due, clock["ms"])
         assert not [n for n in outbox.collect(led, clock["ms"] + 60_000, BOTH).notices
                     if n.kind == "reminder"], "once"
+
+
+def _look(ledger: Ledger, now_ms: int) -> list[str]:
+    """One pass of the notifier's: what low-balance notices are new, kept."""
+    due = outbox.collect(ledger, now_ms, BOTH)
+    outbox.keep(ledger, due, now_ms)
+    return [n.member for n in due.notices if n.kind == "low_balance"]
+
+
+def _only_from(src: Ledger, dst: Ledger, writer: str) -> None:
+    """`dst` takes from `src` the records of `writer`'s log only."""
+    dst.apply_batch(src.batch([r for r in src.lacking(dst.log_view()) if r.node == writer]))
+
+
+def test_a_branch_whose_clock_runs_days_ahead_hides_no_debit_from_the_low_balance_notice(
+        tmp_path: Path) -> None:
+    """Ids are their writer's clock. SH02's runs 3 days ahead: once its top-up reached
+    SH01, a scan by id from the greatest id held looked past every debit written since
+    at branches with the right clock. Debits are looked at in the order they reached
+    SH01: each once, a debit deferred for its funding (projected only once the
+    transfer that funds it comes) too, and nothing is told twice."""
+    good = FakeClock(NOW)
+    ahead = FakeClock(NOW + 3 * 86_400_000)
+    sh01 = new_ledger(tmp_path, "SH01", now_ms=good)
+    sh02 = new_ledger(tmp_path, "SH02", now_ms=ahead)
+    sh03 = new_ledger(tmp_path, "SH03", now_ms=good)
+    try:
+        zhang, li, wang = (sh01.add_member(sh01.owner, name=n, phone=p) for n, p in (
+            ("张伟", "13800000001"), ("李娜", "13800000002"), ("王芳", "13800000003")))
+        sync(sh01, sh02)
+        sync(sh01, sh03)
+        sh03.topup(sh03.owner, zhang, 10_000)
+        sync(sh01, sh03)
+        assert _look(sh01, good.ms) == []  # the first look: from now on
+
+        sh02.topup(sh02.owner, wang, 1_000)  # its id 3 days ahead
+        sync(sh01, sh02)
+        good.ms += 60_000
+        assert _look(sh01, good.ms) == []
+        sh03.debit(sh03.owner, zhang, amount=6_000)  # 40.00 left, below 50.00
+        sync(sh01, sh03)
+        good.ms += 60_000
+        assert _look(sh01, good.ms) == [zhang]
+        good.ms += 60_000
+        assert _look(sh01, good.ms) == [], "told once"
+
+        # 李娜's value is SH02's, given to SH03; SH01 gets SH03's debit before the
+        # transfer that funds it: deferred, then projected when SH02's log comes.
+        sh02.topup(sh02.owner, li, 10_000)
+        sh02.transfer_rights(sh02.owner, li, "SH03", 10_000, "cash")
+        sync(sh02, sh03)
+        sh03.debit(sh03.owner, li, amount=6_000)
+        _only_from(sh03, sh01, "SH03")
+        assert sh01.storage.conn.execute("SELECT COUNT(*) FROM deferred").fetchone() == (1,)
+        good.ms += 60_000
+        assert _look(sh01, good.ms) == []
+        sync(sh01, sh02)
+        assert sh01.balance(li)["cash"] == 4_000
+        good.ms += 60_000
+        assert _look(sh01, good.ms) == [li]
+        for _ in range(3):
+            good.ms += 3_600_000
+            assert _look(sh01, good.ms) == []
+        assert sorted(h["member"] for h in outbox.history(sh01, kind="low_balance")) == sorted(
+            [zhang, li])
+        assert sh01.storage.conn.execute("SELECT COUNT(*) FROM outbox_debits").fetchone() == (
+            0,), "each debit looked at goes from the queue"
+    finally:
+        for x in (sh01, sh02, sh03):
+            x.close()
+
+
+def test_debits_are_looked_at_a_slice_per_pass_each_once(
+        ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass looks at DEBIT_SCAN queued debits at most; the rest wait for the next,
+    and what a pass found but did not keep is found again."""
+    m = members(ledger)
+    assert _look(ledger, NOW) == []
+    for who in ("never", "no"):
+        op(ledger, "topup", member=m[who], amount=10000, pay="cash")
+        op(ledger, "debit", member=m[who], amount=6000)
+    monkeypatch.setattr(outbox, "DEBIT_SCAN", 1)
+    due = outbox.collect(ledger, NOW + 1000, BOTH)
+    assert outbox.collect(ledger, NOW + 1000, BOTH) == due, "not kept: found again"
+    outbox.keep(ledger, due, NOW + 1000)
+    assert [n.member for n in due.notices if n.kind == "low_balance"] == [m["never"]]
+    assert _look(ledger, NOW + 2000) == [m["no"]]
+    assert _look(ledger, NOW + 3000) == []
