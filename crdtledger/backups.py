@@ -139,8 +139,10 @@ def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
             lock: bool = True, progress: Progress = _silent) -> dict[str, Any]:
     """Make `data_dir` the node a backup holds; returns {node, chain, taken_at, ...}.
 
-    `source` is a backup file or a directory holding ``ledger.backup``. A store
-    already in `data_dir` must be the same node's; it is kept aside as
+    `source` is a backup file or a directory holding ``ledger.backup``. A certificate
+    in `data_dir` must name the backup's node. A store already in `data_dir` must be
+    the same node's, and not hold more of its own log than the backup (a newer store
+    is refused, never put aside for an older one); it is kept aside as
     ``ledger.sqlite3.before-restore-<time>`` with its WAL. Key files already in
     `data_dir` are kept (they are the node's current identity and opened the backup);
     missing ones are written from the backup. `lock` False: the caller holds the
@@ -168,7 +170,17 @@ def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
     if here is not None and here[0] != sealed.node:
         raise StoreError(f"{data_dir} holds node {here[0]}; {what} is of node {sealed.node}: "
                          "restore it into an empty directory")
-    own_identity = _own_cert(data_dir) is not None
+    # The directory's own certificate is kept (it opened the backup): it must be the
+    # backup's node's, whether or not a store is left beside it. Another branch's
+    # would make a node that writes SH01's store under SH02's key, which no branch
+    # ever takes (its directory, its store damaged, is still that branch's).
+    own_cert = _own_cert(data_dir)
+    own_node = node_of(own_cert) if own_cert is not None else None
+    if own_cert is not None and own_node != sealed.node:
+        raise StoreError(f"{data_dir} is node {own_node}'s directory (its certificate names "
+                         f"it); {what} is of node {sealed.node}: restore it into node "
+                         f"{sealed.node}'s directory or an empty one")
+    own_identity = own_cert is not None
     private_dir(data_dir)
     with _locked(data_dir) if lock else contextlib.nullcontext():
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -188,6 +200,26 @@ def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
             tmp.unlink(missing_ok=True)
             raise CorruptSyncFile(f"{what} is signed by node {sealed.node} of chain "
                                   f"{trust.chain} but holds another store")
+        try:
+            backup_tip = _mark_restored(tmp, sealed.node, what)
+        except BaseException:
+            for suffix in SQLITE_SUFFIXES:
+                Path(str(tmp) + suffix).unlink(missing_ok=True)
+            raise
+        # A readable store of this node that holds more of its own log than the backup
+        # (an old backup copied over a healthy store by hand, a restore asked of the
+        # wrong directory) is not replaced: what it wrote since would go aside unseen,
+        # and only the branches it reached could give it back. Refused, saying how to
+        # restore anyway if that store is the damaged one.
+        here_tip = _own_tip(data_dir / DB_FILE, sealed.node) if here is not None else None
+        if here_tip is not None and here_tip > backup_tip:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(
+                f"{data_dir} holds node {sealed.node}'s store, and it is newer than {what}: "
+                f"its own log goes to record {here_tip}, the backup's to {backup_tip}; "
+                "restoring would put aside what this branch wrote since the backup, so it "
+                f"is refused. If that store is damaged, move {DB_FILE} (and its -wal and "
+                f"-shm files) out of {data_dir}, then restore")
         if not own_identity:
             for rel, content in keys.items():
                 private_dir((data_dir / rel).parent)
@@ -287,6 +319,44 @@ def _meta(db: Path) -> dict[str, str] | None:
             conn.close()
     except sqlite3.Error:
         return None
+
+
+_OWN_TIP = "SELECT COALESCE(MAX(seq), 0) FROM records WHERE node = ?"
+
+
+def _mark_restored(copy: Path, node: str, what: str) -> int:
+    """Note in the restored copy where the backup's own log ends (meta `restored_tip`:
+    Replica.peer_caught_up wants a branch that holds more of it than that); return it.
+    Done here, not when the backup is written, so a backup of any age gets it."""
+    try:
+        conn = sqlite3.connect(copy)
+        try:
+            (tip,) = conn.execute(_OWN_TIP, (node,)).fetchone()
+            with conn:
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('restored_tip', ?)",
+                             (str(int(tip)),))
+        finally:
+            conn.close()
+        with open(copy, "rb+") as f:
+            os.fsync(f.fileno())
+    except sqlite3.Error as e:
+        raise CorruptSyncFile(f"{what} holds a damaged store: {e}") from None
+    return int(tip)
+
+
+def _own_tip(db: Path, node: str) -> int | None:
+    """How far the store `db` holds `node`'s own log; None if that does not read (a
+    damaged store). Opened for writing, not immutable: its WAL must count (the store's
+    lock is held, no node has it open)."""
+    try:
+        conn = sqlite3.connect(db.resolve().as_uri() + "?mode=rw", uri=True)
+        try:
+            (tip,) = conn.execute(_OWN_TIP, (node,)).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+    return int(tip)
 
 
 def _reading_trust(data: bytes, data_dir: Path, chain_dir: Path | None, what: str) -> Trust:

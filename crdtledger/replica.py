@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import sqlite3
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from pycrdt import get_update
 from crdtledger import erasure, lots, views
 from crdtledger.commit import LedgerBase
 from crdtledger.erasure import Claim, claims_in
-from crdtledger.errors import ClockSkew, RemoteProtocolError
+from crdtledger.errors import ClockSkew, NotCaughtUp, RemoteProtocolError
 from crdtledger.hlc import MAX_CLOCK_SKEW_MS, decode, id_floor, id_time_ms, wall_ms
 from crdtledger.lib0 import covered, decode_state_vector
 from crdtledger.log import (
@@ -863,30 +864,106 @@ class Replica(LedgerBase):
         view = self.log_view()
         new = self.apply_batch(other.batch(other.lacking(view), show=other.behind(view),
                                            prove=other.to_prove(view)), origin)
-        self.peer_caught_up(other.log_view())
+        self.peer_caught_up(other.log_view(), other.node)
         return new
 
-    def peer_caught_up(self, positions: Mapping[str, Any]) -> None:
-        """A peer (or a file) told how far it holds our own log: if not beyond what we
-        hold, a restored node has caught up with itself and may sell again."""
+    def peer_caught_up(self, positions: Mapping[str, Any], peer: str | None = None) -> None:
+        """A peer (or a file from one) told how far it holds our own log: a restored
+        node may sell again once `peer` shows this node's log past the backup's end and
+        all of what it shows is here.
+
+        Nothing less proves it. The restored node cannot know how far its lost log went,
+        so a view at the backup's position or before it says nothing: it is just what a
+        stale peer looks like (a branch that last heard of this one before the backup,
+        while what it wrote after went elsewhere), and trusting it let a restored node
+        sell money it had already served. A peer past the backup has heard from this
+        node since; once all of its records of our log are here (our own, signed: a
+        peer cannot show what we do not then hold), the next record goes past every
+        position that peer holds. If the peer is stale the node stays locked, saying
+        why (_check_may_write), until a branch that knows more is heard from, or the
+        owner takes the risk (waive_catch_up). Our own files never come here
+        (syncfile): they tell what this node held once, not what a branch holds.
+        A store never restored, or caught up already, is not concerned."""
         if self.restored is None:
             return
         held = positions.get(self.node, 0)
-        seq = held[0] if isinstance(held, tuple | list) else held
-        if isinstance(seq, int) and seq <= self.storage.log.tip(self.node)[0]:
-            # A new epoch of our client id, past every one our log holds: what the
-            # node wrote after the backup came back under the old one, and it must not
-            # write those clocks again.
-            st = self.storage
-            epochs = [epoch_of(c) for sv in st.state_vectors().values()
-                      for c in decode_state_vector(sv) if owns_client(self.node, c)]
-            client = client_id_for(self.node, max(epochs, default=-1) + 1)
+        seq, tip = (held[0], held[1]) if isinstance(held, tuple | list) else (held, b"")
+        if not isinstance(seq, int):
+            return
+        st = self.storage
+        # The backup's end of our log (backups.restore marks it); none in a store
+        # restored before the mark: then any position of ours a peer shows is past it.
+        backup = int(st.meta.get("restored_tip") or 0)
+        ours = st.log.tip(self.node)[0]
+        who = f"branch {peer}" if peer else "the branch heard from"
+        if seq <= backup:
+            # Heard of nothing since the backup. Once every other branch known here has
+            # said so, nothing this node wrote after it reached any of them: there is
+            # nothing to fetch back, and what never left the lost disk nobody can.
+            heard = set(json.loads(st.meta.get("restore_heard") or "[]"))
+            heard.add(peer or "")
+            # Every branch known here: a writer whose log is held, or one heard from
+            # (a branch that never wrote has no log, yet may hold ours).
+            others = {n for n in {*st.log.positions(), *(n for (n,) in st.conn.execute(
+                "SELECT node FROM peers"))} - {self.node} - st.log.blocked()
+                if not ((kept := st.log.head(n)) and self.trust.revoked(n, kept[1]))}
+            if others <= heard:
+                self._end_restore()
+                return
             with st.transaction():
-                st.set_meta("restored_from", "")
-                st.set_meta("client_id", str(client))
-            st.client_id = client
-            st.evict_all()  # loaded documents write with the old id
-            self.restored = None
+                st.set_meta("restore_heard", json.dumps(sorted(heard)))
+            why = (f"{who} has heard nothing from this branch since the backup (it holds "
+                   f"this branch's log to record {seq}, the backup to {backup}), and "
+                   f"{', '.join(sorted(others - heard))} not yet: connect to them, or to a "
+                   "branch that has heard from this one since the backup, before selling")
+        elif seq > ours:
+            why = (f"{who} holds this branch's log to record {seq}, only {ours} of it are "
+                   f"here yet: take the rest from {peer or 'it'} (stay connected, or "
+                   "import a full export of it) before selling")
+        elif isinstance(tip, bytes) and tip and not self.agrees_at(self.node, seq, tip):
+            why = (f"{who} holds another history of this branch's log at record {seq} "
+                   "than this store (a fork): it cannot show this branch caught up")
+        else:
+            self._end_restore()
+            return
+        if st.meta.get("restore_wait") != why:
+            with st.transaction():
+                st.set_meta("restore_wait", why)
+
+    def waive_catch_up(self) -> None:
+        """The owner's word that this restored node may sell although no branch showed it
+        caught up with itself (one that wrote nothing after its backup gets no such
+        branch). The risk is the owner's: whatever it wrote after the backup that some
+        branch holds and that has not come back here, it writes again at the same
+        positions of its log: a fork, which every branch that sees both sides reports
+        and blocks it for, and until then the same money may be served twice."""
+        if self.restored is not None:
+            self._end_restore()
+
+    def _end_restore(self) -> None:
+        """Caught up (or the owner's word): sell again, under a new epoch of our client
+        id past every one our log holds: what the node wrote after the backup came back
+        under the old one, and it must not write those clocks again."""
+        st = self.storage
+        epochs = [epoch_of(c) for sv in st.state_vectors().values()
+                  for c in decode_state_vector(sv) if owns_client(self.node, c)]
+        client = client_id_for(self.node, max(epochs, default=-1) + 1)
+        with st.transaction():
+            st.set_meta("restored_from", "")
+            st.set_meta("restore_wait", "")
+            st.set_meta("restore_heard", "")
+            st.set_meta("client_id", str(client))
+        st.client_id = client
+        st.evict_all()  # loaded documents write with the old id
+        self.restored = None
+
+    def _check_may_write(self) -> None:
+        """As LedgerBase's, but a restored node that heard from a branch which could not
+        show it caught up says why, and what to do (peer_caught_up)."""
+        why = self.storage.meta.get("restore_wait") if self.restored is not None else None
+        if why:
+            raise NotCaughtUp(f"restored from a backup of {self.restored}; {why}")
+        super()._check_may_write()
 
 
 def _finish(steps: Generator[None, None, _T]) -> _T:

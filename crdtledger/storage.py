@@ -546,6 +546,8 @@ class Storage:
                                      dt_time(0), self.tz)
         except (TypeError, ValueError):
             raise InvalidInput(f"not a date like 2026-11-23: {day!r}") from None
+        except OverflowError:  # the day after 9999-12-31
+            raise InvalidInput(f"{day!r} is past the last day a report can cover") from None
         return hlc.id_floor(int(start.timestamp() * 1000))
 
     def day_of(self, ms: int) -> str:

@@ -547,7 +547,7 @@ class SyncSession:
         for name, size in sizes.items():
             self._events.append(UpdatesApplied(name, size, name in fresh))
         if self.peer_states is not None:
-            self.ledger.peer_caught_up(self.peer_states)
+            self.ledger.peer_caught_up(self.peer_states, self.peer)
         return True
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
@@ -603,14 +603,14 @@ class SyncSession:
             self._queue({"t": "state", "logs": wire_logs(view)})
         else:
             self.peer_states = view
-            self.ledger.peer_caught_up(view)
+            self.ledger.peer_caught_up(view, node)  # the same logs as ours: its view
 
     def _on_state(self, msg: dict[str, Any]) -> None:
         theirs = parse_logs(msg.get("logs"))
         peer = self._peer()
         self.ledger.remember_peer(peer, {n: s for n, (s, _) in theirs.items()})
         self.peer_states = theirs
-        self.ledger.peer_caught_up(theirs)
+        self.ledger.peer_caught_up(theirs, peer)
         view = self.ledger.log_view()
         # When both sides say hello at once, each gets the other's state twice with
         # the same view: what it lacks goes out once; what we got since went live.

@@ -61,6 +61,11 @@ def export_file(ledger: Ledger, path: Path | str, for_node: str | None = None, *
     A sync file carries every member's data, so it needs the `sync` permission;
     `operator` None is the node's owner at its own console."""
     ledger.authorise(operator or ledger.owner, "sync")
+    # The file replaces whatever is at `path`: never the node's own store or keys.
+    home = ledger.storage.dir.resolve()
+    if home == Path(path).resolve() or home in Path(path).resolve().parents:
+        raise InvalidInput(f"{path} is inside this node's data directory {ledger.storage.dir}: "
+                           "write the sync file elsewhere (it would replace the node's own files)")
     known = ledger.storage.peer_states(for_node) if for_node else None
     theirs: dict[str, Any] = {n: int(s) for n, s in (known or {}).items()}
     # Only applied records travel by file: a file is taken whole or refused, and one
@@ -138,13 +143,27 @@ def import_file(ledger: Ledger, path: Path | str, *, operator: str | None = None
     except RemoteProtocolError as e:
         raise CorruptSyncFile(f"{path} was refused whole: {e}") from None
     logs = data["logs"]
+    restored = ledger.restored
     if data["node"] != ledger.node:
         ledger.remember_peer(str(data["node"]), {n: s for n, (s, _) in logs.items()})
-    ledger.peer_caught_up(logs)
+        # Only another branch's file can show a restored node caught up with itself:
+        # this node's own file tells what it held once (before its backup, or after
+        # it and before more), never what another branch holds of its log. Its
+        # records are taken all the same.
+        ledger.peer_caught_up(logs, str(data["node"]))
     # A file made `--for` this node assumes what the sender last saw of it. If this
     # node lacks records before those in the file, they wait: say which logs.
     held = ledger.positions()
     incomplete = sorted(n for n, (s, _) in logs.items() if held.get(n, 0) < s)
-    return {"file": str(path), "from": data["node"], "records": len(new),
-            "documents": len({r.doc for r in data["batch"].recs} - MARK_DOCS),
-            "changed": sorted({r.doc for r in new} - MARK_DOCS), "incomplete": incomplete}
+    out: dict[str, Any] = {"file": str(path), "from": data["node"], "records": len(new),
+                           "documents": len({r.doc for r in data["batch"].recs} - MARK_DOCS),
+                           "changed": sorted({r.doc for r in new} - MARK_DOCS),
+                           "incomplete": incomplete}
+    if restored is not None:
+        # A restored node: whether this file ended its wait, or why not (what the till
+        # says); None once it may sell.
+        out["not_selling"] = None if ledger.restored is None else (
+            "this node's own file cannot show it caught up with itself: connect to "
+            "another branch that has heard from it since the backup before selling"
+            if data["node"] == ledger.node else ledger.storage.meta.get("restore_wait"))
+    return out

@@ -26,6 +26,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import sqlite3
 import sys
 from collections.abc import Callable, Sequence
@@ -259,6 +260,8 @@ def _value(schema: Schema, raw: Any, flag: str) -> Any:
             return json.loads(raw)
         except json.JSONDecodeError as e:
             raise InvalidInput(f"{flag} is not JSON: {e}") from None
+        except RecursionError:
+            raise InvalidInput(f"{flag} is nested too deeply to be a rule or a value") from None
     return raw
 
 
@@ -381,8 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
                          description="make a data directory the node a backup holds; a "
                          "store already there is kept aside, not deleted")
     add_common(res, operator=False, password=False)
-    res.add_argument("--from", dest="source", required=True, type=Path, metavar="BACKUP",
+    res.add_argument("--from", dest="source", type=Path, metavar="BACKUP",
                      help="a ledger.backup file, or the directory `backup --out` wrote")
+    res.add_argument("--sell-now", action="store_true",
+                     help="on a node restored already: sell without waiting for a branch "
+                     "to show it has caught up with itself (when the branches it knows "
+                     "cannot be reached). The owner's risk: what it wrote after the "
+                     "backup that has not come back is written again, the same money "
+                     "served twice until the branches see the fork and block it")
     res.add_argument("--chain", type=Path, metavar="CHAIN_DIR",
                      help="the chain directory, to open the backup where the node's own "
                      "keys are gone (a new or emptied data directory)")
@@ -491,8 +500,16 @@ def init_node(args: argparse.Namespace, data_dir: Path) -> Result:
     if (chain_dir / CA_CERT).exists():
         # A chain directory from `chain init`: the node gets a certificate and can run.
         chain = load_chain(chain_dir)
-        Ledger.create(data_dir, args.node, chain.name, args.timezone)
-        enrol(chain_dir, data_dir, args.node, head_office=args.head_office)
+        before = set(data_dir.iterdir()) if data_dir.is_dir() else None
+        try:
+            Ledger.create(data_dir, args.node, chain.name, args.timezone)
+            enrol(chain_dir, data_dir, args.node, head_office=args.head_office)
+        except BaseException:
+            # A refused enrolment (a chain copy without the CA's key, ...) leaves no
+            # half-made node behind: the store alone would work as one without a
+            # certificate, and the directory would refuse the next `init`.
+            _undo(data_dir, before)
+            raise
         name, how = chain.name, f" with a certificate of chain {chain.name} ({chain.short})"
         if args.head_office:
             how += ", as the head office"
@@ -510,11 +527,37 @@ def init_node(args: argparse.Namespace, data_dir: Path) -> Result:
                   f"node {args.node} of chain {name} created in {data_dir}{how}")
 
 
+def _undo(data_dir: Path, before: set[Path] | None) -> None:
+    """Remove what was made in `data_dir` since `before` (its entries then; None: it
+    did not exist)."""
+    if before is None:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        return
+    for path in set(data_dir.iterdir()) - before:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def restore_node(args: argparse.Namespace, data_dir: Path) -> Result:
     """`crdtledger restore`: never while a node serves the directory."""
     node = local.running(data_dir)
     if node is not None:
         raise InvalidInput(f"a node is running on {data_dir}: stop it before restoring")
+    if args.sell_now:
+        if args.source is not None:
+            raise InvalidInput("--sell-now ends the wait of a node restored already: "
+                               "restore first (--from), then decide")
+        with Ledger.open(data_dir) as ledger:
+            if ledger.restored is None:
+                raise InvalidInput(f"{data_dir} is not waiting to catch up: it sells already")
+            ledger.waive_catch_up()
+        return Result({"node": ledger.node, "selling": True},
+                      f"node {ledger.node} sells again on the owner's word, without a "
+                      "branch that showed it caught up with itself")
+    if args.source is None:
+        raise InvalidInput("give the backup to restore: --from BACKUP")
     info = restore(args.source, data_dir, chain_dir=args.chain, progress=progress.line)
     text = (f"restored node {info['node']} from the backup of {info['taken_at']}; it will "
             "catch up with the chain before it sells")

@@ -50,7 +50,7 @@ from crdtledger.hlc import HybridClock, id_time_ms
 from crdtledger.ledger import Ledger
 from crdtledger.log import Batch, Head, Record, head_message, record_hash
 from crdtledger.model import entry_doc, month_over_ms, owner_of
-from crdtledger.storage import LoadedDoc
+from crdtledger.storage import DB_FILE, LoadedDoc
 from crdtledger.sync import pack
 from sim.engine import DAY, HOUR, MINUTE, MS, SECOND
 from sim.net import End
@@ -370,6 +370,10 @@ class Byzantine:
         w = self.world
         if node.up:  # a scheduled crash's end restarted it meanwhile
             node.crash()
+        # The PC's disk is lost (a restore over the node's own newer store is refused:
+        # it would put aside what the branch wrote since the backup).
+        for name in (DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm"):
+            (node.path / name).unlink(missing_ok=True)
         restore(r.backup, node.path, lock=False)
         r.restored_at = w.engine.now
         r.window = self._acked(node.name) - r.acked_at_backup

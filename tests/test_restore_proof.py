@@ -1,0 +1,339 @@
+"""What proves that a node restored from a backup has caught up with itself, and which
+restores are refused (tester's probes f2, f2b, f2c, f2d, f3).
+
+A restored node sells again only once a branch shows it has heard of this node's log
+past the backup's end, and the restored node holds all of that: its own old sync
+files, a branch that last heard of it before the backup (by file or over a session)
+prove nothing. A backup is never restored over a newer store of the same node, nor
+into another branch's directory. Real SQLite stores, real sealed backups and files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+from helpers import new_ledger, sync
+
+from crdtledger import views
+from crdtledger.backups import BACKUP_FILE, DB_FILE, restore, restore_pending, write_backup
+from crdtledger.errors import InsufficientFunds, NotCaughtUp, StoreError
+from crdtledger.ledger import Ledger
+from crdtledger.syncfile import export_file, import_file
+from crdtledger.writerules import epoch_of
+from peer.chain import enrol, init_chain
+
+HUNDRED = 10_000  # 100.00
+
+
+def _cash(ledger: Ledger, m: str) -> int:
+    return int(views.balance(ledger.storage.conn, m)["cash"])
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> Iterator[tuple[Ledger, Ledger, Ledger, str]]:
+    """SH01 with a member holding 100.00, SH02 and HQ, both in sync with it."""
+    a, b, hq = (new_ledger(tmp_path, n) for n in ("SH01", "SH02", "HQ"))
+    m = a.add_member(a.owner, name="张伟", phone="13812345678")
+    a.topup(a.owner, m, HUNDRED)
+    sync(a, b)
+    sync(a, hq)
+    yield a, b, hq, m
+    for ledger in (a, b, hq):
+        ledger.close()
+
+
+def _restored(tmp_path: Path, bk: Path) -> Ledger:
+    restore(bk, tmp_path / "sh01-restored")
+    r = Ledger.open(tmp_path / "sh01-restored")
+    assert r.restored
+    return r
+
+
+def _spent_after_backup(tmp_path: Path, a: Ledger, hq: Ledger, m: str) -> Path:
+    """A backup, then the member's whole 100.00 served at SH01, which only HQ hears of."""
+    bk = tmp_path / "bk"
+    write_backup(a.storage.dir, bk)
+    a.debit(a.owner, m, amount=HUNDRED)
+    sync(a, hq)
+    return bk
+
+
+STALE = (r"restored from a backup of .*branch SH02 has heard nothing from this branch "
+         r"since the backup.*and HQ not yet: connect to them, or to a branch that has heard "
+         r"from this one since the backup")
+
+
+def test_its_own_sync_files_never_unlock_a_restored_node(
+        tmp_path: Path, chain: tuple[Ledger, Ledger, Ledger, str]) -> None:
+    a, _b, hq, m = chain
+    export_file(a, tmp_path / "own-old.sync")  # before the backup
+    bk = _spent_after_backup(tmp_path, a, hq, m)
+    export_file(a, tmp_path / "own-new.sync")  # after: carries the debit
+    r = _restored(tmp_path, bk)
+    try:
+        got = import_file(r, tmp_path / "own-old.sync")
+        assert r.restored and "own file" in got["not_selling"]
+        with pytest.raises(NotCaughtUp, match="restored from a backup of"):
+            r.debit(r.owner, m, amount=HUNDRED)  # the same 100.00 a second time
+        # Its own later file brings its records back, but shows no branch holds no more.
+        got = import_file(r, tmp_path / "own-new.sync")
+        assert _cash(r, m) == 0 and r.positions()["SH01"] == a.positions()["SH01"]
+        assert r.restored and "own file" in got["not_selling"]
+        with pytest.raises(NotCaughtUp):
+            r.topup(r.owner, m, 100)
+        # A branch that heard from it after the backup does.
+        export_file(hq, tmp_path / "hq.sync")
+        got = import_file(r, tmp_path / "hq.sync")
+        assert r.restored is None and got["not_selling"] is None
+        with pytest.raises(InsufficientFunds):
+            r.debit(r.owner, m, amount=HUNDRED)
+    finally:
+        r.close()
+
+
+def test_a_stale_branchs_file_does_not_unlock_it_and_the_till_says_why(
+        tmp_path: Path, chain: tuple[Ledger, Ledger, Ledger, str]) -> None:
+    a, b, hq, m = chain  # SH02 last heard of SH01 before the backup
+    bk = _spent_after_backup(tmp_path, a, hq, m)
+    r = _restored(tmp_path, bk)
+    try:
+        export_file(b, tmp_path / "b.sync")
+        got = import_file(r, tmp_path / "b.sync")
+        assert r.restored
+        assert "SH02 has heard nothing from this branch since the backup" in got["not_selling"]
+        with pytest.raises(NotCaughtUp, match=STALE):
+            r.debit(r.owner, m, amount=HUNDRED)
+        # The reason is kept with the store: a till in another process says it too.
+        r.close()
+        r = Ledger.open(tmp_path / "sh01-restored")
+        with pytest.raises(NotCaughtUp, match=STALE):
+            r.debit(r.owner, m, amount=HUNDRED)
+        export_file(hq, tmp_path / "hq.sync")
+        import_file(r, tmp_path / "hq.sync")
+        assert r.restored is None and _cash(r, m) == 0
+        with pytest.raises(InsufficientFunds):
+            r.debit(r.owner, m, amount=HUNDRED)
+    finally:
+        r.close()
+
+
+def test_a_session_with_a_stale_branch_does_not_unlock_it(
+        tmp_path: Path, chain: tuple[Ledger, Ledger, Ledger, str]) -> None:
+    a, b, hq, m = chain
+    bk = _spent_after_backup(tmp_path, a, hq, m)
+    r = _restored(tmp_path, bk)
+    try:
+        sync(r, b)
+        assert r.restored
+        with pytest.raises(NotCaughtUp, match=STALE):
+            r.debit(r.owner, m, amount=HUNDRED)
+        sync(r, hq)  # HQ heard of the debit: it comes back, and the node may sell
+        assert r.restored is None and _cash(r, m) == _cash(hq, m) == 0
+        r.topup(r.owner, m, 500)  # at the next position of its log: everyone takes it
+        for peer in (hq, b):
+            sync(r, peer)
+            assert _cash(peer, m) == 500 and peer.faults() == []
+    finally:
+        r.close()
+
+
+def test_once_every_branch_known_has_heard_nothing_since_the_backup_it_sells(
+        tmp_path: Path, chain: tuple[Ledger, Ledger, Ledger, str]) -> None:
+    """A branch that wrote nothing after its backup (or nothing that left the lost
+    disk) gets no branch that knows more: once every branch it knows of (a writer whose
+    log it holds, or one it synced with) has shown it at the backup's end or before,
+    there is nothing to fetch back, and it sells without the owner's word."""
+    a, b, hq, m = chain
+    bk = tmp_path / "bk"
+    write_backup(a.storage.dir, bk)
+    r = _restored(tmp_path, bk)
+    try:
+        sync(r, b)
+        with pytest.raises(NotCaughtUp, match=STALE):  # HQ may hold what came after
+            r.debit(r.owner, m, amount=HUNDRED)
+        sync(r, hq)
+        assert r.restored is None
+        r.debit(r.owner, m, amount=HUNDRED)
+        for peer in (b, hq):
+            sync(r, peer)
+            assert _cash(peer, m) == 0 and peer.faults() == []
+    finally:
+        r.close()
+
+
+def test_the_owner_ends_the_wait_from_the_command_line(
+        tmp_path: Path, chain: tuple[Ledger, Ledger, Ledger, str]) -> None:
+    a, _b, _hq, m = chain
+    bk = tmp_path / "bk"
+    write_backup(a.storage.dir, bk)
+    r = _restored(tmp_path, bk)
+    r.close()
+    data = tmp_path / "sh01-restored"
+    got = run_cli("restore", "--sell-now", "--from", bk, data=data)
+    assert got.code == 1 and "restore first" in got.err, got
+    got = run_cli("restore", "--sell-now", data=data)
+    assert got.code == 0 and "sells again on the owner's word" in got.out, got.err
+    with Ledger.open(data) as r:
+        assert r.restored is None
+        r.debit(r.owner, m, amount=HUNDRED)
+    got = run_cli("restore", "--sell-now", data=data)
+    assert got.code == 1 and "not waiting to catch up" in got.err, got
+
+
+def test_a_branch_that_holds_more_than_came_keeps_it_locked(
+        tmp_path: Path, chain: tuple[Ledger, Ledger, Ledger, str]) -> None:
+    a, _b, hq, m = chain
+    bk = _spent_after_backup(tmp_path, a, hq, m)
+    r = _restored(tmp_path, bk)
+    try:
+        # HQ writes for what SH01 last held: nothing of SH01's log, but its view of it.
+        export_file(hq, tmp_path / "hq-for.sync", for_node="SH01")
+        got = import_file(r, tmp_path / "hq-for.sync")
+        assert r.restored and got["incomplete"] == ["SH01"]
+        assert "branch HQ holds this branch's log to record" in got["not_selling"]
+        with pytest.raises(NotCaughtUp, match="take the rest from HQ"):
+            r.debit(r.owner, m, amount=HUNDRED)
+    finally:
+        r.close()
+
+
+def test_the_owner_may_waive_the_catch_up_and_gets_a_new_epoch(
+        tmp_path: Path, chain: tuple[Ledger, Ledger, Ledger, str]) -> None:
+    """A branch that wrote nothing after its backup never meets a branch that heard more
+    of it: it stays locked until the owner takes the risk."""
+    a, b, _hq, m = chain
+    bk = tmp_path / "bk"
+    write_backup(a.storage.dir, bk)
+    a.close()
+    r = _restored(tmp_path, bk)
+    try:
+        sync(r, b)
+        assert r.restored
+        old = r.storage.client_id
+        r.waive_catch_up()
+        assert r.restored is None and epoch_of(r.storage.client_id) == epoch_of(old) + 1
+        r.debit(r.owner, m, amount=100)
+        sync(r, b)
+        assert _cash(b, m) == HUNDRED - 100 and b.faults() == []
+    finally:
+        r.close()
+
+
+def test_nodes_never_restored_are_not_concerned(
+        tmp_path: Path, chain: tuple[Ledger, Ledger, Ledger, str]) -> None:
+    a, b, _hq, m = chain
+    export_file(a, tmp_path / "own.sync")
+    export_file(b, tmp_path / "b.sync")
+    got = import_file(a, tmp_path / "own.sync")
+    assert "not_selling" not in got
+    import_file(a, tmp_path / "b.sync")
+    a.debit(a.owner, m, amount=100)
+    fresh = new_ledger(tmp_path, "SH05")  # a new store, with nothing yet
+    try:
+        assert fresh.restored is None
+        sync(fresh, b)
+        fresh.add_member(fresh.owner, name="李", phone="13900000000")
+    finally:
+        fresh.close()
+
+
+# --- restores refused -------------------------------------------------------------
+
+
+def _enrolled(root: Path, node: str) -> Path:
+    chain = root / "acme"
+    if not (chain / "ca.crt").exists():
+        init_chain(chain)
+    data = root / node.lower()
+    Ledger.create(data, node, "acme")
+    enrol(chain, data, node)
+    return data
+
+
+def _member_with(data: Path, amount: int) -> str:
+    with Ledger.open(data) as ledger:
+        m = ledger.add_member(ledger.owner, name="王芳", phone="13812345678")
+        ledger.topup(ledger.owner, m, amount)
+        return str(m)
+
+
+def _cash_at(data: Path, m: str) -> int:
+    with Ledger.open(data) as ledger:
+        return _cash(ledger, m)
+
+
+@pytest.mark.parametrize("how", ["command", "copied_by_hand"])
+def test_an_old_backup_never_replaces_a_newer_store_of_the_node(
+        tmp_path: Path, how: str) -> None:
+    data = _enrolled(tmp_path, "SH01")
+    m = _member_with(data, HUNDRED)
+    write_backup(data, tmp_path / "bk")
+    with Ledger.open(data) as ledger:
+        ledger.topup(ledger.owner, m, 5_000)  # acknowledged after the backup
+    before = sorted(p.name for p in data.iterdir())
+    store = (data / DB_FILE).read_bytes()
+    refused = r"holds node SH01's store, and it is newer than backup .*move ledger.sqlite3"
+    if how == "command":
+        with pytest.raises(StoreError, match=refused):
+            restore(tmp_path / "bk", data)
+    else:
+        shutil.copy(tmp_path / "bk" / BACKUP_FILE, data)
+        with pytest.raises(StoreError, match=refused + r".*or move .*ledger.backup out"):
+            Ledger.open(data)
+        assert (data / BACKUP_FILE).exists()  # left where it is, not taken
+        (data / BACKUP_FILE).unlink()
+    assert sorted(p.name for p in data.iterdir()) == before  # nothing put aside
+    assert (data / DB_FILE).read_bytes() == store
+    assert _cash_at(data, m) == HUNDRED + 5_000
+    with Ledger.open(data) as ledger:
+        assert ledger.restored is None
+
+
+def test_a_backup_as_far_as_the_store_still_restores_in_place(tmp_path: Path) -> None:
+    data = _enrolled(tmp_path, "SH01")
+    m = _member_with(data, HUNDRED)
+    write_backup(data, tmp_path / "bk")
+    old = os.umask(0o022)  # what reading the stores' logs leaves behind stays private
+    try:
+        info = restore(tmp_path / "bk", data)
+    finally:
+        os.umask(old)
+    assert [p.name for p in data.iterdir()
+            if p.is_file() and stat.S_IMODE(p.stat().st_mode) != 0o600] == []
+    assert info["kept"] and _cash_at(data, m) == HUNDRED
+    with Ledger.open(data) as ledger:
+        assert ledger.restored and ledger.storage.meta["restored_tip"] == str(
+            ledger.positions()["SH01"])
+
+
+@pytest.mark.parametrize("store", ["damaged", "gone"])
+def test_a_backup_never_goes_into_another_branchs_directory(
+        tmp_path: Path, store: str) -> None:
+    a = _enrolled(tmp_path, "SH01")
+    _member_with(a, HUNDRED)
+    b = _enrolled(tmp_path, "SH02")
+    write_backup(a, tmp_path / "bkA")
+    if store == "damaged":
+        (b / DB_FILE).write_bytes(b"garbage\n")
+    else:
+        (b / DB_FILE).unlink()
+    cert = (b / "tls" / "node.crt").read_bytes()
+    before = sorted(p.name for p in b.iterdir())
+    refused = r"is node SH02's directory \(its certificate names it\).*of node SH01"
+    with pytest.raises(StoreError, match=refused):
+        restore(tmp_path / "bkA", b)
+    assert sorted(p.name for p in b.iterdir()) == before
+    # Copied by hand: the same, and the backup is left where it was put.
+    shutil.copy(tmp_path / "bkA" / BACKUP_FILE, b)
+    with pytest.raises(StoreError, match=refused):
+        restore_pending(b)
+    assert (b / BACKUP_FILE).exists()
+    assert sorted(p.name for p in b.iterdir()) == sorted([*before, BACKUP_FILE])
+    assert (b / "tls" / "node.crt").read_bytes() == cert
+    if store == "damaged":
+        assert (b / DB_FILE).read_bytes() == b"garbage\n"
