@@ -25,10 +25,28 @@ from crdtledger.model import (
 )
 from crdtledger.money import check_amount
 
+# The highest `rev` a version may carry (a billion versions of one rule kind): honest
+# writers count up by one; a larger or malformed value reads as none (0).
+MAX_REV = 1_000_000_000
+
+
+def _rev(record: Any) -> int:
+    """A version's `rev` as replicated (Yjs numbers come back as floats): a whole
+    number from 1 to MAX_REV, else 0, as a version written before the field has.
+    Whatever a misbehaving writer put there, never an exception."""
+    value = record.get("rev") if isinstance(record, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    if not 1 <= value <= MAX_REV or not float(value).is_integer():  # NaN fails the range
+        return 0
+    return int(value)
+
 
 class Rules(Auth):
     """Rules are versions, never overwritten: the one in force is the latest
-    `effective_from` on or before the day, ties by id (docs/design-notes.md)."""
+    `effective_from` on or before the day; among versions of one `effective_from`,
+    the one written after seeing the others (its `rev`), then by id
+    (docs/format.md, Rules)."""
 
     # --- rules --------------------------------------------------------------
 
@@ -61,15 +79,39 @@ class Rules(Auth):
         return tuple(str(m["code"]) for m in self.rule("payment_methods", day))
 
     def _versions(self, kind: str) -> list[tuple[str, str, Any]]:
-        """Every version of a rule: (effective_from, id, body), in that order."""
+        """Every version of a rule, (effective_from, id, body), the one in force last:
+        by effective_from, then `rev`, then id.
+
+        Not by id alone: ids are the writer's clock, and a head office whose clock ran
+        ahead and was put back mints ids lower than before, so the owner's correction
+        of a typo, with the same effective_from, would lose to the typo forever. `rev`
+        is one above the highest of the kind its writer held (set_rule): a version
+        written after seeing another comes after it whatever the clocks said; the id
+        orders only versions written apart (same rev). An order of the versions held,
+        whatever the order they came in: the same on every replica that holds them."""
         if self._rules is None:
+            rows = self.storage.conn.execute(
+                "SELECT id, kind, effective_from, body FROM rules").fetchall()
+            revs = self._revs([rid for rid, _k, _eff, _body in rows])
             cache: dict[str, list[tuple[str, str, Any]]] = {}
-            for rid, k, eff, body in self.storage.conn.execute(
-                "SELECT id, kind, effective_from, body FROM rules ORDER BY effective_from, id"
-            ):
+            for rid, k, eff, body in sorted(rows, key=lambda r: (r[2], revs.get(r[0], 0), r[0])):
                 cache.setdefault(k, []).append((eff, rid, json.loads(body)))
             self._rules = cache
         return self._rules.get(kind, [])
+
+    def _revs(self, ids: list[str]) -> dict[str, int]:
+        """The `rev` of each version (0 for none). The projection keeps a version's
+        body only (as audit.py reads `by`): read from the rules document, once per
+        change of the rules."""
+        if not ids:
+            return {}
+        records = self.storage.doc("rules").plain_values([("rules", rid) for rid in ids])
+        return {rid: _rev(rec) for (_root, rid), rec in records.items()}
+
+    def _next_rev(self, kind: str) -> int:
+        """The `rev` of a version of `kind` written now: one above every one held."""
+        held = self._revs([rid for _eff, rid, _body in self._versions(kind)])
+        return min(max(held.values(), default=0) + 1, MAX_REV)
 
     def set_rule(self, operator: str, kind: str, body: Any, effective_from: str | None = None
                  ) -> str:
@@ -81,8 +123,9 @@ class Rules(Auth):
         check_date(eff, "effective_from")
         rid = self.clock.mint()
         # `by`: who set it, for the audit trail (the projection keeps only the body).
+        # `rev`: after which versions it was written (_versions).
         record = {"kind": kind, "effective_from": eff, "body": json.dumps(body, sort_keys=True),
-                  "by": operator}
+                  "by": operator, "rev": self._next_rev(kind)}
         self._write(put("rules", "rules", rid, record))
         if kind == "revocations":
             # In force here at once, as a peer's list is when it is applied: the head
@@ -92,9 +135,11 @@ class Rules(Auth):
 
 
 def _whole(value: Any) -> int:
-    """A rule's amount in fen: int() would silently cut 12.7 (or yuan typed as 128.5)."""
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise InvalidAmount(f"{value!r} is not a whole number of fen")
+    """A rule's amount in fen, or a count: int() would silently cut 12.7 (or yuan typed
+    as 128.5), read true as 1 and take the text "10000", all kept in the rule as sent."""
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or (isinstance(value, float) and not value.is_integer())):
+        raise InvalidAmount(f"{value!r} is not a whole number")
     return int(value)
 
 
@@ -108,6 +153,8 @@ def _require(ok: bool, what: str) -> None:
         raise InvalidInput(what)
 
 
+# No control character, none of the other characters str.splitlines() breaks at.
+_ONE_LINE = re.compile("[^\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]*\\Z")
 _BASE64 = re.compile(r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?\Z")
 
 
@@ -129,7 +176,7 @@ def _check_rule(kind: str, body: Any) -> None:
         elif kind == "levels":
             _require(isinstance(body, list) and bool(body), "levels are a non-empty list")
             for lv in body:
-                check_amount(int(lv["threshold"]), allow_zero=True)
+                check_amount(_whole(lv["threshold"]), allow_zero=True)
                 _require(0 < Decimal(str(lv["discount"])) <= 1,
                          "a discount is above 0 and at most 1")
                 # Bounded, so finite: an "Infinity" multiplier or earn rate would
@@ -150,6 +197,11 @@ def _check_rule(kind: str, body: Any) -> None:
             for node, name in body.items():
                 _require(_text(node, 40) and bool(node) and _text(name, 40) and bool(name),
                          f"branch {node!r}: its name is text of 1 to 40 characters")
+                # One line: the name is in the daily report's mail subject (a header)
+                # and in receipts' and lists' lines.
+                _require(_ONE_LINE.match(node) is not None and _ONE_LINE.match(name)
+                         is not None, f"branch {node!r}: its id and name are one line "
+                         "each, without line breaks or control characters")
         elif kind == "card_types":
             _require(isinstance(body, dict), "the rule is a map of card type to its fee")
             for t, terms in body.items():
@@ -160,14 +212,14 @@ def _check_rule(kind: str, body: Any) -> None:
         elif kind == "earn":
             _require(0 <= Decimal(str(body["points_per_yuan"])) <= 1000,
                      "points per yuan are from 0 to 1000")
-            _require(0 <= int(body["expire_days"]) <= 36500,  # far below timedelta's limit
+            _require(0 <= _whole(body["expire_days"]) <= 36500,  # far below timedelta's limit
                      "points expire after 0 to 36500 days")
         elif kind == "conversion":
             _require(int(body["points_per_yuan"]) > 0, "points per yuan are more than 0")
         elif kind == "approval":
-            check_amount(int(body["topup_limit"]))
-            check_amount(int(body["correction_limit"]))
-            check_amount(int(body.get("stock_adjust_limit", 1)))
+            check_amount(_whole(body["topup_limit"]))
+            check_amount(_whole(body["correction_limit"]))
+            check_amount(_whole(body.get("stock_adjust_limit", 1)))
         elif kind == "goods":
             _check_goods(body)
         elif kind == "level_basis":
