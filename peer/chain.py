@@ -561,6 +561,26 @@ def _serials_to_revoke(chain: Chain, ca: x509.Certificate,
     raise InvalidInput("revoke takes a serial number, a PEM certificate or a node id")
 
 
+def in_service(chain_dir: Path | str, node: str) -> list[int]:
+    """Serials of the certificates the chain CA issued to `node` that are still valid
+    and not on the CA's last revocation list: a node by that id exists somewhere."""
+    chain = load_chain(chain_dir)
+    ca = x509.load_pem_x509_certificate(chain.ca_cert)
+    own = chain.dir / CRL_FILE
+    revoked = ({e.serial_number for e in _verified_crl(ca, own.read_bytes())}
+               if own.exists() else set())
+    now = _now()
+    out = []
+    for path in sorted((chain.dir / ISSUED_DIR).glob(f"{node}-*.crt")):
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+            if cert.serial_number not in revoked and cert.not_valid_after_utc > now:
+                out.append(cert.serial_number)
+        except trust.CERT_ERRORS:
+            continue  # not a certificate this function can speak for
+    return out
+
+
 def _crl_der(crl: bytes | str) -> bytes:
     if isinstance(crl, bytes):
         return crl

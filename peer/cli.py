@@ -44,7 +44,15 @@ from crdtledger.schema import Schema
 from crdtledger.sync import PROTOCOL_VERSION
 from crdtledger.syncfile import export_file, import_file
 from peer import local, progress, receipts, service, webcert
-from peer.chain import CA_CERT, enrol, init_chain, load_chain, revocations_rule, revoke
+from peer.chain import (
+    CA_CERT,
+    enrol,
+    in_service,
+    init_chain,
+    load_chain,
+    revocations_rule,
+    revoke,
+)
 from peer.local import Running
 
 if TYPE_CHECKING:
@@ -84,10 +92,20 @@ def _export(ledger: Ledger, operator: str, p: Params) -> Result:
 
 
 def _import(ledger: Ledger, operator: str, p: Params) -> Result:
+    before = {(f["node"], f["kind"], f["seq"]) for f in ledger.faults()}
     info = import_file(ledger, Path(p["file"]), operator=operator, progress=progress.line)
     n = len(info["changed"])
     changed = f"{n} document{'s' if n != 1 else ''} changed" if n else "nothing new"
     text = f"imported {info['file']} from {info['from']}: {changed}"
+    # What the file proved against a branch (a fork, a broken rule) is news the owner
+    # must not miss among "nothing new": `status` keeps saying it after.
+    for f in ledger.faults():
+        if (f["node"], f["kind"], f["seq"]) not in before:
+            text += (f"\nWARNING: the file shows that branch {f['node']} "
+                     + ("forked its log (two histories)" if f["kind"] == "fork"
+                        else f"broke write rule {f['rule']}")
+                     + f" at record {f['seq']}: nothing more it writes is taken here "
+                     "(crdtledger status)")
     if info["incomplete"]:
         text += (f"\nwarning: this node lacks earlier changes that the file builds on "
                  f"({', '.join(info['incomplete'])}); ask {info['from']} for a full export "
@@ -500,6 +518,15 @@ def init_node(args: argparse.Namespace, data_dir: Path) -> Result:
     if (chain_dir / CA_CERT).exists():
         # A chain directory from `chain init`: the node gets a certificate and can run.
         chain = load_chain(chain_dir)
+        if in_service(chain_dir, args.node):
+            # A second store under that id writes its own first records: a fork, and
+            # the branch that was there is blocked at every branch.
+            raise InvalidInput(
+                f"chain {chain.name} already has a node {args.node} (a certificate valid "
+                f"and not revoked): restore that branch from its backup (crdtledger "
+                "restore), or enrol this PC under a new node id; to replace the branch "
+                f"for good, revoke it first (crdtledger chain revoke --chain CHAIN_DIR --node "
+                f"{args.node})")
         before = set(data_dir.iterdir()) if data_dir.is_dir() else None
         try:
             Ledger.create(data_dir, args.node, chain.name, args.timezone)

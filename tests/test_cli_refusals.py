@@ -38,15 +38,15 @@ def test_an_enrolment_the_chain_copy_cannot_make_leaves_nothing(cli: Cli, tmp_pa
     for name in ("ca.crt", "chain.json", "chain.key"):
         if (chain / name).exists():
             shutil.copy(chain / name, copy / name)
-    for data in (tmp_path / "n1", tmp_path / "n2"):
+    for data, node in ((tmp_path / "n1", "SH05"), (tmp_path / "n2", "SH06")):
         if data.name == "n2":
             data.mkdir()
             (data / "notes.txt").write_text("the owner's own file")
-        r = cli("init", "--node", "SH05", "--chain", copy, data=data)
+        r = cli("init", "--node", node, "--chain", copy, data=data)
         assert r.code == 1 and "ca.key" in r.err, r
         assert (sorted(p.name for p in data.iterdir()) if data.exists() else None) == (
             ["notes.txt"] if data.name == "n2" else None)
-        r = cli("init", "--node", "SH05", "--chain", chain, data=data)
+        r = cli("init", "--node", node, "--chain", chain, data=data)
         assert r.code == 0 and "with a certificate of chain acme" in r.out, r.err
 
 
@@ -59,3 +59,40 @@ def test_a_day_past_the_calendar_and_json_nested_too_deep_are_refused(
     deep = "[" * 50_000 + "]" * 50_000
     r = cli("rule", "set", "services", "--json-body", deep, data=data)
     assert r.code == 1 and "nested too deeply" in r.err and "Traceback" not in r.err, r
+
+
+def test_a_node_id_in_service_is_not_enrolled_twice(cli: Cli, tmp_path: Path) -> None:
+    """A second store under an id the chain's CA certified (valid, not revoked) would
+    write its own first records: a fork, and the real branch blocked everywhere."""
+    chain = tmp_path / "chain"
+    assert cli("chain", "init", "--out", chain, "--name", "acme").code == 0
+    assert cli("init", "--node", "SH01", "--chain", chain, data=tmp_path / "a").code == 0
+    r = cli("init", "--node", "SH01", "--chain", chain, data=tmp_path / "a2")
+    assert r.code == 1 and "already has a node SH01" in r.err, r
+    assert not (tmp_path / "a2").exists()
+    hq = tmp_path / "hq"
+    assert cli("init", "--node", "HQ", "--chain", chain, "--head-office", data=hq).code == 0
+    r = cli("chain", "revoke", "--chain", chain, "--node", "SH01", data=hq)
+    assert r.code == 0, r.err
+    r = cli("init", "--node", "SH01", "--chain", chain, data=tmp_path / "a2")
+    assert r.code == 0, r.err
+
+
+def test_an_import_that_proves_a_fork_says_so(cli: Cli, tmp_path: Path) -> None:
+    """A cloned disk: two stores of SH01 write at one position of its log. The branch
+    importing both files is told, not only `status`."""
+    chain = tmp_path / "chain"
+    assert cli("chain", "init", "--out", chain, "--name", "acme").code == 0
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert cli("init", "--node", "SH01", "--chain", chain, data=a).code == 0
+    assert cli("init", "--node", "SH02", "--chain", chain, data=b).code == 0
+    clone = tmp_path / "clone"
+    shutil.copytree(a, clone)
+    (clone / "lock").unlink(missing_ok=True)
+    for data, phone in ((a, "13800000001"), (clone, "13800000002")):
+        assert cli("member", "add", "--name", "王芳", "--phone", phone, data=data).code == 0
+        assert cli("export", "--out", tmp_path / f"{data.name}.sync", data=data).code == 0
+    r = cli("import", tmp_path / "a.sync", data=b)
+    assert r.code == 0 and "WARNING" not in r.out, r.err
+    r = cli("import", tmp_path / "clone.sync", data=b)
+    assert "WARNING: the file shows that branch SH01 forked its log" in r.out, r
