@@ -272,7 +272,8 @@ class Auth(LedgerBase):
             approver_id = verify_login(self.login_record(name), password)
             self.logins.succeeded(name, client)
         if approver_id == operator:
-            raise ApprovalRequired(f"{approver[0]} cannot approve their own {what}")
+            own = what.split(" ", 1)[1] if what.startswith(("a ", "an ")) else what
+            raise ApprovalRequired(f"{approver[0]} cannot approve their own {own}")
         if "approve" not in self.permissions(approver_id):
             raise ApprovalRequired(f"{approver[0]} may not approve {what}")
         return approver_id

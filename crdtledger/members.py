@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import date
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -146,14 +147,27 @@ def _member_fields(fields: Mapping[str, Any], *, creating: bool) -> dict[str, An
     if out.get("gender") and out["gender"] not in GENDERS:
         raise InvalidInput(f"gender is {', '.join(GENDERS)} or empty")
     for k in ("birthday", "anniversary"):
-        if out.get(k) and not PARTIAL_DATE.match(out[k]):
-            raise InvalidInput(f"{k} must look like 1990-05-17 or 05-17")
+        if out.get(k) and not _calendar_day(out[k]):
+            raise InvalidInput(f"{k} must be a day of the calendar like 1990-05-17 or 05-17, "
+                               f"not {out[k]!r}")
     if out.get("home"):
         check_node_id(out["home"])
     if out.get("id_no"):
         out["id_no"] = check_id_no(out["id_no"])
     check_notice_fields(out)
     return out
+
+
+def _calendar_day(text: str) -> bool:
+    """1990-05-17 or 05-17, a day some year has (02-29 is a leap year's): a birthday
+    of 02-30 would never come, and its greetings never go out."""
+    if not PARTIAL_DATE.match(text):
+        return False
+    try:
+        date.fromisoformat(text if len(text) == 10 else f"2000-{text}")
+    except ValueError:
+        return False
+    return True
 
 
 def check_id_no(id_no: str) -> str:

@@ -96,3 +96,15 @@ def test_an_import_that_proves_a_fork_says_so(cli: Cli, tmp_path: Path) -> None:
     assert r.code == 0 and "WARNING" not in r.out, r.err
     r = cli("import", tmp_path / "clone.sync", data=b)
     assert "WARNING: the file shows that branch SH01 forked its log" in r.out, r
+
+
+def test_a_birthday_no_calendar_has_is_refused(cli: Cli, tmp_path: Path) -> None:
+    data = tmp_path / "sh01"
+    assert cli("init", "--node", "SH01", "--chain", "acme", data=data).code == 0
+    for day in ("02-30", "13-45", "00-00", "2026-02-30", "1991-02-29"):
+        r = cli("member", "add", "--name", "王芳", "--phone", "13800000001",
+                "--birthday", day, data=data)
+        assert r.code == 1 and "a day of the calendar" in r.err, (day, r)
+    r = cli("member", "add", "--name", "王芳", "--phone", "13800000001",
+            "--birthday", "02-29", data=data)
+    assert r.code == 0, r.err
