@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import date
 from collections.abc import Iterable, Mapping
+from datetime import date
 from typing import Any
 
 from pycrdt import Map
