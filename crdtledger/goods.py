@@ -155,7 +155,8 @@ class Goods(Payments):
         _check_goods({code: item})
         rid = self.clock.mint()
         record = {"kind": "goods", "effective_from": self.today(),
-                  "body": json.dumps({code: item}, sort_keys=True), "by": operator}
+                  "body": json.dumps({code: item}, sort_keys=True), "by": operator,
+                  "rev": self._next_rev("goods")}  # a later change folds last (Rules._versions)
         self._write(put("rules", "rules", rid, record))
         return {**item, "code": code, "rule_id": rid}
 
@@ -304,6 +305,8 @@ class Goods(Payments):
         check_node_id(to)
         if to == self.node:
             raise InvalidInput("a branch cannot ship stock to itself")
+        # Units in transit to a branch that does not exist could never be received.
+        self._require_branch(to, "stock")
         return self._post_stock(item, qty, "stock", lambda sid, n: self._stock_entry(
             item, n, "ship", [("stock", self.node, -n), ("transit", to, n)], operator, sid,
             to=to))

@@ -165,6 +165,11 @@ class Payments(Merges, Rules):
         walk_in), at the list price, no points, no coupon (coupons are members')."""
         self.authorise(operator, "debit")
         pay = self._pay(pay, PURSE_METHODS)
+        if package is not None and pay != "package":
+            # Naming a package and paying otherwise used to charge stored value and
+            # leave the package's uses as they were: the cashier meant the package.
+            raise InvalidInput(f"a package's uses are taken with pay=package, not pay={pay}: "
+                               "use pay=package, or leave the package out to pay otherwise")
         qty = check_count(qty, "quantity")
         # The rules in force today, the day asked once: five reads of a rule each
         # asked the clock and the time zone again (and a sale at midnight could mix
@@ -190,7 +195,10 @@ class Payments(Merges, Rules):
             gross = int(services[service]["price"]) * qty
             svc_name = service
             rate = str(lvl["discount"]) if lvl is not None else "1"
-        elif amount is not None and pay != "package":
+        elif pay == "package":
+            raise InvalidInput("a package debit takes the service its uses are for "
+                               "(service), not an amount")
+        elif amount is not None:
             gross = check_amount(amount)
         else:
             raise InvalidInput("give an amount or a service")
@@ -384,7 +392,45 @@ class Payments(Merges, Rules):
         """Give some of this node's rights on a purse to another branch. Only the holder
         can give its rights away, so this runs at the giving node."""
         self.authorise(operator, "rights.transfer")
-        return self._transfer(member, purse, to, check_amount(amount), operator)
+        return self._transfer(member, purse, to, check_amount(amount), operator,
+                              known=True)
+
+    def _require_branch(self, to: str, what: str) -> None:
+        """Refuse to send `what` to `to` unless it is a branch the chain knows. Only
+        `to` may ever lower what it is given (the own-rights write rule), so rights or
+        units sent to a branch that does not exist are stranded for good. Known: a
+        branch the rule `branches` names (the owner's list, if the chain keeps one),
+        a writer whose signed log this store holds, or a peer this store has synced
+        with (a session under its chain certificate, or its sealed sync file: a new
+        branch that has synced but not yet sold anything, before the owner lists it);
+        never one whose certificate the chain revoked (a shop closed for good) nor one
+        blocked here for a proven fault, whose writes are not taken any more, so
+        nothing could come back from it. The caller refuses this node itself with its
+        own sentence."""
+        log = self.storage.log
+        listed = self.rule("branches") or {}
+        blocked = log.blocked()
+        heard = views.peers_seen(cast("Ledger", self))
+
+        def retired(node: str) -> bool:
+            kept = log.head(node)
+            return kept is not None and self.trust.revoked(node, kept[1])
+
+        if to in blocked or retired(to):
+            why = ("blocked here for a proven fault" if to in blocked
+                   else "closed: the chain revoked its certificate")
+            raise InvalidInput(f"branch {to} is {why}; {what} sent there could never "
+                               "be spent or come back")
+        if to in listed or to in log.positions() or to in heard:
+            return
+        known = sorted(n for n in {*listed, *log.positions(), *heard}
+                       if n != self.node and n not in blocked and not retired(n))
+        names = ", ".join(f"{n} {listed[n]}" if listed.get(n) else n for n in known)
+        raise InvalidInput(
+            f"{to} is not a branch of this chain"
+            + (f" (known here: {names})" if names else " (no other branch is known here)")
+            + ": a branch becomes known when the owner adds it to the rule branches, "
+            "or once it has synced with this branch")
 
     def grant_rights(self, member: str, purse: str, to: str, shortfall: int
                      ) -> dict[str, Any] | None:
@@ -402,8 +448,11 @@ class Payments(Merges, Rules):
             return None
         return self._transfer(member, purse, to, give, f"sync@{self.node}")
 
-    def _transfer(self, member: str, purse: str, to: str, amount: int, operator: str
-                  ) -> dict[str, Any]:
+    def _transfer(self, member: str, purse: str, to: str, amount: int, operator: str,
+                  *, known: bool = False) -> dict[str, Any]:
+        """`known`: check that `to` is a branch the chain knows (an operator's
+        transfer; a grant goes to the peer that asked for it over a sync session, a
+        node the chain enrolled)."""
         check_node_id(to)
         if to == self.node:
             raise InvalidInput("a branch cannot transfer rights to itself")
@@ -420,6 +469,8 @@ class Payments(Merges, Rules):
             raise InvalidAmount(
                 f"this branch holds {format_purse(purse, own)} of the member's {purse}; "
                 f"it cannot give {format_purse(purse, amount)}")
+        if known:
+            self._require_branch(to, "rights")
         return self._post(entry, {purse: amount})
 
     def redeem_points(self, operator: str, member: str, points: int, gift: str = ""

@@ -590,7 +590,8 @@ class SyncSession:
         # Against this machine's own clock, not the corrected one: the correction is
         # made from these offsets and must not feed back into them.
         skew = now - self.ledger.clock.raw_wall()
-        if self.peer is None:
+        first = self.peer is None
+        if first:
             self.peer = node
             self._events.append(PeerHello(node, chain, skew))
         if not self._late:  # a late one's offset is its wait (2 min 20 s in a 1M join)
@@ -603,6 +604,8 @@ class SyncSession:
             self._queue({"t": "state", "logs": wire_logs(view)})
         else:
             self.peer_states = view
+            if first:  # a branch synced with is known here (payments._require_branch)
+                self.ledger.remember_peer(node, {n: s for n, (s, _) in view.items()})
             self.ledger.peer_caught_up(view, node)  # the same logs as ours: its view
 
     def _on_state(self, msg: dict[str, Any]) -> None:

@@ -482,6 +482,36 @@ def debited_elsewhere_since(ledger: Ledger, node: str, mark: str, limit: int
     return members, str(rows[-1][0]) if rows else mark, len(rows) == limit
 
 
+def debits_arrived_from_now(ledger: Ledger) -> None:
+    """Start the rebalancer's queue of other branches' debits in the order they reach
+    this store (not by id: an id is its writer's clock, days ahead or behind, and an
+    entry deferred for funding is inserted only once funded), from now on: a trigger
+    fills it in the transaction that projects each entry; what it held goes unread."""
+    conn = ledger.storage.conn
+    conn.execute("CREATE TABLE IF NOT EXISTS rebalance_debits(pos INTEGER PRIMARY KEY, "
+                 "member TEXT NOT NULL)")
+    own = ledger.node.replace("'", "''")
+    conn.execute("CREATE TRIGGER IF NOT EXISTS rebalance_debit_arrived AFTER INSERT ON entries "
+                 f"WHEN NEW.kind = 'debit' AND NEW.node != '{own}' BEGIN "
+                 "INSERT INTO rebalance_debits(member) VALUES (NEW.member); END")
+    conn.execute("DELETE FROM rebalance_debits")
+
+
+def debited_elsewhere_arrived(ledger: Ledger, node: str, limit: int) -> tuple[list[str], bool]:
+    """`debited_elsewhere_since` by arrival: the members of the next `limit` debits
+    queued (debits_arrived_from_now) who hold more than 1 fen (or point) of rights at
+    `node`, each debit read once (taken off the queue), and whether more remain."""
+    conn = ledger.storage.conn
+    rows = conn.execute("SELECT pos, member FROM rebalance_debits ORDER BY pos LIMIT ?",
+                        (limit,)).fetchall()
+    if rows:  # a row queued meanwhile has a greater pos: those read are still there
+        conn.execute("DELETE FROM rebalance_debits WHERE pos <= ?", (rows[-1][0],))
+    members = sorted(m for m in {str(m) for _, m in rows} if conn.execute(
+        "SELECT 1 FROM rights WHERE member = ? AND node = ? AND amount > 1 LIMIT 1",
+        (m, node)).fetchone())
+    return members, len(rows) == limit
+
+
 def visits(ledger: Ledger, member: str, since_id: str) -> dict[str, int]:
     """Debits of `member` per branch in entries from `since_id` on (an `id_floor` of
     a day): where the member shops, which the rebalancer moves rights toward."""

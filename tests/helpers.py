@@ -53,6 +53,14 @@ def two_zones(root: Path, clock: Callable[[], int], expire_days: int
     return sh, la
 
 
+def name_branches(ledger: Ledger, *nodes: str) -> None:
+    """The owner lists the chain's branches (rule `branches`, each named by its id):
+    rights and stock go only to a branch the chain knows (Payments._require_branch),
+    and a session between two stores already in step records neither as a peer."""
+    ledger.set_rule(ledger.owner, "branches", {n: n for n in nodes},
+                    effective_from="2000-01-01")
+
+
 class FakeClock:
     """Wall clock in ms that the test moves by hand (HybridClock takes any callable)."""
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from helpers import new_ledger, snapshot, sync
+from helpers import name_branches, new_ledger, snapshot, sync
 
 from crdtledger.ledger import Ledger
 from crdtledger.model import BUILTIN_ROLES, PERMISSIONS
@@ -451,6 +451,7 @@ def test_reports(tmp_path: Path) -> None:
         mid = await topped_up(api, boss, "300.00")
         await api.call("POST", "/debit", {"member": mid, "service": "FOOT60"}, token=boss)
         await api.call("POST", "/debit", {"member": mid, "amount": 2000}, token=boss)
+        name_branches(ledger, "SH01", "SH02")  # rights go only to a branch it knows
         ledger.transfer_rights(ledger.owner, mid, "SH02", 5000)  # rights moved: no debt
         today = ledger.today()
 

@@ -92,6 +92,7 @@ def test_housekeeping_writes_off_what_each_branch_holds(tmp_path: Path) -> None:
     a, m, clock = earn_expiring_points(tmp_path)
     b = new_ledger(tmp_path, "SH02", now_ms=clock)
     try:
+        sync(a, b)  # rights go only to a branch the chain knows: SH02 has synced here
         a.transfer_rights(a.owner, m, "SH02", 60, purse="points")
         sync(a, b)
         clock.advance_days(40)
@@ -303,6 +304,7 @@ def test_a_spend_refused_for_rights_elsewhere_writes_off_nothing(tmp_path: Path)
     try:
         clock.advance_days(10)
         a.debit(a.owner, m, amount=5000)  # 50 more, expiring 2026-02-10
+        sync(a, b)  # rights go only to a branch the chain knows: SH02 has synced here
         a.transfer_rights(a.owner, m, "SH02", 50, purse="points")
         clock.advance_days(25)  # 2026-02-05: 150 expired, 50 valid (their rights at SH02)
         assert views.points(a, m)["usable"] == 50

@@ -18,7 +18,16 @@ import hypothesis.strategies as st
 import pytest
 from cluster import NodeProc, cluster, free_port, wait_for
 from conftest import run_cli
-from helpers import Forger, Net, data_snapshot, new_ledger, projections, snapshot, sync
+from helpers import (
+    Forger,
+    Net,
+    data_snapshot,
+    name_branches,
+    new_ledger,
+    projections,
+    snapshot,
+    sync,
+)
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from pycrdt import Doc, Map
@@ -281,6 +290,9 @@ class StockMachine(RuleBasedStateMachine):
         hq = self.ledgers["SH01"]
         # Cost 20.00: a stock-take of 4 stays under the approval limit (100.00).
         hq.add_goods(hq.owner, "G01", "精油", 8800, 2000)
+        # Stock goes only to a branch the chain knows: the owner lists the three (SH02
+        # and SH03 meet only once in step with SH01's log, which records no peer).
+        name_branches(hq, *NODES)
         self._sync_all()
         self.own = dict.fromkeys(NODES, 0)  # each branch's stock, as its operations say
         self.net_in = 0  # units in less units out, over the chain

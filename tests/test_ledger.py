@@ -14,7 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import FakeClock, Net, doc_content, log_rows, new_ledger, projections, snapshot, sync
+from helpers import (
+    FakeClock,
+    Net,
+    doc_content,
+    log_rows,
+    name_branches,
+    new_ledger,
+    projections,
+    snapshot,
+    sync,
+)
 
 from crdtledger import storage, views
 from crdtledger.backups import write_backup
@@ -133,6 +143,7 @@ def test_rights_elsewhere_names_the_holder(a: Ledger, b: Ledger, tmp_path: Path)
     # Partly held here: the shortfall is what is missing; holders richest first.
     c = new_ledger(tmp_path, "SH03")
     try:
+        sync(a, c)  # rights go only to a branch the chain knows: SH03 has synced here
         a.transfer_rights(a.owner, m, "SH02", 300)
         a.transfer_rights(a.owner, m, "SH03", 4000)
         sync(a, b)
@@ -377,6 +388,7 @@ def test_points_moved_between_branches_keep_their_expiry(tmp_path: Path) -> None
                    effective_from="2025-01-01")
         a.topup(o, m, 10000)
         a.debit(o, m, amount=10000)
+        sync(a, b)  # rights go only to a branch the chain knows: SH02 has synced here
         a.transfer_rights(o, m, "SH02", 60, purse="points")
         assert views.points(a, m)["lots"] == [{"expires": "2026-01-31", "points": 100}]
         sync(a, b)
@@ -812,6 +824,7 @@ def test_settlement_pairs_net_and_sum_to_zero(a: Ledger, b: Ledger, tmp_path: Pa
     property tests are in tests/test_settlement.py)."""
     c = new_ledger(tmp_path, "SH03")
     try:
+        name_branches(a, "SH01", "SH02", "SH03")  # rights go only to a branch it knows
         m = member(a)
         a.topup(a.owner, m, 100000)
         sync(a, b)

@@ -239,6 +239,7 @@ def test_a_spend_near_midnight_takes_the_same_lots_in_every_zone(tmp_path: Path)
         sh.debit(sh.owner, m, amount=5000)  # 50 points, expiring 31 January
         clock.advance_days(9)
         sh.debit(sh.owner, m, amount=5000)  # 50 points, expiring 9 February
+        sync(sh, la)  # rights go only to a branch the chain knows: SH02 has synced here
         sh.transfer_rights(sh.owner, m, "SH02", 100, "points")
         sync(sh, la)
         clock.ms += 22 * 86_400_000 + 4 * 3_600_000  # 1 February, 04:00 UTC

@@ -220,6 +220,12 @@ class LedgerMachine(RuleBasedStateMachine):
         # other nodes through sync like any rule.
         self.ledgers["SH01"].set_rule(self.owner("SH01"), "promotions",
                                       [{"min": 5000, "bonus": 700, "name": "top up 50"}])
+        # Rights go only to a branch the chain knows (Payments._require_branch): each
+        # store lists the three from the start, so that no transfer is refused for a
+        # branch not yet heard from and every one is exercised as before.
+        for node in NODES:
+            self.ledgers[node].set_rule(self.owner(node), "branches",
+                                        {n: n for n in NODES}, effective_from="2000-01-01")
         self.sessions: dict[tuple[str, str], SyncSession] = {}
         self.queues: dict[tuple[str, str], list[bytes]] = {}
         for a, b in PAIRS:

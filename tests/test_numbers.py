@@ -12,7 +12,7 @@ import json
 from decimal import Decimal
 
 import pytest
-from helpers import new_ledger, snapshot, sync
+from helpers import name_branches, new_ledger, snapshot, sync
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -239,6 +239,7 @@ def test_large_values_and_negative_transfer_deltas_are_exact(tmp_path) -> None:
     # a chain that takes such top-ups without a second person (approvals bind the owner)
     a.set_rule(a.owner, "approval", {"topup_limit": 10**10, "correction_limit": 10_000})
     a.topup(a.owner, m, 9_007_199_254)  # large but valid
+    name_branches(a, "SH01", "SH02")  # rights go only to a branch the chain knows
     a.transfer_rights(a.owner, m, "SH02", 9_007_199_000)
     r = a.rights(m)
     assert r == {"SH01": 254, "SH02": 9_007_199_000}

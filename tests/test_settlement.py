@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import Cli
-from helpers import FakeClock, new_ledger, sync
+from helpers import FakeClock, name_branches, new_ledger, sync
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -61,6 +61,7 @@ def acceptance(a: Ledger, b: Ledger) -> str:
     """A member tops up 1,000.00 at SH01; SH01 moves 500.00 of his rights to SH02."""
     m = add_member(a)
     a.topup(a.owner, m, 100000)
+    sync(a, b)  # rights go only to a branch the chain knows: SH02 has synced here
     a.transfer_rights(a.owner, m, "SH02", 50000)
     sync(a, b)
     return m
@@ -208,6 +209,7 @@ def test_bonus_is_served_free_and_a_package_consumes_where_it_is_sold(
     a.set_rule(a.owner, "promotions", [{"min": 100000, "bonus": 20000, "name": "充1000送200"}])
     m = add_member(a)
     a.topup(a.owner, m, 100000)  # 1,000.00 paid, 200.00 bonus
+    sync(a, b)  # rights go only to a branch the chain knows: SH02 has synced here
     a.transfer_rights(a.owner, m, "SH02", 100000)
     a.transfer_rights(a.owner, m, "SH02", 15000, purse="bonus")
     sync(a, b)
@@ -357,6 +359,10 @@ class World:
         self.ledgers = [new_ledger(root, n, now_ms=self.clock) for n in NODES]
         first = self.ledgers[0]
         first.set_rule(first.owner, "promotions", [{"min": 50000, "bonus": 8000}])
+        # Rights go only to a branch the chain knows: the owner lists the three (in the
+        # first full sync SH01 meets SH03 only once the two are in step, which records
+        # no peer: SH03 would stay unknown at SH01 until it wrote something).
+        name_branches(first, *NODES)
         self.members = [add_member(first, i) for i in range(2)]
         self.full_sync()
         self.debits: list[dict[str, Any]] = []
