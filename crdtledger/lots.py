@@ -259,10 +259,12 @@ def _update(conn: sqlite3.Connection, touched: list[tuple[Any, ...]], seen: set[
     for head, (group, new) in groups.items():
         if head not in replayed and _only_later(conn, group, new, seen):
             # Earnings alone (sales) only add lots, or pay what is owed: only that to read.
-            owed = " AND left < 0" if all(row[2] > 0 for row in new) else ""
+            earnings = all(row[2] > 0 for row in new)
             lots = [list(r) for r in conn.execute(
                 "SELECT expires, left, earned, member FROM points_lots "
-                f"WHERE member {views.in_(group)}{owed}", group)]
+                + ("INDEXED BY points_owed " if earnings else "")
+                + f"WHERE member {views.in_(group)}" + (" AND left < 0" if earnings else ""),
+                group)]
             before = {lot[2]: lot[1] for lot in lots}
             for row in new:
                 _step(lots, row, day_of)

@@ -102,7 +102,8 @@ IN_MERGE = ("EXISTS (SELECT 1 FROM members WHERE id = ?1 "
 # points or not: a sale's own is the latest, nearly always) and owes no points.
 _EARN = ("INSERT INTO points_lots(member, earned, expires, left) SELECT ?1, ?2, ?3, ?4 "
          "WHERE NOT EXISTS (SELECT 1 FROM entries WHERE member = ?1 AND id > ?2) "
-         "AND NOT EXISTS (SELECT 1 FROM points_lots WHERE member = ?1 AND left < 0) "
+         "AND NOT EXISTS (SELECT 1 FROM points_lots INDEXED BY points_owed "
+         "WHERE member = ?1 AND left < 0) "
          f"AND NOT ({IN_MERGE})")
 # A lot that never expires (an entry earning points without an expiry).
 NO_EXPIRY = "9999-12-31"

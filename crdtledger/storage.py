@@ -142,6 +142,9 @@ CREATE TABLE IF NOT EXISTS quarantine(
 CREATE TABLE IF NOT EXISTS points_lots(
     member TEXT NOT NULL, earned TEXT NOT NULL, expires TEXT NOT NULL,
     left INTEGER NOT NULL, PRIMARY KEY(member, earned)) WITHOUT ROWID;
+-- The points owed (spent before what earned them came): rare, and asked of every
+-- sale's lot (projection._EARN), which must not walk a member's every lot to know.
+CREATE INDEX IF NOT EXISTS points_owed ON points_lots(member) WHERE left < 0;
 -- What a transaction projected that moves points lots, settled before it commits
 -- (crdtledger.lots.settle). Per connection, so never in the file.
 CREATE TEMP TABLE IF NOT EXISTS points_touched(
