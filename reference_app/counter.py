@@ -494,8 +494,33 @@ class Counter:
         and a change to any of them may have fixed what a refusal said."""
         with ui.row().classes("w-full justify-end gap-2"):
             ui.button(tr("取消", "Cancel"), on_click=d.close).props("flat")
-            ui.button(confirm, on_click=on_confirm).mark(marker)
+            ok = ui.button(confirm).mark(marker)
+            ok.on_click(self._once(d, ok, on_confirm))
         self.watch_inputs(d)
+
+    @staticmethod
+    def _once(d: ui.dialog, button: ui.button, action: Callable[[], Awaitable[None]]
+              ) -> Callable[[], Awaitable[None]]:
+        """`action` runs once at a time, and not once its dialog has closed: a double
+        click, or an impatient one while the write waits for the node (or for another
+        branch's rights), would have made a second sale or top-up. A sale takes a few
+        milliseconds, so the second click of a double click usually comes after the
+        first is done and has closed the dialog: that one must do nothing either."""
+        busy = False
+
+        async def run() -> None:
+            nonlocal busy
+            if busy or not d.value:
+                return
+            busy = True
+            button.props("loading")
+            try:
+                await action()
+            finally:
+                busy = False
+                button.props(remove="loading")
+
+        return run
 
     def watch_inputs(self, d: ui.dialog) -> None:
         for el in d.descendants():

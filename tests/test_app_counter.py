@@ -8,6 +8,8 @@ the store exactly as it was (`helpers.snapshot`).
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 from app_fixtures import CASHIER, OWNER, CounterApp
@@ -86,6 +88,25 @@ async def test_search_by_phone_tail_then_consume_a_service(counter_app: CounterA
     bal = app.ledger.balance(mid)
     assert (bal["cash"], bal["points"]) == (50000 - 12800, 128)
     await app.user.should_see("¥372.00")
+
+
+async def test_a_double_click_on_confirm_sells_once(counter_app: CounterApp) -> None:
+    """The cashier clicks 确认消费 twice before the first sale is done: one sale."""
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    await app.login(*CASHIER)
+    app.user.find(marker="search").type("5678")
+    app.user.find(marker="search-go").click()
+    await app.user.should_see(marker="member-name")
+    app.user.find(marker="consume").click()
+    await app.user.should_see("原价 ¥128.00，应付 ¥128.00，得 128 积分")
+    ok = app.user.find(marker="consume-ok")
+    ok.click()
+    ok.click()
+    await app.user.should_see("已消费 足疗 60 分钟")
+    await asyncio.sleep(0.5)  # a second sale, had it started, would be done by now
+    assert app.ledger.balance(mid)["cash"] == 50000 - 12800
+    assert len(app.ledger.history(mid)) == 3  # the top-up, the card's issue, one sale
 
 
 async def test_top_up_shows_the_promotion_and_credits_the_card(counter_app: CounterApp) -> None:
