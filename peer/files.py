@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from crdtledger.backups import write_backup
-from crdtledger.errors import CorruptSyncFile
+from crdtledger.errors import CorruptSyncFile, LedgerError, RemoteProtocolError
 from crdtledger.ledger import Ledger
 from crdtledger.private import write_private
 from crdtledger.syncfile import MAX_FILE_BYTES, export_file, import_file
@@ -37,7 +37,13 @@ def import_bytes(ledger: Ledger, operator: str | None, data: bytes) -> dict[str,
     with tempfile.TemporaryDirectory(prefix="crdtledger-import-") as tmp:
         path = Path(tmp) / "import.sync"
         write_private(path, data)  # members' data: 0600 even inside a private dir
-        info = import_file(ledger, path, operator=operator)
+        try:
+            info = import_file(ledger, path, operator=operator)
+        except (LedgerError, RemoteProtocolError) as e:
+            # The sentence names the file: the sender's is "the file sent", not a
+            # path on this machine (which tells a stranger how the node is laid out).
+            e.args = (str(e).replace(str(path), "the file sent"), *e.args[1:])
+            raise
     info["file"] = ""  # the temporary name means nothing to the sender
     return info
 

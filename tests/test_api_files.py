@@ -53,6 +53,8 @@ def test_a_sync_file_travels_through_the_api_and_a_bad_one_changes_nothing(
                                                 boss_b, bad)
                     assert status == 400, body
                     assert b"corrupt_sync_file" in body and b"nothing changed" in body
+                    # The sender's file, not a path on this machine.
+                    assert b"the file sent" in body and b"crdtledger-import" not in body
                 assert snapshot(b) == before
 
                 status, body, _ = await raw(http, "POST", api_b.base + "/sync/import", boss_b,
