@@ -54,9 +54,9 @@ class Members(Auth):
         ).fetchone():
             raise InvalidInput(f"phone {fields['phone']} is registered to another member")
         prefs_d = _prefs(prefs or {})
-        custom_d = {check_text(k, "field name", limit=40): check_text(v, k) for k, v in
-                    (custom or {}).items()}
-        tag_d = {check_text(t, "tag", limit=40): True for t in tags}
+        custom_d = {check_text(k, "field name", required=True, limit=40): check_text(v, k)
+                    for k, v in (custom or {}).items()}
+        tag_d = {check_text(t, "tag", required=True, limit=40): True for t in tags}
         mid = self.clock.mint()
 
         record = Map({**fields, "created_by": operator, "prefs": Map(prefs_d),
@@ -87,10 +87,10 @@ class Members(Auth):
         ).fetchone():
             raise InvalidInput(f"phone {f['phone']} is registered to another member")
         prefs_d = _prefs(prefs or {})
-        custom_d = {check_text(k, "field name", limit=40): check_text(v, k) for k, v in
-                    (custom or {}).items()}
-        tags = {check_text(t, "tag", limit=40): True for t in tags_add}
-        tags |= {check_text(t, "tag", limit=40): False for t in tags_remove}
+        custom_d = {check_text(k, "field name", required=True, limit=40): check_text(v, k)
+                    for k, v in (custom or {}).items()}
+        tags = {check_text(t, "tag", required=True, limit=40): True for t in tags_add}
+        tags |= {check_text(t, "tag", required=True, limit=40): False for t in tags_remove}
         change = self.clock.mint()
         changed = [*f, *(f"prefs.{k}" for k in prefs_d), *(f"custom.{k}" for k in custom_d),
                    *(["tags"] if tags else [])]

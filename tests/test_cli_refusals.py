@@ -1,5 +1,6 @@
-"""Commands refused with a sentence that change nothing: an export aimed at the node's
-own files, an enrolment the chain directory cannot make. The real command line on
+"""Commands and inputs refused with a sentence that change nothing: an export aimed at
+the node's own files, an enrolment the chain directory cannot make, a second node
+under an id in service, a day no calendar has, a blank tag. The real command line on
 real data directories (a tester's findings, 5 December)."""
 
 from __future__ import annotations
@@ -7,7 +8,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
 from conftest import Cli
+from helpers import new_ledger
+
+from crdtledger.errors import InvalidInput
 
 
 def test_an_export_into_the_nodes_own_directory_is_refused(cli: Cli, tmp_path: Path) -> None:
@@ -108,3 +113,15 @@ def test_a_birthday_no_calendar_has_is_refused(cli: Cli, tmp_path: Path) -> None
     r = cli("member", "add", "--name", "王芳", "--phone", "13800000001",
             "--birthday", "02-29", data=data)
     assert r.code == 0, r.err
+
+
+def test_a_blank_tag_or_field_name_is_refused(tmp_path: Path) -> None:
+    a = new_ledger(tmp_path, "SH01")
+    try:
+        with pytest.raises(InvalidInput, match="tag is required"):
+            a.add_member(a.owner, name="王芳", phone="13800000001", tags=[" "])
+        with pytest.raises(InvalidInput, match="field name is required"):
+            a.add_member(a.owner, name="王芳", phone="13800000001", custom={" ": "x"})
+        assert a.storage.conn.execute("SELECT count(*) FROM members").fetchone() == (0,)
+    finally:
+        a.close()
