@@ -30,9 +30,10 @@ will one day start from, which counts once a head office and a quorum of branche
 signed it (`QUORUM`). A shop closed for good (its certificate revoked) is not waited
 for; a branch that stops without being revoked keeps every later month open. The
 balances include the points lots at the month's end, cut by id
-(`month_end_from_tables`). Not built: the rest of what a joining branch needs (open
-packages, coupons, bookings; benchmarks/README.md), joining from a closing, months
-on demand.
+(`month_end_from_tables`), and names by their hashes the records a joining branch
+will take whole (`whole_records`: the member documents, the rules, the months
+after). Not built: the rest of what a joining branch needs (open packages, coupons,
+bookings; benchmarks/README.md), joining from a closing, months on demand.
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ def digest(ledger: Ledger, month: str) -> str | None:
     """The closing digest of `month`: SHA-256 of the chain, the month, and for each
     writer whose log this replica holds, where its first cut of `month` or later sits
     in its log and the log's hash there; then the digest of the balances at the
-    month's end (`month_end`). The log hash chains every record before it, so two
+    month's end (`month_end`), and that of the records a branch joining from the
+    closing takes whole (`whole_records`). The log hash chains every record before it, so two
     replicas with the same digest hold the same history up to every branch's word
     that the month is over: the same books of it and of every month before, and the
     balances say that this replica's projection of that history is the same too (a
