@@ -337,7 +337,8 @@ def _str(value: Any, limit: int = 200) -> str:
 
 _OPTIONAL_INTS = frozenset({"percent", "min_spend", "off",  # coupons
                             "paid", "gross", "qty", "bonus", "points", "fee",
-                            "start", "minutes"})  # a booking's slot (crdtledger.bookings)
+                            "start", "minutes",  # a booking's slot (crdtledger.bookings)
+                            "version"})  # a technician's (crdtledger.bookings)
 _OPTIONAL_STRS = frozenset({
     "day",
     "ref",

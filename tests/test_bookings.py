@@ -492,24 +492,27 @@ def test_a_request_further_ahead_than_the_horizon_is_refused_by_the_branch(
             ledger.close()
 
 
-def test_a_technician_change_that_would_not_take_effect_is_refused(tmp_path: Path) -> None:
+def test_a_technician_changed_after_a_clock_ahead_was_put_right_takes_the_change(
+        tmp_path: Path) -> None:
     """A technician changed while SH02's clock ran ahead, then changed again once it
-    is put right: the second version would sort before the first and never be read,
-    so it is refused with the reason rather than acknowledged and lost."""
+    is put right: the second version's id sorts before the first, and it is the one
+    in force (its `version` is one above), here and at another branch."""
     clock = FakeClock(FakeClock().ms + AHEAD)
     sh02 = new_ledger(tmp_path, "SH02", now_ms=clock)
+    sh01 = new_ledger(tmp_path, "SH01")
     try:
-        bookings.add_technician(sh02, sh02.owner, "T01", "小李", ["FOOT60"], "10:00-22:00")
+        first = bookings.add_technician(sh02, sh02.owner, "T01", "小李", ["FOOT60"],
+                                        "10:00-22:00")
         clock.ms -= AHEAD
-        with pytest.raises(BookingRefused, match="would not take effect"):
-            bookings.add_technician(sh02, sh02.owner, "T01", "小李", ["FOOT60"],
-                                    "12:00-20:00")
-        assert bookings.technician(sh02, "T01")["hours"] == "10:00-22:00"
-        clock.ms += AHEAD + 60_000  # past what was minted ahead: changes take effect
-        bookings.add_technician(sh02, sh02.owner, "T01", "小李", ["FOOT60"], "12:00-20:00")
-        assert bookings.technician(sh02, "T01")["hours"] == "12:00-20:00"
+        second = bookings.add_technician(sh02, sh02.owner, "T01", "小李", ["FOOT60"],
+                                         "12:00-20:00")
+        assert (first["version"], second["version"]) == (1, 2)
+        sync(sh02, sh01)
+        for x in (sh02, sh01):
+            assert bookings.technician(x, "T01@SH02")["hours"] == "12:00-20:00"
     finally:
         sh02.close()
+        sh01.close()
 
 
 # --- the command line, as a person runs it ----------------------------------------------
