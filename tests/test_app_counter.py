@@ -73,8 +73,9 @@ async def test_a_lost_card_stands_out_and_cannot_be_used(counter_app: CounterApp
     await app.user.should_see(marker="card-lost")  # the red banner over the member
 
 
-async def test_search_by_phone_tail_then_consume_a_service(counter_app: CounterApp) -> None:
-    app = counter_app
+async def consume_dialog_by_phone_tail(app: CounterApp) -> str:
+    """A member with 500.00 and a card, found by the tail of the phone number, and the
+    consume dialog opened on the first service; the member's id."""
     mid = member_with_card(app, cash=50000)
     await app.login(*CASHIER)
     app.user.find(marker="search").type("5678")
@@ -83,6 +84,12 @@ async def test_search_by_phone_tail_then_consume_a_service(counter_app: CounterA
     app.user.find(marker="consume").click()
     # Before confirming, the cashier sees the price to pay and the points it earns.
     await app.user.should_see("原价 ¥128.00，应付 ¥128.00，得 128 积分")
+    return mid
+
+
+async def test_search_by_phone_tail_then_consume_a_service(counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = await consume_dialog_by_phone_tail(app)
     app.user.find(marker="consume-ok").click()
     await app.user.should_see("已消费 足疗 60 分钟")
     bal = app.ledger.balance(mid)
@@ -93,13 +100,7 @@ async def test_search_by_phone_tail_then_consume_a_service(counter_app: CounterA
 async def test_a_double_click_on_confirm_sells_once(counter_app: CounterApp) -> None:
     """The cashier clicks 确认消费 twice before the first sale is done: one sale."""
     app = counter_app
-    mid = member_with_card(app, cash=50000)
-    await app.login(*CASHIER)
-    app.user.find(marker="search").type("5678")
-    app.user.find(marker="search-go").click()
-    await app.user.should_see(marker="member-name")
-    app.user.find(marker="consume").click()
-    await app.user.should_see("原价 ¥128.00，应付 ¥128.00，得 128 积分")
+    mid = await consume_dialog_by_phone_tail(app)
     ok = app.user.find(marker="consume-ok")
     ok.click()
     ok.click()

@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 from test_api import Api
+from test_login_throttle import Clock
 
 from crdtledger import auth
 from crdtledger.ledger import Ledger
@@ -30,14 +31,6 @@ from peer.node import Config, Node
 PW = {"boss": "boss-secret", "mgr": "mgr-secret", "amy": "amy-secret", "bob": "bob-secret"}
 ROLES = {"boss": "owner", "mgr": "manager", "amy": "cashier", "bob": "cashier"}
 OVER_LIMIT = "5000.01"  # a top-up above the default approval limit
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -374,6 +375,24 @@ def test_any_interleaving_converges_and_never_double_books(
 AHEAD = 3 * 86_400_000
 
 
+@contextmanager
+def technician_at_sh02(tmp_path: Path, sh01_clock: FakeClock, sh02_clock: FakeClock
+                       ) -> Iterator[tuple[dict[str, Ledger], str]]:
+    """SH01 and SH02 on their own clocks, 小李 (T01, FOOT60, 10:00-22:00) at SH02 and a
+    member of SH01, synced: the stores and the member."""
+    ledgers = {"SH01": new_ledger(tmp_path, "SH01", now_ms=sh01_clock),
+               "SH02": new_ledger(tmp_path, "SH02", now_ms=sh02_clock)}
+    try:
+        sh01, sh02 = ledgers["SH01"], ledgers["SH02"]
+        bookings.add_technician(sh02, sh02.owner, "T01", "小李", ["FOOT60"], "10:00-22:00")
+        m = sh01.add_member(sh01.owner, name="张伟", phone="13800138000")
+        sync_all(ledgers)
+        yield ledgers, m
+    finally:
+        for ledger in ledgers.values():
+            ledger.close()
+
+
 def _releases(ledger: Ledger, booking: str) -> int:
     return len(ledger.storage.conn.execute(
         "SELECT 1 FROM entries WHERE kind = 'booking_decision' AND ref = ? "
@@ -390,12 +409,8 @@ def test_a_slot_confirmed_by_a_clock_ahead_is_freed_once_cancelled_after_it_is_p
     again at both branches, a new booking of it is taken, and SH02's passes release
     it once, then write nothing (it used to stay taken and be released every pass)."""
     good, ahead = FakeClock(), FakeClock(FakeClock().ms + AHEAD)
-    ledgers = {"SH01": new_ledger(tmp_path, "SH01", now_ms=good),
-               "SH02": new_ledger(tmp_path, "SH02", now_ms=ahead)}
-    try:
+    with technician_at_sh02(tmp_path, good, ahead) as (ledgers, m):
         sh01, sh02 = ledgers["SH01"], ledgers["SH02"]
-        bookings.add_technician(sh02, sh02.owner, "T01", "小李", ["FOOT60"], "10:00-22:00")
-        m = sh01.add_member(sh01.owner, name="张伟", phone="13800138000")
         m2 = sh01.add_member(sh01.owner, name="李娜", phone="13800138001")
         sync_all(ledgers)
         when = "2026-01-06T14:00"  # 5 days ahead of the real time, 2 of SH02's clock
@@ -427,9 +442,6 @@ def test_a_slot_confirmed_by_a_clock_ahead_is_freed_once_cancelled_after_it_is_p
         assert bookings.decide(sh02) == []
         for ledger in ledgers.values():
             assert bookings.double_booked(ledger) == []
-    finally:
-        for ledger in ledgers.values():
-            ledger.close()
 
 
 def test_a_release_written_long_before_its_booking_by_id_still_frees_the_slot(
@@ -439,13 +451,8 @@ def test_a_release_written_long_before_its_booking_by_id_still_frees_the_slot(
     on, the release's id is older than the window a book is read in (HORIZON_DAYS +
     a day) while the booking's is not, and the slot, still to come, stays free."""
     good, ahead = FakeClock(), FakeClock(FakeClock().ms + 100 * 86_400_000)
-    ledgers = {"SH01": new_ledger(tmp_path, "SH01", now_ms=good),
-               "SH02": new_ledger(tmp_path, "SH02", now_ms=ahead)}
-    try:
+    with technician_at_sh02(tmp_path, good, ahead) as (ledgers, m):
         sh01, sh02 = ledgers["SH01"], ledgers["SH02"]
-        bookings.add_technician(sh02, sh02.owner, "T01", "小李", ["FOOT60"], "10:00-22:00")
-        m = sh01.add_member(sh01.owner, name="张伟", phone="13800138000")
-        sync_all(ledgers)
         day = (datetime.fromtimestamp(ahead.ms / 1000, ZoneInfo("Asia/Shanghai"))
                + timedelta(days=5)).date().isoformat()
         b = bookings.book(sh02, sh02.owner, m, "T01", "FOOT60", f"{day}T14:00")["booking"]
@@ -462,9 +469,6 @@ def test_a_release_written_long_before_its_booking_by_id_still_frees_the_slot(
         assert bookings.decide(sh02) == []
         assert bookings.book(sh02, sh02.owner, m, "T01", "FOOT60", f"{day}T14:00")[
             "status"] == "confirmed"
-    finally:
-        for ledger in ledgers.values():
-            ledger.close()
 
 
 def test_a_request_further_ahead_than_the_horizon_is_refused_by_the_branch(
@@ -473,13 +477,8 @@ def test_a_request_further_ahead_than_the_horizon_is_refused_by_the_branch(
     refuses it: confirmed, it would leave the window SH02 reads its book in while
     still to come, and the slot could be given twice."""
     good, ahead = FakeClock(), FakeClock(FakeClock().ms + 30 * 86_400_000)
-    ledgers = {"SH01": new_ledger(tmp_path, "SH01", now_ms=ahead),
-               "SH02": new_ledger(tmp_path, "SH02", now_ms=good)}
-    try:
-        sh01, sh02 = ledgers["SH01"], ledgers["SH02"]
-        bookings.add_technician(sh02, sh02.owner, "T01", "小李", ["FOOT60"], "10:00-22:00")
-        m = sh01.add_member(sh01.owner, name="张伟", phone="13800138000")
-        sync_all(ledgers)
+    with technician_at_sh02(tmp_path, ahead, good) as (ledgers, m):
+        sh01 = ledgers["SH01"]
         day = (datetime.fromtimestamp(ahead.ms / 1000, ZoneInfo("Asia/Shanghai"))
                + timedelta(days=89)).date().isoformat()
         b = bookings.book(sh01, sh01.owner, m, "T01", "FOOT60", f"{day}T14:00")["booking"]
@@ -487,9 +486,6 @@ def test_a_request_further_ahead_than_the_horizon_is_refused_by_the_branch(
         got = bookings.show(sh01, b)
         assert got["status"] == "refused"
         assert f"more than {bookings.HORIZON_DAYS} days ahead" in got["reason"]
-    finally:
-        for ledger in ledgers.values():
-            ledger.close()
 
 
 def test_a_technician_changed_after_a_clock_ahead_was_put_right_takes_the_change(
