@@ -426,8 +426,7 @@ def _writers(ledger: Ledger) -> tuple[list[str], list[str]]:
     can add nothing more anywhere, so its months are not waited for."""
     log = ledger.storage.log
     writers = sorted({*log.positions(), ledger.node})
-    return writers, [n for n in writers if n != ledger.node and (
-        (kept := log.head(n)) is not None and ledger.trust.revoked(n, kept[1]))]
+    return writers, [n for n in writers if n != ledger.node and ledger.retired(n)]
 
 
 def _counted(ledger: Ledger, agree: list[str], writers: list[str], retired: list[str]

@@ -200,6 +200,12 @@ class LedgerBase:
             # fold the closing's points lots are cut from (model.month_over_ms).
             self.clock.floor_ms = month_over_ms(month)
 
+    def retired(self, node: str) -> bool:
+        """Did the chain revoke `node`'s certificate (a shop closed for good), as this
+        replica judges the head it keeps of its log? Nothing more it writes is taken."""
+        kept = self.storage.log.head(node)
+        return kept is not None and self.trust.revoked(node, kept[1])
+
     def _check_may_write(self) -> None:
         if self.restored is not None:
             raise NotCaughtUp(

@@ -407,24 +407,18 @@ class Payments(Merges, Rules):
         blocked here for a proven fault, whose writes are not taken any more, so
         nothing could come back from it. The caller refuses this node itself with its
         own sentence."""
-        log = self.storage.log
         listed = self.rule("branches") or {}
-        blocked = log.blocked()
-        heard = views.peers_seen(cast("Ledger", self))
-
-        def retired(node: str) -> bool:
-            kept = log.head(node)
-            return kept is not None and self.trust.revoked(node, kept[1])
-
-        if to in blocked or retired(to):
-            why = ("blocked here for a proven fault" if to in blocked
+        blocked = to in self.storage.log.blocked()
+        if blocked or self.retired(to):
+            why = ("blocked here for a proven fault" if blocked
                    else "closed: the chain revoked its certificate")
             raise InvalidInput(f"branch {to} is {why}; {what} sent there could never "
                                "be spent or come back")
-        if to in listed or to in log.positions() or to in heard:
+        at_work = views.branches_known(cast("Ledger", self))
+        if to in listed or to in at_work:
             return
-        known = sorted(n for n in {*listed, *log.positions(), *heard}
-                       if n != self.node and n not in blocked and not retired(n))
+        known = sorted({n for n in set(listed) - {self.node} - self.storage.log.blocked()
+                        if not self.retired(n)} | at_work)
         names = ", ".join(f"{n} {listed[n]}" if listed.get(n) else n for n in known)
         raise InvalidInput(
             f"{to} is not a branch of this chain"

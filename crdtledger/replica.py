@@ -902,11 +902,7 @@ class Replica(LedgerBase):
             # nothing to fetch back, and what never left the lost disk nobody can.
             heard = set(json.loads(st.meta.get("restore_heard") or "[]"))
             heard.add(peer or "")
-            # Every branch known here: a writer whose log is held, or one heard from
-            # (a branch that never wrote has no log, yet may hold ours).
-            others = {n for n in {*st.log.positions(), *(n for (n,) in st.conn.execute(
-                "SELECT node FROM peers"))} - {self.node} - st.log.blocked()
-                if not ((kept := st.log.head(n)) and self.trust.revoked(n, kept[1]))}
+            others = views.branches_known(cast("Ledger", self))
             if others <= heard:
                 self._end_restore()
                 return

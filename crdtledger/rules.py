@@ -22,6 +22,7 @@ from crdtledger.model import (
     PURSE_METHODS,
     RULE_KINDS,
     SERVICE_CODE,
+    normalise,
 )
 from crdtledger.money import check_amount
 
@@ -34,12 +35,12 @@ def _rev(record: Any) -> int:
     """A version's `rev` as replicated (Yjs numbers come back as floats): a whole
     number from 1 to MAX_REV, else 0, as a version written before the field has.
     Whatever a misbehaving writer put there, never an exception."""
-    value = record.get("rev") if isinstance(record, dict) else None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    # model.normalise reads an integral float as the int it is; NaN, infinities and
+    # fractions stay floats and count for nothing.
+    value = normalise(record.get("rev")) if isinstance(record, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_REV:
         return 0
-    if not 1 <= value <= MAX_REV or not float(value).is_integer():  # NaN fails the range
-        return 0
-    return int(value)
+    return value
 
 
 class Rules(Auth):

@@ -420,6 +420,15 @@ def peers_seen(ledger: Ledger) -> dict[str, int | None]:
             ledger.storage.conn.execute("SELECT node, seen_at FROM peers ORDER BY node")}
 
 
+def branches_known(ledger: Ledger) -> set[str]:
+    """The other branches this store knows to be at work: a writer whose log it holds
+    or one it synced with (a branch that never wrote has no log), less those blocked
+    here for a proven fault or retired (their writes are not taken any more)."""
+    log = ledger.storage.log
+    return {n for n in {*log.positions(), *peers_seen(ledger)} - {ledger.node} - log.blocked()
+            if not ledger.retired(n)}
+
+
 def active_branches(ledger: Ledger, day: str) -> set[str]:
     """Branches that wrote an entry on `day` or where a member joined that day: the
     daily report gives each a row even when no rule names it."""

@@ -553,8 +553,7 @@ def _serials_to_revoke(chain: Chain, ca: x509.Certificate,
             raise ChainError(f"that certificate was not issued by chain {chain.name}") from None
         return [cert.serial_number]
     if isinstance(target, str) and NODE_ID.match(target):
-        found = [int(p.stem.rsplit("-", 1)[1], 16)
-                 for p in (chain.dir / ISSUED_DIR).glob(f"{target}-*.crt")]
+        found = [int(p.stem.rsplit("-", 1)[1], 16) for p in _issued(chain, target)]
         if not found:
             raise ChainError(f"chain {chain.name} has issued no certificate to node {target}")
         return found
@@ -571,7 +570,7 @@ def in_service(chain_dir: Path | str, node: str) -> list[int]:
                if own.exists() else set())
     now = _now()
     out = []
-    for path in sorted((chain.dir / ISSUED_DIR).glob(f"{node}-*.crt")):
+    for path in _issued(chain, node):
         try:
             cert = x509.load_pem_x509_certificate(path.read_bytes())
             if cert.serial_number not in revoked and cert.not_valid_after_utc > now:
@@ -579,6 +578,11 @@ def in_service(chain_dir: Path | str, node: str) -> list[int]:
         except trust.CERT_ERRORS:
             continue  # not a certificate this function can speak for
     return out
+
+
+def _issued(chain: Chain, node: str) -> list[Path]:
+    """The copies of every certificate the CA issued to `node` (`enrol` keeps them)."""
+    return sorted((chain.dir / ISSUED_DIR).glob(f"{node}-*.crt"))
 
 
 def _crl_der(crl: bytes | str) -> bytes:
