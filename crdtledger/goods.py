@@ -206,27 +206,6 @@ class Goods(Payments):
                 left -= take
         return parts
 
-    def _together(self, *entries: dict[str, Any]) -> list[Write]:
-        """Entries written as one log record, so that every replica takes them together
-        (a sale's money and its stock): the first write sets every key in one pycrdt
-        transaction, the others only have their entry projected (they change nothing
-        more, so they add no record). Entries of two months (a sale at midnight on the
-        last of a month) are two documents, so separate records, in order: each stands
-        alone (funded, never below zero), and a replica between them shows the money
-        taken a moment before the stock."""
-        writes = [self._entry_write(e) for e in entries]
-        if len(writes) == 1 or any(w.doc != writes[0].doc for w in writes):
-            return writes
-
-        def every(root: Any) -> None:
-            for e in entries:
-                root[e["id"]] = e
-
-        first = writes[0]
-        return [Write(first.doc, first.root, first.key, every, entry=entries[0]),
-                *(Write(w.doc, w.root, w.key, lambda _root: None, entry=w.entry)
-                  for w in writes[1:])]
-
     def _stock_entry(self, item: Mapping[str, Any], qty: int, reason: str,
                      deltas: list[tuple[str, str, int]], operator: str,
                      stock_id: str | None = None, **extra: Any) -> dict[str, Any]:

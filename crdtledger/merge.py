@@ -125,11 +125,17 @@ class Merges(Cards):
                 chunk = held[i:i + MAX_DELTAS]
                 # `amount`: the cash (stored value paid in) moved, as a transfer's.
                 cash = sum(a for p, a in chunk if p == "cash")
-                out = self._entry("merge", m, amount=cash, to=head, op=op,
-                                  deltas=[(p, self.node, -a) for p, a in chunk])
-                into = self._entry("merge", head, amount=cash, ref=out["id"], op=op,
-                                   deltas=[(p, self.node, a) for p, a in chunk])
-                writes += [self._entry_write(out), self._entry_write(into)]
+                while True:
+                    out = self._entry("merge", m, amount=cash, to=head, op=op,
+                                      deltas=[(p, self.node, -a) for p, a in chunk])
+                    into = self._entry("merge", head, amount=cash, ref=out["id"], op=op,
+                                       deltas=[(p, self.node, a) for p, a in chunk])
+                    # One record, judged whole (writerules `merge-paired`): a pair
+                    # minted across a month's turn is minted again, both after it.
+                    pair = self._together(out, into)
+                    if pair[0].doc == pair[1].doc:
+                        break
+                writes += pair
                 done += [out, into]
         return writes, done
 

@@ -382,7 +382,7 @@ class Payments(Merges, Rules):
             if points > 0:
                 escrow.require("points", self.node,
                                self._purses(member).get("points", {}), points, member)
-            return (cast("Ledger", self)._together(entry, stock),
+            return (self._together(entry, stock),
                     {**entry, "stock_entry": stock["id"]})
 
         return self._commit(plan)

@@ -743,6 +743,17 @@ class Replica(LedgerBase):
         ledger = name.startswith("ledger/")
         governs: dict[str, bool] = {}
         order = InOrder(name, decode_state_vector(ld.doc.get_state()))
+        named: set[str] = set()  # sweeps' outs named by an "in" of this run
+
+        def earlier_out(ref: str) -> dict[str, Any] | None:
+            """An out of a sweep written before 0.3.0 (two records): in this document
+            already, and named by no "in" yet (projected, or of this run)."""
+            out = ld.roots["entries"].get(ref) if ledger else None
+            if (not isinstance(out, dict) or ref in named or st.conn.execute(
+                    "SELECT 1 FROM entries WHERE ref = ? AND kind = 'merge'",
+                    (ref,)).fetchone()):
+                return None
+            return out
         # Dropped if the transaction rolls back, even if nothing integrated: what Yrs
         # holds back inside the Doc would otherwise be released later, unjudged.
         ld.changed()
@@ -771,8 +782,9 @@ class Replica(LedgerBase):
                                      or self._may_govern(node, certs.get(node)))
                 added = change.added[first:]
                 try:
-                    check_change(node, name, added, change.other - other,
-                                 governs[node], self.trust.is_revocation_list)
+                    named |= check_change(node, name, added, change.other - other,
+                                          governs[node], self.trust.is_revocation_list,
+                                          earlier_out)
                     if ledger:
                         keys = [key for _r, key, _o, _n in added]
                         _check_months(name, keys, st.day_of)

@@ -15,6 +15,7 @@ so honest replicas judge alike whatever order the logs reach them in.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -65,6 +66,11 @@ RULES: tuple[WriteRule, ...] = (
     WriteRule("transfer-balanced", "a rights transfer moves rights: its changes to each "
                                    "purse sum to zero (rights raised by a transfer of "
                                    "nothing would spend other branches' prepaid value)"),
+    WriteRule("merge-paired", "a merge entry that raises rights (a sweep's \"in\") names in "
+                              "`ref` a merge entry of the same record that lowers exactly "
+                              "those rights of its writer (the \"out\", whose `to` is the "
+                              "\"in\"'s member), and no two name the same: a sweep moves "
+                              "rights between members, it creates none"),
     WriteRule("booking-branch", "a technician's versions and the decisions on its bookings "
                                 "(confirmed, refused, released, no-show) are written only by "
                                 "the branch it belongs to: the node part of the technician's "
@@ -212,24 +218,27 @@ class InOrder:
 
 
 def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], other: int,
-                 may_govern: bool, ca_signed: Callable[[Any], bool]) -> None:
+                 may_govern: bool, ca_signed: Callable[[Any], bool],
+                 earlier: Callable[[str], dict[str, Any] | None] | None = None) -> set[str]:
     """Judge what applying one record of `node` changed: the records it set or
     removed (root, key, old, new, as storage.Change has them) and the number of
     `other` changes (edits inside a record, or keys Yrs could not tell). `ca_signed`
-    says whether a rule record is a revocation list the chain CA signed."""
+    says whether a rule record is a revocation list the chain CA signed; `earlier`
+    is check_merges_paired's. Returns the sweeps' outs its merge entries named."""
     if doc in GOVERNANCE_DOCS:
         if may_govern or (doc == "rules" and not other
                           and all(old is None and ca_signed(new)
                                   for _r, _k, old, new in added)):
-            return
+            return set()
         raise RuleBroken("governance", f"node {node} changed {doc} without the head "
                                        "office's grant")
     if not doc.startswith("ledger/"):
-        return
+        return set()
     if other:
         raise RuleBroken("entry-insert-once", f"{doc}: an entry changed in place")
     coupons: dict[str, float] = {}  # units of each coupon this record adds (net)
     issued: set[str] = set()  # the coupons it issues
+    merges: dict[Any, dict[str, Any]] = {}  # the merge entries it adds, by key
     for _root, key, old, new in added:
         if old is not None or new is None:
             raise RuleBroken("entry-insert-once", f"{doc}: entry {key} overwritten or deleted")
@@ -257,6 +266,8 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
                 if any(net.values()):
                     raise RuleBroken("transfer-balanced", f"{doc}: entry {key}: a transfer "
                                                           "whose changes do not sum to zero")
+        if new.get("kind") == "merge":
+            merges[key] = new
         if new.get("kind") == "refund" and (not isinstance(new.get("ref"), str)
                                             or new["ref"].rsplit(".", 1)[-1] != node):
             raise RuleBroken("refund-own", f"{doc}: entry {key}: node {node} refunds a "
@@ -276,6 +287,7 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
                 not isinstance(new.get("ref"), str) or new["ref"].rsplit(".", 1)[-1] != node):
             raise RuleBroken("referral-reward", f"{doc}: entry {key}: node {node} rewards a "
                                                 "referral another branch recorded")
+    named = check_merges_paired(node, doc, merges, earlier)
     # Like money, a coupon moves between branches and is spent; unlike money, nobody
     # may make more of it: one unit, made by its issue. (A branch could otherwise
     # give itself a new unit of a coupon already redeemed, in any member's name.)
@@ -283,6 +295,54 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
         if added_units > (1 if purse in issued else 0):
             raise RuleBroken("coupon-unit", f"{doc}: node {node} adds {added_units:g} "
                                             f"unit(s) of coupon {purse[len(COUPON_PREFIX):]}")
+    return named
+
+
+def check_merges_paired(node: str, doc: str, merges: dict[Any, dict[str, Any]],
+                        earlier: Callable[[str], dict[str, Any] | None] | None = None
+                        ) -> set[str]:
+    """A sweep (crdtledger.merge) writes each pair as one record, both entries in one
+    month's document (Merges._sweep_writes mints them again if they straddle a month's
+    turn): judged from that record alone, the same at every replica. A lone "in" would
+    raise its writer's rights from nothing (value no branch collected, spent first in,
+    first out from other branches' prepaid lots). Sweeps written before 0.3.0 are two
+    consecutive records of one document: `earlier(ref)` gives the "out" an earlier
+    record of this writer put in this document and no "in" has named yet (the
+    replica's document and projection: the same at every replica, since a writer's
+    records of a document are applied in its log's order). Returns the outs named."""
+    named: set[str] = set()
+    for key, e in merges.items():
+        changes = _changes(e)
+        if changes is None or all(c < 0 for _p, _n, c in changes):
+            continue  # malformed (model.normalise_entry's), or an "out": lowers its own
+        ref = e.get("ref")
+        out = None
+        if isinstance(ref, str) and ref not in named:
+            out = merges.get(ref) or (earlier(ref) if earlier is not None else None)
+        lowered = _changes(out) if out is not None else None
+        if (out is None or lowered is None or out.get("kind") != "merge"
+                or out.get("node") != node or out.get("to") != e.get("member")
+                or Counter((p, n, -c) for p, n, c in lowered) != Counter(changes)):
+            raise RuleBroken("merge-paired", f"{doc}: entry {key}: node {node} raises rights "
+                                             "by a merge that no out of its own lowers")
+        named.add(str(ref))
+    return named
+
+
+def _changes(entry: dict[str, Any]) -> list[tuple[str, str, Any]] | None:
+    """An entry's deltas as (purse, node, change), or None when malformed (refused by
+    model.normalise_entry, which quarantines the entry at every replica)."""
+    deltas = entry.get("deltas")
+    if not isinstance(deltas, list):
+        return None
+    out = []
+    for d in deltas:
+        if (not isinstance(d, list) or len(d) != 3 or not isinstance(d[0], str)
+                or not isinstance(d[1], str) or isinstance(d[2], bool)
+                or not isinstance(d[2], int | float)):
+            return None
+        out.append((d[0], d[1], d[2]))
+    return out
 
 
 def check_local(doc: str, governs: bool, value: Any, ca_signed: Callable[[Any], bool]

@@ -247,6 +247,14 @@ def transfer_of_nothing(c: Ctx) -> tuple[str, Mutate]:
     return put_entry(new_entry(c, c.log_node, "transfer", TOPUP, [["cash", c.log_node, TOPUP]]))
 
 
+def merge_in_of_nothing(c: Ctx) -> tuple[str, Mutate]:
+    """A sweep's "in" with no "out": rights raised at the forger for a member merged
+    from nobody, spent first in, first out from SH01's prepaid lots as a transfer of
+    nothing would be."""
+    return put_entry(new_entry(c, c.log_node, "merge", TOPUP, [["cash", c.log_node, TOPUP]],
+                               ref=c.w.topup_id))
+
+
 def debit_by_sh01(c: Ctx) -> tuple[str, Mutate]:
     return put_entry(new_entry(c, "SH01", "debit", 10_000, [["cash", "SH01", -10_000]]))
 
@@ -329,6 +337,7 @@ ATTACKS: dict[str, tuple[Callable[[Ctx], tuple[str, Mutate]], str]] = {
     "transfer SH01's rights to itself": (transfer_sh01_rights, "own-rights"),
     "refund SH01's entry": (refund_of_sh01s_entry, "refund-own"),
     "transfer of nothing to itself": (transfer_of_nothing, "transfer-balanced"),
+    "merge into a member from nobody": (merge_in_of_nothing, "merge-paired"),
     "debit by SH01": (debit_by_sh01, "entry-writer"),
     "1,000,000.00 top-up by SH01": (million_topup_by_sh01, "entry-writer"),
     "rewrite SH01's top-up to 50,000.00": (rewrite_topup, "entry-insert-once"),

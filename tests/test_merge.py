@@ -18,12 +18,14 @@ from typing import Any
 import pytest
 from app_fixtures import CASHIER, OWNER, CounterApp
 from conftest import Cli
-from helpers import FakeClock, new_ledger, projections, snapshot, sync
+from helpers import FakeClock, Forger, new_ledger, projections, snapshot, sync
+from pycrdt import Map
 from test_api import AMY_PW, BOSS_PW, Api, drive, new_member
 
 from crdtledger import audit, operations, views
 from crdtledger.errors import InvalidInput, NotFound, PermissionDenied, RightsElsewhere
 from crdtledger.ledger import Ledger
+from crdtledger.model import entry_doc
 
 PHONE = "13800138000"
 
@@ -393,3 +395,63 @@ async def test_back_office_lists_duplicates_and_merges_after_confirmation(
     await app.user.should_see("没有疑似重复的会员")
     assert ledger.survivor_of(b) == a and ledger.balance(a)["cash"] == 20000
     assert own_rights(ledger, b) == {}  # this branch swept b's money to a at once
+
+
+def test_a_sweep_minted_across_a_months_turn_is_one_record_the_others_take(
+        apart: Apart) -> None:
+    """A sweep's "in" raises rights, so the other branches take it only in the record of
+    the "out" that lowers them (writerules `merge-paired`). Entries go into the document
+    of their month, so a pair whose ids fall on both sides of a month's turn would be two
+    records, and every replica would refuse the "in" and block an honest branch: the
+    sweep mints such a pair again, both after the turn."""
+    sh, hz, a, b = apart.sh, apart.hz, apart.a, apart.b
+    sh.merge_member(sh.owner, b, a)
+    sync(sh, hz)
+    day_of = hz.storage.day_of
+    lo, hi = apart.clock.ms, apart.clock.ms + 40 * 86_400_000
+    month = day_of(lo)[:7]
+    while hi - lo > 1:  # the first millisecond of the next month in HZ01's zone
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if day_of(mid)[:7] == month else (lo, mid)
+    apart.clock.ms = hi - 60_000
+    made = hz._entry  # HZ01's first "out" is minted in the month's last minute ...
+
+    def entry(kind: Any, member: str, **kw: Any) -> dict[str, Any]:
+        e = made(kind, member, **kw)
+        if kind == "merge" and apart.clock.ms < hi:
+            apart.clock.ms = hi + 1  # ... and its "in" after the turn
+        return e
+
+    hz._entry = entry  # type: ignore[method-assign]
+    hz.housekeeping()
+    merges = [e for e in hz.history(a, 1000) if e["kind"] == "merge"]
+    assert len(merges) == 2 and all(day_of(e["at"])[:7] == day_of(hi)[:7] for e in merges)
+    sync(sh, hz)
+    assert sh.faults() == [] and sh.balance(a)["cash"] == apart.whole
+    assert projections(sh) == projections(hz)
+
+
+def test_a_sweep_of_two_records_as_0_2_wrote_is_taken_once(apart: Apart) -> None:
+    """Before 0.3.0 a sweep was two consecutive records of one document, "out" then
+    "in": a branch joining later still takes them (writerules `merge-paired` finds the
+    out an earlier record of its writer put in the document). A second "in" naming the
+    same out, in a later record, raises rights from nothing: refused, its writer
+    blocked, nothing changed."""
+    sh, hz, a, b = apart.sh, apart.hz, apart.a, apart.b
+    sh.merge_member(sh.owner, b, a)
+    sync(sh, hz)
+    hz._together = lambda *es: [hz._entry_write(e) for e in es]  # type: ignore[method-assign]
+    hz.housekeeping()
+    into = max((e for e in hz.history(a, 1000) if e["kind"] == "merge"),
+               key=lambda e: e["id"])
+    assert into["member"] == a
+    sync(sh, hz)
+    assert sh.faults() == [] and sh.balance(a)["cash"] == apart.whole
+    before = projections(sh)
+    again = dict(into, id=hz.clock.mint())
+    forger = Forger(hz)
+    forger.write(entry_doc(again["id"], hz.storage.day_of),
+                 lambda d: d.get("entries", type=Map).__setitem__(again["id"], again))
+    sh.apply_batch(forger.batch())
+    assert [f["rule"] for f in sh.faults()] == ["merge-paired"]
+    assert projections(sh) == before and sh.balance(a)["cash"] == apart.whole
