@@ -87,7 +87,10 @@ class Ledger(Membership, Goods, Replica):
     def housekeeping(self) -> list[dict[str, Any]]:
         """What this node owes the chain on a schedule, without a till asking: it
         sweeps the rights it holds of merged members to their survivors
-        (crdtledger.merge), then writes off the expired points it holds. The node core
+        (crdtledger.merge), then writes off the expired points it owes
+        (views.expired_points_owed: lots earned here, or whose earner holds no rights
+        of the member any more; not whatever expired lot its rights could pay for,
+        which let a liar's lot be paid from an honest branch's). The node core
         runs it a minute after start and once a day (core.HOUSEKEEPING_S); returns the entries
         written."""
         # First it closes the month due and signs the latest closing it can

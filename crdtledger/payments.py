@@ -533,15 +533,18 @@ class Payments(Merges, Rules):
         return self._post(entry, needs)
 
     def expire_points(self, operator: str, member: str) -> dict[str, Any] | None:
-        """Write off points past their expiry, as far as this node holds them."""
+        """Write off the points past their expiry that this node is answerable for
+        (views.expired_points_owed), as far as it holds them."""
         self.authorise(operator, "adjust")
         return self._write_off_points(member, operator)
 
     def expire_due_points(self, operator: str | None = None) -> list[dict[str, Any]]:
         """The node's own write-offs (housekeeping, or an operator allowed to adjust):
-        every member whose expired points this node holds. Each branch writes off only
-        its own rights, so together the chain writes off each expired point once,
-        wherever its rights sit."""
+        every member whose expired points this node owes a write-off for. Each branch
+        writes off the lots earned here, and those whose earner holds no rights any
+        more, from its own rights only: together the chain writes off each expired
+        point once, wherever its rights sit, and a lot a liar wrote expired is its
+        own to write off, not an honest holder's (views.expired_points_owed)."""
         if operator is not None:
             self.authorise(operator, "adjust")
         return self.write_off_expired(views.members_with_expired_points(
@@ -549,7 +552,7 @@ class Payments(Merges, Rules):
 
     def write_off_expired(self, members: list[str], operator: str | None = None
                           ) -> list[dict[str, Any]]:
-        """The expired points this node holds of each of `members`, written off."""
+        """The expired points this node owes of each of `members`, written off."""
         done = []
         for member in members:
             entry = self._write_off_points(member, operator or f"expiry@{self.node}")
@@ -557,18 +560,32 @@ class Payments(Merges, Rules):
                 done.append(entry)
         return done
 
-    def _write_off_points(self, member: str, operator: str, due: int | None = None
-                          ) -> dict[str, Any] | None:
-        """Write off up to `due` expired points (views.points reads them if not given)
-        as far as this node holds them."""
-        if due is None:
-            due = int(views.points(cast("Ledger", self), member)["expired_unwritten"])
-        n = min(due, self._rights(member, "points").get(self.node, 0))
-        if n <= 0:
+    def _write_off_points(self, member: str, operator: str) -> dict[str, Any] | None:
+        """Write off what views.expired_points_owed says this node owes of `member`'s
+        group, in the survivor's name and from the survivor's rights here, after the
+        sweep of the merged members' rights here (written first, in the same commit).
+        Worked out inside the write transaction: what a redemption wrote off meanwhile
+        counts."""
+        conn = self.storage.conn
+        member = views.canonical(conn, member)
+        group = self._folded(member)
+        if len(group) > 1:
+            self._owe_sweep(group[1:])
+        if self._owed is None and views.expired_points_owed(
+                cast("Ledger", self), member, self.node) <= 0:
             return None
-        entry = self._entry("expiry", member, deltas=[("points", self.node, -n)], points=n,
-                            op=operator)
-        return self._post(entry, {"points": n})
+
+        def plan() -> tuple[list[Write], dict[str, Any] | None]:
+            n = views.expired_points_owed(cast("Ledger", self), member, self.node)
+            if n <= 0:
+                return [], None
+            entry = self._entry("expiry", member, deltas=[("points", self.node, -n)],
+                                points=n, op=operator)
+            escrow.require("points", self.node, self._purses(member).get("points", {}), n,
+                           member)
+            return [self._entry_write(entry)], entry
+
+        return self._commit(plan)
 
     def _post_spend(self, member: str, points: int, make: Callable[[], dict[str, Any]]
                     ) -> dict[str, Any]:
@@ -585,17 +602,20 @@ class Payments(Merges, Rules):
         """Inside a write plan, before the entry spending `points` of `member`'s points
         is made: refuse the spend unless that many are valid today (wherever their
         rights sit, so every branch alike) and held here (escrow), and return the
-        write-off of the expired points this node holds, to be written first in the
-        same commit, so that the spend cannot use the expired points' rights. In the
-        spend's own transaction: a refused spend writes nothing, not even the write-off
-        (it used to commit first)."""
+        write-off of the expired points this node owes (views.expired_points_owed), to
+        be written first in the same commit, so that the spend cannot use those
+        expired points' rights. In the spend's own transaction: a refused spend writes
+        nothing, not even the write-off (it used to commit first)."""
         pts = views.points(cast("Ledger", self), member)
         if points > pts["usable"]:
             expired = pts["expired_unwritten"]
             raise InsufficientFunds("points", pts["usable"], points,
                                     f" ({expired} more have expired)" if expired else "")
         held = dict(self._purses(member).get("points", {}))
-        n = min(int(pts["expired_unwritten"]), held.get(self.node, 0))
+        # Only what this node answers for: rights it holds beyond that (another
+        # branch's lot expired while its rights sat here) pay for valid points, and the
+        # usable check above bounds the spend whoever's rights they are.
+        n = views.expired_points_owed(cast("Ledger", self), member, self.node)
         offs = []
         if n > 0:
             offs.append(self._entry("expiry", member, deltas=[("points", self.node, -n)],

@@ -648,18 +648,65 @@ def points(ledger: Ledger, member_id: str) -> dict[str, Any]:
     }
 
 
+def expired_points_owed(ledger: Ledger, member: str, node: str, today: str | None = None
+                        ) -> int:
+    """The expired points of `member`'s group that `node` is answerable for writing
+    off: what is left of lots earned at `node` (the earning entry's id ends in it), and
+    of lots earned by a node that holds no points rights of the group any more (it gave
+    them away, or wrote them off), capped by `node`'s own points rights of the survivor
+    (escrow). The daily pass, an operator's write-off and a spend's write-off all read
+    this. Holding rights is not being answerable: rights are fungible, so a branch that
+    wrote off whatever expired lot it found let a liar's lot, expired the day it was
+    written, be paid for out of an honest branch's valid points while the liar kept
+    the rights.
+
+    Only a prefix of the expired lots in the order the fold takes them (soonest
+    expiry, then earning id: lots.take) counts: a write-off names no lot, so what it
+    writes off is taken from that order whoever wrote it. Answering for a lot further
+    down would write off the one in front on paper, leave its own lot due, and be
+    written off again the next day out of valid points. A lot in front that someone
+    else answers for waits for them (possibly a day). Indexed reads: this node's
+    rights, the group's expired lots, and the rights of each other earner met."""
+    conn = ledger.storage.conn
+    group = member_group(conn, member)
+    row = conn.execute("SELECT amount FROM rights WHERE member = ? AND purse = 'points' "
+                       "AND node = ?", (group[0], node)).fetchone()
+    own = int(row[0]) if row else 0
+    if own <= 0:
+        return 0
+    held: dict[str, bool] = {node: False}  # earner -> holds points rights of the group
+    due = 0
+    for earned, left in conn.execute(
+            f"SELECT earned, left FROM points_lots WHERE member {in_(group)} "
+            "AND expires < ? AND left > 0 ORDER BY expires, earned",
+            [*group, today or ledger.today()]).fetchall():
+        earner = str(earned).rpartition(".")[2]
+        if earner not in held:
+            (total,) = conn.execute(
+                f"SELECT COALESCE(SUM(amount), 0) FROM rights WHERE member {in_(group)} "
+                "AND purse = 'points' AND node = ?", [*group, earner]).fetchone()
+            held[earner] = int(total) > 0
+        if held[earner]:
+            break
+        due += int(left)
+        if due >= own:
+            return own
+    return due
+
+
 def members_with_expired_points(ledger: Ledger, node: str, today: str) -> list[str]:
-    """Members with a lot of points that expired before `today` and points rights at
-    `node`: those whose write-off `node` may owe (the daily housekeeping pass). A
-    merged member's lots are its survivor's, and so are its rights once swept (the
-    pass sweeps first: Ledger.housekeeping). A scan of the live lots (crdtledger.lots),
-    not of the history."""
+    """Members whose expired points `node` owes a write-off for (expired_points_owed):
+    the daily housekeeping pass. A merged member's lots are its survivor's, and so are
+    its rights once swept (the pass sweeps first: Ledger.housekeeping). A scan of the
+    live lots (crdtledger.lots), not of the history, then the few reads of
+    expired_points_owed for each member with an expired lot and points rights here."""
     conn = ledger.storage.conn
     survivors = {canonical(conn, m) for (m,) in conn.execute(
-        "SELECT DISTINCT member FROM points_lots WHERE expires < ?", (today,))}
+        "SELECT DISTINCT member FROM points_lots WHERE expires < ? AND left > 0", (today,))}
     return [m for (m,) in conn.execute(
         "SELECT member FROM rights WHERE purse = 'points' AND node = ? AND amount > 0 "
-        "ORDER BY member", (node,)) if m in survivors]
+        "ORDER BY member", (node,))
+        if m in survivors and expired_points_owed(ledger, m, node, today) > 0]
 
 
 def _period(ledger: Ledger, start: str | None, end: str | None) -> tuple[str, list[Any]]:

@@ -1,0 +1,297 @@
+"""Who writes off expired points (views.expired_points_owed): a branch answers for the
+lots earned at it, and for those whose earner holds no points rights of the member
+any more, from its own rights only. A branch with a valid certificate that lies (a
+sale of its own giving points already expired) used to have an honest branch write
+off that many of its own valid points in its daily pass, while the liar kept rights
+for what was then the member's valid lot. Real ledgers in tmp_path, synced in memory;
+the liar's record forged with its own key (helpers.Forger)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import FakeClock, Forger, new_ledger, sync
+from pycrdt import Doc, Map
+
+from crdtledger import views
+from crdtledger.errors import InsufficientFunds
+from crdtledger.ledger import Ledger
+
+NODES = ("SH01", "SH02", "HZ01")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()  # 2026-01-01
+
+
+@pytest.fixture
+def chain(tmp_path: Path, clock: FakeClock) -> Iterator[dict[str, Ledger]]:
+    """Three branches that know one another; points a yuan, expiring after 30 days."""
+    ledgers = {n: new_ledger(tmp_path, n, now_ms=clock) for n in NODES}
+    ledgers["SH01"].set_rule(ledgers["SH01"].owner, "earn",
+                             {"points_per_yuan": "1", "expire_days": 30},
+                             effective_from="2025-01-01")
+    sync_all(ledgers)
+    yield ledgers
+    for ledger in ledgers.values():
+        ledger.close()
+
+
+def sync_all(ledgers: dict[str, Ledger]) -> None:
+    for _ in range(2):
+        for i, x in enumerate(NODES):
+            for y in NODES[i + 1:]:
+                sync(ledgers[x], ledgers[y])
+
+
+def member_earning(ledger: Ledger, fen: int, phone: str = "13812345678") -> str:
+    """A member who tops up and spends `fen` at `ledger`: fen // 100 points there."""
+    m = ledger.add_member(ledger.owner, name="张伟", phone=phone)
+    ledger.topup(ledger.owner, m, fen)
+    ledger.debit(ledger.owner, m, amount=fen)
+    return m
+
+
+def points_rights(ledger: Ledger, member: str) -> dict[str, int]:
+    return ledger.rights(member, "points")
+
+
+def write_offs(ledger: Ledger, member: str) -> list[tuple[str, int]]:
+    """(writer, points) of every write-off of the member's group, oldest first."""
+    return [(e["node"], e["points"]) for e in reversed(ledger.history(member, 500))
+            if e["kind"] == "expiry"]
+
+
+def forge_expired_sale(liar: Ledger, member: str, points: int, expires: str) -> Any:
+    """The liar's own sale, signed with its real key: `points` for `member`, whose lot
+    expired on `expires` (the day it was written, or long before). The entry is what
+    the liar's library would write for a sale, but for the expiry; no write rule can
+    tell, since a sale's expiry is the earn rule's of its writer's day."""
+    entry = liar._entry("debit", member, deltas=[("points", liar.node, points)],
+                        amount=points * 100, pay="cash", points=points, expires=expires,
+                        op=liar.owner)
+    w = liar._entry_write(entry)
+    forger = Forger(liar)
+
+    def put(doc: Doc[Any]) -> None:
+        doc.get(w.root, type=Map)[entry["id"]] = entry
+
+    forger.write(w.doc, put)
+    return forger.batch()
+
+
+def take_forgery(victims: list[Ledger], batch: Any) -> None:
+    for victim in victims:
+        victim.apply_batch(batch)
+        assert victim.faults() == []  # nothing a write rule can refuse
+
+
+# --- the attack ----------------------------------------------------------------------
+
+
+def test_a_liars_expired_points_are_not_written_off_from_an_honest_branch(
+        chain: dict[str, Ledger]) -> None:
+    """SH02 lies: a sale of its own gives m 80 points that expired a month before.
+    SH01 holds m's 100 valid points. SH01's daily pass writes off nothing: its rights
+    and m's usable points are as they were, and m spends all 100 at SH01. (It wrote
+    off 80 of its own, leaving SH02 rights for 80 of m's valid points.)"""
+    sh01, liar, hz01 = chain["SH01"], chain["SH02"], chain["HZ01"]
+    m = member_earning(sh01, 10000)  # 100 points, expiring 2026-01-31
+    sync_all(chain)
+    take_forgery([sh01, hz01], forge_expired_sale(liar, m, 80, "2025-12-01"))
+    pts = views.points(sh01, m)
+    assert (pts["usable"], pts["expired_unwritten"]) == (100, 80)
+    assert points_rights(sh01, m) == {"SH01": 100, "SH02": 80}
+    for honest in (sh01, hz01):
+        honest.housekeeping()
+    sync(sh01, hz01)
+    assert points_rights(sh01, m) == {"SH01": 100, "SH02": 80}
+    assert views.points(sh01, m)["usable"] == 100
+    assert write_offs(sh01, m) == []
+    for honest in (sh01, hz01):
+        assert views.members_with_expired_points(honest, honest.node, honest.today()) == []
+        assert views.expired_points_owed(honest, m, honest.node) == 0
+        assert honest.expire_points(honest.owner, m) is None
+    # The spend writes off nothing first either, and the valid points are SH01's to serve.
+    done = sh01.redeem_points(sh01.owner, m, 100)
+    assert write_offs(sh01, m) == []
+    assert done["points"] == 100 and points_rights(sh01, m) == {"SH02": 80}
+    # What is left is the liar's lot and the liar's rights: its own to write off.
+    assert views.expired_points_owed(sh01, m, "SH02") == 80
+
+
+def test_a_liars_lot_never_makes_an_honest_branch_write_off_twice(
+        chain: dict[str, Ledger], clock: FakeClock) -> None:
+    """SH01 owes a write-off of its own (50 points expired) and holds 100 valid; the
+    liar's lot expired after SH01's (so SH01's comes first in the order a write-off
+    takes lots). SH01 writes off its 50 once, whatever passes follow: a write-off of
+    the liar's lot too would have been taken from SH01's lot on paper first, left the
+    liar's due, and been written off again out of the valid points the next day."""
+    sh01, liar, hz01 = chain["SH01"], chain["SH02"], chain["HZ01"]
+    m = member_earning(sh01, 5000)  # 50 points, expiring 2026-01-31
+    clock.advance_days(35)  # 2026-02-05
+    sh01.topup(sh01.owner, m, 10000)
+    sh01.debit(sh01.owner, m, amount=10000)  # 100 more, expiring 2026-03-07
+    sync_all(chain)
+    take_forgery([sh01, hz01], forge_expired_sale(liar, m, 80, "2026-02-01"))
+    assert views.points(sh01, m)["expired_unwritten"] == 130
+    for _day in range(3):
+        sh01.housekeeping()
+        hz01.housekeeping()
+        sync(sh01, hz01)
+        clock.advance_days(1)
+    assert write_offs(sh01, m) == [("SH01", 50)]
+    assert points_rights(sh01, m) == {"SH01": 100, "SH02": 80}
+    pts = views.points(sh01, m)
+    assert (pts["usable"], pts["expired_unwritten"]) == (100, 80)
+
+
+def test_a_liars_lot_in_front_makes_the_honest_write_off_wait_not_pay(
+        chain: dict[str, Ledger], clock: FakeClock) -> None:
+    """The liar's lot dated before SH01's own expired lot: SH01 writes off nothing
+    (its write-off would be taken from the liar's lot on paper). Nothing moves: the
+    expired points stay on paper, and the usable check still bounds every spend."""
+    sh01, liar, hz01 = chain["SH01"], chain["SH02"], chain["HZ01"]
+    m = member_earning(sh01, 5000)  # 50 points, expiring 2026-01-31
+    clock.advance_days(35)
+    sh01.topup(sh01.owner, m, 10000)
+    sh01.debit(sh01.owner, m, amount=10000)  # 100 valid
+    sync_all(chain)
+    take_forgery([sh01, hz01], forge_expired_sale(liar, m, 80, "2000-01-01"))
+    assert sh01.housekeeping() == []
+    assert points_rights(sh01, m) == {"SH01": 150, "SH02": 80}
+    with pytest.raises(InsufficientFunds):
+        sh01.redeem_points(sh01.owner, m, 101)
+    sh01.redeem_points(sh01.owner, m, 100)
+    assert write_offs(sh01, m) == []
+    assert points_rights(sh01, m) == {"SH01": 50, "SH02": 80}
+    assert views.points(sh01, m)["usable"] == 0
+
+
+# --- honest chains still write everything off ---------------------------------------
+
+
+def test_points_earned_here_are_written_off_here_only(
+        chain: dict[str, Ledger], clock: FakeClock) -> None:
+    sh01, sh02 = chain["SH01"], chain["SH02"]
+    m = member_earning(sh01, 10000)  # 100 points at SH01
+    sync_all(chain)
+    clock.advance_days(40)
+    assert sh02.housekeeping() == []  # SH02 holds none, and answers for none
+    assert [e["points"] for e in sh01.housekeeping()] == [100]
+    assert sh01.housekeeping() == []
+    sync_all(chain)
+    for ledger in chain.values():
+        assert ledger.housekeeping() == []
+        assert views.points(ledger, m)["total"] == 0
+        assert write_offs(ledger, m) == [("SH01", 100)]
+
+
+def test_points_whose_rights_moved_are_written_off_where_they_went(
+        chain: dict[str, Ledger], clock: FakeClock) -> None:
+    """Earned at SH01, all their rights given to SH02 (as a rights fetch does): SH01
+    holds none, so SH02 answers for the lot once it expires."""
+    sh01, sh02 = chain["SH01"], chain["SH02"]
+    m = member_earning(sh01, 10000)
+    sync_all(chain)
+    sh01.grant_rights(m, "points", "SH02", 100)  # what a peer's request for rights does
+    sync_all(chain)
+    assert points_rights(sh02, m) == {"SH02": 100}
+    clock.advance_days(40)
+    assert sh01.housekeeping() == []
+    assert [e["points"] for e in sh02.housekeeping()] == [100]
+    sync_all(chain)
+    for ledger in chain.values():
+        assert ledger.balance(m)["points"] == 0 and views.points(ledger, m)["total"] == 0
+        assert write_offs(ledger, m) == [("SH02", 100)]
+
+
+def test_part_moved_the_holder_writes_off_the_rest_on_a_second_pass(
+        chain: dict[str, Ledger], clock: FakeClock) -> None:
+    """60 of 100 moved to SH02. SH02's pass first: SH01 still holds rights, so the lot
+    is SH01's to answer for and SH02 waits. SH01 writes off its 40; then, holding
+    none, it leaves the rest to SH02, whose next pass writes off 60."""
+    sh01, sh02 = chain["SH01"], chain["SH02"]
+    m = member_earning(sh01, 10000)
+    sync_all(chain)
+    sh01.transfer_rights(sh01.owner, m, "SH02", 60, purse="points")
+    sync_all(chain)
+    clock.advance_days(40)
+    assert sh02.housekeeping() == []
+    assert [e["points"] for e in sh01.housekeeping()] == [40]
+    sync_all(chain)
+    assert [e["points"] for e in sh02.housekeeping()] == [60]
+    sync_all(chain)
+    for ledger in chain.values():
+        assert ledger.housekeeping() == []
+        assert ledger.balance(m)["points"] == 0
+        assert write_offs(ledger, m) == [("SH01", 40), ("SH02", 60)]
+
+
+def test_a_spend_cannot_use_expired_points_and_writes_off_those_it_answers_for(
+        chain: dict[str, Ledger], clock: FakeClock) -> None:
+    """SH02 holds the rights of SH01's 100 points (now expired) and of 50 valid it
+    earned itself: it serves 50, not 150, and writes the 100 off first."""
+    sh01, sh02 = chain["SH01"], chain["SH02"]
+    m = member_earning(sh01, 10000)  # 100, expiring 2026-01-31
+    sync_all(chain)
+    sh01.grant_rights(m, "points", "SH02", 100)
+    sync_all(chain)
+    clock.advance_days(20)
+    sh02.topup(sh02.owner, m, 5000)
+    sh02.debit(sh02.owner, m, amount=5000)  # 50, expiring 2026-02-20
+    clock.advance_days(20)  # 2026-02-10
+    with pytest.raises(InsufficientFunds, match="100 more have expired"):
+        sh02.redeem_points(sh02.owner, m, 51)
+    sh02.redeem_points(sh02.owner, m, 50)
+    assert write_offs(sh02, m) == [("SH02", 100)]
+    assert points_rights(sh02, m) == {}
+    assert views.points(sh02, m)["total"] == 0
+
+
+def test_lots_of_two_earners_are_each_written_off_once(
+        chain: dict[str, Ledger], clock: FakeClock) -> None:
+    """SH01's lot expires first, SH02's later; each holds its own rights. Whatever
+    order the passes run in, each lot is written off once, by its earner: SH02's pass
+    waits while SH01's lot is in front (its write-off would be taken from it)."""
+    sh01, sh02 = chain["SH01"], chain["SH02"]
+    m = member_earning(sh01, 10000)  # 100, expiring 2026-01-31
+    sync_all(chain)
+    clock.advance_days(5)
+    sh02.topup(sh02.owner, m, 7000)
+    sh02.debit(sh02.owner, m, amount=7000)  # 70, expiring 2026-02-05
+    sync_all(chain)
+    clock.advance_days(40)
+    for _day in range(3):
+        for ledger in (sh02, sh01, chain["HZ01"]):
+            ledger.housekeeping()
+            sync_all(chain)
+        clock.advance_days(1)
+    for ledger in chain.values():
+        assert sorted(write_offs(ledger, m)) == [("SH01", 100), ("SH02", 70)]
+        assert ledger.balance(m)["points"] == 0 and views.points(ledger, m)["total"] == 0
+
+
+def test_a_merged_members_lots_are_written_off_from_the_survivors_rights(
+        chain: dict[str, Ledger], clock: FakeClock) -> None:
+    """HZ01 merges b into a; SH01, where both earned, holds b's rights unswept. The
+    group's expired lots are written off in a's name from a's rights here, after the
+    sweep of b's rights to a (in the same commit)."""
+    sh01, hz01 = chain["SH01"], chain["HZ01"]
+    a = member_earning(sh01, 10000)  # 100
+    b = member_earning(sh01, 3000, phone="13900000000")  # 30
+    sync_all(chain)
+    hz01.merge_member(hz01.owner, b, a)
+    sync(sh01, hz01)
+    clock.advance_days(40)
+    assert points_rights(sh01, b) == {"SH01": 30}
+    assert views.expired_points_owed(sh01, b, "SH01") == 100  # a's rights, before the sweep
+    done = sh01.expire_points(sh01.owner, b)
+    assert done is not None and (done["member"], done["points"]) == (a, 130)
+    assert points_rights(sh01, a) == {} and points_rights(sh01, b) == {}
+    assert views.points(sh01, a)["total"] == 0
+    assert sh01.housekeeping() == []
