@@ -6,7 +6,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pycrdt import Map
 
@@ -18,6 +18,9 @@ from crdtledger.hlc import check_node_id
 from crdtledger.inputs import check_text
 from crdtledger.model import EDITS, GENDERS, PARTIAL_DATE, member_doc
 from crdtledger.notices import NOTICE_FIELDS, check_notice_fields
+
+if TYPE_CHECKING:
+    from crdtledger.ledger import Ledger
 
 MEMBER_FIELDS = ("name", "phone", "gender", "birthday", "anniversary", "home", "level",
                  "notes", "deleted", "id_no", *NOTICE_FIELDS)
@@ -49,6 +52,7 @@ class Members(Auth):
              **({"id_no": id_no} if id_no else {}), **notice},
             creating=True,
         )
+        self._require_home(fields["home"])
         if self.storage.conn.execute(
             "SELECT id FROM members WHERE phone = ?", (fields["phone"],)
         ).fetchone():
@@ -82,6 +86,11 @@ class Members(Auth):
         if "deleted" in fields:
             self.authorise(operator, "member.delete")
         f = _member_fields(fields, creating=False)
+        if f.get("home"):  # a home kept as it was is not judged again (a retired branch)
+            (home,) = self.storage.conn.execute(
+                "SELECT home FROM members WHERE id = ?", (member,)).fetchone()
+            if f["home"] != home:
+                self._require_home(f["home"])
         if f.get("phone") and self.storage.conn.execute(
             "SELECT 1 FROM members WHERE phone = ? AND id != ?", (f["phone"], member)
         ).fetchone():
@@ -105,6 +114,20 @@ class Members(Auth):
             note_edit(m, change, operator, changed)
 
         self._write(Write(member_doc(member), "members", member, mutate))
+
+    def _require_home(self, home: str) -> None:
+        """Refuse a home branch the chain does not know, by the very test rights and
+        stock transfers pass (Payments._require_branch, on views.branches_known): a
+        typo (SH99 for SH09) would file the member under a branch no report, segment
+        or settlement ever shows, and nothing would say so. This node itself is always
+        a home: a new branch registers members before anyone has listed it."""
+        if home == self.node:
+            return
+        try:
+            cast("Ledger", self)._require_branch(home, "a member's stored value")
+        except InvalidInput as e:
+            raise InvalidInput(f"{home} cannot be a member's home branch, nothing was "
+                               f"changed: {e}") from None
 
     def erase_member(self, operator: str, member: str) -> dict[str, Any]:
         """Erase a member's personal data on every replica (crdtledger.erasure)."""

@@ -29,6 +29,10 @@ Why it looks like this:
 - Failed logins are throttled per operator name and per client address
   (`crdtledger.throttle`): a locked-out attempt gets 429 with Retry-After and its
   password is not even checked.
+- A write sent with an `Idempotency-Key` header is performed once per operator and
+  key: a retry of the same request gets the first answer again
+  (`Idempotent-Replayed: true`), another request under the key 422, a retry while
+  the first still runs waits for it (`IdempotencyKeys`, `crdtledger.idempotency`).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
-from crdtledger import operations, views
+from crdtledger import idempotency, operations, views
 from crdtledger.auth import TooManyAttempts, verify_login
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
 from crdtledger.ledger import Ledger
@@ -161,6 +165,93 @@ class Sessions:
 
     def close(self, token: str) -> None:
         self._by_token.pop(token, None)
+
+
+# --- idempotency keys -----------------------------------------------------------
+
+IDEMPOTENCY_KEY = "Idempotency-Key"
+REPLAYED = "Idempotent-Replayed"
+Answer = tuple[int, Any]  # status and JSON body (None: no body)
+
+
+class IdempotencyKeys:
+    """The API's side of `crdtledger.idempotency`: which keys are running now, and
+    what a request under a key gets.
+
+    Choices, each what a cashier at a till expects:
+
+    - A duplicate that arrives while the first request still runs (a till with a
+      short timeout while the node fetches rights from another branch) waits for it
+      and gets its answer, rather than a 409 it would have to retry by hand: the
+      wait is bounded by the first request's own (the rights deadline).
+    - A refusal is not remembered: the library refused it before writing anything,
+      so the key is free again and the till retries the same sale with the same key
+      once the cashier has fixed the PIN, the amount or the approver, or the member
+      topped up. Stripe remembers any answer of a request that began executing,
+      because its refusals may have had side effects; ours cannot (DESIGN.md: a
+      refusal never half-applies), and a till would otherwise have to mint a new key
+      for the corrected sale, losing the protection exactly where a retry is likely.
+    - An answer that never came (the node stopped, or failed unexpectedly, between
+      beginning and answering) is unknown: the key then answers 409 for a day, and
+      the cashier looks at the member's history before selling again with a new key.
+    - Keys are per operator (the id the ledger checks permissions of), not per
+      token: a till that logs in again after the node restarted retries under its
+      key, and another operator's same key is another key.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock  # seconds since 1970: keys outlive the process
+        self._running: dict[tuple[str, str], tuple[str, asyncio.Future[None]]] = {}
+
+    def now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    async def run(self, ledger: Ledger, operator: str, key: str, request: str,
+                  perform: Callable[[], Awaitable[Answer]]) -> tuple[int, Any, bool]:
+        """(status, body, replayed): the remembered answer of this operator's key, or
+        `perform`'s, kept for the key's retries."""
+        slot = (operator, key)
+        while True:
+            running = self._running.get(slot)
+            if running is not None:
+                if running[0] != request:
+                    raise _reused(key)
+                # Shielded: a waiter whose client goes away must not cancel the first.
+                await asyncio.shield(running[1])
+                continue  # answered, refused (free again) or interrupted: look again
+            kept = idempotency.look(ledger, operator, key, self.now_ms())
+            if kept is None:
+                break
+            if kept.request != request:
+                raise _reused(key)
+            if kept.status is None:
+                raise ApiError(409, "idempotency_unknown", (
+                    f"the request first sent with Idempotency-Key {key} was interrupted "
+                    "before it answered (the node stopped): whether it was done is not "
+                    "known. Look at the member's history, then send it with a new key "
+                    "if it still needs doing"))
+            return kept.status, kept.body, True
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._running[slot] = (request, done)
+        try:
+            idempotency.begin(ledger, operator, key, request, self.now_ms())
+            try:
+                status, body = await perform()
+            except (LedgerError, ApiError):  # refused before anything was written
+                idempotency.forget(ledger, operator, key)
+                raise
+            idempotency.finish(ledger, operator, key, status, body)
+            return status, body, False
+        finally:
+            del self._running[slot]
+            done.set_result(None)
+
+
+def _reused(key: str) -> ApiError:
+    return ApiError(422, "idempotency_key_reused", (
+        f"Idempotency-Key {key} was already used for another request (another method, "
+        "path or body) by this operator within the last 24 hours; nothing was done. "
+        "Send a new key for a new request"))
 
 
 # --- refusals -------------------------------------------------------------------
@@ -346,6 +437,8 @@ class Route:
     # Files (sync files, backups) travel as bytes, not JSON.
     binary_response: bool = False
     binary_body: bool = False
+    # Honours an Idempotency-Key header: the writes (a read is its own retry).
+    idempotent: bool = False
 
 
 def _operation_id(name: str) -> str:
@@ -399,7 +492,8 @@ def _route_of(op: Operation) -> Route:
                  _TAGS.get(op.name, op.name.split(".")[0]), body,
                  {n: op.param(n).schema for n in in_path}, query, op.result, op.status,
                  description=f"{needs}\n\n{op.more}" if op.more else needs,
-                 links={_operation_id(k): v for k, v in op.links.items()})
+                 links={_operation_id(k): v for k, v in op.links.items()},
+                 idempotent=op.write)
 
 
 async def login(c: Call) -> dict[str, Any]:
@@ -555,7 +649,7 @@ ROUTES: list[Route] = [
           "ledger entry's receipt again on this branch's printer (a reprint)", "receipts",
           None, {"entry": ENTRY_ID}, {}, PRINTED,
           description="Needs a permission that serves members. A printer that is off or "
-          "absent gives printed false and the reason."),
+          "absent gives printed false and the reason.", idempotent=True),
     Route("GET", "/openapi.json", "openapi_document", openapi_document, "This document",
           "node", None, {}, {}, ANY_OBJECT, auth=False),
 ]
@@ -610,7 +704,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return dict(body)
 
 
-def _endpoint(r: Route, host: ApiHost, sessions: Sessions
+def _endpoint(r: Route, host: ApiHost, sessions: Sessions, keys: IdempotencyKeys
               ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         session = None
@@ -619,14 +713,18 @@ def _endpoint(r: Route, host: ApiHost, sessions: Sessions
             if session is None:
                 raise ApiError(401, "unauthorized", "the token is unknown or expired; log in")
             request[SESSION] = session
+        key = request.headers.get(IDEMPOTENCY_KEY) if r.idempotent else None
+        if key is not None:
+            key = idempotency.check_key(key)  # a bad key is refused before anything
         params: dict[str, Any] = dict(request.match_info)
         missing = [n for n, p in r.query.items() if p.required and n not in request.query]
         if missing:
             raise InvalidInput(f"give {', '.join(missing)} in the query")
         params |= {n: _query_value(n, raw, p) for n, p in r.query.items()
                    if (raw := request.query.get(n)) is not None}
+        sent: dict[str, Any] | None = None  # the JSON body, for a key's fingerprint
         if r.body is not None:
-            body = await _json_body(request)
+            body = sent = await _json_body(request)
             if r.handler is login:
                 check(body, r.body, "")  # an operation checks its own parameters
             named = sorted(set(body) & set(r.path_params))
@@ -634,7 +732,22 @@ def _endpoint(r: Route, host: ApiHost, sessions: Sessions
                 raise InvalidInput(f"unknown field {show(named[0])} in the request body: "
                                    f"the path names it")
             params |= body
-        result = await r.handler(Call(host, sessions, request, session, params))
+        call = Call(host, sessions, request, session, params)
+        if key is not None and session is not None:
+            async def perform() -> Answer:
+                result = await r.handler(call)
+                return r.status, result if r.response is not None else None
+
+            fingerprint = idempotency.fingerprint(request.method, request.path,
+                                                  request.query.items(), sent)
+            status, answer, replayed = await keys.run(host.ledger, session.operator, key,
+                                                      fingerprint, perform)
+            response = (web.Response(status=status) if answer is None and r.response is None
+                        else web.json_response(answer, status=status, dumps=_dumps))
+            if replayed:
+                response.headers[REPLAYED] = "true"
+            return response
+        result = await r.handler(call)
         if isinstance(result, web.StreamResponse):  # a file
             return result
         if r.response is None:
@@ -644,27 +757,33 @@ def _endpoint(r: Route, host: ApiHost, sessions: Sessions
     return handle
 
 
-def api_app(host: ApiHost, *, sessions: Sessions | None = None) -> web.Application:
+def api_app(host: ApiHost, *, sessions: Sessions | None = None,
+            keys: IdempotencyKeys | None = None) -> web.Application:
     """The API as an aiohttp application, for the node to mount at /api."""
     app = web.Application(middlewares=[refusals])
     sessions = sessions or Sessions()
+    keys = keys or IdempotencyKeys()
     for r in ROUTES:
-        app.router.add_route(r.method, r.path, _endpoint(r, host, sessions), name=r.name)
+        app.router.add_route(r.method, r.path, _endpoint(r, host, sessions, keys),
+                             name=r.name)
     return app
 
 
 # --- the OpenAPI document -----------------------------------------------------------
 
 ERROR_MEANING = {
-    400: "Invalid input (error invalid_input, invalid_amount or invalid_json)",
+    400: "Invalid input (error invalid_input, invalid_amount or invalid_json), or a "
+         "malformed Idempotency-Key",
     401: "No valid token (log in); at login, a wrong operator name or password",
     403: "The operator lacks the permission (permission_denied, approval_required)",
     404: "No such member, card, debit, service or operator (not_found)",
     409: "The member's state refuses it now: insufficient_funds, rights_elsewhere (with "
-         "branch and holders), card_lost, card_inactive",
+         "branch and holders), card_lost, card_inactive; idempotency_unknown: the "
+         "first request under this Idempotency-Key never answered (the node stopped)",
     413: "The request body is too large (64 KB of JSON; a sync file upload 256 MB)",
     415: "The request body is not application/json",
-    422: "Refused for this card or debit, e.g. wrong_pin",
+    422: "Refused for this card or debit, e.g. wrong_pin; idempotency_key_reused: the "
+         "Idempotency-Key was used for another request",
     429: "Too many failed logins for this operator or from this address, or wrong "
          "approver passwords or card PINs (too_many_attempts); the Retry-After header "
          "says when to try again",
@@ -695,6 +814,16 @@ def _operation(r: Route) -> dict[str, Any]:
     op: dict[str, Any] = {"operationId": r.name, "summary": r.summary, "tags": [r.tag]}
     if r.description:
         op["description"] = r.description
+    if r.idempotent:
+        params.append({"name": IDEMPOTENCY_KEY, "in": "header", "required": False,
+                       "schema": {"type": "string", "minLength": 1,
+                                  "maxLength": idempotency.MAX_KEY, "pattern": "^[ -~]+$"},
+                       "description": "Performed once per operator and key (24 hours): "
+                       "a retry of the same request gets the first answer again, with "
+                       f"the header {REPLAYED}: true; another request under the key is "
+                       "refused (422 idempotency_key_reused); one whose first answer was "
+                       "lost to a stopped node gets 409 idempotency_unknown. A refusal "
+                       "is not remembered: fix the request and retry under the key."})
     if params:
         op["parameters"] = params
     if r.body is not None:
@@ -741,4 +870,5 @@ def openapi(prefix: str) -> dict[str, Any]:
     }
 
 
-__all__ = ["ROUTES", "ApiHost", "Sessions", "Standalone", "api_app", "openapi"]
+__all__ = ["ROUTES", "ApiHost", "IdempotencyKeys", "Sessions", "Standalone", "api_app",
+           "openapi"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from decimal import Decimal, InvalidOperation
+from functools import partial
 from typing import Any
 
 from nicegui import ui
@@ -151,14 +152,15 @@ def operators_page() -> None:
                               ).props("dense outlined").classes("w-36")
                     ui.badge(tr("在用", "active") if o["active"] else tr("已停用", "disabled"),
                              color="positive" if o["active"] else "grey")
-                    ui.button(tr("重设密码", "Reset password"), icon="key",
-                              on_click=lambda o=o: reset_password(o)).props("flat dense no-caps")
+                    layout.once(ui.button(tr("重设密码", "Reset password"), icon="key"),
+                                partial(reset_password, o)).props("flat dense no-caps")
                     if o["id"] == me:
                         ui.label(tr("（您本人）", "(you)")).classes("text-grey-7")
                     else:
-                        ui.button(tr("停用", "Disable") if o["active"] else tr("启用", "Enable"),
-                                  on_click=lambda o=o: set_active(o, not o["active"])
-                                  ).props("flat dense no-caps").classes(
+                        layout.once(ui.button(tr("停用", "Disable") if o["active"]
+                                              else tr("启用", "Enable")),
+                                    partial(set_active, o, not o["active"])
+                                    ).props("flat dense no-caps").classes(
                             "text-negative" if o["active"] else "")
 
     async def change_role(o: dict[str, Any], role: str | None) -> None:
@@ -218,7 +220,7 @@ def operators_page() -> None:
                     password.set_value("")
                     listing.refresh()
 
-            ui.button(tr("添加", "Add"), icon="person_add", on_click=add).mark("op-add")
+            layout.once(ui.button(tr("添加", "Add"), icon="person_add"), add).mark("op-add")
 
 
 def roles_page() -> None:
@@ -250,9 +252,13 @@ def roles_page() -> None:
                     for r in names:
                         boxes[(r, p)] = ui.checkbox(value=p in defined[r]).classes("mx-auto")
                 ui.label("")
+
+                async def save_ticked(r: str) -> None:
+                    await save(r, {p for p in perms if boxes[(r, p)].value})
+
                 for r in names:
-                    ui.button(tr("保存", "Save"), on_click=lambda r=r: save(r, {
-                        p for p in perms if boxes[(r, p)].value})).props("dense flat no-caps")
+                    layout.once(ui.button(tr("保存", "Save")), partial(save_ticked, r)
+                                ).props("dense flat no-caps")
 
     async def save(role: str, chosen: set[str]) -> None:
         me = operator()
@@ -280,7 +286,7 @@ def roles_page() -> None:
                     name.set_value("")
                     grid.refresh()
 
-            ui.button(tr("新建", "Create"), icon="add", on_click=add)
+            layout.once(ui.button(tr("新建", "Create"), icon="add"), add)
 
 
 # --- rules ---------------------------------------------------------------------------
@@ -384,8 +390,8 @@ def services_page() -> None:
                 raise InvalidInput("the price list needs at least one service")
             return {"services": out}
 
-        ui.button(tr("保存价目表", "Save the price list"), icon="save",
-                  on_click=lambda: save_rules(bodies, effective)).mark("save-rules")
+        layout.once(ui.button(tr("保存价目表", "Save the price list"), icon="save"),
+                    lambda: save_rules(bodies, effective)).mark("save-rules")
 
 
 def levels_page() -> None:
@@ -463,8 +469,8 @@ def levels_page() -> None:
                              "correction_limit": parse_money(correction_limit.value or "")},
             }
 
-        ui.button(tr("保存", "Save"), icon="save",
-                  on_click=lambda: save_rules(bodies, effective)).mark("save-rules")
+        layout.once(ui.button(tr("保存", "Save"), icon="save"),
+                    lambda: save_rules(bodies, effective)).mark("save-rules")
 
 
 def promotions_page() -> None:
@@ -490,8 +496,8 @@ def promotions_page() -> None:
                      "bonus": parse_money(r["bonus"])} for r in rows]
             return {"promotions": sorted(body, key=lambda p: int(p["min"]))}
 
-        ui.button(tr("保存促销", "Save promotions"), icon="save",
-                  on_click=lambda: save_rules(bodies, effective)).mark("save-rules")
+        layout.once(ui.button(tr("保存促销", "Save promotions"), icon="save"),
+                    lambda: save_rules(bodies, effective)).mark("save-rules")
 
 
 def branches_page() -> None:
@@ -523,8 +529,8 @@ def branches_page() -> None:
                 out[node] = name
             return {"branches": out}
 
-        ui.button(tr("保存", "Save"), icon="save",
-                  on_click=lambda: save_rules(bodies, effective)).mark("save-rules")
+        layout.once(ui.button(tr("保存", "Save"), icon="save"),
+                    lambda: save_rules(bodies, effective)).mark("save-rules")
 
 
 def payment_methods_page() -> None:
@@ -555,8 +561,8 @@ def payment_methods_page() -> None:
                 raise InvalidInput("the till needs at least one payment method")
             return {"payment_methods": methods}
 
-        ui.button(tr("保存收款方式", "Save the payment methods"), icon="save",
-                  on_click=lambda: save_rules(bodies, effective)).mark("save-rules")
+        layout.once(ui.button(tr("保存收款方式", "Save the payment methods"), icon="save"),
+                    lambda: save_rules(bodies, effective)).mark("save-rules")
 
 
 # --- corrections ------------------------------------------------------------------------
@@ -662,10 +668,10 @@ def corrections_page() -> None:
                 change.set_value("")
                 reason.set_value("")
                 approver_pw.set_value("")
-                pick(chosen)
+                pick(dict(chosen))  # a copy: pick clears `chosen` before it fills it
 
-        ui.button(tr("确认调账", "Apply correction"), icon="check", on_click=submit
-                  ).mark("corr-submit")
+        layout.once(ui.button(tr("确认调账", "Apply correction"), icon="check"), submit
+                    ).mark("corr-submit")
 
 
 # --- registration -------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -943,9 +944,10 @@ def members_page() -> None:
                 for h in hits:
                     with ui.row().classes("items-center gap-4"):
                         ui.label(f"{h['name']}  {h['phone']}  {shop().branch_name(h['home'])}")
-                        ui.button(tr("删除个人资料", "Erase personal data"), color="negative",
-                                  on_click=lambda h=h: confirm(h)).props("dense outline"
-                                                                         ).mark("erase")
+                        # Guarded while its question is open: one question, one erasure.
+                        layout.once(ui.button(tr("删除个人资料", "Erase personal data"),
+                                              color="negative"), partial(confirm, h)
+                                    ).props("dense outline").mark("erase")
 
         async def confirm(h: dict[str, Any]) -> None:
             question = tr("确定删除 {name}（{phone}）的个人资料？此操作不能撤销。",
@@ -1005,9 +1007,9 @@ def duplicates_page() -> None:
                         ui.label(tr("储值 {cash} 积分 {points}", "cash {cash} points {points}",
                                     cash=money(m["balance"]["cash"]),
                                     points=m["balance"]["points"])).classes("text-grey-7")
-                        ui.button(tr("保留此会员", "Keep this one"),
-                                  on_click=lambda g=g, m=m: confirm(g, m)
-                                  ).props("dense outline").mark(f"keep-{m['id']}")
+                        layout.once(ui.button(tr("保留此会员", "Keep this one")),
+                                    partial(confirm, g, m)
+                                    ).props("dense outline").mark(f"keep-{m['id']}")
 
     async def confirm(group: dict[str, Any], keep: dict[str, Any]) -> None:
         others = [m["id"] for m in group["members"] if m["id"] != keep["id"]]

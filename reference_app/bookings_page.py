@@ -11,6 +11,7 @@ that branch hears of them.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from nicegui import ui
@@ -138,11 +139,11 @@ def page() -> None:
                 ui.label(b["reason"]).classes("text-sm text-grey-7")
             ui.space()
             if b["status"] in ("pending", "confirmed"):
-                ui.button(tr("取消", "Cancel"), on_click=lambda bid=b["booking"]: cancel(bid)) \
+                layout.once(ui.button(tr("取消", "Cancel")), partial(cancel, b["booking"])) \
                     .props("dense outline").mark(f"cancel-{b['booking']}")
             if own and b["status"] in ("confirmed", "done") \
                     and b["start"] <= ledger.clock.wall():
-                ui.button(tr("爽约", "No-show"), on_click=lambda bid=b["booking"]: noshow(bid)) \
+                layout.once(ui.button(tr("爽约", "No-show")), partial(noshow, b["booking"])) \
                     .props("dense outline color=deep-orange").mark(f"noshow-{b['booking']}")
 
     async def cancel(bid: str) -> None:
@@ -226,7 +227,7 @@ def page() -> None:
                     .classes("w-32").mark("booking-time")
                 if not free:
                     ui.label(tr("当天没有空闲时段", "No free time that day")).classes("text-grey-7")
-                ui.button(tr("预约", "Book"), on_click=book).mark("booking-add")
+                layout.once(ui.button(tr("预约", "Book")), book).mark("booking-add")
 
         def pick_service(value: Any) -> None:
             form["service"] = value

@@ -36,7 +36,7 @@ from crdtledger.model import ID
 from crdtledger.money import apply_rate, points_for
 from peer import receipts
 from reference_app.i18n import mask_phone, money, parse_money, tr
-from reference_app.layout import PRIMARY, frame
+from reference_app.layout import PRIMARY, frame, once
 from reference_app.readers import ReaderEvent, WedgeParser
 from reference_app.shop import Shop, can, log_in, operator, shop
 
@@ -494,33 +494,9 @@ class Counter:
         and a change to any of them may have fixed what a refusal said."""
         with ui.row().classes("w-full justify-end gap-2"):
             ui.button(tr("取消", "Cancel"), on_click=d.close).props("flat")
-            ok = ui.button(confirm).mark(marker)
-            ok.on_click(self._once(d, ok, on_confirm))
+            # Once at a time, and not after the dialog closed (layout.once).
+            once(ui.button(confirm).mark(marker), on_confirm, d)
         self.watch_inputs(d)
-
-    @staticmethod
-    def _once(d: ui.dialog, button: ui.button, action: Callable[[], Awaitable[None]]
-              ) -> Callable[[], Awaitable[None]]:
-        """`action` runs once at a time, and not once its dialog has closed: a double
-        click, or an impatient one while the write waits for the node (or for another
-        branch's rights), would have made a second sale or top-up. A sale takes a few
-        milliseconds, so the second click of a double click usually comes after the
-        first is done and has closed the dialog: that one must do nothing either."""
-        busy = False
-
-        async def run() -> None:
-            nonlocal busy
-            if busy or not d.value:
-                return
-            busy = True
-            button.props("loading")
-            try:
-                await action()
-            finally:
-                busy = False
-                button.props(remove="loading")
-
-        return run
 
     def watch_inputs(self, d: ui.dialog) -> None:
         for el in d.descendants():
@@ -1126,7 +1102,7 @@ class Counter:
                                           error) is not None:
                             d.close()
 
-                    ui.button(tr("挂失", "Report lost"), color="negative", on_click=lost) \
+                    once(ui.button(tr("挂失", "Report lost"), color="negative"), lost, d) \
                         .mark("report-lost")
                 if status == "lost" and can("card.lost"):
                     async def found() -> None:
@@ -1136,7 +1112,7 @@ class Counter:
                                           error) is not None:
                             d.close()
 
-                    ui.button(tr("解除挂失", "Card found"), on_click=found).props("outline")
+                    once(ui.button(tr("解除挂失", "Card found")), found, d).props("outline")
                 if status in ("active", "lost") and can("card.replace"):
                     async def replace() -> None:
                         number = (new_no.value or "").strip()
@@ -1147,7 +1123,7 @@ class Counter:
                                                       no=number.upper()), error) is not None:
                             d.close()
 
-                    ui.button(tr("补卡", "Replace"), on_click=replace).mark("replace-card")
+                    once(ui.button(tr("补卡", "Replace")), replace, d).mark("replace-card")
                 if status not in ("active", "lost") and can("card.issue"):
                     async def issue() -> None:
                         number = (new_no.value or "").strip()
@@ -1158,7 +1134,7 @@ class Counter:
                                                       no=number.upper()), error) is not None:
                             d.close()
 
-                    ui.button(tr("发卡", "Issue card"), on_click=issue).mark("issue-card")
+                    once(ui.button(tr("发卡", "Issue card")), issue, d).mark("issue-card")
 
 
 class MemberPanel:

@@ -9,9 +9,11 @@ of its own (and the library refuses its writes anyway).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import inspect
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from typing import Any
 
 from nicegui import ui
 
@@ -81,6 +83,42 @@ def frame(title: str, *, permission: str | None = None) -> Iterator[ui.column]:
     with ui.column() as hidden, suppress(LedgerError):
         yield hidden
     hidden.delete()
+
+
+def once(button: ui.button, action: Callable[[], Awaitable[Any] | Any],
+         dialog: ui.dialog | None = None) -> ui.button:
+    """Make `button` run `action` once at a time (and not once its dialog has closed);
+    returns the button. Every button that writes money,
+    rights, stock, approvals or operators goes through this one guard.
+
+    A double click, or an impatient one while the write waits for the node (or for
+    another branch's rights, or for an approver's password to be checked), would
+    have written twice: a second correction, a second sale, an approval given twice.
+    A write takes a few milliseconds, so the second click of a double click often
+    comes after the first is done: in a dialog, the first has closed it by then and
+    the second does nothing; on a page, the first has cleared its form or redrawn
+    its row (a decided approval loses its buttons, and the browser sends no click
+    for a button that is gone). A button merely redrawn since the click (a page
+    refreshed between the click and this handler) still acts: that click was real."""
+    busy = False
+
+    async def run() -> None:
+        nonlocal busy
+        if busy or (dialog is not None and not dialog.value):
+            return
+        busy = True
+        button.props("loading")
+        try:
+            done = action()
+            if inspect.isawaitable(done):
+                await done
+        finally:
+            busy = False
+            if not button.is_deleted:
+                button.props(remove="loading")
+
+    button.on_click(run)
+    return button
 
 
 def _header(title: str, op: str) -> None:

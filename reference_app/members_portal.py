@@ -50,6 +50,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ from crdtledger.throttle import LoginThrottle
 from peer import chain as chain_mod
 from peer import webcert
 from reference_app.i18n import LANGS, Lang, lang, mask_phone, money, set_lang, tr
+from reference_app.layout import once
 from reference_app.shop import Shop, shop
 
 log = logging.getLogger("reference_app.members")
@@ -845,8 +847,8 @@ class Home:
                             ui.label(tr("签到得 {n} 积分", "{n} points for checking in",
                                         n=a["points"])).classes("text-xs text-gray-600")
                     if a["left"] > 0:
-                        ui.button(tr("签到", "Check in"),
-                                  on_click=lambda a=a: self.check_in(str(a["code"]))) \
+                        once(ui.button(tr("签到", "Check in")),
+                             partial(self.check_in, str(a["code"]))) \
                             .props("no-caps").mark("checkin")
                     else:
                         ui.label(tr("今天已签到", "Checked in")).classes("text-green-8") \
@@ -970,7 +972,7 @@ class Home:
             with ui.row().classes("w-full justify-end"):
                 ui.button(tr("保留", "Keep it"), on_click=self.dialog.close) \
                     .props("flat no-caps")
-                ui.button(tr("取消预约", "Cancel it"), on_click=yes) \
+                once(ui.button(tr("取消预约", "Cancel it")), yes, self.dialog) \
                     .props("color=negative no-caps").mark("cancel-ok")
         self.dialog.open()
 
@@ -1059,7 +1061,7 @@ class Home:
 
             with ui.row().classes("w-full justify-end"):
                 ui.button(tr("取消", "Cancel"), on_click=self.dialog.close).props("flat no-caps")
-                ui.button(tr("确认预约", "Book"), on_click=confirm).props("no-caps") \
+                once(ui.button(tr("确认预约", "Book")), confirm, self.dialog).props("no-caps") \
                     .mark("book-ok")
         self.dialog.open()
 

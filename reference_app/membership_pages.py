@@ -89,8 +89,8 @@ class CheckinPage:
         with ui.row().classes("items-center gap-2"):
             self.who = ui.input(tr("卡号 / 手机号 / 会员号", "Card / phone / member id")) \
                 .classes("w-80").mark("checkin-who")
-            ui.button(tr("签到", "Check in"), icon="how_to_reg",
-                      on_click=self.typed).mark("checkin-go")
+            layout.once(ui.button(tr("签到", "Check in"), icon="how_to_reg"), self.typed
+                        ).mark("checkin-go")
         self.result = ui.label().classes("text-lg").mark("checkin-result")
         self.report = ui.column().classes("w-full")
         self.draw_report()
@@ -199,7 +199,7 @@ class CheckinPage:
                                  "Saved: branches apply it once synced."), type="positive")
                     ui.navigate.to("/checkin")
 
-            ui.button(tr("保存活动", "Save activity"), on_click=save).mark("act-save")
+            layout.once(ui.button(tr("保存活动", "Save activity")), save).mark("act-save")
 
 
 # --- referrals (老带新) ---------------------------------------------------------------------
@@ -223,7 +223,7 @@ def referrals_page() -> None:
                 if await _run("referral.add", member=m, referrer=r) is not None:
                     ui.navigate.to("/office/referrals")
 
-            ui.button(tr("登记推荐", "Record referral"), on_click=record).mark("ref-add")
+            layout.once(ui.button(tr("登记推荐", "Record referral")), record).mark("ref-add")
     if can("referral.approve2"):
         async def grant() -> None:
             got = await _run("referral.grant")
@@ -231,7 +231,7 @@ def referrals_page() -> None:
                 ui.notify(tr("发放了 {n} 笔奖励", "{n} reward(s) granted", n=len(got)))
                 ui.navigate.to("/office/referrals")
 
-        ui.button(tr("发放已批准的奖励", "Grant approved rewards"), on_click=grant) \
+        layout.once(ui.button(tr("发放已批准的奖励", "Grant approved rewards")), grant) \
             .props("outline").mark("ref-grant")
     rows = ledger.referrals()
     if not rows:
@@ -257,10 +257,10 @@ def _decide_buttons(rid: str, level: int) -> None:
         if await _run(f"referral.approve{level}", referral=rid, reject=reject) is not None:
             ui.navigate.to("/office/referrals")
 
-    ui.button(tr("{level}级批准", "Approve (level {level})", level=level),
-              on_click=lambda: decide(False)).mark(f"approve{level}-{rid}")
-    ui.button(tr("{level}级驳回", "Reject (level {level})", level=level),
-              on_click=lambda: decide(True)).props("flat color=negative") \
+    layout.once(ui.button(tr("{level}级批准", "Approve (level {level})", level=level)),
+                lambda: decide(False)).mark(f"approve{level}-{rid}")
+    layout.once(ui.button(tr("{level}级驳回", "Reject (level {level})", level=level)),
+                lambda: decide(True)).props("flat color=negative") \
         .mark(f"reject{level}-{rid}")
 
 
@@ -290,7 +290,8 @@ def exits_page() -> None:
                               reason=str(reason.value or "").strip()) is not None:
                     ui.navigate.to("/office/exits")
 
-            ui.button(tr("提交退会申请", "Apply for exit"), on_click=apply).mark("exit-apply")
+            layout.once(ui.button(tr("提交退会申请", "Apply for exit")), apply
+                        ).mark("exit-apply")
     ui.label(tr("申请", "Applications")).classes("text-lg font-bold")
     apps = ledger.exits()
     if not apps:
@@ -329,8 +330,9 @@ def _exit_buttons(aid: str) -> None:
         if await _run("exit.approve", application=aid, reject=reject) is not None:
             ui.navigate.to("/office/exits")
 
-    ui.button(tr("批准", "Approve"), on_click=lambda: decide(False)).mark(f"exit-approve-{aid}")
-    ui.button(tr("驳回", "Reject"), on_click=lambda: decide(True)) \
+    layout.once(ui.button(tr("批准", "Approve")), lambda: decide(False)
+                ).mark(f"exit-approve-{aid}")
+    layout.once(ui.button(tr("驳回", "Reject")), lambda: decide(True)) \
         .props("flat color=negative").mark(f"exit-reject-{aid}")
 
 
@@ -340,7 +342,7 @@ def _return_button(member: str) -> None:
                       reason=tr("会员回来了", "the member came back")) is not None:
             ui.navigate.to("/office/exits")
 
-    ui.button(tr("申请恢复", "Apply for return"), on_click=back) \
+    layout.once(ui.button(tr("申请恢复", "Apply for return")), back) \
         .props("outline dense").mark(f"return-{member}")
 
 

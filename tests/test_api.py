@@ -22,7 +22,15 @@ from helpers import name_branches, new_ledger, snapshot, sync
 
 from crdtledger.ledger import Ledger
 from crdtledger.model import BUILTIN_ROLES, PERMISSIONS
-from peer.api import MAX_REQUEST_LINE, ROUTES, ApiHost, Sessions, Standalone, api_app
+from peer.api import (
+    MAX_REQUEST_LINE,
+    ROUTES,
+    ApiHost,
+    IdempotencyKeys,
+    Sessions,
+    Standalone,
+    api_app,
+)
 
 BOSS_PW = "boss-secret"  # boss: role owner
 AMY_PW = "amy-secret"  # amy: role cashier
@@ -60,10 +68,11 @@ class Api:
 
 
 @contextlib.asynccontextmanager
-async def serving(host: ApiHost, sessions: Sessions | None = None) -> AsyncIterator[Api]:
+async def serving(host: ApiHost, sessions: Sessions | None = None,
+                  keys: IdempotencyKeys | None = None) -> AsyncIterator[Api]:
     """The API mounted at /api of a root application, on a free port of 127.0.0.1."""
     root = web.Application()
-    root.add_subapp("/api", api_app(host, sessions=sessions))
+    root.add_subapp("/api", api_app(host, sessions=sessions, keys=keys))
     runner = web.AppRunner(root, access_log=None, max_line_size=MAX_REQUEST_LINE,
                            max_field_size=MAX_REQUEST_LINE)
     await runner.setup()

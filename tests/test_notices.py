@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from aiohttp import web
-from helpers import FakeClock, new_ledger, sync
+from helpers import FakeClock, name_branches, new_ledger, sync
 
 from crdtledger import notices, operations, outbox
 from crdtledger.errors import InvalidInput
@@ -124,6 +124,7 @@ def test_an_erased_members_notices_leave_the_outbox(ledger: Ledger) -> None:
 def test_a_segment_by_level_home_dormancy_and_tags(ledger: Ledger) -> None:
     a = op(ledger, "member.add", name="A", phone="13800000011", promo="yes",
            tags=["vip"])["member_id"]
+    name_branches(ledger, "SH02")  # a home branch must be one the chain knows
     op(ledger, "member.add", name="B", phone="13800000012", promo="yes", home="SH02")
     op(ledger, "topup", member=a, amount=10000, pay="cash")
     assert [x["id"] for x in outbox.segment_members(ledger, {"tags": ["vip"]})] == [a]

@@ -1,0 +1,128 @@
+"""Idempotency keys: a write retried under the same key answers as the first did.
+
+A till that times out on a debit cannot tell "never arrived" from "done, answer
+lost"; retrying without a key sells twice. With a key (the HTTP header
+`Idempotency-Key`, as Stripe and the IETF draft "The Idempotency-Key HTTP Header
+Field" have it) the node keeps, per (operator, key), a fingerprint of the request
+and, once it is done, its status and body; the same request again gets that answer,
+performed once.
+
+Why it looks like this:
+
+- The keys are this node's own and are never replicated: a till talks to one node,
+  and a retry goes to the node that took the first request. They live in the node's
+  SQLite store (a local table, like the outbox's), so a retry after a restart does
+  not repeat what was acknowledged before it.
+- A row is written, durably, *before* the operation runs (status NULL: begun) and
+  given its answer after. A node that stops between the two (a crash, a power cut)
+  leaves a begun row: the retry is told the outcome is unknown (409), never run a
+  second time. Two commits more per keyed write (about 0.5 ms at synchronous=FULL),
+  paid only by requests that send a key.
+- A refusal (the library's LedgerError: nothing was written, DESIGN.md) forgets its
+  row: the key is free again, so the cashier who fixes the PIN or the amount retries
+  with the same key (peer/api.py says why that, not Stripe's "remember any answer").
+- Keys expire after a day (KEY_TTL_MS): a till retries within minutes; what was old
+  goes when a new key is begun.
+- Nothing here runs inside a ledger write: each statement commits on its own, and a
+  row begun in a ledger transaction would be rolled back with a refused write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from crdtledger.errors import InvalidInput, LocalProtocolError
+
+if TYPE_CHECKING:
+    from crdtledger.ledger import Ledger
+
+# Stripe allows 255 characters and suggests a UUID (36); a till's own receipt number
+# with a prefix fits in 100 and a row stays small. Printable ASCII (space to ~): what
+# an HTTP header carries without encoding.
+MAX_KEY = 100
+KEY = re.compile(rf"[\x20-\x7e]{{1,{MAX_KEY}}}\Z")
+# A day, as Stripe keeps them: longer than any till's retry, short enough that the
+# table holds a day of keyed writes at most.
+KEY_TTL_MS = 24 * 3600 * 1000
+
+_SCHEMA = (
+    # Local to this node (never replicated). status NULL: begun, not answered yet.
+    "CREATE TABLE IF NOT EXISTS idempotency(operator TEXT NOT NULL, key TEXT NOT NULL, "
+    "request TEXT NOT NULL, created INTEGER NOT NULL, status INTEGER, body TEXT, "
+    "PRIMARY KEY(operator, key)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency(created)",
+)
+
+
+@dataclass(frozen=True)
+class Remembered:
+    request: str  # the fingerprint of the request that began it
+    status: int | None  # None: begun and never answered (the node stopped meanwhile)
+    body: Any  # the JSON answer (None for a 204)
+
+
+def check_key(raw: str) -> str:
+    """The key as sent, or InvalidInput (400) saying what a key may be."""
+    if not KEY.match(raw):
+        why = (f"this one has {len(raw)}" if not 0 < len(raw) <= MAX_KEY
+               else "this one has a character outside them")
+        raise InvalidInput(f"Idempotency-Key must be 1 to {MAX_KEY} printable ASCII "
+                           f"characters (a UUID will do): {why}; nothing was done")
+    return raw
+
+
+def fingerprint(method: str, path: str, query: Iterable[tuple[str, str]], body: Any) -> str:
+    """What makes two requests the same one: method, path, query and the body as JSON
+    (keys sorted: the same body sent by another JSON library is the same request)."""
+    text = json.dumps([method.upper(), path, sorted(query), body],
+                      sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _conn(ledger: Ledger) -> sqlite3.Connection:
+    st = ledger.storage
+    if getattr(st, "_in_tx", False):
+        raise LocalProtocolError("idempotency keys are written outside a ledger transaction")
+    for sql in _SCHEMA:
+        st.conn.execute(sql)
+    return st.conn
+
+
+def look(ledger: Ledger, operator: str, key: str, now_ms: int) -> Remembered | None:
+    """What this operator's key holds, unless it expired."""
+    row = _conn(ledger).execute(
+        "SELECT request, status, body FROM idempotency WHERE operator = ? AND key = ? "
+        "AND created > ?", (operator, key, now_ms - KEY_TTL_MS)).fetchone()
+    if row is None:
+        return None
+    return Remembered(str(row[0]), None if row[1] is None else int(row[1]),
+                      None if row[2] is None else json.loads(row[2]))
+
+
+def begin(ledger: Ledger, operator: str, key: str, request: str, now_ms: int) -> None:
+    """Keep the key as begun, durably, before its operation runs; expired keys go."""
+    conn = _conn(ledger)
+    conn.execute("DELETE FROM idempotency WHERE created <= ?", (now_ms - KEY_TTL_MS,))
+    conn.execute("INSERT OR REPLACE INTO idempotency(operator, key, request, created) "
+                 "VALUES (?, ?, ?, ?)", (operator, key, request, now_ms))
+
+
+def finish(ledger: Ledger, operator: str, key: str, status: int, body: Any) -> None:
+    """Keep the answer the first request got, for its retries."""
+    _conn(ledger).execute(
+        "UPDATE idempotency SET status = ?, body = ? WHERE operator = ? AND key = ?",
+        (status, None if body is None else json.dumps(body, ensure_ascii=False),
+         operator, key))
+
+
+def forget(ledger: Ledger, operator: str, key: str) -> None:
+    """The request was refused and wrote nothing: its key is free again."""
+    _conn(ledger).execute("DELETE FROM idempotency WHERE operator = ? AND key = ?",
+                          (operator, key))
+

@@ -1,0 +1,318 @@
+"""The API's Idempotency-Key (peer/api.py IdempotencyKeys, crdtledger.idempotency).
+
+A till that timed out on POST /debit and retries must not sell twice. Each test runs
+a real node (its chain certificate, its SQLite store, its API on 127.0.0.1) and talks
+to it with a real aiohttp client; the restart test stops the node and starts another
+on the same data directory. The waiting duplicate needs a write that takes time: it
+runs the real API over a host whose writes wait for the test's word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+from helpers import new_ledger, snapshot
+from test_api import Api, serving, with_operators
+
+from crdtledger import idempotency
+from crdtledger.ledger import Ledger
+from peer.api import IdempotencyKeys, Standalone, openapi
+from peer.chain import enrol, init_chain
+from peer.node import Config, Node
+
+T = TypeVar("T")
+PW = {"boss": "boss-secret", "amy": "amy-secret", "bob": "bob-secret"}
+ROLES = {"boss": "owner", "amy": "cashier", "bob": "cashier"}
+KEY = "till-3/receipt-000123"
+DEBIT = {"amount": 2000}  # 20.00 of a member's stored value
+
+
+def make_node(tmp_path: Path) -> Path:
+    """Node SH01 of chain `test` with operators boss (owner), amy and bob (cashiers)."""
+    data = tmp_path / "sh01"
+    init_chain(tmp_path / "chain", "test")
+    Ledger.create(data, "SH01", "test")
+    enrol(tmp_path / "chain", data, "SH01", head_office=True)
+    with Ledger.open(data) as ledger:
+        for name, role in ROLES.items():
+            ledger.add_operator(ledger.owner, name, PW[name], [role])
+    return data
+
+
+@contextlib.asynccontextmanager
+async def running(data: Path) -> AsyncIterator[tuple[Node, Api]]:
+    node = Node(Config(data, listen=("127.0.0.1", 0), api=("127.0.0.1", 0), mdns=False))
+    await node.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield node, Api(http, f"http://127.0.0.1:{node.api_port}/api")
+    finally:
+        await node.stop()
+
+
+async def topped_up(api: Api, token: str, yuan: str = "100.00") -> str:
+    status, body = await api.call("POST", "/members", {"name": "王芳", "phone": "13812345678"},
+                                  token=token)
+    assert status == 201, body
+    mid = str(body["member_id"])
+    status, body = await api.call("POST", "/topup", {"member": mid, "yuan": yuan}, token=token)
+    assert status == 200, body
+    return mid
+
+
+async def debit(api: Api, token: str, mid: str, key: str | None, **body: Any
+                ) -> tuple[int, Any, str | None]:
+    """POST /debit; (status, body, the Idempotent-Replayed header)."""
+    headers = {"Idempotency-Key": key} if key is not None else {}
+    status, answer = await api.call("POST", "/debit", {"member": mid, **DEBIT, **body},
+                                    token=token, headers=headers)
+    return status, answer, api.last_headers.get("Idempotent-Replayed")
+
+
+def cash(ledger: Ledger, mid: str) -> int:
+    return int(ledger.balance(mid)["cash"])
+
+
+def debits(ledger: Ledger, mid: str) -> int:
+    return sum(1 for e in ledger.history(mid, limit=1000) if e["kind"] == "debit")
+
+
+def test_a_retried_debit_under_one_key_debits_once(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with running(make_node(tmp_path)) as (node, api):
+            amy = await api.login("amy", PW["amy"])
+            mid = await topped_up(api, await api.login("boss", PW["boss"]))
+            first = await debit(api, amy, mid, KEY)
+            again = await debit(api, amy, mid, KEY)
+            assert first[0] == 200 and first[2] is None, first
+            assert again == (200, first[1], "true")  # the same answer, marked
+            assert cash(node.ledger, mid) == 10000 - 2000
+            assert debits(node.ledger, mid) == 1
+            # Without a key nothing changes: each request is a sale.
+            assert (await debit(api, amy, mid, None))[0] == 200
+            assert (await debit(api, amy, mid, None))[0] == 200
+            assert cash(node.ledger, mid) == 10000 - 3 * 2000
+            assert debits(node.ledger, mid) == 3
+
+    asyncio.run(go())
+
+
+def test_another_request_under_a_used_key_is_refused_and_changes_nothing(tmp_path: Path
+                                                                         ) -> None:
+    async def go() -> None:
+        async with running(make_node(tmp_path)) as (node, api):
+            amy = await api.login("amy", PW["amy"])
+            mid = await topped_up(api, await api.login("boss", PW["boss"]))
+            first = await debit(api, amy, mid, KEY)
+            before = snapshot(node.ledger, [mid])
+            status, body, replayed = await debit(api, amy, mid, KEY, amount=3000)
+            assert (status, body["error"], replayed) == (422, "idempotency_key_reused", None)
+            assert KEY in body["message"] and "nothing was done" in body["message"]
+            # Another path under the key is another request too.
+            status, body = await api.call("POST", "/topup", {"member": mid, "yuan": "20.00"},
+                                          token=amy, headers={"Idempotency-Key": KEY})
+            assert (status, body["error"]) == (422, "idempotency_key_reused")
+            assert snapshot(node.ledger, [mid]) == before
+            assert await debit(api, amy, mid, KEY) == (200, first[1], "true")
+
+    asyncio.run(go())
+
+
+def test_a_key_survives_a_restart_of_the_node(tmp_path: Path) -> None:
+    data = make_node(tmp_path)
+
+    async def go() -> None:
+        async with running(data) as (node, api):
+            amy = await api.login("amy", PW["amy"])
+            mid = await topped_up(api, await api.login("boss", PW["boss"]))
+            first = await debit(api, amy, mid, KEY)
+            assert first[0] == 200
+        # Acknowledged, then the node restarted: tokens are gone, the key is not.
+        async with running(data) as (node, api):
+            amy = await api.login("amy", PW["amy"])
+            assert await debit(api, amy, mid, KEY) == (200, first[1], "true")
+            assert cash(node.ledger, mid) == 10000 - 2000
+            assert debits(node.ledger, mid) == 1
+
+    asyncio.run(go())
+
+
+def test_another_operators_same_key_is_another_key(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with running(make_node(tmp_path)) as (node, api):
+            amy = await api.login("amy", PW["amy"])
+            bob = await api.login("bob", PW["bob"])
+            mid = await topped_up(api, await api.login("boss", PW["boss"]))
+            by_amy = await debit(api, amy, mid, KEY)
+            by_bob = await debit(api, bob, mid, KEY)
+            assert by_amy[0] == by_bob[0] == 200 and by_bob[2] is None
+            assert by_amy[1]["id"] != by_bob[1]["id"]  # bob got his own sale, not amy's
+            assert debits(node.ledger, mid) == 2
+            # A second login of amy (another token) is still amy: her key replays.
+            amy2 = await api.login("amy", PW["amy"])
+            assert await debit(api, amy2, mid, KEY) == (200, by_amy[1], "true")
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("key", ["", "k" * 101, "收据-1"])
+def test_a_malformed_key_is_a_400_and_changes_nothing(tmp_path: Path, key: str) -> None:
+    async def go() -> None:
+        async with running(make_node(tmp_path)) as (node, api):
+            amy = await api.login("amy", PW["amy"])
+            mid = await topped_up(api, await api.login("boss", PW["boss"]))
+            await debit(api, amy, mid, "warm-up")  # the key table exists
+            before = snapshot(node.ledger, [mid])
+            status, body, _ = await debit(api, amy, mid, key)
+            assert (status, body["error"]) == (400, "invalid_input"), body
+            assert "Idempotency-Key must be 1 to 100 printable ASCII" in body["message"]
+            assert snapshot(node.ledger, [mid]) == before
+            # 100 characters is the longest a key may be.
+            assert (await debit(api, amy, mid, "k" * 100))[0] == 200
+
+    asyncio.run(go())
+
+
+def test_a_refusal_is_not_remembered_so_the_fixed_sale_goes_through(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with running(make_node(tmp_path)) as (node, api):
+            amy = await api.login("amy", PW["amy"])
+            boss = await api.login("boss", PW["boss"])
+            mid = await topped_up(api, boss, "10.00")
+            await api.call("POST", "/topup", {"member": mid, "yuan": "1.00"}, token=boss,
+                           headers={"Idempotency-Key": "warm-up"})  # the key table exists
+            before = snapshot(node.ledger, [mid])
+            status, body, _ = await debit(api, amy, mid, KEY)
+            assert (status, body["error"]) == (409, "insufficient_funds")
+            assert snapshot(node.ledger, [mid]) == before, "the key was let go"
+            status, body, _ = await debit(api, amy, mid, KEY)  # still short: refused again
+            assert (status, body["error"]) == (409, "insufficient_funds")
+            # The member tops up; the till retries the very sale under the same key.
+            await api.call("POST", "/topup", {"member": mid, "yuan": "50.00"}, token=boss)
+            first = await debit(api, amy, mid, KEY)
+            assert first[0] == 200 and first[2] is None
+            assert await debit(api, amy, mid, KEY) == (200, first[1], "true")
+            assert cash(node.ledger, mid) == 6100 - 2000
+
+    asyncio.run(go())
+
+
+def test_a_key_whose_answer_was_lost_to_a_stop_is_unknown_not_repeated(tmp_path: Path
+                                                                       ) -> None:
+    """A row begun and never answered is what a node that stopped mid-request leaves
+    behind (the row is written before the operation runs): the retry is told the
+    outcome is unknown, and the operation is not run again."""
+    data = make_node(tmp_path)
+
+    async def go() -> None:
+        async with running(data) as (node, api):
+            amy = await api.login("amy", PW["amy"])
+            mid = await topped_up(api, await api.login("boss", PW["boss"]))
+            await debit(api, amy, mid, "warm-up")
+            operator = node.ledger.authenticate("amy", PW["amy"])
+            request = next(iter(node.ledger.storage.conn.execute(
+                "SELECT request FROM idempotency WHERE key = 'warm-up'")))[0]
+        with Ledger.open(data) as ledger:  # the node is down
+            idempotency.begin(ledger, operator, KEY, request, idempotency_now())
+        async with running(data) as (node, api):
+            amy = await api.login("amy", PW["amy"])
+            before = snapshot(node.ledger, [mid])
+            status, body, _ = await debit(api, amy, mid, KEY)
+            assert (status, body["error"]) == (409, "idempotency_unknown")
+            assert "history" in body["message"]
+            assert snapshot(node.ledger, [mid]) == before
+
+    asyncio.run(go())
+
+
+def idempotency_now() -> int:
+    return IdempotencyKeys().now_ms()
+
+
+class SlowHost(Standalone):
+    """The real API over a lone ledger whose writes wait until the test says go: a
+    write the node is still fetching rights for, as a till that gave up sees it."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        super().__init__(ledger)
+        self.go = asyncio.Event()
+        self.started = 0
+
+    async def perform(self, op: Callable[[], T], name: str | None = None) -> T:
+        self.started += 1
+        await self.go.wait()
+        return op()
+
+
+def test_a_duplicate_while_the_first_still_runs_waits_for_its_answer(tmp_path: Path) -> None:
+    async def go() -> None:
+        ledger = with_operators(new_ledger(tmp_path, "SH01"))
+        host = SlowHost(ledger)
+        try:
+            async with serving(host) as api:
+                boss = await api.login("boss", "boss-secret")
+                host.go.set()
+                mid = await topped_up(api, boss)
+                host.go.clear()
+                started = host.started
+                first = asyncio.create_task(debit(api, boss, mid, KEY))
+                while host.started == started:  # the first is inside its write
+                    await asyncio.sleep(0.01)
+                second = asyncio.create_task(debit(api, boss, mid, KEY))
+                other = await debit(api, boss, mid, KEY, amount=1)  # meanwhile, another
+                assert (other[0], other[1]["error"]) == (422, "idempotency_key_reused")
+                await asyncio.sleep(0.1)
+                assert not second.done(), "the duplicate waits for the first"
+                host.go.set()
+                a, b = await first, await second
+                assert a[0] == 200 and a[2] is None
+                assert b == (200, a[1], "true")
+                assert host.started == started + 1, "the duplicate never ran"
+                assert cash(ledger, mid) == 10000 - 2000
+        finally:
+            ledger.close()
+
+    asyncio.run(go())
+
+
+def test_keys_expire_after_a_day(tmp_path: Path) -> None:
+    now = [1_800_000_000.0]
+
+    async def go() -> None:
+        ledger = with_operators(new_ledger(tmp_path, "SH01"))
+        try:
+            keys = IdempotencyKeys(clock=lambda: now[0])
+            async with serving(Standalone(ledger), keys=keys) as api:
+                boss = await api.login("boss", "boss-secret")
+                mid = await topped_up(api, boss)
+                assert (await debit(api, boss, mid, KEY))[0] == 200
+                now[0] += 24 * 3600 - 1
+                assert (await debit(api, boss, mid, KEY))[2] == "true"
+                now[0] += 2  # a day and a second later the key is new again
+                status, _, replayed = await debit(api, boss, mid, KEY, amount=500)
+                assert (status, replayed) == (200, None)
+                assert cash(ledger, mid) == 10000 - 2000 - 500
+                rows = ledger.storage.conn.execute("SELECT COUNT(*) FROM idempotency")
+                assert next(iter(rows))[0] == 1, "the expired key went when one began"
+        finally:
+            ledger.close()
+
+    asyncio.run(go())
+
+
+def test_the_openapi_document_offers_the_header_on_writes_only() -> None:
+    doc = openapi("/api")
+
+    def takes_key(path: str, method: str) -> bool:
+        return any(p["name"] == "Idempotency-Key" and p["in"] == "header"
+                   for p in doc["paths"][path][method].get("parameters", []))
+
+    assert takes_key("/debit", "post") and takes_key("/topup", "post")
+    assert takes_key("/receipts/{entry}/print", "post")
+    assert not takes_key("/members/{member}", "get") and not takes_key("/login", "post")
