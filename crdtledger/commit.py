@@ -97,6 +97,9 @@ class LedgerBase:
         # Entries the open apply transaction projected from peers: their points lots
         # are settled together before it commits (Replica.apply_verified).
         self._fresh_entries: list[dict[str, Any]] = []
+        # Ledger records of the open apply whose entries' funding waits for its end:
+        # an earlier record of their writer is applied after them (Replica._apply_plan).
+        self._funding_held: set[tuple[str, int]] = set()
         # Erasures (crdtledger.erasure): redaction entries of other writers applied and
         # not yet carried out on the records held here; whether an erasure came since
         # the last housekeeping (which redacts this node's own records); the erased

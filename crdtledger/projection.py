@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Mapping
 from typing import Any
 
 from crdtledger.hlc import id_time_ms
@@ -135,10 +136,13 @@ def _entry_value(value: Any) -> Any:
 
 
 def entry_change(conn: sqlite3.Connection, doc: str, key: str, old: Any, new: Any,
-                 day_of: Any, *, local: bool = False) -> dict[str, Any] | None:
+                 day_of: Any, *, local: bool = False, seq: int | None = None
+                 ) -> dict[str, Any] | None:
     """Project an added (or, from a misbehaving peer, rewritten) entry; None if invalid
     or deferred. `local`: written here, so its numbers are exact Python ints already
-    and its writer has just checked its rights; the schema is checked all the same."""
+    and its writer has just checked its rights; the schema is checked all the same.
+    `seq`: the position in its writer's log of the record that carried it (funding
+    is judged in that order: "Funding in log order", below)."""
     if old is not None and not conn.execute(
             "DELETE FROM deferred WHERE doc = ? AND key = ?", (doc, key)).rowcount:
         try:
@@ -151,22 +155,32 @@ def entry_change(conn: sqlite3.Connection, doc: str, key: str, old: Any, new: An
     except InvalidRecord as e:
         conn.execute("INSERT OR REPLACE INTO quarantine VALUES (?,?,?)", (doc, key, str(e)))
         return None
-    if not local and not _funded(conn, [entry]):
-        conn.execute("INSERT OR REPLACE INTO deferred VALUES (?,?,?)", (doc, key, dumps(entry)))
+    if not local and ((entry["node"], entry["member"]) in _waiting_queues(conn)
+                      or not _funded(conn, [entry])):
+        conn.execute(_DEFER, (doc, key, dumps(entry), seq))
         return None
     project_entry(conn, entry, day_of(id_time_ms(entry["id"])), +1)
     return entry
 
 
+_DEFER = "INSERT OR REPLACE INTO deferred(doc, key, body, seq) VALUES (?,?,?,?)"
+
+
 def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, Any]],
-                    day_of: Any) -> list[dict[str, Any]]:
+                    day_of: Any, pos: Mapping[str, tuple[int, bool]] | None = None
+                    ) -> list[dict[str, Any]]:
     """Project entries new to a document (key, value as pycrdt gave it), as
     entry_change would one by one, in a few statements: a catch-up brings a month of
     them at once. Returns those projected (not quarantined, not deferred).
 
-    Checked in id order (their writers' causal order) against the rights as they
-    stand plus what the batch has projected so far, read once per rights row. Their
-    points lots are the caller's to settle (crdtledger.lots.settle)."""
+    `pos`: for each key, the position in its writer's log of the record that carried
+    it and whether its funding must wait for the batch's end (an earlier record of its
+    writer is applied later in this transaction, replica._apply_plan). Judged in id
+    order (most writers' causal order, so that funding from another writer usually
+    comes first), except that each writer's entries of one member keep their log
+    order ("Funding in log order", below), against the rights as they stand plus what
+    the batch has projected so far, read once per rights row. Their points lots are
+    the caller's to settle (crdtledger.lots.settle)."""
     valid: list[dict[str, Any]] = []
     bad: list[tuple[str, str, str]] = []
     for key, value in added:
@@ -175,6 +189,8 @@ def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, A
         except InvalidRecord as err:
             bad.append((doc, key, str(err)))
     valid.sort(key=lambda e: e["id"])
+    units = _units_in_order(valid, pos)
+    blocked = _waiting_queues(conn) if valid else set()
     rights: dict[tuple[str, str, str], int] = {}
     members = {e["member"] for e in valid}
     loaded: set[str] = set()  # members whose every rights row is in `rights`
@@ -198,28 +214,32 @@ def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, A
         return rights[k]
 
     done: list[dict[str, Any]] = []
-    waiting: list[tuple[str, str, str]] = []
+    waiting: list[tuple[str, str, str, int | None]] = []
     changed: dict[tuple[str, str, str], int] = {}
     totals: dict[str, list[int]] = {}
-    for e in valid:
+    for queue, seq, hold, unit in units:
         change: dict[tuple[str, str, str], int] = {}
-        for purse, node, c in e["deltas"]:
-            k = (e["member"], purse, node)
-            change[k] = change.get(k, 0) + c
-        if any(c < 0 and held(k) + c < 0 for k, c in change.items()):
-            waiting.append((doc, e["id"], dumps(e)))
+        for e in unit:
+            for purse, node, c in e["deltas"]:
+                k = (e["member"], purse, node)
+                change[k] = change.get(k, 0) + c
+        if hold or queue in blocked or any(c < 0 and held(k) + c < 0
+                                           for k, c in change.items()):
+            blocked.add(queue)  # its writer's later entries of the member wait behind
+            waiting += ((doc, e["id"], dumps(e), seq) for e in unit)
             continue
         for k, c in change.items():
             rights[k] = held(k) + c
             changed[k] = changed.get(k, 0) + c
-        spent, topped = spent_topped(e)
-        if spent or topped:
-            t = totals.setdefault(e["member"], [0, 0])
-            t[0] += spent
-            t[1] += topped
-        done.append(e)
+        for e in unit:
+            spent, topped = spent_topped(e)
+            if spent or topped:
+                t = totals.setdefault(e["member"], [0, 0])
+                t[0] += spent
+                t[1] += topped
+        done += unit
     conn.executemany("INSERT OR REPLACE INTO quarantine VALUES (?,?,?)", bad)
-    conn.executemany("INSERT OR REPLACE INTO deferred VALUES (?,?,?)", waiting)
+    conn.executemany(_DEFER, waiting)
     conn.executemany(
         "INSERT INTO entries(id, kind, member, node, op, at, day, amount, paid, ref, "
         "service, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -237,9 +257,89 @@ def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, A
 # at B spending rights that A transferred to B can arrive at C before the transfer
 # does; projected at once, C would show B's rights, and the member's balance if C
 # lacks the top-up too, below zero. So an entry that would take a rights row below
-# zero waits in `deferred` until the entries that fund it arrive. Every writer
-# checked its own rights before writing, so once a replica holds all entries, all
-# of them fit: none waits for ever, and converged replicas project the same set.
+# zero waits in `deferred` until the entries that fund it arrive.
+#
+# Funding in log order: which entries are funded must not depend on how records were
+# batched nor on when funding came (a liar overspending its rights in two ways at
+# once would otherwise leave honest replicas with different books for ever). Each
+# writer's entries of one member form a queue in its log's order (the record's
+# position, every entry of one record together: an entry's id is its writer's word
+# and may sort against that order, a clock put back or a liar); only the queue's
+# head is judged, and it is projected once the rights rows it lowers cover it. Only
+# the writer lowers its rights rows (write rule own-rights) and rows are per member,
+# so nothing another queue projects ever lowers them: a head that fits stays
+# fitting, whatever else is projected first. Hence every replica that holds the same
+# records ends with the same entries projected, whatever the batching and order of
+# arrival (what is projected at any time is part of that final set), and an honest
+# writer's entries are all projected there: each was checked at write time against
+# rights its writer held, made of its own earlier entries of the member and of
+# raises by others it had projected, all of which are projected too.
+
+
+def _units_in_order(entries: list[dict[str, Any]], pos: Mapping[str, tuple[int, bool]] | None
+                    ) -> list[tuple[tuple[str, str], int | None, bool, list[dict[str, Any]]]]:
+    """`entries` (in id order) as units to judge: (queue, record's position, hold,
+    entries), a unit being one writer's entries of one member in one record, in id
+    order of their first entry, except that the units of one queue take their slots in
+    that order by their log order. Without a position (a caller that has none), each
+    entry is a unit of its own, in id order, before any with one."""
+    Unit = tuple[tuple[str, str], int | None, bool, list[dict[str, Any]]]
+    units: list[Unit] = []
+    append = units.append
+    # queue -> its last unit's position and index. A record's entries of a member are
+    # next to each other in id order nearly always, and one each: no other lookup on
+    # a catch-up's path. Out of turn (a later record's entry between), the queue is
+    # put right below.
+    last: dict[tuple[str, str], tuple[int, int]] = {}
+    shuffled: set[tuple[str, str]] = set()
+    get = pos.get if pos else None
+    for e in entries:
+        queue = (e["node"], e["member"])
+        at = get(e["id"]) if get else None
+        if at is None:
+            if queue in last:
+                shuffled.add(queue)  # a unit without position after one with
+            append((queue, None, False, [e]))
+            continue
+        seq = at[0]
+        prev = last.get(queue)
+        if prev is not None:
+            if prev[0] == seq:
+                units[prev[1]][3].append(e)
+                continue
+            if prev[0] > seq:
+                shuffled.add(queue)
+        last[queue] = (seq, len(units))
+        append((queue, seq, at[1], [e]))
+    if not shuffled:
+        return units
+    # Each shuffled queue's units, one per record, in log order, into the slots its
+    # first units took (those left over go).
+    gone: set[int] = set()
+    for queue in shuffled:
+        slots = [i for i, u in enumerate(units) if u[0] == queue]
+        merged: dict[tuple[int, str], Unit] = {}
+        for i in slots:
+            q, at_seq, hold, unit = units[i]
+            k = (-1, unit[0]["id"]) if at_seq is None else (at_seq, "")
+            if k in merged:
+                merged[k][3].extend(unit)
+            else:
+                merged[k] = (q, at_seq, hold, list(unit))
+        mine = [merged[k] for k in sorted(merged)]
+        for i, u in zip(slots, mine, strict=False):
+            units[i] = u
+        gone.update(slots[len(mine):])
+    return [u for i, u in enumerate(units) if i not in gone]
+
+
+def _waiting_queues(conn: sqlite3.Connection) -> set[tuple[str, str]]:
+    """(writer, member) of every entry waiting in `deferred`: their later entries wait
+    behind them (none, nearly always: one cheap read)."""
+    if conn.execute("SELECT 1 FROM deferred LIMIT 1").fetchone() is None:
+        return set()
+    return set(conn.execute("SELECT DISTINCT json_extract(body, '$.node'), "
+                            "json_extract(body, '$.member') FROM deferred"))
 
 
 def _funded(conn: sqlite3.Connection, entries: list[dict[str, Any]]) -> bool:
@@ -262,27 +362,39 @@ def _funded(conn: sqlite3.Connection, entries: list[dict[str, Any]]) -> bool:
 def project_deferred(conn: sqlite3.Connection, day_of: Any) -> list[dict[str, Any]]:
     """Project the deferred entries that are now funded; return them.
 
-    One at a time in id (causal) order while any fits; then, should none fit alone,
-    all together: two transfers that fund each other (A gives B, B gives A back, a
-    third replica having projected A's later spending first) fit only as a pair.
+    Queue by queue (a writer's entries of one member, in its log's order: "Funding in
+    log order" above), the head unit while it fits, again over all queues while
+    any moved: one queue's transfer can fund another's head. Nothing is projected
+    ahead of its queue's head, nor together with other queues' entries to make them
+    fit (two transfers that fund only each other, which no honest pair of writers
+    writes in log order, wait alike at every replica).
     """
-    waiting = {(doc, key): json.loads(body) for doc, key, body in conn.execute(
-        "SELECT doc, key, body FROM deferred ORDER BY key")}
-    done: dict[tuple[str, str], dict[str, Any]] = {}
+    rows = conn.execute("SELECT doc, key, seq, body FROM deferred").fetchall()
+    if not rows:
+        return []
+    queues: dict[tuple[str, str], dict[tuple[int, str], list[tuple[str, str, Any]]]] = {}
+    for doc, key, seq, body in rows:
+        entry = json.loads(body)
+        at = (-1, key) if seq is None else (int(seq), "")
+        queues.setdefault((entry["node"], entry["member"]), {}).setdefault(
+            at, []).append((doc, key, entry))
+    pending = {q: [units[at] for at in sorted(units)] for q, units in queues.items()}
+    done: list[tuple[str, str, dict[str, Any]]] = []
     progress = True
-    while waiting and progress:
+    while progress:
         progress = False
-        for k, entry in list(waiting.items()):
-            if _funded(conn, [entry]):
-                project_entry(conn, entry, day_of(id_time_ms(entry["id"])), +1)
-                done[k] = waiting.pop(k)
+        for q in sorted(pending):
+            units = pending[q]
+            while units and _funded(conn, [e for _d, _k, e in units[0]]):
+                for doc, key, entry in units.pop(0):
+                    project_entry(conn, entry, day_of(id_time_ms(entry["id"])), +1)
+                    done.append((doc, key, entry))
                 progress = True
-    if waiting and _funded(conn, list(waiting.values())):
-        for entry in waiting.values():
-            project_entry(conn, entry, day_of(id_time_ms(entry["id"])), +1)
-        done.update(waiting)
-    conn.executemany("DELETE FROM deferred WHERE doc = ? AND key = ?", list(done))
-    return list(done.values())
+            if not units:
+                del pending[q]
+    conn.executemany("DELETE FROM deferred WHERE doc = ? AND key = ?",
+                     [(doc, key) for doc, key, _e in done])
+    return [entry for _d, _k, entry in done]
 
 
 # Where a card's status event lists the events its writer had seen (cards.Cards).

@@ -79,7 +79,10 @@ NOTIFY_STEP = 50_000
 class Replica(LedgerBase):
     """Applying remote updates, all or nothing, and answering what a peer lacks."""
 
-    def _project(self, ld: LoadedDoc, change: Any) -> None:
+    def _project(self, ld: LoadedDoc, change: Any,
+                 pos: dict[str, tuple[int, bool]] | None = None) -> None:
+        """`pos`: each new entry's record's position in its writer's log, and whether
+        its funding waits for the transaction's end (_apply_run)."""
         conn, day_of = self.storage.conn, self.storage.day_of
         fresh: list[tuple[str, Any]] = []  # entries new to the document
         projected: list[dict[str, Any]] = []
@@ -94,14 +97,16 @@ class Replica(LedgerBase):
                     fresh.append((key, new))
                     continue
                 # Rewritten (only a misbehaving peer does that): undone and redone.
-                entry = entry_change(conn, ld.name, key, old, new, day_of)
+                at = pos.get(key) if pos else None
+                entry = entry_change(conn, ld.name, key, old, new, day_of,
+                                     seq=at[0] if at else None)
                 if entry is not None:
                     projected.append(entry)
             else:
                 records[(root, key)] = True  # removed ones too: quarantined, as before
         # Each fresh entry's month was checked with the record that carried it
         # (_apply_run): not again here.
-        fresh_done = project_entries(conn, ld.name, fresh, day_of)
+        fresh_done = project_entries(conn, ld.name, fresh, day_of, pos)
         self._fresh_entries += fresh_done
         projected += fresh_done
         self.redactions_due += (e for e in projected if e["kind"] == "redaction")
@@ -383,6 +388,11 @@ class Replica(LedgerBase):
                         plan.wait_from[w.record.node] = min(
                             w.record.seq, plan.wait_from.get(w.record.node, w.record.seq))
                 except _Broken as b:  # rolled back: again, with that record refused
+                    if b.conflict and not plan.in_log_order:
+                        # One entry in two records of its writer: the later one in its
+                        # log is to blame, whatever order the documents went in.
+                        plan.single = plan.in_log_order = True
+                        continue
                     if strict and b.run == 1 and not b.released:
                         raise RemoteProtocolError(
                             f"record {b.record.seq} of node {b.record.node} breaks write "
@@ -602,9 +612,23 @@ class Replica(LedgerBase):
         # Cuts first: they change no document, and the records after them in their
         # writers' logs are judged by them (log.cuts, as appended).
         part = plan.accepted[lo:hi]
-        order = {name: i for i, name in enumerate(dict.fromkeys(r.doc for r, _ in part))}
-        order[CUT_DOC] = -1
-        part.sort(key=lambda rh: order[rh[0].doc])
+        if not plan.in_log_order:
+            order = {name: i for i, name in enumerate(dict.fromkeys(r.doc for r, _ in part))}
+            order[CUT_DOC] = -1
+            part.sort(key=lambda rh: order[rh[0].doc])
+        # Entries are funded in their writers' log order (projection.py, "Funding in
+        # log order"): a ledger record applied here before an earlier one of its writer
+        # (whose month's document came later in the sender's order: a clock put back,
+        # a liar, a slice starting with another writer's later months) leaves its
+        # entries' funding to the transaction's end (project_deferred).
+        self._funding_held = set()
+        lowest: dict[str, int] = {}
+        for rec, _ in reversed(part):
+            if rec.doc.startswith("ledger/"):
+                if rec.seq < lowest.get(rec.node, rec.seq + 1):
+                    lowest[rec.node] = rec.seq
+                else:
+                    self._funding_held.add((rec.node, rec.seq))
         refused = plan.refused
         with st.transaction():
             self._fresh_entries = []
@@ -670,6 +694,7 @@ class Replica(LedgerBase):
             if run:
                 self._apply_run(run, plan.certs)
                 touched.append(run[0][0].doc)
+            self._funding_held = set()  # released records come after their writers' others
             if last:
                 for node, head, cert in plan.heads:
                     kept_head = log.head(node)
@@ -742,6 +767,7 @@ class Replica(LedgerBase):
         ld = st.doc(name)
         ledger = name.startswith("ledger/")
         governs: dict[str, bool] = {}
+        pos: dict[str, tuple[int, bool]] = {}  # entry -> its record's seq, held
         order = InOrder(name, decode_state_vector(ld.doc.get_state()))
         named: set[str] = set()  # sweeps' outs named by an "in" of this run
 
@@ -787,8 +813,14 @@ class Replica(LedgerBase):
                                           earlier_out)
                     if ledger:
                         keys = [key for _r, key, _o, _n in added]
-                        _check_months(name, keys, st.day_of)
+                        for key, others in _check_months(name, keys, st.day_of):
+                            if _held_elsewhere(st.conn, key, others):
+                                raise _Broken(rec, RuleBroken(
+                                    "entry-insert-once", f"{name}: entry {key} is "
+                                    "already in another month's document"), 1, conflict=True)
                         check_ids_after_cut(node, name, keys, cut)
+                        at = (rec.seq, (node, rec.seq) in self._funding_held)
+                        pos.update((key, at) for key in keys)
                 except RuleBroken as e:
                     raise _Broken(rec, e, 1) from None
                 except RemoteProtocolError as e:  # an entry in another month's document
@@ -803,13 +835,13 @@ class Replica(LedgerBase):
             if not covered(get_update(rec.data, after), have):
                 raise _Waits(rec, 1)
         try:
-            self._project(ld, change)
+            self._project(ld, change, pos)
         except (RemoteProtocolError, sqlite3.IntegrityError) as e:
             # Refused by a projection's key (an entry already in another month): the
             # writer's fault, like any broken rule; run again one record at a time to
             # tell whose.
             raise _Broken(run[0][0], RuleBroken("entry-insert-once", f"{name}: {e}"),
-                          len(run)) from None
+                          len(run), conflict=True) from None
         st.record(ld, [rec.data for rec, _ in run])
 
     def speaks_for_chain(self, node: str) -> bool:
@@ -983,7 +1015,8 @@ def _finish(steps: Generator[None, None, _T]) -> _T:
             return cast("_T", done.value)
 
 
-def _check_months(doc: str, keys: Sequence[str], day_of: Callable[[int], str]) -> None:
+def _check_months(doc: str, keys: Sequence[str], day_of: Callable[[int], str]
+                  ) -> list[tuple[str, set[str]]]:
     """Refuse (RemoteProtocolError) an update that puts an entry in a document no
     writer could have chosen for it: its writer files it under the month of its id's
     time in the writer's own time zone (commit._entry_write).
@@ -997,8 +1030,10 @@ def _check_months(doc: str, keys: Sequence[str], day_of: Callable[[int], str]) -
     entry id at all is left to the schema check (quarantined, never projected). Ids
     well inside the month (the 2nd to the 27th in UTC) are told by comparing
     strings: a catch-up brings a month of them. `day_of` is the store's own zone,
-    for the message only."""
+    for the message only. Returns the keys that may also be in a neighbour's
+    document, with those documents (_held_elsewhere)."""
     lo, hi = _inner_ids(doc)
+    either: list[tuple[str, set[str]]] = []
     for key in keys:
         if not isinstance(key, str) or not ID.match(key) or lo <= key[:13] < hi:
             continue
@@ -1010,6 +1045,20 @@ def _check_months(doc: str, keys: Sequence[str], day_of: Callable[[int], str]) -
         if doc not in homes:
             raise RemoteProtocolError(
                 f"{doc}: ledger entry {key} belongs in {home}, by its id's time")
+        if len(homes) > 1:
+            either.append((key, homes - {doc}))
+    return either
+
+
+def _held_elsewhere(conn: sqlite3.Connection, key: str, others: set[str]) -> bool:
+    """Is entry `key`, new to a document, already projected (from another month's
+    document: a document holds a key once) or waiting for its funding in `others`?
+    Asked of the few ids near a month's turn only. The waiting copy matters: two
+    copies deferred in two documents would both be projected once funded, and the
+    store's key would then refuse every batch after."""
+    return conn.execute("SELECT 1 FROM entries WHERE id = ?", (key,)).fetchone() is not None \
+        or any(conn.execute("SELECT 1 FROM deferred WHERE doc = ? AND key = ?",
+                            (d, key)).fetchone() for d in sorted(others))
 
 
 @lru_cache(maxsize=256)
@@ -1058,6 +1107,7 @@ class VerifiedBatch:
     still_waiting: set[str] = field(default_factory=set)  # writers whose kept records wait
     refused: dict[tuple[str, int], RuleBroken] = field(default_factory=dict)
     single: bool = False  # apply one record per run (to tell whose a projection refused)
+    in_log_order: bool = False  # in the sender's order (each log's own), not by document
     done: int = 0  # accepted records applied so far (slices)
     skipped: set[tuple[str, int]] = field(default_factory=set)  # held by then, or past a fork
     diverged: set[str] = field(default_factory=set)  # logs another session forked from
@@ -1080,9 +1130,13 @@ class _Broken(Exception):
     """A record broke a write rule while a batch was applied (rolled back and run
     again with it refused). `run`: how many records were applied with it."""
 
-    def __init__(self, record: Record, error: RuleBroken, run: int) -> None:
+    def __init__(self, record: Record, error: RuleBroken, run: int,
+                 conflict: bool = False) -> None:
         super().__init__(str(error))
         self.record = record
         self.error = error
         self.run = run
+        # One entry in two of its writer's records: blamed on the one applied second,
+        # which is the later in its writer's log only when applied in log order.
+        self.conflict = conflict
         self.released = False  # a record kept waiting from an earlier batch

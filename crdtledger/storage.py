@@ -150,9 +150,12 @@ CREATE INDEX IF NOT EXISTS points_owed ON points_lots(member) WHERE left < 0;
 CREATE TEMP TABLE IF NOT EXISTS points_touched(
     member TEXT NOT NULL, id TEXT, change INTEGER NOT NULL, kind TEXT NOT NULL,
     ref TEXT, expires TEXT, day TEXT);
--- Valid entries that arrived before the entries funding them (see projection.py).
+-- Valid entries that arrived before the entries funding them (see projection.py), with
+-- the position in its writer's log of the record that carried each (NULL: deferred by
+-- a version that did not keep it; such come first, in id order).
 CREATE TABLE IF NOT EXISTS deferred(
-    doc TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY(doc, key));
+    doc TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL, seq INTEGER,
+    PRIMARY KEY(doc, key));
 """
 
 # Root types of each kind of document.
@@ -410,6 +413,20 @@ def _upgrade(conn: sqlite3.Connection) -> None:
         raise
 
 
+def _add_deferred_seq(conn: sqlite3.Connection) -> None:
+    """A store made before deferred entries kept their records' log positions gets
+    the column (its rows NULL). One statement, so it is its own transaction."""
+    def has() -> bool:
+        return any(col[1] == "seq" for col in conn.execute("PRAGMA table_info(deferred)"))
+
+    if not has():
+        try:
+            conn.execute("ALTER TABLE deferred ADD COLUMN seq INTEGER")
+        except sqlite3.OperationalError:
+            if not has():  # else another process added it meanwhile
+                raise
+
+
 class Storage:
     """The SQLite file and the in-memory documents of one node (single writer)."""
 
@@ -431,6 +448,7 @@ class Storage:
             self.conn = _connect(db, synchronous)
             _upgrade(self.conn)
             self.conn.executescript(SCHEMA)
+            _add_deferred_seq(self.conn)
             self.conn.executescript(LOG_SCHEMA)
             self.meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
             if self.meta.get("format") == "2":

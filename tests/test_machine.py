@@ -1053,13 +1053,14 @@ def test_a_debit_seen_before_its_funding_waits_for_it() -> None:
         m.teardown()
 
 
-def test_entries_that_fund_each_other_are_projected_together() -> None:
-    """No single waiting entry fits, all of them together do: project them at once.
-
-    A gives 50 to B, B gives 50 back, A spends 50; a replica that projected A's debit
-    first (it can: they sit in different months' documents) holds A's and B's rows at
-    zero, so neither transfer fits alone."""
-    from crdtledger.projection import entry_change, project_deferred
+def test_entries_that_fund_each_other_are_projected_in_their_writers_log_order() -> None:
+    """A gives 50 to B (A's 2nd record), B gives 50 back (B's 1st), A spends 50 (A's
+    3rd). A batch applied by document can bring A's debit before A's transfer: judged
+    in A's log order (the debit waits for the batch's end behind the transfer), all
+    are projected. Two transfers that fund only each other (no entry before either
+    funds it: no honest pair of writers writes that) are not projected together: they
+    wait alike at every replica, whatever the batching."""
+    from crdtledger.projection import project_deferred, project_entries
 
     tmp = Path(tempfile.mkdtemp(prefix="crdtledger-deferred-"))
     try:
@@ -1072,6 +1073,12 @@ def test_entries_that_fund_each_other_are_projected_together() -> None:
                 return {"id": eid, "kind": kind, "member": member, "node": eid[14:],
                         "op": "owner", "at": START_MS, "amount": 50, "deltas": deltas}
 
+            def project(entries: list[dict[str, Any]], seqs: list[int], hold: bool = False
+                        ) -> None:
+                project_entries(st_.conn, "ledger/2026-03", [(e["id"], e) for e in entries],
+                                st_.day_of, {e["id"]: (s, hold)
+                                             for e, s in zip(entries, seqs, strict=True)})
+
             top = entry("037573YWGJ001.SH01", "topup", [["cash", "SH01", 50]])
             f = entry("037573YWGJ002.SH01", "transfer", [["cash", "SH01", -50],
                                                           ["cash", "SH02", 50]])
@@ -1079,15 +1086,30 @@ def test_entries_that_fund_each_other_are_projected_together() -> None:
                                                           ["cash", "SH01", 50]])
             h = entry("037573YWGJ004.SH01", "debit", [["cash", "SH01", -50]])
             with st_.transaction():
-                for e in (top, h, f, g):  # the order they reached this replica
-                    entry_change(st_.conn, "ledger/2026-03", e["id"], None, e, st_.day_of)
+                project([h], [3], hold=True)  # A's 2nd record is applied after it
+                project([top, f], [1, 2])
+                project([g], [1])
+                # A's entries wait behind its held record (its top-up too), B's transfer
+                # for want of A's.
                 assert {k for (k,) in st_.conn.execute("SELECT key FROM deferred")} == {
-                    f["id"], g["id"]}
+                    top["id"], f["id"], g["id"], h["id"]}
                 done = project_deferred(st_.conn, st_.day_of)
-            assert {e["id"] for e in done} == {f["id"], g["id"]}
+            assert {e["id"] for e in done} == {top["id"], f["id"], g["id"], h["id"]}
             assert r.rights(member) == {}
             assert not _rows(r, "SELECT * FROM deferred")
             assert not _rows(r, "SELECT * FROM rights WHERE amount < 0")
+            # Two liars' transfers of rights neither holds, each funded by the other only.
+            f2 = entry("037573YWGJ005.SH01", "transfer", [["cash", "SH01", -50],
+                                                           ["cash", "SH02", 50]])
+            g2 = entry("037573YWGJ006.SH02", "transfer", [["cash", "SH02", -50],
+                                                           ["cash", "SH01", 50]])
+            with st_.transaction():
+                project([f2], [4])
+                project([g2], [2])
+                assert project_deferred(st_.conn, st_.day_of) == []
+            assert {k for (k,) in st_.conn.execute("SELECT key FROM deferred")} == {
+                f2["id"], g2["id"]}
+            assert r.rights(member) == {}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

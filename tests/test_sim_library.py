@@ -455,7 +455,9 @@ def test_a_certificate_sent_with_records_not_taken_is_sent_again(tmp_path: Path)
 def test_entries_projected_in_bulk_as_one_by_one(tmp_path: Path) -> None:
     """project_entries (a remote update's new entries in a few statements) leaves the
     tables exactly as entry_change does entry by entry, whatever order the entries
-    come in: rights rows that net to zero included, bad entries quarantined alike."""
+    come in (each writer's in its log's order, as records are applied: the position of
+    each entry's record given), rights rows that net to zero included, bad entries
+    quarantined alike."""
     from crdtledger.projection import entry_change, project_deferred, project_entries
 
     rng = random.Random(11)
@@ -478,8 +480,17 @@ def test_entries_projected_in_bulk_as_one_by_one(tmp_path: Path) -> None:
                         "paid": amount if kind == "topup" else 0, "deltas": deltas})
     entries.append({"id": "037573YWGZZZZ.SH01", "kind": "nonsense"})  # quarantined
     tables = ("entries", "rights", "totals", "quarantine", "deferred")
+    seq = {e["id"]: n for n, e in enumerate(entries)}  # one record per entry
     for round_ in range(3):
         rng.shuffle(entries)
+        # Writers interleave as shuffled; each writer's entries keep its log's order.
+        slots: dict[str, list[int]] = {}
+        for i, e in enumerate(entries):
+            slots.setdefault(e["id"][14:], []).append(i)
+        for i_s in slots.values():
+            mine = sorted((entries[i] for i in i_s), key=lambda e: seq[e["id"]])
+            for i, e in zip(i_s, mine, strict=True):
+                entries[i] = e
         cut = rng.randrange(len(entries))
         got = []
         for bulk in (False, True):
@@ -489,11 +500,12 @@ def test_entries_projected_in_bulk_as_one_by_one(tmp_path: Path) -> None:
                 for part in (entries[:cut], entries[cut:]):
                     if bulk:
                         project_entries(st.conn, "ledger/2026-01",
-                                        [(e["id"], e) for e in part], st.day_of)
+                                        [(e["id"], e) for e in part], st.day_of,
+                                        {e["id"]: (seq[e["id"]], False) for e in part})
                     else:
                         for e in part:
                             entry_change(st.conn, "ledger/2026-01", e["id"], None, e,
-                                         st.day_of)
+                                         st.day_of, seq=seq[e["id"]])
                     project_deferred(st.conn, st.day_of)
             got.append({t: st.conn.execute(f"SELECT * FROM {t} ORDER BY 1, 2, 3").fetchall()
                         for t in tables})

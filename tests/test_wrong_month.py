@@ -357,7 +357,7 @@ def test_what_the_store_refuses_breaks_a_rule_too(
     bare sqlite3 error out of apply_batch."""
     m = _member_of(a)
     forger, doc, keys = _forge(a, evil, "known id, other month")
-    monkeypatch.setattr("crdtledger.replica._check_months", lambda *args: None)
+    monkeypatch.setattr("crdtledger.replica._check_months", lambda *args: [])
     before = snapshot(a, [m])
     with pytest.raises(RemoteProtocolError, match=r"entry-insert-once.*UNIQUE"):
         a.apply_batch(forger.batch(), strict=True)
