@@ -203,6 +203,16 @@ class Auth(LedgerBase):
         if changed:
             _credentials_changed(changed)
 
+    def credentials(self, operator: str) -> str | None:
+        """What a session of `operator` rests on, as a digest that changes when its
+        password is set or it is deactivated (None: no such operator). Sessions kept
+        by callers without a watcher (the counter's browser sessions) compare it on
+        each use, as `watch_credentials` ends the API's tokens."""
+        row = self.storage.conn.execute(
+            "SELECT body FROM operators WHERE id = ?", (operator,)
+        ).fetchone()
+        return None if row is None else _credentials(json.loads(row[0]))
+
     # --- permissions --------------------------------------------------------
 
     def permissions(self, operator: str) -> frozenset[str]:

@@ -1208,6 +1208,13 @@ def sync_files_card(ledger: Ledger) -> None:
         status = ui.label().classes("text-sm").mark("sync-status")
 
         async def export() -> None:
+            try:
+                # export_bytes reads no operator as the node's owner at its console: a
+                # page left open after its session ended must not hand it none.
+                require("sync")
+            except LedgerError as e:
+                refuse(e)
+                return
             op = operator()
             progress.set_visibility(True)
             progress.set_value(0.2)

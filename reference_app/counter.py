@@ -243,8 +243,19 @@ class Counter:
             self.consume_dialog(service=key)
         return True
 
+    def on_duty(self) -> bool:
+        """Whether this page's operator is still the one logged in in this browser. A tab
+        left open after a logout in another tab, a password reset or a deactivation
+        neither shows members nor writes as its operator: it goes to the login."""
+        if self.op and operator() == self.op:
+            return True
+        ui.navigate.to("/login")
+        return False
+
     def swipe(self, card_no: str) -> None:
         """A card presented: show its member, asking the PIN first if the card has one."""
+        if not self.on_duty():
+            return
         ledger = self.shop.ledger
         try:
             card = ledger.card(card_no)
@@ -276,7 +287,7 @@ class Counter:
     def search(self) -> None:
         q = (self.query.value or "").strip()
         self.results.clear()
-        if not q:
+        if not q or not self.on_duty():
             return
         # A keyboard-wedge reader or scanner types into this box: a card it read
         # (magnetic stripe, member QR code) is a swipe; so is a known card number.
@@ -315,6 +326,8 @@ class Counter:
 
     def show(self, member: str | None = None, *, card_no: str | None = None,
              pin: str | None = None) -> None:
+        if not self.on_duty():
+            return
         if member is not None:  # a merged member's card shows the one it was merged into
             member = self.shop.ledger.survivor_of(member)
         if member is not None and member != self.member:
@@ -357,7 +370,7 @@ class Counter:
     def refresh(self) -> None:
         """The store changed (a sale here, or records from another branch): redraw the
         member if anything the panel shows of them changed, else leave the page be."""
-        if self.member is None:
+        if self.member is None or not self.on_duty():
             return
         try:
             member = self.shop.ledger.survivor_of(self.member)  # merged meanwhile
@@ -423,6 +436,8 @@ class Counter:
                   explain: Callable[[LedgerError], str | None] | None = None) -> T | None:
         """One write: refused → the sentence (also in the dialog), nothing else happens.
         `explain`: a sentence of the dialog's own for a refusal, where it knows more."""
+        if not self.on_duty():
+            return None
         try:
             result = await self.shop.run(op, name)
         except LedgerError as e:

@@ -194,6 +194,8 @@ class MembersSide:
             await _not_here(scope, receive, send)
             return
         scope = {**scope, SCOPE_KEY: True}
+        if scope["type"] == "http":
+            send = _secure_cookies(send)
         if not path.startswith(_SOCKET):
             await self.inner(scope, receive, send)
             return
@@ -213,6 +215,21 @@ class MembersSide:
             await self.inner(scope, _replay(body, receive), send)
             return
         await self.inner(scope, receive, send)
+
+
+def _secure_cookies(send: Send) -> Send:
+    """Cookies set on the member port marked Secure. The session cookie says who is
+    signed in; the app's session settings follow the counter's port, plain HTTP by
+    default, and a browser sends a cookie without Secure over plain HTTP to any port
+    of its host, where anyone on the shop's Wi-Fi reads it. This port is HTTPS only."""
+    async def secured(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [
+                (k, v + b"; secure") if k.lower() == b"set-cookie" and b"secure" not in
+                [f.strip().lower() for f in v.split(b";")[1:]] else (k, v)
+                for k, v in message.get("headers", [])]}
+        await send(message)
+    return secured
 
 
 def _checked_frames(receive: Receive) -> Receive:

@@ -394,11 +394,17 @@ def operator() -> str | None:
     s = shop()
     if not isinstance(op, str) or node != s.node.node_id:
         return None  # a session from another store (or none)
-    return op if s.ledger.permissions(op) else None  # disabled operators drop out
+    # A password reset (here or at another branch) ends the sessions that logged in
+    # with the old one, as it ends the API's tokens; disabled operators drop out.
+    if data.get("credentials") != s.ledger.credentials(op):
+        return None
+    return op if s.ledger.permissions(op) else None
 
 
 def log_in(operator_id: str) -> None:
-    app.storage.user["operator"] = {"id": operator_id, "node": shop().node.node_id}
+    s = shop()
+    app.storage.user["operator"] = {"id": operator_id, "node": s.node.node_id,
+                                    "credentials": s.ledger.credentials(operator_id)}
 
 
 def log_out() -> None:

@@ -1,0 +1,267 @@
+"""A cashier (or someone who is no longer one) trying what the counter's buttons do not
+offer: back-office pages opened by their address, downloads from a page left open,
+a counter tab used after its session ended, and amounts and quantities no button
+suggests. NiceGUI's simulated user against the real app on a real node and store;
+after each refusal the store is exactly as it was (`helpers.snapshot`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from app_fixtures import CASHIER, OWNER, CounterApp
+from helpers import snapshot
+from nicegui import ui
+from nicegui.testing.user import User
+
+pytestmark = pytest.mark.asyncio
+
+CARD = "C10001"
+PHONE = "13812345678"
+MANAGER = ("manager1", "manager-secret")
+
+# Every page a cashier's role does not open (reference_app.backoffice, admin).
+OFFICE_PAGES = ["/office", "/office/ranking", "/office/goods", "/office/topups",
+                "/office/settlement", "/office/members", "/office/audit",
+                "/office/duplicates"]
+ADMIN_PAGES = ["/admin/operators", "/admin/roles", "/admin/services", "/admin/levels",
+               "/admin/promotions", "/admin/branches", "/admin/payments",
+               "/admin/corrections"]
+# What none of those pages may hand a cashier: their controls and downloads.
+CONTROLS = ["export-members", "erase-query", "erase", "corr-query", "corr-submit",
+            "sync-export", "sync-import", "backup", "audit"]
+
+
+def member_with_card(app: CounterApp, cash: int = 0) -> str:
+    ledger = app.ledger
+    mid = ledger.add_member(app.node_owner, name="张伟", phone=PHONE)
+    ledger.issue_card(app.node_owner, mid, CARD)
+    if cash:
+        ledger.topup(app.node_owner, mid, cash)
+    return mid
+
+
+async def swipe(app: CounterApp) -> None:
+    app.reader.insert(CARD)
+    await app.user.should_see(marker="member-name")
+
+
+def second_tab(app: CounterApp) -> User:
+    """Another tab of the same browser: the same session cookie, so the same session."""
+    return User(app.user.http_client)
+
+
+# --- pages opened by their address ------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", OFFICE_PAGES + ADMIN_PAGES)
+async def test_a_cashier_typing_a_back_office_address_gets_a_notice_not_the_page(
+        counter_app: CounterApp, path: str) -> None:
+    app = counter_app
+    member_with_card(app, cash=12300)
+    await app.login(*CASHIER)
+    await app.user.open(path)
+    await app.user.should_see("您没有打开")
+    # Neither data (a member, the operators, the figures) nor a control of the page.
+    for text in ("张伟", PHONE, "138****5678", "¥123.00", "123.00", OWNER[0]):
+        await app.user.should_not_see(text, retries=1)
+    for marker in CONTROLS:
+        await app.user.should_not_see(marker=marker, retries=1)
+
+
+async def test_the_sync_page_shows_a_cashier_no_file_or_backup_controls(
+        counter_app: CounterApp) -> None:
+    app = counter_app
+    await app.login(*CASHIER)
+    await app.user.open("/office/sync")
+    await app.user.should_see("分店同步状态")
+    for marker in ("sync-export", "sync-import", "backup"):
+        await app.user.should_not_see(marker=marker, retries=1)
+
+
+@pytest.mark.parametrize("path", ["/", "/office/sync", "/bookings", "/checkin",
+                                  "/office/referrals", "/office/exits", *OFFICE_PAGES,
+                                  *ADMIN_PAGES])
+async def test_nobody_logged_in_is_sent_to_the_login(counter_app: CounterApp,
+                                                     path: str) -> None:
+    app = counter_app
+    member_with_card(app, cash=12300)
+    await app.user.open(path)
+    await app.user.should_see(marker="login")
+    for text in ("张伟", PHONE, "¥123.00"):
+        await app.user.should_not_see(text, retries=1)
+
+
+# --- a page left open after its session ended ----------------------------------------------
+
+
+async def manager_on_the_sync_page(app: CounterApp) -> str:
+    manager = app.ledger.add_operator(app.node_owner, *MANAGER, roles=["manager"])
+    await app.login(*MANAGER)
+    await app.user.open("/office/sync")
+    await app.user.should_see(marker="sync-export")
+    return manager
+
+
+@pytest.mark.parametrize("change", [{"active": False}, {"password": "another-secret"}])
+async def test_a_sync_file_from_a_page_left_open_needs_a_session_still(
+        counter_app: CounterApp, change: dict[str, Any]) -> None:
+    """The manager is deactivated, or their password reset (the shop's answer to a
+    password that leaked): the sync page still open in their browser exports nothing.
+    The library reads a missing operator as the node's owner at its console, so the
+    page must not hand it one."""
+    app = counter_app
+    member_with_card(app, cash=12300)
+    manager = await manager_on_the_sync_page(app)
+    app.ledger.set_operator(app.node_owner, manager, **change)
+    app.user.find(marker="sync-export").click()
+    with pytest.raises(TimeoutError):
+        await app.user.download.next(timeout=1.0)
+
+
+async def test_a_sync_file_after_logging_out_in_another_tab_is_refused(
+        counter_app: CounterApp) -> None:
+    app = counter_app
+    await manager_on_the_sync_page(app)
+    other = second_tab(app)
+    await other.open("/")
+    other.find(marker="logout").click()
+    await other.should_see(marker="login")
+    app.user.find(marker="sync-export").click()
+    with pytest.raises(TimeoutError):
+        await app.user.download.next(timeout=1.0)
+
+
+async def test_a_password_reset_ends_the_counter_session(counter_app: CounterApp) -> None:
+    """As the API's tokens end (tests/test_sessions_end.py): a cashier whose password the
+    owner reset is logged out of the counter too, not kept on until the cookie goes."""
+    app = counter_app
+    member_with_card(app, cash=50000)
+    await app.login(*CASHIER)
+    app.ledger.set_operator(app.node_owner, app.cashier_id, password="a-new-secret")
+    await app.user.open("/")
+    await app.user.should_see(marker="login")
+    await app.user.should_not_see(marker="search", retries=1)
+
+
+async def test_a_counter_tab_left_open_after_logging_out_sells_nothing(
+        counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    await app.login(*CASHIER)
+    await swipe(app)
+    other = second_tab(app)
+    await other.open("/")
+    other.find(marker="logout").click()
+    await other.should_see(marker="login")
+    before = snapshot(app.ledger, [mid])
+    app.user.find(marker="consume").click()
+    app.user.find(marker="consume-ok").click()
+    await asyncio.sleep(0.5)
+    assert snapshot(app.ledger, [mid]) == before
+    await app.user.should_see(marker="login")
+
+
+async def test_a_counter_tab_left_open_after_a_password_reset_sells_nothing(
+        counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    await app.login(*CASHIER)
+    await swipe(app)
+    app.ledger.set_operator(app.node_owner, app.cashier_id, password="a-new-secret")
+    before = snapshot(app.ledger, [mid])
+    app.user.find(marker="consume").click()
+    app.user.find(marker="consume-ok").click()
+    await asyncio.sleep(0.5)
+    assert snapshot(app.ledger, [mid]) == before
+
+
+async def test_a_counter_tab_left_open_after_logging_out_finds_no_member(
+        counter_app: CounterApp) -> None:
+    app = counter_app
+    member_with_card(app, cash=50000)
+    await app.login(*CASHIER)
+    other = second_tab(app)
+    await other.open("/")
+    other.find(marker="logout").click()
+    await other.should_see(marker="login")
+    app.user.find(marker="search").type("5678")
+    app.user.find(marker="search-go").click()
+    await asyncio.sleep(0.3)
+    await app.user.should_not_see(marker="member-name", retries=1)
+    await app.user.should_not_see("张伟", retries=1)
+
+
+# --- inputs the buttons do not offer -------------------------------------------------------
+
+
+@pytest.mark.parametrize("typed", ["1e3", "０.５", "１２", "99999999999999999999", "",
+                                   "  ", "12.3.4", "¥-5", "5,00.001", "NaN", "inf"])
+async def test_amounts_no_button_suggests_are_refused_and_change_nothing(
+        counter_app: CounterApp, typed: str) -> None:
+    app = counter_app
+    mid = member_with_card(app, cash=1000)
+    await app.login(*CASHIER)
+    await swipe(app)
+    before = snapshot(app.ledger, [mid])
+    app.user.find(marker="topup").click()
+    app.user.find(marker="amount").type(typed)
+    app.user.find(marker="topup-ok").click()
+    await app.user.should_see("金额不对")
+    assert snapshot(app.ledger, [mid]) == before
+
+
+@pytest.mark.parametrize("qty", [-3, 10**30, 2**64, 1.5e300])
+async def test_quantities_set_past_the_field_sell_nothing(counter_app: CounterApp,
+                                                          qty: float) -> None:
+    """The browser sends a quantity the field's min and max would not let a cashier
+    type (the page's value set as a socket event sets it)."""
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    await app.login(*CASHIER)
+    await swipe(app)
+    before = snapshot(app.ledger, [mid])
+    app.user.find(marker="consume").click()
+    field = next(iter(app.user.find(marker="qty").elements))
+    assert isinstance(field, ui.number)
+    field.value = qty
+    app.user.find(marker="consume-ok").click()
+    await app.user.should_see(marker="dialog-error")
+    await asyncio.sleep(0.3)
+    assert snapshot(app.ledger, [mid]) == before
+
+
+@pytest.mark.parametrize("method", ["stored", "package", "bogus", "", "STORED"])
+async def test_a_payment_method_the_dialog_does_not_offer_is_refused(
+        counter_app: CounterApp, method: str) -> None:
+    """A walk-in customer's dialog offers only the till's methods; one forced into the
+    radio (its value set as a socket event sets it) writes nothing."""
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    await app.login(*CASHIER)
+    before = snapshot(app.ledger, [mid])
+    app.user.find(marker="walk-in-service").click()
+    pay = next(iter(app.user.find(marker="pay").elements))
+    assert isinstance(pay, ui.radio)
+    pay.value = method
+    app.user.find(marker="consume-ok").click()
+    await app.user.should_see(marker="dialog-error")
+    await asyncio.sleep(0.3)
+    assert snapshot(app.ledger, [mid]) == before
+
+
+async def test_a_refund_larger_than_its_debit_is_refused(counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    app.ledger.debit(app.node_owner, mid, amount=1000)
+    await app.login(*OWNER)
+    await swipe(app)
+    before = snapshot(app.ledger, [mid])
+    app.user.find(marker="refund").click()
+    app.user.find(marker="refund-amount").clear().type("10.01")
+    app.user.find(marker="refund-ok").click()
+    await app.user.should_see(marker="dialog-error")
+    await asyncio.sleep(0.3)
+    assert snapshot(app.ledger, [mid]) == before
