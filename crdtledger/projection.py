@@ -214,6 +214,7 @@ def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, A
         return rights[k]
 
     done: list[dict[str, Any]] = []
+    done_ids: set[str] = set()
     waiting: list[tuple[str, str, str, int | None]] = []
     changed: dict[tuple[str, str, str], int] = {}
     totals: dict[str, list[int]] = {}
@@ -224,7 +225,8 @@ def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, A
                 k = (e["member"], purse, node)
                 change[k] = change.get(k, 0) + c
         if hold or queue in blocked or any(c < 0 and held(k) + c < 0
-                                           for k, c in change.items()):
+                                           for k, c in change.items()) or not _outs_projected(
+                conn, unit, done_ids):
             blocked.add(queue)  # its writer's later entries of the member wait behind
             waiting += ((doc, e["id"], dumps(e), seq) for e in unit)
             continue
@@ -238,6 +240,7 @@ def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, A
                 t[0] += spent
                 t[1] += topped
         done += unit
+        done_ids.update(e["id"] for e in unit)
     conn.executemany("INSERT OR REPLACE INTO quarantine VALUES (?,?,?)", bad)
     conn.executemany(_DEFER, waiting)
     conn.executemany(
@@ -342,8 +345,40 @@ def _waiting_queues(conn: sqlite3.Connection) -> set[tuple[str, str]]:
                             "json_extract(body, '$.member') FROM deferred"))
 
 
+def merge_in_ref(entry: Mapping[str, Any]) -> str | None:
+    """The "out" a sweep's "in" names (a merge entry that only raises rights), else
+    None."""
+    if entry["kind"] != "merge" or not entry["deltas"] or any(
+            c < 0 for _p, _n, c in entry["deltas"]):
+        return None
+    ref = entry.get("ref")
+    return ref if isinstance(ref, str) else ""
+
+
+def _outs_projected(conn: sqlite3.Connection, unit: list[dict[str, Any]],
+                    also: set[str] | frozenset[str] = frozenset()) -> bool:
+    """A sweep's "in" is funded by its "out" (write rule merge-paired): it waits until
+    that out is projected (here, in `also`, or in `unit` itself). The out lowers its
+    writer's rights of another member, so it is in another queue: an "in" projected
+    while its out waits for ever would raise rights from nothing. (Once projected, an
+    out stays so: the condition only ever turns true, so the set projected is still
+    the one greatest set, whatever the batching.)"""
+    for e in unit:
+        ref = merge_in_ref(e)
+        if ref is None:
+            continue
+        if ref in also or any(x["id"] == ref for x in unit):
+            continue
+        if conn.execute("SELECT 1 FROM entries WHERE id = ?", (ref,)).fetchone() is None:
+            return False
+    return True
+
+
 def _funded(conn: sqlite3.Connection, entries: list[dict[str, Any]]) -> bool:
-    """True if projecting `entries` together keeps every rights row they lower >= 0."""
+    """True if projecting `entries` together keeps every rights row they lower >= 0
+    (and the sweeps' outs their "in"s name are projected: _outs_projected)."""
+    if not _outs_projected(conn, entries):
+        return False
     change: dict[tuple[str, str, str], int] = {}
     for e in entries:
         for purse, node, c in e["deltas"]:

@@ -779,6 +779,13 @@ class Replica(LedgerBase):
                     "SELECT 1 FROM entries WHERE ref = ? AND kind = 'merge'",
                     (ref,)).fetchone()):
                 return None
+            # An "in" that names it and waits for its funding names it too: else a
+            # second "in" would pass while the first waits, and both be projected once
+            # funded (tests/test_liar_round2.py).
+            if st.conn.execute(
+                    "SELECT 1 FROM deferred WHERE json_extract(body, '$.kind') = 'merge' "
+                    "AND json_extract(body, '$.ref') = ?", (ref,)).fetchone():
+                return None
             return out
         # Dropped if the transaction rolls back, even if nothing integrated: what Yrs
         # holds back inside the Doc would otherwise be released later, unjudged.

@@ -53,7 +53,8 @@ RULES: tuple[WriteRule, ...] = (
                               "name the node whose log carries it)"),
     WriteRule("own-rights", "a ledger entry lowers no rights but its writer's"),
     WriteRule("coupon-unit", "a coupon's one unit is created only by the entry that issues "
-                             "it (purse cpn:<that entry's id>); every other record moves or "
+                             "it (purse cpn:<that entry's id>); every other record, and "
+                             "every other entry but a sweep's paired \"in\", moves or "
                              "spends units and never adds any"),
     WriteRule("referral-reward", "a referral's reward (a `reward` entry, or a coupon naming "
                                  "a referral in `ref`) is written only by the branch that "
@@ -256,9 +257,23 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
                 check_deltas_authorised(node, counted)
             except ValueError as e:
                 raise RuleBroken("own-rights", f"{doc}: entry {key}: {e}") from None
+            units: dict[str, float] = {}  # this entry's net change of each coupon
             for purse, _n, change in counted:
                 if isinstance(purse, str) and purse.startswith(COUPON_PREFIX):
                     coupons[purse] = coupons.get(purse, 0) + change
+                    units[purse] = units.get(purse, 0) + change
+            # Per entry too, not only per record: a record's entries of different
+            # members are funded apart (projection.py, "Funding in log order"), so a
+            # unit added for one member and "taken" from another's row the writer never
+            # holds (waiting for ever) would be a unit from nothing. Only the issue
+            # adds its one unit; a sweep's "in" carries the units its out lowered
+            # (merge-paired, and projected only once that out is).
+            if new.get("kind") != "merge" or any(c < 0 for _p, _n, c in counted):
+                own = COUPON_PREFIX + key if new.get("kind") == "coupon" else None
+                for purse, n in units.items():
+                    if n > (1 if purse == own else 0):
+                        raise RuleBroken("coupon-unit", f"{doc}: entry {key} adds {n:g} "
+                                         f"unit(s) of coupon {purse[len(COUPON_PREFIX):]}")
             if new.get("kind") == "transfer":
                 net: dict[Any, float] = {}
                 for purse, _n, change in counted:
