@@ -11,7 +11,9 @@ dishonest branch holds its own key, never another's):
   rights to itself (`own-rights`), a rewrite or a deletion of another branch's
   entry (`entry-insert-once`), a new owner operator (`governance`: the sim chain is
   enrolled with a CA and only the head office, the first node, governs), a top-up
-  of its own back-dated into a month it has closed (`closed-month`). Built as
+  of its own back-dated into a month it has closed (`closed-month`), rights raised
+  at itself by a merge's "in" with no "out" (`merge-paired`) or by a transfer of
+  nothing (`transfer-balanced`), a refund of another branch's debit (`refund-own`). Built as
   tests/helpers.Forger builds one (a pycrdt document of the forger's client id from
   its own copy, chained from its tip, its head signed with its key), sent as a
   `recs` frame on every link it has, and taken into its own store too, so that its
@@ -61,11 +63,13 @@ if TYPE_CHECKING:
 
 ROLES = ("forger", "equivocator", "restored")
 FORGERIES = ("entry-as-other", "others-rights", "rewrite", "delete", "governance",
-             "closed-month")
+             "closed-month", "merge-in", "transfer-nothing", "refund-other")
 # The rule each forgery breaks (crdtledger.writerules.RULES).
 BREAKS = {"entry-as-other": "entry-writer", "others-rights": "own-rights",
           "rewrite": "entry-insert-once", "delete": "entry-insert-once",
-          "governance": "governance", "closed-month": "closed-month"}
+          "governance": "governance", "closed-month": "closed-month",
+          "merge-in": "merge-paired", "transfer-nothing": "transfer-balanced",
+          "refund-other": "refund-own"}
 Mutate = Callable[[dict[str, Map[Any]]], None]
 
 
@@ -208,6 +212,25 @@ class Byzantine:
                 roots["entries"][eid] = back
 
             return self._update(lg, entry_doc(eid, lg.storage.day_of), back_date)
+        if kind in ("merge-in", "transfer-nothing", "refund-other"):
+            eid = lg.clock.mint()
+            raised: dict[str, Any] = {
+                "id": eid, "kind": kind.split("-")[0], "member": member, "node": me,
+                "op": owner_of(me), "at": id_time_ms(eid), "amount": 100_000,
+                "deltas": [["cash", me, 100_000]]}
+            if kind != "transfer-nothing":
+                # A sweep's out, or a debit, that another branch wrote.
+                (ref,) = lg.storage.conn.execute(
+                    "SELECT MIN(id) FROM entries WHERE node != ? AND kind = 'debit'",
+                    (me,)).fetchone()
+                if ref is None:
+                    return None
+                raised["ref"] = ref
+
+            def raise_own(roots: dict[str, Map[Any]]) -> None:
+                roots["entries"][eid] = raised
+
+            return self._update(lg, entry_doc(eid, lg.storage.day_of), raise_own)
         if kind in ("entry-as-other", "others-rights"):
             base = lg.clock.mint().rsplit(".", 1)[0]
             if kind == "entry-as-other":

@@ -64,13 +64,13 @@ def test_forgeries_of_every_kind_break_the_rule_they_aim_at() -> None:
 
 
 def test_a_top_up_back_dated_into_a_closed_month_is_applied_nowhere() -> None:
-    """B05 closed November at its first daily pass (crdtledger.closing), then, with its
-    own key, tops up 1,000.00 dated 21 November: no honest replica applies it (the
-    end check: nothing of a forger's log past its first forgery is applied anywhere)
-    and every one blocks B05 and blames that record (`closed-month`), also the
-    replicas that get it in one batch with B05's next forgery, which a batch applies
-    document by document (the next one's document first)."""
-    r = go(seed=10, forger=1)
+    """The forger (B02 at this seed) closed November at its first daily pass
+    (crdtledger.closing), then, with its own key, tops up 1,000.00 dated in November:
+    no honest replica applies it (the end check: nothing of a forger's log past its
+    first forgery is applied anywhere) and every one blocks it and blames that record
+    (`closed-month`), also the replicas that get it in one batch with its next
+    forgery, which a batch applies document by document."""
+    r = go(seed=8, forger=1)
     b = r["byzantine"]
     first = b["forged"][0]
     assert (first["kind"], first["doc"]) == ("closed-month", "ledger/2025-11")
