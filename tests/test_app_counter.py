@@ -145,7 +145,9 @@ async def test_a_large_top_up_needs_an_approver(counter_app: CounterApp) -> None
     assert app.ledger.balance(mid)["cash"] == 600000
 
 
-@pytest.mark.parametrize("typed", ["12.345", "-5", "abc", "0"])
+@pytest.mark.parametrize("typed", ["12.345", "-5", "abc", "0", "1e3", "０.５", "１２",
+                                   "99999999999999999999", "", "  ", "12.3.4", "¥-5",
+                                   "5,00.001", "NaN", "inf"])
 async def test_a_bad_amount_is_refused_and_changes_nothing(counter_app: CounterApp,
                                                            typed: str) -> None:
     app = counter_app
