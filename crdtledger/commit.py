@@ -73,11 +73,15 @@ class LedgerBase:
     def __init__(self, storage: Storage, now_ms: Callable[[], int] | None = None) -> None:
         self.storage = storage
         storage.before_commit.append(lambda: lots.settle(storage.conn, storage.day_of))
-        if "points_lots" not in storage.meta:  # a store made before the table
+        if storage.meta.get("points_lots") != lots.FOLD:
             with storage.transaction():
-                lots.fill(storage.conn, storage.day_of)
-                storage.conn.execute("INSERT INTO meta VALUES ('points_lots', '1')")
-            storage.meta["points_lots"] = "1"
+                if "points_lots" not in storage.meta:  # a store made before the table
+                    lots.fill(storage.conn, storage.day_of)
+                else:  # folded by an older version: its named write-offs again
+                    lots.refold_named_write_offs(storage.conn, storage.day_of)
+                storage.conn.execute("INSERT OR REPLACE INTO meta VALUES ('points_lots', ?)",
+                                     (lots.FOLD,))
+            storage.meta["points_lots"] = lots.FOLD
         self.node = storage.node
         self.chain = storage.chain
         self.clock = HybridClock(self.node, int(storage.meta.get("hlc", "0")), now_ms,

@@ -3,7 +3,8 @@
 Each point earned is a lot with the expiry its entry stated. A point spent (a
 redemption, a conversion, a correction) takes the lot that expires first among those
 still valid on the day it was spent; a refund takes back first what its own debit
-earned; a write-off (kind `expiry`) takes lots already expired on its day. So a
+earned; a write-off (kind `expiry`) takes lots already expired on its day, the lot it
+names in `ref` first (one write-off entry per lot, since 0.3.0). So a
 redemption never uses up an expired lot on paper, and what is expired and not yet
 written off is exactly what is due. Points spent before, in id order, the entry that
 earned them are owed: a lot of negative points, never expiring, that the next points
@@ -52,6 +53,7 @@ from crdtledger import views  # a module: views reads closing, which reads this
 from crdtledger.hlc import id_time_ms
 from crdtledger.model import EDITS
 from crdtledger.projection import IN_MERGE, NO_EXPIRY, points_change
+from crdtledger.storage import POINTS_FOLD
 
 Lot = list[Any]  # [expires, left, earned by entry id, the member that entry names]
 
@@ -64,9 +66,13 @@ def take(lots: list[Lot], n: int, kind: str, ref: str | None, day: str) -> int:
         order = [lot for lot in by_expiry if lot[0] < day]
     else:
         order = [lot for lot in by_expiry if lot[0] >= day]
-        if kind == "refund":
-            order = [lot for lot in order if lot[2] == ref] + [
-                lot for lot in order if lot[2] != ref]
+    if kind in ("refund", "expiry") and ref:
+        # A refund takes back first what its own debit earned; a write-off (since
+        # 0.3.0) takes first the lot it names, so that what a branch writes off is the
+        # lot it answers for (views.expired_lots_owed), not whichever expired lot is in
+        # front. A write-off without `ref` (older versions) takes them in expiry order.
+        order = [lot for lot in order if lot[2] == ref] + [
+            lot for lot in order if lot[2] != ref]
     # What the preferred lots cannot cover (a writer that did not know of a lot yet)
     # comes from the others, soonest expiry first: the sum stays exact.
     for lot in order + [lot for lot in by_expiry if lot not in order]:
@@ -311,6 +317,26 @@ def _keep(conn: sqlite3.Connection, lots: list[Lot]) -> None:
     conn.executemany(
         "INSERT INTO points_lots(expires, left, earned, member) VALUES (?,?,?,?)",
         [lot for lot in lots if lot[1]])
+
+
+# The fold's version, in meta `points_lots`: "2" since a write-off takes the lot it
+# names first (0.3.0). A store folded by version "1" may hold a named write-off, from a
+# newer replica, folded in expiry order: those groups are replayed when it opens.
+FOLD = POINTS_FOLD
+
+
+def refold_named_write_offs(conn: sqlite3.Connection, day_of: Callable[[int], str]) -> None:
+    """Replay the groups holding a write-off that names its lot (an `expiry` entry
+    with `ref`): an older version folded it by expiry order. Few or none: a read of
+    the entries with a `ref` (an index) and a replay of each such group, once."""
+    heads: dict[str, list[str]] = {}
+    for (m,) in conn.execute("SELECT DISTINCT member FROM entries WHERE ref IS NOT NULL "
+                             "AND kind = 'expiry'").fetchall():
+        group = views.member_group(conn, m)
+        heads.setdefault(group[0], group)
+    for group in heads.values():
+        conn.execute(f"DELETE FROM points_lots WHERE member {views.in_(group)}", group)
+        _keep(conn, replay(conn, group, day_of))
 
 
 def fill(conn: sqlite3.Connection, day_of: Callable[[int], str]) -> None:

@@ -948,10 +948,10 @@ def points_convert(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
            params=(Param("member", MEMBER_ID, help="one member (default: every member)"),),
            result=array(ENTRY, 500),
            show=lambda _ledger, entries, _p: f"{sum(e['points'] for e in entries)} expired "
-           f"points written off for {len(entries)} member(s)")
+           f"points written off for {len({e['member'] for e in entries})} member(s)")
 def points_expire(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]:
     if "member" in p:
-        return [e for e in [ledger.expire_points(operator, p["member"])] if e is not None]
+        return ledger.expire_points(operator, p["member"])
     return ledger.expire_due_points(operator)
 
 

@@ -532,9 +532,10 @@ class Payments(Merges, Rules):
         entry["deltas"] = [list(d) for d in deltas if d[2]]
         return self._post(entry, needs)
 
-    def expire_points(self, operator: str, member: str) -> dict[str, Any] | None:
+    def expire_points(self, operator: str, member: str) -> list[dict[str, Any]]:
         """Write off the points past their expiry that this node is answerable for
-        (views.expired_points_owed), as far as it holds them."""
+        (views.expired_lots_owed), as far as it holds them: one entry per lot, each
+        naming it, all in one commit (none when nothing is due)."""
         self.authorise(operator, "adjust")
         return self._write_off_points(member, operator)
 
@@ -542,9 +543,10 @@ class Payments(Merges, Rules):
         """The node's own write-offs (housekeeping, or an operator allowed to adjust):
         every member whose expired points this node owes a write-off for. Each branch
         writes off the lots earned here, and those whose earner holds no rights any
-        more, from its own rights only: together the chain writes off each expired
-        point once, wherever its rights sit, and a lot a liar wrote expired is its
-        own to write off, not an honest holder's (views.expired_points_owed)."""
+        more up to what that earner gave it, from its own rights only: together the
+        chain writes off each expired point once, wherever its rights sit, and a lot a
+        liar wrote expired is its own to write off, not an honest holder's
+        (views.expired_lots_owed)."""
         if operator is not None:
             self.authorise(operator, "adjust")
         return self.write_off_expired(views.members_with_expired_points(
@@ -555,42 +557,48 @@ class Payments(Merges, Rules):
         """The expired points this node owes of each of `members`, written off."""
         done = []
         for member in members:
-            entry = self._write_off_points(member, operator or f"expiry@{self.node}")
-            if entry is not None:
-                done.append(entry)
+            done += self._write_off_points(member, operator or f"expiry@{self.node}")
         return done
 
-    def _write_off_points(self, member: str, operator: str) -> dict[str, Any] | None:
-        """Write off what views.expired_points_owed says this node owes of `member`'s
-        group, in the survivor's name and from the survivor's rights here, after the
-        sweep of the merged members' rights here (written first, in the same commit).
-        Worked out inside the write transaction: what a redemption wrote off meanwhile
-        counts."""
+    def _write_off_points(self, member: str, operator: str) -> list[dict[str, Any]]:
+        """Write off what views.expired_lots_owed says this node owes of `member`'s
+        group, one entry per lot naming it (`ref`), in the survivor's name and from the
+        survivor's rights here, after the sweep of the merged members' rights here
+        (written first, in the same commit). Worked out inside the write transaction:
+        what a redemption wrote off meanwhile counts."""
         conn = self.storage.conn
         member = views.canonical(conn, member)
         group = self._folded(member)
         if len(group) > 1:
             self._owe_sweep(group[1:])
-        if self._owed is None and views.expired_points_owed(
-                cast("Ledger", self), member, self.node) <= 0:
-            return None
+        if self._owed is None and not views.expired_lots_owed(
+                cast("Ledger", self), member, self.node):
+            return []
 
-        def plan() -> tuple[list[Write], dict[str, Any] | None]:
-            n = views.expired_points_owed(cast("Ledger", self), member, self.node)
-            if n <= 0:
-                return [], None
-            entry = self._entry("expiry", member, deltas=[("points", self.node, -n)],
-                                points=n, op=operator)
-            escrow.require("points", self.node, self._purses(member).get("points", {}), n,
-                           member)
-            return [self._entry_write(entry)], entry
+        def plan() -> tuple[list[Write], list[dict[str, Any]]]:
+            offs = self._write_offs(member, operator)
+            if not offs:
+                return [], []
+            escrow.require("points", self.node, self._purses(member).get("points", {}),
+                           sum(e["points"] for e in offs), member)
+            return self._together(*offs), offs
 
         return self._commit(plan)
+
+    def _write_offs(self, member: str, operator: str) -> list[dict[str, Any]]:
+        """The `expiry` entries for what this node owes of `member`'s expired lots
+        (views.expired_lots_owed), one per lot, each naming the lot it writes off: the
+        fold takes that lot first (crdtledger.lots.take), so a lot in front that
+        another branch answers for neither holds this one up nor is paid by it."""
+        return [self._entry("expiry", member, deltas=[("points", self.node, -n)],
+                            points=n, ref=lot, op=operator)
+                for lot, n in views.expired_lots_owed(cast("Ledger", self), member,
+                                                      self.node)]
 
     def _post_spend(self, member: str, points: int, make: Callable[[], dict[str, Any]]
                     ) -> dict[str, Any]:
         """Commit the entry `make` builds, spending `points` of `member`'s points, after
-        the write-off `_spend_points` owes first, both in one commit."""
+        the write-offs `_spend_points` owes first, all in one commit."""
         def plan() -> tuple[list[Write], dict[str, Any]]:
             offs = self._spend_points(member, points)
             entry = make()
@@ -602,10 +610,11 @@ class Payments(Merges, Rules):
         """Inside a write plan, before the entry spending `points` of `member`'s points
         is made: refuse the spend unless that many are valid today (wherever their
         rights sit, so every branch alike) and held here (escrow), and return the
-        write-off of the expired points this node owes (views.expired_points_owed), to
-        be written first in the same commit, so that the spend cannot use those
-        expired points' rights. In the spend's own transaction: a refused spend writes
-        nothing, not even the write-off (it used to commit first)."""
+        write-offs of the expired points this node owes (views.expired_lots_owed, one
+        entry per lot, each naming it), to be written first in the same commit, so
+        that the spend cannot use those expired points' rights. In the spend's own
+        transaction: a refused spend writes nothing, not even the write-offs (they
+        used to commit first)."""
         pts = views.points(cast("Ledger", self), member)
         if points > pts["usable"]:
             expired = pts["expired_unwritten"]
@@ -615,12 +624,9 @@ class Payments(Merges, Rules):
         # Only what this node answers for: rights it holds beyond that (another
         # branch's lot expired while its rights sat here) pay for valid points, and the
         # usable check above bounds the spend whoever's rights they are.
-        n = views.expired_points_owed(cast("Ledger", self), member, self.node)
-        offs = []
-        if n > 0:
-            offs.append(self._entry("expiry", member, deltas=[("points", self.node, -n)],
-                                    points=n, op=f"expiry@{self.node}"))
-            held[self.node] -= n
+        offs = self._write_offs(member, f"expiry@{self.node}")
+        if offs:
+            held[self.node] -= sum(e["points"] for e in offs)
         escrow.require("points", self.node, held, points, member)
         return offs
 

@@ -313,6 +313,12 @@ class LoadedDoc:
         return ups
 
 
+# The points lots' fold version, in meta `points_lots` (crdtledger.lots.FOLD): "2"
+# since a write-off takes the lot it names first (0.3.0). Here, as a new store
+# starts at it and this module imports nothing of the lots.
+POINTS_FOLD = "2"
+
+
 def _log_lone_store(conn: sqlite3.Connection, meta: dict[str, str]) -> None:
     """Format 2 -> 3: give a store made before signed logs its own log.
 
@@ -505,7 +511,7 @@ class Storage:
                 "INSERT INTO meta VALUES (?, ?)",
                 [("format", str(FORMAT_VERSION)), ("node", node), ("chain", chain),
                  ("client_id", str(client_id_for(node, 0))), ("timezone", timezone),
-                 ("hlc", "0"), ("hlc_eras", hlc.FRESH_ERAS), ("points_lots", "1"),
+                 ("hlc", "0"), ("hlc_eras", hlc.FRESH_ERAS), ("points_lots", POINTS_FOLD),
                  ("created_at", str(int(time.time())))],
             )
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -650,48 +650,92 @@ def points(ledger: Ledger, member_id: str) -> dict[str, Any]:
 
 def expired_points_owed(ledger: Ledger, member: str, node: str, today: str | None = None
                         ) -> int:
-    """The expired points of `member`'s group that `node` is answerable for writing
-    off: what is left of lots earned at `node` (the earning entry's id ends in it), and
-    of lots earned by a node that holds no points rights of the group any more (it gave
-    them away, or wrote them off), capped by `node`'s own points rights of the survivor
-    (escrow). The daily pass, an operator's write-off and a spend's write-off all read
-    this. Holding rights is not being answerable: rights are fungible, so a branch that
-    wrote off whatever expired lot it found let a liar's lot, expired the day it was
-    written, be paid for out of an honest branch's valid points while the liar kept
-    the rights.
+    """How many expired points of `member`'s group `node` is answerable for writing
+    off: the total of expired_lots_owed."""
+    return sum(n for _lot, n in expired_lots_owed(ledger, member, node, today))
 
-    Only a prefix of the expired lots in the order the fold takes them (soonest
-    expiry, then earning id: lots.take) counts: a write-off names no lot, so what it
-    writes off is taken from that order whoever wrote it. Answering for a lot further
-    down would write off the one in front on paper, leave its own lot due, and be
-    written off again the next day out of valid points. A lot in front that someone
-    else answers for waits for them (possibly a day). Indexed reads: this node's
-    rights, the group's expired lots, and the rights of each other earner met."""
+
+def expired_lots_owed(ledger: Ledger, member: str, node: str, today: str | None = None
+                      ) -> list[tuple[str, int]]:
+    """(earning entry id, points) of each expired lot of `member`'s group that `node`
+    answers for writing off, soonest expiry first, capped by `node`'s own points rights
+    of the survivor (escrow). The daily pass, an operator's write-off and a spend's
+    write-off all read this, and write one `expiry` entry per lot naming it (`ref`),
+    which the fold takes first (crdtledger.lots.take).
+
+    A branch answers for what is left of the lots earned at it (the earning id's node),
+    in full; and for a lot earned by another node A only when A holds no points rights
+    of the group any more (it gave them away, or wrote its part off), and only up to
+    the points rights A itself transferred to `node` for the group (a rights fetch, the
+    rebalancer), less what `node` transferred back to A and what `node` already wrote
+    off naming A's lots. Holding rights is not being answerable: rights are fungible,
+    so a branch that wrote off whatever expired lot it found let a liar's lot, expired
+    the day it was written, be paid for out of an honest branch's valid points while
+    the liar kept the rights, or moved them where nobody would answer for them (a
+    merge pair to a member not merged, a transfer to a node of its own). A liar that
+    never gave `node` its points is never answered for here.
+
+    The write-off names its lot, so a lot in front that another branch answers for
+    (a liar's, dated before) no longer holds this one up: the fold takes the named lot.
+    Indexed reads: this node's rights, the group's expired lots, and for each other
+    earner met its rights and its transfers with `node`."""
     conn = ledger.storage.conn
     group = member_group(conn, member)
     row = conn.execute("SELECT amount FROM rights WHERE member = ? AND purse = 'points' "
                        "AND node = ?", (group[0], node)).fetchone()
     own = int(row[0]) if row else 0
     if own <= 0:
-        return 0
-    held: dict[str, bool] = {node: False}  # earner -> holds points rights of the group
-    due = 0
+        return []
+    budget: dict[str, int] = {}  # other earner -> what node may still write off of its lots
+    out: list[tuple[str, int]] = []
     for earned, left in conn.execute(
             f"SELECT earned, left FROM points_lots WHERE member {in_(group)} "
             "AND expires < ? AND left > 0 ORDER BY expires, earned",
             [*group, today or ledger.today()]).fetchall():
-        earner = str(earned).rpartition(".")[2]
-        if earner not in held:
-            (total,) = conn.execute(
-                f"SELECT COALESCE(SUM(amount), 0) FROM rights WHERE member {in_(group)} "
-                "AND purse = 'points' AND node = ?", [*group, earner]).fetchone()
-            held[earner] = int(total) > 0
-        if held[earner]:
-            break
-        due += int(left)
-        if due >= own:
-            return own
-    return due
+        earned = str(earned)
+        earner = earned.rpartition(".")[2]
+        n = int(left)
+        if earner != node:
+            if earner not in budget:
+                budget[earner] = _answerable_for(conn, group, earner, node)
+            n = min(n, budget[earner])
+            budget[earner] -= n
+        n = min(n, own)
+        if n > 0:
+            out.append((earned, n))
+            own -= n
+            if not own:
+                break
+    return out
+
+
+def _answerable_for(conn: sqlite3.Connection, group: list[str], earner: str, node: str
+                    ) -> int:
+    """How many points of `earner`'s expired lots of `group` `node` may write off: none
+    while `earner` holds points rights of the group (its own lots are its to write
+    off); else the points rights `earner` transferred to `node` for the group, less
+    those `node` transferred back and the points `node` already wrote off naming
+    `earner`'s lots. Transfers only (the rights fetch and the rebalancer write them):
+    a merge pair moves rights between members at one node, and a sale crediting
+    another node's rights is nothing its writer gave up."""
+    (held,) = conn.execute(
+        f"SELECT COALESCE(SUM(amount), 0) FROM rights WHERE member {in_(group)} "
+        "AND purse = 'points' AND node = ?", [*group, earner]).fetchone()
+    if int(held) > 0:
+        return 0
+    given = 0
+    for writer, kind, ref, body in conn.execute(
+            f"SELECT node, kind, ref, body FROM entries WHERE member {in_(group)} "
+            "AND kind IN ('transfer', 'expiry') AND node IN (?, ?)", [*group, earner, node]):
+        e = json.loads(body)
+        if kind == "transfer":
+            to, sign = (node, 1) if writer == earner else (earner, -1)
+            given += sign * sum(int(c) for purse, n, c in e["deltas"]
+                                if purse == "points" and n == to and c > 0)
+        elif writer == node and isinstance(ref, str) and ref.rpartition(".")[2] == earner:
+            given -= sum(-int(c) for purse, n, c in e["deltas"]
+                         if purse == "points" and n == node and c < 0)
+    return max(given, 0)
 
 
 def members_with_expired_points(ledger: Ledger, node: str, today: str) -> list[str]:

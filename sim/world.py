@@ -310,6 +310,12 @@ class World:
                 self._ack(str(outcome["stock_entry"]), node.name)
             self.trace(now, f"{node.name} {label} ok {outcome['id']} "
                             f"{outcome.get('amount', '')}")
+        elif isinstance(outcome, list) and all(isinstance(e, dict) and "id" in e
+                                               for e in outcome):
+            # Entries of one commit (an operator's write-offs: one entry a lot).
+            for e in outcome:
+                self._ack(str(e["id"]), node.name)
+            self.trace(now, f"{node.name} {label} ok {[e['id'] for e in outcome]}")
         else:
             self.trace(now, f"{node.name} {label} ok {outcome}")
             self.acked_where[str(outcome)] = node.name

@@ -286,6 +286,30 @@ def test_a_store_made_before_the_table_has_it_filled_when_opened(tmp_path: Path)
         assert views.members_with_expired_points(again, "SH01", again.today()) == [m]
 
 
+def test_a_store_folded_by_an_older_version_replays_its_named_write_offs(
+        tmp_path: Path) -> None:
+    """Meta `points_lots` "1": an older build folded a named write-off (from a newer
+    replica) in expiry order. On opening, the groups holding one are replayed."""
+    sh, hz, sh_clock, _ = earning_chain(tmp_path)
+    m = sh.add_member(sh.owner, name="张伟", phone="13812345678")
+    sh.topup(sh.owner, m, 50000)
+    sh.debit(sh.owner, m, amount=10000)
+    sh_clock.advance_days(40)
+    sh.debit(sh.owner, m, amount=2000)
+    [off] = [e for e in sh.housekeeping() if e["kind"] == "expiry"]
+    assert off["points"] == 100 and off["ref"]
+    before, path = kept(sh), sh.storage.dir
+    assert [r[3] for r in before] == [20]
+    with sh.storage.conn:
+        sh.storage.conn.execute("DELETE FROM points_lots")  # as if folded otherwise
+        sh.storage.conn.execute("UPDATE meta SET value = '1' WHERE key = 'points_lots'")
+    sh.close()
+    hz.close()
+    with Ledger.open(path, now_ms=sh_clock) as again:
+        assert kept(again) == before
+        assert again.storage.meta["points_lots"] == lots.FOLD
+
+
 def only_from(src: Ledger, dst: Ledger, writer: str) -> None:
     """`dst` takes from `src` the records of `writer`'s log only (a hub that relayed
     them first, the rest to follow)."""

@@ -66,6 +66,20 @@ def write_offs(ledger: Ledger, member: str) -> list[tuple[str, int]]:
             if e["kind"] == "expiry"]
 
 
+def forge(liar: Ledger, *entries: dict[str, Any]) -> Any:
+    """The liar's entries as one record of its log, signed with its real key."""
+    w = liar._entry_write(entries[0])
+    forger = Forger(liar)
+
+    def put(doc: Doc[Any]) -> None:
+        root = doc.get(w.root, type=Map)
+        for e in entries:
+            root[e["id"]] = e
+
+    forger.write(w.doc, put)
+    return forger.batch()
+
+
 def forge_expired_sale(liar: Ledger, member: str, points: int, expires: str) -> Any:
     """The liar's own sale, signed with its real key: `points` for `member`, whose lot
     expired on `expires` (the day it was written, or long before). The entry is what
@@ -115,7 +129,7 @@ def test_a_liars_expired_points_are_not_written_off_from_an_honest_branch(
     for honest in (sh01, hz01):
         assert views.members_with_expired_points(honest, honest.node, honest.today()) == []
         assert views.expired_points_owed(honest, m, honest.node) == 0
-        assert honest.expire_points(honest.owner, m) is None
+        assert honest.expire_points(honest.owner, m) == []
     # The spend writes off nothing first either, and the valid points are SH01's to serve.
     done = sh01.redeem_points(sh01.owner, m, 100)
     assert write_offs(sh01, m) == []
@@ -150,26 +164,129 @@ def test_a_liars_lot_never_makes_an_honest_branch_write_off_twice(
     assert (pts["usable"], pts["expired_unwritten"]) == (100, 80)
 
 
-def test_a_liars_lot_in_front_makes_the_honest_write_off_wait_not_pay(
+def test_a_liars_lot_in_front_no_longer_holds_up_the_honest_write_off(
         chain: dict[str, Ledger], clock: FakeClock) -> None:
-    """The liar's lot dated before SH01's own expired lot: SH01 writes off nothing
-    (its write-off would be taken from the liar's lot on paper). Nothing moves: the
-    expired points stay on paper, and the usable check still bounds every spend."""
+    """The liar's lot dated before SH01's own expired lot: SH01 writes off its own lot
+    the first day, naming it, and the fold takes that lot, not the liar's in front.
+    (Before write-offs named their lots, SH01 waited for good: its write-off would
+    have been taken from the liar's lot on paper.) The liar's lot and rights stay."""
     sh01, liar, hz01 = chain["SH01"], chain["SH02"], chain["HZ01"]
     m = member_earning(sh01, 5000)  # 50 points, expiring 2026-01-31
+    own_lot = next(e["id"] for e in sh01.history(m) if e["kind"] == "debit")
     clock.advance_days(35)
     sh01.topup(sh01.owner, m, 10000)
     sh01.debit(sh01.owner, m, amount=10000)  # 100 valid
     sync_all(chain)
     take_forgery([sh01, hz01], forge_expired_sale(liar, m, 80, "2000-01-01"))
+    done = sh01.housekeeping()
+    assert [(e["kind"], e["points"], e["ref"]) for e in done] == [("expiry", 50, own_lot)]
     assert sh01.housekeeping() == []
-    assert points_rights(sh01, m) == {"SH01": 150, "SH02": 80}
+    sync(sh01, hz01)
+    for ledger in (sh01, hz01):
+        assert points_rights(ledger, m) == {"SH01": 100, "SH02": 80}
+        pts = views.points(ledger, m)
+        assert (pts["usable"], pts["expired_unwritten"]) == (100, 80)
+        assert [lot["expires"] for lot in pts["lots"]] == ["2000-01-01", "2026-03-07"]
+    assert hz01.housekeeping() == []
     with pytest.raises(InsufficientFunds):
         sh01.redeem_points(sh01.owner, m, 101)
     sh01.redeem_points(sh01.owner, m, 100)
-    assert write_offs(sh01, m) == []
-    assert points_rights(sh01, m) == {"SH01": 50, "SH02": 80}
+    assert write_offs(sh01, m) == [("SH01", 50)]
+    assert points_rights(sh01, m) == {"SH02": 80}
     assert views.points(sh01, m)["usable"] == 0
+
+
+@pytest.mark.parametrize("away", ["merge pair", "transfer"])
+def test_a_liars_lot_whose_rights_it_moved_away_is_not_written_off_by_an_honest_holder(
+        chain: dict[str, Ledger], away: str) -> None:
+    """The liar's lot, expired when written, and its rights moved in the same record
+    to a member not merged (a merge pair: whether they are merged is a member
+    document's fact, no write rule sees it) or to a node id of the liar's own (a
+    balanced transfer). The liar then holds no points rights of m, so its lot looked
+    orphaned and SH01 wrote it off from m's valid points. SH01 never got the liar's
+    rights, so it answers for none of the lot."""
+    sh01, liar, hz01 = chain["SH01"], chain["SH02"], chain["HZ01"]
+    m = member_earning(sh01, 10000)  # 100 valid
+    other = sh01.add_member(sh01.owner, name="李娜", phone="13900000001")
+    sync_all(chain)
+    lot = liar._entry("debit", m, deltas=[("points", liar.node, 80)], amount=8000,
+                      pay="cash", points=80, expires="2025-12-01", op=liar.owner)
+    if away == "merge pair":
+        out = liar._entry("merge", m, deltas=[("points", liar.node, -80)], to=other)
+        into = liar._entry("merge", other, deltas=[("points", liar.node, 80)],
+                           ref=out["id"])
+        moved = [out, into]
+    else:
+        moved = [liar._entry("transfer", m, deltas=[("points", liar.node, -80),
+                                                    ("points", "SH09", 80)])]
+    take_forgery([sh01, hz01], forge(liar, lot, *moved))
+    assert "SH02" not in points_rights(sh01, m)
+    assert views.points(sh01, m)["expired_unwritten"] == 80
+    for honest in (sh01, hz01):
+        assert honest.housekeeping() == []
+        assert views.expired_points_owed(honest, m, honest.node) == 0
+    assert points_rights(sh01, m)["SH01"] == 100
+    assert views.points(sh01, m)["usable"] == 100
+    sh01.redeem_points(sh01.owner, m, 100)  # all of m's valid points, served at SH01
+    assert write_offs(sh01, m) == []
+
+
+def test_a_liars_lot_is_written_off_from_the_rights_the_liar_gave(
+        chain: dict[str, Ledger]) -> None:
+    """A liar that did give SH01 the rights of its expired lot (a balanced transfer,
+    as a rights fetch writes) and holds none: SH01 writes the lot off from those,
+    naming it, and its rights for m's valid points are whole."""
+    sh01, liar, hz01 = chain["SH01"], chain["SH02"], chain["HZ01"]
+    m = member_earning(sh01, 10000)  # 100 valid
+    sync_all(chain)
+    lot = liar._entry("debit", m, deltas=[("points", liar.node, 80)], amount=8000,
+                      pay="cash", points=80, expires="2025-12-01", op=liar.owner)
+    give = liar._entry("transfer", m, deltas=[("points", liar.node, -80),
+                                              ("points", "SH01", 80)])
+    take_forgery([sh01, hz01], forge(liar, lot, give))
+    assert points_rights(sh01, m) == {"SH01": 180}
+    done = sh01.housekeeping()
+    assert [(e["points"], e["ref"]) for e in done] == [(80, lot["id"])]
+    assert points_rights(sh01, m) == {"SH01": 100}
+    assert views.points(sh01, m) == {
+        "total": 100, "expired_unwritten": 0, "usable": 100, "expiring_30_days": 100,
+        "lots": [{"expires": "2026-01-31", "points": 100}]}
+
+
+def test_a_lot_whose_rights_were_fetched_is_written_off_up_to_what_was_moved(
+        chain: dict[str, Ledger], clock: FakeClock) -> None:
+    """SH01's lot of 100: part of its rights fetched by SH02 (grant_rights, what a
+    peer's request does), the rest given to HZ01; SH01 holds none. SH02 also holds the
+    rights of 50 valid points it earned itself. Once the lot expires SH02 answers for
+    what SH01 gave it, not for all it holds; HZ01 for the rest."""
+    sh01, sh02, hz01 = chain["SH01"], chain["SH02"], chain["HZ01"]
+    m = member_earning(sh01, 10000)  # 100, expiring 2026-01-31
+    lot = next(e["id"] for e in sh01.history(m) if e["kind"] == "debit")
+    sync_all(chain)
+    grant = sh01.grant_rights(m, "points", "SH02", 40)  # a shortfall, and a cushion
+    assert grant is not None
+    fetched = grant["amount"]
+    assert 40 <= fetched < 100
+    sh01.transfer_rights(sh01.owner, m, "HZ01", 100 - fetched, purse="points")
+    clock.advance_days(20)
+    sh02.topup(sh02.owner, m, 5000)
+    sh02.debit(sh02.owner, m, amount=5000)  # 50, expiring 2026-02-20
+    sync_all(chain)
+    assert points_rights(sh02, m) == {"SH02": fetched + 50, "HZ01": 100 - fetched}
+    clock.advance_days(20)  # 2026-02-10: the lot expired, SH02's 50 valid
+    assert views.expired_lots_owed(sh02, m, "SH02") == [(lot, fetched)]
+    assert [(e["points"], e["ref"]) for e in sh02.housekeeping()] == [(fetched, lot)]
+    assert sh02.housekeeping() == []
+    assert sh01.housekeeping() == []
+    sync_all(chain)
+    assert [(e["points"], e["ref"]) for e in hz01.housekeeping()] == [(100 - fetched, lot)]
+    sync_all(chain)
+    for ledger in chain.values():
+        assert ledger.housekeeping() == []
+        assert sorted(write_offs(ledger, m)) == [("HZ01", 100 - fetched), ("SH02", fetched)]
+        assert points_rights(ledger, m) == {"SH02": 50}
+        pts = views.points(ledger, m)
+        assert (pts["usable"], pts["expired_unwritten"]) == (50, 0)
 
 
 # --- honest chains still write everything off ---------------------------------------
@@ -194,7 +311,8 @@ def test_points_earned_here_are_written_off_here_only(
 def test_points_whose_rights_moved_are_written_off_where_they_went(
         chain: dict[str, Ledger], clock: FakeClock) -> None:
     """Earned at SH01, all their rights given to SH02 (as a rights fetch does): SH01
-    holds none, so SH02 answers for the lot once it expires."""
+    holds none, so SH02 answers for the lot once it expires, up to what SH01 gave it,
+    and names the lot."""
     sh01, sh02 = chain["SH01"], chain["SH02"]
     m = member_earning(sh01, 10000)
     sync_all(chain)
@@ -203,7 +321,8 @@ def test_points_whose_rights_moved_are_written_off_where_they_went(
     assert points_rights(sh02, m) == {"SH02": 100}
     clock.advance_days(40)
     assert sh01.housekeeping() == []
-    assert [e["points"] for e in sh02.housekeeping()] == [100]
+    lot = next(e["id"] for e in sh01.history(m) if e["kind"] == "debit")
+    assert [(e["points"], e["ref"]) for e in sh02.housekeeping()] == [(100, lot)]
     sync_all(chain)
     for ledger in chain.values():
         assert ledger.balance(m)["points"] == 0 and views.points(ledger, m)["total"] == 0
@@ -256,8 +375,8 @@ def test_a_spend_cannot_use_expired_points_and_writes_off_those_it_answers_for(
 def test_lots_of_two_earners_are_each_written_off_once(
         chain: dict[str, Ledger], clock: FakeClock) -> None:
     """SH01's lot expires first, SH02's later; each holds its own rights. Whatever
-    order the passes run in, each lot is written off once, by its earner: SH02's pass
-    waits while SH01's lot is in front (its write-off would be taken from it)."""
+    order the passes run in, each lot is written off once, by its earner: SH02's
+    write-off names its own lot, so SH01's in front neither holds it up nor pays it."""
     sh01, sh02 = chain["SH01"], chain["SH02"]
     m = member_earning(sh01, 10000)  # 100, expiring 2026-01-31
     sync_all(chain)
@@ -291,7 +410,8 @@ def test_a_merged_members_lots_are_written_off_from_the_survivors_rights(
     assert points_rights(sh01, b) == {"SH01": 30}
     assert views.expired_points_owed(sh01, b, "SH01") == 100  # a's rights, before the sweep
     done = sh01.expire_points(sh01.owner, b)
-    assert done is not None and (done["member"], done["points"]) == (a, 130)
+    assert sorted((e["member"], e["points"]) for e in done) == [(a, 30), (a, 100)]
+    assert len({e["ref"] for e in done}) == 2  # one entry a lot, each naming it
     assert points_rights(sh01, a) == {} and points_rights(sh01, b) == {}
     assert views.points(sh01, a)["total"] == 0
     assert sh01.housekeeping() == []
