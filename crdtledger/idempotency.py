@@ -37,7 +37,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from crdtledger.errors import InvalidInput, LocalProtocolError
+from crdtledger.errors import InvalidInput
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
@@ -86,12 +86,7 @@ def fingerprint(method: str, path: str, query: Iterable[tuple[str, str]], body: 
 
 
 def _conn(ledger: Ledger) -> sqlite3.Connection:
-    st = ledger.storage
-    if getattr(st, "_in_tx", False):
-        raise LocalProtocolError("idempotency keys are written outside a ledger transaction")
-    for sql in _SCHEMA:
-        st.conn.execute(sql)
-    return st.conn
+    return ledger.storage.local(_SCHEMA, "idempotency keys are")
 
 
 def look(ledger: Ledger, operator: str, key: str, now_ms: int) -> Remembered | None:

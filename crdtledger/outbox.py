@@ -26,7 +26,6 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from crdtledger import bookings, notices, views
-from crdtledger.errors import LocalProtocolError
 from crdtledger.notices import Notice
 
 if TYPE_CHECKING:
@@ -77,13 +76,7 @@ class Outgoing(NamedTuple):
 
 
 def _conn(ledger: Ledger) -> sqlite3.Connection:
-    st = ledger.storage
-    if getattr(st, "_in_tx", False):
-        # Its statements would commit or roll back with a ledger write's.
-        raise LocalProtocolError("the outbox is written outside a ledger transaction")
-    for sql in _SCHEMA:
-        st.conn.execute(sql)
-    return st.conn
+    return ledger.storage.local(_SCHEMA, "the outbox is")
 
 
 def enqueue(ledger: Ledger, due: Iterable[Notice], now_ms: int) -> int:

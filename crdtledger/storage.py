@@ -18,7 +18,7 @@ import os
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -32,7 +32,7 @@ from pycrdt import Array, Doc, Map
 
 from crdtledger import hlc, platform
 from crdtledger.backups import restore_pending
-from crdtledger.errors import InvalidInput, StoreError, StoreLocked
+from crdtledger.errors import InvalidInput, LocalProtocolError, StoreError, StoreLocked
 from crdtledger.lib0 import decode_state_vector
 from crdtledger.log import SCHEMA as LOG_SCHEMA
 from crdtledger.log import Log, record_hash
@@ -620,6 +620,17 @@ class Storage:
             raise
         finally:
             self._in_tx = False
+
+    def local(self, schema: Iterable[str], what: str) -> sqlite3.Connection:
+        """The connection, for this node's own tables (never replicated: the outbox,
+        idempotency keys), made by `schema` on first use so that a store that never
+        uses them pays nothing. Outside a ledger transaction only: their statements
+        would otherwise commit or roll back with a ledger write's."""
+        if self._in_tx:
+            raise LocalProtocolError(f"{what} written outside a ledger transaction")
+        for sql in schema:
+            self.conn.execute(sql)
+        return self.conn
 
     # --- documents ----------------------------------------------------------
 
