@@ -220,11 +220,11 @@ class Byzantine:
                 "deltas": [["cash", me, 100_000]]}
             if kind != "transfer-nothing":
                 # A sweep's out, or a debit, that another branch wrote.
-                (ref,) = lg.storage.conn.execute(
-                    "SELECT MIN(id) FROM entries WHERE node != ? AND kind = 'debit'",
-                    (me,)).fetchone()
-                if ref is None:
+                debits = [e["id"] for m in members[:50] for e in lg.history(m, 50)
+                          if e["kind"] == "debit" and e["node"] != me]
+                if not debits:
                     return None
+                ref = min(debits)
                 raised["ref"] = ref
 
             def raise_own(roots: dict[str, Map[Any]]) -> None:
