@@ -345,7 +345,7 @@ def _waiting_queues(conn: sqlite3.Connection) -> set[tuple[str, str]]:
                             "json_extract(body, '$.member') FROM deferred"))
 
 
-def merge_in_ref(entry: Mapping[str, Any]) -> str | None:
+def _merge_in_ref(entry: Mapping[str, Any]) -> str | None:
     """The "out" a sweep's "in" names (a merge entry that only raises rights), else
     None."""
     if entry["kind"] != "merge" or not entry["deltas"] or any(
@@ -364,7 +364,7 @@ def _outs_projected(conn: sqlite3.Connection, unit: list[dict[str, Any]],
     out stays so: the condition only ever turns true, so the set projected is still
     the one greatest set, whatever the batching.)"""
     for e in unit:
-        ref = merge_in_ref(e)
+        ref = _merge_in_ref(e)
         if ref is None:
             continue
         if ref in also or any(x["id"] == ref for x in unit):

@@ -18,7 +18,7 @@ import os
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -478,6 +478,7 @@ class Storage:
             "COALESCE((SELECT MAX(snapshot_seq) FROM docs), 0))").fetchone()
         self.log = Log(self.conn)
         self._in_tx = False
+        self._local_made: set[tuple[str, ...]] = set()  # local()'s schemas made here
         self._tx_logged: set[str] = set()  # documents logged in the open transaction
         # Run inside every write transaction before it commits: projections derived
         # from several rows at once (crdtledger.lots), brought up to date once.
@@ -621,15 +622,18 @@ class Storage:
         finally:
             self._in_tx = False
 
-    def local(self, schema: Iterable[str], what: str) -> sqlite3.Connection:
+    def local(self, schema: tuple[str, ...], what: str) -> sqlite3.Connection:
         """The connection, for this node's own tables (never replicated: the outbox,
         idempotency keys), made by `schema` on first use so that a store that never
-        uses them pays nothing. Outside a ledger transaction only: their statements
-        would otherwise commit or roll back with a ledger write's."""
+        uses them pays nothing (once per open store: a keyed write asks three times).
+        Outside a ledger transaction only: their statements would otherwise commit or
+        roll back with a ledger write's."""
         if self._in_tx:
             raise LocalProtocolError(f"{what} written outside a ledger transaction")
-        for sql in schema:
-            self.conn.execute(sql)
+        if schema not in self._local_made:
+            for sql in schema:
+                self.conn.execute(sql)
+            self._local_made.add(schema)
         return self.conn
 
     # --- documents ----------------------------------------------------------
