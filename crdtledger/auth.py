@@ -120,7 +120,12 @@ def acting_client(fallback: str) -> str:
     `fallback` (a key of the thing checked itself, so no two unrelated checks ever
     share a lock)."""
     operator = _ACTING.get()
-    return f"operator:{operator}" if operator is not None else fallback
+    return _asker(operator) if operator is not None else fallback
+
+
+def _asker(operator: str) -> str:
+    """The throttle's client key of an operator asking (a PIN, an approver's password)."""
+    return f"operator:{operator}"
 
 
 # --- the end of sessions ------------------------------------------------------------
@@ -168,24 +173,12 @@ class Auth(LedgerBase):
         # Failed approver passwords, per approver name and per operator asking: the
         # node gives its login throttle (`logins`), so a name locked at /login is
         # locked for approvals too and the other way round.
-        self._logins: LoginThrottle | None = None
+        self.logins = LoginThrottle()
         self._ahead: list[ApprovalCheck] = []  # approver checks run off the loop
         # Wrong card PINs, per card and per operator asking (`use_card`).
         self.pins = LoginThrottle()
         self._credentials_seen = self._read_credentials()
         self.subscribe(self._watch_credentials)
-
-    @property
-    def logins(self) -> LoginThrottle:
-        """The throttle approver checks count their failures in: this ledger's own
-        until the node hands it the one its logins use."""
-        if self._logins is None:
-            self._logins = LoginThrottle()
-        return self._logins
-
-    @logins.setter
-    def logins(self, throttle: LoginThrottle) -> None:
-        self._logins = throttle
 
     def _read_credentials(self) -> dict[str, str]:
         return {oid: _credentials(json.loads(body)) for oid, body in
@@ -269,7 +262,7 @@ class Auth(LedgerBase):
                 raise PermissionDenied("wrong operator name or password")
             approver_id = ahead.approver
         else:
-            client = f"operator:{operator}"
+            client = _asker(operator)
             wait = self.logins.begin(name, client)
             if wait:
                 raise TooManyAttempts(
@@ -295,7 +288,7 @@ class Auth(LedgerBase):
         as a failure until `checked_ahead` says otherwise. None while the name or the
         operator asking is locked out: the operation refuses it then, if it needs an
         approver at all."""
-        if self.logins.begin(name, f"operator:{operator}"):
+        if self.logins.begin(name, _asker(operator)):
             return None
         return ApprovalCheck(operator, name, password, self.login_record(name))
 
@@ -304,7 +297,7 @@ class Auth(LedgerBase):
         password forgives the name's and the asker's failures; the answer waits for
         the operation."""
         if check.approver is not None:
-            self.logins.succeeded(check.name, f"operator:{check.operator}")
+            self.logins.succeeded(check.name, _asker(check.operator))
         self._ahead.append(check)
 
     def forget_check(self, check: ApprovalCheck) -> None:

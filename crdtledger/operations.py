@@ -63,7 +63,7 @@ from crdtledger.model import (
     SERVICE_CODE,
 )
 from crdtledger.money import MAX_AMOUNT, check_count, format_purse, format_yuan, parse_yuan
-from crdtledger.rules import rule_help
+from crdtledger.rules import LINE_BREAKS, rule_help
 from crdtledger.schema import Schema, array, check, ecma, obj, one_of, or_empty, text
 
 Params = dict[str, Any]
@@ -102,7 +102,7 @@ SIGNED_TEXT = text(16, pattern=f"^[+-]?{_DIGITS}$", **{"x-error": "invalid_amoun
 # str.splitlines() breaks at (NEL, U+2028, U+2029). Free text (notes, reasons, a
 # broadcast's text) may break lines and hold tabs, and nothing else of the kind: a NUL
 # ends a string early in C code that shows it.
-ONE_LINE = "^[^\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]*$"
+ONE_LINE = f"^[^{LINE_BREAKS}]*$"
 FREE_TEXT = "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]*$"
 
 

@@ -201,8 +201,9 @@ def collect(ledger: Ledger, now_ms: int, channels: Sequence[str]) -> Due:
                                           rule, channels, rule["shop"] or ledger.chain)
         # The mark only spares a second scan that day: the keys keep each notice once.
         marks["greetings"] = day
-    debits, read = _queued_debits(ledger)
-    if _mark(ledger, "debits") != DEBITS_QUEUED:
+    looked = _mark(ledger, "debits") == DEBITS_QUEUED
+    debits, read = _queued_debits(ledger, looked)
+    if not looked:
         marks["debits"] = DEBITS_QUEUED
     out += notices.low_balance_notices(node, debits, rule, channels)
     out += notices.reminder_notices(node, _bookings_soon(ledger, now_ms, rule), rule, channels)
@@ -259,26 +260,26 @@ def _home_members(ledger: Ledger, day: str, rule: Mapping[str, Any]) -> list[dic
     return out
 
 
-def _queued_debits(ledger: Ledger) -> tuple[list[dict[str, Any]], int]:
+def _queued_debits(ledger: Ledger, looked: bool) -> tuple[list[dict[str, Any]], int]:
     """Debits of this node's members that took stored value, among the (at most
     DEBIT_SCAN) oldest in the queue of those not yet looked at, and the queue's pos up
     to which they were read (`keep` takes them off then). Each debit that reaches
     this store is looked at once, in the order it came, whatever its id; the first
-    look takes what is queued off unread (no notices for history)."""
+    look (`looked` False) takes what is queued off unread (no notices for history)."""
     conn = _conn(ledger)
-    rows = conn.execute("SELECT pos, entry FROM outbox_debits ORDER BY pos LIMIT ?",
-                        (DEBIT_SCAN,)).fetchall()
-    if not rows or _mark(ledger, "debits") != DEBITS_QUEUED:
-        top = conn.execute("SELECT COALESCE(MAX(pos), 0) FROM outbox_debits").fetchone()[0]
+    if not looked:
+        (top,) = conn.execute("SELECT COALESCE(MAX(pos), 0) FROM outbox_debits").fetchone()
         return [], int(top)
+    (top,) = conn.execute("SELECT COALESCE(MAX(pos), 0) FROM (SELECT pos FROM outbox_debits "
+                          "ORDER BY pos LIMIT ?)", (DEBIT_SCAN,)).fetchone()
     out = []
-    for _pos, eid in rows:
-        row = conn.execute(
-            "SELECT e.member, e.body, m.body FROM entries e JOIN members m ON m.id = e.member "
-            "WHERE e.id = ? AND m.home = ?", (eid, ledger.node)).fetchone()
-        if row is None:  # another branch's member (or an entry rewritten since)
-            continue
-        member, body, prof = row
+    # One statement for the batch, in queue order (CROSS JOIN keeps the planner on
+    # the queue's rowid range, then a key lookup each). A queued debit of another
+    # branch's member (or an entry rewritten since) joins to nothing.
+    for eid, member, body, prof in conn.execute(
+            "SELECT e.id, e.member, e.body, m.body FROM outbox_debits d "
+            "CROSS JOIN entries e ON e.id = d.entry CROSS JOIN members m ON m.id = e.member "
+            "WHERE d.pos <= ? AND m.home = ? ORDER BY d.pos", (top, ledger.node)).fetchall():
         e = json.loads(body)
         paid = -sum(int(c) for purse, _n, c in e["deltas"] if purse in ("cash", "bonus"))
         if paid <= 0:
@@ -286,7 +287,7 @@ def _queued_debits(ledger: Ledger) -> tuple[list[dict[str, Any]], int]:
         bal = views.balance(conn, member)
         out.append({"entry": eid, "member": member, "profile": json.loads(prof),
                     "paid": paid, "balance": int(bal["cash"]) + int(bal["bonus"])})
-    return out, int(rows[-1][0])
+    return out, int(top)
 
 
 def _bookings_soon(ledger: Ledger, now_ms: int, rule: Mapping[str, Any]

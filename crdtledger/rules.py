@@ -154,8 +154,11 @@ def _require(ok: bool, what: str) -> None:
         raise InvalidInput(what)
 
 
-# No control character, none of the other characters str.splitlines() breaks at.
-_ONE_LINE = re.compile("[^\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]*\\Z")
+# What may not be in one line of text: control characters and the other characters
+# str.splitlines() breaks at (NEL, U+2028, U+2029). A regex class's body, shared by the
+# API's schemas (operations.ONE_LINE) and the mail gateway (peer.gateways.one_line).
+LINE_BREAKS = "\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029"
+_ONE_LINE = re.compile(f"[^{LINE_BREAKS}]*\\Z")
 _BASE64 = re.compile(r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?\Z")
 
 

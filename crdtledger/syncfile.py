@@ -62,8 +62,8 @@ def export_file(ledger: Ledger, path: Path | str, for_node: str | None = None, *
     `operator` None is the node's owner at its own console."""
     ledger.authorise(operator or ledger.owner, "sync")
     # The file replaces whatever is at `path`: never the node's own store or keys.
-    home = ledger.storage.dir.resolve()
-    if home == Path(path).resolve() or home in Path(path).resolve().parents:
+    home, target = ledger.storage.dir.resolve(), Path(path).resolve()
+    if home == target or home in target.parents:
         raise InvalidInput(f"{path} is inside this node's data directory {ledger.storage.dir}: "
                            "write the sync file elsewhere (it would replace the node's own files)")
     known = ledger.storage.peer_states(for_node) if for_node else None

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from crdtledger.errors import InvalidInput
+from crdtledger.rules import LINE_BREAKS
 
 log = logging.getLogger("crdtledger.notify")
 
@@ -138,7 +139,7 @@ def message_id(key: str, sender: str) -> str:
 # Control characters and whatever else str.splitlines() breaks a line at: in a header
 # they would start a header of their own (the mail library refuses CR and LF, and
 # passes a NUL through to the server).
-_NOT_ONE_LINE = re.compile("[\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029]+")
+_NOT_ONE_LINE = re.compile(f"[{LINE_BREAKS}]+")
 
 
 def one_line(value: str) -> str:

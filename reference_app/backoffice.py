@@ -67,12 +67,14 @@ def yuan(fen: int) -> str:
     return format_yuan(fen)
 
 
-def require(permission: str) -> None:
+def require(permission: str) -> str:
     """The check the library leaves to callers of reads: a button press from a page
-    opened before the operator lost the permission is refused too."""
+    opened before the operator lost the permission is refused too. Returns the
+    operator."""
     op = operator()
     if op is None or permission not in shop().ledger.permissions(op):
         raise PermissionDenied(f"operator {op} may not {permission}")
+    return op
 
 
 def refuse(e: LedgerError) -> None:
@@ -1211,11 +1213,10 @@ def sync_files_card(ledger: Ledger) -> None:
             try:
                 # export_bytes reads no operator as the node's owner at its console: a
                 # page left open after its session ended must not hand it none.
-                require("sync")
+                op = require("sync")
             except LedgerError as e:
                 refuse(e)
                 return
-            op = operator()
             progress.set_visibility(True)
             progress.set_value(0.2)
             status.set_text(tr("正在导出…", "Exporting…"))

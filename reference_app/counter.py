@@ -170,7 +170,7 @@ class Counter:
                 self.receipt_bar.set_visibility(False)
                 self.panel = ui.column().classes("w-full gap-3 min-w-0")
         self.dialogs = ui.element("div")
-        self.show()
+        self.draw(None)  # nobody on screen yet (frame has just checked the session)
 
     # --- finding the member ------------------------------------------------------
 

@@ -19,7 +19,7 @@ from nicegui import ui
 
 from crdtledger.errors import LedgerError
 from reference_app.i18n import LANGS, Lang, lang, set_lang, tr
-from reference_app.shop import can, log_out, operator, shop
+from reference_app.shop import log_out, operator, shop
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,8 @@ def banner_state() -> str | None:
 @contextmanager
 def frame(title: str, *, permission: str | None = None) -> Iterator[ui.column]:
     op = operator()
-    allowed = op is not None and (permission is None or can(permission))
+    allowed = op is not None and (permission is None
+                                  or permission in shop().ledger.permissions(op))
     if op is not None:
         _header(title, op)
     if allowed:
@@ -137,10 +138,11 @@ def _header(title: str, op: str) -> None:
             .props("flat color=white no-caps").mark("lang")
         ui.button(tr("退出", "Log out"), icon="logout", on_click=_logout) \
             .props("flat color=white no-caps").mark("logout")
+    perms = s.ledger.permissions(op)  # `op` is the session's, checked by frame: once
     with drawer:
         for entry in [NavEntry("/", "收银台", "Counter", None, "point_of_sale"),
                       *_nav.values()]:
-            if entry.permission is None or can(entry.permission):
+            if entry.permission is None or entry.permission in perms:
                 ui.button(tr(entry.zh, entry.en), icon=entry.icon,
                           on_click=lambda p=entry.path: ui.navigate.to(p)) \
                     .props("flat align=left no-caps").classes("w-full")

@@ -207,30 +207,21 @@ class Byzantine:
             back = {"id": eid, "kind": "topup", "member": member, "node": me,
                     "op": owner_of(me), "at": id_time_ms(eid), "amount": 100_000,
                     "paid": 100_000, "deltas": [["cash", me, 100_000]]}
-
-            def back_date(roots: dict[str, Map[Any]]) -> None:
-                roots["entries"][eid] = back
-
-            return self._update(lg, entry_doc(eid, lg.storage.day_of), back_date)
+            return self._put(lg, back)
         if kind in ("merge-in", "transfer-nothing", "refund-other"):
             eid = lg.clock.mint()
             raised: dict[str, Any] = {
                 "id": eid, "kind": kind.split("-")[0], "member": member, "node": me,
                 "op": owner_of(me), "at": id_time_ms(eid), "amount": 100_000,
                 "deltas": [["cash", me, 100_000]]}
-            if kind != "transfer-nothing":
-                # A sweep's out, or a debit, that another branch wrote.
+            if kind == "refund-other":  # names a debit another branch wrote
                 debits = [e["id"] for m in members[:50] for e in lg.history(m, 50)
                           if e["kind"] == "debit" and e["node"] != me]
                 if not debits:
                     return None
-                ref = min(debits)
-                raised["ref"] = ref
-
-            def raise_own(roots: dict[str, Map[Any]]) -> None:
-                roots["entries"][eid] = raised
-
-            return self._update(lg, entry_doc(eid, lg.storage.day_of), raise_own)
+                raised["ref"] = min(debits)
+            # (merge-in names no "out": there is none of its own to name.)
+            return self._put(lg, raised)
         if kind in ("entry-as-other", "others-rights"):
             base = lg.clock.mint().rsplit(".", 1)[0]
             if kind == "entry-as-other":
@@ -247,11 +238,7 @@ class Byzantine:
                 entry = {"id": eid, "kind": "transfer", "member": member, "node": me,
                          "op": f"sync@{me}", "at": id_time_ms(eid), "amount": amount,
                          "to": me, "deltas": [["cash", victim, -amount], ["cash", me, amount]]}
-
-            def put(roots: dict[str, Map[Any]]) -> None:
-                roots["entries"][eid] = entry
-
-            return self._update(lg, entry_doc(eid, lg.storage.day_of), put)
+            return self._put(lg, entry)
         if kind in ("rewrite", "delete"):
             docs = sorted(n for n in lg.state_vectors() if n.startswith("ledger/"))
             if not docs:
@@ -279,6 +266,16 @@ class Byzantine:
                                            "active": True, "roles": Map({"owner": True})})
 
         return self._update(lg, "operators", owner)
+
+    @classmethod
+    def _put(cls, lg: Ledger, entry: dict[str, Any]) -> tuple[str, bytes]:
+        """The update that adds `entry` to the ledger document of its id's day."""
+        eid = str(entry["id"])
+
+        def put(roots: dict[str, Map[Any]]) -> None:
+            roots["entries"][eid] = entry
+
+        return cls._update(lg, entry_doc(eid, lg.storage.day_of), put)
 
     @staticmethod
     def _update(lg: Ledger, doc: str, mutate: Mutate) -> tuple[str, bytes]:

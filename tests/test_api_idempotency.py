@@ -19,15 +19,15 @@ import aiohttp
 import pytest
 from helpers import new_ledger, snapshot
 from test_api import Api, serving, with_operators
+from test_approver_throttle import PW
+from test_approver_throttle import make_node as make_branch
 
 from crdtledger import idempotency
 from crdtledger.ledger import Ledger
 from peer.api import IdempotencyKeys, Standalone, openapi
-from peer.chain import enrol, init_chain
 from peer.node import Config, Node
 
 T = TypeVar("T")
-PW = {"boss": "boss-secret", "amy": "amy-secret", "bob": "bob-secret"}
 ROLES = {"boss": "owner", "amy": "cashier", "bob": "cashier"}
 KEY = "till-3/receipt-000123"
 DEBIT = {"amount": 2000}  # 20.00 of a member's stored value
@@ -35,14 +35,7 @@ DEBIT = {"amount": 2000}  # 20.00 of a member's stored value
 
 def make_node(tmp_path: Path) -> Path:
     """Node SH01 of chain `test` with operators boss (owner), amy and bob (cashiers)."""
-    data = tmp_path / "sh01"
-    init_chain(tmp_path / "chain", "test")
-    Ledger.create(data, "SH01", "test")
-    enrol(tmp_path / "chain", data, "SH01", head_office=True)
-    with Ledger.open(data) as ledger:
-        for name, role in ROLES.items():
-            ledger.add_operator(ledger.owner, name, PW[name], [role])
-    return data
+    return make_branch(tmp_path, ROLES)
 
 
 @contextlib.asynccontextmanager

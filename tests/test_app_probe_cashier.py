@@ -14,12 +14,13 @@ import pytest
 from app_fixtures import CASHIER, OWNER, CounterApp
 from helpers import snapshot
 from nicegui import ui
+from nicegui.element import Element
 from nicegui.testing.user import User
+from test_app_counter import member_with_card, swipe
 
 pytestmark = pytest.mark.asyncio
 
-CARD = "C10001"
-PHONE = "13812345678"
+PHONE = "13812345678"  # test_app_counter.member_with_card's
 MANAGER = ("manager1", "manager-secret")
 
 # Every page a cashier's role does not open (reference_app.backoffice, admin).
@@ -34,23 +35,28 @@ CONTROLS = ["export-members", "erase-query", "erase", "corr-query", "corr-submit
             "sync-export", "sync-import", "backup", "audit"]
 
 
-def member_with_card(app: CounterApp, cash: int = 0) -> str:
-    ledger = app.ledger
-    mid = ledger.add_member(app.node_owner, name="张伟", phone=PHONE)
-    ledger.issue_card(app.node_owner, mid, CARD)
-    if cash:
-        ledger.topup(app.node_owner, mid, cash)
-    return mid
+async def log_out_in_another_tab(app: CounterApp) -> None:
+    """Another tab of the same browser (the same session cookie, so the same session)
+    logs out."""
+    other = User(app.user.http_client)
+    await other.open("/")
+    other.find(marker="logout").click()
+    await other.should_see(marker="login")
 
 
-async def swipe(app: CounterApp) -> None:
-    app.reader.insert(CARD)
-    await app.user.should_see(marker="member-name")
-
-
-def second_tab(app: CounterApp) -> User:
-    """Another tab of the same browser: the same session cookie, so the same session."""
-    return User(app.user.http_client)
+async def forced_into_the_dialog(app: CounterApp, mid: str, opener: str, marker: str,
+                                 kind: type[Element], value: object) -> None:
+    """Open a dialog by `opener`, set its `marker` field to `value` as a socket event
+    would (past what the field offers) and confirm: refused, the store as it was."""
+    before = snapshot(app.ledger, [mid])
+    app.user.find(marker=opener).click()
+    field = next(iter(app.user.find(marker=marker).elements))
+    assert isinstance(field, kind)
+    field.value = value  # type: ignore[attr-defined]
+    app.user.find(marker="consume-ok").click()
+    await app.user.should_see(marker="dialog-error")
+    await asyncio.sleep(0.3)
+    assert snapshot(app.ledger, [mid]) == before
 
 
 # --- pages opened by their address ------------------------------------------------------
@@ -125,10 +131,7 @@ async def test_a_sync_file_after_logging_out_in_another_tab_is_refused(
         counter_app: CounterApp) -> None:
     app = counter_app
     await manager_on_the_sync_page(app)
-    other = second_tab(app)
-    await other.open("/")
-    other.find(marker="logout").click()
-    await other.should_see(marker="login")
+    await log_out_in_another_tab(app)
     app.user.find(marker="sync-export").click()
     with pytest.raises(TimeoutError):
         await app.user.download.next(timeout=1.0)
@@ -152,10 +155,7 @@ async def test_a_counter_tab_left_open_after_logging_out_sells_nothing(
     mid = member_with_card(app, cash=50000)
     await app.login(*CASHIER)
     await swipe(app)
-    other = second_tab(app)
-    await other.open("/")
-    other.find(marker="logout").click()
-    await other.should_see(marker="login")
+    await log_out_in_another_tab(app)
     before = snapshot(app.ledger, [mid])
     app.user.find(marker="consume").click()
     app.user.find(marker="consume-ok").click()
@@ -183,10 +183,7 @@ async def test_a_counter_tab_left_open_after_logging_out_finds_no_member(
     app = counter_app
     member_with_card(app, cash=50000)
     await app.login(*CASHIER)
-    other = second_tab(app)
-    await other.open("/")
-    other.find(marker="logout").click()
-    await other.should_see(marker="login")
+    await log_out_in_another_tab(app)
     app.user.find(marker="search").type("5678")
     app.user.find(marker="search-go").click()
     await asyncio.sleep(0.3)
@@ -206,15 +203,7 @@ async def test_quantities_set_past_the_field_sell_nothing(counter_app: CounterAp
     mid = member_with_card(app, cash=50000)
     await app.login(*CASHIER)
     await swipe(app)
-    before = snapshot(app.ledger, [mid])
-    app.user.find(marker="consume").click()
-    field = next(iter(app.user.find(marker="qty").elements))
-    assert isinstance(field, ui.number)
-    field.value = qty
-    app.user.find(marker="consume-ok").click()
-    await app.user.should_see(marker="dialog-error")
-    await asyncio.sleep(0.3)
-    assert snapshot(app.ledger, [mid]) == before
+    await forced_into_the_dialog(app, mid, "consume", "qty", ui.number, qty)
 
 
 @pytest.mark.parametrize("method", ["stored", "package", "bogus", "", "STORED"])
@@ -225,15 +214,7 @@ async def test_a_payment_method_the_dialog_does_not_offer_is_refused(
     app = counter_app
     mid = member_with_card(app, cash=50000)
     await app.login(*CASHIER)
-    before = snapshot(app.ledger, [mid])
-    app.user.find(marker="walk-in-service").click()
-    pay = next(iter(app.user.find(marker="pay").elements))
-    assert isinstance(pay, ui.radio)
-    pay.value = method
-    app.user.find(marker="consume-ok").click()
-    await app.user.should_see(marker="dialog-error")
-    await asyncio.sleep(0.3)
-    assert snapshot(app.ledger, [mid]) == before
+    await forced_into_the_dialog(app, mid, "walk-in-service", "pay", ui.radio, method)
 
 
 async def test_a_refund_larger_than_its_debit_is_refused(counter_app: CounterApp) -> None:

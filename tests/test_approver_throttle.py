@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,17 +47,24 @@ class Branch:
         return await self.api.login(name, PW[name])
 
 
-@contextlib.asynccontextmanager
-async def branch(tmp_path: Path) -> AsyncIterator[Branch]:
-    """Node SH01 of a chain, head office, with operators boss (owner), mgr (manager),
-    amy and bob (cashiers), serving its API on 127.0.0.1; its throttles on `clock`."""
+def make_node(tmp_path: Path, roles: Mapping[str, str] = ROLES) -> Path:
+    """The data directory of node SH01 of chain `test`, head office, with an operator
+    of each name in `roles` (password PW[name]); by default boss (owner), mgr
+    (manager), amy and bob (cashiers)."""
     data = tmp_path / "sh01"
     init_chain(tmp_path / "chain", "test")
     Ledger.create(data, "SH01", "test")
     enrol(tmp_path / "chain", data, "SH01", head_office=True)
     with Ledger.open(data) as ledger:
-        for name, role in ROLES.items():
+        for name, role in roles.items():
             ledger.add_operator(ledger.owner, name, PW[name], [role])
+    return data
+
+
+@contextlib.asynccontextmanager
+async def branch(tmp_path: Path) -> AsyncIterator[Branch]:
+    """Node SH01 (`make_node`) serving its API on 127.0.0.1; its throttles on `clock`."""
+    data = make_node(tmp_path)
     clock = Clock()
     node = Node(Config(data, listen=("127.0.0.1", 0), api=("127.0.0.1", 0), mdns=False))
     node.logins = LoginThrottle(clock=clock)  # before start: the API takes it then
@@ -95,6 +102,12 @@ async def member(b: Branch, token: str) -> str:
                                     token=token)
     assert status == 201, body
     return str(body["member_id"])
+
+
+async def cashier_and_member(b: Branch) -> tuple[str, str]:
+    """amy's token, and a member boss registered."""
+    boss, amy = await b.login("boss"), await b.login("amy")
+    return amy, await member(b, boss)
 
 
 async def approved_topup(b: Branch, token: str, mid: str, approver: str, password: str
@@ -145,8 +158,7 @@ async def test_a_cashier_guessing_an_approvers_password_is_locked_out(
 @pytest.mark.asyncio
 async def test_approver_guesses_count_as_failed_logins_of_that_name(tmp_path: Path) -> None:
     async with branch(tmp_path) as b:
-        boss, amy = await b.login("boss"), await b.login("amy")
-        mid = await member(b, boss)
+        amy, mid = await cashier_and_member(b)
         for i in range(5):
             assert (await approved_topup(b, amy, mid, "mgr", f"guess-{i}"))[0] == 403
         # mgr's own login is locked now, from any address, the right password too.
@@ -159,8 +171,7 @@ async def test_approver_guesses_count_as_failed_logins_of_that_name(tmp_path: Pa
 async def test_an_approver_locked_at_login_cannot_approve(
         tmp_path: Path, checked: list[str]) -> None:
     async with branch(tmp_path) as b:
-        boss, amy = await b.login("boss"), await b.login("amy")
-        mid = await member(b, boss)
+        amy, mid = await cashier_and_member(b)
         for i in range(5):
             status, _ = await b.api.call("POST", "/login",
                                          {"operator": "mgr", "password": f"guess-{i}"})
@@ -175,8 +186,7 @@ async def test_an_approver_locked_at_login_cannot_approve(
 @pytest.mark.asyncio
 async def test_a_right_approval_forgives_earlier_typos(tmp_path: Path) -> None:
     async with branch(tmp_path) as b:
-        boss, amy = await b.login("boss"), await b.login("amy")
-        mid = await member(b, boss)
+        amy, mid = await cashier_and_member(b)
         for _ in range(3):
             for i in range(4):  # four typos, then the right one: never locked
                 assert (await approved_topup(b, amy, mid, "mgr", f"typo-{i}"))[0] == 403
@@ -190,8 +200,7 @@ async def test_approver_passwords_are_checked_off_the_loop(
         tmp_path: Path, checked: list[str]) -> None:
     # As a login's: ~30 ms of scrypt on the loop would stall every till and sync.
     async with branch(tmp_path) as b:
-        boss, amy = await b.login("boss"), await b.login("amy")
-        mid = await member(b, boss)
+        amy, mid = await cashier_and_member(b)
         del checked[:], threads[:]
         assert (await approved_topup(b, amy, mid, "mgr", "typo"))[0] == 403
         status, body = await approved_topup(b, amy, mid, "mgr", PW["mgr"])

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from helpers import new_ledger
 from test_api import with_operators
-from test_approver_throttle import Branch, Clock, branch
+from test_approver_throttle import Branch, Clock, branch, member
 
 from crdtledger import auth, cards, operations
 from crdtledger.auth import TooManyAttempts
@@ -43,10 +43,7 @@ def checked(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
 
 async def member_with_cards(b: Branch, token: str) -> str:
-    status, body = await b.api.call("POST", "/members", {"name": "王芳", "phone": "13812345678"},
-                                    token=token)
-    assert status == 201, body
-    mid = str(body["member_id"])
+    mid = await member(b, token)
     status, body = await b.api.call("POST", "/topup", {"member": mid, "yuan": "100.00"},
                                     token=token)
     assert status == 200, body
@@ -55,6 +52,13 @@ async def member_with_cards(b: Branch, token: str) -> str:
                                         {"card_no": no, "pin": PIN}, token=token)
         assert status == 201, body
     return mid
+
+
+async def cashier_with_cards(b: Branch) -> str:
+    """amy's token; boss registered a member with cards C1001 and C1002."""
+    boss, amy = await b.login("boss"), await b.login("amy")
+    await member_with_cards(b, boss)
+    return amy
 
 
 async def debit(b: Branch, token: str, card: str, pin: str) -> tuple[int, Any]:
@@ -102,8 +106,7 @@ async def test_guessing_a_cards_pin_at_the_api_is_locked_out(
 @pytest.mark.asyncio
 async def test_a_right_pin_forgives_earlier_mistakes(tmp_path: Path) -> None:
     async with branch(tmp_path) as b:
-        boss, amy = await b.login("boss"), await b.login("amy")
-        await member_with_cards(b, boss)
+        amy = await cashier_with_cards(b)
         for _ in range(3):
             for i in range(4):  # a member mistyping four times: never locked
                 assert (await debit(b, amy, "C1001", f"{i:04d}"))[0] == 422
@@ -115,8 +118,7 @@ async def test_a_right_pin_forgives_earlier_mistakes(tmp_path: Path) -> None:
 async def test_a_forgotten_pin_is_not_counted(tmp_path: Path) -> None:
     # A cashier who sends no PIN at all guessed nothing.
     async with branch(tmp_path) as b:
-        boss, amy = await b.login("boss"), await b.login("amy")
-        await member_with_cards(b, boss)
+        amy = await cashier_with_cards(b)
         for _ in range(10):
             status, body = await b.api.call("POST", "/debit", {"card": "C1001", "amount": 1},
                                             token=amy)

@@ -54,6 +54,14 @@ def _restored(tmp_path: Path, bk: Path) -> Ledger:
     return r
 
 
+def _every_peer_takes(r: Ledger, peers: tuple[Ledger, ...], m: str, cash: int) -> None:
+    """Each peer in turn syncs with the restored node and takes what it sells: the
+    member's cash is `cash` there and nothing is held against any branch."""
+    for peer in peers:
+        sync(r, peer)
+        assert _cash(peer, m) == cash and peer.faults() == []
+
+
 def _spent_after_backup(tmp_path: Path, a: Ledger, hq: Ledger, m: str) -> Path:
     """A backup, then the member's whole 100.00 served at SH01, which only HQ hears of."""
     bk = tmp_path / "bk"
@@ -135,9 +143,7 @@ def test_a_session_with_a_stale_branch_does_not_unlock_it(
         sync(r, hq)  # HQ heard of the debit: it comes back, and the node may sell
         assert r.restored is None and _cash(r, m) == _cash(hq, m) == 0
         r.topup(r.owner, m, 500)  # at the next position of its log: everyone takes it
-        for peer in (hq, b):
-            sync(r, peer)
-            assert _cash(peer, m) == 500 and peer.faults() == []
+        _every_peer_takes(r, (hq, b), m, 500)
     finally:
         r.close()
 
@@ -159,9 +165,7 @@ def test_once_every_branch_known_has_heard_nothing_since_the_backup_it_sells(
         sync(r, hq)
         assert r.restored is None
         r.debit(r.owner, m, amount=HUNDRED)
-        for peer in (b, hq):
-            sync(r, peer)
-            assert _cash(peer, m) == 0 and peer.faults() == []
+        _every_peer_takes(r, (b, hq), m, 0)
     finally:
         r.close()
 
