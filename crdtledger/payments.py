@@ -34,7 +34,7 @@ from crdtledger.money import (
     format_yuan,
     points_for,
 )
-from crdtledger.rules import Rules
+from crdtledger.rules import Rules, points_per_yuan
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
@@ -482,7 +482,7 @@ class Payments(Merges, Rules):
         self.authorise(operator, "points.redeem")
         points = check_count(points, "points")
         member, _ = self._acting(member)
-        per_yuan = int(self.rule("conversion")["points_per_yuan"])
+        per_yuan = points_per_yuan(self.rule("conversion"))
         value = points * 100 // per_yuan
         if value <= 0:
             raise InvalidAmount(f"{points} points are worth less than one fen")

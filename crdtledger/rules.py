@@ -144,6 +144,30 @@ def _whole(value: Any) -> int:
     return int(value)
 
 
+# Points that make one yuan of stored value: whole, as text or a number (the default
+# is "100"). A conversion divides by it, so 1.5 or true must not pass as 1 (int() of
+# them did), nor "１００" (int() takes full-width digits) be kept as typed.
+_POINTS_PER_YUAN = re.compile(r"[0-9]{1,7}\Z")
+MAX_POINTS_PER_YUAN = 1_000_000
+
+
+def points_per_yuan(body: Any) -> int:
+    """The `conversion` rule's rate: a whole number of points from 1 to
+    MAX_POINTS_PER_YUAN, given as an int or as ASCII digits; InvalidInput otherwise
+    (at a spend too: a rule an older build let through is refused, not cut down)."""
+    value = body.get("points_per_yuan") if isinstance(body, dict) else None
+    if type(value) is int:
+        rate = value
+    elif isinstance(value, str) and _POINTS_PER_YUAN.match(value):
+        rate = int(value)
+    else:
+        raise InvalidInput(f"points per yuan of the conversion rule are a whole number "
+                           f"like \"100\", not {value!r}")
+    _require(0 < rate <= MAX_POINTS_PER_YUAN,
+             f"points per yuan are from 1 to {MAX_POINTS_PER_YUAN}")
+    return rate
+
+
 def _text(value: Any, limit: int) -> bool:
     return isinstance(value, str) and len(value) <= limit
 
@@ -219,7 +243,7 @@ def _check_rule(kind: str, body: Any) -> None:
             _require(0 <= _whole(body["expire_days"]) <= 36500,  # far below timedelta's limit
                      "points expire after 0 to 36500 days")
         elif kind == "conversion":
-            _require(int(body["points_per_yuan"]) > 0, "points per yuan are more than 0")
+            points_per_yuan(body)
         elif kind == "approval":
             check_amount(_whole(body["topup_limit"]))
             check_amount(_whole(body["correction_limit"]))

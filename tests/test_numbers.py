@@ -16,6 +16,7 @@ from helpers import name_branches, new_ledger, snapshot, sync
 from hypothesis import given
 from hypothesis import strategies as st
 
+from crdtledger.commit import put
 from crdtledger.errors import InvalidAmount, InvalidInput
 from crdtledger.model import ledger_doc, normalise, normalise_entry
 from crdtledger.money import (
@@ -312,4 +313,36 @@ def test_conversion_beyond_max_amount_is_refused_not_quarantined(tmp_path) -> No
     assert ok["amount"] == 1000
     assert a.balance(m)["bonus"] == 1000
     assert a.storage.conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0] == 0
+    a.close()
+
+
+@pytest.mark.parametrize("rate", [1.5, "1.5", True, 2.0, " 100", "１００", "0", -3, 10**20, None])
+def test_conversion_rate_must_be_whole_points(tmp_path, rate: object) -> None:
+    """Points a yuan of the conversion rule: int() cut 1.5 to 1 and read true as 1 when
+    converting, so a rate typed wrong converted at another rate than the one shown."""
+    a = new_ledger(tmp_path, "SH01")
+    before = a.rule("conversion")
+    with pytest.raises(InvalidInput, match="points per yuan"):
+        a.set_rule(a.owner, "conversion", {"points_per_yuan": rate})
+    assert a.rule("conversion") == before
+    a.close()
+
+
+def test_conversion_refuses_a_malformed_rate_already_in_force(tmp_path) -> None:
+    """A rate an older build let through (1.5) is refused when converting, with the
+    reason, rather than cut to 1: nothing is written."""
+    a = new_ledger(tmp_path, "SH01")
+    o = a.owner
+    m = a.add_member(o, name="周", phone="13800000006")
+    a.correct(o, m, "points", 500, "bulk points")
+    record = {"kind": "conversion", "effective_from": "2020-01-01", "rev": 1, "by": o,
+              "body": json.dumps({"points_per_yuan": 1.5})}
+    a._write(put("rules", "rules", a.clock.mint(), record))
+    assert a.rule("conversion") == {"points_per_yuan": 1.5}
+    before = snapshot(a, [m])
+    with pytest.raises(InvalidInput, match="whole number"):
+        a.convert_points(o, m, 300)
+    assert snapshot(a, [m]) == before
+    a.set_rule(o, "conversion", {"points_per_yuan": "150"})
+    assert a.convert_points(o, m, 300)["amount"] == 200
     a.close()
