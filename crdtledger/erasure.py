@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pycrdt import Doc, Map
 
-from crdtledger import lots, views
+from crdtledger import idempotency, lots, views
 from crdtledger.commit import put
 from crdtledger.errors import InvalidInput, LedgerError, NotFound
 from crdtledger.hlc import id_time_ms
@@ -100,6 +100,7 @@ def erase_member(ledger: Ledger, operator: str, member: str) -> dict[str, Any]:
     for doc in dict.fromkeys(member_doc(mid) for mid in erased):
         ledger.storage.compact(doc)
     ledger.storage.forget_freed()
+    idempotency.forget_members(ledger, erased)
     # This node's own records into them, at once; other branches redact theirs when
     # the erasure reaches them (their housekeeping: redact_erased).
     redactions = [e["id"] for mid in erased for e in redact_own(ledger, mid)]
@@ -144,12 +145,14 @@ def after_batch(ledger: Ledger, touched: Iterable[str]) -> None:
         for name in sorted(docs):
             ledger.storage.compact(name)
         ledger.storage.forget_freed()
-        for mid, _change in _erased(ledger.storage.conn):
-            if member_doc(mid) in docs:
-                try:
-                    _redact_once(ledger, mid)
-                except LedgerError:
-                    ledger.erasure_seen = True
+        gone = [mid for mid, _change in _erased(ledger.storage.conn)
+                if member_doc(mid) in docs]
+        idempotency.forget_members(ledger, gone)
+        for mid in gone:
+            try:
+                _redact_once(ledger, mid)
+            except LedgerError:
+                ledger.erasure_seen = True
     if ledger.redactions_due:
         due, ledger.redactions_due = ledger.redactions_due, []
         for problem in apply_redactions(ledger, due):

@@ -23,6 +23,9 @@ Why it looks like this:
   with the same key (peer/api.py says why that, not Stripe's "remember any answer").
 - Keys expire after a day (KEY_TTL_MS): a till retries within minutes; what was old
   goes when a new key is begun.
+- An erasure (crdtledger.erasure) blanks the answers that name an erased member: an
+  answer can hold what the erasure removes (a member added or edited answers with the
+  profile). The key stays used, and a retry is told why (410), not run again.
 - Nothing here runs inside a ledger write: each statement commits on its own, and a
   row begun in a ledger transaction would be rolled back with a refused write.
 """
@@ -121,3 +124,27 @@ def forget(ledger: Ledger, operator: str, key: str) -> None:
     _conn(ledger).execute("DELETE FROM idempotency WHERE operator = ? AND key = ?",
                           (operator, key))
 
+
+
+# What a kept answer that named an erased member becomes: the key stays used (a retry
+# of "add this member" must not add them again), and says why it answers no more.
+ERASED_STATUS = 410
+
+
+def forget_members(ledger: Ledger, members: Iterable[str]) -> int:
+    """Blank the kept answers that name any of `members` (erased): a retry under such
+    a key gets 410 and a sentence, and runs nothing. Returns how many. A store that
+    never kept a key has no table, and gets none."""
+    ids = [m for m in members if isinstance(m, str) and m]
+    if not ids or ledger.storage.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'idempotency'"
+    ).fetchone() is None:
+        return 0
+    conn = _conn(ledger)
+    gone = json.dumps({"error": "member_erased", "message": (
+        "the answer kept for this key named a member whose data was erased since; "
+        "the request was done once and is not done again")})
+    # Ids are ASCII and the table holds a day of keyed writes: a scan per member.
+    return sum(conn.execute("UPDATE idempotency SET status = ?, body = ? "
+                            "WHERE instr(body, ?) > 0", (ERASED_STATUS, gone, mid)).rowcount
+               for mid in ids)

@@ -780,6 +780,8 @@ ERROR_MEANING = {
     409: "The member's state refuses it now: insufficient_funds, rights_elsewhere (with "
          "branch and holders), card_lost, card_inactive; idempotency_unknown: the "
          "first request under this Idempotency-Key never answered (the node stopped)",
+    410: "member_erased: the answer kept for this Idempotency-Key named a member "
+         "erased since; the request was done once and is not done again",
     413: "The request body is too large (64 KB of JSON; a sync file upload 256 MB)",
     415: "The request body is not application/json",
     422: "Refused for this card or debit, e.g. wrong_pin; idempotency_key_reused: the "
@@ -800,6 +802,8 @@ def _refusal_statuses(r: Route) -> set[int]:
         out |= {400, 404, 409, 422, 429}  # whatever the ledger may refuse with
     if r.body is not None:
         out |= {413, 415}
+    if r.idempotent:
+        out |= {410}  # a kept answer that named a member erased since
     if r.binary_body:
         out |= {413}
     return out
@@ -822,7 +826,8 @@ def _operation(r: Route) -> dict[str, Any]:
                        "a retry of the same request gets the first answer again, with "
                        f"the header {REPLAYED}: true; another request under the key is "
                        "refused (422 idempotency_key_reused); one whose first answer was "
-                       "lost to a stopped node gets 409 idempotency_unknown. A refusal "
+                       "lost to a stopped node gets 409 idempotency_unknown, one whose "
+                       "answer named a member erased since 410 member_erased. A refusal "
                        "is not remembered: fix the request and retry under the key."})
     if params:
         op["parameters"] = params

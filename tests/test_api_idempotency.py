@@ -309,3 +309,55 @@ def test_the_openapi_document_offers_the_header_on_writes_only() -> None:
     assert takes_key("/debit", "post") and takes_key("/topup", "post")
     assert takes_key("/receipts/{entry}/print", "post")
     assert not takes_key("/members/{member}", "get") and not takes_key("/login", "post")
+
+
+def test_an_erasure_blanks_the_kept_answers_that_name_the_member(tmp_path: Path) -> None:
+    """A kept answer can hold a profile (an edit answers with the member's view):
+    erasing the member must not leave it in the keys' table for a day. A retry of the
+    edit under its key then gets 410 and a sentence, and changes nothing."""
+    async def go() -> None:
+        async with running(make_node(tmp_path)) as (node, api):
+            boss = await api.login("boss", PW["boss"])
+            status, body = await api.call("POST", "/members", {"name": "王芳", "phone":
+                                                               "13812345678"}, token=boss)
+            mid = str(body["member_id"])
+            edit = {"name": "王芳芳"}
+            status, first = await api.call("PATCH", f"/members/{mid}", edit, token=boss,
+                                           headers={"Idempotency-Key": KEY})
+            assert status == 200 and "13812345678" in str(first), first
+            status, body = await api.call("POST", f"/members/{mid}/erase", {}, token=boss)
+            assert status == 200, body
+            kept = node.ledger.storage.conn.execute(
+                "SELECT status, body FROM idempotency").fetchall()
+            assert kept and not any("13812345678" in str(b) or "王芳" in str(b)
+                                    or mid in str(b) for _s, b in kept), kept
+            before = snapshot(node.ledger, [mid])
+            status, again = await api.call("PATCH", f"/members/{mid}", edit, token=boss,
+                                           headers={"Idempotency-Key": KEY})
+            assert (status, again["error"]) == (410, "member_erased"), again
+            assert api.last_headers.get("Idempotent-Replayed") == "true"
+            assert snapshot(node.ledger, [mid]) == before
+
+    asyncio.run(go())
+
+
+def test_an_erasure_from_another_branch_blanks_them_too(tmp_path: Path) -> None:
+    """The erasure written at SH02 reaches SH01 by sync (erasure.after_batch)."""
+    sh01, sh02 = new_ledger(tmp_path, "SH01"), new_ledger(tmp_path, "SH02")
+    mid = sh01.add_member(sh01.owner, name="李娜", phone="13900000001")
+    other = sh01.add_member(sh01.owner, name="赵磊", phone="13900000002")
+    answer = {"member_id": mid, "profile": {"name": "李娜", "phone": "13900000001"}}
+    for key, body in (("k1", answer), ("k2", {"member_id": other})):
+        idempotency.begin(sh01, "boss", key, "fp-" + key, 1_000)
+        idempotency.finish(sh01, "boss", key, 201, body)
+    sh02.pull(sh01)
+    sh02.erase_member(sh02.owner, mid)
+    sh01.pull(sh02)
+    now = 2_000
+    assert idempotency.look(sh01, "boss", "k1", now) == idempotency.Remembered(
+        "fp-k1", 410, idempotency.look(sh01, "boss", "k1", now).body)  # type: ignore[union-attr]
+    assert "13900000001" not in str(idempotency.look(sh01, "boss", "k1", now))
+    assert idempotency.look(sh01, "boss", "k2", now) == idempotency.Remembered(
+        "fp-k2", 201, {"member_id": other})
+    sh01.close()
+    sh02.close()
