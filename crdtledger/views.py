@@ -96,15 +96,30 @@ def merged_members(ledger: Ledger) -> dict[str, str]:
     return out
 
 
+def canonical_phone(phone: str) -> str:
+    """A phone as a member's record keeps it and every lookup compares it: spaces and
+    dashes out, China's +86 / 0086 dropped, and a bare 86 before an 11-digit mobile
+    ("+86 138-0013-8000", "008613800138000" and "13800138000" are one phone). Another
+    country keeps its +: "+16502530000" without it would read as a Chinese mobile."""
+    s = "".join(c for c in phone.strip() if c not in " -")
+    for prefix in ("+86", "0086"):
+        if s.startswith(prefix):
+            return s[len(prefix):]
+    if s.startswith("861") and len(s) == 13:
+        return s[2:]
+    return s
+
+
 def phone_key(phone: str) -> str:
-    """A phone as duplicates compare it: digits only, China's +86 / 0086 dropped
-    ("+86 138-0013-8000" and "13800138000" are one phone)."""
-    digits = "".join(c for c in phone if c.isdigit())
-    if digits.startswith("0086"):
-        return digits[4:]
-    if digits.startswith("86") and len(digits) == 13:
-        return digits[2:]
-    return digits
+    """A phone as duplicates compare it: its canonical form, digits only (records
+    written before phones were kept canonical hold them as typed)."""
+    return canonical_phone(phone).lstrip("+")
+
+
+def phone_forms(phone: str) -> tuple[str, str]:
+    """What to look a typed phone up by: its canonical form (every record written since
+    0.3.0) and the text as typed (a record written before, which kept it so)."""
+    return canonical_phone(phone), phone.strip()
 
 
 def duplicates(ledger: Ledger) -> list[dict[str, Any]]:
@@ -258,7 +273,8 @@ def find_members(conn: sqlite3.Connection, query: str, limit: int = 20) -> list[
             "SELECT member FROM cards WHERE card_no = ? ORDER BY status = 'active' DESC",
             (q.upper(),))]
         ids += [m for (m,) in conn.execute("SELECT id FROM members WHERE id = ?", (q,))]
-        ids += [m for (m,) in conn.execute("SELECT id FROM members WHERE phone = ?", (q,))]
+        ids += [m for (m,) in conn.execute("SELECT id FROM members WHERE phone IN (?, ?)",
+                                           phone_forms(q))]
         if q.isdigit() and len(q) >= 4:
             ids += [m for (m,) in conn.execute(
                 "SELECT id FROM members WHERE phone LIKE ? LIMIT ?", (f"%{q}", limit))]
@@ -373,11 +389,11 @@ def member_exists(ledger: Ledger, member_id: str) -> bool:
 
 
 def member_by_phone(ledger: Ledger, phone: str) -> str | None:
-    """The member with exactly this phone number (the oldest id if several), None if
-    none: the command line's `--phone`, where find_members would also match names and
-    phone tails."""
+    """The member with this phone number, however it is typed (canonical_phone; the
+    oldest id if several), None if none: the command line's `--phone`, where
+    find_members would also match names and phone tails."""
     row = ledger.storage.conn.execute(
-        "SELECT id FROM members WHERE phone = ? ORDER BY id LIMIT 1", (phone.strip(),)
+        "SELECT id FROM members WHERE phone IN (?, ?) ORDER BY id LIMIT 1", phone_forms(phone)
     ).fetchone()
     return str(row[0]) if row else None
 
