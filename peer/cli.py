@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import os
 import re
@@ -53,6 +52,7 @@ from peer.chain import (
     revocations_rule,
     revoke,
 )
+from peer.files import csv_text
 from peer.local import Running
 
 if TYPE_CHECKING:
@@ -458,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
 def emit(args: argparse.Namespace, result: Result) -> None:
     cmd = getattr(args, "cmd", None)
     if getattr(args, "csv", False) and isinstance(cmd, Operation) and cmd.table is not None:
-        csv.writer(sys.stdout, lineterminator="\n").writerows(cmd.table(result.data))
+        sys.stdout.write(csv_text(cmd.table(result.data)))
     elif getattr(args, "json", False):
         print(json.dumps(result.data, ensure_ascii=False, sort_keys=True))
     elif result.text:

@@ -1,5 +1,6 @@
-"""Sync files and backups as bytes that travel: what the HTTP API and the counter's
-back office hand to a browser or a point-of-sale system, and take back.
+"""Sync files, backups and tables as bytes that travel: what the HTTP API, the command
+line and the counter's back office hand to a browser, a spreadsheet or a
+point-of-sale system, and take back.
 
 The library writes and reads these files on disk (`crdtledger.syncfile`,
 `crdtledger.backups`); here they pass through a private temporary directory,
@@ -10,7 +11,11 @@ operator None is the node's owner at its own console.
 
 from __future__ import annotations
 
+import csv
+import io
+import re
 import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,3 +66,29 @@ def sealed_backup(data_dir: Path) -> bytes:
     Restore it with `crdtledger restore --from FILE --data DIR [--chain CHAIN_DIR]`."""
     with tempfile.TemporaryDirectory(prefix="crdtledger-backup-") as tmp:
         return write_backup(data_dir, Path(tmp) / "backup").read_bytes()
+
+
+# A cell a spreadsheet (Excel, WPS, LibreOffice) would run as a formula: one starting
+# with = + - @ or a tab or carriage return. Names, notes and reasons are typed by
+# cashiers and members, so "=HYPERLINK(...)" as a member's name would run on the
+# owner's PC when the member list is opened. A plain number keeps its sign (a refund's
+# -12.00 stays a number for the accountant).
+_FORMULA = re.compile(r"[=+\-@\t\r]")
+_NUMBER = re.compile(r"[+-]?[0-9]+(?:\.[0-9]+)?\Z")
+
+
+def spreadsheet_cell(value: Any) -> Any:
+    """`value` as a CSV cell that a spreadsheet shows as text, never runs: text that
+    would start a formula gets a leading apostrophe (OWASP's advice); numbers and
+    other text pass as they are."""
+    if isinstance(value, str) and _FORMULA.match(value) and not _NUMBER.match(value):
+        return "'" + value
+    return value
+
+
+def csv_text(rows: Iterable[Sequence[Any]]) -> str:
+    """Rows as CSV text, every cell spreadsheet-safe (spreadsheet_cell)."""
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(
+        [spreadsheet_cell(c) for c in row] for row in rows)
+    return out.getvalue()

@@ -13,8 +13,6 @@ reads them as GBK and the names come out garbled. Amounts in CSV are plain yuan
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import tempfile
 import time
 from collections import defaultdict
@@ -38,7 +36,7 @@ from crdtledger.money import format_yuan
 from crdtledger.private import write_private
 from crdtledger.syncfile import import_file, read_file
 from crdtledger.trust import UntrustedSigner
-from peer.files import export_bytes, sealed_backup
+from peer.files import csv_text, export_bytes, sealed_backup
 from reference_app import layout
 from reference_app.i18n import duration, money, tr
 from reference_app.shop import can, operator, shop
@@ -56,11 +54,9 @@ TREND_DAYS = 14
 
 
 def csv_bytes(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> bytes:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(header)
-    writer.writerows(rows)
-    return ("\ufeff" + out.getvalue()).encode("utf-8")
+    """A report as a CSV file for a spreadsheet: UTF-8 with a byte-order mark (Excel
+    reads Chinese text right only then), no cell that would run as a formula."""
+    return ("\ufeff" + csv_text([header, *rows])).encode("utf-8")
 
 
 def yuan(fen: int) -> str:
