@@ -52,7 +52,7 @@ from typing import Any
 from crdtledger import views  # a module: views reads closing, which reads this
 from crdtledger.hlc import id_time_ms
 from crdtledger.model import EDITS
-from crdtledger.projection import IN_MERGE, NO_EXPIRY, points_change
+from crdtledger.projection import EARN, IN_MERGE, NO_EXPIRY, points_change
 from crdtledger.storage import POINTS_FOLD
 
 Lot = list[Any]  # [expires, left, earned by entry id, the member that entry names]
@@ -239,6 +239,15 @@ def settle(conn: sqlite3.Connection, day_of: Callable[[int], str],
         seen.add(e["id"])
         if c := points_change(e):
             rows.append(_row(e, c))
+    if len(rows) == 1 and rows[0][1] is not None and rows[0][2] > 0:
+        # One earning (a peer's sale, alone in its batch: the live path): the lot at
+        # once in one statement when its member is in no merge, holds no later entry
+        # and owes no points, as projection.project_entry does for our own sale; what
+        # _update would do then (those conditions make it add this lot and nothing
+        # else). Else nothing was written: _update as ever.
+        member, eid, change, _kind, _ref, expires, _day = rows[0]
+        if conn.execute(EARN, (member, eid, expires or NO_EXPIRY, change)).rowcount:
+            return
     if rows:
         _update(conn, sorted(rows, key=lambda r: r[1] or ""), seen, day_of)
 

@@ -61,7 +61,7 @@ def project_entry(conn: sqlite3.Connection, entry: dict[str, Any], day: str, sig
     if change > 0 and sign > 0:
         # A sale's lot, at once, when nothing of the member's group can come after it
         # (nearly always): one statement on the till's path. Else crdtledger.lots.
-        if not conn.execute(_EARN, (entry["member"], entry["id"], entry.get("expires")
+        if not conn.execute(EARN, (entry["member"], entry["id"], entry.get("expires")
                                     or NO_EXPIRY, change)).rowcount:
             touch_points(conn, [entry], sign)
     elif change:
@@ -101,11 +101,12 @@ IN_MERGE = ("EXISTS (SELECT 1 FROM members WHERE id = ?1 "
             "OR EXISTS (SELECT 1 FROM members WHERE json_extract(body, '$.merged_into') = ?1)")
 # The lot of an entry whose member is in no merge, holds no later entry (with
 # points or not: a sale's own is the latest, nearly always) and owes no points.
-_EARN = ("INSERT INTO points_lots(member, earned, expires, left) SELECT ?1, ?2, ?3, ?4 "
-         "WHERE NOT EXISTS (SELECT 1 FROM entries WHERE member = ?1 AND id > ?2) "
-         "AND NOT EXISTS (SELECT 1 FROM points_lots INDEXED BY points_owed "
-         "WHERE member = ?1 AND left < 0) "
-         f"AND NOT ({IN_MERGE})")
+# Also crdtledger.lots.settle's for a peer's lone sale (the live path).
+EARN = ("INSERT INTO points_lots(member, earned, expires, left) SELECT ?1, ?2, ?3, ?4 "
+        "WHERE NOT EXISTS (SELECT 1 FROM entries WHERE member = ?1 AND id > ?2) "
+        "AND NOT EXISTS (SELECT 1 FROM points_lots INDEXED BY points_owed "
+        "WHERE member = ?1 AND left < 0) "
+        f"AND NOT ({IN_MERGE})")
 # A lot that never expires (an entry earning points without an expiry).
 NO_EXPIRY = "9999-12-31"
 _TOUCH = ("INSERT INTO temp.points_touched(member, id, change, kind, ref, expires, day) "
@@ -191,32 +192,35 @@ def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, A
     valid.sort(key=lambda e: e["id"])
     units = _units_in_order(valid, pos)
     blocked = _waiting_queues(conn) if valid else set()
-    rights: dict[tuple[str, str, str], int] = {}
+    # A rights row as stored before this batch, read when first needed: only a row an
+    # entry lowers is ever read (one that is only raised needs no check).
+    stored: dict[tuple[str, str, str], int] = {}
     members = {e["member"] for e in valid}
-    loaded: set[str] = set()  # members whose every rights row is in `rights`
+    loaded: set[str] = set()  # members whose every rights row is in `stored`
     if len(members) > _PRELOAD_MEMBERS:  # a catch-up: their rows in a few statements
         loaded = members
         few = sorted(members)
         for i in range(0, len(few), 500):
             part = few[i:i + 500]
-            rights.update(((m, p, n), a) for m, p, n, a in conn.execute(
+            stored.update(((m, p, n), a) for m, p, n, a in conn.execute(
                 "SELECT member, purse, node, amount FROM rights WHERE member IN "
                 f"({','.join('?' * len(part))})", part))
+    changed: dict[tuple[str, str, str], int] = {}  # what the batch projected adds
 
     def held(k: tuple[str, str, str]) -> int:
-        if k not in rights:
+        """The rights row as it stands with what the batch projected so far."""
+        if k not in stored:
             if k[0] in loaded:
-                rights[k] = 0
+                stored[k] = 0
             else:
                 row = conn.execute("SELECT amount FROM rights WHERE member = ? AND purse = ? "
                                    "AND node = ?", k).fetchone()
-                rights[k] = row[0] if row else 0
-        return rights[k]
+                stored[k] = row[0] if row else 0
+        return stored[k] + changed.get(k, 0)
 
     done: list[dict[str, Any]] = []
     done_ids: set[str] = set()
     waiting: list[tuple[str, str, str, int | None]] = []
-    changed: dict[tuple[str, str, str], int] = {}
     totals: dict[str, list[int]] = {}
     for queue, seq, hold, unit in units:
         change: dict[tuple[str, str, str], int] = {}
@@ -231,7 +235,6 @@ def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, A
             waiting += ((doc, e["id"], dumps(e), seq) for e in unit)
             continue
         for k, c in change.items():
-            rights[k] = held(k) + c
             changed[k] = changed.get(k, 0) + c
         for e in unit:
             spent, topped = spent_topped(e)
@@ -241,17 +244,24 @@ def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, A
                 t[1] += topped
         done += unit
         done_ids.update(e["id"] for e in unit)
-    conn.executemany("INSERT OR REPLACE INTO quarantine VALUES (?,?,?)", bad)
-    conn.executemany(_DEFER, waiting)
-    conn.executemany(
-        "INSERT INTO entries(id, kind, member, node, op, at, day, amount, paid, ref, "
-        "service, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-        [(e["id"], e["kind"], e["member"], e["node"], e["op"], e["at"],
-          day_of(id_time_ms(e["id"])), e["amount"], e.get("paid", 0), e.get("ref"),
-          e.get("service"), dumps(e)) for e in done])
-    # Net zero too: a row exists once any entry touched it, as when projected singly.
-    conn.executemany(_ADD_RIGHTS, [(*k, c) for k, c in changed.items()])
-    conn.executemany(_ADD_TOTALS, [(m, s, t) for m, (s, t) in totals.items()])
+    # Each statement only when it has rows: an empty executemany still costs a few
+    # µs, and a peer's sale comes alone in its batch (the live path).
+    if bad:
+        conn.executemany("INSERT OR REPLACE INTO quarantine VALUES (?,?,?)", bad)
+    if waiting:
+        conn.executemany(_DEFER, waiting)
+    if done:
+        conn.executemany(
+            "INSERT INTO entries(id, kind, member, node, op, at, day, amount, paid, ref, "
+            "service, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            [(e["id"], e["kind"], e["member"], e["node"], e["op"], e["at"],
+              day_of(id_time_ms(e["id"])), e["amount"], e.get("paid", 0), e.get("ref"),
+              e.get("service"), dumps(e)) for e in done])
+    if changed:
+        # Net zero too: a row exists once any entry touched it, as when projected singly.
+        conn.executemany(_ADD_RIGHTS, [(*k, c) for k, c in changed.items()])
+    if totals:
+        conn.executemany(_ADD_TOTALS, [(m, s, t) for m, (s, t) in totals.items()])
     return done
 
 
@@ -279,15 +289,19 @@ def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, A
 # raises by others it had projected, all of which are projected too.
 
 
+# A unit to judge (_units_in_order): (queue, record's position, hold, entries). At
+# module level: a subscripted type made inside the function cost every batch a few µs.
+_Unit = tuple[tuple[str, str], int | None, bool, list[dict[str, Any]]]
+
+
 def _units_in_order(entries: list[dict[str, Any]], pos: Mapping[str, tuple[int, bool]] | None
-                    ) -> list[tuple[tuple[str, str], int | None, bool, list[dict[str, Any]]]]:
+                    ) -> list[_Unit]:
     """`entries` (in id order) as units to judge: (queue, record's position, hold,
     entries), a unit being one writer's entries of one member in one record, in id
     order of their first entry, except that the units of one queue take their slots in
     that order by their log order. Without a position (a caller that has none), each
     entry is a unit of its own, in id order, before any with one."""
-    Unit = tuple[tuple[str, str], int | None, bool, list[dict[str, Any]]]
-    units: list[Unit] = []
+    units: list[_Unit] = []
     append = units.append
     # queue -> its last unit's position and index. A record's entries of a member are
     # next to each other in id order nearly always, and one each: no other lookup on
@@ -321,7 +335,7 @@ def _units_in_order(entries: list[dict[str, Any]], pos: Mapping[str, tuple[int, 
     gone: set[int] = set()
     for queue in shuffled:
         slots = [i for i, u in enumerate(units) if u[0] == queue]
-        merged: dict[tuple[int, str], Unit] = {}
+        merged: dict[tuple[int, str], _Unit] = {}
         for i in slots:
             q, at_seq, hold, unit = units[i]
             k = (-1, unit[0]["id"]) if at_seq is None else (at_seq, "")

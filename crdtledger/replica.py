@@ -28,7 +28,7 @@ from crdtledger import erasure, lots, views
 from crdtledger.commit import LedgerBase
 from crdtledger.erasure import Claim, claims_in
 from crdtledger.errors import ClockSkew, NotCaughtUp, RemoteProtocolError
-from crdtledger.hlc import MAX_CLOCK_SKEW_MS, decode, id_floor, id_time_ms, wall_ms
+from crdtledger.hlc import MAX_CLOCK_SKEW_MS, decode, id_floor, id_time_ms
 from crdtledger.lib0 import covered, decode_state_vector
 from crdtledger.log import (
     APPLIED,
@@ -142,24 +142,30 @@ class Replica(LedgerBase):
         (the latest few, without the traceback, which would keep this apply's frames
         and updates alive for as long as a peer's clock stays wrong)."""
         limit = self.clock.wall() + MAX_CLOCK_SKEW_MS
-        latest = 0
+        # A projected entry's id is valid (model.ID): 13 base32 digits of its clock,
+        # fixed width, which sort as the clocks do. So ids within the limit are told,
+        # and the latest found, by comparing strings: a catch-up decodes one id, not
+        # every one (wall_ms(ts) <= limit is ts < id_floor(limit + 1)'s clock).
+        within = id_floor(limit + 1)
+        latest = ""
         for e in entries:
-            ts = decode(e["id"].split(".", 1)[0])
+            stamp = e["id"].split(".", 1)[0]
             if e["node"] == self.node:
                 # Our own, come back: a node restored from a backup gets back what it
                 # wrote after the backup, and must never mint those ids again,
                 # however far ahead its clock ran then (hlc: eras).
-                self.clock.minted(ts)
+                self.clock.minted(decode(stamp))
                 continue
-            if wall_ms(ts) <= limit:
-                latest = max(latest, ts)
+            if stamp < within:
+                if stamp > latest:
+                    latest = stamp
                 continue
             try:
-                self.clock.observe(ts)
+                self.clock.observe(decode(stamp))
             except ClockSkew as err:
                 self.skew_events.append(err.with_traceback(None))
-        if latest:
-            self.clock.observe(latest)
+        if latest and (ts := decode(latest)):
+            self.clock.observe(ts)
 
     # --- replication --------------------------------------------------------
 
@@ -827,7 +833,7 @@ class Replica(LedgerBase):
                                     "already in another month's document"), 1, conflict=True)
                         check_ids_after_cut(node, name, keys, cut)
                         at = (rec.seq, (node, rec.seq) in self._funding_held)
-                        pos.update((key, at) for key in keys)
+                        pos.update(dict.fromkeys(keys, at))
                 except RuleBroken as e:
                     raise _Broken(rec, e, 1) from None
                 except RemoteProtocolError as e:  # an entry in another month's document
@@ -849,7 +855,9 @@ class Replica(LedgerBase):
             # tell whose.
             raise _Broken(run[0][0], RuleBroken("entry-insert-once", f"{name}: {e}"),
                           len(run), conflict=True) from None
-        st.record(ld, [rec.data for rec, _ in run])
+        # The state read after applying (`after`) still stands: projecting changes
+        # SQLite only.
+        st.record(ld, [rec.data for rec, _ in run], after)
 
     def speaks_for_chain(self, node: str) -> bool:
         """May `node`'s word on how many clocks agree with it be taken (peerclock)? Only

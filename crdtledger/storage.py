@@ -143,7 +143,7 @@ CREATE TABLE IF NOT EXISTS points_lots(
     member TEXT NOT NULL, earned TEXT NOT NULL, expires TEXT NOT NULL,
     left INTEGER NOT NULL, PRIMARY KEY(member, earned)) WITHOUT ROWID;
 -- The points owed (spent before what earned them came): rare, and asked of every
--- sale's lot (projection._EARN), which must not walk a member's every lot to know.
+-- sale's lot (projection.EARN), which must not walk a member's every lot to know.
 CREATE INDEX IF NOT EXISTS points_owed ON points_lots(member) WHERE left < 0;
 -- What a transaction projected that moves points lots, settled before it commits
 -- (crdtledger.lots.settle). Per connection, so never in the file.
@@ -698,8 +698,10 @@ class Storage:
                 "NULL ORDER BY seq DESC LIMIT 1), sv) FROM docs")}
         return dict(self._svs)
 
-    def record(self, ld: LoadedDoc, updates: list[bytes]) -> None:
-        """Append updates of a document to the log (inside a transaction)."""
+    def record(self, ld: LoadedDoc, updates: list[bytes], sv: bytes | None = None) -> None:
+        """Append updates of a document to the log (inside a transaction). `sv`: the
+        document's state vector as it now stands, if the caller has just read it
+        (replica._apply_run does: not read again)."""
         if not updates:
             return
         self._tx_logged.add(ld.name)
@@ -720,7 +722,8 @@ class Storage:
             # to be deleted (the signed log keeps each record anyway).
             sv = self._fold(ld, self._seq)
         else:
-            sv = ld.doc.get_state()
+            if sv is None:
+                sv = ld.doc.get_state()
             self.conn.executemany(
                 "INSERT INTO log(doc, seq, data, sv) VALUES (?, ?, ?, ?)",
                 [(ld.name, first + i, u, sv if i == last else None)

@@ -249,6 +249,7 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
         if not isinstance(new, dict) or new.get("node") != node:
             raise RuleBroken("entry-writer", f"{doc}: entry {key} names node "
                                              f"{new.get('node') if isinstance(new, dict) else '?'}")
+        kind = new.get("kind")  # read once: asked of every entry of a catch-up
         deltas = new.get("deltas")
         if isinstance(deltas, list):
             counted = [tuple(d) for d in deltas if isinstance(d, list) and len(d) == 3
@@ -268,28 +269,28 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
             # holds (waiting for ever) would be a unit from nothing. Only the issue
             # adds its one unit; a sweep's "in" carries the units its out lowered
             # (merge-paired, and projected only once that out is).
-            if new.get("kind") != "merge" or any(c < 0 for _p, _n, c in counted):
-                own = COUPON_PREFIX + key if new.get("kind") == "coupon" else None
+            if kind != "merge" or any(c < 0 for _p, _n, c in counted):
+                own = COUPON_PREFIX + key if kind == "coupon" else None
                 for purse, n in units.items():
                     if n > (1 if purse == own else 0):
                         raise RuleBroken("coupon-unit", f"{doc}: entry {key} adds {n:g} "
                                          f"unit(s) of coupon {purse[len(COUPON_PREFIX):]}")
-            if new.get("kind") == "transfer":
+            if kind == "transfer":
                 net: dict[Any, float] = {}
                 for purse, _n, change in counted:
                     net[purse] = net.get(purse, 0) + change
                 if any(net.values()):
                     raise RuleBroken("transfer-balanced", f"{doc}: entry {key}: a transfer "
                                                           "whose changes do not sum to zero")
-        if new.get("kind") == "merge":
+        if kind == "merge":
             merges[key] = new
-        if new.get("kind") == "refund" and (not isinstance(new.get("ref"), str)
-                                            or new["ref"].rsplit(".", 1)[-1] != node):
+        if kind == "refund" and (not isinstance(new.get("ref"), str)
+                                 or new["ref"].rsplit(".", 1)[-1] != node):
             raise RuleBroken("refund-own", f"{doc}: entry {key}: node {node} refunds a "
                                            "debit another branch made")
-        if new.get("kind") == "coupon":
+        if kind == "coupon":
             issued.add(COUPON_PREFIX + key)
-        elif new.get("kind") in BRANCH_KINDS:
+        elif kind in BRANCH_KINDS:
             # Only a technician's own branch decides its slots (crdtledger.bookings), so
             # two branches cut off from each other can never both confirm one slot.
             tech = new.get("member")
@@ -298,7 +299,7 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
                                                    f"for technician {str(tech)[:40]}, which "
                                                    "belongs to another branch")
         # The referral's id names its writer: a pure check, the same on every replica.
-        if (new.get("kind") == "reward" or (new.get("kind") == "coupon" and "ref" in new)) and (
+        if (kind == "reward" or (kind == "coupon" and "ref" in new)) and (
                 not isinstance(new.get("ref"), str) or new["ref"].rsplit(".", 1)[-1] != node):
             raise RuleBroken("referral-reward", f"{doc}: entry {key}: node {node} rewards a "
                                                 "referral another branch recorded")
