@@ -172,10 +172,6 @@ def _member_fields(fields: Mapping[str, Any], *, creating: bool) -> dict[str, An
         # Kept canonical, so that one phone typed two ways is one phone to the duplicate
         # check below, to the counter's search and to the member portal's sign-in.
         out["phone"] = views.canonical_phone(out["phone"])
-        if out["phone"].startswith("1") and len(out["phone"]) != 11:
-            raise InvalidInput(f"phone {out['phone']} is not a mobile number: a Chinese "
-                               "mobile number has 11 digits (another country's starts "
-                               "with + and its code)")
     if out.get("gender") and out["gender"] not in GENDERS:
         raise InvalidInput(f"gender is {', '.join(GENDERS)} or empty")
     for k in ("birthday", "anniversary"):

@@ -815,14 +815,12 @@ def test_one_phone_typed_another_way_is_the_same_phone(a: Ledger, typed: str) ->
     assert a.member(mine)["phone"] == "13700000001"
 
 
-def test_phones_kept_canonical_and_mobile_typos_refused(a: Ledger) -> None:
+def test_phones_kept_canonical(a: Ledger) -> None:
     m = member(a, "+1 650-253-0000")
     assert a.member(m)["phone"] == "+16502530000"  # its + kept: not a Chinese mobile
     n = member(a, "021-6432 1234", "李四")
     assert a.member(n)["phone"] == "02164321234"
-    for typo in ("138001380001", "1380013800", "+86 1380013800"):
-        err = refused(a, [m, n], InvalidInput, lambda t=typo: member(a, t, "王五"))
-        assert "11 digits" in str(err)
+    assert views.member_by_phone(a, "16502530000") is None  # a Chinese mobile's digits
 
 
 # --- reports ---------------------------------------------------------------------
