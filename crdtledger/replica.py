@@ -788,9 +788,12 @@ class Replica(LedgerBase):
             # An "in" that names it and waits for its funding names it too: else a
             # second "in" would pass while the first waits, and both be projected once
             # funded (tests/test_liar_round2.py).
+            # (Such an "in" is of the member the out moves value to, merge-paired: an
+            # index read, not the whole table.)
             if st.conn.execute(
-                    "SELECT 1 FROM deferred WHERE json_extract(body, '$.kind') = 'merge' "
-                    "AND json_extract(body, '$.ref') = ?", (ref,)).fetchone():
+                    "SELECT 1 FROM deferred WHERE json_extract(body, '$.member') = ? "
+                    "AND json_extract(body, '$.kind') = 'merge' "
+                    "AND json_extract(body, '$.ref') = ?", (out.get("to"), ref)).fetchone():
                 return None
             return out
         # Dropped if the transaction rolls back, even if nothing integrated: what Yrs

@@ -156,6 +156,33 @@ CREATE TEMP TABLE IF NOT EXISTS points_touched(
 CREATE TABLE IF NOT EXISTS deferred(
     doc TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL, seq INTEGER,
     PRIMARY KEY(doc, key));
+-- (Its index by queue: DEFERRED_QUEUE, made once `seq` is there.)
+-- Members whose rights may have moved since the waiting entries were last judged
+-- (projection.project_deferred): of every entry projected or taken back, the member a
+-- sweep's "out" moves value to (its "in" waits for that out), and of every entry
+-- deferred or taken out of `deferred`. Noted for entries only while something waits;
+-- per connection, so never in the file.
+CREATE TEMP TABLE IF NOT EXISTS funding_moved(member TEXT PRIMARY KEY);
+CREATE TEMP TRIGGER IF NOT EXISTS funding_moved_in AFTER INSERT ON main.entries
+WHEN EXISTS (SELECT 1 FROM main.deferred) BEGIN
+    INSERT OR IGNORE INTO funding_moved VALUES (NEW.member);
+    INSERT OR IGNORE INTO funding_moved SELECT json_extract(NEW.body, '$.to')
+        WHERE NEW.kind = 'merge' AND json_extract(NEW.body, '$.to') IS NOT NULL;
+END;
+CREATE TEMP TRIGGER IF NOT EXISTS funding_moved_out AFTER DELETE ON main.entries
+WHEN EXISTS (SELECT 1 FROM main.deferred) BEGIN
+    INSERT OR IGNORE INTO funding_moved VALUES (OLD.member);
+END;
+CREATE TEMP TRIGGER IF NOT EXISTS funding_moved_deferred AFTER INSERT ON main.deferred
+BEGIN
+    INSERT OR IGNORE INTO funding_moved VALUES (json_extract(NEW.body, '$.member'));
+END;
+-- (A queue's head taken out another way than by its funding: a misbehaving peer's
+-- rewrite of a waiting entry. The unit behind it is judged again.)
+CREATE TEMP TRIGGER IF NOT EXISTS funding_moved_undeferred AFTER DELETE ON main.deferred
+BEGIN
+    INSERT OR IGNORE INTO funding_moved VALUES (json_extract(OLD.body, '$.member'));
+END;
 """
 
 # Root types of each kind of document.
@@ -419,9 +446,19 @@ def _upgrade(conn: sqlite3.Connection) -> None:
         raise
 
 
+# `deferred` by queue (a member, then its writer, in its log's order): a batch asks
+# whether its queues wait, and the end of an apply judges again only the heads of the
+# queues whose funding may have moved, each an index read. Reading the whole table for
+# every batch let a dishonest branch's unfunded entries, piling up there, slow every
+# later batch at every branch (projection._waiting).
+DEFERRED_QUEUE = ("CREATE INDEX IF NOT EXISTS deferred_queue ON deferred("
+                  "json_extract(body, '$.member'), json_extract(body, '$.node'), seq)")
+
+
 def _add_deferred_seq(conn: sqlite3.Connection) -> None:
     """A store made before deferred entries kept their records' log positions gets
-    the column (its rows NULL). One statement, so it is its own transaction."""
+    the column (its rows NULL; one statement, so it is its own transaction), then the
+    index by queue (DEFERRED_QUEUE)."""
     def has() -> bool:
         return any(col[1] == "seq" for col in conn.execute("PRAGMA table_info(deferred)"))
 
@@ -431,6 +468,7 @@ def _add_deferred_seq(conn: sqlite3.Connection) -> None:
         except sqlite3.OperationalError:
             if not has():  # else another process added it meanwhile
                 raise
+    conn.execute(DEFERRED_QUEUE)
 
 
 class Storage:
@@ -455,6 +493,11 @@ class Storage:
             _upgrade(self.conn)
             self.conn.executescript(SCHEMA)
             _add_deferred_seq(self.conn)
+            # What waits from before this open is judged again at the next apply, as
+            # if its members' rights had just moved (they may have, by a local write
+            # just before the store was closed).
+            self.conn.execute("INSERT OR IGNORE INTO temp.funding_moved SELECT DISTINCT "
+                              "json_extract(body, '$.member') FROM deferred")
             self.conn.executescript(LOG_SCHEMA)
             self.meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
             if self.meta.get("format") == "2":
@@ -506,6 +549,7 @@ class Storage:
         tmp.unlink(missing_ok=True)
         conn = _connect(private_sqlite_file(tmp), "FULL", PAGE_SIZE)
         conn.executescript(SCHEMA)
+        conn.execute(DEFERRED_QUEUE)
         conn.executescript(LOG_SCHEMA)
         with conn:
             conn.executemany(
