@@ -54,7 +54,7 @@ class Members(Auth):
         )
         self._require_home(fields["home"])
         if self.storage.conn.execute(
-            "SELECT id FROM members WHERE phone IN (?, ?)", views.phone_forms(phone)
+            "SELECT id FROM members WHERE phone = ?", (fields["phone"],)
         ).fetchone():
             raise InvalidInput(f"phone {fields['phone']} is registered to another member")
         prefs_d = _prefs(prefs or {})
@@ -92,8 +92,7 @@ class Members(Auth):
             if f["home"] != home:
                 self._require_home(f["home"])
         if f.get("phone") and self.storage.conn.execute(
-            "SELECT 1 FROM members WHERE phone IN (?, ?) AND id != ?",
-            (*views.phone_forms(fields["phone"]), member)
+            "SELECT 1 FROM members WHERE phone = ? AND id != ?", (f["phone"], member)
         ).fetchone():
             raise InvalidInput(f"phone {f['phone']} is registered to another member")
         prefs_d = _prefs(prefs or {})
@@ -166,12 +165,8 @@ def _member_fields(fields: Mapping[str, Any], *, creating: bool) -> dict[str, An
             out[k] = v
             continue
         out[k] = check_text(v, k, required=k == "name" or (creating and k == "phone"))
-    if out.get("phone"):
-        if not PHONE.match(out["phone"]):
-            raise InvalidInput(f"phone {out['phone']!r} is not a phone number")
-        # Kept canonical, so that one phone typed two ways is one phone to the duplicate
-        # check below, to the counter's search and to the member portal's sign-in.
-        out["phone"] = views.canonical_phone(out["phone"])
+    if "phone" in out and out["phone"] and not PHONE.match(out["phone"]):
+        raise InvalidInput(f"phone {out['phone']!r} is not a phone number")
     if out.get("gender") and out["gender"] not in GENDERS:
         raise InvalidInput(f"gender is {', '.join(GENDERS)} or empty")
     for k in ("birthday", "anniversary"):
