@@ -350,10 +350,16 @@ class Log:
                                 (node, seq)).fetchone()
         return None if row is None else int(row[0])
 
-    def waiting(self) -> list[tuple[Record, bytes]]:
-        """Records kept `waiting`, in the order they came."""
-        return [(Record(n, s, d, bytes(b)), bytes(h)) for n, s, d, b, h in self.conn.execute(
-            "SELECT node, seq, doc, data, hash FROM records WHERE state = 3 ORDER BY pos")]
+    def waiting_head(self, node: str) -> tuple[int, Record, bytes] | None:
+        """`node`'s first record kept `waiting` (its others wait behind it), with its
+        position among what came and its hash; None if none waits."""
+        row = self.conn.execute(
+            "SELECT pos, seq, doc, data, hash FROM records INDEXED BY records_waiting "
+            "WHERE node = ? AND state = 3 ORDER BY pos LIMIT 1", (node,)).fetchone()
+        if row is None:
+            return None
+        pos, seq, doc, data, hash_ = row
+        return int(pos), Record(node, int(seq), doc, bytes(data)), bytes(hash_)
 
     def waiting_nodes(self) -> set[str]:
         """Writers with records kept waiting (asked at every batch: remembered)."""

@@ -205,6 +205,27 @@ def parse(update: bytes) -> tuple[list[tuple[int, int, list[Struct]]], bytes]:
     return blocks, update[ds_start:]
 
 
+def needs(update: bytes) -> dict[int, int]:
+    """What a document must hold before `update` can integrate there: for each other
+    writer (client), one past the highest clock of the ids its structs refer to (left
+    and right origins, parent types); its own earlier structs count as another's.
+    Yrs holds back a struct any of whose ids is missing (Yjs' "missing"), and
+    integrates it once they come: so an update whose needs a document's state vector
+    does not cover waits there. NotRedactable if it cannot be read (this reader, kept
+    here with the parser it needs, is about an update's structs, not about erasure)."""
+    blocks, _ = parse(update)
+    own = {client: (clock, clock + sum(s.length for s in structs))
+           for client, clock, structs in blocks}
+    out: dict[int, int] = {}
+    for _client, _clock, structs in blocks:
+        for st in structs:
+            for client, clock in st.refs:
+                lo, hi = own.get(client, (0, 0))
+                if not lo <= clock < hi:
+                    out[client] = max(out.get(client, 0), clock + 1)
+    return out
+
+
 def encode(blocks: list[tuple[int, int, list[Struct]]], delete_set: bytes) -> bytes:
     """`parse`'s inverse."""
     out = bytearray(write_varuint(len(blocks)))

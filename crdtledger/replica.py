@@ -48,7 +48,7 @@ from crdtledger.log import (
 from crdtledger.model import ID, entry_doc, ledger_doc
 from crdtledger.money import format_yuan
 from crdtledger.projection import entry_change, project_deferred, project_entries, record_change
-from crdtledger.redaction import carries_nothing
+from crdtledger.redaction import NotRedactable, carries_nothing, needs
 from crdtledger.storage import LoadedDoc
 from crdtledger.trust import UntrustedSigner
 from crdtledger.writerules import (
@@ -729,13 +729,23 @@ class Replica(LedgerBase):
         log = self.storage.log
         stuck = set(plan.still_waiting) | blocked
         touched = []
-        for rec, hash_ in log.waiting():
-            if rec.node in stuck:
-                continue
+        # Each writer's first waiting record (its others wait behind it), taken in the
+        # order they came: reading every waiting record for every batch let a liar's
+        # records that can never integrate slow every later batch at every branch.
+        heads = {node: head for node in log.waiting_nodes() - stuck
+                 if (head := log.waiting_head(node)) is not None}
+        while heads:
+            node = min(heads, key=lambda n: heads[n][0])
+            _pos, rec, hash_ = heads.pop(node)
             broken = refused.get((rec.node, rec.seq))
             if broken is not None:
                 log.set_state(rec.node, rec.seq, REFUSED)
                 self._report_rule(rec, broken, now)
+                stuck.add(rec.node)
+                continue
+            if not self._may_integrate(rec):
+                # What it builds on is still not here: trying would only fail, and
+                # roll the whole batch back to run it again without it.
                 stuck.add(rec.node)
                 continue
             cert = plan.certs.get(rec.node) or self._certs_seen.get(rec.node)
@@ -750,7 +760,25 @@ class Replica(LedgerBase):
                 raise
             log.set_state(rec.node, rec.seq, APPLIED)
             touched.append(rec.doc)
+            if (head := log.waiting_head(node)) is not None:
+                heads[node] = head
         return touched
+
+    def _may_integrate(self, rec: Record) -> bool:
+        """False if `rec`'s update surely cannot integrate yet: an id it refers to is
+        past what its document holds of that writer (redaction.needs). True when it
+        may (then applying it decides), or when its update cannot be read here."""
+        try:
+            wanted = needs(rec.data)
+        except NotRedactable:
+            return True
+        if not wanted:
+            return True
+        st = self.storage
+        loaded = st.loaded(rec.doc)
+        sv = loaded.doc.get_state() if loaded is not None else st.state_vectors().get(rec.doc)
+        have = decode_state_vector(sv) if sv else {}
+        return all(have.get(client, 0) >= clock for client, clock in wanted.items())
 
     def _apply_run(self, run: list[tuple[Record, bytes]], certs: dict[str, bytes]) -> None:
         """Apply consecutive records for one document (of any writers), each judged by

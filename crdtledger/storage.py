@@ -682,6 +682,10 @@ class Storage:
 
     # --- documents ----------------------------------------------------------
 
+    def loaded(self, name: str) -> LoadedDoc | None:
+        """Document `name` if it is in memory (never loads it)."""
+        return self._docs.get(name)
+
     def doc(self, name: str) -> LoadedDoc:
         if not DOC_NAME.match(name):
             raise ValueError(f"not a document name: {name!r}")
