@@ -259,3 +259,21 @@ class Forger:
             clone.apply_update(d.get_update())
             other._docs[name] = clone
         return other
+
+
+def sqlite_steps(ledger: Ledger, apply: Callable[[], Any]) -> int:
+    """SQLite virtual-machine steps (in hundreds) `apply` makes on `ledger`'s store: a
+    count of work, the same on any machine, where a time would not be (tests assert
+    no timings: the machines are shared and noisy)."""
+    count = [0]
+
+    def step() -> int:
+        count[0] += 1
+        return 0
+
+    ledger.storage.conn.set_progress_handler(step, 100)
+    try:
+        apply()
+    finally:
+        ledger.storage.conn.set_progress_handler(None, 100)
+    return count[0]

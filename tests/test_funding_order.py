@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import FakeClock, Forger, name_branches, new_ledger, projections, sync
+from helpers import FakeClock, Forger, name_branches, new_ledger, projections, sqlite_steps, sync
 from pycrdt import Map
 
 from crdtledger.hlc import HybridClock, id_time_ms
@@ -253,23 +253,6 @@ def test_units_keep_each_writers_log_order_within_a_batch() -> None:
                    (("SH03", "M2"), 7, ["005.SH03"])]
 
 
-def _steps(ledger: Ledger, apply: Any) -> int:
-    """SQLite virtual-machine steps (in hundreds) `apply` makes on `ledger`'s store:
-    a count of work, the same on any machine, where a time would not be."""
-    count = [0]
-
-    def step() -> int:
-        count[0] += 1
-        return 0
-
-    ledger.storage.conn.set_progress_handler(step, 100)
-    try:
-        apply()
-    finally:
-        ledger.storage.conn.set_progress_handler(None, 100)
-    return count[0]
-
-
 def test_a_liars_pile_of_unfunded_debits_costs_later_batches_nothing(w: World) -> None:
     """The liar writes 1,500 debits it holds no rights for: they wait in `deferred`
     at every honest branch, for ever. Every batch after them used to read them all
@@ -288,7 +271,7 @@ def test_a_liars_pile_of_unfunded_debits_costs_later_batches_nothing(w: World) -
         w.a.debit(w.a.owner, w.other, amount=100)
         w.a.debit(w.a.owner, w.member, amount=100)  # the pile's own member
         batch = w.a.batch(w.a.lacking(c.log_view()))
-        sales.append([_steps(r, lambda r=r, bt=batch: r.apply_batch(bt)) for r in (b, c)])
+        sales.append([sqlite_steps(r, lambda r=r, bt=batch: r.apply_batch(bt)) for r in (b, c)])
     for with_pile, without in sales:
         assert with_pile < 2 * without + 5, sales
     # The liar gets rights enough for the first record's ten debits of that member:

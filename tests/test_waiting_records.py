@@ -9,33 +9,16 @@ Real SQLite stores, real apply_batch; work counted in SQLite's steps, not timed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from helpers import Forger, name_branches, new_ledger, sync
+from helpers import Forger, name_branches, new_ledger, sqlite_steps, sync
 from pycrdt import Doc, Map
 
 from crdtledger.ledger import Ledger
 from crdtledger.log import WAITING
 from crdtledger.model import member_doc
 from crdtledger.redaction import needs
-
-
-def steps(ledger: Ledger, apply: Callable[[], Any]) -> int:
-    """SQLite virtual-machine steps (in hundreds) `apply` makes on `ledger`'s store."""
-    count = [0]
-
-    def step() -> int:
-        count[0] += 1
-        return 0
-
-    ledger.storage.conn.set_progress_handler(step, 100)
-    try:
-        apply()
-    finally:
-        ledger.storage.conn.set_progress_handler(None, 100)
-    return count[0]
 
 
 def waiting(ledger: Ledger) -> int:
@@ -75,7 +58,7 @@ def test_records_built_on_what_never_comes_cost_later_batches_nothing(tmp_path: 
     for i in range(3):
         a.debit(a.owner, members[i], amount=100)
         batch = a.batch(a.lacking(c.log_view()))
-        sales.append([steps(r, lambda r=r, bt=batch: r.apply_batch(bt)) for r in (b, c)])
+        sales.append([sqlite_steps(r, lambda r=r, bt=batch: r.apply_batch(bt)) for r in (b, c)])
     for with_them, without in sales:
         assert with_them < 1.5 * without + 5, sales
     assert waiting(b) == 200 and a.rights(members[2]) == b.rights(members[2])
