@@ -104,6 +104,10 @@ class LedgerBase:
         # Ledger records of the open apply whose entries' funding waits for its end:
         # an earlier record of their writer is applied after them (Replica._apply_plan).
         self._funding_held: set[tuple[str, int]] = set()
+        # (writer, seq) -> what a waiting record needs (redaction.needs; None: not
+        # readable here), for each writer's first waiting record, asked at every batch
+        # (Replica._may_integrate): parsed once, not once a batch.
+        self._needs: dict[tuple[str, int], dict[int, int] | None] = {}
         # Erasures (crdtledger.erasure): redaction entries of other writers applied and
         # not yet carried out on the records held here; whether an erasure came since
         # the last housekeeping (which redacts this node's own records); the erased

@@ -125,7 +125,6 @@ def forget(ledger: Ledger, operator: str, key: str) -> None:
                           (operator, key))
 
 
-
 # What a kept answer that named an erased member becomes: the key stays used (a retry
 # of "add this member" must not add them again), and says why it answers no more.
 ERASED_STATUS = 410

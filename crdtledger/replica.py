@@ -768,10 +768,15 @@ class Replica(LedgerBase):
         """False if `rec`'s update surely cannot integrate yet: an id it refers to is
         past what its document holds of that writer (redaction.needs). True when it
         may (then applying it decides), or when its update cannot be read here."""
-        try:
-            wanted = needs(rec.data)
-        except NotRedactable:
-            return True
+        key = (rec.node, rec.seq)
+        if key not in self._needs:
+            if len(self._needs) > 4096:  # heads applied long ago
+                self._needs.clear()
+            try:
+                self._needs[key] = needs(rec.data)
+            except NotRedactable:
+                self._needs[key] = None
+        wanted = self._needs[key]
         if not wanted:
             return True
         st = self.storage

@@ -457,8 +457,7 @@ DEFERRED_QUEUE = ("CREATE INDEX IF NOT EXISTS deferred_queue ON deferred("
 
 def _add_deferred_seq(conn: sqlite3.Connection) -> None:
     """A store made before deferred entries kept their records' log positions gets
-    the column (its rows NULL; one statement, so it is its own transaction), then the
-    index by queue (DEFERRED_QUEUE)."""
+    the column (its rows NULL). One statement, so it is its own transaction."""
     def has() -> bool:
         return any(col[1] == "seq" for col in conn.execute("PRAGMA table_info(deferred)"))
 
@@ -468,7 +467,6 @@ def _add_deferred_seq(conn: sqlite3.Connection) -> None:
         except sqlite3.OperationalError:
             if not has():  # else another process added it meanwhile
                 raise
-    conn.execute(DEFERRED_QUEUE)
 
 
 class Storage:
@@ -493,6 +491,7 @@ class Storage:
             _upgrade(self.conn)
             self.conn.executescript(SCHEMA)
             _add_deferred_seq(self.conn)
+            self.conn.execute(DEFERRED_QUEUE)
             # What waits from before this open is judged again at the next apply, as
             # if its members' rights had just moved (they may have, by a local write
             # just before the store was closed).

@@ -97,10 +97,11 @@ def merged_members(ledger: Ledger) -> dict[str, str]:
 
 
 def canonical_phone(phone: str) -> str:
-    """A phone as a member's record keeps it and every lookup compares it: spaces and
-    dashes out, China's +86 / 0086 dropped, and a bare 86 before an 11-digit mobile
-    ("+86 138-0013-8000", "008613800138000" and "13800138000" are one phone). Another
-    country keeps its +: "+16502530000" without it would read as a Chinese mobile."""
+    """A phone as lookups compare it: spaces and dashes out, China's +86 / 0086
+    dropped, and a bare 86 before an 11-digit mobile ("+86 138-0013-8000",
+    "008613800138000" and "13800138000" are one phone). Another country keeps its +:
+    "+16502530000" without it would read as a Chinese mobile. Members keep their
+    phone as typed (docs/design-notes.md, "Duplicate members")."""
     s = "".join(c for c in phone.strip() if c not in " -")
     for prefix in ("+86", "0086"):
         if s.startswith(prefix):
@@ -111,14 +112,13 @@ def canonical_phone(phone: str) -> str:
 
 
 def phone_key(phone: str) -> str:
-    """A phone as duplicates compare it: its canonical form, digits only (records
-    written before phones were kept canonical hold them as typed)."""
+    """A phone as duplicates compare it: its canonical form, digits only."""
     return canonical_phone(phone).lstrip("+")
 
 
 def phone_forms(phone: str) -> tuple[str, str]:
-    """What to look a typed phone up by: its canonical form (every record written since
-    0.3.0) and the text as typed (a record written before, which kept it so)."""
+    """What to look a typed phone up by: its canonical form (a member registered under
+    the bare number, as most are) and the text as typed (one registered so)."""
     return canonical_phone(phone), phone.strip()
 
 
@@ -273,8 +273,9 @@ def find_members(conn: sqlite3.Connection, query: str, limit: int = 20) -> list[
             "SELECT member FROM cards WHERE card_no = ? ORDER BY status = 'active' DESC",
             (q.upper(),))]
         ids += [m for (m,) in conn.execute("SELECT id FROM members WHERE id = ?", (q,))]
-        ids += [m for (m,) in conn.execute("SELECT id FROM members WHERE phone IN (?, ?)",
-                                           phone_forms(q))]
+        if canonical_phone(q):  # "+86" alone is no phone (a blank one would match)
+            ids += [m for (m,) in conn.execute("SELECT id FROM members WHERE phone IN (?, ?)",
+                                               phone_forms(q))]
         if q.isdigit() and len(q) >= 4:
             ids += [m for (m,) in conn.execute(
                 "SELECT id FROM members WHERE phone LIKE ? LIMIT ?", (f"%{q}", limit))]
@@ -392,6 +393,8 @@ def member_by_phone(ledger: Ledger, phone: str) -> str | None:
     """The member with this phone number, however it is typed (canonical_phone; the
     oldest id if several), None if none: the command line's `--phone`, where
     find_members would also match names and phone tails."""
+    if not canonical_phone(phone):  # nothing typed, or "+86" alone: no member's
+        return None
     row = ledger.storage.conn.execute(
         "SELECT id FROM members WHERE phone IN (?, ?) ORDER BY id LIMIT 1", phone_forms(phone)
     ).fetchone()

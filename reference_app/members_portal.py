@@ -375,8 +375,8 @@ def _digest(code: str) -> bytes:
 
 
 def normal_phone(text: str) -> str:
-    """As the member's record keeps it (views.canonical_phone): a code asked for by
-    "138 1234 5678" and tried as "+8613812345678" is one phone, to its throttle too."""
+    """As lookups compare it (views.canonical_phone): a code asked for by "138 1234
+    5678" and tried as "+8613812345678" is one phone, to its throttle too."""
     return views.canonical_phone(text)
 
 

@@ -807,6 +807,11 @@ def test_a_phone_is_looked_up_however_it_is_typed(a: Ledger, typed: str) -> None
     assert views.member_by_phone(a, typed) == m
     assert [r["id"] for r in a.find_members(typed)] == [m]
     assert views.member_by_phone(a, "+16502530000") is None  # another country's number
+    blank = member(a, "13900000000", "李四")
+    a.edit_member(a.owner, blank, fields={"phone": ""})  # a phone taken off the record
+    for nothing in ("", " ", "+86", "0086", " - "):
+        assert views.member_by_phone(a, nothing) is None, nothing
+        assert blank not in [r["id"] for r in a.find_members(nothing)], nothing
 
 
 # --- reports ---------------------------------------------------------------------

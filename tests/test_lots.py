@@ -42,6 +42,18 @@ def earning_chain(tmp_path: Path) -> tuple[Ledger, Ledger, FakeClock, FakeClock]
     return sh, hz, sh_clock, hz_clock
 
 
+def expired_then_earned(tmp_path: Path) -> tuple[Ledger, Ledger, FakeClock, str]:
+    """earning_chain's SH01 with a member who earned 100 points, then 20 more 40 days
+    later, when the first had expired (not yet written off)."""
+    sh, hz, sh_clock, _ = earning_chain(tmp_path)
+    m = sh.add_member(sh.owner, name="张伟", phone="13812345678")
+    sh.topup(sh.owner, m, 50000)
+    sh.debit(sh.owner, m, amount=10000)
+    sh_clock.advance_days(40)
+    sh.debit(sh.owner, m, amount=2000)
+    return sh, hz, sh_clock, m
+
+
 def test_a_debit_that_comes_late_is_replayed_into_its_place(tmp_path: Path) -> None:
     """HZ01 sells first (by its clock) but syncs last: at SH01 its lot comes after a
     later redemption, which took the lots it knew of. The table is the replay's, at
@@ -268,12 +280,7 @@ def test_a_writers_day_is_held_to_the_dates_its_instant_had_somewhere() -> None:
 
 
 def test_a_store_made_before_the_table_has_it_filled_when_opened(tmp_path: Path) -> None:
-    sh, hz, sh_clock, _ = earning_chain(tmp_path)
-    m = sh.add_member(sh.owner, name="张伟", phone="13812345678")
-    sh.topup(sh.owner, m, 50000)
-    sh.debit(sh.owner, m, amount=10000)
-    sh_clock.advance_days(40)
-    sh.debit(sh.owner, m, amount=2000)
+    sh, hz, sh_clock, m = expired_then_earned(tmp_path)
     before, path = kept(sh), sh.storage.dir
     assert [r[3] for r in before] == [100, 20]
     with sh.storage.conn:
@@ -290,12 +297,7 @@ def test_a_store_folded_by_an_older_version_replays_its_named_write_offs(
         tmp_path: Path) -> None:
     """Meta `points_lots` "1": an older build folded a named write-off (from a newer
     replica) in expiry order. On opening, the groups holding one are replayed."""
-    sh, hz, sh_clock, _ = earning_chain(tmp_path)
-    m = sh.add_member(sh.owner, name="张伟", phone="13812345678")
-    sh.topup(sh.owner, m, 50000)
-    sh.debit(sh.owner, m, amount=10000)
-    sh_clock.advance_days(40)
-    sh.debit(sh.owner, m, amount=2000)
+    sh, hz, sh_clock, _m = expired_then_earned(tmp_path)
     [off] = [e for e in sh.housekeeping() if e["kind"] == "expiry"]
     assert off["points"] == 100 and off["ref"]
     before, path = kept(sh), sh.storage.dir

@@ -449,6 +449,17 @@ def tomorrow(ledger: Ledger) -> str:
     return (dt.date.fromisoformat(ledger.today()) + dt.timedelta(days=1)).isoformat()
 
 
+async def fill_booking(app: PortalApp, technician: str = "T01@SH01") -> str:
+    """Open the booking dialog and choose FOOT60 with `technician`, tomorrow, the first
+    free slot; returns the slot."""
+    app.user.find(marker="book").click()
+    await app.user.should_see(marker="book-service")
+    choose(app.user, "book-service", "FOOT60")
+    choose(app.user, "book-technician", technician)
+    choose(app.user, "book-day", tomorrow(app.ledger))
+    return choose(app.user, "book-slot")
+
+
 async def test_book_and_cancel_an_appointment(portal_app: PortalApp) -> None:
     app = portal_app
     owner = owner_of("SH01")
@@ -459,12 +470,7 @@ async def test_book_and_cancel_an_appointment(portal_app: PortalApp) -> None:
     await app.card_sign_in(CARD_A, PIN)
     await app.user.should_see(marker="book")
     await app.user.should_see("没有预约")
-    app.user.find(marker="book").click()
-    await app.user.should_see(marker="book-service")
-    choose(app.user, "book-service", "FOOT60")
-    choose(app.user, "book-technician", "T01@SH01")
-    choose(app.user, "book-day", tomorrow(app.ledger))
-    at = choose(app.user, "book-slot")
+    at = await fill_booking(app)
     assert at != theirs["at"]  # the other member's slot is not free
     app.user.find(marker="book-ok").click()
     await app.user.should_see("已预约")
@@ -494,12 +500,7 @@ async def test_a_slot_taken_meanwhile_is_refused_in_the_members_words(
     app = portal_app
     await app.card_sign_in(CARD_A, PIN)
     await app.user.should_see(marker="book")
-    app.user.find(marker="book").click()
-    await app.user.should_see(marker="book-service")
-    choose(app.user, "book-service", "FOOT60")
-    choose(app.user, "book-technician", "T01@SH01")
-    choose(app.user, "book-day", tomorrow(app.ledger))
-    at = choose(app.user, "book-slot")
+    at = await fill_booking(app)
     operations.run(app.ledger, owner_of("SH01"), "booking.add", {  # at the counter, first
         "member": app.ids["b"], "technician": "T01", "service": "FOOT60", "at": at})
     app.user.find(marker="book-ok").click()
@@ -515,12 +516,7 @@ async def test_a_page_left_open_past_its_sign_in_writes_nothing(
     app = portal_app
     await app.card_sign_in(CARD_A, PIN)
     await app.user.should_see(marker="book")
-    app.user.find(marker="book").click()
-    await app.user.should_see(marker="book-service")
-    choose(app.user, "book-service", "FOOT60")
-    choose(app.user, "book-technician", "T01@SH01")
-    choose(app.user, "book-day", tomorrow(app.ledger))
-    choose(app.user, "book-slot")
+    await fill_booking(app)
     # The two hours pass (or another tab signs out) while the dialog is open.
     portal_module = importlib.import_module("reference_app.members_portal")
     monkeypatch.setattr(portal_module, "signed_in", lambda: None)
@@ -545,12 +541,7 @@ async def test_a_booking_at_another_branch_is_pending_until_it_decides(
         operations.run(sh02, owner_of("SH02"), "technician.add",
                        {"code": "T02", "name": "小王", "services": "FOOT60"})
         sync(app.ledger, sh02)
-        app.user.find(marker="book").click()
-        await app.user.should_see(marker="book-service")
-        choose(app.user, "book-service", "FOOT60")
-        choose(app.user, "book-technician", "T02@SH02")
-        choose(app.user, "book-day", tomorrow(app.ledger))
-        choose(app.user, "book-slot")
+        await fill_booking(app, "T02@SH02")
         app.user.find(marker="book-ok").click()
         await app.user.should_see("小王 · 徐家汇店 · 待门店确认")
         sync(app.ledger, sh02)

@@ -26,7 +26,7 @@ from test_members_portal import (
     PIN,
     PortalApp,
     _portal_app,
-    choose,
+    fill_booking,
     tomorrow,
 )
 
@@ -49,12 +49,7 @@ async def test_a_tab_left_open_after_signing_out_elsewhere_shows_and_writes_noth
     app = portal
     await app.card_sign_in(CARD_A, PIN)
     await app.user.should_see("¥500.00")
-    app.user.find(marker="book").click()
-    await app.user.should_see(marker="book-service")
-    choose(app.user, "book-service", "FOOT60")
-    choose(app.user, "book-technician", "T01@SH01")
-    choose(app.user, "book-day", tomorrow(app.ledger))
-    choose(app.user, "book-slot")
+    await fill_booking(app)
     # Another tab of the same browser (the same cookie) signs out.
     other = User(app.members)
     await other.open("/m")
