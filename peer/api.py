@@ -812,8 +812,11 @@ def _refusal_statuses(r: Route) -> set[int]:
 def _operation(r: Route) -> dict[str, Any]:
     params = [{"name": n, "in": "path", "required": True, "schema": s}
               for n, s in r.path_params.items()]
+    # A boolean's bare name (`?low`, `?low=`) reads as true (_query_value): the document
+    # says the empty value is allowed, as OpenAPI's `allowEmptyValue` has it.
     params += [{"name": n, "in": "query", "required": p.required,
-                "schema": p.schema if p.default is None else {**p.schema, "default": p.default}}
+                "schema": p.schema if p.default is None else {**p.schema, "default": p.default},
+                **({"allowEmptyValue": True} if p.schema.get("type") == "boolean" else {})}
                for n, p in r.query.items()]
     op: dict[str, Any] = {"operationId": r.name, "summary": r.summary, "tags": [r.tag]}
     if r.description:
