@@ -377,6 +377,22 @@ _OPTIONAL_STRS = frozenset({
 _LONG_STRS = {"records": 64 * 1024}
 
 
+def canonical_phone(phone: str) -> str:
+    """A phone as lookups compare it: spaces and dashes out, China's +86 / 0086
+    dropped, and a bare 86 before an 11-digit mobile ("+86 138-0013-8000",
+    "008613800138000" and "13800138000" are one phone). Another country keeps its +:
+    "+16502530000" without it would read as a Chinese mobile. Members keep their
+    phone as typed (docs/design-notes.md, "Duplicate members"); the projection keeps
+    this form beside it (`members.phone_key`), which lookups ask for."""
+    s = "".join(c for c in phone.strip() if c not in " -")
+    for prefix in ("+86", "0086"):
+        if s.startswith(prefix):
+            return s[len(prefix):]
+    if s.startswith("861") and len(s) == 13:
+        return s[2:]
+    return s
+
+
 def normalise_entry(key: str, value: Any) -> dict[str, Any]:
     """Validate a ledger entry read from a document; return it with exact ints.
 

@@ -19,6 +19,7 @@ from crdtledger.model import (
     CardStatus,
     EntryKind,
     InvalidRecord,
+    canonical_phone,
     is_one_of,
     normalise,
     normalise_entry,
@@ -658,10 +659,11 @@ def record_change(conn: sqlite3.Connection, doc: str, root: str, key: str, value
             if not ID.match(key):
                 raise InvalidRecord("bad member id")
             created = id_time_ms(key)
+            phone = str(data.get("phone", ""))
             conn.execute(
-                "INSERT OR REPLACE INTO members VALUES (?,?,?,?,?,?,?)",
-                (key, str(data.get("name", "")), str(data.get("phone", "")),
-                 str(data.get("home", "")), created, day_of(created), dumps(data)),
+                "INSERT OR REPLACE INTO members VALUES (?,?,?,?,?,?,?,?)",
+                (key, str(data.get("name", "")), phone, str(data.get("home", "")), created,
+                 day_of(created), dumps(data), canonical_phone(phone)),
             )
             # Merged into another, or the survivor of a merge that came first: the
             # group's points lots are one member's.

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from crdtledger import closing
 from crdtledger.errors import InvalidInput, NotFound
-from crdtledger.model import EDITS, PERMISSIONS, WALK_IN
+from crdtledger.model import EDITS, PERMISSIONS, WALK_IN, canonical_phone
 from crdtledger.settlement import KINDS as SETTLED_KINDS
 from crdtledger.settlement import Statement, settle
 
@@ -96,30 +96,9 @@ def merged_members(ledger: Ledger) -> dict[str, str]:
     return out
 
 
-def canonical_phone(phone: str) -> str:
-    """A phone as lookups compare it: spaces and dashes out, China's +86 / 0086
-    dropped, and a bare 86 before an 11-digit mobile ("+86 138-0013-8000",
-    "008613800138000" and "13800138000" are one phone). Another country keeps its +:
-    "+16502530000" without it would read as a Chinese mobile. Members keep their
-    phone as typed (docs/design-notes.md, "Duplicate members")."""
-    s = "".join(c for c in phone.strip() if c not in " -")
-    for prefix in ("+86", "0086"):
-        if s.startswith(prefix):
-            return s[len(prefix):]
-    if s.startswith("861") and len(s) == 13:
-        return s[2:]
-    return s
-
-
 def phone_key(phone: str) -> str:
     """A phone as duplicates compare it: its canonical form, digits only."""
     return canonical_phone(phone).lstrip("+")
-
-
-def phone_forms(phone: str) -> tuple[str, str]:
-    """What to look a typed phone up by: its canonical form (a member registered under
-    the bare number, as most are) and the text as typed (one registered so)."""
-    return canonical_phone(phone), phone.strip()
 
 
 def duplicates(ledger: Ledger) -> list[dict[str, Any]]:
@@ -273,12 +252,15 @@ def find_members(conn: sqlite3.Connection, query: str, limit: int = 20) -> list[
             "SELECT member FROM cards WHERE card_no = ? ORDER BY status = 'active' DESC",
             (q.upper(),))]
         ids += [m for (m,) in conn.execute("SELECT id FROM members WHERE id = ?", (q,))]
-        if canonical_phone(q):  # "+86" alone is no phone (a blank one would match)
-            ids += [m for (m,) in conn.execute("SELECT id FROM members WHERE phone IN (?, ?)",
-                                               phone_forms(q))]
+        # Phones by their canonical form, however either was typed ("138-0013-8000"
+        # finds "+86 13800138000"); "+86" alone is no phone (a blank one would match).
+        if phone := canonical_phone(q):
+            ids += [m for (m,) in conn.execute(
+                "SELECT id FROM members WHERE phone_canonical = ?", (phone,))]
         if q.isdigit() and len(q) >= 4:
             ids += [m for (m,) in conn.execute(
-                "SELECT id FROM members WHERE phone LIKE ? LIMIT ?", (f"%{q}", limit))]
+                "SELECT id FROM members WHERE phone_canonical LIKE ? LIMIT ?",
+                (f"%{q}", limit))]
         # Escape LIKE's wildcards: a search for "%" or "_" must not list every member.
         like = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         ids += [m for (m,) in conn.execute(
@@ -393,10 +375,10 @@ def member_by_phone(ledger: Ledger, phone: str) -> str | None:
     """The member with this phone number, however it is typed (canonical_phone; the
     oldest id if several), None if none: the command line's `--phone`, where
     find_members would also match names and phone tails."""
-    if not canonical_phone(phone):  # nothing typed, or "+86" alone: no member's
+    if not (canonical := canonical_phone(phone)):  # nothing typed, or "+86" alone
         return None
     row = ledger.storage.conn.execute(
-        "SELECT id FROM members WHERE phone IN (?, ?) ORDER BY id LIMIT 1", phone_forms(phone)
+        "SELECT id FROM members WHERE phone_canonical = ? ORDER BY id LIMIT 1", (canonical,)
     ).fetchone()
     return str(row[0]) if row else None
 

@@ -62,7 +62,7 @@ from nicegui.storage import request_contextvar
 from crdtledger import localtime, operations, views
 from crdtledger.errors import CardInactive, CardLost, LedgerError, NotFound, WrongPin
 from crdtledger.members import PHONE
-from crdtledger.model import owner_of, self_service_of
+from crdtledger.model import canonical_phone, owner_of, self_service_of
 from crdtledger.throttle import LoginThrottle
 from peer import chain as chain_mod
 from peer import webcert
@@ -375,9 +375,9 @@ def _digest(code: str) -> bytes:
 
 
 def normal_phone(text: str) -> str:
-    """As lookups compare it (views.canonical_phone): a code asked for by "138 1234
+    """As lookups compare it (model.canonical_phone): a code asked for by "138 1234
     5678" and tried as "+8613812345678" is one phone, to its throttle too."""
-    return views.canonical_phone(text)
+    return canonical_phone(text)
 
 
 @dataclass
