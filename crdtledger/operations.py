@@ -923,6 +923,44 @@ def rights_transfer(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return ledger.transfer_rights(operator, p["member"], p["to"], amount, purse=p["purse"])
 
 
+HELD = {"type": "object", "required": ["node", "members", "held"], "properties": {
+    "node": STR, "members": INT, "held": AMOUNTS}}
+
+
+def _show_held(_ledger: Ledger, r: Any, _p: Params) -> str:
+    if not r["held"]:
+        return f"{r['node']} holds no member's rights"
+    return (f"{r['node']} holds rights of {r['members']} member(s): " + "  ".join(
+        f"{purse} {format_purse(purse, v)}" for purse, v in r["held"].items()))
+
+
+@operation("rights.held", "What a branch holds of the members' purses, summed (escrow "
+           "rights: stored value, bonus, points, packages, coupons): what is stranded if "
+           "its certificate is revoked before it hands them over", needs=REPORTS,
+           http="GET /rights/held",
+           params=(Param("node", NODE, help="the branch (default: this one)"),),
+           result=HELD, show=_show_held)
+def rights_held(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return views.rights_summary(ledger.storage.conn, p.get("node", ledger.node))
+
+
+@operation("rights.handover", "A shop closing for good: give every member's rights this "
+           "branch holds (stored value, bonus, points, packages, coupons; goods move by "
+           "stock ship) to another branch, before the chain revokes its certificate",
+           permission="rights.transfer", http="POST /rights/handover",
+           params=(Param("to", NODE, required=True),),
+           result={"type": "object", "required": ["to", "members", "entries", "moved"],
+                   "properties": {"to": STR, "members": INT, "entries": INT,
+                                  "moved": AMOUNTS}},
+           show=lambda _l, r, _p: (
+               f"handed over to {r['to']}: rights of {r['members']} member(s) in "
+               f"{r['entries']} transfer(s)" + ("".join(
+                   f"\n  {purse} {format_purse(purse, v)}" for purse, v in r["moved"].items())
+                   if r["moved"] else "; nothing was held here")))
+def rights_handover(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.hand_over_rights(operator, p["to"])
+
+
 POINTS = Param("points", COUNT, required=True)
 
 

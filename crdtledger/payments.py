@@ -77,6 +77,12 @@ def _refund_share(taken: int, whole: int, refunded: int) -> int:
     return taken * refunded // whole if whole else 0
 
 
+# Transfers a hand-over writes to one commit (one log record): a few hundred
+# members' worth a second, each commit short enough not to hold a till waiting.
+HANDOVER_BATCH = 64
+HANDOVER_REASON = "handover"
+
+
 class Payments(Merges, Rules):
     """The operations on a member's purses, and the reads of them."""
 
@@ -394,6 +400,51 @@ class Payments(Merges, Rules):
         self.authorise(operator, "rights.transfer")
         return self._transfer(member, purse, to, check_amount(amount), operator,
                               known=True)
+
+    def hand_over_rights(self, operator: str, to: str) -> dict[str, Any]:
+        """Give every right this branch holds, of every member and purse (stored value,
+        bonus, points, packages, coupons; not goods, which move by `stock ship`), to
+        branch `to`: what a shop closing for good does before its certificate is
+        revoked, since only a branch may lower its own rights and a revoked one's
+        would be stranded, its members' money unspendable anywhere.
+
+        Written as ordinary transfers (each a member's purse, `reason` "handover"),
+        HANDOVER_BATCH to a commit, each commit reading what is held inside its
+        transaction; rights of members merged into another are swept to their
+        survivor first. Run again, it moves what came in since (a peer's grant, a
+        top-up) and nothing twice. Returns the members, entries and amounts moved."""
+        self.authorise(operator, "rights.transfer")
+        check_node_id(to)
+        if to == self.node:
+            raise InvalidInput("a branch cannot hand its rights over to itself")
+        self._require_branch(to, "rights")
+        conn = self.storage.conn
+        goods = sorted(GOODS_PURSES)
+        held_here = f"FROM rights WHERE node = ? AND amount > 0 AND purse NOT {views.in_(goods)}"
+        self._sweep(m for (m,) in conn.execute(f"SELECT DISTINCT member {held_here}",
+                                               (self.node, *goods)).fetchall())
+        moved: dict[str, int] = {}
+        members: set[str] = set()
+        entries = 0
+        while True:
+            def plan() -> tuple[list[Write], list[dict[str, Any]]]:
+                rows = conn.execute(f"SELECT member, purse, amount {held_here} "
+                                    "ORDER BY member, purse LIMIT ?",
+                                    (self.node, *goods, HANDOVER_BATCH)).fetchall()
+                done = [self._entry("transfer", m, deltas=[(p, self.node, -a), (p, to, a)],
+                                    amount=a, to=to, op=operator,
+                                    reason=HANDOVER_REASON)
+                        for m, p, a in rows]
+                return (self._together(*done) if done else []), done
+            batch = self._commit(plan)
+            if not batch:
+                break
+            for e in batch:
+                purse = e["deltas"][0][0]
+                moved[purse] = moved.get(purse, 0) + e["amount"]
+                members.add(e["member"])
+            entries += len(batch)
+        return {"to": to, "members": len(members), "entries": entries, "moved": moved}
 
     def _require_branch(self, to: str, what: str) -> None:
         """Refuse to send `what` to `to` unless it is a branch the chain knows. Only

@@ -50,7 +50,7 @@ from crdtledger.money import format_yuan
 from crdtledger.projection import entry_change, project_deferred, project_entries, record_change
 from crdtledger.redaction import NotRedactable, carries_nothing, needs
 from crdtledger.storage import LoadedDoc
-from crdtledger.trust import UntrustedSigner
+from crdtledger.trust import RevokedSigner, UntrustedSigner
 from crdtledger.writerules import (
     GOVERNANCE_DOCS,
     InOrder,
@@ -429,7 +429,13 @@ class Replica(LedgerBase):
                 yield from self._verify_log(node, head, recs, batch.certs.get(node), plan,
                                             strict)
             except RemoteProtocolError as e:
-                if strict:
+                # A revoked writer's records are dropped, even from a file: an honest
+                # branch's file carries what it took of that log before the revocation
+                # reached it, and refusing the file whole would refuse every file it
+                # writes from then on.
+                if isinstance(e, RevokedSigner):
+                    plan.revoked.append(node)
+                elif strict:
                     raise
                 self._refuse(f"records of {node} refused: {e}")
         for node, proof in batch.proofs.items():
@@ -480,6 +486,12 @@ class Replica(LedgerBase):
     def _verify_log(self, node: str, head: Head, recs: list[Record], cert: bytes | None,
                     plan: VerifiedBatch, strict: bool) -> Generator[None, None, None]:
         log = self.storage.log
+        tip_seq, _tip_hash = log.tip(node)
+        if head.seq <= tip_seq and log.hash_at(node, head.seq) == head.hash:
+            # A head we hold already (most often the second copy of a record: both hubs
+            # relay it): nothing of this log can be new or a fork, so its signer's
+            # standing now (revoked, expired since) changes nothing.
+            return
         if cert is None:
             kept = log.head(node)
             if node == self.node:
@@ -498,13 +510,10 @@ class Replica(LedgerBase):
         self._certs_seen[node] = cert
         if not self.trust.enrolled and node != self.node and self.trust.pinned.get(node) != cert:
             plan.pins.append((node, cert))
-        tip_seq, _tip_hash = log.tip(node)
         if head.seq <= tip_seq:
-            # Nothing new of this log (most often the second copy of a record: both hubs
-            # relay it): no record past the head is taken, so only a fork can come of it.
-            if log.hash_at(node, head.seq) != head.hash:
-                chained = yield from self._chain(node, recs, tip_seq, {})
-                plan.forks.append(self._fork(node, head, cert, chained))
+            # Nothing new of this log, and a hash unlike ours at that position: a fork.
+            chained = yield from self._chain(node, recs, tip_seq, {})
+            plan.forks.append(self._fork(node, head, cert, chained))
             return
         chained = yield from self._chain(node, recs, tip_seq, {})
         by_seq = {r.seq: h for r, h in chained}
@@ -581,6 +590,12 @@ class Replica(LedgerBase):
         """A head of `node` that a peer holds as the other side of a fork: if it is
         signed by `node` and contradicts our copy of its log, the fork is proven here."""
         log = self.storage.log
+        tip_seq, _tip_hash = log.tip(node)
+        if head.seq <= tip_seq and log.hash_at(node, head.seq) == head.hash:
+            # A head we hold already (most often the second copy of a record: both hubs
+            # relay it): nothing of this log can be new or a fork, so its signer's
+            # standing now (revoked, expired since) changes nothing.
+            return
         if cert is None:
             kept = log.head(node)
             cert = kept[1] if kept else self._certs_seen.get(node)
@@ -1154,6 +1169,7 @@ class VerifiedBatch:
     forks: list[_Fork] = field(default_factory=list)
     pins: list[tuple[str, bytes]] = field(default_factory=list)
     certs: dict[str, bytes] = field(default_factory=dict)  # each verified log's signer
+    revoked: list[str] = field(default_factory=list)  # logs dropped: their signer is revoked
     wait_from: dict[str, int] = field(default_factory=dict)  # node -> first record that waits
     still_waiting: set[str] = field(default_factory=set)  # writers whose kept records wait
     refused: dict[tuple[str, int], RuleBroken] = field(default_factory=dict)

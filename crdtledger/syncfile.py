@@ -133,13 +133,16 @@ def read_file(ledger: Ledger, path: Path | str, progress: Progress = _silent
 
 def import_file(ledger: Ledger, path: Path | str, *, operator: str | None = None,
                 progress: Progress = _silent) -> dict[str, Any]:
-    """Apply a sync file all or nothing; returns what it brought."""
+    """Apply a sync file all or nothing; returns what it brought. (The records of a
+    branch whose certificate the chain revoked are the one exception: dropped, and
+    named in `revoked` (only then present), while the rest is taken.)"""
     ledger.authorise(operator or ledger.owner, "sync")
     data = read_file(ledger, path, progress)
     progress(f"verifying and applying {len(data['batch'].recs):,} records from "
              f"{data['node']} (all or nothing)")
     try:
-        new = ledger.apply_batch(data["batch"], origin="file", strict=True)
+        plan = ledger.verify_batch(data["batch"], strict=True)
+        new = ledger.apply_verified(plan, origin="file", strict=True) or []
     except RemoteProtocolError as e:
         raise CorruptSyncFile(f"{path} was refused whole: {e}") from None
     logs = data["logs"]
@@ -154,11 +157,15 @@ def import_file(ledger: Ledger, path: Path | str, *, operator: str | None = None
     # A file made `--for` this node assumes what the sender last saw of it. If this
     # node lacks records before those in the file, they wait: say which logs.
     held = ledger.positions()
-    incomplete = sorted(n for n, (s, _) in logs.items() if held.get(n, 0) < s)
+    # (Not a revoked branch's log: its records were dropped, not missing.)
+    incomplete = sorted(n for n, (s, _) in logs.items()
+                        if held.get(n, 0) < s and n not in plan.revoked)
     out: dict[str, Any] = {"file": str(path), "from": data["node"], "records": len(new),
                            "documents": len({r.doc for r in data["batch"].recs} - MARK_DOCS),
                            "changed": sorted({r.doc for r in new} - MARK_DOCS),
                            "incomplete": incomplete}
+    if plan.revoked:
+        out["revoked"] = sorted(plan.revoked)
     if restored is not None:
         # A restored node: whether this file ended its wait, or why not (what the till
         # says); None once it may sell.

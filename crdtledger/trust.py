@@ -83,6 +83,12 @@ class UntrustedSigner(RemoteProtocolError):
     code = "untrusted_signer"
 
 
+class RevokedSigner(UntrustedSigner):
+    """Signed by a certificate the chain revoked: a branch closed for good or cut off
+    by the owner. Nothing new it signed is taken, but a file that carries its records
+    is not thereby altered: the rest of the file stands (replica._verify)."""
+
+
 @dataclass
 class _Known:
     node: str
@@ -151,8 +157,8 @@ class Trust:
             raise UntrustedSigner(f"the certificate of node {node} expired on "
                                   f"{known.not_after:%Y-%m-%d}")
         if self._is_revoked(known):
-            raise UntrustedSigner(f"the certificate of node {node} (serial {known.serial:x}) "
-                                  "is revoked")
+            raise RevokedSigner(f"the certificate of node {node} (serial {known.serial:x}) "
+                                "is revoked")
         return known
 
     def _is_revoked(self, known: _Known) -> bool:

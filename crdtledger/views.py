@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 from crdtledger import closing
 from crdtledger.errors import InvalidInput, NotFound
-from crdtledger.model import EDITS, PERMISSIONS, WALK_IN, canonical_phone
+from crdtledger.model import EDITS, GOODS_PURSES, PERMISSIONS, WALK_IN, canonical_phone
 from crdtledger.settlement import KINDS as SETTLED_KINDS
 from crdtledger.settlement import Statement, settle
 
@@ -381,6 +381,20 @@ def member_by_phone(ledger: Ledger, phone: str) -> str | None:
         "SELECT id FROM members WHERE phone_canonical = ? ORDER BY id LIMIT 1", (canonical,)
     ).fetchone()
     return str(row[0]) if row else None
+
+
+def rights_summary(conn: sqlite3.Connection, node: str) -> dict[str, Any]:
+    """What `node` holds of the members' purses (goods units aside), summed per purse,
+    and of how many members: what its revocation would strand unless it hands them
+    over first (Payments.hand_over_rights)."""
+    goods = sorted(GOODS_PURSES)
+    where = f"WHERE node = ? AND amount > 0 AND purse NOT {in_(goods)}"
+    held = {p: int(a) for p, a in conn.execute(
+        f"SELECT purse, SUM(amount) FROM rights {where} GROUP BY purse ORDER BY purse",
+        (node, *goods))}
+    (members,) = conn.execute(f"SELECT COUNT(DISTINCT member) FROM rights {where}",
+                              (node, *goods)).fetchone()
+    return {"node": node, "members": int(members), "held": held}
 
 
 def member_ids(ledger: Ledger) -> list[str]:

@@ -38,6 +38,7 @@ from crdtledger import __version__, localtime, operations, peerclock, platform, 
 from crdtledger.backups import restore, write_backup
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
 from crdtledger.ledger import Ledger
+from crdtledger.money import format_purse
 from crdtledger.operations import TABLE, Operation, Param
 from crdtledger.schema import Schema
 from crdtledger.sync import PROTOCOL_VERSION
@@ -106,6 +107,9 @@ def _import(ledger: Ledger, operator: str, p: Params) -> Result:
                         else f"broke write rule {f['rule']}")
                      + f" at record {f['seq']}: nothing more it writes is taken here "
                      "(crdtledger status)")
+    if info.get("revoked"):
+        text += (f"\nnote: records of {', '.join(info['revoked'])} in the file were not "
+                 "taken: the chain revoked its certificate")
     if info["incomplete"]:
         text += (f"\nwarning: this node lacks earlier changes that the file builds on "
                  f"({', '.join(info['incomplete'])}); ask {info['from']} for a full export "
@@ -613,14 +617,26 @@ def chain_command(args: argparse.Namespace) -> Result:
             current = execute(ledger, *show, args.operator, args.auth_password).data
     crl = revoke(args.chain, args.node, existing_crl=current.get("crl") or None)
     change = ("rule.set", {"kind": "revocations", "body": revocations_rule(crl)})
+    # What it still holds of members' value, as this store sees it: stranded from now
+    # on (only a branch lowers its own rights), unless it handed them over first.
+    held = ("rights.held", {"node": args.node})
     if node is not None:
         routed(node, args, *change)
+        stranded = routed(node, args, *held).data
     else:
         with Ledger.open(data_dir) as ledger:
             execute(ledger, *change, args.operator, args.auth_password)
-    return Result({"revoked": args.node, "crl_bytes": len(crl)},
-                  f"certificates of {args.node} revoked; every node refuses it once the "
-                  "revocation list reaches it")
+            stranded = execute(ledger, *held, args.operator, args.auth_password).data
+    text = (f"certificates of {args.node} revoked; every node refuses it once the "
+            "revocation list reaches it")
+    if stranded["held"]:
+        text += (f"\nwarning: as this branch sees it, {args.node} still holds the rights of "
+                 f"{stranded['members']} member(s) ("
+                 + ", ".join(f"{p} {format_purse(p, v)}" for p, v in stranded["held"].items())
+                 + "): nobody can spend them now. A shop closing for good hands them over "
+                 "before it is revoked: at that branch, crdtledger rights handover --to "
+                 "ANOTHER_BRANCH")
+    return Result({"revoked": args.node, "crl_bytes": len(crl), "stranded": stranded}, text)
 
 
 def renew_certificate(chain_dir: Path, data_dir: Path) -> Result:

@@ -1287,6 +1287,10 @@ async def import_sync_file(ledger: Ledger, data: bytes, progress: ui.linear_prog
     text = (tr("已导入 {name} 的文件：{n} 条新记录", "Imported the file of {name}: "
                "{n} new records", name=shop().branch_name(info["from"]), n=changed)
             if changed else tr("已导入：没有新内容", "Imported: nothing new"))
+    if info.get("revoked"):
+        text += tr("。已吊销证书的分店 {nodes} 的记录未导入", ". Records of {nodes}, whose "
+                   "certificate the chain revoked, were not taken",
+                   nodes=", ".join(info["revoked"]))
     if info["incomplete"]:
         text += tr("。本店缺少该文件所依赖的更早数据，请对方导出「全部数据」",
                    ". This branch lacks earlier changes the file builds on: ask for an export "
