@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Cli
-from helpers import name_branches, new_ledger
+from helpers import name_branches, new_ledger, sync
 
 from crdtledger import views
 from crdtledger.payments import HANDOVER_BATCH
@@ -183,3 +183,32 @@ def test_files_still_flow_after_a_branch_is_revoked(
     assert cli("export", "--out", tmp_path / "hq.sync", data=hq).code == 0
     r = cli("import", tmp_path / "hq.sync", data=sh02)
     assert r.code == 0 and "not taken" not in r.out, r
+
+
+def test_every_kind_of_purse_goes_and_serves_at_the_receiver(tmp_path: Path) -> None:
+    """Stored value, points, a package's uses and a coupon: each moved, and the
+    receiving branch serves them on its own after a sync."""
+    a, b = new_ledger(tmp_path, "SH01"), new_ledger(tmp_path, "SH02")
+    try:
+        name_branches(a, "SH01", "SH02")
+        sync(a, b)
+        o = a.owner
+        m = a.add_member(o, name="王芳", phone="13800000001")
+        a.topup(o, m, 50000)
+        a.debit(o, m, amount=10000)  # earns points
+        p = a.sell_package(o, m, "FOOT60", 3, 30000)
+        c = a.issue_coupon(o, m, off=500)["coupon"]
+        before = a.balance(m)
+        assert before["points"] > 0
+        done = a.hand_over_rights(o, "SH02")
+        assert set(done["moved"]) == {"cash", "points", f"pkg:{p['id']}", f"cpn:{c}"}
+        assert views.rights_summary(a.storage.conn, "SH01")["held"] == {}
+        sync(a, b)
+        assert b.balance(m) == before
+        b.debit(b.owner, m, service="FOOT60", pay="package")
+        b.debit(b.owner, m, amount=40000)
+        assert b.balance(m)["cash"] == 0
+        assert b.balance(m)["packages"][p["id"]] == 2
+    finally:
+        a.close()
+        b.close()
