@@ -39,7 +39,7 @@ from crdtledger.trust import UntrustedSigner
 from peer.files import csv_text, export_bytes, sealed_backup
 from reference_app import layout
 from reference_app.i18n import duration, money, tr
-from reference_app.shop import can, operator, shop
+from reference_app.shop import amount, can, operator, purse_label, shop
 
 # What an erased member's name became before erasure was the library's
 # (crdtledger.erasure blanks it): such a member reads as erased too. Reports that
@@ -1188,6 +1188,72 @@ def sync_page() -> None:
             sync_files_card(ledger)
         if can("backup"):
             backup_card(ledger)
+    if can("rights.transfer"):
+        handover_card(ledger)
+
+
+def _kind_label(kind: str) -> str:
+    """A purse, or a kind of purse ("pkg:", "cpn:"), as the counter names it."""
+    return tr("优惠券", "coupons") if kind == "cpn:" else purse_label(kind)
+
+
+def handover_card(ledger: Ledger) -> None:
+    """A shop closing for good: its members' rights to another branch (rights.handover)
+    before head office revokes it, or they are stranded."""
+    with ui.card().classes("w-full max-w-3xl"):
+        ui.label(tr("闭店移交", "Closing this shop")).classes("text-lg font-medium")
+        ui.label(tr("本店永久停业前，把本店持有的全部会员权益（储值、赠送、积分、套餐、优惠券）移交给另一家"
+                    "分店，再由总部吊销本店证书；未移交就吊销，这些钱在任何分店都无法再使用。商品库存请用"
+                    "调拨发出。",
+                    "Before this shop closes for good, hand every member's rights it holds "
+                    "(stored value, bonus, points, packages, coupons) to another branch, then "
+                    "head office revokes its certificate; revoked first, that money can never "
+                    "be spent anywhere. Ship the goods in stock separately.")
+                 ).classes("text-sm text-grey-7")
+
+        @ui.refreshable
+        def held() -> None:
+            h = views.rights_summary(ledger.storage.conn, ledger.node)
+            if not h["held"]:
+                ui.label(tr("本店不持有任何会员权益。", "This shop holds no member's rights.")
+                         ).mark("handover-held")
+                return
+            # Packages and coupons summed by kind: one line, not one per package.
+            kinds: dict[str, int] = {}
+            for purse, v in h["held"].items():
+                kind = purse.split(":", 1)[0] + (":" if ":" in purse else "")
+                kinds[kind] = kinds.get(kind, 0) + v
+            what = "，".join(f"{_kind_label(k)} {amount(k, v) if ':' not in k else v}"
+                            for k, v in kinds.items())
+            ui.label(tr("本店持有 {n} 位会员的权益：{what}", "This shop holds the rights of "
+                        "{n} member(s): {what}", n=h["members"], what=what)
+                     ).mark("handover-held")
+        held()
+        others = [b for b in branches(ledger) if b != ledger.node]
+        with ui.row().classes("items-center gap-4"):
+            to = ui.select({b: f"{shop().branch_name(b)} ({b})" for b in others},
+                           label=tr("移交给", "Hand over to")).classes("min-w-60"
+                                                                   ).mark("handover-to")
+
+            async def hand_over() -> None:
+                if not to.value:
+                    ui.notify(tr("请选择接收的分店", "Choose the branch to receive them"),
+                              type="warning")
+                    return
+                target = str(to.value)
+                question = tr("把本店持有的全部会员权益移交给 {name}（{node}）？移交不能撤销。",
+                              "Hand every member's rights this shop holds to {name} ({node})? "
+                              "This cannot be undone.", name=shop().branch_name(target),
+                              node=target)
+                if await confirmed_run(question, tr("移交", "Hand over"), "handover-confirm",
+                                       lambda op: operations.run(ledger, op, "rights.handover",
+                                                                 {"to": target}),
+                                       "hand over rights"):
+                    ui.notify(tr("已移交", "Handed over"), type="positive")
+                    held.refresh()
+
+            layout.once(ui.button(tr("移交全部权益", "Hand over all rights"),
+                                  color="negative"), hand_over).mark("handover")
 
 
 def sync_files_card(ledger: Ledger) -> None:

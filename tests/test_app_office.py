@@ -373,3 +373,33 @@ async def test_the_sync_page_names_a_blocked_branch(counter_app: CounterApp) -> 
     await app.user.open("/office/sync")
     await app.user.should_see(marker="fault")
     await app.user.should_see("SH09")
+
+
+async def test_the_owner_hands_a_closing_shops_rights_over_from_the_sync_page(
+        counter_app: CounterApp) -> None:
+    """The sync page's hand-over: what this shop holds, a branch to choose, a question
+    before it; a cashier is not offered it."""
+    app = counter_app
+    ledger, op = app.ledger, app.node_owner
+    mid = ledger.add_member(op, name="王芳", phone="13812345678")
+    ledger.topup(op, mid, 12800)
+    await app.login(*CASHIER)
+    await app.user.open("/office/sync")
+    await app.user.should_not_see(marker="handover")
+    await app.logout()
+    await app.login(*OWNER)
+    await app.user.open("/office/sync")
+    await app.user.should_see("本店持有 1 位会员的权益：储值 ¥128.00")
+    app.user.find(marker="handover").click()  # no branch chosen: nothing happens
+    await app.user.should_see("请选择接收的分店")
+    assert views.rights_summary(ledger.storage.conn, NODE)["held"] == {"cash": 12800}
+    to = app.user.find(marker="handover-to").elements.pop()
+    assert isinstance(to, ui.select)
+    to.set_value("SH02")
+    app.user.find(marker="handover").click()
+    await app.user.should_see(marker="handover-confirm")
+    app.user.find(marker="handover-confirm").click()
+    await app.user.should_see("已移交")
+    await app.user.should_see("本店不持有任何会员权益。")
+    assert ledger.rights(mid, "cash") == {"SH02": 12800}
+    assert ledger.balance(mid)["cash"] == 12800
