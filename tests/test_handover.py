@@ -183,6 +183,10 @@ def test_files_still_flow_after_a_branch_is_revoked(
     assert cli("export", "--out", tmp_path / "hq.sync", data=hq).code == 0
     r = cli("import", tmp_path / "hq.sync", data=sh02)
     assert r.code == 0 and "not taken" not in r.out, r
+    # A file the revoked branch sealed itself is still refused whole.
+    assert cli("export", "--out", tmp_path / "sh01-late.sync", data=sh01).code == 0
+    r = cli("import", tmp_path / "sh01-late.sync", data=hq)
+    assert r.code == 1 and "revoked" in r.err, r
 
 
 def test_every_kind_of_purse_goes_and_serves_at_the_receiver(tmp_path: Path) -> None:
