@@ -873,7 +873,11 @@ class NodeCore:
         member, _ = self._rebalance_queue.popitem(last=False)
         reachable = set(self.connected())
         since = id_floor(self.ledger.clock.wall() - VISIT_WINDOW_DAYS * 86_400_000)
-        visits = views.visits(self.ledger, member, since)
+        # A shop closing for good handed its rights over: none go back to it, where
+        # they would be stranded once it is revoked.
+        closing = views.handed_over(self.ledger)
+        visits = {n: v for n, v in views.visits(self.ledger, member, since).items()
+                  if n not in closing}
         for purse in (*sorted(MONEY_PURSES), "points"):
             rights = self.ledger.rights(member, purse)
             if rights.get(self.node, 0) <= 1:

@@ -160,6 +160,14 @@ CREATE TABLE IF NOT EXISTS deferred(
     doc TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL, seq INTEGER,
     PRIMARY KEY(doc, key));
 -- (Its index by queue: DEFERRED_QUEUE, made once `seq` is there.)
+-- Branches that handed their members' rights over (Payments.hand_over_rights): shops
+-- closing for good, to which the rebalancer moves nothing back. Noted as their
+-- transfers are projected, so any replica knows without a scan of the entries.
+CREATE TABLE IF NOT EXISTS handed_over(node TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS handed_over_seen AFTER INSERT ON entries
+WHEN NEW.kind = 'transfer' AND json_extract(NEW.body, '$.reason') = 'handover' BEGIN
+    INSERT OR IGNORE INTO handed_over VALUES (NEW.node);
+END;
 -- Members whose rights may have moved since the waiting entries were last judged
 -- (projection.project_deferred): of every entry projected or taken back, the member a
 -- sweep's "out" moves value to (its "in" waits for that out), and of every entry

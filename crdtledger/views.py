@@ -397,6 +397,12 @@ def rights_summary(conn: sqlite3.Connection, node: str) -> dict[str, Any]:
     return {"node": node, "members": int(members), "held": held}
 
 
+def handed_over(ledger: Ledger) -> set[str]:
+    """Branches that handed their members' rights over to another (a shop closing for
+    good, Payments.hand_over_rights): the rebalancer moves no rights back to them."""
+    return {str(n) for (n,) in ledger.storage.conn.execute("SELECT node FROM handed_over")}
+
+
 def member_ids(ledger: Ledger) -> list[str]:
     """Every member id, sorted (erased ones included): the simulator's convergence
     checks and the benchmarks' customer pools."""

@@ -89,6 +89,29 @@ def test_the_rebalancer_moves_surplus_toward_where_a_member_shops(tmp_path: Path
     asyncio.run(scenario())
 
 
+def test_the_rebalancer_moves_nothing_back_to_a_shop_that_handed_its_rights_over(
+        tmp_path: Path) -> None:
+    """SH02, where the member shops, is closing: it hands every right it holds to
+    SH01. SH01's rebalancer, which would send the surplus to where the member shops,
+    sends none back there, where it would be stranded once SH02 is revoked."""
+    async def scenario() -> None:
+        async with pair(tmp_path) as (a, b):
+            mid = await member_at(a, b, 10000)
+            for _ in range(3):
+                await b.perform(lambda: b.ledger.debit(b.ledger.owner, mid, amount=100))
+            await settle(a, b)
+            done = await b.perform(lambda: b.ledger.hand_over_rights(b.ledger.owner, "SH01"))
+            assert done["moved"]["cash"] > 0
+            await settle(a, b)
+            assert a.ledger.rights(mid).get("SH02", 0) == 0
+            assert await a.rebalance() == 0
+            await settle(a, b)
+            assert b.ledger.rights(mid).get("SH02", 0) == 0
+            assert b.ledger.balance(mid)["cash"] == 10000 - 300
+
+    asyncio.run(scenario())
+
+
 def test_a_debit_waits_no_longer_than_the_deadline_for_a_silent_holder(
         tmp_path: Path) -> None:
     async def scenario() -> None:
