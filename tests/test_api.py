@@ -591,3 +591,28 @@ def test_a_long_query_is_refused_in_json_as_documented(tmp_path: Path) -> None:
             ledger.close()
 
     asyncio.run(main())
+
+
+def test_a_closing_shop_hands_its_rights_over_through_the_api(tmp_path: Path) -> None:
+    """POST /rights/handover and GET /rights/held: the owner's; a cashier is refused
+    (403) and a typo'd branch is refused (400), each changing nothing."""
+    async def go(ledger: Ledger, api: Api) -> None:
+        name_branches(ledger, "SH01", "SH02")
+        boss, amy = await api.login("boss", BOSS_PW), await api.login("amy", AMY_PW)
+        mid = await topped_up(api, boss, "80.00")
+        held = {"node": "SH01", "members": 1, "held": {"cash": 8000}}
+        assert await api.call("GET", "/rights/held", token=boss) == (200, held)
+        before = snapshot(ledger, [mid])
+        status, body = await api.call("POST", "/rights/handover", {"to": "SH02"}, token=amy)
+        assert status == 403, body
+        status, body = await api.call("POST", "/rights/handover", {"to": "SH2O"}, token=boss)
+        assert status == 400 and "not a branch of this chain" in body["message"], body
+        assert snapshot(ledger, [mid]) == before
+        status, body = await api.call("POST", "/rights/handover", {"to": "SH02"}, token=boss)
+        assert status == 200 and body == {"to": "SH02", "members": 1, "entries": 1,
+                                          "moved": {"cash": 8000}}, body
+        assert await api.call("GET", "/rights/held?node=SH02", token=boss) == (
+            200, {"node": "SH02", "members": 1, "held": {"cash": 8000}})
+        assert (await api.call("GET", "/rights/held", token=boss))[1]["held"] == {}
+
+    drive(tmp_path, go)
