@@ -941,7 +941,7 @@ def _show_held(_ledger: Ledger, r: Any, _p: Params) -> str:
            params=(Param("node", NODE, help="the branch (default: this one)"),),
            result=HELD, show=_show_held)
 def rights_held(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
-    return views.rights_summary(ledger.storage.conn, p.get("node", ledger.node))
+    return views.rights_summary(ledger, p.get("node", ledger.node))
 
 
 @operation("rights.handover", "A shop closing for good: give every member's rights this "

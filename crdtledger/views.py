@@ -383,10 +383,11 @@ def member_by_phone(ledger: Ledger, phone: str) -> str | None:
     return str(row[0]) if row else None
 
 
-def rights_summary(conn: sqlite3.Connection, node: str) -> dict[str, Any]:
+def rights_summary(ledger: Ledger, node: str) -> dict[str, Any]:
     """What `node` holds of the members' purses (goods units aside), summed per purse,
     and of how many members: what its revocation would strand unless it hands them
     over first (Payments.hand_over_rights)."""
+    conn = ledger.storage.conn
     goods = sorted(GOODS_PURSES)
     where = f"WHERE node = ? AND amount > 0 AND purse NOT {in_(goods)}"
     held = {p: int(a) for p, a in conn.execute(

@@ -1213,7 +1213,7 @@ def handover_card(ledger: Ledger) -> None:
 
         @ui.refreshable
         def held() -> None:
-            h = views.rights_summary(ledger.storage.conn, ledger.node)
+            h = views.rights_summary(ledger, ledger.node)
             if not h["held"]:
                 ui.label(tr("本店不持有任何会员权益。", "This shop holds no member's rights.")
                          ).mark("handover-held")

@@ -392,7 +392,7 @@ async def test_the_owner_hands_a_closing_shops_rights_over_from_the_sync_page(
     await app.user.should_see("本店持有 1 位会员的权益：储值 ¥128.00")
     app.user.find(marker="handover").click()  # no branch chosen: nothing happens
     await app.user.should_see("请选择接收的分店")
-    assert views.rights_summary(ledger.storage.conn, NODE)["held"] == {"cash": 12800}
+    assert views.rights_summary(ledger, NODE)["held"] == {"cash": 12800}
     to = app.user.find(marker="handover-to").elements.pop()
     assert isinstance(to, ui.select)
     to.set_value("SH02")

@@ -129,8 +129,8 @@ def test_a_handover_of_many_members_goes_in_commits_of_a_batch(tmp_path: Path) -
         seq = a.storage.log.positions().get("SH01", 0)
         done = a.hand_over_rights(o, "SH02")
         assert done["moved"] == {"cash": 1000 * n}
-        assert views.rights_summary(a.storage.conn, "SH01")["held"] == {}
-        assert views.rights_summary(a.storage.conn, "SH02")["held"] == {"cash": 1000 * n}
+        assert views.rights_summary(a, "SH01")["held"] == {}
+        assert views.rights_summary(a, "SH02")["held"] == {"cash": 1000 * n}
         assert a.balance(ms[0])["cash"] == 2000  # the merged member's value with it
         # One record per batch of transfers (the merge swept the merged member's
         # rights to its survivor already: n - 1 members hold any).
@@ -206,7 +206,7 @@ def test_every_kind_of_purse_goes_and_serves_at_the_receiver(tmp_path: Path) -> 
         assert before["points"] > 0
         done = a.hand_over_rights(o, "SH02")
         assert set(done["moved"]) == {"cash", "points", f"pkg:{p['id']}", f"cpn:{c}"}
-        assert views.rights_summary(a.storage.conn, "SH01")["held"] == {}
+        assert views.rights_summary(a, "SH01")["held"] == {}
         sync(a, b)
         assert b.balance(m) == before
         b.debit(b.owner, m, service="FOOT60", pay="package")

@@ -113,6 +113,7 @@ SAMPLES: dict[str, Callable[[Shop], Params]] = {
     "balance": lambda s: {"member": s.member},
     "history": lambda s: {"member": s.member, "limit": 2},
     "rights.show": lambda s: {"member": s.member, "purse": "points"},
+    "rights.held": lambda s: {"node": "SH02"},
     "level": lambda s: {"member": s.member},
     "card.issue": lambda s: {"member": s.member, "card_no": "C2", "pin": "2468",
                              "fee_yuan": "5.00", "type": "stored_value"},
@@ -195,6 +196,8 @@ SAMPLES: dict[str, Callable[[Shop], Params]] = {
     "operator.set": lambda s: {"id": s.tech, "roles": {"it": True}, "active": True},
     "role.define": lambda s: {"name": "front", "permissions": ["member.add", "topup"]},
     "audit": lambda s: {"operator": "boss", "kind": "debit", "limit": 5},
+    # Next to last: the shop hands every member's rights to SH02 (it closes).
+    "rights.handover": lambda s: {"to": "SH02"},
     # Last: the member who left (no stored value) has their personal data erased.
     "member.erase": lambda s: {"member": s.leaver},
 }
