@@ -383,7 +383,7 @@ def canonical_phone(phone: str) -> str:
     "008613800138000" and "13800138000" are one phone). Another country keeps its +:
     "+16502530000" without it would read as a Chinese mobile. Members keep their
     phone as typed (docs/design-notes.md, "Duplicate members"); the projection keeps
-    this form beside it (`members.phone_key`), which lookups ask for."""
+    this form beside it (`members.phone_canonical`), which lookups ask for."""
     s = "".join(c for c in phone.strip() if c not in " -")
     for prefix in ("+86", "0086"):
         if s.startswith(prefix):

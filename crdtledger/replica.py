@@ -592,10 +592,7 @@ class Replica(LedgerBase):
         log = self.storage.log
         tip_seq, _tip_hash = log.tip(node)
         if head.seq <= tip_seq and log.hash_at(node, head.seq) == head.hash:
-            # A head we hold already (most often the second copy of a record: both hubs
-            # relay it): nothing of this log can be new or a fork, so its signer's
-            # standing now (revoked, expired since) changes nothing.
-            return
+            return  # the same as our copy: it proves nothing, whoever signed it
         if cert is None:
             kept = log.head(node)
             cert = kept[1] if kept else self._certs_seen.get(node)
@@ -603,7 +600,7 @@ class Replica(LedgerBase):
             raise UntrustedSigner(f"no certificate of node {node} came with it")
         self.trust.verify(node, cert, head_message(self.chain, node, head.seq, head.hash),
                           head.sig)
-        ours = log.hash_at(node, head.seq) if head.seq <= log.tip(node)[0] else None
+        ours = log.hash_at(node, head.seq) if head.seq <= tip_seq else None
         if ours is not None and ours != head.hash and node not in log.blocked():
             plan.forks.append(self._fork(node, head, cert, []))
 

@@ -610,23 +610,27 @@ def chain_command(args: argparse.Namespace) -> Result:
         return renew_certificate(args.chain, data_dir)
     node = local.running(data_dir)
     show = ("rule.show", {"kind": "revocations"})
+    # What it still holds of members' value, as this store sees it: stranded once it
+    # is revoked (only a branch lowers its own rights), unless it handed them over.
+    # Read first, and only said: an operator who may not read reports revokes alike.
+    held = ("rights.held", {"node": args.node})
+    stranded: dict[str, Any] = {"held": {}}
     if node is not None:
         current = routed(node, args, *show).data
+        with contextlib.suppress(Refused):
+            stranded = routed(node, args, *held).data
     else:
         with Ledger.open(data_dir, lock=False) as ledger:
             current = execute(ledger, *show, args.operator, args.auth_password).data
+            with contextlib.suppress(LedgerError):
+                stranded = execute(ledger, *held, args.operator, args.auth_password).data
     crl = revoke(args.chain, args.node, existing_crl=current.get("crl") or None)
     change = ("rule.set", {"kind": "revocations", "body": revocations_rule(crl)})
-    # What it still holds of members' value, as this store sees it: stranded from now
-    # on (only a branch lowers its own rights), unless it handed them over first.
-    held = ("rights.held", {"node": args.node})
     if node is not None:
         routed(node, args, *change)
-        stranded = routed(node, args, *held).data
     else:
         with Ledger.open(data_dir) as ledger:
             execute(ledger, *change, args.operator, args.auth_password)
-            stranded = execute(ledger, *held, args.operator, args.auth_password).data
     text = (f"certificates of {args.node} revoked; every node refuses it once the "
             "revocation list reaches it")
     if stranded["held"]:
