@@ -62,6 +62,12 @@ def test_a_released_store_opens_with_everything(fixture: Path, tmp_path: Path,
         # Made with SQLite's default pages; a store keeps the page size it was made with.
         assert sh.storage.conn.execute("PRAGMA page_size").fetchone() == (4096,)
         assert reported(sh, expected) == expected
+        # Its members are found by phone however it is typed (the canonical form the
+        # store filled in when opened), and no branch of it has handed over.
+        for m in expected["members"]:
+            phone = sh.member(m)["phone"]
+            assert views.member_by_phone(sh, f"+86 {phone[:3]}-{phone[3:]}") == m
+        assert views.handed_over(sh) == set()
         # It goes on trading: a new member, a top-up and a sale.
         mid = operations.run(sh, sh.owner, "member.add",
                              {"name": "新会员", "phone": "13700000000"})["member_id"]
