@@ -489,6 +489,10 @@ class Payments(Merges, Rules):
         self._sweep(views.member_group(self.storage.conn, member)[1:])
         own = self._rights(member, purse).get(self.node, 0)
         give = escrow.grant_amount(own, shortfall)
+        if to in views.handed_over(cast("Ledger", self)):
+            # A closing shop still selling gets what its sale lacks, no cushion to
+            # sit on once it is revoked.
+            give = min(own, shortfall)
         if give <= 0 or to == self.node:
             return None
         return self._transfer(member, purse, to, give, f"sync@{self.node}")

@@ -216,3 +216,28 @@ def test_every_kind_of_purse_goes_and_serves_at_the_receiver(tmp_path: Path) -> 
     finally:
         a.close()
         b.close()
+
+
+def test_a_shop_that_handed_over_is_granted_only_what_its_sale_lacks(tmp_path: Path) -> None:
+    """A closing shop that still sells asks for rights as any branch does; it gets the
+    shortfall, not the cushion a holder adds for the next swipe (which would sit
+    there, stranded, once it is revoked)."""
+    a, b = new_ledger(tmp_path, "SH01"), new_ledger(tmp_path, "SH02")
+    try:
+        name_branches(a, "SH01", "SH02")
+        sync(a, b)
+        m = b.add_member(b.owner, name="王芳", phone="13800000001")
+        b.topup(b.owner, m, 10000)
+        other = b.add_member(b.owner, name="李雷", phone="13800000002")
+        b.topup(b.owner, other, 10000)
+        sync(a, b)
+        granted = b.grant_rights(m, "cash", "SH01", 1000)
+        assert granted is not None and granted["amount"] == 1000 + 9000 // 2  # a cushion
+        sync(a, b)
+        a.hand_over_rights(a.owner, "SH02")
+        sync(a, b)
+        granted = b.grant_rights(other, "cash", "SH01", 1000)
+        assert granted is not None and granted["amount"] == 1000
+    finally:
+        a.close()
+        b.close()
