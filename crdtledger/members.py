@@ -165,7 +165,7 @@ def _member_fields(fields: Mapping[str, Any], *, creating: bool) -> dict[str, An
             out[k] = v
             continue
         out[k] = check_text(v, k, required=k == "name" or (creating and k == "phone"))
-    if "phone" in out and out["phone"] and not PHONE.match(out["phone"]):
+    if out.get("phone") and not PHONE.match(out["phone"]):
         raise InvalidInput(f"phone {out['phone']!r} is not a phone number")
     if out.get("gender") and out["gender"] not in GENDERS:
         raise InvalidInput(f"gender is {', '.join(GENDERS)} or empty")

@@ -7,6 +7,7 @@ anything that would need rounding ("12.345") is an error, never rounded.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
 from crdtledger.errors import InvalidAmount
@@ -61,6 +62,11 @@ def format_yuan(fen: int) -> str:
 def format_purse(purse: str, amount: int) -> str:
     """Money purses print as yuan; points and package uses as plain counts."""
     return format_yuan(amount) if purse in ("cash", "bonus") else str(amount)
+
+
+def format_purses(held: Mapping[str, int], sep: str = ", ") -> str:
+    """Purses and amounts ("cash 50.00, points 120"): what a branch holds or moved."""
+    return sep.join(f"{purse} {format_purse(purse, v)}" for purse, v in held.items())
 
 
 def apply_rate(fen: int, rate: str) -> int:

@@ -62,7 +62,14 @@ from crdtledger.model import (
     RULE_KINDS,
     SERVICE_CODE,
 )
-from crdtledger.money import MAX_AMOUNT, check_count, format_purse, format_yuan, parse_yuan
+from crdtledger.money import (
+    MAX_AMOUNT,
+    check_count,
+    format_purse,
+    format_purses,
+    format_yuan,
+    parse_yuan,
+)
 from crdtledger.rules import LINE_BREAKS, rule_help
 from crdtledger.schema import Schema, array, check, ecma, obj, one_of, or_empty, text
 
@@ -930,8 +937,7 @@ HELD = {"type": "object", "required": ["node", "members", "held"], "properties":
 def _show_held(_ledger: Ledger, r: Any, _p: Params) -> str:
     if not r["held"]:
         return f"{r['node']} holds no member's rights"
-    return (f"{r['node']} holds rights of {r['members']} member(s): " + "  ".join(
-        f"{purse} {format_purse(purse, v)}" for purse, v in r["held"].items()))
+    return f"{r['node']} holds rights of {r['members']} member(s): " + format_purses(r["held"])
 
 
 @operation("rights.held", "What a branch holds of the members' purses, summed (escrow "
@@ -954,9 +960,8 @@ def rights_held(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
                                   "moved": AMOUNTS}},
            show=lambda _l, r, _p: (
                f"handed over to {r['to']}: rights of {r['members']} member(s) in "
-               f"{r['entries']} transfer(s)" + ("".join(
-                   f"\n  {purse} {format_purse(purse, v)}" for purse, v in r["moved"].items())
-                   if r["moved"] else "; nothing was held here")))
+               f"{r['entries']} transfer(s): " + (format_purses(r["moved"])
+                                                   or "nothing was held here")))
 def rights_handover(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return ledger.hand_over_rights(operator, p["to"])
 

@@ -418,23 +418,18 @@ class Payments(Merges, Rules):
         if to == self.node:
             raise InvalidInput("a branch cannot hand its rights over to itself")
         self._require_branch(to, "rights")
-        conn = self.storage.conn
-        goods = sorted(GOODS_PURSES)
-        held_here = f"FROM rights WHERE node = ? AND amount > 0 AND purse NOT {views.in_(goods)}"
-        self._sweep(m for (m,) in conn.execute(f"SELECT DISTINCT member {held_here}",
-                                               (self.node, *goods)).fetchall())
+        ledger = cast("Ledger", self)
+        self._sweep(dict.fromkeys(m for m, _p, _a in views.rights_held_rows(ledger, self.node)))
         moved: dict[str, int] = {}
         members: set[str] = set()
         entries = 0
         while True:
             def plan() -> tuple[list[Write], list[dict[str, Any]]]:
-                rows = conn.execute(f"SELECT member, purse, amount {held_here} "
-                                    "ORDER BY member, purse LIMIT ?",
-                                    (self.node, *goods, HANDOVER_BATCH)).fetchall()
                 done = [self._entry("transfer", m, deltas=[(p, self.node, -a), (p, to, a)],
                                     amount=a, to=to, op=operator,
                                     reason=HANDOVER_REASON)
-                        for m, p, a in rows]
+                        for m, p, a in views.rights_held_rows(ledger, self.node,
+                                                              HANDOVER_BATCH)]
                 return (self._together(*done) if done else []), done
             batch = self._commit(plan)
             if not batch:

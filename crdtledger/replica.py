@@ -486,8 +486,8 @@ class Replica(LedgerBase):
     def _verify_log(self, node: str, head: Head, recs: list[Record], cert: bytes | None,
                     plan: VerifiedBatch, strict: bool) -> Generator[None, None, None]:
         log = self.storage.log
-        tip_seq, _tip_hash = log.tip(node)
-        if head.seq <= tip_seq and log.hash_at(node, head.seq) == head.hash:
+        tip_seq = self._holds(node, head)
+        if tip_seq is None:
             # A head we hold already (most often the second copy of a record: both hubs
             # relay it): nothing of this log can be new or a fork, so its signer's
             # standing now (revoked, expired since) changes nothing.
@@ -585,13 +585,21 @@ class Replica(LedgerBase):
                 yield  # prev and expect carry the walk on; the store is not read again
         return chained
 
+    def _holds(self, node: str, head: Head) -> int | None:
+        """None if this replica holds `head` itself (its position, with that hash);
+        else how far it holds `node`'s log."""
+        tip_seq, _tip_hash = self.storage.log.tip(node)
+        if head.seq <= tip_seq and self.storage.log.hash_at(node, head.seq) == head.hash:
+            return None
+        return tip_seq
+
     def _check_proof(self, node: str, head: Head, cert: bytes | None,
                      plan: VerifiedBatch) -> None:
         """A head of `node` that a peer holds as the other side of a fork: if it is
         signed by `node` and contradicts our copy of its log, the fork is proven here."""
         log = self.storage.log
-        tip_seq, _tip_hash = log.tip(node)
-        if head.seq <= tip_seq and log.hash_at(node, head.seq) == head.hash:
+        tip_seq = self._holds(node, head)
+        if tip_seq is None:
             return  # the same as our copy: it proves nothing, whoever signed it
         if cert is None:
             kept = log.head(node)

@@ -470,13 +470,17 @@ MEMBERS_PHONE_CANONICAL = ("CREATE INDEX IF NOT EXISTS members_phone_canonical "
                            "ON members(phone_canonical)")
 
 
+def _has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
+    return any(col[1] == column for col in conn.execute(f"PRAGMA table_info({table})"))
+
+
 def _add_phone_canonical(conn: sqlite3.Connection) -> None:
     """A store made before members were looked up by their canonical phone gets the
     column, filled from each member's phone as typed, in one transaction: a member
     registered as "138-0013-8000" is then found by "13800138000" and "+86 138 0013
     8000" too. Done once (a read of the members' phones, 10,000 members in a few
     tens of ms)."""
-    if any(col[1] == "phone_canonical" for col in conn.execute("PRAGMA table_info(members)")):
+    if _has_column(conn, "members", "phone_canonical"):
         return
     try:
         with conn:
@@ -488,22 +492,18 @@ def _add_phone_canonical(conn: sqlite3.Connection) -> None:
                                  "SELECT id, phone FROM members WHERE phone != ''")])
     except sqlite3.OperationalError:
         # Another process added it meanwhile (the ALTER found the column): theirs stands.
-        if not any(col[1] == "phone_canonical"
-                   for col in conn.execute("PRAGMA table_info(members)")):
+        if not _has_column(conn, "members", "phone_canonical"):
             raise
 
 
 def _add_deferred_seq(conn: sqlite3.Connection) -> None:
     """A store made before deferred entries kept their records' log positions gets
     the column (its rows NULL). One statement, so it is its own transaction."""
-    def has() -> bool:
-        return any(col[1] == "seq" for col in conn.execute("PRAGMA table_info(deferred)"))
-
-    if not has():
+    if not _has_column(conn, "deferred", "seq"):
         try:
             conn.execute("ALTER TABLE deferred ADD COLUMN seq INTEGER")
         except sqlite3.OperationalError:
-            if not has():  # else another process added it meanwhile
+            if not _has_column(conn, "deferred", "seq"):  # else another process did
                 raise
 
 

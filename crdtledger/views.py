@@ -383,19 +383,32 @@ def member_by_phone(ledger: Ledger, phone: str) -> str | None:
     return str(row[0]) if row else None
 
 
+# A branch's rights of members' purses (goods units aside: they move by shipping).
+_HELD = (f"FROM rights WHERE node = ? AND amount > 0 AND purse NOT {in_(sorted(GOODS_PURSES))}",
+         tuple(sorted(GOODS_PURSES)))
+
+
 def rights_summary(ledger: Ledger, node: str) -> dict[str, Any]:
-    """What `node` holds of the members' purses (goods units aside), summed per purse,
-    and of how many members: what its revocation would strand unless it hands them
-    over first (Payments.hand_over_rights)."""
+    """What `node` holds of the members' purses, summed per purse, and of how many
+    members: what its revocation would strand unless it hands them over first
+    (Payments.hand_over_rights)."""
     conn = ledger.storage.conn
-    goods = sorted(GOODS_PURSES)
-    where = f"WHERE node = ? AND amount > 0 AND purse NOT {in_(goods)}"
+    where, goods = _HELD
     held = {p: int(a) for p, a in conn.execute(
-        f"SELECT purse, SUM(amount) FROM rights {where} GROUP BY purse ORDER BY purse",
-        (node, *goods))}
-    (members,) = conn.execute(f"SELECT COUNT(DISTINCT member) FROM rights {where}",
+        f"SELECT purse, SUM(amount) {where} GROUP BY purse ORDER BY purse", (node, *goods))}
+    (members,) = conn.execute(f"SELECT COUNT(DISTINCT member) {where}",
                               (node, *goods)).fetchone()
     return {"node": node, "members": int(members), "held": held}
+
+
+def rights_held_rows(ledger: Ledger, node: str, limit: int = -1
+                     ) -> list[tuple[str, str, int]]:
+    """(member, purse, amount) of what `node` holds, by member and purse (`limit`
+    rows; all when negative): what a hand-over moves."""
+    where, goods = _HELD
+    return [(str(m), str(p), int(a)) for m, p, a in ledger.storage.conn.execute(
+        f"SELECT member, purse, amount {where} ORDER BY member, purse LIMIT ?",
+        (node, *goods, limit))]
 
 
 def handed_over(ledger: Ledger) -> set[str]:

@@ -38,7 +38,7 @@ from crdtledger import __version__, localtime, operations, peerclock, platform, 
 from crdtledger.backups import restore, write_backup
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
 from crdtledger.ledger import Ledger
-from crdtledger.money import format_purse
+from crdtledger.money import format_purses
 from crdtledger.operations import TABLE, Operation, Param
 from crdtledger.schema import Schema
 from crdtledger.sync import PROTOCOL_VERSION
@@ -635,9 +635,8 @@ def chain_command(args: argparse.Namespace) -> Result:
             "revocation list reaches it")
     if stranded["held"]:
         text += (f"\nwarning: as this branch sees it, {args.node} still holds the rights of "
-                 f"{stranded['members']} member(s) ("
-                 + ", ".join(f"{p} {format_purse(p, v)}" for p, v in stranded["held"].items())
-                 + "): nobody can spend them now. A shop closing for good hands them over "
+                 f"{stranded['members']} member(s) ({format_purses(stranded['held'])})"
+                 ": nobody can spend them now. A shop closing for good hands them over "
                  "before it is revoked: at that branch, crdtledger rights handover --to "
                  "ANOTHER_BRANCH")
     return Result({"revoked": args.node, "crl_bytes": len(crl), "stranded": stranded}, text)

@@ -1192,11 +1192,6 @@ def sync_page() -> None:
         handover_card(ledger)
 
 
-def _kind_label(kind: str) -> str:
-    """A purse, or a kind of purse ("pkg:", "cpn:"), as the counter names it."""
-    return tr("优惠券", "coupons") if kind == "cpn:" else purse_label(kind)
-
-
 def handover_card(ledger: Ledger) -> None:
     """A shop closing for good: its members' rights to another branch (rights.handover)
     before head office revokes it, or they are stranded."""
@@ -1218,13 +1213,13 @@ def handover_card(ledger: Ledger) -> None:
                 ui.label(tr("本店不持有任何会员权益。", "This shop holds no member's rights.")
                          ).mark("handover-held")
                 return
-            # Packages and coupons summed by kind: one line, not one per package.
+            # Packages and coupons summed by kind ("pkg:", "cpn:"): one line, not one
+            # per package.
             kinds: dict[str, int] = {}
             for purse, v in h["held"].items():
-                kind = purse.split(":", 1)[0] + (":" if ":" in purse else "")
+                kind = purse[:4] if purse[3:4] == ":" else purse
                 kinds[kind] = kinds.get(kind, 0) + v
-            what = "，".join(f"{_kind_label(k)} {amount(k, v) if ':' not in k else v}"
-                            for k, v in kinds.items())
+            what = "，".join(f"{purse_label(k)} {amount(k, v)}" for k, v in kinds.items())
             ui.label(tr("本店持有 {n} 位会员的权益：{what}", "This shop holds the rights of "
                         "{n} member(s): {what}", n=h["members"], what=what)
                      ).mark("handover-held")

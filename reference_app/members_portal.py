@@ -374,12 +374,6 @@ def _digest(code: str) -> bytes:
     return hashlib.sha256(code.encode()).digest()
 
 
-def normal_phone(text: str) -> str:
-    """As lookups compare it (model.canonical_phone): a code asked for by "138 1234
-    5678" and tried as "+8613812345678" is one phone, to its throttle too."""
-    return canonical_phone(text)
-
-
 @dataclass
 class Portal:
     shop: Shop
@@ -442,7 +436,9 @@ class Portal:
         logged for the shop), so neither the words nor the time it takes tell whether
         a phone is a member's. Raises SignInRefused when asked too often or when this
         node has no gateway at all (a setting, the same for every phone)."""
-        phone = normal_phone(phone)
+        # As lookups compare it: a code asked for by "138 1234 5678" and tried as
+        # "+8613812345678" is one phone, to its throttle too.
+        phone = canonical_phone(phone)
         if not PHONE.match(phone):
             raise SignInRefused(tr("请输入正确的手机号。", "Enter a valid phone number."))
         gateways = dict(getattr(self.shop.node, "gateways", None) or {})
@@ -492,7 +488,7 @@ class Portal:
 
     def check_code(self, phone: str, code: str, address: str) -> str:
         """The member whose phone this code was sent to, the code used up."""
-        phone = normal_phone(phone)
+        phone = canonical_phone(phone)
         key = f"phone:{phone}"
         wait = self.checks.begin(key, address)
         if wait:
@@ -691,7 +687,7 @@ def _sign_in_form() -> None:
                 sent.set_text(tr("如果这个手机号是会员的，验证码已发到 {p}，{m} 分钟内有效。",
                                  "If this phone is a member's, a code was sent to {p}; it "
                                  "is valid for {m} minutes.", p=mask_phone(
-                                     normal_phone(phone.value or "")),
+                                     canonical_phone(phone.value or "")),
                                  m=int(CODE_TTL_S // 60)))
 
             def enter() -> None:

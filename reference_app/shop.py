@@ -362,6 +362,8 @@ def purse_label(purse: str) -> str:
         return tr("积分", "points")
     if purse.startswith("pkg:"):
         return tr("套餐次数", "package uses")
+    if purse.startswith("cpn:"):
+        return tr("优惠券", "coupons")
     return purse
 
 
