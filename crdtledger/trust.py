@@ -286,6 +286,12 @@ def node_of(cert: x509.Certificate) -> str | None:
     return nodes[0]
 
 
+def revocations_rule(crl_der: bytes) -> dict[str, str]:
+    """The body of the ledger rule `revocations` that carries a CRL to every node
+    (what `Trust.is_revocation_list` and `set_revocations` read)."""
+    return {"crl": base64.b64encode(crl_der).decode("ascii")}
+
+
 def verified_crl(ca: x509.Certificate, der: bytes) -> x509.CertificateRevocationList:
     """A revocation list signed by `ca`, else ValueError saying why."""
     public_key = ca.public_key()

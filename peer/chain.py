@@ -53,6 +53,7 @@ from crdtledger import trust
 from crdtledger.errors import InvalidInput, LedgerError
 from crdtledger.hlc import NODE_ID, check_node_id
 from crdtledger.private import private_dir, write_private
+from crdtledger.trust import revocations_rule
 
 CA_KEY = "ca.key"
 CA_CERT = "ca.crt"
@@ -315,11 +316,6 @@ def revoke(chain_dir: Path | str, node_cert_pem_or_serial: int | bytes | str, *,
     write_private(tmp, der, sync=True)
     os.replace(tmp, own)
     return der
-
-
-def revocations_rule(crl_der: bytes) -> dict[str, str]:
-    """The body of the ledger rule `revocations` that carries a CRL to every node."""
-    return {"crl": base64.b64encode(crl_der).decode("ascii")}
 
 
 @dataclass(eq=False)

@@ -24,6 +24,15 @@ dishonest branch holds its own key, never another's):
   on a copy of its store, sent as a crafted frame to half of its peers; record A is
   another debit made on its store, which its sessions send to everyone. It then
   takes B into its own store, which proves the fork there and blocks its own writes.
+- **closed**: a shop closing for good, as the README's "Closing a shop for good" has
+  it: at a seeded time of business hours no customer comes any more, and it hands
+  its members' rights over to another branch (`rights handover`, the same
+  operation). The owner waits until every branch has what it wrote and no branch
+  sees it holding anything (a grant answered late, a rebalancer that had not heard:
+  the hand-over runs again), then switches its PC off for good and head office
+  revokes its certificate (`chain revoke`: rule `revocations`). Honest throughout;
+  once retired it is left out of the end checks, except that no replica may see it
+  holding anything: its members' money is served elsewhere.
 - **restored**: a backup (crdtledger.backups.write_backup) taken between 10:30 and
   12:00; one to four hours later the node dies and its store is replaced by that
   backup (crdtledger.backups.restore), and it restarts: honest from then on, it
@@ -35,6 +44,7 @@ office, one role each.
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 import shutil
 from collections.abc import Callable
@@ -45,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 
 from pycrdt import Map
 
-from crdtledger import audit
+from crdtledger import audit, views
 from crdtledger.backups import restore, write_backup
 from crdtledger.errors import LedgerError
 from crdtledger.hlc import HybridClock, id_time_ms
@@ -54,6 +64,7 @@ from crdtledger.log import Batch, Head, Record, head_message, record_hash
 from crdtledger.model import entry_doc, month_over_ms, owner_of
 from crdtledger.storage import DB_FILE, LoadedDoc
 from crdtledger.sync import pack
+from crdtledger.trust import revocations_rule
 from sim.engine import DAY, HOUR, MINUTE, MS, SECOND
 from sim.net import End
 
@@ -61,7 +72,9 @@ if TYPE_CHECKING:
     from sim.node import SimNode
     from sim.world import World
 
-ROLES = ("forger", "equivocator", "restored")
+ROLES = ("forger", "equivocator", "restored", "closed")
+# How often the owner of a closing shop looks whether it may be switched off.
+CLOSING_LOOK = 5 * MINUTE
 FORGERIES = ("entry-as-other", "others-rights", "rewrite", "delete", "governance",
              "closed-month", "merge-in", "transfer-nothing", "refund-other")
 # The rule each forgery breaks (crdtledger.writerules.RULES).
@@ -104,6 +117,16 @@ class Restored:
     window: set[str] = field(default_factory=set)  # acknowledged after the backup
 
 
+@dataclass
+class Closing:
+    node: str
+    to: str  # the branch its members' rights go to
+    closed_at: int | None = None
+    handovers: list[dict[str, Any]] = field(default_factory=list)
+    retired_at: int | None = None  # switched off
+    revoked_at: int | None = None  # the revocation written at head office
+
+
 class Byzantine:
     """The Byzantine roles of one run and what they did."""
 
@@ -124,6 +147,7 @@ class Byzantine:
         self.forged: list[Forged] = []
         self.forks: list[Fork] = []
         self.restores: dict[str, Restored] = {}
+        self.closings: dict[str, Closing] = {}
 
     # --- who is what ------------------------------------------------------------
 
@@ -156,6 +180,13 @@ class Byzantine:
             elif role == "equivocator":
                 t = 11 * HOUR + rng.randrange(5 * HOUR)
                 w.engine.at(min(t, end - HOUR), partial(self._equivocate, node, rng))
+            elif role == "closed":
+                t = 12 * HOUR + rng.randrange(4 * HOUR)
+                others = [n.name for n in w.nodes if n.name != name
+                          and self.roles.get(n.name) is None]
+                closing = Closing(name, to=rng.choice(others))
+                self.closings[name] = closing
+                w.engine.at(min(t, end - 4 * HOUR), partial(self._close, node, closing))
             elif role == "restored":
                 t = 10 * HOUR + 30 * MINUTE + rng.randrange(90 * MINUTE)
                 later = t + HOUR + rng.randrange(3 * HOUR)
@@ -358,6 +389,80 @@ class Byzantine:
         lg.apply_batch(batch_b)  # proves the fork in its own store: it stops writing
         node.run(node.core.flush())
 
+    # --- the shop closing for good -------------------------------------------------------
+
+    def _close(self, node: SimNode, c: Closing) -> None:
+        w = self.world
+        w.closed.add(node.name)
+        c.closed_at = w.engine.now
+        w.trace(w.engine.now, f"{node.name} closing for good, hands over to {c.to}")
+        self._hand_over(node, c)
+
+    def _hand_over(self, node: SimNode, c: Closing) -> None:
+        w = self.world
+
+        def done(outcome: Any, attempt: Any) -> None:
+            if isinstance(outcome, dict) and outcome["entries"]:
+                # Acknowledged like any write: its transfers must reach every replica.
+                assert node.ledger is not None
+                for e in views.newest_entries(node.ledger, node.name, "transfer",
+                                              limit=outcome["entries"]):
+                    w._ack(str(e["id"]), node.name)
+                c.handovers.append(outcome)
+            w.trace(w.engine.now, f"{node.name} handover {outcome}")
+            w.engine.after(CLOSING_LOOK, partial(self._look, node, c))
+
+        node.perform("handover", lambda lg: lg.hand_over_rights(lg.owner, c.to), done)
+
+    def _look(self, node: SimNode, c: Closing) -> None:
+        """The owner looks: hand over what came in since, or switch off and revoke
+        once every branch holds all the shop wrote and none sees it holding anything."""
+        w = self.world
+        if w.engine.now >= w.workload_end - HOUR:
+            return  # not done by closing time: it stays a branch, and is checked as one
+        head = w.nodes[0]
+        if not node.up or node.attempts or not head.up:
+            w.engine.after(CLOSING_LOOK, partial(self._look, node, c))
+            return
+        step = self._owner_sees(node)
+        if step == "hand over":
+            self._hand_over(node, c)
+            return
+        if step == "wait":
+            w.engine.after(CLOSING_LOOK, partial(self._look, node, c))
+            return
+        node.crash()  # switched off for good
+        w.retired.add(node.name)
+        c.retired_at = w.engine.now
+        crl = w.ca.revoke(node.name, dt.datetime.fromtimestamp(
+            (w.epoch_ms + w.engine.now // 1000) / 1000, dt.UTC).replace(microsecond=0))
+        w.trace(w.engine.now, f"{node.name} switched off; {head.name} revokes it")
+
+        def revoked(outcome: Any, attempt: Any) -> None:
+            w.op_done(0, "rule", outcome, attempt, debit=False)
+            if isinstance(outcome, str):
+                c.revoked_at = w.engine.now
+
+        head.perform("rule", lambda lg: lg.set_rule(lg.owner, "revocations",
+                                                    revocations_rule(crl)), revoked)
+
+    def _owner_sees(self, node: SimNode) -> str:
+        """"hand over" if the shop holds rights again; "retire" once every other branch
+        holds all it wrote and none sees it holding anything (the owner phoning round:
+        the simulator reads the replicas); else "wait"."""
+        assert node.ledger is not None
+        if views.rights_held_rows(node.ledger, node.name, 1):
+            return "hand over"
+        tip = node.ledger.positions().get(node.name, 0)
+        for other in self.world.nodes:
+            if other is node or other.name in self.world.retired:
+                continue
+            lg = other.ledger
+            if (lg is None or lg.positions().get(node.name, 0) != tip
+                    or views.rights_held_rows(lg, node.name, 1)):
+                return "wait"
+        return "retire"
+
     # --- the restored branch ----------------------------------------------------------
 
     def _acked(self, name: str) -> set[str]:
@@ -427,6 +532,14 @@ class Byzantine:
             "forks": [{"node": f.node, "seq": f.seq, "entries": sorted(f.entries),
                        "side_b_first_to": f.sent_to, "at_s": f.at / SECOND}
                       for f in self.forks],
+            "closings": [{"node": c.node, "to": c.to,
+                          "closed_at_s": None if c.closed_at is None else c.closed_at / SECOND,
+                          "handovers": c.handovers,
+                          "retired_at_s": None if c.retired_at is None
+                          else c.retired_at / SECOND,
+                          "revoked_at_s": None if c.revoked_at is None
+                          else c.revoked_at / SECOND}
+                         for c in self.closings.values()],
             "restores": [{"node": r.node, "backup_at_s": r.backup_at / SECOND,
                           "restored_at_s": None if r.restored_at is None
                           else r.restored_at / SECOND,

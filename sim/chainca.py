@@ -6,7 +6,8 @@ Built here with `cryptography` rather than by peer.chain (the simulator drives t
 library and the node core, not the daemon), and from the seed: keys derived from it,
 certificates signed deterministically (RFC 6979) with fixed validity, so that a
 seed gives the same certificates, byte for byte, in every run (their sizes are in
-the frames the trace digest counts).
+the frames the trace digest counts). Revocation lists too (`revoke`), dated by the
+simulated clock.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ class ChainCA:
             .add_extension(ski, critical=False)
             .sign(self.key, hashes.SHA256(), ecdsa_deterministic=True))
         self.secret = hashlib.sha256(f"crdtledger sim chain secret\x00{seed}".encode()).digest()
+        self.revoked: dict[str, dt.datetime] = {}  # node -> when
+        self.crl_number = 0
 
     def enrol(self, data_dir: Path, node: str, *, head_office: bool = False) -> None:
         key = _key(self.seed, f"node {node}")
@@ -89,3 +92,21 @@ class ChainCA:
         write_private(tls / NODE_CERT, cert.public_bytes(serialization.Encoding.PEM))
         write_private(tls / CA_CERT, self.cert.public_bytes(serialization.Encoding.PEM))
         write_private(tls / CHAIN_KEY, self.secret)
+
+    def revoke(self, node: str, when: dt.datetime) -> bytes:
+        """A revocation list (DER) of every node revoked so far and `node`, numbered one
+        above the last, as `crdtledger chain revoke` signs it (peer.chain.revoke)."""
+        self.revoked.setdefault(node, when)
+        self.crl_number += 1
+        builder = (
+            x509.CertificateRevocationListBuilder().issuer_name(self.cert.subject)
+            .last_update(when).next_update(NOT_AFTER)
+            .add_extension(x509.CRLNumber(self.crl_number), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                self.key.public_key()), critical=False))
+        for name, at in sorted(self.revoked.items()):
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(_serial(self.seed, name))
+                .revocation_date(at).build())
+        crl = builder.sign(self.key, hashes.SHA256(), ecdsa_deterministic=True)
+        return crl.public_bytes(serialization.Encoding.DER)

@@ -185,8 +185,9 @@ def final(world: World) -> list[Violation]:
     """The end-of-run checks, on converged replicas (the honest ones, in a run with
     Byzantine nodes)."""
     out: list[Violation] = []
-    nodes = [n for n in world.nodes if n.up and n.ledger is not None]
-    if len(nodes) != len(world.nodes):
+    running = [n for n in world.nodes if n.name not in world.retired]
+    nodes = [n for n in running if n.up and n.ledger is not None]
+    if len(nodes) != len(running):
         out.append(Violation("liveness", "a node is still down at the end"))
         return out
     byz = world.byz
@@ -381,6 +382,12 @@ def byzantine_final(world: World, honest: list[Any]) -> list[Violation]:
         neg = audit.negative_purses(lg, limit=3)
         if neg:
             out.append(Violation("negative", f"{n.name}: purse below zero: {neg}", n.name))
+        for closed in sorted(world.retired):  # a shop closed for good strands nothing
+            held = views.rights_held_rows(lg, closed, 3)
+            if held or not lg.retired(closed):
+                what = f"holding {held}" if held else "not revoked"
+                out.append(Violation("stranded", f"{n.name} sees {closed}, closed for good, "
+                                                 f"{what}", n.name))
         if k in (0, len(honest) // 2, len(honest) - 1):  # the entries, re-judged
             for e in audit.entries(lg):
                 writer = str(e["id"]).rsplit(".", 1)[-1]

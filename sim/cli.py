@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sim.byzantine import ROLES
 from sim.config import Config
 from sim.faults import SCENARIOS
 
@@ -46,8 +47,10 @@ def _add_run_options(p: argparse.ArgumentParser, *, sweep: bool) -> None:
                    help="branches that fork their log (two records at one position)")
     p.add_argument("--restored", type=int, default=0,
                    help="branches restored from a backup taken earlier in the run")
+    p.add_argument("--closed", type=int, default=0,
+                   help="shops closing for good: hand over, switched off, revoked")
     p.add_argument("--byzantine", default="",
-                   help="the same as a list, e.g. forger:1,equivocator:1,restored:1")
+                   help="the same as a list, e.g. forger:1,equivocator:1,restored:1,closed:1")
     p.add_argument("--drop-faults", default="", help="fault indexes to switch off (1,3)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--plot", type=Path, default=None, help="write PNG charts and a report")
@@ -59,11 +62,11 @@ def _add_run_options(p: argparse.ArgumentParser, *, sweep: bool) -> None:
 
 def _config(a: argparse.Namespace, *, nodes: int, scenario: str, seed: int) -> Config:
     mask = frozenset(int(x) for x in a.drop_faults.split(",") if x.strip())
-    byz = {"forger": a.forger, "equivocator": a.equivocator, "restored": a.restored}
+    byz = {role: getattr(a, role) for role in ROLES}
     for item in (x.strip() for x in a.byzantine.split(",") if x.strip()):
         role, _, count = item.partition(":")
         if role not in byz:
-            raise SystemExit(f"unknown Byzantine role {role!r}: forger, equivocator or restored")
+            raise SystemExit(f"unknown Byzantine role {role!r}: {', '.join(ROLES)}")
         byz[role] = int(count or "1")
     return Config(nodes=nodes, members=a.members, days=a.days, start=a.start, seed=seed,
                   scenario=scenario,
@@ -103,7 +106,9 @@ def _human(result: dict[str, Any]) -> str:
     b = r.get("byzantine")
     if b is not None:
         lines.append(f"byzantine: {b['nodes']}; forged {len(b['forged'])}, forks "
-                     f"{len(b['forks'])}, restores {len(b['restores'])}; faults detected "
+                     f"{len(b['forks'])}, restores {len(b['restores'])}, closings "
+                     f"{sum(c['revoked_at_s'] is not None for c in b['closings'])} of "
+                     f"{len(b['closings'])} revoked; faults detected "
                      f"per honest node {b.get('faults_detected')}; records refused "
                      f"{b.get('records_refused')}; lost to restore {b.get('lost_to_restore')}")
     return "\n".join(lines)

@@ -32,6 +32,7 @@ class Config:
     forger: int = 0
     equivocator: int = 0
     restored: int = 0
+    closed: int = 0  # shops closing for good (not Byzantine: honest throughout)
 
     @property
     def member_count(self) -> int:
@@ -53,7 +54,7 @@ class Config:
                            ("ae_interval_s", "--ae-interval"), ("dup", "--dup"),
                            ("reorder", "--reorder"), ("max_ops", "--max-ops"),
                            ("forger", "--forger"), ("equivocator", "--equivocator"),
-                           ("restored", "--restored")):
+                           ("restored", "--restored"), ("closed", "--closed")):
             value = getattr(self, name)
             if value != getattr(defaults, name):
                 out += [flag, str(value)]

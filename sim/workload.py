@@ -170,8 +170,7 @@ class Workload:
 
     def _arrive(self, b: Branch, t: int) -> None:
         self._next_arrival(b, t)
-        node = self.world.nodes[b.index]
-        if not node.up or not self._budget():
+        if not self.world.serving(self.world.nodes[b.index]) or not self._budget():
             return
         rng = self.rng
         if rng.random() < 0.02 or not b.visitors:
@@ -427,7 +426,8 @@ class Workload:
         m = rng.choice(hot)
         branches = rng.sample(range(self.n), min(self.n, rng.randint(3, 8)))
         first = world.nodes[branches[0]]
-        if (first.ledger is not None and m.id is not None and self._budget()
+        if (world.serving(first) and first.ledger is not None and m.id is not None
+                and self._budget()
                 and self._spendable(first.ledger, m.id) < 300_000):
             # The family tops the card up where the burst begins, as it runs low.
             mid = m.id
@@ -438,8 +438,7 @@ class Workload:
             svc = rng.choice(SERVICES)
 
             def swipe(b: Branch = b, svc: str = svc) -> None:
-                node = world.nodes[b.index]
-                if node.up and self._budget():
+                if world.serving(world.nodes[b.index]) and self._budget():
                     self._op(b, "debit.hot", lambda lg: lg.debit(
                         lg.owner, card=m.card_no, service=svc), debit=True)
 

@@ -25,7 +25,7 @@ from crdtledger import closing, views
 from crdtledger.errors import InsufficientFunds, LedgerError, RightsElsewhere
 from crdtledger.sync import RightsAnswered
 from sim import checks
-from sim.byzantine import Byzantine
+from sim.byzantine import ROLES, Byzantine
 from sim.chainca import ChainCA
 from sim.checks import Violation
 from sim.config import Config
@@ -73,8 +73,7 @@ class World:
         self._build()
         self.workload = Workload(self)
         self.faults: list[Fault] = schedule(self)
-        counts = {"forger": cfg.forger, "equivocator": cfg.equivocator,
-                  "restored": cfg.restored}
+        counts = {role: getattr(cfg, role) for role in ROLES}
         self.byz: Byzantine | None = Byzantine(self, counts) if any(counts.values()) else None
 
     def _init_state(self, start: datetime, root: Path) -> None:
@@ -98,6 +97,10 @@ class World:
         self.converged = False
         self._books: dict[str, Any] | None = None
         self._down: set[str] = set()
+        # Shops closing for good (sim.byzantine, role "closed"): no customer from
+        # `closed` on; `retired` once switched off and revoked, never restarted.
+        self.closed: set[str] = set()
+        self.retired: set[str] = set()
         self._probing = False
         self._began = 0.0
         self._last_hour = -1
@@ -356,6 +359,10 @@ class World:
             self.fail(Violation("negative", f"{node.name} holds a rights row below zero: "
                                             f"{neg}", node.name))
 
+    def serving(self, node: SimNode) -> bool:
+        """Is this shop open to customers (up, and not closing for good)?"""
+        return node.up and node.name not in self.closed
+
     def honest(self, name: str) -> bool:
         return self.byz is None or self.byz.honest(name)
 
@@ -431,6 +438,8 @@ class World:
             self.by_name[f.nodes[0]].skew_ms -= f.ms
 
     def _restart(self, node: SimNode, *, check: bool = True) -> None:
+        if node.name in self.retired:  # a shop closed for good stays switched off
+            return
         node.restart()
         self._down.discard(node.name)
         assert node.ledger is not None
@@ -618,6 +627,8 @@ class World:
             return False
         first: Any = None
         for node in self.nodes:
+            if node.name in self.retired:
+                continue
             if node.ledger is None or node.attempts:
                 return False
             if not self.honest(node.name):

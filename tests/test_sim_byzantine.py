@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from test_sim import go_all
 
+from crdtledger.ledger import Ledger
+from sim.byzantine import Byzantine
 from sim.config import Config
 from sim.world import run
 
@@ -109,8 +111,32 @@ def test_all_together_in_a_hub_chain() -> None:
 
 
 def test_same_seed_same_digest_with_byzantine_nodes() -> None:
-    a = go(seed=5, nodes=4, ops_per_node=25, forger=1, equivocator=1)
-    b, c = go_all(*[dict(seed=5, nodes=4, ops_per_node=25, forger=1, equivocator=1)] * 2,
+    a = go(seed=5, nodes=4, ops_per_node=25, forger=1, equivocator=1, closed=1)
+    b, c = go_all(*[dict(seed=5, nodes=4, ops_per_node=25, forger=1, equivocator=1,
+                         closed=1)] * 2,
                   base=SMALL)  # in other processes: signatures differ, digests must not
     assert b["trace_digest"] == c["trace_digest"]
     assert a["trace_digest"] == b["trace_digest"]
+
+
+def test_a_shop_closing_for_good_strands_nothing() -> None:
+    """A shop closes for good mid-day in a chain that splits: it hands its members'
+    rights over, the owner waits until every branch has it all, switches it off, and
+    head office revokes it. Every replica converges with it revoked and holding
+    nothing (the end check), its customers' money served elsewhere."""
+    r = go(seed=1, closed=1)
+    (c,) = r["byzantine"]["closings"]
+    assert c["handovers"] and c["handovers"][0]["members"] > 0, "it held rights"
+    assert c["retired_at_s"] is not None and c["revoked_at_s"] is not None
+    assert "--closed 1" in r["reproduce"]
+
+
+def test_a_shop_revoked_with_rights_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The end check's own test: a shop revoked without handing over (its hand-over
+    moving nothing, its owner not looking) is a violation, not a clean run."""
+    monkeypatch.setattr(Ledger, "hand_over_rights", lambda self, operator, to: {
+        "to": to, "members": 0, "entries": 0, "moved": {}})
+    monkeypatch.setattr(Byzantine, "_owner_sees", lambda self, node: "retire")
+    result, _world = run(SMALL.with_(seed=1, closed=1))
+    assert result["violations"] == 1
+    assert result["violation"]["kind"] == "stranded", result["violation"]
