@@ -115,7 +115,7 @@ def write_backup(data_dir: Path, target_dir: Path, progress: Progress = _silent)
             meta = dict(dst.execute("SELECT key, value FROM meta").fetchall())
             node, chain = meta["node"], meta["chain"]
             dst.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",
-                        ("restored_from", _local(taken_ms, meta.get("timezone"))))
+                        ("restored_from", local_time(taken_ms, meta.get("timezone"))))
             dst.commit()
             dst.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
@@ -238,7 +238,7 @@ def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
         os.replace(tmp, db)
         _sync_dir(data_dir)
     return {"node": sealed.node, "chain": trust.chain,
-            "taken_at": meta.get("restored_from") or _local(taken_ms, meta.get("timezone")),
+            "taken_at": meta.get("restored_from") or local_time(taken_ms, meta.get("timezone")),
             "taken_at_ms": taken_ms, "kept": str(kept) if kept else None,
             "keys": "kept" if own_identity else "restored" if keys else "none",
             "data": str(data_dir)}
@@ -265,7 +265,7 @@ def restore_pending(data_dir: Path, *, lock: bool = True) -> bool:
 # --- helpers ------------------------------------------------------------------
 
 
-def _local(ms: int, timezone: str | None) -> str:
+def local_time(ms: int, timezone: str | None) -> str:
     """A time as the shop reads it: ISO 8601 to the minute, in the store's zone."""
     try:
         zone = ZoneInfo(timezone) if timezone else None

@@ -211,6 +211,9 @@ class Replica(LedgerBase):
         seq, hash_ = self.storage.log.tip(self.node)
         if self._own_head is None or self._own_head.seq != seq:
             sig = self.trust.sign(head_message(self.chain, self.node, seq, hash_))
+            # Before it leaves: a peer takes our records only as far as a head we
+            # signed, so a store put back behind this is told (crdtledger.tipmark).
+            self.storage.tip_mark.note(seq, hash_)
             self._own_head = Head(seq, hash_, sig)
         return self._own_head
 
@@ -1064,6 +1067,9 @@ class Replica(LedgerBase):
             st.set_meta("restore_wait", "")
             st.set_meta("restore_heard", "")
             st.set_meta("client_id", str(client))
+        # What the lost store sent that no branch holds cannot be fetched back, nor
+        # clash: the log goes on from here (tipmark: a restart is no copy put back).
+        st.tip_mark.reset(*st.log.tip(self.node))
         st.client_id = client
         st.evict_all()  # loaded documents write with the old id
         self.restored = None

@@ -30,8 +30,8 @@ from zoneinfo import ZoneInfo
 import orjson
 from pycrdt import Array, Doc, Map
 
-from crdtledger import hlc, platform
-from crdtledger.backups import restore_pending
+from crdtledger import hlc, platform, tipmark
+from crdtledger.backups import local_time, restore_pending
 from crdtledger.errors import InvalidInput, LocalProtocolError, StoreError, StoreLocked
 from crdtledger.lib0 import decode_state_vector
 from crdtledger.log import SCHEMA as LOG_SCHEMA
@@ -571,6 +571,33 @@ class Storage:
         self.version = 0
         self._day_second: int | None = None
         self._day = ""
+        # How far this node's own log has left it, beside the store (crdtledger.
+        # tipmark); judged by the writer, the process holding the lock.
+        self.tip_mark = tipmark.TipMark(self.dir, self.node)
+        if lock:
+            self._put_back_by_hand()
+
+    def _put_back_by_hand(self) -> None:
+        """A store behind the furthest head of this node's own log that ever left it
+        (its tip mark), or holding another record there, is a copy put back by hand:
+        restored, as `crdtledger restore` leaves it (meta `restored_from` and
+        `restored_tip`), so the node catches up with itself from a peer before it
+        sells (Replica.peer_caught_up)."""
+        mark = tipmark.read(self.dir)
+        if mark is None or mark[0] != self.node or self.meta.get("restored_from"):
+            return
+        _node, seq, hash_ = mark
+        tip, _hash = self.log.tip(self.node)
+        if seq <= tip and self.log.hash_at(self.node, seq) == hash_:
+            return
+        # When the copy was last written: its clock's ceiling (kept a lease ahead of
+        # its last id), or the store's creation for a copy that never wrote.
+        last = hlc.wall_ms(int(self.meta.get("hlc") or 0)) - CLOCK_LEASE_MS
+        if last <= 0:
+            last = int(self.meta.get("created_at") or 0) * 1000
+        with self.transaction():
+            self.set_meta("restored_from", local_time(last, self.meta.get("timezone")))
+            self.set_meta("restored_tip", str(tip))
 
     # --- creation and locking -------------------------------------------------
 
@@ -583,6 +610,7 @@ class Storage:
         db = data_dir / DB_FILE
         if db.exists():
             raise StoreError(f"{data_dir} already holds a node")
+        tipmark.forget(data_dir)
         ZoneInfo(timezone)  # refuse an unknown zone now rather than at first report
         tmp = data_dir / (DB_FILE + ".new")
         tmp.unlink(missing_ok=True)
@@ -629,6 +657,7 @@ class Storage:
     def close(self) -> None:
         self.evict_all()
         self.conn.close()
+        self.tip_mark.close()
         self._release_lock()
 
     # --- meta ---------------------------------------------------------------

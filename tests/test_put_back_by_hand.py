@@ -1,0 +1,182 @@
+"""A store file put back by hand (yesterday's copy of ledger.sqlite3 copied over the
+store, not `crdtledger restore`) is a restored store: it catches up with its own log
+from a peer before it sells, instead of selling again, at positions its peers hold,
+money it had already served (crdtledger/tipmark.py). Real SQLite files copied as a
+shop's PC user would, real sealed sync files through the command line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import Cli
+from helpers import new_ledger, sync
+
+from crdtledger import views
+from crdtledger.errors import NotCaughtUp
+from crdtledger.ledger import Ledger
+from crdtledger.storage import DB_FILE
+from crdtledger.syncfile import export_file
+from crdtledger.tipmark import TIP_FILE
+
+
+def put_back(copy: Path, data: Path) -> None:
+    """The old file copied over the store, as by hand (its WAL and index gone too)."""
+    for suffix in ("-wal", "-shm"):
+        (data / f"{DB_FILE}{suffix}").unlink(missing_ok=True)
+    shutil.copy(copy, data / DB_FILE)
+
+
+def _cash(ledger: Ledger, member: str) -> int:
+    return int(views.balance(ledger.storage.conn, member)["cash"])
+
+
+def test_a_copy_put_back_sells_nothing_twice(tmp_path: Path) -> None:
+    a, b = new_ledger(tmp_path, "SH01"), new_ledger(tmp_path, "SH02")
+    m = a.add_member(a.owner, name="Li", phone="13800000000")
+    a.topup(a.owner, m, 100_000)  # 1,000.00 paid in at SH01
+    sync(a, b)
+    data = a.storage.dir
+    a.close()
+    shutil.copy(data / DB_FILE, tmp_path / "yesterday.sqlite3")
+    a = Ledger.open(data)
+    a.debit(a.owner, m, amount=60_000)  # 600.00 served; SH02 hears of it
+    sync(a, b)
+    a.close()
+
+    put_back(tmp_path / "yesterday.sqlite3", data)
+    a = Ledger.open(data)
+    try:
+        # The copy says 1,000.00 are here; it does not serve them again.
+        assert a.restored
+        before = a.positions()
+        with pytest.raises(NotCaughtUp, match=r"restored from a backup of .* connect to"):
+            a.debit(a.owner, m, amount=60_000)
+        assert a.positions() == before
+        assert views.trust_status(a)["restored"]
+        # Online: it takes back the 600.00 served, and then sells on what is left.
+        sync(a, b)
+        assert a.restored is None
+        assert _cash(a, m) == _cash(b, m) == 40_000
+        a.debit(a.owner, m, amount=10_000)
+        sync(a, b)
+        assert _cash(a, m) == _cash(b, m) == 30_000
+        assert a.faults() == [] and b.faults() == [], "no fork anywhere"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_what_reached_no_branch_is_not_waited_for_after_the_catch_up(tmp_path: Path) -> None:
+    """A sale whose head left in a sync file nobody imported is lost with the store
+    that held it: the copy put back is locked, but once the only branch known shows
+    nothing newer it sells, and a restart after that is not taken for another copy
+    put back (the mark follows the log down). A sale that never left at all cannot
+    clash with anything: such a copy is not even locked."""
+    a, b = new_ledger(tmp_path, "SH01"), new_ledger(tmp_path, "SH02")
+    m = a.add_member(a.owner, name="Li", phone="13800000000")
+    a.topup(a.owner, m, 100_000)
+    sync(a, b)
+    data = a.storage.dir
+    a.close()
+    shutil.copy(data / DB_FILE, tmp_path / "copy.sqlite3")
+    a = Ledger.open(data)
+    a.debit(a.owner, m, amount=20_000)
+    export_file(a, tmp_path / "lost.sync")  # written, never imported anywhere
+    a.close()
+    put_back(tmp_path / "copy.sqlite3", data)
+    a = Ledger.open(data)
+    try:
+        assert a.restored
+        sync(a, b)  # SH02 holds SH01's log as far as the copy: nothing newer anywhere
+        assert a.restored is None
+    finally:
+        a.close()
+    a = Ledger.open(data)
+    try:
+        assert a.restored is None
+        a.debit(a.owner, m, amount=10_000)
+        sync(a, b)
+        assert _cash(a, m) == _cash(b, m) == 90_000
+        assert a.faults() == [] and b.faults() == []
+    finally:
+        a.close()
+    shutil.copy(data / DB_FILE, tmp_path / "copy2.sqlite3")
+    with Ledger.open(data) as a:
+        a.debit(a.owner, m, amount=10_000)  # never leaves
+    put_back(tmp_path / "copy2.sqlite3", data)
+    with Ledger.open(data) as again:
+        assert again.restored is None
+    b.close()
+
+
+def test_a_restart_a_reader_and_a_new_store_are_not_a_copy_put_back(tmp_path: Path) -> None:
+    a, b = new_ledger(tmp_path, "SH01"), new_ledger(tmp_path, "SH02")
+    m = a.add_member(a.owner, name="Li", phone="13800000000")
+    a.topup(a.owner, m, 5_000)
+    data = a.storage.dir
+    assert not (data / TIP_FILE).exists(), "nothing has left yet"
+    sync(a, b)
+    mark = (data / TIP_FILE).read_text()
+    assert mark.split()[2] == "SH01" and int(mark.split()[0]) == a.positions()["SH01"]
+    # A reader (the node running elsewhere holds the lock) does not judge.
+    with Ledger.open(data, lock=False) as reader:
+        assert reader.restored is None
+    a.close()
+    a = Ledger.open(data)  # a restart
+    try:
+        assert a.restored is None
+        a.debit(a.owner, m, amount=100)
+    finally:
+        a.close()
+        b.close()
+    # A damaged mark proves nothing; a new store in a directory with an old mark
+    # ignores it (the mark is the old store's).
+    (data / TIP_FILE).write_text("garbage")
+    with Ledger.open(data) as again:
+        assert again.restored is None
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / TIP_FILE).write_text(mark)
+    Ledger.create(fresh, "SH01", "default", "Asia/Shanghai")
+    with Ledger.open(fresh) as new:
+        assert new.restored is None
+        new.add_member(new.owner, name="Wang", phone="13900000000")
+
+
+def test_put_back_at_the_command_line(cli: Cli, make_node: Callable[..., Path],
+                                      tmp_path: Path) -> None:
+    """As a shop's PC user would: copy the store file, sell, copy it back; the till
+    refuses with the reason and what to do, `status` says so, and a sync file from
+    the other branch unlocks it."""
+    sh01, sh02 = make_node("SH01"), make_node("SH02")
+
+    def out(*args: object, data: Path) -> dict:
+        r = cli(*args, "--json", data=data)
+        assert r.code == 0, r.err
+        return json.loads(r.out)
+
+    def files(frm: Path, to: Path, name: str) -> None:
+        assert cli("export", "--out", tmp_path / name, data=frm).code == 0
+        r = cli("import", tmp_path / name, data=to)
+        assert r.code == 0, r.err
+
+    m = out("member", "add", "--name", "李", "--phone", "13800000000", data=sh01)["member_id"]
+    out("topup", "--member", m, "--amount", "100.00", data=sh01)
+    files(sh01, sh02, "a.sync")
+    shutil.copy(sh01 / DB_FILE, tmp_path / "usb-copy.sqlite3")
+    out("debit", "--member", m, "--amount", "60.00", data=sh01)
+    files(sh01, sh02, "b.sync")
+
+    put_back(tmp_path / "usb-copy.sqlite3", sh01)
+    r = cli("debit", "--member", m, "--amount", "60.00", data=sh01)
+    assert r.code != 0 and "restored from a backup of" in r.err, r
+    assert "RESTORED" in cli("status", data=sh01).out
+    files(sh02, sh01, "c.sync")
+    assert out("balance", "--member", m, data=sh01)["cash"] == 4000
+    out("debit", "--member", m, "--amount", "10.00", data=sh01)
+    files(sh01, sh02, "d.sync")
+    assert out("balance", "--member", m, data=sh02)["cash"] == 3000
