@@ -73,13 +73,21 @@ class TipMark:
             self.reset(seq, hash_)
 
     def reset(self, seq: int, hash_: bytes) -> None:
-        """The mark is `seq` and `hash_`, whatever it was."""
-        if self._fd is None:
-            self._fd = os.open(self.data_dir / TIP_FILE,
-                               os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0), FILE_MODE)
+        """The mark is `seq` and `hash_`, whatever it was. A mark that cannot be
+        written (a full disk, a read-only copy) is tried again at the next head: it is
+        a tripwire, and the node keeps syncing without it."""
         line = f"{seq:0{_SEQ_WIDTH}d} {hash_.hex()} {self.node}\n".encode("ascii")
-        os.lseek(self._fd, 0, os.SEEK_SET)
-        os.write(self._fd, line)
+        try:
+            if self._fd is None:
+                flags = os.O_WRONLY | os.O_CREAT
+                for extra in ("O_CLOEXEC", "O_NOFOLLOW", "O_BINARY"):
+                    flags |= getattr(os, extra, 0)
+                self._fd = os.open(self.data_dir / TIP_FILE, flags, FILE_MODE)
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            os.write(self._fd, line)
+        except OSError:
+            self.close()
+            return
         self._seq = seq
 
     def close(self) -> None:

@@ -180,3 +180,22 @@ def test_put_back_at_the_command_line(cli: Cli, make_node: Callable[..., Path],
     out("debit", "--member", m, "--amount", "10.00", data=sh01)
     files(sh01, sh02, "d.sync")
     assert out("balance", "--member", m, data=sh02)["cash"] == 3000
+
+
+def test_a_mark_that_cannot_be_written_does_not_stop_the_sync(tmp_path: Path) -> None:
+    """The mark is a tripwire: where it cannot be written (here a directory squats its
+    name) the node syncs all the same, and writes it once it can."""
+    a, b = new_ledger(tmp_path, "SH01"), new_ledger(tmp_path, "SH02")
+    try:
+        (a.storage.dir / TIP_FILE).mkdir()
+        m = a.add_member(a.owner, name="Li", phone="13800000000")
+        a.topup(a.owner, m, 5_000)
+        sync(a, b)
+        assert _cash(b, m) == 5_000
+        (a.storage.dir / TIP_FILE).rmdir()
+        a.debit(a.owner, m, amount=1_000)
+        sync(a, b)
+        assert int((a.storage.dir / TIP_FILE).read_text().split()[0]) == a.positions()["SH01"]
+    finally:
+        a.close()
+        b.close()
