@@ -574,15 +574,17 @@ class Storage:
         # How far this node's own log has left it, beside the store (crdtledger.
         # tipmark); judged by the writer, the process holding the lock.
         self.tip_mark = tipmark.TipMark(self.dir, self.node)
-        if lock:
-            self._put_back_by_hand()
+        self._put_back_by_hand(keep=lock)
 
-    def _put_back_by_hand(self) -> None:
+    def _put_back_by_hand(self, keep: bool) -> None:
         """A store behind the furthest head of this node's own log that ever left it
         (its tip mark), or holding another record there, is a copy put back by hand:
         restored, as `crdtledger restore` leaves it (meta `restored_from` and
         `restored_tip`), so the node catches up with itself from a peer before it
-        sells (Replica.peer_caught_up)."""
+        sells (Replica.peer_caught_up). Kept in the store by the lock's holder; a
+        reader (`status` while the node is stopped) only says so. The mark is read
+        before the store: a head is signed only after what it covers committed, so a
+        reader racing the node never finds the store behind."""
         mark = tipmark.read(self.dir)
         if mark is None or mark[0] != self.node or self.meta.get("restored_from"):
             return
@@ -595,9 +597,14 @@ class Storage:
         last = hlc.wall_ms(int(self.meta.get("hlc") or 0)) - CLOCK_LEASE_MS
         if last <= 0:
             last = int(self.meta.get("created_at") or 0) * 1000
+        said = {"restored_from": local_time(last, self.meta.get("timezone")),
+                "restored_tip": str(tip)}
+        if not keep:
+            self.meta.update(said)
+            return
         with self.transaction():
-            self.set_meta("restored_from", local_time(last, self.meta.get("timezone")))
-            self.set_meta("restored_tip", str(tip))
+            for key, value in said.items():
+                self.set_meta(key, value)
 
     # --- creation and locking -------------------------------------------------
 

@@ -122,7 +122,7 @@ def test_a_restart_a_reader_and_a_new_store_are_not_a_copy_put_back(tmp_path: Pa
     sync(a, b)
     mark = (data / TIP_FILE).read_text()
     assert mark.split()[2] == "SH01" and int(mark.split()[0]) == a.positions()["SH01"]
-    # A reader (the node running elsewhere holds the lock) does not judge.
+    # A reader (the running node holds the lock) finds nothing wrong either.
     with Ledger.open(data, lock=False) as reader:
         assert reader.restored is None
     a.close()
@@ -172,6 +172,7 @@ def test_put_back_at_the_command_line(cli: Cli, make_node: Callable[..., Path],
     files(sh01, sh02, "b.sync")
 
     put_back(tmp_path / "usb-copy.sqlite3", sh01)
+    assert "RESTORED" in cli("status", data=sh01).out  # a reader says so too
     r = cli("debit", "--member", m, "--amount", "60.00", data=sh01)
     assert r.code != 0 and "restored from a backup of" in r.err, r
     assert "RESTORED" in cli("status", data=sh01).out
