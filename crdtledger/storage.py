@@ -572,7 +572,7 @@ class Storage:
         self._day_second: int | None = None
         self._day = ""
         # How far this node's own log has left it, beside the store (crdtledger.
-        # tipmark); judged by the writer, the process holding the lock.
+        # tipmark): a store behind it was put back by hand.
         self.tip_mark = tipmark.TipMark(self.dir, self.node)
         self._put_back_by_hand(keep=lock)
 

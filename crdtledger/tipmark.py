@@ -12,13 +12,14 @@ The store cannot tell that it is old; a small file beside it can. A peer takes t
 node's records only as far as a head of its log the node signed, and a head is signed
 once, as it first leaves (Replica.own_head: a session, a sync file). Just before that
 the head's position and hash are written here, if further than the mark (one write
-into the page cache, no fsync; readers that export write it too). A store opened behind
-the mark, or holding another record at its position, is treated as restored
+into the page cache, no fsync; readers that export write it too). A store opened
+behind the mark, or holding another record at its position, is treated as restored
 (Storage._put_back_by_hand; kept in the store by the lock's holder, said by readers):
-it refuses to write until a peer shows it caught up, as after `crdtledger restore`. Once it has, the mark is set to where its log then
-ends (Replica._end_restore): lower, when what the lost store sent reached no branch.
-Sales written after the copy that never left the PC are lost with it as with any
-restore; they cannot clash with what the node writes next.
+it refuses to write until a peer shows it caught up, as after `crdtledger restore`.
+Once it has, the mark is set to where its log then ends (Replica._end_restore):
+lower, when what the lost store sent reached no branch. Sales written after the copy
+that never left the PC are lost with it as with any restore; they cannot clash with
+what the node writes next.
 
 Not caught: the mark copied back with the store (a whole data directory restored
 from a folder backup or a disk image), or deleted; nor a mark lowered by a reader
