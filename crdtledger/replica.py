@@ -1012,9 +1012,17 @@ class Replica(LedgerBase):
         # The backup's end of our log (backups.restore marks it); none in a store
         # restored before the mark: then any position of ours a peer shows is past it.
         backup = int(st.meta.get("restored_tip") or 0)
+        # How far our log is known to have left this PC (crdtledger.tipmark): a store
+        # put back by hand behind it waits for a branch that shows all of it.
+        sent = int(st.meta.get("restored_sent") or 0)
         ours = st.log.tip(self.node)[0]
         who = f"branch {peer}" if peer else "the branch heard from"
-        if seq <= backup:
+        if seq < sent:
+            why = (f"this branch's log had left this PC as far as record {sent}, and "
+                   f"{who} holds it only to record {seq}: connect to a branch that holds "
+                   "all of it, or import a sync file of one, before selling (or the owner: "
+                   "crdtledger restore --sell-now, at the risk it states)")
+        elif seq <= backup:
             # Heard of nothing since the backup. Once every other branch known here has
             # said so, nothing this node wrote after it reached any of them: there is
             # nothing to fetch back, and what never left the lost disk nobody can.
@@ -1066,10 +1074,12 @@ class Replica(LedgerBase):
             st.set_meta("restored_from", "")
             st.set_meta("restore_wait", "")
             st.set_meta("restore_heard", "")
+            st.set_meta("restored_sent", "")
             st.set_meta("client_id", str(client))
-        # What the lost store sent that no branch holds cannot be fetched back, nor
-        # clash: the log goes on from here (tipmark: a restart is no copy put back).
-        st.tip_mark.reset(*st.log.tip(self.node))
+            # The log goes on from here (tipmark), lower than the mark only on the
+            # owner's word. Before the commit: killed in between, the store is still
+            # restored, never a caught-up store behind its mark.
+            st.tip_mark.reset(*st.log.tip(self.node))
         st.client_id = client
         st.evict_all()  # loaded documents write with the old id
         self.restored = None

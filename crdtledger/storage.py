@@ -586,19 +586,26 @@ class Storage:
         before the store: a head is signed only after what it covers committed, so a
         reader racing the node never finds the store behind."""
         mark = tipmark.read(self.dir)
-        if mark is None or mark[0] != self.node or self.meta.get("restored_from"):
+        if mark is None or mark[0] != self.node:
             return
         _node, seq, hash_ = mark
         tip, _hash = self.log.tip(self.node)
         if seq <= tip and self.log.hash_at(self.node, seq) == hash_:
             return
-        # When the copy was last written: its clock's ceiling (kept a lease ahead of
-        # its last id), or the store's creation for a copy that never wrote.
-        last = hlc.wall_ms(int(self.meta.get("hlc") or 0)) - CLOCK_LEASE_MS
-        if last <= 0:
-            last = int(self.meta.get("created_at") or 0) * 1000
-        said = {"restored_from": local_time(last, self.meta.get("timezone")),
-                "restored_tip": str(tip)}
+        # The mark proves its log left this PC as far as `seq`: a peer must show that
+        # much before it sells again (peer_caught_up), also after `crdtledger restore`
+        # in place, whose backup knows less.
+        said = {"restored_sent": str(seq)}
+        if not self.meta.get("restored_from"):
+            # When the copy was last written: its clock's ceiling (kept a lease ahead
+            # of its last id), or the store's creation for a copy that never wrote.
+            last = hlc.wall_ms(int(self.meta.get("hlc") or 0)) - CLOCK_LEASE_MS
+            if last <= 0:
+                last = int(self.meta.get("created_at") or 0) * 1000
+            said |= {"restored_from": local_time(last, self.meta.get("timezone")),
+                     "restored_tip": str(tip)}
+        if said.items() <= self.meta.items():
+            return
         if not keep:
             self.meta.update(said)
             return

@@ -36,14 +36,23 @@ from pathlib import Path
 from crdtledger.private import FILE_MODE
 
 TIP_FILE = "ledger.tip"
-_SEQ_WIDTH = 20  # fixed, so that a shorter mark never leaves the end of a longer one
+_SEQ_WIDTH = 20  # one length for a node's every mark
+
+
+_OPEN = 0
+for _flag in ("O_CLOEXEC", "O_NOFOLLOW", "O_NONBLOCK", "O_BINARY"):  # never wait on it
+    _OPEN |= getattr(os, _flag, 0)
 
 
 def read(data_dir: Path) -> tuple[str, int, bytes] | None:
     """(node, seq, hash) as last noted; None if there is no mark, or not a readable one
     (a damaged mark proves nothing either way)."""
     try:
-        text = (Path(data_dir) / TIP_FILE).read_text("ascii")
+        fd = os.open(Path(data_dir) / TIP_FILE, os.O_RDONLY | _OPEN)
+        try:
+            text = os.read(fd, 256).decode("ascii")
+        finally:
+            os.close(fd)
         seq, hash_hex, node = text.split()
         return node, int(seq), bytes.fromhex(hash_hex)
     except (OSError, UnicodeError, ValueError):
@@ -80,14 +89,16 @@ class TipMark:
         line = f"{seq:0{_SEQ_WIDTH}d} {hash_.hex()} {self.node}\n".encode("ascii")
         try:
             if self._fd is None:
-                flags = os.O_WRONLY | os.O_CREAT
-                for extra in ("O_CLOEXEC", "O_NOFOLLOW", "O_BINARY"):
-                    flags |= getattr(os, extra, 0)
-                self._fd = os.open(self.data_dir / TIP_FILE, flags, FILE_MODE)
+                self._fd = os.open(self.data_dir / TIP_FILE, os.O_WRONLY | os.O_CREAT | _OPEN,
+                                   FILE_MODE)
             os.lseek(self._fd, 0, os.SEEK_SET)
             os.write(self._fd, line)
+            # Cut after writing, not when opening: a mark of a longer node id left in a
+            # reused directory would otherwise hang on after ours, unreadable.
+            os.ftruncate(self._fd, len(line))
         except OSError:
             self.close()
+            self._seq = -1  # written at the next head, whatever it was
             return
         self._seq = seq
 

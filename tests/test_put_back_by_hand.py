@@ -70,12 +70,48 @@ def test_a_copy_put_back_sells_nothing_twice(tmp_path: Path) -> None:
         b.close()
 
 
-def test_what_reached_no_branch_is_not_waited_for_after_the_catch_up(tmp_path: Path) -> None:
-    """A sale whose head left in a sync file nobody imported is lost with the store
-    that held it: the copy put back is locked, but once the only branch known shows
-    nothing newer it sells, and a restart after that is not taken for another copy
-    put back (the mark follows the log down). A sale that never left at all cannot
-    clash with anything: such a copy is not even locked."""
+def test_a_stale_branch_does_not_unlock_it_the_one_that_took_the_sale_does(
+        tmp_path: Path) -> None:
+    """The mark says how far the log left the PC: SH02, which last heard of SH01 at
+    the copy, cannot unlock it (before, "every branch known heard nothing since" did,
+    and it sold the 600.00 again); SH03, a branch the copy never heard of but which
+    took the sale, does."""
+    a, b = new_ledger(tmp_path, "SH01"), new_ledger(tmp_path, "SH02")
+    m = a.add_member(a.owner, name="Li", phone="13800000000")
+    a.topup(a.owner, m, 100_000)
+    sync(a, b)
+    data = a.storage.dir
+    a.close()
+    shutil.copy(data / DB_FILE, tmp_path / "copy.sqlite3")
+    a, c = Ledger.open(data), new_ledger(tmp_path, "SH03")
+    a.debit(a.owner, m, amount=60_000)
+    sync(a, c)
+    a.close()
+    put_back(tmp_path / "copy.sqlite3", data)
+    a = Ledger.open(data)
+    try:
+        sync(a, b)
+        with pytest.raises(NotCaughtUp, match="left this PC as far as record 3, and branch "
+                                              "SH02 holds it only to record 2"):
+            a.debit(a.owner, m, amount=60_000)
+        sync(a, c)
+        assert a.restored is None
+        assert _cash(a, m) == _cash(c, m) == 40_000
+        a.debit(a.owner, m, amount=10_000)
+        sync(a, c)
+        sync(a, b)
+        assert a.faults() == b.faults() == c.faults() == []
+    finally:
+        for x in (a, b, c):
+            x.close()
+
+
+def test_what_reached_no_branch_waits_for_the_owners_word(tmp_path: Path) -> None:
+    """A sale whose head left in a sync file nobody imported yet: no branch can show
+    it, so the copy stays locked until the owner takes the risk (`restore --sell-now`);
+    a restart after that is not taken for another copy put back (the mark follows the
+    log down). A sale that never left at all cannot clash with anything: such a copy
+    is not even locked."""
     a, b = new_ledger(tmp_path, "SH01"), new_ledger(tmp_path, "SH02")
     m = a.add_member(a.owner, name="Li", phone="13800000000")
     a.topup(a.owner, m, 100_000)
@@ -85,14 +121,14 @@ def test_what_reached_no_branch_is_not_waited_for_after_the_catch_up(tmp_path: P
     shutil.copy(data / DB_FILE, tmp_path / "copy.sqlite3")
     a = Ledger.open(data)
     a.debit(a.owner, m, amount=20_000)
-    export_file(a, tmp_path / "lost.sync")  # written, never imported anywhere
+    export_file(a, tmp_path / "lost.sync")  # written, not imported anywhere yet
     a.close()
     put_back(tmp_path / "copy.sqlite3", data)
     a = Ledger.open(data)
     try:
+        sync(a, b)  # SH02 holds SH01's log only as far as the copy
         assert a.restored
-        sync(a, b)  # SH02 holds SH01's log as far as the copy: nothing newer anywhere
-        assert a.restored is None
+        a.waive_catch_up()
     finally:
         a.close()
     a = Ledger.open(data)
@@ -141,6 +177,11 @@ def test_a_reader_a_damaged_mark_and_a_new_store_are_not_a_copy_put_back(tmp_pat
     with Ledger.open(fresh) as new:
         assert new.restored is None
         new.add_member(new.owner, name="Wang", phone="13900000000")
+    # A longer mark left by another node's store is overwritten whole, not in part.
+    (data / TIP_FILE).write_text("0" * 20 + " " + "ab" * 32 + " HQ_OFFICE_TILL2\n")
+    with Ledger.open(data) as again:
+        export_file(again, tmp_path / "out.sync")
+    assert (data / TIP_FILE).read_text() == mark
 
 
 def test_put_back_at_the_command_line(cli: Cli, make_node: Callable[..., Path],
