@@ -135,6 +135,12 @@ def technicians(ledger: Ledger, branch: str | None = None) -> list[dict[str, Any
         by_id.setdefault(str(e["member"]), []).append(e)
     out = [_tech_view(v) for tid, v in by_id.items()
            if branch is None or id_node(tid) == branch]
+    for t in out:
+        # A shop closed for good (its certificate revoked) decides nothing any more: a
+        # request to its technician would wait for ever.
+        if ledger.retired(t["branch"]):
+            t["active"] = False
+            t["closed"] = True
     return sorted(out, key=lambda t: (t["branch"], t["code"], t["id"]))
 
 
@@ -507,6 +513,9 @@ def _fits(ledger: Ledger, tech: Mapping[str, Any], service: str, start: int,
     if service not in tech["services"]:
         return (f"technician {tech['code']} ({tech['name']}) does not do {service} (does: "
                 f"{', '.join(tech['services'])})")
+    if tech.get("closed"):
+        return (f"technician {tech['code']} ({tech['name']}) works at {tech['branch']}, "
+                "closed for good: choose a technician of another branch")
     if not tech["active"]:
         return f"technician {tech['code']} ({tech['name']}) no longer takes bookings"
     open_min, close_min = parse_hours(tech["hours"])

@@ -67,6 +67,7 @@ from crdtledger.sync import pack
 from crdtledger.trust import revocations_rule
 from sim.engine import DAY, HOUR, MINUTE, MS, SECOND
 from sim.net import End
+from sim.workload import GOODS
 
 if TYPE_CHECKING:
     from sim.node import SimNode
@@ -117,6 +118,16 @@ class Restored:
     window: set[str] = field(default_factory=set)  # acknowledged after the backup
 
 
+def goods_held(ledger: Ledger, node: str) -> int:
+    """Units of the workload's goods item `node` holds, on the shelf or in transit to it
+    (none before head office writes the catalogue)."""
+    try:
+        item = ledger.goods_item(GOODS)
+    except LedgerError:
+        return 0
+    return sum(ledger.stock_held(item, purse).get(node, 0) for purse in ("stock", "transit"))
+
+
 @dataclass
 class Closing:
     node: str
@@ -137,8 +148,8 @@ class Byzantine:
         eligible = [n.name for n in world.nodes if not n.hub and n.index != 0]
         wanted = sum(counts.values())
         if wanted > len(eligible):
-            raise ValueError(f"{wanted} Byzantine branches asked for, but only {len(eligible)} "
-                             "branches are neither a hub nor the head office")
+            raise ValueError(f"{wanted} branches with a role (Byzantine or closing) asked for, "
+                             f"but only {len(eligible)} are neither a hub nor the head office")
         chosen = self.rng.sample(eligible, wanted)
         self.roles: dict[str, str] = {}
         for role in ROLES:
@@ -399,6 +410,26 @@ class Byzantine:
         self._hand_over(node, c)
 
     def _hand_over(self, node: SimNode, c: Closing) -> None:
+        """Its goods shipped (`stock ship`), then its members' rights handed over."""
+        w = self.world
+        assert node.ledger is not None
+        units = goods_held(node.ledger, node.name)
+        if units:
+            def shipped(outcome: Any, attempt: Any) -> None:
+                if isinstance(outcome, dict):
+                    for eid in outcome.get("stock_entries") or [outcome["id"]]:
+                        w._ack(str(eid), node.name)
+                w.trace(w.engine.now, f"{node.name} shipped {units} {GOODS} to {c.to}: "
+                                      f"{outcome}")
+                if node.up:
+                    self._hand_over_rights(node, c)
+
+            node.perform("stock.ship", lambda lg: lg.ship_stock(lg.owner, GOODS, units, c.to),
+                         shipped)
+            return
+        self._hand_over_rights(node, c)
+
+    def _hand_over_rights(self, node: SimNode, c: Closing) -> None:
         w = self.world
 
         def done(outcome: Any, attempt: Any) -> None:
@@ -451,7 +482,8 @@ class Byzantine:
         holds all it wrote and none sees it holding anything (the owner phoning round:
         the simulator reads the replicas); else "wait"."""
         assert node.ledger is not None
-        if views.rights_held_rows(node.ledger, node.name, 1):
+        if views.rights_held_rows(node.ledger, node.name, 1) or goods_held(node.ledger,
+                                                                            node.name):
             return "hand over"
         tip = node.ledger.positions().get(node.name, 0)
         for other in self.world.nodes:
@@ -459,7 +491,8 @@ class Byzantine:
                 continue
             lg = other.ledger
             if (lg is None or lg.positions().get(node.name, 0) != tip
-                    or views.rights_held_rows(lg, node.name, 1)):
+                    or views.rights_held_rows(lg, node.name, 1)
+                    or goods_held(lg, node.name)):
                 return "wait"
         return "retire"
 

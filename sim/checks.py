@@ -23,6 +23,8 @@ from crdtledger.log import APPLIED
 from crdtledger.settlement import reconciles
 from crdtledger.sync import decode_state_vector
 from crdtledger.writerules import GOVERNANCE_DOCS
+from sim.byzantine import goods_held
+from sim.workload import GOODS
 
 if TYPE_CHECKING:
     from sim.world import World
@@ -383,9 +385,12 @@ def byzantine_final(world: World, honest: list[Any]) -> list[Violation]:
         if neg:
             out.append(Violation("negative", f"{n.name}: purse below zero: {neg}", n.name))
         for closed in sorted(world.retired):  # a shop closed for good strands nothing
-            held = views.rights_held_rows(lg, closed, 3)
-            if held or not lg.retired(closed):
-                what = f"holding {held}" if held else "not revoked"
+            kept: list[Any] = views.rights_held_rows(lg, closed, 3)
+            units = goods_held(lg, closed)
+            if units:
+                kept.append(("goods", GOODS, units))
+            if kept or not lg.retired(closed):
+                what = f"holding {kept}" if kept else "not revoked"
                 out.append(Violation("stranded", f"{n.name} sees {closed}, closed for good, "
                                                  f"{what}", n.name))
         if k in (0, len(honest) // 2, len(honest) - 1):  # the entries, re-judged

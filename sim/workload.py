@@ -269,7 +269,7 @@ class Workload:
         rng = self.rng
         ledger = self.world.nodes[b.index].ledger
         assert ledger is not None and m.id is not None
-        techs = bookings.technicians(ledger)
+        techs = [t for t in bookings.technicians(ledger) if t["active"]]  # as offered
         if not techs:
             return
         if b.booked and rng.random() < 0.25:
@@ -350,6 +350,8 @@ class Workload:
             return
         branch = b or self.branches[m.home]
         node = self.world.nodes[branch.index]
+        if node.name in self.world.closed:
+            return  # they register elsewhere or not at all
         if not node.up:
             self.world.engine.after(10 * MINUTE, lambda: self._register(m, b))
             return

@@ -10,6 +10,7 @@ every refusal is checked to have changed nothing (helpers.snapshot)."""
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from helpers import Forger, Net, new_ledger, snapshot, sync
 from pycrdt import Doc, Map
 from test_api import BOSS_PW, Api, drive
 
+from crdtledger import bookings
+from crdtledger.bookings import BookingRefused
 from crdtledger.errors import InvalidInput
 from crdtledger.ledger import Ledger
 from crdtledger.model import entry_doc
@@ -168,6 +171,7 @@ def test_a_branch_whose_certificate_the_chain_revoked_gets_nothing(tmp_path: Pat
         sid = stocked(hq)
         sync(hq, sh02)
         sh02.add_member(sh02.owner, name="李雷", phone="13900000000")
+        bookings.add_technician(sh02, sh02.owner, "T01", "小李", ["FOOT60"])
         sync(hq, sh02)
         hq.transfer_rights(o, m, "SH02", 100)  # in good standing
         hq.set_rule(o, "revocations", revocations_rule(revoke(chain_dir, "SH02")))
@@ -175,6 +179,14 @@ def test_a_branch_whose_certificate_the_chain_revoked_gets_nothing(tmp_path: Pat
                 "SH02 is closed: the chain revoked its certificate")
         refused(hq, [m, sid], lambda: hq.ship_stock(o, "G1", 1, "SH02"), "SH02 is closed")
         assert hq.rights(m) == {"SH01": 9900, "SH02": 100}
+        # Nor a booking with its technician: SH02 would never decide it.
+        (tech,) = bookings.technicians(hq, "SH02")
+        assert tech["active"] is False and tech["closed"]
+        tomorrow = date.fromisoformat(hq.today()) + timedelta(days=1)
+        before = snapshot(hq, [m])
+        with pytest.raises(BookingRefused, match="works at SH02, closed for good"):
+            bookings.book(hq, o, m, "T01@SH02", "FOOT60", f"{tomorrow}T14:00")
+        assert snapshot(hq, [m]) == before
     finally:
         hq.close()
         sh02.close()
