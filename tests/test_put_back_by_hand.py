@@ -34,20 +34,27 @@ def _cash(ledger: Ledger, member: str) -> int:
     return int(views.balance(ledger.storage.conn, member)["cash"])
 
 
-def test_a_copy_put_back_sells_nothing_twice(tmp_path: Path) -> None:
+def _copied(tmp_path: Path) -> tuple[Path, Ledger, str]:
+    """1,000.00 paid in at SH01 and synced to SH02, then SH01's store file copied to
+    tmp_path/copy.sqlite3 (SH01 closed): its data directory, SH02, the member."""
     a, b = new_ledger(tmp_path, "SH01"), new_ledger(tmp_path, "SH02")
     m = a.add_member(a.owner, name="Li", phone="13800000000")
-    a.topup(a.owner, m, 100_000)  # 1,000.00 paid in at SH01
+    a.topup(a.owner, m, 100_000)
     sync(a, b)
     data = a.storage.dir
     a.close()
-    shutil.copy(data / DB_FILE, tmp_path / "yesterday.sqlite3")
+    shutil.copy(data / DB_FILE, tmp_path / "copy.sqlite3")
+    return data, b, m
+
+
+def test_a_copy_put_back_sells_nothing_twice(tmp_path: Path) -> None:
+    data, b, m = _copied(tmp_path)
     a = Ledger.open(data)
     a.debit(a.owner, m, amount=60_000)  # 600.00 served; SH02 hears of it
     sync(a, b)
     a.close()
 
-    put_back(tmp_path / "yesterday.sqlite3", data)
+    put_back(tmp_path / "copy.sqlite3", data)
     a = Ledger.open(data)
     try:
         # The copy says 1,000.00 are here; it does not serve them again.
@@ -76,13 +83,7 @@ def test_a_stale_branch_does_not_unlock_it_the_one_that_took_the_sale_does(
     the copy, cannot unlock it (before, "every branch known heard nothing since" did,
     and it sold the 600.00 again); SH03, a branch the copy never heard of but which
     took the sale, does."""
-    a, b = new_ledger(tmp_path, "SH01"), new_ledger(tmp_path, "SH02")
-    m = a.add_member(a.owner, name="Li", phone="13800000000")
-    a.topup(a.owner, m, 100_000)
-    sync(a, b)
-    data = a.storage.dir
-    a.close()
-    shutil.copy(data / DB_FILE, tmp_path / "copy.sqlite3")
+    data, b, m = _copied(tmp_path)
     a, c = Ledger.open(data), new_ledger(tmp_path, "SH03")
     a.debit(a.owner, m, amount=60_000)
     sync(a, c)
@@ -112,13 +113,7 @@ def test_what_reached_no_branch_waits_for_the_owners_word(tmp_path: Path) -> Non
     a restart after that is not taken for another copy put back (the mark follows the
     log down). A sale that never left at all cannot clash with anything: such a copy
     is not even locked."""
-    a, b = new_ledger(tmp_path, "SH01"), new_ledger(tmp_path, "SH02")
-    m = a.add_member(a.owner, name="Li", phone="13800000000")
-    a.topup(a.owner, m, 100_000)
-    sync(a, b)
-    data = a.storage.dir
-    a.close()
-    shutil.copy(data / DB_FILE, tmp_path / "copy.sqlite3")
+    data, b, m = _copied(tmp_path)
     a = Ledger.open(data)
     a.debit(a.owner, m, amount=20_000)
     export_file(a, tmp_path / "lost.sync")  # written, not imported anywhere yet
