@@ -138,9 +138,8 @@ def technicians(ledger: Ledger, branch: str | None = None) -> list[dict[str, Any
     for t in out:
         # A shop closed for good (its certificate revoked) decides nothing any more: a
         # request to its technician would wait for ever.
-        if ledger.retired(t["branch"]):
-            t["active"] = False
-            t["closed"] = True
+        t["closed"] = ledger.retired(t["branch"])
+        t["active"] = t["active"] and not t["closed"]
     return sorted(out, key=lambda t: (t["branch"], t["code"], t["id"]))
 
 
@@ -513,7 +512,7 @@ def _fits(ledger: Ledger, tech: Mapping[str, Any], service: str, start: int,
     if service not in tech["services"]:
         return (f"technician {tech['code']} ({tech['name']}) does not do {service} (does: "
                 f"{', '.join(tech['services'])})")
-    if tech.get("closed"):
+    if tech["closed"]:
         return (f"technician {tech['code']} ({tech['name']}) works at {tech['branch']}, "
                 "closed for good: choose a technician of another branch")
     if not tech["active"]:

@@ -1764,7 +1764,10 @@ TECHNICIAN = {"type": "object",
               "required": ["id", "code", "name", "branch", "ref", "services", "hours", "active"],
               "properties": {"id": STR, "code": STR, "name": STR, "branch": STR, "ref": STR,
                              "services": {"type": "array", "items": STR}, "hours": STR,
-                             "active": {"type": "boolean"}}}
+                             "active": {"type": "boolean"},
+                             "closed": {"type": "boolean", "description":
+                                        "its branch is closed for good (the chain revoked "
+                                        "its certificate): it takes no bookings"}}}
 BOOKING = {
     "type": "object",
     "required": ["booking", "status", "member", "technician", "technician_id",
