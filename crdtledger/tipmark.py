@@ -64,6 +64,14 @@ def forget(data_dir: Path) -> None:
     (Path(data_dir) / TIP_FILE).unlink(missing_ok=True)
 
 
+def _write_at_start(fd: int, data: bytes) -> None:
+    if hasattr(os, "pwrite"):  # one system call
+        os.pwrite(fd, data, 0)
+    else:  # Windows
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, data)
+
+
 class TipMark:
     """The mark of one store, as this process last read or wrote it."""
 
@@ -91,11 +99,14 @@ class TipMark:
             if self._fd is None:
                 self._fd = os.open(self.data_dir / TIP_FILE, os.O_WRONLY | os.O_CREAT | _OPEN,
                                    FILE_MODE)
-            os.lseek(self._fd, 0, os.SEEK_SET)
-            os.write(self._fd, line)
-            # Cut after writing, not when opening: a mark of a longer node id left in a
-            # reused directory would otherwise hang on after ours, unreadable.
-            os.ftruncate(self._fd, len(line))
+                _write_at_start(self._fd, line)
+                # Cut once, after the first write, not when opening: a mark of a longer
+                # node id left in a reused directory would otherwise hang on after ours,
+                # unreadable. Ours are all one length (and a truncate at every head, even
+                # to the same size, cost 4 µs more than the write).
+                os.ftruncate(self._fd, len(line))
+            else:
+                _write_at_start(self._fd, line)
         except OSError:
             self.close()
             self._seq = -1  # written at the next head, whatever it was
