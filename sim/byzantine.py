@@ -468,14 +468,22 @@ class Byzantine:
         crl = w.ca.revoke(node.name, dt.datetime.fromtimestamp(
             (w.epoch_ms + w.engine.now // 1000) / 1000, dt.UTC).replace(microsecond=0))
         w.trace(w.engine.now, f"{node.name} switched off; {head.name} revokes it")
+        self._revoke(c, revocations_rule(crl))
+
+    def _revoke(self, c: Closing, rule: dict[str, str]) -> None:
+        """Head office writes the revocation list; again a little later if it could not
+        (down, or its write lost in a crash)."""
+        w = self.world
 
         def revoked(outcome: Any, attempt: Any) -> None:
             w.op_done(0, "rule", outcome, attempt, debit=False)
             if isinstance(outcome, str):
                 c.revoked_at = w.engine.now
+            else:
+                w.engine.after(CLOSING_LOOK, partial(self._revoke, c, rule))
 
-        head.perform("rule", lambda lg: lg.set_rule(lg.owner, "revocations",
-                                                    revocations_rule(crl)), revoked)
+        w.nodes[0].perform("rule", lambda lg: lg.set_rule(lg.owner, "revocations", rule),
+                           revoked)
 
     def _owner_sees(self, node: SimNode) -> str:
         """"hand over" if the shop holds rights again; "retire" once every other branch
