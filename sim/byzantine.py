@@ -167,6 +167,12 @@ class Byzantine:
         it runs the honest node as it is)."""
         return self.roles.get(name) not in ("forger", "equivocator")
 
+    def closing_shops(self, *, retired: bool) -> set[str]:
+        """The shops closing for good since they closed, or since they were switched
+        off (`retired`)."""
+        return {c.node for c in self.closings.values()
+                if (c.retired_at if retired else c.closed_at) is not None}
+
     def role(self, name: str) -> str | None:
         return self.roles.get(name)
 
@@ -404,7 +410,6 @@ class Byzantine:
 
     def _close(self, node: SimNode, c: Closing) -> None:
         w = self.world
-        w.closed.add(node.name)
         c.closed_at = w.engine.now
         w.trace(w.engine.now, f"{node.name} closing for good, hands over to {c.to}")
         self._hand_over(node, c)
@@ -462,9 +467,8 @@ class Byzantine:
         if step == "wait":
             w.engine.after(CLOSING_LOOK, partial(self._look, node, c))
             return
-        node.crash()  # switched off for good
-        w.retired.add(node.name)
         c.retired_at = w.engine.now
+        node.crash()  # switched off for good
         crl = w.ca.revoke(node.name, dt.datetime.fromtimestamp(
             (w.epoch_ms + w.engine.now // 1000) / 1000, dt.UTC).replace(microsecond=0))
         w.trace(w.engine.now, f"{node.name} switched off; {head.name} revokes it")

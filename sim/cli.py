@@ -67,7 +67,11 @@ def _config(a: argparse.Namespace, *, nodes: int, scenario: str, seed: int) -> C
         role, _, count = item.partition(":")
         if role not in byz:
             raise SystemExit(f"unknown Byzantine role {role!r}: {', '.join(ROLES)}")
+        if not (count or "1").isdigit():
+            raise SystemExit(f"--byzantine {item}: the count must be a whole number")
         byz[role] = int(count or "1")
+    if any(n < 0 for n in byz.values()):
+        raise SystemExit(f"a count of branches with a role cannot be negative: {byz}")
     return Config(nodes=nodes, members=a.members, days=a.days, start=a.start, seed=seed,
                   scenario=scenario,
                   topology=a.topology, hubs=a.hubs, ops_per_node=a.ops_per_node,
@@ -120,7 +124,10 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     cfg = _config(a, nodes=a.nodes, scenario=a.scenario, seed=a.seed)
     cfg = cfg.with_(progress=a.progress or (sys.stderr.isatty() and not a.json))
-    result, world = run(cfg)
+    try:
+        result, world = run(cfg)
+    except ValueError as e:  # the run as asked cannot be built (a run's own faults are
+        raise SystemExit(f"python -m sim run: {e}") from None  # violations, not raised)
     if result["violations"]:
         report_violation(cfg, result, world, shrink=not a.no_shrink, out=sys.stderr)
     if a.plot is not None:

@@ -97,10 +97,6 @@ class World:
         self.converged = False
         self._books: dict[str, Any] | None = None
         self._down: set[str] = set()
-        # Shops closing for good (sim.byzantine, role "closed"): no customer from
-        # `closed` on; `retired` once switched off and revoked, never restarted.
-        self.closed: set[str] = set()
-        self.retired: set[str] = set()
         self._probing = False
         self._began = 0.0
         self._last_hour = -1
@@ -358,6 +354,16 @@ class World:
         if neg is not None and self.honest(node.name):
             self.fail(Violation("negative", f"{node.name} holds a rights row below zero: "
                                             f"{neg}", node.name))
+
+    @property
+    def closed(self) -> set[str]:
+        """Shops closing for good (sim.byzantine, role "closed"): no customer from then."""
+        return set() if self.byz is None else self.byz.closing_shops(retired=False)
+
+    @property
+    def retired(self) -> set[str]:
+        """Closed shops switched off for good: never restarted, out of the end checks."""
+        return set() if self.byz is None else self.byz.closing_shops(retired=True)
 
     def serving(self, node: SimNode) -> bool:
         """Is this shop open to customers (up, and not closing for good)?"""
