@@ -302,9 +302,10 @@ def _conflict(ledger: Ledger, slots: Mapping[str, tuple[int, int]], start: int, 
     return None
 
 
-def _status(b: Mapping[str, Any], related: Iterable[Mapping[str, Any]], now: int
-            ) -> tuple[BookingStatus, str]:
-    """A booking's status and the reason of a refusal, from the entries that name it."""
+def _status(b: Mapping[str, Any], related: Iterable[Mapping[str, Any]], now: int,
+            closed: bool = False) -> tuple[BookingStatus, str]:
+    """A booking's status and the reason of a refusal, from the entries that name it.
+    `closed`: the technician's branch was closed for good (its certificate revoked)."""
     branch = id_node(str(b["member"]))
     decided: str | None = "confirmed" if b["node"] == branch else None
     reason, cancelled, no_show = "", False, False
@@ -328,9 +329,17 @@ def _status(b: Mapping[str, Any], related: Iterable[Mapping[str, Any]], now: int
         return "cancelled", reason
     if decided == "refused":
         return "refused", reason
+    end = int(b["start"]) + int(b["minutes"]) * 60_000
+    if decided == "confirmed" and end <= now:
+        return "done", reason
+    # Nobody will serve it or decide it: every replica that knows of the revocation
+    # says so, instead of a confirmation for a shut shop or a request waiting for ever.
+    # The member can book again elsewhere; no money was taken for a booking.
+    if closed:
+        why = f"branch {branch} closed for good"
+        return ("cancelled", why) if decided == "confirmed" else ("refused", why)
     if decided == "confirmed":
-        end = int(b["start"]) + int(b["minutes"]) * 60_000
-        return ("done" if end <= now else "confirmed"), reason
+        return "confirmed", reason
     return "pending", reason
 
 
@@ -356,8 +365,8 @@ def parse_when(ledger: Ledger, when: str) -> int:
 
 def _view(ledger: Ledger, b: Mapping[str, Any], related: Iterable[Mapping[str, Any]],
           techs: Mapping[str, Mapping[str, Any]], now: int) -> dict[str, Any]:
-    status, reason = _status(b, related, now)
     tech = techs.get(str(b["member"]), {})
+    status, reason = _status(b, related, now, bool(tech.get("closed")))
     start = int(b["start"])
     local = _local(ledger, start)
     names = ledger.rule("services")

@@ -173,6 +173,12 @@ def test_a_branch_whose_certificate_the_chain_revoked_gets_nothing(tmp_path: Pat
         sh02.add_member(sh02.owner, name="李雷", phone="13900000000")
         bookings.add_technician(sh02, sh02.owner, "T01", "小李", ["FOOT60"])
         sync(hq, sh02)
+        # Booked before it closed: one confirmed there, one request it never decided.
+        tomorrow = date.fromisoformat(hq.today()) + timedelta(days=1)
+        there = bookings.book(sh02, sh02.owner, m, "T01", "FOOT60", f"{tomorrow}T14:00")
+        sync(hq, sh02)
+        asked = bookings.book(hq, o, m, "T01@SH02", "FOOT60", f"{tomorrow}T16:00")
+        assert (there["status"], asked["status"]) == ("confirmed", "pending")
         hq.transfer_rights(o, m, "SH02", 100)  # in good standing
         hq.set_rule(o, "revocations", revocations_rule(revoke(chain_dir, "SH02")))
         refused(hq, [m, sid], lambda: hq.transfer_rights(o, m, "SH02", 100),
@@ -182,7 +188,15 @@ def test_a_branch_whose_certificate_the_chain_revoked_gets_nothing(tmp_path: Pat
         # Nor a booking with its technician: SH02 would never decide it.
         (tech,) = bookings.technicians(hq, "SH02")
         assert tech["active"] is False and tech["closed"]
-        tomorrow = date.fromisoformat(hq.today()) + timedelta(days=1)
+        # What was booked there is over, as every branch that knows of the revocation
+        # says: nobody will serve the confirmed one nor decide the request, and the
+        # shut shop's customer is not reminded of it.
+        shown = {b["booking"]: (b["status"], b["reason"])
+                 for b in bookings.list_bookings(hq, member=m)}
+        assert shown == {there["booking"]: ("cancelled", "branch SH02 closed for good"),
+                         asked["booking"]: ("refused", "branch SH02 closed for good")}
+        with pytest.raises(BookingRefused, match="is cancelled: nothing to cancel"):
+            bookings.cancel(hq, o, there["booking"])
         before = snapshot(hq, [m])
         with pytest.raises(BookingRefused, match="works at SH02, closed for good"):
             bookings.book(hq, o, m, "T01@SH02", "FOOT60", f"{tomorrow}T14:00")
