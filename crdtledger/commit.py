@@ -25,7 +25,7 @@ from crdtledger.money import MAX_AMOUNT
 from crdtledger.projection import project_entry, record_change
 from crdtledger.storage import LoadedDoc, Storage
 from crdtledger.trust import Trust, load_trust
-from crdtledger.writerules import GOVERNANCE_DOCS, check_local
+from crdtledger.writerules import GOVERNANCE_DOCS, RuleBroken, check_change, check_local
 
 Listener = Callable[[Record, object], None]
 T = TypeVar("T")
@@ -185,6 +185,7 @@ class LedgerBase:
                ) -> None:
         """Write, project and log `writes` (inside the transaction)."""
         st = self.storage
+        records: list[tuple[str, list[dict[str, Any]]]] = []  # the entries of each record
         for w in writes:
             closed = self.closed_through
             if w.entry is not None and closed and w.doc[7:] <= closed:
@@ -198,10 +199,29 @@ class LedgerBase:
                 check_local(w.doc, self.trust.governs, ld.roots[w.root].get(w.key),
                             self.trust.is_revocation_list)
             updates = ld.take_updates()
+            if w.entry is not None:  # a write that adds nothing joins the record before
+                if updates or not records:  # (_together's)
+                    records.append((w.doc, [w.entry]))
+                else:
+                    records[-1][1].append(w.entry)
             self._project_write(ld, w)
             st.record(ld, updates)
             committed.extend(self._log_own(w.doc, u) for u in updates)
             docs.add(w.doc)
+        for doc, entries in records:
+            self._judge_own(doc, entries)
+
+    def _judge_own(self, doc: str, entries: list[dict[str, Any]]) -> None:
+        """Judge a record of entries about to be committed by the chain's write rules,
+        as every replica will (crdtledger.writerules): an operation that missed a rule
+        is refused here, with nothing written, instead of being signed and sent, when
+        every branch would refuse it and take nothing more this branch writes."""
+        try:
+            check_change(self.node, doc, [("entries", e["id"], None, e) for e in entries],
+                         0, False, self.trust.is_revocation_list)
+        except RuleBroken as e:
+            raise PermissionDenied(f"refused: every branch would refuse it by the chain's "
+                                   f"write rule {e}; nothing was written") from None
 
     def _cut_taken(self, month: str | None) -> None:
         """This node closed `month` (its cut written here, or back from a peer)."""

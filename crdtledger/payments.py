@@ -35,6 +35,7 @@ from crdtledger.money import (
     points_for,
 )
 from crdtledger.rules import Rules, points_per_yuan
+from crdtledger.writerules import COUPON_PREFIX
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
@@ -551,14 +552,38 @@ class Payments(Merges, Rules):
             raise InvalidAmount("a correction is a non-zero whole number")
         check_amount(abs(change))
         reason = check_text(reason, "reason", required=True)
+        if purse.startswith(COUPON_PREFIX) and change > 0:
+            # Write rule coupon-unit: every branch would refuse the record and block
+            # this one for it.
+            raise InvalidInput("a coupon is created only by issuing it (coupon issue): a "
+                               "correction can take a coupon away, not give one")
         member, _ = self._acting(member)
+        worth = self._correction_worth(member, purse, abs(change))
         approved = None
-        if purse in MONEY_PURSES and abs(change) > int(self.rule("approval")["correction_limit"]):
-            approved = self._approve(operator, approver, f"a correction of {format_yuan(change)}")
+        if worth > int(self.rule("approval")["correction_limit"]):
+            what = (f"a correction of {format_yuan(change)}" if purse in MONEY_PURSES else
+                    f"a correction of {change:+d} {purse} (worth {format_yuan(worth)})")
+            approved = self._approve(operator, approver, what)
         entry = self._entry("correction", member, deltas=[(purse, self.node, change)],
                             amount=abs(change), reason=reason, op=operator,
                             approver=approved)
         return self._post(entry, {purse: -change})
+
+    def _correction_worth(self, member: str, purse: str, n: int) -> int:
+        """What `n` units of `purse` are worth in fen, for the approval limit: points at
+        the conversion rate (points become bonus by `points convert`), a package's uses
+        at the price it was sold for; NotFound for a package not the member's."""
+        if purse == "points":
+            return -(-n * 100 // points_per_yuan(self.rule("conversion")))
+        if purse.startswith("pkg:"):
+            row = self.storage.conn.execute(
+                "SELECT member, amount, body FROM entries WHERE id = ? AND kind = 'package'",
+                (purse[4:],)).fetchone()
+            if row is None or views.canonical(self.storage.conn, row[0]) != member:
+                raise NotFound(f"no package {purse[4:]} of member {member} is known here")
+            uses = json.loads(row[2]).get("qty")
+            return -(-n * int(row[1]) // (uses if isinstance(uses, int) and uses > 0 else 1))
+        return n if purse in MONEY_PURSES else 0
 
     def sell_package(self, operator: str, member: str, service: str, uses: int, price: int,
                      pay: str | None = None) -> dict[str, Any]:

@@ -606,7 +606,22 @@ def test_corrections_over_the_limit_and_custom_roles(a: Ledger) -> None:
     refused(a, [m], ApprovalRequired, lambda: a.correct(aud, m, "cash", 10001, "big"))
     e = a.correct(aud, m, "cash", 10001, "big", approver=("boss", "bosspass"))
     assert e["approver"] == boss
-    a.correct(aud, m, "points", 10**6, "points need no approval")
+    # Points become bonus (100 to the yuan by default): worth more than the limit,
+    # they need an approver too; so do a package's uses, at the price it sold for.
+    a.correct(aud, m, "points", 10000, "worth 100.00: at the limit")
+    refused(a, [m], ApprovalRequired, lambda: a.correct(aud, m, "points", 10**6, "x"),
+            match=r"\+1000000 points \(worth 10000.00\)")
+    pkg = a.sell_package(o, m, "FOOT60", 10, 30000)["id"]
+    a.correct(aud, m, f"pkg:{pkg}", 3, "three uses worth 90.00")
+    refused(a, [m], ApprovalRequired, lambda: a.correct(aud, m, f"pkg:{pkg}", 4, "120.00"))
+    # A package or coupon that is not the member's is refused, not conjured up: every
+    # branch would block this one for a record adding a coupon's unit.
+    refused(a, [m], NotFound, lambda: a.correct(aud, m, "pkg:0000000000000.SH01", 5, "x"))
+    refused(a, [m], NotFound, lambda: a.correct(aud, m, f"pkg:{m}", 5, "x"))
+    refused(a, [m], InvalidInput, lambda: a.correct(aud, m, f"cpn:{pkg}", 1, "x"),
+            match="coupon is created only by issuing it")
+    refused(a, [m], InsufficientFunds,
+            lambda: a.correct(aud, m, "cpn:0000000000000.SH01", -1, "x"))
     refused(a, [m], InvalidInput, lambda: a.correct(aud, m, "cash", 5, ""))
     refused(a, [m], InvalidAmount, lambda: a.correct(aud, m, "cash", 0, "zero"))
     refused(a, [m], InvalidInput, lambda: a.correct(aud, m, "gold", 5, "no such purse"))
@@ -624,6 +639,22 @@ def test_corrections_over_the_limit_and_custom_roles(a: Ledger) -> None:
     refused(a, [m], PermissionDenied, lambda: a.authenticate("audrey", "secret9"))
     refused(a, [m], PermissionDenied, lambda: a.correct(aud, m, "cash", 5, "x"))
     refused(a, [m], NotFound, lambda: a.set_operator(o, "0000000000000.SH01", active=False))
+
+
+def test_an_operation_that_would_break_a_write_rule_is_refused_before_it_is_signed(
+        a: Ledger) -> None:
+    """The last guard of every operation: a record every branch would refuse (and then
+    take nothing more of this branch's) is judged by the chain's write rules inside
+    the transaction, and refused with nothing written, whatever check the operation
+    itself missed (a coupon's unit once got through `correct` this way)."""
+    m = member(a)
+    made = a._entry("correction", m, deltas=[("cpn:0000000000000.SH01", "SH01", 1)],
+                    amount=1, reason="x", op=a.owner)
+    refused(a, [m], PermissionDenied,
+            lambda: a._commit(lambda: ([a._entry_write(made)], None)),
+            match="write rule coupon-unit: .* nothing was written")
+    a.topup(a.owner, m, 100)  # and the node goes on
+    assert a.balance(m)["cash"] == 100
 
 
 BAD_RULES: list[tuple[str, Any]] = [
