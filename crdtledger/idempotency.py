@@ -21,8 +21,10 @@ Why it looks like this:
 - A refusal (the library's LedgerError: nothing was written, DESIGN.md) forgets its
   row: the key is free again, so the cashier who fixes the PIN or the amount retries
   with the same key (peer/api.py says why that, not Stripe's "remember any answer").
-- Keys expire after a day (KEY_TTL_MS): a till retries within minutes; what was old
-  goes when a new key is begun.
+- Keys expire after a day (KEY_TTL_MS) of time elapsed: a till retries within
+  minutes; what was old goes when a new key is begun. The caller's `now_ms` runs on
+  the monotonic clock from the PC's clock at start (peer.api.IdempotencyKeys), so a
+  clock set right between a request and its retry does not end its key.
 - An erasure (crdtledger.erasure) blanks the answers that name an erased member: an
   answer can hold what the erasure removes (a member added or edited answers with the
   profile). The key stays used, and a retry is told why (410), not run again.

@@ -199,12 +199,20 @@ class IdempotencyKeys:
       key, and another operator's same key is another key.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock  # seconds since 1970: keys outlive the process
+    def __init__(self, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        # A key's age is told by the time elapsed, not by the PC's clock: a clock set
+        # right by two days between a debit and its retry made the key look expired,
+        # and the retry sold again. So the clock (seconds since 1970: keys outlive the
+        # process) is read once, and time runs on from it by the monotonic clock.
+        # (A clock set while the node is stopped still moves the keys' ages by that.)
+        self._start = (clock(), monotonic())
+        self._monotonic = monotonic
         self._running: dict[tuple[str, str], tuple[str, asyncio.Future[None]]] = {}
 
     def now_ms(self) -> int:
-        return int(self._clock() * 1000)
+        wall, mono = self._start
+        return int((wall + self._monotonic() - mono) * 1000)
 
     async def run(self, ledger: Ledger, operator: str, key: str, request: str,
                   perform: Callable[[], Awaitable[Answer]]) -> tuple[int, Any, bool]:

@@ -274,20 +274,26 @@ def test_a_duplicate_while_the_first_still_runs_waits_for_its_answer(tmp_path: P
     asyncio.run(go())
 
 
-def test_keys_expire_after_a_day(tmp_path: Path) -> None:
-    now = [1_800_000_000.0]
+def test_keys_expire_after_a_day_and_a_clock_set_right_moves_no_key(tmp_path: Path) -> None:
+    """A day of time elapsed ends a key; the PC's clock set right by two days between
+    a debit and its retry does not (it made the key look expired: sold twice)."""
+    wall, elapsed = [1_800_000_000.0], [0.0]
 
     async def go() -> None:
         ledger = with_operators(new_ledger(tmp_path, "SH01"))
         try:
-            keys = IdempotencyKeys(clock=lambda: now[0])
+            keys = IdempotencyKeys(clock=lambda: wall[0], monotonic=lambda: elapsed[0])
             async with serving(Standalone(ledger), keys=keys) as api:
                 boss = await api.login("boss", "boss-secret")
                 mid = await topped_up(api, boss)
                 assert (await debit(api, boss, mid, KEY))[0] == 200
-                now[0] += 24 * 3600 - 1
+                wall[0] += 2 * 24 * 3600  # the clock is set right, 5 s later the retry
+                elapsed[0] += 5
                 assert (await debit(api, boss, mid, KEY))[2] == "true"
-                now[0] += 2  # a day and a second later the key is new again
+                assert cash(ledger, mid) == 10000 - 2000
+                elapsed[0] += 24 * 3600 - 6
+                assert (await debit(api, boss, mid, KEY))[2] == "true"
+                elapsed[0] += 2  # a day and a second later the key is new again
                 status, _, replayed = await debit(api, boss, mid, KEY, amount=500)
                 assert (status, replayed) == (200, None)
                 assert cash(ledger, mid) == 10000 - 2000 - 500
