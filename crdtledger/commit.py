@@ -333,4 +333,8 @@ class LedgerBase:
                   for w in writes[1:])]
 
     def today(self) -> str:
-        return self.storage.day_of(self.clock.wall())
+        """The day this node books on now: by the chain's time, and never before the
+        month after its latest cut (the clock mints no id before it: a PC set back
+        after a cut would otherwise check a once-a-day limit on one day and book the
+        entry on another, and let it through again and again)."""
+        return self.storage.day_of(max(self.clock.wall(), self.clock.floor_ms))

@@ -313,6 +313,9 @@ class NodeCore:
         views.debits_arrived_from_now(ledger)  # the rebalancer's queue (not ids: clocks)
         self._rebalance_queue: OrderedDict[str, None] = OrderedDict()  # members, in turn
         self._housekept: str | None = None  # the day the last housekeeping pass ran
+        # ... and the last that ran with the clock confirmed (_clock_confirmed).
+        self._housekept_timed: str | None = None
+        self._housekeeping_timed = True
         # The pass under way, a step per turn: (its day, its steps, entries written).
         self._housekeeping_pass: tuple[str, Iterator[list[dict[str, Any]]], int] | None = None
         self._started = False
@@ -772,13 +775,33 @@ class NodeCore:
 
     def _housekeeping(self) -> None:
         day = self.ledger.today()
+        timed = self._clock_confirmed()
         # Once a day, and soon after an erasure came (the records this node wrote into
-        # the member are redacted then: crdtledger.erasure).
-        if ((day == self._housekept and not self.ledger.erasure_seen)
+        # the member are redacted then: crdtledger.erasure); again once the clock is
+        # confirmed if the day's pass ran without what needs it.
+        if (((day == self._housekept and not self.ledger.erasure_seen)
+                and (day == self._housekept_timed or not timed))
                 or self._housekeeping_pass is not None):
             return
-        self._housekeeping_pass = (day, self.ledger.housekeeping_steps(HOUSEKEEPING_STEP), 0)
+        self._housekeeping_pass = (day, self.ledger.housekeeping_steps(HOUSEKEEPING_STEP,
+                                                                       timed), 0)
+        self._housekeeping_timed = timed
+        if not timed:
+            self._decide("housekeeping: the month-end cut and the write-off of expired "
+                         "points wait until another branch confirms this PC's clock")
         self._housekeeping_step()
+
+    def _clock_confirmed(self) -> bool:
+        """May this PC's clock (as corrected by the peers' verdict) decide what cannot
+        be undone (Ledger.housekeeping_steps' `timed`)? Yes once the peers connected
+        now have judged it: the chain's time is used (a majority said it is off), or
+        fewer of them disagree with it than agree, this node included. A lone pair that
+        disagree cannot tell whose clock is wrong, and a branch cut off has nobody to
+        ask: both wait. A branch with no other branch known has only its own clock."""
+        v = self.clocks.verdict
+        if v.peers:
+            return v.off or 2 * len(v.disagree) < v.peers + 1
+        return not views.branches_known(self.ledger)
 
     def _housekeeping_step(self) -> None:
         if self._housekeeping_pass is None:
@@ -789,6 +812,8 @@ class NodeCore:
         except StopIteration:
             self._housekeeping_pass = None
             self._housekept = day
+            if self._housekeeping_timed:
+                self._housekept_timed = day
             if total:
                 self._out.append(Count("housekeeping_entries", amount=total))
             return

@@ -100,19 +100,28 @@ class Ledger(Membership, Goods, Replica):
         # surplus check-ins it wrote while cut off (crdtledger.membership).
         return [e for step in self.housekeeping_steps() for e in step]
 
-    def housekeeping_steps(self, budget: int | None = None
+    def housekeeping_steps(self, budget: int | None = None, timed: bool = True
                            ) -> Iterator[list[dict[str, Any]]]:
         """`housekeeping` in steps, each writing off the expired points of at most
         `budget` members (all when None) and yielding the entries written: the node's
         loop takes one per turn (core.HOUSEKEEPING_STEP). The first pass on a store of
         two years wrote thousands of durable write-offs in one turn, 42 s in which the
         node answered nobody. Each member's write-off is worked out when its turn
-        comes, so what happened meanwhile (a redemption wrote it off) counts."""
+        comes, so what happened meanwhile (a redemption wrote it off) counts.
+
+        `timed` False leaves out what this PC's clock alone must not decide, since it
+        cannot be undone: the month-end cut (a clock a year ahead cut eleven months
+        early, and the branch then booked every sale on the first day after them) and
+        the write-off of expired points (a member's valid points written off for
+        good). The node core passes False until the peers have confirmed the clock
+        (NodeCore._clock_confirmed)."""
         self.erasure_seen = False
-        closing.close_due_month(self)
+        if timed:
+            closing.close_due_month(self)
         closing.sign_closing(self)
         yield [*erasure.redact_erased(self), *self.sweep_merged()]
-        due = views.members_with_expired_points(self, self.node, self.today())
+        due = (views.members_with_expired_points(self, self.node, self.today()) if timed
+               else [])
         step = budget or len(due) or 1
         for i in range(0, len(due), step):
             yield self.write_off_expired(due[i:i + step])

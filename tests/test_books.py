@@ -7,6 +7,7 @@ through the command line on a real data directory (a real process)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Cli
@@ -14,7 +15,8 @@ from helpers import FakeClock, new_ledger, sync
 from test_ledger import refused
 
 from crdtledger import views
-from crdtledger.core import Count, NodeCore, SetTimer
+from crdtledger.core import Count, Decided, NodeCore, SetTimer
+from crdtledger.sync import SyncSession
 from crdtledger.errors import (
     ApprovalRequired,
     InsufficientFunds,
@@ -29,6 +31,9 @@ PHONE = "13812345678"
 
 def member(ledger: Ledger) -> str:
     return ledger.add_member(ledger.owner, name="张伟", phone=PHONE)
+
+
+DAY_MS = 86_400_000
 
 
 def earn_expiring_points(data: Path, node: str = "SH01") -> tuple[Ledger, str, FakeClock]:
@@ -135,6 +140,52 @@ def test_the_node_core_runs_housekeeping_after_start_and_once_a_day(tmp_path: Pa
         assert a.balance(m)["points"] == 10
     finally:
         a.close()
+
+
+def test_a_clock_far_ahead_cuts_no_month_and_writes_off_no_points_until_peers_confirm_it(
+        tmp_path: Path) -> None:
+    """A PC whose clock is a year ahead when the node starts, before any peer has said
+    what time it is: its first daily pass cut eleven months early (every later sale
+    was then booked on the day after them) and wrote off points still valid, for good.
+    Both wait until the peers have judged the clock; then they run, by the chain's
+    time."""
+    a, m, clock = earn_expiring_points(tmp_path / "a")
+    b_clock = FakeClock()
+    b = new_ledger(tmp_path / "b", "SH02", now_ms=b_clock)
+    try:
+        sync(a, b)  # SH01 knows another branch to ask
+
+        def housekeeping(core: NodeCore, now: float) -> list[Any]:
+            effects = core.fire(("housekeeping",), core._timers[("housekeeping",)], now)
+            while step := core._timers.get(("housekeeping-step",)):
+                effects += core.fire(("housekeeping-step",), step, now)
+            return effects
+
+        clock.advance_days(375)  # 2027-01-11: every month of 2026 looks due
+        core = NodeCore(a)
+        core.start(0.0)
+        effects = housekeeping(core, 60.0)
+        assert any(isinstance(e, Decided) and "confirms this PC's clock" in e.what
+                   for e in effects)
+        assert a.closed_through is None and a.balance(m)["points"] == 150
+        # The clock set right, a month and ten days on (the lots expired, January due),
+        # and SH02 heard: the pass runs whole at the next look, the same day.
+        clock.ms = b_clock.ms = FakeClock().ms + 40 * DAY_MS
+        core.link_opened(1, "SH02", dialer="SH01", now=100.0)
+        theirs = SyncSession(b, expect_node="SH01")
+        theirs.start()
+        mine = core.session("SH02")
+        assert mine is not None
+        for _ in range(3):
+            core.receive(1, theirs.data_to_send(), 100.0)
+            for frame in mine.data_to_send():
+                theirs.receive(frame)
+        clock.ms += 560_000  # to the next look, as the monotonic clock goes
+        housekeeping(core, 660.0)
+        assert a.closed_through == "2026-01" and a.balance(m)["points"] == 0
+    finally:
+        a.close()
+        b.close()
 
 
 def test_the_daily_pass_finds_expired_points_in_the_lots_not_the_history(

@@ -257,6 +257,26 @@ def test_checkin_in_window_and_limit(a: Ledger, clock: FakeClock) -> None:
         ("2026-01-01", "08:00", 10, "ok"), ("2026-01-02", "08:00", 10, "ok")]
 
 
+def test_a_clock_set_back_after_a_cut_still_allows_one_checkin_a_day(
+        a: Ledger, clock: FakeClock) -> None:
+    """After January is cut (the daily pass of 8 February) the PC's clock is set back
+    to January: the node books on 1 February, the first day it may, and the limit of
+    once a day is counted on that day too (it was counted on the clock's day, where
+    there was never any: every check-in went through, 50 points each)."""
+    a.set_activity(a.owner, "FEB", {**OPEN, "from": "2026-01-01T00:00",
+                                     "to": "2026-03-01T00:00", "points": 50})
+    old, _ = two_members(a)
+    clock.advance_days(38)  # 2026-02-08
+    a.housekeeping()
+    assert a.closed_through == "2026-01"
+    clock.advance_days(-19)  # 2026-01-20, as the PC's clock now says
+    assert a.today() == "2026-02-01"
+    a.checkin(a.owner, "FEB", old)
+    refused(a, [old], InvalidInput, lambda: a.checkin(a.owner, "FEB", old),
+            match="1 time\\(s\\) today")
+    assert a.balance(old)["points"] == 50
+
+
 def test_a_bad_activity_is_refused(a: Ledger) -> None:
     for bad in ({**OPEN, "to": "2025-01-01T00:00"}, {**OPEN, "repeat": "weekly"},
                 {**OPEN, "from": "tomorrow"}, {**OPEN, "points": -1}):
