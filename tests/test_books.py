@@ -16,7 +16,6 @@ from test_ledger import refused
 
 from crdtledger import views
 from crdtledger.core import Count, Decided, NodeCore, SetTimer
-from crdtledger.sync import SyncSession
 from crdtledger.errors import (
     ApprovalRequired,
     InsufficientFunds,
@@ -25,6 +24,7 @@ from crdtledger.errors import (
     WrongPin,
 )
 from crdtledger.ledger import Ledger
+from crdtledger.sync import SyncSession
 
 PHONE = "13812345678"
 
