@@ -63,6 +63,8 @@ TECH_REF = "technicians"
 HORIZON_DAYS = 90
 # The step of the free start times offered (booking.slots).
 SLOT_STEP_MIN = 30
+# The services of a technician, joined by commas, in one text field of its entry.
+MAX_SERVICES_TEXT = 200
 TECH_CODE = re.compile(r"^[A-Za-z0-9_-]{1,16}\Z")
 HOURS = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])-([01][0-9]|2[0-4]):([0-5][0-9])\Z")
 WHEN = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}\Z")
@@ -183,11 +185,15 @@ def add_technician(ledger: Ledger, operator: str, code: str, name: str,
     for s in codes:
         if not SERVICE_CODE.match(s) or s not in price_list:
             raise NotFound(f"service {s} is not in the price list")
+    offered = ",".join(dict.fromkeys(codes))
+    if len(offered) > MAX_SERVICES_TEXT:  # replicas take at most 200 characters of text
+        raise InvalidInput(f"a technician's services take at most {MAX_SERVICES_TEXT} "
+                           f"characters with their commas ({len(offered)} here): name fewer")
     mine = [t for t in technicians(ledger, ledger.node) if t["code"] == code]
 
     def plan() -> tuple[list[Any], dict[str, Any]]:
         entry = ledger._entry("technician", "", op=operator, ref=TECH_REF, code=code,
-                              name=name, services=",".join(dict.fromkeys(codes)),
+                              name=name, services=offered,
                               hours=hours.strip(), status="" if active else "inactive",
                               version=mine[0]["version"] + 1 if mine else 1)
         # The first version's id is the technician's id; later versions name it.

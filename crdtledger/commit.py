@@ -17,10 +17,24 @@ from typing import Any, TypeVar
 from pycrdt import Map
 
 from crdtledger import closing, escrow, lots
-from crdtledger.errors import ClockSkew, InvalidAmount, NotCaughtUp, PermissionDenied
+from crdtledger.errors import (
+    ClockSkew,
+    InvalidAmount,
+    InvalidInput,
+    NotCaughtUp,
+    PermissionDenied,
+)
 from crdtledger.hlc import HybridClock, id_time_ms, wall_ms
 from crdtledger.log import Head, Record, record_hash
-from crdtledger.model import EDITS, EntryKind, ledger_doc, month_over_ms, owner_of
+from crdtledger.model import (
+    EDITS,
+    EntryKind,
+    InvalidRecord,
+    ledger_doc,
+    month_over_ms,
+    normalise_entry,
+    owner_of,
+)
 from crdtledger.money import MAX_AMOUNT
 from crdtledger.projection import project_entry, record_change
 from crdtledger.storage import LoadedDoc, Storage
@@ -212,16 +226,25 @@ class LedgerBase:
             self._judge_own(doc, entries)
 
     def _judge_own(self, doc: str, entries: list[dict[str, Any]]) -> None:
-        """Judge a record of entries about to be committed by the chain's write rules,
-        as every replica will (crdtledger.writerules): an operation that missed a rule
-        is refused here, with nothing written, instead of being signed and sent, when
-        every branch would refuse it and take nothing more this branch writes."""
+        """Judge a record of entries about to be committed as every replica will: by
+        the chain's write rules (crdtledger.writerules) and the entries' schema
+        (model.normalise_entry). An operation that missed a check is refused here,
+        with nothing written, instead of being signed and sent, when every branch
+        would refuse it and take nothing more this branch writes, or set the entry
+        aside and hold other balances than this branch."""
         try:
             check_change(self.node, doc, [("entries", e["id"], None, e) for e in entries],
                          0, False, self.trust.is_revocation_list)
-        except RuleBroken as e:
+        except RuleBroken as broken:
             raise PermissionDenied(f"refused: every branch would refuse it by the chain's "
-                                   f"write rule {e}; nothing was written") from None
+                                   f"write rule {broken}; nothing was written") from None
+        for e in entries:  # and quarantine it as malformed (a level name of 300 characters)
+            try:
+                normalise_entry(e["id"], e)
+            except InvalidRecord as bad:
+                raise InvalidInput(f"refused: every branch would set this {e['kind']} "
+                                   f"aside as malformed ({bad}); nothing was written"
+                                   ) from None
 
     def _cut_taken(self, month: str | None) -> None:
         """This node closed `month` (its cut written here, or back from a peer)."""
@@ -266,9 +289,8 @@ class LedgerBase:
         remote updates, whose content we do not know, go through the observers."""
         conn, day_of = self.storage.conn, self.storage.day_of
         if w.entry is not None:
-            # Built by _entry (exact ints, ranges checked, rights checked by the plan):
-            # projected as is. Replicas run the full schema check (normalise_entry);
-            # the state machine tests that they never disagree with the writer.
+            # Built by _entry (exact ints, ranges checked, rights checked by the plan)
+            # and judged by _judge_own as the replicas will: projected as is.
             project_entry(conn, w.entry, day_of(id_time_ms(w.key)), +1)
             return
         record_change(conn, ld.name, w.root, w.key, ld.roots[w.root][w.key], day_of)

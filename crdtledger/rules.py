@@ -211,7 +211,14 @@ def _check_rule(kind: str, body: Any) -> None:
                 # overflow in every debit at every branch once the rule replicates.
                 _require(0 <= Decimal(str(lv["points_multiplier"])) <= 100,
                          "a points multiplier is from 0 to 100")
-                _require(isinstance(lv["name"], str), "a level's name is text")
+                # Both are copied into every sale's entry, where replicas take at most
+                # 200 characters of text: a longer one set every sale aside at every
+                # other branch.
+                _require(_text(lv["name"], 40) and bool(lv["name"]),
+                         "a level's name is text of 1 to 40 characters")
+                _require(len(str(lv["discount"])) <= 12 and len(str(lv["points_multiplier"]))
+                         <= 12, "a discount or points multiplier is at most 12 characters, "
+                         "like 0.95")
         elif kind == "promotions":
             _require(isinstance(body, list), "promotions are a list")
             for p in body:

@@ -173,6 +173,13 @@ def test_refusals_say_why_and_change_nothing(chain: dict[str, Ledger],
         bookings.add_technician(sh01, sh01.owner, "T02", "王", ["FOOT60"], "22:00-10:00")
     with pytest.raises(NotFound, match="price list"):
         bookings.add_technician(sh01, sh01.owner, "T02", "王", ["MASSAGE"], "10:00-22:00")
+    # Nor one offering more services than its entry's text takes at every replica (it
+    # was set aside as malformed at every other branch, never bookable from there).
+    many = {f"MASSAGE_SERVICE_{i:02d}": {"name": "按摩", "price": 100} for i in range(11)}
+    sh01.set_rule(sh01.owner, "services", {**sh01.rule("services"), **many})
+    with pytest.raises(InvalidInput, match="at most 200 characters"):
+        bookings.add_technician(sh01, sh01.owner, "T02", "王", list(many), "10:00-22:00")
+    assert bookings.technicians(sh01, "SH01") == []
     # The appointment passes: a no-show at SH02, and a cancel is then refused.
     clock.advance_days(1.3)  # 2026-01-02 15:12 in Shanghai
     assert bookings.noshow(sh02, sh02.owner, b["booking"])["status"] == "no_show"

@@ -653,6 +653,11 @@ def test_an_operation_that_would_break_a_write_rule_is_refused_before_it_is_sign
     refused(a, [m], PermissionDenied,
             lambda: a._commit(lambda: ([a._entry_write(made)], None)),
             match="write rule coupon-unit: .* nothing was written")
+    # Nor one every branch would set aside as malformed (a level name of 300
+    # characters, copied into every sale, did that to every sale under the rule).
+    long = a._entry("debit", m, amount=1, level="金" * 300, op=a.owner)
+    refused(a, [m], InvalidInput, lambda: a._commit(lambda: ([a._entry_write(long)], None)),
+            match="would set this debit aside as malformed .*nothing was written")
     a.topup(a.owner, m, 100)  # and the node goes on
     assert a.balance(m)["cash"] == 100
 
@@ -663,6 +668,11 @@ BAD_RULES: list[tuple[str, Any]] = [
     ("levels", []),
     ("levels", [{"name": "x", "threshold": 0, "discount": "1.5", "points_multiplier": "1"}]),
     ("levels", [{"name": "x", "threshold": 0, "discount": "0", "points_multiplier": "1"}]),
+    # Copied into every sale: longer than a replica takes, every sale set aside.
+    ("levels", [{"name": "金" * 41, "threshold": 0, "discount": "1",
+                 "points_multiplier": "1"}]),
+    ("levels", [{"name": "x", "threshold": 0, "discount": "0.9" + "0" * 200,
+                 "points_multiplier": "1"}]),
     ("services", {}),
     ("services", {"BAD CODE": {"price": 100}}),
     ("services", {"FOOT60\n": {"price": 100}}),
