@@ -371,6 +371,16 @@ def member_exists(ledger: Ledger, member_id: str) -> bool:
         "SELECT 1 FROM members WHERE id = ?", (member_id,)).fetchone() is not None
 
 
+def members_by_phone(ledger: Ledger, phone: str) -> list[str]:
+    """Every member with this phone number, however it is typed, oldest first: more
+    than one where a person was registered twice (the back office merges them) or a
+    number was typed two ways for two people."""
+    if not (canonical := canonical_phone(phone)):
+        return []
+    return [str(i) for (i,) in ledger.storage.conn.execute(
+        "SELECT id FROM members WHERE phone_canonical = ? ORDER BY id", (canonical,))]
+
+
 def member_by_phone(ledger: Ledger, phone: str) -> str | None:
     """The member with this phone number, however it is typed (canonical_phone; the
     oldest id if several), None if none: the command line's `--phone`, where

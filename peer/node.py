@@ -112,7 +112,7 @@ def parse_address(text: str, default_port: int) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep:
         return text, default_port
-    if not port.isdigit() or not 0 <= int(port) < 65536:
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) < 65536:
         raise ValueError(f"bad port in {text!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
 

@@ -98,7 +98,7 @@ def parse_net(text: str) -> tuple[str, int]:
     host, sep, port = text.strip().rpartition(":")
     if not sep:
         host, port = text.strip(), str(DEFAULT_PORT)
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise InvalidInput(f"a network printer is HOST:PORT (port 9100 usually), not {text!r}")
     return host, int(port)
 

@@ -121,7 +121,7 @@ def parse_rate(text: str, what: str, lo: Decimal, hi: Decimal) -> str:
 
 def parse_int(text: str, what: str) -> int:
     t = text.strip()
-    if not t.isdigit():
+    if not (t.isascii() and t.isdigit()):  # "²" and "١٢" are digits to str.isdigit
         raise InvalidInput(f"{what} must be a whole number, not {text!r}")
     return int(t)
 

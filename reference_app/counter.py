@@ -125,6 +125,11 @@ class Trouble:
     fixed: Callable[[], bool]
 
 
+
+def _whole(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes "²" (int() then fails) and "１２"."""
+    return text.isascii() and text.isdigit()
+
 class Counter:
     """One counter page: the member on screen and the actions on them."""
 
@@ -783,7 +788,9 @@ class Counter:
 
     def topup_dialog(self) -> None:
         assert self.member is not None
-        member = self.member
+        # The payer the dialog names, taken as it opens: a card swiped meanwhile (the
+        # next customer's) switches the panel, not this top-up.
+        member, card, pin = self.member, self.card_no, self.pin
         ledger = self.shop.ledger
         promotions = sorted(ledger.rule("promotions"), key=lambda p: int(p["min"]))
         limit = int(ledger.rule("approval")["topup_limit"])
@@ -843,7 +850,6 @@ class Counter:
                     return
                 appr = ((approver.value or "", approver_pw.value or "")
                         if approval.visible and approver.value else None)
-                card, pin = self.card_no, self.pin
                 done = await self.act(
                     self.shop.operation(self.op, "topup", amount=fen, pay=str(method.value),
                                         approver=appr and dict(zip(("name", "password"), appr,
@@ -935,9 +941,9 @@ class Counter:
                         d.close()
                     return
                 text = (points.value or "").strip()
-                if not text.isdigit():
+                if not _whole(text):
                     self.say_trouble(tr("积分要填正整数。", "Points are a whole number."), error,
-                                     fixed=lambda: (points.value or "").strip().isdigit())
+                                     fixed=lambda: _whole((points.value or "").strip()))
                     return
                 n = int(text)
                 done = await self.act(

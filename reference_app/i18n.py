@@ -8,10 +8,12 @@ two languages do not need one, and the pair keeps both in view when either chang
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from nicegui import app
 
+from crdtledger.errors import InvalidAmount
 from crdtledger.money import parse_yuan
 from crdtledger.peerclock import span
 from crdtledger.views import mask_phone as _mask_phone
@@ -45,10 +47,21 @@ def money(fen: int) -> str:
     return f"{'-' if fen < 0 else ''}¥{whole:,}.{cents:02d}"
 
 
+# Commas only as thousands separators: "1,234.50". Any other comma ("12,34" meant as a
+# decimal comma, "1,2,3") is refused, not dropped (it made 12,34 into 1,234.00).
+_GROUPED = re.compile(r"[0-9]{1,3}(,[0-9]{3})+(\.[0-9]*)?\Z")
+
+
 def parse_money(text: str) -> int:
-    """A yuan amount typed at the counter, in fen. "12.345", "-5", "abc" and "0" raise
-    InvalidAmount: an amount is exact to the fen and above zero, never rounded."""
-    return parse_yuan(text.strip().lstrip("¥").replace(",", ""))
+    """A yuan amount typed at the counter, in fen. "12.345", "-5", "12,34", "abc" and "0"
+    raise InvalidAmount: an amount is exact to the fen and above zero, never rounded."""
+    amount = text.strip().lstrip("¥")
+    if "," in amount:
+        if not _GROUPED.match(amount):
+            raise InvalidAmount(f"amount {text!r} is not like 1,234.50 (a comma separates "
+                                "thousands only; the decimal point is a point)")
+        amount = amount.replace(",", "")
+    return parse_yuan(amount)
 
 
 def mask_phone(phone: str) -> str:

@@ -508,6 +508,16 @@ class Portal:
         member = views.member_by_phone(ledger, phone)
         if member is None or _closed(ledger, member):
             raise wrong
+        # The code proves the phone, not which of its members this is: a number typed
+        # two ways for two people ("138 1234 5678") signed the second in to the first's
+        # page. Told, since the one asking holds the phone.
+        if len({ledger.survivor_of(m) for m in views.members_by_phone(ledger, phone)
+                if not _closed(ledger, m)}) > 1:
+            raise SignInRefused(tr("这个手机号登记在几位会员名下，请用卡号和密码登录，"
+                                   "或请门店核对。",
+                                   "This phone number is registered to several members: "
+                                   "sign in with your card number and PIN, or ask a "
+                                   "branch to sort it out."))
         self.checks.succeeded(key, address)
         self.sends.succeeded(key, address)
         return ledger.survivor_of(member)

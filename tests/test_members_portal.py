@@ -349,6 +349,22 @@ async def test_points_with_expiry_packages_and_history(portal_app: PortalApp) ->
     assert len(app.user.find(marker="coupon").elements) == 1
 
 
+async def test_a_phone_registered_to_two_members_signs_in_neither_by_code(
+        portal_app: PortalApp) -> None:
+    """Registration compares a phone as typed, the sign-in however it is typed: a
+    second member under "138 1234 5678" signed in to the first's page. The code
+    proves the phone, not which member: it is refused with a sentence, and the card
+    and PIN still work."""
+    app = portal_app
+    spaced = f"{PHONE_A[:3]} {PHONE_A[3:7]} {PHONE_A[7:]}"
+    operations.run(app.ledger, app.owner_id, "member.add", {"name": "赵六", "phone": spaced})
+    await app.ask_code(PHONE_A)
+    await app.enter_code(app.last_sms_code())
+    await app.user.should_see("registered to several members")
+    await app.user.should_not_see("张伟")
+    await app.user.should_not_see("¥500.00")
+
+
 async def test_a_member_who_left_is_signed_out_and_gets_no_code(portal_app: PortalApp) -> None:
     app = portal_app
     c = app.ids["c"]

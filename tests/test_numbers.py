@@ -304,7 +304,8 @@ def test_conversion_beyond_max_amount_is_refused_not_quarantined(tmp_path) -> No
     o = a.owner
     m = a.add_member(o, name="孙", phone="13800000005")
     a.set_rule(o, "conversion", {"points_per_yuan": 1})
-    a.correct(o, m, "points", MAX_AMOUNT, "bulk points")
+    a.add_operator(o, "boss", "boss-secret", roles=["manager"])
+    a.correct(o, m, "points", MAX_AMOUNT, "bulk points", approver=("boss", "boss-secret"))
     before = snapshot(a, [m])
     with pytest.raises(InvalidAmount):
         a.convert_points(o, m, MAX_AMOUNT)

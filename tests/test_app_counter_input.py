@@ -1,0 +1,92 @@
+"""What a cashier types or does at the counter that the buttons do not expect: a card
+swiped while a top-up dialog is open, an amount with a decimal comma, a points count
+in other digits. NiceGUI's simulated user against a real node and store; each
+refused with a sentence and nothing changed, or done for the member the dialog names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from app_fixtures import CASHIER, OWNER, CounterApp
+from helpers import snapshot
+
+pytestmark = pytest.mark.asyncio
+
+
+def two_members(app: CounterApp) -> tuple[str, str]:
+    ledger, owner = app.ledger, app.node_owner
+    a = ledger.add_member(owner, name="张伟", phone="13812345678")
+    ledger.issue_card(owner, a, "CA0001")
+    b = ledger.add_member(owner, name="李娜", phone="13900001111")
+    ledger.issue_card(owner, b, "CB0002")
+    return a, b
+
+
+async def test_a_card_swiped_while_a_top_up_is_open_does_not_change_who_is_paid(
+        counter_app: CounterApp) -> None:
+    """The dialog for 张伟 (found by search) stays open while the next customer's card
+    (no PIN) is swiped: the top-up confirmed in it went to that card's member."""
+    app = counter_app
+    a, b = two_members(app)
+    await app.login(*CASHIER)
+    app.user.find(marker="search").type("张伟")
+    app.user.find(marker="search-go").click()
+    await app.user.should_see(marker="member-name")
+    app.user.find(marker="topup").click()
+    await app.user.should_see("充值 — 张伟")
+    app.user.find(marker="amount").type("100")
+    app.reader.insert("CB0002")
+    await app.user.should_see("李娜")
+    app.user.find(marker="topup-ok").click()
+    await app.user.should_see("已充值 ¥100.00")
+    assert (app.ledger.balance(a)["cash"], app.ledger.balance(b)["cash"]) == (10000, 0)
+
+
+@pytest.mark.parametrize("typed", ["12,34", "1,2,3", "1,,0", ",5"])
+async def test_an_amount_with_a_stray_comma_is_refused(counter_app: CounterApp,
+                                                        typed: str) -> None:
+    """Commas were dropped: "12,34" (a decimal comma) topped up 1,234.00."""
+    app = counter_app
+    a, _ = two_members(app)
+    await app.login(*CASHIER)
+    app.reader.insert("CA0001")
+    await app.user.should_see(marker="member-name")
+    before = snapshot(app.ledger, [a])
+    app.user.find(marker="topup").click()
+    app.user.find(marker="amount").type(typed)
+    app.user.find(marker="topup-ok").click()
+    await app.user.should_see("金额不对：请输入大于零、最多两位小数的金额，例如 12.34。")
+    assert snapshot(app.ledger, [a]) == before
+
+
+async def test_an_amount_grouped_in_thousands_is_taken(counter_app: CounterApp) -> None:
+    app = counter_app
+    a, _ = two_members(app)
+    await app.login(*CASHIER)
+    app.reader.insert("CA0001")
+    await app.user.should_see(marker="member-name")
+    app.user.find(marker="topup").click()
+    app.user.find(marker="amount").type("1,234.50")
+    app.user.find(marker="topup-ok").click()
+    await app.user.should_see("已充值 ¥1,234.50")
+    assert app.ledger.balance(a)["cash"] == 123450
+
+
+@pytest.mark.parametrize("typed", ["²", "１２", "٣"])
+async def test_points_in_other_digits_are_refused(counter_app: CounterApp, typed: str) -> None:
+    """str.isdigit() took them: "²" then failed in int() and the cashier saw nothing,
+    "１２" redeemed 12 points."""
+    app = counter_app
+    a, _ = two_members(app)
+    await app.login(*OWNER)
+    app.reader.insert("CA0001")
+    await app.user.should_see(marker="member-name")
+    before = snapshot(app.ledger, [a])
+    app.user.find(marker="redeem").click()
+    app.user.find(marker="points").type(typed)
+    app.user.find(marker="redeem-ok").click()
+    await app.user.should_see("积分要填正整数。")
+    await asyncio.sleep(0.1)
+    assert snapshot(app.ledger, [a]) == before
