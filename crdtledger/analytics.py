@@ -171,22 +171,46 @@ def _fingerprints(ledger: Ledger) -> dict[str, str]:
         "SELECT doc, COUNT(*) FROM deferred GROUP BY doc")}
     refused = {str(d): int(n) for d, n in conn.execute(
         "SELECT doc, COUNT(*) FROM quarantine GROUP BY doc")}
-    out = {}
+    docs = {}
     for name, sv in sorted(ledger.storage.state_vectors().items()):
         if name.startswith("ledger/"):
             h = hashlib.sha256(sv)
             h.update(f"|{waiting.get(name, 0)}|{refused.get(name, 0)}".encode())
-            out[name.removeprefix("ledger/")] = h.hexdigest()
+            docs[name.removeprefix("ledger/")] = h.hexdigest()
+    # A document is its writer's month, in the writer's zone; a month's rows here are
+    # by this store's zone (`_month_entries`). A branch in another zone puts some of
+    # its entries of one month into the next or the one before, less than a day from
+    # the turn: so a month's rows depend on its neighbours' documents too, and a
+    # neighbour with no document of its own may hold rows (a top-up at 10:00 on the
+    # 1st in Shanghai is the 31st in Los Angeles; it was in no month's file).
+    out = {}
+    for month in sorted({n for m in docs for n in (_next(m, -1), m, _next(m, 1))}):
+        if month not in docs and not _month_entries(ledger, month, count=True):
+            continue
+        out[month] = hashlib.sha256("|".join(
+            docs.get(n, "") for n in (_next(month, -1), month, _next(month, 1))
+        ).encode()).hexdigest()
     return out
 
 
-def _month_entries(ledger: Ledger, month: str) -> list[tuple[str, dict[str, Any]]]:
+def _next(month: str, step: int) -> str:
+    """The month `step` (-1 or 1) from "YYYY-MM"."""
+    n = int(month[:4]) * 12 + int(month[5:7]) - 1 + step
+    return f"{n // 12:04d}-{n % 12 + 1:02d}"
+
+
+def _month_entries(ledger: Ledger, month: str, count: bool = False
+                   ) -> list[tuple[str, dict[str, Any]]]:
     """The month's projected entries, in id order: one range of the primary key (an
-    entry's month is its id's, in the chain's time zone)."""
+    entry's month is its id's, in this store's time zone). `count`: only whether
+    there is one (an empty list or one row, unread)."""
     first = date.fromisoformat(f"{month}-01")
     after = date(first.year + first.month // 12, first.month % 12 + 1, 1)
     lo = ledger.storage.day_start_id(first.isoformat())
     hi = ledger.storage.day_start_id(after.isoformat())
+    if count:
+        return [("", {}) for _ in ledger.storage.conn.execute(
+            "SELECT 1 FROM entries WHERE id >= ? AND id < ? LIMIT 1", (lo, hi))]
     return [(day, json.loads(body)) for day, body in ledger.storage.conn.execute(
         "SELECT day, body FROM entries WHERE id >= ? AND id < ? ORDER BY id", (lo, hi))]
 

@@ -180,7 +180,8 @@ DAILY = {"type": "object",
              "cards_sold", "card_sales", "exit_refunds")},
              "topup_by_method": {**AMOUNTS, "description": "top-up cash by payment method"},
              "till_by_method": {**AMOUNTS, "description": "packages and services paid at "
-                                "the till by payment method, less refunds of such services"}}}
+                                "the till by payment method, less refunds of such services "
+                                "and exits paid back"}}}
 AUDIT_ROW = {"type": "object", "required": list(audit.AuditRow.__annotations__),
              "properties": {k: INT if k == "amount" else STR
                             for k in audit.AuditRow.__annotations__}}
@@ -1043,8 +1044,9 @@ def _show_daily(_ledger: Ledger, r: Any, _p: Params) -> str:
         f"top-up cash   {format_yuan(r['topup_cash'])}  ({r['topups']} top-ups)",
         f"  by method   {_by_method(r['topup_by_method'])}",
         f"at the till   {_by_method(r['till_by_method'])}  (packages and services, "
-        "less their refunds)",
+        "less their refunds and exits paid back)",
         f"cards sold    {r['cards_sold']}  ({format_yuan(r['card_sales'])})",
+        f"exits paid    {format_yuan(r.get('exit_refunds', 0))}",
     ))
 
 

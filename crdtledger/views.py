@@ -862,7 +862,8 @@ def _till_by_method(conn: sqlite3.Connection, where: str, args: list[Any]
     `topup_by_method` splits top-up cash received; `till_by_method` the packages and
     services paid at the till, less what refunds of such services gave back (on the
     refund's day, by the method the service was paid with). Stored value and package
-    uses are not taken at the till; card fees name no method and stay out."""
+    uses are not taken at the till; card fees name no method and stay out. An exit's
+    refund paid back is taken off the method it was paid with."""
     topup = {str(m): int(v) for m, v in conn.execute(
         f"SELECT {_METHOD}, SUM(paid) FROM entries WHERE {where} AND kind = 'topup' "
         "GROUP BY 1 ORDER BY 1", args) if v}
@@ -877,6 +878,12 @@ def _till_by_method(conn: sqlite3.Connection, where: str, args: list[Any]
             f"FROM entries WHERE {where} AND kind = 'refund') r JOIN entries d ON d.id = r.ref "
             "WHERE d.kind = 'debit' AND json_extract(d.body, '$.pay') NOT IN "
             "('stored', 'package') GROUP BY 1", args):
+        till[str(m)] -= int(v or 0)
+    # A member's exit refund (退会) paid back from the till, by the method it was paid
+    # with: the drawer was short of it against the report.
+    for m, v in conn.execute(
+            f"SELECT {_METHOD}, SUM(paid) FROM entries WHERE {where} AND kind = 'exit_settle' "
+            "AND paid > 0 GROUP BY 1", args):
         till[str(m)] -= int(v or 0)
     return {"topup_by_method": topup,
             "till_by_method": {m: v for m, v in sorted(till.items()) if v}}

@@ -16,7 +16,9 @@ import pytest
 from cluster import NodeProc, free_port
 from conftest import run_cli
 from demo_chain import make_demo_chain
+from helpers import FakeClock, sync, two_zones
 
+from crdtledger import analytics
 from crdtledger.analytics import MANIFEST
 from crdtledger.ledger import Ledger
 from peer import cli as peer_cli
@@ -127,7 +129,7 @@ def test_readme_duckdb_query_gives_report_daily_figures_and_rerun_duplicates_not
     assert sold and {g: (q, a) for g, q, a in sold} == ranking
 
 
-def test_a_new_entry_or_a_late_one_rewrites_only_its_month(
+def test_a_new_entry_or_a_late_one_rewrites_only_its_month_and_the_one_before(
         demo: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "analytics"
     head = demo["SH01"]
@@ -141,13 +143,18 @@ def test_a_new_entry_or_a_late_one_rewrites_only_its_month(
         ledger.topup(ledger.owner, member, 10000, pay="cash")
         this_month = ledger.today()[:7]  # before today's opening hour, a month of its own
     after = export(head, out, capsys)
-    assert after["months_written"] == [this_month] and after["entries_written"] == (
-        manifest["months"].get(this_month, {"entries": 0})["entries"] + 1)
+    # This month and the one before: another zone's branch may put a row of this
+    # month's document into the month before here (the next test).
+    before = [m for m in months if m < this_month][-1:]
+    assert after["months_written"] == [*before, this_month]
+    assert after["entries_written"] == sum(
+        manifest["months"].get(m, {"entries": 0})["entries"] for m in before
+    ) + manifest["months"].get(this_month, {"entries": 0})["entries"] + 1
     [total] = duckdb.sql(f"SELECT COUNT(*), COUNT(DISTINCT id) FROM read_parquet("
                          f"'{out}/entries/*/*.parquet')").fetchall()
     assert total[0] == total[1] == after["entries"]
     # A branch that was cut off since the first month syncs in at last: its entry
-    # lands in that month, which alone is written again.
+    # lands in that month, which is written again with its neighbour.
     first_day = min(d for d in manifest["months"])  # e.g. 2026-10
     with Ledger.open(head, lock=False) as ledger:
         (late_ms,) = ledger.storage.conn.execute(
@@ -162,7 +169,7 @@ def test_a_new_entry_or_a_late_one_rewrites_only_its_month(
         with Ledger.open(head) as ledger:
             ledger.pull(late, origin="test")
     assert first_day == months[0]
-    assert export(head, out, capsys)["months_written"] == [months[0]]
+    assert export(head, out, capsys)["months_written"] == months[:2]
     # A month's file deleted by hand comes back on the next run, and only it.
     (out / "entries" / f"month={months[0]}" / "part-0.parquet").unlink()
     assert export(head, out, capsys)["months_written"] == [months[0]]
@@ -206,3 +213,29 @@ def test_export_while_the_node_runs_reads_the_store_beside_it(
         assert node.http("GET", "/health")["status"] == "ok"
     finally:
         assert node.stop() == 0
+
+
+def test_an_entry_of_another_zones_month_is_exported_into_this_stores_month(
+        tmp_path: Path) -> None:
+    """SH02 in Los Angeles exports January; SH01 in Shanghai then tops up at 10:00 on
+    1 February (18:00 on 31 January in Los Angeles): its document is February's, its
+    row here January's. The export rewrote only February's month and the top-up was
+    in no file; January's rows depend on February's document too."""
+    clock = FakeClock(1_768_874_400_000)  # 2026-01-20 10:00 in Shanghai
+    sh, la = two_zones(tmp_path, clock, 365)
+    try:
+        m = sh.add_member(sh.owner, name="张伟", phone="13800000001")
+        sh.topup(sh.owner, m, 100000)
+        sync(sh, la)
+        out = tmp_path / "analytics"
+        assert analytics.export(la, out)["months_written"] == ["2026-01"]
+        clock.ms = 1_769_911_200_000  # 2026-02-01 10:00 in Shanghai
+        late = sh.topup(sh.owner, m, 50000)
+        sync(sh, la)
+        assert "2026-01" in analytics.export(la, out)["months_written"]
+        january = pq.read_table(out / "entries" / "month=2026-01" / "part-0.parquet")
+        assert late["id"] in january.column("id").to_pylist()
+        assert analytics.export(la, out)["months_written"] == []  # nothing new: nothing
+    finally:
+        sh.close()
+        la.close()

@@ -24,6 +24,21 @@ def two_members(app: CounterApp) -> tuple[str, str]:
     return a, b
 
 
+async def swiped(app: CounterApp, who: tuple[str, str] = CASHIER) -> str:
+    """Two members with cards; logged in as `who`, 张伟's card on the reader; 张伟."""
+    a, _ = two_members(app)
+    await app.login(*who)
+    app.reader.insert("CA0001")
+    await app.user.should_see(marker="member-name")
+    return a
+
+
+async def in_dialog(app: CounterApp, button: str, field: str, typed: str, ok: str) -> None:
+    app.user.find(marker=button).click()
+    app.user.find(marker=field).type(typed)
+    app.user.find(marker=ok).click()
+
+
 async def test_a_card_swiped_while_a_top_up_is_open_does_not_change_who_is_paid(
         counter_app: CounterApp) -> None:
     """The dialog for 张伟 (found by search) stays open while the next customer's card
@@ -49,27 +64,17 @@ async def test_an_amount_with_a_stray_comma_is_refused(counter_app: CounterApp,
                                                         typed: str) -> None:
     """Commas were dropped: "12,34" (a decimal comma) topped up 1,234.00."""
     app = counter_app
-    a, _ = two_members(app)
-    await app.login(*CASHIER)
-    app.reader.insert("CA0001")
-    await app.user.should_see(marker="member-name")
+    a = await swiped(app)
     before = snapshot(app.ledger, [a])
-    app.user.find(marker="topup").click()
-    app.user.find(marker="amount").type(typed)
-    app.user.find(marker="topup-ok").click()
+    await in_dialog(app, "topup", "amount", typed, "topup-ok")
     await app.user.should_see("金额不对：请输入大于零、最多两位小数的金额，例如 12.34。")
     assert snapshot(app.ledger, [a]) == before
 
 
 async def test_an_amount_grouped_in_thousands_is_taken(counter_app: CounterApp) -> None:
     app = counter_app
-    a, _ = two_members(app)
-    await app.login(*CASHIER)
-    app.reader.insert("CA0001")
-    await app.user.should_see(marker="member-name")
-    app.user.find(marker="topup").click()
-    app.user.find(marker="amount").type("1,234.50")
-    app.user.find(marker="topup-ok").click()
+    a = await swiped(app)
+    await in_dialog(app, "topup", "amount", "1,234.50", "topup-ok")
     await app.user.should_see("已充值 ¥1,234.50")
     assert app.ledger.balance(a)["cash"] == 123450
 
@@ -79,14 +84,9 @@ async def test_points_in_other_digits_are_refused(counter_app: CounterApp, typed
     """str.isdigit() took them: "²" then failed in int() and the cashier saw nothing,
     "１２" redeemed 12 points."""
     app = counter_app
-    a, _ = two_members(app)
-    await app.login(*OWNER)
-    app.reader.insert("CA0001")
-    await app.user.should_see(marker="member-name")
+    a = await swiped(app, OWNER)
     before = snapshot(app.ledger, [a])
-    app.user.find(marker="redeem").click()
-    app.user.find(marker="points").type(typed)
-    app.user.find(marker="redeem-ok").click()
+    await in_dialog(app, "redeem", "points", typed, "redeem-ok")
     await app.user.should_see("积分要填正整数。")
     await asyncio.sleep(0.1)
     assert snapshot(app.ledger, [a]) == before

@@ -401,6 +401,8 @@ def test_a_refund_at_another_branch_is_owed_by_the_collecting_one(a: Ledger, b: 
     today = a.today()
     assert views.daily_report(a, today, "SH02")["exit_refunds"] == 4000
     assert views.daily_report(a, today, "SH01")["exit_refunds"] == 0
+    # ... and out of the till's WeChat takings, as the drawer counts them (it was not)
+    assert views.daily_report(a, today, "SH02")["till_by_method"] == {"wechat": -4000}
 
 
 # --- the command line ------------------------------------------------------------------------
