@@ -481,6 +481,12 @@ class Payments(Merges, Rules):
         if purse in GOODS_PURSES:  # units move by shipping them (crdtledger.goods)
             return None
         check_node_id(to)
+        # Never to a branch proven to lie here, nor one the chain revoked: nothing it
+        # writes is taken any more, so what it is given is stranded (as an operator's
+        # transfer is refused, _require_branch). A liar caught forking was granted
+        # half of each member's rights, one request each.
+        if to in self.storage.log.blocked() or self.retired(to):
+            return None
         # Rights held here for members merged into it are its own: swept first.
         self._sweep(views.member_group(self.storage.conn, member)[1:])
         own = self._rights(member, purse).get(self.node, 0)

@@ -147,6 +147,10 @@ def test_a_branch_blocked_for_a_proven_fault_gets_nothing(a: Ledger, b: Ledger) 
     refused(a, [m, sid], lambda: a.ship_stock(a.owner, "G1", 1, "SH02"),
             "SH02 is blocked here")
     assert a.rights(m) == {"SH01": 9900, "SH02": 100}
+    # Nor by its own rights request over a session (it was granted half of them).
+    before = snapshot(a, [m, sid])
+    assert a.grant_rights(m, "cash", "SH02", 5000) is None
+    assert snapshot(a, [m, sid]) == before
 
 
 def test_a_branch_whose_certificate_the_chain_revoked_gets_nothing(tmp_path: Path) -> None:
@@ -184,6 +188,8 @@ def test_a_branch_whose_certificate_the_chain_revoked_gets_nothing(tmp_path: Pat
         refused(hq, [m, sid], lambda: hq.transfer_rights(o, m, "SH02", 100),
                 "SH02 is closed: the chain revoked its certificate")
         refused(hq, [m, sid], lambda: hq.ship_stock(o, "G1", 1, "SH02"), "SH02 is closed")
+        assert hq.rights(m) == {"SH01": 9900, "SH02": 100}
+        assert hq.grant_rights(m, "cash", "SH02", 5000) is None  # nor if it asks
         assert hq.rights(m) == {"SH01": 9900, "SH02": 100}
         # Nor a booking with its technician: SH02 would never decide it.
         (tech,) = bookings.technicians(hq, "SH02")
