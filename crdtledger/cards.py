@@ -8,6 +8,7 @@ from typing import Any
 
 from pycrdt import Array, Map
 
+from crdtledger import views
 from crdtledger.auth import TooManyAttempts, acting_client, check_secret, hash_secret
 from crdtledger.commit import Write, put
 from crdtledger.errors import CardInactive, CardLost, InvalidInput, NotFound, WrongPin
@@ -58,14 +59,20 @@ class Cards(Members):
         if row:
             raise InvalidInput(f"card {card_no} is already issued (member {row[0]})")
 
-    def card(self, card_no: str) -> dict[str, Any]:
-        """The card with this number: the active one if any, else the newest."""
+    def card(self, card_no: str, member: str | None = None) -> dict[str, Any]:
+        """The card with this number: the active one if any, else the newest; `member`:
+        the one of that member (a number two branches issued while apart)."""
         card_no = check_card_no(card_no)  # stored upper-case by issue_card
         rows = self.storage.conn.execute(
             "SELECT id, member, status, body FROM cards WHERE card_no = ? "
             "ORDER BY status = 'active' DESC, status = 'lost' DESC, id DESC",
             (card_no,),
         ).fetchall()
+        if member is not None:
+            conn, want = self.storage.conn, views.canonical(self.storage.conn, member)
+            rows = [r for r in rows if views.canonical(conn, r[1]) == want]
+            if not rows:
+                raise NotFound(f"card {card_no} is not member {member}'s")
         if not rows:
             raise NotFound(f"unknown card {card_no}")
         cid, member, status, body = rows[0]
@@ -81,8 +88,19 @@ class Cards(Members):
 
     def use_card(self, card_no: str, pin: str | None = None) -> dict[str, Any]:
         """Resolve a swiped card to its member, refusing lost, replaced, expired cards
-        and wrong PINs with a message for the cashier."""
+        and wrong PINs with a message for the cashier, and a number issued to two
+        members (by two branches while they were apart): it would pay from either."""
         card = self.card(card_no)
+        conn = self.storage.conn
+        holders = sorted({views.canonical(conn, m) for (m,) in conn.execute(
+            "SELECT member FROM cards WHERE card_no = ? AND status IN ('active', 'lost')",
+            (card["card_no"],))})
+        if len(holders) > 1:
+            raise CardInactive(
+                f"card {card['card_no']} was issued to {len(holders)} members "
+                f"({', '.join(holders)}) by branches while they were apart: nobody pays "
+                "with it until all but one have a new card (card replace --card "
+                f"{card['card_no']} --member MEMBER --new NUMBER)")
         if card["status"] == "lost":
             raise CardLost(f"card {card_no} is reported lost")
         if card["status"] != "active":
@@ -156,12 +174,13 @@ class Cards(Members):
         return self._card_event(operator, "card.return", card_no, "returned", ("active", "lost"))
 
     def replace_card(self, operator: str, old_no: str, new_no: str, *,
-                     pin: str | None = None) -> str:
+                     pin: str | None = None, member: str | None = None) -> str:
         """补卡: a new card for the same member, carrying everything the old one did
         (type, expiry, PIN and any other field; packages and purses belong to the
-        member and stay). `pin` gives the new card a new PIN instead of the old one."""
+        member and stay). `pin` gives the new card a new PIN instead of the old one;
+        `member`: whose card, where two branches issued one number to two members."""
         self.authorise(operator, "card.replace")
-        old = self.card(old_no)
+        old = self.card(old_no, member)
         if old["status"] not in ("active", "lost"):
             raise InvalidInput(f"card {old_no} is {old['status']}; cannot replace it")
         new_no = check_card_no(new_no)

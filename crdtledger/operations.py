@@ -842,11 +842,15 @@ for _event, _method, _permission, _summary, _outcome, _next in (
            params=(Param("card_no", CARD, required=True, flag="--card", help="the old card"),
                    Param("new_no", CARD, required=True, flag="--new", help="the new card"),
                    Param("pin", CARD_PIN,
-                         help="a new PIN for the new card (else the old card's PIN is kept)")),
+                         help="a new PIN for the new card (else the old card's PIN is kept)"),
+                   Param("member", MEMBER_ID,
+                         help="whose card, where two branches issued the number to two "
+                              "members while apart")),
            show=lambda ledger, card, p: f"card {p['card_no'].upper()} replaced by "
            f"{card['card_no']} [{card['id']}]\n{show_balance(ledger.balance(card['member']))}")
 def card_replace(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
-    ledger.replace_card(operator, p["card_no"], p["new_no"], pin=p.get("pin"))
+    ledger.replace_card(operator, p["card_no"], p["new_no"], pin=p.get("pin"),
+                        member=p.get("member"))
     return ledger.card(p["new_no"])
 
 

@@ -506,6 +506,28 @@ def test_wrong_pin(a: Ledger) -> None:
         refused(a, [m], InvalidInput, lambda bad=bad: a.issue_card(o, m, "P2", pin=bad))
 
 
+def test_one_card_number_issued_by_two_branches_apart_pays_for_nobody(
+        a: Ledger, b: Ledger) -> None:
+    """SH01 and SH02, cut off from each other, each issue card DUP3 (typed from the same
+    card stock): once synced, a swipe took the newest one's member, whoever held the
+    card. It is refused with the members' ids until one gets a new card."""
+    m1 = member(a)
+    a.topup(a.owner, m1, 5000)
+    m2 = b.add_member(b.owner, name="李四", phone="13900000000")
+    b.topup(b.owner, m2, 5000)
+    a.issue_card(a.owner, m1, "DUP3")
+    b.issue_card(b.owner, m2, "DUP3")
+    sync(a, b)
+    err = refused(a, [m1, m2], CardInactive, lambda: a.debit(a.owner, card="DUP3", amount=100))
+    assert m1 in str(err) and m2 in str(err) and "card replace" in str(err)
+    a.replace_card(a.owner, "DUP3", "NEW3", member=m2)  # SH02's member gets a new card
+    a.debit(a.owner, card="DUP3", amount=100)
+    sync(a, b)
+    b.debit(b.owner, card="NEW3", amount=200)  # where its money is held
+    sync(a, b)
+    assert (a.balance(m1)["cash"], a.balance(m2)["cash"]) == (4900, 4800)
+
+
 def test_card_number_is_case_insensitive(a: Ledger) -> None:
     """Regression: issue_card stored 'c-7' as 'C-7', then 'c-7' was an unknown card."""
     o = a.owner
