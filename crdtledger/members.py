@@ -136,6 +136,18 @@ class Members(Auth):
     def find_members(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
         return views.find_members(self.storage.conn, check_text(query, "search"), limit)
 
+    def _gone(self, member: str) -> str | None:
+        """Why value given to `member` now would be stranded (deleted, erased or left),
+        or None: nothing can be sold to or for them, so nothing could spend it."""
+        row = self.storage.conn.execute(
+            "SELECT body FROM members WHERE id = ?", (member,)).fetchone()
+        profile = json.loads(row[0]) if row else {}
+        if profile.get("deleted"):
+            return f"member {member} was deleted"
+        if profile.get("exited"):
+            return f"member {member} has left (退会)"
+        return None
+
     def _live_member(self, member: str) -> tuple[dict[str, Any], tuple[int, int]]:
         """The member's profile and cumulative (spent, topped): one indexed read on the
         debit path, not the whole member view."""

@@ -365,6 +365,8 @@ class Membership(Coupons):
             return None
         rule = self.rule("referral")
         to = views.canonical(self.storage.conn, str(r["referrer"]))
+        if self._gone(to):  # erased or left since: a reward there would be stranded
+            return None
         op = f"referral@{self.node}"
         kind = rule.get("reward")
         if kind == "points":

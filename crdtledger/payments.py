@@ -348,6 +348,9 @@ class Payments(Merges, Rules):
             raise RightsElsewhere("refund", amount, 0, {debit["node"]: left})
         # A debit of a member merged since is refunded to the survivor.
         member = self._survivor(str(debit["member"]))[0]
+        gone = self._gone(member) if debit.get("pay") in ("stored", "package") else None
+        if gone:  # back on a card nobody can use any more
+            raise InvalidInput(f"{gone}: this sale can no longer be refunded to their card")
         units = amount if package or goods else None
         sold_units = amount
         if goods:  # the money of `units`: a cumulative floor, the last part the rest
@@ -563,7 +566,14 @@ class Payments(Merges, Rules):
             # this one for it.
             raise InvalidInput("a coupon is created only by issuing it (coupon issue): a "
                                "correction can take a coupon away, not give one")
-        member, _ = self._acting(member)
+        gone = self._gone(views.canonical(self.storage.conn, member))
+        if gone and change < 0:
+            # Value that reached them after all (a top-up or a refund written while
+            # another branch erased them) is settled here: taken off, as the owner
+            # pays it out or writes it off. Nothing can be added.
+            member = views.canonical(self.storage.conn, member)
+        else:
+            member, _ = self._acting(member)
         worth = self._correction_worth(member, purse, abs(change))
         approved = None
         if worth > int(self.rule("approval")["correction_limit"]):

@@ -317,3 +317,49 @@ def test_a_backup_taken_before_the_erasure_loses_the_values_when_restored(
         assert leaks(store_bytes(ledger)) == [], ledger.node
     a.close()
     r.close()
+
+
+def test_value_that_reaches_a_member_gone_meanwhile_is_settled_not_stranded(
+        tmp_path: Path) -> None:
+    """Value given to a member who was erased or has left could never be spent,
+    refunded or corrected (each refused "was deleted"). A top-up written while another
+    branch erased the member is settled by a correction that takes it off; a refund
+    to the card of a member erased since, and a referral reward to a referrer who left,
+    are refused or held back instead of stranded."""
+    clock = FakeClock()
+    sh, la = new_ledger(tmp_path, "SH01", now_ms=clock), new_ledger(tmp_path, "SH02", now_ms=clock)
+    try:
+        a = sh.add_member(sh.owner, name="张三", phone="13800138000")
+        sync(sh, la)
+        la.erase_member(la.owner, a)  # apart: SH02 erases, SH01 takes a top-up
+        sh.topup(sh.owner, a, 5000)
+        sync(sh, la)
+        assert sh.balance(a)["cash"] == 5000
+        with pytest.raises(InvalidInput, match="was deleted"):
+            sh.correct(sh.owner, a, "cash", 100, "nothing can be added")
+        sh.correct(sh.owner, a, "cash", -5000, "paid back in cash at the till")
+        sync(sh, la)
+        assert sh.balance(a)["cash"] == la.balance(a)["cash"] == 0
+        # A refund to the card of a member erased since the sale: refused.
+        b = sh.add_member(sh.owner, name="李四", phone="13900139000")
+        sh.topup(sh.owner, b, 1000)
+        sale = sh.debit(sh.owner, b, amount=1000)
+        sh.erase_member(sh.owner, b)
+        with pytest.raises(InvalidInput, match="can no longer be refunded to their card"):
+            sh.refund(sh.owner, sale["id"])
+        assert sh.balance(b)["cash"] == 0
+        # A referral reward to a referrer who has left since: not granted.
+        sh.set_rule(sh.owner, "referral", {"reward": "bonus", "bonus": 5000})
+        c = sh.add_member(sh.owner, name="王五", phone="13700137000")
+        new = sh.add_member(sh.owner, name="赵六", phone="13600136000")
+        r = sh.refer(sh.owner, new, c)["id"]
+        first, second = (sh.add_operator(sh.owner, name, f"{name}-secret", roles=["manager"])
+                         for name in ("mgr1", "mgr2"))
+        sh.approve_referral(first, r, 1)
+        asked = sh.apply_exit(sh.owner, c, "搬家")["application"]
+        sh.decide_exit(first, asked)
+        sh.approve_referral(second, r, 2)
+        assert sh.balance(c)["bonus"] == 0
+    finally:
+        sh.close()
+        la.close()
