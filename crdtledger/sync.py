@@ -116,6 +116,24 @@ MAX_STAGED_BYTES = min(2 * 1024**3, max(256 * 1024**2,
                                         (platform.physical_memory() or 1 << 34) // 8))
 # Per record on top of its data, for slicing by bytes (node, seq, doc and framing).
 _RECORD_OVERHEAD = 48
+# Frames a peer may send while its answer is applied (minutes, for a million records),
+# kept for after it: live records and hellos, a few MB at a busy hub's rate.
+MAX_BACKLOG_BYTES = 64 * 1024 * 1024
+# Slices of one answer kept before its last: an answer of MAX_BATCH_RECORDS (4M) in
+# slices of SEND_SLICE_RECORDS is 245; a liar's endless empty slices are refused.
+MAX_STAGED_SLICES = 4096
+# Per slice and per head kept, on top of records and certificates (the objects).
+_SLICE_OVERHEAD = 512
+_HEAD_OVERHEAD = 160
+
+
+def _kept_bytes(batch: Batch) -> int:
+    """What a slice kept until its answer's last costs, near enough: its records,
+    certificates, heads and proofs."""
+    return (_SLICE_OVERHEAD
+            + sum(len(r.data) + len(r.doc) + _RECORD_OVERHEAD for r in batch.recs)
+            + sum(len(c) + len(n) for n, c in batch.certs.items())
+            + _HEAD_OVERHEAD * (len(batch.heads) + len(batch.proofs)))
 
 _EMPTY_UPDATE = b"\x00\x00"
 
@@ -313,6 +331,8 @@ class SyncSession:
         # Slices of the peer's long answer received so far, and their record bytes.
         self._staged: list[Batch] = []
         self._staged_bytes = 0
+        self._staged_records = 0
+        self._backlog_bytes = 0  # of the frames in _backlog
         self._unsubscribe = ledger.subscribe(self._on_commit)
 
     # --- driving side --------------------------------------------------------
@@ -410,7 +430,7 @@ class SyncSession:
         Nothing is half-applied either way."""
         self._require_open()
         if self._applying is not None:  # after the batch being applied (resume)
-            self._backlog.append(frame)
+            self._wait([frame])
             return
         try:
             msg = unpack(frame)
@@ -437,7 +457,7 @@ class SyncSession:
         then failed all the same."""
         self._require_open()
         if self._applying is not None:
-            self._backlog.extend(frames)
+            self._wait(frames)
             return
         pending = list(frames)
         run: list[Batch] = []
@@ -455,6 +475,7 @@ class SyncSession:
                         taken, run = run, []
                         if not self._take(taken, more):
                             self._backlog = pending[i:]  # after the batch's last slice
+                            self._backlog_bytes = sum(len(f) for f in self._backlog)
                             return
                     self.bytes_in += len(frame)
                     self._dispatch(msg)
@@ -464,6 +485,20 @@ class SyncSession:
         except RemoteProtocolError as e:
             self._fail(e)
             raise
+
+    def _wait(self, frames: Iterable[bytes]) -> None:
+        """Keep frames that came while a batch is applied, for after it; a peer that
+        sends more than MAX_BACKLOG_BYTES meanwhile fails the session (a liar kept
+        the batch unfinished by reading slowly and sent 4 MiB frames: all kept)."""
+        for frame in frames:
+            self._backlog.append(frame)
+            self._backlog_bytes += len(frame)
+        if self._backlog_bytes > MAX_BACKLOG_BYTES:
+            error = RemoteProtocolError(
+                f"more than {MAX_BACKLOG_BYTES >> 20} MiB sent while its answer was "
+                "applied")
+            self._fail(error)
+            raise error
 
     @property
     def busy(self) -> bool:
@@ -483,7 +518,7 @@ class SyncSession:
         except RemoteProtocolError as e:
             self._fail(e)
             raise
-        backlog, self._backlog = self._backlog, []
+        backlog, self._backlog, self._backlog_bytes = self._backlog, [], 0
         if backlog:
             # Handled now, they came while the batch was applied (minutes, a joining
             # branch's million records): the time in their hellos is that old.
@@ -498,16 +533,22 @@ class SyncSession:
         (`more`), else applied with the slices kept before them, as one batch. True if
         nothing remains to apply (see `_apply`)."""
         self._staged.extend(run)
-        self._staged_bytes += sum(len(r.data) for b in run for r in b.recs)
-        if (self._staged_bytes > MAX_STAGED_BYTES
-                or sum(len(b.recs) for b in self._staged) > MAX_BATCH_RECORDS):
+        # Everything a slice keeps counts, and is counted once: a liar's slices of no
+        # records but 16 KiB certificates were kept uncounted (375 MiB, the limit never
+        # reached), and re-counting every slice kept at each new one made 60,000 empty
+        # slices cost quadratic time on the node's loop.
+        self._staged_bytes += sum(_kept_bytes(b) for b in run)
+        self._staged_records += sum(len(b.recs) for b in run)
+        if (self._staged_bytes > MAX_STAGED_BYTES or self._staged_records > MAX_BATCH_RECORDS
+                or len(self._staged) > MAX_STAGED_SLICES):
             raise RemoteProtocolError(
-                f"records: an answer of more than {MAX_BATCH_RECORDS} records or "
-                f"{MAX_STAGED_BYTES >> 20} MiB (a chain that large needs period closing)")
+                f"records: an answer of more than {MAX_BATCH_RECORDS} records, "
+                f"{MAX_STAGED_SLICES} slices or {MAX_STAGED_BYTES >> 20} MiB (a chain that "
+                "large needs period closing)")
         if more:
             return True
         batch = _merge(self._staged)
-        self._staged, self._staged_bytes = [], 0
+        self._staged, self._staged_bytes, self._staged_records = [], 0, 0
         return self._apply(batch, whole)
 
     def _apply(self, batch: Batch, whole: bool = False) -> bool:

@@ -219,6 +219,59 @@ def test_the_receiver_bounds_what_it_keeps(tmp_path: Path,
         sb.receive_frames([])
 
 
+def _greeted(tmp_path: Path) -> SyncSession:
+    """A new branch's session with the hub, hellos exchanged: what a liar with the
+    hub's certificate would talk to next."""
+    hub, _branch, _members = _chain(tmp_path, n=2)
+    sa, sb = _sessions(hub, new_ledger(tmp_path, "SH09"))
+    sb.receive_frames(sa.data_to_send())
+    return sb
+
+
+def test_slices_are_bounded_by_all_they_keep_and_by_their_number(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slices of no records but 16 KiB certificates were kept uncounted (375 MiB, the
+    limit never reached), and 60,000 empty slices each re-counted all before them."""
+    monkeypatch.setattr(sync_mod, "MAX_STAGED_BYTES", 100_000)
+    sb = _greeted(tmp_path / "certs")
+    certs = {f"X{i:015d}": bytes(16384) for i in range(3)}
+    with pytest.raises(RemoteProtocolError, match="period closing"):
+        for _ in range(3):
+            sb.receive(pack({"t": "recs", "recs": [], "heads": {}, "certs": certs,
+                             "more": True}))
+    assert sb.failed
+    monkeypatch.setattr(sync_mod, "MAX_STAGED_SLICES", 50)
+    sb = _greeted(tmp_path / "empty")
+    empty = pack({"t": "recs", "recs": [], "heads": {}, "more": True})
+    with pytest.raises(RemoteProtocolError, match="50 slices"):
+        sb.receive_frames([empty] * 51)
+    assert sb.failed
+
+
+def test_what_comes_while_an_answer_is_applied_is_bounded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A liar that keeps its answer from finishing (the node resumes it only once its
+    frames are read) sent 4 MiB frames meanwhile: every one was kept."""
+    monkeypatch.setattr(sync_mod, "APPLY_SLICE", 5)
+    monkeypatch.setattr(sync_mod, "MAX_BACKLOG_BYTES", 100_000)
+    hub, _branch, _members = _chain(tmp_path)
+    sa, sb = _sessions(hub, new_ledger(tmp_path, "SH09"))
+    for _ in range(100):
+        sb.receive_frames(sa.data_to_send())
+        sa.receive_frames(sb.data_to_send())
+        if sa.busy:
+            sa.resume()
+        elif sb.busy:
+            break
+    assert sb.busy
+    pad = pack({"t": "rrep", "id": 1, "granted": 0, "pad": bytes(40_000)})
+    sb.receive(pad)
+    sb.receive_frames([pad])
+    with pytest.raises(RemoteProtocolError, match="while its answer was applied"):
+        sb.receive(pad)
+    assert sb.failed
+
+
 def test_what_a_receiver_keeps_is_bounded_by_this_machines_memory() -> None:
     """A 4 GB shop PC keeps at most 512 MiB of an answer before its last slice; this
     machine (CI: 24 GB) the 2 GiB ceiling; a 1M-entry join's 317 MB fits either."""
