@@ -219,6 +219,19 @@ def test_the_receiver_bounds_what_it_keeps(tmp_path: Path,
         sb.receive_frames([])
 
 
+def _until_applying(sa: SyncSession, sb: SyncSession) -> None:
+    """Frames both ways, `sa` sending its answer a slice per turn, until `sb` has taken
+    the whole answer and applies it a slice at a time (APPLY_SLICE)."""
+    for _ in range(100):
+        sb.receive_frames(sa.data_to_send())
+        sa.receive_frames(sb.data_to_send())
+        if sa.busy:
+            sa.resume()
+        elif sb.busy:
+            return
+    raise AssertionError("the answer was never applied in slices")
+
+
 def _greeted(tmp_path: Path) -> SyncSession:
     """A new branch's session with the hub, hellos exchanged: what a liar with the
     hub's certificate would talk to next."""
@@ -256,14 +269,7 @@ def test_what_comes_while_an_answer_is_applied_is_bounded(
     monkeypatch.setattr(sync_mod, "MAX_BACKLOG_BYTES", 100_000)
     hub, _branch, _members = _chain(tmp_path)
     sa, sb = _sessions(hub, new_ledger(tmp_path, "SH09"))
-    for _ in range(100):
-        sb.receive_frames(sa.data_to_send())
-        sa.receive_frames(sb.data_to_send())
-        if sa.busy:
-            sa.resume()
-        elif sb.busy:
-            break
-    assert sb.busy
+    _until_applying(sa, sb)
     pad = pack({"t": "rrep", "id": 1, "granted": 0, "pad": bytes(40_000)})
     sb.receive(pad)
     sb.receive_frames([pad])
@@ -351,15 +357,9 @@ def test_a_link_lost_mid_apply_goes_on_from_what_was_applied(
     hub, _branch, members = _chain(tmp_path)
     new = new_ledger(tmp_path, "SH09")
     sa, sb = _sessions(hub, new)
-    for _ in range(100):
-        sb.receive_frames(sa.data_to_send())
-        sa.receive_frames(sb.data_to_send())
-        if sa.busy:
-            sa.resume()
-        elif sb.busy:
-            sb.resume()  # two slices applied, then the link is lost
-            sb.resume()
-            break
+    _until_applying(sa, sb)
+    sb.resume()  # two slices applied, then the link is lost
+    sb.resume()
     held = new.positions()
     assert held and sb.busy
     sa.close()
