@@ -355,8 +355,10 @@ class LedgerBase:
                   for w in writes[1:])]
 
     def today(self) -> str:
-        """The day this node books on now: by the chain's time, and never before the
-        month after its latest cut (the clock mints no id before it: a PC set back
-        after a cut would otherwise check a once-a-day limit on one day and book the
-        entry on another, and let it through again and again)."""
-        return self.storage.day_of(max(self.clock.wall(), self.clock.floor_ms))
+        """The day this node books on now: that of the next id it mints (by the chain's
+        time; past it after an id seen from a peer, and never before the month after
+        its latest cut). What is checked against today (a coupon's dates, a once-a-day
+        limit, a refund period) is then checked on the day the entry is booked on: a
+        clock 90 s behind a peer's redeemed a coupon on the day after it expired, and
+        a PC set back after a cut let a once-a-day check-in through again and again."""
+        return self.storage.day_of(self.clock.next_ms())

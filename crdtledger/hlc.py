@@ -143,6 +143,19 @@ class HybridClock:
         self.last = self._after(max(self.last, (wall << _COUNTER_BITS) - 1))
         return self.last
 
+    def next_ms(self) -> int:
+        """The wall time the next id will carry (`now`, without minting it): the day an
+        operation is booked on. Past this machine's clock when an id seen from a peer
+        (or a cut's floor) is later, as `now` would mint; this clock again where `now`
+        would start a new era."""
+        wall = max(self.wall(), self.floor_ms)
+        last = wall_ms(self.last)
+        if last - wall > MAX_CLOCK_SKEW_MS and any(
+                e != self.era and self.era_max.get(e, 0) < wall << _COUNTER_BITS
+                for e in range(ERAS)):
+            return wall
+        return max(wall, last)
+
     def _after(self, ts: int) -> int:
         """The smallest timestamp of the current era above `ts`: 1,024 per
         millisecond, then the next millisecond is borrowed."""

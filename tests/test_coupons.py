@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import Cli
-from helpers import FakeClock, Forger, data_snapshot, new_ledger, snapshot, sync
+from helpers import FakeClock, Forger, data_snapshot, name_branches, new_ledger, snapshot, sync
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc, Map
@@ -489,3 +489,35 @@ def test_nodes_fetch_the_right_and_a_partition_accepts_it_once(tmp_path: Path) -
         for t in threads:
             t.join(120)
         assert sorted(results.values()) == [0, 1], results
+
+
+def test_a_clock_a_little_behind_books_no_redemption_after_the_coupon_expired(
+        tmp_path: Path) -> None:
+    """SH02's clock is 90 s behind SH01's, under the limit at which peers correct it.
+    After midnight SH01 refuses the coupon that expired the day before; SH02, having
+    taken SH01's entry of after midnight, mints past it and books on the new day, but
+    checked the coupon on its clock's day and redeemed it."""
+    sh01_clock, sh02_clock = FakeClock(), FakeClock()
+    a = new_ledger(tmp_path, "SH01", now_ms=sh01_clock)
+    b = new_ledger(tmp_path, "SH02", now_ms=sh02_clock)
+    try:
+        name_branches(a, "SH01", "SH02")
+        m = a.add_member(a.owner, name="张伟", phone="13812345678")
+        a.topup(a.owner, m, 50000)
+        sync(a, b)
+        coupon = b.issue_coupon(b.owner, m, off=1000, valid_to="2026-01-01")["coupon"]
+        sync(a, b)
+        sh01_clock.ms = 1_767_283_230_000  # 2026-01-02 00:00:30 in Shanghai
+        sh02_clock.ms = sh01_clock.ms - 90_000  # 2026-01-01 23:59:00
+        with pytest.raises(CouponExpired, match="expired on 2026-01-01"):
+            a.redeem_coupon(a.owner, coupon)
+        a.topup(a.owner, m, 100)  # SH01's entry of after midnight reaches SH02
+        sync(a, b)
+        assert b.today() == "2026-01-02"  # the day its next entry is booked on
+        before = snapshot(b, [m])
+        with pytest.raises(CouponExpired, match="expired on 2026-01-01"):
+            b.redeem_coupon(b.owner, coupon)
+        assert snapshot(b, [m]) == before
+    finally:
+        a.close()
+        b.close()
