@@ -335,6 +335,10 @@ def _mark_restored(copy: Path, node: str, what: str) -> int:
             with conn:
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('restored_tip', ?)",
                              (str(int(tip)),))
+                # When it was put back: a branch's view older than this says nothing
+                # of what the lost PC sent it (Replica.peer_caught_up, a sync file).
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('restored_seen', ?)",
+                             (str(int(time.time() * 1000)),))
         finally:
             conn.close()
         with open(copy, "rb+") as f:

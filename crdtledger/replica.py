@@ -985,7 +985,8 @@ class Replica(LedgerBase):
         self.peer_caught_up(other.log_view(), other.node)
         return new
 
-    def peer_caught_up(self, positions: Mapping[str, Any], peer: str | None = None) -> None:
+    def peer_caught_up(self, positions: Mapping[str, Any], peer: str | None = None,
+                       as_of: int | None = None) -> None:
         """A peer (or a file from one) told how far it holds our own log: a restored
         node may sell again once `peer` shows this node's log past the backup's end and
         all of what it shows is here.
@@ -1001,6 +1002,10 @@ class Replica(LedgerBase):
         why (_check_may_write), until a branch that knows more is heard from, or the
         owner takes the risk (waive_catch_up). Our own files never come here
         (syncfile): they tell what this node held once, not what a branch holds.
+        `as_of`: when another branch's file was made (None: a session, now). A file
+        made before this store was put back cannot say that branch has heard nothing
+        since the backup: the lost PC may have sent it more after the file was made
+        (an old file of head office unlocked a restored branch, which sold again).
         A store never restored, or caught up already, is not concerned."""
         if self.restored is None:
             return
@@ -1022,6 +1027,10 @@ class Replica(LedgerBase):
                    f"{who} holds it only to record {seq}: connect to a branch that holds "
                    "all of it, or import a sync file of one, before selling (or the owner: "
                    "crdtledger restore --sell-now, at the risk it states)")
+        elif as_of is not None and as_of < int(st.meta.get("restored_seen") or 0):
+            why = (f"{who}'s file was made before this branch was restored: it cannot show "
+                   f"what {peer or 'that branch'} has heard from it since; import a file "
+                   "it makes now, or connect to it, before selling")
         elif seq <= backup:
             # Heard of nothing since the backup. Once every other branch known here has
             # said so, nothing this node wrote after it reached any of them: there is
@@ -1075,6 +1084,7 @@ class Replica(LedgerBase):
             st.set_meta("restore_wait", "")
             st.set_meta("restore_heard", "")
             st.set_meta("restored_sent", "")
+            st.set_meta("restored_seen", "")
             st.set_meta("client_id", str(client))
             # The log goes on from here (tipmark), lower than the mark only on the
             # owner's word. Before the commit: killed in between, the store is still

@@ -596,6 +596,8 @@ class Storage:
         # much before it sells again (peer_caught_up), also after `crdtledger restore`
         # in place, whose backup knows less.
         said = {"restored_sent": str(seq)}
+        if not self.meta.get("restored_seen"):
+            said["restored_seen"] = str(int(time.time() * 1000))
         if not self.meta.get("restored_from"):
             # When the copy was last written: its clock's ceiling (kept a lease ahead
             # of its last id), or the store's creation for a copy that never wrote.

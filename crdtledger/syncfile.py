@@ -153,7 +153,9 @@ def import_file(ledger: Ledger, path: Path | str, *, operator: str | None = None
         # this node's own file tells what it held once (before its backup, or after
         # it and before more), never what another branch holds of its log. Its
         # records are taken all the same.
-        ledger.peer_caught_up(logs, str(data["node"]))
+        made = data.get("created")
+        ledger.peer_caught_up(logs, str(data["node"]),
+                              as_of=made if isinstance(made, int) else 0)
     # A file made `--for` this node assumes what the sender last saw of it. If this
     # node lacks records before those in the file, they wait: say which logs.
     held = ledger.positions()

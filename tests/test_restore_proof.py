@@ -104,6 +104,32 @@ def test_its_own_sync_files_never_unlock_a_restored_node(
         r.close()
 
 
+def test_files_made_before_the_restore_do_not_unlock_it(
+        tmp_path: Path, chain: tuple[Ledger, Ledger, Ledger, str]) -> None:
+    """Every other branch's file says it heard nothing of SH01 since the backup, but
+    each was made before the PC died: head office heard of the 100.00 served after
+    the backup later. They unlocked the restored node, which served it again."""
+    a, b, hq, m = chain
+    export_file(b, tmp_path / "b-old.sync")
+    export_file(hq, tmp_path / "hq-old.sync")
+    bk = _spent_after_backup(tmp_path, a, hq, m)
+    r = _restored(tmp_path, bk)
+    try:
+        for old in ("b-old.sync", "hq-old.sync"):
+            got = import_file(r, tmp_path / old)
+            assert r.restored and "made before this branch was restored" in got["not_selling"]
+        with pytest.raises(NotCaughtUp, match="HQ's file was made before this branch was "
+                                              "restored: it cannot show what HQ has heard"):
+            r.debit(r.owner, m, amount=HUNDRED)
+        export_file(hq, tmp_path / "hq-new.sync")  # made now: it shows the sale
+        import_file(r, tmp_path / "hq-new.sync")
+        assert r.restored is None and _cash(r, m) == 0
+        with pytest.raises(InsufficientFunds):
+            r.debit(r.owner, m, amount=HUNDRED)
+    finally:
+        r.close()
+
+
 def test_a_stale_branchs_file_does_not_unlock_it_and_the_till_says_why(
         tmp_path: Path, chain: tuple[Ledger, Ledger, Ledger, str]) -> None:
     a, b, hq, m = chain  # SH02 last heard of SH01 before the backup
