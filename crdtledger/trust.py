@@ -324,6 +324,18 @@ def load_trust(data_dir: Path, chain: str, node: str) -> Trust:
             raise UntrustedSigner(f"{tls} does not hold a usable node identity: {e}") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise UntrustedSigner(f"{tls / NODE_KEY} is not an EC key")
+        # The store must be this directory's node's, of its chain: a store file copied
+        # from another branch (or chain) into it was opened and sold from, under keys
+        # that name another node, and no branch ever took what it wrote.
+        named = node_of(cert)
+        orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+        of_chain = str(orgs[0].value) if orgs else chain
+        if named != node or of_chain != chain:
+            raise UntrustedSigner(
+                f"the store in {data_dir} is node {node} of chain {chain!r}, but this "
+                f"directory's certificate is node {named} of chain {of_chain!r}: a store "
+                "file copied from another branch? Put back this branch's own store "
+                "(crdtledger restore, from its backup)")
         try:
             secret = (tls / CHAIN_KEY).read_bytes()
         except OSError:

@@ -360,7 +360,9 @@ async def test_a_phone_registered_to_two_members_signs_in_neither_by_code(
     operations.run(app.ledger, app.owner_id, "member.add", {"name": "赵六", "phone": spaced})
     await app.ask_code(PHONE_A)
     await app.enter_code(app.last_sms_code())
-    await app.user.should_see("registered to several members")
+    await app.user.should_see(marker="phone-error")
+    said = " ".join(e.text for e in app.user.find(marker="phone-error").elements)
+    assert "几位会员" in said or "several members" in said, said  # either language
     await app.user.should_not_see("张伟")
     await app.user.should_not_see("¥500.00")
 

@@ -21,6 +21,8 @@ from crdtledger.ledger import Ledger
 from crdtledger.storage import DB_FILE
 from crdtledger.syncfile import export_file
 from crdtledger.tipmark import TIP_FILE
+from crdtledger.trust import UntrustedSigner
+from peer.chain import enrol, init_chain
 
 
 def put_back(copy: Path, data: Path) -> None:
@@ -232,3 +234,25 @@ def test_a_mark_that_cannot_be_written_does_not_stop_the_sync(tmp_path: Path) ->
     finally:
         a.close()
         b.close()
+
+
+def test_another_branchs_store_copied_into_a_directory_is_refused(tmp_path: Path) -> None:
+    """HQ's ledger.sqlite3 copied over SH02's (or a store of another chain's SH02): it
+    was opened and sold from under SH02's keys, and no branch took what it wrote."""
+    chain_dir = tmp_path / "chain"
+    init_chain(chain_dir, "acme")
+    for node in ("HQ", "SH02"):
+        Ledger.create(tmp_path / node, node, "acme")
+        enrol(chain_dir, tmp_path / node, node, head_office=node == "HQ")
+    Ledger.create(tmp_path / "other", "SH02", "beta")
+    for stranger, said in (("HQ", "node HQ of chain 'acme'"), ("other", "node SH02 of chain "
+                                                                "'beta'")):
+        data = tmp_path / f"sh02-{stranger}"
+        shutil.copytree(tmp_path / "SH02", data)
+        shutil.copy(tmp_path / stranger / DB_FILE, data / DB_FILE)
+        before = (data / DB_FILE).read_bytes()
+        with pytest.raises(UntrustedSigner, match=f"store in .* is {said}, but this directory's "
+                                                  "certificate is node SH02 of chain 'acme'"):
+            Ledger.open(data)
+        assert (data / DB_FILE).read_bytes() == before
+    Ledger.open(tmp_path / "SH02").close()  # its own opens
