@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from crdtledger import platform
+from crdtledger.errors import StoreError
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -34,6 +35,9 @@ def private_dir(path: Path | str) -> Path:
 
     Parents that already exist are left alone: they are the user's, not ours."""
     path = Path(path)
+    if path.exists() and not path.is_dir():  # a file named as a directory: left as it is
+        raise StoreError(f"{path} is a file, not a directory: name a directory (a new one "
+                         "is made)")
     missing: list[Path] = []
     p = path
     while not p.exists():

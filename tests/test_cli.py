@@ -7,6 +7,7 @@ never a traceback, and leaves the store exactly as it was.
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -371,3 +372,19 @@ def test_a_command_does_not_load_the_node_server() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True, timeout=60).stdout
     assert out.strip() == "[]"
+
+
+def test_a_file_named_as_a_data_directory_is_refused_and_left_as_it_was(
+        cli: Cli, make_node: Callable[..., Path], tmp_path: Path) -> None:
+    """`init --data F`, `backup --out F` with F an ordinary file: refused with a raw OS
+    message, and F made 0700 on the way."""
+    data = make_node("SH01")
+    plain = tmp_path / "notes.txt"
+    plain.write_text("mine")
+    plain.chmod(0o644)
+    for args in (("init", "--node", "SH09", "--data", plain),
+                 ("backup", "--data", data, "--out", plain)):
+        r = cli(*args)
+        assert r.code != 0 and "is a file, not a directory" in r.err, r.err
+        assert "Traceback" not in r.err
+        assert stat.S_IMODE(plain.stat().st_mode) == 0o644 and plain.read_text() == "mine"
