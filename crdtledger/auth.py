@@ -223,16 +223,26 @@ class Auth(LedgerBase):
             return frozenset()
         perms: set[str] = set()
         for role, on in (data.get("roles") or {}).items():
-            if not on:
-                continue
-            custom = self.storage.conn.execute(
-                "SELECT body FROM roles WHERE name = ?", (role,)
-            ).fetchone()
-            if custom is not None:
-                perms |= {p for p, v in json.loads(custom[0]).items() if v and p in PERMISSIONS}
-            else:
-                perms |= BUILTIN_ROLES.get(role, frozenset())
+            if on:
+                perms |= self._role_permissions(role)
         return frozenset(perms)
+
+    def _role_permissions(self, role: str) -> frozenset[str]:
+        custom = self.storage.conn.execute(
+            "SELECT body FROM roles WHERE name = ?", (role,)).fetchone()
+        if custom is not None:
+            return frozenset(p for p, v in json.loads(custom[0]).items()
+                             if v and p in PERMISSIONS)
+        return BUILTIN_ROLES.get(role, frozenset())
+
+    def _may_grant(self, operator: str, perms: Iterable[str], what: str) -> None:
+        """Whoever manages operators gives nobody more than they hold themselves: an
+        operator given only `operators.manage` made itself owner (and a role of every
+        permission), then raised the approval limits and approved its own."""
+        beyond = sorted(set(perms) - self.permissions(operator))
+        if beyond:
+            raise PermissionDenied(f"operator {operator} cannot give {what}: it would grant "
+                                   f"{', '.join(beyond)}, which {operator} does not hold")
 
     def authorise(self, operator: str, permission: str) -> None:
         # Every operation starts here: a sweep an operation refused before its commit
@@ -326,6 +336,7 @@ class Auth(LedgerBase):
         role_map = {r: True for r in roles}
         for r in role_map:
             self._check_role_exists(r)
+            self._may_grant(operator, self._role_permissions(r), f"role {r}")
         oid = self.clock.mint()
         data = {"name": name, "password": hash_secret(password), "active": True,
                 "roles": Map(role_map), "created_by": operator, EDITS: Map()}
@@ -341,6 +352,16 @@ class Auth(LedgerBase):
             raise NotFound(f"no operator {target}")
         for r in roles or {}:
             self._check_role_exists(r)
+        if roles and target == operator and operator != self.owner:
+            raise PermissionDenied("an operator cannot change its own roles: another "
+                                   "operator who manages operators does")
+        for r, on in (roles or {}).items():
+            if on:
+                self._may_grant(operator, self._role_permissions(r), f"role {r}")
+        if target != operator:
+            # Nor take over one who holds more (a new password, then its approvals).
+            self._may_grant(operator, self.permissions(target), f"operator {target}'s "
+                            "account a change")
         if password is not None and (not isinstance(password, str) or len(password) < 6):
             raise InvalidInput("password must have at least 6 characters")
         pw = hash_secret(password) if password is not None else None
@@ -368,6 +389,7 @@ class Auth(LedgerBase):
         if unknown:
             raise InvalidInput(f"unknown permissions {sorted(unknown)}")
         name = check_text(name, "role name", required=True, limit=40)
+        self._may_grant(operator, perms, f"role {name}")
         roles = self.storage.doc("operators").roots["roles"]
         exists = name in roles
         change = self.clock.mint()

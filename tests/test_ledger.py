@@ -684,6 +684,28 @@ def test_an_operation_that_would_break_a_write_rule_is_refused_before_it_is_sign
     assert a.balance(m)["cash"] == 100
 
 
+def test_managing_operators_gives_nobody_more_than_one_holds(a: Ledger) -> None:
+    """An operator given only `operators.manage` made itself owner through its own
+    roles, or a role of every permission, then raised the approval limits and could
+    reset an approver's password and approve its own operations."""
+    o = a.owner
+    a.define_role(o, "hr", ["operators.manage"])
+    hr = a.add_operator(o, "hannah", "secret1", roles=["hr"])
+    boss = a.add_operator(o, "boss", "bosspass", roles=["manager"])
+    clerk = a.add_operator(hr, "carl", "secret2", roles=["hr"])  # no more than hers
+    m = member(a)
+    for attempt in (lambda: a.set_operator(hr, hr, roles={"owner": True}),
+                    lambda: a.set_operator(hr, clerk, roles={"owner": True}),
+                    lambda: a.define_role(hr, "god", ["rules.manage", "approve"]),
+                    lambda: a.define_role(hr, "hr", ["operators.manage", "adjust"]),
+                    lambda: a.add_operator(hr, "mallory", "secret3", roles=["manager"]),
+                    lambda: a.set_operator(hr, boss, password="taken-over")):
+        refused(a, [m], PermissionDenied, attempt)
+    assert a.permissions(hr) == {"operators.manage"}
+    a.set_operator(hr, clerk, active=False)  # within what she holds
+    a.set_operator(o, hr, roles={"manager": True})  # the owner gives what it holds
+
+
 BAD_RULES: list[tuple[str, Any]] = [
     ("promotions", [{"min": 0, "bonus": 5}]),
     ("promotions", {"min": 5}),
