@@ -4,6 +4,7 @@ a replicated document (where every replica would have to refuse it again)."""
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from typing import Any
 
@@ -38,8 +39,16 @@ def _unencodable(text: str) -> bool:
     return False
 
 
+# YYYY-MM-DD only: dates are compared as text (a rule version's effective date), and
+# Python 3.11's fromisoformat also takes "20260102" and "2026-W01-5", which then sort
+# after every real date (a refunds rule "from 20260102" took effect in 2027).
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+
+
 def check_date(value: str, what: str) -> None:
     try:
+        if not _DATE.match(value):
+            raise ValueError(value)
         date.fromisoformat(value)
     except (TypeError, ValueError):
         raise InvalidInput(f"{what} must be a date like 2026-11-23, not {value!r}") from None

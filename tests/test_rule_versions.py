@@ -13,6 +13,7 @@ import pytest
 from helpers import FakeClock, new_ledger, sync
 
 from crdtledger.commit import put
+from crdtledger.errors import InvalidInput
 from crdtledger.ledger import Ledger
 from crdtledger.rules import MAX_REV, _rev
 
@@ -142,3 +143,17 @@ def test_a_goods_change_after_the_clock_was_put_back_the_same_day_is_kept(
         sync(hq, shop)
         for ledger in (hq, shop):
             assert ledger.goods_item("TEA")["price"] == 999, ledger.node
+
+
+@pytest.mark.parametrize("when", ["20260102", "2026-W01-5", "2026-01-02T00:00", "2026-1-2"])
+def test_an_effective_date_is_a_date_like_2026_01_02_only(tmp_path: Path, when: str) -> None:
+    """Python's fromisoformat takes "20260102" and "2026-W01-5"; versions are picked by
+    comparing dates as text, so such a version took effect a year late, unsaid."""
+    ledger = new_ledger(tmp_path, "SH01")
+    try:
+        before = ledger.rule("refunds")
+        with pytest.raises(InvalidInput, match="must be a date like 2026-11-23"):
+            ledger.set_rule(ledger.owner, "refunds", {"days": 7}, effective_from=when)
+        assert ledger.rule("refunds") == before
+    finally:
+        ledger.close()
