@@ -102,6 +102,31 @@ def pending(ledger: Ledger, now_ms: int, limit: int = 50) -> list[Outgoing]:
         (now_ms, limit))]
 
 
+def as_now(ledger: Ledger, o: Outgoing, channels: Sequence[str]) -> Outgoing | None:
+    """The notice as it should go now, or None (and its row dropped) if its member may
+    no longer receive it: deleted, erased or left since it was kept, or a promotion
+    to one who withdrew consent (they got it when the mail server came back). One
+    kept for a channel this node cannot send (a broadcast picks e-mail where the node
+    has only SMS) goes by one it can, to the member's address there, else waits as
+    before."""
+    if not o.member:  # the owner's reports: addressed by the rule, not a member
+        return o
+    row = ledger.storage.conn.execute(
+        "SELECT body FROM members WHERE id = ?", (o.member,)).fetchone()
+    profile = json.loads(row[0]) if row else {}
+    if not row or not notices.may_receive(profile, o.kind in notices.PROMOTIONAL):
+        _conn(ledger).execute("DELETE FROM outbox WHERE key = ? AND sent IS NULL", (o.key,))
+        return None
+    if o.channel in channels:
+        return o
+    reach = notices.contact(profile, channels)
+    if reach is None:
+        return o
+    _conn(ledger).execute("UPDATE outbox SET channel = ?, recipient = ? WHERE key = ?",
+                          (*reach, o.key))
+    return o._replace(channel=reach[0], to=reach[1])
+
+
 def mark_sent(ledger: Ledger, key: str, now_ms: int) -> None:
     _conn(ledger).execute("UPDATE outbox SET sent = ?, attempts = attempts + 1, error = '' "
                           "WHERE key = ?", (now_ms, key))

@@ -60,7 +60,12 @@ class Notifier:
             if new:
                 log.info("notices: %d due", new)
             sent = 0
-            for o in outbox.pending(ledger, now):
+            for kept in outbox.pending(ledger, now):
+                o = outbox.as_now(ledger, kept, channels)
+                if o is None:
+                    log.info("notices: %s not sent: its member may no longer receive it",
+                             kept.key)
+                    continue
                 if await self._send(o):
                     outbox.mark_sent(self.node.ledger, o.key, self.clock())
                     sent += 1

@@ -24,11 +24,13 @@ from crdtledger.errors import InvalidInput
 from crdtledger.ledger import Ledger
 from peer.gateways import (
     GatewayError,
+    LogGateway,
     Message,
     SettingsError,
     gateways_from_settings,
     tc3_authorization,
 )
+from peer.notifier import Notifier
 from peer.smtp_standin import SmtpStandIn, text_of
 
 NOW = int(datetime(2026, 12, 3, 10, 30, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp() * 1000)
@@ -451,3 +453,35 @@ def test_debits_are_looked_at_a_slice_per_pass_each_once(
     assert [n.member for n in due.notices if n.kind == "low_balance"] == [m["never"]]
     assert _look(ledger, NOW + 2000) == [m["no"]]
     assert _look(ledger, NOW + 3000) == []
+
+
+class NodeStandIn:
+    """The two things peer.notifier.Notifier reads of its node: the store and the
+    gateways (real LogGateways here: they keep what they send)."""
+
+    def __init__(self, ledger: Ledger, gateways: dict[str, LogGateway]) -> None:
+        self.ledger = ledger
+        self.gateways = gateways
+
+
+def test_a_kept_notice_goes_as_things_are_when_it_is_sent(ledger: Ledger) -> None:
+    """A broadcast is kept when it is written and sent by the next passes: a member who
+    withdrew consent meanwhile, or was deleted, still got it; and one kept for e-mail
+    on a node that can only send SMS was tried hourly for ever."""
+    alice = op(ledger, "member.add", name="Alice", phone="13800000001",
+               email="alice@example.com", promo="yes")["member_id"]
+    bob = op(ledger, "member.add", name="Bob", phone="13800000002",
+             email="bob@example.com", promo="yes")["member_id"]
+    carol = op(ledger, "member.add", name="Carol", phone="13800000003",
+               email="carol@example.com", promo="yes")["member_id"]
+    assert op(ledger, "notice.broadcast", subject="Sale", text="{name}: 20% off")["queued"] == 3
+    op(ledger, "member.edit", member=alice, promo="no")
+    op(ledger, "member.edit", member=bob, deleted=True)
+    sms = LogGateway("sms")
+    notifier = Notifier(NodeStandIn(ledger, {"sms": sms}),  # type: ignore[arg-type]
+                        clock=ledger.clock.wall)
+    assert asyncio.run(notifier.tick()) == 1
+    assert [(m.channel, m.to, m.body) for m in sms.sent] == [
+        ("sms", "13800000003", "Carol: 20% off")]
+    kept = {h["member"]: h["status"] for h in outbox.history(ledger)}
+    assert kept == {carol: "sent"}, kept
