@@ -71,6 +71,16 @@ def _spent_after_backup(tmp_path: Path, a: Ledger, hq: Ledger, m: str) -> Path:
     return bk
 
 
+def _head_office_unlocks(tmp_path: Path, hq: Ledger, r: Ledger, m: str) -> None:
+    """Head office's file, made now, shows the 100.00 served after the backup: the
+    restored node takes it, sells again, and refuses to serve it a second time."""
+    export_file(hq, tmp_path / "hq-now.sync")
+    import_file(r, tmp_path / "hq-now.sync")
+    assert r.restored is None and _cash(r, m) == 0
+    with pytest.raises(InsufficientFunds):
+        r.debit(r.owner, m, amount=HUNDRED)
+
+
 STALE = (r"restored from a backup of .*branch SH02 has heard nothing from this branch "
          r"since the backup.*and HQ not yet: connect to them, or to a branch that has heard "
          r"from this one since the backup")
@@ -121,11 +131,7 @@ def test_files_made_before_the_restore_do_not_unlock_it(
         with pytest.raises(NotCaughtUp, match="HQ's file was made before this branch was "
                                               "restored: it cannot show what HQ has heard"):
             r.debit(r.owner, m, amount=HUNDRED)
-        export_file(hq, tmp_path / "hq-new.sync")  # made now: it shows the sale
-        import_file(r, tmp_path / "hq-new.sync")
-        assert r.restored is None and _cash(r, m) == 0
-        with pytest.raises(InsufficientFunds):
-            r.debit(r.owner, m, amount=HUNDRED)
+        _head_office_unlocks(tmp_path, hq, r, m)  # a file made now: it shows the sale
     finally:
         r.close()
 
@@ -147,11 +153,7 @@ def test_a_stale_branchs_file_does_not_unlock_it_and_the_till_says_why(
         r = Ledger.open(tmp_path / "sh01-restored")
         with pytest.raises(NotCaughtUp, match=STALE):
             r.debit(r.owner, m, amount=HUNDRED)
-        export_file(hq, tmp_path / "hq.sync")
-        import_file(r, tmp_path / "hq.sync")
-        assert r.restored is None and _cash(r, m) == 0
-        with pytest.raises(InsufficientFunds):
-            r.debit(r.owner, m, amount=HUNDRED)
+        _head_office_unlocks(tmp_path, hq, r, m)
     finally:
         r.close()
 
