@@ -94,12 +94,18 @@ def enqueue(ledger: Ledger, due: Iterable[Notice], now_ms: int) -> int:
     return new
 
 
+# Sorts promotions after service notices (False before True).
+_PROMOTIONAL_LAST = "kind IN ({})".format(", ".join(f"'{k}'" for k in sorted(notices.PROMOTIONAL)))
+
+
 def pending(ledger: Ledger, now_ms: int, limit: int = 50) -> list[Outgoing]:
-    """Notices not yet sent whose next try has come, oldest first."""
+    """Notices not yet sent whose next try has come: service notices first (a reminder
+    due after a broadcast to thousands waited a pass per 50 of them, past the
+    appointment), then promotions, each oldest first."""
     return [Outgoing(*r) for r in _conn(ledger).execute(
         "SELECT key, kind, channel, recipient, member, subject, body, attempts FROM outbox "
-        "WHERE sent IS NULL AND next_try <= ? ORDER BY next_try, key LIMIT ?",
-        (now_ms, limit))]
+        f"WHERE sent IS NULL AND next_try <= ? ORDER BY {_PROMOTIONAL_LAST}, next_try, key "
+        "LIMIT ?", (now_ms, limit))]
 
 
 def as_now(ledger: Ledger, o: Outgoing, channels: Sequence[str]) -> Outgoing | None:

@@ -485,3 +485,26 @@ def test_a_kept_notice_goes_as_things_are_when_it_is_sent(ledger: Ledger) -> Non
         ("sms", "13800000003", "Carol: 20% off")]
     kept = {h["member"]: h["status"] for h in outbox.history(ledger)}
     assert kept == {carol: "sent"}, kept
+
+
+def test_a_service_notice_goes_before_a_broadcast_kept_earlier(tmp_path: Path) -> None:
+    """A broadcast to 120 members, then an appointment reminder due a second later: 50
+    notices go a pass, oldest first, so the reminder waited three passes behind the
+    promotion (a broadcast to 12,000 delayed it past the appointment)."""
+    clock = FakeClock(NOW - 30 * 60_000)  # 10:00 in Shanghai
+    led = new_ledger(tmp_path, "SH01", now_ms=clock)
+    try:
+        for i in range(120):
+            op(led, "member.add", name=f"M{i}", phone=f"1380000{i:04d}", promo="yes")
+        guest = op(led, "member.add", name="王芳", phone="13900000009")["member_id"]
+        op(led, "technician.add", code="T01", name="小李", services="FOOT60")
+        op(led, "booking.add", member=guest, technician="T01", service="FOOT60",
+           at="2026-12-03T11:45")
+        assert op(led, "notice.broadcast", subject="双12", text="{name}，八折")["queued"] == 120
+        clock.ms += 1000  # the reminder (two hours ahead) is due now
+        sms = LogGateway("sms")
+        notifier = Notifier(NodeStandIn(led, {"sms": sms}), clock=clock)  # type: ignore[arg-type]
+        assert asyncio.run(notifier.tick()) == 50
+        assert sms.sent[0].key.startswith("reminder:") and sms.sent[0].to == "13900000009"
+    finally:
+        led.close()
