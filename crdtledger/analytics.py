@@ -185,7 +185,7 @@ def _fingerprints(ledger: Ledger) -> dict[str, str]:
     # 1st in Shanghai is the 31st in Los Angeles; it was in no month's file).
     out = {}
     for month in sorted({n for m in docs for n in (_next(m, -1), m, _next(m, 1))}):
-        if month not in docs and not _month_entries(ledger, month, count=True):
+        if month not in docs and not _has_entries(ledger, month):
             continue
         out[month] = hashlib.sha256("|".join(
             docs.get(n, "") for n in (_next(month, -1), month, _next(month, 1))
@@ -199,20 +199,26 @@ def _next(month: str, step: int) -> str:
     return f"{n // 12:04d}-{n % 12 + 1:02d}"
 
 
-def _month_entries(ledger: Ledger, month: str, count: bool = False
-                   ) -> list[tuple[str, dict[str, Any]]]:
-    """The month's projected entries, in id order: one range of the primary key (an
-    entry's month is its id's, in this store's time zone). `count`: only whether
-    there is one (an empty list or one row, unread)."""
+def _month_ids(ledger: Ledger, month: str) -> tuple[str, str]:
+    """The month's range of the primary key: an entry's month is its id's, in this
+    store's time zone."""
     first = date.fromisoformat(f"{month}-01")
     after = date(first.year + first.month // 12, first.month % 12 + 1, 1)
-    lo = ledger.storage.day_start_id(first.isoformat())
-    hi = ledger.storage.day_start_id(after.isoformat())
-    if count:
-        return [("", {}) for _ in ledger.storage.conn.execute(
-            "SELECT 1 FROM entries WHERE id >= ? AND id < ? LIMIT 1", (lo, hi))]
+    return (ledger.storage.day_start_id(first.isoformat()),
+            ledger.storage.day_start_id(after.isoformat()))
+
+
+def _month_entries(ledger: Ledger, month: str) -> list[tuple[str, dict[str, Any]]]:
+    """The month's projected entries, in id order."""
     return [(day, json.loads(body)) for day, body in ledger.storage.conn.execute(
-        "SELECT day, body FROM entries WHERE id >= ? AND id < ? ORDER BY id", (lo, hi))]
+        "SELECT day, body FROM entries WHERE id >= ? AND id < ? ORDER BY id",
+        _month_ids(ledger, month))]
+
+
+def _has_entries(ledger: Ledger, month: str) -> bool:
+    return ledger.storage.conn.execute(
+        "SELECT 1 FROM entries WHERE id >= ? AND id < ? LIMIT 1",
+        _month_ids(ledger, month)).fetchone() is not None
 
 
 def _pseudonym_key(ledger: Ledger) -> bytes:

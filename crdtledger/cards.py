@@ -62,24 +62,35 @@ class Cards(Members):
     def card(self, card_no: str, member: str | None = None) -> dict[str, Any]:
         """The card with this number: the active one if any, else the newest; `member`:
         the one of that member (a number two branches issued while apart)."""
+        return self._card(card_no, member)[0]
+
+    def _card(self, card_no: str, member: str | None = None
+              ) -> tuple[dict[str, Any], list[str]]:
+        """`card`, and the members an active or lost card of this number is held by:
+        more than one where two branches issued it while apart (read from the same
+        rows: a swipe pays no second query)."""
         card_no = check_card_no(card_no)  # stored upper-case by issue_card
-        rows = self.storage.conn.execute(
+        conn = self.storage.conn
+        rows = conn.execute(
             "SELECT id, member, status, body FROM cards WHERE card_no = ? "
             "ORDER BY status = 'active' DESC, status = 'lost' DESC, id DESC",
             (card_no,),
         ).fetchall()
+        held = {r[1] for r in rows if r[2] in ("active", "lost")}
+        if len(held) > 1:  # members merged since may hold one each: one holder
+            held = {views.canonical(conn, m) for m in held}
         if member is not None:
-            conn, want = self.storage.conn, views.canonical(self.storage.conn, member)
+            want = views.canonical(conn, member)
             rows = [r for r in rows if views.canonical(conn, r[1]) == want]
             if not rows:
                 raise NotFound(f"card {card_no} is not member {member}'s")
         if not rows:
             raise NotFound(f"unknown card {card_no}")
-        cid, member, status, body = rows[0]
+        cid, owner, status, body = rows[0]
         data = json.loads(body)
-        return {"id": cid, "card_no": card_no, "member": member, "status": status,
-                "type": data.get("type"), "expiry": data.get("expiry", ""),
-                "has_pin": bool(data.get("pin"))}
+        return ({"id": cid, "card_no": card_no, "member": owner, "status": status,
+                 "type": data.get("type"), "expiry": data.get("expiry", ""),
+                 "has_pin": bool(data.get("pin"))}, sorted(held))
 
     def _pin_hash(self, card_id: str) -> str:
         row = self.storage.conn.execute(
@@ -90,11 +101,7 @@ class Cards(Members):
         """Resolve a swiped card to its member, refusing lost, replaced, expired cards
         and wrong PINs with a message for the cashier, and a number issued to two
         members (by two branches while they were apart): it would pay from either."""
-        card = self.card(card_no)
-        conn = self.storage.conn
-        holders = sorted({views.canonical(conn, m) for (m,) in conn.execute(
-            "SELECT member FROM cards WHERE card_no = ? AND status IN ('active', 'lost')",
-            (card["card_no"],))})
+        card, holders = self._card(card_no)
         if len(holders) > 1:
             raise CardInactive(
                 f"card {card['card_no']} was issued to {len(holders)} members "

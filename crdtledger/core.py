@@ -315,9 +315,10 @@ class NodeCore:
         self._housekept: str | None = None  # the day the last housekeeping pass ran
         # ... and the last that ran with the clock confirmed (_clock_confirmed).
         self._housekept_timed: str | None = None
-        self._housekeeping_timed = True
-        # The pass under way, a step per turn: (its day, its steps, entries written).
-        self._housekeeping_pass: tuple[str, Iterator[list[dict[str, Any]]], int] | None = None
+        # The pass under way, a step per turn: (its day, whether the clock was
+        # confirmed for it, its steps, entries written).
+        self._housekeeping_pass: tuple[str, bool, Iterator[list[dict[str, Any]]],
+                                       int] | None = None
         self._started = False
         self._refused_seen = ledger.refused_total
         self.clocks = PeerClocks()
@@ -783,9 +784,8 @@ class NodeCore:
                 and (day == self._housekept_timed or not timed))
                 or self._housekeeping_pass is not None):
             return
-        self._housekeeping_pass = (day, self.ledger.housekeeping_steps(HOUSEKEEPING_STEP,
-                                                                       timed), 0)
-        self._housekeeping_timed = timed
+        self._housekeeping_pass = (day, timed, self.ledger.housekeeping_steps(
+            HOUSEKEEPING_STEP, timed), 0)
         if not timed:
             self._decide("housekeeping: the month-end cut and the write-off of expired "
                          "points wait until another branch confirms this PC's clock")
@@ -806,13 +806,13 @@ class NodeCore:
     def _housekeeping_step(self) -> None:
         if self._housekeeping_pass is None:
             return
-        day, steps, total = self._housekeeping_pass
+        day, timed, steps, total = self._housekeeping_pass
         try:
             written = next(steps)
         except StopIteration:
             self._housekeeping_pass = None
             self._housekept = day
-            if self._housekeeping_timed:
+            if timed:
                 self._housekept_timed = day
             if total:
                 self._out.append(Count("housekeeping_entries", amount=total))
@@ -821,7 +821,7 @@ class NodeCore:
             self._housekeeping_pass = None
             self._decide(f"housekeeping deferred: {e}")
             return
-        self._housekeeping_pass = (day, steps, total + len(written))
+        self._housekeeping_pass = (day, timed, steps, total + len(written))
         self._timer(("housekeeping-step",), 0.0)
 
     # --- bookings of this branch's technicians (crdtledger.bookings) ---------------------

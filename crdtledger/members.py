@@ -141,12 +141,7 @@ class Members(Auth):
         or None: nothing can be sold to or for them, so nothing could spend it."""
         row = self.storage.conn.execute(
             "SELECT body FROM members WHERE id = ?", (member,)).fetchone()
-        profile = json.loads(row[0]) if row else {}
-        if profile.get("deleted"):
-            return f"member {member} was deleted"
-        if profile.get("exited"):
-            return f"member {member} has left (退会)"
-        return None
+        return _gone(member, json.loads(row[0])) if row else None
 
     def _live_member(self, member: str) -> tuple[dict[str, Any], tuple[int, int]]:
         """The member's profile and cumulative (spent, topped): one indexed read on the
@@ -157,12 +152,20 @@ class Members(Auth):
         if row is None:
             raise NotFound(f"unknown member {member}")
         profile: dict[str, Any] = json.loads(row[0])
-        if profile.get("deleted"):
-            raise InvalidInput(f"member {member} was deleted")
-        if profile.get("exited"):  # an approved exit (crdtledger.membership)
-            raise InvalidInput(f"member {member} has left (退会): nothing can be sold to or "
-                               "for them until a return is approved")
+        gone = _gone(member, profile)
+        if gone:
+            raise InvalidInput(gone)
         return profile, (int(row[1] or 0), int(row[2] or 0))
+
+
+def _gone(member: str, profile: Mapping[str, Any]) -> str | None:
+    """Why nothing can be sold to or for this member any more, or None."""
+    if profile.get("deleted"):
+        return f"member {member} was deleted"
+    if profile.get("exited"):  # an approved exit (crdtledger.membership)
+        return (f"member {member} has left (退会): nothing can be sold to or for them "
+                "until a return is approved")
+    return None
 
 
 def _member_fields(fields: Mapping[str, Any], *, creating: bool) -> dict[str, Any]:

@@ -566,12 +566,12 @@ class Payments(Merges, Rules):
             # this one for it.
             raise InvalidInput("a coupon is created only by issuing it (coupon issue): a "
                                "correction can take a coupon away, not give one")
-        gone = self._gone(views.canonical(self.storage.conn, member))
-        if gone and change < 0:
+        survivor = views.canonical(self.storage.conn, member)
+        if change < 0 and self._gone(survivor):
             # Value that reached them after all (a top-up or a refund written while
             # another branch erased them) is settled here: taken off, as the owner
             # pays it out or writes it off. Nothing can be added.
-            member = views.canonical(self.storage.conn, member)
+            member = survivor
         else:
             member, _ = self._acting(member)
         worth = self._correction_worth(member, purse, abs(change))

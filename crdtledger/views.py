@@ -385,12 +385,8 @@ def member_by_phone(ledger: Ledger, phone: str) -> str | None:
     """The member with this phone number, however it is typed (canonical_phone; the
     oldest id if several), None if none: the command line's `--phone`, where
     find_members would also match names and phone tails."""
-    if not (canonical := canonical_phone(phone)):  # nothing typed, or "+86" alone
-        return None
-    row = ledger.storage.conn.execute(
-        "SELECT id FROM members WHERE phone_canonical = ? ORDER BY id LIMIT 1", (canonical,)
-    ).fetchone()
-    return str(row[0]) if row else None
+    found = members_by_phone(ledger, phone)
+    return found[0] if found else None
 
 
 # A branch's rights of members' purses (goods units aside: they move by shipping).
