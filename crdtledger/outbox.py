@@ -313,11 +313,21 @@ def _queued_debits(ledger: Ledger, looked: bool) -> tuple[list[dict[str, Any]], 
             "WHERE d.pos <= ? AND m.home = ? ORDER BY d.pos", (top, ledger.node)).fetchall():
         e = json.loads(body)
         paid = -sum(int(c) for purse, _n, c in e["deltas"] if purse in ("cash", "bonus"))
-        if paid <= 0:
-            continue
-        bal = views.balance(conn, member)
-        out.append({"entry": eid, "member": member, "profile": json.loads(prof),
-                    "paid": paid, "balance": int(bal["cash"]) + int(bal["bonus"])})
+        if paid > 0:
+            out.append({"entry": eid, "member": member, "profile": json.loads(prof),
+                        "paid": paid})
+    # Each debit's balance is the one it left, not the member's now: two debits of a
+    # pass that each crossed the threshold from the balance now were each told (the
+    # member got two notices for one crossing). Walked back from the balance now,
+    # later debits of the pass added back, so the crossings of a pass are one.
+    now: dict[str, int] = {}
+    for d in reversed(out):
+        m = d["member"]
+        if m not in now:
+            bal = views.balance(conn, m)
+            now[m] = int(bal["cash"]) + int(bal["bonus"])
+        d["balance"] = now[m]
+        now[m] += d["paid"]
     return out, int(top)
 
 

@@ -455,6 +455,24 @@ def test_debits_are_looked_at_a_slice_per_pass_each_once(
     assert _look(ledger, NOW + 3000) == []
 
 
+def test_two_debits_in_one_pass_that_cross_the_threshold_once_tell_once(
+        ledger: Ledger) -> None:
+    """Each debit is judged by the balance it left: 100.00 -> 60.00 -> 20.00 against
+    50.00 crosses once, at the second; read as the balance after both (20.00), the
+    first looked like a crossing too, and the member was told twice."""
+    m = members(ledger)
+    assert _look(ledger, NOW) == []
+    op(ledger, "topup", member=m["never"], amount=10000, pay="cash")
+    op(ledger, "debit", member=m["never"], amount=4000)
+    second = op(ledger, "debit", member=m["never"], amount=4000)
+    due = outbox.collect(ledger, NOW + 1000, BOTH)
+    [low] = [n for n in due.notices if n.kind == "low_balance"]
+    assert low.key == f"low_balance:{m['never']}:{second['id']}", "the one that crossed"
+    assert "20.00" in low.body
+    outbox.keep(ledger, due, NOW + 1000)
+    assert _look(ledger, NOW + 2000) == []
+
+
 class NodeStandIn:
     """The two things peer.notifier.Notifier reads of its node: the store and the
     gateways (real LogGateways here: they keep what they send)."""
