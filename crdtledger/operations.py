@@ -1495,7 +1495,8 @@ NOTICE_ROW = {"type": "object", "required": ["key", "kind", "channel", "to", "st
               "properties": {"key": STR, "kind": STR, "channel": STR, "to": STR,
                              "member": STR, "subject": STR, "due": INT, "attempts": INT,
                              "sent": {"type": ["integer", "null"]}, "error": STR,
-                             "status": {"type": "string", "enum": ["sent", "due", "failing"]}}}
+                             "status": {"type": "string",
+                                        "enum": ["sent", "due", "failing", "refused"]}}}
 SEGMENT = (Param("level", text(40), help="members of this level (its name)"),
            Param("home", NODE, help="members whose home branch this is"),
            Param("dormant_days", {**COUNT, "maximum": 3650},

@@ -14,7 +14,8 @@ the gateway taking it and the mark sends it once more, with the same key (the
 provider's duplicate check sees the same Message-ID / SessionContext).
 
 A failed send is kept with its sentence and tried again later (backoff up to an hour),
-never dropped.
+never dropped; one the gateway refused for good (a mailbox that does not exist, a
+number that unsubscribed) is kept with its sentence and not tried again.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ _SCHEMA = (
 KEEP_SENT_DAYS = 400
 RETRY_FIRST_S = 60
 RETRY_MAX_S = 3600
+# The next try of a notice refused for good: never (past any clock's ms).
+REFUSED = 2 ** 62
 # Debits looked at per pass, at most (a catch-up brings a month of them): the rest
 # wait in the queue for the next pass.
 DEBIT_SCAN = 20_000
@@ -149,6 +152,13 @@ def mark_failed(ledger: Ledger, key: str, error: str, now_ms: int) -> int:
     return delay
 
 
+def mark_refused(ledger: Ledger, key: str, error: str) -> None:
+    """The gateway refused this notice for good: kept with why, never tried again (an
+    hourly retry of a mailbox that does not exist sent nothing for ever)."""
+    _conn(ledger).execute("UPDATE outbox SET attempts = attempts + 1, error = ?, "
+                          "next_try = ? WHERE key = ?", (error[:500], REFUSED, key))
+
+
 def history(ledger: Ledger, *, member: str | None = None, kind: str | None = None,
             limit: int = 100) -> list[dict[str, Any]]:
     """What this node sent or has due, newest first: to whom, when, and why not yet."""
@@ -160,13 +170,14 @@ def history(ledger: Ledger, *, member: str | None = None, kind: str | None = Non
         where.append("kind = ?")
         args.append(kind)
     rows = _conn(ledger).execute(
-        "SELECT key, kind, channel, recipient, member, subject, due, sent, attempts, error "
-        f"FROM outbox WHERE {' AND '.join(where)} ORDER BY due DESC, key LIMIT ?",
+        "SELECT key, kind, channel, recipient, member, subject, due, sent, attempts, error, "
+        f"next_try FROM outbox WHERE {' AND '.join(where)} ORDER BY due DESC, key LIMIT ?",
         [*args, limit])
     return [{"key": k, "kind": kd, "channel": c, "to": to, "member": m, "subject": s,
              "due": d, "sent": se, "attempts": a, "error": e,
-             "status": "sent" if se is not None else "failing" if e else "due"}
-            for k, kd, c, to, m, s, d, se, a, e in rows]
+             "status": "sent" if se is not None else "refused" if nt == REFUSED
+             else "failing" if e else "due"}
+            for k, kd, c, to, m, s, d, se, a, e, nt in rows]
 
 
 def _mark(ledger: Ledger, name: str) -> str | None:
@@ -247,9 +258,9 @@ def collect(ledger: Ledger, now_ms: int, channels: Sequence[str]) -> Due:
 def keep(ledger: Ledger, due: Due, now_ms: int) -> int:
     """Keep what `collect` found, then its scan marks (a crash between the two scans
     again, and the keys make that harmless); returns how many notices are new. Sent
-    notices older than KEEP_SENT_DAYS go: none of them can fall due again (a notice is
-    due within hours of its time, and a year's greeting names its year); so do erased
-    members' notices."""
+    notices older than KEEP_SENT_DAYS go, and so do those refused for good: none of
+    them can fall due again (a notice is due within hours of its time, and a year's
+    greeting names its year); so do erased members' notices."""
     new = enqueue(ledger, due.notices, now_ms)
     for name, value in due.marks.items():
         _set_mark(ledger, name, value)
@@ -259,6 +270,8 @@ def keep(ledger: Ledger, due: Due, now_ms: int) -> int:
     conn.execute("DELETE FROM outbox_debits WHERE pos <= ?", (due.debits_read,))
     conn.execute("DELETE FROM outbox WHERE sent IS NOT NULL AND sent < ?",
                  (now_ms - KEEP_SENT_DAYS * 86_400_000,))
+    conn.execute("DELETE FROM outbox WHERE next_try = ? AND due < ?",
+                 (REFUSED, now_ms - KEEP_SENT_DAYS * 86_400_000))
     # An erased member's notices go too, sent or not: their address and name are in
     # them (crdtledger.erasure reaches every replica; this is the sender's own copy).
     conn.execute("DELETE FROM outbox WHERE member IN (SELECT id FROM members WHERE "

@@ -74,7 +74,23 @@ class Message(NamedTuple):
 
 
 class GatewayError(Exception):
-    """A message not sent; its text says why in a sentence a person can act on."""
+    """A message not sent; its text says why in a sentence a person can act on.
+    `permanent`: the gateway said this message will never go as it is (an address the
+    mail server refuses for good, a number the SMS provider will not send to), so it
+    is not tried again; anything else may go later."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+# The SMS provider's refusals that name this message or number, not the account or the
+# moment (a number that unsubscribed, a number that is no number, a region it does
+# not serve, words it refuses): trying again sends nothing and costs a request an hour.
+SMS_REFUSED_FOR_GOOD = frozenset({
+    "FailedOperation.PhoneNumberInBlacklist", "InvalidParameterValue.IncorrectPhoneNumber",
+    "FailedOperation.ContainSensitiveWord", "InvalidParameterValue.ContentLengthLimit",
+    "UnsupportedOperation.UnsupportedRegion"})
 
 
 class SettingsError(InvalidInput):
@@ -162,7 +178,7 @@ class SmtpGateway:
         s = self.settings
         if not msg.to or _NOT_ONE_LINE.search(msg.to) or any(c.isspace() for c in msg.to):
             raise GatewayError(f"{msg.to!r} is not an e-mail address: this notice cannot "
-                               "be sent by mail")
+                               "be sent by mail", permanent=True)
         mail = EmailMessage()
         try:
             mail["From"] = s.sender
@@ -173,7 +189,7 @@ class SmtpGateway:
             mail.set_content(msg.body)
         except (ValueError, TypeError, LookupError) as e:  # the email package's refusals
             raise GatewayError(f"this notice cannot be put in a mail ({e}); it is kept "
-                               "with this reason") from None
+                               "with this reason", permanent=True) from None
         return mail
 
     async def send(self, msg: Message) -> None:
@@ -190,9 +206,15 @@ class SmtpGateway:
             raise GatewayError(f"the mail server {s.host} refused the login of "
                                f"{s.username!r} ({e.code}): check [notify.email] username "
                                "and password") from None
-        except aiosmtplib.SMTPRecipientsRefused:
-            raise GatewayError(f"the mail server {s.host} refused the address {msg.to}"
-                               ) from None
+        except aiosmtplib.SMTPRecipientsRefused as e:
+            # 5xx is the server's "never" (RFC 5321 4.2.1: no such mailbox), 4xx its
+            # "not now" (a full mailbox, greylisting).
+            codes = [r.code for r in e.recipients]
+            never = bool(codes) and all(500 <= c < 600 for c in codes)
+            answer = "; ".join(f"{r.code} {r.message}" for r in e.recipients)
+            raise GatewayError(
+                f"the mail server {s.host} refused the address {msg.to} ({answer})"
+                + ("" if never else "; it will be tried again"), permanent=never) from None
         except aiosmtplib.SMTPConnectError as e:
             raise GatewayError(f"cannot reach the mail server {s.host}:{s.port} ({e}); "
                                "it will be tried again") from None
@@ -296,11 +318,13 @@ class TencentSmsGateway:
         if "Error" in answer:
             err = answer["Error"]
             raise GatewayError(f"the SMS provider refused the message to {msg.to}: "
-                               f"{err.get('Code')} {err.get('Message')}")
+                               f"{err.get('Code')} {err.get('Message')}",
+                               permanent=err.get("Code") in SMS_REFUSED_FOR_GOOD)
         for one in answer.get("SendStatusSet") or []:
             if one.get("Code") != "Ok":
                 raise GatewayError(f"the SMS provider did not send to {msg.to}: "
-                                   f"{one.get('Code')} {one.get('Message')}")
+                                   f"{one.get('Code')} {one.get('Message')}",
+                                   permanent=one.get("Code") in SMS_REFUSED_FOR_GOOD)
 
 
 # --- settings -------------------------------------------------------------------------

@@ -6,7 +6,8 @@ gateways (peer.gateways), marking each sent.
 Runs on the node's event loop like everything that touches the ledger. A gateway
 failure is a sentence kept with the notice and tried again later (crdtledger.outbox);
 a notice for a channel this node has no gateway for waits the same way, so one set
-up later still goes. The simulator has no notifier: nothing it runs sends.
+up later still goes. One the gateway refuses for good (an address that does not
+exist) is kept with why and not tried again. The simulator has no notifier: nothing it runs sends.
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ class Notifier:
                     Message(o.key, o.channel, o.to, o.subject, o.body)), SEND_TIMEOUT_S)
                 return True
             except GatewayError as e:
+                if e.permanent:
+                    outbox.mark_refused(self.node.ledger, o.key, str(e))
+                    log.warning("notice %s to %s refused for good: %s", o.key, o.to, e)
+                    return False
                 error = str(e)
             except TimeoutError:
                 error = (f"the {o.channel} gateway took over {SEND_TIMEOUT_S:.0f} s to answer; "

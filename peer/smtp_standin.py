@@ -22,6 +22,14 @@ class _Keeper:
     def __init__(self, standin: SmtpStandIn) -> None:
         self.standin = standin
 
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        refusal = self.standin.refuse.get(address)
+        if refusal is not None:
+            return refusal
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         raw = envelope.content if isinstance(envelope.content, bytes) else \
             str(envelope.content).encode()
@@ -47,6 +55,8 @@ class SmtpStandIn:
         self.received: list[EmailMessage] = []
         self.lock = threading.Lock()
         self.on_message = on_message
+        # Recipients it refuses, with the reply it gives ("550 5.1.1 no such user").
+        self.refuse: dict[str, str] = {}
         if port == 0:  # aiosmtpd checks it is up by connecting to the port it was given
             with socket.socket() as sock:
                 sock.bind((host, 0))

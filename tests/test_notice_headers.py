@@ -199,12 +199,12 @@ def test_notices_an_older_version_kept_with_a_line_break_do_not_block_the_others
             assert mail["Bcc"] is None and mail["To"] == "m@example.com"
         rows = {r["to"]: r for r in outbox.history(ledger)}
         bad = rows["boss\x00@example.com"]
-        assert bad["status"] == "failing" and bad["attempts"] == 1
+        assert bad["status"] == "refused" and bad["attempts"] == 1
         assert "is not an e-mail address" in bad["error"]
         assert sum(r["status"] == "sent" for r in outbox.history(ledger)) == 3
 
-        # Later passes: the failing one is tried again (and fails again), nothing is
-        # sent twice, and a new notice still goes.
+        # Later passes: the refused one is not tried again (no mail can ever carry
+        # it), nothing is sent twice, and a new notice still goes.
         clock.ms += 2 * 3_600_000
         status, answer = await api.call("POST", "/notices/broadcast",
                                         {"subject": "再来", "text": "{name} 好"}, token=token)
@@ -212,7 +212,7 @@ def test_notices_an_older_version_kept_with_a_line_break_do_not_block_the_others
         assert await tick(node) == 1
         assert len(smtp.messages()) == 4
         [bad] = [r for r in outbox.history(ledger) if r["to"] == "boss\x00@example.com"]
-        assert bad["status"] == "failing" and bad["attempts"] == 2
+        assert bad["status"] == "refused" and bad["attempts"] == 1
 
     run_node(tmp_path, go)
 
@@ -281,5 +281,40 @@ def test_any_fault_sending_one_notice_is_kept_with_it_and_the_pass_goes_on(
         assert status == 200
         assert {r["to"]: r["status"] for r in answer} == {"a@example.com": "failing",
                                                           "b@example.com": "sent"}
+
+    run_node(tmp_path, go)
+
+
+def test_a_mailbox_the_server_refuses_for_good_is_not_tried_again_one_refused_for_now_is(
+        tmp_path: Path) -> None:
+    """The mail server's 5xx for a recipient is "never" (no such mailbox): the notice is
+    kept as refused, with the server's answer, and not tried hourly for ever. Its 4xx
+    (a full mailbox) is "not now": tried again, and sent once the mailbox takes it."""
+    async def go(node: Node, api: Api, token: str, smtp: SmtpStandIn, clock: Clock) -> None:
+        await add_member(api, token, "13900000000", "gone@example.com")
+        await add_member(api, token, "13900000001", "full@example.com")
+        smtp.refuse["gone@example.com"] = "550 5.1.1 no such user"
+        smtp.refuse["full@example.com"] = "452 4.2.2 mailbox full"
+        status, answer = await api.call("POST", "/notices/broadcast",
+                                        {"subject": "双十二", "text": "{name} 好"}, token=token)
+        assert status == 201 and answer["queued"] == 2, answer
+        assert await tick(node) == 0
+        status, rows = await api.call("GET", "/notices", token=token)
+        assert status == 200
+        by_to = {r["to"]: r for r in rows}
+        assert by_to["gone@example.com"]["status"] == "refused"
+        assert by_to["gone@example.com"]["error"].endswith("(550 5.1.1 no such user)")
+        assert by_to["full@example.com"]["status"] == "failing"
+        assert "tried again" in by_to["full@example.com"]["error"]
+
+        del smtp.refuse["full@example.com"]
+        for _ in range(3):
+            clock.ms += 2 * 3_600_000
+            await tick(node)
+        assert [m["To"] for m in smtp.messages()] == ["full@example.com"]
+        by_to = {r["to"]: r for r in outbox.history(node.ledger)}
+        assert by_to["full@example.com"]["status"] == "sent"
+        assert (by_to["gone@example.com"]["status"], by_to["gone@example.com"]["attempts"]
+                ) == ("refused", 1), "never tried again"
 
     run_node(tmp_path, go)

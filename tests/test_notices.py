@@ -271,6 +271,7 @@ class SmsProviderStandIn:
         self.secret_id, self.secret_key = secret_id, secret_key
         self.received: list[dict[str, Any]] = []
         self.refuse = False
+        self.unsubscribed: set[str] = set()  # numbers on the do-not-disturb list
 
     async def handle(self, request: web.Request) -> web.Response:
         raw = await request.read()
@@ -289,8 +290,10 @@ class SmsProviderStandIn:
         self.received.append(body)
         return web.json_response({"Response": {"SendStatusSet": [
             {"SerialNo": hashlib.sha1(raw).hexdigest(), "PhoneNumber": p, "Fee": 1,
-             "SessionContext": body.get("SessionContext", ""), "Code": "Ok",
-             "Message": "send success", "IsoCode": "CN"} for p in body["PhoneNumberSet"]],
+             "SessionContext": body.get("SessionContext", ""),
+             **({"Code": "FailedOperation.PhoneNumberInBlacklist", "Message": "unsubscribed"}
+                if p in self.unsubscribed else {"Code": "Ok", "Message": "send success"}),
+             "IsoCode": "CN"} for p in body["PhoneNumberSet"]],
             "RequestId": "r"}})
 
 
@@ -316,9 +319,14 @@ def test_sms_gateway_posts_the_providers_signed_request_to_a_real_http_server() 
             assert sent["PhoneNumberSet"] == ["+8613800000001"]
             assert sent["TemplateParamSet"] == ["您的验证码是 123456"]
             assert sent["SessionContext"] == "otp:13800000001:1"
+            provider.unsubscribed.add("+8613800000002")
+            with pytest.raises(GatewayError, match="PhoneNumberInBlacklist") as refused:
+                await gw.send(Message("k", "sms", "13800000002", "s", "b"))
+            assert refused.value.permanent, "that number will never take it: not retried"
             provider.refuse = True
-            with pytest.raises(GatewayError, match="InsufficientBalanceInSmsPackage"):
+            with pytest.raises(GatewayError, match="InsufficientBalanceInSmsPackage") as out:
                 await gw.send(Message("k", "sms", "13800000001", "s", "b"))
+            assert not out.value.permanent, "the package topped up, it goes"
             wrong = gateways_from_settings({"sms": {**settings, "secret_key": "guess"}})
             with pytest.raises(GatewayError, match="SignatureFailure"):
                 await wrong["sms"].send(Message("k", "sms", "13800000001", "s", "b"))
