@@ -220,7 +220,7 @@ def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, A
         return stored[k] + changed.get(k, 0)
 
     done: list[dict[str, Any]] = []
-    done_ids: set[str] = set()
+    backing = Backing()
     waiting: list[tuple[str, str, str, int | None]] = []
     totals: dict[str, list[int]] = {}
     for queue, seq, hold, unit in units:
@@ -230,8 +230,8 @@ def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, A
                 k = (e["member"], purse, node)
                 change[k] = change.get(k, 0) + c
         if hold or queue in blocked or any(c < 0 and held(k) + c < 0
-                                           for k, c in change.items()) or not _outs_projected(
-                conn, unit, done_ids):
+                                           for k, c in change.items()) or not _backed(
+                conn, unit, backing):
             blocked.add(queue)  # its writer's later entries of the member wait behind
             waiting += ((doc, e["id"], dumps(e), seq) for e in unit)
             continue
@@ -244,7 +244,7 @@ def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, A
                 t[0] += spent
                 t[1] += topped
         done += unit
-        done_ids.update(e["id"] for e in unit)
+        backing.add(unit)
     # Each statement only when it has rows: an empty executemany still costs a few
     # µs, and a peer's sale comes alone in its batch (the live path).
     if bad:
@@ -403,29 +403,106 @@ def _merge_in_ref(entry: Mapping[str, Any]) -> str | None:
     return ref if isinstance(ref, str) else ""
 
 
-def _outs_projected(conn: sqlite3.Connection, unit: list[dict[str, Any]],
-                    also: set[str] | frozenset[str] = frozenset()) -> bool:
-    """A sweep's "in" is funded by its "out" (write rule merge-paired): it waits until
-    that out is projected (here, in `also`, or in `unit` itself). The out lowers its
-    writer's rights of another member, so it is in another queue: an "in" projected
-    while its out waits for ever would raise rights from nothing. (Once projected, an
-    out stays so: the condition only ever turns true, so the set projected is still
-    the one greatest set, whatever the batching.)"""
-    for e in unit:
-        ref = _merge_in_ref(e)
-        if ref is None:
-            continue
-        if ref in also or any(x["id"] == ref for x in unit):
-            continue
-        if conn.execute("SELECT 1 FROM entries WHERE id = ?", (ref,)).fetchone() is None:
-            return False
+def _value(purse: Any) -> str | None:
+    """The stored value a purse holds, as a debit takes it and a refund gives it back:
+    "money" (cash and bonus together: a refund gives back principal first, then bonus),
+    or the package's purse; None for what no refund is measured in (points, goods)."""
+    if purse in ("cash", "bonus"):
+        return "money"
+    return purse if isinstance(purse, str) and purse.startswith("pkg:") else None
+
+
+def _by_value(entry: Mapping[str, Any], sign: int) -> dict[str, int]:
+    """What `entry` takes (sign -1) or gives (sign +1) of each stored value."""
+    out: dict[str, int] = {}
+    for purse, _n, c in entry["deltas"]:
+        v = _value(purse)
+        if v is not None and c * sign > 0:
+            out[v] = out.get(v, 0) + c * sign
+    return out
+
+
+class Backing:
+    """What a batch has projected that later units lean on: the ids projected (a
+    sweep's out), the debits projected (by id) and what refunds gave back of each."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+        self.debits: dict[str, dict[str, Any]] = {}
+        self.given: dict[str, dict[str, int]] = {}
+
+    def add(self, unit: list[dict[str, Any]]) -> None:
+        for e in unit:
+            self.ids.add(e["id"])
+            if e["kind"] == "debit":
+                self.debits[e["id"]] = e
+            elif e["kind"] == "refund" and isinstance(e.get("ref"), str):
+                given = self.given.setdefault(e["ref"], {})
+                for v, n in _by_value(e, +1).items():
+                    given[v] = given.get(v, 0) + n
+
+
+_NO_BACKING = Backing()
+
+
+def _backed(conn: sqlite3.Connection, unit: list[dict[str, Any]],
+            batch: Backing = _NO_BACKING) -> bool:
+    """What `unit` raises is backed by what it names, projected here (in the store, or
+    earlier in this batch: `batch`):
+    - a sweep's "in" by its "out" (write rule merge-paired). The out lowers its writer's
+      rights of another member, so it is in another queue: an "in" projected while its
+      out waits for ever would raise rights from nothing;
+    - a refund by its debit (write rule refund-own: its writer's), of which the
+      refunds projected give back no more of each value than it took. A refund of a
+      debit never made, or one given twice, raised its writer's rights by what nobody
+      paid, and the settlement then served it from other branches' prepaid lots.
+    Either waits until that is so. (A debit or an out, once projected, stays so; a
+    refund's room only shrinks as other refunds of its debit are projected, and those
+    are its writer's entries of the same member, in the same queue, so taken in its
+    log's order: the set projected is the same whatever the batching.)"""
+    for i, e in enumerate(unit):
+        kind = e["kind"]
+        if kind == "merge":
+            ref = _merge_in_ref(e)
+            if ref is None or ref in batch.ids or any(x["id"] == ref for x in unit):
+                continue
+            if conn.execute("SELECT 1 FROM entries WHERE id = ?", (ref,)).fetchone() is None:
+                return False
+        elif kind == "refund":
+            gives = _by_value(e, +1)
+            if not gives:
+                continue  # a sale paid at the till: its money goes back at the till
+            ref = e.get("ref")
+            if not isinstance(ref, str):
+                return False
+            debit = batch.debits.get(ref)
+            if debit is None:
+                row = conn.execute("SELECT body FROM entries WHERE id = ? AND kind = 'debit'",
+                                   (ref,)).fetchone()
+                if row is None:
+                    return False
+                debit = json.loads(row[0])
+            if debit["node"] != e["node"]:
+                return False
+            given = dict(batch.given.get(ref, {}))
+            for (body,) in conn.execute("SELECT body FROM entries WHERE ref = ? AND "
+                                        "kind = 'refund'", (ref,)):
+                for v, n in _by_value(json.loads(body), +1).items():
+                    given[v] = given.get(v, 0) + n
+            for x in unit[:i]:
+                if x["kind"] == "refund" and x.get("ref") == ref:
+                    for v, n in _by_value(x, +1).items():
+                        given[v] = given.get(v, 0) + n
+            took = _by_value(debit, -1)
+            if any(given.get(v, 0) + n > took.get(v, 0) for v, n in gives.items()):
+                return False
     return True
 
 
 def _funded(conn: sqlite3.Connection, entries: list[dict[str, Any]]) -> bool:
     """True if projecting `entries` together keeps every rights row they lower >= 0
-    (and the sweeps' outs their "in"s name are projected: _outs_projected)."""
-    if not _outs_projected(conn, entries):
+    (and what they raise is backed: _backed)."""
+    if not _backed(conn, entries):
         return False
     change: dict[tuple[str, str, str], int] = {}
     for e in entries:

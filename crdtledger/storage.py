@@ -179,6 +179,11 @@ WHEN EXISTS (SELECT 1 FROM main.deferred) BEGIN
     INSERT OR IGNORE INTO funding_moved VALUES (NEW.member);
     INSERT OR IGNORE INTO funding_moved SELECT json_extract(NEW.body, '$.to')
         WHERE NEW.kind = 'merge' AND json_extract(NEW.body, '$.to') IS NOT NULL;
+    -- A refund waits for its debit (projection._backed), and may be of the member a
+    -- merge made the debit's survivor: another queue than the debit's.
+    INSERT OR IGNORE INTO funding_moved SELECT json_extract(body, '$.member')
+        FROM main.deferred WHERE NEW.kind = 'debit'
+        AND json_extract(body, '$.kind') = 'refund' AND json_extract(body, '$.ref') = NEW.id;
 END;
 CREATE TEMP TRIGGER IF NOT EXISTS funding_moved_out AFTER DELETE ON main.entries
 WHEN EXISTS (SELECT 1 FROM main.deferred) BEGIN
@@ -464,6 +469,10 @@ def _upgrade(conn: sqlite3.Connection) -> None:
 # later batch at every branch (projection._waiting).
 DEFERRED_QUEUE = ("CREATE INDEX IF NOT EXISTS deferred_queue ON deferred("
                   "json_extract(body, '$.member'), json_extract(body, '$.node'), seq)")
+# The refunds waiting, by the debit they name: a debit projected looks its refunds up
+# (storage's funding_moved_in), an index read, however many a liar's entries wait.
+DEFERRED_REFUNDS = ("CREATE INDEX IF NOT EXISTS deferred_refund ON deferred("
+                    "json_extract(body, '$.ref')) WHERE json_extract(body, '$.kind') = 'refund'")
 
 
 MEMBERS_PHONE_CANONICAL = ("CREATE INDEX IF NOT EXISTS members_phone_canonical "
@@ -530,6 +539,7 @@ class Storage:
             self.conn.executescript(SCHEMA)
             _add_deferred_seq(self.conn)
             self.conn.execute(DEFERRED_QUEUE)
+            self.conn.execute(DEFERRED_REFUNDS)
             _add_phone_canonical(self.conn)
             self.conn.execute(MEMBERS_PHONE_CANONICAL)
             # What waits from before this open is judged again at the next apply, as
@@ -633,6 +643,7 @@ class Storage:
         conn = _connect(private_sqlite_file(tmp), "FULL", PAGE_SIZE)
         conn.executescript(SCHEMA)
         conn.execute(DEFERRED_QUEUE)
+        conn.execute(DEFERRED_REFUNDS)
         conn.execute(MEMBERS_PHONE_CANONICAL)
         conn.executescript(LOG_SCHEMA)
         with conn:

@@ -35,6 +35,18 @@ GOVERNANCE_DOCS = frozenset({"rules", "operators"})
 COUPON_PREFIX = "cpn:"
 # Entries only a technician's own branch writes (crdtledger.bookings).
 BRANCH_KINDS = frozenset({"technician", "booking_decision"})
+# Write rule value-raise: the stored value (cash, bonus, "pkg" a package's uses) each
+# kind may add, in its writer's own rights; transfers and merges move it (judged by
+# their own rules), every other kind only takes it.
+VALUE_RAISES: dict[str, frozenset[str]] = {
+    "topup": frozenset({"cash", "bonus"}),
+    "correction": frozenset({"cash", "bonus", "pkg"}),
+    "refund": frozenset({"cash", "bonus", "pkg"}),
+    "reward": frozenset({"bonus"}),
+    "convert": frozenset({"bonus"}),
+    "package": frozenset({"pkg"}),
+}
+VALUE_MOVES = frozenset({"transfer", "merge"})
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,15 @@ RULES: tuple[WriteRule, ...] = (
     WriteRule("transfer-balanced", "a rights transfer moves rights: its changes to each "
                                    "purse sum to zero (rights raised by a transfer of "
                                    "nothing would spend other branches' prepaid value)"),
+    WriteRule("value-raise", "a ledger entry raises stored value (cash, bonus, a "
+                             "package's uses) only as the entries that add it do, and only "
+                             "in its writer's own rights: cash by a top-up, a correction or "
+                             "a refund; bonus also by a referral's reward or points "
+                             "converted; a package's uses by its sale, a correction or a "
+                             "refund. Transfers and sweeps move value (transfer-balanced, "
+                             "merge-paired). A branch's debit, check-in or anything else "
+                             "that raised cash would be value nobody paid, served first in, "
+                             "first out from other branches' prepaid lots"),
     WriteRule("merge-paired", "a merge entry that raises rights (a sweep's \"in\") names in "
                               "`ref` a merge entry of the same record that lowers exactly "
                               "those rights of its writer (the \"out\", whose `to` is the "
@@ -275,6 +296,15 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
                     if n > (1 if purse == own else 0):
                         raise RuleBroken("coupon-unit", f"{doc}: entry {key} adds {n:g} "
                                          f"unit(s) of coupon {purse[len(COUPON_PREFIX):]}")
+            if kind not in VALUE_MOVES:
+                may = VALUE_RAISES.get(kind, frozenset()) if isinstance(kind, str) else ()
+                for purse, n, change in counted:
+                    if change <= 0 or not isinstance(purse, str):
+                        continue
+                    value = "pkg" if purse.startswith("pkg:") else purse
+                    if value in ("cash", "bonus", "pkg") and (value not in may or n != node):
+                        raise RuleBroken("value-raise", f"{doc}: entry {key}: a {kind} "
+                                         f"raises {purse} of {str(n)[:20]}")
             if kind == "transfer":
                 net: dict[Any, float] = {}
                 for purse, _n, change in counted:

@@ -1,0 +1,140 @@
+"""A branch with a valid certificate that lies, third round (5 December, last session):
+stored value raised by entries that never add it.
+
+A top-up or a positive correction opens a lot: value its branch collected, owed by it
+to whichever branch serves it (crdtledger.settlement). A liar raised cash by any other
+kind (a debit, a check-in, a refund of a sale it never made, a refund given twice):
+every replica took it, no lot behind it, and the settlement served the liar's sales
+of it first in, first out from the lot of the branch the member really paid. That
+branch then owed the liar for value nobody paid, and served its own prepaid value
+backed by nothing. Write rule value-raise refuses what no honest entry of the kind
+writes; a refund waits until its debit is projected and has that much left to give
+back (crdtledger.projection._backed).
+
+SH01 is honest, SH03 the liar (tests/helpers.Forger, its own valid key), SH02 and SH04
+honest replicas (test_liar_round2.World). Real stores, real apply_batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import sync
+from test_funding_order import funded, state
+from test_liar_round2 import World
+
+from crdtledger import views
+
+
+@pytest.fixture
+def w(tmp_path: Path) -> Iterator[World]:
+    world = World(tmp_path)
+    yield world
+    world.close()
+
+
+def _settled(w: World) -> None:
+    for r in (w.b, w.c):
+        assert views.settlement(r)["net"].get("SH03", 0) == 0
+        assert all(b["unattributed"] == 0 for b in views.settlement(r)["branches"].values())
+
+
+@pytest.mark.parametrize(("kind", "deltas"), [
+    ("debit", [["cash", "SH03", 100_000]]),
+    ("checkin", [["cash", "SH03", 100_000]]),
+    ("reward", [["cash", "SH03", 100_000]]),
+    ("convert", [["points", "SH03", -1], ["cash", "SH03", 100_000]]),
+    ("exit_settle", [["cash", "SH03", 100_000]]),
+    ("package", [["bonus", "SH03", 100_000]]),
+    ("expiry", [["pkg:038J0000000000.SH01", "SH03", 5]]),
+    # An entry that may add value, in another branch's rights: the member would spend
+    # at SH01's till what SH01 never collected.
+    ("debit", [["cash", "SH01", 100_000]]),
+    ("topup", [["cash", "SH01", 100_000]]),
+    ("correction", [["bonus", "SH01", 100_000]]),
+])
+def test_no_entry_adds_stored_value_but_those_that_do_in_their_writers_rights(
+        w: World, kind: str, deltas: list[list[object]]) -> None:
+    raise_ = w.entry(kind, w.member, deltas, amount=100_000)
+    for r in (w.b, w.c):
+        r.apply_batch(w.liar.batch([w.write(raise_)]) if r is w.b else
+                      w.liar.batch(w.liar.records))
+        assert [f["rule"] for f in r.faults()] == ["value-raise"]
+        assert funded(r, raise_["id"]) == [False]
+        assert r.balance(w.member)["cash"] == 100_000
+        assert r.rights(w.member) == {"SH01": 100_000}
+    assert state(w.b) == state(w.c)
+
+
+def test_a_refund_of_a_sale_never_made_gives_nothing_back(w: World) -> None:
+    """Its writer's own sale by the id it names (refund-own), but there is none: it
+    waits at every replica, and the debit spending what it would give waits behind."""
+    made_up = w.entry("debit", w.member, [], amount=100_000)["id"]
+    refund = w.entry("refund", w.member, [["cash", "SH03", 100_000]], amount=100_000,
+                     ref=made_up)
+    spend = w.entry("debit", w.member, [["cash", "SH03", -100_000]], amount=100_000)
+    recs = [w.write(refund), w.write(spend)]
+    for rec in recs:
+        w.b.apply_batch(w.liar.batch([rec]))
+    w.c.apply_batch(w.liar.batch(recs))
+    for r in (w.b, w.c):
+        assert funded(r, refund["id"], spend["id"]) == [False, False]
+        assert r.balance(w.member)["cash"] == 100_000
+        assert not r.faults(), "a refund waiting for its sale is no proof of a lie"
+    assert state(w.b) == state(w.c)
+    _settled(w)
+
+
+def test_a_sale_refunded_twice_gives_back_once(w: World) -> None:
+    """The liar really holds 500.00 of the member's rights and really sells them; its
+    refund of the sale is projected, a second of the same sale waits for ever, however
+    the records were batched (each refund is its writer's entry of the member: one
+    queue, its log's order)."""
+    w.give(50_000, w.member)
+    sale = w.entry("debit", w.member, [["cash", "SH03", -50_000]], amount=50_000)
+    back = w.entry("refund", w.member, [["cash", "SH03", 50_000]], amount=50_000,
+                   ref=sale["id"])
+    again = w.entry("refund", w.member, [["cash", "SH03", 50_000]], amount=50_000,
+                    ref=sale["id"])
+    spend = w.entry("debit", w.member, [["cash", "SH03", -100_000]], amount=100_000)
+    recs = [w.write(sale), w.write(back), w.write(again), w.write(spend)]
+    for rec in recs:
+        w.b.apply_batch(w.liar.batch([rec]))
+    w.c.apply_batch(w.liar.batch(recs))
+    for r in (w.b, w.c):
+        assert funded(r, sale["id"], back["id"], again["id"], spend["id"]) == [
+            True, True, False, False]
+        assert r.balance(w.member)["cash"] == 100_000
+        assert r.rights(w.member) == {"SH01": 50_000, "SH03": 50_000}
+    assert state(w.b) == state(w.c)
+    _settled(w)
+
+
+def test_a_refund_to_a_merged_members_survivor_waits_for_its_sale_then_goes(
+        w: World) -> None:
+    """Honest: SH02 sells from rights SH01 gave it, the member is merged into another,
+    and SH02 refunds the sale to the survivor (another queue than the sale's). SH04
+    takes SH02's log before SH01's: the sale waits for its funding, the refund for the
+    sale, and both go once SH01's transfer comes (the sale projected names the
+    refund's member as moved: storage's funding_moved_in)."""
+    a, sh02, sh04 = w.a, w.b, w.c
+    # No points earned: the merge then moves nothing of SH02's (a sweep's pair would
+    # name the survivor as moved when its out is projected, and hide the case).
+    a.set_rule(a.owner, "earn", {"points_per_yuan": "0", "expire_days": 365})
+    sync(a, sh04)
+    a.transfer_rights(a.owner, w.member, "SH02", 30_000)  # the sale's funding: SH04 late
+    sync(a, sh02)
+    sale = sh02.debit(sh02.owner, w.member, amount=30_000)
+    merged = sh02.merge_member(sh02.owner, w.member, w.other)
+    assert not merged["entries"] and not sh02.sweep_merged()
+    back = sh02.refund(sh02.owner, sale["id"], 10_000)
+    assert back["member"] == w.other
+    sh04.apply_batch(sh02.batch([r for r in sh02.lacking(sh04.log_view())
+                                 if r.node == "SH02"]))
+    assert funded(sh04, sale["id"], back["id"]) == [False, False]
+    sync(a, sh04)
+    assert funded(sh04, sale["id"], back["id"]) == [True, True]
+    sync(sh02, sh04)
+    assert state(sh02) == state(sh04)
