@@ -62,6 +62,9 @@ FORK_MARK = b"\xff" * 8
 APPLIED, REFUSED, HELD, WAITING = 0, 1, 2, 3
 # A batch may hold a year of a large chain's records (a catch-up, a sync file).
 MAX_BATCH_RECORDS = 4_000_000
+# Writers whose heads one batch may carry: every branch a chain ever had (a few
+# hundred; an answer to a joining branch names them all in its last slice).
+MAX_BATCH_WRITERS = 4096
 
 SCHEMA = """
 -- Every node's log, as far as this replica holds it; `pos` is the order this
@@ -176,6 +179,11 @@ class Batch:
         if not isinstance(recs, list) or not isinstance(heads, dict) or not isinstance(
                 certs, dict) or not isinstance(proofs, dict) or len(recs) > MAX_BATCH_RECORDS:
             raise RemoteProtocolError("records: malformed batch")
+        # One head, proof and certificate per writer at most, and a chain has a few
+        # hundred: 400,000 made-up heads in one frame (1 MB deflated) held the node's
+        # loop for seconds, each looked up and refused alone.
+        if max(len(heads), len(proofs), len(certs)) > MAX_BATCH_WRITERS:
+            raise RemoteProtocolError(f"records: heads of over {MAX_BATCH_WRITERS} writers")
         batch = cls()
         names: dict[str, str] = {}
         for item in recs:

@@ -85,6 +85,10 @@ MAX_RELEASE = 32
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 # Logs named in a state message: one per node that ever wrote, a few hundred.
 MAX_LOGS = 65536
+# The times a hello may say (ms since 1970): years 2000 to 2199. A peer's time moves
+# this node's clock once enough peers agree (crdtledger.peerclock); one past year
+# 9999 made every date this node computes fail, and every sale with it.
+HELLO_NOW_MS = (946_684_800_000, 7_258_118_400_000)
 # Rights requests awaiting an answer, each way. A counter asks once per swipe.
 MAX_OPEN_REQUESTS = 1024
 # Records applied per transaction of a large batch, between which the driver's loop
@@ -593,6 +597,8 @@ class SyncSession:
 
     def _dispatch(self, msg: dict[str, Any]) -> None:
         kind = msg.get("t")
+        if not isinstance(kind, str):  # a list or a map is no key of the table below
+            raise RemoteProtocolError(f"message type {str(kind)[:40]} is not a name")
         if kind != "hello" and self.peer is None:
             raise RemoteProtocolError(f"{kind!r} before hello")
         handler = {
@@ -614,6 +620,8 @@ class SyncSession:
         digest = _get(msg, "digest", bytes)
         if chain != self.ledger.chain:
             raise ForeignChain(f"peer {node} belongs to chain {chain!r}, not {self.ledger.chain!r}")
+        if not HELLO_NOW_MS[0] <= now < HELLO_NOW_MS[1]:
+            raise RemoteProtocolError(f"hello message: {now} ms is no time a clock shows")
         if not NODE_ID.match(node) or node == self.ledger.node:
             raise RemoteProtocolError(f"peer claims node id {node!r}")
         if self.expect_node is not None and node != self.expect_node:

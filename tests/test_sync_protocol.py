@@ -568,6 +568,7 @@ def _state(logs: Any) -> bytes:
     _raw({"v": 1, "t": "recs", "recs": [], "heads": {}}),
     _raw({"v": "2", "t": "recs"}), _raw({"v": True, "t": "recs"}),
     pack({"t": "bye"}), pack({"t": None}), pack({}),
+    pack({"t": []}), pack({"t": {"recs": 1}}),  # no name: raised TypeError, uncaught
     # Messages of protocol version 1, in a version-2 frame.
     pack({"t": "update", "doc": "rules", "data": b"\x00\x00"}),
     pack({"t": "state", "docs": {"rules": b"\x00"}}),
@@ -596,6 +597,8 @@ def _state(logs: Any) -> bytes:
     _recs(heads={"SH02": [1, H32, b"s" * 257]}), _recs(heads={"SH02": [1, H32, "sig"]}),
     _recs(heads={"SH02": "head"}), _recs(certs={"sh02": b"der"}), _recs(certs={"SH02": "der"}),
     _recs(certs={"SH02": b"d" * 16385}),
+    # More writers' heads than a chain has: each was looked up and refused alone.
+    _recs(heads={f"N{i:07d}": [1, H32, b"s"] for i in range(log_mod.MAX_BATCH_WRITERS + 1)}),
     pack({"t": "rrep", "id": 99, "granted": 5}),
     pack({"t": "rrep", "id": "1", "granted": 5}),
     pack({"t": "rreq", "id": 1, "member": "nobody", "purse": "cash", "amount": 5}),
@@ -867,6 +870,12 @@ def test_records_before_hello(a: Ledger, frame: bytes) -> None:
     ({"now": "soon"}, RemoteProtocolError),
     ({"now": True}, RemoteProtocolError),
     ({"now": 1.5}, RemoteProtocolError),
+    # No clock's time: past year 9999 every date the node computed failed, once two
+    # peers said it (crdtledger.peerclock).
+    ({"now": 2**63 - 1}, RemoteProtocolError),
+    ({"now": 253_402_300_800_000}, RemoteProtocolError),
+    ({"now": -2**63}, RemoteProtocolError),
+    ({"now": 0}, RemoteProtocolError),
     ({"digest": "abc"}, RemoteProtocolError),
     ({"chain": None}, RemoteProtocolError),
 ])
