@@ -607,7 +607,7 @@ class SyncSession:
             "recs": self._on_recs,
             "rreq": self._on_rights_request,
             "rrep": self._on_rights_reply,
-        }.get(kind)  # type: ignore[arg-type]
+        }.get(kind)
         if handler is None:
             raise RemoteProtocolError(f"unknown message type {kind!r}")
         handler(msg)
