@@ -372,10 +372,11 @@ class Goods(Payments):
 
         return self._commit(plan)
 
-    def gift_goods(self, operator: str, member: str, code: str, qty: int = 1
-                   ) -> dict[str, Any]:
+    def gift_goods(self, operator: str, member: str | None, code: str, qty: int = 1, *,
+                   card: str | None = None, pin: str | None = None) -> dict[str, Any]:
         """积分兑换 of a goods item: the member's points lowered by its points price
-        (as a redemption) and this branch's stock by the units, in one commit."""
+        (as a redemption) and this branch's stock by the units, in one commit. For the
+        member, or by the card swiped (`card`, `pin`: checked as a debit's)."""
         self.authorise(operator, "points.redeem")
         item = self.goods_item(code)
         qty = check_count(qty, "quantity")
@@ -383,7 +384,7 @@ class Goods(Payments):
         if price <= 0:
             raise InvalidInput(f"{item['name']} ({item['code']}) is not a gift for points")
         points = check_count(price * qty, "points")
-        member, _ = self._acting(member)
+        member, _ = self._resolve(member, card, pin)
 
         def plan() -> tuple[list[Write], dict[str, Any]]:
             offs = self._spend_points(member, points)

@@ -551,6 +551,11 @@ WHO_FORM = Form(("member", "card", "phone"))
 PAYER = (Param("member", MEMBER_ID, help="member id"), Param("card", CARD, help="card number"),
          Param("pin", CARD_PIN, help="card PIN, if the card has one"))
 PAYER_FORM = Form(("member", "card"))
+
+
+def _card(p: Params) -> dict[str, Any]:
+    """The card swiped and its PIN, as a payer's parameters give them (PAYER)."""
+    return {"card": p.get("card"), "pin": p.get("pin")}
 MEMBER = Param("member", MEMBER_ID, required=True, help="member id")
 # Amounts: the fen a program sends, or the yuan a person types (--amount 12.34).
 AMOUNT = (Param("amount", FEN, flag=None),
@@ -976,18 +981,20 @@ POINTS = Param("points", COUNT, required=True)
 
 @operation("points.redeem", "积分兑换: spend points on a gift", permission="points.redeem",
            http="POST /points/redeem",
-           params=(MEMBER, POINTS, Param("gift", line(what="a gift"))),
+           params=(*PAYER, POINTS, Param("gift", line(what="a gift"))), forms=(PAYER_FORM,),
            result=ENTRY, show=_done(lambda e, _p: f"redeemed {e['points']} points"))
 def points_redeem(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
-    return ledger.redeem_points(operator, p["member"], p["points"], p.get("gift", ""))
+    return ledger.redeem_points(operator, p.get("member"), p["points"], p.get("gift", ""),
+                                **_card(p))
 
 
 @operation("points.convert", "积分转储值: turn points into bonus value",
-           permission="points.redeem", http="POST /points/convert", params=(MEMBER, POINTS),
+           permission="points.redeem", http="POST /points/convert", params=(*PAYER, POINTS),
+           forms=(PAYER_FORM,),
            result=ENTRY, show=_done(lambda e, _p: f"converted {e['points']} points into "
                                     f"{format_yuan(e['amount'])}"))
 def points_convert(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
-    return ledger.convert_points(operator, p["member"], p["points"])
+    return ledger.convert_points(operator, p.get("member"), p["points"], **_card(p))
 
 
 @operation("points.expire", "积分过期: write off the expired points this branch holds, for "
@@ -1005,18 +1012,18 @@ def points_expire(ledger: Ledger, operator: str, p: Params) -> list[dict[str, An
 
 @operation("package.sell", "计次卡: sell a number of uses of a service",
            permission="package.sell", http="POST /packages",
-           params=(MEMBER, Param("service", SERVICE, required=True),
+           params=(*PAYER, Param("service", SERVICE, required=True),
                    Param("uses", COUNT, required=True), Param("price", FEE, flag=None),
                    Param("price_yuan", YUAN, flag="--price", help="price in yuan"),
                    Param("pay", {**PAY_TEXT, "description": "stored (from stored value) or "
                                  f"at the till by {METHODS}; default the rule's first"})),
-           forms=(Form(("price", "price_yuan")),), result=ENTRY,
+           forms=(PAYER_FORM, Form(("price", "price_yuan"))), result=ENTRY,
            show=_done(lambda e, _p: f"sold {e['qty']} x {e['service']} for "
                       f"{format_yuan(e['amount'])} ({e['pay']})"))
 def package_sell(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     price = required_amount(p, "price", "price_yuan", allow_zero=True)
-    return ledger.sell_package(operator, p["member"], p["service"], p["uses"], price,
-                               pay=p.get("pay"))
+    return ledger.sell_package(operator, p.get("member"), p["service"], p["uses"], price,
+                               pay=p.get("pay"), **_card(p))
 
 
 @operation("correct", "An approved manual adjustment of a purse", permission="adjust",
@@ -1396,10 +1403,11 @@ def sell(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
 
 @operation("points.gift", "积分兑换: a goods item for its points price, from this branch's "
            "stock", permission="points.redeem", http="POST /points/gift",
-           params=(MEMBER, GOODS, Param("qty", COUNT, default=1)), result=SALE,
+           params=(*PAYER, GOODS, Param("qty", COUNT, default=1)), forms=(PAYER_FORM,),
+           result=SALE,
            show=_done(lambda e, _p: f"gift {e['gift']} x{e['qty']} for {e['points']} points"))
 def points_gift(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
-    return ledger.gift_goods(operator, p["member"], p["goods"], p["qty"])
+    return ledger.gift_goods(operator, p.get("member"), p["goods"], p["qty"], **_card(p))
 
 
 @operation("report.goods", "商品销量排名 (by sales: units) and 商品利润排名 (by profit: sales "

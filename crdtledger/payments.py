@@ -527,21 +527,25 @@ class Payments(Merges, Rules):
             self._require_branch(to, "rights")
         return self._post(entry, {purse: amount})
 
-    def redeem_points(self, operator: str, member: str, points: int, gift: str = ""
-                      ) -> dict[str, Any]:
+    def redeem_points(self, operator: str, member: str | None, points: int, gift: str = "",
+                      *, card: str | None = None, pin: str | None = None) -> dict[str, Any]:
+        """积分兑换. For the member, or by the card swiped (`card`, `pin`: checked as a
+        debit's, so a card reported lost redeems nothing)."""
         self.authorise(operator, "points.redeem")
         points = check_count(points, "points")
-        member, _ = self._acting(member)
+        member, _ = self._resolve(member, card, pin)
         gift = check_text(gift, "gift")
         return self._post_spend(member, points, lambda: self._entry(
             "redeem", member, deltas=[("points", self.node, -points)], points=points,
             gift=gift, op=operator))
 
-    def convert_points(self, operator: str, member: str, points: int) -> dict[str, Any]:
-        """积分转储值: points become bonus value at the chain's conversion rate."""
+    def convert_points(self, operator: str, member: str | None, points: int, *,
+                       card: str | None = None, pin: str | None = None) -> dict[str, Any]:
+        """积分转储值: points become bonus value at the chain's conversion rate (for the
+        member, or by the card swiped, as redeem_points)."""
         self.authorise(operator, "points.redeem")
         points = check_count(points, "points")
-        member, _ = self._acting(member)
+        member, _ = self._resolve(member, card, pin)
         per_yuan = points_per_yuan(self.rule("conversion"))
         value = points * 100 // per_yuan
         if value <= 0:
@@ -601,16 +605,19 @@ class Payments(Merges, Rules):
             return -(-n * int(row[1]) // (uses if isinstance(uses, int) and uses > 0 else 1))
         return n if purse in MONEY_PURSES else 0
 
-    def sell_package(self, operator: str, member: str, service: str, uses: int, price: int,
-                     pay: str | None = None) -> dict[str, Any]:
+    def sell_package(self, operator: str, member: str | None, service: str, uses: int,
+                     price: int, pay: str | None = None, *, card: str | None = None,
+                     pin: str | None = None) -> dict[str, Any]:
         """计次卡: `uses` of a service, paid from stored value ("stored") or at the till
-        by a payment method of the rule (the rule's first by default)."""
+        by a payment method of the rule (the rule's first by default). For the member,
+        or by the card swiped (`card`, `pin`: checked as a debit's, so a card reported
+        lost buys nothing)."""
         self.authorise(operator, "package.sell")
         if service not in self.rule("services"):
             raise NotFound(f"no service {service} in the price list")
         uses = check_count(uses, "uses")
         price = check_amount(price, allow_zero=True)
-        member, _ = self._acting(member)
+        member, _ = self._resolve(member, card, pin)
         pay = self._pay(pay, ("stored",))
         entry = self._entry("package", member, amount=price, service=service, qty=uses, pay=pay,
                             paid=price if pay != "stored" else 0, op=operator)

@@ -867,7 +867,7 @@ class Counter:
     def package_dialog(self) -> None:
         """计次卡: uses of a service, paid from the card or at the till."""
         assert self.member is not None
-        member = self.member
+        member, card, pin = self.member, self.card_no, self.pin
         services: dict[str, Any] = self.shop.ledger.rule("services")
         methods = self.shop.pay_methods()
         d, body, error = self.dialog(tr("售套餐", "Sell a package") + self._who())
@@ -891,8 +891,9 @@ class Counter:
                     return
                 code, n = str(svc.value), int(uses.value or 1)
                 done = await self.act(
-                    self.shop.operation(self.op, "package.sell", member=member, service=code,
-                                        uses=n, price=fen, pay=str(pay.value)),
+                    self.shop.operation(self.op, "package.sell", service=code, uses=n,
+                                        price=fen, pay=str(pay.value),
+                                        **self._payer(member, card, pin)),
                     "package", lambda _e: tr("已售套餐 {what} ×{n}", "Sold {what} ×{n}",
                                              what=self.shop.service_name(code), n=n), error)
                 if done is not None:
@@ -903,7 +904,7 @@ class Counter:
 
     def redeem_dialog(self) -> None:
         assert self.member is not None
-        member = self.member
+        member, card, pin = self.member, self.card_no, self.pin
         ledger = self.shop.ledger
         d, body, error = self.dialog(tr("积分兑换", "Redeem points") + self._who())
         with body:
@@ -932,8 +933,8 @@ class Counter:
                 if item.value:
                     code = str(item.value)
                     if await self.act(
-                            self.shop.operation(self.op, "points.gift", member=member,
-                                                goods=code),
+                            self.shop.operation(self.op, "points.gift", goods=code,
+                                                **self._payer(member, card, pin)),
                             "redeem", lambda e: tr("已兑换 {what}，用 {n} 积分",
                                                    "Gave {what} for {n} points",
                                                    what=gifts[code]["name"], n=e["points"]),
@@ -947,8 +948,8 @@ class Counter:
                     return
                 n = int(text)
                 done = await self.act(
-                    self.shop.operation(self.op, "points.redeem", member=member, points=n,
-                                        gift=gift.value or ""),
+                    self.shop.operation(self.op, "points.redeem", points=n,
+                                        gift=gift.value or "", **self._payer(member, card, pin)),
                     "redeem", lambda _e: tr("已兑换 {n} 积分", "Redeemed {n} points", n=n), error)
                 if done is not None:
                     d.close()

@@ -73,6 +73,46 @@ async def test_a_lost_card_stands_out_and_cannot_be_used(counter_app: CounterApp
     await app.user.should_see(marker="card-lost")  # the red banner over the member
 
 
+@pytest.mark.parametrize("what", ["package", "points", "gift"])
+async def test_a_lost_card_on_screen_buys_no_package_and_redeems_no_points(
+        counter_app: CounterApp, what: str) -> None:
+    """The panel a lost card opens (no PIN asked: its member must be seen) pays for
+    nothing: every dialog on it pays by the card swiped, as the sale and top-up did.
+    Selling a package from stored value and redeeming points went by the member, and
+    a thief's swipe of a lost card with a PIN spent 300.00 of the member's value."""
+    app = counter_app
+    mid = member_with_card(app, cash=50000, pin="4321")
+    app.ledger.correct(app.node_owner, mid, "points", 500, "opening points")
+    if what == "gift":
+        app.ledger.add_goods(app.node_owner, "TEA", "茶叶", 5000, 2000, points_price=100)
+        app.ledger.stock_in(app.node_owner, "TEA", 5)
+    app.ledger.report_lost(app.node_owner, CARD)
+    await app.login(*CASHIER)
+    app.reader.insert(CARD)
+    await app.user.should_see(marker="card-lost")
+    await app.user.should_see(marker="member-name")
+    before = snapshot(app.ledger)
+    if what == "package":
+        app.user.find(marker="sell-package").click()
+        app.user.find(marker="package-price").type("300.00")
+        app.user.find(marker="package-pay").elements.pop().set_value("stored")
+        app.user.find(marker="package-ok").click()
+    else:
+        app.user.find(marker="redeem").click()
+        if what == "gift":
+            app.user.find(marker="gift-goods").elements.pop().set_value("TEA")
+        else:
+            app.user.find(marker="points").type("100")
+        app.user.find(marker="redeem-ok").click()
+    for _ in range(50):  # the refusal on the dialog's line (a sale would close it)
+        if any("挂失" in el.text for el in app.user.find(marker="dialog-error").elements):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the dialog did not refuse the lost card")
+    assert snapshot(app.ledger) == before
+
+
 async def consume_dialog_by_phone_tail(app: CounterApp) -> str:
     """A member with 500.00 and a card, found by the tail of the phone number, and the
     consume dialog opened on the first service; the member's id."""
