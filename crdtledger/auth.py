@@ -96,6 +96,10 @@ class ApprovalCheck:
             self.approver = None
 
 
+class PasswordChanged(PermissionDenied):
+    """A password checked off the ledger's thread was replaced meanwhile (Auth.still_current)."""
+
+
 class TooManyAttempts(PermissionDenied):
     """Refused unchecked: too many wrong passwords of an approver, or wrong PINs of a
     card, in a row (crdtledger.throttle). `retry_after`: whole seconds to wait."""
@@ -270,6 +274,7 @@ class Auth(LedgerBase):
         if ahead is not None:  # checked (and counted) off the loop before the operation
             if ahead.approver is None:
                 raise PermissionDenied("wrong operator name or password")
+            self.still_current(name, ahead.record)
             approver_id = ahead.approver
         else:
             client = _asker(operator)
@@ -433,6 +438,15 @@ class Auth(LedgerBase):
         if stored.count("$") != 2:
             return LoginRecord(None, DUMMY_HASH)
         return LoginRecord(found[0], stored)
+
+    def still_current(self, name: str, record: LoginRecord) -> None:
+        """After a password was checked off this thread against `record`: refused if
+        `name`'s record changed meanwhile (its password set, or the operator turned
+        off). A reset ends the sessions it finds; a login checked against the old
+        password while the reset committed opened its session after, and kept it."""
+        if self.login_record(name) != record:
+            raise PasswordChanged(f"the password of {name} changed while it was being "
+                                  "checked: try again with the new one")
 
     def authenticate(self, name: str, password: str) -> str:
         """Both halves on this thread, for the command line on its own store (no loop

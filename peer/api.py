@@ -516,6 +516,7 @@ async def login(c: Call) -> dict[str, Any]:
     try:
         # scrypt off the loop: ~30 ms each would otherwise stall every other request.
         operator = await asyncio.to_thread(verify_login, record, password)
+        c.ledger.still_current(name, record)
     except PermissionDenied as e:
         raise ApiError(401, "login_failed", str(e)) from None
     throttle.succeeded(name, address)

@@ -154,6 +154,7 @@ def local_app(node: Node) -> web.Application:
             if operator is not None:  # scrypt off the loop, as for the API's logins
                 record = node.ledger.login_record(str(operator))
                 who = await asyncio.to_thread(verify_login, record, str(password or ""))
+                node.ledger.still_current(str(operator), record)
             result: Result = await node.perform(
                 lambda: execute(node.ledger, name, params, operator, password, verified=who),
                 name)

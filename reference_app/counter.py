@@ -92,6 +92,8 @@ def _login() -> None:
             try:
                 # scrypt (~30 ms) in a worker thread, so other tills and sync go on.
                 op = await run.io_bound(verify_login, record, password.value or "")
+                if op is not None:
+                    s.ledger.still_current(who, record)
             except LedgerError as e:
                 error.set_text(s.refusal(e))
                 return

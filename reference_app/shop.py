@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from nicegui import app
 
 from crdtledger import operations, views
+from crdtledger.auth import PasswordChanged
 from crdtledger.coupons import (
     CouponElsewhere,
     CouponExpired,
@@ -253,6 +254,9 @@ class Shop:
             return tr("金额超过限额，需要有审批权限的人输入姓名和密码。",
                       "This amount is above the limit: someone allowed to approve must "
                       "enter their name and password.")
+        if isinstance(e, PasswordChanged):
+            return tr("密码刚刚被修改，请用新密码再试。",
+                      "The password was just changed; try again with the new one.")
         if isinstance(e, PermissionDenied):
             if "wrong operator name or password" in str(e):
                 return tr("姓名或密码不对。", "Wrong name or password.")

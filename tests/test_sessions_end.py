@@ -13,14 +13,18 @@ import asyncio
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 from helpers import new_ledger, sync
 from test_api import AMY_PW, Api, serving, with_operators
-from test_approver_throttle import PW, Branch, branch
+from test_approver_throttle import PW, Branch, branch, make_node
 
+from crdtledger.auth import LoginRecord
+from crdtledger.errors import PermissionDenied
 from crdtledger.ledger import Ledger
+from peer import api as api_mod
 from peer.api import Sessions, Standalone
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,3 +138,57 @@ def test_a_change_made_at_another_branch_ends_the_sessions_here(tmp_path: Path) 
             here.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.asyncio
+async def test_a_login_checked_against_the_password_a_reset_replaced_opens_no_session(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The password is checked in a worker thread (~30 ms of scrypt). A reset that
+    commits meanwhile ends the sessions it finds; the login then opened its own after
+    it, and a leaked password logged in a loop kept a token for 12 hours. Held here
+    between the check and the session until the reset is answered."""
+    checked, go_on = threading.Event(), threading.Event()
+    real = api_mod.verify_login
+
+    def held(record: LoginRecord, password: str) -> str:
+        out = real(record, password)
+        checked.set()
+        go_on.wait(10)
+        return out
+
+    async with branch(tmp_path) as b:
+        boss, _amy, mid = await setup(b)
+        monkeypatch.setattr(api_mod, "verify_login", held)
+        leaked = asyncio.create_task(b.api.call(
+            "POST", "/login", {"operator": "amy", "password": PW["amy"]}))
+        assert await asyncio.to_thread(checked.wait, 10)
+        status, body = await b.api.call("PATCH", f"/operators/{operator_id(b.ledger, 'amy')}",
+                                        {"password": "new-secret-1"}, token=boss)
+        assert status == 200, body
+        go_on.set()
+        status, body = await leaked
+        assert (status, body["error"]) == (401, "login_failed"), body
+        assert "changed while it was being checked" in body["message"]
+        monkeypatch.undo()
+        token = await b.api.login("amy", "new-secret-1")
+        assert await works(b.api, token, mid) == [200] * 4
+
+
+def test_an_approval_checked_against_a_password_changed_since_approves_nothing(
+        tmp_path: Path) -> None:
+    """An approver's password is checked ahead, off the loop, then the operation takes
+    that answer: a change of the password in between made the old one approve."""
+    data = make_node(tmp_path)
+    with Ledger.open(data) as ledger:
+        amy, mgr = operator_id(ledger, "amy"), operator_id(ledger, "mgr")
+        mid = ledger.add_member(ledger.owner, name="王芳", phone="13812345678")
+        ahead = ledger.check_approver_ahead(amy, "mgr", PW["mgr"])
+        assert ahead is not None
+        ahead.run()  # the worker thread's part: the old password is right
+        ledger.set_operator(ledger.owner, mgr, password="new-secret-2")
+        ledger.checked_ahead(ahead)
+        before = ledger.balance(mid)
+        with pytest.raises(PermissionDenied, match="changed while it was being checked"):
+            ledger.topup(amy, mid, 10_000_000, approver=("mgr", PW["mgr"]))
+        ledger.forget_check(ahead)
+        assert ledger.balance(mid) == before
