@@ -83,6 +83,11 @@ class Members(Auth):
         fields = dict(fields or {})
         if "level" in fields:
             self.authorise(operator, "member.upgrade")
+            names = [str(lv["name"]) for lv in self.rule("levels")]  # type: ignore[attr-defined]
+            if fields["level"] not in ("", None, *names):
+                # Kept as typed, it showed in the profile and counted for nothing.
+                raise InvalidInput(f"level {str(fields['level'])[:40]!r} is none of the "
+                                   f"chain's levels: {', '.join(names)}")
         if "deleted" in fields:
             self.authorise(operator, "member.delete")
         f = _member_fields(fields, creating=False)

@@ -12,7 +12,7 @@ from crdtledger import localtime, notices
 from crdtledger.auth import Auth
 from crdtledger.commit import put
 from crdtledger.errors import InvalidAmount, InvalidInput, LedgerError
-from crdtledger.inputs import check_date
+from crdtledger.inputs import check_date, check_text
 from crdtledger.model import (
     CARD_TYPES,
     DEFAULT_RULES,
@@ -135,6 +135,38 @@ class Rules(Auth):
         return rid
 
 
+def _check_values(body: Any) -> None:
+    """What any rule may hold: text, whole numbers, true/false, lists and maps of them.
+    A lone surrogate (valid JSON) was kept in the record and set aside at every
+    replica, so the rule set was answered and never in force; a float (8800.0, 1e4)
+    was kept as sent where money is whole fen. Decimals go as text ("0.95")."""
+    stack = [body]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            stack += list(v.keys()) + list(v.values())
+        elif isinstance(v, list):
+            stack += v
+        elif isinstance(v, str):
+            check_text(v, "a rule's text", limit=len(v))
+        elif isinstance(v, float):
+            raise InvalidInput(f"{v!r}: a rule holds whole numbers (fen, counts), and "
+                               'decimals as text such as "0.95"')
+        elif v is not None and not isinstance(v, int):
+            raise InvalidInput(f"a rule holds text, numbers, lists and maps, not {v!r}")
+
+
+# A rate as the rules keep it: a whole number, or decimal text of ASCII digits
+# (Decimal() also takes "５", " 5" and "1e3", which every reader would then parse).
+_DECIMAL_TEXT = re.compile(r"[0-9]{1,7}(\.[0-9]{1,6})?\Z")
+
+
+def _decimal(value: Any) -> Decimal:
+    if type(value) is int or (isinstance(value, str) and _DECIMAL_TEXT.match(value)):
+        return Decimal(value)
+    raise InvalidInput(f"{value!r} is not a number like 0.95")
+
+
 def _whole(value: Any) -> int:
     """A rule's amount in fen, or a count: int() would silently cut 12.7 (or yuan typed
     as 128.5), read true as 1 and take the text "10000", all kept in the rule as sent."""
@@ -188,6 +220,7 @@ _BASE64 = re.compile(r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]
 
 def _check_rule(kind: str, body: Any) -> None:
     """Enough shape checking that a bad rule cannot break operations at other nodes."""
+    _check_values(body)
     try:
         if kind == "services":
             _require(isinstance(body, dict) and bool(body), "services are a non-empty map")
@@ -205,11 +238,11 @@ def _check_rule(kind: str, body: Any) -> None:
             _require(isinstance(body, list) and bool(body), "levels are a non-empty list")
             for lv in body:
                 check_amount(_whole(lv["threshold"]), allow_zero=True)
-                _require(0 < Decimal(str(lv["discount"])) <= 1,
+                _require(0 < _decimal(lv["discount"]) <= 1,
                          "a discount is above 0 and at most 1")
                 # Bounded, so finite: an "Infinity" multiplier or earn rate would
                 # overflow in every debit at every branch once the rule replicates.
-                _require(0 <= Decimal(str(lv["points_multiplier"])) <= 100,
+                _require(0 <= _decimal(lv["points_multiplier"]) <= 100,
                          "a points multiplier is from 0 to 100")
                 # Both are copied into every sale's entry, where replicas take at most
                 # 200 characters of text: a longer one set every sale aside at every
@@ -245,7 +278,7 @@ def _check_rule(kind: str, body: Any) -> None:
                          '{"fee": 1000}')
                 check_amount(_whole(terms.get("fee", 0)), allow_zero=True)
         elif kind == "earn":
-            _require(0 <= Decimal(str(body["points_per_yuan"])) <= 1000,
+            _require(0 <= _decimal(body["points_per_yuan"]) <= 1000,
                      "points per yuan are from 0 to 1000")
             _require(0 <= _whole(body["expire_days"]) <= 36500,  # far below timedelta's limit
                      "points expire after 0 to 36500 days")

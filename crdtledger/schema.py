@@ -152,5 +152,13 @@ def is_date(value: str) -> bool:
 
 
 def show(value: Any) -> str:
+    """A refused value, as a refusal's sentence quotes it: as typed, escaped where it is
+    no text (a lone surrogate, valid JSON, could not be sent back in UTF-8: the refusal
+    itself failed, a 500)."""
     shown = json.dumps(value, ensure_ascii=False)
+    if not shown.isascii():
+        try:
+            shown.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = json.dumps(value)
     return shown if len(shown) <= 40 else shown[:37] + "..."

@@ -320,7 +320,12 @@ async def refusals(request: web.Request,
 
 
 def _dumps(data: Any) -> str:
-    return json.dumps(data, ensure_ascii=False)
+    out = json.dumps(data, ensure_ascii=False)
+    try:  # what a request carried and an answer quotes may hold a lone surrogate
+        out.encode("utf-8")
+    except UnicodeEncodeError:
+        out = json.dumps(data)
+    return out
 
 
 # --- the routes: the operation table's, and the few of the HTTP itself ------------------

@@ -535,7 +535,18 @@ def test_malformed_requests_are_refused_as_json_and_change_nothing(tmp_path: Pat
             # A lone surrogate is valid JSON but not text: pycrdt would panic on it.
             ("POST", "/members", '{"name": "\\ud800", "phone": "13800000009"}', as_json, 400,
              "invalid_input"),
+            # ... and quoted in the refusal of a field of another type, or of an unknown
+            # field's name, the refusal failed to encode: a plain-text 500.
+            ("POST", "/debit", '{"amount": "\\ud800"}', as_json, 400, "invalid_amount"),
+            ("POST", "/topup", '{"approver": "\\ud800"}', as_json, 400, "invalid_input"),
+            ("POST", "/members", '{"name": "x", "phone": "13800000009", "\\ud800": 1}',
+             as_json, 400, "invalid_input"),
+            ("POST", "/rules", '{"kind": "settings", "body": {"note": "\\ud800"}}', as_json,
+             400, "invalid_input"),
             ("PATCH", f"/members/{mid}", "{}", as_json, 400, "invalid_input"),
+            # A level none of the chain's: kept as typed, shown, counted for nothing.
+            ("PATCH", f"/members/{mid}", '{"level": "../../etc/passwd"}', as_json, 400,
+             "invalid_input"),
             ("GET", "/members/not-an-id", "", {}, 400, "invalid_input"),
             ("GET", "/nowhere", "", {}, 404, "not_found"),
             ("DELETE", f"/members/{mid}", "", {}, 405, "method_not_allowed"),

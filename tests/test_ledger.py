@@ -739,6 +739,15 @@ BAD_RULES: list[tuple[str, Any]] = [
     ("services", {"X": {"name": "x", "price": 12.7}}),
     ("services", {"X": {"name": "x", "price": True}}),
     ("promotions", [{"min": 100000, "bonus": 200.5}]),
+    # Kept as sent before: a float where money is whole fen, a full-width digit, and a
+    # lone surrogate (the rule was answered, then set aside at every replica).
+    ("services", {"X": {"name": "x", "price": 8800.0}}),
+    ("approval", {"topup_limit": 1e6, "correction_limit": 100000}),
+    ("earn", {"points_per_yuan": "５", "expire_days": 30}),
+    ("earn", {"points_per_yuan": "1e3", "expire_days": 30}),
+    ("settings", {"note": "\ud800"}),
+    ("services", {"X": {"name": "x\ud800", "price": 100}}),
+    ("branches", {"SH01": "南京西路店\x00"}),
 ]
 
 
