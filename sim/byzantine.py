@@ -13,7 +13,8 @@ dishonest branch holds its own key, never another's):
   enrolled with a CA and only the head office, the first node, governs), a top-up
   of its own back-dated into a month it has closed (`closed-month`), rights raised
   at itself by a merge's "in" with no "out" (`merge-paired`) or by a transfer of
-  nothing (`transfer-balanced`), a refund of another branch's debit (`refund-own`). Built as
+  nothing (`transfer-balanced`) or by a debit (`value-raise`), a refund of another
+  branch's debit (`refund-own`). Built as
   tests/helpers.Forger builds one (a pycrdt document of the forger's client id from
   its own copy, chained from its tip, its head signed with its key), sent as a
   `recs` frame on every link it has, and taken into its own store too, so that its
@@ -77,13 +78,13 @@ ROLES = ("forger", "equivocator", "restored", "closed")
 # How often the owner of a closing shop looks whether it may be switched off.
 CLOSING_LOOK = 5 * MINUTE
 FORGERIES = ("entry-as-other", "others-rights", "rewrite", "delete", "governance",
-             "closed-month", "merge-in", "transfer-nothing", "refund-other")
+             "closed-month", "merge-in", "transfer-nothing", "refund-other", "debit-raise")
 # The rule each forgery breaks (crdtledger.writerules.RULES).
 BREAKS = {"entry-as-other": "entry-writer", "others-rights": "own-rights",
           "rewrite": "entry-insert-once", "delete": "entry-insert-once",
           "governance": "governance", "closed-month": "closed-month",
           "merge-in": "merge-paired", "transfer-nothing": "transfer-balanced",
-          "refund-other": "refund-own"}
+          "refund-other": "refund-own", "debit-raise": "value-raise"}
 Mutate = Callable[[dict[str, Map[Any]]], None]
 
 
@@ -256,7 +257,7 @@ class Byzantine:
                     "op": owner_of(me), "at": id_time_ms(eid), "amount": 100_000,
                     "paid": 100_000, "deltas": [["cash", me, 100_000]]}
             return self._put(lg, back)
-        if kind in ("merge-in", "transfer-nothing", "refund-other"):
+        if kind in ("merge-in", "transfer-nothing", "refund-other", "debit-raise"):
             eid = lg.clock.mint()
             raised: dict[str, Any] = {
                 "id": eid, "kind": kind.split("-")[0], "member": member, "node": me,
