@@ -68,11 +68,16 @@ def note_edit(record: Map[Any], change_id: str, operator: str, fields: Iterable[
     model.EDITS. A record made before the audit trail gets that Map at its first
     change: two branches changing such a record for the first time while apart both
     create it, and one of their two notes is lost (the fields themselves are not)."""
-    note = {"op": operator, "fields": sorted(set(fields))}
-    if EDITS in record:
-        record[EDITS][change_id] = note
-    else:
-        record[EDITS] = Map({change_id: note})
+    sub_map(record, EDITS)[change_id] = {"op": operator, "fields": sorted(set(fields))}
+
+
+def sub_map(record: Map[Any], name: str) -> Map[Any]:
+    """`record[name]`, a Map: created if missing, and made again if another writer put
+    something else there (a liar's list made every later edit of the record fail)."""
+    inner = record.get(name)
+    if not isinstance(inner, Map):
+        inner = record[name] = Map({})
+    return inner
 
 
 # Remote entries stamped too far ahead of our clock: the latest are kept for a look.

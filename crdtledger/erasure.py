@@ -43,18 +43,16 @@ from crdtledger.commit import put
 from crdtledger.errors import InvalidInput, LedgerError, NotFound
 from crdtledger.hlc import id_time_ms
 from crdtledger.log import APPLIED, Record
-from crdtledger.model import EDITS, ID, member_doc
+from crdtledger.model import EDITS, ERASURE_KEEPS, ID, member_doc
 from crdtledger.money import format_yuan
 from crdtledger.redaction import NotRedactable, records_into, redact
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
 
-# What an erased member keeps: whose books it is in, and how it is linked to the
-# members merged with it. Everything else (name, phone, birthday, id number, notes,
-# preferences, tags and custom fields, whatever a later version adds) is dropped: a
-# list of what to keep, so that a new personal field is erased without a change here.
-KEPT = ("home", "level", "merged_into", "created_by")
+# What an erased member keeps (everything else, name, phone, birthday, id number,
+# notes, preferences, tags and custom fields, whatever a later version adds, goes).
+KEPT = ERASURE_KEEPS
 # How long after an erasure a member document is compacted whenever records reach it.
 RECENT_MS = 30 * 86_400_000
 # The purses that hold value a member paid for (a package's uses: pkg:ID).

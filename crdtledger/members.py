@@ -12,7 +12,7 @@ from pycrdt import Map
 
 from crdtledger import erasure, views
 from crdtledger.auth import Auth
-from crdtledger.commit import Write, note_edit, put
+from crdtledger.commit import Write, note_edit, put, sub_map
 from crdtledger.errors import InvalidInput, NotFound
 from crdtledger.hlc import check_node_id
 from crdtledger.inputs import check_text
@@ -115,7 +115,7 @@ class Members(Auth):
                 m[k] = v
             for sub, values in (("prefs", prefs_d), ("custom", custom_d), ("tags", tags)):
                 for k, v in values.items():
-                    m[sub][k] = v
+                    sub_map(m, sub)[k] = v
             note_edit(m, change, operator, changed)
 
         self._write(Write(member_doc(member), "members", member, mutate))

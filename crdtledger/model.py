@@ -283,6 +283,23 @@ def self_service_of(node: str) -> str:
     return f"self@{node}"
 
 
+# What an erased member keeps (crdtledger.erasure): whose books it is in, and how it
+# is linked to the members merged with it. Everything else is dropped: a list of what
+# to keep, so that a new personal field is erased without a change here.
+ERASURE_KEEPS = ("home", "level", "merged_into", "created_by")
+_ERASED_FIELDS = frozenset({*ERASURE_KEEPS, "name", "phone", "deleted", "erased", EDITS})
+
+
+def erased(profile: Mapping[str, Any]) -> bool:
+    """Whether a member's value is an erasure as erasure.erase_member writes it: a new
+    Map of what is kept, name and phone empty, saying `erased`. A flag set inside the
+    member's Map with everything else left in place (a liar's) made honest branches
+    redact their own records of the member, and new replicas, taking those, lost the
+    member while old ones still showed the name: it is no erasure."""
+    return (bool(profile.get("erased")) and profile.get("name") == ""
+            and profile.get("phone") == "" and profile.keys() <= _ERASED_FIELDS)
+
+
 def member_doc(member_id: str) -> str:
     """Stable shard of a member (and its cards), the same on every node."""
     return f"members/{zlib.crc32(member_id.encode()) % MEMBER_SHARDS:02d}"
@@ -539,14 +556,24 @@ def _checked_entry(key: str, value: Any) -> dict[str, Any]:
     return out
 
 
-def normalise(value: Any) -> Any:
-    """Turn a plain value read back from pycrdt into exact Python: integral floats -> int."""
+# How deep a value of a record may nest. Honest records nest three or four levels; a
+# liar's list 400 deep was taken or refused by the depth of the Python stack the
+# replica happened to apply it at (RecursionError), so replicas differed, and one that
+# refused it refused every batch carrying it. Beyond this, every replica sets it aside.
+MAX_NESTING = 32
+
+
+def normalise(value: Any, depth: int = 0) -> Any:
+    """Turn a plain value read back from pycrdt into exact Python: integral floats -> int.
+    InvalidRecord for a value nested deeper than MAX_NESTING."""
     if isinstance(value, float):
         return int(value) if value.is_integer() and abs(value) <= MAX_AMOUNT else value
     if isinstance(value, str | int) or value is None:
         return value  # most leaves: skip the (slow) abstract Mapping check below
+    if depth >= MAX_NESTING:
+        raise InvalidRecord(f"a value nested deeper than {MAX_NESTING} levels")
     if isinstance(value, dict | Mapping):
-        return {str(k): normalise(v) for k, v in value.items()}
+        return {str(k): normalise(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [normalise(v) for v in value]
+        return [normalise(v, depth + 1) for v in value]
     return value

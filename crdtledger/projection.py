@@ -15,12 +15,15 @@ from typing import Any
 from crdtledger.hlc import id_time_ms
 from crdtledger.model import (
     CARD_STATUSES,
+    EDITS,
     ID,
     CardStatus,
     EntryKind,
     InvalidRecord,
     canonical_phone,
+    erased,
     is_one_of,
+    member_doc,
     normalise,
     normalise_entry,
 )
@@ -724,17 +727,36 @@ def _card_status(events: list[Any]) -> CardStatus:
     return status
 
 
+# A member's fields that are maps (crdtledger.members): another value there (a liar's
+# list) made the member page, every tag segment of a broadcast and every edit fail.
+MEMBER_MAPS = ("prefs", "tags", "custom", EDITS)
+
+
 def record_change(conn: sqlite3.Connection, doc: str, root: str, key: str, value: Any,
                   day_of: Any) -> None:
     """Rewrite the projection row of one member, card, rule, operator or role."""
-    data = _as_plain(value)
+    try:
+        data = _as_plain(value)
+    except InvalidRecord as e:
+        data = str(e)
     if not isinstance(data, dict) or not isinstance(key, str) or len(key) > 64:
-        conn.execute("INSERT OR REPLACE INTO quarantine VALUES (?,?,?)", (doc, key, "not a map"))
+        conn.execute("INSERT OR REPLACE INTO quarantine VALUES (?,?,?)",
+                     (doc, key, data if isinstance(data, str) else "not a map"))
         return
     try:
         if root == "members":
             if not ID.match(key):
                 raise InvalidRecord("bad member id")
+            if member_doc(key) != doc:
+                # Honest writes file a member in its shard; a copy filed in another
+                # (a liar's) was projected over it by whichever came last, so replicas
+                # differed, and could be deleted or moved home at some of them.
+                raise InvalidRecord(f"member {key} belongs in {member_doc(key)}")
+            if "erased" in data and not erased(data):
+                del data["erased"]  # a flag set in place: no erasure (model.erased)
+            for sub in MEMBER_MAPS:  # what every reader takes for a map (prefs.items())
+                if sub in data and not isinstance(data[sub], dict):
+                    data[sub] = {}
             created = id_time_ms(key)
             phone = str(data.get("phone", ""))
             conn.execute(
@@ -749,6 +771,12 @@ def record_change(conn: sqlite3.Connection, doc: str, root: str, key: str, value
         elif root == "cards":
             if not ID.match(key):
                 raise InvalidRecord("bad card id")
+            owner = data.get("member")
+            if not isinstance(owner, str) or member_doc(owner) != doc:
+                # A card lives in its member's shard, where its events are written: one
+                # filed elsewhere paid with a PIN its writer chose and could be neither
+                # reported lost nor replaced (their events went to the member's shard).
+                raise InvalidRecord(f"card {key} is not in its member's document")
             try:
                 status = _card_status(data.get("events") or [])
             except InvalidRecord:

@@ -45,7 +45,7 @@ from crdtledger.log import (
     mark_of,
     record_hash,
 )
-from crdtledger.model import ID, entry_doc, ledger_doc
+from crdtledger.model import ID, entry_doc, erased, ledger_doc
 from crdtledger.money import format_yuan
 from crdtledger.projection import entry_change, project_deferred, project_entries, record_change
 from crdtledger.redaction import NotRedactable, carries_nothing, needs
@@ -129,7 +129,7 @@ class Replica(LedgerBase):
             if value is not None or removed_too:
                 record_change(conn, ld.name, root, key, value, day_of)
                 roots.add(root)
-                if root == "members" and isinstance(value, dict) and value.get("erased"):
+                if root == "members" and isinstance(value, dict) and erased(value):
                     self.erased_now.add(ld.name)  # compacted after the batch, however old
         if "members" in roots:
             self._merge_targets = None

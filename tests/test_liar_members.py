@@ -1,0 +1,159 @@
+"""A branch with a valid certificate that lies in the member documents (5 December,
+last session).
+
+Any branch may edit a member, issue a card or erase a member: the write rules judge
+ledger and governance documents, not members/NN. What honest replicas do with a
+member document must then depend on the record alone and stay within what an honest
+branch's operation could have written:
+
+- a card filed in another member's shard paid, with a PIN its writer chose, from the
+  member it named, at honest branches, and could be neither reported lost nor
+  replaced (those events go to the member's own shard);
+- a member's copy filed in another shard was projected over the real one by
+  whichever came last: honest replicas held different profiles for good;
+- an `erased` flag set inside a member's Map made honest branches redact their own
+  records of a member still holding value, and a replica catching up afterwards had
+  no such member at all;
+- a value nested 400 deep was taken or refused by the depth of the stack a replica
+  applied it at (RecursionError rolled the whole batch back);
+- `tags` or `edits` made a list broke the member's page, every tag segment of a
+  broadcast, and every later edit of the member.
+
+SH01 is honest, SH03 the liar (tests/helpers.Forger, its own valid key), SH02 and SH04
+honest replicas (test_liar_round2.World). Real stores, real apply_batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import new_ledger, sync
+from pycrdt import Array, Map
+from test_funding_order import state
+from test_liar_round2 import World
+
+from crdtledger import outbox, views
+from crdtledger.auth import hash_secret
+from crdtledger.errors import NotFound
+from crdtledger.hlc import HybridClock
+from crdtledger.log import Record
+from crdtledger.model import MAX_NESTING, member_doc
+
+
+@pytest.fixture
+def w(tmp_path: Path) -> Iterator[World]:
+    world = World(tmp_path)
+    yield world
+    world.close()
+
+
+def _other_shard(member: str) -> str:
+    return "members/00" if member_doc(member) != "members/00" else "members/01"
+
+
+def _to_all(w: World, *recs: Record) -> None:
+    for r in (w.a, w.b, w.c):
+        r.apply_batch(w.liar.batch(list(recs)))
+
+
+def test_a_card_filed_outside_its_members_document_pays_nothing(w: World) -> None:
+    cid = HybridClock("SH03", now_ms=w.clock).mint()
+
+    def plant(d: Any) -> None:
+        d.get("cards", type=Map)[cid] = Map({
+            "card_no": "STEAL1", "member": w.member, "type": "stored_value",
+            "pin": hash_secret("1234"), "expiry": "", "node": "SH03",
+            "events": Array([[cid, "active", ""]])})
+
+    _to_all(w, w.liar.write(_other_shard(w.member), plant))
+    for r in (w.a, w.b, w.c):
+        with pytest.raises(NotFound):
+            r.debit(r.owner, card="STEAL1", pin="1234", amount=30_000)
+        assert r.balance(w.member)["cash"] == 100_000
+    assert state(w.b) == state(w.c)
+
+
+def test_a_members_copy_in_another_document_changes_nobody(w: World) -> None:
+    """Whichever came last won: SH02 took the liar's copy first, SH04 last."""
+    rec = w.liar.write(_other_shard(w.member), lambda d: d.get("members", type=Map).__setitem__(
+        w.member, Map({"name": "王芳", "phone": "13999999999", "home": "SH03",
+                       "deleted": True})))
+    w.b.apply_batch(w.liar.batch([rec]))
+    w.a.edit_member(w.a.owner, w.member, fields={"notes": "VIP"})
+    sync(w.a, w.b)
+    sync(w.a, w.c)
+    w.c.apply_batch(w.liar.batch([rec]))
+    for r in (w.a, w.b, w.c):
+        m = views.member(r, w.member)
+        assert (m["phone"], m["home"], m.get("deleted"), m["notes"]) == (
+            "13800000001", "SH01", None, "VIP"), r.node
+    assert views.member(w.b, w.member) == views.member(w.c, w.member)
+
+
+def test_an_erased_flag_set_in_place_is_no_erasure(w: World, tmp_path: Path) -> None:
+    change = HybridClock("SH03", now_ms=w.clock).mint()
+    _to_all(w, w.liar.write(member_doc(w.member), lambda d: d.get("members", type=Map)[
+        w.member].__setitem__("erased", change)))
+    assert not w.a.storage.conn.execute(
+        "SELECT 1 FROM entries WHERE kind = 'redaction'").fetchone(), "nothing redacted"
+    w.a.edit_member(w.a.owner, w.member, fields={"notes": "still here"})
+    late = new_ledger(tmp_path, "SH05", now_ms=w.clock)
+    try:
+        sync(w.a, late)
+        for r in (w.b, w.c):
+            sync(w.a, r)
+        for r in (w.a, w.b, w.c, late):
+            m = views.member(r, w.member)
+            assert (m["name"], m.get("erased"), r.balance(w.member)["cash"]) == (
+                "王芳", None, 100_000), r.node
+    finally:
+        late.close()
+
+
+@pytest.mark.parametrize("depth", [MAX_NESTING + 1, 400])
+def test_a_value_nested_too_deep_is_set_aside_at_every_replica_alike(
+        w: World, depth: int) -> None:
+    deep: Any = "x"
+    for _ in range(depth):
+        deep = [deep]
+    rec = w.liar.write(member_doc(w.member), lambda d: d.get("members", type=Map)[
+        w.member].__setitem__("notes", deep))
+    for r in (w.a, w.b):
+        r.apply_batch(w.liar.batch([rec]))
+
+    def deeper(n: int) -> None:  # the same batch applied further down the stack
+        if n:
+            deeper(n - 1)
+        else:
+            w.c.apply_batch(w.liar.batch([rec]))
+
+    deeper(300)
+    for r in (w.b, w.c):
+        assert r.storage.conn.execute(
+            "SELECT reason FROM quarantine WHERE key = ?", (w.member,)).fetchone() == (
+            f"a value nested deeper than {MAX_NESTING} levels",)
+    assert state(w.b) == state(w.c)
+    w.a.edit_member(w.a.owner, w.member, fields={"notes": "fine"})  # over the liar's
+    for r in (w.b, w.c):
+        sync(w.a, r)
+    for r in (w.a, w.b, w.c):
+        assert views.member(r, w.member)["notes"] == "fine", "the next honest edit goes"
+
+
+@pytest.mark.parametrize("field", ["tags", "edits", "prefs"])
+def test_a_members_map_made_a_list_breaks_no_page_edit_or_broadcast(
+        w: World, field: str) -> None:
+    _to_all(w, w.liar.write(member_doc(w.member), lambda d: d.get("members", type=Map)[
+        w.member].__setitem__(field, ["vip"])))
+    for r in (w.a, w.b):
+        assert views.member(r, w.member)["name"] == "王芳"
+        assert outbox.segment_members(r, {"tags": ["vip"]}) == []
+    w.a.edit_member(w.a.owner, w.member, fields={"notes": "n"}, tags_add=["vip"],
+                    prefs={"strength": "重"})
+    sync(w.a, w.b)
+    m = views.member(w.b, w.member)
+    assert (m["tags"], m["prefs"]) == (["vip"], {"strength": "重"})
+    assert [x["id"] for x in outbox.segment_members(w.b, {"tags": ["vip"]})] == [w.member]
