@@ -63,14 +63,31 @@ def yuan(fen: int) -> str:
     return format_yuan(fen)
 
 
-def require(permission: str) -> str:
+def require(permission: str | None) -> str:
     """The check the library leaves to callers of reads: a button press from a page
-    opened before the operator lost the permission is refused too. Returns the
-    operator."""
+    opened before the operator lost the permission (or logged out, in another tab) is
+    refused too. None: any operator on duty. Returns the operator."""
     op = operator()
-    if op is None or permission not in shop().ledger.permissions(op):
-        raise PermissionDenied(f"operator {op} may not {permission}")
+    if op is None or (permission is not None
+                      and permission not in shop().ledger.permissions(op)):
+        raise PermissionDenied(f"operator {op} may not {permission or 'read this page'}")
     return op
+
+
+def guarded(permission: str | None) -> Callable[[Callable[[], None]], Callable[[], None]]:
+    """A page's part drawn again later (a date changed, a refresh): read only while its
+    operator may still (`require`), else a sentence. A page left open after its session
+    ended (a logout in another tab, a password reset) showed the day's takings again."""
+    def wrap(draw: Callable[[], None]) -> Callable[[], None]:
+        def drawn() -> None:
+            try:
+                require(permission)
+            except PermissionDenied as e:
+                ui.label(shop().refusal(e)).classes("text-negative").mark("not-allowed")
+                return
+            draw()
+        return drawn
+    return wrap
 
 
 def refuse(e: LedgerError) -> None:
@@ -233,6 +250,7 @@ def daily_page() -> None:
                       "export-daily")
 
     @ui.refreshable
+    @guarded("reports.view")
     def body() -> None:
         day = state["day"]
         try:
@@ -337,6 +355,7 @@ def ranking_page() -> None:
         end_in = date_field(tr("到", "To"), end)
 
     @ui.refreshable
+    @guarded("reports.view")
     def body() -> None:
         try:
             services = views.ranking(ledger, "services", state["start"], state["end"], 10)
@@ -561,6 +580,7 @@ def goods_page() -> None:
         end_in = date_field(tr("到", "To"), end).mark("goods-to")
 
     @ui.refreshable
+    @guarded("reports.view")
     def body() -> None:
         try:
             ranked = {by: goods_ranking(ledger, by, state["start"], state["end"])
@@ -608,6 +628,7 @@ def topups_page() -> None:
             f"topups-{state['start']}-{state['end']}.csv"), "export-topups")
 
     @ui.refreshable
+    @guarded("reports.view")
     def body() -> None:
         try:
             rows = topups(ledger, state["start"], state["end"])
@@ -776,6 +797,7 @@ def settlement_page() -> None:
              ).classes("text-sm text-grey-7 max-w-3xl")
 
     @ui.refreshable
+    @guarded("reports.view")
     def body() -> None:
         try:
             r = views.settlement(ledger, state["start"] or None, state["end"] or None)
@@ -932,6 +954,7 @@ def members_page() -> None:
         def search() -> None:
             found.clear()
             try:
+                require("member.delete")
                 hits = ledger.find_members(query.value or "")
             except LedgerError as e:
                 refuse(e)
@@ -989,6 +1012,7 @@ def duplicates_page() -> None:
              ).classes("text-sm text-grey-7 max-w-3xl")
 
     @ui.refreshable
+    @guarded("member.merge")
     def listing() -> None:
         groups = views.duplicates(ledger)
         if not groups:
@@ -1113,6 +1137,7 @@ def sync_page() -> None:
     ledger = shop().ledger
 
     @ui.refreshable
+    @guarded(None)
     def peers() -> None:
         status = shop().node.sync_status()
         seen = last_contacts(ledger, status)
@@ -1207,6 +1232,7 @@ def handover_card(ledger: Ledger) -> None:
                  ).classes("text-sm text-grey-7")
 
         @ui.refreshable
+        @guarded(None)
         def held() -> None:
             h = views.rights_summary(ledger, ledger.node)
             if not h["held"]:
@@ -1493,6 +1519,7 @@ def audit_page() -> None:
             "export-audit", permission="audit.view")
 
     @ui.refreshable
+    @guarded("audit.view")
     def body() -> None:
         try:
             require("audit.view")

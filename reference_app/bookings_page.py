@@ -15,7 +15,6 @@ from functools import partial
 from typing import Any
 
 from nicegui import ui
-from nicegui.storage import request_contextvar
 
 from crdtledger import bookings, views
 from crdtledger.errors import LedgerError, NotFound, PermissionDenied
@@ -244,16 +243,7 @@ def page() -> None:
 
     # The store changed (a request decided here, a confirmation from the technician's
     # branch): read the day again.
-    client = ui.context.client
-    request = client.request
-
-    def watcher() -> None:
-        request_contextvar.set(request)
-        with client:
-            refresh_all()
-
-    s.watchers.add(watcher)
-    client.on_delete(lambda: s.watchers.discard(watcher))
+    layout.follow(s.watchers, refresh_all)
 
 
 def register() -> None:

@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 
 from nicegui import run, ui
 from nicegui.elements.mixins.value_element import ValueElement
-from nicegui.storage import request_contextvar
 
 from crdtledger import localtime, views
 from crdtledger.auth import verify_login
@@ -36,7 +35,7 @@ from crdtledger.model import ID
 from crdtledger.money import apply_rate, points_for
 from peer import receipts
 from reference_app.i18n import mask_phone, money, parse_money, tr
-from reference_app.layout import PRIMARY, frame, once
+from reference_app.layout import PRIMARY, follow, frame, once
 from reference_app.readers import ReaderEvent, WedgeParser
 from reference_app.shop import Shop, can, log_in, operator, shop
 
@@ -145,28 +144,8 @@ class Counter:
         # the store concerns it.
         self.shown: dict[str, Any] | None = None
         self.trouble: Trouble | None = None
-        client = ui.context.client
-        request = client.request
-
-        def listener(event: ReaderEvent) -> None:
-            # Reader events come from no browser request: act as this page's session.
-            request_contextvar.set(request)
-            with client:
-                self.on_reader_event(event)
-
-        def watcher() -> None:  # the store changed (Shop._on_commit): as the reader's
-            request_contextvar.set(request)
-            with client:
-                self.refresh()
-
-        self.shop.listeners.add(listener)
-        self.shop.watchers.add(watcher)
-
-        def gone() -> None:
-            self.shop.listeners.discard(listener)
-            self.shop.watchers.discard(watcher)
-
-        client.on_delete(gone)
+        follow(self.shop.listeners, self.on_reader_event)
+        follow(self.shop.watchers, self.refresh)  # the store changed (Shop._on_commit)
         with ui.row().classes("w-full gap-4 items-start no-wrap"):
             with ui.column().classes("w-80 shrink-0 gap-3"):
                 self._search_box()
@@ -432,6 +411,16 @@ class Counter:
         return any(isinstance(el, ui.dialog) and el.value
                    for el in self.dialogs.default_slot.children)
 
+    def count(self, box: ui.number, error: ui.label) -> int | None:
+        """A quantity box's whole number of at least 1, else None and why: an emptied
+        box reads None, and `value or 1` sold one use of a package for its full price."""
+        value = box.value
+        if value is None or value != int(value) or value < 1:
+            self.say_trouble(tr("数量要填正整数。", "Enter a whole number, 1 or more."), error,
+                             fixed=lambda: box.value is not None and box.value >= 1)
+            return None
+        return int(value)
+
     @staticmethod
     def _payer(member: str, card: str | None, pin: str | None) -> dict[str, str | None]:
         """Who pays: the swiped card with its PIN (the ledger finds its member and checks
@@ -621,7 +610,10 @@ class Counter:
             update()
 
             async def confirm() -> None:
-                code, n, how = svc.value, int(qty.value or 1), str(pay.value)
+                n = self.count(qty, error)
+                if n is None:
+                    return
+                code, how = svc.value, str(pay.value)
                 cid = (ticket.value or None) if ticket is not None and how != "package" \
                     else None
                 # No member nor card: the library sells to this branch's walk-in customer.
@@ -703,7 +695,10 @@ class Counter:
             update()
 
             async def confirm() -> None:
-                c, n, how = str(pick.value), int(qty.value or 1), str(pay.value)
+                n = self.count(qty, error)
+                if n is None:
+                    return
+                c, how = str(pick.value), str(pay.value)
                 payer = self._payer(member, card, pin) if member else {}
                 cid = (ticket.value or None) if ticket is not None else None
                 done = await self.act(
@@ -891,7 +886,10 @@ class Counter:
                 except InvalidAmount as e:
                     self.refused(e, error, fixed=lambda: _valid_money(price.value))
                     return
-                code, n = str(svc.value), int(uses.value or 1)
+                n = self.count(uses, error)
+                if n is None:
+                    return
+                code = str(svc.value)
                 done = await self.act(
                     self.shop.operation(self.op, "package.sell", service=code, uses=n,
                                         price=fen, pay=str(pay.value),
@@ -997,7 +995,9 @@ class Counter:
                         self.refused(e, error, fixed=lambda: not (typed.value or "").strip()
                                      or _valid_money(typed.value))
                         return
-                n = int(units.value or 1) if units is not None else None
+                n = None if units is None else self.count(units, error)
+                if units is not None and n is None:
+                    return
                 done = await self.act(
                     self.shop.operation(self.op, "refund", debit_id=str(entry["id"]),
                                         amount=fen, qty=n, reason=reason.value or ""),

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nicegui import ui
+from nicegui.storage import request_contextvar
 
 from crdtledger.errors import LedgerError
 from reference_app.i18n import LANGS, Lang, lang, set_lang, tr
@@ -35,6 +36,24 @@ _nav: dict[str, NavEntry] = {}
 _banner_source: Callable[[], str | None] | None = None
 BANNER_REFRESH_S = 2.0
 PRIMARY = "#00796b"  # teal, as the header
+
+
+def follow(registry: set[Callable[..., None]], fn: Callable[..., None]) -> None:
+    """Call `fn` with what `registry` reports (Shop.listeners: a card swiped; Shop.watchers:
+    the store changed) as this page, until it goes: its browser session and its client.
+    A swipe on the PC/SC reader comes from the reader's thread through the loop, with no
+    request of its own: a page that did not take its session had no operator (the
+    check-in page wrote nothing), or the session of whichever page ran before it."""
+    client = ui.context.client
+    request = client.request
+
+    def as_page(*args: Any) -> None:
+        request_contextvar.set(request)
+        with client:
+            fn(*args)
+
+    registry.add(as_page)
+    client.on_delete(lambda: registry.discard(as_page))
 
 
 def nav(path: str, zh: str, en: str, permission: str | None, icon: str) -> None:

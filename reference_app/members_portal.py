@@ -57,7 +57,6 @@ from typing import Any
 import uvicorn
 from nicegui import Client, app, ui
 from nicegui import __version__ as nicegui_version
-from nicegui.storage import request_contextvar
 
 from crdtledger import localtime, operations, views
 from crdtledger.errors import CardInactive, CardLost, LedgerError, NotFound, WrongPin
@@ -67,7 +66,7 @@ from crdtledger.throttle import LoginThrottle
 from peer import chain as chain_mod
 from peer import webcert
 from reference_app.i18n import LANGS, Lang, lang, mask_phone, money, set_lang, tr
-from reference_app.layout import once
+from reference_app.layout import follow, once
 from reference_app.shop import Shop, shop
 
 log = logging.getLogger("reference_app.members")
@@ -752,16 +751,7 @@ class Home:
         self.body = ui.column().classes("w-full gap-3")
         self.dialog = ui.dialog()
         self.shown: dict[str, Any] | None = None
-        client = ui.context.client
-        request = client.request
-
-        def watcher() -> None:
-            request_contextvar.set(request)  # the session of this page, not of a request
-            with client:
-                self.refresh()
-
-        self.shop.watchers.add(watcher)
-        client.on_delete(lambda: self.shop.watchers.discard(watcher))
+        follow(self.shop.watchers, self.refresh)  # as this page's session
         self.draw(self.read_all())
 
     async def run(self, name: str, **params: Any) -> Any:

@@ -13,7 +13,6 @@ import asyncio
 from typing import Any
 
 from nicegui import ui
-from nicegui.context import context
 
 from crdtledger import views
 from crdtledger.errors import InvalidInput, LedgerError, NotFound
@@ -100,15 +99,11 @@ class CheckinPage:
             self.setup()
 
     def listen(self) -> None:
-        client = context.client
-
         def listener(event: ReaderEvent) -> None:
             if event.kind == "card":
-                with client:
-                    asyncio.get_running_loop().create_task(self.swiped(str(event.value)))
+                asyncio.get_running_loop().create_task(self.swiped(str(event.value)))
 
-        self.shop.listeners.add(listener)
-        client.on_delete(lambda: self.shop.listeners.discard(listener))
+        layout.follow(self.shop.listeners, listener)
 
     async def swiped(self, card_no: str) -> None:
         try:

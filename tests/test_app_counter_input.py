@@ -11,6 +11,8 @@ import asyncio
 import pytest
 from app_fixtures import CASHIER, OWNER, CounterApp
 from helpers import snapshot
+from nicegui import ui
+from test_app_counter import member_with_card, swipe
 
 pytestmark = pytest.mark.asyncio
 
@@ -90,3 +92,22 @@ async def test_points_in_other_digits_are_refused(counter_app: CounterApp, typed
     await app.user.should_see("积分要填正整数。")
     await asyncio.sleep(0.1)
     assert snapshot(app.ledger, [a]) == before
+
+
+async def test_an_emptied_quantity_box_sells_nothing(counter_app: CounterApp) -> None:
+    """An emptied number box reads None; `value or 1` sold one use of a package for
+    the whole price typed (the cashier was about to type 20)."""
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    await app.login(*CASHIER)
+    await swipe(app)
+    before = snapshot(app.ledger, [mid])
+    app.user.find(marker="sell-package").click()
+    uses = next(iter(app.user.find(marker="package-uses").elements))
+    assert isinstance(uses, ui.number)
+    uses.set_value(None)
+    app.user.find(marker="package-price").type("300.00")
+    app.user.find(marker="package-pay").elements.pop().set_value("stored")
+    app.user.find(marker="package-ok").click()
+    await app.user.should_see("数量要填正整数")
+    assert snapshot(app.ledger, [mid]) == before

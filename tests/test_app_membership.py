@@ -5,6 +5,8 @@ two levels by two operators, and a member's exit and return."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from app_fixtures import CASHIER, OWNER, CounterApp, downloaded, parse_csv
 from nicegui import ui
@@ -52,6 +54,29 @@ async def test_a_swiped_card_checks_in_once_a_day_and_the_report_exports(
     assert [(r["name"], r["points"]) for r in rows] == [("小李", 10)]
     csv_rows = parse_csv(await downloaded(app, "export-attendance"))
     assert csv_rows[0][:3] == ["day", "time", "branch"] and csv_rows[1][4] == "小李"
+
+
+async def test_a_card_from_the_readers_thread_checks_in_as_the_pages_operator(
+        counter_app: CounterApp) -> None:
+    """A PC/SC reader reports from its own thread (readers.PcscReaders), through the
+    loop, with no browser request: the check-in page took no session for it, found no
+    operator and wrote nothing, saying nothing (the scripted reader, called on the
+    loop in the test above, carries the test's session)."""
+    app = counter_app
+    _, new = seed(app)
+    app.ledger.set_activity(app.node_owner, "MORNING", ACTIVITY)
+    await app.login(*CASHIER)
+    counter_page = set(app.shop.listeners)
+    await app.user.open("/checkin")
+    await app.user.should_see(marker="activity")
+    # The counter's tab gone (its client deleted): the check-in page's listener alone.
+    app.shop.listeners.difference_update(counter_page)
+    reader = threading.Thread(target=app.reader.insert, args=("CARD-LI",))
+    reader.start()
+    reader.join()
+    await app.user.should_see("+10", retries=50)
+    [checkin] = [e for e in app.ledger.history(new, 10) if e["kind"] == "checkin"]
+    assert checkin["op"] == app.cashier_id
 
 
 async def test_typed_check_in_refused_outside_the_window(counter_app: CounterApp) -> None:

@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 import pytest
 from app_fixtures import OWNER, CounterApp
 from helpers import log_rows
+from nicegui import ui
+from nicegui.testing.user import User
 
 from crdtledger.ledger import Ledger
 
@@ -112,3 +114,43 @@ async def test_a_double_click_on_an_approval_approves_once(
     await asyncio.sleep(2 * WAIT_S)
     assert begun == ["referral.approve2"]
     assert ledger.balance(old)["points"] == 300
+
+
+async def _log_out_in_another_tab(app: CounterApp) -> None:
+    other = User(app.user.http_client)
+    await other.open("/")
+    other.find(marker="logout").click()
+    await other.should_see(marker="login")
+
+
+async def test_office_pages_left_open_read_nothing_once_the_session_ended(
+        counter_app: CounterApp) -> None:
+    """A page's parts drawn again later (a date changed, a search) read only while its
+    operator may: logged out in another tab, the daily summary redrew a top-up made
+    since, and the erase card's search listed members."""
+    app = counter_app
+    mid = app.ledger.add_member(app.node_owner, name="张伟", phone="13812345678")
+    await app.login(*OWNER)
+    await app.user.open("/office")
+    day_field = next(el for el in app.user.find(ui.input).elements if el.value)
+    today = day_field.value
+    await app.user.open("/office/members")
+    await app.user.should_see(marker="erase-query")
+    await _log_out_in_another_tab(app)
+    app.ledger.topup(app.node_owner, mid, 77700)
+    app.user.find(marker="erase-query").type("张")
+    app.user.find(marker="erase-find").click()
+    await app.user.should_see("您没有这项操作的权限")
+    await app.user.should_not_see("138****5678", retries=1)
+    # The daily summary, opened while on duty, redrawn for another day after.
+    await app.user.open("/office")
+    await app.user.should_see(marker="login-name")  # a new page: to the login
+    await app.login(*OWNER)
+    await app.user.open("/office")
+    day_field = next(el for el in app.user.find(ui.input).elements if el.value)
+    await _log_out_in_another_tab(app)
+    app.ledger.topup(app.node_owner, mid, 11100)
+    day_field.set_value("2026-01-01")
+    day_field.set_value(today)
+    await app.user.should_see(marker="not-allowed")
+    await app.user.should_not_see("888.00", retries=1)
