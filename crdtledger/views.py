@@ -963,33 +963,45 @@ def stock_levels(ledger: Ledger, branch: str | None = None, *, low_only: bool = 
 
 def goods_ranking(ledger: Ledger, by: str = "sales", start: str | None = None,
                   end: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
-    """商品销量排名 (by units sold) and 商品利润排名 (by profit): the sales of the period
-    (their stock entries, reason `sale`), what their debits took less what was refunded
-    of them, and their cost (the stock entries' amount: cost x units), less the units
-    refunded and their cost (the refunds' stock entries, reason `refund`)."""
+    """商品销量排名 (by units sold) and 商品利润排名 (by profit): the goods sales of the
+    period less the goods refunds of the period, each counted on its own day as the
+    daily reports, the settlement and the analytics export count them: units (stock
+    entries, reason `sale` and `refund`, at cost) and money (the sales' debits, the
+    refunds' entries). A refund counted against its sale's month rewrote a month
+    already handed to the accountant, and its own month never showed it."""
     if by not in ("sales", "profit"):
         raise InvalidInput(f"rank by sales or profit, not {by!r}")
     where, args = _period(ledger, start, end)
     names = {code: str(g["name"]) for code, g in ledger.catalogue().items()}
     rows: dict[str, dict[str, Any]] = {}
-    # One row per sale (its units may be several stock entries: goods), then what its
-    # refunds gave back: money (refund entries) and units at cost (stock, reason refund).
-    for code, qty, cost, paid, refunded in ledger.storage.conn.execute(
-            "SELECT json_extract(d.body, '$.goods'), SUM(json_extract(s.body, '$.qty')) "
-            "- (SELECT COALESCE(SUM(json_extract(x.body, '$.qty')), 0) FROM entries x "
-            "WHERE x.ref = d.id AND x.kind = 'stock' AND json_extract(x.body, '$.reason') "
-            "= 'refund'), SUM(s.amount) - (SELECT COALESCE(SUM(x.amount), 0) FROM entries x "
-            "WHERE x.ref = d.id AND x.kind = 'stock' AND json_extract(x.body, '$.reason') "
-            "= 'refund'), d.amount, (SELECT COALESCE(SUM(r.amount), 0) FROM entries r "
-            "WHERE r.ref = d.id AND r.kind = 'refund') FROM (SELECT body, amount, ref FROM "
-            f"entries WHERE {where} AND kind = 'stock') s JOIN entries d ON d.id = s.ref "
-            "WHERE d.kind = 'debit' AND json_extract(s.body, '$.reason') = 'sale' "
-            "GROUP BY d.id", args):
+
+    def add(code: Any, qty: Any, sales: Any, cost: Any) -> None:
         r = rows.setdefault(str(code), {"code": str(code), "name": names.get(str(code), code),
                                         "qty": 0, "sales": 0, "cost": 0, "profit": 0})
-        r["qty"] += int(qty)
-        r["sales"] += int(paid) - int(refunded)
-        r["cost"] += int(cost)
+        r["qty"] += int(qty or 0)
+        r["sales"] += int(sales or 0)
+        r["cost"] += int(cost or 0)
         r["profit"] = r["sales"] - r["cost"]
+
+    conn = ledger.storage.conn
+    # Units at cost, of the period's stock entries of sales and refunds (a sale's units
+    # may be several entries), by their sale's goods; a sale's money once per debit.
+    for code, reason, qty, cost, paid in conn.execute(
+            "SELECT json_extract(d.body, '$.goods'), s.reason, SUM(s.qty), SUM(s.amount), "
+            "d.amount FROM (SELECT json_extract(body, '$.reason') AS reason, "
+            "json_extract(body, '$.qty') AS qty, amount, ref FROM entries "
+            f"WHERE {where} AND kind = 'stock') s JOIN entries d ON d.id = s.ref "
+            "WHERE d.kind = 'debit' AND s.reason IN ('sale', 'refund') GROUP BY d.id, s.reason",
+            args):
+        if reason == "sale":
+            add(code, qty, paid, cost)
+        else:
+            add(code, -int(qty or 0), 0, -int(cost or 0))
+    for code, refunded in conn.execute(
+            "SELECT json_extract(d.body, '$.goods'), SUM(r.amount) FROM (SELECT amount, ref "
+            f"FROM entries WHERE {where} AND kind = 'refund') r JOIN entries d ON d.id = r.ref "
+            "WHERE d.kind = 'debit' AND json_extract(d.body, '$.goods') IS NOT NULL "
+            "GROUP BY 1", args):
+        add(code, 0, -int(refunded or 0), 0)
     key = "qty" if by == "sales" else "profit"
     return sorted(rows.values(), key=lambda r: (-r[key], r["code"]))[:limit]

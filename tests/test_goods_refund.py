@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import run_cli
-from helpers import new_ledger, projections, snapshot, sync
+from helpers import FakeClock, new_ledger, projections, snapshot, sync
 from test_api import BOSS_PW, serving, with_operators
 
 from crdtledger import views
@@ -334,3 +334,29 @@ def test_a_walk_in_service_over_the_http_api(tmp_path: Path) -> None:
             ledger.close()
 
     asyncio.run(main())
+
+
+def test_a_refund_counts_in_the_goods_report_of_its_own_month(tmp_path: Path) -> None:
+    """January's goods report, handed to the accountant, is not rewritten by a refund
+    in February; February's shows it, as its daily reports and the analytics do."""
+    clock = FakeClock(1_767_225_600_000 + 2 * 3600_000)  # 2026-01-01 10:00 Shanghai
+    a = new_ledger(tmp_path, "SH01", now_ms=clock)
+    try:
+        a.add_goods(a.owner, "G1", "shampoo", 3999, cost=2000)
+        a.stock_in(a.owner, "G1", 10)
+        clock.advance_days(20)
+        sale = a.sell_goods(a.owner, "G1", 3, pay="cash")
+        january = views.goods_ranking(a, "profit", "2026-01-01", "2026-01-31")
+        assert [(g["qty"], g["sales"], g["cost"]) for g in january] == [(3, 11997, 6000)]
+        clock.advance_days(20)
+        a.refund(a.owner, sale["id"], qty=2)
+        assert views.goods_ranking(a, "profit", "2026-01-01", "2026-01-31") == january
+        february = views.goods_ranking(a, "profit", "2026-02-01", "2026-02-28")
+        assert [(g["qty"], g["sales"], g["cost"], g["profit"]) for g in february] == [
+            (-2, -7998, -4000, -3998)]
+        assert sum(views.daily_report(a, f"2026-02-{d:02d}")["sales"]
+                   for d in range(1, 29)) == -7998
+        whole = views.goods_ranking(a, "profit")
+        assert [(g["qty"], g["sales"], g["cost"]) for g in whole] == [(1, 3999, 2000)]
+    finally:
+        a.close()
