@@ -669,7 +669,9 @@ class NodeCore:
             rights = self.ledger.rights(req.member, req.purse)
             have = rights.get(self.node, 0)
             others = [p for p in self.connected() if p != req.node]
-            if have < req.amount and others:
+            # An asker past its budget is answered "none" (Payments.grant_rights): not
+            # worth emptying the other peers' rights into this node for it first.
+            if have < req.amount and others and self.ledger.grants.allows(req.node):
                 holders = {n: a for n, a in rights.items() if n != self.node and a > 0}
                 refusal = RightsElsewhere(req.purse, req.amount - have, have, holders,
                                           req.member)

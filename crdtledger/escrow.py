@@ -12,7 +12,7 @@ and the branch node use the same policies to decide who asks whom.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from crdtledger.errors import InsufficientFunds, RightsElsewhere
@@ -85,12 +85,57 @@ def grant_amount(available: int, shortfall: int) -> int:
     return core + keeps // 2
 
 
+# Rights requests a branch answers per asking branch: GRANTS_PER_MINUTE, up to
+# GRANT_BURST at once. An honest branch asks once per sale whose member's value sits
+# elsewhere (a till sells one every minute or so; a branch of ten tills, ten a
+# minute). A certified liar asked for every member's rights in seconds, 1,500 members'
+# 750,000.00 in 2.5 s through a hub, and then held them where nobody else could spend
+# them (only a branch may lower its own rights), or served them to itself.
+GRANTS_PER_MINUTE = 60
+GRANT_BURST = 120
+
+
+class GrantBudget:
+    """How many rights requests of each asking branch may be answered now (a token
+    bucket per asker, on the ledger's wall clock: the simulator's is its own). What a
+    budget refuses is answered "none", counted per asker for the owner to see."""
+
+    def __init__(self, now_ms: Callable[[], int], per_minute: int = GRANTS_PER_MINUTE,
+                 burst: int = GRANT_BURST) -> None:
+        self.now_ms = now_ms
+        self.per_ms = per_minute / 60_000
+        self.burst = burst
+        self._left: dict[str, tuple[float, int]] = {}  # asker -> (tokens, at ms)
+        self.refused: dict[str, int] = {}  # asker -> requests refused since start
+
+    def _tokens(self, asker: str) -> tuple[float, int]:
+        now = self.now_ms()
+        tokens, at = self._left.get(asker, (float(self.burst), now))
+        # A clock set back adds nothing; set forward, at most a full bucket.
+        return min(float(self.burst), tokens + max(0, now - at) * self.per_ms), now
+
+    def allows(self, asker: str) -> bool:
+        """Whether a request of `asker` would be answered now (nothing taken)."""
+        return self._tokens(asker)[0] >= 1
+
+    def take(self, asker: str) -> bool:
+        """Answer one request of `asker`, if its budget allows; else count it refused."""
+        tokens, now = self._tokens(asker)
+        if tokens < 1:
+            self._left[asker] = (tokens, now)
+            self.refused[asker] = self.refused.get(asker, 0) + 1
+            return False
+        self._left[asker] = (tokens - 1, now)
+        return True
+
+
 def rebalance(
     rights: Mapping[str, int], visits: Mapping[str, int], purse: str = "cash"
 ) -> list[Transfer]:
     """Background moves of rights toward the branches a member visits.
 
-    Target: rights in proportion to visits. A holder only gives surplus above its
+    Target: rights in proportion to `visits`, the weight of each branch (what the
+    member spent there: views.visits). A holder only gives surplus above its
     own target and never gives its last unit: only a debit's shortfall may empty it.
     """
     total = sum(max(0, a) for a in rights.values())

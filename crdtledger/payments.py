@@ -39,6 +39,7 @@ from crdtledger.writerules import COUPON_PREFIX
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
+    from crdtledger.storage import Storage
 
 # The debit's discount and points, remembered: pure functions of a price, a rate and a
 # level's multiplier, which a till's sales repeat all day, and their Decimal
@@ -86,6 +87,11 @@ HANDOVER_REASON = "handover"
 
 class Payments(Merges, Rules):
     """The operations on a member's purses, and the reads of them."""
+
+    def __init__(self, storage: Storage, now_ms: Callable[[], int] | None = None) -> None:
+        super().__init__(storage, now_ms)
+        # Peers' rights requests answered, per asking branch (escrow.GrantBudget).
+        self.grants = escrow.GrantBudget(self.clock.wall)
 
     def _rights(self, member: str, purse: str) -> dict[str, int]:
         return {n: a for n, a in self.storage.conn.execute(
@@ -489,6 +495,8 @@ class Payments(Merges, Rules):
         # transfer is refused, _require_branch). A liar caught forking was granted
         # half of each member's rights, one request each.
         if to in self.storage.log.blocked() or self.retired(to):
+            return None
+        if not self.grants.take(to):
             return None
         # Rights held here for members merged into it are its own: swept first.
         self._sweep(views.member_group(self.storage.conn, member)[1:])

@@ -346,6 +346,12 @@ SYNC = {"type": "object", "required": ["node", "chain", "peers"],
                                   "nodes caught breaking a write rule or forking their "
                                   "log: nothing more they write is applied"},
                        "refused": {"type": "array", "items": STR},
+                       "rights_refused": {
+                           "type": "object", "description":
+                           "branch -> its rights requests answered none since this node "
+                           "started, for asking faster than an honest branch sells "
+                           "(crdtledger.escrow.GrantBudget)",
+                           "additionalProperties": {"type": "integer"}},
                        "closing_differs": {
                            "type": "object", "nullable": True, "description":
                            "the branches that signed another closing of the books of "

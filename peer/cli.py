@@ -704,6 +704,9 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
     for p in data["peers"]:
         if p.get("incompatible"):
             lines.append(f"CANNOT SYNC with {p['node']}: {p['incompatible']}")
+    for node, n in (data.get("rights_refused") or {}).items():
+        lines.append(f"RIGHTS REQUESTS of {node} refused: {n}, for asking faster than a "
+                     "branch sells (members' rights taken this way stay at that branch)")
     clock = peerclock.tell(data["clock"]) if data.get("clock") else None
     if clock:
         lines.append(f"CLOCK: {clock}")

@@ -1155,6 +1155,12 @@ def sync_page() -> None:
                         "No longer taking what {branch} ({node}) writes: {detail}",
                         branch=shop().branch_name(f["node"]), node=f["node"],
                         detail=f["detail"])).classes("text-negative text-sm").mark("fault")
+        for node, n in (status.get("rights_refused") or {}).items():
+            ui.label(tr("{branch}（{node}）索取会员权益过快，已拒绝 {n} 次：请核实该店",
+                        "{branch} ({node}) asked for members' rights faster than a branch "
+                        "sells; refused {n} times: check that branch",
+                        branch=shop().branch_name(node), node=node, n=n)
+                     ).classes("text-negative text-sm").mark("rights-refused")
         for p in status["peers"]:  # another protocol version: one of the two needs upgrading
             if p.get("incompatible"):
                 ui.label(tr("无法与 {branch}（{node}）同步：{detail}",

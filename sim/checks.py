@@ -108,10 +108,8 @@ def replica_state(ledger: Ledger, days: list[str], nodes: list[str], members: li
     return out
 
 
-def projection_matches_documents(ledger: Ledger) -> str | None:
-    """The projections are what the documents hold: every entry key in the ledger
-    documents is a projected entry (none waiting), members and cards likewise, and
-    the rights rows are the sums of the projected entries' deltas."""
+def document_keys(ledger: Ledger) -> tuple[set[str], set[str], set[str]]:
+    """The keys the documents hold: ledger entries, members, cards."""
     in_docs: set[str] = set()
     members: set[str] = set()
     cards: set[str] = set()
@@ -122,6 +120,14 @@ def projection_matches_documents(ledger: Ledger) -> str | None:
         elif name.startswith("members/"):
             members |= set(roots["members"].keys())
             cards |= set(roots["cards"].keys())
+    return in_docs, members, cards
+
+
+def projection_matches_documents(ledger: Ledger) -> str | None:
+    """The projections are what the documents hold: every entry key in the ledger
+    documents is a projected entry (none waiting), members and cards likewise, and
+    the rights rows are the sums of the projected entries' deltas."""
+    in_docs, members, cards = document_keys(ledger)
     projected = set(audit.ids(ledger, "entries"))
     if in_docs != projected:
         return (f"entries in documents but not projected: {sorted(in_docs - projected)[:5]}, "

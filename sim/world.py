@@ -458,6 +458,15 @@ class World:
             self.fail(Violation("lost", f"{node.name} restarted with {count} of its own "
                                         f"entries, {self.acked_by_node.get(node.name, 0)} "
                                         "were acknowledged", node.name))
+        # In its documents too, not only its projection: the documents are what its log
+        # and snapshots rebuild and what it sends (a record kept only in memory until
+        # the next commit left the rows and lost the write, seen only at the end).
+        missing = sorted({e for e, n in self.acked_entries.items() if n == node.name}
+                         - checks.document_keys(node.ledger)[0])
+        if missing:
+            self.fail(Violation("lost", f"{node.name} restarted without {len(missing)} "
+                                        f"acknowledged entries in its documents, e.g. "
+                                        f"{missing[0]}", node.name))
 
     # --- convergence after a heal -------------------------------------------------
 

@@ -25,7 +25,7 @@ from helpers import sync
 from test_funding_order import funded, state
 from test_liar_round2 import World
 
-from crdtledger import views
+from crdtledger import escrow, views
 
 
 @pytest.fixture
@@ -138,3 +138,22 @@ def test_a_refund_to_a_merged_members_survivor_waits_for_its_sale_then_goes(
     assert funded(sh04, sale["id"], back["id"]) == [True, True]
     sync(sh02, sh04)
     assert state(sh02) == state(sh04)
+
+
+def test_fifty_small_debits_draw_no_rights_by_the_rebalancer(w: World) -> None:
+    """The rebalancer moves a member's rights toward where the member shops. Weighed by
+    the number of debits, a liar's fifty debits of 0.01 (of a top-up of its own) drew
+    94% of the member's rights to it, unasked; weighed by what was spent, next to
+    nothing."""
+    w.a.debit(w.a.owner, w.member, amount=10_000)
+    w.a.debit(w.a.owner, w.member, amount=20_000)
+    liar = w.liar.ledger
+    liar.topup(liar.owner, w.member, 100)
+    for _ in range(50):
+        liar.debit(liar.owner, w.member, amount=1)
+    sync(liar, w.a)
+    since = "0"
+    weight = views.visits(w.a, w.member, since)
+    assert weight == {"SH01": 30_000, "SH03": 50}
+    plan = escrow.rebalance(w.a.rights(w.member), weight)
+    assert sum(t.amount for t in plan if t.receiver == "SH03") < 200, plan

@@ -18,6 +18,7 @@ from typing import Any
 import msgpack
 import pytest
 from helpers import (
+    FakeClock,
     Forger,
     Net,
     data_snapshot,
@@ -31,7 +32,7 @@ from helpers import (
 )
 from pycrdt import Doc, Map, merge_updates
 
-from crdtledger import escrow
+from crdtledger import escrow, views
 from crdtledger import log as log_mod
 from crdtledger import sync as sync_mod
 from crdtledger.errors import (
@@ -465,6 +466,41 @@ def test_rights_request_and_grant(a: Ledger, b: Ledger) -> None:
     got = [e for e in events(sb) if isinstance(e, RightsGranted)]
     assert got == [RightsGranted(rid2, "SH01", 0), RightsGranted(rid3, "SH01", 0)]
     net.close()
+
+
+def test_a_branch_asking_for_rights_faster_than_it_sells_is_answered_none(
+        tmp_path: Path) -> None:
+    """A certified liar asked for every member's rights, the whole of each: 1,500
+    members' 750,000.00 went in 2.5 s, to sit where only it may spend them. A giver
+    answers GRANT_BURST requests of a branch at once, then GRANTS_PER_MINUTE; the
+    rest are answered none, counted for the owner (status, sync page)."""
+    clock = FakeClock()
+    a = new_ledger(tmp_path, "SH01", now_ms=clock)
+    b = new_ledger(tmp_path, "SH02", now_ms=clock)
+    try:
+        members = [a.add_member(a.owner, name=f"会员{i}", phone=f"1380000{i:04d}")
+                   for i in range(escrow.GRANT_BURST + 10)]
+        for m in members:
+            a.topup(a.owner, m, 500)
+        net = Net()
+        _sa, sb = net.connect(a, b)
+        for m in members:
+            sb.request_rights(m, "cash", 2**52)
+        net.pump()
+        granted = [e.amount for e in events(sb) if isinstance(e, RightsGranted)]
+        assert granted == [500] * escrow.GRANT_BURST + [0] * 10
+        assert views.trust_status(a)["rights_refused"] == {"SH02": 10}
+        assert sum(a.rights(m).get("SH01", 0) for m in members[-10:]) == 5000
+        clock.ms += 60_000  # a minute later, the next requests are answered again
+        for m in members[-10:]:
+            sb.request_rights(m, "cash", 100)
+        net.pump()
+        assert [e.amount for e in events(sb) if isinstance(e, RightsGranted)] == [
+            100 + 200] * 10  # the shortfall plus half of what the giver keeps
+        net.close()
+    finally:
+        a.close()
+        b.close()
 
 
 def test_local_misuse_is_a_local_error(a: Ledger, b: Ledger) -> None:
