@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -277,3 +278,23 @@ def sqlite_steps(ledger: Ledger, apply: Callable[[], Any]) -> int:
     finally:
         ledger.storage.conn.set_progress_handler(None, 100)
     return count[0]
+
+
+class Held:
+    """A function that, once it has run, holds its caller (a worker thread) until the
+    test lets go: a slow step caught midway, e.g. a password checked off the loop
+    while the test resets it. `ran` is set when it has run; `release()` lets it go."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.ran = threading.Event()
+        self._go = threading.Event()
+
+    def __call__(self, *args: Any) -> Any:
+        out = self.fn(*args)
+        self.ran.set()
+        self._go.wait(10)
+        return out
+
+    def release(self) -> None:
+        self._go.set()

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import threading
 
 import aiohttp
 import pytest
 from app_fixtures import CASHIER, OWNER, CounterApp
-from helpers import snapshot
+from helpers import Held, snapshot
 
-from crdtledger.auth import LoginRecord
 from crdtledger.errors import PermissionDenied
 
 pytestmark = pytest.mark.asyncio
@@ -334,25 +332,17 @@ async def test_a_login_checked_against_a_password_reset_meanwhile_stays_out(
     """The password is checked in a worker thread; a reset committed meanwhile left the
     session keyed to the new password's record, on duty with the old password."""
     app = counter_app
-    checked, go_on = threading.Event(), threading.Event()
     # The module the app runs now (the user fixture may have imported it afresh).
     counter_mod = sys.modules["reference_app.counter"]
-    real = counter_mod.verify_login
-
-    def held(record: LoginRecord, password: str) -> str:
-        out = real(record, password)
-        checked.set()
-        go_on.wait(10)
-        return out
-
+    held = Held(counter_mod.verify_login)
     monkeypatch.setattr(counter_mod, "verify_login", held)
     await app.user.open("/login")
     app.user.find(marker="login-name").type(CASHIER[0])
     app.user.find(marker="login-password").type(CASHIER[1])  # the old (leaked) password
     app.user.find(marker="login").click()
-    assert await asyncio.to_thread(checked.wait, 10)
+    assert await asyncio.to_thread(held.ran.wait, 10)
     app.ledger.set_operator(app.owner_id, app.cashier_id, password="brand-new-secret")
-    go_on.set()
+    held.release()
     await app.user.should_see("密码刚刚被修改")
     await app.user.open("/")
     await app.user.should_see(marker="login-name")

@@ -13,15 +13,13 @@ import asyncio
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
-from helpers import new_ledger, sync
+from helpers import Held, new_ledger, sync
 from test_api import AMY_PW, Api, serving, with_operators
 from test_approver_throttle import PW, Branch, branch, make_node
 
-from crdtledger.auth import LoginRecord
 from crdtledger.errors import PermissionDenied
 from crdtledger.ledger import Ledger
 from peer import api as api_mod
@@ -147,25 +145,18 @@ async def test_a_login_checked_against_the_password_a_reset_replaced_opens_no_se
     commits meanwhile ends the sessions it finds; the login then opened its own after
     it, and a leaked password logged in a loop kept a token for 12 hours. Held here
     between the check and the session until the reset is answered."""
-    checked, go_on = threading.Event(), threading.Event()
-    real = api_mod.verify_login
-
-    def held(record: LoginRecord, password: str) -> str:
-        out = real(record, password)
-        checked.set()
-        go_on.wait(10)
-        return out
+    held = Held(api_mod.verify_login)
 
     async with branch(tmp_path) as b:
         boss, _amy, mid = await setup(b)
         monkeypatch.setattr(api_mod, "verify_login", held)
         leaked = asyncio.create_task(b.api.call(
             "POST", "/login", {"operator": "amy", "password": PW["amy"]}))
-        assert await asyncio.to_thread(checked.wait, 10)
+        assert await asyncio.to_thread(held.ran.wait, 10)
         status, body = await b.api.call("PATCH", f"/operators/{operator_id(b.ledger, 'amy')}",
                                         {"password": "new-secret-1"}, token=boss)
         assert status == 200, body
-        go_on.set()
+        held.release()
         status, body = await leaked
         assert (status, body["error"]) == (401, "login_failed"), body
         assert "changed while it was being checked" in body["message"]
