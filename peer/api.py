@@ -74,6 +74,8 @@ TOKEN_TTL_S = 12 * 3600  # one working day, opening to closing
 # Logins without logouts (a till that logs in per sale) must not grow memory for
 # the 12 hours until their tokens expire: past this many, the oldest are dropped.
 MAX_SESSIONS = 10_000
+# Of one operator (a till that logs in per sale keeps its last 200 working).
+MAX_SESSIONS_PER_OPERATOR = 200
 
 
 class ApiHost(Protocol):
@@ -149,6 +151,11 @@ class Sessions:
     def open(self, operator: str, name: str) -> str:
         now = self._clock()
         for token in [t for t, s in self._by_token.items() if s.expires <= now]:
+            del self._by_token[token]
+        # An operator's own oldest first: one cashier logging in in a loop ended every
+        # other till's session once the node's MAX_SESSIONS were reached.
+        mine = [t for t, s in self._by_token.items() if s.operator == operator]
+        for token in mine[:max(0, len(mine) - MAX_SESSIONS_PER_OPERATOR + 1)]:
             del self._by_token[token]
         while len(self._by_token) >= MAX_SESSIONS:
             del self._by_token[next(iter(self._by_token))]  # the oldest login

@@ -24,6 +24,7 @@ from crdtledger.ledger import Ledger
 from crdtledger.model import BUILTIN_ROLES, PERMISSIONS
 from peer.api import (
     MAX_REQUEST_LINE,
+    MAX_SESSIONS_PER_OPERATOR,
     ROUTES,
     ApiHost,
     IdempotencyKeys,
@@ -185,6 +186,20 @@ def test_logout_and_expiry_end_a_session(tmp_path: Path) -> None:
         assert (status, body["error"]) == (401, "unauthorized")
 
     drive(tmp_path, go, sessions)
+
+
+def test_an_operator_logging_in_in_a_loop_ends_only_its_own_oldest_sessions() -> None:
+    """Past the node's MAX_SESSIONS the oldest login went, whoever's: one cashier's
+    script logging in 10,000 times logged every other till out."""
+    sessions = Sessions()
+    boss = sessions.open("boss-id", "boss")
+    first = sessions.open("amy-id", "amy")
+    for _ in range(MAX_SESSIONS_PER_OPERATOR * 3):
+        last = sessions.open("amy-id", "amy")
+    assert sessions.get(boss) is not None
+    assert sessions.get(first) is None and sessions.get(last) is not None
+    assert sum(s.operator == "amy-id" for s in sessions._by_token.values()) == (
+        MAX_SESSIONS_PER_OPERATOR)
 
 
 # --- permissions ----------------------------------------------------------------
