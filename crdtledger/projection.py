@@ -406,22 +406,26 @@ def _merge_in_ref(entry: Mapping[str, Any]) -> str | None:
     return ref if isinstance(ref, str) else ""
 
 
-def _value(purse: Any) -> str | None:
-    """The stored value a purse holds, as a debit takes it and a refund gives it back:
-    "money" (cash and bonus together: a refund gives back principal first, then bonus),
-    or the package's purse; None for what no refund is measured in (points, goods)."""
-    if purse in ("cash", "bonus"):
-        return "money"
-    return purse if isinstance(purse, str) and purse.startswith("pkg:") else None
+def _values(purse: Any) -> tuple[str, ...]:
+    """The measures of stored value a purse's change counts in, as a debit takes it and
+    a refund gives it back: "money" (cash and bonus together: a refund gives back
+    principal first, then bonus), and "cash" alone (no refund gives back more cash
+    than its sale took: bonus taken and given back as cash became money a branch had
+    collected, charged to another's lot); a package's purse; none for points, goods."""
+    if purse == "cash":
+        return ("money", "cash")
+    if purse == "bonus":
+        return ("money",)
+    return (purse,) if isinstance(purse, str) and purse.startswith("pkg:") else ()
 
 
 def _by_value(entry: Mapping[str, Any], sign: int) -> dict[str, int]:
-    """What `entry` takes (sign -1) or gives (sign +1) of each stored value."""
+    """What `entry` takes (sign -1) or gives (sign +1) of each measure of value."""
     out: dict[str, int] = {}
     for purse, _n, c in entry["deltas"]:
-        v = _value(purse)
-        if v is not None and c * sign > 0:
-            out[v] = out.get(v, 0) + c * sign
+        if c * sign > 0:
+            for v in _values(purse):
+                out[v] = out.get(v, 0) + c * sign
     return out
 
 
@@ -456,9 +460,11 @@ def _backed(conn: sqlite3.Connection, unit: list[dict[str, Any]],
       rights of another member, so it is in another queue: an "in" projected while its
       out waits for ever would raise rights from nothing;
     - a refund by its debit (write rule refund-own: its writer's), of which the
-      refunds projected give back no more of each value than it took. A refund of a
-      debit never made, or one given twice, raised its writer's rights by what nobody
-      paid, and the settlement then served it from other branches' prepaid lots.
+      refunds projected give back no more of each value than it took (cash and bonus
+      together, cash alone, each package's uses). A refund of a debit never made, or
+      one given twice, or bonus given back as cash, raised its writer's rights by
+      what nobody paid, and the settlement then served it from other branches'
+      prepaid lots.
     Either waits until that is so. (A debit or an out, once projected, stays so; a
     refund's room only shrinks as other refunds of its debit are projected, and those
     are its writer's entries of the same member, in the same queue, so taken in its

@@ -565,14 +565,22 @@ def debited_elsewhere_arrived(ledger: Ledger, node: str, limit: int) -> tuple[li
 
 
 def visits(ledger: Ledger, member: str, since_id: str) -> dict[str, int]:
-    """What `member` spent at each branch (its debits' amounts, fen) in entries from
-    `since_id` on (an `id_floor` of a day): where the member shops, which the
-    rebalancer moves rights toward. By value, not by count: a liar's fifty debits of
-    0.01 counted fifty visits against three real ones, and drew 94% of the member's
-    rights to it, unasked."""
-    return {str(n): int(c) for n, c in ledger.storage.conn.execute(
-        "SELECT node, SUM(amount) FROM entries WHERE member = ? AND kind = 'debit' "
-        "AND id >= ? AND amount > 0 GROUP BY node ORDER BY node", (member, since_id))}
+    """What `member` spent of its stored value (cash and bonus its debits took, fen) at
+    each branch in entries from `since_id` on (an `id_floor` of a day): where the
+    member shops, which the rebalancer moves rights toward. By value taken, not by the
+    number of debits nor by what a debit says it cost: a liar's fifty debits of 0.01
+    counted fifty visits against three real ones and drew 94% of the member's rights
+    to it, unasked, and one debit "paid at the till" of 10,000,000.00 (it takes no
+    value, so no rule judges its amount) would have drawn them all."""
+    out: dict[str, int] = {}
+    for node, body in ledger.storage.conn.execute(
+            "SELECT node, body FROM entries WHERE member = ? AND kind = 'debit' AND id >= ? "
+            "ORDER BY node", (member, since_id)):
+        took = -sum(int(c) for p, _n, c in json.loads(body)["deltas"]
+                    if p in ("cash", "bonus") and c < 0)
+        if took > 0:
+            out[str(node)] = out.get(str(node), 0) + took
+    return out
 
 
 def newest_entries(ledger: Ledger, node: str, kind: str, *, member: str | None = None,

@@ -64,6 +64,12 @@ RULES: tuple[WriteRule, ...] = (
     WriteRule("entry-writer", "a ledger entry is keyed by its writer (its id and its node "
                               "name the node whose log carries it)"),
     WriteRule("own-rights", "a ledger entry lowers no rights but its writer's"),
+    WriteRule("record-writer", "a member or a card is created keyed by its writer (its id "
+                               "names the node that minted it, as an entry's does), neither "
+                               "is removed, and a card is never replaced whole (its status "
+                               "grows by events): a card created under the id of a card another "
+                               "branch issued, in another member's document, took that card "
+                               "over at some replicas and not at others"),
     WriteRule("coupon-unit", "a coupon's one unit is created only by the entry that issues "
                              "it (purse cpn:<that entry's id>); every other record, and "
                              "every other entry but a sweep's paired \"in\", moves or "
@@ -254,6 +260,9 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
             return set()
         raise RuleBroken("governance", f"node {node} changed {doc} without the head "
                                        "office's grant")
+    if doc.startswith("members/"):
+        check_member_records(node, doc, added)
+        return set()
     if not doc.startswith("ledger/"):
         return set()
     if other:
@@ -344,6 +353,24 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
             raise RuleBroken("coupon-unit", f"{doc}: node {node} adds {added_units:g} "
                                             f"unit(s) of coupon {purse[len(COUPON_PREFIX):]}")
     return named
+
+
+def check_member_records(node: str, doc: str, added: list[tuple[str, str, Any, Any]]) -> None:
+    """Write rule record-writer, for a member document's records: members and cards
+    are created under ids their writer minted, and never removed; a member is
+    replaced whole only by an erasure (crdtledger.erasure: any branch may erase), a
+    card never."""
+    for root, key, old, new in added:
+        if root not in ("members", "cards"):
+            continue
+        if old is None and new is not None:
+            if not isinstance(key, str) or not key.endswith("." + node):
+                raise RuleBroken("record-writer", f"{doc}: node {node} creates "
+                                                  f"{root[:-1]} {str(key)[:40]} under "
+                                                  "another's id")
+        elif root == "cards" or new is None:
+            raise RuleBroken("record-writer", f"{doc}: node {node} replaces or removes "
+                                              f"{root[:-1]} {str(key)[:40]} whole")
 
 
 def check_merges_paired(node: str, doc: str, merges: dict[Any, dict[str, Any]],

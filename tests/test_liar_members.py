@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import new_ledger, sync
+from helpers import Forger, new_ledger, sync
 from pycrdt import Array, Map
 from test_funding_order import state
 from test_liar_round2 import World
@@ -74,6 +74,30 @@ def test_a_card_filed_outside_its_members_document_pays_nothing(w: World) -> Non
             r.debit(r.owner, card="STEAL1", pin="1234", amount=30_000)
         assert r.balance(w.member)["cash"] == 100_000
     assert state(w.b) == state(w.c)
+
+
+def test_a_card_created_under_another_branchs_card_id_is_refused(w: World) -> None:
+    """Filed in its own member's shard (so the shard check passes) under the id of a
+    card SH01 issued to another member: the card table is keyed by id, so the card
+    taken over depended on which record came last, and replicas differed for good."""
+    other = next(m for m in (w.other, w.third) if member_doc(m) != member_doc(w.member))
+    card = w.a.issue_card(w.a.owner, w.member, "VICTIM01", pin="1111")
+    for r in (w.b, w.c, w.liar.ledger):
+        sync(w.a, r)
+    w.liar = Forger(w.liar.ledger)
+
+    def plant(d: Any) -> None:
+        d.get("cards", type=Map)[card] = Map({
+            "card_no": "STEAL01", "member": other, "type": "stored_value",
+            "pin": hash_secret("1234"), "expiry": "", "node": "SH03",
+            "events": Array([[card, "active", ""]])})
+
+    _to_all(w, w.liar.write(member_doc(other), plant))
+    for r in (w.a, w.b, w.c):
+        assert [f["rule"] for f in r.faults()] == ["record-writer"]
+        assert r.card("VICTIM01")["member"] == w.member
+        with pytest.raises(NotFound):
+            r.card("STEAL01")
 
 
 def test_a_members_copy_in_another_document_changes_nobody(w: World) -> None:

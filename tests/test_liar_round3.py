@@ -157,3 +157,36 @@ def test_fifty_small_debits_draw_no_rights_by_the_rebalancer(w: World) -> None:
     assert weight == {"SH01": 30_000, "SH03": 50}
     plan = escrow.rebalance(w.a.rights(w.member), weight)
     assert sum(t.amount for t in plan if t.receiver == "SH03") < 200, plan
+
+
+def test_bonus_given_back_as_cash_waits(w: World) -> None:
+    """A refund gives back no more cash than its sale took: a sale of bonus refunded
+    as cash (bonus a liar raised by a top-up of none, or a conversion) became cash the
+    settlement served from the lot of the branch the member really paid."""
+    bonus = w.entry("topup", w.member, [["bonus", "SH03", 100_000]], amount=0)
+    sale = w.entry("debit", w.member, [["bonus", "SH03", -100_000]], amount=100_000)
+    back = w.entry("refund", w.member, [["cash", "SH03", 100_000]], amount=100_000,
+                   ref=sale["id"])
+    spend = w.entry("debit", w.member, [["cash", "SH03", -100_000]], amount=100_000)
+    recs = [w.write(bonus), w.write(sale), w.write(back), w.write(spend)]
+    for rec in recs:
+        w.b.apply_batch(w.liar.batch([rec]))
+    w.c.apply_batch(w.liar.batch(recs))
+    for r in (w.b, w.c):
+        assert funded(r, bonus["id"], sale["id"], back["id"], spend["id"]) == [
+            True, True, False, False]
+        assert r.balance(w.member)["cash"] == 100_000
+    assert state(w.b) == state(w.c)
+    _settled(w)
+
+
+def test_a_sale_paid_at_the_till_draws_no_rights_by_the_rebalancer(w: World) -> None:
+    """A debit paid at the till takes no stored value, so nothing judges its amount: one
+    of 10,000,000.00 weighed by its amount drew all the member's rights to its writer."""
+    w.a.debit(w.a.owner, w.member, amount=30_000)
+    till = w.entry("debit", w.member, [], amount=1_000_000_000, pay="cash")
+    w.a.apply_batch(w.liar.batch([w.write(till)]))
+    assert funded(w.a, till["id"]) == [True]
+    weight = views.visits(w.a, w.member, "0")
+    assert weight == {"SH01": 30_000}
+    assert escrow.rebalance(w.a.rights(w.member), weight) == []
