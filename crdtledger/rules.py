@@ -219,8 +219,9 @@ _BASE64 = re.compile(r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]
 
 
 def _check_rule(kind: str, body: Any) -> None:
-    """Enough shape checking that a bad rule cannot break operations at other nodes."""
-    _check_values(body)
+    """Enough shape checking that a bad rule cannot break operations at other nodes.
+    The kind's own checks first (their sentences name the setting), then what any rule
+    may hold (_check_values)."""
     try:
         if kind == "services":
             _require(isinstance(body, dict) and bool(body), "services are a non-empty map")
@@ -338,6 +339,7 @@ def _check_rule(kind: str, body: Any) -> None:
         _malformed(kind, "a value is not of the kind or form the rule takes")
     except LedgerError as e:  # ours, and already a sentence
         _malformed(kind, str(e))
+    _check_values(body)
 
 
 def _malformed(kind: str, why: str) -> NoReturn:
