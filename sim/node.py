@@ -184,8 +184,14 @@ class SimNode:
             self.run(self.core.dial_failed(peer, self.now_s()))
 
     def receive(self, conn: Connection, frames: list[bytes]) -> None:
-        if self.core is not None and conn.id in self.conns:
-            self.run(self.core.receive(conn.id, frames, self.now_s()))
+        """The frames that arrived at one instant, one `core.receive` each, as the node
+        takes them (peer.node: one websocket message per call). Handed over together,
+        consecutive `recs` frames were applied as one batch, a path the node never
+        takes (a bug of grants matched to transfers was found only in that path)."""
+        for frame in frames:
+            if self.core is None or conn.id not in self.conns:
+                return  # the link failed on an earlier frame, or the node crashed
+            self.run(self.core.receive(conn.id, [frame], self.now_s()))
 
     def detach(self, conn: Connection) -> None:
         if self.conns.pop(conn.id, None) is not None and self.core is not None:
