@@ -26,7 +26,7 @@ from datetime import date, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from crdtledger import bookings
+from crdtledger import bookings, operations
 from crdtledger.ledger import Ledger
 from crdtledger.views import packages, points
 from sim.engine import DAY, HOUR, MINUTE, SECOND
@@ -181,6 +181,14 @@ class Workload:
             return  # registration not acknowledged (crashed home): they come back later
         self._customer(b, m)
 
+    @staticmethod
+    def _run(name: str, **params: Any) -> Any:
+        """An operation of the table (crdtledger.operations), as the HTTP API, the
+        command line and the counter run it: its schema, its permission, then the
+        ledger. A parameter None is left out, as the counter leaves it out."""
+        given = {k: v for k, v in params.items() if v is not None}
+        return lambda lg: operations.run(lg, lg.owner, name, given)
+
     def _customer(self, b: Branch, m: Member) -> None:
         rng = self.rng
         node = self.world.nodes[b.index]
@@ -190,45 +198,45 @@ class Workload:
         r = rng.random()
         svc = m.service if rng.random() < 0.8 else rng.choice(SERVICES)
         if r < 0.55:
-            self._debit(b, m, "debit.service", lambda lg: lg.debit(
-                lg.owner, card=m.card_no, service=svc), PRICES[svc])
+            self._debit(b, m, "debit.service", self._run(
+                "debit", card=m.card_no, service=svc), PRICES[svc])
         elif r < 0.60:
             amount = rng.choice((1500, 2800, 5000, 8800, 12000))
-            self._debit(b, m, "debit.amount", lambda lg: lg.debit(
-                lg.owner, card=m.card_no, amount=amount), amount)
+            self._debit(b, m, "debit.amount", self._run(
+                "debit", card=m.card_no, amount=amount), amount)
         elif r < 0.63:
-            self._op(b, "debit.cash", lambda lg: lg.debit(lg.owner, mid, service=svc,
-                                                          pay="cash"))
+            self._op(b, "debit.cash", self._run("debit", member=mid, service=svc, pay="cash"))
         elif r < 0.68:
             pkg = next((p for p in packages(ledger, mid) if p["remaining"] > 0), None)
             if pkg is None:
-                self._debit(b, m, "debit.service", lambda lg: lg.debit(
-                    lg.owner, card=m.card_no, service=svc), PRICES[svc])
+                self._debit(b, m, "debit.service", self._run(
+                    "debit", card=m.card_no, service=svc), PRICES[svc])
             else:
-                self._op(b, "debit.package", lambda lg: lg.debit(
-                    lg.owner, mid, service=pkg["service"], pay="package", package=pkg["id"]))
+                self._op(b, "debit.package", self._run(
+                    "debit", member=mid, service=pkg["service"], pay="package",
+                    package=pkg["id"]))
         elif r < 0.80:
             amount = rng.choice(TOPUPS)
-            self._op(b, "topup", lambda lg: lg.topup(lg.owner, mid, amount))
+            self._op(b, "topup", self._run("topup", member=mid, amount=amount))
         elif r < 0.83:
             stored = rng.random() < 0.3 and self._spendable(ledger, mid) >= 100000
             pay = "stored" if stored else "cash"
-            self._op(b, "package", lambda lg: lg.sell_package(lg.owner, mid, "FOOT60", 10,
-                                                               100000, pay=pay))
+            self._op(b, "package", self._run("package.sell", member=mid, service="FOOT60",
+                                             uses=10, price=100000, pay=pay))
         elif r < 0.85 and b.debits:
             debit_id = rng.choice(list(b.debits))
             part = rng.choice((None, 1000))
             # A goods sale is refunded by units (all of it: its unit back on the shelf).
-            self._op(b, "refund", lambda lg: lg.refund(
-                lg.owner, debit_id, None if "goods" in lg.entry(debit_id) else part,
-                reason="customer complaint"))
+            self._op(b, "refund", lambda lg: operations.run(lg, lg.owner, "refund", {
+                "debit_id": debit_id, "reason": "customer complaint",
+                **({} if part is None or "goods" in lg.entry(debit_id) else {"amount": part})}))
         elif r < 0.87:
             if points(ledger, mid)["total"] >= 1000:
-                self._op(b, "redeem", lambda lg: lg.redeem_points(lg.owner, mid, 1000,
-                                                                  "毛巾"))
+                self._op(b, "redeem", self._run("points.redeem", member=mid, points=1000,
+                                                gift="毛巾"))
         elif r < 0.88:
             if points(ledger, mid)["total"] >= 500:
-                self._op(b, "convert", lambda lg: lg.convert_points(lg.owner, mid, 500))
+                self._op(b, "convert", self._run("points.convert", member=mid, points=500))
         elif r < 0.90:
             strength = rng.choice(("轻", "中", "重"))
             self._op(b, "edit", lambda lg: lg.edit_member(lg.owner, mid,
@@ -236,7 +244,7 @@ class Workload:
         elif r < 0.905:
             self._lose_card(b, m)
         elif r < 0.91:
-            self._op(b, "expire", lambda lg: lg.expire_points(lg.owner, mid))
+            self._op(b, "expire", self._run("points.expire", member=mid))
         elif r < 0.93:
             self._goods(b, m)
         elif r < 0.945:
@@ -328,7 +336,7 @@ class Workload:
             if isinstance(outcome, dict) and self._budget():
                 self._op(b, label, op, debit=True)
 
-        self._op(b, "topup", lambda lg: lg.topup(lg.owner, mid, amount), then=then)
+        self._op(b, "topup", self._run("topup", member=mid, amount=amount), then=then)
 
     def _op(self, b: Branch, label: str, op: Any, *, debit: bool = False,
             then: Any = None) -> None:
