@@ -613,7 +613,7 @@ class NodeCore:
         self._out.append(Done(op.id, result, error, waited))
 
     def _ask(self, fetch: escrow.RightsFetch, waiter: tuple[Kind, Any], *,
-             forwarded: bool) -> _Wait:
+             forwarded: bool, asker: str | None = None) -> _Wait:
         wait = _Wait(fetch)
         member = fetch.member
         for ask in fetch.asks:
@@ -622,7 +622,7 @@ class NodeCore:
                 if lk is None or member is None:  # `possible` rules out the second
                     raise LocalProtocolError(f"no connection to {ask.giver}")
                 rid = lk.session.request_rights(member, fetch.purse, ask.amount,
-                                                forwarded=forwarded)
+                                                forwarded=forwarded, asker=asker)
             except LocalProtocolError:  # gone since `connected()`
                 fetch.lost(ask.giver)
                 continue
@@ -684,7 +684,7 @@ class NodeCore:
             return
         self._decide(f"relay {req.node}'s request for {req.amount} {req.purse} "
                      f"of {req.member}")
-        relay.wait = self._ask(fetch, ("relay", relay), forwarded=True)
+        relay.wait = self._ask(fetch, ("relay", relay), forwarded=True, asker=req.node)
         self._relays[(lk.id, req.request)] = relay
         if fetch.done:
             self._answer(relay)

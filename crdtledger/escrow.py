@@ -93,6 +93,13 @@ def grant_amount(available: int, shortfall: int) -> int:
 # them (only a branch may lower its own rights), or served them to itself.
 GRANTS_PER_MINUTE = 60
 GRANT_BURST = 120
+# A hub relays for the shops behind it (a request marked `fwd`, naming its asker): each
+# of those has the budget above at the giver, and the hub all of them together this
+# many times it. One liar behind a hub no longer spends the budget of every honest shop
+# relaying through it; a lying hub naming made-up askers gets this many, no more.
+RELAY_FACTOR = 10
+# Askers remembered at most (least recently used dropped): made-up names cannot grow it.
+BUDGET_KEYS = 10_000
 
 
 class GrantBudget:
@@ -105,28 +112,42 @@ class GrantBudget:
         self.now_ms = now_ms
         self.per_ms = per_minute / 60_000
         self.burst = burst
-        self._left: dict[str, tuple[float, int]] = {}  # asker -> (tokens, at ms)
+        self._left: dict[str, tuple[float, int]] = {}  # key -> (tokens, at ms)
         self.refused: dict[str, int] = {}  # asker -> requests refused since start
 
-    def _tokens(self, asker: str) -> tuple[float, int]:
+    def _tokens(self, key: str, scale: int) -> tuple[float, int]:
         now = self.now_ms()
-        tokens, at = self._left.get(asker, (float(self.burst), now))
+        full = float(self.burst * scale)
+        tokens, at = self._left.get(key, (full, now))
         # A clock set back adds nothing; set forward, at most a full bucket.
-        return min(float(self.burst), tokens + max(0, now - at) * self.per_ms), now
+        return min(full, tokens + max(0, now - at) * self.per_ms * scale), now
 
-    def allows(self, asker: str) -> bool:
-        """Whether a request of `asker` would be answered now (nothing taken)."""
-        return self._tokens(asker)[0] >= 1
+    @staticmethod
+    def _keys(asker: str, via: str | None) -> list[tuple[str, int]]:
+        return [(asker, 1)] if via is None else [(f"{via}>{asker}", 1),
+                                                 (f"{via}>*", RELAY_FACTOR)]
 
-    def take(self, asker: str) -> bool:
-        """Answer one request of `asker`, if its budget allows; else count it refused."""
-        tokens, now = self._tokens(asker)
-        if tokens < 1:
-            self._left[asker] = (tokens, now)
-            self.refused[asker] = self.refused.get(asker, 0) + 1
-            return False
-        self._left[asker] = (tokens - 1, now)
-        return True
+    def allows(self, asker: str, via: str | None = None) -> bool:
+        """Whether a request of `asker` (relayed by `via`) would be answered now
+        (nothing taken)."""
+        return all(self._tokens(k, s)[0] >= 1 for k, s in self._keys(asker, via))
+
+    def take(self, asker: str, via: str | None = None) -> bool:
+        """Answer one request of `asker` (relayed by `via`), if its budgets allow; else
+        count it refused."""
+        held = [(k, *self._tokens(k, s)) for k, s in self._keys(asker, via)]
+        ok = all(tokens >= 1 for _k, tokens, _now in held)
+        for key, tokens, now in held:
+            self._left.pop(key, None)  # to the end: the most recently used
+            self._left[key] = (tokens - 1 if ok else tokens, now)
+        while len(self._left) > BUDGET_KEYS:
+            del self._left[next(iter(self._left))]
+        if not ok:
+            name = asker if via is None else f"{asker} via {via}"
+            self.refused[name] = self.refused.get(name, 0) + 1
+            while len(self.refused) > BUDGET_KEYS:
+                del self.refused[next(iter(self.refused))]
+        return ok
 
 
 def rebalance(

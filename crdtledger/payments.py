@@ -482,9 +482,11 @@ class Payments(Merges, Rules):
             + ": a branch becomes known when the owner adds it to the rule branches, "
             "or once it has synced with this branch")
 
-    def grant_rights(self, member: str, purse: str, to: str, shortfall: int
-                     ) -> dict[str, Any] | None:
-        """Answer a peer's request for rights (see escrow.grant_amount); None if none."""
+    def grant_rights(self, member: str, purse: str, to: str, shortfall: int, *,
+                     asker: str | None = None) -> dict[str, Any] | None:
+        """Answer a peer's request for rights (see escrow.grant_amount); None if none.
+        `asker`: the branch a relayed request is for (`to` relays it), whose budget
+        it counts against, with `to`'s relays together (escrow.GrantBudget)."""
         if not PURSE.match(purse) or not ID.match(member):
             raise RemoteProtocolError("bad rights request")
         if purse in GOODS_PURSES:  # units move by shipping them (crdtledger.goods)
@@ -496,7 +498,7 @@ class Payments(Merges, Rules):
         # half of each member's rights, one request each.
         if to in self.storage.log.blocked() or self.retired(to):
             return None
-        if not self.grants.take(to):
+        if not self.grants.take(asker or to, None if asker is None or asker == to else to):
             return None
         # Rights held here for members merged into it are its own: swept first.
         self._sweep(views.member_group(self.storage.conn, member)[1:])

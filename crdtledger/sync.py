@@ -23,7 +23,8 @@ Conversation (every message: msgpack map with protocol version ``v`` and type ``
                                           side's signed head of a fork caught; `more`:
                                           a slice of a long answer, kept until its
                                           last slice
-    rreq    {id, member, purse, amount, fwd?}  "I am short of rights on this purse"
+    rreq    {id, member, purse, amount, fwd?, for?}  "I am short of rights on this purse"
+                                        (fwd: relayed for the branch `for` names)
     rrep    {id, granted}                 the transfer's record was sent before
 
 `tip` is the first 8 bytes of the hash of the last record held of that log: two
@@ -354,9 +355,10 @@ class SyncSession:
         self._send_hello()
 
     def request_rights(self, member: str, purse: str, amount: int, *,
-                       forwarded: bool = False) -> int:
+                       forwarded: bool = False, asker: str | None = None) -> int:
         """Ask the peer for `amount` of rights on a purse; answered by RightsGranted.
-        `forwarded`: asked on behalf of another peer; the peer must not relay it."""
+        `forwarded`: asked on behalf of another peer (`asker`, whose budget the giver
+        counts it against: escrow.GrantBudget); the peer must not relay it."""
         self._require_open()
         if self.peer is None:
             raise LocalProtocolError("peer has not said hello yet")
@@ -372,7 +374,8 @@ class SyncSession:
         self._next_request += 1
         self._open_requests[rid] = (member, purse, amount)
         self._queue({"t": "rreq", "id": rid, "member": member, "purse": purse, "amount": amount,
-                     **({"fwd": True} if forwarded else {})})
+                     **({"fwd": True} if forwarded else {}),
+                     **({"for": asker} if forwarded and asker else {})})
         return rid
 
     def answer_rights(self, request: int) -> None:
@@ -722,6 +725,10 @@ class SyncSession:
         amount = _get(msg, "amount", int)
         if not ID.match(member) or not PURSE.match(purse) or not 0 < amount < 2**53:
             raise RemoteProtocolError("malformed rights request")
+        asker = msg.get("for")  # optional: a relayed request names whom it is for
+        if asker is not None and (not msg.get("fwd") or not isinstance(asker, str)
+                                  or not NODE_ID.match(asker)):
+            raise RemoteProtocolError("malformed rights request: field 'for'")
         peer = self._peer()
         if rid in self._answered:
             self._queue({"t": "rrep", "id": rid, "granted": self._answered[rid]})
@@ -734,13 +741,14 @@ class SyncSession:
             self._relaying[rid] = (member, purse, amount)
             self._events.append(RightsRequested(rid, peer, member, purse, amount))
             return
-        self._grant(rid, member, purse, amount)
+        self._grant(rid, member, purse, amount, asker)
 
-    def _grant(self, rid: int, member: str, purse: str, amount: int) -> None:
+    def _grant(self, rid: int, member: str, purse: str, amount: int,
+               asker: str | None = None) -> None:
         peer = self._peer()
         granted = 0
         try:
-            entry = self.ledger.grant_rights(member, purse, peer, amount)
+            entry = self.ledger.grant_rights(member, purse, peer, amount, asker=asker)
             granted = int(entry["amount"]) if entry else 0
         except LedgerError:
             granted = 0  # unknown member here, or nothing to spare: answer "none"

@@ -13,6 +13,7 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import example, given, settings
 
+from crdtledger import escrow
 from crdtledger.errors import InsufficientFunds, RightsElsewhere
 from crdtledger.escrow import (
     RightsFetch,
@@ -250,3 +251,22 @@ def test_a_fetch_asks_a_relay_for_what_reachable_holders_cannot_cover() -> None:
     direct = RightsFetch(refusal, "HZ01", ["SH01", "HQ01"])
     assert [(t.giver, t.amount) for t in direct.asks] == [("SH01", 3000)]
     assert not RightsFetch(refusal, "HZ01", []).possible
+
+
+def test_a_relayed_askers_budget_is_its_own_and_its_hubs_is_ten_of_them() -> None:
+    """A hub relays for the shops behind it: one liar behind it spent the budget every
+    honest shop relaying through it had at the giver. Each asker a hub names has its
+    own budget there, and the hub all of them together RELAY_FACTOR times one."""
+    now = [0]
+    budget = escrow.GrantBudget(lambda: now[0])
+    took = sum(budget.take("SH09", via="HUB") for _ in range(escrow.GRANT_BURST * 2))
+    assert took == escrow.GRANT_BURST
+    assert budget.take("SH05", via="HUB"), "an honest shop behind the same hub"
+    assert budget.refused == {"SH09 via HUB": escrow.GRANT_BURST}
+    # A lying hub naming made-up askers gets RELAY_FACTOR budgets, no more.
+    made_up = sum(budget.take(f"X{i:05d}", via="HUB") for i in range(5_000))
+    assert made_up + took + 1 == escrow.GRANT_BURST * escrow.RELAY_FACTOR
+    assert budget.take("HUB"), "its own requests are its own budget"
+    now[0] += 60_000  # a minute: a minute's worth back for each
+    assert sum(budget.take("SH09", via="HUB") for _ in range(100)) == (
+        escrow.GRANTS_PER_MINUTE)

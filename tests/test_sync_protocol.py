@@ -644,6 +644,11 @@ def _state(logs: Any) -> bytes:
           "amount": 2**53}),
     pack({"t": "rreq", "id": True, "member": "0000000000000.SH01", "purse": "cash",
           "amount": 1}),
+    # Whom a relayed request is for: only on a relayed one, and a node id.
+    pack({"t": "rreq", "id": 1, "member": "0000000000000.SH01", "purse": "cash",
+          "amount": 1, "for": "SH09"}),
+    pack({"t": "rreq", "id": 1, "member": "0000000000000.SH01", "purse": "cash",
+          "amount": 1, "fwd": True, "for": ["SH09"]}),
 ])
 def test_malformed_frames_change_nothing(greeted, frame: bytes) -> None:
     a, s, m = greeted
