@@ -64,10 +64,10 @@ RULES: tuple[WriteRule, ...] = (
     WriteRule("entry-writer", "a ledger entry is keyed by its writer (its id and its node "
                               "name the node whose log carries it)"),
     WriteRule("own-rights", "a ledger entry lowers no rights but its writer's"),
-    WriteRule("record-writer", "a member or a card is created keyed by its writer (its id "
-                               "names the node that minted it, as an entry's does), neither "
-                               "is removed, and a card is never replaced whole (its status "
-                               "grows by events): a card created under the id of a card another "
+    WriteRule("record-writer", "a card is created keyed by its writer (its id names the "
+                               "node that minted it, as an entry's does), and never "
+                               "replaced or removed whole (its status grows by events): a "
+                               "card created under the id of a card another "
                                "branch issued, in another member's document, took that card "
                                "over at some replicas and not at others"),
     WriteRule("coupon-unit", "a coupon's one unit is created only by the entry that issues "
@@ -356,21 +356,21 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
 
 
 def check_member_records(node: str, doc: str, added: list[tuple[str, str, Any, Any]]) -> None:
-    """Write rule record-writer, for a member document's records: members and cards
-    are created under ids their writer minted, and never removed; a member is
-    replaced whole only by an erasure (crdtledger.erasure: any branch may erase), a
-    card never."""
+    """Write rule record-writer, for a member document's cards: a card key set by a
+    record is its writer's, created once. Judged alike at every replica: a writer's
+    records arrive in its log's order, so a card it created is there when it sets the
+    key again, and one of another node it sets is refused whether or not the replica
+    holds it yet. (Not members: an erasure replaces a member's Map, and a replica that
+    has not yet the member sees it created by whoever erased it.)"""
     for root, key, old, new in added:
-        if root not in ("members", "cards"):
+        if root != "cards":
             continue
-        if old is None and new is not None:
-            if not isinstance(key, str) or not key.endswith("." + node):
-                raise RuleBroken("record-writer", f"{doc}: node {node} creates "
-                                                  f"{root[:-1]} {str(key)[:40]} under "
-                                                  "another's id")
-        elif root == "cards" or new is None:
+        if old is not None or new is None:
             raise RuleBroken("record-writer", f"{doc}: node {node} replaces or removes "
-                                              f"{root[:-1]} {str(key)[:40]} whole")
+                                              f"card {str(key)[:40]} whole")
+        if not isinstance(key, str) or not key.endswith("." + node):
+            raise RuleBroken("record-writer", f"{doc}: node {node} creates card "
+                                              f"{str(key)[:40]} under another's id")
 
 
 def check_merges_paired(node: str, doc: str, merges: dict[Any, dict[str, Any]],
