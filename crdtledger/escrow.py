@@ -105,41 +105,53 @@ BUDGET_KEYS = 10_000
 class GrantBudget:
     """How many rights requests of each asking branch may be answered now (a token
     bucket per asker, on the ledger's wall clock: the simulator's is its own). What a
-    budget refuses is answered "none", counted per asker for the owner to see."""
+    budget refuses is answered "none", counted per asker for the owner to see.
+
+    Whole numbers only: a request costs a minute's worth of milliseconds
+    (`_REQUEST`), and each millisecond gives back `per_minute` units, so a bucket
+    refills `per_minute` requests a minute, exactly."""
+
+    _REQUEST = 60_000  # units one request costs: a minute in ms
 
     def __init__(self, now_ms: Callable[[], int], per_minute: int = GRANTS_PER_MINUTE,
                  burst: int = GRANT_BURST) -> None:
         self.now_ms = now_ms
-        self.per_ms = per_minute / 60_000
+        self.per_minute = per_minute
         self.burst = burst
-        self._left: dict[str, tuple[float, int]] = {}  # key -> (tokens, at ms)
+        self._left: dict[str, tuple[int, int]] = {}  # key -> (units, at ms)
         self.refused: dict[str, int] = {}  # asker -> requests refused since start
-
-    def _tokens(self, key: str, scale: int) -> tuple[float, int]:
-        now = self.now_ms()
-        full = float(self.burst * scale)
-        tokens, at = self._left.get(key, (full, now))
-        # A clock set back adds nothing; set forward, at most a full bucket.
-        return min(full, tokens + max(0, now - at) * self.per_ms * scale), now
 
     @staticmethod
     def _keys(asker: str, via: str | None) -> list[tuple[str, int]]:
         return [(asker, 1)] if via is None else [(f"{via}>{asker}", 1),
                                                  (f"{via}>*", RELAY_FACTOR)]
 
+    def _buckets(self, asker: str, via: str | None) -> list[tuple[str, int]]:
+        """Each budget a request of `asker` (relayed by `via`) counts against, with
+        the units it holds now. A clock set back adds nothing; set forward, at most a
+        full bucket."""
+        now = self.now_ms()
+        out = []
+        for key, scale in self._keys(asker, via):
+            full = self.burst * scale * self._REQUEST
+            units, at = self._left.get(key, (full, now))
+            out.append((key, min(full, units + max(0, now - at) * self.per_minute * scale)))
+        return out
+
     def allows(self, asker: str, via: str | None = None) -> bool:
         """Whether a request of `asker` (relayed by `via`) would be answered now
         (nothing taken)."""
-        return all(self._tokens(k, s)[0] >= 1 for k, s in self._keys(asker, via))
+        return all(units >= self._REQUEST for _k, units in self._buckets(asker, via))
 
     def take(self, asker: str, via: str | None = None) -> bool:
         """Answer one request of `asker` (relayed by `via`), if its budgets allow; else
         count it refused."""
-        held = [(k, *self._tokens(k, s)) for k, s in self._keys(asker, via)]
-        ok = all(tokens >= 1 for _k, tokens, _now in held)
-        for key, tokens, now in held:
+        now = self.now_ms()
+        held = self._buckets(asker, via)
+        ok = all(units >= self._REQUEST for _k, units in held)
+        for key, units in held:
             self._left.pop(key, None)  # to the end: the most recently used
-            self._left[key] = (tokens - 1 if ok else tokens, now)
+            self._left[key] = (units - self._REQUEST if ok else units, now)
         while len(self._left) > BUDGET_KEYS:
             del self._left[next(iter(self._left))]
         if not ok:

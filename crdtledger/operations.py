@@ -876,7 +876,7 @@ def topup(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     amount = required_amount(p, "amount", "yuan")
     # Ledger.topup wants the member; it checks the card (status, PIN) against it.
     member = p["member"] if "member" in p else str(ledger.card(p["card"])["member"])
-    return ledger.topup(operator, member, amount, card=p.get("card"), pin=p.get("pin"),
+    return ledger.topup(operator, member, amount, **_card(p),
                         approver=approver_of(p), pay=p.get("pay"))
 
 
@@ -901,7 +901,7 @@ def topup(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
 def debit(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return ledger.debit(operator, p.get("member"), amount=amount_of(p, "amount", "yuan"),
                         service=p.get("service"), qty=p["qty"], pay=p["pay"],
-                        package=p.get("package"), card=p.get("card"), pin=p.get("pin"),
+                        package=p.get("package"), **_card(p),
                         coupon=p.get("coupon"))
 
 
@@ -1397,7 +1397,7 @@ def stock_list(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]
            else _done(_sold)(ledger, e, p))
 def sell(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return ledger.sell_goods(operator, p["goods"], p["qty"], member=p.get("member"),
-                             pay=p.get("pay"), card=p.get("card"), pin=p.get("pin"),
+                             pay=p.get("pay"), **_card(p),
                              coupon=p.get("coupon"))
 
 
@@ -1660,8 +1660,7 @@ def referral_grant(ledger: Ledger, operator: str, p: Params) -> list[dict[str, A
            show=_done(lambda e, _p: f"checked in at {e['activity']}"
                       + (f": +{e['points']} points" if e.get("points") else "")))
 def checkin(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
-    return ledger.checkin(operator, p["activity"], p.get("member"), card=p.get("card"),
-                          pin=p.get("pin"))
+    return ledger.checkin(operator, p["activity"], p.get("member"), **_card(p))
 
 
 @operation("activity.set", "Set a check-in activity (head office): its window in local "

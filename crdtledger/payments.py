@@ -498,7 +498,8 @@ class Payments(Merges, Rules):
         # half of each member's rights, one request each.
         if to in self.storage.log.blocked() or self.retired(to):
             return None
-        if not self.grants.take(asker or to, None if asker is None or asker == to else to):
+        if not (self.grants.take(asker, via=to) if asker is not None and asker != to
+                else self.grants.take(to)):
             return None
         # Rights held here for members merged into it are its own: swept first.
         self._sweep(views.member_group(self.storage.conn, member)[1:])

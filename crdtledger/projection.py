@@ -419,9 +419,11 @@ def _values(purse: Any) -> tuple[str, ...]:
     return (purse,) if isinstance(purse, str) and purse.startswith("pkg:") else ()
 
 
-def _by_value(entry: Mapping[str, Any], sign: int) -> dict[str, int]:
-    """What `entry` takes (sign -1) or gives (sign +1) of each measure of value."""
-    out: dict[str, int] = {}
+def _by_value(entry: Mapping[str, Any], sign: int,
+              into: dict[str, int] | None = None) -> dict[str, int]:
+    """What `entry` takes (sign -1) or gives (sign +1) of each measure of value, added
+    to `into` if given (a debit's refunds summed)."""
+    out: dict[str, int] = {} if into is None else into
     for purse, _n, c in entry["deltas"]:
         if c * sign > 0:
             for v in _values(purse):
@@ -444,9 +446,7 @@ class Backing:
             if e["kind"] == "debit":
                 self.debits[e["id"]] = e
             elif e["kind"] == "refund" and isinstance(e.get("ref"), str):
-                given = self.given.setdefault(e["ref"], {})
-                for v, n in _by_value(e, +1).items():
-                    given[v] = given.get(v, 0) + n
+                _by_value(e, +1, self.given.setdefault(e["ref"], {}))
 
 
 _NO_BACKING = Backing()
@@ -493,15 +493,15 @@ def _backed(conn: sqlite3.Connection, unit: list[dict[str, Any]],
                 debit = json.loads(row[0])
             if debit["node"] != e["node"]:
                 return False
+            # What its refunds gave back already: projected before, earlier in this
+            # batch, and earlier in this unit.
             given = dict(batch.given.get(ref, {}))
             for (body,) in conn.execute("SELECT body FROM entries WHERE ref = ? AND "
                                         "kind = 'refund'", (ref,)):
-                for v, n in _by_value(json.loads(body), +1).items():
-                    given[v] = given.get(v, 0) + n
+                _by_value(json.loads(body), +1, given)
             for x in unit[:i]:
                 if x["kind"] == "refund" and x.get("ref") == ref:
-                    for v, n in _by_value(x, +1).items():
-                        given[v] = given.get(v, 0) + n
+                    _by_value(x, +1, given)
             took = _by_value(debit, -1)
             if any(given.get(v, 0) + n > took.get(v, 0) for v, n in gives.items()):
                 return False
@@ -743,11 +743,10 @@ def record_change(conn: sqlite3.Connection, doc: str, root: str, key: str, value
     """Rewrite the projection row of one member, card, rule, operator or role."""
     try:
         data = _as_plain(value)
+        if not isinstance(data, dict) or not isinstance(key, str) or len(key) > 64:
+            raise InvalidRecord("not a map")
     except InvalidRecord as e:
-        data = str(e)
-    if not isinstance(data, dict) or not isinstance(key, str) or len(key) > 64:
-        conn.execute("INSERT OR REPLACE INTO quarantine VALUES (?,?,?)",
-                     (doc, key, data if isinstance(data, str) else "not a map"))
+        conn.execute("INSERT OR REPLACE INTO quarantine VALUES (?,?,?)", (doc, key, str(e)))
         return
     try:
         if root == "members":

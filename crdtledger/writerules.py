@@ -261,7 +261,7 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
         raise RuleBroken("governance", f"node {node} changed {doc} without the head "
                                        "office's grant")
     if doc.startswith("members/"):
-        check_member_records(node, doc, added)
+        check_card_records(node, doc, added)
         return set()
     if not doc.startswith("ledger/"):
         return set()
@@ -355,8 +355,8 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
     return named
 
 
-def check_member_records(node: str, doc: str, added: list[tuple[str, str, Any, Any]]) -> None:
-    """Write rule record-writer, for a member document's cards: a card key set by a
+def check_card_records(node: str, doc: str, added: list[tuple[str, str, Any, Any]]) -> None:
+    """Write rule record-writer, for a member document's records: a card key set by a
     record is its writer's, created once. Judged alike at every replica: a writer's
     records arrive in its log's order, so a card it created is there when it sets the
     key again, and one of another node it sets is refused whether or not the replica
