@@ -1005,8 +1005,8 @@ def points_convert(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
            show=lambda _ledger, entries, _p: f"{sum(e['points'] for e in entries)} expired "
            f"points written off for {len({e['member'] for e in entries})} member(s)")
 def points_expire(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]:
-    if "member" in p:
-        return ledger.expire_points(operator, p["member"])
+    if "member" in p:  # one nobody knows is refused, not answered "nothing due"
+        return ledger.expire_points(operator, member_of(ledger, p))
     return ledger.expire_due_points(operator)
 
 

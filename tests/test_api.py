@@ -564,6 +564,9 @@ def test_malformed_requests_are_refused_as_json_and_change_nothing(tmp_path: Pat
             ("PATCH", f"/members/{mid}", '{"level": "../../etc/passwd"}', as_json, 400,
              "invalid_input"),
             ("GET", "/members/not-an-id", "", {}, 400, "invalid_input"),
+            # A member nobody knows, well formed: refused, not "nothing was due".
+            ("POST", "/points/expire", '{"member": "01J5Q8ZK3T7XM.SH01"}', as_json, 404,
+             "not_found"),
             ("GET", "/nowhere", "", {}, 404, "not_found"),
             ("DELETE", f"/members/{mid}", "", {}, 405, "method_not_allowed"),
         ]
