@@ -455,8 +455,10 @@ class Membership(Coupons):
 
         return self._commit(plan)
 
-    def _checkins(self, member: str | None, activity: str) -> list[dict[str, Any]]:
-        """The check-ins that count (not reversals, not reversed), in id order."""
+    def _checkin_rows(self, member: str | None, activity: str
+                      ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+        """Every check-in at `activity` (of `member`'s group), in id order, and the
+        points each reversed one's reversal took back, by its id."""
         where = "kind = 'checkin' AND json_extract(body, '$.activity') = ?"
         args: list[Any] = [activity]
         if member is not None:
@@ -464,8 +466,17 @@ class Membership(Coupons):
             where += f" AND member {views.in_(group)}"
             args += group
         rows = self._entries(where, args)
-        reversed_ = {str(e["ref"]) for e in rows if e.get("ref")}
-        return [e for e in rows if not e.get("ref") and e["id"] not in reversed_]
+        reversed_: dict[str, int] = {}
+        for e in rows:
+            if e.get("ref"):
+                reversed_[str(e["ref"])] = reversed_.get(str(e["ref"]), 0) + int(
+                    e.get("points") or 0)
+        return [e for e in rows if not e.get("ref")], reversed_
+
+    def _checkins(self, member: str | None, activity: str) -> list[dict[str, Any]]:
+        """The check-ins that count (not reversals, not reversed), in id order."""
+        rows, reversed_ = self._checkin_rows(member, activity)
+        return [e for e in rows if e["id"] not in reversed_]
 
     def _checkin_days(self, member: str, activity: str) -> list[str]:
         return [self.storage.day_of(int(e["at"])) for e in self._checkins(member, activity)]
@@ -509,12 +520,18 @@ class Membership(Coupons):
 
     def attendance(self, activity: str, day_from: str | None = None,
                    day_to: str | None = None) -> list[dict[str, Any]]:
-        """签到记录: every check-in at the activity (surplus ones marked), oldest first."""
+        """签到记录: every check-in at the activity, oldest first, each `ok`, `surplus`
+        (beyond the limit, written while branches were cut off: its branch reverses it
+        at its next housekeeping) or `reversed`, with the points its reversal took back
+        (`reversed`) and those it could not, the member having spent or converted them
+        at that branch first (`unrecovered`): a loss the owner sees here, and may
+        correct by hand."""
         self._activity(activity)  # NotFound for an unknown code
         surplus = {e["id"] for e in self._surplus(activity)}
+        checkins, reversals = self._checkin_rows(None, activity)
         rows = []
         conn = self.storage.conn
-        for e in self._checkins(None, activity):
+        for e in checkins:
             day = self.storage.day_of(int(e["at"]))
             if (day_from and day < day_from) or (day_to and day > day_to):
                 continue
@@ -526,7 +543,11 @@ class Membership(Coupons):
                 "time": datetime.fromtimestamp(int(e["at"]) / 1000,
                                                self.storage.tz).strftime("%H:%M"),
                 "points": int(e.get("points") or 0),
-                "status": "surplus" if e["id"] in surplus else "ok"})
+                "status": ("reversed" if e["id"] in reversals else
+                           "surplus" if e["id"] in surplus else "ok"),
+                "reversed": reversals.get(e["id"], 0),
+                "unrecovered": (int(e.get("points") or 0) - reversals[e["id"]]
+                                if e["id"] in reversals else 0)})
         return rows
 
     # --- exit and return -----------------------------------------------------------------
@@ -657,9 +678,9 @@ class Membership(Coupons):
 
 
 def attendance_csv_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
-    head = ["day", "time", "branch", "member", "name", "points", "status", "entry"]
-    return [head, *([str(r[k]) for k in ("day", "time", "branch", "member", "name", "points",
-                                          "status", "entry")] for r in rows)]
+    head = ["day", "time", "branch", "member", "name", "points", "status", "reversed",
+            "unrecovered", "entry"]
+    return [head, *([str(r[k]) for k in head] for r in rows)]
 
 
 __all__ = ["EXIT_RULES", "REPEATS", "REWARD_KINDS", "RULE_CHECKS", "Membership",

@@ -1567,10 +1567,12 @@ EXIT_VIEW = {"type": "object",
                             "paid": INT, "forfeited": INT}}
 ATTENDANCE_ROW = {"type": "object",
                   "required": ["entry", "member", "name", "branch", "day", "time", "points",
-                               "status"],
+                               "status", "reversed", "unrecovered"],
                   "properties": {**{k: STR for k in ("entry", "member", "name", "branch",
-                                                      "day", "time", "status")},
-                                 "points": INT}}
+                                                      "day", "time")},
+                                 "status": {"type": "string",
+                                            "enum": ["ok", "surplus", "reversed"]},
+                                 **{k: INT for k in ("points", "reversed", "unrecovered")}}}
 _REASON = Param("reason", free_text(MAX_TEXT), help="why (kept with the decision)")
 
 
@@ -1701,7 +1703,10 @@ def activity_list(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
            result=array(ATTENDANCE_ROW, 1_000_000),
            show=lambda _l, rows, _p: "\n".join(
                f"{r['day']} {r['time']}  {r['branch']}  {r['name']}  +{r['points']}  "
-               f"{r['status']}  [{r['member']}]" for r in rows) or "no check-ins",
+               f"{r['status']}"
+               + (f" (-{r['reversed']}, {r['unrecovered']} not recovered)"
+                  if r["unrecovered"] else f" (-{r['reversed']})" if r["reversed"] else "")
+               + f"  [{r['member']}]" for r in rows) or "no check-ins",
            table=membership.attendance_csv_rows)
 def activity_report(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]]:
     return ledger.attendance(p["activity"], p.get("from"), p.get("to"))

@@ -49,6 +49,18 @@ def member_of(text: str) -> str:
     return str(found[0]["id"])
 
 
+def _attendance_status(row: dict[str, Any]) -> str:
+    if row["status"] == "ok":
+        return tr("有效", "ok")
+    if row["status"] == "surplus":  # its branch reverses it at its next housekeeping
+        return tr("超限（待冲回）", "surplus (to be reversed)")
+    if row["unrecovered"]:  # spent or converted at that branch before the reversal
+        return tr("超限（冲回 {r} 分，{u} 分未能冲回）",
+                  "surplus ({r} points reversed, {u} not recovered)",
+                  r=row["reversed"], u=row["unrecovered"])
+    return tr("超限（已冲回 {r} 分）", "surplus ({r} points reversed)", r=row["reversed"])
+
+
 def _name(member: str) -> str:
     name = views.member_names(shop().ledger, [member]).get(member)
     return f"{name} [{member}]" if name else member
@@ -156,8 +168,7 @@ class CheckinPage:
                 ("branch", tr("分店", "Branch")), ("name", tr("会员", "Member")),
                 ("points", tr("积分", "Points")), ("status", tr("状态", "Status")))],
                 rows=[{**r, "branch": self.shop.branch_name(r["branch"]),
-                       "status": tr("有效", "ok") if r["status"] == "ok"
-                       else tr("超限（已冲回）", "surplus (reversed)")} for r in rows],
+                       "status": _attendance_status(r)} for r in rows],
                 row_key="entry").classes("w-full").mark("attendance")
             csv_rows = attendance_csv_rows(rows)
             export_button(tr("导出 CSV", "Export CSV"),

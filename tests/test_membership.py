@@ -24,6 +24,7 @@ from transport_suite import SimAdapter
 from crdtledger import settlement, views
 from crdtledger.errors import InvalidInput, NotFound, PermissionDenied, RightsElsewhere
 from crdtledger.ledger import Ledger
+from crdtledger.membership import attendance_csv_rows
 
 # FakeClock starts at 2026-01-01T00:00Z: 08:00 in Shanghai, the chain's time zone.
 OPEN = {"name": "晨练打卡", "from": "2025-12-31T09:00", "to": "2026-01-10T21:00",
@@ -303,7 +304,39 @@ def test_check_ins_beyond_the_limit_at_cut_off_branches_are_reversed(a: Ledger, 
     sync(a, b)
     for x in (a, b):
         assert x.balance(old)["points"] == 50
-        assert [r["status"] for r in x.attendance("ONCE")] == ["ok"]
+        # The reversed one stays in the report, with what its reversal took back.
+        assert [(r["entry"], r["status"], r["reversed"], r["unrecovered"])
+                for r in x.attendance("ONCE")] == [
+            (min(e1["id"], e2["id"]), "ok", 0, 0), (later, "reversed", 50, 0)]
+    assert writer.reconcile_checkins() == []
+
+
+def test_a_surplus_check_in_spent_before_its_reversal_shows_what_was_not_recovered(
+        a: Ledger, b: Ledger) -> None:
+    """Cut off, the member checks in at both branches and converts the points to bonus
+    at each: the reversal finds nothing left to take back. The report must not hide the
+    surplus check-in (it listed only the other one as "ok"): it shows it reversed, with
+    its points not recovered, at every replica."""
+    a.set_activity(a.owner, "ONCE", {**OPEN, "repeat": "once", "points": 10000})
+    old, _ = two_members(a)
+    sync(a, b)
+    e1 = a.checkin(a.owner, "ONCE", old)
+    e2 = b.checkin(b.owner, "ONCE", old)
+    for x in (a, b):
+        x.convert_points(x.owner, old, 10000)
+    sync(a, b)
+    later = max(e1["id"], e2["id"])
+    writer = a if later.endswith("SH01") else b
+    [rev] = writer.reconcile_checkins()
+    assert rev["deltas"] == [] and not rev.get("points")  # nothing left to take back
+    sync(a, b)
+    for x in (a, b):
+        rows = x.attendance("ONCE")
+        assert [(r["entry"], r["status"], r["reversed"], r["unrecovered"]) for r in rows] == [
+            (min(e1["id"], e2["id"]), "ok", 0, 0), (later, "reversed", 0, 10000)]
+        csv = attendance_csv_rows(rows)
+        assert csv[0][6:9] == ["status", "reversed", "unrecovered"]
+        assert csv[2][6:9] == ["reversed", "0", "10000"]
     assert writer.reconcile_checkins() == []
 
 
