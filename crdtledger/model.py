@@ -485,7 +485,7 @@ def _quick_entry(key: str, value: dict[str, Any]) -> dict[str, Any] | None:
         deltas.append([purse, dnode, change])
     at = _quick_int(get("at"), 0, 2**48)
     amount = _quick_int(get("amount", 0), 0, MAX_AMOUNT)
-    if at is None or amount is None:
+    if at is None or amount is None or at != id_time_ms(key):
         return None
     out: dict[str, Any] = {"id": key, "kind": kind, "node": node, "member": member, "op": op,
                            "at": at, "amount": amount, "deltas": deltas}
@@ -546,6 +546,11 @@ def _checked_entry(key: str, value: Any) -> dict[str, Any]:
         "amount": _int(value.get("amount", 0), lo=0),
         "deltas": [list(d) for d in deltas],
     }
+    if out["at"] != id_time_ms(key):
+        # Its writer sets `at` to its id's time (Commit._entry), which the day, the
+        # month and every report take; a liar's `at` days ahead of its id was read as
+        # a check-in on each of those days, refusing the member's real ones.
+        raise InvalidRecord("entry time `at` is not its id's time")
     for f, v in value.items():  # other keys are not part of an entry: dropped
         if f in _OPTIONAL_INTS:
             out[f] = _int(v, lo=0)

@@ -94,6 +94,13 @@ RULES: tuple[WriteRule, ...] = (
                              "merge-paired). A branch's debit, check-in or anything else "
                              "that raised cash would be value nobody paid, served first in, "
                              "first out from other branches' prepaid lots"),
+    WriteRule("raise-own", "a ledger entry raises no rights but its writer's (points, "
+                           "stock, coupons, any purse), but for transfers and sweeps "
+                           "(transfer-balanced, merge-paired) and a shipment (a `stock` "
+                           "entry), which puts in another branch's `transit` no more units "
+                           "than it takes from its writer's `stock`: a branch that raised "
+                           "another's shelf stock had it sell units it does not have, and "
+                           "points raised on another's rights were that branch's to redeem"),
     WriteRule("merge-paired", "a merge entry that raises rights (a sweep's \"in\") names in "
                               "`ref` a merge entry of the same record that lowers exactly "
                               "those rights of its writer (the \"out\", whose `to` is the "
@@ -309,13 +316,24 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
             # version's, perhaps), never projected: not judged here.
             if kind in ENTRY_KINDS and kind not in VALUE_MOVES:
                 may = VALUE_RAISES.get(kind, frozenset())
+                shipped = 0  # units this entry puts in transit to other branches
                 for purse, n, change in counted:
                     if change <= 0 or not isinstance(purse, str):
                         continue
+                    if n != node:
+                        if kind == "stock" and purse == "transit":
+                            shipped += change
+                            continue
+                        raise RuleBroken("raise-own", f"{doc}: entry {key}: a {kind} "
+                                         f"raises {purse[:40]} of {str(n)[:20]}")
                     value = "pkg" if purse.startswith("pkg:") else purse
-                    if value in ("cash", "bonus", "pkg") and (value not in may or n != node):
+                    if value in ("cash", "bonus", "pkg") and value not in may:
                         raise RuleBroken("value-raise", f"{doc}: entry {key}: a {kind} "
                                          f"raises {purse} of {str(n)[:20]}")
+                if shipped > -sum(c for p, n, c in counted
+                                  if p == "stock" and n == node and c < 0):
+                    raise RuleBroken("raise-own", f"{doc}: entry {key}: ships more units "
+                                     "than it takes from its writer's stock")
             if kind == "transfer":
                 net: dict[Any, float] = {}
                 for purse, _n, change in counted:

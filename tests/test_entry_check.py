@@ -14,6 +14,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from crdtledger.hlc import encode, id_time_ms
 from crdtledger.model import (
     _OPTIONAL_INTS,
     _OPTIONAL_STRS,
@@ -68,13 +69,17 @@ odd = st.one_of(
 def entries(draw: st.DrawFn) -> tuple[str, dict[Any, Any]]:
     """A well-formed entry of any kind, with any of the optional fields."""
     node = draw(nodes)
-    key = f"{draw(stamps)}.{node}"
+    # Its `at` is its id's time (the schema holds them equal), so its stamp one of a
+    # time an `at` may hold: floats are read exactly up to MAX_AMOUNT.
+    stamp = encode(draw(st.integers(0, MAX_AMOUNT)) << 16 | draw(st.integers(0, 0xFFFF)))
+    key = f"{stamp}.{node}"
+    at = id_time_ms(key)
     deltas = draw(st.lists(st.builds(
         lambda p, mine, other, c, up: [p, node if mine or not up else other, c if up else -c],
         purses, st.booleans(), nodes, numbers(1, MAX_AMOUNT), st.booleans()), max_size=8))
     value: dict[Any, Any] = {
         "id": key, "kind": draw(st.sampled_from(sorted(ENTRY_KINDS))), "node": node,
-        "member": draw(ids), "op": draw(st.text(max_size=60)), "at": draw(numbers(0, 2**48)),
+        "member": draw(ids), "op": draw(st.text(max_size=60)), "at": draw(st.sampled_from([at, float(at)])),
         "deltas": deltas,
     }
     if draw(st.booleans()):
@@ -185,7 +190,7 @@ BOUNDARY: list[Any] = [
 def bases() -> list[dict[Any, Any]]:
     """Well-formed entries: numbers as floats (as pycrdt gives them) and as ints."""
     plain = {"id": KEY, "kind": "debit", "node": "HQ", "member": "034VZ4S0GA000.SH01",
-             "op": "owner@HQ", "at": 1733150006280.0, "amount": 500.0,
+             "op": "owner@HQ", "at": float(id_time_ms(KEY)), "amount": 500.0,
              "deltas": [["cash", "HQ", -500.0], ["points", "SH01", 5.0]],
              "paid": 0.0, "ref": "r", "extra": [1]}
     ints = {k: int(v) if isinstance(v, float) else v for k, v in plain.items()}
@@ -222,9 +227,9 @@ def test_quick_path_steps_aside_for_what_it_does_not_know() -> None:
     node = "HQ"
     key = f"034W7S9E0G000.{node}"
     base = {"id": key, "kind": "debit", "node": node, "member": "034VZ4S0GA000.HQ",
-            "op": "a", "at": 1.0, "deltas": [["cash", node, -5.0]]}
+            "op": "a", "at": float(id_time_ms(key)), "deltas": [["cash", node, -5.0]]}
     assert _quick_entry(key, base) is not None
-    for change in ({"node": Text(node)}, {"at": Count(1)}, {"amount": True},
+    for change in ({"node": Text(node)}, {"at": Count(id_time_ms(key))}, {"amount": True},
                    {"deltas": [["cash", "SH01", -5.0]]}, {"deltas": [["cash", node, 0.0]]},
                    {"paid": 0.5}, {"ref": "x" * 201}, {"deltas": [("cash", node, 5)]}):
         broken = {**base, **change}

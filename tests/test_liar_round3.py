@@ -50,27 +50,27 @@ def _settled(w: World) -> None:
         assert all(b["unattributed"] == 0 for b in views.settlement(r)["branches"].values())
 
 
-@pytest.mark.parametrize(("kind", "deltas"), [
-    ("debit", [["cash", "SH03", 100_000]]),
-    ("checkin", [["cash", "SH03", 100_000]]),
-    ("reward", [["cash", "SH03", 100_000]]),
-    ("convert", [["points", "SH03", -1], ["cash", "SH03", 100_000]]),
-    ("exit_settle", [["cash", "SH03", 100_000]]),
-    ("package", [["bonus", "SH03", 100_000]]),
-    ("expiry", [["pkg:038J0000000000.SH01", "SH03", 5]]),
+@pytest.mark.parametrize(("kind", "deltas", "rule"), [
+    ("debit", [["cash", "SH03", 100_000]], "value-raise"),
+    ("checkin", [["cash", "SH03", 100_000]], "value-raise"),
+    ("reward", [["cash", "SH03", 100_000]], "value-raise"),
+    ("convert", [["points", "SH03", -1], ["cash", "SH03", 100_000]], "value-raise"),
+    ("exit_settle", [["cash", "SH03", 100_000]], "value-raise"),
+    ("package", [["bonus", "SH03", 100_000]], "value-raise"),
+    ("expiry", [["pkg:038J0000000000.SH01", "SH03", 5]], "value-raise"),
     # An entry that may add value, in another branch's rights: the member would spend
     # at SH01's till what SH01 never collected.
-    ("debit", [["cash", "SH01", 100_000]]),
-    ("topup", [["cash", "SH01", 100_000]]),
-    ("correction", [["bonus", "SH01", 100_000]]),
+    ("debit", [["cash", "SH01", 100_000]], "raise-own"),
+    ("topup", [["cash", "SH01", 100_000]], "raise-own"),
+    ("correction", [["bonus", "SH01", 100_000]], "raise-own"),
 ])
 def test_no_entry_adds_stored_value_but_those_that_do_in_their_writers_rights(
-        w: World, kind: str, deltas: list[list[object]]) -> None:
+        w: World, kind: str, deltas: list[list[object]], rule: str) -> None:
     raise_ = w.entry(kind, w.member, deltas, amount=100_000)
     for r in (w.b, w.c):
         r.apply_batch(w.liar.batch([w.write(raise_)]) if r is w.b else
                       w.liar.batch(w.liar.records))
-        assert [f["rule"] for f in r.faults()] == ["value-raise"]
+        assert [f["rule"] for f in r.faults()] == [rule]
         assert funded(r, raise_["id"]) == [False]
         assert r.balance(w.member)["cash"] == 100_000
         assert r.rights(w.member) == {"SH01": 100_000}

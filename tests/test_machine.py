@@ -55,6 +55,7 @@ from crdtledger.errors import (
     RemoteProtocolError,
     RightsElsewhere,
 )
+from crdtledger.hlc import id_time_ms
 from crdtledger.ledger import Ledger
 from crdtledger.model import ID
 from crdtledger.projection import _as_plain, spent_topped
@@ -1071,7 +1072,7 @@ def test_entries_that_fund_each_other_are_projected_in_their_writers_log_order()
 
             def entry(eid: str, kind: str, deltas: list[list[Any]]) -> dict[str, Any]:
                 return {"id": eid, "kind": kind, "member": member, "node": eid[14:],
-                        "op": "owner", "at": START_MS, "amount": 50, "deltas": deltas}
+                        "op": "owner", "at": id_time_ms(eid), "amount": 50, "deltas": deltas}
 
             def project(entries: list[dict[str, Any]], seqs: list[int], hold: bool = False
                         ) -> None:

@@ -1,0 +1,104 @@
+"""A branch with a valid certificate that lies, fourth round (5 December, evening): what
+it wrote in other branches' rows that are not stored value, and times that are not its
+entries' own.
+
+- Another branch's shelf stock raised by a `stock` entry: every replica took it, and
+  that branch then sold units it never had, its low-stock reminder silent.
+- Another branch's points raised: that branch's to redeem, and rows pushed together
+  past SQLite's integer range.
+- Check-ins whose `at` lay days ahead of their ids: the once-a-day limit read `at`'s
+  day and refused the member's real check-ins on each of those days.
+
+Write rule raise-own refuses the first two (an entry raises only its writer's rows,
+but for transfers, sweeps and a shipment's units in transit, no more than it takes
+from its writer's stock); the schema sets aside an entry whose `at` is not its id's
+time. SH01 is honest, SH03 the liar (tests/helpers.Forger), SH02 and SH04 honest
+replicas (test_liar_round2.World). Real stores, real apply_batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import Forger, sync
+from test_liar_round2 import World
+
+from crdtledger.goods import OutOfStock
+
+DAY_MS = 86_400_000
+
+
+@pytest.fixture
+def w(tmp_path: Path) -> Iterator[World]:
+    world = World(tmp_path)
+    yield world
+    world.close()
+
+
+def _sent(w: World, *entries: dict[str, object]) -> None:
+    rec = w.write(*entries)
+    for r in (w.a, w.b, w.c):
+        r.apply_batch(w.liar.batch([rec]))
+
+
+def _synced(w: World) -> None:
+    """What SH01 wrote since the world was made reaches the liar and the replicas, and
+    the liar writes on from its ledger's tip."""
+    for r in (w.liar.ledger, w.b, w.c):
+        sync(w.a, r)
+    w.liar = Forger(w.liar.ledger)
+
+
+def test_a_branch_cannot_raise_another_branchs_shelf_stock(w: World) -> None:
+    item = w.a.add_goods(w.a.owner, "G01", "精油", price=8800, cost=3000, low_stock=5)
+    w.a.stock_in(w.a.owner, "G01", 2)
+    _synced(w)
+    _sent(w, w.entry("stock", item["stock"], [["stock", "SH01", 1000]], qty=1000,
+                     reason="in", goods="G01"))
+    for r in (w.a, w.b, w.c):
+        assert [(f["node"], f["rule"]) for f in r.faults()] == [("SH03", "raise-own")]
+        assert r.stock_of("G01", "SH01")["qty"] == 2
+    with pytest.raises(OutOfStock):
+        w.a.sell_goods(w.a.owner, "G01", qty=10)
+
+
+def test_a_shipment_puts_in_transit_no_more_than_it_takes_from_its_writers_stock(
+        w: World) -> None:
+    item = w.a.add_goods(w.a.owner, "G01", "精油", price=8800, cost=3000)
+    _synced(w)
+    _sent(w, w.entry("stock", item["stock"], [["stock", "SH03", -1], ["transit", "SH01", 50]],
+                     qty=50, reason="ship", goods="G01", to="SH01"))
+    for r in (w.a, w.b, w.c):
+        assert [f["rule"] for f in r.faults()] == ["raise-own"]
+        assert r.stock_held(r.goods_item("G01"), "transit") == {}
+
+
+def test_a_branch_cannot_raise_another_branchs_points(w: World) -> None:
+    _synced(w)
+    _sent(w, w.entry("checkin", w.member, [["points", "SH01", 10**13]], activity="X"))
+    for r in (w.a, w.b, w.c):
+        assert [f["rule"] for f in r.faults()] == ["raise-own"]
+        assert r.rights(w.member, "points") == {}
+
+
+def test_entries_dated_away_from_their_ids_do_not_use_up_a_members_check_ins(
+        w: World) -> None:
+    w.a.set_activity(w.a.owner, "DAILY", {"name": "每日签到", "from": "2026-01-01T00:00",
+                                          "to": "2026-12-31T23:59", "points": 10,
+                                          "repeat": "daily", "per_day": 1})
+    _synced(w)
+    lies = []
+    for k in range(1, 4):
+        e = w.entry("checkin", w.member, [["points", "SH03", 1]], activity="DAILY", points=1)
+        e["at"] = int(e["at"]) + k * DAY_MS  # the id says now; `at` says k days on
+        lies.append(e)
+    _sent(w, *lies)
+    w.clock.advance_days(1)
+    for day in range(3):
+        for r in (w.a, w.b):
+            r.checkin(r.owner, "DAILY", w.member)
+        w.clock.advance_days(1)
+    for r in (w.a, w.b, w.c):
+        assert r.rights(w.member, "points").get("SH03", 0) == 0
