@@ -71,8 +71,8 @@ def negative_purses(ledger: Ledger, limit: int = 3) -> list[tuple[str, str, int]
     """Purses (member, purse, total over all branches) below zero: none may exist at a
     converged replica, whatever the partitions were."""
     return [(str(m), str(p), int(t)) for m, p, t in ledger.storage.conn.execute(
-        "SELECT member, purse, SUM(amount) FROM rights GROUP BY member, purse "
-        "HAVING SUM(amount) < 0 LIMIT ?", (limit,))]
+        "SELECT member, purse, TOTAL(amount) FROM rights GROUP BY member, purse "
+        "HAVING TOTAL(amount) < 0 LIMIT ?", (limit,))]
 
 
 def quarantined(ledger: Ledger, limit: int = 3) -> list[tuple[str, str, str]]:

@@ -343,11 +343,11 @@ def member_balances(ledger: Ledger, month: str | None = None) -> dict[str, Any]:
         less[(member, purse)] += amount
     held: dict[str, dict[str, Any]] = {}
     for member, name, purse, amount in ledger.storage.conn.execute(
-            "SELECT r.member, m.name, r.purse, SUM(r.amount) FROM rights r LEFT JOIN members "
+            "SELECT r.member, m.name, r.purse, TOTAL(r.amount) FROM rights r LEFT JOIN members "
             "m ON m.id = r.member WHERE r.purse IN "
             f"({','.join('?' * len(MEMBER_PURSES))}) GROUP BY r.member, r.purse "
             "ORDER BY r.member", MEMBER_PURSES):
-        left = amount - less.get((member, purse), 0)
+        left = int(amount) - less.get((member, purse), 0)
         if left:
             row = held.setdefault(member, {"member": member, "name": name or "",
                                            **dict.fromkeys(MEMBER_PURSES, 0)})

@@ -177,7 +177,7 @@ def balance(conn: sqlite3.Connection, member: str) -> dict[str, Any]:
 def _group_rights(conn: sqlite3.Connection, ids: list[str]) -> dict[str, int]:
     """Each purse's rights summed over the members `ids` (a member's group) and nodes."""
     return {purse: int(total) for purse, total in conn.execute(
-        f"SELECT purse, SUM(amount) FROM rights WHERE member {in_(ids)} GROUP BY purse", ids)}
+        f"SELECT purse, TOTAL(amount) FROM rights WHERE member {in_(ids)} GROUP BY purse", ids)}
 
 
 def purses_after(conn: sqlite3.Connection, member: str, entry_id: str) -> dict[str, int]:
@@ -198,7 +198,7 @@ def rights_held(conn: sqlite3.Connection, node: str) -> int:
     """Stored value (cash and bonus, fen) whose rights `node` holds: what it could
     spend on its own, so what is at stake if it misbehaves."""
     (total,) = conn.execute(
-        "SELECT COALESCE(SUM(amount), 0) FROM rights WHERE node = ? AND purse IN "
+        "SELECT TOTAL(amount) FROM rights WHERE node = ? AND purse IN "
         "('cash', 'bonus')", (node,)).fetchone()
     return int(total)
 
@@ -403,7 +403,7 @@ def rights_summary(ledger: Ledger, node: str) -> dict[str, Any]:
     conn = ledger.storage.conn
     where, goods = _HELD
     held = {p: int(a) for p, a in conn.execute(
-        f"SELECT purse, SUM(amount) {where} GROUP BY purse ORDER BY purse", (node, *goods))}
+        f"SELECT purse, TOTAL(amount) {where} GROUP BY purse ORDER BY purse", (node, *goods))}
     (members,) = conn.execute(f"SELECT COUNT(DISTINCT member) {where}",
                               (node, *goods)).fetchone()
     return {"node": node, "members": int(members), "held": held}
@@ -438,8 +438,8 @@ def member_records(ledger: Ledger) -> list[MemberRecord]:
     purses: dict[str, dict[str, int]] = defaultdict(dict)
     merged = merged_members(ledger)
     for mid, purse, total in conn.execute(
-        "SELECT member, purse, SUM(amount) FROM rights WHERE purse IN ('cash', 'bonus', 'points') "
-        "GROUP BY member, purse"
+        "SELECT member, purse, TOTAL(amount) FROM rights "
+        "WHERE purse IN ('cash', 'bonus', 'points') GROUP BY member, purse"
     ):
         # A merged member's purses not yet swept are its survivor's.
         into = purses[merged.get(mid, mid)]
@@ -657,7 +657,7 @@ def group_totals(conn: sqlite3.Connection, group: list[str]) -> tuple[int, int]:
     """Cumulative (spent, topped) of a member's group (member_group): a survivor's level
     counts what its merged members spent and topped up."""
     row = conn.execute(
-        f"SELECT SUM(spent), SUM(topped) FROM totals WHERE member {in_(group)}", group
+        f"SELECT TOTAL(spent), TOTAL(topped) FROM totals WHERE member {in_(group)}", group
     ).fetchone()
     return int(row[0] or 0), int(row[1] or 0)
 
@@ -773,7 +773,7 @@ def _answerable_for(conn: sqlite3.Connection, group: list[str], earner: str, nod
     a merge pair moves rights between members at one node, and a sale crediting
     another node's rights is nothing its writer gave up."""
     (held,) = conn.execute(
-        f"SELECT COALESCE(SUM(amount), 0) FROM rights WHERE member {in_(group)} "
+        f"SELECT TOTAL(amount) FROM rights WHERE member {in_(group)} "
         "AND purse = 'points' AND node = ?", [*group, earner]).fetchone()
     if int(held) > 0:
         return 0
@@ -831,7 +831,7 @@ def daily_report(ledger: Ledger, day: str, node: str | None = None) -> dict[str,
         args.append(node)
     sums: dict[str, tuple[int, int, int]] = {
         k: (int(c), int(a or 0), int(p or 0)) for k, c, a, p in conn.execute(
-            f"SELECT kind, COUNT(*), SUM(amount), SUM(paid) FROM entries WHERE {where} "
+            f"SELECT kind, COUNT(*), TOTAL(amount), TOTAL(paid) FROM entries WHERE {where} "
             "GROUP BY kind", args)
     }
     margs = [day, node] if node else [day]
@@ -874,16 +874,16 @@ def _till_by_method(conn: sqlite3.Connection, where: str, args: list[Any]
     uses are not taken at the till; card fees name no method and stay out. An exit's
     refund paid back is taken off the method it was paid with."""
     topup = {str(m): int(v) for m, v in conn.execute(
-        f"SELECT {_METHOD}, SUM(paid) FROM entries WHERE {where} AND kind = 'topup' "
+        f"SELECT {_METHOD}, TOTAL(paid) FROM entries WHERE {where} AND kind = 'topup' "
         "GROUP BY 1 ORDER BY 1", args) if v}
     till: dict[str, int] = defaultdict(int)
     for m, v in conn.execute(
-            f"SELECT {_METHOD}, SUM(CASE kind WHEN 'package' THEN paid ELSE amount END) "
+            f"SELECT {_METHOD}, TOTAL(CASE kind WHEN 'package' THEN paid ELSE amount END) "
             f"FROM entries WHERE {where} AND kind IN ('package', 'debit') "
             f"AND {_METHOD} NOT IN ('stored', 'package') GROUP BY 1", args):
         till[str(m)] += int(v or 0)
     for m, v in conn.execute(
-            "SELECT json_extract(d.body, '$.pay'), SUM(r.amount) FROM (SELECT ref, amount "
+            "SELECT json_extract(d.body, '$.pay'), TOTAL(r.amount) FROM (SELECT ref, amount "
             f"FROM entries WHERE {where} AND kind = 'refund') r JOIN entries d ON d.id = r.ref "
             "WHERE d.kind = 'debit' AND json_extract(d.body, '$.pay') NOT IN "
             "('stored', 'package') GROUP BY 1", args):
@@ -891,7 +891,7 @@ def _till_by_method(conn: sqlite3.Connection, where: str, args: list[Any]
     # A member's exit refund (退会) paid back from the till, by the method it was paid
     # with: the drawer was short of it against the report.
     for m, v in conn.execute(
-            f"SELECT {_METHOD}, SUM(paid) FROM entries WHERE {where} AND kind = 'exit_settle' "
+            f"SELECT {_METHOD}, TOTAL(paid) FROM entries WHERE {where} AND kind = 'exit_settle' "
             "AND paid > 0 GROUP BY 1", args):
         till[str(m)] -= int(v or 0)
     return {"topup_by_method": topup,
@@ -927,8 +927,8 @@ def ranking(ledger: Ledger, by: str = "members", start: str | None = None,
     else:  # 散客 are nobody: a till sale to a walk-in customer ranks no member
         where += f" AND member NOT LIKE '{WALK_IN}%'"
     rows = conn.execute(
-        f"SELECT {key}, SUM(CASE kind WHEN 'debit' THEN amount ELSE -amount END), "
-        f"SUM(CASE kind WHEN 'debit' THEN 1 ELSE 0 END) FROM entries WHERE {where} "
+        f"SELECT {key}, TOTAL(CASE kind WHEN 'debit' THEN amount ELSE -amount END), "
+        f"TOTAL(CASE kind WHEN 'debit' THEN 1 ELSE 0 END) FROM entries WHERE {where} "
         f"GROUP BY {key} ORDER BY 2 DESC, 1 LIMIT ?", [*args, limit]).fetchall()
     out = []
     for k, total, count in rows:
@@ -1000,7 +1000,7 @@ def goods_ranking(ledger: Ledger, by: str = "sales", start: str | None = None,
     # Units at cost, of the period's stock entries of sales and refunds (a sale's units
     # may be several entries), by their sale's goods; a sale's money once per debit.
     for code, reason, qty, cost, paid in conn.execute(
-            "SELECT json_extract(d.body, '$.goods'), s.reason, SUM(s.qty), SUM(s.amount), "
+            "SELECT json_extract(d.body, '$.goods'), s.reason, TOTAL(s.qty), TOTAL(s.amount), "
             "d.amount FROM (SELECT json_extract(body, '$.reason') AS reason, "
             "json_extract(body, '$.qty') AS qty, amount, ref FROM entries "
             f"WHERE {where} AND kind = 'stock') s JOIN entries d ON d.id = s.ref "
@@ -1011,7 +1011,7 @@ def goods_ranking(ledger: Ledger, by: str = "sales", start: str | None = None,
         else:
             add(code, -int(qty or 0), 0, -int(cost or 0))
     for code, refunded in conn.execute(
-            "SELECT json_extract(d.body, '$.goods'), SUM(r.amount) FROM (SELECT amount, ref "
+            "SELECT json_extract(d.body, '$.goods'), TOTAL(r.amount) FROM (SELECT amount, ref "
             f"FROM entries WHERE {where} AND kind = 'refund') r JOIN entries d ON d.id = r.ref "
             "WHERE d.kind = 'debit' AND json_extract(d.body, '$.goods') IS NOT NULL "
             "GROUP BY 1", args):

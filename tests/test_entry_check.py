@@ -79,7 +79,8 @@ def entries(draw: st.DrawFn) -> tuple[str, dict[Any, Any]]:
         purses, st.booleans(), nodes, numbers(1, MAX_AMOUNT), st.booleans()), max_size=8))
     value: dict[Any, Any] = {
         "id": key, "kind": draw(st.sampled_from(sorted(ENTRY_KINDS))), "node": node,
-        "member": draw(ids), "op": draw(st.text(max_size=60)), "at": draw(st.sampled_from([at, float(at)])),
+        "member": draw(ids), "op": draw(st.text(max_size=60)),
+        "at": draw(st.sampled_from([at, float(at)])),
         "deltas": deltas,
     }
     if draw(st.booleans()):

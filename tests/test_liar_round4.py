@@ -25,6 +25,7 @@ import pytest
 from helpers import Forger, sync
 from test_liar_round2 import World
 
+from crdtledger import views
 from crdtledger.goods import OutOfStock
 
 DAY_MS = 86_400_000
@@ -96,9 +97,30 @@ def test_entries_dated_away_from_their_ids_do_not_use_up_a_members_check_ins(
         lies.append(e)
     _sent(w, *lies)
     w.clock.advance_days(1)
-    for day in range(3):
+    for _day in range(3):
         for r in (w.a, w.b):
             r.checkin(r.owner, "DAILY", w.member)
         w.clock.advance_days(1)
     for r in (w.a, w.b, w.c):
         assert r.rights(w.member, "points").get("SH03", 0) == 0
+
+
+def test_rows_summing_past_sqlites_integer_range_do_not_stop_a_members_reads(
+        w: World) -> None:
+    """A liar may raise its own rows without end (points by check-ins: 58 records of
+    2,000 entries of eight deltas of 10**13 each take its row near 2**63, 65 s through
+    apply_batch, too slow here: the rows those records leave are set directly). Summed
+    with an honest row, SQLite's SUM raised "integer overflow": the member's balance,
+    the member export, and the notices' daily pass (which reads that export) failed at
+    every honest branch, every day. The reads now sum as TOTAL does."""
+    big = 2**63 - 1 - 10**13
+    with w.b.storage.conn:
+        w.b.storage.conn.execute(
+            "INSERT INTO rights(member, purse, node, amount) VALUES (?, 'points', 'SH03', ?)",
+            (w.member, big))
+        w.b.storage.conn.execute(
+            "INSERT INTO rights(member, purse, node, amount) VALUES (?, 'points', 'SH01', ?)",
+            (w.member, 2 * 10**13))
+    assert w.b.balance(w.member)["points"] > 2**63 - 2**20
+    assert [r["id"] for r in views.member_records(w.b)].count(w.member) == 1
+    assert views.rights_summary(w.b, "SH03")["held"]["points"] > 2**62
