@@ -373,22 +373,27 @@ def low_balance_notices(node: str, debits: Iterable[Mapping[str, Any]],
                         rule: Mapping[str, Any], channels: Sequence[str]) -> list[Notice]:
     """After a debit took a member's stored value (cash + bonus) below the rule's
     low_balance: each debit {"entry", "member", "profile", "paid" (fen taken from
-    stored value), "balance" (cash + bonus now)}. Told once per crossing: when the
-    balance before this debit was at or above the threshold."""
+    stored value), "balance" (cash + bonus now), "day" (its own)}. Told when the
+    balance before this debit was at or above the threshold, and at most once a day
+    per member (the notice's key names the day): any branch's debit counts, and a
+    branch that lies could otherwise raise a member's bonus and take it below the
+    threshold again and again, each time a message the home branch pays for."""
     threshold = int(rule.get("low_balance") or 0)
     out: list[Notice] = []
     if threshold <= 0:
         return out
+    told: set[str] = set()
     for d in debits:
         p = d["profile"]
-        if p.get("home") != node:
+        key = f"low_balance:{d['member']}:{d['day']}"
+        if p.get("home") != node or key in told:
             continue
         if not d["balance"] < threshold <= d["balance"] + d["paid"]:
             continue
-        n = _member_notice("low_balance", f"low_balance:{d['member']}:{d['entry']}", node,
-                           str(d["member"]), p, rule, channels,
+        n = _member_notice("low_balance", key, node, str(d["member"]), p, rule, channels,
                            balance=format_yuan(d["balance"]), threshold=format_yuan(threshold))
         if n:
+            told.add(key)
             out.append(n)
     return out
 

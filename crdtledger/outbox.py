@@ -27,6 +27,7 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from crdtledger import bookings, notices, views
+from crdtledger.hlc import id_time_ms
 from crdtledger.notices import Notice
 
 if TYPE_CHECKING:
@@ -328,7 +329,7 @@ def _queued_debits(ledger: Ledger, looked: bool) -> tuple[list[dict[str, Any]], 
         paid = -sum(int(c) for purse, _n, c in e["deltas"] if purse in ("cash", "bonus"))
         if paid > 0:
             out.append({"entry": eid, "member": member, "profile": json.loads(prof),
-                        "paid": paid})
+                        "paid": paid, "day": ledger.storage.day_of(id_time_ms(eid))})
     # Each debit's balance is the one it left, not the member's now: two debits of a
     # pass that each crossed the threshold from the balance now were each told (the
     # member got two notices for one crossing). Walked back from the balance now,

@@ -475,10 +475,25 @@ def test_two_debits_in_one_pass_that_cross_the_threshold_once_tell_once(
     second = op(ledger, "debit", member=m["never"], amount=4000)
     due = outbox.collect(ledger, NOW + 1000, BOTH)
     [low] = [n for n in due.notices if n.kind == "low_balance"]
-    assert low.key == f"low_balance:{m['never']}:{second['id']}", "the one that crossed"
-    assert "20.00" in low.body
+    assert low.key == f"low_balance:{m['never']}:{ledger.today()}"
+    assert "20.00" in low.body, "the one that crossed"
     outbox.keep(ledger, due, NOW + 1000)
     assert _look(ledger, NOW + 2000) == []
+
+
+def test_a_member_taken_below_the_threshold_again_and_again_is_told_once_a_day(
+        ledger: Ledger) -> None:
+    """Any branch's debit counts, and a lying one raised a member's bonus and took it
+    below the threshold again and again (a top-up of bonus alone, a debit of 0.01), each
+    time a message the home branch paid for. A member is told at most once a day."""
+    m = members(ledger)
+    assert _look(ledger, NOW) == []
+    told = []
+    for i in range(3):
+        op(ledger, "topup", member=m["never"], amount=10000, pay="cash")
+        op(ledger, "debit", member=m["never"], amount=8000)
+        told += _look(ledger, NOW + 1000 * (i + 1))
+    assert told == [m["never"]]
 
 
 class NodeStandIn:
