@@ -472,7 +472,7 @@ def test_two_debits_in_one_pass_that_cross_the_threshold_once_tell_once(
     assert _look(ledger, NOW) == []
     op(ledger, "topup", member=m["never"], amount=10000, pay="cash")
     op(ledger, "debit", member=m["never"], amount=4000)
-    second = op(ledger, "debit", member=m["never"], amount=4000)
+    op(ledger, "debit", member=m["never"], amount=4000)
     due = outbox.collect(ledger, NOW + 1000, BOTH)
     [low] = [n for n in due.notices if n.kind == "low_balance"]
     assert low.key == f"low_balance:{m['never']}:{ledger.today()}"
