@@ -135,6 +135,11 @@ class Rules(Auth):
         return rid
 
 
+# What no rule's text holds: C0 and C1 controls but a line break and a tab (message
+# templates are several lines).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
 def _check_values(body: Any) -> None:
     """What any rule may hold: text, whole numbers, true/false, lists and maps of them.
     A lone surrogate (valid JSON) was kept in the record and set aside at every
@@ -149,6 +154,12 @@ def _check_values(body: Any) -> None:
             stack += v
         elif isinstance(v, str):
             check_text(v, "a rule's text", limit=len(v))
+            if _CONTROL.search(v):
+                # ESC p opened every branch's cash drawer from a service's name on its
+                # receipts, ESC = disabled the printer, ESC [ cleared the terminal of
+                # whoever printed a receipt at the command line.
+                raise InvalidInput(f"{v[:40]!r}: a rule's text holds no control "
+                                   "characters (printer or terminal commands)")
         elif isinstance(v, float):
             raise InvalidInput(f"{v!r}: a rule holds whole numbers (fen, counts), and "
                                'decimals as text such as "0.95"')

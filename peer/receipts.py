@@ -458,6 +458,9 @@ def text(r: Receipt, width: int = COLUMNS[58]) -> str:
 # --- ESC/POS ------------------------------------------------------------------------------
 
 
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def _escpos(lay: Layout) -> bytes:
     from escpos.constants import QR_ECLEVEL_M
     from escpos.printer import Dummy
@@ -465,7 +468,9 @@ def _escpos(lay: Layout) -> bytes:
     p = Dummy()
 
     def say(line: str) -> None:
-        p._raw(line.encode("gb18030", errors="replace") + b"\n")
+        # Text only: a control byte in a name is a printer command (ESC p opens the
+        # drawer). The stores refuse them; a store written before that may hold some.
+        p._raw(_CONTROLS.sub("?", line).encode("gb18030", errors="replace") + b"\n")
 
     p._raw(INIT + ENTER_CHINESE)
     for style, line in lay.rows:

@@ -748,6 +748,12 @@ BAD_RULES: list[tuple[str, Any]] = [
     ("settings", {"note": "\ud800"}),
     ("services", {"X": {"name": "x\ud800", "price": 100}}),
     ("branches", {"SH01": "南京西路店\x00"}),
+    # Printer and terminal commands, printed on every branch's receipts: ESC p opens
+    # the cash drawer, ESC = 2 turns the printer off, ESC [2J clears a terminal.
+    ("services", {"X": {"name": "足疗\x1bp\x00\x19\xfa", "price": 100}}),
+    ("services", {"X": {"name": "足疗\x1b=\x02", "price": 100}}),
+    ("settings", {"shop_name": "店\x1b[2J\x1d"}),
+    ("payment_methods", [{"code": "cash", "name_zh": "现金\x9b", "name_en": "cash"}]),
 ]
 
 
