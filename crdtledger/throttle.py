@@ -23,8 +23,9 @@ Why these numbers (the OWASP Authentication Cheat Sheet, "Login Throttling" and
   their slow password checks run.
 - A success resets the counters of its name and its address; a key quiet for
   `FORGET_AFTER_S` (a day) is forgotten.
-- At most `MAX_KEYS` keys are remembered (least recently used dropped first), so
-  a flood of made-up names or addresses cannot grow memory.
+- At most `MAX_KEYS` keys are remembered (least recently used dropped first, but
+  never a locked one), so a flood of made-up names or addresses cannot grow memory
+  nor push a lock out.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
+from itertools import islice
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -92,7 +94,11 @@ class LoginThrottle:
         if left:
             return left
         now = self._clock()
-        for key in self._of(name, address):
+        keys = self._of(name, address)
+        full = self._make_room(sum(k not in self._keys for k in keys), now)
+        if full:
+            return full
+        for key in keys:
             state = self._get(key, now) or _Key()
             state.failures += 1
             state.last_failure = now
@@ -103,9 +109,24 @@ class LoginThrottle:
                 state.locked_until = now + min(delay, self.max_delay_s)
             self._keys[key] = state
             self._keys.move_to_end(key)
-        while len(self._keys) > self.max_keys:
-            self._keys.popitem(last=False)
         return 0
+
+    def _make_room(self, new: int, now: float) -> int:
+        """Room for `new` keys: the least recently used keys not locked go first. A
+        locked key is never pushed out: a flood of made-up names from many addresses
+        (each of a few failures, costing the flooder nothing) dropped a real phone's
+        lock and let it be sent codes again. While every key is locked, an attempt with
+        a key not known is refused: the seconds until the first lock ends."""
+        over = len(self._keys) + new - self.max_keys
+        if over <= 0:
+            return 0
+        for key in list(islice((k for k, st in self._keys.items() if st.locked_until <= now),
+                               over)):
+            del self._keys[key]
+            over -= 1
+        if over <= 0:
+            return 0
+        return max(1, math.ceil(min(st.locked_until for st in self._keys.values()) - now))
 
     def succeeded(self, name: str, address: str) -> None:
         """The password was right: forgive the name's and the address's failures."""

@@ -233,6 +233,26 @@ def test_the_throttle_remembers_a_bounded_number_of_keys() -> None:
     assert len(t) <= 100
 
 
+def test_a_flood_of_made_up_keys_does_not_push_a_lock_out() -> None:
+    """A stranger asked five codes for a member's phone (locked), then five each for
+    made-up phones from 1,700 addresses: least recently used dropped first, the phone's
+    lock went and it was sent five codes more. A locked key stays; while every key is
+    locked, a key not known waits for the first lock to end."""
+    clock = Clock()
+    t = LoginThrottle(max_keys=100, clock=clock)
+    for _ in range(6):
+        t.begin("phone:13800000001", "10.0.0.1")
+    assert t.wait("phone:13800000001", "10.0.0.9") > 0
+    for i in range(500):
+        for _ in range(6):
+            t.begin(f"phone:made-up-{i}", f"10.1.{i // 256}.{i % 256}")
+    assert len(t) <= 100
+    assert t.wait("phone:13800000001", "10.0.0.9") > 0, "the member's phone is still locked"
+    assert t.begin("phone:another", "10.2.0.1") > 0, "no room: every key is locked"
+    clock.now += 3600
+    assert t.begin("phone:another", "10.2.0.1") == 0, "locks ended: room again"
+
+
 # --- the counter's login page -------------------------------------------------------------
 
 
