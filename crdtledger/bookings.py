@@ -47,9 +47,9 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from crdtledger import views
 from crdtledger.errors import InvalidInput, LedgerError, NotFound, PermissionDenied
-from crdtledger.hlc import id_floor, id_node
+from crdtledger.hlc import id_floor, id_node, id_time_ms
 from crdtledger.inputs import check_text
-from crdtledger.model import ID, SERVICE_CODE
+from crdtledger.model import ID, SERVICE_CODE, self_service_of
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
@@ -61,6 +61,12 @@ TECH_REF = "technicians"
 # technician's book to know what holds it: a slot still to come was asked for at
 # most this long ago (plus a day for time zones).
 HORIZON_DAYS = 90
+# What a member may book on the self-service pages: this many bookings to come at once,
+# and this many made there a day, cancelled or not. One member booked all 84 slots of
+# a technician's week, and book-and-cancel cycles wrote entries every replica keeps.
+# The counter books on a member's behalf without these limits.
+SELF_SERVICE_OPEN = 3
+SELF_SERVICE_PER_DAY = 10
 # The step of the free start times offered (booking.slots).
 SLOT_STEP_MIN = 30
 # The services of a technician, joined by commas, in one text field of its entry.
@@ -563,6 +569,8 @@ def book(ledger: Ledger, operator: str, member: str, technician_ref: str, servic
     why = _fits(ledger, tech, service, start, minutes)
     if why is not None:
         raise BookingRefused(why)
+    if operator == self_service_of(ledger.node):
+        _self_service_limits(ledger, member, now)
     end = start + minutes * 60_000
     own = tech["branch"] == ledger.node
 
@@ -581,6 +589,20 @@ def book(ledger: Ledger, operator: str, member: str, technician_ref: str, servic
 
     entry = ledger._commit(plan)
     return _views(ledger, [entry])[0]
+
+
+def _self_service_limits(ledger: Ledger, member: str, now: int) -> None:
+    me = self_service_of(ledger.node)
+    mine = [v for v in list_bookings(ledger, member=member) if v["op"] == me]
+    if sum(v["status"] in ("confirmed", "pending") and v["start"] > now for v in mine
+           ) >= SELF_SERVICE_OPEN:
+        raise BookingRefused(f"{SELF_SERVICE_OPEN} bookings to come are the most made here: "
+                             "cancel one first, or ask the branch")
+    today = ledger.today()
+    if sum(ledger.storage.day_of(id_time_ms(v["booking"])) == today for v in mine
+           ) >= SELF_SERVICE_PER_DAY:
+        raise BookingRefused(f"{SELF_SERVICE_PER_DAY} bookings made here today are the most "
+                             "a day: ask the branch")
 
 
 def cancel(ledger: Ledger, operator: str, booking: str, member: str | None = None

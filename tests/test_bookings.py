@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pycrdt import Doc, Map
 
-from crdtledger import bookings, views
+from crdtledger import bookings, model, views
 from crdtledger.bookings import BookingRefused, SlotTaken
 from crdtledger.errors import InvalidInput, NotFound, PermissionDenied
 from crdtledger.hlc import HybridClock, id_time_ms
@@ -607,3 +607,26 @@ def test_nodes_partitioned_confirm_a_slot_once_and_decide_on_reconnect(
                 "booking", "list", "--day", day, "--json").json()}
             assert got == {first["booking"]: "confirmed", asked["booking"]: "refused",
                            there["booking"]: "confirmed"}
+
+
+def test_a_member_books_a_few_at_a_time_on_the_self_service_pages(
+        chain: dict[str, Ledger]) -> None:
+    """One member booked all 84 slots of a technician's week on the self-service pages,
+    and book-and-cancel cycles wrote entries every replica keeps. There: three bookings
+    to come at once, ten made a day; the counter books for a member without limits."""
+    m = setup_chain(chain)
+    sh02 = chain["SH02"]
+    me = model.self_service_of("SH02")
+    made = [bookings.book(sh02, me, m, "T01", "FOOT60", f"{DAY}T{h}:00")
+            for h in (10, 11, 12)]
+    before = data_snapshot(sh02, [m])
+    with pytest.raises(BookingRefused, match="3 bookings to come"):
+        bookings.book(sh02, me, m, "T01", "FOOT60", f"{DAY}T13:00")
+    assert data_snapshot(sh02, [m]) == before
+    assert bookings.book(sh02, sh02.owner, m, "T01", "FOOT60", f"{DAY}T13:00")
+    for h in range(14, 21):  # cancel one, book another: seven times more
+        bookings.cancel(sh02, me, made.pop()["booking"], m)
+        made.append(bookings.book(sh02, me, m, "T01", "FOOT60", f"{DAY}T{h}:00"))
+    bookings.cancel(sh02, me, made.pop()["booking"], m)
+    with pytest.raises(BookingRefused, match="10 bookings made here today"):
+        bookings.book(sh02, me, m, "T01", "FOOT60", f"{DAY}T21:00")
