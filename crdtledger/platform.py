@@ -118,6 +118,24 @@ def physical_memory() -> int | None:
         return None
 
 
+def raise_open_files_limit() -> int | None:
+    """The process's soft limit of open files, raised to its hard limit (POSIX; None
+    elsewhere): each peer, till and member page holds a descriptor, and at the usual
+    soft limit (1,024) a stranger holding about a thousand idle connections to a public
+    port (the sync port's TLS handshake waits 60 s; the member pages' server waits for
+    a first request without a timer) left none for the tills. The limit now."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit per process
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if want > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def give_back_memory() -> None:
     """Return the heap's free pages to the system. After a long catch-up the node
     frees its copy of the answer and the documents it closed, and glibc would keep

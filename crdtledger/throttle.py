@@ -33,9 +33,9 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from itertools import islice
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 
 FREE_FAILURES = 5
 FIRST_DELAY_S = 1.0

@@ -595,6 +595,7 @@ class Node:
                 f"{self.data_dir} has no chain certificate: create the node with "
                 "`crdtledger init --data DIR --node NODE --chain CHAIN_DIR`")
         self.identity = identity
+        platform.raise_open_files_limit()
         self.gateways = gateways_from_config(self.data_dir)  # bad settings: refused here
         self._ledger = Ledger.open(self.data_dir)
         # Approver passwords count with logins: one lock per name (crdtledger.auth).

@@ -164,6 +164,10 @@ def unit_text(data_dir: Path, node: str, user: str, group: str, *, counter: bool
         f"MPLCONFIGDIR=%C/crdtledger-{node}/matplotlib",
         "Restart=on-failure",
         "RestartSec=5s",
+        # Every peer, till and member page is a descriptor: systemd's soft limit of
+        # 1,024 let a stranger holding idle connections to a public port leave none
+        # for the tills (the node also raises its soft limit to the hard one).
+        "LimitNOFILE=65536",
         "TimeoutStopSec=30s",
         "StandardOutput=journal",
         "StandardError=journal",

@@ -180,7 +180,8 @@ def test_service_unit_is_accepted_by_systemd_analyze(tmp_path: Path,
     assert f"ExecStart={interpreter} -m reference_app --data {data} --https 0.0.0.0:8443" \
         in text
     for line in ("Restart=on-failure", "StandardOutput=journal", "ProtectSystem=strict",
-                 f"ReadWritePaths={data}", "WantedBy=multi-user.target", "UMask=0077"):
+                 f"ReadWritePaths={data}", "WantedBy=multi-user.target", "UMask=0077",
+                 "LimitNOFILE=65536"):
         assert line in text.splitlines(), line
     owner = user or data.owner()
     assert f"User={owner}" in text
@@ -323,3 +324,19 @@ def test_store_lock_keeps_another_process_out_and_names_its_holder(tmp_path: Pat
         assert refused == f"data directory {tmp_path / 'sh01'} is in use by another " \
                           f"process (pid {os.getpid()})"
     assert try_it() == ["False"]  # closed: free again, and the other opens it
+
+
+def test_a_node_raises_its_open_files_limit_to_the_hard_one() -> None:
+    """At systemd's soft limit of 1,024 a stranger holding idle connections to a public
+    port left no descriptor for the tills; a node raises its soft limit to the hard one
+    (and the unit asks for 65,536). A real process started at 1,024 of 4,096."""
+    import resource
+
+    def low() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 4096))
+
+    out = subprocess.run(
+        [sys.executable, "-c", "from crdtledger import platform; "
+         "print(platform.raise_open_files_limit())"],
+        capture_output=True, text=True, check=True, preexec_fn=low)
+    assert out.stdout.strip() == "4096"
