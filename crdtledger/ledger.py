@@ -125,7 +125,8 @@ class Ledger(Membership, Goods, Replica):
         step = budget or len(due) or 1
         for i in range(0, len(due), step):
             yield self.write_off_expired(due[i:i + step])
-        yield [*self.grant_due_referrals(), *self.reconcile_checkins()]
+        yield [*self.give_back_write_offs(), *self.grant_due_referrals(),
+               *self.reconcile_checkins()]
 
 
 # Besides Ledger, names peer/, reference_app/, benchmarks/, tests/ and

@@ -74,8 +74,13 @@ def take(lots: list[Lot], n: int, kind: str, ref: str | None, day: str) -> int:
         order = [lot for lot in order if lot[2] == ref] + [
             lot for lot in order if lot[2] != ref]
     # What the preferred lots cannot cover (a writer that did not know of a lot yet)
-    # comes from the others, soonest expiry first: the sum stays exact.
-    for lot in order + [lot for lot in by_expiry if lot not in order]:
+    # comes from the others, soonest expiry first: the sum stays exact. Not for a
+    # write-off: it takes only what had expired. More than that is a write-off made
+    # before its writer heard of a spend of the lot (a redemption at a branch cut off
+    # from it), which took valid points of later lots; the rest is returned, and its
+    # writer gives it back to its own rights (Payments.give_back_write_offs).
+    rest = [] if kind == "expiry" else [lot for lot in by_expiry if lot not in order]
+    for lot in order + rest:
         got = min(lot[1], n)
         lot[1] -= got
         n -= got
@@ -188,6 +193,12 @@ def _row(e: dict[str, Any], change: int) -> tuple[Any, ...]:
 def _step(lots: list[Lot], row: tuple[Any, ...], day_of: Callable[[int], str]) -> None:
     """One entry, as (member, id, change, kind, ref, expires, day), folded into `lots`."""
     member, eid, change, kind, ref, expires, day = row
+    if kind == "expiry":
+        # A write-off takes expired points only, and its give-back (a positive one,
+        # naming it) returns rights for points no lot lost: neither is owed nor a lot.
+        if change < 0:
+            take(lots, -change, kind, ref, spend_day(eid, day, day_of))
+        return
     if change > 0:
         for debt in sorted((lot for lot in lots if lot[1] < 0), key=lambda lot: lot[2]):
             got = min(-debt[1], change)
@@ -239,7 +250,7 @@ def settle(conn: sqlite3.Connection, day_of: Callable[[int], str],
         seen.add(e["id"])
         if c := points_change(e):
             rows.append(_row(e, c))
-    if len(rows) == 1 and rows[0][1] is not None and rows[0][2] > 0:
+    if len(rows) == 1 and rows[0][1] is not None and rows[0][2] > 0 and rows[0][3] != "expiry":
         # One earning (a peer's sale, alone in its batch: the live path): the lot at
         # once in one statement when its member is in no merge, holds no later entry
         # and owes no points, as projection.project_entry does for our own sale; what

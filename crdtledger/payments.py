@@ -11,7 +11,7 @@ from datetime import date, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, cast
 
-from crdtledger import escrow, views
+from crdtledger import escrow, lots, views
 from crdtledger.commit import Write
 from crdtledger.errors import (
     InsufficientFunds,
@@ -26,6 +26,7 @@ from crdtledger.hlc import check_node_id, id_time_ms
 from crdtledger.inputs import check_text
 from crdtledger.merge import Merges
 from crdtledger.model import GOODS_PURSES, ID, MONEY_PURSES, PURSE, PURSE_METHODS, WALK_IN
+from crdtledger.projection import points_change
 from crdtledger.money import (
     apply_rate,
     check_amount,
@@ -693,6 +694,49 @@ class Payments(Merges, Rules):
             return self._together(*offs), offs
 
         return self._commit(plan)
+
+    def give_back_write_offs(self) -> list[dict[str, Any]]:
+        """Give back to this node's own points rights what its write-offs took beyond
+        the points that had expired (crdtledger.lots.take returns it, and the lots keep
+        those points): a write-off made before this node heard of a spend of the lot
+        at a branch cut off from it. Each `expiry` entry of this node gets one entry of
+        its kind raising its points rights, naming it in `ref`, for what is still to
+        give back. Found where a group's lots hold more points than its rights (one
+        query), then each write-off of this node there folded up to itself
+        (crdtledger.lots.replay): the same figure at every replica."""
+        conn = self.storage.conn
+        day_of = self.storage.day_of
+        done: list[dict[str, Any]] = []
+        for member in views.points_beyond_rights(cast("Ledger", self)):
+            group = views.member_group(conn, member)
+            owed: list[tuple[str, int]] = []
+            for eid, body in conn.execute(
+                    f"SELECT id, body FROM entries WHERE member {views.in_(group)} "
+                    "AND kind = 'expiry' AND node = ? ORDER BY id", [*group, self.node]):
+                e = json.loads(body)
+                change = points_change(e)
+                if change >= 0:
+                    continue
+                lots_then = lots.replay(conn, group, day_of, before=eid)
+                excess = lots.take(lots_then, -change, "expiry", e.get("ref"),
+                                   lots.spend_day(eid, e.get("day"), day_of))
+                given = sum(points_change(json.loads(b)) for (b,) in conn.execute(
+                    "SELECT body FROM entries WHERE ref = ? AND kind = 'expiry' "
+                    "AND node = ?", (eid, self.node)))
+                if excess > given:
+                    owed.append((eid, excess - given))
+            if not owed:
+                continue
+
+            def plan(owed: list[tuple[str, int]] = owed, member: str = group[0]
+                     ) -> tuple[list[Write], list[dict[str, Any]]]:
+                back = [self._entry("expiry", member, deltas=[("points", self.node, n)],
+                                    points=n, ref=eid, reason="given back",
+                                    op=f"expiry@{self.node}") for eid, n in owed]
+                return self._together(*back), back
+
+            done += self._commit(plan)
+        return done
 
     def _write_offs(self, member: str, operator: str) -> list[dict[str, Any]]:
         """The `expiry` entries for what this node owes of `member`'s expired lots

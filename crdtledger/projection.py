@@ -62,7 +62,7 @@ def project_entry(conn: sqlite3.Connection, entry: dict[str, Any], day: str, sig
     if spent or topped:
         conn.execute(_ADD_TOTALS, (entry["member"], sign * spent, sign * topped))
     change = points_change(entry)
-    if change > 0 and sign > 0:
+    if change > 0 and sign > 0 and entry["kind"] != "expiry":
         # A sale's lot, at once, when nothing of the member's group can come after it
         # (nearly always): one statement on the till's path. Else crdtledger.lots.
         if not conn.execute(EARN, (entry["member"], entry["id"], entry.get("expires")
@@ -84,6 +84,10 @@ def points_change(entry: dict[str, Any]) -> int:
     if entry["kind"] in ("transfer", "merge"):
         return 0
     return sum(c for purse, _node, c in entry["deltas"] if purse == "points")
+
+
+# (A positive `expiry` is a write-off's give-back: rights for points no lot lost, so
+# no lot of its own: crdtledger.lots._step.)
 
 
 def touch_points(conn: sqlite3.Connection, entries: list[dict[str, Any]], sign: int) -> None:

@@ -702,6 +702,22 @@ def points(ledger: Ledger, member_id: str) -> dict[str, Any]:
     }
 
 
+def points_beyond_rights(ledger: Ledger) -> list[str]:
+    """The survivors whose group's lots hold more points than its points rights: a
+    write-off took more than had expired, and its writer gives the rest back
+    (Payments.give_back_write_offs). Two grouped reads; the groups by merged_members."""
+    conn = ledger.storage.conn
+    merged = merged_members(ledger)
+    held: dict[str, int] = defaultdict(int)
+    for member, n in conn.execute("SELECT member, TOTAL(left) FROM points_lots "
+                                  "GROUP BY member"):
+        held[merged.get(member, member)] += int(n)
+    for member, n in conn.execute("SELECT member, TOTAL(amount) FROM rights "
+                                  "WHERE purse = 'points' GROUP BY member"):
+        held[merged.get(member, member)] -= int(n)
+    return sorted(m for m, n in held.items() if n > 0)
+
+
 def expired_points_owed(ledger: Ledger, member: str, node: str, today: str | None = None
                         ) -> int:
     """How many expired points of `member`'s group `node` is answerable for writing

@@ -415,3 +415,41 @@ def test_a_merged_members_lots_are_written_off_from_the_survivors_rights(
     assert points_rights(sh01, a) == {} and points_rights(sh01, b) == {}
     assert views.points(sh01, a)["total"] == 0
     assert sh01.housekeeping() == []
+
+
+def test_a_write_off_made_before_its_writer_heard_of_a_redemption_takes_no_valid_points(
+        chain: dict[str, Ledger], clock: FakeClock) -> None:
+    """Lot L1 (120, SH01's, expiring first) and L2 (120, SH02's, ten days later). SH02,
+    cut off, redeems 100 the day before L1 expires: its own rights pay, and the fold
+    takes them from L1, soonest expiry first. SH01, not knowing, writes L1 off whole
+    (120) from its rights. Once they meet, the write-off took 100 valid points of L2:
+    the member had 240, spent 100, and only L1's last 20 expired. A write-off now
+    takes expired points only, and its writer gives the rest back to its own rights
+    at its next daily pass: 120 usable, 120 in rights, at every branch."""
+    sh01, sh02, hz01 = chain["SH01"], chain["SH02"], chain["HZ01"]
+    m = member_earning(sh01, 12000)  # L1 at SH01
+    sync_all(chain)
+    clock.advance_days(10)
+    sh02.topup(sh02.owner, m, 12000)
+    sh02.debit(sh02.owner, m, amount=12000)  # L2 at SH02
+    sync_all(chain)
+    clock.advance_days(19)  # the day before L1 expires; SH02 is cut off from here
+    sh02.redeem_points(sh02.owner, m, 100, "towel")
+    clock.advance_days(3)
+    [off] = sh01.expire_points(sh01.owner, m)
+    assert off["points"] == 120
+    sync(sh01, hz01)
+    sync_all(chain)  # they meet
+    for x in chain.values():
+        assert views.points(x, m)["usable"] == 120, x.node
+    assert sh02.give_back_write_offs() == hz01.give_back_write_offs() == []
+    [back] = sh01.give_back_write_offs()
+    assert (back["kind"], back["ref"], back["deltas"]) == ("expiry", off["id"],
+                                                          [["points", "SH01", 100]])
+    assert sh01.give_back_write_offs() == []
+    sync_all(chain)
+    for x in chain.values():
+        assert views.points(x, m)["usable"] == 120
+        assert sum(points_rights(x, m).values()) == 120
+        assert x.give_back_write_offs() == []
+    sh01.redeem_points(sh01.owner, m, 100, "towel")  # the rights given back pay
