@@ -26,7 +26,7 @@ from crdtledger.escrow import check_deltas_authorised
 from crdtledger.hlc import id_floor
 from crdtledger.lib0 import read_varuint
 from crdtledger.log import CLOSING_DOC, CUT_DOC, MARK_DOCS
-from crdtledger.model import ENTRY_KINDS, ID, month_over_ms
+from crdtledger.model import ENTRY_KINDS, GOODS_PURSES, ID, month_over_ms
 
 # Documents of chain governance: operators and roles, rules (prices, services,
 # levels, promotions, branch names, the revocation list).
@@ -96,7 +96,8 @@ RULES: tuple[WriteRule, ...] = (
                              "first out from other branches' prepaid lots"),
     WriteRule("raise-own", "a ledger entry raises no rights but its writer's (points, "
                            "stock, coupons, any purse), but for transfers and sweeps "
-                           "(transfer-balanced, merge-paired) and a shipment (a `stock` "
+                           "(transfer-balanced, merge-paired; never of stock) and a "
+                           "shipment (a `stock` "
                            "entry), which puts in another branch's `transit` no more units "
                            "than it takes from its writer's `stock`: a branch that raised "
                            "another's shelf stock had it sell units it does not have, and "
@@ -314,6 +315,10 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
                                          f"unit(s) of coupon {purse[len(COUPON_PREFIX):]}")
             # A kind this version does not know is set aside by the schema (a newer
             # version's, perhaps), never projected: not judged here.
+            if kind in VALUE_MOVES and any(p in GOODS_PURSES for p, _n, _c in counted):
+                # Units move by a shipment only (its `transit`, which the receiver's
+                # cashier takes in); no honest version transfers or sweeps them.
+                raise RuleBroken("raise-own", f"{doc}: entry {key}: a {kind} moves stock")
             if kind in ENTRY_KINDS and kind not in VALUE_MOVES:
                 may = VALUE_RAISES.get(kind, frozenset())
                 shipped = 0  # units this entry puts in transit to other branches

@@ -267,7 +267,7 @@ def node_serial(data_dir: Path | str) -> int:
 
 
 def revoke(chain_dir: Path | str, node_cert_pem_or_serial: int | bytes | str, *,
-           existing_crl: bytes | str | None = None) -> bytes:
+           existing_crl: bytes | str | None = None, publish: bool = True) -> bytes:
     """Sign a new CRL that adds one node's certificate(s); returns its DER.
 
     For `crdtledger chain revoke`. The target is a serial number, a node
@@ -276,7 +276,8 @@ def revoke(chain_dir: Path | str, node_cert_pem_or_serial: int | bytes | str, *,
     `existing_crl` (the one in force in the ledger, DER or base64, which must be
     signed by this CA), and its number is one above both. Store it with
     `revocations_rule(der)` as rule `revocations`; nodes install it with
-    `Identity.set_revocations`.
+    `Identity.set_revocations`. `publish` False leaves `CHAIN/crl.der` as it was, for
+    a caller that publishes it (`publish_crl`) only once the ledger took the rule.
     """
     chain = load_chain(chain_dir)
     ca_key = _load_ca_key(chain)
@@ -312,10 +313,18 @@ def revoke(chain_dir: Path | str, node_cert_pem_or_serial: int | bytes | str, *,
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build())
     der = builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    if publish:
+        publish_crl(chain_dir, der)
+    return der
+
+
+def publish_crl(chain_dir: Path | str, der: bytes) -> None:
+    """Make `der` the chain's last revocation list (`CHAIN/crl.der`): the one the next
+    revocation builds on and `init` reads before it enrols a node id again."""
+    own = load_chain(chain_dir).dir / CRL_FILE
     tmp = own.with_suffix(".new")
     write_private(tmp, der, sync=True)
     os.replace(tmp, own)
-    return der
 
 
 @dataclass(eq=False)

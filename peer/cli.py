@@ -50,6 +50,7 @@ from peer.chain import (
     in_service,
     init_chain,
     load_chain,
+    publish_crl,
     revocations_rule,
     revoke,
 )
@@ -624,13 +625,19 @@ def chain_command(args: argparse.Namespace) -> Result:
             current = execute(ledger, *show, args.operator, args.auth_password).data
             with contextlib.suppress(LedgerError):
                 stranded = execute(ledger, *held, args.operator, args.auth_password).data
-    crl = revoke(args.chain, args.node, existing_crl=current.get("crl") or None)
+    # Published in the chain directory only once the ledger took it: a cashier's
+    # refused revocation wrote the list there first, so a second machine could then
+    # be enrolled under the id still in service, and the owner's next revocation
+    # carried it to every branch.
+    crl = revoke(args.chain, args.node, existing_crl=current.get("crl") or None,
+                 publish=False)
     change = ("rule.set", {"kind": "revocations", "body": revocations_rule(crl)})
     if node is not None:
         routed(node, args, *change)
     else:
         with Ledger.open(data_dir) as ledger:
             execute(ledger, *change, args.operator, args.auth_password)
+    publish_crl(args.chain, crl)
     text = (f"certificates of {args.node} revoked; every node refuses it once the "
             "revocation list reaches it")
     if stranded["held"]:

@@ -10,11 +10,13 @@ real stores and sealed sync files.
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
 import pytest
 from conftest import Cli
+from cryptography import x509
 from helpers import name_branches, new_ledger, sync
 
 from crdtledger import views
@@ -241,3 +243,23 @@ def test_a_shop_that_handed_over_is_granted_only_what_its_sale_lacks(tmp_path: P
     finally:
         a.close()
         b.close()
+
+
+def test_a_refused_revocation_publishes_nothing_in_the_chain_directory(
+        cli: Cli, chain: dict[str, Path]) -> None:
+    """A cashier's `chain revoke` was refused (it may not change rules) after the new
+    list was written to CHAIN/crl.der: `init` then enrolled a second machine under the
+    id still in service, and the owner's next revocation carried it to every branch.
+    The list is published only once the ledger took it."""
+    hq, crl = chain["HQ"], chain["ca"] / "crl.der"
+    assert cli("operator", "add", "--name", "amy", "--password", "amy-secret", "--role",
+               "cashier", data=hq).code == 0
+    before = crl.read_bytes() if crl.exists() else None
+    r = cli("--operator", "amy", "--password", "amy-secret", "chain", "revoke", "--chain",
+            chain["ca"], "--node", "SH02", data=hq)
+    assert r.code != 0 and "rules.manage" in r.err, r.err
+    assert (crl.read_bytes() if crl.exists() else None) == before
+    assert cli("chain", "revoke", "--chain", chain["ca"], "--node", "SH01", data=hq).code == 0
+    shown = out(cli, "rule", "show", "revocations", data=hq)
+    assert base64.b64decode(shown["crl"]) == crl.read_bytes()
+    assert len(list(x509.load_der_x509_crl(crl.read_bytes()))) == 1  # SH01's only

@@ -124,3 +124,18 @@ def test_rows_summing_past_sqlites_integer_range_do_not_stop_a_members_reads(
     assert w.b.balance(w.member)["points"] > 2**63 - 2**20
     assert [r["id"] for r in views.member_records(w.b)].count(w.member) == 1
     assert views.rights_summary(w.b, "SH03")["held"]["points"] > 2**62
+
+
+def test_stock_moves_by_a_shipment_only_not_by_a_transfer(w: World) -> None:
+    """Stock raised on the liar's own shelf, then moved to SH01's by a `transfer`
+    (balanced, so transfer-balanced took it): SH01 sold ten units of the two it had.
+    No honest version moves units by a transfer or a sweep."""
+    item = w.a.add_goods(w.a.owner, "G01", "精油", price=8800, cost=3000)
+    w.a.stock_in(w.a.owner, "G01", 2)
+    _synced(w)
+    _sent(w, w.entry("stock", item["stock"], [["stock", "SH03", 1000]], qty=1000,
+                     reason="in", goods="G01"),
+          w.entry("transfer", item["stock"], [["stock", "SH03", -1000], ["stock", "SH01", 1000]]))
+    for r in (w.a, w.b, w.c):
+        assert [f["rule"] for f in r.faults()] == ["raise-own"]
+        assert r.stock_of("G01", "SH01")["qty"] == 2
