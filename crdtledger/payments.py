@@ -26,7 +26,6 @@ from crdtledger.hlc import check_node_id, id_time_ms
 from crdtledger.inputs import check_text
 from crdtledger.merge import Merges
 from crdtledger.model import GOODS_PURSES, ID, MONEY_PURSES, PURSE, PURSE_METHODS, WALK_IN
-from crdtledger.projection import points_change
 from crdtledger.money import (
     apply_rate,
     check_amount,
@@ -35,6 +34,7 @@ from crdtledger.money import (
     format_yuan,
     points_for,
 )
+from crdtledger.projection import points_change
 from crdtledger.rules import Rules, points_per_yuan
 from crdtledger.writerules import COUPON_PREFIX
 
