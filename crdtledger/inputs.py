@@ -12,6 +12,15 @@ from crdtledger.errors import InvalidInput
 from crdtledger.model import CARD_NO
 
 MAX_TEXT = 200
+# C0 and C1 controls but a line break and a tab: printer and terminal commands (ESC p
+# opens a cash drawer, ESC [2J clears a terminal). Rules may not hold them; what is
+# printed or shown from elsewhere (a peer's record, a store written before) is made
+# `printable`.
+CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    return CONTROLS.sub("?", text)
 
 
 def check_text(value: Any, what: str, *, required: bool = False, limit: int = MAX_TEXT) -> str:

@@ -12,7 +12,7 @@ from crdtledger import localtime, notices
 from crdtledger.auth import Auth
 from crdtledger.commit import put
 from crdtledger.errors import InvalidAmount, InvalidInput, LedgerError
-from crdtledger.inputs import check_date, check_text
+from crdtledger.inputs import CONTROLS, check_date, check_text
 from crdtledger.model import (
     CARD_TYPES,
     DEFAULT_RULES,
@@ -135,11 +135,6 @@ class Rules(Auth):
         return rid
 
 
-# What no rule's text holds: C0 and C1 controls but a line break and a tab (message
-# templates are several lines).
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
 def _check_values(body: Any) -> None:
     """What any rule may hold: text, whole numbers, true/false, lists and maps of them.
     A lone surrogate (valid JSON) was kept in the record and set aside at every
@@ -154,7 +149,7 @@ def _check_values(body: Any) -> None:
             stack += v
         elif isinstance(v, str):
             check_text(v, "a rule's text", limit=len(v))
-            if _CONTROL.search(v):
+            if CONTROLS.search(v):  # message templates keep their line breaks
                 # ESC p opened every branch's cash drawer from a service's name on its
                 # receipts, ESC = disabled the printer, ESC [ cleared the terminal of
                 # whoever printed a receipt at the command line.

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from crdtledger import __version__, localtime, operations, peerclock, platform, views
 from crdtledger.backups import restore, write_backup
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
+from crdtledger.inputs import printable
 from crdtledger.ledger import Ledger
 from crdtledger.money import format_purses
 from crdtledger.operations import TABLE, Operation, Param
@@ -467,11 +468,12 @@ def emit(args: argparse.Namespace, result: Result) -> None:
     elif getattr(args, "json", False):
         print(json.dumps(result.data, ensure_ascii=False, sort_keys=True))
     elif result.text:
-        print(result.text)
+        # Names and notes come from other branches' records too: shown, never obeyed.
+        print(printable(result.text))
 
 
 def refuse(args: argparse.Namespace, code: str, message: str) -> int:
-    message = " ".join(message.split())  # one line, whatever the exception carried
+    message = printable(" ".join(message.split()))  # one line, whatever it carried
     if getattr(args, "json", False):
         print(json.dumps({"error": code, "message": message}, ensure_ascii=False))
     print(f"{PROG}: {message}", file=sys.stderr)

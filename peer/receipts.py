@@ -47,6 +47,7 @@ from typing import Any
 from crdtledger import localtime, views
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied
 from crdtledger.goods import is_walk_in
+from crdtledger.inputs import printable
 from crdtledger.ledger import Ledger
 from crdtledger.model import DEFAULT_RULES
 from crdtledger.money import format_yuan
@@ -452,13 +453,10 @@ def layout(r: Receipt, width: int) -> Layout:
 
 def text(r: Receipt, width: int = COLUMNS[58]) -> str:
     """The receipt as plain text (the command line's `receipt show`, the API)."""
-    return layout(r, width).text()
+    return printable(layout(r, width).text())
 
 
 # --- ESC/POS ------------------------------------------------------------------------------
-
-
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def _escpos(lay: Layout) -> bytes:
@@ -470,7 +468,7 @@ def _escpos(lay: Layout) -> bytes:
     def say(line: str) -> None:
         # Text only: a control byte in a name is a printer command (ESC p opens the
         # drawer). The stores refuse them; a store written before that may hold some.
-        p._raw(_CONTROLS.sub("?", line).encode("gb18030", errors="replace") + b"\n")
+        p._raw(printable(line).encode("gb18030", errors="replace") + b"\n")
 
     p._raw(INIT + ENTER_CHINESE)
     for style, line in lay.rows:

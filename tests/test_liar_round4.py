@@ -18,15 +18,20 @@ replicas (test_liar_round2.World). Real stores, real apply_batch.
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import Forger, sync
+from pycrdt import Map
 from test_liar_round2 import World
 
 from crdtledger import views
 from crdtledger.goods import OutOfStock
+from crdtledger.model import member_doc
+from peer import cli, receipts
 
 DAY_MS = 86_400_000
 
@@ -139,3 +144,26 @@ def test_stock_moves_by_a_shipment_only_not_by_a_transfer(w: World) -> None:
     for r in (w.a, w.b, w.c):
         assert [f["rule"] for f in r.faults()] == ["raise-own"]
         assert r.stock_of("G01", "SH01")["qty"] == 2
+
+
+def test_terminal_commands_in_a_liars_records_are_shown_not_obeyed(
+        w: World, capsys: pytest.CaptureFixture[str]) -> None:
+    """An entry's `op` and a member's name (member documents are any branch's to
+    write) holding ESC [2J and an OSC title: `crdtledger receipt show` at an honest
+    branch printed them raw, clearing the operator's terminal. Printed output is made
+    printable (crdtledger.inputs.printable), as receipts sent to a printer are."""
+    esc = "\x1b[2J\x1b[H\x1b]0;PWNED\x07"
+    top = w.entry("topup", w.member, [["cash", "SH03", 100]], amount=100, paid=100,
+                  pay="cash")
+    top["op"] = esc + "x@SH03"
+
+    def rename(d: Any) -> None:
+        d.get("members", type=Map)[w.member]["name"] = esc + "王芳"
+
+    recs = [w.write(top), w.liar.write(member_doc(w.member), rename)]
+    w.b.apply_batch(w.liar.batch(recs))
+    shown = receipts.text(receipts.build(w.b, top["id"]))
+    assert "王芳" in shown and "\x1b" not in shown and "\x07" not in shown
+    cli.emit(argparse.Namespace(), cli.Result({}, shown))
+    printed = capsys.readouterr().out
+    assert "王芳" in printed and "\x1b" not in printed
