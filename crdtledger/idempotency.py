@@ -82,12 +82,28 @@ def check_key(raw: str) -> str:
     return raw
 
 
+# Fields the fingerprint leaves out, at any depth: the rest of a body is in the entry it
+# wrote, so a plain hash kept for a day gave an approver's password (or a card's PIN)
+# away in a few guesses to whoever read the store, which guards both with scrypt. A
+# refusal (a wrong one) forgets its key, so a retry with the right one still runs.
+SECRETS = frozenset({"password", "pin"})
+
+
 def fingerprint(method: str, path: str, query: Iterable[tuple[str, str]], body: Any) -> str:
     """What makes two requests the same one: method, path, query and the body as JSON
-    (keys sorted: the same body sent by another JSON library is the same request)."""
-    text = json.dumps([method.upper(), path, sorted(query), body],
+    (keys sorted: the same body sent by another JSON library is the same request),
+    without its SECRETS."""
+    text = json.dumps([method.upper(), path, sorted(query), _without_secrets(body)],
                       sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _without_secrets(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_secrets(v) for k, v in value.items() if k not in SECRETS}
+    if isinstance(value, list):
+        return [_without_secrets(v) for v in value]
+    return value
 
 
 def _conn(ledger: Ledger) -> sqlite3.Connection:

@@ -367,3 +367,20 @@ def test_an_erasure_from_another_branch_blanks_them_too(tmp_path: Path) -> None:
         "fp-k2", 201, {"member_id": other})
     sh01.close()
     sh02.close()
+
+
+def test_the_fingerprint_keeps_no_password_nor_pin() -> None:
+    """The rest of a keyed body is in the entry it wrote, so a plain hash kept for a day
+    gave an approver's password (17 guesses) or a card's PIN away to whoever read the
+    store. They are left out; the request is still told apart by everything else."""
+    def top(**approver: str) -> str:
+        return idempotency.fingerprint("POST", "/api/topup", [], {
+            "member": "036VPVAM00001.SH01", "amount": 600000,
+            "approver": {"name": "mgr", **approver}})
+
+    def pay(pin: str, amount: int = 2000) -> str:
+        return idempotency.fingerprint("POST", "/api/debit", [], {
+            "card": "C10001", "pin": pin, "amount": amount})
+
+    assert top(password="mgr-secret") == top(password="guess") == top()
+    assert pay("123456") == pay("000000") != pay("123456", 2001)
