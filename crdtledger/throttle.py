@@ -23,25 +23,28 @@ Why these numbers (the OWASP Authentication Cheat Sheet, "Login Throttling" and
   their slow password checks run.
 - A success resets the counters of its name and its address; a key quiet for
   `FORGET_AFTER_S` (a day) is forgotten.
-- At most `MAX_KEYS` keys are remembered (least recently used dropped first, but
-  never a locked one), so a flood of made-up names or addresses cannot grow memory
-  nor push a lock out.
+- At most `MAX_KEYS` keys are remembered (least recently used dropped first, but a
+  locked one only when every key is locked, an address's before a name's), so a
+  flood of made-up names or addresses cannot grow memory, push a name's lock out
+  cheaply, nor lock everyone out. An IPv6 address counts by its /64 (one
+  subscriber's).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 
 FREE_FAILURES = 5
 FIRST_DELAY_S = 1.0
 MAX_DELAY_S = 15 * 60.0
 FORGET_AFTER_S = 24 * 3600.0
-MAX_KEYS = 10_000
+MAX_KEYS = 100_000  # about 20 MB at most
 
 
 @dataclass
@@ -68,7 +71,7 @@ class LoginThrottle:
 
     @staticmethod
     def _of(name: str, address: str) -> tuple[tuple[str, str], tuple[str, str]]:
-        return ("name", name), ("address", address)
+        return ("name", name), ("address", _network(address))
 
     def _get(self, key: tuple[str, str], now: float) -> _Key | None:
         state = self._keys.get(key)
@@ -95,9 +98,7 @@ class LoginThrottle:
             return left
         now = self._clock()
         keys = self._of(name, address)
-        full = self._make_room(sum(k not in self._keys for k in keys), now)
-        if full:
-            return full
+        self._make_room(sum(k not in self._keys for k in keys), now)
         for key in keys:
             state = self._get(key, now) or _Key()
             state.failures += 1
@@ -111,22 +112,26 @@ class LoginThrottle:
             self._keys.move_to_end(key)
         return 0
 
-    def _make_room(self, new: int, now: float) -> int:
+    def _make_room(self, new: int, now: float) -> None:
         """Room for `new` keys: the least recently used keys not locked go first. A
-        locked key is never pushed out: a flood of made-up names from many addresses
-        (each of a few failures, costing the flooder nothing) dropped a real phone's
-        lock and let it be sent codes again. While every key is locked, an attempt with
-        a key not known is refused: the seconds until the first lock ends."""
+        flood of made-up names from many addresses (each of a few failures, costing the
+        flooder nothing) pushed a real phone's lock out, least recently used first, and
+        it was sent codes again."""
         over = len(self._keys) + new - self.max_keys
         if over <= 0:
-            return 0
+            return
         for key in list(islice((k for k, st in self._keys.items() if st.locked_until <= now),
                                over)):
             del self._keys[key]
             over -= 1
-        if over <= 0:
-            return 0
-        return max(1, math.ceil(min(st.locked_until for st in self._keys.values()) - now))
+        # Every key locked: the oldest addresses' locks go first, then the oldest
+        # names'. Refusing new keys instead let a stranger who filled the table with
+        # made-up names lock every member out; pushing a name's lock out costs a
+        # stranger MAX_KEYS locked keys (five failures each) for one more round.
+        oldest = chain((k for k in self._keys if k[0] == "address"),
+                       (k for k in self._keys if k[0] != "address"))
+        for key in list(islice(oldest, over)):
+            del self._keys[key]
 
     def succeeded(self, name: str, address: str) -> None:
         """The password was right: forgive the name's and the address's failures."""
@@ -135,6 +140,17 @@ class LoginThrottle:
 
     def __len__(self) -> int:
         return len(self._keys)
+
+
+def _network(address: str) -> str:
+    """The key of a client address: an IPv6 address by its /64, which one subscriber
+    holds whole (2**64 addresses, one key each, would be a lock each to spend)."""
+    if ":" not in address:
+        return address
+    try:
+        return str(ipaddress.IPv6Network(f"{address.split('%')[0]}/64", strict=False))
+    except ValueError:
+        return address
 
 
 def too_many_attempts(seconds: int) -> str:
