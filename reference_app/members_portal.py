@@ -59,7 +59,8 @@ from nicegui import Client, app, ui
 from nicegui import __version__ as nicegui_version
 
 from crdtledger import localtime, operations, views
-from crdtledger.errors import CardInactive, CardLost, LedgerError, NotFound, WrongPin
+from crdtledger.auth import check_secret, hash_secret
+from crdtledger.errors import LedgerError, NotFound, WrongPin
 from crdtledger.members import PHONE
 from crdtledger.model import canonical_phone, owner_of, self_service_of
 from crdtledger.throttle import LoginThrottle
@@ -522,38 +523,37 @@ class Portal:
         return ledger.survivor_of(member)
 
     def check_card(self, card_no: str, pin: str, address: str) -> str:
-        """The member of this card, its PIN right (a card without a PIN cannot sign in)."""
+        """The member of this card, its PIN right (a card without a PIN cannot sign in).
+        Every failure answers alike, after a PIN check's work: the words said whether
+        a number was a card, lost, stopped or without a PIN, and an unknown number
+        answered in 0.1 ms against a wrong PIN's 50-80 ms, to any stranger."""
         key = f"card:{card_no.strip().upper()}"
         wait = self.checks.begin(key, address)
         if wait:
             raise SignInRefused(_too_many(wait))
-        wrong = SignInRefused(tr("卡号或密码不对。", "Wrong card number or PIN."))
+        wrong = SignInRefused(tr("卡号或密码不对。没有设密码的卡请用手机验证码登录。",
+                                 "Wrong card number or PIN. A card without a PIN signs in "
+                                 "with the phone's code."))
         ledger = self.shop.ledger
         try:
             card = ledger.card(card_no)
-            if card["status"] == "active" and not card["has_pin"]:
-                raise SignInRefused(tr("这张卡没有设密码，请用手机验证码登录，或到门店设置卡密码。",
-                                       "This card has no PIN: sign in with your phone, or "
-                                       "have a PIN set at a branch."))
-            card = ledger.use_card(card_no, pin.strip())  # lost, replaced, expired, PIN
-        except CardLost:
-            raise SignInRefused(tr("此卡已挂失，不能登录。请到门店补卡，或用手机验证码登录。",
-                                   "This card is reported lost and cannot sign in: have it "
-                                   "replaced at a branch, or sign in with your phone.")) \
-                from None
-        except CardInactive:
-            raise SignInRefused(tr("此卡已停用，请用新卡或手机验证码登录。",
-                                   "This card is no longer valid: use your new card or "
-                                   "your phone.")) from None
-        except (WrongPin, NotFound):
+            if card["status"] != "active" or not card["has_pin"]:
+                raise NotFound(card_no)
+            card = ledger.use_card(card_no, pin.strip())  # expired, PIN
+        except WrongPin:  # checked: its work done
             raise wrong from None
-        except LedgerError:  # a malformed number
+        except LedgerError:  # unknown, malformed, lost, replaced, expired, no PIN
+            check_secret(pin.strip(), _NO_CARD)  # the work a PIN check does
             raise wrong from None
         member = ledger.survivor_of(str(card["member"]))
         if _closed(ledger, member):
             raise wrong
         self.checks.succeeded(key, address)
         return member
+
+
+# What an unknown card's PIN is checked against: the same work as a card's.
+_NO_CARD = hash_secret("no such card")
 
 
 class _MemberServer(uvicorn.Server):

@@ -299,8 +299,10 @@ async def test_card_and_pin(portal_app: PortalApp) -> None:
     await app.user.should_see("卡号或密码不对")
     await app.card_sign_in("C99999", PIN)  # no such card: the same words
     await app.user.should_see("卡号或密码不对")
-    await app.card_sign_in("C30003", "")  # a card without a PIN cannot sign in
-    await app.user.should_see("这张卡没有设密码")
+    # A card without a PIN cannot sign in; the words are a wrong PIN's (they told a
+    # stranger which numbers are cards a till takes without a PIN), with the way in.
+    await app.card_sign_in("C30003", "")
+    await app.user.should_see("没有设密码的卡请用手机验证码登录")
     await app.card_sign_in(CARD_A, PIN)
     await app.user.should_see("¥500.00")
     await app.user.should_see("张伟")
@@ -320,7 +322,7 @@ async def test_a_lost_card_is_refused(portal_app: PortalApp) -> None:
     app = portal_app
     app.ledger.report_lost(owner_of("SH01"), CARD_A)
     await app.card_sign_in(CARD_A, PIN)
-    await app.user.should_see("此卡已挂失")
+    await app.user.should_see("卡号或密码不对")  # not "reported lost": to anyone asking
     await app.user.should_not_see(marker="member-name")
 
 
