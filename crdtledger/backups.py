@@ -46,6 +46,7 @@ from crdtledger.errors import (
     StoreError,
     StoreLocked,
 )
+from crdtledger.hlc import id_time_ms
 from crdtledger.private import (
     FILE_MODE,
     SQLITE_SUFFIXES,
@@ -201,7 +202,8 @@ def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
             raise CorruptSyncFile(f"{what} is signed by node {sealed.node} of chain "
                                   f"{trust.chain} but holds another store")
         try:
-            backup_tip = _mark_restored(tmp, sealed.node, what)
+            backup_tip = _mark_restored(tmp, sealed.node, what,
+                                        _enrolled(chain_dir, sealed.node))
         except BaseException:
             for suffix in SQLITE_SUFFIXES:
                 Path(str(tmp) + suffix).unlink(missing_ok=True)
@@ -324,21 +326,40 @@ def _meta(db: Path) -> dict[str, str] | None:
 _OWN_TIP = "SELECT COALESCE(MAX(seq), 0) FROM records WHERE node = ?"
 
 
-def _mark_restored(copy: Path, node: str, what: str) -> int:
+def _enrolled(chain_dir: Path | None, node: str) -> list[str]:
+    """The other branches the chain's CA enrolled (`CHAIN/issued/NODE-SERIAL.crt`,
+    peer.chain.enrol): a restored node waits to hear from each that is not revoked,
+    not only from those its backup knew. A branch opened after the backup, which the
+    lost PC sent sales to, was no one the restored store knew: head office's word
+    that it had heard nothing since ended the wait, and the node sold again."""
+    issued = Path(chain_dir) / "issued" if chain_dir is not None else None
+    if issued is None or not issued.is_dir():
+        return []
+    return sorted({p.name.rsplit("-", 1)[0] for p in issued.glob("*.crt")} - {node})
+
+
+def _mark_restored(copy: Path, node: str, what: str, enrolled: list[str]) -> int:
     """Note in the restored copy where the backup's own log ends (meta `restored_tip`:
-    Replica.peer_caught_up wants a branch that holds more of it than that); return it.
-    Done here, not when the backup is written, so a backup of any age gets it."""
+    Replica.peer_caught_up wants a branch that holds more of it than that), when it was
+    put back, and the branches to hear from (`_enrolled`); return the tip. Done here,
+    not when the backup is written, so a backup of any age gets it."""
     try:
         conn = sqlite3.connect(copy)
         try:
             (tip,) = conn.execute(_OWN_TIP, (node,)).fetchone()
+            # Never before the newest time the store holds: a new PC whose clock was
+            # days behind took files made before the restore for files made after it.
+            (newest,) = conn.execute("SELECT MAX(id) FROM entries").fetchone()
+            seen = max(int(time.time() * 1000), id_time_ms(newest) if newest else 0)
             with conn:
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('restored_tip', ?)",
                              (str(int(tip)),))
                 # When it was put back: a branch's view older than this says nothing
                 # of what the lost PC sent it (Replica.peer_caught_up, a sync file).
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('restored_seen', ?)",
-                             (str(int(time.time() * 1000)),))
+                             (str(seen),))
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('restore_enrolled', ?)",
+                             (json.dumps(enrolled),))
         finally:
             conn.close()
         with open(copy, "rb+") as f:

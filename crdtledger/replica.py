@@ -1031,13 +1031,24 @@ class Replica(LedgerBase):
             why = (f"{who}'s file was made before this branch was restored: it cannot show "
                    f"what {peer or 'that branch'} has heard from it since; import a file "
                    "it makes now, or connect to it, before selling")
+        elif as_of is not None and as_of > self.clock.wall() + MAX_CLOCK_SKEW_MS:
+            # Made "after the restore" by a clock days ahead: an old file of a PC whose
+            # clock ran ahead ended the wait, and the node sold the same money again.
+            made = datetime.fromtimestamp(as_of / 1000, st.tz).strftime("%Y-%m-%d %H:%M")
+            why = (f"{who}'s file says it was made {made}, "
+                   "later than this PC's clock: one of the two clocks is wrong, and a file "
+                   "cannot show it was made after this branch was restored; set the clocks "
+                   "right and import a file it makes then, or connect to it, before selling")
         elif seq <= backup:
             # Heard of nothing since the backup. Once every other branch known here has
             # said so, nothing this node wrote after it reached any of them: there is
             # nothing to fetch back, and what never left the lost disk nobody can.
             heard = set(json.loads(st.meta.get("restore_heard") or "[]"))
             heard.add(peer or "")
-            others = views.branches_known(cast("Ledger", self))
+            # And every branch the chain enrolled (backups._enrolled), not revoked.
+            others = views.branches_known(cast("Ledger", self)) | {
+                n for n in json.loads(st.meta.get("restore_enrolled") or "[]")
+                if not self.retired(n) and n not in st.log.blocked()}
             if others <= heard:
                 self._end_restore()
                 return

@@ -369,3 +369,60 @@ def test_a_backup_never_goes_into_another_branchs_directory(
     assert (b / "tls" / "node.crt").read_bytes() == cert
     if store == "damaged":
         assert (b / DB_FILE).read_bytes() == b"garbage\n"
+
+
+# --- what the proof takes no word for (third wave of probes) -------------------------------
+
+
+def test_a_file_dated_ahead_of_this_clock_does_not_unlock_it(
+        tmp_path: Path, chain: tuple[Ledger, Ledger, Ledger, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Head office's PC ran 3 days ahead when it wrote a file, before it heard of the
+    100.00 served after the backup: the file said "made after the restore", unlocked
+    the restored node, and it served the 100.00 again (and was forked at head office).
+    A file dated ahead of this PC's clock shows nothing of when it was made."""
+    a, _b, hq, m = chain
+    bk = tmp_path / "bk"
+    write_backup(a.storage.dir, bk)
+    ahead = hq.clock.wall() + 3 * 86_400_000
+    with monkeypatch.context() as mp:
+        mp.setattr(hq.clock, "wall", lambda: ahead)
+        export_file(hq, tmp_path / "hq-ahead.sync")
+    a.debit(a.owner, m, amount=HUNDRED)
+    sync(a, hq)
+    r = _restored(tmp_path, bk)
+    try:
+        got = import_file(r, tmp_path / "hq-ahead.sync")
+        assert r.restored and "later than this PC's clock" in got["not_selling"]
+        with pytest.raises(NotCaughtUp, match="one of the two clocks is wrong"):
+            r.debit(r.owner, m, amount=HUNDRED)
+        _head_office_unlocks(tmp_path, hq, r, m)
+    finally:
+        r.close()
+
+
+def test_a_branch_enrolled_after_the_backup_is_waited_for(tmp_path: Path) -> None:
+    """SH03 opened after SH01's backup, and the lost PC's sale after the backup went
+    there alone. Restored on a new PC, SH01 knew of no SH03: head office's word that it
+    had heard nothing since ended the wait, and the 100.00 was served again. A restore
+    from the chain directory waits for every branch the chain enrolled, not revoked."""
+    sh01, hq = _enrolled(tmp_path, "SH01"), _enrolled(tmp_path, "HQ")
+    m = _member_with(sh01, HUNDRED)
+    with Ledger.open(sh01) as a, Ledger.open(hq) as h:
+        sync(a, h)
+    write_backup(sh01, tmp_path / "bk")
+    sh03 = _enrolled(tmp_path, "SH03")
+    with Ledger.open(sh01) as a, Ledger.open(sh03) as c:
+        a.debit(a.owner, m, amount=HUNDRED)
+        sync(a, c)
+    restore(tmp_path / "bk", tmp_path / "new-pc", chain_dir=tmp_path / "acme")
+    with Ledger.open(tmp_path / "new-pc") as r, Ledger.open(hq) as h, \
+            Ledger.open(sh03) as c:
+        export_file(h, tmp_path / "hq-now.sync")
+        got = import_file(r, tmp_path / "hq-now.sync")
+        assert r.restored and "and SH03 not yet" in got["not_selling"]
+        with pytest.raises(NotCaughtUp):
+            r.debit(r.owner, m, amount=HUNDRED)
+        export_file(c, tmp_path / "sh03-now.sync")
+        got = import_file(r, tmp_path / "sh03-now.sync")
+        assert r.restored is None and _cash(r, m) == 0
