@@ -931,11 +931,15 @@ def settlement(ledger: Ledger, start: str | None = None, end: str | None = None
 
 def ranking(ledger: Ledger, by: str = "members", start: str | None = None,
             end: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
-    """消费排名 (by member) and 销量排名 (by service): net of refunds."""
+    """消费排名 (by member) and 销量排名 (by service): net of refunds, each in its own
+    period. `count`: by service the units sold (a sale of three is three), by member
+    the visits; a sale refunded whole counts off in the period of the refund that
+    completes it (a package's uses, one by one as they are given back)."""
     if by not in ("members", "services"):
         raise InvalidInput(f"rank by members or services, not {by!r}")
     conn = ledger.storage.conn
     key = "member" if by == "members" else "service"
+    units = "COALESCE(json_extract(body, '$.qty'), 1)" if by == "services" else "1"
     where, args = _period(ledger, start, end)
     where += " AND kind IN ('debit', 'refund')"
     if by == "services":
@@ -944,17 +948,45 @@ def ranking(ledger: Ledger, by: str = "members", start: str | None = None,
         where += f" AND member NOT LIKE '{WALK_IN}%'"
     rows = conn.execute(
         f"SELECT {key}, TOTAL(CASE kind WHEN 'debit' THEN amount ELSE -amount END), "
-        f"TOTAL(CASE kind WHEN 'debit' THEN 1 ELSE 0 END) FROM entries WHERE {where} "
+        f"TOTAL(CASE kind WHEN 'debit' THEN {units} ELSE 0 END) FROM entries WHERE {where} "
         f"GROUP BY {key} ORDER BY 2 DESC, 1 LIMIT ?", [*args, limit]).fetchall()
+    back = _counted_back(conn, key, by == "services", where, args, [r[0] for r in rows])
     out = []
     for k, total, count in rows:
-        item: dict[str, Any] = {key: k, "amount": int(total), "count": int(count)}
+        item: dict[str, Any] = {key: k, "amount": int(total),
+                                "count": int(count) - back.get(k, 0)}
         if by == "members":
             r = conn.execute("SELECT name, phone FROM members WHERE id = ?", (k,)).fetchone()
             if r:
                 item["name"], item["phone"] = r[0], mask_phone(r[1])
         out.append(item)
     return out
+
+
+def _counted_back(conn: sqlite3.Connection, key: str, by_units: bool, where: str,
+                  args: list[Any], keys: list[Any]) -> dict[Any, int]:
+    """What the period's refunds take off the ranking's counts of `keys`: a package's
+    uses given back, or a sale's units (or its visit) once refunded whole."""
+    if not keys:
+        return {}
+    back: dict[Any, int] = defaultdict(int)
+    for k, eid, ref, qty in conn.execute(
+            f"SELECT {key}, id, ref, json_extract(body, '$.qty') FROM entries WHERE {where} "
+            f"AND kind = 'refund' AND {key} {in_(keys)}", [*args, *keys]):
+        sale = conn.execute("SELECT amount, json_extract(body, '$.qty') FROM entries "
+                            "WHERE id = ?", (ref,)).fetchone()
+        if sale is None:
+            continue
+        sold = int(sale[1] or 1)
+        given, given_qty = conn.execute(
+            "SELECT TOTAL(amount), TOTAL(json_extract(body, '$.qty')) FROM entries "
+            "WHERE ref = ? AND kind = 'refund' AND id <= ?", (ref, eid)).fetchone()
+        whole = given_qty >= sold if qty is not None else given >= int(sale[0])
+        if by_units:
+            back[k] += int(qty) if qty is not None else sold if whole else 0
+        elif whole and (qty is None or given_qty - int(qty) < sold):
+            back[k] += 1  # the refund that completes it, once
+    return back
 
 
 # --- goods and stock (crdtledger.goods) ----------------------------------------------

@@ -1028,12 +1028,16 @@ def test_rankings_by_member_and_service(a: Ledger) -> None:
     a.refund(o, d["id"])
     # Default levels: 100000 topped is 银卡, 0.95 off services.
     by_member = views.ranking(a, by="members")
+    # A sale refunded whole is no visit and sold nothing: counted off.
     assert [(r["member"], r["amount"], r["count"]) for r in by_member] == [
-        (m1, 6460 + 50000, 2), (m2, 12160, 2)]
+        (m1, 6460 + 50000, 2), (m2, 12160, 1)]
     assert by_member[0]["phone"] == "138****5678" and by_member[0]["name"] == "张三"
     by_service = views.ranking(a, by="services")
-    assert [(r["service"], r["amount"]) for r in by_service] == [("FOOT60", 12160),
-                                                                 ("HAIR", 6460)]
+    assert [(r["service"], r["amount"], r["count"]) for r in by_service] == [
+        ("FOOT60", 12160, 1), ("HAIR", 6460, 1)]
+    a.debit(o, m2, service="HAIR", qty=3)  # 销量 counts units: three more
+    assert {r["service"]: r["count"] for r in views.ranking(a, by="services")} == {
+        "FOOT60": 1, "HAIR": 4}
     assert views.ranking(a, by="members", limit=1)[0]["member"] == m1
     assert views.ranking(a, start="2099-01-01") == []
 
