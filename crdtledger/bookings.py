@@ -320,12 +320,13 @@ def _status(b: Mapping[str, Any], related: Iterable[Mapping[str, Any]], now: int
     `closed`: the technician's branch was closed for good (its certificate revoked)."""
     branch = id_node(str(b["member"]))
     decided: str | None = "confirmed" if b["node"] == branch else None
-    reason, cancelled, no_show = "", False, False
+    reason, cancelled, no_show, why_cancelled = "", False, False, ""
     for e in related:
         if e.get("ref") != b["id"] or e["member"] != b["member"]:
             continue
         if e["kind"] == "booking_cancel":
             cancelled = True
+            why_cancelled = max(why_cancelled, str(e.get("reason") or ""))  # any order
         elif e["kind"] == "booking_decision" and e["node"] == branch:
             st = e.get("status")
             if st == "no_show":
@@ -338,7 +339,7 @@ def _status(b: Mapping[str, Any], related: Iterable[Mapping[str, Any]], now: int
     if no_show:
         return "no_show", reason
     if cancelled:
-        return "cancelled", reason
+        return "cancelled", why_cancelled or reason
     if decided == "refused":
         return "refused", reason
     end = int(b["start"]) + int(b["minutes"]) * 60_000
@@ -627,6 +628,25 @@ def cancel(ledger: Ledger, operator: str, booking: str, member: str | None = Non
 
     entry = ledger._commit(plan)
     return {**show(ledger, b["id"]), "entry": entry["id"]}
+
+
+def cancel_member_bookings(ledger: Ledger, operator: str, member: str, why: str
+                           ) -> list[dict[str, Any]]:
+    """Cancel, in one commit, the bookings to come of `member`'s group: a member who
+    left (退会) or was erased. Their confirmed slots held the technicians for nobody,
+    and nothing said why."""
+    now = ledger.clock.wall()
+    due = [v["booking"] for v in list_bookings(ledger, member=member)
+           if v["status"] in ("confirmed", "pending") and v["start"] > now]
+    if not due:
+        return []
+
+    def plan() -> tuple[list[Any], list[dict[str, Any]]]:
+        entries = [ledger._entry("booking_cancel", _booking_entry(ledger, b)["member"],
+                                 op=operator, ref=b, reason=why) for b in due]
+        return [ledger._entry_write(e) for e in entries], entries
+
+    return list(ledger._commit(plan))
 
 
 def noshow(ledger: Ledger, operator: str, booking: str) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pycrdt import Doc, Map
 
-from crdtledger import idempotency, lots, views
+from crdtledger import bookings, idempotency, lots, views
 from crdtledger.commit import put
 from crdtledger.errors import InvalidInput, LedgerError, NotFound
 from crdtledger.hlc import id_time_ms
@@ -74,7 +74,9 @@ def erase_member(ledger: Ledger, operator: str, member: str) -> dict[str, Any]:
         what += [f"{uses} package uses"] if uses else []
         raise InvalidInput(
             f"member {member} still holds {', '.join(what)}: settle it first (a refund, "
-            "or a member exit that forfeits it), then erase")
+            "or a member exit that forfeits it"
+            + ("; package uses by a correction of the package, with an approver" if uses
+               else "") + "), then erase")
     change = ledger.clock.mint()
     writes = []
     erased = []
@@ -103,6 +105,7 @@ def erase_member(ledger: Ledger, operator: str, member: str) -> dict[str, Any]:
     # the erasure reaches them (their housekeeping: redact_erased).
     redactions = [e["id"] for mid in erased for e in redact_own(ledger, mid)]
     ledger.redaction_checked.update(erased)
+    bookings.cancel_member_bookings(ledger, operator, group[0], "member erased")
     return {"member": member, "erased": erased, "change": change, "redactions": redactions}
 
 

@@ -66,17 +66,20 @@ import json
 import re
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 from pycrdt import Map
 
-from crdtledger import escrow, views
+from crdtledger import bookings, escrow, views
 from crdtledger.commit import Write, note_edit
 from crdtledger.coupons import Coupons, purse_of
 from crdtledger.errors import InvalidInput, NotFound, PermissionDenied
 from crdtledger.inputs import check_text
 from crdtledger.model import ID, PERMISSIONS, SERVICE_CODE, member_doc
 from crdtledger.money import check_amount
+
+if TYPE_CHECKING:
+    from crdtledger.ledger import Ledger
 
 # --- rules -------------------------------------------------------------------------------
 
@@ -674,6 +677,9 @@ class Membership(Coupons):
             return writes, decision
 
         self._commit(plan)
+        if exiting:
+            bookings.cancel_member_bookings(cast("Ledger", self), operator, member,
+                                            "member left")
         return self.exit_view(application)
 
 

@@ -630,3 +630,27 @@ def test_a_member_books_a_few_at_a_time_on_the_self_service_pages(
     bookings.cancel(sh02, me, made.pop()["booking"], m)
     with pytest.raises(BookingRefused, match="10 bookings made here today"):
         bookings.book(sh02, me, m, "T01", "FOOT60", f"{DAY}T21:00")
+
+
+def test_a_member_who_leaves_or_is_erased_holds_no_technician(
+        chain: dict[str, Ledger]) -> None:
+    """A member's confirmed booking to come stayed confirmed after the member left
+    (退会) or was erased, and kept the technician's slot from everyone else, with
+    nothing to say why. Both cancel the member's bookings to come, saying why."""
+    m = setup_chain(chain)
+    sh02 = chain["SH02"]
+    other = sh02.add_member(sh02.owner, name="李娜", phone="13900139000")
+    b = bookings.book(sh02, sh02.owner, m, "T01", "FOOT60", f"{DAY}T14:00")
+    mgr = sh02.add_operator(sh02.owner, "mgr", "secret1", ["manager"])
+    app = sh02.apply_exit(mgr, m, "搬家")["application"]
+    sh02.decide_exit(sh02.owner, app)
+    assert (bookings.show(sh02, b["booking"])["status"], bookings.show(
+        sh02, b["booking"])["reason"]) == ("cancelled", "member left")
+    assert bookings.book(sh02, sh02.owner, other, "T01", "FOOT60",
+                         f"{DAY}T14:00")["status"] == "confirmed"
+    third = sh02.add_member(sh02.owner, name="王芳", phone="13700137000")
+    c = bookings.book(sh02, sh02.owner, third, "T01", "FOOT60", f"{DAY}T16:00")
+    sh02.erase_member(sh02.owner, third)
+    assert bookings.show(sh02, c["booking"])["status"] == "cancelled"
+    sync_all(chain)
+    assert bookings.show(chain["SH01"], c["booking"])["status"] == "cancelled"
