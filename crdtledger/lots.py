@@ -90,11 +90,12 @@ def take(lots: list[Lot], n: int, kind: str, ref: str | None, day: str) -> int:
 
 
 def replay(conn: sqlite3.Connection, group: list[str], day_of: Callable[[int], str],
-           before: str | None = None) -> list[Lot]:
+           before: str | None = None, excess: dict[str, int] | None = None) -> list[Lot]:
     """The lots of `group` from its entries (those with ids before `before`, if
     given), in id order: the definition. Each member folds apart until its merge
     (`merged_at`), one pool with whom it was merged into from then on: a member's
-    spending before a merge took its own lots, as its rights were its own."""
+    spending before a merge took its own lots, as its rights were its own. `excess`
+    collects what each write-off took beyond the points expired (`take`), by its id."""
     merges = merged_at(conn, group)
     pools: dict[str, list[Lot]] = {m: [] for m in group}
     into: dict[str, str] = {}
@@ -116,7 +117,9 @@ def replay(conn: sqlite3.Connection, group: list[str], day_of: Callable[[int], s
             if a != b:  # a cycle's last merge (its survivor's pointer) joins nothing
                 into[a] = b
                 pools[b] += pools.pop(a)
-        _step(pools[pool(e["member"])], _row(e, points_change(e)), day_of)
+        short = _step(pools[pool(e["member"])], _row(e, points_change(e)), day_of)
+        if short and excess is not None:
+            excess[e["id"]] = short
     return [lot for lots in pools.values() for lot in lots]
 
 
@@ -190,27 +193,27 @@ def _row(e: dict[str, Any], change: int) -> tuple[Any, ...]:
             e.get("day"))
 
 
-def _step(lots: list[Lot], row: tuple[Any, ...], day_of: Callable[[int], str]) -> None:
-    """One entry, as (member, id, change, kind, ref, expires, day), folded into `lots`."""
+def _step(lots: list[Lot], row: tuple[Any, ...], day_of: Callable[[int], str]) -> int:
+    """One entry, as (member, id, change, kind, ref, expires, day), folded into `lots`;
+    what a write-off took beyond the points expired (else 0)."""
     member, eid, change, kind, ref, expires, day = row
     if kind == "expiry":
         # A write-off takes expired points only, and its give-back (a positive one,
         # naming it) returns rights for points no lot lost: neither is owed nor a lot.
-        if change < 0:
-            take(lots, -change, kind, ref, spend_day(eid, day, day_of))
-        return
+        return take(lots, -change, kind, ref, spend_day(eid, day, day_of)) if change < 0 else 0
     if change > 0:
         for debt in sorted((lot for lot in lots if lot[1] < 0), key=lambda lot: lot[2]):
             got = min(-debt[1], change)
             debt[1] += got
             change -= got
             if not change:
-                return
+                return 0
         lots.append([expires or NO_EXPIRY, change, eid, member])
     elif change < 0:
         short = take(lots, -change, kind, ref, spend_day(eid, day, day_of))
         if short:  # spent before, in id order, what earned it: owed by the next lots
             lots.append([NO_EXPIRY, -short, eid, member])
+    return 0
 
 
 def spend_day(eid: str, said: str | None, day_of: Callable[[int], str]) -> str:

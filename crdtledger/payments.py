@@ -702,29 +702,23 @@ class Payments(Merges, Rules):
         at a branch cut off from it. Each `expiry` entry of this node gets one entry of
         its kind raising its points rights, naming it in `ref`, for what is still to
         give back. Found where a group's lots hold more points than its rights (one
-        query), then each write-off of this node there folded up to itself
-        (crdtledger.lots.replay): the same figure at every replica."""
+        query), then the group folded once (crdtledger.lots.replay, which collects
+        each write-off's excess): the same figure at every replica."""
         conn = self.storage.conn
-        day_of = self.storage.day_of
         done: list[dict[str, Any]] = []
         for member in views.points_beyond_rights(cast("Ledger", self)):
             group = views.member_group(conn, member)
+            excess: dict[str, int] = {}  # every write-off's, in one fold of the group
+            lots.replay(conn, group, self.storage.day_of, excess=excess)
             owed: list[tuple[str, int]] = []
-            for eid, body in conn.execute(
-                    f"SELECT id, body FROM entries WHERE member {views.in_(group)} "
-                    "AND kind = 'expiry' AND node = ? ORDER BY id", [*group, self.node]):
-                e = json.loads(body)
-                change = points_change(e)
-                if change >= 0:
-                    continue
-                lots_then = lots.replay(conn, group, day_of, before=eid)
-                excess = lots.take(lots_then, -change, "expiry", e.get("ref"),
-                                   lots.spend_day(eid, e.get("day"), day_of))
+            for eid, n in sorted(excess.items()):
+                if not eid.endswith(f".{self.node}"):
+                    continue  # another branch's to give back
                 given = sum(points_change(json.loads(b)) for (b,) in conn.execute(
                     "SELECT body FROM entries WHERE ref = ? AND kind = 'expiry' "
                     "AND node = ?", (eid, self.node)))
-                if excess > given:
-                    owed.append((eid, excess - given))
+                if n > given:
+                    owed.append((eid, n - given))
             if not owed:
                 continue
 
