@@ -148,9 +148,14 @@ def _network(address: str) -> str:
     if ":" not in address:
         return address
     try:
-        return str(ipaddress.IPv6Network(f"{address.split('%')[0]}/64", strict=False))
+        ip = ipaddress.IPv6Address(address.split("%")[0])
     except ValueError:
         return address
+    if ip.ipv4_mapped is not None:  # an IPv4 client of a dual-stack socket: its own
+        return str(ip.ipv4_mapped)
+    if not ip.is_global:  # loopback, link-local, private: one machine each, as given
+        return str(ip)
+    return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
 
 
 def too_many_attempts(seconds: int) -> str:

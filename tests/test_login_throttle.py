@@ -257,9 +257,16 @@ def test_an_ipv6_subscriber_counts_as_one_address() -> None:
     """One subscriber holds a /64: 2**64 addresses were as many keys to fail from."""
     t = LoginThrottle(clock=Clock())
     for i in range(6):
-        t.begin(f"name-{i}", f"2001:db8:1:2::{i:x}")
-    assert t.wait("anyone", "2001:db8:1:2:ffff::1") > 0
-    assert t.wait("anyone", "2001:db8:1:3::1") == 0
+        t.begin(f"name-{i}", f"2001:4860:1:2::{i:x}")
+    assert t.wait("anyone", "2001:4860:1:2:ffff::1") > 0
+    assert t.wait("anyone", "2001:4860:1:3::1") == 0
+    # IPv4 clients of a dual-stack socket arrive as ::ffff:a.b.c.d: each its own, not
+    # all one /64 (::/64 locked every IPv4 member out at once), nor loopback's.
+    for i in range(6):
+        t.begin(f"other-{i}", "::ffff:203.0.113.7")
+    assert t.wait("anyone", "203.0.113.7") > 0
+    assert t.wait("anyone", "::ffff:203.0.113.8") == 0
+    assert t.wait("anyone", "::1") == 0
 
 
 # --- the counter's login page -------------------------------------------------------------
