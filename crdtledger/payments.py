@@ -701,12 +701,12 @@ class Payments(Merges, Rules):
         those points): a write-off made before this node heard of a spend of the lot
         at a branch cut off from it. Each `expiry` entry of this node gets one entry of
         its kind raising its points rights, naming it in `ref`, for what is still to
-        give back. Found where a group's lots hold more points than its rights (one
-        query), then the group folded once (crdtledger.lots.replay, which collects
-        each write-off's excess): the same figure at every replica."""
+        give back, up to what the group's lots hold beyond its rights. Found where they
+        do (one query), then the group folded once (crdtledger.lots.replay, which
+        collects each write-off's excess): the same figure at every replica."""
         conn = self.storage.conn
         done: list[dict[str, Any]] = []
-        for member in views.points_beyond_rights(cast("Ledger", self)):
+        for member, gap in views.points_beyond_rights(cast("Ledger", self)).items():
             group = views.member_group(conn, member)
             excess: dict[str, int] = {}  # every write-off's, in one fold of the group
             lots.replay(conn, group, self.storage.day_of, excess=excess)
@@ -717,8 +717,14 @@ class Payments(Merges, Rules):
                 given = sum(points_change(json.loads(b)) for (b,) in conn.execute(
                     "SELECT body FROM entries WHERE ref = ? AND kind = 'expiry' "
                     "AND node = ?", (eid, self.node)))
-                if n > given:
-                    owed.append((eid, n - given))
+                # Never more than the lots hold beyond the rights: a liar's entries
+                # (an `expiry` naming the lot first, rights of its own from nothing)
+                # inflated an honest write-off's excess, and the branch raised its own
+                # rights by 120 points for a gap of one.
+                back = min(n - given, gap)
+                if back > 0:
+                    owed.append((eid, back))
+                    gap -= back
             if not owed:
                 continue
 

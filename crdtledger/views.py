@@ -702,10 +702,11 @@ def points(ledger: Ledger, member_id: str) -> dict[str, Any]:
     }
 
 
-def points_beyond_rights(ledger: Ledger) -> list[str]:
-    """The survivors whose group's lots hold more points than its points rights: a
-    write-off took more than had expired, and its writer gives the rest back
-    (Payments.give_back_write_offs). Two grouped reads; the groups by merged_members."""
+def points_beyond_rights(ledger: Ledger) -> dict[str, int]:
+    """The survivors whose group's lots hold more points than its points rights, and by
+    how many: a write-off took more than had expired, and its writer gives the rest
+    back (Payments.give_back_write_offs), never more than that. Two grouped reads; the
+    groups by merged_members."""
     conn = ledger.storage.conn
     merged = merged_members(ledger)
     held: dict[str, int] = defaultdict(int)
@@ -715,7 +716,7 @@ def points_beyond_rights(ledger: Ledger) -> list[str]:
     for member, n in conn.execute("SELECT member, TOTAL(amount) FROM rights "
                                   "WHERE purse = 'points' GROUP BY member"):
         held[merged.get(member, member)] -= int(n)
-    return sorted(m for m, n in held.items() if n > 0)
+    return {m: n for m, n in sorted(held.items()) if n > 0}
 
 
 def expired_points_owed(ledger: Ledger, member: str, node: str, today: str | None = None

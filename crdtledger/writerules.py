@@ -82,6 +82,9 @@ RULES: tuple[WriteRule, ...] = (
                             "refund rights stay with the branch that made it, so no other "
                             "branch can take back the lots that debit took, nor use up "
                             "what is left of it to refund"),
+    WriteRule("give-back-own", "an `expiry` that raises points (a write-off's give-back: "
+                               "Payments.give_back_write_offs) names in `ref` a write-off "
+                               "of its own writer"),
     WriteRule("transfer-balanced", "a rights transfer moves rights: its changes to each "
                                    "purse sum to zero (rights raised by a transfer of "
                                    "nothing would spend other branches' prepaid value)"),
@@ -348,6 +351,12 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
                                                           "whose changes do not sum to zero")
         if kind == "merge":
             merges[key] = new
+        if kind == "expiry" and isinstance(deltas, list) and any(
+                isinstance(d, list) and len(d) == 3 and isinstance(d[2], int | float)
+                and d[2] > 0 for d in deltas) and (
+                not isinstance(new.get("ref"), str) or new["ref"].rsplit(".", 1)[-1] != node):
+            raise RuleBroken("give-back-own", f"{doc}: entry {key}: an expiry raising "
+                                              "points names no write-off of its writer")
         if kind == "refund" and (not isinstance(new.get("ref"), str)
                                  or new["ref"].rsplit(".", 1)[-1] != node):
             raise RuleBroken("refund-own", f"{doc}: entry {key}: node {node} refunds a "

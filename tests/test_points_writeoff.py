@@ -453,3 +453,89 @@ def test_a_write_off_made_before_its_writer_heard_of_a_redemption_takes_no_valid
         assert sum(points_rights(x, m).values()) == 120
         assert x.give_back_write_offs() == []
     sh01.redeem_points(sh01.owner, m, 100, "towel")  # the rights given back pay
+
+
+def test_a_write_off_before_a_merge_is_given_back_after_it(
+        chain: dict[str, Ledger], clock: FakeClock) -> None:
+    """The same race, and the member then merged into another who has an expired lot
+    of its own: the give-back's fold took the excess from the other member's pool,
+    where the write-off never reached, and gave nothing back."""
+    sh01, sh02, hz01 = chain["SH01"], chain["SH02"], chain["HZ01"]
+    b = member_earning(sh01, 12000)
+    a = member_earning(hz01, 10000, phone="13900000000")
+    sync_all(chain)
+    clock.advance_days(10)
+    sh02.topup(sh02.owner, b, 12000)
+    sh02.debit(sh02.owner, b, amount=12000)
+    sync_all(chain)
+    clock.advance_days(19)
+    sh02.redeem_points(sh02.owner, b, 100, "towel")
+    clock.advance_days(3)
+    sh01.expire_points(sh01.owner, b)
+    sync(sh01, hz01)
+    hz01.merge_member(hz01.owner, b, a)
+    sync_all(chain)
+    for x in chain.values():
+        x.housekeeping()
+    sync_all(chain)
+    for x in chain.values():
+        assert views.points(x, a)["usable"] == sum(points_rights(x, a).values()) == 120
+
+
+def test_a_liar_cannot_make_a_branch_give_back_more_than_the_lots_hold(
+        tmp_path: Path) -> None:
+    """A liar's entries dated before SH01's write-off of lot X (an `expiry` of its own
+    naming X, taking it first in the fold; rights of its own from nothing by a positive
+    `expiry`; a lone merge "out" of one point) made SH01's write-off look 120 too large,
+    and SH01 gave back 120 points rights no lot backed. A give-back names its writer's
+    own write-off (write rule give-back-own), and is never more than the group's lots
+    hold beyond its rights."""
+    from test_liar_round2 import World
+
+    from crdtledger.hlc import HybridClock, id_time_ms
+
+    w = World(tmp_path)
+    try:
+        a, m = w.a, w.third
+        a.set_rule(a.owner, "earn", {"points_per_yuan": "1", "expire_days": 30},
+                   effective_from="2025-01-01")
+        a.topup(a.owner, m, 12000)
+        x_id = a.debit(a.owner, m, amount=12000)["id"]
+        w.clock.advance_days(31)
+        a.housekeeping()
+        [off] = [e for e in a.history(m, 20) if e["kind"] == "expiry"]
+        t = id_time_ms(off["id"]) - 3_600_000
+
+        def entry(kind: str, deltas: list[list[Any]], ms: int, **kw: Any) -> dict[str, Any]:
+            eid = HybridClock("SH03", now_ms=lambda: ms).mint()
+            return {"id": eid, "kind": kind, "member": m, "node": "SH03", "op": "x",
+                    "at": id_time_ms(eid), "amount": 0, "deltas": deltas, **kw}
+
+        made_up = entry("expiry", [["points", "SH03", 120]], t)
+        a.apply_batch(w.liar.batch([w.write(made_up)]))
+        assert [f["rule"] for f in a.faults()] == ["give-back-own"]
+        # From a second liar's log (SH04's replica stands in as its writer here), the
+        # same without the made-up rights: a correction of its own gives it 121.
+        liar2 = Forger(w.c)
+        lie = [{**entry("correction", [["points", "SH04", 121]], t - 1, expires="2030-01-01"),
+                "node": "SH04"},
+               {**entry("expiry", [["points", "SH04", -120]], t + 1, ref=x_id, points=120,
+                        day=a.storage.day_of(t)), "node": "SH04"},
+               {**entry("merge", [["points", "SH04", -1]], t + 2, to=w.member), "node": "SH04"}]
+        for e in lie:
+            e["id"] = e["id"].replace(".SH03", ".SH04")
+
+        def put(d: Any) -> None:
+            for e in lie:
+                d.get("entries", type=Map)[e["id"]] = e
+
+        from crdtledger.model import entry_doc
+        a.apply_batch(liar2.batch([liar2.write(entry_doc(lie[0]["id"], a.storage.day_of),
+                                               put)]))
+        a.housekeeping()
+        # What SH01 gave back, the liar's own correction's lot backs (points a liar
+        # makes are its own to make: docs/design-notes.md); never rights without lots.
+        p = views.points(a, m)
+        assert sum(points_rights(a, m).values()) <= p["total"] == p["usable"] == 121
+    finally:
+        w.close()
