@@ -35,14 +35,17 @@ Why it looks like this:
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
+import secrets
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from crdtledger.errors import InvalidInput
+from crdtledger.private import write_private
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
@@ -82,28 +85,59 @@ def check_key(raw: str) -> str:
     return raw
 
 
-# Fields the fingerprint leaves out, at any depth: the rest of a body is in the entry it
-# wrote, so a plain hash kept for a day gave an approver's password (or a card's PIN)
-# away in a few guesses to whoever read the store, which guards both with scrypt. A
-# refusal (a wrong one) forgets its key, so a retry with the right one still runs.
+# Fields the fingerprint does not hash plainly, at any depth: the rest of a body is in
+# the entry it wrote, so a plain hash kept for a day gave an approver's password (or a
+# card's PIN) away in a few guesses to whoever read the store, which guards both with
+# scrypt. They are keyed in (HMAC) with this node's own secret, kept beside the store
+# in its data directory and not in its backups (SECRET_FILE): a request with another
+# password or PIN is still another request (422), as it was.
 SECRETS = frozenset({"password", "pin"})
+SECRET_FILE = "idempotency.secret"
 
 
-def fingerprint(method: str, path: str, query: Iterable[tuple[str, str]], body: Any) -> str:
+def fingerprint(method: str, path: str, query: Iterable[tuple[str, str]], body: Any, *,
+                secret: bytes) -> str:
     """What makes two requests the same one: method, path, query and the body as JSON
     (keys sorted: the same body sent by another JSON library is the same request),
-    without its SECRETS."""
-    text = json.dumps([method.upper(), path, sorted(query), _without_secrets(body)],
+    its SECRETS keyed with `secret` (node_secret)."""
+    hidden: list[Any] = []
+    text = json.dumps([method.upper(), path, sorted(query), _without_secrets(body, hidden)],
                       sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    mac = hmac.new(secret, json.dumps(hidden, sort_keys=True, ensure_ascii=False).encode(),
+                   hashlib.sha256).hexdigest()
+    return hashlib.sha256(f"{text}\n{mac}".encode()).hexdigest()
 
 
-def _without_secrets(value: Any) -> Any:
+def _without_secrets(value: Any, hidden: list[Any]) -> Any:
+    """`value` without its SECRETS, which go to `hidden` in the order met."""
     if isinstance(value, dict):
-        return {k: _without_secrets(v) for k, v in value.items() if k not in SECRETS}
+        out = {}
+        for k in sorted(value, key=str):
+            if k in SECRETS:
+                hidden.append([k, value[k]])
+            else:
+                out[k] = _without_secrets(value[k], hidden)
+        return out
     if isinstance(value, list):
-        return [_without_secrets(v) for v in value]
+        return [_without_secrets(v, hidden) for v in value]
     return value
+
+
+def node_secret(ledger: Ledger) -> bytes:
+    """This node's key for the fingerprints' secrets: DATA/idempotency.secret (0600),
+    made on first use. A store restored elsewhere makes a new one: its keys from
+    before do not match again (they expire in a day anyway)."""
+    path = ledger.storage.dir / SECRET_FILE
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    made = secrets.token_bytes(32)
+    try:
+        write_private(path, made, exclusive=True, sync=True)
+    except FileExistsError:  # another process of this node made it first
+        return path.read_bytes()
+    return made
 
 
 def _conn(ledger: Ledger) -> sqlite3.Connection:

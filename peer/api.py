@@ -767,8 +767,9 @@ def _endpoint(r: Route, host: ApiHost, sessions: Sessions, keys: IdempotencyKeys
                 result = await r.handler(call)
                 return r.status, result if r.response is not None else None
 
-            fingerprint = idempotency.fingerprint(request.method, request.path,
-                                                  request.query.items(), sent)
+            fingerprint = idempotency.fingerprint(
+                request.method, request.path, request.query.items(), sent,
+                secret=idempotency.node_secret(host.ledger))
             status, answer, replayed = await keys.run(host.ledger, session.operator, key,
                                                       fingerprint, perform)
             response = (web.Response(status=status) if answer is None and r.response is None

@@ -369,18 +369,31 @@ def test_an_erasure_from_another_branch_blanks_them_too(tmp_path: Path) -> None:
     sh02.close()
 
 
-def test_the_fingerprint_keeps_no_password_nor_pin() -> None:
+def test_the_fingerprint_keys_passwords_and_pins_with_the_nodes_secret(
+        tmp_path: Path) -> None:
     """The rest of a keyed body is in the entry it wrote, so a plain hash kept for a day
     gave an approver's password (17 guesses) or a card's PIN away to whoever read the
-    store. They are left out; the request is still told apart by everything else."""
-    def top(**approver: str) -> str:
+    store. They are keyed in with the node's own secret (beside the store, not in its
+    backups): without it the fingerprint cannot be recomputed, and a request with
+    another password or PIN is still another request."""
+    ledger = new_ledger(tmp_path, "SH01")
+    try:
+        secret = idempotency.node_secret(ledger)
+        assert secret == idempotency.node_secret(ledger) and len(secret) == 32
+        assert (ledger.storage.dir / idempotency.SECRET_FILE).stat().st_mode & 0o777 == 0o600
+    finally:
+        ledger.close()
+
+    def top(key: bytes = secret, **approver: str) -> str:
         return idempotency.fingerprint("POST", "/api/topup", [], {
             "member": "036VPVAM00001.SH01", "amount": 600000,
-            "approver": {"name": "mgr", **approver}})
+            "approver": {"name": "mgr", **approver}}, secret=key)
 
     def pay(pin: str, amount: int = 2000) -> str:
         return idempotency.fingerprint("POST", "/api/debit", [], {
-            "card": "C10001", "pin": pin, "amount": amount})
+            "card": "C10001", "pin": pin, "amount": amount}, secret=secret)
 
-    assert top(password="mgr-secret") == top(password="guess") == top()
-    assert pay("123456") == pay("000000") != pay("123456", 2001)
+    assert top(password="mgr-secret") == top(password="mgr-secret")
+    assert top(password="mgr-secret") != top(password="guess")
+    assert top(password="mgr-secret") != top(b"", password="mgr-secret")  # a guesser's
+    assert pay("123456") != pay("000000") and pay("123456") != pay("123456", 2001)
