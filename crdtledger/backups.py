@@ -20,6 +20,7 @@ directory (``DATA/ledger.backup``): the store calls it before it opens.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -35,6 +36,7 @@ from zoneinfo import ZoneInfo
 
 import msgpack
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from crdtledger import platform
@@ -326,19 +328,33 @@ def _meta(db: Path) -> dict[str, str] | None:
 _OWN_TIP = "SELECT COALESCE(MAX(seq), 0) FROM records WHERE node = ?"
 
 
-def _enrolled(chain_dir: Path | None, node: str) -> list[str]:
+def _enrolled(chain_dir: Path | None, node: str) -> dict[str, list[str]]:
     """The other branches the chain's CA enrolled (`CHAIN/issued/NODE-SERIAL.crt`,
-    peer.chain.enrol): a restored node waits to hear from each that is not revoked,
-    not only from those its backup knew. A branch opened after the backup, which the
-    lost PC sent sales to, was no one the restored store knew: head office's word
-    that it had heard nothing since ended the wait, and the node sold again."""
+    peer.chain.enrol), each with its certificates (DER, base64): a restored node waits
+    to hear from each that is not revoked (Replica.peer_caught_up judges them against
+    the revocation list in force), not only from those its backup knew. A branch
+    opened after the backup, which the lost PC sent sales to, was no one the restored
+    store knew: head office's word that it had heard nothing since ended the wait, and
+    the node sold again."""
     issued = Path(chain_dir) / "issued" if chain_dir is not None else None
     if issued is None or not issued.is_dir():
-        return []
-    return sorted({p.name.rsplit("-", 1)[0] for p in issued.glob("*.crt")} - {node})
+        return {}
+    out: dict[str, list[str]] = {}
+    for p in sorted(issued.glob("*.crt")):
+        name = p.name.rsplit("-", 1)[0]
+        if name == node:
+            continue
+        try:
+            der = x509.load_pem_x509_certificate(p.read_bytes()).public_bytes(
+                serialization.Encoding.DER)
+        except (ValueError, OSError):
+            continue  # not a certificate: nobody to wait for
+        out.setdefault(name, []).append(base64.b64encode(der).decode())
+    return out
 
 
-def _mark_restored(copy: Path, node: str, what: str, enrolled: list[str]) -> int:
+def _mark_restored(copy: Path, node: str, what: str, enrolled: dict[str, list[str]]
+                   ) -> int:
     """Note in the restored copy where the backup's own log ends (meta `restored_tip`:
     Replica.peer_caught_up wants a branch that holds more of it than that), when it was
     put back, and the branches to hear from (`_enrolled`); return the tip. Done here,

@@ -9,6 +9,7 @@ same documents.
 
 from __future__ import annotations
 
+import base64
 import gc
 import hashlib
 import json
@@ -985,6 +986,18 @@ class Replica(LedgerBase):
         self.peer_caught_up(other.log_view(), other.node)
         return new
 
+    def _enrolled_waited(self) -> set[str]:
+        """The branches the chain had enrolled when this store was restored from the
+        chain directory, less those revoked since (every certificate it issued them,
+        judged against the list in force: one never started has no head kept here)
+        or blocked here."""
+        enrolled = json.loads(self.storage.meta.get("restore_enrolled") or "{}")
+        blocked = self.storage.log.blocked()
+        return {n for n, certs in enrolled.items() if n not in blocked
+                and not (certs and all(self.trust.revoked(n, base64.b64decode(c))
+                                       for c in certs))
+                and not self.retired(n)}
+
     def peer_caught_up(self, positions: Mapping[str, Any], peer: str | None = None,
                        as_of: int | None = None) -> None:
         """A peer (or a file from one) told how far it holds our own log: a restored
@@ -1046,9 +1059,7 @@ class Replica(LedgerBase):
             heard = set(json.loads(st.meta.get("restore_heard") or "[]"))
             heard.add(peer or "")
             # And every branch the chain enrolled (backups._enrolled), not revoked.
-            others = views.branches_known(cast("Ledger", self)) | {
-                n for n in json.loads(st.meta.get("restore_enrolled") or "[]")
-                if not self.retired(n) and n not in st.log.blocked()}
+            others = views.branches_known(cast("Ledger", self)) | self._enrolled_waited()
             if others <= heard:
                 self._end_restore()
                 return

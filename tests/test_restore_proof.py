@@ -25,7 +25,7 @@ from crdtledger.errors import InsufficientFunds, NotCaughtUp, StoreError
 from crdtledger.ledger import Ledger
 from crdtledger.syncfile import export_file, import_file
 from crdtledger.writerules import epoch_of
-from peer.chain import enrol, init_chain
+from peer.chain import enrol, init_chain, revocations_rule, revoke
 
 HUNDRED = 10_000  # 100.00
 
@@ -426,3 +426,25 @@ def test_a_branch_enrolled_after_the_backup_is_waited_for(tmp_path: Path) -> Non
         export_file(c, tmp_path / "sh03-now.sync")
         got = import_file(r, tmp_path / "sh03-now.sync")
         assert r.restored is None and _cash(r, m) == 0
+
+
+def test_a_branch_enrolled_after_the_backup_and_revoked_is_not_waited_for(
+        tmp_path: Path) -> None:
+    """A shop enrolled after the backup that never opened and was revoked: the restored
+    node has no head of it to judge, and waited for it for ever (its own files are
+    refused as revoked). Each certificate the chain issued it is judged against the
+    revocation list in force."""
+    sh01, hq = _enrolled(tmp_path, "SH01"), _enrolled(tmp_path, "HQ")
+    m = _member_with(sh01, HUNDRED)
+    with Ledger.open(sh01) as a, Ledger.open(hq) as h:
+        sync(a, h)
+    write_backup(sh01, tmp_path / "bk")
+    _enrolled(tmp_path, "SH05")
+    with Ledger.open(hq) as h:
+        h.set_rule(h.owner, "revocations", revocations_rule(revoke(tmp_path / "acme", "SH05")))
+    restore(tmp_path / "bk", tmp_path / "new-pc", chain_dir=tmp_path / "acme")
+    with Ledger.open(tmp_path / "new-pc") as r, Ledger.open(hq) as h:
+        export_file(h, tmp_path / "hq-now.sync")
+        got = import_file(r, tmp_path / "hq-now.sync")
+        assert r.restored is None, got["not_selling"]
+        r.debit(r.owner, m, amount=100)
