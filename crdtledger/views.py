@@ -947,15 +947,24 @@ def ranking(ledger: Ledger, by: str = "members", start: str | None = None,
         where += " AND service IS NOT NULL"
     else:  # 散客 are nobody: a till sale to a walk-in customer ranks no member
         where += f" AND member NOT LIKE '{WALK_IN}%'"
+    # By member, each as its survivor (a merged member's sale and its refund, written
+    # to the survivor, are one member's): all rows folded, then ranked.
+    merged = merged_members(ledger) if by == "members" else {}
     rows = conn.execute(
         f"SELECT {key}, TOTAL(CASE kind WHEN 'debit' THEN amount ELSE -amount END), "
         f"TOTAL(CASE kind WHEN 'debit' THEN {units} ELSE 0 END) FROM entries WHERE {where} "
-        f"GROUP BY {key} ORDER BY 2 DESC, 1 LIMIT ?", [*args, limit]).fetchall()
+        f"GROUP BY {key} ORDER BY 2 DESC, 1" + ("" if merged else " LIMIT ?"),
+        args if merged else [*args, limit]).fetchall()
     back = _counted_back(conn, key, by == "services", where, args, [r[0] for r in rows])
-    out = []
+    folded: dict[Any, list[int]] = {}
     for k, total, count in rows:
-        item: dict[str, Any] = {key: k, "amount": int(total),
-                                "count": int(count) - back.get(k, 0)}
+        f = folded.setdefault(merged.get(k, k), [0, 0])
+        f[0] += int(total)
+        f[1] += int(count) - back.get(k, 0)
+    ranked = sorted(folded.items(), key=lambda kv: (-kv[1][0], kv[0]))[:limit]
+    out = []
+    for k, (total, count) in ranked:
+        item: dict[str, Any] = {key: k, "amount": total, "count": count}
         if by == "members":
             r = conn.execute("SELECT name, phone FROM members WHERE id = ?", (k,)).fetchone()
             if r:

@@ -1239,6 +1239,20 @@ def test_remote_replica_converges_on_everything(a: Ledger, b: Ledger) -> None:
         n: decode_state_vector(v) for n, v in b.state_vectors().items()}
 
 
+def test_a_merged_members_sales_rank_as_its_survivors(a: Ledger) -> None:
+    """A merged member's sale ranked under it while its refund, written to the
+    survivor, ranked the survivor at -200.00 and -1 visit."""
+    o = a.owner
+    survivor, merged = member(a), member(a, "13900000000", "李四")
+    a.topup(o, merged, 50000)
+    sale = a.debit(o, merged, amount=20000)
+    a.debit(o, merged, amount=5000)
+    a.merge_member(o, merged, into=survivor)
+    a.refund(o, sale["id"])
+    assert [(r["member"], r["amount"], r["count"]) for r in views.ranking(a)] == [
+        (survivor, 5000, 1)]
+
+
 def test_ranking_by_something_unknown_is_refused(a: Ledger) -> None:
     with pytest.raises(InvalidInput, match="members or services"):
         views.ranking(a, by="technicians")
