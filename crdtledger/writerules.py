@@ -100,8 +100,8 @@ RULES: tuple[WriteRule, ...] = (
     WriteRule("raise-own", "a ledger entry raises no rights but its writer's (points, "
                            "stock, coupons, any purse), but for transfers and sweeps "
                            "(transfer-balanced, merge-paired; never of stock) and a "
-                           "shipment (a `stock` "
-                           "entry), which puts in another branch's `transit` no more units "
+                           "shipment (a `stock` entry), which puts in another branch's "
+                           "`transit` no more units "
                            "than it takes from its writer's `stock`: a branch that raised "
                            "another's shelf stock had it sell units it does not have, and "
                            "points raised on another's rights were that branch's to redeem"),
@@ -318,7 +318,8 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
                                          f"unit(s) of coupon {purse[len(COUPON_PREFIX):]}")
             # A kind this version does not know is set aside by the schema (a newer
             # version's, perhaps), never projected: not judged here.
-            if kind in VALUE_MOVES and any(p in GOODS_PURSES for p, _n, _c in counted):
+            if kind in VALUE_MOVES and any(isinstance(p, str) and p in GOODS_PURSES
+                                           for p, _n, _c in counted):
                 # Units move by a shipment only (its `transit`, which the receiver's
                 # cashier takes in); no honest version transfers or sweeps them.
                 raise RuleBroken("raise-own", f"{doc}: entry {key}: a {kind} moves stock")
