@@ -167,3 +167,11 @@ def test_terminal_commands_in_a_liars_records_are_shown_not_obeyed(
     cli.emit(argparse.Namespace(), cli.Result({}, shown))
     printed = capsys.readouterr().out
     assert "王芳" in printed and "\x1b" not in printed
+
+
+def test_a_purse_that_is_not_text_is_judged_not_a_crash(w: World) -> None:
+    """A transfer whose delta names a list for a purse: the write rules hashed it, and
+    apply_batch raised TypeError at every replica instead of refusing the record."""
+    _sent(w, w.entry("transfer", w.member, [[["x"], "SH01", 5], ["cash", "SH03", -5]]))
+    for r in (w.a, w.b, w.c):
+        assert [f["rule"] for f in r.faults()] == ["transfer-balanced"]
