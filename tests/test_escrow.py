@@ -24,6 +24,7 @@ from crdtledger.escrow import (
     require,
     shortfall_plan,
 )
+from crdtledger.hlc import id_time_ms
 from crdtledger.model import InvalidRecord, normalise_entry
 
 NODES = ["SH01", "SH02", "SH03", "BJ01", "GZ07"]
@@ -233,7 +234,7 @@ def test_replicas_reject_an_entry_lowering_another_node(origin: str, victim: str
     """The same check on the replication path: a forged entry is invalid everywhere."""
     key = f"037573YWGJ000.{origin}"
     entry = {"id": key, "kind": "debit", "node": origin, "member": "037573YWGJ001.SH01",
-             "op": f"owner@{origin}", "at": 1_772_330_400_000, "amount": change,
+             "op": f"owner@{origin}", "at": id_time_ms(key), "amount": change,
              "deltas": [[purse, victim, -change]]}
     if victim == origin:
         assert normalise_entry(key, entry)["deltas"] == [[purse, victim, -change]]

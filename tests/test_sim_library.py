@@ -29,6 +29,7 @@ from crdtledger import ledger as ledger_mod
 from crdtledger import storage as storage_mod
 from crdtledger import trust as trust_mod
 from crdtledger.errors import InsufficientFunds, LocalProtocolError, RemoteProtocolError
+from crdtledger.hlc import id_time_ms
 from crdtledger.ledger import Ledger
 from crdtledger.log import Batch, Head, Record, head_message, record_hash
 from crdtledger.sync import SyncSession, UpdatesApplied, decode_state_vector, pack, unpack
@@ -476,7 +477,7 @@ def test_entries_projected_in_bulk_as_one_by_one(tmp_path: Path) -> None:
             change = c if isinstance(c, int) else 0
             held[(member, str(n_))] = held.get((member, str(n_)), 0) + change
         entries.append({"id": eid, "kind": kind, "member": member, "node": node,
-                        "op": "owner", "at": 1_767_225_600_000 + n, "amount": amount,
+                        "op": "owner", "at": id_time_ms(eid), "amount": amount,
                         "paid": amount if kind == "topup" else 0, "deltas": deltas})
     entries.append({"id": "037573YWGZZZZ.SH01", "kind": "nonsense"})  # quarantined
     tables = ("entries", "rights", "totals", "quarantine", "deferred")

@@ -29,7 +29,7 @@ from pycrdt import Doc, Map
 
 from crdtledger import seal, syncfile
 from crdtledger.errors import CorruptSyncFile, RemoteProtocolError
-from crdtledger.hlc import HybridClock, encode
+from crdtledger.hlc import HybridClock, encode, id_time_ms
 from crdtledger.ledger import Ledger
 from crdtledger.log import APPLIED, REFUSED, Record
 from crdtledger.model import entry_doc, member_doc
@@ -67,7 +67,8 @@ def _other_month(doc: str) -> str:
 
 def _topup(eid: str, member: str, node: str, amount: int = 500) -> dict[str, Any]:
     return {"id": eid, "kind": "topup", "member": member, "node": node, "op": "x",
-            "at": 0, "amount": amount, "paid": amount, "deltas": [["cash", node, amount]]}
+            "at": id_time_ms(eid), "amount": amount, "paid": amount,
+            "deltas": [["cash", node, amount]]}
 
 
 @pytest.fixture
