@@ -559,6 +559,9 @@ def book(ledger: Ledger, operator: str, member: str, technician_ref: str, servic
     if not views.member_exists(ledger, member):
         raise NotFound(f"unknown member {member}")
     member = ledger.survivor_of(member)
+    gone = ledger._gone(member)  # left or erased: their bookings were cancelled
+    if gone:
+        raise InvalidInput(gone)
     tech = technician(ledger, technician_ref)
     start = parse_when(ledger, when)
     minutes = _service_minutes(ledger, service)

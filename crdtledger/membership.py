@@ -640,6 +640,12 @@ class Membership(Coupons):
         profile = self._known(member)
         if view["step"] == "exit" and profile.get("exited"):
             raise InvalidInput(f"member {member} has left already")
+        if view["step"] == "exit" and "merged_into" in profile:
+            # Merged since it applied: marked left, its survivor holding the value
+            # stayed, and the survivor's bookings were cancelled "as the member left".
+            raise InvalidInput(f"member {member} was merged into another since it applied: "
+                               f"reject this and apply for "
+                               f"{views.canonical(self.storage.conn, member)}")
         if view["step"] == "return" and not profile.get("exited"):
             raise InvalidInput(f"member {member} has not left")
         exiting = view["step"] == "exit"

@@ -1361,6 +1361,8 @@ def _describe(s: Shop, e: dict[str, Any]) -> str:
              "card": tr("发卡", "card issued"), "coupon": tr("获得优惠券", "coupon received"),
              "coupon_use": tr("使用优惠券", "coupon used")}
     text = names.get(kind, kind)
+    if kind == "expiry" and _given_back(e):
+        text = tr("积分退回", "points given back")
     if kind == "debit" and e.get("goods"):
         text = tr("商品", "goods")
     if kind == "coupon":
@@ -1419,13 +1421,21 @@ def coupon_terms(s: Shop, off: Any, percent: Any, service: Any, min_spend: Any) 
     return what
 
 
+def _given_back(e: dict[str, Any]) -> bool:
+    """A write-off's give-back (crdtledger.payments.give_back_write_offs): an `expiry`
+    that raises points, which must not read as more points expired."""
+    return any(p == "points" and c > 0 for p, _n, c in e.get("deltas", ()))
+
+
 def _entry_amount(e: dict[str, Any]) -> tuple[str, str]:
     """What an entry moved, and its colour: money in green, money spent plain."""
     kind, amount = e["kind"], int(e.get("amount", 0))
     if kind in ("coupon", "coupon_use"):  # a coupon's terms, not money that moved
         return "", ""
+    if kind == "expiry" and _given_back(e):
+        return tr("+{n} 积分", "+{n} pts", n=e.get("points", 0)), "text-green-8"
     if kind in ("redeem", "expiry"):
-        return tr("{n} 积分", "{n} pts", n=e.get("points", 0)), ""
+        return tr("-{n} 积分", "-{n} pts", n=e.get("points", 0)), ""
     if kind == "debit" and e.get("pay") == "package":
         return tr("{n} 次", "{n} use(s)", n=e.get("qty", 1)), ""
     if not amount:

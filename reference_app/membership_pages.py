@@ -49,6 +49,15 @@ def member_of(text: str) -> str:
     return str(found[0]["id"])
 
 
+def _whole(value: Any, empty: int) -> Any:
+    """A number box's value for an operation: a whole number as int, an empty box as
+    `empty`, anything else as typed, for the operation to refuse (int() saved 2 for
+    2.5, and 1 for a per-day of 0)."""
+    if value is None:
+        return empty
+    return int(value) if float(value).is_integer() else value
+
+
 def _attendance_status(row: dict[str, Any]) -> str:
     if row["status"] == "ok":
         return tr("有效", "ok")
@@ -198,8 +207,8 @@ class CheckinPage:
                                  name=str(name.value or "").strip(),
                                  **{"from": str(start.value or "").strip(),
                                     "to": str(end.value or "").strip()},
-                                 points=int(points.value or 0), repeat=repeat.value,
-                                 per_day=int(per_day.value or 1))
+                                 points=_whole(points.value, 0), repeat=repeat.value,
+                                 per_day=_whole(per_day.value, 1))
                 if got is not None:
                     ui.notify(tr("已保存，各分店同步后生效。",
                                  "Saved: branches apply it once synced."), type="positive")

@@ -262,13 +262,15 @@ class Shop:
                 return tr("姓名或密码不对。", "Wrong name or password.")
             return tr("您没有这项操作的权限，请找店长。",
                       "You are not allowed to do this; ask a manager.")
-        if isinstance(e, InvalidAmount):
+        if isinstance(e, InvalidAmount) and str(e).startswith("amount"):
+            # A typed amount of money; other whole numbers (points, a check-in's times a
+            # day, uses) are said as they are refused, below: "金额" misnamed them.
             return tr("金额不对：请输入大于零、最多两位小数的金额，例如 12.34。",
                       "Invalid amount: enter an amount above zero with at most two "
                       "decimals, e.g. 12.34.")
         if isinstance(e, NotFound):
             return tr("找不到：{what}", "Not found: {what}", what=_detail(e))
-        if isinstance(e, InvalidInput):
+        if isinstance(e, InvalidInput | InvalidAmount):
             return tr("输入有误：{what}", "Please check the input: {what}", what=_detail(e))
         if isinstance(e, ClockSkew):
             return tr("本机时钟与其他分店相差太大，请校准电脑时间。",

@@ -17,6 +17,7 @@ from app_fixtures import CASHIER, OWNER, CounterApp
 from helpers import Held, snapshot
 
 from crdtledger.errors import PermissionDenied
+from reference_app import counter
 
 pytestmark = pytest.mark.asyncio
 
@@ -347,3 +348,13 @@ async def test_a_login_checked_against_a_password_reset_meanwhile_stays_out(
     await app.user.open("/")
     await app.user.should_see(marker="login-name")
     await app.user.should_not_see(marker="search")
+
+
+async def test_points_given_back_do_not_read_as_points_expired() -> None:
+    """A write-off's give-back is an `expiry` raising points: the counter's history
+    showed it as "积分过期 100 积分" beside the write-off, 220 expired to the eye."""
+    off = {"kind": "expiry", "points": 120, "deltas": [["points", "SH01", -120]]}
+    back = {"kind": "expiry", "points": 100, "deltas": [["points", "SH01", 100]],
+            "reason": "given back"}
+    assert counter._entry_amount(off)[0] == "-120 积分"
+    assert counter._entry_amount(back) == ("+100 积分", "text-green-8")

@@ -157,3 +157,22 @@ async def test_exit_approved_by_another_then_return(counter_app: CounterApp) -> 
     app.user.find(marker=f"exit-approve-{back['application']}").click()
     await app.user.should_see(marker="no-exited", retries=50)  # nobody has left now
     assert [m["id"] for m in app.ledger.find_members("小李")] == [new]
+
+
+@pytest.mark.parametrize(("points", "per_day"), [(2.5, 1), (10, 0), (10, 1.9)])
+async def test_an_activity_with_numbers_nobody_typed_is_refused(
+        counter_app: CounterApp, points: float, per_day: float) -> None:
+    """int() saved 2 points for 2.5 and one check-in a day for 0 or 1.9, and said saved."""
+    app = counter_app
+    await app.login(*OWNER)
+    await app.user.open("/checkin")
+    for marker, typed in (("act-code", "X"), ("act-name", "x"), ("act-from", "2026-12-01T09:00"),
+                          ("act-to", "2026-12-31T21:00")):
+        app.user.find(marker=marker).type(typed)
+    for marker, value in (("act-points", points), ("act-per-day", per_day)):
+        box = app.user.find(marker=marker).elements.pop()
+        assert isinstance(box, ui.number)
+        box.set_value(value)
+    app.user.find(marker="act-save").click()
+    await app.user.should_see("输入有误", retries=50)
+    assert "X" not in app.ledger.activities()

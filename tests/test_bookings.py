@@ -654,3 +654,26 @@ def test_a_member_who_leaves_or_is_erased_holds_no_technician(
     assert bookings.show(sh02, c["booking"])["status"] == "cancelled"
     sync_all(chain)
     assert bookings.show(chain["SH01"], c["booking"])["status"] == "cancelled"
+
+
+def test_a_member_who_left_or_was_merged_away_since_is_not_booked_nor_approved(
+        chain: dict[str, Ledger]) -> None:
+    """Once a member left, a new booking for them held a technician for nobody; and an
+    exit approved after its member was merged into another marked it left while the
+    survivor holding the value stayed, and cancelled the survivor's bookings."""
+    m = setup_chain(chain)
+    sh02 = chain["SH02"]
+    mgr = sh02.add_operator(sh02.owner, "mgr", "secret1", ["manager"])
+    sh02.decide_exit(sh02.owner, sh02.apply_exit(mgr, m, "搬家")["application"])
+    with pytest.raises(InvalidInput, match="has left"):
+        bookings.book(sh02, sh02.owner, m, "T01", "FOOT60", f"{DAY}T14:00")
+    a = sh02.add_member(sh02.owner, name="李娜", phone="13900139000")
+    b = sh02.add_member(sh02.owner, name="李娜", phone="13900139001")
+    booked = bookings.book(sh02, sh02.owner, b, "T01", "FOOT60", f"{DAY}T16:00")
+    app = sh02.apply_exit(mgr, a, "搬家")["application"]
+    sh02.merge_member(sh02.owner, a, into=b)
+    before = data_snapshot(sh02, [a, b])
+    with pytest.raises(InvalidInput, match="merged into another since it applied"):
+        sh02.decide_exit(sh02.owner, app)
+    assert data_snapshot(sh02, [a, b]) == before
+    assert bookings.show(sh02, booked["booking"])["status"] == "confirmed"
