@@ -471,7 +471,8 @@ class Membership(Coupons):
         rows = self._entries(where, args)
         reversed_: dict[str, int] = {}
         for e in rows:
-            if e.get("ref"):
+            # Only its own writer reverses a check-in (write rule reversal-own).
+            if e.get("ref") and str(e["ref"]).endswith(f".{e['node']}"):
                 reversed_[str(e["ref"])] = reversed_.get(str(e["ref"]), 0) + int(
                     e.get("points") or 0)
         return [e for e in rows if not e.get("ref")], reversed_

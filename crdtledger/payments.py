@@ -708,6 +708,10 @@ class Payments(Merges, Rules):
         done: list[dict[str, Any]] = []
         for member, gap in views.points_beyond_rights(cast("Ledger", self)).items():
             group = views.member_group(conn, member)
+            if conn.execute(f"SELECT 1 FROM entries WHERE member {views.in_(group)} AND "
+                            "kind = 'expiry' AND node = ? LIMIT 1",
+                            [*group, self.node]).fetchone() is None:
+                continue  # none of this node's write-offs: nothing of its to give back
             excess: dict[str, int] = {}  # every write-off's, in one fold of the group
             lots.replay(conn, group, self.storage.day_of, excess=excess)
             owed: list[tuple[str, int]] = []

@@ -82,6 +82,11 @@ RULES: tuple[WriteRule, ...] = (
                             "refund rights stay with the branch that made it, so no other "
                             "branch can take back the lots that debit took, nor use up "
                             "what is left of it to refund"),
+    WriteRule("reversal-own", "a check-in's reversal (a `checkin` naming one in `ref`, "
+                              "crdtledger.membership) names a check-in of its own writer: "
+                              "another branch's reversal made a once-a-day check-in read "
+                              "reversed, so it was paid twice, and the report showed a "
+                              "reversal nobody made"),
     WriteRule("give-back-own", "an `expiry` that raises points (a write-off's give-back: "
                                "Payments.give_back_write_offs) names in `ref` a write-off "
                                "of its own writer"),
@@ -360,6 +365,10 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
                 not isinstance(new.get("ref"), str) or new["ref"].rsplit(".", 1)[-1] != node):
             raise RuleBroken("give-back-own", f"{doc}: entry {key}: an expiry raising "
                                               "points names no write-off of its writer")
+        if kind == "checkin" and "ref" in new and (
+                not isinstance(new["ref"], str) or new["ref"].rsplit(".", 1)[-1] != node):
+            raise RuleBroken("reversal-own", f"{doc}: entry {key}: node {node} reverses a "
+                                             "check-in another branch wrote")
         if kind == "refund" and (not isinstance(new.get("ref"), str)
                                  or new["ref"].rsplit(".", 1)[-1] != node):
             raise RuleBroken("refund-own", f"{doc}: entry {key}: node {node} refunds a "

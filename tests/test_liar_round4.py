@@ -29,6 +29,7 @@ from pycrdt import Map
 from test_liar_round2 import World
 
 from crdtledger import views
+from crdtledger.errors import InvalidInput
 from crdtledger.goods import OutOfStock
 from crdtledger.model import member_doc
 from peer import cli, receipts
@@ -175,3 +176,20 @@ def test_a_purse_that_is_not_text_is_judged_not_a_crash(w: World) -> None:
     _sent(w, w.entry("transfer", w.member, [[["x"], "SH01", 5], ["cash", "SH03", -5]]))
     for r in (w.a, w.b, w.c):
         assert [f["rule"] for f in r.faults()] == ["transfer-balanced"]
+
+
+def test_a_branch_reverses_only_its_own_check_ins(w: World) -> None:
+    """A liar's `checkin` naming SH01's check-in in `ref` read as its reversal: SH01's
+    once-a-day check-in then counted nothing, a second was paid the same day, and the
+    report showed a reversal nobody made (write rule reversal-own)."""
+    w.a.set_activity(w.a.owner, "DAILY", {"name": "每日签到", "from": "2026-01-01T00:00",
+                                          "to": "2026-12-31T23:59", "points": 10,
+                                          "repeat": "daily", "per_day": 1})
+    first = w.a.checkin(w.a.owner, "DAILY", w.member)
+    _synced(w)
+    _sent(w, w.entry("checkin", w.member, [], ref=first["id"], points=10, activity="DAILY"))
+    for r in (w.a, w.b, w.c):
+        assert [f["rule"] for f in r.faults()] == ["reversal-own"]
+    with pytest.raises(InvalidInput, match="1 time"):
+        w.a.checkin(w.a.owner, "DAILY", w.member)
+    assert [r["status"] for r in w.a.attendance("DAILY")] == ["ok"]
