@@ -633,23 +633,17 @@ def cancel(ledger: Ledger, operator: str, booking: str, member: str | None = Non
     return {**show(ledger, b["id"]), "entry": entry["id"]}
 
 
-def cancel_member_bookings(ledger: Ledger, operator: str, member: str, why: str
-                           ) -> list[dict[str, Any]]:
-    """Cancel, in one commit, the bookings to come of `member`'s group: a member who
-    left (退会) or was erased. Their confirmed slots held the technicians for nobody,
-    and nothing said why."""
+def member_cancellations(ledger: Ledger, operator: str, member: str, why: str
+                         ) -> list[Any]:
+    """The writes cancelling the bookings to come of `member`'s group, for the commit
+    of its exit (退会) or erasure: their confirmed slots held the technicians for
+    nobody, and nothing said why. In that commit, so a crash cannot leave them."""
     now = ledger.clock.wall()
-    due = [v["booking"] for v in list_bookings(ledger, member=member)
-           if v["status"] in ("confirmed", "pending") and v["start"] > now]
-    if not due:
-        return []
-
-    def plan() -> tuple[list[Any], list[dict[str, Any]]]:
-        entries = [ledger._entry("booking_cancel", _booking_entry(ledger, b)["member"],
-                                 op=operator, ref=b, reason=why) for b in due]
-        return [ledger._entry_write(e) for e in entries], entries
-
-    return list(ledger._commit(plan))
+    return [ledger._entry_write(ledger._entry(
+                "booking_cancel", _booking_entry(ledger, v["booking"])["member"],
+                op=operator, ref=v["booking"], reason=why))
+            for v in list_bookings(ledger, member=member)
+            if v["status"] in ("confirmed", "pending") and v["start"] > now]
 
 
 def noshow(ledger: Ledger, operator: str, booking: str) -> dict[str, Any]:

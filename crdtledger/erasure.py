@@ -96,7 +96,8 @@ def erase_member(ledger: Ledger, operator: str, member: str) -> dict[str, Any]:
         erased.append(mid)
     if not writes:
         raise InvalidInput(f"member {member} was erased already")
-    ledger._write(*writes)
+    ledger._write(*writes, *bookings.member_cancellations(ledger, operator, group[0],
+                                                          "member erased"))
     for doc in dict.fromkeys(member_doc(mid) for mid in erased):
         ledger.storage.compact(doc)
     ledger.storage.forget_freed()
@@ -105,7 +106,6 @@ def erase_member(ledger: Ledger, operator: str, member: str) -> dict[str, Any]:
     # the erasure reaches them (their housekeeping: redact_erased).
     redactions = [e["id"] for mid in erased for e in redact_own(ledger, mid)]
     ledger.redaction_checked.update(erased)
-    bookings.cancel_member_bookings(ledger, operator, group[0], "member erased")
     return {"member": member, "erased": erased, "change": change, "redactions": redactions}
 
 

@@ -681,12 +681,12 @@ class Membership(Coupons):
                         paid=paid or None, pay=method if paid else None, op=operator)
                     writes.append(self._entry_write(settle))
             writes.append(Write(member_doc(member), "members", member, mark))
+            if exiting:
+                writes += bookings.member_cancellations(cast("Ledger", self), operator,
+                                                        member, "member left")
             return writes, decision
 
         self._commit(plan)
-        if exiting:
-            bookings.cancel_member_bookings(cast("Ledger", self), operator, member,
-                                            "member left")
         return self.exit_view(application)
 
 
