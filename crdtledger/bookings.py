@@ -640,8 +640,8 @@ def member_cancellations(ledger: Ledger, operator: str, member: str, why: str
     nobody, and nothing said why. In that commit, so a crash cannot leave them."""
     now = ledger.clock.wall()
     return [ledger._entry_write(ledger._entry(
-                "booking_cancel", _booking_entry(ledger, v["booking"])["member"],
-                op=operator, ref=v["booking"], reason=why))
+                "booking_cancel", v["technician_id"], op=operator, ref=v["booking"],
+                reason=why))
             for v in list_bookings(ledger, member=member)
             if v["status"] in ("confirmed", "pending") and v["start"] > now]
 

@@ -42,6 +42,7 @@ import secrets
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crdtledger.errors import InvalidInput
@@ -128,16 +129,21 @@ def node_secret(ledger: Ledger) -> bytes:
     made on first use. A store restored elsewhere makes a new one: its keys from
     before do not match again (they expire in a day anyway)."""
     path = ledger.storage.dir / SECRET_FILE
+    if path in _node_secrets:  # read once a process, not on every keyed write
+        return _node_secrets[path]
     try:
-        return path.read_bytes()
+        secret = path.read_bytes()
     except FileNotFoundError:
-        pass
-    made = secrets.token_bytes(32)
-    try:
-        write_private(path, made, exclusive=True, sync=True)
-    except FileExistsError:  # another process of this node made it first
-        return path.read_bytes()
-    return made
+        secret = secrets.token_bytes(32)
+        try:
+            write_private(path, secret, exclusive=True, sync=True)
+        except FileExistsError:  # another process of this node made it first
+            secret = path.read_bytes()
+    _node_secrets[path] = secret
+    return secret
+
+
+_node_secrets: dict[Path, bytes] = {}
 
 
 def _conn(ledger: Ledger) -> sqlite3.Connection:

@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import json
@@ -543,7 +544,7 @@ class Portal:
         except WrongPin:  # checked: its work done
             raise wrong from None
         except LedgerError:  # unknown, malformed, lost, replaced, expired, no PIN
-            check_secret(pin.strip(), _NO_CARD)  # the work a PIN check does
+            check_secret(pin.strip(), _no_card())  # the work a PIN check does
             raise wrong from None
         member = ledger.survivor_of(str(card["member"]))
         if _closed(ledger, member):
@@ -552,8 +553,11 @@ class Portal:
         return member
 
 
-# What an unknown card's PIN is checked against: the same work as a card's.
-_NO_CARD = hash_secret("no such card")
+@functools.cache
+def _no_card() -> str:
+    """What an unknown card's PIN is checked against: the same work as a card's. Made
+    at the first use, not at import (a scrypt on every start of the pages)."""
+    return hash_secret("no such card")
 
 
 class _MemberServer(uvicorn.Server):

@@ -44,6 +44,18 @@ def _sent(w: World, *entries: dict[str, object]) -> None:
     w.c.apply_batch(w.liar.batch(recs))
 
 
+def _judged(w: World, entries: list[dict[str, object]], funded_: list[bool]) -> None:
+    """The liar's `entries` sent; at both replicas which are projected, and the
+    member's cash as SH01's top-up left it; both replicas alike and settled."""
+    _sent(w, *entries)
+    for r in (w.b, w.c):
+        assert funded(r, *(str(e["id"]) for e in entries)) == funded_
+        assert r.balance(w.member)["cash"] == 100_000
+        assert not r.faults(), "a refund waiting for its sale is no proof of a lie"
+    assert state(w.b) == state(w.c)
+    _settled(w)
+
+
 def _settled(w: World) -> None:
     for r in (w.b, w.c):
         assert views.settlement(r)["net"].get("SH03", 0) == 0
@@ -84,13 +96,7 @@ def test_a_refund_of_a_sale_never_made_gives_nothing_back(w: World) -> None:
     refund = w.entry("refund", w.member, [["cash", "SH03", 100_000]], amount=100_000,
                      ref=made_up)
     spend = w.entry("debit", w.member, [["cash", "SH03", -100_000]], amount=100_000)
-    _sent(w, refund, spend)
-    for r in (w.b, w.c):
-        assert funded(r, refund["id"], spend["id"]) == [False, False]
-        assert r.balance(w.member)["cash"] == 100_000
-        assert not r.faults(), "a refund waiting for its sale is no proof of a lie"
-    assert state(w.b) == state(w.c)
-    _settled(w)
+    _judged(w, [refund, spend], [False, False])
 
 
 def test_a_sale_refunded_twice_gives_back_once(w: World) -> None:
@@ -105,14 +111,9 @@ def test_a_sale_refunded_twice_gives_back_once(w: World) -> None:
     again = w.entry("refund", w.member, [["cash", "SH03", 50_000]], amount=50_000,
                     ref=sale["id"])
     spend = w.entry("debit", w.member, [["cash", "SH03", -100_000]], amount=100_000)
-    _sent(w, sale, back, again, spend)
+    _judged(w, [sale, back, again, spend], [True, True, False, False])
     for r in (w.b, w.c):
-        assert funded(r, sale["id"], back["id"], again["id"], spend["id"]) == [
-            True, True, False, False]
-        assert r.balance(w.member)["cash"] == 100_000
         assert r.rights(w.member) == {"SH01": 50_000, "SH03": 50_000}
-    assert state(w.b) == state(w.c)
-    _settled(w)
 
 
 def test_a_refund_to_a_merged_members_survivor_waits_for_its_sale_then_goes(
@@ -171,13 +172,7 @@ def test_bonus_given_back_as_cash_waits(w: World) -> None:
     back = w.entry("refund", w.member, [["cash", "SH03", 100_000]], amount=100_000,
                    ref=sale["id"])
     spend = w.entry("debit", w.member, [["cash", "SH03", -100_000]], amount=100_000)
-    _sent(w, bonus, sale, back, spend)
-    for r in (w.b, w.c):
-        assert funded(r, bonus["id"], sale["id"], back["id"], spend["id"]) == [
-            True, True, False, False]
-        assert r.balance(w.member)["cash"] == 100_000
-    assert state(w.b) == state(w.c)
-    _settled(w)
+    _judged(w, [bonus, sale, back, spend], [True, True, False, False])
 
 
 def test_a_sale_paid_at_the_till_draws_no_rights_by_the_rebalancer(w: World) -> None:
