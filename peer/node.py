@@ -90,6 +90,26 @@ SYNC_PATH = "/sync"
 GIVE_BACK_AFTER_BYTES = 64 * 1024 * 1024
 # Why the sync listener refused a dialler's certificate (PeerRejected), for its log.
 REFUSED_HEADER = "X-Crdtledger-Refused"
+# How long a connection to the sync or API port may take to finish its TLS handshake,
+# and to send a whole request or the next one: asyncio waits 60 s for a handshake and
+# aiohttp an hour for a request, so a stranger's idle connections held a descriptor
+# each, and a thousand of them left the tills none.
+HANDSHAKE_S = 10.0
+IDLE_S = 30.0
+
+
+class _Site(web.TCPSite):
+    """aiohttp's TCP site with a deadline on the TLS handshake (`HANDSHAKE_S`), which
+    aiohttp does not pass on to asyncio."""
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server, self._host, self._port, ssl=self._ssl_context,
+            ssl_handshake_timeout=HANDSHAKE_S if self._ssl_context else None,
+            reuse_address=self._reuse_address)
 
 
 @dataclass
@@ -657,10 +677,11 @@ class Node:
         from peer.api import MAX_REQUEST_LINE
 
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                               max_line_size=MAX_REQUEST_LINE, max_field_size=MAX_REQUEST_LINE)
+                               max_line_size=MAX_REQUEST_LINE, max_field_size=MAX_REQUEST_LINE,
+                               keepalive_timeout=IDLE_S)
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, host, port, ssl_context=ssl, reuse_address=True)
+        site = _Site(runner, host, port, ssl_context=ssl, reuse_address=True)
         await site.start()
         return int(runner.addresses[0][1])
 

@@ -48,6 +48,7 @@ import logging
 import secrets
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -58,6 +59,7 @@ from typing import Any
 import uvicorn
 from nicegui import Client, app, ui
 from nicegui import __version__ as nicegui_version
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from crdtledger import localtime, operations, views
 from crdtledger.auth import check_secret, hash_secret
@@ -67,6 +69,7 @@ from crdtledger.model import canonical_phone, owner_of, self_service_of
 from crdtledger.throttle import LoginThrottle
 from peer import chain as chain_mod
 from peer import webcert
+from peer.node import HANDSHAKE_S
 from reference_app.i18n import LANGS, Lang, lang, mask_phone, money, set_lang, tr
 from reference_app.layout import follow, once
 from reference_app.shop import Shop, shop
@@ -78,6 +81,14 @@ SCOPE_KEY = "crdtledger.members_port"  # set by MembersSide on every request it 
 CODE_DIGITS = 6
 CODE_TTL_S = 300.0  # 5 minutes: long enough for a slow SMS, short for a stolen one
 CODE_TRIES = 5  # wrong tries before a code is void (the throttle counts them too)
+# Codes sent by this node in an hour, whoever asked: the per-phone and per-address
+# throttles bound one phone and one address, not a stranger with many addresses and a
+# list of members' phones, each code an SMS the shop pays for. Past it every request
+# is refused alike (member's phone or not) until the hour has room again.
+CODES_PER_HOUR = 300
+# A request's head must arrive within this of the connection or of its first byte
+# (the TLS handshake within peer.node.HANDSHAKE_S).
+FIRST_REQUEST_S = 15.0
 SESSION_S = 2 * 3600.0  # a member's sign-in lasts two hours, then asks again
 CERT_FILE, KEY_FILE = "members.crt", "members.key"  # under DATA/tls, made by `issue_cert`
 CERT_DAYS = webcert.CERT_DAYS
@@ -386,6 +397,7 @@ class Portal:
         free_failures=5, first_delay_s=60.0, max_delay_s=3600.0))
     # Wrong codes and wrong PINs: as the counter's logins.
     checks: LoginThrottle = field(default_factory=LoginThrottle)
+    sent: deque[float] = field(default_factory=deque)  # when codes went out, the last hour
     server: uvicorn.Server | None = None
     port: int | None = None  # the member port as bound (a test asks for port 0)
     _sending: set[asyncio.Task[None]] = field(default_factory=set)
@@ -416,7 +428,7 @@ class Portal:
         config = uvicorn.Config(MembersSide(app), ssl_certfile=str(c.cert),
                                 ssl_keyfile=str(c.key), lifespan="off", log_config=None,
                                 timeout_graceful_shutdown=2, proxy_headers=False,
-                                access_log=False)
+                                access_log=False, http=_Deadlines)
         config.load()
         self.server = _MemberServer(config)
         self._task = asyncio.create_task(self.server.serve(sockets=[sock]))
@@ -448,6 +460,12 @@ class Portal:
                                    "This shop cannot send codes yet; sign in with your "
                                    "card number and PIN."))
         wait = self.sends.begin(f"phone:{phone}", address)
+        if not wait:
+            hour_ago = self.clock() - 3600.0
+            while self.sent and self.sent[0] <= hour_ago:
+                self.sent.popleft()
+            if len(self.sent) >= CODES_PER_HOUR:
+                wait = int(self.sent[0] - hour_ago) + 1
         if wait:
             raise SignInRefused(tr("验证码请求太频繁，请 {n} 秒后再试。",
                                    "Too many codes asked for; try again in {n} s.", n=wait))
@@ -465,6 +483,7 @@ class Portal:
                      mask_phone(phone))
             return
         code = f"{secrets.randbelow(10 ** CODE_DIGITS):0{CODE_DIGITS}d}"
+        self.sent.append(self.clock())
         self.codes[phone] = _Code(_digest(code), self.clock() + CODE_TTL_S)
         body = tr("您的会员登录验证码：{code}，{m} 分钟内有效。请勿告诉他人。",
                   "Your member sign-in code: {code}. It is valid for {m} minutes; do not "
@@ -561,11 +580,69 @@ def _no_card() -> str:
 
 
 class _MemberServer(uvicorn.Server):
-    """The member port's server: the counter's server keeps the process's signals."""
+    """The member port's server: the counter's server keeps the process's signals, and
+    a stranger's connection is held no longer than `HANDSHAKE_S` for its TLS handshake
+    and `FIRST_REQUEST_S` for a request's head (`_Deadlines`)."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn passes asyncio no handshake deadline (60 s by default). Its listener
+        # is made in this call, on this loop: the loop's `create_server` is wrapped for
+        # the call's length, adding the deadline to a TLS listener only.
+        loop = asyncio.get_running_loop()
+        create = loop.create_server
+
+        def with_deadline(*args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("ssl") is not None:
+                kwargs.setdefault("ssl_handshake_timeout", HANDSHAKE_S)
+            return create(*args, **kwargs)
+
+        loop.create_server = with_deadline  # type: ignore[method-assign]
+        try:
+            await super().startup(sockets)
+        finally:
+            del loop.create_server  # the loop's own method again
+
+
+class _Deadlines(HttpToolsProtocol):
+    """uvicorn's HTTP protocol, with a deadline for each request's head: uvicorn starts
+    no timer before a first request, nor while a request's head trickles in, so a
+    stranger's idle or slow connections each held a descriptor for good."""
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_head_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._start_head_timer()
+
+    def on_headers_complete(self) -> None:
+        self._stop_head_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _start_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(FIRST_REQUEST_S, self._late)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _late(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
 
 
 def _too_many(wait: int) -> str:

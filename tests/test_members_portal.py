@@ -293,6 +293,31 @@ async def test_asking_for_codes_is_throttled(portal_app: PortalApp) -> None:
     assert len(app.shop.node.gateways["sms"].sent) == 5  # type: ignore[attr-defined]
 
 
+async def test_codes_sent_are_capped_node_wide_and_refused_alike(
+        portal_app: PortalApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-phone and per-address throttles do not bound a stranger with many
+    addresses and a list of members' phones: each code is an SMS the shop pays for.
+    Past the node's hourly cap every request is refused, a member's phone or not (the
+    answer must not tell which phones are members'), until the hour has room."""
+    app = portal_app
+    module = importlib.import_module("reference_app.members_portal")
+    monkeypatch.setattr(module, "CODES_PER_HOUR", 2)
+    now = [1000.0]
+    app.portal.clock = lambda: now[0]
+    await app.portal.send_code(PHONE_A, "203.0.113.1")
+    await app.portal.send_code("13700000000", "203.0.113.3")  # nobody's: no code sent
+    await app.portal.send_code(PHONE_B, "203.0.113.2")
+    for phone in (PHONE_A, "13700000001"):
+        with pytest.raises(module.SignInRefused, match="太频繁"):
+            await app.portal.send_code(phone, "203.0.113.4")
+    await asyncio.gather(*app.portal._sending)
+    assert len(app.shop.node.gateways["sms"].sent) == 2  # type: ignore[attr-defined]
+    now[0] += 3600.5  # the hour has room again
+    await app.portal.send_code(PHONE_B, "203.0.113.5")
+    await asyncio.gather(*app.portal._sending)
+    assert len(app.shop.node.gateways["sms"].sent) == 3  # type: ignore[attr-defined]
+
+
 async def test_card_and_pin(portal_app: PortalApp) -> None:
     app = portal_app
     await app.card_sign_in(CARD_A, "0000")
@@ -654,6 +679,37 @@ async def test_the_member_port_is_https_with_the_chains_certificate(served: Port
         with pytest.raises(aiohttp.ClientConnectorCertificateError):
             async with http.get(f"{base}/m") as r:
                 await r.read()
+
+
+async def test_idle_and_slow_connections_to_the_member_port_are_closed(
+        served: PortalApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvicorn starts no timer before a request's head and asyncio waits 60 s for a
+    TLS handshake: a stranger's idle connections each held a descriptor. A handshake
+    never begun and a request's head that never ends are closed after their
+    deadlines; a member's request is served as before."""
+    app = served
+    module = importlib.import_module("reference_app.members_portal")
+    monkeypatch.setattr(module, "FIRST_REQUEST_S", 0.3)
+    for _ in range(600):
+        if app.portal.server is not None and app.portal.server.started:
+            break
+        await asyncio.sleep(0.05)
+    assert app.portal.port
+    t0 = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.portal.port)
+    await asyncio.wait_for(reader.read(), 30)  # no handshake: closed (peer.node.HANDSHAKE_S)
+    assert time.monotonic() - t0 < 20
+    writer.close()
+    trust = ssl.create_default_context(cafile=str(tmp_path / "chain" / "ca.crt"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", app.portal.port, ssl=trust)
+    writer.write(b"GET /m HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and the head never ends
+    t0 = time.monotonic()
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert time.monotonic() - t0 >= 0.2
+    writer.close()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust)) as http, \
+            http.get(f"https://127.0.0.1:{app.portal.port}/m") as r:
+        assert r.status == 200
 
 
 async def test_a_socket_on_the_member_port_cannot_drive_an_operator_page(

@@ -217,3 +217,38 @@ def test_a_joining_node_gives_its_heap_back_once_the_history_is_applied(
             assert len(given) == 1
 
     asyncio.run(scenario())
+
+
+def test_a_strangers_idle_connections_are_closed_and_the_branches_still_sync(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection that never finishes its TLS handshake (sync port) or its request
+    (API port) is closed after its deadline, not after asyncio's 60 s or aiohttp's
+    hour: idle strangers held a descriptor each, and a thousand of them left the tills
+    none. The branches' own long-lived websocket is not an idle connection."""
+    import peer.node
+
+    monkeypatch.setattr(peer.node, "HANDSHAKE_S", 0.3)
+    monkeypatch.setattr(peer.node, "IDLE_S", 0.3)
+
+    async def closed_within(port: int, send: bytes, limit_s: float) -> float:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(send)
+        t0 = time.monotonic()
+        assert await asyncio.wait_for(reader.read(), limit_s) is not None  # EOF: closed
+        writer.close()
+        return time.monotonic() - t0
+
+    async def scenario() -> None:
+        async with pair(tmp_path) as (a, b):
+            assert await closed_within(a.sync_port, b"", 5) >= 0.2  # a handshake never begun
+            assert await closed_within(a.sync_port, b"\x16\x03\x01\x00", 5) >= 0.2  # half a hello
+            assert await closed_within(a.api_port, b"GET /health HTTP/1.1\r\nHost: x\r\n",
+                                       5) >= 0.2  # a request never finished
+            await asyncio.sleep(1.0)  # past both deadlines
+            assert a.connected() and b.connected()
+            mid = await member_at(a, b, 500)
+            await b.perform(lambda: b.ledger.debit(b.ledger.owner, mid, amount=100))
+            await settle(a, b)
+            assert a.ledger.balance(mid)["cash"] == 400
+
+    asyncio.run(scenario())
