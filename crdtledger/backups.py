@@ -203,6 +203,13 @@ def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
             tmp.unlink(missing_ok=True)
             raise CorruptSyncFile(f"{what} is signed by node {sealed.node} of chain "
                                   f"{trust.chain} but holds another store")
+        from crdtledger.storage import refuse_newer_format  # storage imports this module
+
+        try:
+            refuse_newer_format(meta.get("format"), what)
+        except StoreError:
+            tmp.unlink(missing_ok=True)
+            raise
         try:
             backup_tip = _mark_restored(tmp, sealed.node, what,
                                         _enrolled(chain_dir, sealed.node))

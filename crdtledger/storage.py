@@ -437,6 +437,28 @@ def _connect(path: Path, synchronous: str, page_size: int | None = None) -> sqli
     return conn
 
 
+def refuse_newer_format(fmt: str | None, what: object) -> None:
+    """Raise StoreError if `fmt` (meta `format`) is a store this program cannot read
+    because a newer release made it: said before anything is changed, the schema
+    included, so that release still opens it as it left it."""
+    try:
+        newer = fmt is not None and int(fmt) > FORMAT_VERSION
+    except ValueError:
+        newer = False
+    if newer:
+        raise StoreError(f"{what} is format {fmt}, made by a newer crdtledger: this program "
+                         f"reads format {FORMAT_VERSION}; install that release (or newer) "
+                         "to open it")
+
+
+def _stored_format(conn: sqlite3.Connection) -> str | None:
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+    except sqlite3.DatabaseError:  # no meta table: not a store, refused further on
+        return None
+    return str(row[0]) if row else None
+
+
 def _upgrade(conn: sqlite3.Connection) -> None:
     """Format 1 -> 2: move the update log out of its WITHOUT ROWID table. One
     transaction, so an interrupted upgrade leaves format 1 to try again."""
@@ -535,6 +557,7 @@ class Storage:
         self._lock_fd: int | None = self._take_lock() if lock else None
         try:
             self.conn = _connect(db, synchronous)
+            refuse_newer_format(_stored_format(self.conn), db)
             _upgrade(self.conn)
             self.conn.executescript(SCHEMA)
             _add_deferred_seq(self.conn)

@@ -149,3 +149,42 @@ def test_a_fork_made_on_purpose_is_reported_on_every_node(tmp_path: Path) -> Non
         b.close()
         c.close()
         d.close()
+
+
+def test_a_store_or_backup_of_a_newer_format_is_refused_before_anything_changes(
+        tmp_path: Path) -> None:
+    """A store a newer release made (meta `format` above this program's) is refused
+    with that said, before the schema is touched: the open had added columns, indexes
+    and tables first, and read-only commands did too. A backup of one is refused by
+    `restore` before the working store is put aside: it had said "restored" and left
+    a node that could not open."""
+    import sqlite3
+
+    from crdtledger.errors import StoreError
+
+    a, _b, m = _chain(tmp_path)
+    data = a.storage.dir
+    a.close()
+    newer = tmp_path / "newer"
+    shutil.copytree(data, newer)
+    (newer / "lock").unlink(missing_ok=True)
+    conn = sqlite3.connect(newer / "ledger.sqlite3")
+    conn.execute("UPDATE meta SET value = '4' WHERE key = 'format'")
+    conn.execute("DROP INDEX members_phone_canonical")
+    conn.commit()
+
+    def schema() -> list[tuple[str, str]]:
+        return conn.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
+
+    before = schema()
+    with pytest.raises(StoreError, match="format 4, made by a newer crdtledger"):
+        Ledger.open(newer)
+    assert schema() == before, "the newer store was changed before it was refused"
+    conn.close()
+    write_backup(newer, tmp_path / "bk")
+    listing = sorted(p.name for p in data.iterdir())
+    with pytest.raises(StoreError, match="format 4, made by a newer crdtledger"):
+        restore(tmp_path / "bk", data)
+    assert sorted(p.name for p in data.iterdir()) == listing, "nothing put aside or left"
+    with Ledger.open(data) as again:  # the working store as it was
+        assert _cash(again, m) == 100_000
