@@ -313,7 +313,7 @@ def month_end_from_tables(ledger: Ledger, month: str) -> MonthEnd:
     # a table"). Every branch's cut is past it (`model.month_over_ms`), so it is final too.
     cut = _turn_ids(month)[1]
     return MonthEnd.of(month, rights, totals,
-                       lots.at(conn, ledger.storage.day_of, cut, moved))
+                       lots.at(conn, cut, moved))
 
 
 # What an owner and an accountant read per member at a month's end: the money and

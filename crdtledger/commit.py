@@ -91,13 +91,13 @@ class LedgerBase:
 
     def __init__(self, storage: Storage, now_ms: Callable[[], int] | None = None) -> None:
         self.storage = storage
-        storage.before_commit.append(lambda: lots.settle(storage.conn, storage.day_of))
+        storage.before_commit.append(lambda: lots.settle(storage.conn))
         if storage.meta.get("points_lots") != lots.FOLD:
             with storage.transaction():
                 if "points_lots" not in storage.meta:  # a store made before the table
-                    lots.fill(storage.conn, storage.day_of)
-                else:  # folded by an older version: its named write-offs again
-                    lots.refold_named_write_offs(storage.conn, storage.day_of)
+                    lots.fill(storage.conn)
+                else:  # folded by an older version
+                    lots.refold(storage.conn, storage.meta["points_lots"])
                 storage.conn.execute("INSERT OR REPLACE INTO meta VALUES ('points_lots', ?)",
                                      (lots.FOLD,))
             storage.meta["points_lots"] = lots.FOLD

@@ -45,7 +45,7 @@ from __future__ import annotations
 import heapq
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -89,8 +89,8 @@ def take(lots: list[Lot], n: int, kind: str, ref: str | None, day: str) -> int:
     return n
 
 
-def replay(conn: sqlite3.Connection, group: list[str], day_of: Callable[[int], str],
-           before: str | None = None, excess: dict[str, int] | None = None) -> list[Lot]:
+def replay(conn: sqlite3.Connection, group: list[str], before: str | None = None,
+           excess: dict[str, int] | None = None) -> list[Lot]:
     """The lots of `group` from its entries (those with ids before `before`, if
     given), in id order: the definition. Each member folds apart until its merge
     (`merged_at`), one pool with whom it was merged into from then on: a member's
@@ -117,14 +117,14 @@ def replay(conn: sqlite3.Connection, group: list[str], day_of: Callable[[int], s
             if a != b:  # a cycle's last merge (its survivor's pointer) joins nothing
                 into[a] = b
                 pools[b] += pools.pop(a)
-        short = _step(pools[pool(e["member"])], _row(e, points_change(e)), day_of)
+        short = _step(pools[pool(e["member"])], _row(e, points_change(e)))
         if short and excess is not None:
             excess[e["id"]] = short
     return [lot for lots in pools.values() for lot in lots]
 
 
-def at(conn: sqlite3.Connection, day_of: Callable[[int], str], before: str,
-       moved: set[str]) -> Iterator[tuple[str, str, str, int]]:
+def at(conn: sqlite3.Connection, before: str, moved: set[str]
+       ) -> Iterator[tuple[str, str, str, int]]:
     """(member, earned, expires, left) of every lot with points left after the fold of
     the entries with ids before `before`, by member and earning entry: the lots a
     closing carries (closing.month_end_from_tables). The table less what came from
@@ -144,7 +144,7 @@ def at(conn: sqlite3.Connection, day_of: Callable[[int], str], before: str,
                 redo[x] = group
     replayed = sorted((lot[3], lot[2], lot[0], lot[1])
                       for group in {g[0]: g for g in redo.values()}.values()
-                      for lot in replay(conn, group, day_of, before) if lot[1])
+                      for lot in replay(conn, group, before) if lot[1])
     kept = ((m, e, x, n) for m, e, x, n in conn.execute(
         "SELECT member, earned, expires, left FROM points_lots ORDER BY member, earned")
         if m not in redo)
@@ -193,14 +193,14 @@ def _row(e: dict[str, Any], change: int) -> tuple[Any, ...]:
             e.get("day"))
 
 
-def _step(lots: list[Lot], row: tuple[Any, ...], day_of: Callable[[int], str]) -> int:
+def _step(lots: list[Lot], row: tuple[Any, ...]) -> int:
     """One entry, as (member, id, change, kind, ref, expires, day), folded into `lots`;
     what a write-off took beyond the points expired (else 0)."""
     member, eid, change, kind, ref, expires, day = row
     if kind == "expiry":
         # A write-off takes expired points only, and its give-back (a positive one,
         # naming it) returns rights for points no lot lost: neither is owed nor a lot.
-        return take(lots, -change, kind, ref, spend_day(eid, day, day_of)) if change < 0 else 0
+        return take(lots, -change, kind, ref, spend_day(eid, day)) if change < 0 else 0
     if change > 0:
         for debt in sorted((lot for lot in lots if lot[1] < 0), key=lambda lot: lot[2]):
             got = min(-debt[1], change)
@@ -210,23 +210,26 @@ def _step(lots: list[Lot], row: tuple[Any, ...], day_of: Callable[[int], str]) -
                 return 0
         lots.append([expires or NO_EXPIRY, change, eid, member])
     elif change < 0:
-        short = take(lots, -change, kind, ref, spend_day(eid, day, day_of))
+        short = take(lots, -change, kind, ref, spend_day(eid, day))
         if short:  # spent before, in id order, what earned it: owed by the next lots
             lots.append([NO_EXPIRY, -short, eid, member])
     return 0
 
 
-def spend_day(eid: str, said: str | None, day_of: Callable[[int], str]) -> str:
+def spend_day(eid: str, said: str | None) -> str:
     """The day a spend was made on (which lots were still valid then): the date its
     writer gave (`day`, written since 0.3.0: commit._entry), brought within the dates
     some zone on Earth had at that instant (UTC-12 to UTC+14: a liar's cannot reach
-    further); for an entry without one, written before, the date in this store's
-    zone. The writer's date, not the reader's: two branches in zones a day apart
-    would take different lots for a spend near midnight, and their closings differ."""
+    further); for an entry without one (written before, or a liar's), the earliest of
+    those dates, when the most lots were still valid. The writer's date, never the
+    reader's: two branches in zones a day apart took different lots for a spend near
+    midnight, and their closings differed for good (a liar had only to leave `day`
+    out)."""
     ms = id_time_ms(eid)
+    west = _utc_day(ms - _WEST_MS)
     if not said:
-        return day_of(ms)
-    return min(max(said, _utc_day(ms - _WEST_MS)), _utc_day(ms + _EAST_MS))
+        return west
+    return min(max(said, west), _utc_day(ms + _EAST_MS))
 
 
 _WEST_MS, _EAST_MS = 12 * 3_600_000, 14 * 3_600_000
@@ -236,7 +239,7 @@ def _utc_day(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).date().isoformat()
 
 
-def settle(conn: sqlite3.Connection, day_of: Callable[[int], str],
+def settle(conn: sqlite3.Connection,
            entries: list[dict[str, Any]] | None = None) -> None:
     """Bring the lots of every group this transaction touched up to date, before it
     commits: what the projections noted in `points_touched`, and `entries`, those an
@@ -263,11 +266,11 @@ def settle(conn: sqlite3.Connection, day_of: Callable[[int], str],
         if conn.execute(EARN, (member, eid, expires or NO_EXPIRY, change)).rowcount:
             return
     if rows:
-        _update(conn, sorted(rows, key=lambda r: r[1] or ""), seen, day_of)
+        _update(conn, sorted(rows, key=lambda r: r[1] or ""), seen)
 
 
-def _update(conn: sqlite3.Connection, touched: list[tuple[Any, ...]], seen: set[str],
-            day_of: Callable[[int], str]) -> None:
+def _update(conn: sqlite3.Connection, touched: list[tuple[Any, ...]], seen: set[str]
+            ) -> None:
     """`touched`: (member, entry id or None for a replay, change, kind, ref, expires)
     in id order; `seen`: the entries projected with them (any later entry of a group
     that is not among them and moves points asks for the group's replay)."""
@@ -296,14 +299,14 @@ def _update(conn: sqlite3.Connection, touched: list[tuple[Any, ...]], seen: set[
                 group)]
             before = {lot[2]: lot[1] for lot in lots}
             for row in new:
-                _step(lots, row, day_of)
+                _step(lots, row)
             changed = [lot for lot in lots if before.get(lot[2]) != lot[1]]
             conn.executemany("DELETE FROM points_lots WHERE member = ? AND earned = ?",
                              [(lot[3], lot[2]) for lot in changed if lot[2] in before])
             kept += changed
         else:
             conn.execute(f"DELETE FROM points_lots WHERE member {views.in_(group)}", group)
-            kept += replay(conn, group, day_of)
+            kept += replay(conn, group)
     _keep(conn, kept)
 
 
@@ -343,26 +346,37 @@ def _keep(conn: sqlite3.Connection, lots: list[Lot]) -> None:
 
 
 # The fold's version, in meta `points_lots`: "2" since a write-off takes the lot it
-# names first (0.3.0). A store folded by version "1" may hold a named write-off, from a
-# newer replica, folded in expiry order: those groups are replayed when it opens.
+# names first, "3" since a spend without `day` is folded on a date of its instant's
+# alone (0.3.0). A store folded before replays the groups it may have folded otherwise
+# when it opens (`refold`).
 FOLD = POINTS_FOLD
 
 
-def refold_named_write_offs(conn: sqlite3.Connection, day_of: Callable[[int], str]) -> None:
-    """Replay the groups holding a write-off that names its lot (an `expiry` entry
-    with `ref`): an older version folded it by expiry order. Few or none: a read of
-    the entries with a `ref` (an index) and a replay of each such group, once."""
+def refold(conn: sqlite3.Connection, since: str) -> None:
+    """Replay the groups a fold of version `since` may have folded otherwise: those
+    holding a write-off that names its lot (an `expiry` with `ref`), before "2" folded
+    by expiry order; those holding a spend without `day`, before "3" folded on the
+    reader's own date. Few: a read of the entries, and a replay of each such group,
+    once."""
+    members: set[str] = set()
+    if since < "2":
+        members.update(m for (m,) in conn.execute(
+            "SELECT DISTINCT member FROM entries WHERE ref IS NOT NULL AND kind = 'expiry'"))
+    if since < "3":
+        members.update(e["member"] for (body,) in conn.execute(
+            "SELECT body FROM entries WHERE instr(body, '\"points\"') "
+            "AND json_extract(body, '$.day') IS NULL")
+            if points_change(e := json.loads(body)) < 0)
     heads: dict[str, list[str]] = {}
-    for (m,) in conn.execute("SELECT DISTINCT member FROM entries WHERE ref IS NOT NULL "
-                             "AND kind = 'expiry'").fetchall():
+    for m in sorted(members):
         group = views.member_group(conn, m)
         heads.setdefault(group[0], group)
     for group in heads.values():
         conn.execute(f"DELETE FROM points_lots WHERE member {views.in_(group)}", group)
-        _keep(conn, replay(conn, group, day_of))
+        _keep(conn, replay(conn, group))
 
 
-def fill(conn: sqlite3.Connection, day_of: Callable[[int], str]) -> None:
+def fill(conn: sqlite3.Connection) -> None:
     """Every group's lots from its entries (a store made before this table)."""
     conn.execute("DELETE FROM points_lots")
     heads: dict[str, list[str]] = {}
@@ -370,4 +384,4 @@ def fill(conn: sqlite3.Connection, day_of: Callable[[int], str]) -> None:
         group = views.member_group(conn, m)
         heads.setdefault(group[0], group)
     for group in heads.values():
-        _keep(conn, replay(conn, group, day_of))
+        _keep(conn, replay(conn, group))

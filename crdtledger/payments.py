@@ -713,7 +713,7 @@ class Payments(Merges, Rules):
                             [*group, self.node]).fetchone() is None:
                 continue  # none of this node's write-offs: nothing of its to give back
             excess: dict[str, int] = {}  # every write-off's, in one fold of the group
-            lots.replay(conn, group, self.storage.day_of, excess=excess)
+            lots.replay(conn, group, excess=excess)
             owed: list[tuple[str, int]] = []
             for eid, n in sorted(excess.items()):
                 if not eid.endswith(f".{self.node}"):

@@ -768,14 +768,23 @@ def record_change(conn: sqlite3.Connection, doc: str, root: str, key: str, value
                     data[sub] = {}
             created = id_time_ms(key)
             phone = str(data.get("phone", ""))
+            row = conn.execute("SELECT json_extract(body, '$.merged_into') FROM members "
+                               "WHERE id = ?", (key,)).fetchone()
+            was = row[0] if row else None
             conn.execute(
                 "INSERT OR REPLACE INTO members VALUES (?,?,?,?,?,?,?,?)",
                 (key, str(data.get("name", "")), phone, str(data.get("home", "")), created,
                  day_of(created), dumps(data), canonical_phone(phone)),
             )
             # Merged into another, or the survivor of a merge that came first: the
-            # group's points lots are one member's.
-            if conn.execute(f"SELECT {IN_MERGE}", (key,)).fetchone()[0]:
+            # group's points lots are one member's. A pointer moved to another survivor
+            # (a second merge of the same duplicate, made apart, won) or cleared leaves
+            # its old group without it: that group is replayed too, or its lots kept
+            # the points the member's group had spent from them.
+            if was is not None and was != data.get("merged_into"):
+                touch_group(conn, key)
+                touch_group(conn, str(was))
+            elif conn.execute(f"SELECT {IN_MERGE}", (key,)).fetchone()[0]:
                 touch_group(conn, key)
         elif root == "cards":
             if not ID.match(key):

@@ -740,7 +740,7 @@ class Replica(LedgerBase):
                     raise RemoteProtocolError(f"refused by the store ({e})") from None
             # Their points lots once, after every document's (a catch-up brings each
             # member's entries in many months' documents), with those noted meanwhile.
-            lots.settle(st.conn, st.day_of, self._fresh_entries)
+            lots.settle(st.conn, self._fresh_entries)
             self._fresh_entries = []  # a slice's entries are not kept past their apply
             st.keep_clock(self.clock.last, self.clock.eras_text)
         plan.touched += (name for name in touched if name not in MARK_DOCS)  # no document

@@ -356,10 +356,9 @@ class LoadedDoc:
         return ups
 
 
-# The points lots' fold version, in meta `points_lots` (crdtledger.lots.FOLD): "2"
-# since a write-off takes the lot it names first (0.3.0). Here, as a new store
-# starts at it and this module imports nothing of the lots.
-POINTS_FOLD = "2"
+# The points lots' fold version, in meta `points_lots` (crdtledger.lots.FOLD). Here,
+# as a new store starts at it and this module imports nothing of the lots.
+POINTS_FOLD = "3"
 
 
 def _log_lone_store(conn: sqlite3.Connection, meta: dict[str, str]) -> None:

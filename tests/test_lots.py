@@ -6,6 +6,7 @@ when it is opened."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from helpers import FakeClock, new_ledger, sync, two_zones
 
@@ -26,7 +27,7 @@ def replayed(ledger: Ledger) -> list[tuple[str, str, str, int]]:
               for (m,) in conn.execute("SELECT DISTINCT member FROM entries").fetchall()}
     out = []
     for group in groups.values():
-        for expires, left, eid, owner in lots.replay(conn, group, ledger.storage.day_of):
+        for expires, left, eid, owner in lots.replay(conn, group):
             if left:
                 out.append((eid, owner, expires, left))
     return sorted(out)
@@ -122,12 +123,12 @@ def test_points_spent_before_the_entry_that_earned_them_are_owed_not_lost(
 def test_an_owed_spend_is_kept_until_its_earning_comes(tmp_path: Path) -> None:
     """The fold itself: a spend with no lot to take from is owed (a lot of negative
     points that never expires), and the next points earned pay it first."""
-    owed: list[lots.Lot] = []  # every row below carries its writer's day: no zone needed
-    lots._step(owed, ("M1", "A1", -30, "redeem", None, None, "2026-01-02"), str)
+    owed: list[lots.Lot] = []  # every row below carries its writer's day
+    lots._step(owed, ("M1", "A1", -30, "redeem", None, None, "2026-01-02"))
     assert owed == [["9999-12-31", -30, "A1", "M1"]]
-    lots._step(owed, ("M1", "A2", 20, "debit", None, "2026-02-01", "2026-01-03"), str)
+    lots._step(owed, ("M1", "A2", 20, "debit", None, "2026-02-01", "2026-01-03"))
     assert owed == [["9999-12-31", -10, "A1", "M1"]]
-    lots._step(owed, ("M1", "A3", 25, "debit", None, "2026-02-02", "2026-01-03"), str)
+    lots._step(owed, ("M1", "A3", 25, "debit", None, "2026-02-02", "2026-01-03"))
     assert [lot for lot in owed if lot[1]] == [["2026-02-02", 15, "A3", "M1"]]
 
 
@@ -270,13 +271,13 @@ def test_a_writers_day_is_held_to_the_dates_its_instant_had_somewhere() -> None:
     """A liar's `day` cannot make a spend take lots by a date no zone had: it is
     brought within UTC-12 to UTC+14 of the id's instant, the same at every reader."""
     eid = HybridClock("SH01", now_ms=lambda: 1_769_918_400_000).mint()  # 1 Feb 04:00 UTC
-    def never(_ms: int) -> str:
-        raise AssertionError("a day given is not read in the reader's zone")
-    assert lots.spend_day(eid, "2026-01-31", never) == "2026-01-31"
-    assert lots.spend_day(eid, "1999-01-01", never) == "2026-01-31"
-    assert lots.spend_day(eid, "9999-12-31", never) == "2026-02-01"
-    assert lots.spend_day(eid, "garbage", never) == "2026-02-01"
-    assert lots.spend_day(eid, None, lambda _ms: "2026-01-31") == "2026-01-31"
+    assert lots.spend_day(eid, "2026-01-31") == "2026-01-31"
+    assert lots.spend_day(eid, "1999-01-01") == "2026-01-31"
+    assert lots.spend_day(eid, "9999-12-31") == "2026-02-01"
+    assert lots.spend_day(eid, "garbage") == "2026-02-01"
+    # None given (an older build's, or a liar's left out): the earliest date, in no
+    # reader's zone; a reader in Los Angeles and one in Shanghai folded it apart.
+    assert lots.spend_day(eid, None) == "2026-01-31"
 
 
 def test_a_store_made_before_the_table_has_it_filled_when_opened(tmp_path: Path) -> None:
@@ -352,3 +353,81 @@ def test_a_redemption_funded_by_the_batch_with_an_earlier_sale_is_taken_once(
     finally:
         for ledger in (sh, hz, bj):
             ledger.close()
+
+
+def test_a_duplicate_merged_into_two_survivors_apart_leaves_the_same_lots_everywhere(
+        tmp_path: Path) -> None:
+    """Honest branches only. SH01 merges X into Y and Y redeems from X's lot (one pool
+    since the merge); SH03, cut off, merges X into Z and its pointer wins. Y's group
+    no longer holds X, but was not replayed when X's pointer moved away: SH01 and SH02
+    kept Y's lots as they were, the 50 points spent counted nowhere, and their
+    closing differed from SH03's for good."""
+    clock = FakeClock()
+    a, b, c = (new_ledger(tmp_path, n, now_ms=clock) for n in ("SH01", "SH02", "SH03"))
+    a.set_rule(a.owner, "earn", {"points_per_yuan": "1", "expire_days": 365},
+               effective_from="2025-01-01")
+    x, y, z = (a.add_member(a.owner, name="甲", phone=f"1380000000{i}") for i in (1, 2, 3))
+    for m in (x, y, z):
+        a.topup(a.owner, m, 100_000)
+    a.debit(a.owner, x, amount=10_000)  # X's lot expires first
+    clock.advance_days(1)
+    for m in (y, z):
+        a.debit(a.owner, m, amount=10_000)
+    sync(a, b)
+    sync(b, c)
+    clock.advance_days(19)
+    a.merge_member(a.owner, x, y)
+    a.redeem_points(a.owner, y, 50)
+    c.merge_member(c.owner, x, z)  # not knowing of SH01's merge
+    for _ in range(2):
+        sync(a, b)
+        sync(b, c)
+        sync(a, c)
+    assert len({a.survivor_of(x), b.survivor_of(x), c.survivor_of(x)}) == 1
+    for ledger in (a, b, c):
+        assert kept(ledger) == replayed(ledger), ledger.node
+    assert kept(a) == kept(b) == kept(c)
+
+
+def test_a_spend_without_its_day_is_folded_alike_in_every_zone(tmp_path: Path) -> None:
+    """A certified branch leaves `day` out of a redemption (and of the write-off it
+    writes first) at 20:00 UTC on a lot's last day: still that day in Los Angeles, the
+    next in Shanghai. Each reader took its own zone's date, so the two folded
+    different lots for the same records, and their closings differed for good."""
+    from datetime import datetime
+
+    clock = FakeClock()
+    sh, la = two_zones(tmp_path, clock, expire_days=10)
+    liar = new_ledger(tmp_path, "SH03", now_ms=clock)
+    m = sh.add_member(sh.owner, name="王芳", phone="13800000001")
+    sync(sh, liar)
+    liar.topup(liar.owner, m, 100_000)
+    liar.debit(liar.owner, m, amount=10_000)
+    clock.advance_days(2)
+    liar.debit(liar.owner, m, amount=10_000)
+    first_expires = min(r[2] for r in kept(liar))
+    clock.ms = int(datetime.fromisoformat(first_expires + "T20:00:00+00:00").timestamp()
+                   * 1000)
+    honest = liar._entry
+
+    def without_day(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        entry = honest(*args, **kwargs)
+        entry.pop("day", None)
+        return entry
+
+    liar._entry = without_day  # type: ignore[method-assign]
+    assert "day" not in liar.redeem_points(liar.owner, m, 30)
+    liar._entry = honest  # type: ignore[method-assign]
+    sync(sh, liar)
+    sync(la, liar)
+    assert la.storage.day_of(clock.ms) != sh.storage.day_of(clock.ms)
+    assert kept(sh) == kept(la) == kept(liar) == replayed(la) == replayed(sh)
+    # A store folded by "2" (the reader's zone) replays such groups when it opens.
+    want, path = kept(la), la.storage.dir
+    with la.storage.conn:
+        la.storage.conn.execute("DELETE FROM points_lots")  # as if folded otherwise
+        la.storage.conn.execute("UPDATE meta SET value = '2' WHERE key = 'points_lots'")
+    la.close()
+    with Ledger.open(path, now_ms=clock) as again:
+        assert kept(again) == want
+        assert again.storage.meta["points_lots"] == lots.FOLD

@@ -161,7 +161,7 @@ def _month_end_by_documents(ledger: Ledger, month: str, by_doc: dict[str, set[st
     groups = {views.member_group(conn, m)[0]: views.member_group(conn, m)
               for (m,) in conn.execute("SELECT DISTINCT member FROM entries").fetchall()}
     held = sorted((lot[3], lot[2], lot[0], lot[1]) for group in groups.values()
-                  for lot in lots.replay(conn, group, ledger.storage.day_of, cut) if lot[1])
+                  for lot in lots.replay(conn, group, cut) if lot[1])
     return closing.MonthEnd.of(month, sorted(rights.items()), sorted(totals.items()), held)
 
 
@@ -950,7 +950,7 @@ class LedgerMachine(RuleBasedStateMachine):
         heads = {member_group(ledger.storage.conn, m)[0]: member_group(ledger.storage.conn, m)
                  for (m,) in _rows(ledger, "SELECT DISTINCT member FROM entries")}
         replayed = {h: sorted((e, n, i) for e, n, i, _m in lots.replay(
-                        ledger.storage.conn, g, ledger.storage.day_of) if n)
+                        ledger.storage.conn, g) if n)
                     for h, g in heads.items()}
         assert {h: sorted(v) for h, v in kept.items()} == {
             h: v for h, v in replayed.items() if v}, ledger.node
