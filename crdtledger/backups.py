@@ -273,6 +273,35 @@ def restore_pending(data_dir: Path, *, lock: bool = True) -> bool:
     return True
 
 
+# What restore leaves in the data directory (the store it replaced, a backup copied
+# there by hand) is kept as long as a backup is (the README: 30 days at most), then
+# removed by the daily pass: the replaced store is a plain SQLite file, and an erasure
+# never reaches it.
+KEPT_ASIDE_DAYS = 30
+_KEPT_ASIDE = re.compile(rf"^(?:{re.escape(DB_FILE)}\.before-restore|"
+                         rf"{re.escape(BACKUP_FILE)}\.restored)-(\d{{8}}-\d{{6}})")
+
+
+def drop_kept_aside(data_dir: Path, now_ms: int) -> list[str]:
+    """Remove what a restore put aside in `data_dir` more than KEPT_ASIDE_DAYS ago (by
+    the time in its name, on this PC's clock as it was named), with its companions.
+    Returns the names removed."""
+    gone = []
+    now = datetime.fromtimestamp(now_ms / 1000)
+    for path in sorted(Path(data_dir).iterdir()):
+        match = _KEPT_ASIDE.match(path.name)
+        if match is None:
+            continue
+        try:
+            made = datetime.strptime(match.group(1), "%Y%m%d-%H%M%S")
+        except ValueError:
+            continue
+        if (now - made).days >= KEPT_ASIDE_DAYS:
+            path.unlink(missing_ok=True)
+            gone.append(path.name)
+    return gone
+
+
 # --- helpers ------------------------------------------------------------------
 
 

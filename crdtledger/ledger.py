@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from crdtledger import closing, erasure, views
+from crdtledger import backups, closing, erasure, views
 from crdtledger.commit import SKEW_EVENTS_KEPT, Write
 from crdtledger.errors import InvalidInput
 from crdtledger.goods import Goods
@@ -94,7 +94,8 @@ class Ledger(Membership, Goods, Replica):
         runs it a minute after start and once a day (core.HOUSEKEEPING_S); returns the entries
         written."""
         # First it closes the month due and signs the latest closing it can
-        # (crdtledger.closing). Before the sweep, this node's records into members
+        # (crdtledger.closing), and removes what a restore put aside a month ago
+        # (crdtledger.backups.drop_kept_aside). Before the sweep, this node's records into members
         # erased lately are redacted (crdtledger.erasure); after the write-offs come
         # the referral rewards this branch owes (approved at other branches) and the
         # surplus check-ins it wrote while cut off (crdtledger.membership).
@@ -118,6 +119,7 @@ class Ledger(Membership, Goods, Replica):
         self.erasure_seen = False
         if timed:
             closing.close_due_month(self)
+            backups.drop_kept_aside(self.storage.dir, self.clock.wall())
         closing.sign_closing(self)
         yield [*erasure.redact_erased(self), *self.sweep_merged()]
         due = (views.members_with_expired_points(self, self.node, self.today()) if timed

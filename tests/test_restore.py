@@ -188,3 +188,31 @@ def test_a_store_or_backup_of_a_newer_format_is_refused_before_anything_changes(
     assert sorted(p.name for p in data.iterdir()) == listing, "nothing put aside or left"
     with Ledger.open(data) as again:  # the working store as it was
         assert _cash(again, m) == 100_000
+
+
+def test_what_a_restore_put_aside_is_removed_a_month_later(tmp_path: Path) -> None:
+    """The store a restore replaced is a plain SQLite file: kept beside the new one
+    for good, an erased member's name and phone stayed readable in it. The daily pass
+    removes it, with its companions and a backup restored from the data directory,
+    once it is as old as the oldest backup the owner keeps."""
+    from datetime import datetime, timedelta
+
+    from crdtledger.backups import KEPT_ASIDE_DAYS
+
+    a, b, m = _chain(tmp_path)
+    data = a.storage.dir
+    bk = _spend_after_backup(tmp_path, a, b, m)
+    (data / "ledger.sqlite3").write_bytes(b"damaged")
+    kept = restore(bk, data)["kept"]
+    assert kept and Path(kept).exists()
+    then = datetime.now()
+    # A backup copied into the data directory by hand is renamed so once restored.
+    hand = data / f"ledger.backup.restored-{then:%Y%m%d-%H%M%S}"
+    shutil.copy(bk / "ledger.backup", hand)
+    with Ledger.open(data, now_ms=lambda: int(then.timestamp() * 1000)) as again:
+        again.housekeeping()
+    assert Path(kept).exists() and hand.exists()
+    later = then + timedelta(days=KEPT_ASIDE_DAYS, minutes=1)
+    with Ledger.open(data, now_ms=lambda: int(later.timestamp() * 1000)) as again:
+        again.housekeeping()
+    assert [p.name for p in data.iterdir() if "restore" in p.name] == []
