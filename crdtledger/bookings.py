@@ -373,7 +373,11 @@ def parse_when(ledger: Ledger, when: str) -> int:
         local = datetime.fromisoformat(text.replace(" ", "T"))
     except ValueError:
         raise InvalidInput(f"time {when!r} is not a real date and time") from None
-    return int(local.replace(tzinfo=ledger.storage.tz).timestamp() * 1000)
+    ms = int(local.replace(tzinfo=ledger.storage.tz).timestamp() * 1000)
+    if _local(ledger, ms).replace(tzinfo=None) != local:
+        raise InvalidInput(f"time {when!r} does not exist in {ledger.storage.tz.key}: the "
+                           "clocks go forward then")
+    return ms  # a time the clocks pass twice (going back) is the first of the two
 
 
 def _view(ledger: Ledger, b: Mapping[str, Any], related: Iterable[Mapping[str, Any]],
@@ -507,8 +511,11 @@ def slots(ledger: Ledger, technician_ref: str, day: str, service: str | None = N
     midnight = datetime.combine(the_day, time(0), ledger.storage.tz)
     out = []
     for m in range(open_min, close_min - minutes + 1, SLOT_STEP_MIN):
-        start = int((midnight + timedelta(minutes=m)).timestamp() * 1000)
+        wall = midnight + timedelta(minutes=m)
+        start = int(wall.timestamp() * 1000)
         end = start + minutes * 60_000
+        if _local(ledger, start).replace(tzinfo=None) != wall.replace(tzinfo=None):
+            continue  # a time the clocks skip going forward: no such slot
         if start > now and _conflict(ledger, taken, start, end) is None:
             out.append(f"{m // 60:02d}:{m % 60:02d}")
     return out
@@ -543,8 +550,11 @@ def _fits(ledger: Ledger, tech: Mapping[str, Any], service: str, start: int,
     local = _local(ledger, start)
     first = local.hour * 60 + local.minute
     end_local = _local(ledger, start + minutes * 60_000)
-    if (first < open_min or end_local.date() != local.date()
-            or end_local.hour * 60 + end_local.minute > close_min):
+    last = end_local.hour * 60 + end_local.minute
+    if end_local.date() != local.date():  # only the next midnight itself, for hours to 24:00
+        last = 24 * 60 if last == 0 and end_local.date() == local.date() + timedelta(1) \
+            else 24 * 60 + 1
+    if first < open_min or last > close_min:
         return (f"{local.strftime('%H:%M')}-{end_local.strftime('%H:%M')} is outside "
                 f"technician {tech['code']}'s hours {tech['hours']}")
     return None

@@ -677,3 +677,30 @@ def test_a_member_who_left_or_was_merged_away_since_is_not_booked_nor_approved(
         sh02.decide_exit(sh02.owner, app)
     assert data_snapshot(sh02, [a, b]) == before
     assert bookings.show(sh02, booked["booking"])["status"] == "confirmed"
+
+
+def test_slots_at_a_days_edges_are_offered_only_as_they_can_be_booked(tmp_path: Path) -> None:
+    """Hours to 24:00 offered a last slot ending at midnight that booking refused as
+    outside the hours, every day. On the day the clocks go forward (Berlin, 29 March
+    2026) slots at 02:00 and 02:30, times that do not exist, were offered, and 02:00
+    booked 03:00 without a word."""
+    berlin = ZoneInfo("Europe/Berlin")
+    clock = FakeClock(int(datetime(2026, 3, 27, 12, tzinfo=berlin).timestamp() * 1000))
+    a = new_ledger(tmp_path, "SH01", now_ms=clock, timezone="Europe/Berlin")
+    a.set_rule(a.owner, "services", {"FOOT60": {"name": "足疗", "price": 10000,
+                                                "minutes": 60}})
+    m = a.add_member(a.owner, name="A", phone="13800138000")
+    bookings.add_technician(a, a.owner, "LATE", "x", ["FOOT60"], "20:00-24:00")
+    bookings.add_technician(a, a.owner, "NIGHT", "y", ["FOOT60"], "00:00-05:00")
+    offered = bookings.slots(a, "LATE", "2026-03-28", "FOOT60")
+    assert offered[-1] == "23:00"
+    late = bookings.book(a, a.owner, m, "LATE", "FOOT60", "2026-03-28T23:00")
+    assert (late["at"], late["end"]) == ("2026-03-28T23:00", "00:00")
+    with pytest.raises(BookingRefused, match="outside"):  # past midnight: still refused
+        bookings.book(a, a.owner, m, "LATE", "FOOT60", "2026-03-28T23:30")
+    offered = bookings.slots(a, "NIGHT", "2026-03-29", "FOOT60")
+    assert "02:00" not in offered and "02:30" not in offered and "03:00" in offered
+    before = data_snapshot(a)
+    with pytest.raises(InvalidInput, match="does not exist"):
+        bookings.book(a, a.owner, m, "NIGHT", "FOOT60", "2026-03-29T02:00")
+    assert data_snapshot(a) == before
