@@ -575,7 +575,7 @@ def book(ledger: Ledger, operator: str, member: str, technician_ref: str, servic
     tech = technician(ledger, technician_ref)
     start = parse_when(ledger, when)
     minutes = _service_minutes(ledger, service)
-    now = ledger.clock.wall()
+    now = ledger.clock.next_ms()  # the booking entry's own time
     if start <= now:
         raise BookingRefused(f"{when} has passed: book a time to come")
     if start > now + HORIZON_DAYS * 86_400_000:
@@ -632,7 +632,7 @@ def cancel(ledger: Ledger, operator: str, booking: str, member: str | None = Non
     current = show(ledger, b["id"])
     if current["status"] in ("cancelled", "refused", "no_show", "done"):
         raise BookingRefused(f"booking {b['id']} is {current['status']}: nothing to cancel")
-    if int(b["start"]) <= ledger.clock.wall():
+    if int(b["start"]) <= ledger.clock.next_ms():
         raise BookingRefused(f"booking {b['id']} has started: it can no longer be cancelled")
 
     def plan() -> tuple[list[Any], dict[str, Any]]:
@@ -668,7 +668,7 @@ def noshow(ledger: Ledger, operator: str, booking: str) -> dict[str, Any]:
     if current["status"] not in ("confirmed", "done"):
         raise BookingRefused(f"booking {b['id']} is {current['status']}: only a confirmed "
                              "booking can be a no-show")
-    if int(b["start"]) > ledger.clock.wall():
+    if int(b["start"]) > ledger.clock.next_ms():
         raise BookingRefused(f"booking {b['id']} has not started yet")
 
     def plan() -> tuple[list[Any], dict[str, Any]]:

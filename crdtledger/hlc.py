@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from crdtledger.errors import ClockSkew, InvalidInput
 
@@ -111,6 +112,8 @@ class HybridClock:
         # to peers in the hello, so a branch that reaches only a hub can tell whose
         # clock is wrong.
         self.agree = 1
+        # The instant of the operation running, while one runs (`pinned`).
+        self._pin: int | None = None
         self.era = 0
         # The highest timestamp minted (or adopted) in each other era: the current
         # era's is `last`.
@@ -133,8 +136,30 @@ class HybridClock:
 
     def wall(self) -> int:
         """Wall-clock milliseconds as the chain sees them: this machine's clock,
-        corrected when it is off (`offset_ms`)."""
+        corrected when it is off (`offset_ms`); the operation's instant while one is
+        `pinned`."""
+        if self._pin is not None:
+            return self._pin
         return self._now_ms() + self.offset_ms
+
+    @contextmanager
+    def pinned(self) -> Iterator[int]:
+        """One instant for one operation: the time its first id will carry
+        (`next_ms`), which `wall`, `next_ms` and the ids minted meanwhile keep (ids of
+        one millisecond differ by their counter). What the operation judges by the
+        day or the minute (a coupon's last day, a once-a-day check-in, an activity's
+        hours, the refund period) is then judged on the day and minute its entries
+        are booked on: a sale begun at 23:59:59.999 was judged on one day and booked
+        on the next, and a check-in judged by this PC's clock was booked by an id
+        past it (a peer's later id). Re-entered, the outer instant stands."""
+        if self._pin is not None:
+            yield self._pin
+            return
+        self._pin = self.next_ms()
+        try:
+            yield self._pin
+        finally:
+            self._pin = None
 
     def now(self) -> int:
         wall = max(self.wall(), self.floor_ms)

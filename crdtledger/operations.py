@@ -336,7 +336,8 @@ def run(ledger: Ledger, operator: str, name: str, params: Mapping[str, Any]) -> 
     asked = p.get("member")
     if isinstance(asked, str) and name not in _OWN_RECORD:
         p["member"] = ledger.survivor_of(asked)
-    result = op.handler(ledger, operator, p)
+    with ledger.clock.pinned():  # judged on the day and minute its entries carry
+        result = op.handler(ledger, operator, p)
     if isinstance(asked, str) and p["member"] != asked and isinstance(result, dict):
         result = {**result, "acted_for": {"asked": asked, "member": p["member"]}}
     return result

@@ -578,3 +578,72 @@ def test_a_certificate_refused_for_its_dates_is_logged_naming_the_clock(
             assert a.connected() == []
 
     asyncio.run(main())
+
+
+def test_an_operation_is_judged_on_the_day_and_minute_its_entries_are_booked(
+        tmp_path: Path) -> None:
+    """A sale begun at 23:59:59.999 on the last day of a coupon and of a price list
+    was judged on that day (coupon taken, January's price) and booked on the next,
+    its id minted a millisecond later: an operation now keeps one instant
+    (`HybridClock.pinned`, taken by operations.run), its first id's."""
+    from zoneinfo import ZoneInfo
+
+    from crdtledger import operations
+    from crdtledger.hlc import id_time_ms
+
+    berlin = ZoneInfo("Europe/Berlin")
+    midnight = int(dt.datetime(2026, 2, 1, tzinfo=berlin).timestamp() * 1000)
+    ticking = {"ms": midnight - 3_600_000, "step": 0}
+
+    def clock() -> int:  # time passes while an operation runs: a millisecond a read
+        ms = ticking["ms"]
+        ticking["ms"] += ticking["step"]
+        return ms
+
+    a = new_ledger(tmp_path, "SH01", now_ms=clock, timezone="Europe/Berlin")
+    dear = {k: dict(v) for k, v in a.rule("services").items()}
+    dear["FOOT60"]["price"] = 20000
+    a.set_rule(a.owner, "services", dear, effective_from="2026-02-01")
+    m = a.add_member(a.owner, name="A", phone="13800138000")
+    a.topup(a.owner, m, 100_000)
+    coupon = a.issue_coupon(a.owner, m, off=5000, valid_to="2026-01-31")["coupon"]
+    ticking.update(ms=midnight - 1, step=1)
+    sale = operations.run(a, a.owner, "debit", {"member": m, "service": "FOOT60",
+                                                "coupon": coupon})
+    assert a.storage.day_of(id_time_ms(sale["id"])) == "2026-01-31"
+    assert sale["coupon"] == coupon and sale["gross"] != 20000  # January's, as judged
+    ticking["step"] = 0
+    assert a.clock.wall() == ticking["ms"] >= midnight  # the pin ends with the operation
+
+
+def test_an_activitys_hours_are_judged_by_the_time_its_check_in_carries(
+        tmp_path: Path) -> None:
+    """SH02's clock is 90 s behind SH01's (under the limit), and SH01's entry of
+    00:00:30 has reached it: its next id is past its clock. A check-in there was
+    judged by the clock (23:59, inside an activity running to midnight) and booked by
+    the id (00:00:30, after it)."""
+    from zoneinfo import ZoneInfo
+
+    from helpers import name_branches
+
+    from crdtledger.errors import LedgerError
+
+    shanghai = ZoneInfo("Asia/Shanghai")
+
+    def ms(*when: int) -> int:
+        return int(dt.datetime(*when, tzinfo=shanghai).timestamp() * 1000)
+
+    ca, cb = FakeClock(ms(2026, 1, 31, 12)), FakeClock(ms(2026, 1, 31, 12) - 90_000)
+    a, b = new_ledger(tmp_path, "SH01", now_ms=ca), new_ledger(tmp_path, "SH02", now_ms=cb)
+    name_branches(a, "SH01", "SH02")
+    a.set_activity(a.owner, "JAN", {"name": "一月打卡", "from": "2026-01-01T00:00",
+                                    "to": "2026-02-01T00:00", "points": 10,
+                                    "repeat": "daily", "per_day": 1})
+    m = a.add_member(a.owner, name="A", phone="13800138000")
+    sync(a, b)
+    ca.ms = ms(2026, 2, 1, 0, 0, 30)
+    cb.ms = ca.ms - 90_000
+    a.topup(a.owner, m, 1000)
+    sync(a, b)
+    with pytest.raises(LedgerError, match="runs from"):
+        b.checkin(b.owner, "JAN", m)
