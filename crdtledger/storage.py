@@ -14,6 +14,7 @@ without loading any of it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -40,6 +41,8 @@ from crdtledger.log import Record as LogRecord
 from crdtledger.model import DOC_NAME, canonical_phone
 from crdtledger.private import FILE_MODE, private_dir, private_sqlite_file, tighten, tighten_store
 from crdtledger.writerules import client_id_for
+
+log = logging.getLogger("crdtledger.storage")
 
 # 2: the update log is a rowid table (see _upgrade); 3: signed logs (crdtledger.log)
 FORMAT_VERSION = 3
@@ -772,17 +775,30 @@ class Storage:
             for ld in self._docs.values():
                 ld.dirty = ld.unlogged = False
         except BaseException:
-            self.conn.execute("ROLLBACK")
-            self.log.reset()
-            self._svs = None
-            self.version += 1
-            self.evict(dirty_only=True)
-            # The cached meta too: a clock ceiling kept only in memory would let a later
-            # commit skip persisting it, and a restart reissue timestamps.
-            self.meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
+            self._forget_transaction()
             raise
         finally:
             self._in_tx = False
+
+    def _forget_transaction(self) -> None:
+        """After a failed transaction: SQLite's side rolled back, and everything kept
+        in memory for it dropped. A disk found full (SQLITE_FULL, at a write or at
+        COMMIT) has SQLite roll back by itself, and a ROLLBACK then raised "no
+        transaction is active" before the memory was dropped: the log's cached tip ran
+        past the disk, later records were numbered past a hole no peer would take, and
+        a peer's record counted as held was never fetched again."""
+        try:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+        except sqlite3.Error as e:  # the memory must be dropped all the same
+            log.warning("rolling back a failed transaction: %s", e)
+        self.log.reset()
+        self._svs = None
+        self.version += 1
+        self.evict(dirty_only=True)
+        # The cached meta too: a clock ceiling kept only in memory would let a later
+        # commit skip persisting it, and a restart reissue timestamps.
+        self.meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
 
     def local(self, schema: tuple[str, ...], what: str) -> sqlite3.Connection:
         """The connection, for this node's own tables (never replicated: the outbox,

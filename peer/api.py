@@ -39,8 +39,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import secrets
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +60,8 @@ from crdtledger.sync import MAX_FRAME_BYTES
 from crdtledger.throttle import LoginThrottle, too_many_attempts
 from peer import receipts
 from peer.files import export_bytes, import_bytes, sealed_backup
+
+log = logging.getLogger("crdtledger.api")
 
 T = TypeVar("T")
 
@@ -313,6 +317,12 @@ async def refusals(request: web.Request,
         if e.status == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
         return response
+    except sqlite3.OperationalError as e:  # the store itself: a disk full, a file locked
+        log.exception("%s %s: the store failed", request.method, request.path)
+        return _error(503, "storage_unavailable",
+                      f"this branch's store could not be written ({e}): the operation was "
+                      "not done. Free disk space, or close what holds the store, and try "
+                      "again", retry=True)
     except web.HTTPException as e:  # from the router: no such path, or not that method
         if e.status < 400:
             raise

@@ -29,6 +29,7 @@ import base64
 import contextlib
 import logging
 import secrets
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
@@ -220,6 +221,13 @@ class Link:
             # the peer, that write fails here. The link is gone either way; the node
             # redials (this was an unretrieved task exception with a traceback).
             log.info("connection to %s reset", self.peer)
+        except sqlite3.OperationalError as e:
+            # This store could not take the peer's records (a disk full): nothing of
+            # them is held (Storage.transaction), so the link is closed and the records
+            # are asked for again once it is back (the core redials).
+            log.warning("records from %s not stored (%s): link closed, retried later",
+                        self.peer, e)
+            await self.aclose(1011, b"store unavailable")
 
     async def _read_frames(self) -> None:
         metrics = self.node.metrics

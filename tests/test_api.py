@@ -646,3 +646,36 @@ def test_a_closing_shop_hands_its_rights_over_through_the_api(tmp_path: Path) ->
         assert (await api.call("GET", "/rights/held", token=boss))[1]["held"] == {}
 
     drive(tmp_path, go)
+
+
+def test_a_store_that_cannot_be_written_is_a_503_that_says_so(tmp_path: Path) -> None:
+    """A disk found full (SQLite's own SQLITE_FULL, made here by capping the store's
+    pages) answered aiohttp's bare 500 with a traceback in the log. It is a JSON 503
+    naming the cause, nothing is done, and once there is room the same sale goes
+    through."""
+    async def go(ledger: Ledger, api: Api) -> None:
+        boss = await api.login("boss", BOSS_PW)
+        mid = await topped_up(api, boss)
+        conn = ledger.storage.conn
+        (pages,) = conn.execute("PRAGMA page_count").fetchone()
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        done = 0
+        for _ in range(20):  # a page or two may still have room
+            status, body = await api.call("POST", "/debit", {"member": mid, "amount": 100},
+                                          token=boss)
+            if status != 200:
+                break
+            done += 1
+        assert status == 503, body
+        assert body["error"] == "storage_unavailable" and "full" in body["message"]
+        before = snapshot(ledger, [mid])
+        status, body = await api.call("POST", "/debit", {"member": mid, "amount": 100},
+                                      token=boss)
+        assert status == 503 and snapshot(ledger, [mid]) == before
+        conn.execute("PRAGMA max_page_count = 1073741823")
+        status, body = await api.call("POST", "/debit", {"member": mid, "amount": 100},
+                                      token=boss)
+        assert status == 200, body
+        assert ledger.balance(mid)["cash"] == 10000 - 100 * (done + 1)
+
+    drive(tmp_path, go)

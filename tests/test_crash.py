@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
 import statistics
 import subprocess
 import time
@@ -145,3 +146,55 @@ def test_kill9_never_loses_an_acknowledged_debit(tmp_path: Path) -> None:
     assert cash == TOP_UP_FEN - DEBIT_FEN * len(debits)
     assert outcomes["completed"] > 0 and outcomes["killed silently"] > 0, outcomes
     assert_store_consistent(data)
+
+
+def _full(ledger: Ledger) -> None:
+    """SQLite's own "database or disk is full" (SQLITE_FULL) from here on: the store
+    may not grow past the pages it has (a disk filling up, without a loop mount)."""
+    (pages,) = ledger.storage.conn.execute("PRAGMA page_count").fetchone()
+    ledger.storage.conn.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def _room(ledger: Ledger) -> None:
+    ledger.storage.conn.execute("PRAGMA max_page_count = 1073741823")
+
+
+def test_a_disk_found_full_leaves_nothing_in_memory_and_the_branches_sync_after(
+        tmp_path: Path) -> None:
+    """SQLite rolls a transaction back by itself when the disk is full, and the
+    store's ROLLBACK then raised before the memory was dropped: SH01's log's cached
+    tip ran past the disk, its later sales were numbered past a hole that SH02
+    refused for good; and SH02, full while receiving, counted SH01's record as held
+    and never fetched it again."""
+    from helpers import new_ledger, sync
+
+    a, b = new_ledger(tmp_path, "SH01"), new_ledger(tmp_path, "SH02")
+    m = a.add_member(a.owner, name="A", phone="13800138000")
+    a.topup(a.owner, m, 100_000)
+    sync(a, b)
+    _full(a)
+    refused = 0
+    for _ in range(30):
+        try:
+            a.debit(a.owner, m, amount=100)
+        except sqlite3.OperationalError as e:  # SQLite's own, as the till gets it
+            assert "full" in str(e)
+            refused += 1
+    assert refused
+    _room(a)
+    _full(b)
+    for _ in range(3):
+        a.debit(a.owner, m, amount=100)
+    with pytest.raises(sqlite3.OperationalError, match="full"):
+        sync(a, b)
+    _room(b)
+    a.debit(a.owner, m, amount=100)
+    sync(a, b)
+    assert a.faults() == b.faults() == []
+    assert b.balance(m) == a.balance(m)
+    assert a.balance(m)["cash"] == 100_000 - 100 * (30 - refused + 4)
+    path = b.storage.dir
+    b.close()
+    with Ledger.open(path) as again:  # and from disk alone
+        sync(a, again)
+        assert again.balance(m) == a.balance(m) and again.faults() == []

@@ -252,3 +252,35 @@ def test_a_strangers_idle_connections_are_closed_and_the_branches_still_sync(
             assert a.ledger.balance(mid)["cash"] == 400
 
     asyncio.run(scenario())
+
+
+def test_records_a_full_store_could_not_take_are_fetched_again_once_there_is_room(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """SH02's disk is full (SQLite's SQLITE_FULL, made by capping its pages) while
+    SH01 sells: the link that brought the records is closed with a line in the log,
+    not a task dying with a traceback, nothing of them is held, and once there is room
+    the records come again and both branches agree."""
+    async def scenario() -> None:
+        async with pair(tmp_path) as (a, b):
+            mid = await member_at(a, b, 10_000)
+            conn = b.ledger.storage.conn
+            (pages,) = conn.execute("PRAGMA page_count").fetchone()
+            conn.execute(f"PRAGMA max_page_count = {pages}")
+            for _ in range(20):
+                await a.perform(lambda: a.ledger.debit(a.ledger.owner, mid, amount=100))
+            for _ in range(200):
+                if "not stored" in caplog.text:
+                    break
+                await asyncio.sleep(0.05)
+            assert "not stored" in caplog.text
+            conn.execute("PRAGMA max_page_count = 1073741823")
+            for _ in range(600):
+                if a.digest() == b.digest():
+                    break
+                await asyncio.sleep(0.05)
+            assert a.digest() == b.digest()
+            assert b.ledger.balance(mid)["cash"] == 10_000 - 2_000
+            assert b.ledger.faults() == []
+
+    caplog.set_level("WARNING", "crdtledger.node")
+    asyncio.run(scenario())
