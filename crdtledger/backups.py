@@ -58,7 +58,7 @@ from crdtledger.private import (
     replace_private,
     write_private,
 )
-from crdtledger.seal import MAX_SEALED_BYTES, peek_header, seal, unseal
+from crdtledger.seal import MAX_SEALED_BYTES, peek_header, read_sealed, seal, unseal
 from crdtledger.trust import (
     CA_CERT,
     CERT_ERRORS,
@@ -159,7 +159,7 @@ def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
         if path.stat().st_size > MAX_SEALED_BYTES:
             raise CorruptSyncFile(f"{what} is larger than any backup")
         progress(f"reading {path} ({path.stat().st_size:,} bytes)")
-        data = path.read_bytes()
+        data = read_sealed(path, "backup")
     except FileNotFoundError:
         raise InvalidInput(f"there is no backup at {path}") from None
     except OSError as e:

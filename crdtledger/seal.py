@@ -182,6 +182,21 @@ def unseal(trust: Trust, data: bytes, kind: str, *, what: str) -> Sealed:
     return Sealed(node=node, created_ms=created, payload=payload)
 
 
+def read_sealed(path: Any, kind: str, limit: int = MAX_SEALED_BYTES) -> bytes:
+    """The bytes of the file at `path`, read only once its first bytes say it is a
+    sealed file, and never more than `limit`: a gigabyte of something else was read
+    whole before it was refused, and a device that never ends (/dev/zero) was read
+    until the process was killed. Raises CorruptSyncFile, or OSError from the file."""
+    with open(path, "rb") as f:
+        start = f.read(len(MAGIC))
+        if start != MAGIC[:len(start)] or not start:
+            raise CorruptSyncFile(f"{path} is not a crdtledger {kind} file")
+        data = start + f.read(limit + 1 - len(start))
+    if len(data) > limit:
+        raise CorruptSyncFile(f"{path} is larger than any {kind} file ({limit:,} bytes)")
+    return data
+
+
 def kind_of(data: bytes) -> tuple[str, int] | None:
     """The kind and format a sealed file's clear line announces, or None: enough to
     tell a sealed file from anything else without any key."""

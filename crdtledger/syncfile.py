@@ -27,7 +27,7 @@ import msgpack
 from crdtledger.errors import CorruptSyncFile, ForeignChain, InvalidInput, RemoteProtocolError
 from crdtledger.log import MARK_DOCS, MAX_BATCH_RECORDS, Batch
 from crdtledger.private import replace_private
-from crdtledger.seal import seal, unseal
+from crdtledger.seal import read_sealed, seal, unseal
 from crdtledger.sync import parse_logs, wire_logs
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def read_file(ledger: Ledger, path: Path | str, progress: Progress = _silent
             raise CorruptSyncFile(f"{path} is {size:,} bytes, larger than any sync file "
                                   f"({_LIMIT})")
         progress(f"reading {path} ({size:,} bytes)")
-        raw = path.read_bytes()
+        raw = read_sealed(path, KIND, MAX_FILE_BYTES)
     except OSError as e:
         raise CorruptSyncFile(f"cannot read {path}: {e.strerror}") from None
     progress("checking its signature and decrypting it")

@@ -242,6 +242,23 @@ def test_not_a_sync_file(exported, tmp_path: Path, content: bytes) -> None:
     refused(b, bad)
 
 
+def test_a_device_or_a_huge_file_is_refused_by_its_first_bytes(exported,
+                                                               tmp_path: Path) -> None:
+    """A file was read whole before it was looked at: a gigabyte of zeros took a
+    gigabyte of memory, and /dev/zero (which reports no size) was read until the
+    process was killed. The first bytes decide now."""
+    import resource
+
+    b, _ = exported
+    refused(b, Path("/dev/zero"), match="not a crdtledger sync file")
+    huge = tmp_path / "huge.sync"
+    with open(huge, "wb") as f:
+        f.truncate(1024**3)  # a sparse gigabyte of zeros: no disk used
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    refused(b, huge, match="not a crdtledger sync file")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KB
+
+
 def test_foreign_chain(exported, tmp_path: Path) -> None:
     b, _ = exported
     stranger = new_ledger(tmp_path / "elsewhere", "SH01", chain="other-chain")
