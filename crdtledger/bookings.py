@@ -49,7 +49,7 @@ from crdtledger import views
 from crdtledger.errors import InvalidInput, LedgerError, NotFound, PermissionDenied
 from crdtledger.hlc import id_floor, id_node, id_time_ms
 from crdtledger.inputs import check_text
-from crdtledger.model import ID, SERVICE_CODE, self_service_of
+from crdtledger.model import ID, SERVICE_CODE, erased, self_service_of
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
@@ -707,8 +707,11 @@ def decide(ledger: Ledger) -> list[dict[str, Any]]:
                                              status="refused", reason="no valid slot"))
                     continue
                 start, minutes = int(e["start"]), int(e["minutes"])
-                if start <= now:
-                    why: str | None = f"the time had passed when {ledger.node} heard of it"
+                why = _customer_gone(ledger, e)
+                if why is not None:
+                    pass  # left or erased since asking: refused, the slot not held
+                elif start <= now:
+                    why = f"the time had passed when {ledger.node} heard of it"
                 elif start > now + HORIZON_DAYS * 86_400_000:
                     # As book() refuses here: the window `held` is read in assumes a
                     # confirmation is minted at most HORIZON_DAYS before its slot. A
@@ -730,6 +733,9 @@ def decide(ledger: Ledger) -> list[dict[str, Any]]:
                 if why is None:
                     taken[e["id"]] = (start, start + minutes * 60_000)
                 out.append(d)
+            for bid, gone in _held_for_nobody(ledger, book_, taken, cancelled, now):
+                out.append(ledger._entry("booking_cancel", tech["id"], ref=bid, reason=gone))
+                cancelled.add(bid)
             for bid in sorted(taken):
                 if bid in cancelled:
                     out.append(ledger._entry("booking_decision", tech["id"], ref=bid,
@@ -762,7 +768,43 @@ def _anything(ledger: Ledger, mine: list[dict[str, Any]], since: str) -> bool:
             return True
         if any(bid in cancelled for bid in taken):
             return True
+        if _held_for_nobody(ledger, book_, taken, cancelled, ledger.clock.wall()):
+            return True
     return False
+
+
+def _customer_gone(ledger: Ledger, booking: Mapping[str, Any]) -> str | None:
+    """Why the member a booking is for can no longer be served (left or erased, as
+    their merge survivor), as a cancellation says it, or None."""
+    member = booking.get("ref")
+    if not isinstance(member, str):
+        return None
+    row = ledger.storage.conn.execute("SELECT body FROM members WHERE id = ?",
+                                      (ledger.survivor_of(member),)).fetchone()
+    profile = json.loads(row[0]) if row else {}
+    if erased(profile):
+        return "member erased"
+    if profile.get("exited"):
+        return "member left"
+    return "member deleted" if profile.get("deleted") else None
+
+
+def _held_for_nobody(ledger: Ledger, book_: list[dict[str, Any]],
+                     taken: Mapping[str, tuple[int, int]], cancelled: set[str], now: int
+                     ) -> list[tuple[str, str]]:
+    """(booking, why) of the slots to come that hold the technician for a member who
+    has left or was erased since: an exit or erasure cancels the bookings its branch
+    knows of (member_cancellations), not one confirmed here before it arrived; the
+    technician's branch cancels those, once each."""
+    requests = {e["id"]: e for e in book_ if e["kind"] == "booking"}
+    out = []
+    for bid, (start, _end) in sorted(taken.items()):
+        if bid in cancelled or start <= now or bid not in requests:
+            continue
+        why = _customer_gone(ledger, requests[bid])
+        if why is not None:
+            out.append((bid, why))
+    return out
 
 
 def double_booked(ledger: Ledger) -> list[str]:

@@ -704,3 +704,37 @@ def test_slots_at_a_days_edges_are_offered_only_as_they_can_be_booked(tmp_path: 
     with pytest.raises(InvalidInput, match="does not exist"):
         bookings.book(a, a.owner, m, "NIGHT", "FOOT60", "2026-03-29T02:00")
     assert data_snapshot(a) == before
+
+
+def test_bookings_of_a_member_erased_while_apart_are_cancelled_or_refused(
+        tmp_path: Path) -> None:
+    """SH01 erases a member while SH02 (the technician's branch) confirms a booking
+    for them and HZ01 asks for another: the erasure cancelled only what SH01 knew of.
+    SH02, once it hears, cancels the one it confirmed (the slot was held for nobody
+    at every replica) and refuses the request."""
+    clock = FakeClock()
+    sh01, sh02, hz01 = (new_ledger(tmp_path, n, now_ms=clock) for n in ("SH01", "SH02", "HZ01"))
+    bookings.add_technician(sh02, sh02.owner, "T01", "小李", ["FOOT60"], "10:00-22:00")
+    m = sh01.add_member(sh01.owner, name="张伟", phone="13800138000")
+    pairs = ((sh01, sh02), (sh02, hz01), (sh01, hz01))
+    for x, y in pairs:
+        sync(x, y)
+    sh01.erase_member(sh01.owner, m)
+    assert bookings.book(sh02, sh02.owner, m, "T01", "FOOT60",
+                         "2026-01-02T14:00")["status"] == "confirmed"
+    assert bookings.book(hz01, hz01.owner, m, "T01", "FOOT60",
+                         "2026-01-02T16:00")["status"] == "pending"
+    sync(sh01, sh02)
+    for _ in range(2):
+        for x, y in pairs:
+            sync(x, y)
+        for ledger in (sh01, sh02, hz01):
+            bookings.decide(ledger)
+    for ledger in (sh01, sh02, hz01):
+        seen = sorted((b["at"][-5:], b["status"], b["reason"])
+                      for b in bookings.list_bookings(ledger, member=m))
+        assert [s[:2] for s in seen] == [("14:00", "cancelled"), ("16:00", "refused")]
+        assert all("erased" in str(s[2]) for s in seen), seen
+        free = bookings.slots(ledger, "T01", "2026-01-02", "FOOT60")
+        assert {"14:00", "16:00"} <= set(free)
+    assert not bookings.decide(sh02), "cancelled once"
