@@ -244,8 +244,11 @@ class Membership(Coupons):
         return survivor
 
     def referral_of(self, member: str) -> dict[str, Any] | None:
-        """The member's referral that counts (the first by id), or None."""
-        found = self._entries("member = ? AND kind = 'referral'", [member])
+        """The member's referral that counts, or None: the first by id of any member
+        of its merge group. Duplicates are one person: a newcomer registered at two
+        branches apart, by two referrers, was rewarded twice once merged."""
+        group = views.member_group(self.storage.conn, member)
+        found = self._entries(f"member {views.in_(group)} AND kind = 'referral'", group)
         return found[0] if found else None
 
     def refer(self, operator: str, member: str, referrer: str) -> dict[str, Any]:
@@ -290,7 +293,12 @@ class Membership(Coupons):
         grant = self._grant_of(referral)
         first = self.referral_of(str(r["member"]))
         status, who = referral_status(approvals, grant is not None)
-        if first is not None and first["id"] != r["id"]:
+        conn = self.storage.conn
+        if grant is None and ((first is not None and first["id"] != r["id"])
+                              or views.canonical(conn, str(r["referrer"]))
+                              == views.canonical(conn, str(r["member"]))):
+            # Not the group's first, or its referrer merged into the member since
+            # (referring themself): nothing to grant. One granted stays as it was.
             status = "void"
         return {"referral": r["id"], "member": r["member"], "referrer": r["referrer"],
                 "branch": r["node"], "recorded_by": r["op"],

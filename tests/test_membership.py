@@ -502,3 +502,52 @@ def test_approved_elsewhere_the_recording_branch_rewards_on_arrival(tmp_path: Pa
         assert net.ledger("SH02").referral_view(r)["status"] == "granted"
     finally:
         net.close()
+
+
+def test_a_merged_newcomer_is_one_referral_and_nobody_is_rewarded_for_themself(
+        tmp_path: Path) -> None:
+    """One newcomer registered at SH01 (referred by R1) and at SH02 (by R2) while apart,
+    then merged: both referrals counted and both referrers were rewarded for one
+    person. And Q referred by P, then merged into P, rewarded P for referring
+    himself. The first referral of the merge group counts; one whose referrer is the
+    member now is void."""
+    from helpers import name_branches
+
+    clock = FakeClock()
+    a, b = (new_ledger(tmp_path, n, now_ms=clock) for n in ("SH01", "SH02"))
+    name_branches(a, "SH01", "SH02")
+    o = a.owner
+    a.set_rule(o, "referral", {"reward": "bonus", "bonus": 5000})
+    a.define_role(o, "hq", ["referral.approve2"])
+    mgr = a.add_operator(o, "mgr", "secret1", ["manager"])
+    hq = a.add_operator(o, "hq", "secret4", ["hq"])
+    r1 = a.add_member(o, name="老王", phone="13900000001")
+    r2 = a.add_member(o, name="老张", phone="13900000002")
+    sync(a, b)
+    x = a.add_member(a.owner, name="小李", phone="13800000001")  # apart
+    y = b.add_member(b.owner, name="小李", phone="138 0000 0001")
+    rx, ry = a.refer(a.owner, x, r1)["id"], b.refer(b.owner, y, r2)["id"]
+    sync(a, b)
+    a.merge_member(mgr, x, y)
+    sync(a, b)
+    first, later = sorted([rx, ry])
+    for ledger in (a, b):
+        assert ledger.referral_view(later)["status"] == "void"
+        assert ledger.referral_view(first)["status"] == "pending"
+    home, other = (a, b) if first == rx else (b, a)
+    with pytest.raises(InvalidInput, match="void"):
+        other.approve_referral(mgr, later, 1)
+    home.approve_referral(mgr, first, 1)
+    sync(a, b)
+    home.approve_referral(hq, first, 2)
+    sync(a, b)
+    assert len(a.storage.conn.execute(
+        "SELECT id FROM entries WHERE kind = 'reward'").fetchall()) == 1
+    p = a.add_member(o, name="小赵", phone="13700000001")
+    q = a.add_member(o, name="小赵", phone="137-0000-0001")
+    rq = a.refer(o, q, p)["id"]
+    a.merge_member(mgr, q, p)
+    assert a.referral_view(rq)["status"] == "void"
+    with pytest.raises(InvalidInput, match="void"):
+        a.approve_referral(mgr, rq, 1)
+    assert a.balance(p)["bonus"] == 0
