@@ -523,9 +523,15 @@ class Membership(Coupons):
             for e in self._surplus(code):
                 if e["node"] != self.node:
                     continue
-                member = str(e["member"])
+                # In the survivor's name, after this branch's rights of the members
+                # merged into it are swept to it: read in the merged member's own name,
+                # they had moved, and the reversal took back nothing.
+                member = views.canonical(self.storage.conn, str(e["member"]))
+                group = self._folded(member)
+                if len(group) > 1:
+                    self._owe_sweep(group[1:])
                 pts = min(int(e.get("points") or 0),
-                          self._rights(member, "points").get(self.node, 0))
+                          sum(self._rights(m, "points").get(self.node, 0) for m in group))
                 rev = self._entry("checkin", member, activity=code, ref=e["id"],
                                   deltas=[("points", self.node, -pts)], points=pts or None,
                                   reason="surplus", op=f"checkin@{self.node}")

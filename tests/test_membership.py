@@ -551,3 +551,36 @@ def test_a_merged_newcomer_is_one_referral_and_nobody_is_rewarded_for_themself(
     with pytest.raises(InvalidInput, match="void"):
         a.approve_referral(mgr, rq, 1)
     assert a.balance(p)["bonus"] == 0
+
+
+def test_a_surplus_check_in_of_a_member_merged_since_takes_its_points_back(
+        tmp_path: Path) -> None:
+    """One person registered twice checks in at a once-only activity at both branches
+    apart; SH01 then merges its duplicate into the other, sweeping the check-in's
+    points to the survivor. The reversal read the merged member's own rights (moved,
+    so none) and took back nothing: a double reward kept, "unrecovered" shown."""
+    from helpers import name_branches
+
+    clock = FakeClock(1_767_258_000_000)  # 2026-01-01 17:00 in Shanghai
+    a, b = (new_ledger(tmp_path, n, now_ms=clock) for n in ("SH01", "SH02"))
+    name_branches(a, "SH01", "SH02")
+    a.set_activity(a.owner, "ONCE", {"name": "开业", "from": "2025-12-31T09:00",
+                                     "to": "2026-01-10T21:00", "points": 50,
+                                     "repeat": "once"})
+    x = a.add_member(a.owner, name="甲", phone="13800000001")
+    y = a.add_member(a.owner, name="甲", phone="138-0000-0001")
+    sync(a, b)
+    b.checkin(b.owner, "ONCE", y)  # apart
+    clock.ms += 1000
+    a.checkin(a.owner, "ONCE", x)
+    sync(a, b)
+    a.merge_member(a.owner, x, y)
+    sync(a, b)
+    a.housekeeping()
+    b.housekeeping()
+    sync(a, b)
+    for ledger in (a, b):
+        rows = sorted((r["branch"], r["status"], r["reversed"], r["unrecovered"])
+                      for r in ledger.attendance("ONCE"))
+        assert rows == [("SH01", "reversed", 50, 0), ("SH02", "ok", 0, 0)]
+        assert ledger.balance(y)["points"] == 50
