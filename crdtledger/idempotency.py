@@ -41,7 +41,7 @@ import re
 import secrets
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +74,7 @@ class Remembered:
     request: str  # the fingerprint of the request that began it
     status: int | None  # None: begun and never answered (the node stopped meanwhile)
     body: Any  # the JSON answer (None for a 204)
+    created: int = field(default=0, compare=False)  # when begun (the caller's now_ms)
 
 
 def check_key(raw: str) -> str:
@@ -104,9 +105,12 @@ def fingerprint(method: str, path: str, query: Iterable[tuple[str, str]], body: 
     hidden: list[Any] = []
     text = json.dumps([method.upper(), path, sorted(query), _without_secrets(body, hidden)],
                       sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    mac = hmac.new(secret, json.dumps(hidden, sort_keys=True, ensure_ascii=False).encode(),
-                   hashlib.sha256).hexdigest()
-    return hashlib.sha256(f"{text}\n{mac}".encode()).hexdigest()
+    # A lone surrogate (JSON allows "\ud800") is kept as sent, not an error: the
+    # request is refused by its validation, with or without a key (this raised
+    # UnicodeEncodeError, a bare 500, before validation could).
+    mac = hmac.new(secret, json.dumps(hidden, sort_keys=True, ensure_ascii=False).encode(
+        "utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
+    return hashlib.sha256(f"{text}\n{mac}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _without_secrets(value: Any, hidden: list[Any]) -> Any:
@@ -153,12 +157,23 @@ def _conn(ledger: Ledger) -> sqlite3.Connection:
 def look(ledger: Ledger, operator: str, key: str, now_ms: int) -> Remembered | None:
     """What this operator's key holds, unless it expired."""
     row = _conn(ledger).execute(
-        "SELECT request, status, body FROM idempotency WHERE operator = ? AND key = ? "
-        "AND created > ?", (operator, key, now_ms - KEY_TTL_MS)).fetchone()
+        "SELECT request, status, body, created FROM idempotency WHERE operator = ? "
+        "AND key = ? AND created > ?", (operator, key, now_ms - KEY_TTL_MS)).fetchone()
     if row is None:
         return None
     return Remembered(str(row[0]), None if row[1] is None else int(row[1]),
-                      None if row[2] is None else json.loads(row[2]))
+                      None if row[2] is None else json.loads(row[2]), int(row[3]))
+
+
+def fingerprinted_before(ledger: Ledger, kept: Remembered) -> bool:
+    """Whether `kept` was begun before this node's secret was made: a store restored
+    from a backup (which leaves the secret out) makes a new one, and a retry of a
+    request it took before can no longer be told from another request."""
+    try:
+        made = (ledger.storage.dir / SECRET_FILE).stat().st_mtime_ns // 1_000_000
+    except FileNotFoundError:
+        return True
+    return kept.created < made
 
 
 def begin(ledger: Ledger, operator: str, key: str, request: str, now_ms: int) -> None:

@@ -242,6 +242,12 @@ class IdempotencyKeys:
             if kept is None:
                 break
             if kept.request != request:
+                if idempotency.fingerprinted_before(ledger, kept):
+                    raise ApiError(409, "idempotency_unknown", (
+                        f"Idempotency-Key {key} was used before this branch's store was "
+                        "restored from a backup: whether this is the same request cannot "
+                        "be told. Look at the member's history, then send it with a new "
+                        "key if it still needs doing"))
                 raise _reused(key)
             if kept.status is None:
                 raise ApiError(409, "idempotency_unknown", (

@@ -397,3 +397,53 @@ def test_the_fingerprint_keys_passwords_and_pins_with_the_nodes_secret(
     assert top(password="mgr-secret") != top(password="guess")
     assert top(password="mgr-secret") != top(b"", password="mgr-secret")  # a guesser's
     assert pay("123456") != pay("000000") and pay("123456") != pay("123456", 2001)
+
+
+def test_a_key_used_before_a_restore_is_unknown_not_another_request(tmp_path: Path) -> None:
+    """A backup leaves the node's secret out (idempotency.SECRET_FILE), so a store
+    restored from one makes a new secret: a retry of a request it took before no
+    longer matched its fingerprint, and was told "another request under this key ...
+    send a new key", which invites the cashier to sell again. It is unknown (409), as
+    after a stop."""
+    data = make_node(tmp_path)
+
+    async def go() -> None:
+        async with running(data) as (node, api):
+            amy = await api.login("amy", PW["amy"])
+            mid = await topped_up(api, await api.login("boss", PW["boss"]))
+            assert (await debit(api, amy, mid, KEY))[0] == 200
+        (data / idempotency.SECRET_FILE).unlink()  # as a restored store has none
+        idempotency._node_secrets.clear()  # another process, as after a restore
+        async with running(data) as (node, api):
+            amy = await api.login("amy", PW["amy"])
+            status, body, _ = await debit(api, amy, mid, KEY)
+            assert status == 409 and body["error"] == "idempotency_unknown", body
+            assert "restored" in body["message"]
+            assert debits(node.ledger, mid) == 1
+            assert (await debit(api, amy, mid, "a-new-key"))[0] == 200  # new keys as ever
+
+    asyncio.run(go())
+
+
+def test_a_lone_surrogate_in_a_keyed_body_is_refused_as_without_a_key(tmp_path: Path) -> None:
+    """JSON may carry "\\ud800": without a key such a body is a 400; with one, the
+    fingerprint raised UnicodeEncodeError first, a bare 500."""
+    data = make_node(tmp_path)
+
+    async def go() -> None:
+        async with running(data) as (node, api):
+            amy = await api.login("amy", PW["amy"])
+            mid = await topped_up(api, await api.login("boss", PW["boss"]))
+            before = snapshot(node.ledger, [mid])
+            for body in ('{"member": "' + mid + '", "amount": 100, "pin": "\\ud800"}',
+                         '{"member": "\\ud800", "amount": 100}'):
+                for headers in ({}, {"Idempotency-Key": KEY}):
+                    status, answer = await api.call(
+                        "POST", "/debit", data=body, token=amy,
+                        headers={"Content-Type": "application/json", **headers})
+                    assert status == 400, (headers, answer)
+            after = snapshot(node.ledger, [mid])
+            after.pop("idempotency", None)  # the keys' own table, made at the first key
+            assert after == before
+
+    asyncio.run(go())
