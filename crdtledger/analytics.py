@@ -65,6 +65,11 @@ STR_FIELDS = ("ref", "service", "pay", "goods", "package", "coupon", "promotion"
               "status")
 # Fields that may name a member: replaced by the member's pseudonym when they do.
 MEMBER_FIELDS = ("member", "ref", "referrer", "to")
+# The kinds whose `reason` the program writes (a stock movement's, "surplus",
+# "referral", "given back", a booking decision's): exported. Elsewhere a person typed
+# it (a refund's, a correction's, an exit's, an approval's, a cancellation's) and it
+# may name the member or hold what they said: left out of an anonymised export.
+REASON_KINDS = frozenset({"stock", "checkin", "reward", "expiry", "booking_decision"})
 
 MS = pa.timestamp("ms", tz="UTC")
 ENTRIES = pa.schema([
@@ -108,6 +113,10 @@ def export(ledger: Ledger, out: Path | str, progress: Progress | None = None
         manifest["months"] = {}
     manifest.update(format=FORMAT, layout=layout, chain=ledger.chain)
     kept: dict[str, Any] = manifest.setdefault("months", {})
+    if not (out / MANIFEST).exists():
+        # First, before any month: an export stopped part-way leaves a directory the
+        # next run knows as its own (it was refused as holding other files).
+        _write_manifest(out, manifest)
     conn = ledger.storage.conn
     own_read = not conn.in_transaction
     if own_read:  # one snapshot of the store for the whole export (WAL readers)
@@ -260,7 +269,7 @@ def _entry_table(entries: list[tuple[str, dict[str, Any]]], members: Mapping[str
         for f in INT_FIELDS:
             cols[f].append(e.get(f))
         for f in STR_FIELDS:
-            cols[f].append(e.get(f))
+            cols[f].append(e.get(f) if f != "reason" or e["kind"] in REASON_KINDS else None)
         cols["deltas"].append(json.dumps(e["deltas"], separators=(",", ":")))
     return pa.table(cols, schema=ENTRIES)
 
@@ -338,8 +347,9 @@ def _member_table(ledger: Ledger, members: Mapping[str, str]) -> pa.Table:
         cols["gender"].append(p.get("gender") or None)
         # Only the year of a full birthday (1990-05-17); a day without a year (05-17) none.
         cols["birth_year"].append(int(birthday[:4]) if len(birthday) == 10 else None)
-        cols["level"].append(None if p.get("erased") else
-                             views.level(ledger, mid, p, (spent, topped))["name"])
+        # The level its group reached (merged duplicates count together), as the
+        # ledger shows it; `spent` and `topped` are the member id's own.
+        cols["level"].append(None if p.get("erased") else views.level(ledger, mid)["name"])
         cols["spent"].append(spent)
         cols["topped"].append(topped)
         cols["tags"].append(sorted(str(t) for t, on in tags.items() if on))
@@ -392,6 +402,9 @@ def _read_manifest(out: Path, chain: str) -> dict[str, Any]:
     except (ValueError, OSError) as e:
         raise InvalidInput(f"{out / MANIFEST} is unreadable ({e}): move the directory "
                            "aside and export again") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("months", {}), dict):
+        raise InvalidInput(f"{out / MANIFEST} is unreadable (not the manifest an export "
+                           "writes): move the directory aside and export again")
     if manifest.get("chain") not in (None, chain):
         raise InvalidInput(f"{out} holds the export of chain {manifest.get('chain')!r}, "
                            f"not of {chain!r}")

@@ -239,3 +239,83 @@ def test_an_entry_of_another_zones_month_is_exported_into_this_stores_month(
     finally:
         sh.close()
         la.close()
+
+
+def test_typed_reasons_are_not_exported_and_levels_are_the_merge_groups(
+        tmp_path: Path) -> None:
+    """A refund's or a correction's reason is what a cashier typed ("王芳 13812345678
+    投诉技师"): it went into the anonymised files beside the member's pseudonym. And a
+    duplicate and its survivor, each 银卡 alone and 金卡 together (as the ledger shows
+    them), were exported 银卡."""
+    from helpers import new_ledger
+
+    clock = FakeClock()
+    a = new_ledger(tmp_path, "SH01", now_ms=clock)
+    try:
+        x = a.add_member(a.owner, name="王芳", phone="13812345678")
+        y = a.add_member(a.owner, name="王芳", phone="138 1234 5678")
+        for m in (x, y):
+            a.topup(a.owner, m, 300_000)
+        sale = a.debit(a.owner, x, amount=5_000)
+        a.refund(a.owner, sale["id"], reason="王芳 13812345678 投诉技师")
+        a.merge_member(a.owner, x, y)
+        shown = a.level(y)["name"]
+        out = tmp_path / "analytics"
+        analytics.export(a, out)
+        rows = pq.read_table(out / "entries").to_pylist()
+        assert not [r for r in rows if r["reason"] and "王芳" in r["reason"]]
+        assert [r["reason"] for r in rows if r["kind"] == "checkin"] == []  # none here
+        levels = pq.read_table(out / "members.parquet").column("level").to_pylist()
+        assert levels == [shown, shown] and shown == a.level(x)["name"]
+        text = b"".join(p.read_bytes() for p in out.rglob("*.parquet"))
+        assert b"13812345678" not in text
+    finally:
+        a.close()
+
+
+@pytest.mark.parametrize("manifest", ["null", "[]", '"x"', '{"months": []}'])
+def test_a_manifest_not_an_exports_is_refused_with_a_sentence(tmp_path: Path,
+                                                             manifest: str) -> None:
+    from helpers import new_ledger
+
+    from crdtledger.errors import InvalidInput
+
+    a = new_ledger(tmp_path, "SH01")
+    try:
+        out = tmp_path / "analytics"
+        out.mkdir()
+        (out / MANIFEST).write_text(manifest, encoding="utf-8")
+        with pytest.raises(InvalidInput, match="move the directory aside"):
+            analytics.export(a, out)
+    finally:
+        a.close()
+
+
+def test_an_export_stopped_after_its_first_month_is_carried_on(tmp_path: Path) -> None:
+    """Stopped (Ctrl-C) after writing its first month, before its manifest: every
+    later run refused the directory as "holding other files"."""
+    from helpers import new_ledger
+
+    clock = FakeClock()
+    a = new_ledger(tmp_path, "SH01", now_ms=clock)
+    try:
+        m = a.add_member(a.owner, name="张伟", phone="13800000001")
+        a.topup(a.owner, m, 10_000)
+        out = tmp_path / "analytics"
+        real, calls = analytics._write, []
+
+        def stop_after_one(path: Path, table: object) -> None:
+            if calls:
+                raise KeyboardInterrupt
+            calls.append(path)
+            real(path, table)  # type: ignore[arg-type]
+
+        analytics._write = stop_after_one  # type: ignore[assignment]
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                analytics.export(a, out)
+        finally:
+            analytics._write = real  # type: ignore[assignment]
+        assert analytics.export(a, out)["months_written"]
+    finally:
+        a.close()
