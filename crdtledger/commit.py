@@ -28,6 +28,7 @@ from crdtledger.hlc import HybridClock, id_time_ms, wall_ms
 from crdtledger.log import Head, Record, record_hash
 from crdtledger.model import (
     EDITS,
+    ENTRY_KINDS,
     EntryKind,
     InvalidRecord,
     ledger_doc,
@@ -36,7 +37,7 @@ from crdtledger.model import (
     owner_of,
 )
 from crdtledger.money import MAX_AMOUNT
-from crdtledger.projection import project_entry, record_change
+from crdtledger.projection import project_entry, record_change, rejudge_quarantined
 from crdtledger.storage import LoadedDoc, Storage
 from crdtledger.trust import Trust, load_trust
 from crdtledger.writerules import GOVERNANCE_DOCS, RuleBroken, check_change, check_local
@@ -101,6 +102,13 @@ class LedgerBase:
                 storage.conn.execute("INSERT OR REPLACE INTO meta VALUES ('points_lots', ?)",
                                      (lots.FOLD,))
             storage.meta["points_lots"] = lots.FOLD
+        kinds = ",".join(sorted(ENTRY_KINDS))
+        if storage.meta.get("entry_kinds") != kinds:  # a build that knows other kinds
+            with storage.transaction():
+                lots.settle(storage.conn, rejudge_quarantined(storage))
+                storage.conn.execute("INSERT OR REPLACE INTO meta VALUES ('entry_kinds', ?)",
+                                     (kinds,))
+            storage.meta["entry_kinds"] = kinds
         self.node = storage.node
         self.chain = storage.chain
         self.clock = HybridClock(self.node, int(storage.meta.get("hlc", "0")), now_ms,

@@ -596,6 +596,49 @@ def project_deferred(conn: sqlite3.Connection, day_of: Any) -> list[dict[str, An
     return done
 
 
+def rejudge_quarantined(storage: Any) -> list[dict[str, Any]]:
+    """Judge again the entries set aside (`quarantine`) and project those this build
+    takes: an entry of a kind a newer release writes is set aside by an older one,
+    and once that branch was upgraded nothing looked at it again, so it held other
+    balances than the branches that took it, for good, its writer's later entries of
+    the member waiting behind it. Those taken now are judged with the entries of
+    their queues (writer, member) that wait in `deferred`, in id order (an honest
+    writer's log order): one set aside first came first. Run when a store is opened
+    by a build that knows other entry kinds (LedgerBase); returns the entries
+    projected, for their points lots to be settled."""
+    conn = storage.conn
+    quarantined: dict[str, list[str]] = {}
+    for doc, key in conn.execute("SELECT doc, key FROM quarantine WHERE doc LIKE 'ledger/%' "
+                                 "ORDER BY doc, key").fetchall():
+        quarantined.setdefault(str(doc), []).append(str(key))
+    judged: dict[str, list[tuple[str, Any]]] = {}
+    queues: set[tuple[str, str]] = set()
+    for doc, keys in quarantined.items():
+        values = storage.doc(doc).plain_values([("entries", k) for k in keys])
+        for key in keys:
+            value = values.get(("entries", key))
+            try:
+                entry = normalise_entry(key, _entry_value(value))
+            except InvalidRecord:
+                continue  # refused still: it stays set aside
+            conn.execute("DELETE FROM quarantine WHERE doc = ? AND key = ?", (doc, key))
+            judged.setdefault(doc, []).append((key, value))
+            queues.add((entry["node"], entry["member"]))
+    for node, member in sorted(queues):
+        rows = conn.execute(f"SELECT doc, key, body FROM deferred WHERE {_MEMBER} = ? "
+                            f"AND {_NODE} = ?", (member, node)).fetchall()
+        conn.executemany("DELETE FROM deferred WHERE doc = ? AND key = ?",
+                         [(d, k) for d, k, _b in rows])
+        for doc, key, body in rows:
+            judged.setdefault(str(doc), []).append((str(key), json.loads(body)))
+    done: list[dict[str, Any]] = []
+    for doc in sorted(judged):
+        done += project_entries(conn, doc, judged[doc], storage.day_of, None)
+    if done:
+        done += project_deferred(conn, storage.day_of)
+    return done
+
+
 # Where a card's status event lists the events its writer had seen (cards.Cards).
 SEEN = 4
 

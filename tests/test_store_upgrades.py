@@ -96,3 +96,47 @@ def test_a_released_store_opens_with_everything(fixture: Path, tmp_path: Path,
     amy = next(m for m, v in expected["members"].items() if v["name"] == "王芳")
     out = cli("balance", "--member", amy, "--json", data=copy / "sh01").json()
     assert out == expected["members"][amy]["balance"]
+
+
+def test_an_entry_of_a_kind_a_newer_release_writes_is_taken_once_upgraded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SH01 runs a newer release with an entry kind this one lacks ("award", points).
+    SH02, on this release, sets it aside, and SH01's later redemption of those points
+    (and a top-up behind it) wait. Once SH02 is upgraded nothing looked at them again:
+    it held 0.00 and 0 points where the others held 50.00 and 100, for good. A store
+    opened by a build that knows other kinds judges what it set aside again."""
+    from helpers import FakeClock, new_ledger, sync
+
+    from crdtledger import commit, model
+
+    known, newer = model.ENTRY_KINDS, model.ENTRY_KINDS | {"award"}
+
+    def build(kinds: frozenset[str]) -> None:  # which release runs (one process here)
+        monkeypatch.setattr(model, "ENTRY_KINDS", kinds)
+        monkeypatch.setattr(commit, "ENTRY_KINDS", kinds)
+
+    clock = FakeClock()
+    a, b = new_ledger(tmp_path, "SH01", now_ms=clock), new_ledger(tmp_path, "SH02", now_ms=clock)
+    a.set_rule(a.owner, "earn", {"points_per_yuan": "1", "expire_days": 365},
+               effective_from="2025-01-01")
+    m = a.add_member(a.owner, name="A", phone="13800138000")
+    sync(a, b)
+    build(newer)
+    a._post(a._entry("award", m, deltas=[("points", a.node, 300)], points=300,
+                     expires="2027-01-01"), {})
+    build(known)
+    a.redeem_points(a.owner, m, 200)
+    a.topup(a.owner, m, 5000)
+    sync(a, b)
+    assert b.balance(m)["cash"] == 0  # set aside, the rest waiting behind it
+    path = b.storage.dir
+    b.close()
+    build(newer)
+    with Ledger.open(path, now_ms=clock) as upgraded:
+        assert upgraded.balance(m) == a.balance(m)
+        conn = upgraded.storage.conn
+        assert conn.execute("SELECT COUNT(*) FROM quarantine").fetchone() == (0,)
+        assert conn.execute("SELECT COUNT(*) FROM deferred").fetchone() == (0,)
+        assert conn.execute("SELECT earned, left FROM points_lots").fetchall() == \
+            a.storage.conn.execute("SELECT earned, left FROM points_lots").fetchall()
+    a.close()
