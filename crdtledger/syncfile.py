@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
+from crdtledger import __version__
 from crdtledger.errors import CorruptSyncFile, ForeignChain, InvalidInput, RemoteProtocolError
 from crdtledger.log import MARK_DOCS, MAX_BATCH_RECORDS, Batch
 from crdtledger.private import replace_private
@@ -127,7 +128,13 @@ def read_file(ledger: Ledger, path: Path | str, progress: Progress = _silent
         logs = parse_logs(data.get("logs"))
         batch = Batch.from_wire(data)
     except RemoteProtocolError as e:
-        raise CorruptSyncFile(f"{path} has a damaged body ({e})") from None
+        # The seal is intact, so the sender wrote this: a record this release cannot
+        # read is most likely a newer release's (0.3.0 added month-end cuts, which
+        # 0.2.0 called damaged), and the cure is that release, not another file.
+        raise CorruptSyncFile(
+            f"{path} holds what this release ({__version__}) cannot read ({e}): it was "
+            f"made by a newer crdtledger at {sealed.node}, or damaged there; upgrade this "
+            "branch to the release the sender runs, then import it again") from None
     return {"node": node, "logs": logs, "batch": batch, "created": data.get("created")}
 
 

@@ -362,6 +362,18 @@ def test_damaged_body_with_a_valid_seal(exported, stranger: Ledger, tmp_path: Pa
     assert b.member("0000000000001.SH07")["name"] == "x"
 
 
+def test_a_record_this_release_cannot_read_names_a_newer_release(
+        exported, stranger: Ledger, tmp_path: Path) -> None:
+    """A newer release's record (0.3.0's month-end `cut` at a 0.2.0 branch) in a file
+    sealed by a node of the chain was called "a damaged body": the cure is the
+    release, not another file, and the sentence now says so."""
+    b, _f = exported
+    newer = write_sync(tmp_path / "newer.sync", stranger,
+                       _body(stranger, recs=[["SH07", 1, "weather", b"\x00\x00"]]))
+    err = refused(b, newer, match="newer crdtledger")
+    assert "SH07" in str(err) and "upgrade this branch" in str(err)
+
+
 def test_a_body_of_another_chain_under_this_chains_seal(exported, stranger: Ledger,
                                                         tmp_path: Path) -> None:
     b, _f = exported
