@@ -1153,8 +1153,11 @@ def _month_end_line(b: dict[str, Any]) -> str:
     sums = b["purses"]
     said = [text.format(format_yuan(sums[k]) if k in MONEY_PURSES else sums[k])
             for k, text in _PURSE_KINDS.items() if sums.get(k)]
-    lots = (f"; {b['lot_points']} points in {b['lots']} lots not yet spent or expired"
-            if b.get("lots") else "")
+    # The lots are cut by id at noon UTC of the 1st (the same instant in every zone, so
+    # every branch signs one digest), the purses at the branch's own month end: a
+    # morning's points on the 1st east of UTC-12 are in the lots and not the purses.
+    lots = (f"; {b['lot_points']} points in {b['lots']} lots not yet spent or expired "
+            "(the lots as of the 1st, 12:00 UTC)" if b.get("lots") else "")
     return (f"{', '.join(said) or 'nothing held'}, held by {b['holders']} members{lots}"
             + _pending(b["pending"]))
 

@@ -523,7 +523,8 @@ def test_the_closing_carries_the_points_lots_cut_by_id_whatever_the_zone(
             assert closing.books(x)["closing"]["digest"] == digest
             assert closing.books(x)["closing"]["balances"]["lot_points"] == 90
         shown = operations.show(a, "report.books", closing.books(a), {})
-        assert "90 points in 1 lots not yet spent or expired" in shown
+        assert "90 points in 1 lots not yet spent or expired (the lots as of the 1st, 12:00 UTC)" \
+            in shown
     finally:
         a.close()
         b.close()
