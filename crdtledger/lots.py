@@ -156,13 +156,18 @@ def merged_at(conn: sqlite3.Connection, group: list[str]) -> list[tuple[str, str
     when is the id of the first change its audit notes say set `merged_into`
     (model.EDITS; the same merge made at two branches noted twice), "" for a record
     with no such note (the member is then one with the group from its first entry).
-    `group[0]`, the survivor, is merged into no one (in a cycle its pointer is not
-    followed: views.canonical)."""
+    `group[0]`, the survivor, is merged into no one but in a cycle (two branches
+    merged A into B and B into A apart: views.canonical ends at the smallest id), where
+    its own pointer counts too: the pool was one from the cycle's first merge, and a
+    redemption made at the branch that merged first, refolded as one member's alone,
+    became a debt that ate the member's next points."""
     out = []
-    for m in group[1:]:
+    for i, m in enumerate(group):
         row = conn.execute("SELECT json_extract(body, '$.merged_into'), "
                            f"json_extract(body, '$.{EDITS}') FROM members WHERE id = ?",
                            (m,)).fetchone()
+        if i == 0 and (row is None or row[0] is None or str(row[0]) not in group):
+            continue  # the survivor, merged into no one of its group
         out.append((_first_merge_note(row[1] if row else None), m,
                     str(row[0]) if row else group[0]))
     return sorted(out)
@@ -347,8 +352,8 @@ def _keep(conn: sqlite3.Connection, lots: list[Lot]) -> None:
 
 # The fold's version, in meta `points_lots`: "2" since a write-off takes the lot it
 # names first, "3" since a spend without `day` is folded on a date of its instant's
-# alone (0.3.0). A store folded before replays the groups it may have folded otherwise
-# when it opens (`refold`).
+# alone and a merge cycle's survivor's own pointer counts (0.3.0). A store folded
+# before replays the groups it may have folded otherwise when it opens (`refold`).
 FOLD = POINTS_FOLD
 
 
@@ -367,6 +372,9 @@ def refold(conn: sqlite3.Connection, since: str) -> None:
             "SELECT body FROM entries WHERE instr(body, '\"points\"') "
             "AND json_extract(body, '$.day') IS NULL")
             if points_change(e := json.loads(body)) < 0)
+        # Merge cycles, whose survivor's own pointer the fold had ignored.
+        members.update(m for (m,) in conn.execute(
+            "SELECT id FROM members WHERE json_extract(body, '$.merged_into') IS NOT NULL"))
     heads: dict[str, list[str]] = {}
     for m in sorted(members):
         group = views.member_group(conn, m)

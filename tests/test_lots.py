@@ -431,3 +431,36 @@ def test_a_spend_without_its_day_is_folded_alike_in_every_zone(tmp_path: Path) -
     with Ledger.open(path, now_ms=clock) as again:
         assert kept(again) == want
         assert again.storage.meta["points_lots"] == lots.FOLD
+
+
+def test_a_merge_cycle_is_one_pool_from_its_first_merge(tmp_path: Path) -> None:
+    """SH01 merges A into B and redeems 150 of their 200 points; SH02, apart, merges B
+    into A. The cycle's survivor is A, and the fold ignored A's own pointer: A and B
+    folded apart until SH02's merge, the redemption became B's alone, a debt of 50,
+    the member's 50 points expired with A's lot on 31 January instead of B's on 10
+    February, and the debt then ate the member's next points."""
+    clock = FakeClock()
+    a, b = (new_ledger(tmp_path, n, now_ms=clock) for n in ("SH01", "SH02"))
+    a.set_rule(a.owner, "earn", {"points_per_yuan": "1", "expire_days": 30},
+               effective_from="2025-01-01")
+    x = a.add_member(a.owner, name="甲", phone="13800000001")
+    y = a.add_member(a.owner, name="甲", phone="138-0000-0001")
+    a.debit(a.owner, x, amount=10_000, pay="cash")  # expires 31 January
+    clock.advance_days(10)
+    a.debit(a.owner, y, amount=10_000, pay="cash")  # expires 10 February
+    sync(a, b)
+    clock.advance_days(1)
+    a.merge_member(a.owner, x, y)
+    a.redeem_points(a.owner, y, 150)
+    told = views.points(a, y)
+    clock.ms += 5
+    b.merge_member(b.owner, y, x)  # apart, the other way round
+    sync(a, b)
+    for ledger in (a, b):
+        assert views.points(ledger, x)["lots"] == told["lots"], ledger.node
+        assert kept(ledger) == replayed(ledger)
+    clock.advance_days(25)  # past 31 January, before 10 February
+    a.housekeeping()
+    b.housekeeping()
+    sync(a, b)
+    assert views.points(a, x)["usable"] == 50
