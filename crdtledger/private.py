@@ -14,6 +14,7 @@ opens it (in a 0700 directory) keeps its companions private too.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO, TextIO
 
 from crdtledger import platform
-from crdtledger.errors import StoreError
+from crdtledger.errors import InvalidInput, StoreError
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -100,8 +101,14 @@ def write_private(path: Path | str, data: bytes, *, exclusive: bool = False,
 def replace_private(path: Path | str, data: bytes) -> None:
     """Write `data` to `path` whole or not at all: 0600 into `path.part`, synced, then
     renamed over `path`, so that a reader never sees half a file under the real name
-    (a sync file, a backup). The `.part` file is removed if anything fails."""
+    (a sync file, a backup). The `.part` file is removed if anything fails. Only a
+    regular file is replaced: `--out /dev/stdout` (a link) or a device put a file of
+    every member's data in its place, and as root broke /dev/null for the machine."""
     path = Path(path)
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISREG(path.lstat().st_mode):
+            raise InvalidInput(f"{path} is not a regular file (a link, a device or a "
+                               "directory): give the path of a new file")
     part = path.with_name(path.name + ".part")
     try:
         write_private(part, data, sync=True)

@@ -619,6 +619,17 @@ def chain_command(args: argparse.Namespace) -> Result:
     held = ("rights.held", {"node": args.node})
     stranded: dict[str, Any] = {"held": {}}
     if node is not None:
+        own = node.node
+    else:
+        with Ledger.open(data_dir, lock=False) as ledger:
+            own = ledger.node
+    if args.node == own:
+        # Its own id typed for another's: it went on selling, every other branch
+        # refused it from then on, and its members' balances differed for good.
+        raise InvalidInput(f"{own} is the node of {data_dir}: a node does not revoke "
+                           "itself. Revoke it from the head office's data directory (or "
+                           "another branch's) once it has handed its members' rights over")
+    if node is not None:
         current = routed(node, args, *show).data
         with contextlib.suppress(Refused):
             stranded = routed(node, args, *held).data
@@ -853,5 +864,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return refuse(args, "store_error", f"the store in {data} is unusable: {e}")
     except KeyboardInterrupt:
         return 130
-    emit(args, result)
+    # Done: what is left is to say so. Exit 1 means refused, so saying it must not
+    # fail: a terminal that cannot show Chinese gets escapes, and a reader gone
+    # (`| head`) gets nothing more (a traceback and exit 1 there made a cashier try a
+    # committed top-up again).
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
+    try:
+        emit(args, result)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

@@ -114,6 +114,15 @@ def call(node: Running, path: str, body: dict[str, Any] | None = None) -> dict[s
         except ValueError:
             reply = {"error": "node_error", "message": f"node {node.node} answered {e}"}
     except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        if body is not None and isinstance(reason, TimeoutError):
+            # Sent, and not answered in time: the node may still do it (a store held
+            # by another program, a PC that stalled). Said, so that nobody does it
+            # twice (a top-up retried after "did not answer" was then done twice).
+            raise NodeUnreachable(
+                f"node {node.node} (pid {node.pid}) did not answer in {TIMEOUT_S:g} s: it "
+                "may still do it. Look at the member's history (crdtledger history) "
+                "before trying again") from None
         raise NodeUnreachable(f"node {node.node} (pid {node.pid}) did not answer: {e}") from None
     return reply
 

@@ -92,8 +92,12 @@ def command(args: argparse.Namespace, data_dir: Path) -> tuple[dict[str, Any], s
             f"`crdtledger-counter --data {data_dir}` with the system's own start-up "
             "tool (Task Scheduler at start-up on Windows, a launchd agent on macOS)")
     if args.action == "install":
+        try:
+            extra = shlex.split(args.args)
+        except ValueError as e:  # an unbalanced quote
+            raise ServiceError(f"--args {args.args!r}: {e}") from None
         return install(data_dir, counter=args.counter, user=args.user,
-                       extra=shlex.split(args.args), unit_dir=args.unit_dir,
+                       extra=extra, unit_dir=args.unit_dir,
                        start=not args.no_start, python=args.python)
     return remove(data_dir, unit_dir=args.unit_dir)
 

@@ -5,6 +5,8 @@ real data directories (a tester's findings, 5 December)."""
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -125,3 +127,92 @@ def test_a_blank_tag_or_field_name_is_refused(tmp_path: Path) -> None:
         assert a.storage.conn.execute("SELECT count(*) FROM members").fetchone() == (0,)
     finally:
         a.close()
+
+
+def test_a_done_write_exits_0_whatever_its_output_meets(cli: Cli, tmp_path: Path) -> None:
+    """Exit 1 means refused. A member added, then its answer not encodable for the
+    terminal (a Windows pipe, PYTHONIOENCODING=cp1252), or a top-up whose reader had
+    gone (`| head`), printed a traceback and exited 1 though done: a cashier then
+    tried the top-up again."""
+    import subprocess
+
+    from conftest import cli_command, cli_env
+
+    data = tmp_path / "a"
+    assert cli("init", "--node", "SH01", data=data).code == 0
+    r = cli("member", "add", "--name", "张三", "--phone", "13800000001", data=data,
+            env={"PYTHONIOENCODING": "cp1252"})
+    assert r.code == 0 and "Traceback" not in r.err, r
+    assert "\\u" in r.out and re.search(r"[0-9A-Z]{13}\.SH01", r.out), r.out  # escaped
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before anything is written
+    proc = subprocess.run(cli_command("audit", "--limit", "50", "--data", data),
+                          stdout=write, stderr=subprocess.PIPE, env=cli_env(), timeout=120,
+                          check=False)
+    os.close(write)
+    assert proc.returncode == 0 and b"Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_node_does_not_revoke_itself(cli: Cli, tmp_path: Path) -> None:
+    """Its own id typed for another's: head office went on selling, every branch
+    refused it from then on, and balances differed for good."""
+    chain = tmp_path / "chain"
+    assert cli("chain", "init", "--out", chain, "--name", "acme").code == 0
+    hq = tmp_path / "hq"
+    assert cli("init", "--node", "HQ", "--chain", chain, "--head-office", data=hq).code == 0
+    crl = chain / "crl.der"
+    before = crl.read_bytes() if crl.exists() else None
+    r = cli("chain", "revoke", "--chain", chain, "--node", "HQ", data=hq)
+    assert r.code == 1 and "does not revoke itself" in r.err, r
+    assert (crl.read_bytes() if crl.exists() else None) == before
+
+
+def test_export_over_a_link_or_a_device_is_refused(cli: Cli, tmp_path: Path) -> None:
+    """`--out /dev/stdout` (a link) or a device: the export replaced it with a file of
+    every member's data (as root, /dev/null went for the whole machine)."""
+    data = tmp_path / "a"
+    assert cli("init", "--node", "SH01", data=data).code == 0
+    target = tmp_path / "usb.sync"
+    target.write_bytes(b"")
+    link = tmp_path / "link.sync"
+    link.symlink_to(target)
+    r = cli("export", "--out", link, data=data)
+    assert r.code == 1 and "not a regular file" in r.err, r
+    assert link.is_symlink() and target.read_bytes() == b""
+    fifo = tmp_path / "pipe.sync"  # a special file of the test's own, never /dev's
+    os.mkfifo(fifo)
+    r = cli("export", "--out", fifo, data=data)
+    assert r.code == 1 and "not a regular file" in r.err, r
+    assert fifo.is_fifo()
+
+
+def test_service_args_with_an_unbalanced_quote_are_refused_with_a_sentence(
+        cli: Cli, tmp_path: Path) -> None:
+    data = tmp_path / "a"
+    assert cli("init", "--node", "SH01", data=data).code == 0
+    r = cli("service", "install", "--args", '--title "Shop', "--unit-dir", tmp_path / "units",
+            "--no-start", data=data)
+    assert r.code != 0 and "Traceback" not in r.err and "quotation" in r.err, r
+
+
+def test_a_write_the_node_did_not_answer_in_time_may_still_be_done(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A routed top-up that timed out said only "did not answer", and the node did it
+    once it went on (a store held by another program, a PC that stalled): tried
+    again, it was done twice. The sentence says it may still be done, and where to
+    look first."""
+    import socket
+    import threading
+
+    from peer import local
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    held: list[object] = []
+    threading.Thread(target=lambda: held.append(server.accept()), daemon=True).start()
+    monkeypatch.setattr(local, "TIMEOUT_S", 0.3)
+    node = local.Running(f"http://127.0.0.1:{server.getsockname()[1]}", "token", "SH01", 1)
+    with pytest.raises(local.NodeUnreachable, match="may still do it"):
+        local.call(node, "/op", {"name": "topup"})
+    server.close()
