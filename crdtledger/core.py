@@ -837,7 +837,16 @@ class NodeCore:
     def _applied(self, record: Any, origin: object) -> None:
         """A record was committed: one from elsewhere may be a booking request (or a
         cancellation) for a technician of this branch, which this branch decides at
-        its next turn (a zero timer: never inside the apply that brought it)."""
+        its next turn (a zero timer: never inside the apply that brought it); so may a
+        member erased or gone (退会) elsewhere, whose slots here held a technician for
+        nobody (bookings._held_for_nobody)."""
+        data = record.data
+        if record.doc.startswith("members/"):
+            if (record.node != self.node and ("bookings",) not in self._timers
+                    and (b"erased" in data or b"exited" in data)
+                    and self._technicians_here()):
+                self._timer(("bookings",), 0.0)
+            return
         if not record.doc.startswith("ledger/"):
             return
         if record.node == self.node:
@@ -846,7 +855,6 @@ class NodeCore:
         # Only a record that carries a booking entry of one of our technicians: its kind
         # and the technician's id (the entry's member) are plain strings in the update,
         # so a byte search tells, and a catch-up of other entries costs one search each.
-        data = record.data
         if (("bookings",) not in self._timers and b"booking" in data
                 and any(tid in data for tid in self._technicians_here())):
             self._timer(("bookings",), 0.0)

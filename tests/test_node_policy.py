@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -283,4 +284,41 @@ def test_records_a_full_store_could_not_take_are_fetched_again_once_there_is_roo
             assert b.ledger.faults() == []
 
     caplog.set_level("WARNING", "crdtledger.node")
+    asyncio.run(scenario())
+
+
+def test_a_slot_confirmed_for_a_member_erased_meanwhile_is_cancelled_by_the_node(
+        tmp_path: Path) -> None:
+    """SH02 (the technician's branch) confirms a booking while SH01 erases its member,
+    neither knowing of the other's: the erasure cancels only what SH01 knew of. The
+    node hears of the erasure in a member document, which never started its bookings
+    pass: the slot stayed held for nobody until some other booking came."""
+    from crdtledger import bookings
+
+    async def scenario() -> None:
+        async with pair(tmp_path) as (a, b):
+            await b.perform(lambda: bookings.add_technician(
+                b.ledger, b.ledger.owner, "T01", "小李", ["FOOT60"], "00:00-24:00"))
+            mid = await a.perform(lambda: a.ledger.add_member(a.ledger.owner, name="张伟",
+                                                             phone="13812345678"))
+            await settle(a, b)
+            when = time.strftime("%Y-%m-%dT%H:00", time.localtime(time.time() + 86_400))
+
+            def erase() -> Any:
+                return a.ledger.erase_member(a.ledger.owner, mid)
+
+            def book() -> Any:
+                return bookings.book(b.ledger, b.ledger.owner, mid, "T01", "FOOT60", when)
+
+            made, _erased = await asyncio.gather(b.perform(book), a.perform(erase))
+            assert made["status"] == "confirmed"
+            for _ in range(200):
+                shown = bookings.show(b.ledger, made["booking"])
+                if shown["status"] == "cancelled":
+                    break
+                await asyncio.sleep(0.05)
+            assert shown["status"] == "cancelled" and "erased" in shown["reason"], shown
+            await settle(a, b)
+            assert bookings.show(a.ledger, made["booking"])["status"] == "cancelled"
+
     asyncio.run(scenario())
