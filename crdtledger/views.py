@@ -180,18 +180,44 @@ def _group_rights(conn: sqlite3.Connection, ids: list[str]) -> dict[str, int]:
         f"SELECT purse, TOTAL(amount) FROM rights WHERE member {in_(ids)} GROUP BY purse", ids)}
 
 
-def purses_after(conn: sqlite3.Connection, member: str, entry_id: str) -> dict[str, int]:
+def purses_after(conn: sqlite3.Connection, member: str, entry_id: str, *,
+                 as_written: bool = False) -> dict[str, int]:
     """Every purse of the member's group (package and coupon purses too) as it stood
     just after entry `entry_id`, in the chain's order (by id): the rights now, less
     what the entries after it changed. A receipt's "balance after" reads the few
-    entries since the sale, not the member's whole history."""
+    entries since the sale, not the member's whole history. `as_written`: of the
+    members that were one with `member` when the entry was written (merged before it,
+    crdtledger.lots.merged_at), not of the group as it is now."""
     ids = member_group(conn, member)
+    if as_written and len(ids) > 1:
+        ids = _group_then(conn, ids, member, entry_id)
     out = _group_rights(conn, ids)
     for (body,) in conn.execute(
             f"SELECT body FROM entries WHERE member {in_(ids)} AND id > ?", [*ids, entry_id]):
         for purse, _node, delta in json.loads(body)["deltas"]:
             out[purse] = out.get(purse, 0) - int(delta)
     return out
+
+
+def _group_then(conn: sqlite3.Connection, group: list[str], member: str, entry_id: str
+                ) -> list[str]:
+    """The members of `group` that were one with `member` at `entry_id`: joined by the
+    merges made before it (a merge with no note counts from the start, as the points
+    fold takes it)."""
+    from crdtledger.lots import merged_at  # lots imports this module
+
+    root = {m: m for m in group}
+
+    def find(m: str) -> str:
+        while root[m] != m:
+            m = root[m]
+        return m
+
+    for when, m, into in merged_at(conn, group):
+        if when < entry_id and into in root:
+            root[find(m)] = find(into)
+    mine = find(member) if member in root else member
+    return sorted(m for m in group if find(m) == mine) or [member]
 
 
 def rights_held(conn: sqlite3.Connection, node: str) -> int:

@@ -38,6 +38,7 @@ import json
 import re
 import tomllib
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -210,7 +211,15 @@ class Receipt:
 
 TITLES = {"debit": "消费", "topup": "充值", "refund": "退款", "package": "购买套餐",
           "redeem": "积分兑换", "convert": "积分转储值", "card": "办卡",
-          "correction": "调整", "expiry": "积分过期", "sale": "销售"}
+          "correction": "调整", "expiry": "积分过期", "sale": "销售",
+          "exit_settle": "退会结算", "coupon": "优惠券", "checkin": "签到",
+          "reward": "推荐奖励", "transfer": "权益转移", "merge": "会员合并"}
+# Kinds whose receipt has a money total; any other entry's amount is no payment (a
+# coupon's is the fen it takes off, a check-in's none) and its receipt shows none.
+MONEY_KINDS = frozenset({"debit", "topup", "package", "refund", "exit_settle",
+                         "correction"})
+# A correction's purses, as a receipt says them: money in yuan, the rest as counts.
+_COUNTED = {"points": "积分"}
 
 
 def authorise(ledger: Ledger, operator: str) -> None:
@@ -237,7 +246,8 @@ def build(ledger: Ledger, entry_id: str, *, title: str = "", reprint: bool = Fal
         shop=shop, branch=str(branches.get(branch_id) or branch_id) if isinstance(
             branches, dict) else branch_id, branch_id=branch_id,
         time=when.strftime("%Y-%m-%d %H:%M:%S"), operator=_operator(ledger, str(e["op"])),
-        title=TITLES.get("sale" if e.get("goods") else kind, kind), kind=kind,
+        title=TITLES.get("sale" if e.get("goods") and kind == "debit" else kind, "记录"),
+        kind=kind,
         entry=entry_id, lines=tuple(lines),
         total=total, paid_by=_paid_by(ledger, e), member=_member_name(ledger, member),
         purses=_purses(ledger, e) if member else (), ref=ref, reprint=reprint)
@@ -297,9 +307,14 @@ def _lines(ledger: Ledger, e: Mapping[str, Any]) -> tuple[list[Line], int | None
     if kind == "package":
         return [Line("item", f"套餐 {name}", amount, qty, "次")], amount
     if kind == "refund":
+        if e.get("goods"):  # units back on the shelf, and their money
+            return [Line("item", f"退 {name}", amount, int(e.get("qty") or 1))], amount
         if e.get("qty"):
             return [Line("item", f"退 {name}（套餐）", None, int(e["qty"]), "次")], None
         return [Line("item", f"退 {name}" if name else "退款", amount)], amount
+    if kind == "redeem" and e.get("goods"):  # goods given for points
+        return [Line("item", name, None, qty),
+                Line("points", "兑换积分", None, int(e.get("points") or 0), "积分")], None
     if kind in ("redeem", "expiry"):
         gift = str(e.get("gift") or "")
         return [Line("points", gift or TITLES[kind], None, int(e.get("points") or 0),
@@ -307,6 +322,26 @@ def _lines(ledger: Ledger, e: Mapping[str, Any]) -> tuple[list[Line], int | None
     if kind == "convert":
         return [Line("points", "积分", None, int(e.get("points") or 0), "积分"),
                 Line("bonus", "转为赠送金额", amount)], None
+    if kind == "correction":  # signed, by purse: its `amount` is the change's size only
+        lines, money = [], 0
+        for purse, _node, delta in e["deltas"]:
+            if purse in ("cash", "bonus"):
+                lines.append(Line("item", "调整储值" if purse == "cash" else "调整赠送",
+                                  int(delta)))
+                money += int(delta)
+            else:
+                lines.append(Line("points", f"调整{_COUNTED.get(purse, '套餐次数')}", None,
+                                  int(delta), _COUNTED.get(purse, "次")))
+        return lines, money if any(p in ("cash", "bonus") for p, _n, _c in e["deltas"]) \
+            else None
+    if kind == "exit_settle":  # what was paid out, and what was given up
+        paid = int(e.get("paid") or 0)
+        lines = [Line("item", "退会退款", paid)] if paid else []
+        if amount - paid:
+            lines.append(Line("discount", "放弃余额", paid - amount))
+        return lines, paid
+    if kind not in MONEY_KINDS:
+        return [Line("item", TITLES.get(kind, kind), None)], None
     return [Line("item", TITLES.get(kind, kind), amount or None)], amount or None
 
 
@@ -334,8 +369,11 @@ def _method(ledger: Ledger, code: str) -> str:
 
 
 def _purses(ledger: Ledger, e: Mapping[str, Any]) -> tuple[Purse, ...]:
-    """The member's purses after this entry in the chain's order, and before it."""
-    after = ledger.purses_after(ledger.survivor_of(str(e["member"])), str(e["id"]))
+    """The member's purses after this entry in the chain's order, and before it: of
+    the members that were one when it was written (a reprint after a merge showed
+    the merged group's balances, not those the first print showed)."""
+    after = views.purses_after(ledger.storage.conn, str(e["member"]), str(e["id"]),
+                               as_written=True)
     change: dict[str, int] = {}
     for purse, _node, delta in e["deltas"]:
         change[purse] = change.get(purse, 0) + int(delta)
@@ -379,9 +417,14 @@ def _cut(text: str, width: int) -> list[str]:
 
 
 def pair(left: str, right: str, width: int) -> list[str]:
-    """`left` at the left, `right` at the right margin; a long left wraps above."""
+    """`left` at the left, `right` at the right margin; a long left wraps above, and a
+    right too long to share a line (a member's name of 20 characters is 40 columns of
+    58 mm paper's 32) goes on lines of its own, to the right margin."""
     if cols(left) + cols(right) + 1 <= width:
         return [left + " " * (width - cols(left) - cols(right)) + right]
+    if cols(right) + 2 > width:
+        return [*_cut(left, width),
+                *(" " * (width - cols(part)) + part for part in _cut(right, width))]
     *head, last = _cut(left, width)
     if cols(last) + cols(right) + 1 > width:
         head.append(last)
@@ -626,7 +669,14 @@ async def print_entry(ledger: Ledger, entry_id: str, *, reprint: bool = False
     if config is None:
         return None
     receipt = build(ledger, entry_id, title=config.title, reprint=reprint)
-    return await asyncio.to_thread(print_receipt, config, receipt)
+    return await asyncio.get_running_loop().run_in_executor(_PRINTING, print_receipt, config,
+                                                            receipt)
+
+
+# One thread sends to the printer, jobs in turn: on the loop's default pool, a dozen
+# prints to a printer that hung (3 s each) held every thread its logins check
+# passwords in, and a login took 6 s at every till.
+_PRINTING = ThreadPoolExecutor(max_workers=1, thread_name_prefix="receipt-printer")
 
 
 

@@ -293,3 +293,122 @@ async def test_reprint_from_the_members_history(counter_app: CounterApp,
     paper = await received(printer, 1)
     assert visits[0]["kind"] == "topup" and paper.qr == [visits[0]["id"]]
     assert "充值小票（重打）" in paper.text and "0.00 → 500.00" in paper.text
+
+
+def test_every_kind_a_cashier_can_reprint_says_what_happened(tmp_path: Path) -> None:
+    """Receipts read back from their entries, as a customer and an accountant read
+    them: a goods refund printed as a "sale" of package uses with no money on it; a
+    correction of -50.00 printed "合计 50.00" and +300 points "合计 3.00"; an exit paid
+    1,000.00 in cash and forfeiting 200.00 of bonus printed "exit_settle小票 合计
+    1200.00"; a coupon issued printed its 10.00 as a total paid."""
+    ledger, mid = shop(tmp_path)
+    o = ledger.owner
+    try:
+        ledger.add_goods(o, "G01", "精油", 3333, 1200, unit="瓶")
+        ledger.stock_in(o, "G01", 10)
+        sale = ledger.sell_goods(o, "G01", 3, member=mid)
+        back = ledger.refund(o, sale["id"], qty=2, reason="broken")
+        r = build(ledger, back["id"])
+        assert r.title == "退款" and r.total == back["amount"] > 0
+        assert [(x.label, x.amount, x.qty) for x in r.lines] == [
+            ("退 精油", back["amount"], 2)]
+        for purse, change in (("cash", -5000), ("points", 300)):
+            r = build(ledger, ledger.correct(o, mid, purse, change, "fix")["id"])
+            assert r.total == (-5000 if purse == "cash" else None), (purse, r.total)
+            assert [x.amount if purse == "cash" else x.qty for x in r.lines] == [change]
+        mgr = ledger.add_operator(o, "经理王", "pw-manager-123456", ["manager"])
+        ledger.set_rule(o, "promotions", [{"min": 100000, "bonus": 20000,
+                                           "name": "充1000送200"}])
+        leaver = ledger.add_member(o, name="李雷", phone="13700000001")
+        ledger.topup(o, leaver, 100000)
+        view = ledger.decide_exit(mgr, ledger.apply_exit(o, leaver, "moving")["application"],
+                                  pay="cash")
+        (settle,) = ledger.storage.conn.execute(
+            "SELECT id FROM entries WHERE kind = 'exit_settle'").fetchone()
+        r = build(ledger, settle)
+        assert r.title == "退会结算" and r.total == view["paid"] == 100000
+        assert [x.amount for x in r.lines] == [100000, -view["forfeited"]]
+        coupon = ledger.issue_coupon(o, mid, off=1000, valid_to="2099-12-31")["coupon"]
+        r = build(ledger, coupon)
+        assert r.title == "优惠券" and r.total is None
+    finally:
+        ledger.close()
+
+
+def test_a_reprint_after_a_merge_shows_the_balances_first_printed(tmp_path: Path) -> None:
+    """B pays 50.00 of its 200.00; B is then merged into A (1,000.00). B's reprint
+    showed the merged group's 1,200.00 -> 1,150.00, and A's own earlier sale changed
+    too: a receipt shows the members that were one when it was written."""
+    ledger = new_ledger(tmp_path, "SH01")
+    o = ledger.owner
+    try:
+        a = ledger.add_member(o, name="王芳", phone="13700000002")
+        ledger.topup(o, a, 100000)
+        b = ledger.add_member(o, name="王芳二", phone="13700000003")
+        ledger.topup(o, b, 20000)
+        sales = [ledger.debit(o, b, amount=5000, pay="stored")["id"],
+                 ledger.debit(o, a, amount=1000, pay="stored")["id"]]
+        first = [build(ledger, s).purses for s in sales]
+        ledger.merge_member(o, b, a)
+        assert [build(ledger, s, reprint=True).purses for s in sales] == first
+        later = ledger.debit(o, a, amount=1000, pay="stored")["id"]
+        cash = build(ledger, later).purses[0]
+        assert (cash.before, cash.after) == (100000 - 1000 + 15000, 100000 - 2000 + 15000)
+    finally:
+        ledger.close()
+
+
+def test_long_names_stay_within_the_paper(tmp_path: Path) -> None:
+    """A member's name of 20 characters is 40 columns of 58 mm paper's 32: it ran off
+    the right margin and the printer wrapped it mid-name."""
+    ledger = new_ledger(tmp_path, "SH01")
+    o = ledger.owner
+    try:
+        op = ledger.add_operator(o, "欧阳" * 10, "pw-cashier-123456", ["cashier"])
+        m = ledger.add_member(o, name="爱新觉罗" * 5, phone="13700000001")
+        ledger.topup(op, m, 100000)
+        r = build(ledger, ledger.debit(op, m, amount=3000, pay="stored")["id"])
+        for width in (58, 80):
+            paper = decode(render(r, width)).text
+            assert all(cols(x) <= COLUMNS[width] for x in paper.splitlines()), width
+            assert "爱新觉罗" * 2 in paper.replace("\n", "").replace(" ", "")
+    finally:
+        ledger.close()
+
+
+def test_prints_go_through_one_thread_of_their_own(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the loop's default pool, a dozen prints to a printer that hung (3 s each)
+    held every thread the logins check passwords in: a login took 6 s at every till.
+    Prints queue on one thread of their own, and the default pool stays free."""
+    import threading
+
+    import peer.receipts as receipts
+
+    ledger, mid = shop(tmp_path)
+    save_config(ledger.storage.dir, PrinterConfig(host="127.0.0.1", port=9))
+    release = threading.Event()
+    threads: list[str] = []
+
+    def hung(config: PrinterConfig, data: bytes, timeout: float = 3.0) -> receipts.Printed:
+        threads.append(threading.current_thread().name)
+        release.wait(10)
+        return receipts.Printed(False, "hung", config.describe())
+
+    monkeypatch.setattr(receipts, "deliver", hung)
+
+    async def go() -> None:
+        sale = ledger.debit(ledger.owner, mid, amount=100, pay="stored")["id"]
+        prints = [asyncio.ensure_future(print_entry(ledger, sale, reprint=True))
+                  for _ in range(12)]
+        await asyncio.sleep(0.2)
+        # The default pool answers at once while the printer hangs.
+        assert await asyncio.wait_for(asyncio.to_thread(lambda: "free"), 5) == "free"
+        release.set()
+        await asyncio.gather(*prints)
+
+    try:
+        asyncio.run(go())
+    finally:
+        ledger.close()
+    assert len(threads) == 12 and {t.split("_")[0] for t in threads} == {"receipt-printer"}
