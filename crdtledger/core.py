@@ -78,6 +78,15 @@ VISIT_WINDOW_DAYS = 30
 # shops that lost the same hub do not come back in lockstep.
 BACKOFF_MIN_S = 0.25
 BACKOFF_MAX_S = 30.0
+# Targets learned from the LAN's announcements (mDNS), which anyone there can make:
+# one per announced node, at most MAX_DISCOVERED, each forgotten once its
+# announcement is withdrawn or after DISCOVERED_TRIES dials in a row failed (the branch
+# announces itself again when it is back). They were kept and dialled for ever, so a
+# stranger's thousands of made-up announcements became dials without end and, aimed
+# at a port that never answers, held the descriptors the tills needed. Configured
+# peers (the WAN list) are kept as ever.
+MAX_DISCOVERED = 256
+DISCOVERED_TRIES = 8
 # A connection that lasted this long was healthy: the next failure starts the
 # backoff from the beginning again.
 HEALTHY_S = 10.0
@@ -254,6 +263,8 @@ class _Target:
     node: str | None  # the node behind it, once known
     backoff: float = BACKOFF_MIN_S
     dialing: bool = False
+    discovered: bool = False  # announced on the LAN, not configured
+    failures: int = 0  # dials failed in a row
 
 
 @dataclass
@@ -347,14 +358,34 @@ class NodeCore:
         return self._effects()
 
     def add_target(self, key: str, node: str | None, now: float,
-                   delay: float | None = None) -> list[Effect]:
-        """Keep a connection to `key` open (a configured peer, a discovered one)."""
-        self._add_target(key, node, 0.0 if delay is None else delay)
+                   delay: float | None = None, *, discovered: bool = False) -> list[Effect]:
+        """Keep a connection to `key` open: a configured peer, or one `discovered` on
+        the LAN (`node` its announced id: one target per node, a new address replacing
+        the old, at most MAX_DISCOVERED)."""
+        if discovered and key not in self._targets:
+            for old in [t.key for t in self._targets.values() if t.discovered and t.node == node]:
+                del self._targets[old]
+            if sum(t.discovered for t in self._targets.values()) >= MAX_DISCOVERED:
+                self._decide(f"announcement of {node} at {key} ignored: "
+                             f"{MAX_DISCOVERED} discovered peers already")
+                return self._effects()
+        self._add_target(key, node, 0.0 if delay is None else delay, discovered)
         return self._effects()
 
-    def _add_target(self, key: str, node: str | None, delay: float) -> None:
+    def forget_discovered(self, node: str, now: float) -> list[Effect]:
+        """`node`'s announcement was withdrawn: its discovered targets go (a link up
+        stays until it closes)."""
+        for key in [t.key for t in self._targets.values() if t.discovered and t.node == node]:
+            del self._targets[key]
+        return self._effects()
+
+    def targets(self) -> frozenset[str]:
+        return frozenset(self._targets)
+
+    def _add_target(self, key: str, node: str | None, delay: float,
+                    discovered: bool = False) -> None:
         if key not in self._targets:
-            self._targets[key] = _Target(key, node)
+            self._targets[key] = _Target(key, node, discovered=discovered)
             self._timer(("dial", key), delay)
 
     def link_opened(self, link: Link, peer: str, *, dialer: str, now: float,
@@ -366,6 +397,7 @@ class NodeCore:
         if target is not None and target in self._targets:
             t = self._targets[target]
             t.dialing = False
+            t.failures = 0
             t.node = peer
         state = self.peers.setdefault(peer, Peer(peer))
         old = self._links.get(state.link) if state.link is not None else None
@@ -448,8 +480,12 @@ class NodeCore:
         t = self._targets.get(target)
         if t is not None:
             t.dialing = False
+            t.failures += 1
             self._out.append(Count("dial_failures"))
-            self._redial(t)
+            if t.discovered and t.failures >= DISCOVERED_TRIES:
+                del self._targets[target]  # announced again when it is back
+            else:
+                self._redial(t)
         return self._effects()
 
     def submit(self, run: Callable[[], Any], now: float, name: str | None = None

@@ -70,7 +70,11 @@ class Discovery:
     def _on_change(self, zeroconf: Zeroconf, service_type: str, name: str,
                    state_change: ServiceStateChange) -> None:
         if state_change is ServiceStateChange.Removed:
-            return  # the dialler's backoff handles a peer that went away
+            # Withdrawn: its target goes (a branch back announces itself again).
+            node_id = name.removesuffix(f".{service_type}")
+            if node_id and node_id != name:
+                self.node.forget_discovered(node_id)
+            return
         task = asyncio.ensure_future(self._resolve(zeroconf, service_type, name))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -88,7 +92,7 @@ class Discovery:
             return
         for address in info.parsed_addresses(IPVersion.V4Only):
             log.info("discovered %s at %s:%s", peer, address, info.port)
-            self.node.dial(f"wss://{address}:{info.port}", node_hint=peer)
+            self.node.dial(f"wss://{address}:{info.port}", node_hint=peer, discovered=True)
             break
 
     async def stop(self) -> None:

@@ -559,11 +559,24 @@ class Node:
 
     # --- dialling -------------------------------------------------------------
 
-    def dial(self, url: str, node_hint: str | None = None) -> None:
-        """Keep a connection to `url` open, reconnecting with the core's backoff."""
+    def dial(self, url: str, node_hint: str | None = None, *, discovered: bool = False
+             ) -> None:
+        """Keep a connection to `url` open, reconnecting with the core's backoff;
+        `discovered` on the LAN (the core keeps few of those, and forgets them)."""
         if not self._stopping and self._core is not None:
             self._hints.setdefault(url, node_hint)
-            self.run(self.core.add_target(url, node_hint, time.monotonic()))
+            self.run(self.core.add_target(url, node_hint, time.monotonic(),
+                                          discovered=discovered))
+            if discovered:  # what the core forgot or refused leaves no hint behind
+                kept = self.core.targets()
+                for gone in [u for u in self._hints if u not in kept]:
+                    del self._hints[gone]
+                    self._dial_told.pop(gone, None)
+
+    def forget_discovered(self, node_id: str) -> None:
+        """The LAN no longer announces `node_id`."""
+        if not self._stopping and self._core is not None:
+            self.run(self.core.forget_discovered(node_id, time.monotonic()))
 
     async def _dial(self, url: str) -> None:
         """One attempt; the core decides when to try again."""

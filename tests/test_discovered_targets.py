@@ -1,0 +1,41 @@
+"""Peers announced on the LAN (mDNS) are anyone's to announce: the node core keeps few
+of them and forgets them, as it never does a configured peer. Sans-I/O: the real
+`NodeCore` of a real store, driven by its effects."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from helpers import new_ledger
+
+from crdtledger import core as core_mod
+from crdtledger.core import NodeCore
+
+
+def test_announced_peers_are_few_one_per_node_and_forgotten(tmp_path: Path) -> None:
+    """A stranger's thousands of made-up announcements became dial targets kept and
+    dialled for ever (17 dials a second for 500), and aimed at a port that accepts and
+    never answers, held a descriptor each: the tills' API had none left."""
+    ledger = new_ledger(tmp_path, "SH01")
+    try:
+        core = NodeCore(ledger)
+        core.start(0.0, [("wss://203.0.113.9:7443", "HZ01")])  # configured: kept
+        for i in range(core_mod.MAX_DISCOVERED + 50):
+            core.add_target(f"wss://10.0.{i // 250}.{i % 250}:7443", f"X{i:05d}", 1.0,
+                            discovered=True)
+        assert len(core.targets()) == core_mod.MAX_DISCOVERED + 1
+        # One target per announced node: its new address replaces the old.
+        core.add_target("wss://10.9.9.9:7443", "X00000", 2.0, discovered=True)
+        assert "wss://10.0.0.0:7443" not in core.targets()
+        assert "wss://10.9.9.9:7443" in core.targets()
+        # Withdrawn: gone.
+        core.forget_discovered("X00001", 3.0)
+        assert "wss://10.0.0.1:7443" not in core.targets()
+        # Failing, again and again: gone; a configured peer is dialled for ever.
+        for _ in range(core_mod.DISCOVERED_TRIES):
+            core.dial_failed("wss://10.0.0.2:7443", 4.0)
+            core.dial_failed("wss://203.0.113.9:7443", 4.0)
+        assert "wss://10.0.0.2:7443" not in core.targets()
+        assert "wss://203.0.113.9:7443" in core.targets()
+    finally:
+        ledger.close()
