@@ -50,9 +50,15 @@ _SCHEMA = (
     # (crdtledger.projection) is inserted only once funded. Created on first use,
     # like the rest of the outbox: a store that never sends notices pays nothing.
     "CREATE TABLE IF NOT EXISTS outbox_debits(pos INTEGER PRIMARY KEY, entry TEXT NOT NULL)",
-    "CREATE TRIGGER IF NOT EXISTS outbox_debit_arrived AFTER INSERT ON entries "
-    "WHEN NEW.kind = 'debit' BEGIN INSERT INTO outbox_debits(entry) VALUES (NEW.id); END",
 )
+# The queue's trigger, made by the notifier's pass only (`_queued_debits`), and dropped
+# when a node starts without a notifier (`stop_queue`): made by any use of the outbox
+# (`notice history` at a head office that sends nothing), it queued every debit of the
+# chain for good, since only a notifier's pass takes them off.
+_QUEUE = (*_SCHEMA,
+          "CREATE TRIGGER IF NOT EXISTS outbox_debit_arrived AFTER INSERT ON entries "
+          "WHEN NEW.kind = 'debit' BEGIN INSERT INTO outbox_debits(entry) VALUES (NEW.id); "
+          "END")
 # What was sent to whom is history for a year and a bit, then goes (PIPL: kept no
 # longer than needed; the sent message named a member and their phone or e-mail).
 KEEP_SENT_DAYS = 400
@@ -79,8 +85,18 @@ class Outgoing(NamedTuple):
     attempts: int
 
 
-def _conn(ledger: Ledger) -> sqlite3.Connection:
-    return ledger.storage.local(_SCHEMA, "the outbox is")
+def _conn(ledger: Ledger, queue: bool = False) -> sqlite3.Connection:
+    return ledger.storage.local(_QUEUE if queue else _SCHEMA, "the outbox is")
+
+
+def stop_queue(ledger: Ledger) -> None:
+    """No notifier at this node: no debit is queued for one, and a notifier started
+    later takes up the debits from then on (its first look reads none from before)."""
+    conn = _conn(ledger)
+    conn.execute("DROP TRIGGER IF EXISTS outbox_debit_arrived")
+    conn.execute("DELETE FROM outbox_debits")
+    conn.execute("DELETE FROM outbox_marks WHERE name = 'debits'")
+    ledger.storage.forget_local(_QUEUE)
 
 
 def enqueue(ledger: Ledger, due: Iterable[Notice], now_ms: int) -> int:
@@ -311,7 +327,7 @@ def _queued_debits(ledger: Ledger, looked: bool) -> tuple[list[dict[str, Any]], 
     to which they were read (`keep` takes them off then). Each debit that reaches
     this store is looked at once, in the order it came, whatever its id; the first
     look (`looked` False) takes what is queued off unread (no notices for history)."""
-    conn = _conn(ledger)
+    conn = _conn(ledger, queue=True)
     if not looked:
         (top,) = conn.execute("SELECT COALESCE(MAX(pos), 0) FROM outbox_debits").fetchone()
         return [], int(top)

@@ -800,6 +800,10 @@ class Storage:
         # commit skip persisting it, and a restart reissue timestamps.
         self.meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
 
+    def forget_local(self, schema: tuple[str, ...]) -> None:
+        """`schema` is to be made again at its next use (its objects were dropped)."""
+        self._local_made.discard(schema)
+
     def local(self, schema: tuple[str, ...], what: str) -> sqlite3.Connection:
         """The connection, for this node's own tables (never replicated: the outbox,
         idempotency keys), made by `schema` on first use so that a store that never

@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from crdtledger import __version__, localtime, peerclock, platform, views
+from crdtledger import __version__, localtime, outbox, peerclock, platform, views
 from crdtledger.core import (
     ANTI_ENTROPY_S,
     HEARTBEAT_S,
@@ -666,6 +666,8 @@ class Node:
                 self.notifier = Notifier(self, self.config.notify_clock,
                                          self.config.notify_interval_s)
                 self._spawn(self.notifier.run())
+            else:  # ... and queues no debit for a notifier (crdtledger.outbox)
+                outbox.stop_queue(self.ledger)
             if self.config.mdns:
                 from peer.discovery import Discovery
 

@@ -549,3 +549,35 @@ def test_a_service_notice_goes_before_a_broadcast_kept_earlier(tmp_path: Path) -
         assert sms.sent[0].key.startswith("reminder:") and sms.sent[0].to == "13900000009"
     finally:
         led.close()
+
+
+def test_a_store_that_sends_nothing_queues_no_debit(tmp_path: Path) -> None:
+    """A head office with no gateway read the notice history once: that made the
+    outbox's trigger, and every debit of the chain was queued in `outbox_debits` for
+    good (only a notifier's pass takes them off). Only a notifier's pass makes it, and
+    a node started without one drops it."""
+    hq, sh01 = new_ledger(tmp_path, "HQ01"), new_ledger(tmp_path, "SH01")
+    try:
+        m = sh01.add_member(sh01.owner, name="张伟", phone="13812345678")
+        sh01.topup(sh01.owner, m, 100_000)
+        outbox.history(hq)  # `crdtledger notice history` at head office
+
+        def queued() -> int:
+            return int(hq.storage.conn.execute(
+                "SELECT COUNT(*) FROM outbox_debits").fetchone()[0])
+
+        for _ in range(5):
+            sh01.debit(sh01.owner, m, amount=100)
+        sync(sh01, hq)
+        assert queued() == 0
+        _look(hq, 0)  # a notifier's pass, once: the queue from then on
+        sh01.debit(sh01.owner, m, amount=100)
+        sync(sh01, hq)
+        assert queued() == 1
+        outbox.stop_queue(hq)  # started again without a notifier
+        sh01.debit(sh01.owner, m, amount=100)
+        sync(sh01, hq)
+        assert queued() == 0
+    finally:
+        hq.close()
+        sh01.close()
