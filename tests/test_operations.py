@@ -47,7 +47,7 @@ class Shop:
     tech: str  # an operator whose only permission is sync
     twin: str  # the member again, the phone typed another way: a duplicate to merge
     coupon: str = ""  # the member's coupon, to show and redeem
-    referral: str = ""  # the twin's referral by the member, recorded by the node's owner
+    referral: str = ""  # a newcomer's referral by the member, recorded by the node's owner
     leaver: str = ""  # a member with an exit application (by the node's owner) waiting
     application: str = ""
     booking: str = ""  # the member's booking with T01 tomorrow, to show and cancel
@@ -76,7 +76,10 @@ def furnish(ledger: Ledger) -> Shop:
         sync(ledger, sender)
     closing.close_due_month(ledger)
     coupon = ledger.issue_coupon(owner, member, off=500)["coupon"]
-    referral = ledger.refer(owner, twin, member)["id"]
+    # A newcomer's, not the twin's: the twin is merged into the member by a sample
+    # below, and a referral whose referrer is the member it refers is void.
+    newcomer = ledger.add_member(owner, name="赵六", phone="13600000001")
+    referral = ledger.refer(owner, newcomer, member)["id"]
     leaver = ledger.add_member(owner, name="李雷", phone="13700000009")
     application = ledger.apply_exit(owner, leaver, "搬家")["application"]
     bookings.add_technician(ledger, owner, "T01", "小李", ["FOOT60", "BODY90"])
