@@ -49,6 +49,7 @@ from crdtledger.errors import (
     StoreLocked,
 )
 from crdtledger.hlc import id_time_ms
+from crdtledger.idempotency import KEY_TTL_MS
 from crdtledger.private import (
     FILE_MODE,
     SQLITE_SUFFIXES,
@@ -412,6 +413,12 @@ def _mark_restored(copy: Path, node: str, what: str, enrolled: dict[str, list[st
                              (str(seen),))
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('restore_enrolled', ?)",
                              (json.dumps(enrolled),))
+                # Idempotency keys are local and a backup holds none made after it:
+                # until a key's life after the restore has passed, a key this store
+                # does not know is looked for among the entries it fetches back
+                # (crdtledger.idempotency.done_before_restore). Never cleared.
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('keys_unknown_until', ?)",
+                             (str(int(time.time() * 1000) + KEY_TTL_MS),))
         finally:
             conn.close()
         with open(copy, "rb+") as f:

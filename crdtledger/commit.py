@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from pycrdt import Map
 
-from crdtledger import closing, escrow, lots
+from crdtledger import closing, escrow, idempotency, lots
 from crdtledger.errors import (
     ClockSkew,
     InvalidAmount,
@@ -334,6 +334,9 @@ class LedgerBase:
             "amount": amount, "deltas": [list(d) for d in deltas if d[2] != 0],
         }
         entry.update({k: v for k, v in extra.items() if v is not None and v != ""})
+        tag = idempotency.current_tag()
+        if tag is not None:  # written under an Idempotency-Key: found again after a restore
+            entry["idem"] = tag
         if any(p == "points" and c < 0 for p, _n, c in entry["deltas"]):
             # The day it spends on, in this branch's zone: every replica takes the
             # lots still valid that day (crdtledger.lots.spend_day), whatever its zone.

@@ -40,12 +40,15 @@ import json
 import re
 import secrets
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crdtledger.errors import InvalidInput
+from crdtledger.hlc import id_floor
 from crdtledger.private import write_private
 
 if TYPE_CHECKING:
@@ -163,6 +166,48 @@ def look(ledger: Ledger, operator: str, key: str, now_ms: int) -> Remembered | N
         return None
     return Remembered(str(row[0]), None if row[1] is None else int(row[1]),
                       None if row[2] is None else json.loads(row[2]), int(row[3]))
+
+
+def tag_of(operator: str, key: str) -> str:
+    """What an entry written under an operator's key carries (its field `idem`): enough
+    to find it again, nothing of the key itself (a till's receipt number)."""
+    return hashlib.sha256(f"{operator}\0{key}".encode()).hexdigest()[:24]
+
+
+_TAG: ContextVar[str | None] = ContextVar("idempotency_tag", default=None)
+
+
+@contextmanager
+def tagging(operator: str, key: str | None) -> Iterator[None]:
+    """The entries written meanwhile carry this operator's key's tag (commit._entry)."""
+    if key is None:
+        yield
+        return
+    token = _TAG.set(tag_of(operator, key))
+    try:
+        yield
+    finally:
+        _TAG.reset(token)
+
+
+def current_tag() -> str | None:
+    return _TAG.get()
+
+
+def done_before_restore(ledger: Ledger, operator: str, key: str, now_ms: int) -> str | None:
+    """The entry written under this operator's key before this store was restored from
+    a backup, which keeps no key made after it, if it came back from a peer: a retry of
+    a sale taken between the backup and the PC's end was sold again. Looked for only
+    within a key's life after the restore (meta `keys_unknown_until`), among this
+    node's entries of that last day."""
+    until = ledger.storage.meta.get("keys_unknown_until")
+    if not until or now_ms >= int(until):
+        return None
+    row = ledger.storage.conn.execute(
+        "SELECT id FROM entries WHERE id >= ? AND node = ? AND instr(body, ?) LIMIT 1",
+        (id_floor(now_ms - KEY_TTL_MS), ledger.node,
+         f'"idem":"{tag_of(operator, key)}"')).fetchone()
+    return None if row is None else str(row[0])
 
 
 def fingerprinted_before(ledger: Ledger, kept: Remembered) -> bool:

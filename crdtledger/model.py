@@ -358,6 +358,7 @@ _OPTIONAL_INTS = frozenset({"percent", "min_spend", "off",  # coupons
                             "version"})  # a technician's (crdtledger.bookings)
 _OPTIONAL_STRS = frozenset({
     "day",
+    "idem",  # the tag of the Idempotency-Key it was written under (crdtledger.idempotency)
     "ref",
     "service",
     "discount",

@@ -240,6 +240,14 @@ class IdempotencyKeys:
                 continue  # answered, refused (free again) or interrupted: look again
             kept = idempotency.look(ledger, operator, key, self.now_ms())
             if kept is None:
+                before = idempotency.done_before_restore(ledger, operator, key, self.now_ms())
+                if before is not None:
+                    raise ApiError(409, "idempotency_unknown", (
+                        f"the request first sent with Idempotency-Key {key} was done "
+                        f"(entry {before}) before this branch's store was restored from a "
+                        "backup, which kept no answer for it: it is not done again. Look "
+                        "at the member's history, then send it with a new key if it "
+                        "still needs doing"))
                 break
             if kept.request != request:
                 if idempotency.fingerprinted_before(ledger, kept):
@@ -443,6 +451,7 @@ class Call:
     request: web.Request
     session: Session | None
     params: dict[str, Any]  # path, query and body together
+    key: str | None = None  # its Idempotency-Key, if it sent one
 
     @property
     def ledger(self) -> Ledger:
@@ -508,7 +517,8 @@ def _route_of(op: Operation) -> Route:
         operator = c.operator
 
         def run() -> Any:
-            return operations.run(c.ledger, operator, op.name, c.params)
+            with idempotency.tagging(operator, c.key):  # its entries carry the key's tag
+                return operations.run(c.ledger, operator, op.name, c.params)
 
         if not op.write:
             return run()
@@ -777,7 +787,7 @@ def _endpoint(r: Route, host: ApiHost, sessions: Sessions, keys: IdempotencyKeys
                 raise InvalidInput(f"unknown field {show(named[0])} in the request body: "
                                    f"the path names it")
             params |= body
-        call = Call(host, sessions, request, session, params)
+        call = Call(host, sessions, request, session, params, key)
         if key is not None and session is not None:
             async def perform() -> Answer:
                 result = await r.handler(call)

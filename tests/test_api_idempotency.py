@@ -447,3 +447,50 @@ def test_a_lone_surrogate_in_a_keyed_body_is_refused_as_without_a_key(tmp_path: 
             assert after == before
 
     asyncio.run(go())
+
+
+def test_a_keyed_sale_retried_after_a_restore_from_an_older_backup_is_not_sold_again(
+        tmp_path: Path) -> None:
+    """The PC dies after a keyed sale its last backup predates; the sale reached SH02.
+    Restored from that backup, SH01 fetches the sale back from SH02 but knows nothing
+    of the key (keys are local): the till's retry under it was sold again. The entry
+    a keyed write makes carries the key's tag (`idem`), and for a day after a restore
+    a key the store does not know is looked for among its entries."""
+    from helpers import sync
+
+    from crdtledger.backups import restore, write_backup
+    from peer.chain import enrol
+
+    data = make_node(tmp_path)
+    Ledger.create(tmp_path / "sh02", "SH02", "test")
+    enrol(tmp_path / "chain", tmp_path / "sh02", "SH02")
+    write_backup(data, tmp_path / "bk")  # last night's
+
+    async def sell() -> str:
+        async with running(data) as (node, api):
+            amy = await api.login("amy", PW["amy"])
+            mid = await topped_up(api, await api.login("boss", PW["boss"]))
+            status, body, _ = await debit(api, amy, mid, KEY)
+            assert status == 200 and body["idem"] == idempotency.tag_of(
+                node.ledger.authenticate("amy", PW["amy"]), KEY)
+            return mid
+
+    mid = asyncio.run(sell())
+    with Ledger.open(data) as sh01, Ledger.open(tmp_path / "sh02") as sh02:
+        sync(sh01, sh02)  # the sale reached SH02
+    for leftover in data.glob("ledger.sqlite3*"):  # the PC died: a new one, the backup
+        leftover.unlink()
+    restore(tmp_path / "bk", data, chain_dir=tmp_path / "chain")
+    with Ledger.open(data) as sh01, Ledger.open(tmp_path / "sh02") as sh02:
+        sync(sh01, sh02)  # caught up: the sale is back
+        assert debits(sh01, mid) == 1
+
+    async def retry() -> None:
+        async with running(data) as (node, api):
+            amy = await api.login("amy", PW["amy"])
+            status, body, _ = await debit(api, amy, mid, KEY)
+            assert status == 409 and body["error"] == "idempotency_unknown", body
+            assert "restored" in body["message"]
+            assert debits(node.ledger, mid) == 1 and cash(node.ledger, mid) == 10000 - 2000
+
+    asyncio.run(retry())
