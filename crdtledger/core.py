@@ -79,7 +79,7 @@ VISIT_WINDOW_DAYS = 30
 BACKOFF_MIN_S = 0.25
 BACKOFF_MAX_S = 30.0
 # Targets learned from the LAN's announcements (mDNS), which anyone there can make:
-# one per announced node, at most MAX_DISCOVERED, each forgotten once its
+# PER_NODE_DISCOVERED per announced node, at most MAX_DISCOVERED, each forgotten once its
 # announcement is withdrawn or after DISCOVERED_TRIES dials in a row failed (the branch
 # announces itself again when it is back). They were kept and dialled for ever, so a
 # stranger's thousands of made-up announcements became dials without end and, aimed
@@ -87,6 +87,7 @@ BACKOFF_MAX_S = 30.0
 # peers (the WAN list) are kept as ever.
 MAX_DISCOVERED = 256
 DISCOVERED_TRIES = 8
+PER_NODE_DISCOVERED = 2
 # A connection that lasted this long was healthy: the next failure starts the
 # backoff from the beginning again.
 HEALTHY_S = 10.0
@@ -265,6 +266,7 @@ class _Target:
     dialing: bool = False
     discovered: bool = False  # announced on the LAN, not configured
     failures: int = 0  # dials failed in a row
+    proven: bool = False  # a link opened there with the node its certificate names
 
 
 @dataclass
@@ -360,11 +362,20 @@ class NodeCore:
     def add_target(self, key: str, node: str | None, now: float,
                    delay: float | None = None, *, discovered: bool = False) -> list[Effect]:
         """Keep a connection to `key` open: a configured peer, or one `discovered` on
-        the LAN (`node` its announced id: one target per node, a new address replacing
-        the old, at most MAX_DISCOVERED)."""
+        the LAN (`node` its announced id: PER_NODE_DISCOVERED addresses per node, a new
+        one replacing the oldest no link proved, at most MAX_DISCOVERED in all)."""
         if discovered and key not in self._targets:
-            for old in [t.key for t in self._targets.values() if t.discovered and t.node == node]:
-                del self._targets[old]
+            same = [t for t in self._targets.values() if t.discovered and t.node == node]
+            if len(same) >= PER_NODE_DISCOVERED:
+                # A new address of the node replaces an old one no certificate proved
+                # (a stranger announcing a real branch's id elsewhere cannot push its
+                # real, proven address out).
+                unproven = [t for t in same if not t.proven]
+                if not unproven:
+                    self._decide(f"announcement of {node} at {key} ignored: its "
+                                 "addresses known are proven")
+                    return self._effects()
+                del self._targets[unproven[0].key]
             if sum(t.discovered for t in self._targets.values()) >= MAX_DISCOVERED:
                 self._decide(f"announcement of {node} at {key} ignored: "
                              f"{MAX_DISCOVERED} discovered peers already")
@@ -398,7 +409,8 @@ class NodeCore:
             t = self._targets[target]
             t.dialing = False
             t.failures = 0
-            t.node = peer
+            t.node = peer  # the certificate's, whatever an announcement said
+            t.proven = True
         state = self.peers.setdefault(peer, Peer(peer))
         old = self._links.get(state.link) if state.link is not None else None
         if old is not None:

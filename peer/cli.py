@@ -781,17 +781,41 @@ def node_config(args: argparse.Namespace, data_dir: Path) -> Config:
         file = {}
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise InvalidInput(f"{data_dir / CONFIG_FILE}: {e}") from None
-    peers = [*file.get("peers", []), *args.peer]
     try:
-        if not all(isinstance(p, str) and p.startswith("wss://") for p in peers):
-            raise ValueError(f"peers are wss://HOST:PORT addresses, not {peers!r}")
+        listed = file.get("peers", [])
+        if not isinstance(listed, list):
+            raise ValueError(f"peers is a list of wss://HOST:PORT addresses, not {listed!r}")
+        peers = [*listed, *args.peer]
+        for p in peers:
+            _check_peer_url(p)
+        mdns = file.get("mdns", True)
+        if not isinstance(mdns, bool):  # bool("false") is True
+            raise ValueError(f"mdns is true or false, not {mdns!r}")
         return Config(data_dir,
                       listen=parse_address(args.listen or file.get("listen", "0.0.0.0"), 8470),
                       api=parse_address(args.api or file.get("api", "127.0.0.1"), 8480),
                       peers=list(dict.fromkeys(peers)),
-                      mdns=not args.no_mdns and bool(file.get("mdns", True)))
+                      mdns=not args.no_mdns and mdns)
     except (ValueError, AttributeError) as e:
         raise InvalidInput(f"node settings: {e}") from None
+
+
+def _check_peer_url(url: object) -> None:
+    """A peer's address as a dial takes it, wss://HOST:PORT and nothing more: one that
+    can never be dialled (no host, a port past 65535, a path) was taken without a word
+    and redialled for ever, its reason logged only at debug level."""
+    from yarl import URL
+
+    try:
+        parsed = URL(url) if isinstance(url, str) else None
+        port = parsed.port if parsed is not None else None
+    except ValueError:
+        parsed = port = None
+    if (parsed is None or parsed.scheme != "wss" or not parsed.host or port is None
+            or not 0 < port < 65536 or parsed.path not in ("", "/") or parsed.query_string
+            or " " in str(url)):
+        raise ValueError(f"a peer is wss://HOST:PORT (e.g. wss://hq.example.com:8470), "
+                         f"not {url!r}")
 
 
 def node_run(args: argparse.Namespace, data_dir: Path) -> Result:

@@ -19,6 +19,8 @@ import ifaddr
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from crdtledger.hlc import NODE_ID
+
 if TYPE_CHECKING:
     from peer.node import Node
 
@@ -83,13 +85,18 @@ class Discovery:
         info = AsyncServiceInfo(service_type, name)
         if not await info.async_request(zeroconf, RESOLVE_MS):
             return
-        props = {k.decode(): (v or b"").decode() for k, v in info.properties.items()}
+        try:  # anyone on the LAN may announce: bytes that are no text are nobody's
+            props = {k.decode(): (v or b"").decode() for k, v in info.properties.items()}
+        except UnicodeDecodeError:
+            log.debug("ignoring %s: its TXT record is not text", name)
+            return
         peer = props.get("node", "")
         if props.get("chain") != self.tag:
             log.debug("ignoring %s: another chain", name)
             return
-        if not peer or peer == self.node.node_id or info.port is None:
-            return
+        if (not NODE_ID.match(peer) or peer == self.node.node_id or info.port is None
+                or not 0 < info.port < 65536):
+            return  # not a node id (a newline in one forged lines in the log)
         for address in info.parsed_addresses(IPVersion.V4Only):
             log.info("discovered %s at %s:%s", peer, address, info.port)
             self.node.dial(f"wss://{address}:{info.port}", node_hint=peer, discovered=True)

@@ -97,6 +97,7 @@ REFUSED_HEADER = "X-Crdtledger-Refused"
 # each, and a thousand of them left the tills none.
 HANDSHAKE_S = 10.0
 IDLE_S = 30.0
+DIAL_CONNECT_S = 15.0  # a dial's TCP connect and TLS handshake
 
 
 class _Site(web.TCPSite):
@@ -292,6 +293,7 @@ class Node:
         self._client: aiohttp.ClientSession | None = None
         self._hints: dict[str, str | None] = {}  # dial target -> node id hint
         self._dial_told: dict[str, str] = {}  # dial target -> the last failure logged
+        self._discovered: set[str] = set()  # dial targets announced on the LAN
         self._flush_soon = False
         # The core's recent decisions, for `status` and tests (bounded: a node runs
         # for months).
@@ -565,6 +567,11 @@ class Node:
         `discovered` on the LAN (the core keeps few of those, and forgets them)."""
         if not self._stopping and self._core is not None:
             self._hints.setdefault(url, node_hint)
+            if discovered:
+                # An announcement's node id is anyone's word: a stranger announcing a
+                # real branch's address under a made-up id made every dial there fail
+                # "expected node ZZ90" for good. The certificate says who answers.
+                self._discovered.add(url)
             self.run(self.core.add_target(url, node_hint, time.monotonic(),
                                           discovered=discovered))
             if discovered:  # what the core forgot or refused leaves no hint behind
@@ -572,6 +579,7 @@ class Node:
                 for gone in [u for u in self._hints if u not in kept]:
                     del self._hints[gone]
                     self._dial_told.pop(gone, None)
+                    self._discovered.discard(gone)
 
     def forget_discovered(self, node_id: str) -> None:
         """The LAN no longer announces `node_id`."""
@@ -590,7 +598,8 @@ class Node:
                 timeout=aiohttp.ClientWSTimeout(ws_close=5))
             der = ws.get_extra_info("ssl_object").getpeercert(binary_form=True)
             try:
-                peer = self.chain_identity.check_peer(der, expect_node=self._hints.get(url))
+                peer = self.chain_identity.check_peer(
+                    der, expect_node=None if url in self._discovered else self._hints.get(url))
             except PeerRejected as e:
                 log.warning("refused %s: %s", url, e)
                 await ws.close()
@@ -617,7 +626,10 @@ class Node:
                     f"({error.certificate_error}): a peer of another chain, or a clock off "
                     "by more than a day on either side")
         elif isinstance(error, aiohttp.ClientSSLError):
-            said = (f"the TLS handshake with {url} failed ({error}): the peer may not "
+            # The OS's reason, not str(error): that names the SSLContext object, new at
+            # every dial, so "once per reason" logged every redial.
+            why = getattr(error, "os_error", None) or error
+            said = (f"the TLS handshake with {url} failed ({why}): the peer may not "
                     "accept this node's certificate (another chain, revoked, or its clock "
                     "off by more than a day); see its log")
         if said is None or self._dial_told.get(url) == said:
@@ -655,7 +667,13 @@ class Node:
                                   rights_deadline_s=self.config.rights_deadline_s,
                                   rebalance_s=self.config.rebalance_s)
             self.ledger.subscribe(self._on_commit)
-            self._client = aiohttp.ClientSession()
+            # Dials never wait for one another (aiohttp's pool of 100 let dials to
+            # announced addresses that never answer keep a configured peer waiting
+            # minutes), and each gives up connecting after DIAL_CONNECT_S. The targets
+            # the core keeps bound how many there are (core.MAX_DISCOVERED).
+            self._client = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),
+                timeout=aiohttp.ClientTimeout(total=None, connect=DIAL_CONNECT_S))
             await self._serve()
             write_run_file(self.data_dir, node=self.node_id, host=self.config.api[0],
                            port=self.api_port, token=self.local_token)

@@ -216,3 +216,19 @@ def test_a_write_the_node_did_not_answer_in_time_may_still_be_done(
     with pytest.raises(local.NodeUnreachable, match="may still do it"):
         local.call(node, "/op", {"name": "topup"})
     server.close()
+
+
+@pytest.mark.parametrize("setting", [
+    'peers = 5', 'peers = "wss://hq:8470"', 'mdns = "false"',
+    'peers = ["wss://127.0.0.1:99999"]', 'peers = ["wss://"]', 'peers = ["wss://a b:1"]',
+    'peers = ["wss://127.0.0.1:9/some/path"]', 'peers = ["https://hq:8470"]'])
+def test_node_settings_a_dial_cannot_take_are_refused_with_a_sentence(
+        cli: Cli, tmp_path: Path, setting: str) -> None:
+    """`peers = 5` was a traceback; `mdns = "false"` turned discovery on (bool of a
+    string); a peer no dial can reach (a port past 65535, no host, a path) was taken
+    without a word and redialled for ever."""
+    data = tmp_path / "a"
+    assert cli("init", "--node", "SH01", data=data).code == 0
+    (data / "node.toml").write_text(setting + "\n", encoding="utf-8")
+    r = cli("node", "run", data=data, timeout=60)
+    assert r.code == 1 and "node settings" in r.err and "Traceback" not in r.err, r

@@ -322,3 +322,34 @@ def test_a_slot_confirmed_for_a_member_erased_meanwhile_is_cancelled_by_the_node
             assert bookings.show(a.ledger, made["booking"])["status"] == "cancelled"
 
     asyncio.run(scenario())
+
+
+def test_a_branchs_address_announced_under_a_made_up_id_still_reaches_it(
+        tmp_path: Path) -> None:
+    """A stranger on the LAN reads the chain's tag from any branch's announcement and
+    announces SH02's real sync address as node ZZ90: every dial there then failed
+    "expected node ZZ90, the peer is node SH02", for good. An announced id is a hint;
+    the certificate says who answers."""
+    async def scenario() -> None:
+        chain = init_chain(tmp_path / "chain")
+        nodes = []
+        for name in ("SH01", "SH02"):
+            Ledger.create(tmp_path / name, name, chain.name)
+            enrol(tmp_path / "chain", tmp_path / name, name)
+            node = Node(Config(tmp_path / name, listen=("127.0.0.1", 0),
+                               api=("127.0.0.1", 0), mdns=False))
+            await node.start()
+            nodes.append(node)
+        a, b = nodes
+        try:
+            a.dial(f"wss://127.0.0.1:{b.sync_port}", node_hint="ZZ90", discovered=True)
+            for _ in range(200):
+                if "SH02" in a.connected() and "SH01" in b.connected():
+                    break
+                await asyncio.sleep(0.05)
+            assert "SH02" in a.connected() and "SH01" in b.connected()
+        finally:
+            for node in reversed(nodes):
+                await node.stop()
+
+    asyncio.run(scenario())
