@@ -294,24 +294,27 @@ def _update(conn: sqlite3.Connection, touched: list[tuple[Any, ...]], seen: set[
             new.append(row)
     kept: list[Lot] = []
     for head, (group, new) in groups.items():
-        if head not in replayed and _only_later(conn, group, new, seen):
+        pools = None if head in replayed else _pools(conn, group, new, seen)
+        if pools is None:
+            conn.execute(f"DELETE FROM points_lots WHERE member {views.in_(group)}", group)
+            kept += replay(conn, group)
+            continue
+        for pool in pools:
+            rows = [row for row in new if row[0] in pool]
             # Earnings alone (sales) only add lots, or pay what is owed: only that to read.
-            earnings = all(row[2] > 0 for row in new)
+            earnings = all(row[2] > 0 for row in rows)
             lots = [list(r) for r in conn.execute(
                 "SELECT expires, left, earned, member FROM points_lots "
                 + ("INDEXED BY points_owed " if earnings else "")
-                + f"WHERE member {views.in_(group)}" + (" AND left < 0" if earnings else ""),
-                group)]
+                + f"WHERE member {views.in_(pool)}" + (" AND left < 0" if earnings else ""),
+                pool)]
             before = {lot[2]: lot[1] for lot in lots}
-            for row in new:
+            for row in rows:
                 _step(lots, row)
             changed = [lot for lot in lots if before.get(lot[2]) != lot[1]]
             conn.executemany("DELETE FROM points_lots WHERE member = ? AND earned = ?",
                              [(lot[3], lot[2]) for lot in changed if lot[2] in before])
             kept += changed
-        else:
-            conn.execute(f"DELETE FROM points_lots WHERE member {views.in_(group)}", group)
-            kept += replay(conn, group)
     _keep(conn, kept)
 
 
@@ -323,17 +326,30 @@ def _group(conn: sqlite3.Connection, member: str) -> list[str]:
     return [member]
 
 
-def _only_later(conn: sqlite3.Connection, group: list[str], new: list[tuple[Any, ...]],
-                seen: set[str]) -> bool:
-    """Are the new entries later than every other entry of the group that moves
-    points (new to this transaction or not)?"""
+def _pools(conn: sqlite3.Connection, group: list[str], new: list[tuple[Any, ...]],
+           seen: set[str]) -> list[list[str]] | None:
+    """The pools the new entries fold into without a replay, or None (replay the
+    group): the group itself when every merge took effect before them; each member
+    alone when none took effect yet for any entry of the group (a merge takes effect
+    for the entries after it: `replay`). Either way only if no other entry of the
+    group later than them moves points (new to this transaction or not)."""
     first = min(row[1] for row in new)
-    if len(group) > 1 and any(when > first for when, _m, _t in merged_at(conn, group)):
-        return False  # merged since: the new entries fold as one pool, the earlier apart
-    return not any(
-        eid not in seen and conn.execute(_MOVES, (eid,)).fetchone()
-        for m in group for (eid,) in conn.execute(
-            "SELECT id FROM entries WHERE member = ? AND id > ?", (m, first)))
+    pools = [group]
+    if len(group) > 1:
+        whens = [when for when, _m, _t in merged_at(conn, group)]
+        if any(when >= first for when in whens):  # as replay: effective after `when`
+            (newest,) = conn.execute(f"SELECT MAX(id) FROM entries WHERE member "
+                                     f"{views.in_(group)}", group).fetchone()
+            if not all(when >= (newest or "") for when in whens):
+                return None  # merged since: the new entries fold as one pool, the earlier apart
+            # No merge has taken effect yet (a merge noted ahead of every entry, which
+            # only a liar writes: each sale of the member replayed the group's history).
+            pools = [[m] for m in sorted({row[0] for row in new})]
+    if any(eid not in seen and conn.execute(_MOVES, (eid,)).fetchone()
+           for m in group for (eid,) in conn.execute(
+               "SELECT id FROM entries WHERE member = ? AND id > ?", (m, first))):
+        return None
+    return pools
 
 
 # Does an entry move its member's points lots (projection.points_change, near enough:

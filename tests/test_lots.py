@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from helpers import FakeClock, new_ledger, sync, two_zones
 
 from crdtledger import lots, views
@@ -464,3 +465,77 @@ def test_a_merge_cycle_is_one_pool_from_its_first_merge(tmp_path: Path) -> None:
     b.housekeeping()
     sync(a, b)
     assert views.points(a, x)["usable"] == 50
+
+
+def _merge_noted_at(liar: Ledger, note_id: str, member: str, into: str) -> None:
+    """`liar` merges `member` into `into` with its audit note keyed `note_id`, not its
+    change's own id (member documents carry no rule on notes)."""
+    from crdtledger import merge
+
+    real = merge.note_edit
+    merge.note_edit = lambda rec, change, op, fields: real(rec, note_id, op, fields)
+    try:
+        liar.merge_member(liar.owner, member, into)
+    finally:
+        merge.note_edit = real
+
+
+def test_a_merge_noted_at_an_entrys_own_id_is_folded_alike_everywhere(tmp_path: Path) -> None:
+    """A liar's merge noted at the exact id of an honest redemption: a replay counts a
+    merge only after its id, the incremental fold counted it at the tie, so the
+    replica that got the merge first held other lots than the others, for good."""
+    from crdtledger.log import Batch
+
+    clock = FakeClock()
+    h, liar, r = (new_ledger(tmp_path, n, now_ms=clock) for n in ("SH01", "SH02", "SH03"))
+    h.set_rule(h.owner, "earn", {"points_per_yuan": "1", "expire_days": 30},
+               effective_from="2025-01-01")
+    s = h.add_member(h.owner, name="甲", phone="13800000001")
+    m = h.add_member(h.owner, name="乙", phone="13800000002")
+    h.debit(h.owner, s, amount=10_000, pay="cash")
+    clock.advance_days(10)
+    h.debit(h.owner, m, amount=10_000, pay="cash")
+    sync(h, liar)
+    sync(h, r)
+    clock.advance_days(1)
+    x = h.redeem_points(h.owner, m, 50)["id"]
+    sync(h, liar)
+    clock.ms += 5
+    _merge_noted_at(liar, x, m, s)
+    own = [rec for rec in liar.lacking(r.log_view()) if rec.node == "SH02"]
+    r.apply_batch(Batch(own, {"SH02": liar.own_head()}, {"SH02": liar.trust.cert_der}))
+    for a, b in ((h, r), (h, liar), (liar, r)):
+        sync(a, b)
+    for ledger in (h, liar, r):
+        assert kept(ledger) == replayed(ledger), ledger.node
+    assert kept(h) == kept(liar) == kept(r)
+
+
+def test_a_merge_noted_ahead_of_every_entry_replays_nothing_at_each_sale(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A liar's merge noted far ahead ("~"): the fold took it for a merge later than
+    every new entry, and each sale of the member replayed its whole history at every
+    branch (112 ms a sale at 3,000 entries). No merge has taken effect for any entry:
+    each member folds alone, without a replay."""
+    clock = FakeClock()
+    h, liar = new_ledger(tmp_path, "SH01", now_ms=clock), new_ledger(tmp_path, "SH02",
+                                                                      now_ms=clock)
+    h.set_rule(h.owner, "earn", {"points_per_yuan": "1", "expire_days": 365},
+               effective_from="2025-01-01")
+    m = h.add_member(h.owner, name="regular", phone="13800000001")
+    for _ in range(30):
+        h.debit(h.owner, m, amount=100, pay="cash")
+        clock.ms += 1000
+    sync(h, liar)
+    made_up = liar.add_member(liar.owner, name="x", phone="13800000009")
+    _merge_noted_at(liar, "~", made_up, m)
+    sync(h, liar)
+    replays: list[object] = []
+    real = lots.replay
+    monkeypatch.setattr(lots, "replay", lambda *a, **k: replays.append(a) or real(*a, **k))
+    for _ in range(5):
+        h.debit(h.owner, m, amount=100, pay="cash")
+        clock.ms += 1000
+    assert replays == []
+    monkeypatch.undo()
+    assert kept(h) == replayed(h)
