@@ -79,12 +79,15 @@ VISIT_WINDOW_DAYS = 30
 BACKOFF_MIN_S = 0.25
 BACKOFF_MAX_S = 30.0
 # Targets learned from the LAN's announcements (mDNS), which anyone there can make:
-# PER_NODE_DISCOVERED per announced node, at most MAX_DISCOVERED, each forgotten once its
-# announcement is withdrawn or after DISCOVERED_TRIES dials in a row failed (the branch
-# announces itself again when it is back). They were kept and dialled for ever, so a
-# stranger's thousands of made-up announcements became dials without end and, aimed
-# at a port that never answers, held the descriptors the tills needed. Configured
-# peers (the WAN list) are kept as ever.
+# PER_NODE_DISCOVERED per announced node, at most MAX_DISCOVERED. They were kept and
+# dialled for ever, so a stranger's thousands of made-up announcements became dials
+# without end and, aimed at a port that never answers, held the descriptors the tills
+# needed. One no link has proven (a certified node answered there) goes when its
+# announcement is withdrawn, after DISCOVERED_TRIES failed dials in a row, or to make
+# room for a newer announcement. One proven stays and is dialled as a configured peer
+# is: an announcement is anyone's word (a stranger's goodbye, or its own addresses
+# for the branch's id, pushed the real one out), and the LAN does not announce an
+# unchanged branch again, so a branch forgotten after a cable was out stayed apart.
 MAX_DISCOVERED = 256
 DISCOVERED_TRIES = 8
 PER_NODE_DISCOVERED = 2
@@ -365,28 +368,26 @@ class NodeCore:
         the LAN (`node` its announced id: PER_NODE_DISCOVERED addresses per node, a new
         one replacing the oldest no link proved, at most MAX_DISCOVERED in all)."""
         if discovered and key not in self._targets:
-            same = [t for t in self._targets.values() if t.discovered and t.node == node]
-            if len(same) >= PER_NODE_DISCOVERED:
-                # A new address of the node replaces an old one no certificate proved
-                # (a stranger announcing a real branch's id elsewhere cannot push its
-                # real, proven address out).
-                unproven = [t for t in same if not t.proven]
+            for crowd, limit in (
+                    ([t for t in self._targets.values() if t.discovered and t.node == node],
+                     PER_NODE_DISCOVERED),
+                    ([t for t in self._targets.values() if t.discovered], MAX_DISCOVERED)):
+                if len(crowd) < limit:
+                    continue
+                unproven = [t for t in crowd if not t.proven]  # oldest first
                 if not unproven:
-                    self._decide(f"announcement of {node} at {key} ignored: its "
+                    self._decide(f"announcement of {node} at {key} ignored: the "
                                  "addresses known are proven")
                     return self._effects()
                 del self._targets[unproven[0].key]
-            if sum(t.discovered for t in self._targets.values()) >= MAX_DISCOVERED:
-                self._decide(f"announcement of {node} at {key} ignored: "
-                             f"{MAX_DISCOVERED} discovered peers already")
-                return self._effects()
         self._add_target(key, node, 0.0 if delay is None else delay, discovered)
         return self._effects()
 
     def forget_discovered(self, node: str, now: float) -> list[Effect]:
-        """`node`'s announcement was withdrawn: its discovered targets go (a link up
-        stays until it closes)."""
-        for key in [t.key for t in self._targets.values() if t.discovered and t.node == node]:
+        """`node`'s announcement was withdrawn: its discovered targets no link proved go
+        (a goodbye is anyone's to send)."""
+        for key in [t.key for t in self._targets.values()
+                    if t.discovered and t.node == node and not t.proven]:
             del self._targets[key]
         return self._effects()
 
@@ -494,8 +495,8 @@ class NodeCore:
             t.dialing = False
             t.failures += 1
             self._out.append(Count("dial_failures"))
-            if t.discovered and t.failures >= DISCOVERED_TRIES:
-                del self._targets[target]  # announced again when it is back
+            if t.discovered and not t.proven and t.failures >= DISCOVERED_TRIES:
+                del self._targets[target]  # nobody of the chain ever answered there
             else:
                 self._redial(t)
         return self._effects()

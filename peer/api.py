@@ -64,6 +64,8 @@ from peer.files import export_bytes, import_bytes, sealed_backup
 log = logging.getLogger("crdtledger.api")
 
 T = TypeVar("T")
+# How long a request's body may stop arriving (peer.node.IDLE_S for its head).
+BODY_IDLE_S = 30.0
 
 # A till sends a few hundred bytes; 64 KB leaves room for a long note and refuses a
 # flood early. Set per request (Request.clone): a sub-app's own client_max_size is
@@ -607,11 +609,7 @@ async def sync_export(c: Call) -> web.Response:
 async def sync_import(c: Call) -> dict[str, Any]:
     operator = c.operator
     c.ledger.authorise(operator, "sync")  # before reading a large body from anyone
-    try:
-        data = await c.request.clone(client_max_size=MAX_UPLOAD).read()
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "body_too_large",
-                       f"a sync file upload is limited to {MAX_UPLOAD} bytes") from None
+    data = await _read_body(c.request, MAX_UPLOAD, "a sync file upload")
     try:
         info = await c.host.perform(lambda: import_bytes(c.ledger, operator, data),
                                     "sync.import")
@@ -740,16 +738,36 @@ def _query_value(name: str, raw: str, param: Query) -> Any:
     return raw
 
 
+async def _read_body(request: web.Request, limit: int, what: str) -> bytes:
+    """The request's body, at most `limit` bytes, each part coming within BODY_IDLE_S
+    of the one before: a whole head and then a body never sent held the connection
+    (and its descriptor) for good, aiohttp's keep-alive deadline watching only the
+    wait for a next request. A slow upload that keeps moving gets through."""
+    if (request.content_length or 0) > limit:
+        raise ApiError(413, "body_too_large", f"{what} is limited to {limit} bytes")
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            async with asyncio.timeout(BODY_IDLE_S):
+                part = await request.content.readany()
+        except TimeoutError:
+            raise ApiError(408, "request_timeout", f"{what} stopped arriving for "
+                           f"{BODY_IDLE_S:g} s: nothing was done") from None
+        if not part:
+            return b"".join(parts)
+        size += len(part)
+        if size > limit:
+            raise ApiError(413, "body_too_large", f"{what} is limited to {limit} bytes")
+        parts.append(part)
+
+
 async def _json_body(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type",
                        f"send JSON with Content-Type: application/json, "
                        f"not {request.content_type}")
-    try:
-        raw = await request.clone(client_max_size=MAX_BODY).read()
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError(413, "body_too_large",
-                       f"the request body is larger than {MAX_BODY} bytes") from None
+    raw = await _read_body(request, MAX_BODY, "a request body")
     try:
         body = json.loads(raw)
     except (ValueError, RecursionError) as e:  # bad UTF-8 too; RecursionError: [[[[...
@@ -838,6 +856,7 @@ ERROR_MEANING = {
          "first request under this Idempotency-Key never answered (the node stopped)",
     410: "member_erased: the answer kept for this Idempotency-Key named a member "
          "erased since; the request was done once and is not done again",
+    408: "The request body stopped arriving (30 s without a byte): nothing was done",
     413: "The request body is too large (64 KB of JSON; a sync file upload 256 MB)",
     415: "The request body is not application/json",
     422: "Refused for this card or debit, e.g. wrong_pin; idempotency_key_reused: the "
@@ -850,18 +869,18 @@ ERROR_MEANING = {
 
 def _refusal_statuses(r: Route) -> set[int]:
     if r.name in ("login",):
-        return {400, 401, 413, 415, 429}
+        return {400, 401, 408, 413, 415, 429}
     out: set[int] = set()
     if r.auth:
         out |= {401, 403}
     if r.name not in ("logout", "sync_status", "openapi_document"):
         out |= {400, 404, 409, 422, 429}  # whatever the ledger may refuse with
     if r.body is not None:
-        out |= {413, 415}
+        out |= {408, 413, 415}
     if r.idempotent:
         out |= {410}  # a kept answer that named a member erased since
     if r.binary_body:
-        out |= {413}
+        out |= {408, 413}
     return out
 
 

@@ -81,11 +81,13 @@ SCOPE_KEY = "crdtledger.members_port"  # set by MembersSide on every request it 
 CODE_DIGITS = 6
 CODE_TTL_S = 300.0  # 5 minutes: long enough for a slow SMS, short for a stolen one
 CODE_TRIES = 5  # wrong tries before a code is void (the throttle counts them too)
-# Codes sent by this node in an hour, whoever asked: the per-phone and per-address
-# throttles bound one phone and one address, not a stranger with many addresses and a
-# list of members' phones, each code an SMS the shop pays for. Past it every request
-# is refused alike (member's phone or not) until the hour has room again.
-CODES_PER_HOUR = 300
+# Code requests taken by this node in an hour, whoever asked and for whatever phone:
+# the per-phone and per-address throttles bound one phone and one address, not a
+# stranger with many addresses and a list of members' phones, each code an SMS the
+# shop pays for. Past it every request is refused alike until the hour has room
+# again. Every request taken counts, a member's phone or not: counting only codes
+# sent told a stranger near the cap whether the phone just asked for was a member's.
+CODES_PER_HOUR = 600
 # A request's head must arrive within this of the connection or of its first byte
 # (the TLS handshake within peer.node.HANDSHAKE_S).
 FIRST_REQUEST_S = 15.0
@@ -397,7 +399,7 @@ class Portal:
         free_failures=5, first_delay_s=60.0, max_delay_s=3600.0))
     # Wrong codes and wrong PINs: as the counter's logins.
     checks: LoginThrottle = field(default_factory=LoginThrottle)
-    sent: deque[float] = field(default_factory=deque)  # when codes went out, the last hour
+    sent: deque[float] = field(default_factory=deque)  # code requests taken, the last hour
     server: uvicorn.Server | None = None
     port: int | None = None  # the member port as bound (a test asks for port 0)
     _sending: set[asyncio.Task[None]] = field(default_factory=set)
@@ -465,7 +467,11 @@ class Portal:
             while self.sent and self.sent[0] <= hour_ago:
                 self.sent.popleft()
             if len(self.sent) >= CODES_PER_HOUR:
-                wait = int(self.sent[0] - hour_ago) + 1
+                # In whole minutes: to the second, the wait told a second request
+                # whether the first had been counted.
+                wait = 60 * max(1, -int((hour_ago - self.sent[0]) // 60))
+            else:
+                self.sent.append(self.clock())
         if wait:
             raise SignInRefused(tr("验证码请求太频繁，请 {n} 秒后再试。",
                                    "Too many codes asked for; try again in {n} s.", n=wait))
@@ -483,7 +489,6 @@ class Portal:
                      mask_phone(phone))
             return
         code = f"{secrets.randbelow(10 ** CODE_DIGITS):0{CODE_DIGITS}d}"
-        self.sent.append(self.clock())
         self.codes[phone] = _Code(_digest(code), self.clock() + CODE_TTL_S)
         body = tr("您的会员登录验证码：{code}，{m} 分钟内有效。请勿告诉他人。",
                   "Your member sign-in code: {code}. It is valid for {m} minutes; do not "
@@ -625,6 +630,24 @@ class _Deadlines(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._stop_head_timer()
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._stop_head_timer()  # the request is whole: its answer takes what it takes
+        super().on_message_complete()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)  # any byte cancels uvicorn's keep-alive timer
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and cycle.more_body:
+            # A body coming in: each part within FIRST_REQUEST_S of the one before.
+            self._stop_head_timer()
+            self._start_head_timer()
+        elif (self._head_timer is None and self.timeout_keep_alive_task is None
+              and (cycle is None or cycle.response_complete)):
+            # Bytes after an answer that begin no request (the rest of a body declared
+            # and never needed): they cancelled the only timer, and one byte held the
+            # connection for good.
+            self._start_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()

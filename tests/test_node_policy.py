@@ -226,10 +226,12 @@ def test_a_strangers_idle_connections_are_closed_and_the_branches_still_sync(
     (API port) is closed after its deadline, not after asyncio's 60 s or aiohttp's
     hour: idle strangers held a descriptor each, and a thousand of them left the tills
     none. The branches' own long-lived websocket is not an idle connection."""
+    import peer.api
     import peer.node
 
     monkeypatch.setattr(peer.node, "HANDSHAKE_S", 0.3)
     monkeypatch.setattr(peer.node, "IDLE_S", 0.3)
+    monkeypatch.setattr(peer.api, "BODY_IDLE_S", 0.3)
 
     async def closed_within(port: int, send: bytes, limit_s: float) -> float:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -245,6 +247,12 @@ def test_a_strangers_idle_connections_are_closed_and_the_branches_still_sync(
             assert await closed_within(a.sync_port, b"\x16\x03\x01\x00", 5) >= 0.2  # half a hello
             assert await closed_within(a.api_port, b"GET /health HTTP/1.1\r\nHost: x\r\n",
                                        5) >= 0.2  # a request never finished
+            reader, writer = await asyncio.open_connection("127.0.0.1", a.api_port)
+            writer.write(b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                         b"application/json\r\nContent-Length: 100\r\n\r\n")  # no body
+            answer = await asyncio.wait_for(reader.read(12), 5)
+            assert answer.startswith(b"HTTP/1.1 408"), answer
+            writer.close()
             await asyncio.sleep(1.0)  # past both deadlines
             assert a.connected() and b.connected()
             mid = await member_at(a, b, 500)
