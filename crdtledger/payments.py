@@ -795,8 +795,9 @@ class Payments(Merges, Rules):
     def rights(self, member: str, purse: str = "cash") -> dict[str, int]:
         return {n: a for n, a in sorted(self._rights(member, purse).items()) if a != 0}
 
-    def purses_after(self, member: str, entry_id: str) -> dict[str, int]:
-        return views.purses_after(self.storage.conn, member, entry_id)
+    def purses_after(self, member: str, entry_id: str, *, as_written: bool = False
+                     ) -> dict[str, int]:
+        return views.purses_after(self.storage.conn, member, entry_id, as_written=as_written)
 
     def history(self, member: str, limit: int = 50) -> list[dict[str, Any]]:
         return views.history(self.storage.conn, member, limit)

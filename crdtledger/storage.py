@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo
 import orjson
 from pycrdt import Array, Doc, Map
 
-from crdtledger import hlc, platform, tipmark
+from crdtledger import hlc, model, platform, tipmark
 from crdtledger.backups import local_time, restore_pending
 from crdtledger.errors import InvalidInput, LocalProtocolError, StoreError, StoreLocked
 from crdtledger.lib0 import decode_state_vector
@@ -677,6 +677,10 @@ class Storage:
                 [("format", str(FORMAT_VERSION)), ("node", node), ("chain", chain),
                  ("client_id", str(client_id_for(node, 0))), ("timezone", timezone),
                  ("hlc", "0"), ("hlc_eras", hlc.FRESH_ERAS), ("points_lots", POINTS_FOLD),
+                 # The entry kinds it was made to read (LedgerBase judges what it set
+                 # aside again when another build opens it): set now, so that an
+                 # open changes nothing.
+                 ("entry_kinds", ",".join(sorted(model.ENTRY_KINDS))),
                  ("created_at", str(int(time.time())))],
             )
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

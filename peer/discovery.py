@@ -65,7 +65,15 @@ class Discovery:
             SERVICE, f"{node_id}.{SERVICE}", port=self.node.sync_port,
             parsed_addresses=self.addresses, server=f"crdtledger-{node_id.lower()}.local.",
             properties={"node": node_id, "chain": self.tag, "port": str(self.node.sync_port)})
-        await self._zc.async_register_service(self._info)
+        try:
+            # Another's announcement under this node's name (a stranger's, or a second
+            # PC enrolled wrongly) made the node fail to start (NonUniqueNameException).
+            # The name changes; peers go by the node id in the TXT record, and by the
+            # certificate once they dial.
+            await self._zc.async_register_service(self._info, allow_name_change=True)
+        except Exception as e:  # announcing is a convenience: the node runs without it
+            log.warning("not announced on the LAN (%s): peers here find it by their "
+                        "configured addresses only", e)
         self._browser = AsyncServiceBrowser(self._zc.zeroconf, [SERVICE],
                                             handlers=[self._on_change])
 

@@ -372,8 +372,7 @@ def _purses(ledger: Ledger, e: Mapping[str, Any]) -> tuple[Purse, ...]:
     """The member's purses after this entry in the chain's order, and before it: of
     the members that were one when it was written (a reprint after a merge showed
     the merged group's balances, not those the first print showed)."""
-    after = views.purses_after(ledger.storage.conn, str(e["member"]), str(e["id"]),
-                               as_written=True)
+    after = ledger.purses_after(str(e["member"]), str(e["id"]), as_written=True)
     change: dict[str, int] = {}
     for purse, _node, delta in e["deltas"]:
         change[purse] = change.get(purse, 0) + int(delta)

@@ -361,3 +361,32 @@ def test_a_branchs_address_announced_under_a_made_up_id_still_reaches_it(
                 await node.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_node_starts_though_its_name_is_announced_already(tmp_path: Path) -> None:
+    """Something on the LAN already announces SH01's service name (a stranger, or a
+    PC enrolled twice by mistake): the node exited at start with zeroconf's
+    NonUniqueNameException. It starts, announced under another name; peers go by the
+    node id in its TXT record and by its certificate."""
+    from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+
+    from peer.discovery import SERVICE
+
+    async def scenario() -> None:
+        squatter = AsyncZeroconf(interfaces=["127.0.0.1"])
+        await squatter.async_register_service(AsyncServiceInfo(
+            SERVICE, f"SH01.{SERVICE}", port=9, parsed_addresses=["127.0.0.1"],
+            server="squatter.local.", properties={"node": "SH01", "chain": "x"}))
+        chain = init_chain(tmp_path / "chain")
+        Ledger.create(tmp_path / "SH01", "SH01", chain.name)
+        enrol(tmp_path / "chain", tmp_path / "SH01", "SH01")
+        node = Node(Config(tmp_path / "SH01", listen=("127.0.0.1", 0),
+                           api=("127.0.0.1", 0), mdns=True))
+        try:
+            await node.start()
+            assert node.sync_port
+        finally:
+            await node.stop()
+            await squatter.async_close()
+
+    asyncio.run(scenario())
