@@ -535,14 +535,19 @@ def init_node(args: argparse.Namespace, data_dir: Path) -> Result:
                 f"for good, revoke it first (crdtledger chain revoke --chain CHAIN_DIR --node "
                 f"{args.node})")
         before = set(data_dir.iterdir()) if data_dir.is_dir() else None
+        mode = data_dir.stat().st_mode & 0o7777 if before is not None else None
         try:
             Ledger.create(data_dir, args.node, chain.name, args.timezone)
             enrol(chain_dir, data_dir, args.node, head_office=args.head_office)
         except BaseException:
             # A refused enrolment (a chain copy without the CA's key, ...) leaves no
             # half-made node behind: the store alone would work as one without a
-            # certificate, and the directory would refuse the next `init`.
+            # certificate, and the directory would refuse the next `init`. A
+            # directory that was there gets its mode back (it was left 0700).
             _undo(data_dir, before)
+            if mode is not None:
+                with contextlib.suppress(OSError):
+                    data_dir.chmod(mode)
             raise
         name, how = chain.name, f" with a certificate of chain {chain.name} ({chain.short})"
         if args.head_office:

@@ -48,11 +48,14 @@ def test_an_enrolment_the_chain_copy_cannot_make_leaves_nothing(cli: Cli, tmp_pa
     for data, node in ((tmp_path / "n1", "SH05"), (tmp_path / "n2", "SH06")):
         if data.name == "n2":
             data.mkdir()
+            data.chmod(0o755)
             (data / "notes.txt").write_text("the owner's own file")
         r = cli("init", "--node", node, "--chain", copy, data=data)
         assert r.code == 1 and "ca.key" in r.err, r
         assert (sorted(p.name for p in data.iterdir()) if data.exists() else None) == (
             ["notes.txt"] if data.name == "n2" else None)
+        if data.name == "n2":  # and its mode as it was (it was left 0700)
+            assert data.stat().st_mode & 0o777 == 0o755
         r = cli("init", "--node", node, "--chain", chain, data=data)
         assert r.code == 0 and "with a certificate of chain acme" in r.out, r.err
 
