@@ -28,9 +28,9 @@ from crdtledger.hlc import HybridClock, id_time_ms, wall_ms
 from crdtledger.log import Head, Record, record_hash
 from crdtledger.model import (
     EDITS,
-    ENTRY_KINDS,
     EntryKind,
     InvalidRecord,
+    entry_kinds_text,
     ledger_doc,
     month_over_ms,
     normalise_entry,
@@ -102,7 +102,7 @@ class LedgerBase:
                 storage.conn.execute("INSERT OR REPLACE INTO meta VALUES ('points_lots', ?)",
                                      (lots.FOLD,))
             storage.meta["points_lots"] = lots.FOLD
-        kinds = ",".join(sorted(ENTRY_KINDS))
+        kinds = entry_kinds_text()
         if storage.meta.get("entry_kinds") != kinds:  # a build that knows other kinds
             with storage.transaction():
                 lots.settle(storage.conn, rejudge_quarantined(storage))

@@ -107,6 +107,13 @@ EntryKind = Literal[
 ]
 ENTRY_KINDS: frozenset[str] = frozenset(get_args(EntryKind))
 
+
+def entry_kinds_text() -> str:
+    """The entry kinds this build reads, as a store's meta `entry_kinds` keeps them: a
+    store opened by a build that reads others judges again what it set aside
+    (commit.LedgerBase, projection.rejudge_quarantined)."""
+    return ",".join(sorted(ENTRY_KINDS))
+
 # How something is paid (an entry's `pay`): from the member's purses, the fixed part
 # (a debit from stored value or a package's uses; a package sold from stored value),
 # or at the till by one of the chain's payment methods, the codes of the rule

@@ -680,7 +680,7 @@ class Storage:
                  # The entry kinds it was made to read (LedgerBase judges what it set
                  # aside again when another build opens it): set now, so that an
                  # open changes nothing.
-                 ("entry_kinds", ",".join(sorted(model.ENTRY_KINDS))),
+                 ("entry_kinds", model.entry_kinds_text()),
                  ("created_at", str(int(time.time())))],
             )
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

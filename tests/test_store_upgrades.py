@@ -107,13 +107,12 @@ def test_an_entry_of_a_kind_a_newer_release_writes_is_taken_once_upgraded(
     opened by a build that knows other kinds judges what it set aside again."""
     from helpers import FakeClock, new_ledger, sync
 
-    from crdtledger import commit, model
+    from crdtledger import model
 
     known, newer = model.ENTRY_KINDS, model.ENTRY_KINDS | {"award"}
 
     def build(kinds: frozenset[str]) -> None:  # which release runs (one process here)
         monkeypatch.setattr(model, "ENTRY_KINDS", kinds)
-        monkeypatch.setattr(commit, "ENTRY_KINDS", kinds)
 
     clock = FakeClock()
     a, b = new_ledger(tmp_path, "SH01", now_ms=clock), new_ledger(tmp_path, "SH02", now_ms=clock)
