@@ -333,6 +333,7 @@ def _member_table(ledger: Ledger, members: Mapping[str, str]) -> pa.Table:
     cols: dict[str, list[Any]] = {f.name: [] for f in MEMBERS}
     totals = {m: (int(s), int(t)) for m, s, t in ledger.storage.conn.execute(
         "SELECT member, spent, topped FROM totals")}
+    survivors = views.merge_targets(ledger.storage.conn)  # whose level is a group's
     for mid, home, day, body in ledger.storage.conn.execute(
             "SELECT id, home, day, body FROM members ORDER BY id"):
         p = json.loads(body)
@@ -348,8 +349,11 @@ def _member_table(ledger: Ledger, members: Mapping[str, str]) -> pa.Table:
         # Only the year of a full birthday (1990-05-17); a day without a year (05-17) none.
         cols["birth_year"].append(int(birthday[:4]) if len(birthday) == 10 else None)
         # The level its group reached (merged duplicates count together), as the
-        # ledger shows it; `spent` and `topped` are the member id's own.
-        cols["level"].append(None if p.get("erased") else views.level(ledger, mid)["name"])
+        # ledger shows it; `spent` and `topped` are the member id's own. A member in
+        # no merge (nearly all) is its own group: its totals, no more reads.
+        alone = not merged and mid not in survivors
+        cols["level"].append(None if p.get("erased") else views.level(
+            ledger, mid, p if alone else None, (spent, topped) if alone else None)["name"])
         cols["spent"].append(spent)
         cols["topped"].append(topped)
         cols["tags"].append(sorted(str(t) for t, on in tags.items() if on))

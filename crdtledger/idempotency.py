@@ -200,8 +200,8 @@ def done_before_restore(ledger: Ledger, operator: str, key: str, now_ms: int) ->
     a sale taken between the backup and the PC's end was sold again. Looked for only
     within a key's life after the restore (meta `keys_unknown_until`), among this
     node's entries of that last day."""
-    until = ledger.storage.meta.get("keys_unknown_until")
-    if not until or now_ms >= int(until):
+    until = ledger.storage.meta.get("keys_unknown_until", "")
+    if not until.isdigit() or now_ms >= int(until):  # none, or a store edited by hand
         return None
     row = ledger.storage.conn.execute(
         "SELECT id FROM entries WHERE id >= ? AND node = ? AND instr(body, ?) LIMIT 1",

@@ -91,7 +91,12 @@ def _conn(ledger: Ledger, queue: bool = False) -> sqlite3.Connection:
 
 def stop_queue(ledger: Ledger) -> None:
     """No notifier at this node: no debit is queued for one, and a notifier started
-    later takes up the debits from then on (its first look reads none from before)."""
+    later takes up the debits from then on (its first look reads none from before).
+    A store that never had a notifier is not touched: its outbox is made only once
+    it is used."""
+    if ledger.storage.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'trigger' "
+                                   "AND name = 'outbox_debit_arrived'").fetchone() is None:
+        return
     conn = _conn(ledger)
     conn.execute("DROP TRIGGER IF EXISTS outbox_debit_arrived")
     conn.execute("DELETE FROM outbox_debits")

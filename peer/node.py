@@ -107,7 +107,8 @@ class _Site(web.TCPSite):
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
         server = self._runner.server
-        assert server is not None
+        if server is None:  # the runner's setup() makes it; a site before that is a bug
+            raise LocalProtocolError("the site was started before its runner was set up")
         self._server = await asyncio.get_running_loop().create_server(
             server, self._host, self._port, ssl=self._ssl_context,
             ssl_handshake_timeout=HANDSHAKE_S if self._ssl_context else None,
