@@ -518,6 +518,14 @@ class NodeCore:
             return []  # replaced or no longer wanted
         del self._timers[key]
         self._tick(now)
+        # A pass that writes (write-offs, bookings decided, referral rewards, rights
+        # moved) judges its day by the instant its entries carry, as an operation does
+        # (operations.run): a day turning inside it booked an entry on one day that
+        # was judged on the other.
+        with self.ledger.clock.pinned():
+            return self._fired(key, now)
+
+    def _fired(self, key: TimerKey, now: float) -> list[Effect]:
         kind = key[0]
         if kind == "ae":
             self._timer(("ae",), self.anti_entropy_s)

@@ -23,6 +23,7 @@ from crdtledger.errors import (
     RightsElsewhere,
     WrongPin,
 )
+from crdtledger.hlc import id_time_ms
 from crdtledger.ledger import Ledger
 from crdtledger.sync import SyncSession
 
@@ -138,6 +139,38 @@ def test_the_node_core_runs_housekeeping_after_start_and_once_a_day(tmp_path: Pa
         assert not any(isinstance(e, SetTimer) and e.key == ("housekeeping-step",)
                        for e in effects)
         assert a.balance(m)["points"] == 10
+    finally:
+        a.close()
+
+
+def test_a_timer_pass_is_judged_at_one_instant(tmp_path: Path) -> None:
+    """A daily pass, like an operation (operations.run), keeps one instant while it
+    runs (`HybridClock.pinned`): with time passing as it ran, a write-off was judged
+    on one day and booked by an id of the next."""
+    a, m, clock = earn_expiring_points(tmp_path)
+    seen: list[int] = []
+
+    class Watched(NodeCore):
+        def _housekeeping_step(self) -> None:
+            seen.append(self.ledger.clock.wall())
+            clock.ms += 1  # time passes inside the step
+            super()._housekeeping_step()
+            seen.append(self.ledger.clock.wall())
+
+    try:
+        clock.advance_days(40)
+        core = Watched(a)
+        effects = core.start(0.0)
+        timer = next(e for e in effects if isinstance(e, SetTimer) and e.key == ("housekeeping",))
+        effects = core.fire(timer.key, timer.token, timer.delay)
+        while step := next((e for e in effects if isinstance(e, SetTimer)
+                            and e.key == ("housekeeping-step",)), None):
+            effects = core.fire(step.key, step.token, timer.delay)
+        assert a.balance(m)["points"] == 0
+        expiry = next(e for e in a.history(m) if e["kind"] == "expiry")
+        assert len(seen) >= 4 and all(seen[i] == seen[i + 1] for i in range(0, len(seen), 2))
+        assert id_time_ms(expiry["id"]) in seen[::2]  # booked at the instant it was judged
+        assert a.clock.wall() == clock.ms  # the pin ends with the pass
     finally:
         a.close()
 
