@@ -163,9 +163,22 @@ def _credentials_changed(operators: frozenset[str]) -> None:
 def _credentials(body: Mapping[str, Any]) -> str:
     """What a session depends on in an operator's record: the password hash (a new
     salt each time it is set, so even the same password set again counts as a
-    change) and whether the operator is active. Roles are read on every request."""
+    change), whether the operator is active, and every deactivation noted (model.EDITS):
+    a cashier fired and later taken back found the till he had left open signed in
+    again, the digest being what it was before. Roles are read on every request."""
     active = bool(body.get("active", True))
-    return hashlib.sha256(f"{active}:{body.get('password', '')}".encode()).hexdigest()
+    edits = body.get(EDITS)
+    ended = sorted(str(change) for change, note in
+                   (edits.items() if isinstance(edits, dict) else ())
+                   if isinstance(note, dict) and isinstance(note.get("fields"), list)
+                   and "active=false" in note["fields"])
+    return hashlib.sha256(json.dumps([active, str(body.get("password", "")), ended])
+                          .encode()).hexdigest()
+
+
+# The names the audit trail and the counter show for the built-in operators
+# (reference_app.shop.Shop.operator_name), casefolded.
+_BUILTIN_NAMES = frozenset({"店主", "owner", "会员自助", "member self-service"})
 
 
 class Auth(LedgerBase):
@@ -225,8 +238,13 @@ class Auth(LedgerBase):
         data = json.loads(row[0])
         if not data.get("active", True):
             return frozenset()
+        return self._granted(data)
+
+    def _granted(self, data: Mapping[str, Any]) -> frozenset[str]:
+        """What an operator's roles grant, active or not."""
         perms: set[str] = set()
-        for role, on in (data.get("roles") or {}).items():
+        roles = data.get("roles")
+        for role, on in (roles.items() if isinstance(roles, dict) else ()):
             if on:
                 perms |= self._role_permissions(role)
         return frozenset(perms)
@@ -334,6 +352,12 @@ class Auth(LedgerBase):
                      roles: Iterable[str] = ("cashier",)) -> str:
         self.authorise(operator, "operators.manage")
         name = check_text(name, "operator name", required=True, limit=40)
+        if name.casefold().startswith(("owner@", "self@")) or name.casefold() in _BUILTIN_NAMES:
+            # The audit trail and the counter show the built-in operators so: a cashier
+            # so named read, in the trail, as the owner at the console.
+            raise InvalidInput(f"operator name {name!r} is how the built-in operators "
+                               "(the owner at the console, member self-service) are shown: "
+                               "choose another")
         if not isinstance(password, str) or len(password) < 6:
             raise InvalidInput("password must have at least 6 characters")
         if self._operator_by_name(name) is not None:
@@ -364,9 +388,13 @@ class Auth(LedgerBase):
             if on:
                 self._may_grant(operator, self._role_permissions(r), f"role {r}")
         if target != operator:
-            # Nor take over one who holds more (a new password, then its approvals).
-            self._may_grant(operator, self.permissions(target), f"operator {target}'s "
-                            "account a change")
+            # Nor take over one who holds more (a new password, then its approvals),
+            # active or not: a retired owner given a new password and made active again
+            # by one who manages operators only was an owner account in her hands.
+            row = self.storage.conn.execute(
+                "SELECT body FROM operators WHERE id = ?", (target,)).fetchone()
+            self._may_grant(operator, self._granted(json.loads(row[0])),
+                            f"operator {target}'s account a change")
         if password is not None and (not isinstance(password, str) or len(password) < 6):
             raise InvalidInput("password must have at least 6 characters")
         pw = hash_secret(password) if password is not None else None
@@ -395,6 +423,16 @@ class Auth(LedgerBase):
             raise InvalidInput(f"unknown permissions {sorted(unknown)}")
         name = check_text(name, "role name", required=True, limit=40)
         self._may_grant(operator, perms, f"role {name}")
+        # Nor take from a role what one does not hold: redefining `owner` as
+        # `operators.manage` alone, by one who holds only that, stripped every owner
+        # of the chain and left their accounts within her reach.
+        self._may_grant(operator, self._role_permissions(name), f"role {name} a change")
+        for oid, body in self.storage.conn.execute("SELECT id, body FROM operators"):
+            data = json.loads(body)
+            roles = data.get("roles")
+            if oid != operator and isinstance(roles, dict) and roles.get(name):
+                self._may_grant(operator, self._granted(data),
+                                f"role {name}, held by operator {oid}, a change")
         roles = self.storage.doc("operators").roots["roles"]
         exists = name in roles
         change = self.clock.mint()

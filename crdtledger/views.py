@@ -509,8 +509,14 @@ def active_branches(ledger: Ledger, day: str) -> set[str]:
         f"SELECT DISTINCT node FROM entries WHERE {where} AND kind NOT IN ('technician', "
         "'booking', 'booking_decision', 'booking_cancel')", args)}
     out |= {str(n) for (n,) in conn.execute(
-        "SELECT DISTINCT home FROM members WHERE day = ?", (day,))}
+        f"SELECT DISTINCT {_REGISTERED_AT} FROM members WHERE day = ?", (day,))}
     return out
+
+
+# The branch a member registered at: the node of its id (hlc.id_node, '<13 chars>.<node>'),
+# fixed for good. Not `home`, which a later edit moves: a closed month's report then
+# counted the member at the branch she moved to.
+_REGISTERED_AT = "substr(id, 15)"
 
 
 def topups(ledger: Ledger, start: str, end: str) -> list[TopupRow]:
@@ -878,7 +884,7 @@ def daily_report(ledger: Ledger, day: str, node: str | None = None) -> dict[str,
             "GROUP BY kind", args)
     }
     margs = [day, node] if node else [day]
-    mwhere = "day = ?" + (" AND home = ?" if node else "")
+    mwhere = "day = ?" + (f" AND {_REGISTERED_AT} = ?" if node else "")
     (new_members,) = conn.execute(f"SELECT COUNT(*) FROM members WHERE {mwhere}",
                                   margs).fetchone()
     cards = sums.get("card", (0, 0, 0))

@@ -449,6 +449,8 @@ class Counter:
         rendered and sent in a worker thread with a short timeout, so a printer that
         is off delays nothing; the bar says whether it printed and offers Reprint."""
         done: receipts.Printed | None
+        if reprint and not self.on_duty():  # a tab left open prints nobody's receipt
+            return
         try:
             done = await receipts.print_entry(self.shop.ledger, entry_id, reprint=reprint)
         except LedgerError as e:  # e.g. an entry this branch does not hold

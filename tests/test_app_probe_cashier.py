@@ -149,6 +149,19 @@ async def test_a_password_reset_ends_the_counter_session(counter_app: CounterApp
     await app.user.should_not_see(marker="search", retries=1)
 
 
+async def test_a_cashier_fired_and_taken_back_signs_in_again(counter_app: CounterApp) -> None:
+    """A session rests on the operator's password and active flag: a cashier deactivated
+    and later made active again found the till he had left open signed in, the digest
+    being what it was before. A deactivation ends it for good."""
+    app = counter_app
+    await app.login(*CASHIER)
+    app.ledger.set_operator(app.node_owner, app.cashier_id, active=False)
+    app.ledger.set_operator(app.node_owner, app.cashier_id, active=True)
+    await app.user.open("/")
+    await app.user.should_see(marker="login")
+    await app.user.should_not_see(marker="search", retries=1)
+
+
 async def test_a_counter_tab_left_open_after_logging_out_sells_nothing(
         counter_app: CounterApp) -> None:
     app = counter_app

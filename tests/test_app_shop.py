@@ -322,6 +322,27 @@ async def test_a_walk_in_sale_prints_a_receipt_without_a_member(
     assert "储值余额" not in text and "积分" not in text, text  # nobody's purses
 
 
+async def test_a_tab_left_open_after_logging_out_reprints_nothing(
+        counter_app: CounterApp, paper: PrinterListener) -> None:
+    """The bar's Reprint after a sale printed the member's balances again from a tab
+    whose operator had logged out in another."""
+    from test_app_probe_cashier import log_out_in_another_tab
+
+    app = counter_app
+    member_with_card(app, cash=50000)
+    save_config(app.data_dir, PrinterConfig(host="127.0.0.1", port=paper.port))
+    await app.login(*CASHIER)
+    await swipe(app)
+    app.user.find(marker="consume").click()
+    app.user.find(marker="consume-ok").click()
+    await app.user.should_see(marker="receipt-printed", retries=SETTLE)
+    await printed(paper, 1)
+    await log_out_in_another_tab(app)
+    app.user.find(marker="reprint").click()  # in the visits listed, still on the page
+    await app.user.should_see(marker="login")
+    assert len(await asyncio.to_thread(paper.wait, 2, 1.0)) == 1
+
+
 async def test_a_goods_gift_for_points_comes_out_of_the_stock(counter_app: CounterApp) -> None:
     app = counter_app
     mid = member_with_card(app, cash=50000)

@@ -27,7 +27,7 @@ from helpers import (
     sync,
 )
 
-from crdtledger import storage, views
+from crdtledger import operations, storage, views
 from crdtledger.backups import write_backup
 from crdtledger.errors import (
     ApprovalRequired,
@@ -706,6 +706,40 @@ def test_managing_operators_gives_nobody_more_than_one_holds(a: Ledger) -> None:
     a.set_operator(o, hr, roles={"manager": True})  # the owner gives what it holds
 
 
+def test_managing_operators_takes_over_no_retired_owner_and_strips_no_role(a: Ledger) -> None:
+    """One who manages operators only reset a retired (deactivated) owner's password and
+    made him active again, then signed in as an owner; she also redefined the built-in
+    `owner` and `manager` roles down to what she holds, stripping every owner and
+    manager of the chain and leaving their accounts within her reach."""
+    o = a.owner
+    a.define_role(o, "hr", ["operators.manage"])
+    hr = a.add_operator(o, "hannah", "secret1", roles=["hr"])
+    old = a.add_operator(o, "oldboss", "bosspass", roles=["owner"])
+    boss = a.add_operator(o, "boss", "bosspass", roles=["owner"])
+    a.define_role(o, "tills", ["debit"])
+    a.add_operator(o, "tina", "secret4", roles=["tills", "manager"])
+    a.set_operator(o, old, active=False)
+    m = member(a)
+    for attempt in (lambda: a.set_operator(hr, old, password="taken-over", active=True),
+                    lambda: a.set_operator(hr, old, active=True),
+                    lambda: a.define_role(hr, "owner", ["operators.manage"]),
+                    lambda: a.define_role(hr, "manager", []),
+                    # within what she holds, but tina (a manager too) holds more
+                    lambda: a.define_role(hr, "tills", [])):
+        refused(a, [m], PermissionDenied, attempt)
+    assert len(a.permissions(boss)) == len(a.permissions(o))
+    a.define_role(hr, "hr", ["operators.manage"])  # her own role, as it was: hers to set
+    a.set_operator(o, old, active=True)  # the owner may
+
+
+def test_no_operator_is_named_as_a_built_in_one_is_shown(a: Ledger) -> None:
+    """A cashier named `owner@SH01` (or 店主) read in the audit trail as the owner at
+    the console."""
+    m = member(a)
+    for name in ("owner@SH01", "Owner@HQ", "self@SH01", "店主", "owner", "会员自助"):
+        refused(a, [m], InvalidInput, lambda n=name: a.add_operator(a.owner, n, "secret1"))
+
+
 BAD_RULES: list[tuple[str, Any]] = [
     ("promotions", [{"min": 0, "bonus": 5}]),
     ("promotions", {"min": 5}),
@@ -970,6 +1004,20 @@ def test_daily_report(a: Ledger) -> None:
     assert rep["cards_sold"] == 2 and rep["card_sales"] == 1000 + 50000
     assert views.daily_report(a, a.today(), node="SH09")["sales"] == 0
     assert views.daily_report(a, "2000-01-01")["new_members"] == 0
+
+
+def test_a_day_counts_a_new_member_where_she_registered_for_good(a: Ledger) -> None:
+    """The day's new members were counted by the member's current home: once her home
+    was edited (she moved to another shop), a closed month's report counted her there,
+    and that branch got a row for a day it did nothing."""
+    name_branches(a, "SH01", "SH02")
+    m = member(a)
+    day = a.today()
+    before = views.daily_report(a, day, node="SH01")["new_members"]
+    operations.run(a, a.owner, "member.edit", {"member": m, "home": "SH02"})
+    assert before == views.daily_report(a, day, node="SH01")["new_members"] == 1
+    assert views.daily_report(a, day, node="SH02")["new_members"] == 0
+    assert "SH02" not in views.active_branches(a, day)
 
 
 def test_settlement_pairs_net_and_sum_to_zero(a: Ledger, b: Ledger, tmp_path: Path) -> None:
