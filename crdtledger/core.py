@@ -286,7 +286,6 @@ class _Op:
     run: Callable[[], Any]
     name: str | None
     deadline: float
-    refusal: RightsElsewhere | None = None
     wait: _Wait | None = None
     started: float | None = None  # first fetch
 
@@ -617,13 +616,12 @@ class NodeCore:
 
     # --- operations -------------------------------------------------------------
 
-    def _step(self, op: _Op, now: float) -> None:
+    def _step(self, op: _Op, now: float, *, ask: bool = True) -> None:
         try:
             result = op.run()
         except RightsElsewhere as refusal:
-            op.refusal = refusal
             fetch = escrow.RightsFetch(refusal, self.node, self.connected())
-            if now >= op.deadline or not fetch.possible:
+            if now >= op.deadline or not fetch.possible or not ask:
                 self._finish(op, None, refusal, now)
                 return
             op.started = op.started if op.started is not None else now
@@ -642,17 +640,17 @@ class NodeCore:
         self._finish(op, result, None, now)
 
     def _fetched(self, op: _Op, now: float) -> None:
-        """The wait is over (all answered, enough received, or the deadline): retry,
-        unless nothing came, which stands by the refusal."""
+        """The wait is over (all answered, enough received, or the deadline): retry.
+        When nothing came it is judged once more, asking nobody again: other
+        operations may have changed the store meanwhile (rights came in for another
+        till's sale that was then refused, the member left, an exit was approved by
+        another), and refusing with the figures from before the wait told a cashier
+        to wait for a branch that held nothing, about a sale this one could serve."""
         wait, op.wait = op.wait, None
         self._timers.pop(("op", op.id), None)
         if wait is not None:
             self._forget(wait)
-        if wait is None or wait.fetch.received <= 0:
-            # What refused it before the wait (there is always one: a wait follows it).
-            self._finish(op, None, op.refusal or LocalProtocolError("no refusal"), now)
-        else:
-            self._step(op, now)
+        self._step(op, now, ask=wait is not None and wait.fetch.received > 0)
 
     def _finish(self, op: _Op, result: Any, error: Exception | None, now: float) -> None:
         self._ops.pop(op.id, None)

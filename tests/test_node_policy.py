@@ -113,6 +113,40 @@ def test_the_rebalancer_moves_nothing_back_to_a_shop_that_handed_its_rights_over
     asyncio.run(scenario())
 
 
+def test_a_sale_answered_nothing_is_judged_again_as_the_store_now_stands(
+        tmp_path: Path) -> None:
+    """SH01 holds nothing of the member, SH02 all 50.00. At SH01 two tills wait for it
+    at once: the first asks for all of it and is then refused for its own reason (its
+    card reported lost meanwhile, here a refusal of its own) with the 50.00 now at
+    SH01; SH02 has answered the second with nothing. The second was refused with the
+    figures from before its wait ("held at SH02 (50.00)"), by a branch that held the
+    money, and taken at once when sent again."""
+    from crdtledger.errors import InvalidInput
+
+    async def scenario() -> None:
+        async with pair(tmp_path) as (a, b):
+            mid = await member_at(b, a, 5000)
+            runs = {"n": 0}
+
+            def whole() -> Any:
+                runs["n"] += 1
+                if runs["n"] > 1:  # the rights came: refused for another reason now
+                    raise InvalidInput("card reported lost meanwhile")
+                return a.ledger.debit(a.ledger.owner, mid, amount=5000)
+
+            first = asyncio.ensure_future(a.perform(whole))
+            await asyncio.sleep(0)  # asked first, so answered first
+            second = asyncio.ensure_future(
+                a.perform(lambda: a.ledger.debit(a.ledger.owner, mid, amount=500)))
+            with pytest.raises(InvalidInput):
+                await first
+            done = await second
+            assert done["amount"] == 500
+            assert a.ledger.balance(mid)["cash"] == 4500
+
+    asyncio.run(scenario())
+
+
 def test_a_debit_waits_no_longer_than_the_deadline_for_a_silent_holder(
         tmp_path: Path) -> None:
     async def scenario() -> None:
