@@ -134,10 +134,23 @@ class Cards(Members):
         self.pins.succeeded(key, client)
         return card
 
+    def _card_held(self, card_no: str, member: str | None) -> dict[str, Any]:
+        """The card a loss report, a return or a replacement is about: where two
+        branches issued the number to two members while apart, only the member named
+        says which. The newest was taken: X's stolen card reported lost marked Y's,
+        and X's replacement was written as Y's card, with Y's money behind it."""
+        card, holders = self._card(card_no, member)
+        if member is None and len(holders) > 1:
+            raise InvalidInput(
+                f"card {card['card_no']} was issued to {len(holders)} members "
+                f"({', '.join(holders)}) by branches while they were apart: name whose "
+                "card this is (--member MEMBER)")
+        return card
+
     def _card_event(self, operator: str, permission: str, card_no: str, status: CardStatus,
-                    allowed_from: tuple[CardStatus, ...], note: str = "") -> str:
+                    allowed_from: tuple[CardStatus, ...], member: str | None) -> str:
         self.authorise(operator, permission)
-        card = self.card(card_no)
+        card = self._card_held(card_no, member)
         if card["status"] not in allowed_from:
             raise InvalidInput(f"card {card_no} is {card['status']}; cannot mark it {status}")
         if status in ("lost", "active") and self._card_events(card["id"]) >= CARD_EVENTS_WRITABLE:
@@ -146,7 +159,7 @@ class Cards(Members):
             raise InvalidInput(f"card {card_no} has been reported lost and found too often "
                                f"({CARD_EVENTS_WRITABLE} changes); replace it (补卡) instead")
         eid = self.clock.mint()
-        self._write(self._card_status(card, (eid, status, note, operator)))
+        self._write(self._card_status(card, (eid, status, "", operator)))
         return str(card["id"])
 
     def _card_events(self, card_id: str) -> int:
@@ -171,14 +184,15 @@ class Cards(Members):
 
         return Write(member_doc(str(card["member"])), "cards", cid, append)
 
-    def report_lost(self, operator: str, card_no: str) -> str:
-        return self._card_event(operator, "card.lost", card_no, "lost", ("active",))
+    def report_lost(self, operator: str, card_no: str, member: str | None = None) -> str:
+        return self._card_event(operator, "card.lost", card_no, "lost", ("active",), member)
 
-    def report_found(self, operator: str, card_no: str) -> str:
-        return self._card_event(operator, "card.lost", card_no, "active", ("lost",))
+    def report_found(self, operator: str, card_no: str, member: str | None = None) -> str:
+        return self._card_event(operator, "card.lost", card_no, "active", ("lost",), member)
 
-    def return_card(self, operator: str, card_no: str) -> str:
-        return self._card_event(operator, "card.return", card_no, "returned", ("active", "lost"))
+    def return_card(self, operator: str, card_no: str, member: str | None = None) -> str:
+        return self._card_event(operator, "card.return", card_no, "returned",
+                                ("active", "lost"), member)
 
     def replace_card(self, operator: str, old_no: str, new_no: str, *,
                      pin: str | None = None, member: str | None = None) -> str:
@@ -187,7 +201,7 @@ class Cards(Members):
         member and stay). `pin` gives the new card a new PIN instead of the old one;
         `member`: whose card, where two branches issued one number to two members."""
         self.authorise(operator, "card.replace")
-        old = self.card(old_no, member)
+        old = self._card_held(old_no, member)
         if old["status"] not in ("active", "lost"):
             raise InvalidInput(f"card {old_no} is {old['status']}; cannot replace it")
         new_no = check_card_no(new_no)

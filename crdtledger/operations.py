@@ -825,6 +825,10 @@ def card_show(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return ledger.card(p["card_no"])
 
 
+# Whose card: needed where two branches issued one number to two members while apart.
+CARD_HOLDER = Param("member", MEMBER_ID, help="whose card, where two branches issued the "
+                    "number to two members while apart")
+
 # 挂失 / 取消挂失 / 退卡: one Ledger method each, the same shape.
 for _event, _method, _permission, _summary, _outcome, _next in (
     ("lost", "report_lost", "card.lost", "Report a card lost (挂失)", "reported lost",
@@ -834,11 +838,11 @@ for _event, _method, _permission, _summary, _outcome, _next in (
 ):
     def _card_event(ledger: Ledger, operator: str, p: Params, method: str = _method
                     ) -> dict[str, Any]:
-        getattr(ledger, method)(operator, p["card_no"])
-        return ledger.card(p["card_no"])
+        getattr(ledger, method)(operator, p["card_no"], p.get("member"))
+        return ledger.card(p["card_no"], p.get("member"))
 
     operation(f"card.{_event}", _summary, permission=_permission,
-              http=f"POST /cards/{{card_no}}/{_event}", params=(CARD_NUMBER,),
+              http=f"POST /cards/{{card_no}}/{_event}", params=(CARD_NUMBER, CARD_HOLDER),
               result=CARD_VIEW, show=_says("card {card_no} " + _outcome),
               links={n: SAME_CARD for n in _next})(_card_event)
 
@@ -849,9 +853,7 @@ for _event, _method, _permission, _summary, _outcome, _next in (
                    Param("new_no", CARD, required=True, flag="--new", help="the new card"),
                    Param("pin", CARD_PIN,
                          help="a new PIN for the new card (else the old card's PIN is kept)"),
-                   Param("member", MEMBER_ID,
-                         help="whose card, where two branches issued the number to two "
-                              "members while apart")),
+                   CARD_HOLDER),
            show=lambda ledger, card, p: f"card {p['card_no'].upper()} replaced by "
            f"{card['card_no']} [{card['id']}]\n{show_balance(ledger.balance(card['member']))}")
 def card_replace(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:

@@ -770,13 +770,21 @@ def _components(succ: list[list[int]]) -> list[int]:
     return comp
 
 
+# Statuses a card never leaves: replaced (补卡) and returned (退卡).
+_FINAL: tuple[CardStatus, ...] = ("replaced", "returned")
+
+
 def _card_status(events: list[Any]) -> CardStatus:
-    """The status of the frontier (card_frontier); among concurrent events there, the
-    larger id (its writer's clock, then its node) wins, the same on every replica."""
+    """The status of the frontier (card_frontier); among concurrent events there, a
+    final one (replaced, returned) wins, then the larger id (its writer's clock, then
+    its node), the same on every replica. By id alone, a branch cut off that marked a
+    lost card found a little after another replaced it brought the old card (a
+    thief's) back beside the new one, for good."""
     frontier = card_frontier(events)
     if not frontier:
         return "active"
-    status: CardStatus = frontier[-1][1]
+    final = [e for e in frontier if e[1] in _FINAL]
+    status: CardStatus = (final or frontier)[-1][1]
     return status
 
 

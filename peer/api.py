@@ -762,6 +762,12 @@ async def _read_body(request: web.Request, limit: int, what: str) -> bytes:
         parts.append(part)
 
 
+def _body_required(r: Route) -> bool:
+    """Whether a route's JSON body must be sent: not when every field is optional (a
+    card's loss report names its member only where two members hold the number)."""
+    return r.body is None or bool(r.body.get("required"))
+
+
 async def _json_body(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type",
@@ -796,7 +802,9 @@ def _endpoint(r: Route, host: ApiHost, sessions: Sessions, keys: IdempotencyKeys
         params |= {n: _query_value(n, raw, p) for n, p in r.query.items()
                    if (raw := request.query.get(n)) is not None}
         sent: dict[str, Any] | None = None  # the JSON body, for a key's fingerprint
-        if r.body is not None:
+        if r.body is not None and not request.body_exists and not _body_required(r):
+            body = sent = {}  # every field optional: no body is an empty one
+        elif r.body is not None:
             body = sent = await _json_body(request)
             if r.handler is login:
                 check(body, r.body, "")  # an operation checks its own parameters
@@ -910,7 +918,7 @@ def _operation(r: Route) -> dict[str, Any]:
     if params:
         op["parameters"] = params
     if r.body is not None:
-        op["requestBody"] = {"required": True,
+        op["requestBody"] = {"required": _body_required(r),
                              "content": {"application/json": {"schema": r.body}}}
     if r.binary_body:
         op["requestBody"] = {"required": True,

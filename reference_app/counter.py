@@ -1123,7 +1123,8 @@ class Counter:
                 ui.button(tr("关闭", "Close"), on_click=d.close).props("flat")
                 if status == "active" and can("card.lost"):
                     async def lost() -> None:
-                        if await self.act(self.shop.operation(self.op, "card.lost", card_no=no),
+                        if await self.act(self.shop.operation(self.op, "card.lost", card_no=no,
+                                                              member=member),
                                           "card", lambda _r: tr("已挂失", "Reported lost"),
                                           error) is not None:
                             d.close()
@@ -1133,7 +1134,7 @@ class Counter:
                 if status == "lost" and can("card.lost"):
                     async def found() -> None:
                         if await self.act(self.shop.operation(self.op, "card.found",
-                                                              card_no=no),
+                                                              card_no=no, member=member),
                                           "card", lambda _r: tr("已解除挂失", "Loss cancelled"),
                                           error) is not None:
                             d.close()
@@ -1144,7 +1145,8 @@ class Counter:
                         number = (new_no.value or "").strip()
                         if await self.act(
                                 self.shop.operation(self.op, "card.replace", card_no=no,
-                                                    new_no=number, pin=new_pin.value or None),
+                                                    new_no=number, pin=new_pin.value or None,
+                                                    member=member),
                                 "card", lambda _r: tr("已补卡 {no}", "Replaced by {no}",
                                                       no=number.upper()), error) is not None:
                             d.close()

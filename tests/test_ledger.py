@@ -528,6 +528,53 @@ def test_one_card_number_issued_by_two_branches_apart_pays_for_nobody(
     assert (a.balance(m1)["cash"], a.balance(m2)["cash"]) == (4900, 4800)
 
 
+def test_a_number_two_members_hold_is_reported_lost_or_replaced_only_for_the_one_named(
+        a: Ledger, b: Ledger) -> None:
+    """The same number issued to X at SH01 and to Y at SH02 while apart. X's card is
+    stolen: reported lost without a member, the newest card was marked lost (Y's), and
+    replaced without one, the new card was written as Y's, with Y's money behind it.
+    Without a member both are refused now; with one, they are that member's card."""
+    x = member(a)
+    a.topup(a.owner, x, 40000)
+    y = b.add_member(b.owner, name="李四", phone="13900000000")
+    b.topup(b.owner, y, 80000)
+    a.issue_card(a.owner, x, "DUP9")
+    b.issue_card(b.owner, y, "DUP9")
+    sync(a, b)
+    for attempt in (lambda: a.report_lost(a.owner, "DUP9"),
+                    lambda: a.return_card(a.owner, "DUP9"),
+                    lambda: a.replace_card(a.owner, "DUP9", "XNEW")):
+        err = refused(a, [x, y], InvalidInput, attempt)
+        assert x in str(err) and y in str(err) and "--member" in str(err)
+    done = operations.run(a, a.owner, "card.lost", {"card_no": "DUP9", "member": x})
+    assert (done["member"], done["status"]) == (x, "lost")
+    assert a.card("DUP9", y)["status"] == "active"
+    a.replace_card(a.owner, "DUP9", "XNEW", member=x)
+    assert a.card("XNEW")["member"] == x
+    assert a.use_card("DUP9")["member"] == y  # the number is Y's alone now
+
+
+def test_a_replaced_card_stays_replaced_whatever_a_branch_apart_marks_it(
+        a: Ledger, b: Ledger) -> None:
+    """OLD1 reported lost everywhere; then, apart, SH01 replaces it and SH02 (a little
+    later by the clock) marks it found. The later event won: OLD1 was active again
+    beside NEW1, for good, and the thief paid with it. A replacement or a return is
+    final."""
+    x = member(a)
+    a.topup(a.owner, x, 50000)
+    a.issue_card(a.owner, x, "OLD1")
+    a.report_lost(a.owner, "OLD1")
+    sync(a, b)
+    a.replace_card(a.owner, "OLD1", "NEW1")
+    b.report_found(b.owner, "OLD1")
+    sync(a, b)
+    for ledger in (a, b):
+        assert ledger.card("OLD1")["status"] == "replaced"
+        assert ledger.card("NEW1")["status"] == "active"
+        refused(ledger, [x], CardInactive,
+                lambda ledger=ledger: ledger.debit(ledger.owner, card="OLD1", amount=100))
+
+
 def test_card_number_is_case_insensitive(a: Ledger) -> None:
     """Regression: issue_card stored 'c-7' as 'C-7', then 'c-7' was an unknown card."""
     o = a.owner

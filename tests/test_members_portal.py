@@ -353,6 +353,20 @@ async def test_a_lost_card_is_refused(portal_app: PortalApp) -> None:
     await app.user.should_not_see(marker="member-name")
 
 
+async def test_a_sign_in_by_card_ends_when_the_card_is_reported_lost(
+        portal_app: PortalApp) -> None:
+    """A thief signed in with a stolen card and its PIN kept the member's pages (and
+    booked in the member's name) for the sign-in's two hours after the card was
+    reported lost and replaced. A sign-in by phone code is not tied to a card."""
+    app = portal_app
+    await app.card_sign_in(CARD_A, PIN)
+    await app.user.should_see(marker="member-name")
+    app.ledger.report_lost(owner_of("SH01"), CARD_A)
+    await app.user.open("/m")
+    await app.user.should_see(marker="card")  # the sign-in form again
+    await app.user.should_not_see(marker="member-name", retries=1)
+
+
 async def test_points_with_expiry_packages_and_history(portal_app: PortalApp) -> None:
     app = portal_app
     owner = owner_of("SH01")
