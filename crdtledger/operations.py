@@ -110,7 +110,7 @@ SIGNED_TEXT = text(16, pattern=f"^[+-]?{_DIGITS}$", **{"x-error": "invalid_amoun
 # broadcast's text) may break lines and hold tabs, and nothing else of the kind: a NUL
 # ends a string early in C code that shows it.
 ONE_LINE = f"^[^{LINE_BREAKS}]*$"
-FREE_TEXT = "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]*$"
+FREE_TEXT = "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f]*$"
 
 
 def line(limit: int = 200, what: str = "", **more: Any) -> Schema:

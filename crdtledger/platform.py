@@ -164,7 +164,22 @@ _PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.
              logging.DEBUG: 7}
 
 
-class _JournalPrefix(logging.Formatter):
+# What would end a log line or steer a terminal, shown escaped: text a peer chose (a
+# liar's node id with line breaks in it) made lines of its own in the journal, read
+# by the owner as the node's ("clock: ... run sudo date -s @0").
+_UNSEEN = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7f, *range(0x80, 0xa0)) if c != 0x09}
+_UNSEEN |= {0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+class _OneLine(logging.Formatter):
+    """A message is one line whatever it quotes; a traceback keeps its lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = record.message.translate(_UNSEEN)
+        return super().formatMessage(record)
+
+
+class _JournalPrefix(_OneLine):
     def format(self, record: logging.LogRecord) -> str:
         priority = _PRIORITY.get(record.levelno, 6)
         # One entry per line: a multi-line message (a traceback) keeps its priority.
@@ -181,7 +196,7 @@ def setup_logging(level: int = logging.INFO) -> None:
     if os.environ.get("JOURNAL_STREAM"):
         handler.setFormatter(_JournalPrefix("%(name)s: %(message)s"))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(_OneLine("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -814,6 +814,12 @@ def record_change(conn: sqlite3.Connection, doc: str, root: str, key: str, value
                 raise InvalidRecord(f"member {key} belongs in {member_doc(key)}")
             if "erased" in data and not erased(data):
                 del data["erased"]  # a flag set in place: no erasure (model.erased)
+            into = data.get("merged_into")
+            if into is not None and not (isinstance(into, str) and ID.match(into)):
+                # A liar's list or number: no merge. Read in SQL as the JSON text
+                # '["x"]', it made a group of its own, whose points lots the member's
+                # next edit inserted a second time (a 500 for every edit of her).
+                del data["merged_into"]
             for sub in MEMBER_MAPS:  # what every reader takes for a map (prefs.items())
                 if sub in data and not isinstance(data[sub], dict):
                     data[sub] = {}

@@ -350,6 +350,11 @@ async def refusals(request: web.Request,
         if "Allow" in e.headers:
             response.headers["Allow"] = e.headers["Allow"]
         return response
+    except Exception:  # a fault of ours: JSON as every answer, not aiohttp's page
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, "internal_error",
+                      "this branch failed to answer (a fault, written to its log): look "
+                      "at the member or the entry before trying again")
 
 
 def _dumps(data: Any) -> str:

@@ -464,12 +464,21 @@ def build_parser() -> argparse.ArgumentParser:
 def emit(args: argparse.Namespace, result: Result) -> None:
     cmd = getattr(args, "cmd", None)
     if getattr(args, "csv", False) and isinstance(cmd, Operation) and cmd.table is not None:
-        sys.stdout.write(csv_text(cmd.table(result.data)))
+        # Names and reasons come from other branches' records too: a liar's ESC [2J
+        # cleared the owner's terminal through `audit --csv`.
+        sys.stdout.write(printable(csv_text(cmd.table(result.data))))
     elif getattr(args, "json", False):
-        print(json.dumps(result.data, ensure_ascii=False, sort_keys=True))
+        print(_json_text(result.data))
     elif result.text:
         # Names and notes come from other branches' records too: shown, never obeyed.
         print(printable(result.text))
+
+
+def _json_text(data: Any) -> str:
+    """JSON for a terminal or a pipe: the C1 controls (U+0080-U+009F, which JSON leaves
+    as they are) escaped as JSON escapes them, so a terminal obeys none."""
+    return re.sub("[\x7f-\x9f]", lambda m: f"\\u{ord(m.group()):04x}",
+                  json.dumps(data, ensure_ascii=False, sort_keys=True))
 
 
 def refuse(args: argparse.Namespace, code: str, message: str) -> int:

@@ -415,10 +415,16 @@ def _cut(text: str, width: int) -> list[str]:
     return [*out, cur] if cur or not out else out
 
 
+# Every field is one line of the receipt: a liar's member named "王芳\n合计（元） 0.00\n
+# 凭此票可退 500.00 元" printed lines of its own on an honest branch's receipt.
+_BREAKS = {ord(c): " " for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
 def pair(left: str, right: str, width: int) -> list[str]:
     """`left` at the left, `right` at the right margin; a long left wraps above, and a
     right too long to share a line (a member's name of 20 characters is 40 columns of
     58 mm paper's 32) goes on lines of its own, to the right margin."""
+    left, right = left.translate(_BREAKS), right.translate(_BREAKS)
     if cols(left) + cols(right) + 1 <= width:
         return [left + " " * (width - cols(left) - cols(right)) + right]
     if cols(right) + 2 > width:
@@ -431,7 +437,15 @@ def pair(left: str, right: str, width: int) -> list[str]:
     return [*head, last + " " * (width - cols(last) - cols(right)) + right]
 
 
+def _one_line(text: str, width: int) -> str:
+    """`text` cut to `width` columns, an ellipsis saying so: a member's name is read
+    from every branch's records, and one of a paragraph printed as lines of its own."""
+    parts = _cut(text.translate(_BREAKS), width - cols("…"))
+    return parts[0] + "…" if len(parts) > 1 else parts[0]
+
+
 def center(text: str, width: int) -> list[str]:
+    text = text.translate(_BREAKS)
     return [" " * max(0, (width - cols(p)) // 2) + p for p in _cut(text, width)]
 
 
@@ -468,7 +482,8 @@ def layout(r: Receipt, width: int) -> Layout:
     out.add("plain", [rule])
     out.add("plain", pair("时间", r.time, width))
     out.add("plain", pair("收银员", r.operator, width))
-    out.add("plain", pair("会员", r.member or "散客", width))
+    out.add("plain", pair("会员", _one_line(r.member or "散客", width - cols("会员") - 1),
+                          width))
     out.add("plain", [rule])
     for line in r.lines:
         label = line.label

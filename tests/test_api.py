@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from helpers import name_branches, new_ledger, snapshot, sync
 
@@ -617,6 +619,30 @@ def test_a_long_query_is_refused_in_json_as_documented(tmp_path: Path) -> None:
                 code, body = await api.call("GET", "/audit?" + "limit=x&" * 2000,
                                             token=token)
                 assert code == 400 and body["error"] == "invalid_input", body
+        finally:
+            ledger.close()
+
+    asyncio.run(main())
+
+
+def test_a_fault_of_ours_is_answered_in_json(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception no handler expected (a liar's list where a member id belongs made
+    a member's every edit one) was aiohttp's HTML page: now JSON as every answer, and
+    the traceback in the node's log."""
+    async def main() -> None:
+        ledger = with_operators(new_ledger(tmp_path, "SH01"))
+        try:
+            async with serving(Standalone(ledger)) as api:
+                token = await api.login("boss", BOSS_PW)
+                mid = await topped_up(api, token)
+
+                def broken(*_a: Any, **_k: Any) -> Any:
+                    raise sqlite3.IntegrityError("UNIQUE constraint failed")
+
+                monkeypatch.setattr(Ledger, "balance", broken)  # a fake fault, named so
+                code, body = await api.call("GET", f"/members/{mid}/balance", token=token)
+                assert code == 500 and body["error"] == "internal_error", body
         finally:
             ledger.close()
 

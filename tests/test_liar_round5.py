@@ -1,0 +1,137 @@
+"""A branch with a valid certificate that lies, fifth round (6 December): text and
+values it chose, followed to every output an honest branch makes of them (the
+analytics export, a member's edits, the node's log, the command line's CSV and JSON,
+the printed receipt).
+
+SH01 is honest, SH03 the liar (tests/helpers.Forger, its own valid key), SH02 and
+SH04 honest replicas: tests/test_liar_round2.World. Real stores, real apply_batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+from helpers import Forger, snapshot, sync
+from pycrdt import Doc, Map
+from test_liar_round2 import World
+
+from crdtledger import analytics, operations, platform
+from crdtledger.errors import InvalidInput, RemoteProtocolError
+from crdtledger.log import Batch
+from crdtledger.model import member_doc
+from peer import receipts
+
+
+@pytest.fixture
+def w(tmp_path: Path) -> Iterator[World]:
+    world = World(tmp_path)
+    yield world
+    world.close()
+
+
+def test_a_ledger_document_of_a_month_no_date_holds_is_refused(w: World, tmp_path: Path
+                                                               ) -> None:
+    """`ledger/9999-12` and `ledger/0000-01` were names like any month's: every honest
+    replica took the liar's empty record into them, and its analytics export failed
+    for good on the month after (year 10000) or before (year -1). A frame naming one
+    is malformed now, as one naming no document is."""
+    liar: Forger = w.liar
+    for name in ("ledger/9999-12", "ledger/0000-01"):
+        d: Doc[Map[object]] = Doc()
+        d.get("entries", type=Map)["x"] = 1
+        rec = liar.record(name, bytes(d.get_update()))
+        with pytest.raises(RemoteProtocolError, match="malformed record"):
+            Batch.from_wire(liar.batch([rec]).to_wire())
+    analytics.export(w.b, tmp_path / "out")
+
+
+def test_a_merge_pointer_that_is_not_a_member_is_no_merge(w: World) -> None:
+    """A liar set a member's `merged_into` to a list: read in SQL as the text '["x"]',
+    it made a group of its own, and every later edit of the member (who had earned
+    points) failed on a points lot inserted twice."""
+    a = w.a
+    a.debit(a.owner, w.member, amount=100)  # a points lot
+
+    def poison(d: Doc[Map[object]]) -> None:
+        d.get("members", type=Map)[w.member]["merged_into"] = ["x"]
+
+    a.apply_batch(w.liar.batch([w.liar.write(member_doc(w.member), poison)]))
+    assert a.survivor_of(w.member) == w.member
+    for fields in ({"notes": "VIP"}, {"name": "王芳芳"}):
+        operations.run(a, a.owner, "member.edit", {"member": w.member, **fields})
+    assert a.member(w.member)["name"] == "王芳芳"
+
+
+def test_a_peers_line_breaks_make_no_lines_of_the_nodes_log(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A refusal quotes what the liar wrote (its entry's node field); under systemd
+    each line of a message is a journal entry of its own, so a liar's line breaks
+    wrote lines the owner read as the node's ("clock: ... run sudo date -s @0")."""
+    forged = "SH03\ncrdtledger.node: clock: run `sudo date -s @0`\r\u2028connected"
+    for journal in ("1:2", None):
+        if journal:
+            monkeypatch.setenv("JOURNAL_STREAM", journal)
+        else:
+            monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+        platform.setup_logging()
+        try:
+            logging.getLogger("crdtledger.node").warning("refused: entry names node %s",
+                                                         forged)
+            try:
+                raise ValueError("a traceback keeps its lines")
+            except ValueError:
+                logging.getLogger("crdtledger.node").exception("failed")
+        finally:
+            logging.getLogger().handlers.clear()
+        lines = capsys.readouterr().err.splitlines()
+        refused = [x for x in lines if "refused" in x]
+        assert len(refused) == 1 and "\\x0a" in refused[0], lines
+        assert not any(x.lstrip("<4>").startswith("crdtledger.node: clock") for x in lines)
+        assert any("Traceback" in x for x in lines)  # exc_info still spans lines
+
+
+def test_a_liars_member_name_is_one_line_of_the_receipt(w: World) -> None:
+    """A liar renamed a member "王芳\\n----\\n合计（元） 0.00\\n凭此票可退 500.00 元": the
+    honest branch's receipt printed a second total and a promise of a refund."""
+    a = w.a
+    name = "王芳\n" + "-" * 32 + "\n合计（元）  0.00\n本单免单，凭此票可退 500.00 元"
+
+    def rename(d: Doc[Map[object]]) -> None:
+        d.get("members", type=Map)[w.member]["name"] = name
+
+    a.apply_batch(w.liar.batch([w.liar.write(member_doc(w.member), rename)]))
+    sale = a.debit(a.owner, w.member, amount=1000)
+    paper = receipts.text(receipts.build(a, sale["id"]))
+    member_line = next(x for x in paper.splitlines() if x.startswith("会员"))
+    assert member_line.endswith("…") and "王芳" in member_line
+    assert sum("合计" in x for x in paper.splitlines()) == 1, paper
+
+
+def test_the_command_lines_csv_and_json_obey_no_terminal_control(w: World) -> None:
+    """`audit --csv` wrote a liar's ESC [2J (clear the screen) and ESC ]0; (retitle
+    the terminal) as they were, and a cashier's reason holding U+009B (the one-byte
+    CSI) came out raw in `--csv` and `--json`. Free text refuses C1 controls now; what
+    another branch wrote is shown, not obeyed."""
+    hostile = "\x1b[2J\x1b[H\x1b]0;PWNED\x07 \x9b1;1H"
+    top = w.entry("topup", w.member, [["cash", "SH03", 100]], amount=100, paid=100,
+                  pay="cash", reason=hostile + "reason")
+    top["op"] = hostile + "x@SH03"
+    w.b.apply_batch(w.liar.batch([w.write(top)]))
+    w.a.transfer_rights(w.a.owner, w.member, "SH02", 1000)
+    sync(w.a, w.b)
+    before = snapshot(w.b, [w.member])
+    with pytest.raises(InvalidInput):
+        operations.run(w.b, w.b.owner, "correct", {"member": w.member, "purse": "cash",
+                                                   "change_text": "-1",
+                                                   "reason": "fix \x9b2J"})
+    assert snapshot(w.b, [w.member]) == before
+    data = w.b.storage.dir
+    w.close()
+    for fmt in ("--csv", "--json"):
+        r = run_cli("audit", fmt, data=data)
+        assert r.code == 0 and "PWNED" in r.out, r.err
+        assert not any(c in r.out for c in "\x1b\x07\x9b"), repr(r.out[:300])
