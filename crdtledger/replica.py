@@ -974,8 +974,7 @@ class Replica(LedgerBase):
         return self.storage.log.faults()
 
     def remember_peer(self, node: str, positions: Mapping[str, int]) -> None:
-        with self.storage.transaction():
-            self.storage.remember_peer(node, dict(positions), self.clock.wall())
+        self.storage.remember_peer(node, positions, self.clock.wall())
 
     def pull(self, other: Replica, origin: object = None) -> list[Record]:
         """Take from `other` (another ledger in this process) what we lack, as a

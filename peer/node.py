@@ -95,6 +95,11 @@ REFUSED_HEADER = "X-Crdtledger-Refused"
 # and to send a whole request or the next one: asyncio waits 60 s for a handshake and
 # aiohttp an hour for a request, so a stranger's idle connections held a descriptor
 # each, and a thousand of them left the tills none.
+# Bytes a link may hold for a peer that is not reading them: past this it is closed
+# (the session's records are asked for again when it dials back). aiohttp's heartbeat
+# cannot tell: every frame received resets it, so a peer that only sends, one frame
+# every few seconds, was never dropped while the records relayed to it piled up here.
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
 HANDSHAKE_S = 10.0
 IDLE_S = 30.0
 DIAL_CONNECT_S = 15.0  # a dial's TCP connect and TLS handshake
@@ -168,6 +173,7 @@ class Link:
         # and the peer would see 1006 instead of the reason).
         self._receiving = False
         self._closing: tuple[int, bytes] | None = None
+        self._dropped = False  # closed for not reading (MAX_QUEUED_BYTES)
 
     @property
     def session(self) -> SyncSession:
@@ -178,8 +184,17 @@ class Link:
         return session
 
     def send(self, frames: list[bytes]) -> None:
+        if self._dropped:
+            return
         self._queue.extend(frames)
         self.queued += sum(map(len, frames))
+        if self.queued > MAX_QUEUED_BYTES:
+            log.warning("peer %s reads nothing of the %d MiB waiting for it: link closed",
+                        self.peer, self.queued >> 20)
+            self._dropped = True
+            self._queue.clear()
+            self.queued = 0
+            self.close(1008, "not reading")
         self._queued_gauge.set(self.queued)
         self._wake.set()
 
@@ -269,7 +284,7 @@ class Link:
                     # ends the link; this is no error of ours to log as a traceback.
                     return
                 sent.inc(len(frame))
-                self.queued -= len(frame)
+                self.queued = max(0, self.queued - len(frame))  # 0 once dropped
             self._queued_gauge.set(self.queued)
             if not self._queue and self._held_resume is not None:
                 key, token = self._held_resume

@@ -4,6 +4,7 @@ how long a debit waits for rights, what the rebalancer moves, what /metrics show
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -143,6 +144,61 @@ def test_a_sale_answered_nothing_is_judged_again_as_the_store_now_stands(
             done = await second
             assert done["amount"] == 500
             assert a.ledger.balance(mid)["cash"] == 4500
+
+    asyncio.run(scenario())
+
+
+def test_a_link_holding_more_than_its_peer_reads_is_closed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A certified peer that never read and sent a frame every few seconds was never
+    dropped (aiohttp's heartbeat restarts at every frame received), and what the node
+    relayed to it piled up in memory without bound. Past MAX_QUEUED_BYTES not yet on
+    the socket the link is closed; the peer dials again and gets what it lacks. (The
+    cap is made small here: filling the kernel's buffers takes a peer minutes.)"""
+    import peer.node
+
+    async def scenario() -> None:
+        async with pair(tmp_path) as (a, b):
+            mid = await member_at(a, b, 1000)
+            monkeypatch.setattr(peer.node, "MAX_QUEUED_BYTES", 1000)
+            link = next(iter(a._links.values()))
+            link.send([b"x" * 600, b"x" * 600])  # more than the peer has read
+            assert link.queued == 0
+            for _ in range(200):
+                if link.closed:
+                    break
+                await asyncio.sleep(0.05)
+            assert link.closed
+            monkeypatch.setattr(peer.node, "MAX_QUEUED_BYTES", 64 << 20)
+            await a.perform(lambda: a.ledger.topup(a.ledger.owner, mid, 500))
+            await settle(a, b)  # b dialled again
+            assert b.ledger.balance(mid)["cash"] == 1500
+
+    with caplog.at_level(logging.WARNING, logger="crdtledger.node"):
+        asyncio.run(scenario())
+    assert any("reads nothing" in r.getMessage() for r in caplog.records)
+
+
+def test_a_peers_state_said_again_is_not_written_again(tmp_path: Path) -> None:
+    """A certified peer sent 27-byte `state` frames as fast as its socket went, and the
+    branch wrote (and fsynced) each: its tills and other links stopped while it went
+    on. The same state again is a hint already held; a changed one is written
+    without an fsync of its own."""
+    async def scenario() -> None:
+        async with pair(tmp_path) as (a, b):
+            await member_at(a, b, 1000)
+            conn = a.ledger.storage.conn
+            peer_id = b.ledger.node
+            view = {n: s for n, (s, _) in b.ledger.log_view().items()}
+            a.ledger.remember_peer(peer_id, view)
+            before = conn.total_changes
+            for _ in range(1000):
+                a.ledger.remember_peer(peer_id, view)
+            assert conn.total_changes == before
+            a.ledger.remember_peer(peer_id, {**view, "SH09": 1})
+            assert conn.total_changes == before + 1
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
 
     asyncio.run(scenario())
 
