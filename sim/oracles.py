@@ -505,19 +505,31 @@ class Oracle:
         total = sum(v for (p, _n), v in rights.items() if p in purses)
         holders = {n for (p, n), v in rights.items() if p in purses and v > 0} - {node.name}
         direct = set(node.connected())
-        reach = direct | {h for p in direct for h in world.by_name[p].connected()}
+        # The node asks the holders it is connected to, and what they cannot cover one
+        # peer that holds nothing as it knows the rights, the first by name, to relay
+        # (escrow.RightsFetch; sim/README.md finding 2: it may reach no holder).
+        known = set(getattr(error, "holders", {}) or {})
+        relays = sorted(direct - known - {node.name})
+        relayed = set(world.by_name[relays[0]].connected()) if relays else set()
         busy = any(a.label.startswith("debit") for n in world.nodes if n is not node
                    for a in n.attempts.values())
         if total < need:
             reason = "the chain lacks the value"
-        elif not holders <= reach:
+        elif isinstance(error, InsufficientFunds):
+            here = Store(node.ledger.storage.conn, node.name)  # type: ignore[union-attr]
+            known_here = sum(here.balance(member, p) for p in purses)
+            reason = ("the value was known here" if known_here >= need
+                      else "the value not yet replicated here")
+        elif not holders <= direct | {h for p in direct for h in world.by_name[p].connected()}:
             reason = "holders two relays away"
+        elif not holders <= direct | relayed:
+            reason = "holders behind a peer the relay was not asked of (finding 2)"
         elif busy:
             reason = "another branch's debit in flight"
         else:
             reason = "holders reachable"
         self.refused_connected[reason] += 1
-        if reason == "holders reachable":
+        if reason in ("holders reachable", "the value was known here"):
             from sim.checks import Violation
 
             world.fail(Violation("refused", f"{node.name} refused {label} for {member} "
