@@ -513,8 +513,12 @@ class Oracle:
         relayed = set(world.by_name[relays[0]].connected()) if relays else set()
         busy = any(a.label.startswith("debit") for n in world.nodes if n is not node
                    for a in n.attempts.values())
+        blocked = node.ledger.storage.log.blocked()  # type: ignore[union-attr]
         if total < need:
             reason = "the chain lacks the value"
+        elif (not world.honest(node.name) or any(not world.honest(h) for h in holders)
+              or holders & blocked):
+            reason = "held by or asked of a Byzantine branch"
         elif isinstance(error, InsufficientFunds):
             here = Store(node.ledger.storage.conn, node.name)  # type: ignore[union-attr]
             known_here = sum(here.balance(member, p) for p in purses)
