@@ -298,6 +298,7 @@ def final(world: World) -> list[Violation]:
         problem = projection_matches_documents(node.ledger)
         if problem:
             out.append(Violation("projection", f"{node.name}: {problem}", node.name))
+    out += world.oracle.final(nodes)  # sim/oracles.py: settlement first in, first out
     if byz is not None:
         out += byzantine_final(world, nodes)
     return out

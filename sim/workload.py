@@ -30,6 +30,7 @@ from crdtledger import bookings, operations
 from crdtledger.ledger import Ledger
 from crdtledger.views import packages, points
 from sim.engine import DAY, HOUR, MINUTE, SECOND
+from sim.oracles import Intent
 
 if TYPE_CHECKING:
     from sim.node import Attempt, Outcome
@@ -187,7 +188,7 @@ class Workload:
         command line and the counter run it: its schema, its permission, then the
         ledger. A parameter None is left out, as the counter leaves it out."""
         given = {k: v for k, v in params.items() if v is not None}
-        return lambda lg: operations.run(lg, lg.owner, name, given)
+        return Intent(name, given)  # runs operations.run; sim.oracles reads what was asked
 
     def _customer(self, b: Branch, m: Member) -> None:
         rng = self.rng
@@ -344,7 +345,7 @@ class Workload:
         world = self.world
 
         def done(outcome: Outcome, attempt: Attempt) -> None:
-            world.op_done(b.index, label, outcome, attempt, debit=debit)
+            world.op_done(b.index, label, outcome, attempt, debit=debit, op=op)
             if debit and isinstance(outcome, dict) and outcome.get("pay") != "cash":
                 b.debits.append(str(outcome["id"]))
             if then is not None:

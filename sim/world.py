@@ -34,6 +34,7 @@ from sim.faults import Fault, schedule
 from sim.metrics import Metrics, Probe
 from sim.net import HUB_UPLINK_BPS, SHOP_UPLINK_BPS, Connection, Network, frame_size
 from sim.node import Attempt, Crashed, Outcome, SimNode
+from sim.oracles import Oracle
 from sim.workload import Workload
 
 ZONE = "Asia/Shanghai"  # no daylight saving: a day is always 24 hours
@@ -102,6 +103,7 @@ class World:
         self._last_hour = -1
         self.root = root
         self.ca = ChainCA("simchain", cfg.seed)
+        self.oracle = Oracle(self)  # sim/oracles.py: entries and settlement by the rules
 
     # --- the chain ----------------------------------------------------------------
 
@@ -279,8 +281,9 @@ class World:
         self.acked_by_node[node] = self.acked_by_node.get(node, 0) + 1
 
     def op_done(self, branch: int, label: str, outcome: Outcome, attempt: Attempt, *,
-                debit: bool) -> None:
+                debit: bool, op: Any = None) -> None:
         node = self.nodes[branch]
+        self.oracle.done(node, label, outcome, attempt, op)
         now = self.engine.now
         m = self.metrics
         m.ops[label] += 1
@@ -698,6 +701,7 @@ class World:
             "trace_lines": self.trace.lines,
             **summary,
             **({} if self.byz is None else {"byzantine": self._byz_report}),
+            **self.oracle.report(),
             "reproduce": " ".join(cfg.argv()),
         }
 
