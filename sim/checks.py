@@ -348,9 +348,7 @@ def byzantine_final(world: World, honest: list[Any]) -> list[Violation]:
         lg = n.ledger
         assert lg is not None
         log = lg.storage.log
-        for writer, role in sorted(byz.roles.items()):
-            if role not in ("forger", "equivocator"):
-                continue
+        for writer, role in byz.writers():
             forged = [f.seq for f in byz.forged if f.node == writer]
             limit = min(forged) - 1 if forged else None
             for f in byz.forks:
