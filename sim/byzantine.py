@@ -54,6 +54,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from pycrdt import Map
 
 from crdtledger import audit, views
@@ -62,10 +64,11 @@ from crdtledger.errors import LedgerError
 from crdtledger.hlc import HybridClock, id_time_ms
 from crdtledger.ledger import Ledger
 from crdtledger.log import Batch, Head, Record, head_message, record_hash
-from crdtledger.model import entry_doc, month_over_ms, owner_of
+from crdtledger.model import entry_doc, member_doc, month_over_ms, owner_of
 from crdtledger.storage import DB_FILE, LoadedDoc
 from crdtledger.sync import pack
 from crdtledger.trust import revocations_rule
+from crdtledger.writerules import client_id_for
 from sim.engine import DAY, HOUR, MINUTE, MS, SECOND
 from sim.net import End
 from sim.workload import GOODS
@@ -77,20 +80,54 @@ if TYPE_CHECKING:
 ROLES = ("forger", "equivocator", "restored", "closed")
 # How often the owner of a closing shop looks whether it may be switched off.
 CLOSING_LOOK = 5 * MINUTE
-FORGERIES = ("entry-as-other", "others-rights", "rewrite", "delete", "governance",
-             "closed-month", "merge-in", "transfer-nothing", "refund-other", "debit-raise")
-# The rule each forgery breaks (crdtledger.writerules.RULES).
+# The rule each forgery breaks (crdtledger.writerules.RULES): every rule, some twice.
 BREAKS = {"entry-as-other": "entry-writer", "others-rights": "own-rights",
           "rewrite": "entry-insert-once", "delete": "entry-insert-once",
           "governance": "governance", "closed-month": "closed-month",
           "merge-in": "merge-paired", "transfer-nothing": "transfer-balanced",
-          "refund-other": "refund-own", "debit-raise": "value-raise"}
+          "refund-other": "refund-own", "debit-raise": "value-raise",
+          "other-client": "own-client", "clock-skip": "in-order",
+          "card-as-other": "record-writer", "coupon-made": "coupon-unit",
+          "reward-other": "referral-reward", "reversal-other": "reversal-own",
+          "give-back-other": "give-back-own", "points-raise": "raise-own",
+          "booking-other": "booking-branch"}
+FORGERIES = tuple(BREAKS)
+# A writer is judged by its first broken rule only (its later records are held,
+# unjudged), so each forgery is written by an identity of its own: the forger's
+# owner has one more PC enrolled per forgery (sim.chainca.ChainCA.identity), named
+# after the branch (B03X1, B03X2, ...). Only `closed-month` is written with the
+# branch's own key: it needs a writer that has closed a month.
+OWN_KEY = frozenset({"closed-month"})
 Mutate = Callable[[dict[str, Map[Any]]], None]
+# Forgeries that are one entry of the writer's own, wrong only in what it says: the
+# fields besides id, member, node, op, at and amount, from (an id of the victim's,
+# the writer, the victim).
+PLAIN: dict[str, Callable[[str, str, str], dict[str, Any]]] = {
+    # A coupon's unit from nothing: only the entry that issues a coupon adds it.
+    "coupon-made": lambda theirs, me, victim: {
+        "kind": "correction", "deltas": [[f"cpn:{theirs}", me, 1]]},
+    # A referral's reward, for a referral another branch recorded.
+    "reward-other": lambda theirs, me, victim: {
+        "kind": "reward", "ref": theirs, "deltas": [["bonus", me, 100]]},
+    # The reversal of another branch's check-in.
+    "reversal-other": lambda theirs, me, victim: {
+        "kind": "checkin", "ref": theirs, "deltas": []},
+    # Points given back for another branch's write-off.
+    "give-back-other": lambda theirs, me, victim: {
+        "kind": "expiry", "ref": theirs, "deltas": [["points", me, 100]]},
+    # Points raised in another branch's rights.
+    "points-raise": lambda theirs, me, victim: {
+        "kind": "debit", "deltas": [["points", victim, 100]]},
+    # A decision for a technician of another branch.
+    "booking-other": lambda theirs, me, victim: {
+        "kind": "booking_decision", "member": theirs, "deltas": []},
+}
 
 
 @dataclass
 class Forged:
-    node: str
+    node: str  # the writer: the forger's own id, or an identity of its (OWN_KEY)
+    by: str  # the forger's branch
     seq: int
     hash: bytes
     kind: str
@@ -157,6 +194,7 @@ class Byzantine:
             for _ in range(counts.get(role, 0)):
                 self.roles[chosen.pop(0)] = role
         self.forged: list[Forged] = []
+        self.identities: dict[str, str] = {}  # a forger's extra identity -> its branch
         self.forks: list[Fork] = []
         self.restores: dict[str, Restored] = {}
         self.closings: dict[str, Closing] = {}
@@ -164,9 +202,15 @@ class Byzantine:
     # --- who is what ------------------------------------------------------------
 
     def honest(self, name: str) -> bool:
-        """Forgers and equivocators are not; a restored branch is (after its restore
-        it runs the honest node as it is)."""
-        return self.roles.get(name) not in ("forger", "equivocator")
+        """Forgers and equivocators are not, nor a forger's extra identities; a
+        restored branch is (after its restore it runs the honest node as it is)."""
+        return self.roles.get(name) not in ("forger", "equivocator") \
+            and name not in self.identities
+
+    def writers(self) -> list[tuple[str, str]]:
+        """The dishonest writers (branch or identity) and their roles."""
+        out = [(n, r) for n, r in self.roles.items() if r in ("forger", "equivocator")]
+        return sorted(out + [(n, "forger") for n in self.identities])
 
     def closing_shops(self, *, retired: bool) -> set[str]:
         """The shops closing for good since they closed, or since they were switched
@@ -186,15 +230,13 @@ class Byzantine:
             rng = random.Random(f"{w.config.seed}:byzantine:{name}")
             node = w.by_name[name]
             if role == "forger":
+                # Every kind once, in turn from a seeded start; one with nothing to
+                # forge from yet goes to the back of the queue.
                 start = rng.randrange(len(FORGERIES))
+                queue = [FORGERIES[(start + i) % len(FORGERIES)]
+                         for i in range(len(FORGERIES))]
                 t = 11 * HOUR + rng.randrange(4 * HOUR)
-                i = 0
-                while t < end - HOUR:
-                    if w.local_offset(t) < 22 * HOUR:
-                        kind = FORGERIES[(start + i) % len(FORGERIES)]
-                        w.engine.at(t, partial(self._forge, node, kind, rng))
-                        i += 1
-                    t += 30 * MINUTE + rng.randrange(60 * MINUTE)
+                w.engine.at(min(t, end - HOUR), partial(self._forge, node, queue, rng, 0))
             elif role == "equivocator":
                 t = 11 * HOUR + rng.randrange(5 * HOUR)
                 w.engine.at(min(t, end - HOUR), partial(self._equivocate, node, rng))
@@ -214,39 +256,95 @@ class Byzantine:
 
     # --- the forger -------------------------------------------------------------
 
-    def _forge(self, node: SimNode, kind: str, rng: random.Random) -> None:
+    def _forge(self, node: SimNode, queue: list[str], rng: random.Random, tries: int) -> None:
+        """The next forgery of the queue, then the one after 10-30 minutes later."""
         w = self.world
-        if not node.up or node.ledger is None or node.core is None:
+        if not queue or w.engine.now >= w.workload_end - HOUR:
             return
+        later = w.engine.now + 10 * MINUTE + rng.randrange(20 * MINUTE)
+        if not node.up or node.ledger is None or node.core is None:
+            w.engine.at(later, partial(self._forge, node, queue, rng, tries))
+            return
+        kind = queue.pop(0)
         lg = node.ledger
         node.run(node.core.flush())
-        built = self._forgery(lg, kind, rng)
+        if kind in OWN_KEY:
+            writer, key, cert = node.name, lg.trust.key, lg.trust.cert_der
+        else:
+            writer = f"{node.name}X{sum(b == node.name for b in self.identities.values()) + 1}"
+            key, certificate = w.ca.identity(writer)
+            cert = certificate.public_bytes(serialization.Encoding.DER)
+        built = self._forgery(lg, kind, rng, writer)
         if built is None:
             w.trace(w.engine.now, f"{node.name} byzantine forgery {kind} skipped: nothing "
                                   "to forge from yet")
+            if tries < 3 * len(FORGERIES):
+                queue.append(kind)
+            w.engine.at(later, partial(self._forge, node, queue, rng, tries + 1))
             return
+        if writer != node.name:
+            self.identities[writer] = node.name
         doc, data = built
-        seq, prev = lg.storage.log.tip(node.name)
-        rec = Record(node.name, seq + 1, doc, data)
-        hash_ = record_hash(prev, node.name, rec.seq, doc, data)
-        batch = Batch([rec], {node.name: Head(rec.seq, hash_, lg.trust.sign(
-            head_message(lg.chain, node.name, rec.seq, hash_)))},
-            {node.name: lg.trust.cert_der})
-        self.forged.append(Forged(node.name, rec.seq, hash_, kind, doc, w.engine.now))
+        seq, prev = lg.storage.log.tip(writer)
+        rec = Record(writer, seq + 1, doc, data)
+        hash_ = record_hash(prev, writer, rec.seq, doc, data)
+        # Signed as Trust.sign does, deterministically (RFC 6979): the same seed, the
+        # same bytes.
+        signature = key.sign(head_message(lg.chain, writer, rec.seq, hash_),
+                             ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
+        batch = Batch([rec], {writer: Head(rec.seq, hash_, signature)}, {writer: cert})
+        self.forged.append(Forged(writer, node.name, rec.seq, hash_, kind, doc, w.engine.now))
         sent = self._inject(node, pack({"t": "recs", **batch.to_wire()}), None)
         w.trace(w.engine.now, f"{node.name} byzantine forged {kind} as record {rec.seq} of "
-                              f"{doc}, sent to {','.join(sent) or 'nobody'}")
-        lg.apply_batch(batch)  # its own log stays one line (and refuses it: blocked)
+                              f"{writer} in {doc}, sent to {','.join(sent) or 'nobody'}")
+        lg.apply_batch(batch)  # its own store judges it too (a log of its own: one line)
         node.run(node.core.flush())
+        w.engine.at(later, partial(self._forge, node, queue, rng, tries))
 
-    def _forgery(self, lg: Ledger, kind: str, rng: random.Random) -> tuple[str, bytes] | None:
-        me = lg.node
+    def _forgery(self, lg: Ledger, kind: str, rng: random.Random, me: str
+                 ) -> tuple[str, bytes] | None:
+        """The document and update of a forgery of `kind` written by `me`."""
         others = [n.name for n in self.world.nodes if n.name != me]
         victim = rng.choice(others)
         members = audit.ids(lg, "members")
         if not members:
             return None
         member = rng.choice(members)
+        client = client_id_for(me, 0)
+        base = lg.clock.mint().rsplit(".", 1)[0]  # an id's time part, minted now
+        if kind in PLAIN:  # an entry of its own whose content breaks the rule
+            eid = f"{base}.{me}"
+            plain: dict[str, Any] = {"id": eid, "member": member, "node": me,
+                                     "op": owner_of(me), "at": id_time_ms(eid), "amount": 0,
+                                     **PLAIN[kind](f"{base}.{victim}", me, victim)}
+            return self._put(lg, plain, client)
+        if kind == "other-client":  # its entry, written with another node's client id
+            eid = f"{base}.{me}"
+            return self._put(lg, {"id": eid, "kind": "topup", "member": member, "node": me,
+                                  "op": owner_of(me), "at": id_time_ms(eid), "amount": 100,
+                                  "paid": 100, "deltas": [["cash", me, 100]]},
+                             client_id_for(victim, 0))
+        if kind == "clock-skip":  # its entry, after a change of its own never sent
+            eid = f"{base}.{me}"
+            topup = {"id": eid, "kind": "topup", "member": member, "node": me,
+                     "op": owner_of(me), "at": id_time_ms(eid), "amount": 100, "paid": 100,
+                     "deltas": [["cash", me, 100]]}
+            doc = entry_doc(eid, lg.storage.day_of)
+            ld = LoadedDoc(doc, client)
+            ld.doc.apply_update(lg.storage.doc(doc).doc.get_update())
+            with ld.doc.transaction():
+                ld.roots["entries"][f"{base}.{me}x"] = 1
+            before = ld.doc.get_state()
+            with ld.doc.transaction():
+                ld.roots["entries"][eid] = topup
+            return doc, bytes(ld.doc.get_update(before))
+        if kind == "card-as-other":  # a card created under another branch's id
+            card = f"{base}.{victim}"
+
+            def issue(roots: dict[str, Map[Any]]) -> None:
+                roots["cards"][card] = {"member": member, "status": "active"}
+
+            return self._update(lg, member_doc(member), issue, client)
         if kind == "closed-month":
             if lg.closed_through is None:
                 return None
@@ -256,9 +354,9 @@ class Byzantine:
             back = {"id": eid, "kind": "topup", "member": member, "node": me,
                     "op": owner_of(me), "at": id_time_ms(eid), "amount": 100_000,
                     "paid": 100_000, "deltas": [["cash", me, 100_000]]}
-            return self._put(lg, back)
+            return self._put(lg, back, client)
         if kind in ("merge-in", "transfer-nothing", "refund-other", "debit-raise"):
-            eid = lg.clock.mint()
+            eid = f"{base}.{me}"
             raised: dict[str, Any] = {
                 "id": eid, "kind": kind.split("-")[0], "member": member, "node": me,
                 "op": owner_of(me), "at": id_time_ms(eid), "amount": 100_000,
@@ -270,9 +368,8 @@ class Byzantine:
                     return None
                 raised["ref"] = min(debits)
             # (merge-in names no "out": there is none of its own to name.)
-            return self._put(lg, raised)
+            return self._put(lg, raised, client)
         if kind in ("entry-as-other", "others-rights"):
-            base = lg.clock.mint().rsplit(".", 1)[0]
             if kind == "entry-as-other":
                 eid = f"{base}.{victim}"
                 entry: dict[str, Any] = {
@@ -287,7 +384,7 @@ class Byzantine:
                 entry = {"id": eid, "kind": "transfer", "member": member, "node": me,
                          "op": f"sync@{me}", "at": id_time_ms(eid), "amount": amount,
                          "to": me, "deltas": [["cash", victim, -amount], ["cash", me, amount]]}
-            return self._put(lg, entry)
+            return self._put(lg, entry, client)
         if kind in ("rewrite", "delete"):
             docs = sorted(n for n in lg.state_vectors() if n.startswith("ledger/"))
             if not docs:
@@ -307,30 +404,30 @@ class Byzantine:
                 old.update(amount=50_000_000)
                 roots["entries"][target] = old
 
-            return self._update(lg, doc, change)
-        oid = lg.clock.mint()
+            return self._update(lg, doc, change, client)
+        oid = f"{base}.{me}"
 
         def owner(roots: dict[str, Map[Any]]) -> None:
             roots["operators"][oid] = Map({"name": "mallory", "password": "x" * 20,
                                            "active": True, "roles": Map({"owner": True})})
 
-        return self._update(lg, "operators", owner)
+        return self._update(lg, "operators", owner, client)
 
     @classmethod
-    def _put(cls, lg: Ledger, entry: dict[str, Any]) -> tuple[str, bytes]:
+    def _put(cls, lg: Ledger, entry: dict[str, Any], client: int) -> tuple[str, bytes]:
         """The update that adds `entry` to the ledger document of its id's day."""
         eid = str(entry["id"])
 
         def put(roots: dict[str, Map[Any]]) -> None:
             roots["entries"][eid] = entry
 
-        return cls._update(lg, entry_doc(eid, lg.storage.day_of), put)
+        return cls._update(lg, entry_doc(eid, lg.storage.day_of), put, client)
 
     @staticmethod
-    def _update(lg: Ledger, doc: str, mutate: Mutate) -> tuple[str, bytes]:
-        """The update a node writing as its own client makes when it runs `mutate` on
+    def _update(lg: Ledger, doc: str, mutate: Mutate, client: int) -> tuple[str, bytes]:
+        """The update a node writing as pycrdt `client` makes when it runs `mutate` on
         its copy of `doc` (as tests/forgery.forge_update)."""
-        ld = LoadedDoc(doc, lg.storage.client_id)
+        ld = LoadedDoc(doc, client)
         ld.doc.apply_update(lg.storage.doc(doc).doc.get_update())
         before = ld.doc.get_state()
         with ld.doc.transaction():
@@ -573,7 +670,8 @@ class Byzantine:
     def summary(self) -> dict[str, Any]:
         return {
             "nodes": dict(sorted(self.roles.items())),
-            "forged": [{"node": f.node, "seq": f.seq, "kind": f.kind, "breaks": BREAKS[f.kind],
+            "forged": [{"node": f.node, "by": f.by, "seq": f.seq, "kind": f.kind,
+                        "breaks": BREAKS[f.kind],
                         "doc": f.doc, "at_s": f.at / SECOND} for f in self.forged],
             "forks": [{"node": f.node, "seq": f.seq, "entries": sorted(f.entries),
                        "side_b_first_to": f.sent_to, "at_s": f.at / SECOND}

@@ -69,6 +69,19 @@ class ChainCA:
         self.crl_number = 0
 
     def enrol(self, data_dir: Path, node: str, *, head_office: bool = False) -> None:
+        key, cert = self.identity(node, head_office=head_office)
+        tls = Path(data_dir) / TLS_DIR
+        private_dir(tls)
+        write_private(tls / NODE_KEY, _pem(key))
+        write_private(tls / NODE_CERT, cert.public_bytes(serialization.Encoding.PEM))
+        write_private(tls / CA_CERT, self.cert.public_bytes(serialization.Encoding.PEM))
+        write_private(tls / CHAIN_KEY, self.secret)
+
+    def identity(self, node: str, *, head_office: bool = False
+                 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        """A node's key and its certificate from this CA, derived from the seed and the
+        node id: what `enrol` writes, or, for a writer with no directory of its own (a
+        forger's extra identity, sim.byzantine), what it signs with."""
         key = _key(self.seed, f"node {node}")
         subject = x509.Name([
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, self.chain),
@@ -86,12 +99,7 @@ class ChainCA:
             .add_extension(x509.SubjectAlternativeName(
                 [x509.UniformResourceIdentifier(NODE_URI + node)]), critical=False)
             .sign(self.key, hashes.SHA256(), ecdsa_deterministic=True))
-        tls = Path(data_dir) / TLS_DIR
-        private_dir(tls)
-        write_private(tls / NODE_KEY, _pem(key))
-        write_private(tls / NODE_CERT, cert.public_bytes(serialization.Encoding.PEM))
-        write_private(tls / CA_CERT, self.cert.public_bytes(serialization.Encoding.PEM))
-        write_private(tls / CHAIN_KEY, self.secret)
+        return key, cert
 
     def revoke(self, node: str, when: dt.datetime) -> bytes:
         """A revocation list (DER) of every node revoked so far and `node`, numbered one

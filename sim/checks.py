@@ -23,7 +23,7 @@ from crdtledger.log import APPLIED
 from crdtledger.settlement import reconciles
 from crdtledger.sync import decode_state_vector
 from crdtledger.writerules import GOVERNANCE_DOCS
-from sim.byzantine import goods_held
+from sim.byzantine import BREAKS, goods_held
 from sim.workload import GOODS
 
 if TYPE_CHECKING:
@@ -323,7 +323,7 @@ def byzantine_now(world: World) -> list[Violation]:
             if log.state_of(f.node, f.seq) == APPLIED:
                 out.append(Violation("rule", f"{n.name} applied record {f.seq} of {f.node}, "
                                              f"forged ({f.kind}) to break rule "
-                                             f"{f.kind}", n.name))
+                                             f"{BREAKS[f.kind]}", n.name))
         for fault in log.faults():
             if world.honest(fault["node"]):
                 out.append(Violation("blamed", f"{n.name} holds a fault of honest node "
@@ -349,9 +349,7 @@ def byzantine_final(world: World, honest: list[Any]) -> list[Violation]:
         lg = n.ledger
         assert lg is not None
         log = lg.storage.log
-        for writer, role in sorted(byz.roles.items()):
-            if role not in ("forger", "equivocator"):
-                continue
+        for writer, role in byz.writers():
             forged = [f.seq for f in byz.forged if f.node == writer]
             limit = min(forged) - 1 if forged else None
             for f in byz.forks:

@@ -102,7 +102,8 @@ def _human(result: dict[str, Any]) -> str:
             c=rd["connected"], p=rd["partitioned"],
             rate=rd["connected"]["refused_rights_rate"]),
         f"rights transfers: {rt['fetches_ok']} fetched, {rt['fetches_failed']} failed, "
-        f"latency ms p50 {rt['latency_ms']['p50']} p99 {rt['latency_ms']['p99']}",
+        f"latency ms p50 {rt['latency_ms']['p50']} p99 {rt['latency_ms']['p99']}; "
+        f"entries deferred for their funding {r['deferred_entries']}",
         "traffic per op: " + ", ".join(f"{k} {v['messages_per_op']} msgs {v['bytes_per_op']} B"
                                        for k, v in r["traffic"].items()),
         f"trace_digest: {r['trace_digest']}",

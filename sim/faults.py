@@ -62,6 +62,36 @@ def _open_window(world: World, rng: random.Random, length: int) -> int:
     return max(0, world.workload_end - length - HOUR)
 
 
+def link_cuts(world: World, rng: random.Random) -> list[Fault]:
+    """Single links down while the nodes at both ends stay up and reach each other
+    through a third (A-B cut, A-C and C-B up), one after another through the day,
+    each for minutes: past the heartbeat, so the connection dies and is dialled again.
+    What A and B write then reaches the other by a detour, and a record's funding
+    and the entry it funds may come by different paths (the projection's deferral:
+    crdtledger.projection, "Funding in log order"). Only links that are configured
+    connections, between two sites, and whose ends have another common peer."""
+    peers: dict[str, set[str]] = {n.name: set() for n in world.nodes}
+    for a, b in world.edges:
+        peers[world.nodes[a].name].add(world.nodes[b].name)
+        peers[world.nodes[b].name].add(world.nodes[a].name)
+    site = world.net.site_of
+    links = [(world.nodes[a].name, world.nodes[b].name) for a, b in world.edges]
+    links = [(a, b) for a, b in links if site[a] != site[b] and peers[a] & peers[b]]
+    faults: list[Fault] = []
+    if not links:
+        return faults
+    for day in range(world.config.days):  # business hours, 09:00 to 21:00
+        t = world.day_start(day) + rng.randint(9 * HOUR, 10 * HOUR)
+        end = min(world.day_start(day) + 21 * HOUR, world.workload_end - HOUR)
+        while t < end:
+            one, two = rng.choice(links)
+            down = rng.randint(2 * MINUTE, 20 * MINUTE)
+            faults.append(Fault("partition", t, t + down, "link", (one, two),
+                                Cut.split({one}, {one, two}, label=f"link {one}-{two}")))
+            t += down + rng.randint(10 * MINUTE, 40 * MINUTE)
+    return faults
+
+
 def schedule(world: World) -> list[Fault]:
     cfg = world.config
     rng = random.Random(f"{cfg.seed}:faults")
@@ -98,6 +128,7 @@ def schedule(world: World) -> list[Fault]:
         faults.append(Fault("partition", start, start + length, "one-way",
                             (deaf,), [Cut(everyone - {deaf}, frozenset({deaf}),
                                           label="one-way")]))
+        faults += link_cuts(world, rng)
     elif name == "flapping-wan":
         flappers = rng.sample(alone, max(1, min(len(alone), len(names) // 4)))
         hubs = [n.name for n in world.nodes if n.hub]

@@ -700,6 +700,10 @@ class World:
             "events": self.engine.events,
             "trace_lines": self.trace.lines,
             **summary,
+            # Entries a replica held back for want of their funding (sim.node), summed
+            # over replicas: the projection's deferral queue at work.
+            "deferred_entries": sum(n.deferrals() for n in self.nodes),
+            "deferred_by_node": {n.name: n.deferrals() for n in self.nodes if n.deferrals()},
             **({} if self.byz is None else {"byzantine": self._byz_report}),
             **self.oracle.report(),
             "reproduce": " ".join(cfg.argv()),
