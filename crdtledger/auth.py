@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import unicodedata
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -179,6 +180,15 @@ def _credentials(body: Mapping[str, Any]) -> str:
 # The names the audit trail and the counter show for the built-in operators
 # (reference_app.shop.Shop.operator_name), casefolded.
 _BUILTIN_NAMES = frozenset({"店主", "owner", "会员自助", "member self-service"})
+
+
+def _looks_built_in(name: str) -> bool:
+    """Whether `name` reads as a built-in operator's, however it is written: full-width
+    letters (NFKC), invisible characters (a zero-width space, a soft hyphen: Unicode's
+    format characters) and case do not make `ｏｗｎｅｒ` or `店\u200b主` another name."""
+    seen = "".join(c for c in unicodedata.normalize("NFKC", name)
+                   if unicodedata.category(c) != "Cf").casefold()
+    return seen.startswith(("owner@", "self@")) or seen in _BUILTIN_NAMES
 
 
 class Auth(LedgerBase):
@@ -352,7 +362,7 @@ class Auth(LedgerBase):
                      roles: Iterable[str] = ("cashier",)) -> str:
         self.authorise(operator, "operators.manage")
         name = check_text(name, "operator name", required=True, limit=40)
-        if name.casefold().startswith(("owner@", "self@")) or name.casefold() in _BUILTIN_NAMES:
+        if _looks_built_in(name):
             # The audit trail and the counter show the built-in operators so: a cashier
             # so named read, in the trail, as the owner at the console.
             raise InvalidInput(f"operator name {name!r} is how the built-in operators "

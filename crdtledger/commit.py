@@ -37,8 +37,8 @@ from crdtledger.model import (
     owner_of,
 )
 from crdtledger.money import MAX_AMOUNT
-from crdtledger.projection import project_entry, record_change, rejudge_quarantined
-from crdtledger.storage import LoadedDoc, Storage
+from crdtledger.projection import project_entry, record_change, rejudge_quarantined, reproject
+from crdtledger.storage import PROJECTION, LoadedDoc, Storage
 from crdtledger.trust import Trust, load_trust
 from crdtledger.writerules import GOVERNANCE_DOCS, RuleBroken, check_change, check_local
 
@@ -102,6 +102,12 @@ class LedgerBase:
                 storage.conn.execute("INSERT OR REPLACE INTO meta VALUES ('points_lots', ?)",
                                      (lots.FOLD,))
             storage.meta["points_lots"] = lots.FOLD
+        if storage.meta.get("projection") != PROJECTION:  # projected another way
+            with storage.transaction():
+                reproject(storage.conn)
+                storage.conn.execute("INSERT OR REPLACE INTO meta VALUES ('projection', ?)",
+                                     (PROJECTION,))
+            storage.meta["projection"] = PROJECTION
         kinds = entry_kinds_text()
         if storage.meta.get("entry_kinds") != kinds:  # a build that knows other kinds
             with storage.transaction():

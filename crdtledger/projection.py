@@ -788,6 +788,27 @@ def _card_status(events: list[Any]) -> CardStatus:
     return status
 
 
+def reproject(conn: sqlite3.Connection) -> None:
+    """What a build that projected rows another way left (storage.PROJECTION): a card
+    whose status a concurrent event won over a replacement or a return (the old card,
+    a thief's, paid on at the branches that held it before this build, and was refused
+    at one that joined after), and a member whose `merged_into` is no member id (every
+    edit of her failed). Both read from the row's own body, as projected."""
+    for cid, body in conn.execute("SELECT id, body FROM cards").fetchall():
+        try:
+            status = _card_status(json.loads(body).get("events") or [])
+        except (InvalidRecord, ValueError, AttributeError):
+            continue
+        conn.execute("UPDATE cards SET status = ? WHERE id = ? AND status != ?",
+                     (status, cid, status))
+    for mid, into in conn.execute(
+            "SELECT id, json_extract(body, '$.merged_into') FROM members "
+            "WHERE json_extract(body, '$.merged_into') IS NOT NULL").fetchall():
+        if not (isinstance(into, str) and ID.match(into)):
+            conn.execute("UPDATE members SET body = json_remove(body, '$.merged_into') "
+                         "WHERE id = ?", (mid,))
+
+
 # A member's fields that are maps (crdtledger.members): another value there (a liar's
 # list) made the member page, every tag segment of a broadcast and every edit fail.
 MEMBER_MAPS = ("prefs", "tags", "custom", EDITS)

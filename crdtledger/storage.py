@@ -31,7 +31,7 @@ from zoneinfo import ZoneInfo
 import orjson
 from pycrdt import Array, Doc, Map
 
-from crdtledger import hlc, model, platform, tipmark
+from crdtledger import hlc, model, platform, tipmark, walpair
 from crdtledger.backups import local_time, restore_pending
 from crdtledger.errors import InvalidInput, LocalProtocolError, StoreError, StoreLocked
 from crdtledger.lib0 import decode_state_vector
@@ -362,6 +362,10 @@ class LoadedDoc:
 # The points lots' fold version, in meta `points_lots` (crdtledger.lots.FOLD). Here,
 # as a new store starts at it and this module imports nothing of the lots.
 POINTS_FOLD = "3"
+# How rows of records are projected (crdtledger.projection.reproject), in meta
+# `projection`: a store opened by a build that projects some other way projects its
+# rows again (a card's status, a merge pointer that is not a member id).
+PROJECTION = "1"
 
 
 def _log_lone_store(conn: sqlite3.Connection, meta: dict[str, str]) -> None:
@@ -561,6 +565,12 @@ class Storage:
         tighten_store(self.dir, DB_FILE)
         tighten(self.dir / LOCK_FILE, FILE_MODE)
         self._lock_fd: int | None = self._take_lock() if lock else None
+        # An older store file copied back beside a crash's log: the log set aside
+        # before SQLite lays its pages over the file (crdtledger.walpair).
+        self._wal_stamp: walpair.WalStamp | None = None
+        if lock:
+            walpair.set_aside_foreign(self.dir, db)
+            self._wal_stamp = walpair.WalStamp(self.dir, db)
         self.synchronous = synchronous.upper()
         self._peers_kept: dict[str, tuple[dict[str, int], int]] = {}  # remember_peer
         try:
@@ -683,6 +693,7 @@ class Storage:
                 [("format", str(FORMAT_VERSION)), ("node", node), ("chain", chain),
                  ("client_id", str(client_id_for(node, 0))), ("timezone", timezone),
                  ("hlc", "0"), ("hlc_eras", hlc.FRESH_ERAS), ("points_lots", POINTS_FOLD),
+                 ("projection", PROJECTION),
                  # The entry kinds it was made to read (LedgerBase judges what it set
                  # aside again when another build opens it): set now, so that an
                  # open changes nothing.
@@ -720,6 +731,8 @@ class Storage:
         self.evict_all()
         self.conn.close()
         self.tip_mark.close()
+        if self._wal_stamp is not None:
+            self._wal_stamp.close()
         self._release_lock()
 
     # --- meta ---------------------------------------------------------------
@@ -784,6 +797,8 @@ class Storage:
             self.conn.execute("COMMIT")
             for ld in self._docs.values():
                 ld.dirty = ld.unlogged = False
+            if self._wal_stamp is not None:
+                self._wal_stamp.after_commit(self.conn)
         except BaseException:
             self._forget_transaction()
             raise

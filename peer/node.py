@@ -95,10 +95,13 @@ REFUSED_HEADER = "X-Crdtledger-Refused"
 # and to send a whole request or the next one: asyncio waits 60 s for a handshake and
 # aiohttp an hour for a request, so a stranger's idle connections held a descriptor
 # each, and a thousand of them left the tills none.
-# Bytes a link may hold for a peer that is not reading them: past this it is closed
-# (the session's records are asked for again when it dials back). aiohttp's heartbeat
-# cannot tell: every frame received resets it, so a peer that only sends, one frame
-# every few seconds, was never dropped while the records relayed to it piled up here.
+# Bytes a link may hold behind the frame on its socket for a peer that is not reading
+# them: past this it is closed (the session's records are asked for again when it
+# dials back). aiohttp's heartbeat cannot tell: every frame received resets it, so a
+# peer that only sends, one frame every few seconds, was never dropped while the
+# records relayed to it piled up here. The frame going out is not counted: one frame
+# over the cap (a liar's record of 65 MiB in an answer) closed every link it was
+# sent on, for good, and cut a hub's peers off from everything after it.
 MAX_QUEUED_BYTES = 64 * 1024 * 1024
 HANDSHAKE_S = 10.0
 IDLE_S = 30.0
@@ -159,7 +162,7 @@ class Link:
         self.ws = ws
         self.peer = peer
         self.cert = cert
-        self._queue: list[bytes] = []
+        self._queue: deque[bytes] = deque()
         self._wake = asyncio.Event()
         # Bytes handed to this link and not yet to its socket, and the core's `resume`
         # held until they are (see Node._fire).
@@ -174,6 +177,7 @@ class Link:
         self._receiving = False
         self._closing: tuple[int, bytes] | None = None
         self._dropped = False  # closed for not reading (MAX_QUEUED_BYTES)
+        self._sending = 0  # the length of the frame on the socket now
 
     @property
     def session(self) -> SyncSession:
@@ -188,7 +192,8 @@ class Link:
             return
         self._queue.extend(frames)
         self.queued += sum(map(len, frames))
-        if self.queued > MAX_QUEUED_BYTES:
+        if self.queued > MAX_QUEUED_BYTES and self.queued - self._sending - max(
+                map(len, self._queue), default=0) > MAX_QUEUED_BYTES:
             log.warning("peer %s reads nothing of the %d MiB waiting for it: link closed",
                         self.peer, self.queued >> 20)
             self._dropped = True
@@ -275,14 +280,16 @@ class Link:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            frames, self._queue = self._queue, []
-            for frame in frames:
+            while self._queue:
+                frame = self._queue.popleft()
+                self._sending = len(frame)
                 try:
                     await self.ws.send_bytes(frame)
                 except ConnectionResetError:
                     # The peer closed first (it refused our version, say): the reader
                     # ends the link; this is no error of ours to log as a traceback.
                     return
+                self._sending = 0
                 sent.inc(len(frame))
                 self.queued = max(0, self.queued - len(frame))  # 0 once dropped
             self._queued_gauge.set(self.queued)

@@ -783,7 +783,8 @@ def test_no_operator_is_named_as_a_built_in_one_is_shown(a: Ledger) -> None:
     """A cashier named `owner@SH01` (or 店主) read in the audit trail as the owner at
     the console."""
     m = member(a)
-    for name in ("owner@SH01", "Owner@HQ", "self@SH01", "店主", "owner", "会员自助"):
+    for name in ("owner@SH01", "Owner@HQ", "self@SH01", "店主", "owner", "会员自助",
+                 "店\u200b主", "owner\u00ad", "ｏｗｎｅｒ", "\u2060owner@SH01"):
         refused(a, [m], InvalidInput, lambda n=name: a.add_operator(a.owner, n, "secret1"))
 
 

@@ -153,17 +153,25 @@ def test_a_link_holding_more_than_its_peer_reads_is_closed(
         caplog: pytest.LogCaptureFixture) -> None:
     """A certified peer that never read and sent a frame every few seconds was never
     dropped (aiohttp's heartbeat restarts at every frame received), and what the node
-    relayed to it piled up in memory without bound. Past MAX_QUEUED_BYTES not yet on
-    the socket the link is closed; the peer dials again and gets what it lacks. (The
-    cap is made small here: filling the kernel's buffers takes a peer minutes.)"""
+    relayed to it piled up in memory without bound. Past MAX_QUEUED_BYTES waiting
+    behind the frame going out the link is closed; the peer dials again and gets
+    what it lacks. One frame over the cap is not counted: it closed every link it was
+    sent on, for good. (The cap is made small here: filling the kernel's buffers
+    takes a peer minutes.)"""
     import peer.node
 
     async def scenario() -> None:
         async with pair(tmp_path) as (a, b):
             mid = await member_at(a, b, 1000)
-            monkeypatch.setattr(peer.node, "MAX_QUEUED_BYTES", 1000)
+            monkeypatch.setattr(peer.node, "MAX_QUEUED_BYTES", 500)
+            note = "长" * 200  # 600 bytes: with its head, one frame over the cap
+            await a.perform(lambda: a.ledger.edit_member(a.ledger.owner, mid,
+                                                         fields={"notes": note}))
+            await settle(a, b)
+            assert b.ledger.member(mid)["notes"] == note
             link = next(iter(a._links.values()))
-            link.send([b"x" * 600, b"x" * 600])  # more than the peer has read
+            assert not link.closed
+            link.send([b"x" * 1500] * 3)  # more than the peer has read
             assert link.queued == 0
             for _ in range(200):
                 if link.closed:
@@ -177,7 +185,7 @@ def test_a_link_holding_more_than_its_peer_reads_is_closed(
 
     with caplog.at_level(logging.WARNING, logger="crdtledger.node"):
         asyncio.run(scenario())
-    assert any("reads nothing" in r.getMessage() for r in caplog.records)
+    assert sum("reads nothing" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_a_peers_state_said_again_is_not_written_again(tmp_path: Path) -> None:

@@ -139,3 +139,38 @@ def test_an_entry_of_a_kind_a_newer_release_writes_is_taken_once_upgraded(
         assert conn.execute("SELECT earned, left FROM points_lots").fetchall() == \
             a.storage.conn.execute("SELECT earned, left FROM points_lots").fetchall()
     a.close()
+
+
+def test_rows_an_older_build_projected_otherwise_are_projected_again(
+        tmp_path: Path) -> None:
+    """A card replaced at SH01 and marked found at SH02 while apart stayed active at
+    the branches that held it under the build before (a concurrent event won by its
+    later id), and was refused as replaced at one that joined after; a member whose
+    `merged_into` a liar had made a list could not be edited. A store that an older
+    build projected (meta `projection` other than this build's) projects such rows
+    again when it opens. The older build's rows are made here by hand."""
+    from helpers import new_ledger
+
+    a, b = new_ledger(tmp_path, "SH01"), new_ledger(tmp_path, "SH02")
+    m = a.add_member(a.owner, name="Li", phone="13800000000")
+    other = a.add_member(a.owner, name="Wang", phone="13800000001")
+    a.issue_card(a.owner, m, "OLD1")
+    a.report_lost(a.owner, "OLD1")
+    sync(a, b)
+    a.replace_card(a.owner, "OLD1", "NEW1")
+    b.report_found(b.owner, "OLD1")
+    sync(a, b)
+    data = b.storage.dir
+    a.close()
+    b.close()
+    with Ledger.open(data) as older:  # as the build before left it
+        conn = older.storage.conn
+        conn.execute("UPDATE cards SET status = 'active' WHERE card_no = 'OLD1'")
+        conn.execute("UPDATE members SET body = json_set(body, '$.merged_into', "
+                     "json('[\"x\"]')) WHERE id = ?", (other,))
+        conn.execute("UPDATE meta SET value = '0' WHERE key = 'projection'")
+    with Ledger.open(data) as upgraded:
+        assert upgraded.card("OLD1")["status"] == "replaced"
+        operations.run(upgraded, upgraded.owner, "member.edit",
+                       {"member": other, "notes": "VIP"})
+        assert upgraded.storage.meta["projection"] == "1"

@@ -1,0 +1,146 @@
+"""Which store file a write-ahead log belongs to (DATA/ledger.walstamp): what tells an
+old store file copied back beside the log of a newer one.
+
+A branch PC that crashed (a power cut, a SIGKILL) leaves `ledger.sqlite3-wal` beside
+the store: committed pages not yet copied into the file. Yesterday's copy of
+`ledger.sqlite3` put back by hand over the store then opened with that log, and
+SQLite laid the newer pages over the older file: tables and their indexes disagreed
+for good (`PRAGMA integrity_check` says so), reports were wrong, and the tip mark
+(crdtledger.tipmark) matched, since the log's records were in those pages. SQLite
+ties no log to its file.
+
+Between two checkpoints SQLite writes only to the log, so the file is what the last
+checkpoint left. Each time the log starts again (its header's salts change, after a
+checkpoint copied all of it), the lock's holder writes a stamp into the store (meta
+`wal_stamp`, one more than before) and then, beside it, the stamp and the log's salts.
+A file a log belongs to holds the stamp of that log's generation (the stamping commit
+checkpointed already) or the one before (not yet): any other stamp is another file.
+Such a log is set aside (`ledger.sqlite3-wal.foreign-<time>`, kept for a look) before
+SQLite opens the store, which then opens as the copy it is and, being behind its tip
+mark, as a restored store that catches up with itself before it sells.
+
+Fails open: a file beside that does not name the log there (lost to a power cut, the
+stamp not yet written, a store from before this check) checks nothing. Not caught: a
+copy taken while a checkpoint was cut short by a reader (between two partial
+checkpoints of one generation), which holds that generation's stamp with some of its
+pages missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+STAMP_FILE = "ledger.walstamp"
+_SALTS = slice(16, 24)  # the log header's two salts (sqlite.org/fileformat2.html#walformat)
+_HEADER = 32
+
+
+def _salts(wal: Path) -> bytes | None:
+    try:
+        with open(wal, "rb") as f:
+            header = f.read(_HEADER)
+    except OSError:
+        return None
+    return header[_SALTS] if len(header) == _HEADER else None
+
+
+def _beside(data_dir: Path) -> tuple[int, bytes] | None:
+    try:
+        stamp, salts = (data_dir / STAMP_FILE).read_text().split()
+        return int(stamp), bytes.fromhex(salts)
+    except (OSError, ValueError):
+        return None
+
+
+def _file_stamp(db: Path) -> int:
+    """The stamp in the store file itself, the log left out (`immutable`)."""
+    conn = sqlite3.connect(f"file:{db}?immutable=1", uri=True)
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'wal_stamp'").fetchone()
+    except sqlite3.DatabaseError:
+        return -1  # no meta table, or not a store: nothing ties it to this log
+    finally:
+        conn.close()
+    try:
+        return int(row[0]) if row else 0
+    except ValueError:
+        return -1
+
+
+def set_aside_foreign(data_dir: Path, db: Path) -> Path | None:
+    """Before SQLite opens `db`: a log beside it that belongs to another file is moved
+    aside (with its index, `-shm`); returns where it went, None if none was."""
+    wal = db.with_name(db.name + "-wal")
+    salts = _salts(wal)
+    beside = _beside(data_dir)
+    if salts is None or beside is None or beside[1] != salts:
+        return None
+    if _file_stamp(db) in (beside[0], beside[0] - 1):
+        return None
+    aside = wal.with_name(f"{wal.name}.foreign-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(wal, aside)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(db.with_name(db.name + "-shm"))
+    log.warning("%s is an older copy than the write-ahead log beside it (the store file "
+                "was put back by hand after a crash): the log is set aside as %s, and the "
+                "store opens as the copy it is", db, aside.name)
+    return aside
+
+
+class WalStamp:
+    """The lock's holder's side: after each commit, a log started again is stamped."""
+
+    def __init__(self, data_dir: Path, db: Path) -> None:
+        self._dir = data_dir
+        self._wal = db.with_name(db.name + "-wal")
+        beside = _beside(data_dir)
+        self._stamped = beside[1] if beside else None
+        # Kept open while the store is (a read per commit, about a microsecond), and
+        # closed only after SQLite's connection: closing a descriptor drops every
+        # POSIX lock this process holds on that file.
+        self._fd: int | None = None
+
+    def _read_salts(self) -> bytes | None:
+        if self._fd is None:
+            try:
+                self._fd = os.open(self._wal, os.O_RDONLY)
+            except OSError:
+                return None
+        header = os.pread(self._fd, _HEADER, 0)
+        return header[_SALTS] if len(header) == _HEADER else None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def after_commit(self, conn: sqlite3.Connection) -> None:
+        """Never raises: the commit it follows is done, whatever happens here."""
+        try:
+            salts = self._read_salts()
+        except OSError:
+            return
+        if salts is None or salts == self._stamped:
+            return
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'wal_stamp'").fetchone()
+            stamp = int(row[0]) + 1 if row and str(row[0]).isdigit() else 1
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('wal_stamp', ?)", (str(stamp),))
+        except sqlite3.Error as e:  # a disk full: the next commit tries again
+            log.warning("the write-ahead log's stamp was not written: %s", e)
+            return
+        with contextlib.suppress(OSError):
+            if self._read_salts() != salts:
+                return  # started again meanwhile (another connection): stamped next time
+        with contextlib.suppress(OSError):
+            path = self._dir / STAMP_FILE
+            path.write_text(f"{stamp} {salts.hex()}\n")
+            path.chmod(0o600)
+        self._stamped = salts
