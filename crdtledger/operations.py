@@ -338,7 +338,10 @@ def run(ledger: Ledger, operator: str, name: str, params: Mapping[str, Any]) -> 
         p["member"] = ledger.survivor_of(asked)
     with ledger.clock.pinned():  # judged on the day and minute its entries carry
         result = op.handler(ledger, operator, p)
-    if isinstance(asked, str) and p["member"] != asked and isinstance(result, dict):
+    if isinstance(asked, str) and p["member"] != asked and isinstance(result, dict) \
+            and not isinstance(op.result.get("additionalProperties"), dict):
+        # Not into a map (a branch's rights by branch): `rights show` of a merged
+        # member read "acted_for" as a branch and failed, text and JSON alike.
         result = {**result, "acted_for": {"asked": asked, "member": p["member"]}}
     return result
 

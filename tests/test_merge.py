@@ -299,6 +299,19 @@ def test_operations_naming_a_merged_member_act_for_the_survivor(apart: Apart) ->
     assert sh.member(b)["phone"] == "" and sh.member(a)["phone"] == PHONE
 
 
+def test_a_merged_members_rights_read_as_the_survivors(apart: Apart) -> None:
+    """`rights show` answers a map of branches: "acted_for" was put into it as one
+    more branch, and the command line failed on it, text and --json alike."""
+    from crdtledger.schema import check
+
+    sh, a, b = apart.sh, apart.a, apart.b
+    operations.run(sh, sh.owner, "member.merge", {"member": b, "into": a})
+    held = operations.run(sh, sh.owner, "rights.show", {"member": b})
+    assert held == operations.run(sh, sh.owner, "rights.show", {"member": a})
+    check(held, operations.TABLE["rights.show"].result, "the answer")
+    assert "rights:" in operations.show(sh, "rights.show", held, {"member": b})
+
+
 def test_an_id_card_number_finds_duplicates_and_is_checked(tmp_path: Path) -> None:
     ledger = new_ledger(tmp_path, "SH01")
     try:
