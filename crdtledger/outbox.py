@@ -27,6 +27,7 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from crdtledger import bookings, notices, views
+from crdtledger.errors import LedgerError
 from crdtledger.hlc import id_time_ms
 from crdtledger.notices import Notice
 
@@ -83,6 +84,16 @@ class Outgoing(NamedTuple):
     subject: str
     body: str
     attempts: int
+    due: int = 0  # when it was kept (ms)
+
+
+# How long a notice kept while it could not go is still worth sending: a low-balance
+# notice, a greeting, an expiry a day; a broadcast three. A reminder goes only before
+# its appointment, while the booking stands. The mail server back after a weekend
+# sent Friday's notices on Monday, and a reminder of an appointment cancelled and
+# long past to the phone number the member had given up.
+STALE_AFTER_MS = {"broadcast": 3 * 86_400_000}
+STALE_DEFAULT_MS = 86_400_000
 
 
 def _conn(ledger: Ledger, queue: bool = False) -> sqlite3.Connection:
@@ -128,34 +139,54 @@ def pending(ledger: Ledger, now_ms: int, limit: int = 50) -> list[Outgoing]:
     due after a broadcast to thousands waited a pass per 50 of them, past the
     appointment), then promotions, each oldest first."""
     return [Outgoing(*r) for r in _conn(ledger).execute(
-        "SELECT key, kind, channel, recipient, member, subject, body, attempts FROM outbox "
+        "SELECT key, kind, channel, recipient, member, subject, body, attempts, due "
+        "FROM outbox "
         f"WHERE sent IS NULL AND next_try <= ? ORDER BY {_PROMOTIONAL_LAST}, next_try, key "
         "LIMIT ?", (now_ms, limit))]
 
 
-def as_now(ledger: Ledger, o: Outgoing, channels: Sequence[str]) -> Outgoing | None:
-    """The notice as it should go now, or None (and its row dropped) if its member may
-    no longer receive it: deleted, erased or left since it was kept, or a promotion
-    to one who withdrew consent (they got it when the mail server came back). One
-    kept for a channel this node cannot send (a broadcast picks e-mail where the node
-    has only SMS) goes by one it can, to the member's address there, else waits as
-    before."""
+def as_now(ledger: Ledger, o: Outgoing, channels: Sequence[str], now_ms: int | None = None
+           ) -> Outgoing | None:
+    """The notice as it should go now, or None (and its row dropped) if it should not
+    go any more: its member may no longer receive it (deleted, erased, left or merged
+    into another since it was kept, or a promotion to one who withdrew consent), or it
+    is stale (STALE_AFTER_MS; a reminder whose booking was cancelled or has begun). It
+    goes to the member's address now (a phone number changed since), by a channel
+    this node can send (a broadcast picks e-mail where the node has only SMS), else
+    waits as before."""
+    now_ms = ledger.clock.wall() if now_ms is None else now_ms
     if not o.member:  # the owner's reports: addressed by the rule, not a member
         return o
     row = ledger.storage.conn.execute(
         "SELECT body FROM members WHERE id = ?", (o.member,)).fetchone()
     profile = json.loads(row[0]) if row else {}
-    if not row or not notices.may_receive(profile, o.kind in notices.PROMOTIONAL):
+    if (not row or not notices.may_receive(profile, o.kind in notices.PROMOTIONAL)
+            or _stale(ledger, o, now_ms)):
         _conn(ledger).execute("DELETE FROM outbox WHERE key = ? AND sent IS NULL", (o.key,))
         return None
-    if o.channel in channels:
-        return o
-    reach = notices.contact(profile, channels)
+    reach = (notices.contact(profile, [o.channel]) if o.channel in channels else None) \
+        or notices.contact(profile, channels)
     if reach is None:
+        if notices.contact(profile, notices.CHANNELS) is None:  # no address left at all
+            _conn(ledger).execute("DELETE FROM outbox WHERE key = ? AND sent IS NULL",
+                                  (o.key,))
+            return None
+        return o  # an address this node cannot send to yet: kept, tried again
+    if reach == (o.channel, o.to):
         return o
     _conn(ledger).execute("UPDATE outbox SET channel = ?, recipient = ? WHERE key = ?",
                           (*reach, o.key))
     return o._replace(channel=reach[0], to=reach[1])
+
+
+def _stale(ledger: Ledger, o: Outgoing, now_ms: int) -> bool:
+    if o.kind == "reminder":
+        try:
+            b = bookings.show(ledger, o.key.split(":", 1)[1])
+        except LedgerError:
+            return True
+        return b["status"] != "confirmed" or int(b.get("start") or 0) <= now_ms
+    return o.due > 0 and now_ms - o.due > STALE_AFTER_MS.get(o.kind, STALE_DEFAULT_MS)
 
 
 def mark_sent(ledger: Ledger, key: str, now_ms: int) -> None:
@@ -269,6 +300,13 @@ def collect(ledger: Ledger, now_ms: int, channels: Sequence[str]) -> Due:
     debits, read = _queued_debits(ledger, looked)
     if not looked:
         marks["debits"] = DEBITS_QUEUED
+    # Once a day by this node's day, not the debit's: a branch whose clock went back a
+    # day before each debit made the home branch send one notice per day it named.
+    # And none for a debit from before this store was restored: its notice was sent
+    # by the store that was lost, and the debit came back to this one from a peer.
+    after = int(ledger.storage.meta.get("notices_after") or 0)
+    debits = [{**d, "day": now.date().isoformat()} for d in debits
+              if id_time_ms(d["entry"]) >= after]
     out += notices.low_balance_notices(node, debits, rule, channels)
     out += notices.reminder_notices(node, _bookings_soon(ledger, now_ms, rule), rule, channels)
     conn = _conn(ledger)

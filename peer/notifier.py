@@ -62,10 +62,10 @@ class Notifier:
                 log.info("notices: %d due", new)
             sent = 0
             for kept in outbox.pending(ledger, now):
-                o = outbox.as_now(ledger, kept, channels)
+                o = outbox.as_now(ledger, kept, channels, now)
                 if o is None:
-                    log.info("notices: %s not sent: its member may no longer receive it",
-                             kept.key)
+                    log.info("notices: %s not sent: its member may no longer receive it, "
+                             "or it is stale", kept.key)
                     continue
                 if await self._send(o):
                     outbox.mark_sent(self.node.ledger, o.key, self.clock())

@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -475,7 +475,7 @@ def test_two_debits_in_one_pass_that_cross_the_threshold_once_tell_once(
     op(ledger, "debit", member=m["never"], amount=4000)
     due = outbox.collect(ledger, NOW + 1000, BOTH)
     [low] = [n for n in due.notices if n.kind == "low_balance"]
-    assert low.key == f"low_balance:{m['never']}:{ledger.today()}"
+    assert low.key == f"low_balance:{m['never']}:{outbox.today_of(ledger, NOW + 1000)}"
     assert "20.00" in low.body, "the one that crossed"
     outbox.keep(ledger, due, NOW + 1000)
     assert _look(ledger, NOW + 2000) == []
@@ -581,3 +581,96 @@ def test_a_store_that_sends_nothing_queues_no_debit(tmp_path: Path) -> None:
     finally:
         hq.close()
         sh01.close()
+
+
+class _Down(LogGateway):
+    """A real LogGateway that a test says is down (the provider unreachable)."""
+
+    down = True
+
+    async def send(self, message: Any) -> None:
+        if self.down:
+            raise GatewayError("cannot reach the SMS provider; it will be tried again")
+        await super().send(message)
+
+
+def test_a_notice_kept_while_the_gateway_was_down_goes_as_things_are(tmp_path: Path) -> None:
+    """Kept at 10:00 while the gateway was down: a reminder of an 11:30 appointment the
+    member cancelled at 10:30, changing her phone number too, went out at 15:00 to the
+    number she had given up. A reminder goes only while its booking stands and before
+    it begins; a notice goes to the address the member has now, within its day."""
+    clock = FakeClock(NOW - 30 * 60_000)  # 10:00 in Shanghai
+    led = new_ledger(tmp_path, "SH01", now_ms=clock)
+    try:
+        m = op(led, "member.add", name="王芳", phone="13800000009")["member_id"]
+        op(led, "technician.add", code="T01", name="小李", services="FOOT60")
+        op(led, "technician.add", code="T02", name="小王", services="FOOT60")
+        b = op(led, "booking.add", member=m, technician="T01", service="FOOT60",
+               at="2026-12-03T11:30")
+        b2 = op(led, "booking.add", member=m, technician="T02", service="FOOT60",
+                at="2026-12-03T11:00")
+        sms = _Down("sms")
+        notifier = Notifier(NodeStandIn(led, {"sms": sms}), clock=clock)  # type: ignore[arg-type]
+        asyncio.run(notifier.tick())
+        assert {h["key"] for h in outbox.history(led)} == {
+            f"reminder:{b['booking']}", f"reminder:{b2['booking']}"}
+        clock.ms += 30 * 60_000  # 10:30
+        op(led, "booking.cancel", booking=b["booking"])
+        op(led, "member.edit", member=m, phone="13900000000")
+        sms.down = False
+        assert asyncio.run(notifier.tick()) == 1
+        assert [(x.key, x.to) for x in sms.sent] == [(f"reminder:{b2['booking']}",
+                                                       "13900000000")]
+    finally:
+        led.close()
+
+
+def test_what_expires_is_one_notice_a_day_however_many_coupons(tmp_path: Path) -> None:
+    """Another branch issued a member 200 coupons of 0.01 expiring tomorrow (a coupon
+    moves no money: a liar pays nothing for it), and her home branch sent 200 text
+    messages at the greetings hour, every member, every day."""
+    led = new_ledger(tmp_path, "SH01", now_ms=FakeClock(NOW))
+    try:
+        m = op(led, "member.add", name="张伟", phone="13800000002")["member_id"]
+        today = outbox.today_of(led, NOW)
+        tomorrow = (date.fromisoformat(today) + timedelta(days=1)).isoformat()
+        for _ in range(5):
+            op(led, "coupon.issue", member=m, off=1, valid_to=tomorrow)
+        due = outbox.collect(led, NOW, BOTH)
+        [expiry] = [n for n in due.notices if n.kind == "expiry"]
+        assert expiry.key == f"expiry:{m}:{today}"
+        assert "等 5 项" in expiry.body, expiry.body
+    finally:
+        led.close()
+
+
+def test_a_low_balance_is_told_by_the_senders_day_and_not_again_after_a_restore(
+        ledger: Ledger) -> None:
+    """The key named the debit's own day: a branch whose clock went back a day before
+    each round made the home branch send one notice per day it named. And a restored
+    store told again of debits that came back to it from a peer (meta notices_after)."""
+    m = members(ledger)
+    assert _look(ledger, NOW) == []
+    op(ledger, "topup", member=m["never"], amount=10000, pay="cash")
+    op(ledger, "debit", member=m["never"], amount=8000)
+    assert _look(ledger, NOW + 1000) == [m["never"]]
+    op(ledger, "topup", member=m["never"], amount=10000, pay="cash")
+    op(ledger, "debit", member=m["never"], amount=8000)
+    ledger.storage.set_meta("notices_after", str(ledger.clock.wall() + 86_400_000))
+    op(ledger, "topup", member=m["never"], amount=10000, pay="cash")
+    op(ledger, "debit", member=m["never"], amount=8000)
+    assert _look(ledger, NOW + 2 * 86_400_000) == []  # before the restore: not again
+
+
+def test_a_merged_duplicates_kept_notices_are_not_sent(ledger: Ledger) -> None:
+    """A broadcast kept for two records of one customer while mail was down went to
+    both once merged: one customer, two messages, one to the duplicate's old address."""
+    a = op(ledger, "member.add", name="Carol", phone="13800000003", promo="yes")["member_id"]
+    b = op(ledger, "member.add", name="Carol", phone="13800000004", promo="yes")["member_id"]
+    assert op(ledger, "notice.broadcast", subject="Sale", text="{name}: 20% off")["queued"] == 2
+    op(ledger, "member.merge", member=b, into=a)
+    sms = LogGateway("sms")
+    notifier = Notifier(NodeStandIn(ledger, {"sms": sms}),  # type: ignore[arg-type]
+                        clock=ledger.clock.wall)
+    assert asyncio.run(notifier.tick()) == 1
+    assert [x.to for x in sms.sent] == ["13800000003"]
