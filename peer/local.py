@@ -75,7 +75,7 @@ def running(data_dir: Path) -> Running | None:
         info = json.loads((data_dir / RUN_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if not _lock_held(data_dir):
+    if not in_use(data_dir):
         return None
     try:
         return Running(f"http://{info['api_host']}:{int(info['api'])}", str(info["token"]),
@@ -84,7 +84,8 @@ def running(data_dir: Path) -> Running | None:
         return None
 
 
-def _lock_held(data_dir: Path) -> bool:
+def in_use(data_dir: Path) -> bool:
+    """Whether a process (a node, a counter, a command) holds `data_dir`'s lock."""
     try:
         fd = os.open(data_dir / LOCK_FILE, os.O_RDWR)
     except OSError:

@@ -318,6 +318,7 @@ class Node:
         self._dial_told: dict[str, str] = {}  # dial target -> the last failure logged
         self._discovered: set[str] = set()  # dial targets announced on the LAN
         self._flush_soon = False
+        self._wrote_run_file = False  # this process's own (Node.stop removes only that)
         # The core's recent decisions, for `status` and tests (bounded: a node runs
         # for months).
         self.decisions: deque[str] = deque(maxlen=1000)
@@ -700,6 +701,7 @@ class Node:
             await self._serve()
             write_run_file(self.data_dir, node=self.node_id, host=self.config.api[0],
                            port=self.api_port, token=self.local_token)
+            self._wrote_run_file = True
             for url in self.config.peers:
                 self._hints.setdefault(url, None)
             self.run(self.core.start(time.monotonic(), [(u, None) for u in self.config.peers]))
@@ -769,8 +771,11 @@ class Node:
             await runner.cleanup()
         if self._client is not None:
             await self._client.close()
-        with contextlib.suppress(FileNotFoundError):
-            (self.data_dir / RUN_FILE).unlink()  # before the lock goes with the ledger
+        if self._wrote_run_file:  # a start refused (another holds the store) wrote none:
+            # the one there is the running node's, and the command line finds it by it
+            with contextlib.suppress(FileNotFoundError):
+                (self.data_dir / RUN_FILE).unlink()  # before the lock goes with the ledger
+            self._wrote_run_file = False
         if self._ledger is not None:
             self._ledger.close()
             self._ledger = None

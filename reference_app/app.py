@@ -22,7 +22,7 @@ from crdtledger import __version__, platform
 from crdtledger.errors import LedgerError
 from crdtledger.private import private_text_open
 from crdtledger.sync import PROTOCOL_VERSION
-from peer import webcert
+from peer import local, webcert
 from peer.chain import load_identity
 from peer.cli import CONFIG_FILE, add_node_options, node_config
 from peer.node import Config, Node, parse_address
@@ -196,6 +196,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (LedgerError, ValueError) as e:
         print(f"reference_app: {e}")
         return 2
+    if local.in_use(args.data):
+        # Refused before anything starts: a process that failed to open the store
+        # stayed up with no node, and once stopped removed the running node's run file,
+        # which the command line finds it by.
+        print(f"reference_app: {args.data} is in use by another process (a node or a "
+              "counter already runs on it): stop that one first")
+        return 1
     from nicegui.storage import Storage
 
     # Sessions next to the node's data, not in whatever directory the app started in.

@@ -35,6 +35,7 @@ from typing import Any
 
 from crdtledger.ledger import Ledger
 from crdtledger.private import private_dir, private_file_open, private_text_open
+from peer import local
 from peer.chain import enrol, init_chain
 from peer.printer_listener import PrinterListener, Printout, show
 from peer.receipts import PrinterConfig, save_config
@@ -428,6 +429,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        busy = [node for node in BRANCHES if local.in_use(demo.data(node))]
+        if busy:
+            # Before anything is deleted (--fresh) or rewritten (each branch's printer
+            # and mail settings): a second demo on the same data deleted the running
+            # one's stores, pointed its receipts at a printer that went with it, and
+            # said "running" about the first demo's pages.
+            raise DemoError(f"a demo already runs on {demo.root} ({', '.join(busy)} in "
+                            "use): stop it first, or give another --data")
         new = args.fresh or not demo.created()
         if new:
             print(f"Creating the demo chain in {demo.root}: a certificate authority, three "

@@ -7,12 +7,57 @@ import json
 import os
 import sys
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 from sim.byzantine import ROLES
 from sim.config import Config
 from sim.faults import SCENARIOS
+
+
+def _at_least(low: int) -> Any:
+    """An argparse type: a whole number of at least `low` (a run of no days, no
+    customers or no seeds reported "0 violations", or a false divergence, for a run
+    that did nothing; a negative one hung)."""
+    def whole(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {n}")
+        return n
+    return whole
+
+
+def _fraction(text: str) -> float:
+    """A probability: 0 to 1."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= x <= 1.0:
+        raise argparse.ArgumentTypeError(f"a probability is 0 to 1, not {text}")
+    return x
+
+
+def _seconds(text: str) -> float:
+    """A time of more than 0 seconds (anti-entropy every 0 s never let the clock move)."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
+    return x
+
+
+def _day(text: str) -> str:
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date like 2026-01-30: {text!r}") from None
 
 
 def _add_run_options(p: argparse.ArgumentParser, *, sweep: bool) -> None:
@@ -22,32 +67,32 @@ def _add_run_options(p: argparse.ArgumentParser, *, sweep: bool) -> None:
         p.add_argument("--scenario", default="all",
                        help="a scenario, a comma-separated list, or 'all'")
     else:
-        p.add_argument("--nodes", type=int, default=10)
+        p.add_argument("--nodes", type=_at_least(2), default=10)
         p.add_argument("--scenario", default="steady", choices=sorted(SCENARIOS))
-    p.add_argument("--members", type=int, default=None, help="default: 20 per node")
-    p.add_argument("--days", type=int, default=1)
-    p.add_argument("--start", default=Config().start,
+    p.add_argument("--members", type=_at_least(1), default=None, help="default: 20 per node")
+    p.add_argument("--days", type=_at_least(1), default=1)
+    p.add_argument("--start", type=_day, default=Config().start,
                    help="local date the run begins, e.g. 2026-01-30 (a month's end)")
     p.add_argument("--topology", default="auto", choices=("auto", "hub", "tree", "mesh"),
                    help="auto: mesh up to 6 nodes, else hub (see README)")
-    p.add_argument("--hubs", type=int, default=None)
-    p.add_argument("--ops-per-node", type=int, default=Config().ops_per_node,
+    p.add_argument("--hubs", type=_at_least(1), default=None)
+    p.add_argument("--ops-per-node", type=_at_least(1), default=Config().ops_per_node,
                    help="customer arrivals per branch per day")
-    p.add_argument("--hot-members", type=int, default=Config().hot_members)
-    p.add_argument("--ae-interval", type=float, default=Config().ae_interval_s,
+    p.add_argument("--hot-members", type=_at_least(0), default=Config().hot_members)
+    p.add_argument("--ae-interval", type=_seconds, default=Config().ae_interval_s,
                    help="seconds between anti-entropy rounds")
-    p.add_argument("--dup", type=float, default=0.0,
+    p.add_argument("--dup", type=_fraction, default=0.0,
                    help="probability a frame reaches the session twice")
-    p.add_argument("--reorder", type=float, default=0.0,
+    p.add_argument("--reorder", type=_fraction, default=0.0,
                    help="probability two frames of a batch reach the session swapped")
-    p.add_argument("--max-ops", type=int, default=None)
-    p.add_argument("--forger", type=int, default=0,
+    p.add_argument("--max-ops", type=_at_least(0), default=None)
+    p.add_argument("--forger", type=_at_least(0), default=0,
                    help="branches that write records breaking the write rules")
-    p.add_argument("--equivocator", type=int, default=0,
+    p.add_argument("--equivocator", type=_at_least(0), default=0,
                    help="branches that fork their log (two records at one position)")
-    p.add_argument("--restored", type=int, default=0,
+    p.add_argument("--restored", type=_at_least(0), default=0,
                    help="branches restored from a backup taken earlier in the run")
-    p.add_argument("--closed", type=int, default=0,
+    p.add_argument("--closed", type=_at_least(0), default=0,
                    help="shops closing for good: hand over, switched off, revoked")
     p.add_argument("--byzantine", default="",
                    help="the same as a list, e.g. forger:1,equivocator:1,restored:1,closed:1")
@@ -61,7 +106,11 @@ def _add_run_options(p: argparse.ArgumentParser, *, sweep: bool) -> None:
 
 
 def _config(a: argparse.Namespace, *, nodes: int, scenario: str, seed: int) -> Config:
-    mask = frozenset(int(x) for x in a.drop_faults.split(",") if x.strip())
+    try:
+        mask = frozenset(int(x) for x in a.drop_faults.split(",") if x.strip())
+    except ValueError:
+        raise SystemExit(f"--drop-faults {a.drop_faults}: fault indexes are whole numbers, "
+                         "e.g. 1,3") from None
     byz = {role: getattr(a, role) for role in ROLES}
     for item in (x.strip() for x in a.byzantine.split(",") if x.strip()):
         role, _, count = item.partition(":")
@@ -125,6 +174,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     cfg = _config(a, nodes=a.nodes, scenario=a.scenario, seed=a.seed)
     cfg = cfg.with_(progress=a.progress or (sys.stderr.isatty() and not a.json))
+    _plot_dir(a.plot)
     try:
         result, world = run(cfg)
     except ValueError as e:  # the run as asked cannot be built (a run's own faults are
@@ -140,9 +190,14 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
-    from sim.world import results_of
-
-    nodes = [int(x) for x in str(a.nodes).split(",")]
+    try:
+        nodes = [int(x) for x in str(a.nodes).split(",")]
+    except ValueError:
+        raise SystemExit(f"--nodes {a.nodes}: node counts are whole numbers, e.g. 5,10,20"
+                         ) from None
+    if any(n < 2 for n in nodes):
+        raise SystemExit(f"--nodes {a.nodes}: a chain has at least 2 nodes")
+    _plot_dir(a.plot)
     scenarios = sorted(SCENARIOS) if a.scenario == "all" else a.scenario.split(",")
     for s in scenarios:
         if s not in SCENARIOS:
@@ -152,10 +207,34 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     runs = [(n, s, seed) for n in nodes for s in scenarios
             for seed in range(a.first_seed, a.first_seed + a.seeds)]
     results: list[dict[str, Any]] = []
-    tty = sys.stderr.isatty()
     began = time.monotonic()
-    bad = []
+    bad: list[dict[str, Any]] = []
     configs = [_config(a, nodes=n, scenario=s, seed=seed) for n, s, seed in runs]
+    try:
+        _sweep(a, runs, configs, results, bad, began)
+    except ValueError as e:  # a run as asked cannot be built (as `run` says it)
+        raise SystemExit(f"python -m sim sweep: {e}") from None
+    summary = _sweep_summary(results)
+    if a.plot is not None:
+        from sim.report import write_sweep_report
+
+        write_sweep_report(a.plot, results, summary)
+    if a.json:
+        print(json.dumps({"summary": summary, "runs": results}, indent=2, ensure_ascii=False))
+    else:
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+        for r in bad:
+            v = r["violation"]
+            print(f"VIOLATION seed {r['seed']} {r['scenario']} n={r['nodes']}: "
+                  f"{v['kind']}: {v['message']}\n  reproduce: {r['reproduce']}")
+    return 1 if bad else 0
+
+
+def _sweep(a: argparse.Namespace, runs: list[tuple[int, str, int]], configs: list[Config],
+           results: list[dict[str, Any]], bad: list[dict[str, Any]], began: float) -> None:
+    from sim.world import results_of
+
+    tty = sys.stderr.isatty()
     for i, ((n, s, seed), result) in enumerate(zip(runs, results_of(configs, a.jobs),
                                                    strict=True)):
         results.append(result)
@@ -173,20 +252,19 @@ def cmd_sweep(a: argparse.Namespace) -> int:
         sys.stderr.flush()
     if tty:
         sys.stderr.write("\n")
-    summary = _sweep_summary(results)
-    if a.plot is not None:
-        from sim.report import write_sweep_report
 
-        write_sweep_report(a.plot, results, summary)
-    if a.json:
-        print(json.dumps({"summary": summary, "runs": results}, indent=2, ensure_ascii=False))
-    else:
-        print(json.dumps(summary, indent=2, ensure_ascii=False))
-        for r in bad:
-            v = r["violation"]
-            print(f"VIOLATION seed {r['seed']} {r['scenario']} n={r['nodes']}: "
-                  f"{v['kind']}: {v['message']}\n  reproduce: {r['reproduce']}")
-    return 1 if bad else 0
+
+def _plot_dir(plot: Path | None) -> None:
+    """The --plot directory, made and checked before a run of minutes (a file path
+    there failed after it, and the result was never printed)."""
+    if plot is None:
+        return
+    try:
+        plot.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"--plot {plot}: cannot write charts there ({e.strerror})") from None
+    if not os.access(plot, os.W_OK):
+        raise SystemExit(f"--plot {plot}: cannot write charts there (not writable)")
 
 
 def _sweep_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -231,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--seed", type=int, default=1)
     _add_run_options(p_run, sweep=False)
     p_sweep = sub.add_parser("sweep", help="many seeds (and scenarios, node counts)")
-    p_sweep.add_argument("--seeds", type=int, default=10)
+    p_sweep.add_argument("--seeds", type=_at_least(1), default=10)
     p_sweep.add_argument("--first-seed", type=int, default=1)
     p_sweep.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                          help="runs at once, each in its own process (default: one per "

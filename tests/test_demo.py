@@ -141,3 +141,45 @@ def test_demo_runs_three_branches_with_counter_pages_and_resumes(demo_dir: Path)
         (count,) = ledger.storage.conn.execute("SELECT COUNT(*) FROM members").fetchone()
         assert count == MEMBERS + 2
     assert before <= after  # the same data, not seeded again (new rights moves may add)
+
+
+def test_a_second_demo_on_the_same_data_changes_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A second `./run demo` on the data of one running deleted its stores (--fresh)
+    or rewrote each branch's printer and mail settings, then said "running" about the
+    first demo's pages and exited 0. It is refused before it touches anything."""
+    from reference_app import demo
+
+    root = tmp_path / "demo-data"
+    head = next(iter(BRANCHES))
+    Ledger.create(root / head, head)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        with Ledger.open(root / head):  # the demo that runs
+            code = demo.main(["--data", str(root), "--fresh", "--exit"])
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+    assert code == 1
+    assert "a demo already runs" in capsys.readouterr().err
+    assert (root / head / "ledger.sqlite3").exists()
+    assert sorted(p.name for p in root.iterdir()) == [head]
+
+
+def test_the_counter_app_refuses_a_directory_a_node_runs_on(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`crdtledger-counter --data D` on the directory of a running node stayed up with
+    no node, and once stopped removed the node's run file, cutting the command line off
+    from it. It says so and exits 1 before it starts anything."""
+    from peer.chain import enrol, init_chain
+    from peer.local import RUN_FILE
+    from reference_app import app
+
+    chain = init_chain(tmp_path / "chain")
+    Ledger.create(tmp_path / "SH01", "SH01", chain.name)
+    enrol(tmp_path / "chain", tmp_path / "SH01", "SH01")
+    (tmp_path / "SH01" / RUN_FILE).write_text("{}")  # the running node's
+    with Ledger.open(tmp_path / "SH01"):
+        assert app.main(["--data", str(tmp_path / "SH01")]) == 1
+    assert "in use by another process" in capsys.readouterr().out
+    assert (tmp_path / "SH01" / RUN_FILE).exists()

@@ -211,6 +211,31 @@ def test_a_peers_state_said_again_is_not_written_again(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_a_second_start_on_a_running_nodes_directory_leaves_it_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second process started on the directory of a running node (the counter app, a
+    second demo) could not open the store and, once stopped, removed the running
+    node's run file: `crdtledger status` then said "not running" and every command was
+    refused as the directory being in use, until that node restarted."""
+    from crdtledger import storage
+    from crdtledger.errors import StoreLocked
+    from peer import local
+
+    monkeypatch.setattr(storage, "LOCK_WAIT_S", 0)  # refused at once, not after a wait
+
+    async def scenario() -> None:
+        async with pair(tmp_path) as (a, _b):
+            second = Node(Config(tmp_path / "SH01", listen=("127.0.0.1", 0),
+                                 api=("127.0.0.1", 0), mdns=False))
+            with pytest.raises(StoreLocked):
+                await second.start()
+            await second.stop()
+            found = local.running(tmp_path / "SH01")
+            assert found is not None and found.url.endswith(f":{a.api_port}")
+
+    asyncio.run(scenario())
+
+
 def test_a_debit_waits_no_longer_than_the_deadline_for_a_silent_holder(
         tmp_path: Path) -> None:
     async def scenario() -> None:

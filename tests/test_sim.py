@@ -186,3 +186,27 @@ def test_the_cli_prints_json_with_the_named_fields(capsys: pytest.CaptureFixture
     assert r["violations"] == 0 and r["converged"] is True
     for name in ("refused.png", "convergence.png", "report.md"):
         assert (tmp_path / name).stat().st_size > 1000, name
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "--days", "0"], ["run", "--ops-per-node", "0"], ["run", "--ops-per-node", "-5"],
+    ["run", "--ae-interval", "0"], ["run", "--max-ops", "-1"], ["run", "--dup", "2"],
+    ["run", "--reorder", "-1"], ["run", "--members", "-3"], ["run", "--hubs", "0"],
+    ["run", "--drop-faults", "abc"], ["sweep", "--seeds", "0"], ["sweep", "--nodes", "1"],
+    ["sweep", "--nodes", "2,,3"], ["sweep", "--start", "2026-02-30"],
+    ["run", "--plot", "/dev/null/x", "--nodes", "2"],
+])
+def test_the_simulators_command_line_refuses_what_no_run_can_mean(
+        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """A run of no days or no customers reported a false divergence (or a traceback)
+    and shrank it; a negative count or no anti-entropy interval hung; `--max-ops -1`
+    and `sweep --seeds 0` said "0 violations" for runs that did nothing; a bad list or
+    date was a traceback, and a bad --plot failed after the whole run. Each is a
+    sentence, at once, and a non-zero exit."""
+    from sim.cli import main
+
+    with pytest.raises(SystemExit) as refused:
+        main(argv)
+    assert refused.value.code not in (0, None)
+    said = str(refused.value.code) + capsys.readouterr().err
+    assert "Traceback" not in said and said.strip()
