@@ -58,6 +58,18 @@ def register() -> None:
             Counter()
 
 
+# The most units of one line a box takes (a package's uses, goods, services).
+MOST_UNITS = 999
+
+
+def _units(value: Any) -> int | None:
+    """A number box's value as a whole number of at least 1, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value) \
+            or value < 1:
+        return None
+    return int(value)
+
+
 # --- login ----------------------------------------------------------------------
 
 
@@ -411,15 +423,39 @@ class Counter:
         return any(isinstance(el, ui.dialog) and el.value
                    for el in self.dialogs.default_slot.children)
 
-    def count(self, box: ui.number, error: ui.label) -> int | None:
-        """A quantity box's whole number of at least 1, else None and why: an emptied
-        box reads None, and `value or 1` sold one use of a package for its full price."""
-        value = box.value
-        if value is None or value != int(value) or value < 1:
-            self.say_trouble(tr("数量要填正整数。", "Enter a whole number, 1 or more."), error,
-                             fixed=lambda: box.value is not None and box.value >= 1)
+    def terms(self, member: str | None, *rules: str) -> tuple[Any, ...]:
+        """What a dialog's figures are worked out from, as the store holds it now: the
+        rules named, the goods catalogue, the member's level. A dialog reads them as it
+        opens; one changed before its confirm (a head office's price list synced in, a
+        version taking effect at midnight) was charged without a word against the
+        figure the cashier had read out."""
+        ledger = self.shop.ledger
+        level = ledger.level(member) if member else {}
+        return (tuple(ledger.rule(r) for r in rules), self.shop.goods(),
+                tuple(level.get(k) for k in ("name", "discount", "points_multiplier")))
+
+    def changed_terms(self, seen: tuple[Any, ...], member: str | None, *rules: str,
+                      error: ui.label) -> bool:
+        if self.terms(member, *rules) == seen:
+            return False
+        self.say_trouble(tr("价格或优惠刚刚变了：请关闭后重新打开，看清新的金额再确认。",
+                            "Prices or offers changed just now: close this and open it "
+                            "again to see the new figures before confirming."), error)
+        return True
+
+    def count(self, box: ui.number, error: ui.label, most: int = MOST_UNITS) -> int | None:
+        """A quantity box's whole number from 1 to `most`, else None and why: an emptied
+        box reads None, and `value or 1` sold one use of a package for its full price.
+        The boxes clamp and round nothing themselves (NiceGUI's min, max and precision
+        did it as the box lost focus, swallowing the click that caused it: 1.5 sold
+        two)."""
+        n = _units(box.value)
+        if n is None or n > most:
+            self.say_trouble(tr("数量要填 1 到 {most} 的整数。", "Enter a whole number from 1 "
+                                "to {most}.", most=most), error,
+                             fixed=lambda: (_units(box.value) or most + 1) <= most)
             return None
-        return int(value)
+        return n
 
     @staticmethod
     def _payer(member: str, card: str | None, pin: str | None) -> dict[str, str | None]:
@@ -546,6 +582,7 @@ class Counter:
             return
         lvl = ledger.level(member) if member else None
         earn = ledger.rule("earn")
+        seen = self.terms(member, "services", "earn")
         packages = ({p["id"]: p for p in views.packages(ledger, member) if p["remaining"] > 0}
                     if member else {})
         service = service or (self.favourite_service(member, services) if member
@@ -561,8 +598,7 @@ class Counter:
                              for code, v in services.items()},
                             value=service, label=tr("服务项目", "Service")) \
                 .classes("w-full").mark("service")
-            qty = ui.number(tr("数量", "Quantity"), value=1, min=1, max=99, precision=0) \
-                .classes("w-32").mark("qty")
+            qty = ui.number(tr("数量", "Quantity"), value=1).classes("w-32").mark("qty")
             # From the card, from a package, or paid at the till by one of the
             # chain's methods (the history then says so, and the card is untouched).
             ui.label(tr("付款方式", "Paid by")).classes("text-sm text-gray-600")
@@ -583,7 +619,10 @@ class Counter:
             preview = ui.label().classes("text-lg").mark("preview")
 
             def update() -> None:
-                code, n = svc.value, int(qty.value or 1)
+                code, n = svc.value, _units(qty.value)
+                if n is None:
+                    preview.set_text("")
+                    return
                 # A package's uses pay nothing a coupon could take off.
                 if ticket is not None:
                     ticket.set_visibility(bool(coupons) and pay.value != "package")
@@ -613,7 +652,8 @@ class Counter:
 
             async def confirm() -> None:
                 n = self.count(qty, error)
-                if n is None:
+                if n is None or self.changed_terms(seen, member, "services", "earn",
+                                                   error=error):
                     return
                 code, how = svc.value, str(pay.value)
                 cid = (ticket.value or None) if ticket is not None and how != "package" \
@@ -640,6 +680,7 @@ class Counter:
         ledger = self.shop.ledger
         items = self.shop.goods()
         member = None if walk_in else self.member
+        seen = self.terms(member, "earn")
         card, pin = (self.card_no, self.pin) if member else (None, None)
         d, body, error = self.dialog(tr("商品销售", "Sell goods") + (
             self._who() if member else tr(" — 散客", " — walk-in customer")))
@@ -657,8 +698,8 @@ class Counter:
                              label=tr("商品", "Goods"), with_input=True) \
                 .classes("w-full").mark("goods")
             with ui.row().classes("w-full items-center gap-4"):
-                qty = ui.number(tr("数量", "Quantity"), value=1, min=1, max=999, precision=0) \
-                    .classes("w-32").mark("goods-qty")
+                qty = ui.number(tr("数量", "Quantity"), value=1).classes("w-32") \
+                    .mark("goods-qty")
                 stock = ui.label().classes("text-gray-600").mark("stock-here")
             methods = self.shop.pay_methods()
             ui.label(tr("付款方式", "Paid by")).classes("text-sm text-gray-600")
@@ -672,7 +713,10 @@ class Counter:
             earn = ledger.rule("earn")
 
             def update() -> None:
-                item, n = items.get(str(pick.value)), int(qty.value or 1)
+                item, n = items.get(str(pick.value)), _units(qty.value)
+                if n is None:
+                    preview.set_text("")
+                    return
                 if item is None:
                     preview.set_text("")
                     stock.set_text("")
@@ -698,7 +742,7 @@ class Counter:
 
             async def confirm() -> None:
                 n = self.count(qty, error)
-                if n is None:
+                if n is None or self.changed_terms(seen, member, "earn", error=error):
                     return
                 c, how = str(pick.value), str(pay.value)
                 payer = self._payer(member, card, pin) if member else {}
@@ -793,6 +837,7 @@ class Counter:
         ledger = self.shop.ledger
         promotions = sorted(ledger.rule("promotions"), key=lambda p: int(p["min"]))
         limit = int(ledger.rule("approval")["topup_limit"])
+        seen = self.terms(member, "promotions")
         d, body, error = self.dialog(tr("充值", "Top up") + self._who())
         with body:
             amount = ui.input(tr("金额（元）", "Amount (yuan)"), placeholder="100.00") \
@@ -847,6 +892,8 @@ class Counter:
                 except InvalidAmount as e:
                     self.refused(e, error, fixed=lambda: parsed() is not None)
                     return
+                if self.changed_terms(seen, member, "promotions", error=error):
+                    return
                 appr = ((approver.value or "", approver_pw.value or "")
                         if approval.visible and approver.value else None)
                 done = await self.act(
@@ -875,8 +922,8 @@ class Counter:
                             value=self.favourite_service(member, services),
                             label=tr("服务项目", "Service")) \
                 .classes("w-full").mark("package-service")
-            uses = ui.number(tr("次数", "Uses"), value=10, min=1, max=999, precision=0) \
-                .classes("w-32").mark("package-uses")
+            uses = ui.number(tr("次数", "Uses"), value=10).classes("w-32") \
+                .mark("package-uses")
             price = ui.input(tr("价格（元）", "Price (yuan)"), placeholder="1000.00") \
                 .props("outlined inputmode=decimal").classes("w-full").mark("package-price")
             pay = ui.radio({"stored": tr("储值卡", "Stored value"), **methods},
@@ -979,8 +1026,7 @@ class Counter:
             if goods:
                 left = int(entry.get("qty", 1)) if units_left is None else units_left
                 units = ui.number(tr("退货数量（退回库存）", "Units returned (back to stock)"),
-                                  value=max(1, left), min=1, max=max(1, left), precision=0) \
-                    .classes("w-48").mark("refund-qty")
+                                  value=max(1, left)).classes("w-48").mark("refund-qty")
             elif not package:
                 amount = ui.input(tr("退款金额（不填则全部退）", "Amount (empty: all of it)")) \
                     .props("outlined inputmode=decimal").classes("w-full").mark("refund-amount")
@@ -997,7 +1043,7 @@ class Counter:
                         self.refused(e, error, fixed=lambda: not (typed.value or "").strip()
                                      or _valid_money(typed.value))
                         return
-                n = None if units is None else self.count(units, error)
+                n = None if units is None else self.count(units, error, max(1, left))
                 if units is not None and n is None:
                     return
                 done = await self.act(

@@ -152,6 +152,43 @@ async def test_a_double_click_on_confirm_sells_once(counter_app: CounterApp) -> 
     assert len(app.ledger.history(mid)) == 3  # the top-up, the card's issue, one sale
 
 
+async def test_a_price_changed_while_the_dialog_is_open_is_not_charged_unseen(
+        counter_app: CounterApp) -> None:
+    """The dialog said ¥128.00; the price list changed (a head office's synced in, a
+    version taking effect at midnight) before the cashier confirmed, and ¥198.00 was
+    taken without a word. The sale is refused with a sentence; opened again, it shows
+    the new price and sells at it."""
+    app = counter_app
+    mid = await consume_dialog_by_phone_tail(app)
+    dear = {k: dict(v) for k, v in app.ledger.rule("services").items()}
+    dear["FOOT60"]["price"] = 19800
+    app.ledger.set_rule(app.node_owner, "services", dear)
+    before = snapshot(app.ledger, [mid])
+    app.user.find(marker="consume-ok").click()
+    await app.user.should_see("价格或优惠刚刚变了")
+    assert snapshot(app.ledger, [mid]) == before
+    app.user.find("关闭").click()
+    app.user.find(marker="consume").click()
+    await app.user.should_see("原价 ¥198.00，应付 ¥198.00，得 198 积分")
+    app.user.find(marker="consume-ok").click()
+    await app.user.should_see("实付 ¥198.00")
+    assert app.ledger.balance(mid)["cash"] == 50000 - 19800
+
+
+async def test_a_quantity_that_is_not_a_whole_number_is_refused_not_rounded(
+        counter_app: CounterApp) -> None:
+    """1.5 typed in 数量: the box rounded it to 2 as it lost focus, swallowing the click,
+    and the next click sold two; 0 became 1. Refused with a sentence instead."""
+    app = counter_app
+    mid = await consume_dialog_by_phone_tail(app)
+    before = snapshot(app.ledger, [mid])
+    for typed in ("1.5", "0", "1000"):
+        app.user.find(marker="qty").clear().type(typed)
+        app.user.find(marker="consume-ok").click()
+        await app.user.should_see("数量要填 1 到 999 的整数。")
+        assert snapshot(app.ledger, [mid]) == before
+
+
 async def test_top_up_shows_the_promotion_and_credits_the_card(counter_app: CounterApp) -> None:
     app = counter_app
     mid = member_with_card(app)
