@@ -186,7 +186,7 @@ def _fingerprints(ledger: Ledger) -> dict[str, str]:
         # month's (refusing it on the wire would split a chain upgraded branch by
         # branch), but no entry's day is in it, and the month next to it is no date:
         # every branch's export failed on it for good.
-        if name.startswith("ledger/") and "0001" <= name[7:11] <= "9998":
+        if name.startswith("ledger/") and "0001-02" <= name[7:] <= "9998-12":
             h = hashlib.sha256(sv)
             h.update(f"|{waiting.get(name, 0)}|{refused.get(name, 0)}".encode())
             docs[name.removeprefix("ledger/")] = h.hexdigest()

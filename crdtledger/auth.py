@@ -184,11 +184,18 @@ _BUILTIN_NAMES = frozenset({"店主", "owner", "会员自助", "member self-serv
 
 def _looks_built_in(name: str) -> bool:
     """Whether `name` reads as a built-in operator's, however it is written: full-width
-    letters (NFKC), invisible characters (a zero-width space, a soft hyphen: Unicode's
-    format characters) and case do not make `ｏｗｎｅｒ` or `店\u200b主` another name."""
+    letters (NFKC), what shows as nothing (a zero-width space, a soft hyphen, a
+    variation selector, a combining mark, a Hangul filler) and case do not make
+    `ｏｗｎｅｒ`, `店\u200b主` or `店\ufe00主` another name. Only compared, never stored."""
     seen = "".join(c for c in unicodedata.normalize("NFKC", name)
-                   if unicodedata.category(c) != "Cf").casefold()
+                   if unicodedata.category(c) not in ("Cf", "Mn", "Me")
+                   and c not in _FILLERS).casefold()
     return seen.startswith(("owner@", "self@")) or seen in _BUILTIN_NAMES
+
+
+# Letters that show as nothing (Unicode's default-ignorable code points outside the
+# format and combining categories).
+_FILLERS = frozenset("\u115f\u1160\u17b4\u17b5\u3164\uffa0")
 
 
 class Auth(LedgerBase):

@@ -411,10 +411,7 @@ def _mark_restored(copy: Path, node: str, what: str, enrolled: dict[str, list[st
                 # of what the lost PC sent it (Replica.peer_caught_up, a sync file).
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('restored_seen', ?)",
                              (str(seen),))
-                # Debits coming back from peers are not told again (crdtledger.outbox):
-                # the store that was lost sent their notices. Never cleared.
-                conn.execute("INSERT OR REPLACE INTO meta VALUES ('notices_after', ?)",
-                             (str(seen),))
+
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('restore_enrolled', ?)",
                              (json.dumps(enrolled),))
                 # Idempotency keys are local and a backup holds none made after it:

@@ -292,8 +292,10 @@ def collect(ledger: Ledger, now_ms: int, channels: Sequence[str]) -> Due:
                 notices.daily_notices(due, report, rule, name, channels)]
     day = notices.greetings_due(rule, now)
     if day is not None and _mark(ledger, "greetings") != day:
-        out += notices.member_day_notices(node, day, _home_members(ledger, day, rule),
-                                          rule, channels, rule["shop"] or ledger.chain)
+        home = _home_members(ledger, day, rule)
+        out += notices.member_day_notices(node, day, home, rule, channels,
+                                          rule["shop"] or ledger.chain)
+        marks |= {_told(m["id"], x): day for m in home for x in m["expiring"]}
         # The mark only spares a second scan that day: the keys keep each notice once.
         marks["greetings"] = day
     looked = _mark(ledger, "debits") == DEBITS_QUEUED
@@ -301,12 +303,11 @@ def collect(ledger: Ledger, now_ms: int, channels: Sequence[str]) -> Due:
     if not looked:
         marks["debits"] = DEBITS_QUEUED
     # Once a day by this node's day, not the debit's: a branch whose clock went back a
-    # day before each debit made the home branch send one notice per day it named.
-    # And none for a debit from before this store was restored: its notice was sent
-    # by the store that was lost, and the debit came back to this one from a peer.
-    after = int(ledger.storage.meta.get("notices_after") or 0)
-    debits = [{**d, "day": now.date().isoformat()} for d in debits
-              if id_time_ms(d["entry"]) >= after]
+    # day before each debit made the home branch send one notice per day it named. (A
+    # store restored from a backup may tell a member again, once, that day, of debits
+    # the lost store had told of; telling none of the debits from before the restore
+    # silenced those the lost store never held, and a clock far ahead silenced all.)
+    debits = [{**d, "day": now.date().isoformat()} for d in debits]
     out += notices.low_balance_notices(node, debits, rule, channels)
     out += notices.reminder_notices(node, _bookings_soon(ledger, now_ms, rule), rule, channels)
     conn = _conn(ledger)
@@ -332,6 +333,8 @@ def keep(ledger: Ledger, due: Due, now_ms: int) -> int:
                  (now_ms - KEEP_SENT_DAYS * 86_400_000,))
     conn.execute("DELETE FROM outbox WHERE next_try = ? AND due < ?",
                  (REFUSED, now_ms - KEEP_SENT_DAYS * 86_400_000))
+    conn.execute("DELETE FROM outbox_marks WHERE name LIKE 'told:%' AND value < ?",
+                 (today_of(ledger, now_ms - KEEP_SENT_DAYS * 86_400_000),))
     # An erased member's notices go too, sent or not: their address and name are in
     # them (crdtledger.erasure reaches every replica; this is the sender's own copy).
     conn.execute("DELETE FROM outbox WHERE member IN (SELECT id FROM members WHERE "
@@ -353,15 +356,24 @@ def _home_members(ledger: Ledger, day: str, rule: Mapping[str, Any]) -> list[dic
             for lot in views.points(ledger, m["id"])["lots"]:
                 if day <= lot["expires"] <= until:
                     lots[lot["expires"]] = lots.get(lot["expires"], 0) + int(lot["points"])
-            expiring += [{"what": "points", "n": n, "expires": exp}
+            expiring += [{"what": "points", "n": n, "expires": exp, "ref": f"points:{exp}"}
                          for exp, n in sorted(lots.items())]
         if rule["expiry_days"]:
             expiring += [{"what": "coupon", "coupon": c["coupon"], "terms": c["terms"],
-                          "expires": c["valid_to"]} for c in ledger.coupons(m["id"])
+                          "expires": c["valid_to"], "ref": f"coupon:{c['coupon']}"}
+                         for c in ledger.coupons(m["id"])
                          if c["status"] == "available" and c["valid_to"]
                          and day <= c["valid_to"] <= until]
+        # Each thing is told of once (one notice a day lists what is new): a coupon
+        # that expires in a week was told of every day of it.
+        expiring = [x for x in expiring if _mark(ledger, _told(m["id"], x)) is None]
         out.append({"id": m["id"], "profile": p, "expiring": expiring})
     return out
+
+
+def _told(member: str, expiring: Mapping[str, Any]) -> str:
+    """The mark that `expiring` was told of to `member` (outbox_marks)."""
+    return f"told:expiry:{member}:{expiring['ref']}"
 
 
 def _queued_debits(ledger: Ledger, looked: bool) -> tuple[list[dict[str, Any]], int]:

@@ -39,7 +39,7 @@ def test_a_ledger_month_no_date_holds_stops_no_analytics_export(w: World, tmp_pa
     the liar's empty record into them; its analytics export then failed for good on
     the month after (year 10000) or before (year -1)."""
     liar: Forger = w.liar
-    for name in ("ledger/9999-12", "ledger/0000-01"):
+    for name in ("ledger/9999-12", "ledger/0000-01", "ledger/0001-01"):
         rec = liar.write(name, lambda d: d.get("entries", type=Map))
         w.b.apply_batch(liar.batch([rec]))
         assert name in w.b.storage.state_vectors()

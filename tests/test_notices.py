@@ -640,26 +640,43 @@ def test_what_expires_is_one_notice_a_day_however_many_coupons(tmp_path: Path) -
         [expiry] = [n for n in due.notices if n.kind == "expiry"]
         assert expiry.key == f"expiry:{m}:{today}"
         assert "等 5 项" in expiry.body, expiry.body
+        outbox.keep(led, due, NOW)
+        # The next day nothing new expires: nothing is told (each thing once; the
+        # first version told a coupon of a week every day of it).
+        later = NOW + 86_400_000
+        assert not [n for n in outbox.collect(led, later, BOTH).notices
+                    if n.kind == "expiry"]
     finally:
         led.close()
 
 
-def test_a_low_balance_is_told_by_the_senders_day_and_not_again_after_a_restore(
-        ledger: Ledger) -> None:
-    """The key named the debit's own day: a branch whose clock went back a day before
-    each round made the home branch send one notice per day it named. And a restored
-    store told again of debits that came back to it from a peer (meta notices_after)."""
-    m = members(ledger)
-    assert _look(ledger, NOW) == []
-    op(ledger, "topup", member=m["never"], amount=10000, pay="cash")
-    op(ledger, "debit", member=m["never"], amount=8000)
-    assert _look(ledger, NOW + 1000) == [m["never"]]
-    op(ledger, "topup", member=m["never"], amount=10000, pay="cash")
-    op(ledger, "debit", member=m["never"], amount=8000)
-    ledger.storage.set_meta("notices_after", str(ledger.clock.wall() + 86_400_000))
-    op(ledger, "topup", member=m["never"], amount=10000, pay="cash")
-    op(ledger, "debit", member=m["never"], amount=8000)
-    assert _look(ledger, NOW + 2 * 86_400_000) == []  # before the restore: not again
+def test_a_low_balance_is_told_once_by_the_senders_day(tmp_path: Path) -> None:
+    """The key named the debit's own day: SH02, its clock put back a day before each
+    top-up and debit (honest code; a liar does it at will), had SH01 send the member a
+    message per round, all in the same real minutes."""
+    real = FakeClock(NOW + 4 * 3_600_000)  # 15:00 in Shanghai
+    behind = FakeClock(real.ms)
+    sh01, sh02 = new_ledger(tmp_path, "SH01", now_ms=real), new_ledger(tmp_path, "SH02",
+                                                                       now_ms=behind)
+    try:
+        name_branches(sh01, "SH01", "SH02")
+        m = op(sh01, "member.add", name="王芳", phone="13800000009")["member_id"]
+        sms = LogGateway("sms")
+        notifier = Notifier(NodeStandIn(sh01, {"sms": sms}), clock=real)  # type: ignore[arg-type]
+        asyncio.run(notifier.tick())
+        sync(sh01, sh02)
+        for i in range(4):
+            behind.ms = real.ms - (i + 1) * 86_400_000  # a day further back each round
+            op(sh02, "topup", member=m, amount=6000 if i == 0 else 2000, pay="cash")
+            op(sh02, "debit", member=m, amount=2000)
+            sync(sh01, sh02)
+            real.ms += 30_000
+            asyncio.run(notifier.tick())
+        assert [x.key for x in sms.sent if x.key.startswith("low_balance:")] == [
+            f"low_balance:{m}:{outbox.today_of(sh01, real.ms)}"]
+    finally:
+        sh01.close()
+        sh02.close()
 
 
 def test_a_merged_duplicates_kept_notices_are_not_sent(ledger: Ledger) -> None:
