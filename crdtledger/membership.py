@@ -576,7 +576,13 @@ class Membership(Coupons):
         return self._entries("member = ? AND kind = 'exit'", [member])
 
     def _decision(self, application: str) -> dict[str, Any] | None:
+        """The decision that stands: an approval that was settled, over any other (two
+        managers at two branches apart, one approving, one rejecting: the member had
+        left and been paid, and the first decision by id read "rejected"); else the
+        first."""
         found = self._entries("ref = ? AND kind = 'approval'", [application])
+        if len(found) > 1 and self._entries("ref = ? AND kind = 'exit_settle'", [application]):
+            return next((d for d in found if d.get("step") == "approve"), found[0])
         return found[0] if found else None
 
     def exit_view(self, application: str) -> dict[str, Any]:

@@ -386,6 +386,32 @@ def test_the_applicant_cannot_approve_and_a_rejection_changes_nothing(a: Ledger)
             match="has not left")
 
 
+def test_an_exit_approved_and_settled_reads_approved_though_rejected_apart(
+        tmp_path: Path) -> None:
+    """Two managers at two branches apart: SH02's rejects, SH01's (a little later)
+    approves, and the member is paid and leaves. The first decision by id was shown:
+    "rejected", for a member marked as left and settled. An approval that was settled
+    stands."""
+    clock = FakeClock()
+    a, b = new_ledger(tmp_path, "SH01", now_ms=clock), new_ledger(tmp_path, "SH02",
+                                                                  now_ms=clock)
+    staff = Staff(a)
+    _, new = two_members(a)
+    a.topup(a.owner, new, 10000)
+    app = a.apply_exit(staff.cashier, new, "搬家")["application"]
+    sync(a, b)
+    assert b.decide_exit(staff.mgr2, app, reject=True)["status"] == "rejected"
+    clock.ms += 1000
+    assert a.decide_exit(staff.mgr, app)["status"] == "approved"
+    sync(a, b)
+    for ledger in (a, b):
+        v = ledger.exit_view(app)
+        assert (v["status"], v["settled"], v["paid"]) == ("approved", "refund", 10000)
+        assert ledger.member(new).get("exited")
+    a.close()
+    b.close()
+
+
 def test_forfeit_is_income_and_value_held_elsewhere_is_gathered_first(a: Ledger, b: Ledger
                                                                        ) -> None:
     """Value topped up at SH01 and SH02; the exit approved at SH02 forfeits it. SH02
