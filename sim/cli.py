@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -31,26 +33,22 @@ def _at_least(low: int) -> Any:
     return whole
 
 
-def _fraction(text: str) -> float:
-    """A probability: 0 to 1."""
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= x <= 1.0:
-        raise argparse.ArgumentTypeError(f"a probability is 0 to 1, not {text}")
-    return x
+def _number(ok: Callable[[float], bool], wanted: str) -> Callable[[str], float]:
+    """An argparse type: a finite number for which `ok` holds."""
+    def number(text: str) -> float:
+        try:
+            x = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not (math.isfinite(x) and ok(x)):
+            raise argparse.ArgumentTypeError(f"{wanted}, not {text}")
+        return x
+    return number
 
 
-def _seconds(text: str) -> float:
-    """A time of more than 0 seconds (anti-entropy every 0 s never let the clock move)."""
-    try:
-        x = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {text}")
-    return x
+_fraction = _number(lambda x: 0.0 <= x <= 1.0, "a probability is 0 to 1")
+# Anti-entropy every 0 s never let the simulated clock move.
+_seconds = _number(lambda x: x > 0, "must be more than 0 seconds")
 
 
 def _day(text: str) -> str:
