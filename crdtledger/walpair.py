@@ -59,19 +59,20 @@ def _beside(data_dir: Path) -> tuple[int, bytes] | None:
         return None
 
 
-def _file_stamp(db: Path) -> int:
-    """The stamp in the store file itself, the log left out (`immutable`)."""
-    conn = sqlite3.connect(f"file:{db}?immutable=1", uri=True)
+def _file_stamp(db: Path) -> int | None:
+    """The stamp in the store file itself, the log left out (`immutable`); None when
+    the file does not read alone. A crash while a checkpoint copied the log into the
+    file leaves it torn until the log is laid over it again: reading that as another
+    file set the store's own log aside, and the store left could not open."""
     try:
-        row = conn.execute("SELECT value FROM meta WHERE key = 'wal_stamp'").fetchone()
+        conn = sqlite3.connect(f"file:{db}?immutable=1", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'wal_stamp'").fetchone()
+        finally:
+            conn.close()
     except sqlite3.DatabaseError:
-        return -1  # no meta table, or not a store: nothing ties it to this log
-    finally:
-        conn.close()
-    try:
-        return int(row[0]) if row else 0
-    except ValueError:
-        return -1
+        return None
+    return int(row[0]) if row and str(row[0]).isdigit() else 0
 
 
 def set_aside_foreign(data_dir: Path, db: Path) -> Path | None:
@@ -82,7 +83,8 @@ def set_aside_foreign(data_dir: Path, db: Path) -> Path | None:
     beside = _beside(data_dir)
     if salts is None or beside is None or beside[1] != salts:
         return None
-    if _file_stamp(db) in (beside[0], beside[0] - 1):
+    stamp = _file_stamp(db)
+    if stamp is None or stamp in (beside[0], beside[0] - 1):
         return None
     aside = wal.with_name(f"{wal.name}.foreign-{time.strftime('%Y%m%d-%H%M%S')}")
     os.replace(wal, aside)
@@ -136,9 +138,15 @@ class WalStamp:
         except sqlite3.Error as e:  # a disk full: the next commit tries again
             log.warning("the write-ahead log's stamp was not written: %s", e)
             return
-        with contextlib.suppress(OSError):
-            if self._read_salts() != salts:
-                return  # started again meanwhile (another connection): stamped next time
+        # The log the stamp landed in: the stamp's own commit starts the log again when
+        # the commit before it was copied into the file whole (a catch-up's slice, a
+        # sync file's import). Naming the salts read before it, the file beside ran
+        # ahead of the store a stamp a time, and a crash then set the store's own log
+        # aside.
+        try:
+            salts = self._read_salts() or salts
+        except OSError:
+            return
         with contextlib.suppress(OSError):
             path = self._dir / STAMP_FILE
             path.write_text(f"{stamp} {salts.hex()}\n")

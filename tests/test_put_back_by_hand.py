@@ -330,3 +330,59 @@ def test_a_crashs_own_log_is_never_set_aside(tmp_path: Path) -> None:
             assert not list(image.glob(f"{DB_FILE}-wal.foreign-*")), image
             assert _cash(ledger, m) == cash
             assert ledger.restored is None
+
+
+def test_a_log_started_again_by_its_own_stamp_is_still_the_stores(tmp_path: Path) -> None:
+    """A commit copied into the file whole as the first of a new log (a catch-up's
+    slice, a sync file's import) had the stamp's own commit start the log again; the
+    file beside then named the log before it, the next stamp ran ahead of the store,
+    and a crash set the store's own log aside: an answered member gone."""
+    a = new_ledger(tmp_path, "SH01")
+    a.add_member(a.owner, name="Li", phone="13800000000")
+    a.storage.forget_freed()  # a checkpoint: the next commit starts a new log
+    wide = {f"k{i}": "x" * 150 for i in range(20)}
+    with a.storage.transaction():  # over SQLite's 1,000 pages: copied into the file whole
+        for i in range(700):
+            a.add_member(a.owner, name=f"N{i}", phone=f"139{i:08d}", custom=wide)
+    late = a.add_member(a.owner, name="Wang", phone="13700000000")
+    crash = _crash_image(a.storage.dir, tmp_path / "crash")
+    a.close()
+    with Ledger.open(crash) as ledger:
+        assert not list(crash.glob(f"{DB_FILE}-wal.foreign-*"))
+        assert ledger.member(late)["name"] == "Wang"
+
+
+def test_a_store_file_torn_by_a_crash_mid_checkpoint_keeps_its_log(tmp_path: Path) -> None:
+    """Killed while a checkpoint copied the log into the file, the file alone does not
+    read (its pages half old, half new); with its log laid over it, it is whole. Read
+    alone as another file, the store's own log was set aside and the store left could
+    not open. A file that does not read alone tells nothing: the log stays."""
+    a = new_ledger(tmp_path, "SH01")
+    m = a.add_member(a.owner, name="Li", phone="13800000000")
+    for i in range(200):  # the file grows: the log holds its first page again
+        a.add_member(a.owner, name=f"N{i}", phone=f"139{i:08d}")
+    a.storage.forget_freed()
+    for i in range(200, 400):
+        a.add_member(a.owner, name=f"N{i}", phone=f"139{i:08d}")
+    crash = _crash_image(a.storage.dir, tmp_path / "crash")
+    a.close()
+    page = int.from_bytes((crash / DB_FILE).read_bytes()[16:18], "big")
+    in_log = _pages_in_log(crash / f"{DB_FILE}-wal", page)
+    assert 1 in in_log  # the first page is in the log: tearing it in the file is safe
+    with open(crash / DB_FILE, "r+b") as f:  # as a checkpoint cut short leaves it
+        f.seek(100)
+        f.write(b"\xff" * (page - 100))
+    with Ledger.open(crash) as ledger:
+        assert not list(crash.glob(f"{DB_FILE}-wal.foreign-*"))
+        assert ledger.storage.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert ledger.member(m)["name"] == "Li"
+
+
+def _pages_in_log(wal: Path, page: int) -> set[int]:
+    """The page numbers a write-ahead log holds frames of (sqlite.org/fileformat2)."""
+    data = wal.read_bytes()
+    out, at = set(), 32
+    while at + 24 + page <= len(data):
+        out.add(int.from_bytes(data[at:at + 4], "big"))
+        at += 24 + page
+    return out
