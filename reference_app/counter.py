@@ -58,6 +58,12 @@ def register() -> None:
             Counter()
 
 
+class TermsChanged(LedgerError):
+    """A dialog's figures no longer hold: what they came from changed (Counter.priced)."""
+
+    code = "terms_changed"
+
+
 # The most units of one line a box takes (a package's uses, goods, services).
 MOST_UNITS = 999
 
@@ -423,25 +429,32 @@ class Counter:
         return any(isinstance(el, ui.dialog) and el.value
                    for el in self.dialogs.default_slot.children)
 
-    def terms(self, member: str | None, *rules: str) -> tuple[Any, ...]:
+    def terms(self, *rules: str, goods: bool = False, level: str | None = None
+              ) -> tuple[Any, ...]:
         """What a dialog's figures are worked out from, as the store holds it now: the
-        rules named, the goods catalogue, the member's level. A dialog reads them as it
-        opens; one changed before its confirm (a head office's price list synced in, a
-        version taking effect at midnight) was charged without a word against the
-        figure the cashier had read out."""
+        rules named, the goods catalogue (`goods`), the level of member `level`; only
+        what prices it (a new goods item refused every service sale chain-wide, and
+        another till's top-up refused this one's). A dialog reads them as it opens."""
         ledger = self.shop.ledger
-        level = ledger.level(member) if member else {}
-        return (tuple(ledger.rule(r) for r in rules), self.shop.goods(),
-                tuple(level.get(k) for k in ("name", "discount", "points_multiplier")))
+        lvl = ledger.level(level) if level else {}
+        return (tuple(ledger.rule(r) for r in rules), self.shop.goods() if goods else None,
+                tuple(lvl.get(k) for k in ("name", "discount", "points_multiplier")))
 
-    def changed_terms(self, seen: tuple[Any, ...], member: str | None, *rules: str,
-                      error: ui.label) -> bool:
-        if self.terms(member, *rules) == seen:
-            return False
-        self.say_trouble(tr("价格或优惠刚刚变了：请关闭后重新打开，看清新的金额再确认。",
-                            "Prices or offers changed just now: close this and open it "
-                            "again to see the new figures before confirming."), error)
-        return True
+    def priced(self, run: Callable[[], T], seen: tuple[Any, ...], *rules: str,
+               goods: bool = False, level: str | None = None) -> Callable[[], T]:
+        """`run`, refused if what its dialog's figures came from changed since the dialog
+        opened (`terms`: a head office's price list synced in, a version taking effect
+        at midnight): they were charged without a word against the figure the cashier
+        had read out. Judged each time the node runs it, so also after a wait for
+        another branch's rights, which a sync may arrive in."""
+        def op() -> T:
+            if self.terms(*rules, goods=goods, level=level) != seen:
+                raise TermsChanged(tr(
+                    "价格或优惠刚刚变了：请关闭后重新打开，看清新的金额再确认。",
+                    "Prices or offers changed just now: close this and open it again to "
+                    "see the new figures before confirming."))
+            return run()
+        return op
 
     def count(self, box: ui.number, error: ui.label, most: int = MOST_UNITS) -> int | None:
         """A quantity box's whole number from 1 to `most`, else None and why: an emptied
@@ -582,7 +595,9 @@ class Counter:
             return
         lvl = ledger.level(member) if member else None
         earn = ledger.rule("earn")
-        seen = self.terms(member, "services", "earn")
+        seen = self.terms("services", "earn", level=member)
+        # Paid from a package's uses, the level prices nothing.
+        seen_uses = self.terms("services", "earn")
         packages = ({p["id"]: p for p in views.packages(ledger, member) if p["remaining"] > 0}
                     if member else {})
         service = service or (self.favourite_service(member, services) if member
@@ -652,17 +667,18 @@ class Counter:
 
             async def confirm() -> None:
                 n = self.count(qty, error)
-                if n is None or self.changed_terms(seen, member, "services", "earn",
-                                                   error=error):
+                if n is None:
                     return
                 code, how = svc.value, str(pay.value)
                 cid = (ticket.value or None) if ticket is not None and how != "package" \
                     else None
                 # No member nor card: the library sells to this branch's walk-in customer.
                 payer = self._payer(member, card, pin) if member else {}
+                sale = self.shop.operation(self.op, "debit", service=code, qty=n, pay=how,
+                                           coupon=cid, **payer)
                 done = await self.act(
-                    self.shop.operation(self.op, "debit", service=code, qty=n, pay=how,
-                                        coupon=cid, **payer),
+                    self.priced(sale, seen_uses, "services", "earn") if how == "package"
+                    else self.priced(sale, seen, "services", "earn", level=member),
                     "debit", lambda e: tr("已消费 {what}，实付 {paid}", "Done: {what}, "
                                           "paid {paid}", what=self.shop.service_name(code),
                                           paid=money(int(e["amount"]))), error)
@@ -680,7 +696,7 @@ class Counter:
         ledger = self.shop.ledger
         items = self.shop.goods()
         member = None if walk_in else self.member
-        seen = self.terms(member, "earn")
+        seen = self.terms("earn", goods=True, level=member)
         card, pin = (self.card_no, self.pin) if member else (None, None)
         d, body, error = self.dialog(tr("商品销售", "Sell goods") + (
             self._who() if member else tr(" — 散客", " — walk-in customer")))
@@ -742,14 +758,15 @@ class Counter:
 
             async def confirm() -> None:
                 n = self.count(qty, error)
-                if n is None or self.changed_terms(seen, member, "earn", error=error):
+                if n is None:
                     return
                 c, how = str(pick.value), str(pay.value)
                 payer = self._payer(member, card, pin) if member else {}
                 cid = (ticket.value or None) if ticket is not None else None
                 done = await self.act(
-                    self.shop.operation(self.op, "sell", goods=c, qty=n, pay=how, coupon=cid,
-                                        **payer),
+                    self.priced(self.shop.operation(self.op, "sell", goods=c, qty=n, pay=how,
+                                                    coupon=cid, **payer),
+                                seen, "earn", goods=True, level=member),
                     "sell", lambda e: tr("已售 {what} ×{n}，实收 {paid}", "Sold {what} ×{n}, "
                                          "paid {paid}", what=self.shop.goods_name(c), n=n,
                                          paid=money(int(e["amount"]))), error,
@@ -837,7 +854,7 @@ class Counter:
         ledger = self.shop.ledger
         promotions = sorted(ledger.rule("promotions"), key=lambda p: int(p["min"]))
         limit = int(ledger.rule("approval")["topup_limit"])
-        seen = self.terms(member, "promotions")
+        seen = self.terms("promotions")  # a top-up's bonus: the level prices nothing
         d, body, error = self.dialog(tr("充值", "Top up") + self._who())
         with body:
             amount = ui.input(tr("金额（元）", "Amount (yuan)"), placeholder="100.00") \
@@ -892,15 +909,13 @@ class Counter:
                 except InvalidAmount as e:
                     self.refused(e, error, fixed=lambda: parsed() is not None)
                     return
-                if self.changed_terms(seen, member, "promotions", error=error):
-                    return
                 appr = ((approver.value or "", approver_pw.value or "")
                         if approval.visible and approver.value else None)
                 done = await self.act(
-                    self.shop.operation(self.op, "topup", amount=fen, pay=str(method.value),
-                                        approver=appr and dict(zip(("name", "password"), appr,
-                                                                   strict=True)),
-                                        **self._payer(member, card, pin)),
+                    self.priced(self.shop.operation(
+                        self.op, "topup", amount=fen, pay=str(method.value),
+                        approver=appr and dict(zip(("name", "password"), appr, strict=True)),
+                        **self._payer(member, card, pin)), seen, "promotions"),
                     "topup", lambda e: tr("已充值 {cash}，赠送 {bonus}", "Topped up {cash}, "
                                           "bonus {bonus}", cash=money(fen),
                                           bonus=money(int(e.get("bonus", 0)))), error)
@@ -963,6 +978,7 @@ class Counter:
             # out of this branch's stock with the points (points.gift); anything else
             # is a number of points and what was given, as before.
             gifts = {c: i for c, i in self.shop.goods().items() if int(i["points_price"]) > 0}
+            seen = self.terms(goods=True)  # a gift's points price
             item = ui.select({"": tr("其他礼品（填积分）", "Another gift (enter points)"),
                               **{c: tr("{name}  {p} 积分", "{name}  {p} points",
                                        name=i["name"], p=i["points_price"])
@@ -982,8 +998,9 @@ class Counter:
                 if item.value:
                     code = str(item.value)
                     if await self.act(
-                            self.shop.operation(self.op, "points.gift", goods=code,
-                                                **self._payer(member, card, pin)),
+                            self.priced(self.shop.operation(self.op, "points.gift", goods=code,
+                                                            **self._payer(member, card, pin)),
+                                        seen, goods=True),
                             "redeem", lambda e: tr("已兑换 {what}，用 {n} 积分",
                                                    "Gave {what} for {n} points",
                                                    what=gifts[code]["name"], n=e["points"]),

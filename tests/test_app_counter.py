@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import Any
 
 import aiohttp
 import pytest
@@ -173,6 +174,63 @@ async def test_a_price_changed_while_the_dialog_is_open_is_not_charged_unseen(
     app.user.find(marker="consume-ok").click()
     await app.user.should_see("实付 ¥198.00")
     assert app.ledger.balance(mid)["cash"] == 50000 - 19800
+
+
+async def test_a_price_list_synced_in_while_the_sale_waits_is_not_charged_unseen(
+        counter_app: CounterApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check at confirm came before the node ran the sale, which may wait seconds
+    for another branch's rights and run it again: a price list synced in meanwhile
+    was charged. It is judged each time the node runs it (the sync stood in for by
+    setting the rule as the node is handed the sale)."""
+    app = counter_app
+    mid = await consume_dialog_by_phone_tail(app)
+    dear = {k: dict(v) for k, v in app.ledger.rule("services").items()}
+    dear["FOOT60"]["price"] = 19800
+    perform = app.shop.node.perform
+
+    async def synced_meanwhile(op: Any, name: str | None = None) -> Any:
+        app.ledger.set_rule(app.node_owner, "services", dear)
+        return await perform(op, name)
+
+    monkeypatch.setattr(app.shop.node, "perform", synced_meanwhile)
+    app.user.find(marker="consume-ok").click()
+    await app.user.should_see("价格或优惠刚刚变了")
+    assert app.ledger.balance(mid)["cash"] == 50000  # nothing sold (the rule did change)
+
+
+async def test_what_does_not_price_a_dialog_does_not_refuse_it(counter_app: CounterApp) -> None:
+    """A goods item added at head office refused every open service sale chain-wide,
+    and another till's top-up (the level) refused this one's: only what prices a
+    dialog counts."""
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    await app.login(*CASHIER)
+    await swipe(app)
+    app.user.find(marker="topup").click()
+    app.user.find(marker="amount").type("100.00")
+    app.ledger.add_goods(app.node_owner, "G77", "洗发水", 3800, 1500)
+    app.ledger.topup(app.node_owner, mid, 500000)  # another till: a higher level
+    app.user.find(marker="topup-ok").click()
+    await app.user.should_see("已充值 ¥100.00")
+    assert app.ledger.balance(mid)["cash"] == 50000 + 500000 + 10000
+
+
+async def test_a_gifts_points_price_changed_while_open_is_refused(
+        counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    app.ledger.add_goods(app.node_owner, "G09", "毛巾", 1500, 500, unit="条", points_price=100)
+    app.ledger.stock_in(app.node_owner, "G09", 3)
+    app.ledger.debit(app.node_owner, mid, service="FOOT60")  # 128 points
+    await app.login(*CASHIER)
+    await swipe(app)
+    app.user.find(marker="redeem").click()
+    choose_value = next(iter(app.user.find(marker="gift-goods").elements))
+    choose_value.set_value("G09")
+    app.ledger.add_goods(app.node_owner, "G09", "毛巾", 1500, 500, unit="条", points_price=120)
+    app.user.find(marker="redeem-ok").click()
+    await app.user.should_see("价格或优惠刚刚变了")
+    assert app.ledger.balance(mid)["points"] == 128
 
 
 async def test_a_quantity_that_is_not_a_whole_number_is_refused_not_rounded(
