@@ -13,6 +13,7 @@ did what, when and at which branch, read from what every record says of its writ
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
@@ -49,6 +50,39 @@ REPLICA_TABLES: dict[ReplicaTable, str] = {
     "quarantine": "SELECT * FROM quarantine ORDER BY doc, key",
     "deferred": "SELECT doc, key FROM deferred ORDER BY doc, key",
 }
+
+
+def tables(ledger: Ledger) -> sqlite3.Connection:
+    """The store's tables as they are, for a checker that must work the figures out
+    again itself rather than through the library's computations it checks (the
+    simulator's oracles, sim/oracles.py): a bug in those would be its own answer.
+    Read only; what it reads is the schema beside it (crdtledger/storage.py)."""
+    return ledger.storage.conn
+
+
+# Entries this store set aside for want of funding (crdtledger.projection), noted
+# once each by a trigger of this connection: counted as the library defers them, not
+# guessed from the traffic (the simulator's count). A temporary table is part of the
+# transaction, so what a rolled-back apply deferred is not counted; it goes with the
+# connection, so it is read before every close.
+_DEFERRALS = (
+    "CREATE TEMP TABLE IF NOT EXISTS audit_deferred(doc TEXT, key TEXT, PRIMARY KEY(doc, key))",
+    "CREATE TEMP TRIGGER IF NOT EXISTS audit_deferred_note AFTER INSERT ON main.deferred "
+    "BEGIN INSERT OR IGNORE INTO audit_deferred VALUES (NEW.doc, NEW.key); END",
+)
+
+
+def count_deferrals(ledger: Ledger) -> None:
+    """From now on, note each entry this store defers (`deferrals`); for this open
+    only (temporary objects of its connection)."""
+    for sql in _DEFERRALS:
+        ledger.storage.conn.execute(sql)
+
+
+def deferrals(ledger: Ledger) -> int:
+    """How many entries were deferred since `count_deferrals`."""
+    return int(ledger.storage.conn.execute(
+        "SELECT COUNT(*) FROM temp.audit_deferred").fetchone()[0])
 
 
 def replica_rows(ledger: Ledger, table: ReplicaTable) -> list[tuple[Any, ...]]:

@@ -17,6 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from crdtledger import audit
 from crdtledger.core import (
     BookingDecided,
     Close,
@@ -111,7 +112,7 @@ class SimNode:
         cfg = self.world.config
         self.ledger = Ledger.open(self.path, synchronous=cfg.synchronous,
                                   now_ms=self.now_ms, lock=False)
-        _count_deferrals(self.ledger)
+        audit.count_deferrals(self.ledger)  # funding deferrals, as the store notes them
         self.core = NodeCore(self.ledger, rng=random.Random(f"{cfg.seed}:core:{self.name}:"
                                                             f"{self.gen}"),
                              anti_entropy_s=cfg.ae_interval_s)
@@ -143,7 +144,7 @@ class SimNode:
             attempt.done(Crashed(), attempt)
         self.core = None
         assert self.ledger is not None
-        self.deferred += _deferrals(self.ledger)
+        self.deferred += audit.deferrals(self.ledger)
         # Storage.close() only closes: evicts the documents from memory, closes the
         # SQLite connection (which keeps what committed), writes nothing.
         self.ledger.close()
@@ -155,13 +156,13 @@ class SimNode:
             self.core.stop()
             self.core = None
         if self.ledger is not None:
-            self.deferred += _deferrals(self.ledger)
+            self.deferred += audit.deferrals(self.ledger)
             self.ledger.close()
             self.ledger = None
 
     def deferrals(self) -> int:
         """Entries this replica has deferred so far, over all its lives."""
-        return self.deferred + (_deferrals(self.ledger) if self.ledger is not None else 0)
+        return self.deferred + (audit.deferrals(self.ledger) if self.ledger is not None else 0)
 
     # --- what the world calls -------------------------------------------------------
 
@@ -289,25 +290,3 @@ class SimNode:
             world.metrics.clock_skew_seen += 1
             world.trace(now, f"{self.name} skew {event.node} {event.skew_ms}")
 
-
-# Funding deferral (crdtledger.projection: an entry that would take a rights row below
-# zero waits in `deferred` for the entries that fund it) is counted as the library
-# does it, not guessed from the traffic: a temporary trigger of the store's own
-# connection notes every entry put into `deferred`, once each. A temporary table is
-# part of the transaction, so what a rolled-back apply deferred is not counted; it is
-# the connection's, so it goes with the connection and is read before every close.
-_NOTE_DEFERRED = (
-    "CREATE TEMP TABLE IF NOT EXISTS sim_deferred(doc TEXT, key TEXT, PRIMARY KEY(doc, key))",
-    "CREATE TEMP TRIGGER IF NOT EXISTS sim_deferred_note AFTER INSERT ON main.deferred "
-    "BEGIN INSERT OR IGNORE INTO sim_deferred VALUES (NEW.doc, NEW.key); END",
-)
-
-
-def _count_deferrals(ledger: Ledger) -> None:
-    for sql in _NOTE_DEFERRED:
-        ledger.storage.conn.execute(sql)
-
-
-def _deferrals(ledger: Ledger) -> int:
-    return int(ledger.storage.conn.execute("SELECT COUNT(*) FROM temp.sim_deferred")
-               .fetchone()[0])

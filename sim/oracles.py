@@ -49,6 +49,7 @@ from itertools import product
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+from crdtledger import audit
 from crdtledger.errors import InsufficientFunds, LedgerError, RightsElsewhere
 from crdtledger.model import DEFAULT_RULES
 
@@ -243,7 +244,7 @@ class Oracle:
             if isinstance(outcome, LedgerError):
                 self._refused(node, label, outcome, attempt, op)
             elif isinstance(outcome, dict) and "id" in outcome:
-                store = Store(node.ledger.storage.conn, node.name)
+                store = Store(audit.tables(node.ledger), node.name)
                 entry = store.entry(str(outcome["id"]))
                 if entry is None:
                     self.unchecked["not projected"] += 1
@@ -499,7 +500,7 @@ class Oracle:
         for n in world.nodes:
             if n.ledger is None:
                 continue
-            for k, v in Store(n.ledger.storage.conn, n.name).own_rights(member).items():
+            for k, v in Store(audit.tables(n.ledger), n.name).own_rights(member).items():
                 rights[k] += v
         purses = MONEY if purse in MONEY else (purse,)
         total = sum(v for (p, _n), v in rights.items() if p in purses)
@@ -520,7 +521,7 @@ class Oracle:
               or holders & blocked):
             reason = "held by or asked of a Byzantine branch"
         elif isinstance(error, InsufficientFunds):
-            here = Store(node.ledger.storage.conn, node.name)  # type: ignore[union-attr]
+            here = Store(audit.tables(node.ledger), node.name)  # type: ignore[arg-type]
             known_here = sum(here.balance(member, p) for p in purses)
             reason = ("the value was known here" if known_here >= need
                       else "the value not yet replicated here")
@@ -558,7 +559,7 @@ class Oracle:
         began = time.perf_counter()
         try:
             ledger = nodes[0].ledger
-            rows = ledger.storage.conn.execute("SELECT body FROM entries ORDER BY id")
+            rows = audit.tables(ledger).execute("SELECT body FROM entries ORDER BY id")
             mine = fifo_settlement(json.loads(b) for (b,) in rows)
             from crdtledger import views
 
@@ -568,7 +569,7 @@ class Oracle:
             if diff:
                 out.append(Violation("settlement", f"{nodes[0].name}: first in, first out "
                                                    f"from the entries gives {diff}"))
-            over = refunds_beyond_debits(ledger.storage.conn)
+            over = refunds_beyond_debits(audit.tables(ledger))
             if over:
                 out.append(Violation("amount", f"refunds beyond their debit: {over[:3]}"))
             return out
