@@ -39,7 +39,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from crdtledger import platform
+from crdtledger import platform, walpair
 from crdtledger.errors import (
     CorruptSyncFile,
     InvalidInput,
@@ -223,6 +223,8 @@ def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
         # wrong directory) is not replaced: what it wrote since would go aside unseen,
         # and only the branches it reached could give it back. Refused, saying how to
         # restore anyway if that store is the damaged one.
+        if here is not None:  # read with its own log only (another file's: set aside)
+            walpair.set_aside_foreign(data_dir, data_dir / DB_FILE)
         here_tip = _own_tip(data_dir / DB_FILE, sealed.node) if here is not None else None
         if here_tip is not None and here_tip > backup_tip:
             tmp.unlink(missing_ok=True)

@@ -429,6 +429,18 @@ def _copy(value: Any) -> Any:
     return value
 
 
+def _locked_elsewhere(path: Path) -> bool:
+    """Whether another process holds the data directory's lock (a node runs on it)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        return platform.held_elsewhere(fd)
+    finally:
+        os.close(fd)
+
+
 # How long a peer's unchanged `state` is not written again (Storage.remember_peer).
 PEER_SEEN_MS = 60_000
 
@@ -571,6 +583,11 @@ class Storage:
         if lock:
             walpair.set_aside_foreign(self.dir, db)
             self._wal_stamp = walpair.WalStamp(self.dir, db)
+        elif not _locked_elsewhere(self.dir / LOCK_FILE):
+            # A reader with no node running (`crdtledger status`, a backup) takes the
+            # same look: opened beside another file's log, its close copied that log
+            # into the file for good.
+            walpair.set_aside_foreign(self.dir, db)
         self.synchronous = synchronous.upper()
         self._peers_kept: dict[str, tuple[dict[str, int], int]] = {}  # remember_peer
         try:
@@ -678,6 +695,7 @@ class Storage:
         if db.exists():
             raise StoreError(f"{data_dir} already holds a node")
         tipmark.forget(data_dir)
+        walpair.forget(data_dir, db)
         ZoneInfo(timezone)  # refuse an unknown zone now rather than at first report
         tmp = data_dir / (DB_FILE + ".new")
         tmp.unlink(missing_ok=True)

@@ -87,13 +87,28 @@ def set_aside_foreign(data_dir: Path, db: Path) -> Path | None:
     if stamp is None or stamp in (beside[0], beside[0] - 1):
         return None
     aside = wal.with_name(f"{wal.name}.foreign-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.replace(wal, aside)
+    try:
+        os.replace(wal, aside)
+    except FileNotFoundError:  # set aside meanwhile (a reader and a node starting at once)
+        return None
     with contextlib.suppress(FileNotFoundError):
         os.remove(db.with_name(db.name + "-shm"))
     log.warning("%s is an older copy than the write-ahead log beside it (the store file "
                 "was put back by hand after a crash): the log is set aside as %s, and the "
                 "store opens as the copy it is", db, aside.name)
     return aside
+
+
+def forget(data_dir: Path, db: Path) -> None:
+    """A new store is made where `db` is not: a log, its index and a stamp left there
+    (a crashed store moved out by hand without them) are no one's. The log is kept
+    aside; laid over the new file, it opened as the old node."""
+    wal = db.with_name(db.name + "-wal")
+    if wal.exists():
+        os.replace(wal, wal.with_name(f"{wal.name}.foreign-{time.strftime('%Y%m%d-%H%M%S')}"))
+    for left in (db.with_name(db.name + "-shm"), data_dir / STAMP_FILE):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(left)
 
 
 class WalStamp:

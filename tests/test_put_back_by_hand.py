@@ -15,8 +15,8 @@ import pytest
 from conftest import Cli
 from helpers import new_ledger, sync
 
-from crdtledger import views
-from crdtledger.errors import NotCaughtUp
+from crdtledger import views, walpair
+from crdtledger.errors import NotCaughtUp, NotFound
 from crdtledger.ledger import Ledger
 from crdtledger.storage import DB_FILE
 from crdtledger.syncfile import export_file
@@ -386,3 +386,56 @@ def _pages_in_log(wal: Path, page: int) -> set[int]:
         out.add(int.from_bytes(data[at:at + 4], "big"))
         at += 24 + page
     return out
+
+
+def _old_copy_beside_a_newer_log(tmp_path: Path) -> tuple[Path, str]:
+    """Yesterday's copy of a store put back beside the log a crash left (the log
+    started again since the copy): the data directory and a member only the log holds."""
+    a = new_ledger(tmp_path, "SH01")
+    a.add_member(a.owner, name="Li", phone="13800000000")
+    data = a.storage.dir
+    a.close()
+    shutil.copy(data / DB_FILE, tmp_path / "copy.sqlite3")
+    a = Ledger.open(data)
+    for round_ in range(3):
+        for i in range(100):
+            a.add_member(a.owner, name=f"N{round_}{i}", phone=f"139{round_:02d}{i:06d}")
+        a.storage.forget_freed()
+    late = a.add_member(a.owner, name="Wang", phone="13700000000")
+    crash = _crash_image(data, tmp_path / "crash")
+    a.close()
+    shutil.copy(tmp_path / "copy.sqlite3", crash / DB_FILE)
+    return crash, late
+
+
+def test_a_reader_with_no_node_running_does_not_mix_a_put_back_store(tmp_path: Path) -> None:
+    """`crdtledger status` with the node stopped opened the put-back store beside the
+    other file's log, and its close copied that log into the file: the node could then
+    not open, and no log was left to set aside. A reader with no node running takes
+    the node's look first."""
+    crash, late = _old_copy_beside_a_newer_log(tmp_path)
+    with Ledger.open(crash, lock=False) as reader:
+        assert reader.storage.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert list(crash.glob(f"{DB_FILE}-wal.foreign-*"))
+    with Ledger.open(crash) as node:
+        assert node.storage.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        with pytest.raises(NotFound):
+            node.member(late)  # the copy, as it was
+
+
+def test_a_new_store_takes_no_log_left_in_its_directory(tmp_path: Path) -> None:
+    """A crashed store moved out by hand without its -wal, -shm and ledger.walstamp,
+    and `init` run there again: the old log was laid over the new file, which opened as
+    the old node with its members. A new store sets such leftovers aside."""
+    a = new_ledger(tmp_path, "SH01")
+    for i in range(50):
+        a.add_member(a.owner, name=f"N{i}", phone=f"139{i:08d}")
+    crash = _crash_image(a.storage.dir, tmp_path / "crash")
+    a.close()
+    (crash / DB_FILE).unlink()  # moved out by hand; its log, index and stamp left
+    (crash / walpair.STAMP_FILE).unlink(missing_ok=True)  # (a stamp would not tell here)
+    Ledger.create(crash, "SH09", "default")
+    with Ledger.open(crash) as fresh:
+        assert fresh.node == "SH09"
+        assert fresh.storage.conn.execute("SELECT COUNT(*) FROM members").fetchone() == (0,)
+    assert list(crash.glob(f"{DB_FILE}-wal.foreign-*"))
