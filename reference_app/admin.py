@@ -431,7 +431,7 @@ def levels_page() -> None:
             topup_limit = ui.input(tr("充值超过此金额需审批（元）",
                                       "Top-ups above need approval (yuan)"),
                                    value=yuan_text(int(approval["topup_limit"]))
-                                   ).props("dense outlined").classes("w-72")
+                                   ).props("dense outlined").classes("w-72").mark("topup-limit")
             correction_limit = ui.input(
                 tr("调账超过此金额需审批（元）", "Corrections above need approval (yuan)"),
                 value=yuan_text(int(approval["correction_limit"]))).props(
@@ -465,7 +465,9 @@ def levels_page() -> None:
                                                        Decimal(0), Decimal(1000)),
                          "expire_days": parse_int(expire.value or "", "expiry days")},
                 "conversion": {"points_per_yuan": str(conv)},
-                "approval": {"topup_limit": parse_money(topup_limit.value or ""),
+                # What this page does not show (a stock-take's limit) is kept as it is:
+                # saving the page reset one set by the command line to its default.
+                "approval": {**approval, "topup_limit": parse_money(topup_limit.value or ""),
                              "correction_limit": parse_money(correction_limit.value or "")},
             }
 

@@ -267,6 +267,22 @@ async def test_cashier_sees_no_reports_or_admin_and_pages_refuse(
     await app.user.should_not_see(marker="backup")
 
 
+async def test_saving_the_levels_page_keeps_what_it_does_not_show(
+        counter_app: CounterApp) -> None:
+    """The page shows the top-up and correction limits of the approval rule, not a
+    stock-take's: saving it reset one set by the command line to its default."""
+    app = counter_app
+    app.ledger.set_rule(app.node_owner, "approval", {
+        **app.ledger.rule("approval"), "stock_adjust_limit": 50000})
+    await app.login(*OWNER)
+    await app.user.open("/admin/levels")
+    app.user.find(marker="topup-limit").clear().type("6000.00")
+    app.user.find(marker="save-rules").click()
+    await app.user.should_see("已保存")
+    approval = app.ledger.rule("approval")
+    assert (approval["topup_limit"], approval["stock_adjust_limit"]) == (600000, 50000)
+
+
 async def test_owner_adds_an_operator_and_changes_a_price(counter_app: CounterApp) -> None:
     app = counter_app
     mid = seed(app)
