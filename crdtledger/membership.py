@@ -73,7 +73,7 @@ from pycrdt import Map
 from crdtledger import bookings, escrow, views
 from crdtledger.commit import Write, note_edit
 from crdtledger.coupons import Coupons, purse_of
-from crdtledger.errors import InvalidInput, NotFound, PermissionDenied
+from crdtledger.errors import InvalidInput, LedgerError, NotFound, PermissionDenied
 from crdtledger.inputs import check_text
 from crdtledger.model import ID, PERMISSIONS, SERVICE_CODE, member_doc
 from crdtledger.money import check_amount
@@ -576,14 +576,30 @@ class Membership(Coupons):
         return self._entries("member = ? AND kind = 'exit'", [member])
 
     def _decision(self, application: str) -> dict[str, Any] | None:
-        """The decision that stands: an approval that was settled, over any other (two
-        managers at two branches apart, one approving, one rejecting: the member had
-        left and been paid, and the first decision by id read "rejected"); else the
-        first."""
+        """The decision that stands: of two made apart (one manager approving, another
+        rejecting), the approval when it took effect (the member left, or came back,
+        as it said: a rejection changes nothing), else the first by id. The first by
+        id read "rejected" for a member who had left and been paid."""
         found = self._entries("ref = ? AND kind = 'approval'", [application])
-        if len(found) > 1 and self._entries("ref = ? AND kind = 'exit_settle'", [application]):
-            return next((d for d in found if d.get("step") == "approve"), found[0])
+        approved = next((d for d in found if d.get("step") == "approve"), None)
+        if len(found) > 1 and approved is not None and self._took_effect(application):
+            return approved
         return found[0] if found else None
+
+    def _took_effect(self, application: str) -> bool:
+        """Whether the member is as the application's approval leaves them: left, for
+        an exit (or settled); back, for a return."""
+        row = self.storage.conn.execute(
+            "SELECT body FROM entries WHERE id = ? AND kind = 'exit'", (application,)
+        ).fetchone()
+        if row is None:
+            return False
+        e = json.loads(row[0])
+        try:
+            left = bool(self._known(str(e["member"])).get("exited"))
+        except LedgerError:
+            return False
+        return left if e.get("step") != "return" else not left
 
     def exit_view(self, application: str) -> dict[str, Any]:
         if not isinstance(application, str) or not ID.match(application):

@@ -429,16 +429,18 @@ def _copy(value: Any) -> Any:
     return value
 
 
-def _locked_elsewhere(path: Path) -> bool:
-    """Whether another process holds the data directory's lock (a node runs on it)."""
+def _lock_if_free(path: Path) -> int | None:
+    """The data directory's lock taken, its descriptor (closing it gives it back), or
+    None when another process holds it (a node runs on it) or it cannot be had (a
+    directory this reader may not write)."""
     try:
-        fd = os.open(path, os.O_RDWR)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
     except OSError:
-        return False
-    try:
-        return platform.held_elsewhere(fd)
-    finally:
-        os.close(fd)
+        return None
+    if platform.try_lock(fd):
+        return fd
+    os.close(fd)
+    return None
 
 
 # How long a peer's unchanged `state` is not written again (Storage.remember_peer).
@@ -580,19 +582,25 @@ class Storage:
         # An older store file copied back beside a crash's log: the log set aside
         # before SQLite lays its pages over the file (crdtledger.walpair).
         self._wal_stamp: walpair.WalStamp | None = None
+        looking = None
         if lock:
             walpair.set_aside_foreign(self.dir, db)
             self._wal_stamp = walpair.WalStamp(self.dir, db)
-        elif not _locked_elsewhere(self.dir / LOCK_FILE):
+        elif (looking := _lock_if_free(self.dir / LOCK_FILE)) is not None:
             # A reader with no node running (`crdtledger status`, a backup) takes the
             # same look: opened beside another file's log, its close copied that log
-            # into the file for good.
+            # into the file for good. The lock is held from the look to the open, so a
+            # node starting meanwhile waits (it set its own new log aside once).
             walpair.set_aside_foreign(self.dir, db)
         self.synchronous = synchronous.upper()
         self._peers_kept: dict[str, tuple[dict[str, int], int]] = {}  # remember_peer
         try:
-            self.conn = _connect(db, synchronous)
-            refuse_newer_format(_stored_format(self.conn), db)
+            try:
+                self.conn = _connect(db, synchronous)
+                refuse_newer_format(_stored_format(self.conn), db)
+            finally:
+                if looking is not None:
+                    os.close(looking)  # the look is over: the store is open with its log
             _upgrade(self.conn)
             self.conn.executescript(SCHEMA)
             _add_deferred_seq(self.conn)

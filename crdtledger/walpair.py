@@ -42,6 +42,13 @@ _SALTS = slice(16, 24)  # the log header's two salts (sqlite.org/fileformat2.htm
 _HEADER = 32
 
 
+def _aside(wal: Path) -> Path:
+    """A name of its own for a log set aside: two set aside in one second kept one (the
+    second replaced the first)."""
+    return wal.with_name(f"{wal.name}.foreign-{time.strftime('%Y%m%d-%H%M%S')}-"
+                         f"{time.time_ns() % 1_000_000_000:09d}")
+
+
 def _salts(wal: Path) -> bytes | None:
     try:
         with open(wal, "rb") as f:
@@ -86,7 +93,7 @@ def set_aside_foreign(data_dir: Path, db: Path) -> Path | None:
     stamp = _file_stamp(db)
     if stamp is None or stamp in (beside[0], beside[0] - 1):
         return None
-    aside = wal.with_name(f"{wal.name}.foreign-{time.strftime('%Y%m%d-%H%M%S')}")
+    aside = _aside(wal)
     try:
         os.replace(wal, aside)
     except FileNotFoundError:  # set aside meanwhile (a reader and a node starting at once)
@@ -105,7 +112,7 @@ def forget(data_dir: Path, db: Path) -> None:
     aside; laid over the new file, it opened as the old node."""
     wal = db.with_name(db.name + "-wal")
     if wal.exists():
-        os.replace(wal, wal.with_name(f"{wal.name}.foreign-{time.strftime('%Y%m%d-%H%M%S')}"))
+        os.replace(wal, _aside(wal))
     for left in (db.with_name(db.name + "-shm"), data_dir / STAMP_FILE):
         with contextlib.suppress(FileNotFoundError):
             os.remove(left)

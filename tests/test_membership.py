@@ -412,6 +412,30 @@ def test_an_exit_approved_and_settled_reads_approved_though_rejected_apart(
     b.close()
 
 
+def test_a_return_approved_apart_reads_approved_though_rejected_first(tmp_path: Path) -> None:
+    """The same with nothing settled (a return, or an exit of a member holding
+    nothing): the approval took effect (she is back), and the first decision by id read
+    "rejected"."""
+    clock = FakeClock()
+    a, b = new_ledger(tmp_path, "SH01", now_ms=clock), new_ledger(tmp_path, "SH02",
+                                                                  now_ms=clock)
+    staff = Staff(a)
+    _, new = two_members(a)
+    out = a.apply_exit(staff.cashier, new, "搬家")["application"]
+    a.decide_exit(staff.mgr, out)
+    back = a.apply_exit(staff.cashier, new, "回来了", step="return")["application"]
+    sync(a, b)
+    a.decide_exit(staff.mgr, back, reject=True)
+    clock.ms += 1000
+    assert b.decide_exit(staff.mgr2, back)["status"] == "approved"
+    sync(a, b)
+    for ledger in (a, b):
+        assert ledger.exit_view(back)["status"] == "approved"
+        assert not ledger.member(new).get("exited")
+    a.close()
+    b.close()
+
+
 def test_forfeit_is_income_and_value_held_elsewhere_is_gathered_first(a: Ledger, b: Ledger
                                                                        ) -> None:
     """Value topped up at SH01 and SH02; the exit approved at SH02 forfeits it. SH02

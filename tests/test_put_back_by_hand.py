@@ -439,3 +439,38 @@ def test_a_new_store_takes_no_log_left_in_its_directory(tmp_path: Path) -> None:
         assert fresh.node == "SH09"
         assert fresh.storage.conn.execute("SELECT COUNT(*) FROM members").fetchone() == (0,)
     assert list(crash.glob(f"{DB_FILE}-wal.foreign-*"))
+
+
+def test_two_logs_set_aside_in_one_second_are_both_kept(tmp_path: Path) -> None:
+    """Names of the second only: a second log set aside replaced the first (a reader
+    and a node starting together each set one aside), and the first was lost."""
+    db = tmp_path / DB_FILE
+    for content in (b"first", b"second"):
+        (tmp_path / f"{DB_FILE}-wal").write_bytes(content)
+        walpair.forget(tmp_path, db)
+    kept = sorted(p.read_bytes() for p in tmp_path.glob(f"{DB_FILE}-wal.foreign-*"))
+    assert kept == [b"first", b"second"]
+
+
+def test_a_reader_holds_the_lock_from_its_look_to_its_open(tmp_path: Path) -> None:
+    """A reader that looked with no node running, and set a log aside after a node had
+    started and opened a new one, moved the node's live log: answered writes were lost
+    at the next crash. The reader holds the directory's lock while it looks."""
+    from crdtledger import storage as storage_module
+
+    crash, _late = _old_copy_beside_a_newer_log(tmp_path)
+    held: list[bool] = []
+    real = walpair.set_aside_foreign
+
+    def looking(data_dir: Path, db: Path) -> Path | None:
+        held.append(storage_module._lock_if_free(data_dir / storage_module.LOCK_FILE)
+                    is None)  # a node would wait here
+        return real(data_dir, db)
+
+    walpair.set_aside_foreign = looking  # type: ignore[assignment]
+    try:
+        with Ledger.open(crash, lock=False):
+            pass
+    finally:
+        walpair.set_aside_foreign = real  # type: ignore[assignment]
+    assert held == [True]
