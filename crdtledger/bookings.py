@@ -373,8 +373,12 @@ def parse_when(ledger: Ledger, when: str) -> int:
         local = datetime.fromisoformat(text.replace(" ", "T"))
     except ValueError:
         raise InvalidInput(f"time {when!r} is not a real date and time") from None
-    ms = int(local.replace(tzinfo=ledger.storage.tz).timestamp() * 1000)
-    if _local(ledger, ms).replace(tzinfo=None) != local:
+    try:
+        ms = int(local.replace(tzinfo=ledger.storage.tz).timestamp() * 1000)
+        back = _local(ledger, ms).replace(tzinfo=None)
+    except (ValueError, OverflowError, OSError):  # year 1's midnight east of UTC is year 0
+        raise InvalidInput(f"time {when!r} is out of range") from None
+    if back != local:
         raise InvalidInput(f"time {when!r} does not exist in {ledger.storage.tz.key}: the "
                            "clocks go forward then")
     return ms  # a time the clocks pass twice (going back) is the first of the two

@@ -109,5 +109,5 @@ async def test_an_emptied_quantity_box_sells_nothing(counter_app: CounterApp) ->
     app.user.find(marker="package-price").type("300.00")
     app.user.find(marker="package-pay").elements.pop().set_value("stored")
     app.user.find(marker="package-ok").click()
-    await app.user.should_see("数量要填正整数")
+    await app.user.should_see("数量要填 1 到 999 的整数")
     assert snapshot(app.ledger, [mid]) == before
