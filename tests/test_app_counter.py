@@ -35,6 +35,15 @@ def member_with_card(app: CounterApp, cash: int = 0, pin: str | None = None) -> 
     return mid
 
 
+def member_with_a_gift(app: CounterApp) -> str:
+    """A member with 128 points (a FOOT60 sale) and a towel of 100 points on the shelf."""
+    mid = member_with_card(app, cash=50000)
+    app.ledger.add_goods(app.node_owner, "G09", "毛巾", 1500, 500, unit="条", points_price=100)
+    app.ledger.stock_in(app.node_owner, "G09", 3)
+    app.ledger.debit(app.node_owner, mid, service="FOOT60")  # 128 points
+    return mid
+
+
 async def swipe(app: CounterApp, card: str = CARD) -> None:
     app.reader.insert(card)
     await app.user.should_see(marker="member-name")
@@ -218,10 +227,7 @@ async def test_what_does_not_price_a_dialog_does_not_refuse_it(counter_app: Coun
 async def test_a_gifts_points_price_changed_while_open_is_refused(
         counter_app: CounterApp) -> None:
     app = counter_app
-    mid = member_with_card(app, cash=50000)
-    app.ledger.add_goods(app.node_owner, "G09", "毛巾", 1500, 500, unit="条", points_price=100)
-    app.ledger.stock_in(app.node_owner, "G09", 3)
-    app.ledger.debit(app.node_owner, mid, service="FOOT60")  # 128 points
+    mid = member_with_a_gift(app)
     await app.login(*CASHIER)
     await swipe(app)
     app.user.find(marker="redeem").click()

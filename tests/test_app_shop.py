@@ -19,7 +19,7 @@ from app_fixtures import CASHIER, OWNER, CounterApp
 from helpers import snapshot
 from nicegui import ui
 from nicegui.elements.mixins.value_element import ValueElement
-from test_app_counter import CARD, member_with_card, swipe
+from test_app_counter import CARD, member_with_a_gift, member_with_card, swipe
 from test_app_office import second_store
 
 from crdtledger import views
@@ -345,10 +345,7 @@ async def test_a_tab_left_open_after_logging_out_reprints_nothing(
 
 async def test_a_goods_gift_for_points_comes_out_of_the_stock(counter_app: CounterApp) -> None:
     app = counter_app
-    mid = member_with_card(app, cash=50000)
-    app.ledger.add_goods(app.node_owner, "G09", "毛巾", 1500, 500, unit="条", points_price=100)
-    app.ledger.stock_in(app.node_owner, "G09", 3)
-    app.ledger.debit(app.node_owner, mid, service="FOOT60")  # 128 points
+    mid = member_with_a_gift(app)
     await app.login(*CASHIER)
     await swipe(app)
     app.user.find(marker="redeem").click()
