@@ -21,6 +21,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -263,9 +264,20 @@ class Demo:
         self.check_running(node)
         return _get_json(f"http://127.0.0.1:{self.api[node]}/health")
 
+    def ports(self) -> list[int]:
+        return [*self.http.values(), *self.sync.values(), *self.api.values(),
+                self.members_port]
+
+    def ours(self, node: str) -> bool:
+        """The node on this branch's data is the process we started: only then is what
+        answers on its ports this demo's (another program may hold them)."""
+        running = local.running(self.data(node))
+        return running is not None and running.pid == self.procs[node].pid
+
     def up(self, node: str) -> bool:
-        """The node answers its health check and the counter page is served."""
-        return self.health(node) is not None and _status(self.url(node)) == 200
+        """Our node answers its health check and the counter page is served."""
+        return (self.ours(node) and self.health(node) is not None
+                and _status(self.url(node)) == 200)
 
     def in_sync(self) -> bool:
         states = [self.health(node) for node in BRANCHES]
@@ -389,6 +401,18 @@ def _status(url: str) -> int | None:
         return None
 
 
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        # As the servers bind (aiohttp, uvicorn): a port a stopped demo's connections
+        # left in TIME_WAIT is free; one a program listens on is not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _get_json(url: str) -> dict[str, Any] | None:
     try:
         with urllib.request.urlopen(url, timeout=3) as r:
@@ -437,6 +461,13 @@ def main(argv: list[str] | None = None) -> int:
             # said "running" about the first demo's pages.
             raise DemoError(f"a demo already runs on {demo.root} ({', '.join(busy)} in "
                             "use): stop it first, or give another --data")
+        taken = [port for port in demo.ports() if not _free(port)]
+        if taken:
+            # Before anything starts: a branch that cannot bind stops, but the pages and
+            # health answers on those ports (another demo's, on other data) read as ours.
+            raise DemoError(f"port {', '.join(map(str, taken))} on 127.0.0.1 already in use "
+                            "(another demo, or another program): stop it, or give another "
+                            "--port")
         new = args.fresh or not demo.created()
         if new:
             print(f"Creating the demo chain in {demo.root}: a certificate authority, three "

@@ -183,3 +183,29 @@ def test_the_counter_app_refuses_a_directory_a_node_runs_on(
         assert app.main(["--data", str(tmp_path / "SH01")]) == 1
     assert "in use by another process" in capsys.readouterr().out
     assert (tmp_path / "SH01" / RUN_FILE).exists()
+
+
+def test_a_demo_whose_ports_are_taken_says_so_before_it_starts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A second demo on other data but the same ports: its branches could not bind and
+    stopped, but the first demo's pages and health answers on those ports read as its
+    own ("running"). It names the port taken and creates nothing."""
+    import socket
+
+    from reference_app import demo
+
+    base = free_port()
+    root = tmp_path / "demo-data"
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with socket.socket() as other:  # another program listens on the API port of HZ01
+        other.bind(("127.0.0.1", base + 2 * len(BRANCHES)))
+        other.listen()
+        try:
+            code = demo.main(["--data", str(root), "--port", str(base), "--exit"])
+        finally:
+            signal.signal(signal.SIGINT, handlers[0])
+            signal.signal(signal.SIGTERM, handlers[1])
+    assert code == 1
+    assert f"port {base + 2 * len(BRANCHES)} on 127.0.0.1 already in use" in (
+        capsys.readouterr().err)
+    assert not root.exists()
