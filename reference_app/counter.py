@@ -441,14 +441,20 @@ class Counter:
                 tuple(lvl.get(k) for k in ("name", "discount", "points_multiplier")))
 
     def priced(self, run: Callable[[], T], seen: tuple[Any, ...], *rules: str,
-               goods: bool = False, level: str | None = None) -> Callable[[], T]:
+               goods: str | None = None, level: str | None = None) -> Callable[[], T]:
         """`run`, refused if what its dialog's figures came from changed since the dialog
         opened (`terms`: a head office's price list synced in, a version taking effect
         at midnight): they were charged without a word against the figure the cashier
         had read out. Judged each time the node runs it, so also after a wait for
-        another branch's rights, which a sync may arrive in."""
+        another branch's rights, which a sync may arrive in. Of the goods catalogue
+        only the item sold (`goods`, its code) counts: another item added or repriced
+        changes nothing this dialog read out."""
+        def item(terms: tuple[Any, ...]) -> tuple[Any, ...]:
+            rules_now, catalogue, lvl = terms
+            return rules_now, (catalogue or {}).get(goods) if goods else None, lvl
+
         def op() -> T:
-            if self.terms(*rules, goods=goods, level=level) != seen:
+            if item(self.terms(*rules, goods=goods is not None, level=level)) != item(seen):
                 raise TermsChanged(tr(
                     "价格或优惠刚刚变了：请关闭后重新打开，看清新的金额再确认。",
                     "Prices or offers changed just now: close this and open it again to "
@@ -766,7 +772,7 @@ class Counter:
                 done = await self.act(
                     self.priced(self.shop.operation(self.op, "sell", goods=c, qty=n, pay=how,
                                                     coupon=cid, **payer),
-                                seen, "earn", goods=True, level=member),
+                                seen, "earn", goods=c, level=member),
                     "sell", lambda e: tr("已售 {what} ×{n}，实收 {paid}", "Sold {what} ×{n}, "
                                          "paid {paid}", what=self.shop.goods_name(c), n=n,
                                          paid=money(int(e["amount"]))), error,
@@ -1000,7 +1006,7 @@ class Counter:
                     if await self.act(
                             self.priced(self.shop.operation(self.op, "points.gift", goods=code,
                                                             **self._payer(member, card, pin)),
-                                        seen, goods=True),
+                                        seen, goods=code),
                             "redeem", lambda e: tr("已兑换 {what}，用 {n} 积分",
                                                    "Gave {what} for {n} points",
                                                    what=gifts[code]["name"], n=e["points"]),

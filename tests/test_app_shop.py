@@ -228,6 +228,29 @@ async def test_a_scanned_barcode_sells_to_the_member_on_screen(counter_app: Coun
     await app.user.should_see("商品 · 精油 · 储值")  # in the last visits
 
 
+async def test_another_goods_item_changed_does_not_refuse_an_open_sale(
+        counter_app: CounterApp) -> None:
+    """Any change to the goods catalogue (another item added at head office, another's
+    price) refused every open goods sale chain-wide; only the item sold prices it. Its
+    own price changed still refuses."""
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    with_goods(app)
+    await app.login(*CASHIER)
+    await swipe(app)
+    app.reader.scan(BARCODE)
+    await app.user.should_see("原价 ¥88.00，应付 ¥88.00，得 88 积分")
+    app.ledger.add_goods(app.node_owner, "G77", "洗发水", 3800, 1500)
+    app.user.find(marker="goods-ok").click()
+    await app.user.should_see("已售 精油 ×1，实收 ¥88.00")
+    app.reader.scan(BARCODE)
+    await app.user.should_see("原价 ¥88.00，应付 ¥88.00，得 88 积分")
+    app.ledger.add_goods(app.node_owner, "G01", "精油", 9800, 3000, barcode=BARCODE, unit="瓶")
+    app.user.find(marker="goods-ok").click()
+    await app.user.should_see("价格或优惠刚刚变了")
+    assert app.ledger.balance(mid)["cash"] == 50000 - 8800
+
+
 async def test_a_walk_in_customer_pays_at_the_till(counter_app: CounterApp) -> None:
     app = counter_app
     with_goods(app)
