@@ -1022,14 +1022,15 @@ def points_expire(ledger: Ledger, operator: str, p: Params) -> list[dict[str, An
                    Param("uses", COUNT, required=True), Param("price", FEE, flag=None),
                    Param("price_yuan", YUAN, flag="--price", help="price in yuan"),
                    Param("pay", {**PAY_TEXT, "description": "stored (from stored value) or "
-                                 f"at the till by {METHODS}; default the rule's first"})),
+                                 f"at the till by {METHODS}; default the rule's first"}),
+                   APPROVAL),
            forms=(PAYER_FORM, Form(("price", "price_yuan"))), result=ENTRY,
            show=_done(lambda e, _p: f"sold {e['qty']} x {e['service']} for "
                       f"{format_yuan(e['amount'])} ({e['pay']})"))
 def package_sell(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     price = required_amount(p, "price", "price_yuan", allow_zero=True)
     return ledger.sell_package(operator, p.get("member"), p["service"], p["uses"], price,
-                               pay=p.get("pay"), **_card(p))
+                               pay=p.get("pay"), approver=approver_of(p), **_card(p))
 
 
 @operation("correct", "An approved manual adjustment of a purse", permission="adjust",

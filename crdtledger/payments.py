@@ -613,17 +613,30 @@ class Payments(Merges, Rules):
                 (purse[4:],)).fetchone()
             if row is None or views.canonical(self.storage.conn, row[0]) != member:
                 raise NotFound(f"no package {purse[4:]} of member {member} is known here")
-            uses = json.loads(row[2]).get("qty")
-            return -(-n * int(row[1]) // (uses if isinstance(uses, int) and uses > 0 else 1))
+            body = json.loads(row[2])
+            uses = body.get("qty")
+            paid = -(-n * int(row[1]) // (uses if isinstance(uses, int) and uses > 0 else 1))
+            # At the list price too: a package sold for nothing made its uses worth
+            # nothing, and a correction adding a million of them needed no approver.
+            return max(paid, n * self._list_price(body.get("service")))
         return n if purse in MONEY_PURSES else 0
+
+    def _list_price(self, service: Any) -> int:
+        """A service's price in the price list now, 0 for one no longer listed."""
+        item = self.rule("services").get(service) if isinstance(service, str) else None
+        return int(item["price"]) if isinstance(item, dict) else 0
 
     def sell_package(self, operator: str, member: str | None, service: str, uses: int,
                      price: int, pay: str | None = None, *, card: str | None = None,
-                     pin: str | None = None) -> dict[str, Any]:
+                     pin: str | None = None, approver: tuple[str, str] | None = None
+                     ) -> dict[str, Any]:
         """计次卡: `uses` of a service, paid from stored value ("stored") or at the till
         by a payment method of the rule (the rule's first by default). For the member,
         or by the card swiped (`card`, `pin`: checked as a debit's, so a card reported
-        lost buys nothing)."""
+        lost buys nothing). The price is the till's to set (packages sell below the
+        list), but one under half the uses' list worth, by more than the top-up limit,
+        gives value away: it needs an approver, as a top-up of that much does (a
+        cashier alone sold a million uses for 0.00, and the till balanced)."""
         self.authorise(operator, "package.sell")
         if service not in self.rule("services"):
             raise NotFound(f"no service {service} in the price list")
@@ -631,8 +644,15 @@ class Payments(Merges, Rules):
         price = check_amount(price, allow_zero=True)
         member, _ = self._resolve(member, card, pin)
         pay = self._pay(pay, ("stored",))
+        worth = uses * self._list_price(service)
+        approved = None
+        if 2 * price < worth and worth - price > int(self.rule("approval")["topup_limit"]):
+            approved = self._approve(operator, approver, (
+                f"a package of {uses} x {service} for {format_yuan(price)} (list "
+                f"{format_yuan(worth)})"))
         entry = self._entry("package", member, amount=price, service=service, qty=uses, pay=pay,
-                            paid=price if pay != "stored" else 0, op=operator)
+                            paid=price if pay != "stored" else 0, op=operator,
+                            approver=approved)
         deltas = [(f"pkg:{entry['id']}", self.node, uses)]
         needs: dict[str, int] = {}
         if pay == "stored" and price:

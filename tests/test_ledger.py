@@ -642,6 +642,27 @@ def test_cashier_permissions(a: Ledger) -> None:
     refused(a, [m], PermissionDenied, lambda: a.authenticate("mallory", "secret1"))
 
 
+def test_a_package_giving_value_away_needs_an_approver(a: Ledger) -> None:
+    """A cashier alone sold a million uses of a service for 0.00 (the till balanced,
+    the daily report showed nothing), spendable at every branch. A package under half
+    its list worth, by more than the top-up limit, needs an approver; a package at
+    the usual discount does not."""
+    o = a.owner
+    m = member(a)
+    cashier = a.add_operator(o, "alice", "secret1", roles=["cashier"])
+    boss = a.add_operator(o, "boss", "bosspass", roles=["manager"])
+    a.sell_package(cashier, m, "FOOT60", 10, 108000, pay="cash")  # 1280.00 at the list
+    a.sell_package(cashier, m, "FOOT60", 1, 0, pay="cash")  # one use given: 128.00
+    refused(a, [m], ApprovalRequired,
+            lambda: a.sell_package(cashier, m, "FOOT60", 10**6, 0, pay="cash"),
+            match=r"1000000 x FOOT60 for 0.00 \(list 128000000.00\) needs an approver")
+    refused(a, [m], ApprovalRequired, lambda: a.sell_package(
+        cashier, m, "FOOT60", 100, 600000, pay="cash", approver=("alice", "secret1")))
+    e = a.sell_package(cashier, m, "FOOT60", 100, 600000, pay="cash",
+                       approver=("boss", "bosspass"))
+    assert e["approver"] == boss and e["op"] == cashier
+
+
 def test_large_topup_needs_an_approver(a: Ledger) -> None:
     o = a.owner
     m = member(a)
@@ -676,13 +697,18 @@ def test_corrections_over_the_limit_and_custom_roles(a: Ledger) -> None:
     e = a.correct(aud, m, "cash", 10001, "big", approver=("boss", "bosspass"))
     assert e["approver"] == boss
     # Points become bonus (100 to the yuan by default): worth more than the limit,
-    # they need an approver too; so do a package's uses, at the price it sold for.
+    # they need an approver too; so do a package's uses, at the price it sold for or
+    # the list price, the higher (a package sold for 0.00 made a million uses worth
+    # nothing).
     a.correct(aud, m, "points", 10000, "worth 100.00: at the limit")
     refused(a, [m], ApprovalRequired, lambda: a.correct(aud, m, "points", 10**6, "x"),
             match=r"\+1000000 points \(worth 10000.00\)")
-    pkg = a.sell_package(o, m, "FOOT60", 10, 30000)["id"]
-    a.correct(aud, m, f"pkg:{pkg}", 3, "three uses worth 90.00")
-    refused(a, [m], ApprovalRequired, lambda: a.correct(aud, m, f"pkg:{pkg}", 4, "120.00"))
+    pkg = a.sell_package(o, m, "HAIR", 10, 60000)["id"]  # 60.00 a use, list 68.00
+    a.correct(aud, m, f"pkg:{pkg}", 1, "one use worth 68.00")
+    refused(a, [m], ApprovalRequired, lambda: a.correct(aud, m, f"pkg:{pkg}", 2, "136.00"))
+    free = a.sell_package(o, m, "HAIR", 1, 0)["id"]
+    refused(a, [m], ApprovalRequired, lambda: a.correct(aud, m, f"pkg:{free}", 10**6, "x"),
+            match=r"worth 68000000.00")
     # A package or coupon that is not the member's is refused, not conjured up: every
     # branch would block this one for a record adding a coupon's unit.
     refused(a, [m], NotFound, lambda: a.correct(aud, m, "pkg:0000000000000.SH01", 5, "x"))
