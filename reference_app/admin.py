@@ -628,6 +628,7 @@ def corrections_page() -> None:
 
         change.on_value_change(update_approval)
         purse.on_value_change(update_approval)
+        layout.one_approval(approver_pw, lambda: (purse.value, change.value), change, purse)
 
         def search() -> None:
             hits.clear()
@@ -644,6 +645,8 @@ def corrections_page() -> None:
                               ).props("flat dense no-caps").mark("corr-pick")
 
         def pick(h: dict[str, Any]) -> None:
+            if chosen.get("id") != h["id"]:
+                approver_pw.set_value("")  # approved for another member
             chosen.clear()
             chosen.update(h)
             bal = ledger.balance(h["id"])
@@ -663,13 +666,13 @@ def corrections_page() -> None:
                 refuse(e)
                 return
             ap = (approver.value or "", approver_pw.value or "") if needs_approval() else None
+            approver_pw.set_value("")  # one approval, one attempt
             if await write(operation("correct", member=chosen["id"], purse=purse.value,
                                      change=delta, reason=reason.value or "",
                                      approver=ap and {"name": ap[0], "password": ap[1]}),
                            "correction", tr("已调账", "Corrected")):
                 change.set_value("")
                 reason.set_value("")
-                approver_pw.set_value("")
                 pick(dict(chosen))  # a copy: pick clears `chosen` before it fills it
 
         layout.once(ui.button(tr("确认调账", "Apply correction"), icon="check"), submit

@@ -35,7 +35,7 @@ from crdtledger.model import ID
 from crdtledger.money import apply_rate, points_for
 from peer import receipts
 from reference_app.i18n import mask_phone, money, parse_money, tr
-from reference_app.layout import PRIMARY, follow, frame, once
+from reference_app.layout import PRIMARY, follow, frame, once, one_approval
 from reference_app.readers import ReaderEvent, WedgeParser
 from reference_app.shop import Shop, can, log_in, operator, shop
 
@@ -908,6 +908,7 @@ class Counter:
 
             amount.on_value_change(update)
             update()
+            one_approval(approver_pw, parsed, amount)
 
             async def confirm() -> None:
                 try:
@@ -916,7 +917,9 @@ class Counter:
                     self.refused(e, error, fixed=lambda: parsed() is not None)
                     return
                 appr = ((approver.value or "", approver_pw.value or "")
-                        if approval.visible and approver.value else None)
+                        if approval.visible and approver.value and approver_pw.value
+                        else None)
+                approver_pw.set_value("")  # one approval, one attempt
                 done = await self.act(
                     self.priced(self.shop.operation(
                         self.op, "topup", amount=fen, pay=str(method.value),

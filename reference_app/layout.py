@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nicegui import ui
+from nicegui.elements.mixins.value_element import ValueElement
 from nicegui.storage import request_contextvar
 
 from crdtledger.errors import LedgerError
@@ -105,9 +106,27 @@ def frame(title: str, *, permission: str | None = None) -> Iterator[ui.column]:
     hidden.delete()
 
 
+def one_approval(password: ui.input, figures: Callable[[], Any],
+                 *inputs: ValueElement) -> None:
+    """An approver's password approves the figures it was typed for: it is cleared
+    when they change (`figures` read as any of `inputs` changes); callers clear it
+    after each attempt too. Kept, a cashier changed the amount after the approver
+    had typed it, or used it again after a refusal."""
+    last = [figures()]
+
+    def changed(_e: Any) -> None:
+        now = figures()
+        if now != last[0]:
+            last[0] = now
+            password.set_value("")
+
+    for el in inputs:
+        el.on_value_change(changed)
+
+
 def once(button: ui.button, action: Callable[[], Awaitable[Any] | Any],
          dialog: ui.dialog | None = None) -> ui.button:
-    """Make `button` run `action` once at a time (and not once its dialog has closed);
+    """Make `button` run `action` once at a time (and never once its dialog has closed);
     returns the button. Every button that writes money,
     rights, stock, approvals or operators goes through this one guard.
 
@@ -120,11 +139,21 @@ def once(button: ui.button, action: Callable[[], Awaitable[Any] | Any],
     its row (a decided approval loses its buttons, and the browser sends no click
     for a button that is gone). A button merely redrawn since the click (a page
     refreshed between the click and this handler) still acts: that click was real."""
-    busy = False
+    busy = closed = False
+
+    def note(e: Any) -> None:
+        nonlocal closed
+        closed = closed or not e.value
+
+    if dialog is not None:
+        # Closed is for good: the browser can set the dialog's value again (a socket
+        # event), and a finished top-up's dialog, its approver's password still in
+        # it, ran again for a million with nobody asked.
+        dialog.on_value_change(note)
 
     async def run() -> None:
         nonlocal busy
-        if busy or (dialog is not None and not dialog.value):
+        if busy or closed or (dialog is not None and not dialog.value):
             return
         busy = True
         button.props("loading")

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from app_fixtures import CASHIER, OWNER, CounterApp
 from helpers import Held, snapshot
+from nicegui import ui
 
 from crdtledger.errors import PermissionDenied
 from reference_app import counter
@@ -286,6 +287,39 @@ async def test_a_large_top_up_needs_an_approver(counter_app: CounterApp) -> None
     app.user.find(marker="topup-ok").click()
     await app.user.should_see("已充值 ¥6,000.00")
     assert app.ledger.balance(mid)["cash"] == 600000
+
+
+async def test_an_approval_covers_one_top_up_of_the_amount_it_was_typed_for(
+        counter_app: CounterApp) -> None:
+    """The approver's password stayed in the top-up dialog: the cashier changed the
+    amount after the approver typed it, and after the dialog had closed the browser
+    set it open again (a socket event) and confirmed a million, approved by the
+    owner, for nothing paid. Now the password goes with every attempt and every
+    change of the amount, and a closed dialog runs nothing."""
+    app = counter_app
+    mid = member_with_card(app)
+    await app.login(*CASHIER)
+    await swipe(app)
+    app.user.find(marker="topup").click()
+    app.user.find(marker="amount").type("6000")
+    app.user.find(marker="approver").type(OWNER[0])
+    app.user.find(marker="approver-password").type(OWNER[1])
+    amount = app.user.find(marker="amount").elements.pop()
+    amount.set_value("60000")  # changed after the approver typed: approves nothing
+    app.user.find(marker="topup-ok").click()
+    await app.user.should_see("需要有审批权限的人")
+    assert app.ledger.balance(mid)["cash"] == 0
+    app.user.find(marker="approver-password").type(OWNER[1])
+    app.user.find(marker="topup-ok").click()
+    await app.user.should_see("已充值 ¥60,000.00")
+    dialog = next(el for el in amount.ancestors() if isinstance(el, ui.dialog))
+    assert not dialog.value
+    dialog.set_value(True)  # what the browser's socket event does
+    for typed in ("1000000", "100"):  # a closed dialog runs nothing, approved or not
+        amount.set_value(typed)
+        app.user.find(marker="topup-ok").click()
+        await asyncio.sleep(0.3)
+    assert app.ledger.balance(mid)["cash"] == 6000000
 
 
 @pytest.mark.parametrize("typed", ["12.345", "-5", "abc", "0", "1e3", "０.５", "１２",
