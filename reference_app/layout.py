@@ -107,7 +107,7 @@ def frame(title: str, *, permission: str | None = None) -> Iterator[ui.column]:
 
 
 def one_approval(password: ui.input, figures: Callable[[], Any],
-                 *inputs: ValueElement) -> None:
+                 *inputs: ValueElement[Any]) -> None:
     """An approver's password approves the figures it was typed for: it is cleared
     when they change (`figures` read as any of `inputs` changes); callers clear it
     after each attempt too. Kept, a cashier changed the amount after the approver
