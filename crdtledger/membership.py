@@ -90,6 +90,8 @@ REPEATS: tuple[Repeat, ...] = get_args(Repeat)
 ExitRule = Literal["refund", "forfeit"]
 EXIT_RULES: tuple[ExitRule, ...] = get_args(ExitRule)
 
+# A reward taken back for a void referral (Membership.reverse_void_rewards).
+VOID_REASON = "void"
 ReferralStatus = Literal["pending", "approved1", "approved", "granted", "rejected", "void"]
 ExitStatus = Literal["pending", "approved", "rejected"]
 
@@ -283,6 +285,21 @@ class Membership(Coupons):
         found = self._entries("ref = ? AND kind IN ('reward', 'coupon')", [referral])
         return found[0] if found else None
 
+    def _taken_back(self, referral: str) -> dict[str, Any] | None:
+        """The reversal of a void referral's reward (`reverse_void_rewards`), if any."""
+        found = [e for e in self._entries("ref = ? AND kind = 'reward'", [referral])
+                 if e.get("reason") == VOID_REASON]
+        return found[0] if found else None
+
+    def _void(self, r: Mapping[str, Any]) -> bool:
+        """Not its group's first referral, or its referrer merged into the member since
+        (referring themself): it gives nothing, granted or not."""
+        conn = self.storage.conn
+        first = self.referral_of(str(r["member"]))
+        return ((first is not None and first["id"] != r["id"])
+                or views.canonical(conn, str(r["referrer"]))
+                == views.canonical(conn, str(r["member"])))
+
     def referral_view(self, referral: str) -> dict[str, Any]:
         r = self._referral(referral)
         # Only approvals that an operator allowed to give them gave count, as this
@@ -291,21 +308,20 @@ class Membership(Coupons):
         approvals = [a for a in self._entries("ref = ? AND kind = 'approval'", [referral])
                      if a["op"] != r["op"] and self._may_approve(str(a["op"]), a.get("step"))]
         grant = self._grant_of(referral)
-        first = self.referral_of(str(r["member"]))
         status, who = referral_status(approvals, grant is not None)
-        conn = self.storage.conn
-        if grant is None and ((first is not None and first["id"] != r["id"])
-                              or views.canonical(conn, str(r["referrer"]))
-                              == views.canonical(conn, str(r["member"]))):
-            # Not the group's first, or its referrer merged into the member since
-            # (referring themself): nothing to grant. One granted stays as it was.
+        back = self._taken_back(referral)
+        if self._void(r):
+            # Nothing to grant; one granted (at two branches apart, or before the
+            # merge that made it a second) is taken back by the branch that granted it
+            # (`reverse_void_rewards`), as far as the referrer still holds it there.
             status = "void"
         return {"referral": r["id"], "member": r["member"], "referrer": r["referrer"],
                 "branch": r["node"], "recorded_by": r["op"],
                 "on": self.storage.day_of(int(r["at"])), "status": status,
                 "level1": who.get("1", ""), "level2": who.get("2", ""),
                 "rejected_by": who.get("reject", "") if status == "rejected" else "",
-                "reward": "" if grant is None else grant["id"]}
+                "reward": "" if grant is None else grant["id"],
+                "taken_back": "" if back is None else back["id"]}
 
     def _may_approve(self, op: str, step: Any) -> bool:
         # A node's built-in owner (owner@NODE) holds every permission at its own node:
@@ -418,6 +434,37 @@ class Membership(Coupons):
             got = self._commit(plan)
             if got is not None:
                 done.append(got)
+        return done
+
+    def reverse_void_rewards(self) -> list[dict[str, Any]]:
+        """Take back the rewards this branch granted for referrals that are void (two
+        branches apart each recorded and rewarded one newcomer; a duplicate referred
+        and rewarded, then merged): what the referrer still holds of it here, points,
+        bonus or the coupon unredeemed, by a `reward` entry with reason "void" naming
+        the referral. What was spent first is not recovered (shown as the reward less
+        what was taken back); the check-ins' surplus is settled the same way."""
+        done = []
+        for r in self._entries("kind = 'referral' AND node = ?", [self.node]):
+            grant = self._grant_of(str(r["id"]))
+            if (grant is None or grant["node"] != self.node or not self._void(r)
+                    or self._taken_back(str(r["id"])) is not None):
+                continue
+            to = views.canonical(self.storage.conn, str(grant["member"]))
+            group = self._folded(to)
+            if len(group) > 1:
+                self._owe_sweep(group[1:])
+            if grant["kind"] == "coupon":
+                purse, field, given = purse_of(str(grant["id"])), "coupon", 1
+            elif grant.get("points"):
+                purse, field, given = "points", "points", int(grant["points"])
+            else:
+                purse, field, given = "bonus", "bonus", int(grant.get("bonus") or 0)
+            held = sum(self._rights(m, purse).get(self.node, 0) for m in group)
+            n = max(0, min(given, held))
+            back = self._entry("reward", to, deltas=[(purse, self.node, -n)] if n else [],
+                               ref=r["id"], reason=VOID_REASON, op=f"referral@{self.node}",
+                               **{field: n} if field != "coupon" else {"coupon": grant["id"]})
+            done.append(self._post(back, {purse: n} if n else {}))
         return done
 
     # --- check-in ----------------------------------------------------------------------

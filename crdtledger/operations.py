@@ -1568,7 +1568,7 @@ REFERRAL = {"type": "object",
                          "level2", "reward"],
             "properties": {k: STR for k in (
                 "referral", "member", "referrer", "branch", "recorded_by", "on", "status",
-                "level1", "level2", "rejected_by", "reward")}}
+                "level1", "level2", "rejected_by", "reward", "taken_back")}}
 EXIT_VIEW = {"type": "object",
              "required": ["application", "member", "step", "status", "paid", "forfeited"],
              "properties": {**{k: STR for k in ("application", "member", "step", "reason",
@@ -1590,7 +1590,8 @@ def _show_referral(_l: Ledger, v: Any, _p: Params) -> str:
     levels = "  ".join(f"{k} {v[k]}" for k in ("level1", "level2", "rejected_by") if v.get(k))
     return (f"referral {v['referral']}: {v['referrer']} referred {v['member']} at "
             f"{v['branch']}: {v['status']}" + (f"  ({levels})" if levels else "")
-            + (f"  reward {v['reward']}" if v.get("reward") else ""))
+            + (f"  reward {v['reward']}" if v.get("reward") else "")
+            + (f"  taken back {v['taken_back']}" if v.get("taken_back") else ""))
 
 
 def _show_exit(_l: Ledger, v: Any, _p: Params) -> str:

@@ -211,6 +211,41 @@ def test_concurrent_referrals_of_one_member_count_the_first(a: Ledger, b: Ledger
         assert x.referral_view(second)["status"] == "void"
 
 
+def test_a_referral_rewarded_at_two_branches_apart_is_taken_back_by_the_second(
+        a: Ledger, b: Ledger) -> None:
+    """Two branches cut off from each other each recorded, approved and rewarded the
+    referral of one newcomer: the referrer held the reward twice, for good (only a
+    reward not yet granted was void). The branch whose referral is not the first takes
+    its reward back at its housekeeping, as far as the referrer still holds it there,
+    and says what it took."""
+    staff = Staff(a)
+    a.set_rule(a.owner, "referral", {"reward": "bonus", "bonus": 5000})
+    old, new = two_members(a)
+    sync(a, b)
+    ids = {}
+    for x in (a, b):  # apart
+        ids[x.node] = x.refer(x.owner, new, old)["id"]
+        x.approve_referral(staff.mgr, ids[x.node], 1)
+        assert x.approve_referral(staff.mgr2, ids[x.node], 2)["status"] == "granted"
+    second = max(ids.values())
+    late = a if ids["SH01"] == second else b
+    late.debit(late.owner, old, amount=2000)  # 20.00 of its bonus spent there first
+    sync(a, b)
+    assert a.balance(old)["bonus"] == 10000 - 2000
+    for x in (a, b):
+        x.housekeeping()
+        x.housekeeping()  # once
+    sync(a, b)
+    for x in (a, b):
+        # Two rewards, less 20.00 spent at the second branch, less the 30.00 it held.
+        assert x.balance(old)["bonus"] == 10000 - 2000 - 3000
+        view = x.referral_view(second)
+        assert view["status"] == "void" and view["taken_back"]
+        assert x.referral_view(min(ids.values()))["status"] == "granted"
+    [back] = [e for e in rewards(a, second) if e.get("reason") == "void"]
+    assert (back["bonus"], back["node"]) == (3000, late.node)
+
+
 def test_a_forged_reward_for_another_branchs_referral_is_refused(a: Ledger, b: Ledger) -> None:
     """SH02 writes a reward for a referral SH01 recorded: every replica refuses it
     (write rule referral-reward) and blocks the writer. An honest SH02 never writes it."""
