@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from crdtledger.errors import InsufficientFunds, RightsElsewhere
+from crdtledger.money import MAX_AMOUNT
 
 Delta = tuple[str, str, int]  # (purse, node, change in that node's rights)
 
@@ -82,7 +83,7 @@ def grant_amount(available: int, shortfall: int) -> int:
         return 0
     core = min(available, shortfall)
     keeps = available - core
-    return core + keeps // 2
+    return min(core + keeps // 2, MAX_AMOUNT)  # one entry's most (money.pieces)
 
 
 # Rights requests a branch answers per asking branch: GRANTS_PER_MINUTE, up to

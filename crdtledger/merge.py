@@ -37,6 +37,7 @@ from crdtledger.cards import Cards
 from crdtledger.commit import Write, note_edit
 from crdtledger.errors import InvalidInput
 from crdtledger.model import ID, member_doc
+from crdtledger.money import pieces
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
@@ -121,8 +122,7 @@ class Merges(Cards):
         writes: list[Write] = []
         done: list[dict[str, Any]] = []
         for m, head, held in owing:
-            for i in range(0, len(held), MAX_DELTAS):
-                chunk = held[i:i + MAX_DELTAS]
+            for chunk in _chunks(held):
                 # `amount`: the cash (stored value paid in) moved, as a transfer's.
                 cash = sum(a for p, a in chunk if p == "cash")
                 while True:
@@ -193,3 +193,20 @@ class Merges(Cards):
         if member not in self._merge_targets:
             return [member]
         return views.folded_into(self.storage.conn, member)
+
+
+def _chunks(held: list[tuple[str, int]]) -> list[list[tuple[str, int]]]:
+    """A sweep's (purse, amount) rows as the deltas of merge pairs: at most MAX_DELTAS
+    each, one per purse (so no delta nor `amount` above MAX_AMOUNT: a row a liar
+    raised beyond it moves in pieces, money.pieces)."""
+    out: list[list[tuple[str, int]]] = []
+    chunk: list[tuple[str, int]] = []
+    for purse, amount in held:
+        for n in pieces(amount):
+            if len(chunk) == MAX_DELTAS or any(p == purse for p, _ in chunk):
+                out.append(chunk)
+                chunk = []
+            chunk.append((purse, n))
+    if chunk:
+        out.append(chunk)
+    return out

@@ -47,6 +47,15 @@ def check_amount(fen: object, *, allow_zero: bool = False) -> int:
     return fen
 
 
+def pieces(n: int) -> list[int]:
+    """`n` in parts of at most MAX_AMOUNT, the most an entry may carry. A rights row
+    may hold more (a liar's transfers of MAX_AMOUNT each to an honest branch add up),
+    and moving it whole was refused: the holder could never hand it over, sweep it or
+    grant from it, and every batch of a hand-over after it stopped."""
+    q, r = divmod(n, MAX_AMOUNT)
+    return [MAX_AMOUNT] * q + ([r] if r else [])
+
+
 def check_count(n: object, what: str = "count") -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n <= 0 or n > MAX_AMOUNT:
         raise InvalidAmount(f"{what} must be a positive whole number, not {n!r}")

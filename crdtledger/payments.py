@@ -32,6 +32,7 @@ from crdtledger.money import (
     check_count,
     format_purse,
     format_yuan,
+    pieces,
     points_for,
 )
 from crdtledger.projection import points_change
@@ -409,8 +410,19 @@ class Payments(Merges, Rules):
         """Give some of this node's rights on a purse to another branch. Only the holder
         can give its rights away, so this runs at the giving node."""
         self.authorise(operator, "rights.transfer")
+        self._not_closing(to)
         return self._transfer(member, purse, to, check_amount(amount), operator,
                               known=True)
+
+    def _not_closing(self, to: str) -> None:
+        """An operator's move of rights to a branch that handed its own over (a shop
+        closing for good) is refused: they would be stranded once it is revoked, and
+        nothing moves them on (the rebalancer sends none there). A grant for a sale it
+        makes meanwhile is not an operator's move and still goes."""
+        if to in views.handed_over(cast("Ledger", self)):
+            raise InvalidInput(f"branch {to} has handed its members' rights over (a shop "
+                               "closing): rights sent there would be stranded once it "
+                               "closes; send them to a branch that stays")
 
     def hand_over_rights(self, operator: str, to: str) -> dict[str, Any]:
         """Give every right this branch holds, of every member and purse (stored value,
@@ -429,6 +441,7 @@ class Payments(Merges, Rules):
         if to == self.node:
             raise InvalidInput("a branch cannot hand its rights over to itself")
         self._require_branch(to, "rights")
+        self._not_closing(to)
         ledger = cast("Ledger", self)
         self._sweep(dict.fromkeys(m for m, _p, _a in views.rights_held_rows(ledger, self.node)))
         moved: dict[str, int] = {}
@@ -436,11 +449,12 @@ class Payments(Merges, Rules):
         entries = 0
         while True:
             def plan() -> tuple[list[Write], list[dict[str, Any]]]:
-                done = [self._entry("transfer", m, deltas=[(p, self.node, -a), (p, to, a)],
-                                    amount=a, to=to, op=operator,
+                done = [self._entry("transfer", m, deltas=[(p, self.node, -n), (p, to, n)],
+                                    amount=n, to=to, op=operator,
                                     reason=HANDOVER_REASON)
                         for m, p, a in views.rights_held_rows(ledger, self.node,
-                                                              HANDOVER_BATCH)]
+                                                              HANDOVER_BATCH)
+                        for n in pieces(a)]
                 return (self._together(*done) if done else []), done
             batch = self._commit(plan)
             if not batch:

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 from conftest import Cli
 from cryptography import x509
-from helpers import name_branches, new_ledger, sync
+from helpers import data_snapshot, name_branches, new_ledger, sync
 
 from crdtledger import views
+from crdtledger.errors import InvalidInput
 from crdtledger.payments import HANDOVER_BATCH
 
 
@@ -240,6 +241,14 @@ def test_a_shop_that_handed_over_is_granted_only_what_its_sale_lacks(tmp_path: P
         sync(a, b)
         granted = b.grant_rights(other, "cash", "SH01", 1000)
         assert granted is not None and granted["amount"] == 1000
+        # An operator's hand-over or transfer to it was taken without a word, and
+        # stranded once it was revoked.
+        before = data_snapshot(b)
+        with pytest.raises(InvalidInput, match="handed its members' rights over"):
+            b.hand_over_rights(b.owner, "SH01")
+        with pytest.raises(InvalidInput, match="handed its members' rights over"):
+            b.transfer_rights(b.owner, m, "SH01", 100)
+        assert data_snapshot(b) == before
     finally:
         a.close()
         b.close()

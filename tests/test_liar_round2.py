@@ -174,3 +174,34 @@ def test_a_liars_lot_moved_away_by_a_merge_is_not_written_off_from_valid_points(
     # it (views.expired_lots_owed): the liar gave it none, wherever it moved them.
     assert a.rights(w.member, "points") == {"SH01": valid}
     assert [e for e in a.history(w.member, 500) if e["kind"] == "expiry"] == []
+
+
+def test_a_row_a_liar_raised_past_the_largest_amount_still_moves_in_pieces(w: World) -> None:
+    """A liar's funded top-ups of MAX_AMOUNT and balanced transfers of them to an
+    honest branch (no rule broken) made its row of a member 2 x MAX_AMOUNT: every
+    hand-over of the honest shop, with its real members' money in it, then failed on
+    the one entry that would move that row whole, and so did every sweep a merge of
+    that member owed (no sale or top-up of the survivor there). Moves go in pieces of
+    at most MAX_AMOUNT; a grant gives at most that much."""
+    from crdtledger.money import MAX_AMOUNT
+
+    a, b = w.a, w.b
+    a.transfer_rights(a.owner, w.other, "SH02", 50_000)
+    sync(a, b)
+    raised = [w.entry("topup", w.member, [["cash", "SH03", MAX_AMOUNT]], amount=MAX_AMOUNT,
+                      paid=MAX_AMOUNT, pay="cash") for _ in range(2)]
+    raised += [w.entry("transfer", w.member, [["cash", "SH03", -MAX_AMOUNT],
+                                              ["cash", "SH02", MAX_AMOUNT]],
+                       amount=MAX_AMOUNT, to="SH02") for _ in range(2)]
+    record = w.write(*raised)
+    for r in (a, b):
+        r.apply_batch(w.liar.batch([record]))
+    assert b.rights(w.member, "cash")["SH02"] == 2 * MAX_AMOUNT
+    given = b.grant_rights(w.member, "cash", "SH04", 100)
+    assert given is not None and given["amount"] == MAX_AMOUNT
+    a.merge_member(a.owner, w.member, w.other)  # an honest manager merges the two
+    sync(a, b)
+    b.debit(b.owner, w.other, amount=1000)  # sweeps first: in pieces
+    done = b.hand_over_rights(b.owner, "SH01")
+    assert done["moved"]["cash"] == MAX_AMOUNT + 50_000 - 1000
+    assert "SH02" not in b.rights(w.other, "cash")
