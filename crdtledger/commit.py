@@ -288,7 +288,8 @@ class LedgerBase:
             raise NotCaughtUp(
                 f"branch {self.node} wrote two different histories (a restored backup or a "
                 "copied disk sold on both): the chain no longer takes its writes; the "
-                "owner must re-enrol it (crdtledger status shows the fork)")
+                "owner revokes it and enrols this PC under a new node id (crdtledger status "
+                "shows the fork)")
 
     def _log_own(self, doc: str, data: bytes) -> Record:
         """This node's next log record, for a committed update (inside the

@@ -943,7 +943,8 @@ class Replica(LedgerBase):
         detail = (f"node {fork.node} wrote two different records at position {fork.seq} "
                   f"of its log (a restored backup, a cloned disk or a dishonest branch); "
                   f"at stake: the rights it held, {format_yuan(stake)}; nothing more it "
-                  "writes is applied until the owner re-enrols it")
+                  "writes is applied: the owner revokes it and enrols that PC under a new "
+                  "node id")
         if self.storage.log.add_fault(fork.node, "fork", fork.seq, "fork", detail, now,
                                       fork.evidence):
             self._refuse(detail)

@@ -266,11 +266,15 @@ class Trust:
         if self.now() < cert.not_valid_before_utc - dt.timedelta(days=1):
             raise UntrustedSigner(f"the certificate of node {node} is not valid before "
                                   f"{cert.not_valid_before_utc:%Y-%m-%d}")
-        ous = [a.value for a in cert.subject.get_attributes_for_oid(
-            NameOID.ORGANIZATIONAL_UNIT_NAME)]
         return _Known(node=node, key=key, serial=cert.serial_number,
                       not_after=cert.not_valid_after_utc,
-                      governs=self.ca is None or HEAD_OFFICE in ous)
+                      governs=self.ca is None or marked_head_office(cert))
+
+
+def marked_head_office(cert: x509.Certificate) -> bool:
+    """Whether a certificate carries the head-office mark (its OU)."""
+    return HEAD_OFFICE in [a.value for a in cert.subject.get_attributes_for_oid(
+        NameOID.ORGANIZATIONAL_UNIT_NAME)]
 
 
 def node_of(cert: x509.Certificate) -> str | None:

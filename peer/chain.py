@@ -565,24 +565,20 @@ def _serials_to_revoke(chain: Chain, ca: x509.Certificate,
     raise InvalidInput("revoke takes a serial number, a PEM certificate or a node id")
 
 
-def in_service(chain_dir: Path | str, node: str) -> list[int]:
-    """Serials of the certificates the chain CA issued to `node` that are still valid
-    and not on the CA's last revocation list: a node by that id exists somewhere."""
-    chain = load_chain(chain_dir)
-    ca = x509.load_pem_x509_certificate(chain.ca_cert)
-    own = chain.dir / CRL_FILE
-    revoked = ({e.serial_number for e in _verified_crl(ca, own.read_bytes())}
-               if own.exists() else set())
-    now = _now()
-    out = []
-    for path in _issued(chain, node):
-        try:
-            cert = x509.load_pem_x509_certificate(path.read_bytes())
-            if cert.serial_number not in revoked and cert.not_valid_after_utc > now:
-                out.append(cert.serial_number)
-        except trust.CERT_ERRORS:
-            continue  # not a certificate this function can speak for
-    return out
+def head_office_mark(cert_file: Path) -> bool:
+    """Whether the certificate in `cert_file` carries the head-office mark (False for
+    none there or one that does not read)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    except (OSError, *trust.CERT_ERRORS):
+        return False
+    return trust.marked_head_office(cert)
+
+
+def ever_issued(chain_dir: Path | str, node: str) -> bool:
+    """Whether the chain CA issued `node` a certificate, valid, expired or revoked:
+    its log exists somewhere, so a new store must not take that id."""
+    return bool(_issued(load_chain(chain_dir), node))
 
 
 def _issued(chain: Chain, node: str) -> list[Path]:

@@ -47,8 +47,10 @@ from crdtledger.syncfile import export_file, import_file
 from peer import local, progress, receipts, service, webcert
 from peer.chain import (
     CA_CERT,
+    NODE_CERT,
     enrol,
-    in_service,
+    ever_issued,
+    head_office_mark,
     init_chain,
     load_chain,
     publish_crl,
@@ -534,15 +536,16 @@ def init_node(args: argparse.Namespace, data_dir: Path) -> Result:
     if (chain_dir / CA_CERT).exists():
         # A chain directory from `chain init`: the node gets a certificate and can run.
         chain = load_chain(chain_dir)
-        if in_service(chain_dir, args.node):
+        if ever_issued(chain_dir, args.node):
             # A second store under that id writes its own first records: a fork, and
-            # the branch that was there is blocked at every branch.
+            # it is blocked at every branch that held the first one's log; revoked or
+            # not, the log under that id is written (advising "revoke it first" made
+            # exactly that fork).
             raise InvalidInput(
-                f"chain {chain.name} already has a node {args.node} (a certificate valid "
-                f"and not revoked): restore that branch from its backup (crdtledger "
-                "restore), or enrol this PC under a new node id; to replace the branch "
-                f"for good, revoke it first (crdtledger chain revoke --chain CHAIN_DIR --node "
-                f"{args.node})")
+                f"chain {chain.name} has had a node {args.node} (a certificate was issued "
+                f"to it, revoked or not): restore that branch from its backup (crdtledger "
+                "restore), or enrol this PC under a new node id; a new store under an id "
+                "already used forks its log and the chain takes nothing it writes")
         before = set(data_dir.iterdir()) if data_dir.is_dir() else None
         mode = data_dir.stat().st_mode & 0o7777 if before is not None else None
         try:
@@ -683,12 +686,16 @@ def renew_certificate(chain_dir: Path, data_dir: Path) -> Result:
     if load_chain(chain_dir).name != chain_name:
         raise InvalidInput(f"{data_dir} belongs to chain {chain_name}, not to {chain_dir}")
     tls = data_dir / "tls"
+    # The new certificate keeps the head-office mark of the old: without it the head
+    # office could no longer govern, and a branch joining later judged its governance
+    # records by the renewed certificate and blocked it for good.
+    head_office = head_office_mark(tls / NODE_CERT)
     kept = None
     if tls.exists():
         kept = data_dir / f"tls.replaced-{datetime.now():%Y%m%d-%H%M%S}"
         tls.rename(kept)
     try:
-        enrol(chain_dir, data_dir, node_id)
+        enrol(chain_dir, data_dir, node_id, head_office=head_office)
     except BaseException:
         if kept is not None:
             kept.rename(tls)

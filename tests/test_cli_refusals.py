@@ -71,21 +71,26 @@ def test_a_day_past_the_calendar_and_json_nested_too_deep_are_refused(
     assert r.code == 1 and "nested too deeply" in r.err and "Traceback" not in r.err, r
 
 
-def test_a_node_id_in_service_is_not_enrolled_twice(cli: Cli, tmp_path: Path) -> None:
-    """A second store under an id the chain's CA certified (valid, not revoked) would
-    write its own first records: a fork, and the real branch blocked everywhere."""
+def test_a_node_id_ever_issued_is_not_enrolled_again(cli: Cli, tmp_path: Path) -> None:
+    """A second store under an id the chain's CA certified would write its own first
+    records: a fork, and the real branch blocked everywhere. Revoked first (as the
+    refusal used to advise), the new store's writes were refused as that fork at
+    every branch that held the old log: its members and top-ups reached nobody."""
     chain = tmp_path / "chain"
     assert cli("chain", "init", "--out", chain, "--name", "acme").code == 0
     assert cli("init", "--node", "SH01", "--chain", chain, data=tmp_path / "a").code == 0
     r = cli("init", "--node", "SH01", "--chain", chain, data=tmp_path / "a2")
-    assert r.code == 1 and "already has a node SH01" in r.err, r
+    assert r.code == 1 and "has had a node SH01" in r.err, r
+    assert "new node id" in r.err and "revoke it first" not in r.err
     assert not (tmp_path / "a2").exists()
     hq = tmp_path / "hq"
     assert cli("init", "--node", "HQ", "--chain", chain, "--head-office", data=hq).code == 0
     r = cli("chain", "revoke", "--chain", chain, "--node", "SH01", data=hq)
     assert r.code == 0, r.err
     r = cli("init", "--node", "SH01", "--chain", chain, data=tmp_path / "a2")
-    assert r.code == 0, r.err
+    assert r.code == 1 and "has had a node SH01" in r.err, r
+    assert not (tmp_path / "a2").exists()
+    assert cli("init", "--node", "SH05", "--chain", chain, data=tmp_path / "a2").code == 0
 
 
 def test_an_import_that_proves_a_fork_says_so(cli: Cli, tmp_path: Path) -> None:
@@ -235,3 +240,28 @@ def test_node_settings_a_dial_cannot_take_are_refused_with_a_sentence(
     (data / "node.toml").write_text(setting + "\n", encoding="utf-8")
     r = cli("node", "run", data=data, timeout=60)
     assert r.code == 1 and "node settings" in r.err and "Traceback" not in r.err, r
+
+
+def test_a_renewed_head_office_keeps_governing(cli: Cli, tmp_path: Path) -> None:
+    """`chain renew` issued the head office a certificate without its mark: it could
+    change no rule any more, and a branch joining afterwards judged its old rules by
+    the new certificate and blocked the head office for good."""
+    from helpers import sync
+
+    from crdtledger.ledger import Ledger
+
+    chain = tmp_path / "chain"
+    assert cli("chain", "init", "--out", chain, "--name", "acme").code == 0
+    for node, extra in (("HQ", ["--head-office"]), ("SH03", [])):
+        assert cli("init", "--node", node, "--chain", chain, *extra,
+                   data=tmp_path / node).code == 0
+    with Ledger.open(tmp_path / "HQ") as hq:
+        hq.set_rule(hq.owner, "branches", {"HQ": "总部", "SH03": "三店"})
+    r = cli("chain", "renew", "--chain", chain, data=tmp_path / "HQ")
+    assert r.code == 0, r.err
+    with Ledger.open(tmp_path / "HQ") as hq, Ledger.open(tmp_path / "SH03") as joiner:
+        assert hq.trust.governs
+        hq.set_rule(hq.owner, "branches", {"HQ": "总部", "SH03": "三店", "SH04": "四店"})
+        sync(hq, joiner)
+        assert not joiner.storage.log.blocked()
+        assert joiner.rule("branches") == hq.rule("branches")
