@@ -89,6 +89,12 @@ class RevokedSigner(UntrustedSigner):
     is not thereby altered: the rest of the file stands (replica._verify)."""
 
 
+class ExpiredSigner(RevokedSigner):
+    """Signed by a certificate past its end: taken as a revoked one's. Every branch's
+    full export carries the history of a shop closed years ago, whose certificate
+    runs out in the end: refused whole, every such file was refused everywhere."""
+
+
 @dataclass
 class _Known:
     node: str
@@ -154,8 +160,8 @@ class Trust:
         if known.node != node:
             raise UntrustedSigner(f"a certificate of node {known.node} was given for {node}")
         if self.now() > known.not_after:
-            raise UntrustedSigner(f"the certificate of node {node} expired on "
-                                  f"{known.not_after:%Y-%m-%d}")
+            raise ExpiredSigner(f"the certificate of node {node} expired on "
+                                f"{known.not_after:%Y-%m-%d}")
         if self._is_revoked(known):
             raise RevokedSigner(f"the certificate of node {node} (serial {known.serial:x}) "
                                 "is revoked")
