@@ -90,6 +90,7 @@ REPEATS: tuple[Repeat, ...] = get_args(Repeat)
 ExitRule = Literal["refund", "forfeit"]
 EXIT_RULES: tuple[ExitRule, ...] = get_args(ExitRule)
 
+MAX_PER_DAY = 100  # check-ins an activity may allow a member a day
 # A reward taken back for a void referral (Membership.reverse_void_rewards).
 VOID_REASON = "void"
 ReferralStatus = Literal["pending", "approved1", "approved", "granted", "rejected", "void"]
@@ -141,8 +142,8 @@ def check_activity(code: Any, a: Any) -> None:
     _whole(a.get("points", 0), f"{code}: points")
     _ok(a.get("repeat") in REPEATS, f"{code}: repeat is once or daily")
     if a["repeat"] == "daily":
-        _ok(1 <= _whole(a.get("per_day", 1), f"{code}: per_day") <= 100,
-            f"{code}: per_day from 1 to 100")
+        _ok(1 <= _whole(a.get("per_day", 1), f"{code}: per_day") <= MAX_PER_DAY,
+            f"{code}: per_day from 1 to {MAX_PER_DAY}")
 
 
 def check_checkin_rule(body: Any) -> None:
@@ -196,6 +197,16 @@ def allowed_today(activity: Mapping[str, Any], earlier: list[str], day: str) -> 
     if activity["repeat"] == "once":
         return 0 if earlier else 1
     return max(0, int(activity.get("per_day", 1)) - sum(1 for d in earlier if d == day))
+
+
+def _limit_of(e: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The limit a check-in entry carries, or None (an older entry, or one a liar
+    wrote nonsense into: judged by the rule then)."""
+    repeat, per_day = e.get("repeat"), e.get("per_day")
+    if repeat not in ("once", "daily") or isinstance(per_day, bool) or not isinstance(
+            per_day, int) or not 1 <= per_day <= MAX_PER_DAY:
+        return None
+    return {"repeat": repeat, "per_day": per_day}
 
 
 class Membership(Coupons):
@@ -500,9 +511,12 @@ class Membership(Coupons):
         member, _ = self._resolve(member, card, pin)
         day = self.today()
         pts = int(a.get("points", 0))
+        # The limit it is judged by, then and later (`_surplus`): the activity as it
+        # stood, not as head office may set it after.
         entry = self._entry("checkin", member, activity=activity, op=operator,
                             deltas=[("points", self.node, pts)], points=pts or None,
-                            expires=self._earn_expiry() if pts else None)
+                            expires=self._earn_expiry() if pts else None,
+                            repeat=a["repeat"], per_day=int(a.get("per_day", 1)))
 
         def plan() -> tuple[list[Write], dict[str, Any]]:
             earlier = self._checkin_days(member, activity)
@@ -544,17 +558,25 @@ class Membership(Coupons):
 
     def _surplus(self, activity: str) -> list[dict[str, Any]]:
         """Check-ins beyond the activity's limit, by id order per member (only branches
-        cut off from each other write them)."""
-        a = self.activities().get(activity)
-        if a is None:
-            return []
+        cut off from each other write them). Each judged by the limit its writer judged
+        it by (its `repeat`, `per_day`): by today's rule, an activity tightened later
+        (3 a day to 1) reversed check-ins made within the limit, taking back points
+        members had earned."""
+        rule_of: dict[str, Any] = {}
         seen: dict[str, list[str]] = {}
         out = []
         for e in self._checkins(None, activity):
             m = views.canonical(self.storage.conn, str(e["member"]))
             day = self.storage.day_of(int(e["at"]))
+            a = _limit_of(e)
+            if a is None:  # written before check-ins carried it: the rule on its day
+                if day not in rule_of:
+                    rule_of[day] = self.rule("checkin", day).get(activity)
+                a = rule_of[day]
             earlier = seen.setdefault(m, [])
-            if allowed_today(a, earlier, day) <= 0:
+            if a is None:  # set after this check-in's day by the clocks: as it came
+                earlier.append(day)
+            elif allowed_today(a, earlier, day) <= 0:
                 out.append(e)
             else:
                 earlier.append(day)

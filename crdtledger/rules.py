@@ -60,9 +60,12 @@ class Rules(Auth):
             # (Replica.revocation_list).
             return {"crl": self.revocation_list()}  # type: ignore[attr-defined]
         day = day or self.today()
-        if kind == "goods":
-            # Each version names only the items it adds or changes (crdtledger.goods):
-            # folded per code, so two concurrent additions are both kept.
+        if kind in ("goods", "checkin"):
+            # Each version names only the items it adds or changes (crdtledger.goods;
+            # an activity set holds the others as it saw them): folded per code, so
+            # two concurrent additions are both kept (two activities set at two
+            # branches apart: the one written first was lost, and its check-ins
+            # refused as of "no activity").
             catalogue: dict[str, Any] = {}
             for eff, _rid, body in self._versions(kind):
                 if eff <= day:

@@ -313,6 +313,42 @@ def test_a_clock_set_back_after_a_cut_still_allows_one_checkin_a_day(
     assert a.balance(old)["points"] == 50
 
 
+def test_check_ins_within_the_limit_then_stay_when_the_activity_is_tightened(
+        a: Ledger, clock: FakeClock) -> None:
+    """Head office lowered an activity's limit (3 a day to 1): the next housekeeping
+    judged every past check-in by the new limit and reversed two a day, taking back
+    points members had earned (and converted: "unrecovered"). Each is judged by the
+    limit its writer judged it by."""
+    a.set_activity(a.owner, "GYM", {**OPEN, "to": "2026-03-01T21:00", "per_day": 3})
+    old, _ = two_members(a)
+    for _day in range(2):
+        for _ in range(3):
+            a.checkin(a.owner, "GYM", old)
+            clock.ms += 60_000
+        clock.advance_days(1)
+    a.set_activity(a.owner, "GYM", {**OPEN, "to": "2026-03-01T21:00", "per_day": 1})
+    assert all(e["kind"] != "checkin" for e in a.housekeeping())
+    assert {r["status"] for r in a.attendance("GYM")} == {"ok"}
+    assert a.balance(old)["points"] == 6 * OPEN["points"]
+    a.checkin(a.owner, "GYM", old)  # today, under the new limit
+    refused(a, [old], InvalidInput, lambda: a.checkin(a.owner, "GYM", old),
+            match="1 time\\(s\\) today")
+
+
+def test_two_activities_set_at_two_branches_apart_are_both_kept(a: Ledger, b: Ledger) -> None:
+    """Each branch's `activity set` wrote the whole rule as it saw it, and the later
+    version dropped the other's activity: answered with a rule id, then gone, and
+    its check-ins refused ("no check-in activity")."""
+    sync(a, b)
+    a.set_activity(a.owner, "GYM", OPEN)
+    b.set_activity(b.owner, "YOGA", {**OPEN, "name": "瑜伽"})
+    sync(a, b)
+    for x in (a, b):
+        assert sorted(x.activities()) == ["GYM", "YOGA"]
+    old, _ = two_members(a)
+    a.checkin(a.owner, "GYM", old)
+
+
 def test_a_bad_activity_is_refused(a: Ledger) -> None:
     for bad in ({**OPEN, "to": "2025-01-01T00:00"}, {**OPEN, "repeat": "weekly"},
                 {**OPEN, "from": "tomorrow"}, {**OPEN, "points": -1}):
