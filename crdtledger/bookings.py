@@ -154,7 +154,7 @@ def technicians(ledger: Ledger, branch: str | None = None) -> list[dict[str, Any
 def technician(ledger: Ledger, ref: str) -> dict[str, Any]:
     """A technician by code (T01), code at a branch (T01@SH02) or id; NotFound, or
     InvalidInput when a bare code names technicians at several branches."""
-    ref = ref.strip()
+    ref = _text(ref, "a technician")
     techs = technicians(ledger)
     if ID.match(ref):
         found = [t for t in techs if t["id"] == ref]
@@ -321,11 +321,13 @@ def _status(b: Mapping[str, Any], related: Iterable[Mapping[str, Any]], now: int
     branch = id_node(str(b["member"]))
     decided: str | None = "confirmed" if b["node"] == branch else None
     reason, cancelled, no_show, why_cancelled = "", False, False, ""
+    cancelled_ahead = False
     for e in related:
         if e.get("ref") != b["id"] or e["member"] != b["member"]:
             continue
         if e["kind"] == "booking_cancel":
             cancelled = True
+            cancelled_ahead = cancelled_ahead or id_time_ms(str(e["id"])) < int(b["start"])
             why_cancelled = max(why_cancelled, str(e.get("reason") or ""))  # any order
         elif e["kind"] == "booking_decision" and e["node"] == branch:
             st = e.get("status")
@@ -336,7 +338,9 @@ def _status(b: Mapping[str, Any], related: Iterable[Mapping[str, Any]], now: int
             elif st in ("confirmed", "refused") and decided is None:
                 decided = str(st)
                 reason = str(e.get("reason", ""))
-    if no_show:
+    if no_show and not cancelled_ahead:
+        # A no-show marked by a branch that had not heard of a cancellation made
+        # before the slot began read "爽约" everywhere: the member had cancelled.
         return "no_show", reason
     if cancelled:
         return "cancelled", why_cancelled or reason
@@ -366,7 +370,7 @@ def _hm(ledger: Ledger, ms: int) -> str:
 
 def parse_when(ledger: Ledger, when: str) -> int:
     """'2026-12-03T14:00' in this branch's time zone -> ms since the epoch."""
-    text = when.strip()
+    text = _text(when, "a time like 2026-12-03T14:00")
     if not WHEN.match(text):
         raise InvalidInput(f"time {when!r} is not like 2026-12-03T14:00")
     try:
@@ -425,8 +429,17 @@ def _views(ledger: Ledger, bookings: list[dict[str, Any]]) -> list[dict[str, Any
     return sorted(out, key=lambda v: (v["start"], v["branch"], v["technician"], v["booking"]))
 
 
+def _text(value: Any, what: str) -> str:
+    """A text argument stripped, or InvalidInput (a number or None from a caller of
+    the library was an AttributeError)."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} is text, not {str(value)[:40]!r}")
+    return value.strip()
+
+
 def _booking_entry(ledger: Ledger, booking: str) -> dict[str, Any]:
-    if not ID.match(booking.strip()):
+    booking = _text(booking, "a booking id")
+    if not ID.match(booking):
         raise InvalidInput(f"{booking!r} is not a booking id like 01J5Q8ZK3T7XM.SH01")
     row = ledger.storage.conn.execute(
         "SELECT body FROM entries WHERE id = ? AND kind = 'booking'", (booking.strip(),)
@@ -503,6 +516,11 @@ def slots(ledger: Ledger, technician_ref: str, day: str, service: str | None = N
         raise InvalidInput(f"not a date like 2026-12-03: {day!r}") from None
     open_min, close_min = parse_hours(tech["hours"])
     now = ledger.clock.wall()
+    today = _local(ledger, now).date()
+    if not today - timedelta(days=1) <= the_day <= today + timedelta(days=HORIZON_DAYS + 1):
+        # Past days hold no free slot and `book` refuses beyond the horizon; and a day
+        # at either end of the calendar has midnights no time stamp holds (a 500).
+        return []
     book = _book(ledger, tech["id"], _floor(ledger, now))
     taken = dict(held(book, tech["id"]))
     cancelled = {str(e.get("ref")) for e in book if e["kind"] == "booking_cancel"}

@@ -10,7 +10,7 @@ import itertools
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -706,6 +706,50 @@ def test_slots_at_a_days_edges_are_offered_only_as_they_can_be_booked(tmp_path: 
     with pytest.raises(InvalidInput, match="does not exist"):
         bookings.book(a, a.owner, m, "NIGHT", "FOOT60", "2026-03-29T02:00")
     assert data_snapshot(a) == before
+
+
+def test_a_cancellation_in_time_wins_over_a_no_show_marked_apart(tmp_path: Path) -> None:
+    """The member cancelled at 12:00 at SH01 while the technician's branch was cut
+    off; at 14:30 SH02, not knowing, marked a no-show: every replica then read 爽约
+    for a booking cancelled two hours ahead. A cancellation made before the slot
+    began wins. And a number where a text goes is refused, not an AttributeError."""
+    clock = FakeClock()  # 08:00 in Shanghai
+    sh01, sh02 = (new_ledger(tmp_path, n, now_ms=clock) for n in ("SH01", "SH02"))
+    bookings.add_technician(sh02, sh02.owner, "T01", "小李", ["FOOT60"], "10:00-22:00")
+    m = sh01.add_member(sh01.owner, name="张伟", phone="13800138000")
+    sync(sh01, sh02)
+    b = bookings.book(sh01, sh01.owner, m, "T01@SH02", "FOOT60", "2026-01-01T14:00")
+    sync(sh01, sh02)
+    bookings.decide(sh02)
+    sync(sh01, sh02)
+    clock.ms += 4 * 3_600_000  # 12:00; apart from here
+    bookings.cancel(sh01, sh01.owner, b["booking"], member=m)
+    clock.ms += 2 * 3_600_000 + 30 * 60_000  # 14:30
+    bookings.noshow(sh02, sh02.owner, b["booking"])
+    sync(sh01, sh02)
+    for x in (sh01, sh02):
+        assert bookings.show(x, b["booking"])["status"] == "cancelled"
+    for bad in (lambda: bookings.book(sh01, sh01.owner, m, "T01@SH02", "FOOT60", 5),
+                lambda: bookings.book(sh01, sh01.owner, m, None, "FOOT60", "2026-01-02T14:00"),
+                lambda: bookings.cancel(sh01, sh01.owner, None)):
+        with pytest.raises(InvalidInput, match="is text"):
+            bad()
+
+
+@pytest.mark.parametrize("zone", ["America/Los_Angeles", "Asia/Shanghai"])
+def test_slots_of_a_day_at_either_end_of_the_calendar_are_none(tmp_path: Path,
+                                                              zone: str) -> None:
+    """`GET /slots?day=9999-12-31` west of UTC (year 10000 in UTC) and 0001-01-01 east
+    of it (year 0) were a 500; a day beyond the booking window offered slots that
+    booking then refused. A day no booking can be made on has no free slot."""
+    a = new_ledger(tmp_path, "SH01", timezone=zone)
+    a.set_rule(a.owner, "services", {"FOOT60": {"name": "足疗", "price": 10000,
+                                                "minutes": 60}})
+    bookings.add_technician(a, a.owner, "ALL", "x", ["FOOT60"], "00:00-24:00")
+    for day in ("9999-12-31", "9999-12-30", "0001-01-01", "2000-01-01"):
+        assert bookings.slots(a, "ALL", day, "FOOT60") == []
+    soon = (date.fromisoformat(a.today()) + timedelta(days=3)).isoformat()
+    assert len(bookings.slots(a, "ALL", soon, "FOOT60")) == 24 * 60 // bookings.SLOT_STEP_MIN - 1
 
 
 def test_bookings_of_a_member_erased_while_apart_are_cancelled_or_refused(
