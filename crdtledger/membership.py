@@ -709,6 +709,11 @@ class Membership(Coupons):
                    step: Literal["exit", "return"] = "exit") -> dict[str, Any]:
         """退会申请 (or a return's): an operator for the member, with a reason."""
         self.authorise(operator, "member.exit")
+        # Any other step was written, held every later application off, and was
+        # approved as neither an exit nor a return.
+        if step not in ("exit", "return"):
+            raise InvalidInput(f"an application's step is exit or return, not "
+                               f"{str(step)[:20]!r}")
         reason = check_text(reason, "reason", required=True)
         profile = self._known(member)
         if step == "exit" and profile.get("exited"):

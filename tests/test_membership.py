@@ -455,6 +455,10 @@ def test_the_applicant_cannot_approve_and_a_rejection_changes_nothing(a: Ledger)
     assert a.find_members("小李") and a.balance(new)["cash"] == 0
     refused(a, [new], InvalidInput, lambda: a.apply_exit(staff.cashier, new, "x", step="return"),
             match="has not left")
+    # A step the library does not know held every later application off.
+    refused(a, [new], InvalidInput,
+            lambda: a.apply_exit(staff.cashier, new, "x", step="junk"),  # type: ignore[arg-type]
+            match="exit or return")
 
 
 def test_an_exit_approved_and_settled_reads_approved_though_rejected_apart(
