@@ -97,10 +97,13 @@ class Cards(Members):
             "SELECT body FROM cards WHERE id = ?", (card_id,)).fetchone()
         return str(json.loads(row[0]).get("pin", "")) if row else ""
 
-    def use_card(self, card_no: str, pin: str | None = None) -> dict[str, Any]:
+    def use_card(self, card_no: str, pin: str | None = None, *,
+                 throttle: bool = True) -> dict[str, Any]:
         """Resolve a swiped card to its member, refusing lost, replaced, expired cards
         and wrong PINs with a message for the cashier, and a number issued to two
-        members (by two branches while they were apart): it would pay from either."""
+        members (by two branches while they were apart): it would pay from either.
+        `throttle=False`: the caller limits guesses its own way (the members' pages,
+        open to the internet, whose guesses must not lock the card at the till)."""
         card, holders = self._card(card_no)
         if len(holders) > 1:
             raise CardInactive(
@@ -121,17 +124,18 @@ class Cards(Members):
             raise WrongPin(f"wrong PIN for card {card_no}")
         # Wrong PINs are throttled as logins are (crdtledger.throttle), per card and
         # per operator asking, at every door that takes a card and its PIN (the API,
-        # the counter, the command line through the node, the members' pages): a
-        # PIN has few digits. Locked, the PIN is not even checked.
+        # the counter, the command line through the node; the members' pages count
+        # their own): a PIN has few digits. Locked, the PIN is not even checked.
         key = f"card:{card['card_no']}"
         client = acting_client(key)
-        wait = self.pins.begin(key, client)
+        wait = self.pins.begin(key, client) if throttle else 0
         if wait:
             raise TooManyAttempts(f"too many wrong PINs for card {card['card_no']} or by "
                                   f"this operator; try again in {wait} s", wait)
         if not check_secret(pin, pin_hash):
             raise WrongPin(f"wrong PIN for card {card_no}")
-        self.pins.succeeded(key, client)
+        if throttle:
+            self.pins.succeeded(key, client)
         return card
 
     def _card_held(self, card_no: str, member: str | None) -> dict[str, Any]:

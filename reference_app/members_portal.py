@@ -565,7 +565,10 @@ class Portal:
             card = ledger.card(card_no)
             if card["status"] != "active" or not card["has_pin"]:
                 raise NotFound(card_no)
-            card = ledger.use_card(card_no, pin.strip())  # expired, PIN
+            # Expired, PIN; throttled by this page's own `checks` only: the node's PIN
+            # lock, shared by the till, let any stranger on the internet keep a
+            # member's card locked at the counter with a wrong PIN every 15 minutes.
+            card = ledger.use_card(card_no, pin.strip(), throttle=False)
         except WrongPin:  # checked: its work done
             raise wrong from None
         except LedgerError:  # unknown, malformed, lost, replaced, expired, no PIN
@@ -704,9 +707,23 @@ def signed_in() -> str | None:
     if not isinstance(member, str) or node != s.node.node_id or not isinstance(until, float) \
             or until < time.time():
         return None
-    if _closed(s.ledger, member) or not _card_still_active(s.ledger, member, data.get("card")):
+    survivor = s.ledger.survivor_of(member)
+    # The survivor too: merged into a member who then left, the page stayed open.
+    if _closed(s.ledger, member) or _closed(s.ledger, survivor) \
+            or not _card_still_active(s.ledger, member, data.get("card")) \
+            or not _phone_still_theirs(s.ledger, survivor, data.get("phone")):
         return None
-    return s.ledger.survivor_of(member)
+    return survivor
+
+
+def _phone_still_theirs(ledger: Any, survivor: str, phone: Any) -> bool:
+    """A sign-in made with the phone's code lasts while that phone is the member's: a
+    thief holding a stolen phone kept booking in the member's name for the sign-in's
+    two hours after the shop set the member's new number."""
+    if phone is None:  # signed in by card (or before sign-ins kept the phone)
+        return True
+    found = views.member_by_phone(ledger, str(phone))
+    return found is not None and ledger.survivor_of(found) == survivor
 
 
 def _card_still_active(ledger: Any, member: str, card: Any) -> bool:
@@ -722,9 +739,11 @@ def _card_still_active(ledger: Any, member: str, card: Any) -> bool:
     return bool(now["id"] == card.get("id") and now["status"] == "active")
 
 
-def sign_in(member: str, card: dict[str, str] | None = None) -> None:
+def sign_in(member: str, card: dict[str, str] | None = None, *,
+            phone: str | None = None) -> None:
     app.storage.user["member"] = {"id": member, "node": shop().node.node_id,
-                                  "until": time.time() + SESSION_S, "card": card}
+                                  "until": time.time() + SESSION_S, "card": card,
+                                  "phone": phone}
 
 
 def sign_out() -> None:
@@ -785,6 +804,12 @@ def _sign_out() -> None:
     ui.navigate.to(PATH)
 
 
+def _typed(box: ui.input) -> str:
+    """What a sign-in box holds: text, whatever a hand-made socket event set it to (a
+    list or a number raised AttributeError in the handlers)."""
+    return box.value if isinstance(box.value, str) else ""
+
+
 def _sign_in_form() -> None:
     p = portal()
     ui.label(tr("查询余额、积分和预约：请用在门店登记的手机号或会员卡登录。",
@@ -807,23 +832,23 @@ def _sign_in_form() -> None:
             async def ask() -> None:
                 phone_error.set_text("")
                 try:
-                    await p.send_code(phone.value or "", _address())
+                    await p.send_code(_typed(phone), _address())
                 except SignInRefused as e:
                     phone_error.set_text(str(e))
                     return
                 sent.set_text(tr("如果这个手机号是会员的，验证码已发到 {p}，{m} 分钟内有效。",
                                  "If this phone is a member's, a code was sent to {p}; it "
                                  "is valid for {m} minutes.", p=mask_phone(
-                                     canonical_phone(phone.value or "")),
+                                     canonical_phone(_typed(phone))),
                                  m=int(CODE_TTL_S // 60)))
 
             def enter() -> None:
                 try:
-                    member = p.check_code(phone.value or "", code.value or "", _address())
+                    member = p.check_code(_typed(phone), _typed(code), _address())
                 except SignInRefused as e:
                     phone_error.set_text(str(e))
                     return
-                sign_in(member)
+                sign_in(member, phone=canonical_phone(_typed(phone)))
                 ui.navigate.to(PATH)
 
             ui.button(tr("获取验证码", "Send me a code"), on_click=ask) \
@@ -840,7 +865,7 @@ def _sign_in_form() -> None:
 
             def enter_card() -> None:
                 try:
-                    member, used = p.check_card(card.value or "", pin.value or "", _address())
+                    member, used = p.check_card(_typed(card), _typed(pin), _address())
                 except SignInRefused as e:
                     card_error.set_text(str(e))
                     return

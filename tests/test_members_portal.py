@@ -343,6 +343,22 @@ async def test_a_wrong_pin_is_throttled(portal_app: PortalApp) -> None:
     await app.card_sign_in(CARD_B, PIN)
     await app.user.should_see("尝试次数太多")
     await app.user.should_not_see(marker="member-name")
+    # The page's own lock: the node's, shared with the till, let any stranger keep a
+    # member's card locked at the counter.
+    assert app.ledger.use_card(CARD_B, PIN)["card_no"] == CARD_B
+
+
+async def test_a_sign_in_box_set_to_no_text_is_refused_like_a_wrong_one(
+        portal_app: PortalApp) -> None:
+    """A hand-made socket event set a box to a list or a number: the handlers raised
+    AttributeError (.strip) instead of answering."""
+    app = portal_app
+    await app.user.open("/m")
+    app.user.find(marker="tab-card").click()
+    app.user.find(marker="card").elements.pop().set_value(12345)
+    app.user.find(marker="pin").elements.pop().set_value(["0000"])
+    app.user.find(marker="sign-in-card").click()
+    await app.user.should_see("卡号或密码不对")
 
 
 async def test_a_lost_card_is_refused(portal_app: PortalApp) -> None:
@@ -408,6 +424,40 @@ async def test_a_phone_registered_to_two_members_signs_in_neither_by_code(
     assert "几位会员" in said or "several members" in said, said  # either language
     await app.user.should_not_see("张伟")
     await app.user.should_not_see("¥500.00")
+
+
+async def test_a_sign_in_by_code_ends_when_the_phone_is_no_longer_the_members(
+        portal_app: PortalApp) -> None:
+    """A thief holding the member's stolen phone signed in with its code, and kept the
+    pages (and booked in the member's name) for two hours after the shop set the
+    member's new number."""
+    app = portal_app
+    await app.ask_code(PHONE_A)
+    await app.enter_code(app.last_sms_code())
+    await app.user.should_see(marker="member-name")
+    app.ledger.edit_member(owner_of("SH01"), app.ids["a"], fields={"phone": "13911112222"})
+    await app.user.open("/m")
+    await app.user.should_see(marker="send-code")
+    await app.user.should_not_see(marker="member-name", retries=1)
+
+
+async def test_a_sign_in_ends_when_the_member_merged_into_leaves(portal_app: PortalApp) -> None:
+    """Signed in as a duplicate later merged into a member who then left (退会): the
+    page stayed open, the merged-away profile never being marked as left."""
+    app = portal_app
+    await app.ask_code("13700002222")
+    await app.enter_code(app.last_sms_code())
+    await app.user.should_see("王芳")
+    owner = owner_of("SH01")
+    operations.run(app.ledger, owner, "member.merge",
+                   {"member": app.ids["c"], "into": app.ids["b"]})
+    asked = operations.run(app.ledger, owner, "exit.apply",
+                           {"member": app.ids["b"], "reason": "搬家"})
+    operations.run(app.ledger, app.owner_id, "exit.approve",
+                   {"application": asked["application"]})
+    await app.user.open("/m")
+    await app.user.should_see(marker="send-code")
+    await app.user.should_not_see(marker="member-name", retries=1)
 
 
 async def test_a_member_who_left_is_signed_out_and_gets_no_code(portal_app: PortalApp) -> None:
