@@ -795,7 +795,10 @@ class Node:
         if not self._flush_soon:
             self._flush_soon = True
             asyncio.get_running_loop().call_soon(self._flush_queued)
-        if record.doc == "rules" and origin is None:
+        if record.doc == "rules":
+            # Whatever its origin: a list imported from a sync file (origin "file")
+            # was never installed, the revoked branch kept its link and our members'
+            # data until a restart. Cheap: a list installed already is skipped.
             self._load_revocations()
 
     def _flush_queued(self) -> None:

@@ -15,18 +15,21 @@ import pytest
 
 from crdtledger.errors import RightsElsewhere
 from crdtledger.ledger import Ledger
-from peer.chain import enrol, init_chain
+from peer.chain import enrol, init_chain, load_chain
 from peer.node import Config, Node
 
 
 @asynccontextmanager
 async def pair(root: Path, before: Callable[[Path], None] | None = None,
-               **config: float) -> AsyncIterator[tuple[Node, Node]]:
-    """SH02 dials SH01; `before(SH01's directory)` writes there before either starts."""
-    chain = init_chain(root / "chain")
+               chain_dir: Path | None = None, **config: float
+               ) -> AsyncIterator[tuple[Node, Node]]:
+    """SH02 dials SH01; `before(SH01's directory)` writes there before either starts.
+    Their chain is `chain_dir`'s if given, else a new one in `root`."""
+    chain_dir = chain_dir or root / "chain"
+    chain = load_chain(chain_dir) if chain_dir.exists() else init_chain(chain_dir)
     for name in ("SH01", "SH02"):
         Ledger.create(root / name, name, chain.name)
-        enrol(root / "chain", root / name, name)
+        enrol(chain_dir, root / name, name)
     if before is not None:
         before(root / "SH01")
     a = Node(Config(root / "SH01", listen=("127.0.0.1", 0), api=("127.0.0.1", 0), mdns=False,
@@ -511,5 +514,33 @@ def test_a_node_starts_though_its_name_is_announced_already(tmp_path: Path) -> N
         finally:
             await node.stop()
             await squatter.async_close()
+
+    asyncio.run(scenario())
+
+
+def test_a_revocation_list_imported_from_a_file_drops_the_revoked_peer(tmp_path: Path) -> None:
+    """Head office offline revoked SH02 and sent its sync file; SH01's running node
+    imported it (POST /sync/import), and the list sat in the store uninstalled: the
+    revoked branch kept its link, and our members' data, and was let in again after a
+    blip, until SH01 restarted."""
+    from peer.chain import revocations_rule, revoke
+    from peer.files import export_bytes, import_bytes
+
+    async def scenario() -> None:
+        chain = init_chain(tmp_path / "chain")
+        Ledger.create(tmp_path / "HQ01", "HQ01", chain.name)
+        enrol(tmp_path / "chain", tmp_path / "HQ01", "HQ01", head_office=True)
+        async with pair(tmp_path / "pair", chain_dir=tmp_path / "chain") as (a, b):
+            assert "SH02" in a.connected()
+            with Ledger.open(tmp_path / "HQ01") as hq:
+                hq.set_rule(hq.owner, "revocations",
+                            revocations_rule(revoke(tmp_path / "chain", "SH02")))
+                data = export_bytes(hq, hq.owner)[0]
+            await a.perform(lambda: import_bytes(a.ledger, a.ledger.owner, data))
+            for _ in range(100):
+                if "SH02" not in a.connected():
+                    break
+                await asyncio.sleep(0.05)
+            assert "SH02" not in a.connected() and "SH01" not in b.connected()
 
     asyncio.run(scenario())
