@@ -122,11 +122,16 @@ _TOUCH = ("INSERT INTO temp.points_touched(member, id, change, kind, ref, expire
 
 
 def spent_topped(entry: dict[str, Any]) -> tuple[int, int]:
-    """What an entry adds to its member's cumulative spend and top-ups (levels)."""
+    """What an entry adds to its member's cumulative spend and top-ups (levels). The
+    cash an exit paid back comes off the top-ups it refunded: a member who reached a
+    level, left with the money and came back held the level on nothing (a discount
+    and extra points, again at each return)."""
     spent = _SPEND_KINDS.get(entry["kind"], 0) * entry["amount"]
     if entry["kind"] == "debit" and entry.get("pay") == "package":
         spent = 0
-    topped = entry.get("paid", 0) if entry["kind"] == "topup" else 0
+    kind = entry["kind"]
+    topped = (entry.get("paid") or 0) * (1 if kind == "topup" else -1 if kind == "exit_settle"
+                                         else 0)
     return spent, topped
 
 
@@ -807,6 +812,14 @@ def reproject(conn: sqlite3.Connection) -> None:
         if not (isinstance(into, str) and ID.match(into)):
             conn.execute("UPDATE members SET body = json_remove(body, '$.merged_into') "
                          "WHERE id = ?", (mid,))
+    # Before "2" an exit's cash paid back stayed in the member's top-ups (spent_topped):
+    # those members' top-ups summed again from their entries (so a build going back
+    # and forth subtracts nothing twice).
+    conn.execute(
+        "UPDATE totals SET topped = (SELECT COALESCE(SUM(CASE e.kind WHEN 'topup' THEN "
+        "e.paid ELSE -e.paid END), 0) FROM entries e "
+        "WHERE e.member = totals.member AND e.kind IN ('topup', 'exit_settle')) "
+        "WHERE member IN (SELECT member FROM entries WHERE kind = 'exit_settle')")
 
 
 # A member's fields that are maps (crdtledger.members): another value there (a liar's

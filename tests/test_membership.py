@@ -445,6 +445,37 @@ def test_exit_refunds_hides_and_refuses_sales_then_return(a: Ledger) -> None:
     a.topup(a.owner, new, 100)
 
 
+def test_a_level_reached_by_top_ups_an_exit_paid_back_is_not_kept_on_return(
+        a: Ledger) -> None:
+    """A top-up of 3000.00 made the member 金卡; the exit paid the 3000.00 back in cash
+    and a return was approved: the member was 金卡 again holding nothing (a fifth off
+    every service, twice the points), and could do it again. The cash paid back comes
+    off the top-ups."""
+    staff = Staff(a)
+    a.set_rule(a.owner, "levels", [
+        {"name": "普通会员", "threshold": 0, "discount": "1", "points_multiplier": "1"},
+        {"name": "金卡", "threshold": 300000, "discount": "0.8", "points_multiplier": "2"}])
+    _, new = two_members(a)
+    a.topup(a.owner, new, 300000)
+    assert a.level(new)["name"] == "金卡"
+    app = a.apply_exit(staff.cashier, new, "搬家")["application"]
+    assert a.decide_exit(staff.mgr, app)["paid"] == 300000
+    back = a.apply_exit(staff.cashier, new, "回来了", step="return")["application"]
+    a.decide_exit(staff.mgr, back)
+    assert a.level(new)["name"] == "普通会员"
+    assert a.level(new)["topped"] == 0
+    # A store an older build projected (the top-up's 3000.00 still counted): its
+    # totals are summed again when it opens.
+    with a.storage.transaction():
+        a.storage.conn.execute("UPDATE totals SET topped = 300000 WHERE member = ?", (new,))
+        a.storage.conn.execute("UPDATE meta SET value = '1' WHERE key = 'projection'")
+    path = a.storage.dir
+    a.close()
+    with Ledger.open(path, lock=False) as again:
+        assert again.level(new)["topped"] == 0
+        assert again.level(new)["name"] == "普通会员"
+
+
 def test_the_applicant_cannot_approve_and_a_rejection_changes_nothing(a: Ledger) -> None:
     staff = Staff(a)
     _, new = two_members(a)

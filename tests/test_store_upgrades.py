@@ -22,7 +22,7 @@ from helpers import sync
 
 from crdtledger import operations, views
 from crdtledger.ledger import Ledger
-from crdtledger.storage import FORMAT_VERSION, PAGE_SIZE
+from crdtledger.storage import FORMAT_VERSION, PAGE_SIZE, PROJECTION
 from crdtledger.syncfile import import_file
 from peer.chain import enrol
 
@@ -173,4 +173,4 @@ def test_rows_an_older_build_projected_otherwise_are_projected_again(
         assert upgraded.card("OLD1")["status"] == "replaced"
         operations.run(upgraded, upgraded.owner, "member.edit",
                        {"member": other, "notes": "VIP"})
-        assert upgraded.storage.meta["projection"] == "1"
+        assert upgraded.storage.meta["projection"] == PROJECTION
