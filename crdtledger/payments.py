@@ -279,10 +279,20 @@ class Payments(Merges, Rules):
         return self._expiry_memo[1]
 
     def _find_package(self, member: str, service: str | None, qty: int) -> str:
-        for pkg in views.packages(cast("Ledger", self), member):
-            if (service is None or pkg["service"] == service) and pkg["remaining"] >= qty:
-                return str(pkg["id"])
-        raise InsufficientFunds("package uses", 0, qty)
+        """The member's package to take `qty` uses of `service` from: one whose uses
+        this branch holds first (one held only at another branch was asked for there,
+        and the sale refused while a use sat here), then any that has them. None has:
+        refused with the uses the member has (it said 0 with two packages of one use)."""
+        fits = [p for p in views.packages(cast("Ledger", self), member)
+                if service is None or p["service"] == service]
+        here = [p for p in fits if p["remaining"] >= qty and self._rights(
+            member, f"pkg:{p['id']}").get(self.node, 0) >= qty]
+        for pkg in here or [p for p in fits if p["remaining"] >= qty]:
+            return str(pkg["id"])
+        left = sum(p["remaining"] for p in fits)
+        raise InsufficientFunds("package uses", left, qty, "" if left < qty else (
+            f" (over {len([p for p in fits if p['remaining']])} packages: one sale takes "
+            "the uses of one package; sell them one at a time)"))
 
     def _resolve(self, member: str | None, card: str | None, pin: str | None
                  ) -> tuple[str, tuple[dict[str, Any], tuple[int, int]]]:
@@ -316,7 +326,7 @@ class Payments(Merges, Rules):
                reason: str = "", *, qty: int | None = None) -> dict[str, Any]:
         """退款. A debit's refund rights stay with the branch that made the debit, so two
         branches can never both refund the same consumption. A package's debit is
-        refunded by uses (`qty`, or `amount` as before), a goods sale by units (`qty`):
+        refunded by uses (`qty`), a goods sale by units (`qty`):
         the units go back on this branch's shelf in the same commit as the money, which
         is that share of what the sale took (the last refund takes the rest). Nothing
         given: all that is left."""
@@ -337,12 +347,16 @@ class Payments(Merges, Rules):
         if goods and amount is not None:
             raise InvalidInput("a goods sale is refunded by quantity (qty): its money is "
                                "that share of what was paid")
+        if package and amount is not None:
+            # An amount was read as uses: "0.02" yuan gave back two uses and no money.
+            raise InvalidInput("a package's debit is refunded by uses (qty), not by an "
+                               "amount: it took uses, not money")
         if not (package or goods) and qty is not None:
             raise InvalidInput("qty refunds a package's uses or a goods sale's units; "
                                "this debit is refunded by amount")
         if package or goods:  # by uses or units
             left = int(debit["qty"]) - sum(int(p.get("qty") or 0) for p in prior)
-            asked = qty if qty is not None else amount if package else None
+            asked = qty
             amount = left if asked is None else check_count(asked, "uses" if package
                                                              else "units")
         else:

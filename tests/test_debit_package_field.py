@@ -103,3 +103,32 @@ def test_through_the_api_a_package_without_pay_package_is_refused(tmp_path: Path
         assert ledger.balance(mid)["cash"] == 50000
 
     drive(tmp_path, go)
+
+
+def test_a_package_sale_takes_a_package_whose_uses_are_held_here(tmp_path: Path) -> None:
+    """Two packages of one service, the first's use held at SH02 (cut off), the
+    second's here: the sale was asked of SH02 and refused, a use sitting at SH01. And
+    two uses over two packages read "balance 0"."""
+    from helpers import FakeClock, name_branches, sync
+
+    from crdtledger.errors import InsufficientFunds
+
+    clock = FakeClock()
+    sh01, sh02 = new_ledger(tmp_path, "SH01", now_ms=clock), new_ledger(tmp_path, "SH02",
+                                                                         now_ms=clock)
+    name_branches(sh01, "SH01", "SH02")
+    sync(sh01, sh02)
+    m = sh01.add_member(sh01.owner, name="张伟", phone="13812345678")
+    first = sh01.sell_package(sh01.owner, m, "FOOT60", 1, 12000, "cash")
+    sh01.sell_package(sh01.owner, m, "FOOT60", 1, 12000, "cash")
+    before = snapshot(sh01, [m])
+    with pytest.raises(InsufficientFunds, match=r"balance 2, .*one at a time"):
+        sh01.debit(sh01.owner, m, service="FOOT60", pay="package", qty=2)
+    assert snapshot(sh01, [m]) == before
+    sh01.transfer_rights(sh01.owner, m, "SH02", 1, purse=f"pkg:{first['id']}")
+    sync(sh01, sh02)
+    sold = sh01.debit(sh01.owner, m, service="FOOT60", pay="package")  # SH02 unreachable
+    assert sold["package"] != first["id"]
+    # Refunded by an amount, "0.02" yuan gave back two uses and no money.
+    refused(sh01, [m], lambda: sh01.refund(sh01.owner, sold["id"], 2), "by uses \\(qty\\)")
+    assert sh01.refund(sh01.owner, sold["id"], qty=1)["qty"] == 1

@@ -588,7 +588,12 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         debit_id = self.debits[node][d % len(self.debits[node])]
         ledger = self.ledgers[node]
-        self._ack_entry(node, self._op(node, ledger.refund, self.owner(node), debit_id, part))
+        # A package's debit is refunded by uses (qty), any other by amount.
+        by_uses = _rows(ledger, "SELECT 1 FROM entries WHERE id = ? AND json_extract(body, "
+                        "'$.pay') = 'package'", debit_id)
+        self._ack_entry(node, self._op(node, ledger.refund, self.owner(node), debit_id,
+                                       None if by_uses else part,
+                                       qty=part if by_uses else None))
 
     @precondition(lambda self: self.members)
     @rule(node=node_st, m=pick, points=st.integers(min_value=1, max_value=40))
