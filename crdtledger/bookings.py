@@ -44,11 +44,13 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any, Literal, get_args
+from zoneinfo import ZoneInfo
 
 from crdtledger import views
 from crdtledger.errors import InvalidInput, LedgerError, NotFound, PermissionDenied
 from crdtledger.hlc import id_floor, id_node, id_time_ms
 from crdtledger.inputs import check_text
+from crdtledger.localtime import known_zone
 from crdtledger.model import ID, SERVICE_CODE, erased, self_service_of
 
 if TYPE_CHECKING:
@@ -130,7 +132,10 @@ def _tech_view(versions: list[dict[str, Any]]) -> dict[str, Any]:
             "version": _version(last)[0],
             "branch": id_node(tid), "ref": f"{last.get('code', '')}@{id_node(tid)}",
             "services": [s for s in str(last.get("services", "")).split(",") if s],
-            "hours": last.get("hours", ""), "active": last.get("status", "") != "inactive"}
+            "hours": last.get("hours", ""), "active": last.get("status", "") != "inactive",
+            # The zone its hours are in (its branch's, since 0.3.0); "" for a version
+            # written before: read in the reader's zone, as then.
+            "tz": last.get("tz") if known_zone(last.get("tz")) is not None else ""}
 
 
 def technicians(ledger: Ledger, branch: str | None = None) -> list[dict[str, Any]]:
@@ -198,10 +203,14 @@ def add_technician(ledger: Ledger, operator: str, code: str, name: str,
     mine = [t for t in technicians(ledger, ledger.node) if t["code"] == code]
 
     def plan() -> tuple[list[Any], dict[str, Any]]:
+        # Its zone goes with its hours: another branch in another zone read "10:00-22:00"
+        # in its own, offered slots the technician's branch refused and refused the
+        # ones it would take.
         entry = ledger._entry("technician", "", op=operator, ref=TECH_REF, code=code,
                               name=name, services=offered,
                               hours=hours.strip(), status="" if active else "inactive",
-                              version=mine[0]["version"] + 1 if mine else 1)
+                              version=mine[0]["version"] + 1 if mine else 1,
+                              tz=ledger.storage.tz.key)
         # The first version's id is the technician's id; later versions name it.
         entry["member"] = mine[0]["id"] if mine else entry["id"]
         return [ledger._entry_write(entry)], entry
@@ -307,10 +316,10 @@ def overlaps(slots: Mapping[str, tuple[int, int]]) -> list[tuple[str, str]]:
 
 
 def _conflict(ledger: Ledger, slots: Mapping[str, tuple[int, int]], start: int, end: int,
-              skip: str = "") -> str | None:
+              skip: str = "", tz: ZoneInfo | None = None) -> str | None:
     for bid, (s, e) in sorted(slots.items(), key=lambda kv: kv[1]):
         if bid != skip and s < end and start < e:
-            return f"{_hm(ledger, s)}-{_hm(ledger, e)}"
+            return f"{_hm(ledger, s, tz)}-{_hm(ledger, e, tz)}"
     return None
 
 
@@ -360,16 +369,23 @@ def _status(b: Mapping[str, Any], related: Iterable[Mapping[str, Any]], now: int
     return "pending", reason
 
 
-def _local(ledger: Ledger, ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, ledger.storage.tz)
+def zone_of(ledger: Ledger, tech: Mapping[str, Any] | None) -> ZoneInfo:
+    """The zone a technician's times are in: its branch's, everywhere (a booking's
+    times are the technician's local times), else this branch's."""
+    return (known_zone(tech.get("tz")) if tech else None) or ledger.storage.tz
 
 
-def _hm(ledger: Ledger, ms: int) -> str:
-    return _local(ledger, ms).strftime("%H:%M")
+def _local(ledger: Ledger, ms: int, tz: ZoneInfo | None = None) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz or ledger.storage.tz)
 
 
-def parse_when(ledger: Ledger, when: str) -> int:
-    """'2026-12-03T14:00' in this branch's time zone -> ms since the epoch."""
+def _hm(ledger: Ledger, ms: int, tz: ZoneInfo | None = None) -> str:
+    return _local(ledger, ms, tz).strftime("%H:%M")
+
+
+def parse_when(ledger: Ledger, when: str, tz: ZoneInfo | None = None) -> int:
+    """'2026-12-03T14:00' in `tz` (default this branch's zone) -> ms since the epoch."""
+    tz = tz or ledger.storage.tz
     text = _text(when, "a time like 2026-12-03T14:00")
     if not WHEN.match(text):
         raise InvalidInput(f"time {when!r} is not like 2026-12-03T14:00")
@@ -378,12 +394,12 @@ def parse_when(ledger: Ledger, when: str) -> int:
     except ValueError:
         raise InvalidInput(f"time {when!r} is not a real date and time") from None
     try:
-        ms = int(local.replace(tzinfo=ledger.storage.tz).timestamp() * 1000)
-        back = _local(ledger, ms).replace(tzinfo=None)
+        ms = int(local.replace(tzinfo=tz).timestamp() * 1000)
+        back = _local(ledger, ms, tz).replace(tzinfo=None)
     except (ValueError, OverflowError, OSError):  # year 1's midnight east of UTC is year 0
         raise InvalidInput(f"time {when!r} is out of range") from None
     if back != local:
-        raise InvalidInput(f"time {when!r} does not exist in {ledger.storage.tz.key}: the "
+        raise InvalidInput(f"time {when!r} does not exist in {tz.key}: the "
                            "clocks go forward then")
     return ms  # a time the clocks pass twice (going back) is the first of the two
 
@@ -393,7 +409,8 @@ def _view(ledger: Ledger, b: Mapping[str, Any], related: Iterable[Mapping[str, A
     tech = techs.get(str(b["member"]), {})
     status, reason = _status(b, related, now, bool(tech.get("closed")))
     start = int(b["start"])
-    local = _local(ledger, start)
+    tz = zone_of(ledger, tech)
+    local = _local(ledger, start, tz)
     names = ledger.rule("services")
     return {
         "booking": b["id"], "status": status, "member": b.get("ref", ""),
@@ -402,7 +419,7 @@ def _view(ledger: Ledger, b: Mapping[str, Any], related: Iterable[Mapping[str, A
         "service": b.get("service", ""),
         "service_name": str(names.get(b.get("service", ""), {}).get("name", "")),
         "at": local.strftime("%Y-%m-%dT%H:%M"), "day": local.date().isoformat(),
-        "end": _hm(ledger, start + int(b["minutes"]) * 60_000), "start": start,
+        "end": _hm(ledger, start + int(b["minutes"]) * 60_000, tz), "start": start,
         "minutes": int(b["minutes"]), "made_at": b["node"], "op": b["op"], "reason": reason,
     }
 
@@ -516,7 +533,8 @@ def slots(ledger: Ledger, technician_ref: str, day: str, service: str | None = N
         raise InvalidInput(f"not a date like 2026-12-03: {day!r}") from None
     open_min, close_min = parse_hours(tech["hours"])
     now = ledger.clock.wall()
-    today = _local(ledger, now).date()
+    tz = zone_of(ledger, tech)
+    today = _local(ledger, now, tz).date()
     if not today - timedelta(days=1) <= the_day <= today + timedelta(days=HORIZON_DAYS + 1):
         # Past days hold no free slot and `book` refuses beyond the horizon; and a day
         # at either end of the calendar has midnights no time stamp holds (a 500).
@@ -530,13 +548,13 @@ def slots(ledger: Ledger, technician_ref: str, day: str, service: str | None = N
         if (e["kind"] == "booking" and e["id"] not in decided and e["id"] not in cancelled
                 and e["node"] != tech["branch"] and _slot_ok(e)):
             taken[e["id"]] = (int(e["start"]), int(e["start"]) + int(e["minutes"]) * 60_000)
-    midnight = datetime.combine(the_day, time(0), ledger.storage.tz)
+    midnight = datetime.combine(the_day, time(0), tz)
     out = []
     for m in range(open_min, close_min - minutes + 1, SLOT_STEP_MIN):
         wall = midnight + timedelta(minutes=m)
         start = int(wall.timestamp() * 1000)
         end = start + minutes * 60_000
-        if _local(ledger, start).replace(tzinfo=None) != wall.replace(tzinfo=None):
+        if _local(ledger, start, tz).replace(tzinfo=None) != wall.replace(tzinfo=None):
             continue  # a time the clocks skip going forward: no such slot
         if start > now and _conflict(ledger, taken, start, end) is None:
             out.append(f"{m // 60:02d}:{m % 60:02d}")
@@ -569,9 +587,10 @@ def _fits(ledger: Ledger, tech: Mapping[str, Any], service: str, start: int,
     if not tech["active"]:
         return f"technician {tech['code']} ({tech['name']}) no longer takes bookings"
     open_min, close_min = parse_hours(tech["hours"])
-    local = _local(ledger, start)
+    tz = zone_of(ledger, tech)
+    local = _local(ledger, start, tz)
     first = local.hour * 60 + local.minute
-    end_local = _local(ledger, start + minutes * 60_000)
+    end_local = _local(ledger, start + minutes * 60_000, tz)
     last = end_local.hour * 60 + end_local.minute
     if end_local.date() != local.date():  # only the next midnight itself, for hours to 24:00
         last = 24 * 60 if last == 0 and end_local.date() == local.date() + timedelta(1) \
@@ -595,7 +614,7 @@ def book(ledger: Ledger, operator: str, member: str, technician_ref: str, servic
     if gone:
         raise InvalidInput(gone)
     tech = technician(ledger, technician_ref)
-    start = parse_when(ledger, when)
+    start = parse_when(ledger, when, zone_of(ledger, tech))
     minutes = _service_minutes(ledger, service)
     now = ledger.clock.next_ms()  # the booking entry's own time
     if start <= now:
@@ -614,7 +633,7 @@ def book(ledger: Ledger, operator: str, member: str, technician_ref: str, servic
         # Read inside the write transaction: two tills of this branch booking the same
         # slot at once are serialised here, and the second is refused.
         taken = _conflict(ledger, held(_book(ledger, tech["id"], _floor(ledger, now)),
-                                       tech["id"]), start, end)
+                                       tech["id"]), start, end, tz=zone_of(ledger, tech))
         if taken is not None:
             where = "" if own else f" (as this branch knows from {tech['branch']})"
             raise SlotTaken(f"technician {tech['code']} ({tech['name']}) is booked {taken} "
@@ -744,7 +763,8 @@ def decide(ledger: Ledger) -> list[dict[str, Any]]:
                 else:
                     why = _fits(ledger, tech, str(e.get("service", "")), start, minutes)
                 if why is None:
-                    clash = _conflict(ledger, taken, start, start + minutes * 60_000)
+                    clash = _conflict(ledger, taken, start, start + minutes * 60_000,
+                                      tz=zone_of(ledger, tech))
                     if clash is not None:
                         why = (f"technician {tech['code']} ({tech['name']}) was booked "
                                f"{clash} already")

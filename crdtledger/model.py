@@ -362,7 +362,8 @@ def _str(value: Any, limit: int = 200) -> str:
 _OPTIONAL_INTS = frozenset({"percent", "min_spend", "off",  # coupons
                             "paid", "gross", "qty", "bonus", "points", "fee",
                             "start", "minutes",  # a booking's slot (crdtledger.bookings)
-                            "version"})  # a technician's (crdtledger.bookings)
+                            "version",  # a technician's (crdtledger.bookings)
+                            "per_day"})  # the limit a check-in was allowed under
 _OPTIONAL_STRS = frozenset({
     "day",
     "idem",  # the tag of the Idempotency-Key it was written under (crdtledger.idempotency)
@@ -394,6 +395,8 @@ _OPTIONAL_STRS = frozenset({
     "services",
     "hours",
     "status",
+    "tz",  # the zone a technician's hours are in (its branch's)
+    "repeat",  # the limit a check-in was allowed under (crdtledger.membership)
 })
 
 

@@ -1789,12 +1789,16 @@ TECH_REF = text(40, pattern="^[A-Za-z0-9_.-]{1,40}(@[A-Z0-9][A-Z0-9_]{0,15})?$",
                 description="a technician's code (T01), code at a branch (T01@SH02) or id")
 BOOKING_ID = text(40, pattern=ecma(ID), description="a booking id like 01J5Q8ZK3T7XM.SH01")
 WHEN_TEXT = text(16, pattern="^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}$",
-                 description="the start, the branch's local time, like 2026-12-03T14:00")
+                 description="the start, the technician's local time (its branch's zone), "
+                 "like 2026-12-03T14:00")
 TECHNICIAN = {"type": "object",
               "required": ["id", "code", "name", "branch", "ref", "services", "hours", "active"],
               "properties": {"id": STR, "code": STR, "name": STR, "branch": STR, "ref": STR,
                              "services": {"type": "array", "items": STR}, "hours": STR,
                              "active": {"type": "boolean"},
+                             "tz": {"type": "string", "description": "the zone its hours and "
+                                    "bookings' times are in (its branch's); empty for one "
+                                    "set before 0.3.0, read in the reader's zone"},
                              "closed": {"type": "boolean", "description":
                                         "its branch is closed for good (the chain revoked "
                                         "its certificate): it takes no bookings"}}}

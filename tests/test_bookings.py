@@ -708,6 +708,33 @@ def test_slots_at_a_days_edges_are_offered_only_as_they_can_be_booked(tmp_path: 
     assert data_snapshot(a) == before
 
 
+def test_a_branch_in_another_zone_offers_and_books_the_technicians_own_hours(
+        tmp_path: Path) -> None:
+    """A Los Angeles branch read a Shanghai technician's 10:00-22:00 in its own zone:
+    it offered 10:00-21:00 Los Angeles time, booked 10:00 (02:00 in Shanghai), which
+    the technician's branch refused, and refused 22:00 (14:00 in Shanghai, a working
+    hour). A booking's times are the technician's local times at every branch."""
+    clock = FakeClock()
+    sh = new_ledger(tmp_path, "SH02", now_ms=clock)  # Asia/Shanghai
+    la = new_ledger(tmp_path, "SH01", now_ms=clock, timezone="America/Los_Angeles")
+    bookings.add_technician(sh, sh.owner, "T01", "小李", ["FOOT60"], "10:00-22:00")
+    m = la.add_member(la.owner, name="张伟", phone="13800138000")
+    sync(sh, la)
+    day = "2026-01-03"
+    offered = bookings.slots(la, "T01@SH02", day, "FOOT60")
+    assert offered == bookings.slots(sh, "T01", day, "FOOT60")
+    assert (offered[0], offered[-1]) == ("10:00", "21:00")
+    b = bookings.book(la, la.owner, m, "T01@SH02", "FOOT60", f"{day}T14:00")
+    sync(sh, la)
+    bookings.decide(sh)
+    sync(sh, la)
+    for x in (la, sh):
+        v = bookings.show(x, b["booking"])
+        assert (v["status"], v["at"]) == ("confirmed", f"{day}T14:00")
+    with pytest.raises(BookingRefused, match="outside"):
+        bookings.book(la, la.owner, m, "T01@SH02", "FOOT60", f"{day}T22:00")
+
+
 def test_a_cancellation_in_time_wins_over_a_no_show_marked_apart(tmp_path: Path) -> None:
     """The member cancelled at 12:00 at SH01 while the technician's branch was cut
     off; at 14:30 SH02, not knowing, marked a no-show: every replica then read 爽约

@@ -314,7 +314,7 @@ def test_a_clock_set_back_after_a_cut_still_allows_one_checkin_a_day(
 
 
 def test_check_ins_within_the_limit_then_stay_when_the_activity_is_tightened(
-        a: Ledger, clock: FakeClock) -> None:
+        a: Ledger, b: Ledger, clock: FakeClock) -> None:
     """Head office lowered an activity's limit (3 a day to 1): the next housekeeping
     judged every past check-in by the new limit and reversed two a day, taking back
     points members had earned (and converted: "unrecovered"). Each is judged by the
@@ -327,8 +327,13 @@ def test_check_ins_within_the_limit_then_stay_when_the_activity_is_tightened(
             clock.ms += 60_000
         clock.advance_days(1)
     a.set_activity(a.owner, "GYM", {**OPEN, "to": "2026-03-01T21:00", "per_day": 1})
+    # Even a version dated back over those days: the limit they were allowed under.
+    a.set_rule(a.owner, "checkin", {"GYM": {**OPEN, "to": "2026-03-01T21:00"}},
+               effective_from="2026-01-01")
     assert all(e["kind"] != "checkin" for e in a.housekeeping())
-    assert {r["status"] for r in a.attendance("GYM")} == {"ok"}
+    sync(a, b)  # a replica judges them by the limit they carry too
+    for x in (a, b):
+        assert {r["status"] for r in x.attendance("GYM")} == {"ok"}
     assert a.balance(old)["points"] == 6 * OPEN["points"]
     a.checkin(a.owner, "GYM", old)  # today, under the new limit
     refused(a, [old], InvalidInput, lambda: a.checkin(a.owner, "GYM", old),
