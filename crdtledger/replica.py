@@ -507,7 +507,7 @@ class Replica(LedgerBase):
             else:
                 raise UntrustedSigner(f"no certificate of node {node} came with its records")
         self.trust.verify(node, cert, head_message(self.chain, node, head.seq, head.hash),
-                          head.sig)
+                          head.sig, expiry=False)
         plan.certs[node] = cert
         # Kept even if none of its records are taken now (past a gap): a session sends
         # a certificate once, and the records it covers come later.
@@ -611,7 +611,7 @@ class Replica(LedgerBase):
         if cert is None:
             raise UntrustedSigner(f"no certificate of node {node} came with it")
         self.trust.verify(node, cert, head_message(self.chain, node, head.seq, head.hash),
-                          head.sig)
+                          head.sig, expiry=False)
         ours = log.hash_at(node, head.seq) if head.seq <= tip_seq else None
         if ours is not None and ours != head.hash and node not in log.blocked():
             plan.forks.append(self._fork(node, head, cert, []))

@@ -89,12 +89,6 @@ class RevokedSigner(UntrustedSigner):
     is not thereby altered: the rest of the file stands (replica._verify)."""
 
 
-class ExpiredSigner(RevokedSigner):
-    """Signed by a certificate past its end: taken as a revoked one's. Every branch's
-    full export carries the history of a shop closed years ago, whose certificate
-    runs out in the end: refused whole, every such file was refused everywhere."""
-
-
 @dataclass
 class _Known:
     node: str
@@ -149,8 +143,14 @@ class Trust:
     def sign(self, message: bytes) -> bytes:
         return self.key.sign(message, _ECDSA)
 
-    def check_cert(self, node: str, der: bytes) -> _Known:
-        """The key `der` certifies for `node`, or UntrustedSigner saying why not."""
+    def check_cert(self, node: str, der: bytes, *, expiry: bool = True) -> _Known:
+        """The key `der` certifies for `node`, or UntrustedSigner saying why not.
+        `expiry=False`: a signed log's heads, which stay what their writer signed after
+        its certificate runs out (as a signed commit does). Judged by the reader's
+        clock, an expired shop's history was refused by every branch joining later,
+        and every honest record building on it waited there for ever; revocation, not
+        expiry, ends what a branch may write. Live links (peer.chain.check_peer) and
+        files a node seals check the dates."""
         known = self._known.get(der)
         if known is None:
             known = self._judge(node, der)
@@ -159,9 +159,9 @@ class Trust:
             self._known[der] = known
         if known.node != node:
             raise UntrustedSigner(f"a certificate of node {known.node} was given for {node}")
-        if self.now() > known.not_after:
-            raise ExpiredSigner(f"the certificate of node {node} expired on "
-                                f"{known.not_after:%Y-%m-%d}")
+        if expiry and self.now() > known.not_after:
+            raise UntrustedSigner(f"the certificate of node {node} expired on "
+                                  f"{known.not_after:%Y-%m-%d}")
         if self._is_revoked(known):
             raise RevokedSigner(f"the certificate of node {node} (serial {known.serial:x}) "
                                 "is revoked")
@@ -171,8 +171,9 @@ class Trust:
         return self._crl is not None and (
             self._crl.get_revoked_certificate_by_serial_number(known.serial) is not None)
 
-    def verify(self, node: str, der: bytes, message: bytes, signature: bytes) -> _Known:
-        known = self.check_cert(node, der)  # every time: revocation is not remembered
+    def verify(self, node: str, der: bytes, message: bytes, signature: bytes, *,
+               expiry: bool = True) -> _Known:
+        known = self.check_cert(node, der, expiry=expiry)  # every time: revocation too
         memo = (der, message, signature)
         if memo in _verified:
             return known
@@ -200,7 +201,7 @@ class Trust:
         if self.ca is None:
             return True
         try:
-            return self.check_cert(node, der).governs
+            return self.check_cert(node, der, expiry=False).governs
         except UntrustedSigner:
             return False
 

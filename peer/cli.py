@@ -113,8 +113,7 @@ def _import(ledger: Ledger, operator: str, p: Params) -> Result:
                      "(crdtledger status)")
     if info.get("revoked"):
         text += (f"\nnote: records of {', '.join(info['revoked'])} in the file were not "
-                 "taken: the chain revoked its certificate, or it has expired (a branch "
-                 "still at work renews it: crdtledger chain renew)")
+                 "taken: the chain revoked its certificate")
     if info["incomplete"]:
         text += (f"\nwarning: this node lacks earlier changes that the file builds on "
                  f"({', '.join(info['incomplete'])}); ask {info['from']} for a full export "

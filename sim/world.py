@@ -264,9 +264,15 @@ class World:
         so it must survive and reach every replica."""
         self.trace(self.engine.now, f"{node.name} rebalanced {entry['id']}")
         self._ack(str(entry["id"]), node.name)
-        for purse, _node, change in entry["deltas"]:
+        for purse, to, change in entry["deltas"]:
             if change > 0:
                 self.metrics.rebalanced[str(purse)] += 1
+                # Rights moved to a branch the giver cannot reach sit there, unspendable
+                # by anyone else, until the partition heals (a mutant dropping the
+                # check was caught by nothing).
+                if to != node.name and to not in node.connected():
+                    self.fail(Violation("rebalance", f"{node.name} moved {purse} rights to "
+                                                     f"{to}, which it cannot reach", node.name))
 
     def booking_decided(self, node: SimNode, entry: dict[str, Any]) -> None:
         """A technician's branch decided on a booking on its own (crdtledger.bookings):
