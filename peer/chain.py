@@ -578,7 +578,12 @@ def head_office_mark(cert_file: Path) -> bool:
 def ever_issued(chain_dir: Path | str, node: str) -> bool:
     """Whether the chain CA issued `node` a certificate, valid, expired or revoked:
     its log exists somewhere, so a new store must not take that id."""
-    return bool(_issued(load_chain(chain_dir), node))
+    return bool(issued_to(chain_dir, node))
+
+
+def issued_to(chain_dir: Path | str, node: str) -> list[Path]:
+    """The copies of the certificates the chain CA issued to `node`."""
+    return _issued(load_chain(chain_dir), node)
 
 
 def _issued(chain: Chain, node: str) -> list[Path]:

@@ -52,6 +52,7 @@ from peer.chain import (
     ever_issued,
     head_office_mark,
     init_chain,
+    issued_to,
     load_chain,
     publish_crl,
     revocations_rule,
@@ -349,6 +350,9 @@ def add_node_commands(top: argparse._SubParsersAction[argparse.ArgumentParser]) 
     renew = actions.add_parser("renew", help="a new certificate for a node (before its "
                                "old one expires, or after it was revoked)")
     renew.add_argument("--chain", required=True, type=Path, metavar="CHAIN_DIR")
+    renew.add_argument("--head-office", action="store_true",
+                       help="mark the new certificate as the head office's (kept anyway if "
+                       "any certificate the chain issued to the node had the mark)")
     add_common(renew, operator=False, password=False)
     rev = actions.add_parser("revoke", help="revoke a node's certificates chain-wide "
                              "(written into this node's ledger, which replicates it)")
@@ -627,7 +631,7 @@ def chain_command(args: argparse.Namespace) -> Result:
                       f"keep {Path(args.out) / 'ca.key'} off the branch machines")
     data_dir = data_dir_of(args)
     if args.action == "renew":
-        return renew_certificate(args.chain, data_dir)
+        return renew_certificate(args.chain, data_dir, head_office=args.head_office)
     node = local.running(data_dir)
     show = ("rule.show", {"kind": "revocations"})
     # What it still holds of members' value, as this store sees it: stranded once it
@@ -679,20 +683,23 @@ def chain_command(args: argparse.Namespace) -> Result:
     return Result({"revoked": args.node, "crl_bytes": len(crl), "stranded": stranded}, text)
 
 
-def renew_certificate(chain_dir: Path, data_dir: Path) -> Result:
+def renew_certificate(chain_dir: Path, data_dir: Path, *, head_office: bool = False) -> Result:
     """Enrol the node again; the old key and certificate are kept aside, not deleted."""
     with Ledger.open(data_dir, lock=False) as ledger:
         node_id, chain_name = ledger.node, ledger.chain
     if load_chain(chain_dir).name != chain_name:
         raise InvalidInput(f"{data_dir} belongs to chain {chain_name}, not to {chain_dir}")
     tls = data_dir / "tls"
-    # The new certificate keeps the head-office mark of the old: without it the head
-    # office could no longer govern, and a branch joining later judged its governance
-    # records by the renewed certificate and blocked it for good.
-    head_office = head_office_mark(tls / NODE_CERT)
+    # The new certificate keeps the head-office mark of any the chain issued the node
+    # (one renewed by an older build lost it): without it the head office could no
+    # longer govern, and a branch joining later judged its governance records by the
+    # renewed certificate and blocked it for good. --head-office gives it (an `init`
+    # that forgot it, the id now taken for good).
+    head_office = head_office or any(
+        head_office_mark(p) for p in [tls / NODE_CERT, *issued_to(chain_dir, node_id)])
     kept = None
     if tls.exists():
-        kept = data_dir / f"tls.replaced-{datetime.now():%Y%m%d-%H%M%S}"
+        kept = data_dir / f"tls.replaced-{datetime.now():%Y%m%d-%H%M%S-%f}"  # twice a second too
         tls.rename(kept)
     try:
         enrol(chain_dir, data_dir, node_id, head_office=head_office)

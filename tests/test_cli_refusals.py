@@ -265,3 +265,15 @@ def test_a_renewed_head_office_keeps_governing(cli: Cli, tmp_path: Path) -> None
         sync(hq, joiner)
         assert not joiner.storage.log.blocked()
         assert joiner.rule("branches") == hq.rule("branches")
+    # Renewed by an older build (no mark): the next renewal finds it on a certificate
+    # the chain issued before. And one never marked gets it by --head-office.
+    from peer.chain import enrol
+    (tmp_path / "HQ" / "tls").rename(tmp_path / "HQ" / "tls.older-build")
+    enrol(chain, tmp_path / "HQ", "HQ")
+    assert cli("chain", "renew", "--chain", chain, data=tmp_path / "HQ").code == 0
+    with Ledger.open(tmp_path / "HQ") as hq:
+        assert hq.trust.governs
+    assert cli("chain", "renew", "--chain", chain, "--head-office",
+               data=tmp_path / "SH03").code == 0
+    with Ledger.open(tmp_path / "SH03") as sh03:
+        assert sh03.trust.governs
