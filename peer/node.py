@@ -318,6 +318,7 @@ class Node:
         self._dial_told: dict[str, str] = {}  # dial target -> the last failure logged
         self._discovered: set[str] = set()  # dial targets announced on the LAN
         self._flush_soon = False
+        self._crl_soon = False  # a reload of the revocation list is due this turn
         self._wrote_run_file = False  # this process's own (Node.stop removes only that)
         # The core's recent decisions, for `status` and tests (bounded: a node runs
         # for months).
@@ -795,11 +796,18 @@ class Node:
         if not self._flush_soon:
             self._flush_soon = True
             asyncio.get_running_loop().call_soon(self._flush_queued)
-        if record.doc == "rules":
+        if record.doc == "rules" and not self._crl_soon:
             # Whatever its origin: a list imported from a sync file (origin "file")
             # was never installed, the revoked branch kept its link and our members'
-            # data until a restart. Cheap: a list installed already is skipped.
-            self._load_revocations()
+            # data until a restart. Once a turn, however many rules records came:
+            # reading the list verifies every version's signature (a liar's 400
+            # copies, once per record, held the loop 17 s).
+            self._crl_soon = True
+            asyncio.get_running_loop().call_soon(self._reload_revocations)
+
+    def _reload_revocations(self) -> None:
+        self._crl_soon = False
+        self._load_revocations()
 
     def _flush_queued(self) -> None:
         self._flush_soon = False
