@@ -302,14 +302,20 @@ class Membership(Coupons):
                  if e.get("reason") == VOID_REASON]
         return found[0] if found else None
 
-    def _void(self, r: Mapping[str, Any]) -> bool:
-        """Not its group's first referral, or its referrer merged into the member since
-        (referring themself): it gives nothing, granted or not."""
+    def _void(self, r: Mapping[str, Any], granted: bool) -> bool:
+        """Whether referral `r` gives nothing: its referrer merged into the member since
+        (referring themself), or another of the group's referrals counts. Not granted,
+        any earlier one counts (the first by id); granted, only an earlier one granted
+        too (two branches apart each rewarded the newcomer): a copy rejected as the
+        duplicate it was, or a liar's back-dated one never approved, took an honest
+        referrer's reward back."""
         conn = self.storage.conn
-        first = self.referral_of(str(r["member"]))
-        return ((first is not None and first["id"] != r["id"])
-                or views.canonical(conn, str(r["referrer"]))
-                == views.canonical(conn, str(r["member"])))
+        if views.canonical(conn, str(r["referrer"])) == views.canonical(conn, str(r["member"])):
+            return True
+        group = views.member_group(conn, str(r["member"]))
+        return any(e["id"] < r["id"] and (not granted or self._grant_of(str(e["id"])))
+                   for e in self._entries(f"member {views.in_(group)} AND kind = 'referral'",
+                                          group))
 
     def referral_view(self, referral: str) -> dict[str, Any]:
         r = self._referral(referral)
@@ -321,7 +327,7 @@ class Membership(Coupons):
         grant = self._grant_of(referral)
         status, who = referral_status(approvals, grant is not None)
         back = self._taken_back(referral)
-        if self._void(r):
+        if self._void(r, grant is not None):
             # Nothing to grant; one granted (at two branches apart, or before the
             # merge that made it a second) is taken back by the branch that granted it
             # (`reverse_void_rewards`), as far as the referrer still holds it there.
@@ -457,7 +463,7 @@ class Membership(Coupons):
         done = []
         for r in self._entries("kind = 'referral' AND node = ?", [self.node]):
             grant = self._grant_of(str(r["id"]))
-            if (grant is None or grant["node"] != self.node or not self._void(r)
+            if (grant is None or grant["node"] != self.node or not self._void(r, True)
                     or self._taken_back(str(r["id"])) is not None):
                 continue
             to = views.canonical(self.storage.conn, str(grant["member"]))

@@ -246,6 +246,32 @@ def test_a_referral_rewarded_at_two_branches_apart_is_taken_back_by_the_second(
     assert (back["bonus"], back["node"]) == (3000, late.node)
 
 
+def test_a_granted_referral_is_taken_back_only_for_an_earlier_one_granted(
+        a: Ledger, b: Ledger, clock: FakeClock) -> None:
+    """The take-back above took an honest referrer's only reward when the earlier
+    referral of the newcomer was the copy SH01 rejected as the duplicate it was, or a
+    liar's back-dated one nobody approved: only an earlier referral granted too
+    makes a granted one void."""
+    staff = Staff(a)
+    a.set_rule(a.owner, "referral", {"reward": "bonus", "bonus": 5000})
+    old, new = two_members(a)
+    sync(a, b)
+    first = a.refer(a.owner, new, old)["id"]  # apart from here
+    clock.ms += 1000
+    second = b.refer(b.owner, new, old)["id"]
+    a.approve_referral(staff.mgr, first, 1, reject=True, reason="recorded at SH02")
+    b.approve_referral(staff.mgr, second, 1)
+    assert b.approve_referral(staff.mgr2, second, 2)["status"] == "granted"
+    sync(a, b)
+    for x in (a, b):
+        x.housekeeping()
+    sync(a, b)
+    for x in (a, b):
+        assert x.balance(old)["bonus"] == 5000
+        assert x.referral_view(second)["status"] == "granted"
+        assert x.referral_view(first)["status"] == "rejected"
+
+
 def test_a_forged_reward_for_another_branchs_referral_is_refused(a: Ledger, b: Ledger) -> None:
     """SH02 writes a reward for a referral SH01 recorded: every replica refuses it
     (write rule referral-reward) and blocks the writer. An honest SH02 never writes it."""
