@@ -199,11 +199,19 @@ def allowed_today(activity: Mapping[str, Any], earlier: list[str], day: str) -> 
     return max(0, int(activity.get("per_day", 1)) - sum(1 for d in earlier if d == day))
 
 
+def _per_day(activity: Mapping[str, Any]) -> int | None:
+    """A daily activity's check-ins a day (checked when set); None for a `once` one,
+    whose `per_day` nothing checks (a text there made every check-in a 500)."""
+    return int(activity.get("per_day", 1)) if activity["repeat"] == "daily" else None
+
+
 def _limit_of(e: Mapping[str, Any]) -> dict[str, Any] | None:
     """The limit a check-in entry carries, or None (an older entry, or one a liar
     wrote nonsense into: judged by the rule then)."""
     repeat, per_day = e.get("repeat"), e.get("per_day")
-    if repeat not in ("once", "daily") or isinstance(per_day, bool) or not isinstance(
+    if repeat == "once":
+        return {"repeat": repeat}
+    if repeat != "daily" or isinstance(per_day, bool) or not isinstance(
             per_day, int) or not 1 <= per_day <= MAX_PER_DAY:
         return None
     return {"repeat": repeat, "per_day": per_day}
@@ -522,7 +530,7 @@ class Membership(Coupons):
         entry = self._entry("checkin", member, activity=activity, op=operator,
                             deltas=[("points", self.node, pts)], points=pts or None,
                             expires=self._earn_expiry() if pts else None,
-                            repeat=a["repeat"], per_day=int(a.get("per_day", 1)))
+                            repeat=a["repeat"], per_day=_per_day(a))
 
         def plan() -> tuple[list[Write], dict[str, Any]]:
             earlier = self._checkin_days(member, activity)

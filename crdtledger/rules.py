@@ -60,17 +60,29 @@ class Rules(Auth):
             # (Replica.revocation_list).
             return {"crl": self.revocation_list()}  # type: ignore[attr-defined]
         day = day or self.today()
-        if kind in ("goods", "checkin"):
-            # Each version names only the items it adds or changes (crdtledger.goods;
-            # an activity set holds the others as it saw them): folded per code, so
-            # two concurrent additions are both kept (two activities set at two
-            # branches apart: the one written first was lost, and its check-ins
-            # refused as of "no activity").
+        if kind == "goods":
+            # Each version names only the items it adds or changes (crdtledger.goods):
+            # folded per code, so two concurrent additions are both kept.
             catalogue: dict[str, Any] = {}
             for eff, _rid, body in self._versions(kind):
                 if eff <= day:
                     catalogue.update(body)
             return catalogue
+        if kind == "checkin":
+            # Each version is the whole set of activities as its writer saw them, so
+            # one written after another replaces it (an activity left out is removed);
+            # versions written apart (the same effective_from and rev) are folded per
+            # code: two activities set at two branches apart were one lost, acknowledged
+            # and gone, and its check-ins refused.
+            active: dict[str, Any] = {}
+            seen: tuple[str, int] | None = None
+            for eff, rid, body in self._versions(kind):
+                if eff > day:
+                    break
+                at = (eff, self._rule_revs.get(rid, 0))
+                active = {**active, **body} if at == seen else dict(body)
+                seen = at
+            return active
         current = DEFAULT_RULES[kind]
         for eff, _rid, body in self._versions(kind):
             if eff <= day:
@@ -101,6 +113,7 @@ class Rules(Auth):
             for rid, k, eff, body in sorted(rows, key=lambda r: (r[2], revs.get(r[0], 0), r[0])):
                 cache.setdefault(k, []).append((eff, rid, json.loads(body)))
             self._rules = cache
+            self._rule_revs = revs
         return self._rules.get(kind, [])
 
     def _revs(self, ids: list[str]) -> dict[str, int]:

@@ -378,6 +378,20 @@ def test_two_activities_set_at_two_branches_apart_are_both_kept(a: Ledger, b: Le
         assert sorted(x.activities()) == ["GYM", "YOGA"]
     old, _ = two_members(a)
     a.checkin(a.owner, "GYM", old)
+    # A version written after seeing both is the whole set: one left out is removed.
+    a.set_rule(a.owner, "checkin", {"GYM": a.activities()["GYM"]})
+    sync(a, b)
+    for x in (a, b):
+        assert sorted(x.activities()) == ["GYM"]
+
+
+def test_a_once_activity_checks_in_whatever_its_unused_per_day_says(a: Ledger) -> None:
+    """A `once` activity set with per_day "many" (nothing checks it for `once`): every
+    check-in raised ValueError (a 500) once check-ins carried their limit."""
+    a.set_rule(a.owner, "checkin", {"OPEN": {**OPEN, "repeat": "once", "per_day": "many"}})
+    old, _ = two_members(a)
+    a.checkin(a.owner, "OPEN", old)
+    refused(a, [old], InvalidInput, lambda: a.checkin(a.owner, "OPEN", old), match="already")
 
 
 def test_a_bad_activity_is_refused(a: Ledger) -> None:
