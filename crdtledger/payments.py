@@ -649,6 +649,21 @@ class Payments(Merges, Rules):
             return max(paid, n * self._list_price(body.get("service")))
         return n if purse in MONEY_PURSES else 0
 
+    def _given_today(self, operator: str) -> int:
+        """What `operator`'s packages sold today at this branch below half their list
+        worth gave away (list less price), unapproved: counted together against the
+        limit, since 26 packages of 39 uses for 0.00, each under it, gave 129,792.00."""
+        given = 0
+        for service, price, body in self.storage.conn.execute(
+                "SELECT service, amount, body FROM entries WHERE kind = 'package' AND "
+                "node = ? AND op = ? AND day = ? AND json_extract(body, '$.approver') IS NULL",
+                (self.node, operator, self.today())):
+            uses = json.loads(body).get("qty")
+            worth = (uses if isinstance(uses, int) else 0) * self._list_price(service)
+            if 2 * int(price) < worth:
+                given += worth - int(price)
+        return given
+
     def _list_price(self, service: Any) -> int:
         """A service's price in the price list now, 0 for one no longer listed."""
         item = self.rule("services").get(service) if isinstance(service, str) else None
@@ -662,9 +677,10 @@ class Payments(Merges, Rules):
         by a payment method of the rule (the rule's first by default). For the member,
         or by the card swiped (`card`, `pin`: checked as a debit's, so a card reported
         lost buys nothing). The price is the till's to set (packages sell below the
-        list), but one under half the uses' list worth, by more than the top-up limit,
-        gives value away: it needs an approver, as a top-up of that much does (a
-        cashier alone sold a million uses for 0.00, and the till balanced)."""
+        list), but one under half the uses' list worth gives value away: once what an
+        operator's such packages gave today passes the top-up limit, each needs an
+        approver, as a top-up of that much does (a cashier alone sold a million uses
+        for 0.00, and the till balanced)."""
         self.authorise(operator, "package.sell")
         if service not in self.rule("services"):
             raise NotFound(f"no service {service} in the price list")
@@ -674,7 +690,9 @@ class Payments(Merges, Rules):
         pay = self._pay(pay, ("stored",))
         worth = uses * self._list_price(service)
         approved = None
-        if 2 * price < worth and worth - price > int(self.rule("approval")["topup_limit"]):
+        given = worth - price if 2 * price < worth else 0
+        if given and given + self._given_today(operator) > int(
+                self.rule("approval")["topup_limit"]):
             approved = self._approve(operator, approver, (
                 f"a package of {uses} x {service} for {format_yuan(price)} (list "
                 f"{format_yuan(worth)})"))

@@ -879,13 +879,9 @@ class Counter:
             method = ui.radio(methods, value=next(iter(methods))).props("inline") \
                 .mark("topup-pay")
             preview = ui.label().classes("text-lg").mark("preview")
-            with ui.column().classes("w-full gap-1") as approval:
-                ui.label(tr("超过 {limit}，需要审批人：", "Above {limit}: an approver must "
-                            "confirm:", limit=money(limit))).classes("text-sm text-orange-800")
-                approver = ui.input(tr("审批人", "Approver")).props("outlined dense") \
-                    .classes("w-full").mark("approver")
-                approver_pw = ui.input(tr("审批人密码", "Approver's password"), password=True) \
-                    .props("outlined dense").classes("w-full").mark("approver-password")
+            approval, approver, approver_pw = self.approver_boxes(tr(
+                "超过 {limit}，需要审批人：", "Above {limit}: an approver must confirm:",
+                limit=money(limit)))
 
             def parsed() -> int | None:
                 try:
@@ -916,14 +912,10 @@ class Counter:
                 except InvalidAmount as e:
                     self.refused(e, error, fixed=lambda: parsed() is not None)
                     return
-                appr = ((approver.value or "", approver_pw.value or "")
-                        if approval.visible and approver.value and approver_pw.value
-                        else None)
-                approver_pw.set_value("")  # one approval, one attempt
                 done = await self.act(
                     self.priced(self.shop.operation(
                         self.op, "topup", amount=fen, pay=str(method.value),
-                        approver=appr and dict(zip(("name", "password"), appr, strict=True)),
+                        approver=_approval(approval, approver, approver_pw),
                         **self._payer(member, card, pin)), seen, "promotions"),
                     "topup", lambda e: tr("已充值 {cash}，赠送 {bonus}", "Topped up {cash}, "
                                           "bonus {bonus}", cash=money(fen),
@@ -933,6 +925,16 @@ class Counter:
                     await self.print_receipt(str(done["id"]))
 
             self.buttons(d, tr("确认充值", "Confirm top-up"), confirm, "topup-ok")
+
+    def approver_boxes(self, say: str) -> tuple[ui.column, ui.input, ui.input]:
+        """An approver's name and password, under `say`, in a dialog being built."""
+        with ui.column().classes("w-full gap-1") as approval:
+            ui.label(say).classes("text-sm text-orange-800")
+            approver = ui.input(tr("审批人", "Approver")).props("outlined dense") \
+                .classes("w-full").mark("approver")
+            approver_pw = ui.input(tr("审批人密码", "Approver's password"), password=True) \
+                .props("outlined dense").classes("w-full").mark("approver-password")
+        return approval, approver, approver_pw
 
     def package_dialog(self) -> None:
         """计次卡: uses of a service, paid from the card or at the till."""
@@ -952,12 +954,29 @@ class Counter:
                 .props("outlined inputmode=decimal").classes("w-full").mark("package-price")
             pay = ui.radio({"stored": tr("储值卡", "Stored value"), **methods},
                            value=next(iter(methods))).props("inline").mark("package-pay")
+            # Far below the list, the library may want an approver (what this cashier's
+            # packages gave away today, past the top-up limit): the boxes are offered.
+            approval, approver, approver_pw = self.approver_boxes(tr(
+                "低于标价一半：超出当日限额需要审批人", "Under half the list price: past the "
+                "day's limit an approver must confirm"))
+
+            def below_half() -> None:
+                n, fen = _units(uses.value), _money_or_none(price.value)
+                item = services.get(str(svc.value)) or {}
+                worth = (n or 0) * int(item.get("price") or 0)
+                approval.set_visibility(fen is not None and 2 * fen < worth)
+
+            for el in (svc, uses, price):
+                el.on_value_change(lambda _e: below_half())
+            below_half()
+            one_approval(approver_pw, lambda: (svc.value, uses.value, price.value),
+                         svc, uses, price)
 
             async def confirm() -> None:
                 try:
                     fen = parse_money(price.value or "")
                 except InvalidAmount as e:
-                    self.refused(e, error, fixed=lambda: _valid_money(price.value))
+                    self.refused(e, error, fixed=lambda: _money_or_none(price.value) is not None)
                     return
                 n = self.count(uses, error)
                 if n is None:
@@ -966,6 +985,7 @@ class Counter:
                 done = await self.act(
                     self.shop.operation(self.op, "package.sell", service=code, uses=n,
                                         price=fen, pay=str(pay.value),
+                                        approver=_approval(approval, approver, approver_pw),
                                         **self._payer(member, card, pin)),
                     "package", lambda _e: tr("已售套餐 {what} ×{n}", "Sold {what} ×{n}",
                                              what=self.shop.service_name(code), n=n), error)
@@ -1067,7 +1087,7 @@ class Counter:
                         fen = parse_money(amount.value)
                     except InvalidAmount as e:
                         self.refused(e, error, fixed=lambda: not (typed.value or "").strip()
-                                     or _valid_money(typed.value))
+                                     or _money_or_none(typed.value) is not None)
                         return
                 n = None if units is None else self.count(units, error, max(1, left))
                 if units is not None and n is None:
@@ -1383,12 +1403,21 @@ class MemberPanel:
                         .tooltip(tr("重打小票", "Reprint the receipt")).mark("reprint")
 
 
-def _valid_money(text: str | None) -> bool:
+def _approval(shown: ui.column, name: ui.input, password: ui.input) -> dict[str, str] | None:
+    """The approval typed in a dialog's approver boxes, if shown and filled; the
+    password goes with the attempt (one approval, one attempt: layout.one_approval)."""
+    typed = (str(name.value or ""), str(password.value or ""))
+    password.set_value("")
+    if not (shown.visible and all(typed)):
+        return None
+    return {"name": typed[0], "password": typed[1]}
+
+
+def _money_or_none(text: Any) -> int | None:
     try:
-        parse_money(text or "")
+        return parse_money(text or "") if isinstance(text, str | None) else None
     except InvalidAmount:
-        return False
-    return True
+        return None
 
 
 def _printer_trouble(done: receipts.Printed) -> str:

@@ -322,6 +322,30 @@ async def test_an_approval_covers_one_top_up_of_the_amount_it_was_typed_for(
     assert app.ledger.balance(mid)["cash"] == 6000000
 
 
+async def test_a_package_far_below_the_list_is_sold_with_an_approver(
+        counter_app: CounterApp) -> None:
+    """The library wants an approver for packages that give value away (far below the
+    list, past the day's limit), and the package dialog had no boxes for one: the
+    sale could be made only by the command line or the API."""
+    app = counter_app
+    mid = member_with_card(app)
+    await app.login(*CASHIER)
+    await swipe(app)
+    app.user.find(marker="sell-package").click()
+    app.user.find(marker="package-uses").elements.pop().set_value(100)  # list 12,800.00
+    app.user.find(marker="package-price").type("6000.00")
+    await app.user.should_see(marker="approver")
+    app.user.find(marker="package-pay").elements.pop().set_value("cash")
+    app.user.find(marker="package-ok").click()
+    await app.user.should_see("需要有审批权限的人")
+    app.user.find(marker="approver").type(OWNER[0])
+    app.user.find(marker="approver-password").type(OWNER[1])
+    app.user.find(marker="package-ok").click()
+    await app.user.should_see("已售套餐")
+    [pkg] = [p for p in app.ledger.balance(mid)["packages"].values()]
+    assert pkg == 100
+
+
 @pytest.mark.parametrize("typed", ["12.345", "-5", "abc", "0", "1e3", "０.５", "１２",
                                    "99999999999999999999", "", "  ", "12.3.4", "¥-5",
                                    "5,00.001", "NaN", "inf"])

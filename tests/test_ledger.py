@@ -661,6 +661,11 @@ def test_a_package_giving_value_away_needs_an_approver(a: Ledger) -> None:
     e = a.sell_package(cashier, m, "FOOT60", 100, 600000, pay="cash",
                        approver=("boss", "bosspass"))
     assert e["approver"] == boss and e["op"] == cashier
+    # Split into sales each under the limit: counted together for the day.
+    a.sell_package(cashier, m, "FOOT60", 38, 0, pay="cash")  # 128.00 + 4864.00 given
+    refused(a, [m], ApprovalRequired,
+            lambda: a.sell_package(cashier, m, "FOOT60", 1, 0, pay="cash"))
+    a.sell_package(boss, m, "FOOT60", 1, 0, pay="cash")  # another operator's own day
 
 
 def test_large_topup_needs_an_approver(a: Ledger) -> None:
