@@ -441,16 +441,20 @@ class Counter:
                 tuple(lvl.get(k) for k in ("name", "discount", "points_multiplier")))
 
     def priced(self, run: Callable[[], T], seen: tuple[Any, ...], *rules: str,
-               goods: str | None = None, level: str | None = None) -> Callable[[], T]:
+               goods: str | None = None, service: str | None = None,
+               level: str | None = None) -> Callable[[], T]:
         """`run`, refused if what its dialog's figures came from changed since the dialog
         opened (`terms`: a head office's price list synced in, a version taking effect
         at midnight): they were charged without a word against the figure the cashier
         had read out. Judged each time the node runs it, so also after a wait for
-        another branch's rights, which a sync may arrive in. Of the goods catalogue
-        only the item sold (`goods`, its code) counts: another item added or repriced
-        changes nothing this dialog read out."""
+        another branch's rights, which a sync may arrive in. Of the goods catalogue and
+        the price list only the item sold counts (`goods`, `service`: its code): another
+        item added or repriced changes nothing this dialog read out."""
         def item(terms: tuple[Any, ...]) -> tuple[Any, ...]:
             rules_now, catalogue, lvl = terms
+            if service is not None:
+                rules_now = tuple((v or {}).get(service) if r == "services" else v
+                                  for r, v in zip(rules, rules_now, strict=True))
             return rules_now, (catalogue or {}).get(goods) if goods else None, lvl
 
         def op() -> T:
@@ -683,8 +687,9 @@ class Counter:
                 sale = self.shop.operation(self.op, "debit", service=code, qty=n, pay=how,
                                            coupon=cid, **payer)
                 done = await self.act(
-                    self.priced(sale, seen_uses, "services", "earn") if how == "package"
-                    else self.priced(sale, seen, "services", "earn", level=member),
+                    self.priced(sale, seen_uses, "services", "earn", service=code)
+                    if how == "package"
+                    else self.priced(sale, seen, "services", "earn", service=code, level=member),
                     "debit", lambda e: tr("已消费 {what}，实付 {paid}", "Done: {what}, "
                                           "paid {paid}", what=self.shop.service_name(code),
                                           paid=money(int(e["amount"]))), error)

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from nicegui import ui
 from nicegui.elements.mixins.value_element import ValueElement
@@ -106,6 +107,22 @@ def frame(title: str, *, permission: str | None = None) -> Iterator[ui.column]:
     hidden.delete()
 
 
+# How many times each dialog closed (`once`), by one handler per dialog.
+_CLOSES: WeakKeyDictionary[ui.dialog, int] = WeakKeyDictionary()
+
+
+def _closes_of(dialog: ui.dialog) -> int:
+    if dialog not in _CLOSES:
+        _CLOSES[dialog] = 0
+
+        def closed(e: Any) -> None:
+            if not e.value:
+                _CLOSES[dialog] = _CLOSES.get(dialog, 0) + 1
+
+        dialog.on_value_change(closed)
+    return _CLOSES[dialog]
+
+
 def one_approval(password: ui.input, figures: Callable[[], Any],
                  *inputs: ValueElement[Any]) -> None:
     """An approver's password approves the figures it was typed for: it is cleared
@@ -139,21 +156,17 @@ def once(button: ui.button, action: Callable[[], Awaitable[Any] | Any],
     its row (a decided approval loses its buttons, and the browser sends no click
     for a button that is gone). A button merely redrawn since the click (a page
     refreshed between the click and this handler) still acts: that click was real."""
-    busy = closed = False
-
-    def note(e: Any) -> None:
-        nonlocal closed
-        closed = closed or not e.value
-
-    if dialog is not None:
-        # Closed is for good: the browser can set the dialog's value again (a socket
-        # event), and a finished top-up's dialog, its approver's password still in
-        # it, ran again for a million with nobody asked.
-        dialog.on_value_change(note)
+    busy = False
+    # Closed is for good: the browser can set the dialog's value again (a socket
+    # event), and a finished top-up's dialog, its approver's password still in it, ran
+    # again for a million with nobody asked. Counted by one handler a dialog (a dialog
+    # refilled for each use added one per button, each open slower than the last).
+    made_at = _closes_of(dialog) if dialog is not None else 0
 
     async def run() -> None:
         nonlocal busy
-        if busy or closed or (dialog is not None and not dialog.value):
+        if busy or (dialog is not None and (not dialog.value
+                                            or _CLOSES[dialog] != made_at)):
             return
         busy = True
         button.props("loading")

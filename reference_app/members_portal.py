@@ -476,9 +476,10 @@ class Portal:
             raise SignInRefused(tr("验证码请求太频繁，请 {n} 秒后再试。",
                                    "Too many codes asked for; try again in {n} s.", n=wait))
         ledger = self.shop.ledger
-        member = views.member_by_phone(ledger, phone)
-        if member is None or _closed(ledger, member):
+        holders = _phone_holders(ledger, phone)
+        if not holders:
             return  # said as if sent
+        member = min(holders)
         email = str(ledger.member(member).get("email") or "")
         if "sms" in gateways:
             channel, to = "sms", phone
@@ -530,14 +531,13 @@ class Portal:
             raise wrong
         del self.codes[phone]  # once only
         ledger = self.shop.ledger
-        member = views.member_by_phone(ledger, phone)
-        if member is None or _closed(ledger, member):
+        holders = _phone_holders(ledger, phone)
+        if not holders:
             raise wrong
         # The code proves the phone, not which of its members this is: a number typed
         # two ways for two people ("138 1234 5678") signed the second in to the first's
         # page. Told, since the one asking holds the phone.
-        if len({ledger.survivor_of(m) for m in views.members_by_phone(ledger, phone)
-                if not _closed(ledger, m)}) > 1:
+        if len(holders) > 1:
             raise SignInRefused(tr("这个手机号登记在几位会员名下，请用卡号和密码登录，"
                                    "或请门店核对。",
                                    "This phone number is registered to several members: "
@@ -545,7 +545,7 @@ class Portal:
                                    "branch to sort it out."))
         self.checks.succeeded(key, address)
         self.sends.succeeded(key, address)
-        return ledger.survivor_of(member)
+        return holders.pop()
 
     def check_card(self, card_no: str, pin: str, address: str) -> tuple[str, dict[str, str]]:
         """The member of this card, its PIN right (a card without a PIN cannot sign in),
@@ -722,8 +722,15 @@ def _phone_still_theirs(ledger: Any, survivor: str, phone: Any) -> bool:
     two hours after the shop set the member's new number."""
     if phone is None:  # signed in by card (or before sign-ins kept the phone)
         return True
-    found = views.member_by_phone(ledger, str(phone))
-    return found is not None and ledger.survivor_of(found) == survivor
+    return survivor in _phone_holders(ledger, str(phone))
+
+
+def _phone_holders(ledger: Any, phone: str) -> set[str]:
+    """The members (not merged away) whose own profile holds `phone` now: a duplicate
+    merged into the member keeps the phone it was registered with, and signed in (and
+    kept signed in) a stolen phone after the shop set her new number."""
+    return {m for m in views.members_by_phone(ledger, phone)
+            if ledger.survivor_of(m) == m and not _closed(ledger, m)}
 
 
 def _card_still_active(ledger: Any, member: str, card: Any) -> bool:

@@ -225,6 +225,20 @@ async def test_what_does_not_price_a_dialog_does_not_refuse_it(counter_app: Coun
     assert app.ledger.balance(mid)["cash"] == 50000 + 500000 + 10000
 
 
+async def test_another_service_changed_does_not_refuse_an_open_service_sale(
+        counter_app: CounterApp) -> None:
+    """A service added or repriced at head office refused every open service sale
+    chain-wide ("prices changed"): only the service sold prices the dialog."""
+    app = counter_app
+    mid = await consume_dialog_by_phone_tail(app)
+    more = {k: dict(v) for k, v in app.ledger.rule("services").items()}
+    more["NEW30"] = {"name": "修脚 30 分钟", "price": 5000, "minutes": 30}
+    app.ledger.set_rule(app.node_owner, "services", more)
+    app.user.find(marker="consume-ok").click()
+    await app.user.should_see("已消费 足疗 60 分钟")
+    assert app.ledger.balance(mid)["cash"] == 50000 - 12800
+
+
 async def test_a_gifts_points_price_changed_while_open_is_refused(
         counter_app: CounterApp) -> None:
     app = counter_app

@@ -441,6 +441,27 @@ async def test_a_sign_in_by_code_ends_when_the_phone_is_no_longer_the_members(
     await app.user.should_not_see(marker="member-name", retries=1)
 
 
+async def test_a_merged_duplicates_phone_is_not_the_members_once_she_has_another(
+        portal_app: PortalApp) -> None:
+    """The member's duplicate, registered with the same phone typed another way and
+    merged into her, kept the old phone: after the shop set her new number, a thief
+    with the stolen phone stayed signed in, and could sign in afresh by its code."""
+    app = portal_app
+    owner = owner_of("SH01")
+    b = app.ids["b"]
+    dup = app.ledger.add_member(owner, name="李娜", phone="139-0000-1111")
+    operations.run(app.ledger, owner, "member.merge", {"member": dup, "into": b})
+    await app.ask_code(PHONE_B)
+    await app.enter_code(app.last_sms_code())
+    await app.user.should_see("李娜")
+    app.ledger.edit_member(owner, b, fields={"phone": "13911112222"})
+    await app.user.open("/m")
+    await app.user.should_see(marker="send-code")
+    sent = len(app.shop.node.gateways["sms"].sent)  # type: ignore[attr-defined]
+    await app.ask_code(PHONE_B)  # told as for anyone; nothing sent
+    assert len(app.shop.node.gateways["sms"].sent) == sent  # type: ignore[attr-defined]
+
+
 async def test_a_sign_in_ends_when_the_member_merged_into_leaves(portal_app: PortalApp) -> None:
     """Signed in as a duplicate later merged into a member who then left (退会): the
     page stayed open, the merged-away profile never being marked as left."""
@@ -569,6 +590,24 @@ async def fill_booking(app: PortalApp, technician: str = "T01@SH01") -> str:
     choose(app.user, "book-technician", technician)
     choose(app.user, "book-day", tomorrow(app.ledger))
     return choose(app.user, "book-slot")
+
+
+async def test_a_dialog_opened_again_and_again_costs_the_same(portal_app: PortalApp) -> None:
+    """The member page refills one dialog for each booking: every button made for it
+    added a handler to the dialog that was never removed, so each open cost more than
+    the last, on the loop the tills share (a script of a signed-in member's clicks)."""
+    from nicegui import ui
+
+    app = portal_app
+    await app.card_sign_in(CARD_A, PIN)
+    await app.user.should_see(marker="book")
+    for _ in range(20):
+        app.user.find(marker="book").click()
+        await app.user.should_see(marker="book-service")
+        dialog = next(el for el in app.user.find(marker="book-service").elements.pop()
+                      .ancestors() if isinstance(el, ui.dialog))
+        dialog.close()
+    assert len(dialog._change_handlers) <= 2
 
 
 async def test_book_and_cancel_an_appointment(portal_app: PortalApp) -> None:
