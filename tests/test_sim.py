@@ -210,3 +210,25 @@ def test_the_simulators_command_line_refuses_what_no_run_can_mean(
     assert refused.value.code not in (0, None)
     said = str(refused.value.code) + capsys.readouterr().err
     assert "Traceback" not in said and said.strip()
+
+
+def test_a_rebalancer_moving_rights_out_of_reach_is_caught(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drop the rebalancer's "only to a branch it reaches" (in this test only): rights
+    then sit at a branch cut off from the giver, spendable nowhere else until the
+    partition heals. Nothing caught it; the world checks each transfer's receiver."""
+    from crdtledger.core import NodeCore
+
+    step = NodeCore._rebalance_step
+
+    def out_of_reach(self: NodeCore) -> int:
+        self.connected = lambda: sorted(self.ledger.positions())  # type: ignore[method-assign]
+        try:
+            return step(self)
+        finally:
+            del self.connected
+
+    monkeypatch.setattr(NodeCore, "_rebalance_step", out_of_reach)
+    result, _world = run(SMALL.with_(seed=1, scenario="partition-heal", nodes=6,
+                                     ops_per_node=120))
+    assert result["violations"] == 1 and result["violation"]["kind"] == "rebalance", result
