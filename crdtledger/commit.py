@@ -122,7 +122,6 @@ class LedgerBase:
         self.owner = owner_of(self.node)
         self._listeners: list[Listener] = []
         self._rules: dict[str, list[tuple[str, str, Any]]] | None = None
-        self._rule_revs: dict[str, int] = {}  # each version's rev, read with _rules
         # ((day, expire_days), that day's points expiry date): payments._points_expiry.
         self._expiry_memo: tuple[tuple[str, int], str] | None = None
         # Members others were merged into (merge.Merges._folded), read once: a debit

@@ -24,9 +24,14 @@ if TYPE_CHECKING:
 SHOWN = "%Y-%m-%d %H:%M:%S"
 
 
+# Names the zone database holds that are no place's zone: "localtime" is each reading
+# machine's own (a technician's hours read so differed from branch to branch again).
+MACHINE_ZONES = frozenset({"localtime", "posixrules", "Factory"})
+
+
 def known_zone(name: object) -> ZoneInfo | None:
     """The zone of an IANA name, or None for anything else (never raises)."""
-    if not isinstance(name, str) or not name or len(name) > 64:
+    if not isinstance(name, str) or not name or len(name) > 64 or name in MACHINE_ZONES:
         return None
     try:
         return ZoneInfo(name)

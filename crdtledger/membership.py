@@ -312,28 +312,36 @@ class Membership(Coupons):
 
     def _void(self, r: Mapping[str, Any], granted: bool) -> bool:
         """Whether referral `r` gives nothing: its referrer merged into the member since
-        (referring themself), or another of the group's referrals counts. Not granted,
-        any earlier one counts (the first by id); granted, only an earlier one granted
-        too (two branches apart each rewarded the newcomer): a copy rejected as the
-        duplicate it was, or a liar's back-dated one never approved, took an honest
-        referrer's reward back."""
+        (referring themself), or an earlier one of the group's referrals counts. Not
+        granted, any earlier one not rejected counts (the first by id): a copy rejected
+        as the duplicate it was voided the honest one once the rejection arrived first,
+        and a manager unblocks one a liar's back-dated copy holds by rejecting that.
+        Granted, only an earlier one granted too (two branches apart each rewarded the
+        newcomer): otherwise an honest referrer's reward was taken back."""
         conn = self.storage.conn
         if views.canonical(conn, str(r["referrer"])) == views.canonical(conn, str(r["member"])):
             return True
         group = views.member_group(conn, str(r["member"]))
-        return any(e["id"] < r["id"] and (not granted or self._grant_of(str(e["id"])))
-                   for e in self._entries(f"member {views.in_(group)} AND kind = 'referral'",
-                                          group))
+        for e in self._entries(f"member {views.in_(group)} AND kind = 'referral'", group):
+            if e["id"] >= r["id"]:
+                continue
+            given = self._grant_of(str(e["id"])) is not None
+            if given or (not granted and referral_status(self._approvals(e), given)[0]
+                         != "rejected"):
+                return True
+        return False
+
+    def _approvals(self, r: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Only approvals that an operator allowed to give them gave count, as this
+        replica knows the operators, and never the recorder's own (another branch could
+        write any approval; it cannot make its operator hold the permission)."""
+        return [a for a in self._entries("ref = ? AND kind = 'approval'", [str(r["id"])])
+                if a["op"] != r["op"] and self._may_approve(str(a["op"]), a.get("step"))]
 
     def referral_view(self, referral: str) -> dict[str, Any]:
         r = self._referral(referral)
-        # Only approvals that an operator allowed to give them gave count, as this
-        # replica knows the operators, and never the recorder's own (another branch
-        # could write any approval; it cannot make its operator hold the permission).
-        approvals = [a for a in self._entries("ref = ? AND kind = 'approval'", [referral])
-                     if a["op"] != r["op"] and self._may_approve(str(a["op"]), a.get("step"))]
         grant = self._grant_of(referral)
-        status, who = referral_status(approvals, grant is not None)
+        status, who = referral_status(self._approvals(r), grant is not None)
         back = self._taken_back(referral)
         if self._void(r, grant is not None):
             # Nothing to grant; one granted (at two branches apart, or before the

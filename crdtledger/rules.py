@@ -60,29 +60,18 @@ class Rules(Auth):
             # (Replica.revocation_list).
             return {"crl": self.revocation_list()}  # type: ignore[attr-defined]
         day = day or self.today()
-        if kind == "goods":
-            # Each version names only the items it adds or changes (crdtledger.goods):
-            # folded per code, so two concurrent additions are both kept.
+        if kind in ("goods", "checkin"):
+            # Folded per code, so two concurrent additions are both kept: a goods
+            # version names only the items it adds or changes (crdtledger.goods); a
+            # checkin version holds every activity its writer saw, and may drop none
+            # (set_rule: one ends by its window), so whatever was apart, two activities
+            # set at two branches are both kept (the later whole set dropped the other,
+            # acknowledged and gone, its check-ins refused).
             catalogue: dict[str, Any] = {}
             for eff, _rid, body in self._versions(kind):
                 if eff <= day:
                     catalogue.update(body)
             return catalogue
-        if kind == "checkin":
-            # Each version is the whole set of activities as its writer saw them, so
-            # one written after another replaces it (an activity left out is removed);
-            # versions written apart (the same effective_from and rev) are folded per
-            # code: two activities set at two branches apart were one lost, acknowledged
-            # and gone, and its check-ins refused.
-            active: dict[str, Any] = {}
-            seen: tuple[str, int] | None = None
-            for eff, rid, body in self._versions(kind):
-                if eff > day:
-                    break
-                at = (eff, self._rule_revs.get(rid, 0))
-                active = {**active, **body} if at == seen else dict(body)
-                seen = at
-            return active
         current = DEFAULT_RULES[kind]
         for eff, _rid, body in self._versions(kind):
             if eff <= day:
@@ -113,7 +102,6 @@ class Rules(Auth):
             for rid, k, eff, body in sorted(rows, key=lambda r: (r[2], revs.get(r[0], 0), r[0])):
                 cache.setdefault(k, []).append((eff, rid, json.loads(body)))
             self._rules = cache
-            self._rule_revs = revs
         return self._rules.get(kind, [])
 
     def _revs(self, ids: list[str]) -> dict[str, int]:
@@ -137,6 +125,14 @@ class Rules(Auth):
             raise InvalidInput(f"unknown rule kind {kind!r}; one of {sorted(RULE_KINDS)}")
         _check_rule(kind, body)
         eff = effective_from or self.today()
+        if kind == "checkin":
+            # Versions are folded per code (`rule`): one leaving an activity out would
+            # be taken as removing nothing. Said rather than ignored.
+            dropped = sorted(set(self.rule(kind, eff)) - set(body))
+            if dropped:
+                raise InvalidInput(f"activities {', '.join(dropped)} are in force: an "
+                                   "activity is not removed, it ends at its window's end "
+                                   "(set its `to`)")
         check_date(eff, "effective_from")
         rid = self.clock.mint()
         # `by`: who set it, for the audit trail (the projection keeps only the body).

@@ -35,6 +35,7 @@ from crdtledger import hlc, model, platform, tipmark, walpair
 from crdtledger.backups import local_time, restore_pending
 from crdtledger.errors import InvalidInput, LocalProtocolError, StoreError, StoreLocked
 from crdtledger.lib0 import decode_state_vector
+from crdtledger.localtime import MACHINE_ZONES
 from crdtledger.log import SCHEMA as LOG_SCHEMA
 from crdtledger.log import Log, record_hash
 from crdtledger.log import Record as LogRecord
@@ -706,6 +707,9 @@ class Storage:
         tipmark.forget(data_dir)
         walpair.forget(data_dir, db)
         ZoneInfo(timezone)  # refuse an unknown zone now rather than at first report
+        if timezone in MACHINE_ZONES:
+            raise StoreError(f"{timezone} is the reading machine's zone, not a place's: "
+                             "name the branch's zone, e.g. Asia/Shanghai")
         tmp = data_dir / (DB_FILE + ".new")
         tmp.unlink(missing_ok=True)
         conn = _connect(private_sqlite_file(tmp), "FULL", PAGE_SIZE)

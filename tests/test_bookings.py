@@ -811,3 +811,17 @@ def test_bookings_of_a_member_erased_while_apart_are_cancelled_or_refused(
         free = bookings.slots(ledger, "T01", "2026-01-02", "FOOT60")
         assert {"14:00", "16:00"} <= set(free)
     assert not bookings.decide(sh02), "cancelled once"
+
+
+def test_the_machines_own_zone_is_no_branchs_zone(tmp_path: Path) -> None:
+    """`init --timezone localtime` was taken, and a technician's `tz` of "localtime"
+    read in each reading machine's own zone: its hours differed by branch again."""
+    from crdtledger.errors import StoreError
+    from crdtledger.ledger import Ledger
+    from crdtledger.localtime import known_zone
+
+    with pytest.raises(StoreError, match="reading machine's zone"):
+        Ledger.create(tmp_path / "SH09", "SH09", "acme", "localtime")
+    assert not (tmp_path / "SH09" / "ledger.sqlite3").exists()
+    assert [known_zone(z) for z in ("localtime", "posixrules", "Factory")] == [None] * 3
+    assert known_zone("Asia/Shanghai") is not None

@@ -270,6 +270,17 @@ def test_a_granted_referral_is_taken_back_only_for_an_earlier_one_granted(
         assert x.balance(old)["bonus"] == 5000
         assert x.referral_view(second)["status"] == "granted"
         assert x.referral_view(first)["status"] == "rejected"
+    # The rejection arriving before the honest copy is approved: that one still counts.
+    third = a.add_member(a.owner, name="小张", phone="13800000003")
+    sync(a, b)
+    dup = a.refer(a.owner, third, old)["id"]  # apart
+    clock.ms += 1000
+    honest = b.refer(b.owner, third, old)["id"]
+    a.approve_referral(staff.mgr, dup, 1, reject=True, reason="recorded at SH02")
+    sync(a, b)
+    b.approve_referral(staff.mgr, honest, 1)
+    assert b.approve_referral(staff.mgr2, honest, 2)["status"] == "granted"
+    assert b.balance(old)["bonus"] == 10000
 
 
 def test_a_forged_reward_for_another_branchs_referral_is_refused(a: Ledger, b: Ledger) -> None:
@@ -373,16 +384,16 @@ def test_two_activities_set_at_two_branches_apart_are_both_kept(a: Ledger, b: Le
     sync(a, b)
     a.set_activity(a.owner, "GYM", OPEN)
     b.set_activity(b.owner, "YOGA", {**OPEN, "name": "瑜伽"})
+    b.set_activity(b.owner, "SWIM", {**OPEN, "name": "游泳"})  # a later version there
     sync(a, b)
     for x in (a, b):
-        assert sorted(x.activities()) == ["GYM", "YOGA"]
+        assert sorted(x.activities()) == ["GYM", "SWIM", "YOGA"]
     old, _ = two_members(a)
     a.checkin(a.owner, "GYM", old)
-    # A version written after seeing both is the whole set: one left out is removed.
-    a.set_rule(a.owner, "checkin", {"GYM": a.activities()["GYM"]})
-    sync(a, b)
-    for x in (a, b):
-        assert sorted(x.activities()) == ["GYM"]
+    # Folded per code, a version leaving one out would remove nothing: refused.
+    refused(a, [old], InvalidInput,
+            lambda: a.set_rule(a.owner, "checkin", {"GYM": a.activities()["GYM"]}),
+            match="SWIM, YOGA are in force")
 
 
 def test_a_once_activity_checks_in_whatever_its_unused_per_day_says(a: Ledger) -> None:
