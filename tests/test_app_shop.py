@@ -212,15 +212,22 @@ def stock(app: CounterApp) -> int:
     return int(app.ledger.stock_of("G01")["qty"])
 
 
-async def test_a_scanned_barcode_sells_to_the_member_on_screen(counter_app: CounterApp) -> None:
-    app = counter_app
+async def scanned_for_a_member(app: CounterApp) -> str:
+    """A member with 500.00 on screen and 精油 scanned: the goods dialog open on it, its
+    price read out; the member's id."""
     mid = member_with_card(app, cash=50000)
     with_goods(app)
     await app.login(*CASHIER)
     await swipe(app)
     app.reader.scan(BARCODE)
-    await app.user.should_see("本店库存 10瓶")
     await app.user.should_see("原价 ¥88.00，应付 ¥88.00，得 88 积分")
+    return mid
+
+
+async def test_a_scanned_barcode_sells_to_the_member_on_screen(counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = await scanned_for_a_member(app)
+    await app.user.should_see("本店库存 10瓶")
     app.user.find(marker="goods-ok").click()
     await app.user.should_see("已售 精油 ×1，实收 ¥88.00")
     bal = app.ledger.balance(mid)
@@ -234,12 +241,7 @@ async def test_another_goods_item_changed_does_not_refuse_an_open_sale(
     price) refused every open goods sale chain-wide; only the item sold prices it. Its
     own price changed still refuses."""
     app = counter_app
-    mid = member_with_card(app, cash=50000)
-    with_goods(app)
-    await app.login(*CASHIER)
-    await swipe(app)
-    app.reader.scan(BARCODE)
-    await app.user.should_see("原价 ¥88.00，应付 ¥88.00，得 88 积分")
+    mid = await scanned_for_a_member(app)
     app.ledger.add_goods(app.node_owner, "G77", "洗发水", 3800, 1500)
     app.user.find(marker="goods-ok").click()
     await app.user.should_see("已售 精油 ×1，实收 ¥88.00")
