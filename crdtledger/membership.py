@@ -323,9 +323,16 @@ class Membership(Coupons):
             return True
         group = views.member_group(conn, str(r["member"]))
         for e in self._entries(f"member {views.in_(group)} AND kind = 'referral'", group):
-            if e["id"] >= r["id"]:
+            if e["id"] == r["id"]:
                 continue
             given = self._grant_of(str(e["id"])) is not None
+            if e["id"] > r["id"]:
+                # Not granted, a later copy granted voids it too: a rejection counts
+                # only while its giver holds the permission (as replicas judge it), and
+                # a copy rejected once its rejecter left was granted a second time.
+                if given and not granted:
+                    return True
+                continue
             if given or (not granted and referral_status(self._approvals(e), given)[0]
                          != "rejected"):
                 return True
@@ -343,7 +350,7 @@ class Membership(Coupons):
         grant = self._grant_of(referral)
         status, who = referral_status(self._approvals(r), grant is not None)
         back = self._taken_back(referral)
-        if self._void(r, grant is not None):
+        if status != "rejected" and self._void(r, grant is not None):
             # Nothing to grant; one granted (at two branches apart, or before the
             # merge that made it a second) is taken back by the branch that granted it
             # (`reverse_void_rewards`), as far as the referrer still holds it there.
@@ -507,11 +514,15 @@ class Membership(Coupons):
 
     def set_activity(self, operator: str, code: str, activity: Mapping[str, Any]) -> str:
         """Add or change one activity: a new version of the rule `checkin` holding the
-        others as they are (head office: rules are governance)."""
+        others still open as they are (head office: rules are governance). Ended
+        ones stay in force as they were (versions are folded per code) and take no
+        room in the version."""
         self.authorise(operator, "rules.manage")
         a = dict(activity)
         check_activity(code, a)
-        return str(self.set_rule(operator, "checkin", {**self.activities(), code: a}))
+        now = self._local_minute()
+        still = {c: v for c, v in self.activities().items() if str(v.get("to", "")) > now}
+        return str(self.set_rule(operator, "checkin", {**still, code: a}))
 
     def _activity(self, code: str) -> dict[str, Any]:
         a = self.activities().get(code)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, NoReturn
 
@@ -126,13 +127,19 @@ class Rules(Auth):
         _check_rule(kind, body)
         eff = effective_from or self.today()
         if kind == "checkin":
-            # Versions are folded per code (`rule`): one leaving an activity out would
-            # be taken as removing nothing. Said rather than ignored.
-            dropped = sorted(set(self.rule(kind, eff)) - set(body))
+            # Versions are folded per code (`rule`): one leaving out an activity still
+            # open would be taken as removing nothing. Said rather than ignored. One
+            # whose window has ended may be left out (else a chain's 200 activities
+            # over the years took every version's room, and none could be ended).
+            now = datetime.fromtimestamp(self.clock.wall() / 1000, self.storage.tz
+                                         ).strftime("%Y-%m-%dT%H:%M")
+            dropped = sorted(c for c, a in self.rule(kind, eff).items()
+                             if c not in body and isinstance(a, dict)
+                             and str(a.get("to", "")) > now)
             if dropped:
-                raise InvalidInput(f"activities {', '.join(dropped)} are in force: an "
-                                   "activity is not removed, it ends at its window's end "
-                                   "(set its `to`)")
+                raise InvalidInput(f"activities {', '.join(dropped)} are open: an activity "
+                                   "is not removed, it ends at its window's end (set its "
+                                   "`to`)")
         check_date(eff, "effective_from")
         rid = self.clock.mint()
         # `by`: who set it, for the audit trail (the projection keeps only the body).

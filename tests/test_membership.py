@@ -283,6 +283,42 @@ def test_a_granted_referral_is_taken_back_only_for_an_earlier_one_granted(
     assert b.balance(old)["bonus"] == 10000
 
 
+def test_a_copy_rejected_by_one_who_left_is_not_paid_after_another_was(
+        a: Ledger, b: Ledger, clock: FakeClock) -> None:
+    """A rejection counts while its giver holds the permission: the manager who
+    rejected SH01's copy as a duplicate left, the copy (approved twice) read
+    "approved" again and housekeeping granted it, after SH02's honest copy had been
+    paid and spent: twice for one newcomer. A copy not granted is void once another
+    of the newcomer's is granted."""
+    staff = Staff(a)
+    a.set_rule(a.owner, "referral", {"reward": "bonus", "bonus": 5000})
+    old, new = two_members(a)
+    sync(a, b)
+    dup = a.refer(a.owner, new, old)["id"]  # apart
+    clock.ms += 1000
+    honest = b.refer(b.owner, new, old)["id"]
+    a.approve_referral(staff.mgr2, dup, 1)
+    sync(a, b)
+    b.approve_referral(staff.hq, dup, 2)
+    a.approve_referral(staff.mgr, dup, 1, reject=True, reason="recorded at SH02")
+    sync(a, b)
+    b.approve_referral(staff.mgr2, honest, 1)
+    assert b.approve_referral(staff.hq, honest, 2)["status"] == "granted"
+    b.debit(b.owner, old, amount=5000)  # spent
+    sync(a, b)
+    clock.advance_days(30)
+    a.set_operator(a.owner, staff.mgr, active=False)
+    sync(a, b)
+    for _ in range(2):
+        for x in (a, b):
+            x.housekeeping()
+        sync(a, b)
+    for x in (a, b):
+        assert x.referral_view(dup)["status"] == "void"
+        assert x.referral_view(honest)["status"] == "granted"
+        assert x.balance(old)["bonus"] == 0  # one reward, spent
+
+
 def test_a_forged_reward_for_another_branchs_referral_is_refused(a: Ledger, b: Ledger) -> None:
     """SH02 writes a reward for a referral SH01 recorded: every replica refuses it
     (write rule referral-reward) and blocks the writer. An honest SH02 never writes it."""
@@ -393,7 +429,7 @@ def test_two_activities_set_at_two_branches_apart_are_both_kept(a: Ledger, b: Le
     # Folded per code, a version leaving one out would remove nothing: refused.
     refused(a, [old], InvalidInput,
             lambda: a.set_rule(a.owner, "checkin", {"GYM": a.activities()["GYM"]}),
-            match="SWIM, YOGA are in force")
+            match="SWIM, YOGA are open")
 
 
 def test_a_once_activity_checks_in_whatever_its_unused_per_day_says(a: Ledger) -> None:
@@ -403,6 +439,24 @@ def test_a_once_activity_checks_in_whatever_its_unused_per_day_says(a: Ledger) -
     old, _ = two_members(a)
     a.checkin(a.owner, "OPEN", old)
     refused(a, [old], InvalidInput, lambda: a.checkin(a.owner, "OPEN", old), match="already")
+
+
+def test_an_ended_activity_takes_no_room_and_an_open_one_can_be_ended(
+        a: Ledger, clock: FakeClock) -> None:
+    """Every version had to hold every activity ever set (none could be left out), so
+    a chain with 200 over the years could neither add one nor end one still paying
+    points. Those whose window ended may be left out; the rest may be ended."""
+    ended = {f"E{i:03d}": {**OPEN, "from": "2025-01-01T09:00", "to": "2025-02-01T09:00"}
+             for i in range(200)}
+    a.set_rule(a.owner, "checkin", ended)
+    a.set_activity(a.owner, "GYM", {**OPEN, "to": "2026-12-31T21:00"})
+    a.set_activity(a.owner, "YOGA", {**OPEN, "to": "2026-12-31T21:00"})
+    a.set_activity(a.owner, "GYM", {**OPEN, "to": "2026-01-01T08:00"})  # ends it now
+    old, _ = two_members(a)
+    refused(a, [old], InvalidInput, lambda: a.checkin(a.owner, "GYM", old), match="runs from")
+    assert len(a.activities()) == 202
+    refused(a, [old], InvalidInput, lambda: a.set_rule(a.owner, "checkin", {}),
+            match="activities YOGA are open")
 
 
 def test_a_bad_activity_is_refused(a: Ledger) -> None:
