@@ -257,6 +257,16 @@ class Auth(LedgerBase):
             return frozenset()
         return self._granted(data)
 
+    def granted_to(self, operator: str) -> frozenset[str]:
+        """What an operator's roles grant, active now or not: what a decision it made
+        is judged by, so that it stands after the operator leaves (a referral rejected
+        by a manager later deactivated was paid)."""
+        if operator == self.owner:
+            return PERMISSIONS
+        row = self.storage.conn.execute(
+            "SELECT body FROM operators WHERE id = ?", (operator,)).fetchone()
+        return frozenset() if row is None else self._granted(json.loads(row[0]))
+
     def _granted(self, data: Mapping[str, Any]) -> frozenset[str]:
         """What an operator's roles grant, active or not."""
         perms: set[str] = set()

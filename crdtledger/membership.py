@@ -317,22 +317,18 @@ class Membership(Coupons):
         as the duplicate it was voided the honest one once the rejection arrived first,
         and a manager unblocks one a liar's back-dated copy holds by rejecting that.
         Granted, only an earlier one granted too (two branches apart each rewarded the
-        newcomer): otherwise an honest referrer's reward was taken back."""
+        newcomer): otherwise an honest referrer's reward was taken back. Only earlier
+        ones: a later copy with a reward its branch wrote itself, unapproved (a liar's),
+        voided the honest one for good. Approvals and rejections are judged by what
+        their operators' roles grant, active or not (`_may_approve`)."""
         conn = self.storage.conn
         if views.canonical(conn, str(r["referrer"])) == views.canonical(conn, str(r["member"])):
             return True
         group = views.member_group(conn, str(r["member"]))
         for e in self._entries(f"member {views.in_(group)} AND kind = 'referral'", group):
-            if e["id"] == r["id"]:
+            if e["id"] >= r["id"]:
                 continue
             given = self._grant_of(str(e["id"])) is not None
-            if e["id"] > r["id"]:
-                # Not granted, a later copy granted voids it too: a rejection counts
-                # only while its giver holds the permission (as replicas judge it), and
-                # a copy rejected once its rejecter left was granted a second time.
-                if given and not granted:
-                    return True
-                continue
             if given or (not granted and referral_status(self._approvals(e), given)[0]
                          != "rejected"):
                 return True
@@ -366,7 +362,7 @@ class Membership(Coupons):
     def _may_approve(self, op: str, step: Any) -> bool:
         # A node's built-in owner (owner@NODE) holds every permission at its own node:
         # the same wherever its approval is read.
-        perms = PERMISSIONS if op.startswith("owner@") else self.permissions(op)
+        perms = PERMISSIONS if op.startswith("owner@") else self.granted_to(op)
         if step == "reject":
             return bool(perms & {"referral.approve1", "referral.approve2"})
         return f"referral.approve{step}" in perms

@@ -283,13 +283,13 @@ def test_a_granted_referral_is_taken_back_only_for_an_earlier_one_granted(
     assert b.balance(old)["bonus"] == 10000
 
 
-def test_a_copy_rejected_by_one_who_left_is_not_paid_after_another_was(
+def test_a_copy_rejected_by_one_who_left_stays_rejected(
         a: Ledger, b: Ledger, clock: FakeClock) -> None:
-    """A rejection counts while its giver holds the permission: the manager who
+    """A rejection counted while its giver held the permission: the manager who
     rejected SH01's copy as a duplicate left, the copy (approved twice) read
     "approved" again and housekeeping granted it, after SH02's honest copy had been
-    paid and spent: twice for one newcomer. A copy not granted is void once another
-    of the newcomer's is granted."""
+    paid and spent: twice for one newcomer. A decision is judged by what its
+    operator's roles grant, active or not."""
     staff = Staff(a)
     a.set_rule(a.owner, "referral", {"reward": "bonus", "bonus": 5000})
     old, new = two_members(a)
@@ -314,9 +314,30 @@ def test_a_copy_rejected_by_one_who_left_is_not_paid_after_another_was(
             x.housekeeping()
         sync(a, b)
     for x in (a, b):
-        assert x.referral_view(dup)["status"] == "void"
+        assert x.referral_view(dup)["status"] == "rejected"
         assert x.referral_view(honest)["status"] == "granted"
         assert x.balance(old)["bonus"] == 0  # one reward, spent
+
+
+def test_a_later_copy_rewarded_by_its_own_branch_unapproved_voids_nothing(
+        a: Ledger, b: Ledger, clock: FakeClock) -> None:
+    """A liar recorded a later copy of an honest referral naming its accomplice and
+    wrote the reward itself, with no approval: the honest referral read void, could
+    not be approved, and the liar's copy could not be rejected. Only earlier copies
+    void a referral."""
+    staff = Staff(a)
+    a.set_rule(a.owner, "referral", {"reward": "bonus", "bonus": 5000})
+    old, new = two_members(a)
+    accomplice = a.add_member(a.owner, name="老李", phone="13800000009")
+    sync(a, b)
+    honest = a.refer(a.owner, new, old)["id"]
+    a.approve_referral(staff.mgr, honest, 1)
+    clock.ms += 1000
+    forged = b.refer(b.owner, new, accomplice)
+    b._commit(lambda: ([b._entry_write(b._reward(forged))], None))  # the liar's own grant
+    sync(a, b)
+    assert a.approve_referral(staff.mgr2, honest, 2)["status"] == "granted"
+    assert a.balance(old)["bonus"] == 5000
 
 
 def test_a_forged_reward_for_another_branchs_referral_is_refused(a: Ledger, b: Ledger) -> None:
