@@ -247,13 +247,8 @@ class Auth(LedgerBase):
             return PERMISSIONS
         if operator == self_service_of(self.node):  # a member on the self-service pages
             return SELF_SERVICE
-        row = self.storage.conn.execute(
-            "SELECT body FROM operators WHERE id = ?", (operator,)
-        ).fetchone()
-        if row is None:
-            return frozenset()
-        data = json.loads(row[0])
-        if not data.get("active", True):
+        data = self._operator_data(operator)
+        if data is None or not data.get("active", True):
             return frozenset()
         return self._granted(data)
 
@@ -263,9 +258,13 @@ class Auth(LedgerBase):
         by a manager later deactivated was paid)."""
         if operator == self.owner:
             return PERMISSIONS
+        data = self._operator_data(operator)
+        return frozenset() if data is None else self._granted(data)
+
+    def _operator_data(self, operator: str) -> dict[str, Any] | None:
         row = self.storage.conn.execute(
             "SELECT body FROM operators WHERE id = ?", (operator,)).fetchone()
-        return frozenset() if row is None else self._granted(json.loads(row[0]))
+        return None if row is None else dict(json.loads(row[0]))
 
     def _granted(self, data: Mapping[str, Any]) -> frozenset[str]:
         """What an operator's roles grant, active or not."""

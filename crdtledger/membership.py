@@ -239,13 +239,6 @@ class Membership(Coupons):
             raise InvalidInput(f"member {member} was deleted")
         return profile
 
-    def _local_minute(self) -> str:
-        """Now in the chain's time zone, to the minute, as activities' windows are: the
-        time the check-in's entry will carry (`next_ms`), not this PC's clock, which a
-        peer's later id had put behind it (a check-in after an activity's end passed)."""
-        return datetime.fromtimestamp(self.clock.next_ms() / 1000, self.storage.tz).strftime(
-            "%Y-%m-%dT%H:%M")
-
     def _check_distinct(self, operator: str, other: str, what: str) -> None:
         if operator == other:
             raise PermissionDenied(f"operator {operator} {what}: another operator must")

@@ -47,6 +47,13 @@ def check_amount(fen: object, *, allow_zero: bool = False) -> int:
     return fen
 
 
+def given_away(worth: int, price: int) -> int:
+    """What a sale at `price` of what lists at `worth` gives away: the rest, when the
+    price is under half the list (packages sell below it; under half, approvals count
+    it: Payments.sell_package); else nothing."""
+    return worth - price if 2 * price < worth else 0
+
+
 def pieces(n: int) -> list[int]:
     """`n` in parts of at most MAX_AMOUNT, the most an entry may carry. A rights row
     may hold more (a liar's transfers of MAX_AMOUNT each to an honest branch add up),

@@ -32,6 +32,7 @@ from crdtledger.money import (
     check_count,
     format_purse,
     format_yuan,
+    given_away,
     pieces,
     points_for,
 )
@@ -356,9 +357,7 @@ class Payments(Merges, Rules):
                                "this debit is refunded by amount")
         if package or goods:  # by uses or units
             left = int(debit["qty"]) - sum(int(p.get("qty") or 0) for p in prior)
-            asked = qty
-            amount = left if asked is None else check_count(asked, "uses" if package
-                                                             else "units")
+            amount = left if qty is None else check_count(qty, "uses" if package else "units")
         else:
             left = int(debit["amount"]) - refunded
             amount = left if amount is None else check_amount(amount)
@@ -659,9 +658,8 @@ class Payments(Merges, Rules):
                 "node = ? AND op = ? AND day = ? AND json_extract(body, '$.approver') IS NULL",
                 (self.node, operator, self.today())):
             uses = json.loads(body).get("qty")
-            worth = (uses if isinstance(uses, int) else 0) * self._list_price(service)
-            if 2 * int(price) < worth:
-                given += worth - int(price)
+            given += given_away((uses if isinstance(uses, int) else 0)
+                                * self._list_price(service), int(price))
         return given
 
     def _list_price(self, service: Any) -> int:
@@ -690,7 +688,7 @@ class Payments(Merges, Rules):
         pay = self._pay(pay, ("stored",))
         worth = uses * self._list_price(service)
         approved = None
-        given = worth - price if 2 * price < worth else 0
+        given = given_away(worth, price)
         if given and given + self._given_today(operator) > int(
                 self.rule("approval")["topup_limit"]):
             approved = self._approve(operator, approver, (

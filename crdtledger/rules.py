@@ -64,10 +64,10 @@ class Rules(Auth):
         if kind in ("goods", "checkin"):
             # Folded per code, so two concurrent additions are both kept: a goods
             # version names only the items it adds or changes (crdtledger.goods); a
-            # checkin version holds every activity its writer saw, and may drop none
-            # (set_rule: one ends by its window), so whatever was apart, two activities
-            # set at two branches are both kept (the later whole set dropped the other,
-            # acknowledged and gone, its check-ins refused).
+            # checkin version holds every activity still open its writer saw (set_rule
+            # refuses one dropping an open one; ended ones stay as they were), so two
+            # activities set at two branches apart are both kept (the later whole set
+            # dropped the other, acknowledged and gone, its check-ins refused).
             catalogue: dict[str, Any] = {}
             for eff, _rid, body in self._versions(kind):
                 if eff <= day:
@@ -78,6 +78,13 @@ class Rules(Auth):
             if eff <= day:
                 current = body
         return current
+
+    def _local_minute(self) -> str:
+        """Now in the chain's time zone, to the minute, as activities' windows are: the
+        time the next entry will carry (`next_ms`), not this PC's clock, which a peer's
+        later id had put behind it (a check-in after an activity's end passed)."""
+        return datetime.fromtimestamp(self.clock.next_ms() / 1000, self.storage.tz).strftime(
+            "%Y-%m-%dT%H:%M")
 
     def payment_methods(self, day: str | None = None) -> tuple[str, ...]:
         """The codes of the till's payment methods in force, in the rule's order (the
@@ -126,13 +133,13 @@ class Rules(Auth):
             raise InvalidInput(f"unknown rule kind {kind!r}; one of {sorted(RULE_KINDS)}")
         _check_rule(kind, body)
         eff = effective_from or self.today()
+        check_date(eff, "effective_from")
         if kind == "checkin":
             # Versions are folded per code (`rule`): one leaving out an activity still
             # open would be taken as removing nothing. Said rather than ignored. One
             # whose window has ended may be left out (else a chain's 200 activities
             # over the years took every version's room, and none could be ended).
-            now = datetime.fromtimestamp(self.clock.wall() / 1000, self.storage.tz
-                                         ).strftime("%Y-%m-%dT%H:%M")
+            now = self._local_minute()
             dropped = sorted(c for c, a in self.rule(kind, eff).items()
                              if c not in body and isinstance(a, dict)
                              and str(a.get("to", "")) > now)
@@ -140,7 +147,6 @@ class Rules(Auth):
                 raise InvalidInput(f"activities {', '.join(dropped)} are open: an activity "
                                    "is not removed, it ends at its window's end (set its "
                                    "`to`)")
-        check_date(eff, "effective_from")
         rid = self.clock.mint()
         # `by`: who set it, for the audit trail (the projection keeps only the body).
         # `rev`: after which versions it was written (_versions).

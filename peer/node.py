@@ -465,10 +465,10 @@ class Node:
                             future.set_exception(error)
                         else:
                             future.set_result(result)
-                case Seen(event=UpdatesApplied(doc=doc, size=size, new=new)):
+                case Seen(event=UpdatesApplied(size=size)):
+                    # (A rules record reloads the revocation list through _on_commit,
+                    # which hears every commit, a session's too: once a turn.)
                     applied += size
-                    if doc == "rules" and new:
-                        self._load_revocations()
                 case Decided(what=what):
                     self.decisions.append(what)
                     log.debug("decided: %s", what)

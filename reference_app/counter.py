@@ -32,7 +32,7 @@ from crdtledger.auth import verify_login
 from crdtledger.coupons import discount as coupon_discount
 from crdtledger.errors import InvalidAmount, LedgerError
 from crdtledger.model import ID
-from crdtledger.money import apply_rate, points_for
+from crdtledger.money import apply_rate, given_away, points_for
 from peer import receipts
 from reference_app.i18n import mask_phone, money, parse_money, tr
 from reference_app.layout import PRIMARY, follow, frame, once, one_approval
@@ -889,10 +889,7 @@ class Counter:
                 limit=money(limit)))
 
             def parsed() -> int | None:
-                try:
-                    return parse_money(amount.value or "")
-                except InvalidAmount:
-                    return None
+                return _money_or_none(amount.value)
 
             def update() -> None:
                 fen = parsed()
@@ -969,7 +966,7 @@ class Counter:
                 n, fen = _units(uses.value), _money_or_none(price.value)
                 item = services.get(str(svc.value)) or {}
                 worth = (n or 0) * int(item.get("price") or 0)
-                approval.set_visibility(fen is not None and 2 * fen < worth)
+                approval.set_visibility(fen is not None and given_away(worth, fen) > 0)
 
             for el in (svc, uses, price):
                 el.on_value_change(lambda _e: below_half())
