@@ -96,9 +96,12 @@ class Members(Auth):
                 "SELECT home FROM members WHERE id = ?", (member,)).fetchone()
             if f["home"] != home:
                 self._require_home(f["home"])
-        if f.get("phone") and self.storage.conn.execute(
-            "SELECT 1 FROM members WHERE phone = ? AND id != ?", (f["phone"], member)
-        ).fetchone():
+        # A duplicate merged into this member is her: she may take its phone (found
+        # by ID number, the duplicate may hold the one she uses now).
+        conn = self.storage.conn
+        if f.get("phone") and {m for (m,) in conn.execute(
+                "SELECT id FROM members WHERE phone = ?", (f["phone"],))} - set(
+                    views.member_group(conn, member)):
             raise InvalidInput(f"phone {f['phone']} is registered to another member")
         prefs_d = _prefs(prefs or {})
         custom_d = {check_text(k, "field name", required=True, limit=40): check_text(v, k)

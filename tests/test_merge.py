@@ -470,3 +470,27 @@ def test_a_sweep_of_two_records_as_0_2_wrote_is_taken_once(apart: Apart) -> None
     sh.apply_batch(forger.batch())
     assert [f["rule"] for f in sh.faults()] == ["merge-paired"]
     assert projections(sh) == before and sh.balance(a)["cash"] == apart.whole
+
+
+def test_a_survivor_may_take_the_phone_of_a_duplicate_merged_into_it(tmp_path: Path) -> None:
+    """Duplicates found by ID number may hold two phones: the one she uses now may be
+    the duplicate's. The shop sets it on the survivor (the member pages sign in by the
+    member's own phone only); a phone another live member holds is still refused."""
+    ledger = new_ledger(tmp_path, "SH01")
+    try:
+        x = ledger.add_member(ledger.owner, name="王芳", phone="13700000001",
+                              id_no="11010519491231002X")
+        y = ledger.add_member(ledger.owner, name="王芳", phone="13700000002",
+                              id_no="11010519491231002X")
+        z = ledger.add_member(ledger.owner, name="李四", phone="13700000003")
+        ledger.merge_member(ledger.owner, y, x)
+        ledger.edit_member(ledger.owner, x, fields={"phone": "13700000002"})
+        assert ledger.member(x)["phone"] == "13700000002"
+        assert views.members_by_phone(ledger, "13700000002") == [x, y]
+        with pytest.raises(InvalidInput, match="registered to another member"):
+            ledger.edit_member(ledger.owner, x, fields={"phone": "13700000003"})
+        # The other way round: a duplicate's phone is not the survivor's to give away.
+        with pytest.raises(InvalidInput, match="registered to another member"):
+            ledger.edit_member(ledger.owner, z, fields={"phone": "13700000002"})
+    finally:
+        ledger.close()
