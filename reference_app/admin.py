@@ -308,7 +308,7 @@ async def save_rules(bodies: Callable[[], dict[str, Any]], effective: ui.input) 
     ledger = shop().ledger
     try:
         wanted = bodies()
-        day = (effective.value or "").strip() or None
+        day = str(effective.value or "").strip() or None
         changed = {k: b for k, b in wanted.items() if b != ledger.rule(k, day)}
     except LedgerError as e:
         refuse(e)

@@ -289,7 +289,7 @@ class Counter:
         return True
 
     def search(self) -> None:
-        q = (self.query.value or "").strip()
+        q = str(self.query.value or "").strip()
         self.results.clear()
         if not q or not self.on_duty():
             return
@@ -1038,10 +1038,10 @@ class Counter:
                             error, lambda e: self.shop.out_of_stock(e, gifts[code])) is not None:
                         d.close()
                     return
-                text = (points.value or "").strip()
+                text = str(points.value or "").strip()
                 if not _whole(text):
                     self.say_trouble(tr("积分要填正整数。", "Points are a whole number."), error,
-                                     fixed=lambda: _whole((points.value or "").strip()))
+                                     fixed=lambda: _whole(str(points.value or "").strip()))
                     return
                 n = int(text)
                 done = await self.act(
@@ -1083,12 +1083,12 @@ class Counter:
 
             async def confirm() -> None:
                 fen: int | None = None
-                if amount is not None and (amount.value or "").strip():
+                if amount is not None and str(amount.value or "").strip():
                     typed = amount
                     try:
                         fen = parse_money(amount.value)
                     except InvalidAmount as e:
-                        self.refused(e, error, fixed=lambda: not (typed.value or "").strip()
+                        self.refused(e, error, fixed=lambda: not str(typed.value or "").strip()
                                      or _money_or_none(typed.value) is not None)
                         return
                 n = None if units is None else self.count(units, error, max(1, left))
@@ -1141,7 +1141,7 @@ class Counter:
                     return
                 mid = str(added["member_id"])
                 self.show(mid)
-                number = (card.value or "").strip()
+                number = str(card.value or "").strip()
                 if number:
                     issued = await self.act(
                         self.shop.operation(op, "card.issue", member=mid, card_no=number,
@@ -1236,7 +1236,7 @@ class Counter:
                     once(ui.button(tr("解除挂失", "Card found")), found, d).props("outline")
                 if status in ("active", "lost") and can("card.replace"):
                     async def replace() -> None:
-                        number = (new_no.value or "").strip()
+                        number = str(new_no.value or "").strip()
                         if await self.act(
                                 self.shop.operation(self.op, "card.replace", card_no=no,
                                                     new_no=number, pin=new_pin.value or None,
@@ -1248,7 +1248,7 @@ class Counter:
                     once(ui.button(tr("补卡", "Replace")), replace, d).mark("replace-card")
                 if status not in ("active", "lost") and can("card.issue"):
                     async def issue() -> None:
-                        number = (new_no.value or "").strip()
+                        number = str(new_no.value or "").strip()
                         if await self.act(
                                 self.shop.operation(self.op, "card.issue", member=member,
                                                     card_no=number, pin=new_pin.value or None),
@@ -1417,7 +1417,7 @@ def _approval(shown: ui.column, name: ui.input, password: ui.input) -> dict[str,
 
 def _money_or_none(text: Any) -> int | None:
     try:
-        return parse_money(text or "") if isinstance(text, str | None) else None
+        return parse_money(text or "")
     except InvalidAmount:
         return None
 

@@ -52,9 +52,12 @@ def money(fen: int) -> str:
 _GROUPED = re.compile(r"[0-9]{1,3}(,[0-9]{3})+(\.[0-9]*)?\Z")
 
 
-def parse_money(text: str) -> int:
+def parse_money(text: object) -> int:
     """A yuan amount typed at the counter, in fen. "12.345", "-5", "12,34", "abc" and "0"
-    raise InvalidAmount: an amount is exact to the fen and above zero, never rounded."""
+    raise InvalidAmount: an amount is exact to the fen and above zero, never rounded.
+    So does anything but text (a box set to a list by a hand-made socket event)."""
+    if not isinstance(text, str):
+        raise InvalidAmount("an amount is typed as text, like 12.50")
     amount = text.strip().lstrip("¥")
     if "," in amount:
         if not _GROUPED.match(amount):

@@ -45,15 +45,17 @@ async def log_out_in_another_tab(app: CounterApp) -> None:
 
 
 async def forced_into_the_dialog(app: CounterApp, mid: str, opener: str, marker: str,
-                                 kind: type[Element], value: object) -> None:
+                                 kind: type[Element], value: object,
+                                 ok: str = "consume-ok") -> None:
     """Open a dialog by `opener`, set its `marker` field to `value` as a socket event
-    would (past what the field offers) and confirm: refused, the store as it was."""
+    would (past what the field offers) and confirm by `ok`: refused, the store as it
+    was."""
     before = snapshot(app.ledger, [mid])
     app.user.find(marker=opener).click()
     field = next(iter(app.user.find(marker=marker).elements))
     assert isinstance(field, kind)
     field.value = value  # type: ignore[attr-defined]
-    app.user.find(marker="consume-ok").click()
+    app.user.find(marker=ok).click()
     await app.user.should_see(marker="dialog-error")
     await asyncio.sleep(0.3)
     assert snapshot(app.ledger, [mid]) == before
@@ -217,6 +219,19 @@ async def test_quantities_set_past_the_field_sell_nothing(counter_app: CounterAp
     await app.login(*CASHIER)
     await swipe(app)
     await forced_into_the_dialog(app, mid, "consume", "qty", ui.number, qty)
+
+
+@pytest.mark.parametrize("value", [["100.00"], {"a": 1}, 100])
+async def test_an_amount_set_to_what_is_not_text_is_refused(counter_app: CounterApp,
+                                                            value: object) -> None:
+    """A top-up's amount box set to a list, a dict or a number by a socket event: a
+    sentence, not a handler's traceback."""
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    await app.login(*CASHIER)
+    await swipe(app)
+    await forced_into_the_dialog(app, mid, "topup", "amount", ui.input, value, "topup-ok")
+    await app.user.should_see("typed as text")
 
 
 @pytest.mark.parametrize("method", ["stored", "package", "bogus", "", "STORED"])
