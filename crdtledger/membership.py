@@ -72,10 +72,11 @@ from pycrdt import Map
 
 from crdtledger import bookings, escrow, views
 from crdtledger.commit import Write, note_edit
+from crdtledger.coupons import PREFIX as COUPON_PURSE
 from crdtledger.coupons import Coupons, purse_of
 from crdtledger.errors import InvalidInput, LedgerError, NotFound, PermissionDenied
 from crdtledger.inputs import check_text
-from crdtledger.model import ID, PERMISSIONS, SERVICE_CODE, member_doc
+from crdtledger.model import ID, PERMISSIONS, SERVICE_CODE, member_doc, owner_of
 from crdtledger.money import check_amount
 
 if TYPE_CHECKING:
@@ -191,6 +192,41 @@ def referral_status(approvals: list[dict[str, Any]], granted: bool) -> tuple[
     return ("approved1" if "1" in who else "pending"), who
 
 
+# The text fields each kind of entry is read by here.
+_NEEDS = {"referral": ("referrer",), "approval": ("step",), "exit": ("step",),
+          "exit_settle": ("step",)}
+
+
+def _well_formed(e: Mapping[str, Any]) -> bool:
+    kind = e.get("kind")
+    return (all(isinstance(e.get(f), str) for f in _NEEDS.get(str(kind), ()))
+            and (kind != "exit" or e["step"] in ("exit", "return")))
+
+
+def _covers(earlier: Mapping[str, Any], grant: Mapping[str, Any]) -> bool:
+    """Does an earlier referral's grant give its referrer at least what `grant` gives:
+    the same kind of reward, as much or more, in its rights (what its fields say is
+    text its writer chose)?"""
+    if grant["kind"] != earlier["kind"]:
+        return False
+    if grant["kind"] == "coupon":
+        return _given(earlier, COUPON_PURSE) > 0 and _int(earlier.get("amount")) >= _int(
+            grant.get("amount"))
+    purse = "points" if grant.get("points") else "bonus"
+    return _given(earlier, purse) >= _given(grant, purse)
+
+
+def _given(e: Mapping[str, Any], purse: str) -> int:
+    """What entry `e` raises in `purse` (in any coupon's, for COUPON_PURSE)."""
+    return sum(_int(d[2]) for d in e.get("deltas") or ()
+               if isinstance(d, list | tuple) and len(d) == 3 and isinstance(d[0], str)
+               and (d[0] == purse or (purse == COUPON_PURSE and d[0].startswith(purse))))
+
+
+def _int(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+
 def allowed_today(activity: Mapping[str, Any], earlier: list[str], day: str) -> int:
     """How many more check-ins the activity allows a member who checked in on the days
     `earlier` (one item per check-in) on `day`."""
@@ -223,8 +259,12 @@ class Membership(Coupons):
     # --- shared reads ------------------------------------------------------------------
 
     def _entries(self, where: str, args: list[Any]) -> list[dict[str, Any]]:
-        return [dict(json.loads(b)) for (b,) in self.storage.conn.execute(
-            f"SELECT body FROM entries WHERE {where} ORDER BY id", args)]
+        """The entries matching, by id, less those without the text fields their kind
+        is read by (a liar's referral without a referrer, or decision without a step,
+        made every page listing them a 500, at every branch)."""
+        return [e for (b,) in self.storage.conn.execute(
+            f"SELECT body FROM entries WHERE {where} ORDER BY id", args)
+            if _well_formed(e := dict(json.loads(b)))]
 
     def _known(self, member: str) -> dict[str, Any]:
         """The member's profile (exited or not), or NotFound."""
@@ -286,12 +326,10 @@ class Membership(Coupons):
     def _referral(self, referral: str) -> dict[str, Any]:
         if not isinstance(referral, str) or not ID.match(referral):
             raise InvalidInput(f"{str(referral)[:40]!r} is not a referral id")
-        row = self.storage.conn.execute(
-            "SELECT body FROM entries WHERE id = ? AND kind = 'referral'", (referral,)
-        ).fetchone()
-        if row is None:
+        found = self._entries("id = ? AND kind = 'referral'", [referral])
+        if not found:
             raise NotFound(f"no referral {referral} at this branch")
-        return dict(json.loads(row[0]))
+        return found[0]
 
     def _grant_of(self, referral: str) -> dict[str, Any] | None:
         found = self._entries("ref = ? AND kind IN ('reward', 'coupon')", [referral])
@@ -303,43 +341,62 @@ class Membership(Coupons):
                  if e.get("reason") == VOID_REASON]
         return found[0] if found else None
 
-    def _void(self, r: Mapping[str, Any], granted: bool) -> bool:
+    def _void(self, r: Mapping[str, Any], grant: Mapping[str, Any] | None) -> bool:
         """Whether referral `r` gives nothing: its referrer merged into the member since
         (referring themself), or an earlier one of the group's referrals counts. Not
         granted, any earlier one not rejected counts (the first by id): a copy rejected
         as the duplicate it was voided the honest one once the rejection arrived first,
         and a manager unblocks one a liar's back-dated copy holds by rejecting that.
-        Granted, only an earlier one granted too (two branches apart each rewarded the
-        newcomer): otherwise an honest referrer's reward was taken back. Only earlier
+        Granted, only an earlier one granted too, to the same referrer (two branches
+        apart each rewarded the newcomer): otherwise an honest referrer's reward was
+        taken back (a liar's copy for its accomplice, rewarded by itself). Only earlier
         ones: a later copy with a reward its branch wrote itself, unapproved (a liar's),
         voided the honest one for good. Approvals and rejections are judged by what
         their operators' roles grant, active or not (`_may_approve`)."""
         conn = self.storage.conn
         if views.canonical(conn, str(r["referrer"])) == views.canonical(conn, str(r["member"])):
             return True
+        referrer = views.canonical(conn, str(r["referrer"]))
         group = views.member_group(conn, str(r["member"]))
         for e in self._entries(f"member {views.in_(group)} AND kind = 'referral'", group):
             if e["id"] >= r["id"]:
                 continue
-            given = self._grant_of(str(e["id"])) is not None
-            if given or (not granted and referral_status(self._approvals(e), given)[0]
-                         != "rejected"):
+            earlier = self._grant_of(str(e["id"]))
+            if grant is not None:
+                # The same reward paid twice to one referrer. A liar's back-dated copy
+                # rewarded by itself (for its accomplice, or with nothing in it) took an
+                # honest referrer's reward back: it must be approved and give this
+                # referrer as much.
+                if (earlier is not None
+                        and views.canonical(conn, str(e["referrer"])) == referrer
+                        and _covers(earlier, grant)
+                        and referral_status(self._approvals(e), False)[0] == "approved"):
+                    return True
+            elif earlier is not None or referral_status(
+                    self._approvals(e), False)[0] != "rejected":
                 return True
         return False
 
     def _approvals(self, r: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Only approvals that an operator allowed to give them gave count, as this
-        replica knows the operators, and never the recorder's own (another branch could
-        write any approval; it cannot make its operator hold the permission)."""
+        replica knows the operators, and never the recorder's own; and only those
+        written where the referral was recorded or at head office: an entry's operator
+        is text its writer chooses, and a lying branch wrote both approvals of another
+        branch's referral in two real managers' names, which that branch then paid."""
         return [a for a in self._entries("ref = ? AND kind = 'approval'", [str(r["id"])])
-                if a["op"] != r["op"] and self._may_approve(str(a["op"]), a.get("step"))]
+                if a["op"] != r["op"] and self._decides(str(a["node"]), r)
+                and self._may_approve(str(a["op"]), a.get("step"), str(a["node"]))]
+
+    def _decides(self, node: str, r: Mapping[str, Any]) -> bool:
+        """May a decision on referral `r` written by `node` count?"""
+        return node == r["node"] or self.speaks_for_chain(node)
 
     def referral_view(self, referral: str) -> dict[str, Any]:
         r = self._referral(referral)
         grant = self._grant_of(referral)
         status, who = referral_status(self._approvals(r), grant is not None)
         back = self._taken_back(referral)
-        if status != "rejected" and self._void(r, grant is not None):
+        if status != "rejected" and self._void(r, grant):
             # Nothing to grant; one granted (at two branches apart, or before the
             # merge that made it a second) is taken back by the branch that granted it
             # (`reverse_void_rewards`), as far as the referrer still holds it there.
@@ -352,10 +409,13 @@ class Membership(Coupons):
                 "reward": "" if grant is None else grant["id"],
                 "taken_back": "" if back is None else back["id"]}
 
-    def _may_approve(self, op: str, step: Any) -> bool:
-        # A node's built-in owner (owner@NODE) holds every permission at its own node:
-        # the same wherever its approval is read.
-        perms = PERMISSIONS if op.startswith("owner@") else self.granted_to(op)
+    def _may_approve(self, op: str, step: Any, writer: str) -> bool:
+        # A node's built-in owner (owner@NODE) holds every permission at its own node,
+        # and only there: the same wherever its approval is read.
+        if op.startswith("owner@"):
+            perms = PERMISSIONS if op == owner_of(writer) else frozenset()
+        else:
+            perms = self.granted_to(op)
         if step == "reject":
             return bool(perms & {"referral.approve1", "referral.approve2"})
         return f"referral.approve{step}" in perms
@@ -380,6 +440,9 @@ class Membership(Coupons):
             raise InvalidInput("a referral's approval level is 1 or 2")
         self.authorise(operator, f"referral.approve{level}")
         r = self._referral(referral)
+        if not self._decides(self.node, r):
+            raise PermissionDenied(f"referral {referral} was recorded at {r['node']}: it is "
+                                   "approved or rejected there, or at head office")
         view = self.referral_view(referral)
         status = view["status"]
         if status in ("granted", "rejected", "void"):
@@ -475,7 +538,7 @@ class Membership(Coupons):
         done = []
         for r in self._entries("kind = 'referral' AND node = ?", [self.node]):
             grant = self._grant_of(str(r["id"]))
-            if (grant is None or grant["node"] != self.node or not self._void(r, True)
+            if (grant is None or grant["node"] != self.node or not self._void(r, grant)
                     or self._taken_back(str(r["id"])) is not None):
                 continue
             to = views.canonical(self.storage.conn, str(grant["member"]))
@@ -695,12 +758,10 @@ class Membership(Coupons):
     def exit_view(self, application: str) -> dict[str, Any]:
         if not isinstance(application, str) or not ID.match(application):
             raise InvalidInput(f"{str(application)[:40]!r} is not an application id")
-        row = self.storage.conn.execute(
-            "SELECT body FROM entries WHERE id = ? AND kind = 'exit'", (application,)
-        ).fetchone()
-        if row is None:
+        found = self._entries("id = ? AND kind = 'exit'", [application])
+        if not found:
             raise NotFound(f"no exit or return application {application} at this branch")
-        e = json.loads(row[0])
+        e = found[0]
         d = self._decision(application)
         settle = self._entries("ref = ? AND kind = 'exit_settle'", [application])
         status: ExitStatus = ("pending" if d is None else

@@ -23,6 +23,7 @@ from transport_suite import SimAdapter
 
 from crdtledger import settlement, views
 from crdtledger.errors import InvalidInput, NotFound, PermissionDenied, RightsElsewhere
+from crdtledger.hlc import encode, id_time_ms
 from crdtledger.ledger import Ledger
 from crdtledger.membership import attendance_csv_rows
 
@@ -765,30 +766,92 @@ def test_cli_json_shapes(cli: Cli, tmp_path: Path) -> None:
 
 
 def test_approved_elsewhere_the_recording_branch_rewards_on_arrival(tmp_path: Path) -> None:
-    """Both approvals given at SH02: the node core of SH01, which recorded the referral,
-    grants the reward as soon as the second approval reaches it (the simulator's driver
-    of the same core as the shop's node), not only at its next housekeeping."""
+    """Both approvals given at head office (SH01): the node core of SH02, which recorded
+    the referral, grants the reward as soon as the second approval reaches it (the
+    simulator's driver of the same core as the shop's node), not only at its next
+    housekeeping."""
     net = SimAdapter(tmp_path)
     try:
         for n in ("SH01", "SH02"):
             net.add(n)
         net.dial("SH02", "SH01")
-        sh01 = net.ledger("SH01")
+        sh02 = net.ledger("SH02")
         net.perform("SH01", lambda led: led.set_rule(
             led.owner, "referral", {"reward": "points", "points": 300}))
         old, new = net.perform("SH01", two_members)
-        r = net.perform("SH01", lambda led: led.refer(led.owner, new, old))["id"]
         staff = net.perform("SH01", Staff)  # SH01 is the head office: operators are its
         net.settle()
-        net.perform("SH02", lambda led: led.approve_referral(staff.mgr, r, 1))
-        net.perform("SH02", lambda led: led.approve_referral(staff.hq, r, 2))
-        net.until(lambda: bool(rewards(sh01, r)), "the reward written at SH01", timeout=30)
-        [reward] = rewards(sh01, r)
-        assert reward["node"] == "SH01" and reward["member"] == old
+        r = net.perform("SH02", lambda led: led.refer(led.owner, new, old))["id"]
         net.settle()
-        assert net.ledger("SH02").referral_view(r)["status"] == "granted"
+        net.perform("SH01", lambda led: led.approve_referral(staff.mgr, r, 1))
+        net.perform("SH01", lambda led: led.approve_referral(staff.hq, r, 2))
+        net.until(lambda: bool(rewards(sh02, r)), "the reward written at SH02", timeout=30)
+        [reward] = rewards(sh02, r)
+        assert reward["node"] == "SH02" and reward["member"] == old
+        net.settle()
+        assert net.ledger("SH01").referral_view(r)["status"] == "granted"
     finally:
         net.close()
+
+
+def test_a_branch_cannot_approve_another_branchs_referral_in_its_managers_names(
+        tmp_path: Path) -> None:
+    """An entry's operator is text its writer chooses: a lying SH03 wrote both
+    approvals of SH02's referral in two real managers' names, and SH02 paid the reward
+    from its own value. Decisions count where the referral was recorded or at head
+    office; an honest ordinary branch is told so, and writes nothing."""
+    net = SimAdapter(tmp_path)
+    try:
+        for n in ("SH01", "SH02", "SH03"):
+            net.add(n)
+        net.dial("SH02", "SH01")
+        net.dial("SH03", "SH01")
+        net.perform("SH01", lambda led: led.set_rule(
+            led.owner, "referral", {"reward": "bonus", "bonus": 5000}))
+        old, new = net.perform("SH01", two_members)
+        staff = net.perform("SH01", Staff)
+        net.settle()
+        r = net.perform("SH02", lambda led: led.refer(led.owner, new, old))["id"]
+        net.settle()
+        with pytest.raises(PermissionDenied, match="approved or rejected there"):
+            net.perform("SH03", lambda led: led.approve_referral(staff.mgr, r, 1))
+        for op, step in ((staff.mgr, "1"), (staff.mgr2, "2"), ("owner@SH02", "2")):
+            net.perform("SH03", lambda led, op=op, step=step: led._post(
+                led._entry("approval", new, ref=r, step=step, op=op), {}))
+        net.settle()
+        sh02 = net.ledger("SH02")
+        sh02.housekeeping()
+        assert sh02.referral_view(r)["status"] == "pending"
+        assert rewards(sh02, r) == [] and sh02.balance(old)["bonus"] == 0
+    finally:
+        net.close()
+
+
+def test_a_liars_earlier_copy_rewarded_by_itself_takes_no_honest_reward_back(
+        a: Ledger, b: Ledger, clock: FakeClock) -> None:
+    """A liar wrote a referral of an honest branch's newcomer back-dated before the
+    honest one, for the same referrer, and a reward of it with nothing in it and no
+    approval: the honest referrer's reward was taken back. Only an earlier copy
+    approved and giving as much to the same referrer makes a granted one void."""
+    staff = Staff(a)
+    a.set_rule(a.owner, "referral", {"reward": "bonus", "bonus": 5000})
+    old, new = two_members(a)
+    sync(a, b)
+    clock.ms += 60_000
+    honest = a.refer(a.owner, new, old)["id"]
+    a.approve_referral(staff.mgr, honest, 1)
+    assert a.approve_referral(staff.mgr2, honest, 2)["status"] == "granted"
+    sync(a, b)
+    forged = b._entry("referral", new, referrer=old, op=b.owner)
+    forged["id"] = f"{encode((id_time_ms(honest) - 1000) << 16)}.SH02"
+    forged["at"] = id_time_ms(honest) - 1000
+    b._commit(lambda: ([b._entry_write(forged)], None))
+    empty = b._entry("reward", old, ref=forged["id"], reason="referral", op="referral@SH02")
+    b._commit(lambda: ([b._entry_write(empty)], None))
+    sync(a, b)
+    a.housekeeping()
+    assert a.referral_view(honest)["status"] == "granted"
+    assert a.balance(old)["bonus"] == 5000
 
 
 def test_a_merged_newcomer_is_one_referral_and_nobody_is_rewarded_for_themself(
@@ -871,3 +934,31 @@ def test_a_surplus_check_in_of_a_member_merged_since_takes_its_points_back(
                       for r in ledger.attendance("ONCE"))
         assert rows == [("SH01", "reversed", 50, 0), ("SH02", "ok", 0, 0)]
         assert ledger.balance(y)["points"] == 50
+
+
+@pytest.mark.parametrize("kind", ["approval", "exit_settle", "exit", "exit-step", "referral"])
+def test_a_liars_membership_entries_without_their_fields_count_for_nothing(
+        a: Ledger, b: Ledger, kind: str) -> None:
+    """A lying SH02's decision or settlement without a `step`, an application of its own
+    without one (or with one nobody writes), or a referral without a referrer: every
+    page listing them raised KeyError at every branch (a 500), and the member could be
+    neither approved nor referred. Such entries count for nothing."""
+    staff = Staff(a)
+    leaving = a.add_member(a.owner, name="老张", phone="13800000003")
+    old, new = two_members(a)
+    a.topup(a.owner, leaving, 10000)
+    x = a.apply_exit(a.owner, leaving, "moving")["application"]
+    sync(a, b)
+    if kind == "referral":
+        b._post(b._entry("referral", new, op=b.owner), {})
+    elif kind.startswith("exit") and kind != "exit_settle":
+        b._post(b._entry("exit", old, op=b.owner,
+                         **({"step": "leave"} if kind == "exit-step" else {})), {})
+    else:
+        b._post(b._entry(kind, leaving, ref=x, op=b.owner), {})
+    sync(a, b)
+    assert [v["application"] for v in a.exits()] == [x]
+    assert a.referrals() == []
+    assert a.refer(a.owner, new, old)["referrer"] == old
+    assert a.apply_exit(a.owner, old, "moving")["status"] == "pending"
+    assert a.decide_exit(staff.mgr, x, pay="cash")["status"] == "approved"
