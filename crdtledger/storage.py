@@ -131,6 +131,10 @@ CREATE INDEX IF NOT EXISTS members_erased ON members(id)
 -- every debit (a survivor's group), so it is an index, holding merged members only.
 CREATE INDEX IF NOT EXISTS members_merged ON members(json_extract(body, '$.merged_into'))
     WHERE json_extract(body, '$.merged_into') IS NOT NULL;
+-- Check-ins by activity (crdtledger.membership): housekeeping reads each activity's
+-- every day, and without it scanned every entry once per activity ever set.
+CREATE INDEX IF NOT EXISTS entries_checkin ON entries(json_extract(body, '$.activity'), id)
+    WHERE kind = 'checkin';
 CREATE TABLE IF NOT EXISTS cards(
     id TEXT PRIMARY KEY, card_no TEXT NOT NULL, member TEXT NOT NULL,
     status TEXT NOT NULL, body TEXT NOT NULL);

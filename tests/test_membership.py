@@ -962,3 +962,13 @@ def test_a_liars_membership_entries_without_their_fields_count_for_nothing(
     assert a.refer(a.owner, new, old)["referrer"] == old
     assert a.apply_exit(a.owner, old, "moving")["status"] == "pending"
     assert a.decide_exit(staff.mgr, x, pay="cash")["status"] == "approved"
+
+
+def test_housekeeping_reads_an_activitys_check_ins_by_an_index(a: Ledger) -> None:
+    """Housekeeping reads every activity ever set each day: without an index, a scan of
+    every entry per activity (6.4 s on a 100k store with 50 ended activities, one
+    turn of the node's loop). The plan, not a time, is asserted."""
+    sql = ("EXPLAIN QUERY PLAN SELECT body FROM entries WHERE kind = 'checkin' AND "
+           "json_extract(body, '$.activity') = ? ORDER BY id")
+    plan = " ".join(str(r[3]) for r in a.storage.conn.execute(sql, ["E1"]))
+    assert "entries_checkin" in plan, plan
