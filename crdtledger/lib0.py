@@ -19,6 +19,10 @@ MAX_STATE_VECTOR_BYTES = 128 * 1024
 def read_varuint(data: bytes, pos: int) -> tuple[int, int]:
     """One lib0 unsigned varint at `pos`: (value, position after it). ValueError if
     the bytes end first or it runs past 64 bits."""
+    if pos < len(data):  # one byte: most counts, lengths and small clocks
+        b = data[pos]
+        if b < 0x80:
+            return b, pos + 1
     shift = value = 0
     while True:
         if pos >= len(data) or shift > 63:

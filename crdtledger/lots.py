@@ -280,6 +280,10 @@ def _update(conn: sqlite3.Connection, touched: list[tuple[Any, ...]], seen: set[
     in id order; `seen`: the entries projected with them (any later entry of a group
     that is not among them and moves points asks for the group's replay)."""
     group_of: dict[str, list[str]] = {}
+    if len({row[0] for row in touched}) > 1 and conn.execute(_ANY_MERGED).fetchone() is None:
+        # Nobody is merged (nearly always): each member is its own group, told by one
+        # read instead of one per member (a catch-up's slice touches thousands).
+        group_of = {row[0]: [row[0]] for row in touched}
     groups: dict[str, tuple[list[str], list[tuple[Any, ...]]]] = {}
     replayed: set[str] = set()
     for row in touched:
@@ -316,6 +320,11 @@ def _update(conn: sqlite3.Connection, touched: list[tuple[Any, ...]], seen: set[
                              [(lot[3], lot[2]) for lot in changed if lot[2] in before])
             kept += changed
     _keep(conn, kept)
+
+
+# Is any member merged into another (the partial index members_merged)?
+_ANY_MERGED = ("SELECT 1 FROM members WHERE json_extract(body, '$.merged_into') IS NOT NULL "
+               "LIMIT 1")
 
 
 def _group(conn: sqlite3.Connection, member: str) -> list[str]:

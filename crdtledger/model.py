@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TypeGuard, TypeVar, get_args
 
 from crdtledger.escrow import Delta, check_deltas_authorised
-from crdtledger.hlc import NODE_ID, id_time_ms
+from crdtledger.hlc import NODE_ID, id_time_ms, matched_id_time_ms
 from crdtledger.money import MAX_AMOUNT, from_crdt
 
 T = TypeVar("T")
@@ -496,7 +496,7 @@ def _quick_entry(key: str, value: dict[str, Any]) -> dict[str, Any] | None:
         deltas.append([purse, dnode, change])
     at = _quick_int(get("at"), 0, 2**48)
     amount = _quick_int(get("amount", 0), 0, MAX_AMOUNT)
-    if at is None or amount is None or at != id_time_ms(key):
+    if at is None or amount is None or at != matched_id_time_ms(key):  # ID matched it
         return None
     out: dict[str, Any] = {"id": key, "kind": kind, "node": node, "member": member, "op": op,
                            "at": at, "amount": amount, "deltas": deltas}

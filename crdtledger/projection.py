@@ -208,7 +208,8 @@ def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, A
     # A rights row as stored before this batch, read when first needed: only a row an
     # entry lowers is ever read (one that is only raised needs no check).
     stored: dict[tuple[str, str, str], int] = {}
-    members = {e["member"] for e in valid}
+    # Only the members an entry lowers a row of (a top-up's are never read).
+    members = {e["member"] for e in valid if any(d[2] < 0 for d in e["deltas"])}
     loaded: set[str] = set()  # members whose every rights row is in `stored`
     if len(members) > _PRELOAD_MEMBERS:  # a catch-up: their rows in a few statements
         loaded = members
@@ -267,8 +268,9 @@ def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, A
         conn.executemany(
             "INSERT INTO entries(id, kind, member, node, op, at, day, amount, paid, ref, "
             "service, body) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            # `at` is its id's time (normalise_entry refuses any other): not decoded again.
             [(e["id"], e["kind"], e["member"], e["node"], e["op"], e["at"],
-              day_of(id_time_ms(e["id"])), e["amount"], e.get("paid", 0), e.get("ref"),
+              day_of(e["at"]), e["amount"], e.get("paid", 0), e.get("ref"),
               e.get("service"), dumps(e)) for e in done])
     if changed:
         # Net zero too: a row exists once any entry touched it, as when projected singly.

@@ -861,7 +861,7 @@ class Replica(LedgerBase):
                 node = rec.node
                 cut = closed(node, rec.seq) if ledger else None
                 try:
-                    if ledger:
+                    if cut is not None:  # else it has no month to hold a record to
                         check_mark(node, name, None, cut)
                     written = check_header(node, name, rec.data)
                     if written is not None:
@@ -891,7 +891,8 @@ class Replica(LedgerBase):
                                 raise _Broken(rec, RuleBroken(
                                     "entry-insert-once", f"{name}: entry {key} is "
                                     "already in another month's document"), 1, conflict=True)
-                        check_ids_after_cut(node, name, keys, cut)
+                        if cut is not None:
+                            check_ids_after_cut(node, name, keys, cut)
                         at = (rec.seq, (node, rec.seq) in self._funding_held)
                         pos.update(dict.fromkeys(keys, at))
                 except RuleBroken as e:
