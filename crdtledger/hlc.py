@@ -78,9 +78,9 @@ _B32_RUN = re.compile(r"[0-9A-HJKMNP-TV-Z]+")
 
 
 def decode(text: str) -> int:
-    if type(text) is not str or not _B32_RUN.fullmatch(text):
-        if not text or not set(text) <= _B32_SET:
-            raise ValueError(f"not a base32 timestamp: {text!r}")
+    if (type(text) is not str or not _B32_RUN.fullmatch(text)) and (
+            not text or not set(text) <= _B32_SET):
+        raise ValueError(f"not a base32 timestamp: {text!r}")
     return int(text.translate(_TO_INT32), 32)
 
 

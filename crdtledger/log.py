@@ -185,8 +185,24 @@ class Batch:
         if max(len(heads), len(proofs), len(certs)) > MAX_BATCH_WRITERS:
             raise RemoteProtocolError(f"records: heads of over {MAX_BATCH_WRITERS} writers")
         batch = cls()
-        names: dict[str, str] = {}
+        # One string per name: a joining branch holds a million records of a few
+        # hundred writers and a few dozen documents until they are verified. Each
+        # name is checked once, when first seen (a plain str: msgpack's).
+        nodes: dict[str, str] = {}
+        docs: dict[str, str] = {}
+        append = batch.recs.append
         for item in recs:
+            if type(item) is list and len(item) == 4:
+                node, seq, doc, data = item
+                if (type(node) is str and (node in nodes or NODE_ID.match(node))
+                        and type(seq) is int and 0 < seq < 2**62
+                        and type(doc) is str and (doc in docs or DOC_NAME.match(doc)
+                                                  or doc in MARK_DOCS)
+                        and type(data) is bytes):
+                    append(Record(nodes.setdefault(node, node), seq,
+                                  docs.setdefault(doc, doc), data))
+                    continue
+            # Anything else (subclasses included): checked as ever.
             if (not isinstance(item, list) or len(item) != 4 or not isinstance(item[0], str)
                     or not NODE_ID.match(item[0]) or isinstance(item[1], bool)
                     or not isinstance(item[1], int) or not 0 < item[1] < 2**62
@@ -194,10 +210,8 @@ class Batch:
                     or not (DOC_NAME.match(item[2]) or item[2] in MARK_DOCS)
                     or not isinstance(item[3], bytes)):
                 raise RemoteProtocolError(f"records: malformed record {str(item)[:60]}")
-            # One string per name: a joining branch holds a million records of a few
-            # hundred writers and a few dozen documents until they are verified.
-            batch.recs.append(Record(names.setdefault(item[0], item[0]), item[1],
-                                     names.setdefault(item[2], item[2]), item[3]))
+            append(Record(nodes.setdefault(item[0], item[0]), item[1],
+                          docs.setdefault(item[2], item[2]), item[3]))
         for kind, given in (("heads", heads), ("proofs", proofs)):
             for node, head in given.items():
                 if (not isinstance(node, str) or not NODE_ID.match(node)
