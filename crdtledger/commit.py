@@ -226,8 +226,12 @@ class LedgerBase:
                     f"the books of {w.doc[7:]} are closed at {self.node} (through "
                     f"{closed}); an entry of that month cannot be written")
             ld = st.doc(w.doc)
-            with ld.doc.transaction():
+            with ld.doc.transaction() as t:
                 w.mutate(ld.roots[w.root])
+                # The state vector the log row keeps, read in the write's own Yrs
+                # transaction (as it will stand once committed): get_state() after it
+                # opened and committed a second one.
+                sv = ld.doc._doc.get_state(t._txn)
             if w.doc in GOVERNANCE_DOCS:  # a debit reads nothing back
                 check_local(w.doc, self.trust.governs, ld.roots[w.root].get(w.key),
                             self.trust.is_revocation_list)
@@ -238,7 +242,7 @@ class LedgerBase:
                 else:
                     records[-1][1].append(w.entry)
             self._project_write(ld, w)
-            st.record(ld, updates)
+            st.record(ld, updates, sv)
             committed.extend(self._log_own(w.doc, u) for u in updates)
             docs.add(w.doc)
         for doc, entries in records:

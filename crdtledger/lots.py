@@ -53,7 +53,7 @@ from crdtledger import views  # a module: views reads closing, which reads this
 from crdtledger.hlc import id_time_ms
 from crdtledger.model import EDITS
 from crdtledger.projection import EARN, IN_MERGE, NO_EXPIRY, points_change
-from crdtledger.storage import POINTS_FOLD
+from crdtledger.storage import POINTS_FOLD, POINTS_NOTED
 
 Lot = list[Any]  # [expires, left, earned by entry id, the member that entry names]
 
@@ -251,9 +251,12 @@ def settle(conn: sqlite3.Connection,
     apply of peers' records projected in batches (a catch-up's are many: not noted).
     Both at once: an entry the batch funded (projected from `deferred`, noted) and the
     batch's own must be settled against one another, not one after the other."""
-    rows = conn.execute(
-        "SELECT member, id, change, kind, ref, expires, day FROM temp.points_touched"
-    ).fetchall()
+    rows: list[Any] = []
+    if id(conn) in POINTS_NOTED:  # else nothing was noted since the last settle
+        POINTS_NOTED.discard(id(conn))
+        rows = conn.execute(
+            "SELECT member, id, change, kind, ref, expires, day FROM temp.points_touched"
+        ).fetchall()
     if rows:
         conn.execute("DELETE FROM temp.points_touched")
     seen = {row[1] for row in rows}

@@ -27,7 +27,7 @@ from crdtledger.model import (
     normalise,
     normalise_entry,
 )
-from crdtledger.storage import dumps
+from crdtledger.storage import POINTS_NOTED, dumps
 
 # Above this many members in one projection, their rights rows are read together.
 _PRELOAD_MEMBERS = 32
@@ -93,6 +93,7 @@ def points_change(entry: dict[str, Any]) -> int:
 def touch_points(conn: sqlite3.Connection, entries: list[dict[str, Any]], sign: int) -> None:
     """Note for crdtledger.lots.settle the entries with points just projected (sign
     +1) or taken back (-1: their group is replayed)."""
+    POINTS_NOTED.add(id(conn))
     conn.executemany(_TOUCH, [
         (e["member"], e["id"] if sign > 0 else None, c, e["kind"], e.get("ref"),
          e.get("expires"), e.get("day")) for e in entries if (c := points_change(e))])
@@ -100,6 +101,7 @@ def touch_points(conn: sqlite3.Connection, entries: list[dict[str, Any]], sign: 
 
 def touch_group(conn: sqlite3.Connection, member: str) -> None:
     """Note that `member`'s group may have changed (a merge): its lots are replayed."""
+    POINTS_NOTED.add(id(conn))
     conn.execute(_TOUCH, (member, None, 0, "merge", None, None, None))
 
 

@@ -453,6 +453,13 @@ def _lock_if_free(path: Path) -> int | None:
 PEER_SEEN_MS = 60_000
 
 
+# Connections (by id) whose temp.points_touched may hold rows: noted by
+# projection.touch_points / touch_group, cleared by lots.settle once it has read them,
+# so a commit that noted none (a sale whose lot went in at once) reads nothing there.
+# After a rollback a connection is counted in again: what it settled may be back.
+POINTS_NOTED: set[int] = set()
+
+
 def _connect(path: Path, synchronous: str, page_size: int | None = None) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     if page_size is not None:  # a new file only: WAL mode fixes the page size
@@ -852,6 +859,7 @@ class Storage:
                 self.conn.execute("ROLLBACK")
         except sqlite3.Error as e:  # the memory must be dropped all the same
             log.warning("rolling back a failed transaction: %s", e)
+        POINTS_NOTED.add(id(self.conn))
         self.log.reset()
         self._svs = None
         self._peers_kept.clear()
