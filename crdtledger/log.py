@@ -53,6 +53,8 @@ from crdtledger.model import DOC_NAME, MONTH
 # closing's signature.
 CUT_DOC, CLOSING_DOC = "cut", "closing"
 MARK_DOCS = frozenset({CUT_DOC, CLOSING_DOC})
+_RECORD_ROW = ("INSERT INTO records(node, seq, hash, doc, data, state) "
+               "VALUES (?, ?, ?, ?, ?, ?)")
 _CLOSING = re.compile(r"(?P<month>[^:]{7}):(?P<digest>[0-9a-f]{64})")
 
 GENESIS = bytes(32)
@@ -442,10 +444,12 @@ class Log:
             return
         self._written = True
         self.changes += 1
-        self.conn.executemany(
-            "INSERT INTO records(node, seq, hash, doc, data, state) VALUES (?, ?, ?, ?, ?, ?)",
-            [(rec.node, rec.seq, hash_, rec.doc, rec.data, state)
-             for rec, hash_, state in items])
+        if len(items) == 1:  # a local write's record: no list for executemany
+            rec, hash_, state = items[0]
+            self.conn.execute(_RECORD_ROW, (rec.node, rec.seq, hash_, rec.doc, rec.data, state))
+        else:
+            self.conn.executemany(_RECORD_ROW, [(rec.node, rec.seq, hash_, rec.doc, rec.data,
+                                                 state) for rec, hash_, state in items])
         for rec, hash_, state in items:
             self._appended(rec, hash_, state)
         marks = [(rec.node, rec.seq, rec.doc, *said) for rec, _h, _s in items

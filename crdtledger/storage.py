@@ -76,6 +76,7 @@ CLOCK_LEASE_MS = 2000
 LOG_TABLE = ("CREATE TABLE IF NOT EXISTS log("
              "seq INTEGER PRIMARY KEY, doc TEXT NOT NULL, sv BLOB, data BLOB NOT NULL)")
 LOG_INDEX = "CREATE INDEX IF NOT EXISTS log_doc ON log(doc, seq)"
+_LOG_ROW = "INSERT INTO log(doc, seq, data, sv) VALUES (?, ?, ?, ?)"
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -979,11 +980,11 @@ class Storage:
         else:
             if sv is None:
                 sv = ld.doc.get_state()
-            self.conn.executemany(
-                "INSERT INTO log(doc, seq, data, sv) VALUES (?, ?, ?, ?)",
-                [(ld.name, first + i, u, sv if i == last else None)
-                 for i, u in enumerate(updates)],
-            )
+            if last == 0:  # a local write's one update: no list for executemany
+                self.conn.execute(_LOG_ROW, (ld.name, first, updates[0], sv))
+            else:
+                self.conn.executemany(_LOG_ROW, [(ld.name, first + i, u, sv if i == last else None)
+                                                 for i, u in enumerate(updates)])
             ld.tail += len(updates)
         if self._svs is not None:
             # Kept current rather than dropped: re-reading every vector (stored after
