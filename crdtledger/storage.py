@@ -895,12 +895,12 @@ class Storage:
         return self._docs.get(name)
 
     def doc(self, name: str) -> LoadedDoc:
-        if not DOC_NAME.match(name):
-            raise ValueError(f"not a document name: {name!r}")
         ld = self._docs.get(name)
-        if ld is not None:
+        if ld is not None:  # its name was checked when it was loaded
             self._docs.move_to_end(name)
             return ld
+        if not DOC_NAME.match(name):
+            raise ValueError(f"not a document name: {name!r}")
         ld = LoadedDoc(name, self.client_id)
         row = self.conn.execute(
             "SELECT (SELECT data FROM snapshots WHERE name = docs.name), snapshot_seq "
