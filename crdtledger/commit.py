@@ -231,7 +231,8 @@ class LedgerBase:
                 # The state vector the log row keeps, read in the write's own Yrs
                 # transaction (as it will stand once committed): get_state() after it
                 # opened and committed a second one.
-                sv = ld.doc._doc.get_state(t._txn)
+                raw = t._txn  # (never None inside it; else record reads it after)
+                sv = ld.doc._doc.get_state(raw) if raw is not None else None
             if w.doc in GOVERNANCE_DOCS:  # a debit reads nothing back
                 check_local(w.doc, self.trust.governs, ld.roots[w.root].get(w.key),
                             self.trust.is_revocation_list)
