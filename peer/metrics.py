@@ -59,5 +59,15 @@ class Metrics:
             "Frames waiting to be written to a peer's connection: a long answer is read "
             "from the store a slice at a time as this drains", ["peer"], registry=r)
 
+        # The labelled children of `operations`, by label values: one a kind, looked
+        # up once rather than at every operation (Counter.labels takes a lock).
+        self._operations: dict[tuple[str, ...], Counter] = {}
+
+    def count_operation(self, labels: tuple[str, ...]) -> None:
+        child = self._operations.get(labels)
+        if child is None:
+            child = self._operations[labels] = self.operations.labels(*labels)
+        child.inc()
+
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

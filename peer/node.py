@@ -376,12 +376,27 @@ class Node:
         `op` must be a single ledger write (or retryable as a whole): it may run
         more than once, and only its last run can have committed.
         """
+        # A commit inside the core's call ships with that call's effects: no flush of
+        # the sessions at the loop's next turn for it (_on_commit).
+        flush_soon, self._flush_soon = self._flush_soon, True
+        try:
+            oid, effects = self.core.submit(op, time.monotonic(), name)
+        finally:
+            self._flush_soon = flush_soon
+        # Nearly always the operation is done at once (its rights are here): its
+        # outcome is among these effects, and nobody needs to wait for it.
+        for e in effects:
+            if isinstance(e, Done) and e.op == oid:
+                self.run(effects)
+                if e.error is not None:
+                    raise e.error
+                result: T = e.result
+                return result
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        oid, effects = self.core.submit(op, time.monotonic(), name)
         self._ops[oid] = future
         self.run(effects)
         try:
-            result: T = await future
+            result = await future
         finally:
             self._ops.pop(oid, None)
         return result
@@ -441,6 +456,19 @@ class Node:
         m = self.metrics
         applied = 0  # bytes of records applied in this turn
         for e in effects:
+            # A till's operation gives these two, first: without the match below,
+            # which tries its cases one by one.
+            if isinstance(e, Count) and e.name == "operations":
+                m.count_operation(e.labels)
+                continue
+            if isinstance(e, Done):
+                future = self._ops.get(e.op)
+                if future is not None and not future.done():
+                    if e.error is not None:
+                        future.set_exception(e.error)
+                    else:
+                        future.set_result(e.result)
+                continue
             match e:
                 case Send(link=lid, frames=frames):
                     link = self._links.get(lid)
@@ -458,13 +486,6 @@ class Node:
                         old.cancel()
                     self._timers[key] = asyncio.get_running_loop().call_later(
                         delay, self._fire, key, token)
-                case Done(op=oid, result=result, error=error):
-                    future = self._ops.get(oid)
-                    if future is not None and not future.done():
-                        if error is not None:
-                            future.set_exception(error)
-                        else:
-                            future.set_result(result)
                 case Seen(event=UpdatesApplied(size=size)):
                     # (A rules record reloads the revocation list through _on_commit,
                     # which hears every commit, a session's too: once a turn.)
@@ -489,8 +510,6 @@ class Node:
                     log.error("cannot sync with %s: %s", peer, error)
                 case Failed(peer=peer, error=error):
                     log.warning("peer %s broke the protocol (%s); closing", peer, error)
-                case Count(name="operations", labels=labels):
-                    m.operations.labels(*labels).inc()
                 case Count(name="refused", labels=labels):
                     m.refused.labels(*labels).inc()
                 case Count(name="rights_transfers", labels=labels):
