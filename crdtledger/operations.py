@@ -315,12 +315,24 @@ def authorise(ledger: Ledger, operator: str, op: Operation) -> None:
 
 def validate(op: Operation, params: Mapping[str, Any]) -> Params:
     """The parameters checked against the declaration, defaults filled in."""
-    check(dict(params), op.schema(), "")
+    check(dict(params), _schema_of(op), "")
     out = dict(params)
     for p in op.params:
         if p.name not in out and p.default is not None:
             out[p.name] = p.default
     return out
+
+
+# Each operation's whole schema, built once (`Operation.schema` builds it anew: a
+# caller may change what it is given), by the operation's identity.
+_SCHEMAS: dict[int, tuple[Operation, Schema]] = {}
+
+
+def _schema_of(op: Operation) -> Schema:
+    kept = _SCHEMAS.get(id(op))
+    if kept is None or kept[0] is not op:
+        kept = _SCHEMAS[id(op)] = (op, op.schema())
+    return kept[1]
 
 
 def run(ledger: Ledger, operator: str, name: str, params: Mapping[str, Any]) -> Any:
