@@ -500,17 +500,21 @@ class NodeCore:
                 self._redial(t)
         return self._effects()
 
-    def submit(self, run: Callable[[], Any], now: float, name: str | None = None
-               ) -> tuple[int, list[Effect]]:
+    def submit(self, run: Callable[[], Any], now: float, name: str | None = None, *,
+               reply_first: bool = False) -> tuple[int, list[Effect]]:
         """A till's operation: one ledger write, retried as a whole after rights
         arrive (so only its last run can have committed). Its `Done` may be among
-        the effects returned here, or come later from `receive` or `fire`."""
+        the effects returned here, or come later from `receive` or `fire`.
+        `reply_first`: when it is done at once, the frames its commit queued on the
+        sessions are left for `flush`, which the driver calls at its next turn: the
+        till's answer does not wait for the batch each peer is sent (its head's
+        signature, its encoding)."""
         self._tick(now)  # before the operation mints its ids
         op = _Op(self._next_op, run, name, now + self.rights_deadline_s)
         self._next_op += 1
         self._ops[op.id] = op
         self._step(op, now)
-        return op.id, self._effects()
+        return op.id, self._effects(sessions=not (reply_first and op.id not in self._ops))
 
     def fire(self, key: TimerKey, token: int, now: float) -> list[Effect]:
         if self._timers.get(key) != token:
@@ -1033,9 +1037,10 @@ class NodeCore:
             self._clock_told = told
             self._out.append(ClockJudged(verdict))
 
-    def _effects(self) -> list[Effect]:
+    def _effects(self, sessions: bool = True) -> list[Effect]:
         """What the calls so far decided, then every frame the sessions queued (a
-        local commit queues its update on every session)."""
+        local commit queues its update on every session); without `sessions`, those
+        frames stay queued for the next call."""
         fresh = self.ledger.refused_total - self._refused_seen
         if fresh:  # records refused from peers and files, reported once each
             self._refused_seen = self.ledger.refused_total
@@ -1043,6 +1048,8 @@ class NodeCore:
                 self._out.append(Count("records_refused"))
                 self._out.append(Refused(what))
         out, self._out = self._out, []
+        if not sessions:
+            return out
         # Called after every frame received: a hub has a link per branch, and mostly
         # one or none of them has anything to send.
         if self._in_order is None:

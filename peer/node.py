@@ -376,17 +376,22 @@ class Node:
         `op` must be a single ledger write (or retryable as a whole): it may run
         more than once, and only its last run can have committed.
         """
-        # A commit inside the core's call ships with that call's effects: no flush of
-        # the sessions at the loop's next turn for it (_on_commit).
+        # A commit inside the core's call is flushed to the peers below, not by
+        # _on_commit.
         flush_soon, self._flush_soon = self._flush_soon, True
         try:
-            oid, effects = self.core.submit(op, time.monotonic(), name)
+            oid, effects = self.core.submit(op, time.monotonic(), name, reply_first=True)
         finally:
             self._flush_soon = flush_soon
         # Nearly always the operation is done at once (its rights are here): its
-        # outcome is among these effects, and nobody needs to wait for it.
+        # outcome is among these effects, and nobody needs to wait for it. What it
+        # sends the peers (a batch each, under a freshly signed head) goes at the
+        # loop's next turn, after the caller has its answer.
         for e in effects:
             if isinstance(e, Done) and e.op == oid:
+                if self._links and not self._flush_soon:
+                    self._flush_soon = True
+                    asyncio.get_running_loop().call_soon(self._flush_queued)
                 self.run(effects)
                 if e.error is not None:
                     raise e.error
