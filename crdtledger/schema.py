@@ -72,11 +72,8 @@ def check(value: Any, schema: Schema, where: str) -> None:
     # "x-error" makes a malformed amount refused as invalid_amount, the ledger's code
     # for the same mistake made past this check.
     error = InvalidAmount if schema.get("x-error") == "invalid_amount" else InvalidInput
-    wanted = schema.get("description") or (
-        f"one of {', '.join(map(str, schema['enum']))}" if "enum" in schema
-        else _TYPE_NAMES.get(kind or "", "valid"))
     if kind is not None and not _TYPES[kind](value):
-        raise error(f"{where or 'the request'} must be {wanted}, not {show(value)}")
+        raise error(f"{where or 'the request'} must be {_wanted(schema)}, not {show(value)}")
     if isinstance(value, str):
         try:
             value.encode()
@@ -89,18 +86,20 @@ def check(value: Any, schema: Schema, where: str) -> None:
         if not ((re.fullmatch(schema["pattern"], value) if "pattern" in schema else True)
                 and value in schema.get("enum", [value])
                 and (schema.get("format") != "date" or is_date(value))):
-            raise error(f"{where} must be {wanted}, not {show(value)}")
+            raise error(f"{where} must be {_wanted(schema)}, not {show(value)}")
     elif isinstance(value, int) and kind == "integer":
         low, high = schema.get("minimum", -MAX_AMOUNT), schema.get("maximum", MAX_AMOUNT)
         if not low <= value <= high:
             # Say the range: "a whole number" alone reads as nonsense next to 1000.
-            raise error(f"{where} must be {wanted} from {low} to {high}, not {value}")
+            raise error(f"{where} must be {_wanted(schema)} from {low} to {high}, not {value}")
     elif isinstance(value, list) and "items" in schema:
         if len(value) > schema.get("maxItems", len(value)):
             raise InvalidInput(f"{where} has more than {schema['maxItems']} items")
         for i, item in enumerate(value):
             check(item, schema["items"], f"{where}[{i}]")
-    elif isinstance(value, dict) and kind in ("object", None):  # None: {"required": [..]}
+    elif isinstance(value, dict) and kind in ("object", None) \
+            and not _OBJECT_KEYS.isdisjoint(schema):  # None: {"required": [..]}
+        # (Without any of these, as in a bare {"oneOf": ..}, _check_object finds nothing.)
         _check_object(value, schema, where)
     for part in schema.get("allOf", ()):
         check(value, part, where)
@@ -112,6 +111,18 @@ def check(value: Any, schema: Schema, where: str) -> None:
         raise InvalidInput(f"{where} fits none of the forms allowed")
     if "not" in schema and _fits(value, schema["not"]):
         raise InvalidInput(f"{where} has a form that is not allowed")
+
+
+def _wanted(schema: Schema) -> str:
+    """What a value of `schema` must be, as a refusal says it."""
+    return str(schema.get("description") or (
+        f"one of {', '.join(map(str, schema['enum']))}" if "enum" in schema
+        else _TYPE_NAMES.get(schema.get("type") or "", "valid")))
+
+
+# What _check_object looks at: a schema with none of them asks nothing of an object.
+_OBJECT_KEYS = frozenset({"properties", "required", "additionalProperties", "propertyNames",
+                          "maxProperties", "minProperties"})
 
 
 def _fits(value: Any, schema: Schema) -> bool:
