@@ -388,8 +388,8 @@ class Membership(Coupons):
                 and self._may_approve(str(a["op"]), a.get("step"), str(a["node"]))]
 
     def _decides(self, node: str, r: Mapping[str, Any]) -> bool:
-        """May a decision on referral `r` written by `node` count?"""
-        return node == r["node"] or self.speaks_for_chain(node)
+        """May a decision on referral or application `r` written by `node` count?"""
+        return node == r["node"] or cast("Ledger", self).speaks_for_chain(node)
 
     def referral_view(self, referral: str) -> dict[str, Any]:
         r = self._referral(referral)
@@ -734,7 +734,11 @@ class Membership(Coupons):
         rejecting), the approval when it took effect (the member left, or came back,
         as it said: a rejection changes nothing), else the first by id. The first by
         id read "rejected" for a member who had left and been paid."""
-        found = self._entries("ref = ? AND kind = 'approval'", [application])
+        made = self._entries("id = ? AND kind = 'exit'", [application])
+        # Decided where it was made or at head office (`_decides`): a lying branch's
+        # rejection in a manager's name held an honest member's exit off.
+        found = [d for d in self._entries("ref = ? AND kind = 'approval'", [application])
+                 if made and self._decides(str(d["node"]), made[0])]
         approved = next((d for d in found if d.get("step") == "approve"), None)
         if len(found) > 1 and approved is not None and self._took_effect(application):
             return approved
@@ -821,6 +825,9 @@ class Membership(Coupons):
         `exit` here (gathering what other branches hold first) and marks the member."""
         self.authorise(operator, "member.exit.approve")
         view = self.exit_view(application)
+        if not self._decides(self.node, {"node": view["branch"]}):
+            raise PermissionDenied(f"application {application} was made at {view['branch']}: "
+                                   "it is decided there, or at head office")
         if view["status"] != "pending":
             raise InvalidInput(f"application {application} was {view['status']} already, "
                                f"by {view['decided_by']}")

@@ -972,3 +972,33 @@ def test_housekeeping_reads_an_activitys_check_ins_by_an_index(a: Ledger) -> Non
            "json_extract(body, '$.activity') = ? ORDER BY id")
     plan = " ".join(str(r[3]) for r in a.storage.conn.execute(sql, ["E1"]))
     assert "entries_checkin" in plan, plan
+
+
+def test_a_branch_cannot_decide_another_branchs_exit_application(tmp_path: Path) -> None:
+    """A lying SH03 rejected SH02's pending exit application in a real manager's name:
+    it read rejected everywhere, and the member could not leave. Decisions count where
+    the application was made or at head office; an honest ordinary branch is told so."""
+    net = SimAdapter(tmp_path)
+    try:
+        for n in ("SH01", "SH02", "SH03"):
+            net.add(n)
+        net.dial("SH02", "SH01")
+        net.dial("SH03", "SH01")
+        leaving = net.perform("SH01", lambda led: led.add_member(
+            led.owner, name="老张", phone="13800000003"))
+        staff = net.perform("SH01", Staff)
+        net.settle()
+        x = net.perform("SH02", lambda led: led.apply_exit(
+            led.owner, leaving, "moving"))["application"]
+        net.settle()
+        with pytest.raises(PermissionDenied, match="decided there, or at head office"):
+            net.perform("SH03", lambda led: led.decide_exit(staff.mgr, x, reject=True))
+        net.perform("SH03", lambda led: led._post(led._entry(
+            "approval", leaving, ref=x, step="reject", op=staff.mgr), {}))
+        net.settle()
+        sh02 = net.ledger("SH02")
+        assert sh02.exit_view(x)["status"] == "pending"
+        assert net.perform("SH02", lambda led: led.decide_exit(
+            staff.mgr, x))["status"] == "approved"
+    finally:
+        net.close()
