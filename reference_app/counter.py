@@ -35,7 +35,7 @@ from crdtledger.model import ID
 from crdtledger.money import apply_rate, given_away, points_for
 from peer import receipts
 from reference_app.i18n import mask_phone, money, parse_money, tr
-from reference_app.layout import PRIMARY, follow, frame, once, one_approval
+from reference_app.layout import PRIMARY, follow, follow_reader, frame, once, one_approval
 from reference_app.readers import ReaderEvent, WedgeParser
 from reference_app.shop import Shop, can, log_in, operator, shop
 
@@ -162,7 +162,7 @@ class Counter:
         # the store concerns it.
         self.shown: dict[str, Any] | None = None
         self.trouble: Trouble | None = None
-        follow(self.shop.listeners, self.on_reader_event)
+        self.reader_page = follow_reader(self.shop.listeners, self.on_reader_event)
         follow(self.shop.watchers, self.refresh)  # the store changed (Shop._on_commit)
         with ui.row().classes("w-full gap-4 items-start no-wrap"):
             with ui.column().classes("w-80 shrink-0 gap-3"):
@@ -191,6 +191,12 @@ class Counter:
         statuses = self.shop.reader_status() or [tr("没有读卡器：请手工输入",
                                                      "No card reader: type the number")]
         self.reader_label = ui.label(" · ".join(statuses)).classes("text-xs text-gray-500")
+        # The node's reader reports to one page (ReaderPages): another till's, or a
+        # check-in screen's, until this one takes it.
+        self.reader_here = ui.button(tr("在此收银台刷卡", "Swipe cards at this till"),
+                                     icon="contactless", on_click=self.take_reader) \
+            .props("flat dense size=sm").mark("reader-here")
+        self.reader_here.set_visibility(not self.shop.listeners.holds(self.reader_page))
         if can("member.add"):
             ui.button(tr("新会员开卡", "New member"), icon="person_add",
                       on_click=lambda: self.new_member_dialog()) \
@@ -212,8 +218,16 @@ class Counter:
             self.swipe(str(event.value))
         elif event.kind == "status":
             self.reader_label.set_text(" · ".join(self.shop.reader_status()) or event.value)
+            self.reader_here.set_visibility(not self.shop.listeners.holds(self.reader_page))
         elif event.kind == "code":
             self.scanned(str(event.value))
+
+    def take_reader(self) -> None:
+        self.shop.listeners.claim(self.reader_page)
+        # Every page looks again at whether it holds the reader.
+        self.shop.reader_event(ReaderEvent("status", "", "claim"))
+        ui.notify(tr("读卡器的刷卡现在到这个收银台", "Cards swiped on the reader now come "
+                     "to this till"))
 
     def scanned(self, code: str) -> bool:
         """A code a scanner read (or typed into the search box): a service's code with

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from nicegui import ui
+from nicegui import app, ui
 from nicegui.elements.mixins.value_element import ValueElement
 from nicegui.storage import request_contextvar
 
 from crdtledger.errors import LedgerError
 from reference_app.i18n import LANGS, Lang, lang, set_lang, tr
-from reference_app.shop import log_out, operator, shop
+from reference_app.shop import ReaderPages, log_out, operator, shop
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,22 @@ def follow(registry: set[Callable[..., None]], fn: Callable[..., None]) -> None:
     A swipe on the PC/SC reader comes from the reader's thread through the loop, with no
     request of its own: a page that did not take its session had no operator (the
     check-in page wrote nothing), or the session of whichever page ran before it."""
+    registry.add(as_page := _as_page(fn))
+    ui.context.client.on_delete(lambda: registry.discard(as_page))
+
+
+def follow_reader(pages: ReaderPages, fn: Callable[..., None]) -> Callable[..., None]:
+    """`follow` the card reader of this node's machine (Shop.listeners): this page
+    takes it as ReaderPages.open says, and may `claim` it by what this returns."""
+    client = ui.context.client
+    peer = client.request.client if client.request is not None else None
+    here = peer is not None and peer.host in ("127.0.0.1", "::1", "localhost")
+    pages.open(as_page := _as_page(fn), str(app.storage.browser.get("id", "")), here)
+    client.on_delete(lambda: pages.discard(as_page))
+    return as_page
+
+
+def _as_page(fn: Callable[..., None]) -> Callable[..., None]:
     client = ui.context.client
     request = client.request
 
@@ -54,8 +70,7 @@ def follow(registry: set[Callable[..., None]], fn: Callable[..., None]) -> None:
         with client:
             fn(*args)
 
-    registry.add(as_page)
-    client.on_delete(lambda: registry.discard(as_page))
+    return as_page
 
 
 def nav(path: str, zh: str, en: str, permission: str | None, icon: str) -> None:

@@ -120,11 +120,24 @@ class CheckinPage:
             self.setup()
 
     def listen(self) -> None:
+        """The node's card reader, once this page holds it (reference_app.shop.ReaderPages:
+        a check-in screen in another browser checked in every member who paid at a till)."""
         def listener(event: ReaderEvent) -> None:
             if event.kind == "card":
                 asyncio.get_running_loop().create_task(self.swiped(str(event.value)))
+            elif event.kind == "status":
+                here.set_visibility(not pages.holds(page))
 
-        layout.follow(self.shop.listeners, listener)
+        def take() -> None:
+            pages.claim(page)
+            self.shop.reader_event(ReaderEvent("status", "", "claim"))
+
+        pages = self.shop.listeners
+        page = layout.follow_reader(pages, listener)
+        here = ui.button(tr("在此刷卡签到", "Swipe cards here to check in"),
+                         icon="contactless", on_click=take).props("flat dense size=sm") \
+            .mark("reader-here")
+        here.set_visibility(not pages.holds(page))
 
     async def swiped(self, card_no: str) -> None:
         try:

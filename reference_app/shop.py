@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from nicegui import app
@@ -67,13 +67,59 @@ Watcher = Callable[[], None]
 CHANGE_SETTLE_S = 0.25
 
 
+class ReaderPages:
+    """The open pages a card reader of this node's own machine (PC/SC) reports to, in
+    the order they hold it: a card or code goes to one page, the last. A swipe went to
+    every counter page in every browser: another till's panel switched to the swiped
+    member under its cashier (its next top-up went to that member), a PIN dialog
+    replaced a half-typed dialog there, and a check-in screen checked in every member
+    who paid. A page opened takes the reader when nobody holds it, when its browser
+    holds it (the cashier moved to another page), or when it runs on the reader's
+    machine and the holder does not; any page takes it by `claim` (the 读卡 button).
+    A keyboard-wedge reader types into its own browser's page and is not concerned."""
+
+    def __init__(self) -> None:
+        # page -> (its browser's id, opened on this machine); the last holds the reader.
+        self._pages: dict[Listener, tuple[str, bool]] = {}
+
+    def open(self, page: Listener, browser: str, here: bool) -> None:
+        holder = next(reversed(self._pages.values()), None)
+        if holder is None or holder[0] == browser or (here and not holder[1]):
+            self._pages[page] = (browser, here)
+        else:  # below the holder: it holds the reader once those above it have gone
+            self._pages = {page: (browser, here), **self._pages}
+
+    def add(self, page: Listener) -> None:  # layout.follow's registry
+        if page not in self._pages:
+            self.open(page, "", False)
+
+    def discard(self, page: Listener) -> None:
+        self._pages.pop(page, None)
+
+    def claim(self, page: Listener) -> None:
+        if page in self._pages:
+            self._pages[page] = self._pages.pop(page)
+
+    def holds(self, page: Listener) -> bool:
+        return next(reversed(self._pages), None) is page
+
+    def holder(self) -> list[Listener]:
+        return list(self._pages)[-1:]
+
+    def __iter__(self) -> Iterator[Listener]:
+        return iter(list(self._pages))
+
+    def __len__(self) -> int:
+        return len(self._pages)
+
+
 class Shop:
     def __init__(self, node: Node, readers: Sequence[Reader] | None = None) -> None:
         self.node = node
         # None: whatever readers this machine has (started with the node); tests give theirs.
         self.readers: list[Reader] = list(readers) if readers is not None else []
         self._find_readers = readers is None
-        self.listeners: set[Listener] = set()
+        self.listeners = ReaderPages()
         # Open pages that show something the store's changes may alter (the counter's
         # member): called on the loop after records committed (Shop._on_commit).
         self.watchers: set[Watcher] = set()
@@ -151,7 +197,9 @@ class Shop:
             loop.call_soon_threadsafe(self._dispatch, event)
 
     def _dispatch(self, event: ReaderEvent) -> None:
-        for listener in list(self.listeners):
+        # A card or a code goes to the page holding the reader alone; a status to all.
+        pages = list(self.listeners) if event.kind == "status" else self.listeners.holder()
+        for listener in pages:
             try:
                 listener(event)
             except Exception:  # one broken page must not deafen the others
