@@ -183,6 +183,10 @@ def page() -> None:
                 ui.notify(tr("已发给{branch}确认（待确认）",
                              "Sent to {branch} to confirm (pending)",
                              branch=s.branch_name(done["branch"])), type="info")
+            # The form is cleared by its write: the Book button is drawn again where it
+            # was, and a double click's second click booked the member again at the
+            # day's first free time, which nobody chose.
+            member_input.set_value("")
             refresh_all()
 
     def refresh_all() -> None:

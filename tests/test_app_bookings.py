@@ -114,3 +114,24 @@ async def test_the_page_in_english(counter_app: CounterApp) -> None:
     app.user.find(marker="lang").click()
     await app.user.should_see("Book for a member", retries=50)
     await app.user.should_see("This branch's technicians")
+
+
+async def test_the_second_click_of_a_double_click_books_once(counter_app: CounterApp) -> None:
+    """The Book button is drawn again in place after a booking: a double click's second
+    click booked the member again at the day's first free time. The form is cleared by
+    its write."""
+    app = counter_app
+    member = seed(app)
+    day = tomorrow(app.ledger)
+    await app.login(*CASHIER)
+    await open_day(app, day)
+    app.user.find(marker="booking-member").type("13812345678")
+    first = app.user.find(marker="booking-time").elements.pop()
+    assert isinstance(first, ui.select)
+    first.set_value("14:00")
+    app.user.find(marker="booking-add").click()
+    await app.user.should_see("预约成功", retries=50)
+    app.user.find(marker="booking-add").click()
+    await asyncio.sleep(0.5)
+    assert [b["at"][-5:] for b in bookings.list_bookings(app.ledger, member=member)] == [
+        "14:00"]
