@@ -22,6 +22,7 @@ from nicegui.storage import request_contextvar
 
 from crdtledger.errors import LedgerError
 from reference_app.i18n import LANGS, Lang, lang, set_lang, tr
+from reference_app.readers import ReaderEvent
 from reference_app.shop import ReaderPages, log_out, operator, shop
 
 
@@ -52,11 +53,20 @@ def follow(registry: set[Callable[..., None]], fn: Callable[..., None]) -> None:
 
 def follow_reader(pages: ReaderPages, fn: Callable[..., None]) -> Callable[..., None]:
     """`follow` the card reader of this node's machine (Shop.listeners): this page
-    takes it as ReaderPages.open says, and may `claim` it by what this returns."""
+    takes it as ReaderPages.open says once its browser is connected (a page fetched and
+    never shown, a probe's, held the reader), every page then told to look again
+    (a status event), and may `claim` it by what this returns."""
     client = ui.context.client
     peer = client.request.client if client.request is not None else None
     here = peer is not None and peer.host in ("127.0.0.1", "::1", "localhost")
-    pages.open(as_page := _as_page(fn), str(app.storage.browser.get("id", "")), here)
+    browser = str(app.storage.browser.get("id", ""))
+    as_page = _as_page(fn)
+
+    def connected() -> None:
+        pages.open(as_page, browser, here)
+        shop().reader_event(ReaderEvent("status", "", "page"))
+
+    client.on_connect(connected)
     client.on_delete(lambda: pages.discard(as_page))
     return as_page
 

@@ -83,6 +83,8 @@ class ReaderPages:
         self._pages: dict[Listener, tuple[str, bool]] = {}
 
     def open(self, page: Listener, browser: str, here: bool) -> None:
+        if page in self._pages:  # connected again: it keeps its place
+            return
         holder = next(reversed(self._pages.values()), None)
         if holder is None or holder[0] == browser or (here and not holder[1]):
             self._pages[page] = (browser, here)
