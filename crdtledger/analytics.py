@@ -289,22 +289,13 @@ def _goods_sales(conn: Any, entries: list[tuple[str, dict[str, Any]]],
     money and cost negative) and given for points (a redeem naming `goods`: no money).
     Cost is what the stock entries took the units out at (crdtledger.goods); a refund's
     at the unit cost of its sale, as the refund's own stock entry puts them back."""
+    from crdtledger.views import sale_stock  # only the sale's own branch's stock entries
+
     cols: dict[str, list[Any]] = {f.name: [] for f in GOODS_SALES}
-
-    def stock_cost(ref: str, reason: str) -> tuple[int, int]:
-        units = cost = 0
-        for (body,) in conn.execute("SELECT body FROM entries WHERE ref = ? AND kind = 'stock'",
-                                    (ref,)):
-            s = json.loads(body)
-            if s.get("reason") == reason:
-                units += int(s.get("qty") or 0)
-                cost += int(s["amount"])
-        return units, cost
-
     for day, e in entries:
         kind = e["kind"]
         if kind in ("debit", "redeem") and e.get("goods"):
-            _units, cost = stock_cost(e["id"], "sale" if kind == "debit" else "gift")
+            _units, cost = sale_stock(conn, e["id"], "sale" if kind == "debit" else "gift")
             row = ("sale" if kind == "debit" else "gift", e["goods"], int(e.get("qty") or 0),
                    e["amount"] if kind == "debit" else 0, cost, e.get("pay"), None)
         elif kind == "refund" and e.get("ref"):
@@ -314,7 +305,7 @@ def _goods_sales(conn: Any, entries: list[tuple[str, dict[str, Any]]],
             if not sale.get("goods"):
                 continue
             qty = int(e.get("qty") or 0)
-            units, cost = stock_cost(sale["id"], "sale")
+            units, cost = sale_stock(conn, sale["id"], "sale")
             unit_cost = cost // units if units else 0
             row = ("refund", sale["goods"], -qty, -e["amount"], -unit_cost * qty,
                    sale.get("pay"), sale["id"])

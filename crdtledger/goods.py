@@ -408,13 +408,8 @@ class Goods(Payments):
         item = self.catalogue().get(code)
         if item is None:
             raise NotFound(f"no goods {code} in the catalogue")
-        units = cost = 0
-        for (body,) in self.storage.conn.execute(
-                "SELECT body FROM entries WHERE ref = ? AND kind = 'stock'", (debit["id"],)):
-            e = json.loads(body)
-            if e.get("reason") == "sale":
-                units += int(e["qty"])
-                cost += int(e["amount"])
+        # Only the stock entries the sale's own branch wrote (views.OWN_SALE_STOCK).
+        units, cost = views.sale_stock(self.storage.conn, str(debit["id"]), "sale")
         unit_cost = cost // units if units else int(item.get("cost", 0))
         return self._stock_entry({**item, "cost": unit_cost}, qty, "refund",
                                  [("stock", self.node, qty)], operator, ref=str(debit["id"]))

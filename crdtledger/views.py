@@ -1067,6 +1067,33 @@ def stock_levels(ledger: Ledger, branch: str | None = None, *, low_only: bool = 
     return rows
 
 
+# A goods sale's stock entries (reason `sale`), a gift's (`gift`) and those of their
+# refunds (`refund`) are written by the sale's own branch: in the sale's commit
+# (Goods.sell_goods, gift_goods), or with a refund, which write rule refund-own keeps
+# to the sale's writer (Goods._refund_stock). Another branch's stock entry naming
+# the sale in `ref` is none of them, whatever it says: a liar's 5 units at 100 billion
+# yuan made an honest sale of one unit read 6 sold in the goods report, cost 100
+# billion in the analytics export, and the sale's refund put its unit back at a
+# sixth of that. Every reader of a sale's stock entries takes them through this rule
+# (the SQL below, `s` the stock entry and `d` the sale, or `sale_stock`). Read side,
+# not a write rule: a branch of an older version takes such an entry in as before,
+# and no two versions disagree on which records are accepted.
+OWN_SALE_STOCK = "s.node = d.node"
+
+
+def sale_stock(conn: sqlite3.Connection, sale: str, reason: str) -> tuple[int, int]:
+    """Units and cost (fen) of the stock entries of `reason` that the sale `sale`'s own
+    branch wrote for it (OWN_SALE_STOCK)."""
+    units = cost = 0
+    for qty, amount in conn.execute(
+            "SELECT json_extract(s.body, '$.qty'), s.amount FROM entries s JOIN entries d "
+            "ON d.id = s.ref WHERE s.ref = ? AND s.kind = 'stock' AND "
+            f"json_extract(s.body, '$.reason') = ? AND {OWN_SALE_STOCK}", (sale, reason)):
+        units += int(qty or 0)
+        cost += int(amount)
+    return units, cost
+
+
 def goods_ranking(ledger: Ledger, by: str = "sales", start: str | None = None,
                   end: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
     """商品销量排名 (by units sold) and 商品利润排名 (by profit): the goods sales of the
@@ -1095,9 +1122,10 @@ def goods_ranking(ledger: Ledger, by: str = "sales", start: str | None = None,
     for code, reason, qty, cost, paid in conn.execute(
             "SELECT json_extract(d.body, '$.goods'), s.reason, TOTAL(s.qty), TOTAL(s.amount), "
             "d.amount FROM (SELECT json_extract(body, '$.reason') AS reason, "
-            "json_extract(body, '$.qty') AS qty, amount, ref FROM entries "
+            "json_extract(body, '$.qty') AS qty, amount, ref, node FROM entries "
             f"WHERE {where} AND kind = 'stock') s JOIN entries d ON d.id = s.ref "
-            "WHERE d.kind = 'debit' AND s.reason IN ('sale', 'refund') GROUP BY d.id, s.reason",
+            "WHERE d.kind = 'debit' AND s.reason IN ('sale', 'refund') "
+            f"AND {OWN_SALE_STOCK} GROUP BY d.id, s.reason",
             args):
         if reason == "sale":
             add(code, qty, paid, cost)

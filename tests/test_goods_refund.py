@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import run_cli
-from helpers import FakeClock, new_ledger, projections, snapshot, sync
+from helpers import FakeClock, name_branches, new_ledger, projections, snapshot, sync
 from test_api import BOSS_PW, serving, with_operators
 
 from crdtledger import views
@@ -360,3 +360,56 @@ def test_a_refund_counts_in_the_goods_report_of_its_own_month(tmp_path: Path) ->
         assert [(g["qty"], g["sales"], g["cost"]) for g in whole] == [(1, 3999, 2000)]
     finally:
         a.close()
+
+
+def test_another_branchs_stock_entry_naming_a_sale_is_none_of_that_sales(
+        tmp_path: Path) -> None:
+    """A sale's stock entries are its own branch's, written in its commit; its refunds'
+    too (write rule refund-own). SH02 (a liar, every write rule obeyed: no deltas)
+    wrote stock entries naming SH01's sale of one unit at 20 yuan, reason `sale` (5
+    units at 100 billion yuan) and `refund`: the goods report then showed 6 units
+    sold at that cost, the analytics export the same cost, and SH01's honest refund
+    put its unit back at 16.7 billion yuan. Every reader takes only the stock
+    entries the sale's own branch wrote."""
+    import pyarrow.parquet as pq
+
+    from crdtledger import analytics
+
+    clock = FakeClock()
+    a = new_ledger(tmp_path, "SH01", now_ms=clock)
+    b = new_ledger(tmp_path, "SH02", now_ms=clock)
+    try:
+        name_branches(a, "SH01", "SH02")
+        sync(a, b)
+        a.add_goods(a.owner, "G1", "洗发水", 5000, 2000)
+        a.stock_in(a.owner, "G1", 10)
+        sale = a.sell_goods(a.owner, "G1", 1, pay="cash")
+        sync(a, b)
+        before = views.goods_ranking(a, "profit")
+        assert [(g["qty"], g["sales"], g["cost"]) for g in before] == [(1, 5000, 2000)]
+        for reason, qty in (("sale", 5), ("refund", 3)):
+            e = b._entry("stock", b.clock.mint(), ref=sale["id"], reason=reason, qty=qty,
+                         amount=10**13, goods="G1")
+            b._commit(lambda e=e: ([b._entry_write(e)], e))  # type: ignore[misc]
+        sync(a, b)
+        assert b.storage.conn.execute(
+            "SELECT COUNT(*) FROM entries WHERE kind = 'stock' AND node = 'SH02'"
+        ).fetchone()[0] == 2  # taken in: every write rule obeyed
+        for lg in (a, b):
+            assert views.goods_ranking(lg, "profit") == before
+        analytics.export(a, tmp_path / "an")
+        rows = pq.read_table(tmp_path / "an" / "goods_sales").to_pylist()
+        assert [(r["kind"], r["qty"], r["cost"]) for r in rows] == [("sale", 1, 2000)]
+        back = a.refund(a.owner, sale["id"], qty=1)
+        assert a.entry(back["stock_entry"])["amount"] == 2000  # the sale's unit cost
+        sync(a, b)
+        for lg in (a, b):
+            assert [(g["qty"], g["sales"], g["cost"]) for g in views.goods_ranking(lg)] == [
+                (0, 0, 0)]
+        analytics.export(a, tmp_path / "an")
+        rows = pq.read_table(tmp_path / "an" / "goods_sales").to_pylist()
+        assert sorted((r["kind"], r["qty"], r["cost"]) for r in rows) == [
+            ("refund", -1, -2000), ("sale", 1, 2000)]
+    finally:
+        a.close()
+        b.close()
