@@ -33,6 +33,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from datetime import date
@@ -98,6 +99,7 @@ GOODS = pa.schema([
 ])
 
 Progress = Callable[[str], None]
+BIRTHDAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def export(ledger: Ledger, out: Path | str, progress: Progress | None = None
@@ -332,7 +334,6 @@ def _member_table(ledger: Ledger, members: Mapping[str, str]) -> pa.Table:
     for mid, home, day, body in ledger.storage.conn.execute(
             "SELECT id, home, day, body FROM members ORDER BY id"):
         p = json.loads(body)
-        birthday = str(p.get("birthday") or "")
         merged = p.get("merged_into")
         prefs = p.get("prefs") if isinstance(p.get("prefs"), dict) else {}
         tags = p.get("tags") if isinstance(p.get("tags"), dict) else {}
@@ -340,9 +341,8 @@ def _member_table(ledger: Ledger, members: Mapping[str, str]) -> pa.Table:
         cols["member"].append(members[mid])
         cols["home"].append(home)
         cols["joined"].append(_day(day))
-        cols["gender"].append(p.get("gender") or None)
-        # Only the year of a full birthday (1990-05-17); a day without a year (05-17) none.
-        cols["birth_year"].append(int(birthday[:4]) if len(birthday) == 10 else None)
+        cols["gender"].append(_text(p.get("gender")))
+        cols["birth_year"].append(_birth_year(p.get("birthday")))
         # The level its group reached (merged duplicates count together), as the
         # ledger shows it; `spent` and `topped` are the member id's own. A member in
         # no merge (nearly all) is its own group: its totals, no more reads.
@@ -352,10 +352,33 @@ def _member_table(ledger: Ledger, members: Mapping[str, str]) -> pa.Table:
         cols["spent"].append(spent)
         cols["topped"].append(topped)
         cols["tags"].append(sorted(str(t) for t, on in tags.items() if on))
-        cols["preferred_service"].append(prefs.get("service") or None)
+        cols["preferred_service"].append(_text(prefs.get("service")))
         cols["erased"].append(bool(p.get("erased")))
         cols["merged_into"].append(members.get(str(merged)) if merged else None)
     return pa.table(cols, schema=MEMBERS)
+
+
+# A member's fields are its record's contents, which no check holds to a shape on the
+# way in (crdtledger.members checks what this program writes, not what another
+# branch's record holds): a liar's birthday "ABCD-EF-GH", gender 5 or preferred
+# service 7 stopped every branch's export for good, as members.parquet is written
+# whole at each run. What is not the shape this program writes is exported null.
+
+
+def _text(value: Any) -> str | None:
+    """Non-empty text as it is; anything else (a number, a map, a list) null."""
+    return value if isinstance(value, str) and value else None
+
+
+def _birth_year(value: Any) -> int | None:
+    """The year of a full birthday (1990-05-17), a day of the calendar; a day without
+    a year (05-17), or anything not a date, none."""
+    if not isinstance(value, str) or not BIRTHDAY.fullmatch(value):
+        return None
+    try:
+        return date.fromisoformat(value).year
+    except ValueError:  # 1990-13-45
+        return None
 
 
 def _goods_table(ledger: Ledger) -> pa.Table:

@@ -319,3 +319,58 @@ def test_an_export_stopped_after_its_first_month_is_carried_on(tmp_path: Path) -
         assert analytics.export(a, out)["months_written"]
     finally:
         a.close()
+
+
+def _liar_chain(tmp_path: Path) -> tuple[Ledger, Ledger]:
+    """SH01 (honest: its export runs) and SH02, in sync. SH02 lies as a real store can:
+    hand-made records committed into its own signed log, every write rule obeyed."""
+    from helpers import name_branches, new_ledger
+
+    clock = FakeClock()
+    a = new_ledger(tmp_path, "SH01", now_ms=clock)
+    b = new_ledger(tmp_path, "SH02", now_ms=clock)
+    name_branches(a, "SH01", "SH02")
+    sync(a, b)
+    return a, b
+
+
+@pytest.mark.parametrize("fields", [
+    {"birthday": "ABCD-EF-GH"}, {"birthday": "1990-13-45"}, {"birthday": 19900517},
+    {"gender": 5}, {"gender": {"x": 1}}, {"prefs": {"service": 7}},
+    {"prefs": {"service": ["x"]}}])
+def test_a_liars_member_fields_stop_no_export(tmp_path: Path, fields: dict[str, object]
+                                             ) -> None:
+    """A member's fields are its record's contents, unchecked on the way in: a liar's
+    birthday "ABCD-EF-GH", gender 5 or preferred service 7 stopped every branch's
+    export for good (ValueError, ArrowTypeError; members.parquet is written whole
+    each run). What is not the expected shape is exported null; an honest member
+    beside it as before."""
+    from pycrdt import Map
+
+    from crdtledger.commit import put
+    from crdtledger.model import EDITS, member_doc
+
+    a, b = _liar_chain(tmp_path)
+    try:
+        a.add_member(a.owner, name="张伟", phone="13800000001", gender="F",
+                     birthday="1990-05-17", prefs={"service": "足疗"})
+        mid = b.clock.mint()
+        body: dict[str, object] = {
+            "name": "x", "phone": "13800000002", "home": b.node, "created_by": b.owner,
+            "prefs": Map({}), "tags": Map({}), "custom": Map({}), EDITS: Map()}
+        body.update({k: Map(v) if isinstance(v, dict) else v for k, v in fields.items()})
+        b._write(put(member_doc(mid), "members", mid, Map(body)))
+        sync(a, b)
+        out = tmp_path / "analytics"
+        analytics.export(a, out)
+        rows = pq.read_table(out / "members.parquet").to_pylist()
+        assert len(rows) == 2
+        liar = next(r for r in rows if r["home"] == "SH02")
+        assert (liar["gender"], liar["birth_year"], liar["preferred_service"]) == (
+            None, None, None)
+        mine = next(r for r in rows if r["home"] == "SH01")
+        assert (mine["gender"], mine["birth_year"], mine["preferred_service"]) == (
+            "F", 1990, "足疗")
+    finally:
+        a.close()
+        b.close()
