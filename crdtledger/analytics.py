@@ -137,10 +137,11 @@ def export(ledger: Ledger, out: Path | str, progress: Progress | None = None
             entries = _month_entries(ledger, month)
             _write(out / "entries" / f"month={month}" / PART,
                    _entry_table(entries, members))
-            sales = _goods_sales(conn, entries, members)
+            sales, left_out = _goods_sales(conn, entries, members)
             _write(out / "goods_sales" / f"month={month}" / PART, sales)
             kept[month] = {"fingerprint": fingerprint, "entries": len(entries),
-                           "goods_sales": sales.num_rows}
+                           "goods_sales": sales.num_rows,
+                           **({"costs_left_out": left_out} if left_out else {})}
             written.append(month)
             rows += len(entries)
             tell(f"{month}: {len(entries)} entries, {sales.num_rows} goods sales")
@@ -165,6 +166,8 @@ def export(ledger: Ledger, out: Path | str, progress: Progress | None = None
     return {"out": str(out), "months_written": written, "entries_written": rows,
             "months_unchanged": len(months) - len(written),
             "entries": sum(int(m["entries"]) for m in kept.values()),
+            "goods_costs_left_out": sum(int(m.get("costs_left_out", 0))
+                                        for m in kept.values()),
             "members": member_rows.num_rows, "rewritten": sorted(others)}
 
 
@@ -286,14 +289,16 @@ def _masked(e: dict[str, Any], members: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _goods_sales(conn: Any, entries: list[tuple[str, dict[str, Any]]],
-                 members: Mapping[str, str]) -> pa.Table:
+                 members: Mapping[str, str]) -> tuple[pa.Table, int]:
     """Goods sold (a debit naming `goods`), refunded (a refund of such a debit: units,
     money and cost negative) and given for points (a redeem naming `goods`: no money).
     Cost is what the stock entries took the units out at (crdtledger.goods); a refund's
-    at the unit cost of its sale, as the refund's own stock entry puts them back."""
+    at the unit cost of its sale, as the refund's own stock entry puts them back.
+    Returns the rows and how many of them have their cost left out (`_int64`)."""
     from crdtledger.views import sale_stock  # only the sale's own branch's stock entries
 
     cols: dict[str, list[Any]] = {f.name: [] for f in GOODS_SALES}
+    left_out = 0
     for day, e in entries:
         kind = e["kind"]
         if kind in ("debit", "redeem") and e.get("goods"):
@@ -318,10 +323,28 @@ def _goods_sales(conn: Any, entries: list[tuple[str, dict[str, Any]]],
                                (e["id"], _day(day), e["at"], e["node"], masked["member"],
                                 e["op"]), strict=True):
             cols[name].append(value)
-        for name, value in zip(("kind", "goods", "qty", "amount", "cost", "pay", "sale"), row,
-                               strict=True):
+        held = _int64(row[4])
+        left_out += held is None
+        for name, value in zip(("kind", "goods", "qty", "amount", "cost", "pay", "sale"),
+                               (*row[:4], held, *row[5:]), strict=True):
             cols[name].append(value)
-    return pa.table(cols, schema=GOODS_SALES)
+    return pa.table(cols, schema=GOODS_SALES), left_out
+
+
+# The most an int64 column holds. An entry's numbers are at most MAX_AMOUNT (10**13,
+# crdtledger.model), but a cost is a product or a sum of them: a liar's refund of
+# 10**13 units of a sale at a unit cost of 10**13 is a cost of -10**26, which stopped
+# every branch's export for good (OverflowError; the month is written whole, and was
+# never written again). Such a cost is left out (null) and counted in the manifest and
+# the export's result (`goods_costs_left_out`), rather than clamped: a clamped figure
+# reads as a real one and sums silently into every total over it, where a null is
+# skipped by SUM, shown by COUNT(cost), and the row's units and money stay exact.
+# Never a float: money is whole fen.
+INT64 = 2**63 - 1
+
+
+def _int64(value: int) -> int | None:
+    return value if -INT64 <= value <= INT64 else None
 
 
 def _member_table(ledger: Ledger, members: Mapping[str, str]) -> pa.Table:

@@ -146,7 +146,9 @@ def _export_analytics(ledger: Ledger, operator: str, p: Params) -> Result:
     text = (f"{info['out']}: {info['entries']} entries in {len(months) + info['months_unchanged']}"
             f" months, {info['members']} members; "
             + (f"written {info['entries_written']} entries of {', '.join(months)}" if months
-               else "no month changed since the last export"))
+               else "no month changed since the last export")
+            + (f"; the cost of {info['goods_costs_left_out']} goods sales left out (too large "
+               "to hold)" if info.get("goods_costs_left_out") else ""))
     return Result(info, text)
 
 

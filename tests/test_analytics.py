@@ -374,3 +374,37 @@ def test_a_liars_member_fields_stop_no_export(tmp_path: Path, fields: dict[str, 
     finally:
         a.close()
         b.close()
+
+
+def test_a_liars_goods_cost_past_int64_stops_no_export(tmp_path: Path) -> None:
+    """A liar's goods sale of one unit at a cost of 10**13 fen, refunded 10**13 times
+    (every number within the entry checks): the refund's cost, -(unit cost) * units =
+    -10**26, overflowed the int64 column and stopped every branch's export for good
+    (the month is written whole each run, and never was again). Its cost is left out
+    (null), counted, and every other value of the month is exported."""
+    a, b = _liar_chain(tmp_path)
+
+    def lie(kind: str, member: str, **fields: object) -> dict[str, object]:
+        e = b._entry(kind, member, op=b.owner)
+        e.update(fields)
+        b._commit(lambda: ([b._entry_write(e)], e))
+        return e
+
+    try:
+        m = b.add_member(b.owner, name="m", phone="13800000009")
+        sale = lie("debit", m, goods="G1", qty=1, amount=100, pay="cash")
+        lie("stock", m, ref=sale["id"], reason="sale", qty=1, amount=10**13, goods="G1")
+        lie("refund", m, ref=sale["id"], qty=10**13, amount=1)
+        sync(a, b)
+        out = tmp_path / "analytics"
+        first = analytics.export(a, out)
+        assert first["goods_costs_left_out"] == 1
+        rows = pq.read_table(out / "goods_sales").to_pylist()
+        assert sorted((r["kind"], r["qty"], r["amount"], r["cost"]) for r in rows) == [
+            ("refund", -10**13, -1, None), ("sale", 1, 100, 10**13)]
+        assert len(pq.read_table(out / "entries")) == first["entries"]
+        again = analytics.export(a, out)  # nothing rewritten: still counted
+        assert (again["months_written"], again["goods_costs_left_out"]) == ([], 1)
+    finally:
+        a.close()
+        b.close()
