@@ -100,6 +100,7 @@ GOODS = pa.schema([
 
 Progress = Callable[[str], None]
 BIRTHDAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+MONTH = re.compile(r"[0-9]{4}-[0-9]{2}")
 
 
 def export(ledger: Ledger, out: Path | str, progress: Progress | None = None
@@ -453,7 +454,17 @@ def _read_manifest(out: Path, chain: str) -> dict[str, Any]:
     if manifest.get("chain") not in (None, chain):
         raise InvalidInput(f"{out} holds the export of chain {manifest.get('chain')!r}, "
                            f"not of {chain!r}")
-    return dict(manifest)
+    # A month's key is joined into the paths of its files, which a month no longer in
+    # the store has unlinked: "2026-01/../../../x", written by whoever can edit this
+    # file (a shared folder), deleted a part-0.parquet outside `out`. Only YYYY-MM is
+    # a month, and only with the map of what was written that an export writes (else
+    # the month is written again); anything else is no month of this export's, dropped.
+    months = manifest.get("months", {})
+    return {**manifest, "months": {
+        m: v for m, v in months.items()
+        if isinstance(m, str) and MONTH.fullmatch(m) and isinstance(v, dict)
+        and all(type(v.get(k, 0)) is int for k in ("entries", "costs_left_out"))
+        and "entries" in v}}
 
 
 def _write_manifest(out: Path, manifest: Mapping[str, Any]) -> None:

@@ -408,3 +408,37 @@ def test_a_liars_goods_cost_past_int64_stops_no_export(tmp_path: Path) -> None:
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize(("month", "value"), [
+    ("{m}/../../../other-chain-analytics", {"fingerprint": "x", "entries": 1}),
+    ("../x", {}), ("2026-1", {}), ("2026-01\n", {}), ("２０２６-01", {}), ("{m}", 5),
+    ("{m}", {"fingerprint": "x"}), ("{m}", {"entries": "1", "costs_left_out": None})])
+def test_a_manifests_month_not_yyyy_mm_is_no_month(tmp_path: Path, month: str,
+                                                   value: object) -> None:
+    """Whoever could edit OUT/crdtledger-analytics.json (a shared folder) made the next
+    export delete a part-0.parquet outside OUT: a month key "2026-01/../../../x" was
+    joined into the path of a month "no longer there" and unlinked. A key that is not
+    YYYY-MM, or whose value is not a map, is no month of the export's: dropped, and
+    nothing outside OUT touched."""
+    from helpers import new_ledger
+
+    a = new_ledger(tmp_path, "SH01")
+    try:
+        m = a.add_member(a.owner, name="x", phone="13800000001")
+        a.topup(a.owner, m, 100)
+        out = tmp_path / "analytics"
+        analytics.export(a, out)
+        victim = tmp_path / "other-chain-analytics" / "part-0.parquet"
+        victim.parent.mkdir()
+        victim.write_bytes(b"another export's data")
+        manifest = json.loads((out / MANIFEST).read_text())
+        months = dict(manifest["months"])
+        first = next(iter(months))
+        manifest["months"][month.format(m=first)] = value
+        (out / MANIFEST).write_text(json.dumps(manifest))
+        analytics.export(a, out)
+        assert victim.read_bytes() == b"another export's data"
+        assert json.loads((out / MANIFEST).read_text())["months"] == months
+    finally:
+        a.close()
