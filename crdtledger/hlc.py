@@ -18,8 +18,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from types import TracebackType
 
 from crdtledger.errors import ClockSkew, InvalidInput
 
@@ -148,8 +148,7 @@ class HybridClock:
             return self._pin
         return self._now_ms() + self.offset_ms
 
-    @contextmanager
-    def pinned(self) -> Iterator[int]:
+    def pinned(self) -> Pinned:
         """One instant for one operation: the time its first id will carry
         (`next_ms`), which `wall`, `next_ms` and the ids minted meanwhile keep (ids of
         one millisecond differ by their counter). What the operation judges by the
@@ -157,15 +156,9 @@ class HybridClock:
         hours, the refund period) is then judged on the day and minute its entries
         are booked on: a sale begun at 23:59:59.999 was judged on one day and booked
         on the next, and a check-in judged by this PC's clock was booked by an id
-        past it (a peer's later id). Re-entered, the outer instant stands."""
-        if self._pin is not None:
-            yield self._pin
-            return
-        self._pin = self.next_ms()
-        try:
-            yield self._pin
-        finally:
-            self._pin = None
+        past it (a peer's later id). Re-entered, the outer instant stands.
+        (A class, not a generator's context manager: entered on every operation.)"""
+        return Pinned(self)
 
     def now(self) -> int:
         wall = max(self.wall(), self.floor_ms)
@@ -252,3 +245,28 @@ def matched_id_time_ms(ident: str) -> int:
 
 def id_node(ident: str) -> str:
     return ident.split(".", 1)[1]
+
+
+class Pinned:
+    """HybridClock.pinned's context: sets the clock's instant unless one is set
+    already (the outer operation's, which then stands), and clears what it set."""
+
+    __slots__ = ("_clock", "_set")
+
+    def __init__(self, clock: HybridClock) -> None:
+        self._clock = clock
+        self._set = False
+
+    def __enter__(self) -> int:
+        clock = self._clock
+        pin = clock._pin
+        if pin is None:
+            pin = clock._pin = clock.next_ms()
+            self._set = True
+        return pin
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._set:
+            self._set = False
+            self._clock._pin = None
