@@ -106,7 +106,7 @@ def touch_group(conn: sqlite3.Connection, member: str) -> None:
 
 
 # Is member ?1 merged into another, or another into it (crdtledger.merge)?
-IN_MERGE = ("EXISTS (SELECT 1 FROM members WHERE id = ?1 "
+IN_MERGE = ("EXISTS (SELECT 1 FROM members INDEXED BY members_merged_id WHERE id = ?1 "
             "AND json_extract(body, '$.merged_into') IS NOT NULL) "
             "OR EXISTS (SELECT 1 FROM members WHERE json_extract(body, '$.merged_into') = ?1)")
 # The lot of an entry whose member is in no merge, holds no later entry (with

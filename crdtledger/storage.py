@@ -132,6 +132,11 @@ CREATE INDEX IF NOT EXISTS members_erased ON members(id)
 -- every debit (a survivor's group), so it is an index, holding merged members only.
 CREATE INDEX IF NOT EXISTS members_merged ON members(json_extract(body, '$.merged_into'))
     WHERE json_extract(body, '$.merged_into') IS NOT NULL;
+-- The same members by id: is this one merged (views._merged_into, projection.IN_MERGE)
+-- is asked on every operation naming a member and every sale's points lot; a probe of
+-- this (nearly always empty) index instead of the member's row and a parse of its body.
+CREATE INDEX IF NOT EXISTS members_merged_id ON members(id)
+    WHERE json_extract(body, '$.merged_into') IS NOT NULL;
 -- Check-ins by activity (crdtledger.membership): housekeeping reads each activity's
 -- every day, and without it scanned every entry once per activity ever set.
 CREATE INDEX IF NOT EXISTS entries_checkin ON entries(json_extract(body, '$.activity'), id)

@@ -37,8 +37,10 @@ def mask_phone(phone: str) -> str:
 def _merged_into(conn: sqlite3.Connection, member: str) -> str | None:
     """Whom `member` was merged into, if that is a member this replica holds."""
     row = conn.execute(
-        "SELECT t.id FROM members m JOIN members t ON t.id = json_extract(m.body, "
-        "'$.merged_into') WHERE m.id = ?", (member,)).fetchone()
+        "SELECT t.id FROM members m INDEXED BY members_merged_id JOIN members t "
+        "ON t.id = json_extract(m.body, '$.merged_into') "
+        "WHERE m.id = ? AND json_extract(m.body, '$.merged_into') IS NOT NULL",
+        (member,)).fetchone()
     return str(row[0]) if row else None
 
 
