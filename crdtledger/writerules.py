@@ -47,6 +47,9 @@ VALUE_RAISES: dict[str, frozenset[str]] = {
     "package": frozenset({"pkg"}),
 }
 VALUE_MOVES = frozenset({"transfer", "merge"})
+# isinstance(x, int | float), without making the union anew at every call: asked of
+# every delta of every entry judged (a catch-up's, and each entry a till writes).
+_NUMBER = (int, float)
 
 
 @dataclass(frozen=True)
@@ -302,7 +305,7 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
             # list for a purse was a TypeError out of apply_batch at every replica.
             counted = [tuple(d) for d in deltas if isinstance(d, list) and len(d) == 3
                        and isinstance(d[0], str) and isinstance(d[1], str)
-                       and isinstance(d[2], int | float)]
+                       and isinstance(d[2], _NUMBER)]
             try:
                 check_deltas_authorised(node, counted)
             except ValueError as e:
@@ -346,8 +349,8 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
                     if value in ("cash", "bonus", "pkg") and value not in may:
                         raise RuleBroken("value-raise", f"{doc}: entry {key}: a {kind} "
                                          f"raises {purse} of {str(n)[:20]}")
-                if shipped > -sum(c for p, n, c in counted
-                                  if p == "stock" and n == node and c < 0):
+                if shipped and shipped > -sum(c for p, n, c in counted
+                                              if p == "stock" and n == node and c < 0):
                     raise RuleBroken("raise-own", f"{doc}: entry {key}: ships more units "
                                      "than it takes from its writer's stock")
             if kind == "transfer":
@@ -360,7 +363,7 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
         if kind == "merge":
             merges[key] = new
         if kind == "expiry" and isinstance(deltas, list) and any(
-                isinstance(d, list) and len(d) == 3 and isinstance(d[2], int | float)
+                isinstance(d, list) and len(d) == 3 and isinstance(d[2], _NUMBER)
                 and d[2] > 0 for d in deltas) and (
                 not isinstance(new.get("ref"), str) or new["ref"].rsplit(".", 1)[-1] != node):
             raise RuleBroken("give-back-own", f"{doc}: entry {key}: an expiry raising "
@@ -388,7 +391,7 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
                 not isinstance(new.get("ref"), str) or new["ref"].rsplit(".", 1)[-1] != node):
             raise RuleBroken("referral-reward", f"{doc}: entry {key}: node {node} rewards a "
                                                 "referral another branch recorded")
-    named = check_merges_paired(node, doc, merges, earlier)
+    named = check_merges_paired(node, doc, merges, earlier) if merges else set()
     # Like money, a coupon moves between branches and is spent; unlike money, nobody
     # may make more of it: one unit, made by its issue. (A branch could otherwise
     # give itself a new unit of a coupon already redeemed, in any member's name.)
@@ -458,7 +461,7 @@ def _changes(entry: dict[str, Any]) -> list[tuple[str, str, Any]] | None:
     for d in deltas:
         if (not isinstance(d, list) or len(d) != 3 or not isinstance(d[0], str)
                 or not isinstance(d[1], str) or isinstance(d[2], bool)
-                or not isinstance(d[2], int | float)):
+                or not isinstance(d[2], _NUMBER)):
             return None
         out.append((d[0], d[1], d[2]))
     return out
