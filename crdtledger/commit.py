@@ -127,6 +127,12 @@ class LedgerBase:
         # Members others were merged into (merge.Merges._folded), read once: a debit
         # then asks nothing more for the members (nearly all) nobody was merged into.
         self._merge_targets: frozenset[str] | None = None
+        # And the members merged into another (merge.Merges.survivor_of): an operation
+        # naming a member asks nothing more for the members (nearly all) never merged.
+        # Both read again after a members record changed, or a transaction failed
+        # (storage.rollbacks: read inside it, they may hold what it undid).
+        self._merged_ids: frozenset[str] | None = None
+        self._merges_read = storage.rollbacks
         # A merged member's sweep an operation owes (merge.Merges._owe_sweep): written
         # by its commit, in its transaction, before its plan (dropped when the next
         # operation begins, auth.Auth.authorise, if it was refused before its commit).
@@ -203,7 +209,7 @@ class LedgerBase:
                 self._apply(writes, committed, docs)
                 st.keep_clock(self.clock.last, self.clock.eras_text)
         except BaseException:  # rolled back: it may have written a merge read since
-            self._merge_targets = None
+            self._merge_targets = self._merged_ids = None
             raise
         self._notify(committed, None)
         for name in docs:
@@ -322,7 +328,7 @@ class LedgerBase:
         if w.root == "rules":
             self._rules = None
         elif w.root == "members":
-            self._merge_targets = None
+            self._merge_targets = self._merged_ids = None
 
     def _notify(self, records: Iterable[Record], origin: object) -> None:
         for rec in records:

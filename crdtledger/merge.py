@@ -85,8 +85,22 @@ class Merges(Cards):
                 "group": views.member_group(conn, survivor), "entries": moved}
 
     def survivor_of(self, member: str) -> str:
-        """The member `member` acts as (itself unless merged): views.canonical."""
+        """The member `member` acts as (itself unless merged): views.canonical, read
+        only for a member whose `merged_into` is set (asked of every operation that
+        names a member: operations.run)."""
+        self._merges_current()
+        if self._merged_ids is None:
+            self._merged_ids = views.merged_ids(self.storage.conn)
+        if member not in self._merged_ids:
+            return member
         return views.canonical(self.storage.conn, member)
+
+    def _merges_current(self) -> None:
+        """Drop what was read of the merges (`_merge_targets`, `_merged_ids`) if a
+        transaction failed since: it may have been read inside it."""
+        if self._merges_read != self.storage.rollbacks:
+            self._merges_read = self.storage.rollbacks
+            self._merge_targets = self._merged_ids = None
 
     def sweep_merged(self) -> list[dict[str, Any]]:
         """Housekeeping: move every merged member's rights this branch holds to the
@@ -188,6 +202,7 @@ class Merges(Cards):
     def _folded(self, member: str) -> list[str]:
         """views.folded_into(member), asking the store only for a member someone was
         merged into: the debit's path, for the members (nearly all) nobody was."""
+        self._merges_current()
         if self._merge_targets is None:
             self._merge_targets = views.merge_targets(self.storage.conn)
         if member not in self._merge_targets:

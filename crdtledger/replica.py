@@ -133,7 +133,7 @@ class Replica(LedgerBase):
                 if root == "members" and isinstance(value, dict) and erased(value):
                     self.erased_now.add(ld.name)  # compacted after the batch, however old
         if "members" in roots:
-            self._merge_targets = None
+            self._merge_targets = self._merged_ids = None
         if "rules" in roots:
             self._rules = None
 

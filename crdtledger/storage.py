@@ -664,6 +664,8 @@ class Storage:
         # Bumped whenever the state vectors may have changed (a record, a compaction, a
         # rollback): what is derived from them may be kept while it stands still.
         self.version = 0
+        # Bumped by every failed transaction: what was read inside one may be gone.
+        self.rollbacks = 0
         self._day_second: int | None = None
         self._day = ""
         # How far this node's own log has left it, beside the store (crdtledger.
@@ -866,6 +868,7 @@ class Storage:
         except sqlite3.Error as e:  # the memory must be dropped all the same
             log.warning("rolling back a failed transaction: %s", e)
         POINTS_NOTED.add(id(self.conn))
+        self.rollbacks += 1
         self.log.reset()
         self._svs = None
         self._peers_kept.clear()

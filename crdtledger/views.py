@@ -64,6 +64,14 @@ def member_group(conn: sqlite3.Connection, member: str) -> list[str]:
     return folded_into(conn, canonical(conn, member))
 
 
+def merged_ids(conn: sqlite3.Connection) -> frozenset[str]:
+    """Every member whose `merged_into` is set (whether or not this replica holds
+    whom it names): no other member's `canonical` is anyone but itself."""
+    return frozenset(m for (m,) in conn.execute(
+        "SELECT id FROM members INDEXED BY members_merged_id "
+        "WHERE json_extract(body, '$.merged_into') IS NOT NULL"))
+
+
 def merge_targets(conn: sqlite3.Connection) -> frozenset[str]:
     """Every member some other member was merged into (a survivor, or a link of a
     chain of merges): one read of the merged members' index."""
