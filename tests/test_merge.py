@@ -494,3 +494,21 @@ def test_a_survivor_may_take_the_phone_of_a_duplicate_merged_into_it(tmp_path: P
             ledger.edit_member(ledger.owner, z, fields={"phone": "13700000002"})
     finally:
         ledger.close()
+
+
+def test_who_is_merged_is_read_again_after_a_failed_transaction(tmp_path: Path) -> None:
+    """survivor_of keeps the ids of the merged members (asked of every operation that
+    names a member). Read inside a transaction that then failed, they may hold what it
+    undid: they are read again after any failed transaction, not only after a members
+    record changed."""
+    ledger = new_ledger(tmp_path, "SH01")
+    a = ledger.add_member(ledger.owner, name="Amy", phone=PHONE)
+    b = ledger.add_member(ledger.owner, name="Amy", phone="13800138001")
+    assert ledger.survivor_of(b) == b
+    ledger.merge_member(ledger.owner, b, a)
+    assert ledger.survivor_of(b) == a and ledger.survivor_of(a) == a
+    with pytest.raises(RuntimeError), ledger.storage.transaction():
+        ledger._merged_ids = frozenset()  # as if read while the transaction undid b's merge
+        raise RuntimeError("failed")
+    assert ledger.survivor_of(b) == a
+    ledger.close()
