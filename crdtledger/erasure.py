@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pycrdt import Doc, Map
 
-from crdtledger import bookings, idempotency, lots, views
+from crdtledger import bookings, idempotency, lots, outbox, views
 from crdtledger.commit import put
 from crdtledger.errors import InvalidInput, LedgerError, NotFound
 from crdtledger.hlc import id_time_ms
@@ -102,6 +102,7 @@ def erase_member(ledger: Ledger, operator: str, member: str) -> dict[str, Any]:
         ledger.storage.compact(doc)
     ledger.storage.forget_freed()
     idempotency.forget_members(ledger, erased)
+    outbox.forget_members(ledger, erased)
     # This node's own records into them, at once; other branches redact theirs when
     # the erasure reaches them (their housekeeping: redact_erased).
     redactions = [e["id"] for mid in erased for e in redact_own(ledger, mid)]
@@ -149,6 +150,7 @@ def after_batch(ledger: Ledger, touched: Iterable[str]) -> None:
         gone = [mid for mid, _change in _erased(ledger.storage.conn)
                 if member_doc(mid) in docs]
         idempotency.forget_members(ledger, gone)
+        outbox.forget_members(ledger, gone)
         for mid in gone:
             try:
                 _redact_once(ledger, mid)

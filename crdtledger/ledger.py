@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from crdtledger import backups, closing, erasure, views
+from crdtledger import backups, closing, erasure, outbox, views
 from crdtledger.commit import SKEW_EVENTS_KEPT, Write
 from crdtledger.errors import InvalidInput
 from crdtledger.goods import Goods
@@ -121,6 +121,9 @@ class Ledger(Membership, Goods, Replica):
             closing.close_due_month(self)
             backups.drop_kept_aside(self.storage.dir, self.clock.wall())
         closing.sign_closing(self)
+        # Erased members' notices leave the outbox at the erasure (crdtledger.erasure);
+        # this takes those a store kept from before that, notifier or not.
+        outbox.forget_erased(self)
         yield [*erasure.redact_erased(self), *self.sweep_merged()]
         due = (views.members_with_expired_points(self, self.node, self.today()) if timed
                else [])

@@ -335,11 +335,38 @@ def keep(ledger: Ledger, due: Due, now_ms: int) -> int:
                  (REFUSED, now_ms - KEEP_SENT_DAYS * 86_400_000))
     conn.execute("DELETE FROM outbox_marks WHERE name LIKE 'told:%' AND value < ?",
                  (today_of(ledger, now_ms - KEEP_SENT_DAYS * 86_400_000),))
-    # An erased member's notices go too, sent or not: their address and name are in
-    # them (crdtledger.erasure reaches every replica; this is the sender's own copy).
-    conn.execute("DELETE FROM outbox WHERE member IN (SELECT id FROM members WHERE "
-                 "json_extract(body, '$.erased') IS NOT NULL)")
+    forget_erased(ledger)
     return new
+
+
+def _made(ledger: Ledger) -> bool:
+    return ledger.storage.conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outbox'"
+    ).fetchone() is not None
+
+
+def forget_members(ledger: Ledger, members: Iterable[str]) -> int:
+    """Drop the notices of `members` (erased), sent or not: their address and name are
+    in them. Called by the erasure itself, where it is written and where it arrives
+    (crdtledger.erasure), so a node with no notifier (no [notify] gateway: nothing
+    ever runs `keep`) keeps none either. A store that never used its outbox has no
+    table, and gets none. Returns how many went."""
+    ids = [m for m in members if isinstance(m, str) and m]
+    if not ids or not _made(ledger):
+        return 0
+    conn = _conn(ledger)
+    return sum(conn.execute("DELETE FROM outbox WHERE member = ?", (mid,)).rowcount
+               for mid in ids)
+
+
+def forget_erased(ledger: Ledger) -> int:
+    """Drop the notices of every erased member (housekeeping, and each `keep`): those
+    kept before the erasure reached this code (a store erased under an older version)."""
+    if not _made(ledger):
+        return 0
+    return _conn(ledger).execute(
+        "DELETE FROM outbox WHERE member IN (SELECT id FROM members WHERE "
+        "json_extract(body, '$.erased') IS NOT NULL)").rowcount
 
 
 def _home_members(ledger: Ledger, day: str, rule: Mapping[str, Any]) -> list[dict[str, Any]]:

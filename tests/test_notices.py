@@ -123,6 +123,46 @@ def test_an_erased_members_notices_leave_the_outbox(ledger: Ledger) -> None:
     assert outbox.collect(ledger, NOW + 2000, BOTH).notices == [], "and none are due"
 
 
+def test_an_erasure_takes_the_notices_with_it_at_a_node_without_a_notifier(
+        tmp_path: Path) -> None:
+    """No [notify] gateway: no notifier, so no `keep` ever runs. A broadcast queued
+    here all the same, and the erasure, written here or arriving from another
+    branch, takes the member's notices (phone, a text with the name) with it; a store
+    that kept some from before this (erased under an older version) loses them at
+    its housekeeping."""
+    clock = FakeClock()
+    a = new_ledger(tmp_path, "SH01", now_ms=clock)
+    b = new_ledger(tmp_path, "SH02", now_ms=clock)
+    name_branches(a, "SH01", "SH02")
+    here = a.add_member(a.owner, name="王芳", phone="13812345678", promo="yes")
+    there = a.add_member(a.owner, name="李娜", phone="13812345679", promo="yes")
+    kept = a.add_member(a.owner, name="张伟", phone="13812345670", promo="yes")
+    sync(a, b)
+    for led in (a, b):
+        operations.run(led, led.owner, "notice.broadcast", {"subject": "新品",
+                                                            "text": "{name}，本周八折"})
+    assert {h["member"] for h in outbox.history(b)} == {here, there, kept}
+
+    a.erase_member(a.owner, here)
+    assert {h["member"] for h in outbox.history(a)} == {there, kept}
+    b.erase_member(b.owner, there)
+    sync(a, b)
+    for led in (a, b):
+        assert {h["member"] for h in outbox.history(led)} == {kept}, led.node
+        assert not led.storage.conn.execute(
+            "SELECT 1 FROM outbox WHERE member IN (?, ?)", (here, there)).fetchone()
+
+    # Kept for an erased member by an older version: the housekeeping takes it.
+    outbox.enqueue(a, [notices.Notice(f"broadcast:old:{here}", "broadcast", "SH01", "sms",
+                                      "13812345678", "新品", "王芳，本周八折", here, True)],
+                   clock())
+    assert here in {h["member"] for h in outbox.history(a)}
+    a.housekeeping()
+    assert {h["member"] for h in outbox.history(a)} == {kept}
+    a.close()
+    b.close()
+
+
 def test_a_segment_by_level_home_dormancy_and_tags(ledger: Ledger) -> None:
     a = op(ledger, "member.add", name="A", phone="13800000011", promo="yes",
            tags=["vip"])["member_id"]
