@@ -434,6 +434,14 @@ SERVES_MEMBERS = frozenset({
     "coupon.issue", "coupon.redeem",
 })
 REPORTS = frozenset({"reports.view"})
+# A member's whole ID card number (居民身份证号) is read only by an operator who may
+# fold two members into one person (member.merge: owner and manager among the
+# built-in roles), the narrowest permission whose work turns on that identity (the
+# back office's duplicates page, by ID number, is guarded by it). Everyone else sees
+# it as lists do, the last four characters (views.mask_id_no): a cashier's
+# member.show read any member's whole number at every branch. Entering or changing
+# it (member.add, member.edit) needs no reading it back.
+READS_ID_NO = "member.merge"
 
 
 def yuan(text_: str, *, allow_zero: bool = False) -> int:
@@ -499,8 +507,11 @@ def approver_of(p: Params) -> tuple[str, str] | None:
     return (str(a["name"]), str(a["password"])) if a else None
 
 
-def member_view(ledger: Ledger, member: str) -> dict[str, Any]:
+def member_view(ledger: Ledger, operator: str, member: str) -> dict[str, Any]:
+    """A member's profile as `operator` may read it (READS_ID_NO), and balance."""
     m = ledger.member(member)
+    if m.get("id_no") and READS_ID_NO not in ledger.permissions(operator):
+        m["id_no"] = views.mask_id_no(str(m["id_no"]))
     m["balance"] = ledger.balance(member)
     return m
 
@@ -651,7 +662,7 @@ def _show_member(_ledger: Ledger, m: Any, _p: Params) -> str:
            http="GET /members/{member}", params=WHO, forms=(WHO_FORM,), result=MEMBER_VIEW,
            show=_show_member)
 def member_show(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
-    return member_view(ledger, member_of(ledger, p))
+    return member_view(ledger, operator, member_of(ledger, p))
 
 
 @operation("member.find", "Find members by card number, phone, phone tail or name "
@@ -693,7 +704,7 @@ def member_edit(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
                        fields={k.name: p[k.name] for k in EDIT if k.name in p},
                        prefs=p.get("prefs"), custom=p.get("custom"),
                        tags_add=p.get("tags_add", ()), tags_remove=p.get("tags_remove", ()))
-    return member_view(ledger, p["member"])
+    return member_view(ledger, operator, p["member"])
 
 
 # --- duplicate members and their merge (crdtledger.merge) --------------------------------

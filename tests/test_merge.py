@@ -333,6 +333,37 @@ def test_an_id_card_number_finds_duplicates_and_is_checked(tmp_path: Path) -> No
         ledger.close()
 
 
+def test_only_who_may_merge_members_reads_a_whole_id_card_number(tmp_path: Path) -> None:
+    """member.show (GET /api/members/{id}, `crdtledger member show`) and member.edit's
+    answer give the whole number only to an operator holding member.merge; a cashier,
+    who may enter it, sees it as lists do, the last four."""
+    clock = FakeClock()
+    a = new_ledger(tmp_path, "SH01", now_ms=clock)
+    b = new_ledger(tmp_path, "SH02", now_ms=clock)
+    try:
+        a.set_rule(a.owner, "branches", {"SH01": "SH01", "SH02": "SH02"},
+                   effective_from="2000-01-01")
+        sync(a, b)
+        m = b.add_member(b.owner, name="王芳", phone="13812345678",
+                         id_no="11010519491231002X")
+        sync(a, b)
+        cashier = a.add_operator(a.owner, "c1", "pw-cashier-1", roles=["cashier"])
+        manager = a.add_operator(a.owner, "m1", "pw-manager-1", roles=["manager"])
+        show = {"member": m}
+        assert operations.run(a, cashier, "member.show", show)["id_no"] == "**************002X"
+        edited = operations.run(a, cashier, "member.edit",
+                                {"member": m, "id_no": "110105198001010016"})
+        assert edited["id_no"] == "**************0016"
+        assert "member.merge" not in a.permissions(cashier)
+        for op in (a.owner, manager):
+            assert operations.run(a, op, "member.show", show)["id_no"] == "110105198001010016"
+        assert "id_no" not in operations.run(a, cashier, "member.show", {
+            "member": a.add_member(a.owner, name="李娜", phone="13812345679")})
+    finally:
+        a.close()
+        b.close()
+
+
 def test_command_line_lists_and_merges_on_a_real_data_dir(cli: Cli, make_node: Any) -> None:
     data = make_node("SH01")
     # The same phone typed two ways: the registration check compares text as typed.
