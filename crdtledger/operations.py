@@ -540,9 +540,13 @@ def show_entry(entry: Mapping[str, Any], when: str = "") -> str:
         parts.append(f"{moved} moved from {entry['member']} to {entry['to']}" if "to" in entry
                      else f"{moved} moved in [{entry.get('ref')}]")
     elif entry["kind"] == "transfer":
-        purse = next(p for p, _n, _c in entry["deltas"])
-        parts.append(f"{format_purse(purse, entry['amount'])} {purse} rights "
-                     f"{entry['node']}→{entry['to']}")
+        # Another branch's transfer may hold no deltas nor `to` (the record check lets
+        # them be): shown as what it moved, nothing, not a traceback of the history.
+        purse = next((p for p, _n, _c in entry["deltas"]), None)
+        to = entry.get("to") or "?"
+        parts.append(f"no rights moved {entry['node']}→{to}" if purse is None else
+                     f"{format_purse(purse, entry['amount'])} {purse} rights "
+                     f"{entry['node']}→{to}")
     elif points:
         parts.append(f"points {points:+d}")
     for key in ("service", "pay", "reason", "gift", "coupon"):  # pay: how it was paid

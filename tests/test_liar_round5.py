@@ -133,3 +133,22 @@ def test_the_command_lines_csv_and_json_obey_no_terminal_control(w: World) -> No
         r = run_cli("audit", fmt, data=data)
         assert r.code == 0 and "PWNED" in r.out, r.err
         assert not any(c in r.out for c in "\x1b\x07\x9b"), repr(r.out[:300])
+
+
+def test_a_liars_transfer_without_deltas_leaves_the_history_readable(w: World) -> None:
+    """A liar's `transfer` with no deltas (and one without `to`) passes the record
+    check; `crdtledger history --member M` (text, and --json, which renders the text
+    first) then failed at every branch, for that member, for good: show_entry took
+    next() of the transfer's deltas (RuntimeError)."""
+    bare = w.entry("transfer", w.member, [], amount=1, to="SH01")
+    nowhere = w.entry("transfer", w.member, [], amount=1)
+    w.b.apply_batch(w.liar.batch([w.write(bare), w.write(nowhere)]))
+    assert {e["id"] for e in w.b.history(w.member, 10)} >= {bare["id"], nowhere["id"]}
+    data = w.b.storage.dir
+    w.close()
+    text = run_cli("history", "--member", w.member, data=data)
+    assert text.code == 0, text.err
+    lines = text.out.splitlines()
+    for e, to in ((bare, "SH01"), (nowhere, "?")):
+        assert any(x.endswith(f"no rights moved SH03→{to}  [{e['id']}]") for x in lines), lines
+    assert run_cli("history", "--member", w.member, "--json", data=data).json()
