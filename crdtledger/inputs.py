@@ -23,6 +23,28 @@ def printable(text: str) -> str:
     return CONTROLS.sub("?", text)
 
 
+# What str.splitlines() and a terminal or printer break a line at, and the tab: a
+# value shown in a text of rows goes on its row as a space (the receipt does the same).
+BREAKS = {ord(c): " " for c in "\t\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"}
+
+
+def one_line(value: Any) -> Any:
+    """`value` with every text in it (a result's names, reasons, keys) made one line
+    of printable characters, for a text report of rows: a name holding a line break
+    ("甲\n  2. 李四 13900000000 ...") made rows of its own, forged, in the command
+    line's reports. Other values as they are; the value itself is not changed."""
+    if isinstance(value, str):
+        return printable(value.translate(BREAKS))
+    if isinstance(value, dict):
+        return {one_line(k): one_line(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [one_line(v) for v in value]
+    if isinstance(value, tuple):  # a NamedTuple keeps its type and fields
+        items = [one_line(v) for v in value]
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    return value
+
+
 def check_text(value: Any, what: str, *, required: bool = False, limit: int = MAX_TEXT) -> str:
     if value is None:
         value = ""

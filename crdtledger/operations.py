@@ -44,6 +44,7 @@ from crdtledger.errors import (
 )
 from crdtledger.goods import is_walk_in
 from crdtledger.hlc import NODE_ID
+from crdtledger.inputs import one_line
 from crdtledger.ledger import MAX_TEXT, PHONE, PREF_KEYS, Ledger
 from crdtledger.members import ID_NO
 from crdtledger.model import (
@@ -363,10 +364,18 @@ def run(ledger: Ledger, operator: str, name: str, params: Mapping[str, Any]) -> 
 _OWN_RECORD = frozenset({"member.edit", "member.merge", "member.erase"})
 
 
+# Shown as JSON, which writes a line break in a value as \n: a rule's texts (a
+# notice's template) read as they are, not flattened.
+_SHOWN_AS_JSON = frozenset({"rule.show"})
+
+
 def show(ledger: Ledger, name: str, result: Any, params: Mapping[str, Any]) -> str:
-    """How the result of operation `name` reads to a person."""
+    """How the result of operation `name` reads to a person: each value on its row,
+    whatever line breaks or controls another branch's records put in it (one_line)."""
     op = TABLE[name]
-    text_ = op.show(ledger, result, validate(op, params))
+    if name not in _SHOWN_AS_JSON:
+        result = one_line(result)
+    text_ = op.show(ledger, result, one_line(validate(op, params)))
     if isinstance(result, dict) and "acted_for" in result:
         a = result["acted_for"]
         text_ = f"member {a['asked']} was merged into {a['member']}: done for {a['member']}\n" \
@@ -1466,9 +1475,16 @@ RULE_KIND = Param("kind", {"type": "string", "enum": sorted(RULE_KINDS)}, requir
                   flag="kind")
 
 
+def _json_lines(body: Any) -> str:
+    """JSON whose line breaks are its own: json.dumps leaves U+2028 and U+2029 in a
+    value as they are (_SHOWN_AS_JSON)."""
+    return (json.dumps(body, ensure_ascii=False, indent=2)
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
 @operation("rule.show", "The version of a rule in force on a day (default today)",
            http="GET /rules/{kind}", params=(RULE_KIND, Param("day", DAY)), result={},
-           show=lambda _l, body, _p: json.dumps(body, ensure_ascii=False, indent=2))
+           show=lambda _l, body, _p: _json_lines(body))
 def rule_show(ledger: Ledger, operator: str, p: Params) -> Any:
     return ledger.rule(p["kind"], p.get("day"))
 

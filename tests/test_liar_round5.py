@@ -152,3 +152,32 @@ def test_a_liars_transfer_without_deltas_leaves_the_history_readable(w: World) -
     for e, to in ((bare, "SH01"), (nowhere, "?")):
         assert any(x.endswith(f"no rights moved SH03→{to}  [{e['id']}]") for x in lines), lines
     assert run_cli("history", "--member", w.member, "--json", data=data).json()
+
+
+def test_a_liars_line_breaks_forge_no_rows_of_the_command_lines_reports(w: World) -> None:
+    """A liar renamed a member "王芳\\n  2. 李四 13900000000  99999.00  (9x)": the
+    honest branch's `crdtledger report ranking` printed a second-place row it made up
+    (cli.emit's `printable` keeps line breaks, and the reports put names in as they
+    are). Each value stays on its row; --json keeps the name as it is."""
+    a = w.a
+    forged = "  2. 李四 13900000000  99999.00  (9x)"
+    name = "王芳\n" + forged + "\r\u2028\x85\x0b" + "  3. 张三"
+
+    def rename(d: Doc[Map[object]]) -> None:
+        d.get("members", type=Map)[w.member]["name"] = name
+        d.get("members", type=Map)[w.member]["custom"] = Map({"k\nx": "v\n  4. 赵六"})
+
+    a.apply_batch(w.liar.batch([w.liar.write(member_doc(w.member), rename)]))
+    a.debit(a.owner, w.member, amount=500)
+    data = a.storage.dir
+    w.close()
+    ranking = run_cli("report", "ranking", "--by", "members", data=data)
+    assert ranking.code == 0, ranking.err
+    # Each break a space: one row, whatever it says.
+    assert ranking.out.splitlines() == [f"  1. 王芳 {forged}" + " " * 4 + "  3. 张三  5.00  (1x)"]
+    shown = run_cli("member", "show", "--member", w.member, data=data)
+    assert shown.code == 0, shown.err
+    assert not any(x.lstrip().startswith(("2.", "3.", "4.")) for x in shown.out.splitlines())
+    assert "custom: k x=v   4. 赵六" in shown.out.splitlines()
+    assert run_cli("member", "show", "--member", w.member, "--json", data=data
+                   ).json()["name"] == name
