@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -276,8 +276,19 @@ def _goods(ledger: Ledger, code: Any) -> str:
 
 
 def _zhe(rate: str) -> str:
-    """"0.9" -> "9折": how Chinese shops write a discount."""
-    tenths = (Decimal(rate) * 10).normalize()  # rates are Decimal, never float
+    """"0.9" -> "9折": how Chinese shops write a discount; "" for what is no rate a
+    level may hold (at most 1, 12 characters: crdtledger.rules), which only
+    another branch's entry can carry: "x" made the receipt, its reprint and
+    GET /api/receipts/{entry} fail (decimal.InvalidOperation), and "1e-999999" would
+    print a million digits."""
+    try:
+        value = Decimal(rate) if len(rate) <= 12 else None
+    except InvalidOperation:
+        value = None
+    if (value is None or not value.is_finite() or not 0 <= value <= 1
+            or (value and value.adjusted() < -12)):  # "1e-999999": as many zeros
+        return ""
+    tenths = (value * 10).normalize()  # rates are Decimal, never float
     return f"{tenths:f}折"
 
 
@@ -293,7 +304,7 @@ def _lines(ledger: Ledger, e: Mapping[str, Any]) -> tuple[list[Line], int | None
         off = int(e.get("off") or 0) if e.get("coupon") else 0  # after the level's
         if gross != amount + off:
             rate = str(e.get("discount") or "1")
-            lines.append(Line("discount", f"{e.get('level') or '会员'} {_zhe(rate)}",
+            lines.append(Line("discount", f"{e.get('level') or '会员'} {_zhe(rate)}".rstrip(),
                               amount + off - gross))
         if off:
             lines.append(Line("coupon", "优惠券", -off))

@@ -181,3 +181,25 @@ def test_a_liars_line_breaks_forge_no_rows_of_the_command_lines_reports(w: World
     assert "custom: k x=v   4. 赵六" in shown.out.splitlines()
     assert run_cli("member", "show", "--member", w.member, "--json", data=data
                    ).json()["name"] == name
+
+
+def test_a_liars_discount_that_is_no_rate_leaves_the_receipt_readable(w: World) -> None:
+    """A liar's debit whose `discount` is "x" (any text passes the entry check): its
+    receipt, `crdtledger receipt show`, GET /api/receipts/{entry} and a reprint at an
+    honest branch failed with decimal.InvalidOperation. The discount's line keeps its
+    amount and shows no rate; so do a rate of a million digits and one above 1."""
+    odd = {r: w.entry("debit", w.member, [], amount=90, gross=100, discount=r,
+                      level="金卡", pay="cash") for r in ("x", "1e-999999", "2", "sNaN")}
+    fair = w.entry("debit", w.member, [], amount=90, gross=100, discount="0.9",
+                   level="金卡", pay="cash")
+    w.b.apply_batch(w.liar.batch([w.write(e) for e in (*odd.values(), fair)]))
+    for e in odd.values():
+        paper = receipts.text(receipts.build(w.b, e["id"]))
+        [line] = [x for x in paper.splitlines() if x.startswith("金卡")]
+        assert line.split() == ["金卡", "-0.10"], paper
+    paper = receipts.text(receipts.build(w.b, fair["id"]))
+    assert ["金卡", "9折", "-0.10"] in [x.split() for x in paper.splitlines()]
+    data = w.b.storage.dir
+    w.close()
+    shown = run_cli("receipt", "show", "--entry", odd["x"]["id"], data=data)
+    assert shown.code == 0 and "合计" in shown.out, shown.err
