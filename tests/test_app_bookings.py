@@ -42,6 +42,16 @@ async def open_day(app: CounterApp, day: str) -> None:
     picker.set_value(day)  # a date picker: set, not typed
 
 
+async def book_at_two(app: CounterApp) -> None:
+    """Book the seeded member at 14:00 on the day open."""
+    app.user.find(marker="booking-member").type("13812345678")
+    first = app.user.find(marker="booking-time").elements.pop()
+    assert isinstance(first, ui.select)
+    first.set_value("14:00")
+    app.user.find(marker="booking-add").click()
+    await app.user.should_see("预约成功", retries=50)
+
+
 async def test_a_cashier_books_sees_it_confirmed_and_cancels(counter_app: CounterApp) -> None:
     app = counter_app
     member = seed(app)
@@ -49,12 +59,7 @@ async def test_a_cashier_books_sees_it_confirmed_and_cancels(counter_app: Counte
     await app.login(*CASHIER)
     await open_day(app, day)
     await app.user.should_see("当天没有预约")
-    app.user.find(marker="booking-member").type("13812345678")
-    first = app.user.find(marker="booking-time").elements.pop()
-    assert isinstance(first, ui.select)
-    first.set_value("14:00")
-    app.user.find(marker="booking-add").click()
-    await app.user.should_see("预约成功", retries=50)
+    await book_at_two(app)
     [made] = bookings.list_bookings(app.ledger, member=member)
     assert (made["status"], made["at"], made["service"]) == ("confirmed", f"{day}T14:00",
                                                              "FOOT60")
@@ -125,12 +130,7 @@ async def test_the_second_click_of_a_double_click_books_once(counter_app: Counte
     day = tomorrow(app.ledger)
     await app.login(*CASHIER)
     await open_day(app, day)
-    app.user.find(marker="booking-member").type("13812345678")
-    first = app.user.find(marker="booking-time").elements.pop()
-    assert isinstance(first, ui.select)
-    first.set_value("14:00")
-    app.user.find(marker="booking-add").click()
-    await app.user.should_see("预约成功", retries=50)
+    await book_at_two(app)
     app.user.find(marker="booking-add").click()
     await asyncio.sleep(0.5)
     assert [b["at"][-5:] for b in bookings.list_bookings(app.ledger, member=member)] == [

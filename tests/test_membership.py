@@ -794,18 +794,24 @@ def test_approved_elsewhere_the_recording_branch_rewards_on_arrival(tmp_path: Pa
         net.close()
 
 
+def three_branches(root: Path) -> SimAdapter:
+    """A chain with a CA: head office SH01, and SH02 and SH03 linked to it."""
+    net = SimAdapter(root)
+    for n in ("SH01", "SH02", "SH03"):
+        net.add(n)
+    net.dial("SH02", "SH01")
+    net.dial("SH03", "SH01")
+    return net
+
+
 def test_a_branch_cannot_approve_another_branchs_referral_in_its_managers_names(
         tmp_path: Path) -> None:
     """An entry's operator is text its writer chooses: a lying SH03 wrote both
     approvals of SH02's referral in two real managers' names, and SH02 paid the reward
     from its own value. Decisions count where the referral was recorded or at head
     office; an honest ordinary branch is told so, and writes nothing."""
-    net = SimAdapter(tmp_path)
+    net = three_branches(tmp_path)
     try:
-        for n in ("SH01", "SH02", "SH03"):
-            net.add(n)
-        net.dial("SH02", "SH01")
-        net.dial("SH03", "SH01")
         net.perform("SH01", lambda led: led.set_rule(
             led.owner, "referral", {"reward": "bonus", "bonus": 5000}))
         old, new = net.perform("SH01", two_members)
@@ -978,12 +984,8 @@ def test_a_branch_cannot_decide_another_branchs_exit_application(tmp_path: Path)
     """A lying SH03 rejected SH02's pending exit application in a real manager's name:
     it read rejected everywhere, and the member could not leave. Decisions count where
     the application was made or at head office; an honest ordinary branch is told so."""
-    net = SimAdapter(tmp_path)
+    net = three_branches(tmp_path)
     try:
-        for n in ("SH01", "SH02", "SH03"):
-            net.add(n)
-        net.dial("SH02", "SH01")
-        net.dial("SH03", "SH01")
         leaving = net.perform("SH01", lambda led: led.add_member(
             led.owner, name="老张", phone="13800000003"))
         staff = net.perform("SH01", Staff)
