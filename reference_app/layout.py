@@ -42,11 +42,8 @@ PRIMARY = "#00796b"  # teal, as the header
 
 
 def follow(registry: set[Callable[..., None]], fn: Callable[..., None]) -> None:
-    """Call `fn` with what `registry` reports (Shop.listeners: a card swiped; Shop.watchers:
-    the store changed) as this page, until it goes: its browser session and its client.
-    A swipe on the PC/SC reader comes from the reader's thread through the loop, with no
-    request of its own: a page that did not take its session had no operator (the
-    check-in page wrote nothing), or the session of whichever page ran before it."""
+    """Call `fn` with what `registry` reports (Shop.watchers: the store changed) as this
+    page, until it goes (`_as_page`)."""
     registry.add(as_page := _as_page(fn))
     ui.context.client.on_delete(lambda: registry.discard(as_page))
 
@@ -72,6 +69,10 @@ def follow_reader(pages: ReaderPages, fn: Callable[..., None]) -> Callable[..., 
 
 
 def _as_page(fn: Callable[..., None]) -> Callable[..., None]:
+    """`fn` run as this page: its browser session and its client. A swipe on the PC/SC
+    reader comes from the reader's thread through the loop, with no request of its own:
+    a page that did not take its session had no operator (the check-in page wrote
+    nothing), or the session of whichever page ran before it."""
     client = ui.context.client
     request = client.request
 

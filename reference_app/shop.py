@@ -91,10 +91,6 @@ class ReaderPages:
         else:  # below the holder: it holds the reader once those above it have gone
             self._pages = {page: (browser, here), **self._pages}
 
-    def add(self, page: Listener) -> None:  # layout.follow's registry
-        if page not in self._pages:
-            self.open(page, "", False)
-
     def discard(self, page: Listener) -> None:
         self._pages.pop(page, None)
 
@@ -110,9 +106,6 @@ class ReaderPages:
 
     def __iter__(self) -> Iterator[Listener]:
         return iter(list(self._pages))
-
-    def __len__(self) -> int:
-        return len(self._pages)
 
 
 class Shop:
