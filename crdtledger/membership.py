@@ -354,9 +354,9 @@ class Membership(Coupons):
         voided the honest one for good. Approvals and rejections are judged by what
         their operators' roles grant, active or not (`_may_approve`)."""
         conn = self.storage.conn
-        if views.canonical(conn, str(r["referrer"])) == views.canonical(conn, str(r["member"])):
-            return True
         referrer = views.canonical(conn, str(r["referrer"]))
+        if referrer == views.canonical(conn, str(r["member"])):
+            return True
         group = views.member_group(conn, str(r["member"]))
         for e in self._entries(f"member {views.in_(group)} AND kind = 'referral'", group):
             if e["id"] >= r["id"]:
@@ -384,12 +384,13 @@ class Membership(Coupons):
         is text its writer chooses, and a lying branch wrote both approvals of another
         branch's referral in two real managers' names, which that branch then paid."""
         return [a for a in self._entries("ref = ? AND kind = 'approval'", [str(r["id"])])
-                if a["op"] != r["op"] and self._decides(str(a["node"]), r)
+                if a["op"] != r["op"] and self._decides(str(a["node"]), str(r["node"]))
                 and self._may_approve(str(a["op"]), a.get("step"), str(a["node"]))]
 
-    def _decides(self, node: str, r: Mapping[str, Any]) -> bool:
-        """May a decision on referral or application `r` written by `node` count?"""
-        return node == r["node"] or cast("Ledger", self).speaks_for_chain(node)
+    def _decides(self, node: str, made_at: str) -> bool:
+        """May a decision written by `node` on a referral or application made at
+        `made_at` count?"""
+        return node == made_at or cast("Ledger", self).speaks_for_chain(node)
 
     def referral_view(self, referral: str) -> dict[str, Any]:
         r = self._referral(referral)
@@ -440,7 +441,7 @@ class Membership(Coupons):
             raise InvalidInput("a referral's approval level is 1 or 2")
         self.authorise(operator, f"referral.approve{level}")
         r = self._referral(referral)
-        if not self._decides(self.node, r):
+        if not self._decides(self.node, str(r["node"])):
             raise PermissionDenied(f"referral {referral} was recorded at {r['node']}: it is "
                                    "approved or rejected there, or at head office")
         view = self.referral_view(referral)
@@ -729,18 +730,18 @@ class Membership(Coupons):
     def _applications(self, member: str) -> list[dict[str, Any]]:
         return self._entries("member = ? AND kind = 'exit'", [member])
 
-    def _decision(self, application: str) -> dict[str, Any] | None:
-        """The decision that stands: of two made apart (one manager approving, another
-        rejecting), the approval when it took effect (the member left, or came back,
-        as it said: a rejection changes nothing), else the first by id. The first by
-        id read "rejected" for a member who had left and been paid."""
-        made = self._entries("id = ? AND kind = 'exit'", [application])
-        # Decided where it was made or at head office (`_decides`): a lying branch's
-        # rejection in a manager's name held an honest member's exit off.
-        found = [d for d in self._entries("ref = ? AND kind = 'approval'", [application])
-                 if made and self._decides(str(d["node"]), made[0])]
+    def _decision(self, application: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The decision that stands on `application` (its entry): of two made apart
+        (one manager approving, another rejecting), the approval when it took effect
+        (the member left, or came back, as it said: a rejection changes nothing), else
+        the first by id. The first by id read "rejected" for a member who had left and
+        been paid. Decided where it was made or at head office (`_decides`): a lying
+        branch's rejection in a manager's name held an honest member's exit off."""
+        aid = str(application["id"])
+        found = [d for d in self._entries("ref = ? AND kind = 'approval'", [aid])
+                 if self._decides(str(d["node"]), str(application["node"]))]
         approved = next((d for d in found if d.get("step") == "approve"), None)
-        if len(found) > 1 and approved is not None and self._took_effect(application):
+        if len(found) > 1 and approved is not None and self._took_effect(aid):
             return approved
         return found[0] if found else None
 
@@ -766,7 +767,7 @@ class Membership(Coupons):
         if not found:
             raise NotFound(f"no exit or return application {application} at this branch")
         e = found[0]
-        d = self._decision(application)
+        d = self._decision(e)
         settle = self._entries("ref = ? AND kind = 'exit_settle'", [application])
         status: ExitStatus = ("pending" if d is None else
                               "approved" if d["step"] == "approve" else "rejected")
@@ -811,7 +812,7 @@ class Membership(Coupons):
             raise InvalidInput(f"member {member} was merged into another: apply for "
                                f"{views.canonical(self.storage.conn, member)}")
         for a in self._applications(member):
-            if self._decision(str(a["id"])) is None:
+            if self._decision(a) is None:
                 raise InvalidInput(f"member {member} has an application waiting already "
                                    f"({a['id']}, {a['step']})")
         entry = self._entry("exit", member, step=step, reason=reason, op=operator)
@@ -825,7 +826,7 @@ class Membership(Coupons):
         `exit` here (gathering what other branches hold first) and marks the member."""
         self.authorise(operator, "member.exit.approve")
         view = self.exit_view(application)
-        if not self._decides(self.node, {"node": view["branch"]}):
+        if not self._decides(self.node, str(view["branch"])):
             raise PermissionDenied(f"application {application} was made at {view['branch']}: "
                                    "it is decided there, or at head office")
         if view["status"] != "pending":
