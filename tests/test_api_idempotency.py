@@ -449,13 +449,18 @@ def test_a_lone_surrogate_in_a_keyed_body_is_refused_as_without_a_key(tmp_path: 
     asyncio.run(go())
 
 
+@pytest.mark.parametrize("put_back", ["restore", "by hand"])
 def test_a_keyed_sale_retried_after_a_restore_from_an_older_backup_is_not_sold_again(
-        tmp_path: Path) -> None:
+        tmp_path: Path, put_back: str) -> None:
     """The PC dies after a keyed sale its last backup predates; the sale reached SH02.
     Restored from that backup, SH01 fetches the sale back from SH02 but knows nothing
     of the key (keys are local): the till's retry under it was sold again. The entry
     a keyed write makes carries the key's tag (`idem`), and for a day after a restore
-    a key the store does not know is looked for among its entries."""
+    a key the store does not know is looked for among its entries. The same when
+    the owner copies last night's store file back by hand (the README's other way):
+    that copy was marked restored but its keys were not marked unknown."""
+    import shutil
+
     from helpers import sync
 
     from crdtledger.backups import restore, write_backup
@@ -465,6 +470,7 @@ def test_a_keyed_sale_retried_after_a_restore_from_an_older_backup_is_not_sold_a
     Ledger.create(tmp_path / "sh02", "SH02", "test")
     enrol(tmp_path / "chain", tmp_path / "sh02", "SH02")
     write_backup(data, tmp_path / "bk")  # last night's
+    shutil.copy(data / "ledger.sqlite3", tmp_path / "usb.sqlite3")  # node stopped
 
     async def sell() -> str:
         async with running(data) as (node, api):
@@ -480,7 +486,10 @@ def test_a_keyed_sale_retried_after_a_restore_from_an_older_backup_is_not_sold_a
         sync(sh01, sh02)  # the sale reached SH02
     for leftover in data.glob("ledger.sqlite3*"):  # the PC died: a new one, the backup
         leftover.unlink()
-    restore(tmp_path / "bk", data, chain_dir=tmp_path / "chain")
+    if put_back == "restore":
+        restore(tmp_path / "bk", data, chain_dir=tmp_path / "chain")
+    else:
+        shutil.copy(tmp_path / "usb.sqlite3", data / "ledger.sqlite3")
     with Ledger.open(data) as sh01, Ledger.open(tmp_path / "sh02") as sh02:
         sync(sh01, sh02)  # caught up: the sale is back
         assert debits(sh01, mid) == 1
