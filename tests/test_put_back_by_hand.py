@@ -310,6 +310,62 @@ def test_an_old_copy_put_back_beside_a_crashs_log_opens_as_the_copy(tmp_path: Pa
         b.close()
 
 
+def test_a_copy_of_the_generation_before_put_back_beside_a_crashs_log_opens_as_the_copy(
+        tmp_path: Path) -> None:
+    """A copy taken after a checkpoint that a reader (the counter's page, `status`) cut
+    short holds the stamp of its log's generation; the log started again once since.
+    Put back beside the crash's log, its stamp was one before the log's, which the
+    store's own file holds until the new log's first checkpoint: SQLite laid the log
+    over it, the store was malformed (every write refused, `status` silent, backups
+    copying it on). The file beside also names how far the file had gone when the log
+    started again; the copy had not gone as far."""
+    import sqlite3
+
+    a, b = new_ledger(tmp_path, "SH01"), new_ledger(tmp_path, "SH02")
+    m = a.add_member(a.owner, name="Li", phone="13800000000")
+    a.topup(a.owner, m, 100_000)
+    sync(a, b)
+    data = a.storage.dir
+    for i in range(50):
+        a.add_member(a.owner, name=f"A{i}", phone=f"1370000{i:04d}")
+    reader = sqlite3.connect(data / DB_FILE)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM meta").fetchone()  # its snapshot held
+        a.storage.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # the log stays
+        shutil.copy(data / DB_FILE, tmp_path / "copy.sqlite3")
+        a.debit(a.owner, m, amount=60_000)  # 600.00 served; SH02 hears of it
+        sync(a, b)
+    finally:
+        reader.close()
+    def stamp() -> int:
+        return int(a.storage.conn.execute(
+            "SELECT value FROM meta WHERE key = 'wal_stamp'").fetchone()[0])
+
+    copied = stamp()
+    for i in range(50):  # the log copied into the file and started again, once
+        a.add_member(a.owner, name=f"B{i}", phone=f"1360000{i:04d}")
+    a.debit(a.owner, m, amount=100)
+    assert stamp() == copied + 1
+    crash = _crash_image(data, tmp_path / "crash")
+    a.close()
+    for path in data.glob(f"{DB_FILE}*"):
+        path.unlink()
+    for path in crash.iterdir():  # the directory as the crash left it
+        shutil.copy(path, data / path.name)
+    shutil.copy(tmp_path / "copy.sqlite3", data / DB_FILE)  # over the store, by hand
+    with Ledger.open(data) as c:
+        assert c.storage.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert list(data.glob(f"{DB_FILE}-wal.foreign-*")), "the log is kept aside"
+        assert c.restored and _cash(c, m) == 100_000  # the copy, as it was
+        with pytest.raises(NotCaughtUp):
+            c.debit(c.owner, m, amount=100)
+        sync(c, b)  # what left the PC comes back (the 1.00 never did)
+        assert _cash(c, m) == _cash(b, m) == 40_000
+        assert c.faults() == [] and b.faults() == []
+    b.close()
+
+
 def test_a_crashs_own_log_is_never_set_aside(tmp_path: Path) -> None:
     """The other side: a store and the log a crash left with it, at any moment (after
     a checkpoint, with the log started again or not, stamped or not), open whole."""
