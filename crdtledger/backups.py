@@ -116,6 +116,20 @@ def write_backup(data_dir: Path, target_dir: Path, progress: Progress = _silent)
             progress(f"copying the store ({db.stat().st_size:,} bytes) while the node "
                      "keeps working")
             src.backup(dst)
+            # A damaged store (a file put back by hand beside another's log, a disk
+            # error) copied page by page makes a backup that carries the damage on,
+            # night after night, over the last good one kept. Checked on the copy.
+            progress("checking the copy")
+            try:
+                found = [r[0] for r in dst.execute("PRAGMA quick_check(5)")]
+            except sqlite3.DatabaseError as e:
+                found = [str(e)]
+            if found != ["ok"]:
+                raise StoreError(
+                    f"the store in {data_dir} is damaged "
+                    f"({' '.join('; '.join(found).split())[:300]}): no "
+                    "backup was written, so the last good one is still whole. Restore "
+                    "from it (crdtledger restore) and let the branch catch up from its peers")
             meta = dict(dst.execute("SELECT key, value FROM meta").fetchall())
             node, chain = meta["node"], meta["chain"]
             dst.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",

@@ -164,6 +164,22 @@ def test_a_damaged_store_is_restored_in_place(tmp_path: Path) -> None:
     assert shop.balance() == 12_345
 
 
+def test_a_damaged_store_makes_no_backup(tmp_path: Path) -> None:
+    """A store that opens but is malformed (a file put back beside another's log, a
+    disk error) was copied page by page into a sealed backup without a word, night
+    after night: the last good backup was then replaced by bad ones. The copy is
+    checked first; nothing is written, and the owner is told what to do."""
+    shop = make_shop(tmp_path)
+    db = shop.data / DB_FILE
+    pages = db.stat().st_size // 2048
+    with open(db, "r+b") as f:  # a b-tree page in the middle torn
+        f.seek((pages // 2) * 2048 + 8)
+        f.write(b"\xff" * 600)
+    with pytest.raises(StoreError, match=r"damaged.*no backup was written.*crdtledger restore"):
+        write_backup(shop.data, tmp_path / "bk")
+    assert not (tmp_path / "bk" / BACKUP_FILE).exists()
+
+
 def test_restore_refuses_another_node_a_locked_store_and_an_altered_backup(
         tmp_path: Path) -> None:
     shop = make_shop(tmp_path)
