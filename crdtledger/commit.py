@@ -132,7 +132,7 @@ class LedgerBase:
         # Both read again after a members record changed, or a transaction failed
         # (storage.rollbacks: read inside it, they may hold what it undid).
         self._merged_ids: frozenset[str] | None = None
-        self._merges_read = storage.rollbacks
+        self._merges_read = storage.read_mark()
         # A merged member's sweep an operation owes (merge.Merges._owe_sweep): written
         # by its commit, in its transaction, before its plan (dropped when the next
         # operation begins, auth.Auth.authorise, if it was refused before its commit).

@@ -97,9 +97,12 @@ class Merges(Cards):
 
     def _merges_current(self) -> None:
         """Drop what was read of the merges (`_merge_targets`, `_merged_ids`) if a
-        transaction failed since: it may have been read inside it."""
-        if self._merges_read != self.storage.rollbacks:
-            self._merges_read = self.storage.rollbacks
+        transaction failed since (it may have been read inside it) or, without the
+        store's lock, another connection committed (a merge the node made: `member
+        show` answered for the duplicate)."""
+        mark = self.storage.read_mark()
+        if self._merges_read != mark:
+            self._merges_read = mark
             self._merge_targets = self._merged_ids = None
 
     def sweep_merged(self) -> list[dict[str, Any]]:

@@ -674,6 +674,16 @@ class Storage:
         self.tip_mark = tipmark.TipMark(self.dir, self.node)
         self._put_back_by_hand(keep=lock)
 
+    def read_mark(self) -> tuple[int, int]:
+        """What a cache of rows read here is kept against: failed transactions (what
+        was read inside one may be gone) and, on a store opened without the lock (a
+        command reading while the node runs), the commits of other connections
+        (SQLite's data_version). The lock's holder is the only writer: nothing else
+        moves its rows, and it pays no query for it."""
+        if self._lock_fd is not None:
+            return self.rollbacks, 0
+        return self.rollbacks, self.conn.execute("PRAGMA data_version").fetchone()[0]
+
     def _put_back_by_hand(self, keep: bool) -> None:
         """A store behind the furthest head of this node's own log that ever left it
         (its tip mark), or holding another record there, is a copy put back by hand:

@@ -543,3 +543,24 @@ def test_who_is_merged_is_read_again_after_a_failed_transaction(tmp_path: Path) 
         raise RuntimeError("failed")
     assert ledger.survivor_of(b) == a
     ledger.close()
+
+
+def test_a_command_reading_while_the_node_runs_follows_a_merge_the_node_makes(
+        tmp_path: Path) -> None:
+    """A store opened without the lock (`crdtledger status`, the command line's reads
+    while the node runs) kept the merged members' ids it read first: a merge the node
+    made afterwards was never seen, and `member show` answered for the duplicate. The
+    ids are read again once another connection has committed."""
+    writer = new_ledger(tmp_path, "SH01")
+    a = writer.add_member(writer.owner, name="Amy", phone=PHONE)
+    b = writer.add_member(writer.owner, name="Amy", phone="13800138001")
+    reader = Ledger.open(writer.storage.dir, lock=False)
+    try:
+        assert operations.run(reader, reader.owner, "member.show", {"member": b})["id"] == b
+        writer.merge_member(writer.owner, b, a)
+        assert reader.survivor_of(b) == a
+        shown = operations.run(reader, reader.owner, "member.show", {"member": b})
+        assert shown["id"] == a and shown["acted_for"] == b
+    finally:
+        reader.close()
+        writer.close()
