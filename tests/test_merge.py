@@ -560,7 +560,7 @@ def test_a_command_reading_while_the_node_runs_follows_a_merge_the_node_makes(
         writer.merge_member(writer.owner, b, a)
         assert reader.survivor_of(b) == a
         shown = operations.run(reader, reader.owner, "member.show", {"member": b})
-        assert shown["id"] == a and shown["acted_for"] == b
+        assert shown["id"] == a and shown["acted_for"] == {"asked": b, "member": a}
     finally:
         reader.close()
         writer.close()
