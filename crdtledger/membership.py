@@ -768,7 +768,10 @@ class Membership(Coupons):
             raise NotFound(f"no exit or return application {application} at this branch")
         e = found[0]
         d = self._decision(e)
-        settle = self._entries("ref = ? AND kind = 'exit_settle'", [application])
+        # Only the settlement of the approval that stands, written with it by its
+        # branch: read by `ref` alone, a lying branch's showed as the honest one's.
+        settle = [] if d is None or d["step"] != "approve" else self._entries(
+            "ref = ? AND kind = 'exit_settle' AND node = ?", [application, str(d["node"])])
         status: ExitStatus = ("pending" if d is None else
                               "approved" if d["step"] == "approve" else "rejected")
         return {"application": e["id"], "member": e["member"], "step": e["step"],

@@ -1,0 +1,121 @@
+"""Membership decisions and levels against a lying branch with a valid certificate: a
+chain with a CA (SH01 head office by its certificate, SH02 honest, SH03 the liar, which
+writes what it likes through its own ledger's commit path, as a modified build would),
+real Ledger files synced with each other. The eighth wave (docs/design-notes.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import FakeClock, sync
+
+from crdtledger.hlc import encode, id_time_ms
+from crdtledger.ledger import Ledger
+from peer.chain import enrol, init_chain
+
+GOLD = [{"name": "普通会员", "threshold": 0, "discount": "1", "points_multiplier": "1"},
+        {"name": "金卡", "threshold": 300000, "discount": "0.8", "points_multiplier": "2"}]
+
+
+class Chain:
+    def __init__(self, root: Path, nodes: tuple[str, ...] = ("SH01", "SH02", "SH03"),
+                 hq: tuple[str, ...] = ("SH01",)) -> None:
+        self.root = root
+        init_chain(root / "chain", "demo")
+        self.clock = FakeClock()
+        self.ls: dict[str, Ledger] = {}
+        for n in nodes:
+            Ledger.create(root / n, n, "demo")
+            enrol(root / "chain", root / n, n, head_office=n in hq)
+            self.ls[n] = Ledger.open(root / n, now_ms=self.clock, synchronous="NORMAL")
+
+    def __getitem__(self, node: str) -> Ledger:
+        return self.ls[node]
+
+    def sync(self) -> None:
+        names = list(self.ls)
+        for _ in range(2):
+            for i, x in enumerate(names):
+                for y in names[i + 1:]:
+                    sync(self.ls[x], self.ls[y])
+
+    def close(self) -> None:
+        for led in self.ls.values():
+            led.close()
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> Iterator[Chain]:
+    c = Chain(tmp_path)
+    yield c
+    c.close()
+
+
+class Staff:
+    def __init__(self, ledger: Ledger) -> None:
+        o = ledger.owner
+        ledger.define_role(o, "hq", ["referral.approve2", "member.exit.approve"])
+        self.mgr = ledger.add_operator(o, "mgr", "secret1", ["manager"])
+        self.mgr2 = ledger.add_operator(o, "mgr2", "secret2", ["manager"])
+        self.hq = ledger.add_operator(o, "hq", "secret4", ["hq"])
+
+
+def lie(liar: Ledger, entry: dict[str, Any]) -> dict[str, Any]:
+    """Write `entry` as a lying build would: through the commit path, unchecked."""
+    liar._commit(lambda: ([liar._entry_write(entry)], None))
+    return entry
+
+
+def back_dated(liar: Ledger, kind: str, member: str, before: str, ms: int = 1000,
+               **fields: Any) -> dict[str, Any]:
+    """An entry of `liar` whose id (and `at`) lies `ms` before entry `before`'s time."""
+    e = liar._entry(kind, member, **fields)
+    t = id_time_ms(before) - ms
+    e["id"], e["at"] = f"{encode(t << 16)}.{liar.node}", t
+    return e
+
+
+# --- levels: a settlement's `paid` ------------------------------------------------------------
+
+
+def test_a_liars_settlement_moving_nothing_takes_no_top_ups_or_level(
+        chain: Chain, tmp_path: Path) -> None:
+    """SH03 wrote an `exit_settle` for SH02's pending application of a gold member,
+    moving nothing but saying 10**13 paid: her top-ups, and level, were gone at every
+    branch, and the application read settled. A settlement counts off the top-ups only
+    the cash its own deltas take at its writer, and an application shows only the
+    settlement of the approval that stands."""
+    hq, sh02, liar = chain["SH01"], chain["SH02"], chain["SH03"]
+    Staff(hq)
+    hq.set_rule(hq.owner, "levels", GOLD)
+    m = hq.add_member(hq.owner, name="金卡会员", phone="13800000001")
+    chain.sync()
+    sh02.topup(sh02.owner, m, 300000)
+    app = sh02.apply_exit(sh02.owner, m, "thinking about it")["application"]
+    chain.sync()
+    assert sh02.level(m)["name"] == "金卡"
+    for paid in (10**13, 1):
+        lie(liar, liar._entry("exit_settle", m, ref=app, step="refund", paid=paid,
+                              op=liar.owner))
+    # With cash of its own taken, only what it took: 10.00 off, not 10**13.
+    liar.topup(liar.owner, m, 1000)
+    lie(liar, liar._entry("exit_settle", m, ref=app, step="refund", paid=10**13,
+                          deltas=[["cash", "SH03", -1000]], op=liar.owner))
+    chain.sync()
+    for led in chain.ls.values():
+        assert led.level(m)["name"] == "金卡"
+        assert led.level(m)["topped"] == 300000  # 3000.00 + 10.00 - 10.00
+        v = led.exit_view(app)
+        assert (v["status"], v["settled"], v["paid"]) == ("pending", "", 0)
+    # A store projected by a build that took `paid` whole: summed again on opening.
+    with sh02.storage.transaction():
+        sh02.storage.conn.execute("UPDATE totals SET topped = -10 WHERE member = ?", (m,))
+        sh02.storage.conn.execute("UPDATE meta SET value = '2' WHERE key = 'projection'")
+    sh02.close()
+    with Ledger.open(tmp_path / "SH02", lock=False) as again:
+        assert again.level(m)["topped"] == 300000
+        assert again.level(m)["name"] == "金卡"
+    chain.ls["SH02"] = Ledger.open(tmp_path / "SH02", now_ms=chain.clock)
