@@ -344,7 +344,8 @@ class Membership(Coupons):
     def _void(self, r: Mapping[str, Any], grant: Mapping[str, Any] | None) -> bool:
         """Whether referral `r` gives nothing: its referrer merged into the member since
         (referring themself), or an earlier one of the group's referrals counts. Not
-        granted, any earlier one not rejected counts (the first by id): a copy rejected
+        granted, any earlier one not rejected counts (the first by id; one granted, only
+        if approved, as below): a copy rejected
         as the duplicate it was voided the honest one once the rejection arrived first,
         and a manager unblocks one a liar's back-dated copy holds by rejecting that.
         Granted, only an earlier one granted too, to the same referrer (two branches
@@ -372,9 +373,13 @@ class Membership(Coupons):
                         and _covers(earlier, grant)
                         and referral_status(self._approvals(e), False)[0] == "approved"):
                     return True
-            elif earlier is not None or referral_status(
-                    self._approvals(e), False)[0] != "rejected":
-                return True
+            else:
+                # An earlier copy granted voids only if approved as the granted case asks:
+                # a liar's back-dated copy of a pending referral, "granted" by a reward
+                # of its own with no approval, voided the honest one for good.
+                status = referral_status(self._approvals(e), False)[0]
+                if status != "rejected" and (earlier is None or status == "approved"):
+                    return True
         return False
 
     def _approvals(self, r: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -119,3 +119,40 @@ def test_a_liars_settlement_moving_nothing_takes_no_top_ups_or_level(
         assert again.level(m)["topped"] == 300000
         assert again.level(m)["name"] == "金卡"
     chain.ls["SH02"] = Ledger.open(tmp_path / "SH02", now_ms=chain.clock)
+
+
+# --- referrals ---------------------------------------------------------------------------------
+
+
+def test_a_liars_back_dated_copy_granted_unapproved_voids_no_pending_referral(
+        chain: Chain) -> None:
+    """SH03 wrote a copy of SH02's pending referral, back-dated before it, for its
+    accomplice, and "granted" it by a reward with nothing in it and no approval: the
+    honest referral read void for good (an earlier copy granted voided it, whatever its
+    approvals), and nobody could reject the copy (granted). An earlier copy granted
+    voids a pending one only if its own approvals that count reach "approved"."""
+    hq, sh02, liar = chain["SH01"], chain["SH02"], chain["SH03"]
+    staff = Staff(hq)
+    hq.set_rule(hq.owner, "referral", {"reward": "bonus", "bonus": 5000})
+    old = hq.add_member(hq.owner, name="老王", phone="13800000001")
+    new = hq.add_member(hq.owner, name="小李", phone="13800000002")
+    accomplice = hq.add_member(hq.owner, name="同伙", phone="13800000009")
+    chain.sync()
+    chain.clock.ms += 60_000
+    honest = sh02.refer(sh02.owner, new, old)["id"]
+    sh02.approve_referral(staff.mgr, honest, 1)
+    chain.sync()
+    copy = lie(liar, back_dated(liar, "referral", new, honest, referrer=accomplice,
+                                op=liar.owner))
+    lie(liar, liar._entry("reward", accomplice, ref=copy["id"], reason="referral",
+                          op="referral@SH03"))
+    chain.sync()
+    assert sh02.referral_view(honest)["status"] == "approved1"
+    assert sh02.approve_referral(staff.mgr2, honest, 2)["status"] == "granted"
+    chain.sync()
+    for led in chain.ls.values():
+        led.housekeeping()
+    chain.sync()
+    for led in chain.ls.values():
+        assert led.referral_view(honest)["status"] == "granted"
+        assert led.balance(old)["bonus"] == 5000
