@@ -203,17 +203,26 @@ def _well_formed(e: Mapping[str, Any]) -> bool:
             and (kind != "exit" or e["step"] in ("exit", "return")))
 
 
-def _covers(earlier: Mapping[str, Any], grant: Mapping[str, Any]) -> bool:
-    """Does an earlier referral's grant give its referrer at least what `grant` gives:
-    the same kind of reward, as much or more, in its rights (what its fields say is
-    text its writer chose)?"""
-    if grant["kind"] != earlier["kind"]:
-        return False
-    if grant["kind"] == "coupon":
-        return _given(earlier, COUPON_PURSE) > 0 and _int(earlier.get("amount")) >= _int(
-            grant.get("amount"))
-    purse = "points" if grant.get("points") else "bonus"
-    return _given(earlier, purse) >= _given(grant, purse)
+def _kind_given(e: Mapping[str, Any]) -> str | None:
+    """What a referral's grant gives, by its deltas (its fields are text its writer
+    chose): "coupon", "points" or "bonus", or None if nothing."""
+    if e.get("kind") == "coupon":
+        return "coupon" if _given(e, COUPON_PURSE) > 0 else None
+    return next((p for p in ("points", "bonus") if _given(e, p) > 0), None)
+
+
+def _left_of(grant: Mapping[str, Any], purse: str, given: int,
+             before: list[dict[str, Any]]) -> int:
+    """What a void referral's grant (`given` in `purse`) is to keep, the earlier grants
+    to its referrer that void it being `before`: of the same purse, what it gives beyond
+    the most they give (the referrer keeps the larger reward: head office raised the
+    rule between two branches' grants apart, and both stood); a coupon, or with an
+    earlier grant of another kind, nothing (no measure is common to points, bonus and
+    a coupon: the first by id counts, as for referrals not granted)."""
+    if grant["kind"] == "coupon" or not before or any(
+            _kind_given(g) != purse for g in before):
+        return 0
+    return max(0, given - max(_given(g, purse) for g in before))
 
 
 def _given(e: Mapping[str, Any], purse: str) -> int:
@@ -342,45 +351,53 @@ class Membership(Coupons):
         return found[0] if found else None
 
     def _void(self, r: Mapping[str, Any], grant: Mapping[str, Any] | None) -> bool:
-        """Whether referral `r` gives nothing: its referrer merged into the member since
-        (referring themself), or an earlier one of the group's referrals counts. Not
+        """Whether referral `r` gives nothing (`_voided_by`)."""
+        return self._voided_by(r, grant) is not None
+
+    def _voided_by(self, r: Mapping[str, Any], grant: Mapping[str, Any] | None
+                   ) -> list[dict[str, Any]] | None:
+        """None if referral `r` counts. Else it is void: its referrer merged into the
+        member since (referring themself), or an earlier one of the group's referrals
+        counts; for `r` granted, the earlier grants that make it void (what
+        `reverse_void_rewards` leaves of its reward), else an empty list. Not
         granted, any earlier one not rejected counts (the first by id; one granted, only
         if approved, as below): a copy rejected
         as the duplicate it was voided the honest one once the rejection arrived first,
         and a manager unblocks one a liar's back-dated copy holds by rejecting that.
-        Granted, only an earlier one granted too, to the same referrer (two branches
-        apart each rewarded the newcomer): otherwise an honest referrer's reward was
-        taken back (a liar's copy for its accomplice, rewarded by itself). Only earlier
+        Granted, only an earlier one granted too, to the same referrer and giving
+        something (two branches apart each rewarded the newcomer): otherwise an honest
+        referrer's reward was taken back (a liar's copy for its accomplice, rewarded by
+        itself). Only earlier
         ones: a later copy with a reward its branch wrote itself, unapproved (a liar's),
         voided the honest one for good. Approvals and rejections are judged by what
         their operators' roles grant, active or not (`_may_approve`)."""
         conn = self.storage.conn
         referrer = views.canonical(conn, str(r["referrer"]))
         if referrer == views.canonical(conn, str(r["member"])):
-            return True
+            return []
         group = views.member_group(conn, str(r["member"]))
+        before: list[dict[str, Any]] = []
         for e in self._entries(f"member {views.in_(group)} AND kind = 'referral'", group):
             if e["id"] >= r["id"]:
                 continue
             earlier = self._grant_of(str(e["id"]))
             if grant is not None:
-                # The same reward paid twice to one referrer. A liar's back-dated copy
-                # rewarded by itself (for its accomplice, or with nothing in it) took an
-                # honest referrer's reward back: it must be approved and give this
-                # referrer as much.
-                if (earlier is not None
+                # The same referral rewarded twice to one referrer. A liar's back-dated
+                # copy rewarded by itself (for its accomplice, or with nothing in it)
+                # took an honest referrer's reward back: it must be approved and give
+                # this referrer something.
+                if (earlier is not None and _kind_given(earlier) is not None
                         and views.canonical(conn, str(e["referrer"])) == referrer
-                        and _covers(earlier, grant)
                         and referral_status(self._approvals(e), False)[0] == "approved"):
-                    return True
+                    before.append(earlier)
             else:
                 # An earlier copy granted voids only if approved as the granted case asks:
                 # a liar's back-dated copy of a pending referral, "granted" by a reward
                 # of its own with no approval, voided the honest one for good.
                 status = referral_status(self._approvals(e), False)[0]
                 if status != "rejected" and (earlier is None or status == "approved"):
-                    return True
-        return False
+                    return []
+        return before if before else None
 
     def _approvals(self, r: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Only approvals that an operator allowed to give them gave count, as this
@@ -539,13 +556,17 @@ class Membership(Coupons):
         branches apart each recorded and rewarded one newcomer; a duplicate referred
         and rewarded, then merged): what the referrer still holds of it here, points,
         bonus or the coupon unredeemed, by a `reward` entry with reason "void" naming
-        the referral. What was spent first is not recovered (shown as the reward less
-        what was taken back); the check-ins' surplus is settled the same way."""
+        the referral; of an earlier grant of the same purse giving less, only as much
+        as it gives (`_left_of`: the referrer keeps the larger reward). What was spent
+        first is not recovered (shown as the reward less what was taken back); the
+        check-ins' surplus is settled the same way."""
         done = []
         for r in self._entries("kind = 'referral' AND node = ?", [self.node]):
             grant = self._grant_of(str(r["id"]))
-            if (grant is None or grant["node"] != self.node or not self._void(r, grant)
-                    or self._taken_back(str(r["id"])) is not None):
+            if grant is None or grant["node"] != self.node:
+                continue
+            before = self._voided_by(r, grant)
+            if before is None or self._taken_back(str(r["id"])) is not None:
                 continue
             to = views.canonical(self.storage.conn, str(grant["member"]))
             group = self._folded(to)
@@ -558,7 +579,7 @@ class Membership(Coupons):
             else:
                 purse, field, given = "bonus", "bonus", int(grant.get("bonus") or 0)
             held = sum(self._rights(m, purse).get(self.node, 0) for m in group)
-            n = max(0, min(given, held))
+            n = max(0, min(given - _left_of(grant, purse, given, before), held))
             back = self._entry("reward", to, deltas=[(purse, self.node, -n)] if n else [],
                                ref=r["id"], reason=VOID_REASON, op=f"referral@{self.node}",
                                **{field: n} if field != "coupon" else {"coupon": grant["id"]})

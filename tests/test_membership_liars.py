@@ -156,3 +156,46 @@ def test_a_liars_back_dated_copy_granted_unapproved_voids_no_pending_referral(
     for led in chain.ls.values():
         assert led.referral_view(honest)["status"] == "granted"
         assert led.balance(old)["bonus"] == 5000
+
+
+@pytest.mark.parametrize("second", [
+    {"reward": "bonus", "bonus": 8000}, {"reward": "bonus", "bonus": 3000},
+    {"reward": "points", "points": 100}])
+def test_one_newcomer_rewarded_at_two_branches_apart_rule_changed_between_pays_one_reward(
+        chain: Chain, second: dict[str, Any]) -> None:
+    """One newcomer registered and referred by one referrer at SH02 and at SH03 apart,
+    each branch rewarding her referral, head office raising the reward between: once
+    merged, both rewards stood (a later grant was void only for an earlier one "giving
+    as much, of the same kind"). The later grant keeps only what it gives beyond the
+    earlier of its purse (the referrer keeps the larger); of another kind, nothing (the
+    first counts)."""
+    hq, sh02, sh03 = chain["SH01"], chain["SH02"], chain["SH03"]
+    staff = Staff(hq)
+    hq.set_rule(hq.owner, "branches", {n: n for n in chain.ls}, effective_from="2000-01-01")
+    hq.set_rule(hq.owner, "referral", {"reward": "bonus", "bonus": 5000})
+    old = hq.add_member(hq.owner, name="老王", phone="13800000001")
+    chain.sync()
+    chain.clock.ms += 60_000
+    n1 = sh02.add_member(sh02.owner, name="小李", phone="13800000002")
+    r1 = sh02.refer(sh02.owner, n1, old)["id"]
+    sh02.approve_referral(staff.mgr, r1, 1)
+    assert sh02.approve_referral(staff.mgr2, r1, 2)["status"] == "granted"
+    hq.set_rule(hq.owner, "referral", second)
+    sync(hq, sh03)
+    chain.clock.ms += 60_000
+    n2 = sh03.add_member(sh03.owner, name="小李", phone="13800000002")
+    r2 = sh03.refer(sh03.owner, n2, old)["id"]
+    sh03.approve_referral(staff.mgr, r2, 1)
+    assert sh03.approve_referral(staff.mgr2, r2, 2)["status"] == "granted"
+    chain.sync()
+    hq.merge_member(hq.owner, n2, n1)
+    for _ in range(2):
+        chain.sync()
+        for led in chain.ls.values():
+            led.housekeeping()
+    chain.sync()
+    bonus = max(5000, int(second.get("bonus", 0)))
+    for led in chain.ls.values():
+        assert led.referral_view(r1)["status"] == "granted"
+        assert led.referral_view(r2)["status"] == "void"
+        assert (led.balance(old)["bonus"], led.balance(old)["points"]) == (bonus, 0)
