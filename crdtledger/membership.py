@@ -411,8 +411,10 @@ class Membership(Coupons):
 
     def _decides(self, node: str, made_at: str) -> bool:
         """May a decision written by `node` on a referral or application made at
-        `made_at` count?"""
-        return node == made_at or cast("Ledger", self).speaks_for_chain(node)
+        `made_at` count? Where made, or at head office by its writer's certificate,
+        revocation aside (`was_head_office`): records a revoked writer signed after its
+        revocation are refused on arrival, so a decision held was taken while it stood."""
+        return node == made_at or cast("Ledger", self).was_head_office(node)
 
     def referral_view(self, referral: str) -> dict[str, Any]:
         r = self._referral(referral)

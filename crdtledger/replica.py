@@ -928,6 +928,19 @@ class Replica(LedgerBase):
         kept = self.storage.log.head(node)
         return self._may_govern(node, kept[1] if kept else self._certs_seen.get(node))
 
+    def was_head_office(self, node: str) -> bool:
+        """Was `node` head office by the certificate of its signed log, revocation
+        aside? A decision it wrote (crdtledger.membership) stands once held: a revoked
+        writer's records are refused on arrival (RevokedSigner, _verify_log), so any
+        held were taken while its certificate stood. Judged by speaks_for_chain, every
+        decision of a head-office PC retired (its certificate revoked once another was
+        enrolled) read undecided again."""
+        if node == self.node:
+            return self.trust.marks_head_office(node, self.trust.cert_der)
+        kept = self.storage.log.head(node)
+        cert = kept[1] if kept else self._certs_seen.get(node)
+        return cert is not None and self.trust.marks_head_office(node, cert)
+
     def _may_govern(self, node: str, cert: bytes | None) -> bool:
         """May `node`, whose records were verified under `cert`, write governance?"""
         if node == self.node:

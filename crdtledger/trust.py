@@ -205,6 +205,17 @@ class Trust:
         except UntrustedSigner:
             return False
 
+    def marks_head_office(self, node: str, der: bytes) -> bool:
+        """Does this certificate of `node`, issued by our CA, carry the head-office mark,
+        revocation aside (what a decision it signed while in force is judged by)?"""
+        if self.ca is None:
+            return True
+        try:
+            known = self._known.get(der) or self._judge(node, der)
+        except UntrustedSigner:
+            return False
+        return known.node == node and known.governs
+
     def is_revocation_list(self, record: Any) -> bool:
         """Is a rule record (as replicated) a revocation list signed by our CA? Such a
         list carries its own authority: any branch may write it."""

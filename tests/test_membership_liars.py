@@ -199,3 +199,50 @@ def test_one_newcomer_rewarded_at_two_branches_apart_rule_changed_between_pays_o
         assert led.referral_view(r1)["status"] == "granted"
         assert led.referral_view(r2)["status"] == "void"
         assert (led.balance(old)["bonus"], led.balance(old)["points"]) == (bonus, 0)
+
+
+# --- decisions of a head office retired ---------------------------------------------------------
+
+
+def test_a_retired_head_offices_decisions_stand(tmp_path: Path) -> None:
+    """A head-office PC retired (a new one, HQ02, enrolled, SH01's certificate revoked):
+    every exit and referral SH01 had decided read undecided again at every branch (its
+    certificate was judged as it is now, revoked), a member who had left long ago could
+    not apply to return. A decision held is judged by whether its writer's certificate
+    marks head office, revocation aside; what SH01 writes after its revocation is
+    refused on arrival, so it decides nothing more."""
+    from crdtledger.trust import revocations_rule
+    from peer.chain import revoke
+
+    c = Chain(tmp_path, ("SH01", "SH02", "HQ02"), hq=("SH01", "HQ02"))
+    try:
+        hq, sh02, hq2 = c["SH01"], c["SH02"], c["HQ02"]
+        staff = Staff(hq)
+        hq.set_rule(hq.owner, "referral", {"reward": "bonus", "bonus": 5000})
+        leaving = hq.add_member(hq.owner, name="老张", phone="13800000003")
+        old = hq.add_member(hq.owner, name="老王", phone="13800000001")
+        new = hq.add_member(hq.owner, name="小李", phone="13800000002")
+        c.sync()
+        app = sh02.apply_exit(sh02.owner, leaving, "moving")["application"]
+        r = sh02.refer(sh02.owner, new, old)["id"]
+        stay = sh02.apply_exit(sh02.owner, old, "moving")["application"]
+        c.sync()
+        assert hq.decide_exit(staff.mgr, app)["status"] == "approved"
+        hq.approve_referral(staff.mgr, r, 1)
+        c.sync()
+        hq2.set_rule(hq2.owner, "revocations",
+                     revocations_rule(revoke(tmp_path / "chain", "SH01")))
+        sync(hq2, sh02)
+        # Written after its revocation: refused on arrival, never decides anything.
+        hq.decide_exit(staff.mgr, stay, reject=True)
+        sync(hq, sh02)
+        assert sh02.exit_view(stay)["status"] == "pending"
+        assert sh02.exit_view(app)["status"] == "approved"
+        assert sh02.referral_view(r)["status"] == "approved1"
+        assert sh02.member(leaving).get("exited")
+        assert sh02.apply_exit(sh02.owner, leaving, "back again",
+                               step="return")["status"] == "pending"
+        sh02.approve_referral(staff.mgr2, r, 2)
+        assert sh02.balance(old)["bonus"] == 5000
+    finally:
+        c.close()
