@@ -393,8 +393,13 @@ class Membership(Coupons):
             else:
                 # An earlier copy granted voids only if approved as the granted case asks:
                 # a liar's back-dated copy of a pending referral, "granted" by a reward
-                # of its own with no approval, voided the honest one for good.
-                status = referral_status(self._approvals(e), False)[0]
+                # of its own with no approval, voided the honest one for good. A
+                # rejection written where `r` was recorded counts against it too: a
+                # liar's back-dated pending copy held the honest one off, and only head
+                # office could reject it.
+                status = referral_status(sorted(
+                    self._approvals(e) + self._rejected_at(e, str(r["node"])),
+                    key=lambda a: str(a["id"])), False)[0]
                 if status != "rejected" and (earlier is None or status == "approved"):
                     return []
         return before if before else None
@@ -408,6 +413,22 @@ class Membership(Coupons):
         return [a for a in self._entries("ref = ? AND kind = 'approval'", [str(r["id"])])
                 if a["op"] != r["op"] and self._decides(str(a["node"]), str(r["node"]))
                 and self._may_approve(str(a["op"]), a.get("step"), str(a["node"]))]
+
+    def _rejected_at(self, e: Mapping[str, Any], node: str) -> list[dict[str, Any]]:
+        """The rejections of referral `e` written at `node`, where a later copy of it
+        was recorded (`_voided_by`), not counted among its approvals already."""
+        if self._decides(node, str(e["node"])):
+            return []
+        return [a for a in self._entries("ref = ? AND kind = 'approval' AND node = ?",
+                                         [str(e["id"]), node])
+                if a["step"] == "reject" and a["op"] != e["op"]
+                and self._may_approve(str(a["op"]), "reject", node)]
+
+    def _copy_later_here(self, r: Mapping[str, Any]) -> bool:
+        """Did this branch record a referral of `r`'s newcomer after `r` (by id)?"""
+        group = views.member_group(self.storage.conn, str(r["member"]))
+        return any(e["id"] > r["id"] for e in self._entries(
+            f"member {views.in_(group)} AND kind = 'referral' AND node = ?", [*group, self.node]))
 
     def _decides(self, node: str, made_at: str) -> bool:
         """May a decision written by `node` on a referral or application made at
@@ -466,8 +487,11 @@ class Membership(Coupons):
         self.authorise(operator, f"referral.approve{level}")
         r = self._referral(referral)
         if not self._decides(self.node, str(r["node"])):
+            if reject and self._copy_later_here(r):
+                return self._reject_copy(operator, r, reason)
             raise PermissionDenied(f"referral {referral} was recorded at {r['node']}: it is "
-                                   "approved or rejected there, or at head office")
+                                   "approved or rejected there, or at head office (or "
+                                   "rejected where a later referral of the newcomer was)")
         view = self.referral_view(referral)
         status = view["status"]
         if status in ("granted", "rejected", "void"):
@@ -503,6 +527,20 @@ class Membership(Coupons):
 
         self._commit(plan)
         return self.referral_view(referral)
+
+    def _reject_copy(self, operator: str, r: Mapping[str, Any], reason: str
+                     ) -> dict[str, Any]:
+        """Reject referral `r`, recorded elsewhere, as the earlier copy of one recorded
+        here: it then voids this branch's no more (`_voided_by`), whatever its own
+        branch says of it."""
+        if operator == r["op"]:
+            raise PermissionDenied(f"operator {operator} recorded referral {r['id']} and "
+                                   "cannot reject it: another operator must")
+        if self._rejected_at(r, self.node):
+            raise InvalidInput(f"referral {r['id']} was rejected here already")
+        self._post(self._entry("approval", str(r["member"]), ref=r["id"], step="reject",
+                               reason=check_text(reason, "reason"), op=operator), {})
+        return self.referral_view(str(r["id"]))
 
     def _reward(self, r: Mapping[str, Any]) -> dict[str, Any] | None:
         """The reward entry of referral `r` by the rule in force, or None if the rule
@@ -842,8 +880,14 @@ class Membership(Coupons):
         if step == "exit" and "merged_into" in profile:
             raise InvalidInput(f"member {member} was merged into another: apply for "
                                f"{views.canonical(self.storage.conn, member)}")
+        # Only one made here, at head office or at the member's home branch holds a new
+        # one off: a lying branch's application for an honest member blocked her own at
+        # every branch, and only head office could clear it.
+        home = profile.get("home")
         for a in self._applications(member):
-            if self._decision(a) is None:
+            node = str(a["node"])
+            if self._decision(a) is None and (node in (self.node, home) or cast(
+                    "Ledger", self).was_head_office(node)):
                 raise InvalidInput(f"member {member} has an application waiting already "
                                    f"({a['id']}, {a['step']})")
         entry = self._entry("exit", member, step=step, reason=reason, op=operator)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from helpers import FakeClock, sync
 
+from crdtledger.errors import InvalidInput, PermissionDenied
 from crdtledger.hlc import encode, id_time_ms
 from crdtledger.ledger import Ledger
 from peer.chain import enrol, init_chain
@@ -246,3 +247,67 @@ def test_a_retired_head_offices_decisions_stand(tmp_path: Path) -> None:
         assert sh02.balance(old)["bonus"] == 5000
     finally:
         c.close()
+
+
+# --- a liar's pending records -------------------------------------------------------------------
+
+
+def test_the_branch_of_an_honest_referral_rejects_a_liars_earlier_copy(chain: Chain) -> None:
+    """SH03 wrote a copy of SH02's pending referral, back-dated before it: the honest one
+    read void, and since decisions count only where made or at head office, only head
+    office could reject the copy. A rejection written where the later referral was
+    recorded counts against the earlier copy; the copy's own status is its branch's."""
+    hq, sh02, liar = chain["SH01"], chain["SH02"], chain["SH03"]
+    staff = Staff(hq)
+    hq.set_rule(hq.owner, "referral", {"reward": "bonus", "bonus": 5000})
+    old = hq.add_member(hq.owner, name="老王", phone="13800000001")
+    new = hq.add_member(hq.owner, name="小李", phone="13800000002")
+    chain.sync()
+    chain.clock.ms += 60_000
+    honest = sh02.refer(sh02.owner, new, old)["id"]
+    chain.sync()
+    copy = lie(liar, back_dated(liar, "referral", new, honest, referrer=old, op=liar.owner))
+    chain.sync()
+    assert sh02.referral_view(honest)["status"] == "void"
+    with pytest.raises(PermissionDenied, match="approved or rejected there"):
+        sh02.approve_referral(staff.mgr, copy["id"], 1)  # approve: still not here
+    with pytest.raises(PermissionDenied, match="approved or rejected there"):
+        _reject_elsewhere(hq, chain, staff, old)
+    sh02.approve_referral(staff.mgr, copy["id"], 1, reject=True, reason="a liar's copy")
+    with pytest.raises(InvalidInput, match="rejected here already"):
+        sh02.approve_referral(staff.mgr2, copy["id"], 1, reject=True)
+    chain.sync()
+    for led in chain.ls.values():
+        assert led.referral_view(honest)["status"] == "pending"
+        assert led.referral_view(copy["id"])["status"] == "pending"
+    sh02.approve_referral(staff.mgr, honest, 1)
+    assert sh02.approve_referral(staff.mgr2, honest, 2)["status"] == "granted"
+    assert sh02.balance(old)["bonus"] == 5000
+
+
+def _reject_elsewhere(hq: Ledger, chain: Chain, staff: Staff, old: str) -> None:
+    """A branch holding no later copy of the newcomer may not reject another's."""
+    other = hq.add_member(hq.owner, name="小赵", phone="13800000005")
+    chain.sync()
+    r = chain["SH02"].refer(chain["SH02"].owner, other, old)["id"]
+    chain.sync()
+    chain["SH03"].approve_referral(staff.mgr, r, 1, reject=True)
+
+
+def test_a_liars_pending_exit_application_holds_no_honest_one_off(chain: Chain) -> None:
+    """SH03 wrote a pending exit application for an honest member: every branch refused
+    her own ("an application waiting"), and only head office could clear it. Only an
+    application made at the branch applying, at head office or at the member's home
+    branch holds a new one off."""
+    hq, sh02, liar = chain["SH01"], chain["SH02"], chain["SH03"]
+    staff = Staff(hq)
+    leaving = sh02.add_member(sh02.owner, name="老张", phone="13800000003")
+    chain.sync()
+    lie(liar, liar._entry("exit", leaving, step="exit", reason="x", op=liar.owner))
+    chain.sync()
+    app = sh02.apply_exit(sh02.owner, leaving, "moving")["application"]
+    chain.sync()
+    for led in (hq, liar):  # held off where hers is (home, here, head office) is known
+        with pytest.raises(InvalidInput, match="waiting already"):
+            led.apply_exit(led.owner, leaving, "again")
+    assert sh02.decide_exit(staff.mgr, app, pay="cash")["status"] == "approved"
