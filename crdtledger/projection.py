@@ -127,16 +127,19 @@ def spent_topped(entry: dict[str, Any]) -> tuple[int, int]:
     """What an entry adds to its member's cumulative spend and top-ups (levels). The
     cash an exit paid back comes off the top-ups it refunded: a member who reached a
     level, left with the money and came back held the level on nothing (a discount
-    and extra points, again at each return). Only the cash its own deltas take at its
+    and extra points, again at each return). Only the cash its own deltas move at its
     writer: `paid` is text its writer chose, and a lying branch's settlement moving
     nothing but saying 10**13 paid took every member's top-ups, and level, away at
-    every branch."""
+    every branch; its top-up of 0.01 saying 10**12 paid made any member gold at every
+    branch (an honest top-up's `paid` is the cash it adds)."""
     spent = _SPEND_KINDS.get(entry["kind"], 0) * entry["amount"]
     if entry["kind"] == "debit" and entry.get("pay") == "package":
         spent = 0
     kind = entry["kind"]
     if kind == "topup":
-        topped = entry.get("paid") or 0
+        added = sum(c for purse, n, c in entry["deltas"]
+                    if purse == "cash" and n == entry["node"] and c > 0)
+        topped = min(entry.get("paid") or 0, added)
     elif kind == "exit_settle":
         took = -sum(c for purse, n, c in entry["deltas"]
                     if purse == "cash" and n == entry["node"] and c < 0)
@@ -826,13 +829,12 @@ def reproject(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE members SET body = json_remove(body, '$.merged_into') "
                          "WHERE id = ?", (mid,))
     # Before "2" an exit's cash paid back stayed in the member's top-ups, and before
-    # "3" any settlement's `paid` came off them, however little cash it took
-    # (spent_topped): those members' top-ups summed again from their entries, by the
-    # one function (so a build going back and forth subtracts nothing twice).
+    # "3" any settlement's or top-up's `paid` counted whole, however little cash it
+    # moved (spent_topped): every member's top-ups summed again from their entries, by
+    # the one function (so a build going back and forth counts nothing twice).
     topped: dict[str, int] = {}
     for (body,) in conn.execute(
-            "SELECT body FROM entries WHERE kind IN ('topup', 'exit_settle') AND member IN "
-            "(SELECT member FROM entries WHERE kind = 'exit_settle')"):
+            "SELECT body FROM entries WHERE kind IN ('topup', 'exit_settle')"):
         e = json.loads(body)
         topped[e["member"]] = topped.get(e["member"], 0) + spent_topped(e)[1]
     conn.executemany("UPDATE totals SET topped = ? WHERE member = ?",

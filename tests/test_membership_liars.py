@@ -122,6 +122,33 @@ def test_a_liars_settlement_moving_nothing_takes_no_top_ups_or_level(
     chain.ls["SH02"] = Ledger.open(tmp_path / "SH02", now_ms=chain.clock)
 
 
+def test_a_liars_top_up_saying_more_paid_than_its_cash_raises_no_level(
+        chain: Chain, tmp_path: Path) -> None:
+    """SH03 wrote a top-up of 0.01 saying 10**12 paid: the member was gold at every
+    branch (a discount at honest tills, paid by them). A top-up counts toward the
+    level only the cash it adds at its writer, as an honest one's `paid` is."""
+    hq, sh02, liar = chain["SH01"], chain["SH02"], chain["SH03"]
+    hq.set_rule(hq.owner, "levels", GOLD)
+    m = hq.add_member(hq.owner, name="普通会员", phone="13800000002")
+    chain.sync()
+    sh02.topup(sh02.owner, m, 1000)
+    lie(liar, liar._entry("topup", m, deltas=[["cash", "SH03", 1]], amount=1,
+                          paid=10**12, pay="cash", op=liar.owner))
+    chain.sync()
+    for led in chain.ls.values():
+        assert led.level(m)["topped"] == 1001
+        assert led.level(m)["name"] == "普通会员"
+    # A store projected by a build that took `paid` whole: summed again on opening.
+    with sh02.storage.transaction():
+        sh02.storage.conn.execute("UPDATE totals SET topped = 10000001000 WHERE member = ?",
+                                  (m,))
+        sh02.storage.conn.execute("UPDATE meta SET value = '2' WHERE key = 'projection'")
+    sh02.close()
+    with Ledger.open(tmp_path / "SH02", lock=False) as again:
+        assert again.level(m)["topped"] == 1001
+    chain.ls["SH02"] = Ledger.open(tmp_path / "SH02", now_ms=chain.clock)
+
+
 # --- referrals ---------------------------------------------------------------------------------
 
 
