@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from helpers import FakeClock, sync
+from test_membership import Staff
 
 from crdtledger.errors import InvalidInput, PermissionDenied
 from crdtledger.hlc import encode, id_time_ms
@@ -53,15 +54,6 @@ def chain(tmp_path: Path) -> Iterator[Chain]:
     c = Chain(tmp_path)
     yield c
     c.close()
-
-
-class Staff:
-    def __init__(self, ledger: Ledger) -> None:
-        o = ledger.owner
-        ledger.define_role(o, "hq", ["referral.approve2", "member.exit.approve"])
-        self.mgr = ledger.add_operator(o, "mgr", "secret1", ["manager"])
-        self.mgr2 = ledger.add_operator(o, "mgr2", "secret2", ["manager"])
-        self.hq = ledger.add_operator(o, "hq", "secret4", ["hq"])
 
 
 def lie(liar: Ledger, entry: dict[str, Any]) -> dict[str, Any]:

@@ -268,6 +268,19 @@ def _crash_image(data: Path, to: Path) -> Path:
     return to
 
 
+def _crashed_and_put_back(a: Ledger, copy: Path, crash: Path) -> None:
+    """`a`'s PC loses power (its directory as the crash leaves it, log and all), and
+    the old `copy` of its store file is put back over the store by hand."""
+    data = a.storage.dir
+    _crash_image(data, crash)
+    a.close()
+    for path in data.glob(f"{DB_FILE}*"):
+        path.unlink()
+    for path in crash.iterdir():
+        shutil.copy(path, data / path.name)
+    shutil.copy(copy, data / DB_FILE)
+
+
 def test_an_old_copy_put_back_beside_a_crashs_log_opens_as_the_copy(tmp_path: Path) -> None:
     """The PC crashed (its log, ledger.sqlite3-wal, left beside the store), and
     yesterday's copy of ledger.sqlite3 was put back over the store by hand: SQLite laid
@@ -284,13 +297,7 @@ def test_an_old_copy_put_back_beside_a_crashs_log_opens_as_the_copy(tmp_path: Pa
             a.add_member(a.owner, name=f"N{round_}{i}", phone=f"139{round_:02d}{i:06d}")
         a.storage.forget_freed()  # a checkpoint
     a.debit(a.owner, m, amount=100)
-    crash = _crash_image(data, tmp_path / "crash")
-    a.close()
-    for path in data.glob(f"{DB_FILE}*"):
-        path.unlink()
-    for path in crash.iterdir():  # the directory as the crash left it
-        shutil.copy(path, data / path.name)
-    shutil.copy(tmp_path / "copy.sqlite3", data / DB_FILE)  # over the store, by hand
+    _crashed_and_put_back(a, tmp_path / "copy.sqlite3", tmp_path / "crash")
 
     a = Ledger.open(data)
     try:
@@ -347,13 +354,7 @@ def test_a_copy_of_the_generation_before_put_back_beside_a_crashs_log_opens_as_t
         a.add_member(a.owner, name=f"B{i}", phone=f"1360000{i:04d}")
     a.debit(a.owner, m, amount=100)
     assert stamp() == copied + 1
-    crash = _crash_image(data, tmp_path / "crash")
-    a.close()
-    for path in data.glob(f"{DB_FILE}*"):
-        path.unlink()
-    for path in crash.iterdir():  # the directory as the crash left it
-        shutil.copy(path, data / path.name)
-    shutil.copy(tmp_path / "copy.sqlite3", data / DB_FILE)  # over the store, by hand
+    _crashed_and_put_back(a, tmp_path / "copy.sqlite3", tmp_path / "crash")
     with Ledger.open(data) as c:
         assert c.storage.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert list(data.glob(f"{DB_FILE}-wal.foreign-*")), "the log is kept aside"
