@@ -127,23 +127,20 @@ def spent_topped(entry: dict[str, Any]) -> tuple[int, int]:
     """What an entry adds to its member's cumulative spend and top-ups (levels). The
     cash an exit paid back comes off the top-ups it refunded: a member who reached a
     level, left with the money and came back held the level on nothing (a discount
-    and extra points, again at each return). Only the cash its own deltas move at its
-    writer: `paid` is text its writer chose, and a lying branch's settlement moving
+    and extra points, again at each return). By the cash its own deltas move at its
+    writer, net: `paid` is text its writer chose, and a lying branch's settlement moving
     nothing but saying 10**13 paid took every member's top-ups, and level, away at
-    every branch; its top-up of 0.01 saying 10**12 paid made any member gold at every
-    branch (an honest top-up's `paid` is the cash it adds)."""
+    every branch; its top-up of 0.01 saying 10**12 paid (or adding 10**12 and taking it
+    back in one entry) made any member gold at every branch; and a top-up saying 0 paid
+    beside a settlement paying it back took her top-ups away. An honest top-up's `paid`
+    is the cash it adds, an honest settlement's at most the cash it takes."""
     spent = _SPEND_KINDS.get(entry["kind"], 0) * entry["amount"]
     if entry["kind"] == "debit" and entry.get("pay") == "package":
         spent = 0
     kind = entry["kind"]
-    if kind == "topup":
-        added = sum(c for purse, n, c in entry["deltas"]
-                    if purse == "cash" and n == entry["node"] and c > 0)
-        topped = min(entry.get("paid") or 0, added)
-    elif kind == "exit_settle":
-        took = -sum(c for purse, n, c in entry["deltas"]
-                    if purse == "cash" and n == entry["node"] and c < 0)
-        topped = -min(entry.get("paid") or 0, took)
+    if kind in ("topup", "exit_settle"):
+        net = sum(c for purse, n, c in entry["deltas"] if purse == "cash" and n == entry["node"])
+        topped = max(net, 0) if kind == "topup" else -min(entry.get("paid") or 0, max(-net, 0))
     else:
         topped = 0
     return spent, topped
@@ -837,8 +834,10 @@ def reproject(conn: sqlite3.Connection) -> None:
             "SELECT body FROM entries WHERE kind IN ('topup', 'exit_settle')"):
         e = json.loads(body)
         topped[e["member"]] = topped.get(e["member"], 0) + spent_topped(e)[1]
-    conn.executemany("UPDATE totals SET topped = ? WHERE member = ?",
-                     [(t, m) for m, t in topped.items()])
+    # A member whose top-ups summed to nothing before has no row yet.
+    conn.executemany("INSERT INTO totals(member, spent, topped) VALUES (?, 0, ?) "
+                     "ON CONFLICT(member) DO UPDATE SET topped = excluded.topped",
+                     [(m, t) for m, t in topped.items()])
 
 
 # A member's fields that are maps (crdtledger.members): another value there (a liar's

@@ -126,19 +126,42 @@ def test_a_liars_top_up_saying_more_paid_than_its_cash_raises_no_level(
     sh02.topup(sh02.owner, m, 1000)
     lie(liar, liar._entry("topup", m, deltas=[["cash", "SH03", 1]], amount=1,
                           paid=10**12, pay="cash", op=liar.owner))
+    # 10**12 added and taken back in one entry: 0.01 net.
+    lie(liar, liar._entry("topup", m, deltas=[["cash", "SH03", 10**12],
+                                              ["cash", "SH03", 1 - 10**12]],
+                          amount=10**12, paid=10**12, pay="cash", op=liar.owner))
     chain.sync()
     for led in chain.ls.values():
-        assert led.level(m)["topped"] == 1001
+        assert led.level(m)["topped"] == 1002
         assert led.level(m)["name"] == "普通会员"
     # A store projected by a build that took `paid` whole: summed again on opening.
     with sh02.storage.transaction():
-        sh02.storage.conn.execute("UPDATE totals SET topped = 10000001000 WHERE member = ?",
-                                  (m,))
+        sh02.storage.conn.execute("DELETE FROM totals WHERE member = ?", (m,))
         sh02.storage.conn.execute("UPDATE meta SET value = '2' WHERE key = 'projection'")
     sh02.close()
     with Ledger.open(tmp_path / "SH02", lock=False) as again:
-        assert again.level(m)["topped"] == 1001
+        assert again.level(m)["topped"] == 1002
     chain.ls["SH02"] = Ledger.open(tmp_path / "SH02", now_ms=chain.clock)
+
+
+def test_a_liars_top_up_saying_nothing_paid_and_its_settlement_leave_the_level(
+        chain: Chain) -> None:
+    """SH03 topped a gold member up 10**12 saying 0 paid (counted nothing), then settled
+    10**12 saying it paid it back (counted off her top-ups): no money moved, and she was
+    demoted at every branch. Both count by the cash they move at their writer, net."""
+    hq, sh02, liar = chain["SH01"], chain["SH02"], chain["SH03"]
+    hq.set_rule(hq.owner, "levels", GOLD)
+    m = hq.add_member(hq.owner, name="金卡会员", phone="13800000001")
+    chain.sync()
+    sh02.topup(sh02.owner, m, 300000)
+    x = 10**12
+    lie(liar, liar._entry("topup", m, deltas=[["cash", "SH03", x]], amount=x, paid=0,
+                          pay="cash", op=liar.owner))
+    lie(liar, liar._entry("exit_settle", m, deltas=[["cash", "SH03", -x]], step="refund",
+                          paid=x, amount=x, op=liar.owner))
+    chain.sync()
+    for led in chain.ls.values():
+        assert (led.level(m)["name"], led.level(m)["topped"]) == ("金卡", 300000)
 
 
 # --- referrals ---------------------------------------------------------------------------------
