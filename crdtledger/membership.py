@@ -211,18 +211,15 @@ def _kind_given(e: Mapping[str, Any]) -> str | None:
     return next((p for p in ("points", "bonus") if _given(e, p) > 0), None)
 
 
-def _left_of(grant: Mapping[str, Any], purse: str, given: int,
-             before: list[dict[str, Any]]) -> int:
+def _left_of(grant: Mapping[str, Any], purse: str, given: int, before: list[int]) -> int:
     """What a void referral's grant (`given` in `purse`) is to keep, the earlier grants
-    to its referrer that void it being `before`: of the same purse, what it gives beyond
-    the most they give (the referrer keeps the larger reward: head office raised the
-    rule between two branches' grants apart, and both stood); a coupon, or with an
-    earlier grant of another kind, nothing (no measure is common to points, bonus and
-    a coupon: the first by id counts, as for referrals not granted)."""
-    if grant["kind"] == "coupon" or not before or any(
-            _kind_given(g) != purse for g in before):
+    of its purse to its referrer that void it giving `before` (net of what their own
+    branches took back): what it gives beyond the most they give (the referrer keeps
+    the larger reward: head office raised the rule between two branches' grants apart,
+    and both stood); a coupon, nothing (the first by id counts)."""
+    if grant["kind"] == "coupon" or not before:
         return 0
-    return max(0, given - max(_given(g, purse) for g in before))
+    return max(0, given - max(before))
 
 
 def _given(e: Mapping[str, Any], purse: str) -> int:
@@ -355,17 +352,18 @@ class Membership(Coupons):
         return self._voided_by(r, grant) is not None
 
     def _voided_by(self, r: Mapping[str, Any], grant: Mapping[str, Any] | None
-                   ) -> list[dict[str, Any]] | None:
+                   ) -> list[int] | None:
         """None if referral `r` counts. Else it is void: its referrer merged into the
         member since (referring themself), or an earlier one of the group's referrals
-        counts; for `r` granted, the earlier grants that make it void (what
+        counts; for `r` granted, what the earlier grants that make it void give (what
         `reverse_void_rewards` leaves of its reward), else an empty list. Not
         granted, any earlier one not rejected counts (the first by id; one granted, only
         if approved, as below): a copy rejected
         as the duplicate it was voided the honest one once the rejection arrived first,
         and a manager unblocks one a liar's back-dated copy holds by rejecting that.
         Granted, only an earlier one granted too, to the same referrer and giving
-        something (two branches apart each rewarded the newcomer): otherwise an honest
+        something of the same kind, net of its own branch's take-back (two branches
+        apart each rewarded the newcomer): otherwise an honest
         referrer's reward was taken back (a liar's copy for its accomplice, rewarded by
         itself). Only earlier
         ones: a later copy with a reward its branch wrote itself, unapproved (a liar's),
@@ -376,7 +374,8 @@ class Membership(Coupons):
         if referrer == views.canonical(conn, str(r["member"])):
             return []
         group = views.member_group(conn, str(r["member"]))
-        before: list[dict[str, Any]] = []
+        kind = _kind_given(grant) if grant is not None else None
+        before: list[int] = []
         for e in self._entries(f"member {views.in_(group)} AND kind = 'referral'", group):
             if e["id"] >= r["id"]:
                 continue
@@ -385,11 +384,20 @@ class Membership(Coupons):
                 # The same referral rewarded twice to one referrer. A liar's back-dated
                 # copy rewarded by itself (for its accomplice, or with nothing in it)
                 # took an honest referrer's reward back: it must be approved and give
-                # this referrer something.
-                if (earlier is not None and _kind_given(earlier) is not None
+                # this referrer something of the same kind, net of what its own branch
+                # took back (a liar granted 1 point, took it back itself, and an honest
+                # 50.00 of bonus was taken back whole for "another kind"). Of another
+                # kind both stand: no measure is common to points, bonus and a coupon.
+                if (earlier is not None and kind is not None and _kind_given(earlier) == kind
                         and views.canonical(conn, str(e["referrer"])) == referrer
                         and referral_status(self._approvals(e), False)[0] == "approved"):
-                    before.append(earlier)
+                    purse = COUPON_PURSE if kind == "coupon" else kind
+                    back = self._taken_back(str(e["id"]))
+                    net = _given(earlier, purse) + (
+                        min(_given(back, purse), 0)
+                        if back is not None and back["node"] == earlier["node"] else 0)
+                    if net > 0:
+                        before.append(net)
             else:
                 # An earlier copy granted voids only if approved as the granted case asks:
                 # a liar's back-dated copy of a pending referral, "granted" by a reward
@@ -880,10 +888,11 @@ class Membership(Coupons):
         if step == "exit" and "merged_into" in profile:
             raise InvalidInput(f"member {member} was merged into another: apply for "
                                f"{views.canonical(self.storage.conn, member)}")
-        # Only one made here, at head office or at the member's home branch holds a new
-        # one off: a lying branch's application for an honest member blocked her own at
-        # every branch, and only head office could clear it.
-        home = profile.get("home")
+        # Only one made here, at head office or at the branch that registered the member
+        # holds a new one off: a lying branch's application for an honest member blocked
+        # her own at every branch, and only head office could clear it. By her id, not
+        # her `home`, which any branch may edit (a liar made itself her home).
+        home = member.rpartition(".")[2]
         for a in self._applications(member):
             node = str(a["node"])
             if self._decision(a) is None and (node in (self.node, home) or cast(

@@ -210,8 +210,9 @@ def test_one_newcomer_rewarded_at_two_branches_apart_rule_changed_between_pays_o
     each branch rewarding her referral, head office raising the reward between: once
     merged, both rewards stood (a later grant was void only for an earlier one "giving
     as much, of the same kind"). The later grant keeps only what it gives beyond the
-    earlier of its purse (the referrer keeps the larger); of another kind, nothing (the
-    first counts)."""
+    earlier of its purse (the referrer keeps the larger). Of another kind both stand:
+    no measure is common to points and bonus, and taking the later back whole let a
+    liar's copy granting 1 point take an honest 50.00 (the next test)."""
     hq, sh02, sh03 = chain["SH01"], chain["SH02"], chain["SH03"]
     staff = Staff(hq)
     hq.set_rule(hq.owner, "branches", {n: n for n in chain.ls}, effective_from="2000-01-01")
@@ -238,10 +239,49 @@ def test_one_newcomer_rewarded_at_two_branches_apart_rule_changed_between_pays_o
             led.housekeeping()
     chain.sync()
     bonus = max(5000, int(second.get("bonus", 0)))
+    points = int(second.get("points", 0))
     for led in chain.ls.values():
         assert led.referral_view(r1)["status"] == "granted"
-        assert led.referral_view(r2)["status"] == "void"
-        assert (led.balance(old)["bonus"], led.balance(old)["points"]) == (bonus, 0)
+        assert led.referral_view(r2)["status"] == ("granted" if points else "void")
+        assert (led.balance(old)["bonus"], led.balance(old)["points"]) == (bonus, points)
+
+
+def test_a_liars_copy_granting_little_of_another_kind_takes_no_honest_reward(
+        chain: Chain) -> None:
+    """SH02 granted an honest referral (50.00 of bonus). SH03 wrote a copy back-dated
+    before it, both approvals at SH03 in the chain's managers' names, a grant of 1
+    point and its own take-back of it: SH02's housekeeping took its 50.00 back whole
+    (an earlier grant of another kind voided it). An earlier grant voids a later one
+    only of the same kind, by what it gives net of its own branch's take-back."""
+    hq, sh02, liar = chain["SH01"], chain["SH02"], chain["SH03"]
+    staff = Staff(hq)
+    hq.set_rule(hq.owner, "referral", {"reward": "bonus", "bonus": 5000})
+    old = hq.add_member(hq.owner, name="老王", phone="13800000001")
+    new = hq.add_member(hq.owner, name="小李", phone="13800000002")
+    chain.sync()
+    chain.clock.ms += 60_000
+    r = sh02.refer(sh02.owner, new, old)["id"]
+    sh02.approve_referral(staff.mgr, r, 1)
+    assert sh02.approve_referral(staff.mgr2, r, 2)["status"] == "granted"
+    chain.sync()
+    copy = lie(liar, back_dated(liar, "referral", new, r, referrer=old, op=liar.owner))
+    for kind, n in (("points", 1), ("bonus", 1)):
+        approvals = [liar._entry("approval", new, ref=copy["id"], step=str(step), op=op)
+                     for step, op in ((1, staff.mgr), (2, staff.mgr2))]
+        for e in approvals:
+            lie(liar, e)
+        for reason, sign in (("referral", 1), ("void", -1)):
+            lie(liar, liar._entry("reward", old, deltas=[[kind, "SH03", sign * n]],
+                                  **{kind: n}, ref=copy["id"], reason=reason,
+                                  op="referral@SH03"))
+        for _ in range(2):
+            chain.sync()
+            for led in chain.ls.values():
+                led.housekeeping()
+        chain.sync()
+        for led in chain.ls.values():
+            assert led.referral_view(r)["status"] == "granted"
+            assert led.balance(old)["bonus"] == 5000
 
 
 # --- decisions of a head office retired ---------------------------------------------------------
@@ -339,12 +379,14 @@ def _reject_elsewhere(hq: Ledger, chain: Chain, staff: Staff, old: str) -> None:
 def test_a_liars_pending_exit_application_holds_no_honest_one_off(chain: Chain) -> None:
     """SH03 wrote a pending exit application for an honest member: every branch refused
     her own ("an application waiting"), and only head office could clear it. Only an
-    application made at the branch applying, at head office or at the member's home
-    branch holds a new one off."""
+    application made at the branch applying, at head office or at the branch that
+    registered the member holds a new one off: by her id, since her `home` is a field
+    any branch may edit (the liar made itself her home, and held hers off again)."""
     hq, sh02, liar = chain["SH01"], chain["SH02"], chain["SH03"]
     staff = Staff(hq)
     leaving = sh02.add_member(sh02.owner, name="老张", phone="13800000003")
     chain.sync()
+    liar.edit_member(liar.owner, leaving, fields={"home": "SH03"})
     lie(liar, liar._entry("exit", leaving, step="exit", reason="x", op=liar.owner))
     chain.sync()
     app = sh02.apply_exit(sh02.owner, leaving, "moving")["application"]
