@@ -3,7 +3,9 @@
 Each point earned is a lot with the expiry its entry stated. A point spent (a
 redemption, a conversion, a correction) takes the lot that expires first among those
 still valid on the day it was spent; a refund takes back first what its own debit
-earned; a write-off (kind `expiry`) takes lots already expired on its day, the lot it
+earned, and only that once those points had expired on its day (its entry says when,
+since 0.3.0; what a write-off took of that lot first is the write-off's to give back);
+a write-off (kind `expiry`) takes lots already expired on its day, the lot it
 names in `ref` first (one write-off entry per lot, since 0.3.0). So a
 redemption never uses up an expired lot on paper, and what is expired and not yet
 written off is exactly what is due. Points spent before, in id order, the entry that
@@ -58,9 +60,10 @@ from crdtledger.storage import POINTS_FOLD, POINTS_NOTED
 Lot = list[Any]  # [expires, left, earned by entry id, the member that entry names]
 
 
-def take(lots: list[Lot], n: int, kind: str, ref: str | None, day: str) -> int:
+def take(lots: list[Lot], n: int, kind: str, ref: str | None, day: str,
+         took: list[tuple[Lot, int]] | None = None) -> int:
     """Take `n` points from `lots` for an entry of `kind` (and `ref`) on `day`; what
-    no lot had left to cover."""
+    no lot had left to cover. `took` collects (lot, points taken from it)."""
     by_expiry = sorted((lot for lot in lots if lot[1] > 0), key=lambda lot: (lot[0], lot[2]))
     if kind == "expiry":
         order = [lot for lot in by_expiry if lot[0] < day]
@@ -84,6 +87,8 @@ def take(lots: list[Lot], n: int, kind: str, ref: str | None, day: str) -> int:
         got = min(lot[1], n)
         lot[1] -= got
         n -= got
+        if got and took is not None:
+            took.append((lot, got))
         if not n:
             break
     return n
@@ -105,6 +110,8 @@ def replay(conn: sqlite3.Connection, group: list[str], before: str | None = None
             m = into[m]
         return m
 
+    written: dict[str, list[list[Any]]] = {}  # lot -> [write-off, points it took]
+    extra: dict[str, int] = {}
     bound = "" if before is None else "AND id < ? "
     for (body,) in conn.execute(
             f"SELECT body FROM entries WHERE member {views.in_(group)} AND kind NOT IN "
@@ -117,9 +124,9 @@ def replay(conn: sqlite3.Connection, group: list[str], before: str | None = None
             if a != b:  # a cycle's last merge (its survivor's pointer) joins nothing
                 into[a] = b
                 pools[b] += pools.pop(a)
-        short = _step(pools[pool(e["member"])], _row(e, points_change(e)))
-        if short and excess is not None:
-            excess[e["id"]] = short
+        _step(pools[pool(e["member"])], _row(e, points_change(e)), written, extra)
+    if excess is not None:
+        excess.update(extra)
     return [lot for lots in pools.values() for lot in lots]
 
 
@@ -198,14 +205,45 @@ def _row(e: dict[str, Any], change: int) -> tuple[Any, ...]:
             e.get("day"))
 
 
-def _step(lots: list[Lot], row: tuple[Any, ...]) -> int:
+def _step(lots: list[Lot], row: tuple[Any, ...],
+          written: dict[str, list[list[Any]]] | None = None,
+          excess: dict[str, int] | None = None) -> int:
     """One entry, as (member, id, change, kind, ref, expires, day), folded into `lots`;
-    what a write-off took beyond the points expired (else 0)."""
+    what a write-off took beyond the points expired (else 0). `written` remembers
+    which write-off took how much of which lot and `excess` collects what each
+    write-off took beyond the points expired, by its id (a replay's: `replay`)."""
     member, eid, change, kind, ref, expires, day = row
     if kind == "expiry":
         # A write-off takes expired points only, and its give-back (a positive one,
         # naming it) returns rights for points no lot lost: neither is owed nor a lot.
-        return take(lots, -change, kind, ref, spend_day(eid, day)) if change < 0 else 0
+        if change >= 0:
+            return 0
+        took: list[tuple[Lot, int]] = []
+        short = take(lots, -change, kind, ref, spend_day(eid, day), took)
+        if written is not None:
+            for lot, got in took:
+                written.setdefault(lot[2], []).append([eid, got])
+        if short and excess is not None:
+            excess[eid] = excess.get(eid, 0) + short
+        return short
+    if change < 0 and kind == "refund" and ref and expires and expires < spend_day(eid, day):
+        # A refund of a sale whose points had expired on its day (its entry says when
+        # they expired, since 0.3.0: Payments.refund) takes back what is left of that
+        # sale's own lot, never valid points: they were the member's twice over once a
+        # write-off took the expired lot too. What the lot lacks because a write-off
+        # took it (made before, in id order, at a branch that had not heard of the
+        # refund) is that write-off's to give back (Payments.give_back_write_offs), as
+        # if the refund had come first. Anything else (a spend of the lot the refund's
+        # writer had not heard of) is taken as any refund's (`take`): the sum stays exact.
+        change += _take_own(lots, ref, -change)
+        for off in reversed((written or {}).get(ref, [])):
+            if not change:
+                break
+            got = min(off[1], -change)
+            off[1] -= got
+            change += got
+            if excess is not None:
+                excess[off[0]] = excess.get(off[0], 0) + got
     if change > 0:
         for debt in sorted((lot for lot in lots if lot[1] < 0), key=lambda lot: lot[2]):
             got = min(-debt[1], change)
@@ -219,6 +257,17 @@ def _step(lots: list[Lot], row: tuple[Any, ...]) -> int:
         if short:  # spent before, in id order, what earned it: owed by the next lots
             lots.append([NO_EXPIRY, -short, eid, member])
     return 0
+
+
+def _take_own(lots: list[Lot], ref: str, n: int) -> int:
+    """Up to `n` points from the lot `ref` earned, if it has any left; how many."""
+    got = 0
+    for lot in lots:
+        if lot[2] == ref and lot[1] > 0:
+            got = min(lot[1], n)
+            lot[1] -= got
+            break
+    return got
 
 
 def spend_day(eid: str, said: str | None) -> str:
@@ -295,7 +344,10 @@ def _update(conn: sqlite3.Connection, touched: list[tuple[Any, ...]], seen: set[
             group_of[m] = _group(conn, m)
         group = group_of[m]
         _, new = groups.setdefault(group[0], (group, []))
-        if row[1] is None:  # a merge, or an entry taken back: nothing but a replay does
+        if row[1] is None or (row[3] == "refund" and row[5]):
+            # A merge, or an entry taken back: nothing but a replay does; nor a refund
+            # of points expired (its entry says when: `_step`), which may have to know
+            # what write-offs took of its sale's lot (rare).
             replayed.add(group[0])
         else:
             new.append(row)

@@ -16,8 +16,9 @@ import pytest
 from helpers import FakeClock, Forger, new_ledger, sync
 from pycrdt import Doc, Map
 
-from crdtledger import views
+from crdtledger import lots, views
 from crdtledger.errors import InsufficientFunds
+from crdtledger.hlc import HybridClock
 from crdtledger.ledger import Ledger
 
 NODES = ("SH01", "SH02", "HZ01")
@@ -539,3 +540,24 @@ def test_a_liar_cannot_make_a_branch_give_back_more_than_the_lots_hold(
         assert sum(points_rights(a, m).values()) <= p["total"] == p["usable"] == 121
     finally:
         w.close()
+
+
+# --- a refund of a sale whose points expired ------------------------------------------
+
+
+def test_a_refund_stating_its_lot_expired_takes_from_that_lot_only() -> None:
+    """The fold itself: a refund whose entry says its debit's points expired before
+    its day takes back only what that lot has left, never a valid lot."""
+    clock = FakeClock()
+    clock.advance_days(40.5)  # 2026-02-10, noon
+    ids = HybridClock("SH01", now_ms=clock)
+    r1, r2, r3 = ids.mint(), ids.mint(), ids.mint()
+    held: list[lots.Lot] = [["2026-01-31", 100, "D1", "M1"], ["2026-03-12", 100, "D2", "M1"]]
+    lots._step(held, ("M1", r1, -60, "refund", "D1", "2026-01-31", "2026-02-10"))
+    assert [lot[1] for lot in held] == [40, 100]
+    lots._step(held, ("M1", r2, -40, "refund", "D1", "2026-01-31", "2026-02-10"))
+    assert [lot[1] for lot in held] == [0, 100]
+    # Without the expiry (an older build's refund), as before: valid lots first.
+    held = [["2026-01-31", 100, "D1", "M1"], ["2026-03-12", 100, "D2", "M1"]]
+    lots._step(held, ("M1", r3, -100, "refund", "D1", None, "2026-02-10"))
+    assert [lot[1] for lot in held] == [100, 0]
