@@ -398,11 +398,25 @@ class Payments(Merges, Rules):
         # rights to them may sit at another branch: the escrow check asks for them.
         if points:
             points = min(points, max(0, views.balance(self.storage.conn, member)["points"]))
+        # Points that have expired are nobody's to take back but what is left of the
+        # sale's own lot (none once written off): the member's valid points, earned on
+        # other sales, were taken for them, and the daily pass wrote the expired lot off
+        # too. The entry says when they expired, so that every replica folds it so
+        # (crdtledger.lots._step), whatever came first.
+        expired = debit.get("expires") if points else None
+        if not (isinstance(expired, str) and expired < self.today()):
+            expired = None
+        if expired:
+            row = self.storage.conn.execute(
+                "SELECT left FROM points_lots WHERE member = ? AND earned = ?",
+                (debit["member"], debit_id)).fetchone()
+            points = min(points, max(0, int(row[0]) if row else 0))
         if points:
             deltas.append(("points", self.node, -points))
         money = 0 if package else amount
         entry = self._entry("refund", member, deltas=deltas, amount=money, ref=debit_id,
                             qty=units, points=points or None,
+                            expires=expired if points else None,
                             reason=check_text(reason, "reason"), op=operator,
                             service=debit.get("service"), goods=debit.get("goods"))
         if not goods:

@@ -545,6 +545,130 @@ def test_a_liar_cannot_make_a_branch_give_back_more_than_the_lots_hold(
 # --- a refund of a sale whose points expired ------------------------------------------
 
 
+def points_identity(ledger: Ledger, member: str) -> tuple[int, int, int, int]:
+    """(earned, used, expired, left) of the member's points by its entries: what sales
+    earned, what refunds and redemptions took back, what write-offs took net of their
+    give-backs; and the points left. Left = earned - used - expired holds when no
+    point is lost twice."""
+    earned = used = expired = 0
+    for e in ledger.history(member, 500):
+        change = sum(c for purse, _n, c in e["deltas"] if purse == "points")
+        if e["kind"] in ("transfer", "merge"):
+            continue
+        if e["kind"] == "expiry":
+            expired -= change
+        elif change > 0:
+            earned += change
+        else:
+            used -= change
+    return earned, used, expired, ledger.balance(member)["points"]
+
+
+def assert_books_agree(ledgers: list[Ledger], member: str, left: int) -> None:
+    """At every replica: `left` points, all valid, in the lots as in the rights, the
+    table the replay's and everyone's the same, and the identity holds."""
+    tables = []
+    for x in ledgers:
+        p = views.points(x, member)
+        assert (p["total"], p["usable"], p["expired_unwritten"]) == (left, left, 0), x.node
+        assert sum(points_rights(x, member).values()) == x.balance(member)["points"] == left
+        earned, used, expired, now = points_identity(x, member)
+        assert now == earned - used - expired == left, (x.node, earned, used, expired)
+        conn = x.storage.conn
+        table = sorted(tuple(r) for r in conn.execute(
+            "SELECT earned, member, expires, left FROM points_lots"))
+        assert table == sorted((lot[2], lot[3], lot[0], lot[1]) for lot in lots.replay(
+            conn, views.member_group(conn, member)) if lot[1]), x.node
+        tables.append(table)
+    assert all(t == tables[0] for t in tables), "replicas hold different lots"
+
+
+@pytest.mark.parametrize("write_off_first", [False, True])
+def test_a_refund_of_a_sale_whose_points_expired_takes_no_valid_points(
+        chain: dict[str, Ledger], clock: FakeClock, write_off_first: bool) -> None:
+    """Sale D1 earns 100 points at SH01, which expire; D2 earns 100 valid ones; D1 is
+    refunded. The refund takes back what is left of D1's own lot (100 before the
+    write-off, nothing after it) and never D2's valid points: the member keeps 100,
+    whether the daily pass wrote D1's lot off before or after the refund. SH02 takes
+    each step as it is made, HZ01 everything at the end: the same lots everywhere."""
+    sh01, sh02, hz01 = chain["SH01"], chain["SH02"], chain["HZ01"]
+    m = member_earning(sh01, 10000)  # D1: 100 points, expiring 2026-01-31
+    d1 = next(e["id"] for e in sh01.history(m) if e["kind"] == "debit")
+    sh01.topup(sh01.owner, m, 10000)
+    sync(sh01, sh02)
+    clock.advance_days(40)  # D1's points have expired
+    if write_off_first:
+        assert [e["points"] for e in sh01.housekeeping() if e["kind"] == "expiry"] == [100]
+        sync(sh01, sh02)
+    sh01.debit(sh01.owner, m, amount=10000)  # D2: 100 valid points
+    sync(sh01, sh02)
+    refund = sh01.refund(sh01.owner, d1)
+    assert refund.get("points") == (None if write_off_first else 100)
+    sync(sh01, sh02)
+    offs = [e for e in sh01.housekeeping() if e["kind"] == "expiry"]
+    assert offs == []  # nothing expired is left: the refund took D1's lot, or found it gone
+    sync(sh01, sh02)
+    sync_all(chain)
+    for x in chain.values():
+        assert x.housekeeping() == []
+    assert_books_agree([sh01, sh02, hz01], m, 100)
+
+
+def test_a_refund_of_an_expired_sale_takes_back_only_what_its_lot_kept(
+        chain: dict[str, Ledger], clock: FakeClock) -> None:
+    """D1's 100 points, 30 of them redeemed while valid, expire with 70 left; the
+    refund of D1 takes back those 70, not the 30 spent (out of D2's valid points)."""
+    sh01, sh02, hz01 = chain["SH01"], chain["SH02"], chain["HZ01"]
+    m = member_earning(sh01, 10000)
+    d1 = next(e["id"] for e in sh01.history(m) if e["kind"] == "debit")
+    sh01.redeem_points(sh01.owner, m, 30, "towel")
+    sh01.topup(sh01.owner, m, 10000)
+    clock.advance_days(40)
+    sh01.debit(sh01.owner, m, amount=10000)
+    assert sh01.refund(sh01.owner, d1)["points"] == 70
+    sh01.housekeeping()
+    sync_all(chain)
+    assert_books_agree([sh01, sh02, hz01], m, 100)
+
+
+@pytest.mark.parametrize("write_off_first", [False, True])
+def test_a_refund_and_another_branchs_write_off_of_the_same_expired_lot_lose_it_once(
+        chain: dict[str, Ledger], clock: FakeClock, write_off_first: bool) -> None:
+    """D1's rights went to SH02 (a rights fetch), so SH02 answers for D1's lot once it
+    expires and SH01 holds none. Cut off from SH02, SH01 sells D2 (100 valid points,
+    its rights) and refunds D1, taking back D1's expired lot; SH02 writes that same
+    lot off. Two branches took the same 100 expired points, in either order of ids:
+    once they meet, the fold gives the lot to the refund and the write-off's writer
+    gives its 100 back (Payments.give_back_write_offs), so the member keeps D2's 100
+    at every branch, and no expired point is left for nobody to write off."""
+    sh01, sh02, hz01 = chain["SH01"], chain["SH02"], chain["HZ01"]
+    m = member_earning(sh01, 10000)
+    d1 = next(e["id"] for e in sh01.history(m) if e["kind"] == "debit")
+    sh01.topup(sh01.owner, m, 10000)
+    sh01.grant_rights(m, "points", "SH02", 100)
+    sync_all(chain)
+    clock.advance_days(40)
+    offs = []
+    if write_off_first:
+        offs = [e for e in sh02.housekeeping() if e["kind"] == "expiry"]
+        clock.advance_days(0.1)
+    sh01.debit(sh01.owner, m, amount=10000)
+    refund = sh01.refund(sh01.owner, d1)
+    assert refund["points"] == 100
+    if not write_off_first:
+        clock.advance_days(0.1)
+        offs = [e for e in sh02.housekeeping() if e["kind"] == "expiry"]
+    assert [(e["ref"], e["points"]) for e in offs] == [(d1, 100)]
+    assert (offs[0]["id"] < refund["id"]) == write_off_first
+    sync(sh01, hz01)  # HZ01 hears of the refund first, then of the write-off
+    sync_all(chain)
+    for _ in range(2):
+        for x in chain.values():
+            x.housekeeping()
+        sync_all(chain)
+    assert_books_agree([sh01, sh02, hz01], m, 100)
+
+
 def test_a_refund_stating_its_lot_expired_takes_from_that_lot_only() -> None:
     """The fold itself: a refund whose entry says its debit's points expired before
     its day takes back only what that lot has left, never a valid lot."""
