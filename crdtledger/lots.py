@@ -432,8 +432,10 @@ def _keep(conn: sqlite3.Connection, lots: list[Lot]) -> None:
 
 # The fold's version, in meta `points_lots`: "2" since a write-off takes the lot it
 # names first, "3" since a spend without `day` is folded on a date of its instant's
-# alone and a merge cycle's survivor's own pointer counts (0.3.0). A store folded
-# before replays the groups it may have folded otherwise when it opens (`refold`).
+# alone and a merge cycle's survivor's own pointer counts, "4" since a refund stating
+# that its sale's points expired takes back only that sale's lot (0.3.0). A store
+# folded before replays the groups it may have folded otherwise when it opens
+# (`refold`).
 FOLD = POINTS_FOLD
 
 
@@ -441,8 +443,9 @@ def refold(conn: sqlite3.Connection, since: str) -> None:
     """Replay the groups a fold of version `since` may have folded otherwise: those
     holding a write-off that names its lot (an `expiry` with `ref`), before "2" folded
     by expiry order; those holding a spend without `day`, before "3" folded on the
-    reader's own date. Few: a read of the entries, and a replay of each such group,
-    once."""
+    reader's own date; those holding a refund that states when its sale's points
+    expired (`expires`), before "4" folded as any refund. Few: a read of the entries,
+    and a replay of each such group, once."""
     members: set[str] = set()
     if since < "2":
         members.update(m for (m,) in conn.execute(
@@ -455,6 +458,10 @@ def refold(conn: sqlite3.Connection, since: str) -> None:
         # Merge cycles, whose survivor's own pointer the fold had ignored.
         members.update(m for (m,) in conn.execute(
             "SELECT id FROM members WHERE json_extract(body, '$.merged_into') IS NOT NULL"))
+    if since < "4":
+        members.update(m for (m,) in conn.execute(
+            "SELECT DISTINCT member FROM entries WHERE kind = 'refund' "
+            "AND json_extract(body, '$.expires') IS NOT NULL"))
     heads: dict[str, list[str]] = {}
     for m in sorted(members):
         group = views.member_group(conn, m)

@@ -373,7 +373,7 @@ class LoadedDoc:
 
 # The points lots' fold version, in meta `points_lots` (crdtledger.lots.FOLD). Here,
 # as a new store starts at it and this module imports nothing of the lots.
-POINTS_FOLD = "3"
+POINTS_FOLD = "4"
 # How rows of records are projected (crdtledger.projection.reproject), in meta
 # `projection`: a store opened by a build that projects some other way projects its
 # rows again (a card's status, a merge pointer that is not a member id; "2": the cash

@@ -314,6 +314,28 @@ def test_a_store_folded_by_an_older_version_replays_its_named_write_offs(
         assert again.storage.meta["points_lots"] == lots.FOLD
 
 
+def test_a_store_folded_by_an_older_version_replays_its_refunds_of_expired_points(
+        tmp_path: Path) -> None:
+    """Meta `points_lots` "3": an older build folded a refund stating that its sale's
+    points expired (from a newer replica) as any refund, out of the valid lots first.
+    On opening, the groups holding one are replayed."""
+    sh, hz, sh_clock, m = expired_then_earned(tmp_path)
+    d1 = next(e["id"] for e in reversed(sh.history(m)) if e["kind"] == "debit")
+    refund = sh.refund(sh.owner, d1)
+    assert (refund["points"], refund["expires"]) == (100, "2026-01-31")
+    before, path = kept(sh), sh.storage.dir
+    assert [r[3] for r in before] == [20]
+    with sh.storage.conn:  # as the older fold left it: the valid 20 taken, 20 expired
+        sh.storage.conn.execute("UPDATE points_lots SET earned = ?, expires = ?",
+                                (d1, "2026-01-31"))
+        sh.storage.conn.execute("UPDATE meta SET value = '3' WHERE key = 'points_lots'")
+    sh.close()
+    hz.close()
+    with Ledger.open(path, now_ms=sh_clock) as again:
+        assert kept(again) == before == replayed(again)
+        assert again.storage.meta["points_lots"] == lots.FOLD
+
+
 def only_from(src: Ledger, dst: Ledger, writer: str) -> None:
     """`dst` takes from `src` the records of `writer`'s log only (a hub that relayed
     them first, the rest to follow)."""
