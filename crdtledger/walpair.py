@@ -86,7 +86,8 @@ def _file_state(db: Path) -> tuple[int, int] | None:
     reading that as another file set the store's own log aside, and the store left
     could not open."""
     try:
-        conn = sqlite3.connect(f"file:{db}?immutable=1", uri=True)
+        # As a URI (a data directory named with '#', '?' or '%' read another path).
+        conn = sqlite3.connect(db.resolve().as_uri() + "?immutable=1", uri=True)
         try:
             stamp, pos = conn.execute(_STATE).fetchone()
         finally:
@@ -174,10 +175,30 @@ class WalStamp:
             return
         if salts is None or salts == self._stamped:
             return
+        # How far the file alone has gone: what the last checkpoint of the generation
+        # before left, all of it (the log starts again only then). Read once a log
+        # (about a thousand pages, some 90 debits: 0.2-0.8 ms, a new connection's
+        # schema read most of it); an older copy of the stamp before has gone less far.
+        alone = _file_state(self._db)
+        if alone is None:
+            # The file does not read alone (torn by a crash until a checkpoint mends
+            # it): whether this log holds its stamp cannot be told. None now; the file
+            # beside keeps naming the log before, which checks nothing (fails open).
+            self._stamped = salts
+            return
         try:
             row = conn.execute("SELECT value FROM meta WHERE key = 'wal_stamp'").fetchone()
-            stamp = int(row[0]) + 1 if row and str(row[0]).isdigit() else 1
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('wal_stamp', ?)", (str(stamp),))
+            current = int(row[0]) if row and str(row[0]).isdigit() else 0
+            if alone[0] < current:
+                # This log holds its stamp already: the file beside naming it was lost
+                # (a crash before it reached the disk, a disk full). Stamped again, the
+                # store ran two ahead of its file, and the next crash before a
+                # checkpoint set the store's own log aside, answered sales and all.
+                stamp = current
+            else:  # the file alone holds all the connection does: a new log
+                stamp = current + 1
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('wal_stamp', ?)",
+                             (str(stamp),))
         except sqlite3.Error as e:  # a disk full: the next commit tries again
             log.warning("the write-ahead log's stamp was not written: %s", e)
             return
@@ -190,14 +211,8 @@ class WalStamp:
             salts = self._read_salts() or salts
         except OSError:
             return
-        # How far the file alone has gone: what the last checkpoint of the generation
-        # before left, all of it (the log starts again only then). Read once a log
-        # (about a thousand pages, some 90 debits: 0.2-0.8 ms, a new connection's
-        # schema read most of it); an older copy of the stamp before has gone less far.
-        state = _file_state(self._db)
-        last = f" {state[1]}" if state is not None else ""
         with contextlib.suppress(OSError):
             path = self._dir / STAMP_FILE
-            path.write_text(f"{stamp} {salts.hex()}{last}\n")
+            path.write_text(f"{stamp} {salts.hex()} {alone[1]}\n")
             path.chmod(0o600)
         self._stamped = salts

@@ -389,6 +389,35 @@ def test_a_crashs_own_log_is_never_set_aside(tmp_path: Path) -> None:
             assert ledger.restored is None
 
 
+@pytest.mark.parametrize("lost", ["old content", "empty", "missing"])
+def test_a_crash_that_lost_the_file_beside_keeps_its_log_at_the_next_crash(
+        tmp_path: Path, lost: str) -> None:
+    """A crash right after the log started again lost the write of ledger.walstamp (not
+    yet on the disk; a disk full that emptied it; the store's first log). The log was
+    rightly kept, but the next run stamped the same log again, two ahead of the store
+    file: a second crash before a checkpoint set the store's own log aside, and a
+    member answered in it was gone. A log that holds its stamp is not stamped again."""
+    a = new_ledger(tmp_path, "SH01")
+    a.add_member(a.owner, name="Li", phone="13800000000")
+    data = a.storage.dir
+    stamp_file = data / walpair.STAMP_FILE
+    before = stamp_file.read_bytes() if stamp_file.exists() else b""
+    a.storage.forget_freed()  # a checkpoint: the next commit starts the log again
+    a.add_member(a.owner, name="Wang", phone="13800000001")  # stamped in the new log
+    first = _crash_image(data, tmp_path / "crash1")
+    a.close()
+    if lost == "missing":
+        (first / walpair.STAMP_FILE).unlink()
+    else:
+        (first / walpair.STAMP_FILE).write_bytes(before if lost == "old content" else b"")
+    with Ledger.open(first) as b:
+        answered = b.add_member(b.owner, name="Zhao", phone="13800000002")
+        second = _crash_image(first, tmp_path / "crash2")
+    with Ledger.open(second) as c:
+        assert not list(second.glob(f"{DB_FILE}-wal.foreign-*"))
+        assert c.member(answered)["name"] == "Zhao"
+
+
 def test_a_log_started_again_by_its_own_stamp_is_still_the_stores(tmp_path: Path) -> None:
     """A commit copied into the file whole as the first of a new log (a catch-up's
     slice, a sync file's import) had the stamp's own commit start the log again; the
