@@ -60,7 +60,7 @@ def test_sync_files_backups_and_restores_show_their_steps(tmp_path: Path) -> Non
     assert r.code == 0, r.err
     said = steps(r.err)
     assert said[0].startswith("copying the store (") and "keeps working" in said[0]
-    assert said[1:] == ["signing and encrypting the copy",
+    assert said[1:] == ["checking the copy", "signing and encrypting the copy",
                         f"writing {(tmp_path / 'bk' / 'ledger.backup').stat().st_size:,} "
                         f"bytes to {tmp_path / 'bk' / 'ledger.backup'}"]
 
