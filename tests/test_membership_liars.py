@@ -167,6 +167,20 @@ def test_a_liars_top_up_saying_nothing_paid_and_its_settlement_leave_the_level(
 # --- referrals ---------------------------------------------------------------------------------
 
 
+def referred_at_sh02(chain: Chain) -> tuple[Staff, str, str, str]:
+    """Head office's staff and referral rule (50.00 of bonus), a referrer and a
+    newcomer, and a minute later a referral recorded at SH02: (staff, referrer,
+    newcomer, referral)."""
+    hq, sh02 = chain["SH01"], chain["SH02"]
+    staff = Staff(hq)
+    hq.set_rule(hq.owner, "referral", {"reward": "bonus", "bonus": 5000})
+    old = hq.add_member(hq.owner, name="老王", phone="13800000001")
+    new = hq.add_member(hq.owner, name="小李", phone="13800000002")
+    chain.sync()
+    chain.clock.ms += 60_000
+    return staff, old, new, sh02.refer(sh02.owner, new, old)["id"]
+
+
 def test_a_liars_back_dated_copy_granted_unapproved_voids_no_pending_referral(
         chain: Chain) -> None:
     """SH03 wrote a copy of SH02's pending referral, back-dated before it, for its
@@ -175,14 +189,8 @@ def test_a_liars_back_dated_copy_granted_unapproved_voids_no_pending_referral(
     approvals), and nobody could reject the copy (granted). An earlier copy granted
     voids a pending one only if its own approvals that count reach "approved"."""
     hq, sh02, liar = chain["SH01"], chain["SH02"], chain["SH03"]
-    staff = Staff(hq)
-    hq.set_rule(hq.owner, "referral", {"reward": "bonus", "bonus": 5000})
-    old = hq.add_member(hq.owner, name="老王", phone="13800000001")
-    new = hq.add_member(hq.owner, name="小李", phone="13800000002")
+    staff, old, new, honest = referred_at_sh02(chain)
     accomplice = hq.add_member(hq.owner, name="同伙", phone="13800000009")
-    chain.sync()
-    chain.clock.ms += 60_000
-    honest = sh02.refer(sh02.owner, new, old)["id"]
     sh02.approve_referral(staff.mgr, honest, 1)
     chain.sync()
     copy = lie(liar, back_dated(liar, "referral", new, honest, referrer=accomplice,
@@ -253,14 +261,8 @@ def test_a_liars_copy_granting_little_of_another_kind_takes_no_honest_reward(
     point and its own take-back of it: SH02's housekeeping took its 50.00 back whole
     (an earlier grant of another kind voided it). An earlier grant voids a later one
     only of the same kind, by what it gives net of its own branch's take-back."""
-    hq, sh02, liar = chain["SH01"], chain["SH02"], chain["SH03"]
-    staff = Staff(hq)
-    hq.set_rule(hq.owner, "referral", {"reward": "bonus", "bonus": 5000})
-    old = hq.add_member(hq.owner, name="老王", phone="13800000001")
-    new = hq.add_member(hq.owner, name="小李", phone="13800000002")
-    chain.sync()
-    chain.clock.ms += 60_000
-    r = sh02.refer(sh02.owner, new, old)["id"]
+    sh02, liar = chain["SH02"], chain["SH03"]
+    staff, old, new, r = referred_at_sh02(chain)
     sh02.approve_referral(staff.mgr, r, 1)
     assert sh02.approve_referral(staff.mgr2, r, 2)["status"] == "granted"
     chain.sync()
@@ -340,13 +342,7 @@ def test_the_branch_of_an_honest_referral_rejects_a_liars_earlier_copy(chain: Ch
     office could reject the copy. A rejection written where the later referral was
     recorded counts against the earlier copy; the copy's own status is its branch's."""
     hq, sh02, liar = chain["SH01"], chain["SH02"], chain["SH03"]
-    staff = Staff(hq)
-    hq.set_rule(hq.owner, "referral", {"reward": "bonus", "bonus": 5000})
-    old = hq.add_member(hq.owner, name="老王", phone="13800000001")
-    new = hq.add_member(hq.owner, name="小李", phone="13800000002")
-    chain.sync()
-    chain.clock.ms += 60_000
-    honest = sh02.refer(sh02.owner, new, old)["id"]
+    staff, old, new, honest = referred_at_sh02(chain)
     chain.sync()
     copy = lie(liar, back_dated(liar, "referral", new, honest, referrer=old, op=liar.owner))
     chain.sync()
