@@ -133,14 +133,18 @@ def spent_topped(entry: dict[str, Any]) -> tuple[int, int]:
     every branch; its top-up of 0.01 saying 10**12 paid (or adding 10**12 and taking it
     back in one entry) made any member gold at every branch; and a top-up saying 0 paid
     beside a settlement paying it back took her top-ups away. An honest top-up's `paid`
-    is the cash it adds, an honest settlement's at most the cash it takes."""
+    is the cash it adds, an honest settlement's at most the cash it takes. A correction
+    of cash counts as it moves: it puts a top-up typed wrong right (3,000.00 typed for
+    30.00 left the member gold for good), and a liar's correction raising cash, then
+    its settlement paying that out, demoted a gold member at every branch."""
     spent = _SPEND_KINDS.get(entry["kind"], 0) * entry["amount"]
     if entry["kind"] == "debit" and entry.get("pay") == "package":
         spent = 0
     kind = entry["kind"]
-    if kind in ("topup", "exit_settle"):
+    if kind in ("topup", "exit_settle", "correction"):
         net = sum(c for purse, n, c in entry["deltas"] if purse == "cash" and n == entry["node"])
-        topped = max(net, 0) if kind == "topup" else -min(entry.get("paid") or 0, max(-net, 0))
+        topped = (max(net, 0) if kind == "topup" else net if kind == "correction"
+                  else -min(entry.get("paid") or 0, max(-net, 0)))
     else:
         topped = 0
     return spent, topped
@@ -825,13 +829,14 @@ def reproject(conn: sqlite3.Connection) -> None:
         if not (isinstance(into, str) and ID.match(into)):
             conn.execute("UPDATE members SET body = json_remove(body, '$.merged_into') "
                          "WHERE id = ?", (mid,))
-    # Before "2" an exit's cash paid back stayed in the member's top-ups, and before
-    # "3" any settlement's or top-up's `paid` counted whole, however little cash it
-    # moved (spent_topped): every member's top-ups summed again from their entries, by
-    # the one function (so a build going back and forth counts nothing twice).
+    # Before "2" an exit's cash paid back stayed in the member's top-ups, before "3"
+    # any settlement's or top-up's `paid` counted whole, however little cash it moved,
+    # and before "4" corrections of cash did not count (spent_topped): every member's
+    # top-ups summed again from their entries, by the one function (so a build going
+    # back and forth counts nothing twice).
     topped: dict[str, int] = {}
     for (body,) in conn.execute(
-            "SELECT body FROM entries WHERE kind IN ('topup', 'exit_settle')"):
+            "SELECT body FROM entries WHERE kind IN ('topup', 'exit_settle', 'correction')"):
         e = json.loads(body)
         topped[e["member"]] = topped.get(e["member"], 0) + spent_topped(e)[1]
     # A member whose top-ups summed to nothing before has no row yet.

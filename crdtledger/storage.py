@@ -377,8 +377,9 @@ POINTS_FOLD = "4"
 # How rows of records are projected (crdtledger.projection.reproject), in meta
 # `projection`: a store opened by a build that projects some other way projects its
 # rows again (a card's status, a merge pointer that is not a member id; "2": the cash
-# an exit paid back off the member's top-ups; "3": only the cash its deltas took).
-PROJECTION = "3"
+# an exit paid back off the member's top-ups; "3": only the cash its deltas took;
+# "4": a top-up and a correction by the cash they move).
+PROJECTION = "4"
 
 
 def _log_lone_store(conn: sqlite3.Connection, meta: dict[str, str]) -> None:

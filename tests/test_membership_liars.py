@@ -137,7 +137,7 @@ def test_a_liars_top_up_saying_more_paid_than_its_cash_raises_no_level(
     # A store projected by a build that took `paid` whole: summed again on opening.
     with sh02.storage.transaction():
         sh02.storage.conn.execute("DELETE FROM totals WHERE member = ?", (m,))
-        sh02.storage.conn.execute("UPDATE meta SET value = '2' WHERE key = 'projection'")
+        sh02.storage.conn.execute("UPDATE meta SET value = '3' WHERE key = 'projection'")
     sh02.close()
     with Ledger.open(tmp_path / "SH02", lock=False) as again:
         assert again.level(m)["topped"] == 1002
@@ -162,6 +162,32 @@ def test_a_liars_top_up_saying_nothing_paid_and_its_settlement_leave_the_level(
     chain.sync()
     for led in chain.ls.values():
         assert (led.level(m)["name"], led.level(m)["topped"]) == ("金卡", 300000)
+
+
+def test_a_liars_correction_paid_out_by_its_settlement_leaves_the_level(chain: Chain) -> None:
+    """SH03 corrected a gold member's cash up by 10**12 (a correction counted nothing
+    toward the level), then settled it saying it paid that out: she was demoted at
+    every branch, no money of hers moved. A correction of cash counts as it moves, as
+    it puts a top-up typed wrong right (3,000.00 for 30.00 left her gold for good)."""
+    hq, sh02, liar = chain["SH01"], chain["SH02"], chain["SH03"]
+    Staff(hq)
+    hq.set_rule(hq.owner, "levels", GOLD)
+    m = hq.add_member(hq.owner, name="金卡会员", phone="13800000001")
+    typo = hq.add_member(hq.owner, name="打错", phone="13800000005")
+    chain.sync()
+    sh02.topup(sh02.owner, m, 300000)
+    sh02.topup(sh02.owner, typo, 300000)  # 3,000.00 typed for 30.00
+    sh02.correct(sh02.owner, typo, "cash", -297000, "typed 3000 for 30",
+                 approver=("mgr2", "secret2"))
+    x = 10**12
+    lie(liar, liar._entry("correction", m, deltas=[["cash", "SH03", x]], amount=x,
+                          reason="x", op=liar.owner))
+    lie(liar, liar._entry("exit_settle", m, deltas=[["cash", "SH03", -x]], step="refund",
+                          paid=x, amount=x, op=liar.owner))
+    chain.sync()
+    for led in chain.ls.values():
+        assert (led.level(m)["name"], led.level(m)["topped"]) == ("金卡", 300000)
+        assert (led.level(typo)["name"], led.level(typo)["topped"]) == ("普通会员", 3000)
 
 
 # --- referrals ---------------------------------------------------------------------------------
