@@ -44,6 +44,27 @@ class Chain:
                 for y in names[i + 1:]:
                     sync(self.ls[x], self.ls[y])
 
+    def reopened_projected_as(self, node: str, version: str, damage: str,
+                              member: str) -> Ledger:
+        """`node`'s store as a build projecting by `version` left it (`damage`, SQL
+        naming `member`, says how), opened again by this one."""
+        led = self.ls[node]
+        with led.storage.transaction():
+            led.storage.conn.execute(damage, (member,))
+            led.storage.conn.execute("UPDATE meta SET value = ? WHERE key = 'projection'",
+                                     (version,))
+        led.close()
+        self.ls[node] = Ledger.open(self.root / node, now_ms=self.clock)
+        return self.ls[node]
+
+    def settle(self, rounds: int = 1) -> None:
+        """Every branch's daily pass after a sync, `rounds` times, then a last sync."""
+        for _ in range(rounds):
+            self.sync()
+            for led in self.ls.values():
+                led.housekeeping()
+        self.sync()
+
     def close(self) -> None:
         for led in self.ls.values():
             led.close()
@@ -104,14 +125,9 @@ def test_a_liars_settlement_moving_nothing_takes_no_top_ups_or_level(
         v = led.exit_view(app)
         assert (v["status"], v["settled"], v["paid"]) == ("pending", "", 0)
     # A store projected by a build that took `paid` whole: summed again on opening.
-    with sh02.storage.transaction():
-        sh02.storage.conn.execute("UPDATE totals SET topped = -10 WHERE member = ?", (m,))
-        sh02.storage.conn.execute("UPDATE meta SET value = '2' WHERE key = 'projection'")
-    sh02.close()
-    with Ledger.open(tmp_path / "SH02", lock=False) as again:
-        assert again.level(m)["topped"] == 300000
-        assert again.level(m)["name"] == "金卡"
-    chain.ls["SH02"] = Ledger.open(tmp_path / "SH02", now_ms=chain.clock)
+    again = chain.reopened_projected_as(
+        "SH02", "2", "UPDATE totals SET topped = -10 WHERE member = ?", m).level(m)
+    assert (again["name"], again["topped"]) == ("金卡", 300000)
 
 
 def test_a_liars_top_up_saying_more_paid_than_its_cash_raises_no_level(
@@ -135,13 +151,8 @@ def test_a_liars_top_up_saying_more_paid_than_its_cash_raises_no_level(
         assert led.level(m)["topped"] == 1002
         assert led.level(m)["name"] == "普通会员"
     # A store projected by a build that took `paid` whole: summed again on opening.
-    with sh02.storage.transaction():
-        sh02.storage.conn.execute("DELETE FROM totals WHERE member = ?", (m,))
-        sh02.storage.conn.execute("UPDATE meta SET value = '3' WHERE key = 'projection'")
-    sh02.close()
-    with Ledger.open(tmp_path / "SH02", lock=False) as again:
-        assert again.level(m)["topped"] == 1002
-    chain.ls["SH02"] = Ledger.open(tmp_path / "SH02", now_ms=chain.clock)
+    assert chain.reopened_projected_as(
+        "SH02", "3", "DELETE FROM totals WHERE member = ?", m).level(m)["topped"] == 1002
 
 
 def test_a_liars_top_up_saying_nothing_paid_and_its_settlement_leave_the_level(
@@ -226,10 +237,7 @@ def test_a_liars_back_dated_copy_granted_unapproved_voids_no_pending_referral(
     chain.sync()
     assert sh02.referral_view(honest)["status"] == "approved1"
     assert sh02.approve_referral(staff.mgr2, honest, 2)["status"] == "granted"
-    chain.sync()
-    for led in chain.ls.values():
-        led.housekeeping()
-    chain.sync()
+    chain.settle()
     for led in chain.ls.values():
         assert led.referral_view(honest)["status"] == "granted"
         assert led.balance(old)["bonus"] == 5000
@@ -267,11 +275,7 @@ def test_one_newcomer_rewarded_at_two_branches_apart_rule_changed_between_pays_o
     assert sh03.approve_referral(staff.mgr2, r2, 2)["status"] == "granted"
     chain.sync()
     hq.merge_member(hq.owner, n2, n1)
-    for _ in range(2):
-        chain.sync()
-        for led in chain.ls.values():
-            led.housekeeping()
-    chain.sync()
+    chain.settle(2)
     bonus = max(5000, int(second.get("bonus", 0)))
     points = int(second.get("points", 0))
     for led in chain.ls.values():
@@ -302,11 +306,7 @@ def test_a_liars_copy_granting_little_of_another_kind_takes_no_honest_reward(
             lie(liar, liar._entry("reward", old, deltas=[[kind, "SH03", sign * n]],
                                   **{kind: n}, ref=copy["id"], reason=reason,
                                   op="referral@SH03"))
-        for _ in range(2):
-            chain.sync()
-            for led in chain.ls.values():
-                led.housekeeping()
-        chain.sync()
+        chain.settle(2)
         for led in chain.ls.values():
             assert led.referral_view(r)["status"] == "granted"
             assert led.balance(old)["bonus"] == 5000
