@@ -406,6 +406,23 @@ def _enrolled(chain_dir: Path | None, node: str) -> dict[str, list[str]]:
     return out
 
 
+def put_back_marks(conn: sqlite3.Connection) -> dict[str, str]:
+    """The meta a store put back (by `restore`, or a copy of its file by hand:
+    storage.Storage._put_back_by_hand) is marked with when it is found so:
+    `restored_seen`, when it was put back (a branch's view older than this says nothing
+    of what the lost PC sent it: Replica.peer_caught_up, a sync file), never before the
+    newest time the store holds (a new PC whose clock was days behind took files made
+    before the restore for files made after it); and `keys_unknown_until`: idempotency
+    keys are local and a copy holds none made after it, so until a key's life after
+    the restore has passed, a key the store does not know is looked for among the
+    entries it fetches back (crdtledger.idempotency.done_before_restore; a till's retry
+    was sold again). Never cleared."""
+    (newest,) = conn.execute("SELECT MAX(id) FROM entries").fetchone()
+    now = int(time.time() * 1000)
+    return {"restored_seen": str(max(now, id_time_ms(newest) if newest else 0)),
+            "keys_unknown_until": str(now + KEY_TTL_MS)}
+
+
 def _mark_restored(copy: Path, node: str, what: str, enrolled: dict[str, list[str]]
                    ) -> int:
     """Note in the restored copy where the backup's own log ends (meta `restored_tip`:
@@ -416,26 +433,10 @@ def _mark_restored(copy: Path, node: str, what: str, enrolled: dict[str, list[st
         conn = sqlite3.connect(copy)
         try:
             (tip,) = conn.execute(_OWN_TIP, (node,)).fetchone()
-            # Never before the newest time the store holds: a new PC whose clock was
-            # days behind took files made before the restore for files made after it.
-            (newest,) = conn.execute("SELECT MAX(id) FROM entries").fetchone()
-            seen = max(int(time.time() * 1000), id_time_ms(newest) if newest else 0)
+            marks = {"restored_tip": str(int(tip)), **put_back_marks(conn),
+                     "restore_enrolled": json.dumps(enrolled)}
             with conn:
-                conn.execute("INSERT OR REPLACE INTO meta VALUES ('restored_tip', ?)",
-                             (str(int(tip)),))
-                # When it was put back: a branch's view older than this says nothing
-                # of what the lost PC sent it (Replica.peer_caught_up, a sync file).
-                conn.execute("INSERT OR REPLACE INTO meta VALUES ('restored_seen', ?)",
-                             (str(seen),))
-
-                conn.execute("INSERT OR REPLACE INTO meta VALUES ('restore_enrolled', ?)",
-                             (json.dumps(enrolled),))
-                # Idempotency keys are local and a backup holds none made after it:
-                # until a key's life after the restore has passed, a key this store
-                # does not know is looked for among the entries it fetches back
-                # (crdtledger.idempotency.done_before_restore). Never cleared.
-                conn.execute("INSERT OR REPLACE INTO meta VALUES ('keys_unknown_until', ?)",
-                             (str(int(time.time() * 1000) + KEY_TTL_MS),))
+                conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", marks.items())
         finally:
             conn.close()
         with open(copy, "rb+") as f:

@@ -32,9 +32,8 @@ import orjson
 from pycrdt import Array, Doc, Map
 
 from crdtledger import hlc, model, platform, tipmark, walpair
-from crdtledger.backups import local_time, restore_pending
+from crdtledger.backups import local_time, put_back_marks, restore_pending
 from crdtledger.errors import InvalidInput, LocalProtocolError, StoreError, StoreLocked
-from crdtledger.idempotency import KEY_TTL_MS
 from crdtledger.lib0 import decode_state_vector
 from crdtledger.localtime import MACHINE_ZONES
 from crdtledger.log import SCHEMA as LOG_SCHEMA
@@ -706,14 +705,7 @@ class Storage:
         # in place, whose backup knows less.
         said = {"restored_sent": str(seq)}
         if not self.meta.get("restored_seen"):
-            # As `crdtledger restore` marks it (backups._mark_restored): seen now, never
-            # before the newest time the copy holds; and the till's idempotency keys made
-            # after the copy are not in it, so for a key's life a key it does not know is
-            # looked for among the entries it fetches back (a retry was sold again).
-            (newest,) = self.conn.execute("SELECT MAX(id) FROM entries").fetchone()
-            now = int(time.time() * 1000)
-            said["restored_seen"] = str(max(now, hlc.id_time_ms(newest) if newest else 0))
-            said["keys_unknown_until"] = str(now + KEY_TTL_MS)
+            said |= put_back_marks(self.conn)  # as `crdtledger restore` marks it
         if not self.meta.get("restored_from"):
             # When the copy was last written: its clock's ceiling (kept a lease ahead
             # of its last id), or the store's creation for a copy that never wrote.
