@@ -155,31 +155,16 @@ def test_a_liars_top_up_saying_more_paid_than_its_cash_raises_no_level(
         "SH02", "3", "DELETE FROM totals WHERE member = ?", m).level(m)["topped"] == 1002
 
 
-def test_a_liars_top_up_saying_nothing_paid_and_its_settlement_leave_the_level(
-        chain: Chain) -> None:
-    """SH03 topped a gold member up 10**12 saying 0 paid (counted nothing), then settled
-    10**12 saying it paid it back (counted off her top-ups): no money moved, and she was
-    demoted at every branch. Both count by the cash they move at their writer, net."""
-    hq, sh02, liar = chain["SH01"], chain["SH02"], chain["SH03"]
-    hq.set_rule(hq.owner, "levels", GOLD)
-    m = hq.add_member(hq.owner, name="金卡会员", phone="13800000001")
-    chain.sync()
-    sh02.topup(sh02.owner, m, 300000)
-    x = 10**12
-    lie(liar, liar._entry("topup", m, deltas=[["cash", "SH03", x]], amount=x, paid=0,
-                          pay="cash", op=liar.owner))
-    lie(liar, liar._entry("exit_settle", m, deltas=[["cash", "SH03", -x]], step="refund",
-                          paid=x, amount=x, op=liar.owner))
-    chain.sync()
-    for led in chain.ls.values():
-        assert (led.level(m)["name"], led.level(m)["topped"]) == ("金卡", 300000)
-
-
-def test_a_liars_correction_paid_out_by_its_settlement_leaves_the_level(chain: Chain) -> None:
-    """SH03 corrected a gold member's cash up by 10**12 (a correction counted nothing
-    toward the level), then settled it saying it paid that out: she was demoted at
-    every branch, no money of hers moved. A correction of cash counts as it moves, as
-    it puts a top-up typed wrong right (3,000.00 for 30.00 left her gold for good)."""
+@pytest.mark.parametrize("raised_by", [
+    {"kind": "topup", "paid": 0, "pay": "cash"}, {"kind": "correction", "reason": "x"}])
+def test_a_liars_cash_paid_out_by_its_settlement_leaves_the_level(
+        chain: Chain, raised_by: dict[str, Any]) -> None:
+    """SH03 raised a gold member's cash at SH03 by 10**12, by a top-up saying 0 paid or
+    by a correction (either counted nothing toward the level), then settled 10**12
+    saying it paid that out (counted off her top-ups): no money of hers moved, and she
+    was demoted at every branch. Top-ups, corrections of cash and settlements count by
+    the cash they move at their writer, net; so a top-up typed wrong (3,000.00 for
+    30.00) and put right by a correction no longer leaves a member gold for good."""
     hq, sh02, liar = chain["SH01"], chain["SH02"], chain["SH03"]
     Staff(hq)
     hq.set_rule(hq.owner, "levels", GOLD)
@@ -191,8 +176,9 @@ def test_a_liars_correction_paid_out_by_its_settlement_leaves_the_level(chain: C
     sh02.correct(sh02.owner, typo, "cash", -297000, "typed 3000 for 30",
                  approver=("mgr2", "secret2"))
     x = 10**12
-    lie(liar, liar._entry("correction", m, deltas=[["cash", "SH03", x]], amount=x,
-                          reason="x", op=liar.owner))
+    fields = {k: v for k, v in raised_by.items() if k != "kind"}
+    lie(liar, liar._entry(raised_by["kind"], m, deltas=[["cash", "SH03", x]], amount=x,
+                          op=liar.owner, **fields))
     lie(liar, liar._entry("exit_settle", m, deltas=[["cash", "SH03", -x]], step="refund",
                           paid=x, amount=x, op=liar.owner))
     chain.sync()
