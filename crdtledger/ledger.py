@@ -131,7 +131,7 @@ class Ledger(Membership, Goods, Replica):
         for i in range(0, len(due), step):
             yield self.write_off_expired(due[i:i + step])
         yield [*self.give_back_write_offs(), *self.grant_due_referrals(),
-               *self.reverse_void_rewards(), *self.reconcile_checkins()]
+               *self.settle_referral_rewards(), *self.reconcile_checkins()]
 
 
 # Besides Ledger, names peer/, reference_app/, benchmarks/, tests/ and

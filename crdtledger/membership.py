@@ -92,8 +92,10 @@ ExitRule = Literal["refund", "forfeit"]
 EXIT_RULES: tuple[ExitRule, ...] = get_args(ExitRule)
 
 MAX_PER_DAY = 100  # check-ins an activity may allow a member a day
-# A reward taken back for a void referral (Membership.reverse_void_rewards).
+# A reward taken back for a void referral, and given back once it counts again
+# (Membership.settle_referral_rewards).
 VOID_REASON = "void"
+RESTORED_REASON = "restored"
 ReferralStatus = Literal["pending", "approved1", "approved", "granted", "rejected", "void"]
 ExitStatus = Literal["pending", "approved", "rejected"]
 
@@ -341,11 +343,14 @@ class Membership(Coupons):
         found = self._entries("ref = ? AND kind IN ('reward', 'coupon')", [referral])
         return found[0] if found else None
 
-    def _taken_back(self, referral: str) -> dict[str, Any] | None:
-        """The reversal of a void referral's reward (`reverse_void_rewards`), if any."""
-        found = [e for e in self._entries("ref = ? AND kind = 'reward'", [referral])
-                 if e.get("reason") == VOID_REASON]
-        return found[0] if found else None
+    def _adjustments(self, referral: str) -> list[dict[str, Any]]:
+        """What the branch that granted referral `referral` took back of its reward while
+        the referral was void (reason "void") and gave back once it counted again
+        ("restored": a reward entry, or a coupon issued anew), by id
+        (`settle_referral_rewards`)."""
+        return [e for e in self._entries("ref = ? AND kind IN ('reward', 'coupon')",
+                                         [referral])
+                if e.get("reason") in (VOID_REASON, RESTORED_REASON)]
 
     def _void(self, r: Mapping[str, Any], grant: Mapping[str, Any] | None) -> bool:
         """Whether referral `r` gives nothing (`_voided_by`)."""
@@ -356,7 +361,7 @@ class Membership(Coupons):
         """None if referral `r` counts. Else it is void: its referrer merged into the
         member since (referring themself), or an earlier one of the group's referrals
         counts; for `r` granted, what the earlier grants that make it void give (what
-        `reverse_void_rewards` leaves of its reward), else an empty list. Not
+        `settle_referral_rewards` leaves of its reward), else an empty list. Not
         granted, any earlier one not rejected counts (the first by id; one granted, only
         if approved, as below): a copy rejected
         as the duplicate it was voided the honest one once the rejection arrived first,
@@ -392,10 +397,9 @@ class Membership(Coupons):
                         and views.canonical(conn, str(e["referrer"])) == referrer
                         and referral_status(self._approvals(e), False)[0] == "approved"):
                     purse = COUPON_PURSE if kind == "coupon" else kind
-                    back = self._taken_back(str(e["id"]))
-                    net = _given(earlier, purse) + (
-                        min(_given(back, purse), 0)
-                        if back is not None and back["node"] == earlier["node"] else 0)
+                    back = sum(_given(a, purse) for a in self._adjustments(str(e["id"]))
+                               if a["node"] == earlier["node"])
+                    net = _given(earlier, purse) + min(back, 0)
                     if net > 0:
                         before.append(net)
             else:
@@ -449,11 +453,12 @@ class Membership(Coupons):
         r = self._referral(referral)
         grant = self._grant_of(referral)
         status, who = referral_status(self._approvals(r), grant is not None)
-        back = self._taken_back(referral)
+        adjusted = self._adjustments(referral)
+        back = adjusted[-1] if adjusted and adjusted[-1]["reason"] == VOID_REASON else None
         if status != "rejected" and self._void(r, grant):
             # Nothing to grant; one granted (at two branches apart, or before the
             # merge that made it a second) is taken back by the branch that granted it
-            # (`reverse_void_rewards`), as far as the referrer still holds it there.
+            # (`settle_referral_rewards`), as far as the referrer still holds it there.
             status = "void"
         return {"referral": r["id"], "member": r["member"], "referrer": r["referrer"],
                 "branch": r["node"], "recorded_by": r["op"],
@@ -599,40 +604,79 @@ class Membership(Coupons):
                 done.append(got)
         return done
 
-    def reverse_void_rewards(self) -> list[dict[str, Any]]:
-        """Take back the rewards this branch granted for referrals that are void (two
-        branches apart each recorded and rewarded one newcomer; a duplicate referred
-        and rewarded, then merged): what the referrer still holds of it here, points,
-        bonus or the coupon unredeemed, by a `reward` entry with reason "void" naming
-        the referral; of an earlier grant of the same purse giving less, only as much
-        as it gives (`_left_of`: the referrer keeps the larger reward). What was spent
-        first is not recovered (shown as the reward less what was taken back); the
-        check-ins' surplus is settled the same way."""
+    def settle_referral_rewards(self) -> list[dict[str, Any]]:
+        """Keep the rewards this branch granted for its referrals to what each should
+        give now. One void (two branches apart each recorded and rewarded one newcomer;
+        a duplicate referred and rewarded, then merged) is taken back: what the referrer
+        still holds of it here, points, bonus or the coupon unredeemed, by a `reward`
+        entry with reason "void" naming the referral; of an earlier grant of the same
+        purse giving less, only as much as it gives (`_left_of`: the referrer keeps the
+        larger reward). What was spent first is not recovered (shown as the reward less
+        what was taken back). One that counts again (the earlier grant that voided it
+        taken back by its own branch: a liar's copy granted, then taken back once ours
+        was) is given back what was taken ("restored"; a coupon issued anew on the same
+        terms). Once per change of what it should give: a take-back that found less
+        held than owed is not tried again, and a liar turning its own grant on and off
+        makes this branch write one entry per turn, never more than its own reward."""
         done = []
         for r in self._entries("kind = 'referral' AND node = ?", [self.node]):
             grant = self._grant_of(str(r["id"]))
             if grant is None or grant["node"] != self.node:
                 continue
             before = self._voided_by(r, grant)
-            if before is None or self._taken_back(str(r["id"])) is not None:
+            adjusted = self._adjustments(str(r["id"]))
+            if before is None and not adjusted:
                 continue
-            to = views.canonical(self.storage.conn, str(grant["member"]))
-            group = self._folded(to)
-            if len(group) > 1:
-                self._owe_sweep(group[1:])
             if grant["kind"] == "coupon":
-                purse, field, given = purse_of(str(grant["id"])), "coupon", 1
+                purse, field, given = COUPON_PURSE, "coupon", 1
             elif grant.get("points"):
                 purse, field, given = "points", "points", int(grant["points"])
             else:
                 purse, field, given = "bonus", "bonus", int(grant.get("bonus") or 0)
-            held = sum(self._rights(m, purse).get(self.node, 0) for m in group)
-            n = max(0, min(given - _left_of(grant, purse, given, before), held))
-            back = self._entry("reward", to, deltas=[(purse, self.node, -n)] if n else [],
-                               ref=r["id"], reason=VOID_REASON, op=f"referral@{self.node}",
-                               **{field: n} if field != "coupon" else {"coupon": grant["id"]})
-            done.append(self._post(back, {purse: n} if n else {}))
+            now = given + sum(_given(a, purse) for a in adjusted)
+            keep = given if before is None else _left_of(grant, purse, given, before)
+            to = views.canonical(self.storage.conn, str(grant["member"]))
+            if now > keep and (not adjusted or adjusted[-1]["reason"] != VOID_REASON):
+                done.append(self._take_back(r, grant, adjusted, to, field, now - keep))
+            elif now < keep and adjusted and not self._gone(to):
+                done.append(self._give_back(r, grant, to, field, keep - now))
         return done
+
+    def _take_back(self, r: Mapping[str, Any], grant: Mapping[str, Any],
+                   adjusted: list[dict[str, Any]], to: str, field: str, owed: int
+                   ) -> dict[str, Any]:
+        """Take back up to `owed` of referral `r`'s reward from what `to` holds here."""
+        group = self._folded(to)
+        if len(group) > 1:
+            self._owe_sweep(group[1:])
+        if field == "coupon":  # the coupon given last: the grant's, or one given back
+            coupon = [grant, *(a for a in adjusted if a["kind"] == "coupon")][-1]["id"]
+            purse = purse_of(str(coupon))
+        else:
+            purse = field
+        held = sum(self._rights(m, purse).get(self.node, 0) for m in group)
+        n = max(0, min(owed, held))
+        back = self._entry("reward", to, deltas=[(purse, self.node, -n)] if n else [],
+                           ref=r["id"], reason=VOID_REASON, op=f"referral@{self.node}",
+                           **{field: n} if field != "coupon" else {"coupon": coupon})
+        return self._post(back, {purse: n} if n else {})
+
+    def _give_back(self, r: Mapping[str, Any], grant: Mapping[str, Any], to: str,
+                   field: str, n: int) -> dict[str, Any]:
+        """Give `to` back `n` of referral `r`'s reward taken while it was void."""
+        op = f"referral@{self.node}"
+        if field == "coupon":
+            entry = self._entry("coupon", to, amount=int(grant.get("amount") or 0),
+                                ref=r["id"], valid_to=grant.get("valid_to"),
+                                reason=RESTORED_REASON, op=op)
+            entry["deltas"] = [[purse_of(str(entry["id"])), self.node, 1]]
+        else:
+            extra: dict[str, Any] = {field: n}
+            if field == "points":  # a lot of its own, as the grant was
+                extra["expires"] = self._earn_expiry()
+            entry = self._entry("reward", to, deltas=[(field, self.node, n)], ref=r["id"],
+                                reason=RESTORED_REASON, op=op, **extra)
+        return self._post(entry, {})
 
     # --- check-in ----------------------------------------------------------------------
 

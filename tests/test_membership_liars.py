@@ -13,6 +13,7 @@ import pytest
 from helpers import FakeClock, sync
 from test_membership import Staff
 
+from crdtledger.coupons import purse_of
 from crdtledger.errors import InvalidInput, PermissionDenied
 from crdtledger.hlc import encode, id_time_ms
 from crdtledger.ledger import Ledger
@@ -57,12 +58,13 @@ class Chain:
         self.ls[node] = Ledger.open(self.root / node, now_ms=self.clock)
         return self.ls[node]
 
-    def settle(self, rounds: int = 1) -> None:
-        """Every branch's daily pass after a sync, `rounds` times, then a last sync."""
+    def settle(self, rounds: int = 1, by: tuple[str, ...] | None = None) -> None:
+        """Every branch's daily pass (those named `by`'s only) after a sync, `rounds`
+        times, then a last sync."""
         for _ in range(rounds):
             self.sync()
-            for led in self.ls.values():
-                led.housekeeping()
+            for node in by or self.ls:
+                self.ls[node].housekeeping()
         self.sync()
 
     def close(self) -> None:
@@ -296,6 +298,50 @@ def test_a_liars_copy_granting_little_of_another_kind_takes_no_honest_reward(
         for led in chain.ls.values():
             assert led.referral_view(r)["status"] == "granted"
             assert led.balance(old)["bonus"] == 5000
+
+
+@pytest.mark.parametrize("rule", [
+    {"reward": "bonus", "bonus": 5000}, {"reward": "points", "points": 500},
+    {"reward": "coupon", "off": 1000, "valid_days": 30}])
+def test_a_liars_copy_granted_then_taken_back_leaves_the_honest_reward(
+        chain: Chain, rule: dict[str, Any]) -> None:
+    """SH02 granted an honest referral. SH03 wrote a copy back-dated before it, both
+    approvals at SH03 in the chain's managers' names, and granted it as much: SH02's
+    housekeeping took its reward back (void: an earlier grant gives as much). Then SH03
+    took its own grant back: the honest referral read granted again, and nothing gave
+    the referrer the reward back (the eighth wave's Left). The branch that granted
+    gives back, once, what it took while the referral was void."""
+    hq, sh02, liar = chain["SH01"], chain["SH02"], chain["SH03"]
+    staff, old, new, r = referred_at_sh02(chain)
+    hq.set_rule(hq.owner, "referral", rule)
+    chain.sync()
+    sh02.approve_referral(staff.mgr, r, 1)
+    assert sh02.approve_referral(staff.mgr2, r, 2)["status"] == "granted"
+    chain.sync()
+    copy = lie(liar, back_dated(liar, "referral", new, r, referrer=old, op=liar.owner))
+    for step, op in ((1, staff.mgr), (2, staff.mgr2)):
+        lie(liar, liar._entry("approval", new, ref=copy["id"], step=str(step), op=op))
+    grant = lie(liar, liar._reward(copy))  # as the rule gives: as much as SH02's
+    chain.settle()
+    assert sh02.referral_view(r)["status"] == "void"
+    assert sh02.referral_view(r)["taken_back"]
+    purse, field, n = ((purse_of(grant["id"]), "coupon", 1) if rule["reward"] == "coupon"
+                       else (rule["reward"], rule["reward"], rule[rule["reward"]]))
+    lie(liar, liar._entry("reward", old, deltas=[[purse, "SH03", -n]], ref=copy["id"],
+                          reason="void", op="referral@SH03",
+                          **{field: grant["id"] if field == "coupon" else n}))
+    chain.settle(2, by=("SH01", "SH02"))  # the liar's build passes on nothing of its own
+    for led in chain.ls.values():
+        view = led.referral_view(r)
+        assert (view["status"], view["taken_back"]) == ("granted", "")
+        if rule["reward"] == "coupon":
+            usable = [c for c in led.coupons(old) if c["status"] == "available"]
+            assert [(c["issued_at"], c["off"]) for c in usable] == [("SH02", 1000)]
+        else:
+            assert led.balance(old)[field] == n
+    sh02.housekeeping()  # settled: nothing more given back
+    chain.sync()
+    assert len([e for e in sh02._entries("ref = ?", [r]) if e["kind"] != "approval"]) == 3
 
 
 # --- decisions of a head office retired ---------------------------------------------------------
