@@ -78,6 +78,9 @@ DB_FILE = "ledger.sqlite3"  # crdtledger.storage.DB_FILE (the store imports this
 LOCK_FILE = "lock"  # crdtledger.storage.LOCK_FILE
 CHAIN_FILE = "chain.json"  # peer.chain.CHAIN_FILE: {"name": ..., "fingerprint": ...}
 SQLITE_MAGIC = b"SQLite format 3\x00"
+# What to do about a damaged store: said by the backup that refuses it and by `status`.
+RESTORE_DAMAGED = ("Restore from the last good backup (crdtledger restore) and let the "
+                   "branch catch up from its peers")
 # What a backup's key files may be called: the files of DATA/tls or DATA/keys.
 KEY_PATH = re.compile(r"^(tls|keys)/[A-Za-z0-9._-]{1,64}\Z")
 TIME_FORMAT = "%Y-%m-%d %H:%M"
@@ -85,6 +88,27 @@ TIME_FORMAT = "%Y-%m-%d %H:%M"
 
 # Told each step of a long backup or restore (the command line shows it: peer/progress.py).
 Progress = Callable[[str], None]
+
+
+def damage(conn: sqlite3.Connection) -> str | None:
+    """What SQLite's quick check finds wrong first in the store on `conn`, or None: a
+    torn page, a file put back beside another's log. It reads every page: about 20 s a
+    GB."""
+    try:
+        found = [r[0] for r in conn.execute("PRAGMA quick_check(1)")]
+    except sqlite3.DatabaseError as e:
+        found = [str(e)]
+    return None if found == ["ok"] else " ".join(" ".join(found).split())[:200]
+
+
+def store_damage(data_dir: Path) -> str | None:
+    """`damage` of the store in `data_dir`, read on a connection of its own (read-only:
+    beside a running node too)."""
+    conn = sqlite3.connect((data_dir / DB_FILE).resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        return damage(conn)
+    finally:
+        conn.close()
 
 
 def _silent(_text: str) -> None:
@@ -120,16 +144,11 @@ def write_backup(data_dir: Path, target_dir: Path, progress: Progress = _silent)
             # error) copied page by page makes a backup that carries the damage on,
             # night after night, over the last good one kept. Checked on the copy.
             progress("checking the copy")
-            try:
-                found = [r[0] for r in dst.execute("PRAGMA quick_check(5)")]
-            except sqlite3.DatabaseError as e:
-                found = [str(e)]
-            if found != ["ok"]:
-                raise StoreError(
-                    f"the store in {data_dir} is damaged "
-                    f"({' '.join('; '.join(found).split())[:300]}): no "
-                    "backup was written, so the last good one is still whole. Restore "
-                    "from it (crdtledger restore) and let the branch catch up from its peers")
+            found = damage(dst)
+            if found is not None:
+                raise StoreError(f"the store in {data_dir} is damaged ({found}): no backup "
+                                 "was written, so the last good one is still whole. "
+                                 f"{RESTORE_DAMAGED}")
             meta = dict(dst.execute("SELECT key, value FROM meta").fetchall())
             node, chain = meta["node"], meta["chain"]
             dst.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crdtledger import __version__, localtime, operations, peerclock, platform, views
-from crdtledger.backups import restore, write_backup
+from crdtledger.backups import DB_FILE, RESTORE_DAMAGED, restore, store_damage, write_backup
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
 from crdtledger.inputs import printable
 from crdtledger.ledger import Ledger
@@ -68,6 +68,8 @@ PROG = "crdtledger"
 ENV_DATA = "CRDTLEDGER_DATA"
 ENV_PASSWORD = "CRDTLEDGER_PASSWORD"
 EXIT_REFUSED = 1  # argparse owns 2 for usage errors
+# A store `status` reads whole for damage unasked: about 5 s (`--check` for any size).
+CHECK_UNASKED_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -368,7 +370,11 @@ def add_node_commands(top: argparse._SubParsersAction[argparse.ArgumentParser]) 
     add_node_options(run)
     add_common(run, operator=False, password=False)
 
-    st = top.add_parser("status", help="this node's peers: connected, last contact, lag")
+    st = top.add_parser("status", help="this node's peers: connected, last contact, lag; "
+                        "whether the store is damaged")
+    st.add_argument("--check", action="store_true",
+                    help="read the whole store for damage however large it is (about 20 s "
+                         "a GB; a store under 256 MB is read unasked)")
     add_common(st, operator=False, password=False)
 
     hc = top.add_parser("https-cert", help="the counter's HTTPS certificate, from the chain's "
@@ -728,6 +734,11 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
                               for n, s in views.peers_seen(ledger).items()]}
     else:
         data = {**local.call(node, "/status"), "running": True}
+    # A torn page or a file put back beside another's log: the node may go on selling
+    # from the pages it reads while each night's backup is refused.
+    size = (data_dir / DB_FILE).stat().st_size
+    data["store_checked"] = args.check or size <= CHECK_UNASKED_BYTES
+    data["store_damaged"] = store_damage(data_dir) if data["store_checked"] else None
     # Times as the branch reads them (the chain's time-zone rule), the zone said once.
     tz = str(data.get("timezone") or "")
     lines = [f"node {data['node']} of chain {data['chain']}: "
@@ -760,6 +771,12 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
     clock = peerclock.tell(data["clock"]) if data.get("clock") else None
     if clock:
         lines.append(f"CLOCK: {clock}")
+    if data["store_damaged"]:
+        lines.append(f"DAMAGED store ({data['store_damaged']}): each backup is refused "
+                     f"while it is. {RESTORE_DAMAGED}.")
+    elif not data["store_checked"]:
+        lines.append(f"store not checked for damage ({size // 2**20} MB): "
+                     "crdtledger status --check reads it whole")
     return Result(data, "\n".join(lines))
 
 

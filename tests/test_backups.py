@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 from collections.abc import Iterator
@@ -178,6 +179,24 @@ def test_a_damaged_store_makes_no_backup(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=r"damaged.*no backup was written.*crdtledger restore"):
         write_backup(shop.data, tmp_path / "bk")
     assert not (tmp_path / "bk" / BACKUP_FILE).exists()
+
+
+def test_status_says_a_store_is_damaged_and_what_to_do(tmp_path: Path, cli: Cli) -> None:
+    """`crdtledger status` said nothing of a store that opens but is malformed (each
+    night's backup refused it, the till went on selling from the pages it reads): it
+    reads a store of up to 256 MB whole, and any with --check, and says what to do."""
+    shop = make_shop(tmp_path)
+    whole = cli("status", "--json", data=shop.data).json()
+    assert (whole["store_checked"], whole["store_damaged"]) == (True, None)
+    assert "DAMAGED" not in cli("status", data=shop.data).out
+    db = shop.data / DB_FILE
+    with open(db, "r+b") as f:  # as above: a b-tree page in the middle torn
+        f.seek((db.stat().st_size // 2048 // 2) * 2048 + 8)
+        f.write(b"\xff" * 600)
+    r = cli("status", "--check", data=shop.data)
+    assert r.code == 0 and re.search(r"DAMAGED store \(.+\).*backup is refused.*"
+                                     r"crdtledger restore", r.out), r
+    assert cli("status", "--json", data=shop.data).json()["store_damaged"]
 
 
 def test_restore_refuses_another_node_a_locked_store_and_an_altered_backup(
