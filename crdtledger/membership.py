@@ -343,21 +343,21 @@ class Membership(Coupons):
         found = self._entries("ref = ? AND kind IN ('reward', 'coupon')", [referral])
         return found[0] if found else None
 
-    def _adjustments(self, referral: str) -> list[dict[str, Any]]:
-        """What the branch that granted referral `referral` took back of its reward while
-        the referral was void (reason "void") and gave back once it counted again
-        ("restored": a reward entry, or a coupon issued anew), by id
-        (`settle_referral_rewards`)."""
+    def _after_grant(self, referral: str, grant: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Every reward or coupon entry naming `referral` but its `grant`, by id: what
+        its branch took back of the reward while the referral was void (reason "void")
+        and gave back once it counted again ("restored": a reward, or a coupon issued
+        anew), `settle_referral_rewards`; from a liar, whatever it wrote (only the
+        branch that recorded a referral may write these: write rule referral-reward)."""
         return [e for e in self._entries("ref = ? AND kind IN ('reward', 'coupon')",
-                                         [referral])
-                if e.get("reason") in (VOID_REASON, RESTORED_REASON)]
+                                         [referral]) if e["id"] != grant["id"]]
 
     def _void(self, r: Mapping[str, Any], grant: Mapping[str, Any] | None) -> bool:
         """Whether referral `r` gives nothing (`_voided_by`)."""
         return self._voided_by(r, grant) is not None
 
-    def _voided_by(self, r: Mapping[str, Any], grant: Mapping[str, Any] | None
-                   ) -> list[int] | None:
+    def _voided_by(self, r: Mapping[str, Any], grant: Mapping[str, Any] | None,
+                   memo: dict[str, list[int] | None] | None = None) -> list[int] | None:
         """None if referral `r` counts. Else it is void: its referrer merged into the
         member since (referring themself), or an earlier one of the group's referrals
         counts; for `r` granted, what the earlier grants that make it void give (what
@@ -373,7 +373,11 @@ class Membership(Coupons):
         itself). Only earlier
         ones: a later copy with a reward its branch wrote itself, unapproved (a liar's),
         voided the honest one for good. Approvals and rejections are judged by what
-        their operators' roles grant, active or not (`_may_approve`)."""
+        their operators' roles grant, active or not (`_may_approve`). `memo` holds the
+        verdicts on earlier grants reached while judging `r` (`_owes_back`)."""
+        memo = {} if memo is None else memo
+        if r["id"] in memo:
+            return memo[r["id"]]
         conn = self.storage.conn
         referrer = views.canonical(conn, str(r["referrer"]))
         if referrer == views.canonical(conn, str(r["member"])):
@@ -397,9 +401,10 @@ class Membership(Coupons):
                         and views.canonical(conn, str(e["referrer"])) == referrer
                         and referral_status(self._approvals(e), False)[0] == "approved"):
                     purse = COUPON_PURSE if kind == "coupon" else kind
-                    back = sum(_given(a, purse) for a in self._adjustments(str(e["id"]))
-                               if a["node"] == earlier["node"])
-                    net = _given(earlier, purse) + min(back, 0)
+                    later = self._after_grant(str(e["id"]), earlier)
+                    net = _given(earlier, purse) + (
+                        0 if self._owes_back(e, earlier, later, purse, memo)
+                        else min(sum(_given(a, purse) for a in later), 0))
                     if net > 0:
                         before.append(net)
             else:
@@ -413,8 +418,39 @@ class Membership(Coupons):
                     self._approvals(e) + self._rejected_at(e, str(r["node"])),
                     key=lambda a: str(a["id"])), False)[0]
                 if status != "rejected" and (earlier is None or status == "approved"):
+                    memo[r["id"]] = []
                     return []
-        return before if before else None
+        memo[r["id"]] = before if before else None
+        return memo[r["id"]]
+
+    def _owes_back(self, e: Mapping[str, Any], grant: Mapping[str, Any],
+                   later: list[dict[str, Any]], purse: str,
+                   memo: dict[str, list[int] | None]) -> bool:
+        """Does the branch of referral `e` owe back what it took of its reward `grant`
+        (its last word, in `later`, a take-back), so that `e` counts whole? So when `e`
+        counts now and a grant of another branch to an earlier referral of the newcomer
+        came before that take-back: it was taken for cause, and is given back at that
+        branch's next pass. Counted as taken until then, a referral it had voided read
+        counting again at a branch that heard of the cause's end before the give-back,
+        and was given back too: two rewards for one newcomer, once spent. A take-back
+        without such a cause (a liar's copy granted, then taken back by itself) counts."""
+        if not later or later[-1].get("reason") != VOID_REASON:
+            return False
+        taken = str(later[-1]["id"])
+        conn = self.storage.conn
+        referrer = views.canonical(conn, str(e["referrer"]))
+        group = views.member_group(conn, str(e["member"]))
+        caused = False
+        for c in self._entries(f"member {views.in_(group)} AND kind = 'referral'", group):
+            if c["id"] >= e["id"]:
+                break
+            g = self._grant_of(str(c["id"]))
+            if (g is not None and g["node"] != grant["node"] and str(g["id"]) < taken
+                    and _given(g, purse) > 0
+                    and views.canonical(conn, str(c["referrer"])) == referrer):
+                caused = True
+                break
+        return caused and self._voided_by(e, grant, memo) is None
 
     def _approvals(self, r: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Only approvals that an operator allowed to give them gave count, as this
@@ -453,8 +489,8 @@ class Membership(Coupons):
         r = self._referral(referral)
         grant = self._grant_of(referral)
         status, who = referral_status(self._approvals(r), grant is not None)
-        adjusted = self._adjustments(referral)
-        back = adjusted[-1] if adjusted and adjusted[-1]["reason"] == VOID_REASON else None
+        adjusted = [] if grant is None else self._after_grant(referral, grant)
+        back = adjusted[-1] if adjusted and adjusted[-1].get("reason") == VOID_REASON else None
         if status != "rejected" and self._void(r, grant):
             # Nothing to grant; one granted (at two branches apart, or before the
             # merge that made it a second) is taken back by the branch that granted it
@@ -624,7 +660,7 @@ class Membership(Coupons):
             if grant is None or grant["node"] != self.node:
                 continue
             before = self._voided_by(r, grant)
-            adjusted = self._adjustments(str(r["id"]))
+            adjusted = self._after_grant(str(r["id"]), grant)
             if before is None and not adjusted:
                 continue
             if grant["kind"] == "coupon":
@@ -672,8 +708,8 @@ class Membership(Coupons):
             entry["deltas"] = [[purse_of(str(entry["id"])), self.node, 1]]
         else:
             extra: dict[str, Any] = {field: n}
-            if field == "points":  # a lot of its own, as the grant was
-                extra["expires"] = self._earn_expiry()
+            if field == "points":  # the grant's expiry, as a coupon keeps its validity:
+                extra["expires"] = grant.get("expires")  # a late give-back renews nothing
             entry = self._entry("reward", to, deltas=[(field, self.node, n)], ref=r["id"],
                                 reason=RESTORED_REASON, op=op, **extra)
         return self._post(entry, {})

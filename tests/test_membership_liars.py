@@ -300,17 +300,19 @@ def test_a_liars_copy_granting_little_of_another_kind_takes_no_honest_reward(
             assert led.balance(old)["bonus"] == 5000
 
 
+@pytest.mark.parametrize("reason", ["void", "anything"])
 @pytest.mark.parametrize("rule", [
     {"reward": "bonus", "bonus": 5000}, {"reward": "points", "points": 500},
     {"reward": "coupon", "off": 1000, "valid_days": 30}])
 def test_a_liars_copy_granted_then_taken_back_leaves_the_honest_reward(
-        chain: Chain, rule: dict[str, Any]) -> None:
+        chain: Chain, rule: dict[str, Any], reason: str) -> None:
     """SH02 granted an honest referral. SH03 wrote a copy back-dated before it, both
     approvals at SH03 in the chain's managers' names, and granted it as much: SH02's
     housekeeping took its reward back (void: an earlier grant gives as much). Then SH03
     took its own grant back: the honest referral read granted again, and nothing gave
     the referrer the reward back (the eighth wave's Left). The branch that granted
-    gives back, once, what it took while the referral was void."""
+    gives back, once, what it took while the referral was void. The liar's take-back
+    is read by what it moves, whatever reason it gives (only "void" counted first)."""
     hq, sh02, liar = chain["SH01"], chain["SH02"], chain["SH03"]
     staff, old, new, r = referred_at_sh02(chain)
     hq.set_rule(hq.owner, "referral", rule)
@@ -328,7 +330,7 @@ def test_a_liars_copy_granted_then_taken_back_leaves_the_honest_reward(
     purse, field, n = ((purse_of(grant["id"]), "coupon", 1) if rule["reward"] == "coupon"
                        else (rule["reward"], rule["reward"], rule[rule["reward"]]))
     lie(liar, liar._entry("reward", old, deltas=[[purse, "SH03", -n]], ref=copy["id"],
-                          reason="void", op="referral@SH03",
+                          reason=reason, op="referral@SH03",
                           **{field: grant["id"] if field == "coupon" else n}))
     chain.settle(2, by=("SH01", "SH02"))  # the liar's build passes on nothing of its own
     for led in chain.ls.values():
@@ -342,6 +344,138 @@ def test_a_liars_copy_granted_then_taken_back_leaves_the_honest_reward(
     sh02.housekeeping()  # settled: nothing more given back
     chain.sync()
     assert len([e for e in sh02._entries("ref = ?", [r]) if e["kind"] != "approval"]) == 3
+
+
+def four_branches(tmp_path: Path) -> tuple[Chain, Staff, str, str]:
+    """SH01 head office, SH02 and SH04 honest, SH03 the liar (or a third honest
+    branch), a referral rule of 50.00 of bonus, a referrer and a newcomer."""
+    chain = Chain(tmp_path, ("SH01", "SH02", "SH03", "SH04"))
+    hq = chain["SH01"]
+    staff = Staff(hq)
+    hq.set_rule(hq.owner, "referral", {"reward": "bonus", "bonus": 5000})
+    old = hq.add_member(hq.owner, name="老王", phone="13800000001")
+    new = hq.add_member(hq.owner, name="小李", phone="13800000002")
+    chain.sync()
+    return chain, staff, old, new
+
+
+def granted_at(chain: Chain, staff: Staff, node: str, new: str, old: str) -> str:
+    """A referral of `new` by `old` recorded and approved twice at `node`, a minute on."""
+    led = chain[node]
+    chain.clock.ms += 60_000
+    r = led.refer(led.owner, new, old)["id"]
+    led.approve_referral(staff.mgr, r, 1)
+    assert led.approve_referral(staff.mgr2, r, 2)["status"] == "granted"
+    return r
+
+
+def honest_net(led: Ledger, referral: str) -> int:
+    """What the branch that granted `referral` gave its referrer net, in bonus."""
+    return sum(d[2] for e in led._entries("ref = ? AND kind = 'reward'", [referral])
+               for d in e["deltas"] if d[0] == "bonus")
+
+
+def spend_bonus_held(led: Ledger, member: str) -> None:
+    held = led.rights(member, "bonus").get(led.node, 0)
+    if held:
+        led.debit(led.owner, member, amount=held)
+
+
+def test_a_give_back_heard_before_another_branchs_pays_no_second_reward(
+        tmp_path: Path) -> None:
+    """SH04 and SH02 apart each granted one newcomer's referral; SH02's, the later,
+    was taken back. A liar's back-dated copy granted as much made SH04 take its reward
+    back too, then the liar took its copy's back. SH02 heard of that before SH04's
+    give-back: SH04's referral read taken back, so SH02's counted again and was given
+    back, and spent; SH04 then gave its own back: two rewards for one newcomer. A
+    take-back made for cause (another branch's earlier grant) counts as owed back
+    while the referral counts."""
+    chain, staff, old, new = four_branches(tmp_path)
+    honest = ("SH01", "SH02", "SH04")
+    sh02, liar, sh04 = chain["SH02"], chain["SH03"], chain["SH04"]
+    a = granted_at(chain, staff, "SH04", new, old)  # SH04 and SH02 apart
+    b = granted_at(chain, staff, "SH02", new, old)
+    chain.settle(2, by=honest)
+    copy = lie(liar, back_dated(liar, "referral", new, a, referrer=old, op=liar.owner))
+    for step, op in ((1, staff.mgr), (2, staff.mgr2)):
+        lie(liar, liar._entry("approval", new, ref=copy["id"], step=str(step), op=op))
+    lie(liar, liar._reward(copy))
+    chain.settle(2, by=honest)
+    assert sh04.referral_view(a)["status"] == "void"
+    lie(liar, liar._entry("reward", old, deltas=[["bonus", "SH03", -5000]], bonus=5000,
+                          ref=copy["id"], reason="void", op="referral@SH03"))
+    sync(liar, sh02)  # SH02 hears of it first
+    sh02.housekeeping()
+    spend_bonus_held(sh02, old)
+    chain.settle(3, by=honest)
+    assert (honest_net(sh04, a), honest_net(sh02, b)) == (5000, 0)
+    for led in chain.ls.values():
+        assert (led.referral_view(a)["status"], led.referral_view(b)["status"]) == (
+            "granted", "void")
+
+
+def test_a_late_rejection_heard_before_a_give_back_pays_no_second_reward(
+        tmp_path: Path) -> None:
+    """No liar: three branches apart granted one newcomer's referral (SH03's first, then
+    SH04's, then SH02's). Head office rejected SH03's as SH03 granted it: too late for
+    its reward, which stands, but it voids no later one. SH04 had taken its reward back
+    for SH03's, SH02 its own; SH02 heard the rejection and SH04's take-back before
+    SH04's give-back, gave its reward back and wrote take, give, take: spent, two
+    rewards where the rule gives one beside the late-rejected one."""
+    chain, staff, old, new = four_branches(tmp_path)
+    hq, sh02, sh03, sh04 = chain["SH01"], chain["SH02"], chain["SH03"], chain["SH04"]
+    chain.clock.ms += 60_000
+    z = sh03.refer(sh03.owner, new, old)["id"]
+    sh03.approve_referral(staff.mgr, z, 1)
+    sync(sh03, hq)
+    hq.approve_referral(staff.mgr2, z, 1, reject=True, reason="duplicate")
+    assert sh03.approve_referral(staff.mgr2, z, 2)["status"] == "granted"  # meanwhile
+    a = granted_at(chain, staff, "SH04", new, old)
+    b = granted_at(chain, staff, "SH02", new, old)
+    sync(sh03, sh04)  # SH03's grant, not the rejection, reaches SH04, then SH02
+    sh04.housekeeping()
+    sync(sh04, sh02)
+    sh02.housekeeping()
+    sync(hq, sh02)  # the rejection reaches SH02 before SH04's give-back
+    sh02.housekeeping()
+    spend_bonus_held(sh02, old)
+    chain.settle(3)
+    assert [honest_net(chain[n], r) for n, r in (("SH03", z), ("SH04", a), ("SH02", b))
+            ] == [5000, 5000, 0]
+    assert len([e for e in sh02._entries("ref = ?", [b]) if e["kind"] == "reward"]) <= 2
+    for led in chain.ls.values():
+        assert [led.referral_view(r)["status"] for r in (z, a, b)] == [
+            "granted", "granted", "void"]
+
+
+def test_points_given_back_keep_their_grants_expiry(chain: Chain) -> None:
+    """Points taken back on the first day and given back a year on came back as a new
+    lot with a new year to run: points that had expired made valid again, and each turn
+    of a liar's grant renewed them. They come back with the grant's expiry, as a coupon
+    given back keeps its validity."""
+    hq, sh02, liar = chain["SH01"], chain["SH02"], chain["SH03"]
+    staff, old, new, r = referred_at_sh02(chain)
+    hq.set_rule(hq.owner, "referral", {"reward": "points", "points": 500})
+    chain.sync()
+    sh02.approve_referral(staff.mgr, r, 1)
+    sh02.approve_referral(staff.mgr2, r, 2)
+    grant = sh02._grant_of(r)
+    assert grant is not None and grant["expires"]
+    chain.sync()
+    copy = lie(liar, back_dated(liar, "referral", new, r, referrer=old, op=liar.owner))
+    for step, op in ((1, staff.mgr), (2, staff.mgr2)):
+        lie(liar, liar._entry("approval", new, ref=copy["id"], step=str(step), op=op))
+    lie(liar, liar._reward(copy))
+    chain.clock.advance_days(1)
+    chain.settle(by=("SH01", "SH02"))
+    assert sh02.balance(old)["points"] == 500  # the liar's; SH02's taken back
+    chain.clock.advance_days(400)
+    lie(liar, liar._entry("reward", old, deltas=[["points", "SH03", -500]], points=500,
+                          ref=copy["id"], reason="void", op="referral@SH03"))
+    chain.settle(2, by=("SH01", "SH02"))
+    [back] = [e for e in sh02._entries("ref = ?", [r]) if e.get("reason") == "restored"]
+    assert back["expires"] == grant["expires"] < sh02.today()
+    assert sh02.balance(old)["points"] == 0
 
 
 # --- decisions of a head office retired ---------------------------------------------------------
