@@ -356,8 +356,8 @@ class Membership(Coupons):
         """Whether referral `r` gives nothing (`_voided_by`)."""
         return self._voided_by(r, grant) is not None
 
-    def _voided_by(self, r: Mapping[str, Any], grant: Mapping[str, Any] | None,
-                   memo: dict[str, list[int] | None] | None = None) -> list[int] | None:
+    def _voided_by(self, r: Mapping[str, Any], grant: Mapping[str, Any] | None
+                   ) -> list[int] | None:
         """None if referral `r` counts. Else it is void: its referrer merged into the
         member since (referring themself), or an earlier one of the group's referrals
         counts; for `r` granted, what the earlier grants that make it void give (what
@@ -373,11 +373,7 @@ class Membership(Coupons):
         itself). Only earlier
         ones: a later copy with a reward its branch wrote itself, unapproved (a liar's),
         voided the honest one for good. Approvals and rejections are judged by what
-        their operators' roles grant, active or not (`_may_approve`). `memo` holds the
-        verdicts on earlier grants reached while judging `r` (`_owes_back`)."""
-        memo = {} if memo is None else memo
-        if r["id"] in memo:
-            return memo[r["id"]]
+        their operators' roles grant, active or not (`_may_approve`)."""
         conn = self.storage.conn
         referrer = views.canonical(conn, str(r["referrer"]))
         if referrer == views.canonical(conn, str(r["member"])):
@@ -402,9 +398,7 @@ class Membership(Coupons):
                         and referral_status(self._approvals(e), False)[0] == "approved"):
                     purse = COUPON_PURSE if kind == "coupon" else kind
                     later = self._after_grant(str(e["id"]), earlier)
-                    net = _given(earlier, purse) + (
-                        0 if self._owes_back(e, earlier, later, purse, memo)
-                        else min(sum(_given(a, purse) for a in later), 0))
+                    net = _given(earlier, purse) + min(sum(_given(a, purse) for a in later), 0)
                     if net > 0:
                         before.append(net)
             else:
@@ -418,39 +412,8 @@ class Membership(Coupons):
                     self._approvals(e) + self._rejected_at(e, str(r["node"])),
                     key=lambda a: str(a["id"])), False)[0]
                 if status != "rejected" and (earlier is None or status == "approved"):
-                    memo[r["id"]] = []
                     return []
-        memo[r["id"]] = before if before else None
-        return memo[r["id"]]
-
-    def _owes_back(self, e: Mapping[str, Any], grant: Mapping[str, Any],
-                   later: list[dict[str, Any]], purse: str,
-                   memo: dict[str, list[int] | None]) -> bool:
-        """Does the branch of referral `e` owe back what it took of its reward `grant`
-        (its last word, in `later`, a take-back), so that `e` counts whole? So when `e`
-        counts now and a grant of another branch to an earlier referral of the newcomer
-        came before that take-back: it was taken for cause, and is given back at that
-        branch's next pass. Counted as taken until then, a referral it had voided read
-        counting again at a branch that heard of the cause's end before the give-back,
-        and was given back too: two rewards for one newcomer, once spent. A take-back
-        without such a cause (a liar's copy granted, then taken back by itself) counts."""
-        if not later or later[-1].get("reason") != VOID_REASON:
-            return False
-        taken = str(later[-1]["id"])
-        conn = self.storage.conn
-        referrer = views.canonical(conn, str(e["referrer"]))
-        group = views.member_group(conn, str(e["member"]))
-        caused = False
-        for c in self._entries(f"member {views.in_(group)} AND kind = 'referral'", group):
-            if c["id"] >= e["id"]:
-                break
-            g = self._grant_of(str(c["id"]))
-            if (g is not None and g["node"] != grant["node"] and str(g["id"]) < taken
-                    and _given(g, purse) > 0
-                    and views.canonical(conn, str(c["referrer"])) == referrer):
-                caused = True
-                break
-        return caused and self._voided_by(e, grant, memo) is None
+        return before if before else None
 
     def _approvals(self, r: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Only approvals that an operator allowed to give them gave count, as this
