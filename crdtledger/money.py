@@ -16,8 +16,22 @@ from crdtledger.errors import InvalidAmount
 # 2**64 and above panic inside Rust. Every count or amount we write stays well inside.
 MAX_AMOUNT = 10**13  # 100 billion yuan in fen: far above any card, far below 2**53
 
-# ASCII digits only: `\d` would also take full-width and other Unicode digits ("１２").
+# ASCII digits only: `\d` would also take full-width and other Unicode digits ("１２"):
+# an amount is what a person reads back, so one typed full-width is refused, saying so.
 _YUAN = re.compile(r"^([0-9]{1,11})(?:\.([0-9]{1,2}))?$")
+
+
+# The full-width forms of ASCII (U+FF01-FF5E) and the ideographic space: what a Chinese
+# input method types for digits and letters ("１２．５０", "Ｃ１０００１", "１３８…").
+# Only these: NFKC would also make "1²" 12, and folding "，" or "（" in free text would
+# change how a Chinese sentence reads.
+_FULL_WIDTH = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)} | {0x3000: 0x20}
+
+
+def half_width(text: str) -> str:
+    """`text` with full-width digits, letters and signs as the ASCII they stand for: for
+    searches, never names or notes (and never an amount taken: `parse_yuan` says so)."""
+    return text.translate(_FULL_WIDTH)
 
 
 def parse_yuan(text: str) -> int:
@@ -27,6 +41,9 @@ def parse_yuan(text: str) -> int:
     s = text.strip()
     m = _YUAN.match(s)
     if not m:
+        if s != half_width(s) and _YUAN.match(half_width(s)):
+            raise InvalidAmount(f"amount {text!r} is typed in full-width digits: type it "
+                                f"as {half_width(s)} (half-width)")
         if re.match(r"^[0-9]+\.[0-9]{3,}$", s):
             raise InvalidAmount(f"amount {text!r} has more than two decimals (fen)")
         raise InvalidAmount(f"amount {text!r} is not a positive yuan amount like 12.34")

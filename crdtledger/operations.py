@@ -85,6 +85,8 @@ NODE = text(16, pattern=ecma(NODE_ID), description="a branch node id like SH01")
 CARD = text(40, pattern=ecma(CARD_NO),
             description="a card number: letters, digits, colon, dash or underscore")
 CARD_PIN = text(8, pattern=ecma(PIN), description="a card PIN of 4 to 8 digits")
+PHONE_TEXT = text(20, pattern=ecma(PHONE), description="a phone number like 13812345678 "
+                  "(ASCII digits, spaces or dashes, a leading + for a country code)")
 SERVICE = text(20, pattern=ecma(SERVICE_CODE), description="a service code from the price list")
 PURSE_NAME = text(40, pattern=ecma(PURSE),
                   description="cash, bonus, points, pkg:ID (a package) or cpn:ID (a coupon)")
@@ -633,7 +635,7 @@ PROFILE = (
 @operation("member.add", "Register a member", permission="member.add",
            http="POST /members", status=201, result=_id_of("member_id"),
            params=(Param("name", line(MAX_TEXT, "a name", minLength=1), required=True),
-                   Param("phone", text(20, pattern=ecma(PHONE)), required=True),
+                   Param("phone", PHONE_TEXT, required=True),
                    *PROFILE,
                    Param("tags", TAGS, flag="--tag", help="repeatable"),
                    Param("prefs", PREFS, flag="--pref",
@@ -693,7 +695,7 @@ def member_find(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]
 
 EDIT = (
     Param("name", line(MAX_TEXT, "a name", minLength=1)),
-    Param("phone", text(20, pattern=or_empty(ecma(PHONE)))),
+    Param("phone", {**PHONE_TEXT, "pattern": or_empty(ecma(PHONE))}),
     *PROFILE,
     Param("level", line(MAX_TEXT, "a level name: a manual upgrade"),
           help="a level name: a manual upgrade"),

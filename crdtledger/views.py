@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from crdtledger import closing
 from crdtledger.errors import InvalidInput, NotFound
 from crdtledger.model import EDITS, GOODS_PURSES, PERMISSIONS, WALK_IN, canonical_phone
+from crdtledger.money import half_width
 from crdtledger.settlement import KINDS as SETTLED_KINDS
 from crdtledger.settlement import Statement, settle
 
@@ -282,8 +283,11 @@ def member(ledger: Ledger, member_id: str) -> dict[str, Any]:
 
 
 def find_members(conn: sqlite3.Connection, query: str, limit: int = 20) -> list[dict[str, Any]]:
-    """By card number, exact phone, phone tail (last 4+ digits) or name; phones masked."""
-    q = query.strip()
+    """By card number, exact phone, phone tail (last 4+ digits) or name; phones masked.
+    Full-width digits and letters (an input method's "１３８…", "Ｃ１０００１") count as
+    ASCII, and a name is also looked for as typed."""
+    typed = query.strip()
+    q = half_width(typed)
     ids: list[str] = []
     if q:
         ids += [m for (m,) in conn.execute(
@@ -300,10 +304,11 @@ def find_members(conn: sqlite3.Connection, query: str, limit: int = 20) -> list[
                 "SELECT id FROM members WHERE phone_canonical LIKE ? LIMIT ?",
                 (f"%{q}", limit))]
         # Escape LIKE's wildcards: a search for "%" or "_" must not list every member.
-        like = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        ids += [m for (m,) in conn.execute(
-            "SELECT id FROM members WHERE name LIKE ? ESCAPE '\\' ORDER BY name LIMIT ?",
-            (f"%{like}%", limit))]
+        for name in dict.fromkeys((typed, q)):
+            like = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            ids += [m for (m,) in conn.execute(
+                "SELECT id FROM members WHERE name LIKE ? ESCAPE '\\' ORDER BY name LIMIT ?",
+                (f"%{like}%", limit))]
     out = []
     # A merged member is found as the survivor it acts as (its card, its phone).
     for mid in dict.fromkeys(canonical(conn, m) for m in ids):

@@ -958,7 +958,9 @@ def test_member_profile_and_search(a: Ledger) -> None:
     assert info["name"] == "王小明" and info["tags"] == ["VIP", "腰疼"]
     assert info["prefs"] == {"strength": "重", "technician": "8号"}
     assert info["custom"] == {"车牌": "沪A12345"} and info["home"] == "SH01"
-    for q in ("NFC-9", "nfc-9", "13812345678", "5678", "小明", m):
+    # Full-width, as an input method types digits and letters, finds the same.
+    for q in ("NFC-9", "nfc-9", "13812345678", "5678", "小明", m, "ＮＦＣ－９",
+              "１３８１２３４５６７８", "５６７８"):
         hits = a.find_members(q)
         assert [h["id"] for h in hits] == [m], q
         assert hits[0]["phone"] == "138****5678"

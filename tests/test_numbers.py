@@ -60,6 +60,10 @@ def test_parse_yuan_says_why() -> None:
         parse_yuan("12.345")
     with pytest.raises(InvalidAmount, match="above zero"):
         parse_yuan("0.00")
+    # An input method's full-width digits: refused (an amount is read back as typed),
+    # saying how to type it (it read "not a positive yuan amount like 12.34").
+    with pytest.raises(InvalidAmount, match=r"full-width digits: type it as 12\.50"):
+        parse_yuan("１２．５０")
 
 
 @pytest.mark.parametrize("value", [1234, 12.34, None, b"12", Decimal("12.34"), ["12"]])

@@ -28,6 +28,7 @@ from helpers import new_ledger, snapshot, sync
 from test_api import Api, serving
 
 from crdtledger import bookings, closing, operations
+from crdtledger.errors import InvalidInput
 from crdtledger.ledger import Ledger
 from crdtledger.model import BUILTIN_ROLES
 from crdtledger.operations import TABLE, Operation
@@ -418,6 +419,16 @@ def test_bad_amounts_are_refused_alike_and_change_nothing(tmp_path: Path) -> Non
             assert store_state(data) == cli_before
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("op", ["member.add", "member.edit"])
+def test_a_phone_typed_wrong_says_what_a_phone_is(op: str) -> None:
+    """A phone in full-width digits (an input method's) was refused as "phone must be
+    text, not ..." though it was text: the refusal says what a phone is."""
+    given = {"member": "01J5Q8ZK3T7XM.SH01"} if op == "member.edit" else {"name": "李"}
+    with pytest.raises(InvalidInput, match=r"phone must be a phone number like "
+                                           r'13812345678 \(ASCII digits.*not "１３９'):
+        operations.validate(TABLE[op], {**given, "phone": "１３９１１１１２２２２"})
 
 
 def test_describe_gives_one_code_status_and_sentence() -> None:
