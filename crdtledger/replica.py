@@ -29,7 +29,7 @@ from crdtledger import erasure, lots, views
 from crdtledger.commit import LedgerBase
 from crdtledger.erasure import Claim, claims_in
 from crdtledger.errors import ClockSkew, NotCaughtUp, RemoteProtocolError
-from crdtledger.hlc import MAX_CLOCK_SKEW_MS, decode, id_floor, id_time_ms
+from crdtledger.hlc import MAX_CLOCK_SKEW_MS, decode, id_floor, id_time_ms, matched_id_time_ms
 from crdtledger.lib0 import covered, decode_state_vector
 from crdtledger.log import (
     APPLIED,
@@ -1166,10 +1166,19 @@ def _check_months(doc: str, keys: Sequence[str], day_of: Callable[[int], str]
     for the message only. Returns the keys that may also be in a neighbour's
     document, with those documents (_held_elsewhere)."""
     lo, hi = _inner_ids(doc)
+    window = _month_window(doc)
     either: list[tuple[str, set[str]]] = []
     for key in keys:
         if not isinstance(key, str) or not ID.match(key) or lo <= key[:13] < hi:
             continue
+        if window is not None:  # what _possible_months says, without a datetime per key
+            t = matched_id_time_ms(key)
+            if window[0] <= t < window[3]:
+                if t < window[1]:
+                    either.append((key, {window[4]}))
+                elif t >= window[2]:
+                    either.append((key, {window[5]}))
+                continue
         try:
             homes = _possible_months(key)
             home = entry_doc(key, day_of)
@@ -1209,6 +1218,35 @@ def _inner_ids(doc: str) -> tuple[str, str]:
 
 # The widest offsets of civil time from UTC (Etc/GMT+12, Pacific/Kiritimati).
 _ZONE_SPAN = (timedelta(hours=-12), timedelta(hours=14))
+
+
+@lru_cache(maxsize=256)
+def _month_window(doc: str) -> tuple[int, int, int, int, str, str] | None:
+    """_possible_months turned round, for the ids of a ledger document of month M
+    outside its inner days (a catch-up brings some 15% of a month's there): M is among
+    an id's months iff its time t (ms) is in [m0 - 14 h, m1 + 12 h), m0 and m1 the
+    UTC starts of M and of the month after; it is also in the month before's document
+    iff t < m0 + 12 h, in the month after's iff t >= m1 - 14 h. Returns (m0 - 14 h,
+    m0 + 12 h, m1 - 14 h, m1 + 12 h, the month before's document, the month after's),
+    or None for a name that is not a month's from 1971 to 9999 (each id then the
+    careful way)."""
+    try:
+        year, month = int(doc[7:11]), int(doc[12:14])
+        if year <= 1970 or doc != ledger_doc(f"{year:04d}-{month:02d}"):
+            return None
+        m0 = datetime(year, month, 1, tzinfo=UTC)
+        m1 = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+        before = m0 - timedelta(days=1)
+    except (ValueError, OverflowError):
+        return None
+    start, end = int(m0.timestamp()) * 1000, int(m1.timestamp()) * 1000
+    west, east = -_ZONE_SPAN[0] // _MS, _ZONE_SPAN[1] // _MS
+    return (start - east, start + west, end - east, end + west,
+            ledger_doc(f"{before.year:04d}-{before.month:02d}"),
+            ledger_doc(f"{m1.year:04d}-{m1.month:02d}"))
+
+
+_MS = timedelta(milliseconds=1)
 
 
 def _possible_months(entry_id: str) -> set[str]:
