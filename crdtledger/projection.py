@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Mapping
+from operator import itemgetter
 from typing import Any
 
 from crdtledger.hlc import id_time_ms
@@ -193,6 +194,7 @@ def entry_change(conn: sqlite3.Connection, doc: str, key: str, old: Any, new: An
 
 
 _DEFER = "INSERT OR REPLACE INTO deferred(doc, key, body, seq) VALUES (?,?,?,?)"
+_BY_ID = itemgetter("id")
 
 
 def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, Any]],
@@ -217,14 +219,20 @@ def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, A
             valid.append(normalise_entry(key, _entry_value(value)))
         except InvalidRecord as err:
             bad.append((doc, key, str(err)))
-    valid.sort(key=lambda e: e["id"])
+    valid.sort(key=_BY_ID)
     units = _units_in_order(valid, pos)
-    blocked = _waiting(conn, {(e["node"], e["member"]) for e in valid})
+    # A generator: its queues are only walked when some entry waits (rarely).
+    blocked = _waiting(conn, ((e["node"], e["member"]) for e in valid))
     # A rights row as stored before this batch, read when first needed: only a row an
     # entry lowers is ever read (one that is only raised needs no check).
     stored: dict[tuple[str, str, str], int] = {}
     # Only the members an entry lowers a row of (a top-up's are never read).
-    members = {e["member"] for e in valid if any(d[2] < 0 for d in e["deltas"])}
+    members: set[str] = set()
+    for e in valid:
+        for d in e["deltas"]:
+            if d[2] < 0:
+                members.add(e["member"])
+                break
     loaded: set[str] = set()  # members whose every rights row is in `stored`
     if len(members) > _PRELOAD_MEMBERS:  # a catch-up: their rows in a few statements
         loaded = members
@@ -253,13 +261,21 @@ def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, A
     totals: dict[str, list[int]] = {}
     for queue, seq, hold, unit in units:
         change: dict[tuple[str, str, str], int] = {}
+        backs = False  # a sweep's "in" or a refund: _backed has something to judge
         for e in unit:
+            member = e["member"]
             for purse, node, c in e["deltas"]:
-                k = (e["member"], purse, node)
+                k = (member, purse, node)
                 change[k] = change.get(k, 0) + c
-        if hold or queue in blocked or any(c < 0 and held(k) + c < 0
-                                           for k, c in change.items()) or not _backed(
-                conn, unit, backing):
+            if e["kind"] in _BACKED_KINDS:
+                backs = True
+        funded = not hold and queue not in blocked
+        if funded:  # a loop, not any() over a generator: asked of every unit
+            for k, c in change.items():
+                if c < 0 and held(k) + c < 0:
+                    funded = False
+                    break
+        if not funded or (backs and not _backed(conn, unit, backing)):
             blocked.add(queue)  # its writer's later entries of the member wait behind
             waiting += ((doc, e["id"], dumps(e), seq) for e in unit)
             continue
@@ -476,6 +492,8 @@ class Backing:
 
 
 _NO_BACKING = Backing()
+# The kinds _backed judges; it passes a unit with none of them.
+_BACKED_KINDS = frozenset({"merge", "refund"})
 
 
 def _backed(conn: sqlite3.Connection, unit: list[dict[str, Any]],
