@@ -1067,11 +1067,11 @@ class Counter:
 
             self.buttons(d, tr("确认兑换", "Redeem"), confirm, "redeem-ok")
 
-    def refund_dialog(self, entry: dict[str, Any], units_left: int | None = None) -> None:
+    def refund_dialog(self, entry: dict[str, Any], left: int) -> None:
         """退款. A goods sale is refunded by units (the library refuses an amount: its
         money is that share of what was paid, and the units go back on the shelf);
-        `units_left`: its units not yet refunded, the default. A package by uses, the
-        rest by an amount."""
+        `left`: what is left to refund of it (refund_left), the default. A package by
+        uses, the rest by an amount."""
         package = entry.get("pay") == "package"
         goods = entry.get("goods") is not None
         d, body, error = self.dialog(tr("退款", "Refund"))
@@ -1086,7 +1086,6 @@ class Counter:
             amount = None
             units = None
             if goods:
-                left = int(entry.get("qty", 1)) if units_left is None else units_left
                 units = ui.number(tr("退货数量（退回库存）", "Units returned (back to stock)"),
                                   value=max(1, left)).classes("w-48").mark("refund-qty")
             elif not package:
@@ -1381,13 +1380,10 @@ class MemberPanel:
         tz = localtime.zone(s.ledger)  # the chain's time-zone rule, as the CLI
         # Rights moved between branches or between merged members: no money changed.
         entries = [e for e in history if e["kind"] not in ("transfer", "merge")]
-        refunded = {e.get("ref") for e in entries if e["kind"] == "refund"}
-        # A goods sale's units already refunded, so its refund offers the rest.
-        units_back: dict[str, int] = {}
-        for e in entries:
-            if e["kind"] == "refund" and e.get("goods"):
-                units_back[str(e.get("ref"))] = units_back.get(str(e.get("ref")), 0) \
-                    + int(e.get("qty") or 0)
+        # What is left to refund of each debit shown: a refund is written after its
+        # debit by the debit's own branch, so its id is larger and it is read with it.
+        left = refund_left(history)
+        here = s.node.node_id
         with ui.card().classes("w-full gap-1"):
             ui.label(tr("最近记录", "Last visits")).classes("text-lg font-bold")
             if not entries:
@@ -1401,22 +1397,36 @@ class MemberPanel:
                     ui.label(_describe(s, e))
                     text, tone = _entry_amount(e)
                     ui.label(text).classes(f"text-right tabular-nums {tone}")
-                    # Past the chain's refund period (rule refunds) a manager
-                    # corrects the balance instead: no refund is offered.
-                    if e["kind"] == "debit" and can("refund") and not \
-                            s.ledger.refund_closed(str(e["id"])):
-                        ui.button(tr("退款", "Refund"), on_click=lambda e=e: c.refund_dialog(
-                            e, int(e.get("qty") or 1) - units_back.get(str(e["id"]), 0)
-                            if e.get("goods") else None)) \
-                            .props("flat dense " + ("color=negative" if e["id"] not in
-                                                    refunded else "color=grey")) \
-                            .classes("text-sm py-0").mark("refund")
-                    else:
-                        ui.label("")
+                    self._refund_cell(e, left.get(str(e["id"])), here)
                     # 重打小票: the receipt of any visit, printed again.
                     ui.button(icon="print", on_click=lambda e=e: c.print_receipt(
                         str(e["id"]), reprint=True)).props("flat dense round size=sm") \
                         .tooltip(tr("重打小票", "Reprint the receipt")).mark("reprint")
+
+    def _refund_cell(self, e: dict[str, Any], left: int | None, here: str) -> None:
+        """A debit's refund, offered only where the library would make it: a debit of
+        this branch (the refund rights stay with the branch that made it), something
+        of it left to refund, within the chain's refund period (rule refunds; past it
+        a manager corrects the balance instead). Another branch's debit says where it
+        is refunded; one refunded whole says so."""
+        c = self.counter
+        s = c.shop
+        if e["kind"] != "debit" or left is None or not can("refund") \
+                or s.ledger.refund_closed(str(e["id"])):  # left None: a debit of nothing
+            ui.label("")
+        elif left <= 0:
+            ui.label(tr("已全部退款", "refunded")).classes("text-sm text-gray-500") \
+                .mark("refunded")
+        elif str(e["node"]) != here:
+            ui.label(tr("在{b}退款", "refund at {b}", b=s.branch_name(str(e["node"])))) \
+                .classes("text-sm text-gray-500").mark("refund-elsewhere") \
+                .tooltip(tr("这笔消费是在{b}做的，只能在那里退款。",
+                            "This was sold at {b}; only that branch can refund it.",
+                            b=s.branch_name(str(e["node"]))))
+        else:
+            rest = left
+            ui.button(tr("退款", "Refund"), on_click=lambda: c.refund_dialog(e, rest)) \
+                .props("flat dense color=negative").classes("text-sm py-0").mark("refund")
 
 
 def _approval(shown: ui.column, name: ui.input, password: ui.input) -> dict[str, str] | None:
@@ -1546,6 +1556,29 @@ def _given_back(e: dict[str, Any]) -> bool:
     """A write-off's give-back (crdtledger.payments.give_back_write_offs): an `expiry`
     that raises points, which must not read as more points expired."""
     return any(p == "points" and c > 0 for p, _n, c in e.get("deltas", ()))
+
+
+def refund_left(history: list[dict[str, Any]]) -> dict[str, int]:
+    """What is left to refund of each debit in `history` (a member's entries, newest
+    first, as Ledger.history gives them), in the debit's own unit as payments.refund
+    counts it: uses of a package's debit, units of a goods sale, else fen. The
+    refunds of a debit come with it: written later by the debit's own branch, their
+    ids are larger, so a window of the newest entries holding a debit holds them."""
+    back: dict[str, int] = {}
+    for e in history:
+        if e["kind"] == "refund" and e.get("ref"):
+            ref = str(e["ref"])
+            by_units = e.get("goods") is not None or e.get("qty") is not None
+            back[ref] = back.get(ref, 0) + int((e.get("qty") if by_units else e.get("amount"))
+                                               or 0)
+    left = {}
+    for e in history:
+        if e["kind"] == "debit":
+            by_units = e.get("pay") == "package" or e.get("goods") is not None
+            whole = int((e.get("qty") or 1) if by_units else e.get("amount") or 0)
+            if whole > 0:  # else nothing to refund (a sale a coupon paid whole)
+                left[str(e["id"])] = whole - back.get(str(e["id"]), 0)
+    return left
 
 
 def _entry_amount(e: dict[str, Any]) -> tuple[str, str]:

@@ -1,0 +1,51 @@
+"""What a new cashier's probe of the counter found (the ninth wave): a refund offered
+where the library refuses it, a refund dialog showing what the debit was rather than
+what is left of it, the library's English in the Chinese counter, a preview pricing a
+quantity that confirming refuses, history rows named in raw English, an approval's
+real reason lost, a balance misnamed, a page never shown holding the card reader.
+
+NiceGUI's simulated user against a real node and store (tests/app_fixtures.py); card
+swipes through the ScriptedReader FAKE. Another branch's records come by sync file
+(test_app_shop.from_another_branch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from app_fixtures import OWNER, CounterApp
+from test_app_counter import member_with_card, swipe
+from test_app_shop import from_another_branch
+
+from crdtledger.ledger import Ledger
+
+pytestmark = pytest.mark.asyncio
+
+SETTLE = 50  # should_see retries: what follows a change comes a moment later
+
+
+# --- 1. a refund is offered only where it can work ----------------------------------------
+
+
+async def test_refund_is_offered_only_for_this_branchs_debits_with_something_left(
+        counter_app: CounterApp, tmp_path: Path) -> None:
+    """Three debits: one made at SH02 (only SH02 may refund it: the row says so), one
+    of this branch refunded whole (says so), one of this branch refunded in part (the
+    one refund button)."""
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+
+    def sold_there(sh02: Ledger) -> None:
+        sh02.debit(sh02.owner, mid, amount=5220, pay="cash")
+
+    from_another_branch(app, tmp_path, sold_there)
+    whole = app.ledger.debit(app.node_owner, mid, amount=1000)
+    app.ledger.refund(app.node_owner, whole["id"])
+    part = app.ledger.debit(app.node_owner, mid, amount=3000)
+    app.ledger.refund(app.node_owner, part["id"], 1000)
+    await app.login(*OWNER)
+    await swipe(app)
+    await app.user.should_see("在徐家汇店退款")
+    await app.user.should_see("已全部退款")
+    assert len(app.user.find(marker="refund").elements) == 1
