@@ -1068,10 +1068,11 @@ class Counter:
             self.buttons(d, tr("确认兑换", "Redeem"), confirm, "redeem-ok")
 
     def refund_dialog(self, entry: dict[str, Any], left: int) -> None:
-        """退款. A goods sale is refunded by units (the library refuses an amount: its
-        money is that share of what was paid, and the units go back on the shelf);
-        `left`: what is left to refund of it (refund_left), the default. A package by
-        uses, the rest by an amount."""
+        """退款 of what is `left` of debit `entry` (refund_left: its units, uses or fen
+        not yet refunded). A goods sale is refunded by units (the library refuses an
+        amount: its money is that share of what was paid, and the units go back on the
+        shelf), a package by uses (all that is left), the rest by an amount: nothing
+        typed, all that is left."""
         package = entry.get("pay") == "package"
         goods = entry.get("goods") is not None
         d, body, error = self.dialog(tr("退款", "Refund"))
@@ -1083,13 +1084,22 @@ class Counter:
                 ui.label(f"{self.shop.service_name(entry.get('service'))}  "
                          + (tr("{n} 次", "{n} use(s)", n=entry.get("qty", 1)) if package
                             else money(int(entry["amount"])))).classes("text-lg")
+            unit = str((self.shop.goods().get(str(entry.get("goods"))) or {}).get("unit") or "")
+            rest = (tr("{n}{unit}", "{n}{unit}", n=left, unit=unit or tr(" 件", " unit(s)"))
+                    if goods else tr("{n} 次", "{n} use(s)", n=left) if package else money(left))
+            whole = int(entry.get("qty") or 1) if goods or package else int(entry["amount"])
+            ui.label(tr("还可退 {rest}", "{rest} left to refund", rest=rest) if left == whole
+                     else tr("已退过一部分，还可退 {rest}", "Partly refunded already: {rest} "
+                             "left to refund", rest=rest)) \
+                .classes("text-base text-gray-700").mark("refund-left")
             amount = None
             units = None
             if goods:
                 units = ui.number(tr("退货数量（退回库存）", "Units returned (back to stock)"),
                                   value=max(1, left)).classes("w-48").mark("refund-qty")
             elif not package:
-                amount = ui.input(tr("退款金额（不填则全部退）", "Amount (empty: all of it)")) \
+                amount = ui.input(tr("退款金额（不填则退 {rest}）", "Amount (empty: {rest})",
+                                     rest=rest)) \
                     .props("outlined inputmode=decimal").classes("w-full").mark("refund-amount")
             reason = ui.input(tr("原因", "Reason")).props("outlined").classes("w-full") \
                 .mark("refund-reason")

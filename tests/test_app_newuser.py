@@ -49,3 +49,32 @@ async def test_refund_is_offered_only_for_this_branchs_debits_with_something_lef
     await app.user.should_see("在徐家汇店退款")
     await app.user.should_see("已全部退款")
     assert len(app.user.find(marker="refund").elements) == 1
+    app.user.find(marker="refund").click()
+    await app.user.should_see("已退过一部分，还可退 ¥20.00")
+
+
+# --- 2. the refund dialog shows what is left ------------------------------------------------
+
+
+async def test_the_refund_dialog_shows_and_refunds_what_is_left(counter_app: CounterApp) -> None:
+    """Two ¥100 refunds of ¥1,382.40 at the counter: the dialog then says ¥1,182.40 is
+    left, and an empty amount refunds that."""
+    app = counter_app
+    mid = member_with_card(app, cash=200000)
+    app.ledger.debit(app.node_owner, mid, amount=138240)
+    await app.login(*OWNER)
+    await swipe(app)
+    for cash in ("¥717.60", "¥817.60"):  # ¥2,000.00 - ¥1,382.40 + ¥100.00 a time
+        app.user.find(marker="refund").click()
+        await app.user.should_see(marker="refund-left")
+        app.user.find(marker="refund-amount").type("100")
+        app.user.find(marker="refund-ok").click()
+        await app.user.should_see(marker="balance-cash", content=cash, retries=SETTLE)
+    app.user.find(marker="refund").click()
+    await app.user.should_see("已退过一部分，还可退 ¥1,182.40")
+    await app.user.should_see("退款金额（不填则退 ¥1,182.40）")
+    app.user.find(marker="refund-ok").click()
+    await app.user.should_see("已退款 ¥1,182.40")
+    assert app.ledger.balance(mid)["cash"] == 200000
+    await app.user.should_see("已全部退款", retries=SETTLE)
+    await app.user.should_not_see(marker="refund")
