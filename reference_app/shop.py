@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -55,7 +56,7 @@ from crdtledger.model import DEFAULT_RULES
 from crdtledger.money import format_purse
 from crdtledger.throttle import LoginThrottle
 from peer.node import Node
-from reference_app.i18n import money, tr
+from reference_app.i18n import money, parse_money, tr
 from reference_app.readers import Reader, ReaderEvent, start_readers
 
 log = logging.getLogger("reference_app")
@@ -314,7 +315,8 @@ class Shop:
         if isinstance(e, NotFound):
             return tr("找不到：{what}", "Not found: {what}", what=_detail(e))
         if isinstance(e, InvalidInput | InvalidAmount):
-            return tr("输入有误：{what}", "Please check the input: {what}", what=_detail(e))
+            return _invalid_input(e) or tr("输入有误：{what}", "Please check the input: {what}",
+                                           what=_detail(e))
         if isinstance(e, ClockSkew):
             return tr("本机时钟与其他分店相差太大，请校准电脑时间。",
                       "This computer's clock is far off the other branches'; set the time.")
@@ -391,6 +393,89 @@ def _coupon_refused(e: CouponRefused) -> str:
                   "This sale does not reach the coupon's minimum spend.")
     return tr("这张优惠券不能用于这笔：{what}", "This coupon cannot be used here: {what}",
               what=_detail(e))
+
+
+def _refund_rest(rest: str) -> str:
+    """What payments.refund says is left of a debit ("1182.40", "2 uses", "3 units"),
+    as the counter says it."""
+    n, _, unit = rest.partition(" ")
+    if unit == "uses":
+        return tr("{n} 次", "{n} use(s)", n=n)
+    if unit == "units":
+        return tr("{n} 件", "{n} unit(s)", n=n)
+    try:
+        return money(parse_money(n))
+    except InvalidAmount:
+        return rest
+
+
+def _left_of(rest: str) -> str:
+    if rest.split(" ")[0] in ("0", "0.00"):
+        return tr("这笔消费已经全部退过了，不能再退。",
+                  "This sale has been refunded in full already.")
+    return tr("这笔消费最多还能退 {rest}。", "At most {rest} of this sale can still be "
+              "refunded.", rest=_refund_rest(rest))
+
+
+_FIELDS = {"name": ("姓名", "the name"), "phone": ("手机号", "the phone number"),
+           "birthday": ("生日", "the birthday"), "anniversary": ("纪念日", "the anniversary"),
+           "card_no": ("卡号", "the card number")}
+
+
+def _field(name: str) -> str:
+    zh, en = _FIELDS.get(name, (name, name))
+    return tr(zh, en)
+
+
+# The library's refusals of what a cashier types or does at the counter, by their
+# words (they carry no code of their own: crdtledger.errors.InvalidInput), each with
+# a sentence in the session's language. Those not here are shown as the library says.
+_INVALID: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
+    (re.compile(r"at most (.+) of this debit can still be refunded"),
+     lambda m: _left_of(m[1])),
+    (re.compile(r".*: this sale can no longer be refunded to their card"),
+     lambda _m: tr("该会员已退会或已删除：这笔消费不能再退回卡里。",
+                   "The member has left or was deleted: this sale can no longer be "
+                   "refunded to their card.")),
+    (re.compile(r"member \S+ was deleted"),
+     lambda _m: tr("该会员已删除，不能再为其办理。", "This member was deleted.")),
+    (re.compile(r"member \S+ has left \(退会\).*"),
+     lambda _m: tr("该会员已退会：重新入会获批准之前，不能为其办理任何业务。",
+                   "This member has left: nothing can be sold to or for them until a "
+                   "return is approved.")),
+    (re.compile(r"(name|phone|card_no) must not be empty"),
+     lambda m: tr("请填写{what}。", "Please enter {what}.", what=_field(m[1]))),
+    (re.compile(r'phone must be text, not "(.*)"'),  # the form's phone: a pattern
+     lambda m: tr("“{p}” 不是手机号码。", "“{p}” is not a phone number.", p=m[1]) if m[1]
+     else tr("请填写手机号。", "Please enter the phone number.")),
+    (re.compile(r"phone (.+) is registered to another member"),
+     lambda m: tr("手机号 {p} 已登记给另一位会员：请先按手机号查找。",
+                  "Phone {p} is registered to another member: search for it first.",
+                  p=m[1])),
+    (re.compile(r"(birthday|anniversary) must be a date like .*"),
+     lambda m: tr("{what}要写成 1990-05-17 或 05-17 这样的日期。", "Write {what} as a date "
+                  "like 1990-05-17 or 05-17.", what=_field(m[1]))),
+    (re.compile(r"card (\S+) is already issued.*"),
+     lambda m: tr("卡 {no} 已经发过了（属于一位会员）：请换一张卡。",
+                  "Card {no} is already issued to a member: use another card.", no=m[1])),
+    (re.compile(r'(?:card_no|new_no) must be a card number: .*, not "(.*)"'),
+     lambda m: tr("卡号 {no} 里有卡上不会有的字符：只能是字母、数字和 - _ :。",
+                  "Card number {no} has characters a card cannot carry: letters, digits "
+                  "and - _ : only.", no=m[1]) if m[1]
+     else tr("请填写卡号。", "Please enter the card number.")),
+    (re.compile(r"pin must be a card PIN of 4 to 8 digits.*"),
+     lambda _m: tr("卡密码要 4 到 8 位数字。", "A card PIN is 4 to 8 digits.")),
+)
+
+
+def _invalid_input(e: LedgerError) -> str | None:
+    """A sentence for a refusal of what was typed that the library words (_INVALID)."""
+    text = str(e)
+    for pattern, say in _INVALID:
+        m = pattern.fullmatch(text)
+        if m:
+            return say(m)
+    return None
 
 
 def _reach(connected: bool) -> str:

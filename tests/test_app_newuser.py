@@ -78,3 +78,47 @@ async def test_the_refund_dialog_shows_and_refunds_what_is_left(counter_app: Cou
     assert app.ledger.balance(mid)["cash"] == 200000
     await app.user.should_see("已全部退款", retries=SETTLE)
     await app.user.should_not_see(marker="refund")
+
+
+# --- 3. the library's refusals in the counter's language ---------------------------------
+
+
+async def test_refund_refusals_are_said_in_chinese(counter_app: CounterApp) -> None:
+    """More than is left (输入有误：at most 10.00 of this debit...), and a debit refunded
+    whole from another till while this dialog was open (at most 0.00...)."""
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    debit = app.ledger.debit(app.node_owner, mid, amount=1000)
+    await app.login(*OWNER)
+    await swipe(app)
+    app.user.find(marker="refund").click()
+    app.user.find(marker="refund-amount").type("10.01")
+    app.user.find(marker="refund-ok").click()
+    await app.user.should_see("这笔消费最多还能退 ¥10.00。")
+    app.ledger.refund(app.node_owner, debit["id"])  # another till, meanwhile
+    app.user.find(marker="refund-amount").clear()
+    app.user.find(marker="refund-ok").click()
+    await app.user.should_see("这笔消费已经全部退过了，不能再退。")
+    await app.user.should_not_see("at most")
+
+
+async def test_a_new_members_common_mistakes_are_said_in_chinese(
+        counter_app: CounterApp) -> None:
+    app = counter_app
+    member_with_card(app)  # card C10001 is 张伟's
+    await app.login(*OWNER)
+    app.user.find(marker="new-member").click()
+    app.user.find(marker="new-name").type("李娜")
+    app.user.find(marker="new-phone").type("13700001111")
+    app.user.find(marker="new-birthday").type("1990/05/17")
+    app.user.find(marker="new-member-ok").click()
+    await app.user.should_see("生日要写成 1990-05-17 或 05-17 这样的日期。")
+    app.user.find(marker="new-birthday").clear()
+    app.user.find(marker="new-phone").clear().type("13812345678")  # 张伟's
+    app.user.find(marker="new-member-ok").click()
+    await app.user.should_see("手机号 13812345678 已登记给另一位会员：请先按手机号查找。")
+    app.user.find(marker="new-phone").clear().type("13700001111")
+    app.user.find(marker="new-card").type("C10001")
+    app.user.find(marker="new-member-ok").click()
+    await app.user.should_see("卡 C10001 已经发过了（属于一位会员）：请换一张卡。")
+    await app.user.should_not_see("输入有误")
