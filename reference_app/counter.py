@@ -76,6 +76,26 @@ def _units(value: Any) -> int | None:
     return int(value)
 
 
+def _units_upto(value: Any, most: int = MOST_UNITS) -> int | None:
+    """A quantity box's whole number from 1 to `most`, else None (_units_refused)."""
+    n = _units(value)
+    return n if n is not None and n <= most else None
+
+
+def _units_refused(most: int = MOST_UNITS) -> str:
+    return tr("数量要填 1 到 {most} 的整数。", "Enter a whole number from 1 to {most}.",
+              most=most)
+
+
+def _quantity_line(preview: ui.label, n: int | None) -> None:
+    """A dialog's preview line for quantity `n` (_units_upto): the refusal confirming
+    would give when there is none (1e3 priced ¥128,000.00, then confirming refused
+    it), in the refusal's colour; else the caller's price, in the line's own."""
+    preview.classes(replace="text-lg" + (" text-negative" if n is None else ""))
+    if n is None:
+        preview.set_text(_units_refused())
+
+
 # --- login ----------------------------------------------------------------------
 
 
@@ -486,11 +506,10 @@ class Counter:
         The boxes clamp and round nothing themselves (NiceGUI's min, max and precision
         did it as the box lost focus, swallowing the click that caused it: 1.5 sold
         two)."""
-        n = _units(box.value)
-        if n is None or n > most:
-            self.say_trouble(tr("数量要填 1 到 {most} 的整数。", "Enter a whole number from 1 "
-                                "to {most}.", most=most), error,
-                             fixed=lambda: (_units(box.value) or most + 1) <= most)
+        n = _units_upto(box.value, most)
+        if n is None:
+            self.say_trouble(_units_refused(most), error,
+                             fixed=lambda: _units_upto(box.value, most) is not None)
             return None
         return n
 
@@ -658,9 +677,9 @@ class Counter:
             preview = ui.label().classes("text-lg").mark("preview")
 
             def update() -> None:
-                code, n = svc.value, _units(qty.value)
-                if n is None:
-                    preview.set_text("")
+                code, n = svc.value, _units_upto(qty.value)
+                _quantity_line(preview, n)
+                if n is None:  # what confirming says, not a price
                     return
                 # A package's uses pay nothing a coupon could take off.
                 if ticket is not None:
@@ -754,9 +773,9 @@ class Counter:
             earn = ledger.rule("earn")
 
             def update() -> None:
-                item, n = items.get(str(pick.value)), _units(qty.value)
-                if n is None:
-                    preview.set_text("")
+                item, n = items.get(str(pick.value)), _units_upto(qty.value)
+                _quantity_line(preview, n)
+                if n is None:  # what confirming says, not a price
                     return
                 if item is None:
                     preview.set_text("")

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from app_fixtures import OWNER, CounterApp
-from test_app_counter import member_with_card, swipe
-from test_app_shop import from_another_branch
+from test_app_counter import consume_dialog_by_phone_tail, member_with_card, swipe
+from test_app_shop import BARCODE, from_another_branch, with_goods
 
 from crdtledger.ledger import Ledger
 
@@ -122,3 +122,31 @@ async def test_a_new_members_common_mistakes_are_said_in_chinese(
     app.user.find(marker="new-member-ok").click()
     await app.user.should_see("卡 C10001 已经发过了（属于一位会员）：请换一张卡。")
     await app.user.should_not_see("输入有误")
+
+
+# --- 4. a preview never prices what confirming refuses -----------------------------------
+
+
+@pytest.mark.parametrize("typed", ["1e3", "1000", "1.5", "0"])
+async def test_the_consume_preview_refuses_a_quantity_confirming_refuses(
+        counter_app: CounterApp, typed: str) -> None:
+    app = counter_app
+    await consume_dialog_by_phone_tail(app)
+    app.user.find(marker="qty").clear().type(typed)
+    await app.user.should_see(marker="preview", content="数量要填 1 到 999 的整数。")
+    await app.user.should_not_see("¥128,000.00")
+    app.user.find(marker="qty").clear().type("2")
+    await app.user.should_see(marker="preview", content="应付 ¥256.00")
+
+
+async def test_the_goods_preview_refuses_a_quantity_confirming_refuses(
+        counter_app: CounterApp) -> None:
+    app = counter_app
+    member_with_card(app, cash=50000)
+    with_goods(app)
+    await app.login(*OWNER)
+    await swipe(app)
+    app.reader.scan(BARCODE)
+    app.user.find(marker="goods-qty").clear().type("1e3")
+    await app.user.should_see(marker="goods-preview", content="数量要填 1 到 999 的整数。")
+    await app.user.should_not_see("¥88,000.00")
