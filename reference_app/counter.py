@@ -1519,8 +1519,41 @@ def _describe(s: Shop, e: dict[str, Any]) -> str:
              "convert": tr("积分转储值", "points to value"), "correction": tr("调整", "correction"),
              "expiry": tr("积分过期", "points expired"), "package": tr("购买套餐", "package"),
              "card": tr("发卡", "card issued"), "coupon": tr("获得优惠券", "coupon received"),
-             "coupon_use": tr("使用优惠券", "coupon used")}
+             "coupon_use": tr("使用优惠券", "coupon used"),
+             "transfer": tr("储值权利转移", "rights moved"),
+             "merge": tr("会员合并", "members merged"),
+             "stock": tr("库存变动", "stock moved"),
+             "referral": tr("推荐登记", "referral recorded"),
+             "approval": tr("审批", "approval given"),
+             "reward": tr("推荐奖励", "referral reward"),
+             "checkin": tr("签到", "check-in"),
+             "exit": tr("退会申请", "exit applied for"),
+             "exit_settle": tr("退会结算", "exit settled"),
+             "technician": tr("技师资料", "technician"),
+             "booking": tr("预约", "appointment"),
+             "booking_decision": tr("预约处理", "appointment decided"),
+             "booking_cancel": tr("预约取消", "appointment cancelled"),
+             "redaction": tr("个人资料已抹除", "personal data erased")}
     text = names.get(kind, kind)
+    step = str(e.get("step") or "")
+    if kind == "approval":  # of a referral (level 1 or 2) or of an exit or return
+        text = {"1": tr("推荐审批（一级）", "referral approved (level 1)"),
+                "2": tr("推荐审批（二级）", "referral approved (level 2)"),
+                "approve": tr("审批通过", "approved"),
+                "reject": tr("审批驳回", "rejected")}.get(step, text)
+    if kind == "reward":  # given for a referral, taken back, or given again
+        reason = str(e.get("reason") or "")
+        text = {"void": tr("推荐奖励收回", "referral reward taken back"),
+                "restored": tr("推荐奖励恢复", "referral reward given again")}.get(reason, text)
+    if kind == "exit" and step == "return":
+        text = tr("重新入会申请", "return applied for")
+    if kind == "exit_settle":
+        text += {"refund": tr("：退还储值", ": stored value paid back"),
+                 "forfeit": tr("：余额作废", ": balance forfeited")}.get(step, "")
+    if kind == "checkin":
+        text += f" · {_activity_name(s, str(e.get('activity') or ''))}"
+        if e.get("ref"):  # the reversal of a surplus check-in (crdtledger.membership)
+            text += tr("（撤销）", " (reversed)")
     if kind == "expiry" and _given_back(e):
         text = tr("积分退回", "points given back")
     if kind == "debit" and e.get("goods"):
@@ -1550,6 +1583,13 @@ def _describe(s: Shop, e: dict[str, Any]) -> str:
     if e.get("coupon") and e.get("off"):
         text += tr("，券减 {off}", ", coupon {off} off", off=money(int(e["off"])))
     return text
+
+
+def _activity_name(s: Shop, code: str) -> str:
+    """A check-in activity's name from the rule `checkin`, else its code."""
+    acts = s.ledger.rule("checkin")
+    a = acts.get(code) if isinstance(acts, dict) else None
+    return str(a.get("name") or code) if isinstance(a, dict) else code
 
 
 def _coupon_state(s: Shop, v: dict[str, Any]) -> str:
@@ -1621,6 +1661,20 @@ def _entry_amount(e: dict[str, Any]) -> tuple[str, str]:
         return tr("-{n} 积分", "-{n} pts", n=e.get("points", 0)), ""
     if kind == "debit" and e.get("pay") == "package":
         return tr("{n} 次", "{n} use(s)", n=e.get("qty", 1)), ""
+    if kind in ("reward", "checkin"):  # points or bonus given (or taken back)
+        moved: dict[str, int] = {}
+        for p, _n, c in e.get("deltas", ()):
+            moved[p] = moved.get(p, 0) + int(c)
+        if moved.get("points"):
+            n = moved["points"]
+            return (tr("+{n} 积分", "+{n} pts", n=n), "text-green-8") if n > 0 else \
+                (tr("-{n} 积分", "-{n} pts", n=-n), "")
+        if moved.get("bonus"):
+            n = moved["bonus"]
+            return (f"+{money(n)}", "text-green-8") if n > 0 else (f"-{money(-n)}", "")
+        return "", ""
+    if kind == "exit_settle":  # the balance taken off the card (paid back, or forfeit)
+        return (f"-{money(amount)}", "") if amount else ("", "")
     if not amount:
         return "", ""
     if kind in ("debit", "package") and e.get("pay") == "stored":  # off the card

@@ -11,7 +11,9 @@ swipes through the ScriptedReader FAKE. Another branch's records come by sync fi
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from app_fixtures import OWNER, CounterApp
@@ -19,8 +21,8 @@ from test_app_counter import consume_dialog_by_phone_tail, member_with_card, swi
 from test_app_shop import BARCODE, from_another_branch, with_goods
 
 from crdtledger.ledger import Ledger
-
-pytestmark = pytest.mark.asyncio
+from crdtledger.model import ENTRY_KINDS
+from reference_app import counter, i18n
 
 SETTLE = 50  # should_see retries: what follows a change comes a moment later
 
@@ -28,6 +30,7 @@ SETTLE = 50  # should_see retries: what follows a change comes a moment later
 # --- 1. a refund is offered only where it can work ----------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_refund_is_offered_only_for_this_branchs_debits_with_something_left(
         counter_app: CounterApp, tmp_path: Path) -> None:
     """Three debits: one made at SH02 (only SH02 may refund it: the row says so), one
@@ -56,6 +59,7 @@ async def test_refund_is_offered_only_for_this_branchs_debits_with_something_lef
 # --- 2. the refund dialog shows what is left ------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_the_refund_dialog_shows_and_refunds_what_is_left(counter_app: CounterApp) -> None:
     """Two ¥100 refunds of ¥1,382.40 at the counter: the dialog then says ¥1,182.40 is
     left, and an empty amount refunds that."""
@@ -83,6 +87,7 @@ async def test_the_refund_dialog_shows_and_refunds_what_is_left(counter_app: Cou
 # --- 3. the library's refusals in the counter's language ---------------------------------
 
 
+@pytest.mark.asyncio
 async def test_refund_refusals_are_said_in_chinese(counter_app: CounterApp) -> None:
     """More than is left (输入有误：at most 10.00 of this debit...), and a debit refunded
     whole from another till while this dialog was open (at most 0.00...)."""
@@ -102,6 +107,7 @@ async def test_refund_refusals_are_said_in_chinese(counter_app: CounterApp) -> N
     await app.user.should_not_see("at most")
 
 
+@pytest.mark.asyncio
 async def test_a_new_members_common_mistakes_are_said_in_chinese(
         counter_app: CounterApp) -> None:
     app = counter_app
@@ -127,6 +133,7 @@ async def test_a_new_members_common_mistakes_are_said_in_chinese(
 # --- 4. a preview never prices what confirming refuses -----------------------------------
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("typed", ["1e3", "1000", "1.5", "0"])
 async def test_the_consume_preview_refuses_a_quantity_confirming_refuses(
         counter_app: CounterApp, typed: str) -> None:
@@ -139,6 +146,7 @@ async def test_the_consume_preview_refuses_a_quantity_confirming_refuses(
     await app.user.should_see(marker="preview", content="应付 ¥256.00")
 
 
+@pytest.mark.asyncio
 async def test_the_goods_preview_refuses_a_quantity_confirming_refuses(
         counter_app: CounterApp) -> None:
     app = counter_app
@@ -150,3 +158,70 @@ async def test_the_goods_preview_refuses_a_quantity_confirming_refuses(
     app.user.find(marker="goods-qty").clear().type("1e3")
     await app.user.should_see(marker="goods-preview", content="数量要填 1 到 999 的整数。")
     await app.user.should_not_see("¥88,000.00")
+
+
+# --- 5. every kind of history row has a name -----------------------------------------------
+
+MANAGER = ("manager1", "manager-secret")
+ACTIVITY = {"name": "晨练打卡", "from": "2020-01-01T00:00", "to": "2099-01-01T00:00",
+            "points": 10, "repeat": "daily", "per_day": 1}
+
+
+def referred(app: CounterApp) -> tuple[str, str]:
+    """老王 (card OLD-1) referred 小李 (card NEW-1): approved at both levels, his 300
+    points given; 老王 checked in at 晨练打卡 (10 points)."""
+    ledger, op = app.ledger, app.node_owner
+    manager = ledger.add_operator(op, *MANAGER, roles=["manager"])
+    old = ledger.add_member(op, name="老王", phone="13800000001")
+    ledger.issue_card(op, old, "OLD-1")
+    new = ledger.add_member(op, name="小李", phone="13800000002")
+    ledger.issue_card(op, new, "NEW-1")
+    ledger.set_rule(op, "referral", {"reward": "points", "points": 300})
+    r = ledger.refer(op, new, old)
+    ledger.approve_referral(manager, str(r["id"]), 1)
+    ledger.approve_referral(app.owner_id, str(r["id"]), 2)
+    ledger.set_activity(op, "MORNING", ACTIVITY)
+    ledger.checkin(op, "MORNING", old)
+    return old, new
+
+
+@pytest.mark.asyncio
+async def test_membership_rows_are_named_in_the_sessions_language(
+        counter_app: CounterApp) -> None:
+    app = counter_app
+    referred(app)
+    await app.login(*OWNER)
+    await swipe(app, "NEW-1")
+    for text in ("推荐登记", "推荐审批（一级）", "推荐审批（二级）"):
+        await app.user.should_see(text)
+    await app.user.should_not_see("referral")
+    await app.user.should_not_see("approval")
+    await swipe(app, "OLD-1")
+    await app.user.should_see(marker="member-name", content="老王")
+    for text in ("推荐奖励", "+300 积分", "签到 · 晨练打卡", "+10 积分"):
+        await app.user.should_see(text)
+    await app.user.should_not_see("reward")
+    await app.user.should_not_see("checkin")
+    app.user.find(marker="lang").click()
+    await app.user.open("/")
+    await swipe(app, "OLD-1")
+    for text in ("referral reward", "+300 pts", "check-in · 晨练打卡"):
+        await app.user.should_see(text)
+
+
+class _Rules:
+    """What _describe reads of a shop for entries without goods or a service."""
+
+    class ledger:
+        @staticmethod
+        def rule(_name: str) -> dict[str, Any]:
+            return {}
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_every_kind_of_entry_has_a_name(monkeypatch: pytest.MonkeyPatch, lang: str) -> None:
+    monkeypatch.setattr(i18n, "lang", lambda: lang)
+    for kind in sorted(ENTRY_KINDS):
+        said = counter._describe(_Rules, {"kind": kind})  # type: ignore[arg-type]
+        # Chinese without a Latin letter; English words, not a code (exit_settle).
+        assert said and not re.search("[A-Za-z]" if lang == "zh" else "_", said), said
