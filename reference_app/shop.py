@@ -295,9 +295,7 @@ class Shop:
             return tr("卡密码不对，请会员重新输入。",
                       "Wrong card PIN; ask the member to try again.")
         if isinstance(e, ApprovalRequired):
-            return tr("金额超过限额，需要有审批权限的人输入姓名和密码。",
-                      "This amount is above the limit: someone allowed to approve must "
-                      "enter their name and password.")
+            return _approval_refused(e)
         if isinstance(e, PasswordChanged):
             return tr("密码刚刚被修改，请用新密码再试。",
                       "The password was just changed; try again with the new one.")
@@ -393,6 +391,27 @@ def _coupon_refused(e: CouponRefused) -> str:
                   "This sale does not reach the coupon's minimum spend.")
     return tr("这张优惠券不能用于这笔：{what}", "This coupon cannot be used here: {what}",
               what=_detail(e))
+
+
+def _approval_refused(e: ApprovalRequired) -> str:
+    """Why an approval was wanted or not taken (crdtledger.auth._approve): none was
+    given, the approver is the operator asking (demo approving demo's top-up heard
+    that someone allowed to approve must type their name, and held the permission),
+    or the approver may not approve."""
+    text = str(e)
+    own = re.fullmatch(r"(.+) cannot approve their own .+", text, re.S)
+    if own:
+        return tr("{name} 不能审批自己经办的这笔：请另一位有审批权限的人输入姓名和密码。",
+                  "{name} cannot approve their own operation: someone else allowed to "
+                  "approve must enter their name and password.", name=own[1])
+    other = re.fullmatch(r"(.+) may not approve .+", text, re.S)
+    if other:
+        return tr("{name} 没有审批权限：请有审批权限的人输入姓名和密码。",
+                  "{name} is not allowed to approve this: someone who is must enter "
+                  "their name and password.", name=other[1])
+    return tr("金额超过限额，需要有审批权限的人输入姓名和密码。",
+              "This amount is above the limit: someone allowed to approve must "
+              "enter their name and password.")
 
 
 def _refund_rest(rest: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from app_fixtures import OWNER, CounterApp
+from app_fixtures import CASHIER, OWNER, CounterApp
 from test_app_counter import consume_dialog_by_phone_tail, member_with_card, swipe
 from test_app_shop import BARCODE, from_another_branch, with_goods
 
@@ -225,3 +225,28 @@ def test_every_kind_of_entry_has_a_name(monkeypatch: pytest.MonkeyPatch, lang: s
         said = counter._describe(_Rules, {"kind": kind})  # type: ignore[arg-type]
         # Chinese without a Latin letter; English words, not a code (exit_settle).
         assert said and not re.search("[A-Za-z]" if lang == "zh" else "_", said), said
+
+
+# --- 6. an approval refused says why ------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_an_approval_refused_says_why(counter_app: CounterApp) -> None:
+    """The owner tops up above the limit and types their own name as approver: they
+    hold the permission, and cannot approve their own top-up; a cashier as approver
+    may not approve at all."""
+    app = counter_app
+    mid = member_with_card(app)
+    await app.login(*OWNER)
+    await swipe(app)
+    app.user.find(marker="topup").click()
+    app.user.find(marker="amount").type("6000")  # above the default limit of 5000.00
+    app.user.find(marker="approver").type(OWNER[0])
+    app.user.find(marker="approver-password").type(OWNER[1])
+    app.user.find(marker="topup-ok").click()
+    await app.user.should_see("boss 不能审批自己经办的这笔：请另一位有审批权限的人输入姓名和密码。")
+    app.user.find(marker="approver").clear().type(CASHIER[0])
+    app.user.find(marker="approver-password").type(CASHIER[1])
+    app.user.find(marker="topup-ok").click()
+    await app.user.should_see("cashier1 没有审批权限：请有审批权限的人输入姓名和密码。")
+    assert app.ledger.balance(mid)["cash"] == 0
