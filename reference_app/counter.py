@@ -725,7 +725,8 @@ class Counter:
                     else self.priced(sale, seen, "services", "earn", service=code, level=member),
                     "debit", lambda e: tr("已消费 {what}，实付 {paid}", "Done: {what}, "
                                           "paid {paid}", what=self.shop.service_name(code),
-                                          paid=money(int(e["amount"]))), error)
+                                          paid=money(int(e["amount"]))), error,
+                    lambda e: self.shop.short_of_stored(e, member))
                 if done is not None:
                     d.close()
                     await self.print_receipt(str(done["id"]))
@@ -814,7 +815,8 @@ class Counter:
                     "sell", lambda e: tr("已售 {what} ×{n}，实收 {paid}", "Sold {what} ×{n}, "
                                          "paid {paid}", what=self.shop.goods_name(c), n=n,
                                          paid=money(int(e["amount"]))), error,
-                    lambda e: self.shop.out_of_stock(e, items[c]))
+                    lambda e: self.shop.out_of_stock(e, items[c])
+                    or self.shop.short_of_stored(e, member))
                 if done is not None:
                     d.close()
                     await self.print_receipt(str(done["id"]))
@@ -1023,7 +1025,8 @@ class Counter:
                                         approver=_approval(approval, approver, approver_pw),
                                         **self._payer(member, card, pin)),
                     "package", lambda _e: tr("已售套餐 {what} ×{n}", "Sold {what} ×{n}",
-                                             what=self.shop.service_name(code), n=n), error)
+                                             what=self.shop.service_name(code), n=n), error,
+                    lambda e: self.shop.short_of_stored(e, member))
                 if done is not None:
                     d.close()
                     await self.print_receipt(str(done["id"]))

@@ -323,6 +323,29 @@ class Shop:
                       "The data is busy in another program; try again in a moment.")
         return tr("操作被拒绝：{what}", "Refused: {what}", what=_detail(e))
 
+    def short_of_stored(self, e: LedgerError, member: str | None) -> str | None:
+        """A sale from stored value refused for want of it, with what the figure is:
+        the library's is the member's stored value and bonus together (it spends
+        cash first, then bonus: payments._spend), which the counter called 储值余额
+        while the member's tile showed the stored value alone. None: not that."""
+        if not isinstance(e, InsufficientFunds) or e.purse != "cash" or member is None:
+            return None
+        try:
+            bal = self.ledger.balance(member)
+        except LedgerError:
+            return None
+        cash, bonus = int(bal["cash"]), int(bal["bonus"])
+        if cash + bonus != e.balance:  # not the figure of this member's purses
+            return None
+        if not bonus:
+            return tr("余额不足：储值余额 {have}，本次需要 {want}。",
+                      "Not enough stored value: the balance is {have}, this needs {want}.",
+                      have=money(cash), want=money(e.wanted))
+        return tr("余额不足：储值 {cash} 加赠送 {bonus}，共 {have}，本次需要 {want}。",
+                  "Not enough stored value: {cash} plus {bonus} bonus, {have} in all; "
+                  "this needs {want}.", cash=money(cash), bonus=money(bonus),
+                  have=money(e.balance), want=money(e.wanted))
+
     def out_of_stock(self, e: LedgerError, item: Mapping[str, Any]) -> str | None:
         """A sale refused for want of stock, naming the item and where there is some
         (units never move by themselves: another branch ships them, 调拨)."""

@@ -250,3 +250,25 @@ async def test_an_approval_refused_says_why(counter_app: CounterApp) -> None:
     app.user.find(marker="topup-ok").click()
     await app.user.should_see("cashier1 没有审批权限：请有审批权限的人输入姓名和密码。")
     assert app.ledger.balance(mid)["cash"] == 0
+
+
+# --- 7. a shortfall says what its figure is -------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_shortfall_of_stored_value_counts_the_bonus_in_its_figure(
+        counter_app: CounterApp) -> None:
+    """¥202.00 stored value and ¥30.00 bonus (the tiles), ¥298.00 to pay: the figure
+    the library refuses with is both together, and the sentence says so."""
+    app = counter_app
+    mid = member_with_card(app)
+    app.ledger.set_rule(app.node_owner, "promotions", [{"min": 20200, "bonus": 3000}])
+    app.ledger.topup(app.node_owner, mid, 20200)
+    await app.login(*OWNER)
+    await swipe(app)
+    await app.user.should_see(marker="balance-bonus", content="¥30.00")
+    app.user.find(marker="consume").click()
+    app.user.find(marker="qty").clear().type("2")  # 2 x 足疗 60 分钟 at ¥128.00
+    app.user.find(marker="consume-ok").click()
+    await app.user.should_see(
+        "余额不足：储值 ¥202.00 加赠送 ¥30.00，共 ¥232.00，本次需要 ¥256.00。")
