@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
-from weakref import WeakKeyDictionary
+from weakref import WeakKeyDictionary, WeakSet
 
 from nicegui import app, ui
 from nicegui.elements.mixins.value_element import ValueElement
@@ -41,9 +41,23 @@ BANNER_REFRESH_S = 2.0
 PRIMARY = "#00796b"  # teal, as the header
 
 
+# The containers `frame` builds a page into when it will not be shown (nobody logged in,
+# or no permission), deleted once built.
+_HIDDEN: WeakSet[ui.element] = WeakSet()
+
+
+def shown() -> bool:
+    """Whether what is being built now reaches the browser: not inside a page that
+    `frame` builds into a container it throws away."""
+    here = ui.context.slot.parent
+    return not any(el in _HIDDEN for el in here.ancestors(include_self=True))
+
+
 def follow(registry: set[Callable[..., None]], fn: Callable[..., None]) -> None:
     """Call `fn` with what `registry` reports (Shop.watchers: the store changed) as this
-    page, until it goes (`_as_page`)."""
+    page, until it goes (`_as_page`); a page never shown (`shown`) follows nothing."""
+    if not shown():
+        return
     registry.add(as_page := _as_page(fn))
     ui.context.client.on_delete(lambda: registry.discard(as_page))
 
@@ -52,8 +66,13 @@ def follow_reader(pages: ReaderPages, fn: Callable[..., None]) -> Callable[..., 
     """`follow` the card reader of this node's machine (Shop.listeners): this page
     takes it as ReaderPages.open says once its browser is connected (a page fetched and
     never shown, a probe's, held the reader), every page then told to look again
-    (a status event), and may `claim` it by what this returns."""
+    (a status event), and may `claim` it by what this returns. A page built to be
+    thrown away (`shown`: / opened logged out) takes nothing: it held the reader, a
+    swipe went to a page nobody saw, and its deleted elements were told of every
+    status."""
     client = ui.context.client
+    if not shown():
+        return _as_page(fn)
     peer = client.request.client if client.request is not None else None
     here = peer is not None and peer.host in ("127.0.0.1", "::1", "localhost")
     browser = str(app.storage.browser.get("id", ""))
@@ -129,6 +148,7 @@ def frame(title: str, *, permission: str | None = None) -> Iterator[ui.column]:
                       on_click=lambda: ui.navigate.to("/")).props("flat")
     # Build the page into a container that never reaches the browser.
     with ui.column() as hidden, suppress(LedgerError):
+        _HIDDEN.add(hidden)
         yield hidden
     hidden.delete()
 

@@ -12,12 +12,13 @@ swipes through the ScriptedReader FAKE. Another branch's records come by sync fi
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 from app_fixtures import CASHIER, OWNER, CounterApp
-from test_app_counter import consume_dialog_by_phone_tail, member_with_card, swipe
+from test_app_counter import CARD, consume_dialog_by_phone_tail, member_with_card, swipe
 from test_app_shop import BARCODE, from_another_branch, with_goods
 
 from crdtledger.ledger import Ledger
@@ -272,3 +273,29 @@ async def test_a_shortfall_of_stored_value_counts_the_bonus_in_its_figure(
     app.user.find(marker="consume-ok").click()
     await app.user.should_see(
         "余额不足：储值 ¥202.00 加赠送 ¥30.00，共 ¥232.00，本次需要 ¥256.00。")
+
+
+# --- 8. only a page that is shown takes the card reader ------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_counter_never_shown_does_not_take_the_reader(
+        counter_app: CounterApp, caplog: pytest.LogCaptureFixture) -> None:
+    """/ opened logged out: frame builds the counter into a container it deletes and
+    sends the browser to /login. That counter registered for the reader anyway (a
+    status event then reached its deleted elements: 'An element has been deleted but
+    is still being used'), and could hold it: a swipe went to a page nobody sees."""
+    app = counter_app
+    member_with_card(app, cash=50000)
+    await app.user.open("/")
+    await app.user.should_see(marker="login", retries=SETTLE)
+    assert list(app.shop.listeners) == []
+    assert app.shop.watchers == set()
+    await app.login(*OWNER)
+    [page] = list(app.shop.listeners)
+    assert app.shop.listeners.holds(page)
+    reader = threading.Thread(target=app.reader.insert, args=(CARD,))  # PC/SC's thread
+    reader.start()
+    reader.join()
+    await app.user.should_see(marker="member-name", content="张伟", retries=SETTLE)
+    assert "deleted but is still being used" not in caplog.text
