@@ -53,7 +53,7 @@ from crdtledger.errors import (
 from crdtledger.goods import OutOfStock
 from crdtledger.ledger import Ledger
 from crdtledger.model import DEFAULT_RULES
-from crdtledger.money import format_purse
+from crdtledger.money import format_purse, half_width
 from crdtledger.throttle import LoginThrottle
 from peer.node import Node
 from reference_app.i18n import money, parse_money, tr
@@ -307,6 +307,9 @@ class Shop:
         if isinstance(e, InvalidAmount) and str(e).startswith("amount"):
             # A typed amount of money; other whole numbers (points, a check-in's times a
             # day, uses) are said as they are refused, below: "金额" misnamed them.
+            if m := _FULL_WIDTH_AMOUNT.search(str(e)):  # an input method's "１２．５０"
+                return tr("金额请用半角数字输入，例如 {a}。", "Type the amount in half-width "
+                          "digits, e.g. {a}.", a=m[1])
             return tr("金额不对：请输入大于零、最多两位小数的金额，例如 12.34。",
                       "Invalid amount: enter an amount above zero with at most two "
                       "decimals, e.g. 12.34.")
@@ -487,9 +490,11 @@ _INVALID: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
                    "return is approved.")),
     (re.compile(r"(name|phone|card_no) must not be empty"),
      lambda m: tr("请填写{what}。", "Please enter {what}.", what=_field(m[1]))),
-    (re.compile(r'phone must be text, not "(.*)"'),  # the form's phone: a pattern
-     lambda m: tr("“{p}” 不是手机号码。", "“{p}” is not a phone number.", p=m[1]) if m[1]
-     else tr("请填写手机号。", "Please enter the phone number.")),
+    (re.compile(r'phone must be a phone number like .*?, not "(.*)"'),  # its pattern
+     lambda m: (tr("手机号请用半角数字输入：{p}", "Type the phone in half-width digits: {p}",
+                   p=half_width(m[1])) if m[1] != half_width(m[1])
+                else tr("“{p}” 不是手机号码。", "“{p}” is not a phone number.", p=m[1]))
+     if m[1] else tr("请填写手机号。", "Please enter the phone number.")),
     (re.compile(r"phone (.+) is registered to another member"),
      lambda m: tr("手机号 {p} 已登记给另一位会员：请先按手机号查找。",
                   "Phone {p} is registered to another member: search for it first.",
@@ -508,6 +513,10 @@ _INVALID: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
     (re.compile(r"pin must be a card PIN of 4 to 8 digits.*"),
      lambda _m: tr("卡密码要 4 到 8 位数字。", "A card PIN is 4 to 8 digits.")),
 )
+
+
+# crdtledger.money.parse_yuan's refusal of an amount typed full-width, and how to type it.
+_FULL_WIDTH_AMOUNT = re.compile(r"typed in full-width digits: type it as (\S+) ")
 
 
 def _invalid_input(e: LedgerError) -> str | None:

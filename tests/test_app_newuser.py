@@ -128,6 +128,13 @@ async def test_a_new_members_common_mistakes_are_said_in_chinese(
     app.user.find(marker="new-card").type("C10001")
     app.user.find(marker="new-member-ok").click()
     await app.user.should_see("卡 C10001 已经发过了（属于一位会员）：请换一张卡。")
+    app.user.find(marker="new-card").clear()
+    app.user.find(marker="new-phone").clear().type("１３７００００１１１１")  # an input method's
+    app.user.find(marker="new-member-ok").click()
+    await app.user.should_see("手机号请用半角数字输入：13700001111")
+    app.user.find(marker="new-phone").clear().type("abc")
+    app.user.find(marker="new-member-ok").click()
+    await app.user.should_see("“abc” 不是手机号码。")
     await app.user.should_not_see("输入有误")
 
 
