@@ -285,13 +285,20 @@ async def test_top_up_shows_the_promotion_and_credits_the_card(counter_app: Coun
     assert (bal["cash"], bal["bonus"]) == (100000, 20000)
 
 
-async def test_a_large_top_up_needs_an_approver(counter_app: CounterApp) -> None:
-    app = counter_app
+async def top_up_above_the_limit(app: CounterApp, who: tuple[str, str]) -> str:
+    """A member with a card, `who` logged in, the card swiped and a top-up of 6000.00
+    typed (above the default limit of 5000.00): the member's id."""
     mid = member_with_card(app)
-    await app.login(*CASHIER)
+    await app.login(*who)
     await swipe(app)
     app.user.find(marker="topup").click()
-    app.user.find(marker="amount").type("6000")  # above the default limit of 5000.00
+    app.user.find(marker="amount").type("6000")
+    return mid
+
+
+async def test_a_large_top_up_needs_an_approver(counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = await top_up_above_the_limit(app, CASHIER)
     await app.user.should_see(marker="approver")
     app.user.find(marker="topup-ok").click()
     await app.user.should_see("需要有审批权限的人")

@@ -18,7 +18,13 @@ from typing import Any
 
 import pytest
 from app_fixtures import CASHIER, OWNER, CounterApp
-from test_app_counter import CARD, consume_dialog_by_phone_tail, member_with_card, swipe
+from test_app_counter import (
+    CARD,
+    consume_dialog_by_phone_tail,
+    member_with_card,
+    swipe,
+    top_up_above_the_limit,
+)
 from test_app_shop import BARCODE, from_another_branch, with_goods
 
 from crdtledger.ledger import Ledger
@@ -244,11 +250,7 @@ async def test_an_approval_refused_says_why(counter_app: CounterApp) -> None:
     hold the permission, and cannot approve their own top-up; a cashier as approver
     may not approve at all."""
     app = counter_app
-    mid = member_with_card(app)
-    await app.login(*OWNER)
-    await swipe(app)
-    app.user.find(marker="topup").click()
-    app.user.find(marker="amount").type("6000")  # above the default limit of 5000.00
+    mid = await top_up_above_the_limit(app, OWNER)
     app.user.find(marker="approver").type(OWNER[0])
     app.user.find(marker="approver-password").type(OWNER[1])
     app.user.find(marker="topup-ok").click()
