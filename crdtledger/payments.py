@@ -323,6 +323,28 @@ class Payments(Merges, Rules):
         return (f"the debit of {made} is past the chain's refund period of {days} days "
                 "(rule refunds): a manager corrects the member's balance instead")
 
+    def _debit(self, debit_id: str) -> dict[str, Any]:
+        row = self.storage.conn.execute(
+            "SELECT body FROM entries WHERE id = ? AND kind = 'debit'", (debit_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no debit {debit_id}")
+        return dict(json.loads(row[0]))
+
+    def _refunds_of(self, debit_id: str) -> list[dict[str, Any]]:
+        return [json.loads(b) for (b,) in self.storage.conn.execute(
+            "SELECT body FROM entries WHERE ref = ? AND kind = 'refund'", (debit_id,))]
+
+    def refund_left(self, debit_id: str) -> int | None:
+        """What is left to refund of debit `debit_id`, in the unit `refund` takes it
+        in: uses of a package's debit, units of a goods sale, else fen; None for a
+        debit of nothing (a sale a coupon paid whole). The counter offers a refund, and
+        says how much, by it."""
+        debit = self._debit(debit_id)
+        if _refund_whole(debit) <= 0:
+            return None
+        return _refund_left(debit, self._refunds_of(debit_id))
+
     def refund(self, operator: str, debit_id: str, amount: int | None = None,
                reason: str = "", *, qty: int | None = None) -> dict[str, Any]:
         """退款. A debit's refund rights stay with the branch that made the debit, so two
@@ -332,17 +354,11 @@ class Payments(Merges, Rules):
         is that share of what the sale took (the last refund takes the rest). Nothing
         given: all that is left."""
         self.authorise(operator, "refund")
-        row = self.storage.conn.execute(
-            "SELECT body FROM entries WHERE id = ? AND kind = 'debit'", (debit_id,)
-        ).fetchone()
-        if row is None:
-            raise NotFound(f"no debit {debit_id}")
-        debit = json.loads(row[0])
+        debit = self._debit(debit_id)
         late = self.refund_closed(debit_id)
         if late:
             raise PermissionDenied(late)
-        prior = [json.loads(b) for (b,) in self.storage.conn.execute(
-            "SELECT body FROM entries WHERE ref = ? AND kind = 'refund'", (debit_id,))]
+        prior = self._refunds_of(debit_id)
         refunded = sum(int(p["amount"]) for p in prior)
         package, goods = debit.get("pay") == "package", debit.get("goods") is not None
         if goods and amount is not None:
@@ -355,11 +371,10 @@ class Payments(Merges, Rules):
         if not (package or goods) and qty is not None:
             raise InvalidInput("qty refunds a package's uses or a goods sale's units; "
                                "this debit is refunded by amount")
+        left = _refund_left(debit, prior)
         if package or goods:  # by uses or units
-            left = int(debit["qty"]) - sum(int(p.get("qty") or 0) for p in prior)
             amount = left if qty is None else check_count(qty, "uses" if package else "units")
         else:
-            left = int(debit["amount"]) - refunded
             amount = left if amount is None else check_amount(amount)
         if amount <= 0 or amount > left:
             rest = (f"{left} uses" if package else f"{left} units" if goods
@@ -886,3 +901,19 @@ class Payments(Merges, Rules):
         if row is None:
             raise NotFound(f"no entry {entry_id}")
         return dict(json.loads(row[0]))
+
+
+def _by_units(debit: Mapping[str, Any]) -> bool:
+    """A package's debit is refunded by uses, a goods sale by units; others by fen."""
+    return debit.get("pay") == "package" or debit.get("goods") is not None
+
+
+def _refund_whole(debit: Mapping[str, Any]) -> int:
+    return int((debit.get("qty") or 1) if _by_units(debit) else debit.get("amount") or 0)
+
+
+def _refund_left(debit: Mapping[str, Any], prior: list[dict[str, Any]]) -> int:
+    """What is left to refund of `debit` after its refunds `prior` (`refund_left`)."""
+    field = "qty" if _by_units(debit) else "amount"
+    return _refund_whole(debit) - sum(int(p.get(field) or 0) for p in prior)
+

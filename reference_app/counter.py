@@ -1090,7 +1090,7 @@ class Counter:
             self.buttons(d, tr("确认兑换", "Redeem"), confirm, "redeem-ok")
 
     def refund_dialog(self, entry: dict[str, Any], left: int) -> None:
-        """退款 of what is `left` of debit `entry` (refund_left: its units, uses or fen
+        """退款 of what is `left` of debit `entry` (Ledger.refund_left: its units, uses or fen
         not yet refunded). A goods sale is refunded by units (the library refuses an
         amount: its money is that share of what was paid, and the units go back on the
         shelf), a package by uses (all that is left), the rest by an amount: nothing
@@ -1412,9 +1412,9 @@ class MemberPanel:
         tz = localtime.zone(s.ledger)  # the chain's time-zone rule, as the CLI
         # Rights moved between branches or between merged members: no money changed.
         entries = [e for e in history if e["kind"] not in ("transfer", "merge")]
-        # What is left to refund of each debit shown: a refund is written after its
-        # debit by the debit's own branch, so its id is larger and it is read with it.
-        left = refund_left(history)
+        # What is left to refund of each debit shown, as the library will refund it.
+        left = {str(e["id"]): s.ledger.refund_left(str(e["id"]))
+                for e in entries[:VISITS_SHOWN] if e["kind"] == "debit"}
         here = s.node.node_id
         with ui.card().classes("w-full gap-1"):
             ui.label(tr("最近记录", "Last visits")).classes("text-lg font-bold")
@@ -1628,29 +1628,6 @@ def _given_back(e: dict[str, Any]) -> bool:
     """A write-off's give-back (crdtledger.payments.give_back_write_offs): an `expiry`
     that raises points, which must not read as more points expired."""
     return any(p == "points" and c > 0 for p, _n, c in e.get("deltas", ()))
-
-
-def refund_left(history: list[dict[str, Any]]) -> dict[str, int]:
-    """What is left to refund of each debit in `history` (a member's entries, newest
-    first, as Ledger.history gives them), in the debit's own unit as payments.refund
-    counts it: uses of a package's debit, units of a goods sale, else fen. The
-    refunds of a debit come with it: written later by the debit's own branch, their
-    ids are larger, so a window of the newest entries holding a debit holds them."""
-    back: dict[str, int] = {}
-    for e in history:
-        if e["kind"] == "refund" and e.get("ref"):
-            ref = str(e["ref"])
-            by_units = e.get("goods") is not None or e.get("qty") is not None
-            back[ref] = back.get(ref, 0) + int((e.get("qty") if by_units else e.get("amount"))
-                                               or 0)
-    left = {}
-    for e in history:
-        if e["kind"] == "debit":
-            by_units = e.get("pay") == "package" or e.get("goods") is not None
-            whole = int((e.get("qty") or 1) if by_units else e.get("amount") or 0)
-            if whole > 0:  # else nothing to refund (a sale a coupon paid whole)
-                left[str(e["id"])] = whole - back.get(str(e["id"]), 0)
-    return left
 
 
 def _entry_amount(e: dict[str, Any]) -> tuple[str, str]:

@@ -63,6 +63,7 @@ def test_a_goods_refund_returns_units_and_a_share_of_the_money(shop: Ledger) -> 
     assert ranked == [{"code": "G01", "name": "精油", "qty": 2, "sales": paid - 3166,
                        "cost": 2400, "profit": paid - 3166 - 2400}]
 
+    assert shop.refund_left(sale["id"]) == 2  # units, as refund takes them
     second = shop.refund(owner, sale["id"], qty=1)
     rest = shop.refund(owner, sale["id"])  # nothing given: the units left
     assert [first["amount"], second["amount"], rest["amount"]] == [3166, 3166, 3167]

@@ -179,11 +179,14 @@ def test_refund_bounds_and_exhaustion(a: Ledger) -> None:
     d = a.debit(o, m, amount=3000)
     for bad in (0, -5, 3001, 2**64):
         refused(a, [m], InvalidAmount, lambda bad=bad: a.refund(o, d["id"], bad))
+    assert a.refund_left(d["id"]) == 3000  # what the counter offers, as refund takes it
     r1 = a.refund(o, d["id"], 1000, reason="customer unhappy")
     assert r1["ref"] == d["id"] and r1["amount"] == 1000 and r1["reason"] == "customer unhappy"
+    assert a.refund_left(d["id"]) == 2000
     err = refused(a, [m], InvalidAmount, lambda: a.refund(o, d["id"], 2001))
     assert "20.00" in str(err)
     a.refund(o, d["id"])  # the rest
+    assert a.refund_left(d["id"]) == 0
     assert a.balance(m)["cash"] == 10000
     refused(a, [m], InvalidAmount, lambda: a.refund(o, d["id"]))
     refused(a, [m], InvalidAmount, lambda: a.refund(o, d["id"], 1))
