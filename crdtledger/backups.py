@@ -97,6 +97,10 @@ def damage(conn: sqlite3.Connection) -> str | None:
     try:
         found = [r[0] for r in conn.execute("PRAGMA quick_check(1)")]
     except sqlite3.DatabaseError as e:
+        # Only what says the file is bad: a busy or unreadable store is not damaged.
+        if getattr(e, "sqlite_errorcode", None) not in (sqlite3.SQLITE_CORRUPT,
+                                                        sqlite3.SQLITE_NOTADB):
+            raise
         found = [str(e)]
     return None if found == ["ok"] else " ".join(" ".join(found).split())[:200]
 

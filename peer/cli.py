@@ -738,7 +738,12 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
     # from the pages it reads while each night's backup is refused.
     size = (data_dir / DB_FILE).stat().st_size
     data["store_checked"] = args.check or size <= CHECK_UNASKED_BYTES
-    data["store_damaged"] = store_damage(data_dir) if data["store_checked"] else None
+    data["store_damaged"] = None
+    if data["store_checked"]:
+        try:
+            data["store_damaged"] = store_damage(data_dir)
+        except sqlite3.OperationalError:  # not read for the check (busy, permissions):
+            data["store_checked"] = False  # said as not checked, never as damaged
     # Times as the branch reads them (the chain's time-zone rule), the zone said once.
     tz = str(data.get("timezone") or "")
     lines = [f"node {data['node']} of chain {data['chain']}: "
