@@ -98,8 +98,9 @@ def damage(conn: sqlite3.Connection) -> str | None:
         found = [r[0] for r in conn.execute("PRAGMA quick_check(1)")]
     except sqlite3.DatabaseError as e:
         # Only what says the file is bad: a busy or unreadable store is not damaged.
-        if getattr(e, "sqlite_errorcode", None) not in (sqlite3.SQLITE_CORRUPT,
-                                                        sqlite3.SQLITE_NOTADB):
+        # (An extended code: SQLITE_CORRUPT_INDEX is 779, its primary code in the low byte.)
+        if (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF not in (sqlite3.SQLITE_CORRUPT,
+                                                                   sqlite3.SQLITE_NOTADB):
             raise
         found = [str(e)]
     return None if found == ["ok"] else " ".join(" ".join(found).split())[:200]

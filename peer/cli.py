@@ -726,12 +726,25 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
     node = local.running(data_dir)
     data: dict[str, Any]
     if node is None:
-        with Ledger.open(data_dir, lock=False) as ledger:
-            data = {"node": ledger.node, "chain": ledger.chain, "running": False,
-                    "timezone": localtime.zone(ledger).key, **views.trust_status(ledger),
-                    "peers": [{"node": n, "connected": False, "last_contact": (s or 0) / 1000,
-                               "behind_in": None, "behind_out": None}
-                              for n, s in views.peers_seen(ledger).items()]}
+        try:
+            with Ledger.open(data_dir, lock=False) as ledger:
+                data = {"node": ledger.node, "chain": ledger.chain, "running": False,
+                        "timezone": localtime.zone(ledger).key, **views.trust_status(ledger),
+                        "peers": [{"node": n, "connected": False,
+                                   "last_contact": (s or 0) / 1000,
+                                   "behind_in": None, "behind_out": None}
+                                  for n, s in views.peers_seen(ledger).items()]}
+        except sqlite3.DatabaseError as unopened:
+            # Too damaged to open: said as damaged, with what to do, as one that opens.
+            try:
+                found = store_damage(data_dir)
+            except sqlite3.DatabaseError:
+                found = None
+            if found is None:
+                raise unopened
+            return Result({"running": False, "store_checked": True, "store_damaged": found},
+                          f"the store in {data_dir} cannot be opened: "
+                          + _damaged_line(found))
     else:
         data = {**local.call(node, "/status"), "running": True}
     # A torn page or a file put back beside another's log: the node may go on selling
@@ -742,7 +755,7 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
     if data["store_checked"]:
         try:
             data["store_damaged"] = store_damage(data_dir)
-        except sqlite3.OperationalError:  # not read for the check (busy, permissions):
+        except sqlite3.DatabaseError:  # not read for the check (busy, permissions):
             data["store_checked"] = False  # said as not checked, never as damaged
     # Times as the branch reads them (the chain's time-zone rule), the zone said once.
     tz = str(data.get("timezone") or "")
@@ -777,12 +790,15 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
     if clock:
         lines.append(f"CLOCK: {clock}")
     if data["store_damaged"]:
-        lines.append(f"DAMAGED store ({data['store_damaged']}): each backup is refused "
-                     f"while it is. {RESTORE_DAMAGED}.")
+        lines.append(_damaged_line(data["store_damaged"]))
     elif not data["store_checked"]:
         lines.append(f"store not checked for damage ({size // 2**20} MB): "
                      "crdtledger status --check reads it whole")
     return Result(data, "\n".join(lines))
+
+
+def _damaged_line(found: str) -> str:
+    return f"DAMAGED store ({found}): each backup is refused while it is. {RESTORE_DAMAGED}."
 
 
 def receipt_command(args: argparse.Namespace, data_dir: Path) -> Result:

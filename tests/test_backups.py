@@ -197,6 +197,12 @@ def test_status_says_a_store_is_damaged_and_what_to_do(tmp_path: Path, cli: Cli)
     assert r.code == 0 and re.search(r"DAMAGED store \(.+\).*backup is refused.*"
                                      r"crdtledger restore", r.out), r
     assert cli("status", "--json", data=shop.data).json()["store_damaged"]
+    with open(db, "r+b") as f:  # the schema's page torn too: the store no longer opens
+        f.seek(100)
+        f.write(b"\xff" * 1000)
+    r = cli("status", data=shop.data)  # it was refused as "unusable", saying nothing more
+    assert r.code == 0 and re.search(r"cannot be opened: DAMAGED store \(.+\).*"
+                                     r"crdtledger restore", r.out), r
 
 
 def test_restore_refuses_another_node_a_locked_store_and_an_altered_backup(
