@@ -341,7 +341,7 @@ class Payments(Merges, Rules):
         debit of nothing (a sale a coupon paid whole). The counter offers a refund, and
         says how much, by it."""
         debit = self._debit(debit_id)
-        if _refund_whole(debit) <= 0:
+        if refund_whole(debit) <= 0:
             return None
         return _refund_left(debit, self._refunds_of(debit_id))
 
@@ -908,12 +908,13 @@ def _by_units(debit: Mapping[str, Any]) -> bool:
     return debit.get("pay") == "package" or debit.get("goods") is not None
 
 
-def _refund_whole(debit: Mapping[str, Any]) -> int:
+def refund_whole(debit: Mapping[str, Any]) -> int:
+    """What a refund of `debit` can give back at most, in the unit it is refunded in
+    (`refund_left`): the counter tells a debit partly refunded by it."""
     return int((debit.get("qty") or 1) if _by_units(debit) else debit.get("amount") or 0)
 
 
 def _refund_left(debit: Mapping[str, Any], prior: list[dict[str, Any]]) -> int:
     """What is left to refund of `debit` after its refunds `prior` (`refund_left`)."""
     field = "qty" if _by_units(debit) else "amount"
-    return _refund_whole(debit) - sum(int(p.get(field) or 0) for p in prior)
-
+    return refund_whole(debit) - sum(int(p.get(field) or 0) for p in prior)

@@ -33,6 +33,7 @@ from crdtledger.coupons import discount as coupon_discount
 from crdtledger.errors import InvalidAmount, LedgerError
 from crdtledger.model import ID
 from crdtledger.money import apply_rate, given_away, points_for
+from crdtledger.payments import refund_whole
 from peer import receipts
 from reference_app.i18n import mask_phone, money, parse_money, tr
 from reference_app.layout import PRIMARY, follow, follow_reader, frame, once, one_approval
@@ -1109,8 +1110,8 @@ class Counter:
             unit = str((self.shop.goods().get(str(entry.get("goods"))) or {}).get("unit") or "")
             rest = (tr("{n}{unit}", "{n}{unit}", n=left, unit=unit or tr(" 件", " unit(s)"))
                     if goods else tr("{n} 次", "{n} use(s)", n=left) if package else money(left))
-            whole = int(entry.get("qty") or 1) if goods or package else int(entry["amount"])
-            ui.label(tr("还可退 {rest}", "{rest} left to refund", rest=rest) if left == whole
+            ui.label(tr("还可退 {rest}", "{rest} left to refund", rest=rest)
+                     if left == refund_whole(entry)
                      else tr("已退过一部分，还可退 {rest}", "Partly refunded already: {rest} "
                              "left to refund", rest=rest)) \
                 .classes("text-base text-gray-700").mark("refund-left")
