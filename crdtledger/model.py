@@ -363,7 +363,10 @@ _OPTIONAL_INTS = frozenset({"percent", "min_spend", "off",  # coupons
                             "paid", "gross", "qty", "bonus", "points", "fee",
                             "start", "minutes",  # a booking's slot (crdtledger.bookings)
                             "version",  # a technician's (crdtledger.bookings)
-                            "per_day"})  # the limit a check-in was allowed under
+                            "per_day",  # the limit a check-in was allowed under
+                            # a refund's: the sale's points the member had spent, and
+                            # the fen kept for them (crdtledger.payments.refund_terms)
+                            "spent", "kept"})
 _OPTIONAL_STRS = frozenset({
     "day",
     "idem",  # the tag of the Idempotency-Key it was written under (crdtledger.idempotency)

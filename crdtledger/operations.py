@@ -960,7 +960,9 @@ def debit(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
            show=_done(lambda e, p: "refunded " + (
                f"{e['goods']} x{e['qty']}: {format_yuan(e['amount'])}" if e.get("goods")
                else f"{e['qty']} uses" if e.get("qty") else format_yuan(e["amount"]))
-               + f" of {p['debit_id']}"))
+               + f" of {p['debit_id']}" + (
+                   f" ({format_yuan(e['kept'])} kept for {e['spent']} points spent since)"
+                   if e.get("kept") else "")))
 def refund(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return ledger.refund(operator, p["debit_id"], amount_of(p, "amount", "yuan"),
                          reason=p.get("reason", ""), qty=p.get("qty"))

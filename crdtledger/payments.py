@@ -352,14 +352,59 @@ class Payments(Merges, Rules):
         refunded by uses (`qty`), a goods sale by units (`qty`):
         the units go back on this branch's shelf in the same commit as the money, which
         is that share of what the sale took (the last refund takes the rest). Nothing
-        given: all that is left."""
+        given: all that is left. The points the sale earned come back with it; those
+        the member has spent since are paid for out of what it gives back
+        (`refund_terms`)."""
         self.authorise(operator, "refund")
+        terms = self.refund_terms(debit_id, amount, qty=qty)
+        debit = self._debit(debit_id)
+        if debit["node"] != self.node:
+            raise RightsElsewhere("refund", terms["share"], 0,
+                                  {debit["node"]: terms["left"]})
+        member = terms["member"]
+        gone = self._gone(member) if debit.get("pay") in ("stored", "package") else None
+        if gone:  # back on a card nobody can use any more
+            raise InvalidInput(f"{gone}: this sale can no longer be refunded to their card")
+        points = terms["points"]
+        entry = self._entry("refund", member, deltas=terms["deltas"], amount=terms["money"],
+                            ref=debit_id, qty=terms["units"], points=points or None,
+                            spent=terms["spent"] or None, kept=terms["kept"] or None,
+                            expires=terms["expires"],
+                            reason=check_text(reason, "reason"), op=operator,
+                            service=debit.get("service"), goods=debit.get("goods"))
+        if debit.get("goods") is None:
+            return self._post(entry, {"points": points})
+        stock = cast("Ledger", self)._refund_stock(debit, terms["units"], operator)
+
+        def plan() -> tuple[list[Write], dict[str, Any]]:
+            if points > 0:
+                escrow.require("points", self.node,
+                               self._purses(member).get("points", {}), points, member)
+            return (self._together(entry, stock),
+                    {**entry, "stock_entry": stock["id"]})
+
+        return self._commit(plan)
+
+    def refund_terms(self, debit_id: str, amount: int | None = None, *,
+                     qty: int | None = None) -> dict[str, Any]:
+        """What a refund of debit `debit_id` (`amount` fen, or `qty` uses or units;
+        nothing given: all that is left) would do, as `refund` would write it now:
+        `share` of the debit refunded (in its unit; `left` before it), the `money` given
+        back, the `points` taken back, the sale's points the member has `spent` since
+        and the fen `kept` for them, the `deltas`. InvalidInput/InvalidAmount where
+        `refund` refuses what was asked. The counter shows it before a refund.
+
+        Points spent since cannot come back, so their worth at the chain's conversion
+        rate (rule `conversion`, rounded up to the fen, as a correction of points is
+        valued) is kept from the money: a sale bought, its points converted to bonus
+        or redeemed, then refunded gave the member the bonus or the gift for nothing.
+        Points of a sale that have expired are not charged: the member did not spend
+        them. At most the money refunded is kept."""
         debit = self._debit(debit_id)
         late = self.refund_closed(debit_id)
         if late:
             raise PermissionDenied(late)
         prior = self._refunds_of(debit_id)
-        refunded = sum(int(p["amount"]) for p in prior)
         package, goods = debit.get("pay") == "package", debit.get("goods") is not None
         if goods and amount is not None:
             raise InvalidInput("a goods sale is refunded by quantity (qty): its money is "
@@ -373,79 +418,76 @@ class Payments(Merges, Rules):
                                "this debit is refunded by amount")
         left = _refund_left(debit, prior)
         if package or goods:  # by uses or units
-            amount = left if qty is None else check_count(qty, "uses" if package else "units")
+            share = left if qty is None else check_count(qty, "uses" if package else "units")
         else:
-            amount = left if amount is None else check_amount(amount)
-        if amount <= 0 or amount > left:
+            share = left if amount is None else check_amount(amount)
+        if share <= 0 or share > left:
             rest = (f"{left} uses" if package else f"{left} units" if goods
                     else format_yuan(left))
             raise InvalidAmount(f"at most {rest} of this debit can still be refunded")
-        if debit["node"] != self.node:
-            raise RightsElsewhere("refund", amount, 0, {debit["node"]: left})
         # A debit of a member merged since is refunded to the survivor.
         member = self._survivor(str(debit["member"]))[0]
-        gone = self._gone(member) if debit.get("pay") in ("stored", "package") else None
-        if gone:  # back on a card nobody can use any more
-            raise InvalidInput(f"{gone}: this sale can no longer be refunded to their card")
-        units = amount if package or goods else None
-        sold_units = amount
+        units = share if package or goods else None
+        # The points come back by the share of the debit refunded: of its uses for a
+        # package, of its money otherwise (`whole`, `done` before this one).
+        money, whole, done = share, refund_whole(debit), refund_whole(debit) - left
         if goods:  # the money of `units`: a cumulative floor, the last part the rest
-            sold, paid = int(debit["qty"]), int(debit["amount"])
-            back = paid if amount == left else paid * (sold - left + amount) // sold
-            amount = max(0, min(paid - refunded, back - refunded))
-            left = paid - refunded
-        whole = int(debit["qty"]) if package else int(debit["amount"])
-        done = whole - left  # refunded before this one, in the debit's own unit
-
-        deltas: list[tuple[str, str, int]] = []
-        if debit.get("pay") == "stored":
-            # Principal comes back first, then bonus: the parts add up to what it took.
-            cash_taken = -sum(c for p, _n, c in debit["deltas"] if p == "cash")
-            cash_back = sum(c for q in prior for p, _n, c in q["deltas"] if p == "cash")
-            to_cash = min(amount, cash_taken - cash_back)
-            deltas += [("cash", self.node, to_cash), ("bonus", self.node, amount - to_cash)]
+            sold, whole = int(debit["qty"]), int(debit["amount"])
+            done = sum(_money_share(p) for p in prior)
+            back = whole if share == left else whole * (sold - left + share) // sold
+            money = max(0, min(whole - done, back - done))
         elif package:
-            deltas.append((f"pkg:{debit['package']}", self.node, amount))
+            money = 0
+
         earned = int(debit.get("points") or 0)
-        points = (_refund_share(earned, whole, done + amount)
-                  - sum(int(p.get("points") or 0) for p in prior))
-        # Points the member has spent since cannot come back: take what is left. The
-        # rights to them may sit at another branch: the escrow check asks for them.
-        if points:
-            points = min(points, max(0, views.balance(self.storage.conn, member)["points"]))
+        points = (_refund_share(earned, whole, done + (share if package else money))
+                  - sum(int(p.get("points") or 0) + int(p.get("spent") or 0) for p in prior))
+        spent = 0
+        if points > 0:
+            # Points the member has spent since cannot come back: take what is left,
+            # and keep their worth from the money. The rights to them may sit at
+            # another branch: the escrow check asks for them.
+            held = min(points, max(0, views.balance(self.storage.conn, member)["points"]))
+            spent, points = points - held, held
         # Points that have expired are nobody's to take back but what is left of the
         # sale's own lot (none once written off): the member's valid points, earned on
         # other sales, were taken for them, and the daily pass wrote the expired lot off
         # too. The entry says when they expired, so that every replica folds it so
-        # (crdtledger.lots._step), whatever came first.
-        expired = debit.get("expires") if points else None
+        # (crdtledger.lots._step), whatever came first. They were not spent: nothing is
+        # kept for them.
+        expired = debit.get("expires") if points > 0 or spent > 0 else None
         if not (isinstance(expired, str) and expired < self.today()):
             expired = None
         if expired:
             row = self.storage.conn.execute(
                 "SELECT left FROM points_lots WHERE member = ? AND earned = ?",
                 (debit["member"], debit_id)).fetchone()
-            points = min(points, max(0, int(row[0]) if row else 0))
+            points, spent = min(points, max(0, int(row[0]) if row else 0)), 0
+        points = max(points, 0)
+        kept = 0
+        if spent > 0 and money > 0:
+            per_yuan = points_per_yuan(self.rule("conversion"))
+            kept = min(money, -(-spent * 100 // per_yuan))
+        elif money <= 0:
+            spent = 0  # a package's uses give no money back to keep anything from
+        deltas: list[tuple[str, str, int]] = []
+        if debit.get("pay") == "stored":
+            # Principal comes back first, then bonus: the parts add up to what it
+            # gives back; what is kept comes off the bonus first.
+            cash_taken = -sum(c for p, _n, c in debit["deltas"] if p == "cash")
+            cash_back = sum(c for q in prior for p, _n, c in q["deltas"] if p == "cash")
+            to_cash = min(money, cash_taken - cash_back)
+            to_bonus = money - to_cash
+            off_bonus = min(kept, to_bonus)
+            to_cash -= kept - off_bonus
+            deltas += [("cash", self.node, to_cash), ("bonus", self.node, to_bonus - off_bonus)]
+        elif package:
+            deltas.append((f"pkg:{debit['package']}", self.node, share))
         if points:
             deltas.append(("points", self.node, -points))
-        money = 0 if package else amount
-        entry = self._entry("refund", member, deltas=deltas, amount=money, ref=debit_id,
-                            qty=units, points=points or None,
-                            expires=expired if points else None,
-                            reason=check_text(reason, "reason"), op=operator,
-                            service=debit.get("service"), goods=debit.get("goods"))
-        if not goods:
-            return self._post(entry, {"points": points})
-        stock = cast("Ledger", self)._refund_stock(debit, sold_units, operator)
-
-        def plan() -> tuple[list[Write], dict[str, Any]]:
-            if points > 0:
-                escrow.require("points", self.node,
-                               self._purses(member).get("points", {}), points, member)
-            return (self._together(entry, stock),
-                    {**entry, "stock_entry": stock["id"]})
-
-        return self._commit(plan)
+        return {"debit": debit_id, "member": member, "left": left, "share": share,
+                "units": units, "money": money - kept, "points": points, "spent": spent,
+                "kept": kept, "expires": expired if points else None, "deltas": deltas}
 
     def transfer_rights(self, operator: str, member: str, to: str, amount: int,
                         purse: str = "cash") -> dict[str, Any]:
@@ -914,7 +956,14 @@ def refund_whole(debit: Mapping[str, Any]) -> int:
     return int((debit.get("qty") or 1) if _by_units(debit) else debit.get("amount") or 0)
 
 
+def _money_share(refund: Mapping[str, Any]) -> int:
+    """The fen of its debit a refund took off: the money it gave back and what it kept
+    for points spent since (`refund_terms`)."""
+    return int(refund.get("amount") or 0) + int(refund.get("kept") or 0)
+
+
 def _refund_left(debit: Mapping[str, Any], prior: list[dict[str, Any]]) -> int:
     """What is left to refund of `debit` after its refunds `prior` (`refund_left`)."""
-    field = "qty" if _by_units(debit) else "amount"
-    return refund_whole(debit) - sum(int(p.get(field) or 0) for p in prior)
+    if _by_units(debit):
+        return refund_whole(debit) - sum(int(p.get("qty") or 0) for p in prior)
+    return refund_whole(debit) - sum(_money_share(p) for p in prior)

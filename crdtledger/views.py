@@ -1039,7 +1039,10 @@ def _counted_back(conn: sqlite3.Connection, key: str, by_units: bool, where: str
             continue
         sold = int(sale[1] or 1)
         given, given_qty = conn.execute(
-            "SELECT TOTAL(amount), TOTAL(json_extract(body, '$.qty')) FROM entries "
+            # A refund's share of its sale is the money it gave back and what it kept
+            # for points spent since (Payments.refund_terms).
+            "SELECT TOTAL(amount + COALESCE(json_extract(body, '$.kept'), 0)), "
+            "TOTAL(json_extract(body, '$.qty')) FROM entries "
             "WHERE ref = ? AND kind = 'refund' AND id <= ?", (ref, eid)).fetchone()
         whole = given_qty >= sold if qty is not None else given >= int(sale[0])
         if by_units:
