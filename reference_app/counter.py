@@ -1115,14 +1115,36 @@ class Counter:
                      else tr("已退过一部分，还可退 {rest}", "Partly refunded already: {rest} "
                              "left to refund", rest=rest)) \
                 .classes("text-base text-gray-700").mark("refund-left")
+            # The sale's points the member has spent since are paid for out of the
+            # refund (Ledger.refund_terms): said before the cashier confirms.
+            kept = ui.label("").classes("text-base text-orange-800").mark("refund-kept")
+
+            def say_kept(fen: int | None = None, n: int | None = None) -> None:
+                try:
+                    t = self.shop.ledger.refund_terms(str(entry["id"]), fen, qty=n)
+                except LedgerError:
+                    t = {"kept": 0}
+                kept.set_text(tr("会员已用掉这笔消费的 {p} 积分：按积分兑换价从退款中扣 {k}，"
+                                 "实退 {m}",
+                                 "The member has spent {p} of this sale's points: {k} is "
+                                 "kept from the refund at the points' conversion rate, "
+                                 "{m} is paid back", p=t.get("spent"), k=money(t["kept"]),
+                                 m=money(t.get("money", 0))) if t["kept"] else "")
+                kept.set_visibility(bool(t["kept"]))
+
+            say_kept()
             amount = None
             units = None
             if goods:
                 units = ui.number(tr("退货数量（退回库存）", "Units returned (back to stock)"),
-                                  value=max(1, left)).classes("w-48").mark("refund-qty")
+                                  value=max(1, left),
+                                  on_change=lambda ev: say_kept(
+                                      n=_units_upto(ev.value, max(1, left)))) \
+                    .classes("w-48").mark("refund-qty")
             elif not package:
                 amount = ui.input(tr("退款金额（不填则退 {rest}）", "Amount (empty: {rest})",
-                                     rest=rest)) \
+                                     rest=rest),
+                                  on_change=lambda ev: say_kept(_money_or_none(ev.value))) \
                     .props("outlined inputmode=decimal").classes("w-full").mark("refund-amount")
             reason = ui.input(tr("原因", "Reason")).props("outlined").classes("w-full") \
                 .mark("refund-reason")
@@ -1144,7 +1166,9 @@ class Counter:
                     self.shop.operation(self.op, "refund", debit_id=str(entry["id"]),
                                         amount=fen, qty=n, reason=reason.value or ""),
                     "refund", lambda e: tr("已退款", "Refunded") + (
-                        f" {money(int(e['amount']))}" if e.get("amount") else ""), error)
+                        f" {money(int(e['amount']))}" if e.get("amount") else "") + (
+                        tr("（已用积分扣 {k}）", " ({k} kept for points spent)",
+                           k=money(int(e["kept"]))) if e.get("kept") else ""), error)
                 if done is not None:
                     d.close()
                     await self.print_receipt(str(done["id"]))

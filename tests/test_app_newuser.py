@@ -30,6 +30,7 @@ from test_app_shop import BARCODE, from_another_branch, with_goods
 from crdtledger.ledger import Ledger
 from crdtledger.model import ENTRY_KINDS
 from reference_app import counter, i18n
+from reference_app.i18n import money as format_money
 
 SETTLE = 50  # should_see retries: what follows a change comes a moment later
 
@@ -308,3 +309,36 @@ async def test_a_counter_never_shown_does_not_take_the_reader(
     reader.join()
     await app.user.should_see(marker="member-name", content="张伟", retries=SETTLE)
     assert "deleted but is still being used" not in caplog.text
+
+
+# --- a refund of a sale whose points were spent since -------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_the_refund_dialog_says_what_is_kept_for_points_spent(
+        counter_app: CounterApp) -> None:
+    """A sale of ¥300.00, its points converted to bonus: the dialog says before the
+    cashier confirms that their worth is kept from the refund (as the amount typed
+    changes), and the toast says what was paid back and kept."""
+    app = counter_app
+    yuan = format_money  # as the counter shows fen: ¥1,234.50
+    mid = member_with_card(app, cash=50000)
+    sale = app.ledger.debit(app.node_owner, mid, amount=30000)
+    earned = int(sale["points"])
+    app.ledger.convert_points(app.node_owner, mid, earned)
+    worth = -(-earned * 100 // 100)  # the demo chain's rate: 100 points a yuan
+    await app.login(*OWNER)
+    await swipe(app)
+    app.user.find(marker="refund").click()
+    await app.user.should_see(f"会员已用掉这笔消费的 {earned} 积分：按积分兑换价从退款中扣 "
+                              f"{yuan(worth)}，实退 {yuan(30000 - worth)}")
+    app.user.find(marker="refund-amount").type("100")
+    part = -(-(earned * 10000 // 30000) * 100 // 100)
+    await app.user.should_see(f"扣 {yuan(part)}，实退 {yuan(10000 - part)}",
+                              retries=SETTLE)
+    app.user.find(marker="refund-amount").clear()
+    app.user.find(marker="refund-ok").click()
+    await app.user.should_see(f"已退款 {yuan(30000 - worth)}（已用积分扣 "
+                              f"{yuan(worth)}）")
+    bal = app.ledger.balance(mid)
+    assert bal["cash"] + bal["bonus"] == 50000 and bal["points"] == 0
