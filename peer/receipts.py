@@ -318,11 +318,17 @@ def _lines(ledger: Ledger, e: Mapping[str, Any]) -> tuple[list[Line], int | None
     if kind == "package":
         return [Line("item", f"套餐 {name}", amount, qty, "次")], amount
     if kind == "refund":
+        # The sale's points spent since are paid for out of it: the share of the sale
+        # refunded, less what was kept for them (Ledger.refund_terms).
+        kept = int(e.get("kept") or 0)
+        less = [Line("discount", f"扣已用积分 {int(e.get('spent') or 0)} 分", -kept)] \
+            if kept else []
         if e.get("goods"):  # units back on the shelf, and their money
-            return [Line("item", f"退 {name}", amount, int(e.get("qty") or 1))], amount
+            return [Line("item", f"退 {name}", amount + kept, int(e.get("qty") or 1)),
+                    *less], amount
         if e.get("qty"):
             return [Line("item", f"退 {name}（套餐）", None, int(e["qty"]), "次")], None
-        return [Line("item", f"退 {name}" if name else "退款", amount)], amount
+        return [Line("item", f"退 {name}" if name else "退款", amount + kept), *less], amount
     if kind == "redeem" and e.get("goods"):  # goods given for points
         return [Line("item", name, None, qty),
                 Line("points", "兑换积分", None, int(e.get("points") or 0), "积分")], None

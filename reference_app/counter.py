@@ -1586,6 +1586,8 @@ def _describe(s: Shop, e: dict[str, Any]) -> str:
         text = tr("积分退回", "points given back")
     if kind == "debit" and e.get("goods"):
         text = tr("商品", "goods")
+    if kind == "refund" and e.get("kept"):  # for the sale's points spent since
+        text += tr("（已用积分扣 {k}）", " ({k} kept for points spent)", k=money(int(e["kept"])))
     if kind == "coupon":
         terms = coupon_terms(s, e.get("amount"), e.get("percent"), e.get("service"),
                              e.get("min_spend"))

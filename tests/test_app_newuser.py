@@ -340,5 +340,6 @@ async def test_the_refund_dialog_says_what_is_kept_for_points_spent(
     app.user.find(marker="refund-ok").click()
     await app.user.should_see(f"已退款 {yuan(30000 - worth)}（已用积分扣 "
                               f"{yuan(worth)}）")
+    await app.user.should_see(f"退款（已用积分扣 {yuan(worth)}）", retries=SETTLE)  # its row
     bal = app.ledger.balance(mid)
     assert bal["cash"] + bal["bonus"] == 50000 and bal["points"] == 0

@@ -8,6 +8,7 @@ Real stores on real SQLite files; a second branch syncing; the command line."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,9 @@ from helpers import FakeClock, new_ledger, sync
 from crdtledger import views
 from crdtledger.errors import InvalidAmount
 from crdtledger.ledger import Ledger
+from crdtledger.money import format_yuan
+from peer.printer_listener import PrinterListener
+from peer.receipts import PrinterConfig, build, print_entry, save_config
 
 GOLD = 300_000  # 3,000.00: under the top-up approval limit
 
@@ -181,3 +185,31 @@ def test_the_cli_says_what_was_kept(cli: Cli, tmp_path: Path) -> None:
     assert "kept" in r.out and "spent" in r.out, r.out
     bal = cli("balance", "--member", m, "--json", data=data).json()
     assert bal["cash"] + bal["bonus"] == 30000
+
+
+def test_the_receipt_says_what_was_kept(tmp_path: Path) -> None:
+    """Printed to a real TCP printer listener: the share refunded, the points' worth
+    kept, and the total paid back."""
+    with PrinterListener("127.0.0.1", 0) as printer:
+        ledger = new_ledger(tmp_path, "SH01")
+        try:
+            save_config(ledger.storage.dir, PrinterConfig(host="127.0.0.1", port=printer.port,
+                                                          width=58, title="悦康养生"))
+            m = a_member(ledger)
+            sale = ledger.debit(ledger.owner, m, amount=20_000)
+            ledger.convert_points(ledger.owner, m, sale["points"])
+            back = ledger.refund(ledger.owner, sale["id"])
+            r = build(ledger, back["id"])
+            assert [(x.label, x.amount) for x in r.lines] == [
+                ("退款", 20_000), (f"扣已用积分 {sale['points']} 分", -back["kept"])]
+            assert r.total == back["amount"] == 20_000 - back["kept"]
+            done = asyncio.run(print_entry(ledger, back["id"]))
+            assert done is not None and done.printed, done
+            (paper,) = printer.wait(1)
+            text = paper.text
+        finally:
+            ledger.close()
+    assert f"扣已用积分 {sale['points']} 分" in text
+    lines = text.splitlines()
+    assert any(x.startswith("合计（元）") and x.endswith(format_yuan(back["amount"]))
+               for x in lines), text
