@@ -90,10 +90,23 @@ TIME_FORMAT = "%Y-%m-%d %H:%M"
 Progress = Callable[[str], None]
 
 
-def damage(conn: sqlite3.Connection) -> str | None:
-    """What SQLite's quick check finds wrong first in the store on `conn`, or None: a
-    torn page, a file put back beside another's log. It reads every page: about 20 s a
-    GB."""
+def damage(conn: sqlite3.Connection, *, copied_from: sqlite3.Connection | None = None
+           ) -> str | None:
+    """What is wrong first in the store on `conn`, or None: its file cut short (a copy
+    interrupted, a disk full: `_cut_short`), else what SQLite's quick check finds (a
+    torn page, a file put back beside another's log). It reads every page: about 20 s
+    a GB. `copied_from`: the store `conn` is a copy of (a backup's): a copy reads what
+    its original's file lacks as zeros and is whole itself, so that file is read too.
+
+    A file is said cut short only when two readings, one before the quick check and
+    one after it and at least `CUT_SHORT_SETTLE_S` after the first, find the same:
+    a running node's checkpoint writes the header's new size first and the pages
+    after it (from its log, which `_cut_short` counts), and may then start its log
+    afresh between the header and the log being read."""
+    files = [f for f in dict.fromkeys(_main_file(c) for c in (conn, copied_from)
+                                      if c is not None) if f is not None]
+    started = time.monotonic()
+    first = {f: _cut_short(f) for f in files}
     try:
         found = [r[0] for r in conn.execute("PRAGMA quick_check(1)")]
     except sqlite3.DatabaseError as e:
@@ -103,7 +116,82 @@ def damage(conn: sqlite3.Connection) -> str | None:
                                                                    sqlite3.SQLITE_NOTADB):
             raise
         found = [str(e)]
+    for path, seen in first.items():
+        if seen is not None:
+            time.sleep(max(0.0, started + CUT_SHORT_SETTLE_S - time.monotonic()))
+            if _cut_short(path) == seen:
+                return seen[1]
     return None if found == ["ok"] else " ".join(" ".join(found).split())[:200]
+
+
+# How far apart the two readings of a store file cut short are (`damage`).
+CUT_SHORT_SETTLE_S = 0.5
+WAL_MAGIC = (0x377F0682, 0x377F0683)
+
+
+def _main_file(conn: sqlite3.Connection) -> Path | None:
+    """The file of the main database on `conn`; None in memory (or a temporary one)."""
+    for _seq, name, file in conn.execute("PRAGMA database_list"):
+        if name == "main":
+            return Path(file) if file else None
+    return None
+
+
+def _cut_short(path: Path) -> tuple[tuple[bytes, int], str] | None:
+    """Whether the SQLite file at `path` holds fewer pages than its own header says
+    (the in-header size, when its version-valid-for number is the change counter) or
+    a page in part (its size not a whole number of pages), a page it lacks not being
+    in its log either: (the header and size read, what to say), or None.
+
+    Only the file against its own header: in WAL mode the store holds more pages than
+    the file while its log is not yet checkpointed (`PRAGMA page_count` says the
+    store's size). A page the file lacks that the log holds is read from the log, and
+    a checkpoint writes it whole (one is doing so while the header says more than the
+    file yet holds), so it is not counted. A file that does not read, or is not
+    SQLite's, is left to SQLite to say."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(100)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        return None
+    if len(head) < 100 or not head.startswith(SQLITE_MAGIC):
+        return None
+    page = int.from_bytes(head[16:18], "big")
+    page = 65536 if page == 1 else page
+    if page < 512 or page & (page - 1):
+        return None
+    counter, pages, valid_for = (int.from_bytes(head[i:i + 4], "big") for i in (24, 28, 92))
+    held, part = divmod(size, page)
+    want = max(pages if pages and counter == valid_for else 0, held + (1 if part else 0))
+    if want <= held:
+        return None
+    if set(range(held + 1, want + 1)) <= _logged_pages(Path(f"{path}-wal"), page):
+        return None
+    return (head, size), f"the store file is cut short: {held} of {want} pages"
+
+
+def _logged_pages(wal: Path, page: int) -> frozenset[int]:
+    """The pages the WAL file `wal` holds committed (frames of its present salts, up to
+    its last commit; https://www.sqlite.org/fileformat2.html, "The WAL File Format"):
+    none if there is none."""
+    pages: set[int] = set()
+    committed: frozenset[int] = frozenset()
+    try:
+        with open(wal, "rb") as f:
+            head = f.read(32)
+            if (len(head) < 32 or int.from_bytes(head[:4], "big") not in WAL_MAGIC
+                    or int.from_bytes(head[8:12], "big") != page):
+                return committed
+            salts = head[16:24]
+            while len(frame := f.read(24)) == 24 and frame[8:16] == salts:
+                pages.add(int.from_bytes(frame[:4], "big"))
+                if int.from_bytes(frame[4:8], "big"):  # a commit: the store's size after it
+                    committed = frozenset(pages)
+                f.seek(page, os.SEEK_CUR)
+    except OSError:
+        pass
+    return committed
 
 
 def store_damage(data_dir: Path) -> str | None:
@@ -144,12 +232,22 @@ def write_backup(data_dir: Path, target_dir: Path, progress: Progress = _silent)
             # stepped copy would start again after every write of a busy node.
             progress(f"copying the store ({db.stat().st_size:,} bytes) while the node "
                      "keeps working")
-            src.backup(dst)
-            # A damaged store (a file put back by hand beside another's log, a disk
-            # error) copied page by page makes a backup that carries the damage on,
-            # night after night, over the last good one kept. Checked on the copy.
-            progress("checking the copy")
-            found = damage(dst)
+            try:
+                src.backup(dst)
+            except sqlite3.DatabaseError:
+                # A store SQLite does not read at all (its file cut short by whole
+                # pages) is said damaged as one that copies, with what to do.
+                found = damage(src)
+                if found is None:
+                    raise
+            else:
+                # A damaged store (a file put back by hand beside another's log, a disk
+                # error, its file cut short) copied page by page makes a backup that
+                # carries the damage on, night after night, over the last good one
+                # kept. Checked on the copy, and the store's file for what the copy
+                # reads as zeros.
+                progress("checking the copy")
+                found = damage(dst, copied_from=src)
             if found is not None:
                 raise StoreError(f"the store in {data_dir} is damaged ({found}): no backup "
                                  "was written, so the last good one is still whole. "

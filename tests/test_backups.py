@@ -12,6 +12,9 @@ import os
 import re
 import shutil
 import stat
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +22,14 @@ from pathlib import Path
 import pytest
 from conftest import Cli
 
-from crdtledger.backups import BACKUP_FILE, DB_FILE, restore, restore_pending, write_backup
+from crdtledger.backups import (
+    BACKUP_FILE,
+    DB_FILE,
+    restore,
+    restore_pending,
+    store_damage,
+    write_backup,
+)
 from crdtledger.errors import (
     CorruptSyncFile,
     InvalidInput,
@@ -203,6 +213,136 @@ def test_status_says_a_store_is_damaged_and_what_to_do(tmp_path: Path, cli: Cli)
     r = cli("status", data=shop.data)  # it was refused as "unusable", saying nothing more
     assert r.code == 0 and re.search(r"cannot be opened: DAMAGED store \(.+\).*"
                                      r"crdtledger restore", r.out), r
+
+
+def page_size(db: Path) -> int:
+    return int.from_bytes(db.read_bytes()[16:18], "big")
+
+
+@pytest.mark.parametrize("cut", ["part of a page", "a whole page", "three pages and a half"])
+def test_a_store_file_cut_short_is_damaged_and_makes_no_backup(
+        tmp_path: Path, cli: Cli, cut: str) -> None:
+    """A store file whose last pages are missing, as a copy interrupted or a disk full
+    leaves it, passed SQLite's quick check when a page was cut in part (the copy read
+    it as zeros): `status` said nothing and the backup sealed it. Cut by whole pages,
+    SQLite refused to read it, and the backup failed on SQLite's own error without
+    saying what to do. The file is held to its own header's size and to whole pages."""
+    shop = make_shop(tmp_path)
+    db = shop.data / DB_FILE
+    assert cli("status", "--json", data=shop.data).json()["store_damaged"] is None
+    page, size = page_size(db), db.stat().st_size
+    pages = size // page
+    left = {"part of a page": size - 1000, "a whole page": size - page,
+            "three pages and a half": size - 7 * page // 2}[cut]
+    os.truncate(db, left)
+    said = f"the store file is cut short: {left // page} of {pages} pages"
+    with pytest.raises(StoreError, match=rf"damaged \({said}\): no backup was written.*"
+                                         r"crdtledger restore"):
+        write_backup(shop.data, tmp_path / "bk")
+    assert not (tmp_path / "bk" / BACKUP_FILE).exists()
+    r = cli("status", data=shop.data)
+    assert r.code == 0 and re.search(rf"DAMAGED store \({said}\).*backup is refused.*"
+                                     r"crdtledger restore", r.out), r
+    assert cli("status", "--json", data=shop.data).json()["store_damaged"] == said
+
+
+def test_a_released_store_with_4_kb_pages_is_whole_until_cut_short(
+        tmp_path: Path, cli: Cli) -> None:
+    """A store an older build made (SQLite's default 4 KB pages, not this build's) is
+    read by its own page size: whole, it is not damaged; cut in part, it is."""
+    fixture = max((Path(__file__).parent / "fixtures" / "stores").glob("format-*"))
+    shutil.copytree(fixture, tmp_path / "copy")
+    data = tmp_path / "copy" / "sh01"
+    db = data / DB_FILE
+    assert page_size(db) == 4096
+    assert cli("status", "--json", data=data).json()["store_damaged"] is None
+    write_backup(data, tmp_path / "bk")
+    pages = db.stat().st_size // 4096
+    os.truncate(db, db.stat().st_size - 100)
+    assert cli("status", "--json", data=data).json()["store_damaged"] == (
+        f"the store file is cut short: {pages - 1} of {pages} pages")
+
+
+def test_a_store_cut_short_under_an_open_log(tmp_path: Path) -> None:
+    """In WAL mode the store holds more pages than its file until a checkpoint (SQLite
+    reads them from the log): the file is held to its own header only, and a page it
+    lacks that the log holds is not damage (a checkpoint killed after writing the
+    header's new size leaves just that, and the next one writes those pages whole).
+    Pages neither holds are damage, whatever the log holds besides."""
+    shop = make_shop(tmp_path)
+    db = shop.data / DB_FILE
+    with Ledger.open(shop.data) as ledger:  # the store grows in the log, not the file
+        for _ in range(30):
+            ledger.topup(ledger.owner, shop.member, 100)
+        conn = ledger.storage.conn
+        (now,) = conn.execute("PRAGMA page_count").fetchone()
+        head = bytearray(db.read_bytes()[:100])
+        held = db.stat().st_size // page_size(db)
+        assert now > held and int.from_bytes(head[28:32], "big") == held
+        # The header of the store as the log has it, over the file's: as a growth
+        # checkpoint writes page 1 first, then the pages after it.
+        counter = (int.from_bytes(head[24:28], "big") + 1).to_bytes(4, "big")
+        head[24:28], head[28:32], head[92:96] = counter, now.to_bytes(4, "big"), counter
+        with open(db, "r+b") as f:
+            f.write(head)
+        assert store_damage(shop.data) is None
+        write_backup(shop.data, tmp_path / "bk")
+        os.truncate(db, 2 * page_size(db))  # the pages the log lacks go with the rest
+        said = f"the store file is cut short: 2 of {now} pages"
+        assert store_damage(shop.data) == said
+        with pytest.raises(StoreError, match=rf"damaged \({said}\).*crdtledger restore"):
+            write_backup(shop.data, tmp_path / "bk2")
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from crdtledger.ledger import Ledger
+data, member, stop = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+n = 0
+with Ledger.open(data) as ledger:
+    conn = ledger.storage.conn
+    print("open", flush=True)
+    while not stop.exists():
+        ledger.topup(ledger.owner, member, 1)
+        n += 1
+        # A checkpoint after every write, one in three starting the log afresh.
+        conn.execute("PRAGMA wal_checkpoint(%s)" % ("TRUNCATE" if n % 3 == 0 else "PASSIVE"))
+print(n, flush=True)
+"""
+
+
+def test_the_file_check_holds_beside_a_writer_checkpointing_all_the_while(
+        tmp_path: Path, cli: Cli) -> None:
+    """A checkpoint that grows the store writes the header's new size before the pages
+    after it, then may start the log afresh: read then, a file that is whole looks cut
+    short (one reading in a few thousand did so beside this writer). `status`'s check
+    and the backup's, run again and again beside a process that writes and checkpoints
+    all the while, never say a store is damaged."""
+    shop = make_shop(tmp_path)
+    db = shop.data / DB_FILE
+    stop = tmp_path / "stop"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(shop.data), shop.member, str(stop)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])})
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "open\n"
+        before = db.stat().st_size
+        found = [store_damage(shop.data) for _ in range(100)]
+        found += [cli("status", "--json", data=shop.data).json()["store_damaged"]
+                  for _ in range(3)]
+        for i in range(3):
+            write_backup(shop.data, tmp_path / f"bk{i}")
+            found.append(store_damage(shop.data))
+        time.sleep(0.2)
+        grown = db.stat().st_size - before
+    finally:
+        stop.touch()
+        out, _ = writer.communicate(timeout=60)
+    assert writer.returncode == 0 and int(out) > 20, out
+    assert grown > 0  # the checks ran while checkpoints grew the file
+    assert found == [None] * len(found)
 
 
 def test_restore_refuses_another_node_a_locked_store_and_an_altered_backup(
