@@ -488,7 +488,24 @@ class Backing:
             if e["kind"] == "debit":
                 self.debits[e["id"]] = e
             elif e["kind"] == "refund" and isinstance(e.get("ref"), str):
-                _by_value(e, +1, self.given.setdefault(e["ref"], {}))
+                _refund_gives(e, self.given.setdefault(e["ref"], {}))
+
+
+# The measure a refund's money share counts in (`_refund_gives`).
+_SHARE = "share"
+
+
+def _refund_gives(entry: Mapping[str, Any], into: dict[str, int] | None = None
+                  ) -> dict[str, int]:
+    """What a refund gives back of each measure of value (`_by_value`), and of its
+    debit's `amount` (the money it gave back and what it kept for points spent:
+    Payments.refund_terms), added to `into` if given. The share bounds what refunds
+    take off the member's spend (spent_topped): a lying branch's refund of its own
+    sale paid at the till, moving no value but saying 10**12, demoted a member at
+    every branch."""
+    out = _by_value(entry, +1, into)
+    out[_SHARE] = out.get(_SHARE, 0) + int(entry["amount"]) + int(entry.get("kept") or 0)
+    return out
 
 
 _NO_BACKING = Backing()
@@ -522,9 +539,7 @@ def _backed(conn: sqlite3.Connection, unit: list[dict[str, Any]],
             if conn.execute("SELECT 1 FROM entries WHERE id = ?", (ref,)).fetchone() is None:
                 return False
         elif kind == "refund":
-            gives = _by_value(e, +1)
-            if not gives:
-                continue  # a sale paid at the till: its money goes back at the till
+            gives = _refund_gives(e)
             ref = e.get("ref")
             if not isinstance(ref, str):
                 return False
@@ -542,11 +557,12 @@ def _backed(conn: sqlite3.Connection, unit: list[dict[str, Any]],
             given = dict(batch.given.get(ref, {}))
             for (body,) in conn.execute("SELECT body FROM entries WHERE ref = ? AND "
                                         "kind = 'refund'", (ref,)):
-                _by_value(json.loads(body), +1, given)
+                _refund_gives(json.loads(body), given)
             for x in unit[:i]:
                 if x["kind"] == "refund" and x.get("ref") == ref:
-                    _by_value(x, +1, given)
+                    _refund_gives(x, given)
             took = _by_value(debit, -1)
+            took[_SHARE] = int(debit["amount"])
             if any(given.get(v, 0) + n > took.get(v, 0) for v, n in gives.items()):
                 return False
     return True

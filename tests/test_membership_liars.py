@@ -481,3 +481,38 @@ def test_a_liars_pending_exit_application_holds_no_honest_one_off(chain: Chain) 
         with pytest.raises(InvalidInput, match="waiting already"):
             led.apply_exit(led.owner, leaving, "again")
     assert sh02.decide_exit(staff.mgr, app, pay="cash")["status"] == "approved"
+
+
+# --- levels: a refund's `amount` ---------------------------------------------------------------
+
+
+def test_a_liars_refund_saying_more_than_its_sale_takes_no_spend_or_level(
+        chain: Chain) -> None:
+    """SH03 sold a gold member (level by spend) 1.00 at its till, refunded 0.50 of it,
+    then wrote refunds of it saying 10**12, 0.51 and 0.01 with 10**12 kept, and one of
+    a sale it never made: moving no value, each came off her spend at every branch, and
+    she lost her level chain-wide. A refund counts only while its sale's refunds, it
+    included, give back no more than the sale's amount; one that would waits for ever
+    (its writer's later entries of the member behind it), as a stored-value refund
+    giving back more than its sale took did."""
+    hq, sh02, liar = chain["SH01"], chain["SH02"], chain["SH03"]
+    hq.set_rule(hq.owner, "levels", GOLD)
+    hq.set_rule(hq.owner, "level_basis", {"basis": "spent"})
+    m = hq.add_member(hq.owner, name="金卡会员", phone="13800000003")
+    chain.sync()
+    sh02.topup(sh02.owner, m, 300000)
+    sh02.debit(sh02.owner, m, amount=300000)
+    chain.sync()
+    assert sh02.level(m)["name"] == "金卡"
+    sale = liar.debit(liar.owner, m, amount=100, pay="cash")
+    part = liar.refund(liar.owner, sale["id"], 50)  # what the sale took: it counts
+    for amount in (10**12, 51):
+        lie(liar, liar._entry("refund", m, amount=amount, ref=sale["id"], op=liar.owner))
+    lie(liar, liar._entry("refund", m, amount=10**12, ref=f"{encode(1 << 16)}.SH03",
+                          op=liar.owner))
+    lie(liar, liar._entry("refund", m, amount=1, kept=10**12, ref=sale["id"],
+                          op=liar.owner))
+    chain.sync()
+    for led in (hq, sh02):
+        assert led.entry(part["id"])["amount"] == 50
+        assert (led.level(m)["name"], led.level(m)["spent"]) == ("金卡", 300050)
