@@ -385,6 +385,42 @@ class Payments(Merges, Rules):
 
         return self._commit(plan)
 
+    def _points_back(self, debit: Mapping[str, Any], member: str, wanted: int
+                     ) -> tuple[int, int]:
+        """Of the `wanted` points a refund of `debit` takes back (its share of what the
+        sale earned, less what earlier refunds took or paid for): those it takes, and
+        those the member has spent since, which it pays for (`refund_terms`).
+
+        While the sale's points are valid, it takes what the member holds of valid
+        points (expired points not yet written off, at this branch or another, are not
+        the member's to give back) and the rest were spent. Once they have expired,
+        it takes what is left of the sale's own lot (none once written off: the
+        member's valid points, earned on other sales, were taken for them before, and
+        the daily pass wrote the lot off too; the entry says when they expired, so that
+        every replica folds it so, crdtledger.lots._step); what the daily passes wrote
+        off of the lot expired and was not spent; the rest was spent before it expired."""
+        if wanted <= 0:
+            return 0, 0
+        expired = debit.get("expires")
+        if not (isinstance(expired, str) and expired < self.today()):
+            held = min(wanted, max(0, int(views.points(cast("Ledger", self), member)["usable"])))
+            return held, wanted - held
+        conn = self.storage.conn
+        row = conn.execute("SELECT left FROM points_lots WHERE member = ? AND earned = ?",
+                           (debit["member"], debit["id"])).fetchone()
+        taken = min(wanted, max(0, int(row[0]) if row else 0))
+        # The write-offs naming the lot, less what their writers gave back of them (a
+        # write-off made before its writer heard of a spend took more than had expired:
+        # give_back_write_offs names the write-off).
+        def write_offs(ref: str) -> list[tuple[str, int]]:
+            return [(eid, -sum(c for p, _n, c in json.loads(body)["deltas"] if p == "points"))
+                    for eid, body in conn.execute("SELECT id, body FROM entries WHERE ref = ? "
+                                                  "AND kind = 'expiry'", (ref,))]
+
+        written_off = sum(n + sum(back for _b, back in write_offs(eid))
+                          for eid, n in write_offs(str(debit["id"])))
+        return taken, max(0, wanted - taken - max(0, written_off))
+
     def refund_terms(self, debit_id: str, amount: int | None = None, *,
                      qty: int | None = None) -> dict[str, Any]:
         """What a refund of debit `debit_id` (`amount` fen, or `qty` uses or units;
@@ -442,33 +478,24 @@ class Payments(Merges, Rules):
         earned = int(debit.get("points") or 0)
         points = (_refund_share(earned, whole, done + (share if package else money))
                   - sum(int(p.get("points") or 0) + int(p.get("spent") or 0) for p in prior))
-        spent = 0
-        if points > 0:
-            # Points the member has spent since cannot come back: take what is left,
-            # and keep their worth from the money. The rights to them may sit at
-            # another branch: the escrow check asks for them.
-            held = min(points, max(0, views.balance(self.storage.conn, member)["points"]))
-            spent, points = points - held, held
-        # Points that have expired are nobody's to take back but what is left of the
-        # sale's own lot (none once written off): the member's valid points, earned on
-        # other sales, were taken for them, and the daily pass wrote the expired lot off
-        # too. The entry says when they expired, so that every replica folds it so
-        # (crdtledger.lots._step), whatever came first. They were not spent: nothing is
-        # kept for them.
-        expired = debit.get("expires") if points > 0 or spent > 0 else None
+        points, spent = self._points_back(debit, member, max(points, 0))
+        expired = debit.get("expires") if points > 0 else None
         if not (isinstance(expired, str) and expired < self.today()):
             expired = None
-        if expired:
-            row = self.storage.conn.execute(
-                "SELECT left FROM points_lots WHERE member = ? AND earned = ?",
-                (debit["member"], debit_id)).fetchone()
-            points, spent = min(points, max(0, int(row[0]) if row else 0)), 0
-        points = max(points, 0)
         kept = 0
         if spent > 0 and money > 0:
+            # Rounded up cumulatively over the refunds of the sale, as the points each
+            # takes back are floored: parts never keep more than one refund would. At
+            # today's rate: the refund must take the points away, and the member, who
+            # no longer holds them, gives their worth now instead (what the same
+            # points held would have been worth). A rule changed since the points were
+            # spent moves that worth either way: the head office's change, not anyone
+            # at a till's.
             per_yuan = points_per_yuan(self.rule("conversion"))
-            kept = min(money, -(-spent * 100 // per_yuan))
-        elif money <= 0:
+            paid_for = sum(int(p.get("spent") or 0) for p in prior)
+            kept_before = sum(int(p.get("kept") or 0) for p in prior)
+            kept = max(0, min(money, -(-(paid_for + spent) * 100 // per_yuan) - kept_before))
+        else:
             spent = 0  # a package's uses give no money back to keep anything from
         deltas: list[tuple[str, str, int]] = []
         if debit.get("pay") == "stored":

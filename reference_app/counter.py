@@ -1132,19 +1132,32 @@ class Counter:
                                  m=money(t.get("money", 0))) if t["kept"] else "")
                 kept.set_visibility(bool(t["kept"]))
 
+            def units_typed(value: Any) -> None:
+                n = _units_upto(value, max(1, left))
+                if n is None:
+                    kept.set_visibility(False)
+                else:
+                    say_kept(n=n)
+
+            def amount_typed(value: Any) -> None:
+                # Nothing typed: all that is left; what is no amount says nothing (the
+                # whole refund's figures were shown for "abc").
+                fen = _money_or_none(value)
+                if fen is None and str(value or "").strip():
+                    kept.set_visibility(False)
+                else:
+                    say_kept(fen)
+
             say_kept()
             amount = None
             units = None
             if goods:
                 units = ui.number(tr("退货数量（退回库存）", "Units returned (back to stock)"),
-                                  value=max(1, left),
-                                  on_change=lambda ev: say_kept(
-                                      n=_units_upto(ev.value, max(1, left)))) \
+                                  value=max(1, left), on_change=lambda ev: units_typed(ev.value)) \
                     .classes("w-48").mark("refund-qty")
             elif not package:
                 amount = ui.input(tr("退款金额（不填则退 {rest}）", "Amount (empty: {rest})",
-                                     rest=rest),
-                                  on_change=lambda ev: say_kept(_money_or_none(ev.value))) \
+                                     rest=rest), on_change=lambda ev: amount_typed(ev.value)) \
                     .props("outlined inputmode=decimal").classes("w-full").mark("refund-amount")
             reason = ui.input(tr("原因", "Reason")).props("outlined").classes("w-full") \
                 .mark("refund-reason")

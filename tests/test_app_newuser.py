@@ -336,7 +336,10 @@ async def test_the_refund_dialog_says_what_is_kept_for_points_spent(
     part = -(-(earned * 10000 // 30000) * 100 // 100)
     await app.user.should_see(f"扣 {yuan(part)}，实退 {yuan(10000 - part)}",
                               retries=SETTLE)
+    app.user.find(marker="refund-amount").clear().type("abc")  # no amount: nothing said
+    await app.user.should_not_see(marker="refund-kept", retries=SETTLE)
     app.user.find(marker="refund-amount").clear()
+    await app.user.should_see(marker="refund-kept", retries=SETTLE)
     app.user.find(marker="refund-ok").click()
     await app.user.should_see(f"已退款 {yuan(30000 - worth)}（已用积分扣 "
                               f"{yuan(worth)}）")

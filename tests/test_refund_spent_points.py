@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Cli
-from helpers import FakeClock, new_ledger, sync
+from helpers import FakeClock, name_branches, new_ledger, sync
 
 from crdtledger import views
 from crdtledger.errors import InvalidAmount
@@ -213,3 +213,84 @@ def test_the_receipt_says_what_was_kept(tmp_path: Path) -> None:
     lines = text.splitlines()
     assert any(x.startswith("合计（元）") and x.endswith(format_yuan(back["amount"]))
                for x in lines), text
+
+
+# --- the second probe: expiry, parts, expired points elsewhere ---------------------------
+
+
+def test_points_spent_before_they_expired_are_paid_for(tmp_path: Path) -> None:
+    """The sale's points converted on its day, then their expiry passed (written off:
+    nothing left of the lot) before the refund: the expired case excused every point
+    the lot lacked, so the member kept the bonus. Half converted, half expired: only
+    the half spent is paid for."""
+    for converted in ("all", "half"):
+        clock = FakeClock()
+        a = new_ledger(tmp_path / converted, "SH01", now_ms=clock)
+        try:
+            a.set_rule(a.owner, "earn", {"points_per_yuan": "1", "expire_days": 7},
+                       effective_from="2025-01-01")
+            m = a_member(a)
+            before = money(a, m)
+            sale = a.debit(a.owner, m, amount=100_000)
+            spent = sale["points"] if converted == "all" else sale["points"] // 2
+            a.convert_points(a.owner, m, spent)
+            clock.advance_days(10)
+            a.housekeeping()
+            back = a.refund(a.owner, sale["id"])
+            assert (back.get("spent"), back.get("kept")) == (spent, spent)
+            assert money(a, m) == before
+        finally:
+            a.close()
+
+
+def test_a_refund_in_many_parts_keeps_what_one_refund_would(tmp_path: Path) -> None:
+    """At 150 points a yuan a point is worth 2/3 fen: a hundred parts each rounded up
+    on its own kept half as much again as the points were worth."""
+    a = new_ledger(tmp_path, "SH01")
+    try:
+        a.set_rule(a.owner, "earn", {"points_per_yuan": "1", "expire_days": 365})
+        a.set_rule(a.owner, "conversion", {"points_per_yuan": "150"})
+        m = a_member(a)
+        sale = a.debit(a.owner, m, amount=30_000)
+        a.convert_points(a.owner, m, sale["points"])
+        worth = -(-sale["points"] * 100 // 150)
+        parts = [a.refund(a.owner, sale["id"], 300) for _ in range(100)]
+        assert sum(p.get("kept") or 0 for p in parts) == worth
+        assert sum(p.get("spent") or 0 for p in parts) == sale["points"]
+        assert a.refund_left(sale["id"]) == 0
+    finally:
+        a.close()
+
+
+def test_expired_points_held_elsewhere_are_not_taken_for_spent_ones(tmp_path: Path) -> None:
+    """SH02's lot of the member expired and SH02 has not written it off: the member's
+    balance still counts it. A refund at SH01 of a sale whose points were converted
+    asked SH02 for the rights to those expired points instead of keeping the
+    converted ones' worth (and, given them, took the expired points and kept nothing).
+    It takes only valid points."""
+    clock = FakeClock()
+    a = new_ledger(tmp_path, "SH01", now_ms=clock)
+    b = new_ledger(tmp_path, "SH02", now_ms=clock)
+    try:
+        for led in (a, b):
+            led.set_rule(led.owner, "earn", {"points_per_yuan": "1", "expire_days": 5},
+                         effective_from="2025-01-01")
+        name_branches(a, "SH01", "SH02")
+        sync(a, b)
+        m = a_member(a)
+        a.transfer_rights(a.owner, m, "SH02", 100_000)
+        sync(a, b)
+        b.debit(b.owner, m, amount=50_000)  # points at SH02, expiring in 5 days
+        sync(a, b)
+        clock.advance_days(7)
+        before = money(a, m)
+        sale = a.debit(a.owner, m, amount=50_000)
+        a.convert_points(a.owner, m, sale["points"])
+        assert a.balance(m)["points"] == sale["points"]  # SH02's expired, not written off
+        back = a.refund(a.owner, sale["id"])
+        assert (back.get("points"), back["spent"], back["kept"]) == (
+            None, sale["points"], sale["points"])
+        assert money(a, m) == before
+    finally:
+        a.close()
+        b.close()
