@@ -968,6 +968,37 @@ def refund(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
                          reason=p.get("reason", ""), qty=p.get("qty"))
 
 
+REFUND_TERMS = {
+    "type": "object",
+    "required": ["debit", "member", "left", "share", "money", "points", "spent", "kept"],
+    "properties": {
+        "debit": STR, "member": STR, "left": INT, "share": INT, "money": INT,
+        "points": INT, "spent": INT, "kept": INT,
+        "units": {"type": ["integer", "null"]},
+        "deltas": {"type": "array", "items": {"type": "array", "minItems": 3, "maxItems": 3}},
+    },
+}
+
+
+def _show_quote(t: Mapping[str, Any], p: Params) -> str:
+    part = format_yuan(t["share"]) if t["units"] is None else f"{t['units']} unit(s)"
+    kept = (f", keeping {format_yuan(t['kept'])} for {t['spent']} points spent since"
+            if t["kept"] else "")
+    return f"refunding {part} of {p['debit_id']} pays back {format_yuan(t['money'])}{kept}"
+
+
+@operation("quote.refund", "What a refund of a debit would give back, before it is made: "
+           "the share refunded, the money paid back, the points taken back, and the worth "
+           "kept for the sale's points the member has spent since", needs=frozenset({"refund"}),
+           http="GET /refund/quote",
+           params=(Param("debit_id", ENTRY_ID, required=True, flag="--debit"), *AMOUNT,
+                   Param("qty", COUNT, help="package uses, or goods units")),
+           forms=(Form(("amount", "yuan", "qty"), optional=True),), result=REFUND_TERMS,
+           show=lambda _l, t, p: _show_quote(t, p))
+def refund_quote(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.refund_terms(p["debit_id"], amount_of(p, "amount", "yuan"), qty=p.get("qty"))
+
+
 PURSE_PARAM = Param("purse", PURSE_NAME, default="cash")
 
 

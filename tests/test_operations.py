@@ -129,6 +129,7 @@ SAMPLES: dict[str, Callable[[Shop], Params]] = {
     "topup": lambda s: {"card": "C1", "pin": "1357", "yuan": "50.00", "pay": "wechat"},
     "debit": lambda s: {"member": s.member, "service": "HAIR", "qty": 1, "pay": "stored"},
     "refund": lambda s: {"debit_id": s.debit, "yuan": "1.00", "reason": "早退"},
+    "quote.refund": lambda s: {"debit_id": s.debit, "yuan": "1.00"},
     "rights.transfer": lambda s: {"member": s.member, "to": "SH02", "yuan": "2.00"},
     "points.redeem": lambda s: {"member": s.member, "points": 5, "gift": "毛巾"},
     "points.convert": lambda s: {"member": s.member, "points": 100},

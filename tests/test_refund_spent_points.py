@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 from conftest import Cli
 from helpers import FakeClock, name_branches, new_ledger, sync
+from test_api import AMY_PW, BOSS_PW, Api, serving, topped_up, with_operators
 
 from crdtledger import views
 from crdtledger.errors import InvalidAmount
 from crdtledger.ledger import Ledger
 from crdtledger.money import format_yuan
+from peer.api import Standalone
 from peer.printer_listener import PrinterListener
 from peer.receipts import PrinterConfig, build, print_entry, save_config
 
@@ -180,9 +182,15 @@ def test_the_cli_says_what_was_kept(cli: Cli, tmp_path: Path) -> None:
     d = cli("debit", "--member", m, "--amount", "200.00", "--json", data=data).json()
     assert cli("points", "convert", "--member", m, "--points", str(d["points"]),
                data=data).code == 0
+    q = cli("quote", "refund", "--debit", d["id"], data=data)
+    assert q.code == 0 and "keeping" in q.out, q.out
+    quoted = cli("quote", "refund", "--debit", d["id"], "--json", data=data).json()
     r = cli("refund", "--debit", d["id"], data=data)
     assert r.code == 0
     assert "kept" in r.out and "spent" in r.out, r.out
+    assert f"refunded {format_yuan(quoted['money'])}" in r.out
+    assert f"pays back {format_yuan(quoted['money'])}, keeping {format_yuan(quoted['kept'])}" \
+        in q.out
     bal = cli("balance", "--member", m, "--json", data=data).json()
     assert bal["cash"] + bal["bonus"] == 30000
 
@@ -294,3 +302,50 @@ def test_expired_points_held_elsewhere_are_not_taken_for_spent_ones(tmp_path: Pa
     finally:
         a.close()
         b.close()
+
+
+def test_the_api_quotes_a_refund_before_it_is_made(tmp_path: Path) -> None:
+    """GET /api/refund/quote on a real server: what the refund then writes; an operator
+    who may not refund (a cashier, by default) may not ask, an amount that is none is
+    refused, nothing is written."""
+
+    async def scenario(ledger: Ledger, api: Api) -> None:
+        amy = await api.login("amy", AMY_PW)
+        token = await api.login("boss", BOSS_PW)
+        mid = await topped_up(api, token, "300.00")
+        status, sale = await api.call("POST", "/debit", {"member": mid, "yuan": "200.00"},
+                                      token=token)
+        assert status == 200, sale
+        status, _ = await api.call("POST", "/points/convert",
+                                   {"member": mid, "points": sale["points"]}, token=token)
+        assert status == 200
+        seq = ledger.storage.log.tip("SH01")[0]
+        status, quote = await api.call("GET", f"/refund/quote?debit_id={sale['id']}"
+                                       "&yuan=50.00", token=amy)
+        assert (status, quote["error"]) == (403, "permission_denied"), quote
+        status, quote = await api.call("GET", f"/refund/quote?debit_id={sale['id']}"
+                                       "&yuan=50.00", token=token)
+        assert status == 200, quote
+        assert ledger.storage.log.tip("SH01")[0] == seq  # a quote writes nothing
+        status, bad = await api.call("GET", f"/refund/quote?debit_id={sale['id']}"
+                                     "&yuan=12.345", token=token)
+        assert status == 400, bad
+        status, done = await api.call("POST", "/refund", {"debit_id": sale["id"],
+                                                          "yuan": "50.00"}, token=token)
+        assert status == 200, done
+        assert (quote["money"], quote["kept"], quote["spent"], quote["points"]) == (
+            done["amount"], done["kept"], done["spent"], done.get("points", 0))
+        assert quote["kept"] > 0 and quote["money"] + quote["kept"] == 5000
+
+    ledger_dir = tmp_path / "api"
+
+    async def main() -> None:
+        ledger = with_operators(new_ledger(ledger_dir, "SH01"))
+        ledger.set_rule(ledger.owner, "earn", {"points_per_yuan": "1", "expire_days": 365})
+        try:
+            async with serving(Standalone(ledger)) as api:
+                await scenario(ledger, api)
+        finally:
+            ledger.close()
+
+    asyncio.run(main())
