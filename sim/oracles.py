@@ -16,8 +16,9 @@ Three checks (sim/README.md, checker 6):
   member's cash (all of it the branch knows of) is gone. A top-up's bonus is the
   largest of the promotions in force whose minimum it reaches. A refund gives back at
   most what is left of its debit, principal first, and takes back points by the
-  cumulative floor. Conversions, redemptions and packages likewise. The rules are read
-  from the writer's own rules table (the version in force on the entry's day), so a
+  cumulative floor (those the member spent since paid for instead, their worth kept
+  off the bonus given back first). Conversions, redemptions and packages likewise. The
+  rules are read from the writer's own rules table (the version in force on the entry's day), so a
   branch that has not yet heard of today's promotion is judged by what it held.
 - **settlement** (end of run): every member's lots replayed first in, first out, in
   id order, from the entries alone; who owes whom, and each branch's figures, must be
@@ -422,9 +423,14 @@ class Oracle:
         if e["node"] != d["node"]:
             problems.append(f"refunds a debit of {d['node']}")
         got = deltas_by(e)
-        amount = int(e["amount"])
+        # The share of its debit a refund takes off is the money it gives back and what
+        # it keeps for the sale's points spent since (Payments.refund_terms).
+        kept, spent = int(e.get("kept") or 0), int(e.get("spent") or 0)
+        amount = int(e["amount"]) + kept
         paid = int(d["amount"])
-        refunded = sum(int(r["amount"]) for r in prior)
+        refunded = sum(int(r["amount"]) + int(r.get("kept") or 0) for r in prior)
+        if not 0 <= kept <= amount or (kept > 0 and spent <= 0):
+            problems.append(f"keeps {kept} for {spent} points spent, of {amount}")
         if d.get("pay") == "package":  # by uses
             uses = int(e.get("qty") or 0)
             left = int(d["qty"]) - sum(int(r.get("qty") or 0) for r in prior)
@@ -458,22 +464,26 @@ class Oracle:
                 cash_taken = -deltas_by(d).get("cash", 0)
                 cash_back = sum(deltas_by(r).get("cash", 0) for r in prior)
                 to_cash = min(amount, cash_taken - cash_back)
-                if (got.get("cash", 0), got.get("bonus", 0)) != (to_cash, amount - to_cash):
+                # What is kept comes off the bonus given back first, then the cash.
+                off_bonus = min(kept, amount - to_cash)
+                split = (to_cash - (kept - off_bonus), amount - to_cash - off_bonus)
+                if (got.get("cash", 0), got.get("bonus", 0)) != split:
                     problems.append(f"gives back cash {got.get('cash', 0)} and bonus "
-                                    f"{got.get('bonus', 0)}, not {to_cash} and "
-                                    f"{amount - to_cash} (principal first)")
+                                    f"{got.get('bonus', 0)}, not {split[0]} and {split[1]} "
+                                    "(principal first, what is kept off the bonus first)")
             elif got.get("cash", 0) or got.get("bonus", 0):
                 problems.append(f"a till sale's refund credits stored value {dict(got)}")
         earned = int(d.get("points") or 0)
         target = (earned * (done + this) // whole if whole else 0) - sum(
-            int(r.get("points") or 0) for r in prior)
+            int(r.get("points") or 0) + int(r.get("spent") or 0) for r in prior)
         taken = int(e.get("points") or 0)
         if -got.get("points", 0) != taken:
             problems.append(f"points {taken} but points delta {got.get('points', 0)}")
-        if taken != target and not (0 <= taken < target
-                                    and store.balance(str(e["member"]), "points") == 0):
-            problems.append(f"takes back {taken} points, not {target} (cumulative floor of "
-                            f"{earned} earned)")
+        # The points the member had spent since are paid for, not taken back.
+        if taken + spent != target and not (0 <= taken + spent < target
+                                            and store.balance(str(e["member"]), "points") == 0):
+            problems.append(f"takes back {taken} points and pays for {spent}, not {target} "
+                            f"(cumulative floor of {earned} earned)")
         return problems
 
     # -- refusals ----------------------------------------------------------------------

@@ -156,3 +156,28 @@ def test_a_debit_refused_with_the_value_reachable_is_reported(
     monkeypatch.setattr(escrow.RightsFetch, "possible", property(lambda self: False))
     result = World(TINY).run()
     assert result["violation"] and result["violation"]["kind"] == "refused", result["violation"]
+
+
+def test_a_refund_paying_for_spent_points_fits_and_a_doctored_one_is_reported(
+        tmp_path: Path) -> None:
+    """The oracle knows what a refund keeps for the sale's points spent since: a real
+    one fits; one keeping its worth off the cash while bonus was given back, keeping
+    for no point spent, or counting the spent points twice, is reported."""
+    lg = new_ledger(tmp_path, "SH01")
+    try:
+        member = lg.add_member(lg.owner, name="甲", phone="13900000001", home="SH01")
+        lg.topup(lg.owner, member, 50000)
+        lg.correct(lg.owner, member, "bonus", 3000, "promotion")
+        debit = lg.debit(lg.owner, member, amount=53000)
+        lg.convert_points(lg.owner, member, debit["points"])
+        r = lg.entry(lg.refund(lg.owner, debit["id"])["id"])
+        assert r["kept"] > 0 and r["spent"] == debit["points"]
+        assert judged(lg, r) == []
+        kept = r["kept"]
+        assert judged(lg, doctor(r, deltas=[["cash", "SH01", 50000 - kept],
+                                            ["bonus", "SH01", 3000]]))
+        assert judged(lg, doctor(r, spent=None))
+        assert judged(lg, doctor(r, points=debit["points"],
+                                 deltas=[*r["deltas"], ["points", "SH01", -debit["points"]]]))
+    finally:
+        lg.close()
