@@ -408,7 +408,8 @@ class Payments(Merges, Rules):
         conn = self.storage.conn
         row = conn.execute("SELECT left FROM points_lots WHERE member = ? AND earned = ?",
                            (debit["member"], debit["id"])).fetchone()
-        taken = min(wanted, max(0, int(row[0]) if row else 0))
+        held = max(0, views.balance(conn, member)["points"])  # as far as rights go
+        taken = min(wanted, held, max(0, int(row[0]) if row else 0))
         # The write-offs naming the lot, less what their writers gave back of them (a
         # write-off made before its writer heard of a spend took more than had expired:
         # give_back_write_offs names the write-off).
