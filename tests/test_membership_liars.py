@@ -13,6 +13,7 @@ import pytest
 from helpers import FakeClock, sync
 from test_membership import Staff
 
+from crdtledger import projection
 from crdtledger.coupons import purse_of
 from crdtledger.errors import InvalidInput, PermissionDenied
 from crdtledger.hlc import encode, id_time_ms
@@ -516,3 +517,37 @@ def test_a_liars_refund_saying_more_than_its_sale_takes_no_spend_or_level(
     for led in (hq, sh02):
         assert led.entry(part["id"])["amount"] == 50
         assert (led.level(m)["name"], led.level(m)["spent"]) == ("金卡", 300050)
+
+
+def test_a_liars_record_of_many_refunds_is_judged_in_time_linear_in_its_length(
+        chain: Chain, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SH03 wrote one record of K refunds of its own till sale of a member, 0.01 each,
+    the last of a sale never made: it waits for ever, and is judged again at every
+    honest sync that moves the member's funding. Each judgement walked the record's
+    earlier refunds for every refund (6,000 made each honest sync of her take 12 s).
+    Counted, not timed: what a refund gives is worked out a bounded number of times
+    per refund."""
+    hq, sh02, liar = chain["SH01"], chain["SH02"], chain["SH03"]
+    m = hq.add_member(hq.owner, name="会员", phone="13800000004")
+    chain.sync()
+    k = 300
+    sale = liar.debit(liar.owner, m, amount=100_000, pay="cash")["id"]
+    refunds = [liar._entry("refund", m, amount=1, ref=sale, op=liar.owner) for _ in range(k)]
+    refunds.append(liar._entry("refund", m, amount=1, ref=f"{encode(1 << 16)}.SH03",
+                               op=liar.owner))
+    liar._commit(lambda: (liar._together(*refunds), None))
+    chain.sync()
+    assert hq.storage.conn.execute("SELECT count(*) FROM deferred").fetchone()[0] == k + 1
+    calls = 0
+    counted = projection._refund_gives
+
+    def counting(*args: Any, **kw: Any) -> dict[str, int]:
+        nonlocal calls
+        calls += 1
+        return counted(*args, **kw)
+
+    monkeypatch.setattr(projection, "_refund_gives", counting)
+    sh02.topup(sh02.owner, m, 1000)  # her funding moves: the waiting record is judged again
+    sync(sh02, hq)
+    assert hq.balance(m)["cash"] == 1000
+    assert 0 < calls <= 4 * (k + 1), calls
