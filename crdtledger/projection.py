@@ -534,6 +534,7 @@ def _backed(conn: sqlite3.Connection, unit: list[dict[str, Any]],
     # refunds, waiting for ever on its last, was judged again at each honest sync of
     # the member, in time growing with the square of its length (12 s at 6,000).
     ids: set[str] | None = None  # the unit's own, made when a merge asks
+    own: dict[str, dict[str, Any]] | None = None  # its debits, made when a refund asks
     sales: dict[str, tuple[str, dict[str, int], dict[str, int]]] = {}
     for e in unit:
         kind = e["kind"]
@@ -552,7 +553,11 @@ def _backed(conn: sqlite3.Connection, unit: list[dict[str, Any]],
             if not isinstance(ref, str):
                 return False
             if ref not in sales:
-                debit = batch.debits.get(ref)
+                # Its debit projected before, earlier in this batch, or in this unit (a
+                # record holding a sale and its refund together is taken whole).
+                if own is None:
+                    own = {x["id"]: x for x in unit if x["kind"] == "debit"}
+                debit = batch.debits.get(ref) or own.get(ref)
                 if debit is None:
                     row = conn.execute("SELECT body FROM entries WHERE id = ? AND "
                                        "kind = 'debit'", (ref,)).fetchone()

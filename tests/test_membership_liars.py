@@ -551,3 +551,18 @@ def test_a_liars_record_of_many_refunds_is_judged_in_time_linear_in_its_length(
     sync(sh02, hq)
     assert hq.balance(m)["cash"] == 1000
     assert 0 < calls <= 4 * (k + 1), calls
+
+
+def test_a_record_holding_a_sale_and_its_refund_is_taken_whole(chain: Chain) -> None:
+    """No build writes one today (a refund is written alone), but a record holding a
+    till sale and its refund waited for ever at every peer: the refund's sale was
+    looked for only among entries projected before, not in its own record."""
+    hq, liar = chain["SH01"], chain["SH03"]
+    m = hq.add_member(hq.owner, name="会员", phone="13800000005")
+    chain.sync()
+    sale = liar._entry("debit", m, amount=500, pay="cash", op=liar.owner)
+    back = liar._entry("refund", m, amount=500, ref=sale["id"], op=liar.owner)
+    liar._commit(lambda: (liar._together(sale, back), None))
+    chain.sync()
+    assert hq.storage.conn.execute("SELECT count(*) FROM deferred").fetchone()[0] == 0
+    assert hq.entry(back["id"])["amount"] == 500
