@@ -17,9 +17,10 @@ Three checks (sim/README.md, checker 6):
   largest of the promotions in force whose minimum it reaches. A refund gives back at
   most what is left of its debit, principal first, and takes back points by the
   cumulative floor (those the member spent since paid for instead, their worth kept
-  off the bonus given back first). Conversions, redemptions and packages likewise. The
-  rules are read from the writer's own rules table (the version in force on the entry's day), so a
-  branch that has not yet heard of today's promotion is judged by what it held.
+  off the bonus given back first). Conversions, redemptions and packages likewise.
+  The rules are read from the writer's own rules table (the version in force on the
+  entry's day), so a branch that has not yet heard of today's promotion is judged by
+  what it held.
 - **settlement** (end of run): every member's lots replayed first in, first out, in
   id order, from the entries alone; who owes whom, and each branch's figures, must be
   what `views.settlement` reports.
