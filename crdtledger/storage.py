@@ -656,6 +656,7 @@ class Storage:
             "COALESCE((SELECT MAX(snapshot_seq) FROM docs), 0))").fetchone()
         self.log = Log(self.conn)
         self._in_tx = False
+        self._tx_failed = False
         self._local_made: set[tuple[str, ...]] = set()  # local()'s schemas made here
         self._tx_logged: set[str] = set()  # documents logged in the open transaction
         # Run inside every write transaction before it commits: projections derived
@@ -845,14 +846,26 @@ class Storage:
         every document changed in memory is dropped, to be reloaded from what did
         commit: memory never runs ahead of disk. (A refused debit changed none.)"""
         if self._in_tx:
-            yield
+            # Nested: one transaction, no savepoint (the documents changed in memory
+            # cannot be rolled back in part). A failure inside it that a caller catches
+            # must not let the outer one commit what the inner wrote before it failed
+            # (a sale's money without its stock): the outer is rolled back instead.
+            try:
+                yield
+            except BaseException:
+                self._tx_failed = True
+                raise
             return
         self.conn.execute("BEGIN IMMEDIATE")
         self.log.begin()
         self._in_tx = True
+        self._tx_failed = False
         self._tx_logged = set()
         try:
             yield
+            if self._tx_failed:
+                raise StoreError("a write inside this transaction failed and was caught: "
+                                 "nothing of it is kept")
             for settle in self.before_commit:
                 settle()
             self.conn.execute("COMMIT")

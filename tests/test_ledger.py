@@ -1506,3 +1506,29 @@ def test_a_synced_store_from_before_signed_logs_is_refused(tmp_path: Path) -> No
     path = _as_format_2(b)
     with pytest.raises(StoreError, match="other branches' data"):
         Ledger.open(path)
+
+
+def test_a_failure_caught_inside_a_transaction_keeps_nothing_of_it(a: Ledger) -> None:
+    """A transaction nested in another is the same one (no savepoint: documents changed
+    in memory cannot be rolled back in part). A caller that caught an inner failure
+    let the outer commit what the inner wrote before it failed; the outer is rolled
+    back instead, on disk and in memory, and the store works on."""
+    m = member(a)
+    a.topup(a.owner, m, 5000)
+    before = snapshot(a, [m])
+
+    def half_then_fail() -> None:
+        with a.storage.transaction():
+            a.topup(a.owner, m, 1000)  # written inside the outer transaction
+            raise InvalidInput("the second half failed")
+
+    with pytest.raises(StoreError, match="nothing of it is kept"):
+        with a.storage.transaction():
+            try:
+                half_then_fail()
+            except InvalidInput:
+                pass  # a caller that carries on
+    assert snapshot(a, [m]) == before
+    assert a.balance(m)["cash"] == 5000
+    a.topup(a.owner, m, 1000)
+    assert a.balance(m)["cash"] == 6000
