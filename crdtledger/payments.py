@@ -36,7 +36,7 @@ from crdtledger.money import (
     pieces,
     points_for,
 )
-from crdtledger.projection import points_change
+from crdtledger.projection import points_change, sale_share
 from crdtledger.rules import Rules, points_per_yuan
 from crdtledger.writerules import COUPON_PREFIX
 
@@ -81,6 +81,9 @@ def _refund_share(taken: int, whole: int, refunded: int) -> int:
     rest, so the parts of a split refund add up to exactly what the debit earned."""
     return taken * refunded // whole if whole else 0
 
+
+# The expiry entries naming an entry: a lot's write-offs, a write-off's give-backs.
+_EXPIRIES_OF = "SELECT id, body FROM entries WHERE ref = ? AND kind = 'expiry'"
 
 # Transfers a hand-over writes to one commit (one log record): a few hundred
 # members' worth a second, each commit short enough not to hold a till waiting.
@@ -356,8 +359,8 @@ class Payments(Merges, Rules):
         the member has spent since are paid for out of what it gives back
         (`refund_terms`)."""
         self.authorise(operator, "refund")
-        terms = self.refund_terms(debit_id, amount, qty=qty)
         debit = self._debit(debit_id)
+        terms = self._refund_terms(debit, amount, qty)
         if debit["node"] != self.node:
             raise RightsElsewhere("refund", terms["share"], 0,
                                   {debit["node"]: terms["left"]})
@@ -412,14 +415,12 @@ class Payments(Merges, Rules):
         taken = min(wanted, held, max(0, int(row[0]) if row else 0))
         # The write-offs naming the lot, less what their writers gave back of them (a
         # write-off made before its writer heard of a spend took more than had expired:
-        # give_back_write_offs names the write-off).
-        def write_offs(ref: str) -> list[tuple[str, int]]:
-            return [(eid, -sum(c for p, _n, c in json.loads(body)["deltas"] if p == "points"))
-                    for eid, body in conn.execute("SELECT id, body FROM entries WHERE ref = ? "
-                                                  "AND kind = 'expiry'", (ref,))]
-
-        written_off = sum(n + sum(back for _b, back in write_offs(eid))
-                          for eid, n in write_offs(str(debit["id"])))
+        # give_back_write_offs names the write-off in `ref`).
+        written_off = 0
+        for eid, body in conn.execute(_EXPIRIES_OF, (debit["id"],)).fetchall():
+            written_off -= points_change(json.loads(body))
+            for _id, back in conn.execute(_EXPIRIES_OF, (eid,)):
+                written_off -= points_change(json.loads(back))
         return taken, max(0, wanted - taken - max(0, written_off))
 
     def refund_terms(self, debit_id: str, amount: int | None = None, *,
@@ -437,7 +438,11 @@ class Payments(Merges, Rules):
         or redeemed, then refunded gave the member the bonus or the gift for nothing.
         Points of a sale that have expired are not charged: the member did not spend
         them. At most the money refunded is kept."""
-        debit = self._debit(debit_id)
+        return self._refund_terms(self._debit(debit_id), amount, qty)
+
+    def _refund_terms(self, debit: dict[str, Any], amount: int | None, qty: int | None
+                      ) -> dict[str, Any]:
+        debit_id = str(debit["id"])
         late = self.refund_closed(debit_id)
         if late:
             raise PermissionDenied(late)
@@ -470,7 +475,7 @@ class Payments(Merges, Rules):
         money, whole, done = share, refund_whole(debit), refund_whole(debit) - left
         if goods:  # the money of `units`: a cumulative floor, the last part the rest
             sold, whole = int(debit["qty"]), int(debit["amount"])
-            done = sum(_money_share(p) for p in prior)
+            done = sum(sale_share(p) for p in prior)
             back = whole if share == left else whole * (sold - left + share) // sold
             money = max(0, min(whole - done, back - done))
         elif package:
@@ -496,7 +501,7 @@ class Payments(Merges, Rules):
             paid_for = sum(int(p.get("spent") or 0) for p in prior)
             kept_before = sum(int(p.get("kept") or 0) for p in prior)
             kept = max(0, min(money, -(-(paid_for + spent) * 100 // per_yuan) - kept_before))
-        else:
+        elif money <= 0:
             spent = 0  # a package's uses give no money back to keep anything from
         deltas: list[tuple[str, str, int]] = []
         if debit.get("pay") == "stored":
@@ -984,14 +989,8 @@ def refund_whole(debit: Mapping[str, Any]) -> int:
     return int((debit.get("qty") or 1) if _by_units(debit) else debit.get("amount") or 0)
 
 
-def _money_share(refund: Mapping[str, Any]) -> int:
-    """The fen of its debit a refund took off: the money it gave back and what it kept
-    for points spent since (`refund_terms`)."""
-    return int(refund.get("amount") or 0) + int(refund.get("kept") or 0)
-
-
 def _refund_left(debit: Mapping[str, Any], prior: list[dict[str, Any]]) -> int:
     """What is left to refund of `debit` after its refunds `prior` (`refund_left`)."""
     if _by_units(debit):
         return refund_whole(debit) - sum(int(p.get("qty") or 0) for p in prior)
-    return refund_whole(debit) - sum(_money_share(p) for p in prior)
+    return refund_whole(debit) - sum(sale_share(p) for p in prior)

@@ -504,8 +504,14 @@ def _refund_gives(entry: Mapping[str, Any], into: dict[str, int] | None = None
     sale paid at the till, moving no value but saying 10**12, demoted a member at
     every branch."""
     out = _by_value(entry, +1, into)
-    out[_SHARE] = out.get(_SHARE, 0) + int(entry["amount"]) + int(entry.get("kept") or 0)
+    out[_SHARE] = out.get(_SHARE, 0) + sale_share(entry)
     return out
+
+
+def sale_share(refund: Mapping[str, Any]) -> int:
+    """The fen of its sale a refund took off: the money it gave back and what it kept
+    for the sale's points spent since (Payments.refund_terms)."""
+    return int(refund.get("amount") or 0) + int(refund.get("kept") or 0)
 
 
 _NO_BACKING = Backing()

@@ -1040,7 +1040,7 @@ def _counted_back(conn: sqlite3.Connection, key: str, by_units: bool, where: str
         sold = int(sale[1] or 1)
         given, given_qty = conn.execute(
             # A refund's share of its sale is the money it gave back and what it kept
-            # for points spent since (Payments.refund_terms).
+            # for points spent since (projection.sale_share, in SQL).
             "SELECT TOTAL(amount + COALESCE(json_extract(body, '$.kept'), 0)), "
             "TOTAL(json_extract(body, '$.qty')) FROM entries "
             "WHERE ref = ? AND kind = 'refund' AND id <= ?", (ref, eid)).fetchone()
