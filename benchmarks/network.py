@@ -1010,7 +1010,19 @@ def _child_main(argv: list[str]) -> None:
     parser.add_argument("data", type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(Child(args.data).main())
+    # BENCH_PROFILE=DIR: each node child writes its cProfile to DIR/<data dir>.prof
+    # (cProfile doubles Python's share against C: read it for where, not how much).
+    out = os.environ.get("BENCH_PROFILE")
+    if not out:
+        asyncio.run(Child(args.data).main())
+        return
+    import cProfile
+
+    prof = cProfile.Profile()
+    try:
+        prof.runcall(asyncio.run, Child(args.data).main())
+    finally:
+        prof.dump_stats(Path(out) / f"{args.data.name}.prof")
 
 
 if __name__ == "__main__":
