@@ -37,6 +37,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime, tzinfo
 
 import portalocker
 
@@ -172,11 +173,26 @@ _UNSEEN |= {0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 
 class _OneLine(logging.Formatter):
-    """A message is one line whatever it quotes; a traceback keeps its lines."""
+    """A message is one line whatever it quotes; a traceback keeps its lines. Times in
+    the chain's zone once a node has told it (`log_zone`), with their UTC offset: a
+    shop PC set to UTC wrote its logs eight hours off the receipts and pages."""
+
+    zone: tzinfo | None = None  # this machine's until log_zone
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        when = datetime.fromtimestamp(record.created, self.zone or UTC)
+        if self.zone is None:
+            when = when.astimezone()
+        return f"{when:%Y-%m-%d %H:%M:%S},{int(record.msecs):03d}{when:%z}"
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = record.message.translate(_UNSEEN)
         return super().formatMessage(record)
+
+
+def log_zone(zone: tzinfo) -> None:
+    """Write log times in `zone` (the chain's: crdtledger.localtime.zone) from now on."""
+    _OneLine.zone = zone
 
 
 class _JournalPrefix(_OneLine):

@@ -709,6 +709,7 @@ class Node:
                     f"{identity.chain}, but the store is {self.ledger.node} of "
                     f"{self.ledger.chain}")
             self._load_revocations()
+            platform.log_zone(localtime.zone(self.ledger))
             # The rebalancer looks at debits from now on (the core's mark starts at
             # the newest entry): a first pass over a year of entries would hold the
             # loop for as long as the scan takes.
@@ -832,6 +833,7 @@ class Node:
     def _reload_revocations(self) -> None:
         self._crl_soon = False
         self._load_revocations()
+        platform.log_zone(localtime.zone(self.ledger))  # the settings rule may move it
 
     def _flush_queued(self) -> None:
         self._flush_soon = False

@@ -46,6 +46,7 @@ class NodeProc:
     mdns: bool = False
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)  # on top of the test's (cli_env)
 
     @property
     def url(self) -> str:
@@ -65,7 +66,7 @@ class NodeProc:
         self.log = self.data.parent / f"{self.name}.log"
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cli_command(*argv), stdout=log, stderr=log,
-                                         env=cli_env())
+                                         env=cli_env(self.env))
         if wait:
             wait_for(self.ready, START_TIMEOUT_S, f"{self.name} to start")
         return self

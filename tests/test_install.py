@@ -12,7 +12,9 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -270,6 +272,23 @@ def test_logs_carry_the_journals_priorities_under_systemd() -> None:
     first, *_ = terminal.stderr.splitlines()
     assert first.endswith(" ERROR crdtledger.node cannot sync\\x0awith SH02")
     assert not first.startswith("<")
+
+
+def test_a_nodes_log_times_are_the_chains_zone_on_a_pc_set_to_utc(tmp_path: Path) -> None:
+    """A shop PC whose system zone is UTC wrote its log eight hours off the receipts
+    and the counter's pages (the chain's zone, Asia/Shanghai by default): each line's
+    time is the chain's now, with its UTC offset."""
+    with cluster(tmp_path / "a", "chain-a") as a, cluster(tmp_path / "b", "chain-b") as b:
+        sh01 = a.add("SH01").start()
+        stranger = b.add("SH09")
+        stranger.peers = [sh01.url]  # another chain's node: its dial is refused, and said
+        stranger.env = {"TZ": "UTC"}
+        stranger.start()
+        wait_for(lambda: "TLS handshake" in stranger.logs(), 60, "the refused dial, logged")
+    line = next(x for x in stranger.logs().splitlines() if "TLS handshake" in x)
+    stamp = line.split(" WARNING ")[0]
+    when = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f%z")
+    assert stamp.endswith("+0800") and abs(when.timestamp() - time.time()) < 300, line
 
 
 @pytest.mark.asyncio
