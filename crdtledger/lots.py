@@ -61,9 +61,28 @@ Lot = list[Any]  # [expires, left, earned by entry id, the member that entry nam
 
 
 def take(lots: list[Lot], n: int, kind: str, ref: str | None, day: str,
-         took: list[tuple[Lot, int]] | None = None) -> int:
+         took: list[tuple[Lot, int]] | None = None,
+         index: dict[str, Lot] | None = None) -> int:
     """Take `n` points from `lots` for an entry of `kind` (and `ref`) on `day`; what
-    no lot had left to cover. `took` collects (lot, points taken from it)."""
+    no lot had left to cover. `took` collects (lot, points taken from it); `index`,
+    if given, holds every lot of `lots` by its earning entry's id."""
+    # The lot taken first covers the whole spend nearly always: found by one pass, not
+    # a sort of every lot (a liar's ten thousand lots of a point made each honest
+    # spend sort them all), or by `index` when the entry names it (a daily pass writing
+    # off ten thousand lots of a member passed over them all once per lot).
+    first = None
+    if index is not None and ref and kind in ("refund", "expiry"):
+        first = index.get(ref)
+        if first is not None and not (
+                first[1] > 0 and (first[0] < day if kind == "expiry" else first[0] >= day)):
+            first = None
+    if first is None:
+        first = _first(lots, kind, ref, day)
+    if first is not None and first[1] >= n:
+        first[1] -= n
+        if n and took is not None:
+            took.append((first, n))
+        return 0
     by_expiry = sorted((lot for lot in lots if lot[1] > 0), key=lambda lot: (lot[0], lot[2]))
     if kind == "expiry":
         order = [lot for lot in by_expiry if lot[0] < day]
@@ -82,7 +101,9 @@ def take(lots: list[Lot], n: int, kind: str, ref: str | None, day: str,
     # before its writer heard of a spend of the lot (a redemption at a branch cut off
     # from it), which took valid points of later lots; the rest is returned, and its
     # writer gives it back to its own rights (Payments.give_back_write_offs).
-    rest = [] if kind == "expiry" else [lot for lot in by_expiry if lot not in order]
+    # (Those valid on `day` are all in `order`, whatever `ref` put first: the rest are
+    # those that were not. A test of membership in `order` made this quadratic.)
+    rest = [] if kind == "expiry" else [lot for lot in by_expiry if lot[0] < day]
     for lot in order + rest:
         got = min(lot[1], n)
         lot[1] -= got
@@ -94,6 +115,40 @@ def take(lots: list[Lot], n: int, kind: str, ref: str | None, day: str,
     return n
 
 
+def _first(lots: list[Lot], kind: str, ref: str | None, day: str) -> Lot | None:
+    """The lot `take` takes from first: the one `ref` earned when it leads, else the
+    soonest to expire (then the smallest earning id) of those it may take."""
+    best: Lot | None = None
+    expired = kind == "expiry"
+    named = kind in ("refund", "expiry") and ref
+    for lot in lots:
+        if lot[1] > 0 and (lot[0] < day if expired else lot[0] >= day):
+            if named and lot[2] == ref:
+                return lot
+            if best is None or (lot[0], lot[2]) < (best[0], best[2]):
+                best = lot
+    return best
+
+
+class Pool(list[Lot]):
+    """A replay's lots of one pool, knowing whether any may be owed (left < 0): an
+    earning then scans them for debts only when there may be some (a liar's thousands
+    of earnings, each scanning every lot, made every sale of the member replaying
+    them quadratic). A plain list is taken to owe, as before."""
+
+    owes = False
+    # Its length after the last `prune`: lots spent to nothing stay in the list until
+    # it has doubled (each spend passes over the list: a member's thousand sales and
+    # thousand redemptions made one replay pass over every lot ever earned, per spend).
+    pruned = 0
+
+    def prune(self) -> None:
+        """Drop the lots with nothing left (nothing reads them) once it has doubled."""
+        if len(self) >= 2 * self.pruned + 32:
+            self[:] = [lot for lot in self if lot[1]]
+            self.pruned = len(self)
+
+
 def replay(conn: sqlite3.Connection, group: list[str], before: str | None = None,
            excess: dict[str, int] | None = None) -> list[Lot]:
     """The lots of `group` from its entries (those with ids before `before`, if
@@ -102,7 +157,7 @@ def replay(conn: sqlite3.Connection, group: list[str], before: str | None = None
     spending before a merge took its own lots, as its rights were its own. `excess`
     collects what each write-off took beyond the points expired (`take`), by its id."""
     merges = merged_at(conn, group)
-    pools: dict[str, list[Lot]] = {m: [] for m in group}
+    pools: dict[str, Pool] = {m: Pool() for m in group}
     into: dict[str, str] = {}
 
     def pool(m: str) -> str:
@@ -123,8 +178,12 @@ def replay(conn: sqlite3.Connection, group: list[str], before: str | None = None
             a, b = pool(m), pool(target if target in pools or target in into else m)
             if a != b:  # a cycle's last merge (its survivor's pointer) joins nothing
                 into[a] = b
-                pools[b] += pools.pop(a)
-        _step(pools[pool(e["member"])], _row(e, points_change(e)), written, extra)
+                joined = pools.pop(a)
+                pools[b] += joined
+                pools[b].owes = pools[b].owes or joined.owes
+        p = pools[pool(e["member"])]
+        _step(p, _row(e, points_change(e)), written, extra)
+        p.prune()
     if excess is not None:
         excess.update(extra)
     return [lot for lots in pools.values() for lot in lots]
@@ -207,11 +266,13 @@ def _row(e: dict[str, Any], change: int) -> tuple[Any, ...]:
 
 def _step(lots: list[Lot], row: tuple[Any, ...],
           written: dict[str, list[list[Any]]] | None = None,
-          excess: dict[str, int] | None = None) -> int:
+          excess: dict[str, int] | None = None,
+          index: dict[str, Lot] | None = None) -> int:
     """One entry, as (member, id, change, kind, ref, expires, day), folded into `lots`;
     what a write-off took beyond the points expired (else 0). `written` remembers
     which write-off took how much of which lot and `excess` collects what each
-    write-off took beyond the points expired, by its id (a replay's: `replay`)."""
+    write-off took beyond the points expired, by its id (a replay's: `replay`);
+    `index` (take's), kept up to date with the lots this adds."""
     member, eid, change, kind, ref, expires, day = row
     if kind == "expiry":
         # A write-off takes expired points only, and its give-back (a positive one,
@@ -219,7 +280,7 @@ def _step(lots: list[Lot], row: tuple[Any, ...],
         if change >= 0:
             return 0
         took: list[tuple[Lot, int]] = []
-        short = take(lots, -change, kind, ref, spend_day(eid, day), took)
+        short = take(lots, -change, kind, ref, spend_day(eid, day), took, index)
         if written is not None:
             for lot, got in took:
                 written.setdefault(lot[2], []).append([eid, got])
@@ -245,17 +306,26 @@ def _step(lots: list[Lot], row: tuple[Any, ...],
             if excess is not None:
                 excess[off[0]] = excess.get(off[0], 0) + got
     if change > 0:
-        for debt in sorted((lot for lot in lots if lot[1] < 0), key=lambda lot: lot[2]):
-            got = min(-debt[1], change)
-            debt[1] += got
-            change -= got
-            if not change:
-                return 0
-        lots.append([expires or NO_EXPIRY, change, eid, member])
+        if getattr(lots, "owes", True):
+            for debt in sorted((lot for lot in lots if lot[1] < 0), key=lambda lot: lot[2]):
+                got = min(-debt[1], change)
+                debt[1] += got
+                change -= got
+                if not change:
+                    return 0  # (a debt may be left: `owes` stays)
+            if isinstance(lots, Pool):
+                lots.owes = False  # every debt paid
+        lots.append(lot := [expires or NO_EXPIRY, change, eid, member])
+        if index is not None:
+            index[eid] = lot
     elif change < 0:
-        short = take(lots, -change, kind, ref, spend_day(eid, day))
+        short = take(lots, -change, kind, ref, spend_day(eid, day), None, index)
         if short:  # spent before, in id order, what earned it: owed by the next lots
-            lots.append([NO_EXPIRY, -short, eid, member])
+            lots.append(lot := [NO_EXPIRY, -short, eid, member])
+            if index is not None:
+                index[eid] = lot
+            if isinstance(lots, Pool):
+                lots.owes = True
     return 0
 
 
@@ -368,8 +438,9 @@ def _update(conn: sqlite3.Connection, touched: list[tuple[Any, ...]], seen: set[
                 + f"WHERE member {views.in_(pool)}" + (" AND left < 0" if earnings else ""),
                 pool)]
             before = {lot[2]: lot[1] for lot in lots}
+            index = {lot[2]: lot for lot in lots}
             for row in rows:
-                _step(lots, row)
+                _step(lots, row, index=index)
             changed = [lot for lot in lots if before.get(lot[2]) != lot[1]]
             conn.executemany("DELETE FROM points_lots WHERE member = ? AND earned = ?",
                              [(lot[3], lot[2]) for lot in changed if lot[2] in before])

@@ -8,8 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import hypothesis.strategies as st
 import pytest
 from helpers import FakeClock, new_ledger, sync, two_zones
+from hypothesis import given, settings
 
 from crdtledger import lots, views
 from crdtledger.hlc import HybridClock
@@ -561,3 +563,62 @@ def test_a_merge_noted_ahead_of_every_entry_replays_nothing_at_each_sale(
     assert replays == []
     monkeypatch.undo()
     assert kept(h) == replayed(h)
+
+
+def _take_by_sorting(lots_: list[lots.Lot], n: int, kind: str, ref: str | None, day: str,
+                     took: list[tuple[lots.Lot, int]]) -> int:
+    """`take` as first written, the definition: every lot sorted, the preferred first."""
+    by_expiry = sorted((lot for lot in lots_ if lot[1] > 0), key=lambda lot: (lot[0], lot[2]))
+    order = [lot for lot in by_expiry if (lot[0] < day if kind == "expiry" else lot[0] >= day)]
+    if kind in ("refund", "expiry") and ref:
+        order = [lot for lot in order if lot[2] == ref] + [lot for lot in order if lot[2] != ref]
+    rest = [] if kind == "expiry" else [lot for lot in by_expiry if lot not in order]
+    for lot in order + rest:
+        got = min(lot[1], n)
+        lot[1] -= got
+        n -= got
+        if got:
+            took.append((lot, got))
+        if not n:
+            break
+    return n
+
+
+_days = st.sampled_from(["2026-01-01", "2026-01-05", "2026-02-01", "2026-03-01", "9999-12-31"])
+_lot = st.tuples(_days, st.integers(-5, 40))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_lot, max_size=12), st.integers(0, 120),
+       st.sampled_from(["debit", "redeem", "refund", "expiry"]),
+       st.sampled_from([None, "E0", "E3", "E9"]), _days, st.booleans())
+def test_take_takes_what_sorting_every_lot_took(raw: list[tuple[str, int]], n: int, kind: str,
+                                                ref: str | None, day: str, indexed: bool
+                                                ) -> None:
+    """The one-pass `take` (a liar's ten thousand lots made every spend sort them all),
+    with or without its index by earning entry, leaves the same lots, says the same
+    shortfall and the same lots taken from."""
+    mine = [[expires, left, f"E{i}", "M1"] for i, (expires, left) in enumerate(raw)]
+    theirs = [list(lot) for lot in mine]
+    took: list[tuple[lots.Lot, int]] = []
+    want: list[tuple[lots.Lot, int]] = []
+    index = {lot[2]: lot for lot in mine} if indexed else None
+    assert lots.take(mine, n, kind, ref, day, took, index) == _take_by_sorting(
+        theirs, n, kind, ref, day, want)
+    assert mine == theirs
+    assert [(lot[2], got) for lot, got in took] == [(lot[2], got) for lot, got in want]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(-50, 50), st.sampled_from(["debit", "redeem"]), _days),
+                max_size=25))
+def test_a_pool_that_knows_it_owes_nothing_folds_as_a_list(
+        rows: list[tuple[int, str, str]]) -> None:
+    """A replay's pool skips the scan for debts when none can be owed: the same lots."""
+    pool, plain = lots.Pool(), []
+    for i, (change, kind, day) in enumerate(rows):
+        row = ("M1", f"E{i:03d}", change, kind, None, "2026-02-01" if change > 0 else None,
+               day)
+        lots._step(pool, row)
+        lots._step(plain, row)
+    assert list(pool) == plain
