@@ -77,11 +77,12 @@ class Cards(Members):
             (card_no,),
         ).fetchall()
         held = {r[1] for r in rows if r[2] in ("active", "lost")}
+        memo: dict[str, str] = {}  # (rows of one number: a chain of merges once)
         if len(held) > 1:  # members merged since may hold one each: one holder
-            held = {views.canonical(conn, m) for m in held}
+            held = {views.canonical(conn, m, memo) for m in held}
         if member is not None:
-            want = views.canonical(conn, member)
-            rows = [r for r in rows if views.canonical(conn, r[1]) == want]
+            want = views.canonical(conn, member, memo)
+            rows = [r for r in rows if views.canonical(conn, r[1], memo) == want]
             if not rows:
                 raise NotFound(f"card {card_no} is not member {member}'s")
         if not rows:

@@ -128,8 +128,9 @@ class Merges(Cards):
         """(member, its survivor, the rights this branch holds of it) of each merged
         member of `members` it holds any for: what a sweep moves (no id minted)."""
         conn = self.storage.conn
+        memo: dict[str, str] = {}
         return [(m, head, held) for m in members
-                if (head := views.canonical(conn, m)) != m and (held := self._held(m))]
+                if (head := views.canonical(conn, m, memo)) != m and (held := self._held(m))]
 
     def _sweep_writes(self, owing: list[tuple[str, str, list[tuple[str, int]]]],
                       operator: str | None = None
