@@ -519,6 +519,19 @@ def test_a_liars_refund_saying_more_than_its_sale_takes_no_spend_or_level(
         assert (led.level(m)["name"], led.level(m)["spent"]) == ("金卡", 300050)
 
 
+def refund_gives_counted(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, the calls of projection._refund_gives, counted in the one item."""
+    calls = [0]
+    counted = projection._refund_gives
+
+    def counting(*args: Any, **kw: Any) -> dict[str, int]:
+        calls[0] += 1
+        return counted(*args, **kw)
+
+    monkeypatch.setattr(projection, "_refund_gives", counting)
+    return calls
+
+
 def test_a_liars_record_of_many_refunds_is_judged_in_time_linear_in_its_length(
         chain: Chain, monkeypatch: pytest.MonkeyPatch) -> None:
     """SH03 wrote one record of K refunds of its own till sale of a member, 0.01 each,
@@ -538,19 +551,11 @@ def test_a_liars_record_of_many_refunds_is_judged_in_time_linear_in_its_length(
     liar._commit(lambda: (liar._together(*refunds), None))
     chain.sync()
     assert hq.storage.conn.execute("SELECT count(*) FROM deferred").fetchone()[0] == k + 1
-    calls = 0
-    counted = projection._refund_gives
-
-    def counting(*args: Any, **kw: Any) -> dict[str, int]:
-        nonlocal calls
-        calls += 1
-        return counted(*args, **kw)
-
-    monkeypatch.setattr(projection, "_refund_gives", counting)
+    calls = refund_gives_counted(monkeypatch)
     sh02.topup(sh02.owner, m, 1000)  # her funding moves: the waiting record is judged again
     sync(sh02, hq)
     assert hq.balance(m)["cash"] == 1000
-    assert 0 < calls <= 4 * (k + 1), calls
+    assert 0 < calls[0] <= 4 * (k + 1), calls
 
 
 def test_a_catch_up_of_many_one_refund_records_reads_each_refund_a_bounded_number_of_times(
@@ -568,19 +573,11 @@ def test_a_catch_up_of_many_one_refund_records_reads_each_refund_a_bounded_numbe
     sale = liar.debit(liar.owner, m, amount=100_000, pay="cash")["id"]
     for _ in range(k):
         liar.refund(liar.owner, sale, amount=1)
-    calls = 0
-    counted = projection._refund_gives
-
-    def counting(*args: Any, **kw: Any) -> dict[str, int]:
-        nonlocal calls
-        calls += 1
-        return counted(*args, **kw)
-
-    monkeypatch.setattr(projection, "_refund_gives", counting)
+    calls = refund_gives_counted(monkeypatch)
     monkeypatch.setattr(sync_protocol, "APPLY_SLICE", 50)
     sync(liar, hq)
     assert hq.refund_left(sale) == 100_000 - k
-    assert 0 < calls <= 12 * k, calls  # 18,000 and more before
+    assert 0 < calls[0] <= 12 * k, calls  # 18,000 and more before
 
 
 def test_a_record_holding_a_sale_and_its_refund_is_taken_whole(chain: Chain) -> None:
