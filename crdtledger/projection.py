@@ -572,7 +572,12 @@ def _backed(conn: sqlite3.Connection, unit: list[dict[str, Any]],
                     # (a record holding a sale and its refund together is taken whole).
                     if own is None:
                         own = {x["id"]: x for x in unit if x["kind"] == "debit"}
-                    debit = batch.debits.get(ref) or own.get(ref)
+                    # Remembered only once projected (here or earlier in the batch): a
+                    # debit of this unit is not, if the unit waits, and a later unit
+                    # refunding it (a liar's, to another member) leant on it.
+                    debit, projected = batch.debits.get(ref), True
+                    if debit is None and (debit := own.get(ref)) is not None:
+                        projected = False
                     if debit is None:
                         row = conn.execute("SELECT body FROM entries WHERE id = ? AND "
                                            "kind = 'debit'", (ref,)).fetchone()
@@ -586,7 +591,7 @@ def _backed(conn: sqlite3.Connection, unit: list[dict[str, Any]],
                                                 "AND kind = 'refund'", (ref,)):
                         _refund_gives(json.loads(body), before)
                     known = (str(debit["node"]), took, before)
-                    if batch.stored is not None:
+                    if batch.stored is not None and projected:
                         batch.stored[ref] = known
                 # What its refunds gave back already: projected before, and earlier in
                 # this batch; earlier in this unit is added as the unit is walked.

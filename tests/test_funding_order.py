@@ -300,3 +300,30 @@ def test_funding_written_here_before_a_restart_is_judged_after_it(w: World) -> N
     w.a.debit(w.a.owner, w.other, amount=100)  # any batch from another branch
     sync(w.a, b)
     assert funded(b, debit["id"]) == [True]
+
+
+def test_a_refund_never_leans_on_a_sale_whose_own_record_waits(w: World) -> None:
+    """The liar's record holds its sale and a refund of more than it (waiting for
+    ever); its next record refunds that sale to another member. Taken one batch per
+    record or both in one, the second refund waits too: a batch remembering the sale's
+    figures from the unit that waited judged it backed, and the other member's cash
+    rose by what nobody paid (a fault of the eleventh wave's own mend, found by its
+    probe)."""
+    w.give(50_000)
+    for r in w.replicas.values():
+        sync(w.a, r)
+    now = w.clock.ms
+    sale = w.debit(now, 50_000)
+    over = {**w.entry(now + 1, "refund", 60_000, [["cash", "SH03", 60_000]]), "ref": sale["id"]}
+    other = {**w.entry(now + 2, "refund", 50_000, [["cash", "SH03", 50_000]], w.other),
+             "ref": sale["id"]}
+    spend = w.debit(now + 3, 50_000, w.other)
+    records = [w.write(sale, over), w.write(other), w.write(spend)]
+    b, c = w.replicas["SH02"], w.replicas["SH04"]
+    for rec in records:
+        b.apply_batch(w.liar.batch([rec]))
+    c.apply_batch(w.liar.batch(records))
+    ids = [sale["id"], over["id"], other["id"], spend["id"]]
+    assert funded(b, *ids) == funded(c, *ids) == [False] * 4
+    assert c.balance(w.other)["cash"] == 100_000
+    assert_same([b, c])
