@@ -333,14 +333,29 @@ class Coupons(Payments):
 
     def coupons(self, member: str) -> list[dict[str, Any]]:
         """The member's coupons (their group's: crdtledger.merge), oldest first."""
-        group = views.member_group(self.storage.conn, member)
-        return [self._view(dict(json.loads(b))) for (b,) in self.storage.conn.execute(
+        conn = self.storage.conn
+        group = views.member_group(conn, member)
+        # Every redemption of the group's coupons in one pass over its entries, the
+        # first of each: one search of them per coupon redeemed made the list (read
+        # at every member lookup at the counter) quadratic (1.4 s at 800 coupons).
+        used: dict[str, dict[str, Any]] = {}
+        for coupon, body in conn.execute(
+                f"SELECT json_extract(body, '$.coupon'), body FROM entries WHERE member "
+                f"{views.in_(group)} AND kind != 'coupon' AND json_extract(body, "
+                "'$.coupon') IS NOT NULL ORDER BY id", group):
+            if isinstance(coupon, str) and coupon not in used:
+                used[coupon] = body
+        return [self._view(dict(json.loads(b)), group, used) for (b,) in conn.execute(
             f"SELECT body FROM entries WHERE member {views.in_(group)} AND kind = 'coupon' "
             "ORDER BY id", group)]
 
-    def _view(self, c: dict[str, Any]) -> dict[str, Any]:
+    def _view(self, c: dict[str, Any], group: list[str] | None = None,
+              used: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """`group`: the member's, if the caller read it; `used`: the first entry (its
+        JSON text) naming each redeemed coupon of the group, if the caller read them."""
         conn = self.storage.conn
-        group = views.member_group(conn, str(c["member"]))
+        if group is None:
+            group = views.member_group(conn, str(c["member"]))
         held: dict[str, int] = {}
         for node, amount in conn.execute(
                 f"SELECT node, amount FROM rights WHERE member {views.in_(group)} "
@@ -351,7 +366,11 @@ class Coupons(Payments):
         status: CouponStatus
         if sum(held.values()) <= 0:
             status = "redeemed"
-            found = self._redemption(c)
+            if used is None:
+                found = self._redemption(c)
+            else:
+                body = used.get(str(c["id"]))
+                found = None if body is None else dict(json.loads(body))
             if found is not None:
                 at, by = str(found["node"]), str(found["id"])
                 on = self.storage.day_of(id_time_ms(by))
