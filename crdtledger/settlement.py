@@ -69,7 +69,7 @@ positions (`net`) sum to zero.
 from __future__ import annotations
 
 import bisect
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict, cast
@@ -136,7 +136,7 @@ class _Book:
     order: list[str] = field(default_factory=list)  # keys of `lots`, oldest first
     # Debits' parts that no lot covered yet (a _Taking and its [None, server, fen]
     # part), oldest first: the next lots opened cover them (_Replay.cover).
-    owed: list[tuple[_Taking, list[Any]]] = field(default_factory=list)
+    owed: deque[tuple[_Taking, list[Any]]] = field(default_factory=deque)
 
     def put(self, key: str, collector: str, amount: int) -> None:
         lot = self.lots.get(key)
@@ -248,7 +248,12 @@ class _Replay:
             taking, part = book.owed[0]
             if part[2]:
                 taken, _ = book.take(part[2])
-                at = taking.parts.index(part)
+                # The part not covered stays last (consume appends it, lots covering it
+                # go before it, a refund gives back from the end): found there, not by
+                # a search of every part (a debit covered a fen at a time by N top-ups
+                # searched N growing lists: 4.6 s at 16,000).
+                parts = taking.parts
+                at = len(parts) - 1 if parts and parts[-1] is part else parts.index(part)
                 for key, collector, n in taken:
                     self.unspent[collector] -= n
                     self.serve(collector, taking.server, n)
@@ -257,7 +262,7 @@ class _Replay:
                     taking.parts.insert(at, [key, collector, n])
                     at += 1
             if part[2] == 0:
-                book.owed.pop(0)
+                book.owed.popleft()
                 taking.parts = [p for p in taking.parts if p is not part]
 
     def give_back(self, e: Mapping[str, Any], amount: int) -> None:

@@ -508,3 +508,36 @@ def test_rights_transfers_that_serve_nobody_change_nothing(
     plain = run(False)
     assert_sound(plain)
     assert run(True) == plain
+
+
+def test_a_debit_covered_a_fen_at_a_time_finds_its_open_part_without_a_search(
+        monkeypatch: Any) -> None:
+    """A debit sorted before any lot (a clock put back, or a liar) covered by N top-ups
+    of a fen each: each cover searched the debit's growing list of parts for the part
+    still open (4.6 s at 16,000). Counted, not timed: no search; and the statement is
+    the one the lots say (the debit served wholly from them, nothing unattributed)."""
+    searches = [0]
+
+    class Parts(list[Any]):
+        def index(self, *args: Any) -> int:
+            searches[0] += 1
+            return super().index(*args)
+
+    made = settlement._Taking
+
+    class Taking(made):  # type: ignore[valid-type,misc]
+        def __init__(self, server: str, parts: list[Any]) -> None:
+            super().__init__(server, Parts(parts))
+
+    monkeypatch.setattr(settlement, "_Taking", Taking)
+    n = 300
+    entries = [{"id": "0000000000001.0000.SH03", "kind": "debit", "node": "SH03",
+                "member": "M", "deltas": [["cash", "SH03", -n]], "amount": n}]
+    entries += [{"id": f"{2000000000000 + i:013d}.0000.SH01", "kind": "topup",
+                 "node": "SH01", "member": "M", "deltas": [["cash", "SH01", 1]], "amount": 1}
+                for i in range(n)]
+    statement = settlement.settle(entries)
+    assert searches == [0]
+    assert statement["branches"]["SH03"]["unattributed"] == 0
+    assert statement["branches"]["SH03"]["served_for_others"] == n
+    assert statement["total"] == 0
