@@ -1018,6 +1018,7 @@ def _child_main(argv: list[str]) -> None:
         return
     import cProfile
 
+    Path(out).mkdir(parents=True, exist_ok=True)
     prof = cProfile.Profile()
     try:
         prof.runcall(asyncio.run, Child(args.data).main())

@@ -307,12 +307,24 @@ class Coupons(Payments):
         return f"coupon {c['id']} was redeemed already, at {found['node']} on {when}"
 
     def _redemption(self, c: Mapping[str, Any]) -> dict[str, Any] | None:
-        group = views.member_group(self.storage.conn, str(c["member"]))
-        row = self.storage.conn.execute(
-            f"SELECT body FROM entries WHERE member {views.in_(group)} AND kind != 'coupon' "
-            "AND json_extract(body, '$.coupon') = ? ORDER BY id LIMIT 1",
-            [*group, c["id"]]).fetchone()
-        return None if row is None else dict(json.loads(row[0]))
+        found = self._redemptions(views.member_group(self.storage.conn, str(c["member"])),
+                                  str(c["id"])).get(str(c["id"]))
+        return None if found is None else dict(json.loads(found))
+
+    def _redemptions(self, group: list[str], coupon: str | None = None) -> dict[str, str]:
+        """The first entry (its JSON text) naming each coupon of `group` it redeemed
+        (only `coupon`, if given), in one pass: one search per coupon redeemed made a
+        member's list (read at every member lookup at the counter) quadratic (1.4 s
+        at 800 coupons)."""
+        used: dict[str, str] = {}
+        for code, body in self.storage.conn.execute(
+                f"SELECT json_extract(body, '$.coupon'), body FROM entries WHERE member "
+                f"{views.in_(group)} AND kind != 'coupon' AND json_extract(body, '$.coupon') "
+                + ("= ?" if coupon else "IS NOT NULL") + " ORDER BY id",
+                [*group, coupon] if coupon else group):
+            if isinstance(code, str) and code not in used:
+                used[code] = body
+        return used
 
     # --- reading ------------------------------------------------------------------------
 
@@ -335,24 +347,15 @@ class Coupons(Payments):
         """The member's coupons (their group's: crdtledger.merge), oldest first."""
         conn = self.storage.conn
         group = views.member_group(conn, member)
-        # Every redemption of the group's coupons in one pass over its entries, the
-        # first of each: one search of them per coupon redeemed made the list (read
-        # at every member lookup at the counter) quadratic (1.4 s at 800 coupons).
-        used: dict[str, dict[str, Any]] = {}
-        for coupon, body in conn.execute(
-                f"SELECT json_extract(body, '$.coupon'), body FROM entries WHERE member "
-                f"{views.in_(group)} AND kind != 'coupon' AND json_extract(body, "
-                "'$.coupon') IS NOT NULL ORDER BY id", group):
-            if isinstance(coupon, str) and coupon not in used:
-                used[coupon] = body
+        used = self._redemptions(group)
         return [self._view(dict(json.loads(b)), group, used) for (b,) in conn.execute(
             f"SELECT body FROM entries WHERE member {views.in_(group)} AND kind = 'coupon' "
             "ORDER BY id", group)]
 
     def _view(self, c: dict[str, Any], group: list[str] | None = None,
-              used: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """`group`: the member's, if the caller read it; `used`: the first entry (its
-        JSON text) naming each redeemed coupon of the group, if the caller read them."""
+              used: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """`group`: the member's, and `used`: `_redemptions` of it, if the caller read
+        them (a list of the member's coupons)."""
         conn = self.storage.conn
         if group is None:
             group = views.member_group(conn, str(c["member"]))
@@ -367,10 +370,9 @@ class Coupons(Payments):
         if sum(held.values()) <= 0:
             status = "redeemed"
             if used is None:
-                found = self._redemption(c)
-            else:
-                body = used.get(str(c["id"]))
-                found = None if body is None else dict(json.loads(body))
+                used = self._redemptions(group, str(c["id"]))
+            body = used.get(str(c["id"]))
+            found = None if body is None else dict(json.loads(body))
             if found is not None:
                 at, by = str(found["node"]), str(found["id"])
                 on = self.storage.day_of(id_time_ms(by))

@@ -70,14 +70,7 @@ def take(lots: list[Lot], n: int, kind: str, ref: str | None, day: str,
     # a sort of every lot (a liar's ten thousand lots of a point made each honest
     # spend sort them all), or by `index` when the entry names it (a daily pass writing
     # off ten thousand lots of a member passed over them all once per lot).
-    first = None
-    if index is not None and ref and kind in ("refund", "expiry"):
-        first = index.get(ref)
-        if first is not None and not (
-                first[1] > 0 and (first[0] < day if kind == "expiry" else first[0] >= day)):
-            first = None
-    if first is None:
-        first = _first(lots, kind, ref, day)
+    first = _first(lots, kind, ref, day, index)
     if first is not None and first[1] >= n:
         first[1] -= n
         if n and took is not None:
@@ -115,12 +108,18 @@ def take(lots: list[Lot], n: int, kind: str, ref: str | None, day: str,
     return n
 
 
-def _first(lots: list[Lot], kind: str, ref: str | None, day: str) -> Lot | None:
-    """The lot `take` takes from first: the one `ref` earned when it leads, else the
-    soonest to expire (then the smallest earning id) of those it may take."""
+def _first(lots: list[Lot], kind: str, ref: str | None, day: str,
+           index: dict[str, Lot] | None = None) -> Lot | None:
+    """The lot `take` takes from first: the one `ref` earned when it leads (found in
+    `index` if given), else the soonest to expire (then the smallest earning id) of
+    those it may take."""
     best: Lot | None = None
     expired = kind == "expiry"
     named = kind in ("refund", "expiry") and ref
+    if named and index is not None:
+        lot = index.get(str(ref))
+        if lot is not None and lot[1] > 0 and (lot[0] < day if expired else lot[0] >= day):
+            return lot
     for lot in lots:
         if lot[1] > 0 and (lot[0] < day if expired else lot[0] >= day):
             if named and lot[2] == ref:

@@ -477,17 +477,16 @@ class Backing:
     """What a batch has projected that later units lean on: the ids projected (a
     sweep's out), the debits projected (by id) and what refunds gave back of each."""
 
-    def __init__(self, remember: bool = True) -> None:
+    def __init__(self) -> None:
         self.ids: set[str] = set()
         self.debits: dict[str, dict[str, Any]] = {}
         self.given: dict[str, dict[str, int]] = {}
-        # Per debit refunded: its writer, what it took, and what the refunds projected
-        # before this batch gave back (the store does not move under a batch: its rows
-        # are written at its end). Read once per batch, not once per unit: a liar's
-        # thousands of one-refund records were each judged against all the earlier
-        # ones, read again (15 s for a catch-up of 3,000 such records).
-        self.stored: dict[str, tuple[str, dict[str, int], dict[str, int]]] | None = (
-            {} if remember else None)
+        # Per debit refunded and projected: its writer, what it took, and what the
+        # refunds projected before this batch gave back (the store does not move under
+        # a batch: its rows are written at its end). Read once per batch, not once per
+        # unit: a liar's thousands of one-refund records were each judged against all
+        # the earlier ones, read again (15 s for a catch-up of 3,000 such records).
+        self.stored: dict[str, _Sale] = {}
 
     def add(self, unit: list[dict[str, Any]]) -> None:
         for e in unit:
@@ -521,13 +520,15 @@ def sale_share(refund: Mapping[str, Any]) -> int:
     return int(refund.get("amount") or 0) + int(refund.get("kept") or 0)
 
 
-_NO_BACKING = Backing(remember=False)  # shared by every call: remembers nothing
+# A refunded sale as _backed judges it: its writer, what it took of each measure, and
+# what its refunds gave back of each.
+_Sale = tuple[str, dict[str, int], dict[str, int]]
 # The kinds _backed judges; it passes a unit with none of them.
 _BACKED_KINDS = frozenset({"merge", "refund"})
 
 
 def _backed(conn: sqlite3.Connection, unit: list[dict[str, Any]],
-            batch: Backing = _NO_BACKING) -> bool:
+            batch: Backing | None = None) -> bool:
     """What `unit` raises is backed by what it names, projected here (in the store, or
     earlier in this batch: `batch`):
     - a sweep's "in" by its "out" (write rule merge-paired). The out lowers its writer's
@@ -548,7 +549,8 @@ def _backed(conn: sqlite3.Connection, unit: list[dict[str, Any]],
     # the member, in time growing with the square of its length (12 s at 6,000).
     ids: set[str] | None = None  # the unit's own, made when a merge asks
     own: dict[str, dict[str, Any]] | None = None  # its debits, made when a refund asks
-    sales: dict[str, tuple[str, dict[str, int], dict[str, int]]] = {}
+    sales: dict[str, _Sale] = {}
+    batch = batch or Backing()
     for e in unit:
         kind = e["kind"]
         if kind == "merge":
@@ -566,33 +568,11 @@ def _backed(conn: sqlite3.Connection, unit: list[dict[str, Any]],
             if not isinstance(ref, str):
                 return False
             if ref not in sales:
-                known = batch.stored.get(ref) if batch.stored is not None else None
+                if own is None:
+                    own = {x["id"]: x for x in unit if x["kind"] == "debit"}
+                known = _sale(conn, ref, own, batch)
                 if known is None:
-                    # Its debit projected before, earlier in this batch, or in this unit
-                    # (a record holding a sale and its refund together is taken whole).
-                    if own is None:
-                        own = {x["id"]: x for x in unit if x["kind"] == "debit"}
-                    # Remembered only once projected (here or earlier in the batch): a
-                    # debit of this unit is not, if the unit waits, and a later unit
-                    # refunding it (a liar's, to another member) leant on it.
-                    debit, projected = batch.debits.get(ref), True
-                    if debit is None and (debit := own.get(ref)) is not None:
-                        projected = False
-                    if debit is None:
-                        row = conn.execute("SELECT body FROM entries WHERE id = ? AND "
-                                           "kind = 'debit'", (ref,)).fetchone()
-                        if row is None:
-                            return False
-                        debit = json.loads(row[0])
-                    took = _by_value(debit, -1)
-                    took[_SHARE] = int(debit["amount"])
-                    before: dict[str, int] = {}  # what its refunds projected before gave
-                    for (body,) in conn.execute("SELECT body FROM entries WHERE ref = ? "
-                                                "AND kind = 'refund'", (ref,)):
-                        _refund_gives(json.loads(body), before)
-                    known = (str(debit["node"]), took, before)
-                    if batch.stored is not None and projected:
-                        batch.stored[ref] = known
+                    return False
                 # What its refunds gave back already: projected before, and earlier in
                 # this batch; earlier in this unit is added as the unit is walked.
                 given = dict(known[2])
@@ -607,6 +587,39 @@ def _backed(conn: sqlite3.Connection, unit: list[dict[str, Any]],
                 return False
             _refund_gives(e, given)
     return True
+
+
+def _sale(conn: sqlite3.Connection, ref: str, own: Mapping[str, dict[str, Any]],
+          batch: Backing) -> _Sale | None:
+    """The debit `ref` as _backed judges its refunds, with what the refunds projected
+    before this batch gave back; None if it is nowhere: projected before, earlier in
+    this batch, or in the unit judged (`own`: a record holding a sale and its refund
+    together is taken whole). Remembered by the batch only once projected: a debit of
+    the unit is not if the unit waits, and a later unit's refund of it (a liar's, to
+    another member) leant on it."""
+    known = batch.stored.get(ref)
+    if known is not None:
+        return known
+    debit = batch.debits.get(ref)
+    projected = debit is not None
+    if debit is None:
+        debit = own.get(ref)
+    if debit is None:
+        row = conn.execute("SELECT body FROM entries WHERE id = ? AND kind = 'debit'",
+                           (ref,)).fetchone()
+        if row is None:
+            return None
+        debit, projected = json.loads(row[0]), True
+    took = _by_value(debit, -1)
+    took[_SHARE] = int(debit["amount"])
+    before: dict[str, int] = {}
+    for (body,) in conn.execute("SELECT body FROM entries WHERE ref = ? AND kind = 'refund'",
+                                (ref,)):
+        _refund_gives(json.loads(body), before)
+    known = (str(debit["node"]), took, before)
+    if projected:
+        batch.stored[ref] = known
+    return known
 
 
 def _funded(conn: sqlite3.Connection, entries: list[dict[str, Any]]) -> bool:

@@ -828,12 +828,14 @@ class Node:
             # reading the list verifies every version's signature (a liar's 400
             # copies, once per record, held the loop 17 s).
             self._crl_soon = True
-            asyncio.get_running_loop().call_soon(self._reload_revocations)
+            asyncio.get_running_loop().call_soon(self._rules_arrived)
 
-    def _reload_revocations(self) -> None:
+    def _rules_arrived(self) -> None:
+        """What the node takes from the rules: the revocation list, the chain's zone
+        its log is written in (the settings rule may move it)."""
         self._crl_soon = False
         self._load_revocations()
-        platform.log_zone(localtime.zone(self.ledger))  # the settings rule may move it
+        platform.log_zone(localtime.zone(self.ledger))
 
     def _flush_queued(self) -> None:
         self._flush_soon = False
