@@ -235,8 +235,9 @@ DEFAULT_RULES: dict[str, Any] = {
     "promotions": [],
     "conversion": {"points_per_yuan": "100"},
     "card_types": {t: {"fee": 0} for t in CARD_TYPES},
-    # stock_adjust_limit: a stock-take adjustment worth more than this at cost (fen)
-    # needs an approver (crdtledger.goods).
+    # correction_limit, stock_adjust_limit: an operator's corrections (their worth) or
+    # stock-takes (at cost) of a day without an approver, counted together, above this
+    # (fen) need one (crdtledger.payments, crdtledger.goods).
     "approval": {"topup_limit": 500000, "correction_limit": 10000, "stock_adjust_limit": 10000},
     "settings": {"timezone": "Asia/Shanghai"},
     "branches": {},  # node id -> display name, e.g. {"SH01": "南京西路店"}; the id if absent

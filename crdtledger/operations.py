@@ -1104,7 +1104,9 @@ def package_sell(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
                                pay=p.get("pay"), approver=approver_of(p), **_card(p))
 
 
-@operation("correct", "An approved manual adjustment of a purse", permission="adjust",
+@operation("correct", "A manual adjustment of a purse (with an approver once the operator's "
+           "corrections of the day without one pass the approval rule's correction_limit)",
+           permission="adjust",
            http="POST /corrections",
            params=(MEMBER, PURSE_PARAM, Param("change", SIGNED, flag=None),
                    Param("change_text", SIGNED_TEXT, flag="--change",
@@ -1419,7 +1421,8 @@ def stock_return(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
 
 
 @operation("stock.adjust", "盘点: correct this branch's stock by a signed number of units "
-           "(above the approval rule's stock_adjust_limit at cost: with an approver)",
+           "(with an approver once the operator's adjustments of the day without one pass "
+           "the approval rule's stock_adjust_limit at cost)",
            permission="stock.write", http="POST /stock/adjust",
            params=(GOODS, Param("change", {**SIGNED, "description": "signed units"},
                                 required=True),

@@ -723,9 +723,14 @@ class Payments(Merges, Rules):
             member, _ = self._acting(member)
         worth = self._correction_worth(member, purse, abs(change))
         approved = None
-        if worth > int(self.rule("approval")["correction_limit"]):
+        # Counted with what this operator corrected today without an approver: one
+        # correction of 100.01 needed an approver, thirty of 100.00 needed none.
+        before = self._corrected_today(operator)
+        if worth + before > int(self.rule("approval")["correction_limit"]):
             what = (f"a correction of {format_yuan(change)}" if purse in MONEY_PURSES else
                     f"a correction of {change:+d} {purse} (worth {format_yuan(worth)})")
+            if before:
+                what += f" (after {format_yuan(before)} corrected today without one)"
             approved = self._approve(operator, approver, what)
         entry = self._entry("correction", member, deltas=[(purse, self.node, change)],
                             amount=abs(change), reason=reason, op=operator,
@@ -752,18 +757,39 @@ class Payments(Merges, Rules):
             return max(paid, n * self._list_price(body.get("service")))
         return n if purse in MONEY_PURSES else 0
 
+    def _unapproved_today(self, operator: str, kind: str) -> list[tuple[str, int, Any]]:
+        """(member, amount, body) of `operator`'s entries of `kind` written today at this
+        branch without an approver: what a limit counts together with the next one, so
+        that splitting an amount does not pass it (today's entries are a range of ids)."""
+        today = self.today()
+        return [(str(m), int(a), json.loads(b)) for m, a, b in self.storage.conn.execute(
+            "SELECT member, amount, body FROM entries WHERE id >= ? AND kind = ? AND "
+            "node = ? AND op = ? AND day = ? AND json_extract(body, '$.approver') IS NULL",
+            (self.storage.day_start_id(today), kind, self.node, operator, today))]
+
+    def _corrected_today(self, operator: str) -> int:
+        """What `operator`'s corrections today here without an approver were worth, each
+        as `correct` valued it (a package's uses at today's worth, a package no longer
+        known at its units)."""
+        total = 0
+        for member, amount, body in self._unapproved_today(operator, "correction"):
+            deltas = body.get("deltas") or [[""]]
+            try:
+                total += self._correction_worth(views.canonical(self.storage.conn, member),
+                                                str(deltas[0][0]), amount)
+            except NotFound:
+                total += amount
+        return total
+
     def _given_today(self, operator: str) -> int:
         """What `operator`'s packages sold today at this branch below half their list
         worth gave away (list less price), unapproved: counted together against the
         limit, since 26 packages of 39 uses for 0.00, each under it, gave 129,792.00."""
         given = 0
-        for service, price, body in self.storage.conn.execute(
-                "SELECT service, amount, body FROM entries WHERE kind = 'package' AND "
-                "node = ? AND op = ? AND day = ? AND json_extract(body, '$.approver') IS NULL",
-                (self.node, operator, self.today())):
-            uses = json.loads(body).get("qty")
+        for _member, price, body in self._unapproved_today(operator, "package"):
+            uses = body.get("qty")
             given += given_away((uses if isinstance(uses, int) else 0)
-                                * self._list_price(service), int(price))
+                                * self._list_price(body.get("service")), price)
         return given
 
     def _list_price(self, service: Any) -> int:

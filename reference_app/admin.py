@@ -16,7 +16,13 @@ from typing import Any
 from nicegui import ui
 
 from crdtledger import operations, views
-from crdtledger.errors import InvalidAmount, InvalidInput, LedgerError, PermissionDenied
+from crdtledger.errors import (
+    ApprovalRequired,
+    InvalidAmount,
+    InvalidInput,
+    LedgerError,
+    PermissionDenied,
+)
 from crdtledger.hlc import check_node_id
 from crdtledger.ledger import Ledger
 from crdtledger.model import BUILTIN_ROLES, PERMISSIONS
@@ -64,13 +70,17 @@ def current_operator() -> str:
     return op
 
 
-async def write(action: Callable[[str], Any], name: str, done: str) -> bool:
-    """Run one library write as the logged-in operator; a refusal becomes a sentence."""
+async def write(action: Callable[[str], Any], name: str, done: str,
+                refused: Callable[[LedgerError], None] | None = None) -> bool:
+    """Run one library write as the logged-in operator; a refusal becomes a sentence
+    (and is handed to `refused`, for a page that changes with it)."""
     try:
         op = current_operator()
         await shop().run(lambda: action(op), name)
     except LedgerError as e:
         refuse(e)
+        if refused is not None:
+            refused(e)
         return False
     ui.notify(done, type="positive")
     return True
@@ -615,13 +625,24 @@ def corrections_page() -> None:
             approver_pw = ui.input(tr("审批人密码", "Approver's password"), password=True
                                    ).props("dense outlined").mark("corr-approver-password")
         approval.set_visibility(False)
+        # The library decides (points at the conversion rate, a package's uses at their
+        # worth, the operator's corrections today counted together): once it has asked
+        # for an approver the fields stay, whatever the figure typed next.
+        asked = [False]
 
         def needs_approval() -> bool:
+            if asked[0]:
+                return True
             try:
                 amount = abs(parse_change(purse.value, change.value or ""))
             except LedgerError:
                 return False
             return purse.value != "points" and amount > limit
+
+        def refused(e: LedgerError) -> None:
+            if isinstance(e, ApprovalRequired):
+                asked[0] = True
+                update_approval()
 
         def update_approval() -> None:
             approval.set_visibility(needs_approval())
@@ -670,7 +691,7 @@ def corrections_page() -> None:
             if await write(operation("correct", member=chosen["id"], purse=purse.value,
                                      change=delta, reason=reason.value or "",
                                      approver=ap and {"name": ap[0], "password": ap[1]}),
-                           "correction", tr("已调账", "Corrected")):
+                           "correction", tr("已调账", "Corrected"), refused):
                 change.set_value("")
                 reason.set_value("")
                 pick(dict(chosen))  # a copy: pick clears `chosen` before it fills it

@@ -365,6 +365,35 @@ async def test_large_correction_asks_for_an_approver(counter_app: CounterApp) ->
     assert entry["approver"] == app.owner_id
 
 
+async def test_corrections_counted_together_ask_for_an_approver(counter_app: CounterApp
+                                                                 ) -> None:
+    """Small corrections of a day count together against the limit: the page shows the
+    approver's fields when the library asks for them, whatever the figure typed."""
+    app = counter_app
+    mid = seed(app)
+    ledger = app.ledger
+    ledger.define_role(app.node_owner, "clerk", {"adjust"})
+    clerk = ledger.add_operator(app.node_owner, "clerk1", "clerk-secret", ["clerk"])
+    ledger.correct(clerk, mid, "cash", 9000, "找零记错")  # 90.00 of the day's 100.00
+    await app.login("clerk1", "clerk-secret")
+    await app.user.open("/admin/corrections")
+    app.user.find(marker="corr-query").type("13812345678")
+    app.user.find(marker="corr-find").click()
+    app.user.find(marker="corr-pick").click()
+    app.user.find(marker="corr-change").type("20")
+    app.user.find(marker="corr-reason").type("又记错了一笔")
+    await app.user.should_not_see(marker="corr-approver")
+    app.user.find(marker="corr-submit").click()
+    await app.user.should_see("今天未经审批的累计金额已超过限额")
+    assert ledger.balance(mid)["cash"] == 37200 + 9000
+    await app.user.should_see(marker="corr-approver")
+    app.user.find(marker="corr-approver").type(OWNER[0])
+    app.user.find(marker="corr-approver-password").type(OWNER[1])
+    app.user.find(marker="corr-submit").click()
+    await app.user.should_see("已调账")
+    assert ledger.balance(mid)["cash"] == 37200 + 9000 + 2000
+
+
 async def test_a_restored_branch_says_it_cannot_sell_yet(counter_app: CounterApp) -> None:
     """The counter shows what the library enforces: a store restored from a backup
     refuses to sell until it has caught up with another branch."""

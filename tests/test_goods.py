@@ -152,6 +152,23 @@ def test_a_large_stock_take_needs_another_operator(shop: Ledger) -> None:
         shop.stock_adjust(owner, "G01", -89, "count", approver=("boss", BOSS_PW))
 
 
+def test_stock_takes_split_under_the_limit_still_need_an_approver(shop: Ledger) -> None:
+    """One operator's stock-takes of a day without an approver count together (at the
+    cost they were written at): eight adjustments of 100.00 took 80 units of 100 off
+    the books where one of 110.00 needed a second person."""
+    owner = shop.owner
+    shop.add_operator(owner, "boss", BOSS_PW, ["manager"])
+    shop.stock_in(owner, "G01", 100)  # 30.00 at cost
+    shop.stock_adjust(owner, "G01", -2, "broken")  # 60.00
+    shop.stock_adjust(owner, "G01", 1, "found one")  # 30.00: 90.00 today
+    with pytest.raises(ApprovalRequired, match=r"after 90.00 adjusted today without one"):
+        shop.stock_adjust(owner, "G01", -1, "broken")
+    shop.stock_adjust(owner, "G01", -1, "broken", approver=("boss", BOSS_PW))
+    with pytest.raises(ApprovalRequired):  # approved ones do not count; the rest still do
+        shop.stock_adjust(owner, "G01", -1, "broken")
+    assert shop.stock_of("G01")["qty"] == 98
+
+
 def test_reports_never_take_stock_ids_for_members(shop: Ledger) -> None:
     owner = shop.owner
     member = shop.add_member(owner, name="韩梅梅", phone="13700000002")
@@ -288,8 +305,9 @@ class StockMachine(RuleBasedStateMachine):
         self.ms = 1_772_330_400_000
         self.ledgers = {n: new_ledger(self.tmp, n, now_ms=self._now) for n in NODES}
         hq = self.ledgers["SH01"]
-        # Cost 20.00: a stock-take of 4 stays under the approval limit (100.00).
-        hq.add_goods(hq.owner, "G01", "精油", 8800, 2000)
+        # Cost 0.00: stock-takes never need an approver (one operator's of a day count
+        # together against the limit: tests of approvals are above).
+        hq.add_goods(hq.owner, "G01", "精油", 8800, 0)
         # Stock goes only to a branch the chain knows: the owner lists the three (SH02
         # and SH03 meet only once in step with SH01's log, which records no peer).
         name_branches(hq, *NODES)

@@ -709,12 +709,17 @@ def test_corrections_over_the_limit_and_custom_roles(a: Ledger) -> None:
     # they need an approver too; so do a package's uses, at the price it sold for or
     # the list price, the higher (a package sold for 0.00 made a million uses worth
     # nothing).
-    a.correct(aud, m, "points", 10000, "worth 100.00: at the limit")
-    refused(a, [m], ApprovalRequired, lambda: a.correct(aud, m, "points", 10**6, "x"),
+    # (Each by an operator of its own: one operator's corrections of a day count
+    # together, below.)
+    aud2 = a.add_operator(o, "audrey2", "secret3", roles=["auditor"])
+    a.correct(aud2, m, "points", 10000, "worth 100.00: at the limit")
+    refused(a, [m], ApprovalRequired, lambda: a.correct(aud2, m, "points", 10**6, "x"),
             match=r"\+1000000 points \(worth 10000.00\)")
+    aud3 = a.add_operator(o, "audrey3", "secret3", roles=["auditor"])
     pkg = a.sell_package(o, m, "HAIR", 10, 60000)["id"]  # 60.00 a use, list 68.00
-    a.correct(aud, m, f"pkg:{pkg}", 1, "one use worth 68.00")
-    refused(a, [m], ApprovalRequired, lambda: a.correct(aud, m, f"pkg:{pkg}", 2, "136.00"))
+    a.correct(aud3, m, f"pkg:{pkg}", 1, "one use worth 68.00")
+    refused(a, [m], ApprovalRequired, lambda: a.correct(aud3, m, f"pkg:{pkg}", 1, "another"),
+            match=r"after 68.00 corrected today")
     free = a.sell_package(o, m, "HAIR", 1, 0)["id"]
     refused(a, [m], ApprovalRequired, lambda: a.correct(aud, m, f"pkg:{free}", 10**6, "x"),
             match=r"worth 68000000.00")
@@ -743,6 +748,27 @@ def test_corrections_over_the_limit_and_custom_roles(a: Ledger) -> None:
     refused(a, [m], PermissionDenied, lambda: a.authenticate("audrey", "secret9"))
     refused(a, [m], PermissionDenied, lambda: a.correct(aud, m, "cash", 5, "x"))
     refused(a, [m], NotFound, lambda: a.set_operator(o, "0000000000000.SH01", active=False))
+
+
+def test_corrections_split_under_the_limit_still_need_an_approver(a: Ledger) -> None:
+    """The limit is on what one operator corrects in a day without an approver, not on
+    each correction: thirty corrections of 100.00 each (the limit) by a manager alone
+    created 3,000.00 of stored value, and points split so 2,000.00 of bonus. Approved
+    corrections do not count; other operators and other days start afresh."""
+    o = a.owner
+    m = member(a)
+    mgr = a.add_operator(o, "mgr", "mgrpass1", roles=["manager"])
+    boss = a.add_operator(o, "boss", "bosspass", roles=["manager"])
+    a.correct(mgr, m, "cash", 6000, "till miscount")
+    a.correct(mgr, m, "cash", -4000, "the other way")  # taken away counts too
+    refused(a, [m], ApprovalRequired, lambda: a.correct(mgr, m, "cash", 1, "one fen more"),
+            match=r"after 100.00 corrected today without one")
+    refused(a, [m], ApprovalRequired, lambda: a.correct(mgr, m, "points", 100, "a yuan"))
+    e = a.correct(mgr, m, "cash", 10000, "approved", approver=("boss", "bosspass"))
+    assert e["approver"] == boss
+    refused(a, [m], ApprovalRequired, lambda: a.correct(mgr, m, "cash", 1, "still over"))
+    a.correct(boss, m, "cash", 10000, "boss's own day")  # another operator: afresh
+    assert a.balance(m)["cash"] == 6000 - 4000 + 10000 + 10000
 
 
 def test_an_operation_that_would_break_a_write_rule_is_refused_before_it_is_signed(
