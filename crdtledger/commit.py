@@ -177,6 +177,11 @@ class LedgerBase:
         # The balances at the end of each month a closing was worked out for here, with
         # the history they were worked out from (crdtledger.closing.month_end).
         self.month_ends: dict[str, tuple[str, closing.MonthEnd]] = {}
+        # Nothing is booked before the chain enrolled this branch: a new PC whose clock
+        # ran 50 days behind sold into a month every branch had closed and signed, and
+        # the chain's books read it open again (its ids go on from this floor, and the
+        # clock check says the clock is off, as after a cut).
+        self.clock.floor_ms = self.trust.enrolled_ms()
         own = storage.log.cuts().get(self.node)
         if own:
             self._cut_taken(max(m for _s, m in own))
@@ -282,7 +287,7 @@ class LedgerBase:
             self.closed_through = month
             # Nothing before the month's end in any zone: no document of it, nor the
             # fold the closing's points lots are cut from (model.month_over_ms).
-            self.clock.floor_ms = month_over_ms(month)
+            self.clock.floor_ms = max(self.clock.floor_ms, month_over_ms(month))
 
     def retired(self, node: str) -> bool:
         """Did the chain revoke `node`'s certificate (a shop closed for good), as this

@@ -135,6 +135,15 @@ class Trust:
     def enrolled(self) -> bool:
         return self.ca is not None
 
+    def enrolled_ms(self) -> int:
+        """When the chain enrolled this node, by the head office's clock (its
+        certificate's start, already a day back: peer.chain.BACKDATE); 0 for an open
+        store, whose certificate it made itself by its own clock."""
+        if self.ca is None or not self.cert_der:
+            return 0
+        start = x509.load_der_x509_certificate(self.cert_der).not_valid_before_utc
+        return int(start.timestamp() * 1000)
+
     @property
     def governs(self) -> bool:
         """May this node write chain governance (operators, roles, rules)?"""

@@ -43,7 +43,7 @@ from peer.receipts import PrinterConfig, save_config
 from peer.smtp_standin import SmtpStandIn, text_of
 from reference_app import members_portal
 from reference_app.app import SECRET_FILE
-from reference_app.demo_data import BRANCHES, DUPLICATE, MEMBERS, Seeded, seed
+from reference_app.demo_data import BRANCHES, DUPLICATE, MEMBERS, Seeded, enrolled_since, seed
 
 DIALS = {"SH02": "SH01", "HZ01": "SH02"}  # who dials whom: a line, relayed hop by hop
 CHAIN_NAME = "demo"
@@ -123,7 +123,8 @@ class Demo:
         for node in BRANCHES:
             Ledger.create(self.data(node), node, CHAIN_NAME)
             # The first branch is the head office: it alone may change rules and operators.
-            enrol(self.chain, self.data(node), node, head_office=node == HEAD_OFFICE)
+            enrol(self.chain, self.data(node), node, head_office=node == HEAD_OFFICE,
+                  not_before=enrolled_since())  # before the seeded history
         seeded = seed({node: self.data(node) for node in BRANCHES})
         # One secret signs the session cookies of all three pages: a browser shares
         # cookies across the ports of 127.0.0.1, so with a secret each, opening one

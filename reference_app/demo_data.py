@@ -19,7 +19,7 @@ import random
 from collections.abc import Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -192,6 +192,17 @@ class DemoChain:
         return op(ledger)
 
 
+# The story starts this long before today's history (the members who joined in the
+# weeks before it); the branches are enrolled a day before that.
+LEAD_DAYS = 45
+
+
+def enrolled_since() -> datetime:
+    """When the demo's branches count as enrolled (their certificates' start): before
+    the story's first day, since nothing is booked before a branch was enrolled."""
+    return datetime.now(UTC) - timedelta(days=HISTORY_DAYS + LEAD_DAYS + 2)
+
+
 def seed(dirs: Mapping[str, Path], today: date | None = None, rng_seed: int = 6) -> Seeded:
     """Fill three new branch stores (node id -> data directory) with the demo's data."""
     clock = Clock()
@@ -226,7 +237,7 @@ class _Story:
 
     def run(self) -> Seeded:
         start = self.today - timedelta(days=HISTORY_DAYS)
-        self.chain.at(self.local(start - timedelta(days=45), time(9, 0)))
+        self.chain.at(self.local(start - timedelta(days=LEAD_DAYS), time(9, 0)))
         self.rules_and_operators()
         self.history(start)
         self.chain.sync()

@@ -14,6 +14,7 @@ tests/conftest.py loads this module as a plugin; tests mark themselves
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import os
 from collections.abc import AsyncIterator
@@ -84,7 +85,10 @@ def make_store(root: Path) -> tuple[Path, str, str]:
     chain = root / "chain"
     init_chain(chain, "test")
     Ledger.create(data, NODE, "test")
-    enrol(chain, data, NODE, head_office=True)  # its owner adds operators: governance
+    # Its owner adds operators (governance); enrolled a week ago, so a test may put
+    # the chain's time a few days back (nothing is booked before a branch's enrolment).
+    enrol(chain, data, NODE, head_office=True,
+          not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=7))
     with Ledger.open(data) as ledger:
         owner = ledger.add_operator(ledger.owner, *OWNER, roles=["owner"])
         cashier = ledger.add_operator(ledger.owner, *CASHIER, roles=["cashier"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from crdtledger.ledger import Ledger
 from peer.chain import enrol, init_chain
-from reference_app.demo_data import BRANCHES, seed
+from reference_app.demo_data import BRANCHES, enrolled_since, seed
 
 HEAD_OFFICE = "SH01"
 
@@ -19,6 +19,7 @@ def make_demo_chain(root: Path) -> dict[str, Path]:
     dirs = {node: root / node for node in BRANCHES}
     for node, data in dirs.items():
         Ledger.create(data, node, "demo")
-        enrol(root / "chain", data, node, head_office=node == HEAD_OFFICE)
+        enrol(root / "chain", data, node, head_office=node == HEAD_OFFICE,
+              not_before=enrolled_since())
     seed(dirs)
     return dirs

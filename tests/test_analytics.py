@@ -5,6 +5,7 @@ an old month, rewrites just its month; members come out without names or phones.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from collections.abc import Iterator
@@ -162,7 +163,9 @@ def test_a_new_entry_or_a_late_one_rewrites_only_its_month_and_the_one_before(
     chain = head.parent / "chain"
     late_dir = tmp_path / "SH09"
     Ledger.create(late_dir, "SH09", "demo")
-    enrol(chain, late_dir, "SH09")
+    # Enrolled then (nothing is booked before a branch's certificate starts).
+    enrol(chain, late_dir, "SH09",
+          not_before=dt.datetime.fromtimestamp(late_ms / 1000 - 86_400, dt.UTC))
     with Ledger.open(late_dir, now_ms=lambda: late_ms + 1000) as late:
         new = late.add_member(late.owner, name="迟到", phone="13900009999")
         late.topup(late.owner, new, 5000, pay="cash")

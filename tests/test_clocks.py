@@ -504,7 +504,9 @@ async def test_the_counter_says_when_this_machines_clock_is_off(
     root = app.data_dir.parent
     for name in ("SH02", "SH03"):
         Ledger.create(root / name, name, "test")
-        enrol(root / "chain", root / name, name)
+        # Enrolled a week ago (a branch newly enrolled today is booked no earlier).
+        enrol(root / "chain", root / name, name,
+              not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=7))
         skewed[name] = Shifted(-2 * DAY)
     node = app.shop.node
     async with running(root / "SH02", node), running(root / "SH03", node):

@@ -9,12 +9,14 @@ import hashlib
 import itertools
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from conftest import run_cli
+from cryptography import x509
 from helpers import (
     FakeClock,
     Forger,
@@ -816,3 +818,36 @@ def test_a_blocked_branchs_closing_is_no_witness(tmp_path: Path) -> None:
         sync(hq, sh03)
         sync(hq, sh02)
         assert closing.books(sh02)["closing"]["counted"]
+
+
+def test_a_new_pc_whose_clock_is_behind_books_nothing_before_it_was_enrolled(
+        tmp_path: Path) -> None:
+    """SH01 and SH02 closed and signed the month due. SH03, enrolled today on a PC whose
+    clock runs 50 days behind, sells before it meets anyone: its sales were booked into
+    that closed month, and every branch's books read it open again (a BIOS clock years
+    behind would reopen every month since). Nothing is booked before a branch's
+    certificate starts (head office's clock, a day back): the books stay closed."""
+    with enrolled(tmp_path, "SH01", "SH02") as (hq, b):
+        _close_and_sign(hq, b)
+        books = operations.run(hq, hq.owner, "report.books", {})
+        assert books["closing"]["counted"]
+        Ledger.create(tmp_path / "SH03", "SH03", "acme")
+        enrol(tmp_path / "acme", tmp_path / "SH03", "SH03")
+        start_ms = int(x509.load_pem_x509_certificate(
+            (tmp_path / "SH03" / "tls" / "node.crt").read_bytes()
+        ).not_valid_before_utc.timestamp() * 1000)
+        behind = time.time_ns() // 1_000_000 - 50 * DAY_MS
+        with Ledger.open(tmp_path / "SH03", now_ms=lambda: behind) as late:
+            m = late.add_member(late.owner, name="迟到", phone="13900009999")
+            sale = late.topup(late.owner, m, 30_000, pay="cash")
+            assert id_time_ms(str(sale["id"])) >= start_ms
+            assert late.storage.day_of(start_ms) <= late.today()
+            late.housekeeping()  # its first cut: the month due by the floor's day
+            hq.pull(late, origin="test")
+        assert hq.faults() == []
+        closed = books["closed_through"]
+        assert hq.storage.conn.execute(
+            "SELECT COUNT(*) FROM entries WHERE node = 'SH03' AND day < ?",
+            (f"{closed}-32",)).fetchone() == (0,)
+        after = operations.run(hq, hq.owner, "report.books", {})
+        assert (after["closed_through"], after["behind"]) == (closed, [])

@@ -5,6 +5,7 @@ real Ledger files synced with each other. The eighth wave (docs/design-notes.md)
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,12 @@ class Chain:
         init_chain(root / "chain", "demo")
         self.clock = FakeClock()
         self.ls: dict[str, Ledger] = {}
+        # Enrolled before the fake clock's first day: nothing is booked before a
+        # branch's certificate starts (commit.LedgerBase: the clock's floor).
+        enrolled = dt.datetime.fromtimestamp(self.clock.ms / 1000 - 86_400, dt.UTC)
         for n in nodes:
             Ledger.create(root / n, n, "demo")
-            enrol(root / "chain", root / n, n, head_office=n in hq)
+            enrol(root / "chain", root / n, n, head_office=n in hq, not_before=enrolled)
             self.ls[n] = Ledger.open(root / n, now_ms=self.clock, synchronous="NORMAL")
 
     def __getitem__(self, node: str) -> Ledger:
