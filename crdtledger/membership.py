@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import json
 import re
+from bisect import bisect_left
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
@@ -261,6 +262,38 @@ def _limit_of(e: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"repeat": repeat, "per_day": per_day}
 
 
+class _Reads:
+    """One read of referrals' entries, shared by the views of a listing
+    (`Membership.referrals`) and by the parts of one view: valid only while nothing is
+    written. Each view judged every earlier referral of its newcomer's group with reads
+    of its own (its grant, its approvals, its take-backs), so a liar's N back-dated
+    copies of one referral, each "granted" by a reward of its own, made the office's
+    referral list N^2 reads (23 s at 1,200 copies). Now each referral's entries are read
+    once a listing, and what voids a referral once a group (`_Voiders`)."""
+
+    def __init__(self) -> None:
+        self.canon: dict[str, str] = {}  # views.canonical's memo
+        self.groups: dict[str, tuple[str, ...]] = {}  # member -> views.member_group
+        self.referrals: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        self.grants: dict[str, list[dict[str, Any]]] = {}  # referral -> its rewards, coupons
+        self.approvals: dict[str, list[dict[str, Any]]] = {}  # referral -> `_approvals`
+        self.voiders: dict[tuple[str, ...], _Voiders] = {}
+
+
+class _Voiders:
+    """What the referrals of one newcomer's group void (`Membership._voided_by`), each
+    found by one walk of the group when first asked, so that each referral's judgement
+    is a look-up, not a walk of every earlier referral: `granted`, by (kind given,
+    referrer acting as), the ids and net gifts of the group's referrals approved and
+    granted something of that kind to that referrer, in id order (those earlier than a
+    granted referral of that kind and referrer void it); `holds`, by node, the first
+    referral by id that holds off one not granted recorded there (None: none)."""
+
+    def __init__(self) -> None:
+        self.granted: dict[tuple[str, str], tuple[list[str], list[int]]] | None = None
+        self.holds: dict[str, str | None] = {}
+
+
 class Membership(Coupons):
     """Referral, check-in and exit (composed into crdtledger.ledger.Ledger)."""
 
@@ -339,29 +372,40 @@ class Membership(Coupons):
             raise NotFound(f"no referral {referral} at this branch")
         return found[0]
 
-    def _grant_of(self, referral: str) -> dict[str, Any] | None:
+    def _grants(self, referral: str, reads: _Reads | None) -> list[dict[str, Any]]:
+        """Every reward or coupon entry naming `referral`, by id (read once a `reads`)."""
+        if reads is not None and referral in reads.grants:
+            return reads.grants[referral]
         found = self._entries("ref = ? AND kind IN ('reward', 'coupon')", [referral])
+        if reads is not None:
+            reads.grants[referral] = found
+        return found
+
+    def _grant_of(self, referral: str, reads: _Reads | None = None) -> dict[str, Any] | None:
+        found = self._grants(referral, reads)
         return found[0] if found else None
 
-    def _after_grant(self, referral: str, grant: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def _after_grant(self, referral: str, grant: Mapping[str, Any],
+                     reads: _Reads | None = None) -> list[dict[str, Any]]:
         """Every reward or coupon entry naming `referral` but its `grant`, by id: what
         its branch took back of the reward while the referral was void (reason "void")
         and gave back once it counted again ("restored": a reward, or a coupon issued
         anew), `settle_referral_rewards`; from a liar, whatever it wrote (only the
         branch that recorded a referral may write these: write rule referral-reward)."""
-        return [e for e in self._entries("ref = ? AND kind IN ('reward', 'coupon')",
-                                         [referral]) if e["id"] != grant["id"]]
+        return [e for e in self._grants(referral, reads) if e["id"] != grant["id"]]
 
-    def _void(self, r: Mapping[str, Any], grant: Mapping[str, Any] | None) -> bool:
+    def _void(self, r: Mapping[str, Any], grant: Mapping[str, Any] | None,
+              reads: _Reads | None = None) -> bool:
         """Whether referral `r` gives nothing (`_voided_by`)."""
-        return self._voided_by(r, grant) is not None
+        return self._voided_by(r, grant, reads, first=True) is not None
 
-    def _voided_by(self, r: Mapping[str, Any], grant: Mapping[str, Any] | None
-                   ) -> list[int] | None:
+    def _voided_by(self, r: Mapping[str, Any], grant: Mapping[str, Any] | None,
+                   reads: _Reads | None = None, *, first: bool = False) -> list[int] | None:
         """None if referral `r` counts. Else it is void: its referrer merged into the
         member since (referring themself), or an earlier one of the group's referrals
         counts; for `r` granted, what the earlier grants that make it void give (what
-        `settle_referral_rewards` leaves of its reward), else an empty list. Not
+        `settle_referral_rewards` leaves of its reward; only the first of them if
+        `first`: `_void` asks only whether there is one), else an empty list. Not
         granted, any earlier one not rejected counts (the first by id; one granted, only
         if approved, as below): a copy rejected
         as the duplicate it was voided the honest one once the rejection arrived first,
@@ -373,57 +417,102 @@ class Membership(Coupons):
         itself). Only earlier
         ones: a later copy with a reward its branch wrote itself, unapproved (a liar's),
         voided the honest one for good. Approvals and rejections are judged by what
-        their operators' roles grant, active or not (`_may_approve`)."""
+        their operators' roles grant, active or not (`_may_approve`). What voids whom
+        is found once a group (`_Voiders`), shared by the views of a listing."""
+        reads = _Reads() if reads is None else reads
         conn = self.storage.conn
-        referrer = views.canonical(conn, str(r["referrer"]))
-        if referrer == views.canonical(conn, str(r["member"])):
+        referrer = views.canonical(conn, str(r["referrer"]), reads.canon)
+        if referrer == views.canonical(conn, str(r["member"]), reads.canon):
             return []
-        group = views.member_group(conn, str(r["member"]))
-        kind = _kind_given(grant) if grant is not None else None
-        before: list[int] = []
-        for e in self._entries(f"member {views.in_(group)} AND kind = 'referral'", group):
-            if e["id"] >= r["id"]:
-                continue
-            earlier = self._grant_of(str(e["id"]))
-            if grant is not None:
-                # The same referral rewarded twice to one referrer. A liar's back-dated
-                # copy rewarded by itself (for its accomplice, or with nothing in it)
-                # took an honest referrer's reward back: it must be approved and give
-                # this referrer something of the same kind, net of what its own branch
-                # took back (a liar granted 1 point, took it back itself, and an honest
-                # 50.00 of bonus was taken back whole for "another kind"). Of another
-                # kind both stand: no measure is common to points, bonus and a coupon.
-                if (earlier is not None and kind is not None and _kind_given(earlier) == kind
-                        and views.canonical(conn, str(e["referrer"])) == referrer
-                        and referral_status(self._approvals(e), False)[0] == "approved"):
-                    purse = COUPON_PURSE if kind == "coupon" else kind
-                    later = self._after_grant(str(e["id"]), earlier)
-                    net = _given(earlier, purse) + min(sum(_given(a, purse) for a in later), 0)
-                    if net > 0:
-                        before.append(net)
-            else:
-                # An earlier copy granted voids only if approved as the granted case asks:
-                # a liar's back-dated copy of a pending referral, "granted" by a reward
-                # of its own with no approval, voided the honest one for good. A
-                # rejection written where `r` was recorded counts against it too: a
-                # liar's back-dated pending copy held the honest one off, and only head
-                # office could reject it.
-                status = referral_status(sorted(
-                    self._approvals(e) + self._rejected_at(e, str(r["node"])),
-                    key=lambda a: str(a["id"])), False)[0]
-                if status != "rejected" and (earlier is None or status == "approved"):
-                    return []
-        return before if before else None
+        group = self._group_referrals(str(r["member"]), reads)[0]
+        voiders = reads.voiders.setdefault(group, _Voiders())
+        if grant is not None:
+            if voiders.granted is None:
+                voiders.granted = self._granted_in(str(r["member"]), reads)
+            kind = _kind_given(grant)
+            ids, nets = voiders.granted.get((kind, referrer), ([], [])) if kind else ([], [])
+            before = bisect_left(ids, str(r["id"]))  # the earlier ones: only they void
+            return nets[:min(before, 1) if first else before] or None
+        node = str(r["node"])
+        if node not in voiders.holds:
+            voiders.holds[node] = self._first_holding(str(r["member"]), node, reads)
+        held = voiders.holds[node]
+        return [] if held is not None and held < r["id"] else None
 
-    def _approvals(self, r: Mapping[str, Any]) -> list[dict[str, Any]]:
+    def _group_referrals(self, member: str, reads: _Reads) -> tuple[
+            tuple[str, ...], list[dict[str, Any]]]:
+        """The member's merge group, and every referral of it, by id."""
+        if member not in reads.groups:
+            conn = self.storage.conn
+            reads.groups[member] = tuple(views.folded_into(
+                conn, views.canonical(conn, member, reads.canon)))
+        group = reads.groups[member]
+        if group not in reads.referrals:
+            reads.referrals[group] = self._entries(
+                f"member {views.in_(list(group))} AND kind = 'referral'", list(group))
+        return group, reads.referrals[group]
+
+    def _granted_in(self, member: str, reads: _Reads
+                    ) -> dict[tuple[str, str], tuple[list[str], list[int]]]:
+        """`_Voiders.granted` of the member's group: its referrals granted something,
+        approved, by kind and referrer, with what each gives net of its own branch's
+        take-back, in id order: the same referral rewarded twice to one referrer
+        (`_voided_by`). A liar's back-dated copy
+        rewarded by itself (for its accomplice, or with nothing in it) took an honest
+        referrer's reward back: it must be approved and give this referrer something
+        of the same kind, net of what its own branch took back (a liar granted 1
+        point, took it back itself, and an honest 50.00 of bonus was taken back whole
+        for "another kind"). Of another kind both stand: no measure is common to
+        points, bonus and a coupon."""
+        granted: dict[tuple[str, str], tuple[list[str], list[int]]] = {}
+        for e in self._group_referrals(member, reads)[1]:
+            earlier = self._grant_of(str(e["id"]), reads)
+            kind = _kind_given(earlier) if earlier is not None else None
+            if earlier is None or kind is None or referral_status(
+                    self._approvals(e, reads), False)[0] != "approved":
+                continue
+            purse = COUPON_PURSE if kind == "coupon" else kind
+            later = self._after_grant(str(e["id"]), earlier, reads)
+            net = _given(earlier, purse) + min(sum(_given(a, purse) for a in later), 0)
+            if net > 0:
+                to = views.canonical(self.storage.conn, str(e["referrer"]), reads.canon)
+                ids, nets = granted.setdefault((kind, to), ([], []))
+                ids.append(str(e["id"]))
+                nets.append(net)
+        return granted
+
+    def _first_holding(self, member: str, node: str, reads: _Reads) -> str | None:
+        """The first referral by id of the member's group that holds off a later one
+        not granted recorded at `node`, or None. An earlier copy granted holds it off
+        only if approved as the granted case asks: a liar's back-dated copy of a pending
+        referral, "granted" by a reward of its own with no approval, voided the honest
+        one for good. A rejection written at `node` counts against it too: a liar's
+        back-dated pending copy held the honest one off, and only head office could
+        reject it."""
+        for e in self._group_referrals(member, reads)[1]:
+            status = referral_status(sorted(
+                self._approvals(e, reads) + self._rejected_at(e, node),
+                key=lambda a: str(a["id"])), False)[0]
+            if status != "rejected" and (
+                    self._grant_of(str(e["id"]), reads) is None or status == "approved"):
+                return str(e["id"])
+        return None
+
+    def _approvals(self, r: Mapping[str, Any], reads: _Reads | None = None
+                   ) -> list[dict[str, Any]]:
         """Only approvals that an operator allowed to give them gave count, as this
         replica knows the operators, and never the recorder's own; and only those
         written where the referral was recorded or at head office: an entry's operator
         is text its writer chooses, and a lying branch wrote both approvals of another
         branch's referral in two real managers' names, which that branch then paid."""
-        return [a for a in self._entries("ref = ? AND kind = 'approval'", [str(r["id"])])
-                if a["op"] != r["op"] and self._decides(str(a["node"]), str(r["node"]))
-                and self._may_approve(str(a["op"]), a.get("step"), str(a["node"]))]
+        if reads is not None and r["id"] in reads.approvals:
+            return reads.approvals[str(r["id"])]
+        found = [a for a in self._entries("ref = ? AND kind = 'approval'", [str(r["id"])])
+                 if a["op"] != r["op"] and self._decides(str(a["node"]), str(r["node"]))
+                 and self._may_approve(str(a["op"]), a.get("step"), str(a["node"]))]
+        if reads is not None:
+            reads.approvals[str(r["id"])] = found
+        return found
 
     def _rejected_at(self, e: Mapping[str, Any], node: str) -> list[dict[str, Any]]:
         """The rejections of referral `e` written at `node`, where a later copy of it
@@ -448,13 +537,16 @@ class Membership(Coupons):
         revocation are refused on arrival, so a decision held was taken while it stood."""
         return node == made_at or cast("Ledger", self).was_head_office(node)
 
-    def referral_view(self, referral: str) -> dict[str, Any]:
+    def referral_view(self, referral: str, reads: _Reads | None = None) -> dict[str, Any]:
+        """Referral `referral` as it stands. `reads`: shared by the views of a listing
+        (`referrals`), read while nothing is written."""
+        reads = _Reads() if reads is None else reads
         r = self._referral(referral)
-        grant = self._grant_of(referral)
-        status, who = referral_status(self._approvals(r), grant is not None)
-        adjusted = [] if grant is None else self._after_grant(referral, grant)
+        grant = self._grant_of(referral, reads)
+        status, who = referral_status(self._approvals(r, reads), grant is not None)
+        adjusted = [] if grant is None else self._after_grant(referral, grant, reads)
         back = adjusted[-1] if adjusted and adjusted[-1].get("reason") == VOID_REASON else None
-        if status != "rejected" and self._void(r, grant):
+        if status != "rejected" and self._void(r, grant, reads):
             # Nothing to grant; one granted (at two branches apart, or before the
             # merge that made it a second) is taken back by the branch that granted it
             # (`settle_referral_rewards`), as far as the referrer still holds it there.
@@ -486,7 +578,9 @@ class Membership(Coupons):
         if member:
             where += " AND (member = ? OR json_extract(body, '$.referrer') = ?)"
             args += [member, member]
-        out = [self.referral_view(str(e["id"])) for e in reversed(self._entries(where, args))]
+        reads = _Reads()  # each referral's entries read once, not once a view of its group
+        out = [self.referral_view(str(e["id"]), reads)
+               for e in reversed(self._entries(where, args))]
         return [v for v in out if status is None or v["status"] == status]
 
     def approve_referral(self, operator: str, referral: str, level: int, *,

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import FakeClock, sync
+from helpers import FakeClock, sqlite_steps, sync
 from test_membership import Staff
 
 from crdtledger import projection
@@ -597,3 +597,55 @@ def test_a_record_holding_a_sale_and_its_refund_is_taken_whole(chain: Chain) -> 
     chain.sync()
     assert hq.storage.conn.execute("SELECT count(*) FROM deferred").fetchone()[0] == 0
     assert hq.entry(back["id"])["amount"] == 500
+
+
+# --- cost: a liar's many copies of one referral, many check-ins of one member -----------
+
+
+def _granted_copies(chain: Chain, staff: Staff, new: str, old: str, honest: str,
+                    k: int, at: int) -> None:
+    """`k` copies by SH03 of SH02's referral `honest`, back-dated an hour and more
+    before it (from `at` copies on), each "granted" by a reward of 1 point of its own,
+    every third approved twice in the chain's managers' names, in one record."""
+    liar = chain["SH03"]
+    entries = []
+    for i in range(at, at + k):
+        copy = back_dated(liar, "referral", new, honest, ms=3_600_000 + 10 * i,
+                          referrer=old, op=liar.owner)
+        entries.append(copy)
+        if i % 3 == 0:
+            entries += [liar._entry("approval", new, ref=copy["id"], step=str(step), op=op)
+                        for step, op in ((1, staff.mgr), (2, staff.mgr2))]
+        entries.append(liar._entry("reward", old, deltas=[["points", "SH03", 1]], points=1,
+                                   ref=copy["id"], reason="referral", op="referral@SH03"))
+    liar._commit(lambda: (liar._together(*entries), None))
+    chain.sync()
+
+
+def test_a_liars_many_granted_copies_of_a_referral_are_listed_in_linear_work(
+        chain: Chain) -> None:
+    """SH03 wrote N back-dated copies of SH02's honest referral, each "granted" by a
+    reward of its own: every view of the office's referral list walked every earlier
+    copy with two or three reads each, N^2 reads (23 s at 1,200 copies, at every
+    branch). The list reads each referral's entries once. Counted, not timed: the
+    SQLite steps of both lists at N and 4N copies; and every row as its own view."""
+    hq, sh02 = chain["SH01"], chain["SH02"]
+    staff, old, new, honest = referred_at_sh02(chain)
+    hq.set_rule(hq.owner, "referral", {"reward": "points", "points": 200})
+    chain.sync()
+    sh02.approve_referral(staff.mgr, honest, 1)
+    assert sh02.approve_referral(staff.mgr2, honest, 2)["status"] == "granted"
+    n = 40
+    steps = []
+    rows: list[dict[str, Any]] = []
+    for have, more in ((0, n), (n, 3 * n)):
+        _granted_copies(chain, staff, new, old, honest, more, have)
+        rows.clear()
+        steps.append((sqlite_steps(sh02, lambda: rows.extend(sh02.referrals())),
+                      sqlite_steps(sh02, lambda: sh02.referrals(member=new))))
+        assert len(rows) == have + more + 1
+    for row in rows[:3] + rows[-3:]:
+        assert row == sh02.referral_view(row["referral"])
+    assert {r["status"] for r in rows} == {"granted", "void"}
+    (small, small_member), (big, big_member) = steps
+    assert big <= 5 * small and big_member <= 5 * small_member, steps
