@@ -65,6 +65,7 @@ from __future__ import annotations
 import json
 import re
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Mapping
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
@@ -239,9 +240,15 @@ def _int(v: Any) -> int:
 def allowed_today(activity: Mapping[str, Any], earlier: list[str], day: str) -> int:
     """How many more check-ins the activity allows a member who checked in on the days
     `earlier` (one item per check-in) on `day`."""
+    return _left_today(activity, bool(earlier), earlier.count(day))
+
+
+def _left_today(activity: Mapping[str, Any], any_earlier: bool, that_day: int) -> int:
+    """How many more check-ins the activity allows a member who checked in before (if
+    `any_earlier`), `that_day` times on the day asked of (`allowed_today`)."""
     if activity["repeat"] == "once":
-        return 0 if earlier else 1
-    return max(0, int(activity.get("per_day", 1)) - sum(1 for d in earlier if d == day))
+        return 0 if any_earlier else 1
+    return max(0, int(activity.get("per_day", 1)) - that_day)
 
 
 def _per_day(activity: Mapping[str, Any]) -> int | None:
@@ -860,7 +867,10 @@ class Membership(Coupons):
         (3 a day to 1) reversed check-ins made within the limit, taking back points
         members had earned."""
         rule_of: dict[str, Any] = {}
-        seen: dict[str, list[str]] = {}
+        # Per member, her check-ins counted so far by day: each judged in a look-up
+        # (a list of her days walked for each made a liar's thousands of one member's
+        # check-ins N^2 comparisons at every daily pass and attendance page).
+        seen: dict[str, Counter[str]] = {}
         out = []
         for e in self._checkins(None, activity):
             m = views.canonical(self.storage.conn, str(e["member"]))
@@ -870,13 +880,11 @@ class Membership(Coupons):
                 if day not in rule_of:
                     rule_of[day] = self.rule("checkin", day).get(activity)
                 a = rule_of[day]
-            earlier = seen.setdefault(m, [])
-            if a is None:  # set after this check-in's day by the clocks: as it came
-                earlier.append(day)
-            elif allowed_today(a, earlier, day) <= 0:
+            earlier = seen.setdefault(m, Counter())
+            if a is not None and _left_today(a, bool(earlier), earlier[day]) <= 0:
                 out.append(e)
-            else:
-                earlier.append(day)
+            else:  # counted; with no rule (set after its day by the clocks), as it came
+                earlier[day] += 1
         return out
 
     def reconcile_checkins(self, operator: str | None = None) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from helpers import FakeClock, sqlite_steps, sync
@@ -649,3 +649,52 @@ def test_a_liars_many_granted_copies_of_a_referral_are_listed_in_linear_work(
     assert {r["status"] for r in rows} == {"granted", "void"}
     (small, small_member), (big, big_member) = steps
     assert big <= 5 * small and big_member <= 5 * small_member, steps
+
+
+class _Day(str):
+    """A day as `Storage.day_of` gives it, counting the comparisons made of it."""
+
+    compared: ClassVar[list[int]] = [0]
+
+    def __eq__(self, other: object) -> bool:
+        _Day.compared[0] += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+def test_a_liars_many_check_ins_of_one_member_are_judged_in_linear_work(
+        chain: Chain, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SH03 wrote thousands of check-ins of one member, back-dated, 100 a day as the
+    activity allows: each check-in's surplus was judged by walking every day she
+    checked in before (`allowed_today` over a list), N^2 comparisons at every honest
+    branch's daily pass and attendance page (8,002,000 at 4,000). Her check-ins are
+    counted by day. Counted, not timed: the comparisons of days at N and 4N; one day
+    over the limit is still the one surplus."""
+    hq, sh02, liar = chain["SH01"], chain["SH02"], chain["SH03"]
+    hq.set_activity(hq.owner, "DAILY", {
+        "name": "每日签到", "from": "2025-01-01T00:00", "to": "2027-01-01T00:00",
+        "points": 1, "repeat": "daily", "per_day": 100})
+    m = hq.add_member(hq.owner, name="会员", phone="13800000007")
+    chain.sync()
+    day_of = sh02.storage.day_of
+    monkeypatch.setattr(sh02.storage, "day_of", lambda ms: _Day(day_of(ms)))
+    now, n, counts = chain.clock.ms, 200, []
+    for have, more in ((0, n + 1), (n + 1, 3 * n)):  # the first one over the limit
+        entries = []
+        for i in range(have, have + more):
+            day, k = (0, i) if i <= 100 else divmod(i - 1, 100)  # 101 on the first day
+            e = liar._entry("checkin", m, activity="DAILY", points=1, repeat="daily",
+                            per_day=100, deltas=[["points", "SH03", 1]], op=liar.owner)
+            t = now - (day + 1) * 86_400_000 + k * 1000
+            e["id"], e["at"] = f"{encode(t << 16)}.SH03", t
+            entries.append(e)
+        liar._commit(lambda entries=entries: (liar._together(*entries), None))
+        chain.sync()
+        _Day.compared[0] = 0
+        rows = sh02.attendance("DAILY")
+        assert sh02.reconcile_checkins() == []  # the surplus is SH03's to reverse
+        counts.append(_Day.compared[0])
+        assert len(rows) == have + more
+        assert [r["status"] for r in rows].count("surplus") == 1
+    assert counts[1] <= 5 * counts[0], counts
