@@ -858,11 +858,15 @@ class NodeCore:
         now have judged it: the chain's time is used (a majority said it is off), or
         fewer of them disagree with it than agree, this node included. A lone pair that
         disagree cannot tell whose clock is wrong, and a branch cut off has nobody to
-        ask: both wait. A branch with no other branch known has only its own clock."""
+        ask: both wait. With no other branch known, a store of no chain and a head
+        office (a chain of one) have only their own clock; a branch enrolled in a chain
+        has not met the others yet, and waits: a new PC set 60 days ahead cut December
+        in mid-December at its first pass, and booked every sale into January."""
         v = self.clocks.verdict
         if v.peers:
             return v.off or 2 * len(v.disagree) < v.peers + 1
-        return not views.branches_known(self.ledger)
+        trust = self.ledger.trust
+        return not views.branches_known(self.ledger) and (not trust.enrolled or trust.governs)
 
     def _housekeeping_step(self) -> None:
         if self._housekeeping_pass is None:
@@ -1014,11 +1018,14 @@ class NodeCore:
 
     def clock_status(self) -> dict[str, Any]:
         """For `status`: how far this machine's clock is off the chain's time (0: not
-        by more than the limit), and the peers whose clocks differ from it."""
+        by more than the limit), the peers whose clocks differ from it, and whether it
+        may decide what cannot be undone (`_clock_confirmed`: else the month-end cut
+        and the points' write-off wait)."""
         v = self.clocks.verdict
         return {"off_ms": v.off_ms, "limit_ms": self.clocks.limit_ms, "peers": v.peers,
                 "disagree": {p: self.clocks.samples[p][0] for p in v.disagree
-                             if p in self.clocks.samples}}
+                             if p in self.clocks.samples},
+                "confirmed": self._clock_confirmed()}
 
     def _tick(self, now: float) -> None:
         self._clock_update(self.clocks.tick(self.ledger.clock.raw_wall(), now))

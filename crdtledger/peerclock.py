@@ -155,4 +155,7 @@ def tell(status: dict[str, object]) -> str | None:
                           for peer, o in sorted(disagree.items()))
                 + f" (more than the {span(limit if isinstance(limit, int) else 0)} "
                 "allowed): check the clocks")
+    if status.get("confirmed") is False:
+        return ("no other branch has confirmed this machine's clock yet: the month-end cut "
+                "and the write-off of expired points wait until one connected has")
     return None

@@ -6,6 +6,7 @@ through the command line on a real data directory (a real process)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from conftest import Cli
 from helpers import FakeClock, new_ledger, sync
 from test_ledger import refused
 
-from crdtledger import views
+from crdtledger import peerclock, views
 from crdtledger.core import Count, Decided, NodeCore, SetTimer
 from crdtledger.errors import (
     ApprovalRequired,
@@ -26,6 +27,7 @@ from crdtledger.errors import (
 from crdtledger.hlc import id_time_ms
 from crdtledger.ledger import Ledger
 from crdtledger.sync import SyncSession
+from peer.chain import enrol, init_chain
 
 PHONE = "13812345678"
 
@@ -219,6 +221,32 @@ def test_a_clock_far_ahead_cuts_no_month_and_writes_off_no_points_until_peers_co
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("head_office", [False, True])
+def test_a_new_branch_that_has_met_nobody_waits_for_its_clock_to_be_confirmed(
+        tmp_path: Path, head_office: bool) -> None:
+    """A branch enrolled today on a PC whose clock runs 60 days ahead, its link not up
+    yet: with no other branch known it went by its own clock, and its first pass cut
+    the month under way (every sale then booked into the next). An enrolled branch
+    that has met nobody waits for a peer; head office, a chain of one if it knows no
+    branch, still goes by its own clock."""
+    init_chain(tmp_path / "chain", "acme")
+    Ledger.create(tmp_path / "SH04", "SH04", "acme")
+    enrol(tmp_path / "chain", tmp_path / "SH04", "SH04", head_office=head_office)
+    ahead = FakeClock(time.time_ns() // 1_000_000 + 60 * DAY_MS)
+    with Ledger.open(tmp_path / "SH04", now_ms=ahead) as a:
+        core = NodeCore(a)
+        core.start(0.0)
+        effects = core.fire(("housekeeping",), core._timers[("housekeeping",)], 60.0)
+        while step := core._timers.get(("housekeeping-step",)):
+            effects += core.fire(("housekeeping-step",), step, 60.0)
+        waited = any(isinstance(e, Decided) and "confirms this PC's clock" in e.what
+                     for e in effects)
+        assert waited != head_office
+        assert (a.closed_through is None) != head_office
+        said = peerclock.tell(core.clock_status())  # `crdtledger status`'s CLOCK line
+        assert (said is not None and "wait until one connected has" in said) != head_office
 
 
 def test_the_daily_pass_finds_expired_points_in_the_lots_not_the_history(
