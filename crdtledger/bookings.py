@@ -39,6 +39,7 @@ member in `ref`.
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -315,12 +316,48 @@ def overlaps(slots: Mapping[str, tuple[int, int]]) -> list[tuple[str, str]]:
     return bad
 
 
-def _conflict(ledger: Ledger, slots: Mapping[str, tuple[int, int]], start: int, end: int,
-              skip: str = "", tz: ZoneInfo | None = None) -> str | None:
-    for bid, (s, e) in sorted(slots.items(), key=lambda kv: kv[1]):
-        if bid != skip and s < end and start < e:
-            return f"{_hm(ledger, s, tz)}-{_hm(ledger, e, tz)}"
-    return None
+class _Slots:
+    """Slots (booking id -> (start ms, end ms)) sorted by (start, end), to find the
+    first that overlaps a time without reading them all: `decide` asks once a request
+    against every slot held, and a lying branch's thousands of requests for one
+    technician, each confirmed and added, made the pass quadratic inside the write
+    transaction (the tills waiting on it). Sorted once; each confirmation inserted."""
+
+    def __init__(self, slots: Mapping[str, tuple[int, int]]) -> None:
+        self._rows = sorted((s, e, bid) for bid, (s, e) in slots.items())
+        self._starts = [r[0] for r in self._rows]
+        # The longest slot: nothing starting earlier than this before a time can reach it.
+        self._longest = max((e - s for s, e, _b in self._rows), default=0)
+
+    def add(self, bid: str, start: int, end: int) -> None:
+        i = bisect.bisect_right(self._rows, (start, end, bid))
+        self._rows.insert(i, (start, end, bid))
+        self._starts.insert(i, start)
+        self._longest = max(self._longest, end - start)
+
+    def first_overlap(self, start: int, end: int, skip: str = "") -> tuple[int, int] | None:
+        """The first slot by (start, end) overlapping [start, end), `skip`'s aside: one
+        overlapping starts after start - longest, so the walk begins there and ends at
+        the first slot starting at `end` or later."""
+        i = bisect.bisect_right(self._starts, start - self._longest)
+        rows = self._rows
+        while i < len(rows) and rows[i][0] < end:
+            s, e, bid = rows[i]
+            if bid != skip and start < e:
+                return s, e
+            i += 1
+        return None
+
+
+def _conflict(ledger: Ledger, slots: Mapping[str, tuple[int, int]] | _Slots, start: int,
+              end: int, skip: str = "", tz: ZoneInfo | None = None) -> str | None:
+    """The slot (its local 'HH:MM-HH:MM') overlapping [start, end) first by start and
+    end, or None; pass a `_Slots` to ask many times without sorting each time."""
+    index = slots if isinstance(slots, _Slots) else _Slots(slots)
+    hit = index.first_overlap(start, end, skip)
+    if hit is None:
+        return None
+    return f"{_hm(ledger, hit[0], tz)}-{_hm(ledger, hit[1], tz)}"
 
 
 def _status(b: Mapping[str, Any], related: Iterable[Mapping[str, Any]], now: int,
@@ -549,6 +586,7 @@ def slots(ledger: Ledger, technician_ref: str, day: str, service: str | None = N
                 and e["node"] != tech["branch"] and _slot_ok(e)):
             taken[e["id"]] = (int(e["start"]), int(e["start"]) + int(e["minutes"]) * 60_000)
     midnight = datetime.combine(the_day, time(0), tz)
+    index = _Slots(taken)  # sorted once for the day's start times
     out = []
     for m in range(open_min, close_min - minutes + 1, SLOT_STEP_MIN):
         wall = midnight + timedelta(minutes=m)
@@ -556,7 +594,7 @@ def slots(ledger: Ledger, technician_ref: str, day: str, service: str | None = N
         end = start + minutes * 60_000
         if _local(ledger, start, tz).replace(tzinfo=None) != wall.replace(tzinfo=None):
             continue  # a time the clocks skip going forward: no such slot
-        if start > now and _conflict(ledger, taken, start, end) is None:
+        if start > now and _conflict(ledger, index, start, end) is None:
             out.append(f"{m // 60:02d}:{m % 60:02d}")
     return out
 
@@ -738,6 +776,7 @@ def decide(ledger: Ledger) -> list[dict[str, Any]]:
         for tech in mine:
             book_ = _book(ledger, tech["id"], since)
             taken = held(book_, tech["id"])
+            index = _Slots(taken)  # taken, sorted: one bisect a request, not a sort
             decided, cancelled = _settled(book_, ledger.node)
             for e in book_:
                 if (e["kind"] != "booking" or e["node"] == ledger.node or e["id"] in decided
@@ -763,7 +802,7 @@ def decide(ledger: Ledger) -> list[dict[str, Any]]:
                 else:
                     why = _fits(ledger, tech, str(e.get("service", "")), start, minutes)
                 if why is None:
-                    clash = _conflict(ledger, taken, start, start + minutes * 60_000,
+                    clash = _conflict(ledger, index, start, start + minutes * 60_000,
                                       tz=zone_of(ledger, tech))
                     if clash is not None:
                         why = (f"technician {tech['code']} ({tech['name']}) was booked "
@@ -774,6 +813,7 @@ def decide(ledger: Ledger) -> list[dict[str, Any]]:
                 d = ledger._entry("booking_decision", tech["id"], ref=e["id"], **extra)
                 if why is None:
                     taken[e["id"]] = (start, start + minutes * 60_000)
+                    index.add(e["id"], start, start + minutes * 60_000)
                 out.append(d)
             for bid, gone in _held_for_nobody(ledger, book_, taken, cancelled, now):
                 out.append(ledger._entry("booking_cancel", tech["id"], ref=bid, reason=gone))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
@@ -825,3 +826,109 @@ def test_the_machines_own_zone_is_no_branchs_zone(tmp_path: Path) -> None:
     assert not (tmp_path / "SH09" / "ledger.sqlite3").exists()
     assert [known_zone(z) for z in ("localtime", "posixrules", "Factory")] == [None] * 3
     assert known_zone("Asia/Shanghai") is not None
+
+
+# --- a lying branch's thousands of requests for one technician -------------------------------
+
+
+def _calls(fn: Any) -> tuple[int, Any]:
+    """Python function calls `fn` makes (lambdas and sort keys included): a count of
+    work, the same on any machine."""
+    count = [0]
+
+    def prof(_frame: Any, event: str, _arg: Any) -> None:
+        if event == "call":
+            count[0] += 1
+
+    sys.setprofile(prof)
+    try:
+        out = fn()
+    finally:
+        sys.setprofile(None)
+    return count[0], out
+
+
+def _decide_many_requests(tmp_path: Path, n: int) -> tuple[int, list[dict[str, Any]]]:
+    """HZ01 (a valid key of its own) signs `n` requests for SH02's T01, each a 5-minute
+    slot of its own (the request's `minutes` is the writer's word), none overlapping,
+    within the hours and the horizon: SH02 receives them and decides; the work of
+    its pass, counted, and the decisions."""
+    clock = FakeClock()
+    chain = {x: new_ledger(tmp_path / str(n), x, now_ms=clock) for x in ("SH02", "HZ01")}
+    try:
+        sh02, hz01 = chain["SH02"], chain["HZ01"]
+        bookings.add_technician(sh02, sh02.owner, "T01", "小李", ["FOOT60"], "10:00-22:00")
+        m = hz01.add_member(hz01.owner, name="张伟", phone="13800138000")
+        sync(sh02, hz01)
+        tech = bookings.technician(hz01, "T01")["id"]
+        first = clock.ms + 26 * 3_600_000  # 2026-01-02 10:00 in Shanghai
+        forger = Forger(hz01)
+        for i in range(0, n, 10):
+            entries = []
+            for k in range(i, min(i + 10, n)):
+                eid = HybridClock("HZ01", now_ms=lambda k=k: clock.ms + k).mint()
+                day, slot = divmod(k, 144)
+                entries.append({"id": eid, "kind": "booking", "member": tech, "node": "HZ01",
+                                "op": "x", "at": id_time_ms(eid), "amount": 0, "deltas": [],
+                                "ref": m, "service": "FOOT60", "minutes": 5,
+                                "start": first + day * 86_400_000 + slot * 300_000})
+
+            def put(doc: Doc[Any], entries: list[dict[str, Any]] = entries) -> None:
+                for e in entries:
+                    doc.get("entries", type=Map)[e["id"]] = e
+
+            forger.write(entry_doc(entries[0]["id"], hz01.storage.day_of), put)
+        sh02.apply_batch(forger.batch())
+        assert sh02.faults() == []
+        return _calls(lambda: bookings.decide(sh02))
+    finally:
+        for ledger in chain.values():
+            ledger.close()
+
+
+def test_a_liars_many_requests_for_one_technician_are_decided_in_linear_work(
+        tmp_path: Path) -> None:
+    """Each request was checked against every slot held, sorted anew each time, and
+    each confirmation held one more: the pass, in the write transaction the tills
+    wait on, was quadratic (0.68 s at 2,500 requests, 7.66 s at 10,000). Sorted once,
+    each request a bisect: four times the requests, about four times the work."""
+    n = 200
+    small, got = _decide_many_requests(tmp_path, n)
+    big, got4 = _decide_many_requests(tmp_path, 4 * n)
+    assert [d["status"] for d in got] == ["confirmed"] * n
+    assert [d["status"] for d in got4] == ["confirmed"] * (4 * n)
+    assert big / small < 5, (small, big)
+
+
+_SLOT = st.tuples(st.integers(0, 40), st.integers(-2, 12))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text("abcdef", min_size=1, max_size=2), _SLOT, max_size=12),
+       st.lists(st.tuples(st.text("abcdefg", min_size=1, max_size=2), _SLOT), max_size=6),
+       st.lists(st.tuples(_SLOT, st.text("abcdefg", max_size=2)), min_size=1, max_size=8))
+def test_the_sorted_slots_find_what_sorting_them_all_found(
+        held: dict[str, tuple[int, int]], added: list[tuple[str, tuple[int, int]]],
+        asked: list[tuple[tuple[int, int], str]]) -> None:
+    """`_Slots` (sorted once, confirmations inserted, a walk from a bisect) answers as
+    the definition did (every slot sorted by start and end, the first overlapping),
+    with slots of any length, overlapping or empty among them, and a booking skipped."""
+    def definition(slots: dict[str, tuple[int, int]], start: int, end: int, skip: str
+                   ) -> tuple[int, int] | None:
+        for bid, (s, e) in sorted(slots.items(), key=lambda kv: kv[1]):
+            if bid != skip and s < end and start < e:
+                return s, e
+        return None
+
+    slots = {b: (s, s + d) for b, (s, d) in held.items()}
+    index = bookings._Slots(slots)
+    for b, (s, d) in added:
+        if b in slots:
+            continue  # `decide` adds only requests it has not decided
+        slots[b] = (s, s + d)
+        index.add(b, s, s + d)
+        for (qs, qd), skip in asked:
+            assert index.first_overlap(qs, qs + qd, skip) == definition(slots, qs, qs + qd,
+                                                                        skip)
+    for (qs, qd), skip in asked:
+        assert index.first_overlap(qs, qs + qd, skip) == definition(slots, qs, qs + qd, skip)
