@@ -47,7 +47,7 @@ from __future__ import annotations
 import heapq
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -140,6 +140,15 @@ class Pool(list[Lot]):
     # it has doubled (each spend passes over the list: a member's thousand sales and
     # thousand redemptions made one replay pass over every lot ever earned, per spend).
     pruned = 0
+
+    @classmethod
+    def loaded(cls, lots: Iterable[Lot]) -> Pool:
+        """Lots as the table holds them, knowing whether any is owed: `_update`'s. A
+        plain list there scanned every lot for debts at each earning, and a batch of
+        a liar's 16,000 check-ins of one member (earnings) was quadratic to receive."""
+        pool = cls(lots)
+        pool.owes = any(lot[1] < 0 for lot in pool)
+        return pool
 
     def prune(self) -> None:
         """Drop the lots with nothing left (nothing reads them) once it has doubled."""
@@ -431,11 +440,12 @@ def _update(conn: sqlite3.Connection, touched: list[tuple[Any, ...]], seen: set[
             rows = [row for row in new if row[0] in pool]
             # Earnings alone (sales) only add lots, or pay what is owed: only that to read.
             earnings = all(row[2] > 0 for row in rows)
-            lots = [list(r) for r in conn.execute(
+            # Not pruned: a lot spent to nothing must still be seen as changed.
+            lots = Pool.loaded(list(r) for r in conn.execute(
                 "SELECT expires, left, earned, member FROM points_lots "
                 + ("INDEXED BY points_owed " if earnings else "")
                 + f"WHERE member {views.in_(pool)}" + (" AND left < 0" if earnings else ""),
-                pool)]
+                pool))
             before = {lot[2]: lot[1] for lot in lots}
             index = {lot[2]: lot for lot in lots}
             for row in rows:
