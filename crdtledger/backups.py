@@ -59,7 +59,7 @@ from crdtledger.private import (
     replace_private,
     write_private,
 )
-from crdtledger.seal import MAX_SEALED_BYTES, peek_header, read_sealed, seal, unseal
+from crdtledger.seal import MAX_SEALED_BYTES, read_head, read_sealed, seal, unseal
 from crdtledger.trust import (
     CA_CERT,
     CERT_ERRORS,
@@ -296,13 +296,21 @@ def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
         if path.stat().st_size > MAX_SEALED_BYTES:
             raise CorruptSyncFile(f"{what} is larger than any backup")
         progress(f"reading {path} ({path.stat().st_size:,} bytes)")
-        data = read_sealed(path, "backup")
+        header = read_head(path, "backup", what=what)
     except FileNotFoundError:
         raise InvalidInput(f"there is no backup at {path}") from None
     except OSError as e:
         raise InvalidInput(f"cannot read {path}: {e.strerror}") from None
     here = _store_of(data_dir)
-    trust = _reading_trust(data, data_dir, chain_dir, what)
+    trust = _reading_trust(header, data_dir, chain_dir, what)
+    try:
+        # The chain and signer its header names are judged before the rest is read:
+        # another chain's backup declaring gigabytes costs its first kilobytes.
+        data = read_sealed(path, "backup", trust=trust, what=what)
+    except FileNotFoundError:
+        raise InvalidInput(f"there is no backup at {path}") from None
+    except OSError as e:
+        raise InvalidInput(f"cannot read {path}: {e.strerror}") from None
     progress("checking its signature and decrypting it")
     sealed = unseal(trust, data, "backup", what=what)
     del data
@@ -583,7 +591,8 @@ def _own_tip(db: Path, node: str) -> int | None:
     return int(tip)
 
 
-def _reading_trust(data: bytes, data_dir: Path, chain_dir: Path | None, what: str) -> Trust:
+def _reading_trust(header: dict[str, Any], data_dir: Path, chain_dir: Path | None, what: str
+                   ) -> Trust:
     """The keys to open a backup with: the data directory's own, else the chain
     directory's, else (a store without a chain CA) none but the chain's name."""
     cert = _own_cert(data_dir)
@@ -607,10 +616,7 @@ def _reading_trust(data: bytes, data_dir: Path, chain_dir: Path | None, what: st
         except (OSError, KeyError, *CERT_ERRORS) as e:
             raise InvalidInput(f"{chain_dir} is not a chain directory (crdtledger chain "
                                f"init): {e}") from None
-    header = peek_header(data)
-    if header is None:  # let the checks say what is wrong with it
-        unseal(Trust.for_reading("", None, None), data, "backup", what=what)
-        raise CorruptSyncFile(f"{what} is damaged")
+    # `header` is well formed (seal.read_head), not yet trusted.
     try:
         signer = x509.load_der_x509_certificate(header["cert"])
         enrolled = signer.issuer != signer.subject

@@ -27,6 +27,11 @@ sentence naming the file: that it is a sealed file of the expected kind; its for
 to this store's chain; that its signer is a node the chain CA certified and did not
 revoke; that the signature covers every byte; and that it decrypts with this
 store's chain secret. Nothing of the payload is returned unless all of them hold.
+(The signature is in fact checked before the chain and the signer, so that a file
+altered on the way is told as altered. A file on disk, `read_sealed`, has its clear
+line and header read and checked first, and, past TOLD_WHOLE_BYTES, its chain and
+signer judged from them before the rest is read: another chain's file declaring a
+gigabyte was read whole, twice, before its first kilobyte was looked at.)
 
 An **open store** (no chain CA, `Trust.ca` None) has no chain secret: its seal key is
 derived from the chain id alone, which is written in the clear header. Its files are
@@ -39,6 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +70,14 @@ MAX_PAYLOAD_BYTES = 2**31 - 1 - 64 * 1024
 MAX_HEADER_BYTES = 64 * 1024  # a certificate is about 700 bytes
 MAX_SIGNATURE_BYTES = 160  # a DER ECDSA P-256 signature is at most 72
 MAX_LINE_BYTES = 64
+# The clear line, the header's length, the header and the content's length: all a
+# reader needs to judge a file's form, chain and signer before reading its content.
+HEAD_BYTES = MAX_LINE_BYTES + 4 + MAX_HEADER_BYTES + 8
+# A file whose header names another chain or a signer this chain does not vouch for
+# is still read whole up to this size, so that one altered on the way (a flipped byte
+# in its chain's name) is told as altered, signature first, as `unseal` tells it.
+# Past it, the header's word stands: a stranger's gigabyte is never read.
+TOLD_WHOLE_BYTES = 64 * 1024**2
 NONCE_BYTES = 12  # AES-GCM's standard nonce; random, one per file
 _ECDSA = ec.ECDSA(hashes.SHA256())
 _DOMAIN = b"crdtledger sealed file\x00"  # so no other signature of a node fits here
@@ -96,49 +110,15 @@ def seal(trust: Trust, kind: str, payload: bytes, created_ms: int) -> bytes:
     return body + struct.pack(">H", len(signature)) + signature
 
 
-def unseal(trust: Trust, data: bytes, kind: str, *, what: str) -> Sealed:
+def unseal(trust: Trust, data: bytes | bytearray, kind: str, *, what: str) -> Sealed:
     """The content of a sealed file of `kind`, after every check; else a typed error
     (CorruptSyncFile, ForeignChain, UntrustedSigner) whose sentence names `what`."""
     if len(data) > MAX_SEALED_BYTES:
         raise CorruptSyncFile(f"{what} is {len(data)} bytes, larger than any {kind} file")
     view = memoryview(data)
-    # 1. What it is, in the clear line.
-    end = bytes(view[:MAX_LINE_BYTES]).find(b"\n")
-    line = bytes(view[:end]) if end >= 0 else b""
-    if not line.startswith(MAGIC):
-        if data and bytes(view[:len(MAGIC)]) == MAGIC[:min(len(data), len(MAGIC))]:
-            raise _incomplete(what, len(data), "it ends within its first line")
-        raise CorruptSyncFile(f"{what} is not a crdtledger {kind} file")
-    parts = line[len(MAGIC):].split(b" ")
-    if len(parts) != 2 or parts[0].decode("ascii", "replace") not in KINDS:
-        raise CorruptSyncFile(f"{what} is a sealed file of an unknown kind; it is damaged "
-                              "or comes from another program")
-    found = parts[0].decode("ascii")
-    if found != kind:
-        raise CorruptSyncFile(f"{what} is a crdtledger {found} file, not a {kind} file")
-    # 2. Its format, before reading anything else.
-    if not parts[1].isdigit() or len(parts[1]) > 9:
-        raise CorruptSyncFile(f"{what} has an unreadable format number")
-    fmt = int(parts[1])
-    if fmt > FORMAT:
-        raise CorruptSyncFile(f"{what} is {kind} format {fmt}, made by a newer crdtledger; "
-                              f"this one reads format {FORMAT}: upgrade to read it")
-    if fmt != FORMAT:
-        raise CorruptSyncFile(f"{what} is {kind} format {fmt}, which this version does "
-                              "not read")
-    # 3. Complete and well formed.
-    pos = end + 1
-    header_len, pos = _length(view, pos, ">I", MAX_HEADER_BYTES, what, "header")
-    header_raw = bytes(view[pos:pos + header_len])
-    pos += header_len
-    aad_end = pos
-    cipher_len, pos = _length(view, pos, ">Q", MAX_SEALED_BYTES, what, "content")
-    if cipher_len < 16 or pos + cipher_len > len(view):
-        raise _incomplete(what, len(view), "its content is cut short")
-    cipher_at = pos
-    pos += cipher_len
-    body_end = pos
-    sig_len, pos = _length(view, pos, ">H", MAX_SIGNATURE_BYTES, what, "signature")
+    # 1.-3. What it is, its format, complete and well formed.
+    aad_end, header_raw, cipher_at, body_end = _clear_part(view, len(view), kind, what)
+    sig_len, pos = _length(view, body_end, ">H", MAX_SIGNATURE_BYTES, what, "signature")
     if pos + sig_len != len(view):
         raise _incomplete(what, len(view), "its signature is cut short" if
                           pos + sig_len > len(view) else "bytes follow its signature")
@@ -147,32 +127,20 @@ def unseal(trust: Trust, data: bytes, kind: str, *, what: str) -> Sealed:
     node, created = header["node"], header["created"]
     # 4. Every byte as the key in its header signed it: an altered file is told as
     # such, before its (perhaps altered) chain or signer is judged.
+    signer_key = _signer_key(header, what)
     try:
-        signer_key = x509.load_der_x509_certificate(header["cert"]).public_key()
-        if not isinstance(signer_key, ec.EllipticCurvePublicKey):
-            raise ValueError("not an EC key")
         signer_key.verify(signature, _signed(view[:body_end]), _ECDSA)
-    except CERT_ERRORS:
-        raise CorruptSyncFile(f"{what} is damaged (the signer's certificate in it does not "
-                              "parse)") from None
     except InvalidSignature:
         raise CorruptSyncFile(f"{what} was altered after it was signed (the signature "
                               f"of node {node}, as it says, does not match its content); "
                               "ask for it again") from None
-    # 5. This chain's.
-    if header["chain"] != trust.chain:
-        raise ForeignChain(f"{what} comes from chain {header['chain'][:80]!r}, this node is in "
-                           f"chain {trust.chain!r}; it was not made for this chain")
-    # 6. A signer this chain vouches for (the key that signed it is that signer's).
+    # 5.-6. This chain's, by a signer this chain vouches for.
+    _judge(trust, header, what)
+    # 7. Readable with this chain's secret (the ciphertext is decrypted where it lies:
+    # a copy of it was a second file's worth of memory).
     try:
-        trust.check_cert(node, header["cert"])
-    except UntrustedSigner as e:
-        raise UntrustedSigner(f"{what} is refused: {e}") from None
-    # 7. Readable with this chain's secret.
-    try:
-        payload = AESGCM(trust.seal_key).decrypt(header["nonce"],
-                                                 bytes(view[cipher_at:body_end]),
-                                                 bytes(view[:aad_end]))
+        payload = AESGCM(trust.seal_key).decrypt(header["nonce"], view[cipher_at:body_end],
+                                                 view[:aad_end])
     except InvalidTag:
         raise ForeignChain(
             f"{what} is intact and signed by node {node}, but sealed with another chain "
@@ -182,19 +150,62 @@ def unseal(trust: Trust, data: bytes, kind: str, *, what: str) -> Sealed:
     return Sealed(node=node, created_ms=created, payload=payload)
 
 
-def read_sealed(path: Any, kind: str, limit: int = MAX_SEALED_BYTES) -> bytes:
-    """The bytes of the file at `path`, read only once its first bytes say it is a
-    sealed file, and never more than `limit`: a gigabyte of something else was read
-    whole before it was refused, and a device that never ends (/dev/zero) was read
-    until the process was killed. Raises CorruptSyncFile, or OSError from the file."""
-    with open(path, "rb") as f:
-        start = f.read(len(MAGIC))
-        if start != MAGIC[:len(start)] or not start:
-            raise CorruptSyncFile(f"{path} is not a crdtledger {kind} file")
-        data = start + f.read(limit + 1 - len(start))
-    if len(data) > limit:
-        raise CorruptSyncFile(f"{path} is larger than any {kind} file ({limit:,} bytes)")
-    return data
+def read_head(path: Any, kind: str, limit: int = MAX_SEALED_BYTES, *,
+              what: str | None = None) -> dict[str, Any]:
+    """The clear header of the sealed file at `path` ({chain, node, created, cert,
+    nonce}), its form checked as `unseal` checks it but nothing trusted: to choose the
+    keys to read it with (a backup restored into an empty directory). Only the first
+    bytes are read. Raises CorruptSyncFile, or OSError from the file."""
+    with open(path, "rb", buffering=0) as f:
+        _, header = _read_clear_part(f, path, kind, limit, what)
+    return header
+
+
+def read_sealed(path: Any, kind: str, limit: int = MAX_SEALED_BYTES, *,
+                trust: Trust | None = None, what: str | None = None) -> bytearray:
+    """The bytes of the sealed file at `path` (for `unseal`), never more than `limit`.
+
+    Its clear line and header are read first, and checked as `unseal` checks them
+    (with the file's size for the lengths they declare); with `trust`, the chain and
+    the signer its header names are judged too, before the rest is read. A gigabyte of
+    something else, a device that never ends (/dev/zero), or another chain's file
+    whose header declares a gigabyte of content were read whole (and copied once more)
+    before they were refused; a stranger's file past TOLD_WHOLE_BYTES now costs its
+    first kilobytes. The cost: such a file of this chain altered in exactly the header
+    fields naming its chain or its signer is told by what they now say, rather than
+    as altered (refused all the same). A smaller one is returned for `unseal` to
+    tell. The rest is read into one buffer of the file's size, never copied. Raises
+    CorruptSyncFile, ForeignChain, UntrustedSigner, or OSError from the file."""
+    what = str(path) if what is None else what
+    with open(path, "rb", buffering=0) as f:
+        data, header = _read_clear_part(f, path, kind, limit, what)
+        st = os.fstat(f.fileno())
+        if trust is not None:
+            _signer_key(header, what)  # damaged, as `unseal` says, not a stranger's
+            try:
+                _judge(trust, header, what)
+            except (ForeignChain, UntrustedSigner):
+                if st.st_size > TOLD_WHOLE_BYTES:
+                    raise
+                # Small enough to read: `unseal` tells it, an altered file as altered.
+        if not stat.S_ISREG(st.st_mode) or len(data) >= st.st_size:
+            return data  # read whole already (a pipe is, within `limit`)
+        size = st.st_size
+        whole = bytearray(size)
+        whole[:len(data)] = data
+        got = len(data)
+        with memoryview(whole) as view:
+            while got < size:
+                n = f.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+        if got < size:  # cut while read: unseal says where it ends
+            del whole[got:]
+        elif f.read(1):
+            raise CorruptSyncFile(f"{what} grew while it was read (it is still being "
+                                  "written?); copy it again once it is whole")
+    return whole
 
 
 def kind_of(data: bytes) -> tuple[str, int] | None:
@@ -233,17 +244,118 @@ def _signed(body: bytes | memoryview) -> bytes:
     return _DOMAIN + hashlib.sha256(body).digest()
 
 
-def _length(view: memoryview, pos: int, fmt: str, limit: int, what: str, part: str
-            ) -> tuple[int, int]:
-    size = struct.calcsize(fmt)
-    if pos + size > len(view):
-        raise _incomplete(what, len(view), f"it ends before its {part}")
-    (n,) = struct.unpack(fmt, view[pos:pos + size])
+def _clear_part(view: memoryview, size: int, kind: str, what: str
+                ) -> tuple[int, bytes, int, int]:
+    """Checks 1 to 3 of a sealed file of `size` bytes whose first bytes are `view`
+    (all of them, or at least HEAD_BYTES): where the associated data ends, the raw
+    header, and where the ciphertext starts and ends."""
+    # 1. What it is, in the clear line.
+    end = bytes(view[:MAX_LINE_BYTES]).find(b"\n")
+    line = bytes(view[:end]) if end >= 0 else b""
+    if not line.startswith(MAGIC):
+        if size and bytes(view[:len(MAGIC)]) == MAGIC[:min(size, len(MAGIC))]:
+            raise _incomplete(what, size, "it ends within its first line")
+        raise CorruptSyncFile(f"{what} is not a crdtledger {kind} file")
+    parts = line[len(MAGIC):].split(b" ")
+    if len(parts) != 2 or parts[0].decode("ascii", "replace") not in KINDS:
+        raise CorruptSyncFile(f"{what} is a sealed file of an unknown kind; it is damaged "
+                              "or comes from another program")
+    found = parts[0].decode("ascii")
+    if found != kind:
+        raise CorruptSyncFile(f"{what} is a crdtledger {found} file, not a {kind} file")
+    # 2. Its format, before reading anything else.
+    if not parts[1].isdigit() or len(parts[1]) > 9:
+        raise CorruptSyncFile(f"{what} has an unreadable format number")
+    fmt = int(parts[1])
+    if fmt > FORMAT:
+        raise CorruptSyncFile(f"{what} is {kind} format {fmt}, made by a newer crdtledger; "
+                              f"this one reads format {FORMAT}: upgrade to read it")
+    if fmt != FORMAT:
+        raise CorruptSyncFile(f"{what} is {kind} format {fmt}, which this version does "
+                              "not read")
+    # 3. Complete and well formed (the signature's length is checked by the caller).
+    pos = end + 1
+    header_len, pos = _length(view, pos, ">I", MAX_HEADER_BYTES, what, "header", size)
+    header_raw = bytes(view[pos:pos + header_len])
+    pos += header_len
+    aad_end = pos
+    cipher_len, pos = _length(view, pos, ">Q", MAX_SEALED_BYTES, what, "content", size)
+    if cipher_len < 16 or pos + cipher_len > size:
+        raise _incomplete(what, size, "its content is cut short")
+    return aad_end, header_raw, pos, pos + cipher_len
+
+
+def _read_clear_part(f: Any, path: Any, kind: str, limit: int, what: str | None
+                     ) -> tuple[bytearray, dict[str, Any]]:
+    """The first bytes of the open file `f` (all of it if it is not a regular file,
+    within `limit`) and its header, after checks 1 to 3 against its size."""
+    what = str(path) if what is None else what
+    start = f.read(len(MAGIC))
+    if not start or start != MAGIC[:len(start)]:
+        raise CorruptSyncFile(f"{what} is not a crdtledger {kind} file")
+    data = bytearray(start)
+    st = os.fstat(f.fileno())
+    regular = stat.S_ISREG(st.st_mode)
+    # A pipe or a device tells no size: read whole, within the limit, as before.
+    want = min(st.st_size, HEAD_BYTES) if regular else limit + 1
+    while len(data) < want:
+        chunk = f.read(min(want - len(data), 1 << 20))
+        if not chunk:
+            break
+        data += chunk
+    size = st.st_size if regular else len(data)
+    if size > limit:
+        raise CorruptSyncFile(f"{what} is larger than any {kind} file ({limit:,} bytes)")
+    if regular and len(data) < want:  # cut while read
+        size = len(data)
+    _, header_raw, _, body_end = _clear_part(memoryview(data), size, kind, what)
+    tail = bytes(data[body_end:body_end + 2]) if len(data) == size else os.pread(
+        f.fileno(), 2, body_end)
+    sig_len, _ = _length(memoryview(tail), 0, ">H", MAX_SIGNATURE_BYTES, what,
+                         "signature", size)
+    if body_end + 2 + sig_len != size:
+        raise _incomplete(what, size, "its signature is cut short" if
+                          body_end + 2 + sig_len > size else "bytes follow its signature")
+    return data, _header(header_raw, what)
+
+
+def _signer_key(header: dict[str, Any], what: str) -> ec.EllipticCurvePublicKey:
+    try:
+        key = x509.load_der_x509_certificate(header["cert"]).public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise ValueError("not an EC key")
+    except CERT_ERRORS:
+        raise CorruptSyncFile(f"{what} is damaged (the signer's certificate in it does not "
+                              "parse)") from None
+    return key
+
+
+def _judge(trust: Trust, header: dict[str, Any], what: str) -> None:
+    """Checks 5 and 6: the chain and the signer a (well-formed) header names."""
+    if header["chain"] != trust.chain:
+        raise ForeignChain(f"{what} comes from chain {header['chain'][:80]!r}, this node is in "
+                           f"chain {trust.chain!r}; it was not made for this chain")
+    # The key that signed it is that signer's.
+    try:
+        trust.check_cert(header["node"], header["cert"])
+    except UntrustedSigner as e:
+        raise UntrustedSigner(f"{what} is refused: {e}") from None
+
+
+def _length(view: memoryview, pos: int, fmt: str, limit: int, what: str, part: str,
+            size: int | None = None) -> tuple[int, int]:
+    """The length at `pos`; `size` is the whole file's, when `view` holds its first
+    bytes only (a bound then never falls beyond them: see HEAD_BYTES)."""
+    total = len(view) if size is None else size
+    size_of = struct.calcsize(fmt)
+    if pos + size_of > len(view):
+        raise _incomplete(what, total, f"it ends before its {part}")
+    (n,) = struct.unpack(fmt, view[pos:pos + size_of])
     if n > limit:
-        raise _incomplete(what, len(view), f"its {part} claims {n} bytes")
-    if pos + size + n > len(view) and part == "header":
-        raise _incomplete(what, len(view), "its header is cut short")
-    return int(n), pos + size
+        raise _incomplete(what, total, f"its {part} claims {n} bytes")
+    if pos + size_of + n > len(view) and part == "header":
+        raise _incomplete(what, total, "its header is cut short")
+    return int(n), pos + size_of
 
 
 def _header(raw: bytes, what: str) -> dict[str, Any]:

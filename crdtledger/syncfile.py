@@ -109,11 +109,14 @@ def read_file(ledger: Ledger, path: Path | str, progress: Progress = _silent
             raise CorruptSyncFile(f"{path} is {size:,} bytes, larger than any sync file "
                                   f"({_LIMIT})")
         progress(f"reading {path} ({size:,} bytes)")
-        raw = read_sealed(path, KIND, MAX_FILE_BYTES)
+        # Its header's chain and signer are judged before its content is read: a
+        # stranger's file declaring gigabytes is refused from its first kilobytes.
+        raw = read_sealed(path, KIND, MAX_FILE_BYTES, trust=ledger.trust, what=str(path))
     except OSError as e:
         raise CorruptSyncFile(f"cannot read {path}: {e.strerror}") from None
     progress("checking its signature and decrypting it")
     sealed = unseal(ledger.trust, raw, KIND, what=str(path))
+    del raw  # the file's bytes; the payload is what is parsed now
     try:
         data = msgpack.unpackb(sealed.payload, raw=False, strict_map_key=True)
         file_chain, node = data["chain"], data["node"]

@@ -9,6 +9,7 @@ checked as a session's records are and taken all or nothing."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -270,6 +271,42 @@ def test_foreign_chain(exported, tmp_path: Path) -> None:
         stranger.close()
     err = refused(b, f, ForeignChain)
     assert "other-chain" in str(err)
+
+
+def test_a_strangers_huge_file_is_refused_by_its_header(exported, tmp_path: Path) -> None:
+    """Another chain's real sync file, its content length set to a gigabyte and the
+    file extended to match (sparse: no disk used). Its clear header, in its first
+    kilobyte, names another chain; the file was read whole, and copied once more
+    (2.1 GB held), before that was looked at. The header is judged first now."""
+    import tracemalloc
+
+    b, _ = exported
+    other = new_ledger(tmp_path / "elsewhere", "SH01", chain="other-chain")
+    try:
+        populate(other, 1)
+        f = tmp_path / "other.sync"
+        syncfile.export_file(other, f)
+    finally:
+        other.close()
+    raw = f.read_bytes()
+    at = raw.index(b"\n") + 1
+    at += 4 + int.from_bytes(raw[at:at + 4], "big")  # the content's length
+    size = 1024**3
+    huge = tmp_path / "huge.sync"
+    with open(huge, "wb") as out:
+        out.write(raw[:at] + size.to_bytes(8, "big"))
+        out.seek(at + 8 + size)
+        out.write((72).to_bytes(2, "big"))  # a signature's length, then its place
+        out.truncate(at + 8 + size + 2 + 72)
+    assert huge.stat().st_size > size and os.stat(huge).st_blocks * 512 < 1024**2
+    tracemalloc.start()
+    try:
+        err = refused(b, huge, ForeignChain, match="comes from chain 'other-chain'")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(huge) in str(err)
+    assert peak < 100 * 1024**2, f"{peak:,} bytes held to refuse it"
 
 
 def test_newer_and_unknown_formats(exported, tmp_path: Path) -> None:
