@@ -24,6 +24,7 @@ One thread owns a Ledger (pycrdt objects are bound to their thread).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -133,6 +134,31 @@ class Ledger(Membership, Goods, Replica):
         yield [*self.give_back_write_offs(), *self.grant_due_referrals(),
                *self.settle_referral_rewards(), *self.reconcile_checkins()]
 
+    def confirm_clock(self, operator: str) -> dict[str, Any]:
+        """本机时钟已核对: an operator allowed to adjust (who may write off expired
+        points by hand) looked at this PC's clock and says it is right. With no other
+        branch connected to judge it, the node's daily pass then closes the month due
+        and writes off expired points by it, today only (core.NodeCore._clock_confirmed):
+        a branch that syncs by files alone never met a peer, and never closed a month,
+        so the chain's books stayed open at every branch. Kept in this store only: it
+        is this PC's clock."""
+        self.authorise(operator, "adjust")
+        day = self.today()
+        with self.storage.transaction():
+            self.storage.set_meta(CLOCK_CONFIRMED, json.dumps({"day": day, "op": operator}))
+        return {"day": day, "at": self.clock.wall()}
+
+    def clock_confirmed_today(self) -> bool:
+        """Did an operator confirm this PC's clock today (`confirm_clock`)? A clock put
+        forward since reads another day, and waits again."""
+        kept = self.storage.meta.get(CLOCK_CONFIRMED)
+        try:
+            return kept is not None and json.loads(kept).get("day") == self.today()
+        except (ValueError, AttributeError):
+            return False
+
+
+CLOCK_CONFIRMED = "clock_confirmed"  # the store's meta key of `confirm_clock`
 
 # Besides Ledger, names peer/, reference_app/, benchmarks/, tests/ and
 # crdtledger.operations import from here, from before the split.

@@ -1087,6 +1087,17 @@ def points_expire(ledger: Ledger, operator: str, p: Params) -> list[dict[str, An
     return ledger.expire_due_points(operator)
 
 
+@operation("clock.confirm", "本机时钟已核对: say this PC's clock is right, so that with no "
+           "other branch connected to confirm it (a branch that syncs by files) today's "
+           "month-end cut and write-off of expired points go by it", permission="adjust",
+           http="POST /clock/confirm",
+           result=obj({"day": DAY, "at": {"type": "integer", "minimum": 0}}),
+           show=lambda _ledger, r, _p: f"this PC's clock confirmed for {r['day']}: the "
+           "daily pass closes the month due and writes off expired points by it today")
+def clock_confirm(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return ledger.confirm_clock(operator)
+
+
 @operation("package.sell", "计次卡: sell a number of uses of a service",
            permission="package.sell", http="POST /packages",
            params=(*PAYER, Param("service", SERVICE, required=True),

@@ -157,5 +157,6 @@ def tell(status: dict[str, object]) -> str | None:
                 "allowed): check the clocks")
     if status.get("confirmed") is False:
         return ("no other branch has confirmed this machine's clock yet: the month-end cut "
-                "and the write-off of expired points wait until one connected has")
+                "and the write-off of expired points wait until one connected has, or "
+                "until an operator has checked the clock (crdtledger clock confirm)")
     return None

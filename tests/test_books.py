@@ -15,7 +15,7 @@ from conftest import Cli
 from helpers import FakeClock, new_ledger, sync
 from test_ledger import refused
 
-from crdtledger import peerclock, views
+from crdtledger import operations, peerclock, views
 from crdtledger.core import Count, Decided, NodeCore, SetTimer
 from crdtledger.errors import (
     ApprovalRequired,
@@ -247,6 +247,42 @@ def test_a_new_branch_that_has_met_nobody_waits_for_its_clock_to_be_confirmed(
         assert (a.closed_through is None) != head_office
         said = peerclock.tell(core.clock_status())  # `crdtledger status`'s CLOCK line
         assert (said is not None and "wait until one connected has" in said) != head_office
+
+
+def test_a_branch_that_syncs_by_files_closes_its_months_once_its_clock_is_confirmed(
+        tmp_path: Path) -> None:
+    """A branch that exchanges sync files only knows other branches and never has a
+    peer connected: its daily pass waited for ever for one to confirm its clock, so it
+    never closed a month and the chain's books stayed open at every branch. An
+    operator allowed to adjust says the clock is right (`crdtledger clock confirm`):
+    the next look closes the month due, today only."""
+    a, _m, clock = earn_expiring_points(tmp_path / "a")
+    b = new_ledger(tmp_path / "b", "SH02", now_ms=clock)
+    try:
+        b.pull(a, origin="file")  # by file: SH01 is known, never connected
+        clock.advance_days(40)
+        core = NodeCore(b)
+        core.start(0.0)
+
+        def look(now: float) -> list[Any]:
+            effects = core.fire(("housekeeping",), core._timers[("housekeeping",)], now)
+            while step := core._timers.get(("housekeeping-step",)):
+                effects += core.fire(("housekeeping-step",), step, now)
+            return effects
+
+        look(60.0)
+        assert b.closed_through is None and core.clock_status()["confirmed"] is False
+        assert "crdtledger clock confirm" in str(peerclock.tell(core.clock_status()))
+        with pytest.raises(PermissionDenied):  # a cashier may not
+            b.confirm_clock(b.add_operator(b.owner, "amy", "amy-secret1", ["cashier"]))
+        assert operations.run(b, b.owner, "clock.confirm", {})["day"] == b.today()
+        look(660.0)
+        assert b.closed_through == "2026-01" and core.clock_status()["confirmed"]
+        clock.advance_days(1)  # another day: the word was for the day it was given
+        assert core.clock_status()["confirmed"] is False
+    finally:
+        a.close()
+        b.close()
 
 
 def test_the_daily_pass_finds_expired_points_in_the_lots_not_the_history(

@@ -134,6 +134,7 @@ SAMPLES: dict[str, Callable[[Shop], Params]] = {
     "points.redeem": lambda s: {"member": s.member, "points": 5, "gift": "毛巾"},
     "points.convert": lambda s: {"member": s.member, "points": 100},
     "points.expire": lambda s: {"member": s.member},
+    "clock.confirm": lambda s: {},
     "package.sell": lambda s: {"member": s.member, "service": "FOOT60", "uses": 3,
                                "price_yuan": "300.00", "pay": "alipay"},
     "correct": lambda s: {"member": s.member, "purse": "cash", "change_text": "-1.50",
