@@ -758,14 +758,15 @@ class Payments(Merges, Rules):
         return n if purse in MONEY_PURSES else 0
 
     def _unapproved_today(self, operator: str, kind: str) -> list[tuple[str, int, Any]]:
-        """(member, amount, body) of `operator`'s entries of `kind` written today at this
-        branch without an approver: what a limit counts together with the next one, so
-        that splitting an amount does not pass it (today's entries are a range of ids)."""
-        today = self.today()
+        """(member, amount, body) of `operator`'s entries of `kind` written at this branch
+        today, or on any later day, without an approver: what a limit counts together
+        with the next one, so that splitting an amount does not pass it. Later days
+        too: a PC's clock set back a day at a time made each day's count start afresh
+        (600.00 corrected in one session under a limit of 100.00). One range of ids."""
         return [(str(m), int(a), json.loads(b)) for m, a, b in self.storage.conn.execute(
             "SELECT member, amount, body FROM entries WHERE id >= ? AND kind = ? AND "
-            "node = ? AND op = ? AND day = ? AND json_extract(body, '$.approver') IS NULL",
-            (self.storage.day_start_id(today), kind, self.node, operator, today))]
+            "node = ? AND op = ? AND json_extract(body, '$.approver') IS NULL",
+            (self.storage.day_start_id(self.today()), kind, self.node, operator))]
 
     def _corrected_today(self, operator: str) -> int:
         """What `operator`'s corrections today here without an approver were worth, each

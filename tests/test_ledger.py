@@ -771,6 +771,25 @@ def test_corrections_split_under_the_limit_still_need_an_approver(a: Ledger) -> 
     assert a.balance(m)["cash"] == 6000 - 4000 + 10000 + 10000
 
 
+def test_a_clock_set_back_gives_no_fresh_correction_limit(tmp_path: Path) -> None:
+    """A clerk at the limit set the PC's clock back a day at a time: each earlier day
+    started its own count afresh (600.00 in one session under a limit of 100.00). What
+    the operator corrected on later days counts too."""
+    clock = FakeClock(FakeClock().ms + 20 * 86_400_000)
+    a = new_ledger(tmp_path, "SH01", now_ms=clock)
+    try:
+        m = member(a)
+        a.define_role(a.owner, "clerk", {"adjust"})
+        clerk = a.add_operator(a.owner, "clerk1", "clerkpass1", roles=["clerk"])
+        a.correct(clerk, m, "cash", 10000, "at the limit")
+        clock.advance_days(-2)
+        refused(a, [m], ApprovalRequired, lambda: a.correct(clerk, m, "cash", 1, "day before"))
+        clock.advance_days(3)  # the next day starts afresh
+        a.correct(clerk, m, "cash", 10000, "tomorrow")
+    finally:
+        a.close()
+
+
 def test_an_operation_that_would_break_a_write_rule_is_refused_before_it_is_signed(
         a: Ledger) -> None:
     """The last guard of every operation: a record every branch would refuse (and then
