@@ -1026,10 +1026,17 @@ class NodeCore:
         may decide what cannot be undone (`_clock_confirmed`: else the month-end cut
         and the points' write-off wait)."""
         v = self.clocks.verdict
+        clock = self.ledger.clock
+        # How far the first moment this branch may book (its enrolment, its latest cut)
+        # is past this machine's clock, as the chain's time corrects it: ids and sales
+        # are booked there until the clock catches up. Silent, a certificate issued by
+        # a head office whose clock ran days ahead booked a new shop's takings days on.
+        floor = clock.floor_ms - clock.raw_wall() - v.off_ms
         return {"off_ms": v.off_ms, "limit_ms": self.clocks.limit_ms, "peers": v.peers,
                 "disagree": {p: self.clocks.samples[p][0] for p in v.disagree
                              if p in self.clocks.samples},
-                "confirmed": self._clock_confirmed()}
+                "confirmed": self._clock_confirmed(),
+                "floor_ahead_ms": floor if floor > self.clocks.limit_ms else 0}
 
     def _tick(self, now: float) -> None:
         self._clock_update(self.clocks.tick(self.ledger.clock.raw_wall(), now))

@@ -155,6 +155,12 @@ def tell(status: dict[str, object]) -> str | None:
                           for peer, o in sorted(disagree.items()))
                 + f" (more than the {span(limit if isinstance(limit, int) else 0)} "
                 "allowed): check the clocks")
+    floor = status.get("floor_ahead_ms")
+    if isinstance(floor, int) and floor:
+        return (f"this machine's clock reads {span(floor)} before the first moment this "
+                "branch may book (its enrolment by head office, or its latest month-end "
+                "cut): its sales are booked from then until the clock catches up; check "
+                "this PC's clock, and head office's if the branch was enrolled just now")
     if status.get("confirmed") is False:
         return ("no other branch has confirmed this machine's clock yet: the month-end cut "
                 "and the write-off of expired points wait until one connected has, or "

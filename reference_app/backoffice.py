@@ -1130,6 +1130,14 @@ def clock_banner(clock: Mapping[str, Any] | None) -> str | None:
         return tr("本机时钟与 {branch} 相差 {d}：其中一台的时钟不准，请核对两边的时钟",
                   "This machine's clock and {branch}'s differ by {d}: one of them is wrong; "
                   "please check both clocks", branch=shop().branch_name(peer), d=duration(diff))
+    floor = int(clock.get("floor_ahead_ms") or 0)
+    if floor:
+        return tr("本机时钟比本店最早可记账的时间（开通或上次月结）慢 {d}："
+                  "单据在那之前都记在那一刻；请校准本机时钟（本店若刚开通，也请核对总部电脑的时钟）",
+                  "This machine's clock reads {d} before the first moment this branch may "
+                  "book (its enrolment or its latest month-end cut): sales are booked at "
+                  "that moment until then; please set this clock right (and head office's, "
+                  "if this branch was enrolled just now)", d=duration(floor))
     return None
 
 

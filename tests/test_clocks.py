@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from test_api import Api, serving, with_operators
 from test_chain import Reply, call, identity
 
-from crdtledger import views
+from crdtledger import peerclock, views
 from crdtledger.core import NodeCore
 from crdtledger.hlc import (
     CLOCK_OFF_LIMIT_MS,
@@ -651,3 +651,31 @@ def test_an_activitys_hours_are_judged_by_the_time_its_check_in_carries(
     sync(a, b)
     with pytest.raises(LedgerError, match="runs from"):
         b.checkin(b.owner, "JAN", m)
+
+
+def test_a_certificate_that_starts_ahead_of_this_clock_is_said(tmp_path: Path) -> None:
+    """Head office's PC ran three days ahead when it enrolled SH02: the certificate
+    starts two days on, and SH02 (its own clock right) books from then on (nothing is
+    booked before a branch's enrolment). That was silent: its takings went into a day
+    to come. `status` says it, and what to check."""
+    init_chain(tmp_path / "chain", "acme")
+    Ledger.create(tmp_path / "SH02", "SH02", "acme")
+    enrol(tmp_path / "chain", tmp_path / "SH02", "SH02",
+          not_before=dt.datetime.now(dt.UTC) + dt.timedelta(days=2))
+    with Ledger.open(tmp_path / "SH02") as ledger:
+        status = NodeCore(ledger).clock_status()
+        assert status["floor_ahead_ms"] > 2 * DAY - 60_000
+        said = peerclock.tell(status)
+        assert said is not None and "2 d" in said and "head office's" in said
+    with Ledger.open(tmp_path / "SH02", now_ms=lambda: real_ms() + 3 * DAY) as ledger:
+        assert NodeCore(ledger).clock_status()["floor_ahead_ms"] == 0  # in step
+
+
+@pytest.mark.asyncio
+async def test_the_counter_says_when_this_clock_is_before_the_branch_may_book(
+        counter_app: CounterApp) -> None:
+    app = counter_app
+    app.ledger.clock.floor_ms = real_ms() + 2 * DAY + 60_000  # a certificate starting then
+    await app.login(*OWNER)
+    await app.user.open("/office/sync")
+    await app.user.should_see("本机时钟比本店最早可记账的时间（开通或上次月结）慢 2 天")
