@@ -829,6 +829,10 @@ class Replica(LedgerBase):
             return
         ld = st.doc(name)
         ledger = name.startswith("ledger/")
+        # A member's id says the day she joined (the members table's day, the day
+        # report's new members): a writer's own new member dated before the month it
+        # closed rewrote a closed day's report at every branch, as an entry would.
+        members = name.startswith("members/")
         governs: dict[str, bool] = {}
         pos: dict[str, tuple[int, bool]] = {}  # entry -> its record's seq, held
         order = InOrder(name, decode_state_vector(ld.doc.get_state()))
@@ -859,9 +863,9 @@ class Replica(LedgerBase):
         with ld.watching() as change:
             for rec, _ in run:
                 node = rec.node
-                cut = closed(node, rec.seq) if ledger else None
+                cut = closed(node, rec.seq) if ledger or members else None
                 try:
-                    if cut is not None:  # else it has no month to hold a record to
+                    if cut is not None and ledger:  # else no month to hold a record to
                         check_mark(node, name, None, cut)
                     written = check_header(node, name, rec.data)
                     if written is not None:
@@ -895,6 +899,10 @@ class Replica(LedgerBase):
                             check_ids_after_cut(node, name, keys, cut)
                         at = (rec.seq, (node, rec.seq) in self._funding_held)
                         pos.update(dict.fromkeys(keys, at))
+                    elif members and cut is not None:
+                        check_ids_after_cut(node, name, [key for root, key, old_, _n in added
+                                                         if root == "members" and old_ is None],
+                                            cut)
                 except RuleBroken as e:
                     raise _Broken(rec, e, 1) from None
                 except RemoteProtocolError as e:  # an entry in another month's document

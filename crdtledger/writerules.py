@@ -224,12 +224,13 @@ def check_mark(node: str, doc: str, mark: tuple[str, str] | None, closed: str | 
 
 
 def check_ids_after_cut(node: str, doc: str, keys: list[Any], closed: str | None) -> None:
-    """Judge the entries a ledger record of `node` adds against the month it closed
-    before it in its log (`closed`): once it closed a month, its clock mints no id
-    before that month's end in every zone (model.month_over_ms), so an entry of its own
-    below it is written after its word that the month was over, into the fold the
-    closing's points lots are cut from (a later month's document, which the month rule
-    above lets through, in a zone east of UTC-12)."""
+    """Judge the entries a ledger record of `node` adds (or the members a member
+    record adds) against the month it closed before it in its log (`closed`): once it
+    closed a month, its clock mints no id before that month's end in every zone
+    (model.month_over_ms), so an entry of its own below it is written after its word
+    that the month was over, into the fold the closing's points lots are cut from (a
+    later month's document, which the month rule above lets through, in a zone east of
+    UTC-12); a member so dated joined on a closed day, in its report."""
     if closed is None:
         return
     floor = id_floor(month_over_ms(closed))
@@ -237,7 +238,7 @@ def check_ids_after_cut(node: str, doc: str, keys: list[Any], closed: str | None
     for key in keys:
         if type(key) is str and key.endswith(own) and key < floor:
             raise RuleBroken("closed-month", f"{doc}: node {node} closed its books through "
-                                             f"{closed}, then wrote entry {key}, before that "
+                                             f"{closed}, then wrote {key}, before that "
                                              "month's end in every time zone")
 
 

@@ -168,8 +168,16 @@ def test_a_cut_of_a_month_to_come_closes_nobody_elses_books(
         "2025-11", "2025-11", {"SH01": "2099-12", "SH02": "2025-11"}, [])
 
 
+def _forged_member(forger: Forger, at_ms: int) -> None:
+    mid = HybridClock(forger.node, now_ms=lambda: at_ms).mint()
+    forger.write(member_doc(mid), lambda d: d.get("members", type=Map).__setitem__(
+        mid, Map({"name": "迟到", "phone": "13900009999", "home": forger.node,
+                  "created_at": id_time_ms(mid)})))
+
+
 @pytest.mark.parametrize("lie", ["entry into the closed month", "cut going back",
-                                 "cut of no month", "entry before the month's end"])
+                                 "cut of no month", "entry before the month's end",
+                                 "member joined in the closed month"])
 def test_a_branch_that_breaks_its_cut_is_refused_and_blocked(
         pair: tuple[Ledger, Ledger, str], clock: FakeClock, lie: str) -> None:
     """SH01, with its own valid key, closes January and then writes into it anyway
@@ -188,6 +196,8 @@ def test_a_branch_that_breaks_its_cut_is_refused_and_blocked(
         _forged_topup(forger, m, clock.ms - 20 * DAY_MS)
     elif lie == "entry before the month's end":
         _forged_topup(forger, m, clock.ms - 7 * DAY_MS - 3_600_000)  # 31 Jan 23:00 UTC
+    elif lie == "member joined in the closed month":  # a closed day's new members
+        _forged_member(forger, clock.ms - 20 * DAY_MS)
     else:
         forger.record(CUT_DOC, b"2025-12" if lie == "cut going back" else b"Jan.")
     before = data_snapshot(b, [m])
