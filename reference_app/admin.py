@@ -600,9 +600,11 @@ def corrections_page() -> None:
     chosen: dict[str, Any] = {}
     with ui.card().classes("w-full max-w-2xl"):
         ui.label(tr("调账", "Balance correction")).classes("text-lg font-medium")
-        ui.label(tr("正数增加、负数减少；超过 {limit} 的金额需要有审批权限的人输入姓名和密码。",
-                    "Positive adds, negative takes away; amounts above {limit} need the name "
-                    "and password of someone allowed to approve.", limit=money(limit))
+        ui.label(tr("正数增加、负数减少；每人每天未经审批的调账累计超过 {limit}，需要有审批权限的人"
+                    "输入姓名和密码。",
+                    "Positive adds, negative takes away; once an operator's corrections of the "
+                    "day without an approver add up to more than {limit}, someone allowed to "
+                    "approve must enter their name and password.", limit=money(limit))
                  ).classes("text-sm text-grey-7")
         with ui.row().classes("items-end gap-2"):
             query = ui.input(tr("手机、姓名或卡号", "Phone, name or card number")
