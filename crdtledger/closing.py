@@ -453,7 +453,8 @@ def books(ledger: Ledger) -> dict[str, Any]:
     whether it counts (`counted`: a head office and a quorum signed it), and the
     balances at the month's end its digest covers (`balances`: each purse kind's sum
     over every member, how many members hold anything, and how many records and
-    entries of the month wait here, not counted yet; None without a digest)."""
+    entries of the month wait here, not counted yet; None without a digest); and the
+    writers blocked here for a proven fault (`blocked`)."""
     log = ledger.storage.log
     cuts = log.cuts()
     writers, retired = _writers(ledger)
@@ -482,4 +483,7 @@ def books(ledger: Ledger) -> dict[str, Any]:
     return {"closed_through": through, "latest": latest, "branches": branches,
             "behind": sorted(n for n, m in branches.items() if n not in retired
                              and latest is not None and (m is None or m < latest)),
-            "retired": retired, "closing": closing}
+            "retired": retired, "closing": closing,
+            # Nothing more of theirs is taken here, their cuts included: the months after
+            # their last wait for them until head office revokes their certificates.
+            "blocked": sorted(set(branches) & log.blocked() - set(retired))}

@@ -1187,10 +1187,10 @@ MONTH_OR_NONE = {"type": ["string", "null"], "pattern": ecma(MONTH)}
 NODES = {"type": "array", "items": STR}
 BOOKS = {"type": "object",
          "required": ["closed_through", "latest", "branches", "behind", "retired",
-                      "closing"],
+                      "closing", "blocked"],
          "properties": {"closed_through": MONTH_OR_NONE, "latest": MONTH_OR_NONE,
                         "branches": {"type": "object", "additionalProperties": MONTH_OR_NONE},
-                        "behind": NODES, "retired": NODES,
+                        "behind": NODES, "retired": NODES, "blocked": NODES,
                         "closing": {"oneOf": [{"type": "null"}, {
                             "type": "object",
                             "required": ["month", "digest", "agree", "differ", "counted",
@@ -1217,6 +1217,10 @@ def _show_books(_ledger: Ledger, r: Any, _p: Params) -> str:
     if r["retired"]:
         head += f" (not waiting for {', '.join(r['retired'])}: certificates revoked)"
     lines = [head]
+    if r["blocked"]:
+        lines.append(f"{', '.join(r['blocked'])} blocked here for a proven fault (crdtledger "
+                     "status): the months after its last cut wait for it until head office "
+                     "revokes its certificate (crdtledger chain revoke)")
     c = r["closing"]
     if c and c["digest"]:
         lines.append(f"closing of {c['month']}: digest {c['digest'][:16]}, signed alike by "

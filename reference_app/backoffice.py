@@ -747,6 +747,11 @@ def books_line(books: Mapping[str, Any], name: Callable[[str], str]) -> str:
     if books["behind"]:
         line += tr("；{m} 还在等：{b}", "; {m} waits for {b}", m=books["latest"],
                    b=tr("、", ", ").join(name(n) for n in books["behind"]))
+    if books.get("blocked"):
+        line += tr("。{b} 因违规已被本店拒收，之后的月份要等总部吊销其证书后才能结账",
+                   ". {b} is blocked here for a proven fault: the months after its last cut "
+                   "close once head office revokes its certificate",
+                   b=tr("、", ", ").join(name(n) for n in books["blocked"]))
     closing = books["closing"]
     if closing and closing["differ"]:
         line += tr("。注意：{b} 签署的 {m} 账目与本店不一致（账本分叉，或有记录迟到）",

@@ -96,7 +96,7 @@ def test_the_daily_pass_closes_the_month_due_once(pair: tuple[Ledger, Ledger, st
     books = closing.books(b)
     assert books == {"closed_through": None, "latest": "2026-01",
                      "branches": {"SH01": "2026-01", "SH02": None}, "behind": ["SH02"],
-                     "retired": [], "closing": None}
+                     "retired": [], "closing": None, "blocked": []}
     b.housekeeping()  # closes January, and signs its closing: it holds all of it
     sync(a, b)
     a.housekeeping()  # SH01 signs it too, a day later
@@ -112,7 +112,8 @@ def test_the_daily_pass_closes_the_month_due_once(pair: tuple[Ledger, Ledger, st
                                        "counted": True,  # every branch (no CA: all govern)
                                        "balances": {"purses": {"cash": 100_000},
                                                     "holders": 1, "lots": 0,
-                                                    "lot_points": 0, "pending": 0}}}
+                                                    "lot_points": 0, "pending": 0}},
+            "blocked": []}
         assert ledger.faults() == []
 
 
@@ -206,7 +207,11 @@ def test_a_branch_that_breaks_its_cut_is_refused_and_blocked(
     assert [(f["node"], f["rule"]) for f in faults] == [("SH01", "closed-month")]
     assert data_snapshot(b, [m]) == before
     assert b.balance(m)["cash"] == 100_000
-    assert closing.books(b)["branches"]["SH01"] == "2026-01"
+    books = closing.books(b)
+    assert books["branches"]["SH01"] == "2026-01" and books["blocked"] == ["SH01"]
+    # The books say why the months after wait, and what ends it.
+    said = operations.TABLE["report.books"].show(b, books, {})
+    assert "SH01 blocked here for a proven fault" in said and "chain revoke" in said
 
 
 def test_a_liars_records_after_its_first_broken_one_are_held_whatever_the_batch(
@@ -358,7 +363,8 @@ def test_the_books_report_as_the_command_line_shows_it(tmp_path: Path) -> None:
                                                 "agree": ["SH01"], "differ": [],
                                                 "counted": True, "balances": {
                                                     "purses": {}, "holders": 0, "lots": 0,
-                                                    "lot_points": 0, "pending": 0}}}
+                                                    "lot_points": 0, "pending": 0}},
+                      "blocked": []}
     r = run_cli("report", "books", data=data)
     assert r.code == 0, r.err
     assert f"books closed through {due} at every branch" in r.out
