@@ -31,7 +31,10 @@ store's chain secret. Nothing of the payload is returned unless all of them hold
 altered on the way is told as altered. A file on disk, `read_sealed`, has its clear
 line and header read and checked first, and, past TOLD_WHOLE_BYTES, its chain and
 signer judged from them before the rest is read: another chain's file declaring a
-gigabyte was read whole, twice, before its first kilobyte was looked at.)
+gigabyte was read whole, twice, before its first kilobyte was looked at. Its
+signature is then checked as it streams by, before any buffer of its size is
+allocated: this chain's genuine header copied in front of a gigabyte was held whole
+before it was told as altered.)
 
 An **open store** (no chain CA, `Trust.ca` None) has no chain secret: its seal key is
 derived from the chain id alone, which is written in the clear header. Its files are
@@ -74,10 +77,12 @@ MAX_LINE_BYTES = 64
 # reader needs to judge a file's form, chain and signer before reading its content.
 HEAD_BYTES = MAX_LINE_BYTES + 4 + MAX_HEADER_BYTES + 8
 # A file whose header names another chain or a signer this chain does not vouch for
-# is still read whole up to this size, so that one altered on the way (a flipped byte
-# in its chain's name) is told as altered, signature first, as `unseal` tells it.
-# Past it, the header's word stands: a stranger's gigabyte is never read.
+# has its signature checked first up to this size, so that one altered on the way (a
+# flipped byte in its chain's name) is told as altered, as `unseal` tells it. Past
+# it, the header's word stands: a stranger's gigabyte is never read.
 TOLD_WHOLE_BYTES = 64 * 1024**2
+# What the signature check streams through at a time: the memory it holds.
+CHUNK_BYTES = 1 << 20
 NONCE_BYTES = 12  # AES-GCM's standard nonce; random, one per file
 _ECDSA = ec.ECDSA(hashes.SHA256())
 _DOMAIN = b"crdtledger sealed file\x00"  # so no other signature of a node fits here
@@ -127,13 +132,7 @@ def unseal(trust: Trust, data: bytes | bytearray, kind: str, *, what: str) -> Se
     node, created = header["node"], header["created"]
     # 4. Every byte as the key in its header signed it: an altered file is told as
     # such, before its (perhaps altered) chain or signer is judged.
-    signer_key = _signer_key(header, what)
-    try:
-        signer_key.verify(signature, _signed(view[:body_end]), _ECDSA)
-    except InvalidSignature:
-        raise CorruptSyncFile(f"{what} was altered after it was signed (the signature "
-                              f"of node {node}, as it says, does not match its content); "
-                              "ask for it again") from None
+    _verify(_signer_key(header, what), signature, _signed(view[:body_end]), node, what)
     # 5.-6. This chain's, by a signer this chain vouches for.
     _judge(trust, header, what)
     # 7. Readable with this chain's secret (the ciphertext is decrypted where it lies:
@@ -157,7 +156,7 @@ def read_head(path: Any, kind: str, limit: int = MAX_SEALED_BYTES, *,
     keys to read it with (a backup restored into an empty directory). Only the first
     bytes are read. Raises CorruptSyncFile, or OSError from the file."""
     with open(path, "rb", buffering=0) as f:
-        _, header = _read_clear_part(f, path, kind, limit, what)
+        _, header, _ = _read_clear_part(f, path, kind, limit, what)
     return header
 
 
@@ -166,31 +165,34 @@ def read_sealed(path: Any, kind: str, limit: int = MAX_SEALED_BYTES, *,
     """The bytes of the sealed file at `path` (for `unseal`), never more than `limit`.
 
     Its clear line and header are read first, and checked as `unseal` checks them
-    (with the file's size for the lengths they declare); with `trust`, the chain and
-    the signer its header names are judged too, before the rest is read. A gigabyte of
-    something else, a device that never ends (/dev/zero), or another chain's file
-    whose header declares a gigabyte of content were read whole (and copied once more)
-    before they were refused; a stranger's file past TOLD_WHOLE_BYTES now costs its
-    first kilobytes. The cost: such a file of this chain altered in exactly the header
-    fields naming its chain or its signer is told by what they now say, rather than
-    as altered (refused all the same). A smaller one is returned for `unseal` to
-    tell. The rest is read into one buffer of the file's size, never copied. Raises
-    CorruptSyncFile, ForeignChain, UntrustedSigner, or OSError from the file."""
+    (with the file's size for the lengths they declare); with `trust`, past
+    TOLD_WHOLE_BYTES, the chain and the signer its header names are judged too, before
+    the rest is read. A gigabyte of something else, a device that never ends
+    (/dev/zero), or another chain's file whose header declares a gigabyte of content
+    were read whole (and copied once more) before they were refused; a stranger's file
+    past TOLD_WHOLE_BYTES now costs its first kilobytes. The cost: such a file of this
+    chain altered in exactly the header fields naming its chain or its signer is told
+    by what they now say, rather than as altered (refused all the same). Then the
+    signature is checked as the file streams by, CHUNK_BYTES at a time, and (with
+    `trust`) the chain and the signer judged: this chain's genuine header copied in
+    front of a gigabyte was read into memory whole before it was told as altered. Only
+    a file that passes is read again, into one buffer of its size, never copied;
+    `unseal` checks that buffer again (the file may change between the two reads).
+    Raises CorruptSyncFile, ForeignChain, UntrustedSigner, or OSError from the file."""
     what = str(path) if what is None else what
     with open(path, "rb", buffering=0) as f:
-        data, header = _read_clear_part(f, path, kind, limit, what)
+        data, header, body_end = _read_clear_part(f, path, kind, limit, what)
         st = os.fstat(f.fileno())
-        if trust is not None:
-            _signer_key(header, what)  # damaged, as `unseal` says, not a stranger's
-            try:
-                _judge(trust, header, what)
-            except (ForeignChain, UntrustedSigner):
-                if st.st_size > TOLD_WHOLE_BYTES:
-                    raise
-                # Small enough to read: `unseal` tells it, an altered file as altered.
         if not stat.S_ISREG(st.st_mode) or len(data) >= st.st_size:
-            return data  # read whole already (a pipe is, within `limit`)
+            return data  # read whole already (a pipe is, within `limit`): unseal tells
         size = st.st_size
+        key = _signer_key(header, what)  # damaged, as `unseal` says, not a stranger's
+        if trust is not None and size > TOLD_WHOLE_BYTES:
+            _judge(trust, header, what)
+        _verify_streamed(f, data, body_end, size, key, header["node"], what)
+        if trust is not None:
+            _judge(trust, header, what)  # after the signature, as `unseal` judges
+        f.seek(len(data))
         whole = bytearray(size)
         whole[:len(data)] = data
         got = len(data)
@@ -241,6 +243,8 @@ def _line(kind: str, fmt: int) -> bytes:
 
 
 def _signed(body: bytes | memoryview) -> bytes:
+    # What is signed: the domain, then the SHA-256 of the body (_verify_streamed
+    # builds the same from the body read in chunks).
     return _DOMAIN + hashlib.sha256(body).digest()
 
 
@@ -286,9 +290,10 @@ def _clear_part(view: memoryview, size: int, kind: str, what: str
 
 
 def _read_clear_part(f: Any, path: Any, kind: str, limit: int, what: str | None
-                     ) -> tuple[bytearray, dict[str, Any]]:
+                     ) -> tuple[bytearray, dict[str, Any], int]:
     """The first bytes of the open file `f` (all of it if it is not a regular file,
-    within `limit`) and its header, after checks 1 to 3 against its size."""
+    within `limit`), its header and where its signed body ends, after checks 1 to 3
+    against its size."""
     what = str(path) if what is None else what
     start = f.read(len(MAGIC))
     if not start or start != MAGIC[:len(start)]:
@@ -316,7 +321,7 @@ def _read_clear_part(f: Any, path: Any, kind: str, limit: int, what: str | None
     if body_end + 2 + sig_len != size:
         raise _incomplete(what, size, "its signature is cut short" if
                           body_end + 2 + sig_len > size else "bytes follow its signature")
-    return data, _header(header_raw, what)
+    return data, _header(header_raw, what), body_end
 
 
 def _signer_key(header: dict[str, Any], what: str) -> ec.EllipticCurvePublicKey:
@@ -328,6 +333,42 @@ def _signer_key(header: dict[str, Any], what: str) -> ec.EllipticCurvePublicKey:
         raise CorruptSyncFile(f"{what} is damaged (the signer's certificate in it does not "
                               "parse)") from None
     return key
+
+
+def _verify(key: ec.EllipticCurvePublicKey, signature: bytes, signed: bytes, node: str,
+            what: str) -> None:
+    """Check 4: `signature` is the key's over `signed`, as `_signed` made it."""
+    try:
+        key.verify(signature, signed, _ECDSA)
+    except InvalidSignature:
+        raise CorruptSyncFile(f"{what} was altered after it was signed (the signature "
+                              f"of node {node}, as it says, does not match its content); "
+                              "ask for it again") from None
+
+
+def _verify_streamed(f: Any, data: bytearray, body_end: int, size: int,
+                     key: ec.EllipticCurvePublicKey, node: str, what: str) -> None:
+    """Check 4 on the regular file `f` of `size` bytes, whose first bytes `data` were
+    read and whose read position is just past them: the rest is hashed as it is read,
+    CHUNK_BYTES at a time, never held whole."""
+    digest = hashlib.sha256(data[:body_end])
+    got = len(data)
+    buf = bytearray(min(CHUNK_BYTES, max(body_end - got, 0)) or 1)
+    with memoryview(buf) as chunk:
+        while got < body_end:
+            n = f.readinto(chunk[:min(len(buf), body_end - got)])
+            if not n:  # cut while read: said as `unseal` says a file of `got` bytes
+                raise _incomplete(what, got, "its content is cut short")
+            digest.update(chunk[:n])
+            got += n
+    tail = bytes(data[body_end:]) if got > body_end else b""
+    while len(tail) < size - body_end:
+        more = f.read(size - body_end - len(tail))
+        if not more:
+            raise _incomplete(what, body_end + len(tail), "its signature is cut short"
+                              if len(tail) >= 2 else "it ends before its signature")
+        tail += more
+    _verify(key, tail[2:], _DOMAIN + digest.digest(), node, what)
 
 
 def _judge(trust: Trust, header: dict[str, Any], what: str) -> None:

@@ -309,6 +309,38 @@ def test_a_strangers_huge_file_is_refused_by_its_header(exported, tmp_path: Path
     assert peak < 100 * 1024**2, f"{peak:,} bytes held to refuse it"
 
 
+def test_this_chains_header_before_a_huge_content_is_refused_as_altered_unread(
+        exported, tmp_path: Path) -> None:
+    """This chain's genuine sync file, its clear part (line, header, content length)
+    kept and a gigabyte of sparse content declared after it. Its header passes every
+    judgement of chain and signer, so it was read into one buffer of its size (1 GiB
+    held) before `unseal` told it as altered; the signature is checked as the file
+    streams by now, before any buffer of its size exists."""
+    import tracemalloc
+
+    b, f = exported
+    raw = f.read_bytes()
+    at = raw.index(b"\n") + 1
+    at += 4 + int.from_bytes(raw[at:at + 4], "big")  # the content's length
+    size = 1024**3
+    huge = tmp_path / "huge.sync"
+    with open(huge, "wb") as out:
+        out.write(raw[:at] + size.to_bytes(8, "big"))
+        out.seek(at + 8 + size)
+        out.write((72).to_bytes(2, "big"))  # a signature's length, then its place
+        out.truncate(at + 8 + size + 2 + 72)
+    assert huge.stat().st_size > seal.TOLD_WHOLE_BYTES
+    assert os.stat(huge).st_blocks * 512 < 1024**2
+    tracemalloc.start()
+    try:
+        err = refused(b, huge, match="was altered after it was signed")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(huge) in str(err) and "ask for it again" in str(err)
+    assert peak < 100 * 1024**2, f"{peak:,} bytes held to refuse it"
+
+
 def test_newer_and_unknown_formats(exported, tmp_path: Path) -> None:
     b, f = exported
     raw = f.read_bytes()
