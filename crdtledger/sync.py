@@ -234,13 +234,38 @@ def pack(message: dict[str, Any]) -> bytes:
     return bytes(msgpack.packb({"v": PROTOCOL_VERSION, **message}, use_bin_type=True))
 
 
+# The maps and lists a frame may make: a few, plus one per 16 bytes. msgpack makes an
+# empty map of one byte, and a Python dict costs 64 bytes or more: one peer's 8 MiB
+# frame of empty maps (8 KB on the wire, compressed) held 594 MiB, 18 GiB at the frame
+# limit. Real frames make one per 25 bytes or fewer (a log's position, a record); the
+# smallest a few in 18 bytes, hence the few.
+FRAME_CONTAINERS_FREE = 256
+FRAME_BYTES_PER_CONTAINER = 16
+
+
+class _TooManyContainers(Exception):
+    pass
+
+
 def unpack(frame: bytes) -> dict[str, Any]:
     if not isinstance(frame, bytes | bytearray):
         raise RemoteProtocolError("frame is not binary")
     if len(frame) > MAX_FRAME_BYTES:
         raise RemoteProtocolError(f"frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}")
+    left = [FRAME_CONTAINERS_FREE + len(frame) // FRAME_BYTES_PER_CONTAINER]
+
+    def counted(container: Any) -> Any:  # called as each map or list is made
+        left[0] -= 1
+        if left[0] < 0:
+            raise _TooManyContainers
+        return container
+
     try:
-        msg = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+        msg = msgpack.unpackb(frame, raw=False, strict_map_key=True, list_hook=counted,
+                              object_hook=counted)
+    except _TooManyContainers:
+        raise RemoteProtocolError(f"frame of {len(frame)} bytes holds more maps and lists "
+                                  "than any message of its size") from None
     except Exception as e:  # msgpack raises several unrelated types
         raise RemoteProtocolError(f"frame is not msgpack: {e}") from None
     if not isinstance(msg, dict):

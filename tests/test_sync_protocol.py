@@ -11,6 +11,7 @@ blocked. Such records are forged as a dishonest branch would (tests/helpers.Forg
 from __future__ import annotations
 
 import json
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -1043,6 +1044,28 @@ def test_oversized_frame(greeted, monkeypatch) -> None:
     monkeypatch.setattr(sync_mod, "MAX_FRAME_BYTES", 100)
     err = _refused(a, s, frame, [m])
     assert "exceeds" in str(err)
+
+
+@pytest.mark.parametrize("shape", ["a hello padded with maps", "a bare list of maps"])
+def test_a_frame_of_empty_maps_is_refused_before_it_is_built(greeted, shape: str) -> None:
+    """One byte of msgpack makes an empty map, and a map costs Python 64 bytes or more:
+    a certified peer's 8 MiB frame of them (8 KB on the wire, compressed) held 594 MiB
+    at the node, 18 GiB at the frame limit. A frame may make a few maps and lists plus
+    one per 16 bytes; past that it is refused as it is read."""
+    a, s, m = greeted
+    n = 1 << 20
+    pad = b"\xdd" + n.to_bytes(4, "big") + b"\x80" * n
+    hello = msgpack.packb(_hello(a) | {"v": sync_mod.PROTOCOL_VERSION})
+    frame = (bytes([hello[0] + 1]) + hello[1:] + msgpack.packb("pad") + pad
+             if shape.startswith("a hello") else pad)
+    tracemalloc.start()
+    try:
+        err = _refused(a, s, frame, [m])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "more maps and lists than any message of its size" in str(err)
+    assert peak < 20 * len(frame), peak  # was some 70 bytes a byte of frame
 
 
 def test_too_many_logs_in_state(greeted, monkeypatch) -> None:
