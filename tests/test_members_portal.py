@@ -32,13 +32,10 @@ import httpx
 import pytest
 import pytest_asyncio
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from app_fixtures import make_store
+from app_fixtures import make_store, simulation_over
 from conftest import free_port
 from helpers import sync
 from nicegui import core, ui
-from nicegui.functions.download import download
-from nicegui.functions.navigate import Navigate
-from nicegui.functions.notify import notify
 from nicegui.testing.general import nicegui_reset_globals, prepare_simulation
 from nicegui.testing.user import User
 from selenium import webdriver
@@ -188,10 +185,7 @@ async def _portal_app(tmp_path: Path, *, port: bool) -> AsyncIterator[PortalApp]
                 yield PortalApp(User(m), c, m, shop, portal, data, mailbox, smtp, owner_id,
                                 ids)
         finally:
-            os.environ.pop("NICEGUI_USER_SIMULATION", None)
-            ui.navigate = Navigate()
-            ui.notify = notify
-            ui.download = download
+            simulation_over()
             smtp.close()
 
 
