@@ -105,6 +105,7 @@ REFUSED_HEADER = "X-Crdtledger-Refused"
 MAX_QUEUED_BYTES = 64 * 1024 * 1024
 HANDSHAKE_S = 10.0
 IDLE_S = 30.0
+REFUSAL_LOG_S = 60.0  # a refused peer's reason is logged at most this often
 DIAL_CONNECT_S = 15.0  # a dial's TCP connect and TLS handshake
 
 
@@ -316,6 +317,7 @@ class Node:
         self._client: aiohttp.ClientSession | None = None
         self._hints: dict[str, str | None] = {}  # dial target -> node id hint
         self._dial_told: dict[str, str] = {}  # dial target -> the last failure logged
+        self._refusals_told: dict[str, float] = {}  # a refused peer's reason -> when logged
         self._discovered: set[str] = set()  # dial targets announced on the LAN
         self._flush_soon = False
         self._crl_soon = False  # a reload of the revocation list is due this turn
@@ -596,7 +598,7 @@ class Node:
         try:
             peer = self.chain_identity.check_peer(der)
         except PeerRejected as e:
-            log.warning("refused a peer: %s", e)
+            self._refused_peer(str(e))
             # The reason in a header too: the dialler's websocket client reads no body.
             raise web.HTTPForbidden(text=str(e), headers={
                 REFUSED_HEADER: str(e).encode("ascii", "replace").decode()}) from None
@@ -634,6 +636,19 @@ class Node:
         """The LAN no longer announces `node_id`."""
         if not self._stopping and self._core is not None:
             self.run(self.core.forget_discovered(node_id, time.monotonic()))
+
+    def _refused_peer(self, why: str) -> None:
+        """Log a refused peer once a minute per reason: a retired branch's expired
+        certificate still passes the handshake, and 2,000 requests on one connection
+        wrote 2,000 warnings in a second (journald then drops the node's real ones)."""
+        now = time.monotonic()
+        last = self._refusals_told.get(why)
+        if last is not None and now - last < REFUSAL_LOG_S:
+            return
+        if len(self._refusals_told) >= 256:  # reasons name certificates: bounded
+            self._refusals_told.clear()
+        self._refusals_told[why] = now
+        log.warning("refused a peer: %s (said once a minute)", why)
 
     async def _dial(self, url: str) -> None:
         """One attempt; the core decides when to try again."""
@@ -750,8 +765,9 @@ class Node:
         from peer.api import Sessions, api_app
 
         sync = web.Application()
+        # Only the sync route: /health is the local port's (a retired branch's
+        # certificate still passes the handshake, and read the store's digest here).
         sync.router.add_get(SYNC_PATH, self._accept)
-        sync.router.add_get("/health", self._health)
         local = web.Application(client_max_size=1024 * 1024)
         # One count of failed logins for the API and the counter's login page, so a
         # guesser gains nothing by switching between them.

@@ -103,6 +103,32 @@ def test_foreign_or_expired_certificate_is_refused(world: dict[str, Any], who: s
     still_serving(world)
 
 
+def test_an_expired_certificate_reads_nothing_on_the_sync_port_and_is_told_once(
+        world: dict[str, Any]) -> None:
+    """A retired branch's expired certificate still passes the handshake (its dates are
+    judged after it, to say so): it read the store's digest at the sync port's
+    /health, and each of its requests wrote a warning (2,000 in a second from one
+    connection). The sync port serves the sync route only; a refusal is logged once a
+    minute per reason."""
+    a: NodeProc = world["a"]
+    ctx = client_context(world["root"] / "old1")
+    before = len(a.logs())
+
+    async def main() -> list[int]:
+        async with aiohttp.ClientSession() as http:
+            codes = []
+            for path in ["/health"] + ["/sync"] * 50:
+                async with http.get(f"https://127.0.0.1:{a.sync_port}{path}", ssl=ctx) as r:
+                    codes.append(r.status)
+            return codes
+
+    codes = asyncio.run(main())
+    assert codes[0] == 404 and set(codes[1:]) == {403}, codes
+    said = [line for line in a.logs()[before:].splitlines() if "refused a peer" in line]
+    assert len(said) <= 2, said  # once a minute (or already said), not 50 times
+    still_serving(world)
+
+
 def test_claiming_another_node_id_closes_the_connection(world: dict[str, Any]) -> None:
     chain = world["chain"].name
     code, _ = asyncio.run(talk(world["a"], client_context(world["root"] / "sh03"),
