@@ -618,13 +618,7 @@ def test_take_takes_what_sorting_every_lot_took(raw: list[tuple[str, int]], n: i
 def test_a_pool_that_knows_it_owes_nothing_folds_as_a_list(
         rows: list[tuple[int, str, str]]) -> None:
     """A replay's pool skips the scan for debts when none can be owed: the same lots."""
-    pool, plain = lots.Pool(), []
-    for i, (change, kind, day) in enumerate(rows):
-        row = ("M1", f"E{i:03d}", change, kind, None, "2026-02-01" if change > 0 else None,
-               day)
-        lots._step(pool, row)
-        lots._step(plain, row)
-    assert list(pool) == plain
+    _fold_both(lots.Pool(), [], rows)
 
 
 @settings(max_examples=300, deadline=None)
@@ -640,6 +634,11 @@ def test_a_pool_loaded_from_the_table_folds_as_a_list(
              if left]  # the table holds the lots with points left, owed or not
     pool, plain = lots.Pool.loaded(list(lot) for lot in start), [list(lot) for lot in start]
     assert pool.owes == any(lot[1] < 0 for lot in start)
+    _fold_both(pool, plain, rows)
+
+
+def _fold_both(pool: lots.Pool, plain: list[Any], rows: list[tuple[int, str, str]]) -> None:
+    """Fold `rows` (change, kind, day) into both; they hold the same lots at each step."""
     for i, (change, kind, day) in enumerate(rows):
         row = ("M1", f"E{i:03d}", change, kind, None, "2026-02-01" if change > 0 else None,
                day)

@@ -260,8 +260,8 @@ def test_a_device_or_a_huge_file_is_refused_by_its_first_bytes(exported,
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KB
 
 
-def test_foreign_chain(exported, tmp_path: Path) -> None:
-    b, _ = exported
+def _strangers_file(tmp_path: Path) -> Path:
+    """A real sync file of another chain ("other-chain")."""
     stranger = new_ledger(tmp_path / "elsewhere", "SH01", chain="other-chain")
     try:
         populate(stranger, 1)
@@ -269,8 +269,28 @@ def test_foreign_chain(exported, tmp_path: Path) -> None:
         syncfile.export_file(stranger, f)
     finally:
         stranger.close()
-    err = refused(b, f, ForeignChain)
+    return f
+
+
+def test_foreign_chain(exported, tmp_path: Path) -> None:
+    b, _ = exported
+    err = refused(b, _strangers_file(tmp_path), ForeignChain)
     assert "other-chain" in str(err)
+
+
+def _declaring_a_gigabyte(f: Path, huge: Path) -> Path:
+    """`f`'s clear part (line, header) with a gigabyte of content declared after it, as
+    a sparse file: every declared length matches its size, and it holds no data."""
+    raw = f.read_bytes()
+    at = raw.index(b"\n") + 1
+    at += 4 + int.from_bytes(raw[at:at + 4], "big")  # the content's length
+    size = 1024**3
+    with open(huge, "wb") as out:
+        out.write(raw[:at] + size.to_bytes(8, "big"))
+        out.seek(at + 8 + size)
+        out.write((72).to_bytes(2, "big"))  # a signature's length, then its place
+        out.truncate(at + 8 + size + 2 + 72)
+    return huge
 
 
 def test_a_strangers_huge_file_is_refused_by_its_header(exported, tmp_path: Path) -> None:
@@ -281,24 +301,8 @@ def test_a_strangers_huge_file_is_refused_by_its_header(exported, tmp_path: Path
     import tracemalloc
 
     b, _ = exported
-    other = new_ledger(tmp_path / "elsewhere", "SH01", chain="other-chain")
-    try:
-        populate(other, 1)
-        f = tmp_path / "other.sync"
-        syncfile.export_file(other, f)
-    finally:
-        other.close()
-    raw = f.read_bytes()
-    at = raw.index(b"\n") + 1
-    at += 4 + int.from_bytes(raw[at:at + 4], "big")  # the content's length
-    size = 1024**3
-    huge = tmp_path / "huge.sync"
-    with open(huge, "wb") as out:
-        out.write(raw[:at] + size.to_bytes(8, "big"))
-        out.seek(at + 8 + size)
-        out.write((72).to_bytes(2, "big"))  # a signature's length, then its place
-        out.truncate(at + 8 + size + 2 + 72)
-    assert huge.stat().st_size > size and os.stat(huge).st_blocks * 512 < 1024**2
+    huge = _declaring_a_gigabyte(_strangers_file(tmp_path), tmp_path / "huge.sync")
+    assert huge.stat().st_size > 1024**3 and os.stat(huge).st_blocks * 512 < 1024**2
     tracemalloc.start()
     try:
         err = refused(b, huge, ForeignChain, match="comes from chain 'other-chain'")
@@ -319,16 +323,7 @@ def test_this_chains_header_before_a_huge_content_is_refused_as_altered_unread(
     import tracemalloc
 
     b, f = exported
-    raw = f.read_bytes()
-    at = raw.index(b"\n") + 1
-    at += 4 + int.from_bytes(raw[at:at + 4], "big")  # the content's length
-    size = 1024**3
-    huge = tmp_path / "huge.sync"
-    with open(huge, "wb") as out:
-        out.write(raw[:at] + size.to_bytes(8, "big"))
-        out.seek(at + 8 + size)
-        out.write((72).to_bytes(2, "big"))  # a signature's length, then its place
-        out.truncate(at + 8 + size + 2 + 72)
+    huge = _declaring_a_gigabyte(f, tmp_path / "huge.sync")
     assert huge.stat().st_size > seal.TOLD_WHOLE_BYTES
     assert os.stat(huge).st_blocks * 512 < 1024**2
     tracemalloc.start()
