@@ -147,17 +147,37 @@ def digest(ledger: Ledger, month: str) -> str | None:
     return _digest(ledger, month, *_writers(ledger))
 
 
+def _standing(ledger: Ledger) -> tuple[dict[str, list[tuple[int, str]]], dict[str, int]]:
+    """Each writer's cuts that count, and where each writer blocked for a proven fault
+    was first refused. A blocked writer's cuts count only before that record: every
+    replica refuses the same one, but what it wrote after is held where it reached,
+    and a cut of it sent to one branch only closed that branch's books alone, for good
+    (the other waited for a cut it would never take)."""
+    log = ledger.storage.log
+    first: dict[str, int] = {}
+    for fault in log.faults():
+        node, seq = str(fault["node"]), int(fault["seq"])
+        first[node] = min(first.get(node, seq), seq)
+    cuts = {n: [c for c in cs if n not in first or c[0] < first[n]]
+            for n, cs in log.cuts().items()}
+    return cuts, first
+
+
 def _digest(ledger: Ledger, month: str, writers: list[str], retired: list[str]
             ) -> str | None:
     log = ledger.storage.log
-    cuts = log.cuts()
+    cuts, first = _standing(ledger)
     h = hashlib.sha256(b"crdtledger closing\0%s\0%s" % (ledger.chain.encode(),
                                                          month.encode()))
     upto: dict[str, int] = {}
     for node in writers:
         seq = next((s for s, m in cuts.get(node, ()) if m >= month), None)
         if seq is None and node in retired:
+            # All it wrote, as far as every replica took it (not what it sent after
+            # its first refused record: that reached some branches only).
             seq = log.tip(node)[0]
+            if node in first:
+                seq = min(seq, first[node] - 1)
         if seq is None:
             return None
         upto[node] = seq
@@ -456,7 +476,7 @@ def books(ledger: Ledger) -> dict[str, Any]:
     entries of the month wait here, not counted yet; None without a digest); and the
     writers blocked here for a proven fault (`blocked`)."""
     log = ledger.storage.log
-    cuts = log.cuts()
+    cuts = _standing(ledger)[0]
     writers, retired = _writers(ledger)
     branches = {n: max((m for _s, m in cuts[n]), default=None) if n in cuts else None
                 for n in writers}

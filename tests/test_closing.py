@@ -867,3 +867,35 @@ def test_a_new_pc_whose_clock_is_behind_books_nothing_before_it_was_enrolled(
             (f"{closed}-32",)).fetchone() == (0,)
         after = operations.run(hq, hq.owner, "report.books", {})
         assert (after["closed_through"], after["behind"]) == (closed, [])
+
+
+def test_a_blocked_liars_cut_sent_to_one_branch_closes_nobodys_books(
+        tmp_path: Path, clock: FakeClock) -> None:
+    """SH03 closed December with the others, then wrote into it: refused and blocked
+    everywhere. A cut of January it sent afterwards to SH01 only was held there and
+    counted: SH01 closed January alone, SH02 waited for a cut it would never take, and
+    the two were closed through different months for good. A blocked writer's cuts
+    count only before its first refused record, the same record everywhere."""
+    a, b, liar_store = (new_ledger(tmp_path, n, now_ms=clock) for n in ("SH01", "SH02", "SH03"))
+    try:
+        m = a.add_member(a.owner, name="王芳", phone="13800000001")
+        a.topup(a.owner, m, 100_000)
+        for x in (b, liar_store):
+            sync(a, x)
+        clock.advance_days(7.5)  # 8 January: December due
+        _close_and_sign(a, b, liar_store)
+        liar = Forger(liar_store)
+        _forged_topup(liar, m, clock.ms - 10 * DAY_MS)  # into December: refused
+        for x in (a, b):
+            x.apply_batch(liar.batch())
+            assert [(f["node"], f["rule"]) for f in x.faults()] == [("SH03", "closed-month")]
+        clock.advance_days(31)  # January due
+        liar.record(CUT_DOC, b"2026-01")
+        a.apply_batch(liar.batch())  # to SH01 only
+        _close_and_sign(a, b)
+        books = [closing.books(x) for x in (a, b)]
+        assert [(bk["closed_through"], bk["branches"]["SH03"], bk["blocked"]) for bk in books] \
+            == [("2025-12", "2025-12", ["SH03"])] * 2
+    finally:
+        for x in (a, b, liar_store):
+            x.close()
