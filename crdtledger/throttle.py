@@ -21,7 +21,9 @@ Why these numbers (the OWASP Authentication Cheat Sheet, "Login Throttling" and
 - An attempt counts as a failure when it starts (`begin`) and a success forgives
   it (`succeeded`): guesses sent all at once cannot slip past the threshold while
   their slow password checks run.
-- A success resets the counters of its name and its address; a key quiet for
+- A success resets the counters of its name and its address (`succeeded`); at a door
+  open to anyone, where a stranger may hold a secret of their own, the name's and
+  this attempt's count on the address only (`proved`). A key quiet for
   `FORGET_AFTER_S` (a day) is forgotten.
 - At most `MAX_KEYS` keys are remembered (least recently used dropped first, but a
   locked one only when every key is locked, an address's before a name's), so a
@@ -137,6 +139,26 @@ class LoginThrottle:
         """The password was right: forgive the name's and the address's failures."""
         for key in self._of(name, address):
             self._keys.pop(key, None)
+
+    def proved(self, name: str, address: str) -> None:
+        """The secret of `name` was right, at a door open to anyone (the member pages):
+        forgive the name's failures, and on the address this attempt's count only.
+        `succeeded` forgives the address's failures too, so there a stranger holding a
+        card of their own signed in with it every four guesses and tried PINs on other
+        members' cards without end; forgiving nothing of the address would lock out,
+        after five sign-ins, the members who share one (a shop's Wi-Fi, a carrier's
+        NAT)."""
+        self._keys.pop(("name", name), None)
+        key = ("address", _network(address))
+        state = self._keys.get(key)
+        if state is None:
+            return
+        state.failures -= 1
+        if state.failures <= 0:
+            del self._keys[key]
+        elif state.failures < self.free_failures:
+            # The lock this attempt's count earned at `begin`; fewer failures earn none.
+            state.locked_until = 0.0
 
     def __len__(self) -> int:
         return len(self._keys)

@@ -543,8 +543,10 @@ class Portal:
                                    "This phone number is registered to several members: "
                                    "sign in with your card number and PIN, or ask a "
                                    "branch to sort it out."))
-        self.checks.succeeded(key, address)
-        self.sends.succeeded(key, address)
+        # The phone's failures, and this attempt's on the address, not the address's
+        # others: a stranger's own phone forgave their guesses at other phones.
+        self.checks.proved(key, address)
+        self.sends.proved(key, address)
         return holders.pop()
 
     def check_card(self, card_no: str, pin: str, address: str) -> tuple[str, dict[str, str]]:
@@ -577,7 +579,10 @@ class Portal:
         member = ledger.survivor_of(str(card["member"]))
         if _closed(ledger, member):
             raise wrong
-        self.checks.succeeded(key, address)
+        # The card's failures, and this attempt's on the address, not the address's
+        # others: a stranger signing in with their own card every four guesses tried
+        # PINs on every other card from one address.
+        self.checks.proved(key, address)
         return member, {"card_no": str(card["card_no"]), "id": str(card["id"])}
 
 

@@ -33,6 +33,7 @@ from test_members_portal import (
 from crdtledger import operations
 from crdtledger.errors import PermissionDenied
 from crdtledger.model import owner_of, self_service_of
+from crdtledger.throttle import LoginThrottle
 from reference_app.members_portal import MembersSide
 
 pytestmark = pytest.mark.asyncio
@@ -89,6 +90,36 @@ async def test_guesses_spread_over_many_cards_are_throttled_by_address(
         await app.card_sign_in(card, "0000")
         await app.user.should_not_see(marker="member-name", retries=1)
     await app.card_sign_in(CARD_A, PIN)
+    await app.user.should_see("尝试次数太多")
+    await app.user.should_not_see(marker="member-name", retries=1)
+
+
+async def test_an_own_sign_in_between_guesses_does_not_forgive_the_address(
+        portal: PortalApp) -> None:
+    """A stranger holding a card of their own signed in with it every four guesses:
+    each sign-in forgave the address's failures, and one address tried PINs on any
+    number of cards (16 of 16 checked against a limit of 5). A sign-in forgives its
+    card and its own attempt on the address; a member signing in again and again from
+    one address (a shop's Wi-Fi) is never locked out by it."""
+    app = portal
+    app.portal.checks = LoginThrottle(clock=lambda: 1000.0)  # no lock runs out meanwhile
+    for _ in range(8):  # the member's own sign-ins: none of them counts against the address
+        await app.card_sign_in(CARD_A, PIN)
+        await app.user.should_see(marker="member-name")
+        app.user.find(marker="sign-out").click()
+        await app.user.should_see(marker="send-code")
+    for card in ("C90001", "C90002", "C90003", "C90004"):
+        await app.card_sign_in(card, "0000")
+        await app.user.should_see("卡号或密码不对")
+    await app.card_sign_in(CARD_A, PIN)  # the stranger's own card
+    await app.user.should_see(marker="member-name")
+    app.user.find(marker="sign-out").click()
+    await app.user.should_see(marker="send-code")
+    await app.card_sign_in("C90005", "0000")  # the address's fifth wrong PIN: locked
+    await app.user.should_see("卡号或密码不对")
+    await app.card_sign_in(CARD_B, "0000")
+    await app.user.should_see("尝试次数太多")
+    await app.card_sign_in(CARD_A, PIN)  # the own card waits too
     await app.user.should_see("尝试次数太多")
     await app.user.should_not_see(marker="member-name", retries=1)
 
