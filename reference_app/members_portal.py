@@ -64,6 +64,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from crdtledger import localtime, operations, views
 from crdtledger.auth import check_secret, hash_secret
 from crdtledger.errors import LedgerError, NotFound, WrongPin
+from crdtledger.inputs import check_card_no
 from crdtledger.members import PHONE
 from crdtledger.model import canonical_phone, owner_of, self_service_of
 from crdtledger.throttle import LoginThrottle
@@ -95,6 +96,9 @@ SESSION_S = 2 * 3600.0  # a member's sign-in lasts two hours, then asks again
 CERT_FILE, KEY_FILE = "members.crt", "members.key"  # under DATA/tls, made by `issue_cert`
 CERT_DAYS = webcert.CERT_DAYS
 HISTORY_SHOWN = 20
+# Longer than any phone (21 characters) or card number (40), however spaced: what a
+# sign-in box holds beyond it is not looked at.
+_TYPED_MAX = 64
 BOOK_DAYS = 7  # how far ahead the booking dialog offers days
 PRIMARY = "#00796b"
 # NiceGUI's own routes a member page needs: its versioned static files, libraries,
@@ -453,8 +457,8 @@ class Portal:
         node has no gateway at all (a setting, the same for every phone)."""
         # As lookups compare it: a code asked for by "138 1234 5678" and tried as
         # "+8613812345678" is one phone, to its throttle too.
-        phone = canonical_phone(phone)
-        if not PHONE.match(phone):
+        phone = _typed_phone(phone)
+        if not phone:
             raise SignInRefused(tr("请输入正确的手机号。", "Enter a valid phone number."))
         gateways = dict(getattr(self.shop.node, "gateways", None) or {})
         if not ({"sms", "email"} & set(gateways)):
@@ -514,8 +518,11 @@ class Portal:
 
     def check_code(self, phone: str, code: str, address: str) -> str:
         """The member whose phone this code was sent to, the code used up."""
-        phone = canonical_phone(phone)
-        key = f"phone:{phone}"
+        phone = _typed_phone(phone)
+        # What cannot be a phone is no member's and has no code: all of it is counted
+        # under one name. Keyed as typed, each box of a megabyte (what a socket.io
+        # message carries) was a key of its own, kept a day.
+        key = f"phone:{phone or '?'}"
         wait = self.checks.begin(key, address)
         if wait:
             raise SignInRefused(_too_many(wait))
@@ -555,7 +562,8 @@ class Portal:
         Every failure answers alike, after a PIN check's work: the words said whether
         a number was a card, lost, stopped or without a PIN, and an unknown number
         answered in 0.1 ms against a wrong PIN's 50-80 ms, to any stranger."""
-        key = f"card:{card_no.strip().upper()}"
+        # What cannot be a card number is counted under one name, as for phones.
+        key = f"card:{_typed_card(card_no) or '?'}"
         wait = self.checks.begin(key, address)
         if wait:
             raise SignInRefused(_too_many(wait))
@@ -584,6 +592,26 @@ class Portal:
         # PINs on every other card from one address.
         self.checks.proved(key, address)
         return member, {"card_no": str(card["card_no"]), "id": str(card["id"])}
+
+
+def _typed_phone(typed: str) -> str:
+    """A typed phone as lookups compare it, or "" for what cannot be one. The length
+    first: a phone has at most 21 characters however it is spaced, and canonicalising
+    a megabyte typed as one was work on the loop for nothing."""
+    if len(typed) > _TYPED_MAX:
+        return ""
+    phone = canonical_phone(typed)
+    return phone if PHONE.match(phone) else ""
+
+
+def _typed_card(typed: str) -> str:
+    """A typed card number as cards are stored, or "" for what cannot be one."""
+    if len(typed) > _TYPED_MAX:
+        return ""
+    try:
+        return check_card_no(typed)
+    except LedgerError:
+        return ""
 
 
 @functools.cache

@@ -355,6 +355,33 @@ async def test_a_sign_in_box_set_to_no_text_is_refused_like_a_wrong_one(
     await app.user.should_see("卡号或密码不对")
 
 
+async def test_what_cannot_be_a_phone_or_card_is_throttled_under_one_name(
+        portal_app: PortalApp) -> None:
+    """A typed phone or card number was a throttle key before its length was checked:
+    a sign-in box holds what one socket.io message carries (a megabyte), and each such
+    attempt from a new address was a key of its own, kept a day. What cannot be a
+    phone or a card number is counted under one name, so it is still throttled."""
+    app = portal_app
+    module = importlib.import_module("reference_app.members_portal")
+    app.portal.checks = module.LoginThrottle(clock=lambda: 1000.0)
+    huge = "9" * 100_000
+
+    async def by_phone(i: int) -> object:
+        return app.portal.check_code(f"{i}{huge}", "123456", f"203.0.113.{i}")
+
+    async def by_card(i: int) -> object:
+        return app.portal.check_card(f"C{i}{huge}", "0000", f"198.51.100.{i}")
+
+    for attempt in (by_phone, by_card):
+        for i in range(5):
+            with pytest.raises(module.SignInRefused, match="不对"):
+                await attempt(i)
+        with pytest.raises(module.SignInRefused, match="尝试次数太多"):
+            await attempt(5)  # a sixth address: the one name is locked
+    # Per kind one name, and one key per address: nothing of the typed text.
+    assert len(app.portal.checks) == 2 + 10
+
+
 async def test_a_lost_card_is_refused(portal_app: PortalApp) -> None:
     app = portal_app
     app.ledger.report_lost(owner_of("SH01"), CARD_A)
