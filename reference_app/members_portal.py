@@ -556,12 +556,14 @@ class Portal:
         self.sends.proved(key, address)
         return holders.pop()
 
-    def check_card(self, card_no: str, pin: str, address: str) -> tuple[str, dict[str, str]]:
+    async def check_card(self, card_no: str, pin: str,
+                         address: str) -> tuple[str, dict[str, str]]:
         """The member of this card, its PIN right (a card without a PIN cannot sign in),
         and the card (its number and id: the sign-in lasts while it stays active).
         Every failure answers alike, after a PIN check's work: the words said whether
         a number was a card, lost, stopped or without a PIN, and an unknown number
-        answered in 0.1 ms against a wrong PIN's 50-80 ms, to any stranger."""
+        answered in 0.1 ms against a wrong PIN's 50-80 ms, to any stranger. The check
+        (scrypt) runs in a worker thread, the store is read on the loop."""
         # What cannot be a card number is counted under one name, as for phones.
         key = f"card:{_typed_card(card_no) or '?'}"
         wait = self.checks.begin(key, address)
@@ -571,20 +573,19 @@ class Portal:
                                  "Wrong card number or PIN. A card without a PIN signs in "
                                  "with the phone's code."))
         ledger = self.shop.ledger
-        try:
-            card = ledger.card(card_no)
-            if card["status"] != "active" or not card["has_pin"]:
-                raise NotFound(card_no)
-            # Expired, PIN; throttled by this page's own `checks` only: the node's PIN
-            # lock, shared by the till, let any stranger on the internet keep a
-            # member's card locked at the counter with a wrong PIN every 15 minutes.
-            card = ledger.use_card(card_no, pin.strip(), throttle=False)
-        except WrongPin:  # checked: its work done
-            raise wrong from None
-        except LedgerError:  # unknown, malformed, lost, replaced, expired, no PIN
-            check_secret(pin.strip(), _no_card())  # the work a PIN check does
-            raise wrong from None
-        member = ledger.survivor_of(str(card["member"]))
+        card, stored = _card_to_check(ledger, card_no)  # on the loop, which owns the store
+        # scrypt (36-84 ms) in a worker thread, as the counter's login and the API's: on
+        # the loop it held the node, the sync and every till's page for each attempt of
+        # anyone on the member port. A card that may not sign in pays the same work.
+        right = await asyncio.to_thread(_pin_right, pin.strip(), stored)
+        if card is None or not right:
+            raise wrong
+        # Read again after the wait: a card reported lost, replaced or given a new PIN
+        # while the old one was being checked signs nobody in.
+        again, stored_now = _card_to_check(ledger, card_no)
+        if again is None or again["id"] != card["id"] or stored_now != stored:
+            raise wrong
+        member = ledger.survivor_of(str(again["member"]))
         if _closed(ledger, member):
             raise wrong
         # The card's failures, and this attempt's on the address, not the address's
@@ -592,6 +593,35 @@ class Portal:
         # PINs on every other card from one address.
         self.checks.proved(key, address)
         return member, {"card_no": str(card["card_no"]), "id": str(card["id"])}
+
+
+def _card_to_check(ledger: Any, card_no: str) -> tuple[dict[str, Any] | None, str]:
+    """The card a sign-in may use and its PIN's hash, or (None, "") for a number that
+    may not sign in: unknown, malformed, lost, replaced, expired, issued to two members,
+    or without a PIN. Read on the loop that owns the store; nothing checked or counted
+    here (the node's PIN lock, shared by the till, let any stranger on the internet
+    keep a member's card locked at the counter: this page throttles its own)."""
+    try:
+        card = ledger.card(card_no)
+    except LedgerError:
+        return None, ""
+    if card["status"] != "active" or not card["has_pin"]:
+        return None, ""
+    try:
+        # Every check of use_card but the PIN's: asked with no PIN at all, a card that
+        # passes them all and has one raises WrongPin (not a guess: nothing counted).
+        ledger.use_card(card_no, None, throttle=False)
+    except WrongPin:
+        return card, ledger._pin_hash(str(card["id"]))
+    except LedgerError:
+        pass
+    return None, ""
+
+
+def _pin_right(pin: str, stored: str) -> bool:
+    """Whether `pin` is the one `stored` keeps; against a dummy of the same cost when
+    there is none. Pure and slow (scrypt): run in a worker thread."""
+    return check_secret(pin, stored or _no_card())
 
 
 def _typed_phone(typed: str) -> str:
@@ -903,9 +933,9 @@ def _sign_in_form() -> None:
                 .props("outlined inputmode=numeric").classes("w-full").mark("pin")
             card_error = ui.label().classes("text-negative").mark("card-error")
 
-            def enter_card() -> None:
+            async def enter_card() -> None:
                 try:
-                    member, used = p.check_card(_typed(card), _typed(pin), _address())
+                    member, used = await p.check_card(_typed(card), _typed(pin), _address())
                 except SignInRefused as e:
                     card_error.set_text(str(e))
                     return
