@@ -45,6 +45,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import secrets
 import socket
 import time
@@ -985,12 +986,14 @@ class Home:
         """Everything the page shows of the member, read once."""
         ledger = self.shop.ledger
         m = self.member
-        today = ledger.today()
+        now = ledger.clock.next_ms()  # as booking.cancel tells a booking that has started
         bookings: list[dict[str, Any]] = []
         if _bookings_available():
             try:
+                # Those to come only: one whose time has passed today stayed listed with
+                # a Cancel button that the library then refused.
                 bookings = [b for b in self.read("booking.list", member=m)
-                            if str(b.get("day", b.get("at", "")))[:10] >= today
+                            if int(b.get("start") or 0) > now
                             and b.get("status") in ("confirmed", "pending")]
             except LedgerError as e:
                 log.warning("booking.list for a member: %s", e)
@@ -1212,6 +1215,8 @@ class Home:
             await self.run("booking.cancel", booking=booking, member=self.member)
         except LedgerError as e:
             ui.notify(_refusal(self.shop, e), type="negative")
+            if not isinstance(e, SignedOut):
+                self.redraw()  # started meanwhile: no longer listed
             return
         ui.notify(tr("预约已取消", "Appointment cancelled"), type="positive")
         self.redraw()
@@ -1307,8 +1312,48 @@ def _refusal(s: Shop, e: LedgerError) -> str:
     if isinstance(e, (PermissionDenied, NotFound)):
         return tr("找不到这个预约。", "No such appointment.")
     if isinstance(e, BookingRefused):
+        for pattern, say in _BOOKING_REFUSALS:
+            m = pattern.fullmatch(str(e))
+            if m:
+                return say(m)
         return tr("没能完成：{what}", "Not done: {what}", what=str(e))
     return s.refusal(e)
+
+
+# The library's refusals of a member's own booking or cancelling (crdtledger.bookings),
+# as the member reads them: its sentences speak English to a cashier and name the
+# booking's id, which a member on the Chinese page read as "没能完成：booking
+# 038J…SH01 has started: it can no longer be cancelled".
+_BOOKING_REFUSALS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
+    (re.compile(r"(\d+) bookings to come are the most made here: .*"),
+     lambda m: tr("在这里最多可以有 {n} 个还没到时间的预约：请先取消一个，或联系门店。",
+                  "You can have at most {n} appointments to come booked here: cancel "
+                  "one first, or ask the branch.", n=m[1])),
+    (re.compile(r"(\d+) bookings made here today are the most a day: .*"),
+     lambda m: tr("今天在这里已经预约了 {n} 次，是一天的上限：请联系门店。",
+                  "You have made {n} bookings here today, the most in a day: ask the "
+                  "branch.", n=m[1])),
+    (re.compile(r"booking \S+ has started: .*"),
+     lambda _m: tr("这个预约已经开始了，不能再取消。有需要请联系门店。",
+                   "This appointment has started: it can no longer be cancelled. Ask the "
+                   "branch if you need to.")),
+    (re.compile(r"booking \S+ is (\w+): nothing to cancel"),
+     lambda m: tr("这个预约{st}，不用再取消。", "This appointment is {st}: nothing to cancel.",
+                  st=_status(m[1]))),
+    (re.compile(r".* has passed: book a time to come"),
+     lambda _m: tr("这个时间已经过了，请选以后的时间。",
+                   "That time has passed: choose a time to come.")),
+    (re.compile(r".* is more than (\d+) days ahead"),
+     lambda m: tr("最多只能预约 {n} 天以内的时间。",
+                  "Appointments can be booked at most {n} days ahead.", n=m[1])),
+    (re.compile(r"technician .*|.* is outside technician .*"),
+     lambda _m: tr("这位技师这个时间不能接这项预约，请选别的时间或技师。",
+                   "The technician cannot take this booking at that time: choose another "
+                   "time or technician.")),
+    (re.compile(r"service \S+ has no duration .*"),
+     lambda _m: tr("这项服务暂时不能在这里预约，请联系门店。",
+                   "This service cannot be booked here yet: ask the branch.")),
+)
 
 
 def _activity_name(s: Shop, e: dict[str, Any]) -> str:

@@ -46,6 +46,7 @@ from test_browser import CHROMEDRIVER, CHROMIUM, click, type_into, wait_for, xpa
 
 from crdtledger import bookings, operations, views
 from crdtledger.ledger import Ledger, owner_of
+from crdtledger.model import self_service_of
 from peer.chain import enrol
 from peer.node import Config
 from reference_app.app import build
@@ -746,6 +747,77 @@ async def test_a_slot_taken_meanwhile_is_refused_in_the_members_words(
     assert isinstance(slots, ui.select) and at not in slots.options
     mine = operations.run(app.ledger, owner_of("SH01"), "booking.list", {"member": app.ids["a"]})
     assert mine == []
+
+
+def _english_words(text: str) -> list[str]:
+    """What in a sentence on the Chinese page is English (a library's word or an id)."""
+    return re.findall(r"[A-Za-z]{2,}", text)
+
+
+async def test_self_service_refusals_are_said_in_the_members_language(
+        portal_app: PortalApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fourth booking to come, and a time that passed while the dialog was open,
+    were refused with the library's English for a cashier after "没能完成：" on the
+    Chinese page."""
+    app = portal_app
+    self_service = self_service_of("SH01")
+    for at in ("10:00", "11:00", "12:00"):  # made on the member pages: the limit's three
+        operations.run(app.ledger, self_service, "booking.add", {
+            "member": app.ids["a"], "technician": "T01", "service": "FOOT60",
+            "at": f"{tomorrow(app.ledger)}T{at}"})
+    await app.card_sign_in(CARD_A, PIN)
+    await app.user.should_see(marker="book")
+    await fill_booking(app)
+    app.user.find(marker="book-ok").click()
+    await app.user.should_see("在这里最多可以有 3 个还没到时间的预约：请先取消一个，或联系门店。")
+    error = app.user.find(marker="book-error").elements.pop().text
+    assert not _english_words(error), error
+    # One of them cancelled; then the time chosen passes while the dialog is open.
+    app.user.find(marker="cancel-booking").click()
+    await app.user.should_see("取消这个预约？")
+    app.user.find(marker="cancel-ok").click()
+    await app.user.should_see("预约已取消")
+    at = await fill_booking(app)
+    start = bookings.parse_when(app.ledger, at, None)
+    clock = app.ledger.clock
+    real = clock.next_ms
+    monkeypatch.setattr(clock, "next_ms", lambda: max(real(), start + 60_000))
+    app.user.find(marker="book-ok").click()
+    await app.user.should_see("这个时间已经过了，请选以后的时间。")
+    error = app.user.find(marker="book-error").elements.pop().text
+    assert not _english_words(error), error
+
+
+async def test_a_booking_that_has_started_is_no_longer_offered_for_cancelling(
+        portal_app: PortalApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A booking whose time had passed today stayed under "My appointments" with a
+    Cancel button; Cancel was then refused in English with the booking's raw id."""
+    app = portal_app
+    made = operations.run(app.ledger, owner_of("SH01"), "booking.add", {
+        "member": app.ids["a"], "technician": "T01", "service": "FOOT60",
+        "at": f"{tomorrow(app.ledger)}T10:00"})
+    await app.card_sign_in(CARD_A, PIN)
+    await app.user.should_see(marker="cancel-booking")  # to come: it may be cancelled
+    clock = app.ledger.clock
+    real = clock.next_ms
+    later = int(made["start"]) + 30 * 60_000  # half an hour into the appointment
+    monkeypatch.setattr(clock, "next_ms", lambda: max(real(), later))
+    # The page drawn before it started: Cancel is refused in the member's words...
+    app.user.find(marker="cancel-booking").click()
+    await app.user.should_see("取消这个预约？")
+    app.user.find(marker="cancel-ok").click()
+    await app.user.should_see("这个预约已经开始了，不能再取消。有需要请联系门店。")
+    said = [m for m in app.user.notify.messages if "开始" in m]
+    assert said and not any(_english_words(m) for m in said), said
+    # ...and then, as on any page drawn since, it is listed no more.
+    await app.user.should_not_see(marker="cancel-booking")
+    await app.user.open("/m")
+    await app.user.should_see(marker="member-name")
+    await app.user.should_not_see(marker="booking", retries=1)
+    await app.user.should_not_see(marker="cancel-booking", retries=1)
+    shown = operations.run(app.ledger, owner_of("SH01"), "booking.show",
+                           {"booking": made["booking"]})
+    assert shown["status"] == "confirmed"
 
 
 async def test_a_page_left_open_past_its_sign_in_writes_nothing(
