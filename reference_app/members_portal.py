@@ -452,10 +452,11 @@ class Portal:
 
     async def send_code(self, phone: str, address: str) -> None:
         """Send a code to `phone` if it is a member's; the same answer, as fast, if it
-        is not: the message goes out in a task of its own (a gateway's failure is
-        logged for the shop), so neither the words nor the time it takes tell whether
-        a phone is a member's. Raises SignInRefused when asked too often or when this
-        node has no gateway at all (a setting, the same for every phone)."""
+        is not: whose phone it is, the code and the message are all done in a task of
+        its own (a gateway's failure is logged for the shop), so neither the words nor
+        the time the answer takes tell whether a phone is a member's. Raises
+        SignInRefused when asked too often or when this node has no gateway at all (a
+        setting, the same for every phone)."""
         # As lookups compare it: a code asked for by "138 1234 5678" and tried as
         # "+8613812345678" is one phone, to its throttle too.
         phone = _typed_phone(phone)
@@ -480,12 +481,24 @@ class Portal:
         if wait:
             raise SignInRefused(tr("验证码请求太频繁，请 {n} 秒后再试。",
                                    "Too many codes asked for; try again in {n} s.", n=wait))
+        # The rest after the answer: looking up the phone's member and making a code
+        # before it (241-258 SQLite steps against 13 for nobody's phone) told by the
+        # answer's time whose phone it was.
+        task = asyncio.create_task(self._code_for(phone, gateways))
+        self._sending.add(task)  # held until done (the loop keeps weak references)
+        task.add_done_callback(self._sending.discard)
+
+    async def _code_for(self, phone: str, gateways: dict[str, Any]) -> None:
+        """A code for the member whose phone this is, sent; nothing for nobody's."""
         ledger = self.shop.ledger
-        holders = _phone_holders(ledger, phone)
-        if not holders:
-            return  # said as if sent
-        member = min(holders)
-        email = str(ledger.member(member).get("email") or "")
+        try:
+            holders = _phone_holders(ledger, phone)
+            if not holders:
+                return  # said as if sent
+            email = str(ledger.member(min(holders)).get("email") or "")
+        except LedgerError as e:  # after the answer: the shop's to read, in the log
+            log.warning("member code for %s not made: %s", mask_phone(phone), e)
+            return
         if "sms" in gateways:
             channel, to = "sms", phone
         elif email:
@@ -500,10 +513,7 @@ class Portal:
                   "Your member sign-in code: {code}. It is valid for {m} minutes; do not "
                   "share it.", code=code, m=int(CODE_TTL_S // 60))
         subject = tr("登录验证码", "Sign-in code")
-        task = asyncio.create_task(self._send(gateways[channel], channel, to, phone,
-                                              subject, body))
-        self._sending.add(task)  # held until done (the loop keeps weak references)
-        task.add_done_callback(self._sending.discard)
+        await self._send(gateways[channel], channel, to, phone, subject, body)
 
     async def _send(self, gateway: Any, channel: str, to: str, phone: str, subject: str,
                     body: str) -> None:

@@ -34,7 +34,7 @@ import pytest_asyncio
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from app_fixtures import make_store, simulation_over
 from conftest import free_port
-from helpers import sync
+from helpers import sqlite_steps, sync
 from nicegui import core, ui
 from nicegui.testing.general import nicegui_reset_globals, prepare_simulation
 from nicegui.testing.user import User
@@ -261,6 +261,32 @@ async def test_an_unknown_phone_is_told_the_same_and_nothing_is_sent(
     await app.ask_code("13600009999")
     await app.user.should_see("如果这个手机号是会员的")
     assert not app.shop.node.gateways["sms"].sent  # type: ignore[attr-defined]
+
+
+async def test_the_answer_to_send_me_a_code_costs_the_same_for_a_members_phone(
+        portal_app: PortalApp) -> None:
+    """Whether a phone is a member's is not told by the time of the answer either: the
+    member's lookup and the code were made before send_code returned (241-258 SQLite
+    steps for a member's phone, 13 for nobody's). Counted up to the answer, each phone
+    from an address of its own; the member's codes are still sent after it."""
+    app = portal_app
+
+    def answer_steps(phone: str, address: str) -> int:
+        asked = app.portal.send_code(phone, address)
+
+        def answer() -> None:  # send_code to its answer, without yielding to the loop
+            with pytest.raises(StopIteration):
+                asked.send(None)
+        return sqlite_steps(app.ledger, answer)
+
+    members = [answer_steps(p, f"203.0.113.{i}")
+               for i, p in enumerate((PHONE_A, PHONE_B, "13700002222"))]
+    nobody = [answer_steps(p, f"198.51.100.{i}")
+              for i, p in enumerate(("13600009991", "13600009992", "13600009993"))]
+    assert members == nobody, (members, nobody)
+    await asyncio.gather(*app.portal._sending)
+    sent = app.shop.node.gateways["sms"].sent  # type: ignore[attr-defined]
+    assert sorted(m.to for m in sent) == sorted((PHONE_A, PHONE_B, "13700002222"))
 
 
 async def test_a_wrong_code_is_refused_then_throttled_and_a_code_works_once(
