@@ -390,9 +390,12 @@ class LedgerMachine(RuleBasedStateMachine):
                     assert session.data_to_send() == [], "a refused operation sent frames"
             return REFUSED
         # The sweeps of merged members' rights a merge or an operation for a survivor
-        # wrote here (crdtledger.merge) are acknowledged writes too.
+        # wrote here (crdtledger.merge), and the write-offs of expired points a spend of
+        # points writes first in its commit (Payments._spend_points: two years of
+        # closed months, then a conversion), are acknowledged writes too.
         self.acked[node].update(r[0] for r in _rows(
-            ledger, "SELECT id FROM entries WHERE kind = 'merge' AND node = ?", node))
+            ledger, "SELECT id FROM entries WHERE kind IN ('merge', 'expiry') AND node = ?",
+            node))
         self._flush()
         return result
 
