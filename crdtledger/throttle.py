@@ -73,7 +73,7 @@ class LoginThrottle:
 
     @staticmethod
     def _of(name: str, address: str) -> tuple[tuple[str, str], tuple[str, str]]:
-        return ("name", name), ("address", _network(address))
+        return ("name", name), ("address", network_of(address))
 
     def _get(self, key: tuple[str, str], now: float) -> _Key | None:
         state = self._keys.get(key)
@@ -149,7 +149,7 @@ class LoginThrottle:
         after five sign-ins, the members who share one (a shop's Wi-Fi, a carrier's
         NAT)."""
         self._keys.pop(("name", name), None)
-        key = ("address", _network(address))
+        key = ("address", network_of(address))
         state = self._keys.get(key)
         if state is None:
             return
@@ -164,7 +164,7 @@ class LoginThrottle:
         return len(self._keys)
 
 
-def _network(address: str) -> str:
+def network_of(address: str) -> str:
     """The key of a client address: an IPv6 address by its /64, which one subscriber
     holds whole (2**64 addresses, one key each, would be a lock each to spend)."""
     if ":" not in address:

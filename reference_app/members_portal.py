@@ -68,7 +68,7 @@ from crdtledger.errors import LedgerError, NotFound, WrongPin
 from crdtledger.inputs import check_card_no
 from crdtledger.members import PHONE
 from crdtledger.model import canonical_phone, owner_of, self_service_of
-from crdtledger.throttle import LoginThrottle
+from crdtledger.throttle import LoginThrottle, network_of
 from peer import chain as chain_mod
 from peer import webcert
 from peer.node import HANDSHAKE_S
@@ -192,12 +192,48 @@ async def _not_here(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+# Page loads a client address may make on the member port in PAGE_LOADS_S: a page
+# fetched holds its NiceGUI client about a minute whether or not its socket ever
+# opens (about 180 kB; a signed-in member's follows every commit of the store), so
+# fetches in a loop from one address held memory and work without bound.
+PAGE_LOADS = 60
+PAGE_LOADS_S = 60.0
+PAGE_LOAD_KEYS = 10_000  # addresses remembered at most, the quietest dropped first
+
+
+class PageLoads:
+    """A sliding count of page loads per client network (crdtledger.throttle's
+    network_of: an IPv6 subscriber's /64 is one)."""
+
+    def __init__(self, limit: int = PAGE_LOADS, window_s: float = PAGE_LOADS_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit, self.window_s, self.clock = limit, window_s, clock
+        self._seen: dict[str, deque[float]] = {}
+
+    def take(self, address: str) -> bool:
+        """Count a page load from `address`; False if past the limit (not counted)."""
+        now = self.clock()
+        key = network_of(address)
+        times = self._seen.pop(key, None) or deque()
+        while times and now - times[0] >= self.window_s:
+            times.popleft()
+        if len(times) >= self.limit:
+            self._seen[key] = times
+            return False
+        times.append(now)
+        self._seen[key] = times  # last in the dict: the most recent
+        if len(self._seen) > PAGE_LOAD_KEYS:
+            del self._seen[next(iter(self._seen))]
+        return True
+
+
 class MembersSide:
     """The member port's app: marks each request as come in there, and lets through
-    the member pages and what they need only."""
+    the member pages and what they need only, each address's page loads counted."""
 
-    def __init__(self, inner: ASGIApp) -> None:
+    def __init__(self, inner: ASGIApp, loads: PageLoads | None = None) -> None:
         self.inner = inner
+        self.loads = loads or PageLoads()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -215,6 +251,10 @@ class MembersSide:
         scope = {**scope, SCOPE_KEY: True}
         if scope["type"] == "http":
             send = _secure_cookies(send)
+            client = scope.get("client")
+            if path == PATH and not self.loads.take(str(client[0]) if client else ""):
+                await _too_many_loads(send)
+                return
         if not path.startswith(_SOCKET):
             await self.inner(scope, receive, send)
             return
@@ -234,6 +274,16 @@ class MembersSide:
             await self.inner(scope, _replay(body, receive), send)
             return
         await self.inner(scope, receive, send)
+
+
+async def _too_many_loads(send: Send) -> None:
+    body = ("页面打开太频繁，请一分钟后再试。\nToo many page loads from this address; "
+            "try again in a minute.\n").encode()
+    await send({"type": "http.response.start", "status": 429,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"retry-after", str(int(PAGE_LOADS_S)).encode()),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _secure_cookies(send: Send) -> Send:

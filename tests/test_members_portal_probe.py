@@ -34,7 +34,7 @@ from crdtledger import operations
 from crdtledger.errors import PermissionDenied
 from crdtledger.model import owner_of, self_service_of
 from crdtledger.throttle import LoginThrottle
-from reference_app.members_portal import MembersSide
+from reference_app.members_portal import MembersSide, PageLoads
 
 pytestmark = pytest.mark.asyncio
 
@@ -180,3 +180,26 @@ async def test_the_member_ports_session_cookie_is_never_sent_over_plain_http(
     for cookie in cookies:
         flags = [f.strip().lower() for f in cookie.split(";")[1:]]
         assert "secure" in flags, cookie
+
+
+async def test_page_loads_from_one_address_are_limited(portal: PortalApp) -> None:
+    """A page fetched holds its client about a minute whether or not its socket ever
+    opens (a signed-in member's follows every commit), so fetches in a loop from one
+    address held memory and work without bound. Sixty loads a minute an address; the
+    next is told to wait, in both languages; another address, and a minute later the
+    same one, are served."""
+    now = [0.0]
+    side = MembersSide(core.app, PageLoads(limit=60, clock=lambda: now[0]))
+
+    def browser(address: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.ASGITransport(side, client=(address, 4000)),
+                                 base_url="https://members.test")
+
+    async with browser("203.0.113.9") as one, browser("203.0.113.10") as other:
+        codes = [(await one.get("/m")).status_code for _ in range(60)]
+        refused = await one.get("/m")
+        assert set(codes) == {200} and refused.status_code == 429
+        assert "请一分钟后再试" in refused.text and "try again in a minute" in refused.text
+        assert (await other.get("/m")).status_code == 200
+        now[0] += 61
+        assert (await one.get("/m")).status_code == 200
