@@ -312,17 +312,24 @@ class Coupons(Payments):
         return None if found is None else dict(json.loads(found))
 
     def _redemptions(self, group: list[str], coupon: str | None = None) -> dict[str, str]:
-        """The first entry (its JSON text) naming each coupon of `group` it redeemed
-        (only `coupon`, if given), in one pass: one search per coupon redeemed made a
+        """The first entry (its JSON text) naming each coupon of `group` that redeemed
+        it (only `coupon`, if given), in one pass: one search per coupon redeemed made a
         member's list (read at every member lookup at the counter) quadratic (1.4 s
-        at 800 coupons)."""
+        at 800 coupons). Redeemed means its unit taken: a liar's debit naming another
+        branch's coupon without taking its unit (projected: it takes nothing of
+        anyone's) read as the redemption, before the real one, at every replica."""
         used: dict[str, str] = {}
         for code, body in self.storage.conn.execute(
                 f"SELECT json_extract(body, '$.coupon'), body FROM entries WHERE member "
                 f"{views.in_(group)} AND kind != 'coupon' AND json_extract(body, '$.coupon') "
                 + ("= ?" if coupon else "IS NOT NULL") + " ORDER BY id",
                 [*group, coupon] if coupon else group):
-            if isinstance(code, str) and code not in used:
+            if not isinstance(code, str) or code in used:
+                continue
+            unit = purse_of(code)
+            if any(isinstance(d, list) and len(d) == 3 and d[0] == unit
+                   and isinstance(d[2], int | float) and d[2] < 0
+                   for d in json.loads(body).get("deltas") or ()):
                 used[code] = body
         return used
 

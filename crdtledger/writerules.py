@@ -100,8 +100,9 @@ RULES: tuple[WriteRule, ...] = (
                              "package's uses) only as the entries that add it do, and only "
                              "in its writer's own rights: cash by a top-up, a correction or "
                              "a refund; bonus also by a referral's reward or points "
-                             "converted; a package's uses by its sale, a correction or a "
-                             "refund. Transfers and sweeps move value (transfer-balanced, "
+                             "converted; a package's uses by its sale (its own uses, "
+                             "pkg:<its id>, only), a correction or a refund. Transfers "
+                             "and sweeps move value (transfer-balanced, "
                              "merge-paired). A branch's debit, check-in or anything else "
                              "that raised cash would be value nobody paid, served first in, "
                              "first out from other branches' prepaid lots"),
@@ -110,7 +111,7 @@ RULES: tuple[WriteRule, ...] = (
                            "(transfer-balanced, merge-paired; never of stock) and a "
                            "shipment (a `stock` entry), which puts in another branch's "
                            "`transit` no more units "
-                           "than it takes from its writer's `stock`: a branch that raised "
+                           "than it takes, net, from its writer's `stock`: a branch that raised "
                            "another's shelf stock had it sell units it does not have, and "
                            "points raised on another's rights were that branch's to redeem"),
     WriteRule("merge-paired", "a merge entry that raises rights (a sweep's \"in\") names in "
@@ -350,8 +351,16 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
                     if value in ("cash", "bonus", "pkg") and value not in may:
                         raise RuleBroken("value-raise", f"{doc}: entry {key}: a {kind} "
                                          f"raises {purse} of {str(n)[:20]}")
+                    if kind == "package" and value == "pkg" and purse != "pkg:" + key:
+                        # A liar's "package" added 90 uses to a package another branch
+                        # sold (10 uses for 500.00), and a third branch served them.
+                        raise RuleBroken("value-raise", f"{doc}: entry {key}: a package "
+                                         f"raises {purse[:40]}, not its own uses")
+                # The writer's stock, net: a liar lowered and raised it by five in one
+                # entry (holding none) and put five in another branch's transit, four
+                # times, and the receiver shelved twenty units from nothing.
                 if shipped and shipped > -sum(c for p, n, c in counted
-                                              if p == "stock" and n == node and c < 0):
+                                              if p == "stock" and n == node):
                     raise RuleBroken("raise-own", f"{doc}: entry {key}: ships more units "
                                      "than it takes from its writer's stock")
             if kind == "transfer":

@@ -203,3 +203,65 @@ def test_a_liars_discount_that_is_no_rate_leaves_the_receipt_readable(w: World) 
     w.close()
     shown = run_cli("receipt", "show", "--entry", odd["x"]["id"], data=data)
     assert shown.code == 0 and "合计" in shown.out, shown.err
+
+
+# --- goods, packages and coupons (the twelfth wave) -------------------------------------
+
+
+def _heard(w: World) -> None:
+    for r in (w.b, w.liar.ledger):
+        sync(w.a, r)
+    w.liar = Forger(w.liar.ledger)
+
+
+def test_a_package_raises_its_own_uses_only(w: World) -> None:
+    """SH01 sold a package of 10 uses for 500.00; the liar's "package" entry added 90
+    uses to it in its own rights and moved them to SH02, which served 12 uses of the
+    10-use package (value-raise let a package raise any pkg: purse)."""
+    svc = next(iter(w.a.rule("services")))
+    pid = w.a.sell_package(w.a.owner, w.member, svc, 10, 50_000)["id"]
+    _heard(w)
+    forged = w.entry("package", w.member, [[f"pkg:{pid}", "SH03", 90]], service=svc,
+                     qty=90, pay="cash", paid=0)
+    move = w.entry("transfer", w.member, [[f"pkg:{pid}", "SH03", -90],
+                                          [f"pkg:{pid}", "SH02", 90]], to="SH02")
+    rec = w.write(forged, move)
+    for r in (w.a, w.b):
+        r.apply_batch(w.liar.batch([rec]))
+        assert [f["rule"] for f in r.faults()] == ["value-raise"], r.node
+        assert r.rights(w.member, f"pkg:{pid}") == {"SH01": 10}, r.node
+
+
+def test_a_shipment_takes_its_units_from_the_writers_stock_net(w: World) -> None:
+    """The liar, holding no stock, lowered and raised its own stock by five in one
+    entry and put five in SH01's transit, four times: raise-own counted the lowering
+    gross, and SH01 shelved twenty units nobody had."""
+    sid = w.a.add_goods(w.a.owner, "G01", "精油", 10_000, 4_000)["stock"]
+    _heard(w)
+    ships = [w.entry("stock", sid, [["stock", "SH03", -5], ["stock", "SH03", 5],
+                                    ["transit", "SH01", 5]], qty=5, reason="ship",
+                     goods="G01", to="SH01") for _ in range(4)]
+    rec = w.write(*ships)
+    for r in (w.a, w.b):
+        r.apply_batch(w.liar.batch([rec]))
+        assert [f["rule"] for f in r.faults()] == ["raise-own"], r.node
+        assert r.rights(sid, "transit") == {}, r.node
+
+
+def test_a_debit_naming_a_coupon_without_taking_its_unit_redeems_nothing(w: World) -> None:
+    """The liar's debit named SH01's coupon and took no unit of it (projected: it takes
+    nothing of anyone's); SH01 then redeemed the coupon in a sale of its own, and
+    every branch showed it "redeemed at SH03", the till's refusal too."""
+    c = w.a.issue_coupon(w.a.owner, w.member, off=5_000)["coupon"]
+    _heard(w)
+    claim = w.write(w.entry("debit", w.member, [], amount=100, coupon=c, off=5_000,
+                            pay="cash"))
+    for r in (w.a, w.b):
+        r.apply_batch(w.liar.batch([claim]))
+        assert r.faults() == [], r.node  # taken: it takes nothing of anyone's
+    assert w.a.coupon_view(c)["status"] == "available"
+    sale = w.a.debit(w.a.owner, w.member, amount=20_000, coupon=c)
+    sync(w.a, w.b)
+    for r in (w.a, w.b):
+        view = r.coupon_view(c)
+        assert (view["at"], view["entry"]) == ("SH01", sale["id"]), r.node
