@@ -365,6 +365,12 @@ class RowsEditor:
         self.rows.append({k: "" for k, _l, _w in self.columns})
         self.render()
 
+    def texts(self) -> list[dict[str, str]]:
+        """The rows as text: an input set to what no keyboard types (None, a number, a
+        list, by a page's socket) reads as its text, not as a traceback in a handler."""
+        return [{k: v if isinstance(v, str) else "" if v is None else str(v)
+                 for k, v in r.items()} for r in self.rows]
+
     def remove(self, row: dict[str, str]) -> None:
         self.rows.remove(row)
         self.render()
@@ -387,7 +393,7 @@ def services_page() -> None:
 
         def bodies() -> dict[str, Any]:
             out: dict[str, Any] = {}
-            for r in editor.rows:
+            for r in editor.texts():
                 code = r["code"].strip().upper()
                 if not code and not r["name"].strip():
                     continue
@@ -450,7 +456,7 @@ def levels_page() -> None:
 
         def bodies() -> dict[str, Any]:
             lv_rows: list[dict[str, Any]] = []
-            for r in editor.rows:
+            for r in editor.texts():
                 if not r["name"].strip():
                     continue
                 lv_rows.append({
@@ -503,7 +509,7 @@ def promotions_page() -> None:
         effective = effective_field()
 
         def bodies() -> dict[str, Any]:
-            rows = [r for r in editor.rows if any(v.strip() for v in r.values())]
+            rows = [r for r in editor.texts() if any(v.strip() for v in r.values())]
             body = [{"name": r["name"].strip(), "min": parse_money(r["min"]),
                      "bonus": parse_money(r["bonus"])} for r in rows]
             return {"promotions": sorted(body, key=lambda p: int(p["min"]))}
@@ -530,7 +536,7 @@ def branches_page() -> None:
 
         def bodies() -> dict[str, Any]:
             out: dict[str, str] = {}
-            for r in editor.rows:
+            for r in editor.texts():
                 node, name = r["node"].strip().upper(), r["name"].strip()
                 if not node or not name:
                     continue
@@ -568,7 +574,7 @@ def payment_methods_page() -> None:
         def bodies() -> dict[str, Any]:
             methods = [{"code": r["code"].strip().lower(), "name_zh": r["name_zh"].strip(),
                         "name_en": r["name_en"].strip()}
-                       for r in editor.rows if r["code"].strip()]
+                       for r in editor.texts() if r["code"].strip()]
             if not methods:
                 raise InvalidInput("the till needs at least one payment method")
             return {"payment_methods": methods}
@@ -682,6 +688,11 @@ def corrections_page() -> None:
         async def submit() -> None:
             if not chosen:
                 ui.notify(tr("请先选会员", "Choose a member first"), type="warning")
+                return
+            if purse.value not in PURSES:
+                # A purse the select does not offer reads None, and the operation's
+                # default (stored value) was corrected instead.
+                ui.notify(tr("请选择账户", "Choose a purse"), type="warning")
                 return
             try:
                 delta = parse_change(purse.value, change.value or "")

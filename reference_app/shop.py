@@ -302,6 +302,12 @@ class Shop:
         if isinstance(e, PermissionDenied):
             if "wrong operator name or password" in str(e):
                 return tr("姓名或密码不对。", "Wrong name or password.")
+            if "another operator must" in str(e) or "cannot change its own roles" in str(e):
+                # Allowed, but not to this operator for this item: not "ask a manager"
+                # (an owner read it when deciding an exit they had applied for).
+                return tr("这一步要由另一位操作员来做：不能决定或修改自己经办的事项。",
+                          "Another operator must do this: nobody decides or changes "
+                          "what they did themselves.")
             return tr("您没有这项操作的权限，请找店长。",
                       "You are not allowed to do this; ask a manager.")
         if isinstance(e, InvalidAmount) and str(e).startswith("amount"):

@@ -258,3 +258,62 @@ async def test_a_refund_larger_than_its_debit_is_refused(counter_app: CounterApp
     await app.user.should_see(marker="dialog-error")
     await asyncio.sleep(0.3)
     assert snapshot(app.ledger, [mid]) == before
+
+
+# --- the twelfth wave's counter probe ------------------------------------------------
+
+
+async def test_a_correction_without_a_purse_chosen_corrects_nothing(counter_app: CounterApp
+                                                                    ) -> None:
+    """The purse select set to what it does not offer reads None, and the operation's
+    default purse (stored value) was corrected instead, the page saying 已调账."""
+    app = counter_app
+    mid = member_with_card(app, cash=500_000)
+    await app.login(*OWNER)
+    await app.user.open("/admin/corrections")
+    app.user.find(marker="corr-query").type("张伟")
+    app.user.find(marker="corr-find").click()
+    await asyncio.sleep(0.3)
+    app.user.find(marker="corr-pick").click()
+    before = snapshot(app.ledger, [mid])
+    [purse] = [e for e in app.user.find(ui.select).elements
+               if "points" in getattr(e, "options", {})]
+    purse.value = "pkg:FOOT60"  # not offered: the select clears itself
+    app.user.find(marker="corr-change").type("3")
+    app.user.find(marker="corr-reason").type("找零记错")
+    app.user.find(marker="corr-submit").click()
+    await app.user.should_see("请选择账户")
+    assert snapshot(app.ledger, [mid]) == before
+
+
+async def test_deciding_ones_own_application_says_another_operator_must(
+        counter_app: CounterApp) -> None:
+    """The owner applied for a member's exit and clicked 批准 on it: refused, rightly,
+    but the page said "you are not allowed; ask a manager" to the owner."""
+    app = counter_app
+    mid = member_with_card(app, cash=12_300)
+    await app.login(*OWNER)
+    await app.user.open("/office/exits")
+    app.user.find(marker="exit-member").type(mid)
+    app.user.find(marker="exit-reason").type("搬家")
+    app.user.find(marker="exit-apply").click()
+    await asyncio.sleep(0.5)
+    application = str(app.ledger.exits()[0]["application"])
+    await app.user.open("/office/exits")
+    app.user.find(marker=f"exit-approve-{application}").click()
+    await app.user.should_see("这一步要由另一位操作员来做")
+    assert app.ledger.exits()[0]["status"] == "pending"
+
+
+async def test_a_price_list_cell_set_to_nothing_is_refused_in_a_sentence(
+        counter_app: CounterApp) -> None:
+    """A cell set to None (by the page's socket) raised AttributeError in the save
+    handler: no sentence, only a traceback in the log."""
+    app = counter_app
+    await app.login(*OWNER)
+    await app.user.open("/admin/services")
+    before = app.ledger.rule("services")
+    app.user.find(marker="row-0-price").elements.pop().value = None
+    app.user.find(marker="save-rules").click()
+    await app.user.should_see("金额不对")
+    assert app.ledger.rule("services") == before
