@@ -163,10 +163,11 @@ def _standing(ledger: Ledger) -> tuple[dict[str, list[tuple[int, str]]], dict[st
     return cuts, first
 
 
-def _digest(ledger: Ledger, month: str, writers: list[str], retired: list[str]
+def _digest(ledger: Ledger, month: str, writers: list[str], retired: list[str],
+            standing: tuple[dict[str, list[tuple[int, str]]], dict[str, int]] | None = None
             ) -> str | None:
     log = ledger.storage.log
-    cuts, first = _standing(ledger)
+    cuts, first = standing or _standing(ledger)
     h = hashlib.sha256(b"crdtledger closing\0%s\0%s" % (ledger.chain.encode(),
                                                          month.encode()))
     upto: dict[str, int] = {}
@@ -476,7 +477,8 @@ def books(ledger: Ledger) -> dict[str, Any]:
     entries of the month wait here, not counted yet; None without a digest); and the
     writers blocked here for a proven fault (`blocked`)."""
     log = ledger.storage.log
-    cuts = _standing(ledger)[0]
+    standing = _standing(ledger)
+    cuts = standing[0]
     writers, retired = _writers(ledger)
     branches = {n: max((m for _s, m in cuts[n]), default=None) if n in cuts else None
                 for n in writers}
@@ -489,7 +491,7 @@ def books(ledger: Ledger) -> dict[str, Any]:
     through = min(months) if months and len(months) == active else None
     closing = None
     if through is not None:
-        ours = _digest(ledger, through, writers, retired)
+        ours = _digest(ledger, through, writers, retired, standing)
         said = {n: d for n, signed in log.closings().items()
                 for _s, m, d in signed if m == through}  # each writer's latest
         agree = sorted(n for n, d in said.items() if d == ours)

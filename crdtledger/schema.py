@@ -148,7 +148,8 @@ def _check_object(value: dict[str, Any], schema: Schema, where: str) -> None:
             check(v, props[k], f"{where}.{k}" if where else k)
         elif extra is False:
             raise InvalidInput(f"unknown field {show(k)} in {where or 'the request'}; "
-                               f"expected {', '.join(sorted(props))}")
+                               + (f"expected {', '.join(sorted(props))}" if props else
+                                  "it takes no fields"))
         elif isinstance(extra, dict):
             check(k, schema.get("propertyNames", {}), f"a key of {where}")
             check(v, extra, f"{where}.{k}" if where else k)

@@ -20,6 +20,7 @@ from crdtledger.core import Count, Decided, NodeCore, SetTimer
 from crdtledger.errors import (
     ApprovalRequired,
     InsufficientFunds,
+    InvalidInput,
     PermissionDenied,
     RightsElsewhere,
     WrongPin,
@@ -275,6 +276,9 @@ def test_a_branch_that_syncs_by_files_closes_its_months_once_its_clock_is_confir
         assert "crdtledger clock confirm" in str(peerclock.tell(core.clock_status()))
         with pytest.raises(PermissionDenied):  # a cashier may not
             b.confirm_clock(b.add_operator(b.owner, "amy", "amy-secret1", ["cashier"]))
+        with pytest.raises(InvalidInput, match="it takes no fields"):  # and nothing kept
+            operations.run(b, b.owner, "clock.confirm", {"day": "2026-01-01"})
+        assert core.clock_status()["confirmed"] is False
         assert operations.run(b, b.owner, "clock.confirm", {})["day"] == b.today()
         look(660.0)
         assert b.closed_through == "2026-01" and core.clock_status()["confirmed"]
