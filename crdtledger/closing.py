@@ -42,7 +42,7 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -119,6 +119,8 @@ def sign_closing(ledger: Ledger) -> str | None:
     signed = {m: d for _s, m, d in ledger.storage.log.closings().get(ledger.node, ())}
     if signed.get(through) == found or any(m > through for m in signed):
         return None
+    if ledger.closed_through is None or ledger.closed_through < through:
+        return None  # a month closed before it was enrolled: not its to sign
     try:
         ledger._check_may_write()
     except NotCaughtUp:
@@ -172,6 +174,8 @@ def _digest(ledger: Ledger, month: str, writers: list[str], retired: list[str],
                                                          month.encode()))
     upto: dict[str, int] = {}
     for node in writers:
+        if enrolled_after(ledger, node, month):
+            continue  # it wrote nothing of the month, and never can: counts for nothing
         seq = next((s for s, m in cuts.get(node, ()) if m >= month), None)
         if seq is None and node in retired:
             # All it wrote, as far as every replica took it (not what it sent after
@@ -441,6 +445,26 @@ def _turn_ids(month: str) -> tuple[str, str]:
     return id_floor(over - _ZONES_SPAN_MS), id_floor(over)
 
 
+def enrolled_after(ledger: Ledger, node: str, month: str) -> bool:
+    """Did the chain enroll `node` after `month` ended in every time zone (its
+    certificate says so: trust.ENROLLED_OID)? Then none of its ids is of the month."""
+    since = ledger.enrolled_since(node)
+    return since is not None and month >= "1970-01" and since >= month_over_ms(month)
+
+
+def _before_enrolment(ledger: Ledger, node: str) -> str:
+    """The latest month `node` was enrolled after ("" if none, or not said)."""
+    since = ledger.enrolled_since(node)
+    if since is None:
+        return ""
+    # The month under way at `since` in UTC-12, the latest zone: the one before it had
+    # turned everywhere by then.
+    day = datetime.fromtimestamp((since - 12 * 3_600_000) // 1000, tz=UTC)
+    year, month = (day.year - 1, 12) if day.month == 1 else (day.year, day.month - 1)
+    before = f"{year:04d}-{month:02d}"
+    return before if before >= "1970-01" and since >= month_over_ms(before) else ""
+
+
 def _writers(ledger: Ledger) -> tuple[list[str], list[str]]:
     """This branch and every writer whose log it holds, in order; and those of them
     retired: a branch whose certificate the chain revoked (a shop closed for good)
@@ -482,13 +506,19 @@ def books(ledger: Ledger) -> dict[str, Any]:
     writers, retired = _writers(ledger)
     branches = {n: max((m for _s, m in cuts[n]), default=None) if n in cuts else None
                 for n in writers}
-    months = [m for n, m in branches.items() if m is not None and n not in retired]
+    # A writer enrolled after a month is not waited for in it, cut or not: nothing of
+    # it may be dated there (write rule `enrolled`). Else one record of a branch
+    # enrolled today, before its first daily pass cut, read every earlier month open
+    # again at every branch. A month nobody cut is closed by nobody's word, though.
+    closed = {n: max(m or "", _before_enrolment(ledger, n)) or None for n, m in branches.items()}
+    months = [m for n, m in closed.items() if m is not None and n not in retired]
+    cut = [m for n, m in branches.items() if m is not None and n not in retired]
     active = len(branches) - len(retired)
     # A cut of a month not yet due here (a branch whose clock ran far ahead, or that
     # lies) closes nothing of anyone else's: the next closing is of a month due.
     due = due_month(ledger.today())
-    latest = max((m for m in months if m <= due), default=None)
-    through = min(months) if months and len(months) == active else None
+    latest = max((m for m in cut if m <= due), default=None)
+    through = min(*months, max(cut)) if cut and len(months) == active else None
     closing = None
     if through is not None:
         ours = _digest(ledger, through, writers, retired, standing)
@@ -503,7 +533,7 @@ def books(ledger: Ledger) -> dict[str, Any]:
                                         "lots": end.lots, "lot_points": end.lot_points,
                                         "pending": end.pending}}
     return {"closed_through": through, "latest": latest, "branches": branches,
-            "behind": sorted(n for n, m in branches.items() if n not in retired
+            "behind": sorted(n for n, m in closed.items() if n not in retired
                              and latest is not None and (m is None or m < latest)),
             "retired": retired, "closing": closing,
             # Nothing more of theirs is taken here, their cuts included: the months after

@@ -59,6 +59,7 @@ from crdtledger.writerules import (
     check_change,
     check_header,
     check_ids_after_cut,
+    check_ids_after_enrolment,
     check_mark,
     client_id_for,
     epoch_of,
@@ -834,6 +835,7 @@ class Replica(LedgerBase):
         # closed rewrote a closed day's report at every branch, as an entry would.
         members = name.startswith("members/")
         governs: dict[str, bool] = {}
+        enrolled: dict[str, int | None] = {}
         pos: dict[str, tuple[int, bool]] = {}  # entry -> its record's seq, held
         order = InOrder(name, decode_state_vector(ld.doc.get_state()))
         named: set[str] = set()  # sweeps' outs named by an "in" of this run
@@ -895,14 +897,17 @@ class Replica(LedgerBase):
                                 raise _Broken(rec, RuleBroken(
                                     "entry-insert-once", f"{name}: entry {key} is "
                                     "already in another month's document"), 1, conflict=True)
-                        if cut is not None:
-                            check_ids_after_cut(node, name, keys, cut)
-                        at = (rec.seq, (node, rec.seq) in self._funding_held)
-                        pos.update(dict.fromkeys(keys, at))
-                    elif members and cut is not None:
-                        check_ids_after_cut(node, name, [key for root, key, old_, _n in added
-                                                         if root == "members" and old_ is None],
-                                            cut)
+                    elif members:
+                        keys = [key for root, key, old_, _n in added
+                                if root == "members" and old_ is None]
+                    if ledger or members:
+                        if node not in enrolled:
+                            enrolled[node] = self._enrolled_since(node, certs.get(node))
+                        check_ids_after_cut(node, name, keys, cut)
+                        check_ids_after_enrolment(node, name, keys, enrolled[node])
+                        if ledger:
+                            at = (rec.seq, (node, rec.seq) in self._funding_held)
+                            pos.update(dict.fromkeys(keys, at))
                 except RuleBroken as e:
                     raise _Broken(rec, e, 1) from None
                 except RemoteProtocolError as e:  # an entry in another month's document
@@ -948,6 +953,17 @@ class Replica(LedgerBase):
         kept = self.storage.log.head(node)
         cert = kept[1] if kept else self._certs_seen.get(node)
         return cert is not None and self.trust.marks_head_office(node, cert)
+
+    def enrolled_since(self, node: str) -> int | None:
+        """When the chain enrolled `node`, by the certificate of its signed log (None
+        where it does not say): nothing of it is dated earlier (write rule `enrolled`)."""
+        kept = self.storage.log.head(node)
+        return self._enrolled_since(node, kept[1] if kept else self._certs_seen.get(node))
+
+    def _enrolled_since(self, node: str, cert: bytes | None) -> int | None:
+        if node == self.node:
+            return self.trust.enrolled_since(node, self.trust.cert_der)
+        return self.trust.enrolled_since(node, cert)
 
     def _may_govern(self, node: str, cert: bytes | None) -> bool:
         """May `node`, whose records were verified under `cert`, write governance?"""

@@ -62,6 +62,12 @@ NODE_CERT = "node.crt"
 CA_CERT = "ca.crt"
 CHAIN_KEY = "chain.key"
 NODE_URI = "urn:crdtledger:node:"
+# The chain's word on when it enrolled a node (ms since the epoch, a DER INTEGER), in
+# a certificate extension (an OID of the 2.25 UUID arc, needing no registration) that
+# every renewal carries over (peer.chain.renew): no record of the node may carry a
+# time before it (write rule `enrolled`). Not the certificate's start, which a renewal
+# moves: a rule on that would refuse a renewed branch's older records and block it.
+ENROLLED_OID = x509.ObjectIdentifier("2.25.292512414191748289010250245444857073995")
 HEAD_OFFICE = "head-office"  # the certificate's OU that grants chain governance
 _ECDSA = ec.ECDSA(hashes.SHA256())
 # Signatures this process has verified, keyed by the exact bytes (certificate DER,
@@ -96,6 +102,7 @@ class _Known:
     serial: int
     not_after: dt.datetime
     governs: bool
+    enrolled: int | None  # ENROLLED_OID's time; None in a certificate without it
 
 
 @dataclass
@@ -141,8 +148,23 @@ class Trust:
         store, whose certificate it made itself by its own clock."""
         if self.ca is None or not self.cert_der:
             return 0
-        start = x509.load_der_x509_certificate(self.cert_der).not_valid_before_utc
-        return int(start.timestamp() * 1000)
+        cert = x509.load_der_x509_certificate(self.cert_der)
+        since = enrolled_since(cert)
+        return since if since is not None else int(cert.not_valid_before_utc.timestamp()
+                                                     * 1000)
+
+    def enrolled_since(self, node: str, der: bytes | None) -> int | None:
+        """When the chain enrolled `node`, by this certificate of it from our CA (its
+        ENROLLED_OID extension): no record of it may carry an earlier time. None where
+        the certificate does not say (one issued before the extension, an open store's,
+        one not ours): such a writer is not judged by it."""
+        if self.ca is None or not der:
+            return None
+        try:
+            known = self._known.get(der) or self._judge(node, der)
+        except UntrustedSigner:
+            return None
+        return known.enrolled if known.node == node else None
 
     @property
     def governs(self) -> bool:
@@ -295,13 +317,36 @@ class Trust:
                                   f"{cert.not_valid_before_utc:%Y-%m-%d}")
         return _Known(node=node, key=key, serial=cert.serial_number,
                       not_after=cert.not_valid_after_utc,
-                      governs=self.ca is None or marked_head_office(cert))
+                      governs=self.ca is None or marked_head_office(cert),
+                      enrolled=None if self.ca is None else enrolled_since(cert))
 
 
 def marked_head_office(cert: x509.Certificate) -> bool:
     """Whether a certificate carries the head-office mark (its OU)."""
     return HEAD_OFFICE in [a.value for a in cert.subject.get_attributes_for_oid(
         NameOID.ORGANIZATIONAL_UNIT_NAME)]
+
+
+def enrolment_extension(ms: int) -> x509.UnrecognizedExtension:
+    """The ENROLLED_OID extension saying `ms` (peer.chain.enrol adds it)."""
+    if ms < 0:
+        raise ValueError("an enrolment time before 1970")
+    body = ms.to_bytes(ms.bit_length() // 8 + 1, "big")  # a leading 0 keeps it positive
+    return x509.UnrecognizedExtension(ENROLLED_OID, b"\x02" + bytes([len(body)]) + body)
+
+
+def enrolled_since(cert: x509.Certificate) -> int | None:
+    """The enrolment time a certificate carries (ENROLLED_OID), or None: none there,
+    or not a small positive DER INTEGER (our CA writes no other; a certificate that
+    carries another is judged as one without)."""
+    try:
+        value = cert.extensions.get_extension_for_oid(ENROLLED_OID).value
+    except x509.ExtensionNotFound:
+        return None
+    raw = getattr(value, "value", b"")
+    if len(raw) < 3 or raw[0] != 2 or raw[1] != len(raw) - 2 or raw[1] > 9 or raw[2] & 0x80:
+        return None
+    return int.from_bytes(raw[2:], "big")
 
 
 def node_of(cert: x509.Certificate) -> str | None:

@@ -522,6 +522,19 @@ def peers_seen(ledger: Ledger) -> dict[str, int | None]:
             ledger.storage.conn.execute("SELECT node, seen_at FROM peers ORDER BY node")}
 
 
+def first_written_ms(ledger: Ledger) -> int | None:
+    """The time of this branch's earliest entry or member (None: it wrote neither). A
+    renewal's enrolment time is no later (peer.chain): a PC enrolled before stores kept
+    their clock from the certificate's start may have written before it."""
+    conn = ledger.storage.conn
+    node = ledger.node
+    times = [t for (t,) in (conn.execute("SELECT min(at) FROM entries WHERE node = ?",
+                                         (node,)).fetchone(),
+                            conn.execute("SELECT min(created_at) FROM members WHERE id LIKE ?",
+                                         ("%." + node,)).fetchone()) if t is not None]
+    return min(times, default=None)
+
+
 def branches_known(ledger: Ledger) -> set[str]:
     """The other branches this store knows to be at work: a writer whose log it holds
     or one it synced with (a branch that never wrote has no log), less those blocked

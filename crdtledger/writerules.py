@@ -128,6 +128,11 @@ RULES: tuple[WriteRule, ...] = (
                               "into the ledger of a month it closed nor any entry with an "
                               "id before that month's end in every time zone, and signs "
                               "the closing only of a month it closed (crdtledger.closing)"),
+    WriteRule("enrolled", "a branch writes no ledger entry nor member with an id before "
+                          "the chain enrolled it (the time its certificate carries, which "
+                          "every renewal keeps: trust.ENROLLED_OID): a liar enrolled today "
+                          "backdated a top-up into a month every branch had closed and "
+                          "signed, and every closing of it changed"),
     WriteRule("governance", "operators, roles and rules are written only by a node the "
                             "chain grants governance (the head office's certificate); a "
                             "revocation list signed by the chain CA, by any branch"),
@@ -234,13 +239,37 @@ def check_ids_after_cut(node: str, doc: str, keys: list[Any], closed: str | None
     UTC-12); a member so dated joined on a closed day, in its report."""
     if closed is None:
         return
-    floor = id_floor(month_over_ms(closed))
+    key = _own_before(node, keys, month_over_ms(closed))
+    if key is not None:
+        raise RuleBroken("closed-month", f"{doc}: node {node} closed its books through "
+                                         f"{closed}, then wrote {key}, before that "
+                                         "month's end in every time zone")
+
+
+def check_ids_after_enrolment(node: str, doc: str, keys: list[Any], since: int | None
+                              ) -> None:
+    """Judge the entries (or new members) a record of `node` adds against when the
+    chain enrolled it (`since`, from its certificate: trust.Trust.enrolled_since; None
+    where the certificate does not say). Its clock mints no id before (the store's
+    floor starts there: crdtledger.commit), so one dated earlier is backdated: a liar
+    enrolled today wrote a top-up dated in a month every branch had closed and signed,
+    then its cut of it, and every closing of that month changed."""
+    if since is None:
+        return
+    key = _own_before(node, keys, since)
+    if key is not None:
+        raise RuleBroken("enrolled", f"{doc}: node {node} wrote {key}, dated before the "
+                                     "chain enrolled it")
+
+
+def _own_before(node: str, keys: list[Any], ms: int) -> str | None:
+    """The first of `keys` that is an id of `node` minted before wall time `ms`."""
+    floor = id_floor(ms)
     own = "." + node
     for key in keys:
         if type(key) is str and key.endswith(own) and key < floor:
-            raise RuleBroken("closed-month", f"{doc}: node {node} closed its books through "
-                                             f"{closed}, then wrote {key}, before that "
-                                             "month's end in every time zone")
+            return key
+    return None
 
 
 class InOrder:

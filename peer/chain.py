@@ -191,7 +191,7 @@ def load_chain(chain_dir: Path | str) -> Chain:
 
 def enrol(chain_dir: Path | str, data_dir: Path | str, node: str, *, days: int = NODE_DAYS,
           not_before: dt.datetime | None = None, not_after: dt.datetime | None = None,
-          head_office: bool = False) -> Path:
+          head_office: bool = False, enrolled_ms: int | None = None) -> Path:
     """Issue `node` its certificate (for `crdtledger init --data DIR --node N --chain C`).
 
     Writes `DATA/tls/node.key` (a fresh key that never leaves the node),
@@ -203,6 +203,9 @@ def enrol(chain_dir: Path | str, data_dir: Path | str, node: str, *, days: int =
     `CHAIN/issued/` so that `revoke` can name the node. A chain directory made before
     chains had a secret gets its `chain.key` here, on its first enrolment.
     `not_before`/`not_after` override `days` (tests make expired certificates).
+    The certificate says when the chain enrolled the node (trust.ENROLLED_OID): its
+    start, or `enrolled_ms` for a renewal (the first enrolment's), and no record of the
+    node dated before it is taken anywhere (write rule `enrolled`).
     Refuses a data directory that already has an identity.
     """
     check_node_id(node)
@@ -216,6 +219,8 @@ def enrol(chain_dir: Path | str, data_dir: Path | str, node: str, *, days: int =
     secret = _chain_secret(chain)
     key = ec.generate_private_key(ec.SECP256R1())
     start = not_before or _now() - BACKDATE
+    if enrolled_ms is None:
+        enrolled_ms = int(start.timestamp()) * 1000  # to the second, as the start is kept
     # A certificate cannot outlive the CA that vouches for it.
     end = not_after or min(start + dt.timedelta(days=days), ca.not_valid_after_utc)
     ca_ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -243,6 +248,7 @@ def enrol(chain_dir: Path | str, data_dir: Path | str, node: str, *, days: int =
                        critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
                        critical=False)
+        .add_extension(trust.enrolment_extension(enrolled_ms), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     pem = cert.public_bytes(serialization.Encoding.PEM)
@@ -584,6 +590,22 @@ def ever_issued(chain_dir: Path | str, node: str) -> bool:
 def issued_to(chain_dir: Path | str, node: str) -> list[Path]:
     """The copies of the certificates the chain CA issued to `node`."""
     return _issued(load_chain(chain_dir), node)
+
+
+def first_enrolled_ms(cert_files: list[Path]) -> int | None:
+    """The earliest enrolment these certificates of one node say (their enrolment
+    extension, else their start: one issued before the extension), None if none
+    reads."""
+    times = []
+    for path in cert_files:
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+        except (OSError, *trust.CERT_ERRORS):
+            continue
+        since = trust.enrolled_since(cert)
+        times.append(since if since is not None
+                     else int(cert.not_valid_before_utc.timestamp() * 1000))
+    return min(times, default=None)
 
 
 def _issued(chain: Chain, node: str) -> list[Path]:

@@ -50,6 +50,7 @@ from peer.chain import (
     NODE_CERT,
     enrol,
     ever_issued,
+    first_enrolled_ms,
     head_office_mark,
     init_chain,
     issued_to,
@@ -695,6 +696,7 @@ def renew_certificate(chain_dir: Path, data_dir: Path, *, head_office: bool = Fa
     """Enrol the node again; the old key and certificate are kept aside, not deleted."""
     with Ledger.open(data_dir, lock=False) as ledger:
         node_id, chain_name = ledger.node, ledger.chain
+        written = views.first_written_ms(ledger)
     if load_chain(chain_dir).name != chain_name:
         raise InvalidInput(f"{data_dir} belongs to chain {chain_name}, not to {chain_dir}")
     tls = data_dir / "tls"
@@ -705,12 +707,17 @@ def renew_certificate(chain_dir: Path, data_dir: Path, *, head_office: bool = Fa
     # that forgot it, the id now taken for good).
     head_office = head_office or any(
         head_office_mark(p) for p in [tls / NODE_CERT, *issued_to(chain_dir, node_id)])
+    # It keeps the node's first enrolment too (none of its records is dated before it:
+    # write rule `enrolled`), as the chain's copies and its own records say.
+    since = min((t for t in (first_enrolled_ms([tls / NODE_CERT, *issued_to(chain_dir,
+                                                                              node_id)]),
+                             written) if t is not None), default=None)
     kept = None
     if tls.exists():
         kept = data_dir / f"tls.replaced-{datetime.now():%Y%m%d-%H%M%S-%f}"  # twice a second too
         tls.rename(kept)
     try:
-        enrol(chain_dir, data_dir, node_id, head_office=head_office)
+        enrol(chain_dir, data_dir, node_id, head_office=head_office, enrolled_ms=since)
     except BaseException:
         if kept is not None:
             kept.rename(tls)

@@ -12,6 +12,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -59,12 +60,15 @@ def pair(tmp_path: Path, clock: FakeClock) -> Iterator[tuple[Ledger, Ledger, str
 
 @contextmanager
 def enrolled(tmp_path: Path, *nodes: str) -> Iterator[list[Ledger]]:
-    """Stores of a chain with a CA (`tmp_path/acme`), the first node its head office."""
+    """Stores of a chain with a CA (`tmp_path/acme`), the first node its head office,
+    enrolled 120 days ago: the months these tests close (by the real clock) are theirs
+    to close (a branch enrolled after a month is not waited for in it)."""
     chain_dir = tmp_path / "acme"
     init_chain(chain_dir)
     for node in nodes:
         Ledger.create(tmp_path / node, node, "acme")
-        enrol(chain_dir, tmp_path / node, node, head_office=node == nodes[0])
+        enrol(chain_dir, tmp_path / node, node, head_office=node == nodes[0],
+              not_before=datetime.now(UTC) - timedelta(days=120))
     stores = [Ledger.open(tmp_path / node) for node in nodes]
     try:
         yield stores
@@ -748,7 +752,7 @@ def test_a_shop_closed_for_good_is_refused_at_once_and_not_waited_for(tmp_path: 
         sync(hq, sh02), sync(hq, sh01), sync(sh01, sh02)
         due = closing.due_month(sh01.today())
         assert closing.books(sh01)["behind"] == ["SH02"]
-        assert closing.books(sh01)["closed_through"] is None
+        assert closing.books(sh01)["closed_through"] < due  # what SH02 could not write in
         hq.set_rule(hq.owner, "revocations", revocations_rule(revoke(chain_dir, "SH02")))
         sync(hq, sh01)
         # From the moment it revoked SH02, the head office takes nothing more of it.
@@ -899,3 +903,98 @@ def test_a_blocked_liars_cut_sent_to_one_branch_closes_nobodys_books(
     finally:
         for x in (a, b, liar_store):
             x.close()
+
+
+def _enrol_today(tmp_path: Path, node: str) -> Ledger:
+    Ledger.create(tmp_path / node, node, "acme")
+    enrol(tmp_path / "acme", tmp_path / node, node)
+    return Ledger.open(tmp_path / node)
+
+
+def test_a_liar_enrolled_today_dates_nothing_before_it_was_enrolled(tmp_path: Path) -> None:
+    """SH01 and SH02 closed and signed the month due. SH03, a liar enrolled today,
+    writes a top-up dated 40 days back by hand, then its cut of that month: it was
+    taken, and every branch's signed closing of the month changed (its digest, its
+    balances). Its certificate says when the chain enrolled it (write rule
+    `enrolled`): the top-up is refused everywhere, the closing stands."""
+    with enrolled(tmp_path, "SH01", "SH02") as (hq, b):
+        m = hq.add_member(hq.owner, name="王芳", phone="13800000001")
+        hq.topup(hq.owner, m, 10_000)
+        sync(hq, b)
+        _close_and_sign(hq, b)
+        before = closing.books(hq)["closing"]
+        assert before["counted"]
+        with _enrol_today(tmp_path, "SH03") as liar_store:
+            sync(hq, liar_store)
+            liar = Forger(liar_store)
+            _forged_topup(liar, m, time.time_ns() // 1_000_000 - 40 * DAY_MS)
+            liar.record(CUT_DOC, before["month"].encode())
+            hq.apply_batch(liar.batch())
+        assert [(f["node"], f["rule"]) for f in hq.faults()] == [("SH03", "enrolled")]
+        assert hq.storage.conn.execute(
+            "SELECT COUNT(*) FROM entries WHERE node = 'SH03'").fetchone() == (0,)
+        after = closing.books(hq)["closing"]
+        assert (after["month"], after["digest"], after["counted"]) == (
+            before["month"], before["digest"], True)
+
+
+def test_a_branch_enrolled_after_a_month_keeps_it_closed_before_its_first_cut(
+        tmp_path: Path) -> None:
+    """One sale of SH03, enrolled today, reached head office before SH03's first daily
+    pass cut anything: every month the chain had closed read open again at every
+    branch (`closed_through` none), until SH03 cut. It can date nothing before it was
+    enrolled, so it closed those months: the books stay as they were, digest and all,
+    and stay so once it cuts."""
+    with enrolled(tmp_path, "SH01", "SH02") as (hq, b):
+        m = hq.add_member(hq.owner, name="王芳", phone="13800000001")
+        hq.topup(hq.owner, m, 10_000)
+        sync(hq, b)
+        _close_and_sign(hq, b)
+        before = closing.books(hq)
+        assert before["closed_through"] is not None
+        with _enrol_today(tmp_path, "SH03") as new:
+            sync(hq, new)
+            new.topup(new.owner, m, 2_000, pay="cash")
+            sync(hq, new)
+            assert new.storage.log.cuts().get("SH03") is None
+            now = closing.books(hq)
+            assert (now["closed_through"], now["closing"]["digest"], now["behind"]) == (
+                before["closed_through"], before["closing"]["digest"], [])
+            new.housekeeping()  # its first cut
+            sync(hq, new)
+            assert new.storage.log.cuts().get("SH03")
+            assert closing.books(hq)["closing"]["digest"] == before["closing"]["digest"]
+        assert hq.faults() == []
+
+
+def test_a_renewed_certificate_keeps_the_first_enrolment(tmp_path: Path) -> None:
+    """A renewal issues a certificate starting now. Judged by its start, every record
+    the branch wrote before would be refused at a branch joining later (which judges
+    a writer by the certificate of its latest head), and the honest branch blocked:
+    the renewal carries the first enrolment over."""
+    from crdtledger.trust import enrolled_since
+    from peer.cli import renew_certificate
+
+    def since(node: str) -> int | None:
+        return enrolled_since(x509.load_pem_x509_certificate(
+            (tmp_path / node / "tls" / "node.crt").read_bytes()))
+
+    init_chain(tmp_path / "acme")
+    Ledger.create(tmp_path / "SH01", "SH01", "acme")
+    enrol(tmp_path / "acme", tmp_path / "SH01", "SH01", head_office=True,
+          not_before=datetime.now(UTC) - timedelta(days=10))
+    first = since("SH01")
+    assert first is not None
+    with Ledger.open(tmp_path / "SH01", now_ms=lambda: first + DAY_MS) as hq:
+        m = hq.add_member(hq.owner, name="王芳", phone="13800000001")
+        hq.topup(hq.owner, m, 10_000)
+    renew_certificate(tmp_path / "acme", tmp_path / "SH01")
+    renewed = x509.load_pem_x509_certificate(
+        (tmp_path / "SH01" / "tls" / "node.crt").read_bytes())
+    assert since("SH01") == first < int(renewed.not_valid_before_utc.timestamp() * 1000)
+    with Ledger.open(tmp_path / "SH01") as hq, _enrol_today(tmp_path, "SH02") as joining:
+        hq.topup(hq.owner, m, 1_000)  # a head signed under the renewed certificate
+        sync(hq, joining)
+        assert joining.faults() == []
+        assert joining.storage.conn.execute(
+            "SELECT COUNT(*) FROM entries WHERE node = 'SH01'").fetchone() == (2,)

@@ -32,9 +32,10 @@ class Chain:
         init_chain(root / "chain", "demo")
         self.clock = FakeClock()
         self.ls: dict[str, Ledger] = {}
-        # Enrolled before the fake clock's first day: nothing is booked before a
-        # branch's certificate starts (commit.LedgerBase: the clock's floor).
-        enrolled = dt.datetime.fromtimestamp(self.clock.ms / 1000 - 86_400, dt.UTC)
+        # Enrolled 60 days before the fake clock's first day: nothing is booked
+        # before a branch's certificate starts (commit.LedgerBase: the clock's floor),
+        # nor taken dated before it (write rule `enrolled`), and a liar here back-dates.
+        enrolled = dt.datetime.fromtimestamp(self.clock.ms / 1000 - 60 * 86_400, dt.UTC)
         for n in nodes:
             Ledger.create(root / n, n, "demo")
             enrol(root / "chain", root / n, n, head_office=n in hq, not_before=enrolled)
