@@ -50,6 +50,7 @@ from crdtledger.errors import (
 )
 from crdtledger.hlc import id_time_ms
 from crdtledger.idempotency import KEY_TTL_MS
+from crdtledger.log import first_altered
 from crdtledger.private import (
     FILE_MODE,
     SQLITE_SUFFIXES,
@@ -121,7 +122,24 @@ def damage(conn: sqlite3.Connection, *, copied_from: sqlite3.Connection | None =
             time.sleep(max(0.0, started + CUT_SHORT_SETTLE_S - time.monotonic()))
             if _cut_short(path) == seen:
                 return seen[1]
-    return None if found == ["ok"] else " ".join(" ".join(found).split())[:200]
+    if found != ["ok"]:
+        return " ".join(" ".join(found).split())[:200]
+    return _own_log_altered(conn)
+
+
+def _own_log_altered(conn: sqlite3.Connection) -> str | None:
+    """Whether a record of this branch's own log was changed after it was written (a
+    store edited by hand): peers refuse its log from there on, for good."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'node'").fetchone()
+        seq = first_altered(conn, str(row[0])) if row else None
+    except sqlite3.OperationalError:  # not a store of ours (no such table): said elsewhere
+        return None
+    if seq is None:
+        return None
+    return (f"record {seq} of this branch's own log ({row[0]}) was changed after it was "
+            "written (the store edited by hand, or damaged): every other branch refuses "
+            "its records from there on")
 
 
 # How far apart the two readings of a store file cut short are (`damage`).

@@ -48,6 +48,7 @@ import msgpack
 from crdtledger.errors import RemoteProtocolError
 from crdtledger.hlc import NODE_ID
 from crdtledger.model import DOC_NAME, MONTH
+from crdtledger.redaction import carries_nothing
 
 # The records that change no document (crdtledger.closing): a month-end cut, a
 # closing's signature.
@@ -105,6 +106,25 @@ def record_hash(prev: bytes, node: str, seq: int, doc: str, data: bytes) -> byte
     h.update(f"\x00{node}\x00{seq}\x00{doc}\x00".encode())
     h.update(data)
     return h.digest()
+
+
+def first_altered(conn: sqlite3.Connection, node: str) -> int | None:
+    """The first record of `node`'s own log held on `conn` whose data no longer hashes
+    to the hash kept beside it (from the one kept before it), or None. A store edited
+    by hand (an amount changed inside a record) went on selling, and every peer
+    refused its log from that record on as "altered on the way", for good, said only
+    in the peers' logs. A record the node redacted after an erasure hashes otherwise
+    (its signed redaction entry vouches for it: crdtledger.erasure) and carries
+    nothing: such a member record is passed. Streams the log: one read of it."""
+    prev = GENESIS
+    for seq, hash_, doc, data in conn.execute(
+            "SELECT seq, hash, doc, data FROM records WHERE node = ? ORDER BY seq", (node,)):
+        kept = bytes(hash_)
+        if (record_hash(prev, node, seq, doc, bytes(data)) != kept
+                and not (doc.startswith("members/") and carries_nothing(bytes(data)))):
+            return int(seq)
+        prev = kept
+    return None
 
 
 def mark_of(doc: str, data: bytes) -> tuple[str, str] | None:

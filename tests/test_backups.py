@@ -431,3 +431,33 @@ def test_backup_and_restore_at_the_command_line(cli: Cli, tmp_path: Path) -> Non
     r = cli("init", "--node", "SH02", "--chain", "trial", "--head-office",
             data=tmp_path / "sh02")
     assert r.code == 1 and "--head-office needs a chain directory" in r.err
+
+
+def test_a_record_of_its_own_log_edited_by_hand_is_damage_said_and_backed_up_never(
+        tmp_path: Path, cli: Cli) -> None:
+    """An amount changed inside a record of the branch's own log (the store edited by
+    hand with sqlite3): it opened, sold, and every peer refused its log from that
+    record on as "altered on the way", for good, said only in the peers' logs; its
+    status and its backups passed it. A record the branch redacted after an erasure
+    hashes otherwise too, and is no damage."""
+    shop = make_shop(tmp_path)
+    with Ledger.open(shop.data) as ledger:
+        gone = ledger.add_member(ledger.owner, name="李雷", phone="13900000002")
+        ledger.erase_member(ledger.owner, gone)
+        ledger.housekeeping()  # its records redacted
+        assert ledger.storage.conn.execute(
+            "SELECT COUNT(*) FROM records WHERE doc LIKE 'members/%'").fetchone()[0]
+    assert cli("status", "--check", "--json", data=shop.data).json()["store_damaged"] is None
+    with Ledger.open(shop.data) as ledger:
+        seq, data = ledger.storage.conn.execute(
+            "SELECT seq, data FROM records WHERE node = 'SH01' AND doc LIKE 'ledger/%' "
+            "ORDER BY seq LIMIT 1").fetchone()
+        at = bytes(data).index(b"12345") if b"12345" in bytes(data) else len(data) // 2
+        edited = bytes(data)[:at] + b"9" + bytes(data)[at + 1:]
+        with ledger.storage.transaction():
+            ledger.storage.conn.execute("UPDATE records SET data = ? WHERE node = 'SH01' "
+                                        "AND seq = ?", (edited, seq))
+    said = cli("status", "--json", data=shop.data).json()["store_damaged"]
+    assert said.startswith(f"record {seq} of this branch's own log (SH01) was changed"), said
+    with pytest.raises(StoreError, match=rf"damaged \(record {seq} of this branch's own log"):
+        write_backup(shop.data, tmp_path / "bk")
