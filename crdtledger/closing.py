@@ -519,6 +519,9 @@ def books(ledger: Ledger) -> dict[str, Any]:
     due = due_month(ledger.today())
     latest = max((m for m in cut if m <= due), default=None)
     through = min(*months, max(cut)) if cut and len(months) == active else None
+    if through is not None and all(enrolled_after(ledger, n, through)
+                                   for n in branches if n not in retired):
+        through = None  # before the chain had a branch: nothing was closed in it
     closing = None
     if through is not None:
         ours = _digest(ledger, through, writers, retired, standing)

@@ -390,6 +390,15 @@ SYNC = {"type": "object", "required": ["node", "chain", "peers"],
                            "started, for asking faster than an honest branch sells "
                            "(crdtledger.escrow.GrantBudget)",
                            "additionalProperties": {"type": "integer"}},
+                       "unfunded": {
+                           "type": "object", "description":
+                           "branch -> its ledger entries waiting here over ten minutes "
+                           "for rights it never held (crdtledger.views.unfunded)",
+                           "additionalProperties": {
+                               "type": "object", "required": ["entries", "since"],
+                               "properties": {"entries": {"type": "integer"},
+                                              "since": {"type": "integer",
+                                                        "description": "ms since 1970"}}}},
                        "closing_differs": {
                            "type": "object", "nullable": True, "description":
                            "the branches that signed another closing of the books of "

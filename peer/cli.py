@@ -793,6 +793,13 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
     for node, n in (data.get("rights_refused") or {}).items():
         lines.append(f"RIGHTS REQUESTS of {node} refused: {n}, for asking faster than a "
                      "branch sells (members' rights taken this way stay at that branch)")
+    for node, u in (data.get("unfunded") or {}).items():
+        n = u["entries"]
+        lines.append(f"UNFUNDED: {n} {'entry' if n == 1 else 'entries'} of {node} "
+                     f"{'waits' if n == 1 else 'wait'} here for rights it "
+                     f"never held, since {localtime.show(u['since'] / 1000, tz)}: it sold "
+                     "money or goods it does not have (a store edited by hand, or a "
+                     "dishonest branch); nothing of them is counted")
     clock = peerclock.tell(data["clock"]) if data.get("clock") else None
     if clock:
         lines.append(f"CLOCK: {clock}")

@@ -1174,6 +1174,13 @@ def sync_page() -> None:
                         "sells; refused {n} times: check that branch",
                         branch=shop().branch_name(node), node=node, n=n)
                      ).classes("text-negative text-sm").mark("rights-refused")
+        for node, u in (status.get("unfunded") or {}).items():
+            ui.label(tr("{branch}（{node}）有 {n} 笔单据动用了它没有的会员余额，"
+                        "一直未入账：请核实该店",
+                        "{n} entries of {branch} ({node}) spend members' value it never "
+                        "held, and are not counted: check that branch",
+                        branch=shop().branch_name(node), node=node, n=u["entries"])
+                     ).classes("text-negative text-sm").mark("unfunded")
         for p in status["peers"]:  # another protocol version: one of the two needs upgrading
             if p.get("incompatible"):
                 ui.label(tr("无法与 {branch}（{node}）同步：{detail}",

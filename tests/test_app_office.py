@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -175,9 +176,11 @@ async def test_erasure_blanks_personal_data_and_keeps_the_figures(
 
 def second_store(root: Path, chain_dir: Path, chain: str = "test") -> Ledger:
     """Another branch, enrolled in `chain_dir`'s chain: an enrolled store takes records
-    only from keys its chain certifies (an open store's are self-signed)."""
+    only from keys its chain certifies (an open store's are self-signed). Enrolled
+    120 days back: the month due is one it must close (one enrolled after a month is
+    not waited for in it)."""
     Ledger.create(root, "SH02", chain)
-    enrol(chain_dir, root, "SH02")
+    enrol(chain_dir, root, "SH02", not_before=datetime.now(UTC) - timedelta(days=120))
     return Ledger.open(root)
 
 

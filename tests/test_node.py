@@ -181,7 +181,7 @@ def test_status_without_a_running_node_reads_the_store(tmp_path: Path) -> None:
         st = a.status()
         assert st == {"node": "SH01", "chain": c.chain.name, "running": False, "peers": [],
                       "restored": None, "faults": [], "refused": [], "closing_differs": None,
-                      "rights_refused": {},
+                      "rights_refused": {}, "unfunded": {},
                       "timezone": "Asia/Shanghai",  # the zone its times are shown in
                       "store_checked": True, "store_damaged": None}  # read whole: small
 

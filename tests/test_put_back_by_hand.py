@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import Cli
+from conftest import Cli, run_cli
 from helpers import new_ledger, sync
 
 from crdtledger import views, walpair
@@ -560,3 +560,35 @@ def test_a_reader_holds_the_lock_from_its_look_to_its_open(tmp_path: Path) -> No
     finally:
         walpair.set_aside_foreign = real  # type: ignore[assignment]
     assert held == [True]
+
+
+def test_sales_of_money_raised_by_hand_are_said_where_they_wait(tmp_path: Path) -> None:
+    """SH01's store edited by hand (sqlite3: 1,000.00 added to a member's cash rights),
+    then 500.00 sold against it: SH02 held the sale, waiting for rights SH01 never
+    had, and no status, page or log said a word. Past ten minutes its status says
+    whose entries wait, how many and since when (`unfunded`)."""
+    from helpers import FakeClock
+
+    clock = FakeClock()
+    a, b = new_ledger(tmp_path, "SH01", now_ms=clock), new_ledger(tmp_path, "SH02", now_ms=clock)
+    try:
+        m = a.add_member(a.owner, name="王芳", phone="13800000001")
+        a.topup(a.owner, m, 100_000)
+        sync(a, b)
+        with a.storage.transaction():
+            a.storage.conn.execute("UPDATE rights SET amount = amount + 100000 "
+                                   "WHERE member = ? AND purse = 'cash'", (m,))
+        sale = a.debit(a.owner, m, amount=150_000)
+        sync(a, b)
+        assert _cash(b, m) == 100_000
+        assert views.unfunded(b) == {}  # a moment in a catch-up is not said
+        clock.ms += views.UNFUNDED_SAID_MS + 1
+        assert views.unfunded(b) == {"SH01": {"entries": 1, "since": sale["at"]}}
+        assert views.trust_status(b)["unfunded"] == views.unfunded(b)
+        assert views.unfunded(a) == {}
+    finally:
+        a.close()
+        b.close()
+    r = run_cli("status", data=tmp_path / "sh02")
+    assert r.code == 0 and "UNFUNDED: 1 entry of SH01 waits here for rights it never held" \
+        in r.out, r.out
