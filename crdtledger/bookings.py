@@ -749,6 +749,13 @@ def noshow(ledger: Ledger, operator: str, booking: str) -> dict[str, Any]:
                              "booking can be a no-show")
     if int(b["start"]) > ledger.clock.next_ms():
         raise BookingRefused(f"booking {b['id']} has not started yet")
+    if ledger.clock_judge is not None and not ledger.clock_judge():
+        # Started by this PC's clock alone: one 4 days ahead marked a booking 2 days on
+        # as a no-show, for good. Waits as the month-end cut does (NodeCore).
+        raise BookingRefused(f"booking {b['id']} has started by this PC's clock, which no "
+                             "other branch has confirmed yet: a no-show waits until one "
+                             "connected has, or until a manager confirms the clock "
+                             "(crdtledger clock confirm, 本机时钟已核对)")
 
     def plan() -> tuple[list[Any], dict[str, Any]]:
         entry = ledger._entry("booking_decision", b["member"], op=operator, ref=b["id"],
@@ -759,12 +766,18 @@ def noshow(ledger: Ledger, operator: str, booking: str) -> dict[str, Any]:
     return {**show(ledger, b["id"]), "entry": entry["id"]}
 
 
-def decide(ledger: Ledger) -> list[dict[str, Any]]:
+def decide(ledger: Ledger, timed: bool = True) -> list[dict[str, Any]]:
     """The technician's branch's pass: decide every request for its technicians not
     decided yet, in id order (the same order on every run and replay), and release
     the slots of confirmed bookings cancelled elsewhere, once each (a release ends the
     hold whatever its id: `held`). One commit; returns the decisions written (none,
-    most of the time)."""
+    most of the time).
+
+    `timed` False leaves out what this PC's clock alone must not decide: the requests
+    (a slot passed by a clock days ahead is refused for good) and the cancellations
+    of slots to come held for members gone; they stay pending. The node core passes
+    False until the clock is confirmed (NodeCore._clock_confirmed), as for the
+    month-end cut. Releases go on: they read no clock."""
     mine = technicians(ledger, ledger.node)
     if not mine:
         return []
@@ -780,7 +793,7 @@ def decide(ledger: Ledger) -> list[dict[str, Any]]:
             decided, cancelled = _settled(book_, ledger.node)
             for e in book_:
                 if (e["kind"] != "booking" or e["node"] == ledger.node or e["id"] in decided
-                        or e["id"] in cancelled):
+                        or e["id"] in cancelled or not timed):
                     continue
                 if not _slot_ok(e):  # a malformed request: refused, never confirmed
                     out.append(ledger._entry("booking_decision", tech["id"], ref=e["id"],
@@ -815,7 +828,8 @@ def decide(ledger: Ledger) -> list[dict[str, Any]]:
                     taken[e["id"]] = (start, start + minutes * 60_000)
                     index.add(e["id"], start, start + minutes * 60_000)
                 out.append(d)
-            for bid, gone in _held_for_nobody(ledger, book_, taken, cancelled, now):
+            for bid, gone in (_held_for_nobody(ledger, book_, taken, cancelled, now)
+                              if timed else ()):
                 out.append(ledger._entry("booking_cancel", tech["id"], ref=bid, reason=gone))
                 cancelled.add(bid)
             for bid in sorted(taken):
@@ -825,7 +839,7 @@ def decide(ledger: Ledger) -> list[dict[str, Any]]:
         return [ledger._entry_write(d) for d in out], out
 
     # Nothing to write is the usual case: no transaction, no record.
-    written = ledger._commit(plan) if _anything(ledger, mine, since) else []
+    written = ledger._commit(plan) if _anything(ledger, mine, since, timed) else []
     return written
 
 
@@ -839,18 +853,20 @@ def _settled(book_: list[dict[str, Any]], node: str) -> tuple[set[str], set[str]
     return decided, cancelled
 
 
-def _anything(ledger: Ledger, mine: list[dict[str, Any]], since: str) -> bool:
+def _anything(ledger: Ledger, mine: list[dict[str, Any]], since: str, timed: bool = True
+              ) -> bool:
     """Whether `decide` has anything to write (read without a write transaction)."""
     for tech in mine:
         book_ = _book(ledger, tech["id"], since)
         taken = held(book_, tech["id"])
         decided, cancelled = _settled(book_, ledger.node)
-        if any(e["kind"] == "booking" and e["node"] != ledger.node and e["id"] not in decided
-               and e["id"] not in cancelled for e in book_):
+        if timed and any(e["kind"] == "booking" and e["node"] != ledger.node
+                         and e["id"] not in decided and e["id"] not in cancelled
+                         for e in book_):
             return True
         if any(bid in cancelled for bid in taken):
             return True
-        if _held_for_nobody(ledger, book_, taken, cancelled, ledger.clock.wall()):
+        if timed and _held_for_nobody(ledger, book_, taken, cancelled, ledger.clock.wall()):
             return True
     return False
 

@@ -116,6 +116,8 @@ class Cards(Members):
             raise CardLost(f"card {card_no} is reported lost")
         if card["status"] != "active":
             raise CardInactive(f"card {card_no} is {card['status']}")
+        if card["expiry"]:  # a clock set back would take it after its expiry
+            self.check_clock_for(f"card {card_no}'s expiry", until=str(card["expiry"]))
         if card["expiry"] and card["expiry"] < self.today():
             raise CardInactive(f"card {card_no} expired on {card['expiry']}")
         pin_hash = self._pin_hash(card["id"]) if card["has_pin"] else ""

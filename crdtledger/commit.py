@@ -9,9 +9,11 @@ are mixins of `LedgerBase`, composed by `crdtledger.ledger.Ledger`.
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 from pycrdt import Map
@@ -24,7 +26,7 @@ from crdtledger.errors import (
     NotCaughtUp,
     PermissionDenied,
 )
-from crdtledger.hlc import HybridClock, id_time_ms, wall_ms
+from crdtledger.hlc import MAX_CLOCK_SKEW_MS, HybridClock, id_time_ms, wall_ms
 from crdtledger.log import Head, Record, record_hash
 from crdtledger.model import (
     EDITS,
@@ -37,6 +39,7 @@ from crdtledger.model import (
     owner_of,
 )
 from crdtledger.money import MAX_AMOUNT
+from crdtledger.peerclock import span
 from crdtledger.projection import project_entry, record_change, rejudge_quarantined, reproject
 from crdtledger.storage import PROJECTION, LoadedDoc, Storage
 from crdtledger.trust import Trust, load_trust
@@ -83,6 +86,7 @@ def sub_map(record: Map[Any], name: str) -> Map[Any]:
 
 # Remote entries stamped too far ahead of our clock: the latest are kept for a look.
 SKEW_EVENTS_KEPT = 100
+CLOCK_CONFIRMED = "clock_confirmed"  # the store's meta key of Ledger.confirm_clock
 
 
 class LedgerBase:
@@ -182,6 +186,14 @@ class LedgerBase:
         # the chain's books read it open again (its ids go on from this floor, and the
         # clock check says the clock is off, as after a cut).
         self.clock.floor_ms = self.trust.enrolled_ms()
+        # Whether the peers connected now confirm this PC's clock, as the node core
+        # running this store judges at each tick (NodeCore._peers_confirm): False with
+        # no node core (the library, the command line) or no peer. `check_clock_for`.
+        self.clock_vouched = False
+        # The node core's judgement whether this PC's clock may decide what cannot be
+        # undone (NodeCore._clock_confirmed), asked when it matters (a no-show,
+        # crdtledger.bookings.noshow); None with no node core: the caller's clock.
+        self.clock_judge: Callable[[], bool] | None = None
         own = storage.log.cuts().get(self.node)
         if own:
             self._cut_taken(max(m for _s, m in own))
@@ -401,3 +413,41 @@ class LedgerBase:
         clock 90 s behind a peer's redeemed a coupon on the day after it expired, and
         a PC set back after a cut let a once-a-day check-in through again and again."""
         return self.storage.day_of(self.clock.next_ms())
+
+    def clock_confirmed_today(self) -> bool:
+        """Did an operator confirm this PC's clock today (Ledger.confirm_clock)? A clock
+        put forward since reads another day, and waits again."""
+        kept = self.storage.meta.get(CLOCK_CONFIRMED)
+        try:
+            return kept is not None and json.loads(kept).get("day") == self.today()
+        except (ValueError, AttributeError):
+            return False
+
+    def check_clock_for(self, what: str, *, until: str | None = None) -> None:
+        """Refuse `what`, an operation judged by the day against a deadline (a coupon's
+        last day, a refund period, points' expiry, a once-a-day check-in, a card's
+        expiry), before it writes, while this PC's clock reads more than
+        MAX_CLOCK_SKEW_MS before the latest id it minted (HybridClock.high_water_ms)
+        and nobody vouches for it: neither the peers connected now (`clock_vouched`)
+        nor an operator today (`clock_confirmed_today`). A clock set back starts a new
+        era (crdtledger.hlc), so `today` went back with it: a lone PC set back two
+        days took an expired coupon, expired points, a refund past its period and a
+        once-a-day check-in each day again. Plain sales, top-ups and new members go
+        on. `until`: the day the deadline falls on (the last day it is still
+        allowed), when one day decides: nothing waits if that day had not passed by
+        the clock's furthest reading either."""
+        clock = self.clock
+        furthest = clock.high_water_ms()
+        behind = furthest - clock.next_ms()
+        if behind <= MAX_CLOCK_SKEW_MS or self.clock_vouched:
+            return
+        if until is not None and self.storage.day_of(furthest) <= until:
+            return
+        if self.clock_confirmed_today():
+            return
+        at = datetime.fromtimestamp(furthest / 1000, self.storage.tz).strftime("%Y-%m-%d %H:%M")
+        raise NotCaughtUp(
+            f"this PC's clock reads {span(behind)} earlier than it did (it had booked up "
+            f"to {at}): {what} is judged by the day, and waits until another branch "
+            "connects and confirms the clock, or a manager confirms it (crdtledger clock "
+            "confirm, 本机时钟已核对)")

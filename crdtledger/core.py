@@ -341,7 +341,11 @@ class NodeCore:
         # The ids of this branch's technicians, whose bookings made elsewhere it decides
         # (crdtledger.bookings), as bytes; None: to be read again (after its own writes).
         self._technician_ids: list[bytes] | None = None
+        # Requests for them wait while this PC's clock is not confirmed (_decide_bookings):
+        # whether some are waiting, said once in the decision log.
+        self._bookings_waiting = False
         ledger.subscribe(self._applied)
+        ledger.clock_judge = self._clock_confirmed  # a no-show waits for it too
 
     # --- driving side ---------------------------------------------------------
 
@@ -838,6 +842,8 @@ class NodeCore:
     def _housekeeping(self) -> None:
         day = self.ledger.today()
         timed = self._clock_confirmed()
+        if timed and self._bookings_waiting and ("bookings",) not in self._timers:
+            self._timer(("bookings",), 0.0)  # confirmed since (an operator's clock.confirm)
         # Once a day, and soon after an erasure came (the records this node wrote into
         # the member are redacted then: crdtledger.erasure); again once the clock is
         # confirmed if the day's pass ran without what needs it.
@@ -864,13 +870,21 @@ class NodeCore:
         in mid-December at its first pass, and booked every sale into January. With no
         peer connected, an operator's word that the clock is right stands for the day
         (Ledger.confirm_clock: a branch that syncs by files alone has no peer)."""
-        v = self.clocks.verdict
-        if v.peers:
-            return v.off or 2 * len(v.disagree) < v.peers + 1
+        peers = self._peers_confirm()
+        if peers is not None:
+            return peers
         if self.ledger.clock_confirmed_today():
             return True
         trust = self.ledger.trust
         return not views.branches_known(self.ledger) and (not trust.enrolled or trust.governs)
+
+    def _peers_confirm(self) -> bool | None:
+        """What the peers connected now say of this PC's clock (`_clock_confirmed`);
+        None with none connected."""
+        v = self.clocks.verdict
+        if not v.peers:
+            return None
+        return v.off or 2 * len(v.disagree) < v.peers + 1
 
     def _housekeeping_step(self) -> None:
         if self._housekeeping_pass is None:
@@ -933,8 +947,19 @@ class NodeCore:
             self._timer(("referrals",), 0.0)
 
     def _decide_bookings(self) -> None:
+        # A request is refused for good when its slot has passed by this PC's clock:
+        # one 3 days ahead, cut off or one of a lone pair, refused every request for
+        # tomorrow. So requests wait, as the month-end cut does, until the clock is
+        # confirmed (the next verdict that confirms it, or the housekeeping look after
+        # an operator's clock.confirm, runs this again); a cancellation elsewhere is
+        # still released (bookings.decide's `timed`).
+        timed = self._clock_confirmed()
+        if not timed and not self._bookings_waiting:
+            self._decide("bookings: requests for this branch's technicians wait until "
+                         "another branch confirms this PC's clock")
+        self._bookings_waiting = not timed
         try:
-            written = bookings.decide(self.ledger)
+            written = bookings.decide(self.ledger, timed=timed)
         except LedgerError as e:  # e.g. a restored node not caught up yet: next record
             self._decide(f"bookings deferred: {e}")
             return
@@ -1046,8 +1071,14 @@ class NodeCore:
         worth telling changed."""
         clock = self.ledger.clock
         clock.agree = self.clocks.agree()
+        # What is judged by the day on a clock set back goes on once the peers vouch for
+        # it (Ledger.check_clock_for).
+        self.ledger.clock_vouched = self._peers_confirm() is True
         if not changed:
             return
+        if (self._bookings_waiting and ("bookings",) not in self._timers
+                and self._clock_confirmed()):
+            self._timer(("bookings",), 0.0)  # the requests that waited for it
         verdict = self.clocks.verdict
         clock.offset_ms = verdict.off_ms
         told = verdict.worth_telling()

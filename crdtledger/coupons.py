@@ -276,6 +276,8 @@ class Coupons(Payments):
         if member is not None and views.canonical(conn, member) != owner:
             raise CouponOtherMember(f"coupon {coupon} belongs to another member")
         acting, _ = self._acting(owner)
+        if c.get("valid_to"):  # a clock set back would take it after its last day
+            self.check_clock_for(f"coupon {coupon}'s use", until=str(c["valid_to"]))
         day = day or self.today()
         if c.get("valid_to") and day > str(c["valid_to"]):
             raise CouponExpired(f"coupon {coupon} expired on {c['valid_to']}")

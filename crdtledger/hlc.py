@@ -180,6 +180,12 @@ class HybridClock:
             return wall
         return max(wall, last)
 
+    def high_water_ms(self) -> int:
+        """The latest wall time of any id this clock minted (or took from a peer, at
+        most MAX_CLOCK_SKEW_MS ahead), in any era: how far this PC's clock has read.
+        A clock set back reads earlier than it (Ledger.check_clock_for)."""
+        return wall_ms(max([self.last, *self.era_max.values()]))
+
     def _after(self, ts: int) -> int:
         """The smallest timestamp of the current era above `ts`: 1,024 per
         millisecond, then the next millisecond is borrowed."""

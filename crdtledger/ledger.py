@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from crdtledger import backups, closing, erasure, outbox, views
-from crdtledger.commit import SKEW_EVENTS_KEPT, Write
+from crdtledger.commit import CLOCK_CONFIRMED, SKEW_EVENTS_KEPT, Write
 from crdtledger.errors import InvalidInput
 from crdtledger.goods import Goods
 from crdtledger.hlc import check_node_id
@@ -140,25 +140,15 @@ class Ledger(Membership, Goods, Replica):
         branch connected to judge it, the node's daily pass then closes the month due
         and writes off expired points by it, today only (core.NodeCore._clock_confirmed):
         a branch that syncs by files alone never met a peer, and never closed a month,
-        so the chain's books stayed open at every branch. Kept in this store only: it
-        is this PC's clock."""
+        so the chain's books stayed open at every branch. What is judged by the day
+        on a clock reading earlier than it did goes on by it too, today
+        (`check_clock_for`). Kept in this store only: it is this PC's clock."""
         self.authorise(operator, "adjust")
         day = self.today()
         with self.storage.transaction():
             self.storage.set_meta(CLOCK_CONFIRMED, json.dumps({"day": day, "op": operator}))
         return {"day": day, "at": self.clock.wall()}
 
-    def clock_confirmed_today(self) -> bool:
-        """Did an operator confirm this PC's clock today (`confirm_clock`)? A clock put
-        forward since reads another day, and waits again."""
-        kept = self.storage.meta.get(CLOCK_CONFIRMED)
-        try:
-            return kept is not None and json.loads(kept).get("day") == self.today()
-        except (ValueError, AttributeError):
-            return False
-
-
-CLOCK_CONFIRMED = "clock_confirmed"  # the store's meta key of `confirm_clock`
 
 # Besides Ledger, names peer/, reference_app/, benchmarks/, tests/ and
 # crdtledger.operations import from here, from before the split.

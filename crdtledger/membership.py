@@ -807,6 +807,7 @@ class Membership(Coupons):
         and limit; its points are this branch's."""
         self.authorise(operator, "checkin")
         a = self._activity(activity)
+        self.check_clock_for(f"a check-in at {activity} (its days and limits)")
         now = self._local_minute()
         if not a["from"] <= now < a["to"]:
             raise InvalidInput(f"activity {activity} ({a['name']}) runs from "

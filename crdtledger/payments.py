@@ -359,6 +359,7 @@ class Payments(Merges, Rules):
         the member has spent since are paid for out of what it gives back
         (`refund_terms`)."""
         self.authorise(operator, "refund")
+        self.check_clock_for("a refund (its period, its points' expiry)")
         debit = self._debit(debit_id)
         terms = self._refund_terms(debit, amount, qty)
         if debit["node"] != self.node:
@@ -967,6 +968,7 @@ class Payments(Merges, Rules):
         that the spend cannot use those expired points' rights. In the spend's own
         transaction: a refused spend writes nothing, not even the write-offs (they
         used to commit first)."""
+        self.check_clock_for("spending points (their expiry)")
         pts = views.points(cast("Ledger", self), member)
         if points > pts["usable"]:
             expired = pts["expired_unwritten"]

@@ -26,6 +26,7 @@ from nicegui import app
 
 from crdtledger import operations, views
 from crdtledger.auth import PasswordChanged
+from crdtledger.bookings import BookingRefused
 from crdtledger.coupons import (
     CouponElsewhere,
     CouponExpired,
@@ -44,6 +45,7 @@ from crdtledger.errors import (
     InvalidAmount,
     InvalidInput,
     LedgerError,
+    NotCaughtUp,
     NotFound,
     PermissionDenied,
     RightsElsewhere,
@@ -330,6 +332,8 @@ class Shop:
         if isinstance(e, StoreLocked):
             return tr("数据正被其他程序占用，请稍后再试。",
                       "The data is busy in another program; try again in a moment.")
+        if said := _clock_refused(e):
+            return said
         return tr("操作被拒绝：{what}", "Refused: {what}", what=_detail(e))
 
     def short_of_stored(self, e: LedgerError, member: str | None) -> str | None:
@@ -537,6 +541,38 @@ def _invalid_input(e: LedgerError) -> str | None:
         m = pattern.fullmatch(text)
         if m:
             return say(m)
+    return None
+
+
+# What this PC's clock alone must not decide, as the library refuses it: what is judged
+# by the day on a clock reading earlier than it did (Ledger.check_clock_for), a no-show
+# on a clock nobody confirmed (bookings.noshow). Both go on once another branch
+# connects, or a manager confirms the clock (clock.confirm, 本机时钟已核对).
+_CLOCK_BACK = re.compile(r"this PC's clock reads (.+?) earlier than it did \(it had booked "
+                         r"up to ([0-9: -]+)\): .*")
+_NOSHOW_UNCONFIRMED = re.compile(r"booking \S+ has started by this PC's clock, which no "
+                                 r"other branch has confirmed yet.*")
+_SPAN_ZH = {"d": "天", "h": "小时", "min": "分钟", "s": "秒"}
+
+
+def _clock_refused(e: LedgerError) -> str | None:
+    text = str(e)
+    if isinstance(e, NotCaughtUp) and (m := _CLOCK_BACK.fullmatch(text)):
+        span = re.sub(r"\b(d|h|min|s)\b", lambda u: _SPAN_ZH[u[1]], m[1])
+        return tr("本机时钟比之前慢了 {d}（本机已记账到 {at}），可能被调回过：优惠券、退款、积分、"
+                  "签到等按日期判断的业务先暂停。等其他分店连上并确认时钟，或店长核对时钟后确认"
+                  "（本机时钟已核对：crdtledger clock confirm），即可继续。",
+                  "This PC's clock reads {d_en} earlier than it did (it had booked up to "
+                  "{at}): coupons, refunds, points and check-ins, judged by the day, wait "
+                  "until another branch connects and confirms the clock, or a manager "
+                  "confirms it (crdtledger clock confirm).",
+                  d=span.replace(" ", ""), d_en=m[1], at=m[2])
+    if isinstance(e, BookingRefused) and _NOSHOW_UNCONFIRMED.fullmatch(text):
+        return tr("本机时钟还没有经其他分店确认：要等连上的分店确认时钟，或店长核对时钟后确认"
+                  "（本机时钟已核对：crdtledger clock confirm），才能记爽约。",
+                  "No other branch has confirmed this PC's clock yet: a no-show is recorded "
+                  "once one connected has, or a manager confirms the clock (crdtledger clock "
+                  "confirm).")
     return None
 
 
