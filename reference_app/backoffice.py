@@ -1239,8 +1239,49 @@ def sync_page() -> None:
             sync_files_card(ledger)
         if can("backup"):
             backup_card(ledger)
+    if can("adjust"):
+        clock_card(ledger)
     if can("rights.transfer"):
         handover_card(ledger)
+
+
+def clock_card(ledger: Ledger) -> None:
+    """本机时钟已核对 (operation clock.confirm): with no other branch connected to judge
+    this PC's clock, a manager's word that it is right lets the month-end cut, the
+    write-off of expired points, booking decisions, and what a clock set back holds
+    (coupons, refunds, points, check-ins: Ledger.check_clock_for) go on today."""
+    with ui.card().classes("w-full max-w-3xl"):
+        ui.label(tr("本机时钟", "This PC's clock")).classes("text-lg font-medium")
+        ui.label(tr("没有其他分店连着核对本机时钟时（断网、只用同步文件），月结、过期积分清零、预约确认，"
+                    "以及时钟被调慢后的优惠券、退款、积分和签到，都等待时钟核对。请先对照手机或电视上的"
+                    "标准时间看一眼本机时钟，确实准确再确认；当天有效。",
+                    "With no other branch connected to check this PC's clock (offline, sync "
+                    "files only), the month-end cut, the write-off of expired points, "
+                    "booking decisions, and coupons, refunds, points and check-ins after the "
+                    "clock was set back all wait for it. Compare this PC's clock with a "
+                    "phone's first; confirm only if it is right. It holds for today.")
+                 ).classes("text-sm text-grey-7")
+        now = ui.label().classes("text-sm").mark("clock-now")
+
+        def show() -> None:
+            now.set_text(tr("本机时间：{t}", "This PC's time: {t}",
+                            t=local_time(ledger, int(time.time() * 1000))))
+        show()
+        ui.timer(1.0, show)
+
+        async def confirm() -> None:
+            question = tr("本机时钟准确吗？确认后今天按本机时钟结账和判断有效期。",
+                          "Is this PC's clock right? Once confirmed, today's closing and "
+                          "expiry judgements go by it.")
+            if await confirmed_run(question, tr("时钟准确", "The clock is right"),
+                                   "clock-confirm-yes",
+                                   lambda op: operations.run(ledger, op, "clock.confirm", {}),
+                                   "confirm the clock"):
+                ui.notify(tr("已记录：本机时钟已核对（今天有效）",
+                             "Noted: this PC's clock is confirmed (for today)"), type="positive")
+
+        layout.once(ui.button(tr("本机时钟已核对", "This PC's clock is right")),
+                    confirm).mark("clock-confirm")
 
 
 def handover_card(ledger: Ledger) -> None:

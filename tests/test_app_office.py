@@ -451,3 +451,25 @@ async def test_the_owner_hands_a_closing_shops_rights_over_from_the_sync_page(
     await app.user.should_see("本店不持有任何会员权益。")
     assert ledger.rights(mid, "cash") == {"SH02": 12800}
     assert ledger.balance(mid)["cash"] == 12800
+
+
+async def test_a_manager_confirms_this_pcs_clock_from_the_sync_page(
+        counter_app: CounterApp) -> None:
+    """What waits for a confirmed clock with no peer connected (the month-end cut, a
+    clock set back: Ledger.check_clock_for) named `本机时钟已核对` as the way on, and
+    no page offered it: only the command line. The sync page does, to an operator
+    allowed to adjust, with a question first; a cashier is not offered it."""
+    app = counter_app
+    await app.login(*CASHIER)
+    await app.user.open("/office/sync")
+    await app.user.should_not_see(marker="clock-confirm")
+    await app.logout()
+    await app.login(*OWNER)
+    await app.user.open("/office/sync")
+    await app.user.should_see(marker="clock-now")
+    assert not app.ledger.clock_confirmed_today()
+    app.user.find(marker="clock-confirm").click()
+    await app.user.should_see(marker="clock-confirm-yes")
+    app.user.find(marker="clock-confirm-yes").click()
+    await app.user.should_see("已记录：本机时钟已核对（今天有效）")
+    assert app.ledger.clock_confirmed_today()
