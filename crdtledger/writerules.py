@@ -133,6 +133,16 @@ RULES: tuple[WriteRule, ...] = (
                           "every renewal keeps: trust.ENROLLED_OID): a liar enrolled today "
                           "backdated a top-up into a month every branch had closed and "
                           "signed, and every closing of it changed"),
+    WriteRule("amount-moved", "a debit's and a transfer's `amount` is what their deltas "
+                              "move, as the honest writers put it: a debit paid from "
+                              "stored value (`pay` \"stored\") lowers cash and bonus by "
+                              "its amount together; one paid otherwise (at the till, or "
+                              "by a package's uses, whose amount is 0) lowers neither; a "
+                              "transfer moves its amount of one purse to the branch its "
+                              "`to` names. A liar's card sale of 90,000.00 took 1.00 of "
+                              "stored value and its stored sale of 0.00 took 90.00: the "
+                              "settlement (deltas) and the day report (amount, pay) "
+                              "disagreed"),
     WriteRule("governance", "operators, roles and rules are written only by a node the "
                             "chain grants governance (the head office's certificate); a "
                             "revocation list signed by the chain CA, by any branch"),
@@ -399,6 +409,10 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
                 if any(net.values()):
                     raise RuleBroken("transfer-balanced", f"{doc}: entry {key}: a transfer "
                                                           "whose changes do not sum to zero")
+            # After the rules above: a record they refuse keeps the reason they give.
+            if kind in _AMOUNT_KINDS and len(counted) == len(deltas):
+                # (An entry with a malformed delta is quarantined by normalise_entry.)
+                check_amount_moved(doc, key, kind, new, counted)
         if kind == "merge":
             merges[key] = new
         if kind == "expiry" and isinstance(deltas, list) and any(
@@ -439,6 +453,53 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
             raise RuleBroken("coupon-unit", f"{doc}: node {node} adds {added_units:g} "
                                             f"unit(s) of coupon {purse[len(COUPON_PREFIX):]}")
     return named
+
+
+_AMOUNT_KINDS = frozenset({"debit", "transfer"})
+# What a debit's `pay` names when it spends no stored value, of the kinds the day
+# report keeps off the till (views._till_by_method): a package's uses.
+_PACKAGE_PAY = "package"
+
+
+def check_amount_moved(doc: str, key: str, kind: str, entry: dict[str, Any],
+                       counted: list[tuple[Any, ...]]) -> None:
+    """Write rule amount-moved. The books read a debit twice: the settlement by its
+    deltas (stored value served, owed between branches), the day report and the
+    member's level by its `amount` and `pay` (sales, stored value against the till by
+    method). Honest code writes them as one fact (Payments.debit, Goods.sell_goods,
+    the only writers of a debit, as every version has): `pay` "stored" spends
+    `amount` of cash then bonus (`_spend`, both deltas, a zero one dropped), so the
+    two lower exactly `amount`; a till method or a package's uses lowers no cash nor
+    bonus (a package's debit has amount 0: its uses are not money); a coupon's unit,
+    a package's uses and points earned are other purses. A transfer is always
+    [purse, writer, -amount], [purse, to, amount] (_transfer, hand_over_rights).
+    No honest shape ever differed, so records from before this rule are judged
+    alike: no version to be lenient for. A malformed amount or `pay` is left to
+    model.normalise_entry, which quarantines the entry at every replica."""
+    amount = entry.get("amount", 0)  # normalise_entry reads a missing one as 0
+    if type(amount) not in _NUMBER:
+        return
+    if kind == "transfer":
+        raised = [(p, n, c) for p, n, c in counted if c > 0]
+        moved = sum(c for _p, _n, c in raised)
+        if moved != amount:
+            raise RuleBroken("amount-moved", f"{doc}: entry {key}: a transfer of amount "
+                             f"{amount:g} moves {moved:g}")
+        if raised and (len({p for p, _n, _c in counted}) != 1
+                       or any(n != entry.get("to") for _p, n, _c in raised)):
+            raise RuleBroken("amount-moved", f"{doc}: entry {key}: a transfer moves "
+                             "other than one purse to the branch its `to` names")
+        return
+    pay = entry.get("pay")
+    if pay is not None and not isinstance(pay, str):
+        return
+    lowered = -sum(c for p, _n, c in counted if p == "cash" or p == "bonus")
+    # A debit without `pay` reads as paid in cash at the till (views._METHOD).
+    wanted = amount if pay == "stored" else 0
+    if lowered != wanted or (pay == _PACKAGE_PAY and amount != 0):
+        raise RuleBroken("amount-moved", f"{doc}: entry {key}: a debit of amount "
+                         f"{amount:g} paid by {str(pay)[:20]} lowers {lowered:g} of cash "
+                         "and bonus")
 
 
 def check_card_records(node: str, doc: str, added: list[tuple[str, str, Any, Any]]) -> None:

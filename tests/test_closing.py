@@ -665,7 +665,7 @@ def test_a_liars_overdraft_that_waits_for_ever_keeps_no_month_open(
         eid = HybridClock("SH03", now_ms=lambda: clock.ms + DAY_MS).mint()
         entry = {"id": eid, "kind": "debit", "member": m, "node": "SH03", "op": "x",
                  "at": id_time_ms(eid), "amount": 50_000,
-                 "deltas": [["cash", "SH03", -50_000]]}
+                 "deltas": [["cash", "SH03", -50_000]], "pay": "stored"}
         liar.write(entry_doc(eid, liar.ledger.storage.day_of),
                    lambda d: d.get("entries", type=Map).__setitem__(eid, entry))
         liar.record(CUT_DOC, b"2026-01")

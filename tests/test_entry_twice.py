@@ -88,7 +88,8 @@ def test_a_copy_waiting_for_its_funding_is_not_taken_twice(tmp_path: Path) -> No
     sync(honest, liar)
     eid = HybridClock("SH02", now_ms=clock).mint()
     debit = {"id": eid, "kind": "debit", "member": m, "node": "SH02", "op": owner_of("SH02"),
-             "at": id_time_ms(eid), "amount": 3_000, "deltas": [["cash", "SH02", -3_000]]}
+             "at": id_time_ms(eid), "amount": 3_000, "deltas": [["cash", "SH02", -3_000]],
+             "pay": "stored"}
     forger = Forger(liar)
     _put(forger, ledger_doc("2026-01"), debit)
     _put(forger, ledger_doc("2026-02"), debit)

@@ -79,7 +79,8 @@ class World:
         return self.liar.write(doc, put)
 
     def debit(self, at_ms: int, amount: int, member: str | None = None) -> dict[str, Any]:
-        return self.entry(at_ms, "debit", amount, [["cash", "SH03", -amount]], member)
+        return {**self.entry(at_ms, "debit", amount, [["cash", "SH03", -amount]], member),
+                "pay": "stored"}
 
 
 @pytest.fixture

@@ -96,7 +96,7 @@ def test_a_sweeps_in_is_funded_only_once_its_out_is(w: World) -> None:
     another member must wait too, and the debit spending it behind that."""
     out = w.entry("merge", w.member, [["cash", "SH03", -50_000]], to=w.other)
     into = w.entry("merge", w.other, [["cash", "SH03", 50_000]], ref=out["id"])
-    spend = w.entry("debit", w.other, [["cash", "SH03", -50_000]], amount=50_000)
+    spend = w.entry("debit", w.other, [["cash", "SH03", -50_000]], amount=50_000, pay="stored")
     recs = [w.write(out, into), w.write(spend)]
     for rec in recs:
         w.b.apply_batch(w.liar.batch([rec]))
@@ -120,7 +120,7 @@ def test_one_out_is_named_by_one_in_even_while_that_in_waits(w: World) -> None:
     replica, however the records were batched, and stays refused once funded."""
     w.give(50_000, w.member)
     out = w.entry("merge", w.member, [["cash", "SH03", -50_000]], to=w.other)
-    wait = w.entry("debit", w.other, [["cash", "SH03", -100]], amount=100)
+    wait = w.entry("debit", w.other, [["cash", "SH03", -100]], amount=100, pay="stored")
     in1 = w.entry("merge", w.other, [["cash", "SH03", 50_000]], ref=out["id"])
     in2 = w.entry("merge", w.other, [["cash", "SH03", 50_000]], ref=out["id"])
     recs = [w.write(out), w.write(wait), w.write(in1), w.write(in2)]

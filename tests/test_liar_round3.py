@@ -95,7 +95,7 @@ def test_a_refund_of_a_sale_never_made_gives_nothing_back(w: World) -> None:
     made_up = w.entry("debit", w.member, [], amount=100_000)["id"]
     refund = w.entry("refund", w.member, [["cash", "SH03", 100_000]], amount=100_000,
                      ref=made_up)
-    spend = w.entry("debit", w.member, [["cash", "SH03", -100_000]], amount=100_000)
+    spend = w.entry("debit", w.member, [["cash", "SH03", -100_000]], amount=100_000, pay="stored")
     _judged(w, [refund, spend], [False, False])
 
 
@@ -105,12 +105,12 @@ def test_a_sale_refunded_twice_gives_back_once(w: World) -> None:
     the records were batched (each refund is its writer's entry of the member: one
     queue, its log's order)."""
     w.give(50_000, w.member)
-    sale = w.entry("debit", w.member, [["cash", "SH03", -50_000]], amount=50_000)
+    sale = w.entry("debit", w.member, [["cash", "SH03", -50_000]], amount=50_000, pay="stored")
     back = w.entry("refund", w.member, [["cash", "SH03", 50_000]], amount=50_000,
                    ref=sale["id"])
     again = w.entry("refund", w.member, [["cash", "SH03", 50_000]], amount=50_000,
                     ref=sale["id"])
-    spend = w.entry("debit", w.member, [["cash", "SH03", -100_000]], amount=100_000)
+    spend = w.entry("debit", w.member, [["cash", "SH03", -100_000]], amount=100_000, pay="stored")
     _judged(w, [sale, back, again, spend], [True, True, False, False])
     for r in (w.b, w.c):
         assert r.rights(w.member) == {"SH01": 50_000, "SH03": 50_000}
@@ -168,10 +168,10 @@ def test_bonus_given_back_as_cash_waits(w: World) -> None:
     as cash (bonus a liar raised by a top-up of none, or a conversion) became cash the
     settlement served from the lot of the branch the member really paid."""
     bonus = w.entry("topup", w.member, [["bonus", "SH03", 100_000]], amount=0)
-    sale = w.entry("debit", w.member, [["bonus", "SH03", -100_000]], amount=100_000)
+    sale = w.entry("debit", w.member, [["bonus", "SH03", -100_000]], amount=100_000, pay="stored")
     back = w.entry("refund", w.member, [["cash", "SH03", 100_000]], amount=100_000,
                    ref=sale["id"])
-    spend = w.entry("debit", w.member, [["cash", "SH03", -100_000]], amount=100_000)
+    spend = w.entry("debit", w.member, [["cash", "SH03", -100_000]], amount=100_000, pay="stored")
     _judged(w, [bonus, sale, back, spend], [True, True, False, False])
 
 

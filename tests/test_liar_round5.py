@@ -140,8 +140,9 @@ def test_a_liars_transfer_without_deltas_leaves_the_history_readable(w: World) -
     check; `crdtledger history --member M` (text, and --json, which renders the text
     first) then failed at every branch, for that member, for good: show_entry took
     next() of the transfer's deltas (RuntimeError)."""
-    bare = w.entry("transfer", w.member, [], amount=1, to="SH01")
-    nowhere = w.entry("transfer", w.member, [], amount=1)
+    # Of amount 0: one claiming to move more than it does is refused (amount-moved).
+    bare = w.entry("transfer", w.member, [], amount=0, to="SH01")
+    nowhere = w.entry("transfer", w.member, [], amount=0)
     w.b.apply_batch(w.liar.batch([w.write(bare), w.write(nowhere)]))
     assert {e["id"] for e in w.b.history(w.member, 10)} >= {bare["id"], nowhere["id"]}
     data = w.b.storage.dir
@@ -224,7 +225,8 @@ def test_a_package_raises_its_own_uses_only(w: World) -> None:
     forged = w.entry("package", w.member, [[f"pkg:{pid}", "SH03", 90]], service=svc,
                      qty=90, pay="cash", paid=0)
     move = w.entry("transfer", w.member, [[f"pkg:{pid}", "SH03", -90],
-                                          [f"pkg:{pid}", "SH02", 90]], to="SH02")
+                                          [f"pkg:{pid}", "SH02", 90]], to="SH02",
+                   amount=90)
     rec = w.write(forged, move)
     for r in (w.a, w.b):
         r.apply_batch(w.liar.batch([rec]))

@@ -219,7 +219,8 @@ def test_a_liars_lot_whose_rights_it_moved_away_is_not_written_off_by_an_honest_
         moved = [out, into]
     else:
         moved = [liar._entry("transfer", m, deltas=[("points", liar.node, -80),
-                                                    ("points", "SH09", 80)])]
+                                                    ("points", "SH09", 80)],
+                             amount=80, to="SH09")]
     take_forgery([sh01, hz01], forge(liar, lot, *moved))
     assert "SH02" not in points_rights(sh01, m)
     assert views.points(sh01, m)["expired_unwritten"] == 80
@@ -243,7 +244,7 @@ def test_a_liars_lot_is_written_off_from_the_rights_the_liar_gave(
     lot = liar._entry("debit", m, deltas=[("points", liar.node, 80)], amount=8000,
                       pay="cash", points=80, expires="2025-12-01", op=liar.owner)
     give = liar._entry("transfer", m, deltas=[("points", liar.node, -80),
-                                              ("points", "SH01", 80)])
+                                              ("points", "SH01", 80)], amount=80, to="SH01")
     take_forgery([sh01, hz01], forge(liar, lot, give))
     assert points_rights(sh01, m) == {"SH01": 180}
     done = sh01.housekeeping()
