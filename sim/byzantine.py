@@ -90,7 +90,7 @@ BREAKS = {"entry-as-other": "entry-writer", "others-rights": "own-rights",
           "card-as-other": "record-writer", "coupon-made": "coupon-unit",
           "reward-other": "referral-reward", "reversal-other": "reversal-own",
           "give-back-other": "give-back-own", "points-raise": "raise-own",
-          "booking-other": "booking-branch"}
+          "booking-other": "booking-branch", "amount-claimed": "amount-moved"}
 FORGERIES = tuple(BREAKS)
 # A writer is judged by its first broken rule only (its later records are held,
 # unjudged), so each forgery is written by an identity of its own: the forger's
@@ -121,6 +121,9 @@ PLAIN: dict[str, Callable[[str, str, str], dict[str, Any]]] = {
     # A decision for a technician of another branch.
     "booking-other": lambda theirs, me, victim: {
         "kind": "booking_decision", "member": theirs, "deltas": []},
+    # A transfer of 1,000.00 that moves nothing (the audit trail showed the amount).
+    "amount-claimed": lambda theirs, me, victim: {
+        "kind": "transfer", "amount": 100_000, "to": victim, "deltas": []},
 }
 
 
