@@ -319,6 +319,11 @@ def authorise(ledger: Ledger, operator: str, op: Operation) -> None:
 def validate(op: Operation, params: Mapping[str, Any]) -> Params:
     """The parameters checked against the declaration, defaults filled in."""
     check(dict(params), _schema_of(op), "")
+    if any(q is PERIOD[0] for q in op.params) and params.get("from") and params.get("to") \
+            and params["from"] > params["to"]:  # YYYY-MM-DD: as text, in date order
+        # A reversed period read as an empty one ("nothing to settle").
+        raise InvalidInput(f"the period is reversed: from {params['from']} is after "
+                           f"to {params['to']}")
     out = dict(params)
     for p in op.params:
         if p.name not in out and p.default is not None:
@@ -695,7 +700,7 @@ def member_find(ledger: Ledger, operator: str, p: Params) -> list[dict[str, Any]
 
 EDIT = (
     Param("name", line(MAX_TEXT, "a name", minLength=1)),
-    Param("phone", {**PHONE_TEXT, "pattern": or_empty(ecma(PHONE))}),
+    Param("phone", PHONE_TEXT),  # never emptied: erasure takes it off (crdtledger.members)
     *PROFILE,
     Param("level", line(MAX_TEXT, "a level name: a manual upgrade"),
           help="a level name: a manual upgrade"),
@@ -1160,7 +1165,22 @@ def _by_method(split: Mapping[str, int]) -> str:
            needs=REPORTS, http="GET /reports/daily",
            params=(Param("day", DAY), Param("branch", NODE)), result=DAILY, show=_show_daily)
 def report_daily(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    if p.get("branch"):
+        _require_heard_of(ledger, p["branch"])
     return views.daily_report(ledger, p.get("day") or ledger.today(), p.get("branch"))
+
+
+def _require_heard_of(ledger: Ledger, branch: str) -> None:
+    """Refuse a report of a branch this store has never heard of: a typo (XX99 for
+    SH09) printed a whole report of zeros, read as a branch that sold nothing. Heard
+    of: this one, one the rule `branches` names, a writer whose log is held here
+    (retired or blocked too: their past days are still theirs), a peer synced with."""
+    log = ledger.storage.log
+    known = {ledger.node, *(ledger.rule("branches") or {}), *log.positions(),
+             *log.blocked(), *views.peers_seen(ledger)}
+    if branch not in known:
+        raise InvalidInput(f"{branch} is not a branch of this chain (known here: "
+                           f"{', '.join(sorted(known))}): no report for it")
 
 
 def _show_settlement(_ledger: Ledger, r: Any, _p: Params) -> str:

@@ -26,6 +26,7 @@ from crdtledger.errors import (
 from crdtledger.hlc import check_node_id
 from crdtledger.ledger import Ledger
 from crdtledger.model import BUILTIN_ROLES, PERMISSIONS
+from crdtledger.money import half_width
 from reference_app import layout
 from reference_app.i18n import money, parse_money, tr
 from reference_app.shop import operator, shop
@@ -595,9 +596,26 @@ def parse_change(purse: str, text: str) -> int:
     t = text.strip()
     sign = -1 if t.startswith("-") else 1
     t = t.lstrip("+-").strip()
+    change = sign * (parse_int(t, "points") if purse == "points" else parse_money(t))
+    if not change:  # parse_int takes "0"; the library would refuse it as an amount
+        raise InvalidAmount("a correction changes the balance: it is not zero")
+    return change
+
+
+def change_refused(purse: str, typed: str) -> str:
+    """Why a typed change is refused, as the page asks for it: a signed amount (the
+    counter's sentence for amounts asks for one "above zero", and told the manager a
+    negative correction was wrong, which is how value is taken away)."""
+    if not typed.strip().isascii():
+        return tr("调整请用半角数字输入，例如 {a}。", "Type the change in half-width digits, "
+                  "e.g. {a}.", a=half_width(typed.strip()))
     if purse == "points":
-        return sign * parse_int(t, "points")
-    return sign * parse_money(t)
+        return tr("积分调整要填不为零的整数，负数为扣减，例如 -300 或 50。",
+                  "A change of points is a whole number other than zero, negative to take "
+                  "away, e.g. -300 or 50.")
+    return tr("调整金额不对：请输入不为零、最多两位小数的金额，负数为扣减，例如 -12.50 或 30。",
+              "Invalid change: enter an amount other than zero with at most two decimals, "
+              "negative to take away, e.g. -12.50 or 30.")
 
 
 def corrections_page() -> None:
@@ -696,8 +714,9 @@ def corrections_page() -> None:
                 return
             try:
                 delta = parse_change(purse.value, change.value or "")
-            except LedgerError as e:
-                refuse(e)
+            except LedgerError:
+                ui.notify(change_refused(purse.value, str(change.value or "")),
+                          type="negative", multi_line=True)
                 return
             ap = (approver.value or "", approver_pw.value or "") if needs_approval() else None
             approver_pw.set_value("")  # one approval, one attempt

@@ -170,6 +170,13 @@ def _whole(text: str) -> bool:
     """ASCII digits only: str.isdigit() also takes "²" (int() then fails) and "１２"."""
     return text.isascii() and text.isdigit()
 
+
+def _positive(text: str) -> bool:
+    """A whole number above zero: "0" points went to the library, whose refusal
+    reached the counter in English."""
+    return _whole(text) and int(text) > 0
+
+
 class Counter:
     """One counter page: the member on screen and the actions on them."""
 
@@ -1076,9 +1083,9 @@ class Counter:
                         d.close()
                     return
                 text = str(points.value or "").strip()
-                if not _whole(text):
+                if not _positive(text):
                     self.say_trouble(tr("积分要填正整数。", "Points are a whole number."), error,
-                                     fixed=lambda: _whole(str(points.value or "").strip()))
+                                     fixed=lambda: _positive(str(points.value or "").strip()))
                     return
                 n = int(text)
                 done = await self.act(
@@ -1693,6 +1700,8 @@ def _entry_amount(e: dict[str, Any]) -> tuple[str, str]:
             n = moved["bonus"]
             return (f"+{money(n)}", "text-green-8") if n > 0 else (f"-{money(-n)}", "")
         return "", ""
+    if kind == "correction":  # signed: its deltas say which way (amount is its size)
+        return _corrected(e)
     if kind == "exit_settle":  # the balance taken off the card (paid back, or forfeit)
         return (f"-{money(amount)}", "") if amount else ("", "")
     if not amount:
@@ -1703,6 +1712,28 @@ def _entry_amount(e: dict[str, Any]) -> tuple[str, str]:
         return f"+{money(amount)}", "text-green-8"
     # Paid at the till (a service, a package, a card fee): the card is untouched.
     return money(amount), "text-gray-600"
+
+
+def _corrected(e: dict[str, Any]) -> tuple[str, str]:
+    """A correction's change of the purse it corrected, with its sign, as the other
+    rows say theirs: "+¥5.00" green, "-¥5.00" plain, "-300 积分". Its `amount` has no
+    sign: a correction taking ¥5.00 off read "¥5.00", grey, like a sale paid at the
+    till."""
+    moved: dict[str, int] = {}
+    for p, _n, c in e.get("deltas", ()):
+        moved[str(p)] = moved.get(str(p), 0) + int(c)
+    purse, n = next(((p, c) for p, c in moved.items() if c), ("", 0))
+    if not n:
+        return "", ""
+    if purse in ("cash", "bonus"):
+        said = money(abs(n))
+    elif purse == "points":
+        said = tr("{n} 积分", "{n} pts", n=abs(n))
+    elif purse.startswith("pkg:"):
+        said = tr("{n} 次", "{n} use(s)", n=abs(n))
+    else:  # a coupon (cpn:ID): corrections take coupons away only
+        said = tr("{n} 张券", "{n} coupon(s)", n=abs(n))
+    return (f"+{said}", "text-green-8") if n > 0 else (f"-{said}", "")
 
 
 def _is_zh() -> bool:

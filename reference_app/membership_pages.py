@@ -15,7 +15,7 @@ from typing import Any
 from nicegui import ui
 
 from crdtledger import views
-from crdtledger.errors import InvalidInput, LedgerError, NotFound
+from crdtledger.errors import CardInactive, CardLost, InvalidInput, LedgerError, NotFound
 from crdtledger.membership import REPEATS, attendance_csv_rows
 from crdtledger.model import ID
 from reference_app import layout
@@ -38,14 +38,24 @@ def member_of(text: str) -> str:
     by their id only: the search hides them)."""
     ledger = shop().ledger
     q = text.strip()
+    # Said in the session's language, as the bookings page says it (Shop.refusal puts
+    # "找不到：" or "输入有误：" before): the cashier reads these, not the library.
+    if not q:
+        raise InvalidInput(tr("请输入会员的卡号、手机号或会员号。",
+                              "enter the member's card number, phone or member id"))
     if ID.match(q):
         if not views.member_exists(ledger, q):
-            raise NotFound(f"unknown member {q}")
+            raise NotFound(tr("会员号为 {q} 的会员", "a member with the id {q}", q=q))
         return q
-    found = ledger.find_members(q, limit=3) if q else []
-    if len(found) != 1:
-        raise InvalidInput(f"{len(found) or 'no'} members match {q!r}: give the card, the "
-                           "phone or the member id" if q else "give a card, phone or member id")
+    found = ledger.find_members(q, limit=3)
+    if not found:
+        raise NotFound(tr("与“{q}”相符的会员（请输入卡号、手机号或会员号）",
+                          "a member matching “{q}” (enter a card number, phone or member "
+                          "id)", q=q))
+    if len(found) > 1:
+        raise InvalidInput(tr("不止一位会员与“{q}”相符：请输入卡号、手机号或会员号。",
+                              "more than one member matches “{q}”: enter a card number, "
+                              "phone or member id", q=q))
     return str(found[0]["id"])
 
 
@@ -142,8 +152,11 @@ class CheckinPage:
     async def swiped(self, card_no: str) -> None:
         try:
             card = self.shop.ledger.card(card_no)
+            # As the till refuses them (crdtledger.cards), for Shop.refusal's sentences.
+            if card["status"] == "lost":
+                raise CardLost(f"card {card_no} is reported lost")
             if card["status"] != "active":
-                raise InvalidInput(f"card {card_no} is {card['status']}")
+                raise CardInactive(f"card {card_no} is {card['status']}")
         except LedgerError as e:
             self.result.set_text(self.shop.refusal(e))
             return

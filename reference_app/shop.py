@@ -324,8 +324,8 @@ class Shop:
         if isinstance(e, NotFound):
             return tr("找不到：{what}", "Not found: {what}", what=_detail(e))
         if isinstance(e, InvalidInput | InvalidAmount):
-            return _invalid_input(e) or tr("输入有误：{what}", "Please check the input: {what}",
-                                           what=_detail(e))
+            return self._referral_refused(e) or _invalid_input(e) or tr(
+                "输入有误：{what}", "Please check the input: {what}", what=_detail(e))
         if isinstance(e, ClockSkew):
             return tr("本机时钟与其他分店相差太大，请校准电脑时间。",
                       "This computer's clock is far off the other branches'; set the time.")
@@ -335,6 +335,18 @@ class Shop:
         if said := _clock_refused(e):
             return said
         return tr("操作被拒绝：{what}", "Refused: {what}", what=_detail(e))
+
+    def _referral_refused(self, e: LedgerError) -> str | None:
+        """A second referral of a member, said with the members' names: the library
+        names them by id, which the cashier never sees."""
+        m = _REFERRED.fullmatch(str(e))
+        if m is None:
+            return None
+        names = views.member_names(self.ledger, [m[1], m[2]])
+        return tr("{member} 已经由 {referrer} 推荐过了：每位会员只能登记一次推荐。",
+                  "{member} was referred already, by {referrer}: a member is referred "
+                  "once.", member=names.get(m[1]) or tr("该会员", "the member"),
+                  referrer=names.get(m[2]) or tr("另一位会员", "another member"))
 
     def short_of_stored(self, e: LedgerError, member: str | None) -> str | None:
         """A sale from stored value refused for want of it, with what the figure is:
@@ -479,17 +491,48 @@ def _left_of(rest: str) -> str:
 
 _FIELDS = {"name": ("姓名", "the name"), "phone": ("手机号", "the phone number"),
            "birthday": ("生日", "the birthday"), "anniversary": ("纪念日", "the anniversary"),
-           "card_no": ("卡号", "the card number")}
+           "card_no": ("卡号", "the card number"), "card number": ("卡号", "the card number"),
+           "new_no": ("新卡号", "the new card number"), "pin": ("卡密码", "the card PIN"),
+           "email": ("邮箱", "the e-mail address"), "notes": ("备注", "the notes"),
+           "gender": ("性别", "the gender"), "home": ("所属分店", "the home branch"),
+           "id_no": ("身份证号", "the ID card number"), "level": ("等级", "the level"),
+           "lang": ("通知语言", "the notices' language"),
+           "promo": ("营销信息", "the promotions choice"),
+           "tags": ("标签", "the tag"), "tag": ("标签", "the tag"),
+           "tags_add": ("标签", "the tag"), "tags_remove": ("标签", "the tag"),
+           "strength": ("力度", "the strength"), "service": ("喜欢的项目", "the service"),
+           "technician": ("指定技师", "the technician"), "reason": ("原因", "the reason"),
+           "gift": ("礼品", "the gift"), "points": ("积分", "the points"),
+           "qty": ("数量", "the quantity"), "uses": ("次数", "the uses"),
+           "per_day": ("每天次数", "the check-ins a day"),
+           "search": ("查找内容", "the search"), "q": ("查找内容", "the search"),
+           "field name": ("自定义项的名称", "the field's name")}
 
 
 def _field(name: str) -> str:
-    zh, en = _FIELDS.get(name, (name, name))
+    """A field the library names ("prefs.strength", "tags[2]", "custom.房号"), as the
+    counter's forms label it; one it does not know is "this field", not English."""
+    name = re.sub(r"\[[0-9]+\]\Z", "", name)
+    if name.startswith("custom."):
+        return tr("“{k}”", "“{k}”", k=name.removeprefix("custom."))
+    zh, en = _FIELDS.get(name.removeprefix("prefs."), ("这一项", name))
     return tr(zh, en)
+
+
+# A second referral (crdtledger.membership.refer): said with the members' names
+# (Shop._referral_refused).
+_REFERRED = re.compile(r"member (\S+) was referred already, by (\S+) \(\S+\)")
+# A field as the library's checks name it (crdtledger.schema.check: "prefs.strength",
+# "tags[0]"; crdtledger.inputs.check_text: "card number").
+_F = r"(card number|field name|[\w.\[\]]+)"
 
 
 # The library's refusals of what a cashier types or does at the counter, by their
 # words (they carry no code of their own: crdtledger.errors.InvalidInput), each with
 # a sentence in the session's language. Those not here are shown as the library says.
+# The specific first, then the forms the library's checks of every field share
+# (crdtledger.schema.check, crdtledger.inputs.check_text): tests/test_app_counter_words.py
+# runs every refusal of a member's fields through them.
 _INVALID: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
     (re.compile(r"at most (.+) of this debit can still be refunded"),
      lambda m: _left_of(m[1])),
@@ -503,13 +546,19 @@ _INVALID: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
      lambda _m: tr("该会员已退会：重新入会获批准之前，不能为其办理任何业务。",
                    "This member has left: nothing can be sold to or for them until a "
                    "return is approved.")),
-    (re.compile(r"(name|phone|card_no) must not be empty"),
-     lambda m: tr("请填写{what}。", "Please enter {what}.", what=_field(m[1]))),
+    (re.compile(r"member \S+ was erased: .*"),
+     lambda _m: tr("该会员的个人信息已经删除，不能再写入。",
+                   "This member's personal data was erased: it cannot be written again.")),
+    (re.compile(r"a member cannot refer themself"),
+     lambda _m: tr("会员不能推荐自己：请输入另一位会员作为推荐人。",
+                   "A member cannot refer themself: enter another member as the referrer.")),
     (re.compile(r'phone must be a phone number like .*?, not "(.*)"'),  # its pattern
      lambda m: (tr("手机号请用半角数字输入：{p}", "Type the phone in half-width digits: {p}",
                    p=half_width(m[1])) if m[1] != half_width(m[1])
                 else tr("“{p}” 不是手机号码。", "“{p}” is not a phone number.", p=m[1]))
      if m[1] else tr("请填写手机号。", "Please enter the phone number.")),
+    (re.compile(r"phone '(.*)' is not a phone number"),  # crdtledger.members' own check
+     lambda m: tr("“{p}” 不是手机号码。", "“{p}” is not a phone number.", p=m[1])),
     (re.compile(r"phone (.+) is registered to another member"),
      lambda m: tr("手机号 {p} 已登记给另一位会员：请先按手机号查找。",
                   "Phone {p} is registered to another member: search for it first.",
@@ -517,6 +566,16 @@ _INVALID: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
     (re.compile(r"(birthday|anniversary) must be a date like .*"),
      lambda m: tr("{what}要写成 1990-05-17 或 05-17 这样的日期。", "Write {what} as a date "
                   "like 1990-05-17 or 05-17.", what=_field(m[1]))),
+    # crdtledger.members: of the right form, but no day of the calendar (2026-13-45,
+    # 02-30).
+    (re.compile(r"(birthday|anniversary) must be a day of the calendar like .*"),
+     lambda m: tr("{what}不是日历上有的日子：要写成 1990-05-17 或 05-17 这样的日期。",
+                  "{what} is no day of the calendar: write a date like 1990-05-17 or "
+                  "05-17.", what=_field(m[1]))),
+    (re.compile(r"email ['\"]?(.*?)['\"]? is not an e-mail address"),
+     lambda m: tr("“{e}” 不是邮箱地址：要写成 name@example.com 这样。",
+                  "“{e}” is not an e-mail address: write it like name@example.com.",
+                  e=m[1])),
     (re.compile(r"card (\S+) is already issued.*"),
      lambda m: tr("卡 {no} 已经发过了（属于一位会员）：请换一张卡。",
                   "Card {no} is already issued to a member: use another card.", no=m[1])),
@@ -525,8 +584,51 @@ _INVALID: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
                   "Card number {no} has characters a card cannot carry: letters, digits "
                   "and - _ : only.", no=m[1]) if m[1]
      else tr("请填写卡号。", "Please enter the card number.")),
-    (re.compile(r"pin must be a card PIN of 4 to 8 digits.*"),
+    (re.compile(r"card number '(.*)' has characters a card cannot carry"),
+     lambda m: tr("卡号 {no} 里有卡上不会有的字符：只能是字母、数字和 - _ :。",
+                  "Card number {no} has characters a card cannot carry: letters, digits "
+                  "and - _ : only.", no=m[1])),
+    (re.compile(r"pin must be a card PIN of 4 to 8 digits.*|pin is longer than 8 characters"),
      lambda _m: tr("卡密码要 4 到 8 位数字。", "A card PIN is 4 to 8 digits.")),
+    (re.compile(r"an ID card number is 18 characters.*|id_no must be a resident ID card "
+                r"number.*"),
+     lambda _m: tr("身份证号是 18 位（17 位数字加一位数字或 X），或旧的 15 位数字。",
+                   "An ID card number is 18 characters (17 digits and a digit or X) or "
+                   "the old 15 digits.")),
+    (re.compile(r"ID card number (\S+) has a wrong check digit"),
+     lambda m: tr("身份证号 {n} 的校验位不对：请核对。",
+                  "ID card number {n} has a wrong check digit: check it.", n=m[1])),
+    (re.compile(r"level '(.*)' is none of the chain's levels: (.*)"),
+     lambda m: tr("“{lv}” 不是本店设定的会员等级（{all}）。",
+                  "“{lv}” is none of the chain's levels ({all}).", lv=m[1], all=m[2])),
+    (re.compile(r"(\S+) cannot be a member's home branch.*"),
+     lambda m: tr("{b} 不是本连锁已知的分店，不能作为会员的所属分店。",
+                  "{b} is no branch known to the chain: it cannot be a member's home.",
+                  b=m[1])),
+    (re.compile(r"the period is reversed: from (\S+) is after to (\S+)"),
+     lambda m: tr("起止日期反了：开始日 {a} 在结束日 {b} 之后。",
+                  "The period is reversed: its first day {a} is after its last, {b}.",
+                  a=m[1], b=m[2])),
+    # The forms every field's checks share.
+    (re.compile(rf"{_F} (?:must not be empty|is required)"),
+     lambda m: tr("请填写{what}。", "Please enter {what}.", what=_field(m[1]))),
+    (re.compile(rf"{_F} is longer than ([0-9]+) characters"),
+     lambda m: tr("{what}太长了：最多 {n} 个字。", "{what} is too long: {n} characters at "
+                  "most.", what=_field(m[1]), n=m[2])),
+    (re.compile(rf"{_F} (?:contains characters that are not text|is not valid Unicode "
+                r"text|must be (?:one line of )?text[,:].*)"),
+     lambda m: tr("{what}里有不能保存的字符（换行或控制字符）：请重新输入。",
+                  "{what} holds characters that cannot be kept (a line break or a control "
+                  "character): type it again.", what=_field(m[1]))),
+    (re.compile(rf"{_F} must be a whole number above zero.*"),
+     lambda m: tr("{what}要填正整数。", "{what} must be a whole number above zero.",
+                  what=_field(m[1]))),
+    (re.compile(rf"{_F} (?:must be (?:one of .*|true or false.*)|is .* or empty.*)"),
+     lambda m: tr("请从给出的选项里选{what}。", "Choose {what} from the options given.",
+                  what=_field(m[1]))),
+    (re.compile(rf"{_F} must be .*, not .*"),
+     lambda m: tr("{what}的写法不对：请核对后重新输入。", "{what} is not written as it "
+                  "should be: check it and type it again.", what=_field(m[1]))),
 )
 
 

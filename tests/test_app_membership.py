@@ -158,10 +158,12 @@ async def test_exit_approved_by_another_then_return(counter_app: CounterApp) -> 
     assert [m["id"] for m in app.ledger.find_members("小李")] == [new]
 
 
-@pytest.mark.parametrize(("points", "per_day"), [(2.5, 1), (10, 0), (10, 1.9)])
+@pytest.mark.parametrize(("points", "per_day", "said"), [
+    (2.5, 1, "积分的写法不对"), (10, 0, "每天次数要填正整数。"), (10, 1.9, "每天次数要填正整数。")])
 async def test_an_activity_with_numbers_nobody_typed_is_refused(
-        counter_app: CounterApp, points: float, per_day: float) -> None:
-    """int() saved 2 points for 2.5 and one check-in a day for 0 or 1.9, and said saved."""
+        counter_app: CounterApp, points: float, per_day: float, said: str) -> None:
+    """int() saved 2 points for 2.5 and one check-in a day for 0 or 1.9, and said saved.
+    Said in Chinese (the library's English followed "输入有误：")."""
     app = counter_app
     await app.login(*OWNER)
     await app.user.open("/checkin")
@@ -173,5 +175,5 @@ async def test_an_activity_with_numbers_nobody_typed_is_refused(
         assert isinstance(box, ui.number)
         box.set_value(value)
     app.user.find(marker="act-save").click()
-    await app.user.should_see("输入有误", retries=50)
+    await app.user.should_see(said, retries=50)
     assert "X" not in app.ledger.activities()
