@@ -94,6 +94,15 @@ CODES_PER_HOUR = 600
 # (the TLS handshake within peer.node.HANDSHAKE_S).
 FIRST_REQUEST_S = 15.0
 SESSION_S = 2 * 3600.0  # a member's sign-in lasts two hours, then asks again
+# A sign-in's deadline is on the monotonic clock, as the login codes' and the API's
+# tokens are: on the wall clock, a sign-in made while the PC's clock ran three days
+# ahead lasted three days once it was set right. time.monotonic() counts from an
+# unspecified start (the machine's), so a deadline kept in app.storage.user (a file,
+# which outlives the process) is trusted only by the process that set it: a sign-in
+# ends when the app restarts, and one kept before this rule (a wall-clock `until`)
+# has no mark and is over. Signing in again is the cost; a reboot's clock could
+# otherwise make a deadline hours, or years, away.
+_PROCESS = secrets.token_hex(8)
 CERT_FILE, KEY_FILE = "members.crt", "members.key"  # under DATA/tls, made by `issue_cert`
 CERT_DAYS = webcert.CERT_DAYS
 HISTORY_SHOWN = 20
@@ -826,10 +835,10 @@ def signed_in() -> str | None:
         data: dict[str, Any] = dict(app.storage.user.get("member") or {})
     except RuntimeError:
         return None
-    member, node, until = data.get("id"), data.get("node"), data.get("until")
+    member, node, until = data.get("id"), data.get("node"), data.get("deadline")
     s = shop()
     if not isinstance(member, str) or node != s.node.node_id or not isinstance(until, float) \
-            or until < time.time():
+            or data.get("process") != _PROCESS or until < time.monotonic():
         return None
     survivor = s.ledger.survivor_of(member)
     # The survivor too: merged into a member who then left, the page stayed open.
@@ -873,7 +882,8 @@ def _card_still_active(ledger: Any, member: str, card: Any) -> bool:
 def sign_in(member: str, card: dict[str, str] | None = None, *,
             phone: str | None = None) -> None:
     app.storage.user["member"] = {"id": member, "node": shop().node.node_id,
-                                  "until": time.time() + SESSION_S, "card": card,
+                                  "deadline": time.monotonic() + SESSION_S,
+                                  "process": _PROCESS, "card": card,
                                   "phone": phone}
 
 
