@@ -519,6 +519,16 @@ def _field(name: str) -> str:
     return tr(zh, en)
 
 
+def _of_field(name: str, zh: str, en: str, **kw: Any) -> str | None:
+    """A sentence of one of the forms every field's check shares, naming the field
+    as the forms label it; None for a field the table does not know."""
+    bare = re.sub(r"\[[0-9]+\]\Z", "", name).removeprefix("prefs.")
+    if bare not in _FIELDS and not bare.startswith("custom."):
+        return None
+    said = tr(zh, en, what=_field(name), **kw)
+    return said[:1].upper() + said[1:]  # "The name is too long"
+
+
 # A second referral (crdtledger.membership.refer): said with the members' names
 # (Shop._referral_refused).
 _REFERRED = re.compile(r"member (\S+) was referred already, by (\S+) \(\S+\)")
@@ -533,7 +543,7 @@ _F = r"(card number|field name|[\w.\[\]]+)"
 # The specific first, then the forms the library's checks of every field share
 # (crdtledger.schema.check, crdtledger.inputs.check_text): tests/test_app_counter_words.py
 # runs every refusal of a member's fields through them.
-_INVALID: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
+_INVALID: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str | None]], ...] = (
     (re.compile(r"at most (.+) of this debit can still be refunded"),
      lambda m: _left_of(m[1])),
     (re.compile(r".*: this sale can no longer be refunded to their card"),
@@ -609,26 +619,28 @@ _INVALID: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
      lambda m: tr("起止日期反了：开始日 {a} 在结束日 {b} 之后。",
                   "The period is reversed: its first day {a} is after its last, {b}.",
                   a=m[1], b=m[2])),
-    # The forms every field's checks share.
+    # The forms every field's checks share, for the fields the forms have (_FIELDS):
+    # another (an admin page's "code") keeps the library's words, which name it.
     (re.compile(rf"{_F} (?:must not be empty|is required)"),
-     lambda m: tr("请填写{what}。", "Please enter {what}.", what=_field(m[1]))),
+     lambda m: _of_field(m[1], "请填写{what}。", "Please enter {what}.")),
     (re.compile(rf"{_F} is longer than ([0-9]+) characters"),
-     lambda m: tr("{what}太长了：最多 {n} 个字。", "{what} is too long: {n} characters at "
-                  "most.", what=_field(m[1]), n=m[2])),
+     lambda m: _of_field(m[1], "{what}太长了：最多 {n} 个字。",
+                         "{what} is too long: {n} characters at most.", n=m[2])),
     (re.compile(rf"{_F} (?:contains characters that are not text|is not valid Unicode "
                 r"text|must be (?:one line of )?text[,:].*)"),
-     lambda m: tr("{what}里有不能保存的字符（换行或控制字符）：请重新输入。",
-                  "{what} holds characters that cannot be kept (a line break or a control "
-                  "character): type it again.", what=_field(m[1]))),
+     lambda m: _of_field(m[1], "{what}里有不能保存的字符（换行或控制字符）：请重新输入。",
+                         "{what} holds characters that cannot be kept (a line break or a "
+                         "control character): type it again.")),
     (re.compile(rf"{_F} must be a whole number above zero.*"),
-     lambda m: tr("{what}要填正整数。", "{what} must be a whole number above zero.",
-                  what=_field(m[1]))),
+     lambda m: _of_field(m[1], "{what}要填正整数。", "{what} must be a whole number above "
+                         "zero.")),
     (re.compile(rf"{_F} (?:must be (?:one of .*|true or false.*)|is .* or empty.*)"),
-     lambda m: tr("请从给出的选项里选{what}。", "Choose {what} from the options given.",
-                  what=_field(m[1]))),
+     lambda m: _of_field(m[1], "请从给出的选项里选{what}。",
+                         "Choose {what} from the options given.")),
     (re.compile(rf"{_F} must be .*, not .*"),
-     lambda m: tr("{what}的写法不对：请核对后重新输入。", "{what} is not written as it "
-                  "should be: check it and type it again.", what=_field(m[1]))),
+     lambda m: _of_field(m[1], "{what}的写法不对：请核对后重新输入。",
+                         "{what} is not written as it should be: check it and type it "
+                         "again.")),
 )
 
 
@@ -641,8 +653,9 @@ def _invalid_input(e: LedgerError) -> str | None:
     text = str(e)
     for pattern, say in _INVALID:
         m = pattern.fullmatch(text)
-        if m:
-            return say(m)
+        said = say(m) if m else None
+        if said is not None:
+            return said
     return None
 
 
