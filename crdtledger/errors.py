@@ -70,6 +70,24 @@ class RightsElsewhere(LedgerError):
         )
 
 
+class RefundElsewhere(RightsElsewhere):
+    """A sale is refunded only at the branch that made it (its refund rights stay
+    there): `branch`, where `left` of it is still to refund, in `unit` ("fen", "uses"
+    of a package's debit, "units" of a goods sale). A RightsElsewhere of purse "refund"
+    for what reads it so (the counter, the API's details); no branch is asked for
+    rights (no member is named), and the sentence says the amount as money, not as
+    a count: "100 of this refund balance is held at SH01 (1833)" read as neither."""
+
+    def __init__(self, branch: str, share: int, left: int, unit: str = "fen") -> None:
+        from crdtledger.money import format_yuan
+
+        super().__init__("refund", share, 0, {branch: left})
+        rest = format_yuan(left) if unit == "fen" else f"{left} {unit}"
+        self.args = (f"this sale was made at {branch} and is refunded only there, at the "
+                     f"branch that made it ({rest} of it left to refund); this branch "
+                     "cannot refund it",)
+
+
 class CardLost(LedgerError):
     code = "card_lost"
 

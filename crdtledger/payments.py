@@ -6,7 +6,8 @@ rights cover it, checked inside the write transaction (`_post`, `debit`)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import date, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, cast
@@ -19,8 +20,8 @@ from crdtledger.errors import (
     InvalidInput,
     NotFound,
     PermissionDenied,
+    RefundElsewhere,
     RemoteProtocolError,
-    RightsElsewhere,
 )
 from crdtledger.hlc import check_node_id, id_time_ms
 from crdtledger.inputs import check_text
@@ -359,12 +360,17 @@ class Payments(Merges, Rules):
         the member has spent since are paid for out of what it gives back
         (`refund_terms`)."""
         self.authorise(operator, "refund")
-        self.check_clock_for("a refund (its period, its points' expiry)")
         debit = self._debit(debit_id)
+        with self._booked_after(debit_id):
+            # On the day the refund is booked on: a sale made while the clock ran
+            # ahead is refunded on its own day, which the clock has read (no wait).
+            self.check_clock_for("a refund (its period, its points' expiry)")
+            return self._refund(operator, debit, amount, reason, qty)
+
+    def _refund(self, operator: str, debit: dict[str, Any], amount: int | None,
+                reason: str, qty: int | None) -> dict[str, Any]:
+        debit_id = str(debit["id"])
         terms = self._refund_terms(debit, amount, qty)
-        if debit["node"] != self.node:
-            raise RightsElsewhere("refund", terms["share"], 0,
-                                  {debit["node"]: terms["left"]})
         member = terms["member"]
         gone = self._gone(member) if debit.get("pay") in ("stored", "package") else None
         if gone:  # back on a card nobody can use any more
@@ -388,6 +394,26 @@ class Payments(Merges, Rules):
                     {**entry, "stock_entry": stock["id"]})
 
         return self._commit(plan)
+
+    @contextmanager
+    def _booked_after(self, ref: str) -> Iterator[None]:
+        """While an entry naming `ref` is judged and written: nothing is minted before
+        `ref`'s time, so the entry is booked on or after the day of what it names, and
+        judged on that day (`today`). A sale made while this PC ran days ahead, its
+        clock then put right (a new era: lower ids, crdtledger.hlc), was refunded by an
+        id dated before the sale: the day's report showed sales of -100.00 with no
+        debit, and the month's closing a member holding the refund's cash before the
+        sale took it. One millisecond past `ref`, not at it: an era below the sale's
+        sorts before it within the millisecond. No effect when `ref` is in the past;
+        after it, the next operation starts a new era at the right time again."""
+        clock = self.clock
+        before = clock.floor_ms
+        raised = clock.floor_ms = max(before, id_time_ms(ref) + 1)
+        try:
+            yield
+        finally:
+            if clock.floor_ms == raised:  # (a cut taken meanwhile raised it for good)
+                clock.floor_ms = before
 
     def _points_back(self, debit: Mapping[str, Any], member: str, wanted: int
                      ) -> tuple[int, int]:
@@ -439,7 +465,9 @@ class Payments(Merges, Rules):
         or redeemed, then refunded gave the member the bonus or the gift for nothing.
         Points of a sale that have expired are not charged: the member did not spend
         them. At most the money refunded is kept."""
-        return self._refund_terms(self._debit(debit_id), amount, qty)
+        debit = self._debit(debit_id)
+        with self._booked_after(debit_id):  # judged on the day the refund is booked on
+            return self._refund_terms(debit, amount, qty)
 
     def _refund_terms(self, debit: dict[str, Any], amount: int | None, qty: int | None
                       ) -> dict[str, Any]:
@@ -464,6 +492,11 @@ class Payments(Merges, Rules):
             share = left if qty is None else check_count(qty, "uses" if package else "units")
         else:
             share = left if amount is None else check_amount(amount)
+        if debit["node"] != self.node:
+            # Before what is left is judged, and the quote alike: no part of it is
+            # refunded here (a quote said "pays back 1.00" where the refund is refused).
+            raise RefundElsewhere(str(debit["node"]), share, left, "uses" if package
+                                  else "units" if goods else "fen")
         if share <= 0 or share > left:
             rest = (f"{left} uses" if package else f"{left} units" if goods
                     else format_yuan(left))
