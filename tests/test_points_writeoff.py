@@ -457,6 +457,37 @@ def test_a_write_off_made_before_its_writer_heard_of_a_redemption_takes_no_valid
     sh01.redeem_points(sh01.owner, m, 100, "towel")  # the rights given back pay
 
 
+def test_a_give_back_is_booked_after_its_write_off_made_while_the_clock_ran_ahead(
+        chain: dict[str, Ledger], clock: FakeClock) -> None:
+    """As above, but SH01's PC runs three days ahead when it writes L1 off; its clock
+    is put right (a new era: lower ids) before its daily pass gives back what the
+    write-off took beyond the expired points. The give-back names the write-off and is
+    booked after it, not three days before (as a refund after its sale)."""
+    sh01, sh02, hz01 = chain["SH01"], chain["SH02"], chain["HZ01"]
+    m = member_earning(sh01, 12000)
+    sync_all(chain)
+    clock.advance_days(10)
+    sh02.topup(sh02.owner, m, 12000)
+    sh02.debit(sh02.owner, m, amount=12000)
+    sync_all(chain)
+    clock.advance_days(19)
+    sh02.redeem_points(sh02.owner, m, 100, "towel")
+    clock.advance_days(6)  # SH01 alone runs three days ahead: the others wait
+    [off] = sh01.expire_points(sh01.owner, m)
+    clock.advance_days(-3)  # put right
+    sync(sh01, hz01)
+    sync_all(chain)
+    [back] = sh01.give_back_write_offs()
+    assert back["ref"] == off["id"] and back["id"] > off["id"]
+    assert sh01.storage.day_of(back["at"]) == sh01.storage.day_of(off["at"])
+    later = sh01.topup(sh01.owner, m, 100)  # and the next is booked by the right time
+    assert later["id"] < off["id"]
+    sync_all(chain)
+    for x in chain.values():
+        assert views.points(x, m)["usable"] == 120
+        assert sum(points_rights(x, m).values()) == 120
+
+
 def test_a_write_off_before_a_merge_is_given_back_after_it(
         chain: dict[str, Ledger], clock: FakeClock) -> None:
     """The same race, and the member then merged into another who has an expired lot
