@@ -525,7 +525,7 @@ def test_sync_status_is_the_hosts(tmp_path: Path) -> None:
         assert await api.call("GET", "/sync/status", token=amy) == (
             200, {"node": "SH01", "chain": "default", "peers": [], "restored": None,
                   "faults": [], "refused": [], "clock": None, "closing_differs": None,
-                  "rights_refused": {}})
+                  "rights_refused": {}, "unfunded": {}})
 
     drive(tmp_path, go)
 
