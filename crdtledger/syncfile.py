@@ -18,6 +18,7 @@ has no secret: its files are signed but readable, see crdtledger.trust.)
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ from crdtledger import __version__
 from crdtledger.errors import CorruptSyncFile, ForeignChain, InvalidInput, RemoteProtocolError
 from crdtledger.log import MARK_DOCS, MAX_BATCH_RECORDS, Batch
 from crdtledger.private import replace_private
-from crdtledger.seal import read_sealed, seal, unseal
+from crdtledger.seal import read_head, read_sealed, seal, unseal
 from crdtledger.sync import parse_logs, wire_logs
 
 if TYPE_CHECKING:
@@ -62,11 +63,13 @@ def export_file(ledger: Ledger, path: Path | str, for_node: str | None = None, *
     A sync file carries every member's data, so it needs the `sync` permission;
     `operator` None is the node's owner at its own console."""
     ledger.authorise(operator or ledger.owner, "sync")
-    # The file replaces whatever is at `path`: never the node's own store or keys.
+    # The file replaces an older sync file at `path` only (`_may_replace`), and never
+    # the node's own store or keys.
     home, target = ledger.storage.dir.resolve(), Path(path).resolve()
     if home == target or home in target.parents:
         raise InvalidInput(f"{path} is inside this node's data directory {ledger.storage.dir}: "
                            "write the sync file elsewhere (it would replace the node's own files)")
+    _may_replace(ledger, Path(path))
     known = ledger.storage.peer_states(for_node) if for_node else None
     theirs: dict[str, Any] = {n: int(s) for n, s in (known or {}).items()}
     # Only applied records travel by file: a file is taken whole or refused, and one
@@ -97,6 +100,33 @@ def export_file(ledger: Ledger, path: Path | str, for_node: str | None = None, *
             "documents": len({r.doc for r in records} - MARK_DOCS),
             "bytes": path.stat().st_size,
             "for": for_node, "incremental": known is not None}
+
+
+def _may_replace(ledger: Ledger, path: Path) -> None:
+    """Refuse to put the sync file over anything but an older sync file of this chain.
+
+    `--out chainA/ca.key` or `--out bk/ledger.backup` replaced the chain CA's key or a
+    backup with a sync file, exit 0. Re-exporting to the same name (the demo, a stick's
+    `hq.sync` each evening) is the one replacement that loses nothing, so the file
+    there must read as one: its clear header, as the import reads it first, naming
+    this chain. An empty file (mktemp's) holds nothing to lose. Links, devices and
+    directories are refused by `replace_private`."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise InvalidInput(f"cannot write {path}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+        return
+    try:
+        chain = read_head(path, KIND, MAX_FILE_BYTES, what=str(path)).get("chain")
+    except (CorruptSyncFile, OSError):
+        chain = None
+    if chain != ledger.trust.chain:
+        raise InvalidInput(f"{path} exists and is not a sync file of this chain: the export "
+                           "would replace it; give the path of a new file, or move that "
+                           "file away first")
 
 
 def read_file(ledger: Ledger, path: Path | str, progress: Progress = _silent

@@ -165,10 +165,18 @@ def test_incremental_file_into_a_node_that_lost_data_says_so(tmp_path: Path) -> 
     b.close()
 
 
-def test_export_replaces_an_existing_file(a: Ledger, b: Ledger, tmp_path: Path) -> None:
+def test_export_replaces_an_older_sync_file_only(a: Ledger, b: Ledger, tmp_path: Path
+                                                 ) -> None:
+    """Anything else at the path (a CA key, a backup, a note) is kept and refused:
+    the export replaced it whole (tests/test_cli_guards.py has the command line)."""
     populate(a, 1)
     f = tmp_path / "x.sync"
     f.write_bytes(b"old junk")
+    with pytest.raises(InvalidInput, match="is not a sync file of this chain"):
+        syncfile.export_file(a, f)
+    assert f.read_bytes() == b"old junk"
+    f.unlink()
+    syncfile.export_file(b, f)  # yesterday's file, of this chain
     syncfile.export_file(a, f)
     syncfile.import_file(b, f)
     assert converged(a, b)

@@ -1,0 +1,61 @@
+"""Refusals a command-line probe found missing (13th round): an export over a file
+that is not a sync file of this chain, damaged key files, a role defined with
+nothing, secrets echoed, analytics files the umask opened, names of invisible or
+reordering characters, a card issued already expired. The real command line on real
+data directories."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from conftest import Cli
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _chain_and_node(cli: Cli, tmp_path: Path, name: str = "acme") -> tuple[Path, Path]:
+    chain = tmp_path / f"chain-{name}"
+    assert cli("chain", "init", "--out", chain, "--name", name).code == 0
+    data = tmp_path / f"{name}-sh01"
+    r = cli("init", "--node", "SH01", "--chain", chain, data=data)
+    assert r.code == 0, r.err
+    return chain, data
+
+
+def test_an_export_replaces_only_a_sync_file_of_this_chain(cli: Cli, tmp_path: Path) -> None:
+    """`export --out chain/ca.key` exited 0 and put a sync file in place of the chain
+    CA's key; `--out bk/ledger.backup` replaced the backup."""
+    chain, data = _chain_and_node(cli, tmp_path)
+    assert cli("backup", "--out", tmp_path / "bk", data=data).code == 0
+    notes = tmp_path / "notes.txt"
+    notes.write_text("the owner's own notes\n")
+    for target in (chain / "ca.key", tmp_path / "bk" / "ledger.backup", notes):
+        before = _digest(target)
+        r = cli("export", "--out", target, data=data)
+        assert r.code == 1 and "is not a sync file of this chain" in r.err, r
+        assert "Traceback" not in r.err and _digest(target) == before
+        assert not target.with_name(target.name + ".part").exists()
+    # another chain's sync file is not this chain's to replace either
+    _, other = _chain_and_node(cli, tmp_path, "other")
+    theirs = tmp_path / "theirs.sync"
+    assert cli("export", "--out", theirs, data=other).code == 0
+    before = _digest(theirs)
+    r = cli("export", "--out", theirs, data=data)
+    assert r.code == 1 and "is not a sync file of this chain" in r.err, r
+    assert _digest(theirs) == before
+    # the evening's re-export over yesterday's file, and an empty file (mktemp's), go
+    ours = tmp_path / "hq.sync"
+    assert cli("export", "--out", ours, data=data).code == 0
+    assert cli("member", "add", "--name", "王芳", "--phone", "13800000001", data=data).code == 0
+    before = _digest(ours)
+    r = cli("export", "--out", ours, data=data)
+    assert r.code == 0 and _digest(ours) != before, r.err
+    empty = tmp_path / "tmp.XXXX"
+    empty.write_bytes(b"")
+    assert cli("export", "--out", empty, data=data).code == 0
+    assert cli("restore", "--from", tmp_path / "bk", "--data", tmp_path / "r",
+               "--chain", chain).code == 0
+    assert cli("chain", "renew", "--chain", chain, data=data).code == 0
