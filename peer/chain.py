@@ -538,9 +538,25 @@ def _load_ca_key(chain: Chain) -> ec.EllipticCurvePrivateKey:
     if not chain.has_key:
         raise ChainError(f"{chain.dir} has no {CA_KEY}: enrol and revoke where the chain CA "
                          "key is kept")
-    key = serialization.load_pem_private_key((chain.dir / CA_KEY).read_bytes(), password=None)
+    path = chain.dir / CA_KEY
+    # An emptied, overwritten or hand-edited key file raised ValueError through
+    # `chain renew`, `chain revoke`, `https-cert --chain` and `init` as a traceback.
+    # The cure is the head office's copy of the chain directory (README, chain), never
+    # a new key: every certificate and revocation list is signed by this one.
+    cure = ("restore it from the head office's safe copy of the chain directory (a new "
+            "key would not be this chain's CA)")
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as e:
+        raise ChainError(f"cannot read {path}: {e.strerror}") from None
+    except trust.CERT_ERRORS:
+        raise ChainError(f"{path} is damaged (it is not a chain CA key): {cure}") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ChainError(f"{chain.dir / CA_KEY} is not an EC key")
+        raise ChainError(f"{path} is not an EC key: {cure}")
+    ca_public = x509.load_pem_x509_certificate(chain.ca_cert).public_key()
+    if key.public_key() != ca_public:
+        raise ChainError(f"{path} is not the key of {chain.dir / CA_CERT} (another chain's, "
+                         f"or replaced): {cure}")
     return key
 
 

@@ -59,3 +59,26 @@ def test_an_export_replaces_only_a_sync_file_of_this_chain(cli: Cli, tmp_path: P
     assert cli("restore", "--from", tmp_path / "bk", "--data", tmp_path / "r",
                "--chain", chain).code == 0
     assert cli("chain", "renew", "--chain", chain, data=data).code == 0
+
+
+def test_a_damaged_chain_ca_key_is_said_in_a_sentence(cli: Cli, tmp_path: Path) -> None:
+    """An emptied, overwritten or plain-text `ca.key` gave a Python traceback
+    (ValueError MalformedFraming) at every command that signs with it."""
+    chain, data = _chain_and_node(cli, tmp_path)
+    assert cli("init", "--node", "SH02", "--chain", chain, data=tmp_path / "sh02").code == 0
+    other = tmp_path / "chain-other"
+    assert cli("chain", "init", "--out", other, "--name", "other").code == 0
+    good = (chain / "ca.key").read_bytes()
+    for damage in (b"", b"\x00garbage\xff" * 10, b"hello\n", (other / "ca.key").read_bytes()):
+        (chain / "ca.key").write_bytes(damage)
+        for args in (("chain", "renew", "--chain", chain),
+                     ("chain", "revoke", "--chain", chain, "--node", "SH02"),
+                     ("https-cert", "--chain", chain, "--host", "a.local")):
+            r = cli(*args, data=data)
+            assert r.code == 1 and "Traceback" not in r.err, r
+            assert str(chain / "ca.key") in r.err and "safe copy" in r.err, r
+        r = cli("init", "--node", "SH08", "--chain", chain, data=tmp_path / "sh08")
+        assert r.code == 1 and "Traceback" not in r.err and "safe copy" in r.err, r
+        assert not (tmp_path / "sh08" / "tls").exists()
+    (chain / "ca.key").write_bytes(good)
+    assert cli("chain", "renew", "--chain", chain, data=data).code == 0
