@@ -414,10 +414,22 @@ def load_trust(data_dir: Path, chain: str, node: str) -> Trust:
                 "(crdtledger restore, from its backup)")
         try:
             secret = (tls / CHAIN_KEY).read_bytes()
-        except OSError:
+        except FileNotFoundError:
             # Enrolled before chains had a secret: the CA certificate, which only the
             # chain's machines hold, stands in (re-enrol to get a real one).
             secret = ca.public_bytes(serialization.Encoding.DER)
+        except OSError as e:
+            raise UntrustedSigner(f"cannot read {tls / CHAIN_KEY}: {e.strerror}") from None
+        else:
+            # An emptied or overwritten secret sealed sync files and backups that no
+            # branch could open (nor this one, once it was put right), with exit 0:
+            # refused as a damaged key is. The chain directory's copy is the same
+            # 32 bytes (peer.chain.enrol copies it), so that copy is the cure.
+            if len(secret) != 32:
+                raise UntrustedSigner(
+                    f"{tls / CHAIN_KEY} is damaged (not a chain secret: {len(secret)} "
+                    "bytes, not 32); copy chain.key from the chain directory this branch "
+                    "was enrolled with over it")
         return Trust(chain=chain, node=node, key=key,
                      cert_der=cert.public_bytes(serialization.Encoding.DER),
                      seal_key=_derive(secret, chain), ca=ca)

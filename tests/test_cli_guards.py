@@ -7,9 +7,10 @@ data directories."""
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
-from conftest import Cli
+from conftest import Cli, free_port
 
 
 def _digest(path: Path) -> str:
@@ -82,3 +83,36 @@ def test_a_damaged_chain_ca_key_is_said_in_a_sentence(cli: Cli, tmp_path: Path) 
         assert not (tmp_path / "sh08" / "tls").exists()
     (chain / "ca.key").write_bytes(good)
     assert cli("chain", "renew", "--chain", chain, data=data).code == 0
+
+
+def test_a_damaged_chain_secret_in_the_data_directory_is_refused(
+        cli: Cli, tmp_path: Path) -> None:
+    """An emptied or overwritten `DATA/tls/chain.key` was read with no check: top-ups,
+    exports and backups exited 0, sealed with a secret no branch holds (the import at
+    SH02 and the restore refused them). Refused as a damaged node key is, by the
+    command line and by the node, until the chain's copy is put back."""
+    chain, data = _chain_and_node(cli, tmp_path)
+    r = cli("member", "add", "--name", "王芳", "--phone", "13800000001", "--json", data=data)
+    assert r.code == 0, r.err
+    member = json.loads(r.out)["member_id"]
+    store = _digest(data / "ledger.sqlite3")
+    good = (data / "tls" / "chain.key").read_bytes()
+    port = free_port(2)
+    for damage in (b"", b"\x00garbage\xff" * 10, b"hello\n"):
+        (data / "tls" / "chain.key").write_bytes(damage)
+        for args in (("topup", "--member", member, "--amount", "1"),
+                     ("export", "--out", tmp_path / "x.sync"),
+                     ("backup", "--out", tmp_path / "bk"),
+                     ("node", "run", "--listen", f"127.0.0.1:{port}", "--api",
+                      f"127.0.0.1:{port + 1}", "--no-mdns")):
+            r = cli(*args, data=data, timeout=30)
+            assert r.code == 1 and "Traceback" not in r.err, r
+            assert "chain.key is damaged" in r.err and f"{len(damage)} bytes" in r.err, r
+        assert not (tmp_path / "x.sync").exists() and not (tmp_path / "bk").exists()
+        assert _digest(data / "ledger.sqlite3") == store
+    (data / "tls" / "chain.key").write_bytes(good)
+    assert cli("topup", "--member", member, "--amount", "1", data=data).code == 0
+    assert cli("export", "--out", tmp_path / "x.sync", data=data).code == 0
+    other = tmp_path / "sh02"
+    assert cli("init", "--node", "SH02", "--chain", chain, data=other).code == 0
+    assert cli("import", tmp_path / "x.sync", data=other).code == 0
