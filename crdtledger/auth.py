@@ -461,6 +461,24 @@ class Auth(LedgerBase):
                                 f"role {name}, held by operator {oid}, a change")
         roles = self.storage.doc("operators").roots["roles"]
         exists = name in roles
+        # `role define --name owner` with no permission printed "role owner: nothing",
+        # exit 0, and every named owner of the chain could do nothing. A role that
+        # exists (built in or defined) is not emptied: take the role from its holders,
+        # or deactivate them. A new role may start empty (the back office makes one,
+        # then ticks its permissions): nobody holds it yet.
+        if not perms and (exists or name in BUILTIN_ROLES):
+            raise InvalidInput(f"role {name} would grant nothing: name at least one "
+                               "permission (--permission), or take the role from its "
+                               "operators instead")
+        # The built-in `owner` keeps every permission: it is what restores every other
+        # role (one who redefines a role must hold all it grants), and a narrowed owner
+        # stored as a list would lack each permission a later release adds. Manager and
+        # cashier may be narrowed (design notes, staff: redefined only by one who holds
+        # more); a chain wanting a lesser owner defines a role of its own.
+        if name == "owner" and perms != PERMISSIONS:
+            raise InvalidInput("role owner always holds every permission (it restores every "
+                               "other role): define a role of your own for less, and give it "
+                               "instead")
         change = self.clock.mint()
 
         def mutate(root: Map[Any]) -> None:

@@ -116,3 +116,36 @@ def test_a_damaged_chain_secret_in_the_data_directory_is_refused(
     other = tmp_path / "sh02"
     assert cli("init", "--node", "SH02", "--chain", chain, data=other).code == 0
     assert cli("import", tmp_path / "x.sync", data=other).code == 0
+
+
+def test_a_role_is_not_emptied_and_owner_keeps_every_permission(cli: Cli, tmp_path: Path
+                                                                 ) -> None:
+    """`role define --name owner` with no --permission printed `role owner: nothing`,
+    exit 0, and every named owner of the chain could no longer top up."""
+    data = tmp_path / "sh01"  # a store of its own: no head office to ask
+    assert cli("init", "--node", "SH01", "--chain", "acme", data=data).code == 0
+    r = cli("member", "add", "--name", "王芳", "--phone", "13800000001", "--json", data=data)
+    member = json.loads(r.out)["member_id"]
+    assert cli("operator", "add", "--name", "boss", "--password", "BossPW12345", "--role",
+               "owner", data=data).code == 0
+    assert cli("operator", "add", "--name", "mia", "--password", "MiaPW12345", "--role",
+               "manager", data=data).code == 0
+    store = _digest(data / "ledger.sqlite3")
+    for args, said in ((("--name", "owner"), "would grant nothing"),
+                       (("--name", "manager"), "would grant nothing"),
+                       (("--name", "owner", "--permission", "topup"), "every permission")):
+        r = cli("role", "define", *args, data=data)
+        assert r.code == 1 and said in r.err and "Traceback" not in r.err, r
+    assert _digest(data / "ledger.sqlite3") == store
+    for who, pw in (("boss", "BossPW12345"), ("mia", "MiaPW12345")):
+        r = cli("topup", "--member", member, "--amount", "1", "--operator", who,
+                "--password", pw, data=data)
+        assert r.code == 0, r.err
+    # a new role may start empty (the back office ticks it next); once it exists, not
+    assert cli("role", "define", "--name", "night", data=data).code == 0
+    assert cli("role", "define", "--name", "night", "--permission", "topup",
+               data=data).code == 0
+    r = cli("role", "define", "--name", "night", data=data)
+    assert r.code == 1 and "would grant nothing" in r.err, r
+    assert cli("role", "define", "--name", "manager", "--permission", "topup",
+               data=data).code == 0  # manager may be narrowed, as before
