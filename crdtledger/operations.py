@@ -84,7 +84,10 @@ OPERATOR_ID = text(40, pattern=ecma(ID), description="an operator id")
 NODE = text(16, pattern=ecma(NODE_ID), description="a branch node id like SH01")
 CARD = text(40, pattern=ecma(CARD_NO),
             description="a card number: letters, digits, colon, dash or underscore")
-CARD_PIN = text(8, pattern=ecma(PIN), description="a card PIN of 4 to 8 digits")
+# A secret: refusals never repeat it (schema.check, writeOnly).
+CARD_PIN = text(8, pattern=ecma(PIN), description="a card PIN of 4 to 8 digits",
+                writeOnly=True)
+PASSWORD = text(200, writeOnly=True)
 PHONE_TEXT = text(20, pattern=ecma(PHONE), description="a phone number like 13812345678 "
                   "(ASCII digits, spaces or dashes, a leading + for a country code)")
 SERVICE = text(20, pattern=ecma(SERVICE_CODE), description="a service code from the price list")
@@ -135,7 +138,7 @@ PREFS = obj({}, {k: line(60) for k in PREF_KEYS})
 CUSTOM = {"type": "object", "additionalProperties": free_text(MAX_TEXT), "maxProperties": 50,
           "propertyNames": line(40, "a field's name", minLength=1)}
 LIMIT = {"type": "integer", "minimum": 1, "maximum": 100}
-APPROVER = obj({"name": line(40, "an operator's name"), "password": text(200)},
+APPROVER = obj({"name": line(40, "an operator's name"), "password": PASSWORD},
                description="an operator allowed to approve an amount above the limit")
 
 # --- result schemas (documentation; schemathesis holds the API to them) -------------
@@ -1578,7 +1581,7 @@ ROLE_NAME = line(40, "a role's name", minLength=1)
 @operation("operator.add", "An operator (工号) with a password and roles",
            permission="operators.manage", http="POST /operators", status=201,
            params=(Param("name", line(40, "an operator's name", minLength=1), required=True),
-                   Param("password", text(200), required=True),
+                   Param("password", PASSWORD, required=True),
                    Param("roles", array(ROLE_NAME, 20), default=["cashier"], flag="--role",
                          help="owner, manager, cashier or a defined role; repeatable")),
            result=_id_of("operator_id"), show=_says("operator {name} added [{operator_id}]"))
@@ -1590,7 +1593,7 @@ def operator_add(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
            "whether they may log in", permission="operators.manage",
            http="PATCH /operators/{id}",
            params=(Param("id", OPERATOR_ID, required=True, help="the operator's id"),
-                   Param("password", text(200)),
+                   Param("password", PASSWORD),
                    Param("roles", {"type": "object", "additionalProperties": {"type": "boolean"},
                                    "maxProperties": 20, "propertyNames": ROLE_NAME},
                          flag="--role"),

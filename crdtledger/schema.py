@@ -72,8 +72,12 @@ def check(value: Any, schema: Schema, where: str) -> None:
     # "x-error" makes a malformed amount refused as invalid_amount, the ledger's code
     # for the same mistake made past this check.
     error = InvalidAmount if schema.get("x-error") == "invalid_amount" else InvalidInput
+    # A secret (writeOnly: a PIN, a password) is never said back: "pin must be a card
+    # PIN of 4 to 8 digits, not "SSSSSSSS"" showed the PIN typed to whoever reads the
+    # screen, the terminal's scrollback or the client's log.
+    sent = "" if schema.get("writeOnly") else f", not {show(value)}"
     if kind is not None and not _TYPES[kind](value):
-        raise error(f"{where or 'the request'} must be {_wanted(schema)}, not {show(value)}")
+        raise error(f"{where or 'the request'} must be {_wanted(schema)}{sent}")
     if isinstance(value, str):
         try:
             value.encode()
@@ -86,7 +90,7 @@ def check(value: Any, schema: Schema, where: str) -> None:
         if not ((re.fullmatch(schema["pattern"], value) if "pattern" in schema else True)
                 and value in schema.get("enum", [value])
                 and (schema.get("format") != "date" or is_date(value))):
-            raise error(f"{where} must be {_wanted(schema)}, not {show(value)}")
+            raise error(f"{where} must be {_wanted(schema)}{sent}")
     elif isinstance(value, int) and kind == "integer":
         low, high = schema.get("minimum", -MAX_AMOUNT), schema.get("maximum", MAX_AMOUNT)
         if not low <= value <= high:

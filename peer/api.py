@@ -54,7 +54,7 @@ from crdtledger import idempotency, operations, views
 from crdtledger.auth import TooManyAttempts, verify_login
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
 from crdtledger.ledger import Ledger
-from crdtledger.operations import ANY_OBJECT, ENTRY_ID, NODE, STR, TABLE, Operation
+from crdtledger.operations import ANY_OBJECT, ENTRY_ID, NODE, PASSWORD, STR, TABLE, Operation
 from crdtledger.schema import Schema, check, obj, show, text
 from crdtledger.sync import MAX_FRAME_BYTES
 from crdtledger.throttle import LoginThrottle, too_many_attempts
@@ -692,7 +692,7 @@ ROUTES: list[Route] = [
     Route("POST", "/login", "login", login, "Log an operator in; returns a bearer token",
           "session", obj({"operator": text(40, minLength=1,
                                           description="the operator's name (工号)"),
-                          "password": text(200)}), {}, {}, LOGIN, auth=False),
+                          "password": PASSWORD}), {}, {}, LOGIN, auth=False),
     Route("POST", "/logout", "logout", logout, "End this token's session", "session", None,
           {}, {}, None, status=204),
     *(_route_of(op) for op in TABLE.values()),

@@ -149,3 +149,21 @@ def test_a_role_is_not_emptied_and_owner_keeps_every_permission(cli: Cli, tmp_pa
     assert r.code == 1 and "would grant nothing" in r.err, r
     assert cli("role", "define", "--name", "manager", "--permission", "topup",
                data=data).code == 0  # manager may be narrowed, as before
+
+
+def test_a_malformed_pin_or_password_is_not_said_back(cli: Cli, tmp_path: Path) -> None:
+    """`pin must be a card PIN of 4 to 8 digits, not "SSSSSSSS"`: the refusal showed
+    the PIN typed (a password of the wrong type, through the API, likewise)."""
+    data = tmp_path / "sh01"
+    assert cli("init", "--node", "SH01", "--chain", "acme", data=data).code == 0
+    r = cli("member", "add", "--name", "王芳", "--phone", "13800000001", "--json", data=data)
+    member = json.loads(r.out)["member_id"]
+    assert cli("card", "issue", "--member", member, "--card", "C2001", "--pin", "2468",
+               data=data).code == 0
+    for pin in ("SSSSSSSS", "Sekr\x01t99"[:8], "12ab", "Sekr\u202et9"):
+        for args in (("card", "issue", "--member", member, "--card", "PP1", "--pin", pin),
+                     ("debit", "--card", "C2001", "--pin", pin, "--amount", "1")):
+            r = cli(*args, data=data)
+            assert r.code == 1 and "must be a card PIN of 4 to 8 digits" in r.err, r
+            assert pin not in r.err and json.dumps(pin) not in r.err, r
+            assert pin.encode("unicode_escape").decode() not in r.err, r
