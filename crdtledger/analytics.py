@@ -44,7 +44,7 @@ import pyarrow as pa  # type: ignore[import-untyped]  # no stubs shipped
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 from crdtledger.errors import InvalidInput
-from crdtledger.private import FILE_MODE
+from crdtledger.private import FILE_MODE, private_dir, private_file_open, private_text_open
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
@@ -439,10 +439,15 @@ def _table_digest(table: pa.Table) -> str:
 
 
 def _write(path: Path, table: pa.Table) -> None:
-    """Replace `path` whole: a reader (or a crash) sees the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Replace `path` whole: a reader (or a crash) sees the old file or the new one.
+
+    0600 in 0700 directories, as every other output (a backup, a sync file, a CSV):
+    the files followed the umask (0644, 0755), and pseudonyms aside they hold every
+    sale, amount and branch of the chain."""
+    private_dir(path.parent)
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd")
+    with private_file_open(tmp) as f:
+        pq.write_table(table, f, compression="zstd")
     os.replace(tmp, path)
 
 
@@ -479,8 +484,11 @@ def _read_manifest(out: Path, chain: str) -> dict[str, Any]:
 
 
 def _write_manifest(out: Path, manifest: Mapping[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    # `out` 0700 (tightened too if an earlier export left it open): nothing under it
+    # is then reachable by others, files an older version wrote 0644 included.
+    private_dir(out)
     tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
+    with private_text_open(tmp) as f:
+        f.write(json.dumps(manifest, indent=1, sort_keys=True))
     os.replace(tmp, out / MANIFEST)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from conftest import Cli, free_port
@@ -167,3 +168,30 @@ def test_a_malformed_pin_or_password_is_not_said_back(cli: Cli, tmp_path: Path) 
             assert r.code == 1 and "must be a card PIN of 4 to 8 digits" in r.err, r
             assert pin not in r.err and json.dumps(pin) not in r.err, r
             assert pin.encode("unicode_escape").decode() not in r.err, r
+
+
+def test_the_analytics_export_is_private_whatever_the_umask(cli: Cli, tmp_path: Path) -> None:
+    """`export-analytics` wrote 0755 directories and 0644 Parquet files (the umask's),
+    where every other output is 0700/0600; an export an older version left open is
+    closed by the next one."""
+    data = tmp_path / "sh01"
+    assert cli("init", "--node", "SH01", "--chain", "acme", data=data).code == 0
+    r = cli("member", "add", "--name", "王芳", "--phone", "13800000001", "--json", data=data)
+    member = json.loads(r.out)["member_id"]
+    assert cli("topup", "--member", member, "--amount", "100", data=data).code == 0
+    out = tmp_path / "analytics"
+    old = os.umask(0o022)  # the child's, as a shop PC's shell has it
+    try:
+        assert cli("export-analytics", "--out", out, data=data).code == 0
+        made = [out, *out.rglob("*")]
+        assert len([p for p in made if p.suffix == ".parquet"]) >= 3
+        modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in made
+                 if p.stat().st_mode & 0o077}
+        assert modes == {}, modes
+        out.chmod(0o755)  # as an older version left it
+        (out / "members.parquet").chmod(0o644)
+        assert cli("topup", "--member", member, "--amount", "1", data=data).code == 0
+        assert cli("export-analytics", "--out", out, data=data).code == 0
+        assert out.stat().st_mode & 0o777 == 0o700
+    finally:
+        os.umask(old)
