@@ -115,22 +115,33 @@ SIGNED_TEXT = text(16, pattern=f"^[+-]?{_DIGITS}$", **{"x-error": "invalid_amoun
 # str.splitlines() breaks at (NEL, U+2028, U+2029). Free text (notes, reasons, a
 # broadcast's text) may break lines and hold tabs, and nothing else of the kind: a NUL
 # ends a string early in C code that shows it.
-ONE_LINE = f"^[^{LINE_BREAKS}]*$"
-FREE_TEXT = "^[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f]*$"
+#
+# Nor, in either, the controls that reorder what follows (RLO and the others, U+202A-E,
+# U+2066-9, and the marks U+200E/F): "\u202e三张" shows as another name in every list,
+# receipt and CSV, and a reason can be made to read backwards. And no text made of
+# zero-width characters alone (with spaces): a name of one U+200B was taken where an
+# empty name is refused. Within other text they stay (U+200D joins emoji).
+_BIDI = "\\u200e\\u200f\\u202a-\\u202e\\u2066-\\u2069"
+_ZERO_WIDTH = "\\u200b-\\u200d\\u2060\\ufeff"
+_NOT_INVISIBLE = f"(?![\\s{_ZERO_WIDTH}]*[{_ZERO_WIDTH}][\\s{_ZERO_WIDTH}]*$)"
+ONE_LINE = f"^{_NOT_INVISIBLE}[^{LINE_BREAKS}{_BIDI}]*$"
+FREE_TEXT = f"^{_NOT_INVISIBLE}[^\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f{_BIDI}]*$"
 
 
 def line(limit: int = 200, what: str = "", **more: Any) -> Schema:
     """`text` for a name, a label or a subject (`what`, the schema's title): refused
     with a sentence if it holds a line break or another control character."""
     return text(limit, pattern=ONE_LINE, **({"title": what} if what else {}),
-                description="one line of text, without line breaks or control characters",
+                description="one line of text, without line breaks, control characters or "
+                "direction overrides, and not of invisible characters alone",
                 **more)
 
 
 def free_text(limit: int = 200, **more: Any) -> Schema:
     """`text` that may span lines (notes, reasons, a message's text)."""
     return text(limit, pattern=FREE_TEXT, description="text: line breaks and tabs, but no "
-                "other control characters", **more)
+                "other control characters nor direction overrides, and not of invisible "
+                "characters alone", **more)
 
 
 TAGS = array(line(40, "a tag", minLength=1), 50)

@@ -195,3 +195,33 @@ def test_the_analytics_export_is_private_whatever_the_umask(cli: Cli, tmp_path: 
         assert out.stat().st_mode & 0o777 == 0o700
     finally:
         os.umask(old)
+
+
+def test_names_and_reasons_of_invisible_or_reordering_characters_are_refused(
+        cli: Cli, tmp_path: Path) -> None:
+    """A member named one zero-width space (U+200B) was added where an empty name is
+    refused; U+202E (right-to-left override) was taken in member and role names and
+    reasons, and turned what follows it around in every list and receipt."""
+    data = tmp_path / "sh01"
+    assert cli("init", "--node", "SH01", "--chain", "acme", data=data).code == 0
+    r = cli("member", "add", "--name", "王芳", "--phone", "13800000001", "--json", data=data)
+    member = json.loads(r.out)["member_id"]
+    assert cli("topup", "--member", member, "--amount", "100", data=data).code == 0
+    r = cli("debit", "--member", member, "--amount", "10", "--json", data=data)
+    debit = json.loads(r.out)["id"]
+    store = _digest(data / "ledger.sqlite3")
+    for bad in ("\u200b", " \u200b\u2060 ", "\ufeff", "\u202e三张", "a\u2066b", "x\u200f"):
+        for args in (("member", "add", "--name", bad, "--phone", "13300000001"),
+                     ("member", "edit", "--member", member, "--name", bad),
+                     ("role", "define", "--name", bad, "--permission", "topup"),
+                     ("refund", "--debit", debit, "--amount", "1", "--reason", bad)):
+            r = cli(*args, data=data)
+            assert r.code == 1 and "Traceback" not in r.err, (args, r)
+            assert "direction overrides" in r.err, (args, r)
+    assert _digest(data / "ledger.sqlite3") == store
+    # Chinese, emoji (joined by U+200D), spaces and a zero-width space inside a name
+    for i, name in enumerate(("李 小明", "👨\u200d👩\u200d👧 张家", "Zoë O'Neil", "王\u200b芳")):
+        r = cli("member", "add", "--name", name, "--phone", f"1330000001{i}", data=data)
+        assert r.code == 0, r.err
+    assert cli("refund", "--debit", debit, "--amount", "1", "--reason", "顾客退回 🙂\n第二行",
+               data=data).code == 0
