@@ -35,6 +35,11 @@ class Cards(Members):
             raise InvalidInput(f"unknown card type {card_type!r}; one of {CARD_TYPES}")
         if expiry:
             check_date(expiry, "expiry")
+            # A card whose last day has passed was issued (and its fee taken) only to be
+            # refused at its first swipe; a coupon's valid-to is refused alike.
+            if expiry < self.today():
+                raise InvalidInput(f"expiry {expiry} has passed already (today is "
+                                   f"{self.today()}): a card is valid through its expiry day")
         fee = check_amount(fee, allow_zero=True)
         self._card_free(card_no)
         cid = self.clock.mint()

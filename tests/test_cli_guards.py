@@ -225,3 +225,20 @@ def test_names_and_reasons_of_invisible_or_reordering_characters_are_refused(
         assert r.code == 0, r.err
     assert cli("refund", "--debit", debit, "--amount", "1", "--reason", "顾客退回 🙂\n第二行",
                data=data).code == 0
+
+
+def test_a_card_is_not_issued_already_expired(cli: Cli, tmp_path: Path) -> None:
+    """`card issue --expiry 2020-01-01` issued a card (and took its fee) that every
+    swipe then refused as expired; a coupon's past valid-to is refused."""
+    data = tmp_path / "sh01"
+    assert cli("init", "--node", "SH01", "--chain", "acme", data=data).code == 0
+    r = cli("member", "add", "--name", "王芳", "--phone", "13800000001", "--json", data=data)
+    member = json.loads(r.out)["member_id"]
+    store = _digest(data / "ledger.sqlite3")
+    r = cli("card", "issue", "--member", member, "--card", "PAST1", "--expiry", "2020-01-01",
+            "--fee", "5", data=data)
+    assert r.code == 1 and "has passed already" in r.err, r
+    assert _digest(data / "ledger.sqlite3") == store
+    r = cli("card", "issue", "--member", member, "--card", "NEXT1", "--expiry", "2099-12-31",
+            data=data)
+    assert r.code == 0, r.err

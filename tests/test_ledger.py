@@ -610,16 +610,26 @@ def test_unknown_card_and_member(a: Ledger) -> None:
     refused(a, [m, other], InvalidInput, lambda: a.debit(o, m, card="OTHER", amount=1))
 
 
-def test_expired_card_refused(a: Ledger) -> None:
-    o = a.owner
-    m = member(a)
-    a.issue_card(o, m, "OLD", expiry="2020-01-31")
-    a.topup(o, m, 1000)
-    err = refused(a, [m], CardInactive, lambda: a.debit(o, card="OLD", amount=1))
-    assert "2020-01-31" in str(err)
-    refused(a, [m], InvalidInput, lambda: a.issue_card(o, m, "NEW", expiry="31/01/2030"))
-    refused(a, [m], InvalidInput, lambda: a.issue_card(o, m, "NEW", card_type="gold"))
-    refused(a, [m], InvalidInput, lambda: a.issue_card(o, m, "", card_type="trial"))
+def test_expired_card_refused(tmp_path: Path) -> None:
+    clock = FakeClock()  # 2026-01-01 (08:00 in Shanghai)
+    a = new_ledger(tmp_path, "SH01", now_ms=clock)
+    try:
+        o = a.owner
+        m = member(a)
+        a.issue_card(o, m, "OLD", expiry="2026-01-31")
+        a.topup(o, m, 1000)
+        clock.advance_days(31)
+        err = refused(a, [m], CardInactive, lambda: a.debit(o, card="OLD", amount=1))
+        assert "2026-01-31" in str(err)
+        # nor is one issued expired already (it was, its fee taken, refused at each swipe)
+        refused(a, [m], InvalidInput, lambda: a.issue_card(o, m, "NEW", expiry="2026-01-31"),
+                match="has passed already")
+        refused(a, [m], InvalidInput, lambda: a.issue_card(o, m, "NEW", expiry="31/01/2030"))
+        refused(a, [m], InvalidInput, lambda: a.issue_card(o, m, "NEW", card_type="gold"))
+        refused(a, [m], InvalidInput, lambda: a.issue_card(o, m, "", card_type="trial"))
+        a.issue_card(o, m, "TODAY", expiry="2026-02-01")  # valid through its last day
+    finally:
+        a.close()
 
 
 # --- operators and permissions -----------------------------------------------------
