@@ -90,7 +90,8 @@ BREAKS = {"entry-as-other": "entry-writer", "others-rights": "own-rights",
           "card-as-other": "record-writer", "coupon-made": "coupon-unit",
           "reward-other": "referral-reward", "reversal-other": "reversal-own",
           "give-back-other": "give-back-own", "points-raise": "raise-own",
-          "booking-other": "booking-branch", "amount-claimed": "amount-moved"}
+          "booking-other": "booking-branch", "amount-claimed": "amount-moved",
+          "before-enrolled": "enrolled"}
 FORGERIES = tuple(BREAKS)
 # A writer is judged by its first broken rule only (its later records are held,
 # unjudged), so each forgery is written by an identity of its own: the forger's
@@ -358,6 +359,16 @@ class Byzantine:
                     "op": owner_of(me), "at": id_time_ms(eid), "amount": 100_000,
                     "paid": 100_000, "deltas": [["cash", me, 100_000]]}
             return self._put(lg, back, client)
+        if kind == "before-enrolled":  # a top-up dated ten days before its enrolment
+            since = self.world.ca.enrolled_ms
+            if since is None:
+                return None
+            at = since - 10 * DAY // MS
+            eid = HybridClock(me, now_ms=lambda: at).mint()
+            early = {"id": eid, "kind": "topup", "member": member, "node": me,
+                     "op": owner_of(me), "at": id_time_ms(eid), "amount": 100_000,
+                     "paid": 100_000, "deltas": [["cash", me, 100_000]]}
+            return self._put(lg, early, client)
         if kind in ("merge-in", "transfer-nothing", "refund-other", "debit-raise"):
             eid = f"{base}.{me}"
             raised: dict[str, Any] = {

@@ -22,7 +22,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from crdtledger.private import private_dir, write_private
-from crdtledger.trust import CA_CERT, CHAIN_KEY, HEAD_OFFICE, NODE_CERT, NODE_KEY, NODE_URI, TLS_DIR
+from crdtledger.trust import (
+    CA_CERT,
+    CHAIN_KEY,
+    HEAD_OFFICE,
+    NODE_CERT,
+    NODE_KEY,
+    NODE_URI,
+    TLS_DIR,
+    enrolment_extension,
+)
 
 # Wide enough for any wall clock the run's checks read (Trust checks validity
 # against the real time, not the simulated one).
@@ -50,9 +59,12 @@ def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 class ChainCA:
     """One chain CA for a run; `enrol` writes a node's identity into its directory."""
 
-    def __init__(self, chain: str, seed: int) -> None:
+    def __init__(self, chain: str, seed: int, enrolled: dt.datetime | None = None) -> None:
+        """`enrolled`: when the chain enrolled its nodes, said in each certificate as
+        peer.chain.enrol says it (write rule `enrolled`); None: not said."""
         self.chain = chain
         self.seed = seed
+        self.enrolled_ms = None if enrolled is None else int(enrolled.timestamp()) * 1000
         self.key = _key(seed, "ca")
         subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, chain),
                              x509.NameAttribute(NameOID.COMMON_NAME, f"crdtledger chain {chain}")])
@@ -88,7 +100,7 @@ class ChainCA:
             *([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, HEAD_OFFICE)]
               if head_office else []),
             x509.NameAttribute(NameOID.COMMON_NAME, node)])
-        cert = (
+        builder = (
             x509.CertificateBuilder().subject_name(subject).issuer_name(self.cert.subject)
             .public_key(key.public_key()).serial_number(_serial(self.seed, node))
             .not_valid_before(NOT_BEFORE).not_valid_after(NOT_AFTER)
@@ -97,9 +109,11 @@ class ChainCA:
                                                   ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)
             .add_extension(x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(NODE_URI + node)]), critical=False)
-            .sign(self.key, hashes.SHA256(), ecdsa_deterministic=True))
-        return key, cert
+                [x509.UniformResourceIdentifier(NODE_URI + node)]), critical=False))
+        if self.enrolled_ms is not None:
+            builder = builder.add_extension(enrolment_extension(self.enrolled_ms),
+                                            critical=False)
+        return key, builder.sign(self.key, hashes.SHA256(), ecdsa_deterministic=True)
 
     def revoke(self, node: str, when: dt.datetime) -> bytes:
         """A revocation list (DER) of every node revoked so far and `node`, numbered one

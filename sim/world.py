@@ -12,7 +12,7 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from datetime import time as dt_time
 from functools import partial
 from pathlib import Path
@@ -102,7 +102,8 @@ class World:
         self._began = 0.0
         self._last_hour = -1
         self.root = root
-        self.ca = ChainCA("simchain", cfg.seed)
+        # Enrolled a day before the run, as peer.chain.enrol backdates a certificate.
+        self.ca = ChainCA("simchain", cfg.seed, enrolled=start - timedelta(days=1))
         self.oracle = Oracle(self)  # sim/oracles.py: entries and settlement by the rules
 
     # --- the chain ----------------------------------------------------------------
