@@ -83,6 +83,9 @@ def _add_run_options(p: argparse.ArgumentParser, *, sweep: bool) -> None:
                    help="probability a frame reaches the session twice")
     p.add_argument("--reorder", type=_fraction, default=0.0,
                    help="probability two frames of a batch reach the session swapped")
+    p.add_argument("--lost-answers", type=_fraction, default=Config().lost_answers,
+                   help="probability a till's answer is lost and the request sent again "
+                        "under its Idempotency-Key")
     p.add_argument("--max-ops", type=_at_least(0), default=None)
     p.add_argument("--forger", type=_at_least(0), default=0,
                    help="branches that write records breaking the write rules")
@@ -123,7 +126,7 @@ def _config(a: argparse.Namespace, *, nodes: int, scenario: str, seed: int) -> C
                   scenario=scenario,
                   topology=a.topology, hubs=a.hubs, ops_per_node=a.ops_per_node,
                   hot_members=a.hot_members, ae_interval_s=a.ae_interval,
-                  dup=a.dup, reorder=a.reorder,
+                  dup=a.dup, reorder=a.reorder, lost_answers=a.lost_answers,
                   max_ops=a.max_ops, fault_mask=mask, **byz)
 
 

@@ -21,6 +21,7 @@ class Config:
     ae_interval_s: float = 10.0
     dup: float = 0.0  # session-level duplicated frames (per frame)
     reorder: float = 0.0  # session-level swapped frames (per delivered batch)
+    lost_answers: float = 0.01  # a till's answer lost, the request sent again (same key)
     synchronous: str = "OFF"  # a crash is a process crash: every commit survives it
     max_ops: int | None = None  # stop the workload after this many (shrinking)
     fault_mask: frozenset[int] = field(default_factory=frozenset)  # faults switched off
@@ -52,7 +53,8 @@ class Config:
                            ("ops_per_node", "--ops-per-node"),
                            ("hot_members", "--hot-members"),
                            ("ae_interval_s", "--ae-interval"), ("dup", "--dup"),
-                           ("reorder", "--reorder"), ("max_ops", "--max-ops"),
+                           ("reorder", "--reorder"), ("lost_answers", "--lost-answers"),
+                           ("max_ops", "--max-ops"),
                            ("forger", "--forger"), ("equivocator", "--equivocator"),
                            ("restored", "--restored"), ("closed", "--closed")):
             value = getattr(self, name)

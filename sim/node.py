@@ -17,7 +17,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crdtledger import audit
+from crdtledger import audit, idempotency, operations
 from crdtledger.core import (
     BookingDecided,
     Close,
@@ -40,6 +40,7 @@ from crdtledger.storage import Storage
 from crdtledger.sync import ClockSkewSeen, PeerHello, RightsAnswered, RightsGranted
 from sim.engine import SECOND
 from sim.net import Connection, End
+from sim.oracles import Intent
 
 if TYPE_CHECKING:
     from sim.world import World
@@ -60,6 +61,7 @@ class Attempt:
     where: str  # at the swipe: "connected" or "partitioned"
     done: Callable[[Outcome, Attempt], None]
     waited_us: int | None = None  # time spent fetching rights, if any
+    retried: bool = False  # sent again under its key after its answer was lost
 
     @property
     def started(self) -> bool | None:
@@ -89,6 +91,7 @@ class SimNode:
         # starts the next one at once): carried out after them, in the core's order.
         self._queued: list[Effect] = []
         self._running = False
+        self._flush_soon = False  # a flush of the frames a till's write left queued is due
         Ledger.create(path, name, "simchain", "Asia/Shanghai")
         # Enrolled in the chain's CA, as a shop is; the first node is the head office.
         world.ca.enrol(path, name, head_office=index == 0)
@@ -136,6 +139,7 @@ class SimNode:
             return
         self.up = False
         self.gen += 1
+        self._flush_soon = False
         self._queued = []  # what the dead process had yet to do is not done
         for conn in sorted(self.conns.values(), key=lambda c: c.id):
             self.world.net.close(conn, f"{self.name} crashed")
@@ -169,15 +173,104 @@ class SimNode:
     def connected(self) -> list[str]:
         return self.core.connected() if self.core is not None else []
 
-    def perform(self, label: str, op: Op, done: Callable[[Outcome, Attempt], None]) -> None:
-        attempt = Attempt(label, self.world.connectivity(self), done)
+    def perform(self, label: str, op: Op | Intent,
+                done: Callable[[Outcome, Attempt], None], *, retried: bool = False) -> None:
+        attempt = Attempt(label, self.world.connectivity(self), done, retried=retried)
         if not self.up or self.core is None or self.ledger is None:
             done(Crashed(), attempt)
             return
+        if isinstance(op, Intent):
+            self._request(op, attempt)
+            return
         ledger = self.ledger
-        oid, effects = self.core.submit(lambda: op(ledger), self.now_s(), label)
+        self._submit(lambda: op(ledger), label, attempt)
+
+    def operator(self, role: str) -> str:
+        """The id of this branch's operator in `role` (the world made them at B01)."""
+        assert self.ledger is not None
+        return self.ledger.owner if role == "owner" else self.world.operators[self.name][role]
+
+    def _request(self, intent: Intent, attempt: Attempt) -> None:
+        """A till's request as the API takes it (peer.api: `IdempotencyKeys.run` around
+        the route's handler): under its Idempotency-Key, the answer kept is given again
+        without running anything; else the key is begun, the operation runs through
+        `operations.run` as this branch's operator, its entries tagged with the key,
+        and its answer is kept (a refusal frees the key)."""
+        ledger = self.ledger
+        assert ledger is not None
+        operator = self.operator(intent.role)
+        key = intent.key
+        till = attempt.done
+        if key is None:
+            def run_plain() -> Any:
+                return operations.run(ledger, operator, intent.name, intent.given)
+
+            attempt.done = lambda outcome, a: till(
+                outcome if isinstance(outcome, Exception) else intent.answer(outcome), a)
+            self._submit(run_plain, attempt.label, attempt)
+            return
+        now = self.world.key_ms()
+        op = operations.TABLE[intent.name]
+        request = idempotency.fingerprint(op.method, op.path, [], intent.given,
+                                          secret=idempotency.node_secret(ledger))
+        kept = idempotency.look(ledger, operator, key, now)
+        if kept is None:
+            before = idempotency.done_before_restore(ledger, operator, key, now)
+            if before is not None:  # 409: the cashier finds it in the member's history
+                till({"id": before}, attempt)
+                return
+        elif kept.request != request:
+            raise RuntimeError(f"the simulator sent key {key} for another request")
+        elif kept.status is None:  # 409: interrupted before it answered
+            till(Crashed(), attempt)
+            return
+        else:  # the answer kept for the key, the operation not run again
+            till(intent.answer(kept.body), attempt)
+            return
+        idempotency.begin(ledger, operator, key, request, now)
+        gen = self.gen
+
+        def answered(outcome: Outcome, a: Attempt) -> None:
+            if isinstance(outcome, Crashed):  # the row stays begun: unknown (409)
+                till(outcome, a)
+                return
+            if gen != self.gen or self.ledger is not ledger:
+                return  # a life since ended: its keys are as it left them
+            if isinstance(outcome, LedgerError):
+                idempotency.forget(ledger, operator, key)
+                till(outcome, a)
+                return
+            idempotency.finish(ledger, operator, key, op.status, outcome)
+            if not a.retried and self.world.answer_lost():
+                # Lost on its way to the till: the till sends it again, same key.
+                self.world.retry_later(self, intent, a.label, till)
+                return
+            till(intent.answer(outcome), a)
+
+        def run() -> Any:
+            with idempotency.tagging(operator, key):  # its entries carry the key's tag
+                return operations.run(ledger, operator, intent.name, intent.given)
+
+        attempt.done = answered
+        self._submit(run, attempt.label, attempt)
+
+    def _submit(self, run: Callable[[], Any], label: str, attempt: Attempt) -> None:
+        """One ledger write as peer.node.Node.perform makes it: `reply_first`, so the
+        till's answer does not wait for the frames its commit queued, and a flush of
+        those frames at the next turn (the node's `call_soon(_flush_queued)`)."""
+        assert self.core is not None
+        oid, effects = self.core.submit(run, self.now_s(), label, reply_first=True)
         self.attempts[oid] = attempt
+        if (self.conns and not self._flush_soon
+                and any(isinstance(e, Done) and e.op == oid for e in effects)):
+            self._flush_soon = True
+            self.world.engine.after(0, partial(self._flush_queued, self.gen))
         self.run(effects)
+
+    def _flush_queued(self, gen: int) -> None:
+        self._flush_soon = False
+        if gen == self.gen and self.up and self.core is not None:
+            self.run(self.core.flush())
 
     def opened(self, conn: Connection, peer: str, dialer: str) -> None:
         """A connection to `peer` is up (both ends are registered before either core

@@ -66,18 +66,43 @@ MONEY = ("cash", "bonus")
 
 
 class Intent:
-    """An operation of the table with what the customer asked for: the workload's
-    `_run` hands one to the node (it runs `operations.run` as before), so the oracle
-    knows the amount a top-up was for, the service or amount of a debit."""
+    """A till's request: an operation of the table (`crdtledger.operations`) with what
+    the customer asked for, the role of the operator at the till who sends it (a
+    cashier, a manager where the operation needs one, "owner" for the built-in owner at
+    the head office's console) and its Idempotency-Key, as the API takes it. The node
+    (sim.node.SimNode.perform) runs it as the API does: the key looked up, begun,
+    `operations.run` under the key's tag through `NodeCore.submit(reply_first=True)`,
+    the answer kept. The oracle knows from it the amount a top-up was for, the service
+    or amount of a debit. `answer` turns the operation's JSON answer into what the
+    workload acknowledges (an entry's id, a member's, a card's)."""
 
-    def __init__(self, name: str, given: Mapping[str, Any]) -> None:
+    def __init__(self, name: str, given: Mapping[str, Any], role: str = "cashier",
+                 key: str | None = None) -> None:
         self.name = name
         self.given = dict(given)
+        self.role = role
+        self.key = key
 
-    def __call__(self, ledger: Any) -> Any:
-        from crdtledger import operations
+    def answer(self, result: Any) -> Any:
+        shape = ANSWERS.get(self.name)
+        return shape(result) if shape is not None and isinstance(result, dict) else result
 
-        return operations.run(ledger, ledger.owner, self.name, self.given)
+
+# What the workload acknowledges of an operation's answer, where it is not the entry
+# itself (a dict with the entry's "id"): the member, card or rule it made, or the entry
+# a coupon's, a booking's or a cancellation's answer names.
+ANSWERS: dict[str, Any] = {
+    "member.add": lambda r: r["member_id"],
+    "member.edit": lambda r: None,
+    "card.issue": lambda r: r["id"],
+    "card.lost": lambda r: r["id"],
+    "card.replace": lambda r: r["id"],
+    "rule.set": lambda r: r["rule_id"],
+    "goods.add": lambda r: r["rule_id"],
+    "coupon.issue": lambda r: {"id": r["coupon"]},
+    "booking.add": lambda r: {"id": r["booking"]},
+    "booking.cancel": lambda r: {"id": r["entry"]},
+}
 
 
 # --- arithmetic of the published rules ---------------------------------------------
@@ -769,3 +794,4 @@ def refunds_beyond_debits(conn: sqlite3.Connection) -> list[tuple[str, int, int]
         if back > amount or ((pay == "package" or goods) and units > qty):
             out.append((str(did), int(amount), int(back)))
     return out
+

@@ -26,11 +26,13 @@ from datetime import date, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from crdtledger import bookings, operations
+from crdtledger import bookings
 from crdtledger.ledger import Ledger
 from crdtledger.views import packages, points
 from sim.engine import DAY, HOUR, MINUTE, SECOND
 from sim.oracles import Intent
+
+OPERATOR_PASSWORD = "sim-till-password"  # sim.world.OPERATOR_PASSWORD
 
 if TYPE_CHECKING:
     from sim.node import Attempt, Outcome
@@ -85,6 +87,7 @@ class Workload:
         self.rng = random.Random(f"{cfg.seed}:workload")
         self.n = cfg.nodes
         self.ops = 0
+        self.receipts = 0  # Idempotency-Keys sent so far
         self.stopped = False
         self.members: list[Member] = []
         self.branches: list[Branch] = []
@@ -182,13 +185,15 @@ class Workload:
             return  # registration not acknowledged (crashed home): they come back later
         self._customer(b, m)
 
-    @staticmethod
-    def _run(name: str, **params: Any) -> Any:
-        """An operation of the table (crdtledger.operations), as the HTTP API, the
-        command line and the counter run it: its schema, its permission, then the
-        ledger. A parameter None is left out, as the counter leaves it out."""
+    def _run(self, op_name: str, role: str = "cashier", /, **params: Any) -> Intent:
+        """A till's request for an operation of the table (crdtledger.operations), as
+        the HTTP API runs it: sent by the branch's operator in `role` (a cashier; a
+        manager where a cashier may not), under an Idempotency-Key of its own (the
+        till's receipt number), its schema, its permission, then the ledger. A
+        parameter None is left out, as the counter leaves it out."""
         given = {k: v for k, v in params.items() if v is not None}
-        return Intent(name, given)  # runs operations.run; sim.oracles reads what was asked
+        self.receipts += 1
+        return Intent(op_name, given, role, key=f"R{self.receipts:08d}")
 
     def _customer(self, b: Branch, m: Member) -> None:
         rng = self.rng
@@ -228,9 +233,10 @@ class Workload:
             debit_id = rng.choice(list(b.debits))
             part = rng.choice((None, 1000))
             # A goods sale is refunded by units (all of it: its unit back on the shelf).
-            self._op(b, "refund", lambda lg: operations.run(lg, lg.owner, "refund", {
-                "debit_id": debit_id, "reason": "customer complaint",
-                **({} if part is None or "goods" in lg.entry(debit_id) else {"amount": part})}))
+            if "goods" in ledger.entry(debit_id):
+                part = None
+            self._op(b, "refund", self._run("refund", "manager", debit_id=debit_id,
+                                            reason="customer complaint", amount=part))
         elif r < 0.87:
             if points(ledger, mid)["total"] >= 1000:
                 self._op(b, "redeem", self._run("points.redeem", member=mid, points=1000,
@@ -240,12 +246,12 @@ class Workload:
                 self._op(b, "convert", self._run("points.convert", member=mid, points=500))
         elif r < 0.90:
             strength = rng.choice(("轻", "中", "重"))
-            self._op(b, "edit", lambda lg: lg.edit_member(lg.owner, mid,
-                                                          prefs={"strength": strength}))
+            self._op(b, "edit", self._run("member.edit", member=mid,
+                                          prefs={"strength": strength}))
         elif r < 0.905:
             self._lose_card(b, m)
         elif r < 0.91:
-            self._op(b, "expire", self._run("points.expire", member=mid))
+            self._op(b, "expire", self._run("points.expire", "manager", member=mid))
         elif r < 0.93:
             self._goods(b, m)
         elif r < 0.945:
@@ -253,8 +259,8 @@ class Workload:
         elif r < 0.955:
             self._booking(b, m)
         else:
-            self._debit(b, m, "debit.service", lambda lg: lg.debit(
-                lg.owner, card=m.card_no, service=svc), PRICES[svc])
+            self._debit(b, m, "debit.service", self._run(
+                "debit", card=m.card_no, service=svc), PRICES[svc])
 
     def _goods(self, b: Branch, m: Member) -> None:
         """A goods item over the counter: bought in (20) when the shelf is nearly empty,
@@ -265,10 +271,10 @@ class Workload:
         if GOODS not in ledger.catalogue():  # the head office's catalogue not here yet
             return
         if ledger.stock_of(GOODS)["qty"] < 2:
-            self._op(b, "stock.in", lambda lg: lg.stock_in(lg.owner, GOODS, 20))
+            self._op(b, "stock.in", self._run("stock.in", "manager", goods=GOODS, qty=20))
             return
         pay = "stored" if self._spendable(ledger, mid) >= GOODS_PRICE else "cash"
-        self._op(b, "sell", lambda lg: lg.sell_goods(lg.owner, GOODS, 1, member=mid, pay=pay),
+        self._op(b, "sell", self._run("sell", goods=GOODS, qty=1, member=mid, pay=pay),
                  debit=True)
 
     def _booking(self, b: Branch, m: Member) -> None:
@@ -283,8 +289,7 @@ class Workload:
             return
         if b.booked and rng.random() < 0.25:
             bid = b.booked.popleft()
-            self._op(b, "booking.cancel", lambda lg: {
-                "id": bookings.cancel(lg, lg.owner, bid)["entry"]})
+            self._op(b, "booking.cancel", self._run("booking.cancel", booking=bid))
             return
         tech = rng.choice(techs)
         service = rng.choice(tech["services"])
@@ -296,8 +301,8 @@ class Workload:
             if isinstance(outcome, dict):
                 b.booked.append(str(outcome["id"]))
 
-        self._op(b, "booking", lambda lg: {"id": bookings.book(
-            lg, lg.owner, mid, tech["id"], service, at)["booking"]}, then=booked)
+        self._op(b, "booking", self._run("booking.add", member=mid, technician=tech["id"],
+                                         service=service, at=at), then=booked)
 
     def _coupon(self, b: Branch, m: Member, svc: str) -> None:
         """A coupon: the member's first available one comes off a service here (its
@@ -311,12 +316,12 @@ class Workload:
         if not ready:
             # Acknowledged by its entry's id, as every other write (the view calls it
             # `coupon`).
-            self._op(b, "coupon.issue", lambda lg: {
-                "id": lg.issue_coupon(lg.owner, mid, off=1000)["coupon"]})
+            self._op(b, "coupon.issue", self._run("coupon.issue", "manager", member=mid,
+                                                  off=1000))
             return
         cid = ready[0]
-        self._debit(b, m, "debit.coupon", lambda lg: lg.debit(
-            lg.owner, card=m.card_no, service=svc, coupon=cid), PRICES[svc])
+        self._debit(b, m, "debit.coupon", self._run(
+            "debit", card=m.card_no, service=svc, coupon=cid), PRICES[svc])
 
     @staticmethod
     def _spendable(ledger: Ledger, member: str) -> int:
@@ -371,14 +376,15 @@ class Workload:
             if not isinstance(outcome, str):
                 return
             m.id = outcome
-            self._op(branch, "card", lambda lg: lg.issue_card(lg.owner, outcome, m.card_no))
+            self._op(branch, "card", self._run("card.issue", member=outcome,
+                                               card_no=m.card_no))
             # A hot (shared) card starts with 10,000.00: two top-ups at the approval
-            # limit, which the owner at the console cannot pass alone either.
+            # limit, which a cashier passes alone.
             for amount in (500_000, 500_000) if m.hot else (self.rng.choice(TOPUPS),):
-                self._op(branch, "topup", lambda lg, a=amount: lg.topup(lg.owner, outcome, a))
+                self._op(branch, "topup", self._run("topup", member=outcome, amount=amount))
 
-        self._op(branch, "member", lambda lg: lg.add_member(
-            lg.owner, name=name, phone=phone, home=node.name, gender="F",
+        self._op(branch, "member", self._run(
+            "member.add", name=name, phone=phone, home=node.name, gender="F",
             prefs={"service": m.service}), then=registered)
 
     def _walk_in(self, b: Branch) -> None:
@@ -400,26 +406,29 @@ class Workload:
 
         def lost(outcome: Outcome, attempt: Attempt) -> None:
             if isinstance(outcome, str) and self._budget():
-                self._op(b, "card.replace", lambda lg: lg.replace_card(lg.owner, old, new),
+                self._op(b, "card.replace", self._run("card.replace", "manager",
+                                                      card_no=old, new_no=new),
                          then=replaced)
 
-        self._op(b, "card.lost", lambda lg: lg.report_lost(lg.owner, old), then=lost)
+        self._op(b, "card.lost", self._run("card.lost", card_no=old), then=lost)
 
     def _daily_rule(self, day: int) -> None:
         """Head office changes the promotion of the day before opening."""
         body = PROMOTIONS[day % len(PROMOTIONS)]
         if self._budget() and self.world.nodes[0].up:
-            self._op(self.branches[0], "rule", lambda lg: lg.set_rule(
-                lg.owner, "promotions", body))
+            self._op(self.branches[0], "rule", self._run(
+                "rule.set", "owner", kind="promotions", body=body))
             if day == 0 and self._budget():  # the catalogue's goods rule (a rule id)
-                self._op(self.branches[0], "rule", lambda lg: lg.add_goods(
-                    lg.owner, GOODS, "精油", GOODS_PRICE, 3000)["rule_id"])
+                self._op(self.branches[0], "rule", self._run(
+                    "goods.add", "owner", code=GOODS, name="精油", price=GOODS_PRICE,
+                    cost=3000))
         # A bookable technician at each of the first branches, added there (its entry's
         # id is the technician's): only that branch decides its slots.
         for b in self.branches[:TECHNICIAN_BRANCHES] if day == 0 else ():
             if self._budget() and self.world.nodes[b.index].up:
-                self._op(b, "technician", lambda lg: bookings.add_technician(
-                    lg, lg.owner, "T1", "技师", ["FOOT60", "BODY90"], "10:00-22:00"))
+                self._op(b, "technician", self._run(
+                    "technician.add", "manager", code="T1", name="技师",
+                    services="FOOT60,BODY90", hours="10:00-22:00"))
 
     def _hot_burst(self) -> None:
         """A shared card used at several branches within seconds (a family card)."""
@@ -440,17 +449,19 @@ class Workload:
         if (world.serving(first) and first.ledger is not None and m.id is not None
                 and self._budget()
                 and self._spendable(first.ledger, m.id) < 300_000):
-            # The family tops the card up where the burst begins, as it runs low.
-            mid = m.id
-            self._op(self.branches[branches[0]], "topup",
-                     lambda lg: lg.topup(lg.owner, mid, 500_000))
+            # The family tops the card up where the burst begins, as it runs low: above
+            # the approval limit, so the branch's manager approves the cashier's top-up.
+            self._op(self.branches[branches[0]], "topup", self._run(
+                "topup", member=m.id, amount=600_000, approver={
+                    "name": world.operator_name("manager", first.name),
+                    "password": OPERATOR_PASSWORD}))
         for i, bi in enumerate(branches):
             b = self.branches[bi]
             svc = rng.choice(SERVICES)
 
             def swipe(b: Branch = b, svc: str = svc) -> None:
                 if world.serving(world.nodes[b.index]) and self._budget():
-                    self._op(b, "debit.hot", lambda lg: lg.debit(
-                        lg.owner, card=m.card_no, service=svc), debit=True)
+                    self._op(b, "debit.hot", self._run("debit", card=m.card_no, service=svc),
+                             debit=True)
 
             world.engine.after(i * int(rng.uniform(0.2, 2.0) * SECOND), swipe)

@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from datetime import date, datetime, timedelta
 from datetime import time as dt_time
@@ -34,8 +34,8 @@ from sim.faults import Fault, schedule
 from sim.metrics import Metrics, Probe
 from sim.net import HUB_UPLINK_BPS, SHOP_UPLINK_BPS, Connection, Network, frame_size
 from sim.node import Attempt, Crashed, Outcome, SimNode
-from sim.oracles import Oracle
-from sim.workload import Workload
+from sim.oracles import Intent, Oracle
+from sim.workload import OPERATOR_PASSWORD, Workload
 
 ZONE = "Asia/Shanghai"  # no daylight saving: a day is always 24 hours
 TOPOLOGIES = {
@@ -46,6 +46,10 @@ TOPOLOGIES = {
 }
 PROBE_EVERY = 250_000  # µs between convergence checks after a heal
 PROBE_LIMIT = 30 * MINUTE
+# Every branch's cashier and manager (operators the head office adds at the start, as
+# a chain's owner does before opening, all with the password OPERATOR_PASSWORD): the
+# tills act as them, and a manager types it to approve a cashier's large amount.
+ROLES_AT_TILLS = ("cashier", "manager")
 
 
 def scenario_defaults(cfg: Config) -> Config:
@@ -105,6 +109,12 @@ class World:
         # Enrolled a day before the run, as peer.chain.enrol backdates a certificate.
         self.ca = ChainCA("simchain", cfg.seed, enrolled=start - timedelta(days=1))
         self.oracle = Oracle(self)  # sim/oracles.py: entries and settlement by the rules
+        # Node name -> role -> operator id (made at B01 at the start: `_operators`).
+        self.operators: dict[str, dict[str, str]] = {}
+        # A till's answer lost on its way back, the request sent again under its key:
+        # a stream of its own, so that the workload's choices do not depend on it.
+        self.rng_answers = random.Random(f"{cfg.seed}:answers")
+        self.retrying = 0  # requests whose till is yet to send them again
 
     # --- the chain ----------------------------------------------------------------
 
@@ -352,6 +362,51 @@ class World:
             return
         self._ack(newest[0]["id"], node.name)
 
+    @staticmethod
+    def operator_name(role: str, node: str) -> str:
+        return f"{'店长' if role == 'manager' else '收银'}{node}"
+
+    def _operators(self) -> None:
+        """The head office's owner adds a cashier and a manager for every branch (as
+        reference_app/demo_data.py does), through the operation the API and the
+        command line run; they reach the branches like any governance record."""
+        hq = self.nodes[0]
+        for node in self.nodes:
+            for role in ROLES_AT_TILLS:
+                def made(outcome: Outcome, attempt: Attempt, name: str = node.name,
+                         role: str = role) -> None:
+                    if not isinstance(outcome, dict):
+                        raise RuntimeError(f"operator {role} of {name} not added: {outcome}")
+                    self.operators.setdefault(name, {})[role] = str(outcome["operator_id"])
+
+                hq.perform("operator", Intent("operator.add", {
+                    "name": self.operator_name(role, node.name),
+                    "password": OPERATOR_PASSWORD, "roles": [role]}, role="owner"), made)
+
+    def key_ms(self) -> int:
+        """An Idempotency-Key's clock: the time elapsed (peer.api.IdempotencyKeys runs
+        it on the monotonic clock), not a branch's PC clock, which skews and jumps."""
+        return self.epoch_ms + self.engine.now // 1000
+
+    def answer_lost(self) -> bool:
+        return self.rng_answers.random() < self.config.lost_answers
+
+    def retry_later(self, node: SimNode, intent: Intent, label: str,
+                    till: Callable[[Outcome, Attempt], None]) -> None:
+        """The till heard nothing back: it sends the same request under the same key a
+        few seconds later, to the same branch (again once the node is back up)."""
+        self.retrying += 1
+        self.trace(self.engine.now, f"{node.name} {label} answer lost, key {intent.key}")
+
+        def send() -> None:
+            if not node.up:
+                self.engine.after(MINUTE, send)
+                return
+            self.retrying -= 1
+            node.perform(label, intent, till, retried=True)
+
+        self.engine.after(int(self.rng_answers.uniform(2, 30) * SECOND), send)
+
     def check_node(self, node: SimNode) -> None:
         """After every step of a node that wrote anything: no rights row below zero."""
         if node.ledger is None:
@@ -586,6 +641,7 @@ class World:
         return self._result(time.perf_counter() - wall)
 
     def _start(self) -> None:
+        self._operators()
         for node in self.nodes:
             node.boot()  # dials its configured peers, sets its anti-entropy and rebalancer
         self._schedule_faults()
@@ -648,7 +704,7 @@ class World:
                                            f"healing: {behind[:5]}"))
 
     def _all_equal(self) -> bool:
-        if self.net.in_flight():
+        if self.net.in_flight() or self.retrying:
             return False
         first: Any = None
         for node in self.nodes:
