@@ -299,6 +299,8 @@ def final(world: World) -> list[Violation]:
         if problem:
             out.append(Violation("projection", f"{node.name}: {problem}", node.name))
     out += world.oracle.final(nodes)  # sim/oracles.py: settlement first in, first out
+    if not fork_entries:  # the books by the acknowledged entries (a fork's nobody's)
+        out += world.oracle.books(first, nodes[0].name, excused)
     if byz is not None:
         out += byzantine_final(world, nodes)
     return out

@@ -11,7 +11,9 @@ class Config:
     nodes: int = 10
     members: int | None = None  # default: 20 per node
     days: int = 1
-    start: str = "2026-01-05"  # local date the run begins (at midnight, Asia/Shanghai)
+    # The local date the run begins (at midnight, Asia/Shanghai): a month's last day, so
+    # that a one-day run has its holiday week (sim.world.HOLIDAY_AT) and closes a month.
+    start: str = "2026-01-31"
     seed: int = 1
     scenario: str = "steady"
     topology: str = "auto"  # auto | hub | tree | mesh

@@ -51,7 +51,7 @@ from itertools import product
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from crdtledger import audit
+from crdtledger import audit, hlc
 from crdtledger.errors import InsufficientFunds, LedgerError, RightsElsewhere
 from crdtledger.model import DEFAULT_RULES
 
@@ -63,6 +63,9 @@ if TYPE_CHECKING:
 WALK_IN = "0" * 13 + "."
 ZONE = ZoneInfo("Asia/Shanghai")  # the chain's zone in the simulator (sim.world.ZONE)
 MONEY = ("cash", "bonus")
+MEMBER_PURSES = ("cash", "bonus", "points")  # what a member holds (closing.member_balances)
+# A payment that is no money at the till: stored value, a package's use.
+NOT_AT_TILL = ("stored", "package")
 
 
 class Intent:
@@ -257,7 +260,23 @@ class Oracle:
         self.refused_connected: Counter[str] = Counter()
         self.seconds = 0.0
         self.settlement_seconds = 0.0
+        self.books_seconds = 0.0
         self.enabled = True
+        # Every acknowledged entry as its writer held it at the commit (World._ack):
+        # the oracle's own record of what happened, which the books are checked by.
+        self.record: dict[str, dict[str, Any]] = {}
+        self.books_checked: Counter[str] = Counter()
+
+    def acknowledged(self, node: SimNode, entry_id: str) -> None:
+        """An entry acknowledged at `node` (a till's answer, a grant, the rebalancer's
+        transfer, a booking decided): kept as written there."""
+        if not self.enabled or node.ledger is None:
+            return
+        began = time.perf_counter()
+        body = Store(audit.tables(node.ledger), node.name).entry(entry_id)
+        if body is not None:
+            self.record[entry_id] = body
+        self.seconds += time.perf_counter() - began
 
     # -- as operations end ----------------------------------------------------------
 
@@ -612,13 +631,62 @@ class Oracle:
         finally:
             self.settlement_seconds += time.perf_counter() - began
 
+    def books(self, ledger: Any, name: str, skip: set[str]) -> list[Any]:
+        """The books against the record of acknowledged entries (less `skip`, entries a
+        restore lost): each branch's daily report, every day, figure by figure as
+        `views.daily_report` gives them, and each member's cash, bonus and points at
+        the end of the latest month closed at every branch, as
+        `closing.member_balances` gives them, worked out again by sums of the
+        entries the tills were told of."""
+        from crdtledger import closing, views
+        from sim.checks import Violation
+
+        if not self.enabled:
+            return []
+        began = time.perf_counter()
+        try:
+            entries = {k: v for k, v in self.record.items() if k not in skip}
+            out: list[Any] = []
+            mine = daily_figures(entries)
+            for (day, node), want in sorted(mine.items()):
+                got = views.daily_report(ledger, day, node)
+                self.books_checked["daily"] += 1
+                for key, value in want.items():
+                    if got.get(key) != value:
+                        out.append(Violation("books", f"{name}: the daily report of {node} "
+                                                      f"on {day} says {key} {got.get(key)}; "
+                                                      f"the acknowledged entries give "
+                                                      f"{value}", name))
+                        return out
+            month = closing.books(ledger)["closed_through"]
+            if month is not None and any(day_of(hlc.id_time_ms(e)) <= f"{month}-31"
+                                         for e in entries):
+                want_b = month_end_balances(entries, month)
+                got_b = {r["member"]: {p: int(r[p]) for p in MEMBER_PURSES if r[p]}
+                         for r in closing.member_balances(ledger, month)["members"]}
+                self.books_checked["month_end_members"] += len(want_b)
+                for member in sorted(set(want_b) | set(got_b)):
+                    if want_b.get(member, {}) != got_b.get(member, {}):
+                        out.append(Violation("books", f"{name}: {member}'s balances at the "
+                                                      f"end of {month} are "
+                                                      f"{got_b.get(member, {})} in "
+                                                      f"member_balances; the acknowledged "
+                                                      f"entries give "
+                                                      f"{want_b.get(member, {})}", name))
+                        return out
+            return out
+        finally:
+            self.books_seconds += time.perf_counter() - began
+
     def report(self) -> dict[str, Any]:
         return {"oracles": {
             "checked": dict(sorted(self.checked.items())),
             "unchecked": dict(sorted(self.unchecked.items())),
             "refused_connected": dict(sorted(self.refused_connected.items())),
             "seconds": round(self.seconds, 3),
-            "settlement_seconds": round(self.settlement_seconds, 3)}}
+            "settlement_seconds": round(self.settlement_seconds, 3),
+            "books_checked": dict(sorted(self.books_checked.items())),
+            "books_seconds": round(self.books_seconds, 3)}}
 
 
 def _money(e: Mapping[str, Any]) -> dict[str, int]:
@@ -795,3 +863,76 @@ def refunds_beyond_debits(conn: sqlite3.Connection) -> list[tuple[str, int, int]
             out.append((str(did), int(amount), int(back)))
     return out
 
+
+# --- the books, by sums of the acknowledged entries -------------------------------------
+
+
+def daily_figures(entries: Mapping[str, Mapping[str, Any]]
+                  ) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (day, branch) that wrote any: sales (debits less refunds), debits counted,
+    refunds, top-up cash and count, cards and packages sold and what they took, and
+    what the till took by payment method (top-ups; services, goods and packages paid
+    there, less refunds of such debits on the refund's day). An entry's day is its
+    id's time in the chain's zone (docs/format.md)."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def fig(e: Mapping[str, Any]) -> dict[str, Any]:
+        key = (day_of(hlc.id_time_ms(str(e["id"]))), str(e["node"]))
+        f = out.get(key)
+        if f is None:
+            f = out[key] = {"sales": 0, "debits": 0, "refunds": 0, "topup_cash": 0,
+                            "topups": 0, "cards_sold": 0, "card_sales": 0,
+                            "topup_by_method": Counter(), "till_by_method": Counter()}
+        return f
+
+    for e in entries.values():
+        kind = e["kind"]
+        amount, paid = int(e.get("amount") or 0), int(e.get("paid") or 0)
+        pay = str(e.get("pay") or "cash")
+        if kind == "debit":
+            f = fig(e)
+            f["sales"] += amount
+            f["debits"] += 1
+            if pay not in NOT_AT_TILL:
+                f["till_by_method"][pay] += amount
+        elif kind == "refund":
+            f = fig(e)
+            f["sales"] -= amount
+            f["refunds"] += amount
+            debit = entries.get(str(e.get("ref")))
+            if debit is not None and debit.get("pay") not in (*NOT_AT_TILL, None):
+                f["till_by_method"][str(debit["pay"])] -= amount
+        elif kind == "topup":
+            f = fig(e)
+            f["topup_cash"] += paid
+            f["topups"] += 1
+            f["topup_by_method"][pay] += paid
+        elif kind == "card":
+            f = fig(e)
+            f["cards_sold"] += 1
+            f["card_sales"] += paid
+        elif kind == "package":
+            f = fig(e)
+            f["cards_sold"] += 1
+            f["card_sales"] += amount
+            if pay not in NOT_AT_TILL:
+                f["till_by_method"][pay] += paid
+    for f in out.values():
+        f["topup_by_method"] = {m: v for m, v in sorted(f["topup_by_method"].items()) if v}
+        f["till_by_method"] = {m: v for m, v in sorted(f["till_by_method"].items()) if v}
+    return out
+
+
+def month_end_balances(entries: Mapping[str, Mapping[str, Any]], month: str
+                       ) -> dict[str, dict[str, int]]:
+    """Each member's cash, bonus and points at the end of `month` (YYYY-MM): the sum of
+    the deltas of the entries whose id's day falls in it or before."""
+    out: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for eid, e in entries.items():
+        if day_of(hlc.id_time_ms(eid))[:7] > month:
+            continue
+        for purse, _node, change in e.get("deltas") or ():
+            if purse in MEMBER_PURSES:
+                out[str(e["member"])][str(purse)] += int(change)
+    return {m: {p: v for p, v in sorted(b.items()) if v} for m, b in sorted(out.items())
+            if any(b.values())}

@@ -44,6 +44,14 @@ TOPOLOGIES = {
     "tree": "every shop dials only the hub of its region; hubs in a mesh",
     "mesh": "every node connected to every other (the default up to 6 nodes)",
 }
+# A month's last day of the run: at 14:00 the chain closes for a holiday week, and its
+# PCs come back on at the 8th of the next month (closing.CUT_GRACE_DAYS), so that the
+# month is cut and closed within the run with sales on both sides of its end. The idle
+# week is not simulated: every node is switched off at HOLIDAY_AT and on again
+# HOLIDAY_OFF later, its clock then HOLIDAY_DAYS on.
+HOLIDAY_AT = 14 * HOUR
+HOLIDAY_OFF = 10 * MINUTE
+HOLIDAY_DAYS = closing.CUT_GRACE_DAYS + 1
 PROBE_EVERY = 250_000  # µs between convergence checks after a heal
 PROBE_LIMIT = 30 * MINUTE
 # Every branch's cashier and manager (operators the head office adds at the start, as
@@ -101,6 +109,7 @@ class World:
         self.records_refused: dict[str, int] = {}  # node -> records it refused from peers
         self.converged = False
         self._books: dict[str, Any] | None = None
+        self.holidays: list[str] = []  # months closed by a holiday week (`_holiday`)
         self._down: set[str] = set()
         self._probing = False
         self._began = 0.0
@@ -115,6 +124,7 @@ class World:
         # a stream of its own, so that the workload's choices do not depend on it.
         self.rng_answers = random.Random(f"{cfg.seed}:answers")
         self.retrying = 0  # requests whose till is yet to send them again
+        self.answers_lost = 0
 
     # --- the chain ----------------------------------------------------------------
 
@@ -296,6 +306,7 @@ class World:
             self.fail(Violation("duplicate", f"entry {entry_id} acknowledged twice", node))
         self.acked_entries[entry_id] = node
         self.acked_by_node[node] = self.acked_by_node.get(node, 0) + 1
+        self.oracle.acknowledged(self.by_name[node], entry_id)
 
     def op_done(self, branch: int, label: str, outcome: Outcome, attempt: Attempt, *,
                 debit: bool, op: Any = None) -> None:
@@ -396,6 +407,7 @@ class World:
         """The till heard nothing back: it sends the same request under the same key a
         few seconds later, to the same branch (again once the node is back up)."""
         self.retrying += 1
+        self.answers_lost += 1
         self.trace(self.engine.now, f"{node.name} {label} answer lost, key {intent.key}")
 
         def send() -> None:
@@ -520,7 +532,9 @@ class World:
             return
         count = views.count_entries(node.ledger, node=node.name)
         if count != self.acked_by_node.get(node.name, 0):
-            self.fail(Violation("lost", f"{node.name} restarted with {count} of its own "
+            # More than acknowledged: written twice, or by nobody's request.
+            kind = "lost" if count < self.acked_by_node.get(node.name, 0) else "phantom"
+            self.fail(Violation(kind, f"{node.name} restarted with {count} of its own "
                                         f"entries, {self.acked_by_node.get(node.name, 0)} "
                                         "were acknowledged", node.name))
         # In its documents too, not only its projection: the documents are what its log
@@ -650,6 +664,38 @@ class World:
             self.engine.after(15 * MINUTE, self._byzantine_tick)
         self.workload.start()
         self.engine.at(HOUR, self._snapshot_hot)
+        first = date.fromisoformat(self.config.start)
+        for d in range(self.config.days):
+            if (first + timedelta(days=d + 1)).day == 1:
+                self.engine.at(self.day_start(d) + HOLIDAY_AT, self._holiday)
+
+    def _holiday(self) -> None:
+        """The chain's PCs are switched off for a holiday week and switched on again:
+        their clocks then read the 8th of the next month, so each branch's daily pass
+        cuts the month just ended (crdtledger.closing) and the books close with
+        entries on both sides of the month's end."""
+        now = self.engine.now
+        self.trace(now, "holiday: every node off")
+        off = [n for n in self.nodes if n.up]
+        for node in off:
+            node.crash()
+            self._down.add(node.name)
+        self._interrupt_probes()
+        ms = HOLIDAY_DAYS * DAY // 1000
+        for node in self.nodes:
+            node.skew_ms += ms
+        day = date.fromisoformat(self.config.start) + timedelta(days=now // DAY)
+        self.holidays.append(day.isoformat()[:7])
+
+        def back() -> None:
+            self.trace(self.engine.now, "holiday over: nodes on")
+            for node in off:
+                if not node.up:
+                    self._restart(node)
+                    self._down.discard(node.name)
+            self._probe("holiday")
+
+        self.engine.after(HOLIDAY_OFF, back)
 
     def _progress(self, now: int) -> None:
         if not self.config.progress:
@@ -683,13 +729,17 @@ class World:
         stable = 0
         while self.engine.now < limit:
             self.engine.run(self.engine.now + interval)
-            if self._all_equal():
+            if self._all_equal() and self._books_closed():
                 stable += 1
                 if stable >= 2:
                     self.converged = True
                     return
             else:
                 stable = 0
+        if self._all_equal():
+            self.fail(Violation("books", f"replicas agree, but {max(self.holidays)} is not "
+                                         "closed at every branch "
+                                         f"{self.config.quiesce_limit_s:.0f} s after healing"))
         if self.byz is not None:
             views_ = {n.name: checks.honest_view(n.ledger) for n in self.honest_nodes()
                       if n.ledger}
@@ -702,6 +752,21 @@ class World:
         self.fail(Violation("convergence", f"replicas still differ "
                                            f"{self.config.quiesce_limit_s:.0f} s after "
                                            f"healing: {behind[:5]}"))
+
+    def _books_closed(self) -> bool:
+        """After a holiday week, an honest chain's replicas wait until the month it
+        ended is closed at every branch (each cuts it at its daily pass once its clock
+        is confirmed: a branch cut off at the time does so after the heal)."""
+        if not self.holidays or self.byz is not None:
+            return True
+        month = max(self.holidays)
+        for node in self.nodes:
+            if node.ledger is None:
+                return False
+            through = closing.books(node.ledger)["closed_through"]
+            if through is None or through < month:
+                return False
+        return True
 
     def _all_equal(self) -> bool:
         if self.net.in_flight() or self.retrying:
@@ -755,6 +820,8 @@ class World:
                     k: c[k] for k in ("month", "counted", "differ")}},
             "trace_digest": self.trace.digest(),
             "ops": ops,
+            "answers_lost": self.answers_lost,  # and sent again under their keys
+            "holidays": self.holidays,  # months closed by a holiday week
             "acknowledged": len(self.acked_entries) + len(self.acked_members),
             "faults": [f.describe() for i, f in enumerate(self.faults)
                        if i not in cfg.fault_mask],

@@ -1,0 +1,91 @@
+"""The simulator runs what runs in the shop (sim/README.md, "Tills as in the shop"):
+the tills act as each branch's cashier or manager through `operations.run` under
+Idempotency-Keys, a lost answer is sent again under its key, and the books (daily
+reports, a closed month's member balances) are worked out again from the entries the
+tills were told of. The library is monkeypatched in the test only, by name, to show
+each check fires."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from crdtledger import closing, idempotency, operations, views
+from sim.config import Config
+from sim.world import World
+
+# A month's last day (the default start): the holiday week closes January in the run.
+TINY = Config(nodes=4, members=30, days=1, ops_per_node=60, ae_interval_s=30.0, seed=2,
+              scenario="partition-heal", lost_answers=0.05)
+
+
+@pytest.mark.slow
+def test_tills_run_as_operators_under_keys_and_the_books_hold() -> None:
+    ran: list[tuple[str, str]] = []
+    real = operations.run
+
+    def spied(ledger: Any, operator: str, name: str, params: Any) -> Any:
+        ran.append((operator, name))
+        return real(ledger, operator, name, params)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(operations, "run", spied)
+    try:
+        world = World(TINY)
+        result = world.run()
+    finally:
+        mp.undo()
+    assert result["violations"] == 0, result["violation"]
+    assert result["answers_lost"] > 0, result  # and sent again: no phantom, no duplicate
+    cashiers = {ops["cashier"] for ops in world.operators.values()}
+    managers = {ops["manager"] for ops in world.operators.values()}
+    assert {n for o, n in ran if o in cashiers} >= {"debit", "topup", "member.add"}
+    assert {n for o, n in ran if o in managers} >= {"refund"}
+    assert result["holidays"] == ["2026-01"]
+    assert result["books"]["closed_through"] == "2026-01"
+    books = result["oracles"]["books_checked"]
+    assert books["daily"] >= 8 and books["month_end_members"] > 20, books
+
+
+@pytest.mark.slow
+def test_a_key_that_does_not_hold_leaves_a_phantom(monkeypatch: pytest.MonkeyPatch) -> None:
+    """idempotency.look forgets every key (in this test): a lost answer's retry is
+    written again, and the first entry is one nobody was told of."""
+    monkeypatch.setattr(idempotency, "look", lambda *a, **k: None)
+    result = World(TINY).run()
+    assert result["violation"] and result["violation"]["kind"] == "phantom", result["violation"]
+
+
+@pytest.mark.slow
+def test_a_daily_report_ignoring_refunds_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """views.daily_report's sales without the refunds taken off (in this test)."""
+    real = views.daily_report
+
+    def report(ledger: Any, day: str, node: str | None = None) -> dict[str, Any]:
+        r = real(ledger, day, node)
+        return {**r, "sales": r["sales"] + r["refunds"]}
+
+    monkeypatch.setattr(views, "daily_report", report)
+    result = World(TINY).run()
+    assert result["violation"] and result["violation"]["kind"] == "books", result["violation"]
+    assert "says sales" in result["violation"]["message"]
+
+
+@pytest.mark.slow
+def test_month_end_balances_adding_later_movements_are_caught(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """closing.member_balances with a member's cash one fen off (in this test), as the
+    probe's sign error in the later movements gives."""
+    real = closing.member_balances
+
+    def balances(ledger: Any, month: str | None = None) -> dict[str, Any]:
+        b = real(ledger, month)
+        rows = [dict(r) for r in b["members"]]
+        rows[0]["cash"] += 1
+        return {**b, "members": rows}
+
+    monkeypatch.setattr(closing, "member_balances", balances)
+    result = World(TINY).run()
+    assert result["violation"] and result["violation"]["kind"] == "books", result["violation"]
+    assert "balances at the end of 2026-01" in result["violation"]["message"]
