@@ -52,6 +52,7 @@ TOPOLOGIES = {
 HOLIDAY_AT = 14 * HOUR
 HOLIDAY_OFF = 10 * MINUTE
 HOLIDAY_DAYS = closing.CUT_GRACE_DAYS + 1
+BOTH_DIAL = 0.3  # the share of links both ends dial (crossing dials), one at least
 PROBE_EVERY = 250_000  # µs between convergence checks after a heal
 PROBE_LIMIT = 30 * MINUTE
 # Every branch's cashier and manager (operators the head office adds at the start, as
@@ -174,8 +175,16 @@ class World:
                     if site[i] == site[j] and (j, i) not in edges:
                         edges.add((i, j))
         self.edges = sorted(edges)
+        # Some links are configured at both ends (each branch's peers list names the
+        # other), as shops set up by hand are: both dial, at the start and after every
+        # cut, and NodeCore.link_opened keeps one of the crossing connections (the one
+        # the smaller id dialled) on both sides. A stream of its own.
+        rng_dials = random.Random(f"{cfg.seed}:dials")
+        both = set(rng_dials.sample(self.edges, max(1, round(BOTH_DIAL * len(self.edges)))))
         for a, b in self.edges:
             self.nodes[a].dial_edges.append(names[b])
+            if (a, b) in both:
+                self.nodes[b].dial_edges.append(names[a])
         uplink = {node.name: HUB_UPLINK_BPS if node.hub else SHOP_UPLINK_BPS
                   for node in self.nodes}
         self.net = Network(self.engine, self.rng_net, site_of, uplink, self._deliver,

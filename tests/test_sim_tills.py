@@ -89,3 +89,27 @@ def test_month_end_balances_adding_later_movements_are_caught(
     result = World(TINY).run()
     assert result["violation"] and result["violation"]["kind"] == "books", result["violation"]
     assert "balances at the end of 2026-01" in result["violation"]["message"]
+
+
+@pytest.mark.slow
+def test_both_ends_dial_some_links_and_the_crossing_rule_decides(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Some links are dialled from both ends (sim.world.BOTH_DIAL): NodeCore.link_opened
+    meets a second connection to a peer and keeps the one the smaller id dialled."""
+    from crdtledger.core import NodeCore
+
+    said: list[str] = []
+    real = NodeCore._decide
+
+    def decide(self: Any, what: str) -> None:
+        said.append(what)
+        real(self, what)
+
+    monkeypatch.setattr(NodeCore, "_decide", decide)
+    world = World(TINY)
+    assert any(world.nodes[i].name in world.nodes[j].dial_edges
+               and world.nodes[j].name in world.nodes[i].dial_edges
+               for i in range(4) for j in range(i))
+    result = world.run()
+    assert result["violations"] == 0, result["violation"]
+    assert any("keep the link" in w or "replace the link" in w for w in said), said[:5]
