@@ -636,8 +636,9 @@ class Oracle:
         restore lost): each branch's daily report, every day, figure by figure as
         `views.daily_report` gives them, and each member's cash, bonus and points at
         the end of the latest month closed at every branch, as
-        `closing.member_balances` gives them, worked out again by sums of the
-        entries the tills were told of."""
+        `closing.member_balances` gives them, and their sums as the closing's balances
+        (`closing.books`) give them, worked out again by sums of the entries the tills
+        were told of."""
         from crdtledger import closing, views
         from sim.checks import Violation
 
@@ -674,6 +675,19 @@ class Oracle:
                                                       f"entries give "
                                                       f"{want_b.get(member, {})}", name))
                         return out
+                # The closing's own month-end balances (what its digest covers), by
+                # purse kind: the members' sums.
+                end = (closing.books(ledger)["closing"] or {}).get("balances") or {}
+                got_t = {p: int(v) for p, v in (end.get("purses") or {}).items()
+                         if p in MEMBER_PURSES and v}
+                want_t = {p: v for p in MEMBER_PURSES
+                          if (v := sum(b.get(p, 0) for b in want_b.values()))}
+                self.books_checked["month_end_purses"] += 1
+                if end and got_t != want_t:
+                    out.append(Violation("books", f"{name}: the closing of {month} sums the "
+                                                  f"members' purses to {got_t}; the "
+                                                  f"acknowledged entries give {want_t}",
+                                         name))
             return out
         finally:
             self.books_seconds += time.perf_counter() - began

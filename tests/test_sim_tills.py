@@ -113,3 +113,20 @@ def test_both_ends_dial_some_links_and_the_crossing_rule_decides(
     result = world.run()
     assert result["violations"] == 0, result["violation"]
     assert any("keep the link" in w or "replace the link" in w for w in said), said[:5]
+
+
+@pytest.mark.slow
+def test_a_closing_whose_balances_are_off_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The closing's month-end cash one fen off (in this test), as the probe's extra fen
+    per rights row in closing.MonthEnd.of gives."""
+    real = closing.MonthEnd.of.__func__  # type: ignore[attr-defined]
+
+    def of(cls: Any, *a: Any, **k: Any) -> Any:
+        end = real(cls, *a, **k)
+        return closing.replace(end, purses={**end.purses,
+                                            "cash": end.purses.get("cash", 0) + 1})
+
+    monkeypatch.setattr(closing.MonthEnd, "of", classmethod(of))
+    result = World(TINY).run()
+    assert result["violation"] and result["violation"]["kind"] == "books", result["violation"]
+    assert "the closing of 2026-01 sums" in result["violation"]["message"]
