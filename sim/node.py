@@ -359,6 +359,8 @@ class SimNode:
                     world.metrics.dial_failures += 1
                 case Count(name="records_refused"):
                     world.refused_records(self)
+                case Count(name="housekeeping_entries", amount=n):
+                    world.housekept(self, int(n))
                 case Rebalanced(entry=entry):
                     world.rebalanced(self, entry)
                 case BookingDecided(entry=entry):

@@ -525,8 +525,15 @@ class Oracle:
         if -got.get("points", 0) != taken:
             problems.append(f"points {taken} but points delta {got.get('points', 0)}")
         # The points the member had spent since are paid for, not taken back.
-        if taken + spent != target and not (0 <= taken + spent < target
-                                            and store.balance(str(e["member"]), "points") == 0):
+        # A refund of a sale whose points had expired by the refund's day takes back
+        # what is left of that sale's lot, which the oracle does not replay: at most
+        # the floor, never more.
+        expires = d.get("expires")
+        lapsed = (isinstance(expires, str) and expires < day_of(int(e["at"]))
+                  and 0 <= taken + spent <= target)
+        if taken + spent != target and not lapsed and not (
+                0 <= taken + spent < target
+                and store.balance(str(e["member"]), "points") == 0):
             problems.append(f"takes back {taken} points and pays for {spent}, not {target} "
                             f"(cumulative floor of {earned} earned)")
         return problems

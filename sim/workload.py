@@ -54,6 +54,7 @@ GOODS, GOODS_PRICE = "G01", 8800
 # book them now and then.
 TECHNICIAN_BRANCHES = 3
 OPEN_HOUR = 10
+EXPIRE_DAYS = 5  # points lots' life: shorter than the holiday week
 CLOSE_HOUR = 22
 
 
@@ -418,6 +419,12 @@ class Workload:
         if self._budget() and self.world.nodes[0].up:
             self._op(self.branches[0], "rule", self._run(
                 "rule.set", "owner", kind="promotions", body=body))
+            if day == 0 and self._budget():
+                # Points earned today expire within the run (after the holiday week,
+                # sim.world.HOLIDAY_AT): each branch's daily pass writes them off.
+                self._op(self.branches[0], "rule", self._run(
+                    "rule.set", "owner", kind="earn",
+                    body={"points_per_yuan": "1", "expire_days": EXPIRE_DAYS}))
             if day == 0 and self._budget():  # the catalogue's goods rule (a rule id)
                 self._op(self.branches[0], "rule", self._run(
                     "goods.add", "owner", code=GOODS, name="精油", price=GOODS_PRICE,

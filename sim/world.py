@@ -126,6 +126,7 @@ class World:
         self.rng_answers = random.Random(f"{cfg.seed}:answers")
         self.retrying = 0  # requests whose till is yet to send them again
         self.answers_lost = 0
+        self.written_off = 0  # the daily passes' write-offs of expired points lots
 
     # --- the chain ----------------------------------------------------------------
 
@@ -303,6 +304,22 @@ class World:
                 if to != node.name and to not in node.connected():
                     self.fail(Violation("rebalance", f"{node.name} moved {purse} rights to "
                                                      f"{to}, which it cannot reach", node.name))
+
+    def housekept(self, node: SimNode, written: int) -> None:
+        """The daily pass wrote entries (crdtledger.core: write-offs of expired points
+        lots, points given back): they committed, so like the rebalancer's transfers
+        they must survive and reach every replica. Found as the newest write-offs of
+        this node's pass (op expiry@node) not acknowledged yet; a pass a crash cut
+        short is found with the next one."""
+        assert node.ledger is not None
+        for e in reversed(views.newest_entries(node.ledger, node.name, "expiry",
+                                               op=f"expiry@{node.name}",
+                                               limit=written + 200)):
+            if str(e["id"]) not in self.acked_entries:
+                self.trace(self.engine.now, f"{node.name} wrote off {e['id']} "
+                                            f"{e.get('points')}")
+                self._ack(str(e["id"]), node.name)
+                self.written_off += 1
 
     def booking_decided(self, node: SimNode, entry: dict[str, Any]) -> None:
         """A technician's branch decided on a booking on its own (crdtledger.bookings):
@@ -831,6 +848,7 @@ class World:
             "ops": ops,
             "answers_lost": self.answers_lost,  # and sent again under their keys
             "holidays": self.holidays,  # months closed by a holiday week
+            "written_off": self.written_off,  # expired lots, by the daily passes
             "acknowledged": len(self.acked_entries) + len(self.acked_members),
             "faults": [f.describe() for i, f in enumerate(self.faults)
                        if i not in cfg.fault_mask],
