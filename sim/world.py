@@ -22,8 +22,14 @@ from zoneinfo import ZoneInfo
 import msgpack
 
 from crdtledger import closing, views
-from crdtledger.errors import InsufficientFunds, LedgerError, RightsElsewhere
+from crdtledger.errors import (
+    InsufficientFunds,
+    LedgerError,
+    RemoteProtocolError,
+    RightsElsewhere,
+)
 from crdtledger.sync import RightsAnswered
+from peer.files import export_bytes, import_bytes
 from sim import checks
 from sim.byzantine import ROLES, Byzantine
 from sim.chainca import ChainCA
@@ -126,6 +132,9 @@ class World:
         self.rng_answers = random.Random(f"{cfg.seed}:answers")
         self.retrying = 0  # requests whose till is yet to send them again
         self.answers_lost = 0
+        # A sync file carried across each partition (`_courier`): a stream of its own.
+        self.rng_courier = random.Random(f"{cfg.seed}:courier")
+        self.couriered: list[dict[str, Any]] = []
         self.written_off = 0  # the daily passes' write-offs of expired points lots
 
     # --- the chain ----------------------------------------------------------------
@@ -546,6 +555,47 @@ class World:
         elif f.kind == "jump":
             self.by_name[f.nodes[0]].skew_ms -= f.ms
 
+    def _courier(self) -> None:
+        """A sync file across a partition, as a manager carries one on a USB stick
+        (crdtledger.syncfile, through peer.files as the API's download and upload run
+        it): exported at a branch for one it cannot reach, imported there 5-20 minutes
+        later through the node's perform (the API's sync import), its frames flushed
+        to that branch's peers as the node flushes an import's."""
+        pairs = [(a, b) for a in self.honest_nodes() for b in self.honest_nodes()
+                 if a is not b and a.up and b.up and a.ledger is not None
+                 and b.name not in a.connected() and a.name not in self.closed
+                 and b.name not in self.closed]
+        if not pairs:
+            return
+        a, b = self.rng_courier.choice(pairs)
+        assert a.ledger is not None
+        data, info = export_bytes(a.ledger, a.operator("manager"), b.name)
+        # (Not its size: Yrs encodes a map's keys in a per-process order.)
+        self.trace(self.engine.now, f"courier {a.name}>{b.name} {info.get('records')} records")
+        sent = {"from": a.name, "to": b.name, "records": info.get("records")}
+        self.couriered.append(sent)
+
+        def arrive() -> None:
+            if not b.up or b.ledger is None:
+                sent["imported"] = "down"
+                return
+
+            def done(outcome: Outcome, attempt: Attempt) -> None:
+                if isinstance(outcome, RemoteProtocolError | LedgerError | Crashed):
+                    sent["imported"] = type(outcome).__name__
+                    if not isinstance(outcome, Crashed):
+                        self.fail(Violation("syncfile", f"{b.name} refused {a.name}'s sync "
+                                                        f"file: {outcome}", b.name))
+                    return
+                sent["imported"] = outcome.get("changed")
+                self.trace(self.engine.now, f"courier {a.name}>{b.name} imported "
+                                            f"{outcome.get('documents')}")
+
+            manager = b.operator("manager")
+            b.perform("sync.import", lambda lg: import_bytes(lg, manager, data), done)
+
+        self.engine.after(int(self.rng_courier.uniform(5, 20) * MINUTE), arrive)
+
     def _restart(self, node: SimNode, *, check: bool = True) -> None:
         if node.name in self.retired:  # a shop closed for good stays switched off
             return
@@ -685,6 +735,11 @@ class World:
         for node in self.nodes:
             node.boot()  # dials its configured peers, sets its anti-entropy and rebalancer
         self._schedule_faults()
+        for i, f in enumerate(self.faults):
+            # Not the single-link cuts: both ends still reach each other through a third.
+            if (f.kind == "partition" and f.label != "link" and f.end is not None
+                    and i not in self.config.fault_mask):
+                self.engine.at(f.start + (f.end - f.start) // 3, self._courier)
         if self.byz is not None:
             self.byz.schedule()
             self.engine.after(15 * MINUTE, self._byzantine_tick)
@@ -849,6 +904,7 @@ class World:
             "answers_lost": self.answers_lost,  # and sent again under their keys
             "holidays": self.holidays,  # months closed by a holiday week
             "written_off": self.written_off,  # expired lots, by the daily passes
+            "couriered": self.couriered,  # sync files carried across partitions
             "acknowledged": len(self.acked_entries) + len(self.acked_members),
             "faults": [f.describe() for i, f in enumerate(self.faults)
                        if i not in cfg.fault_mask],

@@ -44,6 +44,9 @@ def test_tills_run_as_operators_under_keys_and_the_books_hold() -> None:
     assert {n for o, n in ran if o in managers} >= {"refund"}
     assert result["holidays"] == ["2026-01"]
     assert result["written_off"] > 0  # lots earned before the holiday, by the daily pass
+    # Sync files carried across the partitions, imported (or found already held).
+    assert result["couriered"] and all(isinstance(c.get("imported"), list | str)
+                                       for c in result["couriered"]), result["couriered"]
     assert result["books"]["closed_through"] == "2026-01"
     books = result["oracles"]["books_checked"]
     assert books["daily"] >= 8 and books["month_end_members"] > 20, books
