@@ -224,7 +224,15 @@ class Workload:
                     package=pkg["id"]))
         elif r < 0.80:
             amount = rng.choice(TOPUPS)
-            self._op(b, "topup", self._run("topup", member=mid, amount=amount))
+            topup = self._run("topup", member=mid, amount=amount)
+            if rng.random() < 0.03:
+                # An older till sends a field the API does not know: refused with a
+                # sentence (operations.validate), then sent as it should be.
+                self._refused(b, "topup.typo", self._run(
+                    "topup", member=mid, amount=amount, remark="老收银机"), "InvalidInput",
+                    lambda: self._op(b, "topup", topup))
+            else:
+                self._op(b, "topup", topup)
         elif r < 0.83:
             stored = rng.random() < 0.3 and self._spendable(ledger, mid) >= 100000
             pay = "stored" if stored else "cash"
@@ -236,8 +244,16 @@ class Workload:
             # A goods sale is refunded by units (all of it: its unit back on the shelf).
             if "goods" in ledger.entry(debit_id):
                 part = None
-            self._op(b, "refund", self._run("refund", "manager", debit_id=debit_id,
-                                            reason="customer complaint", amount=part))
+            refund = self._run("refund", "manager", debit_id=debit_id,
+                               reason="customer complaint", amount=part)
+            if rng.random() < 0.3:
+                # The cashier tries first and is refused (a refund is a manager's:
+                # operations.authorise); the manager then does it.
+                self._refused(b, "refund.cashier", self._run(
+                    "refund", debit_id=debit_id, reason="customer complaint", amount=part),
+                    "PermissionDenied", lambda: self._op(b, "refund", refund))
+            else:
+                self._op(b, "refund", refund)
         elif r < 0.87:
             if points(ledger, mid)["total"] >= 1000:
                 self._op(b, "redeem", self._run("points.redeem", member=mid, points=1000,
@@ -344,6 +360,28 @@ class Workload:
                 self._op(b, label, op, debit=True)
 
         self._op(b, "topup", self._run("topup", member=mid, amount=amount), then=then)
+
+    def _refused(self, b: Branch, label: str, op: Intent, expected: str,
+                 then: Any) -> None:
+        """A request the shop must refuse with `expected` (a LedgerError's name): done
+        otherwise, it is a violation; refused (or lost in a crash), the till goes on
+        with `then`."""
+        world = self.world
+
+        def done(outcome: Outcome, attempt: Attempt) -> None:
+            name = type(outcome).__name__
+            world.trace(world.engine.now, f"{world.nodes[b.index].name} {label} {name}")
+            if name not in (expected, "Crashed"):
+                from sim.checks import Violation
+
+                world.fail(Violation("refusal", f"{world.nodes[b.index].name} {label}: "
+                                                f"{op.name} {op.given} by the {op.role} "
+                                                f"gave {outcome!r}, not {expected}",
+                                     world.nodes[b.index].name))
+            if self._budget():
+                then()
+
+        world.nodes[b.index].perform(label, op, done)
 
     def _op(self, b: Branch, label: str, op: Any, *, debit: bool = False,
             then: Any = None) -> None:

@@ -134,3 +134,20 @@ def test_a_closing_whose_balances_are_off_is_caught(monkeypatch: pytest.MonkeyPa
     result = World(TINY).run()
     assert result["violation"] and result["violation"]["kind"] == "books", result["violation"]
     assert "the closing of 2026-01 sums" in result["violation"]["message"]
+
+
+@pytest.mark.slow
+def test_a_request_the_schema_refuses_must_be_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """operations.validate checking no schema (in this test): an older till's unknown
+    field is taken, and the simulator says so."""
+    def no_schema(op: Any, params: Any) -> dict[str, Any]:
+        out = dict(params)  # the defaults still filled in, nothing checked
+        for p in op.params:
+            if p.name not in out and p.default is not None:
+                out[p.name] = p.default
+        return out
+
+    monkeypatch.setattr(operations, "validate", no_schema)
+    result = World(TINY.with_(ops_per_node=120)).run()
+    assert result["violation"] and result["violation"]["kind"] == "refusal", \
+        result["violation"]
