@@ -220,7 +220,10 @@ class SimNode:
                 till({"id": before}, attempt)
                 return
         elif kept.request != request:
-            raise RuntimeError(f"the simulator sent key {key} for another request")
+            if not idempotency.fingerprinted_before(ledger, kept):  # 422: a bug of ours
+                raise RuntimeError(f"the simulator sent key {key} for another request")
+            till(Crashed(), attempt)  # 409: begun before a restore, cannot be told
+            return
         elif kept.status is None:  # 409: interrupted before it answered
             till(Crashed(), attempt)
             return
@@ -228,6 +231,8 @@ class SimNode:
             till(intent.answer(kept.body), attempt)
             return
         idempotency.begin(ledger, operator, key, request, now)
+        if intent.sent_ms is None:
+            intent.sent_ms, intent.tag = self.now_ms(), idempotency.tag_of(operator, key)
         gen = self.gen
 
         def answered(outcome: Outcome, a: Attempt) -> None:

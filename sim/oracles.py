@@ -85,6 +85,8 @@ class Intent:
         self.given = dict(given)
         self.role = role
         self.key = key
+        self.sent_ms: int | None = None  # its branch's clock when first sent
+        self.tag: str | None = None  # what its entries carry (idempotency.tag_of)
 
     def answer(self, result: Any) -> Any:
         shape = ANSWERS.get(self.name)

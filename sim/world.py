@@ -28,6 +28,7 @@ from crdtledger.errors import (
     RemoteProtocolError,
     RightsElsewhere,
 )
+from crdtledger.hlc import id_floor
 from crdtledger.sync import RightsAnswered
 from peer.files import export_bytes, import_bytes
 from sim import checks
@@ -392,11 +393,27 @@ class World:
                     self._ack_card_entry(node, str(outcome))
             elif label == "rule":
                 self.acked_rules.add(str(outcome))
+        if isinstance(op, Intent) and op.tag is not None:
+            self._ack_tagged(node, op)
         if debit:
             m.debit(now, where, "ok")
             waited = attempt.waited_us
             if waited is not None:
                 m.fetch_latency_ms.append(waited / 1000)
+
+    def _ack_tagged(self, node: SimNode, intent: Intent) -> None:
+        """Every entry the request wrote carries its key's tag (idempotency.tagging),
+        and commits with the one its answer names: a sale's write-off of the member's
+        expired points, for one, which the answer does not name. Acknowledged with
+        it. Read from this branch's entries since the request was first sent (a
+        primary-key range: ids start with their time)."""
+        assert node.ledger is not None and intent.sent_ms is not None
+        for (eid,) in node.ledger.storage.conn.execute(
+                "SELECT id FROM entries WHERE id >= ? AND node = ? AND instr(body, ?) > 0",
+                (id_floor(intent.sent_ms - 1000), node.name, f'"idem":"{intent.tag}"')):
+            if str(eid) not in self.acked_entries:
+                self.trace(self.engine.now, f"{node.name} {intent.name} also wrote {eid}")
+                self._ack(str(eid), node.name)
 
     def _ack_card_entry(self, node: SimNode, card_id: str) -> None:
         """issue_card returns the card's id; its ledger entry (the card sale) is the
