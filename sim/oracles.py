@@ -595,6 +595,10 @@ class Oracle:
             reason = "holders behind a peer the relay was not asked of (finding 2)"
         elif busy:
             reason = "another branch's debit in flight"
+        elif world.config.reorder or world.config.dup:
+            # A grant's answer may overtake the transfer entry it is for on a transport
+            # that swaps frames (--reorder): the asker then counts nothing granted.
+            reason = "a transport that swaps or repeats frames"
         else:
             reason = "holders reachable"
         self.refused_connected[reason] += 1

@@ -598,9 +598,15 @@ class World:
                 return
 
             def done(outcome: Outcome, attempt: Attempt) -> None:
+                if isinstance(outcome, dict) and "refused" in outcome:
+                    outcome = outcome["refused"]
                 if isinstance(outcome, RemoteProtocolError | LedgerError | Crashed):
                     sent["imported"] = type(outcome).__name__
-                    if not isinstance(outcome, Crashed):
+                    # A forked log's two sides: a file is taken all or nothing, and one
+                    # carrying the side the receiver does not hold is refused (as
+                    # designed: crdtledger.syncfile).
+                    forked = self.byz is not None and bool(self.byz.forks)
+                    if not isinstance(outcome, Crashed) and not forked:
                         self.fail(Violation("syncfile", f"{b.name} refused {a.name}'s sync "
                                                         f"file: {outcome}", b.name))
                     return
@@ -609,7 +615,14 @@ class World:
                                             f"{outcome.get('documents')}")
 
             manager = b.operator("manager")
-            b.perform("sync.import", lambda lg: import_bytes(lg, manager, data), done)
+
+            def take(lg: Any) -> Any:
+                try:
+                    return import_bytes(lg, manager, data)
+                except RemoteProtocolError as e:  # refused whole: nothing applied
+                    return {"refused": e}
+
+            b.perform("sync.import", take, done)
 
         self.engine.after(int(self.rng_courier.uniform(5, 20) * MINUTE), arrive)
 
@@ -621,7 +634,10 @@ class World:
         assert node.ledger is not None
         # A restored node lost what it acknowledged after its backup and never sent
         # (checked at the end instead: sim.byzantine.Byzantine.lost_to_restore).
-        if not check or (self.byz is not None and node.name in self.byz.restores):
+        # A Byzantine branch's store holds what it forged with its own key or the
+        # side of its fork nobody acknowledged (checked at the end instead).
+        if not check or (self.byz is not None and (node.name in self.byz.restores
+                                                   or not self.honest(node.name))):
             return
         count = views.count_entries(node.ledger, node=node.name)
         if count != self.acked_by_node.get(node.name, 0):
