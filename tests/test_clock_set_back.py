@@ -191,6 +191,21 @@ def test_a_manager_confirming_the_clock_lets_them_go_on_today(shop: Ledger,
     go_through(shop, m, coupon, sale)
 
 
+def met(core: NodeCore, peer: Ledger, *, now: float) -> None:
+    """`core`'s store meets `peer` on link 1 (dialled by the smaller id), a few rounds
+    of real sync sessions, so the peer's clock is heard."""
+    mine_id = core.ledger.node
+    core.link_opened(1, peer.node, dialer=min(mine_id, peer.node), now=now)
+    theirs = SyncSession(peer, expect_node=mine_id)
+    theirs.start()
+    mine = core.session(peer.node)
+    assert mine is not None
+    for _ in range(3):
+        core.receive(1, theirs.data_to_send(), now)
+        for frame in mine.data_to_send():
+            theirs.receive(frame)
+
+
 def test_a_peer_vouching_for_the_clock_lets_them_go_on(tmp_path: Path,
                                                        clock: FakeClock) -> None:
     shop = new_ledger(tmp_path, "SH01", now_ms=clock)
@@ -201,15 +216,7 @@ def test_a_peer_vouching_for_the_clock_lets_them_go_on(tmp_path: Path,
         core.start(0.0)
         refused_for_the_clock(shop, lambda: shop.redeem_coupon(shop.owner, coupon,
                                                                spend=2000))
-        core.link_opened(1, "SH02", dialer="SH01", now=1.0)
-        theirs = SyncSession(other, expect_node="SH01")
-        theirs.start()
-        mine = core.session("SH02")
-        assert mine is not None
-        for _ in range(3):
-            core.receive(1, theirs.data_to_send(), 1.0)
-            for frame in mine.data_to_send():
-                theirs.receive(frame)
+        met(core, other, now=1.0)
         assert core.clock_status()["confirmed"] and shop.clock_vouched
         go_through(shop, m, coupon, sale)
         core.link_closed(1, 2.0)  # cut off again: nobody vouches any more
@@ -288,15 +295,7 @@ def test_a_technicians_branch_decides_once_a_peer_confirms_its_clock(tmp_path: P
         sync(sh01, sh02)
         core.fire(("bookings",), core._timers[("bookings",)], 1.0)
         assert bookings.show(sh02, asked["booking"])["status"] == "pending"
-        core.link_opened(1, "SH01", dialer="SH01", now=2.0)
-        theirs = SyncSession(sh01, expect_node="SH02")
-        theirs.start()
-        mine = core.session("SH01")
-        assert mine is not None
-        for _ in range(3):
-            core.receive(1, theirs.data_to_send(), 2.0)
-            for frame in mine.data_to_send():
-                theirs.receive(frame)
+        met(core, sh01, now=2.0)
         assert core.clock_status()["confirmed"]
         core.fire(("bookings",), core._timers[("bookings",)], 2.0)
         assert bookings.show(sh02, asked["booking"])["status"] == "confirmed"
