@@ -39,7 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -281,7 +281,10 @@ class Generator:
         chain_dir = self.dir / CHAIN_DIR
         init_chain(chain_dir, name=CHAIN)
         Ledger.create(self.dir, BENCH_NODE, CHAIN, TIMEZONE)
-        enrol(chain_dir, self.dir, BENCH_NODE)
+        # Enrolled a day before the history begins: nothing of a branch is taken dated
+        # before its enrolment (write rule `enrolled`).
+        since = datetime.fromtimestamp(self.start / 1000, UTC) - timedelta(days=1)
+        enrol(chain_dir, self.dir, BENCH_NODE, not_before=since)
         self.ledger = Ledger.open(self.dir, synchronous="OFF")
         self.logs: dict[str, _SignedLog] = {}
         for node in NODES:
@@ -289,7 +292,7 @@ class Generator:
                 trust = self.ledger.trust
             else:
                 home = self.dir / KEYS_DIR / node
-                enrol(chain_dir, home, node, head_office=node == "HQ")
+                enrol(chain_dir, home, node, head_office=node == "HQ", not_before=since)
                 trust = load_trust(home, CHAIN, node)
             self.logs[node] = _SignedLog(trust, CHAIN)
         self.members_wire: dict[str, Any] = {"recs": [], "heads": {}, "certs": {}}

@@ -210,6 +210,16 @@ def done_before_restore(ledger: Ledger, operator: str, key: str, now_ms: int) ->
     return None if row is None else str(row[0])
 
 
+def written_under(ledger: Ledger, tag: str, since_ms: int) -> list[str]:
+    """The ids of this node's entries that carry `tag` (tag_of), written since
+    `since_ms`: every entry one request wrote, those its answer does not name too (a
+    sale's write-off of expired points). A primary-key range: ids start with their
+    time."""
+    return [str(eid) for (eid,) in ledger.storage.conn.execute(
+        "SELECT id FROM entries WHERE id >= ? AND node = ? AND instr(body, ?) > 0",
+        (id_floor(since_ms), ledger.node, f'"idem":"{tag}"'))]
+
+
 def fingerprinted_before(ledger: Ledger, kept: Remembered) -> bool:
     """Whether `kept` was begun before this node's secret was made: a store restored
     from a backup (which leaves the secret out) makes a new one, and a retry of a

@@ -21,14 +21,13 @@ from zoneinfo import ZoneInfo
 
 import msgpack
 
-from crdtledger import closing, views
+from crdtledger import closing, idempotency, views
 from crdtledger.errors import (
     InsufficientFunds,
     LedgerError,
     RemoteProtocolError,
     RightsElsewhere,
 )
-from crdtledger.hlc import id_floor
 from crdtledger.sync import RightsAnswered
 from peer.files import export_bytes, import_bytes
 from sim import checks
@@ -123,8 +122,9 @@ class World:
         self._began = 0.0
         self._last_hour = -1
         self.root = root
-        # Enrolled a day before the run, as peer.chain.enrol backdates a certificate.
-        self.ca = ChainCA("simchain", cfg.seed, enrolled=start - timedelta(days=1))
+        # A chain at work for a season before the run: the months before the start are
+        # its to close (one enrolled after a month is not waited for in it).
+        self.ca = ChainCA("simchain", cfg.seed, enrolled=start - timedelta(days=90))
         self.oracle = Oracle(self)  # sim/oracles.py: entries and settlement by the rules
         # Node name -> role -> operator id (made at B01 at the start: `_operators`).
         self.operators: dict[str, dict[str, str]] = {}
@@ -407,13 +407,11 @@ class World:
         expired points, for one, which the answer does not name. Acknowledged with
         it. Read from this branch's entries since the request was first sent (a
         primary-key range: ids start with their time)."""
-        assert node.ledger is not None and intent.sent_ms is not None
-        for (eid,) in node.ledger.storage.conn.execute(
-                "SELECT id FROM entries WHERE id >= ? AND node = ? AND instr(body, ?) > 0",
-                (id_floor(intent.sent_ms - 1000), node.name, f'"idem":"{intent.tag}"')):
-            if str(eid) not in self.acked_entries:
+        assert node.ledger is not None and intent.sent_ms is not None and intent.tag
+        for eid in idempotency.written_under(node.ledger, intent.tag, intent.sent_ms - 1000):
+            if eid not in self.acked_entries:
                 self.trace(self.engine.now, f"{node.name} {intent.name} also wrote {eid}")
-                self._ack(str(eid), node.name)
+                self._ack(eid, node.name)
 
     def _ack_card_entry(self, node: SimNode, card_id: str) -> None:
         """issue_card returns the card's id; its ledger entry (the card sale) is the

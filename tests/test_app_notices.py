@@ -52,5 +52,5 @@ async def test_a_bad_email_is_refused_and_changes_nothing(counter_app: CounterAp
     app.user.find(marker="edit").click()
     app.user.find(marker="edit-email").type("zw-at-example")
     app.user.find(marker="edit-ok").click()
-    await app.user.should_see("is not an e-mail address")
+    await app.user.should_see("不是邮箱地址")
     assert ledger.member(mid).get("email", "") == ""

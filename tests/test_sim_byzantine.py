@@ -57,8 +57,8 @@ def test_forgeries_of_every_kind_break_the_rule_they_aim_at() -> None:
     """One forger forges every kind in one run, each under an identity of its own (a
     writer is judged by its first broken rule only): every write rule is broken, and
     every honest replica blames each forgery, and nothing else, on the rule it aims
-    at. The one under the forger's own key (B02 at this seed, which closed November
-    at its first daily pass, crdtledger.closing) tops up 1,000.00 dated in November:
+    at. The one under the forger's own key (B02 at this seed, which closed January
+    after the holiday week, crdtledger.closing) tops up 1,000.00 dated in January:
     applied nowhere (the end check: nothing of a forger's log past its first forgery
     is applied), blamed on that record (`closed-month`) by every replica, also those
     that get it in one batch with other records, which a batch applies document by
@@ -69,7 +69,7 @@ def test_forgeries_of_every_kind_break_the_rule_they_aim_at() -> None:
     assert {f["breaks"] for f in b["forged"]} == {rule.name for rule in RULES}
     aimed = {(f["node"], f["seq"], f["breaks"]) for f in b["forged"]}
     (back,) = [f for f in b["forged"] if f["kind"] == "closed-month"]
-    assert (back["node"], back["doc"]) == ("B02", "ledger/2025-11")
+    assert (back["node"], back["doc"]) == ("B02", "ledger/2026-01")
     assert len(blames(b)) == 4
     for node, blamed in blames(b).items():
         assert blamed == aimed, (node, aimed ^ blamed)
