@@ -148,10 +148,7 @@ class Trust:
         store, whose certificate it made itself by its own clock."""
         if self.ca is None or not self.cert_der:
             return 0
-        cert = x509.load_der_x509_certificate(self.cert_der)
-        since = enrolled_since(cert)
-        return since if since is not None else int(cert.not_valid_before_utc.timestamp()
-                                                     * 1000)
+        return enrolment_of(x509.load_der_x509_certificate(self.cert_der))
 
     def enrolled_since(self, node: str, der: bytes | None) -> int | None:
         """When the chain enrolled `node`, by this certificate of it from our CA (its
@@ -347,6 +344,13 @@ def enrolled_since(cert: x509.Certificate) -> int | None:
     if len(raw) < 3 or raw[0] != 2 or raw[1] != len(raw) - 2 or raw[1] > 9 or raw[2] & 0x80:
         return None
     return int.from_bytes(raw[2:], "big")
+
+
+def enrolment_of(cert: x509.Certificate) -> int:
+    """When a certificate says its node was enrolled: its extension, else (one issued
+    before the extension) its start."""
+    since = enrolled_since(cert)
+    return since if since is not None else int(cert.not_valid_before_utc.timestamp() * 1000)
 
 
 def node_of(cert: x509.Certificate) -> str | None:

@@ -618,9 +618,7 @@ def first_enrolled_ms(cert_files: list[Path]) -> int | None:
             cert = x509.load_pem_x509_certificate(path.read_bytes())
         except (OSError, *trust.CERT_ERRORS):
             continue
-        since = trust.enrolled_since(cert)
-        times.append(since if since is not None
-                     else int(cert.not_valid_before_utc.timestamp() * 1000))
+        times.append(trust.enrolment_of(cert))
     return min(times, default=None)
 
 
