@@ -729,7 +729,8 @@ class NodeCore:
         rights through a hub so."""
         fetch = None
         try:
-            rights = self.ledger.rights(req.member, req.purse)
+            # A member merged away is judged as its grant serves it: the group's.
+            rights = self.ledger.grantable(req.member, req.purse)
             have = rights.get(self.node, 0)
             others = [p for p in self.connected() if p != req.node]
             # An asker past its budget is answered "none" (Payments.grant_rights): not

@@ -668,7 +668,17 @@ class Payments(Merges, Rules):
                 else self.grants.take(to)):
             return None
         # Rights held here for members merged into it are its own: swept first.
-        self._sweep(views.member_group(self.storage.conn, member)[1:])
+        # A request naming a member merged away comes from a branch that had not
+        # heard of the merge when its till asked: it is answered from the group's
+        # survivor, which then holds everything this branch held for the group (the
+        # merged id, nothing). The transfer names the survivor, the only id whose
+        # rights here it may lower (never below zero). The asker takes it after the
+        # merge, which comes before it in what this branch sends (its own log, or
+        # the merge's record it relays in the order it learned it), so its till's
+        # retry of the merged id acts for the survivor and spends it.
+        group = views.member_group(self.storage.conn, member)
+        self._sweep(group[1:])
+        member = group[0]
         own = self._rights(member, purse).get(self.node, 0)
         give = escrow.grant_amount(own, shortfall)
         if to in views.handed_over(cast("Ledger", self)):
@@ -678,6 +688,18 @@ class Payments(Merges, Rules):
         if give <= 0 or to == self.node:
             return None
         return self._transfer(member, purse, to, give, f"sync@{self.node}")
+
+    def grantable(self, member: str, purse: str) -> dict[str, int]:
+        """Each branch's rights a request for `member`'s `purse` is granted from: the
+        group's it acts for (views.member_group), summed per branch, as grant_rights
+        here gives after its sweep and a holder that knows of the merge does too. A
+        hub judging a request it relays (core._relay) by the asked id alone saw
+        nothing of a merged-away id here and emptied its peers' rights into itself
+        first, though it held the survivor's."""
+        group = views.member_group(self.storage.conn, member)
+        return {str(n): int(a) for n, a in self.storage.conn.execute(
+            f"SELECT node, SUM(amount) FROM rights WHERE member {views.in_(group)} "
+            "AND purse = ? GROUP BY node ORDER BY node", [*group, purse]) if a != 0}
 
     def _transfer(self, member: str, purse: str, to: str, amount: int, operator: str,
                   *, known: bool = False) -> dict[str, Any]:
