@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -26,10 +27,11 @@ from crdtledger.errors import (
     NotCaughtUp,
     PermissionDenied,
 )
-from crdtledger.hlc import MAX_CLOCK_SKEW_MS, HybridClock, id_time_ms, wall_ms
+from crdtledger.hlc import MAX_CLOCK_SKEW_MS, HybridClock, id_node, id_time_ms, wall_ms
 from crdtledger.log import Head, Record, record_hash
 from crdtledger.model import (
     EDITS,
+    ID,
     EntryKind,
     InvalidRecord,
     entry_kinds_text,
@@ -413,6 +415,36 @@ class LedgerBase:
         clock 90 s behind a peer's redeemed a coupon on the day after it expired, and
         a PC set back after a cut let a once-a-day check-in through again and again."""
         return self.storage.day_of(self.clock.next_ms())
+
+    @contextmanager
+    def _booked_after(self, *refs: str) -> Iterator[None]:
+        """While an entry naming `refs` (entries, members) is judged and written:
+        nothing is minted before the latest of their times, so the entry is booked on
+        or after the day of what it names, and judged on that day (`today`). A sale
+        made while this PC ran days ahead, its clock then put right (a new era: lower
+        ids, crdtledger.hlc), was refunded by an id dated before the sale: the day's
+        report showed sales of -100.00 with no debit, and the month's closing a member
+        holding the refund's cash before the sale took it. One millisecond past, not
+        at it: an era below the sale's sorts before it within the millisecond. No
+        effect when they are in the past; after it, the next operation starts a new
+        era at the right time again (an era is spent while what it named is ahead).
+
+        Another branch's id is followed no further ahead than its clock is adopted
+        (HybridClock.observe): one whose clock runs days ahead must not drag this
+        branch's ids, and its clock check (`check_clock_for`), into the future. What
+        is not an id (a liar's field) is passed over."""
+        clock = self.clock
+        before = clock.floor_ms
+        limit = clock.wall() + MAX_CLOCK_SKEW_MS
+        after = [id_time_ms(r) + 1 if id_node(r) == self.node
+                 else min(id_time_ms(r) + 1, limit)
+                 for r in refs if isinstance(r, str) and ID.match(r)]
+        raised = clock.floor_ms = max([before, *after])
+        try:
+            yield
+        finally:
+            if clock.floor_ms == raised:  # (a cut taken meanwhile raised it for good)
+                clock.floor_ms = before
 
     def clock_confirmed_today(self) -> bool:
         """Did an operator confirm this PC's clock today (Ledger.confirm_clock)? A clock

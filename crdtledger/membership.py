@@ -907,10 +907,15 @@ class Membership(Coupons):
                     self._owe_sweep(group[1:])
                 pts = min(int(e.get("points") or 0),
                           sum(self._rights(m, "points").get(self.node, 0) for m in group))
-                rev = self._entry("checkin", member, activity=code, ref=e["id"],
-                                  deltas=[("points", self.node, -pts)], points=pts or None,
-                                  reason="surplus", op=f"checkin@{self.node}")
-                done.append(self._post(rev, {"points": pts}))
+                # Booked after the check-in it reverses: one made while this PC ran
+                # ahead was reversed by an id dated before it, and the month's closing
+                # gave the member points taken back before she had them.
+                with self._booked_after(e["id"]):
+                    rev = self._entry("checkin", member, activity=code, ref=e["id"],
+                                      deltas=[("points", self.node, -pts)],
+                                      points=pts or None, reason="surplus",
+                                      op=f"checkin@{self.node}")
+                    done.append(self._post(rev, {"points": pts}))
         return done
 
     def attendance(self, activity: str, day_from: str | None = None,

@@ -6,8 +6,7 @@ rights cover it, checked inside the write transaction (`_post`, `debit`)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from datetime import date, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, cast
@@ -394,26 +393,6 @@ class Payments(Merges, Rules):
                     {**entry, "stock_entry": stock["id"]})
 
         return self._commit(plan)
-
-    @contextmanager
-    def _booked_after(self, ref: str) -> Iterator[None]:
-        """While an entry naming `ref` is judged and written: nothing is minted before
-        `ref`'s time, so the entry is booked on or after the day of what it names, and
-        judged on that day (`today`). A sale made while this PC ran days ahead, its
-        clock then put right (a new era: lower ids, crdtledger.hlc), was refunded by an
-        id dated before the sale: the day's report showed sales of -100.00 with no
-        debit, and the month's closing a member holding the refund's cash before the
-        sale took it. One millisecond past `ref`, not at it: an era below the sale's
-        sorts before it within the millisecond. No effect when `ref` is in the past;
-        after it, the next operation starts a new era at the right time again."""
-        clock = self.clock
-        before = clock.floor_ms
-        raised = clock.floor_ms = max(before, id_time_ms(ref) + 1)
-        try:
-            yield
-        finally:
-            if clock.floor_ms == raised:  # (a cut taken meanwhile raised it for good)
-                clock.floor_ms = before
 
     def _points_back(self, debit: Mapping[str, Any], member: str, wanted: int
                      ) -> tuple[int, int]:

@@ -1,0 +1,98 @@
+"""What names an entry is booked after it (fourteenth wave): a check-in's reversal, a
+referral's reward and what its branch takes back or gives back of it, a member merge's
+sweep and an exit's decision, each written by a PC whose clock ran days ahead and was
+put right (a new era of lower ids, crdtledger.hlc), as a refund after its sale
+(test_refund_dates).
+
+Real components: library ledgers on real SQLite files, synced by real sessions
+(helpers.sync), each on its own hand-moved clock."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from helpers import FakeClock, new_ledger, sync
+
+from crdtledger import closing
+from crdtledger.hlc import MAX_CLOCK_SKEW_MS, id_time_ms
+from crdtledger.ledger import Ledger
+
+SH = ZoneInfo("Asia/Shanghai")
+
+
+def _ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=SH).timestamp() * 1000)
+
+
+def _day(ledger: Ledger, ident: str) -> str:
+    return ledger.storage.day_of(id_time_ms(ident))
+
+
+def _january(*branches: tuple[Ledger, FakeClock]) -> dict[str, dict[str, int]]:
+    """January closed at every branch (on 10 February), as the first reads it: each
+    member's balances then."""
+    for ledger, clock in branches:
+        clock.ms = _ms("2026-02-10T09:00")
+        assert closing.close_due_month(ledger) == "2026-01"
+    first = branches[0][0]
+    for other, _clock in branches[1:]:
+        sync(first, other)
+    return {r["member"]: r for r in closing.member_balances(first, "2026-01")["members"]}
+
+
+def test_a_surplus_check_in_made_while_the_clock_ran_ahead_is_reversed_after_it(
+        tmp_path: Path) -> None:
+    """Cut off, the member checks in once at SH02 and once at HZ01, whose clock runs
+    three days ahead (booked 2 February); its clock put right, HZ01 reverses its
+    surplus check-in by an id dated 30 January, before the check-in: January's closing
+    gave the member -50 points she never held."""
+    hz_clock, sh_clock = FakeClock(_ms("2026-01-30T10:00")), FakeClock(_ms("2026-01-30T10:00"))
+    hz = new_ledger(tmp_path, "HZ01", now_ms=hz_clock)
+    sh = new_ledger(tmp_path, "SH02", now_ms=sh_clock)
+    try:
+        hz.set_activity(hz.owner, "ONCE", {
+            "name": "新春打卡", "from": "2026-01-01T00:00", "to": "2026-03-01T00:00",
+            "points": 50, "repeat": "once", "per_day": 1})
+        m = hz.add_member(hz.owner, name="李娜", phone="13800138009")
+        sync(hz, sh)
+        sh.checkin(sh.owner, "ONCE", m)
+        hz_clock.advance_days(3)  # cut off, the PC runs three days ahead for an hour
+        mine = hz.checkin(hz.owner, "ONCE", m)
+        assert _day(hz, mine["id"]) == "2026-02-02"
+        hz_clock.advance_days(-3)
+        hz_clock.ms += 3_600_000  # put right: 30 January, 11:00
+        sync(hz, sh)
+        [rev] = hz.reconcile_checkins()
+        assert rev["ref"] == mine["id"]
+        assert rev["id"] > mine["id"] and _day(hz, rev["id"]) == "2026-02-02"
+        assert hz.balance(m)["points"] == 50
+        # The next operation is booked by the right time again.
+        later = hz.topup(hz.owner, m, 100)
+        assert _day(hz, later["id"]) == "2026-01-30"
+        january = _january((hz, hz_clock), (sh, sh_clock))
+        assert january[m]["points"] == 50  # SH02's check-in, nothing taken back
+    finally:
+        hz.close()
+        sh.close()
+
+
+def test_a_peers_id_far_ahead_is_not_followed(tmp_path: Path) -> None:
+    """The helper follows another branch's id no further ahead than its clock would be
+    adopted: a peer days ahead must not drag this branch's ids (and its clock check)
+    into the future. Its own ids it follows however far."""
+    clock = FakeClock(_ms("2026-01-30T10:00"))
+    hz = new_ledger(tmp_path, "HZ01", now_ms=clock)
+    try:
+        now = clock()
+        peer = f"{'Z' * 13}.SH02"  # the end of time, from another branch
+        with hz._booked_after(peer, "not an id"):
+            assert hz.clock.floor_ms <= now + MAX_CLOCK_SKEW_MS
+        assert hz.clock.floor_ms < now
+        own = f"{'Z' * 13}.HZ01"
+        with hz._booked_after(own):
+            assert hz.clock.floor_ms == id_time_ms(own) + 1
+        assert hz.clock.floor_ms < now
+    finally:
+        hz.close()
