@@ -66,7 +66,8 @@ import json
 import re
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
@@ -392,6 +393,20 @@ class Membership(Coupons):
         found = self._grants(referral, reads)
         return found[0] if found else None
 
+    @contextmanager
+    def _after_referral(self, referral: str) -> Iterator[None]:
+        """Book what is written of `referral` after it and every entry naming it (its
+        approvals, its grant, what its branch took back or gave back since), as a
+        refund after its sale (LedgerBase._booked_after). Read in id order, one minted
+        while this PC's clock stood before them (it ran ahead, then was put right)
+        came first: a level-2 approval before its level 1 counted for nothing, and a
+        take-back before the grant read as the grant itself, the referral "granted"
+        again and taken back at every housekeeping pass."""
+        named = [i for (i,) in self.storage.conn.execute(
+            "SELECT id FROM entries WHERE ref = ?", (referral,))]
+        with self._booked_after(referral, *named):
+            yield
+
     def _after_grant(self, referral: str, grant: Mapping[str, Any],
                      reads: _Reads | None = None) -> list[dict[str, Any]]:
         """Every reward or coupon entry naming `referral` but its `grant`, by id: what
@@ -627,8 +642,7 @@ class Membership(Coupons):
                                    f"{referral}: level 2 needs another operator")
         else:
             step = str(level)
-        entry = self._entry("approval", str(r["member"]), ref=referral, step=step,
-                            reason=check_text(reason, "reason"), op=operator)
+        reason = check_text(reason, "reason")
 
         def plan() -> tuple[list[Write], dict[str, Any]]:
             writes = [self._entry_write(entry)]
@@ -638,7 +652,10 @@ class Membership(Coupons):
                     writes.append(self._entry_write(reward))
             return writes, entry
 
-        self._commit(plan)
+        with self._after_referral(referral):
+            entry = self._entry("approval", str(r["member"]), ref=referral, step=step,
+                                reason=reason, op=operator)
+            self._commit(plan)
         return self.referral_view(referral)
 
     def _reject_copy(self, operator: str, r: Mapping[str, Any], reason: str
@@ -651,8 +668,10 @@ class Membership(Coupons):
                                    "cannot reject it: another operator must")
         if self._rejected_at(r, self.node):
             raise InvalidInput(f"referral {r['id']} was rejected here already")
-        self._post(self._entry("approval", str(r["member"]), ref=r["id"], step="reject",
-                               reason=check_text(reason, "reason"), op=operator), {})
+        reason = check_text(reason, "reason")
+        with self._after_referral(str(r["id"])):
+            self._post(self._entry("approval", str(r["member"]), ref=r["id"], step="reject",
+                                   reason=reason, op=operator), {})
         return self.referral_view(str(r["id"]))
 
     def _reward(self, r: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -699,7 +718,8 @@ class Membership(Coupons):
                 reward = self._reward(r)
                 return ([] if reward is None else [self._entry_write(reward)]), reward
 
-            got = self._commit(plan)
+            with self._after_referral(str(r["id"])):
+                got = self._commit(plan)
             if got is not None:
                 done.append(got)
         return done
@@ -737,9 +757,11 @@ class Membership(Coupons):
             keep = given if before is None else _left_of(grant, purse, given, before)
             to = views.canonical(self.storage.conn, str(grant["member"]))
             if now > keep and (not adjusted or adjusted[-1]["reason"] != VOID_REASON):
-                done.append(self._take_back(r, grant, adjusted, to, field, now - keep))
+                with self._after_referral(str(r["id"])):
+                    done.append(self._take_back(r, grant, adjusted, to, field, now - keep))
             elif now < keep and adjusted and not self._gone(to):
-                done.append(self._give_back(r, grant, to, field, keep - now))
+                with self._after_referral(str(r["id"])):
+                    done.append(self._give_back(r, grant, to, field, keep - now))
         return done
 
     def _take_back(self, r: Mapping[str, Any], grant: Mapping[str, Any],

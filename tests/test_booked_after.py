@@ -9,6 +9,7 @@ Real components: library ledgers on real SQLite files, synced by real sessions
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -96,3 +97,88 @@ def test_a_peers_id_far_ahead_is_not_followed(tmp_path: Path) -> None:
         assert hz.clock.floor_ms < now
     finally:
         hz.close()
+
+
+def _managers(ledger: Ledger) -> tuple[str, str]:
+    o = ledger.owner
+    return (ledger.add_operator(o, "mgr", "secret1", ["manager"]),
+            ledger.add_operator(o, "mgr2", "secret2", ["manager"]))
+
+
+def test_a_referral_approved_while_the_clock_ran_ahead_is_rewarded_after_it(
+        tmp_path: Path) -> None:
+    """HZ01 records a referral and its level-1 approval while its clock runs three days
+    ahead; its clock put right, the level-2 approval (and the reward, in its commit)
+    was dated before both: read in id order the level-2 came before level 1, so the
+    view named no level-2 approver and the reward, granted on 30 January for a
+    referral of 2 February, counted as unapproved (`_granted_in`)."""
+    clock = FakeClock(_ms("2026-01-30T10:00"))
+    hz = new_ledger(tmp_path, "HZ01", now_ms=clock)
+    try:
+        mgr, mgr2 = _managers(hz)
+        hz.set_rule(hz.owner, "referral", {"reward": "bonus", "bonus": 5000})
+        old = hz.add_member(hz.owner, name="老王", phone="13800000001")
+        new = hz.add_member(hz.owner, name="小李", phone="13800000002")
+        clock.advance_days(3)
+        r = hz.refer(hz.owner, new, old)["id"]
+        hz.approve_referral(mgr, r, 1)
+        clock.advance_days(-3)
+        clock.ms += 3_600_000
+        view = hz.referral_view(r)
+        assert view["status"] == "approved1"
+        view = hz.approve_referral(mgr2, r, 2)
+        assert (view["status"], view["level1"], view["level2"]) == ("granted", mgr, mgr2)
+        assert view["reward"] > r and _day(hz, view["reward"]) == "2026-02-02"
+        assert hz.balance(old)["bonus"] == 5000
+    finally:
+        hz.close()
+
+
+def test_a_reward_granted_while_the_clock_ran_ahead_is_taken_back_after_it(
+        tmp_path: Path) -> None:
+    """Cut off, SH02 and HZ01 each record, approve and reward the referral of one
+    newcomer, HZ01 while its clock runs three days ahead (so its referral is the later,
+    void one). Its clock put right, HZ01 took its reward back by an id dated 30
+    January, before the grant: the take-back then read as the referral's grant (the
+    first by id), and January's closing gave the referrer 50.00 of bonus taken back
+    before she had it, and again at every housekeeping pass."""
+    hz_clock, sh_clock = FakeClock(_ms("2026-01-30T10:00")), FakeClock(_ms("2026-01-30T10:00"))
+    hz = new_ledger(tmp_path, "HZ01", now_ms=hz_clock)
+    sh = new_ledger(tmp_path, "SH02", now_ms=sh_clock)
+    try:
+        mgr, mgr2 = _managers(hz)
+        hz.set_rule(hz.owner, "referral", {"reward": "bonus", "bonus": 5000})
+        old = hz.add_member(hz.owner, name="老王", phone="13800000001")
+        new = hz.add_member(hz.owner, name="小李", phone="13800000002")
+        sync(hz, sh)
+        first = sh.refer(sh.owner, new, old)["id"]
+        sh.approve_referral(mgr, first, 1)
+        sh.approve_referral(mgr2, first, 2)
+        hz_clock.advance_days(3)
+        late = hz.refer(hz.owner, new, old)["id"]
+        hz.approve_referral(mgr, late, 1)
+        grant = hz.approve_referral(mgr2, late, 2)["reward"]
+        hz_clock.advance_days(-3)
+        hz_clock.ms += 3_600_000
+        sync(hz, sh)
+        assert hz.balance(old)["bonus"] == 10000
+        hz.housekeeping()
+        hz.housekeeping()  # once
+        assert hz.settle_referral_rewards() == []
+        [back] = [e for e in _entries_naming(hz, late) if e.get("reason") == "void"]
+        assert back["id"] > grant and _day(hz, back["id"]) == "2026-02-02"
+        view = hz.referral_view(late)
+        assert (view["status"], view["reward"], view["taken_back"]) == ("void", grant,
+                                                                        back["id"])
+        assert hz.balance(old)["bonus"] == 5000
+        january = _january((hz, hz_clock), (sh, sh_clock))
+        # SH02's grant; HZ01's, and what it took back of it, on 2 February.
+        assert january[old]["bonus"] == 5000
+    finally:
+        hz.close()
+        sh.close()
+
+
+def _entries_naming(ledger: Ledger, ref: str) -> list[dict[str, object]]:
+    return [json.loads(b) for (b,) in ledger.storage.conn.execute(
+        "SELECT body FROM entries WHERE ref = ? ORDER BY id", (ref,))]
