@@ -120,9 +120,29 @@ class Merges(Cards):
         """This branch's rights of each merged member in `members`, moved to its
         survivor in pairs of `merge` entries, all in one commit."""
         members = list(members)
-        if not self._owing(members):
+        owing = self._owing(members)
+        if not owing:
             return []
-        return self._commit(lambda: self._sweep_writes(self._owing(members), operator))
+        # Booked after the members and what it moves, as a refund after its sale: a
+        # top-up made while this PC ran ahead was swept, its clock put right, by a
+        # pair dated before it, and the month's closing gave the merged member minus
+        # that cash and the survivor that cash, neither of which they held then.
+        with self._booked_after(*self._moves(owing)):
+            return self._commit(lambda: self._sweep_writes(self._owing(members), operator))
+
+    def _moves(self, owing: list[tuple[str, str, list[tuple[str, int]]]]) -> list[str]:
+        """What a sweep of `owing` names: each merged member, its survivor, and the
+        latest entry of the merged member this branch wrote (what its rights here
+        came from)."""
+        conn = self.storage.conn
+        named: list[str] = []
+        for m, head, _held in owing:
+            named += [m, head]
+            row = conn.execute("SELECT id FROM entries WHERE member = ? AND node = ? "
+                               "ORDER BY id DESC LIMIT 1", (m, self.node)).fetchone()
+            if row is not None:
+                named.append(str(row[0]))
+        return named
 
     def _owing(self, members: Iterable[str]) -> list[tuple[str, str, list[tuple[str, int]]]]:
         """(member, its survivor, the rights this branch holds of it) of each merged

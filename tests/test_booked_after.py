@@ -182,3 +182,34 @@ def test_a_reward_granted_while_the_clock_ran_ahead_is_taken_back_after_it(
 def _entries_naming(ledger: Ledger, ref: str) -> list[dict[str, object]]:
     return [json.loads(b) for (b,) in ledger.storage.conn.execute(
         "SELECT body FROM entries WHERE ref = ? ORDER BY id", (ref,))]
+
+
+def test_a_merge_sweeps_what_was_topped_up_while_the_clock_ran_ahead_after_it(
+        tmp_path: Path) -> None:
+    """HZ01 registers a newcomer twice and tops up the duplicate 1,000.00 while its
+    clock runs three days ahead; its clock put right, the merge swept the duplicate's
+    cash to the survivor by a pair dated 30 January, before the top-up: January's
+    closing gave the duplicate -1,000.00 and the survivor 1,000.00, neither of which
+    they held then."""
+    clock = FakeClock(_ms("2026-01-30T10:00"))
+    hz = new_ledger(tmp_path, "HZ01", now_ms=clock)
+    try:
+        o = hz.owner
+        keep = hz.add_member(o, name="李娜", phone="13800138009")
+        clock.advance_days(3)
+        dup = hz.add_member(o, name="李娜", phone="13800138019")
+        top = hz.topup(o, dup, 100_000)
+        clock.advance_days(-3)
+        clock.ms += 3_600_000
+        moved = hz.merge_member(o, dup, keep)["entries"]
+        assert [e["member"] for e in moved] == [dup, keep]
+        assert all(e["id"] > top["id"] and _day(hz, e["id"]) == "2026-02-02" for e in moved)
+        assert hz.balance(keep)["cash"] == 100_000
+        assert hz.sweep_merged() == []
+        later = hz.topup(o, keep, 100)  # the right time again
+        assert _day(hz, later["id"]) == "2026-01-30"
+        january = _january((hz, clock))
+        assert january.get(dup, {}).get("cash", 0) == 0
+        assert january[keep]["cash"] == 100  # the top-up of 30 January, nothing swept
+    finally:
+        hz.close()
