@@ -1081,6 +1081,29 @@ class Membership(Coupons):
         """Approve (or reject) an exit or return application: another operator holding
         `member.exit.approve`. An exit approved settles the stored value by the rule
         `exit` here (gathering what other branches hold first) and marks the member."""
+        with self._after_application(application):
+            return self._decide_exit(operator, application, reject, reason, pay)
+
+    @contextmanager
+    def _after_application(self, application: Any) -> Iterator[None]:
+        """Book a decision on `application` after it, every entry naming it and the
+        latest entry of its member this branch wrote (what the settlement pays out of),
+        as a refund after its sale (LedgerBase._booked_after): applied for and topped
+        up while this PC's clock ran ahead, an exit approved once it was put right was
+        settled by an id dated before both, and the month's closing gave the member
+        minus what she was paid, before she had paid it in."""
+        conn = self.storage.conn
+        row = conn.execute("SELECT member FROM entries WHERE id = ? AND kind = 'exit'",
+                           (application,)).fetchone() if isinstance(application, str) else None
+        named = [] if row is None else [
+            application, *(i for (i,) in conn.execute(
+                "SELECT id FROM entries WHERE ref = ?", (application,))),
+            *self._latest_here(str(row[0]))]
+        with self._booked_after(*named):
+            yield
+
+    def _decide_exit(self, operator: str, application: str, reject: bool, reason: str,
+                     pay: str | None) -> dict[str, Any]:
         self.authorise(operator, "member.exit.approve")
         view = self.exit_view(application)
         if not self._decides(self.node, str(view["branch"])):

@@ -134,15 +134,15 @@ class Merges(Cards):
         """What a sweep of `owing` names: each merged member, its survivor, and the
         latest entry of the merged member this branch wrote (what its rights here
         came from)."""
-        conn = self.storage.conn
-        named: list[str] = []
-        for m, head, _held in owing:
-            named += [m, head]
-            row = conn.execute("SELECT id FROM entries WHERE member = ? AND node = ? "
-                               "ORDER BY id DESC LIMIT 1", (m, self.node)).fetchone()
-            if row is not None:
-                named.append(str(row[0]))
-        return named
+        return [n for m, head, _held in owing for n in (m, head, *self._latest_here(m))]
+
+    def _latest_here(self, member: str) -> list[str]:
+        """The id of the latest entry of `member` this branch wrote (what its rights
+        here came from), if any: what moves them all is booked after it."""
+        row = self.storage.conn.execute(
+            "SELECT id FROM entries WHERE member = ? AND node = ? ORDER BY id DESC LIMIT 1",
+            (member, self.node)).fetchone()
+        return [] if row is None else [str(row[0])]
 
     def _owing(self, members: Iterable[str]) -> list[tuple[str, str, list[tuple[str, int]]]]:
         """(member, its survivor, the rights this branch holds of it) of each merged

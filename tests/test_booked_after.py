@@ -213,3 +213,33 @@ def test_a_merge_sweeps_what_was_topped_up_while_the_clock_ran_ahead_after_it(
         assert january[keep]["cash"] == 100  # the top-up of 30 January, nothing swept
     finally:
         hz.close()
+
+
+def test_an_exit_applied_for_while_the_clock_ran_ahead_is_settled_after_it(
+        tmp_path: Path) -> None:
+    """A member tops up 500.00 and applies to leave at HZ01 while its clock runs three
+    days ahead; its clock put right, the approval and the settlement paying her
+    500.00 back were dated 30 January, before the application and the top-up:
+    January's closing gave her -500.00."""
+    clock = FakeClock(_ms("2026-01-30T10:00"))
+    hz = new_ledger(tmp_path, "HZ01", now_ms=clock)
+    try:
+        o = hz.owner
+        mgr, _mgr2 = _managers(hz)
+        m = hz.add_member(o, name="李娜", phone="13800138009")
+        clock.advance_days(3)
+        top = hz.topup(o, m, 50_000)
+        app = hz.apply_exit(o, m, "搬家")["application"]
+        clock.advance_days(-3)
+        clock.ms += 3_600_000
+        view = hz.decide_exit(mgr, app, pay="cash")
+        assert view["status"] == "approved"
+        [settle] = [e for e in _entries_naming(hz, app) if e["kind"] == "exit_settle"]
+        [decision] = [e for e in _entries_naming(hz, app) if e["kind"] == "approval"]
+        for e in (settle, decision):
+            assert e["id"] > max(app, top["id"]) and _day(hz, e["id"]) == "2026-02-02"
+        assert settle["paid"] == 50_000 and hz.balance(m)["cash"] == 0
+        january = _january((hz, clock))
+        assert january.get(m, {}).get("cash", 0) == 0
+    finally:
+        hz.close()
