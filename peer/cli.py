@@ -34,7 +34,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crdtledger import __version__, localtime, operations, peerclock, platform, views
+from crdtledger import __version__, audit, localtime, operations, peerclock, platform, views
 from crdtledger.backups import DB_FILE, RESTORE_DAMAGED, restore, store_damage, write_backup
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
 from crdtledger.inputs import printable
@@ -732,6 +732,8 @@ def renew_certificate(chain_dir: Path, data_dir: Path, *, head_office: bool = Fa
 def status(args: argparse.Namespace, data_dir: Path) -> Result:
     node = local.running(data_dir)
     data: dict[str, Any]
+    size = (data_dir / DB_FILE).stat().st_size
+    checked = args.check or size <= CHECK_UNASKED_BYTES
     if node is None:
         try:
             with Ledger.open(data_dir, lock=False) as ledger:
@@ -741,6 +743,11 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
                                    "last_contact": (s or 0) / 1000,
                                    "behind_in": None, "behind_out": None}
                                   for n, s in views.peers_seen(ledger).items()]}
+                # Rows deleted by hand: only a stopped store's documents are read here
+                # (a running node's are its own, in its process).
+                if checked:
+                    data["store_unprojected"] = {
+                        t: len(keys) for t, keys in audit.unprojected(ledger).items()}
         except sqlite3.DatabaseError as unopened:
             # Too damaged to open: said as damaged, with what to do, as one that opens.
             try:
@@ -756,8 +763,7 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
         data = {**local.call(node, "/status"), "running": True}
     # A torn page or a file put back beside another's log: the node may go on selling
     # from the pages it reads while each night's backup is refused.
-    size = (data_dir / DB_FILE).stat().st_size
-    data["store_checked"] = args.check or size <= CHECK_UNASKED_BYTES
+    data["store_checked"] = checked
     data["store_damaged"] = None
     if data["store_checked"]:
         try:
@@ -805,6 +811,14 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
         lines.append(f"CLOCK: {clock}")
     if data["store_damaged"]:
         lines.append(_damaged_line(data["store_damaged"]))
+    missing = data.get("store_unprojected")
+    if missing:
+        one = {"entries": "entry", "members": "member", "cards": "card"}
+        told = ", ".join(f"{n} {table if n != 1 else one.get(table, table)}"
+                         for table, n in sorted(missing.items()))
+        lines.append(f"EDITED store: its documents hold {told} its tables lack (rows "
+                     "deleted by hand): reports, balances and refunds read without them. "
+                     f"{RESTORE_DAMAGED}.")
     elif not data["store_checked"]:
         lines.append(f"store not checked for damage ({size // 2**20} MB): "
                      "crdtledger status --check reads it whole")

@@ -433,6 +433,26 @@ def test_backup_and_restore_at_the_command_line(cli: Cli, tmp_path: Path) -> Non
     assert r.code == 1 and "--head-office needs a chain directory" in r.err
 
 
+def test_rows_deleted_by_hand_from_its_tables_are_said_by_the_store_check(
+        tmp_path: Path, cli: Cli) -> None:
+    """An `entries` row and a `cards` row deleted with sqlite3, the node stopped: the
+    day's report went short and a refund of the sale said "no debit", and no check
+    said a word (the closing attests rights, totals and logs, not these rows). The
+    store check reads the documents against the tables; an honest store passes it."""
+    shop = make_shop(tmp_path)
+    with Ledger.open(shop.data) as ledger:
+        sale = ledger.debit(ledger.owner, shop.member, amount=1_000)
+    clean = cli("status", "--check", "--json", data=shop.data).json()
+    assert clean["store_unprojected"] == {} and clean["store_damaged"] is None
+    with Ledger.open(shop.data) as ledger, ledger.storage.transaction():
+        ledger.storage.conn.execute("DELETE FROM entries WHERE id = ?", (sale["id"],))
+        ledger.storage.conn.execute("DELETE FROM cards")
+    r = cli("status", "--check", data=shop.data)
+    assert "EDITED store: its documents hold 1 card, 1 entry its tables lack" in r.out, r.out
+    said = cli("status", "--check", "--json", data=shop.data).json()
+    assert said["store_unprojected"] == {"entries": 1, "cards": 1}
+
+
 def test_a_record_of_its_own_log_edited_by_hand_is_damage_said_and_backed_up_never(
         tmp_path: Path, cli: Cli) -> None:
     """An amount changed inside a record of the branch's own log (the store edited by
