@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from datetime import date, datetime, timedelta
 from datetime import time as dt_time
@@ -21,14 +21,16 @@ from zoneinfo import ZoneInfo
 
 import msgpack
 
-from crdtledger import closing, idempotency, views
+from crdtledger import closing, idempotency, syncfile, views
 from crdtledger.errors import (
     InsufficientFunds,
     LedgerError,
     RemoteProtocolError,
     RightsElsewhere,
 )
+from crdtledger.seal import seal, unseal
 from crdtledger.sync import RightsAnswered
+from crdtledger.trust import Trust
 from peer.files import export_bytes, import_bytes
 from sim import checks
 from sim.byzantine import ROLES, Byzantine
@@ -589,6 +591,8 @@ class World:
         self.trace(self.engine.now, f"courier {a.name}>{b.name} {info.get('records')} records")
         sent = {"from": a.name, "to": b.name, "records": info.get("records")}
         self.couriered.append(sent)
+        pick = (self.rng_courier.random(), self.rng_courier.random())  # `_altered`
+        sealer = a.ledger.trust
 
         def arrive() -> None:
             if not b.up or b.ledger is None:
@@ -615,6 +619,22 @@ class World:
             manager = b.operator("manager")
 
             def take(lg: Any) -> Any:
+                altered = _altered(sealer, data, lg.positions(), pick)
+                if altered is not None:
+                    # The copy a byte of one record altered on the way, sealed again by
+                    # a holder of the chain's key: refused whole, nothing of it taken
+                    # (a non-strict import took the records around the altered one).
+                    held = lg.positions()
+                    try:
+                        import_bytes(lg, manager, altered)
+                    except (RemoteProtocolError, LedgerError):
+                        pass
+                    else:
+                        self.fail(Violation("syncfile", f"{b.name} took a sync file with "
+                                                        f"a record altered", b.name))
+                    if lg.positions() != held:
+                        self.fail(Violation("syncfile", f"{b.name} refused an altered sync "
+                                                        "file and kept some of it", b.name))
                 try:
                     return import_bytes(lg, manager, data)
                 except RemoteProtocolError as e:  # refused whole: nothing applied
@@ -974,3 +994,21 @@ def results_of(configs: Sequence[Config], jobs: int) -> Iterator[dict[str, Any]]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(min(jobs, len(configs)), mp_context=context) as pool:
         yield from pool.map(_result, configs)
+
+
+def _altered(sealer: Trust, data: bytes, held: Mapping[str, int],
+             pick: tuple[float, float]) -> bytes | None:
+    """`data`, a sync file `sealer` wrote, with one byte changed in the update of one
+    record its receiver lacks (`held`: one it holds is skipped unread, as it may be),
+    sealed again by `sealer`, as a holder of its key could; `pick` says which record
+    and byte. None if the receiver lacks none."""
+    sealed = unseal(sealer, data, syncfile.KIND, what="the courier's file")
+    body = msgpack.unpackb(sealed.payload, raw=False, strict_map_key=True)
+    lacked = [r for r in body["recs"] if r[1] > held.get(r[0], 0) and len(r[3]) > 8]
+    if not lacked:
+        return None
+    rec = lacked[int(pick[0] * len(lacked))]
+    at = 4 + int(pick[1] * (len(rec[3]) - 4))
+    rec[3] = rec[3][:at] + bytes([rec[3][at] ^ 0x01]) + rec[3][at + 1:]
+    return seal(sealer, syncfile.KIND, msgpack.packb(body, use_bin_type=True),
+                sealed.created_ms)

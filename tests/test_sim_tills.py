@@ -151,3 +151,26 @@ def test_a_request_the_schema_refuses_must_be_refused(monkeypatch: pytest.Monkey
     result = World(TINY.with_(ops_per_node=120)).run()
     assert result["violation"] and result["violation"]["kind"] == "refusal", \
         result["violation"]
+
+
+@pytest.mark.slow
+def test_a_sync_file_import_that_takes_what_verifies_is_caught(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """crdtledger.syncfile's import verifying and applying non-strictly (in this test):
+    a file with one record altered on the way is taken in part, where it must be
+    refused whole. Every couriered file is honest, so the simulator carries a copy
+    altered and sealed again before each (sim.world._altered)."""
+    from crdtledger import syncfile
+    from crdtledger.ledger import Ledger
+
+    verify, apply = Ledger.verify_batch, Ledger.apply_verified
+    monkeypatch.setattr(Ledger, "verify_batch",
+                        lambda self, batch, strict=False: verify(self, batch, False))
+    monkeypatch.setattr(Ledger, "apply_verified",
+                        lambda self, plan, origin=None, *, strict=False, **kw:
+                        apply(self, plan, origin, strict=False, **kw))
+    assert syncfile.import_file  # the path under test: it calls both with strict=True
+    result = World(TINY).run()
+    assert result["violation"] and result["violation"]["kind"] == "syncfile", \
+        result["violation"]
+    assert "altered" in result["violation"]["message"]
