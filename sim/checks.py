@@ -293,6 +293,18 @@ def final(world: World) -> list[Violation]:
     d = audit.waiting(first, limit=3)
     if d:
         out.append(Violation("deferred", f"entries still wait for funding after sync: {d}"))
+    # Goods on each shelf: what the tills were told was bought in, sold and refunded.
+    # (A shop closing hands its shelf over; a restored store forgets what it was told.)
+    if GOODS in first.catalogue() and not world.closed:
+        held = first.stock_held(first.goods_item(GOODS))
+        told = world.stock_told
+        unsure = world.stock_unsure | restored
+        wrong_stock = {b: (held.get(b, 0), told.get(b, 0)) for b in set(held) | set(told)
+                       if held.get(b, 0) != told.get(b, 0) and world.honest(b)
+                       and b not in unsure}
+        if wrong_stock:
+            out.append(Violation("stock", "units held, against what the tills were told: "
+                                          f"{dict(sorted(wrong_stock.items()))}"))
     for node in (nodes[0], nodes[len(nodes) // 2], nodes[-1]):
         assert node.ledger is not None
         problem = projection_matches_documents(node.ledger)

@@ -45,6 +45,8 @@ from sim.node import Attempt, Crashed, Outcome, SimNode
 from sim.oracles import Intent, Oracle
 from sim.workload import OPERATOR_PASSWORD, Workload
 
+# The operations that move goods on a shelf (World._stock_told).
+STOCK_OPS = frozenset({"stock.in", "sell", "refund"})
 ZONE = "Asia/Shanghai"  # no daylight saving: a day is always 24 hours
 TOPOLOGIES = {
     "hub": "a few always-on hub nodes in a mesh; every shop dials every hub (the default "
@@ -137,6 +139,12 @@ class World:
         self.answers_lost = 0
         # A sync file carried across each partition (`_courier`): a stream of its own.
         self.rng_courier = random.Random(f"{cfg.seed}:courier")
+        # Units of goods each branch should hold by what its tills were told (bought
+        # in, sold, refunded back to the shelf), and the sales by id; a branch whose
+        # stock operation died with its process may hold either outcome.
+        self.stock_told: dict[str, int] = {}
+        self.goods_sold: dict[str, tuple[str, int]] = {}
+        self.stock_unsure: set[str] = set()
         self.couriered: list[dict[str, Any]] = []
         self.written_off = 0  # the daily passes' write-offs of expired points lots
 
@@ -354,6 +362,9 @@ class World:
         m = self.metrics
         m.ops[label] += 1
         where = attempt.where
+        if isinstance(op, Intent) and op.name in STOCK_OPS and not isinstance(
+                outcome, LedgerError):
+            self._stock_told(node.name, op, outcome)
         if isinstance(outcome, Crashed):
             m.crashed_in_flight += 1
             if debit:
@@ -470,6 +481,23 @@ class World:
             node.perform(label, intent, till, retried=True)
 
         self.engine.after(int(self.rng_answers.uniform(2, 30) * SECOND), send)
+
+    def _stock_told(self, branch: str, op: Intent, outcome: Outcome) -> None:
+        if isinstance(outcome, Crashed):
+            if op.name != "refund" or str(op.given.get("debit_id")) in self.goods_sold:
+                self.stock_unsure.add(branch)
+            return
+        qty = int(op.given.get("qty") or 0)
+        if op.name == "stock.in":
+            self.stock_told[branch] = self.stock_told.get(branch, 0) + qty
+        elif op.name == "sell" and isinstance(outcome, dict):
+            self.stock_told[branch] = self.stock_told.get(branch, 0) - qty
+            self.goods_sold[str(outcome["id"])] = (branch, qty)
+        elif op.name == "refund" and (sale := self.goods_sold.get(
+                str(op.given.get("debit_id")))) is not None:
+            # A goods sale is refunded whole, by the branch that made it (sim.workload):
+            # its units back on that branch's shelf.
+            self.stock_told[sale[0]] = self.stock_told.get(sale[0], 0) + sale[1]
 
     def check_node(self, node: SimNode) -> None:
         """After every step of a node that wrote anything: no rights row below zero."""

@@ -174,3 +174,19 @@ def test_a_sync_file_import_that_takes_what_verifies_is_caught(
     assert result["violation"] and result["violation"]["kind"] == "syncfile", \
         result["violation"]
     assert "altered" in result["violation"]["message"]
+
+
+@pytest.mark.slow
+def test_stock_raised_beyond_what_was_bought_in_is_caught(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delivery booked one unit more than the till entered (in this test): every
+    entry is acknowledged and every replica agrees, so only the shelf counted against
+    what the tills were told finds it."""
+    from crdtledger.goods import Goods
+
+    real = Goods.stock_in
+    monkeypatch.setattr(Goods, "stock_in", lambda self, operator, code, qty, *a, **k:
+                        real(self, operator, code, qty + 1, *a, **k))
+    result = World(TINY).run()
+    assert result["violation"] and result["violation"]["kind"] == "stock", \
+        result["violation"]
