@@ -1156,7 +1156,19 @@ def correct(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
 # --- reports ----------------------------------------------------------------------------
 
 
-def _show_daily(_ledger: Ledger, r: Any, _p: Params) -> str:
+def _open_note(ledger: Ledger, last_day: str | None) -> list[str]:
+    """A line saying that a period reaching past the last closed month may still
+    change (records of another branch's days arrive late: a sale at a branch cut off
+    on the 31st moved March's settlement from "nothing to settle" to a debt a week
+    after it was first printed). Nothing for a period inside a closed month."""
+    through = closing.books(ledger)["closed_through"]
+    if last_day is not None and through is not None and last_day[:7] <= through:
+        return []
+    return ["", "not closed yet: these figures may still change as other branches' "
+                f"records arrive (books closed through {through or 'no month yet'})"]
+
+
+def _show_daily(ledger: Ledger, r: Any, _p: Params) -> str:
     return "\n".join((
         f"{r['day']}  branch {r['branch']}",
         f"new members   {r['new_members']}",
@@ -1168,6 +1180,7 @@ def _show_daily(_ledger: Ledger, r: Any, _p: Params) -> str:
         "less their refunds and exits paid back)",
         f"cards sold    {r['cards_sold']}  ({format_yuan(r['card_sales'])})",
         f"exits paid    {format_yuan(r.get('exit_refunds', 0))}",
+        *_open_note(ledger, r["day"]),
     ))
 
 
@@ -1197,7 +1210,7 @@ def _require_heard_of(ledger: Ledger, branch: str) -> None:
                            f"{', '.join(sorted(known))}): no report for it")
 
 
-def _show_settlement(_ledger: Ledger, r: Any, _p: Params) -> str:
+def _show_settlement(ledger: Ledger, r: Any, p: Params) -> str:
     owed = [f"{x['owes']} owes {x['to']} {format_yuan(x['amount'])}  ({x['to']} served "
             f"{format_yuan(x['served'])} of {x['owes']}'s value, {x['owes']} served "
             f"{format_yuan(x['served_back'])} of {x['to']}'s)" for x in r["pairs"]]
@@ -1206,7 +1219,8 @@ def _show_settlement(_ledger: Ledger, r: Any, _p: Params) -> str:
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     lines = ["  ".join([row[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(
         row[1:], widths[1:], strict=True))]) for row in table]
-    return "\n".join([*(owed or ["nothing to settle"]), "", *lines])
+    return "\n".join([*(owed or ["nothing to settle"]), "", *lines,
+                      *_open_note(ledger, p.get("to"))])
 
 
 @operation("report.settlement", "结算表: who owes whom for stored value paid in at one branch "

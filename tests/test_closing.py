@@ -85,6 +85,32 @@ def test_a_month_is_due_a_week_after_it_ends(day: str, month: str) -> None:
     assert closing.due_month(day) == month
 
 
+def test_a_report_reaching_past_the_closed_months_says_it_may_still_change(
+        pair: tuple[Ledger, Ledger, str], clock: FakeClock) -> None:
+    """March's settlement printed on 2 April said "nothing to settle", and "SH01 owes
+    SH03 120.00" on the 9th once a branch cut off on the 31st was heard: neither said
+    the month was open. A closed month's report says nothing more."""
+    a, b, _m = pair
+
+    def shown(name: str, **params: str) -> str:
+        op = operations.TABLE[name]
+        return op.show(a, operations.run(a, a.owner, name, params), params)
+
+    open_note = "not closed yet: these figures may still change"
+    assert open_note in shown("report.daily", day="2026-01-01")
+    assert "books closed through no month yet" in shown("report.daily", day="2026-01-01")
+    clock.advance_days(38)  # 2026-02-08: January is due
+    for ledger in (a, b, a):
+        ledger.housekeeping()
+        sync(a, b)
+    assert closing.books(a)["closed_through"] == "2026-01"
+    assert open_note not in shown("report.daily", day="2026-01-01")
+    assert open_note not in shown("report.settlement", **{"from": "2026-01-01",
+                                                          "to": "2026-01-31"})
+    assert "(books closed through 2026-01)" in shown("report.daily", day="2026-02-08")
+    assert open_note in shown("report.settlement", **{"from": "2026-01-01"})
+
+
 def test_the_daily_pass_closes_the_month_due_once(pair: tuple[Ledger, Ledger, str],
                                                  clock: FakeClock) -> None:
     a, b, _m = pair
