@@ -241,7 +241,13 @@ def write_backup(data_dir: Path, target_dir: Path, progress: Progress = _silent)
         raise StoreError(f"no crdtledger node in {data_dir} (run: crdtledger init)")
     private_dir(target)  # a backup holds every member's data, like the store
     taken_ms = int(time.time() * 1000)
-    with tempfile.TemporaryDirectory(prefix=".backup-", dir=target) as tmp:
+    for where in (data_dir, target):
+        _sweep_copies(where)
+    # The plain copy is made beside the store, which holds the same in the clear, and
+    # never where the sealed file goes: a backup killed while copying (SIGKILL, the
+    # power) left it on the stick, every member's phone readable and no step removing
+    # it, the next backups saying "signed, and encrypted".
+    with tempfile.TemporaryDirectory(prefix=COPY_PREFIX, dir=data_dir) as tmp:
         copy = Path(tmp) / DB_FILE  # mkdtemp makes the directory 0700
         src = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
         dst = sqlite3.connect(private_sqlite_file(copy))
@@ -291,6 +297,29 @@ def write_backup(data_dir: Path, target_dir: Path, progress: Progress = _silent)
     progress(f"writing {len(sealed):,} bytes to {out}")
     replace_private(out, sealed)
     return out
+
+
+# A backup's plain copy of the store, while it is being made (`write_backup`), and how
+# old one must be to be a killed backup's left behind: a backup of a store of a GB
+# copies in under a minute.
+COPY_PREFIX = ".backup-"
+COPY_STALE_S = 3600
+
+
+def _sweep_copies(where: Path) -> None:
+    """Remove the plain copies killed backups left in `where`: in the data directory,
+    and on a backup target, where builds before this one made them."""
+    try:
+        left = [p for p in where.iterdir() if p.name.startswith(COPY_PREFIX) and p.is_dir()
+                and not p.is_symlink() and time.time() - p.stat().st_mtime > COPY_STALE_S]
+    except OSError:
+        return
+    for p in left:
+        for f in p.iterdir():
+            if f.name.startswith(DB_FILE) and f.is_file() and not f.is_symlink():
+                f.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            p.rmdir()  # only once emptied of copies: anything else there is not ours
 
 
 def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,

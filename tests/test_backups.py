@@ -433,6 +433,35 @@ def test_backup_and_restore_at_the_command_line(cli: Cli, tmp_path: Path) -> Non
     assert r.code == 1 and "--head-office needs a chain directory" in r.err
 
 
+def test_a_backup_never_puts_the_store_in_the_clear_where_the_backup_goes(
+        tmp_path: Path) -> None:
+    """A backup killed while copying (30 SIGKILLs: 8 left it) left its plain copy of
+    the store in a hidden folder on the stick, members' names and phones readable,
+    and the next backups kept it and said "signed, and encrypted". The copy is made
+    beside the store; copies killed backups left (there, or on a stick by an older
+    build) are removed by the next backup once an hour old."""
+    shop = make_shop(tmp_path)
+    target = tmp_path / "stick"
+    target.mkdir()
+    killed = target / ".backup-k1ll3d"  # as an older build's killed backup left it
+    killed.mkdir()
+    shutil.copy(shop.data / "ledger.sqlite3", killed / "ledger.sqlite3")
+    young = target / ".backup-running"  # another backup's, under way: kept
+    young.mkdir()
+    hour_ago = time.time() - 3700
+    os.utime(killed, (hour_ago, hour_ago))
+    seen: list[list[str]] = []
+
+    def look(_step: str) -> None:  # the target's files at each step of the backup
+        seen.append(sorted(str(p.relative_to(target)) for p in target.rglob("*")
+                           if p.is_file() and p.read_bytes().startswith(b"SQLite format 3")))
+
+    write_backup(shop.data, target, progress=look)
+    assert seen and all(files == [] for files in seen), seen
+    assert not killed.exists() and young.exists()
+    assert not any(p.name.startswith(".backup-") for p in shop.data.iterdir())
+
+
 def test_rows_deleted_by_hand_from_its_tables_are_said_by_the_store_check(
         tmp_path: Path, cli: Cli) -> None:
     """An `entries` row and a `cards` row deleted with sqlite3, the node stopped: the
