@@ -89,7 +89,13 @@ def in_use(data_dir: Path) -> bool:
     try:
         fd = os.open(data_dir / LOCK_FILE, os.O_RDWR)
     except OSError:
-        return False
+        # A disk gone read-only (EROFS, EPERM) under a running node: the lock is still
+        # held and still tells, read-only (flock needs no write access); `status` said
+        # "not running" of a node serving and connected, and opened its store itself.
+        try:
+            fd = os.open(data_dir / LOCK_FILE, os.O_RDONLY)
+        except OSError:
+            return False
     try:
         return platform.held_elsewhere(fd)
     finally:

@@ -362,3 +362,31 @@ def test_a_node_raises_its_open_files_limit_to_the_hard_one() -> None:
          "print(platform.raise_open_files_limit())"],
         capture_output=True, text=True, check=True, preexec_fn=low)
     assert out.stdout.strip() == "4096"
+
+
+def test_a_node_whose_disk_went_read_only_is_still_seen_running(tmp_path: Path) -> None:
+    """With the data directory made immutable under a running node (chattr +i: every
+    write EPERM, as a disk gone read-only), `status` said "not running" and opened the
+    store itself: the lock file did not open for writing. Stand-in: in the other
+    process, `os.open` refuses the lock file writable (chattr needs root and a file
+    system with attributes; the lock and the processes are real)."""
+    from crdtledger.ledger import Ledger
+
+    Ledger.create(tmp_path / "sh01", "SH01", "test")
+    other = ("import errno, os, sys; from peer import local\n"
+             "real = os.open\n"
+             "def read_only(path, flags, *a, **k):\n"
+             "    if str(path).endswith(local.LOCK_FILE) and flags & (os.O_RDWR | os.O_WRONLY):\n"
+             "        raise PermissionError(errno.EPERM, 'Operation not permitted', str(path))\n"
+             "    return real(path, flags, *a, **k)\n"
+             "os.open = read_only\n"
+             "print(local.in_use(local.Path(sys.argv[1])))\n")
+
+    def held() -> str:
+        return subprocess.run([sys.executable, "-c", other, str(tmp_path / "sh01")],
+                              capture_output=True, text=True, env=cli_env(),
+                              check=True).stdout.strip()
+
+    with Ledger.open(tmp_path / "sh01"):
+        assert held() == "True"
+    assert held() == "False"
