@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from collections.abc import Iterable, Mapping
 from datetime import date
 from typing import TYPE_CHECKING, Any, cast
@@ -16,7 +17,7 @@ from crdtledger.commit import Write, note_edit, put, sub_map
 from crdtledger.errors import InvalidInput, NotFound
 from crdtledger.hlc import check_node_id
 from crdtledger.inputs import MAX_TEXT, check_text
-from crdtledger.model import EDITS, GENDERS, PARTIAL_DATE, member_doc
+from crdtledger.model import EDITS, GENDERS, PARTIAL_DATE, canonical_phone, member_doc
 from crdtledger.notices import NOTICE_FIELDS, check_notice_fields
 
 if TYPE_CHECKING:
@@ -55,9 +56,7 @@ class Members(Auth):
              "anniversary": anniversary, "home": home or self.node, "notes": notes,
              **({"id_no": id_no} if id_no else {}), **notice})
         self._require_home(fields["home"])
-        if self.storage.conn.execute(
-            "SELECT id FROM members WHERE phone = ?", (fields["phone"],)
-        ).fetchone():
+        if _phone_holders(self.storage.conn, fields["phone"]):
             raise InvalidInput(f"phone {fields['phone']} is registered to another member")
         prefs_d = _prefs(prefs or {})
         custom_d = {check_text(k, "field name", required=True, limit=40): check_text(v, k)
@@ -101,9 +100,8 @@ class Members(Auth):
         # A duplicate merged into this member is her: she may take its phone (found
         # by ID number, the duplicate may hold the one she uses now).
         conn = self.storage.conn
-        if f.get("phone") and {m for (m,) in conn.execute(
-                "SELECT id FROM members WHERE phone = ?", (f["phone"],))} - set(
-                    views.member_group(conn, member)):
+        if f.get("phone") and _phone_holders(conn, f["phone"]) - set(
+                views.member_group(conn, member)):
             raise InvalidInput(f"phone {f['phone']} is registered to another member")
         prefs_d = _prefs(prefs or {})
         custom_d = {check_text(k, "field name", required=True, limit=40): check_text(v, k)
@@ -166,6 +164,16 @@ class Members(Auth):
         if gone:
             raise InvalidInput(gone)
         return profile, (int(row[1] or 0), int(row[2] or 0))
+
+
+def _phone_holders(conn: sqlite3.Connection, phone: str) -> set[str]:
+    """Every member (deleted and merged ones too) whose phone is this one however
+    either was typed: "+86 138 0013 8000" is 13800138000's phone, and a phone stored
+    as "138-0013-8000", by this build or an older one, is found by its canonical form
+    (`members.phone_canonical`, filled for an older store when it is opened). The
+    record keeps the phone as typed; only the comparison is canonical."""
+    return {m for (m,) in conn.execute(
+        "SELECT id FROM members WHERE phone_canonical = ?", (canonical_phone(phone),))}
 
 
 def _gone(member: str, profile: Mapping[str, Any]) -> str | None:

@@ -182,6 +182,27 @@ def sync(a: Ledger, b: Ledger) -> None:
     net.close()
 
 
+def registered_apart(ledger: Ledger, root: Path, *, name: str, phone: str,
+                     node: str = "SH02", chain_dir: Path | None = None,
+                     now_ms: Callable[[], int] | None = None) -> str:
+    """A member registered at `node` (a new store under `root`) while it had heard
+    nothing of `ledger`'s members, then synced into `ledger`: how one person becomes
+    two members, since registration refuses a phone it already holds however either
+    is typed, and sees only what has arrived. `chain_dir`: the chain to enrol `node`
+    in, for a `ledger` whose store has certificates (one under a running node);
+    `now_ms`: its clock, the test's own when `ledger` runs on one."""
+    from peer.chain import enrol
+
+    data = Path(root) / node.lower()
+    Ledger.create(data, node, ledger.storage.chain)
+    if chain_dir is not None:
+        enrol(chain_dir, data, node)
+    with Ledger.open(data, now_ms=now_ms, synchronous=SYNCHRONOUS) as apart:
+        mid = apart.add_member(apart.owner, name=name, phone=phone)
+        sync(ledger, apart)
+    return mid
+
+
 def events(session: SyncSession) -> list[Event]:
     out = []
     while (ev := session.next_event()) is not None:

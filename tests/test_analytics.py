@@ -250,13 +250,13 @@ def test_typed_reasons_are_not_exported_and_levels_are_the_merge_groups(
     投诉技师"): it went into the anonymised files beside the member's pseudonym. And a
     duplicate and its survivor, each 银卡 alone and 金卡 together (as the ledger shows
     them), were exported 银卡."""
-    from helpers import new_ledger
+    from helpers import new_ledger, registered_apart
 
     clock = FakeClock()
     a = new_ledger(tmp_path, "SH01", now_ms=clock)
     try:
         x = a.add_member(a.owner, name="王芳", phone="13812345678")
-        y = a.add_member(a.owner, name="王芳", phone="138 1234 5678")
+        y = registered_apart(a, tmp_path, name="王芳", phone="138 1234 5678", now_ms=clock)
         for m in (x, y):
             a.topup(a.owner, m, 300_000)
         sale = a.debit(a.owner, x, amount=5_000)

@@ -1080,8 +1080,9 @@ def test_a_phone_is_looked_up_however_it_is_typed(a: Ledger, typed: str) -> None
     """A member registered under 13800138000 is found by the command line's --phone,
     the member portal's sign-in (views.member_by_phone) and the counter's search,
     whether the cashier or the member types it with dashes, spaces or +86
-    (views.canonical_phone). Registration still compares the text as typed: one
-    person typed two ways is a duplicate the back office lists and merges."""
+    (views.canonical_phone). Registration compares the same form
+    (tests/test_members_phones.py): one person typed two ways is refused at one
+    branch, and a duplicate only of two branches apart."""
     m = member(a, "13800138000")
     assert views.member_by_phone(a, typed) == m
     assert [r["id"] for r in a.find_members(typed)] == [m]

@@ -472,7 +472,8 @@ def test_a_merge_cycle_is_one_pool_from_its_first_merge(tmp_path: Path) -> None:
     a.set_rule(a.owner, "earn", {"points_per_yuan": "1", "expire_days": 30},
                effective_from="2025-01-01")
     x = a.add_member(a.owner, name="甲", phone="13800000001")
-    y = a.add_member(a.owner, name="甲", phone="138-0000-0001")
+    y = b.add_member(b.owner, name="甲", phone="138-0000-0001")  # registered apart
+    sync(a, b)
     a.debit(a.owner, x, amount=10_000, pay="cash")  # expires 31 January
     clock.advance_days(10)
     a.debit(a.owner, y, amount=10_000, pay="cash")  # expires 10 February

@@ -34,7 +34,7 @@ import pytest_asyncio
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from app_fixtures import make_store, simulation_over
 from conftest import free_port
-from helpers import sqlite_steps, sync
+from helpers import registered_apart, sqlite_steps, sync
 from nicegui import core, ui
 from nicegui.testing.general import nicegui_reset_globals, prepare_simulation
 from nicegui.testing.user import User
@@ -514,14 +514,16 @@ async def test_points_with_expiry_packages_and_history(portal_app: PortalApp) ->
 
 
 async def test_a_phone_registered_to_two_members_signs_in_neither_by_code(
-        portal_app: PortalApp) -> None:
-    """Registration compares a phone as typed, the sign-in however it is typed: a
-    second member under "138 1234 5678" signed in to the first's page. The code
-    proves the phone, not which member: it is refused with a sentence, and the card
-    and PIN still work."""
+        portal_app: PortalApp, tmp_path: Path) -> None:
+    """One phone, two members (SH02 registered "138 1234 5678" while cut off from
+    this branch, which holds 13812345678): the sign-in compares phones however they
+    are typed, and a second member signed in to the first's page. The code proves
+    the phone, not which member: it is refused with a sentence, and the card and
+    PIN still work."""
     app = portal_app
     spaced = f"{PHONE_A[:3]} {PHONE_A[3:7]} {PHONE_A[7:]}"
-    operations.run(app.ledger, app.owner_id, "member.add", {"name": "赵六", "phone": spaced})
+    registered_apart(app.ledger, tmp_path, name="赵六", phone=spaced,
+                     chain_dir=tmp_path / "chain")
     await app.ask_code(PHONE_A)
     await app.enter_code(app.last_sms_code())
     await app.user.should_see(marker="phone-error")
@@ -547,14 +549,16 @@ async def test_a_sign_in_by_code_ends_when_the_phone_is_no_longer_the_members(
 
 
 async def test_a_merged_duplicates_phone_is_not_the_members_once_she_has_another(
-        portal_app: PortalApp) -> None:
-    """The member's duplicate, registered with the same phone typed another way and
-    merged into her, kept the old phone: after the shop set her new number, a thief
-    with the stolen phone stayed signed in, and could sign in afresh by its code."""
+        portal_app: PortalApp, tmp_path: Path) -> None:
+    """The member's duplicate, registered at another branch while apart with the same
+    phone typed another way and merged into her, kept the old phone: after the shop
+    set her new number, a thief with the stolen phone stayed signed in, and could sign
+    in afresh by its code."""
     app = portal_app
     owner = owner_of("SH01")
     b = app.ids["b"]
-    dup = app.ledger.add_member(owner, name="李娜", phone="139-0000-1111")
+    dup = registered_apart(app.ledger, tmp_path, name="李娜", phone="139-0000-1111",
+                           chain_dir=tmp_path / "chain")
     operations.run(app.ledger, owner, "member.merge", {"member": dup, "into": b})
     await app.ask_code(PHONE_B)
     await app.enter_code(app.last_sms_code())

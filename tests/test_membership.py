@@ -900,7 +900,8 @@ def test_a_merged_newcomer_is_one_referral_and_nobody_is_rewarded_for_themself(
     assert len(a.storage.conn.execute(
         "SELECT id FROM entries WHERE kind = 'reward'").fetchall()) == 1
     p = a.add_member(o, name="小赵", phone="13700000001")
-    q = a.add_member(o, name="小赵", phone="137-0000-0001")
+    q = b.add_member(b.owner, name="小赵", phone="137-0000-0001")  # apart
+    sync(a, b)
     rq = a.refer(o, q, p)["id"]
     a.merge_member(mgr, q, p)
     assert a.referral_view(rq)["status"] == "void"
@@ -923,8 +924,9 @@ def test_a_surplus_check_in_of_a_member_merged_since_takes_its_points_back(
     a.set_activity(a.owner, "ONCE", {"name": "开业", "from": "2025-12-31T09:00",
                                      "to": "2026-01-10T21:00", "points": 50,
                                      "repeat": "once"})
+    sync(a, b)
     x = a.add_member(a.owner, name="甲", phone="13800000001")
-    y = a.add_member(a.owner, name="甲", phone="138-0000-0001")
+    y = b.add_member(b.owner, name="甲", phone="138-0000-0001", home="SH01")  # apart
     sync(a, b)
     b.checkin(b.owner, "ONCE", y)  # apart
     clock.ms += 1000

@@ -19,7 +19,15 @@ from typing import Any
 import pytest
 from app_fixtures import CASHIER, OWNER, CounterApp
 from conftest import Cli
-from helpers import FakeClock, Forger, new_ledger, projections, snapshot, sync
+from helpers import (
+    FakeClock,
+    Forger,
+    new_ledger,
+    projections,
+    registered_apart,
+    snapshot,
+    sync,
+)
 from pycrdt import Map
 from test_api import AMY_PW, BOSS_PW, Api, drive, new_member
 
@@ -367,11 +375,17 @@ def test_only_who_may_merge_members_reads_a_whole_id_card_number(tmp_path: Path)
 
 
 def test_command_line_lists_and_merges_on_a_real_data_dir(cli: Cli, make_node: Any) -> None:
-    data = make_node("SH01")
-    # The same phone typed two ways: the registration check compares text as typed.
+    data, apart = make_node("SH01"), make_node("SH02")
     first = cli("member", "add", "--name", "张三", "--phone", PHONE, "--json", data=data).json()
+    # The same phone typed another way is refused at the branch that holds it; a
+    # duplicate arises at a branch that has not heard of the first (SH02 registers
+    # her while cut off), and arrives by a sync file.
+    again = cli("member", "add", "--name", "张三", "--phone", "138 0013 8000", data=data)
+    assert again.code != 0 and "registered to another member" in again.err, again.err
     second = cli("member", "add", "--name", "张三", "--phone", "138 0013 8000", "--json",
-                 data=data).json()
+                 data=apart).json()
+    assert cli("export", "--out", data.parent / "sh02.sync", data=apart).code == 0
+    assert cli("import", data.parent / "sh02.sync", data=data).code == 0
     a, b = sorted([first["member_id"], second["member_id"]])
     assert cli("topup", "--member", a, "--amount", "100.00", data=data).code == 0
     assert cli("topup", "--member", b, "--amount", "20.00", data=data).code == 0
@@ -399,7 +413,11 @@ def test_http_api_merges_and_lists(tmp_path: Path) -> None:
         boss = await api.login("boss", BOSS_PW)
         amy = await api.login("amy", AMY_PW)
         a = await new_member(api, boss, phone=PHONE)
-        b = await new_member(api, boss, phone="+86 13800138000")
+        status, body = await api.call("POST", "/members", {"name": "王芳",
+                                                           "phone": "+86 13800138000"},
+                                      token=boss)
+        assert status == 400 and "registered to another member" in body["message"], body
+        b = registered_apart(ledger, tmp_path, name="王芳", phone="+86 13800138000")
         status, body = await api.call("GET", "/duplicates", token=boss)
         assert status == 200 and [m["id"] for m in body[0]["members"]] == sorted([a, b])
         before = snapshot(ledger, [a, b])
@@ -423,7 +441,8 @@ async def test_back_office_lists_duplicates_and_merges_after_confirmation(
     app = counter_app
     ledger, op = app.ledger, app.node_owner
     a = ledger.add_member(op, name="张三", phone=PHONE)
-    b = ledger.add_member(op, name="张三", phone="138-0013-8000")
+    b = registered_apart(ledger, app.data_dir.parent, name="张三", phone="138-0013-8000",
+                         chain_dir=app.data_dir.parent / "chain")
     ledger.topup(op, b, 20000)
     await app.login(*CASHIER)
     await app.user.open("/office/duplicates")

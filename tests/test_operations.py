@@ -46,7 +46,7 @@ class Shop:
     member: str
     debit: str
     tech: str  # an operator whose only permission is sync
-    twin: str  # the member again, the phone typed another way: a duplicate to merge
+    twin: str  # the member again, the phone typed another way at SH02: a duplicate to merge
     coupon: str = ""  # the member's coupon, to show and redeem
     referral: str = ""  # a newcomer's referral by the member, recorded by the node's owner
     leaver: str = ""  # a member with an exit application (by the node's owner) waiting
@@ -66,10 +66,12 @@ def furnish(ledger: Ledger) -> Shop:
     ledger.issue_card(owner, member, "C1", pin="1357")
     ledger.topup(owner, member, 100000)
     debit = ledger.debit(owner, member, amount=20000)["id"]
-    twin = ledger.add_member(owner, name="王芳", phone="138 1234 5678")
     # Goods, and some shipped here by another branch: stock.receive has units to take.
     ledger.add_goods(owner, "G01", "精油", 8800, 3000, points_price=5, low_stock=2)
     with new_ledger(ledger.storage.dir.parent / "sender", "SH02") as sender:
+        # The twin: the member again, registered there before the branches first met
+        # (here the phone typed another way is the member's, and refused).
+        twin = sender.add_member(sender.owner, name="王芳", phone="138 1234 5678")
         sync(ledger, sender)
         sender.stock_in(sender.owner, "G01", 5)
         sender.ship_stock(sender.owner, "G01", 3, "SH01")
