@@ -104,10 +104,13 @@ COUNT = {**FEN, "description": "a whole number above zero"}
 SIGNED = {**FEN, "minimum": -MAX_AMOUNT,
           "description": "a signed whole number: fen for cash and bonus, a count otherwise"}
 _DIGITS = "[0-9]{1,11}(\\.[0-9]{1,2})?"
+# The limit is said: "9999999999999.99" is the right shape, refused for its size.
+_MOST = "99999999999.99"  # 11 digits before the point: MAX_AMOUNT fen less one
 YUAN = text(15, pattern=f"^{_DIGITS}$", **{"x-error": "invalid_amount"},
-            description="a yuan amount like 12.34, at most two decimals")
+            description=f"a yuan amount like 12.34, at most two decimals and at most {_MOST}")
 SIGNED_TEXT = text(16, pattern=f"^[+-]?{_DIGITS}$", **{"x-error": "invalid_amount"},
-                   description="a signed amount like -1.50 (yuan) or 3 (points)")
+                   description="a signed amount like -1.50 (yuan) or 3 (points), at most "
+                   f"{_MOST} either way")
 # Text that must stay on one line: a subject becomes a mail header (a line break there
 # starts a header of the writer's choosing, and the mail library refuses it at every
 # pass of the notifier), names and labels fill lists, receipts, report lines and the
@@ -1983,7 +1986,10 @@ def _show_booking(_ledger: Ledger, b: Any, _p: Params) -> str:
                    Param("services", line(400, "service codes", minLength=1), required=True,
                          help="service codes of the price list, comma-separated: "
                          "FOOT60,BODY90"),
-                   Param("hours", text(11, pattern=booking_lib.HOURS.pattern.replace("\\Z", "$")),
+                   # Described: without it a refusal said "hours must be text" of text.
+                   Param("hours", text(11, pattern=booking_lib.HOURS.pattern.replace("\\Z", "$"),
+                                       description="HH:MM-HH:MM within one day, from 00:00 "
+                                       "to 24:00 and the start before the end, like 10:00-22:00"),
                          default="10:00-22:00", help="working hours, e.g. 10:00-22:00")),
            result=TECHNICIAN,
            # (booking.add takes the technician in its body, with a member and a time

@@ -535,10 +535,14 @@ def execute(ledger: Ledger, name: str, params: Params, operator: str | None = No
 
 def routed(node: Running, args: argparse.Namespace, name: str, params: Params) -> Result:
     """Hand the operation to the node that holds the directory (peer/local.py)."""
+    # Whether it may change the store: a read the node does not answer says nothing
+    # was written, a write that it may still be done.
+    op = FILE_COMMANDS.get(name) or operations.TABLE.get(name)
+    writes = op is None or op.write
     with progress.waiting(name) if name in FILE_COMMANDS else contextlib.nullcontext():
         reply = local.call(node, "/op", {"op": name, "params": params,
                                          "operator": args.operator,
-                                         "password": args.auth_password})
+                                         "password": args.auth_password}, writes=writes)
     if "error" in reply:
         raise Refused(str(reply["error"]), str(reply.get("message", "")))
     return Result(reply["data"], str(reply["text"]))

@@ -106,8 +106,11 @@ class NodeUnreachable(LedgerError):
     code = "node_unreachable"
 
 
-def call(node: Running, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    """POST (or GET without a body) to the node's local route; the reply as a dict."""
+def call(node: Running, path: str, body: dict[str, Any] | None = None, *,
+         writes: bool = True) -> dict[str, Any]:
+    """POST (or GET without a body) to the node's local route; the reply as a dict.
+    `writes`: whether what is sent may change the store, which a call not answered in
+    time must say."""
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(
         node.url + "/local" + path, data=data, method="GET" if body is None else "POST",
@@ -122,6 +125,14 @@ def call(node: Running, path: str, body: dict[str, Any] | None = None) -> dict[s
             reply = {"error": "node_error", "message": f"node {node.node} answered {e}"}
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
+        if body is not None and isinstance(reason, TimeoutError) and not writes:
+            # A read (a balance, a report) told "it may still do it" sent a cashier to
+            # the history for a write that never was: there is nothing to look for.
+            raise NodeUnreachable(
+                f"node {node.node} (pid {node.pid}) did not answer in {TIMEOUT_S:g} s: "
+                "this command only reads, nothing was written. The node is stopped or "
+                "stalled (a store held by another program, a PC that froze); ask again "
+                "once it answers") from None
         if body is not None and isinstance(reason, TimeoutError):
             # Sent, and not answered in time: the node may still do it (a store held
             # by another program, a PC that stalled). Said, so that nobody does it

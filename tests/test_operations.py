@@ -473,10 +473,10 @@ def test_the_command_line_sends_a_running_node_the_operation(tmp_path: Path,
     sent: list[dict[str, Any]] = []
     real_call = local.call
 
-    def spy(node: local.Running, path: str, body: dict[str, Any] | None = None
-            ) -> dict[str, Any]:
-        sent.append({"path": path, "body": body})
-        return real_call(node, path, body)
+    def spy(node: local.Running, path: str, body: dict[str, Any] | None = None,
+            **how: Any) -> dict[str, Any]:
+        sent.append({"path": path, "body": body, **how})
+        return real_call(node, path, body, **how)
 
     monkeypatch.setattr(local, "call", spy)
 
@@ -517,5 +517,6 @@ def test_the_command_line_sends_a_running_node_the_operation(tmp_path: Path,
 
     asyncio.run(main())
     assert [s["path"] for s in sent] == ["/op", "/op", "/op"]
+    assert [s["writes"] for s in sent] == [True, True, True]  # a debit, a refund: writes
     assert sent[0]["body"] == {"op": "debit", "params": {"member": sent[0]["body"]["params"][
         "member"], "yuan": "12.50"}, "operator": "amy", "password": AMY_PW}
