@@ -238,7 +238,7 @@ def write_backup(data_dir: Path, target_dir: Path, progress: Progress = _silent)
                              "; choose an empty directory")
     db = data_dir / DB_FILE
     if not db.exists():
-        raise StoreError(f"no crdtledger node in {data_dir} (run: crdtledger init)")
+        raise StoreError(no_store(data_dir))
     private_dir(target)  # a backup holds every member's data, like the store
     taken_ms = int(time.time() * 1000)
     for where in (data_dir, target):
@@ -447,6 +447,19 @@ def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
             "taken_at_ms": taken_ms, "kept": str(kept) if kept else None,
             "keys": "kept" if own_identity else "restored" if keys else "none",
             "data": str(data_dir)}
+
+
+def no_store(data_dir: Path) -> str:
+    """What to say of a data directory without a store, and what to do: after a
+    restore killed part-way (its keys written, not its store) `status` told the
+    technician to run `init`, which refuses a directory holding a node's keys."""
+    if (data_dir / BACKUP_FILE).is_file():
+        return (f"no store in {data_dir} yet: a backup waits there ({BACKUP_FILE}); start "
+                "the node (crdtledger node run) to restore it")
+    if any((data_dir / d).is_dir() and any((data_dir / d).iterdir()) for d in ("tls", "keys")):
+        return (f"no store in {data_dir}, but a node's keys are there (a restore cut short?): "
+                f"run crdtledger restore --from BACKUP --data {data_dir} again")
+    return f"no crdtledger node in {data_dir} (run: crdtledger init)"
 
 
 def restore_pending(data_dir: Path, *, lock: bool = True) -> bool:

@@ -32,7 +32,7 @@ import orjson
 from pycrdt import Array, Doc, Map
 
 from crdtledger import hlc, model, platform, tipmark, walpair
-from crdtledger.backups import local_time, put_back_marks, restore_pending
+from crdtledger.backups import local_time, no_store, put_back_marks, restore_pending
 from crdtledger.errors import InvalidInput, LocalProtocolError, StoreError, StoreLocked
 from crdtledger.lib0 import decode_state_vector
 from crdtledger.localtime import MACHINE_ZONES
@@ -593,7 +593,7 @@ class Storage:
             # `crdtledger restore` would, so the store knows it is restored.
             restore_pending(self.dir)
         if not db.exists():
-            raise StoreError(f"no crdtledger node in {self.dir} (run: crdtledger init)")
+            raise StoreError(no_store(self.dir))
         # A store made before its files were private (0644, in a 0755 directory) is
         # tightened here, on every open, before SQLite makes a new WAL after it.
         tighten_store(self.dir, DB_FILE)

@@ -736,7 +736,10 @@ def renew_certificate(chain_dir: Path, data_dir: Path, *, head_office: bool = Fa
 def status(args: argparse.Namespace, data_dir: Path) -> Result:
     node = local.running(data_dir)
     data: dict[str, Any]
-    size = (data_dir / DB_FILE).stat().st_size
+    try:
+        size = (data_dir / DB_FILE).stat().st_size
+    except OSError:  # no store: opening it says so, with what to do
+        size = 0
     checked = args.check or size <= CHECK_UNASKED_BYTES
     if node is None:
         try:

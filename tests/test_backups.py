@@ -462,6 +462,29 @@ def test_a_backup_never_puts_the_store_in_the_clear_where_the_backup_goes(
     assert not any(p.name.startswith(".backup-") for p in shop.data.iterdir())
 
 
+def test_a_data_directory_left_by_a_restore_cut_short_says_to_restore_again(
+        tmp_path: Path, cli: Cli) -> None:
+    """A restore killed after the node's keys were written and before its store: the
+    status said "run: crdtledger init", which refuses a directory holding a node's
+    keys. A backup copied in and not yet restored says to start the node."""
+    shop = make_shop(tmp_path)
+    write_backup(shop.data, tmp_path / "bk")
+    cut = tmp_path / "cut"
+    cut.mkdir(mode=0o700)
+    shutil.copytree(shop.data / "tls", cut / "tls")
+    r = cli("status", data=cut)
+    assert r.code == 1 and "a node's keys are there (a restore cut short?)" in r.err, r.err
+    assert f"crdtledger restore --from BACKUP --data {cut} again" in r.err
+    assert cli("restore", "--from", str(tmp_path / "bk"), "--chain", str(shop.chain),
+               data=cut).code == 0
+    assert cli("status", data=cut).code == 0
+    waiting = tmp_path / "waiting"
+    waiting.mkdir(mode=0o700)
+    shutil.copy(tmp_path / "bk" / "ledger.backup", waiting / "ledger.backup")
+    r = cli("status", data=waiting)
+    assert "a backup waits there (ledger.backup); start the node" in r.err, r.err
+
+
 def test_rows_deleted_by_hand_from_its_tables_are_said_by_the_store_check(
         tmp_path: Path, cli: Cli) -> None:
     """An `entries` row and a `cards` row deleted with sqlite3, the node stopped: the
