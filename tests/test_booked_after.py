@@ -105,6 +105,15 @@ def _managers(ledger: Ledger) -> tuple[str, str]:
             ledger.add_operator(o, "mgr2", "secret2", ["manager"]))
 
 
+def _referral_rule(ledger: Ledger) -> tuple[str, str, str, str]:
+    """Two managers, a referral reward of 50.00 bonus, a referrer and a newcomer."""
+    mgr, mgr2 = _managers(ledger)
+    ledger.set_rule(ledger.owner, "referral", {"reward": "bonus", "bonus": 5000})
+    old = ledger.add_member(ledger.owner, name="老王", phone="13800000001")
+    new = ledger.add_member(ledger.owner, name="小李", phone="13800000002")
+    return mgr, mgr2, old, new
+
+
 def test_a_referral_approved_while_the_clock_ran_ahead_is_rewarded_after_it(
         tmp_path: Path) -> None:
     """HZ01 records a referral and its level-1 approval while its clock runs three days
@@ -115,10 +124,7 @@ def test_a_referral_approved_while_the_clock_ran_ahead_is_rewarded_after_it(
     clock = FakeClock(_ms("2026-01-30T10:00"))
     hz = new_ledger(tmp_path, "HZ01", now_ms=clock)
     try:
-        mgr, mgr2 = _managers(hz)
-        hz.set_rule(hz.owner, "referral", {"reward": "bonus", "bonus": 5000})
-        old = hz.add_member(hz.owner, name="老王", phone="13800000001")
-        new = hz.add_member(hz.owner, name="小李", phone="13800000002")
+        mgr, mgr2, old, new = _referral_rule(hz)
         clock.advance_days(3)
         r = hz.refer(hz.owner, new, old)["id"]
         hz.approve_referral(mgr, r, 1)
@@ -146,10 +152,7 @@ def test_a_reward_granted_while_the_clock_ran_ahead_is_taken_back_after_it(
     hz = new_ledger(tmp_path, "HZ01", now_ms=hz_clock)
     sh = new_ledger(tmp_path, "SH02", now_ms=sh_clock)
     try:
-        mgr, mgr2 = _managers(hz)
-        hz.set_rule(hz.owner, "referral", {"reward": "bonus", "bonus": 5000})
-        old = hz.add_member(hz.owner, name="老王", phone="13800000001")
-        new = hz.add_member(hz.owner, name="小李", phone="13800000002")
+        mgr, mgr2, old, new = _referral_rule(hz)
         sync(hz, sh)
         first = sh.refer(sh.owner, new, old)["id"]
         sh.approve_referral(mgr, first, 1)
