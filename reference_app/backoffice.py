@@ -259,6 +259,12 @@ def daily_page() -> None:
             ui.label(shop().refusal(e)).classes("text-negative")
             return
         total = rows[-1]
+        through = closing.books(ledger)["closed_through"]
+        if through is None or day[:7] > through:
+            # As `crdtledger report daily` says: a branch cut off that day is heard later.
+            ui.label(tr("本月尚未结账：其他分店的记录到达后，这些数字还可能变化",
+                        "Not closed yet: these figures may still change as other "
+                        "branches' records arrive")).classes("text-sm text-grey-7")
         with ui.row().classes("w-full gap-4"):
             for key, zh, en, is_money in [f for f in DAILY_FIELDS if f[0] in HEADLINE]:
                 with ui.card().classes("min-w-40"):
