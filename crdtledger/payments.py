@@ -573,6 +573,10 @@ class Payments(Merges, Rules):
         self._require_branch(to, "rights")
         self._not_closing(to)
         ledger = cast("Ledger", self)
+        # What only this branch may take back, taken back before it goes: a surplus
+        # check-in of its own (write rule reversal-own) seen once it synced, handed over
+        # before its next daily pass, stayed paid for good (500 points too many).
+        ledger.reconcile_checkins()
         self._sweep(dict.fromkeys(m for m, _p, _a in views.rights_held_rows(ledger, self.node)))
         moved: dict[str, int] = {}
         members: set[str] = set()

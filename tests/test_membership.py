@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import Cli
-from helpers import FakeClock, Forger, data_snapshot, new_ledger, sync
+from helpers import FakeClock, Forger, data_snapshot, name_branches, new_ledger, sync
 from test_ledger import refused
 from test_sync_protocol import _fresh, _greet
 from transport_suite import SimAdapter
@@ -512,6 +512,28 @@ def test_check_ins_beyond_the_limit_at_cut_off_branches_are_reversed(a: Ledger, 
                 for r in x.attendance("ONCE")] == [
             (min(e1["id"], e2["id"]), "ok", 0, 0), (later, "reversed", 50, 0)]
     assert writer.reconcile_checkins() == []
+
+
+def test_a_shop_handing_over_reverses_its_surplus_check_ins_first(
+        a: Ledger, b: Ledger, clock: FakeClock) -> None:
+    """Cut off, a member checks in once at each branch for a once-only 50 points; the
+    second's writer, SH02, syncs and hands its rights over (closing for good) before
+    its next daily pass: only it may reverse its check-in, and nobody ever did. The
+    member kept 100 points for good, the attendance read "surplus", nothing reversed."""
+    name_branches(a, "SH01", "SH02")
+    a.set_activity(a.owner, "ONCE", {**OPEN, "repeat": "once", "points": 50})
+    old, _ = two_members(a)
+    sync(a, b)
+    a.checkin(a.owner, "ONCE", old)
+    clock.ms += 60_000
+    b.checkin(b.owner, "ONCE", old)  # the later: the surplus, SH02's to reverse
+    sync(a, b)
+    b.hand_over_rights(b.owner, "SH01")
+    sync(a, b)
+    a.housekeeping()
+    assert a.balance(old)["points"] == 50
+    assert [r["status"] for r in a.attendance("ONCE")] == ["ok", "reversed"]
+    assert sum(r["reversed"] for r in a.attendance("ONCE")) == 50
 
 
 def test_a_surplus_check_in_spent_before_its_reversal_shows_what_was_not_recovered(
