@@ -574,4 +574,5 @@ def check_local(doc: str, governs: bool, value: Any, ca_signed: Callable[[Any], 
     if doc in GOVERNANCE_DOCS and not governs and not (doc == "rules" and ca_signed(value)):
         raise PermissionDenied(
             f"only the head office may change the chain's {doc}: this branch's certificate "
-            "does not grant it (crdtledger init --chain ... --head-office)")
+            "does not grant it (at the PC holding the chain's ca.key: crdtledger chain "
+            "renew --chain CHAIN_DIR --data DIR --head-office)")

@@ -494,7 +494,8 @@ def test_a_branch_is_refused_governance_locally_with_a_sentence(world: World) ->
             attempt()
         assert str(e.value) == (
             f"only the head office may change the chain's {doc}: this branch's certificate "
-            "does not grant it (crdtledger init --chain ... --head-office)")
+            "does not grant it (at the PC holding the chain's ca.key: crdtledger chain "
+            "renew --chain CHAIN_DIR --data DIR --head-office)")
     assert snapshot(branch, [world.member]) == whole
 
 
