@@ -150,6 +150,15 @@ class Trust:
             return 0
         return enrolment_of(x509.load_der_x509_certificate(self.cert_der))
 
+    def expires_ms(self) -> int | None:
+        """When this node's certificate ends (ms since 1970): past it, every branch
+        refuses what it writes, so it says so before (`views.trust_status`). None for
+        an open store, whose certificate is its own."""
+        if self.ca is None or not self.cert_der:
+            return None
+        cert = x509.load_der_x509_certificate(self.cert_der)
+        return int(cert.not_valid_after_utc.timestamp() * 1000)
+
     def enrolled_since(self, node: str, der: bytes | None) -> int | None:
         """When the chain enrolled `node`, by this certificate of it from our CA (its
         ENROLLED_OID extension): no record of it may carry an earlier time. None where

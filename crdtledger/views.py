@@ -272,7 +272,13 @@ def trust_status(ledger: Ledger) -> dict[str, Any]:
     return {"restored": ledger.restored, "faults": ledger.faults(),
             "refused": list(ledger.refusals)[-20:], "closing_differs": differ or None,
             "rights_refused": dict(sorted(ledger.grants.refused.items())),
-            "unfunded": unfunded(ledger)}
+            "unfunded": unfunded(ledger), "revoked": ledger.revoked_here(),
+            "certificate_expires": ledger.trust.expires_ms()}
+
+
+# How long before its certificate ends a branch says so: a chain's branches enrolled
+# together all stopped syncing on one day, unwarned (their certificates last 825 days).
+CERT_WARN_MS = 30 * 86_400_000
 
 
 # An entry that reached this branch before the rights it spends waits for them

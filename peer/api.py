@@ -384,6 +384,13 @@ SYNC = {"type": "object", "required": ["node", "chain", "peers"],
                                   "nodes caught breaking a write rule or forking their "
                                   "log: nothing more they write is applied"},
                        "refused": {"type": "array", "items": STR},
+                       "revoked": {"type": "boolean", "description":
+                                   "the chain revoked this branch's certificate (its list "
+                                   "is held here): writes are refused"},
+                       "certificate_expires": {
+                           "type": "integer", "nullable": True, "description":
+                           "when this branch's certificate ends (ms since 1970): past "
+                           "it every branch refuses its records (crdtledger chain renew)"},
                        "rights_refused": {
                            "type": "object", "description":
                            "branch -> its rights requests answered none since this node "

@@ -28,6 +28,7 @@ import re
 import shutil
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -790,6 +791,18 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
         lines.append(f"  {p['node']:<8} {state:<14} last contact {seen}{lag}")
     if not data["peers"]:
         lines.append("  no peers known yet")
+    if data.get("revoked"):
+        lines.append(f"REVOKED: the chain revoked {data['node']}'s certificate: this PC "
+                     "writes nothing more (the owner enrols a PC under a new node id, or "
+                     "renews this one: crdtledger chain renew)")
+    ends = data.get("certificate_expires")
+    if ends is not None and ends - time.time() * 1000 < views.CERT_WARN_MS:
+        when = localtime.show(ends / 1000, tz)
+        lines.append(f"CERTIFICATE of {data['node']} "
+                     + ("ENDED" if ends <= time.time() * 1000 else "ends")
+                     + f" {when}: past it every branch refuses what this one writes; "
+                     "renew it at the PC holding the chain's ca.key (crdtledger chain renew "
+                     "--chain CHAIN_DIR --data DIR), then carry the directory back")
     if data.get("restored"):
         lines.append(f"RESTORED from a backup of {data['restored']}: not selling until it "
                      "has caught up with another branch")

@@ -1097,6 +1097,20 @@ def cut_off_banner() -> str | None:
                   "Restored from a backup of {when}: this branch cannot sell until it has "
                   "reached another branch and fetched what it wrote after the backup",
                   when=status["restored"])
+    if status.get("revoked"):
+        return tr("本店电脑的证书已被总部吊销：本机不能再收银或写入。"
+                  "请总部为新电脑登记新的分店编号，或为本机续期证书（crdtledger chain renew）",
+                  "The chain revoked this branch's certificate: this PC can no longer sell "
+                  "or write. The head office enrols a new PC under a new branch id, or "
+                  "renews this one (crdtledger chain renew)")
+    ends = status.get("certificate_expires")
+    if ends is not None and ends <= time.time() * 1000:
+        return tr("本店证书已于 {when} 到期：其他分店不再接收本店的记录。请总部续期"
+                  "（crdtledger chain renew）后把目录带回本店",
+                  "This branch's certificate ended on {when}: the other branches no "
+                  "longer take what it writes. The head office renews it (crdtledger "
+                  "chain renew) and the directory is carried back",
+                  when=localtime.show(ends / 1000, localtime.zone(ledger), "%Y-%m-%d"))
     if any(f["node"] == status["node"] for f in status.get("faults") or []):
         return tr("本店的数据出现两份不同的历史（备份恢复或复制的硬盘）：各分店已停止接收本店的"
                   "写入，请联系总部重新登记", "This branch wrote two different histories (a "

@@ -7,6 +7,7 @@ through the running node), `/health` and `/metrics`.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -179,11 +180,14 @@ def test_status_without_a_running_node_reads_the_store(tmp_path: Path) -> None:
     with cluster(tmp_path) as c:
         a = c.add("SH01")
         st = a.status()
+        # Its certificate's end, ms since 1970 (an enrolled node: years ahead).
+        assert st.pop("certificate_expires") > time.time() * 1000 + 365 * 86_400_000
         assert st == {"node": "SH01", "chain": c.chain.name, "running": False, "peers": [],
                       "restored": None, "faults": [], "refused": [], "closing_differs": None,
-                      "rights_refused": {}, "unfunded": {},
+                      "rights_refused": {}, "unfunded": {}, "revoked": False,
                       "timezone": "Asia/Shanghai",  # the zone its times are shown in
-                      "store_checked": True, "store_damaged": None}  # read whole: small
+                      "store_checked": True, "store_damaged": None,  # read whole: small
+                      "store_unprojected": {}}  # the documents against the tables
 
 
 
