@@ -67,7 +67,7 @@ class Ledger(Membership, Goods, Replica):
         return ledger
 
     def close(self) -> None:
-        self.storage.close()
+        self.storage.close(self.clock.last)
 
     def __enter__(self) -> Ledger:
         return self
