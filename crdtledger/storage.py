@@ -46,8 +46,10 @@ from crdtledger.writerules import client_id_for
 
 log = logging.getLogger("crdtledger.storage")
 
-# 2: the update log is a rowid table (see _upgrade); 3: signed logs (crdtledger.log)
-FORMAT_VERSION = 3
+# 2: the update log is a rowid table (see _upgrade); 3: signed logs (crdtledger.log);
+# 4: month-end marks and the points lots kept as a table, which 0.2.0 (format 3) does
+# not know: it refuses a store of 4 rather than write sales without their lots.
+FORMAT_VERSION = 4
 DB_FILE = "ledger.sqlite3"
 LOCK_FILE = "lock"
 # A new store's page size (SQLite's default is 4096; an existing store keeps its own).
@@ -638,6 +640,19 @@ class Storage:
             self.meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
             if self.meta.get("format") == "2":
                 _log_lone_store(self.conn, self.meta)
+                self.meta["format"] = str(FORMAT_VERSION)
+            if self.meta.get("format") == "3":
+                # Format 3 is also what 0.2.0 writes, and it opened a store of this
+                # release and wrote sales without their points lots (a table it does
+                # not know): back here, the lots were never rebuilt (points that never
+                # expire, closings that differ). From 4 on an older release refuses the
+                # store; the lots of one that reached this release at 3 are filled anew
+                # from its entries (Ledger: no `points_lots` mark, no lots).
+                with self.conn:
+                    self.conn.execute("DELETE FROM meta WHERE key = 'points_lots'")
+                    self.conn.execute("UPDATE meta SET value = ? WHERE key = 'format'",
+                                      (str(FORMAT_VERSION),))
+                self.meta.pop("points_lots", None)
                 self.meta["format"] = str(FORMAT_VERSION)
             if int(self.meta.get("format", "0")) != FORMAT_VERSION:
                 raise StoreError(

@@ -1526,7 +1526,7 @@ def test_a_format_1_store_is_upgraded_on_open_with_nothing_lost(tmp_path: Path) 
         assert (projections(a), a.balance(m), a.history(m), doc_content(a)) == before
         sql = a.storage.conn.execute("SELECT sql FROM sqlite_master WHERE name = 'log'")
         assert "WITHOUT ROWID" not in sql.fetchone()[0]
-        assert a.storage.meta["format"] == "3"  # and its own log made from its documents
+        assert a.storage.meta["format"] == "4"  # and its own log made from its documents
         assert a.positions() == {"SH01": len(a.storage.doc_names())}
         a.debit(a.owner, m, amount=100)
     finally:

@@ -14,6 +14,7 @@ from crdtledger import views
 from crdtledger.backups import restore, write_backup
 from crdtledger.errors import NotCaughtUp, RightsElsewhere
 from crdtledger.ledger import Ledger
+from crdtledger.storage import FORMAT_VERSION
 
 
 def _chain(tmp_path: Path) -> tuple[Ledger, Ledger, str]:
@@ -169,7 +170,7 @@ def test_a_store_or_backup_of_a_newer_format_is_refused_before_anything_changes(
     shutil.copytree(data, newer)
     (newer / "lock").unlink(missing_ok=True)
     conn = sqlite3.connect(newer / "ledger.sqlite3")
-    conn.execute("UPDATE meta SET value = '4' WHERE key = 'format'")
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'format'", (str(FORMAT_VERSION + 1),))
     conn.execute("DROP INDEX members_phone_canonical")
     conn.commit()
 
@@ -177,13 +178,14 @@ def test_a_store_or_backup_of_a_newer_format_is_refused_before_anything_changes(
         return conn.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
 
     before = schema()
-    with pytest.raises(StoreError, match="format 4, made by a newer crdtledger"):
+    newer_format = f"format {FORMAT_VERSION + 1}, made by a newer crdtledger"
+    with pytest.raises(StoreError, match=newer_format):
         Ledger.open(newer)
     assert schema() == before, "the newer store was changed before it was refused"
     conn.close()
     write_backup(newer, tmp_path / "bk")
     listing = sorted(p.name for p in data.iterdir())
-    with pytest.raises(StoreError, match="format 4, made by a newer crdtledger"):
+    with pytest.raises(StoreError, match=newer_format):
         restore(tmp_path / "bk", data)
     assert sorted(p.name for p in data.iterdir()) == listing, "nothing put aside or left"
     with Ledger.open(data) as again:  # the working store as it was
