@@ -1318,7 +1318,10 @@ def test_compaction_keeps_documents_and_balances(tmp_path: Path) -> None:
         assert doc_content(a) == content
         after = snapshot(a, ms)
         for key in before:
-            if key not in ("log", "docs", "snapshots"):
+            if key == "meta":  # but the clock's ceiling, down at a clean close (Storage.close)
+                assert ([r for r in after[key] if r[0] != "hlc"]
+                        == [r for r in before[key] if r[0] != "hlc"])
+            elif key not in ("log", "docs", "snapshots"):
                 assert after[key] == before[key], key
         a.topup(a.owner, ms[0], 1)
         assert log_rows(a) == 1
