@@ -96,6 +96,13 @@ def snapshot(ledger: Ledger, members: Iterable[str] = ()) -> dict[str, Any]:
     return out
 
 
+def reopened(snap: dict[str, Any]) -> dict[str, Any]:
+    """A `snapshot` as it compares across a close and a reopen: the clock's ceiling
+    (meta `hlc`) comes down to the last id minted when a store is closed cleanly
+    (Storage.close), which changes nothing a node holds."""
+    return {**snap, "meta": [r for r in snap.get("meta", []) if r[0] != "hlc"]}
+
+
 # The tables of the signed logs (crdtledger.log): a record refused by a write rule is
 # kept there as evidence and its writer's fault recorded, while nothing else moves.
 LOG_TABLES = ("records", "heads", "faults", "pins", "marks")
