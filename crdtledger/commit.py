@@ -314,7 +314,7 @@ class LedgerBase:
             raise NotCaughtUp(
                 f"restored from a backup of {self.restored}; connect to another branch "
                 "before selling (it may hold what this branch wrote after the backup)")
-        if self.revoked_here():
+        if self.trust.self_revoked:
             # Every branch holding the list refuses what it writes from now on; one not
             # yet holding it took it, so a sale here split the books for good (a member
             # at 550.00 at one branch and 500.00 at head office).
@@ -328,11 +328,6 @@ class LedgerBase:
                 "copied disk sold on both): the chain no longer takes its writes; the "
                 "owner revokes it and enrols this PC under a new node id (crdtledger status "
                 "shows the fork)")
-
-    def revoked_here(self) -> bool:
-        """Does the revocation list this store holds revoke its own certificate?"""
-        der = self.trust.cert_der
-        return bool(der) and self.trust.revoked(self.node, der)
 
     def _log_own(self, doc: str, data: bytes) -> Record:
         """This node's next log record, for a committed update (inside the

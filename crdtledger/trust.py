@@ -116,6 +116,9 @@ class Trust:
     seal_key: bytes  # 32 bytes, the chain secret (derived from the chain id when open)
     ca: x509.Certificate | None  # None: an open store
     _crl: x509.CertificateRevocationList | None = field(default=None, repr=False)
+    # Does the list installed revoke this store's own certificate? Judged when a list
+    # is installed, not at every commit (Ledger._check_may_write asks it per write).
+    self_revoked: bool = field(default=False, repr=False)
     _known: dict[bytes, _Known] = field(default_factory=dict, repr=False)
     # Open stores: the first certificate seen per node (persisted by the ledger).
     pinned: dict[str, bytes] = field(default_factory=dict, repr=False)
@@ -287,6 +290,7 @@ class Trust:
         if self._crl is not None and crl_number(crl) <= crl_number(self._crl):
             return False
         self._crl = crl
+        self.self_revoked = bool(self.cert_der) and self.revoked(self.node, self.cert_der)
         return True
 
     def _judge(self, node: str, der: bytes) -> _Known:

@@ -272,7 +272,7 @@ def trust_status(ledger: Ledger) -> dict[str, Any]:
     return {"restored": ledger.restored, "faults": ledger.faults(),
             "refused": list(ledger.refusals)[-20:], "closing_differs": differ or None,
             "rights_refused": dict(sorted(ledger.grants.refused.items())),
-            "unfunded": unfunded(ledger), "revoked": ledger.revoked_here(),
+            "unfunded": unfunded(ledger), "revoked": ledger.trust.self_revoked,
             "certificate_expires": ledger.trust.expires_ms()}
 
 

@@ -49,6 +49,20 @@ def sync_all(ledgers: dict[str, Ledger]) -> None:
                 sync(ledgers[x], ledgers[y])
 
 
+def spent_at_sh02_before_l1_expires(chain: dict[str, Ledger], clock: FakeClock,
+                                    m: str) -> None:
+    """The race of these tests: 10 days on, the member earns lot L2 at SH02; 19 days
+    on, the day before L1 expires, SH02 takes 100 of the points for a towel."""
+    sh02 = chain["SH02"]
+    sync_all(chain)
+    clock.advance_days(10)
+    sh02.topup(sh02.owner, m, 12000)
+    sh02.debit(sh02.owner, m, amount=12000)  # L2 at SH02
+    sync_all(chain)
+    clock.advance_days(19)  # the day before L1 expires
+    sh02.redeem_points(sh02.owner, m, 100, "towel")
+
+
 def member_earning(ledger: Ledger, fen: int, phone: str = "13812345678") -> str:
     """A member who tops up and spends `fen` at `ledger`: fen // 100 points there."""
     m = ledger.add_member(ledger.owner, name="张伟", phone=phone)
@@ -463,15 +477,9 @@ def test_a_give_back_is_booked_after_its_write_off_made_while_the_clock_ran_ahea
     is put right (a new era: lower ids) before its daily pass gives back what the
     write-off took beyond the expired points. The give-back names the write-off and is
     booked after it, not three days before (as a refund after its sale)."""
-    sh01, sh02, hz01 = chain["SH01"], chain["SH02"], chain["HZ01"]
+    sh01, hz01 = chain["SH01"], chain["HZ01"]
     m = member_earning(sh01, 12000)
-    sync_all(chain)
-    clock.advance_days(10)
-    sh02.topup(sh02.owner, m, 12000)
-    sh02.debit(sh02.owner, m, amount=12000)
-    sync_all(chain)
-    clock.advance_days(19)
-    sh02.redeem_points(sh02.owner, m, 100, "towel")
+    spent_at_sh02_before_l1_expires(chain, clock, m)
     clock.advance_days(6)  # SH01 alone runs three days ahead: the others wait
     [off] = sh01.expire_points(sh01.owner, m)
     clock.advance_days(-3)  # put right
@@ -493,16 +501,10 @@ def test_a_write_off_before_a_merge_is_given_back_after_it(
     """The same race, and the member then merged into another who has an expired lot
     of its own: the give-back's fold took the excess from the other member's pool,
     where the write-off never reached, and gave nothing back."""
-    sh01, sh02, hz01 = chain["SH01"], chain["SH02"], chain["HZ01"]
+    sh01, hz01 = chain["SH01"], chain["HZ01"]
     b = member_earning(sh01, 12000)
     a = member_earning(hz01, 10000, phone="13900000000")
-    sync_all(chain)
-    clock.advance_days(10)
-    sh02.topup(sh02.owner, b, 12000)
-    sh02.debit(sh02.owner, b, amount=12000)
-    sync_all(chain)
-    clock.advance_days(19)
-    sh02.redeem_points(sh02.owner, b, 100, "towel")
+    spent_at_sh02_before_l1_expires(chain, clock, b)
     clock.advance_days(3)
     sh01.expire_points(sh01.owner, b)
     sync(sh01, hz01)

@@ -20,6 +20,14 @@ TINY = Config(nodes=4, members=30, days=1, ops_per_node=60, ae_interval_s=30.0, 
               scenario="partition-heal", lost_answers=0.05)
 
 
+def caught(kind: str) -> str:
+    """Run the tiny day with what the test patched, and return the message of the
+    violation it must stop at, of `kind`."""
+    v = World(TINY).run()["violation"]
+    assert v and v["kind"] == kind, v
+    return str(v["message"])
+
+
 @pytest.mark.slow
 def test_tills_run_as_operators_under_keys_and_the_books_hold() -> None:
     ran: list[tuple[str, str]] = []
@@ -57,8 +65,7 @@ def test_a_key_that_does_not_hold_leaves_a_phantom(monkeypatch: pytest.MonkeyPat
     """idempotency.look forgets every key (in this test): a lost answer's retry is
     written again, and the first entry is one nobody was told of."""
     monkeypatch.setattr(idempotency, "look", lambda *a, **k: None)
-    result = World(TINY).run()
-    assert result["violation"] and result["violation"]["kind"] == "phantom", result["violation"]
+    caught("phantom")
 
 
 @pytest.mark.slow
@@ -71,9 +78,7 @@ def test_a_daily_report_ignoring_refunds_is_caught(monkeypatch: pytest.MonkeyPat
         return {**r, "sales": r["sales"] + r["refunds"]}
 
     monkeypatch.setattr(views, "daily_report", report)
-    result = World(TINY).run()
-    assert result["violation"] and result["violation"]["kind"] == "books", result["violation"]
-    assert "says sales" in result["violation"]["message"]
+    assert "says sales" in caught("books")
 
 
 @pytest.mark.slow
@@ -90,9 +95,7 @@ def test_month_end_balances_adding_later_movements_are_caught(
         return {**b, "members": rows}
 
     monkeypatch.setattr(closing, "member_balances", balances)
-    result = World(TINY).run()
-    assert result["violation"] and result["violation"]["kind"] == "books", result["violation"]
-    assert "balances at the end of 2026-01" in result["violation"]["message"]
+    assert "balances at the end of 2026-01" in caught("books")
 
 
 @pytest.mark.slow
@@ -131,9 +134,7 @@ def test_a_closing_whose_balances_are_off_is_caught(monkeypatch: pytest.MonkeyPa
                                             "cash": end.purses.get("cash", 0) + 1})
 
     monkeypatch.setattr(closing.MonthEnd, "of", classmethod(of))
-    result = World(TINY).run()
-    assert result["violation"] and result["violation"]["kind"] == "books", result["violation"]
-    assert "the closing of 2026-01 sums" in result["violation"]["message"]
+    assert "the closing of 2026-01 sums" in caught("books")
 
 
 @pytest.mark.slow
@@ -170,10 +171,7 @@ def test_a_sync_file_import_that_takes_what_verifies_is_caught(
                         lambda self, plan, origin=None, *, strict=False, **kw:
                         apply(self, plan, origin, strict=False, **kw))
     assert syncfile.import_file  # the path under test: it calls both with strict=True
-    result = World(TINY).run()
-    assert result["violation"] and result["violation"]["kind"] == "syncfile", \
-        result["violation"]
-    assert "altered" in result["violation"]["message"]
+    assert "altered" in caught("syncfile")
 
 
 @pytest.mark.slow
@@ -187,6 +185,4 @@ def test_stock_raised_beyond_what_was_bought_in_is_caught(
     real = Goods.stock_in
     monkeypatch.setattr(Goods, "stock_in", lambda self, operator, code, qty, *a, **k:
                         real(self, operator, code, qty + 1, *a, **k))
-    result = World(TINY).run()
-    assert result["violation"] and result["violation"]["kind"] == "stock", \
-        result["violation"]
+    caught("stock")
