@@ -831,7 +831,11 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
         lines.append(f"CLOCK: {clock}")
     if data["store_damaged"]:
         lines.append(_damaged_line(data["store_damaged"]))
-    missing = data.get("store_unprojected")
+    missing = dict(data.get("store_unprojected") or {})
+    unread = missing.pop("documents", 0)
+    if unread:
+        lines.append(f"EDITED store: {unread} of its documents do not decode (edited by hand, "
+                     f"or damaged). {RESTORE_DAMAGED}.")
     if missing:
         one = {"entries": "entry", "members": "member", "cards": "card"}
         told = ", ".join(f"{n} {table if n != 1 else one.get(table, table)}"

@@ -503,6 +503,15 @@ def test_rows_deleted_by_hand_from_its_tables_are_said_by_the_store_check(
     assert "EDITED store: its documents hold 1 card, 1 entry its tables lack" in r.out, r.out
     said = cli("status", "--check", "--json", data=shop.data).json()
     assert said["store_unprojected"] == {"entries": 1, "cards": 1}
+    # A document that does not decode is said too, not a traceback of the check.
+    with Ledger.open(shop.data) as ledger:
+        for name in ledger.state_vectors():
+            ledger.storage.compact(name)
+        with ledger.storage.transaction():
+            ledger.storage.conn.execute("UPDATE snapshots SET data = x'00ff00ff' "
+                                        "WHERE name LIKE 'ledger/%'")
+    r = cli("status", "--check", data=shop.data)
+    assert "EDITED store: 1 of its documents do not decode" in r.out, (r.out, r.err)
 
 
 def test_a_record_of_its_own_log_edited_by_hand_is_damage_said_and_backed_up_never(
