@@ -60,7 +60,15 @@ from crdtledger.private import (
     replace_private,
     write_private,
 )
-from crdtledger.seal import MAX_SEALED_BYTES, read_head, read_sealed, seal, unseal
+from crdtledger.seal import (
+    MAX_SEALED_BYTES,
+    open_for_ca,
+    read_head,
+    read_sealed,
+    seal,
+    seal_for_ca,
+    unseal,
+)
 from crdtledger.trust import (
     CA_CERT,
     CERT_ERRORS,
@@ -78,6 +86,7 @@ BACKUP_FILE = "ledger.backup"
 DB_FILE = "ledger.sqlite3"  # crdtledger.storage.DB_FILE (the store imports this module)
 LOCK_FILE = "lock"  # crdtledger.storage.LOCK_FILE
 CHAIN_FILE = "chain.json"  # peer.chain.CHAIN_FILE: {"name": ..., "fingerprint": ...}
+CA_KEY = "ca.key"  # peer.chain.CA_KEY: the chain CA's private key, head office's alone
 SQLITE_MAGIC = b"SQLite format 3\x00"
 # What to do about a damaged store: said by the backup that refuses it and by `status`.
 RESTORE_DAMAGED = ("Restore from the last good backup (crdtledger restore) and let the "
@@ -289,8 +298,16 @@ def write_backup(data_dir: Path, target_dir: Path, progress: Progress = _silent)
     # The node's identity goes with it (made now for an open store that had none yet).
     trust = load_trust(data_dir, chain, node)
     progress("signing and encrypting the copy")
-    payload = msgpack.packb({"db": db_bytes, "keys": _key_files(data_dir),
-                             "taken_at": taken_ms}, use_bin_type=True)
+    keys = _key_files(data_dir)
+    ca_pem = keys.get(f"{TLS_DIR}/{CA_CERT}")
+    body: dict[str, Any] = {"db": db_bytes, "keys": keys, "taken_at": taken_ms}
+    if ca_pem is not None:
+        # Sealed for the chain CA too: every branch holds the chain secret that opens
+        # the backup, and with these keys signs as this one (crdtledger.seal).
+        body["keys"] = {}
+        body["keys_for_ca"] = seal_for_ca(ca_pem, msgpack.packb(keys, use_bin_type=True),
+                                          _keys_context(chain, node))
+    payload = msgpack.packb(body, use_bin_type=True)
     del db_bytes
     sealed = seal(trust, "backup", payload, taken_ms)
     del payload
@@ -361,7 +378,7 @@ def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
     progress("checking its signature and decrypting it")
     sealed = unseal(trust, data, "backup", what=what)
     del data
-    db_bytes, keys, taken_ms = _contents(sealed.payload, what)
+    db_bytes, keys, for_ca, taken_ms = _contents(sealed.payload, what)
     if here is not None and here[0] != sealed.node:
         raise StoreError(f"{data_dir} holds node {here[0]}; {what} is of node {sealed.node}: "
                          "restore it into an empty directory")
@@ -376,6 +393,8 @@ def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
                          f"it); {what} is of node {sealed.node}: restore it into node "
                          f"{sealed.node}'s directory or an empty one")
     own_identity = own_cert is not None
+    if for_ca is not None and not own_identity:
+        keys = _keys_from_ca(for_ca, chain_dir, trust.chain, sealed.node, what)
     private_dir(data_dir)
     with _locked(data_dir) if lock else contextlib.nullcontext():
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -454,6 +473,11 @@ def no_store(data_dir: Path) -> str:
     restore killed part-way (its keys written, not its store) `status` told the
     technician to run `init`, which refuses a directory holding a node's keys."""
     if (data_dir / BACKUP_FILE).is_file():
+        if _own_cert(data_dir) is None:
+            return (f"no store in {data_dir} yet: a backup waits there ({BACKUP_FILE}), "
+                    "but not the node's keys, which a branch's backup holds sealed for the "
+                    f"chain CA: run crdtledger restore --from {data_dir / BACKUP_FILE} "
+                    f"--data {data_dir} --chain CHAIN_DIR (the chain directory with ca.key)")
         return (f"no store in {data_dir} yet: a backup waits there ({BACKUP_FILE}); start "
                 "the node (crdtledger node run) to restore it")
     if any((data_dir / d).is_dir() and any((data_dir / d).iterdir()) for d in ("tls", "keys")):
@@ -690,18 +714,54 @@ def _reading_trust(header: dict[str, Any], data_dir: Path, chain_dir: Path | Non
     return Trust.for_reading(header["chain"], None, None)
 
 
-def _contents(payload: bytes, what: str) -> tuple[bytes, dict[str, bytes], int]:
+def _keys_context(chain: str, node: str) -> bytes:
+    return f"{chain}\x00{node}".encode()
+
+
+def _keys_from_ca(for_ca: bytes, chain_dir: Path | None, chain: str, node: str, what: str
+                  ) -> dict[str, bytes]:
+    """The node's key files a backup holds sealed for the chain CA, opened with the
+    chain directory's ca.key: a branch holding the chain secret but not the CA's key
+    (any branch) cannot take another's identity from its backup."""
+    ca_key = None if chain_dir is None else Path(chain_dir) / CA_KEY
+    if ca_key is None or not ca_key.is_file():
+        raise InvalidInput(
+            f"{what} holds node {node}'s keys sealed for the chain CA: restore it with "
+            f"--chain CHAIN_DIR, the chain directory holding {CA_KEY} (head office's, or "
+            "its offline copy), or into the node's data directory if its tls/ directory "
+            "is still there")
+    try:
+        pem = ca_key.read_bytes()
+    except OSError as e:
+        raise InvalidInput(f"cannot read {ca_key}: {e.strerror}") from None
+    opened = open_for_ca(pem, for_ca, _keys_context(chain, node), what=what)
+    try:
+        keys = msgpack.unpackb(opened, raw=False, strict_map_key=True)
+    except Exception:
+        keys = None
+    if not isinstance(keys, dict) or not _key_paths_ok(keys):
+        raise CorruptSyncFile(f"{what}: its sealed keys are damaged")
+    return keys
+
+
+def _contents(payload: bytes, what: str) -> tuple[bytes, dict[str, bytes], bytes | None, int]:
     try:
         body = msgpack.unpackb(payload, raw=False, strict_map_key=True)
         db, keys, taken = body["db"], body["keys"], body["taken_at"]
+        for_ca = body.get("keys_for_ca")
     except Exception:
         raise CorruptSyncFile(f"{what} does not hold a backup") from None
     if (not isinstance(db, bytes) or not db.startswith(SQLITE_MAGIC)
+            or not (for_ca is None or isinstance(for_ca, bytes))
             or not isinstance(keys, dict) or not isinstance(taken, int)
-            or not all(isinstance(k, str) and KEY_PATH.match(k) and isinstance(v, bytes)
-                       for k, v in keys.items())):
+            or not _key_paths_ok(keys)):
         raise CorruptSyncFile(f"{what} does not hold a backup of a crdtledger store")
-    return db, keys, taken
+    return db, keys, for_ca, taken
+
+
+def _key_paths_ok(keys: dict[Any, Any]) -> bool:
+    return all(isinstance(k, str) and KEY_PATH.match(k) and isinstance(v, bytes)
+               for k, v in keys.items())
 
 
 @contextlib.contextmanager

@@ -55,9 +55,10 @@ from typing import Any
 import msgpack
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from crdtledger.errors import CorruptSyncFile, ForeignChain, InvalidInput
 from crdtledger.hlc import NODE_ID
@@ -208,6 +209,56 @@ def read_sealed(path: Any, kind: str, limit: int = MAX_SEALED_BYTES, *,
             raise CorruptSyncFile(f"{what} grew while it was read (it is still being "
                                   "written?); copy it again once it is whole")
     return whole
+
+
+# A node's private keys inside its backup are sealed once more, for the chain CA alone
+# (ECDH with a key made for the one file, HKDF-SHA256, AES-256-GCM): the chain secret
+# that opens the backup is held by every branch, and a branch that read another's
+# backup signed as it (a rights transfer in its name, which the others took, and the
+# fork blamed the branch robbed). Restoring on a new PC already needs the chain
+# directory; its `ca.key` now opens the keys.
+_FOR_CA_INFO = b"crdtledger backup keys for the chain CA\x00"
+
+
+def seal_for_ca(ca_cert_pem: bytes, plaintext: bytes, context: bytes) -> bytes:
+    """`plaintext` readable only with the private key of the CA whose certificate this
+    is; `context` (the node and chain it belongs to) must be given again to open it."""
+    ca = x509.load_pem_x509_certificate(ca_cert_pem).public_key()
+    if not isinstance(ca, ec.EllipticCurvePublicKey):
+        raise InvalidInput("the chain CA's key is not an elliptic-curve key")
+    mine = ec.generate_private_key(ca.curve)
+    nonce = os.urandom(NONCE_BYTES)
+    ct = AESGCM(_ca_key(mine.exchange(ec.ECDH(), ca))).encrypt(nonce, plaintext, context)
+    return bytes(msgpack.packb({"eph": mine.public_key().public_bytes(*_POINT),
+                                "nonce": nonce, "ct": ct}, use_bin_type=True))
+
+
+def open_for_ca(ca_key_pem: bytes, sealed: bytes, context: bytes, *, what: str) -> bytes:
+    """What `seal_for_ca` sealed, with the CA's private key; refused with a sentence
+    naming `what` if the key is another CA's or the bytes were altered."""
+    try:
+        ca = serialization.load_pem_private_key(ca_key_pem, password=None)
+    except (ValueError, TypeError):
+        ca = None
+    if not isinstance(ca, ec.EllipticCurvePrivateKey):
+        raise InvalidInput(f"{what}: the chain's ca.key does not read as its CA's key")
+    try:
+        body = msgpack.unpackb(sealed, raw=False, strict_map_key=True)
+        eph = ec.EllipticCurvePublicKey.from_encoded_point(ca.curve, body["eph"])
+        key = _ca_key(ca.exchange(ec.ECDH(), eph))
+        return bytes(AESGCM(key).decrypt(body["nonce"], body["ct"], context))
+    except InvalidTag:
+        raise InvalidInput(f"{what}: its keys are sealed for another chain CA than this "
+                           "ca.key's") from None
+    except Exception:
+        raise CorruptSyncFile(f"{what}: its sealed keys are damaged") from None
+
+
+_POINT = (serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+
+
+def _ca_key(shared: bytes) -> bytes:
+    return HKDF(hashes.SHA256(), 32, salt=None, info=_FOR_CA_INFO).derive(shared)
 
 
 def kind_of(data: bytes) -> tuple[str, int] | None:

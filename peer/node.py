@@ -41,6 +41,7 @@ import aiohttp
 from aiohttp import WSMsgType, web
 
 from crdtledger import __version__, localtime, outbox, peerclock, platform, views
+from crdtledger.backups import BACKUP_FILE, no_store
 from crdtledger.core import (
     ANTI_ENTROPY_S,
     HEARTBEAT_S,
@@ -708,6 +709,11 @@ class Node:
     async def start(self) -> None:
         identity = load_identity(self.data_dir)
         if identity is None:
+            if (self.data_dir / BACKUP_FILE).is_file():
+                # A backup copied by hand into an empty directory: its keys open only
+                # with the chain directory (crdtledger.backups), and `init` refuses
+                # the node id, which the chain issued already.
+                raise LedgerError(no_store(self.data_dir))
             raise LedgerError(
                 f"{self.data_dir} has no chain certificate: create the node with "
                 "`crdtledger init --data DIR --node NODE --chain CHAIN_DIR`")

@@ -38,6 +38,8 @@ from crdtledger.errors import (
     StoreLocked,
 )
 from crdtledger.ledger import Ledger
+from crdtledger.seal import unseal
+from crdtledger.trust import Trust
 from peer.chain import enrol, init_chain
 
 PHONE = "13812345678"
@@ -150,6 +152,47 @@ def test_restore_into_a_new_directory_from_the_chain_directory(tmp_path: Path) -
     assert sorted(p.name for p in fresh.iterdir()) == [DB_FILE, "lock", "tls"]
     with Ledger.open(fresh, lock=False) as ledger:
         assert ledger.storage.meta["restored_from"] == info["taken_at"]
+
+
+
+def test_another_branch_holding_a_backup_cannot_take_the_branch_s_keys_from_it(
+        tmp_path: Path) -> None:
+    """Every branch holds the chain secret that opens a backup (a stick, an e-mail).
+    SH02, given SH01's backup, restored it with a chain directory made of its own
+    enrolment (ca.crt, chain.key) and a chain.json it wrote, got SH01's signing key,
+    and wrote a rights transfer in SH01's name that every branch took: 400.00 served
+    twice, and the fork blamed SH01. The node's keys are sealed for the chain CA: only
+    the chain directory's ca.key opens them."""
+    shop = make_shop(tmp_path)
+    other = make_shop(tmp_path, node="SH02")
+    bk = write_backup(shop.data, tmp_path / "bk")
+    node_key = (shop.data / "tls" / "node.key").read_bytes()
+    # What SH02 can make of a chain directory without head office's ca.key.
+    forged = tmp_path / "forged-chain"
+    forged.mkdir()
+    for f in ("ca.crt", "chain.key"):
+        shutil.copy(other.data / "tls" / f, forged / f)
+    assert shop.chain is not None
+    shutil.copy(shop.chain / "chain.json", forged / "chain.json")
+    fresh = tmp_path / "evil" / "sh01"
+    with pytest.raises(InvalidInput, match=r"sealed for the chain CA.*ca\.key"):
+        restore(bk, fresh, chain_dir=forged)
+    assert not (fresh / "tls").exists() and not (fresh / DB_FILE).exists()
+    # Nor by hand: the payload, opened with the chain secret, holds no key of SH01.
+    trust = Trust.for_reading("acme", (other.data / "tls" / "ca.crt").read_bytes(),
+                              (other.data / "tls" / "chain.key").read_bytes())
+    payload = unseal(trust, bk.read_bytes(), "backup", what="bk").payload
+    assert node_key[30:60] not in payload and b"PRIVATE KEY" not in payload
+    # Another CA's key opens nothing either.
+    init_chain(tmp_path / "other-chain")
+    shutil.copy(tmp_path / "other-chain" / "ca.key", forged / "ca.key")
+    with pytest.raises(InvalidInput, match="another chain CA"):
+        restore(bk, fresh, chain_dir=forged)
+    assert not (fresh / "tls").exists()
+    # Head office's chain directory does, and in place the node's own keys do.
+    assert restore(bk, fresh, chain_dir=shop.chain)["keys"] == "restored"
+    assert (fresh / "tls" / "node.key").read_bytes() == node_key
+    assert restore(bk, shop.data)["keys"] == "kept"
 
 
 def test_restore_in_place_keeps_the_replaced_store(tmp_path: Path) -> None:
@@ -481,6 +524,15 @@ def test_a_data_directory_left_by_a_restore_cut_short_says_to_restore_again(
     waiting = tmp_path / "waiting"
     waiting.mkdir(mode=0o700)
     shutil.copy(tmp_path / "bk" / "ledger.backup", waiting / "ledger.backup")
+    r = cli("status", data=waiting)
+    # Not "start the node": without the node's keys, sealed for the chain CA in the
+    # backup, `node run` said to `init`, which refuses an id the chain issued.
+    assert "a backup waits there (ledger.backup), but not the node's keys" in r.err, r.err
+    assert f"crdtledger restore --from {waiting / 'ledger.backup'} --data {waiting} " \
+        "--chain CHAIN_DIR" in r.err
+    r = cli("node", "run", data=waiting)
+    assert r.code != 0 and "but not the node's keys" in r.err, r.err
+    shutil.copytree(shop.data / "tls", waiting / "tls")  # in place: the node's own keys
     r = cli("status", data=waiting)
     assert "a backup waits there (ledger.backup); start the node" in r.err, r.err
 
