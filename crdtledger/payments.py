@@ -624,6 +624,13 @@ class Payments(Merges, Rules):
             return
         known = sorted({n for n in set(listed) - {self.node} - self.storage.log.blocked()
                         if not self.retired(n)} | at_work)
+        if not known and not listed and not self.storage.log.blocked():
+            # A store that knows no other branch at all cannot tell a typo from a
+            # branch it has not met yet: a new chain's first transfer, files carried
+            # one way (issue 2's acceptance: A sends SH02 rights before it has heard
+            # from SH02). Once it knows any branch, or the chain lists its branches,
+            # one it does not know is refused.
+            return
         names = ", ".join(f"{n} {listed[n]}" if listed.get(n) else n for n in known)
         raise InvalidInput(
             f"{to} is not a branch of this chain"
