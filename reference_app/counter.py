@@ -675,6 +675,10 @@ class Counter:
                            value="package" if with_package else "stored" if member
                            else next(iter(methods))).props("inline").mark("pay")
             ticket, coupons = self._coupon_select(member) if member else (None, {})
+            if coupon is not None and ticket is None:  # scanned by who may not take it
+                self.say_trouble(tr("您没有收优惠券的权限：这张券请有权限的同事来收。",
+                                    "You may not take coupons: a colleague who may takes "
+                                    "this one."), error)
             if coupon is not None and ticket is not None:
                 if coupon not in coupons:  # another member's, used, or expired: say so
                     view = ledger.coupon_view(coupon)
@@ -832,10 +836,14 @@ class Counter:
             self.buttons(d, tr("确认售出", "Sell"), confirm, "goods-ok")
 
     def _coupon_select(self, member: str, *, services: bool = True
-                       ) -> tuple[ui.select, dict[str, dict[str, Any]]]:
+                       ) -> tuple[ui.select | None, dict[str, dict[str, Any]]]:
         """The member's coupons that can be used (wherever their right sits: the node
-        fetches it), to pick one for this sale; hidden when there are none.
+        fetches it), to pick one for this sale; hidden when there are none, and none
+        (no select) for an operator without coupon.redeem: the library refuses the
+        sale they pick one for, and a button follows the operator's permissions.
         `services`: whether free-service coupons apply (not to goods)."""
+        if not can("coupon.redeem"):
+            return None, {}
         coupons = {str(c["coupon"]): c for c in self.shop.ledger.coupons(member)
                    if c["status"] == "available" and (services or not c["service"])}
         here = self.shop.node.node_id

@@ -434,6 +434,33 @@ async def test_a_coupon_held_at_a_branch_out_of_reach_names_it(
     assert snapshot(app.ledger, [mid]) == before
 
 
+async def test_no_coupon_is_offered_to_an_operator_who_may_not_take_one(
+        counter_app: CounterApp) -> None:
+    """A role without coupon.redeem was offered the member's coupons in the service and
+    the goods sale; the sale picked one for was refused (issue 6: the buttons follow
+    the operator's permissions). A coupon's QR code scanned says why it is not taken."""
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    with_goods(app)
+    app.ledger.define_role(app.node_owner, "till", ["debit", "sale", "member.add"])
+    app.ledger.add_operator(app.node_owner, "till1", "till-secret-1", roles=["till"])
+    coupon = app.ledger.issue_coupon(app.node_owner, mid, off=1000)["coupon"]
+    await app.login("till1", "till-secret-1")
+    await swipe(app)
+    app.user.find(marker="consume").click()
+    await app.user.should_see(marker="consume-ok")
+    await app.user.should_not_see(marker="coupon")
+    app.user.find(marker="sell-goods").click()
+    await app.user.should_see(marker="goods-ok")
+    await app.user.should_not_see(marker="coupon")
+    app.user.find(marker="goods-ok").click()  # the sale itself is theirs to make
+    await app.user.should_see("已售 精油 ×1，实收 ¥88.00")
+    app.reader.scan(coupon)
+    await app.user.should_see("您没有收优惠券的权限")
+    [mine] = app.ledger.coupons(mid)
+    assert mine["status"] == "available"
+
+
 # --- issue 15: a goods sale refunded by units; a service sold to a walk-in customer -----
 
 async def test_a_goods_refund_by_one_unit_puts_it_back_on_the_shelf(
