@@ -30,7 +30,7 @@ from nicegui.elements.mixins.value_element import ValueElement
 from crdtledger import localtime, views
 from crdtledger.auth import verify_login
 from crdtledger.coupons import discount as coupon_discount
-from crdtledger.errors import InvalidAmount, LedgerError
+from crdtledger.errors import InvalidAmount, LedgerError, NotFound
 from crdtledger.model import ID
 from crdtledger.money import apply_rate, given_away, points_for
 from crdtledger.payments import refund_whole
@@ -1222,32 +1222,63 @@ class Counter:
                 pin = ui.input(tr("卡密码（可不设）", "Card PIN (optional)"), password=True) \
                     .props("outlined dense inputmode=numeric").classes("w-40").mark("new-pin")
             prefs = self._prefs_inputs({})
+            # The member this dialog registered already: pressed again after their card
+            # was refused (another card typed), it only issues the card. Adding them
+            # again was refused as their phone's second member, and the card never issued.
+            added: dict[str, str] = {}
+
+            def card_taken(number: str) -> bool:
+                """Whether `number` is held by a member already, said so: checked before
+                the member is added, so a taken card registers nobody (another till
+                may still issue it meanwhile: then `added` remembers the member)."""
+                try:
+                    held = self.shop.ledger.card(number)["status"] in ("active", "lost")
+                except NotFound:
+                    return False
+                except LedgerError as e:  # a number no card carries
+                    self.refused(e, error)
+                    return True
+                if held:
+                    self.say_trouble(tr("卡 {no} 已经发过了（属于一位会员）：请换一张卡。",
+                                        "Card {no} is already issued to a member: use "
+                                        "another card.", no=number.upper()), error)
+                return held
 
             async def confirm() -> None:
                 op = self.op
                 who = str(name.value or "")
-                pref_values = {k: v.value or "" for k, v in prefs.items() if v.value}
-                added = await self.act(
-                    self.shop.operation(op, "member.add", name=who,
-                                        phone=str(phone.value or ""),
-                                        gender=str(gender.value or ""),
-                                        birthday=str(birthday.value or ""),
-                                        prefs=pref_values), "member",
-                    lambda _m: tr("已登记会员 {name}", "Member {name} registered", name=who),
-                    error)
-                if added is None:
-                    return
-                mid = str(added["member_id"])
-                self.show(mid)
                 number = str(card.value or "").strip()
+                if "member_id" not in added:
+                    if number and card_taken(number):
+                        return
+                    pref_values = {k: v.value or "" for k, v in prefs.items() if v.value}
+                    done = await self.act(
+                        self.shop.operation(op, "member.add", name=who,
+                                            phone=str(phone.value or ""),
+                                            gender=str(gender.value or ""),
+                                            birthday=str(birthday.value or ""),
+                                            prefs=pref_values), "member",
+                        lambda _m: tr("已登记会员 {name}", "Member {name} registered", name=who),
+                        error)
+                    if done is None:
+                        return
+                    added["member_id"] = str(done["member_id"])
+                    self.show(added["member_id"])
+                    # What was registered can no longer change here (the panel edits it).
+                    gender.disable()
+                    for box in (name, phone, birthday, *prefs.values()):
+                        box.disable()
+                mid = added["member_id"]
                 if number:
                     issued = await self.act(
                         self.shop.operation(op, "card.issue", member=mid, card_no=number,
                                             pin=pin.value or None),
                         "card", lambda _c: tr("已发卡 {no}", "Card {no} issued", no=number.upper()),
-                        error)
+                        error, lambda e: tr("会员 {name} 已登记，但{why}",
+                                            "Member {name} is registered, but: {why}",
+                                            name=who, why=self.shop.refusal(e)))
                     if issued is None:
-                        return  # the member exists; the card can be issued from the panel
+                        return  # the member exists; another card, or the panel, issues it
                 d.close()
 
             self.buttons(d, tr("登记", "Register"), confirm, "new-member-ok")

@@ -479,6 +479,65 @@ async def test_new_member_and_card(counter_app: CounterApp) -> None:
     assert app.ledger.member(card["member"])["name"] == "李娜"
 
 
+async def new_member_typed(app: CounterApp, card: str) -> None:
+    """The new member dialog open, 赵六 with a phone and card number `card` typed."""
+    app.user.find(marker="new-member").click()
+    app.user.find(marker="new-name").type("赵六")
+    app.user.find(marker="new-phone").type("13600000001")
+    app.user.find(marker="new-card").type(card)
+
+
+async def test_a_card_already_issued_registers_nobody(counter_app: CounterApp) -> None:
+    """The member was registered, then their card refused: the dialog said only that
+    the card was taken; another card typed, Register added them again, refused as
+    their phone's second member, and the card was never issued."""
+    app = counter_app
+    member_with_card(app)  # CARD is 张伟's
+    await app.login(*CASHIER)
+    await new_member_typed(app, CARD)
+    app.user.find(marker="new-member-ok").click()
+    await app.user.should_see("卡 C10001 已经发过了（属于一位会员）：请换一张卡。")
+    assert app.ledger.find_members("赵六", limit=5) == []
+    app.user.find(marker="new-card").clear().type("C20002")
+    app.user.find(marker="new-member-ok").click()
+    await app.user.should_see("已发卡 C20002")
+    [found] = app.ledger.find_members("赵六", limit=5)
+    assert app.ledger.card("C20002")["member"] == found["id"]
+
+
+async def test_a_card_taken_meanwhile_is_issued_to_the_member_registered(
+        counter_app: CounterApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another till issues the card between the check and the member's registration:
+    the dialog says the member is registered, and Register again with another card
+    only issues that card to them."""
+    app = counter_app
+    other = app.ledger.add_member(app.node_owner, name="张伟", phone="13812345678")
+    operation = app.shop.operation
+
+    def and_meanwhile(op: str, name: str, /, **params: Any) -> Any:
+        run = operation(op, name, **params)
+        if name != "member.add":
+            return run
+
+        def then() -> Any:
+            done = run()
+            app.ledger.issue_card(app.node_owner, other, CARD)
+            return done
+        return then
+
+    monkeypatch.setattr(app.shop, "operation", and_meanwhile)
+    await app.login(*CASHIER)
+    await new_member_typed(app, CARD)
+    app.user.find(marker="new-member-ok").click()
+    await app.user.should_see("会员 赵六 已登记，但卡 C10001 已经发过了"
+                              "（属于一位会员）：请换一张卡。")
+    app.user.find(marker="new-card").clear().type("C20002")
+    app.user.find(marker="new-member-ok").click()
+    await app.user.should_see("已发卡 C20002")
+    [found] = app.ledger.find_members("赵六", limit=5)
+    assert app.ledger.card("C20002")["member"] == found["id"]
+
+
 async def test_report_a_card_lost_then_replace_it(counter_app: CounterApp) -> None:
     app = counter_app
     mid = member_with_card(app, cash=50000)
