@@ -88,6 +88,10 @@ def _units_refused(most: int = MOST_UNITS) -> str:
               most=most)
 
 
+def _pick_pay() -> str:
+    return tr("请选择付款方式。", "Pick how it is paid.")
+
+
 def _quantity_line(preview: ui.label, n: int | None) -> None:
     """A dialog's preview line for quantity `n` (_units_upto): the refusal confirming
     would give when there is none (1e3 priced ¥128,000.00, then confirming refused
@@ -521,6 +525,19 @@ class Counter:
             return None
         return n
 
+    def chosen(self, box: ui.select | ui.radio, error: ui.label, sentence: str) -> str | None:
+        """The option picked in `box`, else None and `sentence`: nothing picked (a select
+        emptied, as a crafted event can set it) went to the library as the text "None"
+        and was refused in its English words, or a goods sale's refusal raised looking
+        "None" up in the catalogue, saying nothing."""
+        def picked() -> bool:
+            return box.value is not None and box.value in list(box.options)
+
+        if not picked():
+            self.say_trouble(sentence, error, fixed=picked)
+            return None
+        return str(box.value)
+
     @staticmethod
     def _payer(member: str, card: str | None, pin: str | None) -> dict[str, str | None]:
         """Who pays: the swiped card with its PIN (the ledger finds its member and checks
@@ -724,7 +741,10 @@ class Counter:
                 n = self.count(qty, error)
                 if n is None:
                     return
-                code, how = svc.value, str(pay.value)
+                code = self.chosen(svc, error, tr("请选择服务项目。", "Pick a service."))
+                how = self.chosen(pay, error, _pick_pay()) if code is not None else None
+                if code is None or how is None:
+                    return
                 cid = (ticket.value or None) if ticket is not None and how != "package" \
                     else None
                 # No member nor card: the library sells to this branch's walk-in customer.
@@ -817,7 +837,10 @@ class Counter:
                 n = self.count(qty, error)
                 if n is None:
                     return
-                c, how = str(pick.value), str(pay.value)
+                c = self.chosen(pick, error, tr("请选择商品。", "Pick the goods."))
+                how = self.chosen(pay, error, _pick_pay()) if c is not None else None
+                if c is None or how is None:
+                    return
                 payer = self._payer(member, card, pin) if member else {}
                 cid = (ticket.value or None) if ticket is not None else None
                 done = await self.act(
@@ -1034,10 +1057,13 @@ class Counter:
                 n = self.count(uses, error)
                 if n is None:
                     return
-                code = str(svc.value)
+                code = self.chosen(svc, error, tr("请选择服务项目。", "Pick a service."))
+                how = self.chosen(pay, error, _pick_pay()) if code is not None else None
+                if code is None or how is None:
+                    return
                 done = await self.act(
                     self.shop.operation(self.op, "package.sell", service=code, uses=n,
-                                        price=fen, pay=str(pay.value),
+                                        price=fen, pay=how,
                                         approver=_approval(approval, approver, approver_pw),
                                         **self._payer(member, card, pin)),
                     "package", lambda _e: tr("已售套餐 {what} ×{n}", "Sold {what} ×{n}",

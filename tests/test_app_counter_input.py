@@ -1,7 +1,8 @@
 """What a cashier types or does at the counter that the buttons do not expect: a card
 swiped while a top-up dialog is open, an amount with a decimal comma, a points count
-in other digits. NiceGUI's simulated user against a real node and store; each
-refused with a sentence and nothing changed, or done for the member the dialog names.
+in other digits, a choice emptied. NiceGUI's simulated user against a real node and
+store; each refused with a sentence and nothing changed, or done for the member the
+dialog names.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from app_fixtures import CASHIER, OWNER, CounterApp
 from helpers import snapshot
 from nicegui import ui
 from test_app_counter import member_with_card, swipe
+from test_app_shop import choose, stock, with_goods
 
 pytestmark = pytest.mark.asyncio
 
@@ -111,3 +113,34 @@ async def test_an_emptied_quantity_box_sells_nothing(counter_app: CounterApp) ->
     app.user.find(marker="package-ok").click()
     await app.user.should_see("数量要填 1 到 999 的整数")
     assert snapshot(app.ledger, [mid]) == before
+
+
+@pytest.mark.parametrize("opener,field,ok,said", [
+    ("sell-goods", "goods", "goods-ok", "请选择商品。"),
+    ("sell-goods", "goods-pay", "goods-ok", "请选择付款方式。"),
+    ("walk-in", "goods-pay", "goods-ok", "请选择付款方式。"),
+    ("sell-package", "package-pay", "package-ok", "请选择付款方式。"),
+    ("sell-package", "package-service", "package-ok", "请选择服务项目。"),
+    ("walk-in-service", "pay", "consume-ok", "请选择付款方式。"),
+    ("consume", "service", "consume-ok", "请选择服务项目。"),
+])
+async def test_a_choice_emptied_is_asked_for_in_chinese(counter_app: CounterApp, opener: str,
+                                                       field: str, ok: str, said: str) -> None:
+    """A select or radio emptied (None, as a crafted socket event sets it): the goods
+    sale raised KeyError('None') looking its refusal up in the catalogue and said
+    nothing; a payment went to the library as the text "None", refused in English."""
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    with_goods(app)
+    await app.login(*CASHIER)
+    await swipe(app)
+    before = snapshot(app.ledger, [mid])
+    app.user.find(marker=opener).click()
+    await app.user.should_see(marker=ok)
+    if opener == "sell-package":
+        app.user.find(marker="package-price").type("300.00")
+    choose(app, field, None)
+    app.user.find(marker=ok).click()
+    await app.user.should_see(said)
+    await asyncio.sleep(0.1)
+    assert snapshot(app.ledger, [mid]) == before and stock(app) == 10

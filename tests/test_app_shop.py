@@ -49,7 +49,7 @@ def from_another_branch(app: CounterApp, tmp_path: Path, write: object) -> None:
     import_file(app.ledger, tmp_path / "from-sh02.crdtsync")
 
 
-def choose(app: CounterApp, marker: str, value: str) -> None:
+def choose(app: CounterApp, marker: str, value: str | None) -> None:
     """Pick an option of a radio or select by its value, as a click on it would."""
     client = app.user.client
     assert client is not None
