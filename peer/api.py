@@ -53,6 +53,7 @@ from aiohttp import web
 from crdtledger import idempotency, operations, views
 from crdtledger.auth import TooManyAttempts, verify_login
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
+from crdtledger.inputs import unique_keys
 from crdtledger.ledger import Ledger
 from crdtledger.operations import ANY_OBJECT, ENTRY_ID, NODE, PASSWORD, STR, TABLE, Operation
 from crdtledger.schema import Schema, check, obj, show, text
@@ -796,7 +797,9 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
                        f"not {request.content_type}")
     raw = await _read_body(request, MAX_BODY, "a request body")
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, object_pairs_hook=unique_keys)
+    except InvalidInput:
+        raise
     except (ValueError, RecursionError) as e:  # bad UTF-8 too; RecursionError: [[[[...
         raise ApiError(400, "invalid_json", f"the request body is not JSON: {e}") from None
     if not isinstance(body, dict):

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from crdtledger import __version__, audit, localtime, operations, peerclock, platform, views
 from crdtledger.backups import DB_FILE, RESTORE_DAMAGED, restore, store_damage, write_backup
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
-from crdtledger.inputs import printable
+from crdtledger.inputs import printable, unique_keys
 from crdtledger.ledger import Ledger
 from crdtledger.money import format_purses
 from crdtledger.operations import TABLE, Operation, Param
@@ -290,7 +290,7 @@ def _value(schema: Schema, raw: Any, flag: str) -> Any:
         return {"true": True, "yes": True, "false": False, "no": False}.get(raw.lower(), raw)
     if kind is None:  # any JSON, e.g. a rule's body
         try:
-            return json.loads(raw)
+            return json.loads(raw, object_pairs_hook=unique_keys)
         except json.JSONDecodeError as e:
             raise InvalidInput(f"{flag} is not JSON: {e}") from None
         except RecursionError:
@@ -995,10 +995,41 @@ def run(args: argparse.Namespace, data_dir: Path) -> Result:
         return execute(ledger, name, params, args.operator, args.auth_password)
 
 
+def _given_twice(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """The first option given more than once that takes one value (not one that
+    gathers several, such as a repeated --peer), if any."""
+    many: set[str] = set()
+    parsers = [parser]
+    while parsers:
+        p = parsers.pop()
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif isinstance(action, argparse._AppendAction | argparse._CountAction
+                            | argparse._ExtendAction):
+                many.update(action.option_strings)
+    seen: set[str] = set()
+    for token in argv:
+        if token == "--":
+            break
+        if not token.startswith("--"):
+            continue
+        flag = token.split("=", 1)[0]
+        if flag in seen and flag not in many:
+            return flag
+        seen.add(flag)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    twice = _given_twice(parser, argv)
+    if twice:
+        # argparse keeps the last: `topup --amount 1.00 --amount 500.00` topped up
+        # 500.00 where the person (or the script's log) read 1.00.
+        parser.error(f"{twice} is given twice: give it once")
     data = getattr(args, "data", None) or os.environ.get(ENV_DATA)
     if not data and args.command != "chain":
         parser.error(f"no data directory: give --data DIR or set {ENV_DATA}")

@@ -567,6 +567,11 @@ def test_malformed_requests_are_refused_as_json_and_change_nothing(tmp_path: Pat
             ("PATCH", f"/members/{mid}", '{"level": "../../etc/passwd"}', as_json, 400,
              "invalid_input"),
             ("GET", "/members/not-an-id", "", {}, 400, "invalid_input"),
+            # A field given twice: read as the last, it topped up 500.00 for 1.00.
+            ("POST", "/topup", f'{{"member": "{mid}", "amount": 100, "amount": 50000}}',
+             as_json, 400, "invalid_input"),
+            ("POST", "/rules", '{"kind": "settings", "body": {"a": 1, "a": 2}}', as_json,
+             400, "invalid_input"),
             # A member nobody knows, well formed: refused, not "nothing was due".
             ("POST", "/points/expire", '{"member": "01J5Q8ZK3T7XM.SH01"}', as_json, 404,
              "not_found"),

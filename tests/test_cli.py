@@ -139,6 +139,8 @@ REFUSALS: list[tuple[str, tuple[str, ...], str]] = [
                         "cashier1", "--password", "guess!"), "permission_denied"),
     # "{{" is format() for a single "{": the JSON is cut short.
     ("bad rule JSON", ("rule", "set", "promotions", "--json-body", "[{{"), "invalid_input"),
+    ("rule JSON field twice", ("rule", "set", "settings", "--json-body",
+                               '{{"note": "a", "note": "b"}}'), "invalid_input"),
     ("corrupt file", ("import", "{flipped}"), "corrupt_sync_file"),
     ("truncated file", ("import", "{truncated}"), "corrupt_sync_file"),
     ("missing file", ("import", "{missing}"), "corrupt_sync_file"),
@@ -182,11 +184,16 @@ def test_refusal_messages_name_the_problem(shop: Shop) -> None:
     ("member", "add", "--name", "X", "--phone", "13000000000", "--pref", "firm"),
     ("debit", "--member", "M", "--amount", "1.00", "--operator", "cashier1"),  # no password
     ("card", "teleport", "--card", "C001"),
-], ids=["two payers", "no phone", "pref without =", "no password", "no command"])
+    # Read as the last: 500.00 topped up where the person read 1.00.
+    ("topup", "--member", "M", "--amount", "1.00", "--amount=500.00"),
+], ids=["two payers", "no phone", "pref without =", "no password", "no command",
+        "amount twice"])
 def test_usage_errors_exit_2(shop: Shop, argv: tuple[str, ...]) -> None:
     r = run_cli(*argv, data=shop.data)
     assert r.code == 2, (r.out, r.err)
     assert "Traceback" not in r.err and "usage:" in r.err
+    if argv.count("--amount") + argv.count("--amount=500.00") > 1:
+        assert "--amount is given twice: give it once" in r.err
 
 
 def test_no_data_directory_is_a_usage_error(cli: Cli) -> None:
