@@ -887,6 +887,9 @@ def receipt_command(args: argparse.Namespace, data_dir: Path) -> Result:
 
 
 CONFIG_FILE = "node.toml"
+# Its keys: the node's own, and the tables the counter ([counter], reference_app.app)
+# and the notices' gateways ([notify], peer.gateways) read.
+NODE_SETTINGS = frozenset({"listen", "api", "peers", "mdns", "counter", "notify"})
 
 
 def node_config(args: argparse.Namespace, data_dir: Path) -> Config:
@@ -909,6 +912,13 @@ def node_config(args: argparse.Namespace, data_dir: Path) -> Config:
         file = {}
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise InvalidInput(f"{data_dir / CONFIG_FILE}: {e}") from None
+    unknown = sorted(set(file) - NODE_SETTINGS)
+    if unknown:
+        # A misspelt key (`lisen`) was passed over without a word, and the node
+        # listened where the owner had not said.
+        raise InvalidInput(f"node settings: {data_dir / CONFIG_FILE}: unknown setting "
+                           f"{', '.join(map(repr, unknown))}; it takes "
+                           f"{', '.join(sorted(NODE_SETTINGS))}")
     try:
         listed = file.get("peers", [])
         if not isinstance(listed, list):
@@ -936,7 +946,8 @@ def _check_peer_url(url: object) -> None:
 
     try:
         parsed = URL(url) if isinstance(url, str) else None
-        port = parsed.port if parsed is not None else None
+        # Only a port written out: wss://HOST alone dialled 443, not the sync port.
+        port = parsed.explicit_port if parsed is not None else None
     except ValueError:
         parsed = port = None
     if (parsed is None or parsed.scheme != "wss" or not parsed.host or port is None

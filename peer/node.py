@@ -27,8 +27,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ipaddress
 import logging
 import secrets
+import socket
 import sqlite3
 import time
 from collections import deque
@@ -144,10 +146,22 @@ class Config:
 def parse_address(text: str, default_port: int) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep:
-        return text, default_port
+        host, port = text, str(default_port)
     if not (port.isascii() and port.isdigit()) or not 0 <= int(port) < 65536:
-        raise ValueError(f"bad port in {text!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
+        raise ValueError(f"bad port in {text!r}: an address is HOST:PORT, e.g. "
+                         f"0.0.0.0:{default_port}")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        # A name: looked up now, so `--listen abc` is said as a bad address with
+        # the form it takes, not as the resolver's bare "Name or service not known".
+        try:
+            socket.getaddrinfo(host, None)
+        except (socket.gaierror, UnicodeError):
+            raise ValueError(f"{host!r} in {text!r} is no address of this PC: an address "
+                             f"is HOST:PORT, e.g. 0.0.0.0:{default_port}") from None
+    return host, int(port)
 
 
 class Link:

@@ -229,7 +229,10 @@ def test_a_write_the_node_did_not_answer_in_time_may_still_be_done(
 @pytest.mark.parametrize("setting", [
     'peers = 5', 'peers = "wss://hq:8470"', 'mdns = "false"',
     'peers = ["wss://127.0.0.1:99999"]', 'peers = ["wss://"]', 'peers = ["wss://a b:1"]',
-    'peers = ["wss://127.0.0.1:9/some/path"]', 'peers = ["https://hq:8470"]'])
+    'peers = ["wss://127.0.0.1:9/some/path"]', 'peers = ["https://hq:8470"]',
+    # No port: it dialled 443; a misspelt key was passed over; a listen address no
+    # PC has said only "Name or service not known".
+    'peers = ["wss://127.0.0.1"]', 'lisen = "0.0.0.0:8470"', 'listen = "abc"'])
 def test_node_settings_a_dial_cannot_take_are_refused_with_a_sentence(
         cli: Cli, tmp_path: Path, setting: str) -> None:
     """`peers = 5` was a traceback; `mdns = "false"` turned discovery on (bool of a
