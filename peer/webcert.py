@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 import ssl
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +40,8 @@ COUNTER = "https"  # DATA/tls/https.crt: the counter pages' certificate
 # Always named besides the given hosts: the till on the node's own PC reaches its
 # pages as https://localhost:PORT, and a certificate naming them costs nothing.
 LOCAL_NAMES = ("localhost", "127.0.0.1")
+# One label of a host name (RFC 1123): letters, digits and inner hyphens, 1-63 long.
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.IGNORECASE)
 
 
 def files(data_dir: Path | str, stem: str) -> tuple[Path, Path]:
@@ -52,22 +55,15 @@ def issue(chain_dir: Path | str, data_dir: Path | str, hosts: Sequence[str], *, 
     office's chain directory), naming `hosts` (DNS names and IP addresses), and with
     `local` also localhost and 127.0.0.1. Written to DATA/tls/<stem>.crt and .key;
     replaces an older one. Returns the two paths."""
-    chain = chain_mod.load_chain(chain_dir)
-    ca_key = chain_mod._load_ca_key(chain)
-    ca = x509.load_pem_x509_certificate(chain.ca_cert)
     given = [h.strip() for h in hosts if h.strip()]
     if not given:
         raise LedgerError("an HTTPS certificate needs a host name or address that "
                           "browsers reach the node by (--host)")
-    names: list[x509.GeneralName] = []
-    for h in dict.fromkeys([*given, *(LOCAL_NAMES if local else ())]):
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(h)))
-        except ValueError:
-            try:
-                names.append(x509.DNSName(h.encode("idna").decode("ascii")))
-            except UnicodeError:
-                raise LedgerError(f"{h!r} is neither a host name nor an address") from None
+    names = [_general_name(h) for h in dict.fromkeys([*given, *(LOCAL_NAMES if local else ())])]
+    chain = chain_mod.load_chain(chain_dir)
+    ca_key = chain_mod._load_ca_key(chain)
+    ca = x509.load_pem_x509_certificate(chain.ca_cert)
+    names = [_general_name(h) for h in dict.fromkeys([*given, *(LOCAL_NAMES if local else ())])]
     key = ec.generate_private_key(ec.SECP256R1())
     start = chain_mod._now() - chain_mod.BACKDATE
     end = min(start + dt.timedelta(days=days), ca.not_valid_after_utc)
@@ -97,6 +93,37 @@ def issue(chain_dir: Path | str, data_dir: Path | str, hosts: Sequence[str], *, 
         path.unlink(missing_ok=True)
         chain_mod._write_new(path, data)
     return cert_path, key_path
+
+
+def _general_name(host: str) -> x509.GeneralName:
+    """`host` as one subjectAltName: an IP address, or one DNS host name (an IDNA name
+    in its xn-- form). Anything else is refused: every till trusts the chain's CA as a
+    root and the CA has no name constraints, so a wildcard (`*.com`), a list
+    (`a,evil.com`) or a name no host has would let whoever holds the branch's
+    https.key pose as sites that are not this node."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+            raise LedgerError(f"{host!r} is an address with a zone (%), which a "
+                              "certificate cannot name: give the address without it")
+        return x509.IPAddress(address)
+    try:
+        name = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        name = ""
+    labels = name.split(".")
+    # 253 is the longest name DNS carries; an all-digit last label reads as an
+    # IPv4 address to a browser (e.g. 192.0.2.300), not as a name.
+    if (not name or len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels)
+            or labels[-1].isdigit()):
+        raise LedgerError(
+            f"{host!r} is neither an IP address nor a host name: give one host per "
+            "--host, as letters, digits and hyphens between dots (no *, spaces or "
+            "commas, no - at either end of a part)")
+    return x509.DNSName(name)
 
 
 def pair(cert: Path | None, key: Path | None, defaults: Sequence[tuple[Path, Path]], *,

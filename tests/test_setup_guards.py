@@ -1,0 +1,59 @@
+"""Refusals a set-up probe found missing (15th round): an HTTPS certificate signed by
+the chain's CA for hosts that name no one host, a service unit written for a Python
+that cannot run it, and the SMS log gateway's file in the PC's zone. The real
+command line on real data directories."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import Cli, cli_env
+from cryptography import x509
+
+from peer import webcert
+
+
+def run_cmd(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, encoding="utf-8",
+                          env=cli_env(), timeout=120, check=False)
+
+
+def test_an_https_certificate_names_only_hosts_and_addresses(cli: Cli, tmp_path: Path) -> None:
+    """`https-cert --host '*.com'` (and `*`, `a b`, `192.0.2.2,evil.com`, `-1`) exited 0
+    with a certificate for it, signed by the CA every till trusts as a root: whoever
+    held the branch's https.key could pose as any .com site to those tills."""
+    chain = tmp_path / "chain"
+    assert cli("chain", "init", "--out", chain, "--name", "acme").code == 0
+    data = tmp_path / "sh01"
+    assert cli("init", "--node", "SH01", "--chain", chain, data=data).code == 0
+    crt, key = webcert.files(data, webcert.COUNTER)
+    bad = ["*.com", "*", "a b", "192.0.2.2,evil.com", "-1", "shop-.example", "a..b",
+           "x" * 64 + ".example", "192.0.2.300", "shop_1.example", "fe80::1%eth0"]
+    for host in bad:
+        r = cli("https-cert", "--chain", chain, "--host", "till.local", "--host", host,
+                data=data)
+        assert r.code == 1 and "Traceback" not in r.err, (host, r)
+        assert repr(host) in r.err and ("neither" in r.err or "zone" in r.err), (host, r)
+        assert not crt.exists() and not key.exists(), host
+    r = cli("https-cert", "--chain", chain, "--host", "Shop-1.example", "--host", "bücher.de",
+            "--host", "192.0.2.2", "--host", "2001:db8::1", data=data)
+    assert r.code == 0, r.err
+    cert = x509.load_pem_x509_certificate(crt.read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == \
+        ["Shop-1.example", "xn--bcher-kva.de", "localhost"]
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == \
+        ["192.0.2.2", "2001:db8::1", "127.0.0.1"]
+    # A refused host leaves the certificate already made as it was.
+    before = crt.read_bytes()
+    r = cli("https-cert", "--chain", chain, "--host", "*.example", data=data)
+    assert r.code == 1 and "'*.example'" in r.err, r
+    assert crt.read_bytes() == before
+    # The member port's certificate is made by the same function, from its own command.
+    members = data / "tls" / "members.crt"
+    r = run_cmd([sys.executable, "-m", "reference_app.members_portal", "--chain", str(chain),
+                 "--data", str(data), "--host", "*.com"])
+    assert r.returncode == 2 and "'*.com' is neither" in r.stdout, r
+    assert not members.exists()
