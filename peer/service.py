@@ -19,7 +19,12 @@ What the unit says, and why:
 * Logs go to the journal (`journalctl -u crdtledger-SH01`), at INFO: connections,
   refusals and clock warnings an owner can read; the journal rotates them.
 * `ExecStart=` this very Python (`sys.executable`), so the unit runs the release
-  installed in the virtual environment `install` was run from.
+  installed in the virtual environment `install` was run from. It (or `--python`) is
+  run once first, as the unit's user, importing what the unit runs: a Python without
+  crdtledger is refused rather than enabled to fail every 5 s.
+* `PrivateTmp=` hides /tmp and /var/tmp from the node, and the system clears them:
+  a data directory there is refused where systemd runs the unit, and written with a
+  warning to another `--unit-dir` (a unit to look at or copy; the tests' units).
 
 Tests write the unit elsewhere (`--unit-dir` or $CRDTLEDGER_UNIT_DIR) and check it
 with `systemd-analyze verify`; systemd itself need not run there.
@@ -231,13 +236,17 @@ def install(data_dir: Path, *, counter: bool = False, user: str | None = None,
                 f"install crdtledger where {user} can read it, e.g. `python3 -m venv "
                 "/opt/crdtledger` then `/opt/crdtledger/bin/pip install crdtledger-*.whl`, "
                 f"and keep the data in a directory {user} can enter, e.g. /srv/crdtledger")
+    _check_python(python or Path(sys.executable), counter=counter, uid=uid, gid=gid)
+    directory = _unit_dir(unit_dir)
+    scratch = _under_tmp(data_dir)
+    if scratch is not None and directory == SYSTEM_UNIT_DIR:
+        raise ServiceError(scratch)
     if owner[1] != uid:
         if os.geteuid() != 0:
             raise ServiceError(f"{data_dir} belongs to {owner[0]}, not {user}: run this as "
                                f"root to hand it to {user}, or pass --user {owner[0]}")
         platform.chown_tree(data_dir, uid, gid)
     tighten(data_dir, DIR_MODE)  # the rest is tightened by the node's own open
-    directory = _unit_dir(unit_dir)
     name = unit_name(node)
     directory.mkdir(parents=True, exist_ok=True)
     unit = directory / name
@@ -262,9 +271,58 @@ def install(data_dir: Path, *, counter: bool = False, user: str | None = None,
             + ("; started: `journalctl -u " + name.removesuffix(".service") + " -f` for its log"
                if started else
                "; start it with `systemctl start " + name + "`" if directory == SYSTEM_UNIT_DIR
-               else ""))
+               else "")
+            + (f"\nwarning: {scratch}" if scratch else ""))
     return ({"unit": str(unit), "node": node, "user": user, "counter": counter,
-             "enabled": True, "started": started}, text)
+             "enabled": True, "started": started,
+             **({"warning": scratch} if scratch else {})}, text)
+
+
+# What the unit's Python must import: the module its ExecStart runs (`python -m peer`
+# imports peer.cli, `python -m reference_app` reference_app.app) and so every package
+# they need. Importing the counter's pages takes seconds; a first run in a new venv
+# compiles them, hence the room.
+IMPORT_CHECK_S = 60
+
+
+def _check_python(python: Path, *, counter: bool, uid: int, gid: int) -> None:
+    """Run the unit's Python once as the unit will (as its user where this runs as
+    root, without this shell's PYTHON* variables): a Python without crdtledger wrote a
+    unit that said "enabled on boot" and then failed every 5 s on ModuleNotFoundError."""
+    module = "reference_app.app" if counter else "peer.cli"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    as_user: dict[str, Any] = {}
+    if os.geteuid() == 0 and uid != 0:
+        as_user = {"user": uid, "group": gid, "extra_groups": []}
+    try:
+        done = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True,
+                              text=True, env=env, cwd="/", timeout=IMPORT_CHECK_S,
+                              check=False, **as_user)
+    except subprocess.TimeoutExpired:
+        why = f"importing {module} took over {IMPORT_CHECK_S} s"
+    except OSError as e:
+        why = e.strerror or str(e)
+    else:
+        if done.returncode == 0:
+            return
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        why = lines[-1] if lines else f"exit status {done.returncode}"
+    raise ServiceError(
+        f"--python {python} cannot run the unit ({why}): give the Python of the virtual "
+        "environment crdtledger is installed in, e.g. /opt/crdtledger/bin/python after "
+        "`/opt/crdtledger/bin/pip install crdtledger-*.whl`")
+
+
+def _under_tmp(data_dir: Path) -> str | None:
+    """The sentence for a data directory under /tmp or /var/tmp, else None. The unit has
+    PrivateTmp=yes, so the node would see an empty /tmp of its own and fail to start;
+    and what is kept there is cleared at boot or after days of no use."""
+    for scratch in (Path("/tmp"), Path("/var/tmp")):
+        if data_dir.is_relative_to(scratch.resolve()):
+            return (f"{data_dir} is under {scratch}, which the service cannot reach (it "
+                    f"has a private {scratch}) and the system clears: move the data "
+                    "directory, e.g. to /srv/crdtledger, and install from there")
+    return None
 
 
 def remove(data_dir: Path, *, unit_dir: Path | None = None) -> tuple[dict[str, Any], str]:

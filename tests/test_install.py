@@ -11,6 +11,7 @@ import site
 import ssl
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import urllib.request
@@ -141,6 +142,26 @@ def test_wheel_in_a_fresh_venv_runs_the_cli_and_the_counter(tmp_path: Path) -> N
         proc.wait(30)
 
 
+def _python_for(user: str, venv: Path) -> Path:
+    """A Python `user` can run that imports this code and the test's packages: a venv of
+    the system's Python (the test's may be under /root), pointed at them by a .pth."""
+    system = Path("/usr/bin/python3")
+    same = subprocess.run([system, "-c", "import sys; print(sys.version_info[:2])"],
+                          capture_output=True, text=True, check=False).stdout.strip()
+    if same != str(sys.version_info[:2]):
+        pytest.skip(f"{system} is not Python {sys.version_info[:2]}: no venv of it can "
+                    "load this test's compiled packages")
+    _run([system, "-m", "venv", "--without-pip", venv])
+    purelib = _run([venv / "bin" / "python", "-c",
+                    "import sysconfig; print(sysconfig.get_path('purelib'))"]).stdout.strip()
+    found = [ROOT, Path(sysconfig.get_path("purelib"))]
+    (Path(purelib) / "crdtledger-test.pth").write_text("".join(f"{p}\n" for p in found))
+    for path in (venv / "bin" / "python", *found):
+        if platform.closed_to(path, user) is not None:
+            pytest.skip(f"{path} is closed to {user}")
+    return venv / "bin" / "python"
+
+
 def test_service_unit_is_accepted_by_systemd_analyze(tmp_path: Path,
                                                     request: pytest.FixtureRequest) -> None:
     from crdtledger.ledger import Ledger
@@ -161,13 +182,17 @@ def test_service_unit_is_accepted_by_systemd_analyze(tmp_path: Path,
         assert r.code == 1 and "user nobody cannot reach" in r.err, r.err
         assert "is closed to it" in r.err and "/opt/crdtledger" in r.err
         # Somewhere nobody can enter, with a Python it can run (this test's own may live
-        # under /root): the system's.
+        # under /root): a venv of the system's that finds this code and its packages.
         shared = Path(tempfile.mkdtemp(prefix="crdtledger-service-", dir="/tmp"))
         request.addfinalizer(lambda: shutil.rmtree(shared, ignore_errors=True))
         shared.chmod(0o755)
         data = Path(shutil.move(data, shared / "sh01"))
-        system_python = Path("/usr/bin/python3")
-        assert platform.closed_to(system_python, user) is None
+        system_python = _python_for(user, shared / "venv")
+        # The unit's Python is run once, as its user: the system's own has no crdtledger.
+        r = run_cli("service", "install", "--counter", "--unit-dir", units, "--user", user,
+                    "--python", "/usr/bin/python3", data=data)
+        assert r.code == 1 and "--python /usr/bin/python3 cannot run the unit" in r.err, r
+        assert "No module named" in r.err and not units.exists()
         python = ["--python", str(system_python)]
     else:
         user = None  # the data directory's owner: whoever runs the test

@@ -5,12 +5,18 @@ command line on real data directories."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
+import pytest
 from conftest import Cli, cli_env
 from cryptography import x509
+from test_install import _python_for
 
 from peer import webcert
 
@@ -57,3 +63,57 @@ def test_an_https_certificate_names_only_hosts_and_addresses(cli: Cli, tmp_path:
                  "--data", str(data), "--host", "*.com"])
     assert r.returncode == 2 and "'*.com' is neither" in r.stdout, r
     assert not members.exists()
+
+
+# The command line with the system's unit directory moved into the test's (and systemd
+# taken as not running): what `service install` does where systemd would run the unit.
+AS_SYSTEM = ("import pathlib, sys, peer.service as s; "
+             "s.SYSTEM_UNIT_DIR = pathlib.Path(sys.argv[1]); s._systemd_runs = lambda: False; "
+             "from peer.cli import main; sys.exit(main(sys.argv[2:]))")
+
+
+def test_a_service_is_refused_a_python_or_a_directory_it_cannot_run_with(
+        cli: Cli, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """`service install --python /usr/bin/python3` (no crdtledger in it) exited 0 with
+    "enabled on boot", and the unit would fail every 5 s on ModuleNotFoundError; a data
+    directory under /tmp was taken, which the unit's private /tmp hides from it."""
+    chain = tmp_path / "chain"
+    assert cli("chain", "init", "--out", chain, "--name", "acme").code == 0
+    # Where the unit's user can enter: as root that is nobody (pytest's directories are
+    # 0700), so the data goes in a 0755 directory of its own, as test_install's does.
+    home = tmp_path
+    user: list[str] = []
+    if os.geteuid() == 0:
+        home = Path(tempfile.mkdtemp(prefix="crdtledger-service-", dir="/tmp"))
+        request.addfinalizer(lambda: shutil.rmtree(home, ignore_errors=True))
+        home.chmod(0o755)
+        user = ["--user", "nobody"]
+    data = home / "sh01"
+    assert cli("init", "--node", "SH01", "--chain", chain, data=data).code == 0
+    units = tmp_path / "units"
+    r = cli("service", "install", "--counter", "--unit-dir", units, "--no-start", *user,
+            "--python", "/usr/bin/python3", data=data)
+    assert r.code == 1 and "--python /usr/bin/python3 cannot run the unit" in r.err, r
+    assert "No module named" in r.err and "Traceback" not in r.err, r
+    assert not units.exists()
+
+    good = _python_for(user[1], home / "venv") if user else Path(sys.executable)
+    # Where systemd runs it, a data directory under /tmp is refused before anything is
+    # written or handed to the unit's user.
+    system = tmp_path / "system"
+    owner = data.stat().st_uid
+    argv = [sys.executable, "-c", AS_SYSTEM, str(system), "service", "install", "--data",
+            str(data), "--python", str(good), *user]
+    done = subprocess.run(argv, capture_output=True, text=True, encoding="utf-8",
+                          env=cli_env(), timeout=120, check=False)
+    assert done.returncode == 1, done
+    assert f"{data} is under /tmp, which the service cannot reach" in done.stderr, done
+    assert not system.exists() and data.stat().st_uid == owner
+    # A unit written elsewhere (to be looked at, or copied) is written, with the warning.
+    r = cli("service", "install", "--unit-dir", units, "--python", good, *user, "--json",
+            data=data)
+    assert r.code == 0, r.err
+    info = json.loads(r.out)
+    assert "cannot reach" in info["warning"] and (units / "crdtledger-SH01.service").exists()
+    r = cli("service", "install", "--unit-dir", units, "--python", good, *user, data=data)
+    assert r.code == 0 and "enabled on boot\nwarning: " in r.out, r
