@@ -56,6 +56,7 @@ from email.utils import make_msgid
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+from crdtledger import platform
 from crdtledger.errors import InvalidInput
 from crdtledger.rules import LINE_BREAKS
 
@@ -123,10 +124,19 @@ class LogGateway:
         if self.file is not None:
             try:
                 with open(self.file, "a", encoding="utf-8") as f:
-                    f.write(f"{datetime.now().astimezone():%Y-%m-%d %H:%M:%S} {line}\n")
+                    f.write(f"{branch_now():%Y-%m-%d %H:%M:%S%z} {line}\n")
             except OSError as e:
                 raise GatewayError(f"cannot write the message log {self.file}: "
                                    f"{e.strerror or e}") from None
+
+
+def branch_now() -> datetime:
+    """Now on the branch's clock, as the node's log writes it: in the chain's zone,
+    which the node gives the log (platform.log_zone, from crdtledger.localtime) and
+    moves with the settings rule. This PC's own zone only outside a node, as the log.
+    A shop PC set to UTC wrote the message file eight hours off the log and the pages."""
+    zone = platform._OneLine.zone
+    return datetime.now(zone) if zone is not None else datetime.now().astimezone()
 
 
 # --- e-mail -------------------------------------------------------------------------

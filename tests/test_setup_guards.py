@@ -11,9 +11,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
+from cluster import cluster, wait_for
 from conftest import Cli, cli_env
 from cryptography import x509
 from test_install import _python_for
@@ -117,3 +120,33 @@ def test_a_service_is_refused_a_python_or_a_directory_it_cannot_run_with(
     assert "cannot reach" in info["warning"] and (units / "crdtledger-SH01.service").exists()
     r = cli("service", "install", "--unit-dir", units, "--python", good, *user, data=data)
     assert r.code == 0 and "enabled on boot\nwarning: " in r.out, r
+
+
+def test_the_sms_log_file_is_written_on_the_branchs_clock(tmp_path: Path) -> None:
+    """The SMS log gateway's file (node.toml [notify.sms] kind = "log", file = ...) was
+    stamped in the PC's own zone: on a PC set to UTC, eight hours off the node's log and
+    everything shown to people (the chain's zone, Asia/Shanghai here)."""
+    sms = tmp_path / "sms.log"
+    with cluster(tmp_path) as c:
+        sh01 = c.add("SH01")
+        (sh01.data / "node.toml").write_text(
+            f'[notify.sms]\nkind = "log"\nfile = "{sms}"\n', encoding="utf-8")
+        sh01.env = {"TZ": "UTC"}
+        sh01.start()
+        r = sh01.cli("member", "add", "--name", "王芳", "--phone", "13900001111",
+                     "--promo", "yes")
+        assert r.code == 0, r.err
+        r = sh01.cli("notice", "broadcast", "--subject", "冬至", "--text", "{name}，冬至快乐")
+        assert r.code == 0, r.err
+        wait_for(lambda: sms.exists() and "13900001111" in sms.read_text(), 60,
+                 "the SMS in the log gateway's file")
+        wait_for(lambda: "sms to 13900001111" in sh01.logs(), 30, "the SMS in the node's log")
+        logged = next(x for x in sh01.logs().splitlines() if "sms to 13900001111" in x)
+    line = sms.read_text(encoding="utf-8").splitlines()[0]
+    stamp = " ".join(line.split(" ")[:2])
+    when = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S%z")
+    assert stamp.endswith("+0800") and abs(when.timestamp() - time.time()) < 300, line
+    # The node's log line of that message reads the same clock time.
+    said = datetime.strptime(logged.split(" INFO ")[0], "%Y-%m-%d %H:%M:%S,%f%z")
+    assert said.utcoffset() == when.utcoffset() and abs(said - when).total_seconds() < 5, \
+        (logged, line)
