@@ -195,6 +195,12 @@ def log_zone(zone: tzinfo) -> None:
     _OneLine.zone = zone
 
 
+def log_now() -> datetime:
+    """Now as the log writes it: in the zone `log_zone` set, else this machine's."""
+    zone = _OneLine.zone
+    return datetime.now(zone) if zone is not None else datetime.now().astimezone()
+
+
 class _JournalPrefix(_OneLine):
     def format(self, record: logging.LogRecord) -> str:
         priority = _PRIORITY.get(record.levelno, 6)

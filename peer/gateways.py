@@ -135,8 +135,7 @@ def branch_now() -> datetime:
     which the node gives the log (platform.log_zone, from crdtledger.localtime) and
     moves with the settings rule. This PC's own zone only outside a node, as the log.
     A shop PC set to UTC wrote the message file eight hours off the log and the pages."""
-    zone = platform._OneLine.zone
-    return datetime.now(zone) if zone is not None else datetime.now().astimezone()
+    return platform.log_now()
 
 
 # --- e-mail -------------------------------------------------------------------------
