@@ -334,7 +334,90 @@ class Shop:
                       "The data is busy in another program; try again in a moment.")
         if said := _clock_refused(e):
             return said
+        if isinstance(e, NotCaughtUp) and (said := self._may_not_write(str(e))):
+            return said
         return tr("操作被拒绝：{what}", "Refused: {what}", what=_detail(e))
+
+    def _may_not_write(self, text: str) -> str | None:
+        """Why this PC may not write at all (LedgerBase._check_may_write, the restore's
+        waits of Replica.peer_caught_up), said to the cashier with what to do: the
+        library's English reached the counter ("操作被拒绝：restored from a backup ...").
+        None: not one of those."""
+        if _REVOKED.fullmatch(text):
+            return tr("本店电脑的证书已被总部吊销：本机不能再收银或记账。请联系总部为新电脑登记"
+                      "新的分店编号，或为本机续期证书（crdtledger chain renew）。",
+                      "The chain revoked this branch's certificate: this PC can no longer "
+                      "sell or write. Ask the head office to enrol a new PC under a new "
+                      "branch id, or to renew this one (crdtledger chain renew).")
+        if _FORKED.fullmatch(text):
+            return tr("本店的数据出现了两份不同的历史（备份恢复或复制的硬盘）：各分店已停止接收"
+                      "本店的记录，本机不能再收银。请联系总部重新登记本机。",
+                      "This branch wrote two different histories (a restored backup or a "
+                      "copied disk): the chain no longer takes its writes and this PC cannot "
+                      "sell. Ask the head office to enrol it again.")
+        m = _RESTORED.fullmatch(text)
+        if m is None:
+            return None
+        lead = tr("本店电脑由 {when} 的备份恢复，暂不能收银：",
+                  "This PC was restored from a backup of {when} and cannot sell yet: ",
+                  when=m[1])
+        return lead + self._restore_wait(m[2])
+
+    def _restore_wait(self, why: str) -> str:
+        """What a restored branch waits for (Replica.peer_caught_up's sentences)."""
+        if m := _WAIT_SENT.fullmatch(why):
+            return tr("本店的记录曾送出到第 {sent} 条，{who}只有到第 {seq} 条。要连上持有全部记录"
+                      "的分店（或导入它的同步文件）才能继续；请联系店长。",
+                      "its records had left this PC as far as number {sent}, and {who_en} "
+                      "holds them only to {seq}. Connect to a branch that holds them all (or "
+                      "import its sync file) first; ask a manager.",
+                      sent=m[1], seq=m[3], **self._who(m[2]))
+        if m := _WAIT_OLD_FILE.fullmatch(why):
+            return tr("导入的{who}同步文件是在本店恢复之前做的，说明不了备份之后的记录。请让该"
+                      "分店现在做一份同步文件再导入，或直接连上它；请联系店长。",
+                      "the sync file of {who_en} was made before this branch was restored "
+                      "and cannot show what came after the backup. Import a file that "
+                      "branch makes now, or connect to it; ask a manager.", **self._who(m[1]))
+        if m := _WAIT_FILE_AHEAD.fullmatch(why):
+            return tr("导入的{who}同步文件标的时间（{made}）比本机时钟还晚，两台电脑中有一台时钟"
+                      "不对。请校准时钟后让该分店重做一份同步文件再导入，或直接连上它；请联系店长。",
+                      "the sync file of {who_en} says it was made {made}, later than this "
+                      "PC's clock: one of the two clocks is wrong. Set them right and import "
+                      "a file made then, or connect to that branch; ask a manager.",
+                      made=m[2], **self._who(m[1]))
+        if m := _WAIT_NOT_HEARD.fullmatch(why):
+            others = [self.branch_name(n) for n in m[2].split(", ")]
+            return tr("{who}在备份之后没有收到过本店的记录，还要等{others}确认。请连上这些分店"
+                      "（或导入它们的同步文件）；请检查网络，或联系店长。",
+                      "{who_en} has heard nothing from this branch since the backup; "
+                      "{others_en} must still say so. Connect to them (or import their "
+                      "sync files); check the network, or ask a manager.",
+                      others=tr("、", ", ").join(others),
+                      others_en=", ".join(others), **self._who(m[1]))
+        if m := _WAIT_BEHIND.fullmatch(why):
+            return tr("正在从{who}取回备份之后本店的记录（本机已有 {ours} 条，共 {seq} 条）。请保持"
+                      "网络连接，取完即可收银。",
+                      "fetching what it wrote after the backup from {who_en} ({ours} of "
+                      "{seq} records here). Stay connected: the counter sells once they "
+                      "are all here.", ours=m[3], seq=m[2], **self._who(m[1]))
+        if m := _WAIT_FORK.fullmatch(why):
+            return tr("{who}持有本店另一份不同的历史（分叉），不能据此恢复收银。请联系总部。",
+                      "{who_en} holds another history of this branch's records (a fork), "
+                      "which cannot show it caught up. Ask the head office.", **self._who(m[1]))
+        # No branch heard from yet (LedgerBase._check_may_write), or a wait said otherwise.
+        return tr("要先连上其他分店（或导入其他分店的同步文件），取回备份之后本店记下的账，才能"
+                  "继续。请检查网络，或联系店长。",
+                  "it must first reach another branch (or import a branch's sync file) and "
+                  "fetch back what this branch wrote after the backup. Check the network, "
+                  "or ask a manager.")
+
+    def _who(self, who: str) -> dict[str, str]:
+        """The branch a restore wait names ("branch SH02"), by its display name."""
+        node = who.removeprefix("branch ") if who.startswith("branch ") else None
+        if node is None:
+            return {"who": "刚连上的分店", "who_en": "the branch heard from"}
+        name = self.branch_name(node)
+        return {"who": f"分店「{name}」", "who_en": f"branch {name}"}
 
     def _referral_refused(self, e: LedgerError) -> str | None:
         """A second referral of a member, said with the members' names: the library
@@ -667,6 +750,23 @@ _CLOCK_BACK = re.compile(r"this PC's clock reads (.+?) earlier than it did \(it 
                          r"up to ([0-9: -]+)\): .*")
 _NOSHOW_UNCONFIRMED = re.compile(r"booking \S+ has started by this PC's clock, which no "
                                  r"other branch has confirmed yet.*")
+# Why this PC may not write at all (LedgerBase._check_may_write), and what a restored
+# one waits for (Replica.peer_caught_up): Shop._may_not_write says them.
+_REVOKED = re.compile(r"the chain revoked branch \S+'s certificate .*", re.S)
+_FORKED = re.compile(r"branch \S+ wrote two different histories .*", re.S)
+_RESTORED = re.compile(r"restored from a backup of (.+?); (.*)", re.S)
+_WAIT_SENT = re.compile(r"this branch's log had left this PC as far as record (\d+), and "
+                        r"(.+?) holds it only to record (\d+): .*", re.S)
+_WAIT_OLD_FILE = re.compile(r"(.+?)'s file was made before this branch was restored: .*",
+                            re.S)
+_WAIT_FILE_AHEAD = re.compile(r"(.+?)'s file says it was made ([0-9: -]+), later than this "
+                              r"PC's clock: .*", re.S)
+_WAIT_NOT_HEARD = re.compile(r"(.+?) has heard nothing from this branch since the backup "
+                             r"\(.*?\), and (.+?) not yet: .*", re.S)
+_WAIT_BEHIND = re.compile(r"(.+?) holds this branch's log to record (\d+), only (\d+) of "
+                          r"it are here yet: .*", re.S)
+_WAIT_FORK = re.compile(r"(.+?) holds another history of this branch's log at record .*",
+                        re.S)
 _SPAN_ZH = {"d": "天", "h": "小时", "min": "分钟", "s": "秒"}
 
 
