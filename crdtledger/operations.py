@@ -568,6 +568,11 @@ def show_entry(entry: Mapping[str, Any], when: str = "") -> str:
         parts.append(f"{'+' if money > 0 else '-'}{format_yuan(abs(money))}")
     elif entry["kind"] in ("debit", "card", "package") and entry.get("amount"):
         parts.append(f"{format_yuan(entry['amount'])} paid at the till")
+    elif entry["kind"] == "refund" and entry.get("amount"):
+        # Of a sale paid at the till, back there by its method (the sale's `pay`, on
+        # its line): the line said only the points it took back.
+        parts.append(f"{format_yuan(entry['amount'])} refunded at the till "
+                     f"(as sale {entry.get('ref')} was paid)")
     if entry["kind"] == "merge":
         moved = ", ".join(f"{p} {format_purse(p, abs(c))}" for p, _n, c in entry["deltas"])
         parts.append(f"{moved} moved from {entry['member']} to {entry['to']}" if "to" in entry

@@ -1691,6 +1691,11 @@ def _describe(s: Shop, e: dict[str, Any]) -> str:
     elif kind in ("debit", "topup", "package") and e.get("pay"):
         # How it was paid: from the card (储值) or at the till, and by what.
         text += f" · {s.pay_label(str(e['pay']))}"
+    elif kind == "refund" and int(e.get("amount") or 0) > 0:
+        # Where the money went back: onto the card, or at the till by the sale's own
+        # method (the refund names only its sale): a wechat sale's refund read as
+        # stored value put back.
+        text += f" · {_refunded_by(s, e)}"
     if kind == "topup" and e.get("bonus"):
         text += tr("，送 {b}", ", bonus {b}", b=money(int(e["bonus"])))
     if kind == "redeem" and e.get("gift") and not e.get("goods"):
@@ -1698,6 +1703,25 @@ def _describe(s: Shop, e: dict[str, Any]) -> str:
     if e.get("coupon") and e.get("off"):
         text += tr("，券减 {off}", ", coupon {off} off", off=money(int(e["off"])))
     return text
+
+
+def _refunded_by(s: Shop, e: dict[str, Any]) -> str:
+    """How a refund's money went back: to the card's stored value, or by the method
+    its sale was paid with at the till."""
+    if _onto_card(e):
+        return tr("退回储值", "back to stored value")
+    try:
+        pay = str(s.ledger.entry(str(e.get("ref") or "")).get("pay") or "")
+    except LedgerError:  # its sale not here (erased, or not come yet): the till still
+        pay = ""
+    if not pay or pay in ("stored", "package"):
+        return tr("收银台退回", "paid back at the till")
+    return tr("{m}（原路退回）", "{m} (paid back the way it was paid)", m=s.pay_label(pay))
+
+
+def _onto_card(e: dict[str, Any]) -> bool:
+    """Did this entry put money on the card (stored value or bonus)?"""
+    return any(p in ("cash", "bonus") and int(c) > 0 for p, _n, c in e.get("deltas", ()))
 
 
 def _activity_name(s: Shop, code: str) -> str:
@@ -1773,8 +1797,10 @@ def _entry_amount(e: dict[str, Any]) -> tuple[str, str]:
         return "", ""
     if kind in ("debit", "package") and e.get("pay") == "stored":  # off the card
         return f"-{money(amount)}", ""
-    if kind in ("topup", "refund", "convert"):
+    if kind in ("topup", "convert") or (kind == "refund" and _onto_card(e)):
         return f"+{money(amount)}", "text-green-8"
+    # A refund of a sale paid at the till went back there (_refunded_by): the card
+    # is untouched, as by the sale.
     # Paid at the till (a service, a package, a card fee): the card is untouched.
     return money(amount), "text-gray-600"
 
