@@ -701,7 +701,9 @@ def figure_labels() -> dict[str, str]:
     them."""
     return {
         "opening": tr("期初未消费储值", "Prepaid at start"),
-        "collected": tr("充值本金", "Collected"),
+        # Top-ups and positive corrections both open lots (调整本金, crdtledger.settlement);
+        # negative corrections show apart, as 调减本金: "充值本金" hid the corrections.
+        "collected": tr("充值及调整本金", "Collected (top-ups and corrections)"),
         "served_own": tr("本店充值本店消费", "Served own"),
         "served_for_others": tr("为他店会员服务", "Served for others"),
         "served_by_others": tr("他店为本店会员服务", "Served by others"),
@@ -853,7 +855,7 @@ def settlement_page() -> None:
                                                              else "#C10015"}} for _n, v in nets]
         with ui.card().classes("w-full"):
             ui.label(tr("各分店明细", "Per branch")).classes("text-lg font-medium")
-            ui.label(tr("对账：期初未消费 + 充值本金 − 本店服务 − 为他店服务 − 调减本金 = "
+            ui.label(tr("对账：期初未消费 + 充值及调整本金 − 本店服务 − 为他店服务 − 调减本金 = "
                         "期末未消费 − 净额",
                         "Reconciliation: prepaid at start + collected − served own − served "
                         "for others − corrected away = unspent − net")
