@@ -405,8 +405,32 @@ def add_node_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-mdns", action="store_true", help="no LAN discovery")
 
 
+class _StoreOnce(argparse._StoreAction):
+    """An option of one value given twice at one place of the command line is refused:
+    argparse keeps the last, and `topup --amount 1.00 --amount 500.00` topped up 500.00
+    where the person (or the script's log) read 1.00. (The options `add_common` takes
+    before and after the command are two places: the one after wins, as said there.)"""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        held = getattr(namespace, self.dest, self.default)
+        if held is not self.default and held != self.default:
+            parser.error(f"{option_string} is given twice: give it once")
+        super().__call__(parser, namespace, values, option_string)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every parser of the command line (its subcommands' too: argparse makes them of
+    the parent's class), with options of one value given once."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog=PROG, description="Member and stored-value ledger of one branch node.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__} "
                         f"(sync protocol {PROTOCOL_VERSION})")
@@ -1006,41 +1030,10 @@ def run(args: argparse.Namespace, data_dir: Path) -> Result:
         return execute(ledger, name, params, args.operator, args.auth_password)
 
 
-def _given_twice(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
-    """The first option given more than once that takes one value (not one that
-    gathers several, such as a repeated --peer), if any."""
-    many: set[str] = set()
-    parsers = [parser]
-    while parsers:
-        p = parsers.pop()
-        for action in p._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                parsers.extend(action.choices.values())
-            elif isinstance(action, argparse._AppendAction | argparse._CountAction
-                            | argparse._ExtendAction):
-                many.update(action.option_strings)
-    seen: set[str] = set()
-    for token in argv:
-        if token == "--":
-            break
-        if not token.startswith("--"):
-            continue
-        flag = token.split("=", 1)[0]
-        if flag in seen and flag not in many:
-            return flag
-        seen.add(flag)
-    return None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    twice = _given_twice(parser, argv)
-    if twice:
-        # argparse keeps the last: `topup --amount 1.00 --amount 500.00` topped up
-        # 500.00 where the person (or the script's log) read 1.00.
-        parser.error(f"{twice} is given twice: give it once")
     data = getattr(args, "data", None) or os.environ.get(ENV_DATA)
     if not data and args.command != "chain":
         parser.error(f"no data directory: give --data DIR or set {ENV_DATA}")
