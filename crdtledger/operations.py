@@ -556,8 +556,10 @@ def show_balance(bal: Mapping[str, Any]) -> str:
     return f"{line}\npackages: {packages}" if packages else line
 
 
-def show_entry(entry: Mapping[str, Any], when: str = "") -> str:
-    """One line per ledger entry: what changed in the member's money and points."""
+def show_entry(entry: Mapping[str, Any], when: str = "", refunded_by: str | None = None
+               ) -> str:
+    """One line per ledger entry: what changed in the member's money and points.
+    `refunded_by`: of a refund, how the sale it names was paid (its `pay`)."""
     # A transfer moves rights between branches, a merge pair between the members of
     # one group (crdtledger.merge): the member's money does not change.
     money = 0 if entry["kind"] in ("transfer", "merge") else sum(
@@ -572,7 +574,8 @@ def show_entry(entry: Mapping[str, Any], when: str = "") -> str:
         # Of a sale paid at the till, back there by its method (the sale's `pay`, on
         # its line): the line said only the points it took back.
         parts.append(f"{format_yuan(entry['amount'])} refunded at the till "
-                     f"(as sale {entry.get('ref')} was paid)")
+                     + (f"by {refunded_by}, as the sale was paid" if refunded_by else
+                        f"(as sale {entry.get('ref')} was paid)"))
     if entry["kind"] == "merge":
         moved = ", ".join(f"{p} {format_purse(p, abs(c))}" for p, _n, c in entry["deltas"])
         parts.append(f"{moved} moved from {entry['member']} to {entry['to']}" if "to" in entry
@@ -829,7 +832,23 @@ def _show_history(ledger: Ledger, entries: Any, _p: Params) -> str:
     def when(e: Mapping[str, Any]) -> str:
         return datetime.fromtimestamp(e["at"] / 1000, tz).strftime("%Y-%m-%d %H:%M")
 
-    return "\n".join(show_entry(e, when(e)) for e in entries) or "no entries"
+    entries = list(entries)
+    paid = {e["id"]: e.get("pay") for e in entries}
+
+    def sale_pay(e: Mapping[str, Any]) -> str | None:
+        """How the sale a refund names was paid: on its own line, else in the store."""
+        ref = e.get("ref")
+        if e["kind"] != "refund" or not isinstance(ref, str):
+            return None
+        if ref not in paid:
+            try:
+                paid[ref] = ledger.entry(ref).get("pay")
+            except LedgerError:  # not held here (another branch's, a closed month)
+                paid[ref] = None
+        pay = paid[ref]
+        return str(pay) if pay else None
+
+    return "\n".join(show_entry(e, when(e), sale_pay(e)) for e in entries) or "no entries"
 
 
 @operation("history", "The member's ledger entries, newest first", needs=SERVES_MEMBERS,
