@@ -28,8 +28,13 @@ The rule (docs/design-notes.md, "Settlement by value served"):
   whose id sorts before its debit's (a branch whose clock ran ahead when it sold and
   was put right before it refunded) gives back as soon as the debit has taken,
   booked on the debit's day.
-- A negative cash correction takes lots FIFO with no debt: the value leaves the
-  books (`removed`, booked against the branch that collected it).
+- A negative cash correction takes, with no debt, first the lots collected at its
+  own branch, the newest first, then the others oldest first: the value leaves the
+  books (`removed`, booked against the branch that collected it). It undoes what its
+  branch put in by mistake (a top-up keyed too high, a correction in error), which
+  is that branch's latest lot; taken FIFO, it removed value another branch had
+  collected while the mistake's lot stood, and a member's own spending at the
+  collecting branch then owed the correcting one.
 - Member merge: a `merge` entry that lowers `cash` and names the survivor (`to`)
   takes the merged member's lots FIFO and moves them, each with its collecting
   branch and its place in FIFO order, to the survivor, at the moment of that entry.
@@ -37,8 +42,9 @@ The rule (docs/design-notes.md, "Settlement by value served"):
   read. A cash-lowering `merge` without `to` removes the value, as a correction.
 - Member exit (crdtledger.membership): an `exit_settle` entry with `step` refund pays
   the principal back in cash at its branch, read like a debit (the collecting branch
-  owes the paying one); with `step` forfeit it is read like a negative correction (the
-  value leaves the books as the collecting branch's income, `removed`).
+  owes the paying one); with `step` forfeit the value leaves the books as the collecting
+  branch's income, `removed`, as a correction's does, but taken FIFO (it ends all the
+  member's value: no branch undoes a mistake of its own).
 - Transfers (rights) are ignored entirely; points and package uses are not money.
 - Cash consumed with no lot left to take is *owed* by the member's next lot: a branch
   whose clock was set back after running ahead (hlc.py, eras) mints ids below those it
@@ -162,6 +168,27 @@ class _Book:
                 self.order.pop(0)
         return taken, amount
 
+    def undo(self, collector: str, amount: int) -> tuple[list[tuple[str, str, int]], int]:
+        """Up to `amount` from the lots `collector` collected, the newest first: what a
+        negative correction written at `collector` takes before any other lot (the
+        module's docstring). Taken as `take` gives it, with the part not found there."""
+        taken = []
+        i = len(self.order)
+        while amount and i:
+            i -= 1
+            key = self.order[i]
+            lot = self.lots[key]
+            if lot.collector != collector:
+                continue
+            n = min(lot.left, amount)
+            lot.left -= n
+            amount -= n
+            taken.append((key, collector, n))
+            if lot.left == 0:
+                del self.lots[key]
+                self.order.pop(i)  # only keys above i move: the walk down goes on
+        return taken, amount
+
 
 @dataclass
 class _Taking:
@@ -214,7 +241,13 @@ class _Replay:
         elif kind == "refund" and cash > 0:
             self.give_back(e, cash)
         elif kind in ("correction", "merge", "exit_settle") and cash < 0:  # exit: forfeit
-            taken, short = self.books[e["member"]].take(-cash)
+            book = self.books[e["member"]]
+            # A correction undoes what its branch put in by mistake: its own lots
+            # first, then (a branch correcting value it never collected) the oldest.
+            # A merge moves and a forfeit ends all the value, in FIFO order.
+            own, left = book.undo(node, -cash) if kind == "correction" else ([], -cash)
+            taken, short = book.take(left)
+            taken = own + taken
             target = self.books[e["to"]] if kind == "merge" and e.get("to") else None
             for key, collector, n in taken:
                 if target is not None:
