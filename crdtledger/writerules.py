@@ -27,6 +27,7 @@ from crdtledger.hlc import id_floor
 from crdtledger.lib0 import read_varuint
 from crdtledger.log import CLOSING_DOC, CUT_DOC, MARK_DOCS
 from crdtledger.model import ENTRY_KINDS, GOODS_PURSES, ID, month_over_ms
+from crdtledger.money import MAX_AMOUNT
 
 # Documents of chain governance: operators and roles, rules (prices, services,
 # levels, promotions, branch names, the revocation list).
@@ -143,6 +144,18 @@ RULES: tuple[WriteRule, ...] = (
                               "stored value and its stored sale of 0.00 took 90.00: the "
                               "settlement (deltas) and the day report (amount, pay) "
                               "disagreed"),
+    WriteRule("paid-moved", "a top-up's and a package sale's `paid` (what the till took, "
+                            "which the day report reads) is what their deltas move, as "
+                            "the honest writers put it: a top-up, paid at the till, adds "
+                            "its `amount` = `paid` of cash and lowers no cash nor bonus; "
+                            "a package paid from stored value (`pay` \"stored\") lowers "
+                            "cash and bonus by its amount together and has `paid` 0, one "
+                            "paid at the till lowers neither and has `paid` its amount. "
+                            "A liar's top-up saying 0.01 taken by wechat added 1,000.00 "
+                            "of cash, and its package said paid by wechat also took "
+                            "500.00 of stored value: the day report (paid, pay) and the "
+                            "settlement (deltas) disagreed, and an honest branch owed "
+                            "for value nobody paid"),
     WriteRule("governance", "operators, roles and rules are written only by a node the "
                             "chain grants governance (the head office's certificate); a "
                             "revocation list signed by the chain CA, by any branch"),
@@ -413,6 +426,8 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
             if kind in _AMOUNT_KINDS and len(counted) == len(deltas):
                 # (An entry with a malformed delta is quarantined by normalise_entry.)
                 check_amount_moved(doc, key, kind, new, counted)
+            if kind in _PAID_KINDS and len(counted) == len(deltas):
+                check_paid_moved(doc, key, kind, new, counted)
         if kind == "merge":
             merges[key] = new
         if kind == "expiry" and isinstance(deltas, list) and any(
@@ -500,6 +515,57 @@ def check_amount_moved(doc: str, key: str, kind: str, entry: dict[str, Any],
         raise RuleBroken("amount-moved", f"{doc}: entry {key}: a debit of amount "
                          f"{amount:g} paid by {str(pay)[:20]} lowers {lowered:g} of cash "
                          "and bonus")
+
+
+_PAID_KINDS = frozenset({"topup", "package"})
+# What `pay` names when nothing was taken at the till (model.PurseMethod; never a
+# payment method of the rule: rules.check refuses them as codes).
+_PURSE_PAYS = frozenset({"stored", _PACKAGE_PAY})
+
+
+def _fen(v: Any) -> bool:
+    """Whether `v` is what model.normalise_entry takes for an amount: whole fen, 0 to
+    MAX_AMOUNT (else it quarantines the entry, and the write rule leaves it be)."""
+    return type(v) in _NUMBER and 0 <= v <= MAX_AMOUNT and v == int(v)
+
+
+def check_paid_moved(doc: str, key: str, kind: str, entry: dict[str, Any],
+                     counted: list[tuple[Any, ...]]) -> None:
+    """Write rule paid-moved. The books read a top-up and a package sale twice: the
+    settlement by their deltas (cash collected, stored value served), the day report
+    by `paid` and `pay` (top-up cash and the till by method) and `amount` (card
+    sales, the member's level). Honest code writes them as one fact
+    (Payments.topup, Payments.sell_package, the only writers of either kind, as every
+    version has): a top-up adds `amount` of cash with `paid` = `amount` (plus a
+    promotion's bonus, which no till took) and takes nothing; its `pay` is a payment
+    method, never a purse (before methods were recorded it had none: read as cash). A
+    package adds its own uses (value-raise) and, paid from stored value, spends
+    `amount` of cash then bonus (`_spend`) with `paid` 0; paid at the till (any
+    method, or none: read as cash) it spends neither and `paid` is `amount`. A
+    missing `paid` reads as 0, as the day report reads it. A malformed `paid`,
+    `amount` or `pay` is left to model.normalise_entry, which quarantines the entry
+    at every replica. Refunds name debits only (Payments._debit), so no refund
+    undoes a package sale or a top-up; a sweep moves value by `merge` entries."""
+    amount = entry.get("amount", 0)
+    paid = entry.get("paid", 0)
+    pay = entry.get("pay")
+    if (not _fen(amount) or not _fen(paid) or (pay is not None and not isinstance(pay, str))
+            or not all(_fen(abs(c)) for _p, _n, c in counted)):
+        return
+    cash = sum(c for p, _n, c in counted if p == "cash")
+    lowered = -sum(c for p, _n, c in counted if (p == "cash" or p == "bonus") and c < 0)
+    if kind == "topup":
+        if pay in _PURSE_PAYS or lowered or not cash == paid == amount:
+            raise RuleBroken("paid-moved", f"{doc}: entry {key}: a top-up of amount "
+                             f"{amount:g} paid {paid:g} by {str(pay)[:20]} adds {cash:g} "
+                             f"of cash and lowers {lowered:g}")
+        return
+    stored = pay == "stored"
+    if (pay == _PACKAGE_PAY or lowered != (amount if stored else 0)
+            or paid != (0 if stored else amount)):
+        raise RuleBroken("paid-moved", f"{doc}: entry {key}: a package of amount "
+                         f"{amount:g} paid {paid:g} by {str(pay)[:20]} lowers {lowered:g} "
+                         "of cash and bonus")
 
 
 def check_card_records(node: str, doc: str, added: list[tuple[str, str, Any, Any]]) -> None:

@@ -91,7 +91,7 @@ BREAKS = {"entry-as-other": "entry-writer", "others-rights": "own-rights",
           "reward-other": "referral-reward", "reversal-other": "reversal-own",
           "give-back-other": "give-back-own", "points-raise": "raise-own",
           "booking-other": "booking-branch", "amount-claimed": "amount-moved",
-          "before-enrolled": "enrolled"}
+          "before-enrolled": "enrolled", "paid-claimed": "paid-moved"}
 FORGERIES = tuple(BREAKS)
 # A writer is judged by its first broken rule only (its later records are held,
 # unjudged), so each forgery is written by an identity of its own: the forger's
@@ -125,6 +125,11 @@ PLAIN: dict[str, Callable[[str, str, str], dict[str, Any]]] = {
     # A transfer of 1,000.00 that moves nothing (the audit trail showed the amount).
     "amount-claimed": lambda theirs, me, victim: {
         "kind": "transfer", "amount": 100_000, "to": victim, "deltas": []},
+    # A top-up saying 0.01 taken by wechat that adds 1,000.00 of cash (the day report
+    # read the 0.01, the settlement the 1,000.00).
+    "paid-claimed": lambda theirs, me, victim: {
+        "kind": "topup", "amount": 1, "paid": 1, "pay": "wechat",
+        "deltas": [["cash", me, 100_000]]},
 }
 
 

@@ -142,29 +142,33 @@ def test_a_liars_top_up_saying_more_paid_than_its_cash_raises_no_level(
         chain: Chain, tmp_path: Path) -> None:
     """SH03 wrote a top-up of 0.01 saying 10**12 paid: the member was gold at every
     branch (a discount at honest tills, paid by them). A top-up counts toward the
-    level only the cash it adds at its writer, as an honest one's `paid` is."""
+    level only the cash it adds at its writer, as an honest one's `paid` is; and since
+    write rule paid-moved no top-up whose `paid` is not the cash it adds is taken at
+    all (tests/test_paid_moved.py): refused here before it is written."""
     hq, sh02, liar = chain["SH01"], chain["SH02"], chain["SH03"]
     hq.set_rule(hq.owner, "levels", GOLD)
     m = hq.add_member(hq.owner, name="普通会员", phone="13800000002")
     chain.sync()
     sh02.topup(sh02.owner, m, 1000)
-    lie(liar, liar._entry("topup", m, deltas=[["cash", "SH03", 1]], amount=1,
-                          paid=10**12, pay="cash", op=liar.owner))
-    # 10**12 added and taken back in one entry: 0.01 net.
-    lie(liar, liar._entry("topup", m, deltas=[["cash", "SH03", 10**12],
-                                              ["cash", "SH03", 1 - 10**12]],
-                          amount=10**12, paid=10**12, pay="cash", op=liar.owner))
+    for lying in (liar._entry("topup", m, deltas=[["cash", "SH03", 1]], amount=1,
+                              paid=10**12, pay="cash", op=liar.owner),
+                  # 10**12 added and taken back in one entry: 0.01 net.
+                  liar._entry("topup", m, deltas=[["cash", "SH03", 10**12],
+                                                  ["cash", "SH03", 1 - 10**12]],
+                              amount=10**12, paid=10**12, pay="cash", op=liar.owner)):
+        with pytest.raises(PermissionDenied, match="paid-moved"):
+            lie(liar, lying)
     chain.sync()
     for led in chain.ls.values():
-        assert led.level(m)["topped"] == 1002
+        assert led.level(m)["topped"] == 1000
         assert led.level(m)["name"] == "普通会员"
     # A store projected by a build that took `paid` whole: summed again on opening.
     assert chain.reopened_projected_as(
-        "SH02", "3", "DELETE FROM totals WHERE member = ?", m).level(m)["topped"] == 1002
+        "SH02", "3", "DELETE FROM totals WHERE member = ?", m).level(m)["topped"] == 1000
 
 
 @pytest.mark.parametrize("raised_by", [
-    {"kind": "topup", "paid": 0, "pay": "cash"}, {"kind": "correction", "reason": "x"}])
+    {"kind": "topup", "paid": 10**12, "pay": "cash"}, {"kind": "correction", "reason": "x"}])
 def test_a_liars_cash_paid_out_by_its_settlement_leaves_the_level(
         chain: Chain, raised_by: dict[str, Any]) -> None:
     """SH03 raised a gold member's cash at SH03 by 10**12, by a top-up saying 0 paid or
@@ -172,7 +176,9 @@ def test_a_liars_cash_paid_out_by_its_settlement_leaves_the_level(
     saying it paid that out (counted off her top-ups): no money of hers moved, and she
     was demoted at every branch. Top-ups, corrections of cash and settlements count by
     the cash they move at their writer, net; so a top-up typed wrong (3,000.00 for
-    30.00) and put right by a correction no longer leaves a member gold for good."""
+    30.00) and put right by a correction no longer leaves a member gold for good. (A
+    top-up saying 0 paid is refused by write rule paid-moved since: the top-up here
+    says what it adds, and counts it, and the settlement takes it off again.)"""
     hq, sh02, liar = chain["SH01"], chain["SH02"], chain["SH03"]
     Staff(hq)
     hq.set_rule(hq.owner, "levels", GOLD)

@@ -658,7 +658,7 @@ def test_malformed_frames_change_nothing(greeted, frame: bytes) -> None:
 
 def _entry(member: str, node: str, eid: str, **fields: Any) -> dict[str, Any]:
     entry = {"id": eid, "kind": "topup", "member": member, "node": node, "op": "x",
-             "at": 1_767_225_600_000, "amount": 5, "deltas": [["cash", node, 5]]}
+             "at": 1_767_225_600_000, "amount": 5, "paid": 5, "deltas": [["cash", node, 5]]}
     entry.update(fields)
     return entry
 
