@@ -202,12 +202,19 @@ def import_file(ledger: Ledger, path: Path | str, *, operator: str | None = None
     # (Not a revoked branch's log: its records were dropped, not missing.)
     incomplete = sorted(n for n, (s, _) in logs.items()
                         if held.get(n, 0) < s and n not in plan.revoked)
+    # What was applied, not what was kept: a branch blocked for a proven fault has its
+    # later records kept (the evidence) and none taken, and "1 document changed" read
+    # as taken.
     out: dict[str, Any] = {"file": str(path), "from": data["node"], "records": len(new),
                            "documents": len({r.doc for r in data["batch"].recs} - MARK_DOCS),
-                           "changed": sorted({r.doc for r in new} - MARK_DOCS),
+                           "changed": sorted(set(plan.touched) - MARK_DOCS),
                            "incomplete": incomplete}
     if plan.revoked:
         out["revoked"] = sorted(plan.revoked)
+    blocked = ledger.storage.log.blocked()
+    kept = sorted({r.node for r in new if r.node in blocked})
+    if kept:
+        out["blocked"] = kept
     if restored is not None:
         # A restored node: whether this file ended its wait, or why not (what the till
         # says); None once it may sell.

@@ -612,7 +612,8 @@ IMPORTED = {"type": "object", "required": ["from", "documents", "changed"],
             "properties": {"from": STR, "documents": {"type": "integer"},
                            "changed": {"type": "array", "items": STR},
                            "incomplete": {"type": "array", "items": STR},
-                           "revoked": {"type": "array", "items": STR}}}
+                           "revoked": {"type": "array", "items": STR},
+                           "blocked": {"type": "array", "items": STR}}}
 
 
 def _download(data: bytes, name: str) -> web.Response:
@@ -638,8 +639,8 @@ async def sync_import(c: Call) -> dict[str, Any]:
     except RemoteProtocolError as e:  # damaged, foreign, newer format: nothing applied
         raise ApiError(400, e.code, f"the sync file was refused, nothing changed: {e}"
                        ) from None
-    return {k: info[k] for k in ("from", "documents", "changed", "incomplete", "revoked")
-            if k in info}
+    return {k: info[k] for k in ("from", "documents", "changed", "incomplete", "revoked",
+                                 "blocked") if k in info}
 
 
 async def backup(c: Call) -> web.Response:

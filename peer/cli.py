@@ -119,6 +119,9 @@ def _import(ledger: Ledger, operator: str, p: Params) -> Result:
     if info.get("revoked"):
         text += (f"\nnote: records of {', '.join(info['revoked'])} in the file were not "
                  "taken: the chain revoked its certificate")
+    if info.get("blocked"):
+        text += (f"\nnote: records of {', '.join(info['blocked'])} in the file were kept, "
+                 "not taken: blocked here for a proven fault (crdtledger status)")
     if info["incomplete"]:
         text += (f"\nwarning: this node lacks earlier changes that the file builds on "
                  f"({', '.join(info['incomplete'])}); ask {info['from']} for a full export "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,34 @@ def test_reimport_changes_nothing(a: Ledger, b: Ledger, tmp_path: Path) -> None:
     mine = snapshot(a)
     assert syncfile.import_file(a, f)["changed"] == []
     assert snapshot(a) == mine
+
+
+
+def test_a_blocked_branchs_later_records_are_said_kept_not_taken(tmp_path: Path) -> None:
+    """SH02's disk cloned and both copies sold: once SH01 holds both histories SH02 is
+    blocked, and its next file's records are kept (the evidence), none taken; the
+    import said "1 document changed", read as taken."""
+    a, b = new_ledger(tmp_path, "SH01"), new_ledger(tmp_path, "SH02")
+    m = b.add_member(b.owner, name="张伟", phone="13812345678")
+    b.topup(b.owner, m, 30_000)
+    syncfile.import_file(a, syncfile.export_file(b, tmp_path / "b0.sync")["file"])
+    b.close()
+    shutil.copytree(tmp_path / "sh02", tmp_path / "clone")
+    b, c = Ledger.open(tmp_path / "sh02"), Ledger.open(tmp_path / "clone")
+    try:
+        b.debit(b.owner, m, amount=10_000)
+        c.debit(c.owner, m, amount=20_000)
+        for src, name in ((b, "b1"), (c, "c1")):
+            syncfile.import_file(a, syncfile.export_file(src, tmp_path / f"{name}.sync")["file"])
+        assert "SH02" in a.storage.log.blocked()
+        before = a.balance(m)
+        b.topup(b.owner, m, 5_000)
+        got = syncfile.import_file(a, syncfile.export_file(b, tmp_path / "b2.sync")["file"])
+        assert got["changed"] == [] and got["blocked"] == ["SH02"], got
+        assert a.balance(m) == before
+    finally:
+        for lg in (a, b, c):
+            lg.close()
 
 
 def test_incremental_export_for_a_node(a: Ledger, b: Ledger, tmp_path: Path) -> None:
