@@ -92,7 +92,12 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 RESTORE_DAMAGED = ("Restore from the last good backup (crdtledger restore) and let the "
                    "branch catch up from its peers")
 # What a backup's key files may be called: the files of DATA/tls or DATA/keys.
-KEY_PATH = re.compile(r"^(tls|keys)/[A-Za-z0-9._-]{1,64}\Z")
+KEY_PATH = re.compile(r"^(?:(tls|keys)/[A-Za-z0-9._-]{1,64}|node\.toml)\Z")
+# The node's settings (peers, [counter], the [notify] gateways with their passwords):
+# carried beside the keys, sealed with them for the chain CA, so a branch restored on a
+# new PC finds its peers and sends its notices. Never in an open store's backup, whose
+# key files anyone holding it reads (crdtledger.seal).
+SETTINGS_FILE = "node.toml"
 TIME_FORMAT = "%Y-%m-%d %H:%M"
 
 
@@ -302,6 +307,8 @@ def write_backup(data_dir: Path, target_dir: Path, progress: Progress = _silent)
     ca_pem = keys.get(f"{TLS_DIR}/{CA_CERT}")
     body: dict[str, Any] = {"db": db_bytes, "keys": keys, "taken_at": taken_ms}
     if ca_pem is not None:
+        with contextlib.suppress(FileNotFoundError):
+            keys[SETTINGS_FILE] = (data_dir / SETTINGS_FILE).read_bytes()
         # Sealed for the chain CA too: every branch holds the chain secret that opens
         # the backup, and with these keys signs as this one (crdtledger.seal).
         body["keys"] = {}
@@ -446,6 +453,8 @@ def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
                 f"-shm files) out of {data_dir}, then restore")
         if not own_identity:
             for rel, content in keys.items():
+                if rel == SETTINGS_FILE and (data_dir / rel).exists():
+                    continue  # settings the owner wrote here first stay theirs
                 private_dir((data_dir / rel).parent)
                 write_private(data_dir / rel, content, sync=True)
         kept = None

@@ -165,6 +165,9 @@ def test_another_branch_holding_a_backup_cannot_take_the_branch_s_keys_from_it(
     the chain directory's ca.key opens them."""
     shop = make_shop(tmp_path)
     other = make_shop(tmp_path, node="SH02")
+    # Its settings go with the keys, sealed alike: the gateways' passwords are in them.
+    settings = b'peers = ["wss://hq.example.com:8470"]\n[notify.email]\npassword = "s3cret-smtp"\n'
+    (shop.data / "node.toml").write_bytes(settings)
     bk = write_backup(shop.data, tmp_path / "bk")
     node_key = (shop.data / "tls" / "node.key").read_bytes()
     # What SH02 can make of a chain directory without head office's ca.key.
@@ -183,6 +186,7 @@ def test_another_branch_holding_a_backup_cannot_take_the_branch_s_keys_from_it(
                               (other.data / "tls" / "chain.key").read_bytes())
     payload = unseal(trust, bk.read_bytes(), "backup", what="bk").payload
     assert node_key[30:60] not in payload and b"PRIVATE KEY" not in payload
+    assert b"s3cret-smtp" not in payload
     # Another CA's key opens nothing either.
     init_chain(tmp_path / "other-chain")
     shutil.copy(tmp_path / "other-chain" / "ca.key", forged / "ca.key")
@@ -192,6 +196,8 @@ def test_another_branch_holding_a_backup_cannot_take_the_branch_s_keys_from_it(
     # Head office's chain directory does, and in place the node's own keys do.
     assert restore(bk, fresh, chain_dir=shop.chain)["keys"] == "restored"
     assert (fresh / "tls" / "node.key").read_bytes() == node_key
+    # A restored branch on a new PC finds its peers and sends its notices.
+    assert (fresh / "node.toml").read_bytes() == settings
     assert restore(bk, shop.data)["keys"] == "kept"
 
 
