@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -73,11 +74,12 @@ from typing import TYPE_CHECKING, Any, Literal, cast, get_args
 
 from pycrdt import Map
 
-from crdtledger import bookings, escrow, views
+from crdtledger import bookings, escrow, localtime, views
 from crdtledger.commit import Write, note_edit
 from crdtledger.coupons import PREFIX as COUPON_PURSE
 from crdtledger.coupons import Coupons, purse_of
 from crdtledger.errors import InvalidInput, LedgerError, NotFound, PermissionDenied
+from crdtledger.hlc import id_time_ms
 from crdtledger.inputs import check_text
 from crdtledger.model import ID, PERMISSIONS, SERVICE_CODE, member_doc, owner_of
 from crdtledger.money import check_amount
@@ -200,6 +202,12 @@ def referral_status(approvals: list[dict[str, Any]], granted: bool) -> tuple[
 # The text fields each kind of entry is read by here.
 _NEEDS = {"referral": ("referrer",), "approval": ("step",), "exit": ("step",),
           "exit_settle": ("step",)}
+
+
+def _joined_ms(conn: sqlite3.Connection, member: str) -> int:
+    """When the member first registered (the wall time of its id; of the first of its
+    merge group: the duplicate registered first is when she joined)."""
+    return min(id_time_ms(m) for m in views.member_group(conn, member))
 
 
 def _well_formed(e: Mapping[str, Any]) -> bool:
@@ -359,7 +367,8 @@ class Membership(Coupons):
         self.authorise(operator, "member.add")
         self._known(member)
         referrer = self.check_referrer(referrer)
-        if views.canonical(self.storage.conn, member) == referrer:
+        conn = self.storage.conn
+        if views.canonical(conn, member) == referrer:
             raise InvalidInput("a member cannot refer themself")
         entry = self._entry("referral", member, referrer=referrer, op=operator)
 
@@ -368,6 +377,28 @@ class Membership(Coupons):
             if first is not None:
                 raise InvalidInput(f"member {member} was referred already, by "
                                    f"{first['referrer']} ({first['id']})")
+            # Recorded when the member joins or right after (design notes, "Membership
+            # workflows"): the referrer was a member already. One who joined after her
+            # was rewarded for bringing in someone who came first (an old member
+            # "referred" by a newer one; two friends each recorded as the other's
+            # referrer). By each one's first registration (a merged duplicate's
+            # counts), to the millisecond: branches' clocks are kept within minutes of
+            # the chain's, and a member added with --referrer is minted after the
+            # referrer it read.
+            joined, theirs_ms = _joined_ms(conn, member), _joined_ms(conn, referrer)
+            if theirs_ms > joined:
+                z = localtime.zone(cast("Ledger", self))
+                raise InvalidInput(
+                    f"{referrer} joined on {localtime.show(theirs_ms / 1000, z)}, after "
+                    f"member {member} (on {localtime.show(joined / 1000, z)}), and cannot "
+                    "have referred them: a referrer is a member already when the member "
+                    "joins; nothing was recorded")
+            theirs = self.referral_of(referrer)
+            if theirs is not None and views.canonical(
+                    conn, str(theirs["referrer"])) == views.canonical(conn, member):
+                raise InvalidInput(
+                    f"{referrer} was referred by member {member} ({theirs['id']}): two "
+                    "members cannot refer each other; nothing was recorded")
             return [self._entry_write(entry)], entry
 
         return self._commit(plan)

@@ -118,6 +118,41 @@ def test_referral_refusals_change_nothing(a: Ledger) -> None:
     refused(a, [old, new], PermissionDenied, lambda: a.approve_referral(staff.hq, r, 1))
 
 
+def test_a_referrer_who_joined_later_or_was_referred_by_the_member_is_refused(
+        a: Ledger, clock: FakeClock) -> None:
+    """老带新 backwards: an old member "referred" by one who joined after her, and two
+    members each recorded as the other's referrer, were both rewarded."""
+    a.set_rule(a.owner, "referral", {"reward": "points", "points": 500})
+    old = a.add_member(a.owner, name="老王", phone="13800000001")
+    clock.advance_days(1)
+    new = a.add_member(a.owner, name="小李", phone="13800000002")
+    refused(a, [old, new], InvalidInput, lambda: a.refer(a.owner, old, new),
+            match=r"joined on 2026-01-02 08:00:00, after member .* \(on 2026-01-01 "
+                  r"08:00:00\), and cannot have referred them")
+    a.refer(a.owner, new, old)
+    # Joined in the same millisecond (this clock stands still): the pair is refused
+    # by who referred whom.
+    p = a.add_member(a.owner, name="小张", phone="13800000003")
+    q = a.add_member(a.owner, name="小赵", phone="13800000004")
+    a.refer(a.owner, q, p)
+    refused(a, [p, q], InvalidInput, lambda: a.refer(a.owner, p, q),
+            match="was referred by member .*: two members cannot refer each other")
+
+
+def test_cli_refuses_a_backwards_referral(cli: Cli, tmp_path: Path) -> None:
+    data = tmp_path / "sh01"
+    assert cli("init", "--node", "SH01", data=data).code == 0
+    old = cli("member", "add", "--name", "甲", "--phone", "13800000001", "--json",
+              data=data).json()["member_id"]
+    new = cli("member", "add", "--name", "乙", "--phone", "13800000002", "--referrer", old,
+              "--json", data=data).json()["member_id"]
+    bad = cli("referral", "add", "--member", old, "--referrer", new, "--json", data=data)
+    refusal = json.loads(bad.out)
+    assert bad.code != 0 and refusal["error"] == "invalid_input"
+    assert f"{new} joined on" in refusal["message"], refusal
+    assert len(cli("referral", "list", "--json", data=data).json()) == 1
+
+
 def test_a_rejected_referral_gives_nothing(a: Ledger) -> None:
     staff = Staff(a)
     a.set_rule(a.owner, "referral", {"reward": "bonus", "bonus": 5000})
