@@ -158,8 +158,18 @@ class Payments(Merges, Rules):
         pay = self._pay(pay)
         member, _ = self._resolve(member, card, pin)
         approved = None
-        if amount > int(self.rule("approval")["topup_limit"]):
-            approved = self._approve(operator, approver, f"a top-up of {format_yuan(amount)}")
+        # Counted with what this operator topped up for the member today without an
+        # approver, as corrections are (`_unapproved_today`): one top-up of 5,000.01
+        # needed an approver, three of 5,000.00 needed none. Only the member's: a
+        # cashier's day of top-ups for many members is the till's business, not one
+        # amount split.
+        before = self._topped_up_today(operator, member)
+        if amount + before > int(self.rule("approval")["topup_limit"]):
+            what = f"a top-up of {format_yuan(amount)}"
+            if before:
+                what += (f" (after {format_yuan(before)} topped up for this member today "
+                         "without one)")
+            approved = self._approve(operator, approver, what)
         bonus, promo = 0, None
         for p in self.rule("promotions"):
             if amount >= int(p["min"]) and int(p["bonus"]) > bonus:
@@ -813,6 +823,14 @@ class Payments(Merges, Rules):
             "SELECT member, amount, body FROM entries WHERE id >= ? AND kind = ? AND "
             "node = ? AND op = ? AND json_extract(body, '$.approver') IS NULL",
             (self.storage.day_start_id(self.today()), kind, self.node, operator))]
+
+    def _topped_up_today(self, operator: str, member: str) -> int:
+        """What `operator` topped up today here without an approver for `member` (any
+        member of its merge group)."""
+        conn = self.storage.conn
+        group = set(views.member_group(conn, member))
+        return sum(amount for m, amount, _body in self._unapproved_today(operator, "topup")
+                   if m in group)
 
     def _corrected_today(self, operator: str) -> int:
         """What `operator`'s corrections today here without an approver were worth, each

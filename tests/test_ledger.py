@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Cli
 from helpers import (
     FakeClock,
     Net,
@@ -780,6 +781,39 @@ def test_corrections_split_under_the_limit_still_need_an_approver(a: Ledger) -> 
     refused(a, [m], ApprovalRequired, lambda: a.correct(mgr, m, "cash", 1, "still over"))
     a.correct(boss, m, "cash", 10000, "boss's own day")  # another operator: afresh
     assert a.balance(m)["cash"] == 6000 - 4000 + 10000 + 10000
+
+
+def test_top_ups_split_under_the_limit_still_need_an_approver(a: Ledger) -> None:
+    """Three top-ups of 5,000.00 (the limit) for one member by the owner alone passed,
+    while one of 5,000.01 needed an approver. Counted per operator and member: another
+    member's top-ups are the till's day, not one amount split; approved ones do not
+    count."""
+    o = a.owner
+    m, other = member(a), member(a, phone="13900000002")
+    a.add_operator(o, "boss", "bosspass", roles=["manager"])
+    a.topup(o, m, 300000)
+    a.topup(o, m, 200000)
+    refused(a, [m], ApprovalRequired, lambda: a.topup(o, m, 1),
+            match=r"a top-up of 0.01 \(after 5000.00 topped up for this member today "
+                  r"without one\) needs an approver")
+    a.topup(o, other, 500000)  # another member's: afresh
+    e = a.topup(o, m, 500000, approver=("boss", "bosspass"))
+    assert e["approver"]
+    refused(a, [m], ApprovalRequired, lambda: a.topup(o, m, 1))
+    assert a.balance(m)["cash"] == 1_000_000
+
+
+def test_cli_top_ups_split_need_an_approver(cli: Cli, tmp_path: Path) -> None:
+    data = tmp_path / "sh01"
+    assert cli("init", "--node", "SH01", data=data).code == 0
+    mid = cli("member", "add", "--name", "甲", "--phone", "13800000001", "--json",
+              data=data).json()["member_id"]
+    for _ in range(2):
+        assert cli("topup", "--member", mid, "--amount", "2500.00", data=data).code == 0
+    r = cli("topup", "--member", mid, "--amount", "5000.00", "--json", data=data)
+    assert r.code != 0 and json.loads(r.out)["error"] == "approval_required", r
+    assert "after 5000.00 topped up for this member today" in json.loads(r.out)["message"]
+    assert cli("balance", "--member", mid, "--json", data=data).json()["cash"] == 500000
 
 
 def test_a_clock_set_back_gives_no_fresh_correction_limit(tmp_path: Path) -> None:
