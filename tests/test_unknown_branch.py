@@ -250,3 +250,26 @@ def test_through_the_api_a_transfer_or_shipment_to_no_branch_changes_nothing(
         assert status == 200, out
 
     drive(tmp_path, go)
+
+
+def test_the_stock_of_no_branch_is_refused_not_shown_as_none(tmp_path: Path) -> None:
+    """GET /goods/G1/stock?branch=XX99 answered 200 {"qty": 0} for a branch that does
+    not exist, where shipping there says it is no branch: a typo read as a shelf
+    holding none. A branch the rule names is shown, holding none or what it holds."""
+    async def go(ledger: Ledger, api: Api) -> None:
+        boss = await api.login("boss", BOSS_PW)
+        status, _ = await api.call("POST", "/rules", {"kind": "branches", "body": BRANCHES},
+                                   token=boss)
+        assert status in (200, 201)
+        stocked(ledger)
+        status, out = await api.call("GET", "/goods/G1/stock?branch=XX99", token=boss)
+        assert (status, out["error"]) == (400, "invalid_input"), out
+        assert out["message"].startswith("XX99 is not a branch of this chain (known "
+                                         "here: SH01, SH02)"), out
+        assert await api.call("GET", "/goods/G1/stock?branch=SH02", token=boss) == (
+            200, {"branch": "SH02", "qty": 0})
+        assert await api.call("GET", "/goods/G1/stock?branch=SH01", token=boss) == (
+            200, {"branch": "SH01", "qty": 5})
+
+    drive(tmp_path, go)
+
