@@ -34,6 +34,8 @@ PHONE_MAX = 21  # characters, as the pattern before digits were counted took the
 # A resident ID card number (居民身份证号): 18 characters, the last a check digit or X
 # (GB 11643, ISO 7064 MOD 11-2), or the old 15 digits. Optional; duplicates compare it.
 ID_NO = re.compile(r"^([0-9]{17}[0-9Xx]|[0-9]{15})\Z")
+# The earliest birthday taken: one before it is a typo (1890 for 1980).
+BIRTH_FROM = "1900-01-01"
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 
 
@@ -54,7 +56,7 @@ class Members(Auth):
         fields = _member_fields(
             {"name": name, "phone": phone, "gender": gender, "birthday": birthday,
              "anniversary": anniversary, "home": home or self.node, "notes": notes,
-             **({"id_no": id_no} if id_no else {}), **notice})
+             **({"id_no": id_no} if id_no else {}), **notice}, self.today())
         self._require_home(fields["home"])
         if _phone_holders(self.storage.conn, fields["phone"]):
             raise InvalidInput(f"phone {fields['phone']} is registered to another member")
@@ -91,7 +93,7 @@ class Members(Auth):
                                    f"chain's levels: {', '.join(names)}")
         if "deleted" in fields:
             self.authorise(operator, "member.delete")
-        f = _member_fields(fields)
+        f = _member_fields(fields, self.today())
         if f.get("home"):  # a home kept as it was is not judged again (a retired branch)
             (home,) = self.storage.conn.execute(
                 "SELECT home FROM members WHERE id = ?", (member,)).fetchone()
@@ -186,7 +188,8 @@ def _gone(member: str, profile: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _member_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+def _member_fields(fields: Mapping[str, Any], today: str) -> dict[str, Any]:
+    """The fields checked; `today` the branch's day, after which no one was born."""
     unknown = set(fields) - set(MEMBER_FIELDS)
     if unknown:
         raise InvalidInput(f"unknown member fields {sorted(unknown)}")
@@ -209,6 +212,12 @@ def _member_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
         if out.get(k) and not _calendar_day(out[k]):
             raise InvalidInput(f"{k} must be a day of the calendar like 1990-05-17 or 05-17, "
                                f"not {out[k]!r}")
+    # A day of the calendar, but no one's birthday: 2099-01-01 was kept, and the
+    # member's age and greetings read from it. Only a whole date: 05-17 has no year.
+    born = out.get("birthday")
+    if born and len(born) == 10 and not BIRTH_FROM <= born <= today:
+        raise InvalidInput(f"birthday must be a day already past, from {BIRTH_FROM} to "
+                           f"today ({today}), like 1990-05-17 or 05-17, not {born!r}")
     if out.get("home"):
         check_node_id(out["home"])
     if out.get("id_no"):

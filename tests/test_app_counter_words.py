@@ -75,6 +75,9 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("member.edit", {"phone": "13987654321"}, "13987654321"),  # 李娜's
     ("member.edit", {"email": "not-an-email"}, "not-an-email"),
     ("member.edit", {"birthday": "2026-02-30"}, "2026-02-30"),
+    ("member.edit", {"birthday": "2099-01-01"}, "2099-01-01"),
+    ("member.add", {"name": "测试", "phone": "13900000001", "birthday": "1899-12-31"},
+     "1899-12-31"),
     ("member.edit", {"anniversary": "2026-02-30"}, "2026-02-30"),
     ("member.edit", {"level": "钻石"}, "钻石"),
     ("member.edit", {"notes": "x" * 201}, "x" * 201),

@@ -125,6 +125,25 @@ def test_a_birthday_no_calendar_has_is_refused(cli: Cli, tmp_path: Path) -> None
     assert r.code == 0, r.err
 
 
+def test_a_birthday_to_come_or_before_1900_is_refused(cli: Cli, tmp_path: Path) -> None:
+    """2099-01-01 was kept as a member's birthday, on add and on edit."""
+    data = tmp_path / "sh01"
+    assert cli("init", "--node", "SH01", "--chain", "acme", data=data).code == 0
+    for day in ("2099-01-01", "1899-12-31"):
+        r = cli("member", "add", "--name", "王芳", "--phone", "13800000001",
+                "--birthday", day, data=data)
+        said = "birthday must be a day already past, from 1900-01-01 to today"
+        assert r.code == 1 and said in r.err and repr(day) in r.err, (day, r)
+    mid = cli("member", "add", "--name", "王芳", "--phone", "13800000001", "--birthday",
+              "1900-01-01", "--json", data=data).json()["member_id"]
+    r = cli("member", "edit", "--member", mid, "--birthday", "2099-01-01", data=data)
+    assert r.code == 1 and "a day already past" in r.err, r
+    for day in ("05-17", "2000-02-29"):
+        assert cli("member", "edit", "--member", mid, "--birthday", day, data=data).code == 0
+    shown = cli("member", "show", "--member", mid, "--json", data=data).json()
+    assert shown["birthday"] == "2000-02-29", shown
+
+
 def test_a_blank_tag_or_field_name_is_refused(tmp_path: Path) -> None:
     a = new_ledger(tmp_path, "SH01")
     try:
