@@ -143,6 +143,22 @@ def check_rule(body: Any) -> None:
                  f"{a!r} is neither an e-mail address nor a phone number")
 
 
+def check_branches(body: Any, branches: Any) -> None:
+    """Refuse a daily report of a branch the rule `branches` (`branches`, as in force)
+    does not name: SH1 for SH01 was taken, and its report, due at no node, never
+    came, nor did anything say so. Without a branches rule the chain has not said
+    which branches it has (a new branch may not have synced yet): any node id is
+    taken. After check_rule."""
+    if not isinstance(branches, dict) or not branches:
+        return
+    for d in body.get("daily") or ():
+        branch = d.get("branch", "all")
+        _req(branch == "all" or branch in branches,
+             f"the daily report of {branch}: no branch {branch} is in the rule branches "
+             f"({', '.join(sorted(branches))}), so it would never be sent; name one of "
+             "them, or all, or add the branch to the rule branches first")
+
+
 def rule_of(body: Mapping[str, Any] | None) -> dict[str, Any]:
     return {**DEFAULT_RULE, **(body or {})}
 

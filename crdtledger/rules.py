@@ -134,6 +134,11 @@ class Rules(Auth):
         _check_rule(kind, body)
         eff = effective_from or self.today()
         check_date(eff, "effective_from")
+        if kind == "notifications":  # what the shape check cannot know: the branches
+            try:
+                notices.check_branches(body, self.rule("branches", eff))
+            except InvalidInput as e:
+                raise InvalidInput(f"rule notifications was not set: {e}") from None
         if kind == "checkin":
             # Versions are folded per code (`rule`): one leaving out an activity still
             # open would be taken as removing nothing. Said rather than ignored. One

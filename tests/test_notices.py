@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from aiohttp import web
+from conftest import Cli
 from helpers import FakeClock, name_branches, new_ledger, sync
 
 from crdtledger import notices, operations, outbox
@@ -234,6 +235,32 @@ def test_bad_notification_rules_are_refused_with_a_sentence_and_change_nothing(
     with pytest.raises(InvalidInput, match=says):
         op(ledger, "rule.set", kind="notifications", body=body)
     assert ledger.rule("notifications") == before
+
+
+def test_a_daily_report_of_a_branch_the_chain_does_not_name_is_refused(
+        ledger: Ledger, cli: Cli, tmp_path: Path) -> None:
+    """SH1 for SH01 was taken, and the report, due at no node, never came. Without a
+    branches rule any node id is taken (a new branch may not have synced yet)."""
+    def daily(branch: str) -> dict[str, Any]:
+        return {"daily": [{"branch": branch, "at": "21:00", "to": ["boss@example.com"]}]}
+
+    op(ledger, "rule.set", kind="notifications", body=daily("SH1"))
+    op(ledger, "rule.set", kind="branches", body={"SH01": "南京西路店", "SH02": "徐家汇店"})
+    before = ledger.rule("notifications")
+    with pytest.raises(InvalidInput, match=r"the daily report of SH1: no branch SH1 is in "
+                       r"the rule branches \(SH01, SH02\)"):
+        op(ledger, "rule.set", kind="notifications", body=daily("SH1"))
+    assert ledger.rule("notifications") == before
+    for ok in ("SH02", "all"):
+        op(ledger, "rule.set", kind="notifications", body=daily(ok))
+    # The owner's command, as the probe typed it.
+    data = tmp_path / "hq"
+    assert cli("init", "--node", "HQ", data=data).code == 0
+    assert cli("rule", "set", "branches", "--json-body", '{"SH01": "南京西路店"}',
+               data=data).code == 0
+    r = cli("rule", "set", "notifications", "--json-body", json.dumps(daily("SH1")),
+            data=data)
+    assert r.code == 1 and "no branch SH1 is in the rule branches (SH01)" in r.err, r
 
 
 def test_bad_member_notice_fields_are_refused(ledger: Ledger) -> None:
