@@ -109,6 +109,8 @@ GOODS = pa.schema([
     ("price", pa.int64()), ("cost", pa.int64()), ("barcode", pa.string()),
 ])
 
+# The files of each month (`entries/month=YYYY-MM/part-0.parquet`...).
+MONTH_TABLES = ("entries", "goods_sales")
 Progress = Callable[[str], None]
 BIRTHDAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 MONTH = re.compile(r"[0-9]{4}-[0-9]{2}")
@@ -142,24 +144,27 @@ def export(ledger: Ledger, out: Path | str, progress: Progress | None = None
         rows = 0
         for month, fingerprint in months.items():
             have = kept.get(month)
+            recorded = (have or {}).get("bytes")
+            # An older (or edited) manifest records none: `_intact` reads the file's end.
+            was: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
             if (have is not None and have.get("fingerprint") == fingerprint
-                    and (out / "entries" / f"month={month}" / PART).exists()
-                    and (out / "goods_sales" / f"month={month}" / PART).exists()):
+                    and all(_intact(out / table / f"month={month}" / PART, was.get(table))
+                            for table in MONTH_TABLES)):
                 continue
             entries = _month_entries(ledger, month)
-            _write(out / "entries" / f"month={month}" / PART,
-                   _entry_table(entries, members))
             sales, left_out = _goods_sales(conn, entries, members)
-            _write(out / "goods_sales" / f"month={month}" / PART, sales)
+            wrote = {table: _write(out / table / f"month={month}" / PART, rows_of)
+                     for table, rows_of in (("entries", _entry_table(entries, members)),
+                                            ("goods_sales", sales))}
             kept[month] = {"fingerprint": fingerprint, "entries": len(entries),
-                           "goods_sales": sales.num_rows,
+                           "goods_sales": sales.num_rows, "bytes": wrote,
                            **({"costs_left_out": left_out} if left_out else {})}
             written.append(month)
             rows += len(entries)
             tell(f"{month}: {len(entries)} entries, {sales.num_rows} goods sales")
         # Months no longer there (a restored store of an older state): their files go.
         for month in sorted(set(kept) - set(months)):
-            for table in ("entries", "goods_sales"):
+            for table in MONTH_TABLES:
                 (out / table / f"month={month}" / PART).unlink(missing_ok=True)
             del kept[month]
         member_rows = _member_table(ledger, members)
@@ -168,12 +173,16 @@ def export(ledger: Ledger, out: Path | str, progress: Progress | None = None
         if own_read:
             conn.execute("COMMIT")
     others = {}
+    held = manifest.get("bytes")
+    sizes: dict[str, Any] = held if isinstance(held, dict) else {}
     for name, table in (("members", member_rows), ("goods", goods_rows)):
         digest = _table_digest(table)
-        if manifest.get(name) != digest or not (out / f"{name}.parquet").exists():
-            _write(out / f"{name}.parquet", table)
+        if manifest.get(name) != digest or not _intact(out / f"{name}.parquet",
+                                                      sizes.get(name)):
+            sizes[name] = _write(out / f"{name}.parquet", table)
             manifest[name] = digest
             others[name] = table.num_rows
+    manifest["bytes"] = sizes
     _write_manifest(out, manifest)
     return {"out": str(out), "months_written": written, "entries_written": rows,
             "months_unchanged": len(months) - len(written),
@@ -438,8 +447,24 @@ def _table_digest(table: pa.Table) -> str:
     return h.hexdigest()
 
 
-def _write(path: Path, table: pa.Table) -> None:
-    """Replace `path` whole: a reader (or a crash) sees the old file or the new one.
+def _intact(path: Path, size: Any) -> bool:
+    """Whether `path` is still the file an export wrote: of the size the manifest
+    recorded. A month's file emptied (a disk full, a copy cut short) was trusted by
+    the manifest, "no month changed", and every query of the directory failed on
+    it. A manifest of before sizes were kept: a file that ends as Parquet does."""
+    try:
+        found = path.stat().st_size
+        if type(size) is int:
+            return found == size
+        with path.open("rb") as f:
+            return found >= 12 and f.seek(-4, os.SEEK_END) >= 0 and f.read(4) == b"PAR1"
+    except OSError:  # gone, or not a file any more
+        return False
+
+
+def _write(path: Path, table: pa.Table) -> int:
+    """Replace `path` whole: a reader (or a crash) sees the old file or the new one;
+    its size, for the manifest (`_intact`).
 
     0600 in 0700 directories, as every other output (a backup, a sync file, a CSV):
     the files followed the umask (0644, 0755), and pseudonyms aside they hold every
@@ -448,7 +473,9 @@ def _write(path: Path, table: pa.Table) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with private_file_open(tmp) as f:
         pq.write_table(table, f, compression="zstd")
+    size = tmp.stat().st_size
     os.replace(tmp, path)
+    return size
 
 
 def _read_manifest(out: Path, chain: str) -> dict[str, Any]:

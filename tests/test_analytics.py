@@ -483,3 +483,42 @@ def test_every_field_of_an_entry_is_exported_or_named_left_out() -> None:
     assert fields == exported | set(analytics.LEFT_OUT), sorted(
         fields ^ (exported | set(analytics.LEFT_OUT)))
     assert not set(analytics.INT_FIELDS) - model._OPTIONAL_INTS
+
+
+def test_a_file_emptied_or_cut_short_is_written_again(tmp_path: Path) -> None:
+    """A month's file emptied (a disk full, a copy cut short): the next run said "no
+    month changed", trusting the manifest, and DuckDB then failed on every query of the
+    directory. A file not of the size the manifest recorded is written again, and one
+    of a manifest from before sizes were kept, if it does not end as Parquet does."""
+    from helpers import new_ledger
+
+    a = new_ledger(tmp_path, "SH01")
+    try:
+        m = a.add_member(a.owner, name="张伟", phone="13800000001")
+        a.topup(a.owner, m, 10_000)
+    finally:
+        a.close()
+    data, out = tmp_path / "sh01", tmp_path / "analytics"
+    first = export(data, out)
+    [month] = first["months_written"]  # type: ignore[misc]
+    part = out / "entries" / f"month={month}" / "part-0.parquet"
+    rows = pq.read_table(part).num_rows
+    assert rows == 1
+    assert export(data, out)["months_written"] == []  # unchanged: nothing written
+    part.write_bytes(b"")
+    cut = out / "members.parquet"
+    cut.write_bytes(cut.read_bytes()[:-1])  # the same size less a byte
+    again = export(data, out)
+    assert again["months_written"] == [month] and again["rewritten"] == ["members"], again
+    assert pq.read_table(part).num_rows == rows and pq.read_table(cut).num_rows == 1
+    # A manifest an older export wrote (no sizes): a file that is no Parquet is found too.
+    manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    for kept in manifest["months"].values():
+        del kept["bytes"]
+    del manifest["bytes"]
+    (out / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    goods = out / "goods_sales" / f"month={month}" / "part-0.parquet"
+    goods.write_bytes(b"PAR1")
+    assert export(data, out)["months_written"] == [month]
+    assert pq.read_table(goods).num_rows == 0
+    assert export(data, out)["months_written"] == []
