@@ -37,7 +37,7 @@ from crdtledger.money import apply_rate, check_amount, check_count, format_yuan,
 
 # The walk-in customer is the payments' (a service sold at the till has one too); it
 # is named here as well, where the goods sales that began it are.
-from crdtledger.payments import Payments, _spend
+from crdtledger.payments import Payments, _spend, times
 from crdtledger.payments import is_walk_in as is_walk_in
 from crdtledger.payments import walk_in as walk_in
 from crdtledger.rules import _check_goods
@@ -210,7 +210,9 @@ class Goods(Payments):
                      deltas: list[tuple[str, str, int]], operator: str,
                      stock_id: str | None = None, **extra: Any) -> dict[str, Any]:
         return self._entry("stock", stock_id or str(item["stock"]), deltas=deltas,
-                           amount=int(item.get("cost", 0)) * qty, qty=qty, reason=reason,
+                           amount=times(int(item.get("cost", 0)), qty,
+                                        f"{item['code']} (cost)"),
+                           qty=qty, reason=reason,
                            goods=str(item["code"]), op=operator, **extra)
 
     def _post_stock(self, item: Mapping[str, Any], qty: int, lowers: str | None,
@@ -269,7 +271,7 @@ class Goods(Payments):
         # cost they were written at): eight of 100.00 passed where one of 110.00 did not.
         before = sum(amount for _stock, amount, body in self._unapproved_today(operator, "stock")
                      if body.get("reason") == "adjust")
-        worth = qty * int(item.get("cost", 0))
+        worth = times(int(item.get("cost", 0)), qty, f"{item['code']} (cost)")
         if worth + before > limit:
             approved = self._approve(operator, approver, f"a stock adjustment of {change:+d} "
                                      f"{item['name']} ({format_yuan(worth)} at cost"
@@ -326,7 +328,7 @@ class Goods(Payments):
         item = self.goods_item(code)
         qty = check_count(qty, "quantity")
         day = self.today()
-        gross = int(item.get("price", 0)) * qty
+        gross = times(int(item.get("price", 0)), qty, str(item["code"]))
         rate, lvl, points, expires = "1", None, 0, None
         if member is None and card is None:
             if pay == "stored":
@@ -389,7 +391,7 @@ class Goods(Payments):
         price = int(item.get("points_price", 0))
         if price <= 0:
             raise InvalidInput(f"{item['name']} ({item['code']}) is not a gift for points")
-        points = check_count(price * qty, "points")
+        points = times(price, qty, str(item["code"]), points=True)
         member, _ = self._resolve(member, card, pin)
 
         def plan() -> tuple[list[Write], dict[str, Any]]:

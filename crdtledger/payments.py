@@ -27,6 +27,7 @@ from crdtledger.inputs import check_text
 from crdtledger.merge import Merges
 from crdtledger.model import GOODS_PURSES, ID, MONEY_PURSES, PURSE, PURSE_METHODS, WALK_IN
 from crdtledger.money import (
+    MAX_AMOUNT,
     apply_rate,
     check_amount,
     check_count,
@@ -49,6 +50,20 @@ if TYPE_CHECKING:
 # arithmetic cost more than the rest of pricing a sale.
 _discounted = lru_cache(maxsize=4096)(apply_rate)
 _points_earned = lru_cache(maxsize=4096)(points_for)
+
+
+def times(unit: int, qty: int, what: str, *, points: bool = False) -> int:
+    """`qty` of `what` at `unit` (fen, or points) each, or InvalidAmount saying so and
+    the most one entry holds: a walk-in sale of 2 at 100,000,000,000.00 was refused as
+    the bare "value 20000000000000 out of range" (Commit._entry's last guard)."""
+    total = unit * qty
+    if total > MAX_AMOUNT:
+        def shown(n: int) -> str:
+            return f"{n} points" if points else format_yuan(n)
+        raise InvalidAmount(f"{qty} x {what} at {shown(unit)} come to {shown(total)}, "
+                            f"more than one entry may hold ({shown(MAX_AMOUNT)}): take "
+                            "fewer at a time")
+    return total
 
 
 def walk_in(node: str) -> str:
@@ -221,7 +236,7 @@ class Payments(Merges, Rules):
             services = self.rule("services", day)
             if service not in services:
                 raise NotFound(f"no service {service} in the price list")
-            gross = int(services[service]["price"]) * qty
+            gross = times(int(services[service]["price"]), qty, service)
             svc_name = service
             rate = str(lvl["discount"]) if lvl is not None else "1"
         elif pay == "package":
@@ -641,7 +656,9 @@ class Payments(Merges, Rules):
             # from SH02). Once it knows any branch, or the chain lists its branches,
             # one it does not know is refused.
             return
-        names = ", ".join(f"{n} {listed[n]}" if listed.get(n) else n for n in known)
+        # A name only where it says more than the id ("SH02 SH02" read as a list of two).
+        names = ", ".join(f"{n} {listed[n]}" if listed.get(n) not in (None, "", n) else n
+                          for n in known)
         raise InvalidInput(
             f"{to} is not a branch of this chain"
             + (f" (known here: {names})" if names else " (no other branch is known here)")

@@ -478,3 +478,55 @@ def test_a_coupon_comes_off_a_goods_sale_once(shop: Ledger) -> None:
     with pytest.raises(InvalidInput, match="member"):
         shop.sell_goods(owner, "G01", 1, coupon=coupon, pay="cash")
     assert shop.stock_of("G01")["qty"] == 4
+
+
+def test_a_sale_or_stock_past_what_an_entry_holds_is_said_with_the_item_and_limit(
+        tmp_path: Path) -> None:
+    """A walk-in sale of 2 at 100,000,000,000.00 (the largest price) was refused as the
+    bare "value 20000000000000 out of range": which value, and what is the most?"""
+    async def go(ledger: Ledger, api: Any) -> None:
+        boss = await api.login("boss", BOSS_PW)
+        status, out = await api.call("POST", "/goods", {
+            "code": "G01", "name": "金条", "price": 10**13, "cost": 10**12,
+            "points_price": 10**13}, token=boss)
+        assert status == 201, out
+        assert (await api.call("POST", "/stock/in", {"goods": "G01", "qty": 10},
+                               token=boss))[0] == 200
+        mid = ledger.add_member(ledger.owner, name="王芳", phone="13812345678")
+        before = snapshot(ledger, [mid])
+        for path, body, says in (
+                ("/sales", {"goods": "G01", "qty": 2, "pay": "cash"},
+                 "2 x G01 at 100000000000.00 come to 200000000000.00, more than one entry "
+                 "may hold (100000000000.00): take fewer at a time"),
+                ("/stock/in", {"goods": "G01", "qty": 11},
+                 "11 x G01 (cost) at 10000000000.00 come to 110000000000.00"),
+                ("/points/gift", {"member": mid, "goods": "G01", "qty": 2},
+                 "2 x G01 at 10000000000000 points come to 20000000000000 points, more "
+                 "than one entry may hold (10000000000000 points)")):
+            status, out = await api.call("POST", path, body, token=boss)
+            assert (status, out["error"]) == (400, "invalid_amount"), (path, out)
+            assert out["message"].startswith(says), (path, out)
+        assert snapshot(ledger, [mid]) == before
+
+    async def main() -> None:
+        ledger = with_operators(new_ledger(tmp_path, "SH01"))
+        try:
+            async with serving(Standalone(ledger)) as api:
+                await go(ledger, api)
+        finally:
+            ledger.close()
+
+    asyncio.run(main())
+
+
+def test_a_service_sold_past_what_an_entry_holds_is_said_so(tmp_path: Path) -> None:
+    a = new_ledger(tmp_path, "SH01")
+    try:
+        a.set_rule(a.owner, "services", {"GOLD": {"name": "金疗", "price": 10**13}})
+        before = snapshot(a)
+        with pytest.raises(LedgerError, match=r"3 x GOLD at 100000000000.00 come to "
+                           r"300000000000.00, more than one entry may hold"):
+            a.debit(a.owner, service="GOLD", qty=3, pay="cash")
+        assert snapshot(a) == before
+    finally:
+        a.close()

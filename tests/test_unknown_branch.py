@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Cli
 from helpers import Forger, Net, new_ledger, snapshot, sync
 from pycrdt import Doc, Map
 from test_api import BOSS_PW, Api, drive
@@ -273,3 +274,21 @@ def test_the_stock_of_no_branch_is_refused_not_shown_as_none(tmp_path: Path) -> 
 
     drive(tmp_path, go)
 
+
+def test_a_branch_named_by_its_id_is_listed_once(a: Ledger, cli: Cli, tmp_path: Path) -> None:
+    """`stock ship --to XX09` said "known here: SH02 SH02" of a rule naming SH02 "SH02":
+    read as two branches. A name is shown where it says more than the id."""
+    a.set_rule(a.owner, "branches", {"SH02": "SH02", "SH03": "南京西路店"})
+    stocked(a)
+    err = refused(a, [], lambda: a.ship_stock(a.owner, "G1", 1, "XX09"),
+                  "XX09 is not a branch of this chain")
+    assert "(known here: SH02, SH03 南京西路店)" in str(err), err
+    data = tmp_path / "cli"
+    assert cli("init", "--node", "SH01", data=data).code == 0
+    assert cli("rule", "set", "branches", "--json-body", '{"SH02": "SH02"}',
+               data=data).code == 0
+    assert cli("goods", "add", "--code", "G1", "--name", "洗发水", "--price", "30.00",
+               data=data).code == 0
+    assert cli("stock", "in", "--goods", "G1", "--qty", "3", data=data).code == 0
+    r = cli("stock", "ship", "--goods", "G1", "--qty", "1", "--to", "XX09", data=data)
+    assert r.code == 1 and "(known here: SH02):" in r.err, r
