@@ -352,6 +352,16 @@ class Membership(Coupons):
         survivor = views.canonical(self.storage.conn, referrer)
         if self._known(survivor).get("exited"):
             raise InvalidInput(f"member {survivor} has left (退会) and cannot refer anyone")
+        # A member added now joins at this clock's time: one who joined later (by a
+        # branch's clock far ahead) would be refused by `refer` after the member was
+        # added, the cashier told nothing was done.
+        joined, now = _joined_ms(self.storage.conn, survivor), self.clock.next_ms()
+        if joined > now:
+            z = localtime.zone(cast("Ledger", self))
+            raise InvalidInput(
+                f"{survivor} joined on {localtime.show(joined / 1000, z)}, later than this "
+                f"branch's clock reads ({localtime.show(now / 1000, z)}), and cannot have "
+                "referred a member joining now: check this PC's clock; nothing was recorded")
         return survivor
 
     def referral_of(self, member: str) -> dict[str, Any] | None:

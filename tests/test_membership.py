@@ -21,7 +21,7 @@ from test_ledger import refused
 from test_sync_protocol import _fresh, _greet
 from transport_suite import SimAdapter
 
-from crdtledger import settlement, views
+from crdtledger import operations, settlement, views
 from crdtledger.errors import InvalidInput, NotFound, PermissionDenied, RightsElsewhere
 from crdtledger.hlc import encode, id_time_ms
 from crdtledger.ledger import Ledger
@@ -137,6 +137,28 @@ def test_a_referrer_who_joined_later_or_was_referred_by_the_member_is_refused(
     a.refer(a.owner, q, p)
     refused(a, [p, q], InvalidInput, lambda: a.refer(a.owner, p, q),
             match="was referred by member .*: two members cannot refer each other")
+
+
+def test_a_referrer_joined_by_a_clock_far_ahead_adds_nobody(tmp_path: Path) -> None:
+    """A referrer registered at a branch whose clock ran a day ahead: a member added
+    here now with that referrer would join before them, and the referral be refused
+    after she was added. Refused before anyone is added, naming the clock."""
+    here, ahead = FakeClock(), FakeClock()
+    ahead.advance_days(1)
+    a, b = new_ledger(tmp_path, "SH01", now_ms=here), new_ledger(tmp_path, "SH02", now_ms=ahead)
+    try:
+        name_branches(a, "SH01", "SH02")
+        early = b.add_member(b.owner, name="老王", phone="13800000001")
+        sync(a, b)
+        before = data_snapshot(a)
+        with pytest.raises(InvalidInput, match=r"joined on 2026-01-02 08:00:00, later than "
+                           r"this branch's clock reads \(2026-01-01 08:00:00\)"):
+            operations.run(a, a.owner, "member.add", {
+                "name": "小李", "phone": "13800000002", "referrer": early})
+        assert data_snapshot(a) == before
+    finally:
+        a.close()
+        b.close()
 
 
 def test_cli_refuses_a_backwards_referral(cli: Cli, tmp_path: Path) -> None:
