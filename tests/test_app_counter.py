@@ -219,7 +219,9 @@ async def test_what_does_not_price_a_dialog_does_not_refuse_it(counter_app: Coun
     app.user.find(marker="topup").click()
     app.user.find(marker="amount").type("100.00")
     app.ledger.add_goods(app.node_owner, "G77", "洗发水", 3800, 1500)
-    app.ledger.topup(app.node_owner, mid, 500000)  # another till: a higher level
+    # another till: a higher level (approved: with the 500.00 before, by the same
+    # operator, past the day's limit)
+    app.ledger.topup(app.node_owner, mid, 500000, approver=OWNER)
     app.user.find(marker="topup-ok").click()
     await app.user.should_see("已充值 ¥100.00")
     assert app.ledger.balance(mid)["cash"] == 50000 + 500000 + 10000
