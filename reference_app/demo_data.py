@@ -504,7 +504,11 @@ class _Story:
         def referred() -> None:
             # 老带新: 张伟 brought a friend to SH01; the referral waits for its two
             # approvals in the back office (推荐审批, crdtledger.membership).
-            ledgers["SH01"].refer(cashier, other("SH01").id, named("张伟").id)
+            # The newcomer: the latest to join SH01 (a referrer joined before them:
+            # crdtledger.membership.refer).
+            newcomer = [m for m in self.members if m.home == "SH01"
+                        and m.name not in FEATURED_NAMES][-1]
+            ledgers["SH01"].refer(cashier, newcomer.id, named("张伟").id)
 
         out.append((self.local(start + timedelta(days=4), time(18, 0)), referred))
         out.append((self.local(start + timedelta(days=1), time(11, 5)), big_topup))
