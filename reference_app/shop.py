@@ -645,6 +645,27 @@ _INVALID: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str | None]], .
     (re.compile(r"a member cannot refer themself"),
      lambda _m: tr("会员不能推荐自己：请输入另一位会员作为推荐人。",
                    "A member cannot refer themself: enter another member as the referrer.")),
+    (re.compile(r"\S+ joined on .+, after member \S+ \(on .+\), and cannot have "
+                r"referred them.*"),
+     lambda _m: tr("推荐人入会晚于这位会员，不可能是其推荐人：未作记录。",
+                   "The referrer joined after this member and cannot have referred them: "
+                   "nothing was recorded.")),
+    (re.compile(r"\S+ was referred by member \S+ \(\S+\): two members cannot refer "
+                r"each other.*"),
+     lambda _m: tr("两位会员不能互相推荐：未作记录。",
+                   "Two members cannot refer each other: nothing was recorded.")),
+    (re.compile(r"\S+ joined on .+, later than this branch's clock reads .*"),
+     lambda _m: tr("推荐人的入会时间晚于本机时钟：请店长核对本机时间。未登记任何人。",
+                   "The referrer joined later than this PC's clock reads: ask the manager "
+                   "to check the clock. Nobody was registered.")),
+    (re.compile(r"\d+ x .+ come to .+, more than one entry may hold \((.+)\): take "
+                r"fewer at a time"),
+     lambda m: tr("金额超过一笔能记的上限（{max}）：请分几次办理。",
+                  "More than one entry may hold ({max}): take fewer at a time.",
+                  max=m[1])),
+    (re.compile(r"birthday must be a day already past, from (\S+) to today .*"),
+     lambda m: tr("生日不能晚于今天，也不能早于 {first}。",
+                  "A birthday cannot be after today nor before {first}.", first=m[1])),
     (re.compile(r'phone must be a phone number like .*?, not "(.*)"'),  # its pattern
      lambda m: (tr("手机号请用半角数字输入：{p}", "Type the phone in half-width digits: {p}",
                    p=half_width(m[1])) if m[1] != half_width(m[1])

@@ -15,8 +15,8 @@ from app_fixtures import CASHIER, OWNER, CounterApp
 from helpers import snapshot
 from test_app_counter import member_with_card, swipe
 
-from crdtledger import operations
-from crdtledger.errors import LedgerError
+from crdtledger import operations, payments
+from crdtledger.errors import InvalidInput, LedgerError
 
 pytestmark = pytest.mark.asyncio
 
@@ -88,6 +88,7 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("card.issue", {"card_no": "T900007", "pin": "123456789"}, "123456789"),
     ("points.redeem", {"points": 0}, "0"),
     ("referral.add", {"referrer": "$a"}, ""),
+    ("referral.add", {"referrer": "$b"}, ""),  # 李娜 joined after 张伟
     ("exit.apply", {"reason": ""}, ""),
 ]
 
@@ -103,11 +104,12 @@ async def test_every_refusal_of_a_member_field_is_said_in_the_sessions_language(
     ledger, owner = app.ledger, app.node_owner
     a = ledger.add_member(owner, name="张伟", phone="13812345678")
     ledger.issue_card(owner, a, "CA0001")
-    ledger.add_member(owner, name="李娜", phone="13987654321")
+    b = ledger.add_member(owner, name="李娜", phone="13987654321")
     ledger.topup(owner, a, 10000)
     wrong = []
     for name, params, typed in REFUSED:
-        p = {k: (a if v == "$a" else v) for k, v in params.items()}
+        p = {k: ({"$a": a, "$b": b}.get(v, v) if isinstance(v, str) else v)
+             for k, v in params.items()}
         if name != "member.add":
             p["member"] = a
         try:
@@ -119,6 +121,19 @@ async def test_every_refusal_of_a_member_field_is_said_in_the_sessions_language(
         else:
             pytest.fail(f"{name} {params} was taken")
     assert not wrong, "\n".join(map(str, wrong))
+    # Sentences no field above reaches from this counter's one store: a pair referring
+    # each other (a merge can make one), a referrer joined by a clock ahead, a sale
+    # past what an entry holds (payments.times words it).
+    with pytest.raises(LedgerError) as big:
+        payments.times(10**13, 2, "G01")
+    for e in (big.value, InvalidInput(
+            f"{b} was referred by member {a} (x.SH01): two members cannot refer each "
+            "other; nothing was recorded"), InvalidInput(
+            f"{b} joined on 2026-12-08 10:00, later than this branch's clock reads "
+            "(2026-12-07 10:00), and cannot have referred a member joining now: check this "
+            "PC's clock; nothing was recorded")):
+        said = app.shop.refusal(e)
+        assert not english_in(said, ""), (str(e), said)
 
 
 async def test_a_birthday_past_the_calendar_is_said_in_chinese(counter_app: CounterApp) -> None:
