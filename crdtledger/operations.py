@@ -2004,7 +2004,9 @@ def _show_booking(_ledger: Ledger, b: Any, _p: Params) -> str:
 @operation("technician.add", "技师: add a technician to this branch (or change one of its "
            "own: same code), with the services they do and their working hours",
            permission="technician.manage", http="POST /technicians", status=201,
-           params=(Param("code", text(16, pattern="^[A-Za-z0-9_-]{1,16}$"), required=True,
+           params=(Param("code", text(16, pattern="^[A-Za-z0-9_-]{1,16}$",
+                                      description="1 to 16 letters, digits, _ or -, "
+                                      "without @BRANCH"), required=True,
                          help="the technician's code at this branch, e.g. T01"),
                    Param("name", line(40, "a name", minLength=1), required=True),
                    Param("services", line(400, "service codes", minLength=1), required=True,
@@ -2169,7 +2171,7 @@ SAME_COUPON = {"parameters": {"coupon": "$response.body#/coupon"}}
                    Param("off_yuan", YUAN, flag="--off", help="yuan off, e.g. 10.00"),
                    Param("percent", {"type": "integer", "minimum": 1, "maximum": 100,
                                      "x-error": "invalid_amount",
-                                     "description": "percent off, 1 to 100"}),
+                                     "description": "a whole percent off"}),
                    Param("service", SERVICE, help="a free service (a code of the price list)"),
                    Param("min_spend", FEE, flag=None),
                    Param("min_spend_yuan", YUAN, flag="--min-spend",
