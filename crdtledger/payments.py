@@ -625,7 +625,7 @@ class Payments(Merges, Rules):
             entries += len(batch)
         return {"to": to, "members": len(members), "entries": entries, "moved": moved}
 
-    def _require_branch(self, to: str, what: str) -> None:
+    def _require_branch(self, to: str, what: str, *, unmet_ok: bool = False) -> None:
         """Refuse to send `what` to `to` unless it is a branch the chain knows. Only
         `to` may ever lower what it is given (the own-rights write rule), so rights or
         units sent to a branch that does not exist are stranded for good. Known: a
@@ -649,12 +649,13 @@ class Payments(Merges, Rules):
             return
         known = sorted({n for n in set(listed) - {self.node} - self.storage.log.blocked()
                         if not self.retired(n)} | at_work)
-        if not known and not listed and not self.storage.log.blocked():
+        if unmet_ok and not known and not listed and not self.storage.log.blocked():
             # A store that knows no other branch at all cannot tell a typo from a
-            # branch it has not met yet: a new chain's first transfer, files carried
-            # one way (issue 2's acceptance: A sends SH02 rights before it has heard
-            # from SH02). Once it knows any branch, or the chain lists its branches,
-            # one it does not know is refused.
+            # branch it has not met yet: a new chain's first rights transfer, files
+            # carried one way (issue 2's acceptance: A sends SH02 rights before it has
+            # heard from SH02). Once it knows any branch, or the chain lists its
+            # branches, one it does not know is refused. (A member's home, stock and a
+            # whole shop's hand-over wait for the branch to be met.)
             return
         # A name only where it says more than the id ("SH02 SH02" read as a list of two).
         names = ", ".join(f"{n} {listed[n]}" if listed.get(n) not in (None, "", n) else n
@@ -740,7 +741,7 @@ class Payments(Merges, Rules):
                 f"this branch holds {format_purse(purse, own)} of the member's {purse}; "
                 f"it cannot give {format_purse(purse, amount)}")
         if known:
-            self._require_branch(to, "rights")
+            self._require_branch(to, "rights", unmet_ok=True)
         return self._post(entry, {purse: amount})
 
     def redeem_points(self, operator: str, member: str | None, points: int, gift: str = "",

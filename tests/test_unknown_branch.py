@@ -74,10 +74,13 @@ def test_without_a_rule_a_branch_is_known_once_it_has_synced(tmp_path: Path) -> 
         a.topup(o, m, 10000)
         sid = stocked(a)
         # Knowing no other branch, a store cannot tell a typo from a branch it has not
-        # met: a new chain's first transfer goes, files carried one way (issue 2's
-        # acceptance: SH01 gives SH02 rights before it has heard from SH02).
+        # met: a new chain's first rights transfer goes, files carried one way (issue
+        # 2's acceptance: SH01 gives SH02 rights before it has heard from SH02). Stock
+        # waits for the branch to be met.
         a.transfer_rights(o, m, "SH02", 100)
-        a.ship_stock(o, "G1", 1, "SH02")
+        err = refused(a, [m, sid], lambda: a.ship_stock(o, "G1", 1, "SH02"),
+                      "SH02 is not a branch")
+        assert "no other branch is known here" in str(err)
         # SH02 writes and syncs (its signed log is held here): now a branch not met is
         # refused, SH03 too until it syncs having written nothing yet (a brand-new
         # branch: heard from, not yet listed by the owner).
@@ -90,6 +93,7 @@ def test_without_a_rule_a_branch_is_known_once_it_has_synced(tmp_path: Path) -> 
         sync(a, c)
         assert "SH02" in a.storage.log.positions() and "SH03" not in a.storage.log.positions()
         a.transfer_rights(o, m, "SH03", 200)
+        a.ship_stock(o, "G1", 1, "SH02")
         a.ship_stock(o, "G1", 1, "SH03")
         assert a.rights(m) == {"SH01": 9700, "SH02": 100, "SH03": 200}
         err = refused(a, [m], lambda: a.transfer_rights(o, m, "ZZ99", 100), "ZZ99")
