@@ -61,11 +61,12 @@ from crdtledger.trust import TLS_DIR, Trust, load_trust
 # are not reused (2: snapshots in their own table; 3: unique card numbers;
 # 4: log keyed by document, no docs.tail; 5: state vector on the log row;
 # 6: signed per-node logs, the data set its own chain CA, members.batch;
-# 7: one log record per ledger entry).
-GEN_VERSION = 7
+# 7: one log record per ledger entry; 8: an approval rule).
+GEN_VERSION = 8
 OUT = Path(__file__).resolve().parent / "out"  # git-ignored
 TIMEZONE = "Asia/Shanghai"
 NODES = ("HQ", "B1", "B2", "B3")
+APPROVAL = {"topup_limit": 100_000_000, "correction_limit": 10_000, "stock_adjust_limit": 10_000}
 NODE_WEIGHTS = (0.4, 0.25, 0.2, 0.15)  # where members register (their home branch)
 BENCH_NODE = "B1"  # the node whose data directory is generated and measured
 MONTHS = 24
@@ -335,6 +336,11 @@ class Generator:
         w = _Writer("rules", "HQ", self.client_ids["HQ"], ("rules",))
         w.set("rules", clock.mint(), {"kind": "promotions", "effective_from": self._day(self.start),
                                       "body": json.dumps(PROMOTIONS, sort_keys=True)})
+        # Top-ups without an approver count together for a member and an operator in a
+        # day (Payments.topup): the benchmarks' own top-ups, as the owner, come on top of
+        # the data set's of the day. They measure the durable write, not the approval.
+        w.set("rules", clock.mint(), {"kind": "approval", "effective_from": self._day(self.start),
+                                      "body": json.dumps(APPROVAL, sort_keys=True)})
         self._apply([u for u in [w.take()] if u])
 
     def _members(self) -> None:

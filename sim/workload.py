@@ -27,6 +27,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from crdtledger import bookings
+from crdtledger.errors import ApprovalRequired
 from crdtledger.ledger import Ledger
 from crdtledger.views import packages, points
 from sim.engine import DAY, HOUR, MINUTE, SECOND
@@ -392,6 +393,16 @@ class Workload:
             world.op_done(b.index, label, outcome, attempt, debit=debit, op=op)
             if debit and isinstance(outcome, dict) and outcome.get("pay") != "cash":
                 b.debits.append(str(outcome["id"]))
+            if (isinstance(outcome, ApprovalRequired) and isinstance(op, Intent)
+                    and "approver" not in op.given and self._budget()):
+                # Past the approval limit (a top-up counts with the cashier's others
+                # for the member that day): the cashier calls the manager, who
+                # approves it with their name and password, as at the counter.
+                node = world.nodes[b.index].name
+                self._op(b, label, self._run(op.name, op.role, **op.given, approver={
+                    "name": world.operator_name("manager", node),
+                    "password": OPERATOR_PASSWORD}), debit=debit, then=then)
+                return
             if then is not None:
                 then(outcome, attempt)
 
@@ -418,7 +429,7 @@ class Workload:
             self._op(branch, "card", self._run("card.issue", member=outcome,
                                                card_no=m.card_no))
             # A hot (shared) card starts with 10,000.00: two top-ups at the approval
-            # limit, which a cashier passes alone.
+            # limit (the second, counted with the first, approved by the manager).
             for amount in (500_000, 500_000) if m.hot else (self.rng.choice(TOPUPS),):
                 self._op(branch, "topup", self._run("topup", member=outcome, amount=amount))
 
