@@ -429,19 +429,6 @@ class Goods(Payments):
         item = self.goods_item(code)
         node = branch or self.node
         if node != self.node:
-            self._require_heard_of(check_node_id(node))
+            views.require_heard_of(cast("Ledger", self), check_node_id(node),
+                                   "no stock of it to show")
         return {"branch": node, "qty": self.stock_held(item).get(node, 0)}
-
-    def _require_heard_of(self, branch: str) -> None:
-        """Refuse a branch this store has never heard of: a typo (XX99 for SH09) read
-        as a branch holding none, where shipping there says it is no branch. Heard of,
-        as for a report (crdtledger.operations): one the rule `branches` names, a
-        writer whose log is held here (retired or blocked too: what it held is still
-        its), a peer synced with."""
-        log = self.storage.log
-        listed = self.rule("branches") or {}
-        known = {self.node, *listed, *log.positions(), *log.blocked(),
-                 *views.peers_seen(cast("Ledger", self))}
-        if branch not in known:
-            raise InvalidInput(f"{branch} is not a branch of this chain (known here: "
-                               f"{', '.join(sorted(known))}): no stock of it to show")

@@ -832,23 +832,9 @@ def _show_history(ledger: Ledger, entries: Any, _p: Params) -> str:
     def when(e: Mapping[str, Any]) -> str:
         return datetime.fromtimestamp(e["at"] / 1000, tz).strftime("%Y-%m-%d %H:%M")
 
-    entries = list(entries)
-    paid = {e["id"]: e.get("pay") for e in entries}
-
-    def sale_pay(e: Mapping[str, Any]) -> str | None:
-        """How the sale a refund names was paid: on its own line, else in the store."""
-        ref = e.get("ref")
-        if e["kind"] != "refund" or not isinstance(ref, str):
-            return None
-        if ref not in paid:
-            try:
-                paid[ref] = ledger.entry(ref).get("pay")
-            except LedgerError:  # not held here (another branch's, a closed month)
-                paid[ref] = None
-        pay = paid[ref]
-        return str(pay) if pay else None
-
-    return "\n".join(show_entry(e, when(e), sale_pay(e)) for e in entries) or "no entries"
+    return "\n".join(show_entry(e, when(e), views.refund_paid_by(ledger, e)
+                                 if e["kind"] == "refund" else None)
+                      for e in entries) or "no entries"
 
 
 @operation("history", "The member's ledger entries, newest first", needs=SERVES_MEMBERS,
@@ -1220,21 +1206,8 @@ def _by_method(split: Mapping[str, int]) -> str:
            params=(Param("day", DAY), Param("branch", NODE)), result=DAILY, show=_show_daily)
 def report_daily(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     if p.get("branch"):
-        _require_heard_of(ledger, p["branch"])
+        views.require_heard_of(ledger, p["branch"], "no report for it")
     return views.daily_report(ledger, p.get("day") or ledger.today(), p.get("branch"))
-
-
-def _require_heard_of(ledger: Ledger, branch: str) -> None:
-    """Refuse a report of a branch this store has never heard of: a typo (XX99 for
-    SH09) printed a whole report of zeros, read as a branch that sold nothing. Heard
-    of: this one, one the rule `branches` names, a writer whose log is held here
-    (retired or blocked too: their past days are still theirs), a peer synced with."""
-    log = ledger.storage.log
-    known = {ledger.node, *(ledger.rule("branches") or {}), *log.positions(),
-             *log.blocked(), *views.peers_seen(ledger)}
-    if branch not in known:
-        raise InvalidInput(f"{branch} is not a branch of this chain (known here: "
-                           f"{', '.join(sorted(known))}): no report for it")
 
 
 def _show_settlement(ledger: Ledger, r: Any, p: Params) -> str:

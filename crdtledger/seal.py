@@ -248,8 +248,8 @@ def open_for_ca(ca_key_pem: bytes, sealed: bytes, context: bytes, *, what: str) 
         key = _ca_key(ca.exchange(ec.ECDH(), eph))
         return bytes(AESGCM(key).decrypt(body["nonce"], body["ct"], context))
     except InvalidTag:
-        raise InvalidInput(f"{what}: its keys are sealed for another chain CA than this "
-                           "ca.key's") from None
+        raise InvalidInput(f"{what}: its keys do not open with this ca.key (sealed for "
+                           "another chain CA, or altered)") from None
     except Exception:
         raise CorruptSyncFile(f"{what}: its sealed keys are damaged") from None
 

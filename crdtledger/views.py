@@ -563,6 +563,32 @@ def first_written_ms(ledger: Ledger) -> int | None:
     return min(times, default=None)
 
 
+def refund_paid_by(ledger: Ledger, refund: Mapping[str, Any]) -> str | None:
+    """How the sale a refund names was paid (its `pay`: a till method, "stored", ...),
+    None if that sale is not held here (erased, another branch's not come yet): the
+    refund names only its sale, and a till refund went back the sale's way."""
+    ref = refund.get("ref")
+    if not isinstance(ref, str):
+        return None
+    row = ledger.storage.conn.execute(
+        "SELECT json_extract(body, '$.pay') FROM entries WHERE id = ?", (ref,)).fetchone()
+    return str(row[0]) if row and row[0] else None
+
+
+def require_heard_of(ledger: Ledger, branch: str, what: str) -> None:
+    """Refuse `what` (a report, a stock figure) of a branch this store has never heard
+    of: a typo (XX99 for SH09) read as a branch that sold nothing, or holds none.
+    Heard of: this one, one the rule `branches` names, a writer whose log is held here
+    (retired or blocked too: their past days and stock are still theirs), a peer
+    synced with."""
+    log = ledger.storage.log
+    known = {ledger.node, *(ledger.rule("branches") or {}), *log.positions(),
+             *log.blocked(), *peers_seen(ledger)}
+    if branch not in known:
+        raise InvalidInput(f"{branch} is not a branch of this chain (known here: "
+                           f"{', '.join(sorted(known))}): {what}")
+
+
 def branches_known(ledger: Ledger) -> set[str]:
     """The other branches this store knows to be at work: a writer whose log it holds
     or one it synced with (a branch that never wrote has no log), less those blocked

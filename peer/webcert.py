@@ -59,11 +59,11 @@ def issue(chain_dir: Path | str, data_dir: Path | str, hosts: Sequence[str], *, 
     if not given:
         raise LedgerError("an HTTPS certificate needs a host name or address that "
                           "browsers reach the node by (--host)")
+    # Judged before the CA's key is read: a bad host writes and loads nothing.
     names = [_general_name(h) for h in dict.fromkeys([*given, *(LOCAL_NAMES if local else ())])]
     chain = chain_mod.load_chain(chain_dir)
     ca_key = chain_mod._load_ca_key(chain)
     ca = x509.load_pem_x509_certificate(chain.ca_cert)
-    names = [_general_name(h) for h in dict.fromkeys([*given, *(LOCAL_NAMES if local else ())])]
     key = ec.generate_private_key(ec.SECP256R1())
     start = chain_mod._now() - chain_mod.BACKDATE
     end = min(start + dt.timedelta(days=days), ca.not_valid_after_utc)

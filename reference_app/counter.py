@@ -1710,10 +1710,7 @@ def _refunded_by(s: Shop, e: dict[str, Any]) -> str:
     its sale was paid with at the till."""
     if _onto_card(e):
         return tr("退回储值", "back to stored value")
-    try:
-        pay = str(s.ledger.entry(str(e.get("ref") or "")).get("pay") or "")
-    except LedgerError:  # its sale not here (erased, or not come yet): the till still
-        pay = ""
+    pay = views.refund_paid_by(s.ledger, e)
     if not pay or pay in ("stored", "package"):
         return tr("收银台退回", "paid back at the till")
     return tr("{m}（原路退回）", "{m} (paid back the way it was paid)", m=s.pay_label(pay))
