@@ -178,7 +178,8 @@ class Demo:
             print(f"\n----- 小票 receipt printed -----\n{show(p)}", flush=True)
 
         try:
-            self.printer = PrinterListener("127.0.0.1", PRINTER_PORT, out=out, echo=echo)
+            self.printer = PrinterListener("127.0.0.1", self._beside(PRINTER_PORT), out=out,
+                                           echo=echo)
         except OSError:  # 9100 taken (a real printer service, another demo)
             self.printer = PrinterListener("127.0.0.1", 0, out=out, echo=echo)
         self.printer.start()
@@ -202,7 +203,7 @@ class Demo:
                 f.write(text)
 
         try:
-            self.smtp = SmtpStandIn(port=SMTP_PORT, on_message=arrived).start()
+            self.smtp = SmtpStandIn(port=self._beside(SMTP_PORT), on_message=arrived).start()
         except OSError:  # 2525 taken
             self.smtp = SmtpStandIn(on_message=arrived).start()
         sms = box / "sms.txt"
@@ -268,6 +269,12 @@ class Demo:
     def ports(self) -> list[int]:
         return [*self.http.values(), *self.sync.values(), *self.api.values(),
                 self.members_port]
+
+    def _beside(self, port: int) -> int:
+        """`port` for a stand-in of the demo's, or any free port (0) where the branches
+        take it: `--port 9100` had the printer take SH01's counter port first, and SH01
+        stopped on a bind error the demo could only call a timeout."""
+        return 0 if port in self.ports() else port
 
     def ours(self, node: str) -> bool:
         """The node on this branch's data is the process we started: only then is what

@@ -209,3 +209,23 @@ def test_a_demo_whose_ports_are_taken_says_so_before_it_starts(
     assert f"port {base + 2 * len(BRANCHES)} on 127.0.0.1 already in use" in (
         capsys.readouterr().err)
     assert not root.exists()
+
+
+def test_the_demos_printer_and_mail_stand_ins_keep_off_its_ports(tmp_path: Path) -> None:
+    """`./run demo --port 9100` (or a base whose ten ports take in 2525): the receipt
+    printer stand-in took 9100 before SH01's counter started, and SH01 stopped on a
+    bind error the demo could only report as a time-out. The stand-ins take any free
+    port where the branches' ports lie."""
+    from reference_app import demo
+
+    for base in (demo.PRINTER_PORT, demo.SMTP_PORT - 3):
+        d = demo.Demo(tmp_path / str(base), base)
+        for name in demo.BRANCHES:
+            d.data(name).mkdir(parents=True)
+        d.start_printer()
+        d.start_mail()
+        try:
+            assert d.printer.port not in d.ports() and d.smtp.port not in d.ports()
+        finally:
+            d.printer.stop()
+            d.smtp.stop()
