@@ -27,7 +27,7 @@ from peer.chain import load_identity
 from peer.cli import CONFIG_FILE, add_node_options, node_config
 from peer.node import Config, Node, parse_address
 from reference_app import bookings_page, layout
-from reference_app.members_portal import MembersConfig, members_config
+from reference_app.members_portal import MembersConfig, bind, members_config
 from reference_app.readers import Reader
 from reference_app.shop import Shop, install
 
@@ -147,6 +147,21 @@ def serving(args: argparse.Namespace, data_dir: Path) -> Serving:
     return Serving(host, port, cert, key)
 
 
+def _ports_free(ports: Sequence[tuple[str, tuple[str, int]]]) -> None:
+    """Each port this process will listen on is free, tried before anything starts: a
+    counter whose page port another program held printed "ready to go" on it, then the
+    bind error and two tracebacks of its node stopped halfway, and exited 3."""
+    for what, (host, port) in ports:
+        if port == 0:
+            continue
+        try:
+            bind(host, port).close()
+        except OSError as e:
+            raise LedgerError(f"cannot serve {what} on {host}:{port}: {e.strerror or e} "
+                              "(another counter, node or program): stop it, or choose "
+                              "another port") from None
+
+
 def parser() -> argparse.ArgumentParser:
     # The installed console script, or `python -m reference_app` from a checkout.
     prog = "crdtledger-counter" if Path(sys.argv[0]).stem == "crdtledger-counter" \
@@ -193,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         served = serving(args, args.data)
         members = None if args.members is None else members_config(
             args.data, args.members, args.members_cert, args.members_key)
+        _ports_free([("the counter pages", (served.host, served.port)),
+                     ("sync (--listen)", config.listen), ("the API (--api)", config.api)])
     except (LedgerError, ValueError) as e:
         print(f"reference_app: {e}")
         return 2

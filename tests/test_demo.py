@@ -185,6 +185,35 @@ def test_the_counter_app_refuses_a_directory_a_node_runs_on(
     assert (tmp_path / "SH01" / RUN_FILE).exists()
 
 
+@pytest.mark.parametrize("taken", ["--http", "--listen", "--api"])
+def test_the_counter_app_names_a_port_another_program_holds(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], taken: str) -> None:
+    """A counter whose page port another program held printed "ready to go" on it,
+    then the bind error and two tracebacks of its node stopped halfway, and exited 3.
+    Each port it will listen on is tried first: a sentence naming it, exit 2, and no
+    store opened."""
+    import socket
+
+    from peer.chain import enrol, init_chain
+    from reference_app import app
+
+    init_chain(tmp_path / "chain")
+    Ledger.create(tmp_path / "SH01", "SH01", "chain")
+    enrol(tmp_path / "chain", tmp_path / "SH01", "SH01")
+    ports = {flag: free_port() for flag in ("--http", "--listen", "--api")}
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", ports[taken]))
+        other.listen()
+        argv = ["--data", str(tmp_path / "SH01")]
+        for flag, port in ports.items():
+            argv += [flag, f"127.0.0.1:{port}"]
+        assert app.main(argv) == 2
+    out = capsys.readouterr().out
+    assert f"on 127.0.0.1:{ports[taken]}: Address already in use" in out
+    assert "Traceback" not in out
+    assert not (tmp_path / "SH01" / app.SESSIONS_DIR).exists()
+
+
 def test_a_demo_whose_ports_are_taken_says_so_before_it_starts(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A second demo on other data but the same ports: its branches could not bind and
