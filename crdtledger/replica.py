@@ -875,6 +875,7 @@ class Replica(LedgerBase):
                 except RuleBroken as e:
                     raise _Broken(rec, e, 1) from None
                 first, other = len(change.added), change.other
+                cards_set = len(change.card_keys_set)
                 try:
                     ld.doc.apply_update(rec.data)
                 except BaseException as e:  # pyo3 panics are BaseExceptions
@@ -889,7 +890,7 @@ class Replica(LedgerBase):
                 try:
                     named |= check_change(node, name, added, change.other - other,
                                           governs[node], self.trust.is_revocation_list,
-                                          earlier_out)
+                                          earlier_out, change.card_keys_set[cards_set:])
                     if ledger:
                         keys = [key for _r, key, _o, _n in added]
                         for key, others in _check_months(name, keys, st.day_of):

@@ -233,6 +233,9 @@ class Change:
 
     added: list[tuple[str, str, Any, Any]] = field(default_factory=list)  # root, key, old, new
     touched: set[tuple[str, str]] = field(default_factory=set)  # root, key of nested edits
+    # Cards whose own keys (number, member, PIN, events...) were set or removed, in the
+    # order seen: write rule card-fixed judges each record by the ones it added.
+    card_keys_set: list[str] = field(default_factory=list)
     unsure: set[str] = field(default_factory=set)  # roots whose changed keys Yrs cannot tell
     # Changes other than records set or removed (edits inside one, keys Yrs could not
     # tell), counted: what one update among several changed is the difference
@@ -367,6 +370,8 @@ class LoadedDoc:
             else:
                 change.touched.add((root, str(path[0])))
                 change.other += 1
+                if root == "cards" and len(path) == 1:  # not an event added to one
+                    change.card_keys_set.append(str(path[0]))
 
     def take_updates(self) -> list[bytes]:
         ups, self.updates = self.updates, []

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -156,6 +156,14 @@ RULES: tuple[WriteRule, ...] = (
                             "500.00 of stored value: the day report (paid, pay) and the "
                             "settlement (deltas) disagreed, and an honest branch owed "
                             "for value nobody paid"),
+    WriteRule("card-fixed", "a card's number, member, type, PIN, expiry, issuing node and "
+                            "events list are set once, by the record that creates it "
+                            "(record-writer); later records, of any branch, only add "
+                            "events to that list (lost, found, returned, replaced), as "
+                            "every version has: a liar re-pointed an honest branch's card "
+                            "to another member of the same shard, whose money the card "
+                            "then paid at the honest branch, set a PIN on it, and "
+                            "renumbered it out of sight"),
     WriteRule("governance", "operators, roles and rules are written only by a node the "
                             "chain grants governance (the head office's certificate); a "
                             "revocation list signed by the chain CA, by any branch"),
@@ -320,12 +328,14 @@ class InOrder:
 
 def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], other: int,
                  may_govern: bool, ca_signed: Callable[[Any], bool],
-                 earlier: Callable[[str], dict[str, Any] | None] | None = None) -> set[str]:
+                 earlier: Callable[[str], dict[str, Any] | None] | None = None,
+                 cards_set: Sequence[str] = ()) -> set[str]:
     """Judge what applying one record of `node` changed: the records it set or
     removed (root, key, old, new, as storage.Change has them) and the number of
     `other` changes (edits inside a record, or keys Yrs could not tell). `ca_signed`
     says whether a rule record is a revocation list the chain CA signed; `earlier`
-    is check_merges_paired's. Returns the sweeps' outs its merge entries named."""
+    is check_merges_paired's; `cards_set`, the cards whose own keys it set or removed.
+    Returns the sweeps' outs its merge entries named."""
     if doc in GOVERNANCE_DOCS:
         if may_govern or (doc == "rules" and not other
                           and all(old is None and ca_signed(new)
@@ -335,6 +345,13 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
                                        "office's grant")
     if doc.startswith("members/"):
         check_card_records(node, doc, added)
+        if cards_set:
+            # An existing card's Map keys set or removed (an event added to its list is
+            # not one): deterministic at every replica, since a card's keys are
+            # created with it, so any replica holding the record's target holds them.
+            raise RuleBroken("card-fixed", f"{doc}: node {node} rewrites card "
+                                           f"{cards_set[0][:40]} (its number, member, PIN, "
+                                           "expiry or events list)")
         return set()
     if not doc.startswith("ledger/"):
         return set()

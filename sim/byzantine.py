@@ -91,7 +91,8 @@ BREAKS = {"entry-as-other": "entry-writer", "others-rights": "own-rights",
           "reward-other": "referral-reward", "reversal-other": "reversal-own",
           "give-back-other": "give-back-own", "points-raise": "raise-own",
           "booking-other": "booking-branch", "amount-claimed": "amount-moved",
-          "before-enrolled": "enrolled", "paid-claimed": "paid-moved"}
+          "before-enrolled": "enrolled", "paid-claimed": "paid-moved",
+          "card-rewritten": "card-fixed"}
 FORGERIES = tuple(BREAKS)
 # A writer is judged by its first broken rule only (its later records are held,
 # unjudged), so each forgery is written by an identity of its own: the forger's
@@ -354,6 +355,16 @@ class Byzantine:
                 roots["cards"][card] = {"member": member, "status": "active"}
 
             return self._update(lg, member_doc(member), issue, client)
+        if kind == "card-rewritten":  # a card held here given a PIN the forger chose
+            cards = audit.tables(lg).execute("SELECT id, member FROM cards ORDER BY id").fetchall()
+            if not cards:
+                return None
+            cid, holder = rng.choice(cards)
+
+            def rewrite(roots: dict[str, Map[Any]]) -> None:
+                roots["cards"][cid]["pin"] = "forged"
+
+            return self._update(lg, member_doc(holder), rewrite, client)
         if kind == "closed-month":
             if lg.closed_through is None:
                 return None
