@@ -1490,6 +1490,12 @@ def _why(e: Exception) -> str:
         return tr("文件已损坏或不完整", "the file is damaged or incomplete")
     if "not a crdtledger sync file" in text:
         return tr("这不是同步文件", "this is not a sync file")
+    if "backup file, not a sync file" in text:
+        # A backup picked by mistake is a file whole and good: "damaged" sent the owner
+        # hunting for a fault; the import cannot restore, the command line does.
+        return tr("这是备份文件，不是同步文件（恢复备份请用命令 crdtledger restore）",
+                  "this is a backup file, not a sync file (put a backup back with the "
+                  "command crdtledger restore)")
     if "newer" in text:
         return tr("文件由更新版本的软件生成，请先升级", "a newer version made it: upgrade first")
     return tr("文件内容损坏", "the file's content is damaged")
