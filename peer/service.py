@@ -45,6 +45,7 @@ from typing import Any
 
 from crdtledger import platform
 from crdtledger.errors import InvalidInput
+from crdtledger.hlc import NODE_ID
 from crdtledger.private import DIR_MODE, tighten
 from crdtledger.storage import DB_FILE
 
@@ -124,7 +125,14 @@ def node_of(data_dir: Path) -> str:
         raise ServiceError(f"the store in {data_dir} is unusable: {e}") from None
     if row is None:
         raise ServiceError(f"the store in {data_dir} names no node")
-    return str(row[0])
+    # The id goes into the unit's name, its path and its lines: a store edited by hand
+    # (an id with a newline and an `ExecStartPre=+...` line, or a "/") would write a
+    # root command into the unit or outside the unit directory.
+    if not isinstance(row[0], str) or not NODE_ID.match(row[0]):
+        raise ServiceError(f"the store in {data_dir} names {str(row[0])[:40]!r} as its "
+                           "node, which is not a node id (capitals, digits and _, at most "
+                           "16): the store was edited; put back a backup")
+    return row[0]
 
 
 def unit_name(node: str) -> str:
