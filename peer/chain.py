@@ -178,6 +178,19 @@ def load_chain(chain_dir: Path | str) -> Chain:
     d = Path(chain_dir)
     try:
         meta = json.loads((d / CHAIN_FILE).read_text(encoding="utf-8"))
+    except RecursionError:  # arrays nested thousands deep: the parser's traceback
+        raise ChainError(f"{d / CHAIN_FILE} is not a chain's description (JSON with its name "
+                         "and fingerprint): it nests too deep to read") from None
+    except OSError as e:
+        raise ChainError(f"{d} is not a chain directory (crdtledger chain init): {e}") from None
+    except ValueError as e:  # not UTF-8, not JSON
+        raise ChainError(f"{d / CHAIN_FILE} is not a chain's description (UTF-8 JSON with "
+                         f"its name and fingerprint): {e}") from None
+    if not (isinstance(meta, dict) and isinstance(meta.get("name"), str)
+            and isinstance(meta.get("fingerprint"), str)):
+        raise ChainError(f"{d / CHAIN_FILE} is not a chain's description: it is a JSON "
+                         "object with the chain's name and its CA's fingerprint as text")
+    try:
         pem = (d / CA_CERT).read_bytes()
         cert = x509.load_pem_x509_certificate(pem)
         name, fingerprint = meta["name"], meta["fingerprint"]

@@ -155,7 +155,11 @@ def _export_analytics(ledger: Ledger, operator: str, p: Params) -> Result:
             + (f"written {info['entries_written']} entries of {', '.join(months)}" if months
                else "no month changed since the last export")
             + (f"; the cost of {info['goods_costs_left_out']} goods sales left out (too large "
-               "to hold)" if info.get("goods_costs_left_out") else ""))
+               "to hold)" if info.get("goods_costs_left_out") else "")
+            + (f"; written again, not the files the last export wrote (edited or damaged): "
+               f"{', '.join(info['repaired'])}" if info.get("repaired") else "")
+            + (f"; removed, no files of this export's: {', '.join(info['removed'])}"
+               if info.get("removed") else ""))
     return Result(info, text)
 
 
@@ -939,6 +943,11 @@ def node_config(args: argparse.Namespace, data_dir: Path) -> Config:
         file = {}
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise InvalidInput(f"{data_dir / CONFIG_FILE}: {e}") from None
+    except (UnicodeDecodeError, RecursionError):
+        # Bytes that are not UTF-8, or arrays nested thousands deep, were a traceback
+        # of the parser from `node run` and the counter alike.
+        raise InvalidInput(f"{data_dir / CONFIG_FILE} is not a settings file: it is not "
+                           "UTF-8 TOML (or nests too deep to read)") from None
     unknown = sorted(set(file) - NODE_SETTINGS)
     if unknown:
         # A misspelt key (`lisen`) was passed over without a word, and the node
@@ -956,6 +965,11 @@ def node_config(args: argparse.Namespace, data_dir: Path) -> Config:
         mdns = file.get("mdns", True)
         if not isinstance(mdns, bool):  # bool("false") is True
             raise ValueError(f"mdns is true or false, not {mdns!r}")
+        for key in ("listen", "api"):
+            # `listen = 8470` was said as "'int' object has no attribute 'rpartition'".
+            if key in file and not isinstance(file[key], str):
+                raise ValueError(f"{data_dir / CONFIG_FILE}: {key} is an address as text, "
+                                 f"\"HOST:PORT\", not {str(file[key])[:40]}")
         return Config(data_dir,
                       listen=parse_address(args.listen or file.get("listen", "0.0.0.0"), 8470),
                       api=parse_address(args.api or file.get("api", "127.0.0.1"), 8480),

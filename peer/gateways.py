@@ -420,9 +420,14 @@ def read_notify(data_dir: Path) -> dict[str, Any]:
         return {}
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise SettingsError(f"{Path(data_dir) / CONFIG_FILE}: {e}") from None
+    except (UnicodeDecodeError, RecursionError):
+        # The parser's own traceback otherwise (bytes not UTF-8, arrays nested deep).
+        raise SettingsError(f"{Path(data_dir) / CONFIG_FILE} is not a settings file: it is "
+                            "not UTF-8 TOML (or nests too deep to read)") from None
     notify = table.get("notify", {})
     if not isinstance(notify, dict):
-        raise SettingsError("[notify] is a table of settings")
+        raise SettingsError(f"{Path(data_dir) / CONFIG_FILE}: [notify] is a table of "
+                            f"settings ([notify.email], [notify.sms]), not {str(notify)[:40]}")
     return notify
 
 

@@ -123,17 +123,26 @@ def load_config(data_dir: Path) -> PrinterConfig | None:
         return None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise PrinterError(f"{path}: {e}") from None
+    except RecursionError:  # arrays nested thousands deep: the parser's traceback
+        raise PrinterError(f"{path} is not a printer setting: it nests too deep to read "
+                           "(UTF-8 TOML: host or usb, port, width, title)") from None
     try:
         width = int(raw.get("width", 58))
         if width not in COLUMNS:
             raise ValueError(f"width is 58 or 80 (mm), not {width}")
         title = str(raw.get("title", ""))
+        for key in ("host", "usb"):  # a table was printed as "receipts print on {'a': 1}"
+            if key in raw and not isinstance(raw[key], str):
+                raise ValueError(f"{key} is text, not {str(raw[key])[:40]}")
         if raw.get("usb"):
             return PrinterConfig(usb=parse_usb(str(raw["usb"])), width=width, title=title)
         host, port = parse_net(f"{raw['host']}:{int(raw.get('port', DEFAULT_PORT))}")
         return PrinterConfig(host=host, port=port, width=width, title=title)
     except (KeyError, TypeError, ValueError, InvalidInput) as e:
         raise PrinterError(f"{path}: {e}") from None
+    except OverflowError:  # int(1e400): TOML reads it as infinity
+        raise PrinterError(f"{path}: width is 58 or 80 (mm) and port a port number, not "
+                           "an endless number") from None
 
 
 def save_config(data_dir: Path, config: PrinterConfig | None) -> None:
