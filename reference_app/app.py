@@ -25,6 +25,7 @@ from crdtledger.sync import PROTOCOL_VERSION
 from peer import local, webcert
 from peer.chain import load_identity
 from peer.cli import CONFIG_FILE, add_node_options, node_config
+from peer.gateways import SettingsError, gateways_from_config
 from peer.node import Config, Node, parse_address
 from reference_app import bookings_page, layout
 from reference_app.members_portal import MembersConfig, bind, members_config
@@ -205,6 +206,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{args.data} is not a node with a chain certificate (create one with "
                 "`crdtledger init --data DIR --node NODE --chain CHAIN_DIR`)")
         config = node_config(args, args.data)
+        # The node reads its [notify] gateways only once the pages run (Node.start): a
+        # bad one left this process up with no node, /login a 500 and the reason in a
+        # traceback in the log, so a service's restart-on-failure never fired.
+        try:
+            gateways_from_config(args.data)
+        except SettingsError as e:
+            where = str(args.data / CONFIG_FILE)
+            raise LedgerError(str(e) if where in str(e) else f"{where}: {e}") from None
         served = serving(args, args.data)
         members = None if args.members is None else members_config(
             args.data, args.members, args.members_cert, args.members_key)
