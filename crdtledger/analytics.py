@@ -17,8 +17,13 @@ only when its document does (its state vector moves) or when entries of it leave
 `deferred` or `quarantine` tables (projection.py). The manifest keeps that fingerprint
 of each month; a run rewrites only the months whose fingerprint moved (entries synced
 in late from another branch land in their own month, which is rewritten whole), each
-file replaced atomically. So an unchanged chain costs a read of the state vectors, and
-running it twice writes nothing the second time and never duplicates a row.
+file replaced atomically. So an unchanged chain costs a read of the state vectors (and
+of the files, whose SHA-256 the manifest keeps: one edited in place, even at the same
+size, is written again), and running it twice writes nothing the second time and never
+duplicates a row. The table directories are the export's own: a file there the manifest
+does not list (a sync tool's conflict copy, a stranger's month) is removed, since the
+README's query reads every file there as the books; a symbolic link anywhere under `out`
+is refused, never followed.
 
 Pseudonyms: HMAC-SHA256 of the member id under a key derived from the chain secret
 (crdtledger.trust), so every branch of a chain and every run give a member the same
@@ -122,6 +127,7 @@ def export(ledger: Ledger, out: Path | str, progress: Progress | None = None
     written (months rewritten, rows, months unchanged)."""
     out = Path(out)
     tell = progress or (lambda _text: None)
+    _refuse_links(out)
     manifest = _read_manifest(out, ledger.chain)
     key = _pseudonym_key(ledger)
     layout = f"{FORMAT}:{hashlib.sha256(key).hexdigest()[:16]}"
@@ -141,23 +147,29 @@ def export(ledger: Ledger, out: Path | str, progress: Progress | None = None
         members = {m: _pseudonym(key, m) for (m,) in conn.execute("SELECT id FROM members")}
         months = _fingerprints(ledger)
         written: list[str] = []
+        repaired: list[str] = []
         rows = 0
         for month, fingerprint in months.items():
             have = kept.get(month)
-            recorded = (have or {}).get("bytes")
-            # An older (or edited) manifest records none: `_intact` reads the file's end.
-            was: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
-            if (have is not None and have.get("fingerprint") == fingerprint
-                    and all(_intact(out / table / f"month={month}" / PART, was.get(table))
-                            for table in MONTH_TABLES)):
-                continue
+            # An older (or edited) manifest records no sizes or hashes: written again.
+            was, hashes = _recorded(have, "bytes"), _recorded(have, "sha256")
+            if have is not None and have.get("fingerprint") == fingerprint:
+                found = [f"{table}/month={month}/{PART}" for table in MONTH_TABLES
+                         if not _intact(out / table / f"month={month}" / PART,
+                                        was.get(table), hashes.get(table))]
+                if not found:
+                    continue
+                # The store did not move, the file did: edited or damaged, said so.
+                repaired += [f for f in found if hashes.get(f.split("/")[0]) is not None]
             entries = _month_entries(ledger, month)
             sales, left_out = _goods_sales(conn, entries, members)
             wrote = {table: _write(out / table / f"month={month}" / PART, rows_of)
                      for table, rows_of in (("entries", _entry_table(entries, members)),
                                             ("goods_sales", sales))}
             kept[month] = {"fingerprint": fingerprint, "entries": len(entries),
-                           "goods_sales": sales.num_rows, "bytes": wrote,
+                           "goods_sales": sales.num_rows,
+                           "bytes": {t: size for t, (size, _h) in wrote.items()},
+                           "sha256": {t: h for t, (_size, h) in wrote.items()},
                            **({"costs_left_out": left_out} if left_out else {})}
             written.append(month)
             rows += len(entries)
@@ -173,18 +185,27 @@ def export(ledger: Ledger, out: Path | str, progress: Progress | None = None
         if own_read:
             conn.execute("COMMIT")
     others = {}
-    held = manifest.get("bytes")
-    sizes: dict[str, Any] = held if isinstance(held, dict) else {}
+    sizes, hashes = _recorded(manifest, "bytes"), _recorded(manifest, "sha256")
     for name, table in (("members", member_rows), ("goods", goods_rows)):
         digest = _table_digest(table)
-        if manifest.get(name) != digest or not _intact(out / f"{name}.parquet",
-                                                      sizes.get(name)):
-            sizes[name] = _write(out / f"{name}.parquet", table)
+        path = out / f"{name}.parquet"
+        if manifest.get(name) != digest or not _intact(path, sizes.get(name),
+                                                      hashes.get(name)):
+            if manifest.get(name) == digest and hashes.get(name) is not None:
+                repaired.append(path.name)
+            sizes[name], hashes[name] = _write(path, table)
             manifest[name] = digest
             others[name] = table.num_rows
-    manifest["bytes"] = sizes
+    manifest["bytes"], manifest["sha256"] = sizes, hashes
+    removed = _sweep(out, kept)
+    for name in repaired:
+        tell(f"{name} was not the file the last export wrote (edited or damaged): written "
+             "again")
+    for name in removed:
+        tell(f"{name} is no file of this export's: removed")
     _write_manifest(out, manifest)
     return {"out": str(out), "months_written": written, "entries_written": rows,
+            "repaired": sorted(repaired), "removed": removed,
             "months_unchanged": len(months) - len(written),
             "entries": sum(int(m["entries"]) for m in kept.values()),
             "goods_costs_left_out": sum(int(m.get("costs_left_out", 0))
@@ -447,24 +468,79 @@ def _table_digest(table: pa.Table) -> str:
     return h.hexdigest()
 
 
-def _intact(path: Path, size: Any) -> bool:
-    """Whether `path` is still the file an export wrote: of the size the manifest
-    recorded. A month's file emptied (a disk full, a copy cut short) was trusted by
-    the manifest, "no month changed", and every query of the directory failed on
-    it. A manifest of before sizes were kept: a file that ends as Parquet does."""
+def _recorded(held: Any, key: str) -> dict[str, Any]:
+    """A manifest's map of name -> size or hash (empty if an older or edited one has
+    none)."""
+    found = held.get(key) if isinstance(held, dict) else None
+    return dict(found) if isinstance(found, dict) else {}
+
+
+def _intact(path: Path, size: Any, digest: Any) -> bool:
+    """Whether `path` is still the file an export wrote: of the size and SHA-256 the
+    manifest recorded. A month's file emptied (a disk full, a copy cut short) was
+    trusted by the manifest, "no month changed", and every query of the directory
+    failed on it; one rewritten with a debit at 1 fen kept its size and was read as the
+    books. A manifest of before hashes were kept: the file is written again, once."""
+    if not isinstance(digest, str):
+        return False
     try:
-        found = path.stat().st_size
-        if type(size) is int:
-            return found == size
-        with path.open("rb") as f:
-            return found >= 12 and f.seek(-4, os.SEEK_END) >= 0 and f.read(4) == b"PAR1"
+        if type(size) is int and path.stat().st_size != size:
+            return False  # no need to read it
+        return _file_sha256(path) == digest
     except OSError:  # gone, or not a file any more
         return False
 
 
-def _write(path: Path, table: pa.Table) -> int:
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _refuse_links(out: Path) -> None:
+    """A symbolic link anywhere under `out` (a month's directory replaced by one to a
+    directory elsewhere, in a shared folder) made the export write its files there and
+    make that directory 0700: refused, naming it, before anything is written."""
+    if not out.is_dir():
+        return
+    for root, dirs, files in os.walk(out):  # a linked directory is listed, not entered
+        for name in (*dirs, *files):
+            if (Path(root) / name).is_symlink():
+                raise InvalidInput(f"{Path(root) / name} is a symbolic link: the analytics "
+                                   f"export writes only its own files under {out} and "
+                                   "follows no link: remove it and export again")
+
+
+def _sweep(out: Path, kept: Mapping[str, Any]) -> list[str]:
+    """Remove what the month tables hold beyond the manifest's months: the README's
+    query reads every Parquet file under `entries/` as the books, and a conflict copy
+    (`part-0 (1).parquet`) or a stranger's `month=2020-01` was counted with them. The
+    directories are the export's own (a first export refuses a directory holding other
+    files); nothing there is lost, the store holds it all. Returns what went, relative
+    to `out`."""
+    removed: list[str] = []
+    for table in MONTH_TABLES:
+        top = out / table
+        if not top.is_dir():
+            continue
+        for root, _dirs, files in os.walk(top, topdown=False):
+            here = Path(root)
+            rel = here.relative_to(top).parts
+            ours = (len(rel) == 1 and rel[0].startswith("month=") and rel[0][6:] in kept)
+            for name in files:
+                if not (ours and name == PART):
+                    (here / name).unlink()
+                    removed.append(str((here / name).relative_to(out)))
+            if rel and not ours:
+                here.rmdir()  # emptied above (its directories first: bottom up)
+    return sorted(removed)
+
+
+def _write(path: Path, table: pa.Table) -> tuple[int, str]:
     """Replace `path` whole: a reader (or a crash) sees the old file or the new one;
-    its size, for the manifest (`_intact`).
+    its size and SHA-256, for the manifest (`_intact`).
 
     0600 in 0700 directories, as every other output (a backup, a sync file, a CSV):
     the files followed the umask (0644, 0755), and pseudonyms aside they hold every
@@ -473,9 +549,9 @@ def _write(path: Path, table: pa.Table) -> int:
     tmp = path.with_name(path.name + ".tmp")
     with private_file_open(tmp) as f:
         pq.write_table(table, f, compression="zstd")
-    size = tmp.stat().st_size
+    size, digest = tmp.stat().st_size, _file_sha256(tmp)
     os.replace(tmp, path)
-    return size
+    return size, digest
 
 
 def _read_manifest(out: Path, chain: str) -> dict[str, Any]:
@@ -491,6 +567,10 @@ def _read_manifest(out: Path, chain: str) -> dict[str, Any]:
     except (ValueError, OSError) as e:
         raise InvalidInput(f"{out / MANIFEST} is unreadable ({e}): move the directory "
                            "aside and export again") from None
+    except RecursionError:  # arrays nested thousands deep: the parser's traceback
+        raise InvalidInput(f"{out / MANIFEST} is not the manifest an export writes (JSON "
+                           "nested too deep to read): move the directory aside and export "
+                           "again") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("months", {}), dict):
         raise InvalidInput(f"{out / MANIFEST} is unreadable (not the manifest an export "
                            "writes): move the directory aside and export again")

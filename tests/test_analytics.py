@@ -276,7 +276,7 @@ def test_typed_reasons_are_not_exported_and_levels_are_the_merge_groups(
         a.close()
 
 
-@pytest.mark.parametrize("manifest", ["null", "[]", '"x"', '{"months": []}'])
+@pytest.mark.parametrize("manifest", ["null", "[]", '"x"', '{"months": []}', "[" * 100_000])
 def test_a_manifest_not_an_exports_is_refused_with_a_sentence(tmp_path: Path,
                                                              manifest: str) -> None:
     from helpers import new_ledger
@@ -522,3 +522,85 @@ def test_a_file_emptied_or_cut_short_is_written_again(tmp_path: Path) -> None:
     assert export(data, out)["months_written"] == [month]
     assert pq.read_table(goods).num_rows == 0
     assert export(data, out)["months_written"] == []
+
+
+def test_an_export_edited_or_added_to_is_put_right_and_a_link_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A month's file rewritten with the top-up at 1 fen, its size the same (the
+    manifest's too): the next run wrote nothing (sizes only) and DuckDB read it as the
+    books. A conflict copy `part-0 (1).parquet` and a stranger's `month=2020-01` were
+    kept, and the README's query counted them. A month's directory replaced by a link
+    made the export write outside --out and make that directory 0700."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from helpers import new_ledger
+
+    a = new_ledger(tmp_path, "SH01")
+    try:
+        m = a.add_member(a.owner, name="张伟", phone="13800000001")
+        a.topup(a.owner, m, 10_000)
+    finally:
+        a.close()
+    data, out = tmp_path / "sh01", tmp_path / "analytics"
+    [month] = export(data, out, capsys)["months_written"]  # type: ignore[misc]
+    rel = f"entries/month={month}/part-0.parquet"
+    part = out / rel
+
+    def total() -> int:
+        return int(duckdb.sql(f"SELECT SUM(amount) FROM read_parquet('{out}/entries/*/*."
+                              "parquet', hive_partitioning = true)").fetchall()[0][0])
+
+    assert total() == 10_000
+    table = pq.read_table(part)
+    one = pa.scalar(1, table.schema.field("amount").type)
+    pq.write_table(table.set_column(table.schema.get_field_index("amount"), "amount",
+                                    pc.if_else(pc.is_valid(table["amount"]), one,
+                                               table["amount"])), part, compression="zstd")
+    manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    manifest["months"][month]["bytes"]["entries"] = part.stat().st_size  # sizes agree
+    (out / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    assert total() == 1
+    again = export(data, out, capsys)
+    assert again["months_written"] == [month] and again["repaired"] == [rel], again
+    assert total() == 10_000
+
+    # Strays under the tables: removed, named; the query reads the books alone again.
+    (part.parent / "part-0 (1).parquet").write_bytes(part.read_bytes())
+    (out / "entries" / "month=2020-01").mkdir()
+    (out / "entries" / "month=2020-01" / "part-0.parquet").write_bytes(part.read_bytes())
+    assert total() == 30_000
+    capsys.readouterr()
+    assert peer_cli.main(["export-analytics", "--data", str(data), "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert ("removed, no files of this export's: entries/month=2020-01/part-0.parquet, "
+            f"entries/month={month}/part-0 (1).parquet") in said, said
+    assert total() == 10_000 and not (out / "entries" / "month=2020-01").exists()
+    assert export(data, out, capsys)["removed"] == []
+
+    # A manifest an earlier version wrote (no hashes): every file written again, once.
+    manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    for kept in manifest["months"].values():
+        del kept["sha256"]
+    del manifest["sha256"]
+    (out / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
+    once = export(data, out, capsys)
+    assert once["months_written"] == [month] and once["repaired"] == [], once
+    assert once["rewritten"] == ["goods", "members"], once
+    assert export(data, out, capsys)["months_written"] == []
+
+    # A month's directory a link to one elsewhere: refused, nothing written there.
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    victim.chmod(0o755)
+    (victim / "keep.txt").write_text("x")
+    for p in part.parent.iterdir():
+        p.unlink()
+    part.parent.rmdir()
+    part.parent.symlink_to(victim)
+    capsys.readouterr()
+    assert peer_cli.main(["export-analytics", "--data", str(data), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{part.parent} is a symbolic link" in err, err
+    assert os.listdir(victim) == ["keep.txt"] and victim.stat().st_mode & 0o777 == 0o755
