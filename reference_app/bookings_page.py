@@ -18,6 +18,7 @@ from nicegui import ui
 
 from crdtledger import bookings, views
 from crdtledger.errors import LedgerError, NotFound, PermissionDenied
+from crdtledger.schema import is_date
 from reference_app import layout
 from reference_app.i18n import tr
 from reference_app.shop import operator, shop
@@ -74,6 +75,22 @@ async def _write(name: str, **params: Any) -> dict[str, Any] | None:
     return result
 
 
+# The days the page shows: any real date of these years (the library turns a day into
+# a time of the chain's zone, which year 1 is out of range for).
+FIRST_DAY, LAST_DAY = "1970-01-01", "9998-12-31"
+
+
+def _a_day(value: Any) -> bool:
+    """Whether `value` is a day the page can show: YYYY-MM-DD, a real date, in range."""
+    return isinstance(value, str) and is_date(value) and FIRST_DAY <= value <= LAST_DAY
+
+
+def _quoted(value: Any) -> str:
+    """A value typed or sent, as a notice quotes it: a few characters on one line."""
+    text = "".join(c for c in " ".join(str(value).split()) if c.isprintable())
+    return text if len(text) <= 12 else text[:10] + "…"
+
+
 def page() -> None:
     s = shop()
     ledger = s.ledger
@@ -91,7 +108,16 @@ def page() -> None:
             .mark("booking-day")
 
     def set_day() -> None:
-        state["day"] = day_input.value or ledger.today()
+        value = day_input.value
+        if value and not _a_day(value):
+            # The date picker sends a whole date or nothing; anything else was made up
+            # in the browser ("2026-02-30", 3,000 x's): said in the counter's words,
+            # the text quoted short, and the day shown stays.
+            ui.notify(tr("日期不对（{typed}）：请按 2026-12-03 的格式输入",
+                         "Not a date ({typed}): type it like 2026-12-03",
+                         typed=_quoted(value)), type="warning")
+            return
+        state["day"] = value or ledger.today()
         listing.refresh()
         slots_for.refresh()
 

@@ -139,3 +139,29 @@ async def test_the_second_click_of_a_double_click_books_once(counter_app: Counte
     await asyncio.sleep(0.5)
     assert [b["at"][-5:] for b in bookings.list_bookings(app.ledger, member=member)] == [
         "14:00"]
+
+
+@pytest.mark.parametrize("sent", ["2026-02-30", "abc", "0001-01-01", "x" * 3000])
+async def test_a_day_made_up_in_the_browser_is_refused_in_chinese_and_short(
+        counter_app: CounterApp, sent: str) -> None:
+    """The date picker sends a whole date or nothing; a crafted socket event set the day
+    to these, and the page showed the library's English after "输入有误：", the text
+    sent quoted whole (a label of 3,047 characters)."""
+    app = counter_app
+    seed(app)
+    await app.login(*CASHIER)
+    await app.user.open("/bookings")
+    await app.user.should_see("为会员预约")
+    picker = app.user.find(marker="booking-day").elements.pop()
+    assert isinstance(picker, ui.input)
+    picker.value = sent  # as a socket event sets it, past the picker
+    await app.user.should_see("日期不对")
+    said = [m for m in app.user.notify.messages if "日期不对" in m]
+    assert said and all(len(m) < 60 for m in said), said  # a few characters quoted
+    assert "x" * 11 not in "".join(said)
+    await app.user.should_not_see("输入有误")
+    texts = [str(getattr(e, "text", "")) for e in app.user.find(ui.label).elements]
+    assert max(map(len, texts)) < 200 and "x" * 11 not in "".join(texts)
+    # The page still works: a real day is read.
+    picker.set_value(tomorrow(app.ledger))
+    await app.user.should_see("当天没有预约")
