@@ -13,18 +13,25 @@ did what, when and at which branch, read from what every record says of its writ
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from crdtledger import localtime, views
-from crdtledger.errors import InvalidInput
+from crdtledger.errors import InvalidInput, LocalProtocolError
 from crdtledger.hlc import id_time_ms
 from crdtledger.model import EDITS, ENTRY_KINDS
 from crdtledger.money import format_purse, format_yuan
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
+
+log = logging.getLogger("crdtledger.audit")
+# To the handlers of whoever runs the library (the node's log), and to none where
+# nobody set one: the command line says a refusal once, on its own line, and Python's
+# last-resort handler printed this warning above it.
+log.addHandler(logging.NullHandler())
 
 ReplicaTable = Literal["entries", "rights", "totals", "members", "cards", "rules",
                        "operators", "roles", "quarantine", "deferred"]
@@ -460,3 +467,138 @@ def _entry_detail(e: dict[str, Any]) -> str:
         if e.get(key):
             parts.append(f"{key} {e[key]}")
     return "  ".join(parts)
+
+
+# --- refused attempts ----------------------------------------------------------------
+# A refusal writes nothing to the books (DESIGN.md), so the trail above, read from
+# the books, never showed one: a cashier's tries at what her role lacks, a run of
+# wrong card PINs or of a manager's password typed as approver left no trace but an
+# in-memory throttle and the sentence on her own screen. The refusals that matter
+# for security (SECURITY_CODES) are kept here, in a table of this node's own: never
+# replicated, in no sync file and no ledger entry (a backup's copy of the store
+# carries it, as it carries the idempotency keys). Bounded: the newest
+# REFUSALS_KEPT rows of each door (logins, operations), the oldest removed as new
+# ones come, so a flood of refusals costs a fixed amount of disk. Each row is
+# written in its own small transaction, after the refused operation's own was
+# rolled back: the refusal still changes nothing else.
+
+REFUSALS_KEPT = 10_000  # of each door (below)
+# What a refusal's code says of it: no permission (403: permission_denied, and the
+# approval_required of an approver named who may not approve), a wrong PIN, a
+# wrong password at a login, throttled (too_many_attempts, 429).
+SECURITY_CODES = ("permission_denied", "approval_required", "wrong_pin", "login_failed",
+                  "too_many_attempts")
+_REASON_CHARS = 200  # a refusal's sentence, as kept: enough to read what was refused
+# `door`: 1 for a login refused (anyone who reaches the node may try one), 0 for an
+# operation refused to an operator logged in. Each door keeps its newest
+# REFUSALS_KEPT: ten thousand made-up logins from the network cannot push a
+# cashier's refused refunds out of the list.
+_REFUSALS = (
+    "CREATE TABLE IF NOT EXISTS refusals(pos INTEGER PRIMARY KEY, door INTEGER NOT NULL, "
+    "at INTEGER NOT NULL, operator TEXT NOT NULL, operation TEXT NOT NULL, "
+    "member TEXT NOT NULL, card TEXT NOT NULL, code TEXT NOT NULL, branch TEXT NOT NULL, "
+    "reason TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS refusals_door ON refusals(door, pos)",
+)
+LOGIN = "login"  # the operation a refused login is kept under
+
+
+class RefusedRow(TypedDict):
+    """One refused attempt at this node, as `refused` reads it."""
+
+    time: str  # this node's clock, in the chain's time zone, to the second
+    branch: str  # this node (where it was refused)
+    operation: str  # the operation's name ("refund", "operator.set"), or "login"
+    operator: str  # the acting operator's id, or the name typed at a login
+    operator_name: str
+    member: str  # the member or card named, if any
+    card: str
+    code: str  # the refusal's code (SECURITY_CODES)
+    reason: str  # the refusal's sentence
+
+
+def note_refusal(ledger: Ledger, *, operator: str, operation: str, code: str,
+                 reason: str, member: str = "", card: str = "") -> bool:
+    """Keep one refused attempt (see above); False if it could not be kept: inside a
+    ledger transaction (the row would roll back with it), or the store refused the
+    write (a disk full): the refusal itself must reach its caller all the same."""
+    st = ledger.storage
+    row = (ledger.clock.wall(), operator[:_REASON_CHARS], operation[:100], member[:40],
+           card[:40], code[:40], ledger.node, " ".join(reason.split())[:_REASON_CHARS])
+    # The node's log too, where an owner who watches it (or a log collector) sees a
+    # run of them as it happens. Named as people know the operator; every value quoted
+    # (repr): a name typed at a login may hold a line break, forging a line.
+    named = st.conn.execute("SELECT name FROM operators WHERE id = ?", (operator,)).fetchone()
+    log.warning("refused: operator %r%s %s%s%s at %s: %s: %r",
+                str(named[0]) if named else row[1], f" ({operator})" if named else "", row[2],
+                f" member {row[3]}" if row[3] else "", f" card {row[4]}" if row[4] else "",
+                row[6], row[5], row[7])
+    try:
+        conn = st.local(_REFUSALS, "refused attempts are")
+    except LocalProtocolError:
+        return False
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            door = int(operation == LOGIN)
+            conn.execute("INSERT INTO refusals(door, at, operator, operation, member, card, "
+                         "code, branch, reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                         (door, *row))
+            # The door's oldest beyond its newest REFUSALS_KEPT (one at a time, as they
+            # come; any number at once after a change of the constant).
+            conn.execute("DELETE FROM refusals WHERE door = ? AND pos <= (SELECT pos FROM "
+                         "refusals WHERE door = ? ORDER BY pos DESC LIMIT 1 OFFSET ?)",
+                         (door, door, REFUSALS_KEPT))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error:
+        return False
+    return True
+
+
+def refused(ledger: Ledger, operator: str | None = None, start: str | None = None,
+            end: str | None = None, limit: int = 500) -> list[RefusedRow]:
+    """The newest `limit` refused attempts kept at this node (note_refusal), of the days
+    start..end of this node's clock (inclusive, either open), by `operator` (an id, or
+    a name as typed at a login), newest first. A store that never refused one has no
+    table, and none to show."""
+    limit = max(1, min(int(limit), 2 * REFUSALS_KEPT))
+    conn = ledger.storage.conn
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'refusals'"
+                    ).fetchone() is None:
+        return []
+    where = "1"
+    args: list[Any] = []
+    if start:
+        where += " AND at >= ?"
+        args.append(id_time_ms(ledger.storage.day_start_id(start)))
+    if end:
+        where += " AND at < ?"
+        args.append(id_time_ms(ledger.storage.day_start_id(end, days_later=1)))
+    if operator is not None:
+        where += " AND operator = ?"
+        args.append(operator)
+    names = {o["id"]: o["name"] for o in views.operators(ledger)}
+    zone = localtime.zone(ledger)
+    return [{"time": localtime.show(at / 1000, zone), "branch": branch, "operation": operation,
+             "operator": who, "operator_name": names.get(who, who), "member": member,
+             "card": card, "code": code,
+             # The library's sentence names the operator by id; people know the name.
+             "reason": reason.replace(who, names[who]) if who in names else reason}
+            for at, who, operation, member, card, code, branch, reason in conn.execute(
+                "SELECT at, operator, operation, member, card, code, branch, reason "
+                f"FROM refusals WHERE {where} ORDER BY pos DESC LIMIT ?", (*args, limit))]
+
+
+REFUSED_COLUMNS = ("time", "branch", "operation", "operator", "member", "card", "code",
+                   "reason")
+
+
+def refused_table(rows: Sequence[RefusedRow]) -> list[list[str]]:
+    """The refused attempts as one table (operators by name): the command line's --csv
+    and its text."""
+    return [list(REFUSED_COLUMNS), *([
+        r["time"], r["branch"], r["operation"], r["operator_name"], r["member"], r["card"],
+        r["code"], r["reason"]] for r in rows)]

@@ -30,6 +30,7 @@ from crdtledger.auth import TooManyAttempts
 from crdtledger.bookings import BOOKING_STATUSES
 from crdtledger.coupons import COUPON_REASONS, COUPON_STATUSES, CouponRefused, describe_status
 from crdtledger.errors import (
+    ApprovalRequired,
     CardInactive,
     CardLost,
     InsufficientFunds,
@@ -205,6 +206,8 @@ DAILY = {"type": "object",
 AUDIT_ROW = {"type": "object", "required": list(audit.AuditRow.__annotations__),
              "properties": {k: INT if k == "amount" else STR
                             for k in audit.AuditRow.__annotations__}}
+REFUSED_ROW = {"type": "object", "required": list(audit.RefusedRow.__annotations__),
+               "properties": {k: STR for k in audit.RefusedRow.__annotations__}}
 SETTLEMENT = {"type": "object", "required": ["pairs", "branches", "net", "total"],
               "properties": {
                   "pairs": {"type": "array", "items": {
@@ -362,7 +365,42 @@ def _schema_of(op: Operation) -> Schema:
 
 def run(ledger: Ledger, operator: str, name: str, params: Mapping[str, Any]) -> Any:
     """Run operation `name` as `operator`: permission, parameters, then the handler.
-    A write must run where its node's writes run (`Node.perform`)."""
+    A write must run where its node's writes run (`Node.perform`).
+
+    Every front end comes here (the API, the command line, the counter and the back
+    office): a refusal that matters for security is kept here too (`_keep_refused`),
+    once the operation's own transaction is over."""
+    try:
+        return _run(ledger, operator, name, params)
+    except (PermissionDenied, WrongPin) as e:  # TooManyAttempts is a PermissionDenied
+        _keep_refused(ledger, operator, name, params, e)
+        raise
+
+
+def _keep_refused(ledger: Ledger, operator: str, name: str, params: Mapping[str, Any],
+                  e: LedgerError) -> None:
+    """Keep a refused attempt in the node's own list (audit.note_refusal). Not an
+    approval asked for and not given: the counter's and the back office's honest way to
+    learn that an amount needs an approver (they then show the approver's fields). An
+    approver named who may not approve (themselves, a cashier) is kept. Nor a card's
+    PIN not given at all: no guess (cards.use_card counts none either)."""
+    if (isinstance(e, ApprovalRequired) and not params.get("approver")) \
+            or (isinstance(e, WrongPin) and params.get("pin") is None) \
+            or e.code not in audit.SECURITY_CODES or name not in TABLE:
+        return
+
+    def named(key: str, pattern: re.Pattern[str]) -> str:
+        # The parameters are not checked yet where permission is refused: only a
+        # value of the right form is kept (a crafted one says nothing the row needs).
+        value = params.get(key)
+        return value if isinstance(value, str) and pattern.match(value) else ""
+
+    audit.note_refusal(ledger, operator=operator, operation=name, code=e.code,
+                       reason=describe(e).sentence, member=named("member", ID),
+                       card=named("card", CARD_NO) or named("card_no", CARD_NO))
+
+
+def _run(ledger: Ledger, operator: str, name: str, params: Mapping[str, Any]) -> Any:
     op = TABLE.get(name)
     if op is None:
         raise NotFound(f"no operation {name!r}")
@@ -2090,13 +2128,25 @@ def operator_id(ledger: Ledger, who: str) -> str:
     return found[0]
 
 
-def _show_audit(_ledger: Ledger, rows: Any, _p: Params) -> str:
-    table = [[c for c in r[:-1]] for r in audit.table(rows)]  # without the id column
+def _show_audit(_ledger: Ledger, rows: Any, p: Params) -> str:
+    if p.get("refused"):
+        table = audit.refused_table(rows)
+        if len(table) == 1:
+            return "no refused attempts"
+    else:
+        table = [[c for c in r[:-1]] for r in audit.table(rows)]  # without the id column
     if len(table) == 1:
         return "no actions"
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                      for r in table)
+
+
+def _audit_table(rows: Any) -> list[list[str]]:
+    """The trail's table, or the refused attempts' (their rows have an `operation`)."""
+    if rows and "operation" in rows[0]:
+        return audit.refused_table(rows)
+    return audit.table(rows)
 
 
 @operation("audit", "The audit trail: who did what, when, at which branch (operator, "
@@ -2107,9 +2157,28 @@ def _show_audit(_ledger: Ledger, rows: Any, _p: Params) -> str:
                    Param("kind", {"type": "string", "enum": list(audit.ACTIONS),
                                   "description": "an entry kind or a change of a record"}),
                    *PERIOD, Param("limit", {**LIMIT, "maximum": audit.TRAIL_LIMIT},
-                                  default=500)),
-           result=array(AUDIT_ROW, audit.TRAIL_LIMIT), show=_show_audit, table=audit.table)
-def audit_trail(ledger: Ledger, operator: str, p: Params) -> list[audit.AuditRow]:
+                                  default=500),
+                   Param("refused", {"type": "boolean"}, switch=True,
+                         help="the attempts refused at this branch instead (no permission, "
+                         "a wrong PIN or password, throttled): kept here only, the newest "
+                         f"{audit.REFUSALS_KEPT}")),
+           result=array({"anyOf": [AUDIT_ROW, REFUSED_ROW]}, audit.TRAIL_LIMIT),
+           show=_show_audit, table=_audit_table)
+def audit_trail(ledger: Ledger, operator: str, p: Params
+                ) -> list[audit.AuditRow] | list[audit.RefusedRow]:
+    if p.get("refused"):
+        if p.get("kind") or p.get("branch") not in (None, ledger.node):
+            # Kept at the branch that refused them, and of no entry kind.
+            raise InvalidInput("refused attempts are listed at the branch that refused "
+                               f"them ({ledger.node}), by operator and day only: leave "
+                               "out kind and branch")
+        who = p.get("operator")
+        if who is not None:  # a name typed at a login may be no operator's
+            try:
+                who = operator_id(ledger, who)
+            except NotFound:
+                who = who.strip()
+        return audit.refused(ledger, who, p.get("from"), p.get("to"), p["limit"])
     who = operator_id(ledger, p["operator"]) if "operator" in p else None
     return audit.trail(ledger, who, p.get("branch"), p.get("kind"), p.get("from"), p.get("to"),
                        p["limit"])

@@ -50,7 +50,7 @@ from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
-from crdtledger import idempotency, operations, views
+from crdtledger import audit, idempotency, operations, views
 from crdtledger.auth import TooManyAttempts, verify_login
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
 from crdtledger.inputs import unique_keys
@@ -578,6 +578,7 @@ async def login(c: Call) -> dict[str, Any]:
     throttle = c.sessions.throttle
     wait = throttle.begin(name, address)
     if wait:  # refused before the password is looked at: a guess here teaches nothing
+        _keep_failed_login(c, name, "too_many_attempts", too_many_attempts(wait))
         raise ApiError(429, "too_many_attempts", too_many_attempts(wait),
                        {"Retry-After": str(wait)})
     record = c.ledger.login_record(name)  # on the loop: the store is bound to its thread
@@ -586,11 +587,19 @@ async def login(c: Call) -> dict[str, Any]:
         operator = await asyncio.to_thread(verify_login, record, password)
         c.ledger.still_current(name, record)
     except PermissionDenied as e:
+        _keep_failed_login(c, name, "login_failed", str(e))
         raise ApiError(401, "login_failed", str(e)) from None
     throttle.succeeded(name, address)
     return {"token": c.sessions.open(operator, name), "operator": operator, "name": name,
             "node": c.ledger.node, "permissions": sorted(c.ledger.permissions(operator)),
             "expires_in": int(c.sessions.ttl_s)}
+
+
+def _keep_failed_login(c: Call, name: str, code: str, sentence: str) -> None:
+    """A login refused, kept with the refusals the operations keep (operations.run):
+    by the name typed (never the password) and the address it came from."""
+    audit.note_refusal(c.ledger, operator=name, operation=audit.LOGIN, code=code,
+                       reason=f"{sentence} (from {c.request.remote or 'an unknown address'})")
 
 
 async def logout(c: Call) -> None:

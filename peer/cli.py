@@ -515,7 +515,11 @@ def emit(args: argparse.Namespace, result: Result) -> None:
     if getattr(args, "csv", False) and isinstance(cmd, Operation) and cmd.table is not None:
         # Names and reasons come from other branches' records too: a liar's ESC [2J
         # cleared the owner's terminal through `audit --csv`.
-        sys.stdout.write(printable(csv_text(cmd.table(result.data))))
+        # `audit --refused` with none to list: the refused attempts' header, not the
+        # trail's (a table is told its rows only, and no row says which it is).
+        table = (audit.refused_table(result.data) if getattr(args, "p_refused", None)
+                 else cmd.table(result.data))
+        sys.stdout.write(printable(csv_text(table)))
     elif getattr(args, "json", False):
         print(_json_text(result.data))
     elif result.text:

@@ -1589,6 +1589,48 @@ def audit_rows(ledger: Ledger, f: Mapping[str, str], limit: int = audit.TRAIL_LI
     return out
 
 
+# A refused attempt's code (crdtledger.audit.SECURITY_CODES) as the counter says it.
+REFUSAL_LABELS = {
+    "permission_denied": ("无此权限", "no permission"),
+    "approval_required": ("审批人不符", "approver not allowed"),
+    "wrong_pin": ("卡密码错误", "wrong card PIN"),
+    "login_failed": ("登录姓名或密码错误", "wrong name or password at login"),
+    "too_many_attempts": ("错误次数过多，已暂停", "too many wrong tries: locked"),
+}
+REFUSED_HEADERS = (("time", "时间", "Time"), ("operation", "操作", "Operation"),
+                   ("operator", "操作员", "Operator"), ("member", "会员", "Member"),
+                   ("card", "卡号", "Card"), ("code", "拒绝原因", "Refused as"),
+                   ("reason", "详情", "Detail"))
+
+
+def refused_labels() -> dict[str, str]:
+    """Operations whose names are not the trail's actions (an entry's kind), and the
+    login, as the counter names them; any other shows by its name."""
+    return {
+        "login": tr("登录", "login"), "correct": tr("调账", "correction"),
+        "package.sell": tr("售套餐", "package sold"), "card.issue": tr("发卡", "card issued"),
+        "member.merge": tr("合并会员", "members merged"),
+        "rights.transfer": tr("转移储值权利", "rights moved"),
+        "points.redeem": tr("积分兑换", "points redeemed"),
+        "points.convert": tr("积分转储值", "points to value"),
+        "audit": tr("查看操作日志", "audit trail read"),
+    }
+
+
+def refused_rows(ledger: Ledger, f: Mapping[str, str], limit: int) -> list[dict[str, str]]:
+    """The newest `limit` attempts refused at this branch (`crdtledger audit --refused`)
+    of the period and operator of `f`, as the page shows them. Kept at the branch that
+    refused them: the branch and action filters do not apply."""
+    params = {"operator": f.get("operator"), "from": f.get("start"), "to": f.get("end")}
+    rows = operations.run(ledger, operator() or "", "audit", {
+        "refused": True, "limit": limit, **{k: v for k, v in params.items() if v}})
+    labels = {**action_labels(), **refused_labels()}
+    return [{"time": r["time"], "operation": labels.get(r["operation"], r["operation"]),
+             "operator": r["operator_name"], "member": r["member"], "card": r["card"],
+             "code": tr(*REFUSAL_LABELS.get(r["code"], (r["code"], r["code"]))),
+             "reason": r["reason"], "key": str(i)} for i, r in enumerate(rows)]
+
+
 def audit_page() -> None:
     ledger = shop().ledger
     start, end = default_period(ledger, 7)
@@ -1633,6 +1675,19 @@ def audit_page() -> None:
                           for k, zh, en in AUDIT_HEADERS if k not in ("ref", "id")],
                  rows=[dict(zip(keys, r, strict=True)) for r in shown], row_key="id",
                  pagination=50).props("flat bordered dense").classes("w-full").mark("audit")
+        # What was tried here and refused (no permission, a wrong PIN or password,
+        # locked): kept at this branch only, never in the books above.
+        refused = refused_rows(ledger, state, SCREEN_ROWS)
+        ui.label(tr("被拒绝的操作（本店）", "Refused attempts (this branch)")) \
+            .classes("text-subtitle1 q-mt-md")
+        if not refused:
+            ui.label(tr("没有被拒绝的操作", "No refused attempts")) \
+                .classes("text-sm text-grey-7").mark("audit-refused-none")
+            return
+        ui.table(columns=[{"name": k, "label": tr(zh, en), "field": k, "align": "left"}
+                          for k, zh, en in REFUSED_HEADERS],
+                 rows=refused, row_key="key", pagination=50) \
+            .props("flat bordered dense").classes("w-full").mark("audit-refused")
 
     def choose(key: str) -> Callable[[events.ValueChangeEventArguments[Any]], None]:
         def on_change(e: events.ValueChangeEventArguments[Any]) -> None:
