@@ -50,7 +50,7 @@ from crdtledger.errors import (
 )
 from crdtledger.hlc import id_time_ms
 from crdtledger.idempotency import KEY_TTL_MS
-from crdtledger.log import first_altered
+from crdtledger.log import altered_logs
 from crdtledger.private import (
     FILE_MODE,
     SQLITE_SUFFIXES,
@@ -142,18 +142,26 @@ def damage(conn: sqlite3.Connection, *, copied_from: sqlite3.Connection | None =
 
 
 def _own_log_altered(conn: sqlite3.Connection) -> str | None:
-    """Whether a record of this branch's own log was changed after it was written (a
-    store edited by hand): peers refuse its log from there on, for good."""
+    """Whether a record of a log this store holds, its own or another branch's, was
+    changed after it was written or taken (a store edited by hand): peers refuse this
+    branch's own log from there on, for good, and every sync file it writes carrying
+    another's ("altered on the way"), and no check here said so for another's."""
     try:
         row = conn.execute("SELECT value FROM meta WHERE key = 'node'").fetchone()
-        seq = first_altered(conn, str(row[0])) if row else None
+        altered = altered_logs(conn) if row else {}
     except sqlite3.OperationalError:  # not a store of ours (no such table): said elsewhere
         return None
-    if seq is None:
+    if not altered:
         return None
-    return (f"record {seq} of this branch's own log ({row[0]}) was changed after it was "
-            "written (the store edited by hand, or damaged): every other branch refuses "
-            "its records from there on")
+    own = str(row[0])
+    if own in altered:
+        return (f"record {altered[own]} of this branch's own log ({own}) was changed after "
+                "it was written (the store edited by hand, or damaged): every other branch "
+                "refuses its records from there on")
+    node, seq = min(altered.items())
+    return (f"record {seq} of branch {node}'s log held here was changed after it came (the "
+            "store edited by hand, or damaged): every other branch refuses each sync file "
+            "this one writes")
 
 
 # How far apart the two readings of a store file cut short are (`damage`).

@@ -108,23 +108,56 @@ def record_hash(prev: bytes, node: str, seq: int, doc: str, data: bytes) -> byte
     return h.digest()
 
 
-def first_altered(conn: sqlite3.Connection, node: str) -> int | None:
-    """The first record of `node`'s own log held on `conn` whose data no longer hashes
-    to the hash kept beside it (from the one kept before it), or None. A store edited
-    by hand (an amount changed inside a record) went on selling, and every peer
-    refused its log from that record on as "altered on the way", for good, said only
-    in the peers' logs. A record the node redacted after an erasure hashes otherwise
-    (its signed redaction entry vouches for it: crdtledger.erasure) and carries
-    nothing: such a member record is passed. Streams the log: one read of it."""
+def first_altered(conn: sqlite3.Connection, node: str, after: int = 0) -> int | None:
+    """The first record of `node`'s log held on `conn` (past `after`) whose data no
+    longer hashes to the hash kept beside it (from the one kept before it), or None.
+    A store edited by hand (an amount changed inside a record) went on selling, and
+    every peer refused its log from that record on as "altered on the way", for good,
+    said only in the peers' logs. A record the node redacted after an erasure hashes
+    otherwise (its signed redaction entry vouches for it: crdtledger.erasure) and
+    carries nothing: such a member record is passed. Streams the log: one read of it."""
     prev = GENESIS
+    if after > 0:
+        row = conn.execute("SELECT hash FROM records WHERE node = ? AND seq = ?",
+                           (node, after)).fetchone()
+        if row is None:  # not held (a gap): walked from the start
+            after = 0
+        else:
+            prev = bytes(row[0])
     for seq, hash_, doc, data in conn.execute(
-            "SELECT seq, hash, doc, data FROM records WHERE node = ? ORDER BY seq", (node,)):
+            "SELECT seq, hash, doc, data FROM records WHERE node = ? AND seq > ? "
+            "ORDER BY seq", (node, after)):
         kept = bytes(hash_)
         if (record_hash(prev, node, seq, doc, bytes(data)) != kept
                 and not (doc.startswith("members/") and carries_nothing(bytes(data)))):
             return int(seq)
         prev = kept
     return None
+
+
+def altered_logs(conn: sqlite3.Connection, after: Mapping[str, int] | None = None
+                 ) -> dict[str, int]:
+    """Every log held on `conn`, this branch's own and each other branch's, changed
+    after it was written or taken (the store edited by hand, or damaged): node -> the
+    first record whose data no longer hashes to the hash kept beside it, or the head
+    its writer signed when the hashes kept no longer reach it (rewritten with the
+    data). One byte of another branch's record flipped in `records` passed every check
+    here, and each sync file this branch wrote was then refused whole at every other,
+    "altered on the way". `after`: only these logs, past these positions (what a sync
+    file carries); else all of them, whole: one read of `records`."""
+    nodes = dict(after) if after is not None else {
+        str(n): 0 for (n,) in conn.execute("SELECT DISTINCT node FROM records")}
+    out: dict[str, int] = {}
+    for node in sorted(nodes):
+        seq = first_altered(conn, node, nodes[node])
+        if seq is not None:
+            out[node] = seq
+    for node, seq, signed, kept in conn.execute(
+            "SELECT h.node, h.seq, h.hash, r.hash FROM heads h "
+            "JOIN records r ON r.node = h.node AND r.seq = h.seq"):
+        if node in nodes and node not in out and bytes(kept) != bytes(signed):
+            out[str(node)] = int(seq)
+    return out
 
 
 def mark_of(doc: str, data: bytes) -> tuple[str, str] | None:

@@ -26,8 +26,15 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from crdtledger import __version__
-from crdtledger.errors import CorruptSyncFile, ForeignChain, InvalidInput, RemoteProtocolError
-from crdtledger.log import MARK_DOCS, MAX_BATCH_RECORDS, Batch
+from crdtledger.backups import RESTORE_DAMAGED
+from crdtledger.errors import (
+    CorruptSyncFile,
+    ForeignChain,
+    InvalidInput,
+    RemoteProtocolError,
+    StoreError,
+)
+from crdtledger.log import MARK_DOCS, MAX_BATCH_RECORDS, Batch, altered_logs
 from crdtledger.private import replace_private
 from crdtledger.seal import read_head, read_sealed, seal, unseal
 from crdtledger.sync import parse_logs, wire_logs
@@ -81,6 +88,18 @@ def export_file(ledger: Ledger, path: Path | str, for_node: str | None = None, *
     if len(records) > MAX_BATCH_RECORDS:
         raise InvalidInput(f"{len(records):,} records to write: {_LIMIT}; write it "
                            "for a node that holds part of it already (--for NODE)")
+    # A record held here changed since (the store edited by hand): every branch would
+    # refuse the file whole, blaming the way. Said here, naming the log, instead.
+    since: dict[str, int] = {}
+    for rec in records:
+        since[rec.node] = min(since.get(rec.node, rec.seq), rec.seq)
+    altered = altered_logs(ledger.storage.conn, {n: s - 1 for n, s in since.items()})
+    if altered:
+        node, seq = min(altered.items())
+        raise StoreError(f"no file written: record {seq} of {node}'s log held here was "
+                         "changed after it was written (this store was edited by hand, or "
+                         "is damaged; not on the way): every branch would refuse the file "
+                         f"whole. {RESTORE_DAMAGED}")
     batch = ledger.batch(records)
     body = msgpack.packb({"chain": ledger.chain, "node": ledger.node,
                           "created": ledger.clock.wall(),
