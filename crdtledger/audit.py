@@ -15,14 +15,25 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from crdtledger import localtime, views
-from crdtledger.errors import InvalidInput, LocalProtocolError
+from crdtledger.backups import RESTORE_DAMAGED
+from crdtledger.errors import InvalidInput, LocalProtocolError, StoreError
 from crdtledger.hlc import id_time_ms
-from crdtledger.model import EDITS, ENTRY_KINDS
+from crdtledger.model import (
+    EDITS,
+    ENTRY_KINDS,
+    InvalidRecord,
+    entry_doc,
+    ledger_doc,
+    normalise_entry,
+)
 from crdtledger.money import format_purse, format_yuan
+from crdtledger.projection import _entry_value, project_entry, record_change
+from crdtledger.storage import POINTS_NOTED, SCHEMA, dumps
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
@@ -132,6 +143,19 @@ def waiting(ledger: Ledger, limit: int = 3) -> list[tuple[str, str]]:
 # What each kind of document holds under which root, and the table projecting it.
 _PROJECTED = (("ledger/", "entries", "entries"), ("members/", "members", "members"),
               ("members/", "cards", "cards"))
+# The tables `unprojected` projects again from the documents and compares, each as
+# REPLICA_TABLES reads it (cards by their columns' names: a store upgraded in place may
+# order them otherwise), keyed by their first column (an id; a member for rights and
+# totals, which sum what her entries move).
+_REBUILT: dict[str, str] = {
+    "entries": REPLICA_TABLES["entries"], "members": REPLICA_TABLES["members"],
+    "cards": "SELECT id, card_no, member, status, body FROM cards ORDER BY id",
+    "rights": REPLICA_TABLES["rights"], "totals": REPLICA_TABLES["totals"],
+    "rules": "SELECT id, kind, effective_from, body FROM rules ORDER BY id",
+    "operators": "SELECT id, name, body FROM operators ORDER BY id",
+    "roles": "SELECT name, body FROM roles ORDER BY name"}
+# Suffix of `unprojected`'s keys for rows that differ from the documents' projection.
+CHANGED = " changed"
 
 
 def unprojected(ledger: Ledger) -> dict[str, list[str]]:
@@ -140,30 +164,119 @@ def unprojected(ledger: Ledger) -> dict[str, list[str]]:
     decode): none in a store only this program wrote. A row
     deleted by hand (sqlite3, the node stopped) left the day's report short and a
     refund of the sale "no debit", and no check said so: the closing attests rights,
-    totals and logs, not these rows. Reads every document: `status --check` only."""
+    totals and logs, not these rows. Reads every document: `status --check` only.
+
+    Rows changed (or added) by hand too, under "<table> changed" (CHANGED): the
+    documents are projected again, by the projection's own functions, into a store in
+    memory, and its entries, members, cards, rights, totals, rules, operators and
+    roles compared with the tables' (ids; members for rights and totals). A debit's
+    amount raised in its row was refunded as raised and the bonus sold; totals raised
+    made a member gold; a lost card set active paid; and no check said a word."""
     st = ledger.storage
     conn = st.conn
     held = {(str(d), str(k)) for d, k in conn.execute(
         "SELECT doc, key FROM deferred UNION SELECT doc, key FROM quarantine")}
     out: dict[str, list[str]] = {}
-    for prefix, root, table in _PROJECTED:
-        rows = {str(i) for (i,) in conn.execute(f"SELECT id FROM {table}")}
-        for (name,) in conn.execute("SELECT name FROM docs WHERE substr(name, 1, ?) = ? "
-                                    "ORDER BY name", (len(prefix), prefix)).fetchall():
-            try:
-                keys = list(st.doc(name).roots[root].keys())
-            except BaseException as e:  # pyo3 panics are BaseExceptions
-                if isinstance(e, KeyboardInterrupt | SystemExit):
-                    raise
-                # A snapshot or update that does not decode (edited by hand, damaged):
-                # said as such, not a traceback of the check that reads it.
-                if name not in out.get("documents", []):
-                    out.setdefault("documents", []).append(name)
-                continue
-            missing = [key for key in keys if key not in rows and (name, key) not in held]
-            if missing:
-                out.setdefault(table, []).extend(sorted(missing))
+    rebuilt = sqlite3.connect(":memory:")
+    try:
+        rebuilt.executescript(SCHEMA)
+        written: list[dict[str, Any]] = []
+        for prefix, root, table in _PROJECTED:
+            rows = {str(i) for (i,) in conn.execute(f"SELECT id FROM {table}")}
+            for (name,) in conn.execute("SELECT name FROM docs WHERE substr(name, 1, ?) = ? "
+                                        "ORDER BY name", (len(prefix), prefix)).fetchall():
+                try:
+                    ld = st.doc(name)
+                    # As plain values, read through Yrs' own JSON (LoadedDoc.plain_values):
+                    # pycrdt's item by item was most of the check's time.
+                    keys = list(ld.roots[root].keys())
+                    items = [(key, value) for (_r, key), value in ld.plain_values(
+                        [(root, key) for key in keys]).items()]
+                except BaseException as e:  # pyo3 panics are BaseExceptions
+                    if isinstance(e, KeyboardInterrupt | SystemExit):
+                        raise
+                    # A snapshot or update that does not decode (edited by hand,
+                    # damaged): said as such, not a traceback of the check that reads it.
+                    if name not in out.get("documents", []):
+                        out.setdefault("documents", []).append(name)
+                    continue
+                missing = [key for key, _ in items
+                           if key not in rows and (name, key) not in held]
+                if missing:
+                    out.setdefault(table, []).extend(sorted(missing))
+                for key, value in items:
+                    if (name, key) in held:
+                        continue
+                    if root != "entries":
+                        record_change(rebuilt, name, root, key, value, st.day_of)
+                        continue
+                    try:
+                        written.append(normalise_entry(key, _entry_value(value)))
+                    except InvalidRecord:  # quarantined when it came: no row
+                        continue
+        # Rules, operators and roles: few, and compared only (no row of theirs is
+        # said missing): a service's price lowered in its rules row sold at that price.
+        for name, root in (("rules", "rules"), ("operators", "operators"),
+                           ("operators", "roles")):
+            if _has_doc(conn, name):
+                ld = st.doc(name)
+                keys = list(ld.roots[root].keys())
+                for (_r, key), value in ld.plain_values([(root, key) for key in keys]).items():
+                    if (name, key) not in held:
+                        record_change(rebuilt, name, root, key, value, st.day_of)
+        written.sort(key=lambda e: str(e["id"]))
+        for entry in written:
+            project_entry(rebuilt, entry, st.day_of(entry["at"]), +1)
+        for table, sql in _REBUILT.items():
+            changed = _differing(conn.execute(sql), rebuilt.execute(sql),
+                                 both=table in ("rights", "totals"))
+            if changed:
+                out[table + CHANGED] = changed
+    finally:
+        POINTS_NOTED.discard(id(rebuilt))  # its points lots are nobody's to settle
+        rebuilt.close()
     return out
+
+
+def _differing(held: Iterable[Sequence[Any]], projected: Iterable[Sequence[Any]], *,
+               both: bool) -> list[str]:
+    """The keys (first column) whose rows differ between a table as held and as
+    projected again; of the rows held only, unless `both` (a row the documents project
+    and the table lacks is said by `unprojected` as missing: a row deleted)."""
+    mine, theirs = set(map(tuple, held)), set(map(tuple, projected))
+    return sorted({str(row[0]) for row in (mine ^ theirs if both else mine - theirs)})
+
+
+def entry_as_written(ledger: Ledger, entry_id: str, body: str) -> dict[str, Any]:
+    """Entry `entry_id` as its ledger document holds it (what its writer signed), its
+    row in `entries` (whose body is `body`) having found it; StoreError if the row says
+    otherwise (changed by hand with sqlite3, the node stopped): a debit's amount raised
+    in its row was refunded as raised (50.00 sold, 50,000.00 paid back)."""
+    st = ledger.storage
+    at = id_time_ms(entry_id)
+    # Its month in the chain's zone (where its writer filed it), else in any zone.
+    names = [entry_doc(entry_id, st.day_of), *(
+        ledger_doc(time.strftime("%Y-%m", time.gmtime(at / 1000 + off)))
+        for off in (-12 * 3600, 14 * 3600))]
+    for name in dict.fromkeys(names):
+        if _has_doc(st.conn, name):
+            value = st.doc(name).roots["entries"].get(entry_id)
+            if value is not None:
+                try:
+                    entry = normalise_entry(entry_id, _entry_value(value))
+                except InvalidRecord:
+                    break
+                if dumps(entry) == body:
+                    return entry
+                break
+    raise StoreError(f"EDITED store: entry {entry_id}'s row in its entries table differs "
+                     "from its ledger document (changed by hand): nothing is refunded by it "
+                     "(crdtledger status --check says what else was changed). "
+                     f"{RESTORE_DAMAGED}.")
+
+
+def _has_doc(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM docs WHERE name = ?", (name,)).fetchone() is not None
 
 
 def ids(ledger: Ledger, table: Literal["entries", "members", "cards", "rules"]) -> list[str]:

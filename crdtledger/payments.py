@@ -11,7 +11,7 @@ from datetime import date, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, cast
 
-from crdtledger import escrow, lots, views
+from crdtledger import audit, escrow, lots, views
 from crdtledger.commit import Write
 from crdtledger.errors import (
     InsufficientFunds,
@@ -357,7 +357,9 @@ class Payments(Merges, Rules):
         ).fetchone()
         if row is None:
             raise NotFound(f"no debit {debit_id}")
-        return dict(json.loads(row[0]))
+        # The sale as its writer signed it, the row only finding it: a row's amount
+        # raised by hand was refunded as raised (audit.entry_as_written).
+        return audit.entry_as_written(cast("Ledger", self), debit_id, str(row[0]))
 
     def _refunds_of(self, debit_id: str) -> list[dict[str, Any]]:
         return [json.loads(b) for (b,) in self.storage.conn.execute(

@@ -873,6 +873,14 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
         lines.append(_damaged_line(data["store_damaged"]))
     missing = dict(data.get("store_unprojected") or {})
     unread = missing.pop("documents", 0)
+    changed = {t.removesuffix(audit.CHANGED): missing.pop(t) for t in sorted(missing)
+               if t.endswith(audit.CHANGED)}
+    if changed:
+        told = ", ".join(f"{table} ({n} {'member' if table in ('rights', 'totals') else 'row'}"
+                         f"{'s' if n != 1 else ''})" for table, n in changed.items())
+        lines.append(f"EDITED store: rows of its tables differ from its documents, changed by "
+                     f"hand: {told}: reports, balances, levels, cards and refunds read them "
+                     f"as changed. {RESTORE_DAMAGED}.")
     if unread:
         lines.append(f"EDITED store: {unread} of its documents do not decode (edited by hand, "
                      f"or damaged). {RESTORE_DAMAGED}.")
