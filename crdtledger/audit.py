@@ -32,7 +32,7 @@ from crdtledger.model import (
     normalise_entry,
 )
 from crdtledger.money import format_purse, format_yuan
-from crdtledger.projection import _entry_value, project_entry, record_change
+from crdtledger.projection import _entry_value, project_entries, project_entry, record_change
 from crdtledger.storage import POINTS_NOTED, SCHEMA, dumps
 
 if TYPE_CHECKING:
@@ -167,9 +167,10 @@ def unprojected(ledger: Ledger) -> dict[str, list[str]]:
     totals and logs, not these rows. Reads every document: `status --check` only.
 
     Rows changed (or added) by hand too, under "<table> changed" (CHANGED): the
-    documents are projected again, by the projection's own functions, into a store in
-    memory, and its entries, members, cards, rights, totals, rules, operators and
-    roles compared with the tables' (ids; members for rights and totals). A debit's
+    documents are projected again, by the projection's own functions (a catch-up's),
+    into a store in memory, and its entries, members, cards, rights, totals, rules,
+    operators and roles compared with the tables' (ids; members for rights and
+    totals). A debit's
     amount raised in its row was refunded as raised and the bonus sold; totals raised
     made a member gold; a lost card set active paid; and no check said a word."""
     st = ledger.storage
@@ -180,7 +181,6 @@ def unprojected(ledger: Ledger) -> dict[str, list[str]]:
     rebuilt = sqlite3.connect(":memory:")
     try:
         rebuilt.executescript(SCHEMA)
-        written: list[dict[str, Any]] = []
         for prefix, root, table in _PROJECTED:
             rows = {str(i) for (i,) in conn.execute(f"SELECT id FROM {table}")}
             for (name,) in conn.execute("SELECT name FROM docs WHERE substr(name, 1, ?) = ? "
@@ -204,16 +204,15 @@ def unprojected(ledger: Ledger) -> dict[str, list[str]]:
                            if key not in rows and (name, key) not in held]
                 if missing:
                     out.setdefault(table, []).extend(sorted(missing))
-                for key, value in items:
-                    if (name, key) in held:
-                        continue
-                    if root != "entries":
-                        record_change(rebuilt, name, root, key, value, st.day_of)
-                        continue
-                    try:
-                        written.append(normalise_entry(key, _entry_value(value)))
-                    except InvalidRecord:  # quarantined when it came: no row
-                        continue
+                mine = [(key, value) for key, value in items if (name, key) not in held]
+                if root == "entries":
+                    # A month at once, as a catch-up projects it (in the documents'
+                    # order: months ascending); what is refused was quarantined here
+                    # when it came (held); what waits for funding here, below.
+                    project_entries(rebuilt, name, mine, st.day_of)
+                    continue
+                for key, value in mine:
+                    record_change(rebuilt, name, root, key, value, st.day_of)
         # Rules, operators and roles: few, and compared only (no row of theirs is
         # said missing): a service's price lowered in its rules row sold at that price.
         for name, root in (("rules", "rules"), ("operators", "operators"),
@@ -224,8 +223,11 @@ def unprojected(ledger: Ledger) -> dict[str, list[str]]:
                 for (_r, key), value in ld.plain_values([(root, key) for key in keys]).items():
                     if (name, key) not in held:
                         record_change(rebuilt, name, root, key, value, st.day_of)
-        written.sort(key=lambda e: str(e["id"]))
-        for entry in written:
+        # Funding that came in a later month's document (a clock behind at the month's
+        # turn): the store projected these (they are not held), so they are projected
+        # here too, one by one; sums, so in any order.
+        for (body,) in rebuilt.execute("SELECT body FROM deferred").fetchall():
+            entry = json.loads(body)
             project_entry(rebuilt, entry, st.day_of(entry["at"]), +1)
         for table, sql in _REBUILT.items():
             changed = _differing(conn.execute(sql), rebuilt.execute(sql),
