@@ -175,3 +175,16 @@ def test_hashes_rewritten_with_the_record_still_miss_the_signed_head(tmp_path: P
         syncfile.export_file(a, tmp_path / "a.sync")
     a.close()
     b.close()
+
+
+def test_the_counter_still_shows_a_member_whose_sale_was_edited(tmp_path: Path) -> None:
+    """The counter's visits list asks what is left to refund of each sale shown: the
+    library now refuses an edited sale (EDITED store), and the member's page raised it
+    instead of showing her without a refund button on that sale."""
+    from reference_app.counter import _refund_left
+
+    data, _member, sale = shop(tmp_path)
+    edit(data, "UPDATE entries SET body = json_set(body, '$.amount', 5000000) WHERE id = ?",
+         sale)
+    with Ledger.open(data) as ledger:
+        assert _refund_left(ledger, sale) is None
