@@ -877,12 +877,13 @@ def _customer_gone(ledger: Ledger, booking: Mapping[str, Any]) -> str | None:
     member = booking.get("ref")
     if not isinstance(member, str):
         return None
+    survivor = ledger.survivor_of(member)
     row = ledger.storage.conn.execute("SELECT body FROM members WHERE id = ?",
-                                      (ledger.survivor_of(member),)).fetchone()
+                                      (survivor,)).fetchone()
     profile = json.loads(row[0]) if row else {}
     if erased(profile):
         return "member erased"
-    if profile.get("exited"):
+    if ledger.has_left(survivor, profile):  # not a liar's bare flag (Membership.has_left)
         return "member left"
     return "member deleted" if profile.get("deleted") else None
 

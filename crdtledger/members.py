@@ -144,14 +144,18 @@ class Members(Auth):
         return erasure.erase_member(self, operator, member)  # type: ignore[arg-type]
 
     def find_members(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
-        return views.find_members(self.storage.conn, check_text(query, "search"), limit)
+        return views.find_members(self.storage.conn, check_text(query, "search"), limit,
+                                  left=cast("Ledger", self).has_left)
 
     def _gone(self, member: str) -> str | None:
         """Why value given to `member` now would be stranded (deleted, erased or left),
         or None: nothing can be sold to or for them, so nothing could spend it."""
         row = self.storage.conn.execute(
             "SELECT body FROM members WHERE id = ?", (member,)).fetchone()
-        return _gone(member, json.loads(row[0])) if row else None
+        if row is None:
+            return None
+        profile = json.loads(row[0])
+        return _gone(member, profile, cast("Ledger", self).has_left(member, profile))
 
     def _live_member(self, member: str) -> tuple[dict[str, Any], tuple[int, int]]:
         """The member's profile and cumulative (spent, topped): one indexed read on the
@@ -162,7 +166,7 @@ class Members(Auth):
         if row is None:
             raise NotFound(f"unknown member {member}")
         profile: dict[str, Any] = json.loads(row[0])
-        gone = _gone(member, profile)
+        gone = _gone(member, profile, cast("Ledger", self).has_left(member, profile))
         if gone:
             raise InvalidInput(gone)
         return profile, (int(row[1] or 0), int(row[2] or 0))
@@ -178,11 +182,12 @@ def _phone_holders(conn: sqlite3.Connection, phone: str) -> set[str]:
         "SELECT id FROM members WHERE phone_canonical = ?", (canonical_phone(phone),))}
 
 
-def _gone(member: str, profile: Mapping[str, Any]) -> str | None:
-    """Why nothing can be sold to or for this member any more, or None."""
+def _gone(member: str, profile: Mapping[str, Any], left: bool) -> str | None:
+    """Why nothing can be sold to or for this member any more, or None. `left`: an
+    approved exit (Membership.has_left: the profile's flag alone is any branch's word)."""
     if profile.get("deleted"):
         return f"member {member} was deleted"
-    if profile.get("exited"):  # an approved exit (crdtledger.membership)
+    if left:
         return (f"member {member} has left (退会): nothing can be sold to or for them "
                 "until a return is approved")
     return None

@@ -350,7 +350,7 @@ class Membership(Coupons):
         survivor). For member.add, before it adds anyone."""
         self._known(referrer)
         survivor = views.canonical(self.storage.conn, referrer)
-        if self._known(survivor).get("exited"):
+        if self.has_left(survivor, self._known(survivor)):
             raise InvalidInput(f"member {survivor} has left (退会) and cannot refer anyone")
         # A member added now joins at this clock's time: one who joined later (by a
         # branch's clock far ahead) would be refused by `refer` after the member was
@@ -1048,6 +1048,25 @@ class Membership(Coupons):
             return False
         return left if e.get("step") != "return" else not left
 
+    def has_left(self, member: str, profile: Mapping[str, Any]) -> bool:
+        """Whether `member` (her `profile`) has left (退会): the profile says `exited`
+        and the decisions that count back it, her latest exit or return approved
+        (`_decision`) being an exit. The flag is a cache that honest code writes with
+        the approval and the settlement (`_decide_exit`); any branch may edit a
+        member's Map, and a liar's flag, with no application, approval or settlement,
+        had honest branches refuse her debits and top-ups, hide her from the counter's
+        search and list her as left while she held 1,000.00. (Read only where the flag
+        is set: the debit path reads no entries for a member who has not left.)"""
+        if not profile.get("exited"):
+            return False
+        last: tuple[str, Any] | None = None
+        for a in self._applications(member):
+            d = self._decision(a)
+            if d is not None and d.get("step") == "approve" and (
+                    last is None or str(d["id"]) > last[0]):
+                last = (str(d["id"]), a.get("step"))
+        return last is not None and last[1] == "exit"
+
     def exit_view(self, application: str) -> dict[str, Any]:
         if not isinstance(application, str) or not ID.match(application):
             raise InvalidInput(f"{str(application)[:40]!r} is not an application id")
@@ -1082,7 +1101,7 @@ class Membership(Coupons):
         return [{"id": m, "name": n, "phone": views.mask_phone(p), "home": h}
                 for m, n, p, h, b in self.storage.conn.execute(
                     "SELECT id, name, phone, home, body FROM members ORDER BY id")
-                if json.loads(b).get("exited")]
+                if self.has_left(m, json.loads(b))]
 
     def apply_exit(self, operator: str, member: str, reason: str, *,
                    step: Literal["exit", "return"] = "exit") -> dict[str, Any]:
@@ -1095,9 +1114,10 @@ class Membership(Coupons):
                                f"{str(step)[:20]!r}")
         reason = check_text(reason, "reason", required=True)
         profile = self._known(member)
-        if step == "exit" and profile.get("exited"):
+        left = self.has_left(member, profile)
+        if step == "exit" and left:
             raise InvalidInput(f"member {member} has left already")
-        if step == "return" and not profile.get("exited"):
+        if step == "return" and not left:
             raise InvalidInput(f"member {member} has not left: nothing to return from")
         if step == "exit" and "merged_into" in profile:
             raise InvalidInput(f"member {member} was merged into another: apply for "
@@ -1163,7 +1183,8 @@ class Membership(Coupons):
             self._post(decision, {})
             return self.exit_view(application)
         profile = self._known(member)
-        if view["step"] == "exit" and profile.get("exited"):
+        left = self.has_left(member, profile)
+        if view["step"] == "exit" and left:
             raise InvalidInput(f"member {member} has left already")
         if view["step"] == "exit" and "merged_into" in profile:
             # Merged since it applied: marked left, its survivor holding the value
@@ -1171,7 +1192,7 @@ class Membership(Coupons):
             raise InvalidInput(f"member {member} was merged into another since it applied: "
                                f"reject this and apply for "
                                f"{views.canonical(self.storage.conn, member)}")
-        if view["step"] == "return" and not profile.get("exited"):
+        if view["step"] == "return" and not left:
             raise InvalidInput(f"member {member} has not left")
         exiting = view["step"] == "exit"
         rule = str(self.rule("exit")["stored_value"])

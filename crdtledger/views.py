@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -307,6 +307,8 @@ def member(ledger: Ledger, member_id: str) -> dict[str, Any]:
     if row is None:
         raise NotFound(f"unknown member {member_id}")
     data = json.loads(row[0])
+    if data.get("exited") and not ledger.has_left(member_id, data):
+        data["exited"] = False  # a flag no approved exit backs (Membership.has_left)
     data.pop(EDITS, None)  # who changed what: the audit trail's (crdtledger.audit.trail)
     data["id"] = member_id
     data["tags"] = sorted(t for t, on in (data.get("tags") or {}).items() if on)
@@ -328,10 +330,12 @@ def member(ledger: Ledger, member_id: str) -> dict[str, Any]:
     return dict(data)
 
 
-def find_members(conn: sqlite3.Connection, query: str, limit: int = 20) -> list[dict[str, Any]]:
+def find_members(conn: sqlite3.Connection, query: str, limit: int = 20, *,
+                 left: Callable[[str, dict[str, Any]], bool]) -> list[dict[str, Any]]:
     """By card number, exact phone, phone tail (last 4+ digits) or name; phones masked.
     Full-width digits and letters (an input method's "１３８…", "Ｃ１０００１") count as
-    ASCII, and a name is also looked for as typed."""
+    ASCII, and a name is also looked for as typed. `left`: whether a member (id,
+    profile) has left (Membership.has_left), hidden: not the profile's flag alone."""
     typed = query.strip()
     q = half_width(typed)
     ids: list[str] = []
@@ -361,7 +365,7 @@ def find_members(conn: sqlite3.Connection, query: str, limit: int = 20) -> list[
         row = conn.execute("SELECT name, phone, home, body FROM members WHERE id = ?",
                            (mid,)).fetchone()
         body = json.loads(row[3]) if row is not None else {}
-        if row is None or body.get("deleted") or body.get("exited"):  # exited: 退会
+        if row is None or body.get("deleted") or left(mid, body):  # left: 退会
             continue
         out.append({"id": mid, "name": row[0], "phone": mask_phone(row[1]), "home": row[2]})
     return out[:limit]
