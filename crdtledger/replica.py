@@ -859,6 +859,9 @@ class Replica(LedgerBase):
                     "AND json_extract(body, '$.ref') = ?", (out.get("to"), ref)).fetchone():
                 return None
             return out
+        def value_of(root: str, key: str) -> Any:
+            """A record as the document holds it now (write rule record-writer)."""
+            return ld.plain_values([(root, key)]).get((root, key))
         # Dropped if the transaction rolls back, even if nothing integrated: what Yrs
         # holds back inside the Doc would otherwise be released later, unjudged.
         ld.changed()
@@ -883,6 +886,15 @@ class Replica(LedgerBase):
                         raise
                     raise _Broken(rec, RuleBroken("own-client", f"malformed update: {e}"),
                                   1) from None
+                if members:
+                    # Integrated at its own turn, or it waits: held back, a record would
+                    # be integrated by a later one of the run (a liar's replacement of a
+                    # member sent before the record adding her), its change judged as
+                    # that record's, by that writer (record-writer), so taken here and
+                    # refused at a replica that got the two in the other order.
+                    now = ld.doc.get_state()
+                    if not covered(get_update(rec.data, now), decode_state_vector(now)):
+                        raise _Waits(rec, 1)
                 if node not in governs:
                     governs[node] = (name not in GOVERNANCE_DOCS
                                      or self._may_govern(node, certs.get(node)))
@@ -890,7 +902,8 @@ class Replica(LedgerBase):
                 try:
                     named |= check_change(node, name, added, change.other - other,
                                           governs[node], self.trust.is_revocation_list,
-                                          earlier_out, change.card_keys_set[cards_set:])
+                                          earlier_out, value_of,
+                                          change.card_keys_set[cards_set:])
                     if ledger:
                         keys = [key for _r, key, _o, _n in added]
                         for key, others in _check_months(name, keys, st.day_of):

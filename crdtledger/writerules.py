@@ -26,7 +26,7 @@ from crdtledger.escrow import check_deltas_authorised
 from crdtledger.hlc import id_floor
 from crdtledger.lib0 import read_varuint
 from crdtledger.log import CLOSING_DOC, CUT_DOC, MARK_DOCS
-from crdtledger.model import ENTRY_KINDS, GOODS_PURSES, ID, month_over_ms
+from crdtledger.model import ENTRY_KINDS, GOODS_PURSES, ID, erased, month_over_ms
 from crdtledger.money import MAX_AMOUNT
 
 # Documents of chain governance: operators and roles, rules (prices, services,
@@ -73,7 +73,13 @@ RULES: tuple[WriteRule, ...] = (
                                "replaced or removed whole (its status grows by events): a "
                                "card created under the id of a card another "
                                "branch issued, in another member's document, took that card "
-                               "over at some replicas and not at others"),
+                               "over at some replicas and not at others. A member's Map is "
+                               "set whole only by the node its id names, creating it, or by "
+                               "an erasure (a new Map in the erasure's shape, model.erased, "
+                               "by any branch): a member created under an honest branch's "
+                               "id, dated in a closed month, raised that branch's closed "
+                               "day report, and a member's Map replaced whole lost her edit "
+                               "notes and took the liar's `home` and `created_by`"),
     WriteRule("coupon-unit", "a coupon's one unit is created only by the entry that issues "
                              "it (purse cpn:<that entry's id>); every other record, and "
                              "every other entry but a sweep's paired \"in\", moves or "
@@ -329,13 +335,15 @@ class InOrder:
 def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], other: int,
                  may_govern: bool, ca_signed: Callable[[Any], bool],
                  earlier: Callable[[str], dict[str, Any] | None] | None = None,
+                 value_of: Callable[[str, str], Any] | None = None,
                  cards_set: Sequence[str] = ()) -> set[str]:
     """Judge what applying one record of `node` changed: the records it set or
     removed (root, key, old, new, as storage.Change has them) and the number of
     `other` changes (edits inside a record, or keys Yrs could not tell). `ca_signed`
     says whether a rule record is a revocation list the chain CA signed; `earlier`
-    is check_merges_paired's; `cards_set`, the cards whose own keys it set or removed.
-    Returns the sweeps' outs its merge entries named."""
+    is check_merges_paired's; `value_of(root, key)` a record's plain value as the
+    document now holds it (check_member_records'); `cards_set`, the cards whose own
+    keys it set or removed. Returns the sweeps' outs its merge entries named."""
     if doc in GOVERNANCE_DOCS:
         if may_govern or (doc == "rules" and not other
                           and all(old is None and ca_signed(new)
@@ -345,6 +353,8 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
                                        "office's grant")
     if doc.startswith("members/"):
         check_card_records(node, doc, added)
+        if value_of is not None:
+            check_member_records(node, doc, added, value_of)
         if cards_set:
             # An existing card's Map keys set or removed (an event added to its list is
             # not one): deterministic at every replica, since a card's keys are
@@ -601,6 +611,32 @@ def check_card_records(node: str, doc: str, added: list[tuple[str, str, Any, Any
         if not isinstance(key, str) or not key.endswith("." + node):
             raise RuleBroken("record-writer", f"{doc}: node {node} creates card "
                                               f"{str(key)[:40]} under another's id")
+
+
+def check_member_records(node: str, doc: str, added: list[tuple[str, str, Any, Any]],
+                         value_of: Callable[[str, str], Any]) -> None:
+    """Write rule record-writer, for a member's Map: set whole only by the node whose
+    id it bears, creating it (Members.add_member mints the id), or by an erasure (a
+    new Map of what is kept, model.erased, which any branch may write, even where
+    the member is not yet: a replica that holds the erased member's redacted record
+    sees the erasure create it). Honest code edits a member inside her Map
+    (commit.note_edit), never replaces it otherwise. Judged on the record alone, as
+    for cards: the writer's records arrive in its log's order, and a member new to
+    the replica under another node's id is refused whether or not that node's member
+    is held yet. A removal is left to the projection (set aside: not a map)."""
+    for root, key, old, new in added:
+        if root != "members" or new is None:
+            continue
+        if old is None and isinstance(key, str) and key.endswith("." + node):
+            continue
+        value = value_of(root, key)
+        if isinstance(value, dict) and erased(value):
+            continue
+        raise RuleBroken("record-writer", f"{doc}: node {node} "
+                         f"{'creates' if old is None else 'replaces'} member "
+                         f"{str(key)[:40]} whole, under "
+                         f"{'another node' if old is None else 'its'}'s id, not as an "
+                         "erasure")
 
 
 def check_merges_paired(node: str, doc: str, merges: dict[Any, dict[str, Any]],
