@@ -25,6 +25,7 @@ honest replicas (test_liar_round2.World). Real stores, real apply_batch.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,14 @@ from helpers import Forger, new_ledger, sync
 from pycrdt import Array, Map
 from test_funding_order import state
 from test_liar_round2 import World
+from test_membership import Staff
 
 from crdtledger import outbox, views
 from crdtledger.auth import hash_secret
+from crdtledger.erasure import erase_member
 from crdtledger.errors import NotFound
 from crdtledger.hlc import HybridClock
-from crdtledger.log import Record
+from crdtledger.log import Batch, Record
 from crdtledger.model import MAX_NESTING, member_doc
 
 
@@ -181,3 +184,152 @@ def test_a_members_map_made_a_list_breaks_no_page_edit_or_broadcast(
     m = views.member(w.b, w.member)
     assert (m["tags"], m["prefs"]) == (["vip"], {"strength": "重"})
     assert [x["id"] for x in outbox.segment_members(w.b, {"tags": ["vip"]})] == [w.member]
+
+# --- members lied about whole (7 December, late) -------------------------------------------
+#
+# F2: SH03 set `exited` inside an honest member's Map with no exit application, approval
+# or settlement: SH01 refused her debit and top-up ("has left (退会)"), the counter's
+# search missed her, the back office listed her as left while she held 1,000.00.
+# F3: SH03 created members under ids naming SH01, dated 35 days back: SH01's report of a
+# closed day gained a new member at every replica. F4: SH03 replaced an honest member's
+# Map whole (not an erasure): her edit notes gone, `created_by` and `home` the liar's.
+
+
+def rules(r: Any) -> list[str]:
+    return [f["rule"] for f in r.faults()]
+
+
+def members_state(r: Any) -> list[tuple[Any, ...]]:
+    return list(r.storage.conn.execute("SELECT * FROM members ORDER BY id").fetchall())
+
+
+# --- F2: the `exited` flag alone ---------------------------------------------------------
+
+
+def test_a_bare_exited_flag_does_not_make_a_member_leave(w: World) -> None:
+    rec = w.liar.write(member_doc(w.member),
+                       lambda d: d.get("members", type=Map)[w.member].__setitem__(
+                           "exited", True))
+    for r in (w.a, w.b):
+        r.apply_batch(w.liar.batch([rec]))
+        assert not views.member(r, w.member).get("exited")
+        assert r.exited() == []
+        assert [m["id"] for m in r.find_members("13800000001")] == [w.member]
+    w.a.debit(w.a.owner, w.member, amount=100)
+    w.a.topup(w.a.owner, w.member, 100)
+    assert w.a.balance(w.member)["cash"] == 100_000
+    # A return needs an exit to return from.
+    with pytest.raises(Exception, match="has not left"):
+        w.a.apply_exit(w.a.owner, w.member, "误操作", step="return")
+
+
+def test_an_approved_exit_and_return_still_count(w: World) -> None:
+    staff = Staff(w.a)
+    app = w.a.apply_exit(staff.cashier, w.other, "搬家")["application"]
+    assert w.a.decide_exit(staff.mgr, app, pay="cash")["status"] == "approved"
+    sync(w.a, w.b)
+    for r in (w.a, w.b):
+        assert [m["id"] for m in r.exited()] == [w.other]
+        assert r.find_members("13800000002") == []
+    with pytest.raises(Exception, match="has left"):
+        w.a.topup(w.a.owner, w.other, 100)
+    back = w.a.apply_exit(staff.cashier, w.other, "回来了", step="return")["application"]
+    w.a.decide_exit(staff.mgr, back)
+    sync(w.a, w.b)
+    for r in (w.a, w.b):
+        assert r.exited() == []
+    w.a.topup(w.a.owner, w.other, 100)
+
+
+# --- F3: members under another branch's id -----------------------------------------------
+
+
+def test_members_under_an_honest_branchs_id_are_refused(w: World) -> None:
+    past = w.clock.ms - 35 * 86_400_000
+    day = w.a.storage.day_of(past)
+    before = [views.daily_report(r, day, "SH01")["new_members"] for r in (w.a, w.b)]
+    mid = HybridClock("SH01", now_ms=lambda: past).mint()
+
+    def put(d: Any) -> None:
+        d.get("members", type=Map)[mid] = Map({"name": "假会员", "phone": "13900000099",
+                                               "home": "SH01", "created_by": "SH01-owner"})
+
+    rec = w.liar.write(member_doc(mid), put)
+    for r in (w.a, w.b):
+        r.apply_batch(w.liar.batch([rec]))
+        assert "record-writer" in rules(r)
+        assert not views.member_exists(r, mid)
+    assert [views.daily_report(r, day, "SH01")["new_members"] for r in (w.a, w.b)] == before
+
+
+def test_a_liars_own_member_and_an_erasure_by_another_branch_are_taken(w: World) -> None:
+    """What honest branches write whole: a member under their own id, and the erasure
+    of any member (a Map in the erasure's shape), even where the member is not yet."""
+    liar = w.liar.ledger
+    own = liar.add_member(liar.owner, name="赵六", phone="13800000009")
+    sync(liar, w.b)
+    assert views.member_exists(w.b, own)
+    fresh = w.a.add_member(w.a.owner, name="钱七", phone="13800000010")
+    sync(w.a, w.b)
+    erase_member(w.b, w.b.owner, fresh)
+    for r in (w.a, w.c):
+        sync(w.b, r)
+        assert views.member(r, fresh).get("erased")
+        assert rules(r) == []
+
+
+# --- F4: an honest member's Map replaced whole -----------------------------------------
+
+
+def _replace(w: World, member: str) -> Any:
+    def put(d: Any) -> None:
+        d.get("members", type=Map)[member] = Map(
+            {"name": "王芳", "phone": "13800000001", "home": "SH03", "created_by": "liar",
+             "prefs": Map(), "tags": Map(), "custom": Map(), "edits": Map()})
+
+    return w.liar.write(member_doc(member), put)
+
+
+def test_an_honest_members_map_replaced_whole_is_refused(w: World) -> None:
+    w.a.edit_member(w.a.owner, w.member, fields={"name": "王芳芳"})
+    sync(w.a, w.b)
+    sync(w.a, w.liar.ledger)
+    rec = _replace(w, w.member)
+    for r in (w.a, w.b):
+        r.apply_batch(w.liar.batch([rec]))
+        assert "record-writer" in rules(r)
+        prof = views.member(r, w.member)
+        assert (prof["name"], prof["home"], prof["created_by"]) == ("王芳芳", "SH01",
+                                                                   w.a.owner)
+        body = json.loads(r.storage.conn.execute("SELECT body FROM members WHERE id = ?",
+                                                 (w.member,)).fetchone()[0])
+        assert len(body["edits"]) == 1  # the note of who renamed her
+    assert members_state(w.a) == members_state(w.b)
+
+
+def test_a_replaced_map_is_judged_alike_in_every_arrival_order(w: World, tmp_path: Path
+                                                                ) -> None:
+    """A member SH01 adds now, which SH04 has not: SH02 gets it before the liar's
+    replacement, SH04 the replacement first (it waits for SH01's member), and a new
+    replica both in one batch with the liar's record first."""
+    new = w.a.add_member(w.a.owner, name="孙八", phone="13800000011")
+    w.a.edit_member(w.a.owner, new, fields={"notes": "常客"})
+    sync(w.a, w.liar.ledger)
+    rec = _replace(w, new)
+    sync(w.a, w.b)
+    w.b.apply_batch(w.liar.batch([rec]))
+    w.c.apply_batch(w.liar.batch([rec]))
+    assert not views.member_exists(w.c, new)
+    sync(w.a, w.c)
+    # SH01's records SH04 lacked, behind the liar's record in one batch.
+    d = new_ledger(tmp_path, "SH05", now_ms=w.clock)
+    ours = w.a.batch(w.a.lacking(d.log_view()))
+    theirs = w.liar.batch([rec])
+    d.apply_batch(Batch(recs=[*theirs.recs, *ours.recs], heads={**ours.heads, **theirs.heads},
+                        certs={**ours.certs, **theirs.certs}))
+    for r in (w.b, w.c, d):
+        assert "record-writer" in rules(r), r.node
+        prof = views.member(r, new)
+        assert (prof["home"], prof["created_by"], prof["notes"]) == ("SH01", w.a.owner, "常客")
+    assert members_state(w.b) == members_state(w.c) == members_state(d)
+    d.close()
