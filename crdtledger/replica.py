@@ -932,7 +932,7 @@ class Replica(LedgerBase):
         # any after it that wait too may build on it.
         after = ld.doc.get_state()
         have = decode_state_vector(after)
-        for rec, _ in run:
+        for rec, _ in [] if members else run:  # (a member record: at its own turn)
             if not covered(get_update(rec.data, after), have):
                 raise _Waits(rec, 1)
         try:
