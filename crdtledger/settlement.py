@@ -38,8 +38,10 @@ The rule (docs/design-notes.md, "Settlement by value served"):
 - Member merge: a `merge` entry that lowers `cash` and names the survivor (`to`)
   takes the merged member's lots FIFO and moves them, each with its collecting
   branch and its place in FIFO order, to the survivor, at the moment of that entry.
-  The survivor's matching `merge` entry (field `ref`) only mirrors it and is not
-  read. A cash-lowering `merge` without `to` removes the value, as a correction.
+  The survivor's matching `merge` entry (field `ref`) only mirrors it; an out that
+  no projected `merge` names so (a liar's lone out, or one written by 0.2.0 whose
+  "in" has not arrived) moves nothing: it removes the value, as a cash-lowering
+  `merge` without `to` does, as a correction.
 - Member exit (crdtledger.membership): an `exit_settle` entry with `step` refund pays
   the principal back in cash at its branch, read like a debit (the collecting branch
   owes the paying one); with `step` forfeit the value leaves the books as the collecting
@@ -76,7 +78,7 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict, cast
 
@@ -200,8 +202,9 @@ class _Taking:
 
 
 class _Replay:
-    def __init__(self, lo: str | None) -> None:
+    def __init__(self, lo: str | None, paired: Container[str] = frozenset()) -> None:
         self.lo = lo
+        self.paired = paired  # the merge outs an "in" names (settle)
         self.books: dict[str, _Book] = defaultdict(_Book)
         self.takings: dict[str, _Taking] = {}
         # Refunds replayed before their debit (their writer's clock was put back after
@@ -248,7 +251,11 @@ class _Replay:
             own, left = book.undo(node, -cash) if kind == "correction" else ([], -cash)
             taken, short = book.take(left)
             taken = own + taken
-            target = self.books[e["to"]] if kind == "merge" and e.get("to") else None
+            # An out moves only with its "in": a lone one (a liar's, or 0.2.0's until
+            # its "in" is taken) lowered rights that nobody was given, so its value
+            # leaves the books; moved, a member who never had the lots spent them.
+            target = (self.books[e["to"]] if kind == "merge" and e.get("to")
+                      and e["id"] in self.paired else None)
             for key, collector, n in taken:
                 if target is not None:
                     target.put(key, collector, n)  # moved: the branch's liability stays
@@ -367,10 +374,15 @@ class _Replay:
 
 
 def settle(entries: Iterable[Mapping[str, Any]], lo: str | None = None,
-           hi: str | None = None) -> Statement:
+           hi: str | None = None, paired: Container[str] | None = None) -> Statement:
     """The statement of the entries with lo <= id < hi (either open), from `entries`:
-    every entry of the kinds in KINDS below `hi`, in id order, of all members."""
-    replay = _Replay(lo)
+    every entry of the kinds in KINDS below `hi`, in id order, of all members.
+    `paired`: the ids of the merge outs a projected "in" names (any id, beyond `hi`
+    too); None to read them from `entries`."""
+    if paired is None:
+        entries = list(entries)
+        paired = {str(e["ref"]) for e in entries if e["kind"] == "merge" and e.get("ref")}
+    replay = _Replay(lo, paired)
     for e in entries:
         if hi is not None and e["id"] >= hi:
             break

@@ -1063,7 +1063,10 @@ def settlement(ledger: Ledger, start: str | None = None, end: str | None = None
     rows = ledger.storage.conn.execute(
         f"SELECT body FROM entries WHERE kind IN ({kinds}) AND id < ? ORDER BY id",
         (hi or "~",))  # "~" sorts after every id
-    return settle((json.loads(b) for (b,) in rows), lo, hi)
+    # The outs a sweep's "in" names (any id: the period may end between the two).
+    paired = {str(r) for (r,) in ledger.storage.conn.execute(
+        "SELECT ref FROM entries WHERE ref IS NOT NULL AND kind = 'merge'")}
+    return settle((json.loads(b) for (b,) in rows), lo, hi, paired)
 
 
 def ranking(ledger: Ledger, by: str = "members", start: str | None = None,

@@ -124,8 +124,12 @@ RULES: tuple[WriteRule, ...] = (
     WriteRule("merge-paired", "a merge entry that raises rights (a sweep's \"in\") names in "
                               "`ref` a merge entry of the same record that lowers exactly "
                               "those rights of its writer (the \"out\", whose `to` is the "
-                              "\"in\"'s member), and no two name the same: a sweep moves "
-                              "rights between members, it creates none"),
+                              "\"in\"'s member), and no two name the same; a merge "
+                              "entry that lowers rights (an \"out\") is named so by an "
+                              "\"in\" of its record unless it is all its record adds (as "
+                              "0.2.0 wrote a sweep: two records). A sweep moves rights "
+                              "between members, it creates none, and a lone out moved "
+                              "settlement lots to a member who never had them"),
     WriteRule("booking-branch", "a technician's versions and the decisions on its bookings "
                                 "(confirmed, refused, released, no-show) are written only by "
                                 "the branch it belongs to: the node part of the technician's "
@@ -486,7 +490,8 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
                 not isinstance(new.get("ref"), str) or new["ref"].rsplit(".", 1)[-1] != node):
             raise RuleBroken("referral-reward", f"{doc}: entry {key}: node {node} rewards a "
                                                 "referral another branch recorded")
-    named = check_merges_paired(node, doc, merges, earlier) if merges else set()
+    named = (check_merges_paired(node, doc, merges, earlier, alone=len(added) == 1)
+             if merges else set())
     # Like money, a coupon moves between branches and is spent; unlike money, nobody
     # may make more of it: one unit, made by its issue. (A branch could otherwise
     # give itself a new unit of a coupon already redeemed, in any member's name.)
@@ -640,8 +645,8 @@ def check_member_records(node: str, doc: str, added: list[tuple[str, str, Any, A
 
 
 def check_merges_paired(node: str, doc: str, merges: dict[Any, dict[str, Any]],
-                        earlier: Callable[[str], dict[str, Any] | None] | None = None
-                        ) -> set[str]:
+                        earlier: Callable[[str], dict[str, Any] | None] | None = None,
+                        alone: bool = False) -> set[str]:
     """A sweep (crdtledger.merge) writes each pair as one record, both entries in one
     month's document (Merges._sweep_writes mints them again if they straddle a month's
     turn): judged from that record alone, the same at every replica. A lone "in" would
@@ -650,12 +655,25 @@ def check_merges_paired(node: str, doc: str, merges: dict[Any, dict[str, Any]],
     consecutive records of one document: `earlier(ref)` gives the "out" an earlier
     record of this writer put in this document and no "in" has named yet (the
     replica's document and projection: the same at every replica, since a writer's
-    records of a document are applied in its log's order). Returns the outs named."""
+    records of a document are applied in its log's order). Returns the outs named.
+
+    An "out" is named by an "in" of its record too, unless it is all its record adds
+    (`alone`: 0.2.0's shape, its "in" in a later record, whatever came between). A
+    lone out lowers only its writer's own rights, as a debit may, but it was read as
+    value moved: the settlement moved the member's lots to `to` and a member who
+    never had them spent them, so one branch owed another for value it served from
+    its own till. The settlement moves an out's lots only once an "in" naming it is
+    projected (crdtledger.settlement), which covers the 0.2.0 shape the rule takes."""
     named: set[str] = set()
+    outs: list[Any] = []
     for key, e in merges.items():
         changes = _changes(e)
-        if changes is None or all(c < 0 for _p, _n, c in changes):
-            continue  # malformed (model.normalise_entry's), or an "out": lowers its own
+        if changes is None:
+            continue  # malformed (model.normalise_entry's)
+        if all(c < 0 for _p, _n, c in changes):
+            if changes:  # an "out": lowers its own
+                outs.append(key)
+            continue
         ref = e.get("ref")
         out = None
         if isinstance(ref, str) and ref not in named:
@@ -667,6 +685,12 @@ def check_merges_paired(node: str, doc: str, merges: dict[Any, dict[str, Any]],
             raise RuleBroken("merge-paired", f"{doc}: entry {key}: node {node} raises rights "
                                              "by a merge that no out of its own lowers")
         named.add(str(ref))
+    if not alone:
+        for key in outs:
+            if key not in named:
+                raise RuleBroken("merge-paired", f"{doc}: entry {key}: node {node} lowers "
+                                                 "rights by a merge that no in of its "
+                                                 "record raises for its `to`")
     return named
 
 
