@@ -137,7 +137,8 @@ class Config:
     anti_entropy_s: float = ANTI_ENTROPY_S
     rights_deadline_s: float = RIGHTS_DEADLINE_S
     rebalance_s: float = REBALANCE_S
-    # The notifier's wall clock in ms (peer.notifier), None for the machine's: a test
+    # The notifier's wall clock in ms (peer.notifier), None for the chain's time as the
+    # ledger books by it (this machine's clock, corrected by its peers): a test
     # sets the hour a daily report is due without touching the ledger's clock.
     notify_clock: Callable[[], int] | None = None
     notify_interval_s: float = 30.0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -31,17 +30,21 @@ INTERVAL_S = 30.0
 SEND_TIMEOUT_S = 60.0
 
 
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class Notifier:
     def __init__(self, node: Node, clock: Callable[[], int] | None = None,
                  interval_s: float = INTERVAL_S) -> None:
         self.node = node
-        self.clock = clock or wall_ms  # the notifier's wall clock (Config.notify_clock)
+        # The notifier's wall clock (Config.notify_clock); by default the chain's time
+        # as the ledger books by it (HybridClock.wall: this machine's clock, corrected
+        # when its peers say it is off). Not this machine's own: a PC two days ahead,
+        # its sales booked on the right day, sent the day after tomorrow's report (all
+        # zeros) and never the day's own.
+        self.clock = clock or self._chain_ms
         self.interval_s = interval_s
         self._lock = asyncio.Lock()
+
+    def _chain_ms(self) -> int:
+        return self.node.ledger.clock.wall()
 
     async def tick(self) -> int:
         """One pass: keep what is due, send what is kept and unsent; returns how many
