@@ -328,6 +328,7 @@ class Goods(Payments):
         item = self.goods_item(code)
         qty = check_count(qty, "quantity")
         day = self.today()
+        rules_day = self.rules_day(day)  # the rules' day (Rules.rules_day), as a debit's
         gross = times(int(item.get("price", 0)), qty, str(item["code"]))
         rate, lvl, points, expires = "1", None, 0, None
         if member is None and card is None:
@@ -339,7 +340,7 @@ class Goods(Payments):
         else:
             pay = self._pay("stored" if pay is None else pay, ("stored",))
             member, (profile, totals) = self._resolve(member, card, pin)
-            lvl = views.level(cast("Ledger", self), member, profile, totals, day)
+            lvl = views.level(cast("Ledger", self), member, profile, totals, rules_day)
             rate = str(lvl["discount"])
         net = apply_rate(gross, rate)
         use = None
@@ -350,7 +351,7 @@ class Goods(Payments):
                 operator, coupon, member, day, net=net, unit=0, service=None, pay=pay)
             net -= use.off
         if lvl is not None:  # a member earns points on what is paid, as for a service
-            earn = self.rule("earn", day)
+            earn = self.rule("earn", rules_day)
             points = points_for(net, str(earn["points_per_yuan"]),
                                 str(lvl["points_multiplier"]))
             expires = self._points_expiry(day, earn) if points else None

@@ -219,6 +219,10 @@ class Payments(Merges, Rules):
         # asked the clock and the time zone again (and a sale at midnight could mix
         # two days' rules).
         day = self.today()
+        # ... read as of the furthest day this store has read, while its clock is set
+        # back and nobody vouches for it (Rules.rules_day); `day` stays the day the
+        # sale is booked on (its coupon's dates, its points' expiry).
+        rules_day = self.rules_day(day)
         lvl: dict[str, Any] | None = None
         if member is None and card is None:
             if pay in PURSE_METHODS:
@@ -230,10 +234,10 @@ class Payments(Merges, Rules):
             member = walk_in(self.node)
         else:
             member, (profile, totals) = self._resolve(member, card, pin)
-            lvl = views.level(cast("Ledger", self), member, profile, totals, day)
+            lvl = views.level(cast("Ledger", self), member, profile, totals, rules_day)
         rate, svc_name = "1", None
         if service is not None:
-            services = self.rule("services", day)
+            services = self.rule("services", rules_day)
             if service not in services:
                 raise NotFound(f"no service {service} in the price list")
             gross = times(int(services[service]["price"]), qty, service)
@@ -253,7 +257,7 @@ class Payments(Merges, Rules):
                 operator, coupon, member, day, net=net, service=svc_name, pay=pay,
                 unit=_discounted(gross // qty, rate) if svc_name else 0)
             net -= use.off
-        earn = self.rule("earn", day)
+        earn = self.rule("earn", rules_day)
         points = 0 if lvl is None else _points_earned(net, str(earn["points_per_yuan"]),
                                                       str(lvl["points_multiplier"]))
         deltas: list[tuple[str, str, int]] = []

@@ -13,6 +13,7 @@ from crdtledger import localtime, notices
 from crdtledger.auth import Auth
 from crdtledger.commit import put
 from crdtledger.errors import InvalidAmount, InvalidInput, LedgerError
+from crdtledger.hlc import MAX_CLOCK_SKEW_MS
 from crdtledger.inputs import CONTROLS, check_date, check_text
 from crdtledger.model import (
     CARD_TYPES,
@@ -60,7 +61,7 @@ class Rules(Auth):
             # Not the latest written: the highest-numbered list the chain CA signed
             # (Replica.revocation_list).
             return {"crl": self.revocation_list()}  # type: ignore[attr-defined]
-        day = day or self.today()
+        day = day or self.rules_day()
         if kind in ("goods", "checkin"):
             # Folded per code, so two concurrent additions are both kept: a goods
             # version names only the items it adds or changes (crdtledger.goods); a
@@ -78,6 +79,28 @@ class Rules(Auth):
             if eff <= day:
                 current = body
         return current
+
+    def rules_day(self, today: str | None = None) -> str:
+        """The day the rules in force now are read as of: today (`today`, when the
+        caller has it), or, while this PC's clock reads more than MAX_CLOCK_SKEW_MS
+        before its furthest reading (HybridClock.high_water_ms) and nobody vouches for
+        it (the peers connected, or an operator today: as `check_clock_for`), the day of
+        that furthest reading. A cashier who set a lone PC's clock back a day sold at
+        yesterday's prices and discounts (12,160 fen for a service raised to 15,010
+        that morning) and topped up with a promotion ended that day: rules never go
+        back to an earlier version than the furthest day this store has read. Sales go
+        on; only their rules do not roll back."""
+        clock = self.clock
+        at = clock.next_ms()
+        if today is None:
+            today = self.storage.day_of(at)
+        furthest = clock.high_water_ms()
+        if furthest - at <= MAX_CLOCK_SKEW_MS or self.clock_vouched:
+            return today
+        far = self.storage.day_of(furthest)
+        if far <= today or self.clock_confirmed_today():
+            return today
+        return far
 
     def _local_minute(self) -> str:
         """Now in the chain's time zone, to the minute, as activities' windows are: the

@@ -98,3 +98,53 @@ def test_the_daily_report_goes_by_the_chains_day_on_a_pc_running_ahead(
     finally:
         for ledger in ledgers:
             ledger.close()
+
+
+# --- rules read on a clock set back ---------------------------------------------------
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()  # 2026-01-01 08:00 in Shanghai
+
+
+@pytest.fixture
+def shop(tmp_path: Path, clock: FakeClock) -> Any:
+    ledger = new_ledger(tmp_path, "SH01", now_ms=clock)
+    yield ledger
+    ledger.close()
+
+
+def test_a_price_raised_today_holds_on_a_clock_set_back(shop: Ledger,
+                                                        clock: FakeClock) -> None:
+    """Head office raised FOOT60 from today; the cashier set the lone PC's clock back a
+    day and sold at yesterday's price (12,160 fen against 15,010)."""
+    o = shop.owner
+    m = shop.add_member(o, name="张伟", phone="13800138000")
+    cashier = shop.add_operator(o, "alice", "secret1", roles=["cashier"])
+    shop.topup(o, m, 100000)
+    services = dict(shop.rule("services"))
+    services["FOOT60"] = dict(services["FOOT60"], price=15800)
+    shop.set_rule(o, "services", services, effective_from=shop.today())
+    today = shop.debit(cashier, m, service="FOOT60")["amount"]
+    clock.advance_days(-1)
+    assert shop.debit(cashier, m, service="FOOT60")["amount"] == today == 15010
+    # An operator who confirms the clock says it is right: its day's rules then.
+    shop.confirm_clock(o)
+    assert shop.debit(cashier, m, service="FOOT60")["amount"] < today
+
+
+def test_an_ended_promotion_gives_nothing_on_a_clock_set_back(shop: Ledger,
+                                                              clock: FakeClock) -> None:
+    """充500送30 ended today; five top-ups with the clock set back a day gave 150.00."""
+    o = shop.owner
+    m = shop.add_member(o, name="张伟", phone="13800138000")
+    cashier = shop.add_operator(o, "alice", "secret1", roles=["cashier"])
+    shop.set_rule(o, "promotions", [{"name": "充500送30", "min": 50000, "bonus": 3000}],
+                  effective_from=shop.storage.day_of(clock.ms - 10 * DAY_MS))
+    shop.set_rule(o, "promotions", [], effective_from=shop.today())
+    clock.advance_days(-1)
+    for _ in range(5):
+        shop.topup(cashier, m, 50000)
+    assert shop.balance(m).get("bonus", 0) == 0
+    assert shop.balance(m)["cash"] == 250000
