@@ -42,7 +42,14 @@ from typing import Any, Literal, get_args
 
 from crdtledger import views
 from crdtledger.commit import Write
-from crdtledger.errors import InvalidAmount, InvalidInput, LedgerError, NotFound, RightsElsewhere
+from crdtledger.errors import (
+    InvalidAmount,
+    InvalidInput,
+    LedgerError,
+    NotCaughtUp,
+    NotFound,
+    RightsElsewhere,
+)
 from crdtledger.hlc import id_time_ms
 from crdtledger.model import ID
 from crdtledger.money import apply_rate, check_amount, format_yuan
@@ -283,6 +290,13 @@ class Coupons(Payments):
             raise CouponExpired(f"coupon {coupon} expired on {c['valid_to']}")
         if c.get("valid_from") and day < str(c["valid_from"]):
             raise CouponNotYetValid(f"coupon {coupon} is valid from {c['valid_from']}")
+        if c.get("valid_from") and self.unmoved_day(day) < str(c["valid_from"]):
+            # Put forward by hand to its first day (Rules.unmoved_day): a cashier alone
+            # redeemed next week's coupon today.
+            raise NotCaughtUp(
+                f"this PC's clock was put forward by hand: coupon {coupon} is valid from "
+                f"{c['valid_from']}, and waits until another branch connects and confirms "
+                "the clock, or a manager confirms it (crdtledger clock confirm, 本机时钟已核对)")
         return c, acting
 
     @staticmethod

@@ -103,10 +103,20 @@ class HybridClock:
     used up to `last`."""
 
     def __init__(self, node: str, last: int = 0, now_ms: Callable[[], int] | None = None,
-                 eras: str | None = FRESH_ERAS) -> None:
+                 eras: str | None = FRESH_ERAS, since_boot_ms: Callable[[], int] | None = None
+                 ) -> None:
         self.node = check_node_id(node)
         self.last = last
         self._now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
+        # A clock that runs with real time, beside this machine's (`moved_by_hand`): the
+        # time since boot, by default for this machine's own clock only (a simulated
+        # one, a test's, says itself what time passes: it may give its own).
+        self.since_boot_ms = since_boot_ms or (None if now_ms else _since_boot_ms)
+        # How far this machine's clock was put forward by hand, net, since anyone
+        # vouched for it (`moved_by_hand`); and this clock minus the boot clock when
+        # last read (None: not read yet).
+        self.moved_ms = 0
+        self.gap_ms: int | None = None
         self.max_skew_seen_ms = 0
         # The chain's time minus this machine's clock, when this machine's is off
         # (set by the node core from what its peers say: crdtledger.peerclock).
@@ -180,6 +190,25 @@ class HybridClock:
             return wall
         return max(wall, last)
 
+    def moved_by_hand(self) -> int:
+        """How far this machine's clock has been put forward by hand since anyone
+        vouched for it (`vouched`): each jump against the boot clock of more than
+        CLOCK_OFF_LIMIT_MS since the last reading, forward adding, back taking off
+        (never below 0). What NTP slews and a till drifts stays under the limit. A
+        cashier alone put the PC forward a day five times in five minutes, and every
+        daily limit counted from a new day each time (Rules.unmoved_day)."""
+        if self.since_boot_ms is None:
+            return self.moved_ms
+        gap = self._now_ms() - self.since_boot_ms()
+        before, self.gap_ms = self.gap_ms, gap
+        if before is not None and abs(gap - before) > CLOCK_OFF_LIMIT_MS:
+            self.moved_ms = max(0, self.moved_ms + gap - before)
+        return self.moved_ms
+
+    def vouched(self) -> None:
+        """A peer or an operator says this clock is right now: nothing was moved."""
+        self.moved_ms = 0
+
     def high_water_ms(self) -> int:
         """The latest wall time of any id this clock minted (or took from a peer, at
         most MAX_CLOCK_SKEW_MS ahead), in any era: how far this PC's clock has read.
@@ -237,6 +266,16 @@ class HybridClock:
     def mint(self) -> str:
         """A new globally unique, time-sortable id: '<13 base32 chars>.<node>'."""
         return f"{encode(self.now())}.{self.node}"
+
+
+def _since_boot_ms() -> int:
+    """Milliseconds since this machine booted, asleep included (CLOCK_BOOTTIME: a
+    laptop asleep overnight did not have its clock put forward), where there is one;
+    else the monotonic clock."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is not None:
+        return time.clock_gettime_ns(boottime) // 1_000_000
+    return time.monotonic_ns() // 1_000_000
 
 
 def id_time_ms(ident: str) -> int:

@@ -887,7 +887,7 @@ class Membership(Coupons):
                             repeat=a["repeat"], per_day=_per_day(a))
 
         def plan() -> tuple[list[Write], dict[str, Any]]:
-            earlier = self._checkin_days(member, activity)
+            earlier = self.as_unmoved(self._checkin_days(member, activity), day)
             if allowed_today(a, earlier, day) <= 0:
                 raise InvalidInput(
                     f"member {member} checked in at {activity} already" + (

@@ -842,11 +842,13 @@ class Payments(Merges, Rules):
         today, or on any later day, without an approver: what a limit counts together
         with the next one, so that splitting an amount does not pass it. Later days
         too: a PC's clock set back a day at a time made each day's count start afresh
-        (600.00 corrected in one session under a limit of 100.00). One range of ids."""
+        (600.00 corrected in one session under a limit of 100.00). From the day it would
+        be had the clock not been put forward by hand (`unmoved_day`): put forward a
+        day at a time, each day's count started afresh too. One range of ids."""
         return [(str(m), int(a), json.loads(b)) for m, a, b in self.storage.conn.execute(
             "SELECT member, amount, body FROM entries WHERE id >= ? AND kind = ? AND "
             "node = ? AND op = ? AND json_extract(body, '$.approver') IS NULL",
-            (self.storage.day_start_id(self.today()), kind, self.node, operator))]
+            (self.storage.day_start_id(self.unmoved_day()), kind, self.node, operator))]
 
     def _topped_up_today(self, operator: str, member: str) -> int:
         """What `operator` topped up today here without an approver for `member` (any

@@ -7,13 +7,15 @@ import json
 import re
 from datetime import datetime
 from decimal import Decimal
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, NoReturn
 
 from crdtledger import localtime, notices
 from crdtledger.auth import Auth
 from crdtledger.commit import put
 from crdtledger.errors import InvalidAmount, InvalidInput, LedgerError
-from crdtledger.hlc import MAX_CLOCK_SKEW_MS
+from crdtledger.hlc import CLOCK_OFF_LIMIT_MS, MAX_CLOCK_SKEW_MS
 from crdtledger.inputs import CONTROLS, check_date, check_text
 from crdtledger.model import (
     CARD_TYPES,
@@ -27,6 +29,30 @@ from crdtledger.model import (
     normalise,
 )
 from crdtledger.money import check_amount
+
+# The store's meta key of what Rules._moved_by_hand keeps: this machine's boot, its
+# clock minus the boot clock then, how far it had been put forward by hand.
+CLOCK_MOVED = "clock_moved"
+
+
+@lru_cache(maxsize=1)
+def _boot_id() -> str | None:
+    """This machine's boot (Linux), None where there is none to read: the clock moved
+    by hand is then kept within one process only."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
+    except (OSError, ValueError):
+        return None
+
+
+def _kept_moved(text: str | None) -> dict[str, Any]:
+    """What Rules._moved_by_hand kept, {} for nothing readable."""
+    try:
+        kept = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return kept if isinstance(kept, dict) else {}
+
 
 # The highest `rev` a version may carry (a billion versions of one rule kind): honest
 # writers count up by one; a larger or malformed value reads as none (0).
@@ -101,6 +127,57 @@ class Rules(Auth):
         if far <= today or self.clock_confirmed_today():
             return today
         return far
+
+    def unmoved_day(self, today: str | None = None) -> str:
+        """The day it would be had this PC's clock not been put forward by hand since a
+        peer or an operator last vouched for it (HybridClock.moved_by_hand): today
+        (`today`, when the caller has it) when it was not. A daily limit counts from
+        the start of this day (and so everything booked since, today's and the moved
+        days'): a cashier alone put the clock forward a day at a time and topped up
+        2,500,000 fen without an approver in five minutes, under a limit of 500,000 a
+        day."""
+        at = self.clock.next_ms()
+        if today is None:
+            today = self.storage.day_of(at)
+        moved = self._moved_by_hand()
+        return min(today, self.storage.day_of(at - moved)) if moved else today
+
+    def as_unmoved(self, days: list[str], today: str) -> list[str]:
+        """`days` (one per thing done), each on or after `unmoved_day` counted as
+        `today`: what a once-a-day limit counts on a clock put forward by hand."""
+        since = self.unmoved_day(today)
+        if since == today:
+            return days
+        return [today if since <= d else d for d in days]
+
+    def _moved_by_hand(self) -> int:
+        """HybridClock.moved_by_hand, as 0 once a peer connected vouches for the clock
+        or an operator confirmed it today; kept in the store with the boot it was seen
+        on, so a restart on the same boot (the command line runs one operation a
+        process) still sees the clock moved since, against the boot clock."""
+        clock = self.clock
+        if clock.since_boot_ms is None:
+            return clock.moved_ms
+        boot = _boot_id()
+        kept = _kept_moved(self.storage.meta.get(CLOCK_MOVED))
+        if clock.gap_ms is None:  # the first reading here: as the store kept it
+            if isinstance(kept.get("moved"), int):
+                clock.moved_ms = max(0, kept["moved"])
+            if boot is not None and kept.get("boot") == boot and isinstance(kept.get("gap"),
+                                                                             int):
+                clock.gap_ms = kept["gap"]
+        moved = clock.moved_by_hand()
+        if moved and (self.clock_vouched or self.clock_confirmed_today()):
+            clock.vouched()
+            moved = 0
+        gap = clock.gap_ms
+        if gap is not None and (kept.get("moved") != moved or kept.get("boot") != boot
+                                or not isinstance(kept.get("gap"), int)
+                                or abs(kept["gap"] - gap) > CLOCK_OFF_LIMIT_MS):
+            with self.storage.transaction():
+                self.storage.set_meta(CLOCK_MOVED, json.dumps(
+                    {"boot": boot, "gap": gap, "moved": moved}))
+        return moved
 
     def _local_minute(self) -> str:
         """Now in the chain's time zone, to the minute, as activities' windows are: the
