@@ -375,8 +375,10 @@ def test_records_that_cannot_be_verified_are_dropped_and_reported(
     impostor.write(member_doc(m), lambda doc: doc.get("members", type=Map).__setitem__(
         m, {"name": "stolen"}))
     forger = Forger(b)
-    rec = forger.write(member_doc(m), lambda doc: doc.get("members", type=Map).__setitem__(
-        m, {"name": "changed"}))
+    # B's own edit of its member's name (a Map set whole is a creation or an erasure
+    # only: write rule record-writer)
+    rec = forger.write(member_doc(m), lambda doc: doc.get("members", type=Map)[m].__setitem__(
+        "name", "changed"))
     altered = forger.batch()
     altered.recs = [Record(rec.node, rec.seq, rec.doc, rec.data.replace(b"changed", b"chanGed"))]
     headless = forger.batch()
