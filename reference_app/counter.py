@@ -30,7 +30,7 @@ from nicegui.elements.mixins.value_element import ValueElement
 from crdtledger import localtime, views
 from crdtledger.auth import verify_login
 from crdtledger.coupons import discount as coupon_discount
-from crdtledger.errors import InvalidAmount, LedgerError, NotFound, StoreError
+from crdtledger.errors import InvalidAmount, LedgerError, NotFound
 from crdtledger.model import ID
 from crdtledger.money import apply_rate, given_away, points_for
 from crdtledger.payments import refund_whole
@@ -58,16 +58,6 @@ def register() -> None:
         with frame(tr("收银台", "Counter")):
             Counter()
 
-
-
-def _refund_left(ledger: Any, debit_id: str) -> int | None:
-    """Ledger.refund_left, or None (no refund offered) for a sale whose row was changed
-    by hand: the library refuses to refund it (EDITED store), and the member's page
-    must still show."""
-    try:
-        return ledger.refund_left(debit_id)  # type: ignore[no-any-return]
-    except StoreError:
-        return None
 
 class TermsChanged(LedgerError):
     """A dialog's figures no longer hold: what they came from changed (Counter.priced)."""
@@ -1533,7 +1523,7 @@ class MemberPanel:
         # Rights moved between branches or between merged members: no money changed.
         entries = [e for e in history if e["kind"] not in ("transfer", "merge")]
         # What is left to refund of each debit shown, as the library will refund it.
-        left = {str(e["id"]): _refund_left(s.ledger, str(e["id"]))
+        left = {str(e["id"]): s.ledger.refund_left(str(e["id"]))
                 for e in entries[:VISITS_SHOWN] if e["kind"] == "debit"}
         here = s.node.node_id
         with ui.card().classes("w-full gap-1"):
