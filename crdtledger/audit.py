@@ -673,6 +673,15 @@ def note_refusal(ledger: Ledger, *, operator: str, operation: str, code: str,
     return True
 
 
+def note_failed_login(ledger: Ledger, name: str, address: str, code: str,
+                      sentence: str, where: str = "") -> None:
+    """A login refused (at the API, or the counter's login page: `where`), kept with
+    the refusals the operations keep (operations.run): by the name typed (never the
+    password) and the address it came from."""
+    note_refusal(ledger, operator=name, operation=LOGIN, code=code,
+                 reason=f"{sentence} (from {address or 'an unknown address'}{where})")
+
+
 def refused(ledger: Ledger, operator: str | None = None, start: str | None = None,
             end: str | None = None, limit: int = 500) -> list[RefusedRow]:
     """The newest `limit` refused attempts kept at this node (note_refusal), of the days

@@ -596,10 +596,7 @@ async def login(c: Call) -> dict[str, Any]:
 
 
 def _keep_failed_login(c: Call, name: str, code: str, sentence: str) -> None:
-    """A login refused, kept with the refusals the operations keep (operations.run):
-    by the name typed (never the password) and the address it came from."""
-    audit.note_refusal(c.ledger, operator=name, operation=audit.LOGIN, code=code,
-                       reason=f"{sentence} (from {c.request.remote or 'an unknown address'})")
+    audit.note_failed_login(c.ledger, name, c.request.remote or "", code, sentence)
 
 
 async def logout(c: Call) -> None:

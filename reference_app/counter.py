@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from nicegui import run, ui
 from nicegui.elements.mixins.value_element import ValueElement
 
-from crdtledger import localtime, views
+from crdtledger import audit, localtime, views
 from crdtledger.auth import verify_login
 from crdtledger.coupons import discount as coupon_discount
 from crdtledger.errors import InvalidAmount, LedgerError, NotFound
@@ -46,6 +46,7 @@ QUICK_TOPUPS = (10000, 20000, 50000, 100000)  # fen: the amounts people usually 
 VISITS_SHOWN = 8
 HISTORY_READ = 40  # entries the panel reads: the visits shown, refunds among them
 TOAST_S = 10  # a refusal's toast, unless fixed or replaced sooner
+AT_COUNTER = ", at the counter's login page"  # where a refused login was typed (audit)
 
 
 def register() -> None:
@@ -127,6 +128,8 @@ def _login() -> None:
             # attempt is refused before its password is looked at.
             wait = s.logins.begin(who, address)
             if wait:
+                audit.note_failed_login(s.ledger, who, address, "too_many_attempts",
+                                        f"too many failed logins; wait {wait} s", AT_COUNTER)
                 error.set_text(tr("登录失败次数太多，请 {n} 秒后再试。",
                                   "Too many failed logins; try again in {n} s.", n=wait))
                 return
@@ -137,6 +140,9 @@ def _login() -> None:
                 if op is not None:
                     s.ledger.still_current(who, record)
             except LedgerError as e:
+                # Kept for the owner as the API's refused logins are (crdtledger.audit).
+                audit.note_failed_login(s.ledger, who, address, "login_failed", str(e),
+                                        AT_COUNTER)
                 error.set_text(s.refusal(e))
                 return
             if op is None:  # the app is stopping
@@ -323,6 +329,11 @@ class Counter:
         try:
             card = self.shop.ledger.use_card(card_no, pin)
         except LedgerError as e:
+            if pin is not None and e.code in ("wrong_pin", "too_many_attempts"):
+                # A guess, kept as the operations' wrong PINs are (the PIN dialog is no
+                # operation of the table): the owner reads who tried which card.
+                audit.note_refusal(self.shop.ledger, operator=self.op, operation="card.use",
+                                   code=e.code, reason=str(e), card=card_no)
             try:  # a lost card still shows its member: the cashier must see who it is
                 found = self.shop.ledger.card(card_no)
             except LedgerError:

@@ -18,6 +18,7 @@ from app_fixtures import CASHIER, OWNER, CounterApp
 from helpers import Held, snapshot
 from nicegui import ui
 
+from crdtledger import audit
 from crdtledger.errors import PermissionDenied
 from reference_app import counter
 
@@ -74,6 +75,10 @@ async def test_a_card_with_a_pin_asks_for_it(counter_app: CounterApp) -> None:
     app.user.find(marker="pin").clear().type("4321")
     app.user.find(marker="pin-ok").click()
     await app.user.should_see(marker="member-name")
+    # The wrong guess is kept for the owner, as the API's and the command line's are;
+    # the right PIN is not a refusal.
+    assert [(r["operation"], r["code"], r["card"]) for r in audit.refused(app.ledger)] == [
+        ("card.use", "wrong_pin", CARD)]
 
 
 async def test_a_lost_card_stands_out_and_cannot_be_used(counter_app: CounterApp) -> None:
@@ -600,3 +605,21 @@ async def test_points_given_back_do_not_read_as_points_expired() -> None:
             "reason": "given back"}
     assert counter._entry_amount(off)[0] == "-120 积分"
     assert counter._entry_amount(back) == ("+100 积分", "text-green-8")
+
+
+async def test_a_wrong_password_at_the_counters_login_is_kept_for_the_owner(
+        counter_app: CounterApp) -> None:
+    """The API kept its refused logins for the owner (audit --refused); the counter's
+    login page, the one a cashier uses, kept none. By the name typed, never the
+    password."""
+    app = counter_app
+    await app.user.open("/login")
+    app.user.find(marker="login-name").type(CASHIER[0])
+    app.user.find(marker="login-password").type("guess-1234")
+    app.user.find(marker="login").click()
+    await app.user.should_see("姓名或密码不对")
+    rows = audit.refused(app.ledger)
+    assert [(r["operator"], r["operation"], r["code"]) for r in rows] == [
+        (CASHIER[0], audit.LOGIN, "login_failed")]
+    assert "at the counter's login page" in rows[0]["reason"]
+    assert "guess-1234" not in str(rows)
