@@ -616,6 +616,7 @@ _REFUSALS = (
     "CREATE INDEX IF NOT EXISTS refusals_door ON refusals(door, pos)",
 )
 LOGIN = "login"  # the operation a refused login is kept under
+AT_COMMAND_LINE = ", at the command line"  # where a refused password was given
 
 
 class RefusedRow(TypedDict):
@@ -678,8 +679,9 @@ def note_failed_login(ledger: Ledger, name: str, address: str, code: str,
     """A login refused (at the API, or the counter's login page: `where`), kept with
     the refusals the operations keep (operations.run): by the name typed (never the
     password) and the address it came from."""
+    said = (f"from {address}" if address else "") + where
     note_refusal(ledger, operator=name, operation=LOGIN, code=code,
-                 reason=f"{sentence} (from {address or 'an unknown address'}{where})")
+                 reason=f"{sentence} ({said.removeprefix(', ')})" if said else sentence)
 
 
 def refused(ledger: Ledger, operator: str | None = None, start: str | None = None,

@@ -556,9 +556,17 @@ def execute(ledger: Ledger, name: str, params: Params, operator: str | None = No
     running node. `operator` None is the node's owner at its own console; `verified`
     is the operator id when the caller checked the password already (a node does, off
     its event loop)."""
-    who = (verified if verified is not None
-           else ledger.owner if operator is None
-           else ledger.authenticate(operator, password or ""))
+    if verified is not None:
+        who = verified
+    elif operator is None:
+        who = ledger.owner
+    else:
+        try:
+            who = ledger.authenticate(operator, password or "")
+        except PermissionDenied as e:
+            audit.note_failed_login(ledger, operator, "", "login_failed", str(e),
+                                    audit.AT_COMMAND_LINE)
+            raise
     try:
         if name in FILE_COMMANDS:
             return FILE_COMMANDS[name].handler(ledger, who, params)

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crdtledger import platform
+from crdtledger import audit, platform
 from crdtledger.auth import verify_login
-from crdtledger.errors import LedgerError, RemoteProtocolError
+from crdtledger.errors import LedgerError, PermissionDenied, RemoteProtocolError
 from crdtledger.private import private_text_open
 from crdtledger.storage import LOCK_FILE
 
@@ -188,7 +188,12 @@ def local_app(node: Node) -> web.Application:
             who = None
             if operator is not None:  # scrypt off the loop, as for the API's logins
                 record = node.ledger.login_record(str(operator))
-                who = await asyncio.to_thread(verify_login, record, str(password or ""))
+                try:
+                    who = await asyncio.to_thread(verify_login, record, str(password or ""))
+                except PermissionDenied as e:
+                    audit.note_failed_login(node.ledger, str(operator), "", "login_failed",
+                                            str(e), audit.AT_COMMAND_LINE)
+                    raise
                 node.ledger.still_current(str(operator), record)
             result: Result = await node.perform(
                 lambda: execute(node.ledger, name, params, operator, password, verified=who),

@@ -220,3 +220,18 @@ async def test_the_back_office_audit_page_lists_the_refused_attempts(
     rows = [r for t in app.user.find(marker="audit-refused").elements for r in t.rows]
     assert [(r["operation"], r["operator"], r["member"], r["code"]) for r in rows] == [
         ("调账", CASHIER[0], m, "无此权限")]
+
+
+def test_a_wrong_password_at_the_command_line_is_kept(cli: Cli,
+                                                      make_node: Callable[..., Path]) -> None:
+    """The API's and the counter's refused logins were kept; `--operator amy` with a
+    wrong password at the command line was not. By the name given, never the password."""
+    data = make_node("SH01")
+    assert cli("operator", "add", "--name", "amy", "--password", "secret1", data=data).code == 0
+    r = cli("--operator", "amy", "balance", "--member", "x", data=data,
+            env={"CRDTLEDGER_PASSWORD": "guess-1234"})
+    assert r.code != 0 and "wrong operator name or password" in r.err
+    rows = cli("audit", "--refused", "--json", data=data).json()
+    assert [(x["operator"], x["operation"], x["code"]) for x in rows] == [
+        ("amy", audit.LOGIN, "login_failed")]
+    assert "at the command line" in rows[0]["reason"] and "guess-1234" not in str(rows)
