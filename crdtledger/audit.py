@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
@@ -28,8 +27,8 @@ from crdtledger.model import (
     ENTRY_KINDS,
     InvalidRecord,
     entry_doc,
-    ledger_doc,
     normalise_entry,
+    possible_ledger_docs,
 )
 from crdtledger.money import format_purse, format_yuan
 from crdtledger.projection import _entry_value, project_entries, project_entry, record_change
@@ -255,11 +254,8 @@ def entry_as_written(ledger: Ledger, entry_id: str, body: str) -> dict[str, Any]
     otherwise (changed by hand with sqlite3, the node stopped): a debit's amount raised
     in its row was refunded as raised (50.00 sold, 50,000.00 paid back)."""
     st = ledger.storage
-    at = id_time_ms(entry_id)
     # Its month in the chain's zone (where its writer filed it), else in any zone.
-    names = [entry_doc(entry_id, st.day_of), *(
-        ledger_doc(time.strftime("%Y-%m", time.gmtime(at / 1000 + off)))
-        for off in (-12 * 3600, 14 * 3600))]
+    names = [entry_doc(entry_id, st.day_of), *sorted(possible_ledger_docs(entry_id))]
     for name in dict.fromkeys(names):
         if _has_doc(st.conn, name):
             value = st.doc(name).roots["entries"].get(entry_id)

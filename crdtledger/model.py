@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeGuard, TypeVar, get_args
 
 from crdtledger.escrow import Delta, check_deltas_authorised
@@ -331,6 +331,17 @@ def month_over_ms(month: str) -> int:
 
 def ledger_doc(month: str) -> str:
     return f"ledger/{month}"
+
+
+# The widest offsets of civil time from UTC (Etc/GMT+12, Pacific/Kiritimati).
+ZONE_SPAN = (timedelta(hours=-12), timedelta(hours=14))
+
+
+def possible_ledger_docs(entry_id: str) -> set[str]:
+    """The ledger documents of the id's month in every time zone: where a writer in
+    any zone may have filed the entry (`entry_doc` in its own)."""
+    at = datetime.fromtimestamp(id_time_ms(entry_id) / 1000, UTC)
+    return {ledger_doc(f"{t.year:04d}-{t.month:02d}") for t in (at + off for off in ZONE_SPAN)}
 
 
 def entry_doc(entry_id: str, day_of: Callable[[int], str]) -> str:

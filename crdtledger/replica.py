@@ -29,7 +29,7 @@ from crdtledger import erasure, lots, views
 from crdtledger.commit import LedgerBase
 from crdtledger.erasure import Claim, claims_in
 from crdtledger.errors import ClockSkew, NotCaughtUp, RemoteProtocolError
-from crdtledger.hlc import MAX_CLOCK_SKEW_MS, decode, id_floor, id_time_ms, matched_id_time_ms
+from crdtledger.hlc import MAX_CLOCK_SKEW_MS, decode, id_floor, matched_id_time_ms
 from crdtledger.lib0 import covered, decode_state_vector
 from crdtledger.log import (
     APPLIED,
@@ -46,7 +46,7 @@ from crdtledger.log import (
     mark_of,
     record_hash,
 )
-from crdtledger.model import ID, entry_doc, erased, ledger_doc
+from crdtledger.model import ID, ZONE_SPAN, entry_doc, erased, ledger_doc, possible_ledger_docs
 from crdtledger.money import format_yuan
 from crdtledger.projection import entry_change, project_deferred, project_entries, record_change
 from crdtledger.redaction import NotRedactable, carries_nothing, needs
@@ -1209,7 +1209,7 @@ def _check_months(doc: str, keys: Sequence[str], day_of: Callable[[int], str]
     for key in keys:
         if not isinstance(key, str) or not ID.match(key) or lo <= key[:13] < hi:
             continue
-        if window is not None:  # what _possible_months says, without a datetime per key
+        if window is not None:  # what possible_ledger_docs says, without a datetime per key
             t = matched_id_time_ms(key)
             if window[0] <= t < window[3]:
                 if t < window[1]:
@@ -1218,7 +1218,7 @@ def _check_months(doc: str, keys: Sequence[str], day_of: Callable[[int], str]
                     either.append((key, {window[5]}))
                 continue
         try:
-            homes = _possible_months(key)
+            homes = possible_ledger_docs(key)
             home = entry_doc(key, day_of)
         except (ValueError, OverflowError, OSError):  # a time no calendar holds
             homes, home = set(), "no month"
@@ -1254,13 +1254,11 @@ def _inner_ids(doc: str) -> tuple[str, str]:
     return lo, hi
 
 
-# The widest offsets of civil time from UTC (Etc/GMT+12, Pacific/Kiritimati).
-_ZONE_SPAN = (timedelta(hours=-12), timedelta(hours=14))
 
 
 @lru_cache(maxsize=256)
 def _month_window(doc: str) -> tuple[int, int, int, int, str, str] | None:
-    """_possible_months turned round, for the ids of a ledger document of month M
+    """possible_ledger_docs turned round, for the ids of a ledger document of month M
     outside its inner days (a catch-up brings some 15% of a month's there): M is among
     an id's months iff its time t (ms) is in [m0 - 14 h, m1 + 12 h), m0 and m1 the
     UTC starts of M and of the month after; it is also in the month before's document
@@ -1278,19 +1276,13 @@ def _month_window(doc: str) -> tuple[int, int, int, int, str, str] | None:
     except (ValueError, OverflowError):
         return None
     start, end = int(m0.timestamp()) * 1000, int(m1.timestamp()) * 1000
-    west, east = -_ZONE_SPAN[0] // _MS, _ZONE_SPAN[1] // _MS
+    west, east = -ZONE_SPAN[0] // _MS, ZONE_SPAN[1] // _MS
     return (start - east, start + west, end - east, end + west,
             ledger_doc(f"{before.year:04d}-{before.month:02d}"),
             ledger_doc(f"{m1.year:04d}-{m1.month:02d}"))
 
 
 _MS = timedelta(milliseconds=1)
-
-
-def _possible_months(entry_id: str) -> set[str]:
-    """The ledger documents of the id's month in every time zone."""
-    at = datetime.fromtimestamp(id_time_ms(entry_id) / 1000, UTC)
-    return {ledger_doc(f"{t.year:04d}-{t.month:02d}") for t in (at + off for off in _ZONE_SPAN)}
 
 
 _26_DAYS = timedelta(days=26)
