@@ -4,6 +4,7 @@ files, and branch ledgers opened in-process."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import socket
@@ -18,6 +19,20 @@ from helpers import new_ledger
 from hypothesis import settings
 
 from crdtledger.ledger import Ledger
+
+
+@pytest.fixture(autouse=True)
+def root_logger_as_found() -> Iterator[None]:
+    """Each test gets the root logger as the one before found it. The node and the
+    counter, run in-process, set up logging for the process (platform.setup_logging)
+    on the sys.stderr of that moment, which is pytest's capture of that test: a later
+    test's warning then went to a closed file, and logging wrote "--- Logging error ---"
+    into whatever that test was reading as stderr."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def ephemeral_low() -> int:
