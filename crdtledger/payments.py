@@ -904,7 +904,7 @@ class Payments(Merges, Rules):
         list), but one under half the uses' list worth gives value away: once what an
         operator's such packages gave today passes the top-up limit, each needs an
         approver, as a top-up of that much does (a cashier alone sold a million uses
-        for 0.00, and the till balanced)."""
+        for 0.00, and the till balanced). One above the list needs an approver too."""
         self.authorise(operator, "package.sell")
         if service not in self.rule("services"):
             raise NotFound(f"no service {service} in the price list")
@@ -915,7 +915,15 @@ class Payments(Merges, Rules):
         worth = uses * self._list_price(service)
         approved = None
         given = given_away(worth, price)
-        if given and given + self._given_today(operator) > int(
+        if price > worth:
+            # Above the list it moves no value, but the till and the day report take a
+            # made-up amount (a drawer short of cash taken balances by it, or a member's
+            # stored value is drained by it): no honest sale is above the list, so each
+            # needs an approver, whatever the amount.
+            approved = self._approve(operator, approver, (
+                f"a package of {uses} x {service} for {format_yuan(price)}, above its list "
+                f"price {format_yuan(worth)},"))
+        elif given and given + self._given_today(operator) > int(
                 self.rule("approval")["topup_limit"]):
             approved = self._approve(operator, approver, (
                 f"a package of {uses} x {service} for {format_yuan(price)} (list "

@@ -1042,16 +1042,18 @@ class Counter:
             pay = ui.radio({"stored": tr("储值卡", "Stored value"), **methods},
                            value=next(iter(methods))).props("inline").mark("package-pay")
             # Far below the list, the library may want an approver (what this cashier's
-            # packages gave away today, past the top-up limit): the boxes are offered.
+            # packages gave away today, past the top-up limit), and above the list it
+            # always does: the boxes are offered.
             approval, approver, approver_pw = self.approver_boxes(tr(
-                "低于标价一半：超出当日限额需要审批人", "Under half the list price: past the "
-                "day's limit an approver must confirm"))
+                "低于标价一半（超出当日限额）或高于标价：需要审批人", "Under half the list "
+                "price (past the day's limit) or above it: an approver must confirm"))
 
             def below_half() -> None:
                 n, fen = _units(uses.value), _money_or_none(price.value)
                 item = services.get(str(svc.value)) or {}
                 worth = (n or 0) * int(item.get("price") or 0)
-                approval.set_visibility(fen is not None and given_away(worth, fen) > 0)
+                approval.set_visibility(fen is not None and (
+                    given_away(worth, fen) > 0 or (bool(n and item) and fen > worth)))
 
             for el in (svc, uses, price):
                 el.on_value_change(lambda _e: below_half())

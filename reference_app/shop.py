@@ -540,6 +540,10 @@ def _approval_refused(e: ApprovalRequired) -> str:
         return tr("{name} 没有审批权限：请有审批权限的人输入姓名和密码。",
                   "{name} is not allowed to approve this: someone who is must enter "
                   "their name and password.", name=other[1])
+    if "above its list price" in text:  # crdtledger: a package sold above the list
+        return tr("售价高于标价，需要有审批权限的人输入姓名和密码。",
+                  "The price is above the list price: someone allowed to approve must "
+                  "enter their name and password.")
     if "today without one" in text:  # crdtledger: counted with the day's earlier ones
         return tr("今天未经审批的累计金额已超过限额，需要有审批权限的人输入姓名和密码。",
                   "Together with today's earlier ones without an approver this is above "
