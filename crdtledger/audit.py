@@ -18,7 +18,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
-from crdtledger import localtime, views
+from crdtledger import localtime, lots, views
 from crdtledger.backups import RESTORE_DAMAGED
 from crdtledger.errors import InvalidInput, LocalProtocolError, StoreError
 from crdtledger.hlc import id_time_ms
@@ -152,7 +152,12 @@ _REBUILT: dict[str, str] = {
     "rights": REPLICA_TABLES["rights"], "totals": REPLICA_TABLES["totals"],
     "rules": "SELECT id, kind, effective_from, body FROM rules ORDER BY id",
     "operators": "SELECT id, name, body FROM operators ORDER BY id",
-    "roles": "SELECT name, body FROM roles ORDER BY name"}
+    "roles": "SELECT name, body FROM roles ORDER BY name",
+    # Keyed by member: the lots are a fold of each member's group (crdtledger.lots), not
+    # rows of their own. A lot's points raised or its expiry put later by hand showed
+    # the member points never earned, and let expired ones be spent.
+    "points_lots": "SELECT member, earned, expires, left FROM points_lots "
+                   "ORDER BY member, earned"}
 # Suffix of `unprojected`'s keys for rows that differ from the documents' projection.
 CHANGED = " changed"
 
@@ -169,7 +174,8 @@ def unprojected(ledger: Ledger) -> dict[str, list[str]]:
     documents are projected again, by the projection's own functions (a catch-up's),
     into a store in memory, and its entries, members, cards, rights, totals, rules,
     operators and roles compared with the tables' (ids; members for rights and
-    totals). A debit's
+    totals), and the points lots with every group's lots replayed from those entries
+    (members). A debit's
     amount raised in its row was refunded as raised and the bonus sold; totals raised
     made a member gold; a lost card set active paid; and no check said a word."""
     st = ledger.storage
@@ -228,9 +234,13 @@ def unprojected(ledger: Ledger) -> dict[str, list[str]]:
         for (body,) in rebuilt.execute("SELECT body FROM deferred").fetchall():
             entry = json.loads(body)
             project_entry(rebuilt, entry, st.day_of(entry["at"]), +1)
+        # The lots as every group's replay of the entries gives them: the definition
+        # (lots.replay), which the table must hold. (Joining from a closing's lots is
+        # not built: every store holds the entries its lots were folded from.)
+        lots.fill(rebuilt)
         for table, sql in _REBUILT.items():
             changed = _differing(conn.execute(sql), rebuilt.execute(sql),
-                                 both=table in ("rights", "totals"))
+                                 both=table in ("rights", "totals", "points_lots"))
             if changed:
                 out[table + CHANGED] = changed
     finally:

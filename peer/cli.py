@@ -884,11 +884,13 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
     changed = {t.removesuffix(audit.CHANGED): missing.pop(t) for t in sorted(missing)
                if t.endswith(audit.CHANGED)}
     if changed:
-        told = ", ".join(f"{table} ({n} {'member' if table in ('rights', 'totals') else 'row'}"
+        # Rights, totals and points lots are each member's sums or fold: said by member.
+        told = ", ".join(f"{table} ({n} "
+                         f"{'member' if table in ('rights', 'totals', 'points_lots') else 'row'}"
                          f"{'s' if n != 1 else ''})" for table, n in changed.items())
         lines.append(f"EDITED store: rows of its tables differ from its documents, changed by "
-                     f"hand: {told}: reports, balances, levels, cards and refunds read them "
-                     f"as changed. {RESTORE_DAMAGED}.")
+                     f"hand: {told}: reports, balances, points, levels, cards and refunds "
+                     f"read them as changed. {RESTORE_DAMAGED}.")
     if unread:
         lines.append(f"EDITED store: {unread} of its documents do not decode (edited by hand, "
                      f"or damaged). {RESTORE_DAMAGED}.")
