@@ -61,6 +61,12 @@ NODE_KEY = "node.key"
 NODE_CERT = "node.crt"
 CA_CERT = "ca.crt"
 CHAIN_KEY = "chain.key"
+CHAIN_SECRET_BYTES = 32  # peer.chain.init_chain: os.urandom(32)
+# 32 random bytes take ~30 different values; fewer than 16 happens to one key in
+# about 10**15. A key of all zeros, all one byte or a short pattern repeated (typed by
+# hand, a file zeroed by a tool) has no secrecy: anyone who guesses it reads every
+# file the chain seals, and the chain's other branches refuse what it seals.
+MIN_SECRET_VALUES = 16
 NODE_URI = "urn:crdtledger:node:"
 # The chain's word on when it enrolled a node (ms since the epoch, a DER INTEGER), in
 # a certificate extension (an OID of the 2.25 UUID arc, needing no registration) that
@@ -442,11 +448,14 @@ def load_trust(data_dir: Path, chain: str, node: str) -> Trust:
             # branch could open (nor this one, once it was put right), with exit 0:
             # refused as a damaged key is. The chain directory's copy is the same
             # 32 bytes (peer.chain.enrol copies it), so that copy is the cure.
-            if len(secret) != 32:
+            # All zeros or one byte over and over is 32 bytes too, and sealed as
+            # surely what no branch could open (nor anyone fail to).
+            fault = secret_fault(secret)
+            if fault is not None:
                 raise UntrustedSigner(
-                    f"{tls / CHAIN_KEY} is damaged (not a chain secret: {len(secret)} "
-                    "bytes, not 32); copy chain.key from the chain directory this branch "
-                    "was enrolled with over it")
+                    f"{tls / CHAIN_KEY} is damaged (not a chain secret: {fault}); copy "
+                    "chain.key from the chain directory this branch was enrolled with "
+                    "over it")
         return Trust(chain=chain, node=node, key=key,
                      cert_der=cert.public_bytes(serialization.Encoding.DER),
                      seal_key=_derive(secret, chain), ca=ca)
@@ -483,6 +492,18 @@ def _open_trust(keys: Path, chain: str, node: str) -> Trust:
     return Trust(chain=chain, node=node, key=key,
                  cert_der=cert.public_bytes(serialization.Encoding.DER),
                  seal_key=_derive(b"open store: no chain secret", chain), ca=None)
+
+
+def secret_fault(secret: bytes) -> str | None:
+    """Why `secret` (a chain.key's bytes) cannot be a chain secret, as the end of a
+    sentence naming its file; None if it can."""
+    if len(secret) != CHAIN_SECRET_BYTES:
+        return f"{len(secret)} bytes, not {CHAIN_SECRET_BYTES}"
+    if len(set(secret)) < MIN_SECRET_VALUES:
+        what = (f"all bytes {secret[0]:#04x}" if len(set(secret)) == 1
+                else f"only {len(set(secret))} different byte values")
+        return f"{what}, not random: anyone could guess it"
+    return None
 
 
 def _derive(secret: bytes, chain: str) -> bytes:

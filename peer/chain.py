@@ -58,7 +58,7 @@ from crdtledger.trust import revocations_rule
 CA_KEY = "ca.key"
 CA_CERT = "ca.crt"
 CHAIN_KEY = trust.CHAIN_KEY  # the chain secret: 32 random bytes
-CHAIN_SECRET_BYTES = 32
+CHAIN_SECRET_BYTES = trust.CHAIN_SECRET_BYTES
 CHAIN_FILE = "chain.json"
 CRL_FILE = "crl.der"  # the CA's own copy of the last list it signed
 ISSUED_DIR = "issued"  # every node certificate the CA signed, so it can revoke by node id
@@ -541,9 +541,14 @@ def _chain_secret(chain: Chain) -> bytes:
         with contextlib.suppress(FileExistsError):
             _write_new(path, os.urandom(CHAIN_SECRET_BYTES))
     secret = path.read_bytes()
-    if len(secret) != CHAIN_SECRET_BYTES:
-        raise ChainError(f"{path} is not a chain secret ({len(secret)} bytes, not "
-                         f"{CHAIN_SECRET_BYTES})")
+    # A secret of all zeros (or one byte over and over) was copied to the branch, which
+    # then sealed files every other branch refused and anyone could open: refused here,
+    # before the node is made.
+    fault = trust.secret_fault(secret)
+    if fault is not None:
+        raise ChainError(f"{path} is not a chain secret ({fault}): put the chain's own "
+                         "chain.key back (every enrolled branch holds a copy in its "
+                         "data directory's tls/)")
     return secret
 
 
