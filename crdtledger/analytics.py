@@ -49,7 +49,7 @@ import pyarrow as pa  # type: ignore[import-untyped]  # no stubs shipped
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 from crdtledger.errors import InvalidInput
-from crdtledger.private import FILE_MODE, private_dir, private_file_open, private_text_open
+from crdtledger.private import FILE_MODE, private_dir, replacing, unlink_under
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
@@ -163,7 +163,7 @@ def export(ledger: Ledger, out: Path | str, progress: Progress | None = None
                 repaired += [f for f in found if hashes.get(f.split("/")[0]) is not None]
             entries = _month_entries(ledger, month)
             sales, left_out = _goods_sales(conn, entries, members)
-            wrote = {table: _write(out / table / f"month={month}" / PART, rows_of)
+            wrote = {table: _write(out, out / table / f"month={month}" / PART, rows_of)
                      for table, rows_of in (("entries", _entry_table(entries, members)),
                                             ("goods_sales", sales))}
             kept[month] = {"fingerprint": fingerprint, "entries": len(entries),
@@ -177,7 +177,7 @@ def export(ledger: Ledger, out: Path | str, progress: Progress | None = None
         # Months no longer there (a restored store of an older state): their files go.
         for month in sorted(set(kept) - set(months)):
             for table in MONTH_TABLES:
-                (out / table / f"month={month}" / PART).unlink(missing_ok=True)
+                unlink_under(out, Path(table) / f"month={month}" / PART)
             del kept[month]
         member_rows = _member_table(ledger, members)
         goods_rows = _goods_table(ledger)
@@ -193,7 +193,7 @@ def export(ledger: Ledger, out: Path | str, progress: Progress | None = None
                                                       hashes.get(name)):
             if manifest.get(name) == digest and hashes.get(name) is not None:
                 repaired.append(path.name)
-            sizes[name], hashes[name] = _write(path, table)
+            sizes[name], hashes[name] = _write(out, path, table)
             manifest[name] = digest
             others[name] = table.num_rows
     manifest["bytes"], manifest["sha256"] = sizes, hashes
@@ -538,20 +538,22 @@ def _sweep(out: Path, kept: Mapping[str, Any]) -> list[str]:
     return sorted(removed)
 
 
-def _write(path: Path, table: pa.Table) -> tuple[int, str]:
-    """Replace `path` whole: a reader (or a crash) sees the old file or the new one;
-    its size and SHA-256, for the manifest (`_intact`).
+def _write(out: Path, path: Path, table: pa.Table) -> tuple[int, str]:
+    """Replace `path` (under `out`) whole: a reader (or a crash) sees the old file or the
+    new one; its size and SHA-256, for the manifest (`_intact`).
 
     0600 in 0700 directories, as every other output (a backup, a sync file, a CSV):
     the files followed the umask (0644, 0755), and pseudonyms aside they hold every
-    sale, amount and branch of the chain."""
-    private_dir(path.parent)
-    tmp = path.with_name(path.name + ".tmp")
-    with private_file_open(tmp) as f:
+    sale, amount and branch of the chain. Through no link below `out`, planted after
+    `_refuse_links` looked (`replacing`)."""
+    with replacing(path, under=out) as f:
         pq.write_table(table, f, compression="zstd")
-    size, digest = tmp.stat().st_size, _file_sha256(tmp)
-    os.replace(tmp, path)
-    return size, digest
+        size = f.tell()
+        f.seek(0)
+        h = hashlib.sha256()
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return size, h.hexdigest()
 
 
 def _read_manifest(out: Path, chain: str) -> dict[str, Any]:
@@ -594,8 +596,6 @@ def _write_manifest(out: Path, manifest: Mapping[str, Any]) -> None:
     # `out` 0700 (tightened too if an earlier export left it open): nothing under it
     # is then reachable by others, files an older version wrote 0644 included.
     private_dir(out)
-    tmp = out / (MANIFEST + ".tmp")
-    with private_text_open(tmp) as f:
-        f.write(json.dumps(manifest, indent=1, sort_keys=True))
-    os.replace(tmp, out / MANIFEST)
+    with replacing(out / MANIFEST) as f:
+        f.write(json.dumps(manifest, indent=1, sort_keys=True).encode())
 

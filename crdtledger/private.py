@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 import stat
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
@@ -29,6 +31,15 @@ DIR_MODE = 0o700
 
 # What SQLite may leave next to a database file.
 SQLITE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+# Directories held open and files made and renamed relative to them (openat,
+# renameat) with O_NOFOLLOW: POSIX. Where the system has none (Windows, whose links
+# need an administrator to make), the paths are used as they are.
+_AT = {os.open, os.mkdir, os.rename, os.unlink, os.stat} <= os.supports_dir_fd
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+NEW_NAME_TRIES = 8  # `replacing`: random names, so a second is taken only if planted
 
 
 def private_dir(path: Path | str) -> Path:
@@ -99,9 +110,8 @@ def write_private(path: Path | str, data: bytes, *, exclusive: bool = False,
 
 
 def replace_private(path: Path | str, data: bytes) -> None:
-    """Write `data` to `path` whole or not at all: 0600 into `path.part`, synced, then
-    renamed over `path`, so that a reader never sees half a file under the real name
-    (a sync file, a backup). The `.part` file is removed if anything fails. Only a
+    """Write `data` to `path` whole or not at all (see `replacing`), so that a reader
+    never sees half a file under the real name (a sync file, a backup). Only a
     regular file is replaced: `--out /dev/stdout` (a link) or a device put a file of
     every member's data in its place, and as root broke /dev/null for the machine."""
     path = Path(path)
@@ -109,15 +119,114 @@ def replace_private(path: Path | str, data: bytes) -> None:
         if not stat.S_ISREG(path.lstat().st_mode):
             raise InvalidInput(f"{path} is not a regular file (a link, a device or a "
                                "directory): give the path of a new file")
-    part = path.with_name(path.name + ".part")
+    with replacing(path) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def replacing(path: Path | str, *, under: Path | str | None = None) -> Iterator[BinaryIO]:
+    """A new file (0600, open for writing and reading back) that becomes `path` when
+    the block ends, renamed over it, synced; removed if the block raises.
+
+    The checks before it (no link at `path`, none under an export's directory) were
+    by path, and the write by path after them: a link planted in between, at the
+    name written (`OUT.part`, opened with O_TRUNC) or as a directory on the way, sent
+    every member's data over a file the node's user may write, or into a directory
+    elsewhere. So the file is made under a fresh name with O_EXCL|O_NOFOLLOW, in the
+    directory held open from `under` (default: `path`'s own, which is the user's
+    choice) down through each directory between, each entered with O_NOFOLLOW (made
+    0700 if missing), and renamed within it: a rename replaces a link at `path`, never
+    follows it. Refused with a sentence when a directory on the way is a link."""
+    path = Path(path)
+    top = Path(under) if under is not None else path.parent
+    with _held_dir(top, path.parent.relative_to(top).parts) as dir_fd:
+        at = {} if dir_fd is None else {"dir_fd": dir_fd}
+        for attempt in range(NEW_NAME_TRIES):
+            # A name taken (a killed write's, or one planted): another, never through it.
+            tmp = f"{path.name}.{secrets.token_hex(4)}.part"
+            where = path.parent / tmp if dir_fd is None else tmp
+            try:
+                fd = os.open(where, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+                             | _CLOEXEC, FILE_MODE, **at)
+                break
+            except FileExistsError:
+                if attempt == NEW_NAME_TRIES - 1:
+                    raise InvalidInput(f"cannot make a new file in {path.parent}: every "
+                                       "name tried was taken meanwhile") from None
+        try:
+            with os.fdopen(fd, "w+b") as f:
+                platform.fchmod(f.fileno(), FILE_MODE)  # whatever the umask
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            if dir_fd is None:
+                os.replace(where, path)
+                platform.sync_dir(path.parent)
+            else:
+                os.replace(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                os.fsync(dir_fd)  # the rename itself survives a power cut
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(where, **at)
+            raise
+
+
+def unlink_under(top: Path | str, rel: Path | str) -> None:
+    """Remove `top/rel` if it is there, reaching it through no symbolic link below
+    `top` (a month's directory swapped for a link removed a file elsewhere)."""
+    top, rel = Path(top), Path(rel)
+    if not _AT:
+        (top / rel).unlink(missing_ok=True)
+        return
+    with contextlib.suppress(FileNotFoundError), \
+            _held_dir(top, rel.parent.parts, make=False) as dir_fd:
+        os.unlink(rel.name, dir_fd=dir_fd)
+
+
+@contextlib.contextmanager
+def _held_dir(top: Path, parts: Sequence[str], *, make: bool = True
+              ) -> Iterator[int | None]:
+    """A descriptor of `top/parts...`, each of `parts` entered with O_NOFOLLOW and,
+    with `make`, made 0700 if missing; None where the system cannot hold directories
+    (the path is then made as `private_dir` makes it)."""
+    if not _AT:
+        if make:
+            private_dir(top.joinpath(*parts))
+        yield None
+        return
+    fd = os.open(top, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
     try:
-        write_private(part, data, sync=True)
-        os.replace(part, path)
-        platform.sync_dir(path.parent)  # the rename itself survives a power cut
-    except BaseException:
-        if part.parent.is_dir():
-            part.unlink(missing_ok=True)
-        raise
+        for n, part in enumerate(parts):
+            if make:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, DIR_MODE, dir_fd=fd)
+            try:
+                sub = os.open(part, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC,
+                              dir_fd=fd)
+            except OSError as e:
+                if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                raise InvalidInput(
+                    f"{top.joinpath(*parts[:n + 1])} is a symbolic link or a file, not a "
+                    "directory: nothing is written or removed through it; remove it and "
+                    "try again") from None
+            os.close(fd)
+            fd = sub
+            if make:
+                _tighten_fd(fd, DIR_MODE)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _tighten_fd(fd: int, mode: int) -> None:
+    """`tighten` for a directory held open."""
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != mode:
+            platform.fchmod(fd, mode)
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.EACCES, errno.EROFS):
+            raise
 
 
 def private_sqlite_file(path: Path | str) -> Path:

@@ -307,11 +307,11 @@ def test_an_export_stopped_after_its_first_month_is_carried_on(tmp_path: Path) -
         out = tmp_path / "analytics"
         real, calls = analytics._write, []
 
-        def stop_after_one(path: Path, table: object) -> None:
+        def stop_after_one(out: Path, path: Path, table: object) -> None:
             if calls:
                 raise KeyboardInterrupt
             calls.append(path)
-            real(path, table)  # type: ignore[arg-type]
+            real(out, path, table)  # type: ignore[arg-type]
 
         analytics._write = stop_after_one  # type: ignore[assignment]
         try:

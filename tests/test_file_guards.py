@@ -1,0 +1,230 @@
+"""Guards on the files a branch makes and takes (17th round, the file adversaries):
+a chain secret anyone could guess, a symbolic link planted while an export writes,
+and refused file commands kept with the refusals. The real command line, real
+stores and real sync files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Cli
+
+from crdtledger.ledger import Ledger
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _chain(cli: Cli, tmp_path: Path, name: str = "acme") -> Path:
+    chain = tmp_path / f"chain-{name}"
+    assert cli("chain", "init", "--out", chain, "--name", name).code == 0
+    return chain
+
+
+def _node(cli: Cli, tmp_path: Path, chain: Path, node: str = "SH01") -> Path:
+    data = tmp_path / f"{chain.name}-{node}"
+    r = cli("init", "--node", node, "--chain", chain, data=data)
+    assert r.code == 0, r.err
+    return data
+
+
+# -- 1. a chain secret with no secrecy ----------------------------------------------
+
+WEAK = (bytes(32), b"\xff" * 32, b"0123" * 8)
+
+
+def test_init_refuses_a_chain_secret_anyone_could_guess(cli: Cli, tmp_path: Path) -> None:
+    """A `chain.key` of all zeros (32 bytes: the length check passed) was copied into
+    the new branch at `init`, exit 0; the branch then sealed files every other branch
+    refused, and anyone could read. Refused at init with a sentence naming the file,
+    and nothing made."""
+    chain = _chain(cli, tmp_path)
+    good = (chain / "chain.key").read_bytes()
+    for n, weak in enumerate(WEAK):
+        (chain / "chain.key").write_bytes(weak)
+        data = tmp_path / f"sh{n}"
+        r = cli("init", "--node", f"SH0{n + 1}", "--chain", chain, data=data)
+        assert r.code == 1 and "Traceback" not in r.err, r
+        assert str(chain / "chain.key") in r.err and "not a chain secret" in r.err, r
+        assert not data.exists(), sorted(data.iterdir())
+        assert not list((chain / "issued").glob("*")) if (chain / "issued").exists() else True
+    (chain / "chain.key").write_bytes(good)
+    assert cli("init", "--node", "SH01", "--chain", chain, data=tmp_path / "ok").code == 0
+
+
+def test_a_node_refuses_a_guessable_chain_secret_in_its_directory(
+        cli: Cli, tmp_path: Path) -> None:
+    """`DATA/tls/chain.key` overwritten with 32 zero bytes was taken by every command
+    and by `node run`: exports sealed under it exit 0. Refused as a damaged key is."""
+    chain = _chain(cli, tmp_path)
+    data = _node(cli, tmp_path, chain)
+    good = (data / "tls" / "chain.key").read_bytes()
+    store = _digest(data / "ledger.sqlite3")
+    for weak in WEAK:
+        (data / "tls" / "chain.key").write_bytes(weak)
+        for args in (("export", "--out", tmp_path / "x.sync"),
+                     ("backup", "--out", tmp_path / "bk")):
+            r = cli(*args, data=data)
+            assert r.code == 1 and "Traceback" not in r.err, r
+            assert "chain.key is damaged" in r.err and "anyone could guess" in r.err, r
+        assert not (tmp_path / "x.sync").exists() and not (tmp_path / "bk").exists()
+        assert _digest(data / "ledger.sqlite3") == store
+    (data / "tls" / "chain.key").write_bytes(good)
+    assert cli("export", "--out", tmp_path / "x.sync", data=data).code == 0
+
+
+# -- 2. a link planted while an export writes ---------------------------------------
+
+def _plant_at_open(monkeypatch: pytest.MonkeyPatch, under: Path,
+                   plant: Callable[[Path], None], *, files_only: bool = True
+                   ) -> list[Path]:
+    """Run `plant(path)` just before the first file the export creates for writing
+    under `under` (after its checks, before its write: the moment an adversary must
+    hit), `path` the full name it is about to open; returns the names opened so.
+    `files_only` False: before the first thing opened under `under`, a directory
+    on the way to the file included."""
+    opened: list[Path] = []
+    real = os.open
+
+    def racing_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if not files_only or (flags & (os.O_WRONLY | os.O_RDWR) and flags & os.O_CREAT):
+            at = kwargs.get("dir_fd")
+            full = Path(path) if at is None else Path(os.readlink(f"/proc/self/fd/{at}")) / path
+            if under in full.parents:
+                if not opened:
+                    plant(full)
+                opened.append(full)
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", racing_open)
+    return opened
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> Any:
+    from helpers import new_ledger
+
+    led = new_ledger(tmp_path, "SH01")
+    member = led.add_member(led.owner, name="王芳", phone="13800000001")
+    led.topup(led.owner, member, 10000)
+    yield led
+    led.close()
+
+
+MINE = b"the node user's own file\n"
+
+
+def _victim(tmp_path: Path) -> Path:
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(MINE)
+    return victim
+
+
+def _link(at: Path, to: Path) -> None:
+    if at.is_symlink() or at.exists():
+        at.unlink()
+    at.symlink_to(to)
+
+
+def test_a_sync_file_export_follows_no_link_planted_as_it_writes(
+        ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The export checked `--out` for a link, then wrote `OUT.part` by path (O_TRUNC,
+    following links) and renamed it: a link planted there, or at OUT, after the check
+    sent every member's data over a file the node's user may write. Now the file is
+    made new (O_EXCL, O_NOFOLLOW, another name if one is there) and renamed over
+    whatever OUT is then: a link there is replaced, its target untouched."""
+    from crdtledger.syncfile import export_file, read_file
+
+    victim = _victim(tmp_path)
+    out = tmp_path / "stick" / "hq.sync"
+    out.parent.mkdir()
+
+    def plant(opening: Path) -> None:
+        _link(out, victim)
+        _link(opening, victim)
+
+    opened = _plant_at_open(monkeypatch, out.parent, plant)
+    export_file(ledger, out)
+    monkeypatch.undo()
+    assert opened and victim.read_bytes() == MINE
+    assert not out.is_symlink() and read_file(ledger, out) is not None
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(
+        {"hq.sync", opened[0].name})  # the planted link is left, not written through
+
+
+def test_a_backup_follows_no_link_planted_as_it_writes(
+        ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from crdtledger.backups import BACKUP_FILE, write_backup
+
+    victim = _victim(tmp_path)
+    target = tmp_path / "bk"
+
+    def plant(opening: Path) -> None:
+        _link(target / BACKUP_FILE, victim)
+        _link(opening, victim)
+
+    opened = _plant_at_open(monkeypatch, target, plant)
+    write_backup(ledger.storage.dir, target)
+    monkeypatch.undo()
+    assert opened and opened[0].parent == target and victim.read_bytes() == MINE
+    assert not (target / BACKUP_FILE).is_symlink()
+    assert (target / BACKUP_FILE).read_bytes().startswith(b"CRDTLEDGER-SEALED backup")
+
+
+def test_the_analytics_export_follows_no_link_planted_as_it_writes(
+        ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`export-analytics --out` refused links under OUT, then made each month's file
+    and the manifest by path: a month's directory swapped for a link to a directory
+    elsewhere after that check, or a link at the name written, was written through
+    (and that directory made 0700). Now refused with a sentence, nothing elsewhere
+    touched; and a link at a file's own name is replaced, never followed."""
+    from crdtledger.analytics import export as export_analytics
+    from crdtledger.errors import InvalidInput
+
+    victim = _victim(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o755)
+    theirs = {"part-0.parquet": b"someone else's table\n", "manifest.json": b"{}\n"}
+    for name, content in theirs.items():
+        (elsewhere / name).write_bytes(content)
+    out = tmp_path / "analytics"
+    export_analytics(ledger, out)  # an earlier export: the months' directories exist
+    months = [p for p in (out / "entries").iterdir() if p.is_dir()]
+    assert months
+    ledger.add_member(ledger.owner, name="李娜", phone="13800000002")
+    ledger.topup(ledger.owner, ledger.add_member(ledger.owner, name="赵丽",
+                                                 phone="13800000003"), 500)
+
+    def swap_months(opening: Path) -> None:
+        for month in months:
+            os.rename(month, month.with_name(month.name + ".old"))
+            month.symlink_to(elsewhere, target_is_directory=True)
+        if not opening.is_dir():
+            _link(opening, victim)
+
+    _plant_at_open(monkeypatch, out, swap_months, files_only=False)
+    refused = None
+    try:
+        export_analytics(ledger, out)
+    except InvalidInput as e:
+        refused = str(e)
+    monkeypatch.undo()
+    assert victim.read_bytes() == MINE
+    assert {p.name: p.read_bytes() for p in elsewhere.iterdir()} == theirs
+    assert elsewhere.stat().st_mode & 0o777 == 0o755
+    assert refused is not None and "is a symbolic link" in refused
+    # the months put back, a link planted at the very name each file is made under
+    for month in months:
+        month.unlink()
+        os.rename(month.with_name(month.name + ".old"), month)
+    opened = _plant_at_open(monkeypatch, out, lambda opening: _link(opening, victim))
+    export_analytics(ledger, out)
+    monkeypatch.undo()
+    assert opened and victim.read_bytes() == MINE
+    assert not any(p.is_symlink() for p in out.rglob("*") if p != opened[0])
