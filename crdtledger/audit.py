@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from crdtledger import localtime, lots, views
 from crdtledger.backups import RESTORE_DAMAGED
-from crdtledger.errors import InvalidInput, LocalProtocolError, StoreError
+from crdtledger.errors import InvalidInput, LocalProtocolError, RemoteProtocolError, StoreError
 from crdtledger.hlc import id_time_ms
 from crdtledger.model import (
     EDITS,
@@ -623,6 +623,10 @@ _REFUSALS = (
 )
 LOGIN = "login"  # the operation a refused login is kept under
 AT_COMMAND_LINE = ", at the command line"  # where a refused password was given
+# What a file command refused is kept under (`note_file_refusal`): the command line's
+# `export`, `import`, `backup` and `export-analytics`, the API's and the counter's.
+SYNC_EXPORT, SYNC_IMPORT, BACKUP, ANALYTICS_EXPORT = (
+    "sync.export", "sync.import", "backup", "analytics.export")
 
 
 class RefusedRow(TypedDict):
@@ -688,6 +692,28 @@ def note_failed_login(ledger: Ledger, name: str, address: str, code: str,
     said = (f"from {address}" if address else "") + where
     note_refusal(ledger, operator=name, operation=LOGIN, code=code,
                  reason=f"{sentence} ({said.removeprefix(', ')})" if said else sentence)
+
+
+def note_file_refusal(ledger: Ledger, operator: str | None, operation: str,
+                      e: BaseException, file: str = "") -> None:
+    """A file command refused (SYNC_EXPORT, SYNC_IMPORT, BACKUP, ANALYTICS_EXPORT): kept
+    as operations.run keeps the operations' (they are no operation of its table, so
+    a cashier's tries at every member's data on a stick left no trace). For security
+    (SECURITY_CODES: her role lacks `sync`, `backup`); and an import refused for its
+    file (another chain's, altered, signed by a key the chain does not vouch for, cut
+    short): who brought which file, with the sentence, since a stranger's file at the
+    counter is worth the owner's eye even when it changed nothing. Not an input refused
+    (no such file, a link named as --out), which tells nothing of anyone. A wrong
+    password is kept before any of these, as the login it is (note_failed_login)."""
+    code = str(getattr(e, "code", ""))
+    if code not in SECURITY_CODES and not (operation == SYNC_IMPORT
+                                           and isinstance(e, RemoteProtocolError)):
+        return
+    reason = str(e) or type(e).__name__
+    if file and file not in reason:
+        reason = f"{file}: {reason}"
+    note_refusal(ledger, operator=operator or ledger.owner, operation=operation, code=code,
+                 reason=reason)
 
 
 def refused(ledger: Ledger, operator: str | None = None, start: str | None = None,

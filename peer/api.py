@@ -627,31 +627,54 @@ def _download(data: bytes, name: str) -> web.Response:
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
+def _keep_file_refusal(c: Call, operation: str, e: BaseException) -> None:
+    # Kept as the operations' are (operations.run): a cashier's try at every member's
+    # data, a stranger's file sent (audit.note_file_refusal says which).
+    audit.note_file_refusal(c.ledger, c.operator, operation, e,
+                            "the file sent" if operation == audit.SYNC_IMPORT else "")
+
+
 async def sync_export(c: Call) -> web.Response:
     ledger, target = c.ledger, c.params.get("for")
     if target is not None:
         check(target, NODE, "for")
-    data, _info = export_bytes(ledger, c.operator, target)
+    try:
+        data, _info = export_bytes(ledger, c.operator, target)
+    except LedgerError as e:
+        _keep_file_refusal(c, audit.SYNC_EXPORT, e)
+        raise
     return _download(data, f"{ledger.node}-for-{target or 'all'}-{ledger.today()}.crdtsync")
 
 
 async def sync_import(c: Call) -> dict[str, Any]:
     operator = c.operator
-    c.ledger.authorise(operator, "sync")  # before reading a large body from anyone
+    try:
+        c.ledger.authorise(operator, "sync")  # before reading a large body from anyone
+    except LedgerError as e:
+        _keep_file_refusal(c, audit.SYNC_IMPORT, e)
+        raise
     data = await _read_body(c.request, MAX_UPLOAD, "a sync file upload")
     try:
         info = await c.host.perform(lambda: import_bytes(c.ledger, operator, data),
                                     "sync.import")
     except RemoteProtocolError as e:  # damaged, foreign, newer format: nothing applied
+        _keep_file_refusal(c, audit.SYNC_IMPORT, e)
         raise ApiError(400, e.code, f"the sync file was refused, nothing changed: {e}"
                        ) from None
+    except LedgerError as e:
+        _keep_file_refusal(c, audit.SYNC_IMPORT, e)
+        raise
     return {k: info[k] for k in ("from", "documents", "changed", "incomplete", "revoked",
                                  "blocked") if k in info}
 
 
 async def backup(c: Call) -> web.Response:
     ledger = c.ledger
-    ledger.authorise(c.operator, "backup")
+    try:
+        ledger.authorise(c.operator, "backup")
+    except LedgerError as e:
+        _keep_file_refusal(c, audit.BACKUP, e)
+        raise
     # SQLite's online backup reads its own snapshot: off the loop, the counter works on.
     data = await asyncio.to_thread(sealed_backup, ledger.storage.dir)
     stamp = ledger.today()

@@ -208,6 +208,9 @@ FILE_COMMANDS: dict[str, FileCommand] = {c.name: c for c in (
                 _backup_options, _export_analytics, False),
 )}
 _FILE_PARAMS = ("out", "for_node", "file")
+# The refusals of these are kept (audit.note_file_refusal) under these names.
+_KEPT_AS = {"export": audit.SYNC_EXPORT, "import": audit.SYNC_IMPORT, "backup": audit.BACKUP,
+            "export-analytics": audit.ANALYTICS_EXPORT}
 # Long reads done in the command's own process even while a node holds the store: the
 # node would run them on its event loop, and an export of a year stalls its tills.
 # They only read (an open without the lock takes no write lock either: WAL readers),
@@ -569,7 +572,16 @@ def execute(ledger: Ledger, name: str, params: Params, operator: str | None = No
             raise
     try:
         if name in FILE_COMMANDS:
-            return FILE_COMMANDS[name].handler(ledger, who, params)
+            try:
+                return FILE_COMMANDS[name].handler(ledger, who, params)
+            except (LedgerError, RemoteProtocolError) as e:
+                # Kept as operations.run keeps an operation's (a cashier's `export` of
+                # every member's data, a stranger's file imported): by the file named.
+                # A file to import that is not there (a path mistyped) is nobody's.
+                file = str(params.get("file") or params.get("out") or "")
+                if name in _KEPT_AS and (name != "import" or os.path.lexists(file)):
+                    audit.note_file_refusal(ledger, who, _KEPT_AS[name], e, file)
+                raise
         data = operations.run(ledger, who, name, params)
         return Result(data, operations.show(ledger, name, data, params))
     except PermissionDenied as e:

@@ -94,6 +94,15 @@ def refuse(e: LedgerError) -> None:
     ui.notify(shop().refusal(e), type="negative", multi_line=True)
 
 
+def keep_file_refusal(operation: str, e: BaseException) -> None:
+    """A sync file or a backup refused at the counter, kept as the command line's and
+    the API's are (audit.note_file_refusal). A page left open after its session ended
+    refuses for nobody's try: not kept."""
+    op = operator()
+    if op is not None:
+        audit.note_file_refusal(shop().ledger, op, operation, e)
+
+
 def local_time(ledger: Ledger, ms: int, *, with_day: bool = True) -> str:
     moment = datetime.fromtimestamp(ms / 1000, localtime.zone(ledger))
     return moment.strftime("%Y-%m-%d %H:%M" if with_day else "%H:%M")
@@ -1387,6 +1396,7 @@ def sync_files_card(ledger: Ledger) -> None:
                 # page left open after its session ended must not hand it none.
                 op = require("sync")
             except LedgerError as e:
+                keep_file_refusal(audit.SYNC_EXPORT, e)
                 refuse(e)
                 return
             progress.set_visibility(True)
@@ -1396,6 +1406,7 @@ def sync_files_card(ledger: Ledger) -> None:
             try:
                 data, info = export_bytes(ledger, op, target.value or None)
             except LedgerError as e:
+                keep_file_refusal(audit.SYNC_EXPORT, e)
                 progress.set_visibility(False)
                 status.set_text("")
                 refuse(e)
@@ -1412,7 +1423,8 @@ def sync_files_card(ledger: Ledger) -> None:
                   ).props("outline").mark("sync-export")
 
         async def import_(e: events.UploadEventArguments) -> None:
-            await import_sync_file(ledger, await e.file.read(), progress, status)
+            await import_sync_file(ledger, await e.file.read(), progress, status,
+                                   name=e.file.name)
             upload.reset()
 
         upload = ui.upload(label=tr("导入同步文件", "Import a sync file"), auto_upload=True,
@@ -1421,8 +1433,9 @@ def sync_files_card(ledger: Ledger) -> None:
 
 
 async def import_sync_file(ledger: Ledger, data: bytes, progress: ui.linear_progress,
-                           status: ui.label) -> dict[str, Any] | None:
-    """Check the file off the loop (the counter keeps serving), then apply it whole."""
+                           status: ui.label, *, name: str = "") -> dict[str, Any] | None:
+    """Check the file off the loop (the counter keeps serving), then apply it whole.
+    `name`: the file's as uploaded, which a refusal says (and keeps) for its path here."""
     op = operator()
     progress.set_visibility(True)
     progress.set_value(0.2)
@@ -1446,6 +1459,10 @@ async def import_sync_file(ledger: Ledger, data: bytes, progress: ui.linear_prog
             info = await shop().run(lambda: import_file(ledger, path, operator=op),
                                     "import sync file")
         except RemoteProtocolError as e:  # damaged, foreign, untrusted, breaking a rule
+            # Its sentence names the file as the owner knows it, not this temporary path.
+            e.args = (str(e).replace(str(path), repr(name) if name else "the file uploaded"),
+                      *e.args[1:])
+            keep_file_refusal(audit.SYNC_IMPORT, e)
             progress.set_visibility(False)
             status.set_text(tr("文件被拒绝，未做任何更改：{why}", "File refused, nothing was "
                                "changed: {why}", why=_why(e)))
@@ -1453,6 +1470,7 @@ async def import_sync_file(ledger: Ledger, data: bytes, progress: ui.linear_prog
             ui.notify(status.text, type="negative", multi_line=True)
             return None
         except LedgerError as e:
+            keep_file_refusal(audit.SYNC_IMPORT, e)
             progress.set_visibility(False)
             status.set_text("")
             refuse(e)
@@ -1515,6 +1533,7 @@ def backup_card(ledger: Ledger) -> None:
             try:
                 require("backup")
             except LedgerError as e:
+                keep_file_refusal(audit.BACKUP, e)
                 refuse(e)
                 return
             status.set_text(tr("正在备份…", "Backing up…"))
@@ -1596,6 +1615,12 @@ REFUSAL_LABELS = {
     "wrong_pin": ("卡密码错误", "wrong card PIN"),
     "login_failed": ("登录姓名或密码错误", "wrong name or password at login"),
     "too_many_attempts": ("错误次数过多，已暂停", "too many wrong tries: locked"),
+    # a sync file refused whole at its import (audit.note_file_refusal)
+    "foreign_chain": ("其他连锁的文件", "another chain's file"),
+    "corrupt_sync_file": ("文件损坏或被改动", "file damaged or altered"),
+    "untrusted_signer": ("签名者不受本连锁信任", "signed by a key the chain does not trust"),
+    "remote_protocol_error": ("文件被拒绝", "file refused"),
+    "protocol_version": ("文件版本不符", "file of another version"),
 }
 REFUSED_HEADERS = (("time", "时间", "Time"), ("operation", "操作", "Operation"),
                    ("operator", "操作员", "Operator"), ("member", "会员", "Member"),
@@ -1614,6 +1639,10 @@ def refused_labels() -> dict[str, str]:
         "points.redeem": tr("积分兑换", "points redeemed"),
         "points.convert": tr("积分转储值", "points to value"),
         "audit": tr("查看操作日志", "audit trail read"),
+        audit.SYNC_EXPORT: tr("导出同步文件", "sync file export"),
+        audit.SYNC_IMPORT: tr("导入同步文件", "sync file import"),
+        audit.BACKUP: tr("备份", "backup"), audit.ANALYTICS_EXPORT: tr("导出分析数据",
+                                                                    "analytics export"),
     }
 
 

@@ -27,9 +27,11 @@ def _chain(cli: Cli, tmp_path: Path, name: str = "acme") -> Path:
     return chain
 
 
-def _node(cli: Cli, tmp_path: Path, chain: Path, node: str = "SH01") -> Path:
+def _node(cli: Cli, tmp_path: Path, chain: Path, node: str = "SH01", *,
+          head_office: bool = False) -> Path:
     data = tmp_path / f"{chain.name}-{node}"
-    r = cli("init", "--node", node, "--chain", chain, data=data)
+    r = cli("init", "--node", node, "--chain", chain,
+            *(("--head-office",) if head_office else ()), data=data)
     assert r.code == 0, r.err
     return data
 
@@ -228,3 +230,146 @@ def test_the_analytics_export_follows_no_link_planted_as_it_writes(
     monkeypatch.undo()
     assert opened and victim.read_bytes() == MINE
     assert not any(p.is_symlink() for p in out.rglob("*") if p != opened[0])
+
+
+# -- 3. refused file commands are kept with the refusals ----------------------------
+
+def test_refused_file_commands_are_kept_for_the_owner(cli: Cli, tmp_path: Path) -> None:
+    """A cashier's `export`, `import`, `backup` and `export-analytics` refused for
+    permission, and a stranger's file (another chain's, altered) refused at `import`,
+    were said at the shell and kept nowhere: `audit --refused` showed none. Kept as
+    the operations' refusals are, by the name given, never the password; a wrong
+    password is kept as the login it is. An input refused (no such file) is not."""
+    chain = _chain(cli, tmp_path)
+    data = _node(cli, tmp_path, chain, head_office=True)
+    assert cli("operator", "add", "--name", "amy", "--password", "secret1", data=data).code == 0
+    assert cli("export", "--out", tmp_path / "good.sync", data=data).code == 0
+    amy = {"CRDTLEDGER_PASSWORD": "secret1"}
+    for args in (("export", "--out", tmp_path / "amy.sync"),
+                 ("import", tmp_path / "good.sync"),
+                 ("backup", "--out", tmp_path / "amy-bk"),
+                 ("export-analytics", "--out", tmp_path / "amy-an")):
+        r = cli("--operator", "amy", *args, data=data, env=amy)
+        assert r.code != 0 and "may not" in r.err, (args, r)
+    r = cli("--operator", "amy", "export", "--out", tmp_path / "x.sync", data=data,
+            env={"CRDTLEDGER_PASSWORD": "guess-1234"})
+    assert r.code != 0 and "wrong operator name or password" in r.err
+    # A stranger's file: another chain's, and ours altered after it was signed.
+    other = _node(cli, tmp_path, _chain(cli, tmp_path, "other"), "SH09")
+    assert cli("export", "--out", tmp_path / "theirs.sync", data=other).code == 0
+    altered = bytearray((tmp_path / "good.sync").read_bytes())
+    altered[-5] ^= 0xFF
+    (tmp_path / "altered.sync").write_bytes(altered)
+    for name, says in (("theirs.sync", "from chain 'other'"), ("altered.sync", "altered")):
+        r = cli("import", tmp_path / name, data=data)
+        assert r.code != 0 and says in r.err, r
+    assert cli("import", tmp_path / "nothing-here.sync", data=data).code != 0
+
+    rows = cli("audit", "--refused", "--json", data=data).json()
+    got = [(x["operator_name"], x["operation"], x["code"]) for x in reversed(rows)]
+    assert len(got) == 7, got
+    assert got == [("amy", "sync.export", "permission_denied"),
+                   ("amy", "sync.import", "permission_denied"),
+                   ("amy", "backup", "permission_denied"),
+                   ("amy", "analytics.export", "permission_denied"),
+                   ("amy", "login", "login_failed"),
+                   (got[5][0], "sync.import", "foreign_chain"),
+                   (got[5][0], "sync.import", "corrupt_sync_file")], got
+    assert str(tmp_path / "theirs.sync") in rows[1]["reason"]
+    assert str(tmp_path / "altered.sync") in rows[0]["reason"]
+    assert str(tmp_path / "amy.sync") in rows[-1]["reason"]
+    assert "secret1" not in str(rows) and "guess-1234" not in str(rows)
+    assert not (tmp_path / "amy.sync").exists() and not (tmp_path / "amy-bk").exists()
+
+
+def test_refused_file_routes_of_the_api_are_kept(tmp_path: Path) -> None:
+    """GET /sync/export, POST /sync/import and GET /backup refused a cashier (403)
+    and a stranger's file (400) and kept none of it; GET /audit?refused=1 now lists
+    them, the file named as "the file sent"."""
+    from test_api import AMY_PW, BOSS_PW, Api, drive
+    from test_api_files import raw
+
+    from crdtledger.syncfile import export_file
+
+    stranger = new_ledger_of(tmp_path / "elsewhere", "SH09", "elsewhere")
+    try:
+        export_file(stranger, tmp_path / "theirs.sync")
+    finally:
+        stranger.close()
+
+    async def go(ledger: Ledger, api: Api) -> None:
+        boss = await api.login("boss", BOSS_PW)
+        amy = await api.login("amy", AMY_PW)
+        http = api.http
+        for method, path, body in (("GET", "/sync/export", None),
+                                   ("POST", "/sync/import", b"x"),
+                                   ("GET", "/backup", None)):
+            status, answer, _ = await raw(http, method, api.base + path, amy, body)
+            assert status == 403, answer
+        status, answer, _ = await raw(http, "POST", api.base + "/sync/import", boss,
+                                      (tmp_path / "theirs.sync").read_bytes())
+        assert status == 400 and b"foreign_chain" in answer, answer
+        status, rows = await api.call("GET", "/audit?refused=1", token=boss)
+        assert status == 200, rows
+        assert [(r["operator_name"], r["operation"], r["code"]) for r in reversed(rows)] == [
+            ("amy", "sync.export", "permission_denied"),
+            ("amy", "sync.import", "permission_denied"),
+            ("amy", "backup", "permission_denied"),
+            ("boss", "sync.import", "foreign_chain")], rows
+        assert "the file sent" in rows[0]["reason"] and str(tmp_path) not in rows[0]["reason"]
+
+    drive(tmp_path, go)
+
+
+def new_ledger_of(root: Path, node: str, chain: str) -> Ledger:
+    Ledger.create(root, node, chain)
+    return Ledger.open(root)
+
+
+@pytest.mark.asyncio
+async def test_a_strangers_file_refused_at_the_counter_is_kept(
+        counter_app: Any, tmp_path: Path) -> None:
+    """The back office's sync page refused another chain's file and an altered one
+    (nothing changed) and kept no trace; kept now, by the name it was uploaded as
+    (not the counter's temporary path), the owner's page listing them."""
+    from app_fixtures import OWNER
+    from nicegui import ui
+    from nicegui.elements.upload_files import SmallFileUpload
+    from test_app_office import second_store
+
+    from crdtledger import audit
+    from crdtledger.syncfile import export_file
+    from peer.chain import init_chain
+
+    app = counter_app
+    await app.login(*OWNER)
+    await app.user.open("/office/sync")
+    init_chain(tmp_path / "other-chain", "elsewhere")
+    foreign = second_store(tmp_path / "foreign", tmp_path / "other-chain", chain="elsewhere")
+    try:
+        foreign.add_member(foreign.owner, name="陌生人", phone="13600003333")
+        export_file(foreign, tmp_path / "foreign.crdtsync")
+    finally:
+        foreign.close()
+    export_file(app.ledger, tmp_path / "ours.crdtsync")
+    altered = bytearray((tmp_path / "ours.crdtsync").read_bytes())
+    altered[-5] ^= 0xFF
+    upload = app.user.find(ui.upload).elements.pop()
+    await upload.handle_uploads([SmallFileUpload(
+        "stick-foreign.crdtsync", "", (tmp_path / "foreign.crdtsync").read_bytes())])
+    await app.user.should_see("另一个连锁")
+    await upload.handle_uploads([SmallFileUpload("stick-bad.crdtsync", "", bytes(altered))])
+    await app.user.should_see("文件已损坏或不完整")
+    await upload.handle_uploads([SmallFileUpload(
+        "ours.crdtsync", "", (tmp_path / "ours.crdtsync").read_bytes())])
+    await app.user.should_see("已导入")
+    rows = audit.refused(app.ledger)
+    assert [(r["operator_name"], r["operation"], r["code"]) for r in reversed(rows)] == [
+        (OWNER[0], "sync.import", "foreign_chain"),
+        (OWNER[0], "sync.import", "corrupt_sync_file")], rows
+    assert "stick-foreign.crdtsync" in rows[1]["reason"]
+    assert "stick-bad.crdtsync" in rows[0]["reason"] and "import.crdtsync" not in str(rows)
+    await app.user.open("/office/audit")
+    shown = [r for t in app.user.find(marker="audit-refused").elements for r in t.rows]
+    assert [(r["operation"], r["code"]) for r in shown] == [
+        ("导入同步文件", "文件损坏或被改动"), ("导入同步文件", "其他连锁的文件")], shown
