@@ -883,7 +883,7 @@ def _customer_gone(ledger: Ledger, booking: Mapping[str, Any]) -> str | None:
     profile = json.loads(row[0]) if row else {}
     if erased(profile):
         return "member erased"
-    if ledger.has_left(survivor, profile):  # not a liar's bare flag (Membership.has_left)
+    if ledger.has_left(survivor):  # by the decisions, not the flag (Membership.has_left)
         return "member left"
     return "member deleted" if profile.get("deleted") else None
 

@@ -154,8 +154,7 @@ class Members(Auth):
             "SELECT body FROM members WHERE id = ?", (member,)).fetchone()
         if row is None:
             return None
-        profile = json.loads(row[0])
-        return _gone(member, profile, cast("Ledger", self).has_left(member, profile))
+        return _gone(member, json.loads(row[0]), cast("Ledger", self).has_left(member))
 
     def _live_member(self, member: str) -> tuple[dict[str, Any], tuple[int, int]]:
         """The member's profile and cumulative (spent, topped): one indexed read on the
@@ -166,7 +165,7 @@ class Members(Auth):
         if row is None:
             raise NotFound(f"unknown member {member}")
         profile: dict[str, Any] = json.loads(row[0])
-        gone = _gone(member, profile, cast("Ledger", self).has_left(member, profile))
+        gone = _gone(member, profile, cast("Ledger", self).has_left(member))
         if gone:
             raise InvalidInput(gone)
         return profile, (int(row[1] or 0), int(row[2] or 0))
@@ -184,7 +183,7 @@ def _phone_holders(conn: sqlite3.Connection, phone: str) -> set[str]:
 
 def _gone(member: str, profile: Mapping[str, Any], left: bool) -> str | None:
     """Why nothing can be sold to or for this member any more, or None. `left`: an
-    approved exit (Membership.has_left: the profile's flag alone is any branch's word)."""
+    approved exit (Membership.has_left: the profile's flag is any branch's word)."""
     if profile.get("deleted"):
         return f"member {member} was deleted"
     if left:

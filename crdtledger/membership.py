@@ -78,7 +78,7 @@ from crdtledger import bookings, escrow, localtime, views
 from crdtledger.commit import Write, note_edit
 from crdtledger.coupons import PREFIX as COUPON_PURSE
 from crdtledger.coupons import Coupons, purse_of
-from crdtledger.errors import InvalidInput, LedgerError, NotFound, PermissionDenied
+from crdtledger.errors import InvalidInput, NotFound, PermissionDenied
 from crdtledger.hlc import id_time_ms
 from crdtledger.inputs import check_text
 from crdtledger.model import ID, PERMISSIONS, SERVICE_CODE, member_doc, owner_of
@@ -350,7 +350,8 @@ class Membership(Coupons):
         survivor). For member.add, before it adds anyone."""
         self._known(referrer)
         survivor = views.canonical(self.storage.conn, referrer)
-        if self.has_left(survivor, self._known(survivor)):
+        self._known(survivor)
+        if self.has_left(survivor):
             raise InvalidInput(f"member {survivor} has left (退会) and cannot refer anyone")
         # A member added now joins at this clock's time: one who joined later (by a
         # branch's clock far ahead) would be refused by `refer` after the member was
@@ -1016,48 +1017,39 @@ class Membership(Coupons):
     # --- exit and return -----------------------------------------------------------------
 
     def _applications(self, member: str) -> list[dict[str, Any]]:
-        return self._entries("member = ? AND kind = 'exit'", [member])
+        return self._entries("member = ? AND kind = 'exit'", [member])  # entries_exit
 
     def _decision(self, application: Mapping[str, Any]) -> dict[str, Any] | None:
         """The decision that stands on `application` (its entry): of two made apart
-        (one manager approving, another rejecting), the approval when it took effect
-        (the member left, or came back, as it said: a rejection changes nothing), else
-        the first by id. The first by id read "rejected" for a member who had left and
-        been paid. Decided where it was made or at head office (`_decides`): a lying
-        branch's rejection in a manager's name held an honest member's exit off."""
+        (one manager approving, another rejecting), the approval, else the first by id.
+        An honest approval takes effect in the transaction that writes it (the member
+        leaves and is settled, or comes back: `_decide_exit`), and a rejection changes
+        nothing; the first by id read "rejected" for a member who had left and been
+        paid. Which took effect was read from the profile's `exited` flag, which any
+        branch may clear or set: a liar's flag then chose the decision that stands.
+        Decided where it was made or at head office (`_decides`): a lying branch's
+        rejection in a manager's name held an honest member's exit off."""
         aid = str(application["id"])
         found = [d for d in self._entries("ref = ? AND kind = 'approval'", [aid])
                  if self._decides(str(d["node"]), str(application["node"]))]
         approved = next((d for d in found if d.get("step") == "approve"), None)
-        if len(found) > 1 and approved is not None and self._took_effect(aid):
+        if approved is not None:
             return approved
         return found[0] if found else None
 
-    def _took_effect(self, application: str) -> bool:
-        """Whether the member is as the application's approval leaves them: left, for
-        an exit (or settled); back, for a return."""
-        row = self.storage.conn.execute(
-            "SELECT body FROM entries WHERE id = ? AND kind = 'exit'", (application,)
-        ).fetchone()
-        if row is None:
-            return False
-        e = json.loads(row[0])
-        try:
-            left = bool(self._known(str(e["member"])).get("exited"))
-        except LedgerError:
-            return False
-        return left if e.get("step") != "return" else not left
-
-    def has_left(self, member: str, profile: Mapping[str, Any]) -> bool:
-        """Whether `member` (her `profile`) has left (退会): the profile says `exited`
-        and the decisions that count back it, her latest exit or return approved
-        (`_decision`) being an exit. The flag is a cache that honest code writes with
-        the approval and the settlement (`_decide_exit`); any branch may edit a
-        member's Map, and a liar's flag, with no application, approval or settlement,
-        had honest branches refuse her debits and top-ups, hide her from the counter's
-        search and list her as left while she held 1,000.00. (Read only where the flag
-        is set: the debit path reads no entries for a member who has not left.)"""
-        if not profile.get("exited"):
+    def has_left(self, member: str) -> bool:
+        """Whether `member` has left (退会): her latest exit or return approved by a
+        decision that counts (`_decision`) was an exit. Not her profile's `exited`:
+        that flag is a cache honest code writes with the approval and the settlement
+        (`_decide_exit`), and any branch may edit a member's Map. A liar's bare flag had
+        honest branches refuse her debits and hide her while she held 1,000.00; a liar
+        clearing the flag of a member who left and was paid had them serve her again
+        (a top-up took money for a member the chain had closed). A member who never
+        applied is answered by a probe of the applications' index (`entries_exit`,
+        nearly always empty for her): the debit path reads none of her entries."""
+        if self.storage.conn.execute(
+                "SELECT 1 FROM entries INDEXED BY entries_exit "
+                "WHERE member = ? AND kind = 'exit' LIMIT 1", (member,)).fetchone() is None:
             return False
         last: tuple[str, Any] | None = None
         for a in self._applications(member):
@@ -1099,9 +1091,10 @@ class Membership(Coupons):
     def exited(self) -> list[dict[str, Any]]:
         """Members who have left, for the back office (the counter's search hides them)."""
         return [{"id": m, "name": n, "phone": views.mask_phone(p), "home": h}
-                for m, n, p, h, b in self.storage.conn.execute(
-                    "SELECT id, name, phone, home, body FROM members ORDER BY id")
-                if self.has_left(m, json.loads(b))]
+                for m, n, p, h in self.storage.conn.execute(
+                    "SELECT id, name, phone, home FROM members WHERE id IN ("
+                    "SELECT member FROM entries WHERE kind = 'exit') ORDER BY id")
+                if self.has_left(m)]
 
     def apply_exit(self, operator: str, member: str, reason: str, *,
                    step: Literal["exit", "return"] = "exit") -> dict[str, Any]:
@@ -1114,7 +1107,7 @@ class Membership(Coupons):
                                f"{str(step)[:20]!r}")
         reason = check_text(reason, "reason", required=True)
         profile = self._known(member)
-        left = self.has_left(member, profile)
+        left = self.has_left(member)
         if step == "exit" and left:
             raise InvalidInput(f"member {member} has left already")
         if step == "return" and not left:
@@ -1183,7 +1176,7 @@ class Membership(Coupons):
             self._post(decision, {})
             return self.exit_view(application)
         profile = self._known(member)
-        left = self.has_left(member, profile)
+        left = self.has_left(member)
         if view["step"] == "exit" and left:
             raise InvalidInput(f"member {member} has left already")
         if view["step"] == "exit" and "merged_into" in profile:

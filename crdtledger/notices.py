@@ -230,10 +230,13 @@ def lang_of(profile: Mapping[str, Any], rule: Mapping[str, Any]) -> str:
 # --- who may be told what, and how -------------------------------------------------------
 
 
-def may_receive(profile: Mapping[str, Any], promotional: bool) -> bool:
+def may_receive(profile: Mapping[str, Any], promotional: bool, left: bool) -> bool:
     """Deleted, erased and exited members get nothing; only a member who consented
-    gets promotion."""
-    if (profile.get("deleted") or profile.get("erased") or profile.get("exited")
+    gets promotion. `left`: whether she has left (退会) by the decisions
+    (Membership.has_left), which the caller asks: not the profile's `exited` flag,
+    which any branch may set (her receipts and reminders stopped) or clear (a member
+    who left was sent promotion again)."""
+    if (profile.get("deleted") or profile.get("erased") or left
             or profile.get("merged_into")):  # a merged duplicate: its survivor is told
         return False
     return not promotional or profile.get("promo") == "yes"
@@ -253,10 +256,10 @@ def contact(profile: Mapping[str, Any], channels: Iterable[str]) -> tuple[str, s
 
 
 def _member_notice(kind: str, key: str, sender: str, member: str,
-                   profile: Mapping[str, Any], rule: Mapping[str, Any],
+                   profile: Mapping[str, Any], left: bool, rule: Mapping[str, Any],
                    channels: Iterable[str], **fields: Any) -> Notice | None:
     promotional = kind in PROMOTIONAL
-    if not may_receive(profile, promotional):
+    if not may_receive(profile, promotional, left):
         return None
     reach = contact(profile, channels)
     if reach is None:
@@ -358,8 +361,9 @@ def member_day_notices(node: str, day: str, members: Iterable[Mapping[str, Any]]
                        rule: Mapping[str, Any], channels: Sequence[str], shop: str
                        ) -> list[Notice]:
     """Greetings and expiry notices of `day` for the members whose home is `node`.
-    Each member: {"id", "profile", "expiring": [{"what": points|coupon, "n" or "terms",
-    "expires"}]} (what expires within the rule's expiry_days, read by the caller)."""
+    Each member: {"id", "profile", "left" (Membership.has_left), "expiring": [{"what":
+    points|coupon, "n" or "terms", "expires"}]} (what expires within the rule's
+    expiry_days, read by the caller)."""
     out: list[Notice] = []
     year = day[:4]
     for m in members:
@@ -368,7 +372,7 @@ def member_day_notices(node: str, day: str, members: Iterable[Mapping[str, Any]]
             continue
         for kind in ("birthday", "anniversary"):
             if _same_day(str(p.get(kind) or ""), day):
-                n = _member_notice(kind, f"{kind}:{mid}:{year}", node, mid, p, rule,
+                n = _member_notice(kind, f"{kind}:{mid}:{year}", node, mid, p, m["left"], rule,
                                    channels, shop=shop)
                 if n:
                     out.append(n)
@@ -388,7 +392,8 @@ def member_day_notices(node: str, day: str, members: Iterable[Mapping[str, Any]]
             if len(expiring) > EXPIRING_NAMED:
                 zh.append(f"等 {len(expiring)} 项")
                 en.append(f"and {len(expiring) - EXPIRING_NAMED} more")
-            n = _member_notice("expiry", f"expiry:{mid}:{day}", node, mid, p, rule, channels,
+            n = _member_notice("expiry", f"expiry:{mid}:{day}", node, mid, p, m["left"], rule,
+                               channels,
                                what_zh="、".join(zh), what_en=", ".join(en),
                                expires=expiring[0]["expires"])
             if n:
@@ -403,7 +408,7 @@ EXPIRING_NAMED = 3
 def low_balance_notices(node: str, debits: Iterable[Mapping[str, Any]],
                         rule: Mapping[str, Any], channels: Sequence[str]) -> list[Notice]:
     """After a debit took a member's stored value (cash + bonus) below the rule's
-    low_balance: each debit {"entry", "member", "profile", "paid" (fen taken from
+    low_balance: each debit {"entry", "member", "profile", "left", "paid" (fen taken from
     stored value), "balance" (cash + bonus now), "day" (its own)}. Told when the
     balance before this debit was at or above the threshold, and at most once a day
     per member (the notice's key names the day): any branch's debit counts, and a
@@ -421,7 +426,8 @@ def low_balance_notices(node: str, debits: Iterable[Mapping[str, Any]],
             continue
         if not d["balance"] < threshold <= d["balance"] + d["paid"]:
             continue
-        n = _member_notice("low_balance", key, node, str(d["member"]), p, rule, channels,
+        n = _member_notice("low_balance", key, node, str(d["member"]), p, d["left"], rule,
+                           channels,
                            balance=format_yuan(d["balance"]), threshold=format_yuan(threshold))
         if n:
             told.add(key)
@@ -434,14 +440,14 @@ def reminder_notices(node: str, bookings: Iterable[Mapping[str, Any]],
     """Reminders of confirmed bookings starting soon, sent by the booking's branch
     (the one that confirmed it; a booking still pending there is not reminded of):
     crdtledger.bookings' views {"booking", "member", "branch", "service",
-    "service_name", "at" (local), "status"} with the member's "profile" and the
-    branch's "branch_name"."""
+    "service_name", "at" (local), "status"} with the member's "profile" and "left"
+    and the branch's "branch_name"."""
     out: list[Notice] = []
     for b in bookings:
         if b.get("branch") != node or b.get("status", "confirmed") != "confirmed":
             continue
         n = _member_notice("reminder", f"reminder:{b['booking']}", node, str(b["member"]),
-                           b["profile"], rule, channels,
+                           b["profile"], b["left"], rule, channels,
                            service=b.get("service_name") or b.get("service", ""),
                            at=str(b.get("at", "")).replace("T", " "),
                            branch=b.get("branch_name") or b["branch"])
@@ -485,13 +491,13 @@ def broadcast_notices(broadcast: str, node: str, members: Iterable[Mapping[str, 
                       subject: str, text: str, rule: Mapping[str, Any],
                       channels: Sequence[str]) -> tuple[list[Notice], int]:
     """A broadcast's notices (promotional: consenting members only) and how many
-    members of the segment were left out for want of consent or a contact.
-    `{name}` in the text is the member's name."""
+    members of the segment were left out for want of consent or a contact. Each
+    member {"id", "profile", "left"}; `{name}` in the text is the member's name."""
     out: list[Notice] = []
     skipped = 0
     for m in members:
         p, mid = m["profile"], str(m["id"])
-        reach = contact(p, channels) if may_receive(p, True) else None
+        reach = contact(p, channels) if may_receive(p, True, m["left"]) else None
         if reach is None:
             skipped += 1
             continue

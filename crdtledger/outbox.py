@@ -160,7 +160,8 @@ def as_now(ledger: Ledger, o: Outgoing, channels: Sequence[str], now_ms: int | N
     row = ledger.storage.conn.execute(
         "SELECT body FROM members WHERE id = ?", (o.member,)).fetchone()
     profile = json.loads(row[0]) if row else {}
-    if (not row or not notices.may_receive(profile, o.kind in notices.PROMOTIONAL)
+    if (not row or not notices.may_receive(profile, o.kind in notices.PROMOTIONAL,
+                                           ledger.has_left(o.member))
             or _stale(ledger, o, now_ms)):
         _conn(ledger).execute("DELETE FROM outbox WHERE key = ? AND sent IS NULL", (o.key,))
         return None
@@ -394,7 +395,8 @@ def _home_members(ledger: Ledger, day: str, rule: Mapping[str, Any]) -> list[dic
         # Each thing is told of once (one notice a day lists what is new): a coupon
         # that expires in a week was told of every day of it.
         expiring = [x for x in expiring if _mark(ledger, _told(m["id"], x)) is None]
-        out.append({"id": m["id"], "profile": p, "expiring": expiring})
+        out.append({"id": m["id"], "profile": p, "left": ledger.has_left(m["id"]),
+                    "expiring": expiring})
     return out
 
 
@@ -427,7 +429,8 @@ def _queued_debits(ledger: Ledger, looked: bool) -> tuple[list[dict[str, Any]], 
         paid = -sum(int(c) for purse, _n, c in e["deltas"] if purse in ("cash", "bonus"))
         if paid > 0:
             out.append({"entry": eid, "member": member, "profile": json.loads(prof),
-                        "paid": paid, "day": ledger.storage.day_of(id_time_ms(eid))})
+                        "left": ledger.has_left(member), "paid": paid,
+                        "day": ledger.storage.day_of(id_time_ms(eid))})
     # Each debit's balance is the one it left, not the member's now: two debits of a
     # pass that each crossed the threshold from the balance now were each told (the
     # member got two notices for one crossing). Walked back from the balance now,
@@ -457,7 +460,7 @@ def _bookings_soon(ledger: Ledger, now_ms: int, rule: Mapping[str, Any]
         row = conn.execute("SELECT body FROM members WHERE id = ?", (b["member"],)).fetchone()
         if row is None:
             continue
-        out.append({**b, "profile": json.loads(row[0]),
+        out.append({**b, "profile": json.loads(row[0]), "left": ledger.has_left(b["member"]),
                     "branch_name": names.get(str(b["branch"]), str(b["branch"]))})
     return out
 
@@ -475,7 +478,8 @@ def segment_members(ledger: Ledger, segment: Mapping[str, Any]) -> list[dict[str
     today = ledger.today()
     out = []
     for m in views.member_records(ledger):
-        row = {"id": m["id"], "profile": m["profile"], "last_visit": last.get(m["id"], "")}
+        row = {"id": m["id"], "profile": m["profile"], "left": ledger.has_left(m["id"]),
+               "last_visit": last.get(m["id"], "")}
         if segment.get("level"):
             row["level"] = views.level(ledger, m["id"], m["profile"])["name"]
         if notices.in_segment(row, segment, today):

@@ -144,6 +144,11 @@ CREATE INDEX IF NOT EXISTS members_merged_id ON members(id)
 -- every day, and without it scanned every entry once per activity ever set.
 CREATE INDEX IF NOT EXISTS entries_checkin ON entries(json_extract(body, '$.activity'), id)
     WHERE kind = 'checkin';
+-- Exit and return applications by member (crdtledger.membership): whether a member has
+-- left is asked on every debit, and read from the decisions on her applications, not
+-- from her profile's flag (any branch may set or clear it); a probe of this (nearly
+-- always empty for her) index spares reading the entries of a member who never applied.
+CREATE INDEX IF NOT EXISTS entries_exit ON entries(member, id) WHERE kind = 'exit';
 CREATE TABLE IF NOT EXISTS cards(
     id TEXT PRIMARY KEY, card_no TEXT NOT NULL, member TEXT NOT NULL,
     status TEXT NOT NULL, body TEXT NOT NULL);

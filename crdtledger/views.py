@@ -307,8 +307,12 @@ def member(ledger: Ledger, member_id: str) -> dict[str, Any]:
     if row is None:
         raise NotFound(f"unknown member {member_id}")
     data = json.loads(row[0])
-    if data.get("exited") and not ledger.has_left(member_id, data):
-        data["exited"] = False  # a flag no approved exit backs (Membership.has_left)
+    # Whether she left is the decisions' word (Membership.has_left), not the flag's,
+    # which any branch may set or clear; those who read `exited` here (the members'
+    # portal) read that. A member whose Map never had the flag shows none.
+    left = ledger.has_left(member_id)
+    if left or "exited" in data:
+        data["exited"] = left
     data.pop(EDITS, None)  # who changed what: the audit trail's (crdtledger.audit.trail)
     data["id"] = member_id
     data["tags"] = sorted(t for t, on in (data.get("tags") or {}).items() if on)
@@ -331,11 +335,11 @@ def member(ledger: Ledger, member_id: str) -> dict[str, Any]:
 
 
 def find_members(conn: sqlite3.Connection, query: str, limit: int = 20, *,
-                 left: Callable[[str, dict[str, Any]], bool]) -> list[dict[str, Any]]:
+                 left: Callable[[str], bool]) -> list[dict[str, Any]]:
     """By card number, exact phone, phone tail (last 4+ digits) or name; phones masked.
     Full-width digits and letters (an input method's "１３８…", "Ｃ１０００１") count as
-    ASCII, and a name is also looked for as typed. `left`: whether a member (id,
-    profile) has left (Membership.has_left), hidden: not the profile's flag alone."""
+    ASCII, and a name is also looked for as typed. `left`: whether a member (by id)
+    has left (Membership.has_left), hidden: not the profile's flag."""
     typed = query.strip()
     q = half_width(typed)
     ids: list[str] = []
@@ -365,7 +369,7 @@ def find_members(conn: sqlite3.Connection, query: str, limit: int = 20, *,
         row = conn.execute("SELECT name, phone, home, body FROM members WHERE id = ?",
                            (mid,)).fetchone()
         body = json.loads(row[3]) if row is not None else {}
-        if row is None or body.get("deleted") or left(mid, body):  # left: 退会
+        if row is None or body.get("deleted") or left(mid):  # left: 退会
             continue
         out.append({"id": mid, "name": row[0], "phone": mask_phone(row[1]), "home": row[2]})
     return out[:limit]

@@ -333,3 +333,113 @@ def test_a_replaced_map_is_judged_alike_in_every_arrival_order(w: World, tmp_pat
         assert (prof["home"], prof["created_by"], prof["notes"]) == ("SH01", w.a.owner, "常客")
     assert members_state(w.b) == members_state(w.c) == members_state(d)
     d.close()
+
+
+# --- a flag cleared, or set, against the decisions (7 December, evening) -----------------
+#
+# F1: SH03 cleared `exited` in the Map of a member whose exit SH01 approved and settled:
+# has_left read no decision once the flag was unset, so every honest branch served her
+# again (a top-up took money for a member the chain had closed) and listed her as a
+# member. F2: notices.may_receive read the raw flag: a liar's bare flag stopped an
+# honest member's notices, and a cleared one let a broadcast reach a member who left.
+
+
+def _exit_settled(w: World, member: str) -> Staff:
+    staff = Staff(w.a)
+    app = w.a.apply_exit(staff.cashier, member, "搬家")["application"]
+    assert w.a.decide_exit(staff.mgr, app, pay="cash")["status"] == "approved"
+    for r in (w.b, w.liar.ledger):
+        sync(w.a, r)
+    w.liar = Forger(w.liar.ledger)
+    return staff
+
+
+def _set_flag(w: World, member: str, value: bool) -> Record:
+    return w.liar.write(member_doc(member), lambda d: d.get("members", type=Map)[
+        member].__setitem__("exited", value))
+
+
+def test_a_cleared_exited_flag_does_not_bring_a_member_back(w: World) -> None:
+    staff = _exit_settled(w, w.other)
+    rec = _set_flag(w, w.other, False)
+    for r in (w.a, w.b):
+        r.apply_batch(w.liar.batch([rec]))
+        assert views.member(r, w.other)["exited"] is True, r.node
+        assert [m["id"] for m in r.exited()] == [w.other], r.node
+        assert r.find_members("13800000002") == [], r.node
+        with pytest.raises(Exception, match="has left"):
+            r.topup(r.owner, w.other, 10_000)
+        assert r.balance(w.other)["cash"] == 0
+        with pytest.raises(Exception, match="has left already"):
+            r.apply_exit(r.owner, w.other, "再退一次")
+    # Only an approved return brings her back.
+    back = w.b.apply_exit(staff.cashier, w.other, "回来了", step="return")["application"]
+    w.b.decide_exit(staff.mgr, back)
+    sync(w.b, w.a)
+    for r in (w.a, w.b):
+        assert r.exited() == [] and not views.member(r, w.other)["exited"]
+    w.a.topup(w.a.owner, w.other, 100)
+
+
+def test_a_member_who_never_applied_is_read_without_her_entries(w: World) -> None:
+    """The debit path reads no entry for a member who never applied to leave: her flag
+    (set by a liar or not) is answered from the exit applications' index alone."""
+    _to_all(w, _set_flag(w, w.member, True))
+    plans: list[str] = []
+    conn = w.a.storage.conn
+    conn.set_trace_callback(plans.append)
+    try:
+        assert w.a.has_left(w.member) is False
+    finally:
+        conn.set_trace_callback(None)
+    [sql] = [s for s in plans if "entries" in s]
+    detail = " ".join(str(r[-1]) for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}"))
+    assert "entries_exit" in detail, detail
+    w.a.debit(w.a.owner, w.member, amount=100)
+
+
+def _low_balance(r: Any, member: str) -> list[str]:
+    outbox.keep(r, outbox.collect(r, r.clock.wall(), ["email", "sms"]), r.clock.wall())
+    r.debit(r.owner, member, amount=r.balance(member)["cash"] - 1_000)
+    due = outbox.collect(r, r.clock.wall(), ["email", "sms"])
+    return [n.member for n in due.notices if n.kind == "low_balance"]
+
+
+def test_a_bare_exited_flag_stops_no_notice(w: World) -> None:
+    w.a.apply_batch(w.liar.batch([_set_flag(w, w.member, True)]))
+    assert _low_balance(w.a, w.member) == [w.member]
+
+
+def test_a_cleared_flag_lets_no_broadcast_reach_a_member_who_left(w: World) -> None:
+    w.a.edit_member(w.a.owner, w.other, fields={"promo": "yes"})
+    w.a.edit_member(w.a.owner, w.member, fields={"promo": "yes"})
+    _exit_settled(w, w.other)
+    w.a.apply_batch(w.liar.batch([_set_flag(w, w.other, False)]))
+    done = outbox.broadcast(w.a, {}, "双12", "{name}，全场八折", w.a.clock.wall())
+    assert {h["member"] for h in outbox.history(w.a, kind="broadcast")} == {w.member}
+    assert done["queued"] == 1
+
+
+def test_a_cleared_flag_does_not_pick_the_rejection_of_an_exit_decided_apart(
+        w: World) -> None:
+    """SH02 rejects, SH01 (a little later) approves and pays her: the approval stands.
+    Which took effect was read from the flag, so the liar's clear made the rejection
+    (first by id) stand and her a member again at every branch."""
+    staff = Staff(w.a)
+    app = w.a.apply_exit(staff.cashier, w.other, "搬家")["application"]
+    sync(w.a, w.b)
+    assert w.b.decide_exit(staff.mgr2, app, reject=True)["status"] == "rejected"
+    w.clock.ms += 1000
+    assert w.a.decide_exit(staff.mgr, app, pay="cash")["status"] == "approved"
+    for r in (w.b, w.liar.ledger):
+        sync(w.a, r)
+    sync(w.b, w.a)
+    sync(w.b, w.liar.ledger)
+    w.liar = Forger(w.liar.ledger)
+    rec = _set_flag(w, w.other, False)
+    for r in (w.a, w.b):
+        r.apply_batch(w.liar.batch([rec]))
+        assert r.exit_view(app)["status"] == "approved", r.node
+        assert [m["id"] for m in r.exited()] == [w.other], r.node
+        with pytest.raises(Exception, match="has left"):
+            r.topup(r.owner, w.other, 10_000)

@@ -199,7 +199,7 @@ def test_who_sends_what_once_per_chain() -> None:
     assert notices.daily_due(rule, rid, "HQ", at.replace(day=4, hour=10)) == []
     # A member's notices are its home branch's.
     m = {"id": "X", "profile": {"home": "SH02", "birthday": "12-03", "promo": "yes",
-                                "phone": "13800000001", "name": "A"}}
+                                "phone": "13800000001", "name": "A"}, "left": False}
     assert notices.member_day_notices("SH01", "2026-12-03", [m], rule, BOTH, "店") == []
     assert len(notices.member_day_notices("SH02", "2026-12-03", [m], rule, BOTH, "店")) == 1
 
@@ -209,7 +209,7 @@ def test_an_appointment_reminder_is_a_service_notice_from_the_confirming_branch(
     booking = {"booking": "038HS9BR9T000.SH01", "member": "M", "profile": profile,
                "branch": "SH02", "branch_name": "徐家汇店", "service": "FOOT60",
                "service_name": "足疗 60 分钟", "at": "2026-12-03T14:00",
-               "status": "confirmed"}
+               "status": "confirmed", "left": False}
     rule = notices.rule_of({})
     assert notices.reminder_notices("SH01", [booking], rule, BOTH) == []
     [n] = notices.reminder_notices("SH02", [booking], rule, BOTH)
