@@ -64,6 +64,7 @@ from crdtledger.writerules import (
     client_id_for,
     epoch_of,
     owns_client,
+    writers,
 )
 
 if TYPE_CHECKING:
@@ -80,6 +81,10 @@ NOTIFY_STEP = 50_000
 
 class Replica(LedgerBase):
     """Applying remote updates, all or nothing, and answering what a peer lacks."""
+
+    # How far our own log was read for a record written on another PC, and the first
+    # found (_written_elsewhere): a restore that waits is asked again at every frame.
+    _own_scanned: tuple[int, int | None] = (0, None)
 
     def _project(self, ld: LoadedDoc, change: Any,
                  pos: dict[str, tuple[int, bool]] | None = None) -> None:
@@ -691,6 +696,7 @@ class Replica(LedgerBase):
             tips = {node: log.tip(node)[0] for node in {r.node for r, _ in part}}
             run: list[tuple[Record, bytes]] = []
             kept: list[tuple[Record, bytes, int]] = []  # appended to the log in this order
+            own: list[Record] = []  # records of our own log that came from elsewhere
             for rec, hash_ in part:
                 if rec.seq <= tips[rec.node] or rec.node in plan.diverged:
                     if rec.node not in plan.diverged and log.hash_at(rec.node,
@@ -701,6 +707,8 @@ class Replica(LedgerBase):
                         plan.diverged.add(rec.node)
                     plan.skipped.add((rec.node, rec.seq))
                     continue
+                if rec.node == self.node:
+                    own.append(rec)
                 if run and (run[0][0].doc != rec.doc or plan.single):
                     log.extend(kept)
                     kept = []
@@ -725,6 +733,8 @@ class Replica(LedgerBase):
             if run:
                 self._apply_run(run, plan.certs)
                 touched.append(run[0][0].doc)
+            if own and self.restored is None:
+                self._another_pc(own)
             self._funding_held = set()  # released records come after their writers' others
             if last:
                 for node, head, cert in plan.heads:
@@ -1112,7 +1122,7 @@ class Replica(LedgerBase):
             heard.add(peer or "")
             # And every branch the chain enrolled (backups._enrolled), not revoked.
             others = views.branches_known(cast("Ledger", self)) | self._enrolled_waited()
-            if others <= heard:
+            if others <= heard and self._written_elsewhere(backup, ours) is None:
                 self._end_restore()
                 return
             with st.transaction():
@@ -1128,6 +1138,14 @@ class Replica(LedgerBase):
         elif isinstance(tip, bytes) and tip and not self.agrees_at(self.node, seq, tip):
             why = (f"{who} holds another history of this branch's log at record {seq} "
                    "than this store (a fork): it cannot show this branch caught up")
+        elif (other := self._written_elsewhere(backup, ours)) is not None:
+            # Past the backup, records of a PC that a restore made (the same backup
+            # restored twice: it may be selling now). Selling here would write at the
+            # positions it writes at: a fork, the same money served twice.
+            why = (f"another PC restored as branch {self.node} since this backup has sold "
+                   f"as it (record {other} of this branch's log, which {who} holds): two "
+                   "PCs must never sell as one branch; sell at that PC, or if it is gone "
+                   "for good the owner ends this wait (crdtledger restore --sell-now)")
         else:
             self._end_restore()
             return
@@ -1135,14 +1153,57 @@ class Replica(LedgerBase):
             with st.transaction():
                 st.set_meta("restore_wait", why)
 
+    def _written_elsewhere(self, after: int, upto: int) -> int | None:
+        """The position of the first record of our own log in (after, upto] written
+        under another client epoch than this store writes under, None if none: written
+        on another PC. A restore takes the next epoch as it ends its wait (_end_restore),
+        so the epoch is the mark of the PC that wrote a record; a cut, a closing or an
+        update that only deletes carries none."""
+        scanned, found = self._own_scanned
+        if found is not None and after < found <= upto:
+            return found
+        mine = epoch_of(self.storage.client_id)
+        for seq, doc, data in self.storage.conn.execute(
+                "SELECT seq, doc, data FROM records WHERE node = ? AND seq > ? AND seq <= ? "
+                "ORDER BY seq", (self.node, max(after, scanned), upto)):
+            said = None if doc in MARK_DOCS else writers(bytes(data))
+            if said and said[0] and epoch_of(said[1]) != mine:
+                self._own_scanned = (seq, seq)
+                return int(seq)
+        self._own_scanned = (max(scanned, upto), None)
+        return None
+
+    def _another_pc(self, own: list[Record]) -> None:
+        """Records of our own log taken from a peer or a file (inside the apply's
+        transaction). Under our own epoch they are ours, lost here (a power cut) and
+        come back; under another, another PC sells as this branch: the same backup
+        restored on a second PC, or this PC's restore while it still runs. This PC
+        stops selling (_check_may_write), before its next sale forks the branch."""
+        st = self.storage
+        if st.meta.get("another_pc"):
+            return
+        mine = epoch_of(st.client_id)
+        for rec in own:
+            said = None if rec.doc in MARK_DOCS else writers(rec.data)
+            if said and said[0] and epoch_of(said[1]) != mine:
+                st.set_meta("another_pc", (
+                    f"another PC sells as branch {self.node}: record {rec.seq} of its log "
+                    "came from a branch, written on a PC restored from a backup of it (or "
+                    "the PC this one was restored from); two PCs must never sell as one "
+                    "branch, so this one stops: sell at the other, or if it is gone for "
+                    "good the owner says so here (crdtledger restore --sell-now)"))
+                return
+
     def waive_catch_up(self) -> None:
         """The owner's word that this restored node may sell although no branch showed it
         caught up with itself (one that wrote nothing after its backup gets no such
-        branch). The risk is the owner's: whatever it wrote after the backup that some
+        branch), or that a PC stopped for another selling as its branch may sell again
+        (the other is gone for good: it goes on under an epoch past the other's). The
+        risk is the owner's: whatever it wrote after the backup that some
         branch holds and that has not come back here, it writes again at the same
         positions of its log: a fork, which every branch that sees both sides reports
         and blocks it for, and until then the same money may be served twice."""
-        if self.restored is not None:
+        if self.restored is not None or self.storage.meta.get("another_pc"):
             self._end_restore()
 
     def _end_restore(self) -> None:
@@ -1159,6 +1220,7 @@ class Replica(LedgerBase):
             st.set_meta("restore_heard", "")
             st.set_meta("restored_sent", "")
             st.set_meta("restored_seen", "")
+            st.set_meta("another_pc", "")
             st.set_meta("client_id", str(client))
             # The log goes on from here (tipmark), lower than the mark only on the
             # owner's word. Before the commit: killed in between, the store is still
@@ -1167,6 +1229,7 @@ class Replica(LedgerBase):
         st.client_id = client
         st.evict_all()  # loaded documents write with the old id
         self.restored = None
+        self._own_scanned = (0, None)  # read against the old epoch
 
     def _check_may_write(self) -> None:
         """As LedgerBase's, but a restored node that heard from a branch which could not
@@ -1175,6 +1238,9 @@ class Replica(LedgerBase):
         if why:
             raise NotCaughtUp(f"restored from a backup of {self.restored}; {why}")
         super()._check_may_write()
+        other = self.storage.meta.get("another_pc")
+        if other:
+            raise NotCaughtUp(other)
 
 
 def _finish(steps: Generator[None, None, _T]) -> _T:

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, TypedDict
 
+import msgpack
+
 from crdtledger import closing
 from crdtledger.errors import InvalidInput, NotFound
 from crdtledger.hlc import id_floor, id_time_ms
@@ -270,10 +272,30 @@ def trust_status(ledger: Ledger) -> dict[str, Any]:
     differ = closing_ and closing_["differ"] and {"month": closing_["month"],
                                                   "branches": closing_["differ"]}
     return {"restored": ledger.restored, "faults": ledger.faults(),
+            "another_pc": another_pc(ledger),
             "refused": list(ledger.refusals)[-20:], "closing_differs": differ or None,
             "rights_refused": dict(sorted(ledger.grants.refused.items())),
             "unfunded": unfunded(ledger), "revoked": ledger.trust.self_revoked,
             "certificate_expires": ledger.trust.expires_ms()}
+
+
+def another_pc(ledger: Ledger) -> str | None:
+    """Whether another PC is seen running as this branch: it stopped selling for one
+    (Replica._another_pc), or a peer said it holds this branch's log beyond this
+    store's (a sync file written for this branch carries that view before any of
+    the records). None while restored and catching up: a peer is ahead then."""
+    said = ledger.storage.meta.get("another_pc")
+    if said or ledger.restored is not None:
+        return said or None
+    ours = ledger.storage.log.tip(ledger.node)[0]
+    for peer, states in ledger.storage.conn.execute(
+            "SELECT node, states FROM peers ORDER BY node"):
+        held = msgpack.unpackb(states).get(ledger.node)
+        if isinstance(held, int) and held > ours:
+            return (f"{peer} holds this branch's log to record {held} and this store only "
+                    f"to record {ours}: another PC may be selling as branch {ledger.node} "
+                    "(or records were lost here); two PCs must never sell as one branch")
+    return None
 
 
 # How long before its certificate ends a branch says so: a chain's branches enrolled

@@ -381,6 +381,11 @@ SYNC = {"type": "object", "required": ["node", "chain", "peers"],
                        "restored": {"type": "string", "nullable": True, "description":
                                     "restored from a backup of this time and not yet "
                                     "caught up with a peer: writes are refused"},
+                       "another_pc": {"type": "string", "nullable": True, "description":
+                                      "another PC seen selling as this branch (the same "
+                                      "backup restored twice, or this PC's restore while "
+                                      "it runs): writes here are refused once a record "
+                                      "of that PC came, and the owner decides"},
                        "faults": {"type": "array", "items": FAULT, "description":
                                   "nodes caught breaking a write rule or forking their "
                                   "log: nothing more they write is applied"},

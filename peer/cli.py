@@ -676,7 +676,7 @@ def restore_node(args: argparse.Namespace, data_dir: Path) -> Result:
             raise InvalidInput("--sell-now ends the wait of a node restored already: "
                                "restore first (--from), then decide")
         with Ledger.open(data_dir) as ledger:
-            if ledger.restored is None:
+            if ledger.restored is None and not ledger.storage.meta.get("another_pc"):
                 raise InvalidInput(f"{data_dir} is not waiting to catch up: it sells already")
             ledger.waive_catch_up()
         return Result({"node": ledger.node, "selling": True},
@@ -866,6 +866,8 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
     if data.get("restored"):
         lines.append(f"RESTORED from a backup of {data['restored']}: not selling until it "
                      "has caught up with another branch")
+    if data.get("another_pc"):
+        lines.append(f"ANOTHER PC sells as {data['node']}: {data['another_pc']}")
     for f in data.get("faults") or []:
         lines.append(f"BLOCKED {f['node']}: {f['detail']}")
     differs = data.get("closing_differs")

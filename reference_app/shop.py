@@ -349,6 +349,14 @@ class Shop:
                       "The chain revoked this branch's certificate: this PC can no longer "
                       "sell or write. Ask the head office to enrol a new PC under a new "
                       "branch id, or to renew this one (crdtledger chain renew).")
+        if _ANOTHER_PC.fullmatch(text):
+            return tr("另一台电脑正以本店的身份收银（同一份备份恢复出的电脑，或本机由其备份恢复的"
+                      "那台）：两台电脑不能同时作为一家分店收银，本机已停止。请到那台电脑上收银；"
+                      "若那台已永久停用，请联系店长确认后再在本机收银。",
+                      "Another PC sells as this branch (one restored from the same backup, "
+                      "or the PC this one was restored from): two PCs must never sell as "
+                      "one branch, so this one has stopped. Sell at the other; if it is gone "
+                      "for good, ask a manager to confirm it before selling here.")
         if _FORKED.fullmatch(text):
             return tr("本店的数据出现了两份不同的历史（备份恢复或复制的硬盘）：各分店已停止接收"
                       "本店的记录，本机不能再收银。请联系总部重新登记本机。",
@@ -400,6 +408,12 @@ class Shop:
                       "fetching what it wrote after the backup from {who_en} ({ours} of "
                       "{seq} records here). Stay connected: the counter sells once they "
                       "are all here.", ours=m[3], seq=m[2], **self._who(m[1]))
+        if _WAIT_OTHER_RESTORE.fullmatch(why):
+            return tr("另一台电脑已由同一份备份恢复为本店，并已在收银：两台电脑不能同时作为一家"
+                      "分店收银。请到那台电脑上收银；若那台已永久停用，请联系店长确认后再在本机收银。",
+                      "another PC restored from this backup already sells as this branch: "
+                      "two PCs must never sell as one branch. Sell at that PC; if it is "
+                      "gone for good, ask a manager to confirm it before selling here.")
         if m := _WAIT_FORK.fullmatch(why):
             return tr("{who}持有本店另一份不同的历史（分叉），不能据此恢复收银。请联系总部。",
                       "{who_en} holds another history of this branch's records (a fork), "
@@ -779,6 +793,9 @@ _NOSHOW_UNCONFIRMED = re.compile(r"booking \S+ has started by this PC's clock, w
 # one waits for (Replica.peer_caught_up): Shop._may_not_write says them.
 _REVOKED = re.compile(r"the chain revoked branch \S+'s certificate .*", re.S)
 _FORKED = re.compile(r"branch \S+ wrote two different histories .*", re.S)
+_ANOTHER_PC = re.compile(r"another PC sells as branch \S+: .*", re.S)
+_WAIT_OTHER_RESTORE = re.compile(r"another PC restored as branch \S+ since this backup .*",
+                                 re.S)
 _RESTORED = re.compile(r"restored from a backup of (.+?); (.*)", re.S)
 _WAIT_SENT = re.compile(r"this branch's log had left this PC as far as record (\d+), and "
                         r"(.+?) holds it only to record (\d+): .*", re.S)

@@ -524,7 +524,8 @@ def test_sync_status_is_the_hosts(tmp_path: Path) -> None:
         amy = await api.login("amy", AMY_PW)
         assert await api.call("GET", "/sync/status", token=amy) == (
             200, {"node": "SH01", "chain": "default", "peers": [], "restored": None,
-                  "faults": [], "refused": [], "clock": None, "closing_differs": None,
+                  "another_pc": None, "faults": [], "refused": [], "clock": None,
+                  "closing_differs": None,
                   "rights_refused": {}, "unfunded": {}, "revoked": False,
                   "certificate_expires": None})  # an open store: its own certificate
 

@@ -156,9 +156,16 @@ async def test_every_sentence_of_a_store_that_may_not_write_is_said_in_chinese()
         "the branch heard from holds this branch's log to record 12, only 5 of it are here "
         "yet: take the rest",
         "branch SH02 holds another history of this branch's log at record 4 than this store",
+        "another PC restored as branch SH01 since this backup has sold as it (record 7 of "
+        "this branch's log, which branch SH02 holds): two PCs must never sell as one branch",
     ]
     shop = Shop.__new__(Shop)
     shop.branch_name = lambda node: node  # type: ignore[method-assign]
     for why in whys:
         said = shop.refusal(NotCaughtUp(f"restored from a backup of {WHEN}; {why}"))
         assert not ENGLISH.findall(said.replace(WHEN, "").replace("SH0", "")), (why, said)
+    assert "另一台电脑已由同一份备份恢复为本店" in said, said  # the last: restored twice
+    # Stopped, not restored: another PC sells as this branch (Replica._another_pc).
+    said = shop.refusal(NotCaughtUp("another PC sells as branch SH01: record 7 of its log "
+                                    "came from a branch, written on a PC restored"))
+    assert "另一台电脑正以本店的身份收银" in said and not ENGLISH.findall(said), said

@@ -187,7 +187,8 @@ def test_status_without_a_running_node_reads_the_store(tmp_path: Path) -> None:
         # Its certificate's end, ms since 1970 (an enrolled node: years ahead).
         assert st.pop("certificate_expires") > time.time() * 1000 + 365 * 86_400_000
         assert st == {"node": "SH01", "chain": c.chain.name, "running": False, "peers": [],
-                      "restored": None, "faults": [], "refused": [], "closing_differs": None,
+                      "restored": None, "another_pc": None, "faults": [], "refused": [],
+                      "closing_differs": None,
                       "rights_refused": {}, "unfunded": {}, "revoked": False,
                       "timezone": "Asia/Shanghai",  # the zone its times are shown in
                       "store_checked": True, "store_damaged": None,  # read whole: small
