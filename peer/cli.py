@@ -867,7 +867,8 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
         lines.append(f"RESTORED from a backup of {data['restored']}: not selling until it "
                      "has caught up with another branch")
     if data.get("another_pc"):
-        lines.append(f"ANOTHER PC sells as {data['node']}: {data['another_pc']}")
+        said = str(data["another_pc"]).removeprefix(f"another PC sells as branch {data['node']}: ")
+        lines.append(f"ANOTHER PC sells as {data['node']}: {said}")
     for f in data.get("faults") or []:
         lines.append(f"BLOCKED {f['node']}: {f['detail']}")
     differs = data.get("closing_differs")

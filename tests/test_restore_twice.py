@@ -22,6 +22,7 @@ from crdtledger.backups import restore, write_backup
 from crdtledger.errors import NotCaughtUp
 from crdtledger.ledger import Ledger
 from crdtledger.syncfile import export_file, import_file
+from crdtledger.writerules import epoch_of
 
 YUAN = 100
 START = 500 * YUAN
@@ -163,6 +164,16 @@ def test_the_pc_a_backup_was_taken_from_stops_when_its_restore_sells(
     a.close()
     got = run_cli("status", data=data)
     assert got.code == 0 and "ANOTHER PC sells as SH01" in got.out, got.out
+    # The other PC switched off for good, the owner's word lets this one sell again,
+    # under an epoch past the restore's (were that PC on again, it would stop).
+    got = run_cli("restore", "--sell-now", data=data)
+    assert got.code == 0, got.err
+    with Ledger.open(data) as a:
+        assert views.trust_status(a)["another_pc"] is None
+        assert epoch_of(a.storage.client_id) == 2
+        a.debit(a.owner, m, amount=10 * YUAN)
+        sync(a, hq)
+        assert hq.faults() == [] and _cash(hq, m) == START - 20 * YUAN - AT_STAKE
 
 
 def test_a_restore_sees_the_pc_it_was_taken_from_still_writing(
