@@ -224,3 +224,41 @@ def test_a_peer_showing_this_log_beyond_ours_is_said_in_status(
         assert "HQ holds this branch's log to record" in said, said
     finally:
         r.close()
+
+
+def test_two_restores_whose_sales_cross_fork_and_every_branch_says_so(
+        tmp_path: Path, chain: tuple[Ledger, Ledger, Ledger, str]) -> None:
+    """What is left: both restores shown the same file before either sold. Each sells
+    420.00 at the same position of SH01's log. Every branch that sees both sides
+    reports the fork with the money at stake and blocks SH01, and both PCs stop; each
+    replica keeps the side it took first, never below zero."""
+    a, b, hq, m = chain
+    bk = tmp_path / "bk"
+    write_backup(a.storage.dir, bk)
+    a.debit(a.owner, m, amount=10 * YUAN)
+    sync(a, hq)
+    a.close()
+    first = _restore(tmp_path, bk, "new-pc")
+    second = _restore(tmp_path, bk, "dup-pc")
+    try:
+        path = _hq_file(tmp_path, hq, "hq-1")
+        import_file(first, path)
+        import_file(second, path)
+        assert first.restored is None and second.restored is None
+        first.debit(first.owner, m, amount=AT_STAKE)
+        second.debit(second.owner, m, amount=AT_STAKE)
+        sync(first, hq)
+        sync(second, b)
+        sync(hq, b)
+        for x in (hq, b):
+            forks = [f for f in x.faults() if f["kind"] == "fork"]
+            assert [f["node"] for f in forks] == ["SH01"] and "at stake" in forks[0]["detail"]
+            assert _cash(x, m) == START - 10 * YUAN - AT_STAKE
+        sync(first, hq)
+        sync(second, b)
+        for pc in (first, second):
+            with pytest.raises(NotCaughtUp, match="two different histories"):
+                pc.debit(pc.owner, m, amount=10 * YUAN)
+    finally:
+        first.close()
+        second.close()
