@@ -290,7 +290,8 @@ def another_pc(ledger: Ledger) -> str | None:
     ours = ledger.storage.log.tip(ledger.node)[0]
     for peer, states in ledger.storage.conn.execute(
             "SELECT node, states FROM peers ORDER BY node"):
-        held = msgpack.unpackb(states).get(ledger.node)
+        said = msgpack.unpackb(states)
+        held = said.get(ledger.node) if isinstance(said, dict) else None
         if isinstance(held, int) and held > ours:
             return (f"{peer} holds this branch's log to record {held} and this store only "
                     f"to record {ours}: another PC may be selling as branch {ledger.node} "
