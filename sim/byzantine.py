@@ -34,6 +34,16 @@ dishonest branch holds its own key, never another's):
   revokes its certificate (`chain revoke`: rule `revocations`). Honest throughout;
   once retired it is left out of the end checks, except that no replica may see it
   holding anything: its members' money is served elsewhere.
+- **revoked**: a PC stolen (or a branch the owner cuts off) and revoked while it runs
+  on: at a seeded time of business hours it is cut off from every other node and its
+  tills sell on. Once every honest replica holds the same length of its log (the
+  owner phoning round: the simulator reads them), head office revokes its certificate
+  (`chain revoke`, rule `revocations`); once every honest replica has installed the
+  list, the thief plugs it in again. Its records beyond that length, written before
+  or after the revocation, must be refused at every honest replica, its earlier ones
+  stay applied, and nothing it acknowledged after the theft is money anywhere
+  (sim.checks.revoked_now, revoked_final). Not honest from the start: left out of
+  the honest replicas' checks, as a forger is.
 - **restored**: a backup (crdtledger.backups.write_backup) taken between 10:30 and
   12:00; one to four hours later the node dies and its store is replaced by that
   backup (crdtledger.backups.restore), and it restarts: honest from then on, it
@@ -70,14 +80,14 @@ from crdtledger.sync import pack
 from crdtledger.trust import revocations_rule
 from crdtledger.writerules import client_id_for
 from sim.engine import DAY, HOUR, MINUTE, MS, SECOND
-from sim.net import End
+from sim.net import Cut, End
 from sim.workload import GOODS
 
 if TYPE_CHECKING:
     from sim.node import SimNode
     from sim.world import World
 
-ROLES = ("forger", "equivocator", "restored", "closed")
+ROLES = ("forger", "equivocator", "restored", "closed", "revoked")
 # How often the owner of a closing shop looks whether it may be switched off.
 CLOSING_LOOK = 5 * MINUTE
 # The rule each forgery breaks (crdtledger.writerules.RULES): every rule, some twice.
@@ -166,6 +176,13 @@ class Restored:
     window: set[str] = field(default_factory=set)  # acknowledged after the backup
 
 
+def credits_to(ledger: Ledger, node: str, *, writer: str | None = None) -> set[str]:
+    """The entries (of `writer` only, if given) that give `node` rights."""
+    return {str(e["id"]) for e in audit.entries(ledger)
+            if (writer is None or e["node"] == writer)
+            and any(n == node and change > 0 for _p, n, change in e["deltas"])}
+
+
 def goods_held(ledger: Ledger, node: str) -> int:
     """Units of the workload's goods item `node` holds, on the shelf or in transit to it
     (none before head office writes the catalogue)."""
@@ -184,6 +201,26 @@ class Closing:
     handovers: list[dict[str, Any]] = field(default_factory=list)
     retired_at: int | None = None  # switched off
     revoked_at: int | None = None  # the revocation written at head office
+
+
+@dataclass
+class Stolen:
+    """A branch whose PC is stolen and revoked while it runs on (role "revoked")."""
+
+    node: str
+    plug_after: int  # how long after every replica knows the thief plugs it in again
+    stolen_at: int | None = None
+    cut: list[Cut] = field(default_factory=list)
+    # Its log's length at every honest replica when head office revoked it: what of it
+    # stays; nothing beyond may be taken anywhere.
+    held: int | None = None
+    acked_at_revocation: set[str] = field(default_factory=set)
+    revoked_at: int | None = None  # the revocation written at head office
+    plugged_at: int | None = None  # cut no more: its sessions reach every peer again
+    # Entries of honest writers giving it rights, each writer's own, when it came back:
+    # no honest branch may give a revoked one anything after (payments: "never one the
+    # chain revoked").
+    credits_at_plug: set[str] = field(default_factory=set)
 
 
 class Byzantine:
@@ -208,13 +245,14 @@ class Byzantine:
         self.forks: list[Fork] = []
         self.restores: dict[str, Restored] = {}
         self.closings: dict[str, Closing] = {}
+        self.stolen: dict[str, Stolen] = {}
 
     # --- who is what ------------------------------------------------------------
 
     def honest(self, name: str) -> bool:
         """Forgers and equivocators are not, nor a forger's extra identities; a
         restored branch is (after its restore it runs the honest node as it is)."""
-        return self.roles.get(name) not in ("forger", "equivocator") \
+        return self.roles.get(name) not in ("forger", "equivocator", "revoked") \
             and name not in self.identities
 
     def writers(self) -> list[tuple[str, str]]:
@@ -257,6 +295,11 @@ class Byzantine:
                 closing = Closing(name, to=rng.choice(others))
                 self.closings[name] = closing
                 w.engine.at(min(t, end - 4 * HOUR), partial(self._close, node, closing))
+            elif role == "revoked":
+                t = 10 * HOUR + 30 * MINUTE + rng.randrange(2 * HOUR)
+                stolen = self.stolen[name] = Stolen(name, 20 * MINUTE
+                                                    + rng.randrange(100 * MINUTE))
+                w.engine.at(min(t, end - 4 * HOUR), partial(self._steal, node, stolen))
             elif role == "restored":
                 t = 10 * HOUR + 30 * MINUTE + rng.randrange(90 * MINUTE)
                 later = t + HOUR + rng.randrange(3 * HOUR)
@@ -636,6 +679,106 @@ class Byzantine:
                 return "wait"
         return "retire"
 
+    # --- the PC stolen and revoked ----------------------------------------------------
+
+    def _steal(self, node: SimNode, s: Stolen) -> None:
+        """Cut off from every other node; its tills go on selling (the thief's)."""
+        w = self.world
+        s.stolen_at = w.engine.now
+        s.cut = Cut.split({node.name}, [n.name for n in w.nodes], label=f"stolen {node.name}")
+        w.net.add_cuts(s.cut)
+        w.trace(w.engine.now, f"{node.name} stolen: cut off, selling on")
+        w.engine.after(CLOSING_LOOK, partial(self._revoke_stolen, node, s))
+
+    def _revoke_stolen(self, node: SimNode, s: Stolen) -> None:
+        """The owner has head office revoke it once every honest replica holds the same
+        length of its log (else a replica still taking its records as they come by
+        another would end with more of it than the others: sim/README, "--closed")."""
+        w = self.world
+        if w.engine.now >= w.workload_end - 2 * HOUR:
+            w.trace(w.engine.now, f"{node.name} not revoked by closing time")
+            return  # plugged in again at the heal, unrevoked: it stays a branch
+        others = [n for n in w.honest_nodes() if n.name not in w.retired]
+        if any(not n.up or n.ledger is None for n in others):
+            w.engine.after(CLOSING_LOOK, partial(self._revoke_stolen, node, s))
+            return
+        held = {n.ledger.positions().get(node.name, 0) for n in others if n.ledger}
+        if len(held) != 1:
+            w.engine.after(CLOSING_LOOK, partial(self._revoke_stolen, node, s))
+            return
+        s.held = held.pop()
+        s.acked_at_revocation = self._acked(node.name)
+        crl = w.ca.revoke(node.name, dt.datetime.fromtimestamp(
+            (w.epoch_ms + w.engine.now // 1000) / 1000, dt.UTC).replace(microsecond=0))
+        w.trace(w.engine.now, f"{w.nodes[0].name} revokes {node.name}, stolen, at record "
+                              f"{s.held} of its log")
+        self._revoke_written(s, revocations_rule(crl))
+
+    def _revoke_written(self, s: Stolen, rule: dict[str, str]) -> None:
+        """Head office writes the list (as `chain revoke`); again later if it could not."""
+        w = self.world
+
+        def revoked(outcome: Any, attempt: Any) -> None:
+            w.op_done(0, "rule", outcome, attempt, debit=False)
+            if isinstance(outcome, str):
+                s.revoked_at = w.engine.now
+                w.engine.after(CLOSING_LOOK, partial(self._plug_in, s))
+            else:
+                w.engine.after(CLOSING_LOOK, partial(self._revoke_written, s, rule))
+
+        w.nodes[0].perform("rule", lambda lg: lg.set_rule(lg.owner, "revocations", rule),
+                           revoked)
+
+    def _plug_in(self, s: Stolen) -> None:
+        """The thief plugs the PC in again, `plug_after` once every honest replica has
+        installed the list (at once if the workload is over): its sessions then offer
+        every peer what it wrote meanwhile (the simulator has no TLS, which would
+        refuse the handshake: the replicas' own check is what is left when a relay or
+        a file carries its records)."""
+        w = self.world
+        others = [n for n in w.honest_nodes() if n.name not in w.retired]
+        if any(n.ledger is None or not n.ledger.retired(s.node) for n in others):
+            w.engine.after(CLOSING_LOOK, partial(self._plug_in, s))
+            return
+        if w.engine.now < w.workload_end:
+            w.engine.after(s.plug_after, partial(self._plug_at, s))
+        else:
+            self._plug_at(s)
+
+    def _plug_at(self, s: Stolen) -> None:
+        w = self.world
+        if s.plugged_at is not None:
+            return
+        others = [n for n in w.honest_nodes() if n.name not in w.retired]
+        for n in others:
+            if n.ledger is not None:
+                s.credits_at_plug |= credits_to(n.ledger, s.node, writer=n.name)
+        w.net.remove_cuts(s.cut)
+        s.plugged_at = w.engine.now
+        w.trace(w.engine.now, f"{s.node} plugged in again, revoked")
+
+    def healed(self) -> None:
+        """The run's end heals every cut: a stolen PC revoked stays off the network
+        until every honest replica knows (`_plug_in`, still scheduled), then is plugged
+        in at once."""
+        for s in self.stolen.values():
+            if s.held is not None and s.plugged_at is None:
+                self.world.net.add_cuts(s.cut)
+                if s.revoked_at is not None:
+                    self._plug_in(s)
+
+    def _beyond(self, s: Stolen) -> int:
+        lg = self.world.by_name[s.node].ledger
+        if s.held is None or lg is None:
+            return 0
+        return lg.positions().get(s.node, 0) - s.held
+
+    def lost_to_revocation(self, missing: set[str]) -> set[str]:
+        """Of the acknowledged entries missing at the end, those a revoked branch wrote:
+        beyond the length of its log the chain held when it was revoked."""
+        return {e for e in missing if self.world.acked_entries.get(e) in self.stolen
+                and self.stolen[self.world.acked_entries[e]].held is not None}
+
     # --- the restored branch ----------------------------------------------------------
 
     def _acked(self, name: str) -> set[str]:
@@ -719,4 +862,16 @@ class Byzantine:
                           else r.restored_at / SECOND,
                           "acknowledged_since_backup": len(r.window)}
                          for r in self.restores.values()],
+            "revoked": [{"node": s.node,
+                         "stolen_at_s": None if s.stolen_at is None else s.stolen_at / SECOND,
+                         "held": s.held,
+                         "revoked_at_s": None if s.revoked_at is None
+                         else s.revoked_at / SECOND,
+                         "plugged_at_s": None if s.plugged_at is None
+                         else s.plugged_at / SECOND,
+                         "acknowledged_since": len(self._acked(s.node) - s.acked_at_revocation)
+                         if s.held is not None else 0,
+                         # Records of its log beyond `held`, refused at every replica.
+                         "beyond": self._beyond(s)}
+                        for s in self.stolen.values()],
         }

@@ -23,7 +23,7 @@ from crdtledger.log import APPLIED
 from crdtledger.settlement import reconciles
 from crdtledger.sync import decode_state_vector
 from crdtledger.writerules import GOVERNANCE_DOCS
-from sim.byzantine import BREAKS, goods_held
+from sim.byzantine import BREAKS, credits_to, goods_held
 from sim.workload import GOODS
 
 if TYPE_CHECKING:
@@ -227,18 +227,34 @@ def final(world: World) -> list[Violation]:
     present = set(ids)
     acked = world.acked_entries
     missing = set(acked) - present
-    excused = byz.lost_to_restore(missing) if byz is not None else set()
+    excused = (byz.lost_to_restore(missing) | byz.lost_to_revocation(missing)
+               if byz is not None else set())
     lost = sorted(missing - excused)
     phantom = sorted(present - set(acked) - fork_entries)
     if lost:
         out.append(Violation("lost", f"{len(lost)} acknowledged entries missing, e.g. "
                                      f"{lost[:3]}"))
+    # Each write whose node was killed between its acknowledgement and its flush
+    # (World.killed_before_flush) is at every replica, though its frames died unsent.
+    for kill in world.kills:
+        wrote = kill["wrote"]
+        if wrote in acked and wrote not in excused:
+            without = [n.name for n in nodes if n.ledger is not None
+                       and wrote not in set(audit.ids(n.ledger, "entries"))]
+            if without:
+                out.append(Violation("lost", f"entry {wrote}, acknowledged at {kill['node']} "
+                                             f"killed before its flush, is missing at "
+                                             f"{without}"))
     if phantom:
         out.append(Violation("phantom", f"{len(phantom)} entries nobody acknowledged "
                                         f"(a duplicate?), e.g. {phantom[:3]}"))
     have_members = set(members)
     # What a restored node acknowledged may be lost with it (sim.byzantine).
+    # So may what a stolen PC acknowledged beyond what the chain held when it was
+    # revoked (its end checks: revoked_final).
     restored = set(byz.restores) if byz is not None else set()
+    if byz is not None:
+        restored |= {s.node for s in byz.stolen.values() if s.held is not None}
     if not world.acked_members - have_members <= {
             m for m in world.acked_members if world.acked_where.get(m) in restored}:
         out.append(Violation("lost", f"acknowledged members missing: "
@@ -314,7 +330,7 @@ def final(world: World) -> list[Violation]:
     if not fork_entries:  # the books by the acknowledged entries (a fork's nobody's)
         out += world.oracle.books(first, nodes[0].name, excused)
     if byz is not None:
-        out += byzantine_final(world, nodes)
+        out += byzantine_final(world, nodes) + revoked_final(world, nodes)
     return out
 
 
@@ -342,7 +358,7 @@ def byzantine_now(world: World) -> list[Violation]:
             if world.honest(fault["node"]):
                 out.append(Violation("blamed", f"{n.name} holds a fault of honest node "
                                                f"{fault['node']}: {fault['detail']}", n.name))
-    return out
+    return out + revoked_now(world)
 
 
 def byzantine_final(world: World, honest: list[Any]) -> list[Violation]:
@@ -421,6 +437,64 @@ def byzantine_final(world: World, honest: list[Any]) -> list[Violation]:
                                                  f"{e['node']} lowering {sorted(lowered)}",
                                          n.name))
                     break
+    return out
+
+
+def revoked_now(world: World) -> list[Violation]:
+    """A stolen PC revoked (sim.byzantine, role "revoked"): no honest replica takes a
+    record of its log beyond the length every one held when head office revoked it,
+    whatever it wrote meanwhile and sends once plugged in again."""
+    out: list[Violation] = []
+    if world.byz is None:
+        return out
+    for s in world.byz.stolen.values():
+        if s.held is None:
+            continue
+        for n in world.honest_nodes():
+            pos = n.ledger.positions().get(s.node, 0) if n.ledger is not None else 0
+            if pos > s.held:
+                out.append(Violation("revoked", f"{n.name} took record {pos} of {s.node}, "
+                                                f"revoked at record {s.held} of its log",
+                                     n.name))
+    return out
+
+
+def revoked_final(world: World, honest: list[Any]) -> list[Violation]:
+    """At the end, for each stolen PC revoked, on every honest replica: it is revoked;
+    its log's records up to the length held at the revocation all stay applied (the
+    earlier ones), none beyond (revoked_now); no entry it acknowledged after its
+    revocation is there (no money from them); and no honest branch gave it rights
+    after it came back (each writer's own such entries as they were then)."""
+    byz = world.byz
+    assert byz is not None
+    out: list[Violation] = []
+    for s in byz.stolen.values():
+        if s.held is None:
+            continue
+        later = byz._acked(s.node) - s.acked_at_revocation
+        for n in honest:
+            lg = n.ledger
+            assert lg is not None
+            if not lg.retired(s.node):
+                out.append(Violation("revoked", f"{n.name} does not see {s.node} revoked",
+                                     n.name))
+            applied = len(lg.storage.log.records_after({s.node: 0}, applied_only=True))
+            if applied != s.held:
+                out.append(Violation("revoked", f"{n.name} holds {applied} records of "
+                                                f"{s.node} applied, {s.held} when it was "
+                                                "revoked", n.name))
+            taken = sorted(later & set(audit.ids(lg, "entries")))
+            if taken:
+                out.append(Violation("revoked", f"{n.name} holds {len(taken)} entries "
+                                                f"{s.node} acknowledged after its "
+                                                f"revocation, e.g. {taken[:3]}", n.name))
+            if s.plugged_at is not None:
+                given = sorted(e for e in credits_to(lg, s.node) - s.credits_at_plug
+                               if world.honest(e.rsplit(".", 1)[-1]))
+                if given:
+                    out.append(Violation("revoked", f"{n.name} holds entries of honest "
+                                                    f"branches giving {s.node} rights after "
+                                                    f"its revocation: {given[:3]}", n.name))
     return out
 
 

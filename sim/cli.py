@@ -95,8 +95,15 @@ def _add_run_options(p: argparse.ArgumentParser, *, sweep: bool) -> None:
                    help="branches restored from a backup taken earlier in the run")
     p.add_argument("--closed", type=_at_least(0), default=0,
                    help="shops closing for good: hand over, switched off, revoked")
+    p.add_argument("--revoked", type=_at_least(0), default=0,
+                   help="branches whose PC is stolen: cut off, revoked while selling on, "
+                        "plugged in again")
     p.add_argument("--byzantine", default="",
-                   help="the same as a list, e.g. forger:1,equivocator:1,restored:1,closed:1")
+                   help="the same as a list, e.g. "
+                        "forger:1,equivocator:1,restored:1,closed:1,revoked:1")
+    p.add_argument("--kill-before-flush", type=_at_least(0), default=0,
+                   help="times a day a node is killed after a till's write was acknowledged, "
+                        "before the frames it queued are flushed")
     p.add_argument("--drop-faults", default="", help="fault indexes to switch off (1,3)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--plot", type=Path, default=None, help="write PNG charts and a report")
@@ -127,7 +134,8 @@ def _config(a: argparse.Namespace, *, nodes: int, scenario: str, seed: int) -> C
                   topology=a.topology, hubs=a.hubs, ops_per_node=a.ops_per_node,
                   hot_members=a.hot_members, ae_interval_s=a.ae_interval,
                   dup=a.dup, reorder=a.reorder, lost_answers=a.lost_answers,
-                  max_ops=a.max_ops, fault_mask=mask, **byz)
+                  max_ops=a.max_ops, fault_mask=mask,
+                  kill_before_flush=a.kill_before_flush, **byz)
 
 
 def _human(result: dict[str, Any]) -> str:

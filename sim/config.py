@@ -36,6 +36,9 @@ class Config:
     equivocator: int = 0
     restored: int = 0
     closed: int = 0  # shops closing for good (not Byzantine: honest throughout)
+    revoked: int = 0  # PCs stolen, revoked while they run on
+    # Nodes killed between a till's acknowledgement and the flush of its frames, a day.
+    kill_before_flush: int = 0
 
     @property
     def member_count(self) -> int:
@@ -58,7 +61,9 @@ class Config:
                            ("reorder", "--reorder"), ("lost_answers", "--lost-answers"),
                            ("max_ops", "--max-ops"),
                            ("forger", "--forger"), ("equivocator", "--equivocator"),
-                           ("restored", "--restored"), ("closed", "--closed")):
+                           ("restored", "--restored"), ("closed", "--closed"),
+                           ("revoked", "--revoked"),
+                           ("kill_before_flush", "--kill-before-flush")):
             value = getattr(self, name)
             if value != getattr(defaults, name):
                 out += [flag, str(value)]

@@ -92,6 +92,10 @@ class SimNode:
         self._queued: list[Effect] = []
         self._running = False
         self._flush_soon = False  # a flush of the frames a till's write left queued is due
+        # Killed right after the next write acknowledged at once, before its flush
+        # (World.kill_before_flush): set by the world at a seeded time.
+        self.kill_armed = False
+        self.kill_down = 0  # and down for this long
         Ledger.create(path, name, "simchain", "Asia/Shanghai")
         # Enrolled in the chain's CA, as a shop is; the first node is the head office.
         world.ca.enrol(path, name, head_office=index == 0)
@@ -266,6 +270,16 @@ class SimNode:
         assert self.core is not None
         oid, effects = self.core.submit(run, self.now_s(), label, reply_first=True)
         self.attempts[oid] = attempt
+        done = next((e for e in effects if isinstance(e, Done) and e.op == oid
+                     and e.error is None), None) if self.kill_armed else None
+        if done is not None:
+            # Before the flush below: the process dies once the till has its answer
+            # (delivered by `run` now), the frames its commit queued still unsent.
+            self.kill_armed = False
+            wrote = done.result.get("id") if isinstance(done.result, dict) else done.result
+            self.world.engine.after(0, partial(self.world.killed_before_flush, self, label,
+                                               None if wrote is None else str(wrote),
+                                               self.gen))
         if (self.conns and not self._flush_soon
                 and any(isinstance(e, Done) and e.op == oid for e in effects)):
             self._flush_soon = True

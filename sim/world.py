@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 import msgpack
 
 from crdtledger import closing, idempotency, syncfile, views
+from crdtledger.core import Send
 from crdtledger.errors import (
     InsufficientFunds,
     LedgerError,
@@ -147,6 +148,8 @@ class World:
         self.stock_unsure: set[str] = set()
         self.couriered: list[dict[str, Any]] = []
         self.written_off = 0  # the daily passes' write-offs of expired points lots
+        # Nodes killed between an acknowledgement and its flush (`killed_before_flush`).
+        self.kills: list[dict[str, Any]] = []
 
     # --- the chain ----------------------------------------------------------------
 
@@ -600,6 +603,51 @@ class World:
         elif f.kind == "jump":
             self.by_name[f.nodes[0]].skew_ms -= f.ms
 
+    def _arm_kills(self) -> None:
+        """`--kill-before-flush N`: N times a day, at a seeded time of business hours
+        (not around the holiday's switch-off), a seeded node is armed: its next till
+        write acknowledged at once is followed by its death before the flush."""
+        rng = random.Random(f"{self.config.seed}:kills")
+        for day in range(self.config.days):
+            for _ in range(self.config.kill_before_flush):
+                t = self.day_start(day) + rng.choice((
+                    10 * HOUR + rng.randrange(3 * HOUR), 15 * HOUR + rng.randrange(5 * HOUR)))
+                node = rng.choice(self.nodes)
+                down = rng.randint(2 * SECOND, 90 * SECOND)
+                self.engine.at(min(t, self.workload_end - HOUR),
+                               partial(self._arm_kill, node, down))
+
+    def _arm_kill(self, node: SimNode, down: int) -> None:
+        if node.name not in self.retired:
+            node.kill_armed = True
+            node.kill_down = down
+
+    def killed_before_flush(self, node: SimNode, label: str, wrote: str | None,
+                            gen: int) -> None:
+        """The process dies after its till's answer, before the flush its write queued
+        (peer.node.Node's `call_soon(_flush_queued)`; here SimNode._flush_queued, due at
+        this same instant): what was committed is kept, the frames are lost with it.
+        Every check after a restart and at the end then wants the write everywhere."""
+        if gen != node.gen or not node.up or node.core is None:
+            return
+        # What the dead process had yet to send, counted and dropped with it.
+        unsent = sum(len(e.frames) for e in node.core.flush() if isinstance(e, Send))
+        node.crash()
+        self._down.add(node.name)
+        self._interrupt_probes()
+        self.kills.append({"node": node.name, "op": label, "wrote": wrote,
+                           "frames_unsent": unsent, "at_s": self.engine.now / SECOND})
+        self.trace(self.engine.now, f"{node.name} killed after {label} {wrote}, "
+                                    f"{unsent} frames unsent")
+
+        def back() -> None:
+            if not node.up and node.name not in self.retired:
+                self._restart(node)
+                self._probe("restart")
+                self._down.discard(node.name)
+
+        self.engine.after(node.kill_down, back)
+
     def _courier(self) -> None:
         """A sync file across a partition, as a manager carries one on a USB stick
         (crdtledger.syncfile, through peer.files as the API's download and upload run
@@ -822,6 +870,8 @@ class World:
         if self.byz is not None:
             self.byz.schedule()
             self.engine.after(15 * MINUTE, self._byzantine_tick)
+        if self.config.kill_before_flush:
+            self._arm_kills()
         self.workload.start()
         self.engine.at(HOUR, self._snapshot_hot)
         first = date.fromisoformat(self.config.start)
@@ -878,6 +928,8 @@ class World:
         now = self.engine.now
         self.trace(now, "heal all")
         self.net.remove_cuts(list(self.net.cuts))
+        if self.byz is not None:
+            self.byz.healed()  # a stolen PC revoked stays cut until every replica knows
         for node in self.nodes:
             if not node.up:
                 self._restart(node)
@@ -984,6 +1036,7 @@ class World:
             "holidays": self.holidays,  # months closed by a holiday week
             "written_off": self.written_off,  # expired lots, by the daily passes
             "couriered": self.couriered,  # sync files carried across partitions
+            **({"killed_before_flush": self.kills} if self.config.kill_before_flush else {}),
             "acknowledged": len(self.acked_entries) + len(self.acked_members),
             "faults": [f.describe() for i, f in enumerate(self.faults)
                        if i not in cfg.fault_mask],
