@@ -40,8 +40,10 @@ import json
 import os
 import re
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -478,6 +480,36 @@ class Identity:
                                      f"list {self.crl_number}")
         self._crl = crl
         return number
+
+
+Link = TypeVar("Link")
+
+
+def apply_revocations(identity: Identity, crl: str, installed: str,
+                      links: Iterable[tuple[Link, bytes | None]]
+                      ) -> tuple[str, str | None, list[tuple[Link, str]]]:
+    """What a node does when the replicated rule `revocations` may have changed: `crl`
+    the list in force in its store (Ledger.revocation_list), `installed` the one it
+    took last. A new list is installed for the handshake's check (check_peer), and
+    the live `links` (each with the certificate its peer presented) that it now
+    refuses are returned with the reason, to be closed: a revoked branch must not keep
+    its link and our members' data. Returns the list taken (a list that does not
+    install is not tried again), why it was not installed (None if it was, or if
+    nothing changed), and the links to close. The node (peer.node) and the simulator
+    (sim.node) both call this."""
+    if not crl or crl == installed:
+        return installed, None, []
+    try:
+        identity.set_revocations(base64.b64decode(crl))
+    except (LedgerError, ValueError) as e:
+        return crl, str(e), []
+    refused: list[tuple[Link, str]] = []
+    for link, cert in links:
+        try:
+            identity.check_peer(cert)
+        except PeerRejected as e:
+            refused.append((link, str(e)))
+    return crl, None, refused
 
 
 def load_identity(data_dir: Path | str) -> Identity | None:

@@ -25,7 +25,6 @@ smaller node id, decided the same way on both sides.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import ipaddress
 import logging
@@ -79,7 +78,7 @@ from crdtledger.sync import (
     states_digest,
 )
 from crdtledger.throttle import LoginThrottle
-from peer.chain import Identity, PeerRejected, load_identity
+from peer.chain import Identity, PeerRejected, apply_revocations, load_identity
 from peer.gateways import Gateway, gateways_from_config
 from peer.local import RUN_FILE, local_app, write_run_file
 from peer.metrics import CONTENT_TYPE, Metrics
@@ -881,21 +880,14 @@ class Node:
     def _load_revocations(self) -> None:
         """Install the chain's revocation list from the replicated rules and drop
         connections to peers it revokes."""
-        crl = self.ledger.revocation_list()
-        if not crl or crl == self._crl:
-            return
-        self._crl = crl
-        try:
-            self.chain_identity.set_revocations(base64.b64decode(crl))
-        except (LedgerError, ValueError) as e:
-            log.warning("ignored a revocation list: %s", e)
-            return
-        for link in list(self._links.values()):
-            try:
-                self.chain_identity.check_peer(link.cert)
-            except PeerRejected as e:
-                log.warning("dropping %s: %s", link.peer, e)
-                link.close(1008, "certificate revoked")
+        self._crl, ignored, refused = apply_revocations(
+            self.chain_identity, self.ledger.revocation_list(), self._crl,
+            [(link, link.cert) for link in self._links.values()])
+        if ignored is not None:
+            log.warning("ignored a revocation list: %s", ignored)
+        for link, why in refused:
+            log.warning("dropping %s: %s", link.peer, why)
+            link.close(1008, "certificate revoked")
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "node": self.node_id,

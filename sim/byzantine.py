@@ -70,7 +70,7 @@ from pycrdt import Map
 
 from crdtledger import audit, views
 from crdtledger.backups import restore, write_backup
-from crdtledger.errors import LedgerError
+from crdtledger.errors import LedgerError, RemoteProtocolError
 from crdtledger.hlc import HybridClock, id_time_ms
 from crdtledger.ledger import Ledger
 from crdtledger.log import Batch, Head, Record, head_message, record_hash
@@ -79,6 +79,7 @@ from crdtledger.storage import DB_FILE, LoadedDoc
 from crdtledger.sync import pack
 from crdtledger.trust import revocations_rule
 from crdtledger.writerules import client_id_for
+from peer.files import export_bytes, import_bytes
 from sim.engine import DAY, HOUR, MINUTE, MS, SECOND
 from sim.net import Cut, End
 from sim.workload import GOODS
@@ -221,6 +222,7 @@ class Stolen:
     # no honest branch may give a revoked one anything after (payments: "never one the
     # chain revoked").
     credits_at_plug: set[str] = field(default_factory=set)
+    file: dict[str, Any] = field(default_factory=dict)  # the thief's sync file, and its fate
 
 
 class Byzantine:
@@ -756,6 +758,45 @@ class Byzantine:
         w.net.remove_cuts(s.cut)
         s.plugged_at = w.engine.now
         w.trace(w.engine.now, f"{s.node} plugged in again, revoked")
+        if w.engine.now < w.workload_end - 20 * MINUTE:
+            w.engine.after(10 * MINUTE, partial(self._thief_file, s))
+
+    def _thief_file(self, s: Stolen) -> None:
+        """Its links refused, the thief carries a sync file of the PC to a branch
+        (peer.files, as the API's download and upload): sealed by a revoked signer, it
+        must be refused whole there, nothing of it taken (crdtledger.seal)."""
+        w = self.world
+        thief = w.by_name[s.node]
+        to = next((n for n in w.honest_nodes() if n.index != 0 and n.name not in w.retired
+                   and n.up and n.ledger is not None), None)
+        if to is None or not thief.up or thief.ledger is None:
+            return
+        data, info = export_bytes(thief.ledger, thief.operator("manager"), to.name)
+        s.file = {"to": to.name, "records": info.get("records")}
+        w.trace(w.engine.now, f"{s.node} (stolen) hands {to.name} a sync file of "
+                              f"{info.get('records')} records")
+        manager = to.operator("manager")
+
+        def take(lg: Ledger) -> Any:
+            held = lg.positions()
+            try:
+                outcome = import_bytes(lg, manager, data)
+            except (RemoteProtocolError, LedgerError) as e:
+                outcome = {"refused": type(e).__name__}
+            if lg.positions() != held:
+                outcome["changed_positions"] = True
+            return outcome
+
+        def done(outcome: Any, attempt: Any) -> None:
+            if isinstance(outcome, dict):
+                s.file.update(outcome)
+                if "refused" not in outcome or outcome.get("changed_positions"):
+                    from sim.checks import Violation  # (sim.checks imports this module)
+
+                    w.fail(Violation("revoked", f"{to.name} took a sync file sealed by "
+                                                f"{s.node}, revoked: {outcome}", to.name))
+
+        to.perform("sync.import", take, done)
 
     def healed(self) -> None:
         """The run's end heals every cut: a stolen PC revoked stays off the network
@@ -872,6 +913,8 @@ class Byzantine:
                          "acknowledged_since": len(self._acked(s.node) - s.acked_at_revocation)
                          if s.held is not None else 0,
                          # Records of its log beyond `held`, refused at every replica.
-                         "beyond": self._beyond(s)}
+                         "beyond": self._beyond(s),
+                         "handshakes_refused": self.world.handshakes_refused.get(s.node, 0),
+                         "file": s.file}
                         for s in self.stolen.values()],
         }

@@ -17,6 +17,9 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 from crdtledger import audit, idempotency, operations
 from crdtledger.core import (
     BookingDecided,
@@ -38,6 +41,8 @@ from crdtledger.errors import LedgerError
 from crdtledger.ledger import Ledger
 from crdtledger.storage import Storage
 from crdtledger.sync import ClockSkewSeen, PeerHello, RightsAnswered, RightsGranted
+from crdtledger.trust import NODE_CERT, TLS_DIR
+from peer.chain import apply_revocations, load_identity
 from sim.engine import SECOND
 from sim.net import Connection, End
 from sim.oracles import Intent
@@ -104,6 +109,16 @@ class SimNode:
             store.set_meta("created_at", "0")
         finally:
             store.close()
+        # What its TLS layer presents and checks (peer.chain, as peer.node): a peer is
+        # refused at the handshake, and a live link dropped, once the list it installed
+        # from the replicated rule revokes that peer (World.dial, `_load_revocations`).
+        identity = load_identity(path)
+        assert identity is not None
+        self.identity = identity
+        self.cert_der = x509.load_pem_x509_certificate(
+            (path / TLS_DIR / NODE_CERT).read_bytes()).public_bytes(serialization.Encoding.DER)
+        self._crl = ""  # the list installed, as peer.node.Node._crl
+        self._crl_soon = False
         self.open()
 
     # --- life -------------------------------------------------------------------
@@ -120,6 +135,13 @@ class SimNode:
         self.ledger = Ledger.open(self.path, synchronous=cfg.synchronous,
                                   now_ms=self.now_ms, lock=False)
         audit.count_deferrals(self.ledger)  # funding deferrals, as the store notes them
+        # As peer.node.Node.start: the list in force is installed before any link, and
+        # again whenever a rules record commits (`_on_commit`).
+        self.identity = load_identity(self.path) or self.identity  # a new process
+        self._crl = ""
+        self._crl_soon = False
+        self._load_revocations()
+        self.ledger.subscribe(self._on_commit)
         self.core = NodeCore(self.ledger, rng=random.Random(f"{cfg.seed}:core:{self.name}:"
                                                             f"{self.gen}"),
                              anti_entropy_s=cfg.ae_interval_s)
@@ -290,6 +312,32 @@ class SimNode:
         self._flush_soon = False
         if gen == self.gen and self.up and self.core is not None:
             self.run(self.core.flush())
+
+    def _on_commit(self, record: Any, origin: object) -> None:
+        # peer.node.Node._on_commit: once a turn, however many rules records came.
+        if record.doc == "rules" and not self._crl_soon:
+            self._crl_soon = True
+            self.world.engine.after(0, partial(self._rules_arrived, self.gen))
+
+    def _rules_arrived(self, gen: int) -> None:
+        self._crl_soon = False
+        if gen == self.gen and self.up and self.ledger is not None:
+            self._load_revocations()
+
+    def _load_revocations(self) -> None:
+        """peer.node.Node._load_revocations: install the list in force, close the links
+        to peers it revokes (peer.chain.apply_revocations, the node's own code)."""
+        assert self.ledger is not None
+        world = self.world
+        self._crl, ignored, refused = apply_revocations(
+            self.identity, self.ledger.revocation_list(), self._crl,
+            [(conn, world.by_name[conn.other(self.name)].cert_der)
+             for conn in sorted(self.conns.values(), key=lambda c: c.id)])
+        if ignored is not None:
+            world.trace(world.engine.now, f"{self.name} ignored a revocation list: {ignored}")
+        for conn, why in refused:
+            world.trace(world.engine.now, f"{self.name} drops #{conn.id}: {why}")
+            End(world.net, conn, self.name).close(1008, "certificate revoked")
 
     def opened(self, conn: Connection, peer: str, dialer: str) -> None:
         """A connection to `peer` is up (both ends are registered before either core

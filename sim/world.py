@@ -32,6 +32,7 @@ from crdtledger.errors import (
 from crdtledger.seal import seal, unseal
 from crdtledger.sync import RightsAnswered
 from crdtledger.trust import Trust
+from peer.chain import PeerRejected
 from peer.files import export_bytes, import_bytes
 from sim import checks
 from sim.byzantine import ROLES, Byzantine
@@ -148,6 +149,7 @@ class World:
         self.stock_unsure: set[str] = set()
         self.couriered: list[dict[str, Any]] = []
         self.written_off = 0  # the daily passes' write-offs of expired points lots
+        self.handshakes_refused: dict[str, int] = {}  # by either end (`_handshake`)
         # Nodes killed between an acknowledgement and its flush (`killed_before_flush`).
         self.kills: list[dict[str, Any]] = []
 
@@ -245,6 +247,15 @@ class World:
                 if alive:
                     node.dial_failed(peer)
                 return
+            refused = self._handshake(node, target)
+            if refused is not None:  # as peer.node: 403 at the acceptor, or the dialler
+                conn.open = False
+                self.net.connections.pop(conn.id, None)
+                self.trace(self.engine.now, f"{node.name} dial {peer} refused: {refused}")
+                for name in (node.name, peer):
+                    self.handshakes_refused[name] = self.handshakes_refused.get(name, 0) + 1
+                node.dial_failed(peer)
+                return
             node.conns[conn.id] = conn
             target.conns[conn.id] = conn
             self.metrics.connects["connections"] += 1
@@ -257,6 +268,18 @@ class World:
                 target.opened(conn, node.name, node.name)
 
         self.net.connect(node.name, peer, done)
+
+    @staticmethod
+    def _handshake(node: SimNode, target: SimNode) -> str | None:
+        """The TLS layer's word on a connection (peer.node `_accept` and `_dial`, both
+        `Identity.check_peer` on the certificate the other end presented, against the
+        list each installed): None, or why it is refused."""
+        try:
+            target.identity.check_peer(node.cert_der)
+            node.identity.check_peer(target.cert_der, expect_node=target.name)
+        except PeerRejected as e:
+            return str(e)
+        return None
 
     def _reset(self, conn: Connection, reason: str) -> None:
         now = self.engine.now

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from test_sim import go_all
 
-from crdtledger.trust import RevokedSigner, Trust
+from crdtledger.trust import Trust
+from peer.chain import Identity
 from sim.config import Config
 from sim.world import run
 
@@ -30,11 +31,14 @@ def clean(result: dict[str, Any]) -> dict[str, Any]:
 
 def test_a_stolen_pc_revoked_has_its_later_records_refused_everywhere() -> None:
     """B02's PC is stolen at 11:01 and sells on cut off; once every replica holds 46 of
-    its records head office revokes it, and the thief plugs it in again later. Its 14
-    records beyond are refused at every honest replica (checks.revoked_now, every
-    quarter hour), the 46 stay applied, none of the 13 entries its tills acknowledged
-    after the revocation is money anywhere, and no honest branch gave it rights after
-    (checks.revoked_final). The same seed gives the same digest in other processes."""
+    its records head office revokes it, and the thief plugs it in again later. Every
+    handshake with it is refused (peer.chain.Identity.check_peer, the list installed by
+    peer.chain.apply_revocations as the node does), and the sync file the thief then
+    carries to a branch is refused whole (sealed by a revoked signer). Its records
+    beyond the 46 are at no honest replica (checks.revoked_now, every quarter hour),
+    the 46 stay applied, none of the entries its tills acknowledged after the
+    revocation is money anywhere, and no honest branch gave it rights after
+    (checks.revoked_final). The same seed gives the same digest in two processes."""
     r, again = go_all(dict(seed=2, revoked=1), dict(seed=2, revoked=1), base=SMALL)
     assert again["trace_digest"] == clean(r)["trace_digest"]
     b = r["byzantine"]
@@ -42,30 +46,35 @@ def test_a_stolen_pc_revoked_has_its_later_records_refused_everywhere() -> None:
     (s,) = b["revoked"]
     assert s["held"] > 0 and s["revoked_at_s"] is not None and s["plugged_at_s"] is not None
     assert s["beyond"] > 0 and s["acknowledged_since"] > 0, s
-    # Its peers were offered those records and refused them.
-    assert sum(b["records_refused"].values()) > 0
+    assert s["handshakes_refused"] > 0, s
+    assert s["file"]["records"] > 0 and s["file"]["refused"] == "UntrustedSigner", s
     assert "--revoked 1" in r["reproduce"]
 
 
-def test_a_replica_taking_a_revoked_writers_records_is_caught(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The check's own test: a replica that verifies a revoked writer's head as if the
-    list did not name it (the bug of a `_verify_log` that forgot RevokedSigner) takes
-    the stolen PC's later records, and the run stops on a `revoked` violation."""
-    verify = Trust.verify
+def test_a_chain_that_forgets_the_list_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check's own test: every node installs the list but judges a certificate as
+    if it did not name it, at the handshake (`Identity.check_peer`) and for records and
+    files (`Trust.check_cert`). The stolen PC's sessions then deliver what it wrote
+    after the revocation, and the run stops on a `revoked` violation."""
+    check_peer, check_cert = Identity.check_peer, Trust.check_cert
 
-    def lenient(self: Trust, node: str, der: bytes, message: bytes, signature: bytes, *,
-                expiry: bool = True) -> Any:
+    def peer_lenient(self: Identity, der: bytes | None, *, expect_node: str | None = None
+                     ) -> str:
+        crl, self._crl = self._crl, None
         try:
-            return verify(self, node, der, message, signature, expiry=expiry)
-        except RevokedSigner:
-            crl, self._crl = self._crl, None
-            try:
-                return verify(self, node, der, message, signature, expiry=expiry)
-            finally:
-                self._crl = crl
+            return check_peer(self, der, expect_node=expect_node)
+        finally:
+            self._crl = crl
 
-    monkeypatch.setattr(Trust, "verify", lenient)
+    def cert_lenient(self: Trust, node: str, der: bytes, *, expiry: bool = True) -> Any:
+        crl, self._crl = self._crl, None
+        try:
+            return check_cert(self, node, der, expiry=expiry)
+        finally:
+            self._crl = crl
+
+    monkeypatch.setattr(Identity, "check_peer", peer_lenient)
+    monkeypatch.setattr(Trust, "check_cert", cert_lenient)
     result, _world = run(SMALL.with_(seed=2, revoked=1))
     assert result["violations"] == 1
     assert result["violation"]["kind"] == "revoked", result["violation"]
