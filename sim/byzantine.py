@@ -674,6 +674,8 @@ class Byzantine:
         for other in self.world.nodes:
             if other is node or other.name in self.world.retired:
                 continue
+            if other.name in self.stolen and self.stolen[other.name].stolen_at is not None:
+                continue  # a stolen PC (role "revoked"): nobody asks it
             lg = other.ledger
             if (lg is None or lg.positions().get(node.name, 0) != tip
                     or views.rights_held_rows(lg, node.name, 1)
