@@ -79,6 +79,7 @@ LEFT_OUT = {
     "version": "a technician's edit counter",
     "per_day": "the check-in limit an entry was allowed under (the rule says it)",
     "repeat": "the check-in limit an entry was allowed under (the rule says it)",
+    "handover": "a refund's closed shop: the branch of the sale its `ref` names",
 }
 # Fields that may name a member: replaced by the member's pseudonym when they do.
 MEMBER_FIELDS = ("member", "ref", "referrer", "to")

@@ -78,7 +78,8 @@ class RefundElsewhere(RightsElsewhere):
     rights (no member is named), and the sentence says the amount as money, not as
     a count: "100 of this refund balance is held at SH01 (1833)" read as neither."""
 
-    def __init__(self, branch: str, share: int, left: int, unit: str = "fen") -> None:
+    def __init__(self, branch: str, share: int, left: int, unit: str = "fen",
+                 made_at: str | None = None) -> None:
         from crdtledger.money import format_yuan
 
         super().__init__("refund", share, 0, {branch: left})
@@ -86,6 +87,10 @@ class RefundElsewhere(RightsElsewhere):
         self.args = (f"this sale was made at {branch} and is refunded only there, at the "
                      f"branch that made it ({rest} of it left to refund); this branch "
                      "cannot refund it",)
+        if made_at is not None:  # a closed shop's: `branch` is the one it handed over to
+            self.args = (f"this sale was made at {made_at}, which handed its members' "
+                         f"rights over to {branch}: it is refunded only there ({rest} of "
+                         "it left to refund); this branch cannot refund it",)
 
 
 class CardLost(LedgerError):

@@ -43,6 +43,9 @@ PURSE = re.compile(
 # received there. Moved only by stock entries (shipping is a stock entry, never a rights
 # transfer: units do not move between shops because a ledger row says so).
 GOODS_PURSES = frozenset({"stock", "transit"})
+# A shop closing for good: the `reason` of its hand-over's transfers
+# (Payments.hand_over_rights), which storage's handover_to and handed_over read.
+HANDOVER_REASON = "handover"
 
 # Each closed set of words the ledger uses is one Literal type, and its values at run
 # time are derived from it (typing.get_args), so the two cannot drift apart.
@@ -412,6 +415,7 @@ _OPTIONAL_STRS = frozenset({
     "status",
     "tz",  # the zone a technician's hours are in (its branch's)
     "repeat",  # the limit a check-in was allowed under (crdtledger.membership)
+    "handover",  # a refund's: the closed shop whose sale it refunds (write rule refund-own)
 })
 
 

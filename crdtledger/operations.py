@@ -1019,7 +1019,8 @@ def debit(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
                         coupon=p.get("coupon"))
 
 
-@operation("refund", "Refund (退款) all or part of a debit made at this branch: what is "
+@operation("refund", "Refund (退款) all or part of a debit made at this branch, or at a "
+           "closed shop that handed its members' rights over to it: what is "
            "left of it by default; qty for uses of a package or units of a goods sale (they "
            "go back into this branch's stock)", permission="refund",
            http="POST /refund",
@@ -1109,7 +1110,8 @@ def rights_held(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
 
 @operation("rights.handover", "A shop closing for good: give every member's rights this "
            "branch holds (stored value, bonus, points, packages, coupons; goods move by "
-           "stock ship) to another branch, before the chain revokes its certificate",
+           "stock ship) to another branch, before the chain revokes its certificate; that "
+           "branch, the same at every run, refunds this shop's sales from then on",
            permission="rights.transfer", http="POST /rights/handover",
            params=(Param("to", NODE, required=True),),
            result={"type": "object", "required": ["to", "members", "entries", "moved"],

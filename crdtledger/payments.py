@@ -25,7 +25,15 @@ from crdtledger.errors import (
 from crdtledger.hlc import check_node_id, id_time_ms
 from crdtledger.inputs import check_text
 from crdtledger.merge import Merges
-from crdtledger.model import GOODS_PURSES, ID, MONEY_PURSES, PURSE, PURSE_METHODS, WALK_IN
+from crdtledger.model import (
+    GOODS_PURSES,
+    HANDOVER_REASON,
+    ID,
+    MONEY_PURSES,
+    PURSE,
+    PURSE_METHODS,
+    WALK_IN,
+)
 from crdtledger.money import (
     MAX_AMOUNT,
     apply_rate,
@@ -37,7 +45,7 @@ from crdtledger.money import (
     pieces,
     points_for,
 )
-from crdtledger.projection import points_change, sale_share
+from crdtledger.projection import WAITING_REFUNDS, handed_to, points_change, sale_share
 from crdtledger.rules import Rules, points_per_yuan
 from crdtledger.writerules import COUPON_PREFIX
 
@@ -103,7 +111,6 @@ _EXPIRIES_OF = "SELECT id, body FROM entries WHERE ref = ? AND kind = 'expiry'"
 # Transfers a hand-over writes to one commit (one log record): a few hundred
 # members' worth a second, each commit short enough not to hold a till waiting.
 HANDOVER_BATCH = 64
-HANDOVER_REASON = "handover"
 
 
 class Payments(Merges, Rules):
@@ -384,6 +391,18 @@ class Payments(Merges, Rules):
             return None
         return _refund_left(debit, self._refunds_of(debit_id))
 
+    def refunds_at(self, debit: Mapping[str, Any]) -> str | None:
+        """The branch that refunds `debit` (a debit's row or entry): the one that made
+        it, or, once that shop has handed its members' rights over (closing for good),
+        the branch it handed over to (write rule refund-own); None for a closed shop's
+        goods sale, which no branch refunds (its units went back to no shelf). The
+        counter offers a refund where it says this branch."""
+        shop = str(debit["node"])
+        handed = handed_to(self.storage.conn, shop)
+        if handed is None:
+            return shop
+        return None if debit.get("goods") is not None else handed[0]
+
     def refund(self, operator: str, debit_id: str, amount: int | None = None,
                reason: str = "", *, qty: int | None = None) -> dict[str, Any]:
         """退款. A debit's refund rights stay with the branch that made the debit, so two
@@ -411,8 +430,10 @@ class Payments(Merges, Rules):
         if gone:  # back on a card nobody can use any more
             raise InvalidInput(f"{gone}: this sale can no longer be refunded to their card")
         points = terms["points"]
+        # A closed shop's sale, refunded by the branch it handed over to (refund-own).
+        shop = debit["node"] if debit["node"] != self.node else None
         entry = self._entry("refund", member, deltas=terms["deltas"], amount=terms["money"],
-                            ref=debit_id, qty=terms["units"], points=points or None,
+                            ref=debit_id, handover=shop, qty=terms["units"], points=points or None,
                             spent=terms["spent"] or None, kept=terms["kept"] or None,
                             expires=terms["expires"],
                             reason=check_text(reason, "reason"), op=operator,
@@ -491,6 +512,26 @@ class Payments(Merges, Rules):
         if late:
             raise PermissionDenied(late)
         prior = self._refunds_of(debit_id)
+        shop = str(debit["node"])
+        handed = handed_to(self.storage.conn, shop)
+        if shop == self.node and handed is not None:
+            # Its refund rights went with its members' rights (write rule refund-own):
+            # the receiving branch's refunds would not count this one's.
+            raise PermissionDenied(f"this branch handed its members' rights over to "
+                                   f"{handed[0]} (a shop closing): its sales are refunded "
+                                   "there")
+        if shop != self.node and handed is not None and handed[0] == self.node:
+            if debit.get("goods") is not None:
+                raise PermissionDenied(f"a goods sale of {shop}, a shop closed, is not "
+                                       "refunded here: its units went back to no shelf of "
+                                       "this branch; a manager corrects the member's "
+                                       "balance instead")
+            # What the shop refunded before it handed over and that still waits here
+            # for its funding counts as refunded, as every replica counts it.
+            prior += [e for e in (json.loads(b) for b, at in self.storage.conn.execute(
+                WAITING_REFUNDS, (debit_id,)).fetchall()
+                if handed[1] is None or at is None or at < handed[1])
+                if e.get("node") == shop]
         package, goods = debit.get("pay") == "package", debit.get("goods") is not None
         if goods and amount is not None:
             raise InvalidInput("a goods sale is refunded by quantity (qty): its money is "
@@ -507,11 +548,13 @@ class Payments(Merges, Rules):
             share = left if qty is None else check_count(qty, "uses" if package else "units")
         else:
             share = left if amount is None else check_amount(amount)
-        if debit["node"] != self.node:
+        if shop != self.node and (handed is None or handed[0] != self.node):
             # Before what is left is judged, and the quote alike: no part of it is
             # refunded here (a quote said "pays back 1.00" where the refund is refused).
-            raise RefundElsewhere(str(debit["node"]), share, left, "uses" if package
-                                  else "units" if goods else "fen")
+            # A closed shop's sale: at the branch it handed over to.
+            raise RefundElsewhere(shop if handed is None else handed[0], share, left,
+                                  "uses" if package else "units" if goods else "fen",
+                                  made_at=None if handed is None else shop)
         if share <= 0 or share > left:
             rest = (f"{left} uses" if package else f"{left} units" if goods
                     else format_yuan(left))
@@ -608,6 +651,13 @@ class Payments(Merges, Rules):
             raise InvalidInput("a branch cannot hand its rights over to itself")
         self._require_branch(to, "rights")
         self._not_closing(to)
+        handed = handed_to(self.storage.conn, self.node)
+        if handed is not None and handed[0] != to:
+            # The first hand-over names the branch that refunds this shop's sales, at
+            # every replica (write rule refund-own): one branch, not two.
+            raise InvalidInput(f"this branch handed its members' rights over to "
+                               f"{handed[0]} already: hand over again to {handed[0]}, "
+                               "which refunds this shop's sales")
         ledger = cast("Ledger", self)
         # What only this branch may take back, taken back before it goes: a surplus
         # check-in of its own (write rule reversal-own) seen once it synced, handed over

@@ -275,7 +275,7 @@ def project_entries(conn: sqlite3.Connection, doc: str, added: list[tuple[str, A
                 if c < 0 and held(k) + c < 0:
                     funded = False
                     break
-        if not funded or (backs and not _backed(conn, unit, backing)):
+        if not funded or (backs and not _backed(conn, unit, backing, seq=seq)):
             blocked.add(queue)  # its writer's later entries of the member wait behind
             waiting += ((doc, e["id"], dumps(e), seq) for e in unit)
             continue
@@ -528,7 +528,8 @@ _BACKED_KINDS = frozenset({"merge", "refund"})
 
 
 def _backed(conn: sqlite3.Connection, unit: list[dict[str, Any]],
-            batch: Backing | None = None) -> bool:
+            batch: Backing | None = None, *, seq: int | None = None,
+            final: bool = False) -> bool:
     """What `unit` raises is backed by what it names, projected here (in the store, or
     earlier in this batch: `batch`):
     - a sweep's "in" by its "out" (write rule merge-paired). The out lowers its writer's
@@ -539,7 +540,16 @@ def _backed(conn: sqlite3.Connection, unit: list[dict[str, Any]],
       together, cash alone, each package's uses). A refund of a debit never made, or
       one given twice, or bonus given back as cash, raised its writer's rights by
       what nobody paid, and the settlement then served it from other branches'
-      prepaid lots.
+      prepaid lots. A closed shop's sale is refunded by the branch it first handed
+      over to (storage's handover_to), and by no other: such a refund is judged only
+      at a transaction's end (`final`: project_deferred), when every writer's records
+      applied here are a prefix of its log, so the shop's first hand-over, if held, is
+      the one noted; its room is what the shop's own refunds held here (projected or
+      waiting, from before its hand-over: all of them, once that is held) left. The
+      shop's own refunds from after its hand-over (`seq`: the position in its log of
+      the unit's record) wait for ever: the receiving branch refunds instead, and two
+      writers' refunds of one sale, each fitting alone, would be taken in whichever
+      order they came.
     Either waits until that is so. (A debit or an out, once projected, stays so; a
     refund's room only shrinks as other refunds of its debit are projected, and those
     are its writer's entries of the same member, in the same queue, so taken in its
@@ -578,10 +588,15 @@ def _backed(conn: sqlite3.Connection, unit: list[dict[str, Any]],
                 given = dict(known[2])
                 for v, n in batch.given.get(ref, {}).items():
                     given[v] = given.get(v, 0) + n
+                if known[0] != e["node"]:
+                    # Another branch's sale (a unit is one writer's: checked once).
+                    if not final or not _receivers_room(conn, known[0], e["node"], ref,
+                                                        given):
+                        return False
+                elif seq is not None and _handed_before(conn, known[0], seq):
+                    return False
                 sales[ref] = (known[0], known[1], given)
-            writer, took, given = sales[ref]
-            if writer != e["node"]:
-                return False
+            _writer, took, given = sales[ref]
             gives = _refund_gives(e)
             if any(given.get(v, 0) + n > took.get(v, 0) for v, n in gives.items()):
                 return False
@@ -613,8 +628,10 @@ def _sale(conn: sqlite3.Connection, ref: str, own: Mapping[str, dict[str, Any]],
     took = _by_value(debit, -1)
     took[_SHARE] = int(debit["amount"])
     before: dict[str, int] = {}
-    for (body,) in conn.execute("SELECT body FROM entries WHERE ref = ? AND kind = 'refund'",
-                                (ref,)):
+    # Its own writer's refunds: a receiving branch's (_receivers_room) came after all
+    # of them that may ever be projected, and counted them.
+    for (body,) in conn.execute("SELECT body FROM entries WHERE ref = ? AND kind = 'refund' "
+                                "AND node = ?", (ref, debit["node"])):
         _refund_gives(json.loads(body), before)
     known = (str(debit["node"]), took, before)
     if projected:
@@ -622,10 +639,51 @@ def _sale(conn: sqlite3.Connection, ref: str, own: Mapping[str, dict[str, Any]],
     return known
 
 
-def _funded(conn: sqlite3.Connection, entries: list[dict[str, Any]]) -> bool:
+def handed_to(conn: sqlite3.Connection, node: str) -> tuple[str, int | None] | None:
+    """The branch `node` first handed its members' rights over to (a shop closing for
+    good, Payments.hand_over_rights), and that hand-over's position in its log (None:
+    not known), as noted here (storage's handover_to); None if it has not."""
+    row = conn.execute('SELECT "to", seq FROM handover_to WHERE node = ?', (node,)).fetchone()
+    return None if row is None else (str(row[0]), row[1])
+
+
+def _handed_before(conn: sqlite3.Connection, node: str, seq: int) -> bool:
+    """Did `node` hand over before its record at `seq`?"""
+    got = handed_to(conn, node)
+    return got is not None and got[1] is not None and got[1] < seq
+
+
+# A sale's refunds waiting here (storage's deferred_refund index).
+WAITING_REFUNDS = ("SELECT body, seq FROM deferred WHERE json_extract(body, '$.ref') = ? "
+                    "AND json_extract(body, '$.kind') = 'refund'")
+
+
+def _receivers_room(conn: sqlite3.Connection, shop: str, writer: str, ref: str,
+                    given: dict[str, int]) -> bool:
+    """Is `writer` the branch `shop` first handed over to? If so, add to `given` what
+    the refunds of `shop`'s sale `ref` held here gave back beyond those `_sale` read:
+    `writer`'s projected ones, and the shop's own still waiting from before its
+    hand-over (its records before it are all here once it is: counted whether
+    projected yet or not, so that what the receiver may give is the same at every
+    replica, whichever of them is projected first)."""
+    got = handed_to(conn, shop)
+    if got is None or got[0] != writer:
+        return False
+    for (body,) in conn.execute("SELECT body FROM entries WHERE ref = ? AND kind = 'refund' "
+                                "AND node = ?", (ref, writer)):
+        _refund_gives(json.loads(body), given)
+    for body, at in conn.execute(WAITING_REFUNDS, (ref,)).fetchall():
+        e = json.loads(body)
+        if e.get("node") == shop and (got[1] is None or at is None or at < got[1]):
+            _refund_gives(e, given)
+    return True
+
+
+def _funded(conn: sqlite3.Connection, entries: list[dict[str, Any]], *,
+            seq: int | None = None, final: bool = False) -> bool:
     """True if projecting `entries` together keeps every rights row they lower >= 0
-    (and what they raise is backed: _backed)."""
-    if not _backed(conn, entries):
+    (and what they raise is backed: _backed, to whose `seq` and `final` they go)."""
+    if not _backed(conn, entries, seq=seq, final=final):
         return False
     change: dict[tuple[str, str, str], int] = {}
     for e in entries:
@@ -640,6 +698,14 @@ def _funded(conn: sqlite3.Connection, entries: list[dict[str, Any]]) -> bool:
             if (row[0] if row else 0) + c < 0:
                 return False
     return True
+
+
+def _unit_seq(conn: sqlite3.Connection, unit: list[tuple[str, str, dict[str, Any]]]
+              ) -> int | None:
+    """The position in its writer's log of a waiting unit's record (None: not kept)."""
+    row = conn.execute("SELECT seq FROM deferred WHERE doc = ? AND key = ?",
+                       unit[0][:2]).fetchone()
+    return None if row is None else row[0]
 
 
 def project_deferred(conn: sqlite3.Connection, day_of: Any) -> list[dict[str, Any]]:
@@ -688,7 +754,8 @@ def project_deferred(conn: sqlite3.Connection, day_of: Any) -> list[dict[str, An
         progress = False
         for q in sorted(heads):
             unit = heads[q]
-            while unit and _funded(conn, [e for _d, _k, e in unit]):
+            while unit and _funded(conn, [e for _d, _k, e in unit], final=True,
+                                   seq=_unit_seq(conn, unit)):
                 for _doc, _key, entry in unit:
                     project_entry(conn, entry, day_of(id_time_ms(entry["id"])), +1)
                     done.append(entry)

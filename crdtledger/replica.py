@@ -46,7 +46,15 @@ from crdtledger.log import (
     mark_of,
     record_hash,
 )
-from crdtledger.model import ID, ZONE_SPAN, entry_doc, erased, ledger_doc, possible_ledger_docs
+from crdtledger.model import (
+    HANDOVER_REASON,
+    ID,
+    ZONE_SPAN,
+    entry_doc,
+    erased,
+    ledger_doc,
+    possible_ledger_docs,
+)
 from crdtledger.money import format_yuan
 from crdtledger.projection import entry_change, project_deferred, project_entries, record_change
 from crdtledger.redaction import NotRedactable, carries_nothing, needs
@@ -932,6 +940,7 @@ class Replica(LedgerBase):
                         if ledger:
                             at = (rec.seq, (node, rec.seq) in self._funding_held)
                             pos.update(dict.fromkeys(keys, at))
+                            _note_handover(st.conn, node, rec.seq, added)
                 except RuleBroken as e:
                     raise _Broken(rec, e, 1) from None
                 except RemoteProtocolError as e:  # an entry in another month's document
@@ -1250,6 +1259,20 @@ def _finish(steps: Generator[None, None, _T]) -> _T:
             next(steps)
         except StopIteration as done:
             return cast("_T", done.value)
+
+
+def _note_handover(conn: sqlite3.Connection, node: str, seq: int,
+                   added: list[tuple[str, str, Any, Any]]) -> None:
+    """Note the branch a record's hand-over transfers name (storage's handover_to),
+    as it is applied, funded or not: the one named by the shop's earliest hand-over
+    record in its log stands (the receiving branch alone refunds its sales)."""
+    for _root, _key, _old, new in added:
+        if (isinstance(new, dict) and new.get("kind") == "transfer"
+                and new.get("reason") == HANDOVER_REASON and isinstance(new.get("to"), str)):
+            conn.execute('INSERT INTO handover_to VALUES (?, ?, ?) ON CONFLICT(node) DO '
+                         'UPDATE SET "to" = excluded."to", seq = excluded.seq '
+                         'WHERE excluded.seq < handover_to.seq', (node, new["to"], seq))
+            return
 
 
 def _check_months(doc: str, keys: Sequence[str], day_of: Callable[[int], str]

@@ -190,6 +190,20 @@ CREATE TRIGGER IF NOT EXISTS handed_over_seen AFTER INSERT ON entries
 WHEN NEW.kind = 'transfer' AND json_extract(NEW.body, '$.reason') = 'handover' BEGIN
     INSERT OR IGNORE INTO handed_over VALUES (NEW.node);
 END;
+-- The branch each shop first handed over to (its first hand-over record in its log,
+-- `seq` its position there; NULL: its own, written here, or noted from the entries by
+-- a build before this table): that branch, and it alone, refunds the shop's sales
+-- (write rule refund-own, projection._backed). Noted as records are applied
+-- (replica._apply_run), before their transfers are funded, and kept at the lowest
+-- position: once a shop's hand-over is held, all of its log before it is, so every
+-- replica names the same branch, whatever a lying shop handed over later.
+CREATE TABLE IF NOT EXISTS handover_to(
+    node TEXT PRIMARY KEY, "to" TEXT NOT NULL, seq INTEGER) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS handover_to_own AFTER INSERT ON entries
+WHEN NEW.kind = 'transfer' AND json_extract(NEW.body, '$.reason') = 'handover'
+    AND typeof(json_extract(NEW.body, '$.to')) = 'text' BEGIN
+    INSERT OR IGNORE INTO handover_to VALUES (NEW.node, json_extract(NEW.body, '$.to'), NULL);
+END;
 -- Members whose rights may have moved since the waiting entries were last judged
 -- (projection.project_deferred): of every entry projected or taken back, the member a
 -- sweep's "out" moves value to (its "in" waits for that out), and of every entry
@@ -220,6 +234,20 @@ END;
 CREATE TEMP TRIGGER IF NOT EXISTS funding_moved_undeferred AFTER DELETE ON main.deferred
 BEGIN
     INSERT OR IGNORE INTO funding_moved VALUES (json_extract(OLD.body, '$.member'));
+END;
+-- A receiving branch's refunds of a closed shop's sales wait for its hand-over
+-- (projection._backed): judged again once it is noted.
+CREATE TEMP TRIGGER IF NOT EXISTS funding_moved_handover AFTER INSERT ON main.handover_to
+WHEN EXISTS (SELECT 1 FROM main.deferred) BEGIN
+    INSERT OR IGNORE INTO funding_moved SELECT json_extract(body, '$.member')
+        FROM main.deferred WHERE json_extract(body, '$.kind') = 'refund'
+        AND json_extract(body, '$.node') = NEW."to";
+END;
+CREATE TEMP TRIGGER IF NOT EXISTS funding_moved_handover_moved AFTER UPDATE ON main.handover_to
+WHEN EXISTS (SELECT 1 FROM main.deferred) BEGIN
+    INSERT OR IGNORE INTO funding_moved SELECT json_extract(body, '$.member')
+        FROM main.deferred WHERE json_extract(body, '$.kind') = 'refund'
+        AND json_extract(body, '$.node') = NEW."to";
 END;
 """
 
@@ -595,6 +623,21 @@ def _add_deferred_seq(conn: sqlite3.Connection) -> None:
                 raise
 
 
+def _has_table(conn: sqlite3.Connection, table: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                        (table,)).fetchone() is not None
+
+
+def _note_handovers(conn: sqlite3.Connection) -> None:
+    """A store made before `handover_to`: each shop's hand-over read from its
+    projected transfers, the earliest by id (no position in its log is kept with an
+    entry; an honest shop hands over to one branch only, Payments.hand_over_rights)."""
+    conn.execute("INSERT OR IGNORE INTO handover_to SELECT node, json_extract(body, '$.to'), "
+                 "NULL FROM entries WHERE kind = 'transfer' "
+                 "AND json_extract(body, '$.reason') = 'handover' "
+                 "AND typeof(json_extract(body, '$.to')) = 'text' ORDER BY id")
+
+
 class Storage:
     """The SQLite file and the in-memory documents of one node (single writer)."""
 
@@ -635,7 +678,10 @@ class Storage:
                 if looking is not None:
                     os.close(looking)  # the look is over: the store is open with its log
             _upgrade(self.conn)
+            noted = _has_table(self.conn, "handover_to")
             self.conn.executescript(SCHEMA)
+            if not noted:
+                _note_handovers(self.conn)
             _add_deferred_seq(self.conn)
             self.conn.execute(DEFERRED_QUEUE)
             self.conn.execute(DEFERRED_REFUNDS)

@@ -88,10 +88,21 @@ RULES: tuple[WriteRule, ...] = (
                                  "a referral in `ref`) is written only by the branch that "
                                  "recorded the referral, so it is granted once "
                                  "(crdtledger.membership)"),
-    WriteRule("refund-own", "a refund names in `ref` a debit of its own writer: a debit's "
+    WriteRule("refund-own", "a refund names in `ref` a debit of its own writer, or one "
+                            "of the branch its `handover` names (the debit's): a debit's "
                             "refund rights stay with the branch that made it, so no other "
                             "branch can take back the lots that debit took, nor use up "
-                            "what is left of it to refund"),
+                            "what is left of it to refund, until it closes: then they go "
+                            "with its members' rights to the branch its first hand-over "
+                            "named (Payments.hand_over_rights), and to no other. Which "
+                            "branch that is depends on the shop's records, so such a "
+                            "refund waits, unprojected, until its hand-over is held "
+                            "(projection._backed, as a refund waits for its debit); a "
+                            "refund of the shop's own made after it handed over waits "
+                            "for ever. A closed shop's sale was refunded nowhere: the "
+                            "manager's correction booked 70.00 collected that no till "
+                            "took, and left the shop the income and the member the "
+                            "sale's points"),
     WriteRule("reversal-own", "a check-in's reversal (a `checkin` naming one in `ref`, "
                               "crdtledger.membership) names a check-in of its own writer: "
                               "another branch's reversal made a once-a-day check-in read "
@@ -471,8 +482,10 @@ def check_change(node: str, doc: str, added: list[tuple[str, str, Any, Any]], ot
                 not isinstance(new["ref"], str) or new["ref"].rsplit(".", 1)[-1] != node):
             raise RuleBroken("reversal-own", f"{doc}: entry {key}: node {node} reverses a "
                                              "check-in another branch wrote")
-        if kind == "refund" and (not isinstance(new.get("ref"), str)
-                                 or new["ref"].rsplit(".", 1)[-1] != node):
+        if kind == "refund" and (not isinstance(new.get("ref"), str) or (
+                new["ref"].rsplit(".", 1)[-1] != node
+                and new.get("handover") != new["ref"].rsplit(".", 1)[-1])):
+            # (One naming the shop that made it waits for that shop's hand-over to it.)
             raise RuleBroken("refund-own", f"{doc}: entry {key}: node {node} refunds a "
                                            "debit another branch made")
         if kind == "coupon":

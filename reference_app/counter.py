@@ -1572,12 +1572,22 @@ class MemberPanel:
         elif left <= 0:
             ui.label(tr("已全部退款", "refunded")).classes("text-sm text-gray-500") \
                 .mark("refunded")
-        elif str(e["node"]) != here:
-            ui.label(tr("在{b}退款", "refund at {b}", b=s.branch_name(str(e["node"])))) \
+        elif (at := s.ledger.refunds_at(e)) is None:  # a closed shop's goods sale
+            ui.label(tr("门店已关闭", "shop closed")).classes("text-sm text-gray-500") \
+                .mark("refund-elsewhere") \
+                .tooltip(tr("这笔商品消费的门店已关闭，不能退款；请经理调整会员余额。",
+                            "This goods sale's shop has closed: it cannot be refunded; a "
+                            "manager corrects the member's balance instead."))
+        elif at != here:
+            # A closed shop's sales are refunded at the branch it handed over to.
+            ui.label(tr("在{b}退款", "refund at {b}", b=s.branch_name(at))) \
                 .classes("text-sm text-gray-500").mark("refund-elsewhere") \
                 .tooltip(tr("这笔消费是在{b}做的，只能在那里退款。",
                             "This was sold at {b}; only that branch can refund it.",
-                            b=s.branch_name(str(e["node"]))))
+                            b=s.branch_name(str(e["node"]))) if at == str(e["node"]) else
+                         tr("这笔消费是在{s}做的，该店已关闭，由{b}退款。",
+                            "This was sold at {s}, which has closed; {b} refunds it.",
+                            s=s.branch_name(str(e["node"])), b=s.branch_name(at)))
         else:
             rest = left
             ui.button(tr("退款", "Refund"), on_click=lambda: c.refund_dialog(e, rest)) \
