@@ -12,6 +12,7 @@ Real stores, real sync sessions and record batches.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,13 @@ import pytest
 from app_fixtures import OWNER, CounterApp
 from conftest import Cli
 from helpers import FakeClock, name_branches, new_ledger, sync
+from test_api import BOSS_PW, serving, with_operators
 from test_handover import exchange, out
 
 from crdtledger import audit, views
 from crdtledger.errors import InvalidAmount, InvalidInput, PermissionDenied, RefundElsewhere
 from crdtledger.ledger import Ledger, owner_of
+from peer.api import Standalone
 from peer.chain import enrol
 
 # 2026-02-25 10:00 in Shanghai.
@@ -217,6 +220,27 @@ def test_what_the_shop_refunded_before_its_hand_over_counts_and_after_it_never(
     finally:
         for x in (a, b, c):
             x.close()
+
+
+def test_the_api_refunds_a_closed_shops_sale_at_the_receiving_branch(shops: Any) -> None:
+    """POST /refund: refused at SH03 with the sentence naming SH01, done at SH01."""
+    a, b, c, sale = shops["a"], shops["b"], shops["c"], shops["sale"]
+    for x in (a, c):
+        sync(b, x)
+    with_operators(a)
+    sync(a, c)
+
+    async def main() -> None:
+        async with serving(Standalone(a)) as api_a, serving(Standalone(c)) as api_c:
+            status, body = await api_c.call("POST", "/refund", {"debit_id": sale},
+                                            token=await api_c.login("boss", BOSS_PW))
+            assert status != 200 and "SH01" in str(body), (status, body)
+            status, body = await api_a.call("POST", "/refund", {"debit_id": sale},
+                                            token=await api_a.login("boss", BOSS_PW))
+            assert status == 200 and body["handover"] == "SH02", body
+
+    asyncio.run(main())
+    assert a.refund_left(sale) == 0
 
 
 def test_a_shop_hands_over_to_one_branch_only(shops: Any) -> None:
