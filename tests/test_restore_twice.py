@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 from helpers import new_ledger, sync
+from test_restore_proof import _cash
 
 from crdtledger import views
 from crdtledger.backups import restore, write_backup
@@ -27,10 +28,6 @@ from crdtledger.writerules import epoch_of
 YUAN = 100
 START = 500 * YUAN
 AT_STAKE = 420 * YUAN
-
-
-def _cash(ledger: Ledger, m: str) -> int:
-    return int(views.balance(ledger.storage.conn, m)["cash"])
 
 
 @pytest.fixture

@@ -7,29 +7,18 @@ a spend stays bounded by the points the entries give this branch (its rights).""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
 from conftest import Cli
 from helpers import new_ledger
+from test_store_rows_edited import edit
 
 from crdtledger import audit, views
 from crdtledger.errors import InsufficientFunds
 from crdtledger.ledger import Ledger
 
 PHONE = "13812345678"
-
-
-def edit(data: Path, sql: str, *args: object) -> int:
-    """sqlite3 on the store file, the node stopped: rows changed."""
-    db = sqlite3.connect(data / "ledger.sqlite3")
-    try:
-        n = db.execute(sql, args).rowcount
-        db.commit()
-    finally:
-        db.close()
-    return n
 
 
 def shop(root: Path) -> tuple[Path, str, int]:
