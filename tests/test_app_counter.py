@@ -617,7 +617,7 @@ async def test_a_wrong_password_at_the_counters_login_is_kept_for_the_owner(
     app.user.find(marker="login-name").type(CASHIER[0])
     app.user.find(marker="login-password").type("guess-1234")
     app.user.find(marker="login").click()
-    await app.user.should_see("姓名或密码不对")
+    await app.user.should_see("姓名或密码不对", retries=100)
     rows = audit.refused(app.ledger)
     assert [(r["operator"], r["operation"], r["code"]) for r in rows] == [
         (CASHIER[0], audit.LOGIN, "login_failed")]
