@@ -251,7 +251,8 @@ def _silent(_text: str) -> None:
 def write_backup(data_dir: Path, target_dir: Path, progress: Progress = _silent) -> Path:
     """Seal a consistent copy of the node in `data_dir` into ``target_dir/ledger.backup``
     (0600, in a 0700 directory) and return its path. Refuses a target that already
-    holds a backup or a store: a backup never overwrites anything."""
+    holds a backup or a store: a backup never overwrites anything, nor one that
+    appears there while it is written (`replace_private`, overwrite False)."""
     data_dir, target = Path(data_dir), Path(target_dir)
     out = target / BACKUP_FILE
     for held in (out, target / DB_FILE):
@@ -327,7 +328,7 @@ def write_backup(data_dir: Path, target_dir: Path, progress: Progress = _silent)
     sealed = seal(trust, "backup", payload, taken_ms)
     del payload
     progress(f"writing {len(sealed):,} bytes to {out}")
-    replace_private(out, sealed)
+    replace_private(out, sealed, overwrite=False)
     return out
 
 

@@ -17,11 +17,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import Any, BinaryIO, TextIO
+
+import portalocker
 
 from crdtledger import platform
 from crdtledger.errors import InvalidInput, StoreError
@@ -35,11 +38,15 @@ SQLITE_SUFFIXES = ("", "-wal", "-shm", "-journal")
 # Directories held open and files made and renamed relative to them (openat,
 # renameat) with O_NOFOLLOW: POSIX. Where the system has none (Windows, whose links
 # need an administrator to make), the paths are used as they are.
-_AT = {os.open, os.mkdir, os.rename, os.unlink, os.stat} <= os.supports_dir_fd
+_AT = {os.open, os.mkdir, os.rename, os.unlink, os.stat, os.link} <= os.supports_dir_fd
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 NEW_NAME_TRIES = 8  # `replacing`: random names, so a second is taken only if planted
+# `link` refused by the filesystem, not by what is at the name: FAT and exFAT (most
+# USB sticks, a backup's usual target) have no hard links.
+_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
 def private_dir(path: Path | str) -> Path:
@@ -109,22 +116,24 @@ def write_private(path: Path | str, data: bytes, *, exclusive: bool = False,
             os.fsync(f.fileno())
 
 
-def replace_private(path: Path | str, data: bytes) -> None:
+def replace_private(path: Path | str, data: bytes, *, overwrite: bool = True) -> None:
     """Write `data` to `path` whole or not at all (see `replacing`), so that a reader
     never sees half a file under the real name (a sync file, a backup). Only a
     regular file is replaced: `--out /dev/stdout` (a link) or a device put a file of
-    every member's data in its place, and as root broke /dev/null for the machine."""
+    every member's data in its place, and as root broke /dev/null for the machine.
+    `overwrite` False: nothing at `path` is replaced, whatever appears there meanwhile."""
     path = Path(path)
     with contextlib.suppress(FileNotFoundError):
         if not stat.S_ISREG(path.lstat().st_mode):
             raise InvalidInput(f"{path} is not a regular file (a link, a device or a "
                                "directory): give the path of a new file")
-    with replacing(path) as f:
+    with replacing(path, overwrite=overwrite) as f:
         f.write(data)
 
 
 @contextlib.contextmanager
-def replacing(path: Path | str, *, under: Path | str | None = None) -> Iterator[BinaryIO]:
+def replacing(path: Path | str, *, under: Path | str | None = None,
+              overwrite: bool = True) -> Iterator[BinaryIO]:
     """A new file (0600, open for writing and reading back) that becomes `path` when
     the block ends, renamed over it, synced; removed if the block raises.
 
@@ -136,39 +145,150 @@ def replacing(path: Path | str, *, under: Path | str | None = None) -> Iterator[
     directory held open from `under` (default: `path`'s own, which is the user's
     choice) down through each directory between, each entered with O_NOFOLLOW (made
     0700 if missing), and renamed within it: a rename replaces a link at `path`, never
-    follows it. Refused with a sentence when a directory on the way is a link."""
+    follows it. Refused with a sentence when a directory on the way is a link.
+
+    `overwrite` False (a backup, which never replaces anything): the file is linked
+    to `path` instead, which fails when anything is there, however late it came (a
+    check before a rename replaced a second backup made meanwhile). The new file is
+    locked while it lives, so the `.part` files of `path`'s name that no one holds (an
+    export killed part-way) are removed before (`_sweep_parts`)."""
     path = Path(path)
     top = Path(under) if under is not None else path.parent
     with _held_dir(top, path.parent.relative_to(top).parts) as dir_fd:
         at = {} if dir_fd is None else {"dir_fd": dir_fd}
+        _sweep_parts(path, dir_fd)
         for attempt in range(NEW_NAME_TRIES):
-            # A name taken (a killed write's, or one planted): another, never through it.
+            # A name taken (one planted, or one a sweep is removing): another, never
+            # through it.
             tmp = f"{path.name}.{secrets.token_hex(4)}.part"
             where = path.parent / tmp if dir_fd is None else tmp
             try:
                 fd = os.open(where, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW
                              | _CLOEXEC, FILE_MODE, **at)
-                break
             except FileExistsError:
-                if attempt == NEW_NAME_TRIES - 1:
-                    raise InvalidInput(f"cannot make a new file in {path.parent}: every "
-                                       "name tried was taken meanwhile") from None
+                pass
+            else:
+                # Locked at once, so a sweep removes it only if this process is gone. A
+                # sweep that took it in the moment between is removing it: another name.
+                if _try_lock(fd) is not False and os.fstat(fd).st_nlink > 0:
+                    break
+                os.close(fd)
+            if attempt == NEW_NAME_TRIES - 1:
+                raise InvalidInput(f"cannot make a new file in {path.parent}: every "
+                                   "name tried was taken meanwhile") from None
         try:
             with os.fdopen(fd, "w+b") as f:
                 platform.fchmod(f.fileno(), FILE_MODE)  # whatever the umask
                 yield f
                 f.flush()
                 os.fsync(f.fileno())
-            if dir_fd is None:
-                os.replace(where, path)
-                platform.sync_dir(path.parent)
-            else:
-                os.replace(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-                os.fsync(dir_fd)  # the rename itself survives a power cut
+                if not platform.WINDOWS:  # named while still locked, so never swept
+                    _publish(where, path, dir_fd, overwrite)
+            if platform.WINDOWS:  # which renames no file held open
+                _publish(where, path, dir_fd, overwrite)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(where, **at)
             raise
+
+
+def _publish(where: Path | str, path: Path, dir_fd: int | None, overwrite: bool) -> None:
+    """Give the new file `where` (relative to `dir_fd` when held) the name `path`, and
+    make that survive a power cut."""
+    at = {} if dir_fd is None else {"src_dir_fd": dir_fd, "dst_dir_fd": dir_fd}
+    name = path if dir_fd is None else path.name
+    if overwrite:
+        os.replace(where, name, **at)
+    elif dir_fd is None and platform.WINDOWS:
+        _taken(path, os.rename, where, name)  # Windows' rename never replaces a file
+    else:
+        try:
+            _taken(path, os.link, where, name, follow_symlinks=False, **at)
+        except OSError as e:
+            if e.errno not in _NO_LINKS:
+                raise
+            # No hard links there (a FAT stick): looked at just before the rename,
+            # which is as near as such a filesystem lets one come.
+            try:
+                os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                os.replace(where, name, **at)
+            else:
+                raise _taken_error(path) from None
+        else:
+            os.unlink(where, dir_fd=dir_fd)
+    if dir_fd is None:
+        platform.sync_dir(path.parent)
+    else:
+        os.fsync(dir_fd)
+
+
+def _taken(path: Path, call: Any, *args: Any, **kwargs: Any) -> None:
+    try:
+        call(*args, **kwargs)
+    except FileExistsError:
+        raise _taken_error(path) from None
+
+
+def _taken_error(path: Path) -> StoreError:
+    return StoreError(f"{path} appeared while this was being written, and is left as it "
+                      "is: nothing was written; choose an empty directory")
+
+
+def _try_lock(fd: int) -> bool | None:
+    """The lock of a `.part` file (platform.try_lock): True taken, False held by
+    another, None where the filesystem takes no locks (its files are then never
+    swept: nothing can tell a dead writer's from a running one's)."""
+    try:
+        return platform.try_lock(fd)
+    except (OSError, portalocker.LockException):
+        return None
+
+
+def _sweep_parts(path: Path, dir_fd: int | None) -> None:
+    """Remove the `.part` files of `path`'s name in its directory that no one holds.
+
+    An export killed part-way (SIGKILL, the power, a full disk's OOM) left its file
+    under a random name nothing came back to, each a whole copy of the members' data:
+    a nightly export by cron that crashed filled the disk. Every writer holds the lock
+    of its `.part` file until it is named (`replacing`), and the system lets go of a
+    dead process's lock however it died, so a file whose lock is free is a dead
+    writer's; a lock rather than an age, which would take a slow export's file from
+    under it (a minute's backup onto a slow stick, a process suspended), or a pid in
+    the name, which another machine sharing the directory cannot ask about. Only
+    regular files of this user named exactly `NAME.<8 hex>.part`, opened with
+    O_NOFOLLOW (a link named so is left, and nothing is reached through it)."""
+    pattern = re.compile(re.escape(path.name) + r"\.[0-9a-f]{8}\.part")
+    try:
+        with os.scandir(path.parent if dir_fd is None else dir_fd) as listing:
+            names = [e.name for e in listing if pattern.fullmatch(e.name)
+                     and e.is_file(follow_symlinks=False)]
+    except OSError:
+        return
+    at = {} if dir_fd is None else {"dir_fd": dir_fd}
+    for name in names:
+        where = path.parent / name if dir_fd is None else name
+        try:
+            # O_NONBLOCK: a FIFO named so does not hang the export (it is then left).
+            fd = os.open(where, os.O_RDONLY | _NOFOLLOW | _NONBLOCK | _CLOEXEC, **at)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or (hasattr(os, "geteuid")
+                                                and st.st_uid != os.geteuid()):
+                continue
+            if _try_lock(fd) is not True:
+                continue  # a running export's (or one no lock can tell)
+            # Still the file locked under that name (nothing swapped in since it was
+            # opened): only then is the name removed.
+            now = os.stat(where, follow_symlinks=False, **at)
+            if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                os.unlink(where, **at)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
 
 
 def unlink_under(top: Path | str, rel: Path | str) -> None:

@@ -163,6 +163,7 @@ def test_a_sync_file_export_follows_no_link_planted_as_it_writes(
 def test_a_backup_follows_no_link_planted_as_it_writes(
         ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from crdtledger.backups import BACKUP_FILE, write_backup
+    from crdtledger.errors import StoreError
 
     victim = _victim(tmp_path)
     target = tmp_path / "bk"
@@ -172,11 +173,15 @@ def test_a_backup_follows_no_link_planted_as_it_writes(
         _link(opening, victim)
 
     opened = _plant_at_open(monkeypatch, target, plant)
-    write_backup(ledger.storage.dir, target)
+    # A backup replaces nothing, a link planted at its name neither (the link is not
+    # followed, and is left for whoever planted it).
+    with pytest.raises(StoreError, match="appeared while this was being written"):
+        write_backup(ledger.storage.dir, target)
     monkeypatch.undo()
     assert opened and opened[0].parent == target and victim.read_bytes() == MINE
-    assert not (target / BACKUP_FILE).is_symlink()
-    assert (target / BACKUP_FILE).read_bytes().startswith(b"CRDTLEDGER-SEALED backup")
+    assert (target / BACKUP_FILE).is_symlink()
+    assert sorted(p.name for p in target.iterdir()) == sorted(
+        {BACKUP_FILE, opened[0].name})  # the link planted at the part's name is left too
 
 
 def test_the_analytics_export_follows_no_link_planted_as_it_writes(
@@ -373,3 +378,158 @@ async def test_a_strangers_file_refused_at_the_counter_is_kept(
     shown = [r for t in app.user.find(marker="audit-refused").elements for r in t.rows]
     assert [(r["operation"], r["code"]) for r in shown] == [
         ("导入同步文件", "文件损坏或被改动"), ("导入同步文件", "其他连锁的文件")], shown
+
+
+# -- 3. what the link-proof exports left (the fixer's left items) --------------------
+
+def test_a_backup_replaces_no_backup_that_appears_while_it_writes(
+        cli: Cli, ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`backup` said it never overwrites, but looked before its rename: a second backup
+    (or any file) made at TARGET/ledger.backup in between was replaced. Now the file is
+    linked to its name, which fails when anything is there: refused with a sentence,
+    the other backup whole, no `.part` left. Also where the filesystem has no hard
+    links (a FAT stick: link refused with EPERM), by a look just before the rename."""
+    from crdtledger.backups import BACKUP_FILE, write_backup
+    from crdtledger.errors import StoreError
+
+    first = write_backup(ledger.storage.dir, tmp_path / "first")
+    theirs = first.read_bytes()  # a whole backup, as a second `backup` run would make
+    target = tmp_path / "bk"
+    opened = _plant_at_open(monkeypatch, target,
+                            lambda _opening: (target / BACKUP_FILE).write_bytes(theirs))
+    with pytest.raises(StoreError) as refused:
+        write_backup(ledger.storage.dir, target)
+    monkeypatch.undo()
+    assert opened and str(target / BACKUP_FILE) in str(refused.value), refused.value
+    assert "appeared while this was being written" in str(refused.value)
+    assert (target / BACKUP_FILE).read_bytes() == theirs
+    assert [p.name for p in target.iterdir()] == [BACKUP_FILE]
+    # The same backup into an empty directory is written (the link is the only change).
+    assert write_backup(ledger.storage.dir, tmp_path / "bk2").read_bytes().startswith(
+        b"CRDTLEDGER-SEALED backup")
+    assert [p.name for p in (tmp_path / "bk2").iterdir()] == [BACKUP_FILE]
+
+    def no_links(*_args: Any, **_kwargs: Any) -> None:
+        raise PermissionError(1, "Operation not permitted")  # what vfat's link says
+
+    monkeypatch.setattr(os, "link", no_links)
+    assert write_backup(ledger.storage.dir, tmp_path / "fat").exists()
+    assert [p.name for p in (tmp_path / "fat").iterdir()] == [BACKUP_FILE]
+    fat = tmp_path / "fat2"
+    _plant_at_open(monkeypatch, fat, lambda _opening: (fat / BACKUP_FILE).write_bytes(theirs))
+    with pytest.raises(StoreError, match="appeared while this was being written"):
+        write_backup(ledger.storage.dir, fat)
+    monkeypatch.undo()
+    assert (fat / BACKUP_FILE).read_bytes() == theirs
+    assert [p.name for p in fat.iterdir()] == [BACKUP_FILE]
+
+
+# A real command-line export stopped part-way: its `.part` written and synced, not yet
+# renamed (the moment a SIGKILL or the power leaves one behind), until it is killed.
+_STALL = """
+import os, runpy, sys, time
+real, marker = os.fsync, sys.argv[1]
+def stall(fd):
+    real(fd)
+    if os.readlink(f"/proc/self/fd/{fd}").endswith(".part"):
+        open(marker, "w").close()
+        time.sleep(600)
+os.fsync = stall
+sys.argv = ["crdtledger", *sys.argv[2:]]
+runpy.run_module("peer", run_name="__main__", alter_sys=True)
+"""
+
+
+def _stalled_export(tmp_path: Path, data: Path, *args: Any) -> Any:
+    import subprocess
+    import sys
+    import time
+
+    from conftest import cli_env
+
+    marker = tmp_path / f"stalled-{time.monotonic_ns()}"
+    proc = subprocess.Popen([sys.executable, "-c", _STALL, marker, *map(str, args),
+                             "--data", data], env=cli_env(), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"the export did not stall: {proc.communicate()[1]!r}")
+        time.sleep(0.05)
+    return proc
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/self/fd")
+def test_an_export_sweeps_the_part_files_killed_exports_left(
+        cli: Cli, tmp_path: Path) -> None:
+    """A real `export --out` killed with SIGKILL part-way left `hq.sync.<8 hex>.part`
+    (every member's data, under a random name) that nothing removed: a nightly export
+    that crashed filled the disk. The next export to that name removes the ones no
+    running export holds (each writer locks its own), and nothing else: not a running
+    export's, not a link named so (nor what it points at), not a FIFO named so (which
+    must not hang it), not another target's, not a file of another name."""
+    import signal
+    import stat as stat_
+
+    chain = _chain(cli, tmp_path)
+    data = _node(cli, tmp_path, chain)
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    out = stick / "hq.sync"
+    killed = _stalled_export(tmp_path, data, "export", "--out", out)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    left = [p.name for p in stick.iterdir()]
+    assert len(left) == 1 and left[0].startswith("hq.sync.") and left[0].endswith(".part")
+    assert (stick / left[0]).stat().st_size > 0 and not out.exists()
+    # Running meanwhile: another branch's export to that name (one store is locked by
+    # the export that runs on it).
+    running = _stalled_export(tmp_path, _node(cli, tmp_path, chain, "SH02"),
+                              "export", "--out", out)
+    try:
+        held = sorted({p.name for p in stick.iterdir()} - set(left))
+        assert len(held) == 1, held
+        victim = _victim(tmp_path)
+        (stick / "hq.sync.0badc0de.part").symlink_to(victim)
+        os.mkfifo(stick / "hq.sync.ff00ff00.part")
+        others = {"other.sync.deadbeef.part": b"another target's\n",
+                  "hq.sync.part": b"a name of mine\n", "hq.sync.12345678.part.txt": b"x\n"}
+        for name, content in others.items():
+            (stick / name).write_bytes(content)
+        r = cli("export", "--out", out, data=data)
+        assert r.code == 0, r.err
+        now = {p.name for p in stick.iterdir()}
+        assert left[0] not in now, now  # the killed export's: removed
+        assert now == {"hq.sync", *held, "hq.sync.0badc0de.part", "hq.sync.ff00ff00.part",
+                       *others}, now
+        assert (stick / "hq.sync.0badc0de.part").is_symlink() and victim.read_bytes() == MINE
+        assert stat_.S_ISFIFO((stick / "hq.sync.ff00ff00.part").lstat().st_mode)
+        assert {n: (stick / n).read_bytes() for n in others} == others
+    finally:
+        running.send_signal(signal.SIGKILL)
+        running.wait()
+    # Killed too: the next export removes its file.
+    assert cli("export", "--out", out, data=data).code == 0
+    assert held[0] not in {p.name for p in stick.iterdir()}
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/self/fd")
+def test_a_backup_killed_part_way_is_swept_by_the_next_backup_there(
+        cli: Cli, tmp_path: Path) -> None:
+    """The nightly `backup --out` killed part-way left `ledger.backup.<8 hex>.part` on
+    the stick; the next backup into that directory (the killed one made no backup, so
+    it is still an empty target) removes it and writes its own."""
+    import signal
+
+    chain = _chain(cli, tmp_path)
+    data = _node(cli, tmp_path, chain)
+    target = tmp_path / "bk"
+    killed = _stalled_export(tmp_path, data, "backup", "--out", target)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    left = [p.name for p in target.iterdir()]
+    assert len(left) == 1 and left[0].startswith("ledger.backup.") and left[0].endswith(".part")
+    r = cli("backup", "--out", target, data=data)
+    assert r.code == 0, r.err
+    assert [p.name for p in target.iterdir()] == ["ledger.backup"]
