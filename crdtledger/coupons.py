@@ -290,9 +290,9 @@ class Coupons(Payments):
             raise CouponExpired(f"coupon {coupon} expired on {c['valid_to']}")
         if c.get("valid_from") and day < str(c["valid_from"]):
             raise CouponNotYetValid(f"coupon {coupon} is valid from {c['valid_from']}")
-        if c.get("valid_from") and self.unmoved_day(day) < str(c["valid_from"]):
-            # Put forward by hand to its first day (Rules.unmoved_day): a cashier alone
-            # redeemed next week's coupon today.
+        if c.get("valid_from") and self.rules_day(day) < str(c["valid_from"]):
+            # Put forward by hand to its first day (Rules.rules_day, the unmoved day
+            # then): a cashier alone redeemed next week's coupon today.
             raise NotCaughtUp(
                 f"this PC's clock was put forward by hand: coupon {coupon} is valid from "
                 f"{c['valid_from']}, and waits until another branch connects and confirms "

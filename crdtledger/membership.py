@@ -78,7 +78,7 @@ from crdtledger import bookings, escrow, localtime, views
 from crdtledger.commit import Write, note_edit
 from crdtledger.coupons import PREFIX as COUPON_PURSE
 from crdtledger.coupons import Coupons, purse_of
-from crdtledger.errors import InvalidInput, NotFound, PermissionDenied
+from crdtledger.errors import InvalidInput, NotCaughtUp, NotFound, PermissionDenied
 from crdtledger.hlc import id_time_ms
 from crdtledger.inputs import check_text
 from crdtledger.model import ID, PERMISSIONS, SERVICE_CODE, member_doc, owner_of
@@ -877,6 +877,14 @@ class Membership(Coupons):
             raise InvalidInput(f"activity {activity} ({a['name']}) runs from "
                                f"{a['from'].replace('T', ' ')} to "
                                f"{a['to'].replace('T', ' ')}; it is {now.replace('T', ' ')}")
+        if self._local_minute(unmoved=True) < a["from"]:
+            # Put forward by hand to its opening (Rules.rules_day): a cashier alone
+            # checked members in at next week's activity today, its points given.
+            raise NotCaughtUp(
+                f"this PC's clock was put forward by hand: activity {activity} opens at "
+                f"{a['from'].replace('T', ' ')}, and waits until another branch connects "
+                "and confirms the clock, or a manager confirms it (crdtledger clock "
+                "confirm, 本机时钟已核对)")
         member, _ = self._resolve(member, card, pin)
         day = self.today()
         pts = int(a.get("points", 0))

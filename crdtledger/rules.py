@@ -77,6 +77,14 @@ class Rules(Auth):
     the one written after seeing the others (its `rev`), then by id
     (docs/format.md, Rules)."""
 
+    # The furthest this store has read that was not read on a clock put forward by
+    # hand (`_moved_by_hand`): the high water this process found, and each later rise
+    # of it less how far the clock stood moved when it rose. With the high water then
+    # and how far the clock stood moved then.
+    _held_high: int = 0
+    _seen_high: int | None = None
+    _seen_moved: int = 0
+
     # --- rules --------------------------------------------------------------
 
     def rule(self, kind: str, day: str | None = None) -> Any:
@@ -115,18 +123,32 @@ class Rules(Auth):
         yesterday's prices and discounts (12,160 fen for a service raised to 15,010
         that morning) and topped up with a promotion ended that day: rules never go
         back to an earlier version than the furthest day this store has read. Sales go
-        on; only their rules do not roll back."""
+        on; only their rules do not roll back.
+
+        Put forward by hand instead (HybridClock.moved_by_hand), the day it would be
+        had it not been (`unmoved_day`), until a peer vouches or an operator confirms,
+        as the daily limits count: a cashier alone moved the clock to next week and
+        took its promotion's bonus today. Every reader of the rules asks this day
+        (`rule`'s default, a sale's rules, a coupon's first day), so one sale never
+        mixes two days' rules. The furthest reading counts less how far the clock stood
+        put forward when it was read: put forward a week, one sale, and set back, the
+        PC read next week's rules until next week."""
         clock = self.clock
         at = clock.next_ms()
         if today is None:
             today = self.storage.day_of(at)
+        # Not kept in the store from here (`keep`): a read of the rules, and a refused
+        # sale, write nothing; the limits' paths keep what was seen.
+        moved = self._moved_by_hand(keep=False)
+        unmoved = min(today, self.storage.day_of(at - moved)) if moved else today
         furthest = clock.high_water_ms()
-        if furthest - at <= MAX_CLOCK_SKEW_MS or self.clock_vouched:
-            return today
-        far = self.storage.day_of(furthest)
-        if far <= today or self.clock_confirmed_today():
-            return today
-        return far
+        if clock.since_boot_ms is not None:
+            furthest = min(furthest, self._held_high)
+        if furthest - (at - moved) > MAX_CLOCK_SKEW_MS and not self.clock_vouched:
+            far = self.storage.day_of(furthest)
+            if far > unmoved and not self.clock_confirmed_today():
+                return far
+        return unmoved
 
     def unmoved_day(self, today: str | None = None) -> str:
         """The day it would be had this PC's clock not been put forward by hand since a
@@ -150,11 +172,12 @@ class Rules(Auth):
             return days
         return [today if since <= d else d for d in days]
 
-    def _moved_by_hand(self) -> int:
+    def _moved_by_hand(self, keep: bool = True) -> int:
         """HybridClock.moved_by_hand, as 0 once a peer connected vouches for the clock
         or an operator confirmed it today; kept in the store with the boot it was seen
-        on, so a restart on the same boot (the command line runs one operation a
-        process) still sees the clock moved since, against the boot clock."""
+        on (unless not `keep`), so a restart on the same boot (the command line runs
+        one operation a process) still sees the clock moved since, against the boot
+        clock."""
         clock = self.clock
         if clock.since_boot_ms is None:
             return clock.moved_ms
@@ -167,11 +190,18 @@ class Rules(Auth):
                                                                              int):
                 clock.gap_ms = kept["gap"]
         moved = clock.moved_by_hand()
-        if moved and (self.clock_vouched or self.clock_confirmed_today()):
+        vouched = self.clock_vouched
+        if moved and (vouched or self.clock_confirmed_today()):
             clock.vouched()
-            moved = 0
+            moved, vouched = 0, True
+        high = clock.high_water_ms()
+        if self._seen_high is None or vouched:  # read before it looked, or vouched for
+            self._held_high = max(self._held_high, high)
+        elif high > self._seen_high:  # minted since the last look, moved as it was then
+            self._held_high = max(self._held_high, high - self._seen_moved)
+        self._seen_high, self._seen_moved = high, moved
         gap = clock.gap_ms
-        if gap is not None and (kept.get("moved") != moved or kept.get("boot") != boot
+        if keep and gap is not None and (kept.get("moved") != moved or kept.get("boot") != boot
                                 or not isinstance(kept.get("gap"), int)
                                 or abs(kept["gap"] - gap) > CLOCK_OFF_LIMIT_MS):
             with self.storage.transaction():
@@ -179,12 +209,16 @@ class Rules(Auth):
                     {"boot": boot, "gap": gap, "moved": moved}))
         return moved
 
-    def _local_minute(self) -> str:
+    def _local_minute(self, unmoved: bool = False) -> str:
         """Now in the chain's time zone, to the minute, as activities' windows are: the
         time the next entry will carry (`next_ms`), not this PC's clock, which a peer's
-        later id had put behind it (a check-in after an activity's end passed)."""
-        return datetime.fromtimestamp(self.clock.next_ms() / 1000, self.storage.tz).strftime(
-            "%Y-%m-%dT%H:%M")
+        later id had put behind it (a check-in after an activity's end passed).
+        `unmoved`: less how far the clock was put forward by hand, unvouched (as
+        `unmoved_day`), the minute an activity's opening is judged by."""
+        at = self.clock.next_ms()
+        if unmoved:
+            at -= self._moved_by_hand(keep=False)
+        return datetime.fromtimestamp(at / 1000, self.storage.tz).strftime("%Y-%m-%dT%H:%M")
 
     def payment_methods(self, day: str | None = None) -> tuple[str, ...]:
         """The codes of the till's payment methods in force, in the rule's order (the
