@@ -45,7 +45,13 @@ from crdtledger.money import (
     pieces,
     points_for,
 )
-from crdtledger.projection import WAITING_REFUNDS, handed_to, points_change, sale_share
+from crdtledger.projection import (
+    WAITING_REFUNDS,
+    handed_to,
+    handover_chain,
+    points_change,
+    sale_share,
+)
 from crdtledger.rules import Rules, points_per_yuan
 from crdtledger.writerules import COUPON_PREFIX
 
@@ -394,14 +400,16 @@ class Payments(Merges, Rules):
     def refunds_at(self, debit: Mapping[str, Any]) -> str | None:
         """The branch that refunds `debit` (a debit's row or entry): the one that made
         it, or, once that shop has handed its members' rights over (closing for good),
-        the branch it handed over to (write rule refund-own); None for a closed shop's
-        goods sale, which no branch refunds (its units went back to no shelf). The
-        counter offers a refund where it says this branch."""
+        the open branch its chain of first hand-overs ends at (SH02 -> SH01 -> SH03 once
+        SH01 closes too; write rule refund-own); None for a closed shop's goods sale,
+        which no branch refunds (its units went back to no shelf), or when the chain
+        comes back on itself (liars' hand-overs). The counter offers a refund where it
+        says this branch."""
         shop = str(debit["node"])
-        handed = handed_to(self.storage.conn, shop)
-        if handed is None:
+        links, last = handover_chain(self.storage.conn, shop)
+        if not links:
             return shop
-        return None if debit.get("goods") is not None else handed[0]
+        return None if debit.get("goods") is not None else last
 
     def refund(self, operator: str, debit_id: str, amount: int | None = None,
                reason: str = "", *, qty: int | None = None) -> dict[str, Any]:
@@ -513,25 +521,30 @@ class Payments(Merges, Rules):
             raise PermissionDenied(late)
         prior = self._refunds_of(debit_id)
         shop = str(debit["node"])
-        handed = handed_to(self.storage.conn, shop)
-        if shop == self.node and handed is not None:
+        links, last = handover_chain(self.storage.conn, shop)
+        handed = dict(links)
+        if self.node in handed:
             # Its refund rights went with its members' rights (write rule refund-own):
-            # the receiving branch's refunds would not count this one's.
+            # the next branch's refunds would not count this one's.
+            to = handed_to(self.storage.conn, self.node)
             raise PermissionDenied(f"this branch handed its members' rights over to "
-                                   f"{handed[0]} (a shop closing): its sales are refunded "
-                                   "there")
-        if shop != self.node and handed is not None and handed[0] == self.node:
+                                   f"{to[0] if to else last} (a shop closing): this sale "
+                                   f"is refunded at {last or 'no branch'}")
+        if links and last == self.node:
             if debit.get("goods") is not None:
                 raise PermissionDenied(f"a goods sale of {shop}, a shop closed, is not "
                                        "refunded here: its units went back to no shelf of "
                                        "this branch; a manager corrects the member's "
                                        "balance instead")
-            # What the shop refunded before it handed over and that still waits here
-            # for its funding counts as refunded, as every replica counts it.
-            prior += [e for e in (json.loads(b) for b, at in self.storage.conn.execute(
-                WAITING_REFUNDS, (debit_id,)).fetchall()
-                if handed[1] is None or at is None or at < handed[1])
-                if e.get("node") == shop]
+            # What the branches before this one on the chain refunded before each
+            # handed over and that still waits here for its funding counts as
+            # refunded, as every replica counts it.
+            for body, at in self.storage.conn.execute(WAITING_REFUNDS,
+                                                      (debit_id,)).fetchall():
+                e = json.loads(body)
+                before = handed.get(e.get("node"), -1)
+                if before != -1 and (before is None or at is None or at < before):
+                    prior.append(e)
         package, goods = debit.get("pay") == "package", debit.get("goods") is not None
         if goods and amount is not None:
             raise InvalidInput("a goods sale is refunded by quantity (qty): its money is "
@@ -548,13 +561,13 @@ class Payments(Merges, Rules):
             share = left if qty is None else check_count(qty, "uses" if package else "units")
         else:
             share = left if amount is None else check_amount(amount)
-        if shop != self.node and (handed is None or handed[0] != self.node):
+        if shop != self.node and (not links or last != self.node):
             # Before what is left is judged, and the quote alike: no part of it is
             # refunded here (a quote said "pays back 1.00" where the refund is refused).
-            # A closed shop's sale: at the branch it handed over to.
-            raise RefundElsewhere(shop if handed is None else handed[0], share, left,
-                                  "uses" if package else "units" if goods else "fen",
-                                  made_at=None if handed is None else shop)
+            # A closed shop's sale: at the end of its chain of hand-overs.
+            raise RefundElsewhere(shop if not links else last or "no branch", share,
+                                  left, "uses" if package else "units" if goods else "fen",
+                                  made_at=None if not links else shop)
         if share <= 0 or share > left:
             rest = (f"{left} uses" if package else f"{left} units" if goods
                     else format_yuan(left))

@@ -540,16 +540,17 @@ def _backed(conn: sqlite3.Connection, unit: list[dict[str, Any]],
       together, cash alone, each package's uses). A refund of a debit never made, or
       one given twice, or bonus given back as cash, raised its writer's rights by
       what nobody paid, and the settlement then served it from other branches'
-      prepaid lots. A closed shop's sale is refunded by the branch it first handed
-      over to (storage's handover_to), and by no other: such a refund is judged only
-      at a transaction's end (`final`: project_deferred), when every writer's records
-      applied here are a prefix of its log, so the shop's first hand-over, if held, is
-      the one noted; its room is what the shop's own refunds held here (projected or
-      waiting, from before its hand-over: all of them, once that is held) left. The
-      shop's own refunds from after its hand-over (`seq`: the position in its log of
-      the unit's record) wait for ever: the receiving branch refunds instead, and two
-      writers' refunds of one sale, each fitting alone, would be taken in whichever
-      order they came.
+      prepaid lots. A closed shop's sale is refunded by the branch its chain of first
+      hand-overs ends at (storage's handover_to, handover_chain: SH02 -> SH01 -> SH03
+      once SH01 closes too), and by no other: such a refund is judged only at a
+      transaction's end (`final`: project_deferred), when every writer's records
+      applied here are a prefix of its log, so each shop's first hand-over, if held,
+      is the one noted; its room is what the refunds of the branches before it on the
+      chain held here (projected or waiting, from before each one's hand-over: all of
+      them, once that is held) left. A writer's refunds from after its own hand-over
+      (`seq`: the position in its log of the unit's record) wait for ever: the next
+      branch on the chain refunds instead, and two writers' refunds of one sale, each
+      fitting alone, would be taken in whichever order they came.
     Either waits until that is so. (A debit or an out, once projected, stays so; a
     refund's room only shrinks as other refunds of its debit are projected, and those
     are its writer's entries of the same member, in the same queue, so taken in its
@@ -588,12 +589,13 @@ def _backed(conn: sqlite3.Connection, unit: list[dict[str, Any]],
                 given = dict(known[2])
                 for v, n in batch.given.get(ref, {}).items():
                     given[v] = given.get(v, 0) + n
-                if known[0] != e["node"]:
+                if seq is not None and _handed_before(conn, e["node"], seq):
+                    # Its writer handed over before it (the shop, or a receiver that
+                    # closed in turn): the next branch on the chain refunds instead.
+                    return False
+                if known[0] != e["node"] and (not final or not _receivers_room(
+                        conn, known[0], e["node"], ref, given)):
                     # Another branch's sale (a unit is one writer's: checked once).
-                    if not final or not _receivers_room(conn, known[0], e["node"], ref,
-                                                        given):
-                        return False
-                elif seq is not None and _handed_before(conn, known[0], seq):
                     return False
                 sales[ref] = (known[0], known[1], given)
             _writer, took, given = sales[ref]
@@ -647,6 +649,31 @@ def handed_to(conn: sqlite3.Connection, node: str) -> tuple[str, int | None] | N
     return None if row is None else (str(row[0]), row[1])
 
 
+def handover_chain(conn: sqlite3.Connection, shop: str
+                   ) -> tuple[list[tuple[str, int | None]], str | None]:
+    """The chain of first hand-overs from `shop` (SH02 -> SH01 -> SH03 when SH01,
+    having received SH02's members, closes in turn): the shops on it that handed over,
+    each with its hand-over's position in its log (handed_to), and the open branch it
+    ends at, which refunds `shop`'s sales (write rule refund-own); None there when it
+    comes back on itself (liars' hand-overs naming each other: no branch refunds).
+    Bounded: each shop is visited once."""
+    links: list[tuple[str, int | None]] = []
+    seen = {shop}
+    node = shop
+    while (got := handed_to(conn, node)) is not None:
+        links.append((node, got[1]))
+        node = got[0]
+        if node in seen:
+            return links, None
+        seen.add(node)
+    return links, node
+
+
+def refunder(conn: sqlite3.Connection, shop: str) -> str | None:
+    """The branch that refunds `shop`'s sales: the end of its chain of hand-overs."""
+    return handover_chain(conn, shop)[1]
+
+
 def _handed_before(conn: sqlite3.Connection, node: str, seq: int) -> bool:
     """Did `node` hand over before its record at `seq`?"""
     got = handed_to(conn, node)
@@ -660,21 +687,29 @@ WAITING_REFUNDS = ("SELECT body, seq FROM deferred WHERE json_extract(body, '$.r
 
 def _receivers_room(conn: sqlite3.Connection, shop: str, writer: str, ref: str,
                     given: dict[str, int]) -> bool:
-    """Is `writer` the branch `shop` first handed over to? If so, add to `given` what
-    the refunds of `shop`'s sale `ref` held here gave back beyond those `_sale` read:
-    `writer`'s projected ones, and the shop's own still waiting from before its
-    hand-over (its records before it are all here once it is: counted whether
-    projected yet or not, so that what the receiver may give is the same at every
-    replica, whichever of them is projected first)."""
-    got = handed_to(conn, shop)
-    if got is None or got[0] != writer:
+    """Is `writer` on the chain of hand-overs from `shop` (handover_chain), after it?
+    If so, add to `given` what the refunds of `shop`'s sale `ref` held here gave back
+    beyond those `_sale` read: those of each branch on the chain before `writer` and
+    after `shop` projected, `writer`'s own projected, and each earlier one's (the
+    shop's too) still waiting from before its hand-over (its records before it are all
+    here once it is: counted whether projected yet or not, so that what the receiver
+    may give is the same at every replica, whichever of them is projected first).
+    A branch on the chain that handed over in turn refunded, before that, as the last
+    open one; its refunds after it wait for ever (_backed, by `seq`)."""
+    links, last = handover_chain(conn, shop)
+    nodes = [n for n, _at in links] + ([] if last is None else [last])
+    if writer not in nodes[1:]:
         return False
-    for (body,) in conn.execute("SELECT body FROM entries WHERE ref = ? AND kind = 'refund' "
-                                "AND node = ?", (ref, writer)):
-        _refund_gives(json.loads(body), given)
+    upto = nodes.index(writer)
+    for node in nodes[1:upto + 1]:
+        for (body,) in conn.execute("SELECT body FROM entries WHERE ref = ? "
+                                    "AND kind = 'refund' AND node = ?", (ref, node)):
+            _refund_gives(json.loads(body), given)
+    handed = dict(links[:upto])
     for body, at in conn.execute(WAITING_REFUNDS, (ref,)).fetchall():
         e = json.loads(body)
-        if e.get("node") == shop and (got[1] is None or at is None or at < got[1]):
+        node = e.get("node")
+        if node in handed and (handed[node] is None or at is None or at < handed[node]):
             _refund_gives(e, given)
     return True
 

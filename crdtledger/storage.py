@@ -236,18 +236,20 @@ BEGIN
     INSERT OR IGNORE INTO funding_moved VALUES (json_extract(OLD.body, '$.member'));
 END;
 -- A receiving branch's refunds of a closed shop's sales wait for its hand-over
--- (projection._backed): judged again once it is noted.
+-- (projection._backed): judged again once it is noted. Any hand-over noted wakes
+-- them all, not only those of the branch it names: at the end of a chain of them
+-- (SH02 -> SH01 -> SH03) the last link to arrive may be the first (SH02's).
 CREATE TEMP TRIGGER IF NOT EXISTS funding_moved_handover AFTER INSERT ON main.handover_to
 WHEN EXISTS (SELECT 1 FROM main.deferred) BEGIN
     INSERT OR IGNORE INTO funding_moved SELECT json_extract(body, '$.member')
         FROM main.deferred WHERE json_extract(body, '$.kind') = 'refund'
-        AND json_extract(body, '$.node') = NEW."to";
+        AND json_extract(body, '$.handover') IS NOT NULL;
 END;
 CREATE TEMP TRIGGER IF NOT EXISTS funding_moved_handover_moved AFTER UPDATE ON main.handover_to
 WHEN EXISTS (SELECT 1 FROM main.deferred) BEGIN
     INSERT OR IGNORE INTO funding_moved SELECT json_extract(body, '$.member')
         FROM main.deferred WHERE json_extract(body, '$.kind') = 'refund'
-        AND json_extract(body, '$.node') = NEW."to";
+        AND json_extract(body, '$.handover') IS NOT NULL;
 END;
 """
 

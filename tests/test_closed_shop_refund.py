@@ -328,3 +328,84 @@ async def test_the_counter_offers_the_refund_of_a_closed_shops_sale_where_it_is_
             "SELECT id FROM entries WHERE kind = 'refund'").fetchone()[0])["ref"] == sale["id"]
     finally:
         b.close()
+
+
+def test_a_chain_of_hand_overs_passes_the_refund_on_to_its_last_open_branch(
+        tmp_path: Path) -> None:
+    """SH02 sells 80.00 and closes, handing over to SH01; SH01 closes in turn, handing
+    over to SH03. The sale is refunded at SH03 and nowhere else (SH01 and SH02 refuse,
+    naming SH03; a liar's refund by SH01 after its hand-over waits for ever). SH04 gets
+    the records in the worst order: SH03's refund, then SH01's hand-over, then SH02's
+    (which moves another member's rights only, so only the last link noted wakes the
+    refund): it waits, then is taken, as at every replica."""
+    clock = FakeClock(FEB_25)
+    names = ("SH01", "SH02", "SH03", "SH04")
+    a, b, c, d = (new_ledger(tmp_path, n, now_ms=clock) for n in names)
+    try:
+        name_branches(a, *names)
+        a.set_rule(a.owner, "refunds", {"days": 30}, effective_from="2025-01-01")
+        m = a.add_member(a.owner, name="王芳", phone="13800001111")
+        other = a.add_member(a.owner, name="李明", phone="13800002222")
+        a.topup(a.owner, m, 10_000)
+        a.topup(a.owner, other, 1_000)
+        a.transfer_rights(a.owner, m, "SH02", 8_000)
+        a.transfer_rights(a.owner, other, "SH02", 1_000)
+        for x in (b, c, d):
+            sync(a, x)
+        sale = b.debit(b.owner, m, amount=8_000)["id"]  # all she held at SH02
+        for x in (a, c, d):
+            sync(b, x)
+        b.hand_over_rights(b.owner, "SH01")  # moves only the other member's rights
+        sync(a, b)
+        a.hand_over_rights(a.owner, "SH03")
+        clock.advance_days(6)
+        sync(a, c)
+        sync(b, c)
+        for x in (a, b):  # the closed shops (SH04, not yet in step, names SH02)
+            with pytest.raises(PermissionDenied, match="SH03"):
+                x.refund(x.owner, sale)
+        assert c.refunds_at(c._debit(sale)) == "SH03"
+        back = c.refund(c.owner, sale, reason="门店关闭")
+        assert (back["amount"], back["handover"]) == (8_000, "SH02")
+        assert views.balance(c.storage.conn, m)["cash"] == 10_000
+        # SH01, lying after its own hand-over, refunds the sale too.
+        lie = a._entry("refund", m, deltas=[("cash", "SH01", 8_000)], amount=8_000,
+                       ref=sale, handover="SH02", op=a.owner)
+        a._commit(lambda: ([a._entry_write(lie)], lie))
+        # SH04: the refund first, then the links of the chain, last one first.
+        _records_of(c, d, "SH03")
+        _records_of(a, d, "SH01")
+        conn = d.storage.conn
+        assert conn.execute("SELECT COUNT(*) FROM deferred WHERE json_extract(body, "
+                            "'$.kind') = 'refund'").fetchone()[0] == 2
+        _records_of(b, d, "SH02")
+        assert views.balance(conn, m)["cash"] == 10_000
+        for x in (a, b, c, d):
+            for y in (a, b, c, d):
+                if x is not y:
+                    sync(x, y)
+        # (The liar's own store took its refund, as the liars' tests above leave it.)
+        assert _books(b, m) == _books(c, m) == _books(d, m)
+        assert _books(d, m)["waiting"] == 1  # the liar's, for ever
+        assert _books(d, m)["refunds"] == [("SH03", 8_000)]
+        with pytest.raises(RefundElsewhere, match="SH03"):
+            d.refund(d.owner, sale)
+        assert [audit.unprojected(x) for x in (b, c, d)] == [{}, {}, {}]
+    finally:
+        for x in (a, b, c, d):
+            x.close()
+
+
+def test_liars_hand_overs_naming_each_other_end_nowhere(shops: Any) -> None:
+    """SH02 handed over to SH01; a hand-over noted from SH01 back to SH02 (a liar's)
+    makes a cycle: the chain is walked once round, and no branch refunds the sale."""
+    a, b, c, sale = shops["a"], shops["b"], shops["c"], shops["sale"]
+    sync(a, b)
+    sync(b, c)
+    for x in (a, c):
+        x.storage.conn.execute('INSERT INTO handover_to VALUES (\'SH01\', \'SH02\', NULL)')
+        assert x.refunds_at(x._debit(sale)) is None
+    with pytest.raises(PermissionDenied, match="no branch"):
+        a.refund(a.owner, sale)
+    with pytest.raises(RefundElsewhere, match="no branch"):
+        c.refund(c.owner, sale)
