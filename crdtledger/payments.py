@@ -401,15 +401,12 @@ class Payments(Merges, Rules):
         """The branch that refunds `debit` (a debit's row or entry): the one that made
         it, or, once that shop has handed its members' rights over (closing for good),
         the open branch its chain of first hand-overs ends at (SH02 -> SH01 -> SH03 once
-        SH01 closes too; write rule refund-own); None for a closed shop's goods sale,
-        which no branch refunds (its units went back to no shelf), or when the chain
-        comes back on itself (liars' hand-overs). The counter offers a refund where it
-        says this branch."""
+        SH01 closes too; write rule refund-own; a goods sale's units come back onto
+        its shelf); None when the chain comes back on itself (liars' hand-overs). The
+        counter offers a refund where it says this branch."""
         shop = str(debit["node"])
         links, last = handover_chain(self.storage.conn, shop)
-        if not links:
-            return shop
-        return None if debit.get("goods") is not None else last
+        return shop if not links else last
 
     def refund(self, operator: str, debit_id: str, amount: int | None = None,
                reason: str = "", *, qty: int | None = None) -> dict[str, Any]:
@@ -531,11 +528,8 @@ class Payments(Merges, Rules):
                                    f"{to[0] if to else last} (a shop closing): this sale "
                                    f"is refunded at {last or 'no branch'}")
         if links and last == self.node:
-            if debit.get("goods") is not None:
-                raise PermissionDenied(f"a goods sale of {shop}, a shop closed, is not "
-                                       "refunded here: its units went back to no shelf of "
-                                       "this branch; a manager corrects the member's "
-                                       "balance instead")
+            # (A goods sale's units come back onto this branch's shelf, as its own
+            # sale's would: Goods._refund_stock, counted by views.goods_ranking.)
             # What the branches before this one on the chain refunded before each
             # handed over and that still waits here for its funding counts as
             # refunded, as every replica counts it.

@@ -1225,6 +1225,15 @@ def stock_levels(ledger: Ledger, branch: str | None = None, *, low_only: bool = 
 # not a write rule: a branch of an older version takes such an entry in as before,
 # and no two versions disagree on which records are accepted.
 OWN_SALE_STOCK = "s.node = d.node"
+# But a closed shop's sale is refunded by the branch its chain of hand-overs ends at
+# (write rule refund-own), its units back on that branch's shelf: that branch's
+# `refund` stock entries naming the sale count too, once its refund of the sale is
+# projected here (judged alike at every replica, projection._backed), so that the
+# goods report takes back the units its stock figures got back. (`s.reason`: the
+# goods report's column.)
+RECEIVER_SALE_STOCK = ("(s.reason = 'refund' AND EXISTS (SELECT 1 FROM entries r "
+                       "WHERE r.ref = d.id AND r.kind = 'refund' AND r.node = s.node "
+                       "AND json_extract(r.body, '$.handover') = d.node))")
 
 
 def sale_stock(conn: sqlite3.Connection, sale: str, reason: str) -> tuple[int, int]:
@@ -1271,7 +1280,7 @@ def goods_ranking(ledger: Ledger, by: str = "sales", start: str | None = None,
             "json_extract(body, '$.qty') AS qty, amount, ref, node FROM entries "
             f"WHERE {where} AND kind = 'stock') s JOIN entries d ON d.id = s.ref "
             "WHERE d.kind = 'debit' AND s.reason IN ('sale', 'refund') "
-            f"AND {OWN_SALE_STOCK} GROUP BY d.id, s.reason",
+            f"AND ({OWN_SALE_STOCK} OR {RECEIVER_SALE_STOCK}) GROUP BY d.id, s.reason",
             args):
         if reason == "sale":
             add(code, qty, paid, cost)

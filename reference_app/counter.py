@@ -1572,11 +1572,11 @@ class MemberPanel:
         elif left <= 0:
             ui.label(tr("已全部退款", "refunded")).classes("text-sm text-gray-500") \
                 .mark("refunded")
-        elif (at := s.ledger.refunds_at(e)) is None:  # a closed shop's goods sale
+        elif (at := s.ledger.refunds_at(e)) is None:  # hand-overs naming each other
             ui.label(tr("门店已关闭", "shop closed")).classes("text-sm text-gray-500") \
                 .mark("refund-elsewhere") \
-                .tooltip(tr("这笔商品消费的门店已关闭，不能退款；请经理调整会员余额。",
-                            "This goods sale's shop has closed: it cannot be refunded; a "
+                .tooltip(tr("这笔消费的门店已关闭，没有门店可以退款；请经理调整会员余额。",
+                            "This sale's shop has closed and no branch can refund it; a "
                             "manager corrects the member's balance instead."))
         elif at != here:
             # A closed shop's sales are refunded at the branch it handed over to.

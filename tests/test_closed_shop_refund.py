@@ -22,6 +22,7 @@ from app_fixtures import OWNER, CounterApp
 from conftest import Cli
 from helpers import FakeClock, name_branches, new_ledger, sync
 from test_api import BOSS_PW, serving, with_operators
+from test_goods_refund import stock_rows
 from test_handover import exchange, out
 
 from crdtledger import audit, views
@@ -409,3 +410,49 @@ def test_liars_hand_overs_naming_each_other_end_nowhere(shops: Any) -> None:
         a.refund(a.owner, sale)
     with pytest.raises(RefundElsewhere, match="no branch"):
         c.refund(c.owner, sale)
+
+
+def test_the_receiving_branch_refunds_a_closed_shops_goods_sale_onto_its_shelf(
+        tmp_path: Path) -> None:
+    """SH02 sells two bottles from its shelf and closes, handing over to SH01, which
+    refunds them: the money and the points come back, the two bottles go onto SH01's
+    shelf (SH02's three left stay where they are), and the goods report of every
+    replica takes the sale back, as its stock figures do. SH03 takes SH01's refund
+    before SH02's hand-over: it waits, then every book agrees."""
+    clock = FakeClock(FEB_25)
+    a, b, c = (new_ledger(tmp_path, n, now_ms=clock) for n in ("SH01", "SH02", "SH03"))
+    try:
+        name_branches(a, "SH01", "SH02", "SH03")
+        a.set_rule(a.owner, "refunds", {"days": 30}, effective_from="2025-01-01")
+        a.add_goods(a.owner, "G01", "精油", 3_000, 1_200, unit="瓶")
+        m = a.add_member(a.owner, name="王芳", phone="13800001111")
+        a.topup(a.owner, m, 10_000)
+        a.transfer_rights(a.owner, m, "SH02", 8_000)
+        for x in (b, c):
+            sync(a, x)
+        b.stock_in(b.owner, "G01", 5)
+        sale = b.sell_goods(b.owner, "G01", 2, member=m)["id"]
+        for x in (a, c):
+            sync(b, x)
+        b.hand_over_rights(b.owner, "SH01")
+        clock.advance_days(6)
+        sync(a, b)
+        assert a.refunds_at(a._debit(sale)) == "SH01"
+        back = a.refund(a.owner, sale, reason="门店关闭")
+        assert (back["qty"], back["amount"], back["handover"]) == (2, 6_000, "SH02")
+        assert a.stock_of("G01")["qty"] == 2 and a.stock_of("G01", "SH02")["qty"] == 3
+        assert views.balance(a.storage.conn, m)["cash"] == 10_000
+        _records_of(a, c, "SH01")  # the refund before the hand-over
+        sync(b, c)
+        sync(a, c)
+        for x in (a, b, c):
+            assert views.goods_ranking(x, "sales") == [
+                {"code": "G01", "name": "精油", "qty": 0, "sales": 0, "cost": 0,
+                 "profit": 0}]
+            assert x.stock_of("G01", "SH01")["qty"] == 2
+        assert stock_rows(a) == stock_rows(b) == stock_rows(c)
+        assert _books(a, m) == _books(b, m) == _books(c, m)
+        assert [audit.unprojected(x) for x in (a, b, c)] == [{}, {}, {}]
+    finally:
+        for x in (a, b, c):
+            x.close()
