@@ -36,9 +36,11 @@ CLOCK_MOVED = "clock_moved"
 
 
 @lru_cache(maxsize=1)
+@lru_cache(maxsize=1)
 def _boot_id() -> str | None:
     """This machine's boot (Linux), None where there is none to read: the clock moved
-    by hand is then kept within one process only."""
+    by hand is then kept within one process only. Read once: a process outlives no
+    boot, and every sale asks (Rules.rules_day)."""
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text(encoding="ascii").strip()
     except (OSError, ValueError):
