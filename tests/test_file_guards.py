@@ -460,7 +460,20 @@ def _stalled_export(tmp_path: Path, data: Path, *args: Any) -> Any:
     return proc
 
 
-@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/self/fd")
+def _killed_export(tmp_path: Path, data: Path, where: Path, name: str, *args: Any) -> str:
+    """An export stalled after its `.part` is written and synced, then killed with
+    SIGKILL: the name of the one `.part` it left in `where` (no file at `name`)."""
+    import signal
+
+    killed = _stalled_export(tmp_path, data, *args)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    left = [p.name for p in where.iterdir()]
+    assert len(left) == 1 and left[0].startswith(f"{name}.") and left[0].endswith(".part")
+    assert (where / left[0]).stat().st_size > 0 and not (where / name).exists()
+    return left[0]
+
+
 def test_an_export_sweeps_the_part_files_killed_exports_left(
         cli: Cli, tmp_path: Path) -> None:
     """A real `export --out` killed with SIGKILL part-way left `hq.sync.<8 hex>.part`
@@ -477,12 +490,7 @@ def test_an_export_sweeps_the_part_files_killed_exports_left(
     stick = tmp_path / "stick"
     stick.mkdir()
     out = stick / "hq.sync"
-    killed = _stalled_export(tmp_path, data, "export", "--out", out)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    left = [p.name for p in stick.iterdir()]
-    assert len(left) == 1 and left[0].startswith("hq.sync.") and left[0].endswith(".part")
-    assert (stick / left[0]).stat().st_size > 0 and not out.exists()
+    left = [_killed_export(tmp_path, data, stick, "hq.sync", "export", "--out", out)]
     # Running meanwhile: another branch's export to that name (one store is locked by
     # the export that runs on it).
     running = _stalled_export(tmp_path, _node(cli, tmp_path, chain, "SH02"),
@@ -514,22 +522,16 @@ def test_an_export_sweeps_the_part_files_killed_exports_left(
     assert held[0] not in {p.name for p in stick.iterdir()}
 
 
-@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads /proc/self/fd")
 def test_a_backup_killed_part_way_is_swept_by_the_next_backup_there(
         cli: Cli, tmp_path: Path) -> None:
     """The nightly `backup --out` killed part-way left `ledger.backup.<8 hex>.part` on
     the stick; the next backup into that directory (the killed one made no backup, so
     it is still an empty target) removes it and writes its own."""
-    import signal
 
     chain = _chain(cli, tmp_path)
     data = _node(cli, tmp_path, chain)
     target = tmp_path / "bk"
-    killed = _stalled_export(tmp_path, data, "backup", "--out", target)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    left = [p.name for p in target.iterdir()]
-    assert len(left) == 1 and left[0].startswith("ledger.backup.") and left[0].endswith(".part")
+    _killed_export(tmp_path, data, target, "ledger.backup", "backup", "--out", target)
     r = cli("backup", "--out", target, data=data)
     assert r.code == 0, r.err
     assert [p.name for p in target.iterdir()] == ["ledger.backup"]
