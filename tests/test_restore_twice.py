@@ -129,13 +129,9 @@ def test_the_owner_lets_the_second_sell_once_the_first_is_gone(
         assert _cash(hq, m) == _cash(b, m) == START - AT_STAKE - 50 * YUAN
 
 
-def test_the_pc_a_backup_was_taken_from_stops_when_its_restore_sells(
-        tmp_path: Path, chain: tuple[Ledger, Ledger, Ledger, str]) -> None:
-    """The backup restored on a second PC while the first still runs: the restore
-    cannot tell a running PC from a dead one, so it sells once caught up; the first PC,
-    handed the restore's records, stops selling, says so, and `status` says another PC
-    runs as the branch. No fork: its next sale would have been one."""
-    a, b, hq, m = chain
+def _restored_and_caught_up(tmp_path: Path, a: Ledger, hq: Ledger, m: str) -> Ledger:
+    """SH01 backed up, then a sale of 10.00 that HQ holds; the backup restored on a
+    new PC and caught up from HQ's file (its wait ended)."""
     bk = tmp_path / "bk"
     write_backup(a.storage.dir, bk)
     a.debit(a.owner, m, amount=10 * YUAN)
@@ -143,7 +139,22 @@ def test_the_pc_a_backup_was_taken_from_stops_when_its_restore_sells(
     r = _restore(tmp_path, bk, "new-pc")
     try:
         import_file(r, _hq_file(tmp_path, hq, "hq-1"))
-        assert r.restored is None
+    except BaseException:
+        r.close()
+        raise
+    assert r.restored is None
+    return r
+
+
+def test_the_pc_a_backup_was_taken_from_stops_when_its_restore_sells(
+        tmp_path: Path, chain: tuple[Ledger, Ledger, Ledger, str]) -> None:
+    """The backup restored on a second PC while the first still runs: the restore
+    cannot tell a running PC from a dead one, so it sells once caught up; the first PC,
+    handed the restore's records, stops selling, says so, and `status` says another PC
+    runs as the branch. No fork: its next sale would have been one."""
+    a, b, hq, m = chain
+    r = _restored_and_caught_up(tmp_path, a, hq, m)
+    try:
         r.debit(r.owner, m, amount=AT_STAKE)
         sync(r, hq)
         sync(hq, a)  # the first PC hears of it
@@ -179,14 +190,8 @@ def test_a_restore_sees_the_pc_it_was_taken_from_still_writing(
     (under the backup's epoch, not its own): the first still runs, so the restore
     stops, and sells nothing that would fork."""
     a, b, hq, m = chain
-    bk = tmp_path / "bk"
-    write_backup(a.storage.dir, bk)
-    a.debit(a.owner, m, amount=10 * YUAN)
-    sync(a, hq)
-    r = _restore(tmp_path, bk, "new-pc")
+    r = _restored_and_caught_up(tmp_path, a, hq, m)
     try:
-        import_file(r, _hq_file(tmp_path, hq, "hq-1"))
-        assert r.restored is None
         a.debit(a.owner, m, amount=AT_STAKE)
         sync(a, b)
         sync(b, r)
