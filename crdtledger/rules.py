@@ -31,11 +31,11 @@ from crdtledger.model import (
 from crdtledger.money import check_amount
 
 # The store's meta key of what Rules._moved_by_hand keeps: this machine's boot, its
-# clock minus the boot clock then, how far it had been put forward by hand.
+# clock minus the boot clock then, how far it had been put forward by hand; and the
+# hold of the rules (Rules._held_high: "held", "seen", "seen_moved").
 CLOCK_MOVED = "clock_moved"
 
 
-@lru_cache(maxsize=1)
 @lru_cache(maxsize=1)
 def _boot_id() -> str | None:
     """This machine's boot (Linux), None where there is none to read: the clock moved
@@ -54,6 +54,23 @@ def _kept_moved(text: str | None) -> dict[str, Any]:
     except ValueError:
         return {}
     return kept if isinstance(kept, dict) else {}
+
+
+def _kept_held(kept: dict[str, Any]) -> tuple[int, int, int] | None:
+    """The hold of the rules a process kept (Rules._keep_held): held, seen, seen_moved,
+    each a whole number of ms from 0; None for none kept (a store from before it) or
+    anything else there."""
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+               for v in (kept.get(k) for k in ("held", "seen", "seen_moved"))):
+        return None
+    return kept["held"], kept["seen"], kept["seen_moved"]
+
+
+def _held_steady(held: tuple[int, int, int] | None) -> bool:
+    """A hold the next process reads as the whole high water it finds, as it reads none:
+    the clock not moved at the last look, nor the furthest reading held below it. An
+    honest PC's always is, so its sales write no more than they did."""
+    return held is None or (held[0] == held[1] and held[2] == 0)
 
 
 # The highest `rev` a version may carry (a billion versions of one rule kind): honest
@@ -82,10 +99,14 @@ class Rules(Auth):
     # The furthest this store has read that was not read on a clock put forward by
     # hand (`_moved_by_hand`): the high water this process found, and each later rise
     # of it less how far the clock stood moved when it rose. With the high water then
-    # and how far the clock stood moved then.
+    # and how far the clock stood moved then. Kept in the store too (`_keep_held`), and
+    # taken up by the next process at its first look: the command line runs one
+    # operation a process, and each took the high water minted while moved as held.
     _held_high: int = 0
     _seen_high: int | None = None
     _seen_moved: int = 0
+    # The CLOCK_MOVED text last read by `_keep_held`, and its hold (`_kept_held`).
+    _held_read: tuple[str | None, tuple[int, int, int] | None] = (None, None)
 
     # --- rules --------------------------------------------------------------
 
@@ -134,7 +155,9 @@ class Rules(Auth):
         (`rule`'s default, a sale's rules, a coupon's first day), so one sale never
         mixes two days' rules. The furthest reading counts less how far the clock stood
         put forward when it was read: put forward a week, one sale, and set back, the
-        PC read next week's rules until next week."""
+        PC read next week's rules until next week. Kept in the store (CLOCK_MOVED), as
+        how far the clock was moved is: the command line's next process, one operation
+        a process, holds to the same day as the running node."""
         clock = self.clock
         at = clock.next_ms()
         if today is None:
@@ -191,6 +214,12 @@ class Rules(Auth):
             if boot is not None and kept.get("boot") == boot and isinstance(kept.get("gap"),
                                                                              int):
                 clock.gap_ms = kept["gap"]
+        if self._seen_high is None:  # this process's first look: where the last left off
+            held = _kept_held(kept)
+            if held is not None:
+                self._held_high = max(self._held_high, held[0])
+                self._seen_high, self._seen_moved = held[1], held[2]
+            self.storage.before_commit.append(self._keep_held)
         moved = clock.moved_by_hand()
         vouched = self.clock_vouched
         if moved and (vouched or self.clock_confirmed_today()):
@@ -208,8 +237,33 @@ class Rules(Auth):
                                 or abs(kept["gap"] - gap) > CLOCK_OFF_LIMIT_MS):
             with self.storage.transaction():
                 self.storage.set_meta(CLOCK_MOVED, json.dumps(
-                    {"boot": boot, "gap": gap, "moved": moved}))
+                    {"boot": boot, "gap": gap, "moved": moved, **self._rules_hold()}))
         return moved
+
+    def _rules_hold(self) -> dict[str, int]:
+        return {"held": self._held_high, "seen": self._seen_high or 0,
+                "seen_moved": self._seen_moved}
+
+    def _keep_held(self) -> None:
+        """Before each commit: the hold of the rules as this process's last look left it,
+        kept in CLOCK_MOVED, so the next process takes the high water minted since less
+        how far the clock stood moved then, as this one would. Only in a transaction
+        that commits (a refused sale, a read of the rules, write nothing), and only
+        when the next process would read it otherwise (`_held_steady`): compared, not
+        parsed, on every commit."""
+        if self._seen_high is None:
+            return
+        text = self.storage.meta.get(CLOCK_MOVED)
+        if self._held_read[0] != text:
+            self._held_read = (text, _kept_held(_kept_moved(text)))
+        hold = (self._held_high, self._seen_high, self._seen_moved)
+        kept = self._held_read[1]
+        if hold == kept or (_held_steady(hold) and _held_steady(kept)):
+            return
+        text = json.dumps({**{k: v for k, v in _kept_moved(text).items()
+                              if k in ("boot", "gap", "moved")}, **self._rules_hold()})
+        self.storage.set_meta(CLOCK_MOVED, text)
+        self._held_read = (text, hold)
 
     def _local_minute(self, unmoved: bool = False) -> str:
         """Now in the chain's time zone, to the minute, as activities' windows are: the

@@ -106,6 +106,85 @@ def test_put_forward_a_sale_and_set_back_next_weeks_promotion_waits(
     assert shop.balance(m)["bonus"] == 0 and shop.rules_day() == today
 
 
+def next_process(tmp_path: Path, clock: FakeClock, boot: BootClock) -> Ledger:
+    """The command line's next process on the same store (one operation a process),
+    on the same boot."""
+    ledger = Ledger.open(tmp_path / "sh01", now_ms=clock)
+    ledger.clock.since_boot_ms = boot
+    return ledger
+
+
+def test_next_weeks_promotion_waits_in_the_next_process_too(
+        tmp_path: Path, clock: FakeClock, boot: BootClock) -> None:
+    """Through the command line, one operation a process: put forward a week, one
+    sale, and the next process, the clock still moved, gave next week's promotion
+    (3,000 fen on a 500.00 top-up); the clock set back, the one after gave it again.
+    The hold of the rules lived in the running process only (Rules._held_high)."""
+    shop = new_ledger(tmp_path, "SH01", now_ms=clock)
+    shop.clock.since_boot_ms = boot
+    o = shop.owner
+    m = shop.add_member(o, name="张伟", phone="13800138000")
+    cashier = shop.add_operator(o, "alice", "secret1", roles=["cashier"])
+    today = shop.today()
+    shop.set_rule(o, "promotions", PROMO, effective_from=day_after(today, 7))
+    shop.topup(cashier, m, 10000)  # the till at work before the clock is moved
+    shop.close()
+    put_forward(clock, boot, 7)
+    shop = next_process(tmp_path, clock, boot)
+    try:
+        assert entry_day(shop, shop.debit(cashier, m, amount=100)) == day_after(today, 7)
+    finally:
+        shop.close()
+    shop = next_process(tmp_path, clock, boot)
+    try:  # still put forward
+        shop.topup(cashier, m, 50000)
+        assert shop.balance(m)["bonus"] == 0 and shop.rules_day() == today
+    finally:
+        shop.close()
+    clock.advance_days(-7)
+    shop = next_process(tmp_path, clock, boot)
+    try:  # set back
+        assert shop.today() == today
+        shop.topup(cashier, m, 50000)
+        assert shop.balance(m)["bonus"] == 0 and shop.rules_day() == today
+    finally:
+        shop.close()
+
+
+def test_an_operator_confirms_a_clock_put_forward_in_the_next_process(
+        tmp_path: Path, clock: FakeClock, boot: BootClock) -> None:
+    """An honest owner set the clock right forward a week and sold: the next process
+    reads the day it was at, as the running one does, until a manager confirms the
+    clock; then that day's promotion."""
+    shop = new_ledger(tmp_path, "SH01", now_ms=clock)
+    shop.clock.since_boot_ms = boot
+    o = shop.owner
+    m = shop.add_member(o, name="张伟", phone="13800138000")
+    today = shop.today()
+    shop.set_rule(o, "promotions", PROMO, effective_from=day_after(today, 7))
+    shop.topup(o, m, 10000)
+    shop.close()
+    put_forward(clock, boot, 7)
+    for _ in range(2):
+        shop = next_process(tmp_path, clock, boot)
+        try:
+            shop.topup(o, m, 50000)
+            assert shop.balance(m)["bonus"] == 0 and shop.rules_day() == today
+        finally:
+            shop.close()
+    shop = next_process(tmp_path, clock, boot)
+    try:
+        shop.confirm_clock(o)
+    finally:
+        shop.close()
+    shop = next_process(tmp_path, clock, boot)
+    try:
+        shop.topup(o, m, 50000)
+        assert shop.balance(m)["bonus"] == 3000 and shop.rules_day() == day_after(today, 7)
+    finally:
+        shop.close()
+
+
 def test_a_clock_ahead_before_it_was_watched_still_holds_its_rules_when_set_back(
         shop: Ledger, clock: FakeClock, boot: BootClock) -> None:
     """Unchanged: a PC whose clock was two days ahead when the store first read it,
