@@ -691,6 +691,18 @@ class Payments(Merges, Rules):
                 moved[purse] = moved.get(purse, 0) + e["amount"]
                 members.add(e["member"])
             entries += len(batch)
+        if handed is None and not entries:
+            # A shop holding nothing (its members' value all spent, or it only sold at
+            # the till) still names its receiver: its first hand-over record is what
+            # makes that branch refund its sales (write rule refund-own) and keeps the
+            # rebalancer from sending it rights. A transfer of nothing, of its walk-in
+            # customer: it moves no rights (transfer-balanced, amount-moved hold).
+            def mark() -> tuple[list[Write], dict[str, Any]]:
+                e = self._entry("transfer", walk_in(self.node), to=to, op=operator,
+                                reason=HANDOVER_REASON)
+                return [self._entry_write(e)], e
+            self._commit(mark)
+            entries = 1
         return {"to": to, "members": len(members), "entries": entries, "moved": moved}
 
     def _require_branch(self, to: str, what: str, *, unmet_ok: bool = False) -> None:

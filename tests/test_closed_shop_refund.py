@@ -456,3 +456,59 @@ def test_the_receiving_branch_refunds_a_closed_shops_goods_sale_onto_its_shelf(
     finally:
         for x in (a, b, c):
             x.close()
+
+
+def test_a_shop_holding_no_rights_still_hands_over_and_its_till_sale_is_refunded(
+        tmp_path: Path) -> None:
+    """SH02 sold only at its till (50.00 in cash to a walk-in customer) and spent all
+    of the 80.00 of a member's value it was given, so it holds no rights when it closes.
+    Its hand-over still names SH01, once: SH01 refunds both sales, SH02 refuses its
+    own, SH03 (handed nothing) refuses and says SH01, and every replica agrees. It
+    wrote no hand-over before, so its customers were turned away at every branch."""
+    clock = FakeClock(FEB_25)
+    a, b, c = (new_ledger(tmp_path, n, now_ms=clock) for n in ("SH01", "SH02", "SH03"))
+    try:
+        name_branches(a, "SH01", "SH02", "SH03")
+        a.set_rule(a.owner, "refunds", {"days": 30}, effective_from="2025-01-01")
+        # No points earned: they would be rights it holds.
+        a.set_rule(a.owner, "earn", {"points_per_yuan": "0", "expire_days": 365},
+                   effective_from="2025-01-01")
+        m = a.add_member(a.owner, name="王芳", phone="13800001111")
+        a.topup(a.owner, m, 10_000)
+        a.transfer_rights(a.owner, m, "SH02", 8_000)
+        for x in (b, c):
+            sync(a, x)
+        till = b.debit(b.owner, amount=5_000, pay="cash")["id"]
+        sale = b.debit(b.owner, m, amount=8_000)["id"]  # all it held
+        assert views.rights_summary(b, "SH02")["held"] == {}
+        done = b.hand_over_rights(b.owner, "SH01")
+        assert (done["members"], done["moved"], done["entries"]) == (0, {}, 1)
+        # The first hand-over stands: not another branch, and nothing written twice.
+        with pytest.raises(InvalidInput, match="SH01"):
+            b.hand_over_rights(b.owner, "SH03")
+        assert b.hand_over_rights(b.owner, "SH01")["entries"] == 0
+        with pytest.raises(PermissionDenied, match="SH01"):
+            b.refund(b.owner, till)
+        clock.advance_days(6)  # 3 March: inside the refund period
+        for x in (a, c):
+            sync(b, x)
+        with pytest.raises(RefundElsewhere, match="SH01"):
+            c.refund(c.owner, till)
+        assert a.refunds_at(a._debit(till)) == c.refunds_at(c._debit(till)) == "SH01"
+        back = a.refund(a.owner, till, reason="门店关闭")
+        assert (back["amount"], back["handover"]) == (5_000, "SH02")
+        assert a.refund(a.owner, sale)["amount"] == 8_000
+        day = views.daily_report(a, "2026-03-03", "SH01")
+        assert (day["refunds"], day["till_by_method"]) == (13_000, {"cash": -5_000})
+        assert views.balance(a.storage.conn, m)["cash"] == 10_000
+        # The hand-over moved nothing: no branch's rights or balances changed by it.
+        assert views.rights_summary(a, "SH02")["held"] == {}
+        assert "SH02" in views.handed_over(a)
+        for x in (b, c):
+            sync(a, x)
+        assert _books(a, m) == _books(b, m) == _books(c, m)
+        assert _books(c, m)["waiting"] == 0
+        assert [audit.unprojected(x) for x in (a, b, c)] == [{}, {}, {}]
+    finally:
+        for x in (a, b, c):
+            x.close()

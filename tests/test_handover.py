@@ -22,7 +22,7 @@ from helpers import data_snapshot, name_branches, new_ledger, sync
 from crdtledger import views
 from crdtledger.errors import InvalidInput
 from crdtledger.ledger import Ledger
-from crdtledger.payments import HANDOVER_BATCH
+from crdtledger.payments import HANDOVER_BATCH, walk_in
 
 
 @pytest.fixture
@@ -145,13 +145,23 @@ def test_a_handover_of_many_members_goes_in_commits_of_a_batch(tmp_path: Path) -
 
 
 def test_a_store_holding_nothing_hands_over_nothing(tmp_path: Path) -> None:
+    """It moves nothing, but its first hand-over is still written, naming the branch
+    that refunds its sales from then on: one record, a transfer of nothing (of its
+    walk-in customer); run again, nothing more."""
     a = new_ledger(tmp_path, "SH01")
     try:
         name_branches(a, "SH01", "SH02")
         seq = a.storage.log.positions().get("SH01", 0)
         assert a.hand_over_rights(a.owner, "SH02") == {
-            "to": "SH02", "members": 0, "entries": 0, "moved": {}}
-        assert a.storage.log.positions().get("SH01", 0) == seq
+            "to": "SH02", "members": 0, "entries": 1, "moved": {}}
+        assert a.storage.log.positions().get("SH01", 0) == seq + 1
+        [e] = views.newest_entries(a, "SH01", "transfer", limit=5)
+        assert (e["member"], e["to"], e["reason"], e["amount"], e["deltas"]) == (
+            walk_in("SH01"), "SH02", "handover", 0, [])
+        assert views.rights_summary(a, "SH02")["held"] == {}
+        assert a.refunds_at({"node": "SH01"}) == "SH02"
+        assert a.hand_over_rights(a.owner, "SH02")["entries"] == 0
+        assert a.storage.log.positions().get("SH01", 0) == seq + 1
     finally:
         a.close()
 
