@@ -512,3 +512,21 @@ def test_a_shop_holding_no_rights_still_hands_over_and_its_till_sale_is_refunded
     finally:
         for x in (a, b, c):
             x.close()
+
+
+def test_the_command_line_hands_over_a_shop_holding_nothing_and_its_receiver_refunds(
+        cli: Cli, closing_chain: dict[str, Path], tmp_path: Path) -> None:
+    """Sealed sync files: SH01 sold 30.00 in cash at its till and holds no rights; its
+    hand-over to SH02 writes one record, and SH02 refunds the sale, HQ and SH01 not."""
+    sh01, sh02, hq = (closing_chain[n] for n in ("SH01", "SH02", "HQ"))
+    dirs = {"HQ": hq, "SH01": sh01, "SH02": sh02}
+    sale = out(cli, "debit", "--amount", "30.00", "--pay", "cash", data=sh01)["id"]
+    assert out(cli, "rights", "held", data=sh01)["held"] == {}
+    done = out(cli, "rights", "handover", "--to", "SH02", data=sh01)
+    assert (done["entries"], done["moved"]) == (1, {})
+    exchange(cli, tmp_path, dirs)
+    for d in (hq, sh01):
+        r = cli("refund", "--debit", sale, data=d)
+        assert r.code != 0 and "SH02" in r.err, r
+    back = out(cli, "refund", "--debit", sale, data=sh02)
+    assert (back["amount"], back["handover"]) == (3_000, "SH01")
