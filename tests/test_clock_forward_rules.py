@@ -66,14 +66,21 @@ def shop(tmp_path: Path, clock: FakeClock, boot: BootClock) -> Any:
     ledger.close()
 
 
-def test_next_weeks_promotion_is_not_taken_on_a_clock_put_forward(
-        shop: Ledger, clock: FakeClock, boot: BootClock) -> None:
+def promotion_next_week(shop: Ledger) -> tuple[str, str, str, str]:
+    """The owner, a member, a cashier and today, with next week's promotion set and the
+    till at work before the clock is moved."""
     o = shop.owner
     m = shop.add_member(o, name="张伟", phone="13800138000")
     cashier = shop.add_operator(o, "alice", "secret1", roles=["cashier"])
     today = shop.today()
     shop.set_rule(o, "promotions", PROMO, effective_from=day_after(today, 7))
-    shop.topup(cashier, m, 10000)  # the till at work before the clock is moved
+    shop.topup(cashier, m, 10000)
+    return o, m, cashier, today
+
+
+def test_next_weeks_promotion_is_not_taken_on_a_clock_put_forward(
+        shop: Ledger, clock: FakeClock, boot: BootClock) -> None:
+    o, m, cashier, today = promotion_next_week(shop)
     put_forward(clock, boot, 7)
     e = shop.topup(cashier, m, 50000)
     assert shop.balance(m) == {"cash": 60000, "bonus": 0, "points": 0, "packages": {}}
@@ -92,12 +99,7 @@ def test_put_forward_a_sale_and_set_back_next_weeks_promotion_waits(
     """Put forward a week, one sale (its id next week's), set back: the furthest day
     read was next week's, and the rules held to it (rules never go back) gave next
     week's promotion today, the clock moved no more."""
-    o = shop.owner
-    m = shop.add_member(o, name="张伟", phone="13800138000")
-    cashier = shop.add_operator(o, "alice", "secret1", roles=["cashier"])
-    today = shop.today()
-    shop.set_rule(o, "promotions", PROMO, effective_from=day_after(today, 7))
-    shop.topup(cashier, m, 10000)
+    _o, m, cashier, today = promotion_next_week(shop)
     put_forward(clock, boot, 7)
     shop.debit(cashier, m, amount=100)
     clock.advance_days(-7)
@@ -122,12 +124,7 @@ def test_next_weeks_promotion_waits_in_the_next_process_too(
     The hold of the rules lived in the running process only (Rules._held_high)."""
     shop = new_ledger(tmp_path, "SH01", now_ms=clock)
     shop.clock.since_boot_ms = boot
-    o = shop.owner
-    m = shop.add_member(o, name="张伟", phone="13800138000")
-    cashier = shop.add_operator(o, "alice", "secret1", roles=["cashier"])
-    today = shop.today()
-    shop.set_rule(o, "promotions", PROMO, effective_from=day_after(today, 7))
-    shop.topup(cashier, m, 10000)  # the till at work before the clock is moved
+    _o, m, cashier, today = promotion_next_week(shop)
     shop.close()
     put_forward(clock, boot, 7)
     shop = next_process(tmp_path, clock, boot)
