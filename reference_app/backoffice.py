@@ -1322,11 +1322,12 @@ def handover_card(ledger: Ledger) -> None:
         ui.label(tr("闭店移交", "Closing this shop")).classes("text-lg font-medium")
         ui.label(tr("本店永久停业前，把本店持有的全部会员权益（储值、赠送、积分、套餐、优惠券）移交给另一家"
                     "分店，再由总部吊销本店证书；未移交就吊销，这些钱在任何分店都无法再使用。商品库存请用"
-                    "调拨发出。",
+                    "调拨发出。接收的分店也为本店的销售办理退款。",
                     "Before this shop closes for good, hand every member's rights it holds "
                     "(stored value, bonus, points, packages, coupons) to another branch, then "
                     "head office revokes its certificate; revoked first, that money can never "
-                    "be spent anywhere. Ship the goods in stock separately.")
+                    "be spent anywhere. Ship the goods in stock separately. The branch that "
+                    "receives them also refunds this shop's sales.")
                  ).classes("text-sm text-grey-7")
 
         @ui.refreshable
@@ -1334,8 +1335,22 @@ def handover_card(ledger: Ledger) -> None:
         def held() -> None:
             h = views.rights_summary(ledger, ledger.node)
             if not h["held"]:
-                ui.label(tr("本店不持有任何会员权益。", "This shop holds no member's rights.")
-                         ).mark("handover-held")
+                # Handed over or not, it says who refunds this shop's sales: a shop that
+                # holds nothing still hands over, to name that branch.
+                receiver = ledger.refunds_at({"node": ledger.node})
+                if receiver == ledger.node:
+                    ui.label(tr("本店不持有任何会员权益；闭店前仍请移交，以指定为本店的销售办理退款的分店。",
+                                "This shop holds no member's rights; hand over before it "
+                                "closes all the same, to name the branch that refunds its "
+                                "sales.")).mark("handover-held")
+                elif receiver is None:
+                    ui.label(tr("本店已移交。", "This shop has handed over.")
+                             ).mark("handover-held")
+                else:
+                    ui.label(tr("本店已移交给 {name}（{node}），本店销售的退款由其办理。",
+                                "This shop has handed over to {name} ({node}), which "
+                                "refunds its sales.", name=shop().branch_name(receiver),
+                                node=receiver)).mark("handover-held")
                 return
             # Packages and coupons summed by kind ("pkg:", "cpn:"): one line, not one
             # per package.

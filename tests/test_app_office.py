@@ -449,10 +449,30 @@ async def test_the_owner_hands_a_closing_shops_rights_over_from_the_sync_page(
     await app.user.should_see(marker="handover-confirm")
     app.user.find(marker="handover-confirm").click()
     await app.user.should_see("已移交")
-    await app.user.should_see("本店不持有任何会员权益。")
+    await app.user.should_see("本店已移交给")
+    await app.user.should_see("本店销售的退款由其办理")
     assert ledger.rights(mid, "cash") == {"SH02": 12800}
     assert ledger.balance(mid)["cash"] == 12800
 
+
+async def test_a_shop_holding_nothing_is_asked_to_hand_over_to_name_who_refunds(
+        counter_app: CounterApp) -> None:
+    """A shop that holds no member's rights (all spent, or it sold only at the till)
+    still hands over, to name the branch that refunds its sales: the card says so, and
+    once done, which branch that is."""
+    app = counter_app
+    ledger = app.ledger
+    await app.login(*OWNER)
+    await app.user.open("/office/sync")
+    await app.user.should_see("闭店前仍请移交，以指定为本店的销售办理退款的分店")
+    to = app.user.find(marker="handover-to").elements.pop()
+    assert isinstance(to, ui.select)
+    to.set_value("SH02")
+    app.user.find(marker="handover").click()
+    await app.user.should_see(marker="handover-confirm")
+    app.user.find(marker="handover-confirm").click()
+    await app.user.should_see("本店已移交给")
+    assert ledger.refunds_at({"node": NODE}) == "SH02"
 
 async def test_a_manager_confirms_this_pcs_clock_from_the_sync_page(
         counter_app: CounterApp) -> None:
