@@ -575,9 +575,10 @@ def _entry_detail(e: dict[str, Any]) -> str:
     if kind == "correction":
         parts += [f"{p} {'+' if c > 0 else '-'}{format_purse(p, abs(c))}"
                   for p, _n, c in e["deltas"]]
+    elif kind == "transfer" and not e["deltas"]:  # a shop holding nothing hands over
+        parts.append(f"no rights → {e.get('to', '')}")
     elif kind == "transfer":
-        purse = e["deltas"][0][0] if e["deltas"] else "cash"
-        parts.append(f"{purse} rights → {e.get('to', '')}")
+        parts.append(f"{e['deltas'][0][0]} rights → {e.get('to', '')}")
     if e.get("qty") and (int(e["qty"]) > 1 or kind == "package"):
         parts.append(f"x{e['qty']}")
     if e.get("bonus"):

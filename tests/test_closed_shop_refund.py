@@ -504,6 +504,9 @@ def test_a_shop_holding_no_rights_still_hands_over_and_its_till_sale_is_refunded
         # The hand-over moved nothing: no branch's rights or balances changed by it.
         assert views.rights_summary(a, "SH02")["held"] == {}
         assert "SH02" in views.handed_over(a)
+        # The audit trail says what it was: no rights, to SH01.
+        (row,) = [r for r in audit.trail(a, branch="SH02") if r["action"] == "transfer"]
+        assert row["detail"] == "no rights → SH01"
         for x in (b, c):
             sync(a, x)
         assert _books(a, m) == _books(b, m) == _books(c, m)
