@@ -819,6 +819,24 @@ async def _read_body(request: web.Request, limit: int, what: str) -> bytes:
         parts.append(part)
 
 
+def _check_query_names(r: Route, query: Mapping[str, str]) -> None:
+    """Refuse a query naming a parameter twice, or one the route does not take, as a
+    body naming a field twice or an unknown one is (`unique_keys`, `schema.check`):
+    read as its first value, `?for=SH01&for=SH02` exported for SH01 alone and
+    `?limit=1&limit=500` listed one; a mistyped filter (`?dya=`, `?operatr=`) was
+    dropped, and the unfiltered answer given as the one asked for."""
+    seen: set[str] = set()
+    for name, _value in query.items():  # every pair, repeats too
+        if name in seen:
+            raise InvalidInput(f"query parameter {show(name)} is given twice: give it once")
+        seen.add(name)
+        if name not in r.query:
+            takes = (f"; it takes {', '.join(sorted(r.query))}" if r.query
+                     else ": this request takes its fields in a JSON body, none in the query"
+                     if r.body is not None else ": this request takes no query parameters")
+            raise InvalidInput(f"unknown query parameter {show(name)}{takes}")
+
+
 def _body_required(r: Route) -> bool:
     """Whether a route's JSON body must be sent: not when every field is optional (a
     card's loss report names its member only where two members hold the number)."""
@@ -855,6 +873,7 @@ def _endpoint(r: Route, host: ApiHost, sessions: Sessions, keys: IdempotencyKeys
         if key is not None:
             key = idempotency.check_key(key)  # a bad key is refused before anything
         params: dict[str, Any] = dict(request.match_info)
+        _check_query_names(r, request.query)
         missing = [n for n, p in r.query.items() if p.required and n not in request.query]
         if missing:
             raise InvalidInput(f"give {', '.join(missing)} in the query")
