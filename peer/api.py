@@ -849,12 +849,31 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
                        f"send JSON with Content-Type: application/json, "
                        f"not {request.content_type}")
     raw = await _read_body(request, MAX_BODY, "a request body")
+    # Each failure said in words of the request, not json.loads's own ("'utf-16-le'
+    # codec can't decode byte 0x00 in position 2", "maximum recursion depth exceeded
+    # while decoding a JSON array from a unicode string"). UTF-8 as RFC 8259 has it
+    # (a byte-order mark before it read as before): json.loads also guessed UTF-16
+    # and UTF-32 from the first bytes.
     try:
-        body = json.loads(raw, object_pairs_hook=unique_keys)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ApiError(400, "invalid_json", f"the request body is not UTF-8 text (byte "
+                       f"{e.start + 1} is not), as JSON must be") from None
+    if not text.strip():
+        raise ApiError(400, "invalid_json", "the request body is empty: send a JSON object")
+    try:
+        body = json.loads(text, object_pairs_hook=unique_keys)
     except InvalidInput:
         raise
-    except (ValueError, RecursionError) as e:  # bad UTF-8 too; RecursionError: [[[[...
-        raise ApiError(400, "invalid_json", f"the request body is not JSON: {e}") from None
+    except json.JSONDecodeError as e:
+        raise ApiError(400, "invalid_json", f"the request body is not JSON: it goes wrong "
+                       f"at line {e.lineno}, column {e.colno}") from None
+    except ValueError:  # Python reads no whole number of more than 4,300 digits
+        raise ApiError(400, "invalid_json", "the request body is not JSON that can be "
+                       "read: it holds a number thousands of digits long") from None
+    except RecursionError:  # [[[[...
+        raise ApiError(400, "invalid_json", "the request body is nested too deep to read "
+                       "(lists or objects within each other)") from None
     if not isinstance(body, dict):
         check(body, {"type": "object"}, "the request body")  # refuses it, in words
     return dict(body)
