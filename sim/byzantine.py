@@ -44,6 +44,15 @@ dishonest branch holds its own key, never another's):
   stay applied, and nothing it acknowledged after the theft is money anywhere
   (sim.checks.revoked_now, revoked_final). Not honest from the start: left out of
   the honest replicas' checks, as a forger is.
+  With `--revoked-live` it is not cut off from head office (only from the others),
+  and head office revokes it while its link is live: in the instant a rights request
+  of it that head office could serve has come in (read in the same turn as the
+  owner's write of the list, before the node installs the list for its TLS layer), or
+  at a look two hours on if none came. The request is refused (Payments.grant_rights:
+  nothing to a branch the chain revoked) and the link dropped (peer.chain.
+  apply_revocations, as the node runs it) by the node's own code; a grant, or a link
+  kept, is a violation (`answered`, sim.checks.live_links_now). Only head office:
+  its records reach the others through it, so none takes what it wrote after.
 - **restored**: a backup (crdtledger.backups.write_backup) taken between 10:30 and
   12:00; one to four hours later the node dies and its store is replaced by that
   backup (crdtledger.backups.restore), and it restarts: honest from then on, it
@@ -64,6 +73,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgpack
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pycrdt import Map
@@ -74,14 +84,14 @@ from crdtledger.errors import LedgerError, RemoteProtocolError
 from crdtledger.hlc import HybridClock, id_time_ms
 from crdtledger.ledger import Ledger
 from crdtledger.log import Batch, Head, Record, head_message, record_hash
-from crdtledger.model import entry_doc, member_doc, month_over_ms, owner_of
+from crdtledger.model import GOODS_PURSES, entry_doc, member_doc, month_over_ms, owner_of
 from crdtledger.storage import DB_FILE, LoadedDoc
-from crdtledger.sync import pack
+from crdtledger.sync import RightsAnswered, pack
 from crdtledger.trust import revocations_rule
 from crdtledger.writerules import client_id_for
 from peer.files import export_bytes, import_bytes
 from sim.engine import DAY, HOUR, MINUTE, MS, SECOND
-from sim.net import Cut, End
+from sim.net import Connection, Cut, End
 from sim.workload import GOODS
 
 if TYPE_CHECKING:
@@ -91,6 +101,9 @@ if TYPE_CHECKING:
 ROLES = ("forger", "equivocator", "restored", "closed", "revoked")
 # How often the owner of a closing shop looks whether it may be switched off.
 CLOSING_LOOK = 5 * MINUTE
+# --revoked-live: how long head office waits for a rights request of the stolen PC it
+# could serve before it revokes it at its next look anyway (its link dropped all the same).
+LIVE_WAIT = 2 * HOUR
 # The rule each forgery breaks (crdtledger.writerules.RULES): every rule, some twice.
 BREAKS = {"entry-as-other": "entry-writer", "others-rights": "own-rights",
           "rewrite": "entry-insert-once", "delete": "entry-insert-once",
@@ -223,6 +236,11 @@ class Stolen:
     # chain revoked").
     credits_at_plug: set[str] = field(default_factory=set)
     file: dict[str, Any] = field(default_factory=dict)  # the thief's sync file, and its fate
+    # --revoked-live: connected to head office until revoked, which waits (`armed`) for
+    # a rights request of it head office could serve; "request" or "look", once done.
+    armed: bool = False
+    revoked_on: str | None = None
+    requests_refused: int = 0  # its rights requests an honest node answered "none"
 
 
 class Byzantine:
@@ -689,6 +707,18 @@ class Byzantine:
         """Cut off from every other node; its tills go on selling (the thief's)."""
         w = self.world
         s.stolen_at = w.engine.now
+        if w.config.revoked_live:
+            # Not from head office: its only link, through which the others hear of it.
+            head = w.nodes[0].name
+            others = frozenset(n.name for n in w.nodes) - {node.name, head}
+            me = frozenset({node.name})
+            label = f"stolen {node.name}"
+            s.cut = [Cut(me, others, label=label), Cut(others, me, label=label)]
+            w.net.add_cuts(s.cut)
+            s.armed = True
+            w.trace(w.engine.now, f"{node.name} stolen: connected to {head} only, selling on")
+            w.engine.after(LIVE_WAIT, partial(self._revoke_stolen, node, s))
+            return
         s.cut = Cut.split({node.name}, [n.name for n in w.nodes], label=f"stolen {node.name}")
         w.net.add_cuts(s.cut)
         w.trace(w.engine.now, f"{node.name} stolen: cut off, selling on")
@@ -699,24 +729,94 @@ class Byzantine:
         length of its log (else a replica still taking its records as they come by
         another would end with more of it than the others: sim/README, "--closed")."""
         w = self.world
+        if s.held is not None:
+            return  # --revoked-live: revoked at a request of it already
         if w.engine.now >= w.workload_end - 2 * HOUR:
+            s.armed = False
             w.trace(w.engine.now, f"{node.name} not revoked by closing time")
             return  # plugged in again at the heal, unrevoked: it stays a branch
+        held = self._agreed(node)
+        if held is None:
+            w.engine.after(CLOSING_LOOK, partial(self._revoke_stolen, node, s))
+            return
+        self._revoke_at(node, s, held, "look")
+
+    def _agreed(self, node: SimNode) -> int | None:
+        """The length of its log every honest replica holds, if they agree (the owner
+        phoning round: the simulator reads them); None if not, or one is down."""
+        w = self.world
         others = [n for n in w.honest_nodes() if n.name not in w.retired]
         if any(not n.up or n.ledger is None for n in others):
-            w.engine.after(CLOSING_LOOK, partial(self._revoke_stolen, node, s))
-            return
+            return None
         held = {n.ledger.positions().get(node.name, 0) for n in others if n.ledger}
-        if len(held) != 1:
-            w.engine.after(CLOSING_LOOK, partial(self._revoke_stolen, node, s))
-            return
-        s.held = held.pop()
+        return held.pop() if len(held) == 1 else None
+
+    def _revoke_at(self, node: SimNode, s: Stolen, held: int, on: str) -> None:
+        w = self.world
+        s.held = held
+        s.armed = False
+        s.revoked_on = on
         s.acked_at_revocation = self._acked(node.name)
         crl = w.ca.revoke(node.name, dt.datetime.fromtimestamp(
             (w.epoch_ms + w.engine.now // 1000) / 1000, dt.UTC).replace(microsecond=0))
         w.trace(w.engine.now, f"{w.nodes[0].name} revokes {node.name}, stolen, at record "
                               f"{s.held} of its log")
         self._revoke_written(s, revocations_rule(crl))
+
+    def arriving(self, conn: Connection, to: str, frames: list[bytes]) -> None:
+        """--revoked-live: frames of a stolen PC reach head office. If among them is a
+        rights request head office could serve at once from its own rights, and every
+        honest replica holds the same length of its log, head office writes the list
+        now, before it reads them: the owner's write and the request in one turn of the
+        node's loop (peer.node installs the list for its TLS layer at the next turn,
+        `_rules_arrived`). The request then reaches Payments.grant_rights from a branch
+        the store holds revoked, and the link is dropped after."""
+        w = self.world
+        head = w.nodes[0]
+        if to != head.name or head.ledger is None:
+            return
+        s = self.stolen.get(conn.other(to))
+        if s is None or not s.armed:
+            return
+        if not any(self._servable(head.ledger, s.node, f) for f in frames):
+            return
+        held = self._agreed(w.by_name[s.node])
+        if held is not None:
+            w.trace(w.engine.now, f"{s.node} asks {to} for rights as {to} revokes it")
+            self._revoke_at(w.by_name[s.node], s, held, "request")
+
+    @staticmethod
+    def _servable(lg: Ledger, asker: str, frame: bytes) -> bool:
+        """A rights request of `asker`'s own (not relayed) that this store would grant
+        in full at once, were `asker` not revoked: holding it all, within the asker's
+        budget, so its answer is given in the same turn (core._relay)."""
+        if b"\xa4rreq" not in frame[:16]:  # cheap: most frames are records
+            return False
+        try:
+            msg = msgpack.unpackb(frame, raw=False)
+            member, purse, amount = msg["member"], msg["purse"], int(msg["amount"])
+            if msg.get("fwd") or purse in GOODS_PURSES:
+                return False
+            have = lg.grantable(member, purse).get(lg.node, 0)
+        except (LedgerError, KeyError, TypeError, ValueError):
+            return False
+        return have >= amount > 0 and lg.grants.allows(asker)
+
+    def answered(self, node: SimNode, event: RightsAnswered) -> None:
+        """An honest node answered a stolen PC's rights request: once its store holds
+        the PC revoked, the answer must be "none" (Payments.grant_rights)."""
+        s = self.stolen[event.node]
+        if node.ledger is None or not self.world.honest(node.name) \
+                or not node.ledger.retired(s.node):
+            return
+        if event.amount <= 0:
+            s.requests_refused += 1
+            return
+        from sim.checks import Violation  # (sim.checks imports this module)
+
+        self.world.fail(Violation("revoked", f"{node.name} granted {s.node}, which it holds "
+                                             f"revoked, {event.amount} {event.purse} of "
+                                             f"{event.member}", node.name))
 
     def _revoke_written(self, s: Stolen, rule: dict[str, str]) -> None:
         """Head office writes the list (as `chain revoke`); again later if it could not."""
@@ -754,6 +854,12 @@ class Byzantine:
         if s.plugged_at is not None:
             return
         others = [n for n in w.honest_nodes() if n.name not in w.retired]
+        if any(n.ledger is None for n in others):
+            # Not while a branch is down (the holiday's switch-off at 14:00): what it
+            # gave the PC before would be missing from `credits_at_plug`, and the end
+            # check would take it for a gift after the revocation.
+            w.engine.after(MINUTE, partial(self._plug_at, s))
+            return
         for n in others:
             if n.ledger is not None:
                 s.credits_at_plug |= credits_to(n.ledger, s.node, writer=n.name)
@@ -917,6 +1023,9 @@ class Byzantine:
                          # Records of its log beyond `held`, refused at every replica.
                          "beyond": self._beyond(s),
                          "handshakes_refused": self.world.handshakes_refused.get(s.node, 0),
+                         "revoked_on": s.revoked_on,
+                         "links_dropped": self.world.links_dropped.get(s.node, 0),
+                         "requests_refused": s.requests_refused,
                          "file": s.file}
                         for s in self.stolen.values()],
         }

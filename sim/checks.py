@@ -443,10 +443,12 @@ def byzantine_final(world: World, honest: list[Any]) -> list[Violation]:
 def revoked_now(world: World) -> list[Violation]:
     """A stolen PC revoked (sim.byzantine, role "revoked"): no honest replica takes a
     record of its log beyond the length every one held when head office revoked it,
-    whatever it wrote meanwhile and sends once plugged in again."""
+    whatever it wrote meanwhile and sends once plugged in again; and none keeps a live
+    link to a peer it holds revoked (live_links_now)."""
     out: list[Violation] = []
     if world.byz is None:
         return out
+    out += live_links_now(world)
     for s in world.byz.stolen.values():
         if s.held is None:
             continue
@@ -455,6 +457,25 @@ def revoked_now(world: World) -> list[Violation]:
             if pos > s.held:
                 out.append(Violation("revoked", f"{n.name} took record {pos} of {s.node}, "
                                                 f"revoked at record {s.held} of its log",
+                                     n.name))
+    return out
+
+
+def live_links_now(world: World) -> list[Violation]:
+    """No honest node keeps a live link to a peer its store holds revoked: the node
+    drops it when it installs the list (peer.chain.apply_revocations, run by
+    SimNode._load_revocations as peer.node runs it), the turn after the list commits
+    (`_crl_soon` while that is due). A stolen PC with `--revoked-live` is connected to
+    head office when head office revokes it."""
+    out: list[Violation] = []
+    for n in world.honest_nodes():
+        if n.ledger is None or n._crl_soon:
+            continue
+        for conn in sorted(n.conns.values(), key=lambda c: c.id):
+            peer = conn.other(n.name)
+            if n.ledger.retired(peer):
+                out.append(Violation("revoked", f"{n.name} keeps its live link #{conn.id} "
+                                                f"to {peer}, which the chain revoked",
                                      n.name))
     return out
 

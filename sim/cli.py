@@ -98,6 +98,9 @@ def _add_run_options(p: argparse.ArgumentParser, *, sweep: bool) -> None:
     p.add_argument("--revoked", type=_at_least(0), default=0,
                    help="branches whose PC is stolen: cut off, revoked while selling on, "
                         "plugged in again")
+    p.add_argument("--revoked-live", action="store_true",
+                   help="the --revoked PCs stay connected to head office until it revokes "
+                        "them: their live link is dropped, a rights request refused")
     p.add_argument("--byzantine", default="",
                    help="the same as a list, e.g. "
                         "forger:1,equivocator:1,restored:1,closed:1,revoked:1")
@@ -135,7 +138,8 @@ def _config(a: argparse.Namespace, *, nodes: int, scenario: str, seed: int) -> C
                   hot_members=a.hot_members, ae_interval_s=a.ae_interval,
                   dup=a.dup, reorder=a.reorder, lost_answers=a.lost_answers,
                   max_ops=a.max_ops, fault_mask=mask,
-                  kill_before_flush=a.kill_before_flush, **byz)
+                  kill_before_flush=a.kill_before_flush, revoked_live=a.revoked_live,
+                  **byz)
 
 
 def _human(result: dict[str, Any]) -> str:

@@ -37,6 +37,9 @@ class Config:
     restored: int = 0
     closed: int = 0  # shops closing for good (not Byzantine: honest throughout)
     revoked: int = 0  # PCs stolen, revoked while they run on
+    # The stolen PCs stay connected to head office until it revokes them (sim.byzantine,
+    # "--revoked-live"): their live link dropped, a rights request of theirs refused.
+    revoked_live: bool = False
     # Nodes killed between a till's acknowledgement and the flush of its frames, a day.
     kill_before_flush: int = 0
 
@@ -67,6 +70,8 @@ class Config:
             value = getattr(self, name)
             if value != getattr(defaults, name):
                 out += [flag, str(value)]
+        if self.revoked_live:
+            out.append("--revoked-live")
         if self.fault_mask:
             out += ["--drop-faults", ",".join(str(i) for i in sorted(self.fault_mask))]
         return out

@@ -337,6 +337,8 @@ class SimNode:
             world.trace(world.engine.now, f"{self.name} ignored a revocation list: {ignored}")
         for conn, why in refused:
             world.trace(world.engine.now, f"{self.name} drops #{conn.id}: {why}")
+            peer = conn.other(self.name)
+            world.links_dropped[peer] = world.links_dropped.get(peer, 0) + 1
             End(world.net, conn, self.name).close(1008, "certificate revoked")
 
     def opened(self, conn: Connection, peer: str, dialer: str) -> None:

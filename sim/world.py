@@ -100,6 +100,9 @@ class World:
         self.workload = Workload(self)
         self.faults: list[Fault] = schedule(self)
         counts = {role: getattr(cfg, role) for role in ROLES}
+        if cfg.revoked_live and not cfg.revoked:
+            raise ValueError("--revoked-live keeps the --revoked PCs connected: ask for one "
+                             "with --revoked N")
         self.byz: Byzantine | None = Byzantine(self, counts) if any(counts.values()) else None
 
     def _init_state(self, start: datetime, root: Path) -> None:
@@ -150,6 +153,9 @@ class World:
         self.couriered: list[dict[str, Any]] = []
         self.written_off = 0  # the daily passes' write-offs of expired points lots
         self.handshakes_refused: dict[str, int] = {}  # by either end (`_handshake`)
+        # Live links an honest node dropped as the list it installed revoked the peer
+        # (SimNode._load_revocations), by that peer.
+        self.links_dropped: dict[str, int] = {}
         # Nodes killed between an acknowledgement and its flush (`killed_before_flush`).
         self.kills: list[dict[str, Any]] = []
 
@@ -299,6 +305,8 @@ class World:
             m.frames[f"{conn.profile.name}:{kind}"] += 1
             m.frame_bytes[f"{conn.profile.name}:{kind}"] += size
             self.trace(now, f"{src}>{to} {kind} {size}")
+        if self.byz is not None:  # --revoked-live: head office may revoke first
+            self.byz.arriving(conn, to, frames)
         self.by_name[to].receive(conn, frames)
 
     def protocol_error(self, node: SimNode, conn: Connection, error: Exception) -> None:
@@ -313,6 +321,8 @@ class World:
         now = self.engine.now
         self.trace(now, f"{node.name} gave {event.node} {event.member} {event.purse} "
                         f"{event.amount}")
+        if self.byz is not None and event.node in self.byz.stolen:
+            self.byz.answered(node, event)  # nothing to a PC the chain revoked
         if event.amount <= 0:
             self.metrics.transfers_answered_zero += 1
             return

@@ -1,6 +1,8 @@
 """Shop paths the simulator did not reach before (design notes: "Still unseen: the flush
-delayed, the cut's grace, the revocation list"), each run in a short seeded day through
-the code the node runs, with a check that fails when that code is broken."""
+delayed, the cut's grace, the revocation list"; then "a live link dropped as a new
+revocation list arrives, nor a rights request from a revoked branch"), each run in a
+short seeded day through the code the node runs, with a check that fails when that code
+is broken."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from typing import Any
 import pytest
 from test_sim import go_all
 
+import sim.node
+from crdtledger.payments import Payments
 from crdtledger.trust import Trust
 from peer.chain import Identity
 from sim.config import Config
@@ -78,6 +82,69 @@ def test_a_chain_that_forgets_the_list_is_caught(monkeypatch: pytest.MonkeyPatch
     result, _world = run(SMALL.with_(seed=2, revoked=1))
     assert result["violations"] == 1
     assert result["violation"]["kind"] == "revoked", result["violation"]
+
+
+# --- the list reaching a PC still connected (--revoked-live) -------------------------------
+
+LIVE = SMALL.with_(seed=5, revoked=1, revoked_live=True)
+
+
+def test_a_pc_revoked_while_connected_is_dropped_and_its_request_refused() -> None:
+    """`--revoked 1 --revoked-live`: B03's PC is stolen and cut off from every branch but
+    head office, through which it sells on. Head office revokes it in the instant one of
+    its rights requests comes in that head office could serve from its own rights (the
+    owner's write and the request in one turn of the node's loop): the request reaches
+    Payments.grant_rights from a branch the store holds revoked and is answered "none"
+    (checked by Byzantine.answered: a grant stops the run), and head office's node drops
+    the live link as it installs the list (peer.chain.apply_revocations, run by
+    SimNode._load_revocations as peer.node runs it; checked by checks.live_links_now).
+    The rest goes as with `--revoked`: its handshakes refused, its file refused, nothing
+    of it beyond the length held at the revocation anywhere."""
+    r, _world = run(LIVE)
+    clean(r)
+    (s,) = r["byzantine"]["revoked"]
+    assert s["revoked_on"] == "request", s
+    assert s["links_dropped"] == 1 and s["requests_refused"] == 1, s
+    assert s["held"] > 0 and s["beyond"] > 0 and s["handshakes_refused"] > 0, s
+    assert s["file"]["refused"] == "UntrustedSigner", s
+    assert "--revoked 1 --revoked-live" in r["reproduce"]
+
+
+def test_a_node_that_keeps_a_revoked_peers_link_is_caught(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check's own test: the node installs the list but closes no live link (the
+    links `apply_revocations` returns are dropped on the floor). Head office keeps the
+    stolen PC's link, and the quarter hour's check stops the run."""
+    apply = sim.node.apply_revocations
+
+    def keep_links(*args: Any) -> Any:
+        taken, ignored, _refused = apply(*args)
+        return taken, ignored, []
+
+    monkeypatch.setattr(sim.node, "apply_revocations", keep_links)
+    result, _world = run(LIVE)
+    assert result["violations"] == 1
+    assert result["violation"]["kind"] == "revoked", result["violation"]
+    assert "keeps its live link" in result["violation"]["message"], result["violation"]
+
+
+def test_a_grant_to_a_revoked_branch_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check's own test: `grant_rights` judges the asker as if the chain had not
+    revoked it. Head office then grants the stolen PC's request, and the run stops."""
+    grant = Payments.grant_rights
+
+    def lenient(self: Payments, *args: Any, **kwargs: Any) -> Any:
+        self.retired = lambda node: False  # type: ignore[method-assign]
+        try:
+            return grant(self, *args, **kwargs)
+        finally:
+            del self.retired
+
+    monkeypatch.setattr(Payments, "grant_rights", lenient)
+    result, _world = run(LIVE)
+    assert result["violations"] == 1
+    assert result["violation"]["kind"] == "revoked", result["violation"]
+    assert "granted" in result["violation"]["message"], result["violation"]
 
 
 # --- the delayed flush: killed between the acknowledgement and the flush -----------------
