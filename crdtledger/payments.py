@@ -759,8 +759,11 @@ class Payments(Merges, Rules):
         # Never to a branch proven to lie here, nor one the chain revoked: nothing it
         # writes is taken any more, so what it is given is stranded (as an operator's
         # transfer is refused, _require_branch). A liar caught forking was granted
-        # half of each member's rights, one request each.
-        if to in self.storage.log.blocked() or self.retired(to):
+        # half of each member's rights, one request each. The branch a relayed request
+        # is for too: a hub not yet holding the list relays a revoked branch's request,
+        # and what it is given is passed on to that branch.
+        blocked = self.storage.log.blocked()
+        if any(n in blocked or self.retired(n) for n in {to, asker or to}):
             return None
         if not (self.grants.take(asker, via=to) if asker is not None and asker != to
                 else self.grants.take(to)):

@@ -68,3 +68,31 @@ def test_a_certificate_ending_soon_or_ended_is_said_by_status(
     ends = cli("status", "--json", data=tmp_path / "SH02").json()["certificate_expires"]
     # The certificate keeps whole seconds: its end, as made, to the second.
     assert ends == int(soon.timestamp()) * 1000
+
+
+def test_a_request_relayed_for_a_revoked_branch_is_granted_nothing(tmp_path: Path) -> None:
+    """A hub that has not heard of the revocation yet relays a revoked branch's rights
+    request (the asker) to head office, which has: it was judged by the hub that relays
+    it alone, so head office gave the hub rights meant for a branch whose writes no
+    branch takes any more. The asker is judged too."""
+    ca = chain(tmp_path)
+    Ledger.create(tmp_path / "SH01", "SH01", "acme")
+    enrol(ca, tmp_path / "SH01", "SH01", not_before=BACK)
+    with (Ledger.open(tmp_path / "HQ") as hq, Ledger.open(tmp_path / "SH02") as sh02,
+          Ledger.open(tmp_path / "SH01") as sh01):
+        name_branches(hq, "HQ", "SH01", "SH02")
+        m = hq.add_member(hq.owner, name="王芳", phone="13800000001")
+        hq.topup(hq.owner, m, 50_000)
+        for x in (sh01, sh02):
+            sync(hq, x)
+        sh02.add_member(sh02.owner, name="李雷", phone="13800000002")  # its log, held at HQ
+        sync(sh02, hq)
+        # The asker's own request, and one relayed for a branch still in good standing.
+        assert hq.grant_rights(m, "cash", "SH01", 1_000, asker="SH02") is not None
+        hq.set_rule(hq.owner, "revocations", revocations_rule(revoke(ca, "SH02")))
+        assert hq.retired("SH02") and not sh01.retired("SH02")
+        before = hq.rights(m, "cash")
+        assert hq.grant_rights(m, "cash", "SH02", 1_000) is None
+        assert hq.grant_rights(m, "cash", "SH01", 1_000, asker="SH02") is None
+        assert hq.rights(m, "cash") == before
+        assert hq.grant_rights(m, "cash", "SH01", 1_000) is not None  # its own: as before
