@@ -1229,9 +1229,25 @@ class Counter:
                 n = None if units is None else self.count(units, error, max(1, left))
                 if units is not None and n is None:
                     return
+                refund = self.shop.operation(self.op, "refund", debit_id=str(entry["id"]),
+                                             amount=fen, qty=n, reason=reason.value or "")
+
+                def as_said() -> Any:
+                    """Nothing typed refunds all that is left, which the dialog said: another
+                    till's refund of part of it meanwhile refunded less than the cashier
+                    had read out (and may pay back at the till), without a word. Judged
+                    as the node runs it; a sale refunded whole meanwhile is the library's
+                    own refusal."""
+                    now = self.shop.ledger.refund_left(str(entry["id"]))
+                    if now is not None and 0 < now != left:
+                        raise TermsChanged(tr(
+                            "这笔消费刚刚在别处退过一部分：请关闭后重新打开，看清还可退多少再确认。",
+                            "Part of this sale was refunded elsewhere just now: close this "
+                            "and open it again to see what is left before confirming."))
+                    return refund()
+
                 done = await self.act(
-                    self.shop.operation(self.op, "refund", debit_id=str(entry["id"]),
-                                        amount=fen, qty=n, reason=reason.value or ""),
+                    as_said if fen is None and n is None else refund,
                     "refund", lambda e: tr("已退款", "Refunded") + (
                         f" {money(int(e['amount']))}" if e.get("amount") else "") + (
                         tr("（已用积分扣 {k}）", " ({k} kept for points spent)",

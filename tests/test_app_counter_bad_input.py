@@ -1,0 +1,61 @@
+"""What a cashier (or a manager) submits that the dialog no longer stands behind, or
+types as the buttons do not expect: a refund dialog left open while another till
+refunded part of the sale, a card dialog left open while another till changed the
+card, a correction typed with two signs. NiceGUI's simulated user against a real
+node and store; each refused with a sentence and nothing changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from app_fixtures import OWNER, CounterApp
+from helpers import snapshot
+from test_app_counter import CARD, member_with_card, swipe
+
+pytestmark = pytest.mark.asyncio
+
+
+async def test_a_refund_of_all_that_was_left_refunds_no_less_unseen(
+        counter_app: CounterApp) -> None:
+    """The dialog said ¥128.00 left to refund; another till refunded ¥100.00 of it
+    meanwhile, and confirming with the box empty ("all that is left") refunded ¥28.00
+    to a cashier who had read out ¥128.00. Refused with a sentence; opened again, it
+    says what is left and refunds that."""
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    sale = app.ledger.debit(app.node_owner, mid, service="FOOT60")
+    await app.login(*OWNER)
+    await swipe(app)
+    app.user.find(marker="refund").click()
+    await app.user.should_see("还可退 ¥128.00")
+    app.ledger.refund(app.node_owner, sale["id"], amount=10000, reason="另一台收银机")
+    before = snapshot(app.ledger, [mid])
+    app.user.find(marker="refund-ok").click()
+    await app.user.should_see("这笔消费刚刚在别处退过一部分")
+    await asyncio.sleep(0.1)
+    assert snapshot(app.ledger, [mid]) == before
+    app.user.find("取消").click()
+    await swipe(app)
+    app.user.find(marker="refund").click()
+    await app.user.should_see("已退过一部分，还可退 ¥28.00")
+    app.user.find(marker="refund-ok").click()
+    await app.user.should_see("已退款 ¥28.00")
+    assert sorted(int(e["amount"]) for e in app.ledger.history(mid)
+                  if e["kind"] == "refund") == [2800, 10000]
+
+
+async def test_a_refund_of_an_amount_typed_is_not_held_up_by_another_tills(
+        counter_app: CounterApp) -> None:
+    """An amount typed is what the cashier read out: refunded if it is still left."""
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    sale = app.ledger.debit(app.node_owner, mid, service="FOOT60")
+    await app.login(*OWNER)
+    await swipe(app)
+    app.user.find(marker="refund").click()
+    app.user.find(marker="refund-amount").type("20")
+    app.ledger.refund(app.node_owner, sale["id"], amount=10000, reason="另一台收银机")
+    app.user.find(marker="refund-ok").click()
+    await app.user.should_see("已退款 ¥20.00")
