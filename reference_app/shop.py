@@ -638,6 +638,17 @@ _REFERRED = re.compile(r"member (\S+) was referred already, by (\S+) \(\S+\)")
 _F = r"(card number|field name|[\w.\[\]]+)"
 
 
+# A card's state and what was asked of it, as the card refusals above say them.
+_CARD_STATES = {"active": {"state": "正常使用中", "state_en": "in use"},
+                "lost": {"state": "已挂失", "state_en": "reported lost"},
+                "replaced": {"state": "已补换新卡", "state_en": "replaced"},
+                "returned": {"state": "已退卡", "state_en": "returned"}}
+_CARD_ACTS = {"mark it active": {"act": "解除挂失", "act_en": "marked found"},
+              "mark it lost": {"act": "挂失", "act_en": "reported lost"},
+              "mark it returned": {"act": "退卡", "act_en": "returned"},
+              "replace it": {"act": "补卡", "act_en": "replaced"}}
+
+
 # The library's refusals of what a cashier types or does at the counter, by their
 # words (they carry no code of their own: crdtledger.errors.InvalidInput), each with
 # a sentence in the session's language. Those not here are shown as the library says.
@@ -708,6 +719,21 @@ _INVALID: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str | None]], .
      lambda m: tr("“{e}” 不是邮箱地址：要写成 name@example.com 这样。",
                   "“{e}” is not an e-mail address: write it like name@example.com.",
                   e=m[1])),
+    # A card dialog left open while another till changed the card (reported it lost,
+    # found or replaced it): the library's words reached the counter as
+    # "输入有误：card C10001 is lost; cannot mark it lost".
+    (re.compile(r"card (\S+) is (active|lost|replaced|returned); cannot "
+                r"(mark it active|mark it lost|mark it returned|replace it)"),
+     lambda m: tr("卡 {no} 现在{state}，不能{act}：可能刚在别的收银台办过了。"
+                  "请关闭后重新查看这张卡。",
+                  "Card {no} is {state_en} now and cannot be {act_en}: another till may "
+                  "have just done it. Close this and look at the card again.", no=m[1],
+                  **_CARD_STATES[m[2]], **_CARD_ACTS[m[3]])),
+    (re.compile(r"card (\S+) has been reported lost and found too often \(([0-9]+) "
+                r"changes\).*"),
+     lambda m: tr("卡 {no} 挂失、解除挂失的次数太多（{n} 次）：请补卡。",
+                  "Card {no} has been reported lost and found too often ({n} times): "
+                  "replace it.", no=m[1], n=m[2])),
     (re.compile(r"card (\S+) is already issued.*"),
      lambda m: tr("卡 {no} 已经发过了（属于一位会员）：请换一张卡。",
                   "Card {no} is already issued to a member: use another card.", no=m[1])),

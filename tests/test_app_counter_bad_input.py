@@ -59,3 +59,46 @@ async def test_a_refund_of_an_amount_typed_is_not_held_up_by_another_tills(
     app.ledger.refund(app.node_owner, sale["id"], amount=10000, reason="另一台收银机")
     app.user.find(marker="refund-ok").click()
     await app.user.should_see("已退款 ¥20.00")
+
+
+@pytest.mark.parametrize("meanwhile,button,said", [
+    ("lost", "report-lost", "卡 C10001 现在已挂失，不能挂失"),
+    ("replaced", "replace-card", "卡 C10001 现在已补换新卡，不能补卡"),
+])
+async def test_a_card_changed_at_another_till_meanwhile_is_said_in_chinese(
+        counter_app: CounterApp, meanwhile: str, button: str, said: str) -> None:
+    """The card dialog was open when another till reported the card lost or replaced
+    it: the library's words reached the counter ("输入有误：card C10001 is lost;
+    cannot mark it lost")."""
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    await app.login(*OWNER)
+    await swipe(app)
+    app.user.find(marker="card").click()
+    app.user.find(marker="new-card-no").type("C40004")
+    if meanwhile == "lost":
+        app.ledger.report_lost(app.node_owner, CARD)
+    else:
+        app.ledger.replace_card(app.node_owner, CARD, "C30003")
+    before = snapshot(app.ledger, [mid])
+    app.user.find(marker=button).click()
+    await app.user.should_see(said)
+    await app.user.should_not_see("cannot")
+    assert snapshot(app.ledger, [mid]) == before
+
+
+async def test_a_loss_cancelled_at_another_till_meanwhile_is_said_in_chinese(
+        counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    app.ledger.report_lost(app.node_owner, CARD)
+    await app.login(*OWNER)
+    app.user.find(marker="search").type("13812345678")
+    app.user.find(marker="search-go").click()
+    await app.user.should_see(marker="member-name")
+    app.user.find(marker="card").click()
+    app.ledger.report_found(app.node_owner, CARD)
+    before = snapshot(app.ledger, [mid])
+    app.user.find("解除挂失").click()
+    await app.user.should_see("卡 C10001 现在正常使用中，不能解除挂失")
+    assert snapshot(app.ledger, [mid]) == before
