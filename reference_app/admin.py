@@ -595,7 +595,9 @@ def parse_change(purse: str, text: str) -> int:
     """A signed change: "-12.50" yuan for money purses, "-300" points."""
     t = text.strip()
     sign = -1 if t.startswith("-") else 1
-    t = t.lstrip("+-").strip()
+    # One sign at most: every sign was stripped, so "+-5" added ¥5.00 and "--5" took it
+    # away; the rest, a second sign and all, is then an amount or refused as one.
+    t = t[1:].strip() if t.startswith(("+", "-")) else t
     change = sign * (parse_int(t, "points") if purse == "points" else parse_money(t))
     if not change:  # parse_int takes "0"; the library would refuse it as an amount
         raise InvalidAmount("a correction changes the balance: it is not zero")

@@ -102,3 +102,28 @@ async def test_a_loss_cancelled_at_another_till_meanwhile_is_said_in_chinese(
     app.user.find("解除挂失").click()
     await app.user.should_see("卡 C10001 现在正常使用中，不能解除挂失")
     assert snapshot(app.ledger, [mid]) == before
+
+
+@pytest.mark.parametrize("typed", ["+-5", "--5", "-+5", "++5"])
+async def test_a_correction_with_two_signs_is_refused(counter_app: CounterApp,
+                                                      typed: str) -> None:
+    """Every sign was stripped and the first kept: "+-5" added ¥5.00, "--5" took it."""
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    await app.login(*OWNER)
+    await app.user.open("/admin/corrections")
+    app.user.find(marker="corr-query").type("13812345678")
+    app.user.find(marker="corr-find").click()
+    app.user.find(marker="corr-pick").click()
+    before = snapshot(app.ledger, [mid])
+    app.user.find(marker="corr-change").type(typed)
+    app.user.find(marker="corr-reason").type("探针")
+    app.user.find(marker="corr-submit").click()
+    await app.user.should_see(
+        "调整金额不对：请输入不为零、最多两位小数的金额，负数为扣减，例如 -12.50 或 30。")
+    await asyncio.sleep(0.1)
+    assert snapshot(app.ledger, [mid]) == before
+    app.user.find(marker="corr-change").clear().type("- 5")  # one sign, then a space
+    app.user.find(marker="corr-submit").click()
+    await app.user.should_see("已调账")
+    assert app.ledger.balance(mid)["cash"] == 49500
