@@ -1172,10 +1172,14 @@ class Counter:
             # The sale's points the member has spent since are paid for out of the
             # refund (Ledger.refund_terms): said before the cashier confirms.
             kept = ui.label("").classes("text-base text-orange-800").mark("refund-kept")
+            # What the line said would be kept, by what was asked (fen, units): a refund
+            # confirmed keeps that, or is refused (as_said).
+            said_kept: dict[tuple[int | None, int | None], int] = {}
 
             def say_kept(fen: int | None = None, n: int | None = None) -> None:
                 try:
                     t = self.shop.ledger.refund_terms(str(entry["id"]), fen, qty=n)
+                    said_kept[(fen, n)] = int(t["kept"])
                 except LedgerError:
                     t = {"kept": 0}
                 kept.set_text(tr("会员已用掉这笔消费的 {p} 积分：按积分兑换价从退款中扣 {k}，"
@@ -1233,21 +1237,40 @@ class Counter:
                                              amount=fen, qty=n, reason=reason.value or "")
 
                 def as_said() -> Any:
-                    """Nothing typed refunds all that is left, which the dialog said: another
-                    till's refund of part of it meanwhile refunded less than the cashier
-                    had read out (and may pay back at the till), without a word. Judged
-                    as the node runs it; a sale refunded whole meanwhile is the library's
-                    own refusal."""
-                    now = self.shop.ledger.refund_left(str(entry["id"]))
-                    if now is not None and 0 < now != left:
+                    """The refund the dialog said, judged as the node runs it. Nothing typed
+                    refunds all that is left: another till's refund of part of it
+                    meanwhile refunded less than the cashier had read out (and may pay
+                    back at the till), without a word; so did points of the sale spent
+                    meanwhile, kept from the money though the dialog said nothing was.
+                    A sale refunded whole meanwhile, or less left than was typed, is the
+                    library's own refusal."""
+                    ledger = self.shop.ledger
+                    now = ledger.refund_left(str(entry["id"]))
+                    if fen is None and n is None and now is not None and 0 < now != left:
                         raise TermsChanged(tr(
                             "这笔消费刚刚在别处退过一部分：请关闭后重新打开，看清还可退多少再确认。",
                             "Part of this sale was refunded elsewhere just now: close this "
                             "and open it again to see what is left before confirming."))
+                    # A goods sale's units box starts at all that is left: the line said
+                    # the whole refund's.
+                    shown = said_kept.get((fen, n), said_kept.get((None, None))
+                                          if fen is None and n == left else None)
+                    if shown is not None:
+                        try:
+                            keep = int(ledger.refund_terms(str(entry["id"]), fen, qty=n)["kept"])
+                        except LedgerError:
+                            keep = shown  # the refund itself says why it is refused
+                        if keep != shown:
+                            raise TermsChanged(tr(
+                                "会员刚刚用掉了这笔消费的积分，退款要扣的金额变了：请关闭后重新打开，"
+                                "看清实退金额再确认。",
+                                "The member spent this sale's points just now, so what is "
+                                "kept from the refund changed: close this and open it again "
+                                "to see what is paid back before confirming."))
                     return refund()
 
                 done = await self.act(
-                    as_said if fen is None and n is None else refund,
+                    as_said,
                     "refund", lambda e: tr("已退款", "Refunded") + (
                         f" {money(int(e['amount']))}" if e.get("amount") else "") + (
                         tr("（已用积分扣 {k}）", " ({k} kept for points spent)",

@@ -61,6 +61,34 @@ async def test_a_refund_of_an_amount_typed_is_not_held_up_by_another_tills(
     await app.user.should_see("已退款 ¥20.00")
 
 
+@pytest.mark.parametrize("typed", ["", "128"])
+async def test_a_refund_keeps_no_more_for_points_than_the_dialog_said(
+        counter_app: CounterApp, typed: str) -> None:
+    """The dialog said nothing would be kept; the member redeemed the sale's points at
+    another till meanwhile, and the refund kept their worth from the money without a
+    word. Refused with a sentence; opened again, it says what is kept."""
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    app.ledger.debit(app.node_owner, mid, service="FOOT60")  # 128 points
+    await app.login(*OWNER)
+    await swipe(app)
+    app.user.find(marker="refund").click()
+    if typed:
+        app.user.find(marker="refund-amount").type(typed)
+    app.ledger.redeem_points(app.node_owner, mid, 100, "茶")
+    before = snapshot(app.ledger, [mid])
+    app.user.find(marker="refund-ok").click()
+    await app.user.should_see("会员刚刚用掉了这笔消费的积分")
+    await asyncio.sleep(0.1)
+    assert snapshot(app.ledger, [mid]) == before
+    app.user.find("取消").click()
+    await swipe(app)
+    app.user.find(marker="refund").click()
+    await app.user.should_see("会员已用掉这笔消费的 100 积分")
+    app.user.find(marker="refund-ok").click()
+    await app.user.should_see("已用积分扣")
+
+
 @pytest.mark.parametrize("meanwhile,button,said", [
     ("lost", "report-lost", "卡 C10001 现在已挂失，不能挂失"),
     ("replaced", "replace-card", "卡 C10001 现在已补换新卡，不能补卡"),
