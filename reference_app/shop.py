@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from nicegui import app
 
 from crdtledger import operations, views
-from crdtledger.auth import PasswordChanged
+from crdtledger.auth import PasswordChanged, TooManyAttempts
 from crdtledger.bookings import BookingRefused
 from crdtledger.coupons import (
     CouponElsewhere,
@@ -301,6 +301,15 @@ class Shop:
         if isinstance(e, PasswordChanged):
             return tr("密码刚刚被修改，请用新密码再试。",
                       "The password was just changed; try again with the new one.")
+        if isinstance(e, TooManyAttempts):
+            # A PermissionDenied to the library: it read "您没有这项操作的权限，请找店长",
+            # to a cashier whose member had typed a wrong PIN a few times.
+            if str(e).startswith("too many wrong PINs"):
+                return tr("卡密码错误次数太多：请 {n} 秒后再让会员输入。",
+                          "Too many wrong PINs for this card: let the member try again in "
+                          "{n} s.", n=e.retry_after)
+            return tr("密码错误次数太多：请 {n} 秒后再试。",
+                      "Too many wrong passwords: try again in {n} s.", n=e.retry_after)
         if isinstance(e, PermissionDenied):
             if "wrong operator name or password" in str(e):
                 return tr("姓名或密码不对。", "Wrong name or password.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from app_fixtures import OWNER, CounterApp
+from app_fixtures import CASHIER, OWNER, CounterApp
 from helpers import snapshot
 from test_app_counter import CARD, member_with_card, swipe
 
@@ -155,3 +155,43 @@ async def test_a_correction_with_two_signs_is_refused(counter_app: CounterApp,
     app.user.find(marker="corr-submit").click()
     await app.user.should_see("已调账")
     assert app.ledger.balance(mid)["cash"] == 49500
+
+
+async def test_too_many_wrong_pins_say_so_not_that_the_cashier_may_not(
+        counter_app: CounterApp) -> None:
+    """The card's PIN locked after a run of wrong ones read "您没有这项操作的权限，请找店长"
+    (the library's refusal is a PermissionDenied)."""
+    app = counter_app
+    mid = member_with_card(app, cash=50000, pin="1234")
+    await app.login(*CASHIER)
+    before = snapshot(app.ledger, [mid])
+    for _ in range(5):
+        app.reader.insert(CARD)
+        app.user.find(marker="pin").type("0000")
+        app.user.find(marker="pin-ok").click()
+        await app.user.should_see("卡密码不对，请会员重新输入。")
+    app.reader.insert(CARD)
+    app.user.find(marker="pin").type("0000")
+    app.user.find(marker="pin-ok").click()
+    await app.user.should_see("卡密码错误次数太多")
+    await app.user.should_not_see("您没有这项操作的权限")
+    assert app.ledger.balance(mid) == before[f"balance:{mid}"]
+
+
+async def test_too_many_wrong_approver_passwords_say_so(counter_app: CounterApp) -> None:
+    app = counter_app
+    mid = member_with_card(app)
+    await app.login(*CASHIER)
+    await swipe(app)
+    seen = []
+    for _ in range(7):
+        app.user.find(marker="topup").click()
+        app.user.find(marker="amount").type("6000")
+        app.user.find(marker="approver").type(OWNER[0])
+        app.user.find(marker="approver-password").type("wrong")
+        app.user.find(marker="topup-ok").click()
+        await asyncio.sleep(0.3)
+        seen.append(next(iter(app.user.find(marker="dialog-error").elements)).text)
+    assert "姓名或密码不对。" in seen and any("密码错误次数太多" in s for s in seen), seen
+    assert not any("权限" in s for s in seen), seen
+    assert app.ledger.balance(mid)["cash"] == 0
