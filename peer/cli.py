@@ -305,6 +305,11 @@ def _value(schema: Schema, raw: Any, flag: str) -> Any:
             raise InvalidInput(f"{flag} is not JSON: {e}") from None
         except RecursionError:
             raise InvalidInput(f"{flag} is nested too deeply to be a rule or a value") from None
+        except ValueError:
+            # A number of more than 4,300 digits, which int() will not read (Python's
+            # guard against quadratic time): it was a traceback.
+            raise InvalidInput(f"{flag} holds a number too long to be a rule's or a "
+                               "value's") from None
     return raw
 
 
