@@ -40,9 +40,10 @@ from crdtledger.backups import DB_FILE, RESTORE_DAMAGED, restore, store_damage, 
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
 from crdtledger.inputs import printable, unique_keys
 from crdtledger.ledger import Ledger
-from crdtledger.money import format_purses
+from crdtledger.money import format_purses, half_width
 from crdtledger.operations import TABLE, Operation, Param
 from crdtledger.schema import Schema
+from crdtledger.schema import check as check_schema
 from crdtledger.sync import PROTOCOL_VERSION
 from crdtledger.syncfile import export_file, import_file
 from peer import local, progress, receipts, service, webcert
@@ -328,6 +329,49 @@ def params_of(op: Operation, args: argparse.Namespace) -> Params:
         if p.flag is not None and raw is not None:
             out[p.name] = _value(p.schema, raw, _flag(p))
     return out
+
+
+def as_typed(args: argparse.Namespace, message: str) -> str:
+    """A refusal of one parameter's value, naming the parameter as the person typed it.
+    The library names it as the API does ("yuan must be a yuan amount ...",
+    "change_text ...", "debit_id ..."), and what was typed is `--amount`, `--change`,
+    `--debit`. Only the sentence the parameter's own check makes is said again, found
+    by making it (the same whether the node or this process refused): "unknown member
+    X" is the ledger's, and stays. A value typed in full-width characters ("１２", an
+    input method's) that would fit typed half-width says how to type it, as
+    money.parse_yuan says it: the shape check refused it before that was said."""
+    cmd = getattr(args, "cmd", None)
+    if not isinstance(cmd, Operation):
+        return message
+    try:
+        params = params_of(cmd, args)
+    except LedgerError:
+        return message
+    for p in cmd.params:
+        value = params.get(p.name)
+        if p.flag is None or value is None or isinstance(value, dict | list):
+            continue  # an object's or a list's parts are named by their keys
+        try:
+            check_schema(value, p.schema, p.name)
+            continue
+        except LedgerError as e:
+            if str(e) != message:
+                continue
+        typed = _flag(p)
+        half = half_width(value) if isinstance(value, str) else value
+        if half != value and not p.schema.get("writeOnly"):  # a PIN is never said back
+            try:
+                check_schema(half, p.schema, typed)
+            except LedgerError:
+                pass
+            else:
+                return (f"{typed} {value!r} is typed in full-width characters: type it as "
+                        f"{half} (half-width)")
+        try:
+            check_schema(value, p.schema, typed)
+        except LedgerError as e:
+            return str(e)
+    return message
 
 
 def request_of(args: argparse.Namespace) -> tuple[str, Params]:
@@ -1103,7 +1147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = chain_command(args) if args.command == "chain" else run(args, Path(str(data)))
     except (LedgerError, RemoteProtocolError) as e:
-        return refuse(args, e.code, str(e) or type(e).__name__)
+        return refuse(args, e.code, as_typed(args, str(e) or type(e).__name__))
     except OSError as e:  # e.g. --out in a missing or read-only directory
         return refuse(args, "io_error", f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
     except sqlite3.DatabaseError as e:  # a damaged or foreign file where the store should be

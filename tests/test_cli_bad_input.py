@@ -12,6 +12,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from cluster import cluster
 from conftest import CliResult, run_cli
 
 from crdtledger.ledger import Ledger
@@ -61,3 +62,61 @@ def test_a_json_number_too_long_to_read_is_refused_with_a_sentence(
     said = refused(run_cli(*(a.replace("{member}", member) for a in argv), data=data))
     assert "too long" in said and "digits" not in said.split(":")[0], said
     assert state(data) == before
+
+
+# (what is typed, the refusal's start) for parameters the library names otherwise.
+NAMED: list[tuple[tuple[str, ...], str]] = [
+    (("topup", "--member", "{member}", "--amount", "12.345"), "--amount must be"),
+    (("debit", "--member", "{member}", "--amount", "1e3"), "--amount must be"),
+    (("topup", "--member", "{member}", "--amount", "1" * 20), "--amount is longer than"),
+    (("correct", "--member", "{member}", "--change", "NaN", "--reason", "x"),
+     "--change must be"),
+    (("quote", "refund", "--debit", "nope"), "--debit must be"),
+    (("card", "show", "--card", "C" * 100), "--card is longer than"),
+    (("rule", "set", "settings", "--json-body", "{}", "--effective-from", "2026-02-30"),
+     "--effective-from must be"),
+    (("member", "find", ""), "query must not be empty"),
+]
+
+
+def test_a_refusal_names_the_option_typed(shop: tuple[Path, str]) -> None:
+    data, member = shop
+    before = state(data)
+    for argv, start in NAMED:
+        said = refused(run_cli(*(a.replace("{member}", member) for a in argv), data=data))
+        assert said.startswith(f"crdtledger: {start}"), (argv, said)
+    # What the ledger says of a member or a card is not a parameter's: left as it was.
+    said = refused(run_cli("debit", "--member", "0000000000000.SH01", "--amount", "1.00",
+                           data=data))
+    assert said == "crdtledger: unknown member 0000000000000.SH01", said
+    assert state(data) == before
+
+
+@pytest.mark.parametrize(("typed", "meant"), [("１２", "12"), ("１２．５０", "12.50")])
+def test_an_amount_typed_full_width_says_how_to_type_it(
+        shop: tuple[Path, str], typed: str, meant: str) -> None:
+    data, member = shop
+    before = state(data)
+    for argv in (("topup", "--member", member, "--amount", typed),
+                 ("correct", "--member", member, "--change", typed, "--reason", "x")):
+        said = refused(run_cli(*argv, data=data))
+        assert f"type it as {meant}" in said and said.startswith("crdtledger: --"), said
+    assert state(data) == before
+
+
+def test_a_command_handed_to_a_running_node_names_the_option_too(tmp_path: Path) -> None:
+    with cluster(tmp_path) as c:
+        node = c.add("SH01").start()
+        member = run_cli("member", "add", "--name", "韩梅梅", "--phone", "13800000002",
+                         "--json", data=node.data).json()["member_id"]
+        said = refused(run_cli("topup", "--member", member, "--amount", "１２",
+                               data=node.data))
+        assert said.startswith("crdtledger: --amount") and "type it as 12" in said, said
+        said = refused(run_cli("topup", "--member", member, "--amount", "-5",
+                               data=node.data))
+        assert said.startswith("crdtledger: --amount must be"), said
+        said = refused(run_cli("rule", "set", "settings", "--json-body",
+                               f"[{LONG_NUMBER}]", data=node.data))
+        assert "too long" in said, said
+        r = run_cli("history", "--member", member, "--json", data=node.data)
+        assert r.code == 0 and r.json() == [], r
