@@ -581,15 +581,25 @@ def emit(args: argparse.Namespace, result: Result) -> None:
 
 def _json_text(data: Any) -> str:
     """JSON for a terminal or a pipe: the C1 controls (U+0080-U+009F, which JSON leaves
-    as they are) escaped as JSON escapes them, so a terminal obeys none."""
-    return re.sub("[\x7f-\x9f]", lambda m: f"\\u{ord(m.group()):04x}",
+    as they are) escaped as JSON escapes them, so a terminal obeys none. An output that
+    cannot show the text (a pipe of another encoding: PYTHONIOENCODING, a Windows code
+    page) gets it all as JSON escapes: a refusal holding Chinese was a traceback there,
+    and the escapes the output would make of an emoji (\\U0001f600) are no JSON."""
+    text = re.sub("[\x7f-\x9f]", lambda m: f"\\u{ord(m.group()):04x}",
                   json.dumps(data, ensure_ascii=False, sort_keys=True))
+    encoding = (sys.stdout.encoding or "utf-8").lower().replace("_", "-")
+    if encoding not in ("utf-8", "utf8"):  # UTF-8 shows all the text a value may hold
+        try:
+            text.encode(encoding)
+        except (UnicodeEncodeError, LookupError):
+            return json.dumps(data, ensure_ascii=True, sort_keys=True)
+    return text
 
 
 def refuse(args: argparse.Namespace, code: str, message: str) -> int:
     message = printable(" ".join(message.split()))  # one line, whatever it carried
     if getattr(args, "json", False):
-        print(json.dumps({"error": code, "message": message}, ensure_ascii=False))
+        print(_json_text({"error": code, "message": message}))
     print(f"{PROG}: {message}", file=sys.stderr)
     return EXIT_REFUSED
 

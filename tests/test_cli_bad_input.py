@@ -9,6 +9,7 @@ first. Real CLI processes on real data directories; the running node is a real n
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,23 @@ def test_a_command_handed_to_a_running_node_names_the_option_too(tmp_path: Path)
         assert "too long" in said, said
         r = run_cli("history", "--member", member, "--json", data=node.data)
         assert r.code == 0 and r.json() == [], r
+
+
+def test_a_refusal_in_json_to_an_output_that_cannot_show_chinese_is_said(
+        shop: tuple[Path, str]) -> None:
+    """A script reading `--json` through a pipe of another encoding (PYTHONIOENCODING,
+    a Windows code page): a refusal holding Chinese was a UnicodeEncodeError traceback,
+    where a done command's output gets escapes."""
+    data, member = shop
+    r = run_cli("debit", "--member", member, "--service", "不存在", "--json", data=data,
+                env={"PYTHONIOENCODING": "ascii"})
+    said = refused(r)
+    error = json.loads(r.out)
+    assert error["error"] == "invalid_input" and "不存在" in error["message"], error
+    assert "\\u4e0d" in said  # stderr: escaped, not a traceback
+    # A done command's JSON too: an emoji was escaped as \U0001f600, which is no JSON.
+    assert run_cli("member", "add", "--name", "王😀", "--phone", "13800000009",
+                   data=data).code == 0
+    r = run_cli("member", "find", "13800000009", "--json", data=data,
+                env={"PYTHONIOENCODING": "ascii"})
+    assert r.code == 0 and json.loads(r.out)[0]["name"] == "王😀", r
