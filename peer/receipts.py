@@ -48,7 +48,7 @@ from typing import Any
 from crdtledger import localtime, views
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied
 from crdtledger.goods import is_walk_in
-from crdtledger.inputs import printable
+from crdtledger.inputs import check_text, printable
 from crdtledger.ledger import Ledger
 from crdtledger.model import DEFAULT_RULES
 from crdtledger.money import format_yuan
@@ -73,6 +73,11 @@ class PrinterError(LedgerError):
 
 
 # --- this PC's printer --------------------------------------------------------------
+
+
+# A receipt's header: a shop's name, two lines of 58 mm paper at most. Ten thousand
+# characters were taken and printed, a roll's worth of header on every receipt.
+TITLE_LIMIT = 40
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,7 @@ def load_config(data_dir: Path) -> PrinterConfig | None:
         width = int(raw.get("width", 58))
         if width not in COLUMNS:
             raise ValueError(f"width is 58 or 80 (mm), not {width}")
-        title = str(raw.get("title", ""))
+        title = check_text(raw.get("title", ""), "title", limit=TITLE_LIMIT)
         for key in ("host", "usb"):  # a table was printed as "receipts print on {'a': 1}"
             if key in raw and not isinstance(raw[key], str):
                 raise ValueError(f"{key} is text, not {str(raw[key])[:40]}")
@@ -756,7 +761,8 @@ def printer_command(args: Any, data_dir: Path) -> tuple[dict[str, Any], str]:
             base = PrinterConfig(usb=parse_usb(args.usb), width=base.width, title=base.title)
         config = PrinterConfig(base.host, base.port, base.usb,
                                args.width or base.width,
-                               base.title if args.title is None else args.title.strip())
+                               base.title if args.title is None
+                               else check_text(args.title, "--title", limit=TITLE_LIMIT))
         save_config(data_dir, config)
         return _shown(config), f"receipts print on {config.describe()}"
     if args.action == "off":

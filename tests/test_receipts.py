@@ -160,6 +160,16 @@ def test_the_command_line_sets_the_printer_and_reprints(tmp_path: Path,
     run_cli("printer", "set", "--net", f"127.0.0.1:{off}", data=data)
     failed = run_cli("receipt", "print", "--entry", entry["id"], data=data)
     assert failed.code == 1 and "refused the connection" in failed.err
+    # A header longer than a shop's name is refused and changes nothing; one written
+    # into the file by hand is named with the file.
+    before = (data / "printer.toml").read_bytes()
+    long = run_cli("printer", "set", "--title", "店" * 41, data=data)
+    assert long.code != 0 and "--title is longer than 40" in long.err, long.err
+    assert (data / "printer.toml").read_bytes() == before
+    (data / "printer.toml").write_text(f'host = "127.0.0.1"\ntitle = "{"店" * 41}"\n',
+                                       encoding="utf-8")
+    shown = run_cli("printer", "show", data=data)
+    assert shown.code != 0 and "printer.toml: title is longer than 40" in shown.err, shown.err
 
 
 def test_a_usb_printer_that_is_not_plugged_in_is_named(tmp_path: Path) -> None:
