@@ -1332,7 +1332,9 @@ class Counter:
                     pref_values = {k: v.value or "" for k, v in prefs.items() if v.value}
                     done = await self.act(
                         self.shop.operation(op, "member.add", name=who,
-                                            phone=str(phone.value or ""),
+                                            # pasted from a chat, a phone comes
+                                            # with spaces at its ends
+                                            phone=str(phone.value or "").strip(),
                                             gender=str(gender.value or ""),
                                             birthday=str(birthday.value or ""),
                                             prefs=pref_values), "member",
@@ -1393,8 +1395,10 @@ class Counter:
             prefs = self._prefs_inputs(dict(profile.get("prefs") or {}))
 
             async def confirm() -> None:
-                changed = {k: el.value or "" for k, el in inputs.items()
-                           if (el.value or "") != profile.get(k, "")}
+                # Text as typed, less the spaces at its ends (a phone pasted from a
+                # chat was refused as no phone number for them).
+                typed = {k: str(el.value or "").strip() for k, el in inputs.items()}
+                changed = {k: v for k, v in typed.items() if v != profile.get(k, "")}
                 pref_values = {k: el.value or "" for k, el in prefs.items()}
                 edit = self.shop.operation(self.op, "member.edit", member=member,
                                            prefs=pref_values, **changed)

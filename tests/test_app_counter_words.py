@@ -174,6 +174,27 @@ async def test_an_edit_cannot_take_the_phone_off(counter_app: CounterApp) -> Non
     assert [m["id"] for m in app.ledger.find_members("13812345678")] == [mid]
 
 
+async def test_a_phone_pasted_with_spaces_at_its_ends_is_taken(counter_app: CounterApp) -> None:
+    """A phone pasted from a chat comes with spaces at its ends: registering or editing,
+    it was refused as no phone number ("“ 13700002222 ” 不是手机号码。")."""
+    app = counter_app
+    mid = member_with_card(app)
+    await app.login(*CASHIER)
+    app.user.find(marker="new-member").click()
+    app.user.find(marker="new-name").type("测试丁")
+    app.user.find(marker="new-phone").type(" 13700002222 ")
+    app.user.find(marker="new-member-ok").click()
+    await app.user.should_see("已登记会员 测试丁")
+    (new,) = app.ledger.find_members("测试丁")
+    assert app.ledger.member(new["id"])["phone"] == "13700002222"
+    await swipe(app)
+    app.user.find(marker="edit").click()
+    app.user.find(marker="edit-phone").clear()
+    app.user.find(marker="edit-phone").type(" 13812349999\t")
+    app.user.find(marker="edit-ok").click()
+    await app.user.should_see("资料已保存")
+    assert app.ledger.member(mid)["phone"] == "13812349999"
+
 async def test_an_e_mail_address_refused_is_said_in_chinese(counter_app: CounterApp) -> None:
     app = counter_app
     mid = member_with_card(app)
