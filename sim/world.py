@@ -92,6 +92,10 @@ def frame_kind(frame: bytes) -> str:
 
 
 class World:
+    # The adversaries of a run (--revoked, --forgers...): none in a world built by hand
+    # (tests/transport_suite.py's SmallWorld), which delivery and rights answers ask.
+    byz: Byzantine | None = None
+
     def __init__(self, config: Config) -> None:
         cfg = self.config = scenario_defaults(config)
         start = datetime.combine(date.fromisoformat(cfg.start), dt_time(0), ZoneInfo(ZONE))
@@ -103,7 +107,7 @@ class World:
         if cfg.revoked_live and not cfg.revoked:
             raise ValueError("--revoked-live keeps the --revoked PCs connected: ask for one "
                              "with --revoked N")
-        self.byz: Byzantine | None = Byzantine(self, counts) if any(counts.values()) else None
+        self.byz = Byzantine(self, counts) if any(counts.values()) else None
 
     def _init_state(self, start: datetime, root: Path) -> None:
         """The run's clock, trace, metrics and acknowledgements (before any node)."""
