@@ -500,8 +500,12 @@ class SyncSession:
                     msg = unpack(frame)
                     if msg.get("t") == "recs" and self.peer is not None:
                         self.bytes_in += len(frame)
-                        run.append(Batch.from_wire(msg))
-                        more = _more(msg)
+                        # Both fields read before the batch joins the run: a frame
+                        # whose `more` was malformed had its records applied with the
+                        # run (the `finally` below) while the frame was refused.
+                        batch, last_more = Batch.from_wire(msg), _more(msg)
+                        run.append(batch)
+                        more = last_more
                         continue
                     if run:
                         taken, run = run, []
