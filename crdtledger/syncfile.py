@@ -37,7 +37,7 @@ from crdtledger.errors import (
 from crdtledger.log import MARK_DOCS, MAX_BATCH_RECORDS, Batch, altered_logs
 from crdtledger.private import replace_private
 from crdtledger.seal import read_head, read_sealed, seal, unseal
-from crdtledger.sync import parse_logs, wire_logs
+from crdtledger.sync import TooManyContainers, parse_logs, unpackb_bounded, wire_logs
 
 if TYPE_CHECKING:
     from crdtledger.ledger import Ledger
@@ -167,8 +167,11 @@ def read_file(ledger: Ledger, path: Path | str, progress: Progress = _silent
     sealed = unseal(ledger.trust, raw, KIND, what=str(path))
     del raw  # the file's bytes; the payload is what is parsed now
     try:
-        data = msgpack.unpackb(sealed.payload, raw=False, strict_map_key=True)
+        data = unpackb_bounded(sealed.payload)
         file_chain, node = data["chain"], data["node"]
+    except TooManyContainers:
+        raise CorruptSyncFile(f"{path} holds more maps and lists than any sync file of its "
+                              "size: it was not written by crdtledger") from None
     except Exception:
         raise CorruptSyncFile(f"{path} has a damaged body") from None
     if file_chain != ledger.chain:

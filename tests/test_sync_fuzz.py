@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import math
 import shutil
+import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from crdtledger import syncfile
-from crdtledger.errors import RemoteProtocolError, RightsElsewhere
+from crdtledger.errors import CorruptSyncFile, RemoteProtocolError, RightsElsewhere
 from crdtledger.ledger import Ledger
 from crdtledger.seal import seal, unseal
 from crdtledger.sync import SyncSession
@@ -382,3 +383,26 @@ def test_the_real_frames_and_file_are_taken(world: World) -> None:
     assert syncfile.import_file(b, path)["records"] > 0
     world.reset("SH02")
 
+
+def test_a_sync_file_of_empty_maps_is_refused_before_they_are_built(world: World) -> None:
+    """A body of a million empty maps (a byte each), sealed by a branch of the chain:
+    read whole before any check, it held 74 bytes of memory per byte of file (a file
+    of the 2 GiB allowed, some 150 GB). Now refused as a frame of them is, before
+    they are built (sync.unpackb_bounded)."""
+    b = world.victim("SH02")
+    n = 1_000_000
+    body = (b"\x83" + msgpack.packb("chain") + msgpack.packb(CHAIN) + msgpack.packb("node")
+            + msgpack.packb("SH01") + msgpack.packb("junk")
+            + b"\xdd" + n.to_bytes(4, "big") + b"\x80" * n)
+    path = world.root / "maps.sync"
+    path.write_bytes(seal(world.sh01.trust, "sync", body, world.sh01.clock.wall()))
+    before = snapshot(b)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptSyncFile, match="more maps and lists than any sync file"):
+            syncfile.import_file(b, path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * path.stat().st_size  # the file, decrypted once: 74 times it before
+    assert snapshot(b) == before
