@@ -31,19 +31,25 @@ async def test_a_refund_of_all_that_was_left_refunds_no_less_unseen(
     app.user.find(marker="refund").click()
     await app.user.should_see("还可退 ¥128.00")
     app.ledger.refund(app.node_owner, sale["id"], amount=10000, reason="另一台收银机")
-    before = snapshot(app.ledger, [mid])
-    app.user.find(marker="refund-ok").click()
-    await app.user.should_see("这笔消费刚刚在别处退过一部分")
-    await asyncio.sleep(0.1)
-    assert snapshot(app.ledger, [mid]) == before
-    app.user.find("取消").click()
-    await swipe(app)
-    app.user.find(marker="refund").click()
+    await refused_then_opened_again(app, mid, "这笔消费刚刚在别处退过一部分")
     await app.user.should_see("已退过一部分，还可退 ¥28.00")
     app.user.find(marker="refund-ok").click()
     await app.user.should_see("已退款 ¥28.00")
     assert sorted(int(e["amount"]) for e in app.ledger.history(mid)
                   if e["kind"] == "refund") == [2800, 10000]
+
+
+async def refused_then_opened_again(app: CounterApp, mid: str, said: str) -> None:
+    """The open refund dialog confirmed: refused with `said`, nothing changed; closed
+    and opened again, for the cashier to read what it says now."""
+    before = snapshot(app.ledger, [mid])
+    app.user.find(marker="refund-ok").click()
+    await app.user.should_see(said)
+    await asyncio.sleep(0.1)
+    assert snapshot(app.ledger, [mid]) == before
+    app.user.find("取消").click()
+    await swipe(app)
+    app.user.find(marker="refund").click()
 
 
 async def test_a_refund_of_an_amount_typed_is_not_held_up_by_another_tills(
@@ -76,14 +82,7 @@ async def test_a_refund_keeps_no_more_for_points_than_the_dialog_said(
     if typed:
         app.user.find(marker="refund-amount").type(typed)
     app.ledger.redeem_points(app.node_owner, mid, 100, "茶")
-    before = snapshot(app.ledger, [mid])
-    app.user.find(marker="refund-ok").click()
-    await app.user.should_see("会员刚刚用掉了这笔消费的积分")
-    await asyncio.sleep(0.1)
-    assert snapshot(app.ledger, [mid]) == before
-    app.user.find("取消").click()
-    await swipe(app)
-    app.user.find(marker="refund").click()
+    await refused_then_opened_again(app, mid, "会员刚刚用掉了这笔消费的积分")
     await app.user.should_see("会员已用掉这笔消费的 100 积分")
     app.user.find(marker="refund-ok").click()
     await app.user.should_see("已用积分扣")

@@ -442,12 +442,7 @@ async def test_the_owner_hands_a_closing_shops_rights_over_from_the_sync_page(
     app.user.find(marker="handover").click()  # no branch chosen: nothing happens
     await app.user.should_see("请选择接收的分店")
     assert views.rights_summary(ledger, NODE)["held"] == {"cash": 12800}
-    to = app.user.find(marker="handover-to").elements.pop()
-    assert isinstance(to, ui.select)
-    to.set_value("SH02")
-    app.user.find(marker="handover").click()
-    await app.user.should_see(marker="handover-confirm")
-    app.user.find(marker="handover-confirm").click()
+    await hand_over_to(app, "SH02")
     await app.user.should_see("已移交")
     await app.user.should_see("本店已移交给")
     await app.user.should_see("本店销售的退款由其办理")
@@ -465,14 +460,21 @@ async def test_a_shop_holding_nothing_is_asked_to_hand_over_to_name_who_refunds(
     await app.login(*OWNER)
     await app.user.open("/office/sync")
     await app.user.should_see("闭店前仍请移交，以指定为本店的销售办理退款的分店")
+    await hand_over_to(app, "SH02")
+    await app.user.should_see("本店已移交给")
+    assert ledger.refunds_at({"node": NODE}) == "SH02"
+
+
+async def hand_over_to(app: CounterApp, branch: str) -> None:
+    """The sync page's hand-over card: `branch` chosen, the button, the question
+    answered yes."""
     to = app.user.find(marker="handover-to").elements.pop()
     assert isinstance(to, ui.select)
-    to.set_value("SH02")
+    to.set_value(branch)
     app.user.find(marker="handover").click()
     await app.user.should_see(marker="handover-confirm")
     app.user.find(marker="handover-confirm").click()
-    await app.user.should_see("本店已移交给")
-    assert ledger.refunds_at({"node": NODE}) == "SH02"
+
 
 async def test_a_manager_confirms_this_pcs_clock_from_the_sync_page(
         counter_app: CounterApp) -> None:
