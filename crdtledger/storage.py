@@ -516,14 +516,6 @@ def _connect(path: Path, synchronous: str, page_size: int | None = None) -> sqli
         conn.execute(f"PRAGMA page_size={int(page_size)}")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
-    # A checkpoint every 10,000 pages of log (20 MB at 2 KB pages), not SQLite's
-    # 1,000: a debit writes about 13 pages, most of them the same hot pages (rights,
-    # totals, the indexes' upper levels), which a checkpoint copies once however often
-    # they were written since. Measured on the 100k data set, debits alternated
-    # (benchmarks/README.md, "WAL checkpoints"): the debit's mean CPU 5-9% less, its
-    # p99 about a third (2.3-2.7 ms -> 0.7-0.9 ms at synchronous=OFF); the median as
-    # before. The log file grows to 20 MB between checkpoints instead of 2 MB.
-    conn.execute("PRAGMA wal_autocheckpoint=10000")
     conn.execute("PRAGMA busy_timeout=10000")
     conn.execute("PRAGMA foreign_keys=OFF")
     # Deleted content is overwritten, not left in free pages: an erased member's old

@@ -333,9 +333,6 @@ def test_a_copy_of_the_generation_before_put_back_beside_a_crashs_log_opens_as_t
     a.topup(a.owner, m, 100_000)
     sync(a, b)
     data = a.storage.dir
-    # Checkpointed by SQLite at the commit that passes a thousand pages of log (the
-    # store's own: 10,000), so that fifty members reach it.
-    a.storage.conn.execute("PRAGMA wal_autocheckpoint=1000")
     for i in range(50):
         a.add_member(a.owner, name=f"A{i}", phone=f"1370000{i:04d}")
     reader = sqlite3.connect(data / DB_FILE)
@@ -430,10 +427,7 @@ def test_a_log_started_again_by_its_own_stamp_is_still_the_stores(tmp_path: Path
     a.add_member(a.owner, name="Li", phone="13800000000")
     a.storage.forget_freed()  # a checkpoint: the next commit starts a new log
     wide = {f"k{i}": "x" * 150 for i in range(20)}
-    # Over the checkpoint's pages: copied into the file whole. (The store checkpoints
-    # every 10,000 pages; a thousand here keeps the commit small enough to be quick.)
-    a.storage.conn.execute("PRAGMA wal_autocheckpoint=1000")
-    with a.storage.transaction():
+    with a.storage.transaction():  # over SQLite's 1,000 pages: copied into the file whole
         for i in range(700):
             a.add_member(a.owner, name=f"N{i}", phone=f"139{i:08d}", custom=wide)
     late = a.add_member(a.owner, name="Wang", phone="13700000000")
