@@ -2,7 +2,7 @@
 set opened with extra PRAGMAs after the library's own (storage._connect), and the
 variants take turns debiting the same member, so the host's moves fall on all alike.
 
-    .venv/bin/python -m benchmarks.pragmas --sync OFF "" "wal_autocheckpoint=1000"
+    .venv/bin/python -m benchmarks.pragmas --sync OFF "" "wal_autocheckpoint=10000"
     .venv/bin/python -m benchmarks.pragmas --entries 100000 --rounds 6000 "" "cache_size=-32000"
 
 A variant is PRAGMAs separated by ";" ("" is the library as it is). Prints, per variant,
