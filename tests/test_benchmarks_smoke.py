@@ -112,3 +112,23 @@ def test_entry_encoding_measurement_runs() -> None:
     # The same entries: a JSON text is longer than Yrs' own encoding, msgpack shorter.
     assert result["msgpack"]["update_b"] < result["map"]["update_b"] < \
         result["json"]["update_b"]
+
+
+def test_the_pragmas_tool_runs_its_variants_side_by_side(tmp_path: Path) -> None:
+    """`python -m benchmarks.pragmas` (benchmarks/README.md, "WAL checkpoints"): each
+    variant a line of figures, on a toy data set, and its copies removed. No figure
+    asserted."""
+    def run(*variants: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "benchmarks.pragmas", "--entries", "1000", "--rounds", "20",
+             "--out", str(tmp_path), *variants],
+            cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+
+    done = run("", "wal_autocheckpoint=10000")
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()  # the data set's generation said first
+    at = [i for i, ln in enumerate(lines)
+          if ln.startswith("20 debits each, synchronous=OFF, 1000 entries")]
+    assert at, done.stdout
+    assert [ln.split()[0] for ln in lines[at[0] + 1:]] == ["(as", "wal_autocheckpoint=10000"]
+    assert not list(tmp_path.glob("work-pragmas"))  # its copies are removed
