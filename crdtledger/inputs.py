@@ -4,6 +4,7 @@ a replicated document (where every replica would have to refuse it again)."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import date
 from typing import Any
@@ -90,6 +91,31 @@ def check_card_no(value: str) -> str:
     if not CARD_NO.match(value):
         raise InvalidInput(f"card number {value!r} has characters a card cannot carry")
     return value.upper()
+
+
+class NotJson(InvalidInput):
+    """Text that is not JSON that can be read (json_value): the API answers it as
+    `invalid_json`, the command line as any input refused."""
+
+
+def json_value(text: str, what: str) -> Any:
+    """`text` read as JSON, an object naming a field twice refused (unique_keys); text
+    that is not JSON raises NotJson naming `what` and saying what is wrong in words of
+    the text, not the decoder's ("Expecting value: line 1 column 1 (char 0)", "maximum
+    recursion depth exceeded", and for a number of more than 4,300 digits, which
+    Python will not read, a traceback where the caller caught only decode errors). The
+    API's request body and the command line's JSON options read it."""
+    try:
+        return json.loads(text, object_pairs_hook=unique_keys)
+    except json.JSONDecodeError as e:
+        raise NotJson(f"{what} is not JSON: it goes wrong at line {e.lineno}, column "
+                      f"{e.colno}") from None
+    except RecursionError:  # [[[[...
+        raise NotJson(f"{what} is nested too deeply to read (lists or objects within "
+                      "each other)") from None
+    except ValueError:
+        raise NotJson(f"{what} is not JSON that can be read: it holds a number too long, "
+                      "thousands of digits") from None
 
 
 def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -53,7 +53,7 @@ from aiohttp import web
 from crdtledger import audit, idempotency, operations, views
 from crdtledger.auth import TooManyAttempts, verify_login
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
-from crdtledger.inputs import unique_keys
+from crdtledger.inputs import NotJson, json_value
 from crdtledger.ledger import Ledger
 from crdtledger.operations import ANY_OBJECT, ENTRY_ID, NODE, PASSWORD, STR, TABLE, Operation
 from crdtledger.schema import Schema, check, obj, show, text
@@ -862,18 +862,9 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     if not text.strip():
         raise ApiError(400, "invalid_json", "the request body is empty: send a JSON object")
     try:
-        body = json.loads(text, object_pairs_hook=unique_keys)
-    except InvalidInput:
-        raise
-    except json.JSONDecodeError as e:
-        raise ApiError(400, "invalid_json", f"the request body is not JSON: it goes wrong "
-                       f"at line {e.lineno}, column {e.colno}") from None
-    except ValueError:  # Python reads no whole number of more than 4,300 digits
-        raise ApiError(400, "invalid_json", "the request body is not JSON that can be "
-                       "read: it holds a number thousands of digits long") from None
-    except RecursionError:  # [[[[...
-        raise ApiError(400, "invalid_json", "the request body is nested too deep to read "
-                       "(lists or objects within each other)") from None
+        body = json_value(text, "the request body")
+    except NotJson as e:
+        raise ApiError(400, "invalid_json", str(e)) from None
     if not isinstance(body, dict):
         check(body, {"type": "object"}, "the request body")  # refuses it, in words
     return dict(body)

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from crdtledger import __version__, audit, localtime, operations, peerclock, platform, views
 from crdtledger.backups import DB_FILE, RESTORE_DAMAGED, restore, store_damage, write_backup
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
-from crdtledger.inputs import printable, unique_keys
+from crdtledger.inputs import json_value, printable
 from crdtledger.ledger import Ledger
 from crdtledger.money import format_purses, half_width
 from crdtledger.operations import TABLE, Operation, Param
@@ -300,17 +300,7 @@ def _value(schema: Schema, raw: Any, flag: str) -> Any:
     if kind == "boolean":
         return {"true": True, "yes": True, "false": False, "no": False}.get(raw.lower(), raw)
     if kind is None:  # any JSON, e.g. a rule's body
-        try:
-            return json.loads(raw, object_pairs_hook=unique_keys)
-        except json.JSONDecodeError as e:
-            raise InvalidInput(f"{flag} is not JSON: {e}") from None
-        except RecursionError:
-            raise InvalidInput(f"{flag} is nested too deeply to be a rule or a value") from None
-        except ValueError:
-            # A number of more than 4,300 digits, which int() will not read (Python's
-            # guard against quadratic time): it was a traceback.
-            raise InvalidInput(f"{flag} holds a number too long to be a rule's or a "
-                               "value's") from None
+        return json_value(raw, flag)
     return raw
 
 
