@@ -6,7 +6,7 @@ rights cover it, checked inside the write transaction (`_post`, `debit`)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, cast
@@ -914,26 +914,31 @@ class Payments(Merges, Rules):
             return max(paid, n * self._list_price(body.get("service")))
         return n if purse in MONEY_PURSES else 0
 
-    def _unapproved_today(self, operator: str, kind: str) -> list[tuple[str, int, Any]]:
+    def _unapproved_today(self, operator: str, kind: str, members: Sequence[str] = ()
+                          ) -> list[tuple[str, int, Any]]:
         """(member, amount, body) of `operator`'s entries of `kind` written at this branch
         today, or on any later day, without an approver: what a limit counts together
         with the next one, so that splitting an amount does not pass it. Later days
         too: a PC's clock set back a day at a time made each day's count start afresh
         (600.00 corrected in one session under a limit of 100.00). From the day it would
         be had the clock not been put forward by hand (`unmoved_day`): put forward a
-        day at a time, each day's count started afresh too. One range of ids."""
+        day at a time, each day's count started afresh too. One range of ids: of the
+        whole chain's entries since the day began, or, with `members`, of theirs alone
+        (their index: a top-up at the end of a 300-branch chain's day read some 27,000
+        entries, about 7 ms per 10,000 on the 2-core VM, for a member's two)."""
+        among = f" AND member IN ({','.join('?' * len(members))})" if members else ""
         return [(str(m), int(a), json.loads(b)) for m, a, b in self.storage.conn.execute(
             "SELECT member, amount, body FROM entries WHERE id >= ? AND kind = ? AND "
-            "node = ? AND op = ? AND json_extract(body, '$.approver') IS NULL",
-            (self.storage.day_start_id(self.unmoved_day()), kind, self.node, operator))]
+            "node = ? AND op = ? AND json_extract(body, '$.approver') IS NULL" + among,
+            (self.storage.day_start_id(self.unmoved_day()), kind, self.node, operator,
+             *members))]
 
     def _topped_up_today(self, operator: str, member: str) -> int:
         """What `operator` topped up today here without an approver for `member` (any
         member of its merge group)."""
-        conn = self.storage.conn
-        group = set(views.member_group(conn, member))
-        return sum(amount for m, amount, _body in self._unapproved_today(operator, "topup")
-                   if m in group)
+        group = views.member_group(self.storage.conn, member)
+        return sum(amount for _m, amount, _body
+                   in self._unapproved_today(operator, "topup", group))
 
     def _corrected_today(self, operator: str) -> int:
         """What `operator`'s corrections today here without an approver were worth, each

@@ -803,6 +803,19 @@ def test_top_ups_split_under_the_limit_still_need_an_approver(a: Ledger) -> None
     assert a.balance(m)["cash"] == 1_000_000
 
 
+def test_top_ups_before_a_merge_count_for_the_survivor(a: Ledger) -> None:
+    """The count is of the member's merge group, read through the members' index (not
+    the whole chain's entries of the day): a member's top-ups made before she was
+    merged count with the survivor's."""
+    o = a.owner
+    m, survivor = member(a), member(a, phone="13900000002")
+    a.topup(o, m, 300000)
+    a.merge_member(o, m, survivor)
+    a.topup(o, survivor, 200000)
+    refused(a, [m, survivor], ApprovalRequired, lambda: a.topup(o, survivor, 1),
+            match=r"after 5000.00 topped up for this member today")
+
+
 def test_cli_top_ups_split_need_an_approver(cli: Cli, tmp_path: Path) -> None:
     data = tmp_path / "sh01"
     assert cli("init", "--node", "SH01", data=data).code == 0
