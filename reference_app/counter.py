@@ -555,6 +555,34 @@ class Counter:
         both), else the member picked from a search."""
         return {"card": card, "pin": pin} if card else {"member": member}
 
+    def held_by(self, run: Callable[[], T], member: str | None, card: str | None
+                ) -> Callable[[], T]:
+        """`run`, paid by the card a dialog for `member` was opened with (_payer), refused
+        if that number is no longer `member`'s card, judged as the node runs it. The
+        library pays by whoever holds the number now: returned (退卡) or replaced (补卡)
+        at another till and issued to someone else while the dialog was open, it charged
+        ¥128.00 of that other member's stored value in a dialog headed with this one's
+        name (a top-up went to them). A card reported lost stays its member's: the
+        library's own refusal says so."""
+        if member is None or not card:
+            return run
+
+        def op() -> T:
+            ledger = self.shop.ledger
+            try:
+                holder = str(ledger.card(card)["member"])
+            except LedgerError:
+                return run()  # the library's own refusal of the card
+            if ledger.survivor_of(holder) != ledger.survivor_of(member):
+                raise TermsChanged(tr(
+                    "卡 {no} 刚刚在别处退卡或补卡，这个卡号现在是另一位会员的：请关闭后重新"
+                    "刷会员的卡或按手机号查找。",
+                    "Card {no} was returned or replaced elsewhere just now and its number "
+                    "is another member's now: close this and swipe the member's card or "
+                    "find them by phone.", no=card))
+            return run()
+        return op
+
     async def act(self, op: Callable[[], T], name: str, done: Callable[[T], str],
                   error: ui.label | None = None,
                   explain: Callable[[LedgerError], str | None] | None = None) -> T | None:
@@ -762,6 +790,7 @@ class Counter:
                 payer = self._payer(member, card, pin) if member else {}
                 sale = self.shop.operation(self.op, "debit", service=code, qty=n, pay=how,
                                            coupon=cid, **payer)
+                sale = self.held_by(sale, member, card)
                 done = await self.act(
                     self.priced(sale, seen_uses, "services", "earn", service=code)
                     if how == "package"
@@ -855,9 +884,9 @@ class Counter:
                 payer = self._payer(member, card, pin) if member else {}
                 cid = (ticket.value or None) if ticket is not None else None
                 done = await self.act(
-                    self.priced(self.shop.operation(self.op, "sell", goods=c, qty=n, pay=how,
-                                                    coupon=cid, **payer),
-                                seen, "earn", goods=c, level=member),
+                    self.priced(self.held_by(self.shop.operation(
+                        self.op, "sell", goods=c, qty=n, pay=how, coupon=cid, **payer),
+                        member, card), seen, "earn", goods=c, level=member),
                     "sell", lambda e: tr("已售 {what} ×{n}，实收 {paid}", "Sold {what} ×{n}, "
                                          "paid {paid}", what=self.shop.goods_name(c), n=n,
                                          paid=money(int(e["amount"]))), error,
@@ -1000,10 +1029,10 @@ class Counter:
                     self.refused(e, error, fixed=lambda: parsed() is not None)
                     return
                 done = await self.act(
-                    self.priced(self.shop.operation(
+                    self.priced(self.held_by(self.shop.operation(
                         self.op, "topup", amount=fen, pay=str(method.value),
                         approver=_approval(approval, approver, approver_pw),
-                        **self._payer(member, card, pin)), seen, "promotions"),
+                        **self._payer(member, card, pin)), member, card), seen, "promotions"),
                     "topup", lambda e: tr("已充值 {cash}，赠送 {bonus}", "Topped up {cash}, "
                                           "bonus {bonus}", cash=money(fen),
                                           bonus=money(int(e.get("bonus", 0)))), error)
@@ -1075,10 +1104,10 @@ class Counter:
                 if code is None or how is None:
                     return
                 done = await self.act(
-                    self.shop.operation(self.op, "package.sell", service=code, uses=n,
-                                        price=fen, pay=how,
-                                        approver=_approval(approval, approver, approver_pw),
-                                        **self._payer(member, card, pin)),
+                    self.held_by(self.shop.operation(
+                        self.op, "package.sell", service=code, uses=n, price=fen, pay=how,
+                        approver=_approval(approval, approver, approver_pw),
+                        **self._payer(member, card, pin)), member, card),
                     "package", lambda _e: tr("已售套餐 {what} ×{n}", "Sold {what} ×{n}",
                                              what=self.shop.service_name(code), n=n), error,
                     lambda e: self.shop.short_of_stored(e, member))
@@ -1120,9 +1149,10 @@ class Counter:
                 if item.value:
                     code = str(item.value)
                     if await self.act(
-                            self.priced(self.shop.operation(self.op, "points.gift", goods=code,
-                                                            **self._payer(member, card, pin)),
-                                        seen, goods=code),
+                            self.priced(self.held_by(self.shop.operation(
+                                self.op, "points.gift", goods=code,
+                                **self._payer(member, card, pin)), member, card),
+                                seen, goods=code),
                             "redeem", lambda e: tr("已兑换 {what}，用 {n} 积分",
                                                    "Gave {what} for {n} points",
                                                    what=gifts[code]["name"], n=e["points"]),
@@ -1136,8 +1166,9 @@ class Counter:
                     return
                 n = int(text)
                 done = await self.act(
-                    self.shop.operation(self.op, "points.redeem", points=n,
-                                        gift=gift.value or "", **self._payer(member, card, pin)),
+                    self.held_by(self.shop.operation(
+                        self.op, "points.redeem", points=n, gift=gift.value or "",
+                        **self._payer(member, card, pin)), member, card),
                     "redeem", lambda _e: tr("已兑换 {n} 积分", "Redeemed {n} points", n=n), error)
                 if done is not None:
                     d.close()

@@ -1,0 +1,106 @@
+"""The counter's dialogs left open while another till or the back office changes what
+they were opened on: the card swiped returned or replaced and its number issued to
+someone else, or reported lost. NiceGUI's simulated user against a real node and
+store; each refused with a Chinese sentence and nothing changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from app_fixtures import CASHIER, OWNER, CounterApp
+from helpers import snapshot
+from test_app_counter import CARD, member_with_card, swipe
+
+pytestmark = pytest.mark.asyncio
+
+
+async def open_dialog(app: CounterApp, what: str) -> str:
+    """Open `what`'s dialog on the member on screen, filled in; its confirm's marker."""
+    if what == "consume":
+        app.user.find(marker="consume").click()
+        marker = "consume-ok"
+    elif what == "topup":
+        app.user.find(marker="topup").click()
+        app.user.find(marker="amount").type("100")
+        marker = "topup-ok"
+    elif what == "package":
+        app.user.find(marker="sell-package").click()
+        app.user.find(marker="package-price").type("300.00")
+        app.user.find(marker="package-pay").elements.pop().set_value("stored")
+        marker = "package-ok"
+    else:
+        app.user.find(marker="redeem").click()
+        app.user.find(marker="points").type("100")
+        marker = "redeem-ok"
+    await app.user.should_see(marker=marker)
+    return marker
+
+
+async def refused(app: CounterApp, marker: str, members: list[str], said: str) -> None:
+    before = snapshot(app.ledger, members)
+    app.user.find(marker=marker).click()
+    await app.user.should_see(said)
+    await asyncio.sleep(0.1)
+    assert snapshot(app.ledger, members) == before
+
+
+@pytest.mark.parametrize("how", ["returned", "replaced"])
+@pytest.mark.parametrize("what", ["consume", "topup", "package", "redeem"])
+async def test_a_card_number_issued_to_another_member_meanwhile_pays_for_nobody(
+        counter_app: CounterApp, how: str, what: str) -> None:
+    """张伟's card swiped, the dialog open; another till took the card back (退卡) or
+    replaced it (补卡) and issued the number to 李娜. The library pays by whoever holds
+    the number: ¥128.00 came out of 李娜's stored value, in a dialog headed 张伟."""
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    other = app.ledger.add_member(app.node_owner, name="李娜", phone="13900000000")
+    app.ledger.topup(app.node_owner, other, 30000)
+    app.ledger.correct(app.node_owner, other, "points", 500, "opening points")
+    await app.login(*OWNER)
+    await swipe(app)
+    marker = await open_dialog(app, what)
+    if how == "returned":
+        app.ledger.return_card(app.node_owner, CARD)
+    else:
+        app.ledger.replace_card(app.node_owner, CARD, "C20002")
+    app.ledger.issue_card(app.node_owner, other, CARD)
+    await refused(app, marker, [mid, other], "这个卡号现在是另一位会员的")
+
+
+async def test_a_card_of_a_member_merged_meanwhile_still_pays_for_her(
+        counter_app: CounterApp) -> None:
+    """Her card is the survivor's after a merge (decided, "Member merge"): the check
+    of who holds the number refuses nothing the merge made."""
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    other = app.ledger.add_member(app.node_owner, name="张伟", phone="13900000000")
+    await app.login(*OWNER)
+    await swipe(app)
+    marker = await open_dialog(app, "consume")
+    app.ledger.merge_member(app.owner_id, mid, other)
+    app.user.find(marker=marker).click()
+    await app.user.should_see("已消费")
+    assert app.ledger.history(other)[0]["kind"] == "debit"
+
+
+@pytest.mark.parametrize("what", ["consume", "topup", "package", "redeem"])
+async def test_a_card_reported_lost_meanwhile_pays_for_nothing(
+        counter_app: CounterApp, what: str) -> None:
+    """The dialog was opened by the card (its PIN given); another till reported it lost:
+    confirming is refused. (A member found by phone is still served: 挂失 stops the
+    card, not the account, as decided.)"""
+    app = counter_app
+    mid = member_with_card(app, cash=50000, pin="4321")
+    app.ledger.correct(app.node_owner, mid, "points", 500, "opening points")
+    await app.login(*CASHIER)
+    app.reader.insert(CARD)
+    await app.user.should_see(marker="pin")
+    app.user.find(marker="pin").type("4321")
+    app.user.find(marker="pin-ok").click()
+    await app.user.should_see(marker="member-name")
+    marker = await open_dialog(app, what)
+    app.ledger.report_lost(app.node_owner, CARD)
+    await refused(app, marker, [mid], "此卡已挂失，不能使用")
+
