@@ -1423,16 +1423,25 @@ class Counter:
             }
             for key, el in inputs.items():
                 el.props("outlined dense").classes("w-full").mark(f"edit-{key}")
-            prefs = self._prefs_inputs(dict(profile.get("prefs") or {}))
+            shown_prefs = dict(profile.get("prefs") or {})
+            prefs = self._prefs_inputs(shown_prefs)
 
             async def confirm() -> None:
                 # Text as typed, less the spaces at its ends (a phone pasted from a
                 # chat was refused as no phone number for them).
                 typed = {k: str(el.value or "").strip() for k, el in inputs.items()}
                 changed = {k: v for k, v in typed.items() if v != profile.get(k, "")}
-                pref_values = {k: el.value or "" for k, el in prefs.items()}
+                # Only the preferences changed here, as the fields: each is its own key,
+                # and all of them sent wrote back, over another till's edit made while
+                # this dialog was open, what the cashier had not touched.
+                pref_values = {k: el.value or "" for k, el in prefs.items()
+                               if (el.value or "") != str(shown_prefs.get(k) or "")}
+                if not changed and not pref_values:  # saved as it was: nothing to write
+                    d.close()
+                    ui.notify(tr("资料没有改动", "Nothing changed"))
+                    return
                 edit = self.shop.operation(self.op, "member.edit", member=member,
-                                           prefs=pref_values, **changed)
+                                           prefs=pref_values or None, **changed)
                 done = await self.act(edit, "member",
                                       lambda _r: tr("资料已保存", "Profile saved"), error)
                 if done is not None:

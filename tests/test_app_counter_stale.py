@@ -1,7 +1,8 @@
 """The counter's dialogs left open while another till or the back office changes what
 they were opened on: the card swiped returned or replaced and its number issued to
-someone else, or reported lost. NiceGUI's simulated user against a real node and
-store; each refused with a Chinese sentence and nothing changed.
+someone else, or reported lost; the member's preferences edited. NiceGUI's simulated
+user against a real node and store; each refused with a Chinese sentence and nothing
+changed, or (the preferences) nothing another till wrote undone.
 """
 
 from __future__ import annotations
@@ -104,3 +105,32 @@ async def test_a_card_reported_lost_meanwhile_pays_for_nothing(
     app.ledger.report_lost(app.node_owner, CARD)
     await refused(app, marker, [mid], "此卡已挂失，不能使用")
 
+
+async def test_an_edit_writes_back_no_preference_it_did_not_change(
+        counter_app: CounterApp) -> None:
+    """The edit dialog open (a note typed), another till set the member's preferred
+    strength and technician: saving wrote every preference box back as the dialog had
+    read them, undoing the other till's acknowledged edit. Only what was changed here
+    is written; a save of nothing changed writes nothing."""
+    app = counter_app
+    mid = member_with_card(app)
+    await app.login(*CASHIER)
+    await swipe(app)
+    app.user.find(marker="edit").click()
+    await app.user.should_see(marker="edit-ok")
+    app.user.find(marker="edit-notes").type("喜欢安静")
+    app.user.find(marker="pref-service").type("足疗")
+    app.ledger.edit_member(app.node_owner, mid, prefs={"strength": "轻", "technician": "3号"},
+                           fields={"phone": "13911112222"})
+    app.user.find(marker="edit-ok").click()
+    await app.user.should_see("资料已保存")
+    m = app.ledger.member(mid)
+    assert (m["notes"], m["phone"]) == ("喜欢安静", "13911112222")
+    assert m["prefs"] == {"strength": "轻", "technician": "3号", "service": "足疗"}
+    await app.user.should_see(marker="member-name")
+    before = snapshot(app.ledger, [mid])
+    app.user.find(marker="edit").click()
+    await app.user.should_see(marker="edit-ok")
+    app.user.find(marker="edit-ok").click()
+    await app.user.should_see("资料没有改动")
+    assert snapshot(app.ledger, [mid]) == before
