@@ -11,12 +11,15 @@ that branch hears of them.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from nicegui import ui
 
 from crdtledger import bookings, views
+from crdtledger.bookings import BookingRefused
 from crdtledger.errors import LedgerError, NotFound, PermissionDenied
 from crdtledger.schema import is_date
 from reference_app import layout
@@ -70,9 +73,60 @@ async def _write(name: str, **params: Any) -> dict[str, Any] | None:
             raise PermissionDenied("nobody is logged in")
         result: dict[str, Any] = await s.run(s.operation(op, name, **params), name)
     except LedgerError as e:
-        ui.notify(s.refusal(e), type="negative", multi_line=True)
+        ui.notify(_refusal(e) or s.refusal(e), type="negative", multi_line=True)
         return None
     return result
+
+
+def _refusal(e: LedgerError) -> str | None:
+    """The library's refusal of a booking, a cancel or a no-show as the cashier reads
+    it (_REFUSALS), else None. Its sentences are English and name the booking's id: a
+    booking cancelled at another till before this page's Cancel landed read "操作被拒绝：
+    booking 038J…SH01 is cancelled: nothing to cancel"."""
+    if not isinstance(e, BookingRefused):
+        return None
+    for pattern, say in _REFUSALS:
+        m = pattern.fullmatch(str(e))
+        if m:
+            return say(m)
+    return None
+
+
+_REFUSALS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
+    (re.compile(r"technician (\S+) \((.*)\) is booked (\S+) that day.*", re.S),
+     lambda m: tr("技师 {code} {name} 当天 {when} 已有预约：请选别的时间或技师。",
+                  "Technician {code} {name} is booked {when} that day: choose another "
+                  "time or technician.", code=m[1], name=m[2], when=m[3])),
+    (re.compile(r"booking \S+ is (\w+): nothing to cancel"),
+     lambda m: tr("这个预约{st}，不用再取消。", "This booking is {st}: nothing to cancel.",
+                  st=status_label(m[1]))),
+    (re.compile(r"booking \S+ has started: .*"),
+     lambda _m: tr("这个预约已经开始了，不能再取消。", "This booking has started: it can no "
+                   "longer be cancelled.")),
+    (re.compile(r"booking \S+ is (\w+): only a confirmed booking can be a no-show"),
+     lambda m: tr("这个预约{st}：只有已确认的预约才能记爽约。", "This booking is {st}: only a "
+                  "confirmed one can be a no-show.", st=status_label(m[1]))),
+    (re.compile(r"booking \S+ has not started yet"),
+     lambda _m: tr("这个预约还没到时间，不能记爽约。", "This booking has not started yet: it "
+                   "cannot be a no-show.")),
+    (re.compile(r"only (\S+), the technician's branch, records a no-show for booking \S+"),
+     lambda m: tr("爽约由技师所在的{branch}记录。", "{branch}, the technician's branch, "
+                  "records a no-show.", branch=shop().branch_name(m[1]))),
+    (re.compile(r".* has passed: book a time to come"),
+     lambda _m: tr("这个时间已经过了，请选以后的时间。", "That time has passed: choose a time "
+                   "to come.")),
+    (re.compile(r".* is more than (\d+) days ahead"),
+     lambda m: tr("最多只能预约 {n} 天以内的时间。", "Bookings are made at most {n} days "
+                  "ahead.", n=m[1])),
+    (re.compile(r"technician .*|.* is outside technician .*", re.S),
+     lambda _m: tr("这位技师这个时间不能接这项预约：请选别的时间或技师。",
+                   "The technician cannot take this booking at that time: choose another "
+                   "time or technician.")),
+    (re.compile(r"service (\S+) has no duration .*", re.S),
+     lambda m: tr("服务 {s} 在价目表里没有时长，总店设置之后才能预约。", "Service {s} has no "
+                  "duration in the price list: it is booked once the head office sets one.",
+                  s=m[1])),
+)
 
 
 # The days the page shows: any real date of these years (the library turns a day into
@@ -118,6 +172,7 @@ def page() -> None:
                          typed=_quoted(value)), type="warning")
             return
         state["day"] = value or ledger.today()
+        form["picked"] = False  # another day, service or technician: its first free time
         listing.refresh()
         slots_for.refresh()
 
@@ -186,8 +241,9 @@ def page() -> None:
                     for tid, t in sorted(techs.items(),
                                          key=lambda kv: (kv[1]["branch"] != here,
                                                          kv[1]["branch"], kv[1]["code"]))}
+    # `picked`: the time is one the cashier chose, not the first free one offered.
     form: dict[str, Any] = {"technician": next(iter(tech_options), None), "service": None,
-                            "time": None}
+                            "time": None, "picked": False}
 
     async def book() -> None:
         try:
@@ -213,6 +269,7 @@ def page() -> None:
             # was, and a double click's second click booked the member again at the
             # day's first free time, which nobody chose.
             member_input.set_value("")
+            form["time"], form["picked"] = None, False  # booked: no longer free, nor said
             refresh_all()
 
     def refresh_all() -> None:
@@ -249,21 +306,34 @@ def page() -> None:
                 except LedgerError as e:
                     ui.label(s.refusal(e)).classes("text-negative")
                     return
+                gone = form["picked"] and form["time"] is not None and form["time"] not in free
                 if form["time"] not in free:
-                    form["time"] = free[0] if free else None
+                    # A time the cashier picked and another till booked meanwhile is not
+                    # swapped for the day's first free one: the page redrew itself
+                    # under the cashier's hand and the click booked the member at a
+                    # time nobody chose (14:00 picked, 10:00 booked).
+                    form["time"] = None if gone else free[0] if free else None
                 ui.select(free, label=tr("时间", "Time"), value=form["time"],
-                          on_change=lambda e: form.__setitem__("time", e.value)) \
-                    .classes("w-32").mark("booking-time")
+                          on_change=pick_time).classes("w-32").mark("booking-time")
+                if gone:
+                    ui.label(tr("刚选的时间已被约走，请另选时间。", "The time picked was just "
+                                "booked: choose another.")).classes("text-negative") \
+                        .mark("booking-time-gone")
                 if not free:
                     ui.label(tr("当天没有空闲时段", "No free time that day")).classes("text-grey-7")
                 layout.once(ui.button(tr("预约", "Book")), book).mark("booking-add")
 
+        def pick_time(e: Any) -> None:
+            form["time"], form["picked"] = e.value, e.value is not None
+
         def pick_service(value: Any) -> None:
             form["service"] = value
+            form["picked"] = False
             slots_for.refresh()
 
         def pick_technician(value: Any) -> None:
             form["technician"] = value
+            form["picked"] = False
             slots_for.refresh()
 
         tech_select.on_value_change(lambda e: pick_technician(e.value))

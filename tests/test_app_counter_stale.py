@@ -1,18 +1,23 @@
 """The counter's dialogs left open while another till or the back office changes what
 they were opened on: the card swiped returned or replaced and its number issued to
-someone else, or reported lost; the member's preferences edited. NiceGUI's simulated
-user against a real node and store; each refused with a Chinese sentence and nothing
-changed, or (the preferences) nothing another till wrote undone.
+someone else, or reported lost; the member's preferences edited; a booking cancelled
+or its slot taken. NiceGUI's simulated user against a real node and store; each refused
+with a Chinese sentence and nothing changed, or (the preferences) nothing another till
+wrote undone.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from app_fixtures import CASHIER, OWNER, CounterApp
 from helpers import snapshot
+from test_app_bookings import book_at_two, open_day, seed, tomorrow
 from test_app_counter import CARD, member_with_card, swipe
+
+from crdtledger import bookings
 
 pytestmark = pytest.mark.asyncio
 
@@ -134,3 +139,74 @@ async def test_an_edit_writes_back_no_preference_it_did_not_change(
     app.user.find(marker="edit-ok").click()
     await app.user.should_see("资料没有改动")
     assert snapshot(app.ledger, [mid]) == before
+
+
+async def test_a_booking_cancelled_elsewhere_meanwhile_is_said_in_chinese(
+        counter_app: CounterApp) -> None:
+    """The bookings page listed a booking with its Cancel button; another till cancelled
+    it before this one's click landed: "操作被拒绝：booking 038J…SH01 is cancelled:
+    nothing to cancel"."""
+    app = counter_app
+    member = seed(app)
+    await app.login(*CASHIER)
+    await open_day(app, tomorrow(app.ledger))
+    await book_at_two(app)
+    [made] = bookings.list_bookings(app.ledger, member=member)
+    cancel = app.user.find(marker=f"cancel-{made['booking']}")  # as the page shows it
+    bookings.cancel(app.ledger, app.node_owner, made["booking"])
+    before = snapshot(app.ledger, [member])
+    cancel.click()
+    await app.user.should_see("这个预约已取消，不用再取消。")
+    await app.user.should_not_see("nothing to cancel")
+    assert snapshot(app.ledger, [member]) == before
+
+
+
+async def pick_two_oclock(app: CounterApp) -> tuple[str, str, str]:
+    """The bookings page with 王芳's phone typed and 14:00 picked; 李娜, who another till
+    books; the day."""
+    member = seed(app)
+    other = app.ledger.add_member(app.node_owner, name="李娜", phone="13900000000")
+    day = tomorrow(app.ledger)
+    await app.login(*CASHIER)
+    await open_day(app, day)
+    app.user.find(marker="booking-member").type("13812345678")
+    app.user.find(marker="booking-time").elements.pop().set_value("14:00")
+    return member, other, day
+
+
+async def test_a_slot_taken_at_another_till_is_not_swapped_for_another_time(
+        counter_app: CounterApp) -> None:
+    """14:00 picked; another till booked the technician at 14:00, and the page redrew
+    itself with the day's first free time in the box: the click booked 王芳 at 10:00,
+    which nobody chose. The box is emptied with a sentence, and nothing is booked."""
+    app = counter_app
+    member, other, day = await pick_two_oclock(app)
+    bookings.book(app.ledger, app.node_owner, other, "T01", "FOOT60", f"{day}T14:00")
+    await app.user.should_see(marker="booking-time-gone")
+    await app.user.should_see("刚选的时间已被约走，请另选时间。")
+    before = snapshot(app.ledger, [member])
+    app.user.find(marker="booking-add").click()
+    await app.user.should_see("请选择技师、服务和时间")
+    assert snapshot(app.ledger, [member]) == before
+    assert bookings.list_bookings(app.ledger, member=member) == []
+
+
+async def test_a_slot_taken_as_the_click_lands_is_said_in_chinese(
+        counter_app: CounterApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another till's booking of 14:00 committed just before this one's ran (before the
+    page could redraw): "操作被拒绝：technician T01 (小李) is booked 14:00-15:00 that
+    day: ..."."""
+    app = counter_app
+    member, other, day = await pick_two_oclock(app)
+    perform = app.shop.node.perform
+
+    async def booked_meanwhile(op: Any, name: str | None = None) -> Any:
+        bookings.book(app.ledger, app.node_owner, other, "T01", "FOOT60", f"{day}T14:00")
+        return await perform(op, name)
+
+    monkeypatch.setattr(app.shop.node, "perform", booked_meanwhile)
+    app.user.find(marker="booking-add").click()
+    await app.user.should_see("技师 T01 小李 当天 14:00-15:00 已有预约：请选别的时间或技师。")
+    await app.user.should_not_see("is booked")
+    assert bookings.list_bookings(app.ledger, member=member) == []
