@@ -652,6 +652,11 @@ _CARD_STATES = {"active": {"state": "正常使用中", "state_en": "in use"},
                 "lost": {"state": "已挂失", "state_en": "reported lost"},
                 "replaced": {"state": "已补换新卡", "state_en": "replaced"},
                 "returned": {"state": "已退卡", "state_en": "returned"}}
+# How an application or a referral was decided, as the refusals above say it.
+_DECIDED = {"approved": {"st": "批准", "st_en": "approved"},
+            "granted": {"st": "批准", "st_en": "approved"},
+            "rejected": {"st": "驳回", "st_en": "rejected"},
+            "void": {"st": "作废", "st_en": "voided"}}
 _CARD_ACTS = {"mark it active": {"act": "解除挂失", "act_en": "marked found"},
               "mark it lost": {"act": "挂失", "act_en": "reported lost"},
               "mark it returned": {"act": "退卡", "act_en": "returned"},
@@ -738,6 +743,19 @@ _INVALID: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str | None]], .
                   "Card {no} is {state_en} now and cannot be {act_en}: another till may "
                   "have just done it. Close this and look at the card again.", no=m[1],
                   **_CARD_STATES[m[2]], **_CARD_ACTS[m[3]])),
+    # An exit or a referral decided at another till (or in another tab) while this
+    # page still offered it: "输入有误：application 038J…SH01 was approved already, by
+    # 038J…SH01".
+    (re.compile(r"application \S+ was (approved|rejected) already, by \S+"),
+     lambda m: tr("这份申请刚刚已经{st}了（可能在别的电脑上），不用再处理。",
+                  "This application was {st_en} already (perhaps at another PC): "
+                  "nothing to do.", **_DECIDED[m[1]])),
+    (re.compile(r"referral \S+ (?:is (granted|rejected|void)|was (rejected) here) already"),
+     lambda m: tr("这条推荐刚刚已经{st}了（可能在别的电脑上），不用再处理。",
+                  "This referral was {st_en} already (perhaps at another PC): nothing "
+                  "to do.", **_DECIDED[m[1] or m[2]])),
+    (re.compile(r"member \S+ has left already"),
+     lambda _m: tr("该会员已经退会了。", "The member has left already.")),
     (re.compile(r"card (\S+) has been reported lost and found too often \(([0-9]+) "
                 r"changes\).*"),
      lambda m: tr("卡 {no} 挂失、解除挂失的次数太多（{n} 次）：请补卡。",

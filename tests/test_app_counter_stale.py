@@ -210,3 +210,43 @@ async def test_a_slot_taken_as_the_click_lands_is_said_in_chinese(
     await app.user.should_see("技师 T01 小李 当天 14:00-15:00 已有预约：请选别的时间或技师。")
     await app.user.should_not_see("is booked")
     assert bookings.list_bookings(app.ledger, member=member) == []
+
+
+async def test_an_exit_decided_in_another_tab_meanwhile_is_said_in_chinese(
+        counter_app: CounterApp) -> None:
+    """The exits page offered 批准 on an application another manager approved meanwhile:
+    "输入有误：application 038J…SH01 was approved already, by 038J…SH01"."""
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    aid = app.ledger.apply_exit(app.node_owner, mid, "搬家")["application"]
+    await app.login(*OWNER)
+    await app.user.open("/office/exits")
+    approve = app.user.find(marker=f"exit-approve-{aid}")  # as the page shows it
+    other = app.ledger.add_operator(app.node_owner, "mgr2", "mgr2-secret-x", roles=["owner"])
+    app.ledger.decide_exit(other, aid, pay="cash")
+    before = snapshot(app.ledger, [mid])
+    approve.click()
+    await app.user.should_see("这份申请刚刚已经批准了（可能在别的电脑上），不用再处理。")
+    await app.user.should_not_see("approved already")
+    assert snapshot(app.ledger, [mid]) == before
+
+
+async def test_a_referral_rejected_in_another_tab_meanwhile_is_said_in_chinese(
+        counter_app: CounterApp) -> None:
+    """The referrals page offered the first approval of a referral another manager
+    rejected meanwhile: "输入有误：referral 038J…SH01 is rejected already"."""
+    app = counter_app
+    ledger, op = app.ledger, app.node_owner
+    ledger.set_rule(op, "referral", {"reward": "points", "points": 300})
+    old = ledger.add_member(op, name="老会员", phone="13800000001")
+    new = ledger.add_member(op, name="新会员", phone="13800000002")
+    rid = str(ledger.refer(op, new, old)["id"])
+    await app.login(*OWNER)
+    await app.user.open("/office/referrals")
+    approve = app.user.find(marker=f"approve1-{rid}")  # as the page shows it
+    other = ledger.add_operator(op, "mgr2", "mgr2-secret-x", roles=["owner"])
+    ledger.approve_referral(other, rid, 1, reject=True, reason="不认识")
+    before = snapshot(ledger, [old, new])
+    approve.click()
+    await app.user.should_see("这条推荐刚刚已经驳回了（可能在别的电脑上），不用再处理。")
+    assert snapshot(ledger, [old, new]) == before
