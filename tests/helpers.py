@@ -309,6 +309,33 @@ def sqlite_steps(ledger: Ledger, apply: Callable[[], Any]) -> int:
     return count[0]
 
 
+def full_scans(ledger: Ledger, apply: Callable[[], Any], table: str) -> list[str]:
+    """The statements `apply` runs on `ledger`'s store whose plan reads every row of
+    `table` (SQLite's EXPLAIN QUERY PLAN of each, as run): a read that grows with the
+    chain, not with what was asked, found on a store of any size."""
+    ran: list[str] = []
+    conn = ledger.storage.conn
+    conn.set_trace_callback(ran.append)
+    try:
+        apply()
+    finally:
+        conn.set_trace_callback(None)
+    # A scan of a partial index reads only the rows it holds (goods' stock, referrals).
+    partial = {str(n) for n, q in conn.execute(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ?", (table,))
+        if q and " WHERE " in str(q).upper()}
+    out = []
+    for sql in ran:
+        if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+            continue
+        for (_id, _parent, _n, step) in conn.execute("EXPLAIN QUERY PLAN " + sql):
+            words = str(step).split()
+            if words[:2] == ["SCAN", table] and not (len(words) > 4 and words[-1] in partial):
+                out.append(sql)
+                break
+    return out
+
+
 class Held:
     """A function that, once it has run, holds its caller (a worker thread) until the
     test lets go: a slow step caught midway, e.g. a password checked off the loop

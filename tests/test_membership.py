@@ -16,7 +16,15 @@ from typing import Any
 
 import pytest
 from conftest import Cli
-from helpers import FakeClock, Forger, data_snapshot, name_branches, new_ledger, sync
+from helpers import (
+    FakeClock,
+    Forger,
+    data_snapshot,
+    full_scans,
+    name_branches,
+    new_ledger,
+    sync,
+)
 from test_ledger import refused
 from test_sync_protocol import _fresh, _greet
 from transport_suite import SimAdapter
@@ -1069,18 +1077,11 @@ def test_housekeeping_reads_this_branchs_referrals_by_an_index(a: Ledger) -> Non
     not a time."""
     old, new = two_members(a)
     a.refer(a.owner, new, old)
-    ran: list[str] = []
-    a.storage.conn.set_trace_callback(ran.append)
-    try:
+
+    def housekeeping() -> None:
         a.grant_due_referrals()
         a.settle_referral_rewards()
-    finally:
-        a.storage.conn.set_trace_callback(None)
-    read = [sql for sql in ran if "FROM entries" in sql and "'referral'" in sql]
-    assert read
-    for sql in read:
-        plan = " ".join(str(r[3]) for r in a.storage.conn.execute("EXPLAIN QUERY PLAN " + sql))
-        assert "SCAN entries" not in plan, (sql, plan)
+    assert full_scans(a, housekeeping, "entries") == []
 
 
 def test_a_branch_cannot_decide_another_branchs_exit_application(tmp_path: Path) -> None:
