@@ -378,8 +378,8 @@ def find_members(conn: sqlite3.Connection, query: str, limit: int = 20, *,
                 "SELECT id FROM members WHERE phone_canonical = ?", (phone,))]
         if q.isdigit() and len(q) >= 4:
             ids += [m for (m,) in conn.execute(
-                "SELECT id FROM members WHERE phone_canonical LIKE ? LIMIT ?",
-                (f"%{q}", limit))]
+                "SELECT id FROM members WHERE substr(phone_canonical, -4) = ? "
+                "AND phone_canonical LIKE ? LIMIT ?", (q[-4:], f"%{q}", limit))]
         # Escape LIKE's wildcards: a search for "%" or "_" must not list every member.
         for name in dict.fromkeys((typed, q)):
             like = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -1164,6 +1164,7 @@ def test_a_member_registered_with_dashes_is_found_by_the_bare_number(
     a.close()
     conn = sqlite3.connect(path / storage.DB_FILE)
     conn.execute("DROP INDEX members_phone_canonical")
+    conn.execute("DROP INDEX members_phone_tail")
     conn.execute("ALTER TABLE members DROP COLUMN phone_canonical")
     conn.commit()
     conn.close()
