@@ -9,8 +9,10 @@ import re
 from datetime import date
 from typing import Any
 
-from crdtledger.errors import InvalidInput
+from crdtledger.errors import InvalidInput, LedgerError
 from crdtledger.model import CARD_NO
+from crdtledger.money import half_width
+from crdtledger.schema import Schema, check
 
 MAX_TEXT = 200
 # C0 and C1 controls but a line break and a tab: printer and terminal commands (ESC p
@@ -91,6 +93,31 @@ def check_card_no(value: str) -> str:
     if not CARD_NO.match(value):
         raise InvalidInput(f"card number {value!r} has characters a card cannot carry")
     return value.upper()
+
+
+def typed_half_width(value: Any, schema: Schema) -> Any:
+    """What `value`, typed in full-width characters ("１２", "Ｃ００１", an input method's),
+    is typed half-width, when that fits `schema`: text as text, an integer's digits as
+    the number (the command line and the API's query convert only ASCII digits, so "１"
+    was refused as no whole number). None when it is no full-width typing or would not
+    fit either, and always for a secret: a PIN is not said back. For the sentence that
+    says how to type it (the command line) or send it (the API), where the schema's
+    check refused it before `money.parse_yuan` could say so; never to take it: an
+    amount is read back as typed."""
+    if not isinstance(value, str) or schema.get("writeOnly"):
+        return None
+    half: Any = half_width(value).strip()
+    if half == value.strip():
+        return None
+    if schema.get("type") == "integer":
+        if not re.fullmatch(r"[+-]?[0-9]{1,18}", half):
+            return None
+        half = int(half)
+    try:
+        check(half, schema, "")
+    except LedgerError:
+        return None
+    return half
 
 
 class NotJson(InvalidInput):

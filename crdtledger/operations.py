@@ -105,11 +105,17 @@ COUNT = {**FEN, "description": "a whole number above zero"}
 SIGNED = {**FEN, "minimum": -MAX_AMOUNT,
           "description": "a signed whole number: fen for cash and bonus, a count otherwise"}
 _DIGITS = "[0-9]{1,11}(\\.[0-9]{1,2})?"
+# Spaces at either end, as a paste brings them (" 12 "), read as 12.00 by every front
+# end: parse_yuan strips them and the counter's boxes took them, where the command line
+# and the API refused the shape. The spaces a keyboard or a paste gives (a tab from a
+# spreadsheet, a no-break space from a page, an input method's full-width space), named
+# one by one: ECMA's \s and Python's differ (U+FEFF).
+_PAD = "[ \\t\\u00a0\\u3000]*"
 # The limit is said: "9999999999999.99" is the right shape, refused for its size.
 _MOST = "99999999999.99"  # 11 digits before the point: MAX_AMOUNT fen less one
-YUAN = text(15, pattern=f"^{_DIGITS}$", **{"x-error": "invalid_amount"},
+YUAN = text(15, pattern=f"^{_PAD}{_DIGITS}{_PAD}$", **{"x-error": "invalid_amount"},
             description=f"a yuan amount like 12.34, at most two decimals and at most {_MOST}")
-SIGNED_TEXT = text(16, pattern=f"^[+-]?{_DIGITS}$", **{"x-error": "invalid_amount"},
+SIGNED_TEXT = text(16, pattern=f"^{_PAD}[+-]?{_DIGITS}{_PAD}$", **{"x-error": "invalid_amount"},
                    description="a signed amount like -1.50 (yuan) or 3 (points), at most "
                    f"{_MOST} either way")
 # Text that must stay on one line: a subject becomes a mail header (a line break there
@@ -1130,11 +1136,14 @@ POINTS = Param("points", COUNT, required=True)
 
 @operation("points.redeem", "积分兑换: spend points on a gift", permission="points.redeem",
            http="POST /points/redeem",
-           params=(*PAYER, POINTS, Param("gift", line(what="a gift"))), forms=(PAYER_FORM,),
+           # The gift is required (and blank refused by the library, after the card's
+           # checks: a lost card is said first at the counter, whose box may be empty).
+           params=(*PAYER, POINTS, Param("gift", line(what="a gift"), required=True,
+                                         help="what was given for the points")),
+           forms=(PAYER_FORM,),
            result=ENTRY, show=_done(lambda e, _p: f"redeemed {e['points']} points"))
 def points_redeem(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
-    return ledger.redeem_points(operator, p.get("member"), p["points"], p.get("gift", ""),
-                                **_card(p))
+    return ledger.redeem_points(operator, p.get("member"), p["points"], p["gift"], **_card(p))
 
 
 @operation("points.convert", "积分转储值: turn points into bonus value",

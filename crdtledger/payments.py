@@ -827,14 +827,17 @@ class Payments(Merges, Rules):
             self._require_branch(to, "rights", unmet_ok=True)
         return self._post(entry, {purse: amount})
 
-    def redeem_points(self, operator: str, member: str | None, points: int, gift: str = "",
+    def redeem_points(self, operator: str, member: str | None, points: int, gift: str,
                       *, card: str | None = None, pin: str | None = None) -> dict[str, Any]:
-        """积分兑换. For the member, or by the card swiped (`card`, `pin`: checked as a
-        debit's, so a card reported lost redeems nothing)."""
+        """积分兑换 of `gift`, what was given for the points. For the member, or by the
+        card swiped (`card`, `pin`: checked as a debit's, so a card reported lost
+        redeems nothing)."""
         self.authorise(operator, "points.redeem")
         points = check_count(points, "points")
         member, _ = self._resolve(member, card, pin)
-        gift = check_text(gift, "gift")
+        # Named, not blank: a redemption naming no gift read in the history, the audit
+        # trail and the books as points gone for nothing anyone can check.
+        gift = check_text(gift, "gift", required=True)
         return self._post_spend(member, points, lambda: self._entry(
             "redeem", member, deltas=[("points", self.node, -points)], points=points,
             gift=gift, op=operator))

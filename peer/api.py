@@ -52,8 +52,14 @@ from aiohttp import web
 
 from crdtledger import audit, idempotency, operations, views
 from crdtledger.auth import TooManyAttempts, verify_login
-from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
-from crdtledger.inputs import NotJson, json_value
+from crdtledger.errors import (
+    InvalidAmount,
+    InvalidInput,
+    LedgerError,
+    PermissionDenied,
+    RemoteProtocolError,
+)
+from crdtledger.inputs import NotJson, json_value, typed_half_width
 from crdtledger.ledger import Ledger
 from crdtledger.operations import ANY_OBJECT, ENTRY_ID, NODE, PASSWORD, STR, TABLE, Operation
 from crdtledger.schema import Schema, check, obj, show, text
@@ -547,7 +553,13 @@ def _route_of(op: Operation) -> Route:
 
         def run() -> Any:
             with idempotency.tagging(operator, c.key):  # its entries carry the key's tag
-                return operations.run(c.ledger, operator, op.name, c.params)
+                try:
+                    return operations.run(c.ledger, operator, op.name, c.params)
+                except (InvalidInput, InvalidAmount) as e:
+                    said = _half_width_said(op, c.params, e)
+                    if said is None:
+                        raise
+                    raise said from None
 
         if not op.write:
             return run()
@@ -575,6 +587,34 @@ def _route_of(op: Operation) -> Route:
                  description=f"{needs}\n\n{op.more}" if op.more else needs,
                  links={_operation_id(k): v for k, v in op.links.items()},
                  idempotent=op.write)
+
+
+def _half_width_said(op: Operation, params: Mapping[str, Any], e: LedgerError
+                     ) -> LedgerError | None:
+    """The refusal of a field sent in full-width characters ("１２", "Ｃ００１": an input
+    method's, from a till's box) that would fit sent half-width, saying so and how to
+    send it, as the command line says it (`cli.as_typed`): the shape check refused it
+    as "yuan must be a yuan amount like 12.34 ..., not "１２"", which reads as no
+    amount. Only when the refusal is the very sentence that field's own check makes
+    (found by making it): the ledger's own sentences stay. None otherwise."""
+    for p in op.params:
+        value = params.get(p.name)
+        half = typed_half_width(value, p.schema)  # never a PIN's
+        if half is None:
+            continue
+        try:
+            check(value, p.schema, p.name)
+        except LedgerError as own:
+            if str(own) == str(e):
+                # The check's own class: an amount's code stays invalid_amount.
+                kind = InvalidAmount if isinstance(e, InvalidAmount) else InvalidInput
+                return kind(_half_width_sentence(p.name, value, half))
+    return None
+
+
+def _half_width_sentence(name: str, value: Any, half: Any) -> str:
+    return (f"{name} {show(value)} is typed in full-width characters: send it as "
+            f"{show(half)} (half-width)")
 
 
 async def login(c: Call) -> dict[str, Any]:
@@ -784,7 +824,9 @@ def _query_value(name: str, raw: str, param: Query) -> Any:
     kind = param.schema.get("type")
     if kind == "integer":
         if not re.fullmatch("[0-9]{1,15}", raw):
-            raise InvalidInput(f"{name} must be a whole number, not {show(raw)}")
+            half = typed_half_width(raw, param.schema)  # ?limit=１
+            raise InvalidInput(_half_width_sentence(name, raw, half) if half is not None
+                               else f"{name} must be a whole number, not {show(raw)}")
         return int(raw)
     if kind == "boolean":
         value = {"true": True, "1": True, "": True, "false": False, "0": False}.get(

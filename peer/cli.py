@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING, Any
 from crdtledger import __version__, audit, localtime, operations, peerclock, platform, views
 from crdtledger.backups import DB_FILE, RESTORE_DAMAGED, restore, store_damage, write_backup
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
-from crdtledger.inputs import json_value, printable
+from crdtledger.inputs import json_value, printable, typed_half_width
 from crdtledger.ledger import Ledger
-from crdtledger.money import format_purses, half_width
+from crdtledger.money import format_purses
 from crdtledger.operations import TABLE, Operation, Param
 from crdtledger.schema import Schema
 from crdtledger.schema import check as check_schema
@@ -329,7 +329,8 @@ def as_typed(args: argparse.Namespace, message: str) -> str:
     by making it (the same whether the node or this process refused): "unknown member
     X" is the ledger's, and stays. A value typed in full-width characters ("１２", an
     input method's) that would fit typed half-width says how to type it, as
-    money.parse_yuan says it: the shape check refused it before that was said."""
+    money.parse_yuan says it: the shape check refused it before that was said. An
+    integer option's too (`--limit １`: only ASCII digits are converted)."""
     cmd = getattr(args, "cmd", None)
     if not isinstance(cmd, Operation):
         return message
@@ -348,15 +349,10 @@ def as_typed(args: argparse.Namespace, message: str) -> str:
             if str(e) != message:
                 continue
         typed = _flag(p)
-        half = half_width(value) if isinstance(value, str) else value
-        if half != value and not p.schema.get("writeOnly"):  # a PIN is never said back
-            try:
-                check_schema(half, p.schema, typed)
-            except LedgerError:
-                pass
-            else:
-                return (f"{typed} {value!r} is typed in full-width characters: type it as "
-                        f"{half} (half-width)")
+        half = typed_half_width(value, p.schema)  # never a PIN's
+        if half is not None:
+            return (f"{typed} {value!r} is typed in full-width characters: type it as "
+                    f"{half} (half-width)")
         try:
             check_schema(value, p.schema, typed)
         except LedgerError as e:

@@ -343,7 +343,7 @@ def test_add_member_top_up_debit_and_balance(tmp_path: Path) -> None:
 
 BAD_AMOUNTS: list[dict[str, Any]] = [
     {"yuan": "12.345"}, {"yuan": "-5"}, {"yuan": "0"}, {"yuan": "0.00"}, {"yuan": "1e3"},
-    {"yuan": "１２"}, {"yuan": " 12"}, {"yuan": ""}, {"yuan": 12.34}, {"yuan": 1234},
+    {"yuan": "１２"}, {"yuan": "1 2"}, {"yuan": ""}, {"yuan": 12.34}, {"yuan": 1234},
     {"amount": 0}, {"amount": -5}, {"amount": 12.5}, {"amount": 100.0}, {"amount": "100"},
     {"amount": True}, {"amount": None}, {"amount": 10**14}, {"amount": 10**400},
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from helpers import snapshot
 from test_api import BOSS_PW, Api, drive, topped_up
@@ -91,5 +92,84 @@ def test_a_body_that_is_not_json_is_refused_in_words_not_pythons(tmp_path: Path)
                                       token=boss)
         assert status == 200, body
         assert ledger.balance(mid)["cash"] == before[f"balance:{mid}"]["cash"] - 1
+
+    drive(tmp_path, go)
+
+
+def test_a_redemption_naming_no_gift_is_refused(tmp_path: Path) -> None:
+    """A redemption with a gift of "" or spaces was taken (points gone for a gift
+    nobody named), and one naming no gift at all."""
+    async def go(ledger: Ledger, api: Api) -> None:
+        boss = await api.login("boss", BOSS_PW)
+        mid = await topped_up(api, boss)
+        status, body = await api.call("POST", "/debit", {"member": mid, "yuan": "50.00"},
+                                      token=boss)
+        assert status == 200, body
+        before = snapshot(ledger, [mid])
+        for gift, says in (("", "gift is required"), ("  ", "gift is required"),
+                           ("\u3000", "gift is required"), (None, "lacks gift")):
+            sent = {"member": mid, "points": 5} | ({} if gift is None else {"gift": gift})
+            status, body = await api.call("POST", "/points/redeem", sent, token=boss)
+            assert (status, body["error"]) == (400, "invalid_input"), (gift, body)
+            assert says in body["message"], (gift, body)
+        assert snapshot(ledger, [mid]) == before
+        status, body = await api.call("POST", "/points/redeem",
+                                      {"member": mid, "points": 5, "gift": "毛巾"}, token=boss)
+        assert status == 200 and body["gift"] == "毛巾", body
+
+    drive(tmp_path, go)
+
+
+def test_an_amount_with_spaces_at_its_ends_is_taken_as_at_the_command_line(
+        tmp_path: Path) -> None:
+    async def go(ledger: Ledger, api: Api) -> None:
+        boss = await api.login("boss", BOSS_PW)
+        mid = await topped_up(api, boss)
+        status, body = await api.call("POST", "/topup", {"member": mid, "yuan": " 12 "},
+                                      token=boss)
+        assert (status, body["amount"]) == (200, 1200), body
+        assert ledger.balance(mid)["cash"] == 10000 + 1200
+        before = snapshot(ledger, [mid])
+        status, body = await api.call("POST", "/topup", {"member": mid, "yuan": "1 2"},
+                                      token=boss)
+        assert (status, body["error"]) == (400, "invalid_amount"), body
+        assert snapshot(ledger, [mid]) == before
+
+    drive(tmp_path, go)
+
+
+def test_a_field_sent_in_full_width_characters_says_how_to_send_it(tmp_path: Path) -> None:
+    """The API said "yuan must be a yuan amount like 12.34 ..., not "１２"" of an input
+    method's digits, where the command line says how to type them."""
+    async def go(ledger: Ledger, api: Api) -> None:
+        boss = await api.login("boss", BOSS_PW)
+        mid = await topped_up(api, boss)
+        before = snapshot(ledger, [mid])
+        sent: list[tuple[str, str, Any, str, str]] = [
+            ("POST", "/topup", {"member": mid, "yuan": "１２．５０"}, "invalid_amount",
+             'yuan "１２．５０" is typed in full-width characters: send it as "12.50" '
+             "(half-width)"),
+            ("POST", "/corrections", {"member": mid, "purse": "cash", "change_text": "－５",
+                                      "reason": "x"}, "invalid_amount",
+             'change_text "－５" is typed in full-width characters: send it as "-5"'),
+            ("POST", "/points/redeem", {"member": mid, "points": "５", "gift": "毛巾"},
+             "invalid_amount", 'points "５" is typed in full-width characters: send it as 5 '),
+            ("GET", f"/members/{mid}/history?limit=１", None, "invalid_input",
+             'limit "１" is typed in full-width characters: send it as 1 (half-width)'),
+        ]
+        for method, path, body_sent, code, says in sent:
+            status, body = await api.call(method, path, body_sent, token=boss)
+            assert (status, body["error"]) == (400, code), (path, body)
+            assert says in body["message"], (path, body)
+        # A PIN is never said back, full-width or not; a refusal that is not the
+        # field's own check stays as it was.
+        status, body = await api.call("POST", f"/members/{mid}/cards",
+                                      {"card_no": "C1", "pin": "１２３４"}, token=boss)
+        assert status == 400 and "１２３４" not in body["message"] \
+            and "1234" not in body["message"], body
+        status, body = await api.call("POST", "/topup", {"member": mid, "yuan": "１２．３４５"},
+                                      token=boss)
+        assert status == 400 and "full-width" not in body["message"], body
+        assert snapshot(ledger, [mid]) == before
 
     drive(tmp_path, go)

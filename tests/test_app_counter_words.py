@@ -86,7 +86,8 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
     ("card.issue", {"card_no": "CA0001"}, "CA0001"),  # 张伟's
     ("card.issue", {"card_no": "T900007", "pin": "abcd"}, "abcd"),
     ("card.issue", {"card_no": "T900007", "pin": "123456789"}, "123456789"),
-    ("points.redeem", {"points": 0}, "0"),
+    ("points.redeem", {"points": 0, "gift": "毛巾"}, "0"),
+    ("points.redeem", {"points": 1, "gift": "  "}, "  "),
     ("referral.add", {"referrer": "$a"}, ""),
     ("referral.add", {"referrer": "$b"}, ""),  # 李娜 joined after 张伟
     ("exit.apply", {"reason": ""}, ""),

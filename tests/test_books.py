@@ -69,7 +69,7 @@ def test_expired_points_cannot_be_redeemed_or_converted(tmp_path: Path) -> None:
     a, m, clock = earn_expiring_points(tmp_path)
     try:
         clock.advance_days(40)
-        err = refused(a, [m], InsufficientFunds, lambda: a.redeem_points(a.owner, m, 150))
+        err = refused(a, [m], InsufficientFunds, lambda: a.redeem_points(a.owner, m, 150, "towel"))
         assert "150 more have expired" in str(err)
         refused(a, [m], InsufficientFunds, lambda: a.convert_points(a.owner, m, 100))
         assert views.points(a, m)["usable"] == 0
@@ -85,7 +85,7 @@ def test_a_redemption_spends_valid_lots_and_leaves_the_expired_ones_due(tmp_path
         a.set_rule(a.owner, "earn", {"points_per_yuan": "1", "expire_days": 365})
         clock.advance_days(40)
         a.debit(a.owner, m, amount=5000)  # 50 points valid until next year
-        r = a.redeem_points(a.owner, m, 50)
+        r = a.redeem_points(a.owner, m, 50, "towel")
         assert r["points"] == 50
         pts = views.points(a, m)
         assert (pts["total"], pts["usable"], pts["expired_unwritten"]) == (0, 0, 0)
@@ -316,7 +316,7 @@ def test_the_cli_refuses_expired_points(tmp_path: Path, cli: Cli) -> None:
     a, m, _clock = earn_expiring_points(tmp_path)
     data = a.storage.dir
     a.close()
-    r = cli("points", "redeem", "--member", m, "--points", "150", data=data)
+    r = cli("points", "redeem", "--member", m, "--points", "150", "--gift", "towel", data=data)
     assert r.code != 0 and "expired" in r.err
     r = cli("history", "--member", m, "--json", data=data)
     assert all(e["kind"] != "redeem" for e in r.json())
@@ -461,12 +461,12 @@ def test_a_spend_refused_for_rights_elsewhere_writes_off_nothing(tmp_path: Path)
         clock.advance_days(25)  # 2026-02-05: 150 expired, 50 valid (their rights at SH02)
         assert views.points(a, m)["usable"] == 50
         for spend in (lambda: a.convert_points(a.owner, m, 50),
-                      lambda: a.redeem_points(a.owner, m, 50)):
+                      lambda: a.redeem_points(a.owner, m, 50, "towel")):
             refused(a, [m], RightsElsewhere, spend)
         sync(a, b)
         b.transfer_rights(b.owner, m, "SH01", 50, purse="points")
         sync(a, b)
-        done = a.redeem_points(a.owner, m, 50)
+        done = a.redeem_points(a.owner, m, 50, "towel")
         kinds = [(e["kind"], e["points"]) for e in a.history(m, 2)]
         assert kinds[:2] == [("redeem", 50), ("expiry", 150)]
         assert done["kind"] == "redeem" and views.points(a, m)["total"] == 0

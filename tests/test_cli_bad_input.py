@@ -141,3 +141,61 @@ def test_a_refusal_in_json_to_an_output_that_cannot_show_chinese_is_said(
     r = run_cli("member", "find", "13800000009", "--json", data=data,
                 env={"PYTHONIOENCODING": "ascii"})
     assert r.code == 0 and json.loads(r.out)[0]["name"] == "王😀", r
+
+
+def test_a_redemption_naming_no_gift_is_refused(shop: tuple[Path, str]) -> None:
+    """`points redeem --gift ""` (or spaces) was taken: points gone, in the history and
+    the books, for a gift nobody named. And without --gift at all."""
+    data, member = shop
+    assert run_cli("debit", "--member", member, "--amount", "50.00", data=data).code == 0
+    before = state(data)
+    for gift in ("", "   ", "\u3000"):
+        said = refused(run_cli("points", "redeem", "--member", member, "--points", "5",
+                               "--gift", gift, data=data))
+        assert said == "crdtledger: gift is required", (gift, said)
+    r = run_cli("points", "redeem", "--member", member, "--points", "5", data=data)
+    assert r.code == 2 and "--gift" in r.err and "Traceback" not in r.err, r
+    assert state(data) == before
+    r = run_cli("points", "redeem", "--member", member, "--points", "5", "--gift", " 毛巾 ",
+                "--json", data=data)
+    assert r.json()["gift"] == "毛巾", r
+
+
+def test_an_amount_pasted_with_spaces_is_taken_as_the_api_and_the_counter_take_it(
+        shop: tuple[Path, str]) -> None:
+    """`--amount " 12 "` was refused by the shape check, though `parse_yuan` strips it
+    and the counter's box took it: a person pasting " 12 " means 12.00."""
+    data, member = shop
+    r = run_cli("topup", "--member", member, "--amount", " 12 ", "--json", data=data)
+    assert r.json()["amount"] == 1200, r
+    r = run_cli("correct", "--member", member, "--purse", "cash", "--change", "\t-1.50 ",
+                "--reason", "x", "--json", data=data)
+    assert r.json()["amount"] == 150, r
+    r = run_cli("balance", "--member", member, "--json", data=data)
+    assert r.json()["cash"] == 10000 + 1200 - 150, r
+    # Spaces inside an amount are no paste's: refused as before.
+    before = state(data)
+    for typed in ("1 2", "12 .50", "+ 12"):
+        said = refused(run_cli("topup", "--member", member, "--amount", typed, data=data))
+        assert said.startswith("crdtledger: --amount must be"), (typed, said)
+    assert state(data) == before
+
+
+def test_an_integer_option_typed_full_width_says_how_to_type_it(
+        shop: tuple[Path, str]) -> None:
+    """`--limit １` said "must be a whole number" without the half-width hint the amount
+    options give: an integer option is converted from ASCII digits only."""
+    data, member = shop
+    assert run_cli("debit", "--member", member, "--amount", "50.00", data=data).code == 0
+    before = state(data)
+    said = refused(run_cli("history", "--member", member, "--limit", "１", data=data))
+    assert said == ("crdtledger: --limit '１' is typed in full-width characters: type it "
+                    "as 1 (half-width)"), said
+    said = refused(run_cli("points", "redeem", "--member", member, "--points", "１０",
+                           "--gift", "毛巾", data=data))
+    assert said.startswith("crdtledger: --points '１０'") and "type it as 10 " in said, said
+    # No hint where the half-width would be refused too: the range is said.
+    said = refused(run_cli("history", "--member", member, "--limit", "０", data=data))
+    assert "full-width" not in said and said.startswith("crdtledger: --limit must be"), said
+    assert state(data) == before
+

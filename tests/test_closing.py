@@ -554,7 +554,7 @@ def test_the_closing_carries_the_points_lots_cut_by_id_whatever_the_zone(
         a.debit(a.owner, m, amount=10_000)  # 1 January, at the level's multiplier
         assert views.points(a, m)["total"] == 120
         clock.ms += 30 * DAY_MS + 16 * 3_600_000 + 30 * 60_000  # 31 Jan 16:30 UTC
-        spent = a.redeem_points(a.owner, m, 30)
+        spent = a.redeem_points(a.owner, m, 30, "towel")
         assert entry_doc(spent["id"], a.storage.day_of) == "ledger/2026-02"
         sync(a, b)
         clock.ms += 9 * DAY_MS  # 9 February: January is due
@@ -564,7 +564,7 @@ def test_the_closing_carries_the_points_lots_cut_by_id_whatever_the_zone(
         assert books[0]["month"] == "2026-01"
         assert (books[0]["balances"]["lots"], books[0]["balances"]["lot_points"]) == (1, 90)
         digest = books[0]["digest"]
-        a.redeem_points(a.owner, m, 50)  # after the cut: the table moves on
+        a.redeem_points(a.owner, m, 50, "towel")  # after the cut: the table moves on
         sync(a, b)
         assert views.points(b, m)["total"] == 40
         for x in (a, b):

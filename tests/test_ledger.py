@@ -113,7 +113,7 @@ def test_insufficient_funds_when_whole_balance_is_short(a: Ledger) -> None:
     refused(a, [m], InsufficientFunds, lambda: a.debit(o, m, service="BODY90", qty=2))
     refused(a, [m], InsufficientFunds,
             lambda: a.sell_package(o, m, "FOOT60", 10, 20000, pay="stored"))
-    refused(a, [m], InsufficientFunds, lambda: a.redeem_points(o, m, 1))
+    refused(a, [m], InsufficientFunds, lambda: a.redeem_points(o, m, 1, "towel"))
     refused(a, [m], InvalidAmount, lambda: a.transfer_rights(o, m, "SH02", 10001),
             match="cannot give")
     a.add_operator(o, "mgr", "mgr-pass", roles=["manager"])
@@ -131,7 +131,7 @@ def test_bad_amounts_refused(a: Ledger, bad: object) -> None:
     a.topup(o, m, 1000)
     for call in (lambda: a.topup(o, m, bad), lambda: a.debit(o, m, amount=bad),
                  lambda: a.transfer_rights(o, m, "SH02", bad),
-                 lambda: a.redeem_points(o, m, bad)):
+                 lambda: a.redeem_points(o, m, bad, "towel")):
         refused(a, [m], (InvalidAmount, InvalidInput), call)
 
 
@@ -340,7 +340,7 @@ def test_points_earn_redeem_convert(a: Ledger) -> None:
     assert c["amount"] == 300
     assert c["deltas"] == [["points", "SH01", -150], ["bonus", "SH01", 300]]
     assert a.balance(m) == {"cash": 20000, "bonus": 300, "points": 50, "packages": {}}
-    err = refused(a, [m], InsufficientFunds, lambda: a.redeem_points(o, m, 51))
+    err = refused(a, [m], InsufficientFunds, lambda: a.redeem_points(o, m, 51, "towel"))
     assert err.purse == "points" and "50" in str(err)
     refused(a, [m], InsufficientFunds, lambda: a.convert_points(o, m, 51))
     a.set_rule(o, "conversion", {"points_per_yuan": "10000"})
@@ -363,7 +363,7 @@ def test_points_expiry_lots(tmp_path: Path) -> None:
         assert p["lots"] == [{"expires": "2026-01-31", "points": 100},
                              {"expires": "2026-02-10", "points": 50}]
         assert p["expiring_30_days"] == 150 and p["expired_unwritten"] == 0
-        a.redeem_points(o, m, 30)  # first in, first out: from the older lot
+        a.redeem_points(o, m, 30, "towel")  # first in, first out: from the older lot
         assert views.points(a, m)["lots"][0] == {"expires": "2026-01-31", "points": 70}
         assert a.expire_points(o, m) == []  # nothing due yet
         clock.advance_days(25)  # 2026-02-05

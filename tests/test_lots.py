@@ -75,7 +75,7 @@ def test_a_debit_that_comes_late_is_replayed_into_its_place(tmp_path: Path) -> N
         hz_clock.advance_days(2)
         sh_clock.advance_days(3)
         hz_sale = hz.debit(hz.owner, m, amount=5000)  # 50 points, expiring 2026-02-02
-        redeemed = sh.redeem_points(sh.owner, m, 80)  # from the only lot SH01 knows
+        redeemed = sh.redeem_points(sh.owner, m, 80, "towel")  # from the only lot SH01 knows
         assert hz_sale["id"] < redeemed["id"]
         assert views.points(sh, m)["lots"] == [{"expires": "2026-01-31", "points": 20}]
         sync(sh, hz)
@@ -171,7 +171,7 @@ def test_a_merge_makes_the_groups_lots_one_members_wherever_the_survivor_comes(
             sh.debit(sh.owner, m, amount=fen)
         sh.merge_member(sh.owner, b, a)
         sh_clock.advance_days(1)
-        sh.redeem_points(sh.owner, b, 120)  # the group's 130 points: a's lot too
+        sh.redeem_points(sh.owner, b, 120, "towel")  # the group's 130 points: a's lot too
         assert views.points(sh, a)["total"] == 10
         assert kept(sh) == replayed(sh)
         sync(sh, hz)
@@ -199,13 +199,13 @@ def test_a_merge_takes_effect_from_the_merge_on(tmp_path: Path) -> None:
         sh.topup(sh.owner, b, 50000)
         sh.debit(sh.owner, b, amount=5000)  # b: 50 points expiring 2026-02-05
         sh_clock.advance_days(1)
-        sh.redeem_points(sh.owner, b, 30)  # b's own lot: 20 left of it
+        sh.redeem_points(sh.owner, b, 30, "towel")  # b's own lot: 20 left of it
         sh_clock.advance_days(1)
         sh.merge_member(sh.owner, b, a)
         expect = [(a, "2026-01-31", 100), (b, "2026-02-05", 20)]
         assert [r[1:] for r in kept(sh)] == expect
         sh_clock.advance_days(1)
-        sh.redeem_points(sh.owner, a, 110)  # one pool now: a's lot first, then b's
+        sh.redeem_points(sh.owner, a, 110, "towel")  # one pool now: a's lot first, then b's
         assert [r[1:] for r in kept(sh)] == [(b, "2026-02-05", 10)]
         sync(sh, hz)
         for ledger in (sh, hz):
@@ -228,7 +228,7 @@ def test_an_erasure_leaves_a_merged_groups_lots_as_they_were(tmp_path: Path) -> 
         sh_clock.advance_days(5)
         sh.debit(sh.owner, b, amount=5000, pay="cash")
         sh_clock.advance_days(1)
-        sh.redeem_points(sh.owner, b, 30)  # b's own lot, before the merge
+        sh.redeem_points(sh.owner, b, 30, "towel")  # b's own lot, before the merge
         sh_clock.advance_days(1)
         sh.merge_member(sh.owner, b, a)
         sync(sh, hz)
@@ -263,7 +263,7 @@ def test_a_spend_near_midnight_takes_the_same_lots_in_every_zone(tmp_path: Path)
         sync(sh, la)
         clock.ms += 22 * 86_400_000 + 4 * 3_600_000  # 1 February, 04:00 UTC
         assert la.today() == "2026-01-31" and sh.today() == "2026-02-01"
-        spent = la.redeem_points(la.owner, m, 20)
+        spent = la.redeem_points(la.owner, m, 20, "towel")
         assert spent["day"] == "2026-01-31"
         sync(sh, la)
         assert kept(la) == kept(sh) == replayed(la) == replayed(sh)
@@ -367,7 +367,7 @@ def test_a_redemption_funded_by_the_batch_with_an_earlier_sale_is_taken_once(
         sh.debit(sh.owner, m, amount=4000)  # 40 more
         sh.transfer_rights(sh.owner, m, "HZ01", 60, purse="points")
         sync(sh, hz)
-        hz.redeem_points(hz.owner, m, 60)
+        hz.redeem_points(hz.owner, m, 60, "towel")
         only_from(hz, bj, "HZ01")
         assert bj.storage.conn.execute("SELECT count(*) FROM deferred").fetchone() == (1,)
         only_from(sh, bj, "SH01")
@@ -405,7 +405,7 @@ def test_a_duplicate_merged_into_two_survivors_apart_leaves_the_same_lots_everyw
     sync(b, c)
     clock.advance_days(19)
     a.merge_member(a.owner, x, y)
-    a.redeem_points(a.owner, y, 50)
+    a.redeem_points(a.owner, y, 50, "towel")
     c.merge_member(c.owner, x, z)  # not knowing of SH01's merge
     for _ in range(2):
         sync(a, b)
@@ -444,7 +444,7 @@ def test_a_spend_without_its_day_is_folded_alike_in_every_zone(tmp_path: Path) -
         return entry
 
     liar._entry = without_day  # type: ignore[method-assign]
-    assert "day" not in liar.redeem_points(liar.owner, m, 30)
+    assert "day" not in liar.redeem_points(liar.owner, m, 30, "towel")
     liar._entry = honest  # type: ignore[method-assign]
     sync(sh, liar)
     sync(la, liar)
@@ -480,7 +480,7 @@ def test_a_merge_cycle_is_one_pool_from_its_first_merge(tmp_path: Path) -> None:
     sync(a, b)
     clock.advance_days(1)
     a.merge_member(a.owner, x, y)
-    a.redeem_points(a.owner, y, 150)
+    a.redeem_points(a.owner, y, 150, "towel")
     told = views.points(a, y)
     clock.ms += 5
     b.merge_member(b.owner, y, x)  # apart, the other way round
@@ -526,7 +526,7 @@ def test_a_merge_noted_at_an_entrys_own_id_is_folded_alike_everywhere(tmp_path: 
     sync(h, liar)
     sync(h, r)
     clock.advance_days(1)
-    x = h.redeem_points(h.owner, m, 50)["id"]
+    x = h.redeem_points(h.owner, m, 50, "towel")["id"]
     sync(h, liar)
     clock.ms += 5
     _merge_noted_at(liar, x, m, s)

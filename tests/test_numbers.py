@@ -271,7 +271,7 @@ def test_out_of_range_refused_before_pycrdt(tmp_path, huge: int) -> None:
         lambda: a.correct(o, m, "cash", huge, "x"),
         lambda: a.correct(o, m, "points", -huge, "x"),
         lambda: a.transfer_rights(o, m, "SH02", huge),
-        lambda: a.redeem_points(o, m, huge),
+        lambda: a.redeem_points(o, m, huge, "towel"),
         lambda: a.convert_points(o, m, huge),
         lambda: a.sell_package(o, m, "FOOT60", huge, 100),
         lambda: a.sell_package(o, m, "FOOT60", 1, huge),

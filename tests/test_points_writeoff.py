@@ -146,7 +146,7 @@ def test_a_liars_expired_points_are_not_written_off_from_an_honest_branch(
         assert views.expired_points_owed(honest, m, honest.node) == 0
         assert honest.expire_points(honest.owner, m) == []
     # The spend writes off nothing first either, and the valid points are SH01's to serve.
-    done = sh01.redeem_points(sh01.owner, m, 100)
+    done = sh01.redeem_points(sh01.owner, m, 100, "towel")
     assert write_offs(sh01, m) == []
     assert done["points"] == 100 and points_rights(sh01, m) == {"SH02": 80}
     # What is left is the liar's lot and the liar's rights: its own to write off.
@@ -204,8 +204,8 @@ def test_a_liars_lot_in_front_no_longer_holds_up_the_honest_write_off(
         assert [lot["expires"] for lot in pts["lots"]] == ["2000-01-01", "2026-03-07"]
     assert hz01.housekeeping() == []
     with pytest.raises(InsufficientFunds):
-        sh01.redeem_points(sh01.owner, m, 101)
-    sh01.redeem_points(sh01.owner, m, 100)
+        sh01.redeem_points(sh01.owner, m, 101, "towel")
+    sh01.redeem_points(sh01.owner, m, 100, "towel")
     assert write_offs(sh01, m) == [("SH01", 50)]
     assert points_rights(sh01, m) == {"SH02": 80}
     assert views.points(sh01, m)["usable"] == 0
@@ -243,7 +243,7 @@ def test_a_liars_lot_whose_rights_it_moved_away_is_not_written_off_by_an_honest_
         assert views.expired_points_owed(honest, m, honest.node) == 0
     assert points_rights(sh01, m)["SH01"] == 100
     assert views.points(sh01, m)["usable"] == 100
-    sh01.redeem_points(sh01.owner, m, 100)  # all of m's valid points, served at SH01
+    sh01.redeem_points(sh01.owner, m, 100, "towel")  # all of m's valid points, served at SH01
     assert write_offs(sh01, m) == []
 
 
@@ -381,8 +381,8 @@ def test_a_spend_cannot_use_expired_points_and_writes_off_those_it_answers_for(
     sh02.debit(sh02.owner, m, amount=5000)  # 50, expiring 2026-02-20
     clock.advance_days(20)  # 2026-02-10
     with pytest.raises(InsufficientFunds, match="100 more have expired"):
-        sh02.redeem_points(sh02.owner, m, 51)
-    sh02.redeem_points(sh02.owner, m, 50)
+        sh02.redeem_points(sh02.owner, m, 51, "towel")
+    sh02.redeem_points(sh02.owner, m, 50, "towel")
     assert write_offs(sh02, m) == [("SH02", 100)]
     assert points_rights(sh02, m) == {}
     assert views.points(sh02, m)["total"] == 0

@@ -126,7 +126,7 @@ def test_an_entry_of_a_kind_a_newer_release_writes_is_taken_once_upgraded(
     a._post(a._entry("award", m, deltas=[("points", a.node, 300)], points=300,
                      expires="2027-01-01"), {})
     build(known)
-    a.redeem_points(a.owner, m, 200)
+    a.redeem_points(a.owner, m, 200, "towel")
     a.topup(a.owner, m, 5000)
     sync(a, b)
     assert b.balance(m)["cash"] == 0  # set aside, the rest waiting behind it
