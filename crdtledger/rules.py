@@ -474,8 +474,9 @@ def _check_rule(kind: str, body: Any) -> None:
                 # Both are copied into every sale's entry, where replicas take at most
                 # 200 characters of text: a longer one set every sale aside at every
                 # other branch.
-                _require(_text(lv["name"], 40) and bool(lv["name"]),
-                         "a level's name is text of 1 to 40 characters")
+                # Not spaces alone: the name is what a sale's entry says of its level.
+                _require(_text(lv["name"], 40) and bool(lv["name"].strip()),
+                         "a level's name is text of 1 to 40 characters, not spaces alone")
                 _require(len(str(lv["discount"])) <= 12 and len(str(lv["points_multiplier"]))
                          <= 12, "a discount or points multiplier is at most 12 characters, "
                          "like 0.95")
@@ -490,8 +491,9 @@ def _check_rule(kind: str, body: Any) -> None:
             # Shown on receipts, pages and notices at every branch.
             _require(isinstance(body, dict), "the rule is a map of branch id to name")
             for node, name in body.items():
-                _require(_text(node, 40) and bool(node) and _text(name, 40) and bool(name),
-                         f"branch {node!r}: its name is text of 1 to 40 characters")
+                _require(_text(node, 40) and bool(node) and _text(name, 40)
+                         and bool(name.strip()), f"branch {node!r}: its name is text of 1 "
+                         "to 40 characters, not spaces alone")
                 # One line: the name is in the daily report's mail subject (a header)
                 # and in receipts' and lists' lines.
                 _require(_ONE_LINE.match(node) is not None and _ONE_LINE.match(name)

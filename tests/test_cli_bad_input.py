@@ -199,3 +199,18 @@ def test_an_integer_option_typed_full_width_says_how_to_type_it(
     assert "full-width" not in said and said.startswith("crdtledger: --limit must be"), said
     assert state(data) == before
 
+
+@pytest.mark.parametrize(("kind", "body"), [
+    ("levels", [{"name": "  ", "threshold": 0, "discount": "1", "points_multiplier": "1"}]),
+    ("branches", {"SH01": "\u3000"}),
+], ids=["a level", "a branch"])
+def test_a_name_of_spaces_alone_is_refused_where_the_books_show_it(
+        shop: tuple[Path, str], kind: str, body: object) -> None:
+    """A level's name is written into every sale's entry, a branch's into reports and
+    receipts: a name of spaces was taken, where an empty one was refused."""
+    data, _member = shop
+    before = state(data)
+    said = refused(run_cli("rule", "set", kind, "--json-body",
+                           json.dumps(body, ensure_ascii=False), data=data))
+    assert "not spaces alone" in said, said
+    assert state(data) == before
