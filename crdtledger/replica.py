@@ -530,8 +530,9 @@ class Replica(LedgerBase):
             plan.pins.append((node, cert))
         if head.seq <= tip_seq:
             # Nothing new of this log, and a hash unlike ours at that position: a fork.
-            chained = yield from self._chain(node, recs, tip_seq, {})
-            plan.forks.append(self._fork(node, head, cert, chained))
+            if not self._forked(node):
+                chained = yield from self._chain(node, recs, tip_seq, {})
+                plan.forks.append(self._fork(node, head, cert, chained))
             return
         chained = yield from self._chain(node, recs, tip_seq, {})
         by_seq = {r.seq: h for r, h in chained}
@@ -563,7 +564,8 @@ class Replica(LedgerBase):
             if rec.seq > tip_seq:
                 break
             if log.hash_at(node, rec.seq) != hash_:
-                plan.forks.append(self._fork(node, head, cert, chained))
+                if not self._forked(node):
+                    plan.forks.append(self._fork(node, head, cert, chained))
                 return
         plan.heads.append((node, head, cert))
         plan.accepted.extend((r, h) for r, h in chained if tip_seq < r.seq <= head.seq)
@@ -629,6 +631,15 @@ class Replica(LedgerBase):
         ours = log.hash_at(node, head.seq) if head.seq <= tip_seq else None
         if ours is not None and ours != head.hash and node not in log.blocked():
             plan.forks.append(self._fork(node, head, cert, []))
+
+    def _forked(self, node: str) -> bool:
+        """Is `node` caught forking here already? One proof blocks it for good: a
+        forker signing another head at each position of its log held here added a
+        fault row each, with up to 16 of its records as evidence (a blocked branch
+        filling every store it reaches), and a repeated proof must cost nothing."""
+        return self.storage.conn.execute(
+            "SELECT 1 FROM faults WHERE node = ? AND kind = 'fork' LIMIT 1",
+            (node,)).fetchone() is not None
 
     def _fork(self, node: str, head: Head, cert: bytes, chained: list[tuple[Record, bytes]]
               ) -> _Fork:
@@ -1010,6 +1021,8 @@ class Replica(LedgerBase):
             self._refuse(detail)
 
     def _report_fork(self, fork: _Fork, now: int) -> None:
+        if self._forked(fork.node):
+            return  # the first proof stands (two in one batch, or one found meanwhile)
         stake = views.rights_held(self.storage.conn, fork.node)
         detail = (f"node {fork.node} wrote two different records at position {fork.seq} "
                   f"of its log (a restored backup, a cloned disk or a dishonest branch); "
