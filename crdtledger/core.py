@@ -278,6 +278,7 @@ class _Wait:
 
     fetch: escrow.RightsFetch
     keys: list[tuple[str, int]] = field(default_factory=list)
+    held: int = 0  # this node's rights on the purse when it asked (_arrived)
 
 
 @dataclass
@@ -677,7 +678,7 @@ class NodeCore:
 
     def _ask(self, fetch: escrow.RightsFetch, waiter: tuple[Kind, Any], *,
              forwarded: bool, asker: str | None = None) -> _Wait:
-        wait = _Wait(fetch)
+        wait = _Wait(fetch, held=self._held(fetch))
         member = fetch.member
         for ask in fetch.asks:
             lk = self._link_to(ask.giver)
@@ -712,13 +713,34 @@ class NodeCore:
         if amount is None:
             wait.fetch.lost(giver)
         else:
-            wait.fetch.answered(giver, amount)
+            wait.fetch.answered(giver, self._arrived(wait, amount))
         if not wait.fetch.done:
             return
         if kind == "op":
             self._fetched(obj, now)
         else:
             self._answer(obj)
+
+    def _held(self, fetch: escrow.RightsFetch) -> int:
+        """This node's rights on the fetch's purse (the member's group's, as a grant
+        gives them: Payments.grantable)."""
+        if fetch.member is None:
+            return 0
+        try:
+            return self.ledger.grantable(fetch.member, fetch.purse).get(self.node, 0)
+        except LedgerError:
+            return 0
+
+    def _arrived(self, wait: _Wait, amount: int) -> int:
+        """What of a giver's answer of `amount` is here: its transfer travels ahead of
+        its answer, so an honest grant is in the store when the answer is read. A reply
+        is a peer's word: one that claimed rights it never sent (2^64 of them, or just
+        the shortfall) ended the wait for the honest givers at once, and the sale,
+        retried short, asked everyone again, in a loop until the deadline. Counted
+        only as far as this node's rights rose since it asked (less, when another
+        sale here spent some meanwhile: the wait goes on for the other answers)."""
+        rose = self._held(wait.fetch) - wait.held - wait.fetch.received
+        return max(0, min(amount, rose))
 
     # --- relaying a peer's request ------------------------------------------------
 

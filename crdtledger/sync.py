@@ -25,7 +25,8 @@ Conversation (every message: msgpack map with protocol version ``v`` and type ``
                                           last slice
     rreq    {id, member, purse, amount, fwd?, for?}  "I am short of rights on this purse"
                                         (fwd: relayed for the branch `for` names)
-    rrep    {id, granted}                 the transfer's record was sent before
+    rrep    {id, granted}                 the transfer's record was sent before;
+                                          0 <= granted <= money.MAX_AMOUNT
 
 `tip` is the first 8 bytes of the hash of the last record held of that log: two
 replicas at one position with different tips hold a fork, and each sends the other
@@ -67,6 +68,7 @@ from crdtledger.lib0 import decode_state_vector as decode_state_vector
 from crdtledger.lib0 import states_digest as states_digest
 from crdtledger.log import MAX_BATCH_RECORDS, Batch, Record
 from crdtledger.model import ID, PURSE
+from crdtledger.money import MAX_AMOUNT
 from crdtledger.peerclock import MAX_AGREE
 
 if TYPE_CHECKING:
@@ -801,8 +803,16 @@ class SyncSession:
     def _on_rights_reply(self, msg: dict[str, Any]) -> None:
         rid = _get(msg, "id", int)
         granted = _get(msg, "granted", int)
-        if granted < 0 or not 0 < rid < self._next_request:
+        if not 0 < rid < self._next_request:
             raise RemoteProtocolError(f"reply to unknown rights request {rid}")
+        if not 0 <= granted <= MAX_AMOUNT:
+            # A grant is one transfer entry (escrow.grant_amount): nothing honest says
+            # more. What a reply claims is not taken on its word either: the asker
+            # counts what reached its store (core.NodeCore._arrived).
+            raise RemoteProtocolError(f"rights reply {rid} claims {granted} granted, "
+                                      f"more than one transfer moves ({MAX_AMOUNT})"
+                                      if granted > 0 else
+                                      f"rights reply {rid} claims {granted} granted")
         if rid not in self._open_requests:
             return  # a duplicate of a reply already handled
         del self._open_requests[rid]
