@@ -80,6 +80,7 @@ LEFT_OUT = {
     "per_day": "the check-in limit an entry was allowed under (the rule says it)",
     "repeat": "the check-in limit an entry was allowed under (the rule says it)",
     "handover": "a refund's closed shop: the branch of the sale its `ref` names",
+    "moved": "how far a sale's PC clock stood put forward by hand: its refund period's",
 }
 # Fields that may name a member: replaced by the member's pseudonym when they do.
 MEMBER_FIELDS = ("member", "ref", "referrer", "to")

@@ -357,6 +357,7 @@ class Goods(Payments):
             expires = self._points_expiry(day, earn) if points else None
         lvl_name = str(lvl["name"]) if lvl is not None else None
         buyer = member
+        moved = self.moved_ahead(day)  # its refund period counts from the day it really is
 
         def plan() -> tuple[list[Write], dict[str, Any]]:
             parts = self._require_stock(item, qty)
@@ -374,7 +375,7 @@ class Goods(Payments):
                 "debit", buyer, deltas=[*paid, ("points", self.node, points)], amount=net,
                 gross=gross, discount=rate, level=lvl_name, qty=qty, pay=pay,
                 points=points or None, op=operator, expires=expires, goods=str(item["code"]),
-                **({} if use is None else {"coupon": use.id, "off": use.off}))
+                moved=moved, **({} if use is None else {"coupon": use.id, "off": use.off}))
             stock = [self._stock_entry(item, n, "sale", [("stock", self.node, -n)], operator,
                                        sid, ref=debit["id"]) for sid, n in parts]
             return self._together(debit, *stock), _with_stock(debit, stock)

@@ -381,7 +381,10 @@ _OPTIONAL_INTS = frozenset({"percent", "min_spend", "off",  # coupons
                             "per_day",  # the limit a check-in was allowed under
                             # a refund's: the sale's points the member had spent, and
                             # the fen kept for them (crdtledger.payments.refund_terms)
-                            "spent", "kept"})
+                            "spent", "kept",
+                            # a debit's: how far (ms) its writer's clock stood put
+                            # forward by hand (crdtledger.payments.refund_closed)
+                            "moved"})
 _OPTIONAL_STRS = frozenset({
     "day",
     "idem",  # the tag of the Idempotency-Key it was written under (crdtledger.idempotency)

@@ -287,6 +287,7 @@ class Payments(Merges, Rules):
         if use is not None:
             deltas.append((use.purse, self.node, -1))
         expires = self._points_expiry(day, earn) if points else None
+        moved = self.moved_ahead(day)  # its refund period counts from the day it really is
 
         def plan() -> tuple[list[Write], dict[str, Any]]:
             # Inside the write transaction: the balance split and the escrow check read
@@ -307,7 +308,7 @@ class Payments(Merges, Rules):
                 gross=gross, discount=rate, level=None if lvl is None else str(lvl["name"]),
                 service=svc_name, qty=qty,
                 pay=pay, package=package, points=points or None, op=operator, expires=expires,
-                **({} if use is None else {"coupon": use.id, "off": use.off}),
+                moved=moved, **({} if use is None else {"coupon": use.id, "off": use.off}),
             )
             return [self._entry_write(entry)], entry
 
@@ -355,18 +356,53 @@ class Payments(Merges, Rules):
             raise InvalidInput("name a member or a card")
         return self._acting(member)
 
-    def refund_closed(self, debit_id: str) -> str | None:
+    def refund_closed(self, debit_id: str, debit: Mapping[str, Any] | None = None
+                      ) -> str | None:
         """Why a debit can no longer be refunded by the chain's refund period (rule
         `refunds`, days after the debit in the branch's dates; 0: no limit), or None.
-        The counter offers no refund then; `refund` refuses it."""
+        The counter offers no refund then; `refund` refuses it. `debit`: its entry,
+        when the caller has it.
+
+        A sale made on a clock put forward by hand (its `moved`, Rules.moved_ahead)
+        is also judged by the days really passed: from its id's time less `moved`
+        to this PC's clock now less how far it stands put forward (not the day the
+        refund is booked on, which follows the sale's: LedgerBase._booked_after).
+        Put forward 30 days, a 200.00 sale was refunded 20 real days later inside a
+        7-day period. Only at the refunding branch, as the period always was: a
+        writer that would not judge it could refund past any period already."""
         days = self.rule("refunds").get("days")
         if type(days) is not int or days <= 0:  # as checked when set; else no limit
             return None
-        made = self.storage.day_of(id_time_ms(debit_id))
-        if (date.fromisoformat(self.today()) - date.fromisoformat(made)).days <= days:
+        at = id_time_ms(debit_id)
+        made = self.storage.day_of(at)
+        if (date.fromisoformat(self.today()) - date.fromisoformat(made)).days > days:
+            return (f"the debit of {made} is past the chain's refund period of {days} days "
+                    "(rule refunds): a manager corrects the member's balance instead")
+        moved = self._moved_sale(debit_id, debit)
+        if moved is None:
             return None
-        return (f"the debit of {made} is past the chain's refund period of {days} days "
+        really = self.storage.day_of(at - moved)
+        now = self.storage.day_of(self.clock.wall() - self._moved_by_hand(keep=False))
+        if (date.fromisoformat(now) - date.fromisoformat(really)).days <= days:
+            return None
+        return (f"the debit of {made} was made on {really} (this PC's clock stood put "
+                f"forward by hand) and is past the chain's refund period of {days} days "
                 "(rule refunds): a manager corrects the member's balance instead")
+
+    def _moved_sale(self, debit_id: str, debit: Mapping[str, Any] | None) -> int | None:
+        """How far its writer's clock stood put forward by hand when it made the debit
+        (its `moved`), None for none: a debit made on an unmoved clock, as every
+        honest one, or a value no clock gives (a liar's, read as none)."""
+        if debit is None:
+            row = self.storage.conn.execute(
+                "SELECT json_extract(body, '$.moved') FROM entries WHERE id = ?",
+                (debit_id,)).fetchone()
+            moved = None if row is None else row[0]
+        else:
+            moved = debit.get("moved")
+        if type(moved) is not int or not 0 < moved < id_time_ms(debit_id):
+            return None
+        return moved
 
     def _debit(self, debit_id: str, *, as_signed: bool = True) -> dict[str, Any]:
         row = self.storage.conn.execute(
@@ -420,6 +456,17 @@ class Payments(Merges, Rules):
         (`refund_terms`)."""
         self.authorise(operator, "refund")
         debit = self._debit(debit_id)
+        if self._moved_sale(debit_id, debit) is not None:
+            # Its period is judged by this PC's clock (`refund_closed`), which a lone
+            # cashier could set back again to bring the sale inside it: past it is
+            # past whatever the clock says; inside it, the refund waits while the
+            # clock reads earlier than it did, as every deadline does. Before the
+            # refund follows the sale, whose time the clock has read.
+            late = self.refund_closed(debit_id, debit)
+            if late:
+                raise PermissionDenied(late)
+            self.check_clock_for("a refund of a sale made on a clock put forward (its "
+                                 "period)")
         with self._booked_after(debit_id):
             # On the day the refund is booked on: a sale made while the clock ran
             # ahead is refunded on its own day, which the clock has read (no wait).
@@ -513,7 +560,7 @@ class Payments(Merges, Rules):
     def _refund_terms(self, debit: dict[str, Any], amount: int | None, qty: int | None
                       ) -> dict[str, Any]:
         debit_id = str(debit["id"])
-        late = self.refund_closed(debit_id)
+        late = self.refund_closed(debit_id, debit)
         if late:
             raise PermissionDenied(late)
         prior = self._refunds_of(debit_id)
