@@ -179,7 +179,14 @@ RULES: tuple[WriteRule, ...] = (
                             "of cash, and its package said paid by wechat also took "
                             "500.00 of stored value: the day report (paid, pay) and the "
                             "settlement (deltas) disagreed, and an honest branch owed "
-                            "for value nobody paid"),
+                            "for value nobody paid. A card's issue moves no purse and "
+                            "has `paid` = `amount` (its fee); an exit's settlement has "
+                            "`amount` the cash and bonus it lowers and, a refund, `paid` "
+                            "the cash it lowers (else 0); neither is paid by a purse. A "
+                            "liar's card said 1,000,000.00 of fees and one took 100.00 of "
+                            "stored value the settlement never saw; its exit refund said "
+                            "0 paid out and SH01 owed it 500.00, and a forfeit said "
+                            "500.00 paid out of the till"),
     WriteRule("card-fixed", "a card's number, member, type, PIN, expiry, issuing node and "
                             "events list are set once, by the record that creates it "
                             "(record-writer); later records, of any branch, only add "
@@ -565,7 +572,7 @@ def check_amount_moved(doc: str, key: str, kind: str, entry: dict[str, Any],
                          "and bonus")
 
 
-_PAID_KINDS = frozenset({"topup", "package"})
+_PAID_KINDS = frozenset({"topup", "package", "card", "exit_settle"})
 # What `pay` names when nothing was taken at the till (model.PurseMethod; never a
 # payment method of the rule: rules.check refuses them as codes).
 _PURSE_PAYS = frozenset({"stored", _PACKAGE_PAY})
@@ -593,7 +600,18 @@ def check_paid_moved(doc: str, key: str, kind: str, entry: dict[str, Any],
     missing `paid` reads as 0, as the day report reads it. A malformed `paid`,
     `amount` or `pay` is left to model.normalise_entry, which quarantines the entry
     at every replica. Refunds name debits only (Payments._debit), so no refund
-    undoes a package sale or a top-up; a sweep moves value by `merge` entries."""
+    undoes a package sale or a top-up; a sweep moves value by `merge` entries.
+
+    The other two kinds carrying a `paid` likewise (Cards.issue_card and
+    Membership._decide_exit, their only writers, unchanged since each kind's first
+    version): a `card` has no deltas and `amount` = `paid` = its fee (no `pay`: a
+    card's fee names no method, and a method a newer build might name is let be); an
+    `exit_settle` lowers its writer's cash, bonus and points whole, `amount` is the
+    cash and bonus it lowers, and `paid` is the cash it lowers when its `step` is
+    "refund" (absent when none), 0 otherwise (a forfeit), with `pay` the till's
+    method only when it paid (absent reads as cash). Which method a code names is the
+    rule's, which replicas may hold at different versions, so only a purse as `pay`
+    is refused here (model.PAY_CODE: a replica accepts any short code)."""
     amount = entry.get("amount", 0)
     paid = entry.get("paid", 0)
     pay = entry.get("pay")
@@ -602,6 +620,25 @@ def check_paid_moved(doc: str, key: str, kind: str, entry: dict[str, Any],
         return
     cash = sum(c for p, _n, c in counted if p == "cash")
     lowered = -sum(c for p, _n, c in counted if (p == "cash" or p == "bonus") and c < 0)
+    if kind == "card":
+        # Issuing a card moves nothing (the day report's card sales read `paid`, the
+        # receipt `amount`; the settlement reads no card at all).
+        if counted or pay in _PURSE_PAYS or paid != amount:
+            raise RuleBroken("paid-moved", f"{doc}: entry {key}: a card of fee {amount:g} "
+                             f"paid {paid:g} by {str(pay)[:20]} moves {len(counted)} "
+                             "purse(s)")
+        return
+    if kind == "exit_settle":
+        # The settlement reads a refund's cash as served at its writer and anything else
+        # as forfeited; the day report and the till read `paid` as cash paid out.
+        took = -sum(c for p, _n, c in counted if p == "cash" and c < 0)
+        if (pay in _PURSE_PAYS or lowered != amount
+                or paid != (took if entry.get("step") == "refund" else 0)):
+            raise RuleBroken("paid-moved", f"{doc}: entry {key}: an exit's "
+                             f"{str(entry.get('step'))[:20]} of amount {amount:g} paid "
+                             f"{paid:g} by {str(pay)[:20]} "
+                             f"lowers {took:g} of cash ({lowered:g} with bonus)")
+        return
     if kind == "topup":
         if pay in _PURSE_PAYS or lowered or not cash == paid == amount:
             raise RuleBroken("paid-moved", f"{doc}: entry {key}: a top-up of amount "

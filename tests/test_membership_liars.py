@@ -109,7 +109,9 @@ def test_a_liars_settlement_moving_nothing_takes_no_top_ups_or_level(
     moving nothing but saying 10**13 paid: her top-ups, and level, were gone at every
     branch, and the application read settled. A settlement counts off the top-ups only
     the cash its own deltas take at its writer, and an application shows only the
-    settlement of the approval that stands."""
+    settlement of the approval that stands. Since write rule paid-moved covers
+    settlements (tests/test_paid_settled.py) no settlement whose `paid` is not the cash
+    it takes is taken at all: refused here before it is written."""
     hq, sh02, liar = chain["SH01"], chain["SH02"], chain["SH03"]
     Staff(hq)
     hq.set_rule(hq.owner, "levels", GOLD)
@@ -120,12 +122,16 @@ def test_a_liars_settlement_moving_nothing_takes_no_top_ups_or_level(
     chain.sync()
     assert sh02.level(m)["name"] == "金卡"
     for paid in (10**13, 1):
-        lie(liar, liar._entry("exit_settle", m, ref=app, step="refund", paid=paid,
-                              op=liar.owner))
-    # With cash of its own taken, only what it took: 10.00 off, not 10**13.
+        with pytest.raises(PermissionDenied, match="paid-moved"):
+            lie(liar, liar._entry("exit_settle", m, ref=app, step="refund", paid=paid,
+                                  op=liar.owner))
     liar.topup(liar.owner, m, 1000)
-    lie(liar, liar._entry("exit_settle", m, ref=app, step="refund", paid=10**13,
-                          deltas=[["cash", "SH03", -1000]], op=liar.owner))
+    with pytest.raises(PermissionDenied, match="paid-moved"):
+        lie(liar, liar._entry("exit_settle", m, ref=app, step="refund", paid=10**13,
+                              amount=1000, deltas=[["cash", "SH03", -1000]], op=liar.owner))
+    # Saying what it took, it counts that: 10.00 off.
+    lie(liar, liar._entry("exit_settle", m, ref=app, step="refund", paid=1000,
+                          amount=1000, deltas=[["cash", "SH03", -1000]], op=liar.owner))
     chain.sync()
     for led in chain.ls.values():
         assert led.level(m)["name"] == "金卡"
