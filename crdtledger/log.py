@@ -472,6 +472,11 @@ class Log:
                 continue
         return out
 
+    def forked(self, node: str) -> bool:
+        """Is `node` caught forking here already (a fork fault kept)?"""
+        return self.conn.execute("SELECT 1 FROM faults WHERE node = ? AND kind = 'fork' "
+                                 "LIMIT 1", (node,)).fetchone() is not None
+
     def is_blocked(self, node: str) -> bool:
         if self._blocked is None:
             self.blocked()

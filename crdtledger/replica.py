@@ -633,13 +633,11 @@ class Replica(LedgerBase):
             plan.forks.append(self._fork(node, head, cert, []))
 
     def _forked(self, node: str) -> bool:
-        """Is `node` caught forking here already? One proof blocks it for good: a
-        forker signing another head at each position of its log held here added a
-        fault row each, with up to 16 of its records as evidence (a blocked branch
-        filling every store it reaches), and a repeated proof must cost nothing."""
-        return self.storage.conn.execute(
-            "SELECT 1 FROM faults WHERE node = ? AND kind = 'fork' LIMIT 1",
-            (node,)).fetchone() is not None
+        """One proof blocks a forker for good: one signing another head at each
+        position of its log held here added a fault row each, with up to 16 of its
+        records as evidence (a blocked branch filling every store it reaches), and a
+        repeated proof must cost nothing."""
+        return self.storage.log.forked(node)
 
     def _fork(self, node: str, head: Head, cert: bytes, chained: list[tuple[Record, bytes]]
               ) -> _Fork:

@@ -602,6 +602,9 @@ MEMBERS_PHONE_CANONICAL = ("CREATE INDEX IF NOT EXISTS members_phone_canonical "
 # SQLite's own functions, so every program that writes the table keeps it.
 MEMBERS_PHONE_TAIL = ("CREATE INDEX IF NOT EXISTS members_phone_tail "
                       "ON members(substr(phone_canonical, -4))")
+# The indexes on columns a store from an older build gains when it is opened (`seq`,
+# `phone_canonical`): made after those columns, by a new store and an opened one alike.
+LATE_INDEXES = (DEFERRED_QUEUE, DEFERRED_REFUNDS, MEMBERS_PHONE_CANONICAL, MEMBERS_PHONE_TAIL)
 
 
 def _has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
@@ -701,11 +704,9 @@ class Storage:
             if not noted:
                 _note_handovers(self.conn)
             _add_deferred_seq(self.conn)
-            self.conn.execute(DEFERRED_QUEUE)
-            self.conn.execute(DEFERRED_REFUNDS)
             _add_phone_canonical(self.conn)
-            self.conn.execute(MEMBERS_PHONE_CANONICAL)
-            self.conn.execute(MEMBERS_PHONE_TAIL)
+            for index in LATE_INDEXES:
+                self.conn.execute(index)
             # What waits from before this open is judged again at the next apply, as
             # if its members' rights had just moved (they may have, by a local write
             # just before the store was closed).
@@ -836,10 +837,8 @@ class Storage:
         tmp.unlink(missing_ok=True)
         conn = _connect(private_sqlite_file(tmp), "FULL", PAGE_SIZE)
         conn.executescript(SCHEMA)
-        conn.execute(DEFERRED_QUEUE)
-        conn.execute(DEFERRED_REFUNDS)
-        conn.execute(MEMBERS_PHONE_CANONICAL)
-        conn.execute(MEMBERS_PHONE_TAIL)
+        for index in LATE_INDEXES:
+            conn.execute(index)
         conn.executescript(LOG_SCHEMA)
         with conn:
             conn.executemany(

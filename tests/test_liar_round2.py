@@ -33,6 +33,7 @@ from test_funding_order import funded, state
 
 from crdtledger.coupons import CouponRedeemed
 from crdtledger.hlc import HybridClock, id_time_ms
+from crdtledger.ledger import Ledger
 from crdtledger.log import Record
 from crdtledger.model import entry_doc
 
@@ -82,6 +83,21 @@ class World:
                 root[e["id"]] = e
 
         return self.liar.write(entry_doc(entries[0]["id"], self.a.storage.day_of), put)
+
+    def refused_everywhere(self, entry: dict[str, Any], rule: str, what: str = ""
+                           ) -> Iterator[Ledger]:
+        """The liar's `entry`, written and sent to each honest replica in turn: refused
+        by `rule` there, its writer blocked, nothing of it funded and the replica's
+        state as before; each replica is yielded for the caller's own books."""
+        before = {r.node: state(r) for r in (self.a, self.b, self.c)}
+        rec = self.write(entry)
+        for r in (self.a, self.b, self.c):
+            r.apply_batch(self.liar.batch([rec]))
+            assert [f["rule"] for f in r.faults()] == [rule], (r.node, what)
+            assert "SH03" in r.storage.log.blocked(), r.node
+            assert funded(r, entry["id"]) == [False]
+            assert state(r) == before[r.node], r.node
+            yield r
 
 
 @pytest.fixture

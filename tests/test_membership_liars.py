@@ -110,7 +110,7 @@ def test_a_liars_settlement_moving_nothing_takes_no_top_ups_or_level(
     branch, and the application read settled. A settlement counts off the top-ups only
     the cash its own deltas take at its writer, and an application shows only the
     settlement of the approval that stands. Since write rule paid-moved covers
-    settlements (tests/test_paid_settled.py) no settlement whose `paid` is not the cash
+    settlements (tests/test_paid_moved.py) no settlement whose `paid` is not the cash
     it takes is taken at all: refused here before it is written."""
     hq, sh02, liar = chain["SH01"], chain["SH02"], chain["SH03"]
     Staff(hq)
