@@ -53,6 +53,7 @@ from crdtledger.projection import (
     sale_share,
 )
 from crdtledger.rules import Rules, points_per_yuan
+from crdtledger.storage import LIMITED, LIMITED_KINDS
 from crdtledger.writerules import COUPON_PREFIX
 
 if TYPE_CHECKING:
@@ -972,11 +973,13 @@ class Payments(Merges, Rules):
         too: a PC's clock set back a day at a time made each day's count start afresh
         (600.00 corrected in one session under a limit of 100.00). From the day it would
         be had the clock not been put forward by hand (`unmoved_day`): put forward a
-        day at a time, each day's count started afresh too. One range of ids: of the
-        whole chain's entries since the day began, or, with `members`, of theirs alone
-        (their index: a top-up at the end of a 300-branch chain's day read some 27,000
-        entries, about 7 ms per 10,000 on the 2-core VM, for a member's two)."""
-        among = f" AND member IN ({','.join('?' * len(members))})" if members else ""
+        day at a time, each day's count started afresh too. Read by an index, not as
+        the chain's whole day (some 27,000 entries by the evening of a 300-branch chain,
+        about 7 ms per 10,000 on the 2-core VM): with `members`, theirs alone
+        (`entries_member`); for the kinds of `storage.LIMITED`, this operator's own
+        here (`entries_limited`)."""
+        among = (f" AND member IN ({','.join('?' * len(members))})" if members
+                 else f" AND {LIMITED_KINDS}" if kind in LIMITED else "")
         return [(str(m), int(a), json.loads(b)) for m, a, b in self.storage.conn.execute(
             "SELECT member, amount, body FROM entries WHERE id >= ? AND kind = ? AND "
             "node = ? AND op = ? AND json_extract(body, '$.approver') IS NULL" + among,

@@ -309,10 +309,10 @@ def sqlite_steps(ledger: Ledger, apply: Callable[[], Any]) -> int:
     return count[0]
 
 
-def full_scans(ledger: Ledger, apply: Callable[[], Any], table: str) -> list[str]:
-    """The statements `apply` runs on `ledger`'s store whose plan reads every row of
-    `table` (SQLite's EXPLAIN QUERY PLAN of each, as run): a read that grows with the
-    chain, not with what was asked, found on a store of any size."""
+def plans(ledger: Ledger, apply: Callable[[], Any]) -> list[tuple[str, list[str]]]:
+    """Each read `apply` runs on `ledger`'s store, with the steps of SQLite's plan for
+    it (EXPLAIN QUERY PLAN of the statement as run): which index a read took, found on
+    a store of any size, not by a time."""
     ran: list[str] = []
     conn = ledger.storage.conn
     conn.set_trace_callback(ran.append)
@@ -320,20 +320,22 @@ def full_scans(ledger: Ledger, apply: Callable[[], Any], table: str) -> list[str
         apply()
     finally:
         conn.set_trace_callback(None)
+    return [(sql, [str(step) for (_id, _parent, _n, step) in conn.execute(
+        "EXPLAIN QUERY PLAN " + sql)])
+        for sql in ran if sql.lstrip().upper().startswith(("SELECT", "WITH"))]
+
+
+def full_scans(ledger: Ledger, apply: Callable[[], Any], table: str) -> list[str]:
+    """The statements `apply` runs on `ledger`'s store whose plan reads every row of
+    `table`: a read that grows with the chain, not with what was asked."""
+    conn = ledger.storage.conn
     # A scan of a partial index reads only the rows it holds (goods' stock, referrals).
     partial = {str(n) for n, q in conn.execute(
         "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ?", (table,))
         if q and " WHERE " in str(q).upper()}
-    out = []
-    for sql in ran:
-        if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
-            continue
-        for (_id, _parent, _n, step) in conn.execute("EXPLAIN QUERY PLAN " + sql):
-            words = str(step).split()
-            if words[:2] == ["SCAN", table] and not (len(words) > 4 and words[-1] in partial):
-                out.append(sql)
-                break
-    return out
+    return [sql for sql, steps in plans(ledger, apply)
+            if any(words[:2] == ["SCAN", table] and not (len(words) > 4 and words[-1] in partial)
+                   for words in (step.split() for step in steps))]
 
 
 class Held:

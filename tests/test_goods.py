@@ -25,6 +25,7 @@ from helpers import (
     full_scans,
     name_branches,
     new_ledger,
+    plans,
     projections,
     snapshot,
     sync,
@@ -196,6 +197,18 @@ def test_reports_never_take_stock_ids_for_members(shop: Ledger) -> None:
     assert profit == [{"code": "G01", "name": "精油", "qty": 2,
                        "sales": sale["amount"] + 8800 - back, "cost": 6000,
                        "profit": sale["amount"] + 8800 - back - 6000}]
+
+
+def test_a_stock_takes_count_reads_the_operators_adjustments_alone(shop: Ledger) -> None:
+    """The count against the stock-take limit read every entry of the chain's day for
+    the operator's adjustments: it reads them by an index of this branch's operators'
+    corrections, package sales and stock entries now (the plan asserted, not a time)."""
+    shop.stock_in(shop.owner, "G01", 100)
+    reads = [steps for sql, steps in plans(shop, lambda: shop.stock_adjust(
+        shop.owner, "G01", -2, "broken")) if "approver') IS NULL" in sql]
+    assert reads and all(any("USING INDEX entries_limited" in s for s in steps)
+                         for steps in reads), reads
+    assert shop.stock_of("G01")["qty"] == 98
 
 
 def test_the_stock_list_reads_the_goods_rows_alone(shop: Ledger) -> None:
