@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 STAMP_FILE = "ledger.walstamp"
 _SALTS = slice(16, 24)  # the log header's two salts (sqlite.org/fileformat2.html#walformat)
 _HEADER = 32
+# The file beside's one line, padded: a stamp and a row of up to 20 digits each and
+# the salts' 16 hex digits fit, and a line of an older build (written whole) is shorter.
+_STAMP_WIDTH = 80
 
 
 def _aside(wal: Path) -> Path:
@@ -212,7 +215,21 @@ class WalStamp:
         except OSError:
             return
         with contextlib.suppress(OSError):
-            path = self._dir / STAMP_FILE
-            path.write_text(f"{stamp} {salts.hex()} {alone[1]}\n")
-            path.chmod(0o600)
+            _write_stamp(self._dir / STAMP_FILE, f"{stamp} {salts.hex()} {alone[1]}")
         self._stamped = salts
+
+
+def _write_stamp(path: Path, line: str) -> None:
+    """Overwrite the file beside in place, padded to one width. Truncated and written
+    again (`Path.write_text`), it took 1.8 ms a time on ext4 (up to 8 ms): ext4 writes
+    a file's data out when it is closed after a truncation to nothing (`auto_da_alloc`,
+    against zero-length files after a crash), and this ran once a log, some 80 debits,
+    on the commit of a sale. In place, 30-55 µs. Every line is as long, so no old
+    line's tail is left after a new one; a crash midway leaves the old line or the
+    new (one sector), and a lost write fails open as before."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.pwrite(fd, (line.ljust(_STAMP_WIDTH - 1) + "\n").encode(), 0)
+    finally:
+        os.close(fd)
