@@ -583,6 +583,50 @@ class Counter:
             return run()
         return op
 
+    def _cards_held(self, member: str) -> dict[str, str]:
+        """The member's cards in use (active or lost; a merged member's survivor's, as
+        the library issues to it): id -> number."""
+        ledger = self.shop.ledger
+        return {str(c["id"]): str(c["card_no"])
+                for c in ledger.member(ledger.survivor_of(member))["cards"]
+                if c["status"] in ("active", "lost")}
+
+    def none_issued(self, run: Callable[[], T], member: str, seen: dict[str, str]
+                    ) -> Callable[[], T]:
+        """`run`, a card's issue from a dialog opened on a member holding the cards
+        `seen` (_cards_held: none, as the dialog offers 发卡), refused if another till
+        issued one meanwhile, judged as the node runs it. The library lets a member
+        hold several cards (of several types), so it took the second: an active card
+        the cashier never meant to issue, one more to lose. A second card meant is
+        issued from a dialog opened again, which shows the first."""
+        def op() -> T:
+            new = [no for cid, no in self._cards_held(member).items() if cid not in seen]
+            if new:
+                raise TermsChanged(tr(
+                    "这位会员刚刚在别处发了卡 {no}：请关闭后重新查看；确实要再发一张的话，"
+                    "重新打开再发。",
+                    "This member was issued card {no} elsewhere just now: close this and "
+                    "look again; to issue another as well, open it again.",
+                    no="、".join(new) if _is_zh() else ", ".join(new)))
+            return run()
+        return op
+
+    def not_merged(self, run: Callable[[], T], member: str, survivor: str
+                   ) -> Callable[[], T]:
+        """`run`, an edit of `member`'s profile from a dialog opened while `member` acted
+        as `survivor`, refused if another till merged it away meanwhile, judged as the
+        node runs it. The library lets an edit name a merged member's own record (the
+        back office corrects it so, as decided): the counter's saved a note onto a record
+        it shows no more, "资料已保存", the note nowhere to be seen."""
+        def op() -> T:
+            if self.shop.ledger.survivor_of(member) != survivor:
+                raise TermsChanged(tr(
+                    "这位会员刚刚在别处合并到了另一条会员资料：请关闭后重新刷卡或查找，再编辑。",
+                    "This member was merged into another record elsewhere just now: close "
+                    "this, swipe or find them again, then edit."))
+            return run()
+        return op
+
     async def act(self, op: Callable[[], T], name: str, done: Callable[[T], str],
                   error: ui.label | None = None,
                   explain: Callable[[LedgerError], str | None] | None = None) -> T | None:
@@ -1403,6 +1447,7 @@ class Counter:
 
     def edit_dialog(self, profile: dict[str, Any]) -> None:
         member = str(profile["id"])
+        survivor = self.shop.ledger.survivor_of(member)  # itself: the panel shows survivors
         d, body, error = self.dialog(tr("编辑资料", "Edit profile"))
         with body:
             inputs = {
@@ -1442,7 +1487,7 @@ class Counter:
                     return
                 edit = self.shop.operation(self.op, "member.edit", member=member,
                                            prefs=pref_values or None, **changed)
-                done = await self.act(edit, "member",
+                done = await self.act(self.not_merged(edit, member, survivor), "member",
                                       lambda _r: tr("资料已保存", "Profile saved"), error)
                 if done is not None:
                     d.close()
@@ -1498,11 +1543,14 @@ class Counter:
 
                     once(ui.button(tr("补卡", "Replace")), replace, d).mark("replace-card")
                 if status not in ("active", "lost") and can("card.issue"):
+                    seen = self._cards_held(member)
+
                     async def issue() -> None:
                         number = str(new_no.value or "").strip()
                         if await self.act(
-                                self.shop.operation(self.op, "card.issue", member=member,
-                                                    card_no=number, pin=new_pin.value or None),
+                                self.none_issued(self.shop.operation(
+                                    self.op, "card.issue", member=member, card_no=number,
+                                    pin=new_pin.value or None), member, seen),
                                 "card", lambda _r: tr("已发卡 {no}", "Card {no} issued",
                                                       no=number.upper()), error) is not None:
                             d.close()

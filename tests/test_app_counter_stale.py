@@ -1,7 +1,8 @@
 """The counter's dialogs left open while another till or the back office changes what
 they were opened on: the card swiped returned or replaced and its number issued to
-someone else, or reported lost; the member's preferences edited; a booking cancelled
-or its slot taken. NiceGUI's simulated user against a real node and store; each refused
+someone else, or reported lost; a card issued to a member the card dialog showed with
+none; the member's preferences edited, or the member merged; a booking cancelled or
+its slot taken. NiceGUI's simulated user against a real node and store; each refused
 with a Chinese sentence and nothing changed, or (the preferences) nothing another till
 wrote undone.
 """
@@ -15,7 +16,7 @@ import pytest
 from app_fixtures import CASHIER, OWNER, CounterApp
 from helpers import snapshot
 from test_app_bookings import book_at_two, open_day, seed, tomorrow
-from test_app_counter import CARD, member_with_card, swipe
+from test_app_counter import CARD, member_with_a_gift, member_with_card, swipe
 
 from crdtledger import bookings
 
@@ -250,3 +251,113 @@ async def test_a_referral_rejected_in_another_tab_meanwhile_is_said_in_chinese(
     approve.click()
     await app.user.should_see("这条推荐刚刚已经驳回了（可能在别的电脑上），不用再处理。")
     assert snapshot(ledger, [old, new]) == before
+
+
+@pytest.mark.parametrize("how", ["returned", "replaced"])
+@pytest.mark.parametrize("what", ["goods", "gift"])
+async def test_goods_and_gifts_are_not_paid_by_a_card_number_issued_to_another(
+        counter_app: CounterApp, how: str, what: str) -> None:
+    """`Counter.held_by` in the goods and gift dialogs, as in the others: 张伟's card
+    swiped and the dialog open, another till took the card back (退卡) or replaced it
+    (补卡) and issued the number to 李娜. Refused; nothing moved, from either of them,
+    nor off the shelf."""
+    app = counter_app
+    ledger = app.ledger
+    mid = member_with_a_gift(app)  # 128 points, a towel of 100 points on the shelf
+    ledger.add_goods(app.node_owner, "G01", "精油", 5000, 2000, unit="瓶")
+    ledger.stock_in(app.node_owner, "G01", 5)
+    other = ledger.add_member(app.node_owner, name="李娜", phone="13900000000")
+    ledger.topup(app.node_owner, other, 30000)
+    ledger.correct(app.node_owner, other, "points", 500, "opening points")
+    await app.login(*OWNER)
+    await swipe(app)
+    if what == "goods":
+        app.user.find(marker="sell-goods").click()
+        app.user.find(marker="goods").elements.pop().set_value("G01")
+        marker = "goods-ok"
+    else:
+        app.user.find(marker="redeem").click()
+        app.user.find(marker="gift-goods").elements.pop().set_value("G09")
+        marker = "redeem-ok"
+    await app.user.should_see(marker=marker)
+    if how == "returned":
+        ledger.return_card(app.node_owner, CARD)
+    else:
+        ledger.replace_card(app.node_owner, CARD, "C20002")
+    ledger.issue_card(app.node_owner, other, CARD)
+    shelf = {c: ledger.stock_of(c)["qty"] for c in ("G01", "G09")}
+    await refused(app, marker, [mid, other], "这个卡号现在是另一位会员的")
+    assert {c: ledger.stock_of(c)["qty"] for c in ("G01", "G09")} == shelf
+
+
+def active_cards(app: CounterApp, member: str) -> list[str]:
+    return [str(c["card_no"]) for c in app.ledger.member(member)["cards"]
+            if c["status"] in ("active", "lost")]
+
+
+@pytest.mark.parametrize("before", ["none", "returned"])
+async def test_a_card_issued_at_another_till_meanwhile_is_not_issued_again(
+        counter_app: CounterApp, before: str) -> None:
+    """The card dialog opened on a member with no card (or only a returned one), to
+    issue one; another till issued her C20001 meanwhile, and this one's 发卡 gave her a
+    second active card the cashier never meant to (a member may hold several, of
+    several types: a deliberate one is issued from a dialog that shows the first).
+    Refused with a sentence naming the card; opened again, it shows the card."""
+    app = counter_app
+    if before == "none":
+        mid = app.ledger.add_member(app.node_owner, name="张伟", phone="13812345678")
+    else:
+        mid = member_with_card(app)
+        app.ledger.return_card(app.node_owner, CARD)
+    await app.login(*OWNER)
+    app.user.find(marker="search").type("13812345678")
+    app.user.find(marker="search-go").click()
+    await app.user.should_see(marker="member-name")
+    app.user.find(marker="card").click()
+    await app.user.should_see(marker="issue-card")
+    app.ledger.issue_card(app.node_owner, mid, "C20001")
+    app.user.find(marker="new-card-no").type("C20002")
+    await refused(app, "issue-card", [mid], "刚刚在别处发了卡 C20001")
+    assert active_cards(app, mid) == ["C20001"]
+
+
+async def test_a_card_issued_from_a_dialog_that_showed_none_is_issued(
+        counter_app: CounterApp) -> None:
+    """Nothing issued meanwhile: the dialog issues the card, as before."""
+    app = counter_app
+    mid = app.ledger.add_member(app.node_owner, name="张伟", phone="13812345678")
+    await app.login(*OWNER)
+    app.user.find(marker="search").type("13812345678")
+    app.user.find(marker="search-go").click()
+    await app.user.should_see(marker="member-name")
+    app.user.find(marker="card").click()
+    app.user.find(marker="new-card-no").type("C20002")
+    app.user.find(marker="issue-card").click()
+    await app.user.should_see("已发卡 C20002")
+    assert active_cards(app, mid) == ["C20002"]
+
+
+async def test_an_edit_of_a_member_merged_meanwhile_is_refused(
+        counter_app: CounterApp) -> None:
+    """The edit dialog open on 张伟 (a note typed); another till merged her into her
+    other record. Saving wrote the note onto the merged record, which nothing at the
+    counter shows any more (the panel and a search show the survivor): "资料已保存",
+    and the note was nowhere to be seen. Refused with a sentence; opened again, the
+    dialog edits the survivor."""
+    app = counter_app
+    mid = member_with_card(app)
+    other = app.ledger.add_member(app.node_owner, name="张伟", phone="13900000000")
+    await app.login(*CASHIER)
+    await swipe(app)
+    app.user.find(marker="edit").click()
+    await app.user.should_see(marker="edit-ok")
+    app.user.find(marker="edit-notes").type("喜欢安静")
+    app.ledger.merge_member(app.owner_id, mid, other)
+    await refused(app, "edit-ok", [mid, other], "刚刚在别处合并")
+    app.user.find("取消").click()
+    await swipe(app)
+    app.user.find(marker="edit").click()
+    app.user.find(marker="edit-notes").type("喜欢安静")
+    app.user.find(marker="edit-ok").click()
+    await app.user.should_see("资料已保存")
+    assert app.ledger.member(other)["notes"] == "喜欢安静"
