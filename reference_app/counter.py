@@ -38,7 +38,7 @@ from peer import receipts
 from reference_app.i18n import mask_phone, money, parse_money, tr
 from reference_app.layout import PRIMARY, follow, follow_reader, frame, once, one_approval
 from reference_app.readers import ReaderEvent, WedgeParser
-from reference_app.shop import Shop, can, log_in, operator, shop
+from reference_app.shop import Shop, TermsChanged, can, log_in, operator, shop
 
 T = TypeVar("T")
 
@@ -58,12 +58,6 @@ def register() -> None:
     def counter_page() -> None:
         with frame(tr("收银台", "Counter")):
             Counter()
-
-
-class TermsChanged(LedgerError):
-    """A dialog's figures no longer hold: what they came from changed (Counter.priced)."""
-
-    code = "terms_changed"
 
 
 # The most units of one line a box takes (a package's uses, goods, services).

@@ -111,6 +111,14 @@ class ReaderPages:
         return iter(list(self._pages))
 
 
+class TermsChanged(LedgerError):
+    """A dialog's figures no longer hold: what they came from changed (the counter's
+    `priced`, `held_by`, `none_issued`, `not_merged`). Its text is already the
+    cashier's sentence, said as it is."""
+
+    code = "terms_changed"
+
+
 class Shop:
     def __init__(self, node: Node, readers: Sequence[Reader] | None = None) -> None:
         self.node = node
@@ -267,6 +275,8 @@ class Shop:
 
     def refusal(self, e: LedgerError) -> str:
         """A refusal as a plain sentence the cashier can act on, in the session's language."""
+        if isinstance(e, TermsChanged):  # the counter's own words: no "操作被拒绝：" before
+            return str(e)
         if isinstance(e, CouponElsewhere):
             return self._coupon_elsewhere(e)
         if isinstance(e, RightsElsewhere):

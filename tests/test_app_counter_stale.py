@@ -49,6 +49,7 @@ async def refused(app: CounterApp, marker: str, members: list[str], said: str) -
     before = snapshot(app.ledger, members)
     app.user.find(marker=marker).click()
     await app.user.should_see(said)
+    await app.user.should_not_see("操作被拒绝")  # the counter's own words, said as they are
     await asyncio.sleep(0.1)
     assert snapshot(app.ledger, members) == before
 
