@@ -229,9 +229,11 @@ TITLES = {"debit": "消费", "topup": "充值", "refund": "退款", "package": "
           "exit_settle": "退会结算", "coupon": "优惠券", "checkin": "签到",
           "reward": "推荐奖励", "transfer": "权益转移", "merge": "会员合并"}
 # Kinds whose receipt has a money total; any other entry's amount is no payment (a
-# coupon's is the fen it takes off, a check-in's none) and its receipt shows none.
+# coupon's is the fen it takes off, a check-in's none) and its receipt shows none. A
+# card's amount is its fee, paid (the day report counts it in card sales): a card sold
+# for 10.00 printed "办卡" and no total. One issued free still prints none.
 MONEY_KINDS = frozenset({"debit", "topup", "package", "refund", "exit_settle",
-                         "correction"})
+                         "correction", "card"})
 # A correction's purses, as a receipt says them: money in yuan, the rest as counts.
 _COUNTED = {"points": "积分"}
 
