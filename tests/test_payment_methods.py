@@ -221,4 +221,4 @@ async def test_a_service_paid_in_cash_shows_as_cash_not_off_the_card(
     await app.login(*OWNER)
     await app.user.open("/office")
     await app.user.should_see(marker="by-method")
-    await app.user.should_see("收银（服务、套餐）")
+    await app.user.should_see("收银（服务、套餐，减退款、退会退款）")
