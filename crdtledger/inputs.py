@@ -48,6 +48,17 @@ def one_line(value: Any) -> Any:
     return value
 
 
+# What shows as nothing beside spaces (operations._ZERO_WIDTH, which the API's and the
+# command line's schemas refuse alone): a required text of these alone says nothing.
+_BLANK = re.compile("[\\s\u200b-\u200d\u2060\ufeff]*")
+
+
+def blank(text: str) -> bool:
+    """Whether `text` shows nothing: empty, or spaces (U+3000 too) and zero-width
+    characters alone."""
+    return _BLANK.fullmatch(text) is not None
+
+
 def check_text(value: Any, what: str, *, required: bool = False, limit: int = MAX_TEXT) -> str:
     if value is None:
         value = ""
@@ -58,7 +69,7 @@ def check_text(value: Any, what: str, *, required: bool = False, limit: int = MA
         # A lone surrogate (valid JSON: "\ud800") makes pycrdt panic and SQLite
         # refuse; NUL ends strings early in C code that shows them.
         raise InvalidInput(f"{what} contains characters that are not text")
-    if required and not text:
+    if required and blank(text):
         raise InvalidInput(f"{what} is required")
     if len(text) > limit:
         raise InvalidInput(f"{what} is longer than {limit} characters")

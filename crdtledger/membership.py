@@ -854,6 +854,11 @@ class Membership(Coupons):
         room in the version."""
         self.authorise(operator, "rules.manage")
         a = dict(activity)
+        # Named, not blank, where it is written: its name is what the counter, the
+        # members' page and the attendance report say of it. Not in check_activity,
+        # which judges every activity still open again at each version (and the rule
+        # as received): a chain holding one named with spaces keeps setting others.
+        a["name"] = check_text(a.get("name"), "name", required=True, limit=60)
         check_activity(code, a)
         now = self._local_minute()
         still = {c: v for c, v in self.activities().items() if str(v.get("to", "")) > now}

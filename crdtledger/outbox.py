@@ -27,8 +27,9 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from crdtledger import bookings, notices, views
-from crdtledger.errors import LedgerError
+from crdtledger.errors import InvalidInput, LedgerError
 from crdtledger.hlc import id_time_ms
+from crdtledger.inputs import blank
 from crdtledger.notices import Notice
 
 if TYPE_CHECKING:
@@ -490,6 +491,13 @@ def segment_members(ledger: Ledger, segment: Mapping[str, Any]) -> list[dict[str
 def broadcast(ledger: Ledger, segment: Mapping[str, Any], subject: str, text: str,
               now_ms: int) -> dict[str, Any]:
     """Keep a broadcast's notices in this node's outbox (its notifier sends them)."""
+    # A subject or text of spaces alone (an input method's U+3000 too) was a blank mail
+    # to every consenting member of the segment. Only blankness here: what else either
+    # may hold is the operation's schema's to say (a notice kept by an older version
+    # with a control character in it is still sent, as tests/test_notice_headers.py has).
+    for what, value in (("subject", subject), ("text", text)):
+        if not isinstance(value, str) or blank(value):
+            raise InvalidInput(f"{what} is required")
     bid = ledger.clock.mint()
     members = segment_members(ledger, segment)
     rule, _ = rule_in_force(ledger)

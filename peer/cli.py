@@ -321,6 +321,12 @@ def params_of(op: Operation, args: argparse.Namespace) -> Params:
     return out
 
 
+# The library's own checks of a text (inputs.check_text, outbox.broadcast), naming it
+# by the field: past the schema, so the loop below never found them.
+_LIBRARY_TEXT = re.compile(r"([a-z_]+) (is required|must be text|contains characters that "
+                           r"are not text|is longer than [0-9]+ characters)")
+
+
 def as_typed(args: argparse.Namespace, message: str) -> str:
     """A refusal of one parameter's value, naming the parameter as the person typed it.
     The library names it as the API does ("yuan must be a yuan amount ...",
@@ -342,6 +348,9 @@ def as_typed(args: argparse.Namespace, message: str) -> str:
         value = params.get(p.name)
         if p.flag is None or value is None or isinstance(value, dict | list):
             continue  # an object's or a list's parts are named by their keys
+        said = _LIBRARY_TEXT.fullmatch(message)
+        if said and said[1] == p.name:  # "gift is required": --gift was typed blank
+            return f"{_flag(p)} {said[2]}"
         try:
             check_schema(value, p.schema, p.name)
             continue

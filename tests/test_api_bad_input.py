@@ -173,3 +173,34 @@ def test_a_field_sent_in_full_width_characters_says_how_to_send_it(tmp_path: Pat
         assert snapshot(ledger, [mid]) == before
 
     drive(tmp_path, go)
+
+
+def test_a_blank_broadcast_or_activity_name_is_refused(tmp_path: Path) -> None:
+    """A broadcast's subject or text, and a check-in activity's name, of spaces alone
+    (U+3000 too, with zero-width characters) were taken: a blank mail to the segment,
+    an activity every page named with nothing."""
+    async def go(ledger: Ledger, api: Api) -> None:
+        boss = await api.login("boss", BOSS_PW)
+        status, body = await api.call("POST", "/members", {
+            "name": "王芳", "phone": "13812345678", "email": "m@example.com",
+            "promo": "yes"}, token=boss)
+        assert status == 201, body
+        before = snapshot(ledger)
+        for blank in ("   ", "\u3000", " \u3000\ufeff "):
+            for sent, field in (({"subject": blank, "text": "{name} 好"}, "subject"),
+                                ({"subject": "双十二", "text": blank}, "text")):
+                status, body = await api.call("POST", "/notices/broadcast", sent, token=boss)
+                assert (status, body["error"]) == (400, "invalid_input"), (blank, body)
+                assert body["message"].startswith(f"{field} "), (blank, body)
+            status, body = await api.call("PUT", "/activities/A1", {
+                "name": blank, "from": "2026-12-01T09:00", "to": "2036-12-31T21:00"},
+                token=boss)
+            assert (status, body["error"]) == (400, "invalid_input"), (blank, body)
+            assert body["message"].startswith("name "), (blank, body)
+        assert snapshot(ledger) == before
+        status, body = await api.call("POST", "/notices/broadcast",
+                                      {"subject": "双十二", "text": "{name} 好"}, token=boss)
+        assert status == 201 and body["queued"] == 1, body
+
+    drive(tmp_path, go)
+

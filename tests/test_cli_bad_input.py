@@ -152,7 +152,7 @@ def test_a_redemption_naming_no_gift_is_refused(shop: tuple[Path, str]) -> None:
     for gift in ("", "   ", "\u3000"):
         said = refused(run_cli("points", "redeem", "--member", member, "--points", "5",
                                "--gift", gift, data=data))
-        assert said == "crdtledger: gift is required", (gift, said)
+        assert said == "crdtledger: --gift is required", (gift, said)
     r = run_cli("points", "redeem", "--member", member, "--points", "5", data=data)
     assert r.code == 2 and "--gift" in r.err and "Traceback" not in r.err, r
     assert state(data) == before
@@ -214,3 +214,42 @@ def test_a_name_of_spaces_alone_is_refused_where_the_books_show_it(
                            json.dumps(body, ensure_ascii=False), data=data))
     assert "not spaces alone" in said, said
     assert state(data) == before
+
+
+BLANKS = ("", "   ", "\u3000", "\u200b", " \u3000\ufeff ")
+
+
+def test_a_broadcast_of_a_blank_subject_or_text_is_refused(shop: tuple[Path, str]) -> None:
+    """A subject or a text of spaces alone (an input method's U+3000 too) was taken: a
+    blank mail to every consenting member of the segment. Refused naming the option."""
+    data, member = shop
+    assert run_cli("member", "edit", "--member", member, "--email", "m@example.com",
+                   "--promo", "yes", data=data).code == 0
+    before = state(data)
+    for blank in BLANKS:
+        for argv, option in ((("--subject", blank, "--text", "{name} 好"), "--subject"),
+                             (("--subject", "双十二", "--text", blank), "--text")):
+            said = refused(run_cli("notice", "broadcast", *argv, data=data))
+            assert said.startswith(f"crdtledger: {option} "), (blank, said)
+            assert "Traceback" not in said
+    assert state(data) == before
+    r = run_cli("notice", "broadcast", "--subject", "双十二", "--text", "{name} 好", "--json",
+                data=data)
+    assert r.code == 0 and r.json()["queued"] == 1, r
+
+
+def test_an_activity_named_blank_is_refused_where_it_is_set(shop: tuple[Path, str]) -> None:
+    """A check-in activity's name of spaces was taken: the counter, the members' page
+    and the attendance report named it with nothing. Refused by `activity set`."""
+    data, _member = shop
+    window = ("--from", "2026-12-01T09:00", "--to", "2036-12-31T21:00")
+    before = state(data)
+    for blank in BLANKS:
+        said = refused(run_cli("activity", "set", "--code", "A1", "--name", blank, *window,
+                               data=data))
+        assert said.startswith("crdtledger: --name "), (blank, said)
+    assert state(data) == before
+    r = run_cli("activity", "set", "--code", "A1", "--name", " 早安签到 ", *window, data=data)
+    assert r.code == 0, r
+    r = run_cli("activity", "list", "--json", data=data)
+    assert r.json()["A1"]["name"] == "早安签到", r
