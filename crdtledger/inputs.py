@@ -59,6 +59,11 @@ def blank(text: str) -> bool:
     return _BLANK.fullmatch(text) is not None
 
 
+# The controls that reorder what follows (operations._BIDI, which the API's one-line
+# names refuse): "\u202e店路西京南" shows as another name on every receipt and report.
+TURNS = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 def check_text(value: Any, what: str, *, required: bool = False, limit: int = MAX_TEXT) -> str:
     if value is None:
         value = ""

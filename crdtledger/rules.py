@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
@@ -16,7 +17,7 @@ from crdtledger.auth import Auth
 from crdtledger.commit import put
 from crdtledger.errors import InvalidAmount, InvalidInput, LedgerError
 from crdtledger.hlc import CLOCK_OFF_LIMIT_MS, MAX_CLOCK_SKEW_MS
-from crdtledger.inputs import CONTROLS, check_date, check_text
+from crdtledger.inputs import CONTROLS, TURNS, blank, check_date, check_text
 from crdtledger.model import (
     CARD_TYPES,
     DEFAULT_RULES,
@@ -489,11 +490,22 @@ def _check_rule(kind: str, body: Any) -> None:
                 # 200 characters of text: a longer one set every sale aside at every
                 # other branch.
                 # Not spaces alone: the name is what a sale's entry says of its level.
-                _require(_text(lv["name"], 40) and bool(lv["name"].strip()),
-                         "a level's name is text of 1 to 40 characters, not spaces alone")
+                # Nor invisible characters alone or turned backwards, as the API's
+                # one-line names (operations.ONE_LINE).
+                _require(_text(lv["name"], 40) and not blank(lv["name"])
+                         and TURNS.search(lv["name"]) is None,
+                         "a level's name is text of 1 to 40 characters, not spaces alone "
+                         "nor invisible characters, without direction overrides")
                 _require(len(str(lv["discount"])) <= 12 and len(str(lv["points_multiplier"]))
                          <= 12, "a discount or points multiplier is at most 12 characters, "
                          "like 0.95")
+            # One level a name: "金卡" and "金卡 " read the same in every sale's entry and
+            # in the reports by level, and a member pinned to "金卡" got the first.
+            seen: set[str] = set()
+            for lv in body:
+                name = unicodedata.normalize("NFKC", lv["name"]).strip().casefold()
+                _require(name not in seen, f"two levels are named {lv['name'].strip()}")
+                seen.add(name)
         elif kind == "promotions":
             _require(isinstance(body, list), "promotions are a list")
             for p in body:
@@ -506,8 +518,10 @@ def _check_rule(kind: str, body: Any) -> None:
             _require(isinstance(body, dict), "the rule is a map of branch id to name")
             for node, name in body.items():
                 _require(_text(node, 40) and bool(node) and _text(name, 40)
-                         and bool(name.strip()), f"branch {node!r}: its name is text of 1 "
-                         "to 40 characters, not spaces alone")
+                         and not blank(name) and TURNS.search(name) is None,
+                         f"branch {node!r}: its name is text of 1 to 40 characters, not "
+                         "spaces alone nor invisible characters, without direction "
+                         "overrides")
                 # One line: the name is in the daily report's mail subject (a header)
                 # and in receipts' and lists' lines.
                 _require(_ONE_LINE.match(node) is not None and _ONE_LINE.match(name)

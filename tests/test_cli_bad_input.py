@@ -203,7 +203,17 @@ def test_an_integer_option_typed_full_width_says_how_to_type_it(
 @pytest.mark.parametrize(("kind", "body"), [
     ("levels", [{"name": "  ", "threshold": 0, "discount": "1", "points_multiplier": "1"}]),
     ("branches", {"SH01": "\u3000"}),
-], ids=["a level", "a branch"])
+    # Invisible alone, or turned backwards by a direction override (every receipt and
+    # report reading "\u202e店路西京南" as another name): the API's one-line names refuse
+    # both, and these names are no less shown.
+    ("levels", [{"name": "\u200b\u3000", "threshold": 0, "discount": "1",
+                 "points_multiplier": "1"}]),
+    ("branches", {"SH01": "\ufeff"}),
+    ("levels", [{"name": "\u202e金卡", "threshold": 0, "discount": "1",
+                 "points_multiplier": "1"}]),
+    ("branches", {"SH01": "南京西路店\u2067"}),
+], ids=["a level", "a branch", "a level of zero-width", "a branch of zero-width",
+        "a level turned backwards", "a branch turned backwards"])
 def test_a_name_of_spaces_alone_is_refused_where_the_books_show_it(
         shop: tuple[Path, str], kind: str, body: object) -> None:
     """A level's name is written into every sale's entry, a branch's into reports and
@@ -213,6 +223,23 @@ def test_a_name_of_spaces_alone_is_refused_where_the_books_show_it(
     said = refused(run_cli("rule", "set", kind, "--json-body",
                            json.dumps(body, ensure_ascii=False), data=data))
     assert "not spaces alone" in said, said
+    assert state(data) == before
+
+
+def test_two_levels_of_one_name_are_refused(shop: tuple[Path, str]) -> None:
+    """Levels "金卡" and "金卡 " (or "金卡" twice) were taken: two discounts under one name
+    in every sale's entry and the reports by level, and a member pinned to "金卡" got
+    whichever came first."""
+    data, _member = shop
+    before = state(data)
+    for second in ("金卡", "金卡 ", "金卡\u3000"):
+        body = [{"name": "金卡", "threshold": 0, "discount": "0.9", "points_multiplier": "1"},
+                {"name": second, "threshold": 100000, "discount": "0.8",
+                 "points_multiplier": "1"}]
+        said = refused(run_cli("rule", "set", "levels", "--json-body",
+                               json.dumps(body, ensure_ascii=False), data=data))
+        assert said.startswith("crdtledger: rule levels is malformed: two levels are "
+                               "named 金卡;"), said
     assert state(data) == before
 
 
