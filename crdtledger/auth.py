@@ -187,10 +187,15 @@ def _looks_built_in(name: str) -> bool:
     letters (NFKC), what shows as nothing (a zero-width space, a soft hyphen, a
     variation selector, a combining mark, a Hangul filler) and case do not make
     `ｏｗｎｅｒ`, `店\u200b主` or `店\ufe00主` another name. Only compared, never stored."""
-    seen = "".join(c for c in unicodedata.normalize("NFKC", name)
+    seen = _seen_as(name)
+    return seen.startswith(("owner@", "self@")) or seen in _BUILTIN_NAMES
+
+
+def _seen_as(name: str) -> str:
+    """`name` as a reader of the audit trail sees it (_looks_built_in's comparison)."""
+    return "".join(c for c in unicodedata.normalize("NFKC", name)
                    if unicodedata.category(c) not in ("Cf", "Mn", "Me")
                    and c not in _FILLERS).casefold()
-    return seen.startswith(("owner@", "self@")) or seen in _BUILTIN_NAMES
 
 
 # Letters that show as nothing (Unicode's default-ignorable code points outside the
@@ -388,6 +393,13 @@ class Auth(LedgerBase):
             raise InvalidInput("password must have at least 6 characters")
         if self._operator_by_name(name) is not None:
             raise InvalidInput(f"an operator named {name} exists already")
+        # Nor one only written otherwise: "ａｍｙ" (an input method's full width) or
+        # "Amy" beside amy read as amy in the audit trail and the counter's lists, so
+        # what one did was read as the other's. Operators are few: all are looked at.
+        for (other,) in self.storage.conn.execute("SELECT name FROM operators"):
+            if isinstance(other, str) and _seen_as(other) == _seen_as(name):
+                raise InvalidInput(f"operator name {name} reads as {other}'s, an operator "
+                                   "who exists already: choose another")
         role_map = {r: True for r in roles}
         for r in role_map:
             self._check_role_exists(r)

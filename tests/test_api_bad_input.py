@@ -204,3 +204,23 @@ def test_a_blank_broadcast_or_activity_name_is_refused(tmp_path: Path) -> None:
 
     drive(tmp_path, go)
 
+
+def test_an_operator_named_as_another_only_written_otherwise_is_refused(
+        tmp_path: Path) -> None:
+    """"ａｍｙ" (an input method's full width), "AMY" or "a\u200bmy" beside amy was
+    taken: two operators every list and the audit trail show as amy, what one did read
+    as the other's."""
+    async def go(ledger: Ledger, api: Api) -> None:
+        boss = await api.login("boss", BOSS_PW)
+        before = snapshot(ledger)
+        for name in ("ａｍｙ", "AMY", "a\u200bmy", "amy\u3000"):
+            status, body = await api.call("POST", "/operators", {
+                "name": name, "password": "another-secret", "roles": ["cashier"]}, token=boss)
+            assert (status, body["error"]) == (400, "invalid_input"), (name, body)
+            assert "amy" in body["message"], (name, body)
+        assert snapshot(ledger) == before
+        status, body = await api.call("POST", "/operators", {
+            "name": "amy2", "password": "another-secret", "roles": ["cashier"]}, token=boss)
+        assert status == 201, body
+
+    drive(tmp_path, go)
