@@ -804,6 +804,17 @@ _INVALID: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str | None]], .
      lambda m: tr("起止日期反了：开始日 {a} 在结束日 {b} 之后。",
                   "The period is reversed: its first day {a} is after its last, {b}.",
                   a=m[1], b=m[2])),
+    # A name another already has, however written (auth.add_operator; rules' levels):
+    # the office pages said it in the library's English.
+    (re.compile(r"an operator named (.+) exists already|operator name .+ reads as (.+)'s, "
+                r"an operator who exists already: choose another"),
+     lambda m: tr("已有操作员叫 {n}：请换一个名字（全角半角、大小写不同也算同名）。",
+                  "There is an operator named {n} already: choose another name (one "
+                  "written in full width or another case is the same name).",
+                  n=m[1] or m[2])),
+    (re.compile(r"rule levels is malformed: two levels are named (.+?); .*"),
+     lambda m: tr("有两个会员等级都叫“{n}”：每个等级的名称要不同。",
+                  "Two levels are named “{n}”: give each level a name of its own.", n=m[1])),
     # The forms every field's checks share, for the fields the forms have (_FIELDS):
     # another (an admin page's "code") keeps the library's words, which name it.
     (re.compile(rf"{_F} (?:must not be empty|is required)"),

@@ -521,3 +521,23 @@ async def test_a_manager_confirms_this_pcs_clock_from_the_sync_page(
     app.user.find(marker="clock-confirm-yes").click()
     await app.user.should_see("已记录：本机时钟已核对（今天有效）")
     assert app.ledger.clock_confirmed_today()
+
+
+async def test_an_operator_or_a_level_named_as_another_is_said_in_chinese(
+        counter_app: CounterApp) -> None:
+    """An operator "ＢＯＳＳ" beside boss, and two levels named alike ("金卡" and "金卡 "),
+    are refused by the library: the office pages say so in Chinese, not its English."""
+    app = counter_app
+    await app.login(*OWNER)
+    await app.user.open("/admin/operators")
+    app.user.find(marker="op-name").type("ＢＯＳＳ")
+    app.user.find(marker="op-password").type("another-pw")
+    app.user.find(marker="op-add").click()
+    await app.user.should_see("已有操作员叫 boss")
+    assert app.ledger.authenticate("boss", OWNER[1])
+    levels = app.ledger.rule("levels")
+    await app.user.open("/admin/levels")
+    app.user.find(marker="row-1-name").clear().type(f"{levels[0]['name']} ")
+    app.user.find(marker="save-rules").click()
+    await app.user.should_see(f"有两个会员等级都叫“{levels[0]['name']}”")
+    assert app.ledger.rule("levels") == levels
