@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from datetime import date
 from typing import Any
 
@@ -48,15 +49,21 @@ def one_line(value: Any) -> Any:
     return value
 
 
-# What shows as nothing beside spaces (operations._ZERO_WIDTH, which the API's and the
-# command line's schemas refuse alone): a required text of these alone says nothing.
-_BLANK = re.compile("[\\s\u200b-\u200d\u2060\ufeff]*")
+# Letters drawn as nothing: the Hangul fillers and the braille blank, which no name
+# needs alone and which a name "of spaces" was typed with once spaces were refused.
+_FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+# Characters drawn as nothing or only on another: format (zero-width, the soft hyphen,
+# direction marks), controls, combining marks, separators.
+_UNSEEN = frozenset(("Cf", "Cc", "Mn", "Me", "Zs", "Zl", "Zp"))
 
 
 def blank(text: str) -> bool:
-    """Whether `text` shows nothing: empty, or spaces (U+3000 too) and zero-width
-    characters alone."""
-    return _BLANK.fullmatch(text) is not None
+    """Whether `text` shows nothing: empty, or spaces (U+3000 too), zero-width and
+    other format characters, lone combining marks and letters drawn as nothing
+    alone. (The API's and the command line's schemas refuse spaces and the
+    zero-width ones alone, operations._ZERO_WIDTH; what they let by is refused here.)"""
+    return all(c.isspace() or c in _FILLERS or unicodedata.category(c) in _UNSEEN
+               for c in text)
 
 
 # The controls that reorder what follows (operations._BIDI, which the API's one-line

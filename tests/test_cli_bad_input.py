@@ -212,8 +212,12 @@ def test_an_integer_option_typed_full_width_says_how_to_type_it(
     ("levels", [{"name": "\u202e金卡", "threshold": 0, "discount": "1",
                  "points_multiplier": "1"}]),
     ("branches", {"SH01": "南京西路店\u2067"}),
+    ("levels", [{"name": "\u3164", "threshold": 0, "discount": "1",
+                 "points_multiplier": "1"}]),
+    ("branches", {"SH01": "\u2800\u00ad"}),
 ], ids=["a level", "a branch", "a level of zero-width", "a branch of zero-width",
-        "a level turned backwards", "a branch turned backwards"])
+        "a level turned backwards", "a branch turned backwards", "a level of a filler",
+        "a branch of a braille blank"])
 def test_a_name_of_spaces_alone_is_refused_where_the_books_show_it(
         shop: tuple[Path, str], kind: str, body: object) -> None:
     """A level's name is written into every sale's entry, a branch's into reports and
@@ -243,7 +247,9 @@ def test_two_levels_of_one_name_are_refused(shop: tuple[Path, str]) -> None:
     assert state(data) == before
 
 
-BLANKS = ("", "   ", "\u3000", "\u200b", " \u3000\ufeff ")
+# Drawn as nothing: spaces, zero-width, the soft hyphen, the Hangul filler, the braille
+# blank (the last three were taken once spaces and zero-width were refused).
+BLANKS = ("", "   ", "\u3000", "\u200b", " \u3000\ufeff ", "\u00ad", "\u3164", "\u2800")
 
 
 def test_a_broadcast_of_a_blank_subject_or_text_is_refused(shop: tuple[Path, str]) -> None:
@@ -263,6 +269,18 @@ def test_a_broadcast_of_a_blank_subject_or_text_is_refused(shop: tuple[Path, str
     r = run_cli("notice", "broadcast", "--subject", "双十二", "--text", "{name} 好", "--json",
                 data=data)
     assert r.code == 0 and r.json()["queued"] == 1, r
+
+
+def test_a_member_named_with_what_draws_nothing_is_refused(shop: tuple[Path, str]) -> None:
+    """A member named by a Hangul filler (U+3164) alone was registered: a row of nothing
+    on the counter's search, the receipts and the reports. Refused as spaces are."""
+    data, _member = shop
+    before = state(data)
+    for blank in BLANKS[5:]:
+        said = refused(run_cli("member", "add", "--name", blank, "--phone", "13800000002",
+                               data=data))
+        assert said.startswith("crdtledger: --name "), (blank, said)
+    assert state(data) == before
 
 
 def test_an_activity_named_blank_is_refused_where_it_is_set(shop: tuple[Path, str]) -> None:
