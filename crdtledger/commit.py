@@ -27,7 +27,14 @@ from crdtledger.errors import (
     NotCaughtUp,
     PermissionDenied,
 )
-from crdtledger.hlc import MAX_CLOCK_SKEW_MS, HybridClock, id_node, id_time_ms, wall_ms
+from crdtledger.hlc import (
+    CLOCK_OFF_LIMIT_MS,
+    MAX_CLOCK_SKEW_MS,
+    HybridClock,
+    id_node,
+    id_time_ms,
+    wall_ms,
+)
 from crdtledger.log import Head, Record, record_hash
 from crdtledger.model import (
     EDITS,
@@ -191,7 +198,8 @@ class LedgerBase:
         # Whether the peers connected now confirm this PC's clock, as the node core
         # running this store judges at each tick (NodeCore._peers_confirm): False with
         # no node core (the library, the command line) or no peer. `check_clock_for`.
-        self.clock_vouched = False
+        # With this machine's clock less its boot clock when they did (`clock_vouched`).
+        self._vouched: tuple[bool, int | None] = (False, None)
         # The node core's judgement whether this PC's clock may decide what cannot be
         # undone (NodeCore._clock_confirmed), asked when it matters (a no-show,
         # crdtledger.bookings.noshow); None with no node core: the caller's clock.
@@ -453,6 +461,26 @@ class LedgerBase:
         finally:
             if clock.floor_ms == raised:  # (a cut taken meanwhile raised it for good)
                 clock.floor_ms = before
+
+    @property
+    def clock_vouched(self) -> bool:
+        """Do the peers connected vouch for this PC's clock as it reads now? Their word
+        (set by the node core at each tick and hello) holds for the clock they judged:
+        put forward by hand since by more than CLOCK_OFF_LIMIT_MS against the boot
+        clock (HybridClock.boot_gap), it waits for their next judgement. A cashier put
+        the clock forward 30 days beside a lone peer that had vouched; the counter's
+        page read the rules before the node core's next tick, took that word for the
+        jump (Rules._moved_by_hand), and the sale then carried no `moved`. Set back,
+        the word stands as it did (check_clock_for judges a clock set back)."""
+        vouched, gap = self._vouched
+        if not vouched or gap is None:
+            return vouched
+        now = self.clock.boot_gap()
+        return now is None or now - gap <= CLOCK_OFF_LIMIT_MS
+
+    @clock_vouched.setter
+    def clock_vouched(self, vouched: bool) -> None:
+        self._vouched = (vouched, self.clock.boot_gap() if vouched else None)
 
     def clock_confirmed_today(self) -> bool:
         """Did an operator confirm this PC's clock today (Ledger.confirm_clock)? A clock

@@ -197,13 +197,21 @@ class HybridClock:
         (never below 0). What NTP slews and a till drifts stays under the limit. A
         cashier alone put the PC forward a day five times in five minutes, and every
         daily limit counted from a new day each time (Rules.unmoved_day)."""
-        if self.since_boot_ms is None:
+        gap = self.boot_gap()
+        if gap is None:
             return self.moved_ms
-        gap = self._now_ms() - self.since_boot_ms()
         before, self.gap_ms = self.gap_ms, gap
         if before is not None and abs(gap - before) > CLOCK_OFF_LIMIT_MS:
             self.moved_ms = max(0, self.moved_ms + gap - before)
         return self.moved_ms
+
+    def boot_gap(self) -> int | None:
+        """This machine's clock less its boot clock now: steady while real time passes
+        (asleep too), jumping when the clock is set. None with no boot clock (a
+        simulated clock's: nothing is seen being moved)."""
+        if self.since_boot_ms is None:
+            return None
+        return self._now_ms() - self.since_boot_ms()
 
     def vouched(self) -> None:
         """A peer or an operator says this clock is right now: nothing was moved."""
