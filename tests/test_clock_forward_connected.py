@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import sync
+from helpers import FakeClock, new_ledger, sync
 from test_clock_forward_rules import put_forward
-from test_clock_moved_by_hand import DAY_MS, met
+from test_clock_moved_by_hand import DAY_MS, BootClock, met
 from test_refund_clock_ahead import Chain
 
+from crdtledger import rules
 from crdtledger.core import Done, NodeCore
 from crdtledger.errors import ApprovalRequired, PermissionDenied
+from crdtledger.ledger import Ledger
 
 
 @pytest.fixture
@@ -118,3 +120,34 @@ def test_an_honest_clock_beside_its_peers_is_vouched_for_as_before(chain: Chain)
     assert sh01.clock_vouched
     sale = sh01.debit(sh01.owner, chain.member, amount=100)
     assert "moved" not in sale
+
+
+def test_a_pc_off_for_a_weekend_starts_afresh_as_before(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What stays unknowable: a clock put forward while the PC was off (the BIOS) gives
+    the store exactly the readings of a PC off for the weekend: a new boot, a boot clock
+    from 0, the wall clock days past the last write. Nothing at start tells them apart,
+    so both start afresh, as before: no `moved`, the day's limits anew."""
+    clock = FakeClock()
+    boots = iter(["boot-friday", "boot-monday"])
+    boot_id = [next(boots)]
+    monkeypatch.setattr(rules, "_boot_id", lambda: boot_id[0])
+    shop = new_ledger(tmp_path, "SH01", now_ms=clock)
+    shop.clock.since_boot_ms = BootClock()
+    o = shop.owner
+    cashier = shop.add_operator(o, "alice", "secret1", roles=["cashier"])
+    m = shop.add_member(o, name="张伟", phone="13800138000")
+    limit = int(shop.rule("approval")["topup_limit"])
+    shop.topup(cashier, m, limit)
+    shop.close()
+    clock.advance_days(2.5)  # off from Friday night to Monday morning
+    boot_id[0] = next(boots)
+    shop = Ledger.open(tmp_path / "sh01", now_ms=clock)
+    try:
+        shop.clock.since_boot_ms = BootClock()  # the boot clock starts again
+        shop.topup(cashier, m, limit)  # Monday's limit, afresh
+        sale = shop.debit(o, m, amount=100)
+        assert "moved" not in sale and shop.clock.moved_ms == 0
+        assert not shop.clock_vouched
+    finally:
+        shop.close()
