@@ -276,6 +276,20 @@ class HybridClock:
         return f"{encode(self.now())}.{self.node}"
 
 
+def boot_clock_s() -> float:
+    """Seconds on a clock that is never set and runs on while the machine sleeps
+    (CLOCK_BOOTTIME), where there is one; else the monotonic clock. What the node core
+    is driven by: on the monotonic clock, which stops while a laptop is suspended, its
+    check of this PC's clock (peerclock.PeerClocks.tick) took eight hours asleep for
+    the clock put forward eight hours, moved its peers' readings back by as much, and
+    booked the next sale 480 minutes behind the chain's time until new hellos came
+    (for good while it stayed offline)."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is not None:
+        return time.clock_gettime(boottime)
+    return time.monotonic()
+
+
 def _since_boot_ms() -> int:
     """Milliseconds since this machine booted, asleep included (CLOCK_BOOTTIME: a
     laptop asleep overnight did not have its clock put forward), where there is one;

@@ -59,6 +59,7 @@ from crdtledger.errors import (
     PermissionDenied,
     RemoteProtocolError,
 )
+from crdtledger.hlc import boot_clock_s
 from crdtledger.inputs import NotJson, json_value, typed_half_width
 from crdtledger.ledger import Ledger
 from crdtledger.operations import ANY_OBJECT, ENTRY_ID, NODE, PASSWORD, STR, TABLE, Operation
@@ -143,8 +144,10 @@ class Sessions:
     or at another one (the ledgers tell: `crdtledger.auth.watch_credentials`)."""
 
     def __init__(self, ttl_s: float = TOKEN_TTL_S,
-                 clock: Callable[[], float] = time.monotonic,
+                 clock: Callable[[], float] = boot_clock_s,
                  throttle: LoginThrottle | None = None) -> None:
+        # On the boot clock, which runs on while the PC sleeps: on the monotonic one a
+        # token's hours stopped with a suspended till, and lasted the night.
         self.ttl_s = ttl_s
         self._clock = clock
         # Failed logins, on the same clock as the tokens (a test moves both).

@@ -67,6 +67,7 @@ from crdtledger.core import (
     TimerKey,
 )
 from crdtledger.errors import LedgerError, LocalProtocolError
+from crdtledger.hlc import boot_clock_s
 from crdtledger.ledger import Ledger
 from crdtledger.log import Record
 from crdtledger.sync import (
@@ -282,7 +283,7 @@ class Link:
             received.inc(len(msg.data))
             self._receiving = True
             try:
-                self.node.run(self.node.core.receive(self.id, [msg.data], time.monotonic()))
+                self.node.run(self.node.core.receive(self.id, [msg.data], boot_clock_s()))
             finally:
                 self._receiving = False
             if self._closing is not None:
@@ -397,7 +398,7 @@ class Node:
         # _on_commit.
         flush_soon, self._flush_soon = self._flush_soon, True
         try:
-            oid, effects = self.core.submit(op, time.monotonic(), name, reply_first=True)
+            oid, effects = self.core.submit(op, boot_clock_s(), name, reply_first=True)
         finally:
             self._flush_soon = flush_soon
         # Nearly always the operation is done at once (its rights are here): its
@@ -425,7 +426,7 @@ class Node:
 
     async def rebalance(self) -> int:
         """A rebalancer pass now; returns the number of transfers made."""
-        moved, effects = self.core.rebalance(time.monotonic())
+        moved, effects = self.core.rebalance(boot_clock_s())
         self.run(effects)
         return moved
 
@@ -581,7 +582,7 @@ class Node:
 
     def _fire_core(self, key: TimerKey, token: int) -> None:
         if self._core is not None and not self._stopping:
-            self.run(self.core.fire(key, token, time.monotonic()))
+            self.run(self.core.fire(key, token, boot_clock_s()))
 
     async def _attach(self, ws: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
                       peer: str, address: str, dialer: str, cert: bytes,
@@ -594,13 +595,13 @@ class Node:
         self._links[lid] = link
         log.info("connected to %s (%s)", peer, address or "inbound")
         try:
-            self.run(self.core.link_opened(lid, peer, dialer=dialer, now=time.monotonic(),
+            self.run(self.core.link_opened(lid, peer, dialer=dialer, now=boot_clock_s(),
                                            address=address, target=target))
             await link.run()
         finally:
             self._links.pop(lid, None)
             if self._core is not None:
-                self.run(self.core.link_closed(lid, time.monotonic()))
+                self.run(self.core.link_closed(lid, boot_clock_s()))
             log.info("disconnected from %s", peer)
 
     # --- sync listener --------------------------------------------------------
@@ -638,7 +639,7 @@ class Node:
                 # real branch's address under a made-up id made every dial there fail
                 # "expected node ZZ90" for good. The certificate says who answers.
                 self._discovered.add(url)
-            self.run(self.core.add_target(url, node_hint, time.monotonic(),
+            self.run(self.core.add_target(url, node_hint, boot_clock_s(),
                                           discovered=discovered))
             if discovered:  # what the core forgot or refused leaves no hint behind
                 kept = self.core.targets()
@@ -650,7 +651,7 @@ class Node:
     def forget_discovered(self, node_id: str) -> None:
         """The LAN no longer announces `node_id`."""
         if not self._stopping and self._core is not None:
-            self.run(self.core.forget_discovered(node_id, time.monotonic()))
+            self.run(self.core.forget_discovered(node_id, boot_clock_s()))
 
     def _refused_peer(self, why: str) -> None:
         """Log a refused peer once a minute per reason: a retired branch's expired
@@ -687,7 +688,7 @@ class Node:
         except (aiohttp.ClientError, OSError, PeerRejected, TimeoutError) as e:
             self._dial_failed(url, e)
             if self._core is not None and not self._stopping:
-                self.run(self.core.dial_failed(url, time.monotonic()))
+                self.run(self.core.dial_failed(url, boot_clock_s()))
             return
         await self._attach(ws, peer, url, self.node_id, der, target=url)
 
@@ -765,7 +766,7 @@ class Node:
             self._wrote_run_file = True
             for url in self.config.peers:
                 self._hints.setdefault(url, None)
-            self.run(self.core.start(time.monotonic(), [(u, None) for u in self.config.peers]))
+            self.run(self.core.start(boot_clock_s(), [(u, None) for u in self.config.peers]))
             if self.gateways:  # a node with no [notify] sends nothing
                 self.notifier = Notifier(self, self.config.notify_clock,
                                          self.config.notify_interval_s)

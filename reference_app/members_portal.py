@@ -65,6 +65,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from crdtledger import localtime, operations, views
 from crdtledger.auth import check_secret, hash_secret
 from crdtledger.errors import LedgerError, NotFound, WrongPin
+from crdtledger.hlc import boot_clock_s
 from crdtledger.inputs import check_card_no
 from crdtledger.members import PHONE
 from crdtledger.model import canonical_phone, owner_of, self_service_of
@@ -94,9 +95,11 @@ CODES_PER_HOUR = 600
 # (the TLS handshake within peer.node.HANDSHAKE_S).
 FIRST_REQUEST_S = 15.0
 SESSION_S = 2 * 3600.0  # a member's sign-in lasts two hours, then asks again
-# A sign-in's deadline is on the monotonic clock, as the login codes' and the API's
-# tokens are: on the wall clock, a sign-in made while the PC's clock ran three days
-# ahead lasted three days once it was set right. time.monotonic() counts from an
+# A sign-in's deadline is on the boot clock (hlc.boot_clock_s: never set, and running
+# on while the PC sleeps, where the monotonic clock stops and a sign-in outlived a
+# suspended night), as the login codes' and the API's tokens are: on the wall clock,
+# a sign-in made while the PC's clock ran three days ahead lasted three days once it
+# was set right. The boot clock counts from an
 # unspecified start (the machine's), so a deadline kept in app.storage.user (a file,
 # which outlives the process) is trusted only by the process that set it: a sign-in
 # ends when the app restarts, and one kept before this rule (a wall-clock `until`)
@@ -456,7 +459,7 @@ def _digest(code: str) -> bytes:
 class Portal:
     shop: Shop
     config: MembersConfig | None
-    clock: Callable[[], float] = time.monotonic
+    clock: Callable[[], float] = boot_clock_s
     codes: dict[str, _Code] = field(default_factory=dict)
     # Asking for codes: 5 free per phone and per address, then a growing wait.
     sends: LoginThrottle = field(default_factory=lambda: LoginThrottle(
@@ -838,7 +841,7 @@ def signed_in() -> str | None:
     member, node, until = data.get("id"), data.get("node"), data.get("deadline")
     s = shop()
     if not isinstance(member, str) or node != s.node.node_id or not isinstance(until, float) \
-            or data.get("process") != _PROCESS or until < time.monotonic():
+            or data.get("process") != _PROCESS or until < boot_clock_s():
         return None
     survivor = s.ledger.survivor_of(member)
     # The survivor too: merged into a member who then left, the page stayed open.
@@ -882,7 +885,7 @@ def _card_still_active(ledger: Any, member: str, card: Any) -> bool:
 def sign_in(member: str, card: dict[str, str] | None = None, *,
             phone: str | None = None) -> None:
     app.storage.user["member"] = {"id": member, "node": shop().node.node_id,
-                                  "deadline": time.monotonic() + SESSION_S,
+                                  "deadline": boot_clock_s() + SESSION_S,
                                   "process": _PROCESS, "card": card,
                                   "phone": phone}
 

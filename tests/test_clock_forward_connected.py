@@ -16,6 +16,7 @@ moved as tests/test_refund_clock_ahead.py moves it.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,9 @@ from test_refund_clock_ahead import Chain
 from crdtledger import rules
 from crdtledger.core import Done, NodeCore
 from crdtledger.errors import ApprovalRequired, PermissionDenied
+from crdtledger.hlc import boot_clock_s, id_time_ms
 from crdtledger.ledger import Ledger
+from peer import node as node_module
 
 
 @pytest.fixture
@@ -151,3 +154,24 @@ def test_a_pc_off_for_a_weekend_starts_afresh_as_before(
         assert not shop.clock_vouched
     finally:
         shop.close()
+
+
+def test_a_night_asleep_is_no_clock_moved_for_a_core_on_the_boot_clock(chain: Chain) -> None:
+    """The node drives its core by the boot clock (hlc.boot_clock_s), which runs on
+    while a laptop is suspended. By the monotonic clock, which stops, the core's check
+    of this PC's clock (PeerClocks.tick) read eight hours asleep as the clock put
+    forward eight hours: it moved its two peers' readings back by as much and booked
+    the next sale 480 minutes behind the chain's time."""
+    assert node_module.boot_clock_s is boot_clock_s
+    if hasattr(time, "CLOCK_BOOTTIME"):
+        assert abs(boot_clock_s() - time.clock_gettime(time.CLOCK_BOOTTIME)) < 1
+    core = connected(chain, 2)
+    asleep = 8 * 3600
+    for clock in (chain.machine, chain.right):
+        clock.ms += asleep * 1000
+    chain.boot.ms += asleep * 1000
+    sale = submitted(core, lambda: chain.sh01.debit(chain.sh01.owner, chain.member,
+                                                   amount=100), 1.5 + asleep)
+    assert core.clock_status()["off_ms"] == 0
+    assert abs(id_time_ms(sale["id"]) - chain.right.ms) < 60_000
+    assert "moved" not in sale
