@@ -5,7 +5,7 @@ normal traffic (they sell, relay and answer rights requests like everyone). What
 makes them Byzantine is done here, at seeded times, with the node's own key (a
 dishonest branch holds its own key, never another's):
 
-- **forger**: every 30-90 minutes of business hours, a record of its own log that
+- **forger**: every 5-20 minutes of business hours, a record of its own log that
   breaks a write rule, in turn (from a seeded start): an entry keyed by and naming
   another branch (`entry-writer`), an entry of its own moving another branch's
   rights to itself (`own-rights`), a rewrite or a deletion of another branch's
@@ -14,7 +14,10 @@ dishonest branch holds its own key, never another's):
   of its own back-dated into a month it has closed (`closed-month`), rights raised
   at itself by a merge's "in" with no "out" (`merge-paired`) or by a transfer of
   nothing (`transfer-balanced`) or by a debit (`value-raise`), a refund of another
-  branch's debit (`refund-own`). Built as
+  branch's debit (`refund-own`), and the rest of BREAKS: every write rule, and a
+  second arm of some (a card's and an exit settlement's `paid`, a package's, beside a
+  top-up's; a debit's `amount` beside a transfer's; a member, beside a card, under
+  another's id; a revocation list the CA did not sign, beside an operator). Built as
   tests/helpers.Forger builds one (a pycrdt document of the forger's client id from
   its own copy, chained from its tip, its head signed with its key), sent as a
   `recs` frame on every link it has, and taken into its own store too, so that its
@@ -65,6 +68,7 @@ office, one role each.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 import shutil
 from collections.abc import Callable
@@ -74,6 +78,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgpack
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from pycrdt import Map
@@ -90,6 +95,7 @@ from crdtledger.sync import RightsAnswered, pack
 from crdtledger.trust import revocations_rule
 from crdtledger.writerules import client_id_for
 from peer.files import export_bytes, import_bytes
+from sim.chainca import NOT_AFTER
 from sim.engine import DAY, HOUR, MINUTE, MS, SECOND
 from sim.net import Connection, Cut, End
 from sim.workload import GOODS
@@ -116,7 +122,12 @@ BREAKS = {"entry-as-other": "entry-writer", "others-rights": "own-rights",
           "give-back-other": "give-back-own", "points-raise": "raise-own",
           "booking-other": "booking-branch", "amount-claimed": "amount-moved",
           "before-enrolled": "enrolled", "paid-claimed": "paid-moved",
-          "card-rewritten": "card-fixed"}
+          "card-rewritten": "card-fixed",
+          # The other arms of rules the kinds above break one way only.
+          "card-paid-claimed": "paid-moved", "exit-paid-claimed": "paid-moved",
+          "package-paid-claimed": "paid-moved", "debit-amount-claimed": "amount-moved",
+          "package-other-uses": "value-raise", "ship-from-nothing": "raise-own",
+          "member-as-other": "record-writer", "revocation-forged": "governance"}
 FORGERIES = tuple(BREAKS)
 # A writer is judged by its first broken rule only (its later records are held,
 # unjudged), so each forgery is written by an identity of its own: the forger's
@@ -127,34 +138,62 @@ OWN_KEY = frozenset({"closed-month"})
 Mutate = Callable[[dict[str, Map[Any]]], None]
 # Forgeries that are one entry of the writer's own, wrong only in what it says: the
 # fields besides id, member, node, op, at and amount, from (an id of the victim's,
-# the writer, the victim).
-PLAIN: dict[str, Callable[[str, str, str], dict[str, Any]]] = {
+# the entry's own id, the writer, the victim).
+PLAIN: dict[str, Callable[[str, str, str, str], dict[str, Any]]] = {
     # A coupon's unit from nothing: only the entry that issues a coupon adds it.
-    "coupon-made": lambda theirs, me, victim: {
+    "coupon-made": lambda theirs, mine, me, victim: {
         "kind": "correction", "deltas": [[f"cpn:{theirs}", me, 1]]},
     # A referral's reward, for a referral another branch recorded.
-    "reward-other": lambda theirs, me, victim: {
+    "reward-other": lambda theirs, mine, me, victim: {
         "kind": "reward", "ref": theirs, "deltas": [["bonus", me, 100]]},
     # The reversal of another branch's check-in.
-    "reversal-other": lambda theirs, me, victim: {
+    "reversal-other": lambda theirs, mine, me, victim: {
         "kind": "checkin", "ref": theirs, "deltas": []},
     # Points given back for another branch's write-off.
-    "give-back-other": lambda theirs, me, victim: {
+    "give-back-other": lambda theirs, mine, me, victim: {
         "kind": "expiry", "ref": theirs, "deltas": [["points", me, 100]]},
     # Points raised in another branch's rights.
-    "points-raise": lambda theirs, me, victim: {
+    "points-raise": lambda theirs, mine, me, victim: {
         "kind": "debit", "deltas": [["points", victim, 100]]},
     # A decision for a technician of another branch.
-    "booking-other": lambda theirs, me, victim: {
+    "booking-other": lambda theirs, mine, me, victim: {
         "kind": "booking_decision", "member": theirs, "deltas": []},
     # A transfer of 1,000.00 that moves nothing (the audit trail showed the amount).
-    "amount-claimed": lambda theirs, me, victim: {
+    "amount-claimed": lambda theirs, mine, me, victim: {
         "kind": "transfer", "amount": 100_000, "to": victim, "deltas": []},
     # A top-up saying 0.01 taken by wechat that adds 1,000.00 of cash (the day report
     # read the 0.01, the settlement the 1,000.00).
-    "paid-claimed": lambda theirs, me, victim: {
+    "paid-claimed": lambda theirs, mine, me, victim: {
         "kind": "topup", "amount": 1, "paid": 1, "pay": "wechat",
         "deltas": [["cash", me, 100_000]]},
+    # A card of fee 0 saying 1,000,000.00 paid (the day report's card sales read it).
+    "card-paid-claimed": lambda theirs, mine, me, victim: {
+        "kind": "card", "card": mine, "paid": 100_000_000, "deltas": []},
+    # An exit refund taking 500.00 of cash saying nothing paid out (the settlement read
+    # it as served here, so another branch owed it; the till short of nothing).
+    "exit-paid-claimed": lambda theirs, mine, me, victim: {
+        "kind": "exit_settle", "ref": mine, "step": "refund", "amount": 50_000,
+        "deltas": [["cash", me, -50_000]]},
+    # A package said paid 500.00 by wechat that also takes 500.00 of stored value (the
+    # till said wechat, the settlement stored value served: paid twice in the books).
+    "package-paid-claimed": lambda theirs, mine, me, victim: {
+        "kind": "package", "service": "FORGED", "qty": 10, "amount": 50_000,
+        "paid": 50_000, "pay": "wechat",
+        "deltas": [[f"pkg:{mine}", me, 10], ["cash", me, -50_000]]},
+    # A sale of 90,000.00 from stored value that takes 1.00 of it (the day report read
+    # the 90,000.00, the settlement the 1.00).
+    "debit-amount-claimed": lambda theirs, mine, me, victim: {
+        "kind": "debit", "amount": 9_000_000, "pay": "stored",
+        "deltas": [["cash", me, -100]]},
+    # 90 uses added to a package another branch sold (a third branch would serve them).
+    "package-other-uses": lambda theirs, mine, me, victim: {
+        "kind": "package", "service": "FORGED", "qty": 90, "paid": 0,
+        "deltas": [[f"pkg:{theirs}", me, 90]]},
+    # 5 units put in transit to another branch, taken from no stock (its receiver
+    # would shelve units from nothing).
+    "ship-from-nothing": lambda theirs, mine, me, victim: {
+        "kind": "stock", "goods": GOODS, "qty": 5, "reason": "ship",
+        "deltas": [["transit", victim, 5]]},
 }
 
 
@@ -330,11 +369,13 @@ class Byzantine:
     # --- the forger -------------------------------------------------------------
 
     def _forge(self, node: SimNode, queue: list[str], rng: random.Random, tries: int) -> None:
-        """The next forgery of the queue, then the one after 10-30 minutes later."""
+        """The next forgery of the queue, then the one after 5-20 minutes later."""
         w = self.world
         if not queue or w.engine.now >= w.workload_end - HOUR:
             return
-        later = w.engine.now + 10 * MINUTE + rng.randrange(20 * MINUTE)
+        # Every 5-20 minutes: the 31 kinds forged before the day's last hour from a
+        # start as late as 15:00.
+        later = w.engine.now + 5 * MINUTE + rng.randrange(15 * MINUTE)
         if not node.up or node.ledger is None or node.core is None:
             w.engine.at(later, partial(self._forge, node, queue, rng, tries))
             return
@@ -389,7 +430,7 @@ class Byzantine:
             eid = f"{base}.{me}"
             plain: dict[str, Any] = {"id": eid, "member": member, "node": me,
                                      "op": owner_of(me), "at": id_time_ms(eid), "amount": 0,
-                                     **PLAIN[kind](f"{base}.{victim}", me, victim)}
+                                     **PLAIN[kind](f"{base}.{victim}", eid, me, victim)}
             return self._put(lg, plain, client)
         if kind == "other-client":  # its entry, written with another node's client id
             eid = f"{base}.{me}"
@@ -498,6 +539,38 @@ class Byzantine:
                 roots["entries"][target] = old
 
             return self._update(lg, doc, change, client)
+        if kind == "member-as-other":  # a member created under another branch's id
+            mid = f"{base}.{victim}"
+
+            def join(roots: dict[str, Map[Any]]) -> None:
+                roots["members"][mid] = Map({"name": "mallory", "phone": "13800000000",
+                                             "home": victim, "created_by": owner_of(me)})
+
+            return self._update(lg, member_doc(mid), join, client)
+        if kind == "revocation-forged":
+            # A revocation list of head office, named as the chain CA's but signed by
+            # the forger's key: only a list the CA signed may be written by any branch.
+            ca = self.world.ca
+            when = dt.datetime.fromtimestamp((self.world.epoch_ms + self.world.engine.now
+                                              // 1000) // 1000, dt.UTC)
+            head = self.world.nodes[0].name
+            crl = (x509.CertificateRevocationListBuilder().issuer_name(ca.cert.subject)
+                   .last_update(when).next_update(NOT_AFTER)
+                   .add_extension(x509.CRLNumber(ca.crl_number + 1), critical=False)
+                   .add_revoked_certificate(
+                       x509.RevokedCertificateBuilder()
+                       .serial_number(ca.identity(head, head_office=True)[1].serial_number)
+                       .revocation_date(when).build())
+                   .sign(ca.identity(me)[0], hashes.SHA256(), ecdsa_deterministic=True))
+            body = revocations_rule(crl.public_bytes(serialization.Encoding.DER))
+            rid = f"{base}.{me}"
+
+            def revoke(roots: dict[str, Map[Any]]) -> None:
+                roots["rules"][rid] = {"kind": "revocations", "effective_from": "2000-01-01",
+                                       "body": json.dumps(body, sort_keys=True),
+                                       "by": owner_of(me), "rev": 1}
+
+            return self._update(lg, "rules", revoke, client)
         oid = f"{base}.{me}"
 
         def owner(roots: dict[str, Map[Any]]) -> None:

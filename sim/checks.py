@@ -416,6 +416,16 @@ def byzantine_final(world: World, honest: list[Any]) -> list[Violation]:
                 out.append(Violation("blamed", f"{n.name} blames records {blamed} of "
                                                f"forger {forger}, not its first forgery "
                                                f"{first}", n.name))
+            # And for the rule that forgery aims at: one refused by another rule (an arm
+            # of the aimed rule gone, a check before it that catches the forgery) leaves
+            # that arm untried by the run.
+            (kind,) = {f.kind for f in byz.forged if f.node == forger and f.seq == first}
+            rules = sorted({x["rule"] for x in faults
+                            if x["node"] == forger and x["kind"] == "rule"})
+            if rules and rules != [BREAKS[kind]]:
+                out.append(Violation("blamed", f"{n.name} blames forger {forger}'s {kind} "
+                                               f"on rule {', '.join(rules)}, not "
+                                               f"{BREAKS[kind]}", n.name))
         neg = audit.negative_purses(lg, limit=3)
         if neg:
             out.append(Violation("negative", f"{n.name}: purse below zero: {neg}", n.name))

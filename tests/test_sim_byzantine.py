@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 from test_sim import go_all
 
+from crdtledger import writerules
 from crdtledger.ledger import Ledger
 from crdtledger.writerules import RULES
-from sim.byzantine import FORGERIES, Byzantine
+from sim.byzantine import BREAKS, FORGERIES, Byzantine
 from sim.config import Config
 from sim.world import run
 
@@ -73,6 +74,40 @@ def test_forgeries_of_every_kind_break_the_rule_they_aim_at() -> None:
     assert len(blames(b)) == 4
     for node, blamed in blames(b).items():
         assert blamed == aimed, (node, aimed ^ blamed)
+
+
+@pytest.mark.parametrize(("arm", "forgery"), [("card", "card-paid-claimed"),
+                                               ("exit_settle", "exit-paid-claimed")])
+def test_a_paid_moved_arm_left_out_is_caught(monkeypatch: pytest.MonkeyPatch, arm: str,
+                                             forgery: str) -> None:
+    """Write rule paid-moved without its arm for a card's issue (or an exit's
+    settlement), in this test only: the forger's card of fee 0 saying 1,000,000.00
+    paid (its exit refund taking 500.00 saying nothing paid out) is then taken, and
+    the run stops there. Before the nineteenth wave's Left was mended the forger
+    broke the rule by a top-up only, and such a run was clean."""
+    real = writerules.check_paid_moved
+
+    def without(doc: str, key: str, kind: str, entry: dict[str, Any],
+                counted: list[tuple[Any, ...]]) -> None:
+        if kind != arm:
+            real(doc, key, kind, entry, counted)
+
+    monkeypatch.setattr(writerules, "check_paid_moved", without)
+    result, _world = run(SMALL.with_(seed=1, forger=1))
+    assert result["violations"] == 1
+    v = result["violation"]
+    assert v["kind"] == "rule" and f"forged ({forgery})" in v["message"], v
+
+
+def test_a_forgery_refused_by_another_rule_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The end check's own test: a forgery every replica blames on a rule other than
+    the one it aims at (here, as if its card arm were gone and amount-moved caught
+    it) is a violation: the arm it aims at went untried."""
+    monkeypatch.setitem(BREAKS, "card-paid-claimed", "amount-moved")
+    result, _world = run(SMALL.with_(seed=1, forger=1))
+    assert result["violations"] == 1
+    v = result["violation"]
+    assert v["kind"] == "blamed" and "card-paid-claimed on rule paid-moved" in v["message"], v
 
 
 def test_an_equivocators_fork_is_detected_everywhere() -> None:
