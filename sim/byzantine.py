@@ -17,7 +17,8 @@ dishonest branch holds its own key, never another's):
   branch's debit (`refund-own`), and the rest of BREAKS: every write rule, and a
   second arm of some (a card's and an exit settlement's `paid`, a package's, beside a
   top-up's; a debit's `amount` beside a transfer's; a member, beside a card, under
-  another's id; a revocation list the CA did not sign, beside an operator). Built as
+  another's id; a revocation list the CA did not sign, beside an operator; an entry
+  keyed by its writer naming another; stock moved by a transfer). Built as
   tests/helpers.Forger builds one (a pycrdt document of the forger's client id from
   its own copy, chained from its tip, its head signed with its key), sent as a
   `recs` frame on every link it has, and taken into its own store too, so that its
@@ -127,7 +128,8 @@ BREAKS = {"entry-as-other": "entry-writer", "others-rights": "own-rights",
           "card-paid-claimed": "paid-moved", "exit-paid-claimed": "paid-moved",
           "package-paid-claimed": "paid-moved", "debit-amount-claimed": "amount-moved",
           "package-other-uses": "value-raise", "ship-from-nothing": "raise-own",
-          "member-as-other": "record-writer", "revocation-forged": "governance"}
+          "member-as-other": "record-writer", "revocation-forged": "governance",
+          "entry-naming-other": "entry-writer", "stock-transferred": "raise-own"}
 FORGERIES = tuple(BREAKS)
 # A writer is judged by its first broken rule only (its later records are held,
 # unjudged), so each forgery is written by an identity of its own: the forger's
@@ -194,6 +196,15 @@ PLAIN: dict[str, Callable[[str, str, str, str], dict[str, Any]]] = {
     "ship-from-nothing": lambda theirs, mine, me, victim: {
         "kind": "stock", "goods": GOODS, "qty": 5, "reason": "ship",
         "deltas": [["transit", victim, 5]]},
+    # A top-up of 1,000.00 keyed by the writer, naming another branch as its node.
+    "entry-naming-other": lambda theirs, mine, me, victim: {
+        "kind": "topup", "node": victim, "op": owner_of(victim), "amount": 100_000,
+        "paid": 100_000, "deltas": [["cash", victim, 100_000]]},
+    # 5 units of stock moved to another branch by a transfer (only a shipment moves
+    # units: its receiver takes them in).
+    "stock-transferred": lambda theirs, mine, me, victim: {
+        "kind": "transfer", "amount": 5, "to": victim,
+        "deltas": [["stock", me, -5], ["stock", victim, 5]]},
 }
 
 
@@ -373,7 +384,7 @@ class Byzantine:
         w = self.world
         if not queue or w.engine.now >= w.workload_end - HOUR:
             return
-        # Every 5-20 minutes: the 31 kinds forged before the day's last hour from a
+        # Every 5-20 minutes: the 33 kinds forged before the day's last hour from a
         # start as late as 15:00.
         later = w.engine.now + 5 * MINUTE + rng.randrange(15 * MINUTE)
         if not node.up or node.ledger is None or node.core is None:
