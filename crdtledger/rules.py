@@ -470,7 +470,10 @@ def _check_rule(kind: str, body: Any) -> None:
                 _require(isinstance(code, str) and bool(SERVICE_CODE.match(code)),
                          f"service code {code!r} is not 1-20 letters, digits, _ or -")
                 check_amount(_whole(svc["price"]), allow_zero=True)
-                _require(isinstance(svc.get("name", ""), str), f"{code}: name is not text")
+                # Optional (the code is what entries carry), but on every receipt and
+                # the counter's buttons: 10,000 characters were taken from the price list.
+                _require(_text(svc.get("name", ""), 60),
+                         f"{code}: name is text of at most 60 characters")
                 # How long a booking holds a technician (crdtledger.bookings); optional:
                 # a service without it is sold but not booked.
                 _require("minutes" not in svc or (
@@ -506,6 +509,16 @@ def _check_rule(kind: str, body: Any) -> None:
                 name = unicodedata.normalize("NFKC", lv["name"]).strip().casefold()
                 _require(name not in seen, f"two levels are named {lv['name'].strip()}")
                 seen.add(name)
+            # One level a threshold: of two at one, a member reaching it got whichever
+            # the list put last (views.level sorts by threshold alone), so the
+            # order of the rows, not the owner, chose the discount (金卡 set to 0
+            # beside 普通会员 gave every new member 10% off).
+            starts: dict[int, str] = {}
+            for lv in body:
+                first = starts.setdefault(int(lv["threshold"]), lv["name"])
+                _require(first == lv["name"], f"levels {first.strip()} and "
+                         f"{lv['name'].strip()} start at one threshold, "
+                         f"{int(lv['threshold'])} fen")
         elif kind == "promotions":
             _require(isinstance(body, list), "promotions are a list")
             for p in body:

@@ -1001,6 +1001,11 @@ BAD_RULES: list[tuple[str, Any]] = [
     ("services", {"X": {"name": "足疗\x1b=\x02", "price": 100}}),
     ("settings", {"shop_name": "店\x1b[2J\x1d"}),
     ("payment_methods", [{"code": "cash", "name_zh": "现金\x9b", "name_en": "cash"}]),
+    # Two levels at one threshold: the list's order chose which a member got there.
+    ("levels", [{"name": "普通会员", "threshold": 0, "discount": "1", "points_multiplier": "1"},
+                {"name": "金卡", "threshold": 0, "discount": "0.9", "points_multiplier": "1"}]),
+    # On every receipt and the counter's buttons: 10,000 characters were taken.
+    ("services", {"X": {"name": "长" * 61, "price": 100}}),
 ]
 
 
