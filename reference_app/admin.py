@@ -545,6 +545,10 @@ def branches_page() -> None:
                     check_node_id(node)
                 except ValueError as e:
                     raise InvalidInput(str(e)) from None
+                # A dict keeps the last: two rows of SH01 saved the second's name and
+                # said nothing of the first.
+                if node in out:
+                    raise InvalidInput(f"branch {node} appears twice")
                 out[node] = name
             return {"branches": out}
 

@@ -56,6 +56,7 @@ from crdtledger.goods import OutOfStock
 from crdtledger.ledger import Ledger
 from crdtledger.model import DEFAULT_RULES
 from crdtledger.money import format_purse, half_width
+from crdtledger.rules import MAX_POINTS_PER_YUAN
 from crdtledger.throttle import LoginThrottle
 from peer.node import Node
 from reference_app.i18n import money, parse_money, tr
@@ -815,6 +816,71 @@ _INVALID: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str | None]], .
     (re.compile(r"rule levels is malformed: two levels are named (.+?); .*"),
      lambda m: tr("有两个会员等级都叫“{n}”：每个等级的名称要不同。",
                   "Two levels are named “{n}”: give each level a name of its own.", n=m[1])),
+    # The back office's rule pages (reference_app.admin): a rule the library refused
+    # as malformed, and what the pages check themselves, by the boxes' labels; they
+    # read "输入有误：rule levels is malformed: …; a version looks like [{…}]".
+    (re.compile(r"rule (\w+) is malformed: (.*?)(?:; a version looks like .*)?", re.S),
+     lambda m: _rule_refused(m[1], m[2])),
+    (re.compile(r'effective_from must be a date like (\S+), not "(.*)"', re.S),
+     lambda m: tr("生效日期要写成 {d} 这样的日期（半角数字）。",
+                  "Write the day it is in force from as a date like {d}.", d=m[1])),
+    (re.compile(r"'.*': a rule's text holds no control characters .*", re.S),
+     lambda _m: tr("规则里的文字不能有控制字符（换行、打印机或终端命令）：请重新输入。",
+                   "A rule's text cannot hold control characters (printer or terminal "
+                   "commands): type it again.")),
+    (re.compile(r"service code (\S+) appears twice"),
+     lambda m: tr("价目表里项目代码 {c} 出现了两次：每个项目只写一行。",
+                  "Service code {c} is in the price list twice: one row a service.",
+                  c=m[1])),
+    (re.compile(r"branch (\S+) appears twice"),
+     lambda m: tr("分店号 {b} 出现了两次：每家分店只写一行。",
+                  "Node id {b} is there twice: one row a branch.", b=m[1])),
+    (re.compile(r"the price list needs at least one service"),
+     lambda _m: tr("价目表至少要有一个项目。", "The price list needs at least one service.")),
+    (re.compile(r"at least one level is needed"),
+     lambda _m: tr("至少要有一个会员等级。", "At least one level is needed.")),
+    (re.compile(r"the first level must start at 0 .*"),
+     lambda _m: tr("最低的等级门槛要是 0（每位会员都有一个等级）。",
+                   "The lowest level's threshold must be 0 (every member has a level).")),
+    (re.compile(r"the till needs at least one payment method"),
+     lambda _m: tr("至少要有一种收款方式。", "The till needs at least one payment method.")),
+    (re.compile(r"(discount|points multiplier|points per yuan) must be between (\S+) and "
+                r"(\S+)"),
+     lambda m: tr("{what}要在 {lo} 到 {hi} 之间。", "{what} must be between {lo} and {hi}.",
+                  what=_rate_label(m[1]), lo=m[2], hi=m[3])),
+    (re.compile(r"(discount|points multiplier|points per yuan) must be a number like 0\.95, "
+                r"not .*", re.S),
+     lambda m: tr("{what}要填 0.95 这样的数（半角数字）。",
+                  "{what} must be a number like 0.95.", what=_rate_label(m[1]))),
+    (re.compile(r"(expiry days|points for one yuan) must be a whole number, not .*", re.S),
+     lambda m: tr("{what}要填整数（半角数字），例如 {e}。",
+                  "{what} must be a whole number, e.g. {e}.", what=_rate_label(m[1]),
+                  e="365" if m[1] == "expiry days" else "100")),
+    (re.compile(r"points for one yuan must be above zero"),
+     lambda _m: tr("“多少积分换 1 元”要大于零。",
+                   "“Points for 1 yuan of value” must be above zero.")),
+    (re.compile(r"node id '(.*)' must be 1-16 capital letters, digits or _ .*", re.S),
+     lambda m: tr("分店号“{n}”只能是 1 到 16 个大写字母、数字或 _，例如 SH01。",
+                  "Node id “{n}” is 1 to 16 capital letters, digits or _, e.g. SH01.",
+                  n=m[1])),
+    # The check-in activity's form (membership_pages.CheckinDesk.setup).
+    (re.compile(r'(from|to) must be a local time like (\S+), not "(.*)"', re.S),
+     lambda m: tr("{what}要写成 {ex} 这样（半角数字，日期和时间之间用 T）。",
+                  "Write {what} like {ex}.", what=_WINDOW[m[1]], ex=m[2])),
+    (re.compile(r"\S+: (from|to) (\S+) is not a time"),
+     lambda m: tr("{what} {t} 不是日历上有的时间：要写成 2026-12-03T09:00 这样。",
+                  "{what} {t} is no time of the calendar: write it like 2026-12-03T09:00.",
+                  what=_WINDOW[m[1]], t=m[2])),
+    (re.compile(r"\S+: the window ends before it starts"),
+     lambda _m: tr("结束时间要晚于开始时间。", "The end must be after the start.")),
+    (re.compile(r"code (?:must not be empty|is required)"),
+     lambda _m: tr("请填写代码。", "Please enter the code.")),
+    (re.compile(r"code is longer than ([0-9]+) characters"),
+     lambda m: tr("代码太长了：最多 {n} 个字。", "The code is too long: {n} characters at "
+                  "most.", n=m[1])),
+    (re.compile(r"code must be a check-in activity's code, not .*", re.S),
+     lambda _m: tr("活动代码只能是 1 到 20 个字母、数字、_ 或 -（不能有汉字或空格）。",
+                   "An activity's code is 1 to 20 letters, digits, _ or -.")),
     # The forms every field's checks share, for the fields the forms have (_FIELDS):
     # another (an admin page's "code") keeps the library's words, which name it.
     (re.compile(rf"{_F} (?:must not be empty|is required)"),
@@ -838,6 +904,99 @@ _INVALID: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str | None]], .
                          "{what} is not written as it should be: check it and type it "
                          "again.")),
 )
+
+
+# The back office's boxes a refusal names (reference_app.admin), as they are labelled.
+_RATES: dict[str, tuple[str, str]] = {"discount": ("折扣", "The discount"),
+          "points multiplier": ("积分倍数", "The points multiplier"),
+          "points per yuan": ("“每消费 1 元得积分”", "“Points per yuan spent”"),
+          "expiry days": ("“积分有效天数”", "“Points last (days)”"),
+          "points for one yuan": ("“多少积分换 1 元”", "“Points for 1 yuan of value”")}
+_WINDOW: dict[str, str] = {"from": "开始时间", "to": "结束时间"}
+
+
+def _rate_label(name: str) -> str:
+    return tr(*_RATES[name])
+
+
+# Why the library refused a rule as malformed (crdtledger.rules._check_rule), for the
+# rules the back office's pages write, by the page's labels. Kinds the pages do not
+# write keep the library's words, which name the setting.
+_MALFORMED: tuple[tuple[str, re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
+    ("services", re.compile(r"service code '(.*)' is not 1-20 letters, digits, _ or -", re.S),
+     lambda m: tr("项目代码“{c}”只能是 1 到 20 个字母、数字、_ 或 -（不能有汉字或空格）。",
+                  "Service code “{c}” is 1 to 20 letters, digits, _ or -.", c=m[1])),
+    ("services", re.compile(r"(\S+): name is text of at most 60 characters"),
+     lambda m: tr("项目 {c} 的名称太长了：最多 60 个字。",
+                  "Service {c}'s name is too long: 60 characters at most.", c=m[1])),
+    ("levels", re.compile(r"levels (.+) and (.+) start at one threshold, ([0-9]+) fen", re.S),
+     lambda m: tr("等级“{a}”和“{b}”的门槛都是 {t}：每个等级的门槛要不同。",
+                  "Levels “{a}” and “{b}” both start at {t}: give each level a threshold "
+                  "of its own.", a=m[1], b=m[2], t=money(int(m[3])))),
+    ("levels", re.compile(r"a level's name is text of 1 to 40 characters.*", re.S),
+     lambda _m: tr("等级名称要 1 到 40 个字，不能只有空格或看不见的字符，也不能有方向控制字符。",
+                   "A level's name is 1 to 40 characters, not spaces or invisible "
+                   "characters alone, without direction overrides.")),
+    ("levels", re.compile(r"a discount is above 0 and at most 1"),
+     lambda _m: tr("折扣要大于 0、最多为 1，例如 0.9 即九折。",
+                   "A discount is above 0 and at most 1: 0.9 is 10% off.")),
+    ("levels", re.compile(r"a points multiplier is from 0 to 100"),
+     lambda _m: tr("积分倍数要在 0 到 100 之间。", "A points multiplier is from 0 to 100.")),
+    ("levels", re.compile(r"'.*' is not a number like 0\.95|a discount or points multiplier "
+                          r"is at most 12 characters.*", re.S),
+     lambda _m: tr("折扣和积分倍数要写成 0.95 这样的数：最多 6 位小数。",
+                   "Discounts and points multipliers are numbers like 0.95, with at most "
+                   "6 decimals.")),
+    ("earn", re.compile(r"'.*' is not a number like 0\.95|points per yuan are from 0 to "
+                        r"1000", re.S),
+     lambda _m: tr("“每消费 1 元得积分”要填 0 到 1000 之间、最多 6 位小数的数，例如 1 或 0.5。",
+                   "“Points per yuan spent” is a number from 0 to 1000 with at most 6 "
+                   "decimals, like 1 or 0.5.")),
+    ("earn", re.compile(r"points expire after 0 to 36500 days"),
+     lambda _m: tr("“积分有效天数”要在 0 到 36500 之间（0 = 不过期）。",
+                   "“Points last (days)” is from 0 to 36500 (0 = for ever).")),
+    ("conversion", re.compile(r"points per yuan .*", re.S),
+     lambda _m: tr("“多少积分换 1 元”要填 1 到 {n} 之间的整数。",
+                   "“Points for 1 yuan of value” is a whole number from 1 to {n}.",
+                   n=MAX_POINTS_PER_YUAN)),
+    ("promotions", re.compile(r"a promotion's name is text of at most 40 characters"),
+     lambda _m: tr("促销名称太长了：最多 40 个字。",
+                   "A promotion's name is too long: 40 characters at most.")),
+    ("branches", re.compile(r"branch '(.*)': its name is text of 1 to 40 characters.*", re.S),
+     lambda m: tr("分店 {b} 的名称要 1 到 40 个字，不能只有空格或看不见的字符，也不能有方向"
+                  "控制字符。", "Branch {b}'s name is 1 to 40 characters, not spaces or "
+                  "invisible characters alone, without direction overrides.", b=m[1])),
+    ("branches", re.compile(r"branch '(.*)': its id and name are one line each.*", re.S),
+     lambda m: tr("分店 {b} 的名称里不能有换行或控制字符。",
+                  "Branch {b}'s name cannot hold line breaks or control characters.",
+                  b=m[1])),
+    ("payment_methods", re.compile(r"method code '(.*)' is not 1-16 lower-case letters, "
+                                   r"digits or _", re.S),
+     lambda m: tr("收款方式代码“{c}”要以小写字母开头，只能用 1 到 16 个小写字母、数字或 _，"
+                  "例如 wechat。", "Method code “{c}” starts with a lower-case letter and "
+                  "is 1 to 16 lower-case letters, digits or _, e.g. wechat.", c=m[1])),
+    ("payment_methods", re.compile(r"method (\S+) appears twice"),
+     lambda m: tr("收款方式代码 {c} 出现了两次：每种方式只写一行。",
+                  "Method code {c} is there twice: one row a method.", c=m[1])),
+    ("payment_methods", re.compile(r"(\S+) is paid from the member's purses, not at the till"),
+     lambda m: tr("{c} 是从会员卡里扣款的方式，不能作为收款方式代码：请换一个代码。",
+                  "{c} is paid from the member's card, not at the till: choose another "
+                  "code.", c=m[1])),
+    ("payment_methods", re.compile(r"(\S+): name_(zh|en) is text of at most 40 characters"),
+     lambda m: tr("收款方式 {c} 的{n}太长了：最多 40 个字。",
+                  "Method {c}'s {n_en} name is too long: 40 characters at most.", c=m[1],
+                  n="中文名" if m[2] == "zh" else "英文名",
+                  n_en="Chinese" if m[2] == "zh" else "English")),
+    ("payment_methods", re.compile(r"payment methods are a list of 1 to 20"),
+     lambda _m: tr("收款方式要有 1 到 20 种。", "There are 1 to 20 payment methods.")),
+)
+
+
+def _rule_refused(kind: str, why: str) -> str | None:
+    for k, pattern, say in _MALFORMED:
+        if k == kind and (m := pattern.fullmatch(why)):
+            return say(m)
+    return None
 
 
 # crdtledger.money.parse_yuan's refusal of an amount typed full-width, and how to type it.
