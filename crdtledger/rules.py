@@ -357,6 +357,14 @@ class Rules(Auth):
                 raise InvalidInput(f"activities {', '.join(dropped)} are open: an activity "
                                    "is not removed, it ends at its window's end (set its "
                                    "`to`)")
+            # Named, where written (as Membership.set_activity names it): the whole
+            # body through `rule set checkin` took a name of spaces. Only an activity
+            # this version adds or changes: one held as it was stays, so a chain that
+            # holds a blank-named one still sets the others.
+            held = self.rule(kind, eff)
+            for code, a in body.items():
+                if a != held.get(code) and blank(str(a.get("name", ""))):
+                    raise InvalidInput(f"{code}: name is required (not spaces alone)")
         rid = self.clock.mint()
         # `by`: who set it, for the audit trail (the projection keeps only the body).
         # `rev`: after which versions it was written (_versions).

@@ -16,6 +16,7 @@ import pytest
 from cluster import cluster
 from conftest import CliResult, run_cli
 
+from crdtledger import rules
 from crdtledger.ledger import Ledger
 
 LONG_NUMBER = "1" + "0" * 5000  # past int()'s 4,300 digits
@@ -269,6 +270,27 @@ def test_a_broadcast_of_a_blank_subject_or_text_is_refused(shop: tuple[Path, str
     r = run_cli("notice", "broadcast", "--subject", "双十二", "--text", "{name} 好", "--json",
                 data=data)
     assert r.code == 0 and r.json()["queued"] == 1, r
+
+
+def test_an_activity_named_blank_is_refused_by_the_whole_rule_too(
+        shop: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rule set checkin` with a whole body took an activity named with spaces, where
+    `activity set` refused it. One held as it was (written before this check) stays,
+    and the chain still sets the others beside it."""
+    data, _member = shop
+    window = {"from": "2026-12-01T09:00", "to": "2036-12-31T21:00", "repeat": "once"}
+    before = state(data)
+    for blank in BLANKS:
+        said = refused(run_cli("rule", "set", "checkin", "--json-body", json.dumps(
+            {"A1": {"name": blank, **window}}, ensure_ascii=False), data=data))
+        assert "A1: name is" in said, (blank, said)
+    assert state(data) == before
+    with Ledger.open(data) as ledger:
+        monkeypatch.setattr(rules, "blank", lambda _text: False)  # as an older build wrote
+        ledger.set_rule(ledger.owner, "checkin", {"OLD": {"name": "  ", **window}})
+        monkeypatch.undo()
+        ledger.set_activity(ledger.owner, "A2", {"name": "早安签到", **window})
+        assert sorted(ledger.activities()) == ["A2", "OLD"]
 
 
 def test_a_member_named_with_what_draws_nothing_is_refused(shop: tuple[Path, str]) -> None:
