@@ -16,6 +16,7 @@ from nicegui import ui
 
 from crdtledger import views
 from crdtledger.errors import CardInactive, CardLost, InvalidInput, LedgerError, NotFound
+from crdtledger.inputs import blank
 from crdtledger.membership import REPEATS, attendance_csv_rows
 from crdtledger.model import ID
 from reference_app import layout
@@ -229,6 +230,13 @@ class CheckinPage:
                     .mark("act-per-day")
 
             async def save() -> None:
+                if blank(str(name.value or "")):
+                    # Said here: the library's "name is required" reads as a member's
+                    # name (姓名) on every other page.
+                    ui.notify(tr("请填写活动名称（不能只有空格）。",
+                                 "Give the activity a name (not spaces alone)."),
+                              type="negative")
+                    return
                 got = await _run("activity.set", code=str(code.value or "").strip(),
                                  name=str(name.value or "").strip(),
                                  **{"from": str(start.value or "").strip(),

@@ -126,6 +126,7 @@ ACTIVITY = {"act-code": "OPEN", "act-name": "开业签到", "act-from": "2026-12
      "开始时间 2026-13-01T09:00 不是日历上有的时间：要写成 2026-12-03T09:00 这样。"),
     ({"act-code": "开业"}, "活动代码只能是 1 到 20 个字母、数字、_ 或 -（不能有汉字或空格）。"),
     ({"act-code": "A" * 40}, "代码太长了：最多 20 个字。"),
+    ({"act-name": "\u3000 "}, "请填写活动名称（不能只有空格）。"),  # not "姓名", a member's
 ])
 async def test_a_malformed_activity_is_said_in_chinese(
         counter_app: CounterApp, typed: dict[str, object], said: str) -> None:
