@@ -179,11 +179,15 @@ TEMPLATES: dict[str, dict[str, tuple[str, str]]] = {
         "zh-CN": ("{branch_name} 营业日报 {day}",
                   "{day} {branch_name}\n当天新增会员 {new_members} 人\n当天总销售额 {sales}\n"
                   "当天充值实收 {topup_cash}（{topups} 笔）\n当天售卡 {cards_sold} 张，"
-                  "金额 {card_sales}"),
+                  "金额 {card_sales}\n当天退款 {refunds}，退会退款 {exit_refunds}\n"
+                  "收款方式（充值加收银，收银已减退款和退会退款）：\n{by_method}"),
         "en": ("Daily report {day}: {branch_name}",
                "{day} {branch_name}\nNew members: {new_members}\nSales: {sales}\n"
                "Top-up cash received: {topup_cash} ({topups} top-ups)\n"
-               "Cards sold: {cards_sold}, for {card_sales}"),
+               "Cards sold: {cards_sold}, for {card_sales}\n"
+               "Refunds: {refunds}; exits paid back: {exit_refunds}\n"
+               "By payment method (top-ups and the till, the till less refunds and "
+               "exits):\n{by_method}"),
     },
     "birthday": {
         "zh-CN": ("生日快乐", "{name}，{shop}祝您生日快乐！"),
@@ -319,16 +323,21 @@ def daily_due(rule: Mapping[str, Any], rule_id: str, node: str, now: datetime
 
 
 def daily_notices(due: DailyDue, report: Mapping[str, Any], rule: Mapping[str, Any],
-                  branch_name: str, channels: Iterable[str]) -> list[Notice]:
+                  branch_name: str, channels: Iterable[str],
+                  methods: Mapping[str, str] | None = None) -> list[Notice]:
     """The report `report` (crdtledger.views.daily_report) to each of its addresses
     whose channel this node has; the key names the address too, so that each is
-    sent once."""
+    sent once. `methods`: the payment methods' names in the report's language, code
+    -> name, in the rule's order (a code it does not name is said as it is)."""
     lang = str(rule.get("language") or "zh-CN")
     subject, body = render(
         "daily", lang, day=due.day, branch_name=branch_name,
         new_members=report["new_members"], sales=format_yuan(report["sales"]),
         topup_cash=format_yuan(report["topup_cash"]), topups=report["topups"],
-        cards_sold=report["cards_sold"], card_sales=format_yuan(report["card_sales"]))
+        cards_sold=report["cards_sold"], card_sales=format_yuan(report["card_sales"]),
+        refunds=format_yuan(report["refunds"]),
+        exit_refunds=format_yuan(report["exit_refunds"]),
+        by_method=_by_method(report, methods or {}, lang))
     have = set(channels)
     out = []
     for to in due.to:
@@ -337,6 +346,26 @@ def daily_notices(due: DailyDue, report: Mapping[str, Any], rule: Mapping[str, A
             out.append(Notice(f"{due.key}:{to}", "daily", "", str(channel), to, subject,
                               body))
     return out
+
+
+def _by_method(report: Mapping[str, Any], names: Mapping[str, str], lang: str) -> str:
+    """The till's takings by payment method, a line each, as the back office's 收款方式
+    shows them: the owner counts the drawer and the payment apps by it, and the mail
+    said only the cash of top-ups (an exit paid back in cash left the drawer short
+    with nothing to say why)."""
+    topups, till = report["topup_by_method"], report["till_by_method"]
+    codes = [c for c in names if c in topups or c in till]
+    codes += sorted((set(topups) | set(till)) - set(codes))
+    zh = lang == "zh-CN"
+    lines = []
+    for code in codes:
+        t, s = int(topups.get(code, 0)), int(till.get(code, 0))
+        name = names.get(code, code)
+        lines.append(f"  {name} {format_yuan(t + s)}（充值 {format_yuan(t)}，收银 "
+                     f"{format_yuan(s)}）" if zh else
+                     f"  {name} {format_yuan(t + s)} (top-ups {format_yuan(t)}, till "
+                     f"{format_yuan(s)})")
+    return "\n".join(lines) or ("  无" if zh else "  none")
 
 
 def greetings_due(rule: Mapping[str, Any], now: datetime) -> str | None:

@@ -290,8 +290,11 @@ def collect(ledger: Ledger, now_ms: int, channels: Sequence[str]) -> Due:
                                     else due.branch)
         name = (("全部门店" if rule["language"] == "zh-CN" else "all branches")
                 if due.branch == "all" else branches.get(due.branch, due.branch))
+        key = "name_zh" if rule["language"] == "zh-CN" else "name_en"
+        methods = {str(m["code"]): str(m.get(key) or m["code"])
+                   for m in ledger.rule("payment_methods", due.day)}
         out += [n._replace(sender=node) for n in
-                notices.daily_notices(due, report, rule, name, channels)]
+                notices.daily_notices(due, report, rule, name, channels, methods)]
     day = notices.greetings_due(rule, now)
     if day is not None and _mark(ledger, "greetings") != day:
         home = _home_members(ledger, day, rule)

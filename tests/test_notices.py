@@ -65,7 +65,8 @@ def members(ledger: Ledger) -> dict[str, str]:
 def test_templates_say_each_notice_in_chinese_and_english() -> None:
     fields = {"day": "2026-12-03", "branch_name": "南京西路店", "new_members": 3,
               "sales": "1280.00", "topup_cash": "500.00", "topups": 2, "cards_sold": 1,
-              "card_sales": "20.00"}
+              "card_sales": "20.00", "refunds": "0.00", "exit_refunds": "0.00",
+              "by_method": "  现金 500.00"}
     zh = notices.render("daily", "zh-CN", **fields)
     en = notices.render("daily", "en", **fields)
     assert zh[0] == "南京西路店 营业日报 2026-12-03"
@@ -76,6 +77,32 @@ def test_templates_say_each_notice_in_chinese_and_english() -> None:
         assert set(t) == set(notices.LANGS), kind
     assert "验证码" in notices.render("otp", "zh-CN", code="123456", minutes=5)[1]
     assert "123456" in notices.render("otp", "en", code="123456", minutes=5)[1]
+
+
+def test_the_daily_mail_says_the_till_by_payment_method_and_the_exits_paid_back(
+        tmp_path: Path) -> None:
+    """The owner counts the drawer and the payment apps against the day's report: the
+    mail said only the top-ups' cash, not what the till took by method nor the refunds
+    and exits paid back out of it, which the back office's 营业日报 shows."""
+    led = new_ledger(tmp_path, "SH01", now_ms=FakeClock(NOW))
+    try:
+        led.set_rule(led.owner, "notifications", {"daily": [
+            {"branch": "all", "at": "21:00", "to": ["boss@example.com"]}]},
+            effective_from="2000-01-01")
+        m = op(led, "member.add", name="张伟", phone="13800000002")["member_id"]
+        op(led, "topup", member=m, amount=50000, pay="cash")
+        op(led, "topup", member=m, amount=10000, pay="wechat")
+        sale = op(led, "debit", member=m, amount=12800, pay="wechat")
+        op(led, "refund", debit_id=sale["id"], amount=2800)
+        mail = [n for n in outbox.collect(led, NOW + 11 * 3_600_000, BOTH).notices
+                if n.kind == "daily"]
+        assert [n.to for n in mail] == ["boss@example.com"]
+        body = mail[0].body
+        assert "当天退款 28.00，退会退款 0.00" in body, body
+        assert "  现金 500.00（充值 500.00，收银 0.00）" in body, body
+        assert "  微信 200.00（充值 100.00，收银 100.00）" in body, body
+    finally:
+        led.close()
 
 
 def test_no_promotion_without_consent_but_service_notices_reach_everyone(
