@@ -10,7 +10,6 @@ import hashlib
 import hmac
 import json
 import secrets
-import unicodedata
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ from pycrdt import Map
 
 from crdtledger.commit import LedgerBase, Write, note_edit, put
 from crdtledger.errors import ApprovalRequired, InvalidInput, NotFound, PermissionDenied
-from crdtledger.inputs import check_text
+from crdtledger.inputs import check_text, seen_as
 from crdtledger.log import Record
 from crdtledger.model import BUILTIN_ROLES, EDITS, PERMISSIONS, SELF_SERVICE, self_service_of
 from crdtledger.storage import Storage
@@ -187,20 +186,8 @@ def _looks_built_in(name: str) -> bool:
     letters (NFKC), what shows as nothing (a zero-width space, a soft hyphen, a
     variation selector, a combining mark, a Hangul filler) and case do not make
     `ｏｗｎｅｒ`, `店\u200b主` or `店\ufe00主` another name. Only compared, never stored."""
-    seen = _seen_as(name)
+    seen = seen_as(name)
     return seen.startswith(("owner@", "self@")) or seen in _BUILTIN_NAMES
-
-
-def _seen_as(name: str) -> str:
-    """`name` as a reader of the audit trail sees it (_looks_built_in's comparison)."""
-    return "".join(c for c in unicodedata.normalize("NFKC", name)
-                   if unicodedata.category(c) not in ("Cf", "Mn", "Me")
-                   and c not in _FILLERS).casefold()
-
-
-# Letters that show as nothing (Unicode's default-ignorable code points outside the
-# format and combining categories).
-_FILLERS = frozenset("\u115f\u1160\u17b4\u17b5\u3164\uffa0")
 
 
 class Auth(LedgerBase):
@@ -397,7 +384,7 @@ class Auth(LedgerBase):
         # "Amy" beside amy read as amy in the audit trail and the counter's lists, so
         # what one did was read as the other's. Operators are few: all are looked at.
         for (other,) in self.storage.conn.execute("SELECT name FROM operators"):
-            if isinstance(other, str) and _seen_as(other) == _seen_as(name):
+            if isinstance(other, str) and seen_as(other) == seen_as(name):
                 raise InvalidInput(f"operator name {name} reads as {other}'s, an operator "
                                    "who exists already: choose another")
         role_map = {r: True for r in roles}

@@ -276,28 +276,29 @@ class HybridClock:
         return f"{encode(self.now())}.{self.node}"
 
 
-def boot_clock_s() -> float:
-    """Seconds on a clock that is never set and runs on while the machine sleeps
-    (CLOCK_BOOTTIME), where there is one; else the monotonic clock. What the node core
-    is driven by: on the monotonic clock, which stops while a laptop is suspended, its
-    check of this PC's clock (peerclock.PeerClocks.tick) took eight hours asleep for
-    the clock put forward eight hours, moved its peers' readings back by as much, and
-    booked the next sale 480 minutes behind the chain's time until new hellos came
-    (for good while it stayed offline)."""
+def _boot_ns() -> int:
+    """Nanoseconds on a clock that is never set and runs on while the machine sleeps
+    (CLOCK_BOOTTIME: a laptop asleep overnight did not have its clock put forward),
+    where there is one; else the monotonic clock."""
     boottime = getattr(time, "CLOCK_BOOTTIME", None)
     if boottime is not None:
-        return time.clock_gettime(boottime)
-    return time.monotonic()
+        return time.clock_gettime_ns(boottime)
+    return time.monotonic_ns()
+
+
+def boot_clock_s() -> float:
+    """Seconds on the boot clock (`_boot_ns`). What the node core is driven by: on the
+    monotonic clock, which stops while a laptop is suspended, its check of this PC's
+    clock (peerclock.PeerClocks.tick) took eight hours asleep for the clock put
+    forward eight hours, moved its peers' readings back by as much, and booked the
+    next sale 480 minutes behind the chain's time until new hellos came (for good
+    while it stayed offline)."""
+    return _boot_ns() / 1e9
 
 
 def _since_boot_ms() -> int:
-    """Milliseconds since this machine booted, asleep included (CLOCK_BOOTTIME: a
-    laptop asleep overnight did not have its clock put forward), where there is one;
-    else the monotonic clock."""
-    boottime = getattr(time, "CLOCK_BOOTTIME", None)
-    if boottime is not None:
-        return time.clock_gettime_ns(boottime) // 1_000_000
-    return time.monotonic_ns() // 1_000_000
+    """Milliseconds on the boot clock (`_boot_ns`)."""
+    return _boot_ns() // 1_000_000
 
 
 def id_time_ms(ident: str) -> int:

@@ -49,21 +49,30 @@ def one_line(value: Any) -> Any:
     return value
 
 
-# Letters drawn as nothing: the Hangul fillers and the braille blank, which no name
-# needs alone and which a name "of spaces" was typed with once spaces were refused.
-_FILLERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
-# Characters drawn as nothing or only on another: format (zero-width, the soft hyphen,
-# direction marks), controls, combining marks, separators.
-_UNSEEN = frozenset(("Cf", "Cc", "Mn", "Me", "Zs", "Zl", "Zp"))
+# Letters that show as nothing (Unicode's default-ignorable code points outside the
+# format and combining categories, and the braille blank).
+_FILLERS = frozenset("\u115f\u1160\u17b4\u17b5\u3164\uffa0\u2800")
+# What shows as nothing but spaces: format characters (zero-width, the soft hyphen,
+# direction marks, variation selectors) and combining marks.
+_UNSEEN = frozenset(("Cf", "Mn", "Me"))
+
+
+def seen_as(text: str) -> str:
+    """`text` as a reader sees it: full-width letters as half (NFKC), nothing for what
+    shows as nothing, case folded. Two names alike here read as one on a receipt or
+    in the audit trail. Only compared, never stored."""
+    return "".join(c for c in unicodedata.normalize("NFKC", text)
+                   if unicodedata.category(c) not in _UNSEEN
+                   and c not in _FILLERS).casefold()
 
 
 def blank(text: str) -> bool:
-    """Whether `text` shows nothing: empty, or spaces (U+3000 too), zero-width and
-    other format characters, lone combining marks and letters drawn as nothing
-    alone. (The API's and the command line's schemas refuse spaces and the
-    zero-width ones alone, operations._ZERO_WIDTH; what they let by is refused here.)"""
-    return all(c.isspace() or c in _FILLERS or unicodedata.category(c) in _UNSEEN
-               for c in text)
+    """Whether `text` shows nothing: empty, or spaces (U+3000 too), controls and
+    what `seen_as` drops, alone. (The API's and the command line's schemas refuse
+    spaces and the zero-width ones alone, operations._ZERO_WIDTH; what they let by
+    is refused here: a member named U+3164 alone was registered.)"""
+    return all(c.isspace() or unicodedata.category(c) in ("Cc", "Zs", "Zl", "Zp")
+               for c in seen_as(text))
 
 
 # The controls that reorder what follows (operations._BIDI, which the API's one-line

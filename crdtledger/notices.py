@@ -327,8 +327,8 @@ def daily_notices(due: DailyDue, report: Mapping[str, Any], rule: Mapping[str, A
                   methods: Mapping[str, str] | None = None) -> list[Notice]:
     """The report `report` (crdtledger.views.daily_report) to each of its addresses
     whose channel this node has; the key names the address too, so that each is
-    sent once. `methods`: the payment methods' names in the report's language, code
-    -> name, in the rule's order (a code it does not name is said as it is)."""
+    sent once. `methods`: the payment methods the report names, code -> name in its
+    language, in the order said (crdtledger.views.methods_in)."""
     lang = str(rule.get("language") or "zh-CN")
     subject, body = render(
         "daily", lang, day=due.day, branch_name=branch_name,
@@ -354,13 +354,10 @@ def _by_method(report: Mapping[str, Any], names: Mapping[str, str], lang: str) -
     said only the cash of top-ups (an exit paid back in cash left the drawer short
     with nothing to say why)."""
     topups, till = report["topup_by_method"], report["till_by_method"]
-    codes = [c for c in names if c in topups or c in till]
-    codes += sorted((set(topups) | set(till)) - set(codes))
     zh = lang == "zh-CN"
     lines = []
-    for code in codes:
+    for code, name in names.items():
         t, s = int(topups.get(code, 0)), int(till.get(code, 0))
-        name = names.get(code, code)
         lines.append(f"  {name} {format_yuan(t + s)}（充值 {format_yuan(t)}，收银 "
                      f"{format_yuan(s)}）" if zh else
                      f"  {name} {format_yuan(t + s)} (top-ups {format_yuan(t)}, till "

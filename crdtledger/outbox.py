@@ -291,8 +291,11 @@ def collect(ledger: Ledger, now_ms: int, channels: Sequence[str]) -> Due:
         name = (("全部门店" if rule["language"] == "zh-CN" else "all branches")
                 if due.branch == "all" else branches.get(due.branch, due.branch))
         key = "name_zh" if rule["language"] == "zh-CN" else "name_en"
-        methods = {str(m["code"]): str(m.get(key) or m["code"])
-                   for m in ledger.rule("payment_methods", due.day)}
+        named = {str(m["code"]): str(m.get(key) or m["code"])
+                 for m in ledger.rule("payment_methods", due.day)}
+        used = {*report["topup_by_method"], *report["till_by_method"]}
+        methods = {c: named.get(c, c) for c in views.methods_in([report], list(named))
+                   if c in used}
         out += [n._replace(sender=node) for n in
                 notices.daily_notices(due, report, rule, name, channels, methods)]
     day = notices.greetings_due(rule, now)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
@@ -17,7 +16,7 @@ from crdtledger.auth import Auth
 from crdtledger.commit import put
 from crdtledger.errors import InvalidAmount, InvalidInput, LedgerError
 from crdtledger.hlc import CLOCK_OFF_LIMIT_MS, MAX_CLOCK_SKEW_MS
-from crdtledger.inputs import CONTROLS, TURNS, blank, check_date, check_text
+from crdtledger.inputs import CONTROLS, TURNS, blank, check_date, check_text, seen_as
 from crdtledger.model import (
     CARD_TYPES,
     DEFAULT_RULES,
@@ -514,7 +513,7 @@ def _check_rule(kind: str, body: Any) -> None:
             # in the reports by level, and a member pinned to "金卡" got the first.
             seen: set[str] = set()
             for lv in body:
-                name = unicodedata.normalize("NFKC", lv["name"]).strip().casefold()
+                name = seen_as(lv["name"]).strip()
                 _require(name not in seen, f"two levels are named {lv['name'].strip()}")
                 seen.add(name)
             # One level a threshold: of two at one, a member reaching it got whichever

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -1000,6 +1000,14 @@ def _period(ledger: Ledger, start: str | None, end: str | None) -> tuple[str, li
         where += " AND id < ?"
         args.append(ledger.storage.day_start_id(end, days_later=1))
     return where, args
+
+
+def methods_in(reports: Sequence[Mapping[str, Any]], codes: Iterable[str]) -> list[str]:
+    """The payment methods daily reports (`daily_report`) name: `codes` (the rule's),
+    in their order, then any other an entry used (one the chain has since dropped)."""
+    seen = [m for r in reports for key in ("topup_by_method", "till_by_method")
+            for m in r[key]]
+    return list(dict.fromkeys([*codes, *seen]))
 
 
 def daily_report(ledger: Ledger, day: str, node: str | None = None) -> dict[str, Any]:

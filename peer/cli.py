@@ -344,11 +344,11 @@ def as_typed(args: argparse.Namespace, message: str) -> str:
         params = params_of(cmd, args)
     except LedgerError:
         return message
+    said = _LIBRARY_TEXT.fullmatch(message)
     for p in cmd.params:
         value = params.get(p.name)
         if p.flag is None or value is None or isinstance(value, dict | list):
             continue  # an object's or a list's parts are named by their keys
-        said = _LIBRARY_TEXT.fullmatch(message)
         if said and said[1] == p.name:  # "gift is required": --gift was typed blank
             return f"{_flag(p)} {said[2]}"
         try:

@@ -213,8 +213,7 @@ SPLITS = (("topup_by_method", "充值", "Top-up"), ("till_by_method", "收银", 
 def methods_in(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The payment methods a report names: the rule's, in its order, then any other
     an entry used (one the chain has since dropped)."""
-    seen = [m for r in rows for key, _zh, _en in SPLITS for m in r[key]]
-    return list(dict.fromkeys([*shop().pay_methods(), *seen]))
+    return views.methods_in(rows, shop().pay_methods())
 
 
 def daily_csv(ledger: Ledger, day: str) -> bytes:
