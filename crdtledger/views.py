@@ -987,18 +987,32 @@ def members_with_expired_points(ledger: Ledger, node: str, today: str) -> list[s
         if m in survivors and expired_points_owed(ledger, m, node, today) > 0]
 
 
+def _bounds(ledger: Ledger, start: str | None, end: str | None
+            ) -> tuple[str | None, str | None]:
+    """The ids from which the days `start`..`end` (inclusive, either open) begin and
+    before which they end. A reversed period is refused, as operations.validate refuses
+    it: read as an empty one, the back office's rankings said "no sales", its top-up
+    receipts nothing and its settlement "nothing to settle" for an accountant's typo."""
+    lo = ledger.storage.day_start_id(start) if start else None
+    hi = ledger.storage.day_start_id(end, days_later=1) if end else None
+    if lo is not None and hi is not None and lo >= hi:
+        raise InvalidInput(f"the period is reversed: from {start} is after to {end}")
+    return lo, hi
+
+
 def _period(ledger: Ledger, start: str | None, end: str | None) -> tuple[str, list[Any]]:
     """Entries of the days `start`..`end` (inclusive, either open), as a range of ids.
 
     An entry's id starts with its timestamp and its day is derived from it, so a
     period is a primary-key range: no index on the day to update at every debit."""
     where, args = "1", []
-    if start:
+    lo, hi = _bounds(ledger, start, end)
+    if lo is not None:
         where += " AND id >= ?"
-        args.append(ledger.storage.day_start_id(start))
-    if end:
+        args.append(lo)
+    if hi is not None:
         where += " AND id < ?"
-        args.append(ledger.storage.day_start_id(end, days_later=1))
+        args.append(hi)
     return where, args
 
 
@@ -1092,8 +1106,7 @@ def settlement(ledger: Ledger, start: str | None = None, end: str | None = None
     is crdtledger/settlement.py's. One read of the kinds that change principal, in id
     order (the primary key's: every member's entries interleaved as they were written,
     so a merge moves lots at its moment), up to the period's end."""
-    lo = ledger.storage.day_start_id(start) if start else None
-    hi = ledger.storage.day_start_id(end, days_later=1) if end else None
+    lo, hi = _bounds(ledger, start, end)
     kinds = ", ".join(f"'{k}'" for k in SETTLED_KINDS)
     rows = ledger.storage.conn.execute(
         f"SELECT body FROM entries WHERE kind IN ({kinds}) AND id < ? ORDER BY id",

@@ -369,8 +369,8 @@ def ranking_page() -> None:
     state = {"start": start, "end": end}
 
     with ui.row().classes("items-center gap-4"):
-        start_in = date_field(tr("从", "From"), start)
-        end_in = date_field(tr("到", "To"), end)
+        start_in = date_field(tr("从", "From"), start).mark("ranking-from")
+        end_in = date_field(tr("到", "To"), end).mark("ranking-to")
 
     @ui.refreshable
     @guarded("reports.view")
@@ -639,8 +639,8 @@ def topups_page() -> None:
     start, end = default_period(ledger, 7)
     state = {"start": start, "end": end}
     with ui.row().classes("items-center gap-4"):
-        start_in = date_field(tr("从", "From"), start)
-        end_in = date_field(tr("到", "To"), end)
+        start_in = date_field(tr("从", "From"), start).mark("topups-from")
+        end_in = date_field(tr("到", "To"), end).mark("topups-to")
         export_button(tr("导出 CSV", "Export CSV"), lambda: (
             topups_csv(ledger, state["start"], state["end"]),
             f"topups-{state['start']}-{state['end']}.csv"), "export-topups")
@@ -807,8 +807,9 @@ def settlement_page() -> None:
     ledger = shop().ledger
     state: dict[str, str] = {"start": "", "end": ""}
     with ui.row().classes("items-center gap-4"):
-        start_in = date_field(tr("从（空 = 开业起）", "From (empty = ever)"), "")
-        end_in = date_field(tr("到（空 = 至今）", "To (empty = now)"), "")
+        start_in = date_field(tr("从（空 = 开业起）", "From (empty = ever)"), "").mark(
+            "settlement-from")
+        end_in = date_field(tr("到（空 = 至今）", "To (empty = now)"), "").mark("settlement-to")
         export_button(tr("导出 CSV", "Export CSV"), lambda: (
             settlement_csv(ledger, state["start"] or None, state["end"] or None),
             f"settlement-{state['start'] or 'all'}-{state['end'] or ledger.today()}.csv"),

@@ -130,6 +130,28 @@ async def test_the_daily_summary_shows_the_exit_refunds_the_till_is_short_of(
     assert daily[-1][column] == "300.00"
 
 
+@pytest.mark.parametrize(("path", "mark", "empty"), [
+    ("/office/ranking", "ranking", "这段时间没有消费"),
+    ("/office/topups", "topups", "¥0.00"),
+    ("/office/settlement", "settlement", "各分店之间没有需要结算的款项"),
+])
+async def test_a_reversed_period_is_refused_on_the_office_pages_as_everywhere(
+        counter_app: CounterApp, path: str, mark: str, empty: str) -> None:
+    """From the 10th to the 1st: `crdtledger report ranking|settlement`, the API and
+    the goods page refuse a reversed period, but the rankings said "no sales in this
+    period", the top-up receipts 0 top-ups of ¥0.00 and the settlement "nothing to
+    settle" with every branch's prepaid value as it stood, an accountant's typo read as
+    a month of nothing (the books probe of the twenty-first wave)."""
+    app = counter_app
+    seed(app)
+    await app.login(*OWNER)
+    await app.user.open(path)
+    app.user.find(marker=f"{mark}-from").clear().type("2026-01-10")
+    app.user.find(marker=f"{mark}-to").clear().type("2026-01-01")
+    await app.user.should_see("起止日期反了：开始日 2026-01-10 在结束日 2026-01-01 之后。")
+    await app.user.should_not_see(empty)
+
+
 async def test_the_settlement_page_says_what_the_closed_months_end_held(
         counter_app: CounterApp, monkeypatch: pytest.MonkeyPatch) -> None:
     """Once a month is closed and its closing signed, the owner reads on the settlement
