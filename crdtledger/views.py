@@ -1063,8 +1063,13 @@ def daily_report(ledger: Ledger, day: str, node: str | None = None) -> dict[str,
     }
 
 
-# An entry's payment method; a top-up written before methods were recorded was cash.
-_METHOD = "COALESCE(json_extract(body, '$.pay'), 'cash')"
+def _method(body: str = "body") -> str:
+    """An entry's payment method; a top-up written before methods were recorded was
+    cash, and so is a debit that names none (write rule amount-moved), its refund too."""
+    return f"COALESCE(json_extract({body}, '$.pay'), 'cash')"
+
+
+_METHOD = _method()
 
 
 def _till_by_method(conn: sqlite3.Connection, where: str, args: list[Any]
@@ -1085,10 +1090,10 @@ def _till_by_method(conn: sqlite3.Connection, where: str, args: list[Any]
             f"AND {_METHOD} NOT IN ('stored', 'package') GROUP BY 1", args):
         till[str(m)] += int(v or 0)
     for m, v in conn.execute(
-            "SELECT json_extract(d.body, '$.pay'), TOTAL(r.amount) FROM (SELECT ref, amount "
+            f"SELECT {_method('d.body')}, TOTAL(r.amount) FROM (SELECT ref, amount "
             f"FROM entries WHERE {where} AND kind = 'refund') r JOIN entries d ON d.id = r.ref "
-            "WHERE d.kind = 'debit' AND json_extract(d.body, '$.pay') NOT IN "
-            "('stored', 'package') GROUP BY 1", args):
+            f"WHERE d.kind = 'debit' AND {_method('d.body')} NOT IN ('stored', 'package') "
+            "GROUP BY 1", args):
         till[str(m)] -= int(v or 0)
     # A member's exit refund (退会) paid back from the till, by the method it was paid
     # with: the drawer was short of it against the report.

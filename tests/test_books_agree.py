@@ -5,10 +5,16 @@ that reports the same money. Found by the books probe of the twentieth wave."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from helpers import FakeClock, name_branches, new_ledger, sync
+from forgery import sync_file
+from helpers import FakeClock, Forger, name_branches, new_ledger, sync
+from pycrdt import Doc, Map
 
-from crdtledger import settlement, views
+from crdtledger import settlement, syncfile, views
+from crdtledger.hlc import id_time_ms
+from crdtledger.model import entry_doc
+from crdtledger.payments import walk_in
 from peer import receipts
 
 
@@ -126,3 +132,38 @@ def test_one_day_of_every_kind_of_money_reads_the_same_in_every_book(tmp_path: P
     finally:
         for ledger in stores:
             ledger.close()
+
+
+def test_a_sale_read_as_cash_is_refunded_off_the_cash_it_was_read_as(tmp_path: Path) -> None:
+    """A debit without `pay` reads as paid in cash at the till (views._METHOD, write rule
+    amount-moved), but its refund was taken off the till only when the debit named a
+    method: a liar's walk-in sale of 100.00 and its refund, both taken by every
+    replica, left the day's sales at 0.00 and the till holding 100.00 in cash that no
+    drawer took (the books probe of the twenty-first wave)."""
+    clock = FakeClock(1_767_225_600_000 + 2 * 3_600_000)
+    a, liar = new_ledger(tmp_path, "SH01", now_ms=clock), new_ledger(tmp_path, "SH02",
+                                                                     now_ms=clock)
+    try:
+        name_branches(a, "SH01", "SH02")
+        sync(a, liar)
+        sale, refund = liar.clock.mint(), liar.clock.mint()
+        by = {"member": walk_in("SH02"), "node": "SH02", "op": "owner@SH02", "deltas": []}
+
+        def write(d: Doc[Any]) -> None:
+            entries = d.get("entries", type=Map)
+            entries[sale] = {**by, "id": sale, "kind": "debit", "at": id_time_ms(sale),
+                             "amount": 10000, "gross": 10000, "qty": 1}
+            entries[refund] = {**by, "id": refund, "kind": "refund", "ref": sale,
+                               "at": id_time_ms(refund), "amount": 10000}
+
+        forger = Forger(liar)
+        forger.write(entry_doc(sale, liar.storage.day_of), write)
+        syncfile.import_file(a, sync_file(tmp_path / "liar.sync", liar.trust, forger.batch(),
+                                          a.clock.wall()))
+        assert not a.faults()  # taken: both are what an older build may have written
+        report = views.daily_report(a, a.today())
+        assert (report["sales"], report["refunds"]) == (0, 10000)
+        assert report["till_by_method"] == {}
+    finally:
+        a.close()
+        liar.close()
