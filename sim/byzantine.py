@@ -5,7 +5,7 @@ normal traffic (they sell, relay and answer rights requests like everyone). What
 makes them Byzantine is done here, at seeded times, with the node's own key (a
 dishonest branch holds its own key, never another's):
 
-- **forger**: every 5-20 minutes of business hours, a record of its own log that
+- **forger**: every 3-12 minutes of business hours, a record of its own log that
   breaks a write rule, in turn (from a seeded start): an entry keyed by and naming
   another branch (`entry-writer`), an entry of its own moving another branch's
   rights to itself (`own-rights`), a rewrite or a deletion of another branch's
@@ -18,7 +18,11 @@ dishonest branch holds its own key, never another's):
   second arm of some (a card's and an exit settlement's `paid`, a package's, beside a
   top-up's; a debit's `amount` beside a transfer's; a member, beside a card, under
   another's id; a revocation list the CA did not sign, beside an operator; an entry
-  keyed by its writer naming another; stock moved by a transfer). Built as
+  keyed by its writer naming another; stock moved by a transfer), and the arms only
+  a writer's earlier record opens (LED: a cut, then a cut of the month before, a
+  closing of the month after, or an entry dated before the cut month's end; a
+  member, then another version of her from the same clock; a sweep's lone "out",
+  then its "in"). Built as
   tests/helpers.Forger builds one (a pycrdt document of the forger's client id from
   its own copy, chained from its tip, its head signed with its key), sent as a
   `recs` frame on every link it has, and taken into its own store too, so that its
@@ -69,6 +73,7 @@ office, one role each.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import random
 import shutil
@@ -82,14 +87,24 @@ import msgpack
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from pycrdt import Map
+from pycrdt import Map, merge_updates
 
 from crdtledger import audit, views
 from crdtledger.backups import restore, write_backup
+from crdtledger.closing import due_month
 from crdtledger.errors import LedgerError, RemoteProtocolError
 from crdtledger.hlc import HybridClock, id_time_ms
 from crdtledger.ledger import Ledger
-from crdtledger.log import Batch, Head, Record, head_message, record_hash
+from crdtledger.log import (
+    CLOSING_DOC,
+    CUT_DOC,
+    Batch,
+    Head,
+    Record,
+    closing_data,
+    head_message,
+    record_hash,
+)
 from crdtledger.model import GOODS_PURSES, entry_doc, member_doc, month_over_ms, owner_of
 from crdtledger.storage import DB_FILE, LoadedDoc
 from crdtledger.sync import RightsAnswered, pack
@@ -129,13 +144,30 @@ BREAKS = {"entry-as-other": "entry-writer", "others-rights": "own-rights",
           "package-paid-claimed": "paid-moved", "debit-amount-claimed": "amount-moved",
           "package-other-uses": "value-raise", "ship-from-nothing": "raise-own",
           "member-as-other": "record-writer", "revocation-forged": "governance",
-          "entry-naming-other": "entry-writer", "stock-transferred": "raise-own"}
+          "entry-naming-other": "entry-writer", "stock-transferred": "raise-own",
+          "card-replaced": "record-writer", "card-repointed": "card-fixed",
+          "merge-outs": "merge-paired", "coupon-ref-other": "referral-reward",
+          "refund-handover-other": "refund-own", "transfer-elsewhere": "amount-moved",
+          "two-clients": "own-client", "garbage-update": "own-client",
+          "member-before-enrolled": "enrolled",
+          # Two records each (LED): a first one every replica takes, then the forgery.
+          "clock-back": "in-order", "coupon-swept-in": "coupon-unit",
+          "cut-again": "closed-month", "closing-unclosed": "closed-month",
+          "id-before-cut": "closed-month", "cut-no-month": "closed-month"}
 FORGERIES = tuple(BREAKS)
+# Forgeries of records in no document (a cut, a closing) or of more than one record of
+# their writer's log (`_led`): most arms a record breaks only after an earlier one of
+# the same writer. The closed-month ones open
+# with a cut of the month a branch's daily pass would cut (closing.due_month): an
+# identity that closes months as a branch does, so each arm gets a writer of its own (the
+# branch's own key closes months too, but its first forgery blocks it for good).
+LED = frozenset({"clock-back", "coupon-swept-in", "cut-again", "closing-unclosed",
+                 "id-before-cut", "cut-no-month"})
 # A writer is judged by its first broken rule only (its later records are held,
 # unjudged), so each forgery is written by an identity of its own: the forger's
 # owner has one more PC enrolled per forgery (sim.chainca.ChainCA.identity), named
 # after the branch (B03X1, B03X2, ...). Only `closed-month` is written with the
-# branch's own key: it needs a writer that has closed a month.
+# branch's own key, into a month its own daily pass closed.
 OWN_KEY = frozenset({"closed-month"})
 Mutate = Callable[[dict[str, Map[Any]]], None]
 # Forgeries that are one entry of the writer's own, wrong only in what it says: the
@@ -205,7 +237,30 @@ PLAIN: dict[str, Callable[[str, str, str, str], dict[str, Any]]] = {
     "stock-transferred": lambda theirs, mine, me, victim: {
         "kind": "transfer", "amount": 5, "to": victim,
         "deltas": [["stock", me, -5], ["stock", victim, 5]]},
+    # A coupon issued for a referral another branch recorded (its reward granted twice).
+    "coupon-ref-other": lambda theirs, mine, me, victim: {
+        "kind": "coupon", "ref": theirs, "deltas": [[f"cpn:{mine}", me, 1]]},
+    # A refund of another branch's debit, naming as the hand-over that gave it the
+    # debit's refund rights a branch that did not make the debit (itself).
+    "refund-handover-other": lambda theirs, mine, me, victim: {
+        "kind": "refund", "ref": theirs, "handover": me, "deltas": [["cash", me, 100]]},
+    # A transfer of 1.00 to another branch that moves it back to its writer.
+    "transfer-elsewhere": lambda theirs, mine, me, victim: {
+        "kind": "transfer", "amount": 100, "to": victim,
+        "deltas": [["cash", me, -100], ["cash", me, 100]]},
 }
+
+
+def _join(mid: str, name: str, home: str, roots: dict[str, Map[Any]]) -> None:
+    """A member of `home`'s own joins (Members.add_member's shape, in short)."""
+    roots["members"][mid] = Map({"name": name, "phone": "13800000002", "home": home,
+                                 "created_by": owner_of(home)})
+
+
+def _month_next(month: str, step: int) -> str:
+    """The month `step` months after `month` (YYYY-MM), before if negative."""
+    n = int(month[:4]) * 12 + int(month[5:]) - 1 + step
+    return f"{n // 12:04d}-{n % 12 + 1:02d}"
 
 
 @dataclass
@@ -312,6 +367,9 @@ class Byzantine:
                 self.roles[chosen.pop(0)] = role
         self.forged: list[Forged] = []
         self.identities: dict[str, str] = {}  # a forger's extra identity -> its branch
+        # Entries of the records a forgery opens with (LED): taken everywhere, as they
+        # break no rule, and acknowledged to nobody.
+        self.led_entries: set[str] = set()
         self.forks: list[Fork] = []
         self.restores: dict[str, Restored] = {}
         self.closings: dict[str, Closing] = {}
@@ -384,9 +442,9 @@ class Byzantine:
         w = self.world
         if not queue or w.engine.now >= w.workload_end - HOUR:
             return
-        # Every 5-20 minutes: the 33 kinds forged before the day's last hour from a
+        # Every 3-12 minutes: the 48 kinds forged before the day's last hour from a
         # start as late as 15:00.
-        later = w.engine.now + 5 * MINUTE + rng.randrange(15 * MINUTE)
+        later = w.engine.now + 3 * MINUTE + rng.randrange(9 * MINUTE)
         if not node.up or node.ledger is None or node.core is None:
             w.engine.at(later, partial(self._forge, node, queue, rng, tries))
             return
@@ -399,7 +457,11 @@ class Byzantine:
             writer = f"{node.name}X{sum(b == node.name for b in self.identities.values()) + 1}"
             key, certificate = w.ca.identity(writer)
             cert = certificate.public_bytes(serialization.Encoding.DER)
-        built = self._forgery(lg, kind, rng, writer)
+        if kind in LED:
+            built = self._led(lg, kind, rng, writer)
+        else:
+            one = self._forgery(lg, kind, rng, writer)
+            built = None if one is None else [one]
         if built is None:
             w.trace(w.engine.now, f"{node.name} byzantine forgery {kind} skipped: nothing "
                                   "to forge from yet")
@@ -409,19 +471,23 @@ class Byzantine:
             return
         if writer != node.name:
             self.identities[writer] = node.name
-        doc, data = built
-        seq, prev = lg.storage.log.tip(writer)
-        rec = Record(writer, seq + 1, doc, data)
-        hash_ = record_hash(prev, writer, rec.seq, doc, data)
+        seq, hash_ = lg.storage.log.tip(writer)
+        recs = []
+        for doc, data in built:  # chained from its tip, the forgery last
+            seq += 1
+            recs.append(Record(writer, seq, doc, data))
+            hash_ = record_hash(hash_, writer, seq, doc, data)
+        rec = recs[-1]
         # Signed as Trust.sign does, deterministically (RFC 6979): the same seed, the
         # same bytes.
         signature = key.sign(head_message(lg.chain, writer, rec.seq, hash_),
                              ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
-        batch = Batch([rec], {writer: Head(rec.seq, hash_, signature)}, {writer: cert})
-        self.forged.append(Forged(writer, node.name, rec.seq, hash_, kind, doc, w.engine.now))
+        batch = Batch(recs, {writer: Head(rec.seq, hash_, signature)}, {writer: cert})
+        self.forged.append(Forged(writer, node.name, rec.seq, hash_, kind, rec.doc,
+                                  w.engine.now))
         sent = self._inject(node, pack({"t": "recs", **batch.to_wire()}), None)
         w.trace(w.engine.now, f"{node.name} byzantine forged {kind} as record {rec.seq} of "
-                              f"{writer} in {doc}, sent to {','.join(sent) or 'nobody'}")
+                              f"{writer} in {rec.doc}, sent to {','.join(sent) or 'nobody'}")
         lg.apply_batch(batch)  # its own store judges it too (a log of its own: one line)
         node.run(node.core.flush())
         w.engine.at(later, partial(self._forge, node, queue, rng, tries))
@@ -480,6 +546,59 @@ class Byzantine:
                 roots["cards"][cid]["pin"] = "forged"
 
             return self._update(lg, member_doc(holder), rewrite, client)
+        if kind in ("card-replaced", "card-repointed"):
+            cards = audit.tables(lg).execute("SELECT id, member FROM cards ORDER BY id").fetchall()
+            if not cards:
+                return None
+            cid, holder = rng.choice(cards)
+            other = next((m for m in members if m != holder), holder)
+
+            def repoint(roots: dict[str, Map[Any]]) -> None:
+                if kind == "card-replaced":  # a new card under its id, of another member
+                    roots["cards"][cid] = {"member": other, "status": "active"}
+                else:  # the card of one member made another's
+                    roots["cards"][cid]["member"] = other
+
+            return self._update(lg, member_doc(holder), repoint, client)
+        if kind == "merge-outs":  # two sweeps' outs in one record, no "in" for either
+            outs: list[dict[str, Any]] = [
+                {"id": f"{b}.{me}", "kind": "merge", "member": member, "to": member,
+                 "node": me, "op": owner_of(me), "at": id_time_ms(f"{b}.{me}"),
+                 "amount": 100, "deltas": [["cash", me, -100]]}
+                for b in (base, lg.clock.mint().rsplit(".", 1)[0])]
+
+            def sweep(roots: dict[str, Map[Any]]) -> None:
+                for out in outs:
+                    roots["entries"][out["id"]] = out
+
+            return self._update(lg, entry_doc(outs[0]["id"], lg.storage.day_of), sweep, client)
+        if kind == "two-clients":
+            # One update of its own client and of another branch's, as its next epoch
+            # (a restored branch's: none in a run without one, so that a replica that
+            # took it would not refuse that branch's own records after).
+            doc = entry_doc(f"{base}.{me}", lg.storage.day_of)
+            parts = []
+            for n, as_client in enumerate((client, client_id_for(victim, 1))):
+                eid = f"{lg.clock.mint().rsplit('.', 1)[0] if n else base}.{me}"
+                parts.append(self._put(lg, {
+                    "id": eid, "kind": "topup", "member": member, "node": me,
+                    "op": owner_of(me), "at": id_time_ms(eid), "amount": 100, "paid": 100,
+                    "deltas": [["cash", me, 100]]}, as_client)[1])
+            return doc, bytes(merge_updates(*parts))
+        if kind == "garbage-update":  # an update cut short after its first byte
+            return entry_doc(f"{base}.{me}", lg.storage.day_of), b"\x01"
+        if kind == "member-before-enrolled":  # a member of its own, dated before enrolment
+            since = self.world.ca.enrolled_ms
+            if since is None:
+                return None
+            at = since - 10 * DAY // MS
+            mid = HybridClock(me, now_ms=lambda: at).mint()
+
+            def enrol_late(roots: dict[str, Map[Any]]) -> None:
+                roots["members"][mid] = Map({"name": "mallory", "phone": "13800000001",
+                                             "home": victim, "created_by": owner_of(me)})
+
+            return self._update(lg, member_doc(mid), enrol_late, client)
         if kind == "closed-month":
             if lg.closed_through is None:
                 return None
@@ -589,6 +708,67 @@ class Byzantine:
                                            "active": True, "roles": Map({"owner": True})})
 
         return self._update(lg, "operators", owner, client)
+
+    def _led(self, lg: Ledger, kind: str, rng: random.Random, me: str
+             ) -> list[tuple[str, bytes]] | None:
+        """The records of a forgery of `kind` (LED) written by `me`, the forgery last."""
+        members = audit.ids(lg, "members")
+        if not members:
+            return None
+        member = rng.choice(members)
+        client = client_id_for(me, 0)
+        base = lg.clock.mint().rsplit(".", 1)[0]
+        if kind == "clock-back":
+            # A member of its own, then another version of her from before it: the
+            # second record starts its clock in her document where the first began.
+            mid = f"{base}.{me}"
+            return [self._update(lg, member_doc(mid), partial(_join, mid, name, me), client)
+                    for name in ("mallory", "eve")]
+        if kind == "coupon-swept-in":
+            # A coupon of its own issued, then swept as 0.2.0 swept: the "out" alone in
+            # a record (taken), then the "in" naming it, whose unit that record adds
+            # from nothing (an "out" of an earlier record adds none back to its record).
+            ids = [f"{base}.{me}"] + [f"{lg.clock.mint().rsplit('.', 1)[0]}.{me}"
+                                      for _ in range(2)]
+            coupon, to = f"cpn:{ids[0]}", rng.choice(members)
+            entries: list[dict[str, Any]] = [
+                {"kind": "coupon", "member": member, "amount": 100, "reason": "owner",
+                 "deltas": [[coupon, me, 1]]},
+                {"kind": "merge", "member": member, "to": to, "amount": 0,
+                 "deltas": [[coupon, me, -1]]},
+                {"kind": "merge", "member": to, "ref": ids[1], "amount": 0,
+                 "deltas": [[coupon, me, 1]]}]
+            doc = entry_doc(ids[0], lg.storage.day_of)
+            ld = LoadedDoc(doc, client)
+            ld.doc.apply_update(lg.storage.doc(doc).doc.get_update())
+            records = []
+            for eid, entry in zip(ids, entries, strict=True):
+                before = ld.doc.get_state()
+                with ld.doc.transaction():
+                    ld.roots["entries"][eid] = {"id": eid, "node": me, "op": owner_of(me),
+                                                "at": id_time_ms(eid), **entry}
+                records.append((doc, bytes(ld.doc.get_update(before))))
+            self.led_entries |= set(ids[:2])
+            return records
+        if kind == "cut-no-month":
+            return [(CUT_DOC, b"soon")]
+        # A cut of the month its daily pass would cut now, then the forgery.
+        month = due_month(lg.today())
+        cut = (CUT_DOC, month.encode("ascii"))
+        if kind == "cut-again":  # a cut of the month before, after it
+            return [cut, (CUT_DOC, _month_next(month, -1).encode("ascii"))]
+        if kind == "closing-unclosed":  # a closing of the month after
+            digest = hashlib.sha256(f"{me} {month}".encode()).hexdigest()
+            return [cut, (CLOSING_DOC, closing_data(_month_next(month, 1), digest))]
+        # A top-up of 1,000.00 dated an hour before the month's end in UTC-12: on the
+        # 1st of the next month where the chain's PCs are (Asia/Shanghai), so in the
+        # next month's document, but before the month it closed is over everywhere.
+        at = month_over_ms(month) - HOUR // MS
+        eid = HybridClock(me, now_ms=lambda: at).mint()
+        late = {"id": eid, "kind": "topup", "member": member, "node": me,
+                "op": owner_of(me), "at": id_time_ms(eid), "amount": 100_000,
+                "paid": 100_000, "deltas": [["cash", me, 100_000]]}
+        return [cut, self._put(lg, late, client)]
 
     @classmethod
     def _put(cls, lg: Ledger, entry: dict[str, Any], client: int) -> tuple[str, bytes]:

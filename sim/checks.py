@@ -230,7 +230,8 @@ def final(world: World) -> list[Violation]:
     excused = (byz.lost_to_restore(missing) | byz.lost_to_revocation(missing)
                if byz is not None else set())
     lost = sorted(missing - excused)
-    phantom = sorted(present - set(acked) - fork_entries)
+    phantom = sorted(present - set(acked) - fork_entries
+                     - (byz.led_entries if byz is not None else set()))
     if lost:
         out.append(Violation("lost", f"{len(lost)} acknowledged entries missing, e.g. "
                                      f"{lost[:3]}"))
