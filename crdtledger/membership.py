@@ -1050,7 +1050,7 @@ class Membership(Coupons):
             return approved
         return found[0] if found else None
 
-    def has_left(self, member: str) -> bool:
+    def has_left(self, member: str, before: str | None = None) -> bool:
         """Whether `member` has left (退会): her latest exit or return approved by a
         decision that counts (`_decision`) was an exit. Not her profile's `exited`:
         that flag is a cache honest code writes with the approval and the settlement
@@ -1059,7 +1059,8 @@ class Membership(Coupons):
         clearing the flag of a member who left and was paid had them serve her again
         (a top-up took money for a member the chain had closed). A member who never
         applied is answered by a probe of the applications' index (`entries_exit`,
-        nearly always empty for her): the debit path reads none of her entries."""
+        nearly always empty for her): the debit path reads none of her entries. With
+        `before`, as of that id: the decisions made before it only."""
         if self.storage.conn.execute(
                 "SELECT 1 FROM entries INDEXED BY entries_exit "
                 "WHERE member = ? AND kind = 'exit' LIMIT 1", (member,)).fetchone() is None:
@@ -1068,6 +1069,7 @@ class Membership(Coupons):
         for a in self._applications(member):
             d = self._decision(a)
             if d is not None and d.get("step") == "approve" and (
+                    before is None or str(d["id"]) < before) and (
                     last is None or str(d["id"]) > last[0]):
                 last = (str(d["id"]), a.get("step"))
         return last is not None and last[1] == "exit"

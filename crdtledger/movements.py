@@ -73,6 +73,10 @@ def _held_at(conn: sqlite3.Connection, at: str | None, purse: str, key: str
 _MEMBER_PURSES = "p IN ('cash', 'bonus', 'points')"
 
 
+def _check(row: dict[str, int]) -> int:
+    return row["opening"] + sum(row[k] for k in LINES) - row["closing"]
+
+
 def movement(ledger: Ledger, start: str | None = None, end: str | None = None
              ) -> dict[str, Any]:
     """余额变动 of the days `start`..`end` (inclusive; from the first entry, up to now,
@@ -99,20 +103,104 @@ def movement(ledger: Ledger, start: str | None = None, end: str | None = None
         lambda: dict.fromkeys(LINES, 0))
     for kind, _m, p, n, c in _deltas(conn, where, args, _MEMBER_PURSES):
         lines[(p, n)][_line(kind, int(c))] += int(c)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for p in PURSES:
         nodes = sorted({n for q, n in (*opening, *closing, *lines) if q == p
                         and (opening.get((q, n)) or closing.get((q, n))
                              or any(lines[(q, n)].values()))})
-        chain = {"purse": p, "branch": CHAIN, "opening": 0, **dict.fromkeys(LINES, 0),
-                 "closing": 0}
+        chain = {"opening": 0, **dict.fromkeys(LINES, 0), "closing": 0}
         for n in nodes:
-            row = {"purse": p, "branch": n, "opening": opening.get((p, n), 0),
-                   **lines[(p, n)], "closing": closing.get((p, n), 0)}
+            row = {"opening": opening.get((p, n), 0), **lines[(p, n)],
+                   "closing": closing.get((p, n), 0)}
             for key in ("opening", *LINES, "closing"):
                 chain[key] += row[key]
-            rows.append(row)
-        rows.append(chain)
-    for row in rows:
-        row["check"] = row["opening"] + sum(row[k] for k in LINES) - row["closing"]
+            rows.append({"purse": p, "branch": n, **row, "check": _check(row)})
+        rows.append({"purse": p, "branch": CHAIN, **chain, "check": _check(chain)})
     return {"from": start, "to": end, "rows": rows}
+
+
+def use_value(uses: int, amount: int, sold: int) -> int:
+    """What `uses` of a package of `sold` uses bought for `amount` fen are worth, in
+    whole fen: amount // sold each, and the remainder one fen each on the first uses
+    served (a package of 3 for 100.00 is 33.34, 33.33, 33.33), so a package's uses
+    sum to what was paid, exactly, however they are split."""
+    base, rest = divmod(amount, sold)
+    return uses * base + max(0, min(uses, rest))
+
+
+PACKAGE_FIGURES = ("packages", "uses_sold", "opening", "sold", "served_uses", "served",
+                   "breakage_uses", "breakage", "uses_left", "closing", "check")
+
+
+def _package_state(ledger: Ledger, at: str | None, sales: dict[str, tuple[str, int, int]]
+                   ) -> dict[str, tuple[int, int, int]]:
+    """Each package sold before `at` (now when None): its uses served, those left to
+    members who had left (退会) by then, and those left to the others."""
+    held = _held_at(ledger.storage.conn, at, "p LIKE 'pkg:%'", "mp")
+    left: dict[str, list[int]] = {}
+    gone: dict[str, bool] = {}
+    for (member, purse), uses in held.items():
+        sale = purse[4:]
+        if sale not in sales or (at is not None and sale >= at) or not uses:
+            continue
+        if member not in gone:
+            gone[member] = ledger.has_left(member, at)
+        pair = left.setdefault(sale, [0, 0])
+        pair[0 if gone[member] else 1] += uses
+    out = {}
+    for sale, (_service, _amount, sold) in sales.items():
+        if at is None or sale < at:
+            broken, live = left.get(sale, (0, 0))
+            out[sale] = (sold - broken - live, broken, live)
+    return out
+
+
+def packages(ledger: Ledger, start: str | None = None, end: str | None = None
+             ) -> dict[str, Any]:
+    """套餐未消费: per service, the packages sold by the period's end (days `start`..`end`
+    inclusive, either open), their uses, and their value: unearned at the opening and
+    the closing (the uses left, at what was paid per use: `use_value`), sold in the
+    period, recognised in it for uses served (`served`) and, at a member's exit, for
+    the uses she left (`breakage`: she will not come for them; approved back, they
+    are unearned again, a negative breakage). `check` is opening + sold - served -
+    breakage - closing, 0 when they tie. Packages do not expire. Money in fen."""
+    lo, hi = views._bounds(ledger, start, end)
+    sales: dict[str, tuple[str, int, int]] = {}
+    for sale, service, amount, body in ledger.storage.conn.execute(
+            "SELECT id, service, amount, json_extract(body, '$.qty') FROM entries "
+            "WHERE kind = 'package'"):
+        if isinstance(body, int) and body > 0:
+            sales[str(sale)] = (str(service or ""), int(amount), body)
+    then = _package_state(ledger, lo, sales) if lo is not None else {}
+    now = _package_state(ledger, hi, sales)
+    rows: dict[str, dict[str, int]] = {}
+    for sale, (served, broken, live) in now.items():
+        service, amount, sold = sales[sale]
+        row = rows.setdefault(service, dict.fromkeys(PACKAGE_FIGURES, 0))
+        was = then.get(sale)
+        row["packages"] += 1
+        row["uses_sold"] += sold
+        if was is None:
+            row["sold"] += amount
+            was = (0, 0, sold)
+        else:
+            row["opening"] += amount - use_value(sum(was[:2]), amount, sold)
+        row["served_uses"] += served - was[0]
+        row["served"] += use_value(served, amount, sold) - use_value(was[0], amount, sold)
+        row["breakage_uses"] += broken - was[1]
+        row["breakage"] += (use_value(served + broken, amount, sold)
+                            - use_value(served, amount, sold)
+                            - use_value(sum(was[:2]), amount, sold)
+                            + use_value(was[0], amount, sold))
+        row["uses_left"] += live
+        row["closing"] += amount - use_value(served + broken, amount, sold)
+    chain = dict.fromkeys(PACKAGE_FIGURES, 0)
+    out = []
+    for service, row in sorted(rows.items()):
+        row["check"] = (row["opening"] + row["sold"] - row["served"] - row["breakage"]
+                        - row["closing"])
+        for key in PACKAGE_FIGURES:
+            chain[key] += row[key]
+        out.append({"service": service, **row})
+    out.append({"service": CHAIN, **chain})
+    return {"from": start, "to": end, "rows": out}

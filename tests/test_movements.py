@@ -58,6 +58,11 @@ def month(tmp_path: Path) -> Iterator[tuple[Ledger, Ledger, FakeClock, dict[str,
         d1 = a.debit(o, m1, amount=12000)  # 120 points
         a.refund(o, d1["id"], 5000)  # 50 points back
         a.correct(o, m1, "cash", 500, "typo")
+        p1 = a.sell_package(o, m1, "FOOT60", 3, 25000, pay="wechat")["id"]
+        p4 = a.sell_package(o, m4, "HAIR", 10, 50000, pay="cash")["id"]
+        a.debit(o, m1, service="FOOT60", pay="package", package=p1)
+        for _ in range(2):
+            a.debit(o, m4, service="HAIR", pay="package", package=p4)
         clock.advance_days(3)
         a.convert_points(o, m1, 50)  # 0.50 of bonus
         sync(a, b)
@@ -70,11 +75,12 @@ def month(tmp_path: Path) -> Iterator[tuple[Ledger, Ledger, FakeClock, dict[str,
         sync(a, b)
         clock.advance_days(30)  # 2026-02-03: February's own
         a.topup(o, m1, 1000)
+        a.debit(o, m1, service="FOOT60", pay="package", package=p1)
         clock.advance_days(5)  # 2026-02-08: January is due
         for ledger in (a, b, a, b):
             ledger.housekeeping()
             sync(a, b)
-        yield a, b, clock, {"m1": m1, "m2": m2, "m3": m3, "m4": m4}
+        yield a, b, clock, {"m1": m1, "m2": m2, "m3": m3, "m4": m4, "p1": p1, "p4": p4}
     finally:
         a.close()
         b.close()
@@ -216,3 +222,39 @@ def test_opening_and_movements_make_the_closing_over_random_operations(
     finally:
         for s in stores:
             s.close()
+
+
+def test_packages_unearned_value_ties_per_use_and_breaks_at_an_exit(
+        month: tuple[Ledger, Ledger, FakeClock, dict[str, str]]) -> None:
+    """Three foot massages for 250.00 (83.34, 83.33, 83.33: the remainder's fen on the
+    first uses) and ten haircuts for 500.00, two of them served before their member
+    left in January: the eight she left are recognised at her exit (breakage), the
+    massages one a month. Both branches alike; each row ties."""
+    a, b, _clock, _m = month
+    jan = movements.packages(a, "2026-01-01", "2026-01-31")
+    assert jan == movements.packages(b, "2026-01-01", "2026-01-31")
+    rows = {r["service"]: r for r in jan["rows"]}
+    assert rows["FOOT60"] == {
+        "service": "FOOT60", "packages": 1, "uses_sold": 3, "opening": 0, "sold": 25000,
+        "served_uses": 1, "served": 8334, "breakage_uses": 0, "breakage": 0,
+        "uses_left": 2, "closing": 16666, "check": 0}
+    assert rows["HAIR"] == {
+        "service": "HAIR", "packages": 1, "uses_sold": 10, "opening": 0, "sold": 50000,
+        "served_uses": 2, "served": 10000, "breakage_uses": 8, "breakage": 40000,
+        "uses_left": 0, "closing": 0, "check": 0}
+    assert rows["all"]["closing"] == 16666 and rows["all"]["sold"] == 75000
+    feb = {r["service"]: r for r in movements.packages(a, "2026-02-01", None)["rows"]}
+    assert (feb["FOOT60"]["opening"], feb["FOOT60"]["served"], feb["FOOT60"]["closing"]) == (
+        16666, 8333, 8333)
+    assert feb["HAIR"]["opening"] == 0 and feb["HAIR"]["breakage"] == 0
+    # From the first entry: sold = served + breakage + unearned, to the fen.
+    whole = {r["service"]: r for r in movements.packages(a)["rows"]}["all"]
+    assert whole["sold"] == whole["served"] + whole["breakage"] + whole["closing"]
+
+
+@pytest.mark.parametrize("amount,sold", [(25000, 3), (100, 7), (1, 3), (0, 2), (99999, 10)])
+def test_a_packages_uses_sum_to_what_was_paid(amount: int, sold: int) -> None:
+    each = [movements.use_value(k + 1, amount, sold) - movements.use_value(k, amount, sold)
+            for k in range(sold)]
+    assert sum(each) == amount == movements.use_value(sold, amount, sold)
+    assert max(each) - min(each) <= 1 and each == sorted(each, reverse=True)
