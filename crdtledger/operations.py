@@ -24,7 +24,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from crdtledger import audit, closing, localtime, membership, outbox, settlement, views
+from crdtledger import (
+    audit,
+    closing,
+    localtime,
+    membership,
+    movements,
+    outbox,
+    settlement,
+    views,
+)
 from crdtledger import bookings as booking_lib
 from crdtledger.auth import TooManyAttempts
 from crdtledger.bookings import BOOKING_STATUSES
@@ -1396,6 +1405,91 @@ def _show_balances(_ledger: Ledger, r: Any, _p: Params) -> str:
            result=BALANCES, show=_show_balances, table=closing.balance_rows)
 def report_balances(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
     return closing.member_balances(ledger, p.get("month"))
+
+
+MOVEMENT_ROW = {"type": "object",
+                "required": ["purse", "branch", "opening", *movements.LINES, "closing", "check"],
+                "properties": {"purse": {"type": "string", "enum": list(movements.PURSES)},
+                               "branch": {"type": "string",
+                                          "description": "a branch, or all: the chain"},
+                               **{k: INT for k in ("opening", *movements.LINES, "closing",
+                                                   "check")}}}
+MOVEMENT = {"type": "object", "required": ["rows"],
+            "properties": {"from": {"type": ["string", "null"]},
+                           "to": {"type": ["string", "null"]},
+                           "rows": {"type": "array", "items": MOVEMENT_ROW}}}
+PACKAGE_ROW = {"type": "object", "required": ["service", *movements.PACKAGE_FIGURES],
+               "properties": {"service": {"type": "string",
+                                          "description": "a service, or all: the chain"},
+                              **{k: INT for k in movements.PACKAGE_FIGURES}}}
+PACKAGES_VALUE = {"type": "object", "required": ["rows"],
+                  "properties": {"from": {"type": ["string", "null"]},
+                                 "to": {"type": ["string", "null"]},
+                                 "rows": {"type": "array", "items": PACKAGE_ROW}}}
+
+
+def _said(purse: str, n: int) -> str:
+    return str(n) if purse == "points" else format_yuan(n)
+
+
+def _show_movements(_ledger: Ledger, r: Any, _p: Params) -> str:
+    lines = [f"movement from {r['from'] or 'the first entry'} to {r['to'] or 'now'} "
+             "(stored value and bonus value in yuan, points counted)"]
+    for row in r["rows"]:
+        said = [f"{k} {_said(row['purse'], row[k])}" for k in movements.LINES if row[k]]
+        check = "ties" if row["check"] == 0 else f"DOES NOT TIE by {row['check']}"
+        lines.append(f"  {row['purse']:<6} {row['branch']:<6} opening "
+                     f"{_said(row['purse'], row['opening'])}  {', '.join(said) or 'no movement'}"
+                     f"  closing {_said(row['purse'], row['closing'])}  ({check})")
+    return "\n".join(lines)
+
+
+def movement_rows(r: Any) -> list[list[str]]:
+    return [["purse", "branch", "opening", *movements.LINES, "closing", "check"],
+            *([row["purse"], row["branch"], *(_said(row["purse"], row[k]) for k in (
+                "opening", *movements.LINES, "closing", "check"))] for row in r["rows"])]
+
+
+@operation("report.movements", "余额变动: the movement of a period of stored value, bonus value "
+           "and points, per branch and for the chain: opening, what came in and went out, "
+           "closing, and a check that they tie", needs=REPORTS,
+           http="GET /reports/movements", params=PERIOD, result=MOVEMENT,
+           show=_show_movements, table=movement_rows,
+           more="Opening and closing are the balances at the period's bounds (the chain's "
+                "days): at a month's bounds, the month end's (report balances).")
+def report_movements(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return movements.movement(ledger, p.get("from"), p.get("to"))
+
+
+def _show_packages(_ledger: Ledger, r: Any, _p: Params) -> str:
+    lines = [f"packages from {r['from'] or 'the first entry'} to {r['to'] or 'now'}"]
+    for row in r["rows"]:
+        check = "ties" if row["check"] == 0 else f"DOES NOT TIE by {row['check']}"
+        lines.append(
+            f"  {row['service']}: {row['packages']} packages, {row['uses_sold']} uses sold; "
+            f"unearned {format_yuan(row['opening'])}, sold {format_yuan(row['sold'])}, "
+            f"served {row['served_uses']} uses {format_yuan(row['served'])}, breakage "
+            f"{row['breakage_uses']} uses {format_yuan(row['breakage'])}, unearned "
+            f"{format_yuan(row['closing'])} for {row['uses_left']} uses ({check})")
+    return "\n".join(lines)
+
+
+def package_rows(r: Any) -> list[list[str]]:
+    uses = ("packages", "uses_sold", "served_uses", "breakage_uses", "uses_left")
+    return [["service", *movements.PACKAGE_FIGURES],
+            *([row["service"], *(str(row[k]) if k in uses else format_yuan(row[k])
+                                 for k in movements.PACKAGE_FIGURES)] for row in r["rows"])]
+
+
+@operation("report.packages", "套餐未消费: per service, the package uses sold and not yet "
+           "served and their value at what was paid per use, and the value recognised in "
+           "the period (uses served, and uses left at a member's exit)", needs=REPORTS,
+           http="GET /reports/packages", params=PERIOD, result=PACKAGES_VALUE,
+           show=_show_packages, table=package_rows,
+           more="A package's price is split over its uses in whole fen, the remainder one "
+                "fen each on the first uses served, so its uses sum to its price.")
+def report_packages(ledger: Ledger, operator: str, p: Params) -> dict[str, Any]:
+    return movements.packages(ledger, p.get("from"), p.get("to"))
 
 
 def _show_ranking(_ledger: Ledger, rows: Any, p: Params) -> str:

@@ -24,7 +24,7 @@ from typing import Any, cast
 
 from nicegui import events, run, ui
 
-from crdtledger import audit, closing, localtime, operations, settlement, views
+from crdtledger import audit, closing, localtime, movements, operations, settlement, views
 from crdtledger.errors import (
     ForeignChain,
     LedgerError,
@@ -886,6 +886,142 @@ def settlement_page() -> None:
                     for label, f in shown]
             ui.table(columns=columns, rows=rows, row_key="branch").props(
                 "flat dense wrap-cells").classes("w-full")
+
+    follow_period(state, start_in, end_in, body)
+
+
+# --- movement of a period and packages' unearned value ----------------------------------
+
+
+def movement_labels() -> dict[str, str]:
+    """The lines of `crdtledger report movements` as the counter names them."""
+    return {
+        "opening": tr("期初余额", "Opening"), "topups": tr("充值（含赠送）", "Top-ups"),
+        "earned": tr("消费得积分", "Earned on sales"),
+        "rewards": tr("奖励与签到", "Rewards and check-ins"), "refunds": tr("退款", "Refunds"),
+        "corrected_in": tr("调增", "Corrected up"), "spent": tr("消费", "Spent"),
+        "converted": tr("积分转换", "Converted"), "expired": tr("过期", "Expired"),
+        "exits": tr("退会", "Taken by exits"), "corrected_out": tr("调减", "Corrected down"),
+        "merges": tr("合并会员", "Merges"), "transfers": tr("分店调拨", "Moved between branches"),
+        "other": tr("其他", "Other"), "closing": tr("期末余额", "Closing"),
+        "check": tr("核对（期初＋变动－期末）", "Check (opening + lines - closing)"),
+    }
+
+
+def package_labels() -> dict[str, str]:
+    return {
+        "packages": tr("套餐数", "Packages"), "uses_sold": tr("售出次数", "Uses sold"),
+        "opening": tr("期初未消费", "Unearned at start"), "sold": tr("本期售出", "Sold"),
+        "served_uses": tr("本期消费次数", "Uses served"),
+        "served": tr("本期消费确认", "Recognised (served)"),
+        "breakage_uses": tr("退会未用次数", "Uses left at exits"),
+        "breakage": tr("退会确认", "Recognised (exits)"),
+        "uses_left": tr("剩余次数", "Uses left"), "closing": tr("期末未消费", "Unearned at end"),
+        "check": tr("核对", "Check"),
+    }
+
+
+PURSE_NAMES = {"cash": ("储值", "Stored value"), "bonus": ("赠送金额", "Bonus value"),
+               "points": ("积分", "Points")}
+
+
+def _figure(purse: str, n: int) -> str:
+    return str(n) if purse == "points" else money(n)
+
+
+def movements_csv(ledger: Ledger, start: str, end: str) -> bytes:
+    """The same figures as `crdtledger report movements --csv`, branches by name."""
+    r = movements.movement(ledger, start or None, end or None)
+    labels = movement_labels()
+    keys = ("opening", *movements.LINES, "closing", "check")
+    return csv_bytes(
+        [tr("余额", "Purse"), tr("分店", "Branch"), *(labels[k] for k in keys)],
+        [[tr(*PURSE_NAMES[row["purse"]]), tr("合计", "Total") if row["branch"] == movements.CHAIN
+          else shop().branch_name(row["branch"]),
+          *(str(row[k]) if row["purse"] == "points" else yuan(row[k]) for k in keys)]
+         for row in r["rows"]])
+
+
+def packages_csv(ledger: Ledger, start: str, end: str) -> bytes:
+    """`crdtledger report packages --csv`, services by name."""
+    r = movements.packages(ledger, start or None, end or None)
+    labels, money_keys = package_labels(), ("opening", "sold", "served", "breakage",
+                                            "closing", "check")
+    return csv_bytes(
+        [tr("服务项目", "Service"), *(labels[k] for k in movements.PACKAGE_FIGURES)],
+        [[tr("合计", "Total") if row["service"] == movements.CHAIN
+          else service_label(row["service"]),
+          *(yuan(row[k]) if k in money_keys else str(row[k])
+            for k in movements.PACKAGE_FIGURES)] for row in r["rows"]])
+
+
+def movements_page() -> None:
+    ledger = shop().ledger
+    today = ledger.today()
+    state = {"start": today[:8] + "01", "end": today}
+    with ui.row().classes("items-center gap-4"):
+        start_in = date_field(tr("从", "From"), state["start"]).mark("movements-from")
+        end_in = date_field(tr("到", "To"), state["end"]).mark("movements-to")
+        export_button(tr("导出余额变动", "Export movements"), lambda: (
+            movements_csv(ledger, state["start"], state["end"]),
+            f"movements-{state['start']}-{state['end']}.csv"), "export-movements")
+        export_button(tr("导出套餐未消费", "Export packages"), lambda: (
+            packages_csv(ledger, state["start"], state["end"]),
+            f"packages-{state['start']}-{state['end']}.csv"), "export-packages")
+    ui.label(tr("期初与期末为该时点各分店持有的余额，月初月末与月结余额一致；分店调拨与合并会员在全连锁合计为零。"
+                "套餐按实付金额平摊到每次（分的余数计入最先消费的几次），退会会员未用的次数在退会时确认。",
+                "Opening and closing are the balances held at the period's bounds (at a "
+                "month's, the month end's); moves between branches and merges net to zero "
+                "for the chain. A package's price is split over its uses (the remainder's "
+                "fen on the first uses); uses a member leaves at her exit are recognised "
+                "then.")).classes("text-sm text-grey-7 max-w-3xl")
+
+    @ui.refreshable
+    @guarded("reports.view")
+    def body() -> None:
+        try:
+            r = movements.movement(ledger, state["start"] or None, state["end"] or None)
+            pk = movements.packages(ledger, state["start"] or None, state["end"] or None)
+        except LedgerError as e:
+            ui.label(shop().refusal(e)).classes("text-negative")
+            return
+        labels = movement_labels()
+        for purse in movements.PURSES:
+            rows = [row for row in r["rows"] if row["purse"] == purse]
+            heads = [tr("合计", "Total") if row["branch"] == movements.CHAIN
+                     else shop().branch_name(row["branch"]) for row in rows]
+            keys = ["opening", *(k for k in movements.LINES if any(row[k] for row in rows)),
+                    "closing", "check"]
+            with ui.card().classes("w-full"):
+                ui.label(tr(*PURSE_NAMES[purse])).classes("text-lg font-medium")
+                ui.table(columns=[
+                    {"name": "line", "label": "", "field": "line", "align": "left"},
+                    *({"name": f"b{i}", "label": h, "field": f"b{i}", "align": "right"}
+                      for i, h in enumerate(heads))],
+                    rows=[{"key": k, "line": labels[k],
+                           **{f"b{i}": ("✓" if not row[k] else "✗ " + _figure(purse, row[k]))
+                              if k == "check" else _figure(purse, row[k])
+                              for i, row in enumerate(rows)}} for k in keys],
+                    row_key="key").props("flat dense").classes("w-full").mark(
+                        f"movements-{purse}")
+        plabels = package_labels()
+        with ui.card().classes("w-full"):
+            ui.label(tr("套餐未消费（预收）", "Packages: unearned value")
+                     ).classes("text-lg font-medium")
+            money_keys = ("opening", "sold", "served", "breakage", "closing")
+            ui.table(columns=[
+                {"name": "service", "label": tr("服务项目", "Service"), "field": "service",
+                 "align": "left"},
+                *({"name": k, "label": plabels[k], "field": k, "align": "right"}
+                  for k in movements.PACKAGE_FIGURES)],
+                rows=[{"service": tr("合计", "Total") if row["service"] == movements.CHAIN
+                       else service_label(row["service"]),
+                       **{k: money(row[k]) if k in money_keys else
+                          ("✓" if not row[k] else "✗ " + money(row[k])) if k == "check"
+                          else row[k] for k in movements.PACKAGE_FIGURES}}
+                      for row in pk["rows"]],
+                row_key="service").props("flat dense").classes("w-full").mark(
+                    "movements-packages")
 
     follow_period(state, start_in, end_in, body)
 
@@ -1760,6 +1896,8 @@ def register() -> None:
         ("/office/topups", "充值收款", "Top-up receipts", "reports.view", "savings", topups_page),
         ("/office/settlement", "分店结算", "Settlement", "reports.view", "handshake",
          settlement_page),
+        ("/office/movements", "余额变动", "Movements", "reports.view", "swap_vert",
+         movements_page),
         ("/office/members", "会员资料", "Member data", "reports.view", "badge", members_page),
         ("/office/audit", "操作日志", "Audit trail", "audit.view", "policy", audit_page),
         ("/office/duplicates", "重复会员", "Duplicate members", "member.merge", "merge",
