@@ -164,6 +164,8 @@ SAMPLES: dict[str, Callable[[Shop], Params]] = {
     "report.books": lambda s: {},
     "report.balances": lambda s: {},
     "report.ranking": lambda s: {"by": "services", "limit": 3},
+    "report.movements": lambda s: {},
+    "report.packages": lambda s: {},
     "rule.show": lambda s: {"kind": "services"},
     "rule.set": lambda s: {"kind": "promotions",
                            "body": [{"min": 100000, "bonus": 10000, "name": "满千送百"}]},
