@@ -25,14 +25,14 @@ MANAGER = ("manager1", "manager-secret")
 
 # Every page a cashier's role does not open (reference_app.backoffice, admin).
 OFFICE_PAGES = ["/office", "/office/ranking", "/office/goods", "/office/topups",
-                "/office/settlement", "/office/members", "/office/audit",
+                "/office/settlement", "/office/movements", "/office/members", "/office/audit",
                 "/office/duplicates"]
 ADMIN_PAGES = ["/admin/operators", "/admin/roles", "/admin/services", "/admin/levels",
                "/admin/promotions", "/admin/branches", "/admin/payments",
                "/admin/corrections"]
 # What none of those pages may hand a cashier: their controls and downloads.
-CONTROLS = ["export-members", "erase-query", "erase", "corr-query", "corr-submit",
-            "sync-export", "sync-import", "backup", "audit"]
+CONTROLS = ["export-members", "export-movements", "export-packages", "erase-query", "erase",
+            "corr-query", "corr-submit", "sync-export", "sync-import", "backup", "audit"]
 
 
 async def log_out_in_another_tab(app: CounterApp) -> None:
