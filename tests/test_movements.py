@@ -80,7 +80,7 @@ def month(tmp_path: Path) -> Iterator[tuple[Ledger, Ledger, FakeClock, dict[str,
         for ledger in (a, b, a, b):
             ledger.housekeeping()
             sync(a, b)
-        yield a, b, clock, {"m1": m1, "m2": m2, "m3": m3, "m4": m4, "p1": p1, "p4": p4}
+        yield a, b, clock, {"m1": m1, "m2": m2, "m3": m3, "m4": m4, "p1": p1, "p4": p4, "mgr": mgr}
     finally:
         a.close()
         b.close()
@@ -258,3 +258,19 @@ def test_a_packages_uses_sum_to_what_was_paid(amount: int, sold: int) -> None:
             for k in range(sold)]
     assert sum(each) == amount == movements.use_value(sold, amount, sold)
     assert max(each) - min(each) <= 1 and each == sorted(each, reverse=True)
+
+
+def test_a_member_back_after_her_exit_owes_her_uses_again(
+        month: tuple[Ledger, Ledger, FakeClock, dict[str, str]]) -> None:
+    """The haircuts' member comes back in February: the eight uses recognised at her
+    exit in January are unearned again (a negative breakage), January's figures as
+    they were, and both months tie."""
+    a, _b, _clock, m = month
+    mgr = m["mgr"]
+    jan = movements.packages(a, "2026-01-01", "2026-01-31")
+    a.decide_exit(mgr, a.apply_exit(a.owner, m["m4"], "回来了", step="return")["application"])
+    assert movements.packages(a, "2026-01-01", "2026-01-31") == jan
+    feb = {r["service"]: r for r in movements.packages(a, "2026-02-01", None)["rows"]}
+    assert (feb["HAIR"]["opening"], feb["HAIR"]["breakage_uses"], feb["HAIR"]["breakage"],
+            feb["HAIR"]["uses_left"], feb["HAIR"]["closing"], feb["HAIR"]["check"]) == (
+        0, -8, -40000, 8, 40000, 0)
