@@ -274,3 +274,21 @@ def test_a_member_back_after_her_exit_owes_her_uses_again(
     assert (feb["HAIR"]["opening"], feb["HAIR"]["breakage_uses"], feb["HAIR"]["breakage"],
             feb["HAIR"]["uses_left"], feb["HAIR"]["closing"], feb["HAIR"]["check"]) == (
         0, -8, -40000, 8, 40000, 0)
+
+
+def test_a_periods_days_are_the_chains_days(tmp_path: Path) -> None:
+    """A top-up at 23:50 on 31 January in Shanghai (15:50 UTC) is January's, one at
+    00:10 on 1 February (16:10 UTC on the 31st) February's, as every report reads them."""
+    clock = FakeClock(1_767_225_600_000 + 30 * DAY_MS + 15 * 3_600_000 + 50 * 60_000)
+    a = new_ledger(tmp_path, "SH01", now_ms=clock)
+    try:
+        m = a.add_member(a.owner, name="王芳", phone="13800000001")
+        a.topup(a.owner, m, 1000)
+        clock.ms += 20 * 60_000
+        a.topup(a.owner, m, 2000)
+        jan = rows_of(movements.movement(a, "2026-01-31", "2026-01-31"))[("cash", "all")]
+        feb = rows_of(movements.movement(a, "2026-02-01", "2026-02-01"))[("cash", "all")]
+        assert (jan["topups"], jan["closing"]) == (1000, 1000)
+        assert (feb["opening"], feb["topups"], feb["closing"]) == (1000, 2000, 3000)
+    finally:
+        a.close()
