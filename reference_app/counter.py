@@ -50,14 +50,17 @@ AT_COUNTER = ", at the counter's login page"  # where a refused login was typed 
 
 
 def register() -> None:
+    # `undone`: a write confirmed on a page whose session had ended (Counter.on_duty).
     @ui.page("/login")
-    def login_page() -> None:
-        _login()
+    def login_page(undone: str = "") -> None:
+        _login(bool(undone))
 
     @ui.page("/")
-    def counter_page() -> None:
+    def counter_page(undone: str = "") -> None:
         with frame(tr("收银台", "Counter")):
             Counter()
+            if undone:
+                _say_undone()
 
 
 # The most units of one line a box takes (a package's uses, goods, services).
@@ -99,14 +102,36 @@ def _quantity_line(preview: ui.label, n: int | None) -> None:
 # --- login ----------------------------------------------------------------------
 
 
-def _login() -> None:
+def _undone() -> str:
+    return tr("刚才确认的操作没有执行：这一页的登录已经结束（在另一个标签页退出或换了操作员，"
+              "或密码已重置）。请核对会员后重新操作。",
+              "What you just confirmed was not done: this page's login had ended (logged "
+              "out or another operator logged in in another tab, or the password was "
+              "reset). Check the member and do it again.")
+
+
+def _say_undone() -> None:
+    """Said where a page whose session ended sent its cashier: the page went to the
+    login, or to the counter of whoever logged in meanwhile, without a word, and the
+    top-up just confirmed there (the money perhaps taken) was never written. The
+    address loses its mark, so a reload does not say it again."""
+    ui.notification(_undone(), type="warning", multi_line=True, close_button=True,
+                    timeout=None)
+    ui.run_javascript("history.replaceState(null, '', location.pathname)")
+
+
+def _login(undone: bool = False) -> None:
     s = shop()
     ui.colors(primary=PRIMARY)
     if operator() is not None:
-        ui.navigate.to("/")
+        ui.navigate.to("/?undone=1" if undone else "/")
         return
     with ui.card().classes("mx-auto mt-24 w-96 p-8 gap-4"):
         ui.label(s.branch_name(s.node.node_id)).classes("text-2xl font-bold")
+        if undone:
+            ui.label(_undone()).classes("text-orange-900 bg-orange-1 p-2 rounded") \
+                .mark("login-undone")
+            ui.run_javascript("history.replaceState(null, '', location.pathname)")
         ui.label(tr("请登录", "Please log in")).classes("text-gray-600")
         name = ui.input(tr("工号 / 姓名", "Operator name")).props("autofocus outlined") \
             .classes("w-full").mark("login-name")
@@ -293,13 +318,14 @@ class Counter:
             self.consume_dialog(service=key)
         return True
 
-    def on_duty(self) -> bool:
+    def on_duty(self, acting: bool = False) -> bool:
         """Whether this page's operator is still the one logged in in this browser. A tab
         left open after a logout in another tab, a password reset or a deactivation
-        neither shows members nor writes as its operator: it goes to the login."""
+        neither shows members nor writes as its operator: it goes to the login, which
+        says that what was being confirmed (`acting`) was not done."""
         if self.op and operator() == self.op:
             return True
-        ui.navigate.to("/login")
+        ui.navigate.to("/login?undone=1" if acting else "/login")
         return False
 
     def swipe(self, card_no: str) -> None:
@@ -626,7 +652,7 @@ class Counter:
                   explain: Callable[[LedgerError], str | None] | None = None) -> T | None:
         """One write: refused → the sentence (also in the dialog), nothing else happens.
         `explain`: a sentence of the dialog's own for a refusal, where it knows more."""
-        if not self.on_duty():
+        if not self.on_duty(acting=True):
             return None
         try:
             result = await self.shop.run(op, name)
