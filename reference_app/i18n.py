@@ -58,7 +58,8 @@ def parse_money(text: object) -> int:
     So does anything but text (a box set to a list by a hand-made socket event)."""
     if not isinstance(text, str):
         raise InvalidAmount("an amount is typed as text, like 12.50")
-    amount = text.strip().lstrip("¥")
+    # ¥ as on a price tag, or ￥ (full width) as a Chinese input method types it.
+    amount = text.strip().lstrip("¥￥")
     if "," in amount:
         if not _GROUPED.match(amount):
             raise InvalidAmount(f"amount {text!r} is not like 1,234.50 (a comma separates "

@@ -83,6 +83,18 @@ async def test_an_amount_grouped_in_thousands_is_taken(counter_app: CounterApp) 
     assert app.ledger.balance(a)["cash"] == 123450
 
 
+@pytest.mark.parametrize("typed", ["¥12", "￥12", "￥ 12.00"])
+async def test_an_amount_with_the_yuan_sign_is_taken(counter_app: CounterApp,
+                                                      typed: str) -> None:
+    """"¥12" was taken, but "￥12", the sign a Chinese input method types, was refused as
+    no amount like 12.34."""
+    app = counter_app
+    a = await swiped(app)
+    await in_dialog(app, "topup", "amount", typed, "topup-ok")
+    await app.user.should_see("已充值 ¥12.00")
+    assert app.ledger.balance(a)["cash"] == 1200
+
+
 @pytest.mark.parametrize("typed", ["²", "１２", "٣"])
 async def test_points_in_other_digits_are_refused(counter_app: CounterApp, typed: str) -> None:
     """str.isdigit() took them: "²" then failed in int() and the cashier saw nothing,
