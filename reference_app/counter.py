@@ -1042,7 +1042,13 @@ class Counter:
         member, card, pin = self.member, self.card_no, self.pin
         ledger = self.shop.ledger
         promotions = sorted(ledger.rule("promotions"), key=lambda p: int(p["min"]))
-        limit = int(ledger.rule("approval")["topup_limit"])
+
+        def limit() -> int:
+            """Read at each look: a lower limit that took effect while the dialog was
+            open (head office's, or a version from midnight) was asked for by the
+            library, and the dialog kept its approver's boxes hidden."""
+            return int(ledger.rule("approval")["topup_limit"])
+
         seen = self.terms("promotions")  # a top-up's bonus: the level prices nothing
         d, body, error = self.dialog(tr("充值", "Top up") + self._who())
         with body:
@@ -1062,17 +1068,17 @@ class Counter:
             method = ui.radio(methods, value=next(iter(methods))).props("inline") \
                 .mark("topup-pay")
             preview = ui.label().classes("text-lg").mark("preview")
-            approval, approver, approver_pw = self.approver_boxes(tr(
-                "超过 {limit}，需要审批人：", "Above {limit}: an approver must confirm:",
-                limit=money(limit)))
+            approval, above, approver, approver_pw = self.approver_boxes("")
 
             def parsed() -> int | None:
                 return _money_or_none(amount.value)
 
             def update() -> None:
-                fen = parsed()
-                needs_approval = fen is not None and fen > limit
-                approval.set_visibility(needs_approval)
+                fen, most = parsed(), limit()
+                above.set_text(tr("超过 {limit}，需要审批人：",
+                                  "Above {limit}: an approver must confirm:",
+                                  limit=money(most)))
+                approval.set_visibility(fen is not None and fen > most)
                 if fen is None:
                     preview.set_text("")
                     return
@@ -1100,21 +1106,23 @@ class Counter:
                     "topup", lambda e: tr("已充值 {cash}，赠送 {bonus}", "Topped up {cash}, "
                                           "bonus {bonus}", cash=money(fen),
                                           bonus=money(int(e.get("bonus", 0)))), error)
-                if done is not None:
-                    d.close()
-                    await self.print_receipt(str(done["id"]))
+                if done is None:
+                    update()  # the boxes, should the limit have changed
+                    return
+                d.close()
+                await self.print_receipt(str(done["id"]))
 
             self.buttons(d, tr("确认充值", "Confirm top-up"), confirm, "topup-ok")
 
-    def approver_boxes(self, say: str) -> tuple[ui.column, ui.input, ui.input]:
+    def approver_boxes(self, say: str) -> tuple[ui.column, ui.label, ui.input, ui.input]:
         """An approver's name and password, under `say`, in a dialog being built."""
         with ui.column().classes("w-full gap-1") as approval:
-            ui.label(say).classes("text-sm text-orange-800")
+            said = ui.label(say).classes("text-sm text-orange-800")
             approver = ui.input(tr("审批人", "Approver")).props("outlined dense") \
                 .classes("w-full").mark("approver")
             approver_pw = ui.input(tr("审批人密码", "Approver's password"), password=True) \
                 .props("outlined dense").classes("w-full").mark("approver-password")
-        return approval, approver, approver_pw
+        return approval, said, approver, approver_pw
 
     def package_dialog(self) -> None:
         """计次卡: uses of a service, paid from the card or at the till."""
@@ -1137,7 +1145,7 @@ class Counter:
             # Far below the list, the library may want an approver (what this cashier's
             # packages gave away today, past the top-up limit), and above the list it
             # always does: the boxes are offered.
-            approval, approver, approver_pw = self.approver_boxes(tr(
+            approval, _said, approver, approver_pw = self.approver_boxes(tr(
                 "低于标价一半（超出当日限额）或高于标价：需要审批人", "Under half the list "
                 "price (past the day's limit) or above it: an approver must confirm"))
 

@@ -362,3 +362,30 @@ async def test_an_edit_of_a_member_merged_meanwhile_is_refused(
     app.user.find(marker="edit-ok").click()
     await app.user.should_see("资料已保存")
     assert app.ledger.member(other)["notes"] == "喜欢安静"
+
+
+async def test_a_top_up_limit_lowered_while_its_dialog_is_open_offers_the_approver(
+        counter_app: CounterApp) -> None:
+    """The dialog read the limit (¥5,000.00) as it opened and hid the approver's boxes for
+    ¥3,000.00; head office lowered it to ¥2,000.00 meanwhile (or a version took effect
+    at midnight): the library asked for an approver the dialog gave no boxes for, and
+    said "超过 ¥5,000.00" still."""
+    app = counter_app
+    mid = member_with_card(app)
+    await app.login(*CASHIER)
+    await swipe(app)
+    app.user.find(marker="topup").click()
+    app.user.find(marker="amount").type("3000")
+    await app.user.should_see("收款 ¥3,000.00")
+    await app.user.should_not_see(marker="approver")
+    app.ledger.set_rule(app.node_owner, "approval",
+                        {**app.ledger.rule("approval"), "topup_limit": 200000})
+    app.user.find(marker="topup-ok").click()
+    await app.user.should_see("需要有审批权限的人")
+    assert app.ledger.balance(mid)["cash"] == 0
+    await app.user.should_see("超过 ¥2,000.00，需要审批人：")
+    app.user.find(marker="approver").type(OWNER[0])
+    app.user.find(marker="approver-password").type(OWNER[1])
+    app.user.find(marker="topup-ok").click()
+    await app.user.should_see("已充值 ¥3,000.00")
+    assert app.ledger.balance(mid)["cash"] == 300000
