@@ -603,6 +603,35 @@ class Counter:
             return run()
         return op
 
+    def entries_of(self, member: str) -> set[str]:
+        """The ids of `member`'s last entries, as a dialog opens (not_twice)."""
+        return {str(e["id"]) for e in self.shop.ledger.history(member, limit=HISTORY_READ)}
+
+    def not_twice(self, run: Callable[[], T], member: str | None, seen: set[str],
+                  **same: Any) -> Callable[[], T]:
+        """`run`, refused if this operator wrote the same for `member` (an entry with the
+        fields `same`) since the dialog opened (`seen`: entries_of then), judged as the
+        node runs it. Two tabs of one till, each with its dialog on the same sale: both
+        confirmed, a top-up paid once at the till went on the card twice and a service
+        was charged twice. Another operator's is another till's customer (one card, a
+        couple), as before. Meant twice, the dialog opened again takes it."""
+        if member is None:
+            return run
+
+        def op() -> T:
+            for e in self.shop.ledger.history(member, limit=HISTORY_READ):
+                if str(e["id"]) not in seen and e.get("op") == self.op \
+                        and all(e.get(k) == v for k, v in same.items()):
+                    raise TermsChanged(tr(
+                        "您刚刚在另一个页面给这位会员做了同样的一笔（{what} {amount}）：这一笔"
+                        "没有执行，以免重复。确实要再做一笔的话，请关闭后重新打开再确认。",
+                        "You did the same for this member on another page just now ({what} "
+                        "{amount}): this one was not done, so nothing is done twice. To do "
+                        "it again, close this and open it again.",
+                        what=_describe(self.shop, e), amount=_entry_amount(e)[0]))
+            return run()
+        return op
+
     def _cards_held(self, member: str) -> dict[str, str]:
         """The member's cards in use (active or lost; a merged member's survivor's, as
         the library issues to it): id -> number."""
@@ -777,6 +806,7 @@ class Counter:
         with_package = coupon is None and any(p["service"] == service
                                               for p in packages.values())
         card, pin = (self.card_no, self.pin) if member else (None, None)
+        before = self.entries_of(member) if member else set()
         d, body, error = self.dialog(tr("消费", "Consume a service") + (
             self._who() if member else tr(" — 散客", " — walk-in customer")))
         with body:
@@ -854,7 +884,8 @@ class Counter:
                 payer = self._payer(member, card, pin) if member else {}
                 sale = self.shop.operation(self.op, "debit", service=code, qty=n, pay=how,
                                            coupon=cid, **payer)
-                sale = self.held_by(sale, member, card)
+                sale = self.not_twice(self.held_by(sale, member, card), member, before,
+                                      kind="debit", service=code, qty=n, pay=how)
                 done = await self.act(
                     self.priced(sale, seen_uses, "services", "earn", service=code)
                     if how == "package"
@@ -879,6 +910,7 @@ class Counter:
         member = None if walk_in else self.member
         seen = self.terms("earn", goods=True, level=member)
         card, pin = (self.card_no, self.pin) if member else (None, None)
+        before = self.entries_of(member) if member else set()
         d, body, error = self.dialog(tr("商品销售", "Sell goods") + (
             self._who() if member else tr(" — 散客", " — walk-in customer")))
         with body:
@@ -948,9 +980,10 @@ class Counter:
                 payer = self._payer(member, card, pin) if member else {}
                 cid = (ticket.value or None) if ticket is not None else None
                 done = await self.act(
-                    self.priced(self.held_by(self.shop.operation(
+                    self.priced(self.not_twice(self.held_by(self.shop.operation(
                         self.op, "sell", goods=c, qty=n, pay=how, coupon=cid, **payer),
-                        member, card), seen, "earn", goods=c, level=member),
+                        member, card), member, before, kind="debit", goods=c, qty=n),
+                        seen, "earn", goods=c, level=member),
                     "sell", lambda e: tr("已售 {what} ×{n}，实收 {paid}", "Sold {what} ×{n}, "
                                          "paid {paid}", what=self.shop.goods_name(c), n=n,
                                          paid=money(int(e["amount"]))), error,
@@ -1050,6 +1083,7 @@ class Counter:
             return int(ledger.rule("approval")["topup_limit"])
 
         seen = self.terms("promotions")  # a top-up's bonus: the level prices nothing
+        before = self.entries_of(member)
         d, body, error = self.dialog(tr("充值", "Top up") + self._who())
         with body:
             amount = ui.input(tr("金额（元）", "Amount (yuan)"), placeholder="100.00") \
@@ -1099,10 +1133,11 @@ class Counter:
                     self.refused(e, error, fixed=lambda: parsed() is not None)
                     return
                 done = await self.act(
-                    self.priced(self.held_by(self.shop.operation(
+                    self.priced(self.not_twice(self.held_by(self.shop.operation(
                         self.op, "topup", amount=fen, pay=str(method.value),
                         approver=_approval(approval, approver, approver_pw),
-                        **self._payer(member, card, pin)), member, card), seen, "promotions"),
+                        **self._payer(member, card, pin)), member, card), member, before,
+                        kind="topup", amount=fen), seen, "promotions"),
                     "topup", lambda e: tr("已充值 {cash}，赠送 {bonus}", "Topped up {cash}, "
                                           "bonus {bonus}", cash=money(fen),
                                           bonus=money(int(e.get("bonus", 0)))), error)
@@ -1130,6 +1165,7 @@ class Counter:
         member, card, pin = self.member, self.card_no, self.pin
         services: dict[str, Any] = self.shop.ledger.rule("services")
         methods = self.shop.pay_methods()
+        before = self.entries_of(member)
         d, body, error = self.dialog(tr("售套餐", "Sell a package") + self._who())
         with body:
             svc = ui.select({code: str(v.get("name", code)) for code, v in services.items()},
@@ -1176,10 +1212,11 @@ class Counter:
                 if code is None or how is None:
                     return
                 done = await self.act(
-                    self.held_by(self.shop.operation(
+                    self.not_twice(self.held_by(self.shop.operation(
                         self.op, "package.sell", service=code, uses=n, price=fen, pay=how,
                         approver=_approval(approval, approver, approver_pw),
-                        **self._payer(member, card, pin)), member, card),
+                        **self._payer(member, card, pin)), member, card), member, before,
+                        kind="package", service=code, qty=n),
                     "package", lambda _e: tr("已售套餐 {what} ×{n}", "Sold {what} ×{n}",
                                              what=self.shop.service_name(code), n=n), error,
                     lambda e: self.shop.short_of_stored(e, member))

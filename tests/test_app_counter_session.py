@@ -14,6 +14,7 @@ from helpers import snapshot
 from nicegui.testing.user import User
 from test_app_counter import member_with_card, swipe
 from test_app_counter_stale import open_dialog
+from test_app_shop import with_goods
 from test_app_tills import login
 
 pytestmark = pytest.mark.asyncio
@@ -82,3 +83,62 @@ async def test_a_page_whose_session_ended_unseen_says_nothing_was_undone(
     app.user.find(marker="search-go").click()
     await app.user.should_see(marker="login")
     await app.user.should_not_see(marker="login-undone")
+
+
+
+async def open_in(tab: User, what: str) -> str:
+    """`what`'s dialog opened in `tab` on the member on screen, filled in; its confirm."""
+    if what == "topup":
+        tab.find(marker="topup").click()
+        tab.find(marker="amount").type("100")
+        return "topup-ok"
+    if what == "consume":
+        tab.find(marker="consume").click()
+        return "consume-ok"
+    if what == "goods":
+        tab.find(marker="sell-goods").click()
+        return "goods-ok"
+    tab.find(marker="sell-package").click()
+    tab.find(marker="package-price").type("300.00")
+    tab.find(marker="package-pay").elements.pop().set_value("stored")
+    return "package-ok"
+
+
+DONE = {"topup": "已充值 ¥100.00", "consume": "已消费", "package": "已售套餐",
+        "goods": "已售 精油 ×1"}
+
+
+def books(app: CounterApp, member: str) -> tuple[dict[str, object], int]:
+    return app.ledger.balance(member), len(app.ledger.history(member, limit=100))
+
+
+@pytest.mark.parametrize("what", ["topup", "consume", "package", "goods"])
+async def test_the_same_sale_confirmed_in_two_tabs_is_done_once(
+        counter_app: CounterApp, what: str) -> None:
+    """One cashier, two tabs of one browser, each with its dialog open on the same sale
+    for the same member: both confirmed, the card took a top-up paid once at the till
+    twice (or the member paid for a service twice). The second is refused with a
+    sentence; opened again, it is taken (a second one meant)."""
+    app = counter_app
+    mid = member_with_card(app, cash=100000)
+    with_goods(app)
+    await app.login(*CASHIER)
+    await swipe(app)
+    tab = await second_tab(app)
+    tab.find(marker="search").type("13812345678")
+    tab.find(marker="search-go").click()
+    await tab.should_see(marker="member-name")
+    ok = await open_in(app.user, what)
+    await open_in(tab, what)
+    before = books(app, mid)
+    app.user.find(marker=ok).click()
+    await app.user.should_see(DONE[what])
+    once = books(app, mid)
+    assert once[1] == before[1] + 1
+    tab.find(marker=ok).click()
+    await tab.should_see("您刚刚在另一个页面给这位会员做了同样的一笔")
+    assert books(app, mid) == once
+    await open_in(tab, what)
+    tab.find(marker=ok).click()
+    await tab.should_see(DONE[what])
+    assert books(app, mid)[1] == once[1] + 1
