@@ -30,7 +30,7 @@ from nicegui.elements.mixins.value_element import ValueElement
 from crdtledger import audit, localtime, views
 from crdtledger.auth import verify_login
 from crdtledger.coupons import discount as coupon_discount
-from crdtledger.errors import InvalidAmount, LedgerError, NotFound
+from crdtledger.errors import ApprovalRequired, InvalidAmount, LedgerError, NotFound
 from crdtledger.model import ID
 from crdtledger.money import apply_rate, given_away, points_for
 from crdtledger.payments import refund_whole
@@ -1103,6 +1103,10 @@ class Counter:
                 .mark("topup-pay")
             preview = ui.label().classes("text-lg").mark("preview")
             approval, above, approver, approver_pw = self.approver_boxes("")
+            # The library counts what this cashier topped up for the member today
+            # without an approver: past the limit together, it asks for one whatever
+            # this amount, and the boxes, shown only above the limit, were never offered.
+            asked: list[bool] = [False]
 
             def parsed() -> int | None:
                 return _money_or_none(amount.value)
@@ -1111,8 +1115,12 @@ class Counter:
                 fen, most = parsed(), limit()
                 above.set_text(tr("超过 {limit}，需要审批人：",
                                   "Above {limit}: an approver must confirm:",
-                                  limit=money(most)))
-                approval.set_visibility(fen is not None and fen > most)
+                                  limit=money(most)) if fen is None or fen > most else
+                               tr("今天为这位会员充值的累计超过 {limit}，需要审批人：",
+                                  "Above {limit} topped up for this member today: an "
+                                  "approver must confirm:", limit=money(most)))
+                approval.set_visibility(fen is not None and (fen > most or asked[0]))
+
                 if fen is None:
                     preview.set_text("")
                     return
@@ -1121,6 +1129,9 @@ class Counter:
                 preview.set_text(tr("收款 {cash}，赠送 {bonus}，卡内增加 {total}",
                                     "Take {cash}, bonus {bonus}, the card gets {total}",
                                     cash=money(fen), bonus=money(bonus), total=money(fen + bonus)))
+
+            def approval_asked(e: LedgerError) -> None:
+                asked[0] = asked[0] or isinstance(e, ApprovalRequired)
 
             amount.on_value_change(update)
             update()
@@ -1140,9 +1151,10 @@ class Counter:
                         kind="topup", amount=fen), seen, "promotions"),
                     "topup", lambda e: tr("已充值 {cash}，赠送 {bonus}", "Topped up {cash}, "
                                           "bonus {bonus}", cash=money(fen),
-                                          bonus=money(int(e.get("bonus", 0)))), error)
+                                          bonus=money(int(e.get("bonus", 0)))), error,
+                    approval_asked)
                 if done is None:
-                    update()  # the boxes, should the limit have changed
+                    update()  # the boxes, if the library asked for an approver
                     return
                 d.close()
                 await self.print_receipt(str(done["id"]))
