@@ -1242,6 +1242,7 @@ class Counter:
         assert self.member is not None
         member, card, pin = self.member, self.card_no, self.pin
         ledger = self.shop.ledger
+        before = self.entries_of(member)
         d, body, error = self.dialog(tr("积分兑换", "Redeem points") + self._who())
         with body:
             ui.label(tr("现有积分 {n}", "{n} points available",
@@ -1270,10 +1271,10 @@ class Counter:
                 if item.value:
                     code = str(item.value)
                     if await self.act(
-                            self.priced(self.held_by(self.shop.operation(
+                            self.priced(self.not_twice(self.held_by(self.shop.operation(
                                 self.op, "points.gift", goods=code,
-                                **self._payer(member, card, pin)), member, card),
-                                seen, goods=code),
+                                **self._payer(member, card, pin)), member, card), member,
+                                before, kind="redeem", goods=code), seen, goods=code),
                             "redeem", lambda e: tr("已兑换 {what}，用 {n} 积分",
                                                    "Gave {what} for {n} points",
                                                    what=gifts[code]["name"], n=e["points"]),
@@ -1287,9 +1288,10 @@ class Counter:
                     return
                 n = int(text)
                 done = await self.act(
-                    self.held_by(self.shop.operation(
+                    self.not_twice(self.held_by(self.shop.operation(
                         self.op, "points.redeem", points=n, gift=gift.value or "",
-                        **self._payer(member, card, pin)), member, card),
+                        **self._payer(member, card, pin)), member, card), member, before,
+                        kind="redeem", goods=None, points=n),
                     "redeem", lambda _e: tr("已兑换 {n} 积分", "Redeemed {n} points", n=n), error)
                 if done is not None:
                     d.close()
