@@ -1306,6 +1306,8 @@ class Counter:
         typed, all that is left."""
         package = entry.get("pay") == "package"
         goods = entry.get("goods") is not None
+        member = self.member
+        before = self.entries_of(member) if member else set()
         d, body, error = self.dialog(tr("退款", "Refund"))
         with body:
             if goods:
@@ -1424,7 +1426,8 @@ class Counter:
                     return refund()
 
                 done = await self.act(
-                    as_said,
+                    self.not_twice(as_said, member, before, kind="refund",
+                                   ref=str(entry["id"])),
                     "refund", lambda e: tr("已退款", "Refunded") + (
                         f" {money(int(e['amount']))}" if e.get("amount") else "") + (
                         tr("（已用积分扣 {k}）", " ({k} kept for points spent)",

@@ -149,3 +149,27 @@ async def test_the_same_sale_confirmed_in_two_tabs_is_done_once(
     tab.find(marker=ok).click()
     await tab.should_see(DONE[what])
     assert books(app, mid)[1] == once[1] + 1
+
+
+async def test_a_refund_confirmed_in_two_tabs_is_paid_back_once(
+        counter_app: CounterApp) -> None:
+    """¥10.00 of a sale typed in two tabs' refund dialogs: both confirmed, the member was
+    paid back ¥20.00 (an amount typed stands as typed, and ¥128.00 was left)."""
+    app = counter_app
+    mid = member_with_card(app, cash=50000)
+    app.ledger.debit(app.node_owner, mid, service="FOOT60")
+    await app.login(*OWNER)
+    await swipe(app)
+    tab = await second_tab(app)
+    tab.find(marker="search").type("13812345678")
+    tab.find(marker="search-go").click()
+    await tab.should_see(marker="member-name")
+    for u in (app.user, tab):
+        u.find(marker="refund").click()
+        u.find(marker="refund-amount").type("10")
+    app.user.find(marker="refund-ok").click()
+    await app.user.should_see("已退款 ¥10.00")
+    once = books(app, mid)
+    tab.find(marker="refund-ok").click()
+    await tab.should_see("您刚刚在另一个页面给这位会员做了同样的一笔")
+    assert books(app, mid) == once
