@@ -23,7 +23,7 @@ from nicegui.storage import request_contextvar
 from crdtledger.errors import LedgerError
 from reference_app.i18n import LANGS, Lang, lang, set_lang, tr
 from reference_app.readers import ReaderEvent
-from reference_app.shop import ReaderPages, log_out, operator, shop
+from reference_app.shop import ReaderPages, log_out, operator, page_built_for, shop
 
 
 @dataclass(frozen=True)
@@ -128,6 +128,8 @@ def banner_state() -> str | None:
 @contextmanager
 def frame(title: str, *, permission: str | None = None) -> Iterator[ui.column]:
     op = operator()
+    if op is not None:
+        page_built_for(op)
     allowed = op is not None and (permission is None
                                   or permission in shop().ledger.permissions(op))
     if op is not None:

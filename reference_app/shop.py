@@ -21,8 +21,10 @@ import logging
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
+from weakref import WeakKeyDictionary
 
-from nicegui import app
+from nicegui import app, context
+from nicegui.client import Client
 
 from crdtledger import operations, views
 from crdtledger.auth import PasswordChanged, TooManyAttempts
@@ -330,6 +332,12 @@ class Shop:
                 return tr("这一步要由另一位操作员来做：不能决定或修改自己经办的事项。",
                           "Another operator must do this: nobody decides or changes "
                           "what they did themselves.")
+            if str(e) == "nobody is logged in":
+                return tr("这一页的登录已经结束（在另一个标签页退出或换了操作员，或密码已重置）："
+                          "刚才的操作没有执行，请刷新页面、登录后重新操作。",
+                          "This page's login has ended (logged out or another operator "
+                          "logged in in another tab, or the password was reset): nothing "
+                          "was done. Reload the page, log in and do it again.")
             return tr("您没有这项操作的权限，请找店长。",
                       "You are not allowed to do this; ask a manager.")
         if isinstance(e, InvalidAmount) and str(e).startswith("amount"):
@@ -1108,6 +1116,14 @@ def shop() -> Shop:
     return _shop
 
 
+# The operator each page was built for (layout.frame), by its client.
+_PAGE_OPERATOR: WeakKeyDictionary[Client, str] = WeakKeyDictionary()
+
+
+def page_built_for(op: str) -> None:
+    _PAGE_OPERATOR[context.client] = op
+
+
 def operator() -> str | None:
     """The operator logged in in this browser session, if it may still act here."""
     try:
@@ -1118,6 +1134,15 @@ def operator() -> str | None:
     s = shop()
     if not isinstance(op, str) or node != s.node.node_id:
         return None  # a session from another store (or none)
+    # A page is its operator's: after another operator logged in in another tab, a
+    # page left open wrote in the new one's name under the old one's header (a
+    # booking, a check-in), or was refused for the old one's permissions.
+    try:
+        built_for = _PAGE_OPERATOR.get(context.client, op)
+    except RuntimeError:  # no page: a background task
+        built_for = op
+    if built_for != op:
+        return None
     # A password reset (here or at another branch) ends the sessions that logged in
     # with the old one, as it ends the API's tokens; disabled operators drop out.
     if data.get("credentials") != s.ledger.credentials(op):
