@@ -15,7 +15,14 @@ from typing import Any
 from nicegui import ui
 
 from crdtledger import views
-from crdtledger.errors import CardInactive, CardLost, InvalidInput, LedgerError, NotFound
+from crdtledger.errors import (
+    CardInactive,
+    CardLost,
+    InvalidInput,
+    LedgerError,
+    NotFound,
+    PermissionDenied,
+)
 from crdtledger.inputs import blank
 from crdtledger.membership import REPEATS, attendance_csv_rows
 from crdtledger.model import ID
@@ -89,9 +96,9 @@ def _name(member: str) -> str:
 async def _run(op_name: str, /, **params: Any) -> Any:
     """One operation as the operator logged in; None (and a notice) if refused."""
     s, op = shop(), operator()
-    if op is None:
-        return None
     try:
+        if op is None:  # this page's login ended: said, not a silent press
+            raise PermissionDenied("nobody is logged in")
         return await s.run(s.operation(op, op_name, **params), op_name)
     except LedgerError as e:
         refuse(e)
@@ -178,9 +185,9 @@ class CheckinPage:
             self.result.set_text(tr("请先选择签到活动。", "Pick an activity first."))
             return
         s, op = self.shop, operator()
-        if op is None:
-            return
         try:
+            if op is None:  # this page's login ended: said, not a silent press
+                raise PermissionDenied("nobody is logged in")
             e = await s.run(s.operation(op, "checkin", activity=code, member=member), "checkin")
         except LedgerError as err:
             self.result.set_text(s.refusal(err))
