@@ -57,13 +57,28 @@ _FILLERS = frozenset("\u115f\u1160\u17b4\u17b5\u3164\uffa0\u2800")
 _UNSEEN = frozenset(("Cf", "Mn", "Me"))
 
 
+# Cyrillic and Greek letters that print as a Latin one (after Unicode's confusables.txt,
+# those that look so upright in a receipt's or a screen's font): a cashier named "bоss"
+# with a Cyrillic о read as boss on every receipt and in the audit trail. Keyed by the
+# case-folded letter, mapped to the Latin letter either of its cases looks like (Н as
+# H, so н as h), so that the comparison stays blind to case. The few whose two cases
+# look like two Latin letters (Ν N and ν v) are read before case folding, by _CASED.
+_CASED = str.maketrans("ΝνΥυӀӏ", "NvYuIl")
+_LOOKALIKES = str.maketrans(
+    "авекмнорстухѕіјԁһԛԝүьѵԍѡ"  # Cyrillic
+    "αβεζηικμορτχγϲϳϝ",  # Greek
+    "abekmhopctyxsijdhqwybvgw"
+    "abezhikmoptxycjf")
+
+
 def seen_as(text: str) -> str:
     """`text` as a reader sees it: full-width letters as half (NFKC), nothing for what
-    shows as nothing, case folded. Two names alike here read as one on a receipt or
-    in the audit trail. Only compared, never stored."""
+    shows as nothing, case folded, a Cyrillic or Greek letter that looks like a Latin
+    one as that one (_LOOKALIKES). Two names alike here read as one on a receipt or in
+    the audit trail. Only compared, never stored."""
     return "".join(c for c in unicodedata.normalize("NFKC", text)
                    if unicodedata.category(c) not in _UNSEEN
-                   and c not in _FILLERS).casefold()
+                   and c not in _FILLERS).translate(_CASED).casefold().translate(_LOOKALIKES)
 
 
 def blank(text: str) -> bool:

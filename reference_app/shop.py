@@ -817,9 +817,11 @@ _INVALID: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str | None]], .
     # the office pages said it in the library's English.
     (re.compile(r"an operator named (.+) exists already|operator name .+ reads as (.+)'s, "
                 r"an operator who exists already: choose another"),
-     lambda m: tr("已有操作员叫 {n}：请换一个名字（全角半角、大小写不同也算同名）。",
+     lambda m: tr("已有操作员叫 {n}：请换一个名字（全角半角、大小写不同，或用了样子相同的"
+                  "俄文、希腊字母，也算同名）。",
                   "There is an operator named {n} already: choose another name (one "
-                  "written in full width or another case is the same name).",
+                  "written in full width, another case or Cyrillic or Greek letters that "
+                  "look alike is the same name).",
                   n=m[1] or m[2])),
     (re.compile(r"rule levels is malformed: two levels are named (.+?); .*"),
      lambda m: tr("有两个会员等级都叫“{n}”：每个等级的名称要不同。",

@@ -224,3 +224,34 @@ def test_an_operator_named_as_another_only_written_otherwise_is_refused(
         assert status == 201, body
 
     drive(tmp_path, go)
+
+
+def test_an_operator_named_as_another_in_lookalike_letters_is_refused(
+        tmp_path: Path) -> None:
+    """"bоss" with a Cyrillic о (or "аmy" with a Cyrillic а, "ΒΟSS" in Greek capitals)
+    beside boss was taken, and "οwner" with a Greek ο beside the built-in owner: two
+    operators every receipt and the audit trail show as one. Chinese names, mixed
+    with Latin ones, and a name wholly in Cyrillic that reads as no other, are taken."""
+    async def go(ledger: Ledger, api: Api) -> None:
+        boss = await api.login("boss", BOSS_PW)
+
+        async def add(name: str) -> tuple[int, dict[str, Any]]:
+            return await api.call("POST", "/operators", {
+                "name": name, "password": "another-secret", "roles": ["cashier"]},
+                token=boss)
+
+        for name in ("小王A", "Наташа"):
+            status, body = await add(name)
+            assert status == 201, (name, body)
+        before = snapshot(ledger)
+        for name, reads_as in (("b\u043ess", "boss"), ("\u0430my", "amy"),
+                               ("\u0392\u039fSS", "boss"), ("小王\u0410", "小王A"),
+                               ("Hаташа", "Наташа"), ("\u03bfwner", "built-in")):
+            status, body = await add(name)
+            assert (status, body["error"]) == (400, "invalid_input"), (name, body)
+            assert reads_as in body["message"], (name, body)
+        assert snapshot(ledger) == before
+        status, body = await add("小王B")
+        assert status == 201, body
+
+    drive(tmp_path, go)

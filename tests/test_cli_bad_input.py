@@ -248,6 +248,31 @@ def test_two_levels_of_one_name_are_refused(shop: tuple[Path, str]) -> None:
     assert state(data) == before
 
 
+def test_names_in_lookalike_letters_of_another_script_are_refused(
+        shop: tuple[Path, str]) -> None:
+    """An operator "\u0430my" (a Cyrillic а) beside amy, and a level "V\u0406P" (a
+    Cyrillic І) beside VIP, were taken: two operators, two levels, read as one on every
+    receipt, in the audit trail and in the reports by level."""
+    data, _member = shop
+    for name in ("amy", "小王A"):
+        assert run_cli("operator", "add", "--name", name, "--password", "secret1",
+                       data=data).code == 0
+    before = state(data)
+    for name, reads_as in (("\u0430my", "amy"), ("\u0410MY", "amy"), ("小王\u0391", "小王A")):
+        said = refused(run_cli("operator", "add", "--name", name, "--password", "secret1",
+                               data=data))
+        assert f"reads as {reads_as}'s" in said, said
+    body = [{"name": "VIP", "threshold": 0, "discount": "0.9", "points_multiplier": "1"},
+            {"name": "V\u0406P", "threshold": 100000, "discount": "0.8",
+             "points_multiplier": "1"}]
+    said = refused(run_cli("rule", "set", "levels", "--json-body",
+                           json.dumps(body, ensure_ascii=False), data=data))
+    assert "two levels are named V\u0406P" in said, said
+    assert state(data) == before
+    assert run_cli("operator", "add", "--name", "\u0410\u043d\u044f", "--password", "secret1",
+                   data=data).code == 0  # Аня, in Cyrillic alone, reads as no other
+
+
 # Drawn as nothing: spaces, zero-width, the soft hyphen, the Hangul filler, the braille
 # blank (the last three were taken once spaces and zero-width were refused).
 BLANKS = ("", "   ", "\u3000", "\u200b", " \u3000\ufeff ", "\u00ad", "\u3164", "\u2800")

@@ -949,7 +949,9 @@ def test_no_operator_is_named_as_a_built_in_one_is_shown(a: Ledger) -> None:
     m = member(a)
     for name in ("owner@SH01", "Owner@HQ", "self@SH01", "店主", "owner", "会员自助",
                  "店\u200b主", "owner\u00ad", "ｏｗｎｅｒ", "\u2060owner@SH01", "店\ufe00主",
-                 "owner\u034f", "owner\u180b", "own\u3164er"):
+                 "owner\u034f", "owner\u180b", "own\u3164er",
+                 # Cyrillic о, Greek ο, Cyrillic О and Е: read as owner on every receipt.
+                 "\u043ewner", "\u03bfwner@SH01", "\u041eWN\u0415R"):
         refused(a, [m], InvalidInput, lambda n=name: a.add_operator(a.owner, n, "secret1"))
 
 
