@@ -314,8 +314,10 @@ def effective_field() -> ui.input:
     return field
 
 
-async def save_rules(bodies: Callable[[], dict[str, Any]], effective: ui.input) -> bool:
-    """Write each rule kind whose body changed, all checked before any is written."""
+async def save_rules(bodies: Callable[[], dict[str, Any]], effective: ui.input,
+                     also: Callable[[], str] = lambda: "") -> bool:
+    """Write each rule kind whose body changed, all checked before any is written;
+    `also` adds to the sentence saying so what the bodies took away."""
     ledger = shop().ledger
     try:
         wanted = bodies()
@@ -334,7 +336,7 @@ async def save_rules(bodies: Callable[[], dict[str, Any]], effective: ui.input) 
                 {"effective_from": day} if day else {}))
 
     return await write(apply, "set rules", tr("已保存，所有分店同步生效",
-                                              "Saved; every branch gets it"))
+                                              "Saved; every branch gets it") + also())
 
 
 class RowsEditor:
@@ -358,7 +360,7 @@ class RowsEditor:
                         ui.input(value=row.get(key, "")).bind_value(row, key).props(
                             "dense outlined").classes(width).mark(f"row-{i}-{key}")
                     ui.button(icon="delete", on_click=lambda r=row: self.remove(r)
-                              ).props("flat dense round color=grey-7")
+                              ).props("flat dense round color=grey-7").mark(f"row-{i}-delete")
             ui.button(tr("添加一行", "Add a row"), icon="add",
                       on_click=self.add).props("flat dense no-caps")
 
@@ -534,13 +536,25 @@ def branches_page() -> None:
             [("node", tr("分店号", "Node id"), "w-32"), ("name", tr("名称", "Name"), "w-64")],
             [{"node": n, "name": names.get(n, "")} for n in sorted(known)])
         effective = effective_field()
+        removed: list[str] = []
 
         def bodies() -> dict[str, Any]:
             out: dict[str, str] = {}
             for r in editor.texts():
                 node, name = r["node"].strip().upper(), r["name"].strip()
-                if not node or not name:
+                if not node and not name:
                     continue
+                # A row without one of the two was dropped: a name cleared by a stray
+                # key took the branch out of the rule, "saved" and nothing more. Taking
+                # a name away is the row's delete button, said when saved.
+                if not node:
+                    raise InvalidInput(f"name {name} has no node id")
+                if not name and node in names:
+                    raise InvalidInput(f"branch {node}'s name was cleared")
+                if not name and node in known:
+                    continue  # a branch seen, never named: the page offers its row
+                if not name:
+                    raise InvalidInput(f"branch {node} has no name")
                 try:
                     check_node_id(node)
                 except ValueError as e:
@@ -550,10 +564,15 @@ def branches_page() -> None:
                 if node in out:
                     raise InvalidInput(f"branch {node} appears twice")
                 out[node] = name
+            removed[:] = sorted(set(names) - set(out))
             return {"branches": out}
 
+        def also() -> str:
+            return tr("；已去掉分店 {b} 的名称", "; the name of {b} is taken away",
+                      b="、".join(removed)) if removed else ""
+
         layout.once(ui.button(tr("保存", "Save"), icon="save"),
-                    lambda: save_rules(bodies, effective)).mark("save-rules")
+                    lambda: save_rules(bodies, effective, also)).mark("save-rules")
 
 
 def payment_methods_page() -> None:

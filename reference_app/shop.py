@@ -842,6 +842,16 @@ _INVALID: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str | None]], .
      lambda m: tr("价目表里项目代码 {c} 出现了两次：每个项目只写一行。",
                   "Service code {c} is in the price list twice: one row a service.",
                   c=m[1])),
+    (re.compile(r"branch (\S+)'s name was cleared"),
+     lambda m: tr("分店 {b} 的名称被清空了：名称显示在收银台、报表和结算表上。确实要去掉这个"
+                  "名称，请点这一行右边的删除按钮。",
+                  "The name of {b} is cleared: it is what the counter, the reports and the "
+                  "settlement show. To take it away, use the row's delete button.", b=m[1])),
+    (re.compile(r"branch (\S+) has no name"),
+     lambda m: tr("请填写分店 {b} 的名称。", "Give {b} a name.", b=m[1])),
+    (re.compile(r"name (.+) has no node id", re.S),
+     lambda m: tr("名称“{n}”没有填分店号：请填上，或删除这一行。",
+                  "The name “{n}” has no node id: fill it in, or delete the row.", n=m[1])),
     (re.compile(r"branch (\S+) appears twice"),
      lambda m: tr("分店号 {b} 出现了两次：每家分店只写一行。",
                   "Node id {b} is there twice: one row a branch.", b=m[1])),

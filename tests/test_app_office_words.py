@@ -70,6 +70,37 @@ async def test_two_rows_of_one_branch_are_refused(counter_app: CounterApp) -> No
     assert app.ledger.rule("branches") == {"SH01": "南京西路店", "SH02": "徐家汇店"}
 
 
+@pytest.mark.parametrize(("typed", "said"), [
+    ({"row-1-name": ""}, "分店 SH02 的名称被清空了：名称显示在收银台、报表和结算表上。"
+                         "确实要去掉这个名称，请点这一行右边的删除按钮。"),
+    ({"row-1-name": "\u3000 "}, "分店 SH02 的名称被清空了：名称显示在收银台、报表和结算表上。"
+                                "确实要去掉这个名称，请点这一行右边的删除按钮。"),
+    ({"row-1-node": "SH03", "row-1-name": ""}, "请填写分店 SH03 的名称。"),
+    ({"row-1-node": "", "row-1-name": "徐家汇店"},
+     "名称“徐家汇店”没有填分店号：请填上，或删除这一行。"),
+])
+async def test_a_branch_name_cleared_is_said_not_dropped(
+        counter_app: CounterApp, typed: dict[str, object], said: str) -> None:
+    """SH02's name cleared (or its node id) was saved as SH02 without a name, "已保存" and
+    not a word of it: every receipt, report and settlement then showed the bare id."""
+    app = counter_app
+    await app.login(*OWNER)
+    await saving(app, "/admin/branches", typed, said)
+    assert app.ledger.rule("branches") == {"SH01": "南京西路店", "SH02": "徐家汇店"}
+
+
+async def test_a_branch_name_is_removed_by_deleting_its_row(counter_app: CounterApp) -> None:
+    """Removing a closed branch's name stays possible: its row's delete button, said."""
+    app = counter_app
+    await app.login(*OWNER)
+    await app.user.open("/admin/branches")
+    assert app.user.find(marker="row-1-node").elements.pop().value == "SH02"
+    app.user.find(marker="row-1-delete").click()
+    app.user.find(marker="save-rules").click()
+    await app.user.should_see("已保存，所有分店同步生效；已去掉分店 SH02 的名称", retries=100)
+    assert app.ledger.rule("branches") == {"SH01": "南京西路店"}
+
+
 @pytest.mark.parametrize(("path", "typed", "said"), [
     ("/admin/services", {"row-0-code": "足疗"},
      "项目代码“足疗”只能是 1 到 20 个字母、数字、_ 或 -（不能有汉字或空格）。"),
