@@ -16,7 +16,7 @@ from crdtledger.auth import Auth
 from crdtledger.commit import Write, note_edit, put, sub_map
 from crdtledger.errors import InvalidInput, NotFound
 from crdtledger.hlc import check_node_id
-from crdtledger.inputs import MAX_TEXT, check_text
+from crdtledger.inputs import MAX_TEXT, check_text, seen_as
 from crdtledger.model import EDITS, GENDERS, PARTIAL_DATE, canonical_phone, member_doc
 from crdtledger.notices import NOTICE_FIELDS, check_notice_fields
 
@@ -63,7 +63,7 @@ class Members(Auth):
         prefs_d = _prefs(prefs or {})
         custom_d = {check_text(k, "field name", required=True, limit=40): check_text(v, k)
                     for k, v in (custom or {}).items()}
-        tag_d = {check_text(t, "tag", required=True, limit=40): True for t in tags}
+        tag_d = _tags_set({}, tags, True)
         mid = self.clock.mint()
 
         record = Map({**fields, "created_by": operator, "prefs": Map(prefs_d),
@@ -81,7 +81,8 @@ class Members(Auth):
         if self.storage.conn.execute(
             "SELECT 1 FROM members WHERE id = ?", (member,)).fetchone() is None:
             raise NotFound(f"unknown member {member}")  # a deleted one may be edited back
-        if views.member(self, member).get("erased"):  # type: ignore[arg-type]
+        held = views.member(self, member)  # type: ignore[arg-type]
+        if held.get("erased"):
             raise InvalidInput(f"member {member} was erased: its data cannot be written again")
         fields = dict(fields or {})
         if "level" in fields:
@@ -108,8 +109,8 @@ class Members(Auth):
         prefs_d = _prefs(prefs or {})
         custom_d = {check_text(k, "field name", required=True, limit=40): check_text(v, k)
                     for k, v in (custom or {}).items()}
-        tags = {check_text(t, "tag", required=True, limit=40): True for t in tags_add}
-        tags |= {check_text(t, "tag", required=True, limit=40): False for t in tags_remove}
+        tags = _tags_set(held["tags"], tags_add, True)
+        tags |= _tags_set(held["tags"], tags_remove, False)
         change = self.clock.mint()
         changed = [*f, *(f"prefs.{k}" for k in prefs_d), *(f"custom.{k}" for k in custom_d),
                    *(["tags"] if tags else [])]
@@ -169,6 +170,22 @@ class Members(Auth):
         if gone:
             raise InvalidInput(gone)
         return profile, (int(row[1] or 0), int(row[2] or 0))
+
+
+def _tags_set(held: Iterable[str], typed: Iterable[str], on: bool) -> dict[str, bool]:
+    """The tags' keys to set to `on`, a tag as a reader sees it (inputs.seen_as): "ＶＩＰ"
+    added to a member tagged VIP is hers already (two VIP tags were shown), "ｖｉｐ"
+    removed takes VIP away (it was kept, and the edit said done)."""
+    held_as = {seen_as(h): h for h in held}
+    out: dict[str, bool] = {}
+    for t in typed:
+        tag = check_text(t, "tag", required=True, limit=40)
+        seen = seen_as(tag)
+        key = held_as.get(seen, tag)
+        if on and (seen in held_as or any(seen_as(k) == seen for k in out)):
+            continue
+        out[key] = on
+    return out
 
 
 def _phone_holders(conn: sqlite3.Connection, phone: str) -> set[str]:

@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 
 from crdtledger.errors import InvalidInput
 from crdtledger.hlc import NODE_ID
+from crdtledger.inputs import seen_as
 from crdtledger.money import check_amount, format_yuan
 
 LANGS = ("zh-CN", "en")
@@ -500,7 +501,10 @@ def in_segment(m: Mapping[str, Any], segment: Mapping[str, Any], today: str) -> 
     segment? Every given criterion must hold: level name, home branch, no visit in
     the last dormant_days days, every tag."""
     p = m["profile"]
-    if segment.get("level") and m.get("level") != segment["level"]:
+    # Levels and tags as a reader sees them: "ＶＩＰ" typed by one cashier's input method
+    # and "vip" by another are the owner's VIP, who reached only those typed "VIP".
+    if segment.get("level") and seen_as(str(m.get("level") or "")) != seen_as(
+            str(segment["level"])):
         return False
     if segment.get("home") and p.get("home") != segment["home"]:
         return False
@@ -509,8 +513,8 @@ def in_segment(m: Mapping[str, Any], segment: Mapping[str, Any], today: str) -> 
         since = (date.fromisoformat(today) - timedelta(days=int(days))).isoformat()
         if (m.get("last_visit") or "") >= since:
             return False
-    tags = p.get("tags") or {}
-    return all(tags.get(t) for t in segment.get("tags", ()))
+    held = {seen_as(t) for t, on in (p.get("tags") or {}).items() if on}
+    return all(seen_as(t) in held for t in segment.get("tags", ()))
 
 
 def broadcast_notices(broadcast: str, node: str, members: Iterable[Mapping[str, Any]],

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from test_api import BOSS_PW, Api, drive, new_member
+from test_api import AMY_PW, BOSS_PW, Api, drive, new_member
 
 from crdtledger.ledger import Ledger
 
@@ -28,5 +28,30 @@ def test_a_member_renamed_to_a_reordering_or_invisible_name_is_refused(
         status, said = await api.call("PATCH", f"/members/{member}",
                                       {"name": "王芳 🙂\u200d"}, token=token)
         assert status == 200 and said["name"] == "王芳 🙂\u200d", said
+
+    drive(tmp_path, go)
+
+
+def test_a_tag_typed_otherwise_is_the_same_tag(tmp_path: Path) -> None:
+    """"VIP", "ＶＩＰ" (an input method's full width) and "vip" were three tags: a
+    broadcast to the VIP segment reached the first member alone, removing "ｖｉｐ" from
+    a member tagged VIP left her so tagged and said done, and adding "ＶＩＰ" to her
+    gave her two VIP tags."""
+    async def go(ledger: Ledger, api: Api) -> None:
+        amy = await api.login("amy", AMY_PW)
+        boss = await api.login("boss", BOSS_PW)
+        members = [await new_member(api, amy, phone=f"1381234567{i}", tags=[tag],
+                                    email=f"m{i}@example.com", promo="yes")
+                   for i, tag in enumerate(("VIP", "ＶＩＰ", "vip", "V\u0406P"))]
+        status, body = await api.call("POST", "/notices/broadcast", {
+            "subject": "双十二", "text": "{name} 好", "tags": ["VIP"]}, token=boss)
+        assert status == 201 and (body["segment"], body["queued"]) == (4, 4), body
+        first = members[0]
+        status, m = await api.call("PATCH", f"/members/{first}", {"tags_add": ["ＶＩＰ"]},
+                                   token=amy)
+        assert status == 200 and m["tags"] == ["VIP"], m
+        status, m = await api.call("PATCH", f"/members/{first}", {"tags_remove": ["ｖｉｐ"]},
+                                   token=amy)
+        assert status == 200 and m["tags"] == [], m
 
     drive(tmp_path, go)
