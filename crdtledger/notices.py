@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 from crdtledger.errors import InvalidInput
 from crdtledger.hlc import NODE_ID
 from crdtledger.inputs import seen_as
-from crdtledger.money import check_amount, format_yuan
+from crdtledger.money import check_amount, format_yuan, half_width
 
 LANGS = ("zh-CN", "en")
 CHANNELS = ("email", "sms")
@@ -56,6 +56,11 @@ NOTICE_FIELDS = ("email", "lang", "promo")
 def check_notice_fields(fields: Mapping[str, Any]) -> None:
     """Refuse a member's notice fields that could not be used (already checked text)."""
     email = fields.get("email")
+    # Typed in an input method's full width ("ａｂｃ@qq.com"): taken, though it is
+    # another mailbox than abc@qq.com, one no mail reaches the member at.
+    if email and half_width(str(email)) != email:
+        raise InvalidInput(f"email {email!r} is typed in full-width characters: type it "
+                           f"as {half_width(str(email))}")
     if email and not EMAIL.match(str(email)):
         raise InvalidInput(f"email {email!r} is not an e-mail address")
     if fields.get("lang") and fields["lang"] not in LANGS:

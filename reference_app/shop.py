@@ -748,6 +748,9 @@ _INVALID: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str | None]], .
      lambda m: tr("{what}不是日历上有的日子：要写成 1990-05-17 或 05-17 这样的日期。",
                   "{what} is no day of the calendar: write a date like 1990-05-17 or "
                   "05-17.", what=_field(m[1]))),
+    (re.compile(r"email .* is typed in full-width characters: type it as (.*)"),
+     lambda m: tr("邮箱请用半角字母和符号输入：{e}", "Type the e-mail address in half-width "
+                  "characters: {e}", e=m[1])),
     (re.compile(r"email ['\"]?(.*?)['\"]? is not an e-mail address"),
      lambda m: tr("“{e}” 不是邮箱地址：要写成 name@example.com 这样。",
                   "“{e}” is not an e-mail address: write it like name@example.com.",

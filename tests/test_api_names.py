@@ -55,3 +55,26 @@ def test_a_tag_typed_otherwise_is_the_same_tag(tmp_path: Path) -> None:
         assert status == 200 and m["tags"] == [], m
 
     drive(tmp_path, go)
+
+
+def test_an_email_typed_in_full_width_is_refused_saying_how_to_type_it(
+        tmp_path: Path) -> None:
+    """"ａｂｃ@qq.com" (an input method's full-width letters) was taken: another mailbox
+    than abc@qq.com, where no notice reaches the member."""
+    async def go(ledger: Ledger, api: Api) -> None:
+        amy = await api.login("amy", AMY_PW)
+        member = await new_member(api, amy, email="abc@qq.com")
+        for typed, half in (("ａｂｃ@qq.com", "abc@qq.com"), ("abc＠ｑｑ．ｃｏｍ", "abc@qq.com")):
+            status, said = await api.call("PATCH", f"/members/{member}", {"email": typed},
+                                          token=amy)
+            assert (status, said["error"]) == (400, "invalid_input"), said
+            assert said["message"].endswith(f"type it as {half}"), said
+            status, said = await api.call("POST", "/members", {
+                "name": "李四", "phone": "13900000009", "email": typed}, token=amy)
+            assert (status, said["error"]) == (400, "invalid_input"), said
+        assert ledger.member(member)["email"] == "abc@qq.com"
+        status, said = await api.call("PATCH", f"/members/{member}",
+                                      {"email": "王芳@例子.中国"}, token=amy)
+        assert status == 200 and said["email"] == "王芳@例子.中国", said
+
+    drive(tmp_path, go)

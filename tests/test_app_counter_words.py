@@ -205,6 +205,11 @@ async def test_an_e_mail_address_refused_is_said_in_chinese(counter_app: Counter
     app.user.find(marker="edit-email").type("not-an-email")
     app.user.find(marker="edit-ok").click()
     await app.user.should_see("“not-an-email” 不是邮箱地址：要写成 name@example.com 这样。")
+    # An input method's full width: said how to type it, not taken.
+    app.user.find(marker="edit-email").clear()
+    app.user.find(marker="edit-email").type("ａｂｃ@qq.com")
+    app.user.find(marker="edit-ok").click()
+    await app.user.should_see("邮箱请用半角字母和符号输入：abc@qq.com")
     assert not app.ledger.member(mid).get("email")
 
 
