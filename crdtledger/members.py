@@ -61,8 +61,7 @@ class Members(Auth):
         if _phone_holders(self.storage.conn, fields["phone"]):
             raise InvalidInput(f"phone {fields['phone']} is registered to another member")
         prefs_d = _prefs(prefs or {})
-        custom_d = {check_text(k, "field name", required=True, limit=40): check_text(v, k)
-                    for k, v in (custom or {}).items()}
+        custom_d = _custom_set({}, custom or {})
         tag_d = _tags_set({}, tags, True)
         mid = self.clock.mint()
 
@@ -107,8 +106,7 @@ class Members(Auth):
                 views.member_group(conn, member)):
             raise InvalidInput(f"phone {f['phone']} is registered to another member")
         prefs_d = _prefs(prefs or {})
-        custom_d = {check_text(k, "field name", required=True, limit=40): check_text(v, k)
-                    for k, v in (custom or {}).items()}
+        custom_d = _custom_set(held.get("custom") or {}, custom or {})
         tags = _tags_set(held["tags"], tags_add, True)
         tags |= _tags_set(held["tags"], tags_remove, False)
         change = self.clock.mint()
@@ -185,6 +183,25 @@ def _tags_set(held: Iterable[str], typed: Iterable[str], on: bool) -> dict[str, 
         if on and (seen in held_as or any(seen_as(k) == seen for k in out)):
             continue
         out[key] = on
+    return out
+
+
+def _custom_set(held: Mapping[str, Any], typed: Mapping[str, Any]) -> dict[str, str]:
+    """The custom fields to write, a field's name as a reader sees it (inputs.seen_as):
+    "来源\u200b" or "ＳＯＵＲＣＥ" beside a member's 来源 or source wrote a second field,
+    shown as the first with another value. Written to the field she holds; two typed
+    in one go that read as one are refused (which one meant, no one can tell)."""
+    held_as = {seen_as(k): k for k in held}
+    out: dict[str, str] = {}
+    typed_as: dict[str, str] = {}
+    for k, v in typed.items():
+        name = check_text(k, "field name", required=True, limit=40)
+        seen = seen_as(name)
+        if seen in typed_as:
+            raise InvalidInput(f"custom fields {typed_as[seen]} and {name} read as one: "
+                               "give it once")
+        typed_as[seen] = name
+        out[held_as.get(seen, name)] = check_text(v, name)
     return out
 
 

@@ -78,3 +78,21 @@ def test_an_email_typed_in_full_width_is_refused_saying_how_to_type_it(
         assert status == 200 and said["email"] == "王芳@例子.中国", said
 
     drive(tmp_path, go)
+
+
+def test_a_custom_field_named_otherwise_is_the_same_field(tmp_path: Path) -> None:
+    """"来源\u200b" (a zero-width space after it) or "ＳＯＵＲＣＥ" beside a member's 来源
+    and source was a second field: her profile showed 来源 twice, with two values."""
+    async def go(ledger: Ledger, api: Api) -> None:
+        amy = await api.login("amy", AMY_PW)
+        member = await new_member(api, amy, custom={"来源": "大众点评", "source": "web"})
+        status, m = await api.call("PATCH", f"/members/{member}", {
+            "custom": {"来源\u200b": "美团", "ＳＯＵＲＣＥ": "app"}}, token=amy)
+        assert status == 200 and m["custom"] == {"来源": "美团", "source": "app"}, m
+        status, said = await api.call("POST", "/members", {
+            "name": "李四", "phone": "13900000009",
+            "custom": {"房号": "1", "房\u200b号": "2"}}, token=amy)
+        assert (status, said["error"]) == (400, "invalid_input"), said
+        assert "read as one" in said["message"], said
+
+    drive(tmp_path, go)
