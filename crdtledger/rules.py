@@ -16,7 +16,15 @@ from crdtledger.auth import Auth
 from crdtledger.commit import put
 from crdtledger.errors import InvalidAmount, InvalidInput, LedgerError
 from crdtledger.hlc import CLOCK_OFF_LIMIT_MS, MAX_CLOCK_SKEW_MS
-from crdtledger.inputs import CONTROLS, TURNS, blank, check_date, check_text, seen_as
+from crdtledger.inputs import (
+    CONTROLS,
+    TURNS,
+    blank,
+    check_date,
+    check_text,
+    printable,
+    seen_as,
+)
 from crdtledger.model import (
     CARD_TYPES,
     DEFAULT_RULES,
@@ -397,6 +405,12 @@ def _check_values(body: Any) -> None:
                 # whoever printed a receipt at the command line.
                 raise InvalidInput(f"{v[:40]!r}: a rule's text holds no control "
                                    "characters (printer or terminal commands)")
+            if TURNS.search(v):
+                # As the levels' and branches' names: "\u202e疗足" showed as 足疗 turned
+                # on every counter button and receipt, a promotion's, a payment
+                # method's or the shop's name likewise. No rule text needs one.
+                raise InvalidInput(f"{printable(v[:40])!r}: a rule's text holds no "
+                                   "direction overrides (they turn what follows around)")
         elif isinstance(v, float):
             raise InvalidInput(f"{v!r}: a rule holds whole numbers (fen, counts), and "
                                'decimals as text such as "0.95"')

@@ -837,6 +837,10 @@ _INVALID: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str | None]], .
     (re.compile(r'effective_from must be a date like (\S+), not "(.*)"', re.S),
      lambda m: tr("生效日期要写成 {d} 这样的日期（半角数字）。",
                   "Write the day it is in force from as a date like {d}.", d=m[1])),
+    (re.compile(r"'.*': a rule's text holds no direction overrides .*", re.S),
+     lambda _m: tr("规则里的文字不能有方向控制字符（会把后面的字倒过来显示）：请重新输入。",
+                   "A rule's text cannot hold direction overrides (they turn what follows "
+                   "around): type it again.")),
     (re.compile(r"'.*': a rule's text holds no control characters .*", re.S),
      lambda _m: tr("规则里的文字不能有控制字符（换行、打印机或终端命令）：请重新输入。",
                    "A rule's text cannot hold control characters (printer or terminal "

@@ -106,6 +106,11 @@ async def test_a_branch_name_is_removed_by_deleting_its_row(counter_app: Counter
      "项目代码“足疗”只能是 1 到 20 个字母、数字、_ 或 -（不能有汉字或空格）。"),
     ("/admin/services", {"row-0-name": "足疗\x1bp"},
      "规则里的文字不能有控制字符（换行、打印机或终端命令）：请重新输入。"),
+    # Turned around on every counter button and receipt, as a level's name was.
+    ("/admin/services", {"row-0-name": "\u202e疗足"},
+     "规则里的文字不能有方向控制字符（会把后面的字倒过来显示）：请重新输入。"),
+    ("/admin/payments", {"row-0-name_zh": "\u202e金现"},
+     "规则里的文字不能有方向控制字符（会把后面的字倒过来显示）：请重新输入。"),
     ("/admin/services", {"row-0-price": "77", "生效日期": "2026-02-30"},
      "生效日期要写成 2026-11-23 这样的日期（半角数字）。"),
     ("/admin/levels", {"row-1-discount": "1.5"}, "折扣要在 0.01 到 1 之间。"),

@@ -273,6 +273,22 @@ def test_names_in_lookalike_letters_of_another_script_are_refused(
                    data=data).code == 0  # Аня, in Cyrillic alone, reads as no other
 
 
+def test_a_rule_text_turned_around_is_refused(shop: tuple[Path, str]) -> None:
+    """A promotion, a service or the shop named "\u202e..." was taken (only the levels'
+    and branches' names were judged): "\u202e送30充500" showed as its reverse on every
+    counter and receipt of the chain."""
+    data, _member = shop
+    before = state(data)
+    for kind, body in (("promotions", [{"name": "\u202e送30充500", "min": 50000,
+                                        "bonus": 3000}]),
+                       ("services", {"FOOT60": {"name": "足疗\u2067", "price": 12800}}),
+                       ("notifications", {"shop": "\u200f老王足疗"})):
+        said = refused(run_cli("rule", "set", kind, "--json-body",
+                               json.dumps(body, ensure_ascii=False), data=data))
+        assert "holds no direction overrides" in said, said
+    assert state(data) == before
+
+
 # Drawn as nothing: spaces, zero-width, the soft hyphen, the Hangul filler, the braille
 # blank (the last three were taken once spaces and zero-width were refused).
 BLANKS = ("", "   ", "\u3000", "\u200b", " \u3000\ufeff ", "\u00ad", "\u3164", "\u2800")
