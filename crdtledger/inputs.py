@@ -21,10 +21,16 @@ MAX_TEXT = 200
 # printed or shown from elsewhere (a peer's record, a store written before) is made
 # `printable`.
 CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# The controls that reorder what follows (operations._BIDI, which the API's one-line
+# names refuse): "\u202e店路西京南" shows as another name on every receipt and report.
+TURNS = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def printable(text: str) -> str:
-    return CONTROLS.sub("?", text)
+    """`text` with the controls and the direction overrides as "?": a name so written
+    before they were refused (or by a peer of such a release) read turned around in
+    the command line's tables, its CSV and on the receipt."""
+    return TURNS.sub("?", CONTROLS.sub("?", text))
 
 
 # What str.splitlines() and a terminal or printer break a line at, and the tab: a
@@ -88,11 +94,6 @@ def blank(text: str) -> bool:
     is refused here: a member named U+3164 alone was registered.)"""
     return all(c.isspace() or unicodedata.category(c) in ("Cc", "Zs", "Zl", "Zp")
                for c in seen_as(text))
-
-
-# The controls that reorder what follows (operations._BIDI, which the API's one-line
-# names refuse): "\u202e店路西京南" shows as another name on every receipt and report.
-TURNS = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def check_text(value: Any, what: str, *, required: bool = False, limit: int = MAX_TEXT) -> str:

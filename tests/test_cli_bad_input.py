@@ -289,6 +289,24 @@ def test_a_rule_text_turned_around_is_refused(shop: tuple[Path, str]) -> None:
     assert state(data) == before
 
 
+def test_a_name_turned_around_from_before_is_shown_as_it_reads(
+        shop: tuple[Path, str]) -> None:
+    """A member named "\u202e店路西京南" by a release before the API refused it (or a peer
+    of one) read in the command line's profile, search, ranking and receipt as
+    南京西路店, turned: the override went to the terminal and the printer as it was,
+    as a control character no longer does."""
+    data, member = shop
+    with Ledger.open(data) as ledger:  # the library as such a release wrote it
+        ledger.edit_member(ledger.owner, member, fields={"name": "\u202e店路西京南"})
+        debit = ledger.debit(ledger.owner, member, amount=1000)["id"]
+    for argv in (("member", "show", "--member", member), ("member", "find", "店路"),
+                 ("report", "ranking", "--by", "members"),
+                 ("receipt", "show", "--entry", debit)):
+        r = run_cli(*argv, data=data)
+        assert r.code == 0, (argv, r.err)
+        assert "?店路西京南" in r.out and "\u202e" not in r.out, (argv, r.out)
+
+
 # Drawn as nothing: spaces, zero-width, the soft hyphen, the Hangul filler, the braille
 # blank (the last three were taken once spaces and zero-width were refused).
 BLANKS = ("", "   ", "\u3000", "\u200b", " \u3000\ufeff ", "\u00ad", "\u3164", "\u2800")
