@@ -556,6 +556,14 @@ async def test_an_operator_or_a_level_named_as_another_is_said_in_chinese(
     app.user.find(marker="op-password").type("another-pw")
     app.user.find(marker="op-add").click()
     await app.user.should_see("已有操作员叫 boss")
+    # A Cyrillic о in it reads as boss on every receipt too (operators are few: the
+    # list shows each once).
+    app.user.find(marker="op-name").clear().type("b\u043ess")
+    app.user.find(marker="op-add").click()
+    await app.user.should_see("已有操作员叫 boss：请换一个名字（全角半角、大小写不同，"
+                              "或用了样子相同的俄文、希腊字母，也算同名）。")
+    assert [n for (n,) in app.ledger.storage.conn.execute(
+        "SELECT name FROM operators")].count("b\u043ess") == 0
     assert app.ledger.authenticate("boss", OWNER[1])
     levels = app.ledger.rule("levels")
     await app.user.open("/admin/levels")
