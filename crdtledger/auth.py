@@ -460,6 +460,14 @@ class Auth(LedgerBase):
                                 f"role {name}, held by operator {oid}, a change")
         roles = self.storage.doc("operators").roots["roles"]
         exists = name in roles
+        # Nor a new one that reads as another ("owner" with a Cyrillic о, "Manager", "前台"
+        # with a zero-width space): the operators' list said a cashier held owner, and whoever
+        # granted a role picked by a name that read as the other's.
+        if not exists and name not in BUILTIN_ROLES:
+            for other in (*BUILTIN_ROLES, *roles.keys()):
+                if seen_as(other) == seen_as(name):
+                    raise InvalidInput(f"role name {name} reads as {other}'s, a role that "
+                                       f"exists already: choose another, or redefine {other}")
         # `role define --name owner` with no permission printed "role owner: nothing",
         # exit 0, and every named owner of the chain could do nothing. A role that
         # exists (built in or defined) is not emptied: take the role from its holders,

@@ -24,12 +24,13 @@ from crdtledger.errors import (
     PermissionDenied,
 )
 from crdtledger.hlc import check_node_id
+from crdtledger.inputs import seen_as
 from crdtledger.ledger import Ledger
 from crdtledger.model import BUILTIN_ROLES, PERMISSIONS
 from crdtledger.money import half_width
 from reference_app import layout
 from reference_app.i18n import money, parse_money, tr
-from reference_app.shop import operator, shop
+from reference_app.shop import ROLE_LABELS, operator, shop
 
 PERMISSION_LABELS: dict[str, tuple[str, str]] = {
     "member.add": ("新建会员", "add members"),
@@ -56,10 +57,6 @@ PERMISSION_LABELS: dict[str, tuple[str, str]] = {
     "approve": ("审批大额", "approve large amounts"),
     "audit.view": ("查看操作日志", "view the audit trail"),
 }
-ROLE_LABELS = {"owner": ("店主", "owner"), "manager": ("店长", "manager"),
-               "cashier": ("收银员", "cashier")}
-
-
 def refuse(e: LedgerError) -> None:
     ui.notify(shop().refusal(e), type="negative", multi_line=True)
 
@@ -288,16 +285,26 @@ def roles_page() -> None:
     with ui.card().classes("w-full max-w-xl"):
         ui.label(tr("新建角色", "New role")).classes("text-lg font-medium")
         with ui.row().classes("items-end gap-4"):
-            name = ui.input(tr("角色名称", "Role name")).props("dense outlined")
+            name = ui.input(tr("角色名称", "Role name")).props("dense outlined").mark(
+                "role-name")
 
             async def add() -> None:
+                # The library knows the built-in roles by their codes; this page shows
+                # them as 店主, 店长, 收银员: a role named so was a second 店长 in the list.
+                typed = seen_as(str(name.value or "").strip())
+                for role, labels in ROLE_LABELS.items():
+                    if typed != role and typed in {seen_as(x) for x in labels}:
+                        refuse(InvalidInput(f"role name {name.value} reads as {role}'s, a "
+                                            "role that exists already: choose another, "
+                                            f"or redefine {role}"))
+                        return
                 if await write(operation("role.define", name=name.value or ""),
                                "define role", tr("已新建角色，请勾选权限后保存",
                                                  "Role created: tick its permissions and save")):
                     name.set_value("")
                     grid.refresh()
 
-            layout.once(ui.button(tr("新建", "Create"), icon="add"), add)
+            layout.once(ui.button(tr("新建", "Create"), icon="add"), add).mark("role-add")
 
 
 # --- rules ---------------------------------------------------------------------------

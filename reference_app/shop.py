@@ -680,7 +680,9 @@ _CARD_ACTS = {"mark it active": {"act": "解除挂失", "act_en": "marked found"
               "mark it lost": {"act": "挂失", "act_en": "reported lost"},
               "mark it returned": {"act": "退卡", "act_en": "returned"},
               "replace it": {"act": "补卡", "act_en": "replaced"}}
-
+# The built-in roles as the pages name them (reference_app.admin's role list).
+ROLE_LABELS = {"owner": ("店主", "owner"), "manager": ("店长", "manager"),
+               "cashier": ("收银员", "cashier")}
 
 # The library's refusals of what a cashier types or does at the counter, by their
 # words (they carry no code of their own: crdtledger.errors.InvalidInput), each with
@@ -816,6 +818,15 @@ _INVALID: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str | None]], .
      lambda m: tr("起止日期反了：开始日 {a} 在结束日 {b} 之后。",
                   "The period is reversed: its first day {a} is after its last, {b}.",
                   a=m[1], b=m[2])),
+    # A role's likewise (auth.define_role), the built-in ones by the names the pages
+    # give them.
+    (re.compile(r"role name .+ reads as (.+)'s, a role that exists already: choose "
+                r"another, or redefine .+"),
+     lambda m: tr("已有角色叫 {n}：请换一个名字（全角半角、大小写不同，或用了样子相同的"
+                  "俄文、希腊字母，也算同名）。",
+                  "There is a role named {n} already: choose another name (one written in "
+                  "full width, another case or Cyrillic or Greek letters that look alike "
+                  "is the same name).", n=tr(*ROLE_LABELS.get(m[1], (m[1], m[1]))))),
     # A name another already has, however written (auth.add_operator; rules' levels):
     # the office pages said it in the library's English.
     (re.compile(r"an operator named (.+) exists already|operator name .+ reads as (.+)'s, "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from helpers import snapshot
 from test_api import AMY_PW, BOSS_PW, Api, drive, new_member
 
 from crdtledger.ledger import Ledger
@@ -94,5 +95,30 @@ def test_a_custom_field_named_otherwise_is_the_same_field(tmp_path: Path) -> Non
             "custom": {"房号": "1", "房\u200b号": "2"}}, token=amy)
         assert (status, said["error"]) == (400, "invalid_input"), said
         assert "read as one" in said["message"], said
+
+    drive(tmp_path, go)
+
+
+def test_a_role_named_as_another_is_refused(tmp_path: Path) -> None:
+    """A role "\u043ewner" (a Cyrillic о), "Manager" or "前台\u200b" beside owner, manager
+    and 前台 was defined: the operators' list then said a cashier holds owner, or two
+    前台 of other permissions, and the one granting picked by a name that reads as
+    the other."""
+    async def go(ledger: Ledger, api: Api) -> None:
+        boss = await api.login("boss", BOSS_PW)
+        status, body = await api.call("POST", "/roles", {
+            "name": "前台", "permissions": ["member.add"]}, token=boss)
+        assert status == 200, body
+        before = snapshot(ledger)
+        for name, reads_as in (("\u043ewner", "owner"), ("Manager", "manager"),
+                               ("ＣＡＳＨＩＥＲ", "cashier"), ("前台\u200b", "前台")):
+            status, body = await api.call("POST", "/roles", {
+                "name": name, "permissions": ["member.add"]}, token=boss)
+            assert (status, body["error"]) == (400, "invalid_input"), (name, body)
+            assert f"reads as {reads_as}'s" in body["message"], (name, body)
+        assert snapshot(ledger) == before
+        status, body = await api.call("POST", "/roles", {   # 前台 itself is redefined
+            "name": "前台", "permissions": ["member.add", "member.edit"]}, token=boss)
+        assert status == 200, body
 
     drive(tmp_path, go)

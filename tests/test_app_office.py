@@ -545,6 +545,24 @@ async def test_a_manager_confirms_this_pcs_clock_from_the_sync_page(
     assert app.ledger.clock_confirmed_today()
 
 
+async def test_a_role_named_as_another_is_said_in_chinese(counter_app: CounterApp) -> None:
+    """A new role "Manager", "\u043ewner" (a Cyrillic о) or "店长" (as this page names
+    the built-in manager) was created: the role list showed two 店长 or two 店主, of
+    other permissions, for whoever grants one to pick from."""
+    app = counter_app
+    await app.login(*OWNER)
+    await app.user.open("/admin/roles")
+    held = views.defined_roles(app.ledger)
+    for typed, said in (("Manager", "店长"), ("\u043ewner", "店主"), ("店长", "店长"),
+                        ("ｃａｓｈｉｅｒ", "收银员")):
+        app.user.find(marker="role-name").clear().type(typed)
+        app.user.find(marker="role-add").click()
+        await app.user.should_see(f"已有角色叫 {said}：请换一个名字（全角半角、大小写不同，"
+                                  "或用了样子相同的俄文、希腊字母，也算同名）。")
+        app.user.notify.messages.clear()
+    assert views.defined_roles(app.ledger) == held
+
+
 async def test_an_operator_or_a_level_named_as_another_is_said_in_chinese(
         counter_app: CounterApp) -> None:
     """An operator "ＢＯＳＳ" beside boss, and two levels named alike ("金卡" and "金卡 "),
