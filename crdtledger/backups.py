@@ -475,8 +475,10 @@ def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
                     os.replace(data_dir / (DB_FILE + suffix), data_dir / (kept.name + suffix))
             os.replace(db, kept)
         else:
-            for suffix in SQLITE_SUFFIXES[1:]:  # a WAL left without its store is no one's
-                (data_dir / (DB_FILE + suffix)).unlink(missing_ok=True)
+            # A log left without its store (the store moved out after a crash, its -wal
+            # forgotten) holds sales no other file may hold: kept aside, not deleted.
+            walpair.forget(data_dir, db)
+            (data_dir / (DB_FILE + "-journal")).unlink(missing_ok=True)
         os.replace(tmp, db)
         _sync_dir(data_dir)
     return {"node": sealed.node, "chain": trust.chain,

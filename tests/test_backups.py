@@ -11,11 +11,13 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,6 +224,32 @@ def test_a_damaged_store_is_restored_in_place(tmp_path: Path) -> None:
     (shop.data / DB_FILE).write_bytes(b"not a database any more")
     restore(tmp_path / "bk", shop.data)
     assert shop.balance() == 12_345
+
+
+def test_a_log_left_without_its_store_is_kept_by_a_restore(tmp_path: Path, cli: Cli) -> None:
+    """The PC lost power with a sale in the store's log (ledger.sqlite3-wal), and the
+    store file was moved out (damaged, or by mistake) without it: the restore deleted
+    that log, the only copy of a sale the till had acknowledged. It is kept aside."""
+    shop = make_shop(tmp_path)
+    write_backup(shop.data, tmp_path / "bk")
+    sale = ("import os, sys\nfrom crdtledger.ledger import Ledger\n"
+            "ledger = Ledger.open(sys.argv[1])\n"
+            "ledger.debit(ledger.owner, sys.argv[2], amount=2_345)\n"
+            "os._exit(0)  # the power cut: no checkpoint, no close\n")
+    subprocess.run([sys.executable, "-c", sale, str(shop.data), shop.member], check=True)
+    wal = (shop.data / f"{DB_FILE}-wal").read_bytes()
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (shop.data / DB_FILE).rename(moved / DB_FILE)
+    r = cli("restore", "--from", tmp_path / "bk", data=shop.data)
+    assert r.code == 0, r.err
+    assert shop.balance() == 12_345  # the backup's
+    (kept,) = [p for p in shop.data.iterdir() if p.name.startswith(f"{DB_FILE}-wal")
+               and p.read_bytes() == wal]
+    shutil.copy(kept, moved / f"{DB_FILE}-wal")  # put back with its store, the sale is there
+    with closing(sqlite3.connect(moved / DB_FILE)) as conn:
+        (count,) = conn.execute("SELECT COUNT(*) FROM entries WHERE kind = 'debit'").fetchone()
+    assert count == 1
 
 
 def test_a_damaged_store_makes_no_backup(tmp_path: Path) -> None:
