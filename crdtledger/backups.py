@@ -434,7 +434,18 @@ def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
 
         try:
             refuse_newer_format(meta.get("format"), what)
-        except StoreError:
+            # A backup made before backups checked their copy, or sealed again after an
+            # edit, put a damaged store (a record of its own log altered: every branch
+            # refuses that log for good) in place of one that may be whole, unsaid.
+            conn = sqlite3.connect(tmp.resolve().as_uri() + "?mode=ro&immutable=1", uri=True)
+            try:
+                found = damage(conn)
+            finally:
+                conn.close()
+            if found is not None:
+                raise CorruptSyncFile(f"{what} holds a damaged store ({found}): nothing was "
+                                      "restored; restore an earlier backup")
+        except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         try:

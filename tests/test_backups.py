@@ -21,6 +21,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgpack
 import pytest
 from conftest import Cli
 
@@ -40,8 +41,8 @@ from crdtledger.errors import (
     StoreLocked,
 )
 from crdtledger.ledger import Ledger
-from crdtledger.seal import unseal
-from crdtledger.trust import Trust
+from crdtledger.seal import seal, unseal
+from crdtledger.trust import Trust, load_trust
 from peer.chain import enrol, init_chain
 
 PHONE = "13812345678"
@@ -250,6 +251,40 @@ def test_a_log_left_without_its_store_is_kept_by_a_restore(tmp_path: Path, cli: 
     with closing(sqlite3.connect(moved / DB_FILE)) as conn:
         (count,) = conn.execute("SELECT COUNT(*) FROM entries WHERE kind = 'debit'").fetchone()
     assert count == 1
+
+
+def test_a_backup_holding_an_edited_log_is_refused_and_changes_nothing(
+        tmp_path: Path, cli: Cli) -> None:
+    """A backup sealed by the branch's own key over a store whose own log was edited (a
+    backup of a build before backups checked their copy, or one sealed again after an
+    edit) was restored in place of the whole store without a word: every branch then
+    refused the branch's log from that record on, for good. It is refused, and the data
+    directory is left as it was."""
+    shop = make_shop(tmp_path)
+    copy = tmp_path / "copy.sqlite3"
+    with closing(sqlite3.connect(shop.data / DB_FILE)) as src, \
+            closing(sqlite3.connect(copy)) as dst:
+        src.backup(dst)
+        seq, data = dst.execute("SELECT seq, data FROM records WHERE node = 'SH01' AND doc "
+                                "LIKE 'ledger/%' ORDER BY seq LIMIT 1").fetchone()
+        edited = bytearray(data)
+        edited[len(edited) // 2] ^= 1
+        with dst:
+            dst.execute("UPDATE records SET data = ? WHERE node = 'SH01' AND seq = ?",
+                        (bytes(edited), seq))
+        dst.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    taken = int(time.time() * 1000)
+    body = {"db": copy.read_bytes(), "keys": {}, "taken_at": taken}
+    (tmp_path / "bk").mkdir()
+    (tmp_path / "bk" / BACKUP_FILE).write_bytes(seal(
+        load_trust(shop.data, "acme", "SH01"), "backup",
+        msgpack.packb(body, use_bin_type=True), taken))
+    before = {p: p.read_bytes() for p in shop.data.rglob("*") if p.is_file()}
+    r = cli("restore", "--from", tmp_path / "bk", data=shop.data)
+    assert r.code == 1, r.out
+    assert f"holds a damaged store (record {seq} of this branch's own log (SH01) was " \
+        "changed" in r.err and "nothing was restored; restore an earlier backup" in r.err, r.err
+    assert {p: p.read_bytes() for p in shop.data.rglob("*") if p.is_file()} == before
 
 
 def test_a_damaged_store_makes_no_backup(tmp_path: Path) -> None:
