@@ -45,6 +45,7 @@ from crdtledger.errors import (
     InvalidInput,
     LedgerError,
     RemoteProtocolError,
+    StoreDamaged,
     StoreError,
     StoreLocked,
 )
@@ -296,9 +297,9 @@ def write_backup(data_dir: Path, target_dir: Path, progress: Progress = _silent)
                 progress("checking the copy")
                 found = damage(dst, copied_from=src)
             if found is not None:
-                raise StoreError(f"the store in {data_dir} is damaged ({found}): no backup "
-                                 "was written, so the last good one is still whole. "
-                                 f"{RESTORE_DAMAGED}")
+                raise StoreDamaged(f"the store in {data_dir} is damaged ({found}): no backup "
+                                   "was written, so the last good one is still whole. "
+                                   f"{RESTORE_DAMAGED}", found)
             meta = dict(dst.execute("SELECT key, value FROM meta").fetchall())
             node, chain = meta["node"], meta["chain"]
             dst.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)",

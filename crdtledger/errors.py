@@ -138,6 +138,14 @@ class StoreError(LedgerError):
     code = "store_error"
 
 
+class StoreDamaged(StoreError):
+    """A store that no longer reads as it was written; `found` says what is wrong."""
+
+    def __init__(self, text: str, found: str = "") -> None:
+        super().__init__(text)
+        self.found = found
+
+
 class RemoteProtocolError(Exception):
     """A peer or a sync file sent something malformed; the connection or file is refused."""
 

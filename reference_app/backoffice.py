@@ -30,6 +30,7 @@ from crdtledger.errors import (
     LedgerError,
     PermissionDenied,
     RemoteProtocolError,
+    StoreDamaged,
 )
 from crdtledger.ledger import PREF_KEYS, Ledger
 from crdtledger.money import format_yuan
@@ -1692,7 +1693,22 @@ def backup_card(ledger: Ledger) -> None:
                 refuse(e)
                 return
             status.set_text(tr("正在备份…", "Backing up…"))
-            data = await run.io_bound(sealed_backup, ledger.storage.dir)
+            status.classes(replace="text-sm")
+            try:
+                data = await run.io_bound(sealed_backup, ledger.storage.dir)
+            except StoreDamaged as e:
+                # The page said "backing up" for good, and the owner went on trusting a
+                # backup that was never made.
+                status.set_text(tr(
+                    "没有生成备份，之前的备份仍完好：本店的数据已损坏（{why}）。请用最近一次完好的"
+                    "备份恢复（命令 crdtledger restore），再让本店从其他分店取回之后的数据",
+                    "No backup was made, the earlier ones are still whole: this branch's "
+                    "data is damaged ({why}). Restore the last good backup (the command "
+                    "crdtledger restore) and let the branch catch up from its peers",
+                    why=e.found))
+                status.classes(replace="text-sm text-negative")
+                ui.notify(status.text, type="negative", multi_line=True)
+                return
             if data is None:
                 return  # the app is shutting down
             status.set_text(tr("备份完成，{kb} KB", "Backup done, {kb} KB",

@@ -299,6 +299,28 @@ async def test_backup_downloads_a_store_that_opens(counter_app: CounterApp,
         assert restored.balance(mid) == app.ledger.balance(mid)
 
 
+
+async def test_a_backup_refused_for_a_damaged_store_says_so(counter_app: CounterApp) -> None:
+    """The store damaged (a record of its own log edited by hand): the backup refused,
+    and the page said 正在备份… for good, the owner trusting a backup never made."""
+    app = counter_app
+    seed(app)
+    conn = app.ledger.storage.conn
+    seq, data = conn.execute("SELECT seq, data FROM records WHERE node = ? AND doc LIKE "
+                             "'ledger/%' ORDER BY seq LIMIT 1", (NODE,)).fetchone()
+    edited = bytearray(data)
+    edited[len(edited) // 2] ^= 1
+    with app.ledger.storage.transaction():
+        conn.execute("UPDATE records SET data = ? WHERE node = ? AND seq = ?",
+                     (bytes(edited), NODE, seq))
+    await app.login(*OWNER)
+    await app.user.open("/office/sync")
+    app.user.find(marker="backup").click()
+    await app.user.should_see("没有生成备份，之前的备份仍完好：本店的数据已损坏（record "
+                              f"{seq} of this branch's own log ({NODE}) was changed")
+    await app.user.should_see("请用最近一次完好的备份恢复（命令 crdtledger restore）")
+    await app.user.should_not_see("正在备份")
+
 async def test_cashier_sees_no_reports_or_admin_and_pages_refuse(
         counter_app: CounterApp) -> None:
     app = counter_app
