@@ -492,6 +492,11 @@ def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
             walpair.forget(data_dir, db)
             (data_dir / (DB_FILE + "-journal")).unlink(missing_ok=True)
         os.replace(tmp, db)
+        if path.resolve() == (data_dir / BACKUP_FILE).resolve():
+            # Left there, it was a backup copied in by hand, which the store's first
+            # opening restored again without the chain directory: the branches to wait
+            # for (`_enrolled`) went with it, and head office's word ended the wait.
+            path.rename(path.with_name(f"{BACKUP_FILE}.restored-{stamp}"))
         _sync_dir(data_dir)
     return {"node": sealed.node, "chain": trust.chain,
             "taken_at": meta.get("restored_from") or local_time(taken_ms, meta.get("timezone")),
@@ -520,7 +525,7 @@ def no_store(data_dir: Path) -> str:
 
 def restore_pending(data_dir: Path, *, lock: bool = True) -> bool:
     """Restore a backup copied by hand into the data directory (``DATA/ledger.backup``),
-    in place, and rename it ``ledger.backup.restored-<time>``. Returns whether one was
+    in place (`restore` renames it ``ledger.backup.restored-<time>``). Returns whether one was
     restored. A backup that does not pass is refused with the reason and left where
     it is, so the store does not open as if nothing had been asked."""
     pending = Path(data_dir) / BACKUP_FILE
@@ -531,8 +536,6 @@ def restore_pending(data_dir: Path, *, lock: bool = True) -> bool:
     except (LedgerError, RemoteProtocolError) as e:
         raise type(e)(f"{e} (or move {pending} out of the data directory to open the store "
                       "as it is)") from None
-    pending.rename(pending.with_name(
-        f"{BACKUP_FILE}.restored-{datetime.now():%Y%m%d-%H%M%S}"))
     return True
 
 

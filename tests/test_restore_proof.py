@@ -428,6 +428,33 @@ def test_a_branch_enrolled_after_the_backup_is_waited_for(tmp_path: Path) -> Non
         assert r.restored is None and _cash(r, m) == 0
 
 
+
+def test_a_restore_into_the_backups_own_directory_keeps_waiting_for_every_branch(
+        tmp_path: Path) -> None:
+    """As above, restored with `restore --from BK --chain CHAIN --data BK`: the backup
+    stayed in the data directory as one copied there by hand, and the store's first
+    opening restored it again without the chain directory. The branches to wait for
+    went with it, head office's file ended the wait, and the 100.00 was served again."""
+    sh01, hq = _enrolled(tmp_path, "SH01"), _enrolled(tmp_path, "HQ")
+    m = _member_with(sh01, HUNDRED)
+    with Ledger.open(sh01) as a, Ledger.open(hq) as h:
+        sync(a, h)
+    bk = tmp_path / "bk"
+    write_backup(sh01, bk)
+    sh03 = _enrolled(tmp_path, "SH03")
+    with Ledger.open(sh01) as a, Ledger.open(sh03) as c:
+        a.debit(a.owner, m, amount=HUNDRED)
+        sync(a, c)
+    done = run_cli("restore", "--from", bk, "--chain", tmp_path / "acme", "--data", bk)
+    assert done.code == 0, done.err
+    assert not (bk / BACKUP_FILE).exists()
+    with Ledger.open(bk) as r, Ledger.open(hq) as h:
+        export_file(h, tmp_path / "hq-now.sync")
+        got = import_file(r, tmp_path / "hq-now.sync")
+        assert r.restored and "and SH03 not yet" in got["not_selling"]
+        with pytest.raises(NotCaughtUp):
+            r.debit(r.owner, m, amount=HUNDRED)
+
 def test_a_branch_enrolled_after_the_backup_and_revoked_is_not_waited_for(
         tmp_path: Path) -> None:
     """A shop enrolled after the backup that never opened and was revoked: the restored
