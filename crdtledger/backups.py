@@ -518,8 +518,13 @@ def no_store(data_dir: Path) -> str:
         return (f"no store in {data_dir} yet: a backup waits there ({BACKUP_FILE}); start "
                 "the node (crdtledger node run) to restore it")
     if any((data_dir / d).is_dir() and any((data_dir / d).iterdir()) for d in ("tls", "keys")):
+        # With the chain directory again: the keys now there open the backup without it,
+        # and the branches the chain enrolled, which the node must hear from before it
+        # sells, were not noted (`_enrolled`).
         return (f"no store in {data_dir}, but a node's keys are there (a restore cut short?): "
-                f"run crdtledger restore --from BACKUP --data {data_dir} again")
+                f"run crdtledger restore --from BACKUP --data {data_dir} --chain CHAIN_DIR "
+                "again (the chain directory: it names the branches to hear from before "
+                "selling)")
     return f"no crdtledger node in {data_dir} (run: crdtledger init)"
 
 

@@ -545,6 +545,7 @@ def test_backup_and_restore_at_the_command_line(cli: Cli, tmp_path: Path) -> Non
     assert r.code == 1 and "--head-office needs a chain directory" in r.err
 
 
+
 def test_a_backup_never_puts_the_store_in_the_clear_where_the_backup_goes(
         tmp_path: Path) -> None:
     """A backup killed while copying (30 SIGKILLs: 8 left it) left its plain copy of
@@ -586,7 +587,7 @@ def test_a_data_directory_left_by_a_restore_cut_short_says_to_restore_again(
     shutil.copytree(shop.data / "tls", cut / "tls")
     r = cli("status", data=cut)
     assert r.code == 1 and "a node's keys are there (a restore cut short?)" in r.err, r.err
-    assert f"crdtledger restore --from BACKUP --data {cut} again" in r.err
+    assert f"crdtledger restore --from BACKUP --data {cut} --chain CHAIN_DIR again" in r.err
     assert cli("restore", "--from", str(tmp_path / "bk"), "--chain", str(shop.chain),
                data=cut).code == 0
     assert cli("status", data=cut).code == 0

@@ -10,6 +10,7 @@ into another branch's directory. Real SQLite stores, real sealed backups and fil
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 from collections.abc import Iterator
@@ -449,6 +450,40 @@ def test_a_restore_into_the_backups_own_directory_keeps_waiting_for_every_branch
     assert done.code == 0, done.err
     assert not (bk / BACKUP_FILE).exists()
     with Ledger.open(bk) as r, Ledger.open(hq) as h:
+        export_file(h, tmp_path / "hq-now.sync")
+        got = import_file(r, tmp_path / "hq-now.sync")
+        assert r.restored and "and SH03 not yet" in got["not_selling"]
+        with pytest.raises(NotCaughtUp):
+            r.debit(r.owner, m, amount=HUNDRED)
+
+
+def test_a_restore_cut_short_and_run_again_as_told_keeps_waiting_for_every_branch(
+        tmp_path: Path) -> None:
+    """As above, the restore onto the new PC killed after it wrote the node's keys and
+    before the store. `status` said to run it again as `restore --from BACKUP --data
+    DIR`, without the chain directory, which the keys now there no longer need: the
+    branches to wait for were not noted, and head office's file ended the wait."""
+    sh01, hq = _enrolled(tmp_path, "SH01"), _enrolled(tmp_path, "HQ")
+    m = _member_with(sh01, HUNDRED)
+    with Ledger.open(sh01) as a, Ledger.open(hq) as h:
+        sync(a, h)
+    bk = tmp_path / "bk"
+    write_backup(sh01, bk)
+    sh03 = _enrolled(tmp_path, "SH03")
+    with Ledger.open(sh01) as a, Ledger.open(sh03) as c:
+        a.debit(a.owner, m, amount=HUNDRED)
+        sync(a, c)
+    new_pc = tmp_path / "new-pc"
+    new_pc.mkdir(mode=0o700)
+    shutil.copytree(sh01 / "tls", new_pc / "tls")  # the keys written, not the store
+    said = run_cli("status", "--data", new_pc).err
+    told = re.search(r"run (crdtledger restore .*) again", said)
+    assert told, said
+    argv = [word.replace("BACKUP", str(bk)).replace("CHAIN_DIR", str(tmp_path / "acme"))
+            for word in told.group(1).split()[2:]]
+    done = run_cli("restore", *argv)
+    assert done.code == 0, done.err
+    with Ledger.open(new_pc) as r, Ledger.open(hq) as h:
         export_file(h, tmp_path / "hq-now.sync")
         got = import_file(r, tmp_path / "hq-now.sync")
         assert r.restored and "and SH03 not yet" in got["not_selling"]
