@@ -449,9 +449,13 @@ def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        enrolled = _enrolled(chain_dir, sealed.node)
+        if here is not None:
+            # A restored store restored again without the chain directory (the node's
+            # keys, there now, open the backup): what its first restore noted still waits.
+            enrolled = {**_still_enrolled(data_dir / DB_FILE), **enrolled}
         try:
-            backup_tip = _mark_restored(tmp, sealed.node, what,
-                                        _enrolled(chain_dir, sealed.node))
+            backup_tip = _mark_restored(tmp, sealed.node, what, enrolled)
         except BaseException:
             for suffix in SQLITE_SUFFIXES:
                 Path(str(tmp) + suffix).unlink(missing_ok=True)
@@ -658,6 +662,18 @@ def _enrolled(chain_dir: Path | None, node: str) -> dict[str, list[str]]:
             continue  # not a certificate: nobody to wait for
         out.setdefault(name, []).append(base64.b64encode(der).decode())
     return out
+
+
+def _still_enrolled(db: Path) -> dict[str, list[str]]:
+    """The branches a restored store in `db` still waits to hear from (`_enrolled`)."""
+    meta = _meta(db) or {}
+    if not meta.get("restored_from"):
+        return {}  # caught up: the list it kept says nothing more
+    try:
+        noted = json.loads(meta.get("restore_enrolled") or "{}")
+    except ValueError:
+        return {}
+    return noted if isinstance(noted, dict) else {}
 
 
 def put_back_marks(conn: sqlite3.Connection) -> dict[str, str]:

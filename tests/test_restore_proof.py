@@ -490,6 +490,34 @@ def test_a_restore_cut_short_and_run_again_as_told_keeps_waiting_for_every_branc
         with pytest.raises(NotCaughtUp):
             r.debit(r.owner, m, amount=HUNDRED)
 
+
+def test_a_restore_run_again_in_place_keeps_waiting_for_every_branch(
+        tmp_path: Path) -> None:
+    """As above, restored onto the new PC from the chain directory, then restored again
+    over that waiting store without it (the node's keys now there open the backup): the
+    branches the first restore noted to wait for went with the store it replaced."""
+    sh01, hq = _enrolled(tmp_path, "SH01"), _enrolled(tmp_path, "HQ")
+    m = _member_with(sh01, HUNDRED)
+    with Ledger.open(sh01) as a, Ledger.open(hq) as h:
+        sync(a, h)
+    bk = tmp_path / "bk"
+    write_backup(sh01, bk)
+    sh03 = _enrolled(tmp_path, "SH03")
+    with Ledger.open(sh01) as a, Ledger.open(sh03) as c:
+        a.debit(a.owner, m, amount=HUNDRED)
+        sync(a, c)
+    new_pc = tmp_path / "new-pc"
+    first = run_cli("restore", "--from", bk, "--chain", tmp_path / "acme", "--data", new_pc)
+    assert first.code == 0, first.err
+    again = run_cli("restore", "--from", bk, "--data", new_pc)
+    assert again.code == 0, again.err
+    with Ledger.open(new_pc) as r, Ledger.open(hq) as h:
+        export_file(h, tmp_path / "hq-now.sync")
+        got = import_file(r, tmp_path / "hq-now.sync")
+        assert r.restored and "and SH03 not yet" in got["not_selling"]
+        with pytest.raises(NotCaughtUp):
+            r.debit(r.owner, m, amount=HUNDRED)
+
 def test_a_branch_enrolled_after_the_backup_and_revoked_is_not_waited_for(
         tmp_path: Path) -> None:
     """A shop enrolled after the backup that never opened and was revoked: the restored
