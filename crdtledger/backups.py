@@ -412,8 +412,7 @@ def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
     own_identity = own_cert is not None
     if for_ca is not None and not own_identity:
         keys = _keys_from_ca(for_ca, chain_dir, trust.chain, sealed.node, what)
-    private_dir(data_dir)
-    with _locked(data_dir) if lock else contextlib.nullcontext():
+    with _made_for(data_dir), _locked(data_dir) if lock else contextlib.nullcontext():
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         tmp = data_dir / (DB_FILE + ".restoring")
         progress(f"writing the store of node {sealed.node} into {data_dir}")
@@ -818,6 +817,24 @@ def _contents(payload: bytes, what: str) -> tuple[bytes, dict[str, bytes], bytes
 def _key_paths_ok(keys: dict[Any, Any]) -> bool:
     return all(isinstance(k, str) and KEY_PATH.match(k) and isinstance(v, bytes)
                for k, v in keys.items())
+
+
+@contextlib.contextmanager
+def _made_for(data_dir: Path) -> Iterator[None]:
+    """The data directory, made if need be: what a refused restore made of it (the
+    directory, its lock file) is removed again, so a refusal leaves nothing behind."""
+    made = [p for p in (data_dir / LOCK_FILE, data_dir) if not p.exists()]
+    private_dir(data_dir)
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            for path in made:
+                if path == data_dir:
+                    path.rmdir()  # only if nothing else is in it
+                else:
+                    path.unlink()
+        raise
 
 
 @contextlib.contextmanager
