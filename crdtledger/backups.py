@@ -548,11 +548,13 @@ def restore_pending(data_dir: Path, *, lock: bool = True) -> bool:
 
 
 # What restore leaves in the data directory (the store it replaced, a backup copied
-# there by hand) is kept as long as a backup is (the README: 30 days at most), then
-# removed by the daily pass: the replaced store is a plain SQLite file, and an erasure
-# never reaches it.
+# there by hand, a log left without its store) and a log set aside beside an older
+# copy of its store (crdtledger.walpair) are kept as long as a backup is (the README:
+# 30 days at most), then removed by the daily pass: they are plain SQLite pages, and
+# an erasure never reaches them.
 KEPT_ASIDE_DAYS = 30
 _KEPT_ASIDE = re.compile(rf"^(?:{re.escape(DB_FILE)}\.before-restore|"
+                         rf"{re.escape(DB_FILE)}-wal\.foreign|"
                          rf"{re.escape(BACKUP_FILE)}\.restored)-(\d{{8}}-\d{{6}})")
 
 

@@ -21,9 +21,10 @@ how far the store's signed log had gone in the file when the log started again (
 last `records` row, read from the file alone: every document write adds one, none is
 ever deleted), and a file of the stamp before that has not gone as far is another
 file too.
-Such a log is set aside (`ledger.sqlite3-wal.foreign-<time>`, kept for a look) before
-SQLite opens the store, which then opens as the copy it is and, being behind its tip
-mark, as a restored store that catches up with itself before it sells.
+Such a log is set aside (`ledger.sqlite3-wal.foreign-<time>`, kept for a look for 30
+days: backups.drop_kept_aside) before SQLite opens the store, which then opens as the
+copy it is and, being behind its tip mark, as a restored store that catches up with
+itself before it sells.
 
 Fails open: a file beside that does not name the log there (lost to a power cut, the
 stamp not yet written, a store from before this check) checks nothing. Not caught: a

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import msgpack
@@ -28,6 +29,7 @@ from conftest import Cli
 from crdtledger.backups import (
     BACKUP_FILE,
     DB_FILE,
+    KEPT_ASIDE_DAYS,
     restore,
     restore_pending,
     store_damage,
@@ -227,21 +229,27 @@ def test_a_damaged_store_is_restored_in_place(tmp_path: Path) -> None:
     assert shop.balance() == 12_345
 
 
+def _crashed_and_moved_out(shop: Shop, to: Path) -> bytes:
+    """A sale in the store's log when the PC loses power; then the store file moved out
+    to `to` without that log (`ledger.sqlite3-wal`). Returns the log."""
+    sale = ("import os, sys\nfrom crdtledger.ledger import Ledger\n"
+            "ledger = Ledger.open(sys.argv[1])\n"
+            "ledger.debit(ledger.owner, sys.argv[2], amount=2_345)\n"
+            "os._exit(0)  # the power cut: no checkpoint, no close\n")
+    subprocess.run([sys.executable, "-c", sale, str(shop.data), shop.member], check=True)
+    to.mkdir()
+    (shop.data / DB_FILE).rename(to / DB_FILE)
+    return (shop.data / f"{DB_FILE}-wal").read_bytes()
+
+
 def test_a_log_left_without_its_store_is_kept_by_a_restore(tmp_path: Path, cli: Cli) -> None:
     """The PC lost power with a sale in the store's log (ledger.sqlite3-wal), and the
     store file was moved out (damaged, or by mistake) without it: the restore deleted
     that log, the only copy of a sale the till had acknowledged. It is kept aside."""
     shop = make_shop(tmp_path)
     write_backup(shop.data, tmp_path / "bk")
-    sale = ("import os, sys\nfrom crdtledger.ledger import Ledger\n"
-            "ledger = Ledger.open(sys.argv[1])\n"
-            "ledger.debit(ledger.owner, sys.argv[2], amount=2_345)\n"
-            "os._exit(0)  # the power cut: no checkpoint, no close\n")
-    subprocess.run([sys.executable, "-c", sale, str(shop.data), shop.member], check=True)
-    wal = (shop.data / f"{DB_FILE}-wal").read_bytes()
     moved = tmp_path / "moved"
-    moved.mkdir()
-    (shop.data / DB_FILE).rename(moved / DB_FILE)
+    wal = _crashed_and_moved_out(shop, moved)
     r = cli("restore", "--from", tmp_path / "bk", data=shop.data)
     assert r.code == 0, r.err
     assert shop.balance() == 12_345  # the backup's
@@ -252,6 +260,21 @@ def test_a_log_left_without_its_store_is_kept_by_a_restore(tmp_path: Path, cli: 
         (count,) = conn.execute("SELECT COUNT(*) FROM entries WHERE kind = 'debit'").fetchone()
     assert count == 1
 
+
+def test_a_log_kept_aside_is_removed_a_month_later(tmp_path: Path) -> None:
+    """A log set aside (left without its store, or beside an older copy of it) holds
+    members' pages in the clear, which no erasure reaches: kept for good, unlike the
+    store a restore replaces. The daily pass removes it as old as the oldest backup the
+    owner keeps."""
+    shop = make_shop(tmp_path)
+    write_backup(shop.data, tmp_path / "bk")
+    _crashed_and_moved_out(shop, tmp_path / "moved")
+    restore(tmp_path / "bk", shop.data)
+    assert list(shop.data.glob(f"{DB_FILE}-wal.foreign-*"))
+    later = datetime.now() + timedelta(days=KEPT_ASIDE_DAYS, minutes=1)
+    with Ledger.open(shop.data, now_ms=lambda: int(later.timestamp() * 1000)) as ledger:
+        ledger.housekeeping()
+    assert list(shop.data.glob(f"{DB_FILE}-wal.foreign-*")) == []
 
 def test_a_backup_holding_an_edited_log_is_refused_and_changes_nothing(
         tmp_path: Path, cli: Cli) -> None:
