@@ -1,7 +1,8 @@
 """`python -m reference_app --data DIR`: a branch node and its counter pages in one process.
 
 The node is started on NiceGUI's event loop (`app.on_startup`) and stopped with it,
-so the pages call the ledger on the loop that owns it and the store is opened once.
+so the pages call the ledger on the loop that owns it (the store is opened once before,
+to refuse one that does not open before any page is served).
 The node's settings come from the same flags and DATA/node.toml as `crdtledger node
 run` (peer/cli.py's `node_config`).
 """
@@ -19,7 +20,8 @@ from pathlib import Path
 from nicegui import app, ui
 
 from crdtledger import __version__, platform
-from crdtledger.errors import LedgerError
+from crdtledger.errors import LedgerError, RemoteProtocolError
+from crdtledger.ledger import Ledger
 from crdtledger.private import private_text_open
 from crdtledger.sync import PROTOCOL_VERSION
 from peer import local, webcert
@@ -229,6 +231,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"reference_app: {args.data} is in use by another process (a node or a "
               "counter already runs on it): stop that one first")
         return 1
+    try:
+        # Opened once before the pages start: a store that does not open (another
+        # branch's backup copied in to be restored, a damaged or newer store) left this
+        # process up with no node, /login a 500 and the reason in a traceback.
+        Ledger.open(args.data).close()
+    except (LedgerError, RemoteProtocolError) as e:
+        print(f"reference_app: {e}")
+        return 2
     from nicegui.storage import Storage
 
     # Sessions next to the node's data, not in whatever directory the app started in.

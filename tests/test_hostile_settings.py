@@ -109,6 +109,30 @@ def test_a_bad_notify_stops_the_counter_before_its_pages_start(
     assert f"{data / 'node.toml'}" in out and said in out and "Traceback" not in out, out
 
 
+
+def test_a_backup_the_store_refuses_stops_the_counter_before_its_pages_start(
+        tmp_path: Path) -> None:
+    """Another branch's backup copied into the data directory (to be restored when the
+    store opens): the store refused it, and the counter stayed up with no node, /login
+    a 500 ("the node is not started"), the sentence saying what to do in a traceback
+    in the log. Now: exit 2 with the sentence."""
+    data, _chain = node(tmp_path)
+    other, _chain = node(tmp_path, "SH02")
+    (data / "ledger.backup").write_bytes(sealed_backup(other))
+    argv = [sys.executable, "-m", "reference_app", "--data", str(data), "--no-mdns",
+            "--http", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, encoding="utf-8", env=cli_env())
+    try:
+        out, _ = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"the counter kept running on a store that does not open: {out[-600:]}")
+    assert proc.returncode == 2, out
+    assert f"{data} holds node SH01" in out and "of node SH02" in out, out
+    assert "move" in out and "Traceback" not in out, out
+
 @pytest.mark.parametrize(("body", "said"), [
     (b'host = "127.0.0.1"\nwidth = 1e400\n', "width is 58 or 80"),
     (b"x = " + b"[" * 5000 + b"]" * 5000 + b"\n", "nests too deep"),
