@@ -704,8 +704,12 @@ def _mark_restored(copy: Path, node: str, what: str, enrolled: dict[str, list[st
         conn = sqlite3.connect(copy)
         try:
             (tip,) = conn.execute(_OWN_TIP, (node,)).fetchone()
+            # A backup of a store still waiting holds who had said then that nothing
+            # had come since: said before the PC it was taken from sold, it ended the
+            # next restore's wait on the word of the branches left.
             marks = {"restored_tip": str(int(tip)), **put_back_marks(conn),
-                     "restore_enrolled": json.dumps(enrolled)}
+                     "restore_enrolled": json.dumps(enrolled), "restore_heard": "",
+                     "restore_wait": ""}
             with conn:
                 conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", marks.items())
         finally:

@@ -518,6 +518,44 @@ def test_a_restore_run_again_in_place_keeps_waiting_for_every_branch(
         with pytest.raises(NotCaughtUp):
             r.debit(r.owner, m, amount=HUNDRED)
 
+
+def test_a_backup_of_a_waiting_store_does_not_carry_who_had_heard_nothing(
+        tmp_path: Path) -> None:
+    """SH01 restored on a second PC heard from SH02 that nothing had come since the
+    backup, and that night's backup of the still waiting store was taken. SH03 then
+    said the same, the PC sold the member's 100.00, SH02 took the sale, and the PC
+    died. The night's backup restored on a third PC still held "SH02 has heard
+    nothing": SH03's word alone ended the wait, and the 100.00 was served again."""
+    sh01, sh02, sh03 = (_enrolled(tmp_path, n) for n in ("SH01", "SH02", "SH03"))
+    m = _member_with(sh01, HUNDRED)
+    with Ledger.open(sh01) as a, Ledger.open(sh02) as b, Ledger.open(sh03) as c:
+        sync(a, b)
+        sync(a, c)
+    write_backup(sh01, tmp_path / "bk0")
+    chain = tmp_path / "acme"
+    restore(tmp_path / "bk0", tmp_path / "pc2", chain_dir=chain)
+    with Ledger.open(tmp_path / "pc2") as r2, Ledger.open(sh02) as b:
+        sync(r2, b)
+        assert r2.restored  # SH03 not yet
+    write_backup(tmp_path / "pc2", tmp_path / "bk1")  # the night's, still waiting
+    with Ledger.open(tmp_path / "pc2") as r2, Ledger.open(sh02) as b, \
+            Ledger.open(sh03) as c:
+        sync(r2, c)
+        assert r2.restored is None
+        r2.debit(r2.owner, m, amount=HUNDRED)
+        sync(r2, b)
+    restore(tmp_path / "bk1", tmp_path / "pc3", chain_dir=chain)
+    with Ledger.open(tmp_path / "pc3") as r3, Ledger.open(sh02) as b, \
+            Ledger.open(sh03) as c:
+        sync(r3, c)
+        assert r3.restored
+        with pytest.raises(NotCaughtUp):
+            r3.debit(r3.owner, m, amount=HUNDRED)
+        sync(r3, b)  # SH02 holds the sale, written by the second PC: it comes back
+        assert _cash(r3, m) == 0
+        with pytest.raises(NotCaughtUp, match="another PC restored as branch SH01"):
+            r3.debit(r3.owner, m, amount=1)
+
 def test_a_branch_enrolled_after_the_backup_and_revoked_is_not_waited_for(
         tmp_path: Path) -> None:
     """A shop enrolled after the backup that never opened and was revoked: the restored
