@@ -827,19 +827,18 @@ def _key_paths_ok(keys: dict[Any, Any]) -> bool:
 
 @contextlib.contextmanager
 def _made_for(data_dir: Path) -> Iterator[None]:
-    """The data directory, made if need be: what a refused restore made of it (the
-    directory, its lock file) is removed again, so a refusal leaves nothing behind."""
-    made = [p for p in (data_dir / LOCK_FILE, data_dir) if not p.exists()]
+    """The data directory, made if need be: one a refused restore made is removed
+    again with its lock file, so a refusal leaves nothing behind. (A lock file in a
+    directory that was there stays: a node starting there may hold it already.)"""
+    made = not data_dir.exists()
     private_dir(data_dir)
     try:
         yield
     except BaseException:
-        with contextlib.suppress(OSError):
-            for path in made:
-                if path == data_dir:
-                    path.rmdir()  # only if nothing else is in it
-                else:
-                    path.unlink()
+        if made:
+            with contextlib.suppress(OSError):
+                (data_dir / LOCK_FILE).unlink()
+                data_dir.rmdir()  # only if nothing else is in it
         raise
 
 
