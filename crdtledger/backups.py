@@ -837,7 +837,7 @@ def _made_for(data_dir: Path) -> Iterator[None]:
     except BaseException:
         if made:
             with contextlib.suppress(OSError):
-                (data_dir / LOCK_FILE).unlink()
+                (data_dir / LOCK_FILE).unlink(missing_ok=True)
                 data_dir.rmdir()  # only if nothing else is in it
         raise
 
