@@ -36,7 +36,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crdtledger import __version__, audit, localtime, operations, peerclock, platform, views
-from crdtledger.backups import DB_FILE, RESTORE_DAMAGED, restore, store_damage, write_backup
+from crdtledger.backups import (
+    BACKUP_FILE,
+    DB_FILE,
+    RESTORE_DAMAGED,
+    restore,
+    store_damage,
+    write_backup,
+)
 from crdtledger.errors import InvalidInput, LedgerError, PermissionDenied, RemoteProtocolError
 from crdtledger.inputs import json_value, printable, typed_half_width
 from crdtledger.ledger import Ledger
@@ -920,6 +927,14 @@ def status(args: argparse.Namespace, data_dir: Path) -> Result:
     if data.get("restored"):
         lines.append(f"RESTORED from a backup of {data['restored']}: not selling until it "
                      "has caught up with another branch")
+    # One copied in to be restored: refused, it stops the node from starting, and
+    # `status` said only "not running".
+    pending = data_dir / BACKUP_FILE
+    data["backup_waiting"] = str(pending) if pending.is_file() else None
+    if data["backup_waiting"]:
+        lines.append(f"BACKUP waiting: {pending} is restored when the node next starts, "
+                     "which it does not if the backup is refused (another branch's, or older "
+                     f"than this store): move it out of {data_dir} to start the store as it is")
     if data.get("another_pc"):
         said = str(data["another_pc"]).removeprefix(f"another PC sells as branch {data['node']}: ")
         lines.append(f"ANOTHER PC sells as {data['node']}: {said}")

@@ -643,6 +643,25 @@ def test_a_data_directory_left_by_a_restore_cut_short_says_to_restore_again(
     assert "a backup waits there (ledger.backup); start the node" in r.err, r.err
 
 
+
+def test_status_says_a_backup_waits_to_be_restored_at_the_next_start(
+        tmp_path: Path, cli: Cli) -> None:
+    """Another branch's backup copied into the data directory: the node refused to
+    start (the store refuses it), and `status` said only "not running"."""
+    shop = make_shop(tmp_path)
+    other = make_shop(tmp_path, node="SH02")
+    write_backup(other.data, tmp_path / "bk")
+    shutil.copy(tmp_path / "bk" / BACKUP_FILE, shop.data / BACKUP_FILE)
+    r = cli("node", "run", "--no-mdns", "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0",
+            data=shop.data)
+    assert r.code != 0 and "is of node SH02" in r.err, r.err
+    r = cli("status", data=shop.data)
+    assert r.code == 0 and f"BACKUP waiting: {shop.data / BACKUP_FILE} is restored when " \
+        "the node next starts" in r.out, r.out
+    assert f"move it out of {shop.data} to start the store as it is" in r.out
+    said = cli("status", "--json", data=shop.data).json()
+    assert said["backup_waiting"] == str(shop.data / BACKUP_FILE)
+
 def test_rows_deleted_by_hand_from_its_tables_are_said_by_the_store_check(
         tmp_path: Path, cli: Cli) -> None:
     """An `entries` row and a `cards` row deleted with sqlite3, the node stopped: the
