@@ -437,11 +437,15 @@ def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
             # A backup made before backups checked their copy, or sealed again after an
             # edit, put a damaged store (a record of its own log altered: every branch
             # refuses that log for good) in place of one that may be whole, unsaid.
-            conn = sqlite3.connect(tmp.resolve().as_uri() + "?mode=ro&immutable=1", uri=True)
             try:
-                found = damage(conn)
-            finally:
-                conn.close()
+                conn = sqlite3.connect(tmp.resolve().as_uri() + "?mode=ro&immutable=1",
+                                       uri=True)
+                try:
+                    found = damage(conn)
+                finally:
+                    conn.close()
+            except sqlite3.Error as e:
+                found = str(e)
             if found is not None:
                 raise CorruptSyncFile(f"{what} holds a damaged store ({found}): nothing was "
                                       "restored; restore an earlier backup")
