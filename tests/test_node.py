@@ -192,7 +192,8 @@ def test_status_without_a_running_node_reads_the_store(tmp_path: Path) -> None:
                       "rights_refused": {}, "unfunded": {}, "revoked": False,
                       "timezone": "Asia/Shanghai",  # the zone its times are shown in
                       "store_checked": True, "store_damaged": None,  # read whole: small
-                      "store_unprojected": {}}  # the documents against the tables
+                      "store_unprojected": {},  # the documents against the tables
+                      "backup_waiting": None}  # no ledger.backup copied in to restore
 
 
 
