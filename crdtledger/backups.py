@@ -415,6 +415,10 @@ def restore(source: Path, data_dir: Path, *, chain_dir: Path | None = None,
     with _made_for(data_dir), _locked(data_dir) if lock else contextlib.nullcontext():
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         tmp = data_dir / (DB_FILE + ".restoring")
+        # A restore killed while it marked its copy left that copy's log: SQLite laid
+        # it over the next copy written under this name, a store of two backups.
+        for suffix in SQLITE_SUFFIXES[1:]:
+            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
         progress(f"writing the store of node {sealed.node} into {data_dir}")
         try:
             with private_file_open(tmp) as f:

@@ -323,6 +323,34 @@ def test_a_restore_refused_leaves_no_directory_behind(tmp_path: Path, cli: Cli) 
     assert r.code == 1 and "made by a newer crdtledger" in r.err, r.err
     assert not (tmp_path / "new-pc").exists()
 
+
+def test_a_log_left_by_a_restore_killed_is_not_laid_over_the_next(
+        tmp_path: Path, cli: Cli) -> None:
+    """A restore killed while it marked its copy (`ledger.sqlite3.restoring`, its log
+    beside it) left that log; the next restore wrote another backup's copy under the
+    same name, and SQLite laid the old log's pages over it: a store of two branches'
+    pages put in place as whole."""
+    shop = make_shop(tmp_path)
+    other = make_shop(tmp_path, node="SH02")
+    write_backup(shop.data, tmp_path / "bk")
+    copying = tmp_path / "new-pc" / f"{DB_FILE}.restoring"
+    copying.parent.mkdir(mode=0o700)
+    shutil.copy(other.data / DB_FILE, copying)
+    conn = sqlite3.connect(copying)
+    conn.execute("PRAGMA wal_autocheckpoint = 0")
+    with conn:  # as _mark_restored marks it
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('restored_tip', '3')")
+    left = Path(f"{copying}-wal").read_bytes()  # the log as the kill left it
+    conn.close()
+    Path(f"{copying}-wal").write_bytes(left)
+    r = cli("restore", "--from", tmp_path / "bk", "--chain", shop.chain,
+            data=tmp_path / "new-pc")
+    assert r.code == 0, r.err
+    with closing(sqlite3.connect(tmp_path / "new-pc" / DB_FILE)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert dict(db.execute("SELECT key, value FROM meta"))["node"] == "SH01"
+    assert shop.balance(tmp_path / "new-pc") == 12_345
+
 def test_a_damaged_store_makes_no_backup(tmp_path: Path) -> None:
     """A store that opens but is malformed (a file put back beside another's log, a
     disk error) was copied page by page into a sealed backup without a word, night
