@@ -84,6 +84,22 @@ def test_node_toml_not_what_it_should_be_is_a_sentence_from_node_and_counter(
             gateways_from_config(data)
 
 
+def _counter_refuses_to_start(data: Path, why: str) -> str:
+    """Start the counter on `data`; it must exit 2 by itself. Returns what it said."""
+    argv = [sys.executable, "-m", "reference_app", "--data", str(data), "--no-mdns",
+            "--http", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, encoding="utf-8", env=cli_env())
+    try:
+        out, _ = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"the counter kept running on {why}: {out[-600:]}")
+    assert proc.returncode == 2, out
+    return out
+
+
 @pytest.mark.parametrize(("body", "said"), [
     ('[notify.sms]\nkind = "carrier-pigeon"\n', "kind 'carrier-pigeon' is not one of"),
     ("notify = [1]\n", "[notify] is a table of settings"),
@@ -95,17 +111,7 @@ def test_a_bad_notify_stops_the_counter_before_its_pages_start(
     service's restart-on-failure never fired. Now: exit 2 with the sentence."""
     data, _chain = node(tmp_path)
     (data / "node.toml").write_text(body, encoding="utf-8")
-    argv = [sys.executable, "-m", "reference_app", "--data", str(data), "--no-mdns",
-            "--http", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, encoding="utf-8", env=cli_env())
-    try:
-        out, _ = proc.communicate(timeout=90)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-        pytest.fail(f"the counter kept running on a bad [notify]: {out[-600:]}")
-    assert proc.returncode == 2, out
+    out = _counter_refuses_to_start(data, "a bad [notify]")
     assert f"{data / 'node.toml'}" in out and said in out and "Traceback" not in out, out
 
 
@@ -119,17 +125,7 @@ def test_a_backup_the_store_refuses_stops_the_counter_before_its_pages_start(
     data, _chain = node(tmp_path)
     other, _chain = node(tmp_path, "SH02")
     (data / "ledger.backup").write_bytes(sealed_backup(other))
-    argv = [sys.executable, "-m", "reference_app", "--data", str(data), "--no-mdns",
-            "--http", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--api", "127.0.0.1:0"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, encoding="utf-8", env=cli_env())
-    try:
-        out, _ = proc.communicate(timeout=90)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-        pytest.fail(f"the counter kept running on a store that does not open: {out[-600:]}")
-    assert proc.returncode == 2, out
+    out = _counter_refuses_to_start(data, "a store that does not open")
     assert f"{data} holds node SH01" in out and "of node SH02" in out, out
     assert "move" in out and "Traceback" not in out, out
 

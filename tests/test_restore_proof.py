@@ -15,6 +15,7 @@ import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from conftest import run_cli
@@ -402,20 +403,47 @@ def test_a_file_dated_ahead_of_this_clock_does_not_unlock_it(
         r.close()
 
 
+class _Lost(NamedTuple):
+    sh01: Path
+    sh03: Path
+    hq: Path
+    m: str
+    bk: Path
+
+
+def _backed_up_then_sold_at_sh03(tmp_path: Path) -> _Lost:
+    """SH01 backed up after head office heard it, then SH03 enrolled, and SH01's lost
+    PC served 100.00 that only SH03 heard of."""
+    sh01, hq = _enrolled(tmp_path, "SH01"), _enrolled(tmp_path, "HQ")
+    m = _member_with(sh01, HUNDRED)
+    with Ledger.open(sh01) as a, Ledger.open(hq) as h:
+        sync(a, h)
+    bk = tmp_path / "bk"
+    write_backup(sh01, bk)
+    sh03 = _enrolled(tmp_path, "SH03")
+    with Ledger.open(sh01) as a, Ledger.open(sh03) as c:
+        a.debit(a.owner, m, amount=HUNDRED)
+        sync(a, c)
+    return _Lost(sh01, sh03, hq, m, bk)
+
+
+def _waits_for_sh03(tmp_path: Path, restored: Path, hq: Path, m: str) -> None:
+    """Head office's word that it heard nothing since does not end the wait: SH03's is
+    missing, and the 100.00 it heard of is not served again."""
+    with Ledger.open(restored) as r, Ledger.open(hq) as h:
+        export_file(h, tmp_path / "hq-now.sync")
+        got = import_file(r, tmp_path / "hq-now.sync")
+        assert r.restored and "and SH03 not yet" in got["not_selling"]
+        with pytest.raises(NotCaughtUp):
+            r.debit(r.owner, m, amount=HUNDRED)
+
+
 def test_a_branch_enrolled_after_the_backup_is_waited_for(tmp_path: Path) -> None:
     """SH03 opened after SH01's backup, and the lost PC's sale after the backup went
     there alone. Restored on a new PC, SH01 knew of no SH03: head office's word that it
     had heard nothing since ended the wait, and the 100.00 was served again. A restore
     from the chain directory waits for every branch the chain enrolled, not revoked."""
-    sh01, hq = _enrolled(tmp_path, "SH01"), _enrolled(tmp_path, "HQ")
-    m = _member_with(sh01, HUNDRED)
-    with Ledger.open(sh01) as a, Ledger.open(hq) as h:
-        sync(a, h)
-    write_backup(sh01, tmp_path / "bk")
-    sh03 = _enrolled(tmp_path, "SH03")
-    with Ledger.open(sh01) as a, Ledger.open(sh03) as c:
-        a.debit(a.owner, m, amount=HUNDRED)
-        sync(a, c)
+    _sh01, sh03, hq, m, _bk = _backed_up_then_sold_at_sh03(tmp_path)
     restore(tmp_path / "bk", tmp_path / "new-pc", chain_dir=tmp_path / "acme")
     with Ledger.open(tmp_path / "new-pc") as r, Ledger.open(hq) as h, \
             Ledger.open(sh03) as c:
@@ -436,26 +464,11 @@ def test_a_restore_into_the_backups_own_directory_keeps_waiting_for_every_branch
     stayed in the data directory as one copied there by hand, and the store's first
     opening restored it again without the chain directory. The branches to wait for
     went with it, head office's file ended the wait, and the 100.00 was served again."""
-    sh01, hq = _enrolled(tmp_path, "SH01"), _enrolled(tmp_path, "HQ")
-    m = _member_with(sh01, HUNDRED)
-    with Ledger.open(sh01) as a, Ledger.open(hq) as h:
-        sync(a, h)
-    bk = tmp_path / "bk"
-    write_backup(sh01, bk)
-    sh03 = _enrolled(tmp_path, "SH03")
-    with Ledger.open(sh01) as a, Ledger.open(sh03) as c:
-        a.debit(a.owner, m, amount=HUNDRED)
-        sync(a, c)
+    _sh01, _sh03, hq, m, bk = _backed_up_then_sold_at_sh03(tmp_path)
     done = run_cli("restore", "--from", bk, "--chain", tmp_path / "acme", "--data", bk)
     assert done.code == 0, done.err
     assert not (bk / BACKUP_FILE).exists()
-    with Ledger.open(bk) as r, Ledger.open(hq) as h:
-        export_file(h, tmp_path / "hq-now.sync")
-        got = import_file(r, tmp_path / "hq-now.sync")
-        assert r.restored and "and SH03 not yet" in got["not_selling"]
-        with pytest.raises(NotCaughtUp):
-            r.debit(r.owner, m, amount=HUNDRED)
-
+    _waits_for_sh03(tmp_path, bk, hq, m)
 
 def test_a_restore_cut_short_and_run_again_as_told_keeps_waiting_for_every_branch(
         tmp_path: Path) -> None:
@@ -463,16 +476,7 @@ def test_a_restore_cut_short_and_run_again_as_told_keeps_waiting_for_every_branc
     before the store. `status` said to run it again as `restore --from BACKUP --data
     DIR`, without the chain directory, which the keys now there no longer need: the
     branches to wait for were not noted, and head office's file ended the wait."""
-    sh01, hq = _enrolled(tmp_path, "SH01"), _enrolled(tmp_path, "HQ")
-    m = _member_with(sh01, HUNDRED)
-    with Ledger.open(sh01) as a, Ledger.open(hq) as h:
-        sync(a, h)
-    bk = tmp_path / "bk"
-    write_backup(sh01, bk)
-    sh03 = _enrolled(tmp_path, "SH03")
-    with Ledger.open(sh01) as a, Ledger.open(sh03) as c:
-        a.debit(a.owner, m, amount=HUNDRED)
-        sync(a, c)
+    sh01, _sh03, hq, m, bk = _backed_up_then_sold_at_sh03(tmp_path)
     new_pc = tmp_path / "new-pc"
     new_pc.mkdir(mode=0o700)
     shutil.copytree(sh01 / "tls", new_pc / "tls")  # the keys written, not the store
@@ -483,41 +487,20 @@ def test_a_restore_cut_short_and_run_again_as_told_keeps_waiting_for_every_branc
             for word in told.group(1).split()[2:]]
     done = run_cli("restore", *argv)
     assert done.code == 0, done.err
-    with Ledger.open(new_pc) as r, Ledger.open(hq) as h:
-        export_file(h, tmp_path / "hq-now.sync")
-        got = import_file(r, tmp_path / "hq-now.sync")
-        assert r.restored and "and SH03 not yet" in got["not_selling"]
-        with pytest.raises(NotCaughtUp):
-            r.debit(r.owner, m, amount=HUNDRED)
-
+    _waits_for_sh03(tmp_path, new_pc, hq, m)
 
 def test_a_restore_run_again_in_place_keeps_waiting_for_every_branch(
         tmp_path: Path) -> None:
     """As above, restored onto the new PC from the chain directory, then restored again
     over that waiting store without it (the node's keys now there open the backup): the
     branches the first restore noted to wait for went with the store it replaced."""
-    sh01, hq = _enrolled(tmp_path, "SH01"), _enrolled(tmp_path, "HQ")
-    m = _member_with(sh01, HUNDRED)
-    with Ledger.open(sh01) as a, Ledger.open(hq) as h:
-        sync(a, h)
-    bk = tmp_path / "bk"
-    write_backup(sh01, bk)
-    sh03 = _enrolled(tmp_path, "SH03")
-    with Ledger.open(sh01) as a, Ledger.open(sh03) as c:
-        a.debit(a.owner, m, amount=HUNDRED)
-        sync(a, c)
+    _sh01, _sh03, hq, m, bk = _backed_up_then_sold_at_sh03(tmp_path)
     new_pc = tmp_path / "new-pc"
     first = run_cli("restore", "--from", bk, "--chain", tmp_path / "acme", "--data", new_pc)
     assert first.code == 0, first.err
     again = run_cli("restore", "--from", bk, "--data", new_pc)
     assert again.code == 0, again.err
-    with Ledger.open(new_pc) as r, Ledger.open(hq) as h:
-        export_file(h, tmp_path / "hq-now.sync")
-        got = import_file(r, tmp_path / "hq-now.sync")
-        assert r.restored and "and SH03 not yet" in got["not_selling"]
-        with pytest.raises(NotCaughtUp):
-            r.debit(r.owner, m, amount=HUNDRED)
-
+    _waits_for_sh03(tmp_path, new_pc, hq, m)
 
 def test_a_backup_of_a_waiting_store_does_not_carry_who_had_heard_nothing(
         tmp_path: Path) -> None:
