@@ -897,7 +897,7 @@ def settlement_page() -> None:
 def movement_labels() -> dict[str, str]:
     """The lines of `crdtledger report movements` as the counter names them."""
     return {
-        "opening": tr("期初余额", "Opening"), "topups": tr("充值（含赠送）", "Top-ups"),
+        "opening": tr("期初余额", "Opening"), "topups": tr("充值", "Top-ups"),
         "earned": tr("消费得积分", "Earned on sales"),
         "rewards": tr("奖励与签到", "Rewards and check-ins"), "refunds": tr("退款", "Refunds"),
         "corrected_in": tr("调增", "Corrected up"), "spent": tr("消费", "Spent"),
